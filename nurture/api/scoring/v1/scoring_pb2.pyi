@@ -1,0 +1,226 @@
+import datetime
+
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Lead(_message.Message):
+    __slots__ = ("id", "email", "first_name", "last_name", "segment", "timezone", "locale", "attributes_json", "consent_json", "score", "grade", "lifecycle_stage", "counters_json", "created_at", "updated_at", "last_engaged_at", "crm_id", "version")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    EMAIL_FIELD_NUMBER: _ClassVar[int]
+    FIRST_NAME_FIELD_NUMBER: _ClassVar[int]
+    LAST_NAME_FIELD_NUMBER: _ClassVar[int]
+    SEGMENT_FIELD_NUMBER: _ClassVar[int]
+    TIMEZONE_FIELD_NUMBER: _ClassVar[int]
+    LOCALE_FIELD_NUMBER: _ClassVar[int]
+    ATTRIBUTES_JSON_FIELD_NUMBER: _ClassVar[int]
+    CONSENT_JSON_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    GRADE_FIELD_NUMBER: _ClassVar[int]
+    LIFECYCLE_STAGE_FIELD_NUMBER: _ClassVar[int]
+    COUNTERS_JSON_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    LAST_ENGAGED_AT_FIELD_NUMBER: _ClassVar[int]
+    CRM_ID_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    email: str
+    first_name: str
+    last_name: str
+    segment: str
+    timezone: str
+    locale: str
+    attributes_json: str
+    consent_json: str
+    score: int
+    grade: str
+    lifecycle_stage: str
+    counters_json: str
+    created_at: _timestamp_pb2.Timestamp
+    updated_at: _timestamp_pb2.Timestamp
+    last_engaged_at: _timestamp_pb2.Timestamp
+    crm_id: str
+    version: int
+    def __init__(self, id: _Optional[str] = ..., email: _Optional[str] = ..., first_name: _Optional[str] = ..., last_name: _Optional[str] = ..., segment: _Optional[str] = ..., timezone: _Optional[str] = ..., locale: _Optional[str] = ..., attributes_json: _Optional[str] = ..., consent_json: _Optional[str] = ..., score: _Optional[int] = ..., grade: _Optional[str] = ..., lifecycle_stage: _Optional[str] = ..., counters_json: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_engaged_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., crm_id: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
+
+class UpsertLeadRequest(_message.Message):
+    __slots__ = ("id", "fields_json", "merge", "source", "must_exist")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    FIELDS_JSON_FIELD_NUMBER: _ClassVar[int]
+    MERGE_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    MUST_EXIST_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    fields_json: str
+    merge: bool
+    source: str
+    must_exist: bool
+    def __init__(self, id: _Optional[str] = ..., fields_json: _Optional[str] = ..., merge: _Optional[bool] = ..., source: _Optional[str] = ..., must_exist: _Optional[bool] = ...) -> None: ...
+
+class UpsertLeadReply(_message.Message):
+    __slots__ = ("lead", "created")
+    LEAD_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    lead: Lead
+    created: bool
+    def __init__(self, lead: _Optional[_Union[Lead, _Mapping]] = ..., created: _Optional[bool] = ...) -> None: ...
+
+class GetLeadRequest(_message.Message):
+    __slots__ = ("id",)
+    ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    def __init__(self, id: _Optional[str] = ...) -> None: ...
+
+class GetLeadsRequest(_message.Message):
+    __slots__ = ("ids",)
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class GetLeadsReply(_message.Message):
+    __slots__ = ("leads",)
+    LEADS_FIELD_NUMBER: _ClassVar[int]
+    leads: _containers.RepeatedCompositeFieldContainer[Lead]
+    def __init__(self, leads: _Optional[_Iterable[_Union[Lead, _Mapping]]] = ...) -> None: ...
+
+class ListLeadsRequest(_message.Message):
+    __slots__ = ("segment", "min_score", "has_min_score", "stage", "cursor", "limit", "email")
+    SEGMENT_FIELD_NUMBER: _ClassVar[int]
+    MIN_SCORE_FIELD_NUMBER: _ClassVar[int]
+    HAS_MIN_SCORE_FIELD_NUMBER: _ClassVar[int]
+    STAGE_FIELD_NUMBER: _ClassVar[int]
+    CURSOR_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    EMAIL_FIELD_NUMBER: _ClassVar[int]
+    segment: str
+    min_score: int
+    has_min_score: bool
+    stage: str
+    cursor: str
+    limit: int
+    email: str
+    def __init__(self, segment: _Optional[str] = ..., min_score: _Optional[int] = ..., has_min_score: _Optional[bool] = ..., stage: _Optional[str] = ..., cursor: _Optional[str] = ..., limit: _Optional[int] = ..., email: _Optional[str] = ...) -> None: ...
+
+class ListLeadsReply(_message.Message):
+    __slots__ = ("leads", "next_cursor")
+    LEADS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_CURSOR_FIELD_NUMBER: _ClassVar[int]
+    leads: _containers.RepeatedCompositeFieldContainer[Lead]
+    next_cursor: str
+    def __init__(self, leads: _Optional[_Iterable[_Union[Lead, _Mapping]]] = ..., next_cursor: _Optional[str] = ...) -> None: ...
+
+class EraseRequest(_message.Message):
+    __slots__ = ("id",)
+    ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    def __init__(self, id: _Optional[str] = ...) -> None: ...
+
+class EraseReply(_message.Message):
+    __slots__ = ("erased", "email_hash")
+    ERASED_FIELD_NUMBER: _ClassVar[int]
+    EMAIL_HASH_FIELD_NUMBER: _ClassVar[int]
+    erased: bool
+    email_hash: str
+    def __init__(self, erased: _Optional[bool] = ..., email_hash: _Optional[str] = ...) -> None: ...
+
+class Event(_message.Message):
+    __slots__ = ("lead_id", "type", "properties_json", "occurred_at", "idempotency_key", "source")
+    LEAD_ID_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    PROPERTIES_JSON_FIELD_NUMBER: _ClassVar[int]
+    OCCURRED_AT_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    lead_id: str
+    type: str
+    properties_json: str
+    occurred_at: _timestamp_pb2.Timestamp
+    idempotency_key: str
+    source: str
+    def __init__(self, lead_id: _Optional[str] = ..., type: _Optional[str] = ..., properties_json: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., idempotency_key: _Optional[str] = ..., source: _Optional[str] = ...) -> None: ...
+
+class EventResult(_message.Message):
+    __slots__ = ("event_id", "duplicate", "error_code", "error_message")
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    event_id: str
+    duplicate: bool
+    error_code: str
+    error_message: str
+    def __init__(self, event_id: _Optional[str] = ..., duplicate: _Optional[bool] = ..., error_code: _Optional[str] = ..., error_message: _Optional[str] = ...) -> None: ...
+
+class IngestRequest(_message.Message):
+    __slots__ = ("events",)
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    events: _containers.RepeatedCompositeFieldContainer[Event]
+    def __init__(self, events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ...) -> None: ...
+
+class IngestReply(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[EventResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[EventResult, _Mapping]]] = ...) -> None: ...
+
+class ScoreChange(_message.Message):
+    __slots__ = ("at", "delta", "score_after", "rule", "reason", "event_id")
+    AT_FIELD_NUMBER: _ClassVar[int]
+    DELTA_FIELD_NUMBER: _ClassVar[int]
+    SCORE_AFTER_FIELD_NUMBER: _ClassVar[int]
+    RULE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    at: _timestamp_pb2.Timestamp
+    delta: int
+    score_after: int
+    rule: str
+    reason: str
+    event_id: str
+    def __init__(self, at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., delta: _Optional[int] = ..., score_after: _Optional[int] = ..., rule: _Optional[str] = ..., reason: _Optional[str] = ..., event_id: _Optional[str] = ...) -> None: ...
+
+class ScoreHistoryRequest(_message.Message):
+    __slots__ = ("lead_id", "limit")
+    LEAD_ID_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    lead_id: str
+    limit: int
+    def __init__(self, lead_id: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class ScoreHistoryReply(_message.Message):
+    __slots__ = ("changes",)
+    CHANGES_FIELD_NUMBER: _ClassVar[int]
+    changes: _containers.RepeatedCompositeFieldContainer[ScoreChange]
+    def __init__(self, changes: _Optional[_Iterable[_Union[ScoreChange, _Mapping]]] = ...) -> None: ...
+
+class ScoringModelRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ScoringModelReply(_message.Message):
+    __slots__ = ("name", "version", "definition_json")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    DEFINITION_JSON_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    version: int
+    definition_json: str
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., definition_json: _Optional[str] = ...) -> None: ...
+
+class EchoRequest(_message.Message):
+    __slots__ = ("payload",)
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    payload: bytes
+    def __init__(self, payload: _Optional[bytes] = ...) -> None: ...
+
+class EchoReply(_message.Message):
+    __slots__ = ("payload",)
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    payload: bytes
+    def __init__(self, payload: _Optional[bytes] = ...) -> None: ...
