@@ -1,0 +1,49 @@
+# The few targets a newcomer needs. `make run` and `make test` set everything up on first use.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PROTO_SRC := $(shell find protos -name '*.proto' | sort)
+ARGS ?=
+PYTEST_ARGS ?=
+
+.PHONY: run test setup protos check-protos lint unit integration bench clean
+
+$(STAMP): pyproject.toml
+	$(PY) -c 'import sys; assert sys.version_info[:2] in ((3, 11), (3, 12)), "Python 3.11 or 3.12 is required"'
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+## Regenerate Python code, .pyi stubs included, from protos/ into the import path nurture.api.*
+protos: $(STAMP)
+	rm -rf nurture/api
+	$(BIN)/python -m grpc_tools.protoc -I protos --python_out=. --pyi_out=. --grpc_python_out=. $(PROTO_SRC)
+	find nurture/api -type d -exec touch {}/__init__.py \;
+
+## Fails when the committed generated code differs from what protos/ produce
+check-protos: protos
+	git add -N nurture/api
+	git diff --exit-code --stat -- nurture/api || (echo "generated code is stale: run make protos and commit" && exit 1)
+
+run: $(STAMP)
+	$(BIN)/nurture up $(ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy nurture services gateway
+
+test: $(STAMP) check-protos lint
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest -q tests/unit
+
+bench: $(STAMP)
+	$(BIN)/python bench/ingest.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,111 @@
+"""SQL access: one engine per service, Alembic migrations per service, blocking work off the loop.
+
+SQLite is the embedded default (one WAL file per service, so services never contend for one writer
+lock); PostgreSQL is the production engine. Each service owns its tables and its migration history
+(`alembic_version_<service>`), so services can share one PostgreSQL database without sharing schema.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.orm import Session, sessionmaker
+
+from nurture.settings import Settings
+
+T = TypeVar("T")
+
+
+class Database:
+    """An engine, a session factory, and an executor that keeps blocking SQL off the event loop."""
+
+    def __init__(self, engine: Engine, *, service: str) -> None:
+        self.engine = engine
+        self.service = service
+        self.is_sqlite = engine.dialect.name == "sqlite"
+        self._sessions = sessionmaker(engine, expire_on_commit=False)
+        # SQLite allows one writer: one thread serialises writes without lock errors.
+        self._executor = ThreadPoolExecutor(
+            max_workers=1 if self.is_sqlite else 8, thread_name_prefix=f"{service}-sql"
+        )
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A session in a transaction: committed on success, rolled back on any exception."""
+        with self._sessions() as session, session.begin():
+            yield session
+
+    async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run blocking storage code in the database executor."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+        self.engine.dispose()
+
+
+def make_engine(url: str) -> Engine:
+    """An engine with the settings each dialect needs for safe concurrent use."""
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            # WAL + NORMAL survives a killed process (only a power cut can lose the last commits).
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+
+        return engine
+    return create_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+
+
+def migrate(engine: Engine, *, service: str, migrations_dir: Path) -> None:
+    """Bring the service's tables to the newest revision (Alembic `upgrade head`)."""
+    config = Config()
+    config.set_main_option("script_location", str(migrations_dir))
+    config.attributes["version_table"] = f"alembic_version_{service}"
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "head")
+
+
+def open_database(settings: Settings, *, service: str, migrations_dir: Path) -> Database:
+    """Open (creating under the data dir when embedded) and migrate a service's database."""
+    url = settings.database_url_for(service)
+    if url.startswith("sqlite"):
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(url)
+    migrate(engine, service=service, migrations_dir=migrations_dir)
+    return Database(engine, service=service)
+
+
+def run_alembic_env() -> None:
+    """The body of every service's `migrations/env.py`: online migrations on the connection that
+    `migrate` hands over, with the service's own version table."""
+    from alembic import context
+
+    config = context.config
+    connection = config.attributes.get("connection")
+    if connection is None:  # `alembic` CLI use: build a connection from the URL in the ini
+        engine = create_engine(config.get_main_option("sqlalchemy.url") or "sqlite://")
+        with engine.begin() as conn:
+            context.configure(connection=conn, version_table=config.attributes.get("version_table"))
+            context.run_migrations()
+        return
+    context.configure(connection=connection, version_table=config.attributes["version_table"])
+    with context.begin_transaction():
+        context.run_migrations()

@@ -1,0 +1,206 @@
+"""gRPC bootstrap shared by every service and client.
+
+Servers: grpc.aio with the standard health service, reflection, a tracing interceptor and a graceful
+stop on SIGTERM/SIGINT. Clients: channels with a retry policy for UNAVAILABLE, and trace context
+propagated in metadata. Every call must pass a deadline (`timeout=DEADLINE_S`).
+
+Tracing is done by one small interceptor per side rather than the stock instrumentation, which was
+measured to halve Python gRPC throughput: the server opens one span per RPC, the client only injects
+the W3C `traceparent` of the current span (no client span), so the cost is one span per hop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.propagate import extract, inject
+
+log = logging.getLogger(__name__)
+
+DEADLINE_S = 5.0
+LONG_DEADLINE_S = 120.0
+MAX_MESSAGE_BYTES = 32 * 1024 * 1024
+
+_RETRY_CONFIG = json.dumps(
+    {
+        "methodConfig": [
+            {
+                "name": [{}],
+                "retryPolicy": {
+                    "maxAttempts": 4,
+                    "initialBackoff": "0.05s",
+                    "maxBackoff": "1s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        ]
+    }
+)
+
+_CHANNEL_OPTIONS = [
+    ("grpc.service_config", _RETRY_CONFIG),
+    ("grpc.enable_retries", 1),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.keepalive_time_ms", 30_000),
+]
+
+
+class _Carrier:
+    """Adapts gRPC metadata tuples to the OpenTelemetry propagator."""
+
+    @staticmethod
+    def extract(metadata: Iterable[tuple[str, Any]] | None) -> otel_context.Context:
+        carrier = {k: v for k, v in (metadata or ()) if isinstance(v, str)}
+        return extract(carrier)
+
+
+class _TraceServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Opens one server span per unary RPC, parented by the caller's traceparent."""
+
+    def __init__(self, service_name: str) -> None:
+        self._tracer = trace.get_tracer(f"nurture.{service_name}.rpc")
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        inner = handler.unary_unary
+        tracer = self._tracer
+        method = details.method
+        parent = _Carrier.extract(details.invocation_metadata)
+
+        async def traced(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            with tracer.start_as_current_span(
+                method, context=parent, kind=trace.SpanKind.SERVER, attributes={"rpc.method": method}
+            ):
+                return await inner(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(
+            traced,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
+class _TraceClientInterceptor(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    """Injects the current trace context into outgoing metadata."""
+
+    async def intercept_unary_unary(
+        self, continuation: Callable[..., Any], details: grpc.aio.ClientCallDetails, request: Any
+    ) -> Any:
+        span = trace.get_current_span()
+        if span.get_span_context().is_valid:
+            carrier: dict[str, str] = {}
+            inject(carrier)
+            metadata = list(details.metadata or ()) + list(carrier.items())
+            details = grpc.aio.ClientCallDetails(
+                details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
+            )
+        return await continuation(details, request)
+
+
+def channel(address: str) -> grpc.aio.Channel:
+    """A client channel to a service of the mesh, with retries on UNAVAILABLE and trace propagation."""
+    return grpc.aio.insecure_channel(
+        address, options=_CHANNEL_OPTIONS, interceptors=[_TraceClientInterceptor()]
+    )
+
+
+def sync_channel(address: str) -> grpc.Channel:
+    """A blocking channel for tools and tests."""
+    return grpc.insecure_channel(address, options=_CHANNEL_OPTIONS)
+
+
+class ServiceServer:
+    """A started gRPC server with health and reflection; `stop()` drains in-flight calls."""
+
+    def __init__(self, server: grpc.aio.Server, health_servicer: health.aio.HealthServicer, port: int):
+        self.server = server
+        self.health = health_servicer
+        self.port = port
+
+    async def set_serving(self, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        await self.health.set("", status)
+
+    async def stop(self, grace: float = 5.0) -> None:
+        await self.set_serving(False)
+        await self.server.stop(grace)
+
+
+async def start_server(
+    *,
+    name: str,
+    port: int,
+    register: Callable[[grpc.aio.Server], Iterable[str]],
+    host: str = "127.0.0.1",
+) -> ServiceServer:
+    """Build, register and start a grpc.aio server. `register` adds servicers and returns the full
+    names of the services it added (for health and reflection)."""
+    server = grpc.aio.server(
+        interceptors=[_TraceServerInterceptor(name)],
+        options=[
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    names = list(register(server))
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server
+    )
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise OSError(f"{name}: cannot bind gRPC port {host}:{port}")
+    await server.start()
+    handle = ServiceServer(server, health_servicer, bound)
+    for service_name in ["", *names]:
+        await health_servicer.set(service_name, health_pb2.HealthCheckResponse.SERVING)
+    log.info("%s serving gRPC on %s:%d", name, host, bound)
+    return handle
+
+
+async def run_until_signalled(
+    handle: ServiceServer, *, on_stop: Callable[[], Awaitable[None]] | None = None
+) -> None:
+    """Serve until SIGTERM/SIGINT, then stop gracefully: health goes NOT_SERVING, in-flight calls
+    finish (5 s grace), then `on_stop` closes the service's own resources."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await handle.stop()
+    if on_stop is not None:
+        await on_stop()
+
+
+async def health_status(address: str, timeout: float = 1.0) -> str:
+    """The overall health status of the server at `address` (SERVING, NOT_SERVING or UNAVAILABLE)."""
+    async with grpc.aio.insecure_channel(address) as ch:
+        stub = health_pb2_grpc.HealthStub(ch)
+        try:
+            reply = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
+        except grpc.aio.AioRpcError:
+            return "UNAVAILABLE"
+        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))

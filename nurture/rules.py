@@ -1,0 +1,380 @@
+"""The one adapter between the project and durable_rules.
+
+Rules are data: `RuleSpec(name, when, meta)` where `when` is a condition tree
+
+    {"all": [cond, ...]} | {"any": [cond, ...]} | {"fact": "<dotted.name>", "<op>": value}
+
+with ops `eq ne gt gte lt lte in contains exists matches`. A set of rules is compiled once into a
+durable_rules ruleset whose name carries the definition and version (rulesets can never be replaced,
+see ../shared/RULES-ENGINE.md). Evaluation is stateless: the facts are a snapshot asserted as one fact
+under a fixed sid and retracted right after, so the engine holds no lead state and every matching rule
+fires (a posted *event* would be consumed by the first match only). Actions do no I/O: they only record
+which rule fired. Effects are the caller's, and forward chaining is the explicit, bounded `chain`.
+
+Facts are flattened for the engine: nested keys become `a__b`, and list values become presence flags
+`name__has__<value>`, because durable_rules' array operators proved unreliable.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import re
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from durable import engine as durable_engine
+
+OPS = ("eq", "ne", "gt", "gte", "lt", "lte", "in", "contains", "exists", "matches")
+_SID = "0"
+
+
+class RulesError(Exception):
+    """Base of this module's errors: InvalidRule (a definition problem), RuleLoopError (chaining)."""
+
+
+class InvalidRule(RulesError):
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+class RuleLoopError(RulesError):
+    def __init__(self, rules: list[str], rounds: int) -> None:
+        super().__init__(f"rules still firing after {rounds} rounds: {', '.join(sorted(set(rules)))}")
+        self.rules = rules
+
+
+@dataclass(frozen=True)
+class RuleSpec:
+    name: str
+    when: Mapping[str, Any]
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Match:
+    """A rule that fired, with the facts its condition read (for explanations)."""
+
+    rule: str
+    meta: Mapping[str, Any]
+    facts: Mapping[str, Any]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Validation and the reference evaluator
+
+
+def validate_condition(cond: Any, path: str = "when") -> list[str]:
+    """Every problem in a condition tree, each naming where it is."""
+    if not isinstance(cond, Mapping):
+        return [f"{path}: expected a mapping, got {type(cond).__name__}"]
+    if "all" in cond or "any" in cond:
+        key = "all" if "all" in cond else "any"
+        items = cond[key]
+        if set(cond) != {key}:
+            return [f"{path}: '{key}' cannot be combined with {sorted(set(cond) - {key})}"]
+        if not isinstance(items, list) or not items:
+            return [f"{path}.{key}: expected a non-empty list"]
+        problems: list[str] = []
+        for i, item in enumerate(items):
+            problems.extend(validate_condition(item, f"{path}.{key}[{i}]"))
+        return problems
+    fact = cond.get("fact")
+    if not isinstance(fact, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*", fact):
+        return [f"{path}: 'fact' must be a dotted name, got {fact!r}"]
+    ops = [k for k in cond if k != "fact"]
+    if len(ops) != 1 or ops[0] not in OPS:
+        return [f"{path}: exactly one operator of {', '.join(OPS)} is required, got {ops}"]
+    op, value = ops[0], cond[ops[0]]
+    if op == "in" and (not isinstance(value, list) or not value):
+        return [f"{path}: 'in' needs a non-empty list"]
+    if op in ("gt", "gte", "lt", "lte") and (isinstance(value, bool) or not isinstance(value, int | float)):
+        return [f"{path}: '{op}' needs a number"]
+    if op == "exists" and not isinstance(value, bool):
+        return [f"{path}: 'exists' needs true or false"]
+    if op == "matches":
+        try:
+            re.compile(str(value))
+        except re.error as exc:
+            return [f"{path}: bad pattern: {exc}"]
+    if op == "contains" and not isinstance(value, str | int):
+        return [f"{path}: 'contains' needs a string or integer"]
+    if op in ("eq", "ne") and not isinstance(value, str | int | float | bool):
+        return [f"{path}: '{op}' needs a scalar"]
+    return []
+
+
+def _lookup(facts: Mapping[str, Any], dotted: str) -> tuple[bool, Any]:
+    current: Any = facts
+    for part in dotted.split("."):
+        if not isinstance(current, Mapping) or part not in current:
+            return False, None
+        current = current[part]
+    return True, current
+
+
+def _num(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def reference_evaluate_condition(cond: Mapping[str, Any], facts: Mapping[str, Any]) -> bool:
+    """Plain-Python meaning of a condition: the oracle the engine is tested against."""
+    if "all" in cond:
+        return all(reference_evaluate_condition(c, facts) for c in cond["all"])
+    if "any" in cond:
+        return any(reference_evaluate_condition(c, facts) for c in cond["any"])
+    present, value = _lookup(facts, cond["fact"])
+    op = next(k for k in cond if k != "fact")
+    expected = cond[op]
+    if op == "exists":
+        return present == bool(expected) if not isinstance(value, Mapping | list) else present == expected
+    if not present or isinstance(value, Mapping):
+        return False
+    if op == "contains":
+        return isinstance(value, list) and any(_same(v, expected) for v in value)
+    if isinstance(value, list):
+        return False
+    if op == "eq":
+        return _same(value, expected)
+    if op == "ne":
+        return not _same(value, expected)
+    if op == "in":
+        return any(_same(value, e) for e in expected)
+    if op == "matches":
+        return isinstance(value, str) and re.fullmatch(str(expected), value) is not None
+    if not _num(value):
+        return False
+    return {
+        "gt": value > expected,
+        "gte": value >= expected,
+        "lt": value < expected,
+        "lte": value <= expected,
+    }[op]
+
+
+def _same(a: Any, b: Any) -> bool:
+    # Booleans are not numbers here (True == 1 in Python, not in the rule language).
+    if isinstance(a, bool) or isinstance(b, bool):
+        return isinstance(a, bool) and isinstance(b, bool) and a == b
+    if _num(a) and _num(b):
+        return bool(a == b)
+    return type(a) is type(b) and a == b
+
+
+def reference_evaluate(specs: Sequence[RuleSpec], facts: Mapping[str, Any]) -> list[str]:
+    """Names of the rules whose condition holds, in definition order."""
+    return [s.name for s in specs if reference_evaluate_condition(s.when, facts)]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Compilation to durable_rules
+
+
+def _flat_name(dotted: str) -> str:
+    return dotted.replace(".", "__")
+
+
+def _has_name(dotted: str, value: Any) -> str:
+    return f"{_flat_name(dotted)}__has__{_token(value)}"
+
+
+def _token(value: Any) -> str:
+    text = str(value)
+    if re.fullmatch(r"[A-Za-z0-9_]+", text):
+        return text
+    return "x" + text.encode().hex()
+
+
+def flatten_facts(facts: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """The snapshot as the engine sees it: flat names, list membership as presence flags."""
+    flat: dict[str, Any] = {}
+    for key, value in facts.items():
+        dotted = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, Mapping):
+            flat[f"{_flat_name(dotted)}__obj"] = True
+            flat.update(flatten_facts(value, dotted))
+        elif isinstance(value, list):
+            flat[f"{_flat_name(dotted)}__list"] = True
+            for item in value:
+                if isinstance(item, str | int | float | bool):
+                    flat[_has_name(dotted, item)] = True
+        elif value is None:
+            continue
+        elif isinstance(value, bool):
+            # The engine compares booleans as numbers; keep them distinct from 0/1 with a tag.
+            flat[f"{_flat_name(dotted)}__bool"] = 1 if value else 0
+        else:
+            flat[_flat_name(dotted)] = value
+    return flat
+
+
+def _scalar_expr(op: str, name: str, value: Any) -> dict[str, Any]:
+    if isinstance(value, bool):
+        target = f"{name}__bool"
+        inner = {target: 1 if value else 0}
+        return inner if op == "eq" else {"$or": [{"$neq": inner}, {"$nex": {target: 1}}]}
+    if op == "eq":
+        return {name: value}
+    # ne: present, a scalar of another value (absent or non-scalar facts make ne false, as reference).
+    return {"$and": [{"$ex": {name: 1}}, {"$neq": {name: value}}]}
+
+
+def _compile_condition(cond: Mapping[str, Any]) -> dict[str, Any]:
+    if "all" in cond:
+        return {"$and": [_compile_condition(c) for c in cond["all"]]}
+    if "any" in cond:
+        return {"$or": [_compile_condition(c) for c in cond["any"]]}
+    dotted = cond["fact"]
+    name = _flat_name(dotted)
+    op = next(k for k in cond if k != "fact")
+    value = cond[op]
+    if op in ("eq", "ne"):
+        if isinstance(value, str | bool):
+            return _scalar_expr(op, name, value)
+        # Numbers: the engine treats ints and floats alike, as the reference does.
+        return _scalar_expr(op, name, value)
+    if op == "in":
+        return {"$or": [_compile_condition({"fact": dotted, "eq": v}) for v in value]}
+    if op == "contains":
+        return {"$ex": {_has_name(dotted, value): 1}}
+    if op == "exists":
+        markers = [{"$ex": {name: 1}}, {"$ex": {f"{name}__bool": 1}}, {"$ex": {f"{name}__obj": 1}},
+                   {"$ex": {f"{name}__list": 1}}]
+        if value:
+            return {"$or": markers}
+        return {"$and": [{"$nex": m["$ex"]} for m in markers]}
+    if op == "matches":
+        return {"$mt": {name: str(value)}}
+    return {f"${op}": {name: value}}
+
+
+_host_lock = threading.Lock()
+_host: durable_engine.Host | None = None
+_registered: dict[str, CompiledRules] = {}
+_ids = itertools.count(1)
+
+
+def _get_host() -> durable_engine.Host:
+    global _host
+    if _host is None:
+        _host = durable_engine.Host()
+    return _host
+
+
+class CompiledRules:
+    """A registered durable_rules ruleset for one versioned set of rule specs."""
+
+    def __init__(self, name: str, specs: Sequence[RuleSpec]) -> None:
+        self.name = name
+        self.specs = list(specs)
+        self._order = {s.name: i for i, s in enumerate(self.specs)}
+        self._by_name = {s.name: s for s in self.specs}
+        self._fired: list[str] = []
+        self._facts_read = {s.name: _facts_of(s.when) for s in self.specs}
+        definition: dict[str, Any] = {}
+        for i, spec in enumerate(self.specs):
+            definition[f"r{i}"] = {"all": [{"m": _compile_condition(spec.when)}], "run": self._action(spec.name)}
+        host = _get_host()
+        host.set_rulesets({name: copy.deepcopy(definition)})
+
+    def _action(self, rule: str) -> Callable[[Any], None]:
+        def fire(_c: Any) -> None:
+            self._fired.append(rule)
+
+        return fire
+
+    def evaluate(self, facts: Mapping[str, Any]) -> list[Match]:
+        """Every rule whose condition holds for `facts`, in definition order."""
+        flat = flatten_facts(facts)
+        fact = {"id": next(_ids), "sid": _SID, **flat}
+        host = _get_host()
+        with _host_lock:
+            self._fired.clear()
+            try:
+                host.assert_fact(self.name, fact)
+            except durable_engine.MessageNotHandledException:
+                return []
+            finally:
+                try:
+                    host.retract_fact(self.name, fact)
+                except durable_engine.MessageNotHandledException:
+                    pass
+            fired = sorted(set(self._fired), key=self._order.__getitem__)
+        matches = []
+        for rule in fired:
+            spec = self._by_name[rule]
+            if not _numeric_guard(spec.when, facts):
+                continue
+            read = {f: _lookup(facts, f)[1] for f in self._facts_read[rule]}
+            matches.append(Match(rule=rule, meta=spec.meta, facts=read))
+        return matches
+
+
+def _facts_of(cond: Mapping[str, Any]) -> list[str]:
+    if "all" in cond or "any" in cond:
+        out: list[str] = []
+        for c in cond.get("all", cond.get("any", [])):
+            out.extend(f for f in _facts_of(c) if f not in out)
+        return out
+    return [cond["fact"]]
+
+
+def _numeric_guard(cond: Mapping[str, Any], facts: Mapping[str, Any]) -> bool:
+    """Re-check only what durable_rules decides differently from the language: ordering comparisons
+    on non-numbers, and strings that look like numbers compared with numbers."""
+    if "all" in cond:
+        return all(_numeric_guard(c, facts) for c in cond["all"])
+    if "any" in cond:
+        return any(_numeric_guard(c, facts) for c in cond["any"])
+    op = next(k for k in cond if k != "fact")
+    if op in ("gt", "gte", "lt", "lte", "eq", "ne", "in"):
+        return reference_evaluate_condition(cond, facts)
+    return True
+
+
+def compile_rules(ruleset_name: str, specs: Sequence[RuleSpec]) -> CompiledRules:
+    """Compile and register once per name; the same name again returns the registered rules (a new
+    version must use a new name: durable_rules cannot replace a ruleset)."""
+    problems: list[str] = []
+    seen: set[str] = set()
+    for spec in specs:
+        if spec.name in seen:
+            problems.append(f"rule {spec.name}: duplicate name")
+        seen.add(spec.name)
+        problems.extend(f"rule {spec.name}: {p}" for p in validate_condition(spec.when))
+    if problems:
+        raise InvalidRule(problems)
+    with _host_lock:
+        existing = _registered.get(ruleset_name)
+        if existing is not None:
+            if [(s.name, dict(s.when)) for s in existing.specs] != [(s.name, dict(s.when)) for s in specs]:
+                raise InvalidRule([f"ruleset {ruleset_name} already registered with other rules"])
+            return existing
+        compiled = CompiledRules(ruleset_name, specs)
+        _registered[ruleset_name] = compiled
+        return compiled
+
+
+def chain(
+    compiled: CompiledRules,
+    facts: dict[str, Any],
+    apply: Callable[[list[Match], dict[str, Any]], dict[str, Any]],
+    *,
+    max_rounds: int = 8,
+) -> list[Match]:
+    """Explicit forward chaining: evaluate, let the caller apply effects and return the new facts,
+    evaluate again, until no rule fires that has not fired already. A rule set still producing new
+    firings after `max_rounds` is a loop, reported with the rules involved."""
+    fired: list[Match] = []
+    seen: set[str] = set()
+    for _ in range(max_rounds):
+        new = [m for m in compiled.evaluate(facts) if m.rule not in seen]
+        if not new:
+            return fired
+        seen.update(m.rule for m in new)
+        fired.extend(new)
+        facts = apply(new, facts)
+    raise RuleLoopError([m.rule for m in fired], max_rounds)
