@@ -11,8 +11,9 @@ under a fixed sid and retracted right after, so the engine holds no lead state a
 fires (a posted *event* would be consumed by the first match only). Actions do no I/O: they only record
 which rule fired. Effects are the caller's, and forward chaining is the explicit, bounded `chain`.
 
-Facts are flattened for the engine: nested keys become `a__b`, and list values become presence flags
-`name__has__<value>`, because durable_rules' array operators proved unreliable.
+Facts are flattened for the engine: nested keys become `a__b`, scalars carry their type in the name
+(durable_rules would otherwise compare "pricing" > 0 as strings), and list values become presence
+flags `name__has__<value>`, because durable_rules' array operators proved unreliable.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from durable import engine as durable_engine
 
 OPS = ("eq", "ne", "gt", "gte", "lt", "lte", "in", "contains", "exists", "matches")
 _SID = "0"
+_MARKER = "nurture__snapshot"
 
 
 class RulesError(Exception):
@@ -189,37 +191,38 @@ def _token(value: Any) -> str:
 
 
 def flatten_facts(facts: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """The snapshot as the engine sees it: flat names, list membership as presence flags."""
+    """The snapshot as the engine sees it: flat names typed by suffix (`__s` strings, `__n` numbers,
+    `__b` booleans), so the engine never compares a string with a number; lists as presence flags."""
     flat: dict[str, Any] = {}
     for key, value in facts.items():
         dotted = f"{prefix}.{key}" if prefix else str(key)
+        name = _flat_name(dotted)
         if isinstance(value, Mapping):
-            flat[f"{_flat_name(dotted)}__obj"] = True
+            flat[f"{name}__obj"] = True
             flat.update(flatten_facts(value, dotted))
         elif isinstance(value, list):
-            flat[f"{_flat_name(dotted)}__list"] = True
+            flat[f"{name}__list"] = True
             for item in value:
                 if isinstance(item, str | int | float | bool):
                     flat[_has_name(dotted, item)] = True
-        elif value is None:
-            continue
         elif isinstance(value, bool):
-            # The engine compares booleans as numbers; keep them distinct from 0/1 with a tag.
-            flat[f"{_flat_name(dotted)}__bool"] = 1 if value else 0
-        else:
-            flat[_flat_name(dotted)] = value
+            flat[f"{name}__b"] = 1 if value else 0
+        elif isinstance(value, int | float):
+            flat[f"{name}__n"] = value
+        elif isinstance(value, str):
+            flat[f"{name}__s"] = value
     return flat
 
 
-def _scalar_expr(op: str, name: str, value: Any) -> dict[str, Any]:
+def _typed(name: str, value: Any) -> tuple[str, Any]:
     if isinstance(value, bool):
-        target = f"{name}__bool"
-        inner = {target: 1 if value else 0}
-        return inner if op == "eq" else {"$or": [{"$neq": inner}, {"$nex": {target: 1}}]}
-    if op == "eq":
-        return {name: value}
-    # ne: present, a scalar of another value (absent or non-scalar facts make ne false, as reference).
-    return {"$and": [{"$ex": {name: 1}}, {"$neq": {name: value}}]}
+        return f"{name}__b", 1 if value else 0
+    if isinstance(value, int | float):
+        return f"{name}__n", value
+    return f"{name}__s", str(value)
+
+
+_SCALAR_SUFFIXES = ("__s", "__n", "__b")
 
 
 def _compile_condition(cond: Mapping[str, Any]) -> dict[str, Any]:
@@ -231,24 +234,26 @@ def _compile_condition(cond: Mapping[str, Any]) -> dict[str, Any]:
     name = _flat_name(dotted)
     op = next(k for k in cond if k != "fact")
     value = cond[op]
-    if op in ("eq", "ne"):
-        if isinstance(value, str | bool):
-            return _scalar_expr(op, name, value)
-        # Numbers: the engine treats ints and floats alike, as the reference does.
-        return _scalar_expr(op, name, value)
+    if op == "eq":
+        typed, v = _typed(name, value)
+        return {typed: v}
+    if op == "ne":
+        # Present as a scalar of another type, or of the same type with another value.
+        typed, v = _typed(name, value)
+        others = [{"$ex": {name + sfx: 1}} for sfx in _SCALAR_SUFFIXES if name + sfx != typed]
+        return {"$or": [*others, {"$and": [{"$ex": {typed: 1}}, {"$neq": {typed: v}}]}]}
     if op == "in":
         return {"$or": [_compile_condition({"fact": dotted, "eq": v}) for v in value]}
     if op == "contains":
         return {"$ex": {_has_name(dotted, value): 1}}
     if op == "exists":
-        markers = [{"$ex": {name: 1}}, {"$ex": {f"{name}__bool": 1}}, {"$ex": {f"{name}__obj": 1}},
-                   {"$ex": {f"{name}__list": 1}}]
+        markers = [{"$ex": {name + sfx: 1}} for sfx in (*_SCALAR_SUFFIXES, "__obj", "__list")]
         if value:
             return {"$or": markers}
         return {"$and": [{"$nex": m["$ex"]} for m in markers]}
     if op == "matches":
-        return {"$mt": {name: str(value)}}
-    return {f"${op}": {name: value}}
+        return {"$mt": {f"{name}__s": str(value)}}
+    return {f"${op}": {f"{name}__n": value}}
 
 
 _host_lock = threading.Lock()
@@ -276,7 +281,10 @@ class CompiledRules:
         self._facts_read = {s.name: _facts_of(s.when) for s in self.specs}
         definition: dict[str, Any] = {}
         for i, spec in enumerate(self.specs):
-            definition[f"r{i}"] = {"all": [{"m": _compile_condition(spec.when)}], "run": self._action(spec.name)}
+            # The marker keeps purely negative conditions from matching the engine's own session
+            # state, which it re-evaluates after every action (seen as an endless firing loop).
+            when = {"$and": [{_MARKER: 1}, _compile_condition(spec.when)]}
+            definition[f"r{i}"] = {"all": [{"m": when}], "run": self._action(spec.name)}
         host = _get_host()
         host.set_rulesets({name: copy.deepcopy(definition)})
 
@@ -289,7 +297,7 @@ class CompiledRules:
     def evaluate(self, facts: Mapping[str, Any]) -> list[Match]:
         """Every rule whose condition holds for `facts`, in definition order."""
         flat = flatten_facts(facts)
-        fact = {"id": next(_ids), "sid": _SID, **flat}
+        fact = {"id": next(_ids), "sid": _SID, _MARKER: 1, **flat}
         host = _get_host()
         with _host_lock:
             self._fired.clear()
@@ -306,8 +314,6 @@ class CompiledRules:
         matches = []
         for rule in fired:
             spec = self._by_name[rule]
-            if not _numeric_guard(spec.when, facts):
-                continue
             read = {f: _lookup(facts, f)[1] for f in self._facts_read[rule]}
             matches.append(Match(rule=rule, meta=spec.meta, facts=read))
         return matches
@@ -320,19 +326,6 @@ def _facts_of(cond: Mapping[str, Any]) -> list[str]:
             out.extend(f for f in _facts_of(c) if f not in out)
         return out
     return [cond["fact"]]
-
-
-def _numeric_guard(cond: Mapping[str, Any], facts: Mapping[str, Any]) -> bool:
-    """Re-check only what durable_rules decides differently from the language: ordering comparisons
-    on non-numbers, and strings that look like numbers compared with numbers."""
-    if "all" in cond:
-        return all(_numeric_guard(c, facts) for c in cond["all"])
-    if "any" in cond:
-        return any(_numeric_guard(c, facts) for c in cond["any"])
-    op = next(k for k in cond if k != "fact")
-    if op in ("gt", "gte", "lt", "lte", "eq", "ne", "in"):
-        return reference_evaluate_condition(cond, facts)
-    return True
 
 
 def compile_rules(ruleset_name: str, specs: Sequence[RuleSpec]) -> CompiledRules:
