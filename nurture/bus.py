@@ -92,8 +92,8 @@ class Consumer:
         self._ready = True
 
     async def _read(self, start: str, block: int | None) -> list[tuple[bytes, list[tuple[bytes, dict]]]]:
-        streams = {stream_key(s): start for s in range(self._shards)}
-        result = await self._redis.xreadgroup(
+        streams: dict[Any, Any] = {stream_key(s): start for s in range(self._shards)}
+        result: Any = await self._redis.xreadgroup(
             self._group, self._consumer, streams, count=self._batch, block=block
         )
         return list(result or [])

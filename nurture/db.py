@@ -21,6 +21,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 from nurture.settings import Settings
+from nurture.telemetry import instrument_engine
 
 T = TypeVar("T")
 
@@ -90,6 +91,7 @@ def open_database(settings: Settings, *, service: str, migrations_dir: Path) -> 
         settings.data_dir.mkdir(parents=True, exist_ok=True)
     engine = make_engine(url)
     migrate(engine, service=service, migrations_dir=migrations_dir)
+    instrument_engine(engine)
     return Database(engine, service=service)
 
 

@@ -18,6 +18,7 @@ flags `name__has__<value>`, because durable_rules' array operators proved unreli
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
 import re
@@ -306,10 +307,8 @@ class CompiledRules:
             except durable_engine.MessageNotHandledException:
                 return []
             finally:
-                try:
+                with contextlib.suppress(durable_engine.MessageNotHandledException):
                     host.retract_fact(self.name, fact)
-                except durable_engine.MessageNotHandledException:
-                    pass
             fired = sorted(set(self._fired), key=self._order.__getitem__)
         matches = []
         for rule in fired:

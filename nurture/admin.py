@@ -1,0 +1,56 @@
+"""The `nurture.api.common.v1.Admin` service every service serves, built from three callables."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+
+import grpc
+
+from nurture.api.common.v1 import common_pb2, common_pb2_grpc
+
+SettleFn = Callable[[], Awaitable[tuple[int, datetime | None]]]
+TimelineFn = Callable[[str, int], Awaitable[list[common_pb2.TimelineItem]]]
+EraseFn = Callable[[str, str], Awaitable[int]]
+
+
+class AdminServicer(common_pb2_grpc.AdminServicer):
+    """`settle()` returns (work done, next due time or None); `timeline(lead_id, limit)` returns items;
+    `erase(lead_id, email_hash)` returns how many records were removed."""
+
+    def __init__(self, *, settle: SettleFn, timeline: TimelineFn, erase: EraseFn) -> None:
+        self._settle = settle
+        self._timeline = timeline
+        self._erase = erase
+
+    async def Settle(
+        self, request: common_pb2.SettleRequest, context: grpc.aio.ServicerContext
+    ) -> common_pb2.SettleReply:
+        done, next_due = await self._settle()
+        reply = common_pb2.SettleReply(work_done=done, has_next_due=next_due is not None)
+        if next_due is not None:
+            reply.next_due_at.FromDatetime(next_due)
+        return reply
+
+    async def Timeline(
+        self, request: common_pb2.TimelineRequest, context: grpc.aio.ServicerContext
+    ) -> common_pb2.TimelineReply:
+        if not request.lead_id:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "lead_id is required")
+        items = await self._timeline(request.lead_id, request.limit or 1000)
+        return common_pb2.TimelineReply(items=items)
+
+    async def EraseLead(
+        self, request: common_pb2.EraseLeadRequest, context: grpc.aio.ServicerContext
+    ) -> common_pb2.EraseLeadReply:
+        if not request.lead_id:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "lead_id is required")
+        return common_pb2.EraseLeadReply(removed=await self._erase(request.lead_id, request.email_hash))
+
+
+def timeline_item(
+    *, at: datetime, kind: str, type: str, summary: str, details_json: str, id: str
+) -> common_pb2.TimelineItem:
+    item = common_pb2.TimelineItem(kind=kind, type=type, summary=summary, details_json=details_json, id=id)
+    item.at.FromDatetime(at)
+    return item

@@ -1,0 +1,69 @@
+"""The process wrapper every service shares: `python -m services.<svc>` calls `main(name, serve)`.
+
+`serve(settings)` starts the service's gRPC server and background work and returns a `Running`;
+this module adds settings, logging, tracing, and the graceful stop on SIGTERM/SIGINT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from nurture import telemetry
+from nurture.rpc import ServiceServer, run_until_signalled
+from nurture.settings import Settings, load_settings
+
+
+@dataclass
+class Running:
+    """A started service: its gRPC server, its background tasks, and how to release its resources."""
+
+    server: ServiceServer
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    close: Callable[[], Awaitable[None]] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.server.port}"
+
+    async def stop(self, grace: float = 5.0) -> None:
+        await self.server.stop(grace)
+        await self.release()
+
+    async def release(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        for task in self.tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self.close is not None:
+            await self.close()
+
+
+def port_for(name: str, settings: Settings) -> int:
+    """`NURTURE_GRPC_PORT` when set (tests use 0 for a free port via their own settings), else the
+    port of the service's own address setting."""
+    if settings.grpc_port:
+        return settings.grpc_port
+    return int(settings.address_of(name).rsplit(":", 1)[1])
+
+
+def main(name: str, serve: Callable[[Settings], Awaitable[Running]]) -> None:
+    settings = load_settings()
+    settings = settings.with_overrides(grpc_port=port_for(name, settings))
+    logging.basicConfig(
+        level=settings.log_level, format=f"%(asctime)s {name} %(levelname)s %(name)s: %(message)s"
+    )
+    provider = telemetry.setup(name, settings)
+
+    async def run() -> None:
+        running = await serve(settings)
+        await run_until_signalled(running.server, on_stop=running.release)
+
+    try:
+        asyncio.run(run())
+    finally:
+        provider.shutdown()

