@@ -1,0 +1,1 @@
+"""The HTTP gateway: the only HTTP door into the mesh (see ../shared/API.md)."""

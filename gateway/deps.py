@@ -1,0 +1,60 @@
+"""What every router module uses: the mesh's gRPC channels, API-key auth, and the error type.
+
+gRPC errors raised by a handler are turned into the API's error shape by the app (see app.py):
+UNAVAILABLE/DEADLINE_EXCEEDED → 503 with Retry-After, INVALID_ARGUMENT → 422, NOT_FOUND → 404,
+ALREADY_EXISTS/FAILED_PRECONDITION/ABORTED → 409, RESOURCE_EXHAUSTED → 429, PERMISSION_DENIED → 403.
+A service may put a JSON object `{"code", "message", "details"}` in the status details string to
+choose the error's code and details (e.g. every validation problem of a journey definition).
+"""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from fastapi import Request
+
+from nurture.rpc import DEADLINE_S
+from nurture.settings import Settings
+
+
+class ApiError(Exception):
+    """An error in the API's shape: `{"error": {"code", "message", "details"}}`."""
+
+    def __init__(self, status: int, code: str, message: str, details: dict[str, Any] | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.details = details or {}
+        self.headers = headers or {}
+
+
+@dataclass
+class Mesh:
+    """One gRPC channel per service, opened once for the gateway's lifetime."""
+
+    settings: Settings
+    channels: dict[str, grpc.aio.Channel] = field(default_factory=dict)
+    timeout: float = DEADLINE_S
+
+    def channel(self, service: str) -> grpc.aio.Channel:
+        return self.channels[service]
+
+
+def mesh(request: Request) -> Mesh:
+    """FastAPI dependency: the app's Mesh."""
+    value: Mesh = request.app.state.mesh
+    return value
+
+
+def require_key(request: Request) -> None:
+    """FastAPI dependency: `Authorization: Bearer <api key>` or 401."""
+    settings: Settings = request.app.state.mesh.settings
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token or not hmac.compare_digest(token.strip(), settings.api_key):
+        raise ApiError(401, "unauthorized", "a valid API key is required: Authorization: Bearer <key>")
