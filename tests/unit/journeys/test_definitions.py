@@ -1,0 +1,93 @@
+"""The whole playbook loads and validates; validation names every problem of a bad definition."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from services.journeys.definitions import (
+    DefinitionError,
+    check,
+    load,
+    load_playbook,
+    parse_duration,
+    read_playbook,
+)
+
+CONTRACT_KEYS = {"skilled_professional", "family", "entrepreneur", "high_engagement", "re_engagement",
+                 "trial_nurture", "lead_magnet", "webinar", "assessment", "trial_onboarding", "cart_abandonment",
+                 "triggers"}
+
+
+def test_every_playbook_definition_loads_and_validates() -> None:
+    journeys = load_playbook()
+    assert set(journeys) == CONTRACT_KEYS
+    for journey in journeys.values():
+        _, problems = check(journey.document, journeys=CONTRACT_KEYS, templates=journey.templates())
+        assert problems == [], journey.key
+
+
+@pytest.mark.parametrize("key", ["skilled_professional", "family", "entrepreneur"])
+def test_segment_workflows_have_17_emails_over_60_days_in_five_stages(key: str) -> None:
+    journey = load_playbook()[key]
+    emails = [s for s in journey.steps.values() if s.id.startswith("email_")]
+    assert [s.id for s in emails] == [f"email_{n:02d}" for n in range(1, 18)]
+    assert {s.stage for s in emails} == set(journey.stages) and len(journey.stages) == 5
+    waited = sum(parse_duration(s.get("delay")).days for s in journey.steps.values() if s.type == "wait")
+    assert waited == 59  # day 1 (immediate) to day 60
+    assert all(s.get("subject") and s.get("cta") and s.get("brief") for s in emails)
+    assert len(journey.triggers) == 5
+    assert journey.step("email_15").stage == "decision"
+
+
+def test_sequences_follow_the_seed_timings() -> None:
+    journeys = load_playbook()
+    webinar = journeys["webinar"]
+    assert webinar.entity == "webinar_id" and webinar.category == "transactional"
+    attendance = webinar.step("attendance")
+    assert attendance.get("on_event") == "wait_thanks" and attendance.get("on_timeout") == "email_05"
+    assert len([s for s in journeys["trial_onboarding"].steps.values() if s.type == "send"]) == 9
+    assert len([s for s in journeys["cart_abandonment"].steps.values() if s.type == "send"]) == 5
+    tables = {r.name for r in journeys["triggers"].triggers}
+    assert {"pricing_page", "bottom_funnel", "country_content", "no_opens_14d"} <= tables
+    assert "triggers.pricing_page" in journeys["triggers"].templates()
+
+
+def _doc() -> dict[str, Any]:
+    return copy.deepcopy(read_playbook()["lead_magnet"])
+
+
+def test_validation_lists_every_problem() -> None:
+    doc = _doc()
+    doc["steps"].insert(3, {"id": "orphan_jump", "type": "jump", "to": "nowhere"})
+    doc["steps"] += [
+        {"id": "loop_a", "type": "branch", "rules": [{"name": "r", "when": {"fact": "lead.score", "gt": 1},
+                                                      "next": "loop_b"}], "default": "loop_b"},
+        {"id": "loop_b", "type": "jump", "to": "loop_a"},
+    ]
+    doc["steps"][0]["channel"] = "pigeon"
+    journey, problems = check(doc, journeys=CONTRACT_KEYS, templates=["lead_magnet.email_01"])
+    assert journey is None
+    text = "\n".join(problems)
+    assert "unknown step 'nowhere'" in text
+    assert "step loop_a: unreachable" in text
+    assert "loop without a wait" in text
+    assert "channel must be one of" in text
+    doc = _doc()
+    journey, problems = check(doc, journeys=CONTRACT_KEYS, templates=["lead_magnet.email_01"])
+    assert journey is not None
+    assert "step email_02: missing template 'lead_magnet.email_02'" in problems
+
+
+def test_bad_conditions_and_unknown_journeys_are_reported() -> None:
+    doc = _doc()
+    doc["entry"][0]["when"] = {"fact": "lead.score", "gt": "high"}
+    with pytest.raises(DefinitionError) as err:
+        load(doc)
+    assert any("needs a number" in p for p in err.value.problems)
+    doc = _doc()
+    doc["steps"].insert(1, {"id": "hop", "type": "enrol", "journey": "no_such_journey"})
+    _, problems = check(doc, journeys=CONTRACT_KEYS)
+    assert problems == ["step hop: unknown journey 'no_such_journey'"]
