@@ -8,6 +8,7 @@ lock); PostgreSQL is the production engine. Each service owns its tables and its
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -46,9 +47,11 @@ class Database:
             yield session
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run blocking storage code in the database executor."""
+        """Run blocking storage code in the database executor, in the caller's context (so SQL spans
+        join the caller's trace)."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
+        ctx = contextvars.copy_context()
+        return await loop.run_in_executor(self._executor, ctx.run, functools.partial(fn, *args, **kwargs))
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)

@@ -1,0 +1,262 @@
+"""Scoring service wiring: gRPC in, storage/model calls, proto out; outbox publishing; inactivity sweep."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from nurture import redisconn
+from nurture.admin import AdminServicer, timeline_item
+from nurture.api.common.v1 import common_pb2, common_pb2_grpc
+from nurture.api.scoring.v1 import scoring_pb2, scoring_pb2_grpc
+from nurture.bus import Publisher
+from nurture.clock import Clock, make_clock
+from nurture.db import Database, open_database
+from nurture.rpc import start_server
+from nurture.service import Running
+from nurture.settings import Settings
+from nurture.telemetry import redis_span
+from services.scoring.model import ScoringModel, load_model
+from services.scoring.storage import EventIn, InvalidInput, NotFound, Store
+
+log = logging.getLogger(__name__)
+MIGRATIONS = Path(__file__).with_name("migrations")
+
+
+def _ts(value: str | None) -> Timestamp:
+    ts = Timestamp()
+    if value:
+        ts.FromDatetime(datetime.fromisoformat(value.replace("Z", "+00:00")))
+    return ts
+
+
+def lead_proto(lead: dict[str, Any]) -> scoring_pb2.Lead:
+    msg = scoring_pb2.Lead(
+        id=lead["id"], email=lead["email"] or "", first_name=lead["first_name"] or "",
+        last_name=lead["last_name"] or "", segment=lead["segment"] or "", timezone=lead["timezone"] or "",
+        locale=lead["locale"] or "", attributes_json=json.dumps(lead["attributes"]),
+        consent_json=json.dumps(lead["consent"]), score=int(lead["score"]), grade=lead["grade"],
+        lifecycle_stage=lead["lifecycle_stage"],
+        counters_json=json.dumps({**lead["counters"], "interests": lead.get("interests", {})}),
+        crm_id=lead["crm_id"] or "", version=int(lead["version"]),
+    )
+    for name in ("created_at", "updated_at", "last_engaged_at"):
+        if lead.get(name):
+            getattr(msg, name).CopyFrom(_ts(lead[name]))
+    return msg
+
+
+async def _invalid(context: grpc.aio.ServicerContext, problems: dict[str, str]) -> None:
+    body = {"code": "invalid", "message": "; ".join(f"{k} {v}" for k, v in problems.items()),
+            "details": {"fields": problems}}
+    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, json.dumps(body))
+
+
+class Outbox:
+    """Publishes committed outbox rows to the bus, in commit order, then deletes them."""
+
+    def __init__(self, db: Database, store: Store, publisher: Publisher) -> None:
+        self._db = db
+        self._store = store
+        self._publisher = publisher
+        self._lock = asyncio.Lock()
+        self.wake = asyncio.Event()
+
+    async def flush(self) -> int:
+        done = 0
+        async with self._lock:
+            while True:
+                pending = await self._db.run(self._store.pending_outbox)
+                if not pending:
+                    return done
+                with redis_span("XADD bus", messages=len(pending)):
+                    await self._publisher.publish([m for _, m in pending])
+                await self._db.run(self._store.mark_published, [seq for seq, _ in pending])
+                done += len(pending)
+
+    async def run(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), timeout=1.0)
+            self.wake.clear()
+            try:
+                await self.flush()
+            except Exception:  # Redis down: rows stay in the outbox and go out on the next pass.
+                log.exception("outbox flush failed; will retry")
+                await asyncio.sleep(0.5)
+
+
+class ScoringServicer(scoring_pb2_grpc.ScoringServicer):
+    def __init__(self, db: Database, store: Store, clock: Clock, outbox: Outbox, model: ScoringModel) -> None:
+        self._db = db
+        self._store = store
+        self._clock = clock
+        self._outbox = outbox
+        self._model = model
+
+    async def UpsertLead(
+        self, request: scoring_pb2.UpsertLeadRequest, context: grpc.aio.ServicerContext
+    ) -> scoring_pb2.UpsertLeadReply:
+        try:
+            fields = json.loads(request.fields_json or "{}")
+        except json.JSONDecodeError as exc:
+            await _invalid(context, {"fields_json": f"is not JSON: {exc}"})
+        if not isinstance(fields, dict):
+            await _invalid(context, {"fields_json": "must be a JSON object"})
+        try:
+            lead, created = await self._db.run(
+                self._store.upsert_lead, request.id, fields, merge=request.merge, source=request.source or "api",
+                must_exist=request.must_exist, now=self._clock.now())
+        except InvalidInput as exc:
+            await _invalid(context, exc.problems)
+        except NotFound:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no lead {request.id}")
+        self._outbox.wake.set()
+        return scoring_pb2.UpsertLeadReply(lead=lead_proto(lead), created=created)
+
+    async def GetLead(self, request: scoring_pb2.GetLeadRequest, context: grpc.aio.ServicerContext) -> scoring_pb2.Lead:
+        found = await self._db.run(self._store.get_leads, [request.id], self._clock.now())
+        if not found:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no lead {request.id}")
+        return lead_proto(found[0])
+
+    async def GetLeads(
+        self, request: scoring_pb2.GetLeadsRequest, context: grpc.aio.ServicerContext
+    ) -> scoring_pb2.GetLeadsReply:
+        found = await self._db.run(self._store.get_leads, list(request.ids), self._clock.now())
+        return scoring_pb2.GetLeadsReply(leads=[lead_proto(lead) for lead in found])
+
+    async def ListLeads(
+        self, request: scoring_pb2.ListLeadsRequest, context: grpc.aio.ServicerContext
+    ) -> scoring_pb2.ListLeadsReply:
+        limit = request.limit if 0 < request.limit <= 1000 else 100
+        page, cursor = await self._db.run(
+            self._store.list_leads, segment=request.segment,
+            min_score=request.min_score if request.has_min_score else None, stage=request.stage,
+            email=request.email, cursor=request.cursor, limit=limit, now=self._clock.now())
+        return scoring_pb2.ListLeadsReply(leads=[lead_proto(lead) for lead in page], next_cursor=cursor)
+
+    async def EraseLead(
+        self, request: scoring_pb2.EraseRequest, context: grpc.aio.ServicerContext
+    ) -> scoring_pb2.EraseReply:
+        erased, hashed = await self._db.run(self._store.erase_lead, request.id, self._clock.now())
+        if not erased:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no lead {request.id}")
+        self._outbox.wake.set()
+        return scoring_pb2.EraseReply(erased=True, email_hash=hashed)
+
+    async def IngestEvents(
+        self, request: scoring_pb2.IngestRequest, context: grpc.aio.ServicerContext
+    ) -> scoring_pb2.IngestReply:
+        batch: list[EventIn] = []
+        for ev in request.events:
+            try:
+                props = json.loads(ev.properties_json or "{}")
+            except json.JSONDecodeError:
+                props = None
+            batch.append(EventIn(
+                lead_id=ev.lead_id, type=ev.type, properties=props if isinstance(props, dict) else None,  # type: ignore[arg-type]
+                occurred_at=ev.occurred_at.ToDatetime(tzinfo=UTC) if ev.HasField("occurred_at") else None,
+                idempotency_key=ev.idempotency_key or None, source=ev.source or "api"))
+        results = await self._db.run(self._store.ingest, batch, self._clock.now())
+        self._outbox.wake.set()
+        return scoring_pb2.IngestReply(results=[
+            scoring_pb2.EventResult(event_id=r.event_id, duplicate=r.duplicate, error_code=r.error_code,
+                                    error_message=r.error_message) for r in results])
+
+    async def ScoreHistory(
+        self, request: scoring_pb2.ScoreHistoryRequest, context: grpc.aio.ServicerContext
+    ) -> scoring_pb2.ScoreHistoryReply:
+        rows = await self._db.run(self._store.score_history, request.lead_id, request.limit or 500)
+        changes = []
+        for r in rows:
+            change = scoring_pb2.ScoreChange(delta=r.delta, score_after=r.score_after, rule=r.rule, reason=r.reason,
+                                             event_id=r.event_id or "")
+            change.at.FromDatetime(r.at)
+            changes.append(change)
+        return scoring_pb2.ScoreHistoryReply(changes=changes)
+
+    async def GetScoringModel(
+        self, request: scoring_pb2.ScoringModelRequest, context: grpc.aio.ServicerContext
+    ) -> scoring_pb2.ScoringModelReply:
+        return scoring_pb2.ScoringModelReply(name=self._model.name, version=self._model.version,
+                                             definition_json=json.dumps(self._model.definition, default=str))
+
+
+class EchoServicer(scoring_pb2_grpc.EchoServicer):
+    """The raw unary RPC baseline the benchmarks compare against."""
+
+    async def Echo(self, request: scoring_pb2.EchoRequest, context: grpc.aio.ServicerContext) -> scoring_pb2.EchoReply:
+        return scoring_pb2.EchoReply(payload=request.payload)
+
+
+async def serve(settings: Settings) -> Running:
+    model = load_model()
+    db = open_database(settings, service="scoring", migrations_dir=MIGRATIONS)
+    redis = redisconn.connect(settings)
+    clock = make_clock(settings.clock, settings.redis_url)
+    store = Store(db.session, model)
+    outbox = Outbox(db, store, Publisher(redis, settings.bus_shards))
+    lapse_lock = asyncio.Lock()
+
+    async def run_lapses() -> int:
+        async with lapse_lock:
+            done = 0
+            while True:
+                n = await db.run(store.run_lapses, clock.now())
+                done += n
+                if n == 0:
+                    return done
+
+    async def settle() -> tuple[int, datetime | None]:
+        done = await run_lapses()
+        done += await outbox.flush()
+        return done, await db.run(store.next_lapse)
+
+    async def timeline(lead_id: str, limit: int) -> list[common_pb2.TimelineItem]:
+        items = await db.run(store.timeline, lead_id, limit)
+        return [timeline_item(at=i["at"], kind=i["kind"], type=i["type"], summary=i["summary"],
+                              details_json=json.dumps(i["details"], default=str), id=i["id"]) for i in items]
+
+    async def erase(lead_id: str, _hash: str) -> int:
+        erased, _ = await db.run(store.erase_lead, lead_id, clock.now())
+        outbox.wake.set()
+        return int(erased)
+
+    async def lapse_loop() -> None:
+        # Real time only: with a virtual clock, lapses run when the gateway settles at their due time.
+        while settings.clock == "real":
+            try:
+                if await run_lapses():
+                    outbox.wake.set()
+            except Exception:
+                log.exception("inactivity sweep failed; will retry")
+            await asyncio.sleep(5)
+
+    def register(server: grpc.aio.Server) -> Iterable[str]:
+        scoring_pb2_grpc.add_ScoringServicer_to_server(ScoringServicer(db, store, clock, outbox, model), server)
+        scoring_pb2_grpc.add_EchoServicer_to_server(EchoServicer(), server)
+        admin = AdminServicer(settle=settle, timeline=timeline, erase=erase)
+        common_pb2_grpc.add_AdminServicer_to_server(admin, server)
+        return [scoring_pb2.DESCRIPTOR.services_by_name[n].full_name for n in ("Scoring", "Echo")] + [
+            common_pb2.DESCRIPTOR.services_by_name["Admin"].full_name]
+
+    handle = await start_server(name="scoring", port=settings.grpc_port, register=register)
+    await outbox.flush()  # anything committed but not published before a crash
+
+    async def close() -> None:
+        await outbox.flush()
+        await redis.aclose()
+        db.close()
+
+    return Running(server=handle, tasks=[asyncio.create_task(outbox.run()), asyncio.create_task(lapse_loop())],
+                   close=close)

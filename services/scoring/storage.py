@@ -1,0 +1,500 @@
+"""The scoring service's record: leads, events, score changes, audit and the outbox, in SQL.
+
+Every write is one transaction that also inserts the bus messages it causes into the outbox, so an
+accepted event is stored, scored and announced exactly once even if the process dies at any point
+(the outbox is re-published after a crash; consumers drop repeats by message id).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from sqlalchemy import Row, and_, delete, func, insert, select, update
+from sqlalchemy.orm import Session
+
+from services.scoring.model import Outcome, ScoringModel, derive_counters
+from services.scoring.tables import audit, events, leads, outbox, score_changes
+
+SEGMENTS = ("skilled_professional", "family", "entrepreneur")
+EVENT_TYPE = re.compile(r"[a-z][a-z0-9_]{0,63}")
+EMAIL = re.compile(r"[^@\s]{1,64}@[^@\s]+\.[^@\s]+")
+LEAD_ID = re.compile(r"[A-Za-z0-9_.:@-]{1,128}")
+PROFILE_FIELDS = ("email", "first_name", "last_name", "segment", "timezone", "locale", "crm_id")
+
+
+class InvalidInput(ValueError):
+    """Input that is well-formed but wrong; `problems` maps a field to what is wrong with it."""
+
+    def __init__(self, problems: dict[str, str]) -> None:
+        super().__init__("; ".join(f"{k}: {v}" for k, v in problems.items()))
+        self.problems = problems
+
+
+class NotFound(LookupError):
+    pass
+
+
+@dataclass(frozen=True)
+class EventIn:
+    lead_id: str
+    type: str
+    properties: dict[str, Any]
+    occurred_at: datetime | None
+    idempotency_key: str | None
+    source: str
+
+
+@dataclass(frozen=True)
+class EventResult:
+    event_id: str = ""
+    duplicate: bool = False
+    error_code: str = ""
+    error_message: str = ""
+
+
+def email_hash(email: str) -> str:
+    return hashlib.sha256(email.strip().lower().encode()).hexdigest()
+
+
+def _loads(text: str | None) -> Any:
+    return json.loads(text) if text else {}
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def lead_dict(row: Row[Any] | Mapping[str, Any], now: datetime | None = None) -> dict[str, Any]:
+    """A lead as every consumer sees it (the bus snapshot and the API body)."""
+    m = row._mapping if isinstance(row, Row) else row
+    counters = _loads(m["counters"])
+    last = _aware(m["last_engaged_at"])
+    if now is not None:
+        counters.update(derive_counters(_loads(m["recent"]), counters.get("totals", {}), last, now))
+    public_counters = {k: v for k, v in counters.items() if k not in ("totals", "fired_today")}
+    return {
+        "id": m["id"],
+        "email": m["email"],
+        "first_name": m["first_name"],
+        "last_name": m["last_name"],
+        "segment": m["segment"],
+        "timezone": m["timezone"],
+        "locale": m["locale"],
+        "attributes": _loads(m["attributes"]),
+        "consent": _loads(m["consent"]),
+        "score": m["score"],
+        "grade": m["grade"],
+        "lifecycle_stage": m["lifecycle_stage"],
+        "counters": public_counters,
+        "interests": _loads(m["interests"]),
+        "crm_id": m["crm_id"],
+        "version": m["version"],
+        "created_at": _iso(m["created_at"]),
+        "updated_at": _iso(m["updated_at"]),
+        "last_engaged_at": _iso(last),
+    }
+
+
+def _iso(value: datetime | None) -> str | None:
+    value = _aware(value)
+    return value.isoformat().replace("+00:00", "Z") if value else None
+
+
+def _internal(row: Row[Any]) -> dict[str, Any]:
+    """A lead row with its JSON decoded, for the model."""
+    m = row._mapping
+    return {
+        **{k: m[k] for k in ("id", "email", "first_name", "last_name", "segment", "score", "grade",
+                             "lifecycle_stage", "timezone", "locale", "crm_id")},
+        "attributes": _loads(m["attributes"]),
+        "consent": _loads(m["consent"]),
+        "counters": _loads(m["counters"]),
+        "recent": _loads(m["recent"]),
+        "interests": _loads(m["interests"]),
+        "last_engaged_at": _aware(m["last_engaged_at"]),
+    }
+
+
+def validate_profile(fields: Mapping[str, Any], *, partial: bool) -> dict[str, str]:
+    problems: dict[str, str] = {}
+    for name in PROFILE_FIELDS:
+        value = fields.get(name)
+        if value is not None and not isinstance(value, str):
+            problems[name] = "must be a string or null"
+    email = fields.get("email")
+    if isinstance(email, str) and not EMAIL.fullmatch(email):
+        problems["email"] = "is not an email address"
+    segment = fields.get("segment")
+    if isinstance(segment, str) and segment not in SEGMENTS:
+        problems["segment"] = f"must be one of {', '.join(SEGMENTS)} or null"
+    tz = fields.get("timezone")
+    if isinstance(tz, str):
+        try:
+            ZoneInfo(tz)
+        except (ZoneInfoNotFoundError, ValueError):
+            problems["timezone"] = "is not an IANA time zone"
+    if "attributes" in fields and not isinstance(fields["attributes"], dict):
+        problems["attributes"] = "must be an object"
+    consent = fields.get("consent")
+    if consent is not None and (
+        not isinstance(consent, dict) or not all(isinstance(v, bool) for v in consent.values())
+    ):
+        problems["consent"] = "must be an object of channel: true|false"
+    unknown = set(fields) - {*PROFILE_FIELDS, "id", "attributes", "consent"}
+    for name in sorted(unknown):
+        problems[name] = "is not a lead field (custom fields go in attributes)"
+    return problems
+
+
+class Store:
+    """Blocking storage operations; the server runs them in the database executor."""
+
+    def __init__(self, db_sessions: Any, model: ScoringModel) -> None:
+        self._sessions = db_sessions
+        self.model = model
+
+    # -- leads -------------------------------------------------------------------------------------
+
+    def upsert_lead(
+        self, lead_id: str, fields: Mapping[str, Any], *, merge: bool, source: str, must_exist: bool, now: datetime
+    ) -> tuple[dict[str, Any], bool]:
+        problems = validate_profile(fields, partial=merge)
+        if lead_id and not LEAD_ID.fullmatch(lead_id):
+            problems["id"] = "must be 1-128 letters, digits or _.:@-"
+        if problems:
+            raise InvalidInput(problems)
+        with self._sessions() as s:
+            row = None
+            if lead_id:
+                row = s.execute(select(leads).where(leads.c.id == lead_id).with_for_update()).first()
+            elif fields.get("email") and not must_exist:
+                # Match by email before creating a duplicate person (CRM imports, forms).
+                row = s.execute(select(leads).where(leads.c.email == fields["email"]).limit(1)).first()
+            if row is None and must_exist:
+                raise NotFound(lead_id)
+            created = row is None
+            current: dict[str, Any] = dict(row._mapping) if row else {
+                "id": lead_id or uuid.uuid4().hex, "attributes": "{}", "consent": "{}", "counters": "{}",
+                "recent": "{}", "interests": "{}", "score": 0, "grade": "D", "version": 0,
+                "lifecycle_stage": self.model.stage_order[0], "created_at": now, "last_engaged_at": None,
+                "lapse_due_at": None, **{f: None for f in PROFILE_FIELDS},
+            }
+            changes: dict[str, Any] = {}
+            for name in PROFILE_FIELDS:
+                if name in fields and fields[name] != current[name]:
+                    changes[name] = fields[name]
+            attributes = _loads(current["attributes"])
+            if "attributes" in fields:
+                new_attrs = {**attributes, **fields["attributes"]} if merge else dict(fields["attributes"])
+                new_attrs = {k: v for k, v in new_attrs.items() if v is not None}
+                if new_attrs != attributes:
+                    changes["attributes"] = json.dumps(new_attrs)
+                    attributes = new_attrs
+            consent = _loads(current["consent"])
+            if "consent" in fields and fields["consent"] is not None:
+                new_consent = {**consent, **fields["consent"]}
+                if new_consent != consent:
+                    changes["consent"] = json.dumps(new_consent)
+                    for channel, given in fields["consent"].items():
+                        if consent.get(channel) != given:
+                            s.execute(insert(audit).values(
+                                lead_id=current["id"], at=now, action="consent_given" if given else "consent_withdrawn",
+                                source=source, details=json.dumps({"channel": channel, "value": given}), erased=False))
+            profile = {**current, **changes, "attributes": attributes}
+            _, grade, _ = self.model.fit({"attributes": attributes, "email": profile["email"]})
+            if grade != current["grade"]:
+                changes["grade"] = grade
+            if not profile.get("segment"):
+                segment = self.model.classify({"attributes": attributes})
+                if segment:
+                    changes["segment"] = segment
+            if not created and not changes:
+                return lead_dict(current, now), False
+            changes["updated_at"] = now
+            changes["version"] = int(current["version"]) + 1
+            if created:
+                s.execute(insert(leads).values({**current, **changes}))
+            else:
+                s.execute(update(leads).where(leads.c.id == current["id"]).values(changes))
+            after = s.execute(select(leads).where(leads.c.id == current["id"])).one()
+            snapshot = lead_dict(after, now)
+            kind = "lead_created" if created else "lead_updated"
+            changed = sorted(k for k in changes if k not in ("updated_at", "version"))
+            self._outbox(s, {
+                "id": f"{kind}:{current['id']}:{changes['version']}", "lead_id": current["id"], "type": kind,
+                "properties": {"changed": changed, "source": source}, "occurred_at": _iso(now), "lead": snapshot,
+                "score_delta": 0, "rules": [], "signals": [],
+            })
+            return snapshot, created
+
+    def get_leads(self, ids: Sequence[str], now: datetime) -> list[dict[str, Any]]:
+        with self._sessions() as s:
+            rows = s.execute(select(leads).where(leads.c.id.in_(list(ids)))).all()
+        by_id = {r.id: lead_dict(r, now) for r in rows}
+        return [by_id[i] for i in ids if i in by_id]
+
+    def list_leads(
+        self, *, segment: str, min_score: int | None, stage: str, email: str, cursor: str, limit: int, now: datetime
+    ) -> tuple[list[dict[str, Any]], str]:
+        query = select(leads).order_by(leads.c.id).limit(limit + 1)
+        if segment:
+            query = query.where(leads.c.segment == segment)
+        if min_score is not None:
+            query = query.where(leads.c.score >= min_score)
+        if stage:
+            query = query.where(leads.c.lifecycle_stage == stage)
+        if email:
+            query = query.where(leads.c.email == email)
+        if cursor:
+            query = query.where(leads.c.id > cursor)
+        with self._sessions() as s:
+            rows = s.execute(query).all()
+        page = [lead_dict(r, now) for r in rows[:limit]]
+        return page, (page[-1]["id"] if len(rows) > limit else "")
+
+    def erase_lead(self, lead_id: str, now: datetime) -> tuple[bool, str]:
+        with self._sessions() as s:
+            row = s.execute(select(leads).where(leads.c.id == lead_id).with_for_update()).first()
+            if row is None:
+                return False, ""
+            hashed = email_hash(row.email) if row.email else ""
+            s.execute(delete(events).where(events.c.lead_id == lead_id))
+            s.execute(delete(score_changes).where(score_changes.c.lead_id == lead_id))
+            s.execute(update(audit).where(audit.c.lead_id == lead_id).values(details="{}", erased=True))
+            s.execute(insert(audit).values(lead_id=lead_id, at=now, action="erased", source="api",
+                                           details=json.dumps({"email_hash": hashed}), erased=True))
+            s.execute(delete(leads).where(leads.c.id == lead_id))
+            self._outbox(s, {
+                "id": f"lead_erased:{lead_id}:{int(now.timestamp() * 1e6)}", "lead_id": lead_id,
+                "type": "lead_erased", "properties": {"email_hash": hashed}, "occurred_at": _iso(now),
+                "lead": {"id": lead_id}, "score_delta": 0, "rules": [], "signals": [],
+            })
+            return True, hashed
+
+    # -- events ------------------------------------------------------------------------------------
+
+    def ingest(self, batch: Sequence[EventIn], now: datetime) -> list[EventResult]:
+        """Store and score a batch in one transaction. Bad events are rejected one by one; the good
+        ones are all committed together."""
+        results: list[EventResult | None] = [None] * len(batch)
+        for i, ev in enumerate(batch):
+            problem = _event_problem(ev)
+            if problem:
+                results[i] = EventResult(error_code="invalid", error_message=problem)
+        with self._sessions() as s:
+            keys = [ev.idempotency_key for i, ev in enumerate(batch) if ev.idempotency_key and results[i] is None]
+            seen: dict[str, str] = {}
+            if keys:
+                for row in s.execute(select(events.c.idempotency_key, events.c.id)
+                                     .where(events.c.idempotency_key.in_(keys))):
+                    seen[row.idempotency_key] = row.id
+            lead_ids = sorted({ev.lead_id for i, ev in enumerate(batch) if results[i] is None})
+            rows = {r.id: _internal(r) for r in s.execute(
+                select(leads).where(leads.c.id.in_(lead_ids)).with_for_update())} if lead_ids else {}
+            touched: set[str] = set()
+            event_rows: list[dict[str, Any]] = []
+            change_rows: list[dict[str, Any]] = []
+            messages: list[dict[str, Any]] = []
+            for i, ev in enumerate(batch):
+                if results[i] is not None:
+                    continue
+                if ev.idempotency_key and ev.idempotency_key in seen:
+                    results[i] = EventResult(event_id=seen[ev.idempotency_key], duplicate=True)
+                    continue
+                lead = rows.get(ev.lead_id)
+                if lead is None:
+                    results[i] = EventResult(error_code="unknown_lead", error_message=f"no lead {ev.lead_id}")
+                    continue
+                event_id = uuid.uuid4().hex
+                if ev.idempotency_key:
+                    seen[ev.idempotency_key] = event_id
+                occurred = ev.occurred_at or now
+                outcome = self.model.score_event(lead, {"type": ev.type, "properties": ev.properties,
+                                                        "occurred_at": occurred}, now)
+                old_score, old_stage = lead["score"], lead["lifecycle_stage"]
+                self._apply(lead, outcome, now)
+                touched.add(ev.lead_id)
+                event_rows.append({
+                    "id": event_id, "lead_id": ev.lead_id, "type": ev.type, "properties": json.dumps(ev.properties),
+                    "occurred_at": occurred, "received_at": now, "idempotency_key": ev.idempotency_key,
+                    "source": ev.source or "api", "score_delta": outcome.delta, "signals": json.dumps(outcome.signals),
+                })
+                running = old_score
+                for p in outcome.points:
+                    running = max(0, running + p.points)
+                    change_rows.append({"lead_id": ev.lead_id, "at": occurred, "delta": p.points,
+                                        "score_after": running, "rule": p.rule, "reason": p.why,
+                                        "event_id": event_id, "model_version": self.model.version})
+                messages.extend(self._event_messages(lead, ev, event_id, occurred, outcome, old_score, old_stage, now))
+                results[i] = EventResult(event_id=event_id)
+            if event_rows:
+                s.execute(insert(events), event_rows)
+            if change_rows:
+                s.execute(insert(score_changes), change_rows)
+            for lead_id in touched:
+                self._save(s, rows[lead_id], now)
+            for message in messages:
+                self._outbox(s, message)
+        return [r or EventResult(error_code="internal", error_message="not processed") for r in results]
+
+    def _apply(self, lead: dict[str, Any], outcome: Outcome, now: datetime) -> None:
+        lead["score"] = max(0, int(lead["score"]) + outcome.delta)
+        lead["counters"] = outcome.counters
+        lead["recent"] = outcome.recent
+        lead["interests"] = outcome.interests
+        if outcome.segment:
+            lead["segment"] = outcome.segment
+        if outcome.stage:
+            lead["lifecycle_stage"] = outcome.stage
+        if outcome.consent_email is not None and lead["consent"].get("email") != outcome.consent_email:
+            lead["consent"] = {**lead["consent"], "email": outcome.consent_email}
+            lead.setdefault("_consent_changes", []).append(outcome.consent_email)
+        if outcome.engaged:
+            last = outcome.counters.get("last_engagement_at")
+            lead["last_engaged_at"] = datetime.fromisoformat(last) if last else lead["last_engaged_at"]
+
+    def _save(self, s: Session, lead: dict[str, Any], now: datetime) -> None:
+        values: dict[str, Any] = {
+            "score": lead["score"], "counters": json.dumps(lead["counters"]), "recent": json.dumps(lead["recent"]),
+            "interests": json.dumps(lead["interests"]), "segment": lead["segment"],
+            "lifecycle_stage": lead["lifecycle_stage"], "updated_at": now, "version": leads.c.version + 1,
+            "last_engaged_at": lead["last_engaged_at"],
+        }
+        if lead["last_engaged_at"] is not None:
+            values["lapse_due_at"] = lead["last_engaged_at"] + timedelta(days=int(self.model.decay["inactive_days"]))
+        for given in lead.pop("_consent_changes", []):
+            values["consent"] = json.dumps(lead["consent"])
+            s.execute(insert(audit).values(
+                lead_id=lead["id"], at=now, action="consent_given" if given else "consent_withdrawn",
+                source="event", details=json.dumps({"channel": "email", "value": given}), erased=False))
+        s.execute(update(leads).where(leads.c.id == lead["id"]).values(values))
+
+    def _event_messages(
+        self, lead: dict[str, Any], ev: EventIn, event_id: str, occurred: datetime, outcome: Outcome,
+        old_score: int, old_stage: str, now: datetime,
+    ) -> list[dict[str, Any]]:
+        snapshot = self._snapshot(lead, now)
+        base = {"lead_id": ev.lead_id, "occurred_at": _iso(occurred), "lead": snapshot}
+        rules = [{"rule": p.rule, "points": p.points, "why": p.why} for p in outcome.points]
+        out = [{**base, "id": event_id, "type": ev.type, "properties": ev.properties, "score_delta": outcome.delta,
+                "rules": rules, "signals": outcome.signals, "source": ev.source}]
+        if lead["score"] != old_score:
+            out.append({**base, "id": f"{event_id}:score", "type": "score_changed",
+                        "properties": {"old": old_score, "new": lead["score"], "event_id": event_id},
+                        "score_delta": lead["score"] - old_score, "rules": rules, "signals": outcome.signals})
+        if lead["lifecycle_stage"] != old_stage:
+            out.append({**base, "id": f"{event_id}:stage", "type": "stage_changed",
+                        "properties": {"old": old_stage, "new": lead["lifecycle_stage"], "event_id": event_id},
+                        "score_delta": 0, "rules": rules, "signals": outcome.signals})
+        return out
+
+    def _snapshot(self, lead: dict[str, Any], now: datetime) -> dict[str, Any]:
+        counters = {k: v for k, v in lead["counters"].items() if k not in ("totals", "fired_today")}
+        keys = ("id", "email", "first_name", "last_name", "segment", "score", "grade", "lifecycle_stage",
+                "timezone", "locale", "attributes", "consent", "interests", "crm_id")
+        return {**{k: lead.get(k) for k in keys}, "counters": counters}
+
+    def _outbox(self, s: Session, message: dict[str, Any]) -> None:
+        s.execute(insert(outbox).values(lead_id=message["lead_id"], payload=json.dumps(message, default=str)))
+
+    # -- outbox, decay, history -----------------------------------------------------------------------
+
+    def pending_outbox(self, limit: int = 2000) -> list[tuple[int, dict[str, Any]]]:
+        with self._sessions() as s:
+            rows = s.execute(select(outbox.c.seq, outbox.c.payload).order_by(outbox.c.seq).limit(limit)).all()
+        return [(r.seq, json.loads(r.payload)) for r in rows]
+
+    def mark_published(self, seqs: Sequence[int]) -> None:
+        with self._sessions() as s:
+            s.execute(delete(outbox).where(outbox.c.seq.in_(list(seqs))))
+
+    def next_lapse(self) -> datetime | None:
+        with self._sessions() as s:
+            value = s.execute(select(func.min(leads.c.lapse_due_at))).scalar()
+        return _aware(value)
+
+    def run_lapses(self, now: datetime, limit: int = 1000) -> int:
+        """Leads that went quiet: decay their score and announce `engagement_lapsed` (re-engagement)."""
+        decay = self.model.decay
+        with self._sessions() as s:
+            rows = s.execute(select(leads).where(and_(leads.c.lapse_due_at.is_not(None), leads.c.lapse_due_at <= now))
+                             .order_by(leads.c.lapse_due_at).limit(limit).with_for_update()).all()
+            for row in rows:
+                lead = _internal(row)
+                due = _aware(row.lapse_due_at)
+                assert due is not None
+                last = lead["last_engaged_at"] or due
+                days = (due - last).days
+                old = int(lead["score"])
+                new = max(int(decay.get("floor", 0)), old + int(decay["points"]))
+                lead_snapshot = lead_dict(row, due)
+                lead_snapshot["score"] = new
+                mid = f"lapse:{row.id}:{int(due.timestamp())}"
+                if new != old:
+                    s.execute(insert(score_changes).values(
+                        lead_id=row.id, at=due, delta=new - old, score_after=new, rule="inactivity_decay",
+                        reason=f"No engagement for {days} days", event_id=None, model_version=self.model.version))
+                s.execute(update(leads).where(leads.c.id == row.id).values(
+                    score=new, lapse_due_at=due + timedelta(days=int(decay["every_days"])), updated_at=now,
+                    version=leads.c.version + 1))
+                self._outbox(s, {"id": mid, "lead_id": row.id, "type": "engagement_lapsed",
+                                 "properties": {"days_inactive": days}, "occurred_at": _iso(due),
+                                 "lead": lead_snapshot, "score_delta": new - old,
+                                 "rules": [{"rule": "inactivity_decay", "points": new - old,
+                                            "why": f"No engagement for {days} days"}], "signals": []})
+            return len(rows)
+
+    def score_history(self, lead_id: str, limit: int) -> list[Row[Any]]:
+        with self._sessions() as s:
+            return list(s.execute(select(score_changes).where(score_changes.c.lead_id == lead_id)
+                                  .order_by(score_changes.c.id.desc()).limit(limit)).all())[::-1]
+
+    def timeline(self, lead_id: str, limit: int) -> list[dict[str, Any]]:
+        with self._sessions() as s:
+            evs = s.execute(select(events).where(events.c.lead_id == lead_id)
+                            .order_by(events.c.occurred_at).limit(limit)).all()
+            changes = s.execute(select(score_changes).where(score_changes.c.lead_id == lead_id)
+                                .order_by(score_changes.c.id).limit(limit)).all()
+            notes = s.execute(select(audit).where(audit.c.lead_id == lead_id).order_by(audit.c.id).limit(limit)).all()
+        items: list[dict[str, Any]] = []
+        for e in evs:
+            props = _loads(e.properties)
+            shown = ", ".join(f"{k}={v}" for k, v in props.items() if isinstance(v, str | int | float))
+            items.append({"at": _aware(e.occurred_at), "kind": "event", "type": e.type, "id": f"event:{e.id}",
+                          "summary": f"{e.type}" + (f" ({shown})" if shown else ""),
+                          "details": {"event_id": e.id, "properties": props, "source": e.source,
+                                      "score_delta": e.score_delta, "signals": _loads(e.signals)}})
+        for c in changes:
+            sign = "+" if c.delta >= 0 else ""
+            items.append({"at": _aware(c.at), "kind": "score", "type": "score_changed", "id": f"score:{c.id}",
+                          "summary": f"score {sign}{c.delta} → {c.score_after}: rule {c.rule} fired: {c.reason}",
+                          "details": {"rule": c.rule, "delta": c.delta, "score_after": c.score_after,
+                                      "reason": c.reason, "event_id": c.event_id, "model_version": c.model_version}})
+        for n in notes:
+            if n.erased:
+                continue
+            items.append({"at": _aware(n.at), "kind": "event", "type": n.action, "id": f"audit:{n.id}",
+                          "summary": f"{n.action} (source {n.source})", "details": _loads(n.details)})
+        return items
+
+
+def _event_problem(ev: EventIn) -> str:
+    if not ev.lead_id or not LEAD_ID.fullmatch(ev.lead_id):
+        return "lead_id is required (1-128 letters, digits or _.:@-)"
+    if not EVENT_TYPE.fullmatch(ev.type or ""):
+        return "type must be a lower-case word such as page_viewed"
+    if not isinstance(ev.properties, dict):
+        return "properties must be an object"
+    if ev.idempotency_key is not None and len(ev.idempotency_key) > 200:
+        return "idempotency_key is longer than 200 characters"
+    return ""

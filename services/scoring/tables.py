@@ -1,0 +1,100 @@
+"""The scoring service's tables (SQLAlchemy Core). Migrations in migrations/ create exactly these."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+metadata = MetaData()
+
+leads = Table(
+    "scoring_leads",
+    metadata,
+    Column("id", String(128), primary_key=True),
+    Column("email", String(320), nullable=True, index=True),
+    Column("first_name", String(200), nullable=True),
+    Column("last_name", String(200), nullable=True),
+    Column("segment", String(64), nullable=True, index=True),
+    Column("timezone", String(64), nullable=True),
+    Column("locale", String(16), nullable=True),
+    Column("attributes", Text, nullable=False, default="{}"),
+    Column("consent", Text, nullable=False, default="{}"),
+    Column("score", Integer, nullable=False, default=0, index=True),
+    Column("grade", String(2), nullable=False, default="D"),
+    Column("lifecycle_stage", String(32), nullable=False, default="subscriber", index=True),
+    Column("counters", Text, nullable=False, default="{}"),
+    Column("recent", Text, nullable=False, default="{}"),
+    Column("interests", Text, nullable=False, default="{}"),
+    Column("crm_id", String(128), nullable=True, index=True),
+    Column("version", BigInteger, nullable=False, default=1),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("last_engaged_at", DateTime(timezone=True), nullable=True),
+    # When the lead next goes quiet (engagement_lapsed + decay); the Settle/timer sweep reads this index.
+    Column("lapse_due_at", DateTime(timezone=True), nullable=True, index=True),
+)
+
+events = Table(
+    "scoring_events",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("lead_id", String(128), nullable=False),
+    Column("type", String(64), nullable=False),
+    Column("properties", Text, nullable=False),
+    Column("occurred_at", DateTime(timezone=True), nullable=False),
+    Column("received_at", DateTime(timezone=True), nullable=False),
+    Column("idempotency_key", String(200), nullable=True, unique=True),
+    Column("source", String(64), nullable=False, default="api"),
+    Column("score_delta", Integer, nullable=False, default=0),
+    Column("signals", Text, nullable=False, default="[]"),
+    Index("ix_scoring_events_lead", "lead_id", "occurred_at"),
+)
+
+score_changes = Table(
+    "scoring_score_changes",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("lead_id", String(128), nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("delta", Integer, nullable=False),
+    Column("score_after", Integer, nullable=False),
+    Column("rule", String(128), nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("event_id", String(40), nullable=True),
+    Column("model_version", Integer, nullable=False),
+    Index("ix_scoring_score_changes_lead", "lead_id", "id"),
+)
+
+# Bus messages committed with the change that caused them; published after commit, deleted once
+# published. A crash between the two leaves rows here, which the next sweep publishes again
+# (consumers drop repeats by message id).
+outbox = Table(
+    "scoring_outbox",
+    metadata,
+    Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("lead_id", String(128), nullable=False),
+    Column("payload", Text, nullable=False),
+)
+
+# Demonstrable consent (GDPR Art. 7) and other profile changes worth an audit trail.
+audit = Table(
+    "scoring_audit",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("lead_id", String(128), nullable=False, index=True),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("action", String(64), nullable=False),
+    Column("source", String(64), nullable=False),
+    Column("details", Text, nullable=False),
+    Column("erased", Boolean, nullable=False, default=False),
+)

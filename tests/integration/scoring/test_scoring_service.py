@@ -1,0 +1,132 @@
+"""The scoring service over real gRPC, with a real Redis and its own database."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from datetime import timedelta
+
+import grpc
+import pytest
+import redis
+
+from nurture.api.common.v1 import common_pb2, common_pb2_grpc
+from nurture.api.scoring.v1 import scoring_pb2, scoring_pb2_grpc
+from nurture.bus import stream_key
+from nurture.clock import VirtualClock
+from nurture.service import Running
+from nurture.settings import Settings
+from tests.conftest import start_service
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+async def scoring(settings: Settings) -> AsyncIterator[Running]:
+    running = await start_service("scoring", settings)
+    yield running
+    await running.stop(grace=0.5)
+
+
+def stubs(running: Running) -> tuple[scoring_pb2_grpc.ScoringStub, common_pb2_grpc.AdminStub, grpc.aio.Channel]:
+    channel = grpc.aio.insecure_channel(running.address)
+    return scoring_pb2_grpc.ScoringStub(channel), common_pb2_grpc.AdminStub(channel), channel
+
+
+def bus_messages(settings: Settings) -> list[dict]:
+    client = redis.Redis.from_url(settings.redis_url)
+    out = []
+    for shard in range(settings.bus_shards):
+        for _id, fields in client.xrange(stream_key(shard)):
+            out.append(json.loads(fields[b"m"]))
+    return out
+
+
+def event(lead_id: str, type_: str, key: str = "", **props: object) -> scoring_pb2.Event:
+    return scoring_pb2.Event(lead_id=lead_id, type=type_, properties_json=json.dumps(props), idempotency_key=key)
+
+
+async def test_seed_triggers_score_and_publish(scoring: Running, settings: Settings) -> None:
+    stub, admin, channel = stubs(scoring)
+    async with channel:
+        reply = await stub.UpsertLead(scoring_pb2.UpsertLeadRequest(id="l-1", fields_json=json.dumps(
+            {"email": "ana@example.com", "first_name": "Ana", "consent": {"email": True},
+             "attributes": {"profession": "nurse", "countries_of_interest": ["CA"]}})), timeout=5)
+        assert reply.created and reply.lead.segment == "skilled_professional" and reply.lead.grade == "B"  # 10 + 10 + 5 fit points
+        events = [event("l-1", "page_viewed", "k1", category="pricing"),
+                  *[event("l-1", "resource_downloaded", f"d{i}") for i in range(3)],
+                  event("l-1", "video_watched", category="demo"),
+                  event("l-1", "page_viewed", category="high_intent"),
+                  event("l-1", "page_viewed", category="high_intent"),
+                  event("l-1", "page_viewed", category="bottom_funnel")]
+        result = await stub.IngestEvents(scoring_pb2.IngestRequest(events=events), timeout=5)
+        assert all(not r.error_code for r in result.results)
+        lead = await stub.GetLead(scoring_pb2.GetLeadRequest(id="l-1"), timeout=5)
+        # 8 pricing + 3x2 downloads + 10 third download + 7 demo + 12 repeated high intent + 15 bottom funnel
+        # + 5 burst (5th interaction within 24 h)
+        assert lead.score == 8 + 6 + 10 + 7 + 12 + 15 + 5
+        assert lead.lifecycle_stage == "mql"
+        history = await stub.ScoreHistory(scoring_pb2.ScoreHistoryRequest(lead_id="l-1"), timeout=5)
+        rules = [c.rule for c in history.changes]
+        assert {"pricing_page", "three_resource_downloads", "demo_video", "repeated_high_intent",
+                "bottom_funnel"} <= set(rules)
+        again = await stub.IngestEvents(scoring_pb2.IngestRequest(events=[event("l-1", "page_viewed", "k1")]), timeout=5)
+        assert again.results[0].duplicate and again.results[0].event_id == result.results[0].event_id
+        await admin.Settle(common_pb2.SettleRequest(), timeout=5)
+        messages = bus_messages(settings)
+        bottom = [m for m in messages if m["type"] == "page_viewed" and m["properties"].get("category") == "bottom_funnel"]
+        assert bottom and "sales_alert" in bottom[0]["signals"]
+        assert any(m["type"] == "stage_changed" and m["properties"]["new"] == "mql" for m in messages)
+        assert len({m["id"] for m in messages}) == len(messages)
+        timeline = await admin.Timeline(common_pb2.TimelineRequest(lead_id="l-1"), timeout=5)
+        assert any(i.kind == "score" and "bottom_funnel" in i.summary for i in timeline.items)
+
+
+async def test_bad_input_is_rejected_per_event(scoring: Running) -> None:
+    stub, _admin, channel = stubs(scoring)
+    async with channel:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.UpsertLead(scoring_pb2.UpsertLeadRequest(id="x", fields_json=json.dumps(
+                {"email": "not-an-email", "segment": "martians", "timezone": "Mars/Olympus"})), timeout=5)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert set(json.loads(err.value.details())["details"]["fields"]) == {"email", "segment", "timezone"}
+        await stub.UpsertLead(scoring_pb2.UpsertLeadRequest(id="ok", fields_json="{}"), timeout=5)
+        result = await stub.IngestEvents(scoring_pb2.IngestRequest(events=[
+            event("ok", "page_viewed"), event("nobody", "page_viewed"), event("ok", "Bad Type"),
+            scoring_pb2.Event(lead_id="ok", type="form_submitted", properties_json="[1]")]), timeout=5)
+        codes = [r.error_code for r in result.results]
+        assert codes == ["", "unknown_lead", "invalid", "invalid"]
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.UpsertLead(scoring_pb2.UpsertLeadRequest(id="ghost", fields_json="{}", must_exist=True), timeout=5)
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_inactivity_decays_and_announces_lapse(scoring: Running, settings: Settings) -> None:
+    stub, admin, channel = stubs(scoring)
+    clock = VirtualClock(redis.Redis.from_url(settings.redis_url))
+    async with channel:
+        await stub.UpsertLead(scoring_pb2.UpsertLeadRequest(id="q", fields_json="{}"), timeout=5)
+        await stub.IngestEvents(scoring_pb2.IngestRequest(events=[event("q", "form_submitted")]), timeout=5)
+        settle = await admin.Settle(common_pb2.SettleRequest(), timeout=5)
+        assert settle.has_next_due
+        due = settle.next_due_at.ToDatetime()
+        assert due - clock.now().replace(tzinfo=None) == timedelta(days=14)
+        clock.advance(14 * 86400)
+        await admin.Settle(common_pb2.SettleRequest(), timeout=5)
+        lead = await stub.GetLead(scoring_pb2.GetLeadRequest(id="q"), timeout=5)
+        assert lead.score == 0  # 5 for the form, -5 decay
+        lapsed = [m for m in bus_messages(settings) if m["type"] == "engagement_lapsed"]
+        assert len(lapsed) == 1 and lapsed[0]["properties"]["days_inactive"] == 14
+
+
+async def test_unsubscribe_withdraws_consent_with_audit(scoring: Running) -> None:
+    stub, admin, channel = stubs(scoring)
+    async with channel:
+        await stub.UpsertLead(scoring_pb2.UpsertLeadRequest(
+            id="u", fields_json=json.dumps({"email": "u@example.com", "consent": {"email": True}}), source="form"),
+            timeout=5)
+        await stub.IngestEvents(scoring_pb2.IngestRequest(events=[event("u", "unsubscribed")]), timeout=5)
+        lead = await stub.GetLead(scoring_pb2.GetLeadRequest(id="u"), timeout=5)
+        assert json.loads(lead.consent_json) == {"email": False}
+        timeline = await admin.Timeline(common_pb2.TimelineRequest(lead_id="u"), timeout=5)
+        assert [i.type for i in timeline.items if i.type.startswith("consent")] == ["consent_given", "consent_withdrawn"]
