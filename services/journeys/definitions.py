@@ -18,6 +18,8 @@ here touches the network, so the unit tests load the whole playbook.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -117,6 +119,7 @@ class Journey:
     first: str
     document: Mapping[str, Any]
     version: int = 0
+    digest: str = ""
 
     def step(self, step_id: str) -> Step:
         return self.steps[step_id]
@@ -273,6 +276,7 @@ def load(document: Mapping[str, Any], *, version: int = 0) -> Journey:
         exits=_rules(document.get("exit"), "exit", problems, kind="exit"),
         triggers=_rules(document.get("triggers"), "triggers", problems, kind="trigger"),
         steps=steps, first=next(iter(steps), ""), document=document, version=version,
+        digest=hashlib.sha1(json.dumps(document, sort_keys=True, default=str).encode()).hexdigest()[:12],
     )
     problems.extend(_check_steps(journey))
     if problems:
@@ -280,9 +284,9 @@ def load(document: Mapping[str, Any], *, version: int = 0) -> Journey:
     return journey
 
 
-def _edges(step: Step) -> list[tuple[str, str]]:
+def _edges(step: Step) -> list[tuple[str | None, str]]:
     """(target, label) pairs leaving a step."""
-    out: list[tuple[str, str]] = []
+    out: list[tuple[str | None, str]] = []
     if step.type == "wait" and step.get("event") is not None:
         out += [(step.get("on_event"), "on_event"), (step.get("on_timeout"), "on_timeout")]
     elif step.type == "branch":
@@ -408,11 +412,11 @@ def _check_steps(j: Journey) -> list[str]:
                     problems.append(f"step {s.id}: {label} has no target")
             elif target not in j.steps:
                 problems.append(f"step {s.id}: {label} goes to unknown step {target!r}")
-    roots = [j.first] if j.first else []
+    roots: list[str] = [j.first] if j.first else []
     for rule in j.triggers:
         for verb in ("goto", "send", "task"):
-            target = rule.action.get(verb)
-            if target is None:
+            target = str(rule.action.get(verb) or "")
+            if not target:
                 continue
             if target not in j.steps:
                 problems.append(f"triggers.{rule.name}: {verb} names unknown step {target!r}")
@@ -430,7 +434,7 @@ def _check_steps(j: Journey) -> list[str]:
         if sid in seen or sid not in j.steps:
             continue
         seen.add(sid)
-        todo.extend(t for t, _ in _edges(j.steps[sid]) if t is not None)
+        todo.extend(str(t) for t, _ in _edges(j.steps[sid]) if t is not None)
     problems += [f"step {sid}: unreachable" for sid in j.steps if sid not in seen]
     problems += _instant_loops(j)
     return problems
@@ -438,7 +442,8 @@ def _check_steps(j: Journey) -> list[str]:
 
 def _instant_loops(j: Journey) -> list[str]:
     """Cycles that pass through no wait: they would run forever at one instant."""
-    graph = {sid: [t for t, _ in _edges(s) if t in j.steps and j.steps[t].type not in ("wait", "listen")]
+    graph = {sid: [t for t, _ in _edges(s) if t is not None and t in j.steps
+                   and j.steps[t].type not in ("wait", "listen")]
              for sid, s in j.steps.items() if s.type not in ("wait", "listen")}
     problems: list[str] = []
     state: dict[str, int] = {}

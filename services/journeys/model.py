@@ -1,0 +1,172 @@
+"""The engine's state and outputs: one lead's journeys (LeadState), what a step asks the outside world
+to do (Effect), and what the engine records (StepRun, Transition). Plain data, JSON-serialisable, so
+the service keeps it in SQL and the simulator keeps it in memory."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+ACTIVE, PAUSED, COMPLETED, EXITED = "active", "paused", "completed", "exited"
+LIVE = (ACTIVE, PAUSED)
+INACTIVITY = "~inactive"
+
+
+def iso(when: datetime | None) -> str | None:
+    return when.astimezone(UTC).isoformat().replace("+00:00", "Z") if when else None
+
+
+def parse_time(value: Any) -> datetime | None:
+    """RFC 3339 text (or a datetime) to an aware datetime; None when absent or malformed."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    try:
+        parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+@dataclass
+class Enrollment:
+    """One lead inside one journey (or one entity instance of it, e.g. one webinar)."""
+
+    ekey: str
+    journey: str
+    version: int
+    instance: str
+    entry: int
+    status: str
+    step: str | None
+    stage: str | None
+    due: datetime | None
+    entered_at: datetime
+    stage_at: datetime
+    token: int = 1
+    waiting: str | None = None  # None | "delay" | "until" | "event": what the pending timer is
+    pace: float = 1.0
+    anchors: dict[str, str] = field(default_factory=dict)
+    visits: dict[str, int] = field(default_factory=dict)
+    fired: dict[str, str] = field(default_factory=dict)
+    side: list[str] = field(default_factory=list)
+    side_token: int = 0
+    engaged: int = 0
+    paused_remaining: float | None = None
+    last_sent: str | None = None
+    ended_at: datetime | None = None
+    outcome: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        for k in ("due", "entered_at", "stage_at", "ended_at"):
+            out[k] = iso(getattr(self, k))
+        return out
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> Enrollment:
+        data = dict(raw)
+        for k in ("due", "entered_at", "stage_at", "ended_at"):
+            data[k] = parse_time(data.get(k))
+        return cls(**data)
+
+
+@dataclass
+class LeadState:
+    """Everything the engine knows about one lead: its snapshot and its enrolments."""
+
+    lead_id: str
+    lead: dict[str, Any] = field(default_factory=dict)
+    enrollments: dict[str, Enrollment] = field(default_factory=dict)
+    sends: list[str] = field(default_factory=list)  # nurture sends inside the budget window (RFC 3339)
+    history: dict[str, dict[str, Any]] = field(default_factory=dict)  # ekey -> {entries, ended_at}
+    last_engagement: datetime | None = None
+    inactive_due: datetime | None = None
+    inactive_token: int = 0
+    inactive_step: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "lead_id": self.lead_id, "lead": self.lead, "sends": self.sends, "history": self.history,
+            "last_engagement": iso(self.last_engagement), "inactive_due": iso(self.inactive_due),
+            "inactive_token": self.inactive_token, "inactive_step": self.inactive_step,
+        }
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any], enrollments: list[Enrollment]) -> LeadState:
+        return cls(
+            lead_id=raw["lead_id"], lead=raw.get("lead") or {}, sends=list(raw.get("sends") or []),
+            history=dict(raw.get("history") or {}), last_engagement=parse_time(raw.get("last_engagement")),
+            inactive_due=parse_time(raw.get("inactive_due")), inactive_token=int(raw.get("inactive_token", 0)),
+            inactive_step=int(raw.get("inactive_step", 0)),
+            enrollments={e.ekey: e for e in enrollments},
+        )
+
+
+@dataclass(frozen=True)
+class Effect:
+    """Something a step asks of another service. `dedupe_key` makes retries safe."""
+
+    kind: str  # send | task | update
+    ekey: str
+    step: str
+    dedupe_key: str
+    occurrence: str
+    side: bool
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class StepRun:
+    lead_id: str
+    ekey: str
+    journey: str
+    version: int
+    step: str
+    step_type: str
+    occurrence: str
+    dedupe_key: str
+    status: str  # done | sent | scheduled | suppressed | failed | duplicate | deferred
+    at: datetime
+    stage: str | None
+    message_id: str = ""
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Transition:
+    """One explained change: what happened, from where to where, which rule on which facts."""
+
+    lead_id: str
+    ekey: str
+    journey: str
+    version: int
+    at: datetime
+    type: str  # entered | stage | branch | jump | trigger | wait | timeout | event | paused | resumed | goal | ...
+    summary: str
+    step_from: str | None = None
+    step_to: str | None = None
+    stage: str | None = None
+    rule: str | None = None
+    facts: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Outcome:
+    """What one engine call produced, for the caller to persist and schedule."""
+
+    runs: list[StepRun] = field(default_factory=list)
+    transitions: list[Transition] = field(default_factory=list)
+    touched: set[str] = field(default_factory=set)  # ekeys whose enrolment changed (re-arm their timers)
+    side_due: set[str] = field(default_factory=set)  # ekeys with side steps to run now
+    inactivity_changed: bool = False
+    erased: bool = False
+
+    def extend(self, other: Outcome) -> None:
+        self.runs += other.runs
+        self.transitions += other.transitions
+        self.touched |= other.touched
+        self.side_due |= other.side_due
+        self.inactivity_changed |= other.inactivity_changed

@@ -1,0 +1,280 @@
+"""Simulation: the real engine, in memory, in virtual time, for synthetic leads and a behaviour model.
+
+Nothing here touches a live lead, Redis, SQL or another service: effects are answered by the
+behaviour model (a send is "sent"; opens, clicks and conversions follow with per-segment and per-stage
+probabilities). One random generator seeded by `seed` and a heap ordered by (time, -priority, sequence)
+make a run deterministic. The report is the same funnel analytics computes from recorded history.
+
+Behaviour (all optional):
+    {"default": {"open": 0.35, "click": 0.25, "convert": 0.01},     # click/convert are given an open/click
+     "segments": {"family": {"open": 0.45}}, "stages": {"decision": {"convert": 0.04}},
+     "actions": {"webinar": 0.1, "trial": 0.05, "checkout": 0.05, "download": 0.25, "assessment": 0.08,
+                 "page_views_per_week": 1.0, "unsubscribe": 0.002}}
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from nurture.clock import VIRTUAL_EPOCH
+from services.journeys.definitions import Journey, PlaybookSettings, load_playbook, read_settings
+from services.journeys.engine import Engine
+from services.journeys.funnel import Funnel, totals
+from services.journeys.model import ACTIVE, LeadState, Outcome, iso
+from services.journeys.registry import Registry
+
+SEGMENTS = ("skilled_professional", "family", "entrepreneur")
+DEFAULT_RATES = {"open": 0.35, "click": 0.25, "convert": 0.01}
+DEFAULT_ACTIONS = {"webinar": 0.1, "trial": 0.05, "checkout": 0.05, "download": 0.25, "assessment": 0.08,
+                   "page_views_per_week": 1.0, "unsubscribe": 0.002}
+PAGE_CATEGORIES = ("pricing", "country", "credentials", "education", "healthcare", "investment", "funding",
+                   "high_intent", "bottom_funnel", "safety", "fast_track", "business_plan")
+MAX_LEADS = 200_000
+MAX_DAYS = 365
+
+
+class SimulationError(ValueError):
+    """A bad simulation request (unknown journey, out-of-range size)."""
+
+
+@dataclass
+class Stats:
+    steps: int = 0
+    messages: int = 0
+    timers: int = 0
+    sends: int = 0
+
+
+@dataclass(order=True)
+class _Item:
+    at: datetime
+    prio: int
+    seq: int
+    kind: str = field(compare=False)
+    lead: str = field(compare=False)
+    data: Any = field(compare=False, default=None)
+
+
+class Simulation:
+    def __init__(self, journeys: Mapping[str, Journey], *, settings: PlaybookSettings | None = None,
+                 behaviour: Mapping[str, Any] | None = None, seed: int = 1, start: datetime = VIRTUAL_EPOCH) -> None:
+        self.registry = Registry()
+        for j in journeys.values():
+            self.registry.add(j)
+            self.registry.publish(j.key, j.version)
+        self.settings = settings or read_settings()
+        self.engine = Engine(self.settings, self.registry.resolve, self.registry.published)
+        self.behaviour = dict(behaviour or {})
+        self.rng = random.Random(seed)
+        self.start = start
+        self.now = start
+        self.heap: list[_Item] = []
+        self.seq = 0
+        self.states: dict[str, LeadState] = {}
+        self.funnel = Funnel()
+        self.stats = Stats()
+        self.messages = 0
+
+    # -- behaviour --------------------------------------------------------------------------------
+
+    def _rate(self, segment: str, stage: str | None, name: str) -> float:
+        rate = float(self.behaviour.get("default", {}).get(name, DEFAULT_RATES[name]))
+        seg = self.behaviour.get("segments", {}).get(segment, {})
+        rate = float(seg.get(name, rate))
+        st = self.behaviour.get("stages", {}).get(stage or "", {})
+        return min(1.0, max(0.0, float(st.get(name, rate))))
+
+    def _action(self, name: str) -> float:
+        return float(self.behaviour.get("actions", {}).get(name, DEFAULT_ACTIONS[name]))
+
+    # -- queue ------------------------------------------------------------------------------------
+
+    def _push(self, at: datetime, kind: str, lead: str, data: Any = None, prio: int = 0) -> None:
+        self.seq += 1
+        heapq.heappush(self.heap, _Item(at, -prio, self.seq, kind, lead, data))
+
+    def _message(self, at: datetime, lead: str, etype: str, props: dict[str, Any] | None = None) -> None:
+        self._push(at, "msg", lead, {"type": etype, "properties": props or {}})
+
+    def _arm(self, state: LeadState, out: Outcome) -> None:
+        for ekey in sorted(out.touched):
+            e = state.enrollments.get(ekey)
+            if e is not None and e.status == ACTIVE and e.due is not None:
+                self._push(e.due, "timer", state.lead_id, (ekey, e.token), self.engine.priority_of(state, ekey))
+        for ekey in sorted(out.side_due):
+            self._push(self.now, "side", state.lead_id, ekey, self.engine.priority_of(state, ekey))
+        if out.inactivity_changed and state.inactive_due is not None:
+            self._push(state.inactive_due, "inactive", state.lead_id, state.inactive_token)
+        self._record(state, out)
+
+    def _record(self, state: LeadState, out: Outcome) -> None:
+        for r in out.runs:
+            self.funnel.run(r.journey, r.step, r.status)
+        for t in out.transitions:
+            self.funnel.transition(t.journey, t.type, t.lead_id, step_from=t.step_from, stage=t.stage, rule=t.rule,
+                                   facts=t.facts)
+        self.stats.steps += len(out.runs)
+
+    # -- leads ------------------------------------------------------------------------------------
+
+    def add_leads(self, count: int, days: int) -> None:
+        segments = list(self.behaviour.get("segment_mix") or SEGMENTS)
+        for i in range(count):
+            lead_id = f"sim-{i:06d}"
+            segment = segments[i % len(segments)]
+            created = self.start + timedelta(seconds=int(i * 86400 / max(count, 1)))
+            lead = {"id": lead_id, "segment": segment, "consent": {"email": True}, "score": 10, "grade": "C",
+                    "lifecycle_stage": "lead", "attributes": {}, "interests": {"countries": [], "topics": []},
+                    "counters": {"opens_7d": 0, "opens_14d": 0, "opens_30d": 0, "clicks_7d": 0, "clicks_30d": 0,
+                                 "downloads": 0, "high_intent_views": 0, "pricing_views": 0, "interactions_24h": 0,
+                                 "days_since_engagement": 0}}
+            self.states[lead_id] = LeadState(lead_id=lead_id, lead=lead)
+            self._message(created, lead_id, "lead_created")
+            self._plan_actions(lead_id, created, days)
+
+    def _plan_actions(self, lead_id: str, created: datetime, days: int) -> None:
+        rng = self.rng
+        horizon = days * 86400
+
+        def when() -> datetime:
+            return created + timedelta(seconds=rng.randrange(3600, max(horizon, 7200)))
+
+        if rng.random() < self._action("download"):
+            self._message(when(), lead_id, "resource_downloaded", {"resource": "guide", "category": "country"})
+        if rng.random() < self._action("webinar"):
+            at = when()
+            self._message(at, lead_id, "webinar_registered",
+                          {"webinar_id": f"w-{at.date().isoformat()}", "starts_at": iso(at + timedelta(days=5))})
+        if rng.random() < self._action("trial"):
+            at = when()
+            self._message(at, lead_id, "trial_started", {"ends_at": iso(at + timedelta(days=14))})
+        if rng.random() < self._action("checkout"):
+            self._message(when(), lead_id, "checkout_started", {"cart_id": f"c-{lead_id}"})
+        if rng.random() < self._action("assessment"):
+            self._message(when(), lead_id, "assessment_completed", {"assessment": "points"})
+        weeks = days / 7
+        for _ in range(int(weeks * self._action("page_views_per_week") + rng.random())):
+            self._message(when(), lead_id, "page_viewed", {"category": rng.choice(PAGE_CATEGORIES)})
+
+    def _apply_counters(self, state: LeadState, etype: str, props: Mapping[str, Any]) -> None:
+        c = state.lead.setdefault("counters", {})
+        if etype == "email_opened":
+            for k in ("opens_7d", "opens_14d", "opens_30d"):
+                c[k] = c.get(k, 0) + 1
+        elif etype == "email_clicked":
+            c["clicks_7d"] = c.get("clicks_7d", 0) + 1
+            c["clicks_30d"] = c.get("clicks_30d", 0) + 1
+        elif etype == "resource_downloaded":
+            c["downloads"] = c.get("downloads", 0) + 1
+        elif etype == "page_viewed":
+            cat = props.get("category")
+            if cat == "high_intent":
+                c["high_intent_views"] = c.get("high_intent_views", 0) + 1
+            if cat == "pricing":
+                c["pricing_views"] = c.get("pricing_views", 0) + 1
+        elif etype in ("subscribed", "opportunity_won"):
+            state.lead["lifecycle_stage"] = "customer"
+        elif etype == "unsubscribed":
+            state.lead["consent"] = {"email": False}
+
+    # -- effects ----------------------------------------------------------------------------------
+
+    def _drive(self, state: LeadState, ekey: str, side: bool) -> None:
+        out = Outcome()
+        while True:
+            effect = self.engine.next_effect(state, ekey, self.now, out, side=side)
+            if effect is None:
+                break
+            status = "done"
+            if effect.kind == "send":
+                status = "sent" if (state.lead.get("consent") or {}).get("email", True) else "suppressed"
+                if status == "sent":
+                    self.stats.sends += 1
+                    self._behave(state, effect.payload)
+            self.engine.complete(state, effect, self.now, out, status=status,
+                                 message_id=f"m-{effect.dedupe_key}" if status == "sent" else "")
+        self._arm(state, out)
+
+    def _behave(self, state: LeadState, payload: Mapping[str, Any]) -> None:
+        segment = str(state.lead.get("segment") or "")
+        stage = payload.get("context", {}).get("stage")
+        rng = self.rng
+        tag = {"journey": payload["journey"], "step": payload["step"]}
+        if rng.random() >= self._rate(segment, stage, "open"):
+            return
+        opened = self.now + timedelta(seconds=rng.randrange(600, 36 * 3600))
+        self._message(opened, state.lead_id, "email_opened", tag)
+        if rng.random() >= self._rate(segment, stage, "click"):
+            if rng.random() < self._action("unsubscribe"):
+                self._message(opened + timedelta(minutes=2), state.lead_id, "unsubscribed", tag)
+            return
+        clicked = opened + timedelta(seconds=rng.randrange(30, 1800))
+        self._message(clicked, state.lead_id, "email_clicked", tag)
+        if rng.random() < self._rate(segment, stage, "convert"):
+            self._message(clicked + timedelta(minutes=20), state.lead_id, "subscribed", tag)
+
+    # -- run --------------------------------------------------------------------------------------
+
+    def run(self, leads: int, days: int) -> dict[str, Any]:
+        if not 0 < leads <= MAX_LEADS:
+            raise SimulationError(f"leads must be between 1 and {MAX_LEADS}")
+        if not 0 < days <= MAX_DAYS:
+            raise SimulationError(f"days must be between 1 and {MAX_DAYS}")
+        started = time.perf_counter()
+        self.add_leads(leads, days)
+        end = self.start + timedelta(days=days)
+        while self.heap and self.heap[0].at <= end:
+            item = heapq.heappop(self.heap)
+            self.now = max(self.now, item.at)
+            state = self.states[item.lead]
+            if item.kind == "msg":
+                self.stats.messages += 1
+                data = item.data
+                self._apply_counters(state, data["type"], data["properties"])
+                if data["type"] in ("email_opened", "email_clicked"):
+                    self.funnel.engagement(data["properties"]["journey"], data["properties"]["step"], data["type"])
+                message = {"id": f"sim-{item.seq}", "lead_id": item.lead, "type": data["type"],
+                           "properties": data["properties"], "occurred_at": iso(self.now), "lead": state.lead}
+                out = self.engine.on_message(state, message, self.now)
+                self._arm(state, out)
+                for ekey in sorted(k for k, e in state.enrollments.items() if e.status == ACTIVE and e.due
+                                   and e.due <= self.now):
+                    self._drive(state, ekey, side=False)
+            elif item.kind == "timer":
+                ekey, token = item.data
+                e = state.enrollments.get(ekey)
+                if e is None or e.token != token or e.status != ACTIVE:
+                    continue
+                self.stats.timers += 1
+                self._drive(state, ekey, side=False)
+            elif item.kind == "side":
+                self._drive(state, item.data, side=True)
+            elif item.kind == "inactive":
+                out = self.engine.inactivity_due(state, item.data, self.now)
+                self._arm(state, out)
+        wall = time.perf_counter() - started
+        report = self.funnel.report(self.registry.published_map())
+        return {"leads": leads, "days": days, "journeys": report, "totals": totals(report),
+                "engine": {"steps": self.stats.steps, "messages": self.stats.messages, "timers": self.stats.timers,
+                           "sends": self.stats.sends, "wall_seconds": round(wall, 3)}}
+
+
+def simulate(*, journeys: Sequence[str] | None = None, leads: int, days: int, seed: int = 1,
+             behaviour: Mapping[str, Any] | None = None, definitions: Mapping[str, Journey] | None = None) -> dict[str, Any]:
+    """Run the named journeys (default: the whole playbook) and return the funnel report."""
+    available = dict(definitions) if definitions is not None else load_playbook()
+    chosen = list(journeys) if journeys else list(available)
+    unknown = [k for k in chosen if k not in available]
+    if unknown:
+        raise SimulationError(f"unknown journeys: {', '.join(unknown)}")
+    sim = Simulation({k: available[k] for k in chosen}, behaviour=behaviour, seed=seed)
+    report = sim.run(leads, days)
+    report["seed"] = seed
+    report["journey_keys"] = chosen
+    return report
