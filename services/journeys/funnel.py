@@ -19,7 +19,8 @@ STEP_MEASURES = ("entered", "sent", "suppressed", "opened", "clicked", "converte
 
 @dataclass
 class _JourneyTally:
-    steps: dict[str, dict[str, int]] = field(default_factory=lambda: defaultdict(lambda: dict.fromkeys(STEP_MEASURES, 0)))
+    steps: dict[str, dict[str, int]] = field(
+        default_factory=lambda: defaultdict(lambda: dict.fromkeys(STEP_MEASURES, 0)))
     stage_leads: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
     stage_hours: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     enrolled: int = 0

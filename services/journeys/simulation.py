@@ -266,7 +266,8 @@ class Simulation:
 
 
 def simulate(*, journeys: Sequence[str] | None = None, leads: int, days: int, seed: int = 1,
-             behaviour: Mapping[str, Any] | None = None, definitions: Mapping[str, Journey] | None = None) -> dict[str, Any]:
+             behaviour: Mapping[str, Any] | None = None,
+             definitions: Mapping[str, Journey] | None = None) -> dict[str, Any]:
     """Run the named journeys (default: the whole playbook) and return the funnel report."""
     available = dict(definitions) if definitions is not None else load_playbook()
     chosen = list(journeys) if journeys else list(available)
