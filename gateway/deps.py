@@ -10,6 +10,7 @@ choose the error's code and details (e.g. every validation problem of a journey 
 from __future__ import annotations
 
 import hmac
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,3 +59,15 @@ def require_key(request: Request) -> None:
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token or not hmac.compare_digest(token.strip(), settings.api_key):
         raise ApiError(401, "unauthorized", "a valid API key is required: Authorization: Bearer <key>")
+
+
+async def json_body(request: Request) -> Any:
+    """The request body parsed as JSON whatever the Content-Type says (curl -d sends form type);
+    400 when it is not JSON."""
+    raw = await request.body()
+    if not raw.strip():
+        raise ApiError(400, "malformed", "a JSON body is required")
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError(400, "malformed", f"the body is not valid JSON: {exc}") from exc

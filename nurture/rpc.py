@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import signal
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
@@ -151,7 +152,7 @@ async def start_server(
     name: str,
     port: int,
     register: Callable[[grpc.aio.Server], Iterable[str]],
-    host: str = "127.0.0.1",
+    host: str | None = None,
 ) -> ServiceServer:
     """Build, register and start a grpc.aio server. `register` adds servicers and returns the full
     names of the services it added (for health and reflection)."""
@@ -163,6 +164,8 @@ async def start_server(
             ("grpc.so_reuseport", 0),
         ],
     )
+    # NURTURE_BIND_HOST (0.0.0.0 in containers); loopback by default.
+    host = host or os.environ.get("NURTURE_BIND_HOST", "127.0.0.1")
     names = list(register(server))
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -39,6 +39,7 @@ class Settings:
     crm_url: str = "http://127.0.0.1:8090"
     crm_tokens: dict[str, str] = field(default_factory=lambda: {"local-crm": "dev-crm-token"})
     grpc_port: int = 0
+    bind_host: str = "127.0.0.1"
     http_port: int = 8080
     bus_shards: int = 8
     timer_shards: int = 16

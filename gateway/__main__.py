@@ -1,0 +1,25 @@
+"""`python -m gateway`: serve the gateway on NURTURE_HTTP_PORT with settings from NURTURE_*."""
+
+from __future__ import annotations
+
+import logging
+
+import uvicorn
+
+from gateway.app import create_app
+from nurture import telemetry
+from nurture.settings import load_settings
+
+
+def main() -> None:
+    settings = load_settings()
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s gateway %(levelname)s %(name)s: %(message)s")
+    provider = telemetry.setup("gateway", settings)
+    try:
+        uvicorn.run(create_app(settings), host=settings.bind_host, port=settings.http_port, log_level="warning",
+                    access_log=False)
+    finally:
+        provider.shutdown()
+
+
+main()

@@ -1,0 +1,95 @@
+"""Health, readiness and the virtual clock. Advancing the clock walks from due time to due time,
+settling every service at each instant, so a 60-day advance runs each step at its own moment."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
+
+from gateway.convert import parse_time, require_object
+from gateway.deps import ApiError, Mesh, json_body, mesh, require_key
+from nurture.api.common.v1 import common_pb2, common_pb2_grpc
+from nurture.clock import VirtualClock
+from nurture.rpc import LONG_DEADLINE_S, health_status
+from nurture.settings import SERVICES
+
+router = APIRouter(tags=["admin"])
+MAX_ROUNDS = 100_000
+
+
+@router.get("/healthz", summary="The gateway process is up")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/readyz", summary="Every service behind the gateway answers its gRPC health check")
+async def readyz(m: Mesh = Depends(mesh)) -> JSONResponse:
+    addresses = {s: m.settings.address_of(s) for s in SERVICES}
+    statuses = await asyncio.gather(*(health_status(a) for a in addresses.values()))
+    body = {"services": {s: {"address": addresses[s], "status": st} for s, st in zip(SERVICES, statuses, strict=True)}}
+    ready = all(st == "SERVING" for st in statuses)
+    return JSONResponse(body, status_code=200 if ready else 503, headers={} if ready else {"Retry-After": "1"})
+
+
+def _clock(request: Request) -> VirtualClock:
+    clock = request.app.state.clock
+    if not isinstance(clock, VirtualClock):
+        raise ApiError(404, "not_found", "the clock is real: start the mesh with --clock virtual")
+    return clock
+
+
+async def settle_all(m: Mesh) -> datetime | None:
+    """Settle every service until none has work left; the earliest next due time of any."""
+    for _ in range(MAX_ROUNDS):
+        work = 0
+        due: list[datetime] = []
+        for service in SERVICES:  # in order: scoring publishes what the others consume
+            reply = await common_pb2_grpc.AdminStub(m.channel(service)).Settle(
+                common_pb2.SettleRequest(), timeout=LONG_DEADLINE_S)
+            work += reply.work_done
+            if reply.has_next_due:
+                due.append(reply.next_due_at.ToDatetime(tzinfo=UTC))
+        if work == 0:
+            return min(due) if due else None
+    raise ApiError(409, "no_quiescence", "services kept producing work; a rule loop?")
+
+
+@router.get("/v1/admin/clock", dependencies=[Depends(require_key)], summary="The virtual clock's time")
+async def get_clock(request: Request) -> dict[str, str]:
+    return {"now": _clock(request).now().isoformat().replace("+00:00", "Z")}
+
+
+@router.post("/v1/admin/clock/advance", dependencies=[Depends(require_key)],
+             summary="Move virtual time forward and process everything due up to then")
+async def advance(request: Request, body: Any = Depends(json_body), m: Mesh = Depends(mesh)) -> dict[str, Any]:
+    body = require_object(body)
+    clock = _clock(request)
+    now = clock.now()
+    if "to" in body:
+        target = parse_time(body["to"], "to")
+    else:
+        seconds = body.get("seconds")
+        if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not 0 <= seconds <= 400 * 86400:
+            raise ApiError(422, "invalid", "seconds must be a number between 0 and 34560000",
+                           {"fields": {"seconds": "0..34560000"}})
+        target = now + timedelta(seconds=float(seconds))
+    if target < now:
+        raise ApiError(422, "invalid", "time only moves forward")
+    async with request.app.state.clock_lock:
+        steps = 0
+        next_due = await settle_all(m)
+        while next_due is not None and next_due <= target:
+            # Work reported due but not done (e.g. a failing retry) must not stall the walk.
+            next_due = max(next_due, clock.now() + timedelta(seconds=1))
+            if next_due > target:
+                break
+            clock.set(next_due)
+            steps += 1
+            next_due = await settle_all(m)
+        clock.set(target)
+        await settle_all(m)
+    return {"now": clock.now().isoformat().replace("+00:00", "Z"), "instants": steps}

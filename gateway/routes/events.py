@@ -1,0 +1,101 @@
+"""Events: single and batch ingestion with idempotency keys. A 202 means the event is stored."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import APIRouter, Depends, Header, Request
+
+from gateway.convert import parse_time, require_object
+from gateway.deps import ApiError, Mesh, json_body, mesh, require_key
+from nurture.api.scoring.v1 import scoring_pb2, scoring_pb2_grpc
+
+router = APIRouter(prefix="/v1", tags=["events"], dependencies=[Depends(require_key)])
+FIELDS = {"lead_id", "type", "properties", "occurred_at", "idempotency_key"}
+
+
+def to_event(raw: Any, header_key: str | None = None) -> scoring_pb2.Event:
+    """One API event as a proto event, or ApiError(422) naming every problem."""
+    body = require_object(raw, "event")
+    problems: dict[str, str] = {}
+    for name in sorted(set(body) - FIELDS):
+        problems[name] = "is not an event field"
+    lead_id, type_ = body.get("lead_id"), body.get("type")
+    if not isinstance(lead_id, str) or not lead_id:
+        problems["lead_id"] = "is required (string)"
+    if not isinstance(type_, str) or not type_:
+        problems["type"] = "is required (string)"
+    props = body.get("properties", {})
+    if props is None:
+        props = {}
+    if not isinstance(props, dict):
+        problems["properties"] = "must be an object"
+    key = body.get("idempotency_key", header_key)
+    if key is not None and (not isinstance(key, str) or not key or len(key) > 200):
+        problems["idempotency_key"] = "must be a non-empty string of at most 200 characters"
+    event = scoring_pb2.Event(lead_id=lead_id if isinstance(lead_id, str) else "",
+                              type=type_ if isinstance(type_, str) else "", source="api",
+                              idempotency_key=key if isinstance(key, str) else "")
+    if body.get("occurred_at") is not None:
+        try:
+            event.occurred_at.FromDatetime(parse_time(body["occurred_at"], "occurred_at"))
+        except ApiError as exc:
+            problems["occurred_at"] = exc.message
+    if problems:
+        raise ApiError(422, "invalid", "; ".join(f"{k} {v}" for k, v in problems.items()), {"fields": problems})
+    event.properties_json = json.dumps(props)
+    return event
+
+
+def _error(result: scoring_pb2.EventResult) -> ApiError:
+    if result.error_code == "unknown_lead":
+        return ApiError(404, "unknown_lead", result.error_message)
+    return ApiError(422, result.error_code or "invalid", result.error_message)
+
+
+@router.post("/events", status_code=202, summary="Record one event (durable on 202)")
+async def post_event(
+    body: Any = Depends(json_body), idempotency_key: str | None = Header(None), m: Mesh = Depends(mesh)
+) -> dict[str, Any]:
+    event = to_event(body, idempotency_key)
+    reply = await scoring_pb2_grpc.ScoringStub(m.channel("scoring")).IngestEvents(
+        scoring_pb2.IngestRequest(events=[event]), timeout=m.timeout)
+    result = reply.results[0]
+    if result.error_code:
+        raise _error(result)
+    return {"event_id": result.event_id, "duplicate": result.duplicate}
+
+
+@router.post("/events:batch", status_code=202, summary="Record up to 1,000 events; good ones are taken")
+async def post_batch(request: Request, body: Any = Depends(json_body), m: Mesh = Depends(mesh)) -> dict[str, Any]:
+    body = require_object(body)
+    raw = body.get("events")
+    if not isinstance(raw, list):
+        raise ApiError(422, "invalid", "events must be a list")
+    limit = m.settings.max_batch
+    if len(raw) > limit:
+        raise ApiError(413, "too_large", f"a batch holds at most {limit} events, got {len(raw)}", {"max": limit})
+    rejected: list[dict[str, Any]] = []
+    events: list[scoring_pb2.Event] = []
+    index: list[int] = []
+    for i, item in enumerate(raw):
+        try:
+            events.append(to_event(item))
+            index.append(i)
+        except ApiError as exc:
+            rejected.append({"index": i, "error": {"code": exc.code, "message": exc.message, "details": exc.details}})
+    duplicates = 0
+    ids: list[str] = []
+    if events:
+        reply = await scoring_pb2_grpc.ScoringStub(m.channel("scoring")).IngestEvents(
+            scoring_pb2.IngestRequest(events=events), timeout=m.timeout * 6)
+        for i, result in zip(index, reply.results, strict=True):
+            if result.error_code:
+                err = _error(result)
+                rejected.append({"index": i, "error": {"code": err.code, "message": err.message}})
+            else:
+                duplicates += result.duplicate
+                ids.append(result.event_id)
+    rejected.sort(key=lambda r: r["index"])
+    return {"accepted": len(ids), "duplicates": duplicates, "event_ids": ids, "rejected": rejected}

@@ -1,0 +1,130 @@
+"""Leads: create/update, progressive profiling, read, list, erase, and the merged timeline."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import grpc
+from fastapi import APIRouter, Depends, Query, Response
+from google.protobuf.json_format import MessageToDict
+
+from gateway.convert import iso, lead_json, require_object
+from gateway.deps import ApiError, Mesh, json_body, mesh, require_key
+from nurture.api.common.v1 import common_pb2, common_pb2_grpc
+from nurture.api.scoring.v1 import scoring_pb2, scoring_pb2_grpc
+from nurture.settings import SERVICES
+
+router = APIRouter(prefix="/v1/leads", tags=["leads"], dependencies=[Depends(require_key)])
+
+
+def scoring(m: Mesh) -> scoring_pb2_grpc.ScoringStub:
+    return scoring_pb2_grpc.ScoringStub(m.channel("scoring"))
+
+
+async def lead_journeys(m: Mesh, lead_id: str) -> list[dict[str, Any]]:
+    """The lead's journeys from the journeys service; a lead is still readable when it is down."""
+    try:
+        from nurture.api.journeys.v1 import journeys_pb2, journeys_pb2_grpc
+    except ImportError:
+        return []
+    try:
+        reply = await journeys_pb2_grpc.JourneysStub(m.channel("journeys")).LeadJourneys(
+            journeys_pb2.LeadJourneysRequest(lead_id=lead_id), timeout=m.timeout)
+    except grpc.aio.AioRpcError:
+        return []
+    out = []
+    for e in reply.enrollments:
+        item = MessageToDict(e, preserving_proto_field_name=True)
+        item["next_step_at"] = iso(e.next_step_at, e.HasField("next_step_at"))
+        out.append(item)
+    return out
+
+
+async def _upsert(m: Mesh, lead_id: str, body: dict[str, Any], *, merge: bool, must_exist: bool) -> Any:
+    fields = {k: v for k, v in body.items() if k != "id"}
+    return await scoring(m).UpsertLead(scoring_pb2.UpsertLeadRequest(
+        id=lead_id, fields_json=json.dumps(fields), merge=merge, source="api", must_exist=must_exist),
+        timeout=m.timeout)
+
+
+@router.post("", status_code=201, summary="Create or update a lead by id")
+async def create_lead(response: Response, body: Any = Depends(json_body), m: Mesh = Depends(mesh)) -> dict[str, Any]:
+    body = require_object(body)
+    lead_id = body.get("id") or ""
+    if not isinstance(lead_id, str):
+        raise ApiError(422, "invalid", "id must be a string", {"fields": {"id": "must be a string"}})
+    reply = await _upsert(m, lead_id, body, merge=False, must_exist=False)
+    response.status_code = 201 if reply.created else 200
+    return lead_json(reply.lead, await lead_journeys(m, reply.lead.id))
+
+
+@router.patch("/{lead_id}", summary="Merge attributes (progressive profiling)")
+async def patch_lead(lead_id: str, body: Any = Depends(json_body), m: Mesh = Depends(mesh)) -> dict[str, Any]:
+    reply = await _upsert(m, lead_id, require_object(body), merge=True, must_exist=True)
+    return lead_json(reply.lead, await lead_journeys(m, lead_id))
+
+
+@router.get("/{lead_id}", summary="A lead with its score, grade, stage and journeys")
+async def get_lead(lead_id: str, m: Mesh = Depends(mesh)) -> dict[str, Any]:
+    lead = await scoring(m).GetLead(scoring_pb2.GetLeadRequest(id=lead_id), timeout=m.timeout)
+    return lead_json(lead, await lead_journeys(m, lead_id))
+
+
+@router.get("", summary="A page of leads")
+async def list_leads(
+    segment: str = "", min_score: int | None = None, stage: str = "", journey: str = "", email: str = "",
+    cursor: str = "", limit: int = Query(100, ge=1, le=1000), m: Mesh = Depends(mesh),
+) -> dict[str, Any]:
+    if journey:
+        from nurture.api.journeys.v1 import journeys_pb2, journeys_pb2_grpc
+
+        members = await journeys_pb2_grpc.JourneysStub(m.channel("journeys")).Members(
+            journeys_pb2.MembersRequest(journey=journey, cursor=cursor, limit=limit), timeout=m.timeout)
+        got = await scoring(m).GetLeads(scoring_pb2.GetLeadsRequest(ids=list(members.lead_ids)), timeout=m.timeout)
+        leads = [lead for lead in got.leads if (not segment or lead.segment == segment)
+                 and (min_score is None or lead.score >= min_score) and (not stage or lead.lifecycle_stage == stage)]
+        return {"items": [lead_json(lead) for lead in leads], "next_cursor": members.next_cursor or None}
+    reply = await scoring(m).ListLeads(scoring_pb2.ListLeadsRequest(
+        segment=segment, min_score=min_score or 0, has_min_score=min_score is not None, stage=stage, email=email,
+        cursor=cursor, limit=limit), timeout=m.timeout)
+    return {"items": [lead_json(lead) for lead in reply.leads], "next_cursor": reply.next_cursor or None}
+
+
+@router.delete("/{lead_id}", summary="Erase the person (right to erasure)")
+async def erase_lead(lead_id: str, m: Mesh = Depends(mesh)) -> dict[str, Any]:
+    reply = await scoring(m).EraseLead(scoring_pb2.EraseRequest(id=lead_id), timeout=m.timeout)
+    removed: dict[str, int] = {"scoring": 1}
+    for service in SERVICES[1:]:
+        # Every service forgets the lead; the hashed address stays as a suppression record.
+        answer = await common_pb2_grpc.AdminStub(m.channel(service)).EraseLead(
+            common_pb2.EraseLeadRequest(lead_id=lead_id, email_hash=reply.email_hash), timeout=m.timeout)
+        removed[service] = answer.removed
+    return {"id": lead_id, "erased": True, "removed": removed}
+
+
+@router.get("/{lead_id}/timeline", summary="Everything that happened to the lead, oldest first, with reasons")
+async def timeline(lead_id: str, limit: int = Query(1000, ge=1, le=10000), m: Mesh = Depends(mesh)) -> dict[str, Any]:
+    await scoring(m).GetLead(scoring_pb2.GetLeadRequest(id=lead_id), timeout=m.timeout)  # 404 for unknown
+
+    async def part(service: str) -> list[common_pb2.TimelineItem]:
+        try:
+            reply = await common_pb2_grpc.AdminStub(m.channel(service)).Timeline(
+                common_pb2.TimelineRequest(lead_id=lead_id, limit=limit), timeout=m.timeout)
+        except grpc.aio.AioRpcError as exc:
+            if service == "scoring":
+                raise
+            missing.append({"service": service, "status": exc.code().name})
+            return []
+        return list(reply.items)
+
+    missing: list[dict[str, str]] = []
+    parts = await asyncio.gather(*(part(s) for s in SERVICES))
+    items = sorted((i for p in parts for i in p), key=lambda i: (i.at.ToNanoseconds(), i.id))
+    body: dict[str, Any] = {"items": [
+        {"at": iso(i.at), "kind": i.kind, "type": i.type, "summary": i.summary, "id": i.id,
+         **({"details": json.loads(i.details_json)} if i.details_json else {})} for i in items[-limit:]]}
+    if missing:
+        body["incomplete"] = missing
+    return body

