@@ -24,6 +24,7 @@ class Running:
     server: ServiceServer
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     close: Callable[[], Awaitable[None]] | None = None
+    _released: bool = False
 
     @property
     def address(self) -> str:
@@ -34,6 +35,9 @@ class Running:
         await self.release()
 
     async def release(self) -> None:
+        if self._released:
+            return
+        self._released = True
         for task in self.tasks:
             task.cancel()
         for task in self.tasks:

@@ -1,0 +1,186 @@
+"""The gateway's HTTP contract against a real scoring service over gRPC (other services: whatever
+the tree has; the contract for leads and events needs only scoring)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from gateway.app import create_app
+from nurture.rpc import channel
+from nurture.service import Running
+from nurture.settings import SERVICES, Settings
+from tests.conftest import free_port, start_service
+
+pytestmark = pytest.mark.anyio
+AUTH = {"Authorization": "Bearer test-key"}
+
+
+@pytest.fixture
+async def api(settings: Settings) -> AsyncIterator[tuple[httpx.AsyncClient, FastAPI, Running]]:
+    scoring = await start_service("scoring", settings)
+    # Services this test does not start point at a closed port: the gateway must say 503, not hang.
+    addrs = {f"{s}_addr": f"127.0.0.1:{free_port()}" for s in SERVICES}
+    addrs["scoring_addr"] = scoring.address
+    app = create_app(settings.with_overrides(api_key="test-key", max_body_bytes=64_000, max_batch=50, **addrs))
+    for s in SERVICES:
+        app.state.mesh.channels[s] = channel(app.state.mesh.settings.address_of(s))
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
+        yield client, app, scoring
+    await scoring.stop(grace=0.2)
+
+
+async def test_lead_lifecycle_and_events(api: tuple[httpx.AsyncClient, FastAPI, Running]) -> None:
+    client, _app, _ = api
+    r = await client.post(
+        "/v1/leads",
+        headers=AUTH,
+        json={"id": "l-1", "email": "ana@example.com", "consent": {"email": True}, "timezone": "Asia/Kolkata"},
+    )
+    assert r.status_code == 201, r.text
+    r = await client.post(
+        "/v1/leads", headers=AUTH, json={"id": "l-1", "email": "ana@example.com", "first_name": "Ana"}
+    )
+    assert r.status_code == 200 and r.json()["first_name"] == "Ana"
+    r = await client.patch("/v1/leads/l-1", headers=AUTH, json={"attributes": {"profession": "nurse"}})
+    assert r.json()["attributes"] == {"profession": "nurse"} and r.json()["segment"] == "skilled_professional"
+    r = await client.post(
+        "/v1/events",
+        headers=AUTH,
+        json={
+            "lead_id": "l-1",
+            "type": "page_viewed",
+            "properties": {"category": "pricing"},
+            "idempotency_key": "once",
+        },
+    )
+    assert r.status_code == 202 and r.json()["duplicate"] is False
+    first = r.json()["event_id"]
+    r = await client.post(
+        "/v1/events",
+        headers=AUTH,
+        json={
+            "lead_id": "l-1",
+            "type": "page_viewed",
+            "properties": {"category": "pricing"},
+            "idempotency_key": "once",
+        },
+    )
+    assert r.status_code == 202 and r.json() == {"event_id": first, "duplicate": True}
+    lead = (await client.get("/v1/leads/l-1", headers=AUTH)).json()
+    assert lead["score"] == 8
+    timeline = (await client.get("/v1/leads/l-1/timeline", headers=AUTH)).json()
+    score_items = [i for i in timeline["items"] if i["kind"] == "score"]
+    assert score_items and score_items[0]["details"]["rule"] == "pricing_page"
+    page = (await client.get("/v1/leads?segment=skilled_professional&min_score=5", headers=AUTH)).json()
+    assert [i["id"] for i in page["items"]] == ["l-1"]
+
+
+async def test_batch_takes_good_events_and_rejects_bad(api: tuple[httpx.AsyncClient, FastAPI, Running]) -> None:
+    client, _app, _ = api
+    await client.post("/v1/leads", headers=AUTH, json={"id": "b"})
+    events = [
+        {"lead_id": "b", "type": "resource_downloaded"},
+        {"lead_id": "nobody", "type": "page_viewed"},
+        {"lead_id": "b", "type": "page_viewed", "occurred_at": "yesterday"},
+        "not an object",
+        {
+            "lead_id": "b",
+            "type": "video_watched",
+            "properties": {"category": "demo"},
+            "occurred_at": "2026-01-05T10:00:00+01:00",
+        },
+    ]
+    r = await client.post("/v1/events:batch", headers=AUTH, json={"events": events})
+    assert r.status_code == 202
+    body = r.json()
+    assert body["accepted"] == 2
+    assert [x["index"] for x in body["rejected"]] == [1, 2, 3]
+    assert body["rejected"][0]["error"]["code"] == "unknown_lead"
+    r = await client.post("/v1/events:batch", headers=AUTH, json={"events": [events[0]] * 51})
+    assert r.status_code == 413 and r.json()["error"]["code"] == "too_large"
+    assert (await client.get("/v1/leads/b", headers=AUTH)).json()["score"] == 2 + 7
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status", "code"),
+    [
+        ("post", "/v1/events", b"{not json", 400, "malformed"),
+        ("post", "/v1/events", b"", 400, "malformed"),
+        ("post", "/v1/events", b"[1, 2]", 422, "invalid"),
+        ("post", "/v1/events", json.dumps({"lead_id": 5, "type": None}).encode(), 422, "invalid"),
+        ("post", "/v1/events", json.dumps({"lead_id": "x", "type": "t", "extra": 1}).encode(), 422, "invalid"),
+        ("post", "/v1/events", json.dumps({"lead_id": "x", "type": "t", "properties": []}).encode(), 422, "invalid"),
+        (
+            "post",
+            "/v1/events",
+            json.dumps({"lead_id": "x", "type": "t", "occurred_at": "2026-01-05T10:00:00"}).encode(),
+            422,
+            "invalid",
+        ),
+        ("post", "/v1/events", json.dumps({"lead_id": "ghost", "type": "page_viewed"}).encode(), 404, "unknown_lead"),
+        ("post", "/v1/leads", json.dumps({"email": "nope", "timezone": "Nowhere/City"}).encode(), 422, "invalid"),
+        ("post", "/v1/leads", json.dumps({"id": 7}).encode(), 422, "invalid"),
+        ("patch", "/v1/leads/ghost", json.dumps({"first_name": "x"}).encode(), 404, "not_found"),
+        ("get", "/v1/leads/ghost", None, 404, "not_found"),
+        ("delete", "/v1/leads/ghost", None, 404, "not_found"),
+        ("post", "/v1/events", b"x" * 70_000, 413, "too_large"),
+        ("get", "/v1/admin/clock/nothing", None, 404, "not_found"),
+    ],
+)
+async def test_bad_input_gets_a_clear_4xx(
+    api: tuple[httpx.AsyncClient, FastAPI, Running],
+    method: str,
+    path: str,
+    body: bytes | None,
+    status: int,
+    code: str,
+) -> None:
+    client, _app, _ = api
+    r = await client.request(method.upper(), path, headers=AUTH, content=body)
+    assert r.status_code == status, r.text
+    assert r.json()["error"]["code"] == code
+
+
+async def test_auth_and_health(api: tuple[httpx.AsyncClient, FastAPI, Running]) -> None:
+    client, _app, _ = api
+    assert (await client.get("/v1/leads/x")).status_code == 401
+    assert (await client.get("/v1/leads/x", headers={"Authorization": "Bearer wrong"})).status_code == 401
+    assert (await client.get("/healthz")).json() == {"status": "ok"}
+    r = await client.get("/readyz")
+    assert r.status_code == 503 and r.headers["Retry-After"]
+    assert r.json()["services"]["scoring"]["status"] == "SERVING"
+    assert r.json()["services"]["journeys"]["status"] == "UNAVAILABLE"
+    spec = (await client.get("/openapi.json")).json()
+    assert "/v1/events:batch" in spec["paths"] and "/v1/leads/{lead_id}/timeline" in spec["paths"]
+
+
+async def test_scoring_down_gives_503_and_accepted_events_survive(
+    api: tuple[httpx.AsyncClient, FastAPI, Running], settings: Settings
+) -> None:
+    client, app, scoring = api
+    await client.post("/v1/leads", headers=AUTH, json={"id": "s"})
+    r = await client.post("/v1/events", headers=AUTH, json={"lead_id": "s", "type": "form_submitted"})
+    assert r.status_code == 202
+    await scoring.stop(grace=0.1)
+    r = await client.post("/v1/events", headers=AUTH, json={"lead_id": "s", "type": "form_submitted"})
+    assert r.status_code == 503 and r.headers["Retry-After"] and r.json()["error"]["code"] == "unavailable"
+    again = await start_service("scoring", settings)
+    app.state.mesh.channels["scoring"] = channel(again.address)
+    try:
+        lead = (await client.get("/v1/leads/s", headers=AUTH)).json()
+        assert lead["score"] == 5 and lead["lifecycle_stage"] == "lead"
+    finally:
+        await again.stop(grace=0.1)
+
+
+async def test_clock_is_404_on_a_real_clock(settings: Settings) -> None:
+    app = create_app(settings.with_overrides(clock="real", api_key="test-key"))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as client:
+        r = await client.get("/v1/admin/clock", headers=AUTH)
+        assert r.status_code == 404
