@@ -1,0 +1,50 @@
+"""Delivery policy: send windows in the lead's time zone, frequency caps, retry backoff. Pure functions.
+
+Nurture mail goes out only in the lead's daytime (deferred to the next window, never dropped) and under
+a rolling per-day and per-week cap; transactional mail (webinar reminders, deliveries) is exempt from
+both because its timing is the point of it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, time, timedelta
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+
+@dataclass(frozen=True)
+class Policy:
+    window_start: time = time(8, 0)
+    window_end: time = time(20, 0)
+    cap_per_day: int = 3
+    cap_per_week: int = 10
+    max_attempts: int = 8
+    backoff_base_s: float = 30.0
+    backoff_max_s: float = 3600.0
+
+
+DEFAULT_POLICY = Policy()
+
+
+def zone_of(name: str | None) -> ZoneInfo:
+    """The lead's zone; an unknown or empty name falls back to UTC rather than failing the send."""
+    try:
+        return ZoneInfo(name) if name else ZoneInfo("UTC")
+    except (ZoneInfoNotFoundError, ValueError):
+        return ZoneInfo("UTC")
+
+
+def next_window(now: datetime, tz_name: str | None, policy: Policy = DEFAULT_POLICY) -> datetime | None:
+    """None when `now` is inside the lead's daytime window, else the (UTC) start of the next window."""
+    zone = zone_of(tz_name)
+    local = now.astimezone(zone)
+    if policy.window_start <= local.time() < policy.window_end:
+        return None
+    day = local.date() if local.time() < policy.window_start else local.date() + timedelta(days=1)
+    start = datetime.combine(day, policy.window_start, tzinfo=zone)
+    return start.astimezone(now.tzinfo)
+
+
+def backoff(attempts: int, policy: Policy = DEFAULT_POLICY) -> timedelta:
+    """Exponential backoff after `attempts` failed tries: 30 s, 60 s, 120 s ... capped at an hour."""
+    return timedelta(seconds=min(policy.backoff_max_s, policy.backoff_base_s * 2 ** max(0, attempts - 1)))

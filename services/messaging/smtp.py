@@ -1,0 +1,129 @@
+"""A small pool of persistent SMTP connections (smtplib), used from worker threads.
+
+`smtp_url` is `smtp://[user:pass@]host:port[?starttls=1]` or `smtps://...`. Outcomes are classified so
+the queue never stalls: 2xx sent; 4xx, refused connections and drops are transient (retried with
+backoff); 5xx are permanent (recorded with the server's reason; a refused recipient is a hard bounce).
+"""
+
+from __future__ import annotations
+
+import queue
+import smtplib
+import ssl
+import threading
+from dataclasses import dataclass
+from urllib.parse import parse_qs, unquote, urlparse
+
+
+@dataclass(frozen=True)
+class SmtpResult:
+    ok: bool
+    permanent: bool = False
+    code: int = 250
+    reason: str = ""
+    hard_bounce: bool = False    # the server refused the recipient permanently
+
+
+class SmtpPool:
+    """Thread-safe: each call borrows one connection, opening one when none is idle."""
+
+    def __init__(self, url: str, *, size: int = 8, timeout: float = 15.0) -> None:
+        parsed = urlparse(url)
+        if parsed.scheme not in ("smtp", "smtps"):
+            raise ValueError(f"smtp_url must be smtp:// or smtps://, got {url!r}")
+        self.host = parsed.hostname or "127.0.0.1"
+        self.port = parsed.port or (465 if parsed.scheme == "smtps" else 25)
+        self.tls = parsed.scheme == "smtps"
+        self.starttls = parse_qs(parsed.query).get("starttls", ["0"])[0] in ("1", "true")
+        self.user = unquote(parsed.username) if parsed.username else None
+        self.password = unquote(parsed.password) if parsed.password else None
+        self.size = size
+        self.timeout = timeout
+        self._idle: queue.LifoQueue[smtplib.SMTP] = queue.LifoQueue()
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def _open(self) -> smtplib.SMTP:
+        conn: smtplib.SMTP
+        if self.tls:
+            conn = smtplib.SMTP_SSL(self.host, self.port, timeout=self.timeout, context=ssl.create_default_context())
+        else:
+            conn = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
+            if self.starttls:
+                conn.starttls(context=ssl.create_default_context())
+        if self.user:
+            conn.login(self.user, self.password or "")
+        return conn
+
+    def _borrow(self) -> smtplib.SMTP:
+        try:
+            return self._idle.get_nowait()
+        except queue.Empty:
+            return self._open()
+
+    def _give_back(self, conn: smtplib.SMTP) -> None:
+        if self._closed:
+            _quiet_close(conn)
+        else:
+            self._idle.put(conn)
+
+    def send(self, sender: str, recipient: str, data: bytes) -> SmtpResult:
+        """One SMTP transaction; never raises for delivery problems, only classifies them."""
+        for attempt in (1, 2):
+            try:
+                conn = self._borrow()
+            except (OSError, smtplib.SMTPException) as exc:
+                return SmtpResult(ok=False, code=0, reason=f"connect {self.host}:{self.port}: {exc}")
+            try:
+                conn.sendmail(sender, [recipient], data)
+            except smtplib.SMTPServerDisconnected as exc:
+                _quiet_close(conn)
+                if attempt == 1:
+                    continue  # an idle connection the server had closed: one fresh try
+                return SmtpResult(ok=False, code=0, reason=f"disconnected: {exc}")
+            except smtplib.SMTPRecipientsRefused as exc:
+                self._give_back(conn)
+                code, msg = next(iter(exc.recipients.values()))
+                return _classify(code, msg, recipient_refused=True)
+            except smtplib.SMTPResponseException as exc:
+                _reset(conn)
+                self._give_back(conn)
+                return _classify(exc.smtp_code, exc.smtp_error, recipient_refused=False)
+            except (OSError, smtplib.SMTPException) as exc:
+                _quiet_close(conn)
+                return SmtpResult(ok=False, code=0, reason=f"smtp error: {exc}")
+            self._give_back(conn)
+            return SmtpResult(ok=True)
+        return SmtpResult(ok=False, code=0, reason="unreachable")
+
+    def close(self) -> None:
+        self._closed = True
+        while True:
+            try:
+                _quiet_close(self._idle.get_nowait())
+            except queue.Empty:
+                return
+
+
+def _classify(code: int, message: bytes | str, *, recipient_refused: bool) -> SmtpResult:
+    text = message.decode("utf-8", "replace") if isinstance(message, bytes) else str(message)
+    permanent = 500 <= code < 600
+    return SmtpResult(ok=False, permanent=permanent, code=code, reason=f"{code} {text}".strip(),
+                      hard_bounce=permanent and recipient_refused)
+
+
+def _reset(conn: smtplib.SMTP) -> None:
+    try:
+        conn.rset()
+    except (OSError, smtplib.SMTPException):
+        pass
+
+
+def _quiet_close(conn: smtplib.SMTP) -> None:
+    try:
+        conn.quit()
+    except (OSError, smtplib.SMTPException):
+        try:
+            conn.close()
+        except OSError:
+            pass

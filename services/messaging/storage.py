@@ -1,0 +1,349 @@
+"""SQL storage of the messaging service: blocking functions, run through `Database.run`.
+
+Every function takes the session factory explicitly and does one transaction, so a batch of outcomes
+(status changes, timeline lines, events for scoring, suppressions) commits together or not at all.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import and_, delete, func, insert, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from services.messaging.tables import (
+    ad_suppressions,
+    audience_members,
+    consent_log,
+    feedback,
+    inbox,
+    message_log,
+    messages,
+    suppressions,
+    tracking,
+)
+
+SessionFactory = Callable[[], AbstractContextManager[Session]]
+
+
+def naive(when: datetime) -> datetime:
+    return when.astimezone(UTC).replace(tzinfo=None)
+
+
+def aware(when: datetime | None) -> datetime | None:
+    return None if when is None else when.replace(tzinfo=UTC)
+
+
+@dataclass
+class LogLine:
+    message_id: str
+    lead_id: str
+    type: str
+    summary: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Feedback:
+    key: str
+    lead_id: str
+    type: str
+    properties: dict[str, Any]
+    occurred_at: datetime
+
+
+@dataclass
+class Outcome:
+    """One message's new state after a pass of the worker (fields left None are unchanged)."""
+
+    message_id: str
+    status: str
+    reason: str = ""
+    due_at: datetime | None = None
+    attempts: int | None = None
+    subject: str | None = None
+    variant: str | None = None
+    email_hash: str | None = None
+    sent_at: datetime | None = None
+    log: list[LogLine] = field(default_factory=list)
+    feedback: list[Feedback] = field(default_factory=list)
+    suppress: list[tuple[str, str, str, str]] = field(default_factory=list)  # (hash, scope, reason, source)
+
+
+class Store:
+    def __init__(self, sessions: SessionFactory) -> None:
+        self._sessions = sessions
+
+    # --- messages ---------------------------------------------------------------------------------
+    def insert_message(self, row: dict[str, Any], log: LogLine) -> tuple[bool, dict[str, Any]]:
+        """Insert a requested message; (False, existing row) when its dedupe key is known already."""
+        try:
+            with self._sessions() as s:
+                s.execute(insert(messages).values(**row))
+                _log(s, [log], row["created_at"])
+            return True, row
+        except IntegrityError:
+            with self._sessions() as s:
+                found = s.execute(select(messages).where(messages.c.dedupe_key == row["dedupe_key"])).mappings().first()
+            if found is None:
+                raise
+            return False, dict(found)
+
+    def insert_messages(self, rows: Sequence[tuple[dict[str, Any], LogLine]]) -> list[tuple[bool, dict[str, Any]]]:
+        """Group commit of many inserts; falls back to one by one when any dedupe key collides."""
+        if not rows:
+            return []
+        keys = [r["dedupe_key"] for r, _ in rows]
+        try:
+            with self._sessions() as s:
+                if len(set(keys)) != len(keys):
+                    raise IntegrityError("batch", {}, Exception("duplicate key in batch"))
+                s.execute(insert(messages), [r for r, _ in rows])
+                _log(s, [line for _, line in rows], rows[0][0]["created_at"])
+            return [(True, r) for r, _ in rows]
+        except IntegrityError:
+            return [self.insert_message(r, line) for r, line in rows]
+
+    def get_messages(self, ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+        ids = list(ids)
+        with self._sessions() as s:
+            rows = s.execute(select(messages).where(messages.c.id.in_(ids))).mappings().all()
+        return {r["id"]: dict(r) for r in rows}
+
+    def due_messages(self, now: datetime, limit: int) -> list[dict[str, Any]]:
+        """Messages whose time has come (and any left in `sending` by a crash), oldest first."""
+        with self._sessions() as s:
+            rows = s.execute(
+                select(messages).where(messages.c.status.in_(("scheduled", "sending")),
+                                       messages.c.due_at <= naive(now))
+                .order_by(messages.c.due_at).limit(limit)).mappings().all()
+        return [dict(r) for r in rows]
+
+    def next_due(self) -> datetime | None:
+        with self._sessions() as s:
+            value = s.execute(select(func.min(messages.c.due_at)).where(
+                messages.c.status.in_(("scheduled", "sending")))).scalar()
+        return aware(value)
+
+    def apply(self, outcomes: Sequence[Outcome], now: datetime) -> None:
+        """Record a batch of outcomes in one transaction."""
+        if not outcomes:
+            return
+        at = naive(now)
+        with self._sessions() as s:
+            for o in outcomes:
+                values: dict[str, Any] = {"status": o.status, "reason": o.reason[:2000], "updated_at": at}
+                if o.due_at is not None:
+                    values["due_at"] = naive(o.due_at)
+                if o.attempts is not None:
+                    values["attempts"] = o.attempts
+                if o.subject is not None:
+                    values["subject"] = o.subject
+                if o.variant is not None:
+                    values["variant"] = o.variant
+                if o.email_hash is not None:
+                    values["email_hash"] = o.email_hash
+                if o.sent_at is not None:
+                    values["sent_at"] = naive(o.sent_at)
+                s.execute(update(messages).where(messages.c.id == o.message_id).values(**values))
+            _log(s, [line for o in outcomes for line in o.log], at)
+            fb = [f for o in outcomes for f in o.feedback]
+            if fb:
+                _insert_ignore(s, feedback, [
+                    {"key": f.key, "lead_id": f.lead_id, "type": f.type, "properties_json": json.dumps(f.properties),
+                     "occurred_at": naive(f.occurred_at), "sent": False} for f in fb], ["key"])
+            sup = [x for o in outcomes for x in o.suppress]
+            if sup:
+                _insert_ignore(s, suppressions, [
+                    {"email_hash": h, "scope": scope, "reason": reason, "source": source, "at": at}
+                    for h, scope, reason, source in sup], ["email_hash", "scope"])
+
+    def list_messages(self, lead_id: str, limit: int) -> list[dict[str, Any]]:
+        with self._sessions() as s:
+            rows = s.execute(select(messages).where(messages.c.lead_id == lead_id)
+                             .order_by(messages.c.created_at, messages.c.id).limit(limit)).mappings().all()
+        return [dict(r) for r in rows]
+
+    def timeline(self, lead_id: str, limit: int) -> list[dict[str, Any]]:
+        with self._sessions() as s:
+            rows = s.execute(select(message_log).where(message_log.c.lead_id == lead_id)
+                             .order_by(message_log.c.at, message_log.c.id).limit(limit)).mappings().all()
+        return [dict(r) for r in rows]
+
+    # --- suppressions and consent ----------------------------------------------------------------
+    def suppression_scopes(self, hashes: Iterable[str]) -> dict[str, dict[str, str]]:
+        """email hash → {scope: reason} for every suppressed address among `hashes`."""
+        hashes = list(set(hashes))
+        out: dict[str, dict[str, str]] = {}
+        if not hashes:
+            return out
+        with self._sessions() as s:
+            for row in s.execute(select(suppressions).where(suppressions.c.email_hash.in_(hashes))).mappings():
+                out.setdefault(row["email_hash"], {})[row["scope"]] = row["reason"]
+        return out
+
+    def add_suppression(self, email_hash: str, scope: str, reason: str, source: str, now: datetime) -> bool:
+        with self._sessions() as s:
+            return _insert_ignore(s, suppressions, [{"email_hash": email_hash, "scope": scope, "reason": reason,
+                                                     "source": source, "at": naive(now)}],
+                                  ["email_hash", "scope"]) > 0
+
+    def record_consent(self, entries: Sequence[tuple[str, str, bool, str, datetime, dict[str, Any]]]) -> None:
+        """(lead_id, channel, granted, source, at, evidence) rows; skips an entry equal to the last one."""
+        if not entries:
+            return
+        with self._sessions() as s:
+            for lead_id, channel, granted, source, at, evidence in entries:
+                last = s.execute(select(consent_log.c.granted).where(
+                    consent_log.c.lead_id == lead_id, consent_log.c.channel == channel)
+                    .order_by(consent_log.c.id.desc()).limit(1)).scalar()
+                if last is not None and bool(last) == granted:
+                    continue
+                s.execute(insert(consent_log).values(lead_id=lead_id, channel=channel, granted=granted,
+                                                     source=source, at=naive(at), evidence_json=json.dumps(evidence)))
+
+    def consent_history(self, lead_id: str) -> list[dict[str, Any]]:
+        with self._sessions() as s:
+            return [dict(r) for r in s.execute(select(consent_log).where(consent_log.c.lead_id == lead_id)
+                                               .order_by(consent_log.c.id)).mappings()]
+
+    # --- tracking and feedback -------------------------------------------------------------------
+    def record_tracking(self, *, key: str, message_id: str, lead_id: str, kind: str, url: str, now: datetime,
+                        log: LogLine | None, fb: Feedback | None,
+                        suppress: tuple[str, str, str, str] | None = None) -> bool:
+        """True for the first hit of `key` (then its log line, feedback and suppression are recorded)."""
+        at = naive(now)
+        with self._sessions() as s:
+            new = _insert_ignore(s, tracking, [{"key": key, "message_id": message_id, "lead_id": lead_id,
+                                                "kind": kind, "url": url, "at": at, "hits": 1}], ["key"]) > 0
+            if not new:
+                s.execute(update(tracking).where(tracking.c.key == key).values(hits=tracking.c.hits + 1))
+                return False
+            if log:
+                _log(s, [log], at)
+            if fb:
+                _insert_ignore(s, feedback, [{"key": fb.key, "lead_id": fb.lead_id, "type": fb.type,
+                                              "properties_json": json.dumps(fb.properties),
+                                              "occurred_at": naive(fb.occurred_at), "sent": False}], ["key"])
+            if suppress:
+                h, scope, reason, source = suppress
+                _insert_ignore(s, suppressions, [{"email_hash": h, "scope": scope, "reason": reason,
+                                                  "source": source, "at": at}], ["email_hash", "scope"])
+        return True
+
+    def pending_feedback(self, limit: int) -> list[dict[str, Any]]:
+        with self._sessions() as s:
+            return [dict(r) for r in s.execute(select(feedback).where(feedback.c.sent.is_(False))
+                                               .order_by(feedback.c.occurred_at).limit(limit)).mappings()]
+
+    def mark_feedback_sent(self, keys: Sequence[str]) -> None:
+        if keys:
+            with self._sessions() as s:
+                s.execute(update(feedback).where(feedback.c.key.in_(list(keys))).values(sent=True))
+
+    def ab_counts(self, template: str) -> dict[str, dict[str, int]]:
+        """variant → {sent, opened, clicked} (unique messages) for one template."""
+        out: dict[str, dict[str, int]] = {}
+        with self._sessions() as s:
+            for variant, n in s.execute(select(messages.c.variant, func.count()).where(
+                    messages.c.template == template, messages.c.status == "sent").group_by(messages.c.variant)):
+                out.setdefault(variant, {"sent": 0, "opened": 0, "clicked": 0})["sent"] = int(n)
+            q = (select(messages.c.variant, tracking.c.kind, func.count(func.distinct(tracking.c.message_id)))
+                 .join(tracking, tracking.c.message_id == messages.c.id)
+                 .where(messages.c.template == template, messages.c.status == "sent")
+                 .group_by(messages.c.variant, tracking.c.kind))
+            for variant, kind, n in s.execute(q):
+                bucket = out.setdefault(variant, {"sent": 0, "opened": 0, "clicked": 0})
+                if kind == "open":
+                    bucket["opened"] = int(n)
+                elif kind == "click":
+                    bucket["clicked"] = int(n)
+        return out
+
+    # --- audiences ----------------------------------------------------------------------------------
+    def audience_change(self, audience: str, lead_id: str, add: bool, now: datetime) -> None:
+        with self._sessions() as s:
+            if add:
+                _insert_ignore(s, audience_members, [{"audience": audience, "lead_id": lead_id,
+                                                      "added_at": naive(now)}], ["audience", "lead_id"])
+            else:
+                s.execute(delete(audience_members).where(audience_members.c.audience == audience,
+                                                         audience_members.c.lead_id == lead_id))
+
+    def audience(self, audience: str) -> list[str]:
+        with self._sessions() as s:
+            return list(s.execute(select(audience_members.c.lead_id).where(audience_members.c.audience == audience)
+                                  .order_by(audience_members.c.lead_id)).scalars())
+
+    def ad_suppress(self, lead_id: str, reason: str, now: datetime, on: bool = True) -> None:
+        with self._sessions() as s:
+            if on:
+                _insert_ignore(s, ad_suppressions, [{"lead_id": lead_id, "reason": reason, "at": naive(now)}],
+                               ["lead_id"])
+            else:
+                s.execute(delete(ad_suppressions).where(ad_suppressions.c.lead_id == lead_id))
+
+    def ad_suppressed(self, lead_ids: Iterable[str]) -> dict[str, str]:
+        ids = list(lead_ids)
+        if not ids:
+            return {}
+        with self._sessions() as s:
+            return {r.lead_id: r.reason for r in s.execute(select(ad_suppressions).where(
+                ad_suppressions.c.lead_id.in_(ids)))}
+
+    # --- bus inbox and erasure --------------------------------------------------------------------
+    def unseen(self, ids: Sequence[str]) -> set[str]:
+        with self._sessions() as s:
+            seen = set(s.execute(select(inbox.c.id).where(inbox.c.id.in_(list(ids)))).scalars())
+        return set(ids) - seen
+
+    def mark_seen(self, ids: Sequence[str], now: datetime) -> None:
+        with self._sessions() as s:
+            _insert_ignore(s, inbox, [{"id": i, "at": naive(now)} for i in ids], ["id"])
+
+    def erase(self, lead_id: str, email_hash: str, now: datetime) -> int:
+        """Forget the lead; keep only a suppression entry of the hashed address."""
+        removed = 0
+        with self._sessions() as s:
+            for table in (message_log, tracking, consent_log, feedback, audience_members):
+                removed += s.execute(delete(table).where(table.c.lead_id == lead_id)).rowcount or 0
+            removed += s.execute(delete(messages).where(messages.c.lead_id == lead_id)).rowcount or 0
+            s.execute(delete(ad_suppressions).where(ad_suppressions.c.lead_id == lead_id))
+            if email_hash:
+                _insert_ignore(s, suppressions, [{"email_hash": email_hash, "scope": "all", "reason": "erased",
+                                                  "source": "erasure", "at": naive(now)}], ["email_hash", "scope"])
+        return removed
+
+
+def _log(s: Session, lines: Sequence[LogLine], at: datetime) -> None:
+    if lines:
+        s.execute(insert(message_log), [
+            {"message_id": line.message_id, "lead_id": line.lead_id, "at": at, "type": line.type,
+             "summary": line.summary, "details_json": json.dumps(line.details, default=str)} for line in lines])
+
+
+def _insert_ignore(s: Session, table: Any, rows: list[dict[str, Any]], keys: list[str]) -> int:
+    """Insert rows whose key is not present yet; returns how many were new (portable: SQLite and PG)."""
+    if not rows:
+        return 0
+    conds = [and_(*[table.c[k] == r[k] for k in keys]) for r in rows]
+    existing = set()
+    for chunk in range(0, len(conds), 400):
+        for found in s.execute(select(*[table.c[k] for k in keys]).where(or_(*conds[chunk:chunk + 400]))):
+            existing.add(tuple(found))
+    fresh, seen = [], set()
+    for r in rows:
+        ident = tuple(r[k] for k in keys)
+        if ident in existing or ident in seen:
+            continue
+        seen.add(ident)
+        fresh.append(r)
+    if fresh:
+        s.execute(insert(table), fresh)
+    return len(fresh)

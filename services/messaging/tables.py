@@ -1,0 +1,120 @@
+"""The messaging service's tables (SQLAlchemy Core). The first migration creates exactly these.
+
+Times are stored as naive UTC (SQLite keeps no zone); storage.py converts at the boundary.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import Boolean, Column, DateTime, Index, Integer, MetaData, String, Table, Text
+
+metadata = MetaData()
+
+# One row per requested message: the record of intent. `status` moves scheduled → sending → sent |
+# failed, or straight to suppressed; `sending` is written (committed) before the SMTP transaction, so a
+# crash leaves a row that is re-sent with the same Message-ID on restart.
+messages = Table(
+    "messaging_messages", metadata,
+    Column("id", String(40), primary_key=True),
+    Column("dedupe_key", String(400), nullable=False, unique=True),
+    Column("lead_id", String(128), nullable=False),
+    Column("journey", String(64), nullable=False, default=""),
+    Column("journey_version", Integer, nullable=False, default=0),
+    Column("step", String(64), nullable=False, default=""),
+    Column("channel", String(16), nullable=False),
+    Column("template", String(128), nullable=False),
+    Column("category", String(16), nullable=False),
+    Column("variant", String(16), nullable=False, default=""),
+    Column("context_json", Text, nullable=False, default="{}"),
+    Column("subject", Text, nullable=False, default=""),
+    Column("email_hash", String(64), nullable=False, default=""),   # recipient, for unsubscribes
+    Column("status", String(16), nullable=False),
+    Column("reason", Text, nullable=False, default=""),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("due_at", DateTime, nullable=False),
+    Column("created_at", DateTime, nullable=False),
+    Column("updated_at", DateTime, nullable=False),
+    Column("sent_at", DateTime, nullable=True),
+    Index("ix_messaging_messages_lead", "lead_id", "created_at"),
+    Index("ix_messaging_messages_due", "status", "due_at"),
+    Index("ix_messaging_messages_template", "template", "variant"),
+)
+
+# What happened to each message, for the lead's timeline ("why did this lead get this email").
+message_log = Table(
+    "messaging_message_log", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("message_id", String(40), nullable=False),
+    Column("lead_id", String(128), nullable=False, index=True),
+    Column("at", DateTime, nullable=False),
+    Column("type", String(32), nullable=False),
+    Column("summary", Text, nullable=False),
+    Column("details_json", Text, nullable=False, default="{}"),
+)
+
+# Suppression by sha256 of the lowercased address; survives erasure (only the hash is kept).
+suppressions = Table(
+    "messaging_suppressions", metadata,
+    Column("email_hash", String(64), primary_key=True),
+    Column("scope", String(16), primary_key=True),     # all | nurture | transactional
+    Column("reason", String(64), nullable=False),
+    Column("source", String(64), nullable=False),
+    Column("at", DateTime, nullable=False),
+)
+
+# Consent as observed at each change and at each send decision, with source and time (GDPR Art. 7).
+consent_log = Table(
+    "messaging_consent_log", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("lead_id", String(128), nullable=False, index=True),
+    Column("channel", String(16), nullable=False),
+    Column("granted", Boolean, nullable=False),
+    Column("source", String(64), nullable=False),
+    Column("at", DateTime, nullable=False),
+    Column("evidence_json", Text, nullable=False, default="{}"),
+)
+
+# Opens, clicks and unsubscribes, one row per idempotency key (open:<mid>, click:<mid>:<i>, unsub:<mid>).
+tracking = Table(
+    "messaging_tracking", metadata,
+    Column("key", String(200), primary_key=True),
+    Column("message_id", String(40), nullable=False, index=True),
+    Column("lead_id", String(128), nullable=False, index=True),
+    Column("kind", String(16), nullable=False),
+    Column("url", Text, nullable=False, default=""),
+    Column("at", DateTime, nullable=False),
+    Column("hits", Integer, nullable=False, default=1),
+)
+
+# Events for scoring (IngestEvents), written in the same transaction as their cause and sent after.
+feedback = Table(
+    "messaging_feedback", metadata,
+    Column("key", String(200), primary_key=True),       # the idempotency key scoring sees
+    Column("lead_id", String(128), nullable=False),
+    Column("type", String(64), nullable=False),
+    Column("properties_json", Text, nullable=False),
+    Column("occurred_at", DateTime, nullable=False),
+    Column("sent", Boolean, nullable=False, default=False),
+    Index("ix_messaging_feedback_pending", "sent"),
+)
+
+audience_members = Table(
+    "messaging_audience_members", metadata,
+    Column("audience", String(128), primary_key=True),
+    Column("lead_id", String(128), primary_key=True),
+    Column("added_at", DateTime, nullable=False),
+)
+
+# Leads kept out of every ad audience (converted customers, unsubscribed, erased).
+ad_suppressions = Table(
+    "messaging_ad_suppressions", metadata,
+    Column("lead_id", String(128), primary_key=True),
+    Column("reason", String(64), nullable=False),
+    Column("at", DateTime, nullable=False),
+)
+
+# Bus messages already handled (the handler is idempotent by message id).
+inbox = Table(
+    "messaging_inbox", metadata,
+    Column("id", String(200), primary_key=True),
+    Column("at", DateTime, nullable=False),
+)
