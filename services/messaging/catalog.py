@@ -44,6 +44,7 @@ class TemplateSpec:
     step: str
     channel: str
     category: str
+    stage: str
     subject: str
     points: tuple[str, ...]
     cta_label: str
@@ -143,7 +144,8 @@ class Catalog:
             cta = raw.get("cta") or {}
             self.specs[key] = TemplateSpec(
                 key=key, journey=journey, step=step, channel=str(raw.get("channel", "email")),
-                category=str(raw.get("category", "nurture")), subject=str(raw["subject"]),
+                category=str(raw.get("category", "nurture")), stage=str(raw.get("stage") or ""),
+                subject=str(raw["subject"]),
                 points=tuple(str(p) for p in raw.get("points", [])), cta_label=str(cta.get("label", "Learn more")),
                 cta_path=str(cta.get("path", "/")), variants=dict(raw.get("variants") or {}),
             )
@@ -154,8 +156,9 @@ class Catalog:
                    for name in ("layout.html.j2", "layout.txt.j2")}
         self._html_layout = self._html_env.from_string(layouts["layout.html.j2"])
         self._text_layout = self._text_env.from_string(layouts["layout.txt.j2"])
-        self._segments = {str(k): {"label": str(v.get("label", "")), "intro": self._text_env.from_string(
-            str(v.get("intro", "")))} for k, v in (data.get("segments") or {}).items()}
+        self._segments: dict[str, dict[str, Any]] = {
+            str(k): {"label": str(v.get("label", "")), "intro": self._text_env.from_string(str(v.get("intro", "")))}
+            for k, v in (data.get("segments") or {}).items()}
         self._journeys = {str(k): self._text_env.from_string(str(v.get("extra", "")))
                           for k, v in (data.get("journeys") or {}).items()}
         self._compiled: dict[str, Any] = {}

@@ -7,6 +7,7 @@ backoff); 5xx are permanent (recorded with the server's reason; a refused recipi
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import smtplib
 import ssl
@@ -113,17 +114,13 @@ def _classify(code: int, message: bytes | str, *, recipient_refused: bool) -> Sm
 
 
 def _reset(conn: smtplib.SMTP) -> None:
-    try:
+    with contextlib.suppress(OSError, smtplib.SMTPException):
         conn.rset()
-    except (OSError, smtplib.SMTPException):
-        pass
 
 
 def _quiet_close(conn: smtplib.SMTP) -> None:
     try:
         conn.quit()
     except (OSError, smtplib.SMTPException):
-        try:
+        with contextlib.suppress(OSError):
             conn.close()
-        except OSError:
-            pass

@@ -312,8 +312,8 @@ class Store:
         removed = 0
         with self._sessions() as s:
             for table in (message_log, tracking, consent_log, feedback, audience_members):
-                removed += s.execute(delete(table).where(table.c.lead_id == lead_id)).rowcount or 0
-            removed += s.execute(delete(messages).where(messages.c.lead_id == lead_id)).rowcount or 0
+                removed += getattr(s.execute(delete(table).where(table.c.lead_id == lead_id)), "rowcount", 0) or 0
+            removed += getattr(s.execute(delete(messages).where(messages.c.lead_id == lead_id)), "rowcount", 0) or 0
             s.execute(delete(ad_suppressions).where(ad_suppressions.c.lead_id == lead_id))
             if email_hash:
                 _insert_ignore(s, suppressions, [{"email_hash": email_hash, "scope": "all", "reason": "erased",

@@ -1,0 +1,178 @@
+"""Messaging: a lead's messages, tracking (open pixel, click redirect), unsubscribe (RFC 8058 one-click
+and a preferences page), website personalisation, ad audiences, templates and A/B reports.
+
+Tracking and unsubscribe links carry HMAC-signed tokens that only the messaging service verifies; a
+click redirects only to the destination signed into its token, so there is no open redirect.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import logging
+from typing import Any
+from urllib.parse import parse_qs
+
+import grpc
+from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.responses import HTMLResponse, RedirectResponse
+
+from gateway.deps import ApiError, Mesh, mesh, require_key
+from nurture.api.messaging.v1 import messaging_pb2, messaging_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(tags=["messaging"])
+keyed = APIRouter(prefix="/v1", tags=["messaging"], dependencies=[Depends(require_key)])
+
+PIXEL = base64.b64decode("R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7")
+NO_STORE = {"Cache-Control": "no-store, no-cache, must-revalidate, private", "Pragma": "no-cache"}
+
+
+def stub(m: Mesh) -> messaging_pb2_grpc.MessagingStub:
+    return messaging_pb2_grpc.MessagingStub(m.channel("messaging"))
+
+
+def _iso(ts: Any) -> str:
+    return str(ts.ToDatetime().isoformat().replace("+00:00", "") + "Z")
+
+
+def _invalid_token(exc: grpc.aio.AioRpcError) -> bool:
+    return exc.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+@keyed.get("/leads/{lead_id}/messages")
+async def lead_messages(lead_id: str, limit: int = Query(1000, ge=1, le=10000),
+                        m: Mesh = Depends(mesh)) -> dict[str, Any]:
+    reply = await stub(m).ListMessages(messaging_pb2.ListMessagesRequest(lead_id=lead_id, limit=limit),
+                                       timeout=m.timeout)
+    return {"items": [{
+        "id": i.id, "journey": i.journey, "journey_version": i.journey_version, "step": i.step,
+        "channel": i.channel, "template": i.template, "category": i.category, "subject": i.subject,
+        "status": i.status, "at": _iso(i.at), "due_at": _iso(i.due_at), "reason": i.reason,
+        "attempts": i.attempts, "variant": i.variant} for i in reply.items]}
+
+
+@keyed.get("/leads/{lead_id}/personalization")
+async def personalization(lead_id: str, m: Mesh = Depends(mesh)) -> dict[str, Any]:
+    reply = await stub(m).Personalization(messaging_pb2.PersonalizationRequest(lead_id=lead_id), timeout=m.timeout)
+    return {"segment": reply.segment or None, "featured_countries": list(reply.featured_countries),
+            "recommended_content": json.loads(reply.recommended_content_json or "[]"),
+            "next_best_action": json.loads(reply.next_best_action_json or "{}"),
+            "journeys_available": reply.journeys_available}
+
+
+@keyed.get("/audiences/{name}")
+async def audience(name: str, cursor: str = "", limit: int = Query(1000, ge=1, le=10000),
+                   m: Mesh = Depends(mesh)) -> dict[str, Any]:
+    reply = await stub(m).Audience(messaging_pb2.AudienceRequest(name=name, cursor=cursor, limit=limit),
+                                   timeout=m.timeout)
+    return {"name": reply.name, "members": list(reply.lead_ids), "next_cursor": reply.next_cursor or None,
+            "suppressed": [{"lead_id": lead, "reason": why}
+                           for lead, why in zip(reply.suppressed, reply.suppressed_reasons, strict=False)],
+            "journeys_available": reply.journeys_available}
+
+
+@keyed.get("/templates")
+async def templates(m: Mesh = Depends(mesh)) -> dict[str, Any]:
+    reply = await stub(m).ListTemplates(messaging_pb2.ListTemplatesRequest(), timeout=m.timeout)
+    return {"items": list(reply.keys)}
+
+
+@keyed.get("/templates/{key}/preview")
+async def preview(key: str, lead_id: str = "", m: Mesh = Depends(mesh)) -> dict[str, Any]:
+    reply = await stub(m).Render(messaging_pb2.RenderRequest(template=key, lead_id=lead_id), timeout=m.timeout)
+    return {"subject": reply.subject, "html": reply.html, "text": reply.text, "variant": reply.variant}
+
+
+@keyed.get("/templates/{key}/ab-report")
+async def ab_report(key: str, m: Mesh = Depends(mesh)) -> dict[str, Any]:
+    r = await stub(m).AbReport(messaging_pb2.AbReportRequest(template=key), timeout=m.timeout)
+    return {"template": r.template, "metric": r.metric, "winner": r.winner or None, "significant": r.significant,
+            "p_value": r.p_value, "z": r.z, "explanation": r.explanation,
+            "variants": [{"name": v.name, "sent": v.sent, "opened": v.opened, "clicked": v.clicked,
+                          "open_rate": v.open_rate, "click_rate": v.click_rate} for v in r.variants]}
+
+
+@router.get("/t/o/{token}", include_in_schema=True)
+async def open_pixel(token: str, request: Request, m: Mesh = Depends(mesh)) -> Response:
+    """Always answers the pixel (a broken image helps nobody); records the open when the token verifies."""
+    try:
+        await stub(m).Track(messaging_pb2.TrackRequest(token=token, kind="open",
+                                                       user_agent=request.headers.get("user-agent", "")),
+                            timeout=m.timeout)
+    except grpc.aio.AioRpcError as exc:
+        if not _invalid_token(exc):
+            log.warning("open not recorded: %s", exc.code().name)
+    return Response(PIXEL, media_type="image/gif", headers=NO_STORE)
+
+
+@router.get("/t/c/{token}")
+async def click(token: str, request: Request, m: Mesh = Depends(mesh)) -> Response:
+    """Records the click, then redirects to the signed destination; a tampered token gets 400."""
+    try:
+        reply = await stub(m).Track(messaging_pb2.TrackRequest(token=token, kind="click",
+                                                               user_agent=request.headers.get("user-agent", "")),
+                                    timeout=m.timeout)
+    except grpc.aio.AioRpcError as exc:
+        if _invalid_token(exc):
+            raise ApiError(400, "invalid_link", "this link is not valid") from exc
+        raise
+    if not reply.url.startswith(("https://", "http://")):
+        raise ApiError(400, "invalid_link", "this link has no destination")
+    return RedirectResponse(reply.url, status_code=302, headers=NO_STORE)
+
+
+def _page(title: str, body: str, status: int = 200) -> HTMLResponse:
+    return HTMLResponse(
+        f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" "
+        f"content=\"width=device-width, initial-scale=1\"><title>{html.escape(title)}</title></head>"
+        f"<body style=\"font-family:Arial,sans-serif;max-width:560px;margin:40px auto;padding:0 16px;\">"
+        f"<h1 style=\"font-size:22px;\">{html.escape(title)}</h1>{body}</body></html>",
+        status_code=status, headers=NO_STORE)
+
+
+@router.get("/u/{token}", response_class=HTMLResponse)
+async def unsubscribe_page(token: str, m: Mesh = Depends(mesh)) -> HTMLResponse:
+    """A page with a confirm button and a choice of what to stop; nothing changes until it is posted."""
+    try:
+        reply = await stub(m).Unsubscribe(messaging_pb2.UnsubscribeRequest(token=token, dry_run=True),
+                                          timeout=m.timeout)
+    except grpc.aio.AioRpcError as exc:
+        if _invalid_token(exc):
+            return _page("This link is not valid", "<p>Please use the link from your most recent email.</p>", 400)
+        raise
+    action = f"/u/{html.escape(token)}"
+    kind = "webinar and account reminders" if reply.category == "transactional" else "BorderBridge guidance emails"
+    body = (
+        f"<form method=\"post\" action=\"{action}\"><p>Choose what you no longer want to receive:</p>"
+        f"<p><label><input type=\"radio\" name=\"scope\" value=\"{html.escape(reply.scope)}\" checked> "
+        f"{html.escape(kind)}</label></p>"
+        "<p><label><input type=\"radio\" name=\"scope\" value=\"all\"> every email from BorderBridge</label></p>"
+        "<p><button type=\"submit\" style=\"padding:10px 18px;\">Unsubscribe</button></p></form>")
+    return _page("Unsubscribe", body)
+
+
+@router.post("/u/{token}", response_class=HTMLResponse)
+async def unsubscribe(token: str, request: Request, m: Mesh = Depends(mesh)) -> HTMLResponse:
+    """RFC 8058 one-click (body `List-Unsubscribe=One-Click`) or the page's form; takes effect at once."""
+    raw = (await request.body())[:4096].decode("utf-8", "replace")
+    form = parse_qs(raw)
+    one_click = form.get("List-Unsubscribe", [""])[0] == "One-Click"
+    scope = form.get("scope", [""])[0]
+    if scope not in ("", "nurture", "transactional", "all"):
+        raise ApiError(422, "invalid", "scope must be nurture, transactional or all")
+    try:
+        reply = await stub(m).Unsubscribe(messaging_pb2.UnsubscribeRequest(
+            token=token, scope=scope, source="one_click" if one_click else "page"), timeout=m.timeout)
+    except grpc.aio.AioRpcError as exc:
+        if _invalid_token(exc):
+            return _page("This link is not valid", "<p>Please use the link from your most recent email.</p>", 400)
+        raise
+    what = "any email from BorderBridge" if reply.scope == "all" else (
+        "webinar and account reminders" if reply.scope == "transactional" else "BorderBridge guidance emails")
+    return _page("You are unsubscribed", f"<p>You will no longer receive {html.escape(what)}.</p>")
+
+
+router.include_router(keyed)

@@ -1,0 +1,306 @@
+"""Tracking, unsubscribes, bus-driven suppression, website personalisation and ad audiences.
+
+Opens and clicks arrive through the gateway with signed tokens; each first hit is recorded with an
+idempotency key (`open:<mid>`, `click:<mid>:<link>`, `unsub:<mid>`) and fed to scoring as an event
+(email_opened / email_clicked / unsubscribed) so scoring and journeys see it. Suppression also follows
+the bus, so an unsubscribe, spam report, hard bounce or erasure that arrived elsewhere still holds.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime
+from types import ModuleType
+from typing import Any
+
+import grpc
+
+from nurture.rpc import DEADLINE_S
+from services.messaging.engine import Engine
+from services.messaging.leads import email_hash
+from services.messaging.storage import Feedback, LogLine
+from services.messaging.tokens import TokenError
+
+log = logging.getLogger(__name__)
+
+SCOPES = ("nurture", "transactional", "all")
+
+
+class NotFoundError(LookupError):
+    """A message or lead that does not exist (maps to NOT_FOUND)."""
+
+
+@dataclass
+class TrackResult:
+    url: str
+    message_id: str
+    duplicate: bool
+
+
+@dataclass
+class UnsubscribeResult:
+    lead_id: str
+    scope: str
+    category: str
+    journey: str
+    already: bool
+
+
+@dataclass
+class Personalization:
+    segment: str
+    featured_countries: list[str]
+    recommended_content: list[dict[str, str]]
+    next_best_action: dict[str, str]
+    journeys_available: bool
+
+
+@dataclass
+class AudiencePage:
+    name: str
+    lead_ids: list[str]
+    suppressed: dict[str, str] = field(default_factory=dict)
+    next_cursor: str = ""
+    journeys_available: bool = False
+
+
+def journeys_api() -> tuple[ModuleType, ModuleType] | None:
+    """The journeys contract's generated modules, when that contract exists in this checkout."""
+    try:
+        return (importlib.import_module("nurture.api.journeys.v1.journeys_pb2"),
+                importlib.import_module("nurture.api.journeys.v1.journeys_pb2_grpc"))
+    except ImportError:
+        return None
+
+
+class Channels:
+    def __init__(self, engine: Engine, journeys_channel: grpc.aio.Channel | None) -> None:
+        self.engine = engine
+        self.journeys_channel = journeys_channel
+
+    # --- tracking -------------------------------------------------------------------------------------
+    async def track(self, token_text: str, kind: str) -> TrackResult:
+        """Record an open or click; TokenError when the token was tampered with."""
+        token = self.engine.signer.verify(token_text, kind=kind)
+        e = self.engine
+        now = e.clock.now()
+        msg = (await e.db.run(e.store.get_messages, [token.message_id])).get(token.message_id)
+        if msg is None:  # erased or unknown: the signed URL is still safe to follow, nothing to record
+            return TrackResult(token.url, token.message_id, True)
+        key = f"open:{msg['id']}" if kind == "open" else f"click:{msg['id']}:{token.link}"
+        props = {"message_id": msg["id"], "journey": msg["journey"], "step": msg["step"],
+                 "template": msg["template"], "url": token.url, "variant": msg["variant"]}
+        etype = "email_opened" if kind == "open" else "email_clicked"
+        new = await e.db.run(
+            e.store.record_tracking, key=key, message_id=msg["id"], lead_id=msg["lead_id"], kind=kind,
+            url=token.url, now=now,
+            log=LogLine(msg["id"], msg["lead_id"], etype, f"{msg['template']} {kind}ed"
+                        + (f": {token.url}" if token.url else ""), props),
+            fb=Feedback(key, msg["lead_id"], etype, props, now))
+        if kind == "click":
+            # A click proves an open (images are often blocked): count it once as an open too.
+            await e.db.run(e.store.record_tracking, key=f"open:{msg['id']}", message_id=msg["id"],
+                           lead_id=msg["lead_id"], kind="open", url="", now=now, log=None,
+                           fb=Feedback(f"open:{msg['id']}", msg["lead_id"], "email_opened", {**props, "url": ""}, now))
+        if new:
+            await e.flush_feedback()
+        return TrackResult(token.url, msg["id"], not new)
+
+    async def unsubscribe(self, token_text: str, *, scope: str, source: str, dry_run: bool) -> UnsubscribeResult:
+        token = self.engine.signer.verify(token_text, kind="unsubscribe")
+        e = self.engine
+        msg = (await e.db.run(e.store.get_messages, [token.message_id])).get(token.message_id)
+        category = msg["category"] if msg else "nurture"
+        scope = scope or category
+        if scope not in SCOPES:
+            raise TokenError(f"scope must be one of {', '.join(SCOPES)}")
+        journey = msg["journey"] if msg else ""
+        if dry_run:
+            return UnsubscribeResult(token.lead_id, scope, category, journey, False)
+        now = e.clock.now()
+        ehash = msg["email_hash"] if msg else ""
+        if not ehash:
+            lead = await e.leads.get(token.lead_id)
+            ehash = email_hash(lead["email"]) if lead and lead.get("email") else ""
+        props = {"message_id": token.message_id, "journey": journey, "step": msg["step"] if msg else "",
+                 "template": msg["template"] if msg else "", "scope": scope, "source": source}
+        new = await e.db.run(
+            e.store.record_tracking, key=f"unsub:{token.message_id}:{scope}", message_id=token.message_id,
+            lead_id=token.lead_id, kind="unsubscribe", url="", now=now,
+            log=LogLine(token.message_id, token.lead_id, "unsubscribed", f"unsubscribed ({scope}) via {source}", props),
+            fb=Feedback(f"unsub:{token.message_id}:{scope}", token.lead_id, "unsubscribed", props, now),
+            suppress=(ehash, scope, "unsubscribed", source) if ehash else None)
+        if new:
+            await e.db.run(e.store.record_consent, [(token.lead_id, "email" if scope == "all" else f"email:{scope}",
+                                                     False, f"unsubscribe:{source}", now, props)])
+            await e.db.run(e.store.ad_suppress, token.lead_id, "unsubscribed", now)
+            await e.flush_feedback()
+        return UnsubscribeResult(token.lead_id, scope, category, journey, not new)
+
+    # --- the bus --------------------------------------------------------------------------------------
+    async def handle_bus(self, messages: list[dict[str, Any]]) -> None:
+        """Suppression, consent records and ad exclusions from events that arrived anywhere."""
+        e = self.engine
+        ids = [str(m.get("id")) for m in messages if m.get("id")]
+        fresh = await e.db.run(e.store.unseen, ids) if ids else set()
+        consent: list[tuple[str, str, bool, str, datetime, dict[str, Any]]] = []
+        now = e.clock.now()
+        for m in messages:
+            if str(m.get("id")) not in fresh:
+                continue
+            lead = m.get("lead") or {}
+            lead_id = str(m.get("lead_id") or lead.get("id") or "")
+            props = m.get("properties") or {}
+            etype = m.get("type")
+            address = lead.get("email") or ""
+            ehash = email_hash(address) if address else ""
+            at = _parse(m.get("occurred_at")) or now
+            if etype == "unsubscribed" and ehash:
+                scope = props.get("scope") if props.get("scope") in SCOPES else "nurture"
+                await e.db.run(e.store.add_suppression, ehash, scope, "unsubscribed", "bus", at)
+            if etype in ("unsubscribed",) and lead_id:
+                await e.db.run(e.store.ad_suppress, lead_id, "unsubscribed", at)
+            if etype == "spam_reported" and ehash:
+                await e.db.run(e.store.add_suppression, ehash, "all", "spam_report", "bus", at)
+            hard = etype == "email_hard_bounced" or (
+                etype == "email_bounced" and str(props.get("type") or props.get("bounce_type")) == "hard")
+            if hard and ehash:
+                await e.db.run(e.store.add_suppression, ehash, "all", "hard_bounce", "bus", at)
+            if etype == "lead_erased" and lead_id:
+                await e.db.run(e.store.erase, lead_id, ehash, at)
+            if (etype in ("opportunity_won", "subscribed") or (
+                    etype == "stage_changed" and props.get("new") == "customer") or lead.get(
+                    "lifecycle_stage") == "customer") and lead_id:
+                await e.db.run(e.store.ad_suppress, lead_id, "customer", at)
+            changed = props.get("changed") or []
+            if lead_id and isinstance(lead.get("consent"), dict) and (
+                    etype == "lead_created" or (etype == "lead_updated" and "consent" in changed)
+                    or etype in ("unsubscribed", "spam_reported", "email_hard_bounced", "subscribed")):
+                for channel, granted in lead["consent"].items():
+                    consent.append((lead_id, str(channel), bool(granted), f"bus:{etype}:{props.get('source', '')}",
+                                    at, {"bus_id": m.get("id")}))
+        if consent:
+            await e.db.run(e.store.record_consent, consent)
+        if fresh:
+            await e.db.run(e.store.mark_seen, sorted(fresh), now)
+
+    # --- personalisation ------------------------------------------------------------------------
+    async def enrollments(self, lead_id: str) -> list[Any] | None:
+        api = journeys_api()
+        if api is None or self.journeys_channel is None:
+            return None
+        pb2, grpc_mod = api
+        try:
+            reply = await grpc_mod.JourneysStub(self.journeys_channel).LeadJourneys(
+                pb2.LeadJourneysRequest(lead_id=lead_id), timeout=DEADLINE_S)
+        except (grpc.aio.AioRpcError, AttributeError) as exc:
+            log.info("journeys unavailable for personalisation: %s", exc)
+            return None
+        return list(reply.enrollments)
+
+    async def personalization(self, lead_id: str) -> Personalization:
+        lead = await self.engine.leads.get(lead_id)
+        if lead is None:
+            raise NotFoundError(f"lead {lead_id!r} not found")
+        enrollments = await self.enrollments(lead_id)
+        catalog = self.engine.catalog
+        attrs = lead.get("attributes") or {}
+        countries = list(attrs.get("countries_of_interest") or [])
+        for c in (lead.get("interests") or {}).get("countries") or []:
+            if c not in countries:
+                countries.append(c)
+        segment = lead.get("segment") or ""
+        # Where the lead is: active journey steps when journeys answer, else its segment journey by lifecycle.
+        positions: list[tuple[str, str, str]] = []
+        for en in enrollments or []:
+            if getattr(en, "status", "") == "active":
+                positions.append((en.journey, en.stage, "current journey stage"))
+        if not positions and segment:
+            stage = {"subscriber": "welcome", "lead": "education", "mql": "solution", "sql": "decision",
+                     "trial": "decision"}.get(lead.get("lifecycle_stage") or "subscriber", "welcome")
+            positions.append((segment, stage, "segment and lifecycle stage"))
+        recommended: list[dict[str, str]] = []
+        for journey, stage, reason in positions:
+            for spec in catalog.specs.values():
+                if spec.journey == journey and (not stage or spec.stage == stage) and spec.channel == "email":
+                    recommended.append({"key": spec.key, "title": spec.cta_label, "url": catalog.cta_destination(spec),
+                                        "reason": f"{reason}: {journey}/{stage}"})
+                if len(recommended) >= 3:
+                    break
+        if not recommended:
+            fallback = catalog.specs.get("lead_magnet.email_01")
+            if fallback:
+                recommended.append({"key": fallback.key, "title": "Free immigration guides",
+                                    "url": catalog.cta_destination(fallback), "reason": "no journey yet"})
+        return Personalization(segment, countries[:5], recommended[:3], next_best_action(lead, catalog.site_url),
+                               enrollments is not None)
+
+    # --- audiences --------------------------------------------------------------------------------
+    async def audience(self, name: str, cursor: str, limit: int) -> AudiencePage:
+        e = self.engine
+        members = set(await e.db.run(e.store.audience, name))
+        available = False
+        api = journeys_api()
+        if api is not None and self.journeys_channel is not None:
+            pb2, grpc_mod = api
+            journey, _, stage = name.partition(".")
+            try:
+                page = ""
+                stub = grpc_mod.JourneysStub(self.journeys_channel)
+                for _ in range(100):
+                    reply = await stub.Members(pb2.MembersRequest(journey=journey, stage=stage, status="active",
+                                                                  cursor=page, limit=1000), timeout=DEADLINE_S)
+                    members.update(reply.lead_ids)
+                    page = reply.next_cursor
+                    if not page:
+                        break
+                available = True
+            except (grpc.aio.AioRpcError, AttributeError) as exc:
+                log.info("journeys unavailable for audience %s: %s", name, exc)
+        ordered = sorted(members)
+        suppressed = await e.db.run(e.store.ad_suppressed, ordered)
+        kept = [m for m in ordered if m not in suppressed]
+        start = int(cursor or 0)
+        limit = limit or 1000
+        page_ids = kept[start:start + limit]
+        nxt = str(start + limit) if start + limit < len(kept) else ""
+        return AudiencePage(name, page_ids, suppressed, nxt, available)
+
+
+def next_best_action(lead: dict[str, Any], site: str) -> dict[str, str]:
+    """One action for the site to push, by lifecycle stage and score."""
+    stage = lead.get("lifecycle_stage") or "subscriber"
+    score = int(lead.get("score") or 0)
+    attrs = lead.get("attributes") or {}
+    if stage == "customer":
+        return {"action": "explore_features", "label": "Explore your roadmap", "url": f"{site}/app/roadmap",
+                "reason": "customer"}
+    if stage == "trial":
+        return {"action": "upgrade", "label": "Keep your access", "url": f"{site}/pricing", "reason": "in trial"}
+    if stage == "sql" or score >= 70:
+        return {"action": "book_consultation", "label": "Book a consultation", "url": f"{site}/consultation",
+                "reason": f"score {score}, stage {stage}"}
+    if stage == "mql" or score >= 40:
+        return {"action": "start_assessment", "label": "Start your free assessment", "url": f"{site}/assessment",
+                "reason": f"score {score}, stage {stage}"}
+    if not attrs.get("countries_of_interest") or not lead.get("segment"):
+        return {"action": "complete_profile", "label": "Complete your profile", "url": f"{site}/profile",
+                "reason": "profile incomplete"}
+    return {"action": "download_guide", "label": "Download the pathway guide", "url": f"{site}/guides",
+            "reason": "early research"}
+
+
+def _parse(value: Any) -> datetime | None:
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, default=str)
