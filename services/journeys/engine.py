@@ -117,7 +117,7 @@ class Engine:
             self._engaged(state, message, now, out)
         elif state.last_engagement is None and etype != "inactivity":
             # The inactivity clock starts at the first thing we hear about the lead.
-            state.last_engagement = parse_time(message.get("occurred_at")) or now
+            state.last_engagement = min(parse_time(message.get("occurred_at")) or now, now)
             self._arm_inactivity(state, now, out)
         consent_off = (state.lead.get("consent") or {}).get("email") is False
         if etype in OPT_OUT_EVENTS or consent_off:
@@ -141,7 +141,7 @@ class Engine:
         return out
 
     def _engaged(self, state: LeadState, message: Mapping[str, Any], now: datetime, out: Outcome) -> None:
-        at = parse_time(message.get("occurred_at")) or now
+        at = min(parse_time(message.get("occurred_at")) or now, now)
         state.last_engagement = max(at, state.last_engagement) if state.last_engagement else at
         state.inactive_step = 0
         self._arm_inactivity(state, now, out)

@@ -1,0 +1,322 @@
+"""SQL record of the journeys service (tables prefixed journeys_): definitions with versions, one state
+row per lead, enrolments, step runs (unique by dedupe key), explained transitions, engagement tallies
+and the ids of bus messages already applied. Blocking code: call through Database.run."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import DateTime, Index, Integer, String, Text, UniqueConstraint, delete, func, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+from services.journeys.model import LIVE, Enrollment, LeadState, Outcome
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Definition(Base):
+    __tablename__ = "journeys_definitions"
+    __table_args__ = (UniqueConstraint("key", "version", name="uq_journeys_definitions_key_version"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    key: Mapped[str] = mapped_column(String(64))
+    version: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16))  # draft | published | retired
+    source: Mapped[str] = mapped_column(String(16))  # playbook | api
+    document: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    published_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class LeadRow(Base):
+    __tablename__ = "journeys_leads"
+    lead_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    state: Mapped[str] = mapped_column(Text)
+    inactive_due: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    inactive_token: Mapped[int] = mapped_column(Integer, default=0)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class EnrollmentRow(Base):
+    __tablename__ = "journeys_enrollments"
+    __table_args__ = (Index("ix_journeys_enrollments_members", "journey", "status", "stage", "lead_id"),
+                      Index("ix_journeys_enrollments_due", "status", "due"))
+    lead_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    ekey: Mapped[str] = mapped_column(String(200), primary_key=True)
+    journey: Mapped[str] = mapped_column(String(64))
+    version: Mapped[int] = mapped_column(Integer)
+    instance: Mapped[str] = mapped_column(String(128), default="")
+    status: Mapped[str] = mapped_column(String(16))
+    stage: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    step: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    due: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    token: Mapped[int] = mapped_column(Integer)
+    side_pending: Mapped[int] = mapped_column(Integer, default=0)
+    entered_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    outcome: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    data: Mapped[str] = mapped_column(Text)
+
+
+class StepRunRow(Base):
+    __tablename__ = "journeys_step_runs"
+    __table_args__ = (Index("ix_journeys_step_runs_journey_at", "journey", "at"),
+                      Index("ix_journeys_step_runs_lead", "lead_id"),
+                      Index("ix_journeys_step_runs_message", "message_id"))
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    dedupe_key: Mapped[str] = mapped_column(String(400), unique=True)
+    lead_id: Mapped[str] = mapped_column(String(128))
+    ekey: Mapped[str] = mapped_column(String(200))
+    journey: Mapped[str] = mapped_column(String(64))
+    version: Mapped[int] = mapped_column(Integer)
+    step: Mapped[str] = mapped_column(String(64))
+    step_type: Mapped[str] = mapped_column(String(16))
+    occurrence: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16))
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    stage: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    message_id: Mapped[str] = mapped_column(String(128), default="")
+    detail: Mapped[str] = mapped_column(Text, default="")
+
+
+class TransitionRow(Base):
+    __tablename__ = "journeys_transitions"
+    __table_args__ = (Index("ix_journeys_transitions_lead", "lead_id", "id"),
+                      Index("ix_journeys_transitions_journey_at", "journey", "at"))
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    lead_id: Mapped[str] = mapped_column(String(128))
+    ekey: Mapped[str] = mapped_column(String(200))
+    journey: Mapped[str] = mapped_column(String(64))
+    version: Mapped[int] = mapped_column(Integer)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    type: Mapped[str] = mapped_column(String(32))
+    summary: Mapped[str] = mapped_column(Text)
+    step_from: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    step_to: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    stage: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    rule: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    facts: Mapped[str] = mapped_column(Text, default="{}")
+
+
+class EngagementRow(Base):
+    __tablename__ = "journeys_engagements"
+    __table_args__ = (Index("ix_journeys_engagements_journey_at", "journey", "at"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    event_id: Mapped[str] = mapped_column(String(128), unique=True)
+    lead_id: Mapped[str] = mapped_column(String(128))
+    journey: Mapped[str] = mapped_column(String(64))
+    step: Mapped[str] = mapped_column(String(64))
+    type: Mapped[str] = mapped_column(String(32))
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ProcessedRow(Base):
+    __tablename__ = "journeys_processed"
+    message_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes; every time here is UTC."""
+    if value is None:
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _insert(session: Session, table: Any) -> Any:
+    return (pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert)(table)
+
+
+# -- definitions ------------------------------------------------------------------------------------
+
+def definitions(session: Session) -> list[Definition]:
+    return list(session.scalars(select(Definition).order_by(Definition.key, Definition.version)))
+
+
+def add_definition(session: Session, *, key: str, document: dict[str, Any], source: str, now: datetime,
+                   publish: bool) -> Definition:
+    latest = session.scalar(select(func.max(Definition.version)).where(Definition.key == key)) or 0
+    row = Definition(key=key, version=latest + 1, status="draft", source=source,
+                     document=json.dumps(document, sort_keys=True), created_at=now)
+    session.add(row)
+    session.flush()
+    if publish:
+        mark_published(session, key=key, version=row.version, now=now)
+    return row
+
+
+def mark_published(session: Session, *, key: str, version: int, now: datetime) -> None:
+    for row in session.scalars(select(Definition).where(Definition.key == key)):
+        if row.version == version:
+            row.status, row.published_at = "published", now
+        elif row.status == "published":
+            row.status = "retired"
+
+
+# -- lead state -------------------------------------------------------------------------------------
+
+def load_state(session: Session, lead_id: str) -> LeadState | None:
+    row = session.get(LeadRow, lead_id)
+    if row is None:
+        return None
+    enrollments = [Enrollment.from_json(json.loads(r.data))
+                   for r in session.scalars(select(EnrollmentRow).where(EnrollmentRow.lead_id == lead_id))]
+    return LeadState.from_json(json.loads(row.state), enrollments)
+
+
+def is_processed(session: Session, message_id: str) -> bool:
+    return session.get(ProcessedRow, message_id) is not None
+
+
+def save(session: Session, state: LeadState, out: Outcome, *, now: datetime,
+         processed: str | None = None) -> None:
+    """Persist one lead's state and what the engine recorded, in the caller's transaction."""
+    row = session.get(LeadRow, state.lead_id)
+    payload = json.dumps(state.to_json(), default=str)
+    if row is None:
+        session.add(LeadRow(lead_id=state.lead_id, state=payload, inactive_due=state.inactive_due,
+                            inactive_token=state.inactive_token, updated_at=now))
+    else:
+        row.state, row.inactive_due, row.inactive_token, row.updated_at = (
+            payload, state.inactive_due, state.inactive_token, now)
+    for ekey in sorted(out.touched | out.side_due):
+        e = state.enrollments.get(ekey)
+        if e is None:
+            continue
+        values = dict(journey=e.journey, version=e.version, instance=e.instance, status=e.status, stage=e.stage,
+                      step=e.step, due=e.due, token=e.token, side_pending=len(e.side), entered_at=e.entered_at,
+                      ended_at=e.ended_at, outcome=e.outcome, data=json.dumps(e.to_json(), default=str))
+        existing = session.get(EnrollmentRow, (state.lead_id, ekey))
+        if existing is None:
+            session.add(EnrollmentRow(lead_id=state.lead_id, ekey=ekey, **values))
+        else:
+            for k, v in values.items():
+                setattr(existing, k, v)
+    if out.runs:
+        stmt = _insert(session, StepRunRow.__table__).values([
+            dict(dedupe_key=r.dedupe_key, lead_id=r.lead_id, ekey=r.ekey, journey=r.journey, version=r.version,
+                 step=r.step, step_type=r.step_type, occurrence=r.occurrence, status=r.status, at=r.at,
+                 stage=r.stage, message_id=r.message_id, detail=r.detail[:2000]) for r in out.runs])
+        session.execute(stmt.on_conflict_do_nothing(index_elements=["dedupe_key"]))
+    for t in out.transitions:
+        session.add(TransitionRow(lead_id=state.lead_id, ekey=t.ekey, journey=t.journey, version=t.version, at=t.at,
+                                  type=t.type, summary=t.summary, step_from=t.step_from, step_to=t.step_to,
+                                  stage=t.stage, rule=t.rule, facts=json.dumps(t.facts, default=str)))
+    if processed:
+        session.execute(_insert(session, ProcessedRow.__table__).values(message_id=processed, at=now)
+                        .on_conflict_do_nothing(index_elements=["message_id"]))
+
+
+def mark_processed(session: Session, message_id: str, now: datetime) -> None:
+    session.execute(_insert(session, ProcessedRow.__table__).values(message_id=message_id, at=now)
+                    .on_conflict_do_nothing(index_elements=["message_id"]))
+
+
+def record_engagement(session: Session, *, event_id: str, lead_id: str, journey: str, step: str, etype: str,
+                      at: datetime) -> None:
+    session.execute(_insert(session, EngagementRow.__table__).values(
+        event_id=event_id, lead_id=lead_id, journey=journey, step=step, type=etype, at=at)
+        .on_conflict_do_nothing(index_elements=["event_id"]))
+
+
+def run_by_message(session: Session, message_id: str) -> StepRunRow | None:
+    if not message_id:
+        return None
+    return session.scalar(select(StepRunRow).where(StepRunRow.message_id == message_id).limit(1))
+
+
+def erase(session: Session, lead_id: str) -> int:
+    removed = 0
+    for table in (EnrollmentRow, StepRunRow, TransitionRow, EngagementRow, LeadRow):
+        result = session.execute(delete(table).where(table.lead_id == lead_id))  # type: ignore[attr-defined]
+        removed += int(result.rowcount or 0)  # type: ignore[attr-defined]
+    return removed
+
+
+# -- queries ----------------------------------------------------------------------------------------
+
+def lead_enrollments(session: Session, lead_id: str) -> list[EnrollmentRow]:
+    return list(session.scalars(select(EnrollmentRow).where(EnrollmentRow.lead_id == lead_id)
+                                .order_by(EnrollmentRow.entered_at, EnrollmentRow.ekey)))
+
+
+def members(session: Session, *, journey: str, stage: str, status: str, cursor: str,
+            limit: int) -> tuple[list[str], str]:
+    q = select(EnrollmentRow.lead_id).where(EnrollmentRow.journey == journey)
+    if stage:
+        q = q.where(EnrollmentRow.stage == stage)
+    q = q.where(EnrollmentRow.status == status) if status else q.where(EnrollmentRow.status.in_(LIVE))
+    if cursor:
+        q = q.where(EnrollmentRow.lead_id > cursor)
+    ids = list(dict.fromkeys(session.scalars(q.order_by(EnrollmentRow.lead_id).limit(limit + 1))))
+    more = len(ids) > limit
+    ids = ids[:limit]
+    return ids, (ids[-1] if more and ids else "")
+
+
+def live_of(session: Session, journey: str) -> list[EnrollmentRow]:
+    return list(session.scalars(select(EnrollmentRow).where(EnrollmentRow.journey == journey,
+                                                             EnrollmentRow.status.in_(LIVE))))
+
+
+def armed(session: Session, batch: int = 5000) -> Iterator[tuple[str, str, int, datetime, int]]:
+    """Every active enrolment's pending timer (lead, ekey, token, due, side_pending), for re-arming."""
+    last: tuple[str, str] = ("", "")
+    while True:
+        rows = list(session.execute(
+            select(EnrollmentRow.lead_id, EnrollmentRow.ekey, EnrollmentRow.token, EnrollmentRow.due,
+                   EnrollmentRow.side_pending)
+            .where(EnrollmentRow.status == "active")
+            .where((EnrollmentRow.lead_id > last[0]) | ((EnrollmentRow.lead_id == last[0])
+                                                        & (EnrollmentRow.ekey > last[1])))
+            .order_by(EnrollmentRow.lead_id, EnrollmentRow.ekey).limit(batch)))
+        if not rows:
+            return
+        for lead_id, ekey, token, due, side in rows:
+            yield lead_id, ekey, token, _utc(due) or datetime.min.replace(tzinfo=UTC), side
+        last = (rows[-1][0], rows[-1][1])
+
+
+def inactivity_armed(session: Session) -> list[tuple[str, int, datetime]]:
+    rows = session.execute(select(LeadRow.lead_id, LeadRow.inactive_token, LeadRow.inactive_due)
+                           .where(LeadRow.inactive_due.is_not(None)))
+    return [(lead, token, _utc(due) or datetime.min.replace(tzinfo=UTC)) for lead, token, due in rows]
+
+
+def timeline(session: Session, lead_id: str, limit: int) -> list[TransitionRow]:
+    return list(session.scalars(select(TransitionRow).where(TransitionRow.lead_id == lead_id)
+                                .order_by(TransitionRow.id).limit(limit)))
+
+
+def history(session: Session, journey: str, start: datetime | None,
+            end: datetime | None) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """Step runs, transitions and engagements of one journey in [start, end)."""
+
+    def window(q: Any, col: Any) -> Any:
+        if start is not None:
+            q = q.where(col >= start)
+        if end is not None:
+            q = q.where(col < end)
+        return q
+
+    runs = [dict(journey=r.journey, step=r.step, status=r.status)
+            for r in session.scalars(window(select(StepRunRow).where(StepRunRow.journey == journey), StepRunRow.at))]
+    transitions = [dict(journey=t.journey, type=t.type, lead_id=t.lead_id, step_from=t.step_from, stage=t.stage,
+                        rule=t.rule, facts=json.loads(t.facts or "{}"))
+                   for t in session.scalars(window(select(TransitionRow).where(TransitionRow.journey == journey)
+                                                   .order_by(TransitionRow.id), TransitionRow.at))]
+    engagements = [dict(journey=g.journey, step=g.step, type=g.type)
+                   for g in session.scalars(window(select(EngagementRow).where(EngagementRow.journey == journey),
+                                                   EngagementRow.at))]
+    return runs, transitions, engagements
+
+
+def step_run_keys(session: Session) -> list[tuple[str, str]]:
+    """(dedupe_key, status) of every step run: for fault tests and audits."""
+    return [(k, s) for k, s in session.execute(select(StepRunRow.dedupe_key, StepRunRow.status))]

@@ -1,0 +1,123 @@
+"""Tiny real gRPC servers implementing other services' contracts (messaging Send/ListTemplates,
+crm_sync RequestTask) that record every call and dedupe like the contract says, plus helpers that
+drive virtual time the way the gateway does."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import grpc
+
+from nurture.api.common.v1 import common_pb2, common_pb2_grpc
+from nurture.api.messaging.v1 import messaging_pb2, messaging_pb2_grpc
+from nurture.bus import Publisher
+from nurture.clock import VirtualClock
+from nurture.rpc import ServiceServer, start_server
+from services.journeys.clients import TaskReply, TaskRequest
+
+
+@dataclass
+class Recorder:
+    sends: list[messaging_pb2.SendRequest] = field(default_factory=list)
+    tasks: list[Any] = field(default_factory=list)
+    delivered: dict[str, str] = field(default_factory=dict)  # dedupe key -> message id
+    templates: list[str] | None = None
+
+    def sent_keys(self) -> list[str]:
+        return [r.dedupe_key for r in self.sends]
+
+
+class FakeMessaging(messaging_pb2_grpc.MessagingServicer):
+    def __init__(self, rec: Recorder) -> None:
+        self.rec = rec
+
+    async def Send(self, request: messaging_pb2.SendRequest, context: grpc.aio.ServicerContext) -> Any:
+        self.rec.sends.append(request)
+        if request.dedupe_key in self.rec.delivered:
+            return messaging_pb2.SendReply(message_id=self.rec.delivered[request.dedupe_key], status="duplicate")
+        mid = f"msg-{uuid.uuid4().hex[:10]}"
+        self.rec.delivered[request.dedupe_key] = mid
+        return messaging_pb2.SendReply(message_id=mid, status="sent")
+
+    async def ListTemplates(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if self.rec.templates is None:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "no templates")
+        return messaging_pb2.ListTemplatesReply(keys=self.rec.templates or [])
+
+
+async def start_fakes(rec: Recorder, *, messaging_port: int = 0, crm_port: int = 0) -> tuple[ServiceServer, ServiceServer]:
+    def reg_messaging(server: grpc.aio.Server) -> Iterable[str]:
+        messaging_pb2_grpc.add_MessagingServicer_to_server(FakeMessaging(rec), server)
+        return [messaging_pb2.DESCRIPTOR.services_by_name["Messaging"].full_name]
+
+    async def request_task(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        dup = any(t.dedupe_key == request.dedupe_key for t in rec.tasks)
+        rec.tasks.append(request)
+        return TaskReply(task_id=f"task-{request.dedupe_key}", owner="rep-1", duplicate=dup)
+
+    def reg_crm(server: grpc.aio.Server) -> Iterable[str]:
+        handler = grpc.method_handlers_generic_handler("nurture.api.crm_sync.v1.SalesOps", {
+            "RequestTask": grpc.unary_unary_rpc_method_handler(
+                request_task, request_deserializer=TaskRequest.FromString,
+                response_serializer=lambda m: m.SerializeToString())})
+        server.add_generic_rpc_handlers((handler,))
+        return []
+
+    messaging = await start_server(name="fake-messaging", port=messaging_port, register=reg_messaging)
+    crm = await start_server(name="fake-crm", port=crm_port, register=reg_crm)
+    return messaging, crm
+
+
+def lead(lead_id: str, segment: str = "skilled_professional", **attributes: Any) -> dict[str, Any]:
+    return {"id": lead_id, "email": f"{lead_id}@example.com", "segment": segment, "consent": {"email": True},
+            "score": 10, "grade": "B", "lifecycle_stage": "lead", "attributes": attributes,
+            "counters": {"opens_7d": 0, "downloads": 0, "interactions_24h": 0}, "interests": {}}
+
+
+_ids = iter(range(1, 10**9))
+
+
+async def publish(pub: Publisher, clock: VirtualClock, lead_snapshot: dict[str, Any], etype: str,
+                  **props: Any) -> str:
+    mid = f"bus-{next(_ids)}"
+    await pub.publish([{"id": mid, "lead_id": lead_snapshot["id"], "type": etype, "properties": props,
+                        "occurred_at": clock.now().isoformat(), "lead": lead_snapshot,
+                        "score_delta": 0, "rules": [], "signals": []}])
+    return mid
+
+
+async def settle(admin: common_pb2_grpc.AdminStub) -> common_pb2.SettleReply:
+    reply: common_pb2.SettleReply = await admin.Settle(common_pb2.SettleRequest(), timeout=60)
+    return reply
+
+
+async def advance(admin: common_pb2_grpc.AdminStub, clock: VirtualClock, seconds: float) -> int:
+    """Move virtual time forward from due time to due time, settling at each (as the gateway does)."""
+    end = clock.now().timestamp() + seconds
+    work = 0
+    while True:
+        reply = await settle(admin)
+        work += reply.work_done
+        if reply.work_done:
+            continue
+        nxt = reply.next_due_at.seconds + reply.next_due_at.nanos / 1e9
+        if reply.has_next_due and nxt <= end and nxt > clock.now().timestamp():
+            clock.set(datetime.fromtimestamp(nxt, UTC))
+            continue
+        break
+    clock.set(datetime.fromtimestamp(end, UTC))
+    work += (await settle(admin)).work_done
+    return work
+
+
+def timeline_summaries(reply: common_pb2.TimelineReply) -> list[str]:
+    return [i.summary for i in reply.items]
+
+
+def details(reply: common_pb2.TimelineReply) -> list[dict[str, Any]]:
+    return [json.loads(i.details_json) for i in reply.items]

@@ -1,0 +1,188 @@
+"""The journeys service over real gRPC with a real Redis, its own database, and small real servers for
+the messaging and crm_sync contracts: enrolment from the bus, durable timers in virtual time,
+explanations on the timeline, retries when messaging is down, versions and validation errors."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import timedelta
+
+import grpc
+import pytest
+import redis
+
+from nurture import redisconn
+from nurture.api.common.v1 import common_pb2, common_pb2_grpc
+from nurture.api.journeys.v1 import journeys_pb2, journeys_pb2_grpc
+from nurture.bus import Publisher
+from nurture.clock import VirtualClock
+from nurture.rpc import ServiceServer
+from nurture.service import Running
+from nurture.settings import Settings
+from tests.conftest import free_port, start_service
+from tests.integration.journeys.fakes import (
+    Recorder,
+    advance,
+    details,
+    lead,
+    publish,
+    settle,
+    start_fakes,
+    timeline_summaries,
+)
+
+pytestmark = pytest.mark.anyio
+
+
+@dataclass
+class Mesh:
+    running: Running
+    rec: Recorder
+    messaging: ServiceServer
+    crm: ServiceServer
+    stub: journeys_pb2_grpc.JourneysStub
+    admin: common_pb2_grpc.AdminStub
+    pub: Publisher
+    clock: VirtualClock
+    settings: Settings
+
+
+@pytest.fixture
+async def mesh(settings: Settings) -> AsyncIterator[Mesh]:
+    rec = Recorder()
+    mport, cport = free_port(), free_port()
+    messaging, crm = await start_fakes(rec, messaging_port=mport, crm_port=cport)
+    settings = settings.with_overrides(messaging_addr=f"127.0.0.1:{mport}", crm_sync_addr=f"127.0.0.1:{cport}")
+    running = await start_service("journeys", settings)
+    channel = grpc.aio.insecure_channel(running.address)
+    client = redisconn.connect(settings)
+    clock = VirtualClock(redis.Redis.from_url(settings.redis_url))
+    yield Mesh(running, rec, messaging, crm, journeys_pb2_grpc.JourneysStub(channel),
+               common_pb2_grpc.AdminStub(channel), Publisher(client, settings.bus_shards), clock, settings)
+    await channel.close()
+    await running.stop(grace=0.2)
+    await messaging.stop(0)
+    await crm.stop(0)
+    await client.aclose()
+
+
+async def test_segment_journey_runs_on_timers_and_explains_the_urgent_jump(mesh: Mesh) -> None:
+    ana = lead("l-1", "skilled_professional")
+    await publish(mesh.pub, mesh.clock, ana, "lead_created")
+    await settle(mesh.admin)
+    assert "l-1:skilled_professional:1:email_01:1.1" in mesh.rec.sent_keys()
+    first = next(r for r in mesh.rec.sends if r.step == "email_01")
+    assert first.template == "skilled_professional.email_01" and first.category == "nurture"
+    assert json.loads(first.context_json)["subject"].startswith("Welcome")
+    await advance(mesh.admin, mesh.clock, 3 * 86400 + 60)
+    steps = [r.step for r in mesh.rec.sends if r.journey == "skilled_professional"]
+    assert steps == ["email_01", "email_02", "email_03"]
+
+    ana = lead("l-1", "skilled_professional", timeline="urgent")
+    await publish(mesh.pub, mesh.clock, ana, "form_submitted", form="profile")
+    await settle(mesh.admin)
+    tl = await mesh.admin.Timeline(common_pb2.TimelineRequest(lead_id="l-1"), timeout=5)
+    summaries = timeline_summaries(tl)
+    jump = [s for s in summaries if "jumped to decision stage" in s]
+    assert jump and "form_submitted timeline=urgent" in jump[0] and "matched rule urgent_timeline" in jump[0]
+    assert all(i.kind == "journey" for i in tl.items)
+    assert any(d.get("rule") == "urgent_timeline" for d in details(tl))
+    assert mesh.rec.sends[-1].step == "email_15"
+
+    reply = await mesh.stub.LeadJourneys(journeys_pb2.LeadJourneysRequest(lead_id="l-1"), timeout=5)
+    by_journey = {e.journey: e for e in reply.enrollments}
+    assert by_journey["skilled_professional"].stage == "decision"
+    assert by_journey["skilled_professional"].status == "active"
+    assert by_journey["skilled_professional"].HasField("next_step_at")
+    assert by_journey["triggers"].status == "active"
+    members = await mesh.stub.Members(journeys_pb2.MembersRequest(journey="skilled_professional", stage="decision"),
+                                      timeout=5)
+    assert list(members.lead_ids) == ["l-1"]
+
+    # Conversion ends the segment journey at once.
+    await publish(mesh.pub, mesh.clock, ana, "subscribed")
+    await settle(mesh.admin)
+    reply = await mesh.stub.LeadJourneys(journeys_pb2.LeadJourneysRequest(lead_id="l-1"), timeout=5)
+    assert {e.journey: e.status for e in reply.enrollments}["skilled_professional"] == "completed"
+
+
+async def test_messaging_down_means_retry_later_not_lost_nor_doubled(mesh: Mesh) -> None:
+    port = mesh.messaging.port
+    await mesh.messaging.stop(0)
+    bo = lead("l-2", "family")
+    await publish(mesh.pub, mesh.clock, bo, "lead_created")
+    await settle(mesh.admin)
+    assert mesh.rec.sends == []
+    tl = await mesh.admin.Timeline(common_pb2.TimelineRequest(lead_id="l-2"), timeout=5)
+    assert any("will be retried" in s for s in timeline_summaries(tl))
+    messaging, _ = await start_fakes(mesh.rec, messaging_port=port, crm_port=free_port())
+    mesh.messaging = messaging
+    await advance(mesh.admin, mesh.clock, 120)
+    keys = [k for k in mesh.rec.sent_keys() if ":family:" in k]
+    assert keys == ["l-2:family:1:email_01:1.1"]
+
+
+async def test_sales_task_and_webinar_reschedule(mesh: Mesh) -> None:
+    cy = lead("l-3", "entrepreneur")
+    await publish(mesh.pub, mesh.clock, cy, "lead_created")
+    await publish(mesh.pub, mesh.clock, cy, "page_viewed", category="bottom_funnel")
+    starts = mesh.clock.now() + timedelta(days=4)
+    await publish(mesh.pub, mesh.clock, cy, "webinar_registered", webinar_id="w-9", starts_at=starts.isoformat())
+    await settle(mesh.admin)
+    assert [t.kind for t in mesh.rec.tasks] == ["sales_alert"]
+    assert mesh.rec.tasks[0].dedupe_key == "l-3:triggers:1:bottom_funnel:1.1"
+    webinar = [r for r in mesh.rec.sends if r.journey == "webinar"]
+    assert [r.step for r in webinar] == ["email_01"] and webinar[0].category == "transactional"
+    moved = starts + timedelta(days=2)
+    await publish(mesh.pub, mesh.clock, cy, "webinar_rescheduled", webinar_id="w-9", starts_at=moved.isoformat())
+    await settle(mesh.admin)
+    reply = await mesh.stub.LeadJourneys(journeys_pb2.LeadJourneysRequest(lead_id="l-3"), timeout=5)
+    web = next(e for e in reply.enrollments if e.journey == "webinar")
+    assert web.instance == "w-9"
+    assert web.next_step_at.ToDatetime().replace(tzinfo=starts.tzinfo) == moved - timedelta(days=1)
+
+
+async def test_definitions_versions_and_validation(mesh: Mesh) -> None:
+    listed = await mesh.stub.ListJourneys(journeys_pb2.ListJourneysRequest(), timeout=5)
+    assert len(listed.journeys) == 12 and all(j.published_version == 1 for j in listed.journeys)
+    got = await mesh.stub.GetJourney(journeys_pb2.GetJourneyRequest(key="lead_magnet"), timeout=5)
+    doc = json.loads(got.definition_json)
+    bad = {**doc, "steps": [*doc["steps"], {"id": "stray", "type": "jump", "to": "nowhere"}]}
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await mesh.stub.PutJourney(journeys_pb2.PutJourneyRequest(key="lead_magnet", definition_json=json.dumps(bad)),
+                                   timeout=5)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    body = json.loads(err.value.details())
+    assert "step stray: unreachable" in body["details"]["problems"]
+    assert "step stray: to goes to unknown step 'nowhere'" in body["details"]["problems"]
+
+    # A lead inside v1, then v2 published with a migration mapping.
+    dee = lead("l-4", "family")
+    await publish(mesh.pub, mesh.clock, dee, "resource_downloaded", resource="guide")
+    await settle(mesh.admin)
+    new = json.loads(json.dumps(doc))
+    for s in new["steps"]:
+        if s["id"] == "wait_02":
+            s["delay"] = "2d"
+    put = await mesh.stub.PutJourney(journeys_pb2.PutJourneyRequest(key="lead_magnet", definition_json=json.dumps(new)),
+                                     timeout=5)
+    assert put.version == 2
+    dry = await mesh.stub.Publish(journeys_pb2.PublishRequest(key="lead_magnet", version=2, migrate=True,
+                                                              dry_run=True), timeout=5)
+    assert json.loads(dry.report_json)["would_move"] == {"v1:email_02->email_02": 1}
+    reply = await mesh.stub.LeadJourneys(journeys_pb2.LeadJourneysRequest(lead_id="l-4"), timeout=5)
+    assert {e.journey: e.version for e in reply.enrollments}["lead_magnet"] == 1
+    await mesh.stub.Publish(journeys_pb2.PublishRequest(key="lead_magnet", version=2, migrate=True), timeout=5)
+    reply = await mesh.stub.LeadJourneys(journeys_pb2.LeadJourneysRequest(lead_id="l-4"), timeout=5)
+    assert {e.journey: e.version for e in reply.enrollments}["lead_magnet"] == 2
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await mesh.stub.GetJourney(journeys_pb2.GetJourneyRequest(key="nope"), timeout=5)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    analytics = json.loads((await mesh.stub.Analytics(journeys_pb2.AnalyticsRequest(key="lead_magnet"),
+                                                      timeout=5)).report_json)
+    assert analytics["enrolled"] == 1 and analytics["steps"][0]["sent"] == 1
+    sim = json.loads((await mesh.stub.Simulate(journeys_pb2.SimulateRequest(request_json=json.dumps(
+        {"journeys": ["lead_magnet"], "leads": 50, "days": 20, "seed": 2})), timeout=30)).report_json)
+    assert sim["journeys"]["lead_magnet"]["steps"][0]["step"] == "email_01"
