@@ -50,7 +50,8 @@ class FakeMessaging(messaging_pb2_grpc.MessagingServicer):
         return messaging_pb2.ListTemplatesReply(keys=self.rec.templates or [])
 
 
-async def start_fakes(rec: Recorder, *, messaging_port: int = 0, crm_port: int = 0) -> tuple[ServiceServer, ServiceServer]:
+async def start_fakes(rec: Recorder, *, messaging_port: int = 0,
+                      crm_port: int = 0) -> tuple[ServiceServer, ServiceServer]:
     def reg_messaging(server: grpc.aio.Server) -> Iterable[str]:
         messaging_pb2_grpc.add_MessagingServicer_to_server(FakeMessaging(rec), server)
         return [messaging_pb2.DESCRIPTOR.services_by_name["Messaging"].full_name]

@@ -1,0 +1,112 @@
+"""Journeys: definitions (list, get, put draft → 422 with every problem, publish with optional migration
+and dry run), analytics from recorded history, and simulations in virtual time."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import APIRouter, Depends, Query
+
+from gateway.convert import iso, parse_time, require_object
+from gateway.deps import ApiError, Mesh, json_body, mesh, require_key
+from nurture.api.journeys.v1 import journeys_pb2, journeys_pb2_grpc
+from nurture.rpc import LONG_DEADLINE_S
+
+router = APIRouter(tags=["journeys"], dependencies=[Depends(require_key)])
+
+
+def _stub(m: Mesh) -> journeys_pb2_grpc.JourneysStub:
+    return journeys_pb2_grpc.JourneysStub(m.channel("journeys"))
+
+
+def _summary(s: journeys_pb2.JourneySummary) -> dict[str, Any]:
+    return {"key": s.key, "name": s.name, "kind": s.kind, "priority": s.priority,
+            "published_version": s.published_version or None, "latest_version": s.latest_version,
+            "status": s.status}
+
+
+@router.get("/v1/journeys", summary="Every journey with its published version and status")
+async def list_journeys(m: Mesh = Depends(mesh)) -> dict[str, Any]:
+    reply = await _stub(m).ListJourneys(journeys_pb2.ListJourneysRequest(), timeout=m.timeout)
+    return {"items": [_summary(s) for s in reply.journeys]}
+
+
+@router.get("/v1/journeys/{key}", summary="A journey's definition and its versions")
+async def get_journey(key: str, version: int = Query(0, ge=0), m: Mesh = Depends(mesh)) -> dict[str, Any]:
+    reply = await _stub(m).GetJourney(journeys_pb2.GetJourneyRequest(key=key, version=version), timeout=m.timeout)
+    return {**_summary(reply.summary), "version": reply.version, "definition": json.loads(reply.definition_json),
+            "versions": [{"version": v.version, "status": v.status,
+                          "created_at": iso(v.created_at, v.HasField("created_at")),
+                          "published_at": iso(v.published_at, v.HasField("published_at"))} for v in reply.versions]}
+
+
+@router.put("/v1/journeys/{key}", summary="Store a new draft version (422 lists every problem)")
+async def put_journey(key: str, validate_only: bool = Query(False), body: Any = Depends(json_body),
+                      m: Mesh = Depends(mesh)) -> dict[str, Any]:
+    document = require_object(body, "definition")
+    if isinstance(document.get("definition"), dict) and "steps" not in document:
+        document = document["definition"]
+    reply = await _stub(m).PutJourney(journeys_pb2.PutJourneyRequest(
+        key=key, definition_json=json.dumps(document), validate_only=validate_only), timeout=m.timeout)
+    if validate_only:
+        return {"key": key, "valid": True, "problems": []}
+    return {"key": key, "version": reply.version, "status": "draft"}
+
+
+@router.post("/v1/journeys/{key}/publish", summary="Publish a version, optionally migrating live leads")
+async def publish_journey(key: str, body: Any = Depends(json_body), m: Mesh = Depends(mesh)) -> dict[str, Any]:
+    body = require_object(body)
+    version = body.get("version", 0)
+    mapping = body.get("step_mapping", body.get("mapping", {})) or {}
+    if not isinstance(version, int) or isinstance(version, bool) or version < 0:
+        raise ApiError(422, "invalid", "version must be a positive integer", {"fields": {"version": "integer"}})
+    if not isinstance(mapping, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in mapping.items()):
+        raise ApiError(422, "invalid", "step_mapping must map step ids to step ids",
+                       {"fields": {"step_mapping": "object of strings"}})
+    reply = await _stub(m).Publish(journeys_pb2.PublishRequest(
+        key=key, version=version, migrate=bool(body.get("migrate", False)), step_mapping=mapping,
+        dry_run=bool(body.get("dry_run", False))), timeout=LONG_DEADLINE_S)
+    return {"key": key, "version": reply.version, "published": reply.published, **json.loads(reply.report_json)}
+
+
+@router.get("/v1/journeys/{key}/analytics", summary="Funnel per step and stage from recorded history")
+async def journey_analytics(key: str, from_: str | None = Query(None, alias="from"), to: str | None = None,
+                            m: Mesh = Depends(mesh)) -> dict[str, Any]:
+    request = journeys_pb2.AnalyticsRequest(key=key)
+    if from_:
+        getattr(request, "from").FromDatetime(parse_time(from_, "from"))
+    if to:
+        request.to.FromDatetime(parse_time(to, "to"))
+    reply = await _stub(m).Analytics(request, timeout=LONG_DEADLINE_S)
+    result: dict[str, Any] = json.loads(reply.report_json)
+    return result
+
+
+@router.get("/v1/journeys/{key}/members", summary="Leads in a journey (optionally a stage and status)")
+async def journey_members(key: str, stage: str = "", status: str = "", cursor: str = "",
+                          limit: int = Query(100, ge=1, le=1000), m: Mesh = Depends(mesh)) -> dict[str, Any]:
+    reply = await _stub(m).Members(journeys_pb2.MembersRequest(journey=key, stage=stage, status=status,
+                                                               cursor=cursor, limit=limit), timeout=m.timeout)
+    return {"items": list(reply.lead_ids), "next_cursor": reply.next_cursor or None}
+
+
+@router.post("/v1/simulations", summary="Run journeys for synthetic leads in virtual time; returns the funnel")
+async def simulate(body: Any = Depends(json_body), m: Mesh = Depends(mesh)) -> dict[str, Any]:
+    body = require_object(body)
+    problems: dict[str, str] = {}
+    for name in ("leads", "days", "seed"):
+        value = body.get(name)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+            problems[name] = "must be a non-negative integer"
+    if body.get("journeys") is not None and not isinstance(body.get("journeys"), list):
+        problems["journeys"] = "must be a list of journey keys"
+    if body.get("behaviour") is not None and not isinstance(body.get("behaviour"), dict):
+        problems["behaviour"] = "must be an object"
+    if problems:
+        raise ApiError(422, "invalid", "; ".join(f"{k} {v}" for k, v in problems.items()), {"fields": problems})
+    reply = await _stub(m).Simulate(journeys_pb2.SimulateRequest(request_json=json.dumps(body)),
+                                    timeout=LONG_DEADLINE_S)
+    result: dict[str, Any] = json.loads(reply.report_json)
+    return result
+

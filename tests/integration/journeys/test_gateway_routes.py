@@ -1,0 +1,86 @@
+"""The gateway's journeys routes against a real journeys service over gRPC."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from gateway.app import create_app
+from nurture.rpc import channel
+from nurture.settings import SERVICES, Settings
+from tests.conftest import free_port, start_service
+from tests.integration.journeys.fakes import Recorder, start_fakes
+
+pytestmark = pytest.mark.anyio
+AUTH = {"Authorization": "Bearer test-key"}
+
+
+@pytest.fixture
+async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    rec = Recorder(templates=None)
+    mport = free_port()
+    messaging, crm = await start_fakes(rec, messaging_port=mport)
+    addrs = {f"{s}_addr": f"127.0.0.1:{free_port()}" for s in SERVICES}
+    addrs["messaging_addr"] = f"127.0.0.1:{mport}"
+    journeys = await start_service("journeys", settings.with_overrides(**addrs))
+    addrs["journeys_addr"] = journeys.address
+    app = create_app(settings.with_overrides(api_key="test-key", **addrs))
+    for s in SERVICES:
+        app.state.mesh.channels[s] = channel(app.state.mesh.settings.address_of(s))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as c:
+        yield c
+    await journeys.stop(grace=0.2)
+    await messaging.stop(0)
+    await crm.stop(0)
+
+
+async def test_journey_routes(client: httpx.AsyncClient) -> None:
+    r = await client.get("/v1/journeys", headers=AUTH)
+    assert r.status_code == 200
+    items = {j["key"]: j for j in r.json()["items"]}
+    assert items["webinar"]["kind"] == "sequence" and items["webinar"]["published_version"] == 1
+    assert (await client.get("/v1/journeys")).status_code == 401
+
+    r = await client.get("/v1/journeys/cart_abandonment", headers=AUTH)
+    doc = r.json()["definition"]
+    assert r.json()["versions"][0]["status"] == "published"
+    broken = {**doc, "steps": [{"id": "loop", "type": "jump", "to": "loop"}, *doc["steps"]]}
+    r = await client.put("/v1/journeys/cart_abandonment", headers=AUTH, json=broken)
+    assert r.status_code == 422, r.text
+    problems = r.json()["error"]["details"]["problems"]
+    assert any("loop without a wait" in p for p in problems)
+    assert any("unreachable" in p for p in problems)
+
+    r = await client.put("/v1/journeys/cart_abandonment", headers=AUTH, json=doc)
+    assert r.status_code == 200 and r.json()["version"] == 2
+    r = await client.post("/v1/journeys/cart_abandonment/publish", headers=AUTH, json={"version": 2, "dry_run": True,
+                                                                                       "migrate": True})
+    assert r.status_code == 200 and r.json()["published"] is False and r.json()["would_move"] == {}
+    r = await client.post("/v1/journeys/cart_abandonment/publish", headers=AUTH,
+                          json={"version": 2, "step_mapping": {"email_01": "nowhere"}, "migrate": True})
+    assert r.status_code == 422
+    r = await client.post("/v1/journeys/cart_abandonment/publish", headers=AUTH, json={"version": 2})
+    assert r.status_code == 200 and r.json()["published"] is True
+    assert (await client.get("/v1/journeys/cart_abandonment", headers=AUTH)).json()["published_version"] == 2
+
+    assert (await client.get("/v1/journeys/nope", headers=AUTH)).status_code == 404
+    r = await client.get("/v1/journeys/webinar/analytics?from=2026-01-01T00:00:00Z&to=2026-03-01T00:00:00Z",
+                         headers=AUTH)
+    assert r.status_code == 200 and r.json()["enrolled"] == 0
+    assert (await client.get("/v1/journeys/webinar/analytics?from=yesterday", headers=AUTH)).status_code == 422
+
+    body = {"journeys": ["skilled_professional", "triggers"], "leads": 40, "days": 30, "seed": 5,
+            "behaviour": {"default": {"open": 0.5}}}
+    r = await client.post("/v1/simulations", headers=AUTH, json=body)
+    assert r.status_code == 200, r.text
+    again = await client.post("/v1/simulations", headers=AUTH, json=body)
+    first, second = r.json(), again.json()
+    first["engine"].pop("wall_seconds")
+    second["engine"].pop("wall_seconds")
+    assert first == second
+    steps = first["journeys"]["skilled_professional"]["steps"]
+    assert steps[0]["step"] == "email_01" and steps[0]["sent"] > 0 and steps[0]["opened"] > 0
+    assert (await client.post("/v1/simulations", headers=AUTH, json={"journeys": ["nope"]})).status_code == 422
+    assert (await client.post("/v1/simulations", headers=AUTH, json={"leads": "many"})).status_code == 422
