@@ -11,12 +11,12 @@ import importlib
 import json
 import logging
 import pkgutil
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import grpc
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from opentelemetry import trace
@@ -120,28 +120,47 @@ def create_app(settings: Settings) -> FastAPI:
         log.exception("unexpected error")
         return error_response(500, "internal", "an unexpected error; it has been logged")
 
-    @app.middleware("http")
-    async def _limits_and_trace(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        length = request.headers.get("content-length")
-        if length is not None:
-            if not length.isdigit():
-                return error_response(400, "malformed", "bad Content-Length")
-            if int(length) > settings.max_body_bytes:
-                return error_response(413, "too_large", f"the body exceeds {settings.max_body_bytes} bytes",
-                                      {"max_bytes": settings.max_body_bytes})
-        elif request.method in ("POST", "PUT", "PATCH"):
-            body = await request.body()  # chunked: read (bounded by the server) and check
-            if len(body) > settings.max_body_bytes:
-                return error_response(413, "too_large", f"the body exceeds {settings.max_body_bytes} bytes")
-        with tracer.start_as_current_span(f"{request.method} {request.url.path}", kind=trace.SpanKind.SERVER,
-                                          attributes={"http.method": request.method,
-                                                      "http.target": request.url.path}) as span:
-            response = await call_next(request)
-            span.set_attribute("http.status_code", response.status_code)
-            return response
-
     _include_routers(app)
-    return app
+    return LimitsAndTracing(app, settings.max_body_bytes)  # type: ignore[return-value]
+
+
+class LimitsAndTracing:
+    """Plain ASGI middleware (Starlette's BaseHTTPMiddleware costs a task per request): one server
+    span per request, and bodies over the limit refused with 413 before anything reads them."""
+
+    def __init__(self, app: FastAPI, max_body: int) -> None:
+        self.app = app
+        self.max_body = max_body
+        self.state = app.state
+        self.router = app.router
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        length = headers.get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_body):
+            status, code = (413, "too_large") if length.isdigit() else (400, "malformed")
+            response = error_response(status, code, f"the body exceeds {self.max_body} bytes"
+                                      if status == 413 else "bad Content-Length", {"max_bytes": self.max_body})
+            await response(scope, receive, send)
+            return
+        seen = 0
+
+        async def limited_receive() -> Any:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_body:
+                    raise ApiError(413, "too_large", f"the body exceeds {self.max_body} bytes")
+            return message
+
+        method, path = scope.get("method", ""), scope.get("path", "")
+        with tracer.start_as_current_span(f"{method} {path}", kind=trace.SpanKind.SERVER,
+                                          attributes={"http.method": method, "http.target": path}):
+            await self.app(scope, limited_receive, send)
 
 
 def app_from_env() -> FastAPI:

@@ -99,7 +99,8 @@ def up(args: argparse.Namespace) -> int:
     python = sys.executable
     base_env = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
-    if "NURTURE_REDIS_URL" not in os.environ:
+    # Embedded Redis unless a Redis URL is configured; NURTURE_EMBEDDED_REDIS=1 embeds one on that URL's port.
+    if "NURTURE_REDIS_URL" not in os.environ or os.environ.get("NURTURE_EMBEDDED_REDIS") == "1":
         port = urlparse(settings.redis_url).port or 6390
         (data / "redis").mkdir(exist_ok=True)
         children.append(Child("redis", [_redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir",

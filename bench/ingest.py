@@ -1,0 +1,140 @@
+"""Ingestion through the full path (gateway → scoring → stored, scored, traced), against a raw gRPC
+echo baseline measured in the same run. Prints figures, then one JSON line with all of them.
+
+    .venv/bin/python bench/ingest.py [--events 20000] [--url URL --api-key KEY --scoring ADDR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench._mesh import private_mesh  # noqa: E402
+from nurture.api.scoring.v1 import scoring_pb2, scoring_pb2_grpc  # noqa: E402
+
+
+async def echo_rate(address: str, calls: int, concurrency: int = 32) -> float:
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = scoring_pb2_grpc.EchoStub(channel)
+        payload = b"x" * 200
+        await stub.Echo(scoring_pb2.EchoRequest(payload=payload), timeout=5)
+        todo = iter(range(calls))
+
+        async def worker() -> None:
+            for _ in todo:
+                await stub.Echo(scoring_pb2.EchoRequest(payload=payload), timeout=5)
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return calls / (time.perf_counter() - start)
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+
+
+async def run(url: str, key: str, scoring_addr: str, events: int) -> dict[str, float]:
+    headers = {"Authorization": f"Bearer {key}"}
+    leads = 500
+    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=60,
+                                 limits=httpx.Limits(max_connections=64)) as client:
+        for i in range(0, leads, 50):
+            await asyncio.gather(*(client.post("/v1/leads", json={"id": f"bench-{j}", "email": f"b{j}@example.com"})
+                                   for j in range(i, i + 50)))
+        categories = ["pricing", "high_intent", "country", "bottom_funnel", "education"]
+
+        def event(n: int) -> dict[str, object]:
+            return {"lead_id": f"bench-{n % leads}", "type": "page_viewed",
+                    "properties": {"category": categories[n % len(categories)], "page": f"/p/{n}"}}
+
+        baseline = await echo_rate(scoring_addr, 5000)
+
+        # Single posts, as fast as 16 concurrent clients can go.
+        singles = min(events // 4, 4000)
+        latencies: list[float] = []
+        counter = iter(range(singles))
+
+        async def poster() -> None:
+            for n in counter:
+                t = time.perf_counter()
+                r = await client.post("/v1/events", json=event(n))
+                latencies.append(time.perf_counter() - t)
+                assert r.status_code == 202, r.text
+
+        start = time.perf_counter()
+        await asyncio.gather(*(poster() for _ in range(16)))
+        single_rate = singles / (time.perf_counter() - start)
+
+        # Single posts paced at 500/s: the latency a steady site sees.
+        paced: list[float] = []
+        rate, seconds = 500, 4
+
+        async def one(n: int) -> None:
+            t = time.perf_counter()
+            r = await client.post("/v1/events", json=event(n))
+            paced.append(time.perf_counter() - t)
+            assert r.status_code == 202
+
+        tasks = []
+        t0 = time.perf_counter()
+        for n in range(rate * seconds):
+            delay = t0 + n / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(n)))
+        await asyncio.gather(*tasks)
+
+        # Batches of 1,000, two in flight.
+        batches = max(2, events // 1000)
+        queue = iter(range(batches))
+
+        async def batcher() -> None:
+            for b in queue:
+                r = await client.post("/v1/events:batch", json={"events": [event(b * 1000 + k) for k in range(1000)]})
+                assert r.status_code == 202 and r.json()["accepted"] == 1000, r.text[:300]
+
+        start = time.perf_counter()
+        await asyncio.gather(*(batcher() for _ in range(2)))
+        batch_rate = batches * 1000 / (time.perf_counter() - start)
+    return {
+        "grpc_echo_rps": round(baseline, 1),
+        "single_events_per_s": round(single_rate, 1),
+        "single_p50_ms": round(pct(latencies, 0.5), 2),
+        "single_p99_ms": round(pct(latencies, 0.99), 2),
+        "paced_500_per_s_p50_ms": round(statistics.median(paced) * 1000, 2),
+        "paced_500_per_s_p99_ms": round(pct(paced, 0.99), 2),
+        "batch_events_per_s": round(batch_rate, 1),
+        "batch_events_per_s / grpc_echo_rps": round(batch_rate / baseline, 3),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--events", type=int, default=20000)
+    parser.add_argument("--url")
+    parser.add_argument("--api-key", default="dev-key")
+    parser.add_argument("--scoring", default="127.0.0.1:50051")
+    args = parser.parse_args()
+    if args.url:
+        result = asyncio.run(run(args.url, args.api_key, args.scoring, args.events))
+    else:
+        with private_mesh() as mesh:
+            result = asyncio.run(run(mesh.url, mesh.api_key, mesh.env["NURTURE_SCORING_ADDR"], args.events))
+    for name, value in result.items():
+        print(f"{name:40s} {value}")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
