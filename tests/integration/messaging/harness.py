@@ -1,0 +1,79 @@
+"""A tiny real gRPC servicer for the scoring contract (GetLead, GetLeads, IngestEvents) that records
+what messaging asked of it, so messaging's tests do not depend on the scoring service's progress."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import grpc
+
+from nurture.api.scoring.v1 import scoring_pb2, scoring_pb2_grpc
+from nurture.rpc import ServiceServer, start_server
+
+
+def make_lead(lead_id: str, **over: Any) -> dict[str, Any]:
+    lead: dict[str, Any] = {
+        "id": lead_id, "email": f"{lead_id}@example.com", "first_name": "Ana", "last_name": "Diaz",
+        "segment": "skilled_professional", "timezone": "Asia/Kolkata", "locale": "en",
+        "attributes": {"profession": "nurse", "countries_of_interest": ["CA", "AU"]},
+        "consent": {"email": True}, "score": 30, "grade": "B", "lifecycle_stage": "lead",
+    }
+    lead.update(over)
+    return lead
+
+
+class ScoringStub(scoring_pb2_grpc.ScoringServicer):
+    def __init__(self) -> None:
+        self.leads: dict[str, dict[str, Any]] = {}
+        self.events: list[scoring_pb2.Event] = []
+        self.keys: set[str] = set()
+        self.down = False
+
+    def add(self, lead: dict[str, Any]) -> None:
+        self.leads[lead["id"]] = lead
+
+    def _proto(self, lead: dict[str, Any]) -> scoring_pb2.Lead:
+        return scoring_pb2.Lead(
+            id=lead["id"], email=lead["email"], first_name=lead["first_name"], last_name=lead["last_name"],
+            segment=lead["segment"], timezone=lead["timezone"], locale=lead["locale"],
+            attributes_json=json.dumps(lead["attributes"]), consent_json=json.dumps(lead["consent"]),
+            score=lead["score"], grade=lead["grade"], lifecycle_stage=lead["lifecycle_stage"], counters_json="{}")
+
+    async def GetLead(self, request: Any, context: grpc.aio.ServicerContext) -> scoring_pb2.Lead:
+        if self.down:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "down")
+        lead = self.leads.get(request.id)
+        if lead is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, "no such lead")
+        return self._proto(lead)
+
+    async def GetLeads(self, request: Any, context: grpc.aio.ServicerContext) -> scoring_pb2.GetLeadsReply:
+        if self.down:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "down")
+        return scoring_pb2.GetLeadsReply(leads=[self._proto(self.leads[i]) for i in request.ids if i in self.leads])
+
+    async def IngestEvents(self, request: Any, context: grpc.aio.ServicerContext) -> scoring_pb2.IngestReply:
+        if self.down:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "down")
+        results = []
+        for ev in request.events:
+            dup = ev.idempotency_key in self.keys
+            if not dup:
+                self.keys.add(ev.idempotency_key)
+                self.events.append(ev)
+            results.append(scoring_pb2.EventResult(event_id=ev.idempotency_key, duplicate=dup))
+        return scoring_pb2.IngestReply(results=results)
+
+    def of_type(self, etype: str) -> list[tuple[str, dict[str, Any]]]:
+        return [(e.idempotency_key, json.loads(e.properties_json)) for e in self.events if e.type == etype]
+
+
+async def start_scoring_stub() -> tuple[ScoringStub, ServiceServer]:
+    servicer = ScoringStub()
+
+    def register(server: grpc.aio.Server) -> list[str]:
+        scoring_pb2_grpc.add_ScoringServicer_to_server(servicer, server)
+        return [scoring_pb2.DESCRIPTOR.services_by_name["Scoring"].full_name]
+
+    return servicer, await start_server(name="scoring-stub", port=0, register=register)

@@ -1,0 +1,251 @@
+"""Messaging end to end in virtual time: a real service, a real SMTP sink, a recorded scoring servicer."""
+
+from __future__ import annotations
+
+import email
+import json
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from email import policy
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from nurture.api.common.v1 import common_pb2, common_pb2_grpc
+from nurture.api.messaging.v1 import messaging_pb2, messaging_pb2_grpc
+from nurture.bus import Publisher
+from nurture.clock import VirtualClock
+from nurture.redisconn import connect, connect_sync
+from nurture.rpc import channel
+from nurture.service import Running
+from nurture.settings import Settings
+from services.messaging.leads import email_hash
+from services.messaging.smtp_sink import SmtpSink
+from tests.conftest import free_port, start_service
+from tests.integration.messaging.harness import ScoringStub, make_lead, start_scoring_stub
+
+pytestmark = pytest.mark.anyio
+
+
+@dataclass
+class Mesh:
+    settings: Settings
+    scoring: ScoringStub
+    sink: SmtpSink
+    running: Running
+    stub: messaging_pb2_grpc.MessagingStub
+    admin: common_pb2_grpc.AdminStub
+    clock: VirtualClock
+
+    async def send(self, lead_id: str, template: str, *, key: str = "", category: str = "",
+                   channel: str = "email", context: dict[str, Any] | None = None) -> messaging_pb2.SendReply:
+        journey, _, step = template.partition(".")
+        return await self.stub.Send(messaging_pb2.SendRequest(
+            dedupe_key=key or f"{lead_id}:{journey}:1:{step}:0", lead_id=lead_id, journey=journey, journey_version=1,
+            step=step, channel=channel, template=template, category=category,
+            context_json=json.dumps(context or {})), timeout=5)
+
+    async def settle(self) -> common_pb2.SettleReply:
+        reply = await self.admin.Settle(common_pb2.SettleRequest(), timeout=10)
+        return reply
+
+    async def messages(self, lead_id: str) -> list[messaging_pb2.Message]:
+        return list((await self.stub.ListMessages(messaging_pb2.ListMessagesRequest(lead_id=lead_id), timeout=5)).items)
+
+    def mails(self) -> list[email.message.EmailMessage]:
+        return [email.message_from_bytes(p.read_bytes(), policy=policy.default)  # type: ignore[misc]
+                for p in self.sink.messages()]
+
+
+@pytest.fixture
+async def mesh(settings: Settings, tmp_path: Path) -> AsyncIterator[Mesh]:
+    scoring, scoring_server = await start_scoring_stub()
+    sink = SmtpSink(tmp_path / "mail").start()
+    cfg = settings.with_overrides(smtp_url=sink.url, scoring_addr=f"127.0.0.1:{scoring_server.port}",
+                                  journeys_addr=f"127.0.0.1:{free_port()}", public_url="https://nurture.example")
+    running = await start_service("messaging", cfg)
+    ch = channel(running.address)
+    try:
+        yield Mesh(cfg, scoring, sink, running, messaging_pb2_grpc.MessagingStub(ch),
+                   common_pb2_grpc.AdminStub(ch), VirtualClock(connect_sync(cfg)))
+    finally:
+        await ch.close()
+        await running.stop(0)
+        await scoring_server.stop(0)
+        sink.stop()
+
+
+async def test_send_delivers_once_with_headers_and_records(mesh: Mesh) -> None:
+    mesh.scoring.add(make_lead("l1"))
+    reply = await mesh.send("l1", "skilled_professional.email_01")
+    assert reply.status == "scheduled"
+    again = await mesh.send("l1", "skilled_professional.email_01")
+    assert (again.status, again.message_id) == ("duplicate", reply.message_id)
+    settled = await mesh.settle()
+    assert settled.work_done >= 1
+    [mail] = mesh.mails()
+    assert mail["To"].addresses[0].addr_spec == "l1@example.com"
+    assert mail["Message-ID"] == f"<{reply.message_id}@nurture.borderbridge.example>"
+    assert mail["List-Unsubscribe"].startswith("<https://nurture.example/u/")
+    assert mail["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    text = mail.get_body(("plain",)).get_content()
+    assert "Hi Ana" in text and "nurse" in text and "Canada and Australia" in text
+    assert "https://nurture.example/t/c/" in text
+    assert "/t/o/" in mail.get_body(("html",)).get_content()
+    [msg] = await mesh.messages("l1")
+    assert msg.status == "sent" and msg.subject
+    assert [k for k, _ in mesh.scoring.of_type("email_sent")] == [f"sent:{reply.message_id}"]
+    timeline = await mesh.admin.Timeline(common_pb2.TimelineRequest(lead_id="l1"), timeout=5)
+    assert [i.type for i in timeline.items] == ["message_scheduled", "message_sent"]
+    assert all(i.kind == "message" for i in timeline.items)
+    # Nothing more to do, nothing sent twice.
+    assert (await mesh.settle()).work_done == 0
+    assert len(mesh.sink.messages()) == 1
+
+
+async def test_consent_suppression_bounce_and_bad_template(mesh: Mesh) -> None:
+    mesh.scoring.add(make_lead("nc", consent={"email": False}))
+    mesh.scoring.add(make_lead("bad", email="nobody@reject.invalid"))
+    mesh.scoring.add(make_lead("ok"))
+    await mesh.send("nc", "family.email_01")
+    await mesh.send("bad", "family.email_01")
+    unknown = await mesh.send("ok", "family.email_99")
+    assert unknown.status == "failed" and "unknown template" in unknown.reason
+    await mesh.send("ok", "family.email_02")
+    await mesh.settle()
+    assert (await mesh.messages("nc"))[0].reason == "no email consent"
+    bad = (await mesh.messages("bad"))[0]
+    assert bad.status == "failed" and bad.reason.startswith("550")
+    assert sorted(m.status for m in await mesh.messages("ok")) == ["failed", "sent"]  # the bad address blocked nothing
+    assert mesh.scoring.of_type("email_hard_bounced")
+    # The bounced address is now suppressed for everything.
+    await mesh.send("bad", "webinar.email_01", category="transactional")
+    await mesh.settle()
+    later = {m.template: m for m in await mesh.messages("bad")}["webinar.email_01"]
+    assert later.status == "suppressed" and "hard_bounce" in later.reason
+
+
+async def test_transient_failure_retries_with_backoff(mesh: Mesh) -> None:
+    mesh.scoring.add(make_lead("tf", email="someone@tempfail.invalid"))
+    await mesh.send("tf", "webinar.email_01", category="transactional")
+    settled = await mesh.settle()
+    [msg] = await mesh.messages("tf")
+    assert msg.status == "scheduled" and msg.reason.startswith("retrying: 451")
+    assert settled.has_next_due and settled.next_due_at.ToDatetime() > mesh.clock.now().replace(tzinfo=None)
+    mesh.clock.set(settled.next_due_at.ToDatetime().replace(tzinfo=mesh.clock.now().tzinfo))
+    await mesh.settle()
+    [msg] = await mesh.messages("tf")
+    assert (msg.status, msg.attempts) == ("sent", 2)
+    assert len(mesh.sink.messages()) == 1
+
+
+async def test_send_window_and_caps_defer_nurture_not_transactional(mesh: Mesh) -> None:
+    # 09:00 UTC is 01:00 in Los Angeles: nurture waits for 08:00 there, transactional goes now.
+    mesh.scoring.add(make_lead("la", timezone="America/Los_Angeles"))
+    await mesh.send("la", "skilled_professional.email_02")
+    await mesh.send("la", "webinar.email_02", category="transactional",
+                    context={"starts_at": "2026-01-06T17:00:00Z", "webinar_title": "Canada 101"})
+    settled = await mesh.settle()
+    by_template = {m.template: m for m in await mesh.messages("la")}
+    assert by_template["webinar.email_02"].status == "sent"
+    deferred = by_template["skilled_professional.email_02"]
+    assert deferred.status == "scheduled" and "daytime" in deferred.reason
+    assert deferred.due_at.ToDatetime().isoformat() == "2026-01-05T16:00:00"
+    assert settled.next_due_at.ToDatetime().isoformat() == "2026-01-05T16:00:00"
+    # Caps: 3 nurture a day; the 4th waits a day.
+    mesh.scoring.add(make_lead("cap"))
+    for step in ("email_03", "email_04", "email_05", "email_06"):
+        await mesh.send("cap", f"skilled_professional.{step}")
+    await mesh.settle()
+    statuses = [m.status for m in await mesh.messages("cap")]
+    assert statuses.count("sent") == 3 and statuses.count("scheduled") == 1
+    held = [m for m in await mesh.messages("cap") if m.status == "scheduled"][0]
+    assert "frequency cap" in held.reason
+
+
+async def test_tracking_and_one_click_unsubscribe(mesh: Mesh) -> None:
+    mesh.scoring.add(make_lead("tr"))
+    sent = await mesh.send("tr", "entrepreneur.email_01")
+    await mesh.settle()
+    [mail] = mesh.mails()
+    text = mail.get_body(("plain",)).get_content()
+    click = re.search(r"https://nurture\.example/t/c/(\S+)", text).group(1)  # type: ignore[union-attr]
+    reply = await mesh.stub.Track(messaging_pb2.TrackRequest(token=click, kind="click"), timeout=5)
+    assert reply.url.startswith("https://www.borderbridge.example/entrepreneur/")
+    again = await mesh.stub.Track(messaging_pb2.TrackRequest(token=click, kind="click"), timeout=5)
+    assert again.duplicate
+    [(key, props)] = mesh.scoring.of_type("email_clicked")
+    assert key == f"click:{sent.message_id}:0"
+    assert props["template"] == "entrepreneur.email_01" and props["url"] == reply.url
+    assert mesh.scoring.of_type("email_opened")  # a click implies an open
+    # Tampered: the destination swapped, or the signature broken.
+    payload, sig = click.split(".")
+    for bad in (payload[:-2] + "xx." + sig, payload + "." + sig[::-1], "garbage"):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await mesh.stub.Track(messaging_pb2.TrackRequest(token=bad, kind="click"), timeout=5)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    # One-click unsubscribe from the List-Unsubscribe header takes effect at once.
+    unsub = mail["List-Unsubscribe"].strip("<>").rsplit("/", 1)[1]
+    done = await mesh.stub.Unsubscribe(messaging_pb2.UnsubscribeRequest(token=unsub, source="one_click"), timeout=5)
+    assert (done.scope, done.already) == ("nurture", False)
+    assert mesh.scoring.of_type("unsubscribed")
+    await mesh.send("tr", "entrepreneur.email_02")
+    await mesh.settle()
+    last = {m.template: m for m in await mesh.messages("tr")}["entrepreneur.email_02"]
+    assert last.status == "suppressed" and "unsubscribed" in last.reason
+    # A transactional message of another kind still goes (the unsubscribe was from nurture mail).
+    await mesh.send("tr", "webinar.email_01", category="transactional")
+    await mesh.settle()
+    assert {m.template: m for m in await mesh.messages("tr")}["webinar.email_01"].status == "sent"
+
+
+async def test_bus_suppression_erasure_and_ab_report(mesh: Mesh) -> None:
+    mesh.scoring.add(make_lead("sp"))
+    redis = connect(mesh.settings)
+    lead = make_lead("sp")
+    await Publisher(redis, mesh.settings.bus_shards).publish([
+        {"id": "e-1", "lead_id": "sp", "type": "spam_reported", "properties": {}, "lead": lead,
+         "occurred_at": "2026-01-05T09:00:00Z"},
+        {"id": "e-2", "lead_id": "sp", "type": "stage_changed", "properties": {"old": "sql", "new": "customer"},
+         "lead": lead, "occurred_at": "2026-01-05T09:00:00Z"},
+    ])
+    await redis.aclose()
+    await mesh.settle()
+    await mesh.send("sp", "family.email_03")
+    await mesh.settle()
+    assert "spam_report" in (await mesh.messages("sp"))[0].reason
+    await mesh.send("sp", "retarget", channel="ads_audience", context={"audience": "family_ads"})
+    await mesh.settle()
+    aud = await mesh.stub.Audience(messaging_pb2.AudienceRequest(name="family_ads"), timeout=5)
+    assert list(aud.lead_ids) == [] and list(aud.suppressed) == ["sp"]
+    # Erasure keeps only the hashed suppression.
+    removed = await mesh.admin.EraseLead(common_pb2.EraseLeadRequest(lead_id="sp", email_hash=email_hash(
+        "sp@example.com")), timeout=5)
+    assert removed.removed >= 1 and await mesh.messages("sp") == []
+    # A/B: the split is stable and the report names variants.
+    for i in range(6):
+        mesh.scoring.add(make_lead(f"ab{i}"))
+        await mesh.send(f"ab{i}", "skilled_professional.email_01")
+    await mesh.settle()
+    report = await mesh.stub.AbReport(messaging_pb2.AbReportRequest(template="skilled_professional.email_01"),
+                                      timeout=5)
+    assert {v.name for v in report.variants} == {"a", "b"} and sum(v.sent for v in report.variants) == 6
+    assert not report.significant and report.explanation
+
+
+async def test_scoring_down_defers_and_list_templates(mesh: Mesh) -> None:
+    keys = (await mesh.stub.ListTemplates(messaging_pb2.ListTemplatesRequest(), timeout=5)).keys
+    assert "skilled_professional.email_17" in keys and "triggers.pricing_page" in keys
+    mesh.scoring.add(make_lead("dn"))
+    mesh.scoring.down = True
+    await mesh.send("dn", "trial_nurture.email_01")
+    await mesh.settle()
+    [msg] = await mesh.messages("dn")
+    assert msg.status == "scheduled" and "waiting for scoring" in msg.reason
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await mesh.stub.Send(messaging_pb2.SendRequest(dedupe_key="x", lead_id="dn", channel="fax", template="t"),
+                             timeout=5)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT

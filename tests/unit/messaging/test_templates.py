@@ -1,0 +1,103 @@
+"""Every template of the playbook renders, for every segment and for a sparse profile."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from services.messaging.catalog import Catalog, RenderError, choose_variant
+
+PLAYBOOK = Path(__file__).resolve().parents[3] / "services" / "journeys" / "playbook"
+
+LEADS = {
+    "skilled": {"id": "l-s", "first_name": "Ana", "segment": "skilled_professional", "timezone": "Asia/Kolkata",
+                "attributes": {"profession": "software engineer", "countries_of_interest": ["CA", "DE"]}},
+    "family": {"id": "l-f", "first_name": "Omar", "segment": "family", "timezone": "Africa/Lagos",
+               "attributes": {"children": 2, "countries_of_interest": ["AU"]}},
+    "entrepreneur": {"id": "l-e", "first_name": "Mei", "segment": "entrepreneur", "timezone": "Asia/Singapore",
+                     "attributes": {"business_sector": "fintech"}},
+    "sparse": {"id": "l-x"},
+}
+CONTEXT = {"starts_at": "2026-02-01T16:00:00Z", "ends_at": "2026-02-14T00:00:00Z", "webinar_title": "Canada 101",
+           "resource_title": "Global Skills Demand Report", "assessment_score": 71, "plan": "Pro"}
+
+
+@pytest.fixture(scope="module")
+def catalog() -> Catalog:
+    return Catalog()
+
+
+def playbook_send_keys() -> list[str]:
+    keys = []
+    for path in sorted(PLAYBOOK.glob("*.yaml")):
+        doc = yaml.safe_load(path.read_text())
+        if not isinstance(doc, dict) or "steps" not in doc:
+            continue
+        for step in doc["steps"]:
+            if step.get("type") == "send":
+                keys.append(step.get("template") or f"{doc['key']}.{step['id']}")
+    return keys
+
+
+def test_every_playbook_send_step_has_a_template(catalog: Catalog) -> None:
+    missing = [k for k in playbook_send_keys() if k not in catalog.specs]
+    assert missing == []
+    # The seed's 17 emails for each segment workflow.
+    for segment in ("skilled_professional", "family", "entrepreneur"):
+        assert all(f"{segment}.email_{i:02d}" in catalog.specs for i in range(1, 18))
+
+
+@pytest.mark.parametrize("who", sorted(LEADS))
+def test_every_template_renders(catalog: Catalog, who: str) -> None:
+    lead = LEADS[who]
+    for key, spec in catalog.specs.items():
+        for variant in [""] + sorted(spec.variants):
+            r = catalog.render(key, lead, context=CONTEXT, track=lambda url, i: f"https://t.example/c/{i}",
+                               unsubscribe_url="https://t.example/u/x", pixel_url="https://t.example/o/x",
+                               variant=variant)
+            assert r.subject and "{{" not in r.subject
+            assert spec.cta_label in r.text and "https://t.example/c/0" in r.text
+            assert "https://t.example/u/x" in r.text and 'href="https://t.example/u/x"' in r.html
+            assert f"Hi {lead.get('first_name', 'there')}," in r.text
+            assert r.links[0].startswith("https://")
+
+
+def test_personalisation_by_segment(catalog: Catalog) -> None:
+    skilled = catalog.render("skilled_professional.email_03", LEADS["skilled"])
+    assert "software engineer" in skilled.text and "Canada and Germany" in skilled.text
+    family = catalog.render("family.email_04", LEADS["family"])
+    assert "2 children" in family.text and "Australia" in family.text
+    biz = catalog.render("entrepreneur.email_02", LEADS["entrepreneur"])
+    assert "fintech" in biz.text
+    webinar = catalog.render("webinar.email_03", LEADS["family"], context=CONTEXT)
+    assert "Canada 101" in webinar.text and "17:00" in webinar.text  # Lagos is UTC+1
+
+
+def test_html_is_escaped_and_sandboxed(catalog: Catalog) -> None:
+    lead = {"id": "x", "first_name": "<script>alert(1)</script>", "segment": "family"}
+    r = catalog.render("family.email_01", lead)
+    assert "<script>" not in r.html and "&lt;script&gt;" in r.html
+
+
+def test_unknown_and_broken_templates_raise_render_error(catalog: Catalog, tmp_path: Path) -> None:
+    with pytest.raises(RenderError, match="unknown template"):
+        catalog.render("nope.email_01", {"id": "x"})
+    src = (Path(catalog.__class__.__module__.replace(".", "/")).parent / "templates" / "catalog.yaml")
+    data = yaml.safe_load((Path(__file__).resolve().parents[3] / src).read_text())
+    data["templates"]["family.email_01"]["subject"] = "{{ ctx.__class__.__mro__ }}"
+    data["templates"]["family.email_02"]["subject"] = "{{ no_such_variable }}"
+    broken = tmp_path / "catalog.yaml"
+    broken.write_text(yaml.safe_dump(data))
+    bad = Catalog(broken)
+    for key in ("family.email_01", "family.email_02"):
+        with pytest.raises(RenderError):
+            bad.render(key, {"id": "x"}, variant="a")
+
+
+def test_variant_split_is_stable_and_roughly_even(catalog: Catalog) -> None:
+    spec = catalog.specs["skilled_professional.email_01"]
+    picks = [choose_variant(spec, f"lead-{i}") for i in range(2000)]
+    assert picks == [choose_variant(spec, f"lead-{i}") for i in range(2000)]
+    assert 900 < picks.count("a") < 1100
