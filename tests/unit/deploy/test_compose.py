@@ -1,0 +1,52 @@
+"""docker-compose.yml is valid and wires the mesh the way `nurture up` does (no Docker engine here:
+the file is parsed and checked against the code's own settings and entry points)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml
+
+from nurture.settings import SERVICES, Settings
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def load() -> dict:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+def test_every_process_of_the_mesh_is_there_with_a_health_check() -> None:
+    services = load()["services"]
+    for name in [*SERVICES, "gateway", "redis", "postgres", "otel-collector", "jaeger"]:
+        assert name in services, name
+        assert "healthcheck" in services[name], name
+    for name in SERVICES:
+        assert services[name]["command"] == ["python", "-m", f"services.{name}"]
+        assert (ROOT / "services" / name / "__main__.py").exists(), f"services/{name} has no entry point"
+    assert services["gateway"]["command"] == ["python", "-m", "gateway"]
+    assert set(services["gateway"]["depends_on"]) >= set(SERVICES)
+
+
+def test_settings_match_the_code() -> None:
+    services = load()["services"]
+    known = {f"NURTURE_{name.upper()}" for name in Settings.__dataclass_fields__}
+    for name in [*SERVICES, "gateway"]:
+        env = services[name]["environment"]
+        assert set(env) <= known, set(env) - known
+        assert env["NURTURE_DATABASE_URL"].startswith("postgresql+psycopg://")
+        assert env["NURTURE_OTLP_ENDPOINT"].startswith("http://otel-collector:")
+        for service in SERVICES:
+            host, port = env[f"NURTURE_{service.upper()}_ADDR"].split(":")
+            assert host == service
+            default_port = getattr(Settings(), f"{service}_addr").rsplit(":", 1)[1]
+            assert port == default_port
+            check = " ".join(services[service]["healthcheck"]["test"])
+            assert re.search(rf":{port}\b", check)
+
+
+def test_collector_config_exports_to_jaeger() -> None:
+    config = yaml.safe_load((ROOT / "deploy" / "otel-collector.yaml").read_text())
+    assert config["service"]["pipelines"]["traces"]["exporters"] == ["otlp/jaeger"]
+    assert config["exporters"]["otlp/jaeger"]["endpoint"].startswith("jaeger:")
