@@ -14,6 +14,7 @@ from typing import Any
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from opentelemetry import trace
+from opentelemetry.propagate import extract
 
 from nurture import redisconn
 from nurture.admin import AdminServicer, timeline_item
@@ -80,7 +81,12 @@ class Outbox:
                 pending = await self._db.run(self._store.pending_outbox)
                 if not pending:
                     return done
-                with redis_span("XADD bus", messages=len(pending)):
+                contexts = [trace.get_current_span(extract(m["trace"])).get_span_context()
+                            for _, m in pending if m.get("trace")]
+                parent = trace.set_span_in_context(trace.NonRecordingSpan(contexts[0])) if contexts else None
+                links = [trace.Link(c) for c in contexts[1:50]]
+                with _tracer.start_as_current_span("publish", context=parent, links=links), \
+                        redis_span("XADD bus", messages=len(pending)):
                     await self._publisher.publish([m for _, m in pending])
                 await self._db.run(self._store.mark_published, [seq for seq, _ in pending])
                 done += len(pending)

@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from opentelemetry.propagate import inject
 from sqlalchemy import Row, and_, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
@@ -405,6 +406,12 @@ class Store:
         return {**{k: lead.get(k) for k in keys}, "counters": counters}
 
     def _outbox(self, s: Session, message: dict[str, Any]) -> None:
+        # The trace of the request that caused the message travels with it (W3C traceparent), so
+        # publishing and the consumers' work join the same trace.
+        carrier: dict[str, str] = {}
+        inject(carrier)
+        if carrier:
+            message["trace"] = carrier
         s.execute(insert(outbox).values(lead_id=message["lead_id"], payload=json.dumps(message, default=str)))
 
     # -- outbox, decay, history -----------------------------------------------------------------------

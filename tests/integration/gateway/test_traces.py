@@ -1,0 +1,56 @@
+"""One trace per accepted event: gateway request → scoring RPC → SQL → publishing to Redis."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from gateway.app import create_app
+from nurture.api.common.v1 import common_pb2, common_pb2_grpc
+from nurture.rpc import channel
+from nurture.settings import SERVICES, Settings
+from tests.conftest import free_port, start_service
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(scope="module")
+def spans() -> InMemorySpanExporter:
+    exporter = InMemorySpanExporter()
+    provider = trace.get_tracer_provider()
+    if not isinstance(provider, TracerProvider):
+        provider = TracerProvider()
+        trace.set_tracer_provider(provider)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return exporter
+
+
+async def test_an_event_is_one_trace_from_gateway_to_redis(settings: Settings, spans: InMemorySpanExporter) -> None:
+    scoring = await start_service("scoring", settings)
+    addrs = {f"{s}_addr": f"127.0.0.1:{free_port()}" for s in SERVICES}
+    addrs["scoring_addr"] = scoring.address
+    app = create_app(settings.with_overrides(api_key="k", **addrs))
+    for s in SERVICES:
+        app.state.mesh.channels[s] = channel(app.state.mesh.settings.address_of(s))
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as client:
+            headers = {"Authorization": "Bearer k"}
+            assert (await client.post("/v1/leads", headers=headers, json={"id": "t"})).status_code == 201
+            spans.clear()
+            r = await client.post("/v1/events", headers=headers, json={"lead_id": "t", "type": "page_viewed"})
+            assert r.status_code == 202
+        async with channel(scoring.address) as ch:
+            await common_pb2_grpc.AdminStub(ch).Settle(common_pb2.SettleRequest(), timeout=5)
+    finally:
+        await scoring.stop(grace=0.2)
+    finished = spans.get_finished_spans()
+    root = next(s for s in finished if s.name == "POST /v1/events")
+    same = [s for s in finished if s.context.trace_id == root.context.trace_id]
+    names = {s.name for s in same}
+    assert "/nurture.api.scoring.v1.Scoring/IngestEvents" in names
+    assert "ingest" in names and "publish" in names and "redis XADD bus" in names
+    assert any(n.startswith("sql INSERT") for n in names)
