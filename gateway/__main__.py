@@ -16,7 +16,8 @@ def main() -> None:
     logging.basicConfig(level=settings.log_level, format="%(asctime)s gateway %(levelname)s %(name)s: %(message)s")
     provider = telemetry.setup("gateway", settings)
     try:
-        uvicorn.run(create_app(settings), host=settings.bind_host, port=settings.http_port, log_level="warning", loop="uvloop", http="httptools",
+        uvicorn.run(create_app(settings), host=settings.bind_host, port=settings.http_port, log_level="warning",
+                    loop="uvloop", http="httptools",
                     access_log=False)
     finally:
         provider.shutdown()

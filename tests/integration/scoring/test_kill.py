@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -64,10 +65,8 @@ def test_every_accepted_event_scored_exactly_once(settings: Settings) -> None:
                 proc.send_signal(signal.SIGKILL)
                 proc.wait()
                 kills += 1
-                try:
+                with contextlib.suppress(grpc.RpcError):
                     future.result()
-                except grpc.RpcError:
-                    pass
                 proc = start(settings, port)
                 wait_ready(stub)
             # At-least-once delivery from the client; the idempotency keys make it exactly once.

@@ -49,16 +49,31 @@ def event(lead_id: str, type_: str, key: str = "", **props: object) -> scoring_p
 async def test_seed_triggers_score_and_publish(scoring: Running, settings: Settings) -> None:
     stub, admin, channel = stubs(scoring)
     async with channel:
-        reply = await stub.UpsertLead(scoring_pb2.UpsertLeadRequest(id="l-1", fields_json=json.dumps(
-            {"email": "ana@example.com", "first_name": "Ana", "consent": {"email": True},
-             "attributes": {"profession": "nurse", "countries_of_interest": ["CA"]}})), timeout=5)
-        assert reply.created and reply.lead.segment == "skilled_professional" and reply.lead.grade == "B"  # 10 + 10 + 5 fit points
-        events = [event("l-1", "page_viewed", "k1", category="pricing"),
-                  *[event("l-1", "resource_downloaded", f"d{i}") for i in range(3)],
-                  event("l-1", "video_watched", category="demo"),
-                  event("l-1", "page_viewed", category="high_intent"),
-                  event("l-1", "page_viewed", category="high_intent"),
-                  event("l-1", "page_viewed", category="bottom_funnel")]
+        reply = await stub.UpsertLead(
+            scoring_pb2.UpsertLeadRequest(
+                id="l-1",
+                fields_json=json.dumps(
+                    {
+                        "email": "ana@example.com",
+                        "first_name": "Ana",
+                        "consent": {"email": True},
+                        "attributes": {"profession": "nurse", "countries_of_interest": ["CA"]},
+                    }
+                ),
+            ),
+            timeout=5,
+        )
+        assert (
+            reply.created and reply.lead.segment == "skilled_professional" and reply.lead.grade == "B"
+        )  # 10 + 10 + 5 fit points
+        events = [
+            event("l-1", "page_viewed", "k1", category="pricing"),
+            *[event("l-1", "resource_downloaded", f"d{i}") for i in range(3)],
+            event("l-1", "video_watched", category="demo"),
+            event("l-1", "page_viewed", category="high_intent"),
+            event("l-1", "page_viewed", category="high_intent"),
+            event("l-1", "page_viewed", category="bottom_funnel"),
+        ]
         result = await stub.IngestEvents(scoring_pb2.IngestRequest(events=events), timeout=5)
         assert all(not r.error_code for r in result.results)
         lead = await stub.GetLead(scoring_pb2.GetLeadRequest(id="l-1"), timeout=5)
@@ -68,13 +83,22 @@ async def test_seed_triggers_score_and_publish(scoring: Running, settings: Setti
         assert lead.lifecycle_stage == "mql"
         history = await stub.ScoreHistory(scoring_pb2.ScoreHistoryRequest(lead_id="l-1"), timeout=5)
         rules = [c.rule for c in history.changes]
-        assert {"pricing_page", "three_resource_downloads", "demo_video", "repeated_high_intent",
-                "bottom_funnel"} <= set(rules)
-        again = await stub.IngestEvents(scoring_pb2.IngestRequest(events=[event("l-1", "page_viewed", "k1")]), timeout=5)
+        assert {
+            "pricing_page",
+            "three_resource_downloads",
+            "demo_video",
+            "repeated_high_intent",
+            "bottom_funnel",
+        } <= set(rules)
+        again = await stub.IngestEvents(
+            scoring_pb2.IngestRequest(events=[event("l-1", "page_viewed", "k1")]), timeout=5
+        )
         assert again.results[0].duplicate and again.results[0].event_id == result.results[0].event_id
         await admin.Settle(common_pb2.SettleRequest(), timeout=5)
         messages = bus_messages(settings)
-        bottom = [m for m in messages if m["type"] == "page_viewed" and m["properties"].get("category") == "bottom_funnel"]
+        bottom = [
+            m for m in messages if m["type"] == "page_viewed" and m["properties"].get("category") == "bottom_funnel"
+        ]
         assert bottom and "sales_alert" in bottom[0]["signals"]
         assert any(m["type"] == "stage_changed" and m["properties"]["new"] == "mql" for m in messages)
         assert len({m["id"] for m in messages}) == len(messages)
@@ -86,18 +110,35 @@ async def test_bad_input_is_rejected_per_event(scoring: Running) -> None:
     stub, _admin, channel = stubs(scoring)
     async with channel:
         with pytest.raises(grpc.aio.AioRpcError) as err:
-            await stub.UpsertLead(scoring_pb2.UpsertLeadRequest(id="x", fields_json=json.dumps(
-                {"email": "not-an-email", "segment": "martians", "timezone": "Mars/Olympus"})), timeout=5)
+            await stub.UpsertLead(
+                scoring_pb2.UpsertLeadRequest(
+                    id="x",
+                    fields_json=json.dumps(
+                        {"email": "not-an-email", "segment": "martians", "timezone": "Mars/Olympus"}
+                    ),
+                ),
+                timeout=5,
+            )
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert set(json.loads(err.value.details())["details"]["fields"]) == {"email", "segment", "timezone"}
         await stub.UpsertLead(scoring_pb2.UpsertLeadRequest(id="ok", fields_json="{}"), timeout=5)
-        result = await stub.IngestEvents(scoring_pb2.IngestRequest(events=[
-            event("ok", "page_viewed"), event("nobody", "page_viewed"), event("ok", "Bad Type"),
-            scoring_pb2.Event(lead_id="ok", type="form_submitted", properties_json="[1]")]), timeout=5)
+        result = await stub.IngestEvents(
+            scoring_pb2.IngestRequest(
+                events=[
+                    event("ok", "page_viewed"),
+                    event("nobody", "page_viewed"),
+                    event("ok", "Bad Type"),
+                    scoring_pb2.Event(lead_id="ok", type="form_submitted", properties_json="[1]"),
+                ]
+            ),
+            timeout=5,
+        )
         codes = [r.error_code for r in result.results]
         assert codes == ["", "unknown_lead", "invalid", "invalid"]
         with pytest.raises(grpc.aio.AioRpcError) as err:
-            await stub.UpsertLead(scoring_pb2.UpsertLeadRequest(id="ghost", fields_json="{}", must_exist=True), timeout=5)
+            await stub.UpsertLead(
+                scoring_pb2.UpsertLeadRequest(id="ghost", fields_json="{}", must_exist=True), timeout=5
+            )
         assert err.value.code() == grpc.StatusCode.NOT_FOUND
 
 
@@ -122,11 +163,17 @@ async def test_inactivity_decays_and_announces_lapse(scoring: Running, settings:
 async def test_unsubscribe_withdraws_consent_with_audit(scoring: Running) -> None:
     stub, admin, channel = stubs(scoring)
     async with channel:
-        await stub.UpsertLead(scoring_pb2.UpsertLeadRequest(
-            id="u", fields_json=json.dumps({"email": "u@example.com", "consent": {"email": True}}), source="form"),
-            timeout=5)
+        await stub.UpsertLead(
+            scoring_pb2.UpsertLeadRequest(
+                id="u", fields_json=json.dumps({"email": "u@example.com", "consent": {"email": True}}), source="form"
+            ),
+            timeout=5,
+        )
         await stub.IngestEvents(scoring_pb2.IngestRequest(events=[event("u", "unsubscribed")]), timeout=5)
         lead = await stub.GetLead(scoring_pb2.GetLeadRequest(id="u"), timeout=5)
         assert json.loads(lead.consent_json) == {"email": False}
         timeline = await admin.Timeline(common_pb2.TimelineRequest(lead_id="u"), timeout=5)
-        assert [i.type for i in timeline.items if i.type.startswith("consent")] == ["consent_given", "consent_withdrawn"]
+        assert [i.type for i in timeline.items if i.type.startswith("consent")] == [
+            "consent_given",
+            "consent_withdrawn",
+        ]
