@@ -1,0 +1,62 @@
+"""The scoring model file: valid, faithful to the seed's trigger table, and strict about bad definitions."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from nurture.rules import InvalidRule
+from services.scoring.model import ScoringModel, load_model
+
+NOW = datetime(2026, 3, 1, 9, tzinfo=UTC)
+
+
+@pytest.fixture(scope="module")
+def model() -> ScoringModel:
+    return load_model()
+
+
+def test_the_seed_trigger_table_is_in_the_model(model: ScoringModel) -> None:
+    expected = {"pricing_page": 8, "three_resource_downloads": 10, "demo_video": 7, "repeated_high_intent": 12,
+                "bottom_funnel": 15}
+    assert {name: model.behaviour[name]["points"] for name in expected} == expected
+    assert "sales_alert" in model.behaviour["bottom_funnel"]["signals"]
+
+
+def test_daily_cap_stops_point_farming(model: ScoringModel) -> None:
+    lead: dict = {"score": 0}
+    total = 0
+    for i in range(6):
+        out = model.score_event(lead, {"type": "email_opened", "properties": {},
+                                       "occurred_at": NOW + timedelta(minutes=i)}, NOW)
+        total += out.delta
+        lead = {**lead, "score": total, "counters": out.counters, "recent": out.recent}
+    assert total == 3  # 1 point per open, at most 3 a day
+
+
+def test_windows_forget_old_engagement(model: ScoringModel) -> None:
+    old = NOW - timedelta(days=20)
+    out = model.score_event({"score": 0}, {"type": "email_opened", "properties": {}, "occurred_at": old}, old)
+    later = model.score_event({"score": 1, "recent": out.recent, "counters": out.counters, "last_engaged_at": old},
+                              {"type": "page_viewed", "properties": {}, "occurred_at": NOW}, NOW)
+    assert later.counters["opens_30d"] == 1 and later.counters["opens_14d"] == 0
+
+
+def test_stage_moves_forward_only(model: ScoringModel) -> None:
+    assert model.stage_for("subscriber", 55, None) == "mql"
+    assert model.stage_for("sql", 0, None) == "sql"
+    assert model.stage_for("lead", 0, "opportunity_won") == "customer"
+
+
+def test_invalid_model_lists_every_problem() -> None:
+    bad = {"name": "x", "version": 1, "behaviour": [
+        {"name": "a", "when": {"fact": "event.type", "gt": "x"}, "points": "many"},
+        {"name": "a", "when": {"nope": 1}, "points": 1}],
+        "fit": [], "grades": {}, "decay": {}, "lifecycle": {"order": ["lead"], "thresholds": {"mql": 5}, "events": {}},
+        "segments": []}
+    with pytest.raises(InvalidRule) as err:
+        ScoringModel(bad)
+    text = " | ".join(err.value.problems)
+    assert "points must be an integer" in text and "duplicate rule a" in text and "needs a number" in text
+    assert "unknown stage mql" in text and "'fact' must be a dotted name" in text
