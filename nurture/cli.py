@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import os
 import signal
 import socket
@@ -21,6 +20,8 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from nurture.settings import SERVICES, Settings, load_settings, to_environ
+
+ROOT = Path(__file__).resolve().parent.parent  # the checkout: children run `python -m services.<svc>` here
 
 
 @dataclass
@@ -36,7 +37,7 @@ class Child:
         self.log.parent.mkdir(parents=True, exist_ok=True)
         out = self.log.open("ab")
         self.proc = subprocess.Popen(self.argv, env=self.env, stdout=out, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+                                     start_new_session=True, cwd=ROOT)
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -76,10 +77,10 @@ def _redis_binary() -> str:
 
 
 def _has_module(name: str) -> bool:
-    try:
-        return importlib.util.find_spec(name) is not None
-    except ModuleNotFoundError:
-        return False
+    """Whether the checkout has this module (by file: an editable install only knows the packages
+    that existed when it was installed)."""
+    path = ROOT.joinpath(*name.split("."))
+    return path.with_suffix(".py").exists() or (path / "__init__.py").exists()
 
 
 def up(args: argparse.Namespace) -> int:
@@ -97,7 +98,8 @@ def up(args: argparse.Namespace) -> int:
     logs = data / "logs"
     children: list[Child] = []
     python = sys.executable
-    base_env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    base_env = {**os.environ, "PYTHONUNBUFFERED": "1",
+                "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}
 
     # Embedded Redis unless a Redis URL is configured; NURTURE_EMBEDDED_REDIS=1 embeds one on that URL's port.
     if "NURTURE_REDIS_URL" not in os.environ or os.environ.get("NURTURE_EMBEDDED_REDIS") == "1":
@@ -120,7 +122,7 @@ def up(args: argparse.Namespace) -> int:
     env = {**base_env, **to_environ(settings)}
     env.pop("NURTURE_GRPC_PORT", None)
     for service in SERVICES:
-        if not (Path(__file__).resolve().parent.parent / "services" / service / "__main__.py").exists():
+        if not _has_module(f"services.{service}.__main__"):
             print(f"warning: services/{service} has no __main__; not started", file=sys.stderr)
             continue
         children.append(Child(service, [python, "-m", f"services.{service}"], env, logs / f"{service}.log"))
@@ -209,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     if not _has_module("services.journeys.simulate_cli"):
         print("the journeys service is not installed in this tree", file=sys.stderr)
         return 2
+    sys.path.insert(0, str(ROOT))
     simulate_cli = importlib.import_module("services.journeys.simulate_cli")
     return int(simulate_cli.main(rest))
 
