@@ -18,7 +18,7 @@ import heapq
 import random
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -51,14 +51,8 @@ class Stats:
     sends: int = 0
 
 
-@dataclass(order=True)
-class _Item:
-    at: datetime
-    prio: int
-    seq: int
-    kind: str = field(compare=False)
-    lead: str = field(compare=False)
-    data: Any = field(compare=False, default=None)
+# Heap entries are plain tuples (at, -priority, sequence, kind, lead, data): cheaper to compare.
+_Item = tuple[datetime, int, int, str, str, Any]
 
 
 class Simulation:
@@ -97,7 +91,7 @@ class Simulation:
 
     def _push(self, at: datetime, kind: str, lead: str, data: Any = None, prio: int = 0) -> None:
         self.seq += 1
-        heapq.heappush(self.heap, _Item(at, -prio, self.seq, kind, lead, data))
+        heapq.heappush(self.heap, (at, -prio, self.seq, kind, lead, data))
 
     def _message(self, at: datetime, lead: str, etype: str, props: dict[str, Any] | None = None) -> None:
         self._push(at, "msg", lead, {"type": etype, "properties": props or {}})
@@ -229,34 +223,33 @@ class Simulation:
         started = time.perf_counter()
         self.add_leads(leads, days)
         end = self.start + timedelta(days=days)
-        while self.heap and self.heap[0].at <= end:
-            item = heapq.heappop(self.heap)
-            self.now = max(self.now, item.at)
-            state = self.states[item.lead]
-            if item.kind == "msg":
+        while self.heap and self.heap[0][0] <= end:
+            at, _prio, seq, kind, lead_id, data = heapq.heappop(self.heap)
+            self.now = max(self.now, at)
+            state = self.states[lead_id]
+            if kind == "msg":
                 self.stats.messages += 1
-                data = item.data
                 self._apply_counters(state, data["type"], data["properties"])
                 if data["type"] in ("email_opened", "email_clicked"):
                     self.funnel.engagement(data["properties"]["journey"], data["properties"]["step"], data["type"])
-                message = {"id": f"sim-{item.seq}", "lead_id": item.lead, "type": data["type"],
+                message = {"id": f"sim-{seq}", "lead_id": lead_id, "type": data["type"],
                            "properties": data["properties"], "occurred_at": iso(self.now), "lead": state.lead}
                 out = self.engine.on_message(state, message, self.now)
                 self._arm(state, out)
                 for ekey in sorted(k for k, e in state.enrollments.items() if e.status == ACTIVE and e.due
                                    and e.due <= self.now):
                     self._drive(state, ekey, side=False)
-            elif item.kind == "timer":
-                ekey, token = item.data
+            elif kind == "timer":
+                ekey, token = data
                 e = state.enrollments.get(ekey)
                 if e is None or e.token != token or e.status != ACTIVE:
                     continue
                 self.stats.timers += 1
                 self._drive(state, ekey, side=False)
-            elif item.kind == "side":
-                self._drive(state, item.data, side=True)
-            elif item.kind == "inactive":
-                out = self.engine.inactivity_due(state, item.data, self.now)
+            elif kind == "side":
+                self._drive(state, data, side=True)
+            elif kind == "inactive":
+                out = self.engine.inactivity_due(state, data, self.now)
                 self._arm(state, out)
         wall = time.perf_counter() - started
         report = self.funnel.report(self.registry.published_map())

