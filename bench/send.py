@@ -134,6 +134,7 @@ async def service_run(n: int, work: Path, sink_port: int, redis_url: str, concur
             start = time.perf_counter()
             statuses = await asyncio.gather(*(one(i) for i in range(n)))
             assert set(statuses) == {"scheduled"}, set(statuses)
+            print(f"sends accepted in {time.perf_counter() - start:.2f}s", file=sys.stderr)
             db = work / "data" / "messaging.db"
             sent = 0
             while time.perf_counter() - start < 600:

@@ -120,6 +120,7 @@ class Engine:
         self._writer: asyncio.Task[None] | None = None
         # Last consent recorded per (lead, channel): only changes are written to the consent log.
         self._consent_known: dict[tuple[str, str], bool] = {}
+        self._inflight: set[str] = set()
 
     async def close(self) -> None:
         if self._http is not None:
@@ -197,18 +198,40 @@ class Engine:
 
     # --- the worker -----------------------------------------------------------------------------------
     async def process_due(self) -> int:
-        """Handle every message due now, in batches; returns how many were handled."""
+        """Handle every message due now, in batches; returns how many were handled.
+
+        Two batches overlap: while one batch is on the wire, the next is checked and rendered. A batch's
+        ids stay in `_inflight` until its outcomes are recorded, so it is never picked up twice."""
         total = 0
         async with self._work_lock:
-            while True:
-                now = self.clock.now()
-                rows = await self.db.run(self.store.due_messages, now, BATCH)
-                if not rows:
-                    return total
-                await self._process(rows, now)
-                total += len(rows)
+            tasks: list[asyncio.Task[None]] = []
+            try:
+                while True:
+                    now = self.clock.now()
+                    rows = await self.db.run(self.store.due_messages, now, BATCH + len(self._inflight))
+                    rows = [r for r in rows if r["id"] not in self._inflight][:BATCH]
+                    if not rows:
+                        if not tasks:
+                            return total
+                        await asyncio.gather(*tasks)
+                        tasks = []
+                        continue
+                    ready = await self._prepare(rows, now)
+                    total += len(rows)
+                    if ready:
+                        ids = {r.row["id"] for r in ready}
+                        self._inflight |= ids
+                        tasks.append(asyncio.create_task(self._finish(ready, now, ids)))
+                    tasks = [t for t in tasks if not t.done() or t.exception() is not None]
+                    if len(tasks) >= 2:
+                        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                if tasks:
+                    await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _process(self, rows: list[dict[str, Any]], now: datetime) -> None:
+    async def _prepare(self, rows: list[dict[str, Any]], now: datetime) -> list[_Ready]:
+        """Checks and rendering for a batch; records what will not go now together with the intents of
+        what will (one transaction), and returns the messages to put on the wire."""
         try:
             leads = await self.leads.get_many(r["lead_id"] for r in rows)
         except grpc.aio.AioRpcError as exc:
@@ -217,7 +240,7 @@ class Engine:
             await self.db.run(self.store.apply, [
                 Outcome(r["id"], "scheduled", f"waiting for scoring: {exc.code().name}", due_at=later)
                 for r in rows], now)
-            return
+            return []
         hashes = {r["id"]: email_hash(leads[r["lead_id"]]["email"]) for r in rows
                   if r["lead_id"] in leads and leads[r["lead_id"]].get("email")}
         scopes = await self.db.run(self.store.suppression_scopes, hashes.values())
@@ -243,10 +266,15 @@ class Engine:
         intents = [Outcome(r.row["id"], "sending", r.row["reason"], attempts=r.row["attempts"] + 1,
                            subject=r.rendered.subject if r.rendered else "", email_hash=r.email_hash)
                    for r in ready]
-        await self.db.run(self.store.apply, intents, now)
-        results = await asyncio.gather(*(self._deliver(r, now) for r in ready))
-        outcomes.extend(results)
-        await self.db.run(self.store.apply, outcomes, now)
+        await self.db.run(self.store.apply, outcomes + intents, now)
+        return ready
+
+    async def _finish(self, ready: list[_Ready], now: datetime, ids: set[str]) -> None:
+        try:
+            results = await asyncio.gather(*(self._deliver(r, now) for r in ready))
+            await self.db.run(self.store.apply, list(results), now)
+        finally:
+            self._inflight -= ids
 
     def _check(self, row: dict[str, Any], lead: dict[str, Any] | None, ehash: str,
                scopes: dict[str, dict[str, str]], now: datetime,
@@ -466,6 +494,8 @@ class Engine:
                 self.wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.wake.wait(), timeout=0.1)
+                # Let a burst of Sends gather into one batch rather than waking per message.
+                await asyncio.sleep(0.02)
 
 
 def _deferred(r: _Ready, until: datetime, why: str) -> Outcome:

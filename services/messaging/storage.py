@@ -338,7 +338,7 @@ def _insert_ignore(s: Session, table: Any, rows: list[dict[str, Any]], keys: lis
     """Insert rows whose key is not present yet; returns how many were new (portable: SQLite and PG)."""
     if not rows:
         return 0
-    existing = set()
+    existing: set[tuple[Any, ...]] = set()
     if len(keys) == 1:
         values = [r[keys[0]] for r in rows]
         for chunk in range(0, len(values), 500):
