@@ -18,7 +18,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from opentelemetry.propagate import inject
-from sqlalchemy import Row, and_, delete, func, insert, select, update
+from sqlalchemy import Row, and_, bindparam, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from services.scoring.model import Outcome, ScoringModel, derive_counters
@@ -342,10 +342,8 @@ class Store:
                 s.execute(insert(events), event_rows)
             if change_rows:
                 s.execute(insert(score_changes), change_rows)
-            for lead_id in touched:
-                self._save(s, rows[lead_id], now)
-            for message in messages:
-                self._outbox(s, message)
+            self._save_all(s, [rows[lead_id] for lead_id in sorted(touched)], now)
+            self._outbox_many(s, messages)
         return [r or EventResult(error_code="internal", error_message="not processed") for r in results]
 
     def _apply(self, lead: dict[str, Any], outcome: Outcome, now: datetime) -> None:
@@ -364,21 +362,31 @@ class Store:
             last = outcome.counters.get("last_engagement_at")
             lead["last_engaged_at"] = datetime.fromisoformat(last) if last else lead["last_engaged_at"]
 
-    def _save(self, s: Session, lead: dict[str, Any], now: datetime) -> None:
-        values: dict[str, Any] = {
-            "score": lead["score"], "counters": json.dumps(lead["counters"]), "recent": json.dumps(lead["recent"]),
-            "interests": json.dumps(lead["interests"]), "segment": lead["segment"],
-            "lifecycle_stage": lead["lifecycle_stage"], "updated_at": now, "version": leads.c.version + 1,
-            "last_engaged_at": lead["last_engaged_at"],
-        }
-        if lead["last_engaged_at"] is not None:
-            values["lapse_due_at"] = lead["last_engaged_at"] + timedelta(days=int(self.model.decay["inactive_days"]))
-        for given in lead.pop("_consent_changes", []):
-            values["consent"] = json.dumps(lead["consent"])
-            s.execute(insert(audit).values(
-                lead_id=lead["id"], at=now, action="consent_given" if given else "consent_withdrawn",
-                source="event", details=json.dumps({"channel": "email", "value": given}), erased=False))
-        s.execute(update(leads).where(leads.c.id == lead["id"]).values(values))
+    def _save_all(self, s: Session, touched: list[dict[str, Any]], now: datetime) -> None:
+        """One executemany UPDATE for every lead the batch touched (the batch's hot spot otherwise)."""
+        rows = []
+        inactive = timedelta(days=int(self.model.decay["inactive_days"]))
+        for lead in touched:
+            last = lead["last_engaged_at"]
+            rows.append({
+                "b_id": lead["id"], "b_score": lead["score"], "b_counters": json.dumps(lead["counters"]),
+                "b_recent": json.dumps(lead["recent"]), "b_interests": json.dumps(lead["interests"]),
+                "b_segment": lead["segment"], "b_stage": lead["lifecycle_stage"], "b_last": last,
+                "b_lapse": last + inactive if last is not None else None, "b_consent": json.dumps(lead["consent"]),
+            })
+            for given in lead.pop("_consent_changes", []):
+                s.execute(insert(audit).values(
+                    lead_id=lead["id"], at=now, action="consent_given" if given else "consent_withdrawn",
+                    source="event", details=json.dumps({"channel": "email", "value": given}), erased=False))
+        if not rows:
+            return
+        statement = update(leads).where(leads.c.id == bindparam("b_id")).values(
+            score=bindparam("b_score"), counters=bindparam("b_counters"), recent=bindparam("b_recent"),
+            interests=bindparam("b_interests"), segment=bindparam("b_segment"),
+            lifecycle_stage=bindparam("b_stage"), last_engaged_at=bindparam("b_last"),
+            lapse_due_at=bindparam("b_lapse"), consent=bindparam("b_consent"), updated_at=now,
+            version=leads.c.version + 1)
+        s.connection().execute(statement, rows)
 
     def _event_messages(
         self, lead: dict[str, Any], ev: EventIn, event_id: str, occurred: datetime, outcome: Outcome,
@@ -404,6 +412,18 @@ class Store:
         keys = ("id", "email", "first_name", "last_name", "segment", "score", "grade", "lifecycle_stage",
                 "timezone", "locale", "attributes", "consent", "interests", "crm_id")
         return {**{k: lead.get(k) for k in keys}, "counters": counters}
+
+    def _outbox_many(self, s: Session, messages: list[dict[str, Any]]) -> None:
+        if not messages:
+            return
+        carrier: dict[str, str] = {}
+        inject(carrier)
+        rows = []
+        for message in messages:
+            if carrier:
+                message["trace"] = carrier
+            rows.append({"lead_id": message["lead_id"], "payload": json.dumps(message, default=str)})
+        s.execute(insert(outbox), rows)
 
     def _outbox(self, s: Session, message: dict[str, Any]) -> None:
         # The trace of the request that caused the message travels with it (W3C traceparent), so
