@@ -204,7 +204,11 @@ class ScoringModel:
         for signal, threshold in self.score_signals.items():
             if old_score < int(threshold) <= new_score and signal not in out.signals:
                 out.signals.append(signal)
-        if etype in ("unsubscribed", "spam_reported", "email_hard_bounced"):
+        if etype in ("spam_reported", "email_hard_bounced") or (
+            etype == "unsubscribed" and props.get("scope") not in ("nurture", "transactional")
+        ):
+            # An unsubscribe scoped to one kind of mail is messaging's suppression, not a withdrawal
+            # of all email consent.
             out.consent_email = False
         elif etype == "subscribed" and props.get("channel") == "email":
             out.consent_email = True

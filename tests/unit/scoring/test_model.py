@@ -60,3 +60,15 @@ def test_invalid_model_lists_every_problem() -> None:
     text = " | ".join(err.value.problems)
     assert "points must be an integer" in text and "duplicate rule a" in text and "needs a number" in text
     assert "unknown stage mql" in text and "'fact' must be a dotted name" in text
+
+
+def test_scoped_unsubscribe_keeps_consent(model: ScoringModel) -> None:
+    def consent_after(props: dict) -> bool | None:
+        return model.score_event({"score": 5}, {"type": "unsubscribed", "properties": props, "occurred_at": NOW},
+                                 NOW).consent_email
+
+    assert consent_after({}) is False
+    assert consent_after({"scope": "all"}) is False
+    assert consent_after({"scope": "nurture"}) is None
+    bounced = model.score_event({"score": 5}, {"type": "email_hard_bounced", "properties": {}, "occurred_at": NOW}, NOW)
+    assert bounced.consent_email is False
