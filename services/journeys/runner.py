@@ -169,46 +169,57 @@ class JourneysRuntime:
     # -- bus --------------------------------------------------------------------------------------
 
     async def handle_messages(self, messages: list[dict[str, Any]]) -> None:
-        """Bus handler: idempotent by message id; one commit per lead's slice of the batch."""
+        """Bus handler: idempotent by message id; one SQL transaction for the whole batch (the leads
+        of the batch are locked first, in a fixed order, so nothing interleaves with them)."""
         by_lead: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for m in messages:
             if m.get("lead_id"):
                 by_lead[str(m["lead_id"])].append(m)
-        await asyncio.gather(*(self._lead_messages(lead, msgs) for lead, msgs in by_lead.items()))
-
-    async def _lead_messages(self, lead_id: str, messages: list[dict[str, Any]]) -> None:
-        async with self._sem, self._locks.hold(lead_id):
+        if not by_lead:
+            return
+        async with contextlib.AsyncExitStack() as stack:
+            for lead_id in sorted(by_lead):
+                await stack.enter_async_context(self._locks.hold(lead_id))
             now = self.clock.now()
-            state, out = await self.db.run(self._apply_messages, lead_id, messages, now)
-            if state is not None:
+            results = await self.db.run(self._apply_batch, by_lead, now)
+            for state, out in results:
                 await self._arm(state, out)
 
-    def _apply_messages(self, lead_id: str, messages: list[dict[str, Any]],
+    def _apply_batch(self, by_lead: dict[str, list[dict[str, Any]]],
+                     now: datetime) -> list[tuple[LeadState, Outcome]]:
+        results: list[tuple[LeadState, Outcome]] = []
+        with self.db.session() as s:
+            for lead_id, messages in by_lead.items():
+                state, out = self._apply_messages(s, lead_id, messages, now)
+                if state is not None:
+                    results.append((state, out))
+        return results
+
+    def _apply_messages(self, s: Any, lead_id: str, messages: list[dict[str, Any]],
                         now: datetime) -> tuple[LeadState | None, Outcome]:
         total = Outcome()
-        with self.db.session() as s:
-            state = storage.load_state(s, lead_id)
-            for m in messages:
-                mid = str(m.get("id") or "")
-                if mid and storage.is_processed(s, mid):
-                    # Already applied (a replay after a crash): re-arm what is live, change nothing.
-                    if state is not None:
-                        total.touched |= {k for k, e in state.enrollments.items() if e.status in LIVE}
-                        total.inactivity_changed = True
-                    continue
-                if m.get("type") == "lead_erased":
-                    storage.erase(s, lead_id)
-                    if mid:
-                        storage.mark_processed(s, mid, now)
-                    state = None
-                    total = Outcome()
-                    continue
-                if state is None:
-                    state = LeadState(lead_id=lead_id)
-                out = self.engine.on_message(state, m, now)
-                self._record_engagement(s, lead_id, m, now)
-                storage.save(s, state, out, now=now, processed=mid or None)
-                total.extend(out)
+        state = storage.load_state(s, lead_id)
+        for m in messages:
+            mid = str(m.get("id") or "")
+            if mid and storage.is_processed(s, mid):
+                # Already applied (a replay after a crash): re-arm what is live, change nothing.
+                if state is not None:
+                    total.touched |= {k for k, e in state.enrollments.items() if e.status in LIVE}
+                    total.inactivity_changed = True
+                continue
+            if m.get("type") == "lead_erased":
+                storage.erase(s, lead_id)
+                if mid:
+                    storage.mark_processed(s, mid, now)
+                state = None
+                total = Outcome()
+                continue
+            if state is None:
+                state = LeadState(lead_id=lead_id)
+            out = self.engine.on_message(state, m, now)
+            self._record_engagement(s, lead_id, m, now)
+            storage.save(s, state, out, now=now, processed=mid or None)
+            total.extend(out)
         return state, total
 
     def _record_engagement(self, s: Any, lead_id: str, m: Mapping[str, Any], now: datetime) -> None:
@@ -239,45 +250,67 @@ class JourneysRuntime:
             by_lead: dict[str, list[Timer]] = defaultdict(list)
             for t in claimed:
                 by_lead[t.lead_id].append(t)
-            await asyncio.gather(*(self._lead_timers(lead, ts, now) for lead, ts in by_lead.items()))
+            await self._run_batch(by_lead, claimed, now)
 
-    async def _lead_timers(self, lead_id: str, timers: list[Timer], now: datetime) -> None:
-        async with self._sem, self._locks.hold(lead_id):
+    async def _run_batch(self, by_lead: dict[str, list[Timer]], claimed: list[Timer], now: datetime) -> None:
+        """Load the batch's leads in one read, drive them concurrently (effects are gRPC calls), commit
+        everything in one transaction, then arm new timers and ack the claimed ones. Any failure
+        leaves the claimed timers in flight: their lease expires and they fire again."""
+        async with contextlib.AsyncExitStack() as stack:
+            for lead_id in sorted(by_lead):
+                await stack.enter_async_context(self._locks.hold(lead_id))
             try:
-                await self._run_lead_timers(lead_id, timers, now)
+                states = await self.db.run(self._load_many, sorted(by_lead))
+                outs = await asyncio.gather(*(self._lead_timers(states[lead], ts, now)
+                                              for lead, ts in by_lead.items() if lead in states))
+                done = [(state, out) for state, out in outs if state is not None]
+                await self.db.run(self._save_many, done, now)
+                for state, out in done:
+                    await self._arm(state, out)
             except Exception:
-                # Leave the claimed timers in flight: their lease expires and they fire again.
-                log.exception("journeys: timers of lead %s failed; they will be retried", lead_id)
+                log.exception("journeys: a batch of %d timers failed; they will fire again", len(claimed))
                 return
-        await self.timers.ack(timers)
+        await self.timers.ack(claimed)
 
-    async def _run_lead_timers(self, lead_id: str, timers: list[Timer], now: datetime) -> None:
-        state = await self.db.run(self._load, lead_id)
-        if state is None:
-            return  # erased, or never known: the timer is stale
-        out = Outcome()
-        prio = {t.ekey: self.engine.priority_of(state, t.ekey) for t in timers}
-        for t in sorted(timers, key=lambda x: (-prio.get(x.ekey, 0), x.ekey, x.side)):
-            if t.ekey == INACTIVITY:
-                if t.token.isdigit():
-                    out.extend(self.engine.inactivity_due(state, int(t.token), now))
-                continue
-            e = state.enrollments.get(t.ekey)
-            if e is None or e.status != ACTIVE:
-                continue
-            if t.side:
-                await self._drive(state, t.ekey, now, out, side=True)
-            elif t.token == str(e.token):
-                await self._drive(state, t.ekey, now, out, side=False)
-            elif e.due is not None:
-                out.touched.add(t.ekey)  # stale token: make sure the current timer exists
-        # Enrolments that an inactivity event or a trigger made due now run in the same pass.
-        for ekey in sorted(out.touched):
-            e = state.enrollments.get(ekey)
-            if e is not None and e.status == ACTIVE and e.due is not None and e.due <= now:
-                await self._drive(state, ekey, now, out, side=False)
-        await self.db.run(self._save, state, out, now)
-        await self._arm(state, out)
+    async def _lead_timers(self, state: LeadState, timers: list[Timer],
+                           now: datetime) -> tuple[LeadState | None, Outcome]:
+        async with self._sem:
+            out = Outcome()
+            prio = {t.ekey: self.engine.priority_of(state, t.ekey) for t in timers}
+            for t in sorted(timers, key=lambda x: (-prio.get(x.ekey, 0), x.ekey, x.side)):
+                if t.ekey == INACTIVITY:
+                    if t.token.isdigit():
+                        out.extend(self.engine.inactivity_due(state, int(t.token), now))
+                    continue
+                e = state.enrollments.get(t.ekey)
+                if e is None or e.status != ACTIVE:
+                    continue
+                if t.side:
+                    await self._drive(state, t.ekey, now, out, side=True)
+                elif t.token == str(e.token):
+                    await self._drive(state, t.ekey, now, out, side=False)
+                elif e.due is not None:
+                    out.touched.add(t.ekey)  # stale token: make sure the current timer exists
+            # Enrolments that an inactivity event or a trigger made due now run in the same pass.
+            for ekey in sorted(out.touched):
+                e = state.enrollments.get(ekey)
+                if e is not None and e.status == ACTIVE and e.due is not None and e.due <= now:
+                    await self._drive(state, ekey, now, out, side=False)
+            return state, out
+
+    def _load_many(self, lead_ids: list[str]) -> dict[str, LeadState]:
+        out: dict[str, LeadState] = {}
+        with self.db.session() as s:
+            for lead_id in lead_ids:
+                state = storage.load_state(s, lead_id)
+                if state is not None:  # None: erased or never known, the timer is stale
+                    out[lead_id] = state
+        return out
+
+    def _save_many(self, done: list[tuple[LeadState, Outcome]], now: datetime) -> None:
+        with self.db.session() as s:
+            for state, out in done:
+                storage.save(s, state, out, now=now)
 
     def _load(self, lead_id: str) -> LeadState | None:
         with self.db.session() as s:
