@@ -1,0 +1,146 @@
+"""Outbound connectors. `Connector` is what the push queue needs from a CRM; `HubSpotConnector`
+speaks HubSpot's CRM v3 objects API (contacts, tasks, notes, associations) at settings.crm_url.
+
+Every failure is classified: `Retryable` (timeouts, connection errors, 5xx, 429 with its Retry-After)
+or `Permanent` (any other 4xx: the request itself is wrong; retrying cannot help).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Protocol
+
+import httpx
+
+TASK_CONTACT = 204   # HubSpot default association type ids
+NOTE_CONTACT = 202
+NOTE_TASK = 228      # not a HubSpot default: the emulator's note→task link (documented there)
+
+
+class PushError(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Retryable(PushError):
+    def __init__(self, reason: str, retry_after: float | None = None) -> None:
+        super().__init__(reason)
+        self.retry_after = retry_after
+
+
+class Permanent(PushError):
+    pass
+
+
+class NotFound(Permanent):
+    pass
+
+
+class Connector(Protocol):
+    async def upsert_contact(self, remote_id: str | None, properties: dict[str, str]) -> str: ...
+
+    async def find(self, object_type: str, prop: str, value: str) -> str | None: ...
+
+    async def create_task(self, contact_id: str, properties: dict[str, str]) -> str: ...
+
+    async def create_note(self, contact_id: str, task_id: str | None, properties: dict[str, str]) -> str: ...
+
+    async def archive_contact(self, remote_id: str) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+_EXISTING = re.compile(r"Existing ID: (\d+)")
+
+
+class HubSpotConnector:
+    """HubSpot CRM v3 over one pooled HTTP/1.1 client."""
+
+    def __init__(self, base_url: str, *, token: str | None = None, timeout: float = 5.0,
+                 max_connections: int = 32) -> None:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._client = httpx.AsyncClient(
+            base_url=base_url.rstrip("/"), headers=headers, timeout=httpx.Timeout(timeout),
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections))
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+    async def _call(self, method: str, path: str, body: Any = None) -> Any:
+        try:
+            r = await self._client.request(method, path, json=body)
+        except httpx.TimeoutException as exc:
+            raise Retryable(f"timeout: {type(exc).__name__} on {method} {path}") from exc
+        except httpx.HTTPError as exc:
+            raise Retryable(f"unreachable: {type(exc).__name__}: {exc}") from exc
+        if r.status_code < 300:
+            return r.json() if r.content else None
+        message = _message(r)
+        if r.status_code == 429 or r.status_code >= 500:
+            raise Retryable(f"HTTP {r.status_code}: {message}", _retry_after(r.headers.get("retry-after")))
+        if r.status_code == 404:
+            raise NotFound(f"HTTP 404: {message}")
+        raise Permanent(f"HTTP {r.status_code}: {message}")
+
+    async def upsert_contact(self, remote_id: str | None, properties: dict[str, str]) -> str:
+        """PATCH the known contact, else create it; a create that meets an existing contact with the
+        same email (409, also what a retried create whose answer was lost meets) updates that one."""
+        if remote_id:
+            try:
+                await self._call("PATCH", f"/crm/v3/objects/contacts/{remote_id}", {"properties": properties})
+                return remote_id
+            except NotFound:
+                pass  # deleted in the CRM: create it again
+        try:
+            created = await self._call("POST", "/crm/v3/objects/contacts", {"properties": properties})
+            return str(created["id"])
+        except Permanent as exc:
+            found = _EXISTING.search(exc.reason)
+            if not exc.reason.startswith("HTTP 409") or not found:
+                raise
+            existing = found.group(1)
+            await self._call("PATCH", f"/crm/v3/objects/contacts/{existing}", {"properties": properties})
+            return existing
+
+    async def find(self, object_type: str, prop: str, value: str) -> str | None:
+        body = {"filterGroups": [{"filters": [{"propertyName": prop, "operator": "EQ", "value": value}]}], "limit": 1}
+        found = await self._call("POST", f"/crm/v3/objects/{object_type}/search", body)
+        results = (found or {}).get("results") or []
+        return str(results[0]["id"]) if results else None
+
+    async def create_task(self, contact_id: str, properties: dict[str, str]) -> str:
+        body = {"properties": properties, "associations": [_assoc(contact_id, TASK_CONTACT)]}
+        created = await self._call("POST", "/crm/v3/objects/tasks", body)
+        return str(created["id"])
+
+    async def create_note(self, contact_id: str, task_id: str | None, properties: dict[str, str]) -> str:
+        assocs = [_assoc(contact_id, NOTE_CONTACT)] + ([_assoc(task_id, NOTE_TASK)] if task_id else [])
+        created = await self._call("POST", "/crm/v3/objects/notes", {"properties": properties, "associations": assocs})
+        return str(created["id"])
+
+    async def archive_contact(self, remote_id: str) -> None:
+        try:
+            await self._call("DELETE", f"/crm/v3/objects/contacts/{remote_id}")
+        except NotFound:
+            return
+
+
+def _assoc(to_id: str, type_id: int) -> dict[str, Any]:
+    return {"to": {"id": to_id}, "types": [{"associationCategory": "HUBSPOT_DEFINED", "associationTypeId": type_id}]}
+
+
+def _message(r: httpx.Response) -> str:
+    try:
+        return str(r.json().get("message", r.text))[:300]
+    except ValueError:
+        return r.text[:300]
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None  # an HTTP date: fall back to our own backoff

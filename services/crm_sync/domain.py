@@ -1,0 +1,392 @@
+"""CRM sync decisions, with no gRPC, SQL nor HTTP: field ownership (inbound merge, outbound
+properties, conflicts), the change-feed projection, retry backoff, rule evaluation for assignment,
+tasks and notifications (rules as data in sync.yaml, evaluated by nurture.rules), and the
+personalised recommendation document attached to sales tasks."""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import json
+import zlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from nurture.rules import CompiledRules, Match, RuleSpec, compile_rules
+
+POLICIES = ("prefer_crm_unless_blank", "always_crm", "most_recent", "do_not_sync", "always_platform")
+INBOUND_POLICIES = ("prefer_crm_unless_blank", "always_crm", "most_recent")
+PROFILE_FIELDS = ("email", "first_name", "last_name")
+ENGAGEMENT_KEYS = ("opens_7d", "opens_30d", "clicks_7d", "clicks_30d", "downloads", "high_intent_views",
+                   "pricing_views", "last_engagement_at")
+DEFAULT_CONFIG = Path(__file__).parent / "sync.yaml"
+
+# Outbound retry schedule: exponential from 2 s, capped at 30 min; 14 tries span about 2 hours, so a
+# CRM that is down for an hour loses nothing.
+MAX_ATTEMPTS = 14
+BASE_DELAY_S = 2.0
+MAX_DELAY_S = 1800.0
+MAX_RETRY_AFTER_S = 3600.0
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class FieldRule:
+    lead: str
+    crm: str
+    policy: str
+
+
+@dataclass(frozen=True)
+class Member:
+    owner: str
+    meeting_link: str
+
+
+@dataclass
+class SyncConfig:
+    version: int
+    fields: list[FieldRule]
+    lifecycle_map: dict[str, str]
+    deal_events: dict[str, str]
+    deal_stages: list[str]
+    activity_kinds: list[str]
+    teams: dict[str, list[Member]]
+    assignment: CompiledRules
+    tasks: CompiledRules
+    notifications: CompiledRules
+    by_crm: dict[str, FieldRule] = field(default_factory=dict)
+
+
+def load_config(path: Path = DEFAULT_CONFIG) -> SyncConfig:
+    """Read and validate sync.yaml; compile its three rule sets (one ruleset name per version)."""
+    raw = yaml.safe_load(path.read_text())
+    version = int(raw["version"])
+    fields = [FieldRule(str(f["lead"]), str(f["crm"]), str(f["policy"])) for f in raw["fields"]]
+    problems = [f"field {f.lead}: unknown policy {f.policy}" for f in fields if f.policy not in POLICIES]
+    teams = {name: [Member(str(m["owner"]), str(m.get("meeting_link", ""))) for m in members]
+             for name, members in raw["teams"].items()}
+    for rule in raw["assignment"]:
+        if rule["team"] not in teams or not teams[rule["team"]]:
+            problems.append(f"assignment {rule['name']}: unknown or empty team {rule['team']}")
+    if problems:
+        raise ConfigError("; ".join(problems))
+
+    def specs(items: Sequence[Mapping[str, Any]]) -> list[RuleSpec]:
+        return [RuleSpec(str(i["name"]), i["when"], {k: v for k, v in i.items() if k not in ("name", "when")})
+                for i in items]
+
+    cfg = SyncConfig(
+        version=version, fields=fields, lifecycle_map=dict(raw["lifecycle_map"]),
+        deal_events=dict(raw["deal_events"]), deal_stages=list(raw["deal_stages"]),
+        activity_kinds=list(raw["activity_kinds"]), teams=teams,
+        assignment=compile_rules(f"crm_sync.assignment.v{version}", specs(raw["assignment"])),
+        tasks=compile_rules(f"crm_sync.tasks.v{version}", specs(raw["tasks"])),
+        notifications=compile_rules(f"crm_sync.notifications.v{version}", specs(raw["notifications"])),
+    )
+    cfg.by_crm = {f.crm: f for f in fields}
+    return cfg
+
+
+# ---------------------------------------------------------------------------------------------------
+# Field values and ownership
+
+
+def blank(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and value.strip() == "")
+
+
+def lead_value(lead: Mapping[str, Any], name: str) -> Any:
+    """A mapped field's value in a lead snapshot (`attributes.x` reads the attribute)."""
+    if name.startswith("attributes."):
+        return (lead.get("attributes") or {}).get(name.split(".", 1)[1])
+    return lead.get(name)
+
+
+def _text(value: Any) -> str | None:
+    return None if blank(value) else str(value)
+
+
+def _iso(at: datetime | None) -> str | None:
+    return at.isoformat() if at else None
+
+
+def _dt(text: Any) -> datetime | None:
+    return datetime.fromisoformat(text) if isinstance(text, str) and text else None
+
+
+@dataclass
+class InboundMerge:
+    """What to write to the lead, the conflicts found, and the updated per-field state."""
+
+    fields: dict[str, Any]
+    conflicts: list[dict[str, Any]]
+    state: dict[str, dict[str, Any]]
+
+
+def merge_inbound(
+    cfg: SyncConfig, props: Mapping[str, Any], crm_at: datetime, lead: Mapping[str, Any] | None,
+    state: Mapping[str, Mapping[str, Any]],
+) -> InboundMerge:
+    """Apply a CRM contact's properties under each field's ownership policy.
+
+    `props` are CRM property names → values (absent = not sent, "" or None = blank); `lead` is the
+    platform's current snapshot (None when the lead is new here); `state[field]` holds `platform_at`
+    (when the platform last changed the field) and what the CRM last said (`crm_value`, `crm_at`).
+    A conflict is two different non-blank values where one side loses; it names the winner."""
+    out: dict[str, Any] = {}
+    attributes: dict[str, Any] = {}
+    conflicts: list[dict[str, Any]] = []
+    new_state = {k: dict(v) for k, v in state.items()}
+    for prop, value in props.items():
+        rule = cfg.by_crm.get(prop)
+        if rule is None:
+            # Unmapped CRM properties are kept as attributes so nothing the CRM says is lost.
+            if not blank(value):
+                attributes[f"crm_{prop}"] = value
+            continue
+        if rule.policy not in INBOUND_POLICIES:
+            continue
+        crm_value = _text(value)
+        platform_value = _text(lead_value(lead, rule.lead)) if lead else None
+        st = new_state.setdefault(rule.lead, {})
+        platform_at = _dt(st.get("platform_at"))
+        st["crm_value"], st["crm_at"] = crm_value, _iso(crm_at)
+        if rule.policy == "always_crm":
+            apply = True
+        elif rule.policy == "prefer_crm_unless_blank":
+            apply = crm_value is not None
+        else:  # most_recent: the platform wins only with a change newer than the CRM's modification
+            apply = platform_at is None or crm_at >= platform_at
+        differs = crm_value is not None and platform_value is not None and crm_value != platform_value
+        if differs:
+            conflicts.append({"field": rule.lead, "crm_property": prop, "policy": rule.policy,
+                              "crm_value": crm_value, "platform_value": platform_value,
+                              "winner": "crm" if apply else "platform",
+                              "crm_modified_at": _iso(crm_at), "platform_changed_at": _iso(platform_at)})
+        if not apply or crm_value == platform_value:
+            continue
+        if rule.lead.startswith("attributes."):
+            attributes[rule.lead.split(".", 1)[1]] = crm_value
+        else:
+            out[rule.lead] = crm_value
+        st["platform_value"] = crm_value
+    if attributes:
+        out["attributes"] = attributes
+    return InboundMerge(fields=out, conflicts=conflicts, state=new_state)
+
+
+def track_platform_changes(
+    cfg: SyncConfig, lead: Mapping[str, Any], state: Mapping[str, Mapping[str, Any]], at: datetime, *, from_crm: bool
+) -> dict[str, dict[str, Any]]:
+    """Note when the platform changed a mapped field (for `most_recent`); changes the CRM itself
+    made (source crm:...) are not platform changes."""
+    new_state = {k: dict(v) for k, v in state.items()}
+    for rule in cfg.fields:
+        if rule.policy not in INBOUND_POLICIES:
+            continue
+        value = _text(lead_value(lead, rule.lead))
+        st = new_state.setdefault(rule.lead, {})
+        if st.get("platform_value", "\0") != value:
+            st["platform_value"] = value
+            if not from_crm:
+                st["platform_at"] = _iso(at)
+    return new_state
+
+
+def computed_values(
+    cfg: SyncConfig, lead: Mapping[str, Any], journeys: Sequence[Mapping[str, Any]], *, owner: str | None,
+    converted_at: datetime | None,
+) -> dict[str, str]:
+    """The platform-owned values pushed to the CRM (score, qualification, nurture participation,
+    engagement summary, conversion)."""
+    stage = str(lead.get("lifecycle_stage") or "")
+    counters = lead.get("counters") or {}
+    qualification = {"mql": "MQL", "sql": "SQL", "customer": "CUSTOMER", "trial": "TRIAL"}.get(stage, "NURTURING")
+    summary = ", ".join(f"{k}={counters[k]}" for k in ENGAGEMENT_KEYS[:-1] if counters.get(k))
+    return {
+        "score": str(int(lead.get("score") or 0)),
+        "grade": str(lead.get("grade") or ""),
+        "segment": str(lead.get("segment") or ""),
+        "lifecycle_stage": cfg.lifecycle_map.get(stage, stage),
+        "qualification": qualification,
+        "journeys": ";".join(f"{j.get('journey')}:{j.get('status')}" for j in journeys),
+        "engagement_summary": summary or "none",
+        "last_engaged_at": str(lead.get("last_engaged_at") or ""),
+        "converted_at": converted_at.isoformat() if converted_at else "",
+        "owner": owner or "",
+    }
+
+
+def outbound_properties(
+    cfg: SyncConfig, lead: Mapping[str, Any], state: Mapping[str, Mapping[str, Any]], computed: Mapping[str, str],
+    *, contact_exists: bool,
+) -> dict[str, str]:
+    """CRM properties to write for a lead under each field's policy. Creation sends every known
+    value; afterwards CRM-owned fields are left alone."""
+    props: dict[str, str] = {}
+    for rule in cfg.fields:
+        if rule.policy == "do_not_sync":
+            continue
+        if rule.policy == "always_platform":
+            if rule.lead in computed:
+                props[rule.crm] = computed[rule.lead]
+            continue
+        value = _text(lead_value(lead, rule.lead))
+        if value is None:
+            continue
+        st = state.get(rule.lead, {})
+        if not contact_exists:
+            props[rule.crm] = value
+        elif rule.policy == "prefer_crm_unless_blank":
+            if st.get("crm_value") is None:
+                props[rule.crm] = value
+        elif rule.policy == "most_recent":
+            platform_at, crm_at = _dt(st.get("platform_at")), _dt(st.get("crm_at"))
+            if value != st.get("crm_value") and platform_at is not None and (crm_at is None or platform_at > crm_at):
+                props[rule.crm] = value
+    return props
+
+
+def props_hash(props: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(props, sort_keys=True).encode()).hexdigest()[:32]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Change feed
+
+
+def projection(lead: Mapping[str, Any], journeys: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """What the CRM follows: score, grade, stage, segment, journey participation, engagement."""
+    counters = lead.get("counters") or {}
+    return {
+        "score": int(lead.get("score") or 0),
+        "grade": str(lead.get("grade") or ""),
+        "lifecycle_stage": str(lead.get("lifecycle_stage") or ""),
+        "segment": str(lead.get("segment") or ""),
+        "journeys": [{"journey": j.get("journey"), "status": j.get("status"), "stage": j.get("stage", "")}
+                     for j in journeys],
+        "engagement": {k: counters.get(k) for k in ENGAGEMENT_KEYS if counters.get(k) is not None},
+    }
+
+
+def changed_keys(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    return [k for k in ("score", "grade", "lifecycle_stage", "segment", "journeys", "engagement")
+            if old.get(k) != new.get(k)]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Retries
+
+
+def retry_delay(job_id: int, attempt: int, retry_after: float | None) -> float:
+    """Seconds before try `attempt + 1`: exponential with a deterministic ±20 % spread (so virtual
+    runs repeat exactly and a recovering CRM is not hit by every job at once), never sooner than the
+    CRM's Retry-After."""
+    delay = min(BASE_DELAY_S * 2 ** max(0, attempt - 1), MAX_DELAY_S)
+    spread = (zlib.crc32(f"{job_id}:{attempt}".encode()) % 401 - 200) / 1000.0
+    delay *= 1.0 + spread
+    if retry_after is not None:
+        delay = max(delay, min(retry_after, MAX_RETRY_AFTER_S))
+    return round(delay, 3)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Process automation
+
+
+def facts_for(lead: Mapping[str, Any], signals: Sequence[str], event: Mapping[str, Any] | None) -> dict[str, Any]:
+    return {"lead": dict(lead), "signals": list(signals), "event": dict(event or {})}
+
+
+def pick_team(cfg: SyncConfig, facts: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(team, rule) of the first assignment rule that matches."""
+    matches = cfg.assignment.evaluate(facts)
+    if not matches:
+        return None
+    return str(matches[0].meta["team"]), matches[0].rule
+
+
+@dataclass(frozen=True)
+class TaskPlan:
+    rule: str
+    kind: str
+    title: str
+    priority: str
+    due_at: datetime
+    dedupe_key: str
+    why: str
+    facts: Mapping[str, Any]
+
+
+def planned_tasks(cfg: SyncConfig, lead_id: str, facts: Mapping[str, Any], now: datetime) -> list[TaskPlan]:
+    """Sales tasks and notifications the rules ask for. Tasks are deduplicated per lead, rule and day
+    (one alert a day is enough for a salesperson); notifications once per lead and rule."""
+    plans = []
+    day = now.date().isoformat()
+    for m in cfg.tasks.evaluate(facts):
+        plans.append(_plan(m, lead_id, now, f"rule:{m.rule}:{lead_id}:{day}"))
+    for m in cfg.notifications.evaluate(facts):
+        meta = {**m.meta, "kind": "notify", "priority": "high", "due_hours": 0}
+        plans.append(_plan(Match(m.rule, meta, m.facts), lead_id, now, f"notify:{m.rule}:{lead_id}"))
+    return plans
+
+
+def _plan(m: Match, lead_id: str, now: datetime, key: str) -> TaskPlan:
+    return TaskPlan(rule=m.rule, kind=str(m.meta["kind"]), title=str(m.meta.get("title", m.rule)),
+                    priority=str(m.meta.get("priority", "normal")),
+                    due_at=now + timedelta(hours=float(m.meta.get("due_hours", 24))), dedupe_key=key,
+                    why=str(m.meta.get("why", "")), facts=dict(m.facts))
+
+
+NEXT_STEPS = {
+    "skilled_professional": ["Walk through the points calculator result and the strongest pathway",
+                             "Offer the credential-recognition checklist", "Book a pathway consultation"],
+    "family": ["Discuss schooling and healthcare in the destination", "Share the family relocation timeline",
+               "Book a family consultation"],
+    "entrepreneur": ["Review investment capacity against investor-visa thresholds",
+                     "Share the business-plan requirements", "Book an investor-pathway consultation"],
+}
+
+
+def recommendation_document(
+    lead: Mapping[str, Any], journeys: Sequence[Mapping[str, Any]], *, owner: str | None, meeting_link: str | None,
+    task_title: str, why: str,
+) -> str:
+    """A personalised HTML brief for the salesperson, from the lead's profile and journey."""
+    e = html.escape
+    name = " ".join(str(p) for p in (lead.get("first_name"), lead.get("last_name")) if p) or str(lead.get("email"))
+    segment = str(lead.get("segment") or "")
+    interests = lead.get("interests") or {}
+    counters = lead.get("counters") or {}
+    attrs = lead.get("attributes") or {}
+    rows = "".join(f"<tr><th>{e(str(k))}</th><td>{e(str(v))}</td></tr>" for k, v in sorted(attrs.items())
+                   if not str(k).startswith("crm_"))
+    steps = "".join(f"<li>{e(s)}</li>" for s in NEXT_STEPS.get(segment, ["Qualify needs and timeline",
+                                                                        "Book a consultation"]))
+    journey_items = "".join(f"<li>{e(str(j.get('journey')))}: {e(str(j.get('status')))}"
+                            f"{' (' + e(str(j.get('stage'))) + ')' if j.get('stage') else ''}</li>" for j in journeys)
+    engagement = "".join(f"<li>{e(k)}: {e(str(counters[k]))}</li>" for k in ENGAGEMENT_KEYS if counters.get(k))
+    link = f'<p>Meeting link: <a href="{e(meeting_link)}">{e(meeting_link)}</a></p>' if meeting_link else ""
+    return (
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>Recommendation for "
+        f"{e(name)}</title></head><body>"
+        f"<h1>{e(task_title)}</h1><p>{e(why)}</p>"
+        f"<h2>{e(name)}</h2><p>Segment: {e(segment or 'unknown')} · Score {e(str(lead.get('score', 0)))} · "
+        f"Grade {e(str(lead.get('grade', '')))} · Stage {e(str(lead.get('lifecycle_stage', '')))}</p>"
+        f"<p>Countries: {e(', '.join(map(str, interests.get('countries', []))) or 'not stated')}; "
+        f"topics: {e(', '.join(map(str, interests.get('topics', []))) or 'not stated')}</p>"
+        f"<h3>Profile</h3><table>{rows}</table>"
+        f"<h3>Journeys</h3><ul>{journey_items or '<li>none</li>'}</ul>"
+        f"<h3>Engagement</h3><ul>{engagement or '<li>none recorded</li>'}</ul>"
+        f"<h3>Recommended next steps</h3><ol>{steps}</ol>{link}"
+        f"<p>Owner: {e(owner or 'unassigned')}</p></body></html>"
+    )

@@ -1,0 +1,230 @@
+"""SQL for crm_sync: blocking functions that take a Session (so several can share one transaction,
+as the group commit does) or open their own. The server runs them in the database executor."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.orm import Session
+
+from services.crm_sync.tables import changes, inbound, leads, outbox, round_robin, tasks, timeline
+
+Sessions = Callable[[], AbstractContextManager[Session]]
+
+
+def aware(value: datetime | None) -> datetime | None:
+    """SQLite hands datetimes back naive; every stored time is UTC."""
+    if value is None:
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _lead_row(row: Any) -> dict[str, Any]:
+    m = dict(row._mapping)
+    for key in ("snapshot", "fields", "projection", "journeys"):
+        m[key] = json.loads(m[key] or ("[]" if key == "journeys" else "{}"))
+    for key in ("contact_modified_at", "converted_at", "updated_at"):
+        m[key] = aware(m[key])
+    return m
+
+
+def new_lead_row(lead_id: str, now: datetime) -> dict[str, Any]:
+    return {"lead_id": lead_id, "crm": None, "crm_id": None, "email": None, "contact_modified_at": None,
+            "inbound_hash": None, "version": 0, "snapshot": {}, "fields": {}, "projection": {}, "journeys": [],
+            "owner": None, "team": None, "meeting_link": None, "pushed_hash": None, "converted_at": None,
+            "updated_at": now}
+
+
+def get_lead(s: Session, lead_id: str) -> dict[str, Any] | None:
+    row = s.execute(select(leads).where(leads.c.lead_id == lead_id)).first()
+    return _lead_row(row) if row else None
+
+
+def find_lead(s: Session, *, crm: str, crm_id: str | None, lead_id: str | None, email: str | None
+              ) -> dict[str, Any] | None:
+    """Match a CRM contact: by CRM id, then the lead id the CRM stored, then email."""
+    if crm_id:
+        row = s.execute(select(leads).where(leads.c.crm == crm, leads.c.crm_id == crm_id)).first()
+        if row:
+            return _lead_row(row)
+    if lead_id:
+        found = get_lead(s, lead_id)
+        if found:
+            return found
+    if email:
+        row = s.execute(select(leads).where(func.lower(leads.c.email) == email.lower()).limit(1)).first()
+        if row:
+            return _lead_row(row)
+    return None
+
+
+def save_lead(s: Session, row: dict[str, Any], *, exists: bool) -> None:
+    values = dict(row)
+    for key in ("snapshot", "fields", "projection", "journeys"):
+        values[key] = json.dumps(values[key], default=str, separators=(",", ":"))
+    if exists:
+        s.execute(update(leads).where(leads.c.lead_id == row["lead_id"]).values(values))
+    else:
+        s.execute(insert(leads).values(values))
+
+
+def unlink_crm_id(s: Session, crm: str, crm_id: str, keep_lead: str) -> None:
+    """The CRM id moved to another lead (merged contacts in the CRM): the old link is dropped."""
+    s.execute(update(leads).where(leads.c.crm == crm, leads.c.crm_id == crm_id, leads.c.lead_id != keep_lead)
+              .values(crm_id=None))
+
+
+# -- inbound activities and deals ------------------------------------------------------------------
+
+def get_inbound(s: Session, crm: str, kind: str, object_id: str) -> dict[str, Any] | None:
+    row = s.execute(select(inbound).where(inbound.c.crm == crm, inbound.c.kind == kind,
+                                          inbound.c.object_id == object_id)).first()
+    if not row:
+        return None
+    m = dict(row._mapping)
+    m["modified_at"] = aware(m["modified_at"])
+    return m
+
+
+def put_inbound(s: Session, values: dict[str, Any], *, exists: bool) -> None:
+    if exists:
+        s.execute(update(inbound).where(inbound.c.crm == values["crm"], inbound.c.kind == values["kind"],
+                                        inbound.c.object_id == values["object_id"]).values(values))
+    else:
+        s.execute(insert(inbound).values(values))
+
+
+# -- timeline ----------------------------------------------------------------------------------------
+
+def add_timeline(s: Session, lead_id: str, at: datetime, type_: str, summary: str, details: dict[str, Any],
+                 item_id: str | None = None) -> None:
+    s.execute(insert(timeline).values(id=item_id or uuid.uuid4().hex, lead_id=lead_id, at=at, type=type_,
+                                      summary=summary, details=json.dumps(details, default=str)))
+
+
+def get_timeline(s: Session, lead_id: str, limit: int) -> list[dict[str, Any]]:
+    rows = s.execute(select(timeline).where(timeline.c.lead_id == lead_id)
+                     .order_by(timeline.c.at, timeline.c.id).limit(limit)).all()
+    return [{**dict(r._mapping), "at": aware(r.at), "details": json.loads(r.details)} for r in rows]
+
+
+# -- change feed -------------------------------------------------------------------------------------
+
+def add_change(s: Session, lead_id: str, crm_id: str | None, changed: list[str], data: dict[str, Any],
+               at: datetime) -> None:
+    s.execute(insert(changes).values(lead_id=lead_id, crm_id=crm_id, changed=json.dumps(changed),
+                                     data=json.dumps(data, default=str), at=at))
+
+
+def changes_after(s: Session, seq: int, limit: int) -> list[dict[str, Any]]:
+    rows = s.execute(select(changes).where(changes.c.seq > seq).order_by(changes.c.seq).limit(limit)).all()
+    return [{"seq": r.seq, "lead_id": r.lead_id, "crm_id": r.crm_id, "changed": json.loads(r.changed),
+             "data": json.loads(r.data), "at": aware(r.at)} for r in rows]
+
+
+# -- outbound queue ------------------------------------------------------------------------------------
+
+def enqueue(s: Session, lead_id: str, op: str, now: datetime, *, ref: str = "", payload: dict[str, Any] | None = None,
+            coalesce: bool = False) -> bool:
+    """Queue a push. With `coalesce`, a pending job of the same op for the lead already covers it
+    (contact pushes read the latest state when they run)."""
+    if coalesce:
+        pending = s.execute(select(outbox.c.id).where(outbox.c.lead_id == lead_id, outbox.c.op == op,
+                                                      outbox.c.status == "pending").limit(1)).first()
+        if pending:
+            return False
+    s.execute(insert(outbox).values(lead_id=lead_id, op=op, ref=ref, payload=json.dumps(payload or {}),
+                                    status="pending", attempts=0, due_at=now, created_at=now))
+    return True
+
+
+def due_jobs(s: Session, now: datetime, limit: int) -> list[dict[str, Any]]:
+    rows = s.execute(select(outbox).where(outbox.c.status == "pending", outbox.c.due_at <= now)
+                     .order_by(outbox.c.due_at, outbox.c.id).limit(limit)).all()
+    return [{**dict(r._mapping), "payload": json.loads(r.payload), "due_at": aware(r.due_at)} for r in rows]
+
+
+def finish_job(s: Session, job_id: int, *, status: str, attempts: int, due_at: datetime, error: str | None,
+               now: datetime) -> None:
+    s.execute(update(outbox).where(outbox.c.id == job_id).values(
+        status=status, attempts=attempts, due_at=due_at, last_error=error,
+        done_at=now if status != "pending" else None))
+
+
+def next_due(s: Session) -> datetime | None:
+    value = s.execute(select(func.min(outbox.c.due_at)).where(outbox.c.status == "pending")).scalar()
+    return aware(value)
+
+
+def queue_stats(s: Session) -> dict[str, int]:
+    rows = s.execute(select(outbox.c.status, func.count()).group_by(outbox.c.status)).all()
+    return {r[0]: int(r[1]) for r in rows}
+
+
+def dead_jobs(s: Session) -> list[dict[str, Any]]:
+    rows = s.execute(select(outbox).where(outbox.c.status == "dead").order_by(outbox.c.id)).all()
+    return [dict(r._mapping) for r in rows]
+
+
+# -- tasks and assignment ------------------------------------------------------------------------------
+
+def get_task_by_key(s: Session, dedupe_key: str) -> dict[str, Any] | None:
+    row = s.execute(select(tasks).where(tasks.c.dedupe_key == dedupe_key)).first()
+    return dict(row._mapping) if row else None
+
+
+def get_task(s: Session, task_id: str) -> dict[str, Any] | None:
+    row = s.execute(select(tasks).where(tasks.c.id == task_id)).first()
+    if not row:
+        return None
+    m = dict(row._mapping)
+    m["due_at"] = aware(m["due_at"])
+    m["details"] = json.loads(m["details"])
+    return m
+
+
+def insert_task(s: Session, values: dict[str, Any]) -> None:
+    s.execute(insert(tasks).values({**values, "details": json.dumps(values["details"], default=str)}))
+
+
+def update_task(s: Session, task_id: str, **values: Any) -> None:
+    s.execute(update(tasks).where(tasks.c.id == task_id).values(values))
+
+
+def lead_tasks(s: Session, lead_id: str) -> list[dict[str, Any]]:
+    rows = s.execute(select(tasks).where(tasks.c.lead_id == lead_id).order_by(tasks.c.created_at)).all()
+    return [dict(r._mapping) for r in rows]
+
+
+def next_round_robin(s: Session, team: str, members: int) -> int:
+    row = s.execute(select(round_robin.c.next).where(round_robin.c.team == team)).first()
+    position = int(row[0]) if row else 0
+    if row:
+        s.execute(update(round_robin).where(round_robin.c.team == team).values(next=position + 1))
+    else:
+        s.execute(insert(round_robin).values(team=team, next=1))
+    return position % members
+
+
+# -- erasure -------------------------------------------------------------------------------------------
+
+def erase_lead(s: Session, lead_id: str) -> int:
+    removed = 0
+    for table, column in ((leads, leads.c.lead_id), (inbound, inbound.c.lead_id), (timeline, timeline.c.lead_id),
+                          (tasks, tasks.c.lead_id), (changes, changes.c.lead_id)):
+        result: Any = s.execute(delete(table).where(column == lead_id))
+        removed += int(result.rowcount or 0)
+    s.execute(delete(outbox).where(outbox.c.lead_id == lead_id, outbox.c.status == "pending",
+                                   outbox.c.op != "erase"))
+    return removed
+
+
+def iter_chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]

@@ -1,0 +1,844 @@
+"""The crm_sync core: inbound CRM calls, the bus consumer that builds the change feed and the push
+queue, process automation (assignment, tasks, notifications), and the outbound queue worker.
+
+Order of effects, so nothing is lost or doubled:
+- inbound: scoring is called first (its own idempotency: lead upsert by id, events by idempotency key
+  derived from the CRM's ids and modification time), then our record is committed; a crash between
+  the two makes the CRM's retry a harmless repeat;
+- outbound: a push is a row in crm_sync_outbox committed with the change that needs it; the worker
+  claims rows (status running), performs them, and records done / retry at a due time / dead with the
+  reason. Contact pushes are idempotent (PATCH by id; a create meeting the same email updates it);
+  tasks and notes carry `nurture_task_id` and are searched for before a retried create.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import hashlib
+import json
+import logging
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+import grpc
+from sqlalchemy.orm import Session
+
+from nurture.api.scoring.v1 import scoring_pb2, scoring_pb2_grpc
+from nurture.clock import Clock
+from nurture.db import Database
+from nurture.rpc import DEADLINE_S
+from services.crm_sync import domain
+from services.crm_sync import storage as st
+from services.crm_sync.connector import Connector, Permanent, Retryable
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+TRANSIENT = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED,
+             grpc.StatusCode.ABORTED, grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL,
+             grpc.StatusCode.CANCELLED}
+
+
+class InputError(ValueError):
+    """A malformed request: the caller must fix it (INVALID_ARGUMENT)."""
+
+
+class UnknownContact(LookupError):
+    """A CRM id or lead id this service does not know (NOT_FOUND)."""
+
+
+class ScoringUnavailable(RuntimeError):
+    """Scoring could not take the call now (UNAVAILABLE: the CRM should retry)."""
+
+
+@dataclass
+class ContactIn:
+    crm_id: str
+    email: str
+    first_name: str
+    last_name: str
+    properties: dict[str, Any]
+    modified_at: datetime
+    lead_id: str
+
+
+@dataclass
+class Outcome:
+    status: str                      # done | retry | dead
+    error: str | None = None
+    retry_after: float | None = None
+    apply: Callable[[Session], None] | None = None
+
+
+@dataclass
+class SyncStats:
+    pushes: int = 0
+    push_failures: int = 0
+    skipped: int = 0
+    inbound: int = 0
+    extra: dict[str, int] = field(default_factory=dict)
+
+
+def _micros(at: datetime) -> int:
+    return int(at.timestamp() * 1_000_000)
+
+
+def lead_from_proto(lead: scoring_pb2.Lead) -> dict[str, Any]:
+    def j(text: str) -> Any:
+        try:
+            return json.loads(text) if text else {}
+        except ValueError:
+            return {}
+
+    return {"id": lead.id, "email": lead.email or None, "first_name": lead.first_name or None,
+            "last_name": lead.last_name or None, "segment": lead.segment or None, "timezone": lead.timezone or None,
+            "locale": lead.locale or None, "attributes": j(lead.attributes_json), "consent": j(lead.consent_json),
+            "score": lead.score, "grade": lead.grade, "lifecycle_stage": lead.lifecycle_stage,
+            "counters": j(lead.counters_json), "crm_id": lead.crm_id or None, "version": lead.version,
+            "interests": {}}
+
+
+class GroupWriter:
+    """Group commit: writes submitted while one transaction runs go together into the next, so many
+    concurrent inbound calls cost a few SQL commits instead of one each."""
+
+    def __init__(self, db: Database, max_batch: int = 500) -> None:
+        self._db = db
+        self._queue: list[tuple[Callable[[Session], Any], asyncio.Future[Any]]] = []
+        self._wake = asyncio.Event()
+        self._max = max_batch
+
+    async def submit(self, fn: Callable[[Session], T]) -> T:
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._queue.append((fn, future))
+        self._wake.set()
+        return await future
+
+    def _commit(self, batch: list[Callable[[Session], Any]]) -> list[tuple[bool, Any]]:
+        try:
+            with self._db.session() as s:
+                return [(True, fn(s)) for fn in batch]
+        except Exception:
+            log.debug("group commit failed; committing one by one", exc_info=True)
+        out: list[tuple[bool, Any]] = []
+        for fn in batch:
+            try:
+                with self._db.session() as s:
+                    out.append((True, fn(s)))
+            except Exception as exc:
+                out.append((False, exc))
+        return out
+
+    async def run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._queue:
+                taken, self._queue = self._queue[: self._max], self._queue[self._max:]
+                try:
+                    results = await self._db.run(self._commit, [fn for fn, _ in taken])
+                except Exception as exc:  # the executor itself failed: fail every caller
+                    results = [(False, exc)] * len(taken)
+                for (_, future), (ok, value) in zip(taken, results, strict=True):
+                    if future.done():
+                        continue
+                    if ok:
+                        future.set_result(value)
+                    else:
+                        future.set_exception(value)
+
+
+class KeyLocks:
+    """One asyncio lock per key while in use (duplicate deliveries of one contact run one at a time)."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users <= 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
+
+
+class JourneysLookup:
+    """Journey participation from journeys' LeadJourneys, with a breaker so a missing or down journeys
+    service costs one failed call per 10 s, not one per lead."""
+
+    def __init__(self, channel: grpc.aio.Channel | None) -> None:
+        self._stub: Any = None
+        self._open_until = 0.0
+        if channel is not None:
+            try:
+                from nurture.api.journeys.v1 import journeys_pb2, journeys_pb2_grpc
+            except ImportError:
+                return
+            self._pb = journeys_pb2
+            self._stub = journeys_pb2_grpc.JourneysStub(channel)
+
+    async def many(self, lead_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
+        if self._stub is None or time.monotonic() < self._open_until or not lead_ids:
+            return {}
+        sem = asyncio.Semaphore(16)
+        out: dict[str, list[dict[str, Any]]] = {}
+
+        async def one(lead_id: str) -> None:
+            if time.monotonic() < self._open_until:
+                return
+            async with sem:
+                try:
+                    reply = await self._stub.LeadJourneys(self._pb.LeadJourneysRequest(lead_id=lead_id), timeout=1.0)
+                except grpc.aio.AioRpcError as exc:
+                    if exc.code() != grpc.StatusCode.NOT_FOUND:
+                        self._open_until = time.monotonic() + 10.0
+                    return
+            out[lead_id] = [{"journey": e.journey, "status": e.status, "stage": e.stage} for e in reply.enrollments]
+
+        await asyncio.gather(*(one(i) for i in lead_ids))
+        return out
+
+
+class CrmSyncCore:
+    def __init__(self, *, db: Database, clock: Clock, cfg: domain.SyncConfig, connector: Connector,
+                 scoring: scoring_pb2_grpc.ScoringStub, journeys: JourneysLookup, crm_name: str,
+                 virtual: bool) -> None:
+        self.db = db
+        self.clock = clock
+        self.cfg = cfg
+        self.connector = connector
+        self.scoring = scoring
+        self.journeys = journeys
+        self.crm_name = crm_name
+        self.virtual = virtual
+        self.writer = GroupWriter(db)
+        self.locks = KeyLocks()
+        self.changes_wake = asyncio.Event()
+        self.push_wake = asyncio.Event()
+        self.stats = SyncStats()
+        self._push_lock = asyncio.Lock()
+        self._change_waiters: set[asyncio.Event] = set()
+
+    async def sql(self, fn: Callable[[Session], T]) -> T:
+        def run() -> T:
+            with self.db.session() as s:
+                return fn(s)
+
+        return await self.db.run(run)
+
+    # ------------------------------------------------------------------------------------------------
+    # Inbound: contacts
+
+    async def upsert_contacts(self, crm: str, contacts: list[ContactIn]) -> list[dict[str, Any]]:
+        return list(await asyncio.gather(*(self.upsert_contact(crm, c) for c in contacts)))
+
+    async def upsert_contact(self, crm: str, c: ContactIn) -> dict[str, Any]:
+        result: dict[str, Any] = {"crm_id": c.crm_id, "lead_id": "", "status": "error", "error_code": "",
+                                  "error_message": "", "conflicts": []}
+        key = c.crm_id or c.email.lower()
+        async with self.locks.hold(f"{crm}:{key}"):
+            row = await self.sql(lambda s: st.find_lead(s, crm=crm, crm_id=c.crm_id or None,
+                                                        lead_id=c.lead_id or None, email=c.email or None))
+            digest = hashlib.sha256(json.dumps([c.crm_id, c.email, c.first_name, c.last_name, c.properties],
+                                               sort_keys=True, default=str).encode()).hexdigest()[:32]
+            if row and row["crm_id"] == c.crm_id and row["contact_modified_at"]:
+                if c.modified_at < row["contact_modified_at"]:
+                    await self.writer.submit(lambda s: st.add_timeline(
+                        s, row["lead_id"], self.clock.now(), "contact_stale",
+                        f"Ignored an out-of-order update of CRM contact {c.crm_id}",
+                        {"crm": crm, "crm_id": c.crm_id, "modified_at": c.modified_at,
+                         "last_seen": row["contact_modified_at"]}))
+                    return {**result, "lead_id": row["lead_id"], "status": "stale"}
+                if c.modified_at == row["contact_modified_at"] and row["inbound_hash"] == digest:
+                    return {**result, "lead_id": row["lead_id"], "status": "duplicate"}
+            props = dict(c.properties)
+            for name, value in (("email", c.email), ("firstname", c.first_name), ("lastname", c.last_name)):
+                if value:
+                    props[name] = value
+            snapshot = row["snapshot"] if row and row["snapshot"] else None
+            merged = domain.merge_inbound(self.cfg, props, c.modified_at, snapshot, row["fields"] if row else {})
+            fields = dict(merged.fields)
+            if c.crm_id:
+                fields["crm_id"] = c.crm_id
+            lead_id = row["lead_id"] if row else (c.lead_id or "")
+            try:
+                reply = await self.scoring.UpsertLead(scoring_pb2.UpsertLeadRequest(
+                    id=lead_id, fields_json=json.dumps(fields), merge=True, source=f"crm:{crm}"), timeout=DEADLINE_S)
+            except grpc.aio.AioRpcError as exc:
+                code = "invalid" if exc.code() == grpc.StatusCode.INVALID_ARGUMENT else (
+                    "unknown_lead" if exc.code() == grpc.StatusCode.NOT_FOUND else "unavailable")
+                return {**result, "error_code": code, "error_message": exc.details() or exc.code().name}
+            lead = lead_from_proto(reply.lead)
+            now = self.clock.now()
+            status = "created" if reply.created else ("updated" if merged.fields or not row else "unchanged")
+
+            def write(s: Session) -> None:
+                current = st.get_lead(s, lead["id"])
+                rec = current or st.new_lead_row(lead["id"], now)
+                if c.crm_id:
+                    st.unlink_crm_id(s, crm, c.crm_id, lead["id"])
+                    rec["crm"], rec["crm_id"] = crm, c.crm_id
+                rec["email"] = lead["email"] or rec["email"]
+                rec["contact_modified_at"], rec["inbound_hash"] = c.modified_at, digest
+                rec["fields"] = {**rec["fields"], **merged.state}
+                rec["updated_at"] = now
+                st.save_lead(s, rec, exists=current is not None)
+                st.add_timeline(s, lead["id"], now, "contact_upserted",
+                                f"CRM {crm} {status} contact {c.crm_id or c.email}",
+                                {"crm": crm, "crm_id": c.crm_id, "status": status, "applied": merged.fields,
+                                 "modified_at": c.modified_at})
+                for conflict in merged.conflicts:
+                    st.add_timeline(s, lead["id"], now, "conflict",
+                                    f"{conflict['field']}: CRM says {conflict['crm_value']!r}, platform has "
+                                    f"{conflict['platform_value']!r}; {conflict['winner']} wins ({conflict['policy']})",
+                                    {"crm": crm, "crm_id": c.crm_id, **conflict})
+
+            await self.writer.submit(write)
+            self.stats.inbound += 1
+            return {**result, "lead_id": lead["id"], "status": status,
+                    "conflicts": [x["field"] for x in merged.conflicts if x["winner"] == "platform"]}
+
+    # ------------------------------------------------------------------------------------------------
+    # Inbound: activities and deals
+
+    async def _resolve(self, crm: str, crm_id: str, lead_id: str) -> str:
+        row = await self.sql(lambda s: st.find_lead(s, crm=crm, crm_id=crm_id or None, lead_id=lead_id or None,
+                                                    email=None))
+        if row:
+            return str(row["lead_id"])
+        if lead_id and not crm_id:
+            try:
+                lead = await self.scoring.GetLead(scoring_pb2.GetLeadRequest(id=lead_id), timeout=DEADLINE_S)
+                return str(lead.id)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() != grpc.StatusCode.NOT_FOUND:
+                    raise ScoringUnavailable(exc.details() or exc.code().name) from exc
+        raise UnknownContact(f"unknown CRM contact {crm_id!r}" if crm_id else f"unknown lead {lead_id!r}")
+
+    async def _feed(self, crm: str, kind: str, object_id: str, lead_id: str, modified_at: datetime,
+                    state: str, event: scoring_pb2.Event | None, summary: str, details: dict[str, Any]
+                    ) -> dict[str, Any]:
+        """Common path of activities and deals: staleness by the CRM's modification time, the event to
+        scoring (idempotent by key), then our record and the timeline."""
+        async with self.locks.hold(f"{crm}:{kind}:{object_id}"):
+            seen = await self.sql(lambda s: st.get_inbound(s, crm, kind, object_id))
+            if seen and modified_at < seen["modified_at"]:
+                await self.writer.submit(lambda s: st.add_timeline(
+                    s, lead_id, self.clock.now(), f"{kind}_stale", f"Ignored an out-of-order {kind} {object_id}",
+                    {"crm": crm, "object_id": object_id, "modified_at": modified_at,
+                     "last_seen": seen["modified_at"]}))
+                return {"lead_id": lead_id, "status": "stale", "event_id": ""}
+            if seen and modified_at == seen["modified_at"]:
+                return {"lead_id": lead_id, "status": "duplicate", "event_id": seen["event_id"]}
+            if seen and seen["state"] == state:
+                event = None  # a later edit that changes nothing the platform acts on: timeline only
+            event_id = ""
+            if event is not None:
+                try:
+                    reply = await self.scoring.IngestEvents(scoring_pb2.IngestRequest(events=[event]),
+                                                            timeout=DEADLINE_S)
+                except grpc.aio.AioRpcError as exc:
+                    if exc.code() in TRANSIENT:
+                        raise ScoringUnavailable(exc.details() or exc.code().name) from exc
+                    raise InputError(exc.details() or exc.code().name) from exc
+                res = reply.results[0]
+                if res.error_code:
+                    raise InputError(f"{res.error_code}: {res.error_message}")
+                event_id = res.event_id
+            now = self.clock.now()
+
+            def write(s: Session) -> None:
+                st.put_inbound(s, {"crm": crm, "kind": kind, "object_id": object_id, "lead_id": lead_id,
+                                   "modified_at": modified_at, "state": state,
+                                   "event_id": event_id or (seen or {}).get("event_id", "")}, exists=seen is not None)
+                st.add_timeline(s, lead_id, now, f"{kind}_recorded" if not seen else f"{kind}_updated", summary,
+                                {**details, "crm": crm, "event_id": event_id, "modified_at": modified_at})
+
+            await self.writer.submit(write)
+            return {"lead_id": lead_id, "status": "recorded" if not seen else "updated", "event_id": event_id}
+
+    async def record_activity(self, crm: str, a: dict[str, Any]) -> dict[str, Any]:
+        if not a["activity_id"]:
+            raise InputError("activity.activity_id is required")
+        if a["kind"] not in self.cfg.activity_kinds:
+            raise InputError(f"activity.kind must be one of {', '.join(self.cfg.activity_kinds)}")
+        if not (a["crm_id"] or a["lead_id"]):
+            raise InputError("activity.crm_id or activity.lead_id is required")
+        if a["kind"] == "disqualification" and not a["reason"]:
+            raise InputError("activity.reason is required for a disqualification")
+        lead_id = await self._resolve(crm, a["crm_id"], a["lead_id"])
+        modified = a["modified_at"] or a["occurred_at"] or self.clock.now()
+        etype = "disqualified" if a["kind"] == "disqualification" else "sales_activity"
+        props = {"kind": a["kind"], "outcome": a["outcome"], "reason": a["reason"], "body": a["body"][:2000],
+                 "activity_id": a["activity_id"], "crm": crm, **a["properties"]}
+        event = scoring_pb2.Event(lead_id=lead_id, type=etype, properties_json=json.dumps(props), source="crm",
+                                  idempotency_key=f"crm:{crm}:activity:{a['activity_id']}:{_micros(modified)}")
+        if a["occurred_at"]:
+            event.occurred_at.FromDatetime(a["occurred_at"])
+        return await self._feed(crm, "activity", a["activity_id"], lead_id, modified, etype, event,
+                                f"Sales {a['kind']}" + (f": {a['outcome']}" if a["outcome"] else "")
+                                + (f" (reason: {a['reason']})" if a["reason"] else ""),
+                                {"activity_id": a["activity_id"], "kind": a["kind"], "outcome": a["outcome"],
+                                 "reason": a["reason"]})
+
+    async def report_deal(self, crm: str, d: dict[str, Any]) -> dict[str, Any]:
+        if not d["deal_id"]:
+            raise InputError("deal.deal_id is required")
+        if d["stage"] not in self.cfg.deal_stages:
+            raise InputError(f"deal.stage must be one of {', '.join(self.cfg.deal_stages)}")
+        if not (d["crm_id"] or d["lead_id"]):
+            raise InputError("deal.crm_id or deal.lead_id is required")
+        if d["modified_at"] is None:
+            raise InputError("deal.modified_at is required (the CRM's modification time orders deal updates)")
+        if d["amount"] < 0:
+            raise InputError("deal.amount must not be negative")
+        lead_id = await self._resolve(crm, d["crm_id"], d["lead_id"])
+        etype = self.cfg.deal_events.get(d["stage"], "sales_activity")
+        props = {"deal_id": d["deal_id"], "stage": d["stage"], "amount": d["amount"], "currency": d["currency"],
+                 "reason": d["reason"], "kind": "deal_stage", "crm": crm, **d["properties"]}
+        event = scoring_pb2.Event(
+            lead_id=lead_id, type=etype, properties_json=json.dumps(props), source="crm",
+            idempotency_key=f"crm:{crm}:deal:{d['deal_id']}:{d['stage']}:{_micros(d['modified_at'])}")
+        event.occurred_at.FromDatetime(d["modified_at"])
+        return await self._feed(crm, "deal", d["deal_id"], lead_id, d["modified_at"], d["stage"], event,
+                                f"Deal {d['deal_id']} is {d['stage']}"
+                                + (f" ({d['amount']:g} {d['currency']})" if d["amount"] else ""),
+                                {"deal_id": d["deal_id"], "stage": d["stage"], "amount": d["amount"],
+                                 "reason": d["reason"]})
+
+    # ------------------------------------------------------------------------------------------------
+    # Change stream
+
+    async def watch(self, cursor: int, follow: bool, limit: int) -> AsyncIterator[dict[str, Any]]:
+        sent = 0
+        wake = asyncio.Event()
+        self._change_waiters.add(wake)
+        try:
+            while True:
+                wake.clear()
+                rows = await self.sql(functools.partial(st.changes_after, seq=cursor, limit=500))
+                for row in rows:
+                    yield row
+                    cursor = row["seq"]
+                    sent += 1
+                    if limit and sent >= limit:
+                        return
+                if rows:
+                    continue
+                if not follow:
+                    return
+                # Woken by this process's bus consumer; the timeout covers other replicas.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), timeout=1.0)
+        finally:
+            self._change_waiters.discard(wake)
+
+    def _notify_changes(self) -> None:
+        for waiter in self._change_waiters:
+            waiter.set()
+
+    # ------------------------------------------------------------------------------------------------
+    # Bus consumer
+
+    async def handle_messages(self, messages: list[dict[str, Any]]) -> None:
+        ids = list(dict.fromkeys(str(m["lead_id"]) for m in messages if m.get("type") != "lead_erased"))
+        journeys = await self.journeys.many(ids)
+        now = self.clock.now()
+
+        def write(s: Session) -> None:
+            for m in messages:
+                self._apply_message(s, m, journeys.get(str(m["lead_id"])), now)
+
+        await self.sql(write)
+        self._notify_changes()
+        self.push_wake.set()
+
+    def _apply_message(self, s: Session, m: dict[str, Any], journeys: list[dict[str, Any]] | None,
+                       now: datetime) -> None:
+        lead_id = str(m["lead_id"])
+        if m.get("type") == "lead_erased":
+            row = st.get_lead(s, lead_id)
+            st.erase_lead(s, lead_id)
+            if row and row["crm_id"]:
+                st.enqueue(s, lead_id, "erase", now, payload={"remote_id": row["crm_id"]})
+            st.add_change(s, lead_id, row["crm_id"] if row else None, ["erased"], {}, now)
+            return
+        lead = m.get("lead")
+        if not isinstance(lead, dict):
+            return
+        current = st.get_lead(s, lead_id)
+        row = current or st.new_lead_row(lead_id, now)
+        occurred = _parse_time(m.get("occurred_at")) or now
+        version = int(lead.get("version") or 0)
+        dirty = False
+        if version > int(row["version"]):
+            source = str((m.get("properties") or {}).get("source") or "")
+            row["fields"] = domain.track_platform_changes(self.cfg, lead, row["fields"], occurred,
+                                                          from_crm=source.startswith("crm:"))
+            row["snapshot"], row["version"], dirty = lead, version, True
+            row["email"] = lead.get("email") or row["email"]
+            if lead.get("lifecycle_stage") == "customer" and not row["converted_at"]:
+                row["converted_at"] = occurred
+            if lead.get("crm_id") and not row["crm_id"]:
+                st.unlink_crm_id(s, self.crm_name, str(lead["crm_id"]), lead_id)
+                row["crm"], row["crm_id"] = self.crm_name, str(lead["crm_id"])
+        if journeys is not None and journeys != row["journeys"]:
+            row["journeys"], dirty = journeys, True
+        snapshot = row["snapshot"] or lead
+        if dirty:
+            proj = domain.projection(snapshot, row["journeys"])
+            changed = domain.changed_keys(row["projection"], proj)
+            if changed:
+                st.add_change(s, lead_id, row["crm_id"], changed, proj, occurred)
+                row["projection"] = proj
+            st.enqueue(s, lead_id, "contact", now, coalesce=True)
+        signals = [str(x) for x in m.get("signals") or []]
+        facts = domain.facts_for(snapshot, signals, {"type": m.get("type"), "properties": m.get("properties") or {}})
+        for plan in domain.planned_tasks(self.cfg, lead_id, facts, now):
+            self._create_task(s, row, snapshot, plan.dedupe_key, plan.kind, plan.title, plan.priority, plan.due_at,
+                              {"why": plan.why, "facts": plan.facts, "bus_message": m.get("id")}, plan.rule, now)
+            dirty = True
+        if dirty or current is None:
+            row["updated_at"] = now
+            st.save_lead(s, row, exists=current is not None)
+
+    # ------------------------------------------------------------------------------------------------
+    # Tasks, notifications, assignment
+
+    def _create_task(self, s: Session, row: dict[str, Any], lead: dict[str, Any], key: str, kind: str, title: str,
+                     priority: str, due_at: datetime | None, details: dict[str, Any], rule: str, now: datetime
+                     ) -> tuple[dict[str, Any], bool]:
+        existing = st.get_task_by_key(s, key)
+        if existing:
+            return existing, True
+        lead_id = row["lead_id"]
+        if not row["owner"]:
+            picked = domain.pick_team(self.cfg, domain.facts_for(lead, [], None))
+            if picked:
+                team, arule = picked
+                members = self.cfg.teams[team]
+                member = members[st.next_round_robin(s, team, len(members))]
+                row["owner"], row["team"], row["meeting_link"] = member.owner, team, member.meeting_link
+                st.add_timeline(s, lead_id, now, "assigned", f"Assigned to {member.owner} ({team}, rule {arule})",
+                                {"owner": member.owner, "team": team, "rule": arule})
+                # The owner and their meeting link go onto the lead, so consultation emails can offer
+                # the link (`lead.attributes.meeting_link`) and the CRM sees the owner.
+                st.enqueue(s, lead_id, "lead", now, payload={"attributes": {
+                    "sales_owner": member.owner, "meeting_link": member.meeting_link}})
+                st.enqueue(s, lead_id, "contact", now, coalesce=True)
+        document = domain.recommendation_document(lead, row["journeys"], owner=row["owner"],
+                                                  meeting_link=row["meeting_link"], task_title=title,
+                                                  why=str(details.get("why", "")))
+        task = {"id": uuid.uuid4().hex, "dedupe_key": key, "lead_id": lead_id, "kind": kind, "title": title,
+                "priority": priority, "owner": row["owner"], "due_at": due_at, "details": details,
+                "document": document, "rule": rule, "status": "queued", "remote_id": None, "created_at": now}
+        st.insert_task(s, task)
+        label = "notification" if kind == "notify" else "task_created"
+        st.add_timeline(s, lead_id, now, label, f"{'Notified' if kind == 'notify' else 'Task for'} "
+                        f"{row['owner'] or 'unassigned'}: {title}",
+                        {"task_id": task["id"], "kind": kind, "priority": priority, "rule": rule,
+                         "dedupe_key": key, "due_at": due_at, "why": details.get("why", "")})
+        st.enqueue(s, lead_id, "task", now, ref=task["id"])
+        return task, False
+
+    async def request_task(self, req: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        if not req["dedupe_key"] or not req["lead_id"]:
+            raise InputError("dedupe_key and lead_id are required")
+        if req["kind"] not in ("sales_alert", "follow_up", "consultation", "notify"):
+            raise InputError("kind must be sales_alert, follow_up, consultation or notify")
+        if req["priority"] not in ("high", "normal"):
+            raise InputError("priority must be high or normal")
+        found = await self.sql(lambda s: st.get_task_by_key(s, req["dedupe_key"]))
+        if found:
+            return found, True
+        row = await self.sql(lambda s: st.get_lead(s, req["lead_id"]))
+        lead = row["snapshot"] if row and row["snapshot"] else None
+        if lead is None:
+            try:
+                reply = await self.scoring.GetLead(scoring_pb2.GetLeadRequest(id=req["lead_id"]), timeout=DEADLINE_S)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.NOT_FOUND:
+                    raise UnknownContact(f"unknown lead {req['lead_id']!r}") from exc
+                raise ScoringUnavailable(exc.details() or exc.code().name) from exc
+            lead = lead_from_proto(reply)
+        now = self.clock.now()
+        snapshot = lead
+
+        def write(s: Session) -> tuple[dict[str, Any], bool]:
+            current = st.get_lead(s, req["lead_id"])
+            rec = current or st.new_lead_row(req["lead_id"], now)
+            if current is None:
+                rec["email"] = snapshot.get("email")
+            task, dup = self._create_task(s, rec, snapshot, req["dedupe_key"], req["kind"],
+                                          req["title"] or req["kind"].replace("_", " "), req["priority"],
+                                          req["due_at"], {**req["details"], "why": req["details"].get(
+                                              "why", f"requested by {req['source']}")}, f"request:{req['source']}",
+                                          now)
+            st.save_lead(s, rec, exists=current is not None)
+            return task, dup
+
+        result = await self.writer.submit(write)
+        self.push_wake.set()
+        return result
+
+    # ------------------------------------------------------------------------------------------------
+    # Outbound queue
+
+    async def process_due(self, limit: int = 400) -> int:
+        """Claim and perform every push due now (up to `limit`); returns how many were tried."""
+        async with self._push_lock:
+            now = self.clock.now()
+
+            def claim(s: Session) -> list[dict[str, Any]]:
+                jobs = st.due_jobs(s, now, limit)
+                for j in jobs:
+                    st.finish_job(s, j["id"], status="running", attempts=j["attempts"], due_at=j["due_at"],
+                                  error=j["last_error"], now=now)
+                return jobs
+
+            jobs = await self.sql(claim)
+            if not jobs:
+                return 0
+            by_lead: dict[str, list[dict[str, Any]]] = defaultdict(list)
+            for j in jobs:
+                by_lead[j["lead_id"]].append(j)
+            results: list[tuple[dict[str, Any], Outcome]] = []
+            sem = asyncio.Semaphore(32)
+
+            async def lane(items: list[dict[str, Any]]) -> None:
+                async with sem:
+                    for j in items:  # one lead's pushes in order
+                        results.append((j, await self._perform(j)))
+
+            await asyncio.gather(*(lane(items) for items in by_lead.values()))
+            done_at = self.clock.now()
+
+            def record(s: Session) -> None:
+                for job, out in results:
+                    self._record(s, job, out, done_at)
+
+            await self.sql(record)
+            return len(jobs)
+
+    def _record(self, s: Session, job: dict[str, Any], out: Outcome, now: datetime) -> None:
+        attempts = int(job["attempts"]) + 1
+        if out.status == "done":
+            if out.apply is not None:
+                out.apply(s)
+            st.finish_job(s, job["id"], status="done", attempts=attempts, due_at=job["due_at"], error=None, now=now)
+            return
+        if out.status == "retry" and attempts < domain.MAX_ATTEMPTS:
+            delay = domain.retry_delay(int(job["id"]), attempts, out.retry_after)
+            due = now + timedelta(seconds=delay)
+            st.finish_job(s, job["id"], status="pending", attempts=attempts, due_at=due, error=out.error, now=now)
+            st.add_timeline(s, job["lead_id"], now, "push_retry",
+                            f"CRM push ({job['op']}) failed, retry {attempts + 1} at {due.isoformat()}: {out.error}",
+                            {"job": job["id"], "op": job["op"], "attempt": attempts, "error": out.error,
+                             "retry_after": out.retry_after, "due_at": due})
+            return
+        reason = out.error if out.status == "dead" else f"gave up after {attempts} tries: {out.error}"
+        st.finish_job(s, job["id"], status="dead", attempts=attempts, due_at=job["due_at"], error=reason, now=now)
+        if job["op"] == "task":
+            st.update_task(s, job["ref"], status="dead")
+        st.add_timeline(s, job["lead_id"], now, "push_dead", f"CRM push ({job['op']}) dead-lettered: {reason}",
+                        {"job": job["id"], "op": job["op"], "attempts": attempts, "reason": reason})
+
+    async def _perform(self, job: dict[str, Any]) -> Outcome:
+        try:
+            if job["op"] == "contact":
+                return Outcome("done", apply=await self._push_contact(job["lead_id"]))
+            if job["op"] == "task":
+                return Outcome("done", apply=await self._push_task(job))
+            if job["op"] == "lead":
+                await self.scoring.UpsertLead(scoring_pb2.UpsertLeadRequest(
+                    id=job["lead_id"], fields_json=json.dumps(job["payload"]), merge=True, source="crm_sync",
+                    must_exist=True), timeout=DEADLINE_S)
+                return Outcome("done")
+            if job["op"] == "erase":
+                await self.connector.archive_contact(str(job["payload"]["remote_id"]))
+                return Outcome("done")
+            return Outcome("dead", error=f"unknown push kind {job['op']}")
+        except Retryable as exc:
+            self.stats.push_failures += 1
+            return Outcome("retry", error=exc.reason, retry_after=exc.retry_after)
+        except Permanent as exc:
+            self.stats.push_failures += 1
+            return Outcome("dead", error=exc.reason)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() in TRANSIENT:
+                return Outcome("retry", error=f"scoring {exc.code().name}: {exc.details()}")
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                return Outcome("done")  # the lead is gone (erased): nothing left to update
+            return Outcome("dead", error=f"scoring {exc.code().name}: {exc.details()}")
+        except Exception as exc:  # a bug or an unexpected answer: keep the push, retry with backoff
+            log.exception("push %s failed unexpectedly", job["id"])
+            return Outcome("retry", error=f"{type(exc).__name__}: {exc}")
+
+    async def _push_contact(self, lead_id: str) -> Callable[[Session], None] | None:
+        row = await self.sql(lambda s: st.get_lead(s, lead_id))
+        if row is None or not row["snapshot"]:
+            return None
+        computed = domain.computed_values(self.cfg, row["snapshot"], row["journeys"], owner=row["owner"],
+                                          converted_at=row["converted_at"])
+        props = domain.outbound_properties(self.cfg, row["snapshot"], row["fields"], computed,
+                                           contact_exists=bool(row["crm_id"]))
+        digest = domain.props_hash(props)
+        if digest == row["pushed_hash"] and row["crm_id"]:
+            self.stats.skipped += 1
+            return None
+        remote = await self.connector.upsert_contact(row["crm_id"], props)
+        self.stats.pushes += 1
+        pushed_fields = {r.lead: props[r.crm] for r in self.cfg.fields
+                         if r.crm in props and r.policy in domain.INBOUND_POLICIES}
+
+        def apply(s: Session) -> None:
+            now = self.clock.now()
+            rec = st.get_lead(s, lead_id)
+            if rec is None:
+                return
+            if rec["crm_id"] != remote:
+                st.unlink_crm_id(s, self.crm_name, remote, lead_id)
+                if not rec["crm_id"]:
+                    st.enqueue(s, lead_id, "lead", now, payload={"crm_id": remote})
+                rec["crm"], rec["crm_id"] = self.crm_name, remote
+            rec["pushed_hash"] = digest
+            for name, value in pushed_fields.items():
+                fs = rec["fields"].setdefault(name, {})
+                fs["crm_value"], fs["crm_at"] = value, now.isoformat()
+            st.save_lead(s, rec, exists=True)
+            st.add_timeline(s, lead_id, now, "contact_pushed",
+                            f"Pushed {len(props)} properties to CRM contact {remote}",
+                            {"crm_id": remote, "properties": sorted(props)})
+
+        return apply
+
+    async def _push_task(self, job: dict[str, Any]) -> Callable[[Session], None] | None:
+        task = await self.sql(lambda s: st.get_task(s, job["ref"]))
+        if task is None:
+            return None
+        row = await self.sql(lambda s: st.get_lead(s, task["lead_id"]))
+        if row is None:
+            return None
+        contact = row["crm_id"]
+        if not contact:
+            # The contact must exist before a task can be attached to it.
+            first = await self._push_contact(task["lead_id"])
+            if first is not None:
+                await self.sql(first)
+            row = await self.sql(lambda s: st.get_lead(s, task["lead_id"]))
+            contact = row["crm_id"] if row else None
+            if not contact:
+                raise Retryable("contact not in the CRM yet")
+        props = {
+            "hs_task_subject": task["title"][:250],
+            "hs_task_body": f"{task['details'].get('why', '')} (kind {task['kind']}, rule {task['rule']})",
+            "hs_task_priority": "HIGH" if task["priority"] == "high" else "MEDIUM",
+            "hs_task_status": "NOT_STARTED",
+            "hs_task_type": "CALL" if task["kind"] in ("sales_alert", "consultation") else "TODO",
+            "hs_timestamp": (task["due_at"] or self.clock.now()).isoformat(),
+            "hubspot_owner_id": task["owner"] or "",
+            "nurture_task_id": task["id"],
+            "nurture_kind": task["kind"],
+        }
+        remote = None
+        if int(job["attempts"]) > 0 or task["remote_id"]:
+            remote = task["remote_id"] or await self.connector.find("tasks", "nurture_task_id", task["id"])
+        if remote is None:
+            remote = await self.connector.create_task(contact, props)
+        note = None
+        if task["document"]:
+            if int(job["attempts"]) > 0:
+                note = await self.connector.find("notes", "nurture_task_id", task["id"])
+            if note is None:
+                note = await self.connector.create_note(contact, remote, {
+                    "hs_note_body": task["document"], "hs_timestamp": self.clock.now().isoformat(),
+                    "nurture_task_id": task["id"]})
+        self.stats.pushes += 1
+
+        def apply(s: Session) -> None:
+            st.update_task(s, task["id"], status="pushed", remote_id=remote)
+            st.add_timeline(s, task["lead_id"], self.clock.now(), "task_pushed",
+                            f"{'Notification' if task['kind'] == 'notify' else 'Task'} {remote} created in the CRM "
+                            f"for {task['owner'] or 'unassigned'}",
+                            {"task_id": task["id"], "remote_id": remote, "note_id": note, "contact": contact})
+
+        return apply
+
+    async def settle(self, drain: Callable[[], Awaitable[int]]) -> tuple[int, datetime | None]:
+        done = await drain()
+        while True:
+            n = await self.process_due()
+            done += n
+            if n == 0:
+                break
+        return done, await self.sql(st.next_due)
+
+    async def push_loop(self) -> None:
+        """Real clock only: perform pushes as they fall due (woken at once when new ones are queued)."""
+        while True:
+            try:
+                if await self.process_due():
+                    continue
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("push loop failed; retrying")
+            self.push_wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.push_wake.wait(), timeout=0.1)
+
+    async def recover(self) -> None:
+        """After a crash, pushes that were in flight run again; their attempt counts as made, so a
+        task that may have been created is searched for before it is created again."""
+        def reset(s: Session) -> None:
+            from sqlalchemy import update
+
+            from services.crm_sync.tables import outbox
+            s.execute(update(outbox).where(outbox.c.status == "running")
+                      .values(status="pending", attempts=outbox.c.attempts + 1))
+
+        await self.sql(reset)
+
+    # ------------------------------------------------------------------------------------------------
+    # Admin
+
+    async def timeline(self, lead_id: str, limit: int) -> list[dict[str, Any]]:
+        return await self.sql(lambda s: st.get_timeline(s, lead_id, limit))
+
+    async def erase(self, lead_id: str) -> int:
+        now = self.clock.now()
+
+        def run(s: Session) -> int:
+            row = st.get_lead(s, lead_id)
+            removed = st.erase_lead(s, lead_id)
+            if row and row["crm_id"]:
+                st.enqueue(s, lead_id, "erase", now, payload={"remote_id": row["crm_id"]})
+            return removed
+
+        removed = await self.sql(run)
+        self.push_wake.set()
+        return removed
+
+
+def _parse_time(value: Any) -> datetime | None:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
