@@ -78,6 +78,7 @@ class Rule:
     once: bool = False
     cooldown: timedelta | None = None
     why: str = ""
+    date: Mapping[str, Any] | None = None  # date-relative entry: {fact: lead.<date property>, offset}
 
     def listens_to(self, event_type: str) -> bool:
         return "*" in self.events or event_type in self.events
@@ -148,7 +149,7 @@ def template_of(journey: Journey, step: Step) -> str:
     return str(step.get("template") or f"{journey.key}.{step.id}")
 
 
-def _rules(raw: Any, where: str, problems: list[str], *, kind: str) -> tuple[Rule, ...]:
+def _rules(raw: Any, where: str, problems: list[str], *, kind: str, key: str = "") -> tuple[Rule, ...]:
     if raw is None:
         return ()
     if not isinstance(raw, list):
@@ -169,11 +170,26 @@ def _rules(raw: Any, where: str, problems: list[str], *, kind: str) -> tuple[Rul
             problems.append(f"{at}: duplicate rule name {name}")
         names.add(name)
         events = item.get("events")
+        date = item.get("date") if kind == "entry" else None
+        if date is not None:
+            # A date-relative entry fires from the lead-level timer as the synthetic `date_reached`
+            # event, and only for this rule.
+            if not isinstance(date, Mapping) or not str(date.get("fact", "")).startswith("lead."):
+                problems.append(f"{where}.{name}: date needs {{fact: lead.<property>, offset}}")
+                date = None
+            else:
+                try:
+                    parse_duration(date.get("offset", 0))
+                except ValueError as exc:
+                    problems.append(f"{where}.{name}: {exc}")
+            events = ["date_reached"]
         if not isinstance(events, list) or not events or not all(isinstance(e, str) for e in events):
             problems.append(f"{where}.{name}: 'events' must be a non-empty list of event types")
             events = []
         when = item.get("when", {"fact": "event.type", "exists": True})
         problems.extend(f"{where}.{name}.{p}" for p in validate_condition(when))
+        if date is not None:
+            when = {"all": [{"fact": "event.properties.date_rule", "eq": f"{key}.{name}"}, when]}
         outcome = str(item.get("outcome", "exit"))
         if kind == "exit" and outcome not in ("goal", "exit"):
             problems.append(f"{where}.{name}: outcome must be goal or exit")
@@ -192,7 +208,8 @@ def _rules(raw: Any, where: str, problems: list[str], *, kind: str) -> tuple[Rul
                 problems.append(f"{where}.{name}: {exc}")
         out.append(Rule(name=name, events=tuple(events), when=when, outcome=outcome, action=action,
                         once=bool(item.get("once", cooldown is None and kind == "trigger")),
-                        cooldown=cooldown, why=str(item.get("why", ""))))
+                        cooldown=cooldown, why=str(item.get("why", "")),
+                        date=dict(date) if isinstance(date, Mapping) else None))
     return tuple(out)
 
 
@@ -272,7 +289,7 @@ def load(document: Mapping[str, Any], *, version: int = 0) -> Journey:
         anchors={str(k): str(v) for k, v in anchors.items()},
         reanchor_events=tuple(document.get("reanchor_events") or ()),
         stages=tuple(stages), stage_names=stage_names,
-        entry=_rules(document.get("entry"), "entry", problems, kind="entry"),
+        entry=_rules(document.get("entry"), "entry", problems, kind="entry", key=key),
         exits=_rules(document.get("exit"), "exit", problems, kind="exit"),
         triggers=_rules(document.get("triggers"), "triggers", problems, kind="trigger"),
         steps=steps, first=next(iter(steps), ""), document=document, version=version,

@@ -113,6 +113,8 @@ class Engine:
                     self._finish(state, e, EXITED, "erased", now, out, summary="exited: lead erased")
             out.erased = True
             return out
+        if etype != "date_reached":
+            self._arm_dates(state, out)
         if etype in self.settings.engagement_events:
             self._engaged(state, message, now, out)
         elif state.last_engagement is None and etype != "inactivity":
@@ -160,6 +162,40 @@ class Engine:
             state.inactive_due = state.last_engagement + timedelta(days=days[state.inactive_step])
         state.inactive_token += 1
         out.inactivity_changed = True
+
+    def _arm_dates(self, state: LeadState, out: Outcome) -> None:
+        """Date-relative entries: (re)arm a lead-level timer at <lead date property> + offset whenever
+        the property is set or moves."""
+        for j in self._published():
+            for rule in j.entry:
+                if rule.date is None:
+                    continue
+                value: Any = {"lead": state.lead}
+                for part in str(rule.date["fact"]).split("."):
+                    value = value.get(part) if isinstance(value, Mapping) else None
+                base = parse_time(value)
+                key = f"{j.key}.{rule.name}"
+                at = iso(base + parse_duration(rule.date.get("offset", 0))) if base else None
+                current = state.dates.get(key)
+                if at is None or (current and current.get("at") == at):
+                    continue
+                state.dates[key] = {"at": at, "token": int((current or {}).get("token", 0)) + 1, "fired": False}
+                out.dates_changed.add(key)
+
+    def date_due(self, state: LeadState, key: str, token: int, now: datetime) -> Outcome:
+        """A date-relative entry's time came: post `date_reached` for that one rule."""
+        entry = state.dates.get(key)
+        if not entry or entry.get("token") != token or entry.get("fired"):
+            return Outcome()
+        at = parse_time(entry.get("at"))
+        if at is None or at > now:
+            return Outcome()
+        entry["fired"] = True
+        journey, rule = key.split(".", 1)
+        message = {"id": f"date:{state.lead_id}:{key}:{token}", "type": "date_reached",
+                   "properties": {"date_rule": key, "journey": journey, "rule": rule, "at": entry.get("at")},
+                   "lead": state.lead}
+        return self.on_message(state, message, now)
 
     def inactivity_due(self, state: LeadState, token: int, now: datetime) -> Outcome:
         """The lead's inactivity timer fired: post the synthetic `inactivity` event."""

@@ -11,6 +11,7 @@ from typing import Any
 ACTIVE, PAUSED, COMPLETED, EXITED = "active", "paused", "completed", "exited"
 LIVE = (ACTIVE, PAUSED)
 INACTIVITY = "~inactive"
+DATE_PREFIX = "~date:"
 
 
 def iso(when: datetime | None) -> str | None:
@@ -86,12 +87,13 @@ class LeadState:
     inactive_due: datetime | None = None
     inactive_token: int = 0
     inactive_step: int = 0
+    dates: dict[str, dict[str, Any]] = field(default_factory=dict)  # "<journey>.<rule>" -> {at, token}
 
     def to_json(self) -> dict[str, Any]:
         return {
             "lead_id": self.lead_id, "lead": self.lead, "sends": self.sends, "history": self.history,
             "last_engagement": iso(self.last_engagement), "inactive_due": iso(self.inactive_due),
-            "inactive_token": self.inactive_token, "inactive_step": self.inactive_step,
+            "inactive_token": self.inactive_token, "inactive_step": self.inactive_step, "dates": self.dates,
         }
 
     @classmethod
@@ -100,7 +102,7 @@ class LeadState:
             lead_id=raw["lead_id"], lead=raw.get("lead") or {}, sends=list(raw.get("sends") or []),
             history=dict(raw.get("history") or {}), last_engagement=parse_time(raw.get("last_engagement")),
             inactive_due=parse_time(raw.get("inactive_due")), inactive_token=int(raw.get("inactive_token", 0)),
-            inactive_step=int(raw.get("inactive_step", 0)),
+            inactive_step=int(raw.get("inactive_step", 0)), dates=dict(raw.get("dates") or {}),
             enrollments={e.ekey: e for e in enrollments},
         )
 
@@ -162,6 +164,7 @@ class Outcome:
     touched: set[str] = field(default_factory=set)  # ekeys whose enrolment changed (re-arm their timers)
     side_due: set[str] = field(default_factory=set)  # ekeys with side steps to run now
     inactivity_changed: bool = False
+    dates_changed: set[str] = field(default_factory=set)
     erased: bool = False
 
     def extend(self, other: Outcome) -> None:
@@ -170,3 +173,4 @@ class Outcome:
         self.touched |= other.touched
         self.side_due |= other.side_due
         self.inactivity_changed |= other.inactivity_changed
+        self.dates_changed |= other.dates_changed

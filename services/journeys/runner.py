@@ -33,7 +33,7 @@ from services.journeys.definitions import (
 )
 from services.journeys.engine import Engine, migrate
 from services.journeys.funnel import Funnel, feed
-from services.journeys.model import ACTIVE, INACTIVITY, LIVE, LeadState, Outcome, parse_time
+from services.journeys.model import ACTIVE, DATE_PREFIX, INACTIVITY, LIVE, LeadState, Outcome, parse_time
 from services.journeys.registry import Registry
 from services.journeys.timers import Timer, TimerStore
 
@@ -140,6 +140,7 @@ class JourneysRuntime:
                         main.append((lead, ekey, "s", due))
                 inactive: list[tuple[str, str, int | str, datetime]] = [
                     (lead, INACTIVITY, token, due) for lead, token, due in storage.inactivity_armed(s)]
+                inactive += [(lead, DATE_PREFIX + key, token, due) for lead, key, token, due in storage.dates_armed(s)]
             return main, inactive
 
         main, inactive = await self.db.run(collect)
@@ -164,6 +165,11 @@ class JourneysRuntime:
                 items.append((state.lead_id, ekey, "s", now))
         if out.inactivity_changed and state.inactive_due is not None:
             items.append((state.lead_id, INACTIVITY, state.inactive_token, state.inactive_due))
+        for key in sorted(out.dates_changed):
+            entry = state.dates.get(key)
+            due = parse_time(entry.get("at")) if entry else None
+            if entry and due is not None:
+                items.append((state.lead_id, DATE_PREFIX + key, int(entry["token"]), due))
         await self.timers.schedule(items)
 
     # -- bus --------------------------------------------------------------------------------------
@@ -281,6 +287,10 @@ class JourneysRuntime:
                 if t.ekey == INACTIVITY:
                     if t.token.isdigit():
                         out.extend(self.engine.inactivity_due(state, int(t.token), now))
+                    continue
+                if t.ekey.startswith(DATE_PREFIX):
+                    if t.token.isdigit():
+                        out.extend(self.engine.date_due(state, t.ekey[len(DATE_PREFIX):], int(t.token), now))
                     continue
                 e = state.enrollments.get(t.ekey)
                 if e is None or e.status != ACTIVE:

@@ -26,7 +26,7 @@ from nurture.clock import VIRTUAL_EPOCH
 from services.journeys.definitions import Journey, PlaybookSettings, load_playbook, read_settings
 from services.journeys.engine import Engine
 from services.journeys.funnel import Funnel, totals
-from services.journeys.model import ACTIVE, LeadState, Outcome, iso
+from services.journeys.model import ACTIVE, LeadState, Outcome, iso, parse_time
 from services.journeys.registry import Registry
 
 SEGMENTS = ("skilled_professional", "family", "entrepreneur")
@@ -105,6 +105,11 @@ class Simulation:
             self._push(self.now, "side", state.lead_id, ekey, self.engine.priority_of(state, ekey))
         if out.inactivity_changed and state.inactive_due is not None:
             self._push(state.inactive_due, "inactive", state.lead_id, state.inactive_token)
+        for key in sorted(out.dates_changed):
+            entry = state.dates[key]
+            due = parse_time(entry["at"])
+            if due is not None:
+                self._push(max(due, self.now), "date", state.lead_id, (key, entry["token"]))
         self._record(state, out)
 
     def _record(self, state: LeadState, out: Outcome) -> None:
@@ -248,8 +253,9 @@ class Simulation:
                 self._drive(state, ekey, side=False)
             elif kind == "side":
                 self._drive(state, data, side=True)
-            elif kind == "inactive":
-                out = self.engine.inactivity_due(state, data, self.now)
+            elif kind in ("inactive", "date"):
+                out = (self.engine.inactivity_due(state, data, self.now) if kind == "inactive"
+                       else self.engine.date_due(state, data[0], data[1], self.now))
                 self._arm(state, out)
         wall = time.perf_counter() - started
         report = self.funnel.report(self.registry.published_map())

@@ -40,6 +40,7 @@ class LeadRow(Base):
     state: Mapped[str] = mapped_column(Text)
     inactive_due: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     inactive_token: Mapped[int] = mapped_column(Integer, default=0)
+    date_timers: Mapped[str] = mapped_column(Text, default="{}")  # unfired date-relative entries
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
@@ -179,12 +180,13 @@ def save(session: Session, state: LeadState, out: Outcome, *, now: datetime,
     """Persist one lead's state and what the engine recorded, in the caller's transaction."""
     row = session.get(LeadRow, state.lead_id)
     payload = json.dumps(state.to_json(), default=str)
+    dates = json.dumps({k: v for k, v in state.dates.items() if not v.get("fired")})
     if row is None:
         session.add(LeadRow(lead_id=state.lead_id, state=payload, inactive_due=state.inactive_due,
-                            inactive_token=state.inactive_token, updated_at=now))
+                            inactive_token=state.inactive_token, date_timers=dates, updated_at=now))
     else:
-        row.state, row.inactive_due, row.inactive_token, row.updated_at = (
-            payload, state.inactive_due, state.inactive_token, now)
+        row.state, row.inactive_due, row.inactive_token, row.date_timers, row.updated_at = (
+            payload, state.inactive_due, state.inactive_token, dates, now)
     for ekey in sorted(out.touched | out.side_due):
         e = state.enrollments.get(ekey)
         if e is None:
@@ -281,6 +283,16 @@ def armed(session: Session, batch: int = 5000) -> Iterator[tuple[str, str, int, 
         for lead_id, ekey, token, due, side in rows:
             yield lead_id, ekey, token, _utc(due) or datetime.min.replace(tzinfo=UTC), side
         last = (rows[-1][0], rows[-1][1])
+
+
+def dates_armed(session: Session) -> list[tuple[str, str, int, datetime]]:
+    """Unfired date-relative entry timers: (lead, "<journey>.<rule>", token, due)."""
+    out: list[tuple[str, str, int, datetime]] = []
+    for lead, raw in session.execute(select(LeadRow.lead_id, LeadRow.date_timers).where(LeadRow.date_timers != "{}")):
+        for key, entry in json.loads(raw or "{}").items():
+            due = datetime.fromisoformat(str(entry["at"]).replace("Z", "+00:00"))
+            out.append((lead, key, int(entry["token"]), due))
+    return out
 
 
 def inactivity_armed(session: Session) -> list[tuple[str, int, datetime]]:

@@ -118,3 +118,36 @@ def test_simulation_is_deterministic_for_a_seed() -> None:
     assert a == b
     assert a != c
     assert a["totals"]["sent"] > 0 and a["journeys"]["skilled_professional"]["enrolled"] == 20
+
+
+def test_date_relative_entry_fires_at_the_lead_date_minus_offset() -> None:
+    from services.journeys.definitions import load
+
+    h = Harness()
+    doc = {"key": "visa_renewal", "name": "Visa renewal", "kind": "sequence", "priority": 40,
+           "entry": [{"name": "expiry_30d", "date": {"fact": "lead.attributes.visa_expires_at", "offset": "-30d"}}],
+           "steps": [{"id": "email_01", "type": "send"}, {"id": "done", "type": "end"}]}
+    journey = load(doc, version=1)
+    h.registry.add(journey)
+    h.registry.publish("visa_renewal", 1)
+    expiry = T0 + timedelta(days=40)
+    h.lead["attributes"] = {"visa_expires_at": iso(expiry)}
+    out = h.message("lead_updated")
+    assert out.dates_changed == {"visa_renewal.expiry_30d"}
+    token = h.state.dates["visa_renewal.expiry_30d"]["token"]
+    assert not h.engine.date_due(h.state, "visa_renewal.expiry_30d", token, T0 + timedelta(days=9)).transitions
+    fired = h.engine.date_due(h.state, "visa_renewal.expiry_30d", token, T0 + timedelta(days=10))
+    assert any("matched rule expiry_30d" in t.summary for t in fired.transitions)
+    assert h.state.enrollments["visa_renewal"].status == ACTIVE
+
+
+def test_unsubscribe_ends_nurture_journeys_but_not_transactional_ones() -> None:
+    h = Harness()
+    h.message("lead_created")
+    h.message("webinar_registered", webinar_id="w3", starts_at=iso(T0 + timedelta(days=2)))
+    h.lead["consent"] = {"email": False}
+    h.message("unsubscribed")
+    statuses = {k: e.status for k, e in h.state.enrollments.items()}
+    assert statuses["skilled_professional"] == "exited" and statuses["triggers"] == "exited"
+    assert statuses["webinar#w3"] == ACTIVE
+    assert h.state.enrollments["skilled_professional"].outcome == "unsubscribed"
