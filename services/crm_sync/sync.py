@@ -483,13 +483,16 @@ class CrmSyncCore:
         current = st.get_lead(s, lead_id)
         row = current or st.new_lead_row(lead_id, now)
         occurred = _parse_time(m.get("occurred_at")) or now
-        version = int(lead.get("version") or 0)
+        # Lead-change messages carry the lead's version (a redelivered older one is dropped); event
+        # snapshots carry none and are applied in bus order, which is per-lead order.
+        version = lead.get("version")
         dirty = False
-        if version > int(row["version"]):
-            source = str((m.get("properties") or {}).get("source") or "")
+        if version is None or int(version) > int(row["version"]):
+            source = str((m.get("properties") or {}).get("source") or m.get("source") or "")
             row["fields"] = domain.track_platform_changes(self.cfg, lead, row["fields"], occurred,
                                                           from_crm=source.startswith("crm:"))
-            row["snapshot"], row["version"], dirty = lead, version, True
+            row["snapshot"], dirty = lead, True
+            row["version"] = int(version) if version is not None else row["version"]
             row["email"] = lead.get("email") or row["email"]
             if lead.get("lifecycle_stage") == "customer" and not row["converted_at"]:
                 row["converted_at"] = occurred

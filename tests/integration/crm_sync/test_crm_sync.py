@@ -1,0 +1,225 @@
+"""crm_sync over real gRPC with the real scoring service, a real Redis and the CRM emulator process."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+import grpc
+import pytest
+
+from nurture.api.crm_sync.v1 import crm_sync_pb2
+from nurture.api.scoring.v1 import scoring_pb2
+from tests.integration.crm_sync.conftest import AUTH, Mesh
+
+pytestmark = pytest.mark.anyio
+
+
+def contact(crm_id: str, email: str, at, **props: str) -> crm_sync_pb2.Contact:
+    c = crm_sync_pb2.Contact(crm_id=crm_id, email=email, first_name=props.pop("first_name", ""),
+                             last_name=props.pop("last_name", ""), properties_json=json.dumps(props))
+    c.modified_at.FromDatetime(at)
+    return c
+
+
+async def upsert(mesh: Mesh, *contacts: crm_sync_pb2.Contact) -> list[crm_sync_pb2.ContactResult]:
+    reply = await mesh.crm.UpsertContacts(crm_sync_pb2.UpsertContactsRequest(contacts=list(contacts)),
+                                          metadata=AUTH, timeout=10)
+    return list(reply.results)
+
+
+def remote_contact(mesh: Mesh, email: str) -> str:
+    return str(mesh.emulator.post("/crm/v3/objects/contacts", {"properties": {"email": email}})["id"])
+
+
+async def test_token_required(mesh: Mesh) -> None:
+    req = crm_sync_pb2.UpsertContactsRequest(contacts=[crm_sync_pb2.Contact(crm_id="1", email="a@example.com")])
+    for metadata in ((), (("authorization", "Bearer wrong"),)):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await mesh.crm.UpsertContacts(req, metadata=metadata, timeout=5)
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        async for _ in mesh.crm.WatchChanges(crm_sync_pb2.WatchChangesRequest(), timeout=5):
+            pass
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_contact_upsert_duplicate_stale_and_push(mesh: Mesh) -> None:
+    t0 = mesh.clock.now()
+    crm_id = remote_contact(mesh, "ana@example.com")
+    [r] = await upsert(mesh, contact(crm_id, "ana@example.com", t0, first_name="Ana", company="Acme",
+                                     jobtitle="nurse"))
+    assert r.status == "created", r
+    lead = await mesh.scoring.GetLead(scoring_pb2.GetLeadRequest(id=r.lead_id), timeout=5)
+    assert lead.crm_id == crm_id and lead.first_name == "Ana"
+    assert json.loads(lead.attributes_json)["company"] == "Acme"
+    # The same delivery again, then an older one arriving late.
+    [dup] = await upsert(mesh, contact(crm_id, "ana@example.com", t0, first_name="Ana", company="Acme",
+                                       jobtitle="nurse"))
+    assert dup.status == "duplicate"
+    [stale] = await upsert(mesh, contact(crm_id, "ana@example.com", t0 - timedelta(hours=1), first_name="Old"))
+    assert stale.status == "stale"
+    # Matched by email when the CRM id is new; malformed input gets a clear per-contact error.
+    [by_email, bad, bad_email] = await upsert(
+        mesh, contact("other-id", "ANA@example.com", t0 + timedelta(seconds=1), last_name="Costa"),
+        crm_sync_pb2.Contact(crm_id="x", properties_json="[1"), contact("y", "not-an-email", t0))
+    assert by_email.lead_id == r.lead_id
+    assert bad.status == "error" and bad.error_code == "invalid"
+    assert bad_email.status == "error" and bad_email.error_code == "invalid" and "email" in bad_email.error_message
+    lead = await mesh.scoring.GetLead(scoring_pb2.GetLeadRequest(id=r.lead_id), timeout=5)
+    assert lead.first_name == "Ana" and lead.last_name == "Costa"
+
+    await mesh.settle()
+    remote = mesh.emulator.get("/crm/v3/objects/contacts/other-id")
+    assert remote.get("category") == "OBJECT_NOT_FOUND"  # pushes follow the lead's current CRM id
+    stats = mesh.emulator.get("/_emulator/stats")
+    assert stats["objects"]["contacts"] >= 1
+    types = [i.type for i in await mesh.timeline(r.lead_id)]
+    assert {"contact_upserted", "contact_stale", "contact_pushed"} <= set(types)
+    assert all(i.kind == "crm" for i in await mesh.timeline(r.lead_id))
+
+
+async def test_field_ownership_and_conflicts(mesh: Mesh) -> None:
+    t0 = mesh.clock.now()
+    crm_id = remote_contact(mesh, "li@example.com")
+    [r] = await upsert(mesh, contact(crm_id, "li@example.com", t0, first_name="Li", phone="+1 555 0100"))
+    await mesh.settle()
+    # The platform renames the lead later than the CRM's last modification.
+    mesh.clock.advance(3600)
+    await mesh.scoring.UpsertLead(scoring_pb2.UpsertLeadRequest(
+        id=r.lead_id, fields_json=json.dumps({"first_name": "Wei", "attributes": {"company": "Platform Co",
+                                                                                   "phone": "+1 555 0199"}}),
+        merge=True, source="api"), timeout=5)
+    await mesh.settle()
+    # A CRM edit made before the platform's change: most_recent keeps the platform's name; always_crm
+    # takes the CRM's phone; a blank company under prefer_crm_unless_blank keeps the platform's.
+    [older] = await upsert(mesh, contact(crm_id, "li@example.com", t0 + timedelta(minutes=30), first_name="Lee",
+                                         phone="+1 555 0100", company=""))
+    assert list(older.conflicts) == ["first_name"]
+    lead = await mesh.scoring.GetLead(scoring_pb2.GetLeadRequest(id=r.lead_id), timeout=5)
+    attrs = json.loads(lead.attributes_json)
+    assert lead.first_name == "Wei" and attrs["phone"] == "+1 555 0100" and attrs["company"] == "Platform Co"
+    conflicts = [json.loads(i.details_json) for i in await mesh.timeline(r.lead_id) if i.type == "conflict"]
+    assert {(c["field"], c["winner"]) for c in conflicts} >= {("first_name", "platform"),
+                                                              ("attributes.phone", "crm")}
+    # A newer CRM edit wins.
+    mesh.clock.advance(3600)
+    [newer] = await upsert(mesh, contact(crm_id, "li@example.com", mesh.clock.now(), first_name="Lee"))
+    assert newer.status == "updated" and not newer.conflicts
+    lead = await mesh.scoring.GetLead(scoring_pb2.GetLeadRequest(id=r.lead_id), timeout=5)
+    assert lead.first_name == "Lee"
+    # Outbound: the platform-owned values reach the CRM; the CRM-owned phone is not overwritten.
+    await mesh.settle()
+    remote = mesh.emulator.get(f"/crm/v3/objects/contacts/{crm_id}")["properties"]
+    assert remote["nurture_score"] == str(lead.score) and remote["company"] == "Platform Co"
+    assert "phone" not in remote and remote["lifecyclestage"]
+
+
+async def test_activities_deals_and_unknown_ids(mesh: Mesh) -> None:
+    t0 = mesh.clock.now()
+    crm_id = remote_contact(mesh, "sam@example.com")
+    [r] = await upsert(mesh, contact(crm_id, "sam@example.com", t0, first_name="Sam"))
+    before = (await mesh.scoring.GetLead(scoring_pb2.GetLeadRequest(id=r.lead_id), timeout=5)).score
+
+    act = crm_sync_pb2.Activity(activity_id="call-1", crm_id=crm_id, kind="call", outcome="connected",
+                                body="Discussed the skilled worker route")
+    act.modified_at.FromDatetime(t0)
+    first = await mesh.crm.RecordActivity(crm_sync_pb2.RecordActivityRequest(activity=act), metadata=AUTH, timeout=5)
+    again = await mesh.crm.RecordActivity(crm_sync_pb2.RecordActivityRequest(activity=act), metadata=AUTH, timeout=5)
+    assert first.status == "recorded" and first.event_id and again.status == "duplicate"
+    lead = await mesh.scoring.GetLead(scoring_pb2.GetLeadRequest(id=r.lead_id), timeout=5)
+    assert lead.score == before + 5  # once, not twice
+
+    for bad, code in ((crm_sync_pb2.Activity(activity_id="a2", crm_id="nope", kind="call"), "NOT_FOUND"),
+                      (crm_sync_pb2.Activity(activity_id="a3", crm_id=crm_id, kind="smoke_signal"), "INVALID_ARGUMENT"),
+                      (crm_sync_pb2.Activity(activity_id="", crm_id=crm_id, kind="call"), "INVALID_ARGUMENT")):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await mesh.crm.RecordActivity(crm_sync_pb2.RecordActivityRequest(activity=bad), metadata=AUTH, timeout=5)
+        assert err.value.code().name == code
+
+    def deal(stage: str, minutes: int) -> crm_sync_pb2.ReportDealRequest:
+        d = crm_sync_pb2.Deal(deal_id="d-1", crm_id=crm_id, stage=stage, amount=4500, currency="EUR")
+        d.modified_at.FromDatetime(t0 + timedelta(minutes=minutes))
+        return crm_sync_pb2.ReportDealRequest(deal=d)
+
+    won = await mesh.crm.ReportDeal(deal("closed_won", 20), metadata=AUTH, timeout=5)
+    late = await mesh.crm.ReportDeal(deal("negotiation", 10), metadata=AUTH, timeout=5)
+    assert won.status == "recorded" and late.status == "stale"
+    lead = await mesh.scoring.GetLead(scoring_pb2.GetLeadRequest(id=r.lead_id), timeout=5)
+    assert lead.lifecycle_stage == "customer"
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await mesh.crm.ReportDeal(crm_sync_pb2.ReportDealRequest(deal=crm_sync_pb2.Deal(
+            deal_id="d-2", crm_id=crm_id, stage="closed_won")), metadata=AUTH, timeout=5)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # no modification time
+
+    await mesh.settle()
+    remote = mesh.emulator.get(f"/crm/v3/objects/contacts/{crm_id}")["properties"]
+    assert remote["lifecyclestage"] == "customer" and remote["nurture_converted_at"]
+    types = [i.type for i in await mesh.timeline(r.lead_id)]
+    assert {"activity_recorded", "deal_recorded", "deal_stale"} <= set(types)
+
+
+async def test_change_stream_resumes_without_gaps_or_repeats(mesh: Mesh) -> None:
+    t0 = mesh.clock.now()
+    ids = []
+    for n in range(4):
+        [r] = await upsert(mesh, contact(f"c{n}", f"p{n}@example.com", t0))
+        ids.append(r.lead_id)
+    await mesh.settle()
+    for n, lead_id in enumerate(ids):
+        await mesh.scoring.IngestEvents(scoring_pb2.IngestRequest(events=[scoring_pb2.Event(
+            lead_id=lead_id, type="page_viewed", idempotency_key=f"pv-{n}",
+            properties_json=json.dumps({"category": "pricing"}))]), timeout=5)
+    await mesh.settle()
+
+    async def read(cursor: str, limit: int = 0) -> list[crm_sync_pb2.LeadChange]:
+        req = crm_sync_pb2.WatchChangesRequest(cursor=cursor, limit=limit)
+        return [c async for c in mesh.crm.WatchChanges(req, metadata=AUTH, timeout=10)]
+
+    everything = await read("")
+    assert len(everything) >= 8
+    assert {c.lead_id for c in everything} == set(ids)
+    assert any("score" in c.changed and c.score > 0 for c in everything)
+    head = await read("", limit=3)
+    rest = await read(head[-1].cursor)
+    assert [c.cursor for c in head + rest] == [c.cursor for c in everything]
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await read("not-a-cursor")
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_tasks_assignment_and_recommendation(mesh: Mesh) -> None:
+    t0 = mesh.clock.now()
+    crm_id = remote_contact(mesh, "maya@example.com")
+    [r] = await upsert(mesh, contact(crm_id, "maya@example.com", t0, first_name="Maya"))
+    await mesh.settle()
+    # Journeys asks for a consultation task; the same dedupe key again is a duplicate.
+    req = crm_sync_pb2.TaskRequest(dedupe_key="l:consult:1", lead_id=r.lead_id, kind="consultation",
+                                   title="Book the consultation", priority="high",
+                                   details_json=json.dumps({"journey": "skilled_professional"}))
+    first = await mesh.sales.RequestTask(req, timeout=5)
+    again = await mesh.sales.RequestTask(req, timeout=5)
+    assert first.owner and first.task_id and again.duplicate and again.task_id == first.task_id
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await mesh.sales.RequestTask(crm_sync_pb2.TaskRequest(dedupe_key="k", lead_id="no-such-lead",
+                                                              kind="notify", priority="high"), timeout=5)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    # Bottom-funnel engagement publishes sales_alert: the rules create a sales task.
+    await mesh.scoring.IngestEvents(scoring_pb2.IngestRequest(events=[scoring_pb2.Event(
+        lead_id=r.lead_id, type="page_viewed", idempotency_key="bf-1",
+        properties_json=json.dumps({"category": "bottom_funnel"}))]), timeout=5)
+    await mesh.settle()
+    tasks = mesh.emulator.get(f"/crm/v3/objects/contacts/{crm_id}/associations/tasks")["results"]
+    assert len(tasks) == 2
+    subjects = sorted(mesh.emulator.get(f"/crm/v3/objects/tasks/{t['toObjectId']}")["properties"]["hs_task_subject"]
+                      for t in tasks)
+    assert subjects == ["Book the consultation", "Bottom-funnel engagement: reach out today"]
+    notes = mesh.emulator.get(f"/crm/v3/objects/contacts/{crm_id}/associations/notes")["results"]
+    body = mesh.emulator.get(f"/crm/v3/objects/notes/{notes[0]['toObjectId']}")["properties"]["hs_note_body"]
+    assert "<html>" in body and "Maya" in body and "meet.borderbridge.example" in body
+    lead = await mesh.scoring.GetLead(scoring_pb2.GetLeadRequest(id=r.lead_id), timeout=5)
+    assert json.loads(lead.attributes_json)["meeting_link"].startswith("https://meet.")
+    remote = mesh.emulator.get(f"/crm/v3/objects/contacts/{crm_id}")["properties"]
+    assert remote["hubspot_owner_id"] == first.owner
+    types = [i.type for i in await mesh.timeline(r.lead_id)]
+    assert types.count("task_created") == 2 and "assigned" in types and types.count("task_pushed") == 2
