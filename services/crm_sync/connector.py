@@ -38,7 +38,8 @@ class NotFound(Permanent):
 
 
 class Connector(Protocol):
-    async def upsert_contact(self, remote_id: str | None, properties: dict[str, str]) -> str: ...
+    async def upsert_contact(self, remote_id: str | None, properties: dict[str, str],
+                             create_properties: dict[str, str]) -> str: ...
 
     async def find(self, object_type: str, prop: str, value: str) -> str | None: ...
 
@@ -83,9 +84,11 @@ class HubSpotConnector:
             raise NotFound(f"HTTP 404: {message}")
         raise Permanent(f"HTTP {r.status_code}: {message}")
 
-    async def upsert_contact(self, remote_id: str | None, properties: dict[str, str]) -> str:
-        """PATCH the known contact, else create it; a create that meets an existing contact with the
-        same email (409, also what a retried create whose answer was lost meets) updates that one."""
+    async def upsert_contact(self, remote_id: str | None, properties: dict[str, str],
+                             create_properties: dict[str, str]) -> str:
+        """PATCH the known contact with `properties`, else create it with `create_properties`; a create
+        that meets an existing contact with the same email (409, also what a retried create whose
+        answer was lost meets) updates that one."""
         if remote_id:
             try:
                 await self._call("PATCH", f"/crm/v3/objects/contacts/{remote_id}", {"properties": properties})
@@ -93,7 +96,7 @@ class HubSpotConnector:
             except NotFound:
                 pass  # deleted in the CRM: create it again
         try:
-            created = await self._call("POST", "/crm/v3/objects/contacts", {"properties": properties})
+            created = await self._call("POST", "/crm/v3/objects/contacts", {"properties": create_properties})
             return str(created["id"])
         except Permanent as exc:
             found = _EXISTING.search(exc.reason)

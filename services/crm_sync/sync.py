@@ -699,11 +699,14 @@ class CrmSyncCore:
                                           converted_at=row["converted_at"])
         props = domain.outbound_properties(self.cfg, row["snapshot"], row["fields"], computed,
                                            contact_exists=bool(row["crm_id"]))
+        full = domain.outbound_properties(self.cfg, row["snapshot"], row["fields"], computed, contact_exists=False)
         digest = domain.props_hash(props)
         if digest == row["pushed_hash"] and row["crm_id"]:
             self.stats.skipped += 1
             return None
-        remote = await self.connector.upsert_contact(row["crm_id"], props)
+        remote = await self.connector.upsert_contact(row["crm_id"], props, full)
+        if remote != row["crm_id"]:
+            props = full
         self.stats.pushes += 1
         pushed_fields = {r.lead: props[r.crm] for r in self.cfg.fields
                          if r.crm in props and r.policy in domain.INBOUND_POLICIES}
