@@ -16,7 +16,7 @@ import grpc
 from nurture.api.common.v1 import common_pb2, common_pb2_grpc
 from nurture.api.messaging.v1 import messaging_pb2, messaging_pb2_grpc
 from nurture.bus import Publisher
-from nurture.clock import VirtualClock
+from nurture.clock import Clock, VirtualClock
 from nurture.rpc import ServiceServer, start_server
 from services.journeys.clients import TaskReply, TaskRequest
 
@@ -83,7 +83,7 @@ def lead(lead_id: str, segment: str = "skilled_professional", **attributes: Any)
 _ids = iter(range(1, 10**9))
 
 
-async def publish(pub: Publisher, clock: VirtualClock, lead_snapshot: dict[str, Any], etype: str,
+async def publish(pub: Publisher, clock: Clock, lead_snapshot: dict[str, Any], etype: str,
                   **props: Any) -> str:
     mid = f"bus-{next(_ids)}"
     await pub.publish([{"id": mid, "lead_id": lead_snapshot["id"], "type": etype, "properties": props,
