@@ -442,6 +442,8 @@ class Engine:
             return None
         j = self.journey(e.journey, e.version)
         if side:
+            if e.side_at is not None and e.side_at > now:
+                return None  # held by the frequency budget; its own timer fires at side_at
             while e.side:
                 s = j.steps.get(e.side[0])
                 if s is None or s.type not in ("send", "task", "webhook", "update"):
@@ -505,8 +507,14 @@ class Engine:
         if s.type in ("send", "webhook"):
             category = str(s.get("category", j.category))
             channel = "webhook" if s.type == "webhook" else str(s.get("channel", "email"))
-            if category == "nurture" and not side:
+            if category == "nurture":
                 slot = self._budget_slot(state, now)
+                if slot is not None and side:
+                    e.side_at = slot
+                    out.side_due.add(e.ekey)
+                    self._record(out, state, e, now, "deferred",
+                                 f"{s.id} held by the frequency budget until {iso(slot)}", step_to=s.id)
+                    return None
                 if slot is not None:
                     e.due = slot
                     e.token += 1
@@ -552,6 +560,7 @@ class Engine:
         if effect.side:
             if e.side and e.side[0] == s.id:
                 e.side.pop(0)
+            e.side_at = None
             return
         e.step = s.next
         e.due = now
@@ -561,7 +570,10 @@ class Engine:
                     reason: str) -> None:
         """The receiving service was unavailable: keep the cursor on the effect, try again later."""
         e = state.enrollments[effect.ekey]
-        if not effect.side:
+        if effect.side:
+            e.side_at = now + delay
+            out.side_due.add(e.ekey)
+        else:
             e.due = now + delay
             e.token += 1
         out.touched.add(e.ekey)

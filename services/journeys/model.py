@@ -54,6 +54,7 @@ class Enrollment:
     fired: dict[str, str] = field(default_factory=dict)
     side: list[str] = field(default_factory=list)
     side_token: int = 0
+    side_at: datetime | None = None  # when queued side steps may run (the budget can hold them)
     engaged: int = 0
     paused_remaining: float | None = None
     last_sent: str | None = None
@@ -62,14 +63,14 @@ class Enrollment:
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
-        for k in ("due", "entered_at", "stage_at", "ended_at"):
+        for k in ("due", "entered_at", "stage_at", "ended_at", "side_at"):
             out[k] = iso(getattr(self, k))
         return out
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> Enrollment:
         data = dict(raw)
-        for k in ("due", "entered_at", "stage_at", "ended_at"):
+        for k in ("due", "entered_at", "stage_at", "ended_at", "side_at"):
             data[k] = parse_time(data.get(k))
         return cls(**data)
 

@@ -137,7 +137,8 @@ class JourneysRuntime:
                 for lead, ekey, token, due, side in storage.armed(s):
                     main.append((lead, ekey, token, due))
                     if side:
-                        main.append((lead, ekey, "s", due))
+                        # Side steps fire now; one still held by the budget is re-armed at its time.
+                        main.append((lead, ekey, "s", datetime.fromtimestamp(0, UTC)))
                 inactive: list[tuple[str, str, int | str, datetime]] = [
                     (lead, INACTIVITY, token, due) for lead, token, due in storage.inactivity_armed(s)]
                 inactive += [(lead, DATE_PREFIX + key, token, due) for lead, key, token, due in storage.dates_armed(s)]
@@ -162,7 +163,7 @@ class JourneysRuntime:
         for ekey in sorted(out.side_due):
             e = state.enrollments.get(ekey)
             if e is not None and e.side:
-                items.append((state.lead_id, ekey, "s", now))
+                items.append((state.lead_id, ekey, "s", max(e.side_at or now, now)))
         if out.inactivity_changed and state.inactive_due is not None:
             items.append((state.lead_id, INACTIVITY, state.inactive_token, state.inactive_due))
         for key in sorted(out.dates_changed):
@@ -297,6 +298,8 @@ class JourneysRuntime:
                     continue
                 if t.side:
                     await self._drive(state, t.ekey, now, out, side=True)
+                    if e.side:
+                        out.side_due.add(t.ekey)  # still queued (held by the budget): re-arm at side_at
                 elif t.token == str(e.token):
                     await self._drive(state, t.ekey, now, out, side=False)
                 elif e.due is not None:
@@ -339,9 +342,6 @@ class JourneysRuntime:
                 status, message_id, reason = await self.clients.perform(state.lead_id, effect)
             except Unavailable as exc:
                 self.engine.retry_later(state, effect, now, RETRY_DELAY, out, str(exc))
-                if side:
-                    out.side_due.discard(ekey)
-                    await self.timers.schedule([(state.lead_id, ekey, "s", now + RETRY_DELAY)])
                 return
             self.engine.complete(state, effect, now, out, status=status, message_id=message_id, reason=reason)
 

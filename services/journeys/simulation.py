@@ -102,7 +102,10 @@ class Simulation:
             if e is not None and e.status == ACTIVE and e.due is not None:
                 self._push(e.due, "timer", state.lead_id, (ekey, e.token), self.engine.priority_of(state, ekey))
         for ekey in sorted(out.side_due):
-            self._push(self.now, "side", state.lead_id, ekey, self.engine.priority_of(state, ekey))
+            e = state.enrollments.get(ekey)
+            if e is not None and e.side:
+                self._push(max(e.side_at or self.now, self.now), "side", state.lead_id, ekey,
+                           self.engine.priority_of(state, ekey))
         if out.inactivity_changed and state.inactive_due is not None:
             self._push(state.inactive_due, "inactive", state.lead_id, state.inactive_token)
         for key in sorted(out.dates_changed):

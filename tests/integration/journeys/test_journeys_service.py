@@ -191,3 +191,23 @@ async def test_definitions_versions_and_validation(mesh: Mesh) -> None:
     sim = json.loads((await mesh.stub.Simulate(journeys_pb2.SimulateRequest(request_json=json.dumps(
         {"journeys": ["lead_magnet"], "leads": 50, "days": 20, "seed": 2})), timeout=30)).report_json)
     assert sim["journeys"]["lead_magnet"]["steps"][0]["step"] == "email_01"
+
+
+async def test_crm_down_side_task_is_retried_once_back(mesh: Mesh) -> None:
+    port = mesh.crm.port
+    await mesh.crm.stop(0)
+    ed = lead("l-5", "skilled_professional")
+    await publish(mesh.pub, mesh.clock, ed, "lead_created")
+    await publish(mesh.pub, mesh.clock, ed, "page_viewed", category="bottom_funnel")
+    await settle(mesh.admin)
+    assert mesh.rec.tasks == []
+    _, crm = await start_fakes(mesh.rec, messaging_port=free_port(), crm_port=port)
+    mesh.crm = crm
+    for _ in range(20):
+        await advance(mesh.admin, mesh.clock, 120)
+        if mesh.rec.tasks:
+            break
+        await asyncio.sleep(0.25)
+    assert [t.dedupe_key for t in mesh.rec.tasks] == ["l-5:triggers:1:bottom_funnel:1.1"]
+    await advance(mesh.admin, mesh.clock, 3600)
+    assert len(mesh.rec.tasks) == 1
