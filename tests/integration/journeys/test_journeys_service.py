@@ -118,7 +118,8 @@ async def test_messaging_down_means_retry_later_not_lost_nor_doubled(mesh: Mesh)
     assert mesh.rec.sends == []
     tl = await mesh.admin.Timeline(common_pb2.TimelineRequest(lead_id="l-2"), timeout=5)
     assert any("will be retried" in s for s in timeline_summaries(tl))
-    messaging, _ = await start_fakes(mesh.rec, messaging_port=port, crm_port=free_port())
+    messaging, spare = await start_fakes(mesh.rec, messaging_port=port, crm_port=free_port())
+    await spare.stop(0)
     mesh.messaging = messaging
     for _ in range(20):  # the channel may still be in its reconnect backoff: each retry is a minute later
         await advance(mesh.admin, mesh.clock, 120)
@@ -201,7 +202,8 @@ async def test_crm_down_side_task_is_retried_once_back(mesh: Mesh) -> None:
     await publish(mesh.pub, mesh.clock, ed, "page_viewed", category="bottom_funnel")
     await settle(mesh.admin)
     assert mesh.rec.tasks == []
-    _, crm = await start_fakes(mesh.rec, messaging_port=free_port(), crm_port=port)
+    spare, crm = await start_fakes(mesh.rec, messaging_port=free_port(), crm_port=port)
+    await spare.stop(0)
     mesh.crm = crm
     for _ in range(20):
         await advance(mesh.admin, mesh.clock, 120)
