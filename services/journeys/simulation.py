@@ -8,8 +8,8 @@ make a run deterministic. The report is the same funnel analytics computes from 
 Behaviour (all optional):
     {"default": {"open": 0.35, "click": 0.25, "convert": 0.01},     # click/convert are given an open/click
      "segments": {"family": {"open": 0.45}}, "stages": {"decision": {"convert": 0.04}},
-     "actions": {"webinar": 0.1, "trial": 0.05, "checkout": 0.05, "download": 0.25, "assessment": 0.08,
-                 "page_views_per_week": 1.0, "unsubscribe": 0.002}}
+     "actions": {"webinar": 0.1, "attend": 0.4, "trial": 0.05, "trial_convert": 0.2, "checkout": 0.05,
+                 "download": 0.25, "assessment": 0.08, "page_views_per_week": 1.0, "unsubscribe": 0.002}}
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ from services.journeys.registry import Registry
 
 SEGMENTS = ("skilled_professional", "family", "entrepreneur")
 DEFAULT_RATES = {"open": 0.35, "click": 0.25, "convert": 0.01}
-DEFAULT_ACTIONS = {"webinar": 0.1, "trial": 0.05, "checkout": 0.05, "download": 0.25, "assessment": 0.08,
-                   "page_views_per_week": 1.0, "unsubscribe": 0.002}
+DEFAULT_ACTIONS = {"webinar": 0.1, "attend": 0.4, "trial": 0.05, "trial_convert": 0.2, "checkout": 0.05,
+                   "download": 0.25, "assessment": 0.08, "page_views_per_week": 1.0, "unsubscribe": 0.002}
 PAGE_CATEGORIES = ("pricing", "country", "credentials", "education", "healthcare", "investment", "funding",
                    "high_intent", "bottom_funnel", "safety", "fast_track", "business_plan")
 MAX_LEADS = 200_000
@@ -151,11 +151,16 @@ class Simulation:
             self._message(when(), lead_id, "resource_downloaded", {"resource": "guide", "category": "country"})
         if rng.random() < self._action("webinar"):
             at = when()
-            self._message(at, lead_id, "webinar_registered",
-                          {"webinar_id": f"w-{at.date().isoformat()}", "starts_at": iso(at + timedelta(days=5))})
+            webinar, starts = f"w-{at.date().isoformat()}", at + timedelta(days=5)
+            self._message(at, lead_id, "webinar_registered", {"webinar_id": webinar, "starts_at": iso(starts)})
+            if rng.random() < self._action("attend"):
+                self._message(starts + timedelta(minutes=5), lead_id, "webinar_attended", {"webinar_id": webinar})
         if rng.random() < self._action("trial"):
             at = when()
             self._message(at, lead_id, "trial_started", {"ends_at": iso(at + timedelta(days=14))})
+            if rng.random() < self._action("trial_convert"):
+                self._message(at + timedelta(days=13, hours=rng.randrange(0, 48)), lead_id, "subscribed",
+                              {"plan": "standard"})
         if rng.random() < self._action("checkout"):
             self._message(when(), lead_id, "checkout_started", {"cart_id": f"c-{lead_id}"})
         if rng.random() < self._action("assessment"):
