@@ -11,7 +11,7 @@ clock) on free ports in a temporary data dir. Phases:
 3. outbound: one scoring event per lead changes every lead's score; crm_sync hears it on the bus and
    pushes each contact (PATCH) to the emulator. The push rate is the emulator's count of writes over
    the time from its first to its last write of the phase.
-Prints figures, then one JSON line.
+CRM_BENCH_PROFILE=FILE runs crm_sync under cProfile. Prints figures, then one JSON line.
 """
 
 from __future__ import annotations
@@ -140,7 +140,9 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
         wait_http(f"{emu}/_emulator/stats")
         time.sleep(0.3)
         procs.append(subprocess.Popen([sys.executable, "-m", "services.scoring"], cwd=ROOT, env=env))
-        procs.append(subprocess.Popen([sys.executable, "-m", "services.crm_sync"], cwd=ROOT, env=env))
+        prof = os.environ.get("CRM_BENCH_PROFILE")
+        profile = ["-m", "cProfile", "-o", prof] if prof else []
+        procs.append(subprocess.Popen([sys.executable, *profile, "-m", "services.crm_sync"], cwd=ROOT, env=env))
         crm_addr, scoring_addr = f"127.0.0.1:{crm_port}", f"127.0.0.1:{scoring_port}"
         await wait_grpc(scoring_addr)
         await wait_grpc(crm_addr)

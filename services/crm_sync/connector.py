@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Any, Protocol
 
-import httpx
+from services.crm_sync.http import HttpClient, RequestTimeout, Response, TransportError
 
 TASK_CONTACT = 204   # HubSpot default association type ids
 NOTE_CONTACT = 202
@@ -61,28 +61,29 @@ class HubSpotConnector:
     def __init__(self, base_url: str, *, token: str | None = None, timeout: float = 5.0,
                  max_connections: int = 32) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._client = httpx.AsyncClient(
-            base_url=base_url.rstrip("/"), headers=headers, timeout=httpx.Timeout(timeout),
-            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections))
+        self._client = HttpClient(base_url, headers=headers, timeout=timeout, max_connections=max_connections)
 
     async def close(self) -> None:
         await self._client.aclose()
 
     async def _call(self, method: str, path: str, body: Any = None) -> Any:
         try:
-            r = await self._client.request(method, path, json=body)
-        except httpx.TimeoutException as exc:
-            raise Retryable(f"timeout: {type(exc).__name__} on {method} {path}") from exc
-        except httpx.HTTPError as exc:
-            raise Retryable(f"unreachable: {type(exc).__name__}: {exc}") from exc
-        if r.status_code < 300:
-            return r.json() if r.content else None
+            r = await self._client.request(method, path, body)
+        except RequestTimeout as exc:
+            raise Retryable(f"timeout: {exc} on {method} {path}") from exc
+        except TransportError as exc:
+            raise Retryable(f"unreachable: {exc}") from exc
+        if r.status < 300:
+            try:
+                return r.json()
+            except ValueError as exc:
+                raise Retryable(f"HTTP {r.status} with a malformed body") from exc
         message = _message(r)
-        if r.status_code == 429 or r.status_code >= 500:
-            raise Retryable(f"HTTP {r.status_code}: {message}", _retry_after(r.headers.get("retry-after")))
-        if r.status_code == 404:
+        if r.status == 429 or r.status >= 500:
+            raise Retryable(f"HTTP {r.status}: {message}", _retry_after(r.headers.get("retry-after")))
+        if r.status == 404:
             raise NotFound(f"HTTP 404: {message}")
-        raise Permanent(f"HTTP {r.status_code}: {message}")
+        raise Permanent(f"HTTP {r.status}: {message}")
 
     async def upsert_contact(self, remote_id: str | None, properties: dict[str, str],
                              create_properties: dict[str, str]) -> str:
@@ -133,11 +134,12 @@ def _assoc(to_id: str, type_id: int) -> dict[str, Any]:
     return {"to": {"id": to_id}, "types": [{"associationCategory": "HUBSPOT_DEFINED", "associationTypeId": type_id}]}
 
 
-def _message(r: httpx.Response) -> str:
+def _message(r: Response) -> str:
+    text = r.body.decode("utf-8", "replace")
     try:
-        return str(r.json().get("message", r.text))[:300]
-    except ValueError:
-        return r.text[:300]
+        return str(r.json().get("message", text))[:300]
+    except (ValueError, AttributeError):
+        return text[:300]
 
 
 def _retry_after(value: str | None) -> float | None:

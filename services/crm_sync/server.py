@@ -251,6 +251,7 @@ async def serve(settings: Settings) -> Running:
         await scoring_channel.close()
         await journeys_channel.close()
         await redis.aclose()
+        core.close()
         db.close()
 
     return Running(server=handle, tasks=tasks, close=close)

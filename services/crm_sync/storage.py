@@ -46,6 +46,14 @@ def get_lead(s: Session, lead_id: str) -> dict[str, Any] | None:
     return _lead_row(row) if row else None
 
 
+def get_leads(s: Session, lead_ids: list[str]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for chunk in iter_chunks(sorted(set(lead_ids)), 500):
+        for row in s.execute(select(leads).where(leads.c.lead_id.in_(chunk))).all():
+            out[row.lead_id] = _lead_row(row)
+    return out
+
+
 def find_lead(s: Session, *, crm: str, crm_id: str | None, lead_id: str | None, email: str | None
               ) -> dict[str, Any] | None:
     """Match a CRM contact: by CRM id, then the lead id the CRM stored, then email."""
@@ -155,6 +163,11 @@ def finish_job(s: Session, job_id: int, *, status: str, attempts: int, due_at: d
     s.execute(update(outbox).where(outbox.c.id == job_id).values(
         status=status, attempts=attempts, due_at=due_at, last_error=error,
         done_at=now if status != "pending" else None))
+
+
+def mark_running(s: Session, job_ids: list[int]) -> None:
+    for chunk in iter_chunks(job_ids, 500):
+        s.execute(update(outbox).where(outbox.c.id.in_(chunk)).values(status="running"))
 
 
 def next_due(s: Session) -> datetime | None:

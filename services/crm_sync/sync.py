@@ -23,6 +23,7 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -232,13 +233,24 @@ class CrmSyncCore:
         self.stats = SyncStats()
         self._push_lock = asyncio.Lock()
         self._change_waiters: set[asyncio.Event] = set()
+        self._readers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="crm_sync-read")
+        self._prefetched: dict[str, dict[str, Any]] = {}
 
     async def sql(self, fn: Callable[[Session], T]) -> T:
+        """A read-write transaction in the database's writer executor."""
         def run() -> T:
             with self.db.session() as s:
                 return fn(s)
 
         return await self.db.run(run)
+
+    async def read(self, fn: Callable[[Session], T]) -> T:
+        """A read on its own thread pool: on SQLite (WAL) readers do not queue behind the one writer."""
+        def run() -> T:
+            with Session(self.db.engine) as s:
+                return fn(s)
+
+        return await asyncio.get_running_loop().run_in_executor(self._readers, run)
 
     # ------------------------------------------------------------------------------------------------
     # Inbound: contacts
@@ -251,7 +263,7 @@ class CrmSyncCore:
                                   "error_message": "", "conflicts": []}
         key = c.crm_id or c.email.lower()
         async with self.locks.hold(f"{crm}:{key}"):
-            row = await self.sql(lambda s: st.find_lead(s, crm=crm, crm_id=c.crm_id or None,
+            row = await self.read(lambda s: st.find_lead(s, crm=crm, crm_id=c.crm_id or None,
                                                         lead_id=c.lead_id or None, email=c.email or None))
             digest = hashlib.sha256(json.dumps([c.crm_id, c.email, c.first_name, c.last_name, c.properties],
                                                sort_keys=True, default=str).encode()).hexdigest()[:32]
@@ -316,7 +328,7 @@ class CrmSyncCore:
     # Inbound: activities and deals
 
     async def _resolve(self, crm: str, crm_id: str, lead_id: str) -> str:
-        row = await self.sql(lambda s: st.find_lead(s, crm=crm, crm_id=crm_id or None, lead_id=lead_id or None,
+        row = await self.read(lambda s: st.find_lead(s, crm=crm, crm_id=crm_id or None, lead_id=lead_id or None,
                                                     email=None))
         if row:
             return str(row["lead_id"])
@@ -335,7 +347,7 @@ class CrmSyncCore:
         """Common path of activities and deals: staleness by the CRM's modification time, the event to
         scoring (idempotent by key), then our record and the timeline."""
         async with self.locks.hold(f"{crm}:{kind}:{object_id}"):
-            seen = await self.sql(lambda s: st.get_inbound(s, crm, kind, object_id))
+            seen = await self.read(lambda s: st.get_inbound(s, crm, kind, object_id))
             if seen and modified_at < seen["modified_at"]:
                 await self.writer.submit(lambda s: st.add_timeline(
                     s, lead_id, self.clock.now(), f"{kind}_stale", f"Ignored an out-of-order {kind} {object_id}",
@@ -430,7 +442,7 @@ class CrmSyncCore:
         try:
             while True:
                 wake.clear()
-                rows = await self.sql(functools.partial(st.changes_after, seq=cursor, limit=500))
+                rows = await self.read(functools.partial(st.changes_after, seq=cursor, limit=500))
                 for row in rows:
                     yield row
                     cursor = row["seq"]
@@ -565,10 +577,10 @@ class CrmSyncCore:
             raise InputError("kind must be sales_alert, follow_up, consultation or notify")
         if req["priority"] not in ("high", "normal"):
             raise InputError("priority must be high or normal")
-        found = await self.sql(lambda s: st.get_task_by_key(s, req["dedupe_key"]))
+        found = await self.read(lambda s: st.get_task_by_key(s, req["dedupe_key"]))
         if found:
             return found, True
-        row = await self.sql(lambda s: st.get_lead(s, req["lead_id"]))
+        row = await self.read(lambda s: st.get_lead(s, req["lead_id"]))
         lead = row["snapshot"] if row and row["snapshot"] else None
         if lead is None:
             try:
@@ -606,14 +618,14 @@ class CrmSyncCore:
         async with self._push_lock:
             now = self.clock.now()
 
-            def claim(s: Session) -> list[dict[str, Any]]:
+            def claim(s: Session) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
                 jobs = st.due_jobs(s, now, limit)
-                for j in jobs:
-                    st.finish_job(s, j["id"], status="running", attempts=j["attempts"], due_at=j["due_at"],
-                                  error=j["last_error"], now=now)
-                return jobs
+                st.mark_running(s, [j["id"] for j in jobs])
+                # Contact pushes read their lead's state now, in the same round trip.
+                return jobs, st.get_leads(s, [j["lead_id"] for j in jobs if j["op"] == "contact"])
 
-            jobs = await self.sql(claim)
+            jobs, prefetched = await self.sql(claim)
+            self._prefetched = prefetched
             if not jobs:
                 return 0
             by_lead: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -663,7 +675,8 @@ class CrmSyncCore:
     async def _perform(self, job: dict[str, Any]) -> Outcome:
         try:
             if job["op"] == "contact":
-                return Outcome("done", apply=await self._push_contact(job["lead_id"]))
+                return Outcome("done", apply=await self._push_contact(job["lead_id"],
+                                                                      self._prefetched.pop(job["lead_id"], None)))
             if job["op"] == "task":
                 return Outcome("done", apply=await self._push_task(job))
             if job["op"] == "lead":
@@ -691,8 +704,10 @@ class CrmSyncCore:
             log.exception("push %s failed unexpectedly", job["id"])
             return Outcome("retry", error=f"{type(exc).__name__}: {exc}")
 
-    async def _push_contact(self, lead_id: str) -> Callable[[Session], None] | None:
-        row = await self.sql(lambda s: st.get_lead(s, lead_id))
+    async def _push_contact(self, lead_id: str, row: dict[str, Any] | None = None
+                            ) -> Callable[[Session], None] | None:
+        if row is None:
+            row = await self.read(lambda s: st.get_lead(s, lead_id))
         if row is None or not row["snapshot"]:
             return None
         computed = domain.computed_values(self.cfg, row["snapshot"], row["journeys"], owner=row["owner"],
@@ -733,10 +748,10 @@ class CrmSyncCore:
         return apply
 
     async def _push_task(self, job: dict[str, Any]) -> Callable[[Session], None] | None:
-        task = await self.sql(lambda s: st.get_task(s, job["ref"]))
+        task = await self.read(lambda s: st.get_task(s, job["ref"]))
         if task is None:
             return None
-        row = await self.sql(lambda s: st.get_lead(s, task["lead_id"]))
+        row = await self.read(lambda s: st.get_lead(s, task["lead_id"]))
         if row is None:
             return None
         contact = row["crm_id"]
@@ -745,7 +760,7 @@ class CrmSyncCore:
             first = await self._push_contact(task["lead_id"])
             if first is not None:
                 await self.sql(first)
-            row = await self.sql(lambda s: st.get_lead(s, task["lead_id"]))
+            row = await self.read(lambda s: st.get_lead(s, task["lead_id"]))
             contact = row["crm_id"] if row else None
             if not contact:
                 raise Retryable("contact not in the CRM yet")
@@ -822,8 +837,11 @@ class CrmSyncCore:
     # ------------------------------------------------------------------------------------------------
     # Admin
 
+    def close(self) -> None:
+        self._readers.shutdown(wait=True)
+
     async def timeline(self, lead_id: str, limit: int) -> list[dict[str, Any]]:
-        return await self.sql(lambda s: st.get_timeline(s, lead_id, limit))
+        return await self.read(lambda s: st.get_timeline(s, lead_id, limit))
 
     async def erase(self, lead_id: str) -> int:
         now = self.clock.now()
