@@ -1,0 +1,132 @@
+"""crm_sync decisions without network: ownership, outbound properties, backoff, rules against the
+reference evaluator, the recommendation document."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from nurture.rules import reference_evaluate
+from services.crm_sync import domain
+
+T0 = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
+
+
+@pytest.fixture(scope="module")
+def cfg() -> domain.SyncConfig:
+    return domain.load_config()
+
+
+def lead(**kw: object) -> dict:
+    base = {"id": "l1", "email": "a@example.com", "first_name": "Ana", "last_name": None, "segment": "family",
+            "attributes": {}, "score": 10, "grade": "C", "lifecycle_stage": "lead", "counters": {},
+            "interests": {"countries": [], "topics": []}}
+    base.update(kw)
+    return base
+
+
+def test_most_recent_keeps_a_newer_platform_change(cfg: domain.SyncConfig) -> None:
+    state = {"first_name": {"platform_at": (T0 + timedelta(hours=1)).isoformat()}}
+    merged = domain.merge_inbound(cfg, {"firstname": "Anna"}, T0, lead(), state)
+    assert "first_name" not in merged.fields
+    assert merged.conflicts[0]["winner"] == "platform" and merged.conflicts[0]["field"] == "first_name"
+    newer = domain.merge_inbound(cfg, {"firstname": "Anna"}, T0 + timedelta(hours=2), lead(), state)
+    assert newer.fields == {"first_name": "Anna"} and newer.conflicts[0]["winner"] == "crm"
+
+
+def test_prefer_crm_unless_blank_and_always_crm(cfg: domain.SyncConfig) -> None:
+    current = lead(attributes={"company": "Acme", "phone": "1"})
+    merged = domain.merge_inbound(cfg, {"company": "", "phone": ""}, T0, current, {})
+    # A blank company keeps the platform's; the CRM always owns the phone, blank included (cleared).
+    assert merged.fields == {"attributes": {"phone": None}} and merged.conflicts == []
+    merged = domain.merge_inbound(cfg, {"company": "Beta"}, T0, current, {})
+    assert merged.fields == {"attributes": {"company": "Beta"}}
+    assert merged.conflicts[0]["winner"] == "crm"
+
+
+def test_do_not_sync_and_platform_owned_fields_are_ignored_inbound(cfg: domain.SyncConfig) -> None:
+    merged = domain.merge_inbound(cfg, {"nurture_internal_notes": "x", "nurture_score": "99", "favourite": "blue"},
+                                  T0, lead(), {})
+    assert merged.fields == {"attributes": {"crm_favourite": "blue"}}
+
+
+def test_outbound_properties_follow_ownership(cfg: domain.SyncConfig) -> None:
+    current = lead(attributes={"company": "Acme", "phone": "1", "notes_internal": "secret"})
+    computed = domain.computed_values(cfg, current, [{"journey": "family", "status": "active"}], owner="o@x",
+                                      converted_at=None)
+    created = domain.outbound_properties(cfg, current, {}, computed, contact_exists=False)
+    assert created["email"] == "a@example.com" and created["phone"] == "1" and "nurture_internal_notes" not in created
+    assert created["nurture_journeys"] == "family:active" and created["lifecyclestage"] == "lead"
+    state = {"email": {"crm_value": "a@example.com"}, "attributes.company": {"crm_value": None},
+             "first_name": {"crm_value": "Ann", "crm_at": T0.isoformat(),
+                            "platform_at": (T0 + timedelta(minutes=1)).isoformat()}}
+    later = domain.outbound_properties(cfg, current, state, computed, contact_exists=True)
+    assert "email" not in later and "phone" not in later  # CRM-owned once the contact exists
+    assert later["company"] == "Acme" and later["firstname"] == "Ana"
+
+
+def test_platform_changes_from_the_crm_do_not_count(cfg: domain.SyncConfig) -> None:
+    state = domain.track_platform_changes(cfg, lead(first_name="X"), {}, T0, from_crm=True)
+    assert "platform_at" not in state["first_name"]
+    state = domain.track_platform_changes(cfg, lead(first_name="Y"), state, T0, from_crm=False)
+    assert state["first_name"]["platform_at"] == T0.isoformat()
+
+
+def test_retry_delay_grows_caps_and_honours_retry_after() -> None:
+    delays = [domain.retry_delay(7, a, None) for a in range(1, domain.MAX_ATTEMPTS)]
+    assert delays[0] < delays[3] < delays[8]
+    assert max(delays) <= domain.MAX_DELAY_S * 1.2
+    assert sum(delays) > 3600  # an hour-long outage is outlasted
+    assert domain.retry_delay(7, 1, 120) == 120
+    assert domain.retry_delay(7, 1, 10**9) == domain.MAX_RETRY_AFTER_S
+    assert domain.retry_delay(7, 3, None) == domain.retry_delay(7, 3, None)  # deterministic
+
+
+def test_projection_changes() -> None:
+    a = domain.projection(lead(counters={"opens_7d": 1}), [])
+    b = domain.projection(lead(score=20, counters={"opens_7d": 2}), [{"journey": "family", "status": "active"}])
+    assert domain.changed_keys(a, b) == ["score", "journeys", "engagement"]
+    assert domain.changed_keys(a, a) == []
+
+
+def test_assignment_tasks_and_notifications(cfg: domain.SyncConfig) -> None:
+    facts = domain.facts_for(lead(segment="entrepreneur", score=45), [], None)
+    assert domain.pick_team(cfg, facts) == ("investor_desk", "entrepreneur_qualified")
+    facts = domain.facts_for(lead(interests={"countries": ["canada"]}), [], None)
+    assert domain.pick_team(cfg, facts) == ("north_america", "north_america_interest")
+    assert domain.pick_team(cfg, domain.facts_for(lead(segment=None), [], None)) == ("general", "everyone_else")
+    plans = domain.planned_tasks(cfg, "l1", domain.facts_for(lead(score=80), ["sales_alert"], None), T0)
+    assert [(p.kind, p.priority) for p in plans] == [("sales_alert", "high"), ("notify", "high")]
+    assert plans[0].dedupe_key == "rule:sales_alert:l1:2026-01-05" and plans[1].dedupe_key == "notify:high_priority_lead:l1"
+    assert plans[0].due_at == T0 + timedelta(hours=4)
+    assert domain.planned_tasks(cfg, "l1", domain.facts_for(lead(), [], None), T0) == []
+
+
+leads = st.fixed_dictionaries({
+    "id": st.just("l"), "segment": st.sampled_from(["family", "entrepreneur", "skilled_professional", ""]),
+    "score": st.integers(0, 120), "grade": st.sampled_from("ABCD"),
+    "interests": st.fixed_dictionaries({"countries": st.lists(st.sampled_from(["canada", "usa", "uk"]))}),
+    "attributes": st.fixed_dictionaries({}, optional={"country": st.sampled_from(["Canada", "France"])}),
+})
+
+
+@settings(max_examples=150, deadline=None)
+@given(leads, st.lists(st.sampled_from(["sales_alert", "mql_reached", "high_engagement", "other"]), unique=True))
+def test_engine_agrees_with_reference(lead_facts: dict, signals: list[str]) -> None:
+    cfg = domain.load_config()
+    facts = domain.facts_for(lead_facts, signals, None)
+    for compiled in (cfg.assignment, cfg.tasks, cfg.notifications):
+        assert [m.rule for m in compiled.evaluate(facts)] == reference_evaluate(compiled.specs, facts)
+
+
+def test_recommendation_document_is_escaped() -> None:
+    doc = domain.recommendation_document(
+        lead(first_name="<script>", segment="entrepreneur", attributes={"budget": "500k"},
+             interests={"countries": ["canada"], "topics": []}),
+        [{"journey": "entrepreneur", "status": "active", "stage": "consideration"}], owner="o@x",
+        meeting_link="https://meet.example/o", task_title="Call", why="Sales alert")
+    assert "<script>" not in doc and "&lt;script&gt;" in doc
+    assert "investor-visa" in doc and "https://meet.example/o" in doc and "canada" in doc
