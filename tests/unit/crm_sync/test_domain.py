@@ -100,7 +100,7 @@ def test_assignment_tasks_and_notifications(cfg: domain.SyncConfig) -> None:
     assert domain.pick_team(cfg, domain.facts_for(lead(segment=None), [], None)) == ("general", "everyone_else")
     plans = domain.planned_tasks(cfg, "l1", domain.facts_for(lead(score=80), ["sales_alert"], None), T0)
     assert [(p.kind, p.priority) for p in plans] == [("sales_alert", "high"), ("notify", "high")]
-    assert plans[0].dedupe_key == "rule:sales_alert:l1:2026-01-05" and plans[1].dedupe_key == "notify:high_priority_lead:l1"
+    assert [p.dedupe_key for p in plans] == ["rule:sales_alert:l1:2026-01-05", "notify:high_priority_lead:l1"]
     assert plans[0].due_at == T0 + timedelta(hours=4)
     assert domain.planned_tasks(cfg, "l1", domain.facts_for(lead(), [], None), T0) == []
 
