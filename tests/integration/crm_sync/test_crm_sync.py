@@ -223,3 +223,22 @@ async def test_tasks_assignment_and_recommendation(mesh: Mesh) -> None:
     assert remote["hubspot_owner_id"] == first.owner
     types = [i.type for i in await mesh.timeline(r.lead_id)]
     assert types.count("task_created") == 2 and "assigned" in types and types.count("task_pushed") == 2
+
+
+async def test_follow_stream_hears_new_changes(mesh: Mesh) -> None:
+    import asyncio
+
+    [r] = await upsert(mesh, contact("w1", "w1@example.com", mesh.clock.now()))
+    await mesh.settle()
+    head = [c async for c in mesh.crm.WatchChanges(crm_sync_pb2.WatchChangesRequest(), metadata=AUTH, timeout=5)]
+    call = mesh.crm.WatchChanges(crm_sync_pb2.WatchChangesRequest(cursor=head[-1].cursor, follow=True, limit=1),
+                                 metadata=AUTH, timeout=10)
+    waiting = asyncio.ensure_future(call.read())
+    await asyncio.sleep(0.2)
+    assert not waiting.done()
+    await mesh.scoring.IngestEvents(scoring_pb2.IngestRequest(events=[scoring_pb2.Event(
+        lead_id=r.lead_id, type="page_viewed", idempotency_key="follow-1",
+        properties_json=json.dumps({"category": "pricing"}))]), timeout=5)
+    await mesh.settle()
+    change = await asyncio.wait_for(waiting, 5)
+    assert change.lead_id == r.lead_id and "score" in change.changed and int(change.cursor) > int(head[-1].cursor)
