@@ -213,3 +213,34 @@ async def test_crm_down_side_task_is_retried_once_back(mesh: Mesh) -> None:
     assert [t.dedupe_key for t in mesh.rec.tasks] == ["l-5:triggers:1:bottom_funnel:1.1"]
     await advance(mesh.admin, mesh.clock, 3600)
     assert len(mesh.rec.tasks) == 1
+
+
+async def test_inactivity_pauses_segment_then_erasure_removes_everything(mesh: Mesh) -> None:
+    fay = lead("l-6", "family")
+    await publish(mesh.pub, mesh.clock, fay, "lead_created")
+    await settle(mesh.admin)
+    first = next(r for r in mesh.rec.sends if r.lead_id == "l-6")
+    # An open attributed by message id only (messaging's tracking event) reaches analytics.
+    await publish(mesh.pub, mesh.clock, fay, "email_opened", message_id=mesh.rec.delivered[first.dedupe_key])
+    await settle(mesh.admin)
+    report = json.loads((await mesh.stub.Analytics(journeys_pb2.AnalyticsRequest(key="family"), timeout=5)).report_json)
+    assert report["steps"][0]["step"] == "email_01" and report["steps"][0]["opened"] == 1
+
+    await advance(mesh.admin, mesh.clock, 15 * 86400)
+    reply = await mesh.stub.LeadJourneys(journeys_pb2.LeadJourneysRequest(lead_id="l-6"), timeout=5)
+    status = {e.journey: e.status for e in reply.enrollments}
+    assert status["re_engagement"] == "active" and status["family"] == "paused"
+    tl = await mesh.admin.Timeline(common_pb2.TimelineRequest(lead_id="l-6"), timeout=5)
+    assert any("re_engagement: entered: inactivity days=14" in s and "matched rule inactive_14d" in s
+               for s in timeline_summaries(tl))
+    assert any("family: paused while re_engagement runs" in s for s in timeline_summaries(tl))
+
+    await publish(mesh.pub, mesh.clock, fay, "lead_erased")
+    await settle(mesh.admin)
+    reply = await mesh.stub.LeadJourneys(journeys_pb2.LeadJourneysRequest(lead_id="l-6"), timeout=5)
+    assert list(reply.enrollments) == []
+    tl = await mesh.admin.Timeline(common_pb2.TimelineRequest(lead_id="l-6"), timeout=5)
+    assert list(tl.items) == []
+    before = len(mesh.rec.sends)
+    await advance(mesh.admin, mesh.clock, 10 * 86400)
+    assert not [r for r in mesh.rec.sends[before:] if r.lead_id == "l-6"]
