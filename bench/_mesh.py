@@ -36,7 +36,7 @@ def private_mesh(clock: str = "real") -> Iterator[Mesh]:
     http = free_port()
     env = {**os.environ, "NURTURE_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0", "NURTURE_EMBEDDED_REDIS": "1",
            "NURTURE_SMTP_URL": f"smtp://127.0.0.1:{free_port()}", "NURTURE_CRM_URL": f"http://127.0.0.1:{free_port()}",
-           "NURTURE_LOG_LEVEL": "WARNING"}
+           "NURTURE_LOG_LEVEL": "WARNING", "NURTURE_EMBEDDED_SMTP": "1", "NURTURE_EMBEDDED_CRM": "1"}
     for service in ("scoring", "journeys", "messaging", "crm_sync"):
         env[f"NURTURE_{service.upper()}_ADDR"] = f"127.0.0.1:{free_port()}"
     proc = subprocess.Popen([sys.executable, "-m", "nurture.cli", "up", "--data-dir", data, "--http-port", str(http),

@@ -108,13 +108,16 @@ def up(args: argparse.Namespace) -> int:
         children.append(Child("redis", [_redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir",
                                         str(data / "redis"), "--appendonly", "yes", "--appendfsync", "everysec",
                                         "--save", "", "--protected-mode", "no"], base_env, logs / "redis.log"))
-    smtp_local = args.smtp_url is None and "NURTURE_SMTP_URL" not in os.environ
+    # NURTURE_EMBEDDED_SMTP=1 / NURTURE_EMBEDDED_CRM=1 run the local sink / emulator on a configured URL.
+    smtp_local = (args.smtp_url is None and "NURTURE_SMTP_URL" not in os.environ) or (
+        os.environ.get("NURTURE_EMBEDDED_SMTP") == "1")
     if smtp_local and _has_module("services.messaging.smtp_sink"):
         smtp = urlparse(settings.smtp_url)
         children.append(Child("smtp-sink", [python, "-m", "services.messaging.smtp_sink", "--host", "127.0.0.1",
                                             "--port", str(smtp.port or 2525), "--dir", str(data / "mail")],
                               base_env, logs / "smtp-sink.log"))
-    if "NURTURE_CRM_URL" not in os.environ and _has_module("services.crm_sync.emulator"):
+    crm_local = "NURTURE_CRM_URL" not in os.environ or os.environ.get("NURTURE_EMBEDDED_CRM") == "1"
+    if crm_local and _has_module("services.crm_sync.emulator"):
         crm = urlparse(settings.crm_url)
         children.append(Child("crm-emulator", [python, "-m", "services.crm_sync.emulator", "--port",
                                                str(crm.port or 8090), "--data-dir", str(data / "crm")],

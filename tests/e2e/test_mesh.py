@@ -1,0 +1,70 @@
+"""The whole mesh as a user runs it (`nurture up --clock virtual`): a BorderBridge lead goes through
+scoring, its segment journey, real mail to the SMTP sink, unsubscribe and erasure."""
+
+from __future__ import annotations
+
+import email
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from bench._mesh import Mesh, private_mesh
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def mesh() -> Iterator[Mesh]:
+    with private_mesh(clock="virtual") as running:
+        yield running
+
+
+def mails(mesh: Mesh) -> list[email.message.Message]:
+    folder = Path(mesh.data_dir) / "mail"
+    return [email.message_from_bytes(p.read_bytes()) for p in sorted(folder.rglob("*.eml"))]
+
+
+def test_a_lead_from_sign_up_to_erasure(mesh: Mesh) -> None:
+    headers = {"Authorization": f"Bearer {mesh.api_key}"}
+    with httpx.Client(base_url=mesh.url, headers=headers, timeout=120) as api:
+        ready = api.get("/readyz")
+        assert ready.status_code == 200, ready.text
+        r = api.post("/v1/leads", json={
+            "id": "ana", "email": "ana@example.com", "first_name": "Ana", "consent": {"email": True},
+            "timezone": "Asia/Kolkata", "attributes": {"profession": "nurse", "countries_of_interest": ["CA"]}})
+        assert r.status_code == 201 and r.json()["segment"] == "skilled_professional"
+        assert api.post("/v1/admin/clock/advance", json={"seconds": 3 * 86400}).status_code == 200
+        lead = api.get("/v1/leads/ana").json()
+        assert any(j["journey"] == "skilled_professional" and j["status"] == "active" for j in lead["journeys"])
+        sent = [m for m in api.get("/v1/leads/ana/messages").json()["items"] if m["status"] == "sent"]
+        assert sent and sent[0]["template"] == "skilled_professional.email_01"
+        received = [m for m in mails(mesh) if m["To"] and "ana@example.com" in m["To"]]
+        assert len(received) == len(sent)
+        assert received[0]["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+
+        r = api.post("/v1/events", json={"lead_id": "ana", "type": "page_viewed",
+                                         "properties": {"category": "bottom_funnel"}})
+        assert r.status_code == 202
+        assert api.post("/v1/admin/clock/advance", json={"seconds": 60}).status_code == 200
+        timeline = api.get("/v1/leads/ana/timeline").json()["items"]
+        kinds = {i["kind"] for i in timeline}
+        assert {"event", "score", "journey", "message"} <= kinds
+        assert any(i["kind"] == "score" and "bottom_funnel" in i["summary"] for i in timeline)
+
+        link = re.search(r"<(http[^>]+/u/[^>]+)>", received[0]["List-Unsubscribe"])
+        assert link
+        token_path = httpx.URL(link.group(1)).path
+        assert httpx.post(f"{mesh.url}{token_path}", data={"List-Unsubscribe": "One-Click"}).status_code in (200, 204)
+        assert api.post("/v1/admin/clock/advance", json={"seconds": 30 * 86400}).status_code == 200
+        timeline = api.get("/v1/leads/ana/timeline").json()["items"]
+        assert any(i["kind"] == "event" and i["type"] == "unsubscribed" for i in timeline)
+        # The one-click unsubscribe of a nurture email stops nurture mail at once and for good.
+        after = [m for m in api.get("/v1/leads/ana/messages").json()["items"] if m["status"] == "sent"]
+        assert [m for m in after if m["category"] == "nurture"] == [m for m in sent if m["category"] == "nurture"]
+        assert len([m for m in mails(mesh) if m["To"] and "ana@example.com" in m["To"]]) == len(after)
+
+        assert api.delete("/v1/leads/ana").status_code == 200
+        assert api.get("/v1/leads/ana").status_code == 404
