@@ -13,6 +13,8 @@ from services.journeys.registry import Registry
 from services.journeys.simulation import simulate
 
 T0 = VIRTUAL_EPOCH
+PLAYBOOK = load_playbook()
+SETTINGS = read_settings()
 
 
 class Harness:
@@ -20,10 +22,10 @@ class Harness:
 
     def __init__(self, segment: str = "skilled_professional") -> None:
         self.registry = Registry()
-        for j in load_playbook().values():
+        for j in PLAYBOOK.values():
             self.registry.add(j)
             self.registry.publish(j.key, j.version)
-        self.engine = Engine(read_settings(), self.registry.resolve, self.registry.published)
+        self.engine = Engine(SETTINGS, self.registry.resolve, self.registry.published)
         self.lead: dict[str, Any] = {"id": "l-1", "segment": segment, "consent": {"email": True}, "score": 5,
                                      "attributes": {}, "counters": {}}
         self.state = LeadState("l-1")
@@ -151,3 +153,30 @@ def test_unsubscribe_ends_nurture_journeys_but_not_transactional_ones() -> None:
     assert statuses["skilled_professional"] == "exited" and statuses["triggers"] == "exited"
     assert statuses["webinar#w3"] == ACTIVE
     assert h.state.enrollments["skilled_professional"].outcome == "unsubscribed"
+
+
+def test_ab_split_is_stable_per_lead_and_follows_weights() -> None:
+    from collections import Counter
+
+    from services.journeys.definitions import load
+
+    doc = {"key": "offer_test", "name": "Offer A/B", "kind": "sequence",
+           "entry": [{"name": "checkout", "events": ["checkout_started"]}],
+           "steps": [{"id": "ab", "type": "split", "variants": [{"name": "discount", "weight": 3, "next": "email_01"},
+                                                                 {"name": "consult", "weight": 1, "next": "email_02"}]},
+                     {"id": "email_01", "type": "send", "next": "done"},
+                     {"id": "email_02", "type": "send", "next": "done"},
+                     {"id": "done", "type": "end"}]}
+    journey = load(doc, version=1)
+    chosen: Counter[str] = Counter()
+    for n in range(200):
+        h = Harness()
+        h.registry.add(journey)
+        h.registry.publish("offer_test", 1)
+        h.state.lead_id = f"ab-{n}"
+        h.message("checkout_started")
+        steps = [k.split(":")[3] for k in h.sent if ":offer_test:" in k]
+        assert len(steps) == 1
+        chosen[steps[0]] += 1
+        assert any("split ab assigned variant" in t for t in h.transitions)
+    assert 0.62 < chosen["email_01"] / 200 < 0.88
