@@ -196,25 +196,28 @@ class JourneysRuntime:
                      now: datetime) -> list[tuple[LeadState, Outcome]]:
         results: list[tuple[LeadState, Outcome]] = []
         with self.db.session() as s:
+            states = storage.load_states(s, sorted(by_lead))
+            writes = storage.Writes()
             for lead_id, messages in by_lead.items():
-                state, out = self._apply_messages(s, lead_id, messages, now)
+                state, out = self._apply_messages(s, writes, states.get(lead_id), lead_id, messages, now)
                 if state is not None:
                     results.append((state, out))
+            writes.flush(s)
         return results
 
-    def _apply_messages(self, s: Any, lead_id: str, messages: list[dict[str, Any]],
-                        now: datetime) -> tuple[LeadState | None, Outcome]:
+    def _apply_messages(self, s: Any, writes: storage.Writes, state: LeadState | None, lead_id: str,
+                        messages: list[dict[str, Any]], now: datetime) -> tuple[LeadState | None, Outcome]:
         total = Outcome()
-        state = storage.load_state(s, lead_id)
         for m in messages:
             mid = str(m.get("id") or "")
-            if mid and storage.is_processed(s, mid):
+            if mid and (mid in writes.processed or storage.is_processed(s, mid)):
                 # Already applied (a replay after a crash): re-arm what is live, change nothing.
                 if state is not None:
                     total.touched |= {k for k, e in state.enrollments.items() if e.status in LIVE}
                     total.inactivity_changed = True
                 continue
             if m.get("type") == "lead_erased":
+                writes.flush(s)  # what this batch wrote for the lead goes too
                 storage.erase(s, lead_id)
                 if mid:
                     storage.mark_processed(s, mid, now)
@@ -225,7 +228,7 @@ class JourneysRuntime:
                 state = LeadState(lead_id=lead_id)
             out = self.engine.on_message(state, m, now)
             self._record_engagement(s, lead_id, m, now)
-            storage.save(s, state, out, now=now, processed=mid or None)
+            writes.add(state, out, now=now, processed=mid or None)
             total.extend(out)
         return state, total
 
@@ -312,18 +315,16 @@ class JourneysRuntime:
             return state, out
 
     def _load_many(self, lead_ids: list[str]) -> dict[str, LeadState]:
-        out: dict[str, LeadState] = {}
+        # Absent ids were erased or never known: their timers are stale.
         with self.db.session() as s:
-            for lead_id in lead_ids:
-                state = storage.load_state(s, lead_id)
-                if state is not None:  # None: erased or never known, the timer is stale
-                    out[lead_id] = state
-        return out
+            return storage.load_states(s, lead_ids)
 
     def _save_many(self, done: list[tuple[LeadState, Outcome]], now: datetime) -> None:
         with self.db.session() as s:
+            writes = storage.Writes()
             for state, out in done:
-                storage.save(s, state, out, now=now)
+                writes.add(state, out, now=now)
+            writes.flush(s)
 
     def _load(self, lead_id: str) -> LeadState | None:
         with self.db.session() as s:

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import DateTime, Index, Integer, String, Text, UniqueConstraint, delete, func, select
+from sqlalchemy import DateTime, Index, Integer, String, Text, UniqueConstraint, delete, func, insert, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
@@ -162,57 +162,102 @@ def mark_published(session: Session, *, key: str, version: int, now: datetime) -
 
 # -- lead state -------------------------------------------------------------------------------------
 
+def load_states(session: Session, lead_ids: list[str]) -> dict[str, LeadState]:
+    """Lead states by id, two queries per 500 leads (unknown ids are absent)."""
+    out: dict[str, LeadState] = {}
+    for i in range(0, len(lead_ids), 500):
+        chunk = lead_ids[i:i + 500]
+        enrollments: dict[str, list[Enrollment]] = {}
+        for data, lead_id in session.execute(select(EnrollmentRow.data, EnrollmentRow.lead_id)
+                                             .where(EnrollmentRow.lead_id.in_(chunk))):
+            enrollments.setdefault(lead_id, []).append(Enrollment.from_json(json.loads(data)))
+        for lead_id, state in session.execute(select(LeadRow.lead_id, LeadRow.state).where(LeadRow.lead_id.in_(chunk))):
+            out[lead_id] = LeadState.from_json(json.loads(state), enrollments.get(lead_id, []))
+    return out
+
+
 def load_state(session: Session, lead_id: str) -> LeadState | None:
-    row = session.get(LeadRow, lead_id)
-    if row is None:
-        return None
-    enrollments = [Enrollment.from_json(json.loads(r.data))
-                   for r in session.scalars(select(EnrollmentRow).where(EnrollmentRow.lead_id == lead_id))]
-    return LeadState.from_json(json.loads(row.state), enrollments)
+    return load_states(session, [lead_id]).get(lead_id)
 
 
 def is_processed(session: Session, message_id: str) -> bool:
     return session.get(ProcessedRow, message_id) is not None
 
 
+class Writes:
+    """Everything one transaction writes, gathered across leads and written with one statement per
+    table (upserts for state, inserts for the record): the ORM's per-row round trips were the
+    service's bottleneck on SQLite."""
+
+    def __init__(self) -> None:
+        self.leads: dict[str, dict[str, Any]] = {}
+        self.enrollments: dict[tuple[str, str], dict[str, Any]] = {}
+        self.runs: dict[str, dict[str, Any]] = {}
+        self.transitions: list[dict[str, Any]] = []
+        self.processed: dict[str, datetime] = {}
+
+    def add(self, state: LeadState, out: Outcome, *, now: datetime, processed: str | None = None) -> None:
+        self.leads[state.lead_id] = dict(
+            lead_id=state.lead_id, state=json.dumps(state.to_json(), default=str), inactive_due=state.inactive_due,
+            inactive_token=state.inactive_token,
+            date_timers=json.dumps({k: v for k, v in state.dates.items() if not v.get("fired")}), updated_at=now)
+        for ekey in sorted(out.touched | out.side_due):
+            e = state.enrollments.get(ekey)
+            if e is None:
+                continue
+            self.enrollments[(state.lead_id, ekey)] = dict(
+                lead_id=state.lead_id, ekey=ekey, journey=e.journey, version=e.version, instance=e.instance,
+                status=e.status, stage=e.stage, step=e.step, due=e.due, token=e.token, side_pending=len(e.side),
+                entered_at=e.entered_at, ended_at=e.ended_at, outcome=e.outcome,
+                data=json.dumps(e.to_json(), default=str))
+        for r in out.runs:
+            self.runs.setdefault(r.dedupe_key, dict(
+                dedupe_key=r.dedupe_key, lead_id=r.lead_id, ekey=r.ekey, journey=r.journey, version=r.version,
+                step=r.step, step_type=r.step_type, occurrence=r.occurrence, status=r.status, at=r.at,
+                stage=r.stage, message_id=r.message_id, detail=r.detail[:2000]))
+        self.transitions += [dict(lead_id=state.lead_id, ekey=t.ekey, journey=t.journey, version=t.version, at=t.at,
+                                  type=t.type, summary=t.summary, step_from=t.step_from, step_to=t.step_to,
+                                  stage=t.stage, rule=t.rule, facts=json.dumps(t.facts, default=str))
+                             for t in out.transitions]
+        if processed:
+            self.processed[processed] = now
+
+    def flush(self, session: Session) -> None:
+        _upsert(session, LeadRow.__table__, list(self.leads.values()), ["lead_id"])
+        _upsert(session, EnrollmentRow.__table__, list(self.enrollments.values()), ["lead_id", "ekey"])
+        if self.runs:
+            session.execute(_insert(session, StepRunRow.__table__).on_conflict_do_nothing(
+                index_elements=["dedupe_key"]), list(self.runs.values()))
+        if self.transitions:
+            session.execute(insert(TransitionRow), self.transitions)
+        if self.processed:
+            session.execute(_insert(session, ProcessedRow.__table__).on_conflict_do_nothing(
+                index_elements=["message_id"]), [dict(message_id=k, at=v) for k, v in self.processed.items()])
+        self.clear()
+
+    def clear(self) -> None:
+        self.leads.clear()
+        self.enrollments.clear()
+        self.runs.clear()
+        self.transitions.clear()
+        self.processed.clear()
+
+
+def _upsert(session: Session, table: Any, rows: list[dict[str, Any]], keys: list[str]) -> None:
+    if not rows:
+        return
+    stmt = _insert(session, table)
+    stmt = stmt.on_conflict_do_update(index_elements=keys,
+                                      set_={c: getattr(stmt.excluded, c) for c in rows[0] if c not in keys})
+    session.execute(stmt, rows)
+
+
 def save(session: Session, state: LeadState, out: Outcome, *, now: datetime,
          processed: str | None = None) -> None:
     """Persist one lead's state and what the engine recorded, in the caller's transaction."""
-    row = session.get(LeadRow, state.lead_id)
-    payload = json.dumps(state.to_json(), default=str)
-    dates = json.dumps({k: v for k, v in state.dates.items() if not v.get("fired")})
-    if row is None:
-        session.add(LeadRow(lead_id=state.lead_id, state=payload, inactive_due=state.inactive_due,
-                            inactive_token=state.inactive_token, date_timers=dates, updated_at=now))
-    else:
-        row.state, row.inactive_due, row.inactive_token, row.date_timers, row.updated_at = (
-            payload, state.inactive_due, state.inactive_token, dates, now)
-    for ekey in sorted(out.touched | out.side_due):
-        e = state.enrollments.get(ekey)
-        if e is None:
-            continue
-        values = dict(journey=e.journey, version=e.version, instance=e.instance, status=e.status, stage=e.stage,
-                      step=e.step, due=e.due, token=e.token, side_pending=len(e.side), entered_at=e.entered_at,
-                      ended_at=e.ended_at, outcome=e.outcome, data=json.dumps(e.to_json(), default=str))
-        existing = session.get(EnrollmentRow, (state.lead_id, ekey))
-        if existing is None:
-            session.add(EnrollmentRow(lead_id=state.lead_id, ekey=ekey, **values))
-        else:
-            for k, v in values.items():
-                setattr(existing, k, v)
-    if out.runs:
-        stmt = _insert(session, StepRunRow.__table__).values([
-            dict(dedupe_key=r.dedupe_key, lead_id=r.lead_id, ekey=r.ekey, journey=r.journey, version=r.version,
-                 step=r.step, step_type=r.step_type, occurrence=r.occurrence, status=r.status, at=r.at,
-                 stage=r.stage, message_id=r.message_id, detail=r.detail[:2000]) for r in out.runs])
-        session.execute(stmt.on_conflict_do_nothing(index_elements=["dedupe_key"]))
-    for t in out.transitions:
-        session.add(TransitionRow(lead_id=state.lead_id, ekey=t.ekey, journey=t.journey, version=t.version, at=t.at,
-                                  type=t.type, summary=t.summary, step_from=t.step_from, step_to=t.step_to,
-                                  stage=t.stage, rule=t.rule, facts=json.dumps(t.facts, default=str)))
-    if processed:
-        session.execute(_insert(session, ProcessedRow.__table__).values(message_id=processed, at=now)
-                        .on_conflict_do_nothing(index_elements=["message_id"]))
+    writes = Writes()
+    writes.add(state, out, now=now, processed=processed)
+    writes.flush(session)
 
 
 def mark_processed(session: Session, message_id: str, now: datetime) -> None:
