@@ -4,7 +4,7 @@ the service keeps it in SQL and the simulator keeps it in memory."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -62,7 +62,12 @@ class Enrollment:
     outcome: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        out = asdict(self)
+        # Hand-built rather than dataclasses.asdict: asdict deep-copies every nested dict, and this
+        # runs for each touched enrolment on every commit.
+        out = dict(self.__dict__)
+        for k in ("anchors", "visits", "fired"):
+            out[k] = dict(out[k])
+        out["side"] = list(self.side)
         for k in ("due", "entered_at", "stage_at", "ended_at", "side_at"):
             out[k] = iso(getattr(self, k))
         return out
