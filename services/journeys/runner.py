@@ -39,6 +39,8 @@ from services.journeys.timers import Timer, TimerStore
 
 log = logging.getLogger(__name__)
 RETRY_DELAY = timedelta(seconds=60)
+PROCESSED_KEEP = timedelta(days=7)
+HOUSEKEEPING_EVERY = timedelta(hours=1)
 CLAIM_BATCH = 500
 PARALLEL_LEADS = 32
 
@@ -88,6 +90,7 @@ class JourneysRuntime:
         self._locks = LeadLocks()
         self._sem = asyncio.Semaphore(PARALLEL_LEADS)
         self.meta: dict[str, dict[str, Any]] = {}
+        self._housekept: datetime | None = None
 
     # -- definitions ------------------------------------------------------------------------------
 
@@ -348,7 +351,20 @@ class JourneysRuntime:
 
     # -- settle -----------------------------------------------------------------------------------
 
+    async def housekeeping(self) -> None:
+        """Hourly (domain time): forget old processed bus ids so that table stays bounded."""
+        now = self.clock.now()
+        if self._housekept is not None and now - self._housekept < HOUSEKEEPING_EVERY:
+            return
+        self._housekept = now
+
+        def prune() -> int:
+            with self.db.session() as s:
+                return storage.prune_processed(s, now - PROCESSED_KEEP)
+        await self.db.run(prune)
+
     async def settle(self, drain: Any) -> tuple[int, datetime | None]:
+        await self.housekeeping()
         work = int(await drain())
         while True:
             done = await self.process_due()
@@ -360,6 +376,7 @@ class JourneysRuntime:
     async def timer_loop(self, interval: float = 0.1) -> None:
         while True:
             try:
+                await self.housekeeping()
                 done = await self.process_due()
             except asyncio.CancelledError:
                 raise

@@ -260,6 +260,12 @@ def save(session: Session, state: LeadState, out: Outcome, *, now: datetime,
     writes.flush(session)
 
 
+def prune_processed(session: Session, before: datetime) -> int:
+    """Forget applied bus message ids older than `before` (redelivery happens within minutes)."""
+    result = session.execute(delete(ProcessedRow).where(ProcessedRow.at < before))
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
 def mark_processed(session: Session, message_id: str, now: datetime) -> None:
     session.execute(_insert(session, ProcessedRow.__table__).values(message_id=message_id, at=now)
                     .on_conflict_do_nothing(index_elements=["message_id"]))
