@@ -55,7 +55,9 @@ async def mesh(settings: Settings) -> AsyncIterator[Mesh]:
     rec = Recorder()
     mport, cport = free_port(), free_port()
     messaging, crm = await start_fakes(rec, messaging_port=mport, crm_port=cport)
-    settings = settings.with_overrides(messaging_addr=f"127.0.0.1:{mport}", crm_sync_addr=f"127.0.0.1:{cport}")
+    # scoring is only called by update steps; a free port keeps tests off a running local mesh.
+    settings = settings.with_overrides(messaging_addr=f"127.0.0.1:{mport}", crm_sync_addr=f"127.0.0.1:{cport}",
+                                       scoring_addr=f"127.0.0.1:{free_port()}")
     running = await start_service("journeys", settings)
     channel = grpc.aio.insecure_channel(running.address)
     client = redisconn.connect(settings)
@@ -244,3 +246,48 @@ async def test_inactivity_pauses_segment_then_erasure_removes_everything(mesh: M
     before = len(mesh.rec.sends)
     await advance(mesh.admin, mesh.clock, 10 * 86400)
     assert not [r for r in mesh.rec.sends[before:] if r.lead_id == "l-6"]
+
+
+async def test_a_new_journey_is_data_only_and_updates_the_lead(mesh: Mesh) -> None:
+    from nurture.api.scoring.v1 import scoring_pb2, scoring_pb2_grpc
+    from nurture.rpc import start_server
+
+    updates: list[scoring_pb2.UpsertLeadRequest] = []
+
+    class FakeScoring(scoring_pb2_grpc.ScoringServicer):
+        async def UpsertLead(self, request: scoring_pb2.UpsertLeadRequest, context: object) -> object:
+            updates.append(request)
+            return scoring_pb2.UpsertLeadReply(lead=scoring_pb2.Lead(id=request.id), created=False)
+
+    def register(server: grpc.aio.Server) -> list[str]:
+        scoring_pb2_grpc.add_ScoringServicer_to_server(FakeScoring(), server)
+        return []
+
+    port = int(mesh.settings.scoring_addr.rsplit(":", 1)[1])
+    scoring = await start_server(name="fake-scoring", port=port, register=register)
+    try:
+        doc = {"key": "vip_welcome", "name": "VIP welcome", "kind": "engagement", "priority": 65,
+               "entry": [{"name": "vip", "events": ["form_submitted"],
+                          "when": {"fact": "event.properties.form", "eq": "vip"}}],
+               "stages": [{"id": "vip", "name": "VIP"}],
+               "steps": [{"id": "tag", "type": "update", "set": {"vip": True}, "stage": "vip"},
+                         {"id": "email_01", "type": "send", "subject": "Welcome, VIP"},
+                         {"id": "pick", "type": "branch", "default": "done",
+                          "rules": [{"name": "hot", "when": {"fact": "lead.score", "gte": 50}, "next": "call"}]},
+                         {"id": "call", "type": "task", "kind": "consultation", "title": "Call the VIP",
+                          "next": "done"},
+                         {"id": "done", "type": "end"}]}
+        put = await mesh.stub.PutJourney(journeys_pb2.PutJourneyRequest(key="vip_welcome",
+                                                                        definition_json=json.dumps(doc)), timeout=5)
+        await mesh.stub.Publish(journeys_pb2.PublishRequest(key="vip_welcome", version=put.version), timeout=5)
+        gus = {**lead("l-7", "entrepreneur"), "score": 72}
+        await publish(mesh.pub, mesh.clock, gus, "form_submitted", form="vip")
+        await settle(mesh.admin)
+    finally:
+        await scoring.stop(0)
+    assert [(u.id, json.loads(u.fields_json), u.merge) for u in updates] == [
+        ("l-7", {"attributes": {"vip": True}}, True)]
+    assert "l-7:vip_welcome:1:email_01:1.1" in mesh.rec.sent_keys()
+    assert [t.dedupe_key for t in mesh.rec.tasks] == ["l-7:vip_welcome:1:call:1.1"]
+    tl = await mesh.admin.Timeline(common_pb2.TimelineRequest(lead_id="l-7"), timeout=5)
+    assert any("branch pick took call: score=72 matched rule hot" in s for s in timeline_summaries(tl))
