@@ -7,7 +7,6 @@ this module adds settings, logging, tracing, and the graceful stop on SIGTERM/SI
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -40,9 +39,9 @@ class Running:
         self._released = True
         for task in self.tasks:
             task.cancel()
-        for task in self.tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        if self.tasks:
+            # Bounded: a task that swallows its cancellation must not hang the shutdown.
+            await asyncio.wait(self.tasks, timeout=5)
         if self.close is not None:
             await self.close()
 

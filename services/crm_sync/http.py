@@ -49,7 +49,8 @@ class HttpClient:
     async def request(self, method: str, path: str, body: Any = None) -> Response:
         async with self._slots:
             try:
-                return await asyncio.wait_for(self._request(method, path, body), self._timeout)
+                async with asyncio.timeout(self._timeout):
+                    return await self._request(method, path, body)
             except TimeoutError as exc:
                 raise RequestTimeout(f"no answer within {self._timeout:g} s") from exc
 

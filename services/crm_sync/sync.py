@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 import grpc
 from sqlalchemy.orm import Session
 
+from nurture.aio import wait_event
 from nurture.api.scoring.v1 import scoring_pb2, scoring_pb2_grpc
 from nurture.clock import Clock
 from nurture.db import Database
@@ -454,8 +455,7 @@ class CrmSyncCore:
                 if not follow:
                     return
                 # Woken by this process's bus consumer; the timeout covers other replicas.
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wake.wait(), timeout=1.0)
+                await wait_event(wake, 1.0)
         finally:
             self._change_waiters.discard(wake)
 
@@ -819,8 +819,7 @@ class CrmSyncCore:
             except Exception:
                 log.exception("push loop failed; retrying")
             self.push_wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.push_wake.wait(), timeout=0.1)
+            await wait_event(self.push_wake, 0.1)
 
     async def recover(self) -> None:
         """After a crash, pushes that were in flight run again; their attempt counts as made, so a

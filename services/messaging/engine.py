@@ -15,7 +15,6 @@ reason; a refused recipient also suppresses the address and tells scoring (`emai
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import hmac
 import json
@@ -29,6 +28,7 @@ import grpc
 import httpx
 import redis.asyncio as aioredis
 
+from nurture.aio import wait_event
 from nurture.api.scoring.v1 import scoring_pb2
 from nurture.clock import Clock
 from nurture.db import Database
@@ -492,8 +492,7 @@ class Engine:
                 await asyncio.sleep(1.0)
             if n == 0:
                 self.wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.wake.wait(), timeout=0.1)
+                await wait_event(self.wake, 0.1)
                 # Let a burst of Sends gather into one batch rather than waking per message.
                 await asyncio.sleep(0.02)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from collections.abc import Iterable
@@ -18,6 +17,7 @@ from opentelemetry.propagate import extract
 
 from nurture import redisconn
 from nurture.admin import AdminServicer, timeline_item
+from nurture.aio import wait_event
 from nurture.api.common.v1 import common_pb2, common_pb2_grpc
 from nurture.api.scoring.v1 import scoring_pb2, scoring_pb2_grpc
 from nurture.bus import Publisher
@@ -93,8 +93,7 @@ class Outbox:
 
     async def run(self) -> None:
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), timeout=1.0)
+            await wait_event(self.wake, 1.0)
             self.wake.clear()
             try:
                 await self.flush()

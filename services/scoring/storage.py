@@ -116,7 +116,7 @@ def _internal(row: Row[Any]) -> dict[str, Any]:
     m = row._mapping
     return {
         **{k: m[k] for k in ("id", "email", "first_name", "last_name", "segment", "score", "grade",
-                             "lifecycle_stage", "timezone", "locale", "crm_id")},
+                             "lifecycle_stage", "timezone", "locale", "crm_id", "version")},
         "attributes": _loads(m["attributes"]),
         "consent": _loads(m["consent"]),
         "counters": _loads(m["counters"]),
@@ -347,6 +347,8 @@ class Store:
         return [r or EventResult(error_code="internal", error_message="not processed") for r in results]
 
     def _apply(self, lead: dict[str, Any], outcome: Outcome, now: datetime) -> None:
+        # One version per applied event: consumers drop a replayed snapshot older than what they hold.
+        lead["version"] = int(lead["version"]) + 1
         lead["score"] = max(0, int(lead["score"]) + outcome.delta)
         lead["counters"] = outcome.counters
         lead["recent"] = outcome.recent
@@ -373,6 +375,7 @@ class Store:
                 "b_recent": json.dumps(lead["recent"]), "b_interests": json.dumps(lead["interests"]),
                 "b_segment": lead["segment"], "b_stage": lead["lifecycle_stage"], "b_last": last,
                 "b_lapse": last + inactive if last is not None else None, "b_consent": json.dumps(lead["consent"]),
+                "b_version": lead["version"],
             })
             for given in lead.pop("_consent_changes", []):
                 s.execute(insert(audit).values(
@@ -385,7 +388,7 @@ class Store:
             interests=bindparam("b_interests"), segment=bindparam("b_segment"),
             lifecycle_stage=bindparam("b_stage"), last_engaged_at=bindparam("b_last"),
             lapse_due_at=bindparam("b_lapse"), consent=bindparam("b_consent"), updated_at=now,
-            version=leads.c.version + 1)
+            version=bindparam("b_version"))
         s.connection().execute(statement, rows)
 
     def _event_messages(
@@ -410,7 +413,7 @@ class Store:
     def _snapshot(self, lead: dict[str, Any], now: datetime) -> dict[str, Any]:
         counters = {k: v for k, v in lead["counters"].items() if k not in ("totals", "fired_today")}
         keys = ("id", "email", "first_name", "last_name", "segment", "score", "grade", "lifecycle_stage",
-                "timezone", "locale", "attributes", "consent", "interests", "crm_id")
+                "timezone", "locale", "attributes", "consent", "interests", "crm_id", "version")
         return {**{k: lead.get(k) for k in keys}, "counters": counters}
 
     def _outbox_many(self, s: Session, messages: list[dict[str, Any]]) -> None:
@@ -466,6 +469,7 @@ class Store:
                 new = max(int(decay.get("floor", 0)), old + int(decay["points"]))
                 lead_snapshot = lead_dict(row, due)
                 lead_snapshot["score"] = new
+                lead_snapshot["version"] = int(row.version) + 1
                 mid = f"lapse:{row.id}:{int(due.timestamp())}"
                 if new != old:
                     s.execute(insert(score_changes).values(
