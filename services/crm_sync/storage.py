@@ -192,6 +192,14 @@ def get_task_by_key(s: Session, dedupe_key: str) -> dict[str, Any] | None:
     return dict(row._mapping) if row else None
 
 
+def recent_task(s: Session, lead_id: str, kind: str, since: datetime) -> dict[str, Any] | None:
+    """A task of this kind for this lead created since `since` (one sales task per lead and day,
+    whichever rule or journey asked for it first)."""
+    row = s.execute(select(tasks).where(tasks.c.lead_id == lead_id, tasks.c.kind == kind,
+                                        tasks.c.created_at >= since).limit(1)).first()
+    return dict(row._mapping) if row else None
+
+
 def get_task(s: Session, task_id: str) -> dict[str, Any] | None:
     row = s.execute(select(tasks).where(tasks.c.id == task_id)).first()
     if not row:

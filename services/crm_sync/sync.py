@@ -541,6 +541,14 @@ class CrmSyncCore:
         if existing:
             return existing, True
         lead_id = row["lead_id"]
+        if kind != "notify":
+            # A journey trigger and a crm rule may both ask for the same follow-up (the seed's
+            # bottom-funnel alert): the first one today wins, the other is recorded as merged.
+            same = st.recent_task(s, lead_id, kind, now - timedelta(hours=24))
+            if same:
+                st.add_timeline(s, lead_id, now, "task_merged", f"{title}: merged into today's {kind} task",
+                                {"task_id": same["id"], "dedupe_key": key, "rule": rule})
+                return same, True
         if not row["owner"]:
             picked = domain.pick_team(self.cfg, domain.facts_for(lead, [], None))
             if picked:

@@ -53,6 +53,9 @@ def test_a_lead_from_sign_up_to_erasure(mesh: Mesh) -> None:
         kinds = {i["kind"] for i in timeline}
         assert {"event", "score", "journey", "message"} <= kinds
         assert any(i["kind"] == "score" and "bottom_funnel" in i["summary"] for i in timeline)
+        # The seed's bottom-funnel trigger alerts sales once, though a journey trigger and a crm rule both ask.
+        created = [i for i in timeline if i["kind"] == "crm" and i["type"] == "task_created"]
+        assert len([i for i in created if i["details"]["kind"] == "sales_alert"]) == 1
 
         link = re.search(r"<(http[^>]+/u/[^>]+)>", received[0]["List-Unsubscribe"])
         assert link
