@@ -2,21 +2,16 @@
 scoring UpsertLead. Each effect either succeeds, fails for good (recorded, the journey moves on) or is
 `Unavailable` (the step is retried later with the same dedupe key, so it is never lost nor doubled).
 
-crm_sync's generated code is used when present; until then the request and reply are built from the
-contract in docs/HELPERS.md (same package, service, method and field numbers), which is wire-compatible.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 from datetime import datetime
-from typing import Any
 
 import grpc
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
-from google.protobuf import timestamp_pb2 as _timestamp
 
+from nurture.api.crm_sync.v1 import crm_sync_pb2, crm_sync_pb2_grpc
 from nurture.api.messaging.v1 import messaging_pb2, messaging_pb2_grpc
 from nurture.api.scoring.v1 import scoring_pb2, scoring_pb2_grpc
 from nurture.rpc import DEADLINE_S, channel
@@ -26,44 +21,10 @@ from services.journeys.model import Effect
 TRANSIENT = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED,
              grpc.StatusCode.ABORTED, grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL,
              grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.CANCELLED}
-TASK_METHOD = "/nurture.api.crm_sync.v1.SalesOps/RequestTask"
 
 
 class Unavailable(Exception):
     """The other service could not take the call now; retry later."""
-
-
-def _contract_task_messages() -> tuple[Any, Any]:
-    try:
-        mod = importlib.import_module("nurture.api.crm_sync.v1.crm_sync_pb2")
-        return mod.TaskRequest, mod.TaskReply
-    except ImportError:
-        pass
-    # A private pool: the names match the contract, so the bytes on the wire do, but nothing is
-    # registered where crm_sync's own generated module will register them later.
-    pool = descriptor_pool.DescriptorPool()
-    pool.AddSerializedFile(_timestamp.DESCRIPTOR.serialized_pb)
-    f = descriptor_pb2.FileDescriptorProto(name="nurture/api/crm_sync/v1/journeys_contract_shim.proto",
-                                           package="nurture.api.crm_sync.v1", syntax="proto3",
-                                           dependency=["google/protobuf/timestamp.proto"])
-    t = descriptor_pb2.FieldDescriptorProto
-    req = f.message_type.add(name="TaskRequest")
-    for i, fname in enumerate(["dedupe_key", "lead_id", "kind", "title", "priority"], start=1):
-        req.field.add(name=fname, number=i, type=t.TYPE_STRING, label=t.LABEL_OPTIONAL)
-    req.field.add(name="due_at", number=6, type=t.TYPE_MESSAGE, label=t.LABEL_OPTIONAL,
-                  type_name=".google.protobuf.Timestamp")
-    req.field.add(name="details_json", number=7, type=t.TYPE_STRING, label=t.LABEL_OPTIONAL)
-    rep = f.message_type.add(name="TaskReply")
-    rep.field.add(name="task_id", number=1, type=t.TYPE_STRING, label=t.LABEL_OPTIONAL)
-    rep.field.add(name="owner", number=2, type=t.TYPE_STRING, label=t.LABEL_OPTIONAL)
-    rep.field.add(name="duplicate", number=3, type=t.TYPE_BOOL, label=t.LABEL_OPTIONAL)
-    pool.Add(f)
-    req_cls = message_factory.GetMessageClass(pool.FindMessageTypeByName("nurture.api.crm_sync.v1.TaskRequest"))
-    rep_cls = message_factory.GetMessageClass(pool.FindMessageTypeByName("nurture.api.crm_sync.v1.TaskReply"))
-    return req_cls, rep_cls
-
-
-TaskRequest, TaskReply = _contract_task_messages()
 
 
 class Clients:
@@ -108,13 +69,13 @@ class Clients:
 
     async def _task(self, lead_id: str, effect: Effect) -> tuple[str, str, str]:
         p = effect.payload
-        req = TaskRequest(dedupe_key=effect.dedupe_key, lead_id=lead_id, kind=str(p["kind"]), title=str(p["title"]),
-                          priority=str(p["priority"]), details_json=json.dumps(p["details"], default=str))
+        req = crm_sync_pb2.TaskRequest(
+            dedupe_key=effect.dedupe_key, lead_id=lead_id, kind=str(p["kind"]), title=str(p["title"]),
+            priority=str(p["priority"]), details_json=json.dumps(p["details"], default=str))
         if isinstance(p.get("due_at"), datetime):
             req.due_at.FromDatetime(p["due_at"])
-        call = self._channel("crm_sync").unary_unary(
-            TASK_METHOD, request_serializer=lambda m: m.SerializeToString(), response_deserializer=TaskReply.FromString)
-        reply = await call(req, timeout=DEADLINE_S)
+        stub = crm_sync_pb2_grpc.SalesOpsStub(self._channel("crm_sync"))
+        reply = await stub.RequestTask(req, timeout=DEADLINE_S)
         return ("duplicate" if reply.duplicate else "done"), reply.task_id, reply.owner
 
     async def _update(self, lead_id: str, effect: Effect) -> tuple[str, str, str]:

@@ -14,11 +14,11 @@ from typing import Any
 import grpc
 
 from nurture.api.common.v1 import common_pb2, common_pb2_grpc
+from nurture.api.crm_sync.v1.crm_sync_pb2 import TaskReply, TaskRequest
 from nurture.api.messaging.v1 import messaging_pb2, messaging_pb2_grpc
 from nurture.bus import Publisher
 from nurture.clock import Clock, VirtualClock
 from nurture.rpc import ServiceServer, start_server
-from services.journeys.clients import TaskReply, TaskRequest
 
 
 @dataclass
