@@ -71,3 +71,22 @@ def test_a_lead_from_sign_up_to_erasure(mesh: Mesh) -> None:
 
         assert api.delete("/v1/leads/ana").status_code == 200
         assert api.get("/v1/leads/ana").status_code == 404
+
+
+def test_urgent_timeline_jumps_to_decision_and_conversion_ends_nurture(mesh: Mesh) -> None:
+    headers = {"Authorization": f"Bearer {mesh.api_key}"}
+    with httpx.Client(base_url=mesh.url, headers=headers, timeout=120) as api:
+        api.post("/v1/leads", json={"id": "sam", "email": "sam@example.com", "consent": {"email": True},
+                                    "timezone": "Asia/Manila", "attributes": {"profession": "engineer"}})
+        api.post("/v1/events", json={"lead_id": "sam", "type": "form_submitted", "properties": {"timeline": "urgent"}})
+        assert api.post("/v1/admin/clock/advance", json={"seconds": 60}).status_code == 200
+        journey = next(j for j in api.get("/v1/leads/sam").json()["journeys"] if j["journey"] == "skilled_professional")
+        assert journey["stage"] == "decision"
+        timeline = api.get("/v1/leads/sam/timeline").json()["items"]
+        assert any("jumped to decision stage" in i["summary"] and "urgent_timeline" in i["summary"] for i in timeline)
+        api.post("/v1/events", json={"lead_id": "sam", "type": "subscribed", "properties": {"plan": "pro"}})
+        assert api.post("/v1/admin/clock/advance", json={"seconds": 86400}).status_code == 200
+        lead = api.get("/v1/leads/sam").json()
+        assert lead["lifecycle_stage"] == "customer"
+        segment = next(j for j in lead["journeys"] if j["journey"] == "skilled_professional")
+        assert segment["status"] != "active"
