@@ -46,13 +46,13 @@ class Mesh:
         return self.channels[service]
 
 
-def mesh(request: Request) -> Mesh:
+async def mesh(request: Request) -> Mesh:
     """FastAPI dependency: the app's Mesh."""
     value: Mesh = request.app.state.mesh
     return value
 
 
-def require_key(request: Request) -> None:
+async def require_key(request: Request) -> None:
     """FastAPI dependency: `Authorization: Bearer <api key>` or 401."""
     settings: Settings = request.app.state.mesh.settings
     header = request.headers.get("authorization", "")
