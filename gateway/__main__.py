@@ -17,7 +17,7 @@ def main() -> None:
     provider = telemetry.setup("gateway", settings)
     try:
         uvicorn.run(create_app(settings), host=settings.bind_host, port=settings.http_port, log_level="warning",
-                    loop="uvloop", http="httptools",
+                    loop="asyncio", http="httptools",
                     access_log=False)
     finally:
         provider.shutdown()
