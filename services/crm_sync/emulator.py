@@ -367,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     app = Emulator(Path(args.data_dir) if args.data_dir else None)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False, lifespan="on",
-                http="httptools", loop="uvloop")
+                http="httptools", loop="asyncio")
     return 0
 
 
