@@ -23,7 +23,7 @@ from opentelemetry import trace
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import gateway.routes
-from gateway.deps import ApiError, Mesh
+from gateway.deps import ApiError, Mesh, TokenBucket
 from nurture.clock import make_clock
 from nurture.rpc import channel
 from nurture.settings import SERVICES, Settings, load_settings
@@ -91,6 +91,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.mesh = Mesh(settings=settings)
     app.state.clock = make_clock(settings.clock, settings.redis_url)
     app.state.clock_lock = asyncio.Lock()
+    app.state.limiter = TokenBucket(settings.rate_limit_per_s) if settings.rate_limit_per_s > 0 else None
 
     @app.exception_handler(ApiError)
     async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import hmac
 import json
+import math
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,6 +61,32 @@ async def require_key(request: Request) -> None:
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token or not hmac.compare_digest(token.strip(), settings.api_key):
         raise ApiError(401, "unauthorized", "a valid API key is required: Authorization: Bearer <key>")
+    limiter: TokenBucket | None = getattr(request.app.state, "limiter", None)
+    if limiter is not None:
+        wait = limiter.take()
+        if wait > 0:
+            raise ApiError(429, "rate_limited", f"more than {limiter.rate:g} requests per second; retry later",
+                           {"limit_per_s": limiter.rate}, headers={"Retry-After": str(max(1, math.ceil(wait)))})
+
+
+class TokenBucket:
+    """Requests per second with a burst of one second's worth. Wall-clock time on purpose: this
+    protects the process, it is not domain time (the virtual clock does not apply)."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self._tokens = rate
+        self._at = time.monotonic()
+
+    def take(self) -> float:
+        """0 when a request may go now, else the seconds until one may."""
+        now = time.monotonic()
+        self._tokens = min(self.rate, self._tokens + (now - self._at) * self.rate)
+        self._at = now
+        if self._tokens >= 1:
+            self._tokens -= 1
+            return 0.0
+        return (1 - self._tokens) / self.rate
 
 
 async def json_body(request: Request) -> Any:

@@ -45,6 +45,7 @@ class Settings:
     timer_shards: int = 16
     max_body_bytes: int = 1_048_576
     max_batch: int = 1000
+    rate_limit_per_s: int = 0  # per API key on /v1; 0 = off
     log_level: str = "INFO"
 
     def sqlite_url(self, service: str) -> str:

@@ -184,3 +184,12 @@ async def test_clock_is_404_on_a_real_clock(settings: Settings) -> None:
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as client:
         r = await client.get("/v1/admin/clock", headers=AUTH)
         assert r.status_code == 404
+
+
+async def test_rate_limit_answers_429_with_retry_after(settings: Settings) -> None:
+    app = create_app(settings.with_overrides(api_key="test-key", rate_limit_per_s=3))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as client:
+        statuses = [(await client.get("/v1/admin/clock", headers=AUTH)) for _ in range(6)]
+    limited = [r for r in statuses if r.status_code == 429]
+    assert limited and statuses[0].status_code == 200
+    assert limited[0].json()["error"]["code"] == "rate_limited" and int(limited[0].headers["Retry-After"]) >= 1
