@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import itertools
+import logging
 import re
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -30,6 +31,7 @@ from typing import Any
 from durable import engine as durable_engine
 
 OPS = ("eq", "ne", "gt", "gte", "lt", "lte", "in", "contains", "exists", "matches")
+log = logging.getLogger(__name__)
 _SID = "0"
 _MARKER = "nurture__snapshot"
 
@@ -116,7 +118,7 @@ def _lookup(facts: Mapping[str, Any], dotted: str) -> tuple[bool, Any]:
         if not isinstance(current, Mapping) or part not in current:
             return False, None
         current = current[part]
-    return True, current
+    return current is not None, current
 
 
 def _num(value: Any) -> bool:
@@ -198,6 +200,11 @@ def flatten_facts(facts: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     for key, value in facts.items():
         dotted = f"{prefix}.{key}" if prefix else str(key)
         name = _flat_name(dotted)
+        if value is None:
+            continue  # JSON null is no value, as in the reference (`_lookup`)
+        flat[f"{name}__any"] = 1
+        if isinstance(value, str | int | float) and not isinstance(value, Mapping | list):
+            flat[f"{name}__v"] = _canonical(value)
         if isinstance(value, Mapping):
             flat[f"{name}__obj"] = True
             flat.update(flatten_facts(value, dotted))
@@ -215,15 +222,14 @@ def flatten_facts(facts: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def _typed(name: str, value: Any) -> tuple[str, Any]:
+def _canonical(value: Any) -> str:
+    """One string per scalar value and type: eq/ne compile to a single test without an $or (each
+    $or multiplies the engine's expanded alternatives, and nested ones exceed its limits)."""
     if isinstance(value, bool):
-        return f"{name}__b", 1 if value else 0
+        return "b:1" if value else "b:0"
     if isinstance(value, int | float):
-        return f"{name}__n", value
-    return f"{name}__s", str(value)
-
-
-_SCALAR_SUFFIXES = ("__s", "__n", "__b")
+        return f"n:{float(value) + 0.0!r}"  # + 0.0 folds -0.0 into 0.0
+    return f"s:{value}"
 
 
 def _compile_condition(cond: Mapping[str, Any]) -> dict[str, Any]:
@@ -236,22 +242,16 @@ def _compile_condition(cond: Mapping[str, Any]) -> dict[str, Any]:
     op = next(k for k in cond if k != "fact")
     value = cond[op]
     if op == "eq":
-        typed, v = _typed(name, value)
-        return {typed: v}
+        return {f"{name}__v": _canonical(value)}
     if op == "ne":
-        # Present as a scalar of another type, or of the same type with another value.
-        typed, v = _typed(name, value)
-        others = [{"$ex": {name + sfx: 1}} for sfx in _SCALAR_SUFFIXES if name + sfx != typed]
-        return {"$or": [*others, {"$and": [{"$ex": {typed: 1}}, {"$neq": {typed: v}}]}]}
+        # Present as a scalar, of another type or value.
+        return {"$and": [{"$ex": {f"{name}__v": 1}}, {"$neq": {f"{name}__v": _canonical(value)}}]}
     if op == "in":
         return {"$or": [_compile_condition({"fact": dotted, "eq": v}) for v in value]}
     if op == "contains":
         return {"$ex": {_has_name(dotted, value): 1}}
     if op == "exists":
-        markers = [{"$ex": {name + sfx: 1}} for sfx in (*_SCALAR_SUFFIXES, "__obj", "__list")]
-        if value:
-            return {"$or": markers}
-        return {"$and": [{"$nex": m["$ex"]} for m in markers]}
+        return {"$ex": {f"{name}__any": 1}} if value else {"$nex": {f"{name}__any": 1}}
     if op == "matches":
         return {"$mt": {f"{name}__s": str(value)}}
     return {f"${op}": {f"{name}__n": value}}
@@ -286,8 +286,23 @@ class CompiledRules:
             # state, which it re-evaluates after every action (seen as an endless firing loop).
             when = {"$and": [{_MARKER: 1}, _compile_condition(spec.when)]}
             definition[f"r{i}"] = {"all": [{"m": when}], "run": self._action(spec.name)}
+        # Rules the engine cannot take (it expands every `any` into alternatives and refuses past a
+        # limit) are decided by the reference evaluation, which is proven to decide the same.
+        self.fallback: list[RuleSpec] = []
         host = _get_host()
-        host.set_rulesets({name: copy.deepcopy(definition)})
+        try:
+            host.set_rulesets({name: copy.deepcopy(definition)})
+        except Exception:
+            kept: dict[str, Any] = {}
+            for i, spec in enumerate(self.specs):
+                try:
+                    host.set_rulesets({f"{name}__probe{i}": copy.deepcopy({f"r{i}": definition[f"r{i}"]})})
+                    kept[f"r{i}"] = definition[f"r{i}"]
+                except Exception:
+                    log.warning("rule %s of %s is too large for the engine; evaluated directly", spec.name, name)
+                    self.fallback.append(spec)
+            kept = kept or {"r_none": {"all": [{"m": {_MARKER: 2}}], "run": lambda _c: None}}
+            host.set_rulesets({name: copy.deepcopy(kept)})
 
     def _action(self, rule: str) -> Callable[[Any], None]:
         def fire(_c: Any) -> None:
@@ -305,11 +320,13 @@ class CompiledRules:
             try:
                 host.assert_fact(self.name, fact)
             except durable_engine.MessageNotHandledException:
-                return []
+                pass  # no rule matched
             finally:
                 with contextlib.suppress(durable_engine.MessageNotHandledException):
                     host.retract_fact(self.name, fact)
-            fired = sorted(set(self._fired), key=self._order.__getitem__)
+            fired_set = set(self._fired)
+        fired_set.update(s.name for s in self.fallback if reference_evaluate_condition(s.when, facts))
+        fired = sorted(fired_set, key=self._order.__getitem__)
         matches = []
         for rule in fired:
             spec = self._by_name[rule]

@@ -119,3 +119,21 @@ def test_chain_applies_effects_until_quiet_and_bounds_loops() -> None:
     with pytest.raises(RuleLoopError) as err:
         chain(compiled, {"score": 60}, apply, max_rounds=1)
     assert "alert_on_mql" in str(err.value) or "to_mql" in str(err.value)
+
+
+def test_conditions_too_large_for_the_engine_still_decide_like_the_reference() -> None:
+    # durable_rules expands every `any` into alternatives and refuses past a limit (16 x 3 here).
+    huge = {"all": [{"any": [{"fact": f"f{i}", "eq": v} for v in range(3)]} for i in range(16)]}
+    specs = [RuleSpec("small", {"fact": "type", "ne": "pricing"}), RuleSpec("huge", huge),
+             RuleSpec("many_ne", {"all": [{"fact": "type", "ne": "x"} for _ in range(8)]})]
+    compiled = compile_rules(f"too_large_{next(_names)}", specs)
+    assert [s.name for s in compiled.fallback] == ["huge"]
+    for facts in ({f"f{i}": i % 3 for i in range(16)}, {"type": "pricing"}, {"type": "page", "f0": 9}, {}):
+        assert [m.rule for m in compiled.evaluate(facts)] == reference_evaluate(specs, facts)
+    assert any(m.rule == "huge" for m in compiled.evaluate({f"f{i}": 1 for i in range(16)}))
+
+
+def test_null_is_no_value() -> None:
+    specs = [RuleSpec("has", {"fact": "a", "exists": True}), RuleSpec("ne", {"fact": "a", "ne": "x"})]
+    compiled = compile_rules(f"nulls_{next(_names)}", specs)
+    assert [m.rule for m in compiled.evaluate({"a": None})] == reference_evaluate(specs, {"a": None}) == []
