@@ -21,6 +21,7 @@ from opentelemetry.propagate import inject
 from sqlalchemy import Row, and_, bindparam, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
+from nurture.bus import encode
 from services.scoring.model import Outcome, ScoringModel, derive_counters
 from services.scoring.tables import audit, events, leads, outbox, score_changes
 
@@ -417,32 +418,26 @@ class Store:
         return {**{k: lead.get(k) for k in keys}, "counters": counters}
 
     def _outbox_many(self, s: Session, messages: list[dict[str, Any]]) -> None:
+        # The trace of the request that caused the messages travels with them (W3C traceparent), so
+        # publishing and the consumers' work join the same trace.
         if not messages:
             return
         carrier: dict[str, str] = {}
         inject(carrier)
-        rows = []
-        for message in messages:
-            if carrier:
-                message["trace"] = carrier
-            rows.append({"lead_id": message["lead_id"], "payload": json.dumps(message, default=str)})
-        s.execute(insert(outbox), rows)
+        trace = json.dumps(carrier) if carrier else None
+        s.execute(insert(outbox), [{"lead_id": m["lead_id"], "payload": encode(m), "trace": trace} for m in messages])
 
     def _outbox(self, s: Session, message: dict[str, Any]) -> None:
-        # The trace of the request that caused the message travels with it (W3C traceparent), so
-        # publishing and the consumers' work join the same trace.
-        carrier: dict[str, str] = {}
-        inject(carrier)
-        if carrier:
-            message["trace"] = carrier
-        s.execute(insert(outbox).values(lead_id=message["lead_id"], payload=json.dumps(message, default=str)))
+        self._outbox_many(s, [message])
 
     # -- outbox, decay, history -----------------------------------------------------------------------
 
-    def pending_outbox(self, limit: int = 2000) -> list[tuple[int, dict[str, Any]]]:
+    def pending_outbox(self, limit: int = 2000) -> list[tuple[int, str, str, str | None]]:
+        """`(seq, lead_id, message JSON, trace carrier JSON)` in commit order, published as stored."""
         with self._sessions() as s:
-            rows = s.execute(select(outbox.c.seq, outbox.c.payload).order_by(outbox.c.seq).limit(limit)).all()
-        return [(r.seq, json.loads(r.payload)) for r in rows]
+            rows = s.execute(select(outbox.c.seq, outbox.c.lead_id, outbox.c.payload, outbox.c.trace)
+                             .order_by(outbox.c.seq).limit(limit)).all()
+        return [(r.seq, r.lead_id, r.payload, r.trace) for r in rows]
 
     def mark_published(self, seqs: Sequence[int]) -> None:
         with self._sessions() as s:
