@@ -322,7 +322,7 @@ class Store:
                 occurred = ev.occurred_at or now
                 outcome = self.model.score_event(lead, {"type": ev.type, "properties": ev.properties,
                                                         "occurred_at": occurred}, now)
-                old_score, old_stage = lead["score"], lead["lifecycle_stage"]
+                old_score, old_stage, old_segment = lead["score"], lead["lifecycle_stage"], lead["segment"]
                 self._apply(lead, outcome, now)
                 touched.add(ev.lead_id)
                 event_rows.append({
@@ -336,7 +336,8 @@ class Store:
                     change_rows.append({"lead_id": ev.lead_id, "at": occurred, "delta": p.points,
                                         "score_after": running, "rule": p.rule, "reason": p.why,
                                         "event_id": event_id, "model_version": self.model.version})
-                messages.extend(self._event_messages(lead, ev, event_id, occurred, outcome, old_score, old_stage, now))
+                messages.extend(self._event_messages(lead, ev, event_id, occurred, outcome, old_score, old_stage,
+                                                     old_segment, now))
                 results[i] = EventResult(event_id=event_id)
             if event_rows:
                 s.execute(insert(events), event_rows)
@@ -393,7 +394,7 @@ class Store:
 
     def _event_messages(
         self, lead: dict[str, Any], ev: EventIn, event_id: str, occurred: datetime, outcome: Outcome,
-        old_score: int, old_stage: str, now: datetime,
+        old_score: int, old_stage: str, old_segment: str | None, now: datetime,
     ) -> list[dict[str, Any]]:
         snapshot = self._snapshot(lead, now)
         base = {"lead_id": ev.lead_id, "occurred_at": _iso(occurred), "lead": snapshot}
@@ -404,6 +405,13 @@ class Store:
             out.append({**base, "id": f"{event_id}:score", "type": "score_changed",
                         "properties": {"old": old_score, "new": lead["score"], "event_id": event_id},
                         "score_delta": lead["score"] - old_score, "rules": rules, "signals": outcome.signals})
+        if lead["segment"] != old_segment:
+            # A segment read from behaviour (e.g. funding content) is a profile change like one made
+            # through the API: segment journeys enter on lead_updated, and an event without points
+            # publishes no score_changed that could carry it.
+            out.append({**base, "id": f"{event_id}:segment", "type": "lead_updated",
+                        "properties": {"changed": ["segment"], "source": "behaviour", "event_id": event_id},
+                        "score_delta": 0, "rules": [], "signals": []})
         if lead["lifecycle_stage"] != old_stage:
             out.append({**base, "id": f"{event_id}:stage", "type": "stage_changed",
                         "properties": {"old": old_stage, "new": lead["lifecycle_stage"], "event_id": event_id},
