@@ -499,13 +499,32 @@ class Store:
                                   .order_by(score_changes.c.id.desc()).limit(limit)).all())[::-1]
 
     def timeline(self, lead_id: str, limit: int) -> list[dict[str, Any]]:
+        """Oldest first, each event followed by the score changes it caused (under a virtual clock many
+        share one instant, so the order within an instant has to carry the causality)."""
         with self._sessions() as s:
             evs = s.execute(select(events).where(events.c.lead_id == lead_id)
-                            .order_by(events.c.occurred_at).limit(limit)).all()
+                            .order_by(events.c.occurred_at, events.c.received_at).limit(limit)).all()
             changes = s.execute(select(score_changes).where(score_changes.c.lead_id == lead_id)
                                 .order_by(score_changes.c.id).limit(limit)).all()
             notes = s.execute(select(audit).where(audit.c.lead_id == lead_id).order_by(audit.c.id).limit(limit)).all()
         items: list[dict[str, Any]] = []
+        for n in notes:
+            if n.erased:
+                continue
+            items.append({"at": _aware(n.at), "kind": "event", "type": n.action, "id": f"audit:{n.id}",
+                          "summary": f"{n.action} (source {n.source})", "details": _loads(n.details)})
+        by_event: dict[str, list[dict[str, Any]]] = {}
+        loose: list[dict[str, Any]] = []
+        for c in changes:
+            sign = "+" if c.delta >= 0 else ""
+            item = {"at": _aware(c.at), "kind": "score", "type": "score_changed", "id": f"score:{c.id}",
+                    "summary": f"score {sign}{c.delta} → {c.score_after}: rule {c.rule} fired: {c.reason}",
+                    "details": {"rule": c.rule, "delta": c.delta, "score_after": c.score_after,
+                                "reason": c.reason, "event_id": c.event_id, "model_version": c.model_version}}
+            if c.event_id:
+                by_event.setdefault(c.event_id, []).append(item)
+            else:
+                loose.append(item)
         for e in evs:
             props = _loads(e.properties)
             shown = ", ".join(f"{k}={v}" for k, v in props.items() if isinstance(v, str | int | float))
@@ -513,17 +532,10 @@ class Store:
                           "summary": f"{e.type}" + (f" ({shown})" if shown else ""),
                           "details": {"event_id": e.id, "properties": props, "source": e.source,
                                       "score_delta": e.score_delta, "signals": _loads(e.signals)}})
-        for c in changes:
-            sign = "+" if c.delta >= 0 else ""
-            items.append({"at": _aware(c.at), "kind": "score", "type": "score_changed", "id": f"score:{c.id}",
-                          "summary": f"score {sign}{c.delta} → {c.score_after}: rule {c.rule} fired: {c.reason}",
-                          "details": {"rule": c.rule, "delta": c.delta, "score_after": c.score_after,
-                                      "reason": c.reason, "event_id": c.event_id, "model_version": c.model_version}})
-        for n in notes:
-            if n.erased:
-                continue
-            items.append({"at": _aware(n.at), "kind": "event", "type": n.action, "id": f"audit:{n.id}",
-                          "summary": f"{n.action} (source {n.source})", "details": _loads(n.details)})
+            items.extend(by_event.pop(e.id, []))
+        items.extend(loose)
+        items.extend(i for rest in by_event.values() for i in rest)   # events beyond the limit
+        items.sort(key=lambda i: i["at"])   # stable: the order above survives within an instant
         return items
 
 

@@ -81,6 +81,25 @@ async def test_lead_lifecycle_and_events(api: tuple[httpx.AsyncClient, FastAPI, 
     assert [i["id"] for i in page["items"]] == ["l-1"]
 
 
+async def test_timeline_keeps_cause_before_effect_within_one_instant(
+        api: tuple[httpx.AsyncClient, FastAPI, Running]) -> None:
+    # A virtual clock gives every item the same time: each event must still come before the score
+    # changes it caused, in the order the events were taken.
+    client, _app, _ = api
+    await client.post("/v1/leads", headers=AUTH, json={"id": "tl", "consent": {"email": True}})
+    sent = [("page_viewed", {"category": "pricing"})] + [("resource_downloaded", {"n": i}) for i in range(3)]
+    for etype, props in sent:
+        r = await client.post("/v1/events", headers=AUTH, json={"lead_id": "tl", "type": etype, "properties": props})
+        assert r.status_code == 202
+    items = (await client.get("/v1/leads/tl/timeline", headers=AUTH)).json()["items"]
+    assert len({i["at"] for i in items}) == 1
+    flow = [i["type"] if i["kind"] == "event" else i["details"]["rule"] for i in items]
+    assert flow == ["consent_given", "page_viewed", "pricing_page", "resource_downloaded", "content_download",
+                    "resource_downloaded", "content_download", "resource_downloaded", "three_resource_downloads",
+                    "content_download"]
+    assert [i["details"]["properties"].get("n") for i in items if i["type"] == "resource_downloaded"] == [0, 1, 2]
+
+
 async def test_batch_takes_good_events_and_rejects_bad(api: tuple[httpx.AsyncClient, FastAPI, Running]) -> None:
     client, _app, _ = api
     await client.post("/v1/leads", headers=AUTH, json={"id": "b"})
