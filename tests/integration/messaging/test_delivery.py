@@ -7,6 +7,7 @@ import json
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import timedelta
 from email import policy
 from pathlib import Path
 from typing import Any
@@ -164,6 +165,13 @@ async def test_send_window_and_caps_defer_nurture_not_transactional(mesh: Mesh) 
     assert statuses.count("sent") == 3 and statuses.count("scheduled") == 1
     held = [m for m in await mesh.messages("cap") if m.status == "scheduled"][0]
     assert "frequency cap" in held.reason
+    # Exactly a day later (virtual time lands on whole days) the cap has freed: the held one goes,
+    # and Settle returns instead of re-deferring it to the same instant forever.
+    due = held.due_at.ToDatetime().replace(tzinfo=mesh.clock.now().tzinfo)
+    assert due - mesh.clock.now() == timedelta(days=1)
+    mesh.clock.set(due)
+    await mesh.settle()
+    assert [m.status for m in await mesh.messages("cap")].count("sent") == 4
 
 
 async def test_tracking_and_one_click_unsubscribe(mesh: Mesh) -> None:
