@@ -11,19 +11,24 @@ so one bad message never blocks a shard.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import socket
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 import redis.asyncio as aioredis
+from opentelemetry import trace
+from opentelemetry.propagate import extract
 from redis.exceptions import ResponseError
 
 from nurture.redisconn import shard_of, sharded_key
 
 log = logging.getLogger(__name__)
+_tracer = trace.get_tracer(__name__)
 
 Handler = Callable[[list[dict[str, Any]]], Awaitable[None]]
 MAX_DELIVERIES = 5
@@ -60,6 +65,21 @@ class Publisher:
 def encode(message: Mapping[str, Any]) -> str:
     """A bus message's JSON (compact; datetimes and other values as strings)."""
     return json.dumps(message, separators=(",", ":"), default=str)
+
+
+def _handling_span(group: str, carriers: list[bytes], count: int) -> AbstractContextManager[trace.Span]:
+    """The consumer's work on a batch joins the trace of the request that caused its first message
+    and links the others', so one event is one trace from the gateway through every consumer."""
+    contexts = []
+    for raw in carriers:
+        with contextlib.suppress(ValueError):
+            contexts.append(trace.get_current_span(extract(json.loads(raw))).get_span_context())
+    contexts = [c for c in contexts if c.is_valid]
+    parent = trace.set_span_in_context(trace.NonRecordingSpan(contexts[0])) if contexts else None
+    return _tracer.start_as_current_span(f"bus handle {group}", context=parent,
+                                         links=[trace.Link(c) for c in contexts[1:]],
+                                         kind=trace.SpanKind.CONSUMER,
+                                         attributes={"messaging.system": "redis", "messages": count})
 
 
 class Consumer:
@@ -111,15 +131,19 @@ class Consumer:
                 continue
             messages: list[dict[str, Any]] = []
             ids: list[bytes] = []
+            carriers: dict[bytes, None] = {}
             for entry_id, fields in items:
                 ids.append(entry_id)
                 try:
                     messages.append(json.loads(fields[b"m"]))
                 except (KeyError, ValueError):
                     log.error("bus %s: dropping malformed entry %r", self._group, entry_id)
+                if fields.get(b"t"):
+                    carriers[fields[b"t"]] = None
             try:
                 if messages:
-                    await self._handler(messages)
+                    with _handling_span(self._group, list(carriers)[:50], len(messages)):
+                        await self._handler(messages)
             except Exception:
                 log.exception("bus %s: handler failed on %d messages", self._group, len(messages))
                 await self._record_failure(stream, ids, messages)

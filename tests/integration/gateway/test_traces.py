@@ -1,4 +1,4 @@
-"""One trace per accepted event: gateway request → scoring RPC → SQL → publishing to Redis."""
+"""One trace per accepted event: gateway request → scoring RPC → SQL → publishing to Redis → a consumer."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from gateway.app import create_app
+from nurture import redisconn
 from nurture.api.common.v1 import common_pb2, common_pb2_grpc
+from nurture.bus import Consumer
 from nurture.rpc import channel
 from nurture.settings import SERVICES, Settings
 from tests.conftest import free_port, start_service
@@ -29,24 +31,38 @@ def spans() -> InMemorySpanExporter:
     return exporter
 
 
-async def test_an_event_is_one_trace_from_gateway_to_redis(settings: Settings, spans: InMemorySpanExporter) -> None:
+async def test_an_event_is_one_trace_from_gateway_to_a_consumer(settings: Settings, spans: InMemorySpanExporter) -> None:
     scoring = await start_service("scoring", settings)
     addrs = {f"{s}_addr": f"127.0.0.1:{free_port()}" for s in SERVICES}
     addrs["scoring_addr"] = scoring.address
     app = create_app(settings.with_overrides(api_key="k", **addrs))
     for s in SERVICES:
         app.state.mesh.channels[s] = channel(app.state.mesh.settings.address_of(s))
+    # A bus consumer's handling of the event's message continues the same trace.
+    handled: list[dict[str, object]] = []
+
+    async def handler(messages: list[dict[str, object]]) -> None:
+        handled.extend(messages)
+
+    redis = redisconn.connect(settings)
+    consumer = Consumer(redis, group="trace-test", shards=settings.bus_shards, handler=handler)
     try:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as client:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as client, \
+                channel(scoring.address) as ch:
+            admin = common_pb2_grpc.AdminStub(ch)
             headers = {"Authorization": "Bearer k"}
             assert (await client.post("/v1/leads", headers=headers, json={"id": "t"})).status_code == 201
+            await admin.Settle(common_pb2.SettleRequest(), timeout=5)
+            await consumer.drain()
             spans.clear()
             r = await client.post("/v1/events", headers=headers, json={"lead_id": "t", "type": "page_viewed"})
             assert r.status_code == 202
-        async with channel(scoring.address) as ch:
-            await common_pb2_grpc.AdminStub(ch).Settle(common_pb2.SettleRequest(), timeout=5)
+            await admin.Settle(common_pb2.SettleRequest(), timeout=5)
+            await consumer.drain()
     finally:
+        await redis.aclose()
         await scoring.stop(grace=0.2)
+    assert any(m["type"] == "page_viewed" and m["lead_id"] == "t" for m in handled)
     finished = spans.get_finished_spans()
     root = next(s for s in finished if s.name == "POST /v1/events")
     same = [s for s in finished if s.context.trace_id == root.context.trace_id]
@@ -54,3 +70,4 @@ async def test_an_event_is_one_trace_from_gateway_to_redis(settings: Settings, s
     assert "/nurture.api.scoring.v1.Scoring/IngestEvents" in names
     assert "ingest" in names and "publish" in names and "redis XADD bus" in names
     assert any(n.startswith("sql INSERT") for n in names)
+    assert "bus handle trace-test" in names
