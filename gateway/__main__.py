@@ -17,8 +17,11 @@ def main() -> None:
     provider = telemetry.setup("gateway", settings)
     try:
         uvicorn.run(create_app(settings), host=settings.bind_host, port=settings.http_port, log_level="warning",
-                    loop="asyncio", http="httptools",
-                    access_log=False)
+                    loop="asyncio", http="httptools", access_log=False,
+                    # Longer than the idle timeout of the clients and load balancers in front (60 s is
+                    # common): a server closing first races a request sent on the idle connection,
+                    # which the client sees as a reset (uvicorn's default is 5 s).
+                    timeout_keep_alive=75)
     finally:
         provider.shutdown()
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import grpc
 from fastapi import Request
+from starlette.requests import ClientDisconnect
 
 from nurture.rpc import DEADLINE_S
 from nurture.settings import Settings
@@ -92,7 +93,10 @@ class TokenBucket:
 async def json_body(request: Request) -> Any:
     """The request body parsed as JSON whatever the Content-Type says (curl -d sends form type);
     400 when it is not JSON."""
-    raw = await request.body()
+    try:
+        raw = await request.body()
+    except ClientDisconnect as exc:  # nobody is left to answer; not a server error
+        raise ApiError(400, "malformed", "the client disconnected before the whole body arrived") from exc
     if not raw.strip():
         raise ApiError(400, "malformed", "a JSON body is required")
     try:
