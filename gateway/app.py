@@ -86,8 +86,11 @@ def create_app(settings: Settings) -> FastAPI:
         for ch in mesh.channels.values():
             await ch.close()
 
+    # FastAPI's own telemetry is off: it adds spans per dependency and endpoint, metrics and logs to
+    # every request (a measured share of the gateway's time); our middleware keeps one span each.
     app = FastAPI(title="BorderBridge Nurture gateway", version="1", lifespan=lifespan,
-                  description="The HTTP door into the nurture mesh (see shared/API.md).")
+                  description="The HTTP door into the nurture mesh (see shared/API.md).",
+                  telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False})
     app.state.mesh = Mesh(settings=settings)
     app.state.clock = make_clock(settings.clock, settings.redis_url)
     app.state.clock_lock = asyncio.Lock()
