@@ -200,20 +200,22 @@ class JourneysRuntime:
         results: list[tuple[LeadState, Outcome]] = []
         with self.db.session() as s:
             states = storage.load_states(s, sorted(by_lead))
+            done = storage.processed_among(s, [str(m["id"]) for ms in by_lead.values() for m in ms if m.get("id")])
             writes = storage.Writes()
             for lead_id, messages in by_lead.items():
-                state, out = self._apply_messages(s, writes, states.get(lead_id), lead_id, messages, now)
+                state, out = self._apply_messages(s, writes, states.get(lead_id), lead_id, messages, now, done)
                 if state is not None:
                     results.append((state, out))
             writes.flush(s)
         return results
 
     def _apply_messages(self, s: Any, writes: storage.Writes, state: LeadState | None, lead_id: str,
-                        messages: list[dict[str, Any]], now: datetime) -> tuple[LeadState | None, Outcome]:
+                        messages: list[dict[str, Any]], now: datetime,
+                        done: set[str]) -> tuple[LeadState | None, Outcome]:
         total = Outcome()
         for m in messages:
             mid = str(m.get("id") or "")
-            if mid and (mid in writes.processed or storage.is_processed(s, mid)):
+            if mid and (mid in writes.processed or mid in done):
                 # Already applied (a replay after a crash): re-arm what is live, change nothing.
                 if state is not None:
                     total.touched |= {k for k, e in state.enrollments.items() if e.status in LIVE}

@@ -180,8 +180,13 @@ def load_state(session: Session, lead_id: str) -> LeadState | None:
     return load_states(session, [lead_id]).get(lead_id)
 
 
-def is_processed(session: Session, message_id: str) -> bool:
-    return session.get(ProcessedRow, message_id) is not None
+def processed_among(session: Session, message_ids: list[str]) -> set[str]:
+    """Which of these bus message ids were applied already (one query per 500, not one per message)."""
+    found: set[str] = set()
+    for i in range(0, len(message_ids), 500):
+        chunk = message_ids[i:i + 500]
+        found.update(session.scalars(select(ProcessedRow.message_id).where(ProcessedRow.message_id.in_(chunk))))
+    return found
 
 
 class Writes:
