@@ -94,16 +94,20 @@ class Consumer:
         handler: Handler,
         batch: int = 500,
         consumer: str | None = None,
+        linger: float = 0.05,
     ) -> None:
         self._redis = client
         self._group = group
         self._shards = shards
         self._handler = handler
         self._batch = batch
+        self._linger = linger  # seconds a consumer waits after a small read (latency for fewer calls)
         # Stable per host and process slot so a restarted process re-reads its own pending entries.
         self._consumer = consumer or f"{group}-{socket.gethostname()}-{os.environ.get('NURTURE_REPLICA', '0')}"
         self._lock = asyncio.Lock()
-        self._failures: dict[bytes, int] = {}
+        # Keyed by stream and entry: entry ids are per stream, and shards written in the same
+        # millisecond share them (one shard's success must not reset another's failure count).
+        self._failures: dict[tuple[bytes, bytes], int] = {}
         self._ready = False
 
     async def ensure_groups(self) -> None:
@@ -125,46 +129,67 @@ class Consumer:
         return list(result or [])
 
     async def _handle(self, entries: list[tuple[bytes, list[tuple[bytes, dict]]]]) -> int:
-        handled = 0
-        for stream, items in entries:
-            if not items:
-                continue
-            messages: list[dict[str, Any]] = []
-            ids: list[bytes] = []
-            carriers: dict[bytes, None] = {}
-            for entry_id, fields in items:
-                ids.append(entry_id)
-                try:
-                    messages.append(json.loads(fields[b"m"]))
-                except (KeyError, ValueError):
-                    log.error("bus %s: dropping malformed entry %r", self._group, entry_id)
-                if fields.get(b"t"):
-                    carriers[fields[b"t"]] = None
+        batches = [b for b in (self._parse(stream, items) for stream, items in entries) if b[1]]
+        if len(batches) > 1:
+            # Every shard's messages in one handler call: a consumer's cost is mostly per call (one
+            # transaction, one round of RPCs), and at modest rates each shard holds only a few.
             try:
-                if messages:
-                    with _handling_span(self._group, list(carriers)[:50], len(messages)):
-                        await self._handler(messages)
+                await self._call([m for _, _, ms, _ in batches for m in ms], [c for *_, cs in batches for c in cs])
+            except Exception:
+                log.warning("bus %s: a batch across %d shards failed; handling shard by shard", self._group,
+                            len(batches), exc_info=True)
+            else:
+                for stream, ids, _, _ in batches:
+                    await self._ack(stream, ids)
+                return sum(len(ids) for _, ids, _, _ in batches)
+        handled = 0
+        for stream, ids, messages, carriers in batches:
+            try:
+                await self._call(messages, carriers)
             except Exception:
                 log.exception("bus %s: handler failed on %d messages", self._group, len(messages))
                 await self._record_failure(stream, ids, messages)
                 continue
-            await self._redis.xack(stream, self._group, *ids)
-            for entry_id in ids:
-                self._failures.pop(entry_id, None)
+            await self._ack(stream, ids)
             handled += len(ids)
         return handled
 
+    def _parse(self, stream: bytes, items: list[tuple[bytes, dict]]
+               ) -> tuple[bytes, list[bytes], list[dict[str, Any]], list[bytes]]:
+        messages: list[dict[str, Any]] = []
+        ids: list[bytes] = []
+        carriers: dict[bytes, None] = {}
+        for entry_id, fields in items:
+            ids.append(entry_id)
+            try:
+                messages.append(json.loads(fields[b"m"]))
+            except (KeyError, ValueError):
+                log.error("bus %s: dropping malformed entry %r", self._group, entry_id)
+            if fields.get(b"t"):
+                carriers[fields[b"t"]] = None
+        return stream, ids, messages, list(carriers)
+
+    async def _call(self, messages: list[dict[str, Any]], carriers: list[bytes]) -> None:
+        if messages:
+            with _handling_span(self._group, list(dict.fromkeys(carriers))[:50], len(messages)):
+                await self._handler(messages)
+
+    async def _ack(self, stream: bytes, ids: list[bytes]) -> None:
+        await self._redis.xack(stream, self._group, *ids)
+        for entry_id in ids:
+            self._failures.pop((stream, entry_id), None)
+
     async def _record_failure(self, stream: bytes, ids: list[bytes], messages: list[dict[str, Any]]) -> None:
         for entry_id in ids:
-            self._failures[entry_id] = self._failures.get(entry_id, 0) + 1
-        dead = [i for i in ids if self._failures[i] >= MAX_DELIVERIES]
+            self._failures[(stream, entry_id)] = self._failures.get((stream, entry_id), 0) + 1
+        dead = [i for i in ids if self._failures[(stream, i)] >= MAX_DELIVERIES]
         if dead:
             for entry_id in dead:
                 await self._redis.xadd(
                     f"nurture:bus-dead:{{{self._group}}}",
                     {"stream": stream, "entry": entry_id, "m": json.dumps(messages, default=str)[:65536]},
                 )
-                self._failures.pop(entry_id, None)
+                self._failures.pop((stream, entry_id), None)
             await self._redis.xack(stream, self._group, *dead)
             log.error("bus %s: dead-lettered %d entries after %d failures", self._group, len(dead), MAX_DELIVERIES)
 
@@ -192,6 +217,10 @@ class Consumer:
             try:
                 # Block outside the lock so Settle's drain is never starved by an idle read.
                 entries = await self._read(">", idle_block_ms)
+                if entries and self._linger and sum(len(items) for _, items in entries) < self._batch:
+                    # A trickle arrived: wait a moment for more, so one handler call takes many.
+                    await asyncio.sleep(self._linger)
+                    entries += await self._read(">", None)
                 if entries:
                     async with self._lock:
                         await self._handle(entries)

@@ -31,7 +31,9 @@ def spans() -> InMemorySpanExporter:
     return exporter
 
 
-async def test_an_event_is_one_trace_from_gateway_to_a_consumer(settings: Settings, spans: InMemorySpanExporter) -> None:
+async def test_an_event_is_one_trace_from_gateway_to_a_consumer(
+    settings: Settings, spans: InMemorySpanExporter
+) -> None:
     scoring = await start_service("scoring", settings)
     addrs = {f"{s}_addr": f"127.0.0.1:{free_port()}" for s in SERVICES}
     addrs["scoring_addr"] = scoring.address
