@@ -96,17 +96,32 @@ class Store:
             return False, dict(found)
 
     def insert_messages(self, rows: Sequence[tuple[dict[str, Any], LogLine]]) -> list[tuple[bool, dict[str, Any]]]:
-        """Group commit of many inserts; falls back to one by one when any dedupe key collides."""
+        """Group commit of many inserts: (True, row) for each new dedupe key, (False, stored row) for a key
+        already known (in the table or earlier in `rows`). One transaction; falls back to one by one only
+        when a concurrent writer inserted one of the keys meanwhile."""
         if not rows:
             return []
         keys = [r["dedupe_key"] for r, _ in rows]
         try:
             with self._sessions() as s:
-                if len(set(keys)) != len(keys):
-                    raise IntegrityError("batch", {}, Exception("duplicate key in batch"))
-                s.execute(insert(messages), [r for r, _ in rows])
-                _log(s, [line for _, line in rows], rows[0][0]["created_at"])
-            return [(True, r) for r, _ in rows]
+                known: dict[str, dict[str, Any]] = {}
+                for chunk in range(0, len(keys), 500):
+                    for found in s.execute(select(messages).where(
+                            messages.c.dedupe_key.in_(keys[chunk:chunk + 500]))).mappings():
+                        known[found["dedupe_key"]] = dict(found)
+                out: list[tuple[bool, dict[str, Any]]] = []
+                fresh: list[tuple[dict[str, Any], LogLine]] = []
+                for row, line in rows:
+                    if row["dedupe_key"] in known:
+                        out.append((False, known[row["dedupe_key"]]))
+                        continue
+                    known[row["dedupe_key"]] = row
+                    fresh.append((row, line))
+                    out.append((True, row))
+                if fresh:
+                    s.execute(insert(messages), [r for r, _ in fresh])
+                    _log(s, [line for _, line in fresh], fresh[0][0]["created_at"])
+            return out
         except IntegrityError:
             return [self.insert_message(r, line) for r, line in rows]
 
