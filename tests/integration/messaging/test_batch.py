@@ -84,3 +84,22 @@ async def test_oversized_batch_is_refused_and_records_nothing(mesh: Mesh) -> Non
     assert [r.status for r in full.results] == ["scheduled"] * 1000
     assert len({r.message_id for r in full.results}) == 1000
     assert len(await mesh.messages("big")) == 1000
+
+
+async def test_refused_recipients_inside_a_connection_share_block_nothing(mesh: Mesh) -> None:
+    # 24 emails in one worker batch: each SMTP connection takes a run of 3, so the refused (550) and
+    # deferred (451) recipients sit in the middle of runs, with messages after them on the same connection.
+    kinds = {4: "nobody@reject.invalid", 10: "later@tempfail.invalid", 13: "nobody2@reject.invalid"}
+    items = []
+    for i in range(24):
+        mesh.scoring.add(make_lead(f"r{i}", email=kinds.get(i, f"r{i}@example.com")))
+        items.append(item(f"r{i}", "webinar.email_01", category="transactional"))
+    reply = await mesh.stub.SendBatch(messaging_pb2.SendBatchRequest(items=items), timeout=5)
+    assert [r.status for r in reply.results] == ["scheduled"] * 24
+    await mesh.settle()
+    status = {i: (await mesh.messages(f"r{i}"))[0] for i in range(24)}
+    assert {i for i, m in status.items() if m.status == "sent"} == set(range(24)) - set(kinds)
+    assert status[4].status == status[13].status == "failed" and status[4].reason.startswith("550")
+    assert status[10].status == "scheduled" and status[10].reason.startswith("retrying: 451")
+    assert len(mesh.sink.messages()) == 21
+    assert len(mesh.scoring.of_type("email_hard_bounced")) == 2
