@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import itertools
+import json
 import logging
 import re
 import threading
@@ -34,6 +35,7 @@ OPS = ("eq", "ne", "gt", "gte", "lt", "lte", "in", "contains", "exists", "matche
 log = logging.getLogger(__name__)
 _SID = "0"
 _MARKER = "nurture__snapshot"
+MEMO_LIMIT = 100_000  # distinct pruned snapshots remembered per rule set
 
 
 class RulesError(Exception):
@@ -263,10 +265,24 @@ _registered: dict[str, CompiledRules] = {}
 _ids = itertools.count(1)
 
 
+class _SynchronousHost(durable_engine.Host):  # type: ignore[misc]
+    """durable_rules' Host without its background dispatch loop.
+
+    The stock Host starts a new `threading.Timer` thread per registered ruleset every 0.2 s, twice
+    (actions and engine timers), forever: with the scoring model's 18 rulesets that is 180 thread
+    starts a second, about 5% of a core per idle service, and GIL hand-offs that delay the event loop.
+    This adapter needs neither loop: an asserted fact's actions run in the asserting thread before
+    `assert_fact` returns, and time lives outside the engine (no engine timers). Without the loop a
+    background thread can also no longer pick up an action concurrently with `evaluate`."""
+
+    def _run(self) -> None:
+        return None
+
+
 def _get_host() -> durable_engine.Host:
     global _host
     if _host is None:
-        _host = durable_engine.Host()
+        _host = _SynchronousHost()
     return _host
 
 
@@ -280,6 +296,8 @@ class CompiledRules:
         self._by_name = {s.name: s for s in self.specs}
         self._fired: list[str] = []
         self._facts_read = {s.name: _facts_of(s.when) for s in self.specs}
+        self._paths = _covering_paths({f for read in self._facts_read.values() for f in read})
+        self._memo: dict[str, list[Match]] = {}
         definition: dict[str, Any] = {}
         for i, spec in enumerate(self.specs):
             # The marker keeps purely negative conditions from matching the engine's own session
@@ -311,7 +329,23 @@ class CompiledRules:
         return fire
 
     def evaluate(self, facts: Mapping[str, Any]) -> list[Match]:
-        """Every rule whose condition holds for `facts`, in definition order."""
+        """Every rule whose condition holds for `facts`, in definition order.
+
+        Only the facts the rules read reach the engine: its cost grows with the size of the asserted
+        fact (flattening, and JSON both ways across its C boundary), and a lead snapshot is far larger
+        than what one rule set reads. Evaluation is a pure function of those facts, and the same few
+        combinations recur all the time (segment, category, consent...), so each distinct one is asked
+        once and remembered (bounded)."""
+        pruned = _prune(facts, self._paths)
+        key = json.dumps(pruned, sort_keys=True, default=_typed_text)
+        found = self._memo.get(key)
+        if found is None:
+            if len(self._memo) >= MEMO_LIMIT:
+                self._memo.clear()
+            found = self._memo[key] = self._evaluate(pruned)
+        return found
+
+    def _evaluate(self, facts: Mapping[str, Any]) -> list[Match]:
         flat = flatten_facts(facts)
         fact = {"id": next(_ids), "sid": _SID, _MARKER: 1, **flat}
         host = _get_host()
@@ -333,6 +367,38 @@ class CompiledRules:
             read = {f: _lookup(facts, f)[1] for f in self._facts_read[rule]}
             matches.append(Match(rule=rule, meta=spec.meta, facts=read))
         return matches
+
+
+def _covering_paths(dotted: set[str]) -> tuple[tuple[str, ...], ...]:
+    """The fact paths to keep, without those inside another kept path (kept whole already)."""
+    kept: list[tuple[str, ...]] = []
+    for parts in sorted(tuple(d.split(".")) for d in dotted):
+        if not any(parts[:len(k)] == k for k in kept):
+            kept.append(parts)
+    return tuple(kept)
+
+
+def _prune(facts: Mapping[str, Any], paths: tuple[tuple[str, ...], ...]) -> dict[str, Any]:
+    """A new tree holding only `paths` of `facts` (each kept value whole); the same meaning for rules
+    that read only those paths, as the compiled conditions name nothing outside them."""
+    out: dict[str, Any] = {}
+    for parts in paths:
+        src: Any = facts
+        dst = out
+        for i, part in enumerate(parts):
+            if not isinstance(src, Mapping) or part not in src:
+                break
+            src = src[part]
+            if i == len(parts) - 1 or not isinstance(src, Mapping):
+                dst[part] = src
+                break
+            dst = dst.setdefault(part, {})
+    return out
+
+
+def _typed_text(value: Any) -> str:
+    # Memo keys of non-JSON values carry their type: a datetime and its string are different facts.
+    return f"<{type(value).__name__}>{value}"
 
 
 def _facts_of(cond: Mapping[str, Any]) -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime, timedelta
 from typing import Any
 
 from fastapi import APIRouter, Depends, Header, Request
@@ -15,7 +16,18 @@ router = APIRouter(prefix="/v1", tags=["events"], dependencies=[Depends(require_
 FIELDS = {"lead_id", "type", "properties", "occurred_at", "idempotency_key"}
 
 
-def to_event(raw: Any, header_key: str | None = None) -> scoring_pb2.Event:
+# Properties the canonical events give as times (webinar start, trial end): journeys schedule from them,
+# so a value that is not a time would be stored and then silently do nothing.
+TIME_PROPERTIES = ("starts_at", "ends_at")
+# How far ahead of the clock an event may say it happened (clients' clocks drift; a day is generous).
+FUTURE_SLACK = timedelta(days=1)
+
+
+def _field_problem(exc: ApiError, name: str) -> str:
+    return exc.message.removeprefix(f"{name} ")
+
+
+def to_event(raw: Any, header_key: str | None = None, now: datetime | None = None) -> scoring_pb2.Event:
     """One API event as a proto event, or ApiError(422) naming every problem."""
     body = require_object(raw, "event")
     problems: dict[str, str] = {}
@@ -31,6 +43,13 @@ def to_event(raw: Any, header_key: str | None = None) -> scoring_pb2.Event:
         props = {}
     if not isinstance(props, dict):
         problems["properties"] = "must be an object"
+    else:
+        for name in TIME_PROPERTIES:
+            if props.get(name) is not None:
+                try:
+                    parse_time(props[name], f"properties.{name}")
+                except ApiError as exc:
+                    problems[f"properties.{name}"] = _field_problem(exc, f"properties.{name}")
     key = body.get("idempotency_key", header_key)
     if key is not None and (not isinstance(key, str) or not key or len(key) > 200):
         problems["idempotency_key"] = "must be a non-empty string of at most 200 characters"
@@ -39,9 +58,13 @@ def to_event(raw: Any, header_key: str | None = None) -> scoring_pb2.Event:
                               idempotency_key=key if isinstance(key, str) else "")
     if body.get("occurred_at") is not None:
         try:
-            event.occurred_at.FromDatetime(parse_time(body["occurred_at"], "occurred_at"))
+            occurred = parse_time(body["occurred_at"], "occurred_at")
+            if now is not None and occurred > now + FUTURE_SLACK:
+                problems["occurred_at"] = f"is in the future (now is {now.isoformat().replace('+00:00', 'Z')})"
+            else:
+                event.occurred_at.FromDatetime(occurred)
         except ApiError as exc:
-            problems["occurred_at"] = exc.message
+            problems["occurred_at"] = _field_problem(exc, "occurred_at")
     if problems:
         raise ApiError(422, "invalid", "; ".join(f"{k} {v}" for k, v in problems.items()), {"fields": problems})
     event.properties_json = json.dumps(props)
@@ -56,9 +79,10 @@ def _error(result: scoring_pb2.EventResult) -> ApiError:
 
 @router.post("/events", status_code=202, summary="Record one event (durable on 202)")
 async def post_event(
-    body: Any = Depends(json_body), idempotency_key: str | None = Header(None), m: Mesh = Depends(mesh)
+    request: Request, body: Any = Depends(json_body), idempotency_key: str | None = Header(None),
+    m: Mesh = Depends(mesh)
 ) -> dict[str, Any]:
-    event = to_event(body, idempotency_key)
+    event = to_event(body, idempotency_key, request.app.state.clock.now())
     reply = await scoring_pb2_grpc.ScoringStub(m.channel("scoring")).IngestEvents(
         scoring_pb2.IngestRequest(events=[event]), timeout=m.timeout)
     result = reply.results[0]
@@ -79,9 +103,10 @@ async def post_batch(request: Request, body: Any = Depends(json_body), m: Mesh =
     rejected: list[dict[str, Any]] = []
     events: list[scoring_pb2.Event] = []
     index: list[int] = []
+    now = request.app.state.clock.now()
     for i, item in enumerate(raw):
         try:
-            events.append(to_event(item))
+            events.append(to_event(item, now=now))
             index.append(i)
         except ApiError as exc:
             rejected.append({"index": i, "error": {"code": exc.code, "message": exc.message, "details": exc.details}})

@@ -6,7 +6,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from fastapi import APIRouter, Depends, Query
+import yaml
+from fastapi import APIRouter, Depends, Query, Request
 
 from gateway.convert import iso, parse_time, require_object
 from gateway.deps import ApiError, Mesh, json_body, mesh, require_key
@@ -18,6 +19,21 @@ router = APIRouter(tags=["journeys"], dependencies=[Depends(require_key)])
 
 def _stub(m: Mesh) -> journeys_pb2_grpc.JourneysStub:
     return journeys_pb2_grpc.JourneysStub(m.channel("journeys"))
+
+
+async def definition_body(request: Request) -> Any:
+    """JSON, or YAML when the Content-Type says so: the playbook is kept as YAML, so a file from
+    services/journeys/playbook can be PUT as it is."""
+    if "yaml" not in request.headers.get("content-type", "").lower():
+        return await json_body(request)
+    raw = await request.body()
+    try:
+        document = yaml.safe_load(raw)
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ApiError(400, "malformed", f"the body is not valid YAML: {exc}") from exc
+    if document is None:
+        raise ApiError(400, "malformed", "a YAML body is required")
+    return document
 
 
 def _summary(s: journeys_pb2.JourneySummary) -> dict[str, Any]:
@@ -42,13 +58,13 @@ async def get_journey(key: str, version: int = Query(0, ge=0), m: Mesh = Depends
 
 
 @router.put("/v1/journeys/{key}", summary="Store a new draft version (422 lists every problem)")
-async def put_journey(key: str, validate_only: bool = Query(False), body: Any = Depends(json_body),
+async def put_journey(key: str, validate_only: bool = Query(False), body: Any = Depends(definition_body),
                       m: Mesh = Depends(mesh)) -> dict[str, Any]:
     document = require_object(body, "definition")
     if isinstance(document.get("definition"), dict) and "steps" not in document:
         document = document["definition"]
     reply = await _stub(m).PutJourney(journeys_pb2.PutJourneyRequest(
-        key=key, definition_json=json.dumps(document), validate_only=validate_only), timeout=m.timeout)
+        key=key, definition_json=json.dumps(document, default=str), validate_only=validate_only), timeout=m.timeout)
     if validate_only:
         return {"key": key, "valid": True, "problems": []}
     return {"key": key, "version": reply.version, "status": "draft"}

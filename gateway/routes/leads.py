@@ -121,7 +121,9 @@ async def timeline(lead_id: str, limit: int = Query(1000, ge=1, le=10000), m: Me
 
     missing: list[dict[str, str]] = []
     parts = await asyncio.gather(*(part(s) for s in SERVICES))
-    items = sorted((i for p in parts for i in p), key=lambda i: (i.at.ToNanoseconds(), i.id))
+    # Stable by time only: within one instant (common under a virtual clock) each service's own causal
+    # order is kept, and the services follow the flow of a change: event, score, journey, message, crm.
+    items = sorted((i for p in parts for i in p), key=lambda i: i.at.ToNanoseconds())
     body: dict[str, Any] = {"items": [
         {"at": iso(i.at), "kind": i.kind, "type": i.type, "summary": i.summary, "id": i.id,
          **({"details": json.loads(i.details_json)} if i.details_json else {})} for i in items[-limit:]]}

@@ -20,6 +20,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 
 from gateway.deps import ApiError, Mesh, mesh, require_key
 from nurture.api.messaging.v1 import messaging_pb2, messaging_pb2_grpc
+from nurture.api.scoring.v1 import scoring_pb2, scoring_pb2_grpc
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,9 @@ def _invalid_token(exc: grpc.aio.AioRpcError) -> bool:
 @keyed.get("/leads/{lead_id}/messages")
 async def lead_messages(lead_id: str, limit: int = Query(1000, ge=1, le=10000),
                         m: Mesh = Depends(mesh)) -> dict[str, Any]:
+    # An unknown (or erased) lead is 404 like its other resources, not an empty list.
+    await scoring_pb2_grpc.ScoringStub(m.channel("scoring")).GetLead(scoring_pb2.GetLeadRequest(id=lead_id),
+                                                                     timeout=m.timeout)
     reply = await stub(m).ListMessages(messaging_pb2.ListMessagesRequest(lead_id=lead_id, limit=limit),
                                        timeout=m.timeout)
     return {"items": [{

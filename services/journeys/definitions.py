@@ -48,9 +48,10 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 class DefinitionError(Exception):
     """A definition that cannot be used; `problems` lists every reason."""
 
-    def __init__(self, problems: list[str]) -> None:
+    def __init__(self, problems: list[str], journey: Journey | None = None) -> None:
         super().__init__("; ".join(problems))
         self.problems = problems
+        self.journey = journey   # what could be built despite the problems (for the cross checks)
 
 
 def parse_duration(value: Any) -> timedelta:
@@ -297,7 +298,7 @@ def load(document: Mapping[str, Any], *, version: int = 0) -> Journey:
     )
     problems.extend(_check_steps(journey))
     if problems:
-        raise DefinitionError(problems)
+        raise DefinitionError(problems, journey if key != "invalid" else None)
     return journey
 
 
@@ -513,7 +514,9 @@ def check(document: Mapping[str, Any], *, journeys: Iterable[str] | None = None,
     try:
         journey = load(document, version=version)
     except DefinitionError as exc:
-        return None, exc.problems
+        # Every problem at once: unknown templates and journeys too, not only the structural ones.
+        partial = validate(exc.journey, journeys=journeys, templates=templates) if exc.journey else []
+        return None, exc.problems + [p for p in partial if p not in exc.problems]
     return journey, validate(journey, journeys=journeys, templates=templates)
 
 

@@ -2,7 +2,8 @@
 
 Every condition is evaluated through nurture.rules (durable_rules). The event type is filtered in
 Python first: a rule set holds only the rules that listen to that type, so most messages cost one
-dictionary lookup (see ../shared/RULES-ENGINE.md for what an engine evaluation costs). Rule set names
+dictionary lookup (see ../shared/RULES-ENGINE.md for what an engine evaluation costs); the adapter
+prunes the facts to what a rule set reads and remembers each distinct answer. Rule set names
 carry the journey key, the version and a digest of the rules, because durable_rules can never replace
 a registered rule set and a test process may see two different definitions with the same version.
 """
@@ -18,55 +19,6 @@ from nurture.rules import CompiledRules, Match, RuleSpec, compile_rules
 from services.journeys.definitions import Journey, Rule
 
 _cache: dict[tuple[str, int, str, str, str], CompiledRules | None] = {}
-_reads: dict[str, tuple[tuple[str, ...], ...]] = {}
-# Evaluation is a pure function of (rule set, the facts it reads): identical pruned snapshots recur
-# constantly (same segment, same category, same consent), so each distinct one is asked once.
-_memo: dict[tuple[str, str], list[Match]] = {}
-MEMO_LIMIT = 200_000
-
-
-def _evaluate(compiled: CompiledRules, facts: Mapping[str, Any]) -> list[Match]:
-    pruned = _prune(facts, _needed(compiled))
-    key = (compiled.name, json.dumps(pruned, sort_keys=True, default=str))
-    found = _memo.get(key)
-    if found is None:
-        if len(_memo) >= MEMO_LIMIT:
-            _memo.clear()
-        found = _memo[key] = compiled.evaluate(pruned)
-    return found
-
-
-def _paths(cond: Mapping[str, Any]) -> list[str]:
-    if "all" in cond or "any" in cond:
-        return [p for c in cond.get("all", cond.get("any", [])) for p in _paths(c)]
-    return [str(cond["fact"])]
-
-
-def _needed(compiled: CompiledRules) -> tuple[tuple[str, ...], ...]:
-    """The dotted fact paths a rule set reads (so only those are flattened for the engine)."""
-    found = _reads.get(compiled.name)
-    if found is None:
-        paths = sorted({p for spec in compiled.specs for p in _paths(spec.when)})
-        found = _reads[compiled.name] = tuple(tuple(p.split(".")) for p in paths)
-    return found
-
-
-def _prune(facts: Mapping[str, Any], paths: tuple[tuple[str, ...], ...]) -> dict[str, Any]:
-    """A copy of `facts` holding only the given paths: the engine's cost grows with the snapshot size,
-    and a lead snapshot is far larger than what one rule set reads. Meaning is unchanged."""
-    out: dict[str, Any] = {}
-    for parts in paths:
-        src: Any = facts
-        dst = out
-        for i, part in enumerate(parts):
-            if not isinstance(src, Mapping) or part not in src:
-                break
-            src = src[part]
-            if i == len(parts) - 1 or not isinstance(src, Mapping):
-                dst[part] = src
-                break
-            dst = dst.setdefault(part, {})
-    return out
 
 
 def _digest(specs: Sequence[RuleSpec]) -> str:
@@ -95,7 +47,7 @@ def matching(journey: Journey, part: str, event_type: str, facts: Mapping[str, A
     if compiled is None:
         return []
     by_name = {r.name: r for r in rules}
-    return [(by_name[m.rule], m) for m in _evaluate(compiled, facts)]
+    return [(by_name[m.rule], m) for m in compiled.evaluate(facts)]
 
 
 def branch(journey: Journey, step_id: str, rules: Sequence[Mapping[str, Any]],
@@ -108,7 +60,7 @@ def branch(journey: Journey, step_id: str, rules: Sequence[Mapping[str, Any]],
                                     specs)
     compiled = _cache[key]
     assert compiled is not None
-    found = _evaluate(compiled, facts)
+    found = compiled.evaluate(facts)
     return found[0] if found else None
 
 

@@ -258,7 +258,13 @@ class Channels:
                     if not page:
                         break
                 available = True
-            except (grpc.aio.AioRpcError, AttributeError) as exc:
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.NOT_FOUND and not members:
+                    # Neither a journey (or journey.stage) nor an audience a send step filled.
+                    raise NotFoundError(f"unknown audience {name!r}: audiences are journeys or journey.stage "
+                                        "(e.g. family or family.decision) and those ads_audience steps fill") from exc
+                log.info("journeys unavailable for audience %s: %s", name, exc)
+            except AttributeError as exc:
                 log.info("journeys unavailable for audience %s: %s", name, exc)
         ordered = sorted(members)
         suppressed = await e.db.run(e.store.ad_suppressed, ordered)

@@ -53,14 +53,16 @@ MAX_BATCH = 1000          # items of one SendBatch call (bounded memory and comm
 
 # Rolling per-lead caps on one sorted set of nurture sends (members are message ids, so a retry of the
 # same message never counts twice). Returns 0 when allowed (and records it), else the epoch second
-# when the lead is next under both caps. One key, one lead: safe on Redis Cluster.
+# when the lead is next under both caps. One key, one lead: safe on Redis Cluster. The day window is
+# open at its start: a send exactly a day old no longer counts, so the time returned is always after
+# `now` (virtual time lands on whole days; an inclusive bound re-deferred to `now` and spun forever).
 CAPS_LUA = """
 local now = tonumber(ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 604800)
 if redis.call('ZSCORE', KEYS[1], ARGV[2]) then return 0 end
-local day = redis.call('ZCOUNT', KEYS[1], now - 86400, '+inf')
+local day = redis.call('ZCOUNT', KEYS[1], '(' .. (now - 86400), '+inf')
 if day >= tonumber(ARGV[3]) then
-  local first = redis.call('ZRANGEBYSCORE', KEYS[1], now - 86400, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+  local first = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. (now - 86400), '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
   return math.ceil(tonumber(first[2]) + 86400)
 end
 if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[4]) then

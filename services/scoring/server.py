@@ -81,14 +81,15 @@ class Outbox:
                 pending = await self._db.run(self._store.pending_outbox)
                 if not pending:
                     return done
-                contexts = [trace.get_current_span(extract(m["trace"])).get_span_context()
-                            for _, m in pending if m.get("trace")]
+                # One batch's messages share their request's carrier: each distinct one is read once.
+                carriers = list(dict.fromkeys(t for *_, t in pending if t))[:50]
+                contexts = [trace.get_current_span(extract(json.loads(t))).get_span_context() for t in carriers]
                 parent = trace.set_span_in_context(trace.NonRecordingSpan(contexts[0])) if contexts else None
-                links = [trace.Link(c) for c in contexts[1:50]]
+                links = [trace.Link(c) for c in contexts[1:]]
                 with _tracer.start_as_current_span("publish", context=parent, links=links), \
                         redis_span("XADD bus", messages=len(pending)):
-                    await self._publisher.publish([m for _, m in pending])
-                await self._db.run(self._store.mark_published, [seq for seq, _ in pending])
+                    await self._publisher.publish_encoded([(lead, payload, t) for _, lead, payload, t in pending])
+                await self._db.run(self._store.mark_published, [seq for seq, *_ in pending])
                 done += len(pending)
 
     async def run(self) -> None:

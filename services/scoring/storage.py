@@ -21,6 +21,7 @@ from opentelemetry.propagate import inject
 from sqlalchemy import Row, and_, bindparam, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
+from nurture.bus import encode
 from services.scoring.model import Outcome, ScoringModel, derive_counters
 from services.scoring.tables import audit, events, leads, outbox, score_changes
 
@@ -322,7 +323,7 @@ class Store:
                 occurred = ev.occurred_at or now
                 outcome = self.model.score_event(lead, {"type": ev.type, "properties": ev.properties,
                                                         "occurred_at": occurred}, now)
-                old_score, old_stage = lead["score"], lead["lifecycle_stage"]
+                old_score, old_stage, old_segment = lead["score"], lead["lifecycle_stage"], lead["segment"]
                 self._apply(lead, outcome, now)
                 touched.add(ev.lead_id)
                 event_rows.append({
@@ -336,7 +337,8 @@ class Store:
                     change_rows.append({"lead_id": ev.lead_id, "at": occurred, "delta": p.points,
                                         "score_after": running, "rule": p.rule, "reason": p.why,
                                         "event_id": event_id, "model_version": self.model.version})
-                messages.extend(self._event_messages(lead, ev, event_id, occurred, outcome, old_score, old_stage, now))
+                messages.extend(self._event_messages(lead, ev, event_id, occurred, outcome, old_score, old_stage,
+                                                     old_segment, now))
                 results[i] = EventResult(event_id=event_id)
             if event_rows:
                 s.execute(insert(events), event_rows)
@@ -393,7 +395,7 @@ class Store:
 
     def _event_messages(
         self, lead: dict[str, Any], ev: EventIn, event_id: str, occurred: datetime, outcome: Outcome,
-        old_score: int, old_stage: str, now: datetime,
+        old_score: int, old_stage: str, old_segment: str | None, now: datetime,
     ) -> list[dict[str, Any]]:
         snapshot = self._snapshot(lead, now)
         base = {"lead_id": ev.lead_id, "occurred_at": _iso(occurred), "lead": snapshot}
@@ -404,6 +406,13 @@ class Store:
             out.append({**base, "id": f"{event_id}:score", "type": "score_changed",
                         "properties": {"old": old_score, "new": lead["score"], "event_id": event_id},
                         "score_delta": lead["score"] - old_score, "rules": rules, "signals": outcome.signals})
+        if lead["segment"] != old_segment:
+            # A segment read from behaviour (e.g. funding content) is a profile change like one made
+            # through the API: segment journeys enter on lead_updated, and an event without points
+            # publishes no score_changed that could carry it.
+            out.append({**base, "id": f"{event_id}:segment", "type": "lead_updated",
+                        "properties": {"changed": ["segment"], "source": "behaviour", "event_id": event_id},
+                        "score_delta": 0, "rules": [], "signals": []})
         if lead["lifecycle_stage"] != old_stage:
             out.append({**base, "id": f"{event_id}:stage", "type": "stage_changed",
                         "properties": {"old": old_stage, "new": lead["lifecycle_stage"], "event_id": event_id},
@@ -417,32 +426,26 @@ class Store:
         return {**{k: lead.get(k) for k in keys}, "counters": counters}
 
     def _outbox_many(self, s: Session, messages: list[dict[str, Any]]) -> None:
+        # The trace of the request that caused the messages travels with them (W3C traceparent), so
+        # publishing and the consumers' work join the same trace.
         if not messages:
             return
         carrier: dict[str, str] = {}
         inject(carrier)
-        rows = []
-        for message in messages:
-            if carrier:
-                message["trace"] = carrier
-            rows.append({"lead_id": message["lead_id"], "payload": json.dumps(message, default=str)})
-        s.execute(insert(outbox), rows)
+        trace = json.dumps(carrier) if carrier else None
+        s.execute(insert(outbox), [{"lead_id": m["lead_id"], "payload": encode(m), "trace": trace} for m in messages])
 
     def _outbox(self, s: Session, message: dict[str, Any]) -> None:
-        # The trace of the request that caused the message travels with it (W3C traceparent), so
-        # publishing and the consumers' work join the same trace.
-        carrier: dict[str, str] = {}
-        inject(carrier)
-        if carrier:
-            message["trace"] = carrier
-        s.execute(insert(outbox).values(lead_id=message["lead_id"], payload=json.dumps(message, default=str)))
+        self._outbox_many(s, [message])
 
     # -- outbox, decay, history -----------------------------------------------------------------------
 
-    def pending_outbox(self, limit: int = 2000) -> list[tuple[int, dict[str, Any]]]:
+    def pending_outbox(self, limit: int = 2000) -> list[tuple[int, str, str, str | None]]:
+        """`(seq, lead_id, message JSON, trace carrier JSON)` in commit order, published as stored."""
         with self._sessions() as s:
-            rows = s.execute(select(outbox.c.seq, outbox.c.payload).order_by(outbox.c.seq).limit(limit)).all()
-        return [(r.seq, json.loads(r.payload)) for r in rows]
+            rows = s.execute(select(outbox.c.seq, outbox.c.lead_id, outbox.c.payload, outbox.c.trace)
+                             .order_by(outbox.c.seq).limit(limit)).all()
+        return [(r.seq, r.lead_id, r.payload, r.trace) for r in rows]
 
     def mark_published(self, seqs: Sequence[int]) -> None:
         with self._sessions() as s:
@@ -491,13 +494,32 @@ class Store:
                                   .order_by(score_changes.c.id.desc()).limit(limit)).all())[::-1]
 
     def timeline(self, lead_id: str, limit: int) -> list[dict[str, Any]]:
+        """Oldest first, each event followed by the score changes it caused (under a virtual clock many
+        share one instant, so the order within an instant has to carry the causality)."""
         with self._sessions() as s:
             evs = s.execute(select(events).where(events.c.lead_id == lead_id)
-                            .order_by(events.c.occurred_at).limit(limit)).all()
+                            .order_by(events.c.occurred_at, events.c.received_at).limit(limit)).all()
             changes = s.execute(select(score_changes).where(score_changes.c.lead_id == lead_id)
                                 .order_by(score_changes.c.id).limit(limit)).all()
             notes = s.execute(select(audit).where(audit.c.lead_id == lead_id).order_by(audit.c.id).limit(limit)).all()
         items: list[dict[str, Any]] = []
+        for n in notes:
+            if n.erased:
+                continue
+            items.append({"at": _aware(n.at), "kind": "event", "type": n.action, "id": f"audit:{n.id}",
+                          "summary": f"{n.action} (source {n.source})", "details": _loads(n.details)})
+        by_event: dict[str, list[dict[str, Any]]] = {}
+        loose: list[dict[str, Any]] = []
+        for c in changes:
+            sign = "+" if c.delta >= 0 else ""
+            item = {"at": _aware(c.at), "kind": "score", "type": "score_changed", "id": f"score:{c.id}",
+                    "summary": f"score {sign}{c.delta} → {c.score_after}: rule {c.rule} fired: {c.reason}",
+                    "details": {"rule": c.rule, "delta": c.delta, "score_after": c.score_after,
+                                "reason": c.reason, "event_id": c.event_id, "model_version": c.model_version}}
+            if c.event_id:
+                by_event.setdefault(c.event_id, []).append(item)
+            else:
+                loose.append(item)
         for e in evs:
             props = _loads(e.properties)
             shown = ", ".join(f"{k}={v}" for k, v in props.items() if isinstance(v, str | int | float))
@@ -505,17 +527,10 @@ class Store:
                           "summary": f"{e.type}" + (f" ({shown})" if shown else ""),
                           "details": {"event_id": e.id, "properties": props, "source": e.source,
                                       "score_delta": e.score_delta, "signals": _loads(e.signals)}})
-        for c in changes:
-            sign = "+" if c.delta >= 0 else ""
-            items.append({"at": _aware(c.at), "kind": "score", "type": "score_changed", "id": f"score:{c.id}",
-                          "summary": f"score {sign}{c.delta} → {c.score_after}: rule {c.rule} fired: {c.reason}",
-                          "details": {"rule": c.rule, "delta": c.delta, "score_after": c.score_after,
-                                      "reason": c.reason, "event_id": c.event_id, "model_version": c.model_version}})
-        for n in notes:
-            if n.erased:
-                continue
-            items.append({"at": _aware(n.at), "kind": "event", "type": n.action, "id": f"audit:{n.id}",
-                          "summary": f"{n.action} (source {n.source})", "details": _loads(n.details)})
+            items.extend(by_event.pop(e.id, []))
+        items.extend(loose)
+        items.extend(i for rest in by_event.values() for i in rest)   # events beyond the limit
+        items.sort(key=lambda i: i["at"])   # stable: the order above survives within an instant
         return items
 
 

@@ -84,6 +84,8 @@ outbox = Table(
     Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
     Column("lead_id", String(128), nullable=False),
     Column("payload", Text, nullable=False),
+    # The W3C trace carrier of the request that caused the message (JSON), published beside it.
+    Column("trace", Text, nullable=True),
 )
 
 # Demonstrable consent (GDPR Art. 7) and other profile changes worth an audit trail.

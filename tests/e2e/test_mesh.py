@@ -90,3 +90,26 @@ def test_urgent_timeline_jumps_to_decision_and_conversion_ends_nurture(mesh: Mes
         assert lead["lifecycle_stage"] == "customer"
         segment = next(j for j in lead["journeys"] if j["journey"] == "skilled_professional")
         assert segment["status"] != "active"
+
+
+def test_segment_read_from_behaviour_enrols_and_audiences_follow_journeys(mesh: Mesh) -> None:
+    headers = {"Authorization": f"Bearer {mesh.api_key}"}
+    with httpx.Client(base_url=mesh.url, headers=headers, timeout=120) as api:
+        # No profile clues: funding content (no points) makes her an entrepreneur, and the
+        # entrepreneur workflow starts with its welcome email.
+        api.post("/v1/leads", json={"id": "eve", "email": "eve@example.com", "consent": {"email": True},
+                                    "timezone": "Europe/Lisbon"})
+        r = api.post("/v1/events", json={"lead_id": "eve", "type": "page_viewed",
+                                         "properties": {"category": "funding"}})
+        assert r.status_code == 202
+        assert api.post("/v1/admin/clock/advance", json={"seconds": 3600}).status_code == 200
+        lead = api.get("/v1/leads/eve").json()
+        assert lead["segment"] == "entrepreneur"
+        assert any(j["journey"] == "entrepreneur" and j["status"] == "active" for j in lead["journeys"])
+        sent = [m["template"] for m in api.get("/v1/leads/eve/messages").json()["items"]]
+        assert "entrepreneur.email_01" in sent
+        # Audiences are journeys (or journey.stage); a name that is neither is 404.
+        assert "eve" in api.get("/v1/audiences/entrepreneur").json()["members"]
+        r = api.get("/v1/audiences/no_such_audience")
+        assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+        assert api.get("/v1/leads/ghost/messages").status_code == 404

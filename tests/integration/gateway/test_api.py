@@ -81,6 +81,25 @@ async def test_lead_lifecycle_and_events(api: tuple[httpx.AsyncClient, FastAPI, 
     assert [i["id"] for i in page["items"]] == ["l-1"]
 
 
+async def test_timeline_keeps_cause_before_effect_within_one_instant(
+        api: tuple[httpx.AsyncClient, FastAPI, Running]) -> None:
+    # A virtual clock gives every item the same time: each event must still come before the score
+    # changes it caused, in the order the events were taken.
+    client, _app, _ = api
+    await client.post("/v1/leads", headers=AUTH, json={"id": "tl", "consent": {"email": True}})
+    sent = [("page_viewed", {"category": "pricing"})] + [("resource_downloaded", {"n": i}) for i in range(3)]
+    for etype, props in sent:
+        r = await client.post("/v1/events", headers=AUTH, json={"lead_id": "tl", "type": etype, "properties": props})
+        assert r.status_code == 202
+    items = (await client.get("/v1/leads/tl/timeline", headers=AUTH)).json()["items"]
+    assert len({i["at"] for i in items}) == 1
+    flow = [i["type"] if i["kind"] == "event" else i["details"]["rule"] for i in items]
+    assert flow == ["consent_given", "page_viewed", "pricing_page", "resource_downloaded", "content_download",
+                    "resource_downloaded", "content_download", "resource_downloaded", "three_resource_downloads",
+                    "content_download"]
+    assert [i["details"]["properties"].get("n") for i in items if i["type"] == "resource_downloaded"] == [0, 1, 2]
+
+
 async def test_batch_takes_good_events_and_rejects_bad(api: tuple[httpx.AsyncClient, FastAPI, Running]) -> None:
     client, _app, _ = api
     await client.post("/v1/leads", headers=AUTH, json={"id": "b"})
@@ -124,6 +143,15 @@ async def test_batch_takes_good_events_and_rejects_bad(api: tuple[httpx.AsyncCli
             "invalid",
         ),
         ("post", "/v1/events", json.dumps({"lead_id": "ghost", "type": "page_viewed"}).encode(), 404, "unknown_lead"),
+        # Times the journeys schedule from must be times; an event cannot happen years from now.
+        ("post", "/v1/events", json.dumps({"lead_id": "x", "type": "webinar_registered",
+                                           "properties": {"webinar_id": "w", "starts_at": "tomorrow"}}).encode(),
+         422, "invalid"),
+        ("post", "/v1/events", json.dumps({"lead_id": "x", "type": "trial_started",
+                                           "properties": {"ends_at": "2026-02-01T00:00:00"}}).encode(), 422, "invalid"),
+        ("post", "/v1/events", json.dumps({"lead_id": "x", "type": "page_viewed",
+                                           "occurred_at": "2999-01-01T00:00:00Z"}).encode(), 422, "invalid"),
+        ("get", "/v1/leads/ghost/messages", None, 404, "not_found"),
         ("post", "/v1/leads", json.dumps({"email": "nope", "timezone": "Nowhere/City"}).encode(), 422, "invalid"),
         ("post", "/v1/leads", json.dumps({"id": 7}).encode(), 422, "invalid"),
         ("patch", "/v1/leads/ghost", json.dumps({"first_name": "x"}).encode(), 404, "not_found"),
@@ -145,6 +173,8 @@ async def test_bad_input_gets_a_clear_4xx(
     r = await client.request(method.upper(), path, headers=AUTH, content=body)
     assert r.status_code == status, r.text
     assert r.json()["error"]["code"] == code
+    for field, problem in r.json()["error"]["details"].get("fields", {}).items():
+        assert not problem.startswith(field), problem   # "occurred_at occurred_at is not ..." read badly
 
 
 async def test_auth_and_health(api: tuple[httpx.AsyncClient, FastAPI, Running]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -55,6 +56,14 @@ async def test_journey_routes(client: httpx.AsyncClient) -> None:
 
     r = await client.put("/v1/journeys/cart_abandonment", headers=AUTH, json=doc)
     assert r.status_code == 200 and r.json()["version"] == 2
+    # The playbook's own YAML file is accepted as it is; broken YAML is 400, not 500.
+    yaml_file = (Path(__file__).parents[3] / "services/journeys/playbook/cart_abandonment.yaml").read_bytes()
+    r = await client.put("/v1/journeys/cart_abandonment?validate_only=true", content=yaml_file,
+                         headers={**AUTH, "Content-Type": "application/yaml"})
+    assert r.status_code == 200 and r.json()["valid"] is True, r.text
+    r = await client.put("/v1/journeys/cart_abandonment", content=b"steps: [unclosed",
+                         headers={**AUTH, "Content-Type": "application/x-yaml"})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "malformed"
     r = await client.post("/v1/journeys/cart_abandonment/publish", headers=AUTH, json={"version": 2, "dry_run": True,
                                                                                        "migrate": True})
     assert r.status_code == 200 and r.json()["published"] is False and r.json()["would_move"] == {}

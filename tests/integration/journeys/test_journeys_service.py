@@ -217,7 +217,7 @@ async def test_crm_down_side_task_is_retried_once_back(mesh: Mesh) -> None:
     assert len(mesh.rec.tasks) == 1
 
 
-async def test_inactivity_pauses_segment_then_erasure_removes_everything(mesh: Mesh) -> None:
+async def test_inactivity_re_engages_beside_segment_then_erasure_removes_everything(mesh: Mesh) -> None:
     fay = lead("l-6", "family")
     await publish(mesh.pub, mesh.clock, fay, "lead_created")
     await settle(mesh.admin)
@@ -231,11 +231,11 @@ async def test_inactivity_pauses_segment_then_erasure_removes_everything(mesh: M
     await advance(mesh.admin, mesh.clock, 15 * 86400)
     reply = await mesh.stub.LeadJourneys(journeys_pb2.LeadJourneysRequest(lead_id="l-6"), timeout=5)
     status = {e.journey: e.status for e in reply.enrollments}
-    assert status["re_engagement"] == "active" and status["family"] == "paused"
+    assert status["re_engagement"] == "active" and status["family"] == "active"
     tl = await mesh.admin.Timeline(common_pb2.TimelineRequest(lead_id="l-6"), timeout=5)
     assert any("re_engagement: entered: inactivity days=14" in s and "matched rule inactive_14d" in s
                for s in timeline_summaries(tl))
-    assert any("family: paused while re_engagement runs" in s for s in timeline_summaries(tl))
+    assert not any("family: paused" in s for s in timeline_summaries(tl))
 
     await publish(mesh.pub, mesh.clock, fay, "lead_erased")
     await settle(mesh.admin)

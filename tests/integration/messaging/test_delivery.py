@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 
 import grpc
 import pytest
@@ -104,6 +105,13 @@ async def test_send_window_and_caps_defer_nurture_not_transactional(mesh: Mesh) 
     assert statuses.count("sent") == 3 and statuses.count("scheduled") == 1
     held = [m for m in await mesh.messages("cap") if m.status == "scheduled"][0]
     assert "frequency cap" in held.reason
+    # Exactly a day later (virtual time lands on whole days) the cap has freed: the held one goes,
+    # and Settle returns instead of re-deferring it to the same instant forever.
+    due = held.due_at.ToDatetime().replace(tzinfo=mesh.clock.now().tzinfo)
+    assert due - mesh.clock.now() == timedelta(days=1)
+    mesh.clock.set(due)
+    await mesh.settle()
+    assert [m.status for m in await mesh.messages("cap")].count("sent") == 4
 
 
 async def test_tracking_and_one_click_unsubscribe(mesh: Mesh) -> None:

@@ -106,6 +106,25 @@ async def test_seed_triggers_score_and_publish(scoring: Running, settings: Setti
         assert any(i.kind == "score" and "bottom_funnel" in i.summary for i in timeline.items)
 
 
+async def test_segment_read_from_behaviour_is_announced_as_a_profile_change(scoring: Running,
+                                                                           settings: Settings) -> None:
+    # No profile clues, then funding content (no points, so no score_changed): the segment journeys
+    # hear of the new segment only through lead_updated.
+    stub, admin, channel = stubs(scoring)
+    async with channel:
+        await stub.UpsertLead(scoring_pb2.UpsertLeadRequest(
+            id="seg-1", fields_json=json.dumps({"email": "s@example.com", "consent": {"email": True}})), timeout=5)
+        await stub.IngestEvents(scoring_pb2.IngestRequest(
+            events=[event("seg-1", "page_viewed", category="funding")]), timeout=5)
+        await stub.IngestEvents(scoring_pb2.IngestRequest(
+            events=[event("seg-1", "page_viewed", category="education")]), timeout=5)
+        await admin.Settle(common_pb2.SettleRequest(), timeout=5)
+        lead = await stub.GetLead(scoring_pb2.GetLeadRequest(id="seg-1"), timeout=5)
+        assert lead.segment == "entrepreneur"
+        updates = [m for m in bus_messages(settings) if m["lead_id"] == "seg-1" and m["type"] == "lead_updated"]
+        assert [(m["properties"]["changed"], m["lead"]["segment"]) for m in updates] == [(["segment"], "entrepreneur")]
+
+
 async def test_bad_input_is_rejected_per_event(scoring: Running) -> None:
     stub, _admin, channel = stubs(scoring)
     async with channel:

@@ -75,6 +75,11 @@ def test_validation_lists_every_problem() -> None:
     assert "step loop_a: unreachable" in text
     assert "loop without a wait" in text
     assert "channel must be one of" in text
+    # Structural problems do not hide the cross checks: templates and journeys are listed too.
+    assert "step email_02: missing template 'lead_magnet.email_02'" in problems
+    doc["steps"].insert(1, {"id": "hop", "type": "enrol", "journey": "no_such_journey"})
+    _, problems = check(doc, journeys=CONTRACT_KEYS, templates=["lead_magnet.email_01"])
+    assert "step hop: unknown journey 'no_such_journey'" in problems and "loop without a wait" in "\n".join(problems)
     doc = _doc()
     journey, problems = check(doc, journeys=CONTRACT_KEYS, templates=["lead_magnet.email_01"])
     assert journey is not None

@@ -31,6 +31,7 @@ class Harness:
         self.state = LeadState("l-1")
         self.now = T0
         self.sent: list[str] = []
+        self.sent_at: list[tuple[str, timedelta]] = []   # (dedupe key, time since T0)
         self.transitions: list[str] = []
 
     def message(self, etype: str, **props: Any) -> Outcome:
@@ -47,6 +48,7 @@ class Harness:
                 out = Outcome()
                 while (effect := self.engine.next_effect(self.state, ekey, self.now, out, side=side)) is not None:
                     self.sent.append(effect.dedupe_key)
+                    self.sent_at.append((effect.dedupe_key, self.now - T0))
                     self.engine.complete(self.state, effect, self.now, out, status="sent")
                 self.transitions += [t.summary for t in out.transitions]
 
@@ -74,16 +76,49 @@ def test_urgent_timeline_jumps_to_decision_with_an_explanation() -> None:
     assert any(":skilled_professional:1:email_15:" in k for k in h.sent)
 
 
-def test_re_engagement_pauses_the_segment_journey_and_resumes_it() -> None:
+SEED_DAYS = (1, 2, 3, 5, 8, 11, 14, 17, 20, 25, 30, 35, 40, 45, 50, 55, 60)
+
+
+def test_re_engagement_runs_beside_the_segment_journey_which_keeps_its_seed_days() -> None:
+    # A lead who never opens: re-engagement starts at day 14, and the family workflow still sends its
+    # 17 emails on the seed's days (Day N = N-1 days after the immediate welcome).
     h = Harness("family")
     h.message("lead_created")
+    h.advance(days=14)
     inactivity = h.engine.inactivity_due(h.state, h.state.inactive_token, T0 + timedelta(days=14))
-    assert inactivity.transitions
+    h.transitions += [t.summary for t in inactivity.transitions]
+    h.drive()
     assert h.state.enrollments["re_engagement"].status == ACTIVE
-    assert h.state.enrollments["family"].status == PAUSED
-    h.now = T0 + timedelta(days=14, hours=1)
+    assert h.state.enrollments["family"].status == ACTIVE
+    h.advance(days=46)
+    family = [(k.split(":")[3], at) for k, at in h.sent_at if ":family:1:email_" in k]
+    assert [step for step, _ in family] == [f"email_{i:02d}" for i in range(1, 18)]
+    assert [at for _, at in family] == [timedelta(days=d - 1) for d in SEED_DAYS]
+    assert len([k for k in h.sent if ":re_engagement:1:email_" in k]) == 7
+    # Engaging ends re-engagement; the segment journey was never held.
     h.message("email_opened", journey="re_engagement")
-    assert h.state.enrollments["re_engagement"].status == "completed"
+    assert h.state.enrollments["family"].status in (ACTIVE, "completed")
+
+
+def test_customers_are_not_re_engaged() -> None:
+    h = Harness("family")
+    h.message("lead_created")
+    h.lead["lifecycle_stage"] = "customer"
+    h.message("subscribed")
+    h.advance(days=14)
+    h.engine.inactivity_due(h.state, h.state.inactive_token, T0 + timedelta(days=14))
+    h.drive()
+    assert "re_engagement" not in h.state.enrollments
+
+
+def test_trial_pauses_the_segment_journey_and_resumes_it() -> None:
+    h = Harness("family")
+    h.message("lead_created")
+    h.message("trial_started", ends_at=iso(T0 + timedelta(days=14)))
+    assert h.state.enrollments["trial_nurture"].status == ACTIVE
+    assert h.state.enrollments["family"].status == PAUSED
+    h.advance(days=30)
+    assert h.state.enrollments["trial_nurture"].status == "completed"
     assert h.state.enrollments["family"].status == ACTIVE
 
 

@@ -72,3 +72,14 @@ def test_scoped_unsubscribe_keeps_consent(model: ScoringModel) -> None:
     assert consent_after({"scope": "nurture"}) is None
     bounced = model.score_event({"score": 5}, {"type": "email_hard_bounced", "properties": {}, "occurred_at": NOW}, NOW)
     assert bounced.consent_email is False
+
+
+@pytest.mark.parametrize(("category", "segment"), [
+    # The seed's content triggers name the segment they belong to: fast-track interest is the
+    # entrepreneur workflow's, credentials the skilled professional's, safety the family's.
+    ("investment", "entrepreneur"), ("funding", "entrepreneur"), ("business_plan", "entrepreneur"),
+    ("fast_track", "entrepreneur"), ("credentials", "skilled_professional"), ("education", "family"),
+    ("healthcare", "family"), ("safety", "family"),
+])
+def test_behaviour_names_the_segment_of_its_seed_workflow(model: ScoringModel, category: str, segment: str) -> None:
+    assert model.classify({"attributes": {}}, {"type": "page_viewed", "properties": {"category": category}}) == segment
