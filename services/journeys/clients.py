@@ -2,10 +2,13 @@
 scoring UpsertLead. Each effect either succeeds, fails for good (recorded, the journey moves on) or is
 `Unavailable` (the step is retried later with the same dedupe key, so it is never lost nor doubled).
 
+Sends that the runner's concurrent lead tasks issue in the same turn of the event loop (a timer batch
+drives its leads together) go to messaging as one SendBatch; a lone send stays a plain Send.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import datetime
 
@@ -27,12 +30,86 @@ class Unavailable(Exception):
     """The other service could not take the call now; retry later."""
 
 
+SEND_BATCH_MAX = 500      # below messaging's limit of 1000 items per SendBatch
+
+
+class SendCoalescer:
+    """Gathers the Sends queued during one turn of the event loop into SendBatch calls.
+
+    Each caller still gets its own reply (or the call's error, which `perform` classifies as for a
+    single Send). A messaging without SendBatch (UNIMPLEMENTED, e.g. during a rolling upgrade) is
+    remembered and served with single Sends from then on."""
+
+    def __init__(self, stub: messaging_pb2_grpc.MessagingStub) -> None:
+        self._stub = stub
+        self._queue: list[tuple[messaging_pb2.SendRequest, asyncio.Future[messaging_pb2.SendReply]]] = []
+        self._scheduled = False
+        self._batch_supported = True
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def send(self, request: messaging_pb2.SendRequest) -> messaging_pb2.SendReply:
+        if not self._batch_supported:
+            return await self._stub.Send(request, timeout=DEADLINE_S)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[messaging_pb2.SendReply] = loop.create_future()
+        self._queue.append((request, future))
+        if not self._scheduled:
+            # call_soon runs after every task already woken in this turn has queued its send.
+            self._scheduled = True
+            loop.call_soon(self._flush)
+        return await future
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        queued, self._queue = self._queue, []
+        for start in range(0, len(queued), SEND_BATCH_MAX):
+            task = asyncio.create_task(self._call(queued[start:start + SEND_BATCH_MAX]))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _call(self, items: list[tuple[messaging_pb2.SendRequest, asyncio.Future[messaging_pb2.SendReply]]]
+                    ) -> None:
+        try:
+            if len(items) == 1 or not self._batch_supported:
+                replies = list(await asyncio.gather(*(self._stub.Send(r, timeout=DEADLINE_S) for r, _ in items),
+                                                    return_exceptions=True))
+            else:
+                try:
+                    reply = await self._stub.SendBatch(messaging_pb2.SendBatchRequest(items=[r for r, _ in items]),
+                                                       timeout=DEADLINE_S)
+                    replies = list(reply.results)
+                except grpc.aio.AioRpcError as exc:
+                    if exc.code() != grpc.StatusCode.UNIMPLEMENTED:
+                        raise
+                    self._batch_supported = False
+                    replies = list(await asyncio.gather(
+                        *(self._stub.Send(r, timeout=DEADLINE_S) for r, _ in items), return_exceptions=True))
+            if len(replies) != len(items):
+                raise grpc.aio.AioRpcError(grpc.StatusCode.INTERNAL, grpc.aio.Metadata(), grpc.aio.Metadata(),
+                                           details=f"SendBatch answered {len(replies)} results for {len(items)}")
+        except BaseException as exc:  # every caller sees the call's failure; none waits forever
+            for _, future in items:
+                if not future.done():
+                    future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for (_, future), result in zip(items, replies, strict=True):
+            if future.done():
+                continue
+            if isinstance(result, BaseException):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
+
+
 class Clients:
     """One channel per service, opened lazily."""
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._channels: dict[str, grpc.aio.Channel] = {}
+        self._sends: SendCoalescer | None = None
 
     def _channel(self, service: str) -> grpc.aio.Channel:
         if service not in self._channels:
@@ -43,6 +120,7 @@ class Clients:
         for ch in self._channels.values():
             await ch.close()
         self._channels.clear()
+        self._sends = None
 
     async def perform(self, lead_id: str, effect: Effect) -> tuple[str, str, str]:
         """Run an effect: (status, message_id, reason). Raises Unavailable for a retry later."""
@@ -59,12 +137,15 @@ class Clients:
 
     async def _send(self, lead_id: str, effect: Effect) -> tuple[str, str, str]:
         p = effect.payload
-        stub = messaging_pb2_grpc.MessagingStub(self._channel("messaging"))
+        if self._sends is None:
+            self._sends = SendCoalescer(messaging_pb2_grpc.MessagingStub(self._channel("messaging")))
         req = messaging_pb2.SendRequest(
             dedupe_key=effect.dedupe_key, lead_id=lead_id, journey=p["journey"], journey_version=int(p["version"]),
             step=p["step"], channel=p["channel"], template=p["template"], category=p["category"],
             context_json=json.dumps(p["context"], default=str))
-        reply = await stub.Send(req, timeout=DEADLINE_S)
+        reply = await self._sends.send(req)
+        if reply.status == "invalid":  # what a single Send refuses with INVALID_ARGUMENT: failed for good
+            return "failed", "", f"INVALID_ARGUMENT: {reply.reason}"
         return reply.status or "sent", reply.message_id, reply.reason
 
     async def _task(self, lead_id: str, effect: Effect) -> tuple[str, str, str]:

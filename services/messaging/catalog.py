@@ -129,6 +129,17 @@ def profile_context(lead: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+class _Constant:
+    """A template source without any Jinja2 syntax: renders to itself, as Jinja2 would (one trailing
+    newline dropped, keep_trailing_newline being off)."""
+
+    def __init__(self, source: str) -> None:
+        self.text = source[:-1] if source.endswith("\n") else source
+
+    def render(self, _values: Mapping[str, Any]) -> str:
+        return self.text
+
+
 class Catalog:
     """Loaded templates, compiled once; `render` is safe to call from many threads."""
 
@@ -169,7 +180,11 @@ class Catalog:
     def _compile(self, source: str) -> Any:
         compiled = self._compiled.get(source)
         if compiled is None:
-            compiled = self._compiled[source] = self._text_env.from_string(source)
+            # Nearly every subject and content point is plain text: rendering it through Jinja2 cost
+            # a context copy per string per message for an answer known at load time.
+            constant = "{" not in source and "\r" not in source
+            compiled = self._compiled[source] = (_Constant(source) if constant
+                                                 else self._text_env.from_string(source))
         return compiled
 
     def cta_destination(self, spec: TemplateSpec) -> str:

@@ -19,6 +19,7 @@ import hashlib
 import hmac
 import json
 import logging
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -48,6 +49,7 @@ log = logging.getLogger(__name__)
 CHANNELS = ("email", "sms", "in_app", "webhook", "ads_audience")
 CATEGORIES = ("nurture", "transactional")
 BATCH = 500
+MAX_BATCH = 1000          # items of one SendBatch call (bounded memory and commit size per call)
 
 # Rolling per-lead caps on one sorted set of nurture sends (members are message ids, so a retry of the
 # same message never counts twice). Returns 0 when allowed (and records it), else the epoch second
@@ -80,6 +82,22 @@ class InvalidRequest(ValueError):
 def message_id_for(dedupe_key: str) -> str:
     """Stable id (and so a stable Message-ID header) for one dedupe key."""
     return "m" + hashlib.sha256(dedupe_key.encode()).hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class SendInput:
+    """One requested send, as it comes in (Send or an item of SendBatch)."""
+
+    dedupe_key: str
+    lead_id: str
+    journey: str
+    journey_version: int
+    step: str
+    channel: str
+    template: str
+    category: str
+    context_json: str
+    not_before: datetime | None = None
 
 
 @dataclass
@@ -135,46 +153,82 @@ class Engine:
                    channel: str, template: str, category: str, context_json: str,
                    not_before: datetime | None) -> SendResult:
         """Record one requested message (idempotent by dedupe key) and queue it."""
-        if not dedupe_key or not lead_id:
+        request = SendInput(dedupe_key, lead_id, journey, journey_version, step, channel, template, category,
+                            context_json, not_before)
+        row, line = self._row(request, self.clock.now())  # InvalidRequest propagates: the call is refused
+        return (await self._record([(row, line)]))[0]
+
+    async def send_many(self, requests: Sequence[SendInput]) -> list[SendResult]:
+        """`send` for each request, in one group commit; an invalid request gets status "invalid" and
+        does not stop the others. One result per request, in order."""
+        if len(requests) > MAX_BATCH:
+            raise InvalidRequest(f"a batch holds at most {MAX_BATCH} sends, this one has {len(requests)}")
+        now = self.clock.now()
+        results: list[SendResult | None] = []
+        valid: list[tuple[dict[str, Any], LogLine]] = []
+        for request in requests:
+            try:
+                valid.append(self._row(request, now))
+                results.append(None)
+            except InvalidRequest as exc:
+                results.append(SendResult("", "invalid", str(exc)))
+        recorded = iter(await self._record(valid))
+        return [r if r is not None else next(recorded) for r in results]
+
+    def _row(self, r: SendInput, now: datetime) -> tuple[dict[str, Any], LogLine]:
+        """The message row and its first timeline line for a request; InvalidRequest when it can never go."""
+        if not r.dedupe_key or not r.lead_id:
             raise InvalidRequest("dedupe_key and lead_id are required")
-        channel = channel or "email"
+        channel = r.channel or "email"
         if channel not in CHANNELS:
             raise InvalidRequest(f"channel must be one of {', '.join(CHANNELS)}")
         try:
-            context = json.loads(context_json or "{}")
+            context = json.loads(r.context_json or "{}")
         except ValueError as exc:
             raise InvalidRequest(f"context_json is not JSON: {exc}") from exc
         if not isinstance(context, dict):
             raise InvalidRequest("context_json must be a JSON object")
-        spec = self.catalog.specs.get(template)
-        category = category or (spec.category if spec else "nurture")
+        spec = self.catalog.specs.get(r.template)
+        category = r.category or (spec.category if spec else "nurture")
         if category not in CATEGORIES:
             raise InvalidRequest("category must be nurture or transactional")
-        now = self.clock.now()
-        message_id = message_id_for(dedupe_key)
+        message_id = message_id_for(r.dedupe_key)
         status, reason = "scheduled", ""
         if channel != "ads_audience" and spec is None:
-            status, reason = "failed", f"unknown template {template!r}"
-        due = max(now, not_before) if not_before else now
+            status, reason = "failed", f"unknown template {r.template!r}"
+        due = max(now, r.not_before) if r.not_before else now
         row = {
-            "id": message_id, "dedupe_key": dedupe_key, "lead_id": lead_id, "journey": journey,
-            "journey_version": journey_version, "step": step, "channel": channel, "template": template,
-            "category": category, "variant": choose_variant(spec, lead_id) if spec else "",
+            "id": message_id, "dedupe_key": r.dedupe_key, "lead_id": r.lead_id, "journey": r.journey,
+            "journey_version": r.journey_version, "step": r.step, "channel": channel, "template": r.template,
+            "category": category, "variant": choose_variant(spec, r.lead_id) if spec else "",
             "context_json": json.dumps(context), "subject": "", "email_hash": "", "status": status,
             "reason": reason, "attempts": 0, "due_at": naive(due), "created_at": naive(now),
             "updated_at": naive(now), "sent_at": None,
         }
-        line = LogLine(message_id, lead_id, f"message_{status}",
-                       f"{template} {'queued' if status == 'scheduled' else 'failed: ' + reason}"
+        line = LogLine(message_id, r.lead_id, f"message_{status}",
+                       f"{r.template} {'queued' if status == 'scheduled' else 'failed: ' + reason}"
                        + (f" for {due.isoformat()}" if status == "scheduled" and due > now else ""),
-                       {"journey": journey, "version": journey_version, "step": step, "template": template,
-                        "channel": channel, "category": category, "due_at": due.isoformat(), "reason": reason})
-        created, stored = await self._insert(row, line)
-        if not created:
-            return SendResult(stored["id"], "duplicate", f"already {stored['status']}")
-        if status == "scheduled" and self.settings.clock == "real":
+                       {"journey": r.journey, "version": r.journey_version, "step": r.step,
+                        "template": r.template, "channel": channel, "category": category,
+                        "due_at": due.isoformat(), "reason": reason})
+        return row, line
+
+    async def _record(self, rows: list[tuple[dict[str, Any], LogLine]]) -> list[SendResult]:
+        """Insert through the group commit; a known dedupe key answers "duplicate" with the first row's id."""
+        if not rows:
+            return []
+        stored = await asyncio.gather(*(self._insert(row, line) for row, line in rows))
+        results = []
+        queued = False
+        for (row, _), (created, found) in zip(rows, stored, strict=True):
+            if not created:
+                results.append(SendResult(found["id"], "duplicate", f"already {found['status']}"))
+                continue
+            queued = queued or row["status"] == "scheduled"
+            results.append(SendResult(row["id"], row["status"], row["reason"]))
+        if queued and self.settings.clock == "real":
             self.wake.set()
-        return SendResult(message_id, status, reason)
+        return results
 
     async def _insert(self, row: dict[str, Any], line: LogLine) -> tuple[bool, dict[str, Any]]:
         """Group commit: Sends arriving together share one transaction."""
@@ -273,8 +327,12 @@ class Engine:
 
     async def _finish(self, ready: list[_Ready], now: datetime, ids: set[str]) -> None:
         try:
-            results = await asyncio.gather(*(self._deliver(r, now) for r in ready))
-            await self.db.run(self.store.apply, list(results), now)
+            mail = [r for r in ready if r.row["channel"] == "email"]
+            other = [r for r in ready if r.row["channel"] != "email"]
+            emailed, others = await asyncio.gather(
+                self._email_many(mail, now), asyncio.gather(*(self._deliver(r, now) for r in other)))
+            results = emailed + list(others)
+            await self.db.run(self.store.apply, results, now)
         finally:
             self._inflight -= ids
 
@@ -356,13 +414,10 @@ class Engine:
         return held
 
     async def _deliver(self, r: _Ready, now: datetime) -> Outcome:
-        row = r.row
-        attempts = row["attempts"] + 1
-        channel = row["channel"]
-        if channel == "email":
-            assert r.rendered is not None
-            result = await self._email(r, now)
-        elif channel == "webhook":
+        """Every channel but email (see `_email_many`)."""
+        attempts = r.row["attempts"] + 1
+        channel = r.row["channel"]
+        if channel == "webhook":
             result = await self._webhook(r)
         elif channel == "ads_audience":
             result = await self._audience(r, now)
@@ -372,20 +427,33 @@ class Engine:
             result = SmtpResult(ok=False, permanent=True, code=0, reason="no SMS gateway is configured")
         return self._outcome(r, result, attempts, now)
 
-    async def _email(self, r: _Ready, now: datetime) -> SmtpResult:
+    async def _email_many(self, ready: list[_Ready], now: datetime) -> list[Outcome]:
+        """Deliver a batch of emails: the pool's connections each take a contiguous share and send it
+        transaction after transaction on one worker thread, so a batch costs a thread hop per connection
+        rather than per message (every intent was committed before this is called)."""
+        if not ready:
+            return []
+        wire = [(r.lead["email"], self._mime(r, now)) for r in ready]
+        share = -(-len(wire) // self.smtp.size)
+        loop = asyncio.get_running_loop()
+        chunks = await asyncio.gather(*(
+            loop.run_in_executor(self._smtp_threads, self.smtp.send_many, self.catalog.sender_address,
+                                 wire[start:start + share])
+            for start in range(0, len(wire), share)))
+        results = [result for chunk in chunks for result in chunk]
+        return [self._outcome(r, result, r.row["attempts"] + 1, now)
+                for r, result in zip(ready, results, strict=True)]
+
+    def _mime(self, r: _Ready, now: datetime) -> bytes:
         assert r.rendered is not None
         lead, row = r.lead, r.row
         unsub = f"{self.public_url}/u/{self.signer.sign(Token('unsubscribe', row['id'], row['lead_id']))}"
-        envelope = mime.Envelope(
+        return mime.build(mime.Envelope(
             message_id=row["id"], sender_name=self.catalog.sender_name, sender_address=self.catalog.sender_address,
             to_address=lead["email"], to_name=f"{lead.get('first_name') or ''} {lead.get('last_name') or ''}".strip(),
             subject=r.rendered.subject, text=r.rendered.text, html=r.rendered.html, date=now,
             unsubscribe_url=unsub, category=row["category"],
-            headers=(("X-Nurture-Template", row["template"]),))
-        data = mime.build(envelope)
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._smtp_threads, self.smtp.send, self.catalog.sender_address,
-                                          lead["email"], data)
+            headers=(("X-Nurture-Template", row["template"]),)))
 
     async def _webhook(self, r: _Ready) -> SmtpResult:
         row = r.row

@@ -6,7 +6,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -25,7 +25,7 @@ from nurture.settings import Settings
 from services.messaging import abtest
 from services.messaging.catalog import Catalog, RenderError
 from services.messaging.channels import Channels, NotFoundError
-from services.messaging.engine import Engine, InvalidRequest
+from services.messaging.engine import Engine, InvalidRequest, SendInput
 from services.messaging.leads import LeadSource
 from services.messaging.storage import Store, aware
 from services.messaging.tokens import TokenError
@@ -64,6 +64,14 @@ def message_proto(row: dict[str, Any]) -> messaging_pb2.Message:
     return msg
 
 
+def send_input(request: messaging_pb2.SendRequest) -> SendInput:
+    not_before = request.not_before.ToDatetime(tzinfo=UTC) if request.HasField("not_before") else None
+    return SendInput(dedupe_key=request.dedupe_key, lead_id=request.lead_id, journey=request.journey,
+                     journey_version=request.journey_version, step=request.step, channel=request.channel,
+                     template=request.template, category=request.category, context_json=request.context_json,
+                     not_before=not_before)
+
+
 class MessagingServicer(messaging_pb2_grpc.MessagingServicer):
     def __init__(self, engine: Engine, channels: Channels) -> None:
         self.engine = engine
@@ -71,14 +79,19 @@ class MessagingServicer(messaging_pb2_grpc.MessagingServicer):
 
     async def Send(self, request: messaging_pb2.SendRequest, context: grpc.aio.ServicerContext
                    ) -> messaging_pb2.SendReply:
-        not_before = request.not_before.ToDatetime(tzinfo=datetime.now().astimezone().tzinfo).astimezone() \
-            if request.HasField("not_before") else None
+        item = send_input(request)
         result = await _guard(context, lambda: self.engine.send(
-            dedupe_key=request.dedupe_key, lead_id=request.lead_id, journey=request.journey,
-            journey_version=request.journey_version, step=request.step, channel=request.channel,
-            template=request.template, category=request.category, context_json=request.context_json,
-            not_before=not_before))
+            dedupe_key=item.dedupe_key, lead_id=item.lead_id, journey=item.journey,
+            journey_version=item.journey_version, step=item.step, channel=item.channel, template=item.template,
+            category=item.category, context_json=item.context_json, not_before=item.not_before))
         return messaging_pb2.SendReply(message_id=result.message_id, status=result.status, reason=result.reason)
+
+    async def SendBatch(self, request: messaging_pb2.SendBatchRequest, context: grpc.aio.ServicerContext
+                        ) -> messaging_pb2.SendBatchReply:
+        items = [send_input(r) for r in request.items]
+        results = await _guard(context, lambda: self.engine.send_many(items))
+        return messaging_pb2.SendBatchReply(results=[
+            messaging_pb2.SendReply(message_id=r.message_id, status=r.status, reason=r.reason) for r in results])
 
     async def ListTemplates(self, request: messaging_pb2.ListTemplatesRequest, context: grpc.aio.ServicerContext
                             ) -> messaging_pb2.ListTemplatesReply:

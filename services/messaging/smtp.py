@@ -12,6 +12,7 @@ import queue
 import smtplib
 import ssl
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import parse_qs, unquote, urlparse
 
@@ -96,6 +97,11 @@ class SmtpPool:
             self._give_back(conn)
             return SmtpResult(ok=True)
         return SmtpResult(ok=False, code=0, reason="unreachable")
+
+    def send_many(self, sender: str, messages: Sequence[tuple[str, bytes]]) -> list[SmtpResult]:
+        """Transactions one after another from one thread, in order; the LIFO idle queue hands the
+        connection just given back to the next transaction, so they share one connection."""
+        return [self.send(sender, recipient, data) for recipient, data in messages]
 
     def close(self) -> None:
         self._closed = True

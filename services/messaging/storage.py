@@ -96,17 +96,32 @@ class Store:
             return False, dict(found)
 
     def insert_messages(self, rows: Sequence[tuple[dict[str, Any], LogLine]]) -> list[tuple[bool, dict[str, Any]]]:
-        """Group commit of many inserts; falls back to one by one when any dedupe key collides."""
+        """Group commit of many inserts: (True, row) for each new dedupe key, (False, stored row) for a key
+        already known (in the table or earlier in `rows`). One transaction; falls back to one by one only
+        when a concurrent writer inserted one of the keys meanwhile."""
         if not rows:
             return []
         keys = [r["dedupe_key"] for r, _ in rows]
         try:
             with self._sessions() as s:
-                if len(set(keys)) != len(keys):
-                    raise IntegrityError("batch", {}, Exception("duplicate key in batch"))
-                s.execute(insert(messages), [r for r, _ in rows])
-                _log(s, [line for _, line in rows], rows[0][0]["created_at"])
-            return [(True, r) for r, _ in rows]
+                known: dict[str, dict[str, Any]] = {}
+                for chunk in range(0, len(keys), 500):
+                    for found in s.execute(select(messages).where(
+                            messages.c.dedupe_key.in_(keys[chunk:chunk + 500]))).mappings():
+                        known[found["dedupe_key"]] = dict(found)
+                out: list[tuple[bool, dict[str, Any]]] = []
+                fresh: list[tuple[dict[str, Any], LogLine]] = []
+                for row, line in rows:
+                    if row["dedupe_key"] in known:
+                        out.append((False, known[row["dedupe_key"]]))
+                        continue
+                    known[row["dedupe_key"]] = row
+                    fresh.append((row, line))
+                    out.append((True, row))
+                if fresh:
+                    s.execute(insert(messages), [r for r, _ in fresh])
+                    _log(s, [line for _, line in fresh], fresh[0][0]["created_at"])
+            return out
         except IntegrityError:
             return [self.insert_message(r, line) for r, line in rows]
 
@@ -201,18 +216,32 @@ class Store:
                                   ["email_hash", "scope"]) > 0
 
     def record_consent(self, entries: Sequence[tuple[str, str, bool, str, datetime, dict[str, Any]]]) -> None:
-        """(lead_id, channel, granted, source, at, evidence) rows; skips an entry equal to the last one."""
+        """(lead_id, channel, granted, source, at, evidence) rows; skips an entry equal to the last one.
+
+        The last value of every (lead, channel) concerned is read in one query per 500 leads and the new
+        rows go in one executemany: a worker batch costs a few statements, not two per message."""
         if not entries:
             return
         with self._sessions() as s:
+            leads = sorted({e[0] for e in entries})
+            last: dict[tuple[str, str], bool] = {}
+            for chunk in range(0, len(leads), 500):
+                newest = (select(func.max(consent_log.c.id))
+                          .where(consent_log.c.lead_id.in_(leads[chunk:chunk + 500]))
+                          .group_by(consent_log.c.lead_id, consent_log.c.channel))
+                for lead_id, channel, granted in s.execute(
+                        select(consent_log.c.lead_id, consent_log.c.channel, consent_log.c.granted)
+                        .where(consent_log.c.id.in_(newest))):
+                    last[(lead_id, channel)] = bool(granted)
+            rows = []
             for lead_id, channel, granted, source, at, evidence in entries:
-                last = s.execute(select(consent_log.c.granted).where(
-                    consent_log.c.lead_id == lead_id, consent_log.c.channel == channel)
-                    .order_by(consent_log.c.id.desc()).limit(1)).scalar()
-                if last is not None and bool(last) == granted:
+                if last.get((lead_id, channel)) == granted:
                     continue
-                s.execute(insert(consent_log).values(lead_id=lead_id, channel=channel, granted=granted,
-                                                     source=source, at=naive(at), evidence_json=json.dumps(evidence)))
+                last[(lead_id, channel)] = granted
+                rows.append({"lead_id": lead_id, "channel": channel, "granted": granted, "source": source,
+                             "at": naive(at), "evidence_json": json.dumps(evidence)})
+            if rows:
+                s.execute(insert(consent_log), rows)
 
     def consent_history(self, lead_id: str) -> list[dict[str, Any]]:
         with self._sessions() as s:

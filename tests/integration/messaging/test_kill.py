@@ -1,5 +1,6 @@
 """Kill test: SIGKILL the messaging process while it delivers, restart it, and check that every message
-reached the (real, aiosmtpd) SMTP server's mailbox exactly once."""
+reached the (real, aiosmtpd) SMTP server's mailbox exactly once, for messages requested one Send at a
+time and for messages requested in SendBatch calls."""
 
 from __future__ import annotations
 
@@ -49,7 +50,16 @@ def statuses(db: Path) -> dict[str, int]:
         return dict(conn.execute("select status, count(*) from messaging_messages group by status"))
 
 
-async def test_kill_during_delivery_delivers_each_message_once(settings: Settings, tmp_path: Path) -> None:
+def request(i: int) -> messaging_pb2.SendRequest:
+    # Transactional: no send window or caps, so all N go at once (whatever the test's hour).
+    return messaging_pb2.SendRequest(
+        dedupe_key=f"k{i}:webinar:1:email_01:0", lead_id=f"k{i}", journey="webinar", journey_version=1,
+        step="email_01", channel="email", template="webinar.email_01", category="transactional")
+
+
+@pytest.mark.parametrize("mode", ["send", "batch"])
+async def test_kill_during_delivery_delivers_each_message_once(settings: Settings, tmp_path: Path,
+                                                               mode: str) -> None:
     scoring, scoring_server = await start_scoring_stub()
     for i in range(N):
         scoring.add(make_lead(f"k{i}", timezone="UTC"))
@@ -62,11 +72,13 @@ async def test_kill_during_delivery_delivers_each_message_once(settings: Setting
         await wait_serving(port)
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
             stub = messaging_pb2_grpc.MessagingStub(ch)
-            # Transactional: no send window or caps, so all N go at once (whatever the test's hour).
-            ids = await asyncio.gather(*(stub.Send(messaging_pb2.SendRequest(
-                dedupe_key=f"k{i}:webinar:1:email_01:0", lead_id=f"k{i}", journey="webinar", journey_version=1,
-                step="email_01", channel="email", template="webinar.email_01", category="transactional"),
-                timeout=10) for i in range(N)))
+            if mode == "send":
+                ids = list(await asyncio.gather(*(stub.Send(request(i), timeout=10) for i in range(N))))
+            else:  # batches of 100 items, as journeys sends several due messages at once
+                replies = await asyncio.gather(*(stub.SendBatch(messaging_pb2.SendBatchRequest(
+                    items=[request(i) for i in range(start, start + 100)]), timeout=10) for start in range(0, N, 100)))
+                ids = [r for reply in replies for r in reply.results]
+            assert [r.status for r in ids] == ["scheduled"] * N
         deadline = time.monotonic() + 20
         while sink.handler.received < N // 4 and time.monotonic() < deadline:
             await asyncio.sleep(0.002)

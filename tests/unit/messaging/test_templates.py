@@ -101,3 +101,25 @@ def test_variant_split_is_stable_and_roughly_even(catalog: Catalog) -> None:
     picks = [choose_variant(spec, f"lead-{i}") for i in range(2000)]
     assert picks == [choose_variant(spec, f"lead-{i}") for i in range(2000)]
     assert 900 < picks.count("a") < 1100
+
+
+def test_plain_text_strings_render_exactly_as_jinja_would(catalog: Catalog) -> None:
+    """The constant fast path for strings without template syntax gives Jinja2's own output."""
+    from jinja2 import StrictUndefined
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    jinja = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
+    sources = {p for spec in catalog.specs.values() for p in spec.points} | {
+        spec.subject for spec in catalog.specs.values()} | {
+        "", "plain", "ends with a newline\n", "two newlines\n\n", "  spaced  ", "a } brace", "windows\r\nline"}
+    constant = 0
+    for source in sorted(sources):
+        compiled = catalog._compile(source)
+        if "{" in source:                                  # template syntax: always Jinja2
+            assert type(compiled).__name__ != "_Constant", source
+            continue
+        constant += type(compiled).__name__ == "_Constant"
+        assert compiled.render({}) == jinja.from_string(source).render({}), source
+    assert constant >= len(sources) - 4                    # the fast path is taken for plain strings
+    with pytest.raises(Exception, match="missing"):
+        catalog._compile("{{ missing }}").render({})

@@ -43,6 +43,18 @@ class SendReply(_message.Message):
     reason: str
     def __init__(self, message_id: _Optional[str] = ..., status: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
+class SendBatchRequest(_message.Message):
+    __slots__ = ("items",)
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[SendRequest]
+    def __init__(self, items: _Optional[_Iterable[_Union[SendRequest, _Mapping]]] = ...) -> None: ...
+
+class SendBatchReply(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[SendReply]
+    def __init__(self, results: _Optional[_Iterable[_Union[SendReply, _Mapping]]] = ...) -> None: ...
+
 class ListTemplatesRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

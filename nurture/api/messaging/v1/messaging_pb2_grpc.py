@@ -39,6 +39,11 @@ class MessagingStub:
                 request_serializer=nurture_dot_api_dot_messaging_dot_v1_dot_messaging__pb2.SendRequest.SerializeToString,
                 response_deserializer=nurture_dot_api_dot_messaging_dot_v1_dot_messaging__pb2.SendReply.FromString,
                 _registered_method=True)
+        self.SendBatch = channel.unary_unary(
+                '/nurture.api.messaging.v1.Messaging/SendBatch',
+                request_serializer=nurture_dot_api_dot_messaging_dot_v1_dot_messaging__pb2.SendBatchRequest.SerializeToString,
+                response_deserializer=nurture_dot_api_dot_messaging_dot_v1_dot_messaging__pb2.SendBatchReply.FromString,
+                _registered_method=True)
         self.ListTemplates = channel.unary_unary(
                 '/nurture.api.messaging.v1.Messaging/ListTemplates',
                 request_serializer=nurture_dot_api_dot_messaging_dot_v1_dot_messaging__pb2.ListTemplatesRequest.SerializeToString,
@@ -86,6 +91,13 @@ class MessagingServicer:
 
     def Send(self, request, context):
         """Record and queue one message; idempotent by dedupe_key (the same key again: status "duplicate").
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SendBatch(self, request, context):
+        """Many Sends in one round trip (what journeys uses when several sends are due together).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -147,6 +159,11 @@ def add_MessagingServicer_to_server(servicer, server):
                     servicer.Send,
                     request_deserializer=nurture_dot_api_dot_messaging_dot_v1_dot_messaging__pb2.SendRequest.FromString,
                     response_serializer=nurture_dot_api_dot_messaging_dot_v1_dot_messaging__pb2.SendReply.SerializeToString,
+            ),
+            'SendBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.SendBatch,
+                    request_deserializer=nurture_dot_api_dot_messaging_dot_v1_dot_messaging__pb2.SendBatchRequest.FromString,
+                    response_serializer=nurture_dot_api_dot_messaging_dot_v1_dot_messaging__pb2.SendBatchReply.SerializeToString,
             ),
             'ListTemplates': grpc.unary_unary_rpc_method_handler(
                     servicer.ListTemplates,
@@ -216,6 +233,33 @@ class Messaging:
             '/nurture.api.messaging.v1.Messaging/Send',
             nurture_dot_api_dot_messaging_dot_v1_dot_messaging__pb2.SendRequest.SerializeToString,
             nurture_dot_api_dot_messaging_dot_v1_dot_messaging__pb2.SendReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SendBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nurture.api.messaging.v1.Messaging/SendBatch',
+            nurture_dot_api_dot_messaging_dot_v1_dot_messaging__pb2.SendBatchRequest.SerializeToString,
+            nurture_dot_api_dot_messaging_dot_v1_dot_messaging__pb2.SendBatchReply.FromString,
             options,
             channel_credentials,
             insecure,
