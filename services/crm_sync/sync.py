@@ -92,6 +92,11 @@ def _micros(at: datetime) -> int:
     return int(at.timestamp() * 1_000_000)
 
 
+def crm_lead_id(crm: str, crm_id: str) -> str:
+    """The id of a lead born from a CRM contact that has no email (stable across retries)."""
+    return "crm_" + hashlib.sha256(f"{crm}:{crm_id}".encode()).hexdigest()[:32]
+
+
 def lead_from_proto(lead: scoring_pb2.Lead) -> dict[str, Any]:
     def j(text: str) -> Any:
         try:
@@ -288,6 +293,11 @@ class CrmSyncCore:
             if c.crm_id:
                 fields["crm_id"] = c.crm_id
             lead_id = row["lead_id"] if row else (c.lead_id or "")
+            if not lead_id and not c.email and c.crm_id:
+                # Scoring commits before we do: after a crash between the two, the CRM's retry must land
+                # on the lead the first try created. With an email scoring matches on it; without one
+                # the lead id itself is derived from the CRM's id.
+                lead_id = crm_lead_id(crm, c.crm_id)
             try:
                 reply = await self.scoring.UpsertLead(scoring_pb2.UpsertLeadRequest(
                     id=lead_id, fields_json=json.dumps(fields), merge=True, source=f"crm:{crm}"), timeout=DEADLINE_S)
@@ -644,8 +654,19 @@ class CrmSyncCore:
 
             async def lane(items: list[dict[str, Any]]) -> None:
                 async with sem:
+                    # The CRM id a contact push of this lane got, before it is recorded: a task right
+                    # behind it attaches to that contact instead of creating the contact again.
+                    remote: dict[str, str] = {}
+                    pushed = False
                     for j in items:  # one lead's pushes in order
-                        results.append((j, await self._perform(j)))
+                        if j["op"] == "contact" and pushed:
+                            # Two contact pushes claimed together (one left over from a crash): the
+                            # first read the state both were queued for, so it covered this one too.
+                            results.append((j, Outcome("done")))
+                            continue
+                        out = await self._perform(j, remote)
+                        pushed = pushed or (j["op"] == "contact" and out.status == "done")
+                        results.append((j, out))
 
             await asyncio.gather(*(lane(items) for items in by_lead.values()))
             done_at = self.clock.now()
@@ -680,13 +701,13 @@ class CrmSyncCore:
         st.add_timeline(s, job["lead_id"], now, "push_dead", f"CRM push ({job['op']}) dead-lettered: {reason}",
                         {"job": job["id"], "op": job["op"], "attempts": attempts, "reason": reason})
 
-    async def _perform(self, job: dict[str, Any]) -> Outcome:
+    async def _perform(self, job: dict[str, Any], remote: dict[str, str]) -> Outcome:
         try:
             if job["op"] == "contact":
-                return Outcome("done", apply=await self._push_contact(job["lead_id"],
-                                                                      self._prefetched.pop(job["lead_id"], None)))
+                return Outcome("done", apply=await self._push_contact(
+                    job["lead_id"], self._prefetched.pop(job["lead_id"], None), remote=remote))
             if job["op"] == "task":
-                return Outcome("done", apply=await self._push_task(job))
+                return Outcome("done", apply=await self._push_task(job, remote))
             if job["op"] == "lead":
                 await self.scoring.UpsertLead(scoring_pb2.UpsertLeadRequest(
                     id=job["lead_id"], fields_json=json.dumps(job["payload"]), merge=True, source="crm_sync",
@@ -712,8 +733,8 @@ class CrmSyncCore:
             log.exception("push %s failed unexpectedly", job["id"])
             return Outcome("retry", error=f"{type(exc).__name__}: {exc}")
 
-    async def _push_contact(self, lead_id: str, row: dict[str, Any] | None = None
-                            ) -> Callable[[Session], None] | None:
+    async def _push_contact(self, lead_id: str, row: dict[str, Any] | None = None, *,
+                            remote: dict[str, str] | None = None) -> Callable[[Session], None] | None:
         if row is None:
             row = await self.read(lambda s: st.get_lead(s, lead_id))
         if row is None or not row["snapshot"]:
@@ -722,13 +743,17 @@ class CrmSyncCore:
                                           converted_at=row["converted_at"])
         props = domain.outbound_properties(self.cfg, row["snapshot"], row["fields"], computed,
                                            contact_exists=bool(row["crm_id"]))
-        full = domain.outbound_properties(self.cfg, row["snapshot"], row["fields"], computed, contact_exists=False)
+        # A created contact carries the lead id, so a create whose answer was lost can be found again.
+        full = {**domain.outbound_properties(self.cfg, row["snapshot"], row["fields"], computed,
+                                             contact_exists=False), "nurture_lead_id": lead_id}
         digest = domain.props_hash(props)
         if digest == row["pushed_hash"] and row["crm_id"]:
             self.stats.skipped += 1
             return None
-        remote = await self.connector.upsert_contact(row["crm_id"], props, full)
-        if remote != row["crm_id"]:
+        remote_id = await self.connector.upsert_contact(row["crm_id"], props, full)
+        if remote is not None:
+            remote[lead_id] = remote_id
+        if remote_id != row["crm_id"]:
             props = full
         self.stats.pushes += 1
         pushed_fields = {r.lead: props[r.crm] for r in self.cfg.fields
@@ -739,33 +764,34 @@ class CrmSyncCore:
             rec = st.get_lead(s, lead_id)
             if rec is None:
                 return
-            if rec["crm_id"] != remote:
-                st.unlink_crm_id(s, self.crm_name, remote, lead_id)
+            if rec["crm_id"] != remote_id:
+                st.unlink_crm_id(s, self.crm_name, remote_id, lead_id)
                 if not rec["crm_id"]:
-                    st.enqueue(s, lead_id, "lead", now, payload={"crm_id": remote})
-                rec["crm"], rec["crm_id"] = self.crm_name, remote
+                    st.enqueue(s, lead_id, "lead", now, payload={"crm_id": remote_id})
+                rec["crm"], rec["crm_id"] = self.crm_name, remote_id
             rec["pushed_hash"] = digest
             for name, value in pushed_fields.items():
                 fs = rec["fields"].setdefault(name, {})
                 fs["crm_value"], fs["crm_at"] = value, now.isoformat()
             st.save_lead(s, rec, exists=True)
             st.add_timeline(s, lead_id, now, "contact_pushed",
-                            f"Pushed {len(props)} properties to CRM contact {remote}",
-                            {"crm_id": remote, "properties": sorted(props)})
+                            f"Pushed {len(props)} properties to CRM contact {remote_id}",
+                            {"crm_id": remote_id, "properties": sorted(props)})
 
         return apply
 
-    async def _push_task(self, job: dict[str, Any]) -> Callable[[Session], None] | None:
+    async def _push_task(self, job: dict[str, Any], remote_ids: dict[str, str]
+                         ) -> Callable[[Session], None] | None:
         task = await self.read(lambda s: st.get_task(s, job["ref"]))
         if task is None:
             return None
         row = await self.read(lambda s: st.get_lead(s, task["lead_id"]))
         if row is None:
             return None
-        contact = row["crm_id"]
+        contact = row["crm_id"] or remote_ids.get(task["lead_id"])
         if not contact:
             # The contact must exist before a task can be attached to it.
-            first = await self._push_contact(task["lead_id"])
+            first = await self._push_contact(task["lead_id"], remote=remote_ids)
             if first is not None:
                 await self.sql(first)
             row = await self.read(lambda s: st.get_lead(s, task["lead_id"]))
