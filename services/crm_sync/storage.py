@@ -95,14 +95,18 @@ def find_leads(s: Session, wanted: list[tuple[str, str | None, str | None, str |
     return out
 
 
+# Statements built once: parameters travel separately, so SQLAlchemy compiles and caches them once
+# instead of generating a cache key for a fresh `.values(...)` on every write.
+_UPDATE_LEAD = update(leads).where(leads.c.lead_id == bindparam("b_lead_id"))
+_INSERT_LEAD = insert(leads)
+
+
 def save_lead(s: Session, row: dict[str, Any], *, exists: bool) -> None:
-    values = dict(row)
-    for key in ("snapshot", "fields", "projection", "journeys"):
-        values[key] = json.dumps(values[key], default=str, separators=(",", ":"))
+    values = _lead_values(row)
     if exists:
-        s.execute(update(leads).where(leads.c.lead_id == row["lead_id"]).values(values))
+        s.execute(_UPDATE_LEAD, {**values, "b_lead_id": row["lead_id"]})
     else:
-        s.execute(insert(leads).values(values))
+        s.execute(_INSERT_LEAD, values)
 
 
 def _lead_values(row: dict[str, Any]) -> dict[str, Any]:
@@ -115,10 +119,9 @@ def _lead_values(row: dict[str, Any]) -> dict[str, Any]:
 def save_leads(s: Session, new: list[dict[str, Any]], changed: list[dict[str, Any]]) -> None:
     """Many leads in two executemany statements (full rows, as save_lead writes them)."""
     if new:
-        s.execute(insert(leads), [_lead_values(r) for r in new])
+        s.execute(_INSERT_LEAD, [_lead_values(r) for r in new])
     if changed:
-        s.execute(update(leads).where(leads.c.lead_id == bindparam("b_lead_id")),
-                  [{**_lead_values(r), "b_lead_id": r["lead_id"]} for r in changed])
+        s.execute(_UPDATE_LEAD, [{**_lead_values(r), "b_lead_id": r["lead_id"]} for r in changed])
 
 
 def unlink_crm_ids(s: Session, owners: dict[tuple[str, str], str]) -> None:
@@ -224,9 +227,11 @@ def due_jobs(s: Session, now: datetime, limit: int) -> list[dict[str, Any]]:
 
 def finish_job(s: Session, job_id: int, *, status: str, attempts: int, due_at: datetime, error: str | None,
                now: datetime) -> None:
-    s.execute(update(outbox).where(outbox.c.id == job_id).values(
-        status=status, attempts=attempts, due_at=due_at, last_error=error,
-        done_at=now if status != "pending" else None))
+    s.execute(_FINISH_JOB, {"b_id": job_id, "status": status, "attempts": attempts, "due_at": due_at,
+                            "last_error": error, "done_at": now if status != "pending" else None})
+
+
+_FINISH_JOB = update(outbox).where(outbox.c.id == bindparam("b_id"))
 
 
 def mark_running(s: Session, job_ids: list[int]) -> None:

@@ -635,18 +635,22 @@ class CrmSyncCore:
         now = self.clock.now()
 
         def write(s: Session) -> None:
+            # The batch's leads in one query; `rows` then follows this transaction's own changes.
+            rows = st.get_leads(s, ids)
+            queued: set[str] = set()
             for m in messages:
-                self._apply_message(s, m, journeys.get(str(m["lead_id"])), now)
+                self._apply_message(s, m, journeys.get(str(m["lead_id"])), now, rows, queued)
 
         await self.sql(write)
         self._notify_changes()
         self.push_wake.set()
 
     def _apply_message(self, s: Session, m: dict[str, Any], journeys: list[dict[str, Any]] | None,
-                       now: datetime) -> None:
+                       now: datetime, rows: dict[str, dict[str, Any]], queued: set[str]) -> None:
         lead_id = str(m["lead_id"])
         if m.get("type") == "lead_erased":
             row = st.get_lead(s, lead_id)
+            rows.pop(lead_id, None)
             st.erase_lead(s, lead_id)
             if row and row["crm_id"]:
                 st.enqueue(s, lead_id, "erase", now, payload={"remote_id": row["crm_id"]})
@@ -655,7 +659,7 @@ class CrmSyncCore:
         lead = m.get("lead")
         if not isinstance(lead, dict):
             return
-        current = st.get_lead(s, lead_id)
+        current = rows.get(lead_id)
         row = current or st.new_lead_row(lead_id, now)
         occurred = _parse_time(m.get("occurred_at")) or now
         # Lead-change messages carry the lead's version (a redelivered older one is dropped); event
@@ -673,6 +677,9 @@ class CrmSyncCore:
                 row["converted_at"] = occurred
             if lead.get("crm_id") and not row["crm_id"]:
                 st.unlink_crm_id(s, self.crm_name, str(lead["crm_id"]), lead_id)
+                for other in rows.values():  # the rows of this batch follow the unlink
+                    if other["crm_id"] == str(lead["crm_id"]) and other["crm"] == self.crm_name:
+                        other["crm_id"] = None
                 row["crm"], row["crm_id"] = self.crm_name, str(lead["crm_id"])
         if journeys is not None and journeys != row["journeys"]:
             row["journeys"], dirty = journeys, True
@@ -683,7 +690,9 @@ class CrmSyncCore:
             if changed:
                 st.add_change(s, lead_id, row["crm_id"], changed, proj, occurred)
                 row["projection"] = proj
-            st.enqueue(s, lead_id, "contact", now, coalesce=True)
+            if lead_id not in queued:  # one pending contact push covers every change of the batch
+                st.enqueue(s, lead_id, "contact", now, coalesce=True)
+                queued.add(lead_id)
         signals = [str(x) for x in m.get("signals") or []]
         facts = domain.facts_for(snapshot, signals, {"type": m.get("type"), "properties": m.get("properties") or {}})
         for plan in domain.planned_tasks(self.cfg, lead_id, facts, now):
@@ -693,6 +702,7 @@ class CrmSyncCore:
         if dirty or current is None:
             row["updated_at"] = now
             st.save_lead(s, row, exists=current is not None)
+            rows[lead_id] = row
 
     # ------------------------------------------------------------------------------------------------
     # Tasks, notifications, assignment
