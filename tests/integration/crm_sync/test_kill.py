@@ -41,8 +41,9 @@ T0 = datetime(2030, 1, 1, tzinfo=UTC)
 
 def spawn(service: str, settings: Settings, port: int) -> subprocess.Popen[bytes]:
     env = {**os.environ, **to_environ(settings.with_overrides(grpc_port=port)), "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen([sys.executable, "-m", f"services.{service}"], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with (settings.data_dir.parent / f"{service}.log").open("ab") as log:  # kept for a failure's post-mortem
+        return subprocess.Popen([sys.executable, "-m", f"services.{service}"], cwd=ROOT, env=env,
+                                stdout=subprocess.DEVNULL, stderr=log)
 
 
 async def wait_serving(address: str) -> None:
@@ -107,6 +108,9 @@ async def test_kill_crm_sync_under_load_exactly_once(settings: Settings, tmp_pat
         # The CRM already holds its contacts: their ids are what it sends.
         crm_ids = [str(emu.post("/crm/v3/objects/contacts", {"properties": (
             {} if n % 6 == 0 else {"email": f"c{n}@kill.example"})})["id"]) for n in range(CONTACTS)]
+        # A CRM that takes a while to answer: crm_sync records a batch of pushes after its slowest one,
+        # so most kills land while some pushes are made in the CRM but not yet recorded here.
+        emu.fault(mode="slow", delay=0.2)
         s_ch = grpc.aio.insecure_channel(cfg.scoring_addr)
         c_ch = grpc.aio.insecure_channel(cfg.crm_sync_addr)
         scoring = scoring_pb2_grpc.ScoringStub(s_ch)
@@ -190,6 +194,7 @@ async def test_kill_crm_sync_under_load_exactly_once(settings: Settings, tmp_pat
         platform = await drive()
         await kill_task
         assert kills == KILLS
+        emu.fault(mode="ok")
 
         # Quiet: everything queued has been pushed and every lead's latest score reached the CRM.
         leads = {r.id: r for r in (await scoring.GetLeads(scoring_pb2.GetLeadsRequest(
