@@ -89,13 +89,22 @@ class HubSpotConnector:
                              create_properties: dict[str, str]) -> str:
         """PATCH the known contact with `properties`, else create it with `create_properties`; a create
         that meets an existing contact with the same email (409, also what a retried create whose
-        answer was lost meets) updates that one."""
+        answer was lost meets) updates that one; one without an email is first searched for by its
+        `nurture_lead_id`."""
         if remote_id:
             try:
                 await self._call("PATCH", f"/crm/v3/objects/contacts/{remote_id}", {"properties": properties})
                 return remote_id
             except NotFound:
                 pass  # deleted in the CRM: create it again
+        lead_id = create_properties.get("nurture_lead_id")
+        if lead_id and not create_properties.get("email"):
+            # Without an email the CRM cannot refuse a second create; an earlier try whose answer was
+            # lost (timeout, crash) is found by the lead id it carries.
+            found_id = await self.find("contacts", "nurture_lead_id", lead_id)
+            if found_id is not None:
+                await self._call("PATCH", f"/crm/v3/objects/contacts/{found_id}", {"properties": create_properties})
+                return found_id
         try:
             created = await self._call("POST", "/crm/v3/objects/contacts", {"properties": create_properties})
             return str(created["id"])

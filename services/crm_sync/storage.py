@@ -10,7 +10,7 @@ from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import bindparam, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from services.crm_sync.tables import changes, inbound, leads, outbox, round_robin, tasks, timeline
@@ -72,14 +72,71 @@ def find_lead(s: Session, *, crm: str, crm_id: str | None, lead_id: str | None, 
     return None
 
 
+def find_leads(s: Session, wanted: list[tuple[str, str | None, str | None, str | None]]
+               ) -> list[dict[str, Any] | None]:
+    """`find_lead` for many (crm, crm_id, lead_id, email) at once: three queries, not three per contact."""
+    crm_ids = sorted({w[1] for w in wanted if w[1]})
+    by_crm_id: dict[tuple[str, str], dict[str, Any]] = {}
+    for chunk in iter_chunks(crm_ids, 500):
+        for row in s.execute(select(leads).where(leads.c.crm_id.in_(chunk))).all():
+            by_crm_id[(row.crm, row.crm_id)] = _lead_row(row)
+    by_id = get_leads(s, [w[2] for w in wanted if w[2]])
+    emails = sorted({w[3].lower() for w in wanted if w[3]})
+    by_email: dict[str, dict[str, Any]] = {}
+    for chunk in iter_chunks(emails, 500):
+        rows = s.execute(select(leads).where(func.lower(leads.c.email).in_(chunk)).order_by(leads.c.lead_id)).all()
+        for row in rows:
+            by_email.setdefault(row.email.lower(), _lead_row(row))
+    out: list[dict[str, Any] | None] = []
+    for crm, crm_id, lead_id, email in wanted:
+        found = (by_crm_id.get((crm, crm_id)) if crm_id else None) or (by_id.get(lead_id) if lead_id else None) \
+            or (by_email.get(email.lower()) if email else None)
+        out.append(found)
+    return out
+
+
+# Statements built once: parameters travel separately, so SQLAlchemy compiles and caches them once
+# instead of generating a cache key for a fresh `.values(...)` on every write.
+_UPDATE_LEAD = update(leads).where(leads.c.lead_id == bindparam("b_lead_id"))
+_INSERT_LEAD = insert(leads)
+
+
 def save_lead(s: Session, row: dict[str, Any], *, exists: bool) -> None:
+    values = _lead_values(row)
+    if exists:
+        s.execute(_UPDATE_LEAD, {**values, "b_lead_id": row["lead_id"]})
+    else:
+        s.execute(_INSERT_LEAD, values)
+
+
+def _lead_values(row: dict[str, Any]) -> dict[str, Any]:
     values = dict(row)
     for key in ("snapshot", "fields", "projection", "journeys"):
         values[key] = json.dumps(values[key], default=str, separators=(",", ":"))
-    if exists:
-        s.execute(update(leads).where(leads.c.lead_id == row["lead_id"]).values(values))
-    else:
-        s.execute(insert(leads).values(values))
+    return values
+
+
+def save_leads(s: Session, new: list[dict[str, Any]], changed: list[dict[str, Any]]) -> None:
+    """Many leads in two executemany statements (full rows, as save_lead writes them)."""
+    if new:
+        s.execute(_INSERT_LEAD, [_lead_values(r) for r in new])
+    if changed:
+        s.execute(_UPDATE_LEAD, [{**_lead_values(r), "b_lead_id": r["lead_id"]} for r in changed])
+
+
+def unlink_crm_ids(s: Session, owners: dict[tuple[str, str], str]) -> None:
+    """`unlink_crm_id` for many (crm, crm_id) → the lead keeping it: one query when nothing moved."""
+    if not owners:
+        return
+    moved: list[str] = []
+    for chunk in iter_chunks(sorted({crm_id for _, crm_id in owners}), 500):
+        for row in s.execute(select(leads.c.lead_id, leads.c.crm, leads.c.crm_id).where(leads.c.crm_id.in_(chunk))):
+            keep = owners.get((row.crm, row.crm_id))
+            if keep is not None and keep != row.lead_id:
+                moved.append(row.lead_id)
+    if moved:
+        s.execute(update(leads).where(leads.c.lead_id == bindparam("b_lead_id")).values(crm_id=None),
+                  [{"b_lead_id": lead_id} for lead_id in moved])
 
 
 def unlink_crm_id(s: Session, crm: str, crm_id: str, keep_lead: str) -> None:
@@ -109,6 +166,16 @@ def put_inbound(s: Session, values: dict[str, Any], *, exists: bool) -> None:
 
 
 # -- timeline ----------------------------------------------------------------------------------------
+
+def timeline_row(lead_id: str, at: datetime, type_: str, summary: str, details: dict[str, Any]) -> dict[str, Any]:
+    return {"id": uuid.uuid4().hex, "lead_id": lead_id, "at": at, "type": type_, "summary": summary,
+            "details": json.dumps(details, default=str)}
+
+
+def add_timelines(s: Session, rows: list[dict[str, Any]]) -> None:
+    if rows:
+        s.execute(insert(timeline), rows)
+
 
 def add_timeline(s: Session, lead_id: str, at: datetime, type_: str, summary: str, details: dict[str, Any],
                  item_id: str | None = None) -> None:
@@ -160,9 +227,11 @@ def due_jobs(s: Session, now: datetime, limit: int) -> list[dict[str, Any]]:
 
 def finish_job(s: Session, job_id: int, *, status: str, attempts: int, due_at: datetime, error: str | None,
                now: datetime) -> None:
-    s.execute(update(outbox).where(outbox.c.id == job_id).values(
-        status=status, attempts=attempts, due_at=due_at, last_error=error,
-        done_at=now if status != "pending" else None))
+    s.execute(_FINISH_JOB, {"b_id": job_id, "status": status, "attempts": attempts, "due_at": due_at,
+                            "last_error": error, "done_at": now if status != "pending" else None})
+
+
+_FINISH_JOB = update(outbox).where(outbox.c.id == bindparam("b_id"))
 
 
 def mark_running(s: Session, job_ids: list[int]) -> None:

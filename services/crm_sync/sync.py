@@ -26,7 +26,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import grpc
 from sqlalchemy.orm import Session
@@ -72,6 +72,19 @@ class ContactIn:
 
 
 @dataclass
+class ContactWrite:
+    """An applied contact, to be recorded: the lead scoring returned and the sync state to keep."""
+
+    crm: str
+    c: ContactIn
+    lead: dict[str, Any]
+    digest: str
+    merged: domain.InboundMerge
+    status: str
+    now: datetime
+
+
+@dataclass
 class Outcome:
     status: str                      # done | retry | dead
     error: str | None = None
@@ -90,6 +103,11 @@ class SyncStats:
 
 def _micros(at: datetime) -> int:
     return int(at.timestamp() * 1_000_000)
+
+
+def crm_lead_id(crm: str, crm_id: str) -> str:
+    """The id of a lead born from a CRM contact that has no email (stable across retries)."""
+    return "crm_" + hashlib.sha256(f"{crm}:{crm_id}".encode()).hexdigest()[:32]
 
 
 def lead_from_proto(lead: scoring_pb2.Lead) -> dict[str, Any]:
@@ -178,6 +196,58 @@ class KeyLocks:
                 self._locks[key] = (lock, users - 1)
 
 
+ItemT = TypeVar("ItemT")
+ResultT = TypeVar("ResultT")
+
+
+class Batcher(Generic[ItemT, ResultT]):
+    """Items submitted by concurrent callers are handled in batches: while `parallel` batches are
+    being handled, new items wait and go together into the next one (no timer: an idle service
+    handles a lone item at once)."""
+
+    def __init__(self, handle: Callable[[list[ItemT]], Awaitable[list[ResultT | BaseException]]], *, max_batch: int,
+                 parallel: int) -> None:
+        self._handle = handle
+        self._max = max_batch
+        self._parallel = parallel
+        self._queue: list[tuple[ItemT, asyncio.Future[ResultT]]] = []
+        self._running: set[asyncio.Task[None]] = set()
+
+    async def submit(self, item: ItemT) -> ResultT:
+        future: asyncio.Future[ResultT] = asyncio.get_running_loop().create_future()
+        self._queue.append((item, future))
+        self._start()
+        return await future
+
+    def _start(self) -> None:
+        while self._queue and len(self._running) < self._parallel:
+            taken, self._queue = self._queue[: self._max], self._queue[self._max:]
+            task = asyncio.create_task(self._run(taken))
+            self._running.add(task)
+            task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._running.discard(task)
+        self._start()
+
+    async def _run(self, taken: list[tuple[ItemT, asyncio.Future[ResultT]]]) -> None:
+        try:
+            results = await self._handle([item for item, _ in taken])
+        except BaseException as exc:  # the batch as a whole failed: every caller hears why
+            results = [exc] * len(taken)
+            if isinstance(exc, asyncio.CancelledError):
+                for _, future in taken:
+                    future.cancel()
+                raise
+        for (_, future), res in zip(taken, results, strict=True):
+            if future.done():
+                continue
+            if isinstance(res, BaseException):
+                future.set_exception(res)
+            else:
+                future.set_result(res)
+
+
 class JourneysLookup:
     """Journey participation from journeys' LeadJourneys, with a breaker so a missing or down journeys
     service costs one failed call per 10 s, not one per lead."""
@@ -229,6 +299,8 @@ class CrmSyncCore:
         self.virtual = virtual
         self.writer = GroupWriter(db)
         self.locks = KeyLocks()
+        self.contacts: Batcher[tuple[str, ContactIn], dict[str, Any]] = Batcher(
+            self._upsert_batch, max_batch=100, parallel=2)
         self.changes_wake = asyncio.Event()
         self.push_wake = asyncio.Event()
         self.stats = SyncStats()
@@ -260,24 +332,41 @@ class CrmSyncCore:
         return list(await asyncio.gather(*(self.upsert_contact(crm, c) for c in contacts)))
 
     async def upsert_contact(self, crm: str, c: ContactIn) -> dict[str, Any]:
-        result: dict[str, Any] = {"crm_id": c.crm_id, "lead_id": "", "status": "error", "error_code": "",
-                                  "error_message": "", "conflicts": []}
-        key = c.crm_id or c.email.lower()
-        async with self.locks.hold(f"{crm}:{key}"):
-            row = await self.read(lambda s: st.find_lead(s, crm=crm, crm_id=c.crm_id or None,
-                                                        lead_id=c.lead_id or None, email=c.email or None))
+        # Deliveries that may meet the same lead (same CRM id, email or lead id) run one after the
+        # other; everything else joins the next batch. Locks are taken in sorted order (no deadlock).
+        keys = sorted({f"{crm}:{kind}:{value}" for kind, value in
+                       (("id", c.crm_id), ("email", c.email.lower()), ("lead", c.lead_id)) if value})
+        async with contextlib.AsyncExitStack() as stack:
+            for key in keys:
+                await stack.enter_async_context(self.locks.hold(key))
+            return await self.contacts.submit((crm, c))
+
+    async def _upsert_batch(self, items: list[tuple[str, ContactIn]]) -> list[dict[str, Any] | BaseException]:
+        """Contacts of concurrent calls together: one read of what we know, one scoring call, one
+        group commit. Each contact keeps its own outcome (stale, duplicate, error, ...)."""
+        rows = await self.read(lambda s: st.find_leads(
+            s, [(crm, c.crm_id or None, c.lead_id or None, c.email or None) for crm, c in items]))
+        out: list[dict[str, Any] | BaseException] = [{} for _ in items]
+        stale: list[Callable[[Session], None]] = []
+        plans: list[tuple[int, str, ContactIn, dict[str, Any] | None, str, domain.InboundMerge]] = []
+        requests: list[scoring_pb2.UpsertLeadRequest] = []
+        for i, ((crm, c), row) in enumerate(zip(items, rows, strict=True)):
+            result: dict[str, Any] = {"crm_id": c.crm_id, "lead_id": "", "status": "error", "error_code": "",
+                                      "error_message": "", "conflicts": []}
             digest = hashlib.sha256(json.dumps([c.crm_id, c.email, c.first_name, c.last_name, c.properties],
                                                sort_keys=True, default=str).encode()).hexdigest()[:32]
             if row and row["crm_id"] == c.crm_id and row["contact_modified_at"]:
                 if c.modified_at < row["contact_modified_at"]:
-                    await self.writer.submit(lambda s: st.add_timeline(
-                        s, row["lead_id"], self.clock.now(), "contact_stale",
-                        f"Ignored an out-of-order update of CRM contact {c.crm_id}",
-                        {"crm": crm, "crm_id": c.crm_id, "modified_at": c.modified_at,
-                         "last_seen": row["contact_modified_at"]}))
-                    return {**result, "lead_id": row["lead_id"], "status": "stale"}
+                    stale.append(functools.partial(
+                        st.add_timeline, lead_id=row["lead_id"], at=self.clock.now(), type_="contact_stale",
+                        summary=f"Ignored an out-of-order update of CRM contact {c.crm_id}",
+                        details={"crm": crm, "crm_id": c.crm_id, "modified_at": c.modified_at,
+                                 "last_seen": row["contact_modified_at"]}))
+                    out[i] = {**result, "lead_id": row["lead_id"], "status": "stale"}
+                    continue
                 if c.modified_at == row["contact_modified_at"] and row["inbound_hash"] == digest:
-                    return {**result, "lead_id": row["lead_id"], "status": "duplicate"}
+                    out[i] = {**result, "lead_id": row["lead_id"], "status": "duplicate"}
+                    continue
             props = dict(c.properties)
             for name, value in (("email", c.email), ("firstname", c.first_name), ("lastname", c.last_name)):
                 if value:
@@ -288,42 +377,116 @@ class CrmSyncCore:
             if c.crm_id:
                 fields["crm_id"] = c.crm_id
             lead_id = row["lead_id"] if row else (c.lead_id or "")
-            try:
-                reply = await self.scoring.UpsertLead(scoring_pb2.UpsertLeadRequest(
-                    id=lead_id, fields_json=json.dumps(fields), merge=True, source=f"crm:{crm}"), timeout=DEADLINE_S)
-            except grpc.aio.AioRpcError as exc:
-                code = "invalid" if exc.code() == grpc.StatusCode.INVALID_ARGUMENT else (
-                    "unknown_lead" if exc.code() == grpc.StatusCode.NOT_FOUND else "unavailable")
-                return {**result, "error_code": code, "error_message": exc.details() or exc.code().name}
-            lead = lead_from_proto(reply.lead)
-            now = self.clock.now()
-            status = "created" if reply.created else ("updated" if merged.fields or not row else "unchanged")
+            if not lead_id and not c.email and c.crm_id:
+                # Scoring commits before we do: after a crash between the two, the CRM's retry must land
+                # on the lead the first try created. With an email scoring matches on it; without one
+                # the lead id itself is derived from the CRM's id.
+                lead_id = crm_lead_id(crm, c.crm_id)
+            out[i] = result
+            plans.append((i, crm, c, row, digest, merged))
+            requests.append(scoring_pb2.UpsertLeadRequest(id=lead_id, fields_json=json.dumps(fields), merge=True,
+                                                          source=f"crm:{crm}"))
+        replies = await self._scoring_upserts(requests)
+        now = self.clock.now()
+        writes: list[tuple[int, ContactWrite]] = []
+        for (i, crm, c, row, digest, merged), (lead_pb, created, code, message) in zip(plans, replies, strict=True):
+            base = out[i]
+            assert isinstance(base, dict)
+            if lead_pb is None:
+                out[i] = {**base, "error_code": code, "error_message": message}
+                continue
+            lead = lead_from_proto(lead_pb)
+            status = "created" if created else ("updated" if merged.fields or not row else "unchanged")
+            writes.append((i, ContactWrite(crm=crm, c=c, lead=lead, digest=digest, merged=merged, status=status,
+                                           now=now)))
+            out[i] = {**base, "lead_id": lead["id"], "status": status,
+                      "conflicts": [x["field"] for x in merged.conflicts if x["winner"] == "platform"]}
+        if not writes and not stale:
+            return out
+        entries = [w for _, w in writes]
+        try:
+            await self.writer.submit(functools.partial(self._write_contacts, entries=entries, stale=stale))
+            self.stats.inbound += len(entries)
+        except Exception:
+            # The batch's transaction failed: contact by contact, so one bad contact fails alone.
+            log.warning("contact batch write failed; writing one by one", exc_info=True)
+            done = await asyncio.gather(*(self.writer.submit(functools.partial(
+                self._write_contacts, entries=[w], stale=[])) for w in entries), return_exceptions=True)
+            for (i, _), res in zip(writes, done, strict=True):
+                if isinstance(res, BaseException):
+                    out[i] = res
+                else:
+                    self.stats.inbound += 1
+        return out
 
-            def write(s: Session) -> None:
-                current = st.get_lead(s, lead["id"])
-                rec = current or st.new_lead_row(lead["id"], now)
-                if c.crm_id:
-                    st.unlink_crm_id(s, crm, c.crm_id, lead["id"])
-                    rec["crm"], rec["crm_id"] = crm, c.crm_id
-                rec["email"] = lead["email"] or rec["email"]
-                rec["contact_modified_at"], rec["inbound_hash"] = c.modified_at, digest
-                rec["fields"] = {**rec["fields"], **merged.state}
-                rec["updated_at"] = now
-                st.save_lead(s, rec, exists=current is not None)
-                st.add_timeline(s, lead["id"], now, "contact_upserted",
-                                f"CRM {crm} {status} contact {c.crm_id or c.email}",
-                                {"crm": crm, "crm_id": c.crm_id, "status": status, "applied": merged.fields,
-                                 "modified_at": c.modified_at})
-                for conflict in merged.conflicts:
-                    st.add_timeline(s, lead["id"], now, "conflict",
-                                    f"{conflict['field']}: CRM says {conflict['crm_value']!r}, platform has "
-                                    f"{conflict['platform_value']!r}; {conflict['winner']} wins ({conflict['policy']})",
-                                    {"crm": crm, "crm_id": c.crm_id, **conflict})
+    def _write_contacts(self, s: Session, *, entries: list[ContactWrite],
+                        stale: list[Callable[[Session], None]]) -> None:
+        """Record applied contacts in a few statements per batch (not several per contact)."""
+        existing = st.get_leads(s, [e.lead["id"] for e in entries])
+        recs: dict[str, dict[str, Any]] = {}
+        owners: dict[tuple[str, str], str] = {}
+        timeline: list[dict[str, Any]] = []
+        for e in entries:
+            lead_id, c = e.lead["id"], e.c
+            rec = recs.get(lead_id) or existing.get(lead_id) or st.new_lead_row(lead_id, e.now)
+            if c.crm_id:
+                rec["crm"], rec["crm_id"] = e.crm, c.crm_id
+                owners[(e.crm, c.crm_id)] = lead_id
+            rec["email"] = e.lead["email"] or rec["email"]
+            rec["contact_modified_at"], rec["inbound_hash"] = c.modified_at, e.digest
+            rec["fields"] = {**rec["fields"], **e.merged.state}
+            rec["updated_at"] = e.now
+            recs[lead_id] = rec
+            timeline.append(st.timeline_row(lead_id, e.now, "contact_upserted",
+                                            f"CRM {e.crm} {e.status} contact {c.crm_id or c.email}",
+                                            {"crm": e.crm, "crm_id": c.crm_id, "status": e.status,
+                                             "applied": e.merged.fields, "modified_at": c.modified_at}))
+            for conflict in e.merged.conflicts:
+                timeline.append(st.timeline_row(
+                    lead_id, e.now, "conflict",
+                    f"{conflict['field']}: CRM says {conflict['crm_value']!r}, platform has "
+                    f"{conflict['platform_value']!r}; {conflict['winner']} wins ({conflict['policy']})",
+                    {"crm": e.crm, "crm_id": c.crm_id, **conflict}))
+        # A CRM id that moved to another lead (contacts merged in the CRM) is dropped from the old one,
+        # in the database and in this batch, before anything takes it.
+        st.unlink_crm_ids(s, owners)
+        for lead_id, rec in recs.items():
+            if rec["crm_id"] and owners.get((rec["crm"], rec["crm_id"]), lead_id) != lead_id:
+                rec["crm_id"] = None
+        st.save_leads(s, [r for i, r in recs.items() if i not in existing],
+                      [r for i, r in recs.items() if i in existing])
+        st.add_timelines(s, timeline)
+        for fn in stale:
+            fn(s)
 
-            await self.writer.submit(write)
-            self.stats.inbound += 1
-            return {**result, "lead_id": lead["id"], "status": status,
-                    "conflicts": [x["field"] for x in merged.conflicts if x["winner"] == "platform"]}
+    async def _scoring_upserts(self, requests: list[scoring_pb2.UpsertLeadRequest]
+                               ) -> list[tuple[scoring_pb2.Lead | None, bool, str, str]]:
+        """(lead or None, created, error code, message) per request, from one UpsertLeads call."""
+        if not requests:
+            return []
+        try:
+            # One transaction for the batch: its deadline grows with its size (a lone lead: DEADLINE_S).
+            reply = await self.scoring.UpsertLeads(scoring_pb2.UpsertLeadsRequest(leads=requests),
+                                                   timeout=DEADLINE_S + 0.05 * len(requests))
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.UNIMPLEMENTED:
+                code = "invalid" if exc.code() == grpc.StatusCode.INVALID_ARGUMENT else "unavailable"
+                return [(None, False, code, exc.details() or exc.code().name)] * len(requests)
+            # A scoring from before UpsertLeads (a rolling upgrade): one call per lead.
+            return list(await asyncio.gather(*(self._scoring_upsert(r) for r in requests)))
+        return [(r.lead, r.created, "", "") if not r.error_code else
+                (None, False, "unknown_lead" if r.error_code == "not_found" else r.error_code, r.error_message)
+                for r in reply.results]
+
+    async def _scoring_upsert(self, request: scoring_pb2.UpsertLeadRequest
+                              ) -> tuple[scoring_pb2.Lead | None, bool, str, str]:
+        try:
+            reply = await self.scoring.UpsertLead(request, timeout=DEADLINE_S)
+        except grpc.aio.AioRpcError as exc:
+            code = "invalid" if exc.code() == grpc.StatusCode.INVALID_ARGUMENT else (
+                "unknown_lead" if exc.code() == grpc.StatusCode.NOT_FOUND else "unavailable")
+            return None, False, code, exc.details() or exc.code().name
+        return reply.lead, reply.created, "", ""
 
     # ------------------------------------------------------------------------------------------------
     # Inbound: activities and deals
@@ -472,18 +635,22 @@ class CrmSyncCore:
         now = self.clock.now()
 
         def write(s: Session) -> None:
+            # The batch's leads in one query; `rows` then follows this transaction's own changes.
+            rows = st.get_leads(s, ids)
+            queued: set[str] = set()
             for m in messages:
-                self._apply_message(s, m, journeys.get(str(m["lead_id"])), now)
+                self._apply_message(s, m, journeys.get(str(m["lead_id"])), now, rows, queued)
 
         await self.sql(write)
         self._notify_changes()
         self.push_wake.set()
 
     def _apply_message(self, s: Session, m: dict[str, Any], journeys: list[dict[str, Any]] | None,
-                       now: datetime) -> None:
+                       now: datetime, rows: dict[str, dict[str, Any]], queued: set[str]) -> None:
         lead_id = str(m["lead_id"])
         if m.get("type") == "lead_erased":
             row = st.get_lead(s, lead_id)
+            rows.pop(lead_id, None)
             st.erase_lead(s, lead_id)
             if row and row["crm_id"]:
                 st.enqueue(s, lead_id, "erase", now, payload={"remote_id": row["crm_id"]})
@@ -492,7 +659,7 @@ class CrmSyncCore:
         lead = m.get("lead")
         if not isinstance(lead, dict):
             return
-        current = st.get_lead(s, lead_id)
+        current = rows.get(lead_id)
         row = current or st.new_lead_row(lead_id, now)
         occurred = _parse_time(m.get("occurred_at")) or now
         # Lead-change messages carry the lead's version (a redelivered older one is dropped); event
@@ -510,6 +677,9 @@ class CrmSyncCore:
                 row["converted_at"] = occurred
             if lead.get("crm_id") and not row["crm_id"]:
                 st.unlink_crm_id(s, self.crm_name, str(lead["crm_id"]), lead_id)
+                for other in rows.values():  # the rows of this batch follow the unlink
+                    if other["crm_id"] == str(lead["crm_id"]) and other["crm"] == self.crm_name:
+                        other["crm_id"] = None
                 row["crm"], row["crm_id"] = self.crm_name, str(lead["crm_id"])
         if journeys is not None and journeys != row["journeys"]:
             row["journeys"], dirty = journeys, True
@@ -520,7 +690,9 @@ class CrmSyncCore:
             if changed:
                 st.add_change(s, lead_id, row["crm_id"], changed, proj, occurred)
                 row["projection"] = proj
-            st.enqueue(s, lead_id, "contact", now, coalesce=True)
+            if lead_id not in queued:  # one pending contact push covers every change of the batch
+                st.enqueue(s, lead_id, "contact", now, coalesce=True)
+                queued.add(lead_id)
         signals = [str(x) for x in m.get("signals") or []]
         facts = domain.facts_for(snapshot, signals, {"type": m.get("type"), "properties": m.get("properties") or {}})
         for plan in domain.planned_tasks(self.cfg, lead_id, facts, now):
@@ -530,6 +702,7 @@ class CrmSyncCore:
         if dirty or current is None:
             row["updated_at"] = now
             st.save_lead(s, row, exists=current is not None)
+            rows[lead_id] = row
 
     # ------------------------------------------------------------------------------------------------
     # Tasks, notifications, assignment
@@ -644,8 +817,19 @@ class CrmSyncCore:
 
             async def lane(items: list[dict[str, Any]]) -> None:
                 async with sem:
+                    # The CRM id a contact push of this lane got, before it is recorded: a task right
+                    # behind it attaches to that contact instead of creating the contact again.
+                    remote: dict[str, str] = {}
+                    pushed = False
                     for j in items:  # one lead's pushes in order
-                        results.append((j, await self._perform(j)))
+                        if j["op"] == "contact" and pushed:
+                            # Two contact pushes claimed together (one left over from a crash): the
+                            # first read the state both were queued for, so it covered this one too.
+                            results.append((j, Outcome("done")))
+                            continue
+                        out = await self._perform(j, remote)
+                        pushed = pushed or (j["op"] == "contact" and out.status == "done")
+                        results.append((j, out))
 
             await asyncio.gather(*(lane(items) for items in by_lead.values()))
             done_at = self.clock.now()
@@ -680,13 +864,13 @@ class CrmSyncCore:
         st.add_timeline(s, job["lead_id"], now, "push_dead", f"CRM push ({job['op']}) dead-lettered: {reason}",
                         {"job": job["id"], "op": job["op"], "attempts": attempts, "reason": reason})
 
-    async def _perform(self, job: dict[str, Any]) -> Outcome:
+    async def _perform(self, job: dict[str, Any], remote: dict[str, str]) -> Outcome:
         try:
             if job["op"] == "contact":
-                return Outcome("done", apply=await self._push_contact(job["lead_id"],
-                                                                      self._prefetched.pop(job["lead_id"], None)))
+                return Outcome("done", apply=await self._push_contact(
+                    job["lead_id"], self._prefetched.pop(job["lead_id"], None), remote=remote))
             if job["op"] == "task":
-                return Outcome("done", apply=await self._push_task(job))
+                return Outcome("done", apply=await self._push_task(job, remote))
             if job["op"] == "lead":
                 await self.scoring.UpsertLead(scoring_pb2.UpsertLeadRequest(
                     id=job["lead_id"], fields_json=json.dumps(job["payload"]), merge=True, source="crm_sync",
@@ -712,8 +896,8 @@ class CrmSyncCore:
             log.exception("push %s failed unexpectedly", job["id"])
             return Outcome("retry", error=f"{type(exc).__name__}: {exc}")
 
-    async def _push_contact(self, lead_id: str, row: dict[str, Any] | None = None
-                            ) -> Callable[[Session], None] | None:
+    async def _push_contact(self, lead_id: str, row: dict[str, Any] | None = None, *,
+                            remote: dict[str, str] | None = None) -> Callable[[Session], None] | None:
         if row is None:
             row = await self.read(lambda s: st.get_lead(s, lead_id))
         if row is None or not row["snapshot"]:
@@ -722,13 +906,17 @@ class CrmSyncCore:
                                           converted_at=row["converted_at"])
         props = domain.outbound_properties(self.cfg, row["snapshot"], row["fields"], computed,
                                            contact_exists=bool(row["crm_id"]))
-        full = domain.outbound_properties(self.cfg, row["snapshot"], row["fields"], computed, contact_exists=False)
+        # A created contact carries the lead id, so a create whose answer was lost can be found again.
+        full = {**domain.outbound_properties(self.cfg, row["snapshot"], row["fields"], computed,
+                                             contact_exists=False), "nurture_lead_id": lead_id}
         digest = domain.props_hash(props)
         if digest == row["pushed_hash"] and row["crm_id"]:
             self.stats.skipped += 1
             return None
-        remote = await self.connector.upsert_contact(row["crm_id"], props, full)
-        if remote != row["crm_id"]:
+        remote_id = await self.connector.upsert_contact(row["crm_id"], props, full)
+        if remote is not None:
+            remote[lead_id] = remote_id
+        if remote_id != row["crm_id"]:
             props = full
         self.stats.pushes += 1
         pushed_fields = {r.lead: props[r.crm] for r in self.cfg.fields
@@ -739,33 +927,34 @@ class CrmSyncCore:
             rec = st.get_lead(s, lead_id)
             if rec is None:
                 return
-            if rec["crm_id"] != remote:
-                st.unlink_crm_id(s, self.crm_name, remote, lead_id)
+            if rec["crm_id"] != remote_id:
+                st.unlink_crm_id(s, self.crm_name, remote_id, lead_id)
                 if not rec["crm_id"]:
-                    st.enqueue(s, lead_id, "lead", now, payload={"crm_id": remote})
-                rec["crm"], rec["crm_id"] = self.crm_name, remote
+                    st.enqueue(s, lead_id, "lead", now, payload={"crm_id": remote_id})
+                rec["crm"], rec["crm_id"] = self.crm_name, remote_id
             rec["pushed_hash"] = digest
             for name, value in pushed_fields.items():
                 fs = rec["fields"].setdefault(name, {})
                 fs["crm_value"], fs["crm_at"] = value, now.isoformat()
             st.save_lead(s, rec, exists=True)
             st.add_timeline(s, lead_id, now, "contact_pushed",
-                            f"Pushed {len(props)} properties to CRM contact {remote}",
-                            {"crm_id": remote, "properties": sorted(props)})
+                            f"Pushed {len(props)} properties to CRM contact {remote_id}",
+                            {"crm_id": remote_id, "properties": sorted(props)})
 
         return apply
 
-    async def _push_task(self, job: dict[str, Any]) -> Callable[[Session], None] | None:
+    async def _push_task(self, job: dict[str, Any], remote_ids: dict[str, str]
+                         ) -> Callable[[Session], None] | None:
         task = await self.read(lambda s: st.get_task(s, job["ref"]))
         if task is None:
             return None
         row = await self.read(lambda s: st.get_lead(s, task["lead_id"]))
         if row is None:
             return None
-        contact = row["crm_id"]
+        contact = row["crm_id"] or remote_ids.get(task["lead_id"])
         if not contact:
             # The contact must exist before a task can be attached to it.
-            first = await self._push_contact(task["lead_id"])
+            first = await self._push_contact(task["lead_id"], remote=remote_ids)
             if first is not None:
                 await self.sql(first)
             row = await self.read(lambda s: st.get_lead(s, task["lead_id"]))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Column, DateTime, Index, Integer, MetaData, String, Table, Text
+from sqlalchemy import BigInteger, Column, DateTime, Index, Integer, MetaData, String, Table, Text, func
 
 metadata = MetaData()
 
@@ -30,6 +30,8 @@ leads = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False),
     Index("crm_sync_leads_crm_id", "crm", "crm_id", unique=True),
 )
+# Contacts are matched by email case-insensitively: without this index every match scanned the table.
+Index("crm_sync_leads_email_lower", func.lower(leads.c.email))
 
 # Activities and deals received from the CRM: the last modification time seen per CRM object, so a
 # duplicate delivery is recognised and an out-of-order (older) one is dropped as stale.

@@ -33,6 +33,8 @@ from services.scoring.storage import EventIn, EventResult, InvalidInput, NotFoun
 log = logging.getLogger(__name__)
 _tracer = trace.get_tracer(__name__)
 MIGRATIONS = Path(__file__).with_name("migrations")
+# UpsertLeads: one transaction per call, so a call is bounded like a CRM batch.
+MAX_UPSERTS = 1000
 
 
 def _ts(value: str | None) -> Timestamp:
@@ -189,6 +191,37 @@ class ScoringServicer(scoring_pb2_grpc.ScoringServicer):
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no lead {request.id}")
         self._outbox.wake.set()
         return scoring_pb2.UpsertLeadReply(lead=lead_proto(lead), created=created)
+
+    async def UpsertLeads(
+        self, request: scoring_pb2.UpsertLeadsRequest, context: grpc.aio.ServicerContext
+    ) -> scoring_pb2.UpsertLeadsReply:
+        if len(request.leads) > MAX_UPSERTS:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"at most {MAX_UPSERTS} leads per call")
+        results: list[scoring_pb2.UpsertLeadResult | None] = [None] * len(request.leads)
+        todo: list[tuple[int, tuple[str, dict[str, Any], bool, str, bool]]] = []
+        for i, r in enumerate(request.leads):
+            try:
+                fields = json.loads(r.fields_json or "{}")
+            except json.JSONDecodeError as exc:
+                fields, problem = None, f"fields_json is not JSON: {exc}"
+            else:
+                problem = "" if isinstance(fields, dict) else "fields_json must be a JSON object"
+            if problem:
+                results[i] = scoring_pb2.UpsertLeadResult(error_code="invalid", error_message=problem)
+            else:
+                todo.append((i, (r.id, fields, r.merge, r.source or "api", r.must_exist)))
+        done = await self._db.run(self._store.upsert_leads, [item for _, item in todo], self._clock.now())
+        for (i, _), out in zip(todo, done, strict=True):
+            if isinstance(out, InvalidInput):
+                results[i] = scoring_pb2.UpsertLeadResult(
+                    error_code="invalid", error_message="; ".join(f"{k} {v}" for k, v in out.problems.items()))
+            elif isinstance(out, NotFound):
+                results[i] = scoring_pb2.UpsertLeadResult(error_code="not_found",
+                                                          error_message=f"no lead {request.leads[i].id}")
+            else:
+                results[i] = scoring_pb2.UpsertLeadResult(lead=lead_proto(out[0]), created=out[1])
+        self._outbox.wake.set()
+        return scoring_pb2.UpsertLeadsReply(results=[r for r in results if r is not None])
 
     async def GetLead(self, request: scoring_pb2.GetLeadRequest, context: grpc.aio.ServicerContext) -> scoring_pb2.Lead:
         found = await self._db.run(self._store.get_leads, [request.id], self._clock.now())

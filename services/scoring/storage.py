@@ -7,6 +7,7 @@ accepted event is stored, scored and announced exactly once even if the process 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
@@ -238,6 +239,23 @@ class Store:
                 "score_delta": 0, "rules": [], "signals": [],
             })
             return snapshot, created
+
+    def upsert_leads(
+        self, items: Sequence[tuple[str, Mapping[str, Any], bool, str, bool]], now: datetime
+    ) -> list[tuple[dict[str, Any], bool] | InvalidInput | NotFound]:
+        """Many upserts (id, fields, merge, source, must_exist) in one transaction: one commit for a
+        whole batch. Input problems are found before anything is written, so a bad lead fails alone."""
+        with self._sessions() as s:
+            # The same code as a single upsert, on this transaction's session.
+            shared = Store(lambda: contextlib.nullcontext(s), self.model)
+            out: list[tuple[dict[str, Any], bool] | InvalidInput | NotFound] = []
+            for lead_id, fields, merge, source, must_exist in items:
+                try:
+                    out.append(shared.upsert_lead(lead_id, fields, merge=merge, source=source,
+                                                  must_exist=must_exist, now=now))
+                except (InvalidInput, NotFound) as exc:
+                    out.append(exc)
+            return out
 
     def get_leads(self, ids: Sequence[str], now: datetime) -> list[dict[str, Any]]:
         with self._sessions() as s:

@@ -71,6 +71,30 @@ class UpsertLeadReply(_message.Message):
     created: bool
     def __init__(self, lead: _Optional[_Union[Lead, _Mapping]] = ..., created: _Optional[bool] = ...) -> None: ...
 
+class UpsertLeadsRequest(_message.Message):
+    __slots__ = ("leads",)
+    LEADS_FIELD_NUMBER: _ClassVar[int]
+    leads: _containers.RepeatedCompositeFieldContainer[UpsertLeadRequest]
+    def __init__(self, leads: _Optional[_Iterable[_Union[UpsertLeadRequest, _Mapping]]] = ...) -> None: ...
+
+class UpsertLeadResult(_message.Message):
+    __slots__ = ("lead", "created", "error_code", "error_message")
+    LEAD_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    lead: Lead
+    created: bool
+    error_code: str
+    error_message: str
+    def __init__(self, lead: _Optional[_Union[Lead, _Mapping]] = ..., created: _Optional[bool] = ..., error_code: _Optional[str] = ..., error_message: _Optional[str] = ...) -> None: ...
+
+class UpsertLeadsReply(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[UpsertLeadResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[UpsertLeadResult, _Mapping]]] = ...) -> None: ...
+
 class GetLeadRequest(_message.Message):
     __slots__ = ("id",)
     ID_FIELD_NUMBER: _ClassVar[int]

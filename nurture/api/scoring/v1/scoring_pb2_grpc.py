@@ -39,6 +39,11 @@ class ScoringStub:
                 request_serializer=nurture_dot_api_dot_scoring_dot_v1_dot_scoring__pb2.UpsertLeadRequest.SerializeToString,
                 response_deserializer=nurture_dot_api_dot_scoring_dot_v1_dot_scoring__pb2.UpsertLeadReply.FromString,
                 _registered_method=True)
+        self.UpsertLeads = channel.unary_unary(
+                '/nurture.api.scoring.v1.Scoring/UpsertLeads',
+                request_serializer=nurture_dot_api_dot_scoring_dot_v1_dot_scoring__pb2.UpsertLeadsRequest.SerializeToString,
+                response_deserializer=nurture_dot_api_dot_scoring_dot_v1_dot_scoring__pb2.UpsertLeadsReply.FromString,
+                _registered_method=True)
         self.GetLead = channel.unary_unary(
                 '/nurture.api.scoring.v1.Scoring/GetLead',
                 request_serializer=nurture_dot_api_dot_scoring_dot_v1_dot_scoring__pb2.GetLeadRequest.SerializeToString,
@@ -80,6 +85,12 @@ class ScoringServicer:
     """Missing associated documentation comment in .proto file."""
 
     def UpsertLead(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpsertLeads(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -135,6 +146,11 @@ def add_ScoringServicer_to_server(servicer, server):
                     servicer.UpsertLead,
                     request_deserializer=nurture_dot_api_dot_scoring_dot_v1_dot_scoring__pb2.UpsertLeadRequest.FromString,
                     response_serializer=nurture_dot_api_dot_scoring_dot_v1_dot_scoring__pb2.UpsertLeadReply.SerializeToString,
+            ),
+            'UpsertLeads': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpsertLeads,
+                    request_deserializer=nurture_dot_api_dot_scoring_dot_v1_dot_scoring__pb2.UpsertLeadsRequest.FromString,
+                    response_serializer=nurture_dot_api_dot_scoring_dot_v1_dot_scoring__pb2.UpsertLeadsReply.SerializeToString,
             ),
             'GetLead': grpc.unary_unary_rpc_method_handler(
                     servicer.GetLead,
@@ -199,6 +215,33 @@ class Scoring:
             '/nurture.api.scoring.v1.Scoring/UpsertLead',
             nurture_dot_api_dot_scoring_dot_v1_dot_scoring__pb2.UpsertLeadRequest.SerializeToString,
             nurture_dot_api_dot_scoring_dot_v1_dot_scoring__pb2.UpsertLeadReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpsertLeads(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nurture.api.scoring.v1.Scoring/UpsertLeads',
+            nurture_dot_api_dot_scoring_dot_v1_dot_scoring__pb2.UpsertLeadsRequest.SerializeToString,
+            nurture_dot_api_dot_scoring_dot_v1_dot_scoring__pb2.UpsertLeadsReply.FromString,
             options,
             channel_credentials,
             insecure,
