@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import json
 from typing import Any
 
@@ -72,24 +74,69 @@ async def get_lead(lead_id: str, m: Mesh = Depends(mesh)) -> dict[str, Any]:
     return lead_json(lead, await lead_journeys(m, lead_id))
 
 
+def encode_cursor(kind: str, position: str) -> str | None:
+    """Opaque page cursor: the position the service returned, tagged with the listing it belongs to.
+    Opaque so that a cursor can be checked (a made-up or foreign one is a 422, not a silent empty
+    page) and the services' keyset formats stay theirs to change."""
+    if not position:
+        return None
+    return base64.urlsafe_b64encode(json.dumps([kind, position]).encode()).decode().rstrip("=")
+
+
+def decode_cursor(kind: str, cursor: str) -> str:
+    if not cursor:
+        return ""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        tag, position = json.loads(raw)
+    except (binascii.Error, ValueError, TypeError, UnicodeDecodeError):
+        tag, position = None, None
+    if tag != kind or not isinstance(position, str) or not position:
+        raise ApiError(422, "invalid", "cursor is not one this listing returned; use next_cursor as given",
+                       {"fields": {"cursor": "must be a next_cursor from the same listing"}})
+    return position
+
+
+async def _check_filters(m: Mesh, segment: str, stage: str) -> None:
+    """Segments and lifecycle stages are the scoring model's data: a name the model does not define
+    matches nothing ever, which is the caller's mistake, not an empty result."""
+    if not segment and not stage:
+        return
+    reply = await scoring(m).GetScoringModel(scoring_pb2.ScoringModelRequest(), timeout=m.timeout)
+    model = json.loads(reply.definition_json or "{}")
+    segments = sorted({str(s.get("segment")) for s in model.get("segments", [])})
+    stages = list((model.get("lifecycle") or {}).get("order", []))
+    problems: dict[str, str] = {}
+    if segment and segments and segment not in segments:
+        problems["segment"] = f"must be one of {', '.join(segments)}"
+    if stage and stages and stage not in stages:
+        problems["stage"] = f"must be one of {', '.join(stages)}"
+    if problems:
+        raise ApiError(422, "invalid", "; ".join(f"{k} {v}" for k, v in problems.items()), {"fields": problems})
+
+
 @router.get("", summary="A page of leads")
 async def list_leads(
     segment: str = "", min_score: int | None = None, stage: str = "", journey: str = "", email: str = "",
     cursor: str = "", limit: int = Query(100, ge=1, le=1000), m: Mesh = Depends(mesh),
 ) -> dict[str, Any]:
+    await _check_filters(m, segment, stage)
     if journey:
         from nurture.api.journeys.v1 import journeys_pb2, journeys_pb2_grpc
 
         members = await journeys_pb2_grpc.JourneysStub(m.channel("journeys")).Members(
-            journeys_pb2.MembersRequest(journey=journey, cursor=cursor, limit=limit), timeout=m.timeout)
+            journeys_pb2.MembersRequest(journey=journey, cursor=decode_cursor("journey:" + journey, cursor),
+                                        limit=limit), timeout=m.timeout)
         got = await scoring(m).GetLeads(scoring_pb2.GetLeadsRequest(ids=list(members.lead_ids)), timeout=m.timeout)
         leads = [lead for lead in got.leads if (not segment or lead.segment == segment)
                  and (min_score is None or lead.score >= min_score) and (not stage or lead.lifecycle_stage == stage)]
-        return {"items": [lead_json(lead) for lead in leads], "next_cursor": members.next_cursor or None}
+        return {"items": [lead_json(lead) for lead in leads],
+                "next_cursor": encode_cursor("journey:" + journey, members.next_cursor)}
     reply = await scoring(m).ListLeads(scoring_pb2.ListLeadsRequest(
         segment=segment, min_score=min_score or 0, has_min_score=min_score is not None, stage=stage, email=email,
-        cursor=cursor, limit=limit), timeout=m.timeout)
-    return {"items": [lead_json(lead) for lead in reply.leads], "next_cursor": reply.next_cursor or None}
+        cursor=decode_cursor("leads", cursor), limit=limit), timeout=m.timeout)
+    return {"items": [lead_json(lead) for lead in reply.leads],
+            "next_cursor": encode_cursor("leads", reply.next_cursor)}
 
 
 @router.delete("/{lead_id}", summary="Erase the person (right to erasure)")
