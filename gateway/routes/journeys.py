@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 import yaml
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query, Request, Response
 
 from gateway.convert import iso, parse_time, require_object
 from gateway.deps import ApiError, Mesh, json_body, mesh, require_key
@@ -58,8 +58,8 @@ async def get_journey(key: str, version: int = Query(0, ge=0), m: Mesh = Depends
 
 
 @router.put("/v1/journeys/{key}", summary="Store a new draft version (422 lists every problem)")
-async def put_journey(key: str, validate_only: bool = Query(False), body: Any = Depends(definition_body),
-                      m: Mesh = Depends(mesh)) -> dict[str, Any]:
+async def put_journey(key: str, response: Response, validate_only: bool = Query(False),
+                      body: Any = Depends(definition_body), m: Mesh = Depends(mesh)) -> dict[str, Any]:
     document = require_object(body, "definition")
     if isinstance(document.get("definition"), dict) and "steps" not in document:
         document = document["definition"]
@@ -67,6 +67,9 @@ async def put_journey(key: str, validate_only: bool = Query(False), body: Any = 
         key=key, definition_json=json.dumps(document, default=str), validate_only=validate_only), timeout=m.timeout)
     if validate_only:
         return {"key": key, "valid": True, "problems": []}
+    # Every stored draft is a new version resource, so 201 with where to read it.
+    response.status_code = 201
+    response.headers["Location"] = f"/v1/journeys/{key}?version={reply.version}"
     return {"key": key, "version": reply.version, "status": "draft"}
 
 

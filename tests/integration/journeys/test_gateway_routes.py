@@ -55,7 +55,9 @@ async def test_journey_routes(client: httpx.AsyncClient) -> None:
     assert any("unreachable" in p for p in problems)
 
     r = await client.put("/v1/journeys/cart_abandonment", headers=AUTH, json=doc)
-    assert r.status_code == 200 and r.json()["version"] == 2
+    # A stored draft is a new version resource: 201 with where to read it.
+    assert r.status_code == 201 and r.json()["version"] == 2
+    assert r.headers["Location"] == "/v1/journeys/cart_abandonment?version=2"
     # The playbook's own YAML file is accepted as it is; broken YAML is 400, not 500.
     yaml_file = (Path(__file__).parents[3] / "services/journeys/playbook/cart_abandonment.yaml").read_bytes()
     r = await client.put("/v1/journeys/cart_abandonment?validate_only=true", content=yaml_file,
@@ -75,6 +77,10 @@ async def test_journey_routes(client: httpx.AsyncClient) -> None:
     assert (await client.get("/v1/journeys/cart_abandonment", headers=AUTH)).json()["published_version"] == 2
 
     assert (await client.get("/v1/journeys/nope", headers=AUTH)).status_code == 404
+    # Audience names are discoverable: every published journey and each of its stages.
+    names = {a["name"]: a for a in (await client.get("/v1/audiences", headers=AUTH)).json()["items"]}
+    assert {"family", "family.decision", "webinar"} <= set(names)
+    assert names["family.decision"]["journey"] == "family" and names["family.decision"]["stage"] == "decision"
     r = await client.get("/v1/journeys/webinar/analytics?from=2026-01-01T00:00:00Z&to=2026-03-01T00:00:00Z",
                          headers=AUTH)
     assert r.status_code == 200 and r.json()["enrolled"] == 0
