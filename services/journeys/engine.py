@@ -89,6 +89,9 @@ class Engine:
             "lead": state.lead,
             "event": {"type": event.get("type"), "properties": event.get("properties") or {}},
             "signals": list(event.get("signals") or []),
+            # The lead's other live journeys (key → active | paused), so a definition can coordinate
+            # with them as data, e.g. not send a second welcome when another journey sends one.
+            "journeys": {x.journey: x.status for x in state.enrollments.values() if x.status in LIVE},
         }
         if e is not None:
             j = self._resolve(e.journey, e.version)

@@ -122,6 +122,24 @@ def test_trial_pauses_the_segment_journey_and_resumes_it() -> None:
     assert h.state.enrollments["family"].status == ACTIVE
 
 
+def test_a_trial_start_sends_one_welcome() -> None:
+    # Trial Nurturing and Free Trial Onboarding both start on a trial and both open with a welcome:
+    # the person gets onboarding's, and trial nurture goes on with its next step.
+    h = Harness("family")
+    h.message("lead_created")
+    h.message("trial_started", ends_at=iso(T0 + timedelta(days=14)))
+    welcomes = [k for k in h.sent if ":trial_nurture:1:email_01:" in k or ":trial_onboarding:1:email_01:" in k]
+    assert welcomes == ["l-1:trial_onboarding:1:email_01:1.1"]
+    assert any("branch branch_01 took wait_02" in t and "onboarding_welcomes" in t for t in h.transitions)
+    h.advance(days=2)
+    assert any(":trial_nurture:1:email_02:" in k for k in h.sent)
+    # An assessment (no onboarding sequence) still gets trial nurture's own welcome.
+    alone = Harness("family")
+    alone.message("lead_created")
+    alone.message("assessment_started")
+    assert any(":trial_nurture:1:email_01:" in k for k in alone.sent)
+
+
 def test_webinar_reschedule_moves_pending_reminders() -> None:
     h = Harness()
     starts = T0 + timedelta(days=5)
