@@ -15,6 +15,7 @@ from google.protobuf.json_format import MessageToDict
 from gateway.convert import iso, lead_json, require_object
 from gateway.deps import ApiError, Mesh, json_body, mesh, require_key
 from nurture.api.common.v1 import common_pb2, common_pb2_grpc
+from nurture.api.messaging.v1 import messaging_pb2, messaging_pb2_grpc
 from nurture.api.scoring.v1 import scoring_pb2, scoring_pb2_grpc
 from nurture.settings import SERVICES
 
@@ -44,6 +45,32 @@ async def lead_journeys(m: Mesh, lead_id: str) -> list[dict[str, Any]]:
     return out
 
 
+async def lead_subscriptions(m: Mesh, lead: scoring_pb2.Lead) -> dict[str, Any] | None:
+    """What mail the person would get now, by kind, and why not: consent is the lead's own (scoring),
+    suppression is the address's (messaging; it outlives an erasure). None when messaging is down,
+    so a lead stays readable."""
+    try:
+        reply = await messaging_pb2_grpc.MessagingStub(m.channel("messaging")).Subscriptions(
+            messaging_pb2.SubscriptionsRequest(email=lead.email), timeout=m.timeout)
+    except grpc.aio.AioRpcError:
+        return None
+    consent = json.loads(lead.consent_json or "{}").get("email") is True
+    scopes = {s.scope for s in reply.suppressed if s.channel == "email"}
+    return {
+        "email": {kind: bool(lead.email) and consent and not scopes & {"all", kind}
+                  for kind in ("nurture", "transactional")},
+        "suppressed": [{"channel": s.channel, "scope": s.scope, "reason": s.reason} for s in reply.suppressed],
+    }
+
+
+async def full_lead(m: Mesh, lead: scoring_pb2.Lead) -> dict[str, Any]:
+    """The lead as GET/POST/PATCH answer it: with its journeys and subscriptions."""
+    journeys, subscriptions = await asyncio.gather(lead_journeys(m, lead.id), lead_subscriptions(m, lead))
+    body = lead_json(lead, journeys)
+    body["subscriptions"] = subscriptions
+    return body
+
+
 async def _upsert(m: Mesh, lead_id: str, body: dict[str, Any], *, merge: bool, must_exist: bool) -> Any:
     fields = {k: v for k, v in body.items() if k != "id"}
     return await scoring(m).UpsertLead(scoring_pb2.UpsertLeadRequest(
@@ -59,19 +86,19 @@ async def create_lead(response: Response, body: Any = Depends(json_body), m: Mes
         raise ApiError(422, "invalid", "id must be a string", {"fields": {"id": "must be a string"}})
     reply = await _upsert(m, lead_id, body, merge=False, must_exist=False)
     response.status_code = 201 if reply.created else 200
-    return lead_json(reply.lead, await lead_journeys(m, reply.lead.id))
+    return await full_lead(m, reply.lead)
 
 
 @router.patch("/{lead_id}", summary="Merge attributes (progressive profiling)")
 async def patch_lead(lead_id: str, body: Any = Depends(json_body), m: Mesh = Depends(mesh)) -> dict[str, Any]:
     reply = await _upsert(m, lead_id, require_object(body), merge=True, must_exist=True)
-    return lead_json(reply.lead, await lead_journeys(m, lead_id))
+    return await full_lead(m, reply.lead)
 
 
 @router.get("/{lead_id}", summary="A lead with its score, grade, stage and journeys")
 async def get_lead(lead_id: str, m: Mesh = Depends(mesh)) -> dict[str, Any]:
     lead = await scoring(m).GetLead(scoring_pb2.GetLeadRequest(id=lead_id), timeout=m.timeout)
-    return lead_json(lead, await lead_journeys(m, lead_id))
+    return await full_lead(m, lead)
 
 
 def encode_cursor(kind: str, position: str) -> str | None:
