@@ -99,3 +99,10 @@ async def test_journey_routes(client: httpx.AsyncClient) -> None:
     assert steps[0]["step"] == "email_01" and steps[0]["sent"] > 0 and steps[0]["opened"] > 0
     assert (await client.post("/v1/simulations", headers=AUTH, json={"journeys": ["nope"]})).status_code == 422
     assert (await client.post("/v1/simulations", headers=AUTH, json={"leads": "many"})).status_code == 422
+    # A behaviour model it cannot read is a 422 listing every problem, not a 500 or a silent default.
+    bad = {"default": "x", "segments": {"family": {"open": "high"}, "martians": {}}, "open": 0.9,
+           "actions": {"webinar": 2}}
+    r = await client.post("/v1/simulations", headers=AUTH, json={"leads": 5, "days": 3, "behaviour": bad})
+    assert r.status_code == 422, r.text
+    problems = r.json()["error"]["details"]["problems"]
+    assert len(problems) == 5 and any("behaviour.open" in p for p in problems), problems
