@@ -124,6 +124,7 @@ def _internal(row: Row[Any]) -> dict[str, Any]:
         "recent": _loads(m["recent"]),
         "interests": _loads(m["interests"]),
         "last_engaged_at": _aware(m["last_engaged_at"]),
+        "lapse_due_at": _aware(m["lapse_due_at"]),
     }
 
 
@@ -372,11 +373,17 @@ class Store:
         inactive = timedelta(days=int(self.model.decay["inactive_days"]))
         for lead in touched:
             last = lead["last_engaged_at"]
+            lapse = last + inactive if last is not None else None
+            if lapse is not None and lead.get("lapse_due_at") is not None:
+                # Decay already moved the next lapse past last+inactive; an event that is not
+                # engagement (a send, a CRM push) must not set it back, or the same quiet period
+                # decays again at every such event.
+                lapse = max(lapse, lead["lapse_due_at"])
             rows.append({
                 "b_id": lead["id"], "b_score": lead["score"], "b_counters": json.dumps(lead["counters"]),
                 "b_recent": json.dumps(lead["recent"]), "b_interests": json.dumps(lead["interests"]),
                 "b_segment": lead["segment"], "b_stage": lead["lifecycle_stage"], "b_last": last,
-                "b_lapse": last + inactive if last is not None else None, "b_consent": json.dumps(lead["consent"]),
+                "b_lapse": lapse, "b_consent": json.dumps(lead["consent"]),
                 "b_version": lead["version"],
             })
             for given in lead.pop("_consent_changes", []):

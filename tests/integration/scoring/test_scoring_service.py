@@ -179,6 +179,30 @@ async def test_inactivity_decays_and_announces_lapse(scoring: Running, settings:
         assert len(lapsed) == 1 and lapsed[0]["properties"]["days_inactive"] == 14
 
 
+async def test_events_that_are_not_engagement_do_not_decay_the_same_quiet_period_again(
+        scoring: Running, settings: Settings) -> None:
+    # A quiet lead decays once at 14 days, then once a week; the re-engagement emails and CRM notes
+    # that follow (not engagement) must not set the next decay back to the one already done.
+    stub, admin, channel = stubs(scoring)
+    clock = VirtualClock(redis.Redis.from_url(settings.redis_url))
+    async with channel:
+        await stub.UpsertLead(scoring_pb2.UpsertLeadRequest(id="qq", fields_json="{}"), timeout=5)
+        await stub.IngestEvents(scoring_pb2.IngestRequest(events=[
+            event("qq", "form_submitted"), event("qq", "assessment_completed")]), timeout=5)   # 15 points
+        await admin.Settle(common_pb2.SettleRequest(), timeout=5)
+        clock.advance(14 * 86400)
+        await admin.Settle(common_pb2.SettleRequest(), timeout=5)
+        for _ in range(3):
+            await stub.IngestEvents(scoring_pb2.IngestRequest(events=[event("qq", "email_sent")]), timeout=5)
+            await admin.Settle(common_pb2.SettleRequest(), timeout=5)
+        assert (await stub.GetLead(scoring_pb2.GetLeadRequest(id="qq"), timeout=5)).score == 10
+        clock.advance(7 * 86400)
+        await admin.Settle(common_pb2.SettleRequest(), timeout=5)
+        await stub.IngestEvents(scoring_pb2.IngestRequest(events=[event("qq", "email_sent")]), timeout=5)
+        await admin.Settle(common_pb2.SettleRequest(), timeout=5)
+        assert (await stub.GetLead(scoring_pb2.GetLeadRequest(id="qq"), timeout=5)).score == 5
+
+
 async def test_unsubscribe_withdraws_consent_with_audit(scoring: Running) -> None:
     stub, admin, channel = stubs(scoring)
     async with channel:
