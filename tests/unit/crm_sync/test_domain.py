@@ -97,6 +97,9 @@ def test_assignment_tasks_and_notifications(cfg: domain.SyncConfig) -> None:
     assert domain.pick_team(cfg, facts) == ("investor_desk", "entrepreneur_qualified")
     facts = domain.facts_for(lead(interests={"countries": ["canada"]}), [], None)
     assert domain.pick_team(cfg, facts) == ("north_america", "north_america_interest")
+    # The API's own shape: ISO codes, from a page view's country or the profile's countries of interest.
+    for shaped in (lead(interests={"countries": ["CA"]}), lead(attributes={"countries_of_interest": ["AU", "US"]})):
+        assert domain.pick_team(cfg, domain.facts_for(shaped, [], None)) == ("north_america", "north_america_interest")
     assert domain.pick_team(cfg, domain.facts_for(lead(segment=None), [], None)) == ("general", "everyone_else")
     plans = domain.planned_tasks(cfg, "l1", domain.facts_for(lead(score=80), ["sales_alert"], None), T0)
     assert [(p.kind, p.priority) for p in plans] == [("sales_alert", "high"), ("notify", "high")]
