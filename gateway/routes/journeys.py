@@ -11,10 +11,12 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 
 from gateway.convert import iso, parse_time, require_object
 from gateway.deps import ApiError, Mesh, json_body, mesh, require_key
+from gateway.routes.leads import decode_cursor, encode_cursor
 from nurture.api.journeys.v1 import journeys_pb2, journeys_pb2_grpc
 from nurture.rpc import LONG_DEADLINE_S
 
 router = APIRouter(tags=["journeys"], dependencies=[Depends(require_key)])
+ENROLMENT_STATUSES = ("active", "paused", "completed", "exited")
 
 
 def _stub(m: Mesh) -> journeys_pb2_grpc.JourneysStub:
@@ -105,9 +107,23 @@ async def journey_analytics(key: str, from_: str | None = Query(None, alias="fro
 @router.get("/v1/journeys/{key}/members", summary="Leads in a journey (optionally a stage and status)")
 async def journey_members(key: str, stage: str = "", status: str = "", cursor: str = "",
                           limit: int = Query(100, ge=1, le=1000), m: Mesh = Depends(mesh)) -> dict[str, Any]:
-    reply = await _stub(m).Members(journeys_pb2.MembersRequest(journey=key, stage=stage, status=status,
-                                                               cursor=cursor, limit=limit), timeout=m.timeout)
-    return {"items": list(reply.lead_ids), "next_cursor": reply.next_cursor or None}
+    # As for leads: a stage the journey does not have, a status there is not, or a cursor no page
+    # gave would only ever match nothing, so they are the caller's mistake (422), not an empty page.
+    problems: dict[str, str] = {}
+    if status and status not in ENROLMENT_STATUSES:
+        problems["status"] = f"must be one of {', '.join(ENROLMENT_STATUSES)}"
+    if stage:
+        got = await _stub(m).GetJourney(journeys_pb2.GetJourneyRequest(key=key), timeout=m.timeout)
+        stages = [str(x.get("id")) for x in json.loads(got.definition_json or "{}").get("stages") or []
+                  if isinstance(x, dict)]
+        if stage not in stages:
+            problems["stage"] = f"must be one of {', '.join(stages)}"
+    if problems:
+        raise ApiError(422, "invalid", "; ".join(f"{k} {v}" for k, v in problems.items()), {"fields": problems})
+    reply = await _stub(m).Members(journeys_pb2.MembersRequest(
+        journey=key, stage=stage, status=status, cursor=decode_cursor(f"members:{key}", cursor), limit=limit),
+        timeout=m.timeout)
+    return {"items": list(reply.lead_ids), "next_cursor": encode_cursor(f"members:{key}", reply.next_cursor)}
 
 
 @router.post("/v1/simulations", summary="Run journeys for synthetic leads in virtual time; returns the funnel")

@@ -77,6 +77,11 @@ async def test_journey_routes(client: httpx.AsyncClient) -> None:
     assert (await client.get("/v1/journeys/cart_abandonment", headers=AUTH)).json()["published_version"] == 2
 
     assert (await client.get("/v1/journeys/nope", headers=AUTH)).status_code == 404
+    for query in ("cursor=zzz", "status=martian", "stage=martian"):
+        r = await client.get(f"/v1/journeys/family/members?{query}", headers=AUTH)
+        assert r.status_code == 422 and r.json()["error"]["code"] == "invalid", (query, r.text)
+    r = await client.get("/v1/journeys/family/members?stage=decision&status=active", headers=AUTH)
+    assert r.status_code == 200 and r.json() == {"items": [], "next_cursor": None}
     # Audience names are discoverable: every published journey and each of its stages.
     names = {a["name"]: a for a in (await client.get("/v1/audiences", headers=AUTH)).json()["items"]}
     assert {"family", "family.decision", "webinar"} <= set(names)
