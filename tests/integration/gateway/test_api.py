@@ -72,6 +72,13 @@ async def test_lead_lifecycle_and_events(api: tuple[httpx.AsyncClient, FastAPI, 
         },
     )
     assert r.status_code == 202 and r.json() == {"event_id": first, "duplicate": True}
+    # The key may come as the Idempotency-Key header too; the same key either way is the same event.
+    pricing = {"lead_id": "l-1", "type": "page_viewed", "properties": {"category": "pricing"}}
+    r = await client.post("/v1/events", headers={**AUTH, "Idempotency-Key": "once"}, json=pricing)
+    assert r.status_code == 202 and r.json() == {"event_id": first, "duplicate": True}
+    r = await client.post("/v1/events", headers={**AUTH, "Idempotency-Key": "once"},
+                          json={**pricing, "idempotency_key": "twice"})
+    assert r.status_code == 422 and "idempotency_key" in r.json()["error"]["details"]["fields"]
     lead = (await client.get("/v1/leads/l-1", headers=AUTH)).json()
     assert lead["score"] == 8
     timeline = (await client.get("/v1/leads/l-1/timeline", headers=AUTH)).json()
