@@ -140,6 +140,16 @@ async def test_bad_input_is_rejected_per_event(scoring: Running) -> None:
             )
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert set(json.loads(err.value.details())["details"]["fields"]) == {"email", "segment", "timezone"}
+        # Sizes a record can sensibly have: names go into mail headers, the lead rides on every bus message.
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.UpsertLead(scoring_pb2.UpsertLeadRequest(id="big", fields_json=json.dumps(
+                {"first_name": "A" * 50_000, "attributes": {"bio": "x" * 70_000, "ok": "fine"}})), timeout=5)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert set(json.loads(err.value.details())["details"]["fields"]) == {"first_name", "attributes.bio"}
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.UpsertLead(scoring_pb2.UpsertLeadRequest(id="big", fields_json=json.dumps(
+                {"attributes": {f"a{i}": "x" * 60_000 for i in range(5)}})), timeout=5)
+        assert set(json.loads(err.value.details())["details"]["fields"]) == {"attributes"}
         await stub.UpsertLead(scoring_pb2.UpsertLeadRequest(id="ok", fields_json="{}"), timeout=5)
         result = await stub.IngestEvents(
             scoring_pb2.IngestRequest(
