@@ -269,7 +269,7 @@ class Engine:
             self._record(out, state, e, now, "jump", f"{verb}: {why}", step_from=e.step, step_to=target,
                          rule=rule.name, facts=read)
             self._move(e, target, now, out)
-        for verb in ("send", "task"):
+        for verb in ("send", "task", "update"):
             if verb in act:
                 e.side.append(str(act[verb]))
                 e.side_token += 1

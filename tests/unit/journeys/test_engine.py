@@ -47,6 +47,8 @@ class Harness:
             for side in (True, False):
                 out = Outcome()
                 while (effect := self.engine.next_effect(self.state, ekey, self.now, out, side=side)) is not None:
+                    if effect.kind == "update":   # what scoring does with an update step
+                        self.lead["attributes"].update(effect.payload["set"])
                     self.sent.append(effect.dedupe_key)
                     self.sent_at.append((effect.dedupe_key, self.now - T0))
                     self.engine.complete(self.state, effect, self.now, out, status="sent")
@@ -138,6 +140,23 @@ def test_a_trial_start_sends_one_welcome() -> None:
     alone.message("lead_created")
     alone.message("assessment_started")
     assert any(":trial_nurture:1:email_01:" in k for k in alone.sent)
+
+
+def test_an_abandoned_assessment_gets_the_help_email_and_a_completed_one_does_not() -> None:
+    # The seed's "Abandoned assessment or tool" trigger reads the profile; the canonical events mark it.
+    for finished, expected in ((False, True), (True, False)):
+        h = Harness()
+        h.message("lead_created")
+        h.message("assessment_started")
+        assert h.lead["attributes"]["assessment_started"] is True
+        if finished:
+            h.message("assessment_completed")
+        h.advance(days=14)
+        inactivity = h.engine.inactivity_due(h.state, h.state.inactive_token, T0 + timedelta(days=14))
+        h.transitions += [t.summary for t in inactivity.transitions]
+        h.drive()
+        h.advance(days=2)   # the frequency budget may hold it a day
+        assert any(":triggers:1:abandoned_assessment:" in k for k in h.sent) is expected
 
 
 def test_webinar_reschedule_moves_pending_reminders() -> None:
