@@ -101,3 +101,16 @@ def test_variant_split_is_stable_and_roughly_even(catalog: Catalog) -> None:
     picks = [choose_variant(spec, f"lead-{i}") for i in range(2000)]
     assert picks == [choose_variant(spec, f"lead-{i}") for i in range(2000)]
     assert 900 < picks.count("a") < 1100
+
+
+def test_subjects_read_well_without_a_first_name(catalog: Catalog) -> None:
+    # "Hi there" is a greeting; "there, your skills could..." in a subject is not.
+    for key in catalog.specs:
+        for variant in [*catalog.specs[key].variants] or [None]:
+            anon = catalog.render(key, LEADS["sparse"], context=CONTEXT, variant=variant).subject
+            named = catalog.render(key, {**LEADS["sparse"], "first_name": "Ana"}, context=CONTEXT,
+                                   variant=variant).subject
+            assert "there" not in anon.lower().replace("halfway there", ""), (key, variant, anon)
+            assert not anon.startswith((",", " ")) and anon[:1] == anon[:1].upper(), (key, variant, anon)
+            if "Ana" in named:
+                assert named.replace("Ana, ", "").replace(", Ana", "")[:1].strip(), (key, variant, named)
