@@ -159,6 +159,17 @@ def test_an_abandoned_assessment_gets_the_help_email_and_a_completed_one_does_no
         assert any(":triggers:1:abandoned_assessment:" in k for k in h.sent) is expected
 
 
+def test_social_engagement_triggers_related_email_content() -> None:
+    # The seed's Social Media + Email Integration, step 3; once a week at most.
+    h = Harness()
+    h.message("lead_created")
+    h.advance(days=1)
+    h.message("social_engaged", network="linkedin", post="data-report")
+    h.message("social_engaged", network="linkedin", post="data-report")
+    h.advance(days=2)
+    assert len([k for k in h.sent if ":triggers:1:social_follow_up:" in k]) == 1
+
+
 def test_webinar_reschedule_moves_pending_reminders() -> None:
     h = Harness()
     starts = T0 + timedelta(days=5)
