@@ -127,9 +127,15 @@ class Engine:
         consent_off = (state.lead.get("consent") or {}).get("email") is False
         if etype in OPT_OUT_EVENTS or consent_off:
             reason = etype if etype in OPT_OUT_EVENTS else "no_consent"
+            # An unsubscribe names what it stops (messaging's scope): from reminders only, the
+            # nurture journeys go on; from everything, the transactional ones end too.
+            scope = (message.get("properties") or {}).get("scope") if etype == "unsubscribed" else None
+            stopped = {"transactional": {"transactional"}, "all": {"nurture", "transactional"}}.get(
+                str(scope), {"nurture"})
             for e in list(state.enrollments.values()):
-                if e.status in LIVE and self.journey(e.journey, e.version).category == "nurture":
-                    self._finish(state, e, EXITED, reason, now, out, summary=f"exited: {reason}")
+                if e.status in LIVE and self.journey(e.journey, e.version).category in stopped:
+                    self._finish(state, e, EXITED, reason, now, out, summary=f"exited: {reason}"
+                                 + (f" ({scope})" if scope else ""))
         journeys = self._published()
         for j in journeys:
             types = self._types(j)

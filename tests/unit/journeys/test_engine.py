@@ -170,6 +170,19 @@ def test_social_engagement_triggers_related_email_content() -> None:
     assert len([k for k in h.sent if ":triggers:1:social_follow_up:" in k]) == 1
 
 
+def test_an_unsubscribe_ends_the_journeys_of_the_mail_it_stops() -> None:
+    # From trial reminders only: nurture goes on. From nurture: reminders go on. From all: both end.
+    for scope, ended in (("transactional", {"trial_onboarding"}),
+                         ("nurture", {"skilled_professional", "trial_nurture", "triggers"}),
+                         ("all", {"skilled_professional", "trial_nurture", "triggers", "trial_onboarding"})):
+        h = Harness()
+        h.message("lead_created")
+        h.message("trial_started", ends_at=iso(T0 + timedelta(days=14)))
+        h.message("unsubscribed", scope=scope)
+        live = {e.journey for e in h.state.enrollments.values() if e.status in (ACTIVE, PAUSED)}
+        assert ended.isdisjoint(live) and ended | live >= {"skilled_professional", "trial_onboarding"}, (scope, live)
+
+
 def test_webinar_reschedule_moves_pending_reminders() -> None:
     h = Harness()
     starts = T0 + timedelta(days=5)
