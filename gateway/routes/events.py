@@ -53,6 +53,9 @@ def to_event(raw: Any, header_key: str | None = None, now: datetime | None = Non
     key = body.get("idempotency_key", header_key)
     if key is not None and (not isinstance(key, str) or not key or len(key) > 200):
         problems["idempotency_key"] = "must be a non-empty string of at most 200 characters"
+    elif header_key is not None and key != header_key:
+        # Two different keys for one event: taking either would dedupe against the wrong one.
+        problems["idempotency_key"] = "differs from the Idempotency-Key header; send one key"
     event = scoring_pb2.Event(lead_id=lead_id if isinstance(lead_id, str) else "",
                               type=type_ if isinstance(type_, str) else "", source="api",
                               idempotency_key=key if isinstance(key, str) else "")

@@ -7,14 +7,16 @@ import json
 from typing import Any
 
 import yaml
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query, Request, Response
 
 from gateway.convert import iso, parse_time, require_object
 from gateway.deps import ApiError, Mesh, json_body, mesh, require_key
+from gateway.routes.leads import decode_cursor, encode_cursor
 from nurture.api.journeys.v1 import journeys_pb2, journeys_pb2_grpc
 from nurture.rpc import LONG_DEADLINE_S
 
 router = APIRouter(tags=["journeys"], dependencies=[Depends(require_key)])
+ENROLMENT_STATUSES = ("active", "paused", "completed", "exited")
 
 
 def _stub(m: Mesh) -> journeys_pb2_grpc.JourneysStub:
@@ -58,8 +60,8 @@ async def get_journey(key: str, version: int = Query(0, ge=0), m: Mesh = Depends
 
 
 @router.put("/v1/journeys/{key}", summary="Store a new draft version (422 lists every problem)")
-async def put_journey(key: str, validate_only: bool = Query(False), body: Any = Depends(definition_body),
-                      m: Mesh = Depends(mesh)) -> dict[str, Any]:
+async def put_journey(key: str, response: Response, validate_only: bool = Query(False),
+                      body: Any = Depends(definition_body), m: Mesh = Depends(mesh)) -> dict[str, Any]:
     document = require_object(body, "definition")
     if isinstance(document.get("definition"), dict) and "steps" not in document:
         document = document["definition"]
@@ -67,6 +69,9 @@ async def put_journey(key: str, validate_only: bool = Query(False), body: Any = 
         key=key, definition_json=json.dumps(document, default=str), validate_only=validate_only), timeout=m.timeout)
     if validate_only:
         return {"key": key, "valid": True, "problems": []}
+    # Every stored draft is a new version resource, so 201 with where to read it.
+    response.status_code = 201
+    response.headers["Location"] = f"/v1/journeys/{key}?version={reply.version}"
     return {"key": key, "version": reply.version, "status": "draft"}
 
 
@@ -102,13 +107,27 @@ async def journey_analytics(key: str, from_: str | None = Query(None, alias="fro
 @router.get("/v1/journeys/{key}/members", summary="Leads in a journey (optionally a stage and status)")
 async def journey_members(key: str, stage: str = "", status: str = "", cursor: str = "",
                           limit: int = Query(100, ge=1, le=1000), m: Mesh = Depends(mesh)) -> dict[str, Any]:
-    reply = await _stub(m).Members(journeys_pb2.MembersRequest(journey=key, stage=stage, status=status,
-                                                               cursor=cursor, limit=limit), timeout=m.timeout)
-    return {"items": list(reply.lead_ids), "next_cursor": reply.next_cursor or None}
+    # As for leads: a stage the journey does not have, a status there is not, or a cursor no page
+    # gave would only ever match nothing, so they are the caller's mistake (422), not an empty page.
+    problems: dict[str, str] = {}
+    if status and status not in ENROLMENT_STATUSES:
+        problems["status"] = f"must be one of {', '.join(ENROLMENT_STATUSES)}"
+    if stage:
+        got = await _stub(m).GetJourney(journeys_pb2.GetJourneyRequest(key=key), timeout=m.timeout)
+        stages = [str(x.get("id")) for x in json.loads(got.definition_json or "{}").get("stages") or []
+                  if isinstance(x, dict)]
+        if stage not in stages:
+            problems["stage"] = f"must be one of {', '.join(stages)}"
+    if problems:
+        raise ApiError(422, "invalid", "; ".join(f"{k} {v}" for k, v in problems.items()), {"fields": problems})
+    reply = await _stub(m).Members(journeys_pb2.MembersRequest(
+        journey=key, stage=stage, status=status, cursor=decode_cursor(f"members:{key}", cursor), limit=limit),
+        timeout=m.timeout)
+    return {"items": list(reply.lead_ids), "next_cursor": encode_cursor(f"members:{key}", reply.next_cursor)}
 
 
 @router.post("/v1/simulations", summary="Run journeys for synthetic leads in virtual time; returns the funnel")
-async def simulate(body: Any = Depends(json_body), m: Mesh = Depends(mesh)) -> dict[str, Any]:
+async def simulate(response: Response, body: Any = Depends(json_body), m: Mesh = Depends(mesh)) -> dict[str, Any]:
     body = require_object(body)
     problems: dict[str, str] = {}
     for name in ("leads", "days", "seed"):
@@ -124,5 +143,10 @@ async def simulate(body: Any = Depends(json_body), m: Mesh = Depends(mesh)) -> d
     reply = await _stub(m).Simulate(journeys_pb2.SimulateRequest(request_json=json.dumps(body)),
                                     timeout=LONG_DEADLINE_S)
     result: dict[str, Any] = json.loads(reply.report_json)
+    # The same request gives the same body, byte for byte: the run's wall time is a measurement of
+    # this machine, not part of the funnel, so it goes in a header.
+    wall = (result.get("engine") or {}).pop("wall_seconds", None)
+    if wall is not None:
+        response.headers["Server-Timing"] = f"simulate;dur={float(wall) * 1000:.0f}"
     return result
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import json
 from typing import Any
 
@@ -13,6 +15,7 @@ from google.protobuf.json_format import MessageToDict
 from gateway.convert import iso, lead_json, require_object
 from gateway.deps import ApiError, Mesh, json_body, mesh, require_key
 from nurture.api.common.v1 import common_pb2, common_pb2_grpc
+from nurture.api.messaging.v1 import messaging_pb2, messaging_pb2_grpc
 from nurture.api.scoring.v1 import scoring_pb2, scoring_pb2_grpc
 from nurture.settings import SERVICES
 
@@ -42,6 +45,32 @@ async def lead_journeys(m: Mesh, lead_id: str) -> list[dict[str, Any]]:
     return out
 
 
+async def lead_subscriptions(m: Mesh, lead: scoring_pb2.Lead) -> dict[str, Any] | None:
+    """What mail the person would get now, by kind, and why not: consent is the lead's own (scoring),
+    suppression is the address's (messaging; it outlives an erasure). None when messaging is down,
+    so a lead stays readable."""
+    try:
+        reply = await messaging_pb2_grpc.MessagingStub(m.channel("messaging")).Subscriptions(
+            messaging_pb2.SubscriptionsRequest(email=lead.email), timeout=m.timeout)
+    except grpc.aio.AioRpcError:
+        return None
+    consent = json.loads(lead.consent_json or "{}").get("email") is True
+    scopes = {s.scope for s in reply.suppressed if s.channel == "email"}
+    return {
+        "email": {kind: bool(lead.email) and consent and not scopes & {"all", kind}
+                  for kind in ("nurture", "transactional")},
+        "suppressed": [{"channel": s.channel, "scope": s.scope, "reason": s.reason} for s in reply.suppressed],
+    }
+
+
+async def full_lead(m: Mesh, lead: scoring_pb2.Lead) -> dict[str, Any]:
+    """The lead as GET/POST/PATCH answer it: with its journeys and subscriptions."""
+    journeys, subscriptions = await asyncio.gather(lead_journeys(m, lead.id), lead_subscriptions(m, lead))
+    body = lead_json(lead, journeys)
+    body["subscriptions"] = subscriptions
+    return body
+
+
 async def _upsert(m: Mesh, lead_id: str, body: dict[str, Any], *, merge: bool, must_exist: bool) -> Any:
     fields = {k: v for k, v in body.items() if k != "id"}
     return await scoring(m).UpsertLead(scoring_pb2.UpsertLeadRequest(
@@ -57,19 +86,60 @@ async def create_lead(response: Response, body: Any = Depends(json_body), m: Mes
         raise ApiError(422, "invalid", "id must be a string", {"fields": {"id": "must be a string"}})
     reply = await _upsert(m, lead_id, body, merge=False, must_exist=False)
     response.status_code = 201 if reply.created else 200
-    return lead_json(reply.lead, await lead_journeys(m, reply.lead.id))
+    return await full_lead(m, reply.lead)
 
 
 @router.patch("/{lead_id}", summary="Merge attributes (progressive profiling)")
 async def patch_lead(lead_id: str, body: Any = Depends(json_body), m: Mesh = Depends(mesh)) -> dict[str, Any]:
     reply = await _upsert(m, lead_id, require_object(body), merge=True, must_exist=True)
-    return lead_json(reply.lead, await lead_journeys(m, lead_id))
+    return await full_lead(m, reply.lead)
 
 
 @router.get("/{lead_id}", summary="A lead with its score, grade, stage and journeys")
 async def get_lead(lead_id: str, m: Mesh = Depends(mesh)) -> dict[str, Any]:
     lead = await scoring(m).GetLead(scoring_pb2.GetLeadRequest(id=lead_id), timeout=m.timeout)
-    return lead_json(lead, await lead_journeys(m, lead_id))
+    return await full_lead(m, lead)
+
+
+def encode_cursor(kind: str, position: str) -> str | None:
+    """Opaque page cursor: the position the service returned, tagged with the listing it belongs to.
+    Opaque so that a cursor can be checked (a made-up or foreign one is a 422, not a silent empty
+    page) and the services' keyset formats stay theirs to change."""
+    if not position:
+        return None
+    return base64.urlsafe_b64encode(json.dumps([kind, position]).encode()).decode().rstrip("=")
+
+
+def decode_cursor(kind: str, cursor: str) -> str:
+    if not cursor:
+        return ""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        tag, position = json.loads(raw)
+    except (binascii.Error, ValueError, TypeError, UnicodeDecodeError):
+        tag, position = None, None
+    if tag != kind or not isinstance(position, str) or not position:
+        raise ApiError(422, "invalid", "cursor is not one this listing returned; use next_cursor as given",
+                       {"fields": {"cursor": "must be a next_cursor from the same listing"}})
+    return position
+
+
+async def _check_filters(m: Mesh, segment: str, stage: str) -> None:
+    """Segments and lifecycle stages are the scoring model's data: a name the model does not define
+    matches nothing ever, which is the caller's mistake, not an empty result."""
+    if not segment and not stage:
+        return
+    reply = await scoring(m).GetScoringModel(scoring_pb2.ScoringModelRequest(), timeout=m.timeout)
+    model = json.loads(reply.definition_json or "{}")
+    segments = sorted({str(s.get("segment")) for s in model.get("segments", [])})
+    stages = list((model.get("lifecycle") or {}).get("order", []))
+    problems: dict[str, str] = {}
+    if segment and segments and segment not in segments:
+        problems["segment"] = f"must be one of {', '.join(segments)}"
+    if stage and stages and stage not in stages:
+        problems["stage"] = f"must be one of {', '.join(stages)}"
+    if problems:
+        raise ApiError(422, "invalid", "; ".join(f"{k} {v}" for k, v in problems.items()), {"fields": problems})
 
 
 @router.get("", summary="A page of leads")
@@ -77,19 +147,23 @@ async def list_leads(
     segment: str = "", min_score: int | None = None, stage: str = "", journey: str = "", email: str = "",
     cursor: str = "", limit: int = Query(100, ge=1, le=1000), m: Mesh = Depends(mesh),
 ) -> dict[str, Any]:
+    await _check_filters(m, segment, stage)
     if journey:
         from nurture.api.journeys.v1 import journeys_pb2, journeys_pb2_grpc
 
         members = await journeys_pb2_grpc.JourneysStub(m.channel("journeys")).Members(
-            journeys_pb2.MembersRequest(journey=journey, cursor=cursor, limit=limit), timeout=m.timeout)
+            journeys_pb2.MembersRequest(journey=journey, cursor=decode_cursor("journey:" + journey, cursor),
+                                        limit=limit), timeout=m.timeout)
         got = await scoring(m).GetLeads(scoring_pb2.GetLeadsRequest(ids=list(members.lead_ids)), timeout=m.timeout)
         leads = [lead for lead in got.leads if (not segment or lead.segment == segment)
                  and (min_score is None or lead.score >= min_score) and (not stage or lead.lifecycle_stage == stage)]
-        return {"items": [lead_json(lead) for lead in leads], "next_cursor": members.next_cursor or None}
+        return {"items": [lead_json(lead) for lead in leads],
+                "next_cursor": encode_cursor("journey:" + journey, members.next_cursor)}
     reply = await scoring(m).ListLeads(scoring_pb2.ListLeadsRequest(
         segment=segment, min_score=min_score or 0, has_min_score=min_score is not None, stage=stage, email=email,
-        cursor=cursor, limit=limit), timeout=m.timeout)
-    return {"items": [lead_json(lead) for lead in reply.leads], "next_cursor": reply.next_cursor or None}
+        cursor=decode_cursor("leads", cursor), limit=limit), timeout=m.timeout)
+    return {"items": [lead_json(lead) for lead in reply.leads],
+            "next_cursor": encode_cursor("leads", reply.next_cursor)}
 
 
 @router.delete("/{lead_id}", summary="Erase the person (right to erasure)")

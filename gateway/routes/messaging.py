@@ -67,9 +67,36 @@ async def personalization(lead_id: str, m: Mesh = Depends(mesh)) -> dict[str, An
             "journeys_available": reply.journeys_available}
 
 
+@keyed.get("/audiences", summary="The ad and social audience names there are (journeys and journey.stage)")
+async def audiences(m: Mesh = Depends(mesh)) -> dict[str, Any]:
+    # Audiences are kept in step with journeys, so their names are the journeys' keys and stages:
+    # listing them lets a user discover what GET /v1/audiences/{name} accepts.
+    from nurture.api.journeys.v1 import journeys_pb2, journeys_pb2_grpc
+
+    journeys = journeys_pb2_grpc.JourneysStub(m.channel("journeys"))
+    listed = await journeys.ListJourneys(journeys_pb2.ListJourneysRequest(), timeout=m.timeout)
+    items: list[dict[str, Any]] = []
+    for summary in listed.journeys:
+        if not summary.published_version:
+            continue  # a draft nobody can be in yet
+        got = await journeys.GetJourney(journeys_pb2.GetJourneyRequest(key=summary.key), timeout=m.timeout)
+        definition = json.loads(got.definition_json or "{}")
+        items.append({"name": summary.key, "journey": summary.key, "stage": None,
+                      "description": f"active in {summary.name}"})
+        for stage in definition.get("stages") or []:
+            if isinstance(stage, dict) and stage.get("id"):
+                items.append({"name": f"{summary.key}.{stage['id']}", "journey": summary.key, "stage": stage["id"],
+                              "description": f"active in {summary.name}, {stage.get('name', stage['id'])} stage"})
+    return {"items": items}
+
+
 @keyed.get("/audiences/{name}")
 async def audience(name: str, cursor: str = "", limit: int = Query(1000, ge=1, le=10000),
                    m: Mesh = Depends(mesh)) -> dict[str, Any]:
+    if cursor and not cursor.isdigit():
+        # The service's cursor is a position in the member list; anything else was not one it gave.
+        raise ApiError(422, "invalid", "cursor is not one this listing returned; use next_cursor as given",
+                       {"fields": {"cursor": "must be a next_cursor from the same listing"}})
     reply = await stub(m).Audience(messaging_pb2.AudienceRequest(name=name, cursor=cursor, limit=limit),
                                    timeout=m.timeout)
     return {"name": reply.name, "members": list(reply.lead_ids), "next_cursor": reply.next_cursor or None,

@@ -3,7 +3,9 @@ as the group commit does) or open their own. The server runs them in the databas
 
 from __future__ import annotations
 
+import itertools
 import json
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
@@ -167,8 +169,19 @@ def put_inbound(s: Session, values: dict[str, Any], *, exists: bool) -> None:
 
 # -- timeline ----------------------------------------------------------------------------------------
 
+_timeline_seq = itertools.count()
+
+
+def timeline_id() -> str:
+    """An id that sorts in the order items were written: the timeline is read by (at, id), and under a
+    virtual clock a whole cascade (assigned, task created, merged, pushed) shares one `at`, so a random
+    id would shuffle cause and effect. Wall-clock ns (not domain time: only the order matters) plus a
+    process counter, plus randomness for uniqueness across processes."""
+    return f"{time.time_ns():016x}{next(_timeline_seq) % 0x10000:04x}{uuid.uuid4().hex[:12]}"
+
+
 def timeline_row(lead_id: str, at: datetime, type_: str, summary: str, details: dict[str, Any]) -> dict[str, Any]:
-    return {"id": uuid.uuid4().hex, "lead_id": lead_id, "at": at, "type": type_, "summary": summary,
+    return {"id": timeline_id(), "lead_id": lead_id, "at": at, "type": type_, "summary": summary,
             "details": json.dumps(details, default=str)}
 
 
@@ -179,7 +192,7 @@ def add_timelines(s: Session, rows: list[dict[str, Any]]) -> None:
 
 def add_timeline(s: Session, lead_id: str, at: datetime, type_: str, summary: str, details: dict[str, Any],
                  item_id: str | None = None) -> None:
-    s.execute(insert(timeline).values(id=item_id or uuid.uuid4().hex, lead_id=lead_id, at=at, type=type_,
+    s.execute(insert(timeline).values(id=item_id or timeline_id(), lead_id=lead_id, at=at, type=type_,
                                       summary=summary, details=json.dumps(details, default=str)))
 
 

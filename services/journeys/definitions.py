@@ -7,7 +7,7 @@ A definition is a YAML/JSON document (see services/journeys/playbook/*.yaml):
     entity (event property keying one enrolment per entity, e.g. webinar_id), anchors ({name: event
     property captured at entry, e.g. starts_at}), reanchor_events, stages [{id, name}],
     entry [{name, events, when}], exit [{name, events, when, outcome: goal | exit}],
-    triggers [{name, events, when, do: {goto | send | enrol | exit | task | pace}, once, cooldown, why}],
+    triggers [{name, events, when, do: {goto | send | enrol | exit | task | update | pace}, once, cooldown, why}],
     steps [{id, type, ...}]
 
 Step types: send, wait, branch, split, goal, jump, enrol, exit, update, task, webhook, listen, end.
@@ -39,7 +39,7 @@ STEP_TYPES = ("send", "wait", "branch", "split", "goal", "jump", "enrol", "exit"
 TERMINAL = ("end", "goal", "jump", "listen")
 CHANNELS = ("email", "sms", "in_app", "webhook", "ads_audience")
 TASK_KINDS = ("sales_alert", "follow_up", "consultation", "notify")
-ACTIONS = ("goto", "send", "enrol", "exit", "task", "pace")
+ACTIONS = ("goto", "send", "enrol", "exit", "task", "update", "pace")
 SYNTHETIC_EVENTS = ("inactivity",)
 _DURATION = re.compile(r"^([+-]?)(\d+)([smhdw])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -432,7 +432,7 @@ def _check_steps(j: Journey) -> list[str]:
                 problems.append(f"step {s.id}: {label} goes to unknown step {target!r}")
     roots: list[str] = [j.first] if j.first else []
     for rule in j.triggers:
-        for verb in ("goto", "send", "task"):
+        for verb in ("goto", "send", "task", "update"):
             target = str(rule.action.get(verb) or "")
             if not target:
                 continue
@@ -444,6 +444,9 @@ def _check_steps(j: Journey) -> list[str]:
                 problems.append(f"triggers.{rule.name}: send needs a send step, {target} is a {j.steps[target].type}")
             if verb == "task" and j.steps[target].type != "task":
                 problems.append(f"triggers.{rule.name}: task needs a task step, {target} is a {j.steps[target].type}")
+            if verb == "update" and j.steps[target].type != "update":
+                problems.append(f"triggers.{rule.name}: update needs an update step, {target} is a "
+                                f"{j.steps[target].type}")
     # Reachability from the first step and every trigger target.
     seen: set[str] = set()
     todo = list(roots)

@@ -89,6 +89,9 @@ class Engine:
             "lead": state.lead,
             "event": {"type": event.get("type"), "properties": event.get("properties") or {}},
             "signals": list(event.get("signals") or []),
+            # The lead's other live journeys (key → active | paused), so a definition can coordinate
+            # with them as data, e.g. not send a second welcome when another journey sends one.
+            "journeys": {x.journey: x.status for x in state.enrollments.values() if x.status in LIVE},
         }
         if e is not None:
             j = self._resolve(e.journey, e.version)
@@ -124,9 +127,15 @@ class Engine:
         consent_off = (state.lead.get("consent") or {}).get("email") is False
         if etype in OPT_OUT_EVENTS or consent_off:
             reason = etype if etype in OPT_OUT_EVENTS else "no_consent"
+            # An unsubscribe names what it stops (messaging's scope): from reminders only, the
+            # nurture journeys go on; from everything, the transactional ones end too.
+            scope = (message.get("properties") or {}).get("scope") if etype == "unsubscribed" else None
+            stopped = {"transactional": {"transactional"}, "all": {"nurture", "transactional"}}.get(
+                str(scope), {"nurture"})
             for e in list(state.enrollments.values()):
-                if e.status in LIVE and self.journey(e.journey, e.version).category == "nurture":
-                    self._finish(state, e, EXITED, reason, now, out, summary=f"exited: {reason}")
+                if e.status in LIVE and self.journey(e.journey, e.version).category in stopped:
+                    self._finish(state, e, EXITED, reason, now, out, summary=f"exited: {reason}"
+                                 + (f" ({scope})" if scope else ""))
         journeys = self._published()
         for j in journeys:
             types = self._types(j)
@@ -266,7 +275,7 @@ class Engine:
             self._record(out, state, e, now, "jump", f"{verb}: {why}", step_from=e.step, step_to=target,
                          rule=rule.name, facts=read)
             self._move(e, target, now, out)
-        for verb in ("send", "task"):
+        for verb in ("send", "task", "update"):
             if verb in act:
                 e.side.append(str(act[verb]))
                 e.side_token += 1

@@ -161,7 +161,10 @@ class JourneysServicer(journeys_pb2_grpc.JourneysServicer):
             definitions, keys = self._chosen(body.get("journeys"))
             report = await asyncio.to_thread(simulation.simulate, journeys=keys, leads=leads, days=days, seed=seed,
                                              behaviour=behaviour, definitions=definitions)
-        except (simulation.SimulationError, NotFound) as exc:
+        except simulation.SimulationError as exc:
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "invalid_simulation", str(exc),
+                         {"problems": exc.problems})
+        except NotFound as exc:
             await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "invalid_simulation", str(exc))
         return journeys_pb2.ReportReply(report_json=json.dumps(report, default=str))
 

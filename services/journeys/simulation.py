@@ -40,7 +40,66 @@ MAX_DAYS = 365
 
 
 class SimulationError(ValueError):
-    """A bad simulation request (unknown journey, out-of-range size)."""
+    """A bad simulation request (unknown journey, out-of-range size, a behaviour it cannot read)."""
+
+    def __init__(self, message: str, problems: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.problems = list(problems) or [message]
+
+
+def check_behaviour(behaviour: Mapping[str, Any]) -> list[str]:
+    """Every problem of a behaviour model. A key the model does not read would be silently ignored
+    (the run would use defaults while the caller believes otherwise), so it is a problem too."""
+    problems: list[str] = []
+
+    def number(where: str, value: Any, *, probability: bool) -> None:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            problems.append(f"{where}: must be a number")
+        elif value < 0 or (probability and value > 1):
+            problems.append(f"{where}: must be between 0 and 1" if probability else f"{where}: must be >= 0")
+
+    def rates(where: str, value: Any) -> None:
+        if not isinstance(value, Mapping):
+            problems.append(f"{where}: must be an object of {', '.join(DEFAULT_RATES)}")
+            return
+        for name, rate in value.items():
+            if name not in DEFAULT_RATES:
+                problems.append(f"{where}.{name}: unknown rate (known: {', '.join(DEFAULT_RATES)})")
+            else:
+                number(f"{where}.{name}", rate, probability=True)
+
+    known = {"default", "segments", "stages", "actions", "segment_mix"}
+    for key in behaviour:
+        if key not in known:
+            problems.append(f"behaviour.{key}: unknown (known: {', '.join(sorted(known))})")
+    if "default" in behaviour:
+        rates("behaviour.default", behaviour["default"])
+    for part in ("segments", "stages"):
+        if part not in behaviour:
+            continue
+        value = behaviour[part]
+        if not isinstance(value, Mapping):
+            problems.append(f"behaviour.{part}: must be an object of {part[:-1]} name to rates")
+            continue
+        for name, sub in value.items():
+            if part == "segments" and name not in SEGMENTS:
+                problems.append(f"behaviour.segments.{name}: unknown segment (known: {', '.join(SEGMENTS)})")
+            rates(f"behaviour.{part}.{name}", sub)
+    if "actions" in behaviour:
+        actions = behaviour["actions"]
+        if not isinstance(actions, Mapping):
+            problems.append("behaviour.actions: must be an object")
+        else:
+            for name, value in actions.items():
+                if name not in DEFAULT_ACTIONS:
+                    problems.append(f"behaviour.actions.{name}: unknown action (known: {', '.join(DEFAULT_ACTIONS)})")
+                else:
+                    number(f"behaviour.actions.{name}", value, probability=name != "page_views_per_week")
+    if "segment_mix" in behaviour:
+        mix = behaviour["segment_mix"]
+        if not isinstance(mix, list) or not mix or not all(isinstance(x, str) and x in SEGMENTS for x in mix):
+            problems.append(f"behaviour.segment_mix: must be a non-empty list of {', '.join(SEGMENTS)}")
+    return problems
 
 
 @dataclass
@@ -281,6 +340,9 @@ def simulate(*, journeys: Sequence[str] | None = None, leads: int, days: int, se
     unknown = [k for k in chosen if k not in available]
     if unknown:
         raise SimulationError(f"unknown journeys: {', '.join(unknown)}")
+    problems = check_behaviour(behaviour or {})
+    if problems:
+        raise SimulationError("; ".join(problems), problems)
     sim = Simulation({k: available[k] for k in chosen}, behaviour=behaviour, seed=seed)
     report = sim.run(leads, days)
     report["seed"] = seed

@@ -117,7 +117,9 @@ def profile_context(lead: Mapping[str, Any]) -> dict[str, Any]:
     first = (lead.get("first_name") or "").strip()
     last = (lead.get("last_name") or "").strip()
     return {
-        "lead_id": lead.get("id", ""), "first_name": first or "there", "last_name": last,
+        # first_name falls back to "there" for greetings ("Hi there"); given_name stays empty so a
+        # subject can leave the name out instead of reading "there, your skills...".
+        "lead_id": lead.get("id", ""), "first_name": first or "there", "given_name": first, "last_name": last,
         "full_name": f"{first} {last}".strip(), "email": lead.get("email") or "",
         "segment": lead.get("segment") or "", "locale": lead.get("locale") or "en",
         "timezone": lead.get("timezone") or "UTC",

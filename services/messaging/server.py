@@ -26,7 +26,7 @@ from services.messaging import abtest
 from services.messaging.catalog import Catalog, RenderError
 from services.messaging.channels import Channels, NotFoundError
 from services.messaging.engine import Engine, InvalidRequest, SendInput
-from services.messaging.leads import LeadSource
+from services.messaging.leads import LeadSource, email_hash
 from services.messaging.storage import Store, aware
 from services.messaging.tokens import TokenError
 
@@ -134,6 +134,16 @@ class MessagingServicer(messaging_pb2_grpc.MessagingServicer):
             request.token, scope=request.scope, source=request.source or "page", dry_run=request.dry_run))
         return messaging_pb2.UnsubscribeReply(lead_id=result.lead_id, scope=result.scope, category=result.category,
                                               journey=result.journey, already=result.already)
+
+    async def Subscriptions(self, request: messaging_pb2.SubscriptionsRequest,
+                            context: grpc.aio.ServicerContext) -> messaging_pb2.SubscriptionsReply:
+        if not request.email:
+            return messaging_pb2.SubscriptionsReply()
+        ehash = email_hash(request.email)
+        found = await self.engine.db.run(self.engine.store.suppression_scopes, [ehash])
+        return messaging_pb2.SubscriptionsReply(suppressed=[
+            messaging_pb2.Suppression(channel="email", scope=scope, reason=reason)
+            for scope, reason in sorted(found.get(ehash, {}).items())])
 
     async def Personalization(self, request: messaging_pb2.PersonalizationRequest,
                               context: grpc.aio.ServicerContext) -> messaging_pb2.PersonalizationReply:

@@ -31,6 +31,12 @@ EVENT_TYPE = re.compile(r"[a-z][a-z0-9_]{0,63}")
 EMAIL = re.compile(r"[^@\s]{1,64}@[^@\s]+\.[^@\s]+")
 LEAD_ID = re.compile(r"[A-Za-z0-9_.:@-]{1,128}")
 PROFILE_FIELDS = ("email", "first_name", "last_name", "segment", "timezone", "locale", "crm_id")
+# Sizes a person's record can sensibly have. Names go into mail headers (SMTP lines stop at 998
+# octets: a 50k-character first name made every email fail) and every lead snapshot rides on each
+# bus message, so one oversized attribute slows every service; HubSpot caps a property at 65,536.
+MAX_LENGTHS = {"email": 254, "first_name": 200, "last_name": 200, "locale": 35, "crm_id": 128, "timezone": 64}
+MAX_ATTRIBUTE_CHARS = 65_536
+MAX_ATTRIBUTES_BYTES = 262_144
 
 
 class InvalidInput(ValueError):
@@ -125,6 +131,7 @@ def _internal(row: Row[Any]) -> dict[str, Any]:
         "recent": _loads(m["recent"]),
         "interests": _loads(m["interests"]),
         "last_engaged_at": _aware(m["last_engaged_at"]),
+        "lapse_due_at": _aware(m["lapse_due_at"]),
     }
 
 
@@ -134,6 +141,8 @@ def validate_profile(fields: Mapping[str, Any], *, partial: bool) -> dict[str, s
         value = fields.get(name)
         if value is not None and not isinstance(value, str):
             problems[name] = "must be a string or null"
+        elif isinstance(value, str) and len(value) > MAX_LENGTHS.get(name, 200):
+            problems[name] = f"must be at most {MAX_LENGTHS.get(name, 200)} characters"
     email = fields.get("email")
     if isinstance(email, str) and not EMAIL.fullmatch(email):
         problems["email"] = "is not an email address"
@@ -148,6 +157,15 @@ def validate_profile(fields: Mapping[str, Any], *, partial: bool) -> dict[str, s
             problems["timezone"] = "is not an IANA time zone"
     if "attributes" in fields and not isinstance(fields["attributes"], dict):
         problems["attributes"] = "must be an object"
+    elif isinstance(fields.get("attributes"), dict):
+        attrs = fields["attributes"]
+        for name, value in attrs.items():
+            if len(str(name)) > 200:
+                problems[f"attributes.{str(name)[:40]}..."] = "attribute names are at most 200 characters"
+            elif isinstance(value, str) and len(value) > MAX_ATTRIBUTE_CHARS:
+                problems[f"attributes.{name}"] = f"must be at most {MAX_ATTRIBUTE_CHARS} characters"
+        if len(json.dumps(attrs, default=str)) > MAX_ATTRIBUTES_BYTES:
+            problems.setdefault("attributes", f"must be at most {MAX_ATTRIBUTES_BYTES} bytes as JSON")
     consent = fields.get("consent")
     if consent is not None and (
         not isinstance(consent, dict) or not all(isinstance(v, bool) for v in consent.values())
@@ -390,11 +408,17 @@ class Store:
         inactive = timedelta(days=int(self.model.decay["inactive_days"]))
         for lead in touched:
             last = lead["last_engaged_at"]
+            lapse = last + inactive if last is not None else None
+            if lapse is not None and lead.get("lapse_due_at") is not None:
+                # Decay already moved the next lapse past last+inactive; an event that is not
+                # engagement (a send, a CRM push) must not set it back, or the same quiet period
+                # decays again at every such event.
+                lapse = max(lapse, lead["lapse_due_at"])
             rows.append({
                 "b_id": lead["id"], "b_score": lead["score"], "b_counters": json.dumps(lead["counters"]),
                 "b_recent": json.dumps(lead["recent"]), "b_interests": json.dumps(lead["interests"]),
                 "b_segment": lead["segment"], "b_stage": lead["lifecycle_stage"], "b_last": last,
-                "b_lapse": last + inactive if last is not None else None, "b_consent": json.dumps(lead["consent"]),
+                "b_lapse": lapse, "b_consent": json.dumps(lead["consent"]),
                 "b_version": lead["version"],
             })
             for given in lead.pop("_consent_changes", []):

@@ -68,9 +68,17 @@ def test_a_lead_from_sign_up_to_erasure(mesh: Mesh) -> None:
         after = [m for m in api.get("/v1/leads/ana/messages").json()["items"] if m["status"] == "sent"]
         assert [m for m in after if m["category"] == "nurture"] == [m for m in sent if m["category"] == "nurture"]
         assert len([m for m in mails(mesh) if m["To"] and "ana@example.com" in m["To"]]) == len(after)
+        # The lead shows what she unsubscribed from; transactional mail still reaches her.
+        lead = api.get("/v1/leads/ana").json()
+        assert lead["subscriptions"]["email"] == {"nurture": False, "transactional": True}
+        assert {(s["scope"], s["reason"]) for s in lead["subscriptions"]["suppressed"]} == {("nurture", "unsubscribed")}
 
         assert api.delete("/v1/leads/ana").status_code == 200
         assert api.get("/v1/leads/ana").status_code == 404
+        # Signed up again with the same address: the suppression of the erased person holds, and shows.
+        again = api.post("/v1/leads", json={"id": "ana-2", "email": "ANA@example.com", "consent": {"email": True}})
+        assert again.status_code == 201
+        assert again.json()["subscriptions"]["email"] == {"nurture": False, "transactional": False}
 
 
 def test_urgent_timeline_jumps_to_decision_and_conversion_ends_nurture(mesh: Mesh) -> None:

@@ -72,6 +72,13 @@ async def test_lead_lifecycle_and_events(api: tuple[httpx.AsyncClient, FastAPI, 
         },
     )
     assert r.status_code == 202 and r.json() == {"event_id": first, "duplicate": True}
+    # The key may come as the Idempotency-Key header too; the same key either way is the same event.
+    pricing = {"lead_id": "l-1", "type": "page_viewed", "properties": {"category": "pricing"}}
+    r = await client.post("/v1/events", headers={**AUTH, "Idempotency-Key": "once"}, json=pricing)
+    assert r.status_code == 202 and r.json() == {"event_id": first, "duplicate": True}
+    r = await client.post("/v1/events", headers={**AUTH, "Idempotency-Key": "once"},
+                          json={**pricing, "idempotency_key": "twice"})
+    assert r.status_code == 422 and "idempotency_key" in r.json()["error"]["details"]["fields"]
     lead = (await client.get("/v1/leads/l-1", headers=AUTH)).json()
     assert lead["score"] == 8
     timeline = (await client.get("/v1/leads/l-1/timeline", headers=AUTH)).json()
@@ -79,6 +86,18 @@ async def test_lead_lifecycle_and_events(api: tuple[httpx.AsyncClient, FastAPI, 
     assert score_items and score_items[0]["details"]["rule"] == "pricing_page"
     page = (await client.get("/v1/leads?segment=skilled_professional&min_score=5", headers=AUTH)).json()
     assert [i["id"] for i in page["items"]] == ["l-1"]
+    # Paging follows next_cursor to the end, each lead once.
+    for n in range(3):
+        await client.post("/v1/leads", headers=AUTH, json={"id": f"p-{n}"})
+    seen: list[str] = []
+    url = "/v1/leads?limit=2&stage=subscriber"
+    while True:
+        page = (await client.get(url, headers=AUTH)).json()
+        seen += [i["id"] for i in page["items"]]
+        if not page["next_cursor"]:
+            break
+        url = f"/v1/leads?limit=2&stage=subscriber&cursor={page['next_cursor']}"
+    assert seen == ["l-1", "p-0", "p-1", "p-2"]
 
 
 async def test_timeline_keeps_cause_before_effect_within_one_instant(
@@ -159,6 +178,11 @@ async def test_batch_takes_good_events_and_rejects_bad(api: tuple[httpx.AsyncCli
         ("delete", "/v1/leads/ghost", None, 404, "not_found"),
         ("post", "/v1/events", b"x" * 70_000, 413, "too_large"),
         ("get", "/v1/admin/clock/nothing", None, 404, "not_found"),
+        # Filters naming nothing the model defines, and cursors no listing gave, are mistakes, not empty pages.
+        ("get", "/v1/leads?cursor=garbage", None, 422, "invalid"),
+        ("get", "/v1/leads?stage=martian", None, 422, "invalid"),
+        ("get", "/v1/leads?segment=martian", None, 422, "invalid"),
+        ("get", "/v1/audiences/family?cursor=xyz", None, 422, "invalid"),
     ],
 )
 async def test_bad_input_gets_a_clear_4xx(

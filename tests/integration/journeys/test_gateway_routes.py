@@ -55,7 +55,9 @@ async def test_journey_routes(client: httpx.AsyncClient) -> None:
     assert any("unreachable" in p for p in problems)
 
     r = await client.put("/v1/journeys/cart_abandonment", headers=AUTH, json=doc)
-    assert r.status_code == 200 and r.json()["version"] == 2
+    # A stored draft is a new version resource: 201 with where to read it.
+    assert r.status_code == 201 and r.json()["version"] == 2
+    assert r.headers["Location"] == "/v1/journeys/cart_abandonment?version=2"
     # The playbook's own YAML file is accepted as it is; broken YAML is 400, not 500.
     yaml_file = (Path(__file__).parents[3] / "services/journeys/playbook/cart_abandonment.yaml").read_bytes()
     r = await client.put("/v1/journeys/cart_abandonment?validate_only=true", content=yaml_file,
@@ -75,6 +77,15 @@ async def test_journey_routes(client: httpx.AsyncClient) -> None:
     assert (await client.get("/v1/journeys/cart_abandonment", headers=AUTH)).json()["published_version"] == 2
 
     assert (await client.get("/v1/journeys/nope", headers=AUTH)).status_code == 404
+    for query in ("cursor=zzz", "status=martian", "stage=martian"):
+        r = await client.get(f"/v1/journeys/family/members?{query}", headers=AUTH)
+        assert r.status_code == 422 and r.json()["error"]["code"] == "invalid", (query, r.text)
+    r = await client.get("/v1/journeys/family/members?stage=decision&status=active", headers=AUTH)
+    assert r.status_code == 200 and r.json() == {"items": [], "next_cursor": None}
+    # Audience names are discoverable: every published journey and each of its stages.
+    names = {a["name"]: a for a in (await client.get("/v1/audiences", headers=AUTH)).json()["items"]}
+    assert {"family", "family.decision", "webinar"} <= set(names)
+    assert names["family.decision"]["journey"] == "family" and names["family.decision"]["stage"] == "decision"
     r = await client.get("/v1/journeys/webinar/analytics?from=2026-01-01T00:00:00Z&to=2026-03-01T00:00:00Z",
                          headers=AUTH)
     assert r.status_code == 200 and r.json()["enrolled"] == 0
@@ -85,11 +96,17 @@ async def test_journey_routes(client: httpx.AsyncClient) -> None:
     r = await client.post("/v1/simulations", headers=AUTH, json=body)
     assert r.status_code == 200, r.text
     again = await client.post("/v1/simulations", headers=AUTH, json=body)
-    first, second = r.json(), again.json()
-    first["engine"].pop("wall_seconds")
-    second["engine"].pop("wall_seconds")
-    assert first == second
+    # Deterministic to the byte; the wall time is a header.
+    assert r.content == again.content and r.headers["Server-Timing"].startswith("simulate;dur=")
+    first = r.json()
     steps = first["journeys"]["skilled_professional"]["steps"]
     assert steps[0]["step"] == "email_01" and steps[0]["sent"] > 0 and steps[0]["opened"] > 0
     assert (await client.post("/v1/simulations", headers=AUTH, json={"journeys": ["nope"]})).status_code == 422
     assert (await client.post("/v1/simulations", headers=AUTH, json={"leads": "many"})).status_code == 422
+    # A behaviour model it cannot read is a 422 listing every problem, not a 500 or a silent default.
+    bad = {"default": "x", "segments": {"family": {"open": "high"}, "martians": {}}, "open": 0.9,
+           "actions": {"webinar": 2}}
+    r = await client.post("/v1/simulations", headers=AUTH, json={"leads": 5, "days": 3, "behaviour": bad})
+    assert r.status_code == 422, r.text
+    problems = r.json()["error"]["details"]["problems"]
+    assert len(problems) == 5 and any("behaviour.open" in p for p in problems), problems

@@ -140,6 +140,16 @@ async def test_bad_input_is_rejected_per_event(scoring: Running) -> None:
             )
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert set(json.loads(err.value.details())["details"]["fields"]) == {"email", "segment", "timezone"}
+        # Sizes a record can sensibly have: names go into mail headers, the lead rides on every bus message.
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.UpsertLead(scoring_pb2.UpsertLeadRequest(id="big", fields_json=json.dumps(
+                {"first_name": "A" * 50_000, "attributes": {"bio": "x" * 70_000, "ok": "fine"}})), timeout=5)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert set(json.loads(err.value.details())["details"]["fields"]) == {"first_name", "attributes.bio"}
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.UpsertLead(scoring_pb2.UpsertLeadRequest(id="big", fields_json=json.dumps(
+                {"attributes": {f"a{i}": "x" * 60_000 for i in range(5)}})), timeout=5)
+        assert set(json.loads(err.value.details())["details"]["fields"]) == {"attributes"}
         await stub.UpsertLead(scoring_pb2.UpsertLeadRequest(id="ok", fields_json="{}"), timeout=5)
         result = await stub.IngestEvents(
             scoring_pb2.IngestRequest(
@@ -177,6 +187,30 @@ async def test_inactivity_decays_and_announces_lapse(scoring: Running, settings:
         assert lead.score == 0  # 5 for the form, -5 decay
         lapsed = [m for m in bus_messages(settings) if m["type"] == "engagement_lapsed"]
         assert len(lapsed) == 1 and lapsed[0]["properties"]["days_inactive"] == 14
+
+
+async def test_events_that_are_not_engagement_do_not_decay_the_same_quiet_period_again(
+        scoring: Running, settings: Settings) -> None:
+    # A quiet lead decays once at 14 days, then once a week; the re-engagement emails and CRM notes
+    # that follow (not engagement) must not set the next decay back to the one already done.
+    stub, admin, channel = stubs(scoring)
+    clock = VirtualClock(redis.Redis.from_url(settings.redis_url))
+    async with channel:
+        await stub.UpsertLead(scoring_pb2.UpsertLeadRequest(id="qq", fields_json="{}"), timeout=5)
+        await stub.IngestEvents(scoring_pb2.IngestRequest(events=[
+            event("qq", "form_submitted"), event("qq", "assessment_completed")]), timeout=5)   # 15 points
+        await admin.Settle(common_pb2.SettleRequest(), timeout=5)
+        clock.advance(14 * 86400)
+        await admin.Settle(common_pb2.SettleRequest(), timeout=5)
+        for _ in range(3):
+            await stub.IngestEvents(scoring_pb2.IngestRequest(events=[event("qq", "email_sent")]), timeout=5)
+            await admin.Settle(common_pb2.SettleRequest(), timeout=5)
+        assert (await stub.GetLead(scoring_pb2.GetLeadRequest(id="qq"), timeout=5)).score == 10
+        clock.advance(7 * 86400)
+        await admin.Settle(common_pb2.SettleRequest(), timeout=5)
+        await stub.IngestEvents(scoring_pb2.IngestRequest(events=[event("qq", "email_sent")]), timeout=5)
+        await admin.Settle(common_pb2.SettleRequest(), timeout=5)
+        assert (await stub.GetLead(scoring_pb2.GetLeadRequest(id="qq"), timeout=5)).score == 5
 
 
 async def test_unsubscribe_withdraws_consent_with_audit(scoring: Running) -> None:

@@ -97,6 +97,9 @@ def test_assignment_tasks_and_notifications(cfg: domain.SyncConfig) -> None:
     assert domain.pick_team(cfg, facts) == ("investor_desk", "entrepreneur_qualified")
     facts = domain.facts_for(lead(interests={"countries": ["canada"]}), [], None)
     assert domain.pick_team(cfg, facts) == ("north_america", "north_america_interest")
+    # The API's own shape: ISO codes, from a page view's country or the profile's countries of interest.
+    for shaped in (lead(interests={"countries": ["CA"]}), lead(attributes={"countries_of_interest": ["AU", "US"]})):
+        assert domain.pick_team(cfg, domain.facts_for(shaped, [], None)) == ("north_america", "north_america_interest")
     assert domain.pick_team(cfg, domain.facts_for(lead(segment=None), [], None)) == ("general", "everyone_else")
     plans = domain.planned_tasks(cfg, "l1", domain.facts_for(lead(score=80), ["sales_alert"], None), T0)
     assert [(p.kind, p.priority) for p in plans] == [("sales_alert", "high"), ("notify", "high")]
@@ -130,3 +133,22 @@ def test_recommendation_document_is_escaped() -> None:
         meeting_link="https://meet.example/o", task_title="Call", why="Sales alert")
     assert "<script>" not in doc and "&lt;script&gt;" in doc
     assert "investor-visa" in doc and "https://meet.example/o" in doc and "canada" in doc
+
+
+def test_timeline_reads_back_in_the_order_written_within_one_instant() -> None:
+    # Under a virtual clock a cascade (assigned, task created, merged, pushed) shares one time: the
+    # lead's timeline must still show cause before effect.
+    from sqlalchemy import create_engine
+    from sqlalchemy.orm import Session
+
+    from services.crm_sync import storage
+    from services.crm_sync.tables import metadata
+
+    engine = create_engine("sqlite://")
+    metadata.create_all(engine)
+    written = ["assigned", "task_created", "task_merged", "task_pushed", "contact_pushed"] * 4
+    with Session(engine) as s:
+        for kind in written:
+            storage.add_timeline(s, "l1", T0, kind, kind, {})
+        s.commit()
+        assert [i["type"] for i in storage.get_timeline(s, "l1", 100)] == written

@@ -47,6 +47,8 @@ class Harness:
             for side in (True, False):
                 out = Outcome()
                 while (effect := self.engine.next_effect(self.state, ekey, self.now, out, side=side)) is not None:
+                    if effect.kind == "update":   # what scoring does with an update step
+                        self.lead["attributes"].update(effect.payload["set"])
                     self.sent.append(effect.dedupe_key)
                     self.sent_at.append((effect.dedupe_key, self.now - T0))
                     self.engine.complete(self.state, effect, self.now, out, status="sent")
@@ -120,6 +122,65 @@ def test_trial_pauses_the_segment_journey_and_resumes_it() -> None:
     h.advance(days=30)
     assert h.state.enrollments["trial_nurture"].status == "completed"
     assert h.state.enrollments["family"].status == ACTIVE
+
+
+def test_a_trial_start_sends_one_welcome() -> None:
+    # Trial Nurturing and Free Trial Onboarding both start on a trial and both open with a welcome:
+    # the person gets onboarding's, and trial nurture goes on with its next step.
+    h = Harness("family")
+    h.message("lead_created")
+    h.message("trial_started", ends_at=iso(T0 + timedelta(days=14)))
+    welcomes = [k for k in h.sent if ":trial_nurture:1:email_01:" in k or ":trial_onboarding:1:email_01:" in k]
+    assert welcomes == ["l-1:trial_onboarding:1:email_01:1.1"]
+    assert any("branch branch_01 took wait_02" in t and "onboarding_welcomes" in t for t in h.transitions)
+    h.advance(days=2)
+    assert any(":trial_nurture:1:email_02:" in k for k in h.sent)
+    # An assessment (no onboarding sequence) still gets trial nurture's own welcome.
+    alone = Harness("family")
+    alone.message("lead_created")
+    alone.message("assessment_started")
+    assert any(":trial_nurture:1:email_01:" in k for k in alone.sent)
+
+
+def test_an_abandoned_assessment_gets_the_help_email_and_a_completed_one_does_not() -> None:
+    # The seed's "Abandoned assessment or tool" trigger reads the profile; the canonical events mark it.
+    for finished, expected in ((False, True), (True, False)):
+        h = Harness()
+        h.message("lead_created")
+        h.message("assessment_started")
+        assert h.lead["attributes"]["assessment_started"] is True
+        if finished:
+            h.message("assessment_completed")
+        h.advance(days=14)
+        inactivity = h.engine.inactivity_due(h.state, h.state.inactive_token, T0 + timedelta(days=14))
+        h.transitions += [t.summary for t in inactivity.transitions]
+        h.drive()
+        h.advance(days=2)   # the frequency budget may hold it a day
+        assert any(":triggers:1:abandoned_assessment:" in k for k in h.sent) is expected
+
+
+def test_social_engagement_triggers_related_email_content() -> None:
+    # The seed's Social Media + Email Integration, step 3; once a week at most.
+    h = Harness()
+    h.message("lead_created")
+    h.advance(days=1)
+    h.message("social_engaged", network="linkedin", post="data-report")
+    h.message("social_engaged", network="linkedin", post="data-report")
+    h.advance(days=2)
+    assert len([k for k in h.sent if ":triggers:1:social_follow_up:" in k]) == 1
+
+
+def test_an_unsubscribe_ends_the_journeys_of_the_mail_it_stops() -> None:
+    # From trial reminders only: nurture goes on. From nurture: reminders go on. From all: both end.
+    for scope, ended in (("transactional", {"trial_onboarding"}),
+                         ("nurture", {"skilled_professional", "trial_nurture", "triggers"}),
+                         ("all", {"skilled_professional", "trial_nurture", "triggers", "trial_onboarding"})):
+        h = Harness()
+        h.message("lead_created")
+        h.message("trial_started", ends_at=iso(T0 + timedelta(days=14)))
+        h.message("unsubscribed", scope=scope)
+        live = {e.journey for e in h.state.enrollments.values() if e.status in (ACTIVE, PAUSED)}
+        assert ended.isdisjoint(live) and ended | live >= {"skilled_professional", "trial_onboarding"}, (scope, live)
 
 
 def test_webinar_reschedule_moves_pending_reminders() -> None:

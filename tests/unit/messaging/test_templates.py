@@ -123,3 +123,16 @@ def test_plain_text_strings_render_exactly_as_jinja_would(catalog: Catalog) -> N
     assert constant >= len(sources) - 4                    # the fast path is taken for plain strings
     with pytest.raises(Exception, match="missing"):
         catalog._compile("{{ missing }}").render({})
+
+
+def test_subjects_read_well_without_a_first_name(catalog: Catalog) -> None:
+    # "Hi there" is a greeting; "there, your skills could..." in a subject is not.
+    for key in catalog.specs:
+        for variant in [*catalog.specs[key].variants] or [None]:
+            anon = catalog.render(key, LEADS["sparse"], context=CONTEXT, variant=variant).subject
+            named = catalog.render(key, {**LEADS["sparse"], "first_name": "Ana"}, context=CONTEXT,
+                                   variant=variant).subject
+            assert "there" not in anon.lower().replace("halfway there", ""), (key, variant, anon)
+            assert not anon.startswith((",", " ")) and anon[:1] == anon[:1].upper(), (key, variant, anon)
+            if "Ana" in named:
+                assert named.replace("Ana, ", "").replace(", Ana", "")[:1].strip(), (key, variant, named)

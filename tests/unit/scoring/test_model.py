@@ -35,6 +35,29 @@ def test_daily_cap_stops_point_farming(model: ScoringModel) -> None:
     assert total == 3  # 1 point per open, at most 3 a day
 
 
+def test_one_action_seed_triggers_score_once_a_day(model: ScoringModel) -> None:
+    # Reloading a bottom-funnel page all day is one day's intent: +15 and one sales alert, again another day.
+    lead: dict = {"score": 0}
+    deltas, alerts = [], 0
+    for at in [NOW + timedelta(minutes=i) for i in range(4)] + [NOW + timedelta(days=2)]:
+        out = model.score_event(lead, {"type": "page_viewed", "properties": {"category": "bottom_funnel"},
+                                       "occurred_at": at}, at)
+        deltas.append(out.delta)
+        alerts += "sales_alert" in out.signals
+        lead = {**lead, "score": lead["score"] + out.delta, "counters": out.counters, "recent": out.recent}
+    assert deltas == [15, 0, 0, 0, 15] and alerts == 2
+    for category, points in (("pricing", 8), ("demo", 7)):
+        etype = "video_watched" if category == "demo" else "page_viewed"
+        lead = {"score": 0}
+        total = 0
+        for i in range(3):
+            out = model.score_event(lead, {"type": etype, "properties": {"category": category},
+                                           "occurred_at": NOW + timedelta(minutes=i)}, NOW + timedelta(minutes=i))
+            total += out.delta
+            lead = {**lead, "score": total, "counters": out.counters, "recent": out.recent}
+        assert total == points, category
+
+
 def test_windows_forget_old_engagement(model: ScoringModel) -> None:
     old = NOW - timedelta(days=20)
     out = model.score_event({"score": 0}, {"type": "email_opened", "properties": {}, "occurred_at": old}, old)

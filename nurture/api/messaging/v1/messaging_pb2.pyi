@@ -227,6 +227,28 @@ class AudienceReply(_message.Message):
     journeys_available: bool
     def __init__(self, name: _Optional[str] = ..., lead_ids: _Optional[_Iterable[str]] = ..., suppressed: _Optional[_Iterable[str]] = ..., suppressed_reasons: _Optional[_Iterable[str]] = ..., next_cursor: _Optional[str] = ..., journeys_available: _Optional[bool] = ...) -> None: ...
 
+class SubscriptionsRequest(_message.Message):
+    __slots__ = ("email",)
+    EMAIL_FIELD_NUMBER: _ClassVar[int]
+    email: str
+    def __init__(self, email: _Optional[str] = ...) -> None: ...
+
+class Suppression(_message.Message):
+    __slots__ = ("channel", "scope", "reason")
+    CHANNEL_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    channel: str
+    scope: str
+    reason: str
+    def __init__(self, channel: _Optional[str] = ..., scope: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class SubscriptionsReply(_message.Message):
+    __slots__ = ("suppressed",)
+    SUPPRESSED_FIELD_NUMBER: _ClassVar[int]
+    suppressed: _containers.RepeatedCompositeFieldContainer[Suppression]
+    def __init__(self, suppressed: _Optional[_Iterable[_Union[Suppression, _Mapping]]] = ...) -> None: ...
+
 class AbReportRequest(_message.Message):
     __slots__ = ("template",)
     TEMPLATE_FIELD_NUMBER: _ClassVar[int]

@@ -84,6 +84,11 @@ class MessagingStub:
                 request_serializer=nurture_dot_api_dot_messaging_dot_v1_dot_messaging__pb2.AbReportRequest.SerializeToString,
                 response_deserializer=nurture_dot_api_dot_messaging_dot_v1_dot_messaging__pb2.AbReportReply.FromString,
                 _registered_method=True)
+        self.Subscriptions = channel.unary_unary(
+                '/nurture.api.messaging.v1.Messaging/Subscriptions',
+                request_serializer=nurture_dot_api_dot_messaging_dot_v1_dot_messaging__pb2.SubscriptionsRequest.SerializeToString,
+                response_deserializer=nurture_dot_api_dot_messaging_dot_v1_dot_messaging__pb2.SubscriptionsReply.FromString,
+                _registered_method=True)
 
 
 class MessagingServicer:
@@ -152,6 +157,12 @@ class MessagingServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Subscriptions(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MessagingServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -204,6 +215,11 @@ def add_MessagingServicer_to_server(servicer, server):
                     servicer.AbReport,
                     request_deserializer=nurture_dot_api_dot_messaging_dot_v1_dot_messaging__pb2.AbReportRequest.FromString,
                     response_serializer=nurture_dot_api_dot_messaging_dot_v1_dot_messaging__pb2.AbReportReply.SerializeToString,
+            ),
+            'Subscriptions': grpc.unary_unary_rpc_method_handler(
+                    servicer.Subscriptions,
+                    request_deserializer=nurture_dot_api_dot_messaging_dot_v1_dot_messaging__pb2.SubscriptionsRequest.FromString,
+                    response_serializer=nurture_dot_api_dot_messaging_dot_v1_dot_messaging__pb2.SubscriptionsReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -476,6 +492,33 @@ class Messaging:
             '/nurture.api.messaging.v1.Messaging/AbReport',
             nurture_dot_api_dot_messaging_dot_v1_dot_messaging__pb2.AbReportRequest.SerializeToString,
             nurture_dot_api_dot_messaging_dot_v1_dot_messaging__pb2.AbReportReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Subscriptions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nurture.api.messaging.v1.Messaging/Subscriptions',
+            nurture_dot_api_dot_messaging_dot_v1_dot_messaging__pb2.SubscriptionsRequest.SerializeToString,
+            nurture_dot_api_dot_messaging_dot_v1_dot_messaging__pb2.SubscriptionsReply.FromString,
             options,
             channel_credentials,
             insecure,
