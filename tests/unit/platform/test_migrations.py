@@ -4,6 +4,7 @@ older database in place."""
 from __future__ import annotations
 
 import importlib
+import warnings
 from pathlib import Path
 
 import pytest
@@ -31,7 +32,11 @@ def test_migrations_match_the_models(tmp_path: Path, service: str) -> None:
     migrations = Path(importlib.import_module(f"services.{service}").__file__ or "").parent / "migrations"
     db = open_database(load_settings(environ={}, data_dir=tmp_path), service=service, migrations_dir=migrations)
     try:
-        with db.engine.connect() as conn:
+        with db.engine.connect() as conn, warnings.catch_warnings():
+            # SQLAlchemy cannot reflect expression indexes such as crm_sync's lower(email) on SQLite;
+            # those are left out of the comparison (their migration creates them by name).
+            warnings.filterwarnings("ignore", "Skipped unsupported reflection of expression-based index")
+            warnings.filterwarnings("ignore", "autogenerate skipping metadata-specified expression-based index")
             diffs = produce_migrations(MigrationContext.configure(conn), _metadata(service)).upgrade_ops.as_diffs()
     finally:
         db.close()
