@@ -59,6 +59,8 @@ async def run(url: str, key: str, scoring_addr: str, events: int, redis_url: str
             return {"lead_id": f"bench-{n % leads}", "type": "page_viewed",
                     "properties": {"category": categories[n % len(categories)], "page": f"/p/{n}"}}
 
+        if redis_url:  # the baseline on a quiet mesh, not beside the consumers digesting the new leads
+            await drained(redis_url)
         baseline = await echo_rate(scoring_addr, 5000)
 
         # Single posts, as fast as 16 concurrent clients can go.
