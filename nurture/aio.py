@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
+from typing import Any
 
 
 async def wait_event(event: asyncio.Event, timeout: float) -> bool:
@@ -17,3 +19,15 @@ async def wait_event(event: asyncio.Event, timeout: float) -> bool:
         return True
     except TimeoutError:
         return False
+
+
+def resolve(futures: Iterable[tuple[asyncio.Future[Any], Any]]) -> None:
+    """Hand each waiting caller of a batch its own outcome: an exception is raised to it, anything
+    else is its result; a caller that gave up already is skipped."""
+    for future, outcome in futures:
+        if future.done():
+            continue
+        if isinstance(outcome, BaseException):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)

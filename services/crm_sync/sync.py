@@ -31,7 +31,7 @@ from typing import Any, Generic, TypeVar
 import grpc
 from sqlalchemy.orm import Session
 
-from nurture.aio import wait_event
+from nurture.aio import resolve, wait_event
 from nurture.api.scoring.v1 import scoring_pb2, scoring_pb2_grpc
 from nurture.clock import Clock
 from nurture.db import Database
@@ -239,13 +239,7 @@ class Batcher(Generic[ItemT, ResultT]):
                 for _, future in taken:
                     future.cancel()
                 raise
-        for (_, future), res in zip(taken, results, strict=True):
-            if future.done():
-                continue
-            if isinstance(res, BaseException):
-                future.set_exception(res)
-            else:
-                future.set_result(res)
+        resolve((future, res) for (_, future), res in zip(taken, results, strict=True))
 
 
 class JourneysLookup:

@@ -14,6 +14,7 @@ from datetime import datetime
 
 import grpc
 
+from nurture.aio import resolve
 from nurture.api.crm_sync.v1 import crm_sync_pb2, crm_sync_pb2_grpc
 from nurture.api.messaging.v1 import messaging_pb2, messaging_pb2_grpc
 from nurture.api.scoring.v1 import scoring_pb2, scoring_pb2_grpc
@@ -94,13 +95,7 @@ class SendCoalescer:
             if not isinstance(exc, Exception):
                 raise
             return
-        for (_, future), result in zip(items, replies, strict=True):
-            if future.done():
-                continue
-            if isinstance(result, BaseException):
-                future.set_exception(result)
-            else:
-                future.set_result(result)
+        resolve((future, result) for (_, future), result in zip(items, replies, strict=True))
 
 
 class Clients:
