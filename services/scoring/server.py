@@ -28,7 +28,7 @@ from nurture.service import Running
 from nurture.settings import Settings
 from nurture.telemetry import redis_span
 from services.scoring.model import ScoringModel, load_model
-from services.scoring.storage import EventIn, EventResult, InvalidInput, NotFound, Store
+from services.scoring.storage import EventIn, EventResult, InvalidInput, NotFound, OutboxRow, Store
 
 log = logging.getLogger(__name__)
 _tracer = trace.get_tracer(__name__)
@@ -67,41 +67,104 @@ async def _invalid(context: grpc.aio.ServicerContext, problems: dict[str, str]) 
 
 
 class Outbox:
-    """Publishes committed outbox rows to the bus, in commit order, then deletes them."""
+    """Publishes committed outbox rows to the bus in commit order, and has them deleted.
+
+    Two ways in. The hot path (ingest) hands over the rows it just committed (`committed`) and they
+    are published from memory; their delete rides on the next ingest transaction (`take_published`),
+    so an event costs one transaction, not three. Every other write asks for a sweep (`sweep_soon`), which
+    publishes what SQL holds in seq order; it also runs at startup, on settle and after a Redis
+    failure, so a row committed before a crash always goes out (perhaps twice: consumers drop
+    repeats by message id).
+    """
+
+    # Published rows whose delete waits for an ingest transaction; past this (or a quiet second) the
+    # outbox loop deletes them itself.
+    MAX_UNDELETED = 5000
 
     def __init__(self, db: Database, store: Store, publisher: Publisher) -> None:
         self._db = db
         self._store = store
         self._publisher = publisher
         self._lock = asyncio.Lock()
-        self.wake = asyncio.Event()
+        self._ready = asyncio.Event()
+        self._queue: list[OutboxRow] = []
+        self._published: list[int] = []
+        self._sweep = True
+
+    def sweep_soon(self) -> None:
+        """A write other than ingest committed outbox rows: the sweep publishes them."""
+        self._sweep = True
+        self._ready.set()
+
+    def committed(self, rows: list[OutboxRow]) -> None:
+        """Rows an ingest transaction just committed, to publish from memory. Called on the event
+        loop in commit order (the SQLite executor is one thread; on PostgreSQL a lead's row lock
+        orders its writes)."""
+        if rows:
+            self._queue.extend(rows)
+            self._ready.set()
+
+    def take_published(self) -> list[int]:
+        """The published rows' seqs, for the next ingest transaction to delete."""
+        taken, self._published = self._published, []
+        return taken
+
+    def give_back(self, seqs: list[int]) -> None:
+        """An ingest transaction that was to delete these rolled back: they stay to be deleted."""
+        self._published.extend(seqs)
 
     async def flush(self) -> int:
-        done = 0
+        """Publish everything committed so far (the sweep); returns how many rows went out."""
         async with self._lock:
+            self._sweep = False
+            done = 0
+            published, self._published = self._published, []
+            if published:
+                await self._db.run(self._store.mark_published, published)
             while True:
                 pending = await self._db.run(self._store.pending_outbox)
                 if not pending:
-                    return done
-                # One batch's messages share their request's carrier: each distinct one is read once.
-                carriers = list(dict.fromkeys(t for *_, t in pending if t))[:50]
-                contexts = [trace.get_current_span(extract(json.loads(t))).get_span_context() for t in carriers]
-                parent = trace.set_span_in_context(trace.NonRecordingSpan(contexts[0])) if contexts else None
-                links = [trace.Link(c) for c in contexts[1:]]
-                with _tracer.start_as_current_span("publish", context=parent, links=links), \
-                        redis_span("XADD bus", messages=len(pending)):
-                    await self._publisher.publish_encoded([(lead, payload, t) for _, lead, payload, t in pending])
+                    break
+                await self._publish(pending)
                 await self._db.run(self._store.mark_published, [seq for seq, *_ in pending])
                 done += len(pending)
+                swept = {seq for seq, *_ in pending}
+                self._queue = [row for row in self._queue if row[0] not in swept]
+            return done
+
+    async def _drain(self) -> None:
+        async with self._lock:
+            while self._queue:
+                rows, self._queue = self._queue, []
+                await self._publish(rows)
+                self._published.extend(seq for seq, *_ in rows)
+
+    async def _publish(self, rows: list[OutboxRow]) -> None:
+        # One batch's messages often share their request's carrier: each distinct one is read once.
+        carriers = list(dict.fromkeys(t for *_, t in rows if t))[:50]
+        contexts = [trace.get_current_span(extract(json.loads(t))).get_span_context() for t in carriers]
+        parent = trace.set_span_in_context(trace.NonRecordingSpan(contexts[0])) if contexts else None
+        links = [trace.Link(c) for c in contexts[1:]]
+        with _tracer.start_as_current_span("publish", context=parent, links=links), \
+                redis_span("XADD bus", messages=len(rows)):
+            await self._publisher.publish_encoded([(lead, payload, t) for _, lead, payload, t in rows])
 
     async def run(self) -> None:
         while True:
-            await wait_event(self.wake, 1.0)
-            self.wake.clear()
+            woken = await wait_event(self._ready, 1.0)
+            self._ready.clear()
             try:
-                await self.flush()
-            except Exception:  # Redis down: rows stay in the outbox and go out on the next pass.
-                log.exception("outbox flush failed; will retry")
+                if self._sweep:  # rows other writes left in SQL, and the queue with them, in seq order
+                    await self.flush()
+                elif self._queue:
+                    await self._drain()
+                if self._published and (not woken or len(self._published) > self.MAX_UNDELETED):
+                    async with self._lock:
+                        published, self._published = self._published, []
+                        await self._db.run(self._store.mark_published, published)
+            except Exception:  # Redis down: rows stay in the outbox and the sweep sends them later.
+                log.exception("outbox publishing failed; will retry")
+                self._sweep = True
                 await asyncio.sleep(0.5)
 
 
@@ -146,14 +209,16 @@ class IngestQueue:
         links = [trace.Link(ctx) for _, ctx, _ in taken[1:] if ctx.is_valid]
         with _tracer.start_as_current_span("ingest", context=parent, links=links,
                                            attributes={"events": len(combined), "calls": len(taken)}):
+            published = self._outbox.take_published()
             try:
-                results = await self._db.run(self._store.ingest, combined, self._clock.now())
+                results, written = await self._db.run(self._store.ingest, combined, self._clock.now(), published)
             except Exception as exc:
+                self._outbox.give_back(published)
                 for _, _, future in taken:
                     if not future.done():
                         future.set_exception(exc)
                 return
-        self._outbox.wake.set()
+        self._outbox.committed(written)
         offset = 0
         for batch, _, future in taken:
             if not future.done():
@@ -189,7 +254,7 @@ class ScoringServicer(scoring_pb2_grpc.ScoringServicer):
             await _invalid(context, exc.problems)
         except NotFound:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no lead {request.id}")
-        self._outbox.wake.set()
+        self._outbox.sweep_soon()
         return scoring_pb2.UpsertLeadReply(lead=lead_proto(lead), created=created)
 
     async def UpsertLeads(
@@ -220,7 +285,7 @@ class ScoringServicer(scoring_pb2_grpc.ScoringServicer):
                                                           error_message=f"no lead {request.leads[i].id}")
             else:
                 results[i] = scoring_pb2.UpsertLeadResult(lead=lead_proto(out[0]), created=out[1])
-        self._outbox.wake.set()
+        self._outbox.sweep_soon()
         return scoring_pb2.UpsertLeadsReply(results=[r for r in results if r is not None])
 
     async def GetLead(self, request: scoring_pb2.GetLeadRequest, context: grpc.aio.ServicerContext) -> scoring_pb2.Lead:
@@ -251,7 +316,7 @@ class ScoringServicer(scoring_pb2_grpc.ScoringServicer):
         erased, hashed = await self._db.run(self._store.erase_lead, request.id, self._clock.now())
         if not erased:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no lead {request.id}")
-        self._outbox.wake.set()
+        self._outbox.sweep_soon()
         return scoring_pb2.EraseReply(erased=True, email_hash=hashed)
 
     async def IngestEvents(
@@ -266,7 +331,8 @@ class ScoringServicer(scoring_pb2_grpc.ScoringServicer):
             batch.append(EventIn(
                 lead_id=ev.lead_id, type=ev.type, properties=props if isinstance(props, dict) else None,  # type: ignore[arg-type]
                 occurred_at=ev.occurred_at.ToDatetime(tzinfo=UTC) if ev.HasField("occurred_at") else None,
-                idempotency_key=ev.idempotency_key or None, source=ev.source or "api"))
+                idempotency_key=ev.idempotency_key or None, source=ev.source or "api",
+                trace=ev.traceparent or None))
         results = await self._ingest.submit(batch)
         return scoring_pb2.IngestReply(results=[
             scoring_pb2.EventResult(event_id=r.event_id, duplicate=r.duplicate, error_code=r.error_code,
@@ -329,7 +395,7 @@ async def serve(settings: Settings) -> Running:
 
     async def erase(lead_id: str, _hash: str) -> int:
         erased, _ = await db.run(store.erase_lead, lead_id, clock.now())
-        outbox.wake.set()
+        outbox.sweep_soon()
         return int(erased)
 
     async def lapse_loop() -> None:
@@ -337,7 +403,7 @@ async def serve(settings: Settings) -> Running:
         while settings.clock == "real":
             try:
                 if await run_lapses():
-                    outbox.wake.set()
+                    outbox.sweep_soon()
             except Exception:
                 log.exception("inactivity sweep failed; will retry")
             await asyncio.sleep(5)

@@ -59,6 +59,11 @@ class EventIn:
     occurred_at: datetime | None
     idempotency_key: str | None
     source: str
+    trace: str | None = None  # the W3C traceparent of the request that sent this event
+
+
+# An outbox row as published: (seq, lead_id, message JSON, trace carrier JSON or None).
+OutboxRow = tuple[int, str, str, str | None]
 
 
 @dataclass(frozen=True)
@@ -321,15 +326,22 @@ class Store:
 
     # -- events ------------------------------------------------------------------------------------
 
-    def ingest(self, batch: Sequence[EventIn], now: datetime) -> list[EventResult]:
+    def ingest(
+        self, batch: Sequence[EventIn], now: datetime, published: Sequence[int] = ()
+    ) -> tuple[list[EventResult], list[OutboxRow]]:
         """Store and score a batch in one transaction. Bad events are rejected one by one; the good
-        ones are all committed together."""
+        ones are all committed together. Returns the results and the outbox rows written, which the
+        caller publishes from memory; `published` are outbox rows published since, deleted here so
+        that the hot path costs one transaction (a crash before that delete republishes them, and
+        consumers drop repeats by message id)."""
         results: list[EventResult | None] = [None] * len(batch)
         for i, ev in enumerate(batch):
             problem = _event_problem(ev)
             if problem:
                 results[i] = EventResult(error_code="invalid", error_message=problem)
         with self._sessions() as s:
+            if published:
+                s.execute(delete(outbox).where(outbox.c.seq.in_(list(published))))
             keys = [ev.idempotency_key for i, ev in enumerate(batch) if ev.idempotency_key and results[i] is None]
             seen: dict[str, str] = {}
             if keys:
@@ -373,16 +385,20 @@ class Store:
                     change_rows.append({"lead_id": ev.lead_id, "at": occurred, "delta": p.points,
                                         "score_after": running, "rule": p.rule, "reason": p.why,
                                         "event_id": event_id, "model_version": self.model.version})
-                messages.extend(self._event_messages(lead, ev, event_id, occurred, outcome, old_score, old_stage,
-                                                     old_segment, now))
+                caused = self._event_messages(lead, ev, event_id, occurred, outcome, old_score, old_stage,
+                                              old_segment, now)
+                if ev.trace:
+                    for message in caused:
+                        message["_trace"] = ev.trace
+                messages.extend(caused)
                 results[i] = EventResult(event_id=event_id)
             if event_rows:
                 s.execute(insert(events), event_rows)
             if change_rows:
                 s.execute(insert(score_changes), change_rows)
             self._save_all(s, [rows[lead_id] for lead_id in sorted(touched)], now)
-            self._outbox_many(s, messages)
-        return [r or EventResult(error_code="internal", error_message="not processed") for r in results]
+            written = self._outbox_many(s, messages)
+        return [r or EventResult(error_code="internal", error_message="not processed") for r in results], written
 
     def _apply(self, lead: dict[str, Any], outcome: Outcome, now: datetime) -> None:
         # One version per applied event: consumers drop a replayed snapshot older than what they hold.
@@ -467,22 +483,32 @@ class Store:
                 "timezone", "locale", "attributes", "consent", "interests", "crm_id", "version")
         return {**{k: lead.get(k) for k in keys}, "counters": counters}
 
-    def _outbox_many(self, s: Session, messages: list[dict[str, Any]]) -> None:
-        # The trace of the request that caused the messages travels with them (W3C traceparent), so
-        # publishing and the consumers' work join the same trace.
+    def _outbox_many(self, s: Session, messages: list[dict[str, Any]]) -> list[OutboxRow]:
+        """Insert the messages into the outbox; returns the rows as `(seq, lead_id, payload, trace)`.
+
+        The trace of the request that caused a message travels with it (W3C traceparent), so
+        publishing and the consumers' work join the same trace: an event's own (`_trace`, when its
+        caller sent one with the event, as the gateway does for events it sends together), else the
+        current one."""
         if not messages:
-            return
+            return []
         carrier: dict[str, str] = {}
         inject(carrier)
-        trace = json.dumps(carrier) if carrier else None
-        s.execute(insert(outbox), [{"lead_id": m["lead_id"], "payload": encode(m), "trace": trace} for m in messages])
+        current = json.dumps(carrier) if carrier else None
+        values = []
+        for m in messages:
+            own = m.pop("_trace", None)
+            values.append({"lead_id": m["lead_id"], "payload": encode(m),
+                           "trace": json.dumps({"traceparent": own}) if own else current})
+        seqs = s.execute(insert(outbox).returning(outbox.c.seq, sort_by_parameter_order=True), values).scalars()
+        return [(seq, v["lead_id"], v["payload"], v["trace"]) for seq, v in zip(seqs, values, strict=True)]
 
     def _outbox(self, s: Session, message: dict[str, Any]) -> None:
         self._outbox_many(s, [message])
 
     # -- outbox, decay, history -----------------------------------------------------------------------
 
-    def pending_outbox(self, limit: int = 2000) -> list[tuple[int, str, str, str | None]]:
+    def pending_outbox(self, limit: int = 2000) -> list[OutboxRow]:
         """`(seq, lead_id, message JSON, trace carrier JSON)` in commit order, published as stored."""
         with self._sessions() as s:
             rows = s.execute(select(outbox.c.seq, outbox.c.lead_id, outbox.c.payload, outbox.c.trace)
