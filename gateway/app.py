@@ -24,6 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import gateway.routes
 from gateway.deps import ApiError, Mesh, TokenBucket
+from gateway.ingest import EventSender
 from nurture.clock import make_clock
 from nurture.rpc import channel
 from nurture.settings import SERVICES, Settings, load_settings
@@ -92,6 +93,7 @@ def create_app(settings: Settings) -> FastAPI:
                   description="The HTTP door into the nurture mesh (see shared/API.md).",
                   telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False})
     app.state.mesh = Mesh(settings=settings)
+    app.state.events = EventSender(app.state.mesh)
     app.state.clock = make_clock(settings.clock, settings.redis_url)
     app.state.clock_lock = asyncio.Lock()
     app.state.limiter = TokenBucket(settings.rate_limit_per_s) if settings.rate_limit_per_s > 0 else None

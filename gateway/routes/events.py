@@ -82,13 +82,10 @@ def _error(result: scoring_pb2.EventResult) -> ApiError:
 
 @router.post("/events", status_code=202, summary="Record one event (durable on 202)")
 async def post_event(
-    request: Request, body: Any = Depends(json_body), idempotency_key: str | None = Header(None),
-    m: Mesh = Depends(mesh)
+    request: Request, body: Any = Depends(json_body), idempotency_key: str | None = Header(None)
 ) -> dict[str, Any]:
     event = to_event(body, idempotency_key, request.app.state.clock.now())
-    reply = await scoring_pb2_grpc.ScoringStub(m.channel("scoring")).IngestEvents(
-        scoring_pb2.IngestRequest(events=[event]), timeout=m.timeout)
-    result = reply.results[0]
+    result = await request.app.state.events.send(event)
     if result.error_code:
         raise _error(result)
     return {"event_id": result.event_id, "duplicate": result.duplicate}

@@ -154,20 +154,22 @@ class EraseReply(_message.Message):
     def __init__(self, erased: _Optional[bool] = ..., email_hash: _Optional[str] = ...) -> None: ...
 
 class Event(_message.Message):
-    __slots__ = ("lead_id", "type", "properties_json", "occurred_at", "idempotency_key", "source")
+    __slots__ = ("lead_id", "type", "properties_json", "occurred_at", "idempotency_key", "source", "traceparent")
     LEAD_ID_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
     PROPERTIES_JSON_FIELD_NUMBER: _ClassVar[int]
     OCCURRED_AT_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
+    TRACEPARENT_FIELD_NUMBER: _ClassVar[int]
     lead_id: str
     type: str
     properties_json: str
     occurred_at: _timestamp_pb2.Timestamp
     idempotency_key: str
     source: str
-    def __init__(self, lead_id: _Optional[str] = ..., type: _Optional[str] = ..., properties_json: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., idempotency_key: _Optional[str] = ..., source: _Optional[str] = ...) -> None: ...
+    traceparent: str
+    def __init__(self, lead_id: _Optional[str] = ..., type: _Optional[str] = ..., properties_json: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., idempotency_key: _Optional[str] = ..., source: _Optional[str] = ..., traceparent: _Optional[str] = ...) -> None: ...
 
 class EventResult(_message.Message):
     __slots__ = ("event_id", "duplicate", "error_code", "error_message")
