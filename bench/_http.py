@@ -1,0 +1,48 @@
+"""A lean HTTP/1.1 keep-alive client for load generation.
+
+httpx spends about 3.5 ms of CPU per request (measured with `time.process_time` around 3,000 posts):
+on a 2-core machine the load generator would take more CPU than the gateway it measures. This one
+writes a request and reads a Content-Length response on a pooled connection, and nothing else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+from urllib.parse import urlparse
+
+
+class LeanClient:
+    def __init__(self, base_url: str, headers: dict[str, str], connections: int = 64) -> None:
+        url = urlparse(base_url)
+        self._host, self._port = url.hostname or "127.0.0.1", url.port or 80
+        self._head = "".join(f"{k}: {v}\r\n" for k, v in {"Host": f"{self._host}:{self._port}", **headers}.items())
+        self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        self._slots = asyncio.Semaphore(connections)
+
+    async def post(self, path: str, body: Any) -> tuple[int, bytes]:
+        """POST `body` as JSON; the status and the response body."""
+        data = json.dumps(body).encode()
+        request = (f"POST {path} HTTP/1.1\r\n{self._head}Content-Type: application/json\r\n"
+                   f"Content-Length: {len(data)}\r\n\r\n").encode() + data
+        async with self._slots:
+            reader, writer = self._idle.pop() if self._idle else await asyncio.open_connection(self._host, self._port)
+            try:
+                writer.write(request)
+                head = await reader.readuntil(b"\r\n\r\n")
+                lines = head.decode("latin-1").split("\r\n")
+                status = int(lines[0].split()[1])
+                length = next(int(v) for k, _, v in (line.partition(":") for line in lines[1:])
+                              if k.lower() == "content-length")
+                payload = await reader.readexactly(length)
+            except BaseException:
+                writer.close()
+                raise
+            self._idle.append((reader, writer))
+            return status, payload
+
+    async def aclose(self) -> None:
+        for _, writer in self._idle:
+            writer.close()
+        self._idle.clear()
