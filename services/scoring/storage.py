@@ -19,7 +19,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from opentelemetry.propagate import inject
-from sqlalchemy import Row, and_, bindparam, delete, func, insert, select, update
+from sqlalchemy import Connection, Row, and_, bindparam, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from nurture.bus import encode
@@ -37,6 +37,21 @@ PROFILE_FIELDS = ("email", "first_name", "last_name", "segment", "timezone", "lo
 MAX_LENGTHS = {"email": 254, "first_name": 200, "last_name": 200, "locale": 35, "crm_id": 128, "timezone": 64}
 MAX_ATTRIBUTE_CHARS = 65_536
 MAX_ATTRIBUTES_BYTES = 262_144
+
+
+# The ingest path's statements, built once (building and cache-keying one costs more than running it).
+_DELETE_OUTBOX = delete(outbox).where(outbox.c.seq.in_(bindparam("seqs", expanding=True)))
+_EVENTS_BY_KEY = select(events.c.idempotency_key, events.c.id).where(
+    events.c.idempotency_key.in_(bindparam("keys", expanding=True)))
+_LEADS_FOR_UPDATE = select(leads).where(leads.c.id.in_(bindparam("ids", expanding=True))).with_for_update()
+_INSERT_EVENTS = insert(events)
+_INSERT_CHANGES = insert(score_changes)
+_INSERT_OUTBOX = insert(outbox).returning(outbox.c.seq, sort_by_parameter_order=True)
+_SAVE_LEADS = update(leads).where(leads.c.id == bindparam("b_id")).values(
+    score=bindparam("b_score"), counters=bindparam("b_counters"), recent=bindparam("b_recent"),
+    interests=bindparam("b_interests"), segment=bindparam("b_segment"), lifecycle_stage=bindparam("b_stage"),
+    last_engaged_at=bindparam("b_last"), lapse_due_at=bindparam("b_lapse"), consent=bindparam("b_consent"),
+    updated_at=bindparam("b_updated"), version=bindparam("b_version"))
 
 
 class InvalidInput(ValueError):
@@ -339,18 +354,19 @@ class Store:
             problem = _event_problem(ev)
             if problem:
                 results[i] = EventResult(error_code="invalid", error_message=problem)
-        with self._sessions() as s:
+        with self._sessions() as session:
+            # The hot path: prebuilt statements on the session's connection (the ORM session's own
+            # execute, and building each statement anew, cost more than SQLite's work here).
+            s = session.connection()
             if published:
-                s.execute(delete(outbox).where(outbox.c.seq.in_(list(published))))
+                s.execute(_DELETE_OUTBOX, {"seqs": list(published)})
             keys = [ev.idempotency_key for i, ev in enumerate(batch) if ev.idempotency_key and results[i] is None]
             seen: dict[str, str] = {}
             if keys:
-                for row in s.execute(select(events.c.idempotency_key, events.c.id)
-                                     .where(events.c.idempotency_key.in_(keys))):
+                for row in s.execute(_EVENTS_BY_KEY, {"keys": keys}):
                     seen[row.idempotency_key] = row.id
             lead_ids = sorted({ev.lead_id for i, ev in enumerate(batch) if results[i] is None})
-            rows = {r.id: _internal(r) for r in s.execute(
-                select(leads).where(leads.c.id.in_(lead_ids)).with_for_update())} if lead_ids else {}
+            rows = {r.id: _internal(r) for r in s.execute(_LEADS_FOR_UPDATE, {"ids": lead_ids})} if lead_ids else {}
             touched: set[str] = set()
             event_rows: list[dict[str, Any]] = []
             change_rows: list[dict[str, Any]] = []
@@ -393,9 +409,9 @@ class Store:
                 messages.extend(caused)
                 results[i] = EventResult(event_id=event_id)
             if event_rows:
-                s.execute(insert(events), event_rows)
+                s.execute(_INSERT_EVENTS, event_rows)
             if change_rows:
-                s.execute(insert(score_changes), change_rows)
+                s.execute(_INSERT_CHANGES, change_rows)
             self._save_all(s, [rows[lead_id] for lead_id in sorted(touched)], now)
             written = self._outbox_many(s, messages)
         return [r or EventResult(error_code="internal", error_message="not processed") for r in results], written
@@ -418,7 +434,7 @@ class Store:
             last = outcome.counters.get("last_engagement_at")
             lead["last_engaged_at"] = datetime.fromisoformat(last) if last else lead["last_engaged_at"]
 
-    def _save_all(self, s: Session, touched: list[dict[str, Any]], now: datetime) -> None:
+    def _save_all(self, s: Session | Connection, touched: list[dict[str, Any]], now: datetime) -> None:
         """One executemany UPDATE for every lead the batch touched (the batch's hot spot otherwise)."""
         rows = []
         inactive = timedelta(days=int(self.model.decay["inactive_days"]))
@@ -435,7 +451,7 @@ class Store:
                 "b_recent": json.dumps(lead["recent"]), "b_interests": json.dumps(lead["interests"]),
                 "b_segment": lead["segment"], "b_stage": lead["lifecycle_stage"], "b_last": last,
                 "b_lapse": lapse, "b_consent": json.dumps(lead["consent"]),
-                "b_version": lead["version"],
+                "b_version": lead["version"], "b_updated": now,
             })
             for given in lead.pop("_consent_changes", []):
                 s.execute(insert(audit).values(
@@ -443,13 +459,7 @@ class Store:
                     source="event", details=json.dumps({"channel": "email", "value": given}), erased=False))
         if not rows:
             return
-        statement = update(leads).where(leads.c.id == bindparam("b_id")).values(
-            score=bindparam("b_score"), counters=bindparam("b_counters"), recent=bindparam("b_recent"),
-            interests=bindparam("b_interests"), segment=bindparam("b_segment"),
-            lifecycle_stage=bindparam("b_stage"), last_engaged_at=bindparam("b_last"),
-            lapse_due_at=bindparam("b_lapse"), consent=bindparam("b_consent"), updated_at=now,
-            version=bindparam("b_version"))
-        s.connection().execute(statement, rows)
+        (s.connection() if isinstance(s, Session) else s).execute(_SAVE_LEADS, rows)
 
     def _event_messages(
         self, lead: dict[str, Any], ev: EventIn, event_id: str, occurred: datetime, outcome: Outcome,
@@ -483,7 +493,7 @@ class Store:
                 "timezone", "locale", "attributes", "consent", "interests", "crm_id", "version")
         return {**{k: lead.get(k) for k in keys}, "counters": counters}
 
-    def _outbox_many(self, s: Session, messages: list[dict[str, Any]]) -> list[OutboxRow]:
+    def _outbox_many(self, s: Session | Connection, messages: list[dict[str, Any]]) -> list[OutboxRow]:
         """Insert the messages into the outbox; returns the rows as `(seq, lead_id, payload, trace)`.
 
         The trace of the request that caused a message travels with it (W3C traceparent), so
@@ -500,7 +510,7 @@ class Store:
             own = m.pop("_trace", None)
             values.append({"lead_id": m["lead_id"], "payload": encode(m),
                            "trace": json.dumps({"traceparent": own}) if own else current})
-        seqs = s.execute(insert(outbox).returning(outbox.c.seq, sort_by_parameter_order=True), values).scalars()
+        seqs = s.execute(_INSERT_OUTBOX, values).scalars()
         return [(seq, v["lead_id"], v["payload"], v["trace"]) for seq, v in zip(seqs, values, strict=True)]
 
     def _outbox(self, s: Session, message: dict[str, Any]) -> None:

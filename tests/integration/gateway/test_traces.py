@@ -71,7 +71,9 @@ async def test_an_event_is_one_trace_from_gateway_to_a_consumer(
     names = {s.name for s in same}
     assert "/nurture.api.scoring.v1.Scoring/IngestEvents" in names
     assert "ingest" in names and "publish" in names and "redis XADD bus" in names
-    assert any(n.startswith("sql INSERT") for n in names)
+    # SQL: one span per transaction, listing its statements.
+    sql = [s for s in same if s.name == "sql transaction"]
+    assert any(stmt.startswith("INSERT scoring_events") for s in sql for stmt in (s.attributes or {})["db.statements"])
     assert "bus handle trace-test" in names
     # One span per request at the gateway: FastAPI's per-dependency spans stay off (they cost).
     assert not [n for n in names if n.startswith("fastapi.")]
