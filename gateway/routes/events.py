@@ -84,6 +84,13 @@ def _error(result: scoring_pb2.EventResult) -> ApiError:
 async def post_event(
     request: Request, body: Any = Depends(json_body), idempotency_key: str | None = Header(None)
 ) -> dict[str, Any]:
+    # The gateway's ASGI layer answers this route itself through `record_event` (see gateway/app.py);
+    # this declaration documents it and serves any request that reaches FastAPI.
+    return await record_event(request, body, idempotency_key)
+
+
+async def record_event(request: Request, body: Any, idempotency_key: str | None) -> dict[str, Any]:
+    """The 202 body for one event, or ApiError / a gRPC error."""
     event = to_event(body, idempotency_key, request.app.state.clock.now())
     result = await request.app.state.events.send(event)
     if result.error_code:
