@@ -77,6 +77,8 @@ def to_event(raw: Any, header_key: str | None = None, now: datetime | None = Non
 def _error(result: scoring_pb2.EventResult) -> ApiError:
     if result.error_code == "unknown_lead":
         return ApiError(404, "unknown_lead", result.error_message)
+    if result.error_code == "idempotency_conflict":
+        return ApiError(409, "idempotency_conflict", result.error_message)
     return ApiError(422, result.error_code or "invalid", result.error_message)
 
 

@@ -41,7 +41,7 @@ MAX_ATTRIBUTES_BYTES = 262_144
 
 # The ingest path's statements, built once (building and cache-keying one costs more than running it).
 _DELETE_OUTBOX = delete(outbox).where(outbox.c.seq.in_(bindparam("seqs", expanding=True)))
-_EVENTS_BY_KEY = select(events.c.idempotency_key, events.c.id).where(
+_EVENTS_BY_KEY = select(events.c.idempotency_key, events.c.id, events.c.lead_id, events.c.type).where(
     events.c.idempotency_key.in_(bindparam("keys", expanding=True)))
 _LEADS_FOR_UPDATE = select(leads).where(leads.c.id.in_(bindparam("ids", expanding=True))).with_for_update()
 _INSERT_EVENTS = insert(events)
@@ -361,10 +361,10 @@ class Store:
             if published:
                 s.execute(_DELETE_OUTBOX, {"seqs": list(published)})
             keys = [ev.idempotency_key for i, ev in enumerate(batch) if ev.idempotency_key and results[i] is None]
-            seen: dict[str, str] = {}
+            seen: dict[str, tuple[str, str, str]] = {}  # key → (event id, lead, type)
             if keys:
                 for row in s.execute(_EVENTS_BY_KEY, {"keys": keys}):
-                    seen[row.idempotency_key] = row.id
+                    seen[row.idempotency_key] = (row.id, row.lead_id, row.type)
             lead_ids = sorted({ev.lead_id for i, ev in enumerate(batch) if results[i] is None})
             rows = {r.id: _internal(r) for r in s.execute(_LEADS_FOR_UPDATE, {"ids": lead_ids})} if lead_ids else {}
             touched: set[str] = set()
@@ -375,7 +375,14 @@ class Store:
                 if results[i] is not None:
                     continue
                 if ev.idempotency_key and ev.idempotency_key in seen:
-                    results[i] = EventResult(event_id=seen[ev.idempotency_key], duplicate=True)
+                    first_id, first_lead, first_type = seen[ev.idempotency_key]
+                    if (first_lead, first_type) == (ev.lead_id, ev.type):
+                        results[i] = EventResult(event_id=first_id, duplicate=True)
+                    else:  # a reused key: answering "duplicate" would hide that this event was dropped
+                        results[i] = EventResult(
+                            error_code="idempotency_conflict",
+                            error_message=f"idempotency_key was used for event {first_id} ({first_type} of lead "
+                                          f"{first_lead}); a retry must send the same lead_id and type")
                     continue
                 lead = rows.get(ev.lead_id)
                 if lead is None:
@@ -383,7 +390,7 @@ class Store:
                     continue
                 event_id = uuid.uuid4().hex
                 if ev.idempotency_key:
-                    seen[ev.idempotency_key] = event_id
+                    seen[ev.idempotency_key] = (event_id, ev.lead_id, ev.type)
                 occurred = ev.occurred_at or now
                 outcome = self.model.score_event(lead, {"type": ev.type, "properties": ev.properties,
                                                         "occurred_at": occurred}, now)

@@ -79,6 +79,17 @@ async def test_lead_lifecycle_and_events(api: tuple[httpx.AsyncClient, FastAPI, 
     r = await client.post("/v1/events", headers={**AUTH, "Idempotency-Key": "once"},
                           json={**pricing, "idempotency_key": "twice"})
     assert r.status_code == 422 and "idempotency_key" in r.json()["error"]["details"]["fields"]
+    # A key reused for a different event (another type, or another lead) is a conflict, not a duplicate:
+    # answering duplicate would tell the client an event it never stored was taken.
+    r = await client.post("/v1/events", headers=AUTH, json={**pricing, "type": "video_watched",
+                                                            "idempotency_key": "once"})
+    assert r.status_code == 409 and r.json()["error"]["code"] == "idempotency_conflict", r.text
+    assert first in r.json()["error"]["message"]
+    r = await client.post("/v1/events:batch", headers=AUTH, json={"events": [
+        {**pricing, "type": "video_watched", "idempotency_key": "once"}, {**pricing, "idempotency_key": "once"}]})
+    body = r.json()
+    assert body["accepted"] == 1 and body["duplicates"] == 1 and body["event_ids"] == [first]
+    assert [x["error"]["code"] for x in body["rejected"]] == ["idempotency_conflict"]
     lead = (await client.get("/v1/leads/l-1", headers=AUTH)).json()
     assert lead["score"] == 8
     timeline = (await client.get("/v1/leads/l-1/timeline", headers=AUTH)).json()
