@@ -45,6 +45,8 @@ _GRPC_TO_HTTP = {
     grpc.StatusCode.UNAUTHENTICATED: (401, "unauthorized"),
     grpc.StatusCode.UNAVAILABLE: (503, "unavailable"),
     grpc.StatusCode.DEADLINE_EXCEEDED: (503, "unavailable"),
+    # The service stopped with the call in flight (a restart): as transient as UNAVAILABLE.
+    grpc.StatusCode.CANCELLED: (503, "unavailable"),
     grpc.StatusCode.UNIMPLEMENTED: (501, "not_implemented"),
 }
 

@@ -1,7 +1,7 @@
 """What every router module uses: the mesh's gRPC channels, API-key auth, and the error type.
 
 gRPC errors raised by a handler are turned into the API's error shape by the app (see app.py):
-UNAVAILABLE/DEADLINE_EXCEEDED → 503 with Retry-After, INVALID_ARGUMENT → 422, NOT_FOUND → 404,
+UNAVAILABLE/DEADLINE_EXCEEDED/CANCELLED → 503 with Retry-After, INVALID_ARGUMENT → 422, NOT_FOUND → 404,
 ALREADY_EXISTS/FAILED_PRECONDITION/ABORTED → 409, RESOURCE_EXHAUSTED → 429, PERMISSION_DENIED → 403.
 A service may put a JSON object `{"code", "message", "details"}` in the status details string to
 choose the error's code and details (e.g. every validation problem of a journey definition).

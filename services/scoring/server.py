@@ -134,7 +134,9 @@ class Outbox:
 
     async def _drain(self) -> None:
         async with self._lock:
-            while self._queue:
+            # A sweep asked for meanwhile holds a row committed before some of the queue (say a
+            # lead_updated before that lead's next event): it goes first, the sweep takes the queue.
+            while self._queue and not self._sweep:
                 rows, self._queue = self._queue, []
                 await self._publish(rows)
                 self._published.extend(seq for seq, *_ in rows)

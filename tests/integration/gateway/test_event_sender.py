@@ -1,0 +1,307 @@
+"""Concurrent single event posts are merged into fewer IngestEvents calls to a real scoring service,
+yet each post gets its own result and its own trace, through to a bus consumer's handling."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+import redis
+import sqlalchemy as sa
+from fastapi import FastAPI
+from opentelemetry import trace
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from gateway.app import create_app
+from nurture import redisconn
+from nurture.api.common.v1 import common_pb2, common_pb2_grpc
+from nurture.api.scoring.v1 import scoring_pb2, scoring_pb2_grpc
+from nurture.bus import Consumer, stream_key
+from nurture.rpc import channel
+from nurture.service import Running
+from nurture.settings import SERVICES, Settings
+from tests.conftest import free_port, start_service
+
+pytestmark = pytest.mark.anyio
+AUTH = {"Authorization": "Bearer k"}
+INGEST_RPC = "/nurture.api.scoring.v1.Scoring/IngestEvents"
+tracer = trace.get_tracer("tests.event_sender")
+
+
+@pytest.fixture(scope="module")
+def spans() -> InMemorySpanExporter:
+    exporter = InMemorySpanExporter()
+    provider = trace.get_tracer_provider()
+    if not isinstance(provider, TracerProvider):
+        provider = TracerProvider()
+        trace.set_tracer_provider(provider)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return exporter
+
+
+def gateway(settings: Settings, scoring_addr: str) -> FastAPI:
+    """The gateway app with its channels open (ASGITransport runs no lifespan); only scoring is up."""
+    addrs = {f"{s}_addr": f"127.0.0.1:{free_port()}" for s in SERVICES}
+    addrs["scoring_addr"] = scoring_addr
+    app = create_app(settings.with_overrides(api_key="k", **addrs))
+    for s in SERVICES:
+        app.state.mesh.channels[s] = channel(app.state.mesh.settings.address_of(s))
+    return app
+
+
+@pytest.fixture
+async def scoring(settings: Settings) -> AsyncIterator[Running]:
+    running = await start_service("scoring", settings)
+    yield running
+    await running.stop(grace=0.2)
+
+
+@pytest.fixture
+async def client(settings: Settings, scoring: Running) -> AsyncIterator[httpx.AsyncClient]:
+    app = gateway(settings, scoring.address)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as c:
+        yield c
+    for ch in app.state.mesh.channels.values():
+        await ch.close()
+
+
+async def make_leads(scoring: Running, leads: list[str]) -> None:
+    """Straight to scoring: the gateway's lead routes also ask journeys, which these tests leave down."""
+    async with channel(scoring.address) as ch:
+        reply = await scoring_pb2_grpc.ScoringStub(ch).UpsertLeads(scoring_pb2.UpsertLeadsRequest(
+            leads=[scoring_pb2.UpsertLeadRequest(id=lead, fields_json="{}") for lead in leads]), timeout=5)
+    assert all(r.created for r in reply.results)
+
+
+def ingest_calls(finished: tuple[ReadableSpan, ...]) -> list[ReadableSpan]:
+    """Scoring's server spans of IngestEvents: one per call that reached it."""
+    return [s for s in finished if s.name == INGEST_RPC]
+
+
+def bus(settings: Settings) -> dict[str, dict[str, Any]]:
+    client = redis.Redis.from_url(settings.redis_url)
+    out = {}
+    for shard in range(settings.bus_shards):
+        for _id, fields in client.xrange(stream_key(shard)):
+            m = json.loads(fields[b"m"])
+            out[m["id"]] = m
+    client.close()
+    return out
+
+
+async def test_concurrent_posts_share_calls_and_each_gets_its_own_result(
+    client: httpx.AsyncClient, scoring: Running, settings: Settings, spans: InMemorySpanExporter
+) -> None:
+    leads = [f"g{i}" for i in range(4)]
+    await make_leads(scoring, leads)
+    n = 40
+    spans.clear()
+    posts = await asyncio.gather(*[
+        client.post("/v1/events", headers=AUTH,
+                    json={"lead_id": leads[i % len(leads)], "type": "page_viewed", "properties": {"n": i}})
+        for i in range(n)])
+    assert [r.status_code for r in posts] == [202] * n, [r.text for r in posts if r.status_code != 202]
+    ids = [r.json()["event_id"] for r in posts]
+    assert len(set(ids)) == n and not any(r.json()["duplicate"] for r in posts)
+    calls = len(ingest_calls(spans.get_finished_spans()))
+    assert 1 <= calls < n, f"{calls} IngestEvents calls for {n} posts: nothing was merged"
+    ingests = [s for s in spans.get_finished_spans() if s.name == "ingest"]
+    merged = [s.attributes.get("events") for s in ingests if s.attributes]
+    assert sum(e for e in merged if isinstance(e, int)) == n  # every event went through one group commit
+    # Each post's event id is the one scoring gave its own event (its lead, its properties).
+    async with channel(scoring.address) as ch:
+        await common_pb2_grpc.AdminStub(ch).Settle(common_pb2.SettleRequest(), timeout=5)
+    published = bus(settings)
+    for i, event_id in enumerate(ids):
+        message = published[event_id]
+        assert (message["lead_id"], message["properties"]) == (leads[i % len(leads)], {"n": i})
+
+
+async def test_a_bad_event_among_concurrent_good_ones_fails_alone(
+    client: httpx.AsyncClient, scoring: Running, spans: InMemorySpanExporter
+) -> None:
+    await make_leads(scoring, ["ok"])
+    n, bad = 20, {3, 11, 17}
+    spans.clear()
+    posts = await asyncio.gather(*[
+        client.post("/v1/events", headers=AUTH,
+                    json={"lead_id": "nobody" if i in bad else "ok", "type": "page_viewed"})
+        for i in range(n)])
+    calls = len(ingest_calls(spans.get_finished_spans()))
+    assert calls < n, f"{calls} calls for {n} posts: the bad events did not share calls with good ones"
+    for i, r in enumerate(posts):
+        if i in bad:
+            assert r.status_code == 404 and r.json()["error"]["code"] == "unknown_lead", r.text
+        else:
+            assert r.status_code == 202, r.text
+    assert len({r.json()["event_id"] for i, r in enumerate(posts) if i not in bad}) == n - len(bad)
+
+
+@pytest.mark.parametrize("ahead", [0, 2], ids=["alone", "queued-together"])
+async def test_concurrent_posts_with_one_idempotency_key_are_one_event(
+    client: httpx.AsyncClient, scoring: Running, spans: InMemorySpanExporter, ahead: int
+) -> None:
+    # ahead=0: the two posts leave in separate calls; ahead=2: two other posts fill both calls in
+    # flight, so the pair waits and leaves together in one call (one transaction).
+    await make_leads(scoring, ["idem"])
+    for round_ in range(3):
+        key = f"key-{ahead}-{round_}"
+        others = [client.post("/v1/events", headers=AUTH, json={"lead_id": "idem", "type": "page_viewed"})
+                  for _ in range(ahead)]
+        same = [client.post("/v1/events", headers={**AUTH, "Idempotency-Key": key},
+                            json={"lead_id": "idem", "type": "page_viewed"}) for _ in range(2)]
+        spans.clear()
+        posts = (await asyncio.gather(*others, *same))[ahead:]
+        calls = len(ingest_calls(spans.get_finished_spans()))
+        assert calls == (3 if ahead else 2), f"{calls} calls: the pair did not leave as planned"
+        assert [r.status_code for r in posts] == [202, 202], [r.text for r in posts]
+        bodies = [r.json() for r in posts]
+        assert bodies[0]["event_id"] == bodies[1]["event_id"]
+        assert sorted(b["duplicate"] for b in bodies) == [False, True]
+
+
+async def test_posts_get_503_with_retry_after_when_scoring_is_down(settings: Settings) -> None:
+    app = gateway(settings, f"127.0.0.1:{free_port()}")  # nothing listens there
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as client:
+        posts = await asyncio.gather(*[
+            client.post("/v1/events", headers=AUTH, json={"lead_id": "x", "type": "page_viewed"})
+            for _ in range(20)])
+    for ch in app.state.mesh.channels.values():
+        await ch.close()
+    assert [r.status_code for r in posts] == [503] * 20, [r.text for r in posts]
+    assert all(r.headers.get("retry-after") and r.json()["error"]["code"] == "unavailable" for r in posts)
+
+
+async def test_posts_waiting_on_a_slow_scoring_that_stops_get_503(settings: Settings) -> None:
+    scoring = await start_service("scoring", settings)
+    app = gateway(settings, scoring.address)
+    engine = sa.create_engine(settings.database_url_for("scoring"))
+    lock = engine.connect()
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as client:
+            await make_leads(scoring, ["s"])
+
+            async def post() -> httpx.Response:
+                return await client.post("/v1/events", headers=AUTH, json={"lead_id": "s", "type": "page_viewed"})
+
+            # A slow database (another writer holds its lock): the first calls wait inside scoring
+            # and the posts behind them wait in the gateway, when scoring stops.
+            if engine.dialect.name == "sqlite":
+                lock.exec_driver_sql("BEGIN IMMEDIATE")
+            else:
+                lock.exec_driver_sql("BEGIN")
+                lock.exec_driver_sql("LOCK TABLE scoring_leads IN ACCESS EXCLUSIVE MODE")
+            tasks = [asyncio.create_task(post()) for _ in range(30)]
+            await asyncio.sleep(0.3)
+            assert not any(t.done() for t in tasks)
+            await scoring.server.stop(0)  # in-flight calls are cancelled
+            lock.rollback()
+            answered = await asyncio.gather(*tasks)
+            after = await asyncio.gather(*[post() for _ in range(10)])
+    finally:
+        lock.close()
+        engine.dispose()
+        await scoring.stop(grace=0)
+        for ch in app.state.mesh.channels.values():
+            await ch.close()
+    for r in [*answered, *after]:
+        assert r.status_code == 503 and r.json()["error"]["code"] == "unavailable", r.text
+        assert r.headers.get("retry-after")
+
+
+async def test_posts_racing_a_scoring_stop_get_503_never_500(settings: Settings) -> None:
+    """Scoring stops as soon as the first post is answered, while the next merged call is on its way:
+    that call may reach the stopping server and come back CANCELLED, which is as transient as
+    UNAVAILABLE (a 500 would tell the client not to retry). The race goes either way: a few rounds."""
+    codes: list[int] = []
+    for round_ in range(5):
+        scoring = await start_service("scoring", settings)
+        app = gateway(settings, scoring.address)
+        try:
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as client:
+                await make_leads(scoring, [f"r{round_}"])
+                tasks = [asyncio.create_task(client.post("/v1/events", headers=AUTH,
+                                                         json={"lead_id": f"r{round_}", "type": "page_viewed"}))
+                         for _ in range(30)]
+                await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                await scoring.server.stop(0)
+                answered = await asyncio.gather(*tasks)
+        finally:
+            await scoring.server.stop(0)
+            # Let the outbox finish publishing first: a redis-py pipeline cancelled mid-flight
+            # swallows the cancellation and the release then waits out its 5 s bound.
+            await asyncio.sleep(0.1)
+            await scoring.release()
+            for ch in app.state.mesh.channels.values():
+                await ch.close()
+        for r in answered:
+            assert r.status_code in (202, 503), r.text
+            assert r.status_code == 202 or r.headers.get("retry-after")
+        codes.extend(r.status_code for r in answered)
+    assert 202 in codes and 503 in codes
+
+
+async def test_each_merged_event_is_handled_by_a_consumer_in_its_own_posts_trace(
+    settings: Settings, spans: InMemorySpanExporter
+) -> None:
+    # One shard and one message per read: each message is handled in its own "bus handle" span,
+    # whose trace is the one its message carried.
+    settings = settings.with_overrides(bus_shards=1)
+    scoring = await start_service("scoring", settings)
+    app = gateway(settings, scoring.address)
+    handled: dict[str, int] = {}
+
+    async def handler(messages: list[dict[str, Any]]) -> None:
+        for m in messages:
+            handled[m["id"]] = trace.get_current_span().get_span_context().trace_id
+
+    redis_client = redisconn.connect(settings)
+    consumer = Consumer(redis_client, group="merge-trace", shards=1, handler=handler, batch=1)
+    n = 10
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as client, \
+                channel(scoring.address) as ch:
+            leads = [f"t{i}" for i in range(n)]
+            await make_leads(scoring, leads)
+            admin = common_pb2_grpc.AdminStub(ch)
+            await admin.Settle(common_pb2.SettleRequest(), timeout=5)
+            await consumer.drain()
+            spans.clear()
+            handled.clear()
+
+            async def post(i: int) -> tuple[int, str]:
+                # The caller's own span: the gateway's request span is its child, so it tells the
+                # posts' traces apart.
+                with tracer.start_as_current_span(f"client {i}") as span:
+                    r = await client.post("/v1/events", headers=AUTH,
+                                          json={"lead_id": leads[i], "type": "page_viewed"})
+                    assert r.status_code == 202, r.text
+                    return span.get_span_context().trace_id, r.json()["event_id"]
+
+            posted = await asyncio.gather(*[post(i) for i in range(n)])
+            await admin.Settle(common_pb2.SettleRequest(), timeout=5)
+            await consumer.drain()
+    finally:
+        await redis_client.aclose()
+        await scoring.stop(grace=0.2)
+        for channel_ in app.state.mesh.channels.values():
+            await channel_.close()
+    finished = spans.get_finished_spans()
+    calls = len(ingest_calls(finished))
+    assert calls < n, f"{calls} calls for {n} posts: nothing was merged, this test proves nothing"
+    requests = {s.context.trace_id for s in finished if s.name == "POST /v1/events"}
+    assert len({t for t, _ in posted}) == n
+    for trace_id, event_id in posted:
+        assert trace_id in requests  # the POST span is in the client span's trace
+        mine = [mid for mid in handled if mid == event_id or mid.startswith(f"{event_id}:")]
+        assert mine, f"no message of {event_id} was handled"
+        for mid in mine:
+            assert handled[mid] == trace_id, f"{mid} was handled in another post's trace"
+    handles = [s for s in finished if s.name == "bus handle merge-trace"]
+    assert {s.context.trace_id for s in handles} == {t for t, _ in posted}
