@@ -8,6 +8,7 @@ import uvicorn
 
 from gateway.app import create_app
 from nurture import telemetry
+from nurture.service import tune_for_latency
 from nurture.settings import load_settings
 
 
@@ -15,8 +16,10 @@ def main() -> None:
     settings = load_settings()
     logging.basicConfig(level=settings.log_level, format="%(asctime)s gateway %(levelname)s %(name)s: %(message)s")
     provider = telemetry.setup("gateway", settings)
+    app = create_app(settings)
+    tune_for_latency()
     try:
-        uvicorn.run(create_app(settings), host=settings.bind_host, port=settings.http_port, log_level="warning",
+        uvicorn.run(app, host=settings.bind_host, port=settings.http_port, log_level="warning",
                     loop="asyncio", http="httptools", access_log=False,
                     # Longer than the idle timeout of the clients and load balancers in front (60 s is
                     # common): a server closing first races a request sent on the idle connection,

@@ -28,7 +28,6 @@ from gateway.ingest import EventSender
 from gateway.routes.events import record_event
 from nurture.clock import make_clock
 from nurture.rpc import channel
-from nurture.service import settle_heap
 from nurture.settings import SERVICES, Settings, load_settings
 
 log = logging.getLogger(__name__)
@@ -87,7 +86,6 @@ def create_app(settings: Settings) -> FastAPI:
         mesh = app.state.mesh
         for service in SERVICES:
             mesh.channels[service] = channel(settings.address_of(service))
-        settle_heap()
         yield
         for ch in mesh.channels.values():
             await ch.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -55,12 +56,15 @@ def port_for(name: str, settings: Settings) -> int:
     return int(settings.address_of(name).rsplit(":", 1)[1])
 
 
-def settle_heap() -> None:
-    """Once a process has started: what it built so far (modules, compiled rules, templates) lives as
-    long as the process, so the garbage collector stops scanning it. A full collection of a started
-    service took 86 ms, a pause every request in flight would wait for."""
+def tune_for_latency() -> None:
+    """Once a process has started. What it built so far (modules, compiled rules, templates) lives as
+    long as the process, so the garbage collector stops scanning it: a full collection of a started
+    service took 86 ms, a pause every request in flight waits for. And a thread that wants the GIL
+    (the event loop, answering a call, while the SQL thread works) gets it after 1 ms, not CPython's
+    5 ms: measured at 500 events/s, the median accept latency fell from 22–26 ms to 13–21 ms."""
     gc.collect()
     gc.freeze()
+    sys.setswitchinterval(0.001)
 
 
 def main(name: str, serve: Callable[[Settings], Awaitable[Running]]) -> None:
@@ -73,7 +77,7 @@ def main(name: str, serve: Callable[[Settings], Awaitable[Running]]) -> None:
 
     async def run() -> None:
         running = await serve(settings)
-        settle_heap()
+        tune_for_latency()
         await run_until_signalled(running.server, on_stop=running.release)
 
     try:
