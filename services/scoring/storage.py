@@ -46,7 +46,9 @@ _EVENTS_BY_KEY = select(events.c.idempotency_key, events.c.id, events.c.lead_id,
 _LEADS_FOR_UPDATE = select(leads).where(leads.c.id.in_(bindparam("ids", expanding=True))).with_for_update()
 _INSERT_EVENTS = insert(events)
 _INSERT_CHANGES = insert(score_changes)
-_INSERT_OUTBOX = insert(outbox).returning(outbox.c.seq, sort_by_parameter_order=True)
+# RETURNING without sort_by_parameter_order: with it, SQLAlchemy inserted SQLite rows one statement
+# each (25 ms for a group of 50 messages). A multi-row insert takes its seqs in row order.
+_INSERT_OUTBOX = insert(outbox).returning(outbox.c.seq)
 _SAVE_LEADS = update(leads).where(leads.c.id == bindparam("b_id")).values(
     score=bindparam("b_score"), counters=bindparam("b_counters"), recent=bindparam("b_recent"),
     interests=bindparam("b_interests"), segment=bindparam("b_segment"), lifecycle_stage=bindparam("b_stage"),
@@ -517,7 +519,7 @@ class Store:
             own = m.pop("_trace", None)
             values.append({"lead_id": m["lead_id"], "payload": encode(m),
                            "trace": json.dumps({"traceparent": own}) if own else current})
-        seqs = s.execute(_INSERT_OUTBOX, values).scalars()
+        seqs = sorted(s.execute(_INSERT_OUTBOX, values).scalars())
         return [(seq, v["lead_id"], v["payload"], v["trace"]) for seq, v in zip(seqs, values, strict=True)]
 
     def _outbox(self, s: Session, message: dict[str, Any]) -> None:
