@@ -43,6 +43,11 @@ def _invalid_token(exc: grpc.aio.AioRpcError) -> bool:
     return exc.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
+# The API's statuses are scheduled | sent | suppressed | failed. Messaging's `sending` is its recorded
+# intent while the SMTP transaction runs (or after a crash, until the resend): not sent yet, to a user.
+PUBLIC_STATUS = {"sending": "scheduled"}
+
+
 @keyed.get("/leads/{lead_id}/messages")
 async def lead_messages(lead_id: str, limit: int = Query(1000, ge=1, le=10000),
                         m: Mesh = Depends(mesh)) -> dict[str, Any]:
@@ -54,7 +59,7 @@ async def lead_messages(lead_id: str, limit: int = Query(1000, ge=1, le=10000),
     return {"items": [{
         "id": i.id, "journey": i.journey, "journey_version": i.journey_version, "step": i.step,
         "channel": i.channel, "template": i.template, "category": i.category, "subject": i.subject,
-        "status": i.status, "at": _iso(i.at), "due_at": _iso(i.due_at), "reason": i.reason,
+        "status": PUBLIC_STATUS.get(i.status, i.status), "at": _iso(i.at), "due_at": _iso(i.due_at), "reason": i.reason,
         "attempts": i.attempts, "variant": i.variant} for i in reply.items]}
 
 
