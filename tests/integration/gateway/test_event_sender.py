@@ -14,8 +14,7 @@ import redis
 import sqlalchemy as sa
 from fastapi import FastAPI
 from opentelemetry import trace
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from gateway.app import create_app
@@ -34,17 +33,6 @@ INGEST_RPC = "/nurture.api.scoring.v1.Scoring/IngestEvents"
 tracer = trace.get_tracer("tests.event_sender")
 
 
-@pytest.fixture(scope="module")
-def spans() -> InMemorySpanExporter:
-    exporter = InMemorySpanExporter()
-    provider = trace.get_tracer_provider()
-    if not isinstance(provider, TracerProvider):
-        provider = TracerProvider()
-        trace.set_tracer_provider(provider)
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    return exporter
-
-
 def gateway(settings: Settings, scoring_addr: str) -> FastAPI:
     """The gateway app with its channels open (ASGITransport runs no lifespan); only scoring is up."""
     addrs = {f"{s}_addr": f"127.0.0.1:{free_port()}" for s in SERVICES}
@@ -53,13 +41,6 @@ def gateway(settings: Settings, scoring_addr: str) -> FastAPI:
     for s in SERVICES:
         app.state.mesh.channels[s] = channel(app.state.mesh.settings.address_of(s))
     return app
-
-
-@pytest.fixture
-async def scoring(settings: Settings) -> AsyncIterator[Running]:
-    running = await start_service("scoring", settings)
-    yield running
-    await running.stop(grace=0.2)
 
 
 @pytest.fixture

@@ -26,13 +26,6 @@ pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture
-async def scoring(settings: Settings) -> AsyncIterator[Running]:
-    running = await start_service("scoring", settings)
-    yield running
-    await running.stop(grace=0.5)
-
-
-@pytest.fixture
 async def stub(scoring: Running) -> AsyncIterator[scoring_pb2_grpc.ScoringStub]:
     async with grpc.aio.insecure_channel(scoring.address) as ch:
         yield scoring_pb2_grpc.ScoringStub(ch)

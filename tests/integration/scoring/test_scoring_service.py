@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import grpc
@@ -16,16 +15,8 @@ from nurture.bus import stream_key
 from nurture.clock import VirtualClock
 from nurture.service import Running
 from nurture.settings import Settings
-from tests.conftest import start_service
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-async def scoring(settings: Settings) -> AsyncIterator[Running]:
-    running = await start_service("scoring", settings)
-    yield running
-    await running.stop(grace=0.5)
 
 
 def stubs(running: Running) -> tuple[scoring_pb2_grpc.ScoringStub, common_pb2_grpc.AdminStub, grpc.aio.Channel]:
