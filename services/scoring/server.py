@@ -80,6 +80,7 @@ class Outbox:
     # Published rows whose delete waits for an ingest transaction; past this (or a quiet second) the
     # outbox loop deletes them itself.
     MAX_UNDELETED = 5000
+    DELETE_BATCH = 200
 
     def __init__(self, db: Database, store: Store, publisher: Publisher) -> None:
         self._db = db
@@ -105,7 +106,11 @@ class Outbox:
             self._ready.set()
 
     def take_published(self) -> list[int]:
-        """The published rows' seqs, for the next ingest transaction to delete."""
+        """The published rows' seqs, for the next ingest transaction to delete, once there are enough
+        to be worth a statement (under load a transaction commits every few milliseconds, and the
+        DELETE was one of its seven statements)."""
+        if len(self._published) < self.DELETE_BATCH:
+            return []
         taken, self._published = self._published, []
         return taken
 
@@ -142,8 +147,9 @@ class Outbox:
                 self._published.extend(seq for seq, *_ in rows)
 
     async def _publish(self, rows: list[OutboxRow]) -> None:
-        # One batch's messages often share their request's carrier: each distinct one is read once.
-        carriers = list(dict.fromkeys(t for *_, t in rows if t))[:50]
+        # The span joins the first request's trace and links a few others (each event's messages carry
+        # their own trace to the consumers anyway); each distinct carrier is read once.
+        carriers = list(dict.fromkeys(t for *_, t in rows if t))[:10]
         contexts = [trace.get_current_span(extract(json.loads(t))).get_span_context() for t in carriers]
         parent = trace.set_span_in_context(trace.NonRecordingSpan(contexts[0])) if contexts else None
         links = [trace.Link(c) for c in contexts[1:]]

@@ -20,6 +20,7 @@ from nurture.api.scoring.v1 import scoring_pb2, scoring_pb2_grpc
 from nurture.bus import stream_key
 from nurture.service import Running
 from nurture.settings import Settings
+from services.scoring.server import Outbox
 from tests.conftest import start_service
 
 pytestmark = pytest.mark.anyio
@@ -80,8 +81,11 @@ def assert_once_in_commit_order(messages: list[dict[str, Any]]) -> dict[str, lis
 
 
 async def test_ingest_publishes_each_message_once_in_order_and_the_outbox_empties(
-    scoring: Running, stub: scoring_pb2_grpc.ScoringStub, settings: Settings, outbox_rows: Any
+    scoring: Running, stub: scoring_pb2_grpc.ScoringStub, settings: Settings, outbox_rows: Any,
+    monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # Every ingest deletes what was published before it (by default it waits for 200 such rows).
+    monkeypatch.setattr(Outbox, "DELETE_BATCH", 1)
     leads = [f"o{i}" for i in range(6)]
     await stub.UpsertLeads(scoring_pb2.UpsertLeadsRequest(
         leads=[scoring_pb2.UpsertLeadRequest(id=lead, fields_json="{}") for lead in leads]), timeout=5)
