@@ -68,35 +68,41 @@ class _Carrier:
 
 
 class _TraceServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Opens one server span per unary RPC, parented by the caller's traceparent."""
+    """Opens one server span per unary RPC, parented by the caller's traceparent. Each method's
+    handler is wrapped once (not per call: the wrapping was a measurable share of a small call)."""
 
     def __init__(self, service_name: str) -> None:
         self._tracer = trace.get_tracer(f"nurture.{service_name}.rpc")
+        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
 
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
+        method = details.method
+        wrapped = self._wrapped.get(method)
+        if wrapped is not None:
+            return wrapped
         handler = await continuation(details)
         if handler is None or handler.unary_unary is None:
             return handler
         inner = handler.unary_unary
         tracer = self._tracer
-        method = details.method
-        parent = _Carrier.extract(details.invocation_metadata)
 
         async def traced(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            parent = _Carrier.extract(context.invocation_metadata())
             with tracer.start_as_current_span(
                 method, context=parent, kind=trace.SpanKind.SERVER, attributes={"rpc.method": method}
             ):
                 return await inner(request, context)
 
-        return grpc.unary_unary_rpc_method_handler(
+        wrapped = self._wrapped[method] = grpc.unary_unary_rpc_method_handler(
             traced,
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
+        return wrapped
 
 
 class _TraceClientInterceptor(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
