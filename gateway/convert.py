@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
 from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from gateway.deps import ApiError
+from nurture import jsoncodec
 from nurture.api.scoring.v1 import scoring_pb2
 
 
@@ -19,7 +19,7 @@ def iso(ts: Timestamp | None, present: bool = True) -> str | None:
 
 
 def lead_json(lead: scoring_pb2.Lead, journeys: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    counters = json.loads(lead.counters_json or "{}")
+    counters = jsoncodec.loads(lead.counters_json or "{}")
     interests = counters.pop("interests", {})
     return {
         "id": lead.id,
@@ -29,8 +29,8 @@ def lead_json(lead: scoring_pb2.Lead, journeys: list[dict[str, Any]] | None = No
         "segment": lead.segment or None,
         "timezone": lead.timezone or None,
         "locale": lead.locale or None,
-        "attributes": json.loads(lead.attributes_json or "{}"),
-        "consent": json.loads(lead.consent_json or "{}"),
+        "attributes": jsoncodec.loads(lead.attributes_json or "{}"),
+        "consent": jsoncodec.loads(lead.consent_json or "{}"),
         "score": lead.score,
         "grade": lead.grade,
         "lifecycle_stage": lead.lifecycle_stage,

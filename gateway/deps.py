@@ -10,7 +10,6 @@ choose the error's code and details (e.g. every validation problem of a journey 
 from __future__ import annotations
 
 import hmac
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ import grpc
 from fastapi import Request
 from starlette.requests import ClientDisconnect
 
+from nurture import jsoncodec
 from nurture.rpc import DEADLINE_S
 from nurture.settings import Settings
 
@@ -100,6 +100,6 @@ async def json_body(request: Request) -> Any:
     if not raw.strip():
         raise ApiError(400, "malformed", "a JSON body is required")
     try:
-        return json.loads(raw)
+        return jsoncodec.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError(400, "malformed", f"the body is not valid JSON: {exc}") from exc

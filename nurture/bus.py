@@ -25,6 +25,7 @@ from opentelemetry import trace
 from opentelemetry.propagate import extract
 from redis.exceptions import ResponseError
 
+from nurture import jsoncodec
 from nurture.redisconn import shard_of, sharded_key
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,7 @@ class Publisher:
 
 def encode(message: Mapping[str, Any]) -> str:
     """A bus message's JSON (compact; datetimes and other values as strings)."""
-    return json.dumps(message, separators=(",", ":"), default=str)
+    return jsoncodec.dumps(message, default=str)
 
 
 def _handling_span(group: str, carriers: list[bytes], count: int) -> AbstractContextManager[trace.Span]:
@@ -162,7 +163,7 @@ class Consumer:
         for entry_id, fields in items:
             ids.append(entry_id)
             try:
-                messages.append(json.loads(fields[b"m"]))
+                messages.append(jsoncodec.loads(fields[b"m"]))
             except (KeyError, ValueError):
                 log.error("bus %s: dropping malformed entry %r", self._group, entry_id)
             if fields.get(b"t"):

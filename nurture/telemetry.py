@@ -129,9 +129,17 @@ _WORDS = re.compile(r"\b(?:FROM|INTO|UPDATE|JOIN)\s+([\w.\"]+)", re.IGNORECASE)
 
 def _summary(statement: str) -> str:
     """`INSERT scoring_events`: the verb and the first table named, without the SQL's values."""
-    verb = statement.split(None, 1)[0].upper() if statement.strip() else "?"
-    table = _WORDS.search(statement[:300])
-    return f"{verb} {table.group(1).strip(chr(34))}" if table else verb
+    known = _SUMMARIES.get(statement)
+    if known is None:
+        verb = statement.split(None, 1)[0].upper() if statement.strip() else "?"
+        table = _WORDS.search(statement[:300])
+        known = f"{verb} {table.group(1).strip(chr(34))}" if table else verb
+        if len(_SUMMARIES) < 2000:  # statements are prebuilt or cached, so few distinct texts recur
+            _SUMMARIES[statement] = known
+    return known
+
+
+_SUMMARIES: dict[str, str] = {}
 
 
 @contextmanager

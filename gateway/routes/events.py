@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -10,6 +9,7 @@ from fastapi import APIRouter, Depends, Header, Request
 
 from gateway.convert import parse_time, require_object
 from gateway.deps import ApiError, Mesh, json_body, mesh, require_key
+from nurture import jsoncodec
 from nurture.api.scoring.v1 import scoring_pb2, scoring_pb2_grpc
 
 router = APIRouter(prefix="/v1", tags=["events"], dependencies=[Depends(require_key)])
@@ -70,7 +70,7 @@ def to_event(raw: Any, header_key: str | None = None, now: datetime | None = Non
             problems["occurred_at"] = _field_problem(exc, "occurred_at")
     if problems:
         raise ApiError(422, "invalid", "; ".join(f"{k} {v}" for k, v in problems.items()), {"fields": problems})
-    event.properties_json = json.dumps(props)
+    event.properties_json = jsoncodec.dumps(props)
     return event
 
 

@@ -15,7 +15,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from opentelemetry import trace
 from opentelemetry.propagate import extract
 
-from nurture import redisconn
+from nurture import jsoncodec, redisconn
 from nurture.admin import AdminServicer, timeline_item
 from nurture.aio import wait_event
 from nurture.api.common.v1 import common_pb2, common_pb2_grpc
@@ -48,10 +48,10 @@ def lead_proto(lead: dict[str, Any]) -> scoring_pb2.Lead:
     msg = scoring_pb2.Lead(
         id=lead["id"], email=lead["email"] or "", first_name=lead["first_name"] or "",
         last_name=lead["last_name"] or "", segment=lead["segment"] or "", timezone=lead["timezone"] or "",
-        locale=lead["locale"] or "", attributes_json=json.dumps(lead["attributes"]),
-        consent_json=json.dumps(lead["consent"]), score=int(lead["score"]), grade=lead["grade"],
+        locale=lead["locale"] or "", attributes_json=jsoncodec.dumps(lead["attributes"]),
+        consent_json=jsoncodec.dumps(lead["consent"]), score=int(lead["score"]), grade=lead["grade"],
         lifecycle_stage=lead["lifecycle_stage"],
-        counters_json=json.dumps({**lead["counters"], "interests": lead.get("interests", {})}),
+        counters_json=jsoncodec.dumps({**lead["counters"], "interests": lead.get("interests", {})}),
         crm_id=lead["crm_id"] or "", version=int(lead["version"]),
     )
     for name in ("created_at", "updated_at", "last_engaged_at"):
@@ -333,7 +333,7 @@ class ScoringServicer(scoring_pb2_grpc.ScoringServicer):
         batch: list[EventIn] = []
         for ev in request.events:
             try:
-                props = json.loads(ev.properties_json or "{}")
+                props = jsoncodec.loads(ev.properties_json or "{}")
             except json.JSONDecodeError:
                 props = None
             batch.append(EventIn(

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import re
 import uuid
 from collections.abc import Mapping, Sequence
@@ -22,6 +21,7 @@ from opentelemetry.propagate import inject
 from sqlalchemy import Connection, Row, and_, bindparam, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
+from nurture import jsoncodec
 from nurture.bus import encode
 from services.scoring.model import Outcome, ScoringModel, derive_counters
 from services.scoring.tables import audit, events, leads, outbox, score_changes
@@ -96,7 +96,7 @@ def email_hash(email: str) -> str:
 
 
 def _loads(text: str | None) -> Any:
-    return json.loads(text) if text else {}
+    return jsoncodec.loads(text) if text else {}
 
 
 def _aware(value: datetime | None) -> datetime | None:
@@ -186,7 +186,7 @@ def validate_profile(fields: Mapping[str, Any], *, partial: bool) -> dict[str, s
                 problems[f"attributes.{str(name)[:40]}..."] = "attribute names are at most 200 characters"
             elif isinstance(value, str) and len(value) > MAX_ATTRIBUTE_CHARS:
                 problems[f"attributes.{name}"] = f"must be at most {MAX_ATTRIBUTE_CHARS} characters"
-        if len(json.dumps(attrs, default=str)) > MAX_ATTRIBUTES_BYTES:
+        if len(jsoncodec.dumps(attrs, default=str)) > MAX_ATTRIBUTES_BYTES:
             problems.setdefault("attributes", f"must be at most {MAX_ATTRIBUTES_BYTES} bytes as JSON")
     consent = fields.get("consent")
     if consent is not None and (
@@ -241,18 +241,19 @@ class Store:
                 new_attrs = {**attributes, **fields["attributes"]} if merge else dict(fields["attributes"])
                 new_attrs = {k: v for k, v in new_attrs.items() if v is not None}
                 if new_attrs != attributes:
-                    changes["attributes"] = json.dumps(new_attrs)
+                    changes["attributes"] = jsoncodec.dumps(new_attrs)
                     attributes = new_attrs
             consent = _loads(current["consent"])
             if "consent" in fields and fields["consent"] is not None:
                 new_consent = {**consent, **fields["consent"]}
                 if new_consent != consent:
-                    changes["consent"] = json.dumps(new_consent)
+                    changes["consent"] = jsoncodec.dumps(new_consent)
                     for channel, given in fields["consent"].items():
                         if consent.get(channel) != given:
                             s.execute(insert(audit).values(
                                 lead_id=current["id"], at=now, action="consent_given" if given else "consent_withdrawn",
-                                source=source, details=json.dumps({"channel": channel, "value": given}), erased=False))
+                                source=source, details=jsoncodec.dumps({"channel": channel, "value": given}),
+                                erased=False))
             profile = {**current, **changes, "attributes": attributes}
             _, grade, _ = self.model.fit({"attributes": attributes, "email": profile["email"]})
             if grade != current["grade"]:
@@ -332,7 +333,7 @@ class Store:
             s.execute(delete(score_changes).where(score_changes.c.lead_id == lead_id))
             s.execute(update(audit).where(audit.c.lead_id == lead_id).values(details="{}", erased=True))
             s.execute(insert(audit).values(lead_id=lead_id, at=now, action="erased", source="api",
-                                           details=json.dumps({"email_hash": hashed}), erased=True))
+                                           details=jsoncodec.dumps({"email_hash": hashed}), erased=True))
             s.execute(delete(leads).where(leads.c.id == lead_id))
             self._outbox(s, {
                 "id": f"lead_erased:{lead_id}:{int(now.timestamp() * 1e6)}", "lead_id": lead_id,
@@ -400,9 +401,11 @@ class Store:
                 self._apply(lead, outcome, now)
                 touched.add(ev.lead_id)
                 event_rows.append({
-                    "id": event_id, "lead_id": ev.lead_id, "type": ev.type, "properties": json.dumps(ev.properties),
+                    "id": event_id, "lead_id": ev.lead_id, "type": ev.type,
+                    "properties": jsoncodec.dumps(ev.properties),
                     "occurred_at": occurred, "received_at": now, "idempotency_key": ev.idempotency_key,
-                    "source": ev.source or "api", "score_delta": outcome.delta, "signals": json.dumps(outcome.signals),
+                    "source": ev.source or "api", "score_delta": outcome.delta,
+                    "signals": jsoncodec.dumps(outcome.signals),
                 })
                 running = old_score
                 for p in outcome.points:
@@ -456,16 +459,16 @@ class Store:
                 # decays again at every such event.
                 lapse = max(lapse, lead["lapse_due_at"])
             rows.append({
-                "b_id": lead["id"], "b_score": lead["score"], "b_counters": json.dumps(lead["counters"]),
-                "b_recent": json.dumps(lead["recent"]), "b_interests": json.dumps(lead["interests"]),
+                "b_id": lead["id"], "b_score": lead["score"], "b_counters": jsoncodec.dumps(lead["counters"]),
+                "b_recent": jsoncodec.dumps(lead["recent"]), "b_interests": jsoncodec.dumps(lead["interests"]),
                 "b_segment": lead["segment"], "b_stage": lead["lifecycle_stage"], "b_last": last,
-                "b_lapse": lapse, "b_consent": json.dumps(lead["consent"]),
+                "b_lapse": lapse, "b_consent": jsoncodec.dumps(lead["consent"]),
                 "b_version": lead["version"], "b_updated": now,
             })
             for given in lead.pop("_consent_changes", []):
                 s.execute(insert(audit).values(
                     lead_id=lead["id"], at=now, action="consent_given" if given else "consent_withdrawn",
-                    source="event", details=json.dumps({"channel": "email", "value": given}), erased=False))
+                    source="event", details=jsoncodec.dumps({"channel": "email", "value": given}), erased=False))
         if not rows:
             return
         (s.connection() if isinstance(s, Session) else s).execute(_SAVE_LEADS, rows)
@@ -513,12 +516,12 @@ class Store:
             return []
         carrier: dict[str, str] = {}
         inject(carrier)
-        current = json.dumps(carrier) if carrier else None
+        current = jsoncodec.dumps(carrier) if carrier else None
         values = []
         for m in messages:
             own = m.pop("_trace", None)
             values.append({"lead_id": m["lead_id"], "payload": encode(m),
-                           "trace": json.dumps({"traceparent": own}) if own else current})
+                           "trace": jsoncodec.dumps({"traceparent": own}) if own else current})
         seqs = sorted(s.execute(_INSERT_OUTBOX, values).scalars())
         return [(seq, v["lead_id"], v["payload"], v["trace"]) for seq, v in zip(seqs, values, strict=True)]
 
