@@ -219,7 +219,8 @@ class IngestQueue:
                                            attributes={"events": len(combined), "calls": len(taken)}):
             published = self._outbox.take_published()
             try:
-                results, written = await self._db.run(self._store.ingest, combined, self._clock.now(), published)
+                results, written = await self._db.run(self._store.ingest, combined, self._clock.now(), published,
+                                                       urgent=True)
             except Exception as exc:
                 self._outbox.give_back(published)
                 for _, _, future in taken:
