@@ -43,6 +43,9 @@ from services.crm_sync.connector import Connector, Permanent, Retryable
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+# Lead updates per UpsertLeads call: one scoring transaction each, so small enough that events
+# arriving meanwhile wait little for it.
+LEAD_UPDATES_PER_CALL = 20
 TRANSIENT = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED,
              grpc.StatusCode.ABORTED, grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL,
              grpc.StatusCode.CANCELLED}
@@ -805,8 +808,13 @@ class CrmSyncCore:
                 return 0
             by_lead: dict[str, list[dict[str, Any]]] = defaultdict(list)
             for j in jobs:
-                by_lead[j["lead_id"]].append(j)
-            results: list[tuple[dict[str, Any], Outcome]] = []
+                if j["op"] != "lead":
+                    by_lead[j["lead_id"]].append(j)
+            # Write-backs to scoring (CRM ids, sales owners) go together: one UpsertLeads per chunk,
+            # where one UpsertLead each had scoring commit 30 transactions at once, ahead of ingest.
+            lead_jobs = [j for j in jobs if j["op"] == "lead"]
+            results: list[tuple[dict[str, Any], Outcome]] = list(
+                zip(lead_jobs, await self._update_leads(lead_jobs), strict=True))
             sem = asyncio.Semaphore(32)
 
             async def lane(items: list[dict[str, Any]]) -> None:
@@ -857,6 +865,36 @@ class CrmSyncCore:
             st.update_task(s, job["ref"], status="dead")
         st.add_timeline(s, job["lead_id"], now, "push_dead", f"CRM push ({job['op']}) dead-lettered: {reason}",
                         {"job": job["id"], "op": job["op"], "attempts": attempts, "reason": reason})
+
+    async def _update_leads(self, jobs: list[dict[str, Any]]) -> list[Outcome]:
+        """Apply `lead` pushes (field updates of scoring's lead) in order, LEAD_UPDATES_PER_CALL per
+        UpsertLeads call, so each of scoring's transactions stays short."""
+        outcomes: list[Outcome] = []
+        for start in range(0, len(jobs), LEAD_UPDATES_PER_CALL):
+            chunk = jobs[start:start + LEAD_UPDATES_PER_CALL]
+            request = scoring_pb2.UpsertLeadsRequest(leads=[scoring_pb2.UpsertLeadRequest(
+                id=j["lead_id"], fields_json=json.dumps(j["payload"]), merge=True, source="crm_sync",
+                must_exist=True) for j in chunk])
+            try:
+                reply = await self.scoring.UpsertLeads(request, timeout=DEADLINE_S + 0.05 * len(chunk))
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.UNIMPLEMENTED:  # a scoring from before UpsertLeads
+                    outcomes += [await self._perform(j, {}) for j in chunk]
+                    continue
+                error = f"scoring {exc.code().name}: {exc.details()}"
+                outcomes += [Outcome("retry" if exc.code() in TRANSIENT else "dead", error=error)] * len(chunk)
+                continue
+            if len(reply.results) != len(chunk):  # not what the contract says: try these again later
+                outcomes += [Outcome("retry", error="scoring answered the wrong number of results")] * len(chunk)
+                continue
+            for r in reply.results:
+                if not r.error_code or r.error_code == "not_found":  # not found: erased, nothing to update
+                    outcomes.append(Outcome("done"))
+                else:
+                    self.stats.push_failures += 1
+                    outcomes.append(Outcome("dead" if r.error_code == "invalid" else "retry",
+                                            error=f"scoring {r.error_code}: {r.error_message}"))
+        return outcomes
 
     async def _perform(self, job: dict[str, Any], remote: dict[str, str]) -> Outcome:
         try:

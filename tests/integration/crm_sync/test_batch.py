@@ -69,3 +69,27 @@ async def test_concurrent_calls_batched_match_and_order_like_one_by_one(mesh: Me
     assert lead.first_name == "Newer"
     merged = await mesh.scoring.GetLead(scoring_pb2.GetLeadRequest(id=created["b3"].lead_id), timeout=5)
     assert merged.crm_id == "b3-merged" and merged.first_name == "Merged"
+
+
+async def test_crm_ids_of_pushed_contacts_go_back_to_scoring_in_batches(mesh: Mesh, spans) -> None:
+    # 45 platform leads reach the CRM as contacts; each contact's CRM id is written back onto its
+    # lead. The write-backs leave together (UpsertLeads of at most LEAD_UPDATES_PER_CALL), not one
+    # UpsertLead each: 45 transactions at once queued ahead of scoring's event ingest.
+    reply = await mesh.scoring.UpsertLeads(scoring_pb2.UpsertLeadsRequest(leads=[
+        scoring_pb2.UpsertLeadRequest(fields_json=json.dumps({"email": f"wb{i}@example.com"})) for i in range(45)
+    ]), timeout=10)
+    ids = [r.lead.id for r in reply.results]
+    spans.clear()
+    for _ in range(10):
+        await mesh.settle()
+        leads = (await mesh.scoring.GetLeads(scoring_pb2.GetLeadsRequest(ids=ids), timeout=5)).leads
+        if all(lead.crm_id for lead in leads):
+            break
+        await asyncio.sleep(0.2)
+    assert all(lead.crm_id for lead in leads), [lead.id for lead in leads if not lead.crm_id]
+    assert len({lead.crm_id for lead in leads}) == 45
+    emails = {mesh.emulator.get(f"/crm/v3/objects/contacts/{lead.crm_id}")["properties"]["email"] for lead in leads}
+    assert emails == {f"wb{i}@example.com" for i in range(45)}
+    names = [s.name.rsplit("/", 1)[-1] for s in spans.get_finished_spans() if s.name.startswith("/nurture.api.scoring")]
+    assert "UpsertLead" not in names
+    assert 3 <= names.count("UpsertLeads") <= 45 // 2, names.count("UpsertLeads")
