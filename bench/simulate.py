@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import heapq
 import resource
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,6 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench._mesh import free_port  # noqa: E402
 from services.journeys.definitions import Journey, load_playbook, parse_duration  # noqa: E402
 from services.journeys.simulation import Simulation  # noqa: E402
 
@@ -80,12 +80,6 @@ def bench_engine(leads: int, days: int) -> None:
     print(f"plain loop over the same schedule: {plain_s:.2f} s, {walked} steps ({walked / plain_s:,.0f} steps/s)")
     print(f"ratio engine / plain loop: {engine_s / plain_s:.1f}x wall time"
           f" ({'PASS' if engine_s < 60 else 'FAIL'} target < 60 s)")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def bench_timers(pending: int) -> None:
