@@ -26,6 +26,7 @@ import gateway.routes
 from gateway.deps import ApiError, Mesh, TokenBucket, json_body, require_key
 from gateway.ingest import EventSender
 from gateway.routes.events import record_event
+from nurture import jsoncodec
 from nurture.clock import make_clock
 from nurture.rpc import channel
 from nurture.settings import SERVICES, Settings, load_settings
@@ -185,7 +186,7 @@ class LimitsAndTracing:
             await require_key(request)
             body = await json_body(request)
             payload = await record_event(request, body, request.headers.get("idempotency-key"))
-            response = JSONResponse(payload, status_code=202)
+            response = Response(jsoncodec.dumps(payload).encode(), status_code=202, media_type="application/json")
         except ApiError as exc:
             response = error_response(exc.status, exc.code, exc.message, exc.details, exc.headers)
         except grpc.aio.AioRpcError as exc:

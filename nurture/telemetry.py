@@ -8,7 +8,6 @@ both cheap enough to leave on (the stock instrumentations were not used: see nur
 
 from __future__ import annotations
 
-import json
 import re
 import threading
 from collections.abc import Iterator, Sequence
@@ -23,6 +22,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
+from nurture import jsoncodec
 from nurture.settings import Settings
 
 _tracer = trace.get_tracer("nurture")
@@ -43,7 +43,7 @@ class JsonLinesExporter(SpanExporter):
             ctx = span.get_span_context()
             parent = span.parent
             lines.append(
-                json.dumps(
+                jsoncodec.dumps(
                     {
                         "trace_id": format(ctx.trace_id, "032x") if ctx else None,
                         "span_id": format(ctx.span_id, "016x") if ctx else None,
