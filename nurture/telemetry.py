@@ -98,10 +98,8 @@ def instrument_engine(engine: Engine) -> None:
             "db.system": engine.dialect.name}), [])
 
     @event.listens_for(engine, "before_cursor_execute")
-    def _statement(_conn: Any, _cursor: Any, statement: str, _params: Any, _context: Any, many: bool) -> None:
-        current = _conn.info.get("nurture_span")
-        if current is not None and len(current[1]) < MAX_STATEMENTS:
-            current[1].append(_summary(statement) + (" (many)" if many else ""))
+    def _statement(conn: Any, _cursor: Any, statement: str, _params: Any, _context: Any, many: bool) -> None:
+        record_statement(conn, statement, many)
 
     def _end(conn: Any, outcome: str) -> None:
         current = conn.info.pop("nurture_span", None)
@@ -120,6 +118,13 @@ def instrument_engine(engine: Engine) -> None:
         current = exception_context.connection.info.get("nurture_span") if exception_context.connection else None
         if current is not None:
             current[0].set_status(trace.Status(trace.StatusCode.ERROR, str(exception_context.original_exception)))
+
+
+def record_statement(conn: Any, statement: str, many: bool) -> None:
+    """List a statement on its transaction's span (SQL run on the driver's cursor calls this itself)."""
+    current = conn.info.get("nurture_span")
+    if current is not None and len(current[1]) < MAX_STATEMENTS:
+        current[1].append(_summary(statement) + (" (many)" if many else ""))
 
 
 # Statements listed on one transaction's span (a long migration or sweep keeps its first ones).

@@ -22,7 +22,7 @@ from nurture.api.common.v1 import common_pb2, common_pb2_grpc
 from nurture.api.scoring.v1 import scoring_pb2, scoring_pb2_grpc
 from nurture.bus import Publisher
 from nurture.clock import Clock, make_clock
-from nurture.db import Database, open_database
+from nurture.db import Database, DriverWrites, open_database
 from nurture.rpc import start_server
 from nurture.service import Running
 from nurture.settings import Settings
@@ -378,7 +378,7 @@ async def serve(settings: Settings) -> Running:
     db = open_database(settings, service="scoring", migrations_dir=MIGRATIONS)
     redis = redisconn.connect(settings)
     clock = make_clock(settings.clock, settings.redis_url)
-    store = Store(db.session, model)
+    store = Store(db.session, model, DriverWrites(db.engine))
     outbox = Outbox(db, store, Publisher(redis, settings.bus_shards))
     ingest = IngestQueue(db, store, clock, outbox)
     lapse_lock = asyncio.Lock()

@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 
 from nurture import jsoncodec
 from nurture.bus import encode
+from nurture.db import DriverWrites
 from services.scoring.model import Outcome, ScoringModel, derive_counters
 from services.scoring.tables import audit, events, leads, outbox, score_changes
 
@@ -39,21 +40,16 @@ MAX_ATTRIBUTE_CHARS = 65_536
 MAX_ATTRIBUTES_BYTES = 262_144
 
 
-# The ingest path's statements, built once (building and cache-keying one costs more than running it).
-_DELETE_OUTBOX = delete(outbox).where(outbox.c.seq.in_(bindparam("seqs", expanding=True)))
+# The ingest path's reads, built once (building and cache-keying one costs more than running it);
+# its writes go on the driver's cursor (DriverWrites).
 _EVENTS_BY_KEY = select(events.c.idempotency_key, events.c.id, events.c.lead_id, events.c.type).where(
     events.c.idempotency_key.in_(bindparam("keys", expanding=True)))
 _LEADS_FOR_UPDATE = select(leads).where(leads.c.id.in_(bindparam("ids", expanding=True))).with_for_update()
-_INSERT_EVENTS = insert(events)
-_INSERT_CHANGES = insert(score_changes)
-# RETURNING without sort_by_parameter_order: with it, SQLAlchemy inserted SQLite rows one statement
-# each (25 ms for a group of 50 messages). A multi-row insert takes its seqs in row order.
-_INSERT_OUTBOX = insert(outbox).returning(outbox.c.seq)
-_SAVE_LEADS = update(leads).where(leads.c.id == bindparam("b_id")).values(
-    score=bindparam("b_score"), counters=bindparam("b_counters"), recent=bindparam("b_recent"),
-    interests=bindparam("b_interests"), segment=bindparam("b_segment"), lifecycle_stage=bindparam("b_stage"),
-    last_engaged_at=bindparam("b_last"), lapse_due_at=bindparam("b_lapse"), consent=bindparam("b_consent"),
-    updated_at=bindparam("b_updated"), version=bindparam("b_version"))
+_EVENT_COLUMNS = ("id", "lead_id", "type", "properties", "occurred_at", "received_at", "idempotency_key", "source",
+                  "score_delta", "signals")
+_CHANGE_COLUMNS = ("lead_id", "at", "delta", "score_after", "rule", "reason", "event_id", "model_version")
+_SAVED_LEAD_COLUMNS = ("score", "counters", "recent", "interests", "segment", "lifecycle_stage", "last_engaged_at",
+                       "lapse_due_at", "consent", "version", "updated_at")
 
 
 class InvalidInput(ValueError):
@@ -202,9 +198,10 @@ def validate_profile(fields: Mapping[str, Any], *, partial: bool) -> dict[str, s
 class Store:
     """Blocking storage operations; the server runs them in the database executor."""
 
-    def __init__(self, db_sessions: Any, model: ScoringModel) -> None:
+    def __init__(self, db_sessions: Any, model: ScoringModel, writes: DriverWrites) -> None:
         self._sessions = db_sessions
         self.model = model
+        self._writes = writes
 
     # -- leads -------------------------------------------------------------------------------------
 
@@ -288,7 +285,7 @@ class Store:
         whole batch. Input problems are found before anything is written, so a bad lead fails alone."""
         with self._sessions() as s:
             # The same code as a single upsert, on this transaction's session.
-            shared = Store(lambda: contextlib.nullcontext(s), self.model)
+            shared = Store(lambda: contextlib.nullcontext(s), self.model, self._writes)
             out: list[tuple[dict[str, Any], bool] | InvalidInput | NotFound] = []
             for lead_id, fields, merge, source, must_exist in items:
                 try:
@@ -358,11 +355,12 @@ class Store:
             if problem:
                 results[i] = EventResult(error_code="invalid", error_message=problem)
         with self._sessions() as session:
-            # The hot path: prebuilt statements on the session's connection (the ORM session's own
-            # execute, and building each statement anew, cost more than SQLite's work here).
+            # The hot path: prebuilt reads on the session's connection and writes on the driver's
+            # cursor (the ORM session's own execute, and SQLAlchemy's execution of each statement,
+            # cost more than SQLite's work here).
             s = session.connection()
             if published:
-                s.execute(_DELETE_OUTBOX, {"seqs": list(published)})
+                self._writes.delete(s, outbox, "seq", published)
             keys = [ev.idempotency_key for i, ev in enumerate(batch) if ev.idempotency_key and results[i] is None]
             seen: dict[str, tuple[str, str, str]] = {}  # key → (event id, lead, type)
             if keys:
@@ -371,8 +369,8 @@ class Store:
             lead_ids = sorted({ev.lead_id for i, ev in enumerate(batch) if results[i] is None})
             rows = {r.id: _internal(r) for r in s.execute(_LEADS_FOR_UPDATE, {"ids": lead_ids})} if lead_ids else {}
             touched: set[str] = set()
-            event_rows: list[dict[str, Any]] = []
-            change_rows: list[dict[str, Any]] = []
+            event_rows: list[tuple[Any, ...]] = []
+            change_rows: list[tuple[Any, ...]] = []
             messages: list[dict[str, Any]] = []
             for i, ev in enumerate(batch):
                 if results[i] is not None:
@@ -400,19 +398,14 @@ class Store:
                 old_score, old_stage, old_segment = lead["score"], lead["lifecycle_stage"], lead["segment"]
                 self._apply(lead, outcome, now)
                 touched.add(ev.lead_id)
-                event_rows.append({
-                    "id": event_id, "lead_id": ev.lead_id, "type": ev.type,
-                    "properties": jsoncodec.dumps(ev.properties),
-                    "occurred_at": occurred, "received_at": now, "idempotency_key": ev.idempotency_key,
-                    "source": ev.source or "api", "score_delta": outcome.delta,
-                    "signals": jsoncodec.dumps(outcome.signals),
-                })
+                event_rows.append((event_id, ev.lead_id, ev.type, jsoncodec.dumps(ev.properties), occurred, now,
+                                   ev.idempotency_key, ev.source or "api", outcome.delta,
+                                   jsoncodec.dumps(outcome.signals)))
                 running = old_score
                 for p in outcome.points:
                     running = max(0, running + p.points)
-                    change_rows.append({"lead_id": ev.lead_id, "at": occurred, "delta": p.points,
-                                        "score_after": running, "rule": p.rule, "reason": p.why,
-                                        "event_id": event_id, "model_version": self.model.version})
+                    change_rows.append((ev.lead_id, occurred, p.points, running, p.rule, p.why, event_id,
+                                        self.model.version))
                 caused = self._event_messages(lead, ev, event_id, occurred, outcome, old_score, old_stage,
                                               old_segment, now)
                 if ev.trace:
@@ -421,9 +414,9 @@ class Store:
                 messages.extend(caused)
                 results[i] = EventResult(event_id=event_id)
             if event_rows:
-                s.execute(_INSERT_EVENTS, event_rows)
+                self._writes.insert(s, events, _EVENT_COLUMNS, event_rows)
             if change_rows:
-                s.execute(_INSERT_CHANGES, change_rows)
+                self._writes.insert(s, score_changes, _CHANGE_COLUMNS, change_rows)
             self._save_all(s, [rows[lead_id] for lead_id in sorted(touched)], now)
             written = self._outbox_many(s, messages)
         return [r or EventResult(error_code="internal", error_message="not processed") for r in results], written
@@ -458,20 +451,16 @@ class Store:
                 # engagement (a send, a CRM push) must not set it back, or the same quiet period
                 # decays again at every such event.
                 lapse = max(lapse, lead["lapse_due_at"])
-            rows.append({
-                "b_id": lead["id"], "b_score": lead["score"], "b_counters": jsoncodec.dumps(lead["counters"]),
-                "b_recent": jsoncodec.dumps(lead["recent"]), "b_interests": jsoncodec.dumps(lead["interests"]),
-                "b_segment": lead["segment"], "b_stage": lead["lifecycle_stage"], "b_last": last,
-                "b_lapse": lapse, "b_consent": jsoncodec.dumps(lead["consent"]),
-                "b_version": lead["version"], "b_updated": now,
-            })
+            rows.append((lead["score"], jsoncodec.dumps(lead["counters"]), jsoncodec.dumps(lead["recent"]),
+                         jsoncodec.dumps(lead["interests"]), lead["segment"], lead["lifecycle_stage"], last, lapse,
+                         jsoncodec.dumps(lead["consent"]), lead["version"], now, lead["id"]))
             for given in lead.pop("_consent_changes", []):
                 s.execute(insert(audit).values(
                     lead_id=lead["id"], at=now, action="consent_given" if given else "consent_withdrawn",
                     source="event", details=jsoncodec.dumps({"channel": "email", "value": given}), erased=False))
         if not rows:
             return
-        (s.connection() if isinstance(s, Session) else s).execute(_SAVE_LEADS, rows)
+        self._writes.update(s.connection() if isinstance(s, Session) else s, leads, _SAVED_LEAD_COLUMNS, "id", rows)
 
     def _event_messages(
         self, lead: dict[str, Any], ev: EventIn, event_id: str, occurred: datetime, outcome: Outcome,
@@ -520,10 +509,11 @@ class Store:
         values = []
         for m in messages:
             own = m.pop("_trace", None)
-            values.append({"lead_id": m["lead_id"], "payload": encode(m),
-                           "trace": jsoncodec.dumps({"traceparent": own}) if own else current})
-        seqs = sorted(s.execute(_INSERT_OUTBOX, values).scalars())
-        return [(seq, v["lead_id"], v["payload"], v["trace"]) for seq, v in zip(seqs, values, strict=True)]
+            values.append((m["lead_id"], encode(m), jsoncodec.dumps({"traceparent": own}) if own else current))
+        # One multi-row INSERT per chunk: a chunk's seqs, ascending, are its rows in order.
+        seqs = self._writes.insert(s.connection() if isinstance(s, Session) else s, outbox,
+                                   ("lead_id", "payload", "trace"), values, returning="seq")
+        return [(seq, *v) for seq, v in zip(seqs, values, strict=True)]
 
     def _outbox(self, s: Session, message: dict[str, Any]) -> None:
         self._outbox_many(s, [message])
