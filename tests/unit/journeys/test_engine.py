@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
 from nurture.clock import VIRTUAL_EPOCH
 from services.journeys.definitions import load_playbook, read_settings
-from services.journeys.engine import Engine
+from services.journeys.engine import Engine, _pauses
 from services.journeys.model import ACTIVE, PAUSED, LeadState, Outcome, iso
 from services.journeys.registry import Registry
 from services.journeys.simulation import simulate
@@ -276,3 +277,13 @@ def test_ab_split_is_stable_per_lead_and_follows_weights() -> None:
         chosen[steps[0]] += 1
         assert any("split ab assigned variant" in t for t in h.transitions)
     assert 0.62 < chosen["email_01"] / 200 < 0.88
+
+
+def test_pausing_by_kind_leaves_the_always_on_trigger_tables_alone() -> None:
+    # The trigger tables are kind `sequence` (API.md) but mode always_on: a journey that pauses
+    # sequences pauses step flows, not the rule tables; naming the mode (or legacy kind) still does.
+    triggers, webinar = PLAYBOOK["triggers"], PLAYBOOK["webinar"]
+    assert _pauses(replace(webinar, pauses=("sequence",)), PLAYBOOK["cart_abandonment"])
+    assert not _pauses(replace(webinar, pauses=("sequence",)), triggers)
+    assert _pauses(replace(webinar, pauses=("always_on",)), triggers)
+    assert _pauses(replace(webinar, pauses=("triggers",)), triggers)
