@@ -6,6 +6,8 @@ from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
+import pytest
+
 from nurture.clock import VIRTUAL_EPOCH
 from services.journeys.definitions import load_playbook, read_settings
 from services.journeys.engine import Engine, _pauses
@@ -287,3 +289,29 @@ def test_pausing_by_kind_leaves_the_always_on_trigger_tables_alone() -> None:
     assert not _pauses(replace(webinar, pauses=("sequence",)), triggers)
     assert _pauses(replace(webinar, pauses=("always_on",)), triggers)
     assert _pauses(replace(webinar, pauses=("triggers",)), triggers)
+
+
+@pytest.mark.parametrize(("attended_at", "expected"), [
+    (None, ["email_01", "email_02", "email_03", "email_05", "email_07", "email_08"]),
+    (timedelta(minutes=30), ["email_01", "email_02", "email_03", "email_04", "email_06", "email_07", "email_08"]),
+    # Reported after the +1h no-show decision: attended after all, the attended path from here.
+    (timedelta(hours=1, minutes=30),
+     ["email_01", "email_02", "email_03", "email_05", "email_04", "email_06", "email_07", "email_08"]),
+    (timedelta(days=2), ["email_01", "email_02", "email_03", "email_05", "email_04", "email_07", "email_08"]),
+    # Before the attendance wait (the platform reported early): no more reminders, the thank-you at +1h.
+    (timedelta(hours=-3), ["email_01", "email_02", "email_04", "email_06", "email_07", "email_08"]),
+])
+def test_recorded_webinar_attendance_counts_whenever_it_arrives(attended_at: timedelta | None,
+                                                                expected: list[str]) -> None:
+    h = Harness()
+    h.message("lead_created")
+    starts = T0 + timedelta(days=3)
+    h.message("webinar_registered", webinar_id="w-1", starts_at=iso(starts))
+    if attended_at is not None:
+        h.advance(seconds=(starts + attended_at - h.now).total_seconds())
+        h.message("webinar_attended", webinar_id="w-1")
+    h.advance(seconds=(starts + timedelta(days=8) - h.now).total_seconds())
+    steps = [k.split(":")[3] for k in h.sent if ":webinar:1:" in k]
+    assert steps == expected, h.transitions
+    if attended_at and attended_at > timedelta(hours=1):
+        assert any("matched rule attended_late" in t for t in h.transitions)
