@@ -24,6 +24,7 @@ from services.journeys.definitions import Journey, PlaybookSettings, Rule, Step,
 from services.journeys.model import (
     ACTIVE,
     COMPLETED,
+    ENGAGED_KEPT,
     EXITED,
     LIVE,
     PAUSED,
@@ -157,9 +158,18 @@ class Engine:
         state.inactive_step = 0
         self._arm_inactivity(state, now, out)
         if message.get("type") in ("email_opened", "email_clicked"):
-            journey = (message.get("properties") or {}).get("journey")
+            props = message.get("properties") or {}
+            journey = props.get("journey")
+            # journey.engaged counts emails opened or clicked (the seed's "3+ emails"), not
+            # interactions: the open and the click of one email, or its second open, count once.
+            which = str(props.get("message_id") or "") or (
+                f"{journey}.{props['step']}" if journey and props.get("step") else "")
             for e in state.enrollments.values():
                 if e.status in LIVE and (not journey or journey == e.journey):
+                    if which and which in e.engaged_with:
+                        continue
+                    if which:
+                        e.engaged_with = [*e.engaged_with[-(ENGAGED_KEPT - 1):], which]
                     e.engaged += 1
                     out.touched.add(e.ekey)
 

@@ -315,3 +315,19 @@ def test_recorded_webinar_attendance_counts_whenever_it_arrives(attended_at: tim
     assert steps == expected, h.transitions
     if attended_at and attended_at > timedelta(hours=1):
         assert any("matched rule attended_late" in t for t in h.transitions)
+
+
+def test_high_engagement_counts_emails_opened_or_clicked_not_interactions() -> None:
+    # Seed: "If opening/clicking 3+ emails, accelerate". Opening and clicking one email, or opening
+    # it again, is one email engaged with; the third distinct email fires the trigger.
+    h = Harness()
+    h.message("lead_created")
+    for etype, message in (("email_opened", "m1"), ("email_clicked", "m1"), ("email_opened", "m1"),
+                           ("email_opened", "m2"), ("email_clicked", "m2")):
+        h.message(etype, journey="skilled_professional", step="email_01", message_id=message)
+    e = h.state.enrollments["skilled_professional"]
+    assert e.engaged == 2 and e.pace == 1.0
+    assert not any("matched rule high_engagement" in t for t in h.transitions)
+    h.message("email_opened", journey="skilled_professional", step="email_03", message_id="m3")
+    assert e.engaged == 3 and e.pace == 0.5
+    assert any("matched rule high_engagement" in t for t in h.transitions)
