@@ -725,6 +725,10 @@ class CrmSyncCore:
             # bottom-funnel alert): the first one today wins, the other is recorded as merged.
             same = st.recent_task(s, lead_id, kind, now - timedelta(hours=24))
             if same:
+                # Several bus messages (and a journey's retried request) can ask under one key: the
+                # merge is recorded once.
+                if st.was_merged(s, lead_id, key):
+                    return same, True
                 st.add_timeline(s, lead_id, now, "task_merged", f"{title}: merged into today's {kind} task",
                                 {"task_id": same["id"], "dedupe_key": key, "rule": rule})
                 return same, True

@@ -280,3 +280,19 @@ async def test_modification_times_ahead_of_the_service_clock_are_refused(mesh: M
     d.modified_at.FromDatetime(t0 + timedelta(minutes=5))
     ok = await mesh.crm.ReportDeal(crm_sync_pb2.ReportDealRequest(deal=d), metadata=AUTH, timeout=5)
     assert ok.status == "recorded"
+
+
+async def test_a_task_merged_into_todays_task_is_merged_once(mesh: Mesh) -> None:
+    # The same request under one key (a rule seen on several bus messages, a journey's retry) is one
+    # merge on the timeline, not one per time it is asked.
+    [r] = await upsert(mesh, contact("m1", "mo@example.com", mesh.clock.now(), first_name="Mo"))
+    await mesh.settle()
+    first = await mesh.sales.RequestTask(crm_sync_pb2.TaskRequest(
+        dedupe_key="mo:a", lead_id=r.lead_id, kind="follow_up", title="Follow up", priority="normal"), timeout=5)
+    for _ in range(3):
+        again = await mesh.sales.RequestTask(crm_sync_pb2.TaskRequest(
+            dedupe_key="mo:b", lead_id=r.lead_id, kind="follow_up", title="Also follow up", priority="normal"),
+            timeout=5)
+        assert again.duplicate and again.task_id == first.task_id
+    types = [i.type for i in await mesh.timeline(r.lead_id)]
+    assert types.count("task_created") == 1 and types.count("task_merged") == 1, types
