@@ -50,6 +50,7 @@ class TemplateSpec:
     cta_label: str
     cta_path: str
     variants: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    cta_context: str = ""   # a send-context value that, when given, is the CTA's address (e.g. join_url)
 
 
 @dataclass(frozen=True)
@@ -172,6 +173,7 @@ class Catalog:
                 subject=str(raw["subject"]),
                 points=tuple(str(p) for p in raw.get("points", [])), cta_label=str(cta.get("label", "Learn more")),
                 cta_path=str(cta.get("path", "/")), variants=dict(raw.get("variants") or {}),
+                cta_context=str(cta.get("context") or ""),
             )
         self._text_env = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
         self._html_env = ImmutableSandboxedEnvironment(
@@ -225,7 +227,13 @@ class Catalog:
         )
         chosen = variant if variant is not None else choose_variant(spec, str(base["lead_id"]))
         overrides = spec.variants.get(chosen, {}) if chosen else {}
-        destination = str(ctx.get("cta_url") or ctx.get("join_url") or self.cta_destination(spec))
+        # The webinar's own join link is the final reminder's button, not every webinar email's
+        # (the calendar, preparation and recording emails keep their own pages).
+        own = str(ctx.get(spec.cta_context) or "") if spec.cta_context else ""
+        if not own.startswith(("https://", "http://")):
+            own = ""  # only a web address becomes a button
+        base["cta_from_context"] = spec.cta_context if own else ""
+        destination = str(ctx.get("cta_url") or own or self.cta_destination(spec))
         links = (destination,)
         try:
             subject = self._compile(str(overrides.get("subject", spec.subject))).render(base).strip()

@@ -134,7 +134,9 @@ def test_webinar_attendance_reported_after_the_no_show_decision_counts_as_attend
         now = datetime.fromisoformat(api.get("/v1/admin/clock").json()["now"].replace("Z", "+00:00"))
         starts = (now + timedelta(days=2)).replace(minute=0, second=0, microsecond=0)
         r = api.post("/v1/events", json={"lead_id": "wes", "type": "webinar_registered",
-                                         "properties": {"webinar_id": "w-late", "starts_at": starts.isoformat()}})
+                                         "properties": {"webinar_id": "w-late", "starts_at": starts.isoformat(),
+                                                        "webinar_title": "Canada 101",
+                                                        "join_url": "https://zoom.example/j/42"}})
         assert r.status_code == 202
         late = starts + timedelta(hours=1, minutes=30) - now
         assert api.post("/v1/admin/clock/advance", json={"seconds": late.total_seconds()}).status_code == 200
@@ -147,5 +149,12 @@ def test_webinar_attendance_reported_after_the_no_show_decision_counts_as_attend
         assert sent == [f"webinar.email_0{n}" for n in (1, 2, 3, 5, 4, 6)]
         timeline = api.get("/v1/leads/wes/timeline").json()["items"]
         assert any(i["kind"] == "journey" and "matched rule attended_late" in i["summary"] for i in timeline)
-        received = [m["X-Nurture-Template"] for m in mails(mesh) if m["To"] and "wes@example.com" in m["To"]]
+        received = {m["X-Nurture-Template"]: m for m in mails(mesh) if m["To"] and "wes@example.com" in m["To"]}
         assert "webinar.email_04" in received and "webinar.email_06" in received
+        # The registration's title reaches the emails, and the final reminder's button is its access link.
+        final = received["webinar.email_03"].get_payload()[0].get_payload(decode=True).decode()
+        assert "Webinar: Canada 101." in final
+        click = re.search(r"(http\S+/t/c/\S+)", final)
+        assert click
+        r = httpx.get(click.group(1), follow_redirects=False)
+        assert r.status_code in (302, 303, 307) and r.headers["location"] == "https://zoom.example/j/42"

@@ -153,3 +153,17 @@ def test_webinar_and_trial_times_read_in_the_right_tense(catalog: Catalog) -> No
                            now=datetime(2026, 2, 15, tzinfo=UTC)).text
     assert "Your free trial runs until" in during
     assert "Your free trial ended Sat 14 Feb 2026, 05:30." in ended and "runs until" not in ended
+
+
+def test_the_final_webinar_reminder_links_to_the_webinars_own_access_link(catalog: Catalog) -> None:
+    ctx = {**CONTEXT, "join_url": "https://zoom.example/j/123"}
+    before = datetime(2026, 2, 1, 14, 0, tzinfo=UTC)
+    final = catalog.render("webinar.email_03", LEADS["family"], context=ctx, now=before)
+    assert final.links == ("https://zoom.example/j/123",)
+    assert "Webinar: Canada 101." in final.text and "Your access link is in the button below." in final.text
+    # The calendar email keeps its own page, and says nothing about an access link.
+    confirmation = catalog.render("webinar.email_01", LEADS["family"], context=ctx, now=before)
+    assert confirmation.links[0].startswith("https://www.borderbridge.example/webinar/add-to-calendar")
+    assert "access link" not in confirmation.text
+    unsafe = catalog.render("webinar.email_03", LEADS["family"], context={**ctx, "join_url": "javascript:alert(1)"})
+    assert unsafe.links[0].startswith("https://www.borderbridge.example/webinar/join-the-webinar")
