@@ -331,3 +331,26 @@ def test_high_engagement_counts_emails_opened_or_clicked_not_interactions() -> N
     h.message("email_opened", journey="skilled_professional", step="email_03", message_id="m3")
     assert e.engaged == 3 and e.pace == 0.5
     assert any("matched rule high_engagement" in t for t in h.transitions)
+
+
+@pytest.mark.parametrize(("etype", "props", "template", "shown"), [
+    ("webinar_registered", {"webinar_id": "w-1", "starts_at": iso(T0 + timedelta(days=3)),
+                            "webinar_title": "Canada 101", "join_url": "https://zoom.example/j/1"},
+     "webinar.email_01", {"webinar_title": "Canada 101", "join_url": "https://zoom.example/j/1"}),
+    ("resource_downloaded", {"resource": "g-1", "resource_title": "Global Skills Demand Report"},
+     "lead_magnet.email_01", {"resource_title": "Global Skills Demand Report"}),
+    ("assessment_completed", {"assessment": "points", "score": 71}, "assessment.email_01", {"assessment_score": "71"}),
+    ("checkout_started", {"cart_id": "c-1", "plan": "Pro"}, "cart_abandonment.email_01", {"plan": "Pro"}),
+])
+def test_sequence_emails_get_the_event_values_their_templates_show(etype: str, props: dict[str, Any],
+                                                                   template: str, shown: dict[str, str]) -> None:
+    # The messaging templates print ctx.webinar_title, ctx.resource_title, ctx.assessment_score and
+    # ctx.plan; a send's context is its enrolment's anchors, kept from the triggering event.
+    h = Harness()
+    h.message("lead_created")
+    h.message(etype, **props)
+    journey = template.split(".")[0]
+    e = next(x for x in h.state.enrollments.values() if x.journey == journey)
+    assert {k: e.anchors.get(k) for k in shown} == shown
+    h.advance(hours=2)  # the cart reminder goes at +1h
+    assert any(f":{journey}:1:{template.split('.')[1]}:" in k for k in h.sent)
