@@ -354,3 +354,19 @@ def test_sequence_emails_get_the_event_values_their_templates_show(etype: str, p
     assert {k: e.anchors.get(k) for k in shown} == shown
     h.advance(hours=2)  # the cart reminder goes at +1h
     assert any(f":{journey}:1:{template.split('.')[1]}:" in k for k in h.sent)
+
+
+def test_a_lead_who_consents_later_gets_the_behavioral_triggers() -> None:
+    # Created without email consent, consenting a minute later: the trigger tables listen from then
+    # on (they used to be entered and exited at once for no consent, and `reentry: never` kept them off).
+    h = Harness()
+    h.lead["consent"] = {"email": False}
+    h.message("lead_created")
+    h.message("page_viewed", category="country")
+    assert "triggers" not in h.state.enrollments
+    h.lead["consent"] = {"email": True}
+    h.message("lead_updated")
+    h.message("page_viewed", category="pricing")
+    assert h.state.enrollments["triggers"].status == ACTIVE
+    h.drive()
+    assert any(":triggers:1:pricing_page:" in k for k in h.sent), h.sent
