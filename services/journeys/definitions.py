@@ -524,7 +524,12 @@ def validate(journey: Journey, *, journeys: Iterable[str] | None = None,
 
 def check(document: Mapping[str, Any], *, journeys: Iterable[str] | None = None,
           templates: Iterable[str] | None = None, version: int = 0) -> tuple[Journey | None, list[str]]:
-    """Load and validate: (journey or None, every problem)."""
+    """Load and validate: (journey or None, every problem). A new definition must use API.md's kinds;
+    only stored versions may keep the legacy `kind: triggers` (see `load`)."""
+    legacy = document.get("kind") if isinstance(document, Mapping) else None
+    if isinstance(legacy, str) and legacy in LEGACY_KINDS:
+        kind, mode = LEGACY_KINDS[legacy]
+        return None, [f"kind: {legacy} is no longer a kind: use kind: {kind} with mode: {mode}"]
     try:
         journey = load(document, version=version)
     except DefinitionError as exc:

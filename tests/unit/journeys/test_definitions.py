@@ -71,6 +71,9 @@ def test_every_journey_has_one_of_the_api_kinds_and_always_on_rule_tables_say_so
     legacy.pop("mode", None)
     old = load(legacy, version=1)
     assert (old.kind, old.mode) == ("sequence", "always_on")
+    # A new definition (PUT) must say it the new way.
+    _, problems = check(legacy, journeys=CONTRACT_KEYS)
+    assert problems == ["kind: triggers is no longer a kind: use kind: sequence with mode: always_on"]
     with pytest.raises(DefinitionError) as err:
         load({**_doc(), "mode": "sometimes"})
     assert "mode: must be one of flow, always_on" in err.value.problems
