@@ -39,7 +39,7 @@ async def definition_body(request: Request) -> Any:
 
 
 def _summary(s: journeys_pb2.JourneySummary) -> dict[str, Any]:
-    return {"key": s.key, "name": s.name, "kind": s.kind, "priority": s.priority,
+    return {"key": s.key, "name": s.name, "kind": s.kind, "mode": s.mode or "flow", "priority": s.priority,
             "published_version": s.published_version or None, "latest_version": s.latest_version,
             "status": s.status}
 

@@ -63,6 +63,7 @@ class SyncConfig:
     assignment: CompiledRules
     tasks: CompiledRules
     notifications: CompiledRules
+    max_clock_skew: timedelta = timedelta(minutes=30)
     by_crm: dict[str, FieldRule] = field(default_factory=dict)
 
 
@@ -77,6 +78,10 @@ def load_config(path: Path = DEFAULT_CONFIG) -> SyncConfig:
     for rule in raw["assignment"]:
         if rule["team"] not in teams or not teams[rule["team"]]:
             problems.append(f"assignment {rule['name']}: unknown or empty team {rule['team']}")
+    skew = raw.get("max_clock_skew_s", 1800)
+    if isinstance(skew, bool) or not isinstance(skew, int | float) or skew < 0:
+        problems.append("max_clock_skew_s: must be a number of seconds, 0 or more")
+        skew = 0
     if problems:
         raise ConfigError("; ".join(problems))
 
@@ -91,6 +96,7 @@ def load_config(path: Path = DEFAULT_CONFIG) -> SyncConfig:
         assignment=compile_rules(f"crm_sync.assignment.v{version}", specs(raw["assignment"])),
         tasks=compile_rules(f"crm_sync.tasks.v{version}", specs(raw["tasks"])),
         notifications=compile_rules(f"crm_sync.notifications.v{version}", specs(raw["notifications"])),
+        max_clock_skew=timedelta(seconds=float(skew)),
     )
     cfg.by_crm = {f.crm: f for f in fields}
     return cfg
@@ -98,6 +104,25 @@ def load_config(path: Path = DEFAULT_CONFIG) -> SyncConfig:
 
 # ---------------------------------------------------------------------------------------------------
 # Field values and ownership
+
+
+def ahead_of_clock(cfg: SyncConfig, what: str, at: datetime, now: datetime) -> str | None:
+    """Why a CRM modification time cannot be taken, or None: more than the allowed skew ahead of our
+    clock it would order every real update after it as stale (and win every `most_recent` field)."""
+    ahead = at - now
+    if ahead <= cfg.max_clock_skew:
+        return None
+    return (f"{what} {_iso(at)} is {_span(ahead)} ahead of the service clock ({_iso(now)}); at most "
+            f"{_span(cfg.max_clock_skew)} of clock skew is accepted: check the sender's clock and time zone")
+
+
+def _span(d: timedelta) -> str:
+    s = int(d.total_seconds())
+    if s >= 86400:
+        return f"{s / 86400:.1f} d"
+    if s >= 3600:
+        return f"{s / 3600:.1f} h"
+    return f"{s // 60} min" if s >= 60 else f"{s} s"
 
 
 def blank(value: Any) -> bool:

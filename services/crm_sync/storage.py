@@ -282,6 +282,13 @@ def recent_task(s: Session, lead_id: str, kind: str, since: datetime) -> dict[st
     return dict(row._mapping) if row else None
 
 
+def was_merged(s: Session, lead_id: str, dedupe_key: str) -> bool:
+    """Whether a task asked for under this key was already merged into another (timeline task_merged)."""
+    rows = s.execute(select(timeline.c.details).where(timeline.c.lead_id == lead_id,
+                                                       timeline.c.type == "task_merged")).scalars()
+    return any(json.loads(d).get("dedupe_key") == dedupe_key for d in rows)
+
+
 def get_task(s: Session, task_id: str) -> dict[str, Any] | None:
     row = s.execute(select(tasks).where(tasks.c.id == task_id)).first()
     if not row:

@@ -347,9 +347,15 @@ class CrmSyncCore:
         stale: list[Callable[[Session], None]] = []
         plans: list[tuple[int, str, ContactIn, dict[str, Any] | None, str, domain.InboundMerge]] = []
         requests: list[scoring_pb2.UpsertLeadRequest] = []
+        started = self.clock.now()
         for i, ((crm, c), row) in enumerate(zip(items, rows, strict=True)):
             result: dict[str, Any] = {"crm_id": c.crm_id, "lead_id": "", "status": "error", "error_code": "",
                                       "error_message": "", "conflicts": []}
+            if (why := domain.ahead_of_clock(self.cfg, "contact.modified_at", c.modified_at, started)) is not None:
+                log.warning("CRM %s contact %s refused: %s", crm, c.crm_id or c.email, why)
+                out[i] = {**result, "lead_id": row["lead_id"] if row else "", "error_code": "invalid",
+                          "error_message": why}
+                continue
             digest = hashlib.sha256(json.dumps([c.crm_id, c.email, c.first_name, c.last_name, c.properties],
                                                sort_keys=True, default=str).encode()).hexdigest()[:32]
             if row and row["crm_id"] == c.crm_id and row["contact_modified_at"]:
@@ -553,8 +559,12 @@ class CrmSyncCore:
             raise InputError("activity.crm_id or activity.lead_id is required")
         if a["kind"] == "disqualification" and not a["reason"]:
             raise InputError("activity.reason is required for a disqualification")
+        now = self.clock.now()
+        modified = a["modified_at"] or a["occurred_at"] or now
+        field_name = "activity.modified_at" if a["modified_at"] else "activity.occurred_at (no modified_at)"
+        if (why := domain.ahead_of_clock(self.cfg, field_name, modified, now)) is not None:
+            raise InputError(why)
         lead_id = await self._resolve(crm, a["crm_id"], a["lead_id"])
-        modified = a["modified_at"] or a["occurred_at"] or self.clock.now()
         etype = "disqualified" if a["kind"] == "disqualification" else "sales_activity"
         props = {"kind": a["kind"], "outcome": a["outcome"], "reason": a["reason"], "body": a["body"][:2000],
                  "activity_id": a["activity_id"], "crm": crm, **a["properties"]}
@@ -579,6 +589,8 @@ class CrmSyncCore:
             raise InputError("deal.modified_at is required (the CRM's modification time orders deal updates)")
         if d["amount"] < 0:
             raise InputError("deal.amount must not be negative")
+        if (why := domain.ahead_of_clock(self.cfg, "deal.modified_at", d["modified_at"], self.clock.now())) is not None:
+            raise InputError(why)
         lead_id = await self._resolve(crm, d["crm_id"], d["lead_id"])
         etype = self.cfg.deal_events.get(d["stage"], "sales_activity")
         props = {"deal_id": d["deal_id"], "stage": d["stage"], "amount": d["amount"], "currency": d["currency"],
@@ -716,6 +728,10 @@ class CrmSyncCore:
             # bottom-funnel alert): the first one today wins, the other is recorded as merged.
             same = st.recent_task(s, lead_id, kind, now - timedelta(hours=24))
             if same:
+                # Several bus messages (and a journey's retried request) can ask under one key: the
+                # merge is recorded once.
+                if st.was_merged(s, lead_id, key):
+                    return same, True
                 st.add_timeline(s, lead_id, now, "task_merged", f"{title}: merged into today's {kind} task",
                                 {"task_id": same["id"], "dedupe_key": key, "rule": rule})
                 return same, True

@@ -2,8 +2,10 @@
 
 A definition is a YAML/JSON document (see services/journeys/playbook/*.yaml):
 
-    key, name, kind (segment | engagement | sequence | triggers), priority, category (nurture |
-    transactional), reentry (never | always | {after: <duration>}), pauses ([kinds or keys]),
+    key, name, kind (segment | engagement | sequence: the kinds API.md lists), mode (flow | always_on:
+    always_on for rule tables every lead listens to, such as the behavioral triggers; the legacy
+    `kind: triggers` loads as kind sequence, mode always_on), priority, category (nurture |
+    transactional), reentry (never | always | {after: <duration>}), pauses ([kinds, modes or keys]),
     entity (event property keying one enrolment per entity, e.g. webinar_id), anchors ({name: event
     property captured at entry, e.g. starts_at}), reanchor_events, stages [{id, name}],
     entry [{name, events, when}], exit [{name, events, when, outcome: goal | exit}],
@@ -32,7 +34,10 @@ import yaml
 from nurture.rules import validate_condition
 
 PLAYBOOK_DIR = Path(__file__).parent / "playbook"
-KINDS = ("segment", "engagement", "sequence", "triggers")
+KINDS = ("segment", "engagement", "sequence")
+MODES = ("flow", "always_on")
+# Older stored versions said `kind: triggers`; they keep loading as what that meant.
+LEGACY_KINDS = {"triggers": ("sequence", "always_on")}
 STEP_TYPES = ("send", "wait", "branch", "split", "goal", "jump", "enrol", "exit", "update", "task", "webhook",
               "listen", "end")
 # Steps that never fall through to the next one.
@@ -104,6 +109,7 @@ class Journey:
     key: str
     name: str
     kind: str
+    mode: str
     priority: int
     category: str
     reentry: str
@@ -225,8 +231,13 @@ def load(document: Mapping[str, Any], *, version: int = 0) -> Journey:
         problems.append("key: must be snake_case")
         key = "invalid"
     kind = document.get("kind")
+    mode = document.get("mode", "flow")
+    if isinstance(kind, str) and kind in LEGACY_KINDS and "mode" not in document:
+        kind, mode = LEGACY_KINDS[kind]
     if kind not in KINDS:
         problems.append(f"kind: must be one of {', '.join(KINDS)}")
+    if mode not in MODES:
+        problems.append(f"mode: must be one of {', '.join(MODES)}")
     priority = document.get("priority", 50)
     if not isinstance(priority, int) or isinstance(priority, bool):
         problems.append("priority: must be an integer")
@@ -284,7 +295,7 @@ def load(document: Mapping[str, Any], *, version: int = 0) -> Journey:
             problems.append(f"step {sid}: unknown stage {stage!r}")
         steps[sid] = Step(id=sid, type=str(stype), raw=raw, next=nxt, stage=stage)
     journey = Journey(
-        key=key, name=str(document.get("name", key)), kind=str(kind), priority=int(priority),
+        key=key, name=str(document.get("name", key)), kind=str(kind), mode=str(mode), priority=int(priority),
         category=str(category), reentry=reentry, reentry_after=reentry_after,
         pauses=tuple(document.get("pauses") or ()), entity=document.get("entity"),
         anchors={str(k): str(v) for k, v in anchors.items()},
@@ -513,7 +524,12 @@ def validate(journey: Journey, *, journeys: Iterable[str] | None = None,
 
 def check(document: Mapping[str, Any], *, journeys: Iterable[str] | None = None,
           templates: Iterable[str] | None = None, version: int = 0) -> tuple[Journey | None, list[str]]:
-    """Load and validate: (journey or None, every problem)."""
+    """Load and validate: (journey or None, every problem). A new definition must use API.md's kinds;
+    only stored versions may keep the legacy `kind: triggers` (see `load`)."""
+    legacy = document.get("kind") if isinstance(document, Mapping) else None
+    if isinstance(legacy, str) and legacy in LEGACY_KINDS:
+        kind, mode = LEGACY_KINDS[legacy]
+        return None, [f"kind: {legacy} is no longer a kind: use kind: {kind} with mode: {mode}"]
     try:
         journey = load(document, version=version)
     except DefinitionError as exc:
@@ -576,4 +592,4 @@ def load_playbook(directory: Path = PLAYBOOK_DIR) -> dict[str, Journey]:
 
 
 def summary(journeys: Sequence[Journey]) -> list[dict[str, Any]]:
-    return [{"key": j.key, "name": j.name, "kind": j.kind, "priority": j.priority} for j in journeys]
+    return [{"key": j.key, "name": j.name, "kind": j.kind, "mode": j.mode, "priority": j.priority} for j in journeys]

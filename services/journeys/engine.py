@@ -24,6 +24,7 @@ from services.journeys.definitions import Journey, PlaybookSettings, Rule, Step,
 from services.journeys.model import (
     ACTIVE,
     COMPLETED,
+    ENGAGED_KEPT,
     EXITED,
     LIVE,
     PAUSED,
@@ -157,9 +158,18 @@ class Engine:
         state.inactive_step = 0
         self._arm_inactivity(state, now, out)
         if message.get("type") in ("email_opened", "email_clicked"):
-            journey = (message.get("properties") or {}).get("journey")
+            props = message.get("properties") or {}
+            journey = props.get("journey")
+            # journey.engaged counts emails opened or clicked (the seed's "3+ emails"), not
+            # interactions: the open and the click of one email, or its second open, count once.
+            which = str(props.get("message_id") or "") or (
+                f"{journey}.{props['step']}" if journey and props.get("step") else "")
             for e in state.enrollments.values():
                 if e.status in LIVE and (not journey or journey == e.journey):
+                    if which and which in e.engaged_with:
+                        continue
+                    if which:
+                        e.engaged_with = [*e.engaged_with[-(ENGAGED_KEPT - 1):], which]
                     e.engaged += 1
                     out.touched.add(e.ekey)
 
@@ -392,7 +402,7 @@ class Engine:
             return False
         oj = self._resolve(other.journey, other.version)
         ej = self._resolve(e.journey, e.version)
-        return bool(oj and ej and (ej.kind in oj.pauses or ej.key in oj.pauses))
+        return bool(oj and ej and _pauses(oj, ej))
 
     def _apply_pauses(self, state: LeadState, j: Journey, by: Enrollment, now: datetime, out: Outcome) -> None:
         if not j.pauses:
@@ -401,7 +411,7 @@ class Engine:
             if e.status != ACTIVE or e.ekey == by.ekey:
                 continue
             ej = self._resolve(e.journey, e.version)
-            if ej and (ej.kind in j.pauses or ej.key in j.pauses):
+            if ej and _pauses(j, ej):
                 self._pause(state, e, now, out, by=by)
 
     def _pause(self, state: LeadState, e: Enrollment, now: datetime, out: Outcome, by: Enrollment | None) -> None:
@@ -698,6 +708,16 @@ class Engine:
             lead_id=lead_id or (state.lead_id if state else ""), ekey=e.ekey, journey=e.journey, version=e.version,
             at=now, type=kind, summary=f"{e.journey}: {summary}", step_from=step_from, step_to=step_to,
             stage=stage or e.stage, rule=rule, facts=dict(facts or {})))
+
+
+def _pauses(by: Journey, ej: Journey) -> bool:
+    """Whether `by` pauses `ej`: named by key, or by kind. Always-on rule tables are named by their
+    mode (or the legacy kind `triggers`), so `pauses: [sequence]` keeps pausing only step flows."""
+    if ej.key in by.pauses:
+        return True
+    if ej.mode == "always_on":
+        return "always_on" in by.pauses or "triggers" in by.pauses
+    return ej.kind in by.pauses
 
 
 def dedupe_key(lead_id: str, e: Enrollment, step: str, occurrence: str) -> str:

@@ -12,6 +12,7 @@ ACTIVE, PAUSED, COMPLETED, EXITED = "active", "paused", "completed", "exited"
 LIVE = (ACTIVE, PAUSED)
 INACTIVITY = "~inactive"
 DATE_PREFIX = "~date:"
+ENGAGED_KEPT = 100  # message ids an enrolment remembers to count each email it engaged with once
 
 
 def iso(when: datetime | None) -> str | None:
@@ -55,7 +56,8 @@ class Enrollment:
     side: list[str] = field(default_factory=list)
     side_token: int = 0
     side_at: datetime | None = None  # when queued side steps may run (the budget can hold them)
-    engaged: int = 0
+    engaged: int = 0                # distinct emails of this journey opened or clicked
+    engaged_with: list[str] = field(default_factory=list)  # their message ids (the last ENGAGED_KEPT)
     paused_remaining: float | None = None
     last_sent: str | None = None
     ended_at: datetime | None = None
@@ -68,6 +70,7 @@ class Enrollment:
         for k in ("anchors", "visits", "fired"):
             out[k] = dict(out[k])
         out["side"] = list(self.side)
+        out["engaged_with"] = list(self.engaged_with)
         for k in ("due", "entered_at", "stage_at", "ended_at", "side_at"):
             out[k] = iso(getattr(self, k))
         return out

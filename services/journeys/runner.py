@@ -535,7 +535,8 @@ class JourneysRuntime:
             shown = live or (self.registry.resolve(key, versions[-1]) if versions else None)
             if shown is None:
                 continue
-            out.append({"key": key, "name": shown.name, "kind": shown.kind, "priority": shown.priority,
+            out.append({"key": key, "name": shown.name, "kind": shown.kind, "mode": shown.mode,
+                        "priority": shown.priority,
                         "published_version": live.version if live else 0,
                         "latest_version": versions[-1] if versions else 0,
                         "status": "published" if live else "draft"})

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -50,6 +50,7 @@ class TemplateSpec:
     cta_label: str
     cta_path: str
     variants: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    cta_context: str = ""   # a send-context value that, when given, is the CTA's address (e.g. join_url)
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,17 @@ def _local(value: Any, tz: str) -> str:
         return when.astimezone(zone).strftime("%a %d %b %Y, %H:%M")
     except (ValueError, KeyError):
         return str(value)
+
+
+def _is_past(value: Any, now: datetime | None) -> bool:
+    """Whether an RFC 3339 time is at or before `now` (False without a time or a now)."""
+    if not value or now is None:
+        return False
+    try:
+        when = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return False
+    return (when if when.tzinfo else when.replace(tzinfo=UTC)) <= now
 
 
 def profile_context(lead: Mapping[str, Any]) -> dict[str, Any]:
@@ -161,6 +173,7 @@ class Catalog:
                 subject=str(raw["subject"]),
                 points=tuple(str(p) for p in raw.get("points", [])), cta_label=str(cta.get("label", "Learn more")),
                 cta_path=str(cta.get("path", "/")), variants=dict(raw.get("variants") or {}),
+                cta_context=str(cta.get("context") or ""),
             )
         self._text_env = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
         self._html_env = ImmutableSandboxedEnvironment(
@@ -196,8 +209,9 @@ class Catalog:
 
     def render(self, key: str, lead: Mapping[str, Any], *, context: Mapping[str, Any] | None = None,
                track: Tracker | None = None, pixel_url: str = "", unsubscribe_url: str = "",
-               variant: str | None = None) -> Rendered:
-        """Subject, HTML and text of template `key` for `lead`; RenderError when unknown or broken."""
+               variant: str | None = None, now: datetime | None = None) -> Rendered:
+        """Subject, HTML and text of template `key` for `lead`; RenderError when unknown or broken.
+        `now` (the send time) tells the templates whether a webinar start or a trial end is past."""
         spec = self.specs.get(key)
         if spec is None:
             raise RenderError(f"unknown template {key!r}")
@@ -209,10 +223,17 @@ class Catalog:
             category=spec.category, ctx=ctx, site_url=self.site_url,
             starts_at_local=_local(ctx.get("starts_at"), base["timezone"]),
             ends_at_local=_local(ctx.get("ends_at"), base["timezone"]),
+            starts_at_past=_is_past(ctx.get("starts_at"), now), ends_at_past=_is_past(ctx.get("ends_at"), now),
         )
         chosen = variant if variant is not None else choose_variant(spec, str(base["lead_id"]))
         overrides = spec.variants.get(chosen, {}) if chosen else {}
-        destination = str(ctx.get("cta_url") or ctx.get("join_url") or self.cta_destination(spec))
+        # The webinar's own join link is the final reminder's button, not every webinar email's
+        # (the calendar, preparation and recording emails keep their own pages).
+        own = str(ctx.get(spec.cta_context) or "") if spec.cta_context else ""
+        if not own.startswith(("https://", "http://")):
+            own = ""  # only a web address becomes a button
+        base["cta_from_context"] = spec.cta_context if own else ""
+        destination = str(ctx.get("cta_url") or own or self.cta_destination(spec))
         links = (destination,)
         try:
             subject = self._compile(str(overrides.get("subject", spec.subject))).render(base).strip()

@@ -213,23 +213,18 @@ class Channels:
             if c not in countries:
                 countries.append(c)
         segment = lead.get("segment") or ""
-        # Where the lead is: active journey steps when journeys answer, else its segment journey by lifecycle.
+        # Where the lead is: active journey steps when journeys answer, else its segment journey by
+        # lifecycle. Journeys without email content at their stage (the always-on trigger tables,
+        # "listening") place nobody: a lead whose segment journey is over still gets segment content.
         positions: list[tuple[str, str, str]] = []
         for en in enrollments or []:
             if getattr(en, "status", "") == "active":
                 positions.append((en.journey, en.stage, "current journey stage"))
-        if not positions and segment:
+        recommended = self._recommend(positions)
+        if not recommended and segment:
             stage = {"subscriber": "welcome", "lead": "education", "mql": "solution", "sql": "decision",
                      "trial": "decision"}.get(lead.get("lifecycle_stage") or "subscriber", "welcome")
-            positions.append((segment, stage, "segment and lifecycle stage"))
-        recommended: list[dict[str, str]] = []
-        for journey, stage, reason in positions:
-            for spec in catalog.specs.values():
-                if spec.journey == journey and (not stage or spec.stage == stage) and spec.channel == "email":
-                    recommended.append({"key": spec.key, "title": spec.cta_label, "url": catalog.cta_destination(spec),
-                                        "reason": f"{reason}: {journey}/{stage}"})
-                if len(recommended) >= 3:
-                    break
+            recommended = self._recommend([(segment, stage, "segment and lifecycle stage")])
         if not recommended:
             fallback = catalog.specs.get("lead_magnet.email_01")
             if fallback:
@@ -237,6 +232,19 @@ class Channels:
                                     "url": catalog.cta_destination(fallback), "reason": "no journey yet"})
         return Personalization(segment, countries[:5], recommended[:3], next_best_action(lead, catalog.site_url),
                                enrollments is not None)
+
+    def _recommend(self, positions: list[tuple[str, str, str]]) -> list[dict[str, str]]:
+        """Up to three email CTAs of the journeys' current stages, in the order of `positions`."""
+        catalog = self.engine.catalog
+        recommended: list[dict[str, str]] = []
+        for journey, stage, reason in positions:
+            for spec in catalog.specs.values():
+                if len(recommended) >= 3:
+                    return recommended
+                if spec.journey == journey and (not stage or spec.stage == stage) and spec.channel == "email":
+                    recommended.append({"key": spec.key, "title": spec.cta_label, "url": catalog.cta_destination(spec),
+                                        "reason": f"{reason}: {journey}/{stage}"})
+        return recommended
 
     # --- audiences --------------------------------------------------------------------------------
     async def audience(self, name: str, cursor: str, limit: int) -> AudiencePage:

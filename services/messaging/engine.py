@@ -381,7 +381,7 @@ class Engine:
         unsub = self.signer.sign(Token("unsubscribe", mid, lead_id))
         return self.catalog.render(
             row["template"], lead, context=json.loads(row["context_json"] or "{}"),
-            track=track if tracked else None, variant=row["variant"],
+            track=track if tracked else None, variant=row["variant"], now=self.clock.now(),
             pixel_url=f"{self.public_url}/t/o/{self.signer.sign(Token('open', mid, lead_id))}"
             if row["channel"] == "email" else "",
             unsubscribe_url=f"{self.public_url}/u/{unsub}")

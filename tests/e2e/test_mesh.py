@@ -6,6 +6,7 @@ from __future__ import annotations
 import email
 import re
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -121,3 +122,39 @@ def test_segment_read_from_behaviour_enrols_and_audiences_follow_journeys(mesh: 
         r = api.get("/v1/audiences/no_such_audience")
         assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
         assert api.get("/v1/leads/ghost/messages").status_code == 404
+
+
+def test_webinar_attendance_reported_after_the_no_show_decision_counts_as_attended(mesh: Mesh) -> None:
+    # The seed's webinar sequence: +1h attended → thank-you, no-show → missed-you. Attendance the
+    # platform reports later than +1h is still attendance: the lead gets the attended path from then on.
+    headers = {"Authorization": f"Bearer {mesh.api_key}"}
+    with httpx.Client(base_url=mesh.url, headers=headers, timeout=120) as api:
+        api.post("/v1/leads", json={"id": "wes", "email": "wes@example.com", "first_name": "Wes",
+                                    "consent": {"email": True}, "timezone": "UTC"})
+        now = datetime.fromisoformat(api.get("/v1/admin/clock").json()["now"].replace("Z", "+00:00"))
+        starts = (now + timedelta(days=2)).replace(minute=0, second=0, microsecond=0)
+        r = api.post("/v1/events", json={"lead_id": "wes", "type": "webinar_registered",
+                                         "properties": {"webinar_id": "w-late", "starts_at": starts.isoformat(),
+                                                        "webinar_title": "Canada 101",
+                                                        "join_url": "https://zoom.example/j/42"}})
+        assert r.status_code == 202
+        late = starts + timedelta(hours=1, minutes=30) - now
+        assert api.post("/v1/admin/clock/advance", json={"seconds": late.total_seconds()}).status_code == 200
+        r = api.post("/v1/events", json={"lead_id": "wes", "type": "webinar_attended",
+                                         "properties": {"webinar_id": "w-late"}})
+        assert r.status_code == 202
+        assert api.post("/v1/admin/clock/advance", json={"seconds": 86400}).status_code == 200
+        sent = [m["template"] for m in api.get("/v1/leads/wes/messages").json()["items"]
+                if m["journey"] == "webinar" and m["status"] == "sent"]
+        assert sent == [f"webinar.email_0{n}" for n in (1, 2, 3, 5, 4, 6)]
+        timeline = api.get("/v1/leads/wes/timeline").json()["items"]
+        assert any(i["kind"] == "journey" and "matched rule attended_late" in i["summary"] for i in timeline)
+        received = {m["X-Nurture-Template"]: m for m in mails(mesh) if m["To"] and "wes@example.com" in m["To"]}
+        assert "webinar.email_04" in received and "webinar.email_06" in received
+        # The registration's title reaches the emails, and the final reminder's button is its access link.
+        final = received["webinar.email_03"].get_payload()[0].get_payload(decode=True).decode()
+        assert "Webinar: Canada 101." in final
+        click = re.search(r"(http\S+/t/c/\S+)", final)
+        assert click
+        r = httpx.get(click.group(1), follow_redirects=False)
+        assert r.status_code in (302, 303, 307) and r.headers["location"] == "https://zoom.example/j/42"

@@ -242,3 +242,57 @@ async def test_follow_stream_hears_new_changes(mesh: Mesh) -> None:
     await mesh.settle()
     change = await asyncio.wait_for(waiting, 5)
     assert change.lead_id == r.lead_id and "score" in change.changed and int(change.cursor) > int(head[-1].cursor)
+
+
+async def test_modification_times_ahead_of_the_service_clock_are_refused(mesh: Mesh) -> None:
+    # A CRM time far ahead of ours (a wrong clock or time zone on the sender) would make every real
+    # update after it look stale: refused with a clear error, and nothing recorded that could block.
+    t0 = mesh.clock.now()
+    crm_id = remote_contact(mesh, "kai@example.com")
+    [ahead] = await upsert(mesh, contact(crm_id, "kai@example.com", t0 + timedelta(days=365), first_name="Future"))
+    assert (ahead.status, ahead.error_code) == ("error", "invalid"), ahead
+    assert "ahead of the service clock" in ahead.error_message and "contact.modified_at" in ahead.error_message
+    [r] = await upsert(mesh, contact(crm_id, "kai@example.com", t0, first_name="Kai"))
+    assert r.status == "created", r
+    # Ordinary clock drift passes; the next real update is not mistaken for stale.
+    [drift] = await upsert(mesh, contact(crm_id, "kai@example.com", t0 + timedelta(minutes=2), first_name="Kai2"))
+    assert drift.status == "updated", drift
+    [ahead] = await upsert(mesh, contact(crm_id, "kai@example.com", t0 + timedelta(hours=3), first_name="Later"))
+    assert ahead.status == "error" and "3.0 h ahead" in ahead.error_message, ahead
+    lead = await mesh.scoring.GetLead(scoring_pb2.GetLeadRequest(id=r.lead_id), timeout=5)
+    assert lead.first_name == "Kai2"
+
+    d = crm_sync_pb2.Deal(deal_id="d-future", crm_id=crm_id, stage="closed_won", amount=100, currency="EUR")
+    d.modified_at.FromDatetime(t0 + timedelta(days=2))
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await mesh.crm.ReportDeal(crm_sync_pb2.ReportDealRequest(deal=d), metadata=AUTH, timeout=5)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    details = err.value.details() or ""
+    assert "deal.modified_at" in details and "ahead of the service clock" in details
+    act = crm_sync_pb2.Activity(activity_id="call-future", crm_id=crm_id, kind="call")
+    act.occurred_at.FromDatetime(t0 + timedelta(days=2))
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await mesh.crm.RecordActivity(crm_sync_pb2.RecordActivityRequest(activity=act), metadata=AUTH, timeout=5)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    lead = await mesh.scoring.GetLead(scoring_pb2.GetLeadRequest(id=r.lead_id), timeout=5)
+    assert lead.lifecycle_stage != "customer"
+    # Within the allowed skew the same deal is taken.
+    d.modified_at.FromDatetime(t0 + timedelta(minutes=5))
+    ok = await mesh.crm.ReportDeal(crm_sync_pb2.ReportDealRequest(deal=d), metadata=AUTH, timeout=5)
+    assert ok.status == "recorded"
+
+
+async def test_a_task_merged_into_todays_task_is_merged_once(mesh: Mesh) -> None:
+    # The same request under one key (a rule seen on several bus messages, a journey's retry) is one
+    # merge on the timeline, not one per time it is asked.
+    [r] = await upsert(mesh, contact("m1", "mo@example.com", mesh.clock.now(), first_name="Mo"))
+    await mesh.settle()
+    first = await mesh.sales.RequestTask(crm_sync_pb2.TaskRequest(
+        dedupe_key="mo:a", lead_id=r.lead_id, kind="follow_up", title="Follow up", priority="normal"), timeout=5)
+    for _ in range(3):
+        again = await mesh.sales.RequestTask(crm_sync_pb2.TaskRequest(
+            dedupe_key="mo:b", lead_id=r.lead_id, kind="follow_up", title="Also follow up", priority="normal"),
+            timeout=5)
+        assert again.duplicate and again.task_id == first.task_id
+    types = [i.type for i in await mesh.timeline(r.lead_id)]
+    assert types.count("task_created") == 1 and types.count("task_merged") == 1, types

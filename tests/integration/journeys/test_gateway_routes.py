@@ -42,6 +42,10 @@ async def test_journey_routes(client: httpx.AsyncClient) -> None:
     assert r.status_code == 200
     items = {j["key"]: j for j in r.json()["items"]}
     assert items["webinar"]["kind"] == "sequence" and items["webinar"]["published_version"] == 1
+    # API.md's kinds only; the always-on trigger tables are a sequence whose mode says so.
+    assert {j["kind"] for j in items.values()} == {"segment", "engagement", "sequence"}
+    assert (items["triggers"]["kind"], items["triggers"]["mode"]) == ("sequence", "always_on")
+    assert items["webinar"]["mode"] == "flow"
     assert (await client.get("/v1/journeys")).status_code == 401
 
     r = await client.get("/v1/journeys/cart_abandonment", headers=AUTH)

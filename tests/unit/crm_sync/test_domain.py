@@ -152,3 +152,11 @@ def test_timeline_reads_back_in_the_order_written_within_one_instant() -> None:
             storage.add_timeline(s, "l1", T0, kind, kind, {})
         s.commit()
         assert [i["type"] for i in storage.get_timeline(s, "l1", 100)] == written
+
+
+def test_modification_times_ahead_of_the_clock(cfg: domain.SyncConfig) -> None:
+    assert cfg.max_clock_skew == timedelta(minutes=30)
+    assert domain.ahead_of_clock(cfg, "deal.modified_at", T0 + timedelta(minutes=29), T0) is None
+    assert domain.ahead_of_clock(cfg, "deal.modified_at", T0 - timedelta(days=400), T0) is None
+    why = domain.ahead_of_clock(cfg, "deal.modified_at", T0 + timedelta(days=3), T0)
+    assert why and why.startswith("deal.modified_at 2026-01-08T09:00:00") and "3.0 d ahead" in why

@@ -59,6 +59,26 @@ def _doc() -> dict[str, Any]:
     return copy.deepcopy(read_playbook()["lead_magnet"])
 
 
+def test_every_journey_has_one_of_the_api_kinds_and_always_on_rule_tables_say_so() -> None:
+    # API.md: kind is segment | engagement | sequence. The behavioral trigger tables are an
+    # event-triggered sequence; that every lead listens to them is kept in `mode`.
+    journeys = load_playbook()
+    assert {j.kind for j in journeys.values()} <= {"segment", "engagement", "sequence"}
+    assert journeys["triggers"].kind == "sequence" and journeys["triggers"].mode == "always_on"
+    assert {j.mode for k, j in journeys.items() if k != "triggers"} == {"flow"}
+    # A version stored before, with the legacy kind, still loads as what it meant.
+    legacy = {**read_playbook()["triggers"], "kind": "triggers"}
+    legacy.pop("mode", None)
+    old = load(legacy, version=1)
+    assert (old.kind, old.mode) == ("sequence", "always_on")
+    # A new definition (PUT) must say it the new way.
+    _, problems = check(legacy, journeys=CONTRACT_KEYS)
+    assert problems == ["kind: triggers is no longer a kind: use kind: sequence with mode: always_on"]
+    with pytest.raises(DefinitionError) as err:
+        load({**_doc(), "mode": "sometimes"})
+    assert "mode: must be one of flow, always_on" in err.value.problems
+
+
 def test_validation_lists_every_problem() -> None:
     doc = _doc()
     doc["steps"].insert(3, {"id": "orphan_jump", "type": "jump", "to": "nowhere"})

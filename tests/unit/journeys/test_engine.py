@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
+import pytest
+
 from nurture.clock import VIRTUAL_EPOCH
 from services.journeys.definitions import load_playbook, read_settings
-from services.journeys.engine import Engine
+from services.journeys.engine import Engine, _pauses
 from services.journeys.model import ACTIVE, PAUSED, LeadState, Outcome, iso
 from services.journeys.registry import Registry
 from services.journeys.simulation import simulate
@@ -276,3 +279,94 @@ def test_ab_split_is_stable_per_lead_and_follows_weights() -> None:
         chosen[steps[0]] += 1
         assert any("split ab assigned variant" in t for t in h.transitions)
     assert 0.62 < chosen["email_01"] / 200 < 0.88
+
+
+def test_pausing_by_kind_leaves_the_always_on_trigger_tables_alone() -> None:
+    # The trigger tables are kind `sequence` (API.md) but mode always_on: a journey that pauses
+    # sequences pauses step flows, not the rule tables; naming the mode (or legacy kind) still does.
+    triggers, webinar = PLAYBOOK["triggers"], PLAYBOOK["webinar"]
+    assert _pauses(replace(webinar, pauses=("sequence",)), PLAYBOOK["cart_abandonment"])
+    assert not _pauses(replace(webinar, pauses=("sequence",)), triggers)
+    assert _pauses(replace(webinar, pauses=("always_on",)), triggers)
+    assert _pauses(replace(webinar, pauses=("triggers",)), triggers)
+
+
+@pytest.mark.parametrize(("attended_at", "expected"), [
+    (None, ["email_01", "email_02", "email_03", "email_05", "email_07", "email_08"]),
+    (timedelta(minutes=30), ["email_01", "email_02", "email_03", "email_04", "email_06", "email_07", "email_08"]),
+    # Reported after the +1h no-show decision: attended after all, the attended path from here.
+    (timedelta(hours=1, minutes=30),
+     ["email_01", "email_02", "email_03", "email_05", "email_04", "email_06", "email_07", "email_08"]),
+    (timedelta(days=2), ["email_01", "email_02", "email_03", "email_05", "email_04", "email_07", "email_08"]),
+    # Before the attendance wait (the platform reported early): no more reminders, the thank-you at +1h.
+    (timedelta(hours=-3), ["email_01", "email_02", "email_04", "email_06", "email_07", "email_08"]),
+])
+def test_recorded_webinar_attendance_counts_whenever_it_arrives(attended_at: timedelta | None,
+                                                                expected: list[str]) -> None:
+    h = Harness()
+    h.message("lead_created")
+    starts = T0 + timedelta(days=3)
+    h.message("webinar_registered", webinar_id="w-1", starts_at=iso(starts))
+    if attended_at is not None:
+        h.advance(seconds=(starts + attended_at - h.now).total_seconds())
+        h.message("webinar_attended", webinar_id="w-1")
+    h.advance(seconds=(starts + timedelta(days=8) - h.now).total_seconds())
+    steps = [k.split(":")[3] for k in h.sent if ":webinar:1:" in k]
+    assert steps == expected, h.transitions
+    if attended_at and attended_at > timedelta(hours=1):
+        assert any("matched rule attended_late" in t for t in h.transitions)
+
+
+def test_high_engagement_counts_emails_opened_or_clicked_not_interactions() -> None:
+    # Seed: "If opening/clicking 3+ emails, accelerate". Opening and clicking one email, or opening
+    # it again, is one email engaged with; the third distinct email fires the trigger.
+    h = Harness()
+    h.message("lead_created")
+    for etype, message in (("email_opened", "m1"), ("email_clicked", "m1"), ("email_opened", "m1"),
+                           ("email_opened", "m2"), ("email_clicked", "m2")):
+        h.message(etype, journey="skilled_professional", step="email_01", message_id=message)
+    e = h.state.enrollments["skilled_professional"]
+    assert e.engaged == 2 and e.pace == 1.0
+    assert not any("matched rule high_engagement" in t for t in h.transitions)
+    h.message("email_opened", journey="skilled_professional", step="email_03", message_id="m3")
+    assert e.engaged == 3 and e.pace == 0.5
+    assert any("matched rule high_engagement" in t for t in h.transitions)
+
+
+@pytest.mark.parametrize(("etype", "props", "template", "shown"), [
+    ("webinar_registered", {"webinar_id": "w-1", "starts_at": iso(T0 + timedelta(days=3)),
+                            "webinar_title": "Canada 101", "join_url": "https://zoom.example/j/1"},
+     "webinar.email_01", {"webinar_title": "Canada 101", "join_url": "https://zoom.example/j/1"}),
+    ("resource_downloaded", {"resource": "g-1", "resource_title": "Global Skills Demand Report"},
+     "lead_magnet.email_01", {"resource_title": "Global Skills Demand Report"}),
+    ("assessment_completed", {"assessment": "points", "score": 71}, "assessment.email_01", {"assessment_score": "71"}),
+    ("checkout_started", {"cart_id": "c-1", "plan": "Pro"}, "cart_abandonment.email_01", {"plan": "Pro"}),
+])
+def test_sequence_emails_get_the_event_values_their_templates_show(etype: str, props: dict[str, Any],
+                                                                   template: str, shown: dict[str, str]) -> None:
+    # The messaging templates print ctx.webinar_title, ctx.resource_title, ctx.assessment_score and
+    # ctx.plan; a send's context is its enrolment's anchors, kept from the triggering event.
+    h = Harness()
+    h.message("lead_created")
+    h.message(etype, **props)
+    journey = template.split(".")[0]
+    e = next(x for x in h.state.enrollments.values() if x.journey == journey)
+    assert {k: e.anchors.get(k) for k in shown} == shown
+    h.advance(hours=2)  # the cart reminder goes at +1h
+    assert any(f":{journey}:1:{template.split('.')[1]}:" in k for k in h.sent)
+
+
+def test_a_lead_who_consents_later_gets_the_behavioral_triggers() -> None:
+    # Created without email consent, consenting a minute later: the trigger tables listen from then
+    # on (they used to be entered and exited at once for no consent, and `reentry: never` kept them off).
+    h = Harness()
+    h.lead["consent"] = {"email": False}
+    h.message("lead_created")
+    h.message("page_viewed", category="country")
+    assert "triggers" not in h.state.enrollments
+    h.lead["consent"] = {"email": True}
+    h.message("lead_updated")
+    h.message("page_viewed", category="pricing")
+    assert h.state.enrollments["triggers"].status == ACTIVE
+    h.drive()
+    assert any(":triggers:1:pricing_page:" in k for k in h.sent), h.sent

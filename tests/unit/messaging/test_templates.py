@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -136,3 +137,33 @@ def test_subjects_read_well_without_a_first_name(catalog: Catalog) -> None:
             assert not anon.startswith((",", " ")) and anon[:1] == anon[:1].upper(), (key, variant, anon)
             if "Ana" in named:
                 assert named.replace("Ana, ", "").replace(", Ana", "")[:1].strip(), (key, variant, named)
+
+
+def test_webinar_and_trial_times_read_in_the_right_tense(catalog: Catalog) -> None:
+    # Rendered at send time: the missed-you email comes after the webinar, the post-trial follow-up
+    # after the trial; neither may say the webinar "starts" or the trial "runs until".
+    lead = LEADS["skilled"]
+    before, after = datetime(2026, 2, 1, 12, 0, tzinfo=UTC), datetime(2026, 2, 1, 17, 0, tzinfo=UTC)
+    reminder = catalog.render("webinar.email_03", lead, context=CONTEXT, now=before).text
+    missed = catalog.render("webinar.email_05", lead, context=CONTEXT, now=after).text
+    assert "It starts Sun 01 Feb 2026, 21:30 your time." in reminder
+    assert "It took place Sun 01 Feb 2026, 21:30 your time." in missed and "It starts" not in missed
+    during = catalog.render("trial_onboarding.email_05", lead, context=CONTEXT, now=before).text
+    ended = catalog.render("trial_onboarding.email_09", lead, context=CONTEXT,
+                           now=datetime(2026, 2, 15, tzinfo=UTC)).text
+    assert "Your free trial runs until" in during
+    assert "Your free trial ended Sat 14 Feb 2026, 05:30." in ended and "runs until" not in ended
+
+
+def test_the_final_webinar_reminder_links_to_the_webinars_own_access_link(catalog: Catalog) -> None:
+    ctx = {**CONTEXT, "join_url": "https://zoom.example/j/123"}
+    before = datetime(2026, 2, 1, 14, 0, tzinfo=UTC)
+    final = catalog.render("webinar.email_03", LEADS["family"], context=ctx, now=before)
+    assert final.links == ("https://zoom.example/j/123",)
+    assert "Webinar: Canada 101." in final.text and "Your access link is in the button below." in final.text
+    # The calendar email keeps its own page, and says nothing about an access link.
+    confirmation = catalog.render("webinar.email_01", LEADS["family"], context=ctx, now=before)
+    assert confirmation.links[0].startswith("https://www.borderbridge.example/webinar/add-to-calendar")
+    assert "access link" not in confirmation.text
+    unsafe = catalog.render("webinar.email_03", LEADS["family"], context={**ctx, "join_url": "javascript:alert(1)"})
+    assert unsafe.links[0].startswith("https://www.borderbridge.example/webinar/join-the-webinar")

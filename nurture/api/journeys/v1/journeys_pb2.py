@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&nurture/api/journeys/v1/journeys.proto\x12\x17nurture.api.journeys.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe0\x01\n\nEnrollment\x12\x0f\n\x07journey\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\x12\r\n\x05stage\x18\x03 \x01(\t\x12\x0c\n\x04step\x18\x04 \x01(\t\x12\x0e\n\x06status\x18\x05 \x01(\t\x12\x30\n\x0cnext_step_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nentered_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08instance\x18\x08 \x01(\t\x12\x0f\n\x07outcome\x18\t \x01(\t\"&\n\x13LeadJourneysRequest\x12\x0f\n\x07lead_id\x18\x01 \x01(\t\"M\n\x11LeadJourneysReply\x12\x38\n\x0b\x65nrollments\x18\x01 \x03(\x0b\x32#.nurture.api.journeys.v1.Enrollment\"_\n\x0eMembersRequest\x12\x0f\n\x07journey\x18\x01 \x01(\t\x12\r\n\x05stage\x18\x02 \x01(\t\x12\x0e\n\x06status\x18\x03 \x01(\t\x12\x0e\n\x06\x63ursor\x18\x04 \x01(\t\x12\r\n\x05limit\x18\x05 \x01(\x05\"5\n\x0cMembersReply\x12\x10\n\x08lead_ids\x18\x01 \x03(\t\x12\x13\n\x0bnext_cursor\x18\x02 \x01(\t\"\x8e\x01\n\x0eJourneySummary\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x19\n\x11published_version\x18\x04 \x01(\x05\x12\x0e\n\x06status\x18\x05 \x01(\t\x12\x16\n\x0elatest_version\x18\x06 \x01(\x05\x12\x10\n\x08priority\x18\x07 \x01(\x05\"\x15\n\x13ListJourneysRequest\"N\n\x11ListJourneysReply\x12\x39\n\x08journeys\x18\x01 \x03(\x0b\x32\'.nurture.api.journeys.v1.JourneySummary\"\x90\x01\n\x0bVersionInfo\x12\x0f\n\x07version\x18\x01 \x01(\x05\x12\x0e\n\x06status\x18\x02 \x01(\t\x12.\n\ncreated_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0cpublished_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"1\n\x11GetJourneyRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\"\xad\x01\n\x0fGetJourneyReply\x12\x38\n\x07summary\x18\x01 \x01(\x0b\x32\'.nurture.api.journeys.v1.JourneySummary\x12\x17\n\x0f\x64\x65\x66inition_json\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x05\x12\x36\n\x08versions\x18\x04 \x03(\x0b\x32$.nurture.api.journeys.v1.VersionInfo\"P\n\x11PutJourneyRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x17\n\x0f\x64\x65\x66inition_json\x18\x02 \x01(\t\x12\x15\n\rvalidate_only\x18\x03 \x01(\x08\"4\n\x0fPutJourneyReply\x12\x0f\n\x07version\x18\x01 \x01(\x05\x12\x10\n\x08problems\x18\x02 \x03(\t\"\xd4\x01\n\x0ePublishRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\x12\x0f\n\x07migrate\x18\x03 \x01(\x08\x12N\n\x0cstep_mapping\x18\x04 \x03(\x0b\x32\x38.nurture.api.journeys.v1.PublishRequest.StepMappingEntry\x12\x0f\n\x07\x64ry_run\x18\x05 \x01(\x08\x1a\x32\n\x10StepMappingEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"G\n\x0cPublishReply\x12\x0f\n\x07version\x18\x01 \x01(\x05\x12\x11\n\tpublished\x18\x02 \x01(\x08\x12\x13\n\x0breport_json\x18\x03 \x01(\t\"q\n\x10\x41nalyticsRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12(\n\x04\x66rom\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\x02to\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\"\n\x0bReportReply\x12\x13\n\x0breport_json\x18\x01 \x01(\t\"\'\n\x0fSimulateRequest\x12\x14\n\x0crequest_json\x18\x01 \x01(\t2\x96\x06\n\x08Journeys\x12h\n\x0cListJourneys\x12,.nurture.api.journeys.v1.ListJourneysRequest\x1a*.nurture.api.journeys.v1.ListJourneysReply\x12\x62\n\nGetJourney\x12*.nurture.api.journeys.v1.GetJourneyRequest\x1a(.nurture.api.journeys.v1.GetJourneyReply\x12\x62\n\nPutJourney\x12*.nurture.api.journeys.v1.PutJourneyRequest\x1a(.nurture.api.journeys.v1.PutJourneyReply\x12Y\n\x07Publish\x12\'.nurture.api.journeys.v1.PublishRequest\x1a%.nurture.api.journeys.v1.PublishReply\x12h\n\x0cLeadJourneys\x12,.nurture.api.journeys.v1.LeadJourneysRequest\x1a*.nurture.api.journeys.v1.LeadJourneysReply\x12Y\n\x07Members\x12\'.nurture.api.journeys.v1.MembersRequest\x1a%.nurture.api.journeys.v1.MembersReply\x12\\\n\tAnalytics\x12).nurture.api.journeys.v1.AnalyticsRequest\x1a$.nurture.api.journeys.v1.ReportReply\x12Z\n\x08Simulate\x12(.nurture.api.journeys.v1.SimulateRequest\x1a$.nurture.api.journeys.v1.ReportReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&nurture/api/journeys/v1/journeys.proto\x12\x17nurture.api.journeys.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe0\x01\n\nEnrollment\x12\x0f\n\x07journey\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\x12\r\n\x05stage\x18\x03 \x01(\t\x12\x0c\n\x04step\x18\x04 \x01(\t\x12\x0e\n\x06status\x18\x05 \x01(\t\x12\x30\n\x0cnext_step_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nentered_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08instance\x18\x08 \x01(\t\x12\x0f\n\x07outcome\x18\t \x01(\t\"&\n\x13LeadJourneysRequest\x12\x0f\n\x07lead_id\x18\x01 \x01(\t\"M\n\x11LeadJourneysReply\x12\x38\n\x0b\x65nrollments\x18\x01 \x03(\x0b\x32#.nurture.api.journeys.v1.Enrollment\"_\n\x0eMembersRequest\x12\x0f\n\x07journey\x18\x01 \x01(\t\x12\r\n\x05stage\x18\x02 \x01(\t\x12\x0e\n\x06status\x18\x03 \x01(\t\x12\x0e\n\x06\x63ursor\x18\x04 \x01(\t\x12\r\n\x05limit\x18\x05 \x01(\x05\"5\n\x0cMembersReply\x12\x10\n\x08lead_ids\x18\x01 \x03(\t\x12\x13\n\x0bnext_cursor\x18\x02 \x01(\t\"\x9c\x01\n\x0eJourneySummary\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x19\n\x11published_version\x18\x04 \x01(\x05\x12\x0e\n\x06status\x18\x05 \x01(\t\x12\x16\n\x0elatest_version\x18\x06 \x01(\x05\x12\x10\n\x08priority\x18\x07 \x01(\x05\x12\x0c\n\x04mode\x18\x08 \x01(\t\"\x15\n\x13ListJourneysRequest\"N\n\x11ListJourneysReply\x12\x39\n\x08journeys\x18\x01 \x03(\x0b\x32\'.nurture.api.journeys.v1.JourneySummary\"\x90\x01\n\x0bVersionInfo\x12\x0f\n\x07version\x18\x01 \x01(\x05\x12\x0e\n\x06status\x18\x02 \x01(\t\x12.\n\ncreated_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0cpublished_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"1\n\x11GetJourneyRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\"\xad\x01\n\x0fGetJourneyReply\x12\x38\n\x07summary\x18\x01 \x01(\x0b\x32\'.nurture.api.journeys.v1.JourneySummary\x12\x17\n\x0f\x64\x65\x66inition_json\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x05\x12\x36\n\x08versions\x18\x04 \x03(\x0b\x32$.nurture.api.journeys.v1.VersionInfo\"P\n\x11PutJourneyRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x17\n\x0f\x64\x65\x66inition_json\x18\x02 \x01(\t\x12\x15\n\rvalidate_only\x18\x03 \x01(\x08\"4\n\x0fPutJourneyReply\x12\x0f\n\x07version\x18\x01 \x01(\x05\x12\x10\n\x08problems\x18\x02 \x03(\t\"\xd4\x01\n\x0ePublishRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\x12\x0f\n\x07migrate\x18\x03 \x01(\x08\x12N\n\x0cstep_mapping\x18\x04 \x03(\x0b\x32\x38.nurture.api.journeys.v1.PublishRequest.StepMappingEntry\x12\x0f\n\x07\x64ry_run\x18\x05 \x01(\x08\x1a\x32\n\x10StepMappingEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"G\n\x0cPublishReply\x12\x0f\n\x07version\x18\x01 \x01(\x05\x12\x11\n\tpublished\x18\x02 \x01(\x08\x12\x13\n\x0breport_json\x18\x03 \x01(\t\"q\n\x10\x41nalyticsRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12(\n\x04\x66rom\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\x02to\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\"\n\x0bReportReply\x12\x13\n\x0breport_json\x18\x01 \x01(\t\"\'\n\x0fSimulateRequest\x12\x14\n\x0crequest_json\x18\x01 \x01(\t2\x96\x06\n\x08Journeys\x12h\n\x0cListJourneys\x12,.nurture.api.journeys.v1.ListJourneysRequest\x1a*.nurture.api.journeys.v1.ListJourneysReply\x12\x62\n\nGetJourney\x12*.nurture.api.journeys.v1.GetJourneyRequest\x1a(.nurture.api.journeys.v1.GetJourneyReply\x12\x62\n\nPutJourney\x12*.nurture.api.journeys.v1.PutJourneyRequest\x1a(.nurture.api.journeys.v1.PutJourneyReply\x12Y\n\x07Publish\x12\'.nurture.api.journeys.v1.PublishRequest\x1a%.nurture.api.journeys.v1.PublishReply\x12h\n\x0cLeadJourneys\x12,.nurture.api.journeys.v1.LeadJourneysRequest\x1a*.nurture.api.journeys.v1.LeadJourneysReply\x12Y\n\x07Members\x12\'.nurture.api.journeys.v1.MembersRequest\x1a%.nurture.api.journeys.v1.MembersReply\x12\\\n\tAnalytics\x12).nurture.api.journeys.v1.AnalyticsRequest\x1a$.nurture.api.journeys.v1.ReportReply\x12Z\n\x08Simulate\x12(.nurture.api.journeys.v1.SimulateRequest\x1a$.nurture.api.journeys.v1.ReportReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -45,33 +45,33 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MEMBERSREPLY']._serialized_start=543
   _globals['_MEMBERSREPLY']._serialized_end=596
   _globals['_JOURNEYSUMMARY']._serialized_start=599
-  _globals['_JOURNEYSUMMARY']._serialized_end=741
-  _globals['_LISTJOURNEYSREQUEST']._serialized_start=743
-  _globals['_LISTJOURNEYSREQUEST']._serialized_end=764
-  _globals['_LISTJOURNEYSREPLY']._serialized_start=766
-  _globals['_LISTJOURNEYSREPLY']._serialized_end=844
-  _globals['_VERSIONINFO']._serialized_start=847
-  _globals['_VERSIONINFO']._serialized_end=991
-  _globals['_GETJOURNEYREQUEST']._serialized_start=993
-  _globals['_GETJOURNEYREQUEST']._serialized_end=1042
-  _globals['_GETJOURNEYREPLY']._serialized_start=1045
-  _globals['_GETJOURNEYREPLY']._serialized_end=1218
-  _globals['_PUTJOURNEYREQUEST']._serialized_start=1220
-  _globals['_PUTJOURNEYREQUEST']._serialized_end=1300
-  _globals['_PUTJOURNEYREPLY']._serialized_start=1302
-  _globals['_PUTJOURNEYREPLY']._serialized_end=1354
-  _globals['_PUBLISHREQUEST']._serialized_start=1357
-  _globals['_PUBLISHREQUEST']._serialized_end=1569
-  _globals['_PUBLISHREQUEST_STEPMAPPINGENTRY']._serialized_start=1519
-  _globals['_PUBLISHREQUEST_STEPMAPPINGENTRY']._serialized_end=1569
-  _globals['_PUBLISHREPLY']._serialized_start=1571
-  _globals['_PUBLISHREPLY']._serialized_end=1642
-  _globals['_ANALYTICSREQUEST']._serialized_start=1644
-  _globals['_ANALYTICSREQUEST']._serialized_end=1757
-  _globals['_REPORTREPLY']._serialized_start=1759
-  _globals['_REPORTREPLY']._serialized_end=1793
-  _globals['_SIMULATEREQUEST']._serialized_start=1795
-  _globals['_SIMULATEREQUEST']._serialized_end=1834
-  _globals['_JOURNEYS']._serialized_start=1837
-  _globals['_JOURNEYS']._serialized_end=2627
+  _globals['_JOURNEYSUMMARY']._serialized_end=755
+  _globals['_LISTJOURNEYSREQUEST']._serialized_start=757
+  _globals['_LISTJOURNEYSREQUEST']._serialized_end=778
+  _globals['_LISTJOURNEYSREPLY']._serialized_start=780
+  _globals['_LISTJOURNEYSREPLY']._serialized_end=858
+  _globals['_VERSIONINFO']._serialized_start=861
+  _globals['_VERSIONINFO']._serialized_end=1005
+  _globals['_GETJOURNEYREQUEST']._serialized_start=1007
+  _globals['_GETJOURNEYREQUEST']._serialized_end=1056
+  _globals['_GETJOURNEYREPLY']._serialized_start=1059
+  _globals['_GETJOURNEYREPLY']._serialized_end=1232
+  _globals['_PUTJOURNEYREQUEST']._serialized_start=1234
+  _globals['_PUTJOURNEYREQUEST']._serialized_end=1314
+  _globals['_PUTJOURNEYREPLY']._serialized_start=1316
+  _globals['_PUTJOURNEYREPLY']._serialized_end=1368
+  _globals['_PUBLISHREQUEST']._serialized_start=1371
+  _globals['_PUBLISHREQUEST']._serialized_end=1583
+  _globals['_PUBLISHREQUEST_STEPMAPPINGENTRY']._serialized_start=1533
+  _globals['_PUBLISHREQUEST_STEPMAPPINGENTRY']._serialized_end=1583
+  _globals['_PUBLISHREPLY']._serialized_start=1585
+  _globals['_PUBLISHREPLY']._serialized_end=1656
+  _globals['_ANALYTICSREQUEST']._serialized_start=1658
+  _globals['_ANALYTICSREQUEST']._serialized_end=1771
+  _globals['_REPORTREPLY']._serialized_start=1773
+  _globals['_REPORTREPLY']._serialized_end=1807
+  _globals['_SIMULATEREQUEST']._serialized_start=1809
+  _globals['_SIMULATEREQUEST']._serialized_end=1848
+  _globals['_JOURNEYS']._serialized_start=1851
+  _globals['_JOURNEYS']._serialized_end=2641
 # @@protoc_insertion_point(module_scope)

@@ -66,7 +66,7 @@ class MembersReply(_message.Message):
     def __init__(self, lead_ids: _Optional[_Iterable[str]] = ..., next_cursor: _Optional[str] = ...) -> None: ...
 
 class JourneySummary(_message.Message):
-    __slots__ = ("key", "name", "kind", "published_version", "status", "latest_version", "priority")
+    __slots__ = ("key", "name", "kind", "published_version", "status", "latest_version", "priority", "mode")
     KEY_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
@@ -74,6 +74,7 @@ class JourneySummary(_message.Message):
     STATUS_FIELD_NUMBER: _ClassVar[int]
     LATEST_VERSION_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
     key: str
     name: str
     kind: str
@@ -81,7 +82,8 @@ class JourneySummary(_message.Message):
     status: str
     latest_version: int
     priority: int
-    def __init__(self, key: _Optional[str] = ..., name: _Optional[str] = ..., kind: _Optional[str] = ..., published_version: _Optional[int] = ..., status: _Optional[str] = ..., latest_version: _Optional[int] = ..., priority: _Optional[int] = ...) -> None: ...
+    mode: str
+    def __init__(self, key: _Optional[str] = ..., name: _Optional[str] = ..., kind: _Optional[str] = ..., published_version: _Optional[int] = ..., status: _Optional[str] = ..., latest_version: _Optional[int] = ..., priority: _Optional[int] = ..., mode: _Optional[str] = ...) -> None: ...
 
 class ListJourneysRequest(_message.Message):
     __slots__ = ()
