@@ -908,7 +908,7 @@ class CrmSyncCore:
                     outcomes.append(Outcome("done"))
                 else:
                     self.stats.push_failures += 1
-                    outcomes.append(Outcome("dead" if r.error_code == "invalid" else "retry",
+                    outcomes.append(Outcome("dead" if r.error_code in ("invalid", "email_taken") else "retry",
                                             error=f"scoring {r.error_code}: {r.error_message}"))
         return outcomes
 

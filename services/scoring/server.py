@@ -28,7 +28,7 @@ from nurture.service import Running
 from nurture.settings import Settings
 from nurture.telemetry import redis_span
 from services.scoring.model import ScoringModel, load_model
-from services.scoring.storage import EventIn, EventResult, InvalidInput, NotFound, OutboxRow, Store
+from services.scoring.storage import EmailTaken, EventIn, EventResult, InvalidInput, NotFound, OutboxRow, Store
 
 log = logging.getLogger(__name__)
 _tracer = trace.get_tracer(__name__)
@@ -263,6 +263,10 @@ class ScoringServicer(scoring_pb2_grpc.ScoringServicer):
             await _invalid(context, exc.problems)
         except NotFound:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no lead {request.id}")
+        except EmailTaken as exc:
+            await context.abort(grpc.StatusCode.ALREADY_EXISTS, json.dumps({
+                "code": "conflict", "message": f"{exc}; update that lead, or send no id to match it by email",
+                "details": {"field": "email", "lead_id": exc.lead_id}}))
         self._outbox.sweep_soon()
         return scoring_pb2.UpsertLeadReply(lead=lead_proto(lead), created=created)
 
@@ -292,6 +296,8 @@ class ScoringServicer(scoring_pb2_grpc.ScoringServicer):
             elif isinstance(out, NotFound):
                 results[i] = scoring_pb2.UpsertLeadResult(error_code="not_found",
                                                           error_message=f"no lead {request.leads[i].id}")
+            elif isinstance(out, EmailTaken):
+                results[i] = scoring_pb2.UpsertLeadResult(error_code="email_taken", error_message=str(out))
             else:
                 results[i] = scoring_pb2.UpsertLeadResult(lead=lead_proto(out[0]), created=out[1])
         self._outbox.sweep_soon()

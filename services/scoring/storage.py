@@ -64,6 +64,15 @@ class NotFound(LookupError):
     pass
 
 
+class EmailTaken(ValueError):
+    """The email belongs to another lead: one person is one lead (HubSpot refuses such a contact the
+    same way), or every journey would write to them twice."""
+
+    def __init__(self, email: str, lead_id: str) -> None:
+        super().__init__(f"email {email} belongs to lead {lead_id}")
+        self.lead_id = lead_id
+
+
 @dataclass(frozen=True)
 class EventIn:
     lead_id: str
@@ -218,8 +227,10 @@ class Store:
             if lead_id:
                 row = s.execute(select(leads).where(leads.c.id == lead_id).with_for_update()).first()
             elif fields.get("email") and not must_exist:
-                # Match by email before creating a duplicate person (CRM imports, forms).
-                row = s.execute(select(leads).where(leads.c.email == fields["email"]).limit(1)).first()
+                # Match by email before creating a duplicate person (CRM imports, forms); addresses
+                # differ only in case are one mailbox.
+                row = s.execute(select(leads).where(func.lower(leads.c.email) == str(fields["email"]).lower())
+                                .limit(1)).first()
             if row is None and must_exist:
                 raise NotFound(lead_id)
             created = row is None
@@ -229,6 +240,12 @@ class Store:
                 "lifecycle_stage": self.model.stage_order[0], "created_at": now, "last_engaged_at": None,
                 "lapse_due_at": None, **{f: None for f in PROFILE_FIELDS},
             }
+            email = fields.get("email")
+            if email and str(email).lower() != str(current["email"] or "").lower():
+                other = s.execute(select(leads.c.id).where(func.lower(leads.c.email) == str(email).lower(),
+                                                           leads.c.id != current["id"]).limit(1)).scalar()
+                if other is not None:
+                    raise EmailTaken(str(email), str(other))
             changes: dict[str, Any] = {}
             for name in PROFILE_FIELDS:
                 if name in fields and fields[name] != current[name]:
@@ -280,18 +297,18 @@ class Store:
 
     def upsert_leads(
         self, items: Sequence[tuple[str, Mapping[str, Any], bool, str, bool]], now: datetime
-    ) -> list[tuple[dict[str, Any], bool] | InvalidInput | NotFound]:
+    ) -> list[tuple[dict[str, Any], bool] | InvalidInput | NotFound | EmailTaken]:
         """Many upserts (id, fields, merge, source, must_exist) in one transaction: one commit for a
         whole batch. Input problems are found before anything is written, so a bad lead fails alone."""
         with self._sessions() as s:
             # The same code as a single upsert, on this transaction's session.
             shared = Store(lambda: contextlib.nullcontext(s), self.model, self._writes)
-            out: list[tuple[dict[str, Any], bool] | InvalidInput | NotFound] = []
+            out: list[tuple[dict[str, Any], bool] | InvalidInput | NotFound | EmailTaken] = []
             for lead_id, fields, merge, source, must_exist in items:
                 try:
                     out.append(shared.upsert_lead(lead_id, fields, merge=merge, source=source,
                                                   must_exist=must_exist, now=now))
-                except (InvalidInput, NotFound) as exc:
+                except (InvalidInput, NotFound, EmailTaken) as exc:
                     out.append(exc)
             return out
 

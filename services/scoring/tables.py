@@ -13,6 +13,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    func,
 )
 
 metadata = MetaData()
@@ -43,6 +44,8 @@ leads = Table(
     # When the lead next goes quiet (engagement_lapsed + decay); the Settle/timer sweep reads this index.
     Column("lapse_due_at", DateTime(timezone=True), nullable=True, index=True),
 )
+# One person is one lead: upserts match and check emails whatever their case.
+Index("ix_scoring_leads_email_lower", func.lower(leads.c.email))
 
 events = Table(
     "scoring_events",

@@ -258,3 +258,26 @@ async def test_rate_limit_answers_429_with_retry_after(settings: Settings) -> No
     limited = [r for r in statuses if r.status_code == 429]
     assert limited and statuses[0].status_code == 200
     assert limited[0].json()["error"]["code"] == "rate_limited" and int(limited[0].headers["Retry-After"]) >= 1
+
+
+async def test_one_email_is_one_lead_whatever_its_case(api: tuple[httpx.AsyncClient, FastAPI, Running]) -> None:
+    client, _app, _ = api
+    r = await client.post("/v1/leads", headers=AUTH, json={"id": "p-1", "email": "Priya@Example.com"})
+    assert r.status_code == 201, r.text
+    # Without an id the address (in any case) finds the lead; nothing new is created.
+    r = await client.post("/v1/leads", headers=AUTH, json={"email": "priya@example.COM", "first_name": "Priya"})
+    assert r.status_code == 200 and r.json()["id"] == "p-1" and r.json()["first_name"] == "Priya", r.text
+    # Another id with the same address would be a second person for every journey: 409, nothing written.
+    r = await client.post("/v1/leads", headers=AUTH, json={"id": "p-2", "email": "PRIYA@example.com"})
+    assert r.status_code == 409, r.text
+    error = r.json()["error"]
+    assert error["code"] == "conflict" and error["details"] == {"field": "email", "lead_id": "p-1"}
+    assert (await client.get("/v1/leads/p-2", headers=AUTH)).status_code == 404
+    # Moving another lead onto the address is refused the same way; its own address may change case.
+    r = await client.post("/v1/leads", headers=AUTH, json={"id": "p-3", "email": "other@example.com"})
+    assert r.status_code == 201, r.text
+    r = await client.patch("/v1/leads/p-3", headers=AUTH, json={"email": "priya@example.com"})
+    assert r.status_code == 409 and r.json()["error"]["details"]["lead_id"] == "p-1", r.text
+    assert (await client.get("/v1/leads/p-3", headers=AUTH)).json()["email"] == "other@example.com"
+    r = await client.patch("/v1/leads/p-1", headers=AUTH, json={"email": "priya@example.com"})
+    assert r.status_code == 200 and r.json()["email"] == "priya@example.com", r.text
