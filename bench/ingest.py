@@ -93,6 +93,7 @@ async def run(url: str, key: str, scoring_addr: str, events: int, redis_url: str
             assert status == 202, text
 
         tasks = []
+        cpu_before = _cpu_ticks()
         t0 = time.perf_counter()
         for n in range(rate * seconds):
             delay = t0 + n / rate - time.perf_counter()
@@ -100,6 +101,7 @@ async def run(url: str, key: str, scoring_addr: str, events: int, redis_url: str
                 await asyncio.sleep(delay)
             tasks.append(asyncio.create_task(one(n)))
         await asyncio.gather(*tasks)
+        cpu = [b - a for a, b in zip(cpu_before, _cpu_ticks(), strict=True)]
 
         # Batches of 1,000, two in flight.
         batches = max(2, events // 1000)
@@ -129,10 +131,23 @@ async def run(url: str, key: str, scoring_addr: str, events: int, redis_url: str
         "single_p99_ms": round(pct(latencies, 0.99), 2),
         "paced_500_per_s_p50_ms": round(statistics.median(paced) * 1000, 2),
         "paced_500_per_s_p99_ms": round(pct(paced, 0.99), 2),
+        # The machine during the paced phase: how much of its CPU was idle, and how much the
+        # hypervisor took (steal), for reading the latency figures of a shared host (-1: no /proc/stat).
+        "paced_cpu_idle_pct": round(100 * cpu[3] / max(1, sum(cpu)), 1) if cpu else -1.0,
+        "paced_cpu_steal_pct": round(100 * cpu[7] / max(1, sum(cpu)), 1) if len(cpu) > 7 else -1.0,
         "batch_events_per_s": round(batch_rate, 1),
         "batch_events_per_s / grpc_echo_rps": round(batch_rate / baseline, 3),
         **extra,
     }
+
+
+def _cpu_ticks() -> list[int]:
+    """The machine's CPU time by state (/proc/stat: user nice system idle iowait irq softirq steal)."""
+    try:
+        with open("/proc/stat") as fh:
+            return [int(v) for v in fh.readline().split()[1:]]
+    except OSError:
+        return []
 
 
 async def drained(redis_url: str, timeout: float = 600.0) -> float:
