@@ -35,9 +35,9 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench._mesh import free_port  # noqa: E402
 from nurture.api.crm_sync.v1 import crm_sync_pb2, crm_sync_pb2_grpc  # noqa: E402
 from nurture.api.scoring.v1 import scoring_pb2, scoring_pb2_grpc  # noqa: E402
+from nurture.ports import free_port  # noqa: E402
 
 TOKEN = "bench-crm-token"
 AUTH = (("authorization", f"Bearer {TOKEN}"),)

@@ -36,9 +36,9 @@ import grpc
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench._mesh import free_port  # noqa: E402
 from nurture.api.messaging.v1 import messaging_pb2, messaging_pb2_grpc  # noqa: E402
 from nurture.api.scoring.v1 import scoring_pb2, scoring_pb2_grpc  # noqa: E402
+from nurture.ports import free_port  # noqa: E402
 from nurture.rpc import start_server  # noqa: E402
 from nurture.settings import load_settings, to_environ  # noqa: E402
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._mesh import free_port  # noqa: E402
+from nurture.ports import free_port  # noqa: E402
 from services.journeys.definitions import Journey, load_playbook, parse_duration  # noqa: E402
 from services.journeys.simulation import Simulation  # noqa: E402
 

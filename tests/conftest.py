@@ -4,11 +4,8 @@ running scoring service, and the spans the process finishes (for trace assertion
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import os
-import random
-import socket
 import subprocess
 import time
 import uuid
@@ -22,37 +19,13 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from nurture.ports import free_port
 from nurture.service import Running
 from nurture.settings import Settings, load_settings
 
 PG_URL = os.environ.get("NURTURE_TEST_DATABASE_URL")
 
 
-def free_port() -> int:
-    """A port nothing listens on, for a server this process is about to start.
-
-    Picked below the kernel's ephemeral range (ip_local_port_range): a port bind(0) hands out is
-    one the kernel may also give an outgoing connection before our server binds it (seen: the
-    gateway failing with "address already in use" on a benchmark's fresh mesh). Never the same port
-    twice in one process."""
-    low = 32768
-    with contextlib.suppress(OSError, ValueError):
-        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    for _ in range(200):
-        port = random.randrange(10000, low) if low > 11000 else 0
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            port = int(s.getsockname()[1])
-        if port not in _HANDED_OUT:
-            _HANDED_OUT.add(port)
-            return port
-    raise RuntimeError("no free port found")
-
-
-_HANDED_OUT: set[int] = set()
 
 
 def redis_server_binary() -> str:
