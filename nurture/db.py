@@ -15,7 +15,7 @@ import queue
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -173,11 +173,16 @@ class DriverWrites:
     the ones `insert(table)` writes. The transaction's span still lists each statement."""
 
     def __init__(self, engine: Engine) -> None:
+        self._engine = engine
         self._dialect = engine.dialect
         # qmark (sqlite3) or format/pyformat (psycopg): both take positional parameters as below.
         self._mark = "?" if engine.dialect.paramstyle == "qmark" else "%s"
         self._sql: dict[tuple[Any, ...], str] = {}
         self._processors: dict[tuple[str, tuple[str, ...]], list[Callable[[Any], Any] | None]] = {}
+
+    def begin(self) -> AbstractContextManager[Connection]:
+        """A Core transaction for these writes: committed on success, rolled back on an exception."""
+        return self._engine.begin()
 
     def insert(self, conn: Connection, table: Table, columns: Sequence[str], rows: Sequence[Sequence[Any]],
                returning: str | None = None) -> list[Any]:
