@@ -135,8 +135,14 @@ class Engine:
                 str(scope), {"nurture"})
             for e in list(state.enrollments.values()):
                 if e.status in LIVE and self.journey(e.journey, e.version).category in stopped:
+                    self._keep_for_consent(state, e, now)
                     self._finish(state, e, EXITED, reason, now, out, summary=f"exited: {reason}"
                                  + (f" ({scope})" if scope else ""))
+        if consent_off:
+            # Withdrawn for sure now (an opt-out event may carry the snapshot from before it).
+            for past in state.history.values():
+                if "consent_exit" in past:
+                    past["consent_exit"]["withdrawn"] = True
         journeys = self._published()
         for j in journeys:
             types = self._types(j)
@@ -350,12 +356,17 @@ class Engine:
         current = state.enrollments.get(ekey)
         if current is not None and current.status in LIVE:
             return
-        if not self._may_reenter(state, j, ekey, now):
+        held = (state.history.get(ekey) or {}).get("consent_exit") if current is not None else None
+        if not (held and held.get("withdrawn")) and not self._may_reenter(state, j, ekey, now):
             return
         found = rulesets.matching(j, "entry", etype, self.facts(state, message))
         if not found:
             return
         rule, match = found[0]
+        if held and held.get("withdrawn") and current is not None:
+            self._resume_after_consent(state, current, held, now, out, rule=rule.name, facts=dict(match.facts),
+                                       why=f"{etype} {rulesets.explain(match.facts)} matched rule {rule.name}")
+            return
         self._enter(state, j, message, now, out, instance=instance, rule=rule.name, facts=dict(match.facts),
                     reason=f"entered: {etype} {rulesets.explain(match.facts)} matched rule {rule.name}")
 
@@ -370,6 +381,39 @@ class Engine:
             return ended is not None and now - ended >= j.reentry_after
         return False
 
+    def _keep_for_consent(self, state: LeadState, e: Enrollment, now: datetime) -> None:
+        """Before a consent exit, remember where the enrolment stood: given consent again, the lead
+        continues from there (whatever `reentry` says, since it never left the journey by itself)."""
+        due = e.due
+        if e.status == PAUSED:
+            due = now + timedelta(seconds=e.paused_remaining) if e.paused_remaining is not None else None
+        consent_off = (state.lead.get("consent") or {}).get("email") is False
+        state.history.setdefault(e.ekey, {"entries": e.entry})["consent_exit"] = {
+            "due": iso(due), "waiting": e.waiting if e.waiting != "budget" else None, "withdrawn": consent_off}
+
+    def _resume_after_consent(self, state: LeadState, e: Enrollment, held: Mapping[str, Any], now: datetime,
+                              out: Outcome, *, rule: str, facts: Mapping[str, Any], why: str) -> None:
+        """Re-enter a journey left for lack of consent by resuming its enrolment: same entry, visits
+        and trigger cooldowns, so the dedupe keys of steps already done are not issued again."""
+        past = state.history[e.ekey]
+        past.pop("consent_exit", None)
+        past.pop("ended_at", None)
+        due = parse_time(held.get("due"))
+        e.status, e.outcome, e.ended_at = ACTIVE, None, None
+        e.waiting = held.get("waiting") if due is not None and due > now else None
+        e.due = max(due, now) if due is not None else None
+        e.token += 1
+        out.touched.add(e.ekey)
+        at = f"; next step at {iso(e.due)}" if e.due else ""
+        self._record(out, state, e, now, "resumed",
+                     f"re-entered after email consent was given again: {why}; resuming at {e.step}{at} "
+                     "(steps already done are not repeated)", step_to=e.step, rule=rule, facts=facts)
+        j = self._resolve(e.journey, e.version)
+        if j is not None:
+            self._apply_pauses(state, j, e, now, out)
+        if any(self._pauser_of(state, other, e) for other in state.enrollments.values()):
+            self._pause(state, e, now, out, by=None)
+
     def _enter(self, state: LeadState, j: Journey, message: Mapping[str, Any], now: datetime, out: Outcome, *,
                reason: str, instance: str = "", rule: str | None = None,
                facts: Mapping[str, Any] | None = None) -> Enrollment | None:
@@ -382,6 +426,7 @@ class Engine:
         props = message.get("properties") or {}
         past = state.history.setdefault(ekey, {"entries": 0})
         past["entries"] = int(past.get("entries", 0)) + 1
+        past.pop("consent_exit", None)  # a new entry: nothing left to resume
         anchors = {name: str(props[prop]) for name, prop in j.anchors.items() if props.get(prop) is not None}
         if instance and j.entity:
             anchors.setdefault(j.entity, instance)
