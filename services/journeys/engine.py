@@ -263,6 +263,7 @@ class Engine:
                 self._record(out, state, e, now, "event", f"{etype} arrived at {wait.id}: going to {target}",
                              step_from=wait.id, step_to=target)
                 self._move(e, target, now, out)
+                e.timed_at = now
         if e.status != ACTIVE:
             return
         for rule, match in rulesets.matching(j, "triggers", etype, facts):
@@ -291,6 +292,7 @@ class Engine:
             self._record(out, state, e, now, "jump", f"{verb}: {why}", step_from=e.step, step_to=target,
                          rule=rule.name, facts=read)
             self._move(e, target, now, out)
+            e.timed_at = now
         for verb in ("send", "task", "update"):
             if verb in act:
                 e.side.append(str(act[verb]))
@@ -363,6 +365,8 @@ class Engine:
         if not found:
             return
         rule, match = found[0]
+        if j.enter_until is not None and self._entry_expired(state, j, message, ekey, now, out, rule=rule.name):
+            return
         if held and held.get("withdrawn") and current is not None:
             self._resume_after_consent(state, current, held, now, out, rule=rule.name, facts=dict(match.facts),
                                        why=f"{etype} {rulesets.explain(match.facts)} matched rule {rule.name}")
@@ -380,6 +384,24 @@ class Engine:
             ended = parse_time(past.get("ended_at"))
             return ended is not None and now - ended >= j.reentry_after
         return False
+
+    def _entry_expired(self, state: LeadState, j: Journey, message: Mapping[str, Any], ekey: str, now: datetime,
+                       out: Outcome, *, rule: str) -> bool:
+        """`enter_until`: an entry whose moment has passed (a webinar that ended long ago) is refused,
+        with the reason on the lead's timeline."""
+        spec = j.enter_until or {}
+        props = message.get("properties") or {}
+        anchors = {name: str(props[prop]) for name, prop in j.anchors.items() if props.get(prop) is not None}
+        probe = Enrollment(ekey=ekey, journey=j.key, version=j.version, instance="", entry=0, status=EXITED,
+                           step=None, stage=None, due=None, entered_at=now, stage_at=now, anchors=anchors)
+        deadline = self._time_of(spec, probe, now, state_lead=state.lead)
+        if deadline is None or now <= deadline:
+            return False
+        self._record(out, state, probe, now, "skipped",
+                     f"not entered: {message.get('type')} matched rule {rule} but its enter_until "
+                     f"{_spec_text(spec)} ({iso(deadline)}) has passed", rule=rule,
+                     facts={"enter_until": iso(deadline), **anchors})
+        return True
 
     def _keep_for_consent(self, state: LeadState, e: Enrollment, now: datetime) -> None:
         """Before a consent exit, remember where the enrolment stood: given consent again, the lead
@@ -433,7 +455,7 @@ class Engine:
         e = Enrollment(ekey=ekey, journey=j.key, version=j.version, instance=instance, entry=past["entries"],
                        status=ACTIVE, step=j.first, stage=None, due=now, entered_at=now, stage_at=now,
                        anchors=anchors, token=(current.token + 1) if current else 1,
-                       side_token=current.side_token if current else 0)
+                       side_token=current.side_token if current else 0, timed_at=now)
         state.enrollments[ekey] = e
         out.touched.add(ekey)
         self._record(out, state, e, now, "entered", reason, step_to=j.first, rule=rule, facts=dict(facts or {}))
@@ -533,12 +555,34 @@ class Engine:
             s = j.step(e.step)
             self._enter_stage(state, j, e, s, now, out)
             if s.type in ("send", "task", "webhook", "update"):
+                late = self._too_late(state, e, s, now)
+                if late:
+                    self._run(state, j, e, s, now, out, status="skipped", detail=late)
+                    self._record(out, state, e, now, "skipped", f"{s.id} skipped: {late}", step_from=s.id,
+                                 step_to=s.next, facts={"reason": late})
+                    e.step, e.due = s.next, now
+                    continue
                 effect = self._effect(state, j, e, s, now, out, side=False)
                 if effect is not None:
                     return effect
                 continue
             self._instant(state, j, e, s, now, out)
         raise EngineError(f"{ekey}: more than {MAX_INSTANT_STEPS} steps at one instant")
+
+    def _too_late(self, state: LeadState, e: Enrollment, s: Step, now: datetime) -> str:
+        """Why a step whose moment has passed is skipped (empty when it still runs): `skip_if_late`
+        (how far past the time its wait set it may still run) and `skip_after` (a time spec like a
+        wait's `until`, after which it no longer makes sense)."""
+        tolerance = s.get("skip_if_late")
+        if tolerance is not None and e.timed_at is not None and now - e.timed_at > parse_duration(tolerance):
+            return (f"its time {iso(e.timed_at)} passed {_hours(now - e.timed_at)} ago, more than its "
+                    f"skip_if_late {tolerance}")
+        spec = s.get("skip_after")
+        if spec is not None:
+            deadline = self._time_of(spec, e, now, state_lead=state.lead)
+            if deadline is not None and now > deadline:
+                return f"past its skip_after {_spec_text(spec)} ({iso(deadline)})"
+        return ""
 
     def _enter_stage(self, state: LeadState, j: Journey, e: Enrollment, s: Step, now: datetime,
                      out: Outcome) -> None:
@@ -703,7 +747,7 @@ class Engine:
         self._run(state, j, e, s, now, out)
         if s.get("event") is not None:
             due = self._time_of(s.get("timeout"), e, now, state_lead=state.lead)
-            e.step, e.waiting, e.due = s.id, "event", max(due or now, now)
+            e.step, e.waiting, e.due, e.timed_at = s.id, "event", max(due or now, now), due or now
             e.token += 1
             self._record(out, state, e, now, "wait", f"waiting at {s.id} for "
                          f"{'/'.join(s.get('event').get('types', []))} until {iso(e.due)}", step_from=s.id)
@@ -720,7 +764,7 @@ class Engine:
                              step_from=s.id, step_to=target)
                 self._move(e, target, now, out)
                 return
-        e.step, e.due, e.waiting = s.next, max(due, now), kind if due > now else None
+        e.step, e.due, e.waiting, e.timed_at = s.next, max(due, now), kind if due > now else None, due
         e.token += 1
         out.touched.add(e.ekey)
 
@@ -753,6 +797,18 @@ class Engine:
             lead_id=lead_id or (state.lead_id if state else ""), ekey=e.ekey, journey=e.journey, version=e.version,
             at=now, type=kind, summary=f"{e.journey}: {summary}", step_from=step_from, step_to=step_to,
             stage=stage or e.stage, rule=rule, facts=dict(facts or {})))
+
+
+def _hours(delta: timedelta) -> str:
+    hours = delta.total_seconds() / 3600
+    return f"{round(hours / 24, 1)} d" if hours >= 48 else f"{round(hours, 1)} h"
+
+
+def _spec_text(spec: Mapping[str, Any]) -> str:
+    """`starts_at +1d`-style text of a time spec, for explanations."""
+    base = spec.get("anchor") or spec.get("fact") or ("now" if "delay" in spec else "?")
+    offset = spec.get("offset", spec.get("delay", 0))
+    return f"{base} {offset if str(offset).startswith(('-', '+')) else f'+{offset}'}"
 
 
 def _pauses(by: Journey, ej: Journey) -> bool:
