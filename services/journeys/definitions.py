@@ -8,12 +8,16 @@ A definition is a YAML/JSON document (see services/journeys/playbook/*.yaml):
     transactional), reentry (never | always | {after: <duration>}), pauses ([kinds, modes or keys]),
     entity (event property keying one enrolment per entity, e.g. webinar_id), anchors ({name: event
     property captured at entry, e.g. starts_at}), reanchor_events, stages [{id, name}],
-    entry [{name, events, when}], exit [{name, events, when, outcome: goal | exit}],
+    entry [{name, events, when}], enter_until (a time spec, e.g. {anchor: starts_at, offset: 1d}: an
+    entry after it is refused and explained), exit [{name, events, when, outcome: goal | exit}],
     triggers [{name, events, when, do: {goto | send | enrol | exit | task | update | pace}, once, cooldown, why}],
     steps [{id, type, ...}]
 
 Step types: send, wait, branch, split, goal, jump, enrol, exit, update, task, webhook, listen, end.
 Steps fall through to the next one in the list unless they say `next` (or end the path).
+Effect steps may say `skip_if_late: <duration>` (skipped, and explained, when they come to run longer
+than that after the time their wait set, e.g. a reminder whose moment passed) and `skip_after: <time
+spec>` (skipped after that time).
 Conditions use the rule language of nurture.rules. `validate` lists every problem it finds; nothing
 here touches the network, so the unit tests load the whole playbook.
 """
@@ -128,6 +132,7 @@ class Journey:
     document: Mapping[str, Any]
     version: int = 0
     digest: str = ""
+    enter_until: Mapping[str, Any] | None = None  # a time spec past which an entry is refused
 
     def step(self, step_id: str) -> Step:
         return self.steps[step_id]
@@ -305,8 +310,14 @@ def load(document: Mapping[str, Any], *, version: int = 0) -> Journey:
         exits=_rules(document.get("exit"), "exit", problems, kind="exit"),
         triggers=_rules(document.get("triggers"), "triggers", problems, kind="trigger"),
         steps=steps, first=next(iter(steps), ""), document=document, version=version,
+        enter_until=document.get("enter_until"),
         digest=hashlib.sha1(json.dumps(document, sort_keys=True, default=str).encode()).hexdigest()[:12],
     )
+    if journey.enter_until is not None:
+        if isinstance(journey.enter_until, Mapping) and "delay" in journey.enter_until:
+            problems.append("enter_until: needs an anchor or lead fact with an offset, not a delay")
+        else:
+            problems.extend(_check_time(journey.enter_until, "enter_until", journey.anchors))
     problems.extend(_check_steps(journey))
     if problems:
         raise DefinitionError(problems, journey if key != "invalid" else None)
@@ -365,6 +376,17 @@ def _check_time(spec: Any, where: str, anchors: Mapping[str, str]) -> list[str]:
 def _check_step(j: Journey, s: Step) -> list[str]:
     at = f"step {s.id}"
     p: list[str] = []
+    for option in ("skip_if_late", "skip_after"):
+        if s.get(option) is not None and s.type not in ("send", "task", "webhook", "update"):
+            p.append(f"{at}: {option} applies to send, task, webhook and update steps")
+    if s.get("skip_if_late") is not None:
+        try:
+            if parse_duration(s.get("skip_if_late")) < timedelta(0):
+                p.append(f"{at}: skip_if_late must not be negative")
+        except ValueError as exc:
+            p.append(f"{at}.skip_if_late: {exc}")
+    if s.get("skip_after") is not None:
+        p += _check_time(s.get("skip_after"), f"{at}.skip_after", j.anchors)
     if s.type == "send":
         if s.get("channel", "email") not in CHANNELS:
             p.append(f"{at}: channel must be one of {', '.join(CHANNELS)}")

@@ -135,8 +135,14 @@ class Engine:
                 str(scope), {"nurture"})
             for e in list(state.enrollments.values()):
                 if e.status in LIVE and self.journey(e.journey, e.version).category in stopped:
+                    self._keep_for_consent(state, e, now)
                     self._finish(state, e, EXITED, reason, now, out, summary=f"exited: {reason}"
                                  + (f" ({scope})" if scope else ""))
+        if consent_off:
+            # Withdrawn for sure now (an opt-out event may carry the snapshot from before it).
+            for past in state.history.values():
+                if "consent_exit" in past:
+                    past["consent_exit"]["withdrawn"] = True
         journeys = self._published()
         for j in journeys:
             types = self._types(j)
@@ -257,6 +263,7 @@ class Engine:
                 self._record(out, state, e, now, "event", f"{etype} arrived at {wait.id}: going to {target}",
                              step_from=wait.id, step_to=target)
                 self._move(e, target, now, out)
+                e.timed_at = now
         if e.status != ACTIVE:
             return
         for rule, match in rulesets.matching(j, "triggers", etype, facts):
@@ -285,6 +292,7 @@ class Engine:
             self._record(out, state, e, now, "jump", f"{verb}: {why}", step_from=e.step, step_to=target,
                          rule=rule.name, facts=read)
             self._move(e, target, now, out)
+            e.timed_at = now
         for verb in ("send", "task", "update"):
             if verb in act:
                 e.side.append(str(act[verb]))
@@ -350,12 +358,19 @@ class Engine:
         current = state.enrollments.get(ekey)
         if current is not None and current.status in LIVE:
             return
-        if not self._may_reenter(state, j, ekey, now):
+        held = (state.history.get(ekey) or {}).get("consent_exit") if current is not None else None
+        if not (held and held.get("withdrawn")) and not self._may_reenter(state, j, ekey, now):
             return
         found = rulesets.matching(j, "entry", etype, self.facts(state, message))
         if not found:
             return
         rule, match = found[0]
+        if j.enter_until is not None and self._entry_expired(state, j, message, ekey, now, out, rule=rule.name):
+            return
+        if held and held.get("withdrawn") and current is not None:
+            self._resume_after_consent(state, current, held, now, out, rule=rule.name, facts=dict(match.facts),
+                                       why=f"{etype} {rulesets.explain(match.facts)} matched rule {rule.name}")
+            return
         self._enter(state, j, message, now, out, instance=instance, rule=rule.name, facts=dict(match.facts),
                     reason=f"entered: {etype} {rulesets.explain(match.facts)} matched rule {rule.name}")
 
@@ -370,6 +385,57 @@ class Engine:
             return ended is not None and now - ended >= j.reentry_after
         return False
 
+    def _entry_expired(self, state: LeadState, j: Journey, message: Mapping[str, Any], ekey: str, now: datetime,
+                       out: Outcome, *, rule: str) -> bool:
+        """`enter_until`: an entry whose moment has passed (a webinar that ended long ago) is refused,
+        with the reason on the lead's timeline."""
+        spec = j.enter_until or {}
+        props = message.get("properties") or {}
+        anchors = {name: str(props[prop]) for name, prop in j.anchors.items() if props.get(prop) is not None}
+        probe = Enrollment(ekey=ekey, journey=j.key, version=j.version, instance="", entry=0, status=EXITED,
+                           step=None, stage=None, due=None, entered_at=now, stage_at=now, anchors=anchors)
+        deadline = self._time_of(spec, probe, now, state_lead=state.lead)
+        if deadline is None or now <= deadline:
+            return False
+        self._record(out, state, probe, now, "skipped",
+                     f"not entered: {message.get('type')} matched rule {rule} but its enter_until "
+                     f"{_spec_text(spec)} ({iso(deadline)}) has passed", rule=rule,
+                     facts={"enter_until": iso(deadline), **anchors})
+        return True
+
+    def _keep_for_consent(self, state: LeadState, e: Enrollment, now: datetime) -> None:
+        """Before a consent exit, remember where the enrolment stood: given consent again, the lead
+        continues from there (whatever `reentry` says, since it never left the journey by itself)."""
+        due = e.due
+        if e.status == PAUSED:
+            due = now + timedelta(seconds=e.paused_remaining) if e.paused_remaining is not None else None
+        consent_off = (state.lead.get("consent") or {}).get("email") is False
+        state.history.setdefault(e.ekey, {"entries": e.entry})["consent_exit"] = {
+            "due": iso(due), "waiting": e.waiting if e.waiting != "budget" else None, "withdrawn": consent_off}
+
+    def _resume_after_consent(self, state: LeadState, e: Enrollment, held: Mapping[str, Any], now: datetime,
+                              out: Outcome, *, rule: str, facts: Mapping[str, Any], why: str) -> None:
+        """Re-enter a journey left for lack of consent by resuming its enrolment: same entry, visits
+        and trigger cooldowns, so the dedupe keys of steps already done are not issued again."""
+        past = state.history[e.ekey]
+        past.pop("consent_exit", None)
+        past.pop("ended_at", None)
+        due = parse_time(held.get("due"))
+        e.status, e.outcome, e.ended_at = ACTIVE, None, None
+        e.waiting = held.get("waiting") if due is not None and due > now else None
+        e.due = max(due, now) if due is not None else None
+        e.token += 1
+        out.touched.add(e.ekey)
+        at = f"; next step at {iso(e.due)}" if e.due else ""
+        self._record(out, state, e, now, "resumed",
+                     f"re-entered after email consent was given again: {why}; resuming at {e.step}{at} "
+                     "(steps already done are not repeated)", step_to=e.step, rule=rule, facts=facts)
+        j = self._resolve(e.journey, e.version)
+        if j is not None:
+            self._apply_pauses(state, j, e, now, out)
+        if any(self._pauser_of(state, other, e) for other in state.enrollments.values()):
+            self._pause(state, e, now, out, by=None)
+
     def _enter(self, state: LeadState, j: Journey, message: Mapping[str, Any], now: datetime, out: Outcome, *,
                reason: str, instance: str = "", rule: str | None = None,
                facts: Mapping[str, Any] | None = None) -> Enrollment | None:
@@ -382,13 +448,14 @@ class Engine:
         props = message.get("properties") or {}
         past = state.history.setdefault(ekey, {"entries": 0})
         past["entries"] = int(past.get("entries", 0)) + 1
+        past.pop("consent_exit", None)  # a new entry: nothing left to resume
         anchors = {name: str(props[prop]) for name, prop in j.anchors.items() if props.get(prop) is not None}
         if instance and j.entity:
             anchors.setdefault(j.entity, instance)
         e = Enrollment(ekey=ekey, journey=j.key, version=j.version, instance=instance, entry=past["entries"],
                        status=ACTIVE, step=j.first, stage=None, due=now, entered_at=now, stage_at=now,
                        anchors=anchors, token=(current.token + 1) if current else 1,
-                       side_token=current.side_token if current else 0)
+                       side_token=current.side_token if current else 0, timed_at=now)
         state.enrollments[ekey] = e
         out.touched.add(ekey)
         self._record(out, state, e, now, "entered", reason, step_to=j.first, rule=rule, facts=dict(facts or {}))
@@ -488,12 +555,34 @@ class Engine:
             s = j.step(e.step)
             self._enter_stage(state, j, e, s, now, out)
             if s.type in ("send", "task", "webhook", "update"):
+                late = self._too_late(state, e, s, now)
+                if late:
+                    self._run(state, j, e, s, now, out, status="skipped", detail=late)
+                    self._record(out, state, e, now, "skipped", f"{s.id} skipped: {late}", step_from=s.id,
+                                 step_to=s.next, facts={"reason": late})
+                    e.step, e.due = s.next, now
+                    continue
                 effect = self._effect(state, j, e, s, now, out, side=False)
                 if effect is not None:
                     return effect
                 continue
             self._instant(state, j, e, s, now, out)
         raise EngineError(f"{ekey}: more than {MAX_INSTANT_STEPS} steps at one instant")
+
+    def _too_late(self, state: LeadState, e: Enrollment, s: Step, now: datetime) -> str:
+        """Why a step whose moment has passed is skipped (empty when it still runs): `skip_if_late`
+        (how far past the time its wait set it may still run) and `skip_after` (a time spec like a
+        wait's `until`, after which it no longer makes sense)."""
+        tolerance = s.get("skip_if_late")
+        if tolerance is not None and e.timed_at is not None and now - e.timed_at > parse_duration(tolerance):
+            return (f"its time {iso(e.timed_at)} passed {_hours(now - e.timed_at)} ago, more than its "
+                    f"skip_if_late {tolerance}")
+        spec = s.get("skip_after")
+        if spec is not None:
+            deadline = self._time_of(spec, e, now, state_lead=state.lead)
+            if deadline is not None and now > deadline:
+                return f"past its skip_after {_spec_text(spec)} ({iso(deadline)})"
+        return ""
 
     def _enter_stage(self, state: LeadState, j: Journey, e: Enrollment, s: Step, now: datetime,
                      out: Outcome) -> None:
@@ -658,7 +747,7 @@ class Engine:
         self._run(state, j, e, s, now, out)
         if s.get("event") is not None:
             due = self._time_of(s.get("timeout"), e, now, state_lead=state.lead)
-            e.step, e.waiting, e.due = s.id, "event", max(due or now, now)
+            e.step, e.waiting, e.due, e.timed_at = s.id, "event", max(due or now, now), due or now
             e.token += 1
             self._record(out, state, e, now, "wait", f"waiting at {s.id} for "
                          f"{'/'.join(s.get('event').get('types', []))} until {iso(e.due)}", step_from=s.id)
@@ -675,7 +764,7 @@ class Engine:
                              step_from=s.id, step_to=target)
                 self._move(e, target, now, out)
                 return
-        e.step, e.due, e.waiting = s.next, max(due, now), kind if due > now else None
+        e.step, e.due, e.waiting, e.timed_at = s.next, max(due, now), kind if due > now else None, due
         e.token += 1
         out.touched.add(e.ekey)
 
@@ -708,6 +797,18 @@ class Engine:
             lead_id=lead_id or (state.lead_id if state else ""), ekey=e.ekey, journey=e.journey, version=e.version,
             at=now, type=kind, summary=f"{e.journey}: {summary}", step_from=step_from, step_to=step_to,
             stage=stage or e.stage, rule=rule, facts=dict(facts or {})))
+
+
+def _hours(delta: timedelta) -> str:
+    hours = delta.total_seconds() / 3600
+    return f"{round(hours / 24, 1)} d" if hours >= 48 else f"{round(hours, 1)} h"
+
+
+def _spec_text(spec: Mapping[str, Any]) -> str:
+    """`starts_at +1d`-style text of a time spec, for explanations."""
+    base = spec.get("anchor") or spec.get("fact") or ("now" if "delay" in spec else "?")
+    offset = spec.get("offset", spec.get("delay", 0))
+    return f"{base} {offset if str(offset).startswith(('-', '+')) else f'+{offset}'}"
 
 
 def _pauses(by: Journey, ej: Journey) -> bool:

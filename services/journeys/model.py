@@ -62,6 +62,7 @@ class Enrollment:
     last_sent: str | None = None
     ended_at: datetime | None = None
     outcome: str | None = None
+    timed_at: datetime | None = None  # when the step at the cursor was meant to run (set by its wait)
 
     def to_json(self) -> dict[str, Any]:
         # Hand-built rather than dataclasses.asdict: asdict deep-copies every nested dict, and this
@@ -71,14 +72,14 @@ class Enrollment:
             out[k] = dict(out[k])
         out["side"] = list(self.side)
         out["engaged_with"] = list(self.engaged_with)
-        for k in ("due", "entered_at", "stage_at", "ended_at", "side_at"):
+        for k in ("due", "entered_at", "stage_at", "ended_at", "side_at", "timed_at"):
             out[k] = iso(getattr(self, k))
         return out
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> Enrollment:
         data = dict(raw)
-        for k in ("due", "entered_at", "stage_at", "ended_at", "side_at"):
+        for k in ("due", "entered_at", "stage_at", "ended_at", "side_at", "timed_at"):
             data[k] = parse_time(data.get(k))
         return cls(**data)
 

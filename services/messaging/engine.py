@@ -52,28 +52,37 @@ BATCH = 500
 MAX_BATCH = 1000          # items of one SendBatch call (bounded memory and commit size per call)
 
 # Rolling per-lead caps on one sorted set of nurture sends (members are message ids, so a retry of the
-# same message never counts twice). Returns 0 when allowed (and records it), else the epoch second
-# when the lead is next under both caps. One key, one lead: safe on Redis Cluster. The day window is
-# open at its start: a send exactly a day old no longer counts, so the time returned is always after
-# `now` (virtual time lands on whole days; an inclusive bound re-deferred to `now` and spun forever).
+# same message never counts twice), and a minimum gap after the lead's latest nurture send. Returns
+# {0, ''} when allowed (and records it), else {epoch second when every limit allows it, what held it}.
+# One key, one lead: safe on Redis Cluster. Windows are open at their start: a send exactly a day (or
+# the gap) old no longer counts, so the time returned is always after `now` (virtual time lands on
+# whole days; an inclusive bound re-deferred to `now` and spun forever).
 CAPS_LUA = """
 local now = tonumber(ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 604800)
-if redis.call('ZSCORE', KEYS[1], ARGV[2]) then return 0 end
+if redis.call('ZSCORE', KEYS[1], ARGV[2]) then return {0, ''} end
+local untils, why = 0, ''
 local day = redis.call('ZCOUNT', KEYS[1], '(' .. (now - 86400), '+inf')
 if day >= tonumber(ARGV[3]) then
   local first = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. (now - 86400), '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
-  return math.ceil(tonumber(first[2]) + 86400)
+  untils, why = math.ceil(tonumber(first[2]) + 86400), 'frequency cap reached'
 end
 if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[4]) then
   local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-  return math.ceil(tonumber(oldest[2]) + 604800)
+  local t = math.ceil(tonumber(oldest[2]) + 604800)
+  if t > untils then untils, why = t, 'frequency cap reached' end
 end
+local gap = tonumber(ARGV[5])
+local latest = redis.call('ZREVRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+if gap > 0 and latest[2] and now - tonumber(latest[2]) < gap then
+  local t = math.ceil(tonumber(latest[2]) + gap)
+  if t > untils then untils, why = t, 'minimum gap after the previous nurture email' end
+end
+if untils > 0 then return {untils, why} end
 redis.call('ZADD', KEYS[1], now, ARGV[2])
 redis.call('EXPIRE', KEYS[1], 691200)
-return 0
+return {0, ''}
 """
-
 
 class InvalidRequest(ValueError):
     """A Send that can never be valid (maps to INVALID_ARGUMENT)."""
@@ -403,14 +412,15 @@ class Engine:
             pipe = self.redis.pipeline(transaction=False)
             for r in capped:
                 await self._caps(keys=[lead_key(r.row["lead_id"], "msg:nurture")],
-                                 args=[epoch, r.row["id"], self.policy.cap_per_day, self.policy.cap_per_week],
-                                 client=pipe)
+                                 args=[epoch, r.row["id"], self.policy.cap_per_day, self.policy.cap_per_week,
+                                       self.policy.min_gap_s], client=pipe)
             answers = await pipe.execute()
-            for r, until in zip(capped, answers, strict=True):
+            for r, (until, why) in zip(capped, answers, strict=True):
                 if int(until):
                     when = datetime.fromtimestamp(int(until), UTC)
                     window = next_window(when, r.lead.get("timezone"), self.policy) or when
-                    held[r.row["id"]] = _deferred(r, window, "frequency cap reached")
+                    reason = why.decode() if isinstance(why, bytes) else str(why)
+                    held[r.row["id"]] = _deferred(r, window, reason)
         return held
 
     async def _deliver(self, r: _Ready, now: datetime) -> Outcome:

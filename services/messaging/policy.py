@@ -1,8 +1,10 @@
 """Delivery policy: send windows in the lead's time zone, frequency caps, retry backoff. Pure functions.
 
-Nurture mail goes out only in the lead's daytime (deferred to the next window, never dropped) and under
-a rolling per-day and per-week cap; transactional mail (webinar reminders, deliveries) is exempt from
-both because its timing is the point of it.
+Nurture mail goes out only in the lead's daytime (deferred to the next window, never dropped), under
+a rolling per-day and per-week cap, and at least `min_gap_s` after the lead's previous nurture email
+(two journeys falling due together, e.g. a segment's re-engagement email and the re-engagement
+sequence's first on day 14, arrive hours apart, not in the same minute); transactional mail (webinar
+reminders, deliveries) is exempt from all three because its timing is the point of it.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ class Policy:
     window_end: time = time(20, 0)
     cap_per_day: int = 3
     cap_per_week: int = 10
+    min_gap_s: float = 2 * 3600.0
     max_attempts: int = 8
     backoff_base_s: float = 30.0
     backoff_max_s: float = 3600.0

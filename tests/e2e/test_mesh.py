@@ -158,3 +158,20 @@ def test_webinar_attendance_reported_after_the_no_show_decision_counts_as_attend
         assert click
         r = httpx.get(click.group(1), follow_redirects=False)
         assert r.status_code in (302, 303, 307) and r.headers["location"] == "https://zoom.example/j/42"
+
+
+def test_day_14_re_engagement_emails_go_hours_apart_not_in_the_same_minute(mesh: Mesh) -> None:
+    # The seed asks for both on 14 days without opens: the segment's re-engagement content and the
+    # Re-Engagement workflow's check-in. Messaging's minimum gap keeps them apart.
+    headers = {"Authorization": f"Bearer {mesh.api_key}"}
+    with httpx.Client(base_url=mesh.url, headers=headers, timeout=120) as api:
+        api.post("/v1/leads", json={"id": "ina", "email": "ina@example.com", "consent": {"email": True},
+                                    "timezone": "UTC", "attributes": {"profession": "engineer"}})
+        assert api.post("/v1/admin/clock/advance", json={"seconds": 15 * 86400}).status_code == 200
+        items = {m["template"]: m for m in api.get("/v1/leads/ina/messages").json()["items"]}
+        first, second = items["skilled_professional.reengagement"], items["re_engagement.email_01"]
+        assert first["status"] == second["status"] == "sent"
+        at = sorted(datetime.fromisoformat(m["at"].replace("Z", "+00:00")) for m in (first, second))
+        assert at[1] - at[0] >= timedelta(hours=2)
+        timeline = api.get("/v1/leads/ina/timeline").json()["items"]
+        assert any(i["kind"] == "message" and "minimum gap" in i["summary"] for i in timeline)

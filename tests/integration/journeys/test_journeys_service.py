@@ -6,25 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from datetime import timedelta
 
 import grpc
 import pytest
-import redis
 
-from nurture import redisconn
-from nurture.api.common.v1 import common_pb2, common_pb2_grpc
-from nurture.api.journeys.v1 import journeys_pb2, journeys_pb2_grpc
-from nurture.bus import Publisher
-from nurture.clock import VirtualClock
-from nurture.rpc import ServiceServer
-from nurture.service import Running
-from nurture.settings import Settings
-from tests.conftest import free_port, start_service
+from nurture.api.common.v1 import common_pb2
+from nurture.api.journeys.v1 import journeys_pb2
+from tests.conftest import free_port
+from tests.integration.journeys.conftest import Mesh
 from tests.integration.journeys.fakes import (
-    Recorder,
     advance,
     details,
     lead,
@@ -35,40 +26,6 @@ from tests.integration.journeys.fakes import (
 )
 
 pytestmark = pytest.mark.anyio
-
-
-@dataclass
-class Mesh:
-    running: Running
-    rec: Recorder
-    messaging: ServiceServer
-    crm: ServiceServer
-    stub: journeys_pb2_grpc.JourneysStub
-    admin: common_pb2_grpc.AdminStub
-    pub: Publisher
-    clock: VirtualClock
-    settings: Settings
-
-
-@pytest.fixture
-async def mesh(settings: Settings) -> AsyncIterator[Mesh]:
-    rec = Recorder()
-    mport, cport = free_port(), free_port()
-    messaging, crm = await start_fakes(rec, messaging_port=mport, crm_port=cport)
-    # scoring is only called by update steps; a free port keeps tests off a running local mesh.
-    settings = settings.with_overrides(messaging_addr=f"127.0.0.1:{mport}", crm_sync_addr=f"127.0.0.1:{cport}",
-                                       scoring_addr=f"127.0.0.1:{free_port()}")
-    running = await start_service("journeys", settings)
-    channel = grpc.aio.insecure_channel(running.address)
-    client = redisconn.connect(settings)
-    clock = VirtualClock(redis.Redis.from_url(settings.redis_url))
-    yield Mesh(running, rec, messaging, crm, journeys_pb2_grpc.JourneysStub(channel),
-               common_pb2_grpc.AdminStub(channel), Publisher(client, settings.bus_shards), clock, settings)
-    await channel.close()
-    await running.stop(grace=0.2)
-    await messaging.stop(0)
-    await crm.stop(0)
-    await client.aclose()
 
 
 async def test_segment_journey_runs_on_timers_and_explains_the_urgent_jump(mesh: Mesh) -> None:

@@ -96,22 +96,52 @@ async def test_send_window_and_caps_defer_nurture_not_transactional(mesh: Mesh) 
     assert deferred.status == "scheduled" and "daytime" in deferred.reason
     assert deferred.due_at.ToDatetime().isoformat() == "2026-01-05T16:00:00"
     assert settled.next_due_at.ToDatetime().isoformat() == "2026-01-05T16:00:00"
-    # Caps: 3 nurture a day; the 4th waits a day.
-    mesh.scoring.add(make_lead("cap"))
+    # Caps: 3 nurture a day (each past the minimum gap after the one before); the 4th waits a day.
+    mesh.scoring.add(make_lead("cap", timezone="UTC"))
+    first = mesh.clock.now()
     for step in ("email_03", "email_04", "email_05", "email_06"):
         await mesh.send("cap", f"skilled_professional.{step}")
-    await mesh.settle()
+        await mesh.settle()
+        mesh.clock.set(mesh.clock.now() + timedelta(hours=2))
     statuses = [m.status for m in await mesh.messages("cap")]
     assert statuses.count("sent") == 3 and statuses.count("scheduled") == 1
     held = [m for m in await mesh.messages("cap") if m.status == "scheduled"][0]
     assert "frequency cap" in held.reason
-    # Exactly a day later (virtual time lands on whole days) the cap has freed: the held one goes,
-    # and Settle returns instead of re-deferring it to the same instant forever.
+    # Exactly a day after the first (virtual time lands on whole days) the cap has freed: the held one
+    # goes, and Settle returns instead of re-deferring it to the same instant forever.
     due = held.due_at.ToDatetime().replace(tzinfo=mesh.clock.now().tzinfo)
-    assert due - mesh.clock.now() == timedelta(days=1)
+    assert due - first == timedelta(days=1)
     mesh.clock.set(due)
     await mesh.settle()
     assert [m.status for m in await mesh.messages("cap")].count("sent") == 4
+
+
+async def test_two_nurture_emails_due_together_go_a_minimum_gap_apart(mesh: Mesh) -> None:
+    # Day 14: the segment's re-engagement email and the re-engagement sequence's first fall due in the
+    # same minute; the second waits the policy's gap (2 h), a transactional one does not.
+    mesh.scoring.add(make_lead("gap"))
+    now = mesh.clock.now()
+    await mesh.send("gap", "skilled_professional.reengagement")
+    await mesh.send("gap", "re_engagement.email_01")
+    await mesh.send("gap", "webinar.email_01", category="transactional",
+                    context={"starts_at": "2026-01-09T17:00:00Z", "webinar_title": "Canada 101"})
+    await mesh.settle()
+    by_template = {m.template: m for m in await mesh.messages("gap")}
+    assert by_template["skilled_professional.reengagement"].status == "sent"
+    assert by_template["webinar.email_01"].status == "sent"
+    later = by_template["re_engagement.email_01"]
+    assert later.status == "scheduled" and later.reason == "deferred: minimum gap after the previous nurture email"
+    due = later.due_at.ToDatetime().replace(tzinfo=now.tzinfo)
+    assert due - now == timedelta(hours=2)
+    timeline = await mesh.admin.Timeline(common_pb2.TimelineRequest(lead_id="gap"), timeout=5)
+    assert any(i.type == "message_deferred" and "minimum gap" in i.summary for i in timeline.items)
+    mesh.clock.set(due - timedelta(minutes=1))
+    await mesh.settle()
+    assert {m.template: m.status for m in await mesh.messages("gap")}["re_engagement.email_01"] == "scheduled"
+    mesh.clock.set(due)
+    await mesh.settle()
+    assert {m.template: m.status for m in await mesh.messages("gap")}["re_engagement.email_01"] == "sent"
+    assert len([m for m in mesh.mails() if "gap@example.com" in str(m["To"])]) == 3
 
 
 async def test_tracking_and_one_click_unsubscribe(mesh: Mesh) -> None:

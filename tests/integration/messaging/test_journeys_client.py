@@ -49,7 +49,7 @@ def effect(lead_id: str, step: str, channel: str = "email") -> Effect:
 async def test_concurrent_sends_go_as_one_batch(calls: Counter[str], mesh: Mesh) -> None:
     clients = Clients(mesh.settings.with_overrides(messaging_addr=mesh.running.address))
     try:
-        for i in range(6):
+        for i in range(7):
             mesh.scoring.add(make_lead(f"j{i}"))
         effects = [effect(f"j{i}", "email_01") for i in range(5)] + [effect("j5", "email_01", channel="fax")]
         results = await asyncio.gather(*(clients.perform(e.dedupe_key.split(":")[0], e) for e in effects))
@@ -60,8 +60,8 @@ async def test_concurrent_sends_go_as_one_batch(calls: Counter[str], mesh: Mesh)
         # Replayed after a crash: the same keys answer duplicate with the same ids.
         again = await asyncio.gather(*(clients.perform(e.dedupe_key.split(":")[0], e) for e in effects[:5]))
         assert [(s, mid) for s, mid, _ in again] == [("duplicate", mid) for _, mid, _ in results[:5]]
-        # A lone send is a plain Send.
-        alone = await clients.perform("j0", effect("j0", "email_02"))
+        # A lone send is a plain Send (to another lead: j0's next nurture email would wait the gap).
+        alone = await clients.perform("j6", effect("j6", "email_02"))
         assert alone[0] == "scheduled" and calls["Send"] == 1 and calls["SendBatch"] == 2
         await mesh.settle()
         assert len(mesh.sink.messages()) == 6

@@ -370,3 +370,32 @@ def test_a_lead_who_consents_later_gets_the_behavioral_triggers() -> None:
     assert h.state.enrollments["triggers"].status == ACTIVE
     h.drive()
     assert any(":triggers:1:pricing_page:" in k for k in h.sent), h.sent
+
+
+def test_a_reminder_that_comes_to_run_later_than_its_skip_if_late_is_skipped_with_the_reason() -> None:
+    # E.g. messaging or the service down past the no-show message's moment: the late "We missed you"
+    # is dropped and explained, and the follow-ups keep their own times.
+    h = Harness()
+    h.message("lead_created")
+    h.message("webinar_registered", webinar_id="w7", starts_at=iso(T0 + timedelta(days=2)))
+    h.advance(days=2, minutes=59)
+    h.now = T0 + timedelta(days=4, hours=1)   # nothing ran in between
+    h.drive()
+    assert not any(":webinar:1:email_05:" in k for k in h.sent)
+    assert any("webinar: email_05 skipped: its time" in t and "passed 2.0 d ago, more than its skip_if_late 1d" in t
+               for t in h.transitions), h.transitions
+    assert h.state.enrollments["webinar#w7"].due == T0 + timedelta(days=5)
+
+
+def test_skip_options_are_validated() -> None:
+    from services.journeys.definitions import DefinitionError, load
+
+    doc = {"key": "x", "kind": "sequence", "steps": [
+        {"id": "a", "type": "send", "skip_if_late": "soon"},
+        {"id": "b", "type": "send", "skip_after": {"anchor": "nope"}},
+        {"id": "w", "type": "wait", "delay": "1d", "skip_if_late": "1d"}, {"id": "e", "type": "end"}]}
+    with pytest.raises(DefinitionError) as err:
+        load(doc)
+    assert "step a.skip_if_late: bad duration 'soon' (expected e.g. 2d, -2h, 30m)" in err.value.problems
+    assert "step b.skip_after: unknown anchor 'nope' (declare it under anchors)" in err.value.problems
+    assert "step w: skip_if_late applies to send, task, webhook and update steps" in err.value.problems
