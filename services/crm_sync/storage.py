@@ -44,7 +44,7 @@ def new_lead_row(lead_id: str, now: datetime) -> dict[str, Any]:
 
 
 def get_lead(s: Session, lead_id: str) -> dict[str, Any] | None:
-    row = s.execute(select(leads).where(leads.c.lead_id == lead_id)).first()
+    row = s.execute(_LEAD_BY_ID, {"b_lead_id": lead_id}).first()
     return _lead_row(row) if row else None
 
 
@@ -101,6 +101,17 @@ def find_leads(s: Session, wanted: list[tuple[str, str | None, str | None, str |
 # instead of generating a cache key for a fresh `.values(...)` on every write.
 _UPDATE_LEAD = update(leads).where(leads.c.lead_id == bindparam("b_lead_id"))
 _INSERT_LEAD = insert(leads)
+_LEAD_BY_ID = select(leads).where(leads.c.lead_id == bindparam("b_lead_id"))
+_INSERT_TIMELINE = insert(timeline)
+_INSERT_CHANGE = insert(changes)
+_INSERT_JOB = insert(outbox)
+_PENDING_JOB = select(outbox.c.id).where(outbox.c.lead_id == bindparam("b_lead_id"), outbox.c.op == bindparam("b_op"),
+                                         outbox.c.status == "pending").limit(1)
+_TASK_BY_KEY = select(tasks).where(tasks.c.dedupe_key == bindparam("b_key"))
+_TASK_BY_ID = select(tasks).where(tasks.c.id == bindparam("b_id"))
+_RECENT_TASK = select(tasks).where(tasks.c.lead_id == bindparam("b_lead_id"), tasks.c.kind == bindparam("b_kind"),
+                                   tasks.c.created_at >= bindparam("b_since")).limit(1)
+_INSERT_TASK = insert(tasks)
 
 
 def save_lead(s: Session, row: dict[str, Any], *, exists: bool) -> None:
@@ -187,13 +198,13 @@ def timeline_row(lead_id: str, at: datetime, type_: str, summary: str, details: 
 
 def add_timelines(s: Session, rows: list[dict[str, Any]]) -> None:
     if rows:
-        s.execute(insert(timeline), rows)
+        s.execute(_INSERT_TIMELINE, rows)
 
 
 def add_timeline(s: Session, lead_id: str, at: datetime, type_: str, summary: str, details: dict[str, Any],
                  item_id: str | None = None) -> None:
-    s.execute(insert(timeline).values(id=item_id or timeline_id(), lead_id=lead_id, at=at, type=type_,
-                                      summary=summary, details=json.dumps(details, default=str)))
+    s.execute(_INSERT_TIMELINE, {"id": item_id or timeline_id(), "lead_id": lead_id, "at": at, "type": type_,
+                                 "summary": summary, "details": json.dumps(details, default=str)})
 
 
 def get_timeline(s: Session, lead_id: str, limit: int) -> list[dict[str, Any]]:
@@ -206,8 +217,8 @@ def get_timeline(s: Session, lead_id: str, limit: int) -> list[dict[str, Any]]:
 
 def add_change(s: Session, lead_id: str, crm_id: str | None, changed: list[str], data: dict[str, Any],
                at: datetime) -> None:
-    s.execute(insert(changes).values(lead_id=lead_id, crm_id=crm_id, changed=json.dumps(changed),
-                                     data=json.dumps(data, default=str), at=at))
+    s.execute(_INSERT_CHANGE, {"lead_id": lead_id, "crm_id": crm_id, "changed": json.dumps(changed),
+                               "data": json.dumps(data, default=str), "at": at})
 
 
 def changes_after(s: Session, seq: int, limit: int) -> list[dict[str, Any]]:
@@ -223,12 +234,11 @@ def enqueue(s: Session, lead_id: str, op: str, now: datetime, *, ref: str = "", 
     """Queue a push. With `coalesce`, a pending job of the same op for the lead already covers it
     (contact pushes read the latest state when they run)."""
     if coalesce:
-        pending = s.execute(select(outbox.c.id).where(outbox.c.lead_id == lead_id, outbox.c.op == op,
-                                                      outbox.c.status == "pending").limit(1)).first()
+        pending = s.execute(_PENDING_JOB, {"b_lead_id": lead_id, "b_op": op}).first()
         if pending:
             return False
-    s.execute(insert(outbox).values(lead_id=lead_id, op=op, ref=ref, payload=json.dumps(payload or {}),
-                                    status="pending", attempts=0, due_at=now, created_at=now))
+    s.execute(_INSERT_JOB, {"lead_id": lead_id, "op": op, "ref": ref, "payload": json.dumps(payload or {}),
+                            "status": "pending", "attempts": 0, "due_at": now, "created_at": now})
     return True
 
 
@@ -270,15 +280,14 @@ def dead_jobs(s: Session) -> list[dict[str, Any]]:
 # -- tasks and assignment ------------------------------------------------------------------------------
 
 def get_task_by_key(s: Session, dedupe_key: str) -> dict[str, Any] | None:
-    row = s.execute(select(tasks).where(tasks.c.dedupe_key == dedupe_key)).first()
+    row = s.execute(_TASK_BY_KEY, {"b_key": dedupe_key}).first()
     return dict(row._mapping) if row else None
 
 
 def recent_task(s: Session, lead_id: str, kind: str, since: datetime) -> dict[str, Any] | None:
     """A task of this kind for this lead created since `since` (one sales task per lead and day,
     whichever rule or journey asked for it first)."""
-    row = s.execute(select(tasks).where(tasks.c.lead_id == lead_id, tasks.c.kind == kind,
-                                        tasks.c.created_at >= since).limit(1)).first()
+    row = s.execute(_RECENT_TASK, {"b_lead_id": lead_id, "b_kind": kind, "b_since": since}).first()
     return dict(row._mapping) if row else None
 
 
@@ -290,7 +299,7 @@ def was_merged(s: Session, lead_id: str, dedupe_key: str) -> bool:
 
 
 def get_task(s: Session, task_id: str) -> dict[str, Any] | None:
-    row = s.execute(select(tasks).where(tasks.c.id == task_id)).first()
+    row = s.execute(_TASK_BY_ID, {"b_id": task_id}).first()
     if not row:
         return None
     m = dict(row._mapping)
@@ -300,7 +309,7 @@ def get_task(s: Session, task_id: str) -> dict[str, Any] | None:
 
 
 def insert_task(s: Session, values: dict[str, Any]) -> None:
-    s.execute(insert(tasks).values({**values, "details": json.dumps(values["details"], default=str)}))
+    s.execute(_INSERT_TASK, {**values, "details": json.dumps(values["details"], default=str)})
 
 
 def update_task(s: Session, task_id: str, **values: Any) -> None:
