@@ -195,7 +195,9 @@ class ScoringModel:
         old_score = int(lead.get("score") or 0)
         new_score = max(0, old_score + out.delta)
         old_stage = str(lead.get("lifecycle_stage") or self.stage_order[0])
-        new_stage = self.stage_for(old_stage, new_score, etype)
+        # Subscribing to a channel (the newsletter, email again after an unsubscribe) is consent,
+        # not the purchase a plain `subscribed` is: it moves no stage.
+        new_stage = self.stage_for(old_stage, new_score, None if _channel_subscription(etype, props) else etype)
         if new_stage != old_stage:
             out.stage = new_stage
             signal = self.stage_signals.get(new_stage)
@@ -210,9 +212,15 @@ class ScoringModel:
             # An unsubscribe scoped to one kind of mail is messaging's suppression, not a withdrawal
             # of all email consent.
             out.consent_email = False
-        elif etype == "subscribed" and props.get("channel") == "email":
+        elif _channel_subscription(etype, props) and props.get("channel") == "email":
             out.consent_email = True
         return out
+
+
+def _channel_subscription(etype: str, props: Mapping[str, Any]) -> bool:
+    """`subscribed` with `properties.channel` is a subscription to mail of that channel (consent);
+    without one it is the paid subscription (the seed's purchase)."""
+    return etype == "subscribed" and bool(props.get("channel"))
 
 
 def derive_counters(

@@ -399,3 +399,16 @@ def test_skip_options_are_validated() -> None:
     assert "step a.skip_if_late: bad duration 'soon' (expected e.g. 2d, -2h, 30m)" in err.value.problems
     assert "step b.skip_after: unknown anchor 'nope' (declare it under anchors)" in err.value.problems
     assert "step w: skip_if_late applies to send, task, webhook and update steps" in err.value.problems
+
+
+def test_subscribing_to_email_again_is_consent_not_a_conversion() -> None:
+    # `subscribed` with a channel is a subscription to that mail (consent); without one it is the
+    # purchase that ends the nurture journeys as converted.
+    h = Harness("family")
+    h.message("lead_created")
+    assert h.state.enrollments["family"].status == ACTIVE
+    h.message("subscribed", channel="email")
+    assert h.state.enrollments["family"].status == ACTIVE
+    h.message("subscribed")
+    assert h.state.enrollments["family"].status != ACTIVE
+    assert h.state.enrollments["family"].outcome == "converted"

@@ -106,3 +106,12 @@ def test_scoped_unsubscribe_keeps_consent(model: ScoringModel) -> None:
 ])
 def test_behaviour_names_the_segment_of_its_seed_workflow(model: ScoringModel, category: str, segment: str) -> None:
     assert model.classify({"attributes": {}}, {"type": "page_viewed", "properties": {"category": category}}) == segment
+
+
+def test_a_channel_subscription_is_consent_and_a_plain_one_a_purchase(model: ScoringModel) -> None:
+    lead = {"score": 5, "lifecycle_stage": "lead"}
+    newsletter = model.score_event(lead, {"type": "subscribed", "properties": {"channel": "email"},
+                                          "occurred_at": NOW}, NOW)
+    assert newsletter.consent_email is True and newsletter.stage is None
+    purchase = model.score_event(lead, {"type": "subscribed", "properties": {"plan": "pro"}, "occurred_at": NOW}, NOW)
+    assert purchase.stage == "customer" and purchase.consent_email is None
