@@ -27,6 +27,7 @@ from services.messaging.catalog import Catalog, RenderError
 from services.messaging.channels import Channels, NotFoundError
 from services.messaging.engine import Engine, InvalidRequest, SendInput
 from services.messaging.leads import LeadSource, email_hash
+from services.messaging.policy import load_policy
 from services.messaging.storage import Store, aware
 from services.messaging.tokens import TokenError
 
@@ -189,7 +190,7 @@ async def serve(settings: Settings) -> Running:
     scoring_channel = channel(settings.address_of("scoring"))
     journeys_channel = channel(settings.address_of("journeys"))
     engine = Engine(settings=settings, clock=clock, db=db, store=store, catalog=Catalog(), redis=redis,
-                    leads=LeadSource(scoring_channel))
+                    leads=LeadSource(scoring_channel), policy=load_policy())
     channels = Channels(engine, journeys_channel)
     consumer = Consumer(redis, group="messaging", shards=settings.bus_shards, handler=channels.handle_bus)
 
