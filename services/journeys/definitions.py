@@ -15,6 +15,8 @@ A definition is a YAML/JSON document (see services/journeys/playbook/*.yaml):
 
 Step types: send, wait, branch, split, goal, jump, enrol, exit, update, task, webhook, listen, end.
 Steps fall through to the next one in the list unless they say `next` (or end the path).
+A wait for an event says `event: {types, match?, when?}`: `match` names an event property that must
+be this enrolment's entity, `when` a condition the event must hold (e.g. a purchase, not a signup).
 Effect steps may say `skip_if_late: <duration>` (skipped, and explained, when they come to run longer
 than that after the time their wait set, e.g. a reminder whose moment passed) and `skip_after: <time
 spec>` (skipped after that time).
@@ -404,6 +406,8 @@ def _check_step(j: Journey, s: Step) -> list[str]:
             ev = s.get("event")
             if not isinstance(ev, Mapping) or not isinstance(ev.get("types"), list) or not ev["types"]:
                 p.append(f"{at}.event: needs a non-empty list of types")
+            elif ev.get("when") is not None:
+                p += [f"{at}.event.when.{x}" for x in validate_condition(ev.get("when"))]
             if s.get("timeout") is None:
                 p.append(f"{at}: an event wait needs a timeout")
             else:

@@ -257,8 +257,12 @@ class Engine:
             wait = j.step(e.step)
             spec = wait.get("event") or {}
             match_prop = spec.get("match")
-            if etype in spec.get("types", []) and (not match_prop or str(props.get(match_prop, "")) in
-                                                    ("", e.instance, e.anchors.get(match_prop, ""))):
+            awaited = etype in spec.get("types", []) and (
+                not match_prop or str(props.get(match_prop, "")) in ("", e.instance, e.anchors.get(match_prop, "")))
+            if awaited and spec.get("when") is not None:  # a condition on the event: a purchase, not a signup
+                condition = [{"name": f"{wait.id}.event", "when": spec["when"]}]
+                awaited = rulesets.branch(j, f"{wait.id}.event", condition, facts) is not None
+            if awaited:
                 target = str(wait.get("on_event"))
                 self._record(out, state, e, now, "event", f"{etype} arrived at {wait.id}: going to {target}",
                              step_from=wait.id, step_to=target)

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from nurture.clock import VIRTUAL_EPOCH
-from services.journeys.definitions import load_playbook, read_settings
+from services.journeys.definitions import check, load_playbook, read_settings
 from services.journeys.engine import Engine, _pauses
 from services.journeys.model import ACTIVE, PAUSED, LeadState, Outcome, iso
 from services.journeys.registry import Registry
@@ -412,3 +412,25 @@ def test_subscribing_to_email_again_is_consent_not_a_conversion() -> None:
     h.message("subscribed")
     assert h.state.enrollments["family"].status != ACTIVE
     assert h.state.enrollments["family"].outcome == "converted"
+
+
+def test_a_newsletter_signup_during_checkout_is_not_the_purchase_the_cart_waits_for() -> None:
+    # The wait's event condition (event.when): a channel subscription leaves the cart reminder due.
+    h = Harness()
+    h.message("checkout_started", cart_id="c-9", plan="Pro")
+    h.message("subscribed", channel="email")
+    h.advance(hours=2)
+    assert any(":cart_abandonment:" in k and ":email_01:" in k for k in h.sent), h.sent
+    bought = Harness()
+    bought.message("checkout_started", cart_id="c-9", plan="Pro")
+    bought.message("subscribed", plan="Pro")
+    bought.advance(hours=2)
+    assert not any(":cart_abandonment:" in k and ":email_01:" in k for k in bought.sent), bought.sent
+
+
+def test_a_wait_event_condition_is_validated() -> None:
+    cart = PLAYBOOK["cart_abandonment"].document
+    steps = [{**s, "event": {**s["event"], "when": {"fact": "event.properties.channel"}}}
+             if s.get("type") == "wait" and s.get("event") else s for s in cart["steps"]]
+    _, problems = check({**cart, "steps": steps})
+    assert any(".event.when." in p for p in problems), problems
