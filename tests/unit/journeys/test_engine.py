@@ -434,3 +434,14 @@ def test_a_wait_event_condition_is_validated() -> None:
              if s.get("type") == "wait" and s.get("event") else s for s in cart["steps"]]
     _, problems = check({**cart, "steps": steps})
     assert any(".event.when." in p for p in problems), problems
+
+
+def test_a_late_registrant_still_gets_the_access_link_before_the_start() -> None:
+    # Registered an hour before the start: the 2-hours-before moment has passed, but the final
+    # reminder (the one carrying the access link) still goes, at once; the day-before one does not.
+    h = Harness()
+    h.message("webinar_registered", webinar_id="w-late", starts_at=iso(h.now + timedelta(hours=1)),
+              join_url="https://meet.example.com/w-late")
+    webinar = [k for k in h.sent if ":webinar:" in k]
+    assert any(":email_01:" in k for k in webinar) and any(":email_03:" in k for k in webinar), webinar
+    assert not any(":email_02:" in k for k in webinar), webinar
