@@ -61,12 +61,23 @@ def _grpc_error(exc: grpc.aio.AioRpcError) -> JSONResponse:
     status, code = _GRPC_TO_HTTP.get(exc.code(), (500, "internal"))
     message = exc.details() or exc.code().name
     details: dict[str, Any] = {}
+    ours = False
     try:
         parsed = json.loads(message)
         if isinstance(parsed, dict) and "message" in parsed:
             code, message, details = parsed.get("code", code), parsed["message"], parsed.get("details", {})
+            ours = True
     except ValueError:
         pass
+    if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and not ours:
+        # gRPC's own limits (message or metadata size) say RESOURCE_EXHAUSTED too; only a service's
+        # own refusal is overload. Anything else is our fault, and a 429 would invite a wrong retry.
+        log.error("a call in the mesh hit a transport limit: %s", message[:300])
+        status, code, message = 500, "internal", "a call inside the mesh exceeded a transport limit"
+    elif status == 500 and not ours:
+        log.error("a service failed: %s %s", exc.code().name, message[:300])
+        message = f"a service failed ({exc.code().name})"
+    message = message[:500]
     headers = {"Retry-After": "2"} if status in (503, 429) else None
     if status == 503:
         message = f"a service behind the gateway is unavailable: {message}"
