@@ -130,11 +130,13 @@ def _lead_values(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def save_leads(s: Session, new: list[dict[str, Any]], changed: list[dict[str, Any]]) -> None:
-    """Many leads in two executemany statements (full rows, as save_lead writes them)."""
+    """Many leads in two executemany statements (full rows, as save_lead writes them), in key order
+    (as every path that writes several rows locks them, see nurture.db)."""
     if new:
-        s.execute(_INSERT_LEAD, [_lead_values(r) for r in new])
+        s.execute(_INSERT_LEAD, [_lead_values(r) for r in sorted(new, key=lambda r: str(r["lead_id"]))])
     if changed:
-        s.execute(_UPDATE_LEAD, [{**_lead_values(r), "b_lead_id": r["lead_id"]} for r in changed])
+        s.execute(_UPDATE_LEAD, [{**_lead_values(r), "b_lead_id": r["lead_id"]}
+                                 for r in sorted(changed, key=lambda r: str(r["lead_id"]))])
 
 
 def unlink_crm_ids(s: Session, owners: dict[tuple[str, str], str]) -> None:
@@ -149,7 +151,7 @@ def unlink_crm_ids(s: Session, owners: dict[tuple[str, str], str]) -> None:
                 moved.append(row.lead_id)
     if moved:
         s.execute(update(leads).where(leads.c.lead_id == bindparam("b_lead_id")).values(crm_id=None),
-                  [{"b_lead_id": lead_id} for lead_id in moved])
+                  [{"b_lead_id": lead_id} for lead_id in sorted(set(moved))])
 
 
 def unlink_crm_id(s: Session, crm: str, crm_id: str, keep_lead: str) -> None:
@@ -266,9 +268,8 @@ class BatchWrites:
 
     def flush(self, s: Session) -> None:
         if self._leads:
-            # Key order, as every path that writes several rows locks them (see nurture.db).
-            ordered = [self._leads[k] for k in sorted(self._leads)]
-            save_leads(s, [row for row, exists in ordered if not exists], [row for row, exists in ordered if exists])
+            rows = list(self._leads.values())
+            save_leads(s, [row for row, exists in rows if not exists], [row for row, exists in rows if exists])
         if self._changes:
             s.execute(_INSERT_CHANGE, self._changes)
         if self._jobs:
