@@ -105,7 +105,7 @@ def create_app(settings: Settings) -> FastAPI:
     # FastAPI's own telemetry is off: it adds spans per dependency and endpoint, metrics and logs to
     # every request (a measured share of the gateway's time); our middleware keeps one span each.
     app = FastAPI(title="BorderBridge Nurture gateway", version="1", lifespan=lifespan,
-                  description="The HTTP door into the nurture mesh (see shared/API.md).",
+                  description="The HTTP door into the nurture mesh (see docs/API.md).",
                   telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False})
     app.state.mesh = Mesh(settings=settings)
     app.state.events = EventSender(app.state.mesh)
