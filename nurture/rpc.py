@@ -100,6 +100,11 @@ class _TraceServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 except grpc.aio.AbortError:  # the servicer chose its status and message
                     raise
                 except Exception as exc:
+                    chosen = context.code()
+                    if chosen not in (None, grpc.StatusCode.OK):
+                        # The servicer set a status before raising (grpc's generated base class does
+                        # so for a method a service does not implement: callers rely on UNIMPLEMENTED).
+                        raise
                     code, details = unexpected_error(exc, span)
                     await context.abort(code, details)
 
