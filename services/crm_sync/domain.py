@@ -63,6 +63,7 @@ class SyncConfig:
     assignment: CompiledRules
     tasks: CompiledRules
     notifications: CompiledRules
+    task_holds: CompiledRules | None = None  # sales feedback that holds tasks (closed loop)
     max_clock_skew: timedelta = timedelta(minutes=30)
     by_crm: dict[str, FieldRule] = field(default_factory=dict)
 
@@ -96,6 +97,7 @@ def load_config(path: Path = DEFAULT_CONFIG) -> SyncConfig:
         assignment=compile_rules(f"crm_sync.assignment.v{version}", specs(raw["assignment"])),
         tasks=compile_rules(f"crm_sync.tasks.v{version}", specs(raw["tasks"])),
         notifications=compile_rules(f"crm_sync.notifications.v{version}", specs(raw["notifications"])),
+        task_holds=compile_rules(f"crm_sync.task_holds.v{version}", specs(raw.get("task_holds") or [])),
         max_clock_skew=timedelta(seconds=float(skew)),
     )
     cfg.by_crm = {f.crm: f for f in fields}
@@ -363,6 +365,12 @@ def planned_tasks(cfg: SyncConfig, lead_id: str, facts: Mapping[str, Any], now: 
         meta = {**m.meta, "kind": "notify", "priority": "high", "due_hours": 0}
         plans.append(_plan(Match(m.rule, meta, m.facts), lead_id, now, f"notify:{m.rule}:{lead_id}"))
     return plans
+
+
+def task_hold(cfg: SyncConfig, facts: Mapping[str, Any]) -> Match | None:
+    """The first hold rule (closed-loop sales feedback) that stops sales tasks for these facts."""
+    matches = cfg.task_holds.evaluate(facts) if cfg.task_holds is not None else []
+    return matches[0] if matches else None
 
 
 def _plan(m: Match, lead_id: str, now: datetime, key: str) -> TaskPlan:

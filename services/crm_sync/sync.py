@@ -22,7 +22,7 @@ import logging
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -715,7 +715,8 @@ class CrmSyncCore:
             batch.flush(s)  # tasks read pending jobs and leads' rows from SQL
         for plan in plans:
             self._create_task(s, row, snapshot, plan.dedupe_key, plan.kind, plan.title, plan.priority, plan.due_at,
-                              {"why": plan.why, "facts": plan.facts, "bus_message": m.get("id")}, plan.rule, now)
+                              {"why": plan.why, "facts": plan.facts, "bus_message": m.get("id")}, plan.rule, now,
+                              facts=facts)
         if plans:  # an assignment may have queued a contact push in SQL: it covers this batch
             queued.update(st.pending_jobs(s, [lead_id], "contact"))
             dirty = True
@@ -728,12 +729,25 @@ class CrmSyncCore:
     # Tasks, notifications, assignment
 
     def _create_task(self, s: Session, row: dict[str, Any], lead: dict[str, Any], key: str, kind: str, title: str,
-                     priority: str, due_at: datetime | None, details: dict[str, Any], rule: str, now: datetime
-                     ) -> tuple[dict[str, Any], bool]:
+                     priority: str, due_at: datetime | None, details: dict[str, Any], rule: str, now: datetime,
+                     facts: Mapping[str, Any] | None = None) -> tuple[dict[str, Any], bool]:
         existing = st.get_task_by_key(s, key)
         if existing:
             return existing, True
         lead_id = row["lead_id"]
+        hold = domain.task_hold(self.cfg, facts or domain.facts_for(lead, [], None))
+        if hold is not None:
+            # Closed loop: sales said no. Recorded (a later request under the key is a duplicate),
+            # never pushed: the lead is not re-alerted to sales.
+            task = {"id": uuid.uuid4().hex, "dedupe_key": key, "lead_id": lead_id, "kind": kind, "title": title,
+                    "priority": priority, "owner": row["owner"], "due_at": due_at, "details": details,
+                    "document": "", "rule": rule, "status": "held", "remote_id": None, "created_at": now}
+            st.insert_task(s, task)
+            st.add_timeline(s, lead_id, now, "task_held", f"{title}: not sent to sales, held by rule {hold.rule}: "
+                            f"{hold.meta.get('why', '')}",
+                            {"task_id": task["id"], "kind": kind, "rule": rule, "hold": hold.rule,
+                             "why": hold.meta.get("why", ""), "facts": dict(hold.facts), "dedupe_key": key})
+            return task, False
         if kind != "notify":
             # A journey trigger and a crm rule may both ask for the same follow-up (the seed's
             # bottom-funnel alert): the first one today wins, the other is recorded as merged.

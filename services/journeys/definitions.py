@@ -52,6 +52,10 @@ CHANNELS = ("email", "sms", "in_app", "webhook", "ads_audience")
 TASK_KINDS = ("sales_alert", "follow_up", "consultation", "notify")
 ACTIONS = ("goto", "send", "enrol", "exit", "task", "update", "pace")
 SYNTHETIC_EVENTS = ("inactivity",)
+# Lead-level timers of the clocks in _settings.yaml live beside date-relative entries (`state.dates`),
+# under keys no journey can have ("<journey>.<rule>" keys start with a letter).
+CLOCK_PREFIX = "~"
+EVENT_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
 _DURATION = re.compile(r"^([+-]?)(\d+)([smhdw])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
@@ -586,6 +590,35 @@ class PlaybookSettings:
     budget_max: int = 2
     inactivity_days: tuple[int, ...] = (14,)
     engagement_events: frozenset[str] = frozenset({"email_opened", "email_clicked", "page_viewed"})
+    # Exits every journey of the named categories takes beside its own (the closed loop: sales said no).
+    exits: tuple[GlobalExit, ...] = ()
+    # Quiet-period clocks beside `inactivity`, each posting its own synthetic event.
+    clocks: tuple[Clock, ...] = ()
+
+
+@dataclass(frozen=True)
+class Clock:
+    """A quiet-period clock: `event` is posted `days` (each threshold once) after the last of its
+    `reset_by` events, counted from its first `starts_on` event (e.g. the first email sent, for "no
+    email opens for 14+ days")."""
+
+    event: str
+    days: tuple[int, ...]
+    reset_by: frozenset[str]
+    starts_on: frozenset[str]
+
+    @property
+    def key(self) -> str:
+        return CLOCK_PREFIX + self.event
+
+
+@dataclass(frozen=True)
+class GlobalExit:
+    name: str
+    events: frozenset[str]
+    categories: frozenset[str]
+    keep: frozenset[str]  # journeys that stay (e.g. the recycle track the same event enters)
+    why: str = ""
 
 
 def read_settings(directory: Path = PLAYBOOK_DIR) -> PlaybookSettings:
@@ -599,7 +632,41 @@ def read_settings(directory: Path = PLAYBOOK_DIR) -> PlaybookSettings:
         budget_max=int(budget.get("max", 2)),
         inactivity_days=tuple(int(d) for d in raw.get("inactivity_days", [14])),
         engagement_events=frozenset(raw.get("engagement_events", [])),
+        exits=tuple(_global_exit(x) for x in raw.get("exits") or []),
+        clocks=tuple(_clock(x) for x in raw.get("clocks") or []),
     )
+
+
+def _clock(raw: Any) -> Clock:
+    problems: list[str] = []
+    if not isinstance(raw, dict) or not EVENT_NAME.fullmatch(str(raw.get("event", ""))):
+        raise DefinitionError([f"_settings.yaml clocks: each needs an event name, got {raw!r}"])
+    days = raw.get("days")
+    if not isinstance(days, list) or not days or not all(isinstance(d, int) and d > 0 for d in days):
+        problems.append(f"_settings.yaml clocks.{raw['event']}: days must be a list of positive whole days")
+    for name in ("reset_by", "starts_on"):
+        if not isinstance(raw.get(name), list) or not raw[name]:
+            problems.append(f"_settings.yaml clocks.{raw['event']}: {name} must be a list of event types")
+    unknown = set(raw) - {"event", "days", "reset_by", "starts_on"}
+    if unknown:
+        problems.append(f"_settings.yaml clocks.{raw['event']}: unknown keys {sorted(unknown)}")
+    if problems or not isinstance(days, list):
+        raise DefinitionError(problems)
+    return Clock(event=str(raw["event"]), days=tuple(sorted(int(d) for d in days)),
+                 reset_by=frozenset(str(e) for e in raw["reset_by"]),
+                 starts_on=frozenset(str(e) for e in raw["starts_on"]))
+
+
+def _global_exit(raw: Any) -> GlobalExit:
+    if not isinstance(raw, dict) or not raw.get("name") or not isinstance(raw.get("events"), list) \
+            or not raw["events"]:
+        raise DefinitionError([f"_settings.yaml exits: each needs a name and a list of events, got {raw!r}"])
+    unknown = set(raw) - {"name", "events", "categories", "keep", "why"}
+    if unknown:
+        raise DefinitionError([f"_settings.yaml exits.{raw['name']}: unknown keys {sorted(unknown)}"])
+    return GlobalExit(name=str(raw["name"]), events=frozenset(str(e) for e in raw["events"]),
+                      categories=frozenset(str(c) for c in raw.get("categories") or ["nurture"]),
+                      keep=frozenset(str(k) for k in raw.get("keep") or []), why=str(raw.get("why", "")))
 
 
 def load_playbook(directory: Path = PLAYBOOK_DIR) -> dict[str, Journey]:

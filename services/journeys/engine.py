@@ -20,7 +20,15 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from services.journeys import rulesets
-from services.journeys.definitions import Journey, PlaybookSettings, Rule, Step, parse_duration, template_of
+from services.journeys.definitions import (
+    CLOCK_PREFIX,
+    Journey,
+    PlaybookSettings,
+    Rule,
+    Step,
+    parse_duration,
+    template_of,
+)
 from services.journeys.model import (
     ACTIVE,
     COMPLETED,
@@ -119,6 +127,7 @@ class Engine:
             return out
         if etype != "date_reached":
             self._arm_dates(state, out)
+        self._tick_clocks(state, message, etype, now, out)
         if etype in self.settings.engagement_events:
             self._engaged(state, message, now, out)
         elif state.last_engagement is None and etype != "inactivity":
@@ -138,6 +147,15 @@ class Engine:
                     self._keep_for_consent(state, e, now)
                     self._finish(state, e, EXITED, reason, now, out, summary=f"exited: {reason}"
                                  + (f" ({scope})" if scope else ""))
+        for rule in self.settings.exits:
+            if etype not in rule.events:
+                continue
+            for e in list(state.enrollments.values()):
+                if e.status in LIVE and e.journey not in rule.keep \
+                        and self.journey(e.journey, e.version).category in rule.categories:
+                    self._finish(state, e, EXITED, rule.name, now, out,
+                                 summary=f"exited: {etype} (playbook exit {rule.name}"
+                                         + (f": {rule.why})" if rule.why else ")"))
         if consent_off:
             # Withdrawn for sure now (an opt-out event may carry the snapshot from before it).
             for past in state.history.values():
@@ -188,6 +206,43 @@ class Engine:
         state.inactive_token += 1
         out.inactivity_changed = True
 
+    def _tick_clocks(self, state: LeadState, message: Mapping[str, Any], etype: str, now: datetime,
+                     out: Outcome) -> None:
+        """Quiet-period clocks (_settings.yaml `clocks`): a `reset_by` event restarts one; a `starts_on`
+        event starts one that is not running yet (the first email sent starts "no opens")."""
+        for clock in self.settings.clocks:
+            entry = state.dates.get(clock.key)
+            if etype in clock.reset_by or (etype in clock.starts_on and entry is None):
+                since = min(parse_time(message.get("occurred_at")) or now, now)
+                if entry is not None and parse_time(entry.get("since")) == since and entry.get("step") == 0:
+                    continue  # the same moment again (a redelivered message)
+                state.dates[clock.key] = {"at": iso(since + timedelta(days=clock.days[0])), "since": iso(since),
+                                          "step": 0, "fired": False,
+                                          "token": int((entry or {}).get("token", 0)) + 1}
+                out.dates_changed.add(clock.key)
+
+    def _clock_due(self, state: LeadState, key: str, token: int, now: datetime) -> Outcome:
+        """A quiet-period clock ran out: post its event, and arm its next threshold if it has one."""
+        clock = next((c for c in self.settings.clocks if c.key == key), None)
+        entry = state.dates.get(key)
+        if clock is None or not entry or entry.get("token") != token or entry.get("fired"):
+            return Outcome()
+        at, since = parse_time(entry.get("at")), parse_time(entry.get("since"))
+        if at is None or since is None or at > now:
+            return Outcome()
+        out = Outcome()
+        step = int(entry.get("step", 0)) + 1
+        if step < len(clock.days):
+            entry.update(at=iso(since + timedelta(days=clock.days[step])), step=step, token=token + 1)
+            out.dates_changed.add(key)
+        else:
+            entry["fired"] = True
+        days = int((now - since).total_seconds() // 86400)
+        message = {"id": f"{clock.event}:{state.lead_id}:{iso(now)}", "type": clock.event,
+                   "properties": {"days": days, "since": iso(since)}, "lead": state.lead}
+        out.extend(self.on_message(state, message, now))
+        return out
+
     def _arm_dates(self, state: LeadState, out: Outcome) -> None:
         """Date-relative entries: (re)arm a lead-level timer at <lead date property> + offset whenever
         the property is set or moves."""
@@ -209,6 +264,8 @@ class Engine:
 
     def date_due(self, state: LeadState, key: str, token: int, now: datetime) -> Outcome:
         """A date-relative entry's time came: post `date_reached` for that one rule."""
+        if key.startswith(CLOCK_PREFIX):
+            return self._clock_due(state, key, token, now)
         entry = state.dates.get(key)
         if not entry or entry.get("token") != token or entry.get("fired"):
             return Outcome()

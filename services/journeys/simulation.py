@@ -272,6 +272,8 @@ class Simulation:
         stage = payload.get("context", {}).get("stage")
         rng = self.rng
         tag = {"journey": payload["journey"], "step": payload["step"]}
+        # What messaging reports for every delivered email (it starts the "no opens" clock).
+        self._message(self.now, state.lead_id, "email_sent", tag)
         if rng.random() >= self._rate(segment, stage, "open"):
             return
         opened = self.now + timedelta(seconds=rng.randrange(600, 36 * 3600))

@@ -111,7 +111,7 @@ async def test_sales_task_and_webinar_reschedule(mesh: Mesh) -> None:
 
 async def test_definitions_versions_and_validation(mesh: Mesh) -> None:
     listed = await mesh.stub.ListJourneys(journeys_pb2.ListJourneysRequest(), timeout=5)
-    assert len(listed.journeys) == 12 and all(j.published_version == 1 for j in listed.journeys)
+    assert len(listed.journeys) == 13 and all(j.published_version == 1 for j in listed.journeys)
     got = await mesh.stub.GetJourney(journeys_pb2.GetJourneyRequest(key="lead_magnet"), timeout=5)
     doc = json.loads(got.definition_json)
     bad = {**doc, "steps": [*doc["steps"], {"id": "stray", "type": "jump", "to": "nowhere"}]}
@@ -190,8 +190,11 @@ async def test_inactivity_re_engages_beside_segment_then_erasure_removes_everyth
     status = {e.journey: e.status for e in reply.enrollments}
     assert status["re_engagement"] == "active" and status["family"] == "active"
     tl = await mesh.admin.Timeline(common_pb2.TimelineRequest(lead_id="l-6"), timeout=5)
-    assert any("re_engagement: entered: inactivity days=14" in s and "matched rule inactive_14d" in s
-               for s in timeline_summaries(tl))
+    # Fourteen quiet days: no engagement (re_engagement's own entry) and no email opened since the one
+    # open (the trigger table's no_opens_14d); the clocks run out at the same instant, either explains it.
+    entered = [s for s in timeline_summaries(tl) if s.startswith("re_engagement: e")]
+    assert entered and ("inactivity days=14" in entered[0] and ("matched rule inactive_14d" in entered[0]
+                                                                 or "matched rule no_opens_14d" in entered[0])), entered
     assert not any("family: paused" in s for s in timeline_summaries(tl))
 
     await publish(mesh.pub, mesh.clock, fay, "lead_erased")

@@ -88,6 +88,7 @@ def test_re_engagement_runs_beside_the_segment_journey_which_keeps_its_seed_days
     # A lead who never opens: re-engagement starts at day 14, and the family workflow still sends its
     # 17 emails on the seed's days (Day N = N-1 days after the immediate welcome).
     h = Harness("family")
+    h.lead["lifecycle_stage"] = "lead"
     h.message("lead_created")
     h.advance(days=14)
     inactivity = h.engine.inactivity_due(h.state, h.state.inactive_token, T0 + timedelta(days=14))

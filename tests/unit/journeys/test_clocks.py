@@ -1,0 +1,91 @@
+"""Quiet-period clocks: the seed's "no email opens for 14+ days" is not "no engagement"."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from services.journeys.definitions import DefinitionError, _clock
+from services.journeys.model import ACTIVE
+from tests.unit.journeys.test_engine import T0, Harness
+
+KEY = "~email_inactivity"
+
+
+def _fire_due(h: Harness) -> None:
+    """Fire every lead-level clock timer that is due (what the runner's timer loop does)."""
+    entry = h.state.dates.get(KEY)
+    if entry and not entry.get("fired"):
+        from services.journeys.model import parse_time
+
+        at = parse_time(entry["at"])
+        if at is not None and at <= h.now:
+            out = h.engine.date_due(h.state, KEY, int(entry["token"]), h.now)
+            h.transitions += [t.summary for t in out.transitions]
+            h.drive()
+
+
+def _walk(h: Harness, days: int, every: timedelta | None = None, etype: str = "page_viewed") -> None:
+    """Advance day by day, firing clocks; with `every`, the lead does `etype` that often."""
+    for day in range(days):
+        h.advance(days=1)
+        if every is not None and day % every.days == 0:
+            h.message(etype, category="country")
+        _fire_due(h)
+
+
+def _prospect() -> Harness:
+    h = Harness("skilled_professional")
+    h.lead["lifecycle_stage"] = "lead"
+    h.message("lead_created")
+    h.message("email_sent", journey="skilled_professional", step="email_01")
+    return h
+
+
+def test_a_lead_who_browses_but_never_opens_is_re_engaged_14_days_after_the_first_email() -> None:
+    h = _prospect()
+    _walk(h, 13, every=timedelta(days=2))
+    assert "re_engagement" not in h.state.enrollments
+    _walk(h, 1)
+    assert h.state.enrollments["re_engagement"].status in (ACTIVE, "completed", "exited")
+    assert [k for k in h.sent if ":skilled_professional:1:reengagement:" in k]
+    assert any("email_inactivity days=14 matched rule re_engagement" in t for t in h.transitions), h.transitions
+
+
+def test_an_open_before_day_14_moves_the_re_engagement_date() -> None:
+    h = _prospect()
+    _walk(h, 10)
+    h.message("email_opened", journey="skilled_professional", step="email_01")
+    opened_at = h.now
+    _walk(h, 13)
+    assert "re_engagement" not in h.state.enrollments, "13 days after the open is not yet 14"
+    _walk(h, 1)
+    assert h.now - opened_at == timedelta(days=14)
+    assert "re_engagement" in h.state.enrollments
+    assert h.state.enrollments["re_engagement"].entered_at == opened_at + timedelta(days=14)
+
+
+def test_the_clock_starts_only_with_the_first_email() -> None:
+    h = Harness("skilled_professional")
+    h.lead["lifecycle_stage"] = "lead"
+    h.message("lead_created")
+    assert KEY not in h.state.dates
+    h.message("email_sent")
+    first = h.state.dates[KEY]["since"]
+    h.advance(days=3)
+    h.message("email_sent")
+    assert h.state.dates[KEY]["since"] == first, "later sends do not restart the clock"
+    assert h.state.dates[KEY]["at"] == (T0 + timedelta(days=14)).isoformat().replace("+00:00", "Z")
+
+
+@pytest.mark.parametrize("raw", [
+    {"event": "Bad Name", "days": [14], "reset_by": ["email_opened"], "starts_on": ["email_sent"]},
+    {"event": "x", "days": [], "reset_by": ["email_opened"], "starts_on": ["email_sent"]},
+    {"event": "x", "days": [0], "reset_by": ["email_opened"], "starts_on": ["email_sent"]},
+    {"event": "x", "days": [14], "reset_by": [], "starts_on": ["email_sent"]},
+    {"event": "x", "days": [14], "reset_by": ["a"], "starts_on": ["b"], "surprise": 1},
+])
+def test_bad_clocks_are_refused(raw: dict[str, object]) -> None:
+    with pytest.raises(DefinitionError):
+        _clock(raw)
