@@ -86,7 +86,7 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         mesh = app.state.mesh
         for service in SERVICES:
-            mesh.channels[service] = channel(settings.address_of(service))
+            mesh.channels[service] = channel(settings.address_of(service), settings.mesh_token)
         yield
         for ch in mesh.channels.values():
             await ch.close()

@@ -1,0 +1,99 @@
+"""The credential every gRPC call between our processes carries (wired in by nurture.rpc).
+
+A caller holding the mesh key (`NURTURE_MESH_TOKEN`) signs each call: metadata `x-nurture-mesh` is
+`v1.<unix seconds>.<base64url HMAC-SHA256(key, "v1|<seconds>|<full method>")>`. The key itself never
+travels, so a captured call yields a credential for that one method for `WINDOW_S` either side of its
+time, not the key. The server accepts a signature by any of its keys (current, and the previous one during
+a rotation), compared in constant time. Wall-clock time on purpose: this is transport, not domain time
+(the virtual clock does not apply); hosts of one mesh need clocks within `WINDOW_S` of each other.
+
+`python -m nurture.meshauth /nurture.api.scoring.v1.Scoring/GetLead` prints a header value for that
+method made with NURTURE_MESH_TOKEN, for grpcurl (`-H "x-nurture-mesh: ..."`).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+HEADER = "x-nurture-mesh"
+WINDOW_S = 300
+_VERSION = "v1"
+
+
+def _key(token: str) -> bytes:
+    # Derived, so the mesh key is never used raw and a key reused elsewhere cannot sign mesh calls.
+    return hashlib.sha256(b"nurture-mesh-call:" + token.encode()).digest()
+
+
+def _mac(key: bytes, seconds: int, method: str) -> str:
+    digest = hmac.new(key, f"{_VERSION}|{seconds}|{method}".encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+class Signer:
+    """Makes the credential of one call (the client side)."""
+
+    def __init__(self, token: str) -> None:
+        self._key = _key(token) if token else None
+
+    def __bool__(self) -> bool:
+        return self._key is not None
+
+    def header(self, method: str | bytes, now: float | None = None) -> str:
+        if self._key is None:
+            raise ValueError("no mesh token (NURTURE_MESH_TOKEN) to sign with")
+        name = method.decode() if isinstance(method, bytes) else method
+        seconds = int(time.time() if now is None else now)
+        return f"{_VERSION}.{seconds}.{_mac(self._key, seconds, name)}"
+
+
+class Verifier:
+    """Checks the credential of one call (the server side) against every key it accepts."""
+
+    def __init__(self, tokens: Sequence[str]) -> None:
+        self._keys = [_key(t) for t in tokens if t]
+
+    def problem(self, method: str, metadata: Iterable[tuple[str, Any]] | None,
+                now: float | None = None) -> str | None:
+        """None when the call carries a valid credential, else why not (for the status and the log;
+        it names no key)."""
+        value = next((v for k, v in (metadata or ()) if k == HEADER), None)
+        if value is None:
+            return f"no mesh credential (metadata {HEADER})"
+        if not self._keys:
+            return "this server has no mesh token configured (NURTURE_MESH_TOKEN)"
+        if not isinstance(value, str):
+            return "malformed mesh credential"
+        version, _, rest = value.partition(".")
+        stamp, _, mac = rest.partition(".")
+        if version != _VERSION or not stamp.isdigit() or not mac:
+            return "malformed mesh credential"
+        seconds = int(stamp)
+        if abs((time.time() if now is None else now) - seconds) > WINDOW_S:
+            return f"mesh credential outside the {WINDOW_S} s window (replayed, or clocks apart)"
+        # Every key is compared, whatever the first gives, so timing tells nothing about which matched.
+        matched = False
+        for key in self._keys:
+            matched |= hmac.compare_digest(mac.encode(), _mac(key, seconds, method).encode())
+        return None if matched else "mesh credential does not verify (wrong NURTURE_MESH_TOKEN?)"
+
+
+def main(argv: list[str]) -> int:
+    token = os.environ.get("NURTURE_MESH_TOKEN", "")
+    if len(argv) != 1 or not token:
+        print("usage: NURTURE_MESH_TOKEN=... python -m nurture.meshauth /<package.Service>/<Method>",
+              file=sys.stderr)
+        return 2
+    print(Signer(token).header(argv[0]))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
