@@ -42,7 +42,9 @@ _GRPC_TO_HTTP = {
     grpc.StatusCode.ABORTED: (409, "conflict"),
     grpc.StatusCode.RESOURCE_EXHAUSTED: (429, "rate_limited"),
     grpc.StatusCode.PERMISSION_DENIED: (403, "forbidden"),
-    grpc.StatusCode.UNAUTHENTICATED: (401, "unauthorized"),
+    # Services refuse the gateway's own mesh credential (NURTURE_MESH_TOKEN differs): our fault, not the
+    # client's, whose API key was accepted already.
+    grpc.StatusCode.UNAUTHENTICATED: (500, "internal"),
     grpc.StatusCode.UNAVAILABLE: (503, "unavailable"),
     grpc.StatusCode.DEADLINE_EXCEEDED: (503, "unavailable"),
     # The service stopped with the call in flight (a restart): as transient as UNAVAILABLE.
@@ -70,6 +72,9 @@ def _grpc_error(exc: grpc.aio.AioRpcError) -> JSONResponse:
     headers = {"Retry-After": "2"} if status in (503, 429) else None
     if status == 503:
         message = f"a service behind the gateway is unavailable: {message}"
+    if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
+        log.error("a service refused the gateway's mesh credential: %s", message)
+        message, details = "the gateway is misconfigured: a service behind it refused its credential", {}
     return error_response(status, code, message, details, headers)
 
 
