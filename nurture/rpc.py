@@ -77,12 +77,15 @@ class _Carrier:
         return extract(carrier)
 
 
-class _TraceServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Opens one server span per unary RPC, parented by the caller's traceparent. Each method's
-    handler is wrapped once (not per call: the wrapping was a measurable share of a small call)."""
+class _ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """The mesh's one server interceptor: the gate (mesh credential) first, then one server span per
+    unary RPC, parented by the caller's traceparent. One interceptor, not two: each layer costs every
+    call (measured on a bare echo: a second layer was 3-4% of its rate). Each method's handler is
+    wrapped once (not per call: the wrapping was a measurable share of a small call)."""
 
-    def __init__(self, service_name: str) -> None:
+    def __init__(self, service_name: str, gate: _MeshGate) -> None:
         self._tracer = trace.get_tracer(f"nurture.{service_name}.rpc")
+        self._gate = gate
         self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
 
     async def intercept_service(
@@ -90,6 +93,9 @@ class _TraceServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
+        refusal = await self._gate.refusal(continuation, details)
+        if refusal is not None:
+            return refusal
         method = details.method
         wrapped = self._wrapped.get(method)
         if wrapped is not None:
@@ -202,10 +208,11 @@ def _refusal(handler: grpc.RpcMethodHandler | None, reason: str) -> grpc.RpcMeth
     return grpc.unary_unary_rpc_method_handler(refuse)
 
 
-class _MeshAuthServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Answers UNAUTHENTICATED to a call without a valid mesh credential (see the module docstring).
-    Refusals are logged (method and reason, never the credential), at most one line per second per
-    reason with a count of the ones left out, so a flood cannot fill the disk."""
+class _MeshGate:
+    """Decides whether a call may reach its servicer: one with a valid mesh credential, or to an open
+    service (see the module docstring). Refusals are logged (method and reason, never the credential),
+    at most one line per second per reason with a count of the ones left out, so a flood cannot fill
+    the disk."""
 
     def __init__(self, service_name: str, verifier: Verifier, open_services: frozenset[str]) -> None:
         self._name = service_name
@@ -213,17 +220,18 @@ class _MeshAuthServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[mi
         self._open = open_services
         self._logged: dict[str, tuple[float, int]] = {}
 
-    async def intercept_service(
+    async def refusal(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler | None:
+        """None when the call may go on; else a handler that answers UNAUTHENTICATED."""
         method = details.method
         if method.rsplit("/", 1)[0].lstrip("/") in self._open:
-            return await continuation(details)
+            return None
         problem = self._verifier.problem(method, details.invocation_metadata)
         if problem is None:
-            return await continuation(details)
+            return None
         self._log(method, problem)
         return _refusal(await continuation(details), f"{problem}; every call in the mesh must be signed")
 
@@ -272,8 +280,7 @@ async def start_server(
     services (full names), whose servicers must authenticate every call themselves."""
     open_services = OPEN_SERVICES | frozenset(self_authenticated)
     server = grpc.aio.server(
-        interceptors=[_MeshAuthServerInterceptor(name, Verifier(mesh_tokens), open_services),
-                      _TraceServerInterceptor(name)],
+        interceptors=[_ServerInterceptor(name, _MeshGate(name, Verifier(mesh_tokens), open_services))],
         options=[
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),

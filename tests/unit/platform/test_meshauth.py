@@ -52,3 +52,14 @@ def test_rotation_accepts_the_previous_key_until_it_is_dropped() -> None:
     assert during.problem(METHOD, md(old), now=NOW) is None
     assert during.problem(METHOD, md(new), now=NOW) is None
     assert Verifier(["new"]).problem(METHOD, md(old), now=NOW) is not None
+
+
+def test_a_remembered_credential_still_expires_and_stays_bound_to_its_method() -> None:
+    signer, verifier = Signer("k1"), Verifier(["k1"])
+    header = signer.header(METHOD, now=NOW)
+    assert signer.header(METHOD, now=NOW + 0.5) == header  # made once per second
+    assert signer.header(METHOD, now=NOW + 1) != header
+    assert verifier.problem(METHOD, md(header), now=NOW) is None
+    assert verifier.problem(METHOD, md(header), now=NOW + 1) is None  # remembered
+    assert verifier.problem("/nurture.api.scoring.v1.Scoring/EraseLead", md(header), now=NOW) is not None
+    assert verifier.problem(METHOD, md(header), now=NOW + WINDOW_S + 1) is not None
