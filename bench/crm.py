@@ -95,6 +95,7 @@ def contact(n: int, crm_id: str, prefix: str) -> crm_sync_pb2.Contact:
 
 
 async def inbound(address: str, contacts: list[crm_sync_pb2.Contact], concurrency: int, per_call: int) -> float:
+    # As the CRM calls in: with its CRM token only, not the mesh key (docs/SECURITY.md).
     async with grpc.aio.insecure_channel(address) as channel:
         stub = crm_sync_pb2_grpc.CrmSyncStub(channel)
         batches = iter([contacts[i:i + per_call] for i in range(0, len(contacts), per_call)])
