@@ -1,7 +1,10 @@
-"""Start a private mesh (`nurture up` on free ports in a temporary data dir) for a benchmark."""
+"""Start a private mesh (`nurture up` on free ports in a temporary data dir) for a benchmark, and the
+database choice every benchmark shares: `--database-url` (or NURTURE_DATABASE_URL) runs it on
+PostgreSQL, in a fresh database created for the run and dropped after it; without it, SQLite."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import secrets
 import signal
@@ -9,11 +12,13 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import httpx
+import sqlalchemy as sa
 
 from nurture.ports import free_port
 
@@ -26,8 +31,37 @@ class Mesh:
     data_dir: str
 
 
+def add_database_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--database-url", default=os.environ.get("NURTURE_DATABASE_URL"),
+                        help="a PostgreSQL server URL (e.g. postgresql+psycopg://postgres@127.0.0.1:5432/test): the "
+                             "run gets a fresh database on it; default: SQLite under a temporary data dir")
+
+
+def database_kind(url: str | None) -> str:
+    return "sqlite" if not url or url.startswith("sqlite") else url.split("+", 1)[0].split(":", 1)[0]
+
+
 @contextmanager
-def private_mesh(clock: str = "real") -> Iterator[Mesh]:
+def fresh_database(url: str | None) -> Iterator[str | None]:
+    """A new, empty database on the server of `url` for one run (so figures never depend on what an
+    earlier run left), dropped afterwards; SQLite (None) passes through."""
+    if not url or url.startswith("sqlite"):
+        yield None
+        return
+    admin = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+    name = f"nurture_bench_{uuid.uuid4().hex[:12]}"
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield sa.make_url(url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@contextmanager
+def private_mesh(clock: str = "real", database_url: str | None = None) -> Iterator[Mesh]:
     data = tempfile.mkdtemp(prefix="nurture-bench-")
     http = free_port()
     redis_password = secrets.token_urlsafe(24)
@@ -37,6 +71,9 @@ def private_mesh(clock: str = "real") -> Iterator[Mesh]:
            "NURTURE_LOG_LEVEL": "WARNING", "NURTURE_EMBEDDED_SMTP": "1", "NURTURE_EMBEDDED_CRM": "1"}
     for service in ("scoring", "journeys", "messaging", "crm_sync"):
         env[f"NURTURE_{service.upper()}_ADDR"] = f"127.0.0.1:{free_port()}"
+    env.pop("NURTURE_DATABASE_URL", None)
+    if database_url:
+        env["NURTURE_DATABASE_URL"] = database_url
     proc = subprocess.Popen([sys.executable, "-m", "nurture.cli", "up", "--data-dir", data, "--http-port", str(http),
                              "--clock", clock, "--api-key", "bench-key"], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)

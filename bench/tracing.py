@@ -21,6 +21,7 @@ from opentelemetry import trace
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench._mesh import add_database_arg  # noqa: E402
 from nurture import telemetry  # noqa: E402
 from nurture.api.scoring.v1 import scoring_pb2, scoring_pb2_grpc  # noqa: E402
 from nurture.rpc import channel, start_server  # noqa: E402
@@ -77,7 +78,10 @@ async def main(calls: int) -> dict[str, float]:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--calls", type=int, default=20000)
-    result = asyncio.run(main(parser.parse_args().calls))
+    add_database_arg(parser)
+    args = parser.parse_args()
+    # Spans around gRPC calls in one process: no SQL, whatever the database.
+    result: dict[str, object] = {"database": "none (no SQL in this benchmark)", **asyncio.run(main(args.calls))}
     for k, v in result.items():
         print(f"{k:20s} {v}")
     print(json.dumps(result))

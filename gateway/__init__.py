@@ -1,1 +1,1 @@
-"""The HTTP gateway: the only HTTP door into the mesh (see ../shared/API.md)."""
+"""The HTTP gateway: the only HTTP door into the mesh (see docs/API.md)."""

@@ -63,18 +63,29 @@ def _grpc_error(exc: grpc.aio.AioRpcError) -> JSONResponse:
     status, code = _GRPC_TO_HTTP.get(exc.code(), (500, "internal"))
     message = exc.details() or exc.code().name
     details: dict[str, Any] = {}
+    ours = False
     try:
         parsed = json.loads(message)
         if isinstance(parsed, dict) and "message" in parsed:
             code, message, details = parsed.get("code", code), parsed["message"], parsed.get("details", {})
+            ours = True
     except ValueError:
         pass
+    if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and not ours:
+        # gRPC's own limits (message or metadata size) say RESOURCE_EXHAUSTED too; only a service's
+        # own refusal is overload. Anything else is our fault, and a 429 would invite a wrong retry.
+        log.error("a call in the mesh hit a transport limit: %s", message[:300])
+        status, code, message = 500, "internal", "a call inside the mesh exceeded a transport limit"
+    elif exc.code() == grpc.StatusCode.UNAUTHENTICATED:
+        log.error("a service refused the gateway's mesh credential: %s", message[:300])
+        message, details = "the gateway is misconfigured: a service behind it refused its credential", {}
+    elif status == 500 and not ours:
+        log.error("a service failed: %s %s", exc.code().name, message[:300])
+        message = f"a service failed ({exc.code().name})"
+    message = message[:500]
     headers = {"Retry-After": "2"} if status in (503, 429) else None
     if status == 503:
         message = f"a service behind the gateway is unavailable: {message}"
-    if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
-        log.error("a service refused the gateway's mesh credential: %s", message)
-        message, details = "the gateway is misconfigured: a service behind it refused its credential", {}
     return error_response(status, code, message, details, headers)
 
 
@@ -99,7 +110,7 @@ def create_app(settings: Settings) -> FastAPI:
     # FastAPI's own telemetry is off: it adds spans per dependency and endpoint, metrics and logs to
     # every request (a measured share of the gateway's time); our middleware keeps one span each.
     app = FastAPI(title="BorderBridge Nurture gateway", version="1", lifespan=lifespan,
-                  description="The HTTP door into the nurture mesh (see shared/API.md).",
+                  description="The HTTP door into the nurture mesh (see docs/API.md).",
                   telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False})
     app.state.mesh = Mesh(settings=settings)
     app.state.events = EventSender(app.state.mesh)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 
 import grpc
@@ -12,16 +12,20 @@ from nurture.api.common.v1 import common_pb2, common_pb2_grpc
 SettleFn = Callable[[], Awaitable[tuple[int, datetime | None]]]
 TimelineFn = Callable[[str, int], Awaitable[list[common_pb2.TimelineItem]]]
 EraseFn = Callable[[str, str], Awaitable[int]]
+StatsFn = Callable[[], Mapping[str, int]]
 
 
 class AdminServicer(common_pb2_grpc.AdminServicer):
     """`settle()` returns (work done, next due time or None); `timeline(lead_id, limit)` returns items;
-    `erase(lead_id, email_hash)` returns how many records were removed."""
+    `erase(lead_id, email_hash)` returns how many records were removed; `stats()` the process's
+    counters (by default none)."""
 
-    def __init__(self, *, settle: SettleFn, timeline: TimelineFn, erase: EraseFn) -> None:
+    def __init__(self, *, settle: SettleFn, timeline: TimelineFn, erase: EraseFn,
+                 stats: StatsFn | None = None) -> None:
         self._settle = settle
         self._timeline = timeline
         self._erase = erase
+        self._stats = stats or dict
 
     async def Settle(
         self, request: common_pb2.SettleRequest, context: grpc.aio.ServicerContext
@@ -46,6 +50,10 @@ class AdminServicer(common_pb2_grpc.AdminServicer):
         if not request.lead_id:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "lead_id is required")
         return common_pb2.EraseLeadReply(removed=await self._erase(request.lead_id, request.email_hash))
+
+    async def Stats(self, request: common_pb2.StatsRequest, context: grpc.aio.ServicerContext
+                    ) -> common_pb2.StatsReply:
+        return common_pb2.StatsReply(counters={k: int(v) for k, v in self._stats().items()})
 
 
 def timeline_item(

@@ -11,8 +11,11 @@ import asyncio
 import contextvars
 import functools
 import itertools
+import logging
 import queue
+import random
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from contextlib import AbstractContextManager, contextmanager
@@ -21,13 +24,56 @@ from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, Engine, Table, create_engine, event
+from sqlalchemy import Connection, Engine, Table, create_engine, event, make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from nurture.settings import Settings
 from nurture.telemetry import instrument_engine, record_statement
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+# PostgreSQL's SQLSTATEs that mean "this transaction lost a race; run it again": deadlock_detected,
+# serialization_failure, and unique_violation (two transactions inserting the same new key, e.g. one
+# idempotency key or one new lead id: the retry sees the committed row and takes the other path).
+# PostgreSQL's manual (13.4, "Serialization Failure Handling") asks applications to retry these.
+_RETRYABLE_SQLSTATES = {"40P01": "deadlock", "40001": "serialization_failure", "23505": "unique_violation"}
+# Waits that ran out (lock_timeout, statement_timeout): retrying would only wait again past the
+# caller's deadline, so they are reported as contention at once.
+_TIMEOUT_SQLSTATES = {"55P03": "lock_timeout", "57014": "statement_timeout"}
+MAX_ATTEMPTS = 5
+
+
+class RetryTransaction(Exception):
+    """Raised by storage code to ask for its transaction to run again (a race it can detect itself)."""
+
+
+class ContentionError(Exception):
+    """A transaction kept losing races after every retry: transient, the caller may retry later.
+    Carries a short message; the database's own text (SQL, parameters) stays in the log."""
+
+
+def retry_reason(exc: BaseException) -> str | None:
+    """Why `exc` is worth a retry of the whole transaction, or None when it is not."""
+    if isinstance(exc, RetryTransaction):
+        return "requested"
+    sqlstate = _sqlstate(exc)
+    if sqlstate in _RETRYABLE_SQLSTATES:
+        return _RETRYABLE_SQLSTATES[sqlstate]
+    driver = exc.orig if isinstance(exc, DBAPIError) else exc
+    if type(driver).__name__ == "OperationalError" and "database is locked" in str(driver):  # SQLite busy
+        return "sqlite_busy"
+    if type(driver).__name__ == "IntegrityError" and "UNIQUE constraint failed" in str(driver):
+        return "unique_violation"  # SQLite's form (two processes on one file race the same way)
+    return None
+
+
+def _sqlstate(exc: BaseException) -> str | None:
+    """The SQLSTATE of a driver error, raised through SQLAlchemy or on a raw cursor (DriverWrites)."""
+    driver = exc.orig if isinstance(exc, DBAPIError) else exc
+    value = getattr(driver, "sqlstate", None) or getattr(driver, "pgcode", None)
+    return str(value) if isinstance(value, str) and value else None
 
 
 class Database:
@@ -39,7 +85,10 @@ class Database:
         self.is_sqlite = engine.dialect.name == "sqlite"
         self._sessions = sessionmaker(engine, expire_on_commit=False)
         # SQLite allows one writer: one thread serialises writes without lock errors.
-        self._executor = _UrgentFirstExecutor(workers=1 if self.is_sqlite else 8, name=f"{service}-sql")
+        self._executor = _UrgentFirstExecutor(workers=1 if self.is_sqlite else POSTGRES_WORKERS, name=f"{service}-sql")
+        # Transactions run again after a lost race, by reason, and those that lost every attempt:
+        # served as counters by the Admin service's Stats (`db.retries.deadlock`, ...).
+        self.counters: Counter[str] = Counter()
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -50,9 +99,37 @@ class Database:
     async def run(self, fn: Callable[..., T], *args: Any, urgent: bool = False, **kwargs: Any) -> T:
         """Run blocking storage code in the database executor, in the caller's context (so SQL spans
         join the caller's trace). `urgent` work (a request someone waits on at a latency target, such
-        as accepting events) starts before any queued background work (sweeps, consumers' writes)."""
-        ctx = contextvars.copy_context()
-        return await asyncio.wrap_future(self._executor.submit(urgent, ctx.run, functools.partial(fn, *args, **kwargs)))
+        as accepting events) starts before any queued background work (sweeps, consumers' writes).
+
+        `fn` is one or more whole transactions with no effect outside the database, so a transaction
+        that lost a race (deadlock, serialization failure, a concurrent insert of the same key) runs
+        again, up to MAX_ATTEMPTS times with jittered backoff; after the last it raises
+        ContentionError, whose message is short (the driver's, with SQL, goes to the log)."""
+        call = functools.partial(fn, *args, **kwargs)
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            ctx = contextvars.copy_context()
+            try:
+                return await asyncio.wrap_future(self._executor.submit(urgent, ctx.run, call))
+            except Exception as exc:  # the driver's own errors too: DriverWrites runs on raw cursors
+                reason = retry_reason(exc)
+                if reason is None:
+                    timeout = _sqlstate(exc)
+                    if timeout in _TIMEOUT_SQLSTATES:
+                        self.counters[f"db.timeouts.{_TIMEOUT_SQLSTATES[timeout]}"] += 1
+                        log.warning("%s: %s: %s", self.service, _TIMEOUT_SQLSTATES[timeout], exc)
+                        raise ContentionError(f"storage busy ({_TIMEOUT_SQLSTATES[timeout]}); retry the request") \
+                            from exc
+                    raise
+                if attempt == MAX_ATTEMPTS:
+                    self.counters[f"db.retries_exhausted.{reason}"] += 1
+                    log.warning("%s: a transaction lost %d races (%s), giving up: %s", self.service, attempt,
+                                reason, exc)
+                    raise ContentionError(f"storage contention ({reason}); retry the request") from exc
+                self.counters[f"db.retries.{reason}"] += 1
+                log.info("%s: transaction retried after a %s (attempt %d)", self.service, reason, attempt)
+                # Full jitter, growing with the attempt: racers must not meet again in lockstep.
+                await asyncio.sleep(random.uniform(0, 0.005 * 2 ** attempt))
+        raise AssertionError("unreachable")
 
     def close(self) -> None:
         self._executor.shutdown()
@@ -105,7 +182,16 @@ class _UrgentFirstExecutor:
             thread.join()
 
 
-def make_engine(url: str) -> Engine:
+# Worker threads (and so concurrent transactions) per service on PostgreSQL; the pool holds one
+# connection per worker plus the event loop's own occasional reads.
+POSTGRES_WORKERS = 8
+# A statement that waits this long for a lock or runs this long is stopped (its transaction fails
+# and is retried or reported) rather than holding connections and locks indefinitely.
+STATEMENT_TIMEOUT_MS = 30_000
+LOCK_TIMEOUT_MS = 10_000
+
+
+def make_engine(url: str, *, service: str = "nurture") -> Engine:
     """An engine with the settings each dialect needs for safe concurrent use."""
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
@@ -121,7 +207,15 @@ def make_engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+    # application_name lets an operator tell which service holds a lock (pg_stat_activity, pg_locks).
+    # Options already in the URL (e.g. a search_path) are kept: connect_args would replace them.
+    given = make_url(url).query.get("options", "")
+    given = " ".join(given) if isinstance(given, tuple) else given
+    connect_args = {"application_name": f"nurture-{service}"[:63],
+                    "options": f"{given} -c statement_timeout={STATEMENT_TIMEOUT_MS} "
+                               f"-c lock_timeout={LOCK_TIMEOUT_MS}".strip()}
+    return create_engine(url, pool_size=POSTGRES_WORKERS + 2, max_overflow=4, pool_pre_ping=True,
+                         connect_args=connect_args)
 
 
 def migrate(engine: Engine, *, service: str, migrations_dir: Path) -> None:
@@ -139,7 +233,7 @@ def open_database(settings: Settings, *, service: str, migrations_dir: Path) -> 
     url = settings.database_url_for(service)
     if url.startswith("sqlite"):
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-    engine = make_engine(url)
+    engine = make_engine(url, service=service)
     migrate(engine, service=service, migrations_dir=migrations_dir)
     instrument_engine(engine)
     return Database(engine, service=service)

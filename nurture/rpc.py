@@ -110,8 +110,14 @@ class _ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             parent = _Carrier.extract(context.invocation_metadata())
             with tracer.start_as_current_span(
                 method, context=parent, kind=trace.SpanKind.SERVER, attributes={"rpc.method": method}
-            ):
-                return await inner(request, context)
+            ) as span:
+                try:
+                    return await inner(request, context)
+                except grpc.aio.AbortError:  # the servicer chose its status and message
+                    raise
+                except Exception as exc:
+                    code, details = unexpected_error(exc, span)
+                    await context.abort(code, details)
 
         wrapped = self._wrapped[method] = grpc.unary_unary_rpc_method_handler(
             traced,
@@ -119,6 +125,32 @@ class _ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             response_serializer=handler.response_serializer,
         )
         return wrapped
+
+
+# A status message crosses processes in HTTP/2 trailers: gRPC refuses metadata past 8 KB (the caller
+# then sees RESOURCE_EXHAUSTED, which reads as overload), so no message may carry a driver's text.
+MAX_STATUS_MESSAGE = 300
+
+
+def unexpected_error(exc: Exception, span: trace.Span | None = None) -> tuple[grpc.StatusCode, str]:
+    """The status for an exception a servicer did not handle: a short JSON message with a machine
+    code (`{"code", "message"}`, as the gateway reads it), never SQL or a stack; the whole exception
+    goes to the log and the span. Lost storage races (ContentionError) are transient: UNAVAILABLE."""
+    from nurture.db import ContentionError  # the platform's storage module; imported late (rpc is lower)
+
+    context = span.get_span_context() if span is not None else None
+    trace_id = format(context.trace_id, "032x") if context is not None and context.is_valid else "none"
+    if span is not None:
+        span.record_exception(exc)
+        span.set_status(trace.Status(trace.StatusCode.ERROR, type(exc).__name__))
+    if isinstance(exc, ContentionError):
+        log.warning("%s (trace %s)", exc, trace_id)
+        return grpc.StatusCode.UNAVAILABLE, json.dumps(
+            {"code": "unavailable", "message": str(exc)[:MAX_STATUS_MESSAGE], "details": {"retryable": True}})
+    log.error("unhandled %s (trace %s)", type(exc).__name__, trace_id, exc_info=exc)
+    return grpc.StatusCode.INTERNAL, json.dumps(
+        {"code": "internal", "message": f"internal error ({type(exc).__name__}); see trace {trace_id}"[
+            :MAX_STATUS_MESSAGE], "details": {"trace_id": trace_id}})
 
 
 def _outgoing(signer: Signer, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:

@@ -6,7 +6,7 @@ Rules are data: `RuleSpec(name, when, meta)` where `when` is a condition tree
 
 with ops `eq ne gt gte lt lte in contains exists matches`. A set of rules is compiled once into a
 durable_rules ruleset whose name carries the definition and version (rulesets can never be replaced,
-see ../shared/RULES-ENGINE.md). Evaluation is stateless: the facts are a snapshot asserted as one fact
+see docs/RULES-ENGINE.md). Evaluation is stateless: the facts are a snapshot asserted as one fact
 under a fixed sid and retracted right after, so the engine holds no lead state and every matching rule
 fires (a posted *event* would be consumed by the first match only). Actions do no I/O: they only record
 which rule fired. Effects are the caller's, and forward chaining is the explicit, bounded `chain`.

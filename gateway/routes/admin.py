@@ -7,6 +7,7 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import grpc
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
@@ -93,3 +94,19 @@ async def advance(request: Request, body: Any = Depends(json_body), m: Mesh = De
         clock.set(target)
         await settle_all(m)
     return {"now": clock.now().isoformat().replace("+00:00", "Z"), "instants": steps}
+
+
+@router.get("/v1/admin/stats", dependencies=[Depends(require_key)],
+            summary="Each service's operational counters (e.g. storage transactions retried after a deadlock)")
+async def stats(m: Mesh = Depends(mesh)) -> dict[str, Any]:
+    async def one(service: str) -> dict[str, int] | None:
+        try:
+            reply = await common_pb2_grpc.AdminStub(m.channel(service)).Stats(common_pb2.StatsRequest(),
+                                                                              timeout=m.timeout)
+        except grpc.aio.AioRpcError:
+            return None  # that service is down: its counters are unknown, the others still useful
+        return dict(sorted(reply.counters.items()))
+
+    counters = await asyncio.gather(*(one(s) for s in SERVICES))
+    return {"services": {s: ({"counters": c} if c is not None else {"counters": None, "status": "unavailable"})
+                         for s, c in zip(SERVICES, counters, strict=True)}}

@@ -85,7 +85,7 @@ async def _fail(context: grpc.aio.ServicerContext, exc: Exception) -> NoReturn:
     if isinstance(exc, UnknownContact):
         await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
     if isinstance(exc, ScoringUnavailable):
-        await context.abort(grpc.StatusCode.UNAVAILABLE, f"scoring unavailable, retry: {exc}")
+        await context.abort(grpc.StatusCode.UNAVAILABLE, f"scoring unavailable, retry: {str(exc)[:200]}")
     raise exc
 
 
@@ -233,7 +233,8 @@ async def serve(settings: Settings) -> Running:
         crm_sync_pb2_grpc.add_CrmSyncServicer_to_server(CrmSyncServicer(core, auth), server)
         crm_sync_pb2_grpc.add_SalesOpsServicer_to_server(SalesOpsServicer(core), server)
         scoring_pb2_grpc.add_EchoServicer_to_server(EchoServicer(), server)
-        common_pb2_grpc.add_AdminServicer_to_server(AdminServicer(settle=settle, timeline=timeline, erase=erase),
+        common_pb2_grpc.add_AdminServicer_to_server(AdminServicer(settle=settle, timeline=timeline, erase=erase,
+                              stats=lambda: db.counters),
                                                     server)
         return [crm_sync_pb2.DESCRIPTOR.services_by_name[n].full_name for n in ("CrmSync", "SalesOps")] + [
             scoring_pb2.DESCRIPTOR.services_by_name["Echo"].full_name,

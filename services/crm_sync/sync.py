@@ -644,20 +644,26 @@ class CrmSyncCore:
         now = self.clock.now()
 
         def write(s: Session) -> None:
-            # The batch's leads in one query; `rows` then follows this transaction's own changes.
+            # The batch's leads in one query; `rows` then follows this transaction's own changes,
+            # which go to SQL together at the end (BatchWrites).
             rows = st.get_leads(s, ids)
-            queued: set[str] = set()
+            # One pending contact push covers every change of the batch (it reads the latest state).
+            queued = st.pending_jobs(s, ids, "contact")
+            batch = st.BatchWrites()
             for m in messages:
-                self._apply_message(s, m, journeys.get(str(m["lead_id"])), now, rows, queued)
+                self._apply_message(s, m, journeys.get(str(m["lead_id"])), now, rows, queued, batch)
+            batch.flush(s)
 
         await self.sql(write)
         self._notify_changes()
         self.push_wake.set()
 
     def _apply_message(self, s: Session, m: dict[str, Any], journeys: list[dict[str, Any]] | None,
-                       now: datetime, rows: dict[str, dict[str, Any]], queued: set[str]) -> None:
+                       now: datetime, rows: dict[str, dict[str, Any]], queued: set[str],
+                       batch: st.BatchWrites) -> None:
         lead_id = str(m["lead_id"])
         if m.get("type") == "lead_erased":
+            batch.flush(s)  # what the batch wrote before, in SQL before it is read and erased
             row = st.get_lead(s, lead_id)
             rows.pop(lead_id, None)
             st.erase_lead(s, lead_id)
@@ -697,20 +703,25 @@ class CrmSyncCore:
             proj = domain.projection(snapshot, row["journeys"])
             changed = domain.changed_keys(row["projection"], proj)
             if changed:
-                st.add_change(s, lead_id, row["crm_id"], changed, proj, occurred)
+                batch.add_change(lead_id, row["crm_id"], changed, proj, occurred)
                 row["projection"] = proj
             if lead_id not in queued:  # one pending contact push covers every change of the batch
-                st.enqueue(s, lead_id, "contact", now, coalesce=True)
+                batch.enqueue(lead_id, "contact", now)
                 queued.add(lead_id)
         signals = [str(x) for x in m.get("signals") or []]
         facts = domain.facts_for(snapshot, signals, {"type": m.get("type"), "properties": m.get("properties") or {}})
-        for plan in domain.planned_tasks(self.cfg, lead_id, facts, now):
+        plans = domain.planned_tasks(self.cfg, lead_id, facts, now)
+        if plans:
+            batch.flush(s)  # tasks read pending jobs and leads' rows from SQL
+        for plan in plans:
             self._create_task(s, row, snapshot, plan.dedupe_key, plan.kind, plan.title, plan.priority, plan.due_at,
                               {"why": plan.why, "facts": plan.facts, "bus_message": m.get("id")}, plan.rule, now)
+        if plans:  # an assignment may have queued a contact push in SQL: it covers this batch
+            queued.update(st.pending_jobs(s, [lead_id], "contact"))
             dirty = True
         if dirty or current is None:
             row["updated_at"] = now
-            st.save_lead(s, row, exists=current is not None)
+            batch.save_lead(row, exists=current is not None)
             rows[lead_id] = row
 
     # ------------------------------------------------------------------------------------------------
@@ -853,30 +864,37 @@ class CrmSyncCore:
             done_at = self.clock.now()
 
             def record(s: Session) -> None:
+                finished: list[dict[str, Any]] = []
                 for job, out in results:
-                    self._record(s, job, out, done_at)
+                    self._record(s, job, out, done_at, finished)
+                st.finish_jobs(s, finished)  # one executemany, not a round trip per push
 
             await self.sql(record)
             return len(jobs)
 
-    def _record(self, s: Session, job: dict[str, Any], out: Outcome, now: datetime) -> None:
+    def _record(self, s: Session, job: dict[str, Any], out: Outcome, now: datetime,
+                finished: list[dict[str, Any]]) -> None:
+        """Record a push's outcome; the job's own row update is added to `finished` (written together)."""
         attempts = int(job["attempts"]) + 1
         if out.status == "done":
             if out.apply is not None:
                 out.apply(s)
-            st.finish_job(s, job["id"], status="done", attempts=attempts, due_at=job["due_at"], error=None, now=now)
+            finished.append(st.finished_job(job["id"], status="done", attempts=attempts, due_at=job["due_at"],
+                                            error=None, now=now))
             return
         if out.status == "retry" and attempts < domain.MAX_ATTEMPTS:
             delay = domain.retry_delay(int(job["id"]), attempts, out.retry_after)
             due = now + timedelta(seconds=delay)
-            st.finish_job(s, job["id"], status="pending", attempts=attempts, due_at=due, error=out.error, now=now)
+            finished.append(st.finished_job(job["id"], status="pending", attempts=attempts, due_at=due,
+                                            error=out.error, now=now))
             st.add_timeline(s, job["lead_id"], now, "push_retry",
                             f"CRM push ({job['op']}) failed, retry {attempts + 1} at {due.isoformat()}: {out.error}",
                             {"job": job["id"], "op": job["op"], "attempt": attempts, "error": out.error,
                              "retry_after": out.retry_after, "due_at": due})
             return
         reason = out.error if out.status == "dead" else f"gave up after {attempts} tries: {out.error}"
-        st.finish_job(s, job["id"], status="dead", attempts=attempts, due_at=job["due_at"], error=reason, now=now)
+        finished.append(st.finished_job(job["id"], status="dead", attempts=attempts, due_at=job["due_at"],
+                                        error=reason, now=now))
         if job["op"] == "task":
             st.update_task(s, job["ref"], status="dead")
         st.add_timeline(s, job["lead_id"], now, "push_dead", f"CRM push ({job['op']}) dead-lettered: {reason}",

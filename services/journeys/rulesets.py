@@ -2,7 +2,7 @@
 
 Every condition is evaluated through nurture.rules (durable_rules). The event type is filtered in
 Python first: a rule set holds only the rules that listen to that type, so most messages cost one
-dictionary lookup (see ../shared/RULES-ENGINE.md for what an engine evaluation costs); the adapter
+dictionary lookup (see docs/RULES-ENGINE.md for what an engine evaluation costs); the adapter
 prunes the facts to what a rule set reads and remembers each distinct answer. Rule set names
 carry the journey key, the version and a digest of the rules, because durable_rules can never replace
 a registered rule set and a test process may see two different definitions with the same version.

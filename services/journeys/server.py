@@ -213,7 +213,8 @@ async def serve(settings: Settings) -> Running:
 
     def register(server: grpc.aio.Server) -> Iterable[str]:
         journeys_pb2_grpc.add_JourneysServicer_to_server(JourneysServicer(runtime), server)
-        common_pb2_grpc.add_AdminServicer_to_server(AdminServicer(settle=settle, timeline=timeline, erase=erase),
+        common_pb2_grpc.add_AdminServicer_to_server(AdminServicer(settle=settle, timeline=timeline, erase=erase,
+                              stats=lambda: db.counters),
                                                     server)
         return [journeys_pb2.DESCRIPTOR.services_by_name["Journeys"].full_name,
                 common_pb2.DESCRIPTOR.services_by_name["Admin"].full_name]

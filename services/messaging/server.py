@@ -213,7 +213,8 @@ async def serve(settings: Settings) -> Running:
 
     def register(server: grpc.aio.Server) -> Iterable[str]:
         messaging_pb2_grpc.add_MessagingServicer_to_server(MessagingServicer(engine, channels), server)
-        common_pb2_grpc.add_AdminServicer_to_server(AdminServicer(settle=settle, timeline=timeline, erase=erase),
+        common_pb2_grpc.add_AdminServicer_to_server(AdminServicer(settle=settle, timeline=timeline, erase=erase,
+                              stats=lambda: db.counters),
                                                     server)
         return [messaging_pb2.DESCRIPTOR.services_by_name["Messaging"].full_name,
                 common_pb2.DESCRIPTOR.services_by_name["Admin"].full_name]

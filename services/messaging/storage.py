@@ -172,7 +172,8 @@ class Store:
             for names, rows in groups.items():
                 stmt = update(messages).where(messages.c.id == bindparam("_id")).values(
                     {n: bindparam(n) for n in names})
-                s.connection().execute(stmt, rows)
+                # Key order, as every path that writes several rows locks them (see nurture.db).
+                s.connection().execute(stmt, sorted(rows, key=lambda r: str(r["_id"])))
             _log(s, [line for o in outcomes for line in o.log], at)
             fb = [f for o in outcomes for f in o.feedback]
             if fb:

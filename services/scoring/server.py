@@ -426,7 +426,8 @@ async def serve(settings: Settings) -> Running:
     def register(server: grpc.aio.Server) -> Iterable[str]:
         scoring_pb2_grpc.add_ScoringServicer_to_server(ScoringServicer(db, store, clock, outbox, model, ingest), server)
         scoring_pb2_grpc.add_EchoServicer_to_server(EchoServicer(), server)
-        admin = AdminServicer(settle=settle, timeline=timeline, erase=erase)
+        admin = AdminServicer(settle=settle, timeline=timeline, erase=erase,
+                              stats=lambda: db.counters)
         common_pb2_grpc.add_AdminServicer_to_server(admin, server)
         return [scoring_pb2.DESCRIPTOR.services_by_name[n].full_name for n in ("Scoring", "Echo")] + [
             common_pb2.DESCRIPTOR.services_by_name["Admin"].full_name]

@@ -44,7 +44,13 @@ MAX_ATTRIBUTES_BYTES = 262_144
 # its writes go on the driver's cursor (DriverWrites).
 _EVENTS_BY_KEY = select(events.c.idempotency_key, events.c.id, events.c.lead_id, events.c.type).where(
     events.c.idempotency_key.in_(bindparam("keys", expanding=True)))
-_LEADS_FOR_UPDATE = select(leads).where(leads.c.id.in_(bindparam("ids", expanding=True))).with_for_update()
+# Rows are locked in primary-key order on every path that locks more than one lead: two transactions
+# locking overlapping sets in different orders deadlock on PostgreSQL (the order of an IN list is not
+# the order rows are locked in; ORDER BY is, as LockRows sits above the sort).
+_LEADS_FOR_UPDATE = (select(leads).where(leads.c.id.in_(bindparam("ids", expanding=True))).order_by(leads.c.id)
+                     .with_for_update())
+_LOCK_LEADS = (select(leads.c.id).where(leads.c.id.in_(bindparam("ids", expanding=True))).order_by(leads.c.id)
+               .with_for_update())
 _EVENT_COLUMNS = ("id", "lead_id", "type", "properties", "occurred_at", "received_at", "idempotency_key", "source",
                   "score_delta", "signals")
 _CHANGE_COLUMNS = ("lead_id", "at", "delta", "score_after", "rule", "reason", "event_id", "model_version")
@@ -301,6 +307,9 @@ class Store:
         """Many upserts (id, fields, merge, source, must_exist) in one transaction: one commit for a
         whole batch. Input problems are found before anything is written, so a bad lead fails alone."""
         with self._sessions() as s:
+            ids = sorted({lead_id for lead_id, *_ in items if lead_id})
+            if ids:  # every lead of the batch locked up front, in key order (see _LEADS_FOR_UPDATE)
+                s.execute(_LOCK_LEADS, {"ids": ids}).all()
             # The same code as a single upsert, on this transaction's session.
             shared = Store(lambda: contextlib.nullcontext(s), self.model, self._writes)
             out: list[tuple[dict[str, Any], bool] | InvalidInput | NotFound | EmailTaken] = []
@@ -556,8 +565,10 @@ class Store:
         """Leads that went quiet: decay their score and announce `engagement_lapsed` (re-engagement)."""
         decay = self.model.decay
         with self._sessions() as s:
+            # SKIP LOCKED: a lead being written now (an event, an upsert) is decayed by the next sweep;
+            # the sweep never waits for a lock, so it cannot deadlock with ingest's key-ordered locks.
             rows = s.execute(select(leads).where(and_(leads.c.lapse_due_at.is_not(None), leads.c.lapse_due_at <= now))
-                             .order_by(leads.c.lapse_due_at).limit(limit).with_for_update()).all()
+                             .order_by(leads.c.lapse_due_at).limit(limit).with_for_update(skip_locked=True)).all()
             for row in rows:
                 lead = _internal(row)
                 due = _aware(row.lapse_due_at)

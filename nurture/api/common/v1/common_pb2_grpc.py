@@ -50,6 +50,11 @@ class AdminStub:
                 request_serializer=nurture_dot_api_dot_common_dot_v1_dot_common__pb2.EraseLeadRequest.SerializeToString,
                 response_deserializer=nurture_dot_api_dot_common_dot_v1_dot_common__pb2.EraseLeadReply.FromString,
                 _registered_method=True)
+        self.Stats = channel.unary_unary(
+                '/nurture.api.common.v1.Admin/Stats',
+                request_serializer=nurture_dot_api_dot_common_dot_v1_dot_common__pb2.StatsRequest.SerializeToString,
+                response_deserializer=nurture_dot_api_dot_common_dot_v1_dot_common__pb2.StatsReply.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -77,6 +82,13 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Stats(self, request, context):
+        """This process's operational counters.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -94,6 +106,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.EraseLead,
                     request_deserializer=nurture_dot_api_dot_common_dot_v1_dot_common__pb2.EraseLeadRequest.FromString,
                     response_serializer=nurture_dot_api_dot_common_dot_v1_dot_common__pb2.EraseLeadReply.SerializeToString,
+            ),
+            'Stats': grpc.unary_unary_rpc_method_handler(
+                    servicer.Stats,
+                    request_deserializer=nurture_dot_api_dot_common_dot_v1_dot_common__pb2.StatsRequest.FromString,
+                    response_serializer=nurture_dot_api_dot_common_dot_v1_dot_common__pb2.StatsReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -178,6 +195,33 @@ class Admin:
             '/nurture.api.common.v1.Admin/EraseLead',
             nurture_dot_api_dot_common_dot_v1_dot_common__pb2.EraseLeadRequest.SerializeToString,
             nurture_dot_api_dot_common_dot_v1_dot_common__pb2.EraseLeadReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Stats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nurture.api.common.v1.Admin/Stats',
+            nurture_dot_api_dot_common_dot_v1_dot_common__pb2.StatsRequest.SerializeToString,
+            nurture_dot_api_dot_common_dot_v1_dot_common__pb2.StatsReply.FromString,
             options,
             channel_credentials,
             insecure,
