@@ -118,8 +118,14 @@ def up(args: argparse.Namespace) -> int:
     data = settings.data_dir.resolve()
     settings = settings.with_overrides(data_dir=data)
     data.mkdir(parents=True, exist_ok=True)
-    stored = secretstore.load_or_create(data)
+    try:
+        stored = secretstore.load_or_create(data)
+    except secretstore.SecretStoreError as exc:
+        print(f"cannot start: {exc}", file=sys.stderr)
+        return 2
     settings = secretstore.fill(settings, stored)
+    if weak := settings.insecure_secrets():  # chosen explicitly, and allowed on loopback only
+        print(f"warning: {', '.join(weak)} publicly known; acceptable on loopback only", file=sys.stderr)
     logs = data / "logs"
     children: list[Child] = []
     python = sys.executable

@@ -6,7 +6,7 @@ Secrets (`secret`, `api_key`, `crm_tokens`, `mesh_token`) have no usable default
 so a default would be a key everyone holds. A process bound beyond loopback (`NURTURE_BIND_HOST`) refuses
 to start while any of them is missing or one of the values this project once shipped as defaults
 (`insecure_secrets`); on loopback a missing secret fails closed where it is used (nothing verifies).
-`nurture up` generates them on first start (see nurture.secrets). docs/SECURITY.md says what each guards.
+`nurture up` generates them on first start (nurture.secretstore). docs/SECURITY.md says what each guards.
 """
 
 from __future__ import annotations
