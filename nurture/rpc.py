@@ -113,7 +113,9 @@ class _ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             ) as span:
                 try:
                     return await inner(request, context)
-                except grpc.aio.AbortError:  # the servicer chose its status and message
+                except (grpc.aio.AbortError, NotImplementedError):
+                    # The servicer chose its status: by aborting, or as the generated base class does for a
+                    # method it lacks (UNIMPLEMENTED, which callers such as journeys' SendBatch fall back on).
                     raise
                 except Exception as exc:
                     code, details = unexpected_error(exc, span)
