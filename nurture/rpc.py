@@ -118,6 +118,11 @@ class _ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                     # method it lacks (UNIMPLEMENTED, which callers such as journeys' SendBatch fall back on).
                     raise
                 except Exception as exc:
+                    chosen = context.code()
+                    if chosen not in (None, grpc.StatusCode.OK):
+                        # The servicer set a status before raising (grpc's generated base class does
+                        # so for a method a service does not implement: callers rely on UNIMPLEMENTED).
+                        raise
                     code, details = unexpected_error(exc, span)
                     await context.abort(code, details)
 

@@ -532,12 +532,20 @@ class Engine:
             return None
         j = self.journey(e.journey, e.version)
         if side:
-            if e.side_at is not None and e.side_at > now:
-                return None  # held by the frequency budget; its own timer fires at side_at
-            while e.side:
-                s = j.steps.get(e.side[0])
+            # A send held by the frequency budget waits (its own timer fires at side_at); sales tasks
+            # and lead updates queued behind it are not marketing email and go now: a sales alert
+            # two days late missed the CRM's once-a-day merge and reached sales twice.
+            held = e.side_at is not None and e.side_at > now
+            if held and e.side_held_by != "budget":
+                return None  # a retry after the receiving service failed: everything waits for it
+            i = 0
+            while i < len(e.side):
+                s = j.steps.get(e.side[i])
                 if s is None or s.type not in ("send", "task", "webhook", "update"):
-                    e.side.pop(0)
+                    e.side.pop(i)
+                    continue
+                if held and s.type in ("send", "webhook"):
+                    i += 1
                     continue
                 return self._effect(state, j, e, s, now, out, side=True)
             return None
@@ -622,7 +630,7 @@ class Engine:
             if category == "nurture":
                 slot = self._budget_slot(state, now)
                 if slot is not None and side:
-                    e.side_at = slot
+                    e.side_at, e.side_held_by = slot, "budget"
                     out.side_due.add(e.ekey)
                     self._record(out, state, e, now, "deferred",
                                  f"{s.id} held by the frequency budget until {iso(slot)}", step_to=s.id)
@@ -670,9 +678,10 @@ class Engine:
         if effect.kind == "send" and status in ("sent", "scheduled", "duplicate"):
             e.last_sent = s.id
         if effect.side:
-            if e.side and e.side[0] == s.id:
-                e.side.pop(0)
-            e.side_at = None
+            if s.id in e.side:
+                e.side.remove(s.id)  # the first queued of its kind: a task may run ahead of a held send
+            if effect.kind == "send" or e.side_held_by != "budget":
+                e.side_at, e.side_held_by = None, ""  # the held step went: what is queued behind it may go
             return
         e.step = s.next
         e.due = now
@@ -683,7 +692,7 @@ class Engine:
         """The receiving service was unavailable: keep the cursor on the effect, try again later."""
         e = state.enrollments[effect.ekey]
         if effect.side:
-            e.side_at = now + delay
+            e.side_at, e.side_held_by = now + delay, "retry"
             out.side_due.add(e.ekey)
         else:
             e.due = now + delay

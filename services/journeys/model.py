@@ -56,6 +56,7 @@ class Enrollment:
     side: list[str] = field(default_factory=list)
     side_token: int = 0
     side_at: datetime | None = None  # when queued side steps may run (the budget can hold them)
+    side_held_by: str = ""  # what set side_at: "budget" holds sends only, "retry" holds every side step
     engaged: int = 0                # distinct emails of this journey opened or clicked
     engaged_with: list[str] = field(default_factory=list)  # their message ids (the last ENGAGED_KEPT)
     paused_remaining: float | None = None

@@ -121,3 +121,28 @@ def test_unexpected_errors_cross_grpc_short_with_a_code() -> None:
 
     code, details = unexpected_error(ContentionError("storage contention (deadlock); retry the request"))
     assert code == grpc.StatusCode.UNAVAILABLE and json.loads(details)["code"] == "unavailable"
+
+
+def test_a_method_a_service_does_not_implement_still_answers_unimplemented() -> None:
+    """The interceptor that shortens unexpected errors leaves a status the servicer set alone."""
+    from nurture.api.scoring.v1 import scoring_pb2, scoring_pb2_grpc
+    from nurture.rpc import channel, start_server
+
+    async def scenario() -> None:
+        class Partial(scoring_pb2_grpc.ScoringServicer):
+            pass  # every method: grpc's base class sets UNIMPLEMENTED and raises NotImplementedError
+
+        def register(server: grpc.aio.Server) -> list[str]:
+            scoring_pb2_grpc.add_ScoringServicer_to_server(Partial(), server)
+            return [scoring_pb2.DESCRIPTOR.services_by_name["Scoring"].full_name]
+
+        server = await start_server(name="partial", port=0, register=register)
+        try:
+            async with channel(f"127.0.0.1:{server.port}") as ch:
+                with pytest.raises(grpc.aio.AioRpcError) as info:
+                    await scoring_pb2_grpc.ScoringStub(ch).GetLead(scoring_pb2.GetLeadRequest(id="x"), timeout=5)
+            assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        finally:
+            await server.stop(0)
+
+    asyncio.run(scenario())

@@ -1,0 +1,50 @@
+"""Side steps queued by the trigger tables: a sales alert never waits behind marketing email."""
+
+from __future__ import annotations
+
+from services.journeys.model import iso
+from tests.unit.journeys.test_engine import Harness
+
+
+def _sales_tasks(h: Harness) -> list[str]:
+    return [k for k in h.sent if ":bottom_funnel:" in k]
+
+
+def test_a_sales_alert_goes_at_once_while_a_trigger_email_waits_for_the_budget() -> None:
+    h = Harness()
+    h.message("lead_created")
+    # Two nurture emails in the window: the next trigger email is held by the frequency budget.
+    h.state.sends = [iso(h.now) or "", iso(h.now) or ""]
+    h.message("page_viewed", category="pricing")
+    assert not [k for k in h.sent if ":pricing" in k], "the pricing email must wait for the budget"
+    triggers = h.state.enrollments["triggers"]
+    assert triggers.side_at is not None and triggers.side_at > h.now and triggers.side_held_by == "budget"
+    held_until = triggers.side_at
+    h.message("page_viewed", category="bottom_funnel")
+    assert len(_sales_tasks(h)) == 1, "the sales task must go now, not behind the held email"
+    # The held email keeps its hold and goes at its slot, once.
+    assert triggers.side_at == held_until and any(triggers.side)
+    h.now = held_until
+    h.drive()
+    assert len([k for k in h.sent if ":pricing" in k]) == 1 and triggers.side == []
+    assert len(_sales_tasks(h)) == 1
+
+
+def test_a_side_step_being_retried_holds_everything_queued_behind_it() -> None:
+    h = Harness()
+    h.message("lead_created")
+    triggers = h.state.enrollments["triggers"]
+    from datetime import timedelta
+
+    from services.journeys.model import Outcome
+
+    triggers.side = ["bottom_funnel"]
+    out = Outcome()
+    effect = h.engine.next_effect(h.state, "triggers", h.now, out, side=True)
+    assert effect is not None and effect.kind == "task"
+    h.engine.retry_later(h.state, effect, h.now, timedelta(minutes=5), out, "crm_sync unavailable")
+    assert h.engine.next_effect(h.state, "triggers", h.now + timedelta(minutes=1), out, side=True) is None
+    again = h.engine.next_effect(h.state, "triggers", h.now + timedelta(minutes=5), out, side=True)
+    assert again is not None and again.step == "bottom_funnel"
+    h.engine.complete(h.state, again, h.now + timedelta(minutes=5), out, status="sent")
+    assert triggers.side == [] and triggers.side_at is None and triggers.side_held_by == ""
