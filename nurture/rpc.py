@@ -113,9 +113,7 @@ class _ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             ) as span:
                 try:
                     return await inner(request, context)
-                except (grpc.aio.AbortError, NotImplementedError):
-                    # The servicer chose its status: by aborting, or as the generated base class does for a
-                    # method it lacks (UNIMPLEMENTED, which callers such as journeys' SendBatch fall back on).
+                except grpc.aio.AbortError:  # the servicer chose its status and message
                     raise
                 except Exception as exc:
                     chosen = context.code()
