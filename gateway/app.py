@@ -53,6 +53,18 @@ _GRPC_TO_HTTP = {
 }
 
 
+_LINK_PREFIXES = ("/u/", "/t/o/", "/t/c/")
+
+
+def _traced_path(path: str) -> str:
+    """The path as traces show it: a link's token acts for its lead (one-click unsubscribe), so traces
+    (files, the collector, Jaeger) get `{token}` instead."""
+    for prefix in _LINK_PREFIXES:
+        if path.startswith(prefix):
+            return prefix + "{token}"
+    return path
+
+
 def error_response(status: int, code: str, message: str, details: dict[str, Any] | None = None,
                    headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message, "details": details or {}}},
@@ -184,8 +196,9 @@ class LimitsAndTracing:
             return message
 
         method, path = scope.get("method", ""), scope.get("path", "")
-        with tracer.start_as_current_span(f"{method} {path}", kind=trace.SpanKind.SERVER,
-                                          attributes={"http.method": method, "http.target": path}):
+        shown = _traced_path(path)
+        with tracer.start_as_current_span(f"{method} {shown}", kind=trace.SpanKind.SERVER,
+                                          attributes={"http.method": method, "http.target": shown}):
             if method == "POST" and path == "/v1/events":
                 await self._post_event(scope, limited_receive, send)
             else:
