@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -26,7 +27,7 @@ from nurture.ports import free_port
 class Mesh:
     url: str
     api_key: str
-    env: dict[str, str]
+    env: dict[str, str]  # NURTURE_MESH_TOKEN signs gRPC calls; NURTURE_REDIS_URL carries the password
     data_dir: str
 
 
@@ -63,7 +64,9 @@ def fresh_database(url: str | None) -> Iterator[str | None]:
 def private_mesh(clock: str = "real", database_url: str | None = None) -> Iterator[Mesh]:
     data = tempfile.mkdtemp(prefix="nurture-bench-")
     http = free_port()
-    env = {**os.environ, "NURTURE_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0", "NURTURE_EMBEDDED_REDIS": "1",
+    redis_password = secrets.token_urlsafe(24)
+    env = {**os.environ, "NURTURE_REDIS_URL": f"redis://:{redis_password}@127.0.0.1:{free_port()}/0",
+           "NURTURE_EMBEDDED_REDIS": "1", "NURTURE_MESH_TOKEN": secrets.token_urlsafe(24),
            "NURTURE_SMTP_URL": f"smtp://127.0.0.1:{free_port()}", "NURTURE_CRM_URL": f"http://127.0.0.1:{free_port()}",
            "NURTURE_LOG_LEVEL": "WARNING", "NURTURE_EMBEDDED_SMTP": "1", "NURTURE_EMBEDDED_CRM": "1"}
     for service in ("scoring", "journeys", "messaging", "crm_sync"):

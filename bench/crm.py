@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -39,8 +40,10 @@ from bench._mesh import add_database_arg, database_kind, fresh_database  # noqa:
 from nurture.api.crm_sync.v1 import crm_sync_pb2, crm_sync_pb2_grpc  # noqa: E402
 from nurture.api.scoring.v1 import scoring_pb2, scoring_pb2_grpc  # noqa: E402
 from nurture.ports import free_port  # noqa: E402
+from nurture.rpc import channel as rpc_channel  # noqa: E402
 
 TOKEN = "bench-crm-token"
+MESH_TOKEN = secrets.token_urlsafe(24)
 AUTH = (("authorization", f"Bearer {TOKEN}"),)
 
 
@@ -68,7 +71,7 @@ async def wait_grpc(address: str, deadline_s: float = 60) -> None:
 
 
 async def echo_rate(address: str, calls: int, concurrency: int) -> float:
-    async with grpc.aio.insecure_channel(address) as channel:
+    async with rpc_channel(address, MESH_TOKEN) as channel:
         stub = scoring_pb2_grpc.EchoStub(channel)
         payload = b"x" * 200
         for _ in range(200):
@@ -93,6 +96,7 @@ def contact(n: int, crm_id: str, prefix: str) -> crm_sync_pb2.Contact:
 
 
 async def inbound(address: str, contacts: list[crm_sync_pb2.Contact], concurrency: int, per_call: int) -> float:
+    # As the CRM calls in: with its CRM token only, not the mesh key (docs/SECURITY.md).
     async with grpc.aio.insecure_channel(address) as channel:
         stub = crm_sync_pb2_grpc.CrmSyncStub(channel)
         batches = iter([contacts[i:i + per_call] for i in range(0, len(contacts), per_call)])
@@ -122,6 +126,7 @@ async def run(args: argparse.Namespace, database_url: str | None = None) -> dict
            "NURTURE_CLOCK": "real", "NURTURE_SCORING_ADDR": f"127.0.0.1:{scoring_port}",
            "NURTURE_CRM_SYNC_ADDR": f"127.0.0.1:{crm_port}", "NURTURE_JOURNEYS_ADDR": f"127.0.0.1:{free_port()}",
            "NURTURE_CRM_URL": f"http://127.0.0.1:{emu_port}", "NURTURE_CRM_TOKENS": json.dumps({"bench": TOKEN}),
+           "NURTURE_MESH_TOKEN": MESH_TOKEN,
            "NURTURE_LOG_LEVEL": "WARNING"}
     env.pop("NURTURE_GRPC_PORT", None)
     env.pop("NURTURE_DATABASE_URL", None)
@@ -175,7 +180,7 @@ async def run(args: argparse.Namespace, database_url: str | None = None) -> dict
             await quiet()
             await http.post("/_emulator/reset-stats")
             # One event per lead changes every lead's score: n contact pushes.
-            async with grpc.aio.insecure_channel(scoring_addr) as ch:
+            async with rpc_channel(scoring_addr, MESH_TOKEN) as ch:
                 scoring = scoring_pb2_grpc.ScoringStub(ch)
                 leads = await lead_ids_for(scoring, [f"a{j}@bench.example" for j in range(n)])
                 start = time.perf_counter()

@@ -9,12 +9,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import sys
 import time
 from pathlib import Path
 
-import grpc
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -22,10 +22,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._http import LeanClient  # noqa: E402
 from bench._mesh import add_database_arg, database_kind, fresh_database, private_mesh  # noqa: E402
 from nurture.api.scoring.v1 import scoring_pb2, scoring_pb2_grpc  # noqa: E402
+from nurture.rpc import channel as rpc_channel  # noqa: E402
 
 
-async def echo_rate(address: str, calls: int, concurrency: int = 32) -> float:
-    async with grpc.aio.insecure_channel(address) as channel:
+async def echo_rate(address: str, mesh_token: str, calls: int, concurrency: int = 32) -> float:
+    async with rpc_channel(address, mesh_token) as channel:
         stub = scoring_pb2_grpc.EchoStub(channel)
         payload = b"x" * 200
         await stub.Echo(scoring_pb2.EchoRequest(payload=payload), timeout=5)
@@ -45,7 +46,7 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
 
 
-async def run(url: str, key: str, scoring_addr: str, events: int, redis_url: str | None = None
+async def run(url: str, key: str, scoring_addr: str, mesh_token: str, events: int, redis_url: str | None = None
               ) -> dict[str, float]:
     headers = {"Authorization": f"Bearer {key}"}
     leads = 500
@@ -62,7 +63,7 @@ async def run(url: str, key: str, scoring_addr: str, events: int, redis_url: str
 
         if redis_url:  # the baseline on a quiet mesh, not beside the consumers digesting the new leads
             await drained(redis_url)
-        baseline = await echo_rate(scoring_addr, 5000)
+        baseline = await echo_rate(scoring_addr, mesh_token, 5000)
 
         # The load goes through a lean client: httpx's CPU per request would crowd the mesh out.
         lean = LeanClient(url, headers)
@@ -175,16 +176,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--events", type=int, default=20000)
     parser.add_argument("--url")
-    parser.add_argument("--api-key", default="dev-key")
+    parser.add_argument("--api-key", default=os.environ.get("NURTURE_API_KEY", ""),
+                        help="(with --url) the printed key; default NURTURE_API_KEY")
+    parser.add_argument("--mesh-token", default=os.environ.get("NURTURE_MESH_TOKEN", ""),
+                        help="(with --url) mesh_token of <data>/secrets.json; default NURTURE_MESH_TOKEN")
     parser.add_argument("--scoring", default="127.0.0.1:50051")
     parser.add_argument("--redis", help="the mesh's Redis URL, to wait for the consumers (with --url)")
     add_database_arg(parser)
     args = parser.parse_args()
     if args.url:
-        result = asyncio.run(run(args.url, args.api_key, args.scoring, args.events, args.redis))
+        result = asyncio.run(run(args.url, args.api_key, args.scoring, args.mesh_token, args.events, args.redis))
     else:
         with fresh_database(args.database_url) as database_url, private_mesh(database_url=database_url) as mesh:
-            result = asyncio.run(run(mesh.url, mesh.api_key, mesh.env["NURTURE_SCORING_ADDR"], args.events,
+            result = asyncio.run(run(mesh.url, mesh.api_key, mesh.env["NURTURE_SCORING_ADDR"],
+                                     mesh.env["NURTURE_MESH_TOKEN"], args.events,
                                      mesh.env["NURTURE_REDIS_URL"]))
     result = {"database": database_kind(args.database_url), **result}
     for name, value in result.items():

@@ -19,6 +19,7 @@ import asyncio
 import json
 import os
 import resource
+import secrets
 import smtplib
 import socket
 import subprocess
@@ -40,7 +41,7 @@ from bench._mesh import add_database_arg, database_kind, fresh_database  # noqa:
 from nurture.api.messaging.v1 import messaging_pb2, messaging_pb2_grpc  # noqa: E402
 from nurture.api.scoring.v1 import scoring_pb2, scoring_pb2_grpc  # noqa: E402
 from nurture.ports import free_port  # noqa: E402
-from nurture.rpc import start_server  # noqa: E402
+from nurture.rpc import channel, start_server  # noqa: E402
 from nurture.settings import load_settings, to_environ  # noqa: E402
 
 ZONES = ["Europe/London", "Asia/Kolkata", "America/New_York", "Asia/Singapore", "Africa/Lagos", "Australia/Sydney"]
@@ -129,18 +130,19 @@ async def service_run(n: int, work: Path, sink_port: int, redis_url: str, concur
         scoring_pb2_grpc.add_ScoringServicer_to_server(leads, server)
         return [scoring_pb2.DESCRIPTOR.services_by_name["Scoring"].full_name]
 
-    scoring = await start_server(name="bench-scoring", port=0, register=register)
+    mesh_token = secrets.token_urlsafe(24)
+    scoring = await start_server(name="bench-scoring", port=0, register=register, mesh_tokens=[mesh_token])
     port = free_port()
     settings = load_settings(environ={}, data_dir=work / "data", redis_url=redis_url, clock="real",
                              smtp_url=f"smtp://127.0.0.1:{sink_port}", scoring_addr=f"127.0.0.1:{scoring.port}",
                              journeys_addr=f"127.0.0.1:{free_port()}", grpc_port=port, log_level="WARNING",
-                             database_url=database_url)
+                             database_url=database_url, mesh_token=mesh_token, secret=secrets.token_urlsafe(24))
     env = {**os.environ, **to_environ(settings), "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, "-m", "services.messaging"], cwd=ROOT, env=env)
     cpu: dict[str, float] = {}
     try:
         wait_port(port)
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+        async with channel(f"127.0.0.1:{port}", mesh_token) as ch:
             stub = messaging_pb2_grpc.MessagingStub(ch)
             await stub.ListTemplates(messaging_pb2.ListTemplatesRequest(), timeout=20)  # started, not timed
             sem = asyncio.Semaphore(concurrency)

@@ -1,6 +1,7 @@
-"""What tracing every RPC costs: unary echo RPC/s on a plain grpc.aio server and client, against the
-same with the mesh's tracing (one server span per RPC exported to a file, traceparent propagated by
-the client interceptor), measured in the same run. Prints one JSON line with both and the ratio.
+"""What the mesh's interceptors cost every RPC: unary echo RPC/s on a plain grpc.aio server and client,
+against the same with the mesh's tracing (one server span per RPC exported to a file, traceparent
+propagated by the client interceptor) and call signing (nurture.meshauth), measured in the same run.
+Prints one JSON line with both and the ratio.
 
     .venv/bin/python bench/tracing.py [--calls 20000]
 """
@@ -59,10 +60,10 @@ async def main(calls: int) -> dict[str, float]:
     scoring_pb2_grpc.add_EchoServicer_to_server(Echo(), plain_server)
     port = plain_server.add_insecure_port("127.0.0.1:0")
     await plain_server.start()
-    traced_server = await start_server(name="bench", port=0, register=register)
+    traced_server = await start_server(name="bench", port=0, register=register, mesh_tokens=["bench-mesh-token"])
     results: dict[str, list[float]] = {"plain": [], "traced": []}
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as plain_ch, \
-            channel(f"127.0.0.1:{traced_server.port}") as traced_ch:
+            channel(f"127.0.0.1:{traced_server.port}", "bench-mesh-token") as traced_ch:
         for _ in range(3):  # interleaved rounds, best of each, against the shared machine's noise
             results["plain"].append(await rate(plain_ch, calls // 3))
             results["traced"].append(await rate(traced_ch, calls // 3))

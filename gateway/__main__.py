@@ -9,11 +9,14 @@ import uvicorn
 from gateway.app import create_app
 from nurture import telemetry
 from nurture.service import tune_for_latency
-from nurture.settings import load_settings
+from nurture.settings import SettingsError, load_settings
 
 
 def main() -> None:
-    settings = load_settings()
+    try:
+        settings = load_settings()
+    except SettingsError as exc:  # e.g. beyond loopback without its secrets: say which, no traceback
+        raise SystemExit(f"gateway: cannot start: {exc}") from None
     logging.basicConfig(level=settings.log_level, format="%(asctime)s gateway %(levelname)s %(name)s: %(message)s")
     provider = telemetry.setup("gateway", settings)
     app = create_app(settings)

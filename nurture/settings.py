@@ -1,10 +1,17 @@
 """Typed settings, read once per process from `NURTURE_*` environment variables and flags.
 
 A bad value fails fast at start-up with the variable's name, never later in a request.
+
+Secrets (`secret`, `api_key`, `crm_tokens`, `mesh_token`) have no usable default: the source is public,
+so a default would be a key everyone holds. A process bound beyond loopback (`NURTURE_BIND_HOST`) refuses
+to start while any of them is missing or one of the values this project once shipped as defaults
+(`insecure_secrets`); on loopback a missing secret fails closed where it is used (nothing verifies).
+`nurture up` generates them on first start (nurture.secretstore). docs/SECURITY.md says what each guards.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 from collections.abc import Mapping
@@ -30,14 +37,17 @@ class Settings:
     otlp_endpoint: str | None = None
     smtp_url: str = "smtp://127.0.0.1:2525"
     public_url: str = "http://127.0.0.1:8080"
-    api_key: str = "dev-key"
-    secret: str = "dev-secret-change-me"
+    api_key: str = ""
+    secret: str = ""  # HMAC key of tracking/unsubscribe link tokens
+    secret_previous: str = ""  # still verifies links signed before a rotation; new links use `secret`
+    mesh_token: str = ""  # the key services sign their gRPC calls to each other with (nurture.meshauth)
+    mesh_token_previous: str = ""  # still accepted from callers during a rotation
     scoring_addr: str = "127.0.0.1:50051"
     journeys_addr: str = "127.0.0.1:50052"
     messaging_addr: str = "127.0.0.1:50053"
     crm_sync_addr: str = "127.0.0.1:50054"
     crm_url: str = "http://127.0.0.1:8090"
-    crm_tokens: dict[str, str] = field(default_factory=lambda: {"local-crm": "dev-crm-token"})
+    crm_tokens: dict[str, str] = field(default_factory=dict)
     grpc_port: int = 0
     bind_host: str = "127.0.0.1"
     http_port: int = 8080
@@ -61,8 +71,52 @@ class Settings:
     def with_overrides(self, **changes: Any) -> Settings:
         return replace(self, **changes)
 
+    @property
+    def mesh_tokens(self) -> tuple[str, ...]:
+        """The mesh keys a server accepts: the current one, then the previous one during a rotation."""
+        return tuple(t for t in (self.mesh_token, self.mesh_token_previous) if t)
+
+    def insecure_secrets(self) -> list[str]:
+        """The variables whose value is missing or publicly known (empty when all are set)."""
+        bad = [f"NURTURE_{name.upper()}" for name in SECRET_FIELDS if _weak(getattr(self, name))]
+        if not self.crm_tokens or any(_weak(token) for token in self.crm_tokens.values()):
+            bad.append("NURTURE_CRM_TOKENS")
+        return bad
+
 
 SERVICES = ("scoring", "journeys", "messaging", "crm_sync")
+SECRET_FIELDS = ("secret", "api_key", "mesh_token")
+# Values that were defaults in the source at some point, or are placeholders: as public as no secret.
+KNOWN_DEFAULTS = frozenset({"dev-secret-change-me", "dev-key", "dev-crm-token", "change-me", "changeme", "secret"})
+LOOPBACK_NAMES = frozenset({"localhost", "ip6-localhost", "ip6-loopback"})
+
+
+def _weak(value: str) -> bool:
+    return not value.strip() or value.strip().lower() in KNOWN_DEFAULTS
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a bind host is reachable only from this machine (127.0.0.0/8, ::1, localhost)."""
+    name = host.strip().strip("[]").lower()
+    if name in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def check_secrets(settings: Settings) -> None:
+    """Refuse settings that would expose a process beyond this machine with a missing or public secret."""
+    if is_loopback(settings.bind_host):
+        return
+    bad = settings.insecure_secrets()
+    if bad:
+        raise SettingsError(
+            f"refusing to listen on {settings.bind_host} (not loopback) with missing or publicly known secrets: "
+            f"{', '.join(bad)}. Set each to a long random value (e.g. `python -c 'import secrets; "
+            f"print(secrets.token_urlsafe(32))'`; NURTURE_CRM_TOKENS is a JSON object CRM name → token), "
+            "or bind to 127.0.0.1. See docs/SECURITY.md.")
 
 
 def _coerce(name: str, kind: Any, raw: str) -> Any:
@@ -100,6 +154,7 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
     settings = Settings(**values)
     if settings.bus_shards < 1 or settings.timer_shards < 1:
         raise SettingsError("NURTURE_BUS_SHARDS and NURTURE_TIMER_SHARDS must be positive")
+    check_secrets(settings)
     return settings
 
 

@@ -12,6 +12,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 import redis
 from opentelemetry import trace
@@ -20,11 +21,18 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from nurture.ports import free_port
+from nurture.rpc import channel
 from nurture.service import Running
 from nurture.settings import Settings, load_settings
 
 PG_URL = os.environ.get("NURTURE_TEST_DATABASE_URL")
+# Every gRPC call in the mesh is signed with the mesh key: the tests' services and clients share this one.
+MESH_TOKEN = "test-mesh-token"
 
+
+def mesh_channel(address: str) -> grpc.aio.Channel:
+    """A client channel that signs its calls as the tests' services expect."""
+    return channel(address, MESH_TOKEN)
 
 
 
@@ -100,6 +108,7 @@ def settings(tmp_path: Path, redis_url: str) -> Settings:
         database_url=_fresh_pg_schema() if PG_URL else None,
         grpc_port=0,
         secret="test-secret",
+        mesh_token=MESH_TOKEN,
     )
 
 

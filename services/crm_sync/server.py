@@ -203,8 +203,8 @@ async def serve(settings: Settings) -> Running:
     db = open_database(settings, service="crm_sync", migrations_dir=MIGRATIONS)
     redis = redisconn.connect(settings)
     clock = make_clock(settings.clock, settings.redis_url)
-    scoring_channel = channel(settings.address_of("scoring"))
-    journeys_channel = channel(settings.address_of("journeys"))
+    scoring_channel = channel(settings.address_of("scoring"), settings.mesh_token)
+    journeys_channel = channel(settings.address_of("journeys"), settings.mesh_token)
     connector = HubSpotConnector(settings.crm_url)
     crm_name = next(iter(settings.crm_tokens), "crm")
     core = CrmSyncCore(db=db, clock=clock, cfg=cfg, connector=connector,
@@ -240,7 +240,10 @@ async def serve(settings: Settings) -> Running:
             scoring_pb2.DESCRIPTOR.services_by_name["Echo"].full_name,
             common_pb2.DESCRIPTOR.services_by_name["Admin"].full_name]
 
-    handle = await start_server(name="crm_sync", port=settings.grpc_port, register=register)
+    handle = await start_server(name="crm_sync", port=settings.grpc_port, register=register,
+                                mesh_tokens=settings.mesh_tokens,
+                                # CRMs present their CRM token (CrmAuth, on every method), not the mesh key.
+                                self_authenticated=[crm_sync_pb2.DESCRIPTOR.services_by_name["CrmSync"].full_name])
     tasks = [asyncio.create_task(core.writer.run(), name="crm_sync-writer")]
     if settings.clock != "virtual":
         # With a virtual clock only Admin.Settle consumes the bus and performs pushes (deterministic runs).

@@ -108,7 +108,7 @@ class Clients:
 
     def _channel(self, service: str) -> grpc.aio.Channel:
         if service not in self._channels:
-            self._channels[service] = channel(self._settings.address_of(service))
+            self._channels[service] = channel(self._settings.address_of(service), self._settings.mesh_token)
         return self._channels[service]
 
     async def close(self) -> None:

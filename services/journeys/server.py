@@ -219,7 +219,8 @@ async def serve(settings: Settings) -> Running:
         return [journeys_pb2.DESCRIPTOR.services_by_name["Journeys"].full_name,
                 common_pb2.DESCRIPTOR.services_by_name["Admin"].full_name]
 
-    handle = await start_server(name="journeys", port=settings.grpc_port, register=register)
+    handle = await start_server(name="journeys", port=settings.grpc_port, register=register,
+                                mesh_tokens=settings.mesh_tokens)
     tasks: list[asyncio.Task[None]] = []
     if settings.clock != "virtual":
         tasks.append(asyncio.create_task(consumer.run(), name="journeys-bus"))

@@ -136,7 +136,7 @@ class Engine:
         self.redis = redis
         self.leads = leads
         self.policy = policy
-        self.signer = Signer(settings.secret)
+        self.signer = Signer(settings.secret, settings.secret_previous)
         self.public_url = settings.public_url.rstrip("/")
         self.smtp = SmtpPool(settings.smtp_url, size=smtp_connections)
         self._smtp_threads = ThreadPoolExecutor(max_workers=smtp_connections, thread_name_prefix="messaging-smtp")

@@ -187,8 +187,8 @@ async def serve(settings: Settings) -> Running:
     redis = redisconn.connect(settings)
     clock = make_clock(settings.clock, settings.redis_url)
     store = Store(db.session)
-    scoring_channel = channel(settings.address_of("scoring"))
-    journeys_channel = channel(settings.address_of("journeys"))
+    scoring_channel = channel(settings.address_of("scoring"), settings.mesh_token)
+    journeys_channel = channel(settings.address_of("journeys"), settings.mesh_token)
     engine = Engine(settings=settings, clock=clock, db=db, store=store, catalog=Catalog(), redis=redis,
                     leads=LeadSource(scoring_channel), policy=load_policy())
     channels = Channels(engine, journeys_channel)
@@ -219,7 +219,8 @@ async def serve(settings: Settings) -> Running:
         return [messaging_pb2.DESCRIPTOR.services_by_name["Messaging"].full_name,
                 common_pb2.DESCRIPTOR.services_by_name["Admin"].full_name]
 
-    handle = await start_server(name="messaging", port=settings.grpc_port, register=register)
+    handle = await start_server(name="messaging", port=settings.grpc_port, register=register,
+                                mesh_tokens=settings.mesh_tokens)
     tasks: list[asyncio.Task[None]] = []
     if settings.clock == "real":
         # Virtual time: only Settle consumes the bus and delivers, so runs are deterministic.

@@ -2,8 +2,14 @@
 
 A token is `<payload>.<signature>`, both base64url without padding: the payload is compact JSON naming
 the kind (`o` open, `c` click, `u` unsubscribe), the message, the lead and (for clicks) the destination,
-and the signature is HMAC-SHA256 over the payload with `settings.secret`. A click redirects only to the
-URL inside a token whose signature verifies, so the tracker is never an open redirect.
+and the signature is HMAC-SHA256 over the payload with a key derived from `settings.secret`. A click
+redirects only to the URL inside a token whose signature verifies, so the tracker is never an open redirect.
+
+This is the one place links are signed and verified. Rotation: new tokens are signed with the current
+secret; a token signed with `settings.secret_previous` keeps verifying while that setting is set. Tokens
+carry no expiry (an unsubscribe link in an old email must keep working), so the previous secret is what
+expires: drop it once links signed with it may stop working (see docs/SECURITY.md). No secret, no tokens:
+a Signer refuses to exist without one rather than sign with a key anyone can compute.
 """
 
 from __future__ import annotations
@@ -38,14 +44,28 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
+def _derive(secret: str) -> bytes:
+    return hashlib.sha256(b"nurture-messaging-token:" + secret.encode()).digest()
+
+
 class Signer:
-    """Signs and verifies tokens with one secret."""
+    """Signs tokens with the current secret; verifies them with it or with the previous one (rotation)."""
 
-    def __init__(self, secret: str) -> None:
-        self._key = hashlib.sha256(b"nurture-messaging-token:" + secret.encode()).digest()
+    def __init__(self, secret: str, previous: str = "") -> None:
+        if not secret:
+            raise ValueError("NURTURE_SECRET is not set: tracking and unsubscribe links cannot be signed")
+        self._key = _derive(secret)
+        self._keys = [self._key] + ([_derive(previous)] if previous and previous != secret else [])
 
-    def _sig(self, payload: bytes) -> bytes:
-        return hmac.new(self._key, payload, hashlib.sha256).digest()
+    def _sig(self, payload: bytes, key: bytes | None = None) -> bytes:
+        return hmac.new(key or self._key, payload, hashlib.sha256).digest()
+
+    def _verifies(self, payload: bytes, signature: bytes) -> bool:
+        # Every key is tried, whatever the first says: timing does not tell which secret signed a token.
+        ok = False
+        for key in self._keys:
+            ok |= hmac.compare_digest(signature, self._sig(payload, key))
+        return ok
 
     def sign(self, token: Token) -> str:
         """The URL-safe string for a token."""
@@ -65,7 +85,7 @@ class Signer:
             signature = _unb64(sig)
         except (ValueError, TypeError) as exc:
             raise TokenError("malformed token") from exc
-        if not sig or not hmac.compare_digest(signature, self._sig(payload)):
+        if not sig or not self._verifies(payload, signature):
             raise TokenError("token signature does not verify")
         try:
             body = json.loads(payload)

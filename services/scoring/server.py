@@ -432,7 +432,8 @@ async def serve(settings: Settings) -> Running:
         return [scoring_pb2.DESCRIPTOR.services_by_name[n].full_name for n in ("Scoring", "Echo")] + [
             common_pb2.DESCRIPTOR.services_by_name["Admin"].full_name]
 
-    handle = await start_server(name="scoring", port=settings.grpc_port, register=register)
+    handle = await start_server(name="scoring", port=settings.grpc_port, register=register,
+                                mesh_tokens=settings.mesh_tokens)
     await outbox.flush()  # anything committed but not published before a crash
 
     async def close() -> None:

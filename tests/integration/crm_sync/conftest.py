@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import grpc
 import httpx
 import pytest
 import redis
@@ -23,7 +22,7 @@ from nurture.api.scoring.v1 import scoring_pb2_grpc
 from nurture.clock import VirtualClock
 from nurture.service import Running
 from nurture.settings import Settings
-from tests.conftest import free_port, start_service
+from tests.conftest import free_port, mesh_channel, start_service
 
 TOKEN = "test-crm-token"
 AUTH = (("authorization", f"Bearer {TOKEN}"),)
@@ -120,8 +119,8 @@ async def mesh(settings: Settings, emulator: Emulator) -> AsyncIterator[Mesh]:
     crm_settings = settings.with_overrides(crm_url=emulator.url, scoring_addr=scoring.address,
                                            journeys_addr=f"127.0.0.1:{free_port()}", crm_tokens={"test-crm": TOKEN})
     running = await start_service("crm_sync", crm_settings)
-    s_channel = grpc.aio.insecure_channel(scoring.address)
-    c_channel = grpc.aio.insecure_channel(running.address)
+    s_channel = mesh_channel(scoring.address)
+    c_channel = mesh_channel(running.address)
     try:
         yield Mesh(settings=crm_settings, scoring=scoring_pb2_grpc.ScoringStub(s_channel),
                    crm=crm_sync_pb2_grpc.CrmSyncStub(c_channel), sales=crm_sync_pb2_grpc.SalesOpsStub(c_channel),

@@ -10,7 +10,7 @@ import pytest
 
 from nurture.api.common.v1 import common_pb2
 from nurture.api.crm_sync.v1 import crm_sync_pb2
-from tests.conftest import free_port, start_service
+from tests.conftest import free_port, mesh_channel, start_service
 from tests.integration.crm_sync.conftest import AUTH, Mesh
 
 pytestmark = pytest.mark.anyio
@@ -90,7 +90,7 @@ async def test_scoring_down_is_a_clear_error(settings, emulator) -> None:
                                            journeys_addr=f"127.0.0.1:{free_port()}", crm_tokens={"t": "tok"})
     running = await start_service("crm_sync", crm_settings)
     try:
-        async with grpc.aio.insecure_channel(running.address) as ch:
+        async with mesh_channel(running.address) as ch:
             from nurture.api.crm_sync.v1 import crm_sync_pb2_grpc
 
             stub = crm_sync_pb2_grpc.CrmSyncStub(ch)

@@ -28,7 +28,7 @@ import pytest
 from nurture.api.crm_sync.v1 import crm_sync_pb2, crm_sync_pb2_grpc
 from nurture.api.scoring.v1 import scoring_pb2, scoring_pb2_grpc
 from nurture.settings import Settings, to_environ
-from tests.conftest import free_port
+from tests.conftest import free_port, mesh_channel
 from tests.integration.crm_sync.conftest import AUTH, TOKEN, Emulator
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
@@ -49,7 +49,7 @@ def spawn(service: str, settings: Settings, port: int) -> subprocess.Popen[bytes
 
 
 async def wait_serving(address: str) -> None:
-    async with grpc.aio.insecure_channel(address) as ch:
+    async with mesh_channel(address) as ch:
         stub = scoring_pb2_grpc.EchoStub(ch)  # both scoring and crm_sync serve the Echo baseline
         for _ in range(400):
             try:
@@ -113,8 +113,8 @@ async def test_kill_crm_sync_under_load_exactly_once(settings: Settings, tmp_pat
         # A CRM that takes a while to answer: crm_sync records a batch of pushes after its slowest one,
         # so most kills land while some pushes are made in the CRM but not yet recorded here.
         emu.fault(mode="slow", delay=0.2)
-        s_ch = grpc.aio.insecure_channel(cfg.scoring_addr)
-        c_ch = grpc.aio.insecure_channel(cfg.crm_sync_addr)
+        s_ch = mesh_channel(cfg.scoring_addr)
+        c_ch = mesh_channel(cfg.crm_sync_addr)
         scoring = scoring_pb2_grpc.ScoringStub(s_ch)
         crm = crm_sync_pb2_grpc.CrmSyncStub(c_ch)
         sales = crm_sync_pb2_grpc.SalesOpsStub(c_ch)

@@ -11,10 +11,9 @@ import pytest
 from fastapi import FastAPI
 
 from gateway.app import create_app
-from nurture.rpc import channel
 from nurture.service import Running
 from nurture.settings import SERVICES, Settings
-from tests.conftest import free_port, start_service
+from tests.conftest import free_port, mesh_channel, start_service
 
 pytestmark = pytest.mark.anyio
 AUTH = {"Authorization": "Bearer test-key"}
@@ -28,7 +27,7 @@ async def api(settings: Settings) -> AsyncIterator[tuple[httpx.AsyncClient, Fast
     addrs["scoring_addr"] = scoring.address
     app = create_app(settings.with_overrides(api_key="test-key", max_body_bytes=64_000, max_batch=50, **addrs))
     for s in SERVICES:
-        app.state.mesh.channels[s] = channel(app.state.mesh.settings.address_of(s))
+        app.state.mesh.channels[s] = mesh_channel(app.state.mesh.settings.address_of(s))
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
         yield client, app, scoring
@@ -236,7 +235,7 @@ async def test_scoring_down_gives_503_and_accepted_events_survive(
     r = await client.post("/v1/events", headers=AUTH, json={"lead_id": "s", "type": "form_submitted"})
     assert r.status_code == 503 and r.headers["Retry-After"] and r.json()["error"]["code"] == "unavailable"
     again = await start_service("scoring", settings)
-    app.state.mesh.channels["scoring"] = channel(again.address)
+    app.state.mesh.channels["scoring"] = mesh_channel(again.address)
     try:
         lead = (await client.get("/v1/leads/s", headers=AUTH)).json()
         assert lead["score"] == 5 and lead["lifecycle_stage"] == "lead"

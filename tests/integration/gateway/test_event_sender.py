@@ -23,10 +23,9 @@ from nurture import redisconn
 from nurture.api.common.v1 import common_pb2, common_pb2_grpc
 from nurture.api.scoring.v1 import scoring_pb2, scoring_pb2_grpc
 from nurture.bus import Consumer, stream_key
-from nurture.rpc import channel
 from nurture.service import Running
 from nurture.settings import SERVICES, Settings
-from tests.conftest import free_port, start_service
+from tests.conftest import free_port, mesh_channel, start_service
 
 pytestmark = pytest.mark.anyio
 AUTH = {"Authorization": "Bearer k"}
@@ -40,7 +39,7 @@ def gateway(settings: Settings, scoring_addr: str) -> FastAPI:
     addrs["scoring_addr"] = scoring_addr
     app = create_app(settings.with_overrides(api_key="k", **addrs))
     for s in SERVICES:
-        app.state.mesh.channels[s] = channel(app.state.mesh.settings.address_of(s))
+        app.state.mesh.channels[s] = mesh_channel(app.state.mesh.settings.address_of(s))
     return app
 
 
@@ -55,7 +54,7 @@ async def client(settings: Settings, scoring: Running) -> AsyncIterator[httpx.As
 
 async def make_leads(scoring: Running, leads: list[str]) -> None:
     """Straight to scoring: the gateway's lead routes also ask journeys, which these tests leave down."""
-    async with channel(scoring.address) as ch:
+    async with mesh_channel(scoring.address) as ch:
         reply = await scoring_pb2_grpc.ScoringStub(ch).UpsertLeads(scoring_pb2.UpsertLeadsRequest(
             leads=[scoring_pb2.UpsertLeadRequest(id=lead, fields_json="{}") for lead in leads]), timeout=5)
     assert all(r.created for r in reply.results)
@@ -97,7 +96,7 @@ async def test_concurrent_posts_share_calls_and_each_gets_its_own_result(
     merged = [s.attributes.get("events") for s in ingests if s.attributes]
     assert sum(e for e in merged if isinstance(e, int)) == n  # every event went through one group commit
     # Each post's event id is the one scoring gave its own event (its lead, its properties).
-    async with channel(scoring.address) as ch:
+    async with mesh_channel(scoring.address) as ch:
         await common_pb2_grpc.AdminStub(ch).Settle(common_pb2.SettleRequest(), timeout=5)
     published = bus(settings)
     for i, event_id in enumerate(ids):
@@ -248,7 +247,7 @@ async def test_each_merged_event_is_handled_by_a_consumer_in_its_own_posts_trace
     n = 10
     try:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as client, \
-                channel(scoring.address) as ch:
+                mesh_channel(scoring.address) as ch:
             leads = [f"t{i}" for i in range(n)]
             await make_leads(scoring, leads)
             admin = common_pb2_grpc.AdminStub(ch)

@@ -10,9 +10,8 @@ from gateway.app import create_app
 from nurture import redisconn
 from nurture.api.common.v1 import common_pb2, common_pb2_grpc
 from nurture.bus import Consumer
-from nurture.rpc import channel
 from nurture.settings import SERVICES, Settings
-from tests.conftest import free_port, start_service
+from tests.conftest import free_port, mesh_channel, start_service
 
 pytestmark = pytest.mark.anyio
 
@@ -25,7 +24,7 @@ async def test_an_event_is_one_trace_from_gateway_to_a_consumer(
     addrs["scoring_addr"] = scoring.address
     app = create_app(settings.with_overrides(api_key="k", **addrs))
     for s in SERVICES:
-        app.state.mesh.channels[s] = channel(app.state.mesh.settings.address_of(s))
+        app.state.mesh.channels[s] = mesh_channel(app.state.mesh.settings.address_of(s))
     # A bus consumer's handling of the event's message continues the same trace.
     handled: list[dict[str, object]] = []
 
@@ -36,7 +35,7 @@ async def test_an_event_is_one_trace_from_gateway_to_a_consumer(
     consumer = Consumer(redis, group="trace-test", shards=settings.bus_shards, handler=handler)
     try:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as client, \
-                channel(scoring.address) as ch:
+                mesh_channel(scoring.address) as ch:
             admin = common_pb2_grpc.AdminStub(ch)
             headers = {"Authorization": "Bearer k"}
             assert (await client.post("/v1/leads", headers=headers, json={"id": "t"})).status_code == 201

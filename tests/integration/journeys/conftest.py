@@ -6,7 +6,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-import grpc
 import pytest
 import redis
 
@@ -18,7 +17,7 @@ from nurture.clock import VirtualClock
 from nurture.rpc import ServiceServer
 from nurture.service import Running
 from nurture.settings import Settings
-from tests.conftest import free_port, start_service
+from tests.conftest import free_port, mesh_channel, start_service
 from tests.integration.journeys.fakes import Recorder, start_fakes
 
 
@@ -44,7 +43,7 @@ async def mesh(settings: Settings) -> AsyncIterator[Mesh]:
     settings = settings.with_overrides(messaging_addr=f"127.0.0.1:{mport}", crm_sync_addr=f"127.0.0.1:{cport}",
                                        scoring_addr=f"127.0.0.1:{free_port()}")
     running = await start_service("journeys", settings)
-    channel = grpc.aio.insecure_channel(running.address)
+    channel = mesh_channel(running.address)
     client = redisconn.connect(settings)
     clock = VirtualClock(redis.Redis.from_url(settings.redis_url))
     yield Mesh(running, rec, messaging, crm, journeys_pb2_grpc.JourneysStub(channel),

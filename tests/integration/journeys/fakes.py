@@ -19,6 +19,7 @@ from nurture.api.messaging.v1 import messaging_pb2, messaging_pb2_grpc
 from nurture.bus import Publisher
 from nurture.clock import Clock, VirtualClock
 from nurture.rpc import ServiceServer, start_server
+from tests.conftest import MESH_TOKEN
 
 
 @dataclass
@@ -69,8 +70,9 @@ async def start_fakes(rec: Recorder, *, messaging_port: int = 0,
         server.add_generic_rpc_handlers((handler,))
         return []
 
-    messaging = await start_server(name="fake-messaging", port=messaging_port, register=reg_messaging)
-    crm = await start_server(name="fake-crm", port=crm_port, register=reg_crm)
+    messaging = await start_server(name="fake-messaging", port=messaging_port, register=reg_messaging,
+                                   mesh_tokens=[MESH_TOKEN])
+    crm = await start_server(name="fake-crm", port=crm_port, register=reg_crm, mesh_tokens=[MESH_TOKEN])
     return messaging, crm
 
 

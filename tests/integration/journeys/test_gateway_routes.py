@@ -9,9 +9,8 @@ import httpx
 import pytest
 
 from gateway.app import create_app
-from nurture.rpc import channel
 from nurture.settings import SERVICES, Settings
-from tests.conftest import free_port, start_service
+from tests.conftest import free_port, mesh_channel, start_service
 from tests.integration.journeys.fakes import Recorder, start_fakes
 
 pytestmark = pytest.mark.anyio
@@ -29,7 +28,7 @@ async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     addrs["journeys_addr"] = journeys.address
     app = create_app(settings.with_overrides(api_key="test-key", **addrs))
     for s in SERVICES:
-        app.state.mesh.channels[s] = channel(app.state.mesh.settings.address_of(s))
+        app.state.mesh.channels[s] = mesh_channel(app.state.mesh.settings.address_of(s))
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as c:
         yield c
     await journeys.stop(grace=0.2)

@@ -211,6 +211,7 @@ async def test_inactivity_re_engages_beside_segment_then_erasure_removes_everyth
 async def test_a_new_journey_is_data_only_and_updates_the_lead(mesh: Mesh) -> None:
     from nurture.api.scoring.v1 import scoring_pb2, scoring_pb2_grpc
     from nurture.rpc import start_server
+    from tests.conftest import MESH_TOKEN
 
     updates: list[scoring_pb2.UpsertLeadRequest] = []
 
@@ -224,7 +225,7 @@ async def test_a_new_journey_is_data_only_and_updates_the_lead(mesh: Mesh) -> No
         return []
 
     port = int(mesh.settings.scoring_addr.rsplit(":", 1)[1])
-    scoring = await start_server(name="fake-scoring", port=port, register=register)
+    scoring = await start_server(name="fake-scoring", port=port, register=register, mesh_tokens=[MESH_TOKEN])
     try:
         doc = {"key": "vip_welcome", "name": "VIP welcome", "kind": "engagement", "priority": 65,
                "entry": [{"name": "vip", "events": ["form_submitted"],

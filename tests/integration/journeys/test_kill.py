@@ -23,7 +23,7 @@ from nurture.bus import Publisher
 from nurture.clock import VirtualClock
 from nurture.rpc import health_status
 from nurture.settings import Settings, to_environ
-from tests.conftest import free_port
+from tests.conftest import free_port, mesh_channel
 from tests.integration.journeys.fakes import Recorder, lead, settle, start_fakes
 
 pytestmark = [pytest.mark.slow, pytest.mark.anyio]
@@ -82,7 +82,7 @@ async def test_killed_at_random_moments_no_step_lost_none_twice(settings: Settin
 
         killing = asyncio.create_task(killer())
         end = start + timedelta(days=DAYS)
-        async with grpc.aio.insecure_channel(address) as channel:
+        async with mesh_channel(address) as channel:
             admin = common_pb2_grpc.AdminStub(channel)
             while True:
                 try:

@@ -17,11 +17,10 @@ from nurture.api.common.v1 import common_pb2, common_pb2_grpc
 from nurture.api.messaging.v1 import messaging_pb2, messaging_pb2_grpc
 from nurture.clock import VirtualClock
 from nurture.redisconn import connect_sync
-from nurture.rpc import channel
 from nurture.service import Running
 from nurture.settings import Settings
 from services.messaging.smtp_sink import SmtpSink
-from tests.conftest import free_port, start_service
+from tests.conftest import free_port, mesh_channel, start_service
 from tests.integration.messaging.harness import ScoringStub, start_scoring_stub
 
 
@@ -62,7 +61,7 @@ async def mesh(settings: Settings, tmp_path: Path) -> AsyncIterator[Mesh]:
     cfg = settings.with_overrides(smtp_url=sink.url, scoring_addr=f"127.0.0.1:{scoring_server.port}",
                                   journeys_addr=f"127.0.0.1:{free_port()}", public_url="https://nurture.example")
     running = await start_service("messaging", cfg)
-    ch = channel(running.address)
+    ch = mesh_channel(running.address)
     try:
         yield Mesh(cfg, scoring, sink, running, messaging_pb2_grpc.MessagingStub(ch),
                    common_pb2_grpc.AdminStub(ch), VirtualClock(connect_sync(cfg)))

@@ -10,6 +10,7 @@ import grpc
 
 from nurture.api.scoring.v1 import scoring_pb2, scoring_pb2_grpc
 from nurture.rpc import ServiceServer, start_server
+from tests.conftest import MESH_TOKEN
 
 
 def make_lead(lead_id: str, **over: Any) -> dict[str, Any]:
@@ -76,4 +77,5 @@ async def start_scoring_stub() -> tuple[ScoringStub, ServiceServer]:
         scoring_pb2_grpc.add_ScoringServicer_to_server(servicer, server)
         return [scoring_pb2.DESCRIPTOR.services_by_name["Scoring"].full_name]
 
-    return servicer, await start_server(name="scoring-stub", port=0, register=register)
+    return servicer, await start_server(name="scoring-stub", port=0, register=register,
+                                              mesh_tokens=[MESH_TOKEN])

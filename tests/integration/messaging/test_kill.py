@@ -19,7 +19,7 @@ import pytest
 from nurture.api.messaging.v1 import messaging_pb2, messaging_pb2_grpc
 from nurture.settings import Settings, to_environ
 from services.messaging.smtp_sink import SmtpSink
-from tests.conftest import free_port
+from tests.conftest import free_port, mesh_channel
 from tests.integration.messaging.harness import make_lead, start_scoring_stub
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
@@ -36,7 +36,7 @@ def spawn(settings: Settings, port: int) -> subprocess.Popen[bytes]:
 async def wait_serving(port: int) -> None:
     for _ in range(200):
         try:
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+            async with mesh_channel(f"127.0.0.1:{port}") as ch:
                 await messaging_pb2_grpc.MessagingStub(ch).ListTemplates(messaging_pb2.ListTemplatesRequest(),
                                                                          timeout=1)
             return
@@ -70,7 +70,7 @@ async def test_kill_during_delivery_delivers_each_message_once(settings: Setting
     proc = spawn(cfg, port)
     try:
         await wait_serving(port)
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+        async with mesh_channel(f"127.0.0.1:{port}") as ch:
             stub = messaging_pb2_grpc.MessagingStub(ch)
             if mode == "send":
                 ids = list(await asyncio.gather(*(stub.Send(request(i), timeout=10) for i in range(N))))

@@ -17,9 +17,8 @@ import sqlalchemy as sa
 
 from nurture.api.common.v1 import common_pb2, common_pb2_grpc
 from nurture.api.scoring.v1 import scoring_pb2, scoring_pb2_grpc
-from nurture.rpc import channel
 from nurture.settings import Settings
-from tests.conftest import start_service
+from tests.conftest import mesh_channel, start_service
 
 pytestmark = pytest.mark.anyio
 
@@ -30,7 +29,7 @@ BATCH = 120
 
 async def test_concurrent_shuffled_batches_are_each_accepted_exactly_once(settings: Settings) -> None:
     replicas = [await start_service("scoring", settings), await start_service("scoring", settings)]
-    channels = [channel(r.address) for r in replicas]
+    channels = [mesh_channel(r.address) for r in replicas]
     stubs = [scoring_pb2_grpc.ScoringStub(c) for c in channels]
     rng = random.Random(7)
     lead_ids = [f"c-{i:03d}" for i in range(LEADS)]

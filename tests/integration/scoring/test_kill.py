@@ -18,8 +18,9 @@ import sqlalchemy as sa
 
 from nurture.api.scoring.v1 import scoring_pb2, scoring_pb2_grpc
 from nurture.bus import stream_key
+from nurture.rpc import sync_channel
 from nurture.settings import Settings, to_environ
-from tests.conftest import free_port
+from tests.conftest import MESH_TOKEN, free_port
 
 pytestmark = pytest.mark.slow
 LEADS = 20
@@ -46,7 +47,7 @@ def wait_ready(stub: scoring_pb2_grpc.ScoringStub) -> None:
 def test_every_accepted_event_scored_exactly_once(settings: Settings) -> None:
     port = free_port()
     proc = start(settings, port)
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    channel = sync_channel(f"127.0.0.1:{port}", MESH_TOKEN)
     stub = scoring_pb2_grpc.ScoringStub(channel)
     rng = random.Random(7)
     kills = 0

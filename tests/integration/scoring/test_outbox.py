@@ -10,7 +10,6 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-import grpc
 import pytest
 import redis
 import redis.asyncio as aioredis
@@ -21,14 +20,14 @@ from nurture.bus import stream_key
 from nurture.service import Running
 from nurture.settings import Settings
 from services.scoring.server import Outbox
-from tests.conftest import start_service
+from tests.conftest import mesh_channel, start_service
 
 pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture
 async def stub(scoring: Running) -> AsyncIterator[scoring_pb2_grpc.ScoringStub]:
-    async with grpc.aio.insecure_channel(scoring.address) as ch:
+    async with mesh_channel(scoring.address) as ch:
         yield scoring_pb2_grpc.ScoringStub(ch)
 
 
@@ -203,7 +202,7 @@ async def test_a_lead_write_during_a_slow_publish_stays_before_the_event_that_fo
     running = await start_service("scoring", settings)
     stall = aioredis.from_url(settings.redis_url)
     try:
-        async with grpc.aio.insecure_channel(running.address) as ch:
+        async with mesh_channel(running.address) as ch:
             stub = scoring_pb2_grpc.ScoringStub(ch)
             await stub.UpsertLeads(scoring_pb2.UpsertLeadsRequest(
                 leads=[scoring_pb2.UpsertLeadRequest(id=lead, fields_json="{}") for lead in ("a", "b")]), timeout=5)

@@ -15,12 +15,13 @@ from nurture.bus import stream_key
 from nurture.clock import VirtualClock
 from nurture.service import Running
 from nurture.settings import Settings
+from tests.conftest import mesh_channel
 
 pytestmark = pytest.mark.anyio
 
 
 def stubs(running: Running) -> tuple[scoring_pb2_grpc.ScoringStub, common_pb2_grpc.AdminStub, grpc.aio.Channel]:
-    channel = grpc.aio.insecure_channel(running.address)
+    channel = mesh_channel(running.address)
     return scoring_pb2_grpc.ScoringStub(channel), common_pb2_grpc.AdminStub(channel), channel
 
 

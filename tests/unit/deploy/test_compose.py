@@ -50,3 +50,14 @@ def test_collector_config_exports_to_jaeger() -> None:
     config = yaml.safe_load((ROOT / "deploy" / "otel-collector.yaml").read_text())
     assert config["service"]["pipelines"]["traces"]["exporters"] == ["otlp/jaeger"]
     assert config["exporters"]["otlp/jaeger"]["endpoint"].startswith("jaeger:")
+
+
+def test_every_process_must_be_given_every_secret_it_checks() -> None:
+    """They listen on 0.0.0.0, so each refuses to start without these (nurture.settings.check_secrets):
+    compose must demand them from the operator (`${VAR:?...}`), never supply a value of its own."""
+    services = load()["services"]
+    for name in [*SERVICES, "gateway"]:
+        env = services[name]["environment"]
+        assert env["NURTURE_BIND_HOST"] == "0.0.0.0"
+        for var in ("NURTURE_SECRET", "NURTURE_API_KEY", "NURTURE_MESH_TOKEN", "NURTURE_CRM_TOKENS"):
+            assert str(env.get(var, "")).startswith(f"${{{var}:?"), (name, var)

@@ -63,3 +63,21 @@ def test_ab_report_significance() -> None:
     assert clear.significant and clear.winner == "b" and clear.p_value < 0.001 and clear.metric == "click_rate"
     z, p = abtest.two_proportion_z(50, 100, 50, 100)
     assert (z, p) == (0.0, 1.0)
+
+
+def test_rotation_signs_with_the_current_secret_and_still_verifies_the_previous() -> None:
+    token = Token("unsubscribe", "m1", "l1")
+    old_link = Signer("old-secret").sign(token)
+    rotated = Signer("new-secret", previous="old-secret")
+    assert rotated.verify(old_link, kind="unsubscribe") == token
+    new_link = rotated.sign(token)
+    assert new_link != old_link and Signer("new-secret").verify(new_link) == token
+    with pytest.raises(TokenError):
+        Signer("new-secret").verify(old_link)  # previous secret dropped: its links stop verifying
+    with pytest.raises(TokenError):
+        rotated.verify(Signer("never-ours").sign(token))
+
+
+def test_no_secret_no_signer() -> None:
+    with pytest.raises(ValueError, match="NURTURE_SECRET"):
+        Signer("")

@@ -136,9 +136,9 @@ def test_a_method_a_service_does_not_implement_still_answers_unimplemented() -> 
             scoring_pb2_grpc.add_ScoringServicer_to_server(Partial(), server)
             return [scoring_pb2.DESCRIPTOR.services_by_name["Scoring"].full_name]
 
-        server = await start_server(name="partial", port=0, register=register)
+        server = await start_server(name="partial", port=0, register=register, mesh_tokens=["unit-mesh-token"])
         try:
-            async with channel(f"127.0.0.1:{server.port}") as ch:
+            async with channel(f"127.0.0.1:{server.port}", "unit-mesh-token") as ch:
                 with pytest.raises(grpc.aio.AioRpcError) as info:
                     await scoring_pb2_grpc.ScoringStub(ch).GetLead(scoring_pb2.GetLeadRequest(id="x"), timeout=5)
             assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
