@@ -111,7 +111,7 @@ async def test_sales_task_and_webinar_reschedule(mesh: Mesh) -> None:
 
 async def test_definitions_versions_and_validation(mesh: Mesh) -> None:
     listed = await mesh.stub.ListJourneys(journeys_pb2.ListJourneysRequest(), timeout=5)
-    assert len(listed.journeys) == 13 and all(j.published_version == 1 for j in listed.journeys)
+    assert len(listed.journeys) == 14 and all(j.published_version == 1 for j in listed.journeys)
     got = await mesh.stub.GetJourney(journeys_pb2.GetJourneyRequest(key="lead_magnet"), timeout=5)
     doc = json.loads(got.definition_json)
     bad = {**doc, "steps": [*doc["steps"], {"id": "stray", "type": "jump", "to": "nowhere"}]}

@@ -18,7 +18,7 @@ from services.journeys.definitions import (
 
 CONTRACT_KEYS = {"skilled_professional", "family", "entrepreneur", "high_engagement", "re_engagement",
                  "trial_nurture", "lead_magnet", "webinar", "assessment", "trial_onboarding", "cart_abandonment",
-                 "triggers", "sales_recycle"}
+                 "triggers", "sales_recycle", "customer"}
 
 
 def test_every_playbook_definition_loads_and_validates() -> None:
