@@ -167,6 +167,12 @@ class Catalog:
         for key, raw in (data.get("templates") or {}).items():
             journey, _, step = key.partition(".")
             cta = raw.get("cta") or {}
+            # A point written `- Label: text` is a YAML mapping, not a sentence: refuse it at load time
+            # (it rendered as "{'Label': 'text'}" in the email).
+            bad = [p for p in raw.get("points", []) if not isinstance(p, str)]
+            if bad or not isinstance(raw.get("subject"), str):
+                raise ValueError(f"{path}: template {key}: subject and every point must be text (quote a "
+                                 f"point containing ': '), got {bad or raw.get('subject')!r}")
             self.specs[key] = TemplateSpec(
                 key=key, journey=journey, step=step, channel=str(raw.get("channel", "email")),
                 category=str(raw.get("category", "nurture")), stage=str(raw.get("stage") or ""),

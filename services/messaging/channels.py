@@ -13,18 +13,47 @@ import json
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import grpc
+import yaml
 
 from nurture.rpc import DEADLINE_S
+from nurture.rules import CompiledRules, RuleSpec, compile_rules
 from services.messaging.engine import Engine
 from services.messaging.leads import email_hash
 from services.messaging.storage import Feedback, LogLine
 from services.messaging.tokens import TokenError
 
 log = logging.getLogger(__name__)
+
+AUDIENCES_FILE = Path(__file__).with_name("audiences.yaml")
+
+
+def load_ad_suppression(path: Path = AUDIENCES_FILE) -> CompiledRules:
+    """audiences.yaml's ad-suppression rules, compiled once per version."""
+    raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    rules = raw.get("ad_suppression")
+    if not isinstance(raw.get("version"), int) or not isinstance(rules, list) or not all(
+            isinstance(r, dict) and r.get("name") and isinstance(r.get("when"), dict) for r in rules):
+        raise ValueError(f"{path}: needs an integer version and ad_suppression rules with a name and a when")
+    return compile_rules(f"messaging.ad_suppression.v{raw['version']}", [
+        RuleSpec(str(r["name"]), r["when"], {"why": str(r.get("why", ""))}) for r in rules])
+
+
+_AD_SUPPRESSION: CompiledRules | None = None
+
+
+def ad_suppression_for(lead: dict[str, Any], etype: Any, props: dict[str, Any], signals: list[Any]) -> str | None:
+    """The first ad-suppression rule this bus message meets (its name is the reason), or None."""
+    global _AD_SUPPRESSION
+    if _AD_SUPPRESSION is None:
+        _AD_SUPPRESSION = load_ad_suppression()
+    matches = _AD_SUPPRESSION.evaluate({"lead": dict(lead), "event": {"type": etype, "properties": dict(props)},
+                                        "signals": [str(x) for x in signals]})
+    return matches[0].rule if matches else None
 
 SCOPES = ("nurture", "transactional", "all")
 
@@ -161,8 +190,6 @@ class Channels:
             if etype == "unsubscribed" and ehash:
                 scope = props.get("scope") if props.get("scope") in SCOPES else "nurture"
                 await e.db.run(e.store.add_suppression, ehash, scope, "unsubscribed", "bus", at)
-            if etype in ("unsubscribed",) and lead_id:
-                await e.db.run(e.store.ad_suppress, lead_id, "unsubscribed", at)
             if etype == "spam_reported" and ehash:
                 await e.db.run(e.store.add_suppression, ehash, "all", "spam_report", "bus", at)
             hard = etype == "email_hard_bounced" or (
@@ -171,10 +198,9 @@ class Channels:
                 await e.db.run(e.store.add_suppression, ehash, "all", "hard_bounce", "bus", at)
             if etype == "lead_erased" and lead_id:
                 await e.db.run(e.store.erase, lead_id, ehash, at)
-            if (etype in ("opportunity_won", "subscribed") or (
-                    etype == "stage_changed" and props.get("new") == "customer") or lead.get(
-                    "lifecycle_stage") == "customer") and lead_id:
-                await e.db.run(e.store.ad_suppress, lead_id, "customer", at)
+            rule = ad_suppression_for(lead, etype, props, m.get("signals") or []) if lead_id else None
+            if rule is not None:
+                await e.db.run(e.store.ad_suppress, lead_id, rule, at)
             changed = props.get("changed") or []
             if lead_id and isinstance(lead.get("consent"), dict) and (
                     etype == "lead_created" or (etype == "lead_updated" and "consent" in changed)
