@@ -28,6 +28,7 @@ from nurture.service import Running
 from nurture.settings import Settings
 from nurture.telemetry import redis_span
 from services.scoring.model import ScoringModel, load_model
+from services.scoring.model_versions import ModelVersions, UnknownVersion
 from services.scoring.storage import EmailTaken, EventIn, EventResult, InvalidInput, NotFound, OutboxRow, Store
 
 log = logging.getLogger(__name__)
@@ -237,14 +238,15 @@ class IngestQueue:
 
 class ScoringServicer(scoring_pb2_grpc.ScoringServicer):
     def __init__(
-        self, db: Database, store: Store, clock: Clock, outbox: Outbox, model: ScoringModel, ingest: IngestQueue
+        self, db: Database, store: Store, clock: Clock, outbox: Outbox, model: ScoringModel, ingest: IngestQueue,
+        versions: ModelVersions | None = None,
     ) -> None:
         self._ingest = ingest
         self._db = db
         self._store = store
         self._clock = clock
         self._outbox = outbox
-        self._model = model
+        self._versions = versions
 
     async def UpsertLead(
         self, request: scoring_pb2.UpsertLeadRequest, context: grpc.aio.ServicerContext
@@ -368,8 +370,44 @@ class ScoringServicer(scoring_pb2_grpc.ScoringServicer):
     async def GetScoringModel(
         self, request: scoring_pb2.ScoringModelRequest, context: grpc.aio.ServicerContext
     ) -> scoring_pb2.ScoringModelReply:
-        return scoring_pb2.ScoringModelReply(name=self._model.name, version=self._model.version,
-                                             definition_json=json.dumps(self._model.definition, default=str))
+        model = self._store.model  # the live one (publishing swaps it)
+        versions = await self._db.run(self._versions.versions) if self._versions else []
+        return scoring_pb2.ScoringModelReply(name=model.name, version=model.version,
+                                             definition_json=json.dumps(model.definition, default=str),
+                                             versions_json=json.dumps(versions))
+
+    async def PutScoringModel(
+        self, request: scoring_pb2.PutScoringModelRequest, context: grpc.aio.ServicerContext
+    ) -> scoring_pb2.PutScoringModelReply:
+        assert self._versions is not None
+        try:
+            definition = json.loads(request.definition_json or "null")
+        except json.JSONDecodeError as exc:
+            return scoring_pb2.PutScoringModelReply(problems=[f"definition_json: not JSON ({exc.msg})"])
+        version, problems = await self._db.run(self._versions.put_draft, definition, self._clock.now())
+        return scoring_pb2.PutScoringModelReply(version=version, problems=problems)
+
+    async def PublishScoringModel(
+        self, request: scoring_pb2.PublishScoringModelRequest, context: grpc.aio.ServicerContext
+    ) -> scoring_pb2.PublishScoringModelReply:
+        assert self._versions is not None
+        if request.version < 1:
+            await _invalid(context, {"version": "must be a stored version (1 or more)"})
+        try:
+            model = await self._db.run(self._versions.model, request.version)
+        except UnknownVersion:
+            await context.abort(grpc.StatusCode.NOT_FOUND, json.dumps(
+                {"code": "not_found", "message": f"no scoring model version {request.version}"}))
+        result = await self._db.run(self._versions.publish, request.version, dry_run=request.dry_run,
+                                    now=self._clock.now(), announce=self._store.announce_model_change)
+        if not request.dry_run:
+            self._store.model = model
+            self._outbox.sweep_soon()
+            log.info("scoring model version %d published", request.version)
+        return scoring_pb2.PublishScoringModelReply(
+            version=result["version"], dry_run=result["dry_run"], leads=result["leads"],
+            grade_changes=result["grade_changes"], stage_changes=result["stage_changes"],
+            changes_json=json.dumps(result["changes"]))
 
 
 class EchoServicer(scoring_pb2_grpc.EchoServicer):
@@ -380,11 +418,19 @@ class EchoServicer(scoring_pb2_grpc.EchoServicer):
 
 
 async def serve(settings: Settings) -> Running:
-    model = load_model()
     db = open_database(settings, service="scoring", migrations_dir=MIGRATIONS)
     redis = redisconn.connect(settings)
     clock = make_clock(settings.clock, settings.redis_url)
+    versions = ModelVersions(db.session)
+    model = await db.run(versions.live, load_model(), clock.now())
     store = Store(db.session, model, DriverWrites(db.engine))
+
+    async def refresh_model() -> None:
+        """Another scoring process may have published a version: take it (checked every few seconds)."""
+        live = await db.run(versions.published_version)
+        if live is not None and live != store.model.version:
+            store.model = await db.run(versions.model, live)
+            log.info("scoring model version %d is live here too", live)
     outbox = Outbox(db, store, Publisher(redis, settings.bus_shards))
     ingest = IngestQueue(db, store, clock, outbox)
     lapse_lock = asyncio.Lock()
@@ -399,6 +445,7 @@ async def serve(settings: Settings) -> Running:
                     return done
 
     async def settle() -> tuple[int, datetime | None]:
+        await refresh_model()
         done = await run_lapses()
         done += await outbox.flush()
         return done, await db.run(store.next_lapse)
@@ -417,6 +464,7 @@ async def serve(settings: Settings) -> Running:
         # Real time only: with a virtual clock, lapses run when the gateway settles at their due time.
         while settings.clock == "real":
             try:
+                await refresh_model()
                 if await run_lapses():
                     outbox.sweep_soon()
             except Exception:
@@ -424,7 +472,8 @@ async def serve(settings: Settings) -> Running:
             await asyncio.sleep(5)
 
     def register(server: grpc.aio.Server) -> Iterable[str]:
-        scoring_pb2_grpc.add_ScoringServicer_to_server(ScoringServicer(db, store, clock, outbox, model, ingest), server)
+        scoring_pb2_grpc.add_ScoringServicer_to_server(ScoringServicer(db, store, clock, outbox, model, ingest,
+                                                                                  versions), server)
         scoring_pb2_grpc.add_EchoServicer_to_server(EchoServicer(), server)
         admin = AdminServicer(settle=settle, timeline=timeline, erase=erase,
                               stats=lambda: db.counters)

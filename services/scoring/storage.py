@@ -543,6 +543,16 @@ class Store:
     def _outbox(self, s: Session, message: dict[str, Any]) -> None:
         self._outbox_many(s, [message])
 
+    def announce_model_change(self, s: Session, row: Mapping[str, Any], changed: list[str], now: datetime) -> None:
+        """The bus message of a lead a newly published scoring model re-graded (journeys and the CRM
+        follow grade and stage as they follow any profile change)."""
+        snapshot = lead_dict(row, now)
+        self._outbox(s, {
+            "id": f"lead_updated:{row['id']}:{row['version']}", "lead_id": row["id"], "type": "lead_updated",
+            "properties": {"changed": changed, "source": "scoring_model"},
+            "occurred_at": _iso(now), "lead": snapshot, "score_delta": 0, "rules": [], "signals": [],
+        })
+
     # -- outbox, decay, history -----------------------------------------------------------------------
 
     def pending_outbox(self, limit: int = 2000) -> list[OutboxRow]:

@@ -103,3 +103,15 @@ audit = Table(
     Column("details", Text, nullable=False),
     Column("erased", Boolean, nullable=False, default=False),
 )
+
+
+# Versions of the scoring model: model.yaml seeds the first; drafts come through the API.
+models = Table(
+    "scoring_models",
+    metadata,
+    Column("version", Integer, primary_key=True, autoincrement=False),
+    Column("status", String(16), nullable=False),  # draft | published | retired
+    Column("definition", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("published_at", DateTime(timezone=True), nullable=True),
+)

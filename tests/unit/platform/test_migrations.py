@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import produce_migrations
 from alembic.migration import MigrationContext
-from sqlalchemy import MetaData, Table, create_engine, inspect
+from sqlalchemy import MetaData
 
 from nurture.db import open_database
 from nurture.settings import load_settings
@@ -43,24 +43,5 @@ def test_migrations_match_the_models(tmp_path: Path, service: str) -> None:
     assert [d for d in diffs if not (d[0] == "remove_table" and d[1].name.startswith("alembic_version"))] == []
 
 
-def test_scoring_outbox_gains_its_trace_column_on_upgrade(tmp_path: Path) -> None:
-    """A database made before revision 0002 (outbox without `trace`) is upgraded in place."""
-    from services.scoring import tables
-
-    path = tmp_path / "scoring.db"
-    engine = create_engine(f"sqlite:///{path}")
-    old = MetaData()
-    for table in tables.metadata.sorted_tables:
-        columns = [c.copy() for c in table.columns if not (table.name == "scoring_outbox" and c.name == "trace")]
-        Table(table.name, old, *columns)
-    old.create_all(engine)
-    with engine.begin() as conn:
-        conn.exec_driver_sql("CREATE TABLE alembic_version_scoring (version_num VARCHAR(32) PRIMARY KEY)")
-        conn.exec_driver_sql("INSERT INTO alembic_version_scoring VALUES ('scoring_0001')")
-    engine.dispose()
-    migrations = Path(importlib.import_module("services.scoring").__file__ or "").parent / "migrations"
-    db = open_database(load_settings(environ={}, data_dir=tmp_path), service="scoring", migrations_dir=migrations)
-    try:
-        assert "trace" in {c["name"] for c in inspect(db.engine).get_columns("scoring_outbox")}
-    finally:
-        db.close()
+# Upgrading from every past revision (an outbox without `trace`, a leads table without the
+# lower(email) index, no model versions...) is tests/integration/platform/test_migration_history.py.

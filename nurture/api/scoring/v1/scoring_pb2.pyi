@@ -230,14 +230,54 @@ class ScoringModelRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ScoringModelReply(_message.Message):
-    __slots__ = ("name", "version", "definition_json")
+    __slots__ = ("name", "version", "definition_json", "versions_json")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     DEFINITION_JSON_FIELD_NUMBER: _ClassVar[int]
+    VERSIONS_JSON_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: int
     definition_json: str
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., definition_json: _Optional[str] = ...) -> None: ...
+    versions_json: str
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., definition_json: _Optional[str] = ..., versions_json: _Optional[str] = ...) -> None: ...
+
+class PutScoringModelRequest(_message.Message):
+    __slots__ = ("definition_json",)
+    DEFINITION_JSON_FIELD_NUMBER: _ClassVar[int]
+    definition_json: str
+    def __init__(self, definition_json: _Optional[str] = ...) -> None: ...
+
+class PutScoringModelReply(_message.Message):
+    __slots__ = ("version", "problems")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    PROBLEMS_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    problems: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, version: _Optional[int] = ..., problems: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class PublishScoringModelRequest(_message.Message):
+    __slots__ = ("version", "dry_run")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    dry_run: bool
+    def __init__(self, version: _Optional[int] = ..., dry_run: _Optional[bool] = ...) -> None: ...
+
+class PublishScoringModelReply(_message.Message):
+    __slots__ = ("version", "dry_run", "leads", "grade_changes", "stage_changes", "changes_json")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    LEADS_FIELD_NUMBER: _ClassVar[int]
+    GRADE_CHANGES_FIELD_NUMBER: _ClassVar[int]
+    STAGE_CHANGES_FIELD_NUMBER: _ClassVar[int]
+    CHANGES_JSON_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    dry_run: bool
+    leads: int
+    grade_changes: int
+    stage_changes: int
+    changes_json: str
+    def __init__(self, version: _Optional[int] = ..., dry_run: _Optional[bool] = ..., leads: _Optional[int] = ..., grade_changes: _Optional[int] = ..., stage_changes: _Optional[int] = ..., changes_json: _Optional[str] = ...) -> None: ...
 
 class EchoRequest(_message.Message):
     __slots__ = ("payload",)

@@ -79,6 +79,16 @@ class ScoringStub:
                 request_serializer=nurture_dot_api_dot_scoring_dot_v1_dot_scoring__pb2.ScoringModelRequest.SerializeToString,
                 response_deserializer=nurture_dot_api_dot_scoring_dot_v1_dot_scoring__pb2.ScoringModelReply.FromString,
                 _registered_method=True)
+        self.PutScoringModel = channel.unary_unary(
+                '/nurture.api.scoring.v1.Scoring/PutScoringModel',
+                request_serializer=nurture_dot_api_dot_scoring_dot_v1_dot_scoring__pb2.PutScoringModelRequest.SerializeToString,
+                response_deserializer=nurture_dot_api_dot_scoring_dot_v1_dot_scoring__pb2.PutScoringModelReply.FromString,
+                _registered_method=True)
+        self.PublishScoringModel = channel.unary_unary(
+                '/nurture.api.scoring.v1.Scoring/PublishScoringModel',
+                request_serializer=nurture_dot_api_dot_scoring_dot_v1_dot_scoring__pb2.PublishScoringModelRequest.SerializeToString,
+                response_deserializer=nurture_dot_api_dot_scoring_dot_v1_dot_scoring__pb2.PublishScoringModelReply.FromString,
+                _registered_method=True)
 
 
 class ScoringServicer:
@@ -139,6 +149,18 @@ class ScoringServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PutScoringModel(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PublishScoringModel(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ScoringServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -186,6 +208,16 @@ def add_ScoringServicer_to_server(servicer, server):
                     servicer.GetScoringModel,
                     request_deserializer=nurture_dot_api_dot_scoring_dot_v1_dot_scoring__pb2.ScoringModelRequest.FromString,
                     response_serializer=nurture_dot_api_dot_scoring_dot_v1_dot_scoring__pb2.ScoringModelReply.SerializeToString,
+            ),
+            'PutScoringModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.PutScoringModel,
+                    request_deserializer=nurture_dot_api_dot_scoring_dot_v1_dot_scoring__pb2.PutScoringModelRequest.FromString,
+                    response_serializer=nurture_dot_api_dot_scoring_dot_v1_dot_scoring__pb2.PutScoringModelReply.SerializeToString,
+            ),
+            'PublishScoringModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.PublishScoringModel,
+                    request_deserializer=nurture_dot_api_dot_scoring_dot_v1_dot_scoring__pb2.PublishScoringModelRequest.FromString,
+                    response_serializer=nurture_dot_api_dot_scoring_dot_v1_dot_scoring__pb2.PublishScoringModelReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -431,6 +463,60 @@ class Scoring:
             '/nurture.api.scoring.v1.Scoring/GetScoringModel',
             nurture_dot_api_dot_scoring_dot_v1_dot_scoring__pb2.ScoringModelRequest.SerializeToString,
             nurture_dot_api_dot_scoring_dot_v1_dot_scoring__pb2.ScoringModelReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PutScoringModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nurture.api.scoring.v1.Scoring/PutScoringModel',
+            nurture_dot_api_dot_scoring_dot_v1_dot_scoring__pb2.PutScoringModelRequest.SerializeToString,
+            nurture_dot_api_dot_scoring_dot_v1_dot_scoring__pb2.PutScoringModelReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PublishScoringModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nurture.api.scoring.v1.Scoring/PublishScoringModel',
+            nurture_dot_api_dot_scoring_dot_v1_dot_scoring__pb2.PublishScoringModelRequest.SerializeToString,
+            nurture_dot_api_dot_scoring_dot_v1_dot_scoring__pb2.PublishScoringModelReply.FromString,
             options,
             channel_credentials,
             insecure,

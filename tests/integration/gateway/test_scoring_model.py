@@ -1,0 +1,129 @@
+"""The scoring model over HTTP: read it, store a draft (every problem listed), publish with a dry run,
+publish for real (leads re-graded and announced), and a second scoring process taking it up."""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from gateway.app import create_app
+from nurture.service import Running
+from nurture.settings import SERVICES, Settings
+from tests.conftest import free_port, mesh_channel, start_service
+from tests.integration.scoring.test_scoring_service import bus_messages
+
+pytestmark = pytest.mark.anyio
+AUTH = {"Authorization": "Bearer test-key"}
+
+
+@pytest.fixture
+async def api(settings: Settings) -> AsyncIterator[tuple[httpx.AsyncClient, FastAPI, Running]]:
+    scoring = await start_service("scoring", settings)
+    addrs = {f"{s}_addr": f"127.0.0.1:{free_port()}" for s in SERVICES}
+    addrs["scoring_addr"] = scoring.address
+    app = create_app(settings.with_overrides(api_key="test-key", **addrs))
+    for s in SERVICES:
+        app.state.mesh.channels[s] = mesh_channel(app.state.mesh.settings.address_of(s))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as client:
+        yield client, app, scoring
+    await scoring.stop(grace=0.2)
+
+
+async def test_read_draft_dry_run_and_publish(api: tuple[httpx.AsyncClient, FastAPI, Running],
+                                              settings: Settings) -> None:
+    client, _app, _ = api
+    live = (await client.get("/v1/scoring/model", headers=AUTH)).json()
+    assert live["status"] == "published" and live["versions"] == [
+        {"version": live["version"], "status": "published", "created_at": live["versions"][0]["created_at"],
+         "published_at": live["versions"][0]["published_at"]}]
+    rules = {r["name"]: r for r in live["definition"]["behaviour"]}
+    assert rules["pricing_page"]["points"] == 8 and rules["pricing_page"]["why"] == "Views pricing page"
+
+    # A nurse (fit: profession) is grade C under today's model.
+    r = await client.post("/v1/leads", headers=AUTH, json={"id": "n-1", "email": "n1@example.com",
+                                                          "attributes": {"profession": "nurse"}})
+    assert r.status_code == 201
+    before = r.json()["grade"]
+
+    bad = copy.deepcopy(live["definition"])
+    bad["behaviour"][0]["points"] = "lots"
+    bad["behaviour"][1]["when"] = {"fact": "event.type", "between": [1, 2]}
+    r = await client.put("/v1/scoring/model", headers=AUTH, json=bad)
+    assert r.status_code == 422 and len(r.json()["error"]["details"]["problems"]) >= 2, r.text
+    assert (await client.get("/v1/scoring/model", headers=AUTH)).json()["versions"] == live["versions"]
+
+    draft = copy.deepcopy(live["definition"])
+    for rule in draft["fit"]:
+        rule["points"] = int(rule["points"]) + 40   # every fitting lead becomes grade A
+    r = await client.put("/v1/scoring/model", headers=AUTH, json=draft)
+    assert r.status_code == 201, r.text
+    version = r.json()["version"]
+    assert version == live["version"] + 1
+
+    dry = (await client.post("/v1/scoring/model/publish", headers=AUTH,
+                             json={"version": version, "dry_run": True})).json()
+    assert dry["dry_run"] and dry["leads"] == 1 and dry["grade_changes"] == 1
+    assert dry["changes"] == [{"lead_id": "n-1", "grade": [before, "A"]}]
+    assert (await client.get("/v1/leads/n-1", headers=AUTH)).json()["grade"] == before   # nothing changed
+    assert (await client.get("/v1/scoring/model", headers=AUTH)).json()["version"] == live["version"]
+
+    done = (await client.post("/v1/scoring/model/publish", headers=AUTH, json={"version": version})).json()
+    assert not done["dry_run"] and done["grade_changes"] == 1 and done["status"] == "published"
+    assert (await client.get("/v1/leads/n-1", headers=AUTH)).json()["grade"] == "A"
+    now = (await client.get("/v1/scoring/model", headers=AUTH)).json()
+    assert now["version"] == version
+    assert [v["status"] for v in now["versions"]] == ["retired", "published"]
+    # The re-grade is announced like any profile change, so journeys and the CRM follow it.
+    import asyncio
+
+    for _ in range(50):
+        if any(m["type"] == "lead_updated" and m["properties"].get("source") == "scoring_model"
+               for m in bus_messages(settings)):
+            break
+        await asyncio.sleep(0.1)
+    updated = [m for m in bus_messages(settings) if m["type"] == "lead_updated"
+               and m["properties"].get("source") == "scoring_model"]
+    assert len(updated) == 1 and updated[0]["lead"]["grade"] == "A" and updated[0]["properties"]["changed"] == ["grade"]
+    # New leads are graded by the live model.
+    r = await client.post("/v1/leads", headers=AUTH, json={"id": "n-2", "email": "n2@example.com",
+                                                          "attributes": {"profession": "nurse"}})
+    assert r.json()["grade"] == "A"
+
+    # A second scoring process (a replica, or a restart) serves the published version.
+    other = await start_service("scoring", settings)
+    try:
+        from nurture.api.scoring.v1 import scoring_pb2, scoring_pb2_grpc
+
+        async with mesh_channel(other.address) as ch:
+            reply = await scoring_pb2_grpc.ScoringStub(ch).GetScoringModel(scoring_pb2.ScoringModelRequest(),
+                                                                            timeout=5)
+        assert reply.version == version and json.loads(reply.definition_json)["fit"][0]["points"] == \
+            draft["fit"][0]["points"]
+    finally:
+        await other.stop(grace=0.2)
+
+
+@pytest.mark.parametrize(("body", "status"), [
+    ({"version": 999}, 404), ({"version": 0}, 422), ({"version": "2"}, 422), ({"version": True}, 422),
+    ({"version": 2**40}, 422), ({"version": 1, "dry_run": "yes"}, 422), ([], 422),
+])
+async def test_bad_publish_requests(api: tuple[httpx.AsyncClient, FastAPI, Running], body: object,
+                                    status: int) -> None:
+    client, _app, _ = api
+    r = await client.post("/v1/scoring/model/publish", headers=AUTH, json=body)
+    assert r.status_code == status, r.text
+    assert "error" in r.json()
+
+
+async def test_a_draft_that_is_not_an_object_or_not_json_is_refused(
+        api: tuple[httpx.AsyncClient, FastAPI, Running]) -> None:
+    client, _app, _ = api
+    assert (await client.put("/v1/scoring/model", headers=AUTH, json=[1, 2])).status_code == 422
+    assert (await client.put("/v1/scoring/model", headers=AUTH, content=b"{nope")).status_code == 400
+    r = await client.put("/v1/scoring/model", headers=AUTH, json={"name": "x"})
+    assert r.status_code == 422 and any("required" in p for p in r.json()["error"]["details"]["problems"])
