@@ -51,6 +51,21 @@ class TemplateSpec:
     cta_path: str
     variants: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     cta_context: str = ""   # a send-context value that, when given, is the CTA's address (e.g. join_url)
+    # `owner`: the email speaks for the lead's assigned salesperson: it comes from them, is signed by
+    # them, and a meeting CTA (`cta.lead_attribute: meeting_link`) is their own booking link.
+    speaks_for: str = ""
+    cta_lead_attribute: str = ""  # a lead attribute that, when it is a web address, is the CTA's address
+
+
+@dataclass(frozen=True)
+class Sender:
+    """Who an email comes from and who signs it."""
+
+    name: str
+    address: str
+    signature: str       # the sign-off's name line
+    title: str = ""      # the line under it
+    reply_to: str = ""
 
 
 @dataclass(frozen=True)
@@ -60,6 +75,14 @@ class Rendered:
     text: str
     variant: str
     links: tuple[str, ...]      # destinations, by link index
+    sender: Sender | None = None  # None: the catalog's sender, signed by the team
+
+
+def owner_name(address: str) -> str:
+    """A person's name from a work address (`ana.costa@...` → `Ana Costa`), for the sign-off."""
+    local = address.split("@", 1)[0]
+    parts = [p for p in local.replace("_", ".").replace("-", ".").split(".") if p]
+    return " ".join(p[:1].upper() + p[1:] for p in parts) or address
 
 
 Tracker = Callable[[str, int], str]
@@ -180,6 +203,8 @@ class Catalog:
                 points=tuple(str(p) for p in raw.get("points", [])), cta_label=str(cta.get("label", "Learn more")),
                 cta_path=str(cta.get("path", "/")), variants=dict(raw.get("variants") or {}),
                 cta_context=str(cta.get("context") or ""),
+                speaks_for=str(raw.get("speaks_for") or ""),
+                cta_lead_attribute=str(cta.get("lead_attribute") or ""),
             )
         self._text_env = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
         self._html_env = ImmutableSandboxedEnvironment(
@@ -239,7 +264,16 @@ class Catalog:
         if not own.startswith(("https://", "http://")):
             own = ""  # only a web address becomes a button
         base["cta_from_context"] = spec.cta_context if own else ""
-        destination = str(ctx.get("cta_url") or own or self.cta_destination(spec))
+        raw_attrs = lead.get("attributes")
+        attrs: Mapping[str, Any] = raw_attrs if isinstance(raw_attrs, Mapping) else {}
+        personal = str(attrs.get(spec.cta_lead_attribute) or "") if spec.cta_lead_attribute else ""
+        if not personal.startswith(("https://", "http://")):
+            personal = ""
+        sender = self._sender_for(spec, attrs)
+        base.update(signature=sender.signature if sender else "The BorderBridge team",
+                    signature_title=sender.title if sender else "",
+                    owner_name=sender.signature if sender else "")
+        destination = str(ctx.get("cta_url") or own or personal or self.cta_destination(spec))
         links = (destination,)
         try:
             subject = self._compile(str(overrides.get("subject", spec.subject))).render(base).strip()
@@ -261,4 +295,15 @@ class Catalog:
             text = self._text_layout.render(values)
         except TemplateError as exc:
             raise RenderError(f"template {key!r} failed to render: {exc}") from exc
-        return Rendered(subject=subject, html=html, text=text, variant=chosen, links=links)
+        return Rendered(subject=subject, html=html, text=text, variant=chosen, links=links, sender=sender)
+
+    def _sender_for(self, spec: TemplateSpec, attrs: Mapping[str, Any]) -> Sender | None:
+        """The person an email speaks for, when the template says so and the lead has one assigned."""
+        if spec.speaks_for != "owner":
+            return None
+        address = str(attrs.get("sales_owner") or "")
+        if "@" not in address or any(c in address for c in "\r\n<>\",;"):
+            return None  # no owner yet (or not an address): the team signs, as in any other email
+        name = str(attrs.get("sales_owner_name") or "") or owner_name(address)
+        return Sender(name=f"{name} (BorderBridge)", address=address, signature=name,
+                      title="Your immigration specialist, BorderBridge", reply_to=address)

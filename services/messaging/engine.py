@@ -458,12 +458,17 @@ class Engine:
         assert r.rendered is not None
         lead, row = r.lead, r.row
         unsub = f"{self.public_url}/u/{self.signer.sign(Token('unsubscribe', row['id'], row['lead_id']))}"
+        # An email that speaks for the lead's salesperson comes from them (replies reach them); the
+        # envelope sender stays the platform's, where bounces are handled.
+        person = r.rendered.sender
+        extra = (("Reply-To", person.reply_to),) if person and person.reply_to else ()
         return mime.build(mime.Envelope(
-            message_id=row["id"], sender_name=self.catalog.sender_name, sender_address=self.catalog.sender_address,
+            message_id=row["id"], sender_name=person.name if person else self.catalog.sender_name,
+            sender_address=person.address if person else self.catalog.sender_address,
             to_address=lead["email"], to_name=f"{lead.get('first_name') or ''} {lead.get('last_name') or ''}".strip(),
             subject=r.rendered.subject, text=r.rendered.text, html=r.rendered.html, date=now,
             unsubscribe_url=unsub, category=row["category"],
-            headers=(("X-Nurture-Template", row["template"]),)))
+            headers=(("X-Nurture-Template", row["template"]), *extra)))
 
     async def _webhook(self, r: _Ready) -> SmtpResult:
         row = r.row

@@ -48,9 +48,14 @@ def _header(value: str) -> str:
 def _address(name: str, address: str) -> str:
     if not name:
         return address
-    if name.isascii() and not any(c in name for c in '",<>@\r\n'):
-        return f"{name} <{address}>"
-    return f"{Header(name, 'utf-8').encode()} <{address}>"
+    if not name.isascii() or "\r" in name or "\n" in name:
+        return f"{Header(name, 'utf-8').encode()} <{address}>"
+    if any(c in name for c in '()<>[]:;@\\,."'):
+        # RFC 5322 specials: unquoted, "Ana Costa (BorderBridge)" reads as a name and a comment, and
+        # "J. Smith" is not a valid phrase; a quoted string keeps the whole name.
+        escaped = name.replace("\\", "\\\\").replace('"', '\\"')
+        return f'"{escaped}" <{address}>'
+    return f"{name} <{address}>"
 
 
 def _qp(text: str) -> bytes:
