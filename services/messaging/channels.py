@@ -44,6 +44,29 @@ def load_ad_suppression(path: Path = AUDIENCES_FILE) -> CompiledRules:
 
 
 _AD_SUPPRESSION: CompiledRules | None = None
+PERSONALIZATION_FILE = Path(__file__).with_name("personalization.yaml")
+_PERSONALIZATION: dict[str, Any] | None = None
+
+
+def personalization_rules(path: Path | None = None) -> dict[str, Any]:
+    """personalization.yaml, checked: by_topic maps a topic to a template key, by_lifecycle a stage to
+    [{journey, stage}]. Read once (and at start-up, so a bad file fails the start)."""
+    global _PERSONALIZATION
+    if _PERSONALIZATION is not None and path is None:
+        return _PERSONALIZATION
+    source = path or PERSONALIZATION_FILE
+    raw = yaml.safe_load(source.read_text(encoding="utf-8")) or {}
+    topics, stages = raw.get("by_topic") or {}, raw.get("by_lifecycle") or {}
+    if not isinstance(topics, dict) or not all(isinstance(v, str) for v in topics.values()) or \
+            not isinstance(stages, dict) or not all(
+                isinstance(v, list) and all(isinstance(p, dict) and p.get("journey") for p in v)
+                for v in stages.values()):
+        raise ValueError(f"{source}: by_topic maps topics to template keys; by_lifecycle maps stages to "
+                         "lists of {journey, stage}")
+    rules = {"by_topic": {str(k): v for k, v in topics.items()}, "by_lifecycle": {str(k): v for k, v in stages.items()}}
+    if path is None:
+        _PERSONALIZATION = rules
+    return rules
 
 
 def ad_suppression_for(lead: dict[str, Any], etype: Any, props: dict[str, Any], signals: list[Any]) -> str | None:
@@ -247,10 +270,8 @@ class Channels:
             if getattr(en, "status", "") == "active":
                 positions.append((en.journey, en.stage, "current journey stage"))
         recommended = self._recommend(positions)
-        if not recommended and segment:
-            stage = {"subscriber": "welcome", "lead": "education", "mql": "solution", "sql": "decision",
-                     "trial": "decision"}.get(lead.get("lifecycle_stage") or "subscriber", "welcome")
-            recommended = self._recommend([(segment, stage, "segment and lifecycle stage")])
+        if not recommended:
+            recommended = self._after_journeys(lead, segment)
         if not recommended:
             fallback = catalog.specs.get("lead_magnet.email_01")
             if fallback:
@@ -258,6 +279,25 @@ class Channels:
                                     "url": catalog.cta_destination(fallback), "reason": "no journey yet"})
         return Personalization(segment, countries[:5], recommended[:3], next_best_action(lead, catalog.site_url),
                                enrollments is not None)
+
+    def _after_journeys(self, lead: dict[str, Any], segment: str) -> list[dict[str, str]]:
+        """personalization.yaml: content by what the lead looked at last, then by lifecycle stage."""
+        rules = personalization_rules()
+        catalog = self.engine.catalog
+        stage = str(lead.get("lifecycle_stage") or "subscriber")
+        out: list[dict[str, str]] = []
+        if stage != "customer":
+            topics = (lead.get("interests") or {}).get("topics") or []
+            for topic in reversed([str(t) for t in topics]):
+                key = rules["by_topic"].get(topic)
+                spec = catalog.specs.get(key) if key else None
+                if spec is not None and all(r["key"] != spec.key for r in out):
+                    out.append({"key": spec.key, "title": spec.cta_label, "url": catalog.cta_destination(spec),
+                                "reason": f"recently looked at {topic}"})
+        positions = [(str(p["journey"]).replace("{segment}", segment), str(p.get("stage") or ""),
+                      f"lifecycle stage {stage}") for p in rules["by_lifecycle"].get(stage, [])]
+        out += [r for r in self._recommend([p for p in positions if p[0]]) if all(r["key"] != o["key"] for o in out)]
+        return out[:3]
 
     def _recommend(self, positions: list[tuple[str, str, str]]) -> list[dict[str, str]]:
         """Up to three email CTAs of the journeys' current stages, in the order of `positions`."""

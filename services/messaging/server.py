@@ -24,7 +24,7 @@ from nurture.service import Running
 from nurture.settings import Settings
 from services.messaging import abtest
 from services.messaging.catalog import Catalog, RenderError
-from services.messaging.channels import Channels, NotFoundError, load_ad_suppression
+from services.messaging.channels import Channels, NotFoundError, load_ad_suppression, personalization_rules
 from services.messaging.engine import Engine, InvalidRequest, SendInput
 from services.messaging.leads import LeadSource, email_hash
 from services.messaging.policy import load_policy
@@ -184,6 +184,7 @@ class MessagingServicer(messaging_pb2_grpc.MessagingServicer):
 
 async def serve(settings: Settings) -> Running:
     load_ad_suppression()  # audiences.yaml: a bad rule fails the start, not a later bus message
+    personalization_rules()  # personalization.yaml, likewise
     db = open_database(settings, service="messaging", migrations_dir=MIGRATIONS)
     redis = redisconn.connect(settings)
     clock = make_clock(settings.clock, settings.redis_url)

@@ -13,12 +13,15 @@ LEAD = {"id": "l-1", "segment": "skilled_professional", "lifecycle_stage": "mql"
 
 
 class Leads:
+    def __init__(self, lead: dict[str, Any]) -> None:
+        self.lead = lead
+
     async def get(self, lead_id: str) -> dict[str, Any] | None:
-        return LEAD if lead_id == "l-1" else None
+        return self.lead if lead_id == "l-1" else None
 
 
-def personalization(enrollments: list[SimpleNamespace]) -> Any:
-    channels = Channels(SimpleNamespace(leads=Leads(), catalog=Catalog()), None)  # type: ignore[arg-type]
+def personalization(enrollments: list[SimpleNamespace], lead: dict[str, Any] | None = None) -> Any:
+    channels = Channels(SimpleNamespace(leads=Leads(lead or LEAD), catalog=Catalog()), None)  # type: ignore[arg-type]
 
     async def answer(_lead_id: str) -> list[Any]:
         return list(enrollments)
@@ -34,7 +37,7 @@ def test_the_always_on_trigger_tables_do_not_hide_segment_content() -> None:
                          SimpleNamespace(journey="skilled_professional", stage="decision", status="completed")])
     assert p.recommended_content, p
     assert {r["key"].split(".")[0] for r in p.recommended_content} == {"skilled_professional"}
-    assert all(r["reason"] == "segment and lifecycle stage: skilled_professional/solution"
+    assert all(r["reason"] == "lifecycle stage mql: skilled_professional/solution"
                for r in p.recommended_content)
 
 
@@ -43,3 +46,32 @@ def test_current_journey_stages_come_first_and_at_most_three() -> None:
                          SimpleNamespace(journey="skilled_professional", stage="education", status="active")])
     assert len(p.recommended_content) == 3
     assert all(r["reason"] == "current journey stage: skilled_professional/education" for r in p.recommended_content)
+
+
+ENDED = [SimpleNamespace(journey="skilled_professional", stage="decision", status="completed")]
+
+
+def test_after_the_journey_a_customer_gets_customer_content_not_the_welcome() -> None:
+    p = personalization(ENDED, {**LEAD, "lifecycle_stage": "customer",
+                                "interests": {"topics": ["pricing"]}})
+    keys = [r["key"] for r in p.recommended_content]
+    assert keys and all(k.startswith("customer.") for k in keys), keys
+    assert not any("welcome" in r["reason"] or k.endswith("pricing_page") for r, k in
+                   zip(p.recommended_content, keys, strict=True))
+
+
+def test_after_the_journey_what_the_lead_looked_at_last_comes_first() -> None:
+    p = personalization(ENDED, {**LEAD, "lifecycle_stage": "sql",
+                                "interests": {"topics": ["family", "pricing", "unknown_topic"]}})
+    keys = [r["key"] for r in p.recommended_content]
+    assert keys[:2] == ["triggers.pricing_page", "triggers.family_content"], keys
+    assert p.recommended_content[0]["reason"] == "recently looked at pricing"
+    assert keys[2].startswith("skilled_professional.")   # then the lifecycle stage's content
+
+
+def test_each_lifecycle_stage_has_content_of_its_own() -> None:
+    for stage, journey in (("subscriber", "skilled_professional"), ("lead", "skilled_professional"),
+                           ("mql", "skilled_professional"), ("sql", "skilled_professional"),
+                           ("trial", "trial_nurture"), ("customer", "customer")):
+        p = personalization(ENDED, {**LEAD, "lifecycle_stage": stage})
+        assert p.recommended_content and all(r["key"].startswith(journey + ".") for r in p.recommended_content), stage
