@@ -22,6 +22,7 @@ from typing import Any
 from nurture.clock import Clock
 from nurture.db import Database
 from services.journeys import storage
+from services.journeys.calendar import Calendar, Campaign
 from services.journeys.clients import Clients, Unavailable
 from services.journeys.definitions import (
     DefinitionError,
@@ -43,6 +44,7 @@ PROCESSED_KEEP = timedelta(days=7)
 HOUSEKEEPING_EVERY = timedelta(hours=1)
 CLAIM_BATCH = 500
 PARALLEL_LEADS = 32
+CALENDAR_PAGE = 500  # leads per step of a campaign's walk
 
 
 class NotFound(Exception):
@@ -80,7 +82,9 @@ class LeadLocks:
 
 class JourneysRuntime:
     def __init__(self, *, db: Database, timers: TimerStore, clock: Clock, clients: Clients,
-                 settings: PlaybookSettings) -> None:
+                 settings: PlaybookSettings, calendar: Calendar | None = None) -> None:
+        self.calendar = calendar or Calendar()
+        self._campaigns_done: set[str] | None = None  # read from SQL once, then kept here
         self.db = db
         self.timers = timers
         self.clock = clock
@@ -368,17 +372,77 @@ class JourneysRuntime:
     async def settle(self, drain: Any) -> tuple[int, datetime | None]:
         await self.housekeeping()
         work = int(await drain())
+        work += await self.run_calendar()
         while True:
             done = await self.process_due()
             work += done
             if done == 0:
                 break
-        return work, await self.timers.next_due()
+        due = await self.timers.next_due()
+        campaign = await self.next_campaign()
+        return work, min((d for d in (due, campaign) if d is not None), default=None)
+
+    # -- content calendar -------------------------------------------------------------------------
+
+    async def _done_campaigns(self) -> set[str]:
+        if self._campaigns_done is None:
+            def q() -> set[str]:
+                with self.db.session() as s:
+                    return storage.campaigns_done(s)
+            self._campaigns_done = await self.db.run(q)
+        return self._campaigns_done
+
+    async def next_campaign(self) -> datetime | None:
+        return self.calendar.next_at(await self._done_campaigns())
+
+    async def run_calendar(self) -> int:
+        """Fire every campaign that is due: its event to each lead in its audience (idempotent per lead
+        by message id, so a crash half-way runs the rest on the next pass), then record it as done."""
+        now = self.clock.now()
+        done = await self._done_campaigns()
+        work = 0
+        for campaign in self.calendar.due(now, done):
+            if now - campaign.at > campaign.expires:
+                status, reached = "expired", 0
+                log.info("journeys: campaign %s was due %s, past its %s: skipped", campaign.id,
+                         campaign.at.isoformat(), campaign.expires)
+            else:
+                status, reached = "done", await self._fire(campaign)
+                work += reached
+                log.info("journeys: campaign %s sent %s to %d leads", campaign.id, campaign.event, reached)
+
+            def mark(cid: str = campaign.id, st: str = status, n: int = reached) -> None:
+                with self.db.session() as s:
+                    storage.mark_campaign(s, cid, st, n, now)
+            await self.db.run(mark)
+            done.add(campaign.id)
+        return work
+
+    async def _fire(self, campaign: Campaign) -> int:
+        after, reached = "", 0
+        while True:
+            def page(cursor: str = after) -> list[tuple[str, dict[str, Any]]]:
+                with self.db.session() as s:
+                    ids = storage.lead_ids_after(s, cursor, CALENDAR_PAGE)
+                    states = storage.load_states(s, ids)
+                return [(i, states[i].lead) for i in ids if i in states]
+            leads = await self.db.run(page)
+            if not leads:
+                return reached
+            messages = [self.calendar.message(campaign, lead_id, lead) for lead_id, lead in leads
+                        if campaign.id in self.calendar.audience(lead)]
+            if messages:
+                await self.handle_messages(messages)
+                reached += len(messages)
+            after = leads[-1][0]
 
     async def timer_loop(self, interval: float = 0.1) -> None:
         while True:
             try:
                 await self.housekeeping()
+                nxt = await self.next_campaign()
+                if nxt is not None and nxt <= self.clock.now():
+                    await self.run_calendar()
                 done = await self.process_due()
             except asyncio.CancelledError:
                 raise

@@ -28,6 +28,7 @@ from nurture.rpc import start_server
 from nurture.service import Running
 from nurture.settings import Settings
 from services.journeys import simulation
+from services.journeys.calendar import load_calendar
 from services.journeys.clients import Clients
 from services.journeys.definitions import read_settings
 from services.journeys.runner import Invalid, JourneysRuntime, NotFound
@@ -191,7 +192,7 @@ async def serve(settings: Settings) -> Running:
     clock = make_clock(settings.clock, settings.redis_url)
     clients = Clients(settings)
     runtime = JourneysRuntime(db=db, timers=TimerStore(client, settings.timer_shards), clock=clock, clients=clients,
-                              settings=read_settings())
+                              settings=read_settings(), calendar=load_calendar())
     await runtime.start()
     consumer = Consumer(client, group="journeys", shards=settings.bus_shards, handler=runtime.handle_messages)
 

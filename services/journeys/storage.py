@@ -117,6 +117,29 @@ class EngagementRow(Base):
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
+class CampaignRow(Base):
+    """A content-calendar campaign that has run (or was skipped), so it runs once per deployment."""
+    __tablename__ = "journeys_campaigns"
+    id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16))  # done | expired
+    leads: Mapped[int] = mapped_column(Integer, default=0)
+    done_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+def campaigns_done(session: Session) -> set[str]:
+    return set(session.scalars(select(CampaignRow.id)))
+
+
+def mark_campaign(session: Session, campaign_id: str, status: str, leads: int, now: datetime) -> None:
+    session.merge(CampaignRow(id=campaign_id, status=status, leads=leads, done_at=now))
+
+
+def lead_ids_after(session: Session, after: str, limit: int) -> list[str]:
+    """Lead ids in key order, a page at a time (the calendar's walk over every lead)."""
+    return list(session.scalars(select(LeadRow.lead_id).where(LeadRow.lead_id > after)
+                                .order_by(LeadRow.lead_id).limit(limit)))
+
+
 class ProcessedRow(Base):
     __tablename__ = "journeys_processed"
     message_id: Mapped[str] = mapped_column(String(200), primary_key=True)
