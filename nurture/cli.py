@@ -102,6 +102,19 @@ def _has_module(name: str) -> bool:
     return path.with_suffix(".py").exists() or (path / "__init__.py").exists()
 
 
+def _free_local_port(preferred: int) -> int:
+    """`preferred` when nothing listens there, else a free port (a second mesh on one machine)."""
+    import socket
+
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", preferred))
+            return preferred
+        except OSError:
+            probe.bind(("127.0.0.1", 0))
+            return int(probe.getsockname()[1])
+
+
 def up(args: argparse.Namespace) -> int:
     overrides = {
         "data_dir": Path(args.data_dir).resolve() if args.data_dir else None,
@@ -151,6 +164,16 @@ def up(args: argparse.Namespace) -> int:
         children.append(Child("smtp-sink", [python, "-m", "services.messaging.smtp_sink", "--host", "127.0.0.1",
                                             "--port", str(smtp.port or 2525), "--dir", str(data / "mail")],
                               base_env, logs / "smtp-sink.log"))
+    # The ad platform: a local custom-audience emulator unless NURTURE_ADS_URL names a real one.
+    ads_local = "NURTURE_ADS_URL" not in os.environ or os.environ.get("NURTURE_EMBEDDED_ADS") == "1"
+    if ads_local and _has_module("services.messaging.ads_emulator"):
+        if not settings.ads_url:
+            settings = settings.with_overrides(ads_url=f"http://127.0.0.1:{_free_local_port(8092)}")
+        ads = urlparse(settings.ads_url)
+        # The token goes in the environment, not the command line (which `ps` shows to every user).
+        children.append(Child("ads-emulator", [python, "-m", "services.messaging.ads_emulator", "--port",
+                                               str(ads.port or 8092), "--data-dir", str(data / "ads")],
+                              {**base_env, "NURTURE_ADS_TOKEN": settings.ads_token}, logs / "ads-emulator.log"))
     crm_local = "NURTURE_CRM_URL" not in os.environ or os.environ.get("NURTURE_EMBEDDED_CRM") == "1"
     if crm_local and _has_module("services.crm_sync.emulator"):
         crm = urlparse(settings.crm_url)
@@ -247,6 +270,8 @@ def _child_port(name: str, settings: Settings) -> int | None:
         return urlparse(settings.smtp_url).port or 2525
     if name == "crm-emulator":
         return urlparse(settings.crm_url).port or 8090
+    if name == "ads-emulator":
+        return urlparse(settings.ads_url).port or 8092
     if name == "gateway":
         return settings.http_port
     if name in SERVICES:
@@ -282,3 +307,4 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+

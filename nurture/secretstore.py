@@ -1,11 +1,12 @@
 """The secrets `nurture up` generates on first start and reuses after: `<data dir>/secrets.json`, mode 0600.
 
-One random value each for the link-signing secret, the API key, the local CRM's token, the mesh key and
-the embedded Redis's password (`secrets.token_urlsafe(32)`: 256 bits). A value set in the environment or
-by a flag wins over the stored one; the file only fills what is missing. The file is created with
-O_EXCL at mode 0600 (never readable by others, not even for an instant) and put back to 0600 when found
-wider. Losing it means new secrets on the next start: links in mail already sent stop verifying (set the
-old value as NURTURE_SECRET_PREVIOUS to keep them) and the CRM needs the new token.
+One random value each for the link-signing secret, the API key, the local CRM's token, the mesh key, the
+local ad platform's token and the embedded Redis's password (`secrets.token_urlsafe(32)`: 256 bits).
+A value set in the environment or by a flag wins over the stored one; the file only fills what is
+missing. The file is created with O_EXCL at mode 0600 (never readable by others, not even for an
+instant) and put back to 0600 when found wider. Losing it means new secrets on the next start: links
+in mail already sent stop verifying (set the old value as NURTURE_SECRET_PREVIOUS to keep them) and the
+CRM needs the new token.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 from nurture.settings import Settings
 
 FILE_NAME = "secrets.json"
-KEYS = ("secret", "api_key", "crm_token", "mesh_token", "redis_password")
+KEYS = ("secret", "api_key", "crm_token", "mesh_token", "redis_password", "ads_token")
 LOCAL_CRM = "local-crm"  # the name the local CRM's token is filed under in NURTURE_CRM_TOKENS
 
 
@@ -68,7 +69,7 @@ def _write(path: Path, values: dict[str, str]) -> None:
 def fill(settings: Settings, stored: dict[str, str]) -> Settings:
     """`settings` with every missing secret taken from the store (explicit values are kept)."""
     changes: dict[str, object] = {}
-    for name in ("secret", "api_key", "mesh_token"):
+    for name in ("secret", "api_key", "mesh_token", "ads_token"):
         if not getattr(settings, name):
             changes[name] = stored[name]
     if not settings.crm_tokens:

@@ -48,6 +48,8 @@ class Settings:
     crm_sync_addr: str = "127.0.0.1:50054"
     crm_url: str = "http://127.0.0.1:8090"
     crm_tokens: dict[str, str] = field(default_factory=dict)
+    ads_url: str = ""  # the ad platform's custom-audience API (nurture up: a local emulator); "" = not synced
+    ads_token: str = ""  # the access token it expects
     grpc_port: int = 0
     bind_host: str = "127.0.0.1"
     http_port: int = 8080

@@ -188,7 +188,7 @@ class Channels:
         if new:
             await e.db.run(e.store.record_consent, [(token.lead_id, "email" if scope == "all" else f"email:{scope}",
                                                      False, f"unsubscribe:{source}", now, props)])
-            await e.db.run(e.store.ad_suppress, token.lead_id, "unsubscribed", now)
+            await e.db.run(e.store.ad_suppress, token.lead_id, "unsubscribed", now, True, ehash)
             await e.flush_feedback()
         return UnsubscribeResult(token.lead_id, scope, category, journey, not new)
 
@@ -223,7 +223,7 @@ class Channels:
                 await e.db.run(e.store.erase, lead_id, ehash, at)
             rule = ad_suppression_for(lead, etype, props, m.get("signals") or []) if lead_id else None
             if rule is not None:
-                await e.db.run(e.store.ad_suppress, lead_id, rule, at)
+                await e.db.run(e.store.ad_suppress, lead_id, rule, at, True, ehash)
             changed = props.get("changed") or []
             if lead_id and isinstance(lead.get("consent"), dict) and (
                     etype == "lead_created" or (etype == "lead_updated" and "consent" in changed)

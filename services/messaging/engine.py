@@ -502,7 +502,9 @@ class Engine:
         context = json.loads(r.row["context_json"] or "{}")
         name = str(context.get("audience") or r.row["template"] or r.row["journey"])
         add = str(context.get("action", "add")) != "remove"
-        await self.db.run(self.store.audience_change, name, r.row["lead_id"], add, now)
+        address = str(r.lead.get("email") or "")
+        await self.db.run(self.store.audience_change, name, r.row["lead_id"], add, now,
+                          email_hash(address) if address else "")
         return SmtpResult(ok=True)
 
     def _outcome(self, r: _Ready, result: SmtpResult, attempts: int, now: datetime) -> Outcome:

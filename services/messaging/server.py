@@ -23,6 +23,7 @@ from nurture.rpc import channel, start_server
 from nurture.service import Running
 from nurture.settings import Settings
 from services.messaging import abtest
+from services.messaging.ads import AdsConnector
 from services.messaging.catalog import Catalog, RenderError
 from services.messaging.channels import Channels, NotFoundError, load_ad_suppression, personalization_rules
 from services.messaging.engine import Engine, InvalidRequest, SendInput
@@ -196,11 +197,24 @@ async def serve(settings: Settings) -> Running:
     channels = Channels(engine, journeys_channel)
     consumer = Consumer(redis, group="messaging", shards=settings.bus_shards, handler=channels.handle_bus)
 
+    ads = AdsConnector(db=db, store=store, base_url=settings.ads_url, token=settings.ads_token, now=clock.now)
+
     async def settle() -> tuple[int, datetime | None]:
         done = await consumer.drain()
         done += await engine.process_due()
         done += await engine.flush_feedback()
-        return done, await db.run(store.next_due)
+        done += await ads.push_due()
+        dues = [d for d in (await db.run(store.next_due), await db.run(store.ads_next_due) if settings.ads_url
+                            else None) if d is not None]
+        return done, min(dues, default=None)
+
+    async def ads_loop() -> None:
+        while True:
+            try:
+                await ads.push_due()
+            except Exception:
+                log.exception("ads: push failed; will retry")
+            await asyncio.sleep(1.0)
 
     async def timeline(lead_id: str, limit: int) -> list[common_pb2.TimelineItem]:
         rows = await db.run(store.timeline, lead_id, limit)
@@ -228,8 +242,10 @@ async def serve(settings: Settings) -> Running:
         # Virtual time: only Settle consumes the bus and delivers, so runs are deterministic.
         tasks.append(asyncio.create_task(consumer.run()))
         tasks.append(asyncio.create_task(engine.run()))
+        tasks.append(asyncio.create_task(ads_loop()))
 
     async def close() -> None:
+        await ads.close()
         await engine.close()
         await scoring_channel.close()
         await journeys_channel.close()

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from services.messaging.tables import (
     ad_suppressions,
+    ads_outbox,
     audience_members,
     consent_log,
     feedback,
@@ -303,27 +304,74 @@ class Store:
         return out
 
     # --- audiences ----------------------------------------------------------------------------------
-    def audience_change(self, audience: str, lead_id: str, add: bool, now: datetime) -> None:
+    def audience_change(self, audience: str, lead_id: str, add: bool, now: datetime, email_hash: str = "") -> None:
+        """A lead joins or leaves an audience; with its email hash, the change is queued for the ad
+        platform in the same transaction (the ads connector's outbound queue), unless the lead is
+        suppressed from ads (then it is recorded here and never sent)."""
         with self._sessions() as s:
+            if add and email_hash and s.execute(select(ad_suppressions.c.lead_id).where(
+                    ad_suppressions.c.lead_id == lead_id)).first() is not None:
+                email_hash = ""
             if add:
                 _insert_ignore(s, audience_members, [{"audience": audience, "lead_id": lead_id,
                                                       "added_at": naive(now)}], ["audience", "lead_id"])
             else:
                 s.execute(delete(audience_members).where(audience_members.c.audience == audience,
                                                          audience_members.c.lead_id == lead_id))
+            if email_hash:
+                _queue_ads(s, [(audience, lead_id, email_hash, "add" if add else "remove")], now)
+
+    def ads_due(self, now: datetime, limit: int) -> list[dict[str, Any]]:
+        """Pending changes in id order up to the first not yet due (one waiting for a retry holds the
+        ones behind it: an add and a remove of one lead must reach the platform in order)."""
+        with self._sessions() as s:
+            rows = s.execute(select(ads_outbox).where(ads_outbox.c.status == "pending")
+                             .order_by(ads_outbox.c.id).limit(limit)).all()
+        due: list[dict[str, Any]] = []
+        for r in rows:
+            if r.due_at > naive(now):
+                break
+            due.append(dict(r._mapping))
+        return due
+
+    def ads_next_due(self) -> datetime | None:
+        with self._sessions() as s:
+            value = s.execute(select(func.min(ads_outbox.c.due_at)).where(ads_outbox.c.status == "pending")).scalar()
+        return value.replace(tzinfo=UTC) if value is not None else None
+
+    def ads_finish(self, outcomes: Sequence[tuple[int, str, int, datetime, str | None]]) -> None:
+        """(id, status, attempts, due_at, error) per job, one executemany in id order."""
+        if not outcomes:
+            return
+        with self._sessions() as s:
+            s.execute(update(ads_outbox).where(ads_outbox.c.id == bindparam("b_id")).values(
+                status=bindparam("b_status"), attempts=bindparam("b_attempts"), due_at=bindparam("b_due"),
+                last_error=bindparam("b_error")),
+                [{"b_id": i, "b_status": st, "b_attempts": n, "b_due": naive(due), "b_error": err}
+                 for i, st, n, due, err in sorted(outcomes)])
 
     def audience(self, audience: str) -> list[str]:
         with self._sessions() as s:
             return list(s.execute(select(audience_members.c.lead_id).where(audience_members.c.audience == audience)
                                   .order_by(audience_members.c.lead_id)).scalars())
 
-    def ad_suppress(self, lead_id: str, reason: str, now: datetime, on: bool = True) -> None:
+    def ad_suppress(self, lead_id: str, reason: str, now: datetime, on: bool = True, email_hash: str = "") -> bool:
+        """Keep the lead out of every ad audience; True when it was not already. With its email hash, a
+        new suppression also queues its removal from every audience it is in on the ad platform."""
         with self._sessions() as s:
-            if on:
-                _insert_ignore(s, ad_suppressions, [{"lead_id": lead_id, "reason": reason, "at": naive(now)}],
-                               ["lead_id"])
-            else:
+            if not on:
                 s.execute(delete(ad_suppressions).where(ad_suppressions.c.lead_id == lead_id))
+                return False
+            known = s.execute(select(ad_suppressions.c.lead_id).where(ad_suppressions.c.lead_id == lead_id)).first()
+            if known is not None:
+                return False
+            _insert_ignore(s, ad_suppressions, [{"lead_id": lead_id, "reason": reason, "at": naive(now)}],
+                           ["lead_id"])
+            if email_hash:
+                names = list(s.execute(select(audience_members.c.audience)
+                                       .where(audience_members.c.lead_id == lead_id)).scalars())
+                _queue_ads(s, [(a, lead_id, email_hash, "remove") for a in names], now)
+            return True
 
     def ad_suppressed(self, lead_ids: Iterable[str]) -> dict[str, str]:
         ids = list(lead_ids)
@@ -389,3 +437,10 @@ def _insert_ignore(s: Session, table: Any, rows: list[dict[str, Any]], keys: lis
     if fresh:
         s.execute(insert(table), fresh)
     return len(fresh)
+
+
+def _queue_ads(s: Session, items: Sequence[tuple[str, str, str, str]], now: datetime) -> None:
+    if items:
+        s.execute(insert(ads_outbox), [{"audience": a, "lead_id": lead, "email_hash": h, "op": op,
+                                        "status": "pending", "attempts": 0, "due_at": naive(now)}
+                                       for a, lead, h, op in items])

@@ -112,6 +112,22 @@ ad_suppressions = Table(
     Column("at", DateTime, nullable=False),
 )
 
+# Audience changes waiting to reach the ad platform (the ads connector's durable outbound queue):
+# one row per lead, audience and direction, sent in batches in id order, retried with backoff.
+ads_outbox = Table(
+    "messaging_ads_outbox", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("audience", String(128), nullable=False),
+    Column("lead_id", String(128), nullable=False),
+    Column("email_hash", String(64), nullable=False),
+    Column("op", String(8), nullable=False),  # add | remove
+    Column("status", String(16), nullable=False),  # pending | done | dead
+    Column("attempts", Integer, nullable=False),
+    Column("due_at", DateTime, nullable=False),
+    Column("last_error", Text, nullable=True),
+    Index("ix_messaging_ads_outbox_due", "status", "due_at"),
+)
+
 # Bus messages already handled (the handler is idempotent by message id).
 inbox = Table(
     "messaging_inbox", metadata,

@@ -3,6 +3,7 @@ gRPC scoring servicer that records what messaging asks of it."""
 
 from __future__ import annotations
 
+import contextlib
 import email
 import json
 from collections.abc import AsyncIterator
@@ -56,10 +57,18 @@ class Mesh:
 
 @pytest.fixture
 async def mesh(settings: Settings, tmp_path: Path) -> AsyncIterator[Mesh]:
+    async with running_mesh(settings, tmp_path) as m:
+        yield m
+
+
+@contextlib.asynccontextmanager
+async def running_mesh(settings: Settings, tmp_path: Path, **overrides: Any) -> AsyncIterator[Mesh]:
+    """The messaging service with a scoring stub and a real SMTP sink; `overrides` change its settings."""
     scoring, scoring_server = await start_scoring_stub()
     sink = SmtpSink(tmp_path / "mail").start()
     cfg = settings.with_overrides(smtp_url=sink.url, scoring_addr=f"127.0.0.1:{scoring_server.port}",
-                                  journeys_addr=f"127.0.0.1:{free_port()}", public_url="https://nurture.example")
+                                  journeys_addr=f"127.0.0.1:{free_port()}", public_url="https://nurture.example",
+                                  **overrides)
     running = await start_service("messaging", cfg)
     ch = mesh_channel(running.address)
     try:
