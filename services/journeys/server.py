@@ -25,6 +25,7 @@ from nurture.bus import Consumer
 from nurture.clock import make_clock
 from nurture.db import open_database
 from nurture.rpc import start_server
+from nurture.rpcguard import guard_requests
 from nurture.service import Running
 from nurture.settings import Settings
 from services.journeys import simulation
@@ -49,6 +50,7 @@ def _ts(target: Any, value: datetime | None) -> None:
         target.FromDatetime(value)
 
 
+@guard_requests()
 class JourneysServicer(journeys_pb2_grpc.JourneysServicer):
     def __init__(self, runtime: JourneysRuntime) -> None:
         self.rt = runtime
