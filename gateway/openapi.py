@@ -108,7 +108,12 @@ SCHEMAS: dict[str, Any] = {
     },
     "Simulation": {
         "type": "object",
-        "properties": {"journeys": {"type": "array", "items": {"type": "string"}},
+        "properties": {"journeys": {"type": "array", "items": {"anyOf": [
+                           {"type": "string"},
+                           {"type": "object", "required": ["key"],
+                            "properties": {"key": {"type": "string"},
+                                           "version": {"type": "integer", "minimum": 0,
+                                                       "maximum": limits.INT32_MAX}}}]}},
                        "leads": {"type": "integer", "minimum": 0}, "days": {"type": "integer", "minimum": 0},
                        "seed": {"type": "integer", "minimum": 0, "maximum": limits.MAX_SAFE_INTEGER},
                        "behaviour": {"type": "object"}},

@@ -142,8 +142,14 @@ async def simulate(response: Response, body: Any = Depends(json_body), m: Mesh =
         value = body.get(name)
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
             problems[name] = "must be a non-negative integer"
-    if body.get("journeys") is not None and not isinstance(body.get("journeys"), list):
-        problems["journeys"] = "must be a list of journey keys"
+    chosen = body.get("journeys")
+    if chosen is not None and (not isinstance(chosen, list) or not all(
+            isinstance(j, str) or (isinstance(j, dict) and isinstance(j.get("key"), str)) for j in chosen)):
+        problems["journeys"] = 'must be a list of journey keys or {"key", "version"} objects'
+    else:
+        for j in chosen or []:
+            if isinstance(j, dict) and limits.check_int(j.get("version", 0), "version", low=0):
+                problems["journeys"] = f"a version must be an integer from 0 to {limits.INT32_MAX}"
     if body.get("behaviour") is not None and not isinstance(body.get("behaviour"), dict):
         problems["behaviour"] = "must be an object"
     if problems:

@@ -179,7 +179,13 @@ class JourneysServicer(journeys_pb2_grpc.JourneysServicer):
             raise simulation.SimulationError("journeys must be a list")
         chosen: dict[str, Any] = {}
         for item in raw:
-            key, version = (item, 0) if isinstance(item, str) else (item.get("key"), int(item.get("version", 0)))
+            if isinstance(item, dict) and isinstance(item.get("key"), str) and \
+                    isinstance(item.get("version", 0), int) and not isinstance(item.get("version", 0), bool):
+                key, version = item["key"], int(item.get("version", 0))
+            elif isinstance(item, str):
+                key, version = item, 0
+            else:  # found by fuzzing: [[null]] was a 500
+                raise simulation.SimulationError('journeys must hold journey keys or {"key", "version"} objects')
             journey = self.rt.registry.resolve(str(key), version) if version else published.get(str(key))
             if journey is None:
                 raise NotFound(f"unknown journey {key!r}" + (f" version {version}" if version else ""))
