@@ -28,7 +28,7 @@ from gateway.deps import ApiError, Mesh, TokenBucket, json_body, require_key
 from gateway.ingest import EventSender
 from gateway.openapi import install_openapi
 from gateway.routes.events import record_event
-from nurture import jsoncodec, limits
+from nurture import jsoncodec
 from nurture.clock import make_clock
 from nurture.rpc import channel
 from nurture.settings import SERVICES, Settings, load_settings
@@ -88,18 +88,18 @@ def _grpc_error(exc: grpc.aio.AioRpcError) -> JSONResponse:
     if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and not ours:
         # gRPC's own limits (message or metadata size) say RESOURCE_EXHAUSTED too; only a service's
         # own refusal is overload. Anything else is our fault, and a 429 would invite a wrong retry.
-        log.error("a call in the mesh hit a transport limit: %s", limits.shown(message[:300]))
+        log.error("a call in the mesh hit a transport limit: %s", message[:300])
         status, code, message = 500, "internal", "a call inside the mesh exceeded a transport limit"
     elif exc.code() == grpc.StatusCode.UNAUTHENTICATED:
         log.error("a service refused the gateway's mesh credential: %s", message[:300])
         message, details = "the gateway is misconfigured: a service behind it refused its credential", {}
     elif status == 500 and not ours:
-        log.error("a service failed: %s %s", exc.code().name, limits.shown(message[:300]))
+        log.error("a service failed: %s %s", exc.code().name, message[:300])
         message = f"a service failed ({exc.code().name})"
     elif status == 503 and not ours:
         # A transport error's text names internal addresses ("ipv4:10.0.3.7:50051: connection
         # refused"): logged here, never sent to the caller (docs/INPUT-LIMITS.md).
-        log.warning("a service is unavailable: %s %s", exc.code().name, limits.shown(message[:300]))
+        log.warning("a service is unavailable: %s %s", exc.code().name, message[:300])
         message = "retry later"
     message = message[:500]
     headers = {"Retry-After": "2"} if status in (503, 429) else None

@@ -3,7 +3,7 @@
 FastAPI derives a document from the routes, but the routes read their bodies themselves (JSON or
 YAML, checked against nurture.limits), answer errors in our shape, and some answer GIF, HTML or a
 redirect. So the derived document is completed here, in one place: request bodies with schemas and
-examples, the `bearerAuth` scheme on every keyed route, every status the contract (shared/API.md)
+examples, the `bearerAuth` scheme on every keyed route, every status the contract (docs/API.md)
 lists with the error schema, and the real media types. The fuzz test (tests/fuzz) holds the server
 to this document: a response it does not describe fails the build.
 """
