@@ -82,31 +82,44 @@ def _join(path: str, key: str) -> str:
     return joined if len(joined) <= 120 else joined[:60] + "..." + joined[-40:]
 
 
+def _path(parent: str, key: Any) -> str:
+    if isinstance(key, int):
+        joined = f"{parent}[{key}]"
+        return joined if len(joined) <= 120 else joined[:60] + "..." + joined[-40:]
+    return _join(parent, shown(key)) if key is not None else parent
+
+
 def problems_in(value: Any, *, field: str = "", max_depth: int = MAX_DEPTH) -> dict[str, str]:
     """Every way a parsed JSON (or YAML) value breaks the limits, by field path; {} when it keeps them.
-    Iterative, so any nesting is safe to check, and bounded by MAX_NODES."""
+    Iterative, so any nesting is safe to check, and bounded by MAX_NODES. Paths are built only for
+    containers and problems: this runs on every accepted event."""
     problems: dict[str, str] = {}
-    stack: list[tuple[str, Any, int]] = [(field, value, 1)]
+    # (the parent's path, this value's key or index or None for the root, value, depth)
+    stack: list[tuple[str, Any, Any, int]] = [(field, None, value, 1)]
     nodes = 0
     while stack and len(problems) < MAX_PROBLEMS:
-        path, v, depth = stack.pop()
+        parent, key, v, depth = stack.pop()
         nodes += 1
         if nodes > MAX_NODES:
             problems[field or "body"] = f"holds more than {MAX_NODES} values"
             break
-        if isinstance(v, str):
+        kind = type(v)
+        if kind is str:
+            if len(v) <= MAX_STRING_CHARS and v.isascii() and "\x00" not in v:
+                continue
             problem = text_problem(v)
             if problem:
-                problems[path or "body"] = problem
-        elif isinstance(v, bool) or v is None:
+                problems[_path(parent, key) or "body"] = problem
+        elif v is None or kind is bool:
             continue
-        elif isinstance(v, int):
+        elif kind is int or isinstance(v, int):
             if not -MAX_SAFE_INTEGER <= v <= MAX_SAFE_INTEGER:
-                problems[path or "body"] = f"is an integer beyond +/-{MAX_SAFE_INTEGER} (2^53-1)"
-        elif isinstance(v, float):
+                problems[_path(parent, key) or "body"] = f"is an integer beyond +/-{MAX_SAFE_INTEGER} (2^53-1)"
+        elif kind is float:
             if v != v or v in (float("inf"), float("-inf")):
-                problems[path or "body"] = "is not a finite number"
+                problems[_path(parent, key) or "body"] = "is not a finite number"
         elif isinstance(v, dict | list):
+            path = _path(parent, key)
             if depth > max_depth:
                 problems[path or "body"] = f"nests deeper than {max_depth} levels"
                 continue
@@ -115,24 +128,27 @@ def problems_in(value: Any, *, field: str = "", max_depth: int = MAX_DEPTH) -> d
                     problems[path or "body"] = f"has more than {MAX_KEYS} keys"
                     continue
                 for k, item in v.items():
-                    if not isinstance(k, str):
+                    if type(k) is not str:
                         problems[_join(path, shown(k))] = "has a key that is not a string"
                         continue
-                    problem = text_problem(k, MAX_KEY_CHARS)
-                    if problem:
-                        problems[_join(path, shown(k))] = f"key {problem}"
-                        continue
-                    stack.append((_join(path, shown(k)), item, depth + 1))
+                    if len(k) > 64 or not k.isascii() or "\x00" in k:
+                        problem = text_problem(k, MAX_KEY_CHARS)
+                        if problem:
+                            problems[_path(path, k)] = f"key {problem}"
+                            continue
+                    stack.append((path, k, item, depth + 1))
             else:
                 if len(v) > MAX_ITEMS:
                     problems[path or "body"] = f"has more than {MAX_ITEMS} items"
                     continue
-                stack.extend((_join(path, f"[{i}]").replace(".[", "["), item, depth + 1)
-                             for i, item in enumerate(v))
+                stack.extend((path, i, item, depth + 1) for i, item in enumerate(v))
         elif isinstance(v, datetime | date):
             continue  # YAML times: sent on as their text
+        elif isinstance(v, float):
+            if v != v or v in (float("inf"), float("-inf")):
+                problems[_path(parent, key) or "body"] = "is not a finite number"
         else:
-            problems[path or "body"] = f"is not a JSON value ({type(v).__name__})"
+            problems[_path(parent, key) or "body"] = f"is not a JSON value ({type(v).__name__})"
     if len(problems) >= MAX_PROBLEMS:
         problems["..."] = f"more than {MAX_PROBLEMS} problems; the first are listed"
     return problems
