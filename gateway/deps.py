@@ -101,7 +101,7 @@ class TokenBucket:
 def input_error(exc: limits.InputError) -> ApiError:
     """An input limit broken (nurture.limits) as the API's error: 400 not JSON, else 422 naming fields."""
     if exc.malformed:
-        return ApiError(400, "malformed", f"the body is not valid JSON: {exc}")
+        return ApiError(400, "malformed", f"the {exc}")  # "the body is not valid JSON: <where, why>"
     return ApiError(422, "invalid", str(exc), {"fields": exc.problems})
 
 
