@@ -16,10 +16,9 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from gateway.app import create_app
 from nurture.limits import UNREADABLE_KEY
-from nurture.rpc import channel
 from nurture.service import Running
 from nurture.settings import SERVICES, Settings
-from tests.conftest import free_port, start_service
+from tests.conftest import free_port, mesh_channel, start_service
 
 pytestmark = pytest.mark.anyio
 AUTH = {"Authorization": "Bearer test-key"}
@@ -32,7 +31,7 @@ async def api(settings: Settings) -> AsyncIterator[tuple[httpx.AsyncClient, Fast
     addrs["scoring_addr"] = scoring.address
     app = create_app(settings.with_overrides(api_key="test-key", **addrs))
     for s in SERVICES:
-        app.state.mesh.channels[s] = channel(app.state.mesh.settings.address_of(s))
+        app.state.mesh.channels[s] = mesh_channel(app.state.mesh.settings.address_of(s))
     # A server answers an exception 500; the ASGI transport would raise it instead: same failure.
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
     async with httpx.AsyncClient(transport=transport, base_url="http://gw", headers=AUTH) as client:

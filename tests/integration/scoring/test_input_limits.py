@@ -10,8 +10,8 @@ import pytest
 
 from nurture.api.common.v1 import common_pb2, common_pb2_grpc
 from nurture.api.scoring.v1 import scoring_pb2, scoring_pb2_grpc
-from nurture.rpc import channel
 from nurture.service import Running
+from tests.conftest import mesh_channel
 
 pytestmark = pytest.mark.anyio
 DEEP = "[" * 300 + "]" * 300
@@ -27,7 +27,7 @@ async def invalid(call) -> dict:
 
 
 async def test_upsert_and_reads_refuse_what_breaks_a_limit(scoring: Running) -> None:
-    async with channel(scoring.address) as ch:
+    async with mesh_channel(scoring.address) as ch:
         stub = scoring_pb2_grpc.ScoringStub(ch)
         for fields in ('{"first_name": "\\ud800"}', '{"attributes": {"x": ' + DEEP + "}}",
                        '{"attributes": {"x": "a\\u0000b"}}', '{"attributes": {"n": 9007199254740993}}',
@@ -44,7 +44,7 @@ async def test_upsert_and_reads_refuse_what_breaks_a_limit(scoring: Running) -> 
 
 
 async def test_ingest_takes_the_good_events_and_refuses_the_bad_alone(scoring: Running) -> None:
-    async with channel(scoring.address) as ch:
+    async with mesh_channel(scoring.address) as ch:
         stub = scoring_pb2_grpc.ScoringStub(ch)
         await stub.UpsertLead(scoring_pb2.UpsertLeadRequest(id="ok", fields_json="{}"), timeout=5)
         year_one = scoring_pb2.Event(lead_id="ok", type="page_viewed")
