@@ -127,6 +127,14 @@ SCHEMAS: dict[str, Any] = {
     },
     "JourneyDefinition": {**_DATA, "description": "a journey definition, the same document as "
                           "services/journeys/playbook/<key>.yaml (JSON, or YAML with a yaml Content-Type)"},
+    "ScoringModelDefinition": {**_DATA, "description": "a scoring model, the same document as "
+                               "services/scoring/model.yaml (JSON, or YAML with a yaml Content-Type)"},
+    "ScoringPublish": {
+        "type": "object", "required": ["version"],
+        "properties": {"version": {"type": "integer", "minimum": 1, "maximum": limits.INT32_MAX},
+                       "dry_run": {"type": "boolean"}},
+        "example": {"version": 2, "dry_run": True},
+    },
     "Readiness": {"type": "object", "required": ["services"],
                   "properties": {"services": {"type": "object", "additionalProperties": {
                       "type": "object", "properties": {"address": {"type": "string"}, "status": {"type": "string"}}}}}},
@@ -148,6 +156,8 @@ _BODIES: dict[tuple[str, str], tuple[str, bool]] = {
     ("post", "/v1/journeys/{key}/publish"): ("Publish", True),
     ("post", "/v1/simulations"): ("Simulation", True),
     ("post", "/v1/admin/clock/advance"): ("ClockAdvance", True),
+    ("put", "/v1/scoring/model"): ("ScoringModelDefinition", True),
+    ("post", "/v1/scoring/model/publish"): ("ScoringPublish", True),
 }
 _SUCCESS_SCHEMA = {("post", "/v1/leads"): "Lead", ("patch", "/v1/leads/{lead_id}"): "Lead",
                    ("get", "/v1/leads/{lead_id}"): "Lead", ("post", "/v1/events"): "EventAccepted",
@@ -199,7 +209,7 @@ def build_document(app: FastAPI) -> dict[str, Any]:
                 name, required = body
                 content: dict[str, Any] = {JSON: {"schema": {"$ref": REF + name},
                                                   "example": SCHEMAS[name].get("example", {})}}
-                if name == "JourneyDefinition":
+                if name in ("JourneyDefinition", "ScoringModelDefinition"):
                     content["application/yaml"] = {"schema": {"$ref": REF + name}}
                 op["requestBody"] = {"required": required, "content": content}
             success = _SUCCESS_SCHEMA.get((method, path))
@@ -244,6 +254,10 @@ def _special_cases(doc: dict[str, Any]) -> None:
     put["201"] = {"description": "a new draft version was stored",
                   "headers": {"Location": {"schema": {"type": "string"}}},
                   "content": {JSON: {"schema": {"type": "object"}}}}
+    if "/v1/scoring/model" in paths:
+        paths["/v1/scoring/model"]["put"]["responses"]["201"] = {
+            "description": "a new draft version was stored", "headers": {"Location": {"schema": {"type": "string"}}},
+            "content": {JSON: {"schema": {"type": "object"}}}}
     paths["/v1/leads"]["post"]["responses"]["200"] = {
         "description": "an existing lead was updated", "content": {JSON: {"schema": {"$ref": REF + "Lead"}}}}
 
