@@ -7,7 +7,7 @@ PROTO_SRC := $(shell find protos -name '*.proto' | sort)
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: run test setup protos check-protos lint unit integration bench clean
+.PHONY: run test setup protos check-protos lint unit integration bench fuzz clean
 
 $(STAMP): pyproject.toml
 	$(PY) -c 'import sys; assert sys.version_info[:2] in ((3, 11), (3, 12)), "Python 3.11 or 3.12 is required"'
@@ -41,6 +41,11 @@ test: $(STAMP) check-protos lint
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit
+
+## Fuzz the whole HTTP API from its own OpenAPI document for longer than `make test` does
+fuzz: $(STAMP)
+	NURTURE_FUZZ_EXAMPLES=$${NURTURE_FUZZ_EXAMPLES:-300} $(BIN)/python -m pytest -q -p no:cacheprovider \
+		-o timeout=3600 tests/fuzz $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	for b in bench/[a-z]*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

@@ -11,7 +11,7 @@ import importlib
 import json
 import logging
 import pkgutil
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, MutableMapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -21,10 +21,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from opentelemetry import trace
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import compile_path
 
 import gateway.routes
 from gateway.deps import ApiError, Mesh, TokenBucket, json_body, require_key
 from gateway.ingest import EventSender
+from gateway.openapi import install_openapi
 from gateway.routes.events import record_event
 from nurture import jsoncodec
 from nurture.clock import make_clock
@@ -94,6 +96,11 @@ def _grpc_error(exc: grpc.aio.AioRpcError) -> JSONResponse:
     elif status == 500 and not ours:
         log.error("a service failed: %s %s", exc.code().name, message[:300])
         message = f"a service failed ({exc.code().name})"
+    elif status == 503 and not ours:
+        # A transport error's text names internal addresses ("ipv4:10.0.3.7:50051: connection
+        # refused"): logged here, never sent to the caller (docs/INPUT-LIMITS.md).
+        log.warning("a service is unavailable: %s %s", exc.code().name, message[:300])
+        message = "retry later"
     message = message[:500]
     headers = {"Retry-After": "2"} if status in (503, 429) else None
     if status == 503:
@@ -149,9 +156,12 @@ def create_app(settings: Settings) -> FastAPI:
         return error_response(422, "invalid", "; ".join(f"{k}: {v}" for k, v in fields.items()), {"fields": fields})
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "error")
-        return error_response(exc.status_code, code, str(exc.detail))
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = ", ".join(allowed_methods(app, request.scope)) or headers.get("Allow", "")
+        return error_response(exc.status_code, code, str(exc.detail), headers=headers or None)
 
     @app.exception_handler(Exception)
     async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
@@ -159,7 +169,20 @@ def create_app(settings: Settings) -> FastAPI:
         return error_response(500, "internal", "an unexpected error; it has been logged")
 
     _include_routers(app)
+    install_openapi(app)
     return LimitsAndTracing(app, settings.max_body_bytes)  # type: ignore[return-value]
+
+
+def allowed_methods(app: FastAPI, scope: MutableMapping[str, Any]) -> list[str]:
+    """Every method the API serves at this path (a 405's Allow header), from the OpenAPI document:
+    FastAPI makes one route per method, and Starlette's own 405 names only the first that matched."""
+    methods: set[str] = set()
+    path = scope.get("path", "")
+    for template, operations in app.openapi().get("paths", {}).items():
+        regex, _, _ = compile_path(template)
+        if regex.match(path):
+            methods |= {m.upper() for m in operations}
+    return sorted(methods)
 
 
 class LimitsAndTracing:
@@ -177,6 +200,10 @@ class LimitsAndTracing:
             await self.app(scope, receive, send)
             return
         headers = dict(scope.get("headers") or [])
+        if "\x00" in scope.get("path", "") or b"%00" in scope.get("query_string", b""):
+            # No id, key or filter holds a NUL, and PostgreSQL text cannot store one.
+            await error_response(400, "malformed", "the URL holds a NUL character (%00)")(scope, receive, send)
+            return
         length = headers.get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.max_body):
             status, code = (413, "too_large") if length.isdigit() else (400, "malformed")

@@ -8,7 +8,7 @@ from typing import Any
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from gateway.deps import ApiError
-from nurture import jsoncodec
+from nurture import limits
 from nurture.api.scoring.v1 import scoring_pb2
 
 
@@ -19,7 +19,10 @@ def iso(ts: Timestamp | None, present: bool = True) -> str | None:
 
 
 def lead_json(lead: scoring_pb2.Lead, journeys: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    counters = jsoncodec.loads(lead.counters_json or "{}")
+    # Values from a service are read like stored ones: one that cannot be shown degrades, not the read.
+    counters = limits.readable(limits.read_json(lead.counters_json, what="counters"), what="counters")
+    if not isinstance(counters, dict):
+        counters = limits.placeholder("counters")
     interests = counters.pop("interests", {})
     return {
         "id": lead.id,
@@ -29,8 +32,8 @@ def lead_json(lead: scoring_pb2.Lead, journeys: list[dict[str, Any]] | None = No
         "segment": lead.segment or None,
         "timezone": lead.timezone or None,
         "locale": lead.locale or None,
-        "attributes": jsoncodec.loads(lead.attributes_json or "{}"),
-        "consent": jsoncodec.loads(lead.consent_json or "{}"),
+        "attributes": limits.readable(limits.read_json(lead.attributes_json, what="attributes"), what="attributes"),
+        "consent": limits.readable(limits.read_json(lead.consent_json, what="consent"), what="consent"),
         "score": lead.score,
         "grade": lead.grade,
         "lifecycle_stage": lead.lifecycle_stage,
@@ -45,16 +48,16 @@ def lead_json(lead: scoring_pb2.Lead, journeys: list[dict[str, Any]] | None = No
 
 
 def parse_time(value: Any, field: str) -> datetime:
-    """RFC 3339 with a zone, or 422."""
-    if not isinstance(value, str):
-        raise ApiError(422, "invalid", f"{field} must be an RFC 3339 time string", {"field": field})
+    """RFC 3339 with a zone, within the time range of nurture.limits, in UTC; or 422."""
     try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
-    except ValueError as exc:
-        raise ApiError(422, "invalid", f"{field} is not an RFC 3339 time: {value!r}", {"field": field}) from exc
-    if parsed.tzinfo is None:
-        raise ApiError(422, "invalid", f"{field} needs a time zone (e.g. Z)", {"field": field})
-    return parsed.astimezone(UTC)
+        return limits.parse_time(value, field)
+    except limits.InputError as exc:
+        raise ApiError(422, "invalid", str(exc), {"field": field, "fields": exc.problems}) from exc
+
+
+def details(text: str) -> Any:
+    """A `*_json` field of a service's reply, readable whatever it holds (see lead_json)."""
+    return limits.readable(limits.read_json(text, what="details"), what="details")
 
 
 def require_object(body: Any, what: str = "body") -> dict[str, Any]:

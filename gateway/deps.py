@@ -19,7 +19,7 @@ import grpc
 from fastapi import Request
 from starlette.requests import ClientDisconnect
 
-from nurture import jsoncodec
+from nurture import limits
 from nurture.rpc import DEADLINE_S
 from nurture.settings import Settings
 
@@ -60,7 +60,9 @@ async def require_key(request: Request) -> None:
     settings: Settings = request.app.state.mesh.settings
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token or not hmac.compare_digest(token.strip(), settings.api_key):
+    # The scheme is case-insensitive (RFC 7235 2.1): Bearer, bearer and BEARER are one. The key is
+    # compared as bytes: headers arrive as latin-1 text, and compare_digest refuses non-ASCII str.
+    if scheme.lower() != "bearer" or not token or not keys_equal(token.strip(), settings.api_key):
         raise ApiError(401, "unauthorized", "a valid API key is required: Authorization: Bearer <key>")
     limiter: TokenBucket | None = getattr(request.app.state, "limiter", None)
     if limiter is not None:
@@ -68,6 +70,12 @@ async def require_key(request: Request) -> None:
         if wait > 0:
             raise ApiError(429, "rate_limited", f"more than {limiter.rate:g} requests per second; retry later",
                            {"limit_per_s": limiter.rate}, headers={"Retry-After": str(max(1, math.ceil(wait)))})
+
+
+def keys_equal(given: str, expected: str) -> bool:
+    """Constant-time comparison of a key from a header (latin-1 decoded, as HTTP carries octets)
+    with the configured key (UTF-8); any octet is a wrong key, never an error."""
+    return hmac.compare_digest(given.encode("latin-1", "replace"), expected.encode("utf-8"))
 
 
 class TokenBucket:
@@ -90,9 +98,14 @@ class TokenBucket:
         return (1 - self._tokens) / self.rate
 
 
-async def json_body(request: Request) -> Any:
-    """The request body parsed as JSON whatever the Content-Type says (curl -d sends form type);
-    400 when it is not JSON."""
+def input_error(exc: limits.InputError) -> ApiError:
+    """An input limit broken (nurture.limits) as the API's error: 400 not JSON, else 422 naming fields."""
+    if exc.malformed:
+        return ApiError(400, "malformed", f"the {exc}")  # "the body is not valid JSON: <where, why>"
+    return ApiError(422, "invalid", str(exc), {"fields": exc.problems})
+
+
+async def read_body(request: Request, *, check: bool) -> Any:
     try:
         raw = await request.body()
     except ClientDisconnect as exc:  # nobody is left to answer; not a server error
@@ -100,6 +113,18 @@ async def json_body(request: Request) -> Any:
     if not raw.strip():
         raise ApiError(400, "malformed", "a JSON body is required")
     try:
-        return jsoncodec.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ApiError(400, "malformed", f"the body is not valid JSON: {exc}") from exc
+        return limits.parse_json(raw, check=check)
+    except limits.InputError as exc:
+        raise input_error(exc) from exc
+
+
+async def json_body(request: Request) -> Any:
+    """The request body parsed as JSON whatever the Content-Type says (curl -d sends form type);
+    400 when it is not JSON, 422 when it breaks an input limit (nurture.limits)."""
+    return await read_body(request, check=True)
+
+
+async def json_body_items(request: Request) -> Any:
+    """The body parsed as JSON but not yet checked against the limits: a batch checks each item,
+    so that one bad item is refused alone."""
+    return await read_body(request, check=False)

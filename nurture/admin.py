@@ -8,6 +8,7 @@ from datetime import datetime
 import grpc
 
 from nurture.api.common.v1 import common_pb2, common_pb2_grpc
+from nurture.rpcguard import guard_requests
 
 SettleFn = Callable[[], Awaitable[tuple[int, datetime | None]]]
 TimelineFn = Callable[[str, int], Awaitable[list[common_pb2.TimelineItem]]]
@@ -15,6 +16,7 @@ EraseFn = Callable[[str, str], Awaitable[int]]
 StatsFn = Callable[[], Mapping[str, int]]
 
 
+@guard_requests()
 class AdminServicer(common_pb2_grpc.AdminServicer):
     """`settle()` returns (work done, next due time or None); `timeline(lead_id, limit)` returns items;
     `erase(lead_id, email_hash)` returns how many records were removed; `stats()` the process's

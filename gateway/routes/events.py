@@ -8,8 +8,8 @@ from typing import Any
 from fastapi import APIRouter, Depends, Header, Request
 
 from gateway.convert import parse_time, require_object
-from gateway.deps import ApiError, Mesh, json_body, mesh, require_key
-from nurture import jsoncodec
+from gateway.deps import ApiError, Mesh, json_body, json_body_items, mesh, require_key
+from nurture import jsoncodec, limits
 from nurture.api.scoring.v1 import scoring_pb2, scoring_pb2_grpc
 
 router = APIRouter(prefix="/v1", tags=["events"], dependencies=[Depends(require_key)])
@@ -101,7 +101,8 @@ async def record_event(request: Request, body: Any, idempotency_key: str | None)
 
 
 @router.post("/events:batch", status_code=202, summary="Record up to 1,000 events; good ones are taken")
-async def post_batch(request: Request, body: Any = Depends(json_body), m: Mesh = Depends(mesh)) -> dict[str, Any]:
+async def post_batch(request: Request, body: Any = Depends(json_body_items),
+                     m: Mesh = Depends(mesh)) -> dict[str, Any]:
     body = require_object(body)
     raw = body.get("events")
     if not isinstance(raw, list):
@@ -115,6 +116,11 @@ async def post_batch(request: Request, body: Any = Depends(json_body), m: Mesh =
     now = request.app.state.clock.now()
     for i, item in enumerate(raw):
         try:
+            # The body was parsed, not checked: each event is held to the input limits on its own.
+            problems = limits.problems_in(item)
+            if problems:
+                raise ApiError(422, "invalid", "; ".join(f"{k} {v}" for k, v in problems.items()),
+                               {"fields": problems})
             events.append(to_event(item, now=now))
             index.append(i)
         except ApiError as exc:

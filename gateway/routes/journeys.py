@@ -9,9 +9,10 @@ from typing import Any
 import yaml
 from fastapi import APIRouter, Depends, Query, Request, Response
 
-from gateway.convert import iso, parse_time, require_object
+from gateway.convert import details, iso, parse_time, require_object
 from gateway.deps import ApiError, Mesh, json_body, mesh, require_key
 from gateway.routes.leads import decode_cursor, encode_cursor
+from nurture import limits
 from nurture.api.journeys.v1 import journeys_pb2, journeys_pb2_grpc
 from nurture.rpc import LONG_DEADLINE_S
 
@@ -32,9 +33,14 @@ async def definition_body(request: Request) -> Any:
     try:
         document = yaml.safe_load(raw)
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise ApiError(400, "malformed", f"the body is not valid YAML: {exc}") from exc
+        raise ApiError(400, "malformed", f"the body is not valid YAML: {limits.shown(str(exc))}") from exc
+    except RecursionError as exc:  # PyYAML composes recursively: a deep document ends here
+        raise ApiError(422, "invalid", f"the body nests deeper than {limits.MAX_DEPTH} levels") from exc
     if document is None:
         raise ApiError(400, "malformed", "a YAML body is required")
+    problems = limits.problems_in(document)
+    if problems:
+        raise ApiError(422, "invalid", "; ".join(f"{k} {v}" for k, v in problems.items()), {"fields": problems})
     return document
 
 
@@ -51,9 +57,10 @@ async def list_journeys(m: Mesh = Depends(mesh)) -> dict[str, Any]:
 
 
 @router.get("/v1/journeys/{key}", summary="A journey's definition and its versions")
-async def get_journey(key: str, version: int = Query(0, ge=0), m: Mesh = Depends(mesh)) -> dict[str, Any]:
+async def get_journey(key: str, version: int = Query(0, ge=0, le=limits.INT32_MAX),
+                      m: Mesh = Depends(mesh)) -> dict[str, Any]:
     reply = await _stub(m).GetJourney(journeys_pb2.GetJourneyRequest(key=key, version=version), timeout=m.timeout)
-    return {**_summary(reply.summary), "version": reply.version, "definition": json.loads(reply.definition_json),
+    return {**_summary(reply.summary), "version": reply.version, "definition": details(reply.definition_json),
             "versions": [{"version": v.version, "status": v.status,
                           "created_at": iso(v.created_at, v.HasField("created_at")),
                           "published_at": iso(v.published_at, v.HasField("published_at"))} for v in reply.versions]}
@@ -80,15 +87,16 @@ async def publish_journey(key: str, body: Any = Depends(json_body), m: Mesh = De
     body = require_object(body)
     version = body.get("version", 0)
     mapping = body.get("step_mapping", body.get("mapping", {})) or {}
-    if not isinstance(version, int) or isinstance(version, bool) or version < 0:
-        raise ApiError(422, "invalid", "version must be a positive integer", {"fields": {"version": "integer"}})
+    if limits.check_int(version, "version", low=0):
+        raise ApiError(422, "invalid", f"version must be an integer from 0 to {limits.INT32_MAX}",
+                       {"fields": limits.check_int(version, "version", low=0)})
     if not isinstance(mapping, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in mapping.items()):
         raise ApiError(422, "invalid", "step_mapping must map step ids to step ids",
                        {"fields": {"step_mapping": "object of strings"}})
     reply = await _stub(m).Publish(journeys_pb2.PublishRequest(
         key=key, version=version, migrate=bool(body.get("migrate", False)), step_mapping=mapping,
         dry_run=bool(body.get("dry_run", False))), timeout=LONG_DEADLINE_S)
-    return {"key": key, "version": reply.version, "published": reply.published, **json.loads(reply.report_json)}
+    return {"key": key, "version": reply.version, "published": reply.published, **details(reply.report_json)}
 
 
 @router.get("/v1/journeys/{key}/analytics", summary="Funnel per step and stage from recorded history")
@@ -134,8 +142,14 @@ async def simulate(response: Response, body: Any = Depends(json_body), m: Mesh =
         value = body.get(name)
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
             problems[name] = "must be a non-negative integer"
-    if body.get("journeys") is not None and not isinstance(body.get("journeys"), list):
-        problems["journeys"] = "must be a list of journey keys"
+    chosen = body.get("journeys")
+    if chosen is not None and (not isinstance(chosen, list) or not all(
+            isinstance(j, str) or (isinstance(j, dict) and isinstance(j.get("key"), str)) for j in chosen)):
+        problems["journeys"] = 'must be a list of journey keys or {"key", "version"} objects'
+    else:
+        for j in chosen or []:
+            if isinstance(j, dict) and limits.check_int(j.get("version", 0), "version", low=0):
+                problems["journeys"] = f"a version must be an integer from 0 to {limits.INT32_MAX}"
     if body.get("behaviour") is not None and not isinstance(body.get("behaviour"), dict):
         problems["behaviour"] = "must be an object"
     if problems:

@@ -12,11 +12,12 @@ import grpc
 from fastapi import APIRouter, Depends, Query, Response
 from google.protobuf.json_format import MessageToDict
 
-from gateway.convert import iso, lead_json, require_object
+from gateway.convert import details, iso, lead_json, require_object
 from gateway.deps import ApiError, Mesh, json_body, mesh, require_key
 from nurture.api.common.v1 import common_pb2, common_pb2_grpc
 from nurture.api.messaging.v1 import messaging_pb2, messaging_pb2_grpc
 from nurture.api.scoring.v1 import scoring_pb2, scoring_pb2_grpc
+from nurture.limits import INT32_MAX, INT32_MIN
 from nurture.settings import SERVICES
 
 router = APIRouter(prefix="/v1/leads", tags=["leads"], dependencies=[Depends(require_key)])
@@ -54,7 +55,7 @@ async def lead_subscriptions(m: Mesh, lead: scoring_pb2.Lead) -> dict[str, Any] 
             messaging_pb2.SubscriptionsRequest(email=lead.email), timeout=m.timeout)
     except grpc.aio.AioRpcError:
         return None
-    consent = json.loads(lead.consent_json or "{}").get("email") is True
+    consent = details(lead.consent_json or "{}").get("email") is True
     scopes = {s.scope for s in reply.suppressed if s.channel == "email"}
     return {
         "email": {kind: bool(lead.email) and consent and not scopes & {"all", kind}
@@ -144,7 +145,8 @@ async def _check_filters(m: Mesh, segment: str, stage: str) -> None:
 
 @router.get("", summary="A page of leads")
 async def list_leads(
-    segment: str = "", min_score: int | None = None, stage: str = "", journey: str = "", email: str = "",
+    segment: str = "", min_score: int | None = Query(None, ge=INT32_MIN, le=INT32_MAX), stage: str = "",
+    journey: str = "", email: str = "",
     cursor: str = "", limit: int = Query(100, ge=1, le=1000), m: Mesh = Depends(mesh),
 ) -> dict[str, Any]:
     await _check_filters(m, segment, stage)
@@ -200,7 +202,7 @@ async def timeline(lead_id: str, limit: int = Query(1000, ge=1, le=10000), m: Me
     items = sorted((i for p in parts for i in p), key=lambda i: i.at.ToNanoseconds())
     body: dict[str, Any] = {"items": [
         {"at": iso(i.at), "kind": i.kind, "type": i.type, "summary": i.summary, "id": i.id,
-         **({"details": json.loads(i.details_json)} if i.details_json else {})} for i in items[-limit:]]}
+         **({"details": details(i.details_json)} if i.details_json else {})} for i in items[-limit:]]}
     if missing:
         body["incomplete"] = missing
     return body

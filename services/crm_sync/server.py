@@ -14,7 +14,7 @@ from typing import Any, NoReturn
 
 import grpc
 
-from nurture import redisconn
+from nurture import limits, redisconn
 from nurture.admin import AdminServicer, timeline_item
 from nurture.api.common.v1 import common_pb2, common_pb2_grpc
 from nurture.api.crm_sync.v1 import crm_sync_pb2, crm_sync_pb2_grpc
@@ -23,6 +23,7 @@ from nurture.bus import Consumer
 from nurture.clock import make_clock
 from nurture.db import open_database
 from nurture.rpc import channel, start_server
+from nurture.rpcguard import guard_requests, message_problems, problem_text
 from nurture.service import Running
 from nurture.settings import Settings
 from services.crm_sync import domain
@@ -49,9 +50,9 @@ def _props(text: str, where: str) -> dict[str, Any]:
     if not text:
         return {}
     try:
-        value = json.loads(text)
-    except ValueError as exc:
-        raise InputError(f"{where}.properties_json is not JSON: {exc}") from exc
+        value = limits.parse_json(text, field=f"{where}.properties_json")
+    except limits.InputError as exc:
+        raise InputError(problem_text(exc.problems)) from exc
     if not isinstance(value, dict):
         raise InputError(f"{where}.properties_json must be a JSON object")
     return value
@@ -89,6 +90,7 @@ async def _fail(context: grpc.aio.ServicerContext, exc: Exception) -> NoReturn:
     raise exc
 
 
+@guard_requests(own={"UpsertContacts": "contacts"})
 class CrmSyncServicer(crm_sync_pb2_grpc.CrmSyncServicer):
     def __init__(self, core: CrmSyncCore, auth: CrmAuth) -> None:
         self._core = core
@@ -109,6 +111,9 @@ class CrmSyncServicer(crm_sync_pb2_grpc.CrmSyncServicer):
             try:
                 if not c.crm_id and not c.email:
                     raise InputError(f"contacts[{i}]: crm_id or email is required")
+                problems = message_problems(c, prefix=f"contacts[{i}].")  # each contact alone
+                if problems:
+                    raise InputError(problem_text(problems))
                 props = _props(c.properties_json, f"contacts[{i}]")
                 good.append((i, ContactIn(crm_id=c.crm_id, email=c.email.strip(), first_name=c.first_name,
                                           last_name=c.last_name, properties=props,
@@ -172,6 +177,7 @@ class CrmSyncServicer(crm_sync_pb2_grpc.CrmSyncServicer):
             yield change
 
 
+@guard_requests()
 class SalesOpsServicer(crm_sync_pb2_grpc.SalesOpsServicer):
     def __init__(self, core: CrmSyncCore) -> None:
         self._core = core

@@ -25,6 +25,7 @@ from nurture.bus import Consumer
 from nurture.clock import make_clock
 from nurture.db import open_database
 from nurture.rpc import start_server
+from nurture.rpcguard import guard_requests
 from nurture.service import Running
 from nurture.settings import Settings
 from services.journeys import simulation
@@ -50,6 +51,7 @@ def _ts(target: Any, value: datetime | None) -> None:
         target.FromDatetime(value)
 
 
+@guard_requests()
 class JourneysServicer(journeys_pb2_grpc.JourneysServicer):
     def __init__(self, runtime: JourneysRuntime) -> None:
         self.rt = runtime
@@ -178,7 +180,13 @@ class JourneysServicer(journeys_pb2_grpc.JourneysServicer):
             raise simulation.SimulationError("journeys must be a list")
         chosen: dict[str, Any] = {}
         for item in raw:
-            key, version = (item, 0) if isinstance(item, str) else (item.get("key"), int(item.get("version", 0)))
+            if isinstance(item, dict) and isinstance(item.get("key"), str) and \
+                    isinstance(item.get("version", 0), int) and not isinstance(item.get("version", 0), bool):
+                key, version = item["key"], int(item.get("version", 0))
+            elif isinstance(item, str):
+                key, version = item, 0
+            else:  # found by fuzzing: [[null]] was a 500
+                raise simulation.SimulationError('journeys must hold journey keys or {"key", "version"} objects')
             journey = self.rt.registry.resolve(str(key), version) if version else published.get(str(key))
             if journey is None:
                 raise NotFound(f"unknown journey {key!r}" + (f" version {version}" if version else ""))

@@ -20,6 +20,7 @@ from nurture.bus import Consumer
 from nurture.clock import make_clock
 from nurture.db import open_database
 from nurture.rpc import channel, start_server
+from nurture.rpcguard import guard_requests, message_problems, problem_text
 from nurture.service import Running
 from nurture.settings import Settings
 from services.messaging import abtest
@@ -74,6 +75,7 @@ def send_input(request: messaging_pb2.SendRequest) -> SendInput:
                      not_before=not_before)
 
 
+@guard_requests(own={"SendBatch": "items"})
 class MessagingServicer(messaging_pb2_grpc.MessagingServicer):
     def __init__(self, engine: Engine, channels: Channels) -> None:
         self.engine = engine
@@ -90,10 +92,18 @@ class MessagingServicer(messaging_pb2_grpc.MessagingServicer):
 
     async def SendBatch(self, request: messaging_pb2.SendBatchRequest, context: grpc.aio.ServicerContext
                         ) -> messaging_pb2.SendBatchReply:
-        items = [send_input(r) for r in request.items]
-        results = await _guard(context, lambda: self.engine.send_many(items))
-        return messaging_pb2.SendBatchReply(results=[
-            messaging_pb2.SendReply(message_id=r.message_id, status=r.status, reason=r.reason) for r in results])
+        # Each item is held to the input limits alone: a bad one is "invalid", the others go on.
+        refused = {i: problem_text(p) for i, r in enumerate(request.items) if (p := message_problems(r))}
+        items = [send_input(r) for i, r in enumerate(request.items) if i not in refused]
+        results = iter(await _guard(context, lambda: self.engine.send_many(items)) if items else [])
+        replies = []
+        for i in range(len(request.items)):
+            if i in refused:
+                replies.append(messaging_pb2.SendReply(status="invalid", reason=refused[i]))
+            else:
+                r = next(results)
+                replies.append(messaging_pb2.SendReply(message_id=r.message_id, status=r.status, reason=r.reason))
+        return messaging_pb2.SendBatchReply(results=replies)
 
     async def ListTemplates(self, request: messaging_pb2.ListTemplatesRequest, context: grpc.aio.ServicerContext
                             ) -> messaging_pb2.ListTemplatesReply:

@@ -15,12 +15,16 @@ a Signer refuses to exist without one rather than sign with a key anyone can com
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import hmac
 import json
+import re
 from dataclasses import dataclass
 
 KINDS = {"o": "open", "c": "click", "u": "unsubscribe"}
+_B64URL = re.compile(r"[A-Za-z0-9_-]*")
+MAX_TOKEN_CHARS = 4096
 
 
 class TokenError(ValueError):
@@ -41,7 +45,15 @@ def _b64(data: bytes) -> str:
 
 
 def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    """Strict base64url without padding: Python's decoder drops characters outside the alphabet and
+    ignores stray bits, so `abc.sig`, `a!bc.sig` and `abc.sig~` would all verify as one token. Only
+    the one canonical spelling of the bytes is taken."""
+    if not _B64URL.fullmatch(text) or len(text) % 4 == 1:
+        raise ValueError("not base64url")
+    data = base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
+    if _b64(data) != text:
+        raise ValueError("not the canonical base64url of its bytes")
+    return data
 
 
 def _derive(secret: str) -> bytes:
@@ -80,10 +92,12 @@ class Signer:
     def verify(self, text: str, *, kind: str | None = None) -> Token:
         """The token inside `text`, or TokenError when it was tampered with or is of another kind."""
         try:
+            if len(text) > MAX_TOKEN_CHARS or text.count(".") != 1:
+                raise ValueError("not <payload>.<signature>")
             head, _, sig = text.partition(".")
             payload = _unb64(head)
             signature = _unb64(sig)
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, binascii.Error) as exc:
             raise TokenError("malformed token") from exc
         if not sig or not self._verifies(payload, signature):
             raise TokenError("token signature does not verify")

@@ -15,7 +15,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from opentelemetry import trace
 from opentelemetry.propagate import extract
 
-from nurture import jsoncodec, redisconn
+from nurture import jsoncodec, limits, redisconn
 from nurture.admin import AdminServicer, timeline_item
 from nurture.aio import wait_event
 from nurture.api.common.v1 import common_pb2, common_pb2_grpc
@@ -24,12 +24,22 @@ from nurture.bus import Publisher
 from nurture.clock import Clock, make_clock
 from nurture.db import Database, DriverWrites, open_database
 from nurture.rpc import start_server
+from nurture.rpcguard import guard_requests, message_problems, problem_text
 from nurture.service import Running
 from nurture.settings import Settings
 from nurture.telemetry import redis_span
 from services.scoring.model import ScoringModel, load_model
 from services.scoring.model_versions import ModelVersions, UnknownVersion
-from services.scoring.storage import EmailTaken, EventIn, EventResult, InvalidInput, NotFound, OutboxRow, Store
+from services.scoring.storage import (
+    EmailTaken,
+    EventIn,
+    EventResult,
+    InvalidInput,
+    NotFound,
+    OutboxRow,
+    Store,
+    validate_profile,
+)
 
 log = logging.getLogger(__name__)
 _tracer = trace.get_tracer(__name__)
@@ -65,6 +75,17 @@ async def _invalid(context: grpc.aio.ServicerContext, problems: dict[str, str]) 
     body = {"code": "invalid", "message": "; ".join(f"{k} {v}" for k, v in problems.items()),
             "details": {"fields": problems}}
     await context.abort(grpc.StatusCode.INVALID_ARGUMENT, json.dumps(body))
+
+
+def _profile_problems(fields: Any, merge: bool) -> dict[str, str]:
+    """The profile's own problems of input that already broke a limit (best effort: such input may
+    be too deep for the profile checks to walk)."""
+    if not isinstance(fields, dict):
+        return {}
+    try:
+        return validate_profile(fields, partial=merge)
+    except (RecursionError, ValueError, TypeError):
+        return {}
 
 
 class Outbox:
@@ -236,6 +257,7 @@ class IngestQueue:
             offset += len(batch)
 
 
+@guard_requests(own={"IngestEvents": "events", "UpsertLeads": "leads", "UpsertLead": "fields_json"})
 class ScoringServicer(scoring_pb2_grpc.ScoringServicer):
     def __init__(
         self, db: Database, store: Store, clock: Clock, outbox: Outbox, model: ScoringModel, ingest: IngestQueue,
@@ -252,9 +274,12 @@ class ScoringServicer(scoring_pb2_grpc.ScoringServicer):
         self, request: scoring_pb2.UpsertLeadRequest, context: grpc.aio.ServicerContext
     ) -> scoring_pb2.UpsertLeadReply:
         try:
-            fields = json.loads(request.fields_json or "{}")
-        except json.JSONDecodeError as exc:
-            await _invalid(context, {"fields_json": f"is not JSON: {exc}"})
+            fields = limits.parse_json(request.fields_json or "{}", field="fields_json", check=False)
+        except limits.InputError as exc:
+            await _invalid(context, exc.problems)
+        problems = limits.problems_in(fields)
+        if problems:  # listed with the profile's own problems, so one answer names every one
+            await _invalid(context, {**_profile_problems(fields, request.merge), **problems})
         if not isinstance(fields, dict):
             await _invalid(context, {"fields_json": "must be a JSON object"})
         try:
@@ -266,9 +291,10 @@ class ScoringServicer(scoring_pb2_grpc.ScoringServicer):
         except NotFound:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no lead {request.id}")
         except EmailTaken as exc:
+            # Not the other lead's id: a 409 must not tell who else is on file (docs/INPUT-LIMITS.md).
             await context.abort(grpc.StatusCode.ALREADY_EXISTS, json.dumps({
                 "code": "conflict", "message": f"{exc}; update that lead, or send no id to match it by email",
-                "details": {"field": "email", "lead_id": exc.lead_id}}))
+                "details": {"field": "email"}}))
         self._outbox.sweep_soon()
         return scoring_pb2.UpsertLeadReply(lead=lead_proto(lead), created=created)
 
@@ -281,9 +307,12 @@ class ScoringServicer(scoring_pb2_grpc.ScoringServicer):
         todo: list[tuple[int, tuple[str, dict[str, Any], bool, str, bool]]] = []
         for i, r in enumerate(request.leads):
             try:
-                fields = json.loads(r.fields_json or "{}")
-            except json.JSONDecodeError as exc:
-                fields, problem = None, f"fields_json is not JSON: {exc}"
+                problems = message_problems(r, skip="fields_json")
+                if problems:
+                    raise limits.InputError(problems)
+                fields = limits.parse_json(r.fields_json or "{}", field="fields_json")
+            except limits.InputError as exc:
+                fields, problem = None, problem_text(exc.problems)
             else:
                 problem = "" if isinstance(fields, dict) else "fields_json must be a JSON object"
             if problem:
@@ -340,20 +369,31 @@ class ScoringServicer(scoring_pb2_grpc.ScoringServicer):
         self, request: scoring_pb2.IngestRequest, context: grpc.aio.ServicerContext
     ) -> scoring_pb2.IngestReply:
         batch: list[EventIn] = []
-        for ev in request.events:
+        refused: dict[int, str] = {}  # index → why: refused alone, the others are taken
+        for i, ev in enumerate(request.events):
             try:
-                props = jsoncodec.loads(ev.properties_json or "{}")
-            except json.JSONDecodeError:
-                props = None
+                problems = message_problems(ev, skip="properties_json")
+                if problems:
+                    raise limits.InputError(problems)
+                props = limits.parse_json(ev.properties_json or "{}", field="properties")
+            except limits.InputError as exc:
+                refused[i] = problem_text(exc.problems)
+                continue
             batch.append(EventIn(
                 lead_id=ev.lead_id, type=ev.type, properties=props if isinstance(props, dict) else None,  # type: ignore[arg-type]
                 occurred_at=ev.occurred_at.ToDatetime(tzinfo=UTC) if ev.HasField("occurred_at") else None,
                 idempotency_key=ev.idempotency_key or None, source=ev.source or "api",
                 trace=ev.traceparent or None))
-        results = await self._ingest.submit(batch)
-        return scoring_pb2.IngestReply(results=[
-            scoring_pb2.EventResult(event_id=r.event_id, duplicate=r.duplicate, error_code=r.error_code,
-                                    error_message=r.error_message) for r in results])
+        taken = iter(await self._ingest.submit(batch) if batch else [])
+        replies = []
+        for i in range(len(request.events)):
+            if i in refused:
+                replies.append(scoring_pb2.EventResult(error_code="invalid", error_message=refused[i]))
+                continue
+            r = next(taken)
+            replies.append(scoring_pb2.EventResult(event_id=r.event_id, duplicate=r.duplicate, error_code=r.error_code,
+                                                   error_message=r.error_message))
+        return scoring_pb2.IngestReply(results=replies)
 
     async def ScoreHistory(
         self, request: scoring_pb2.ScoreHistoryRequest, context: grpc.aio.ServicerContext

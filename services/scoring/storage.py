@@ -21,7 +21,7 @@ from opentelemetry.propagate import inject
 from sqlalchemy import Connection, Row, and_, bindparam, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
-from nurture import jsoncodec
+from nurture import jsoncodec, limits
 from nurture.bus import encode
 from nurture.db import DriverWrites
 from services.scoring.model import Outcome, ScoringModel, derive_counters
@@ -75,7 +75,8 @@ class EmailTaken(ValueError):
     same way), or every journey would write to them twice."""
 
     def __init__(self, email: str, lead_id: str) -> None:
-        super().__init__(f"email {email} belongs to lead {lead_id}")
+        # The message names neither lead: it reaches API callers (a 409), the other id stays internal.
+        super().__init__("this email belongs to another lead")
         self.lead_id = lead_id
 
 
@@ -106,8 +107,9 @@ def email_hash(email: str) -> str:
     return hashlib.sha256(email.strip().lower().encode()).hexdigest()
 
 
-def _loads(text: str | None) -> Any:
-    return jsoncodec.loads(text) if text else {}
+def _loads(text: str | None, what: str = "value") -> Any:
+    # Strict: a stored text that is not I-JSON (a lone surrogate, NaN) reads as a marked placeholder.
+    return limits.read_json(text, what=what)
 
 
 def _aware(value: datetime | None) -> datetime | None:
@@ -132,8 +134,9 @@ def lead_dict(row: Row[Any] | Mapping[str, Any], now: datetime | None = None) ->
         "segment": m["segment"],
         "timezone": m["timezone"],
         "locale": m["locale"],
-        "attributes": _loads(m["attributes"]),
-        "consent": _loads(m["consent"]),
+        # What readers are shown must serialise again: a stored value past the limits degrades.
+        "attributes": limits.readable(_loads(m["attributes"], "attributes"), what="attributes"),
+        "consent": limits.readable(_loads(m["consent"], "consent"), what="consent"),
         "score": m["score"],
         "grade": m["grade"],
         "lifecycle_stage": m["lifecycle_stage"],
@@ -407,8 +410,9 @@ class Store:
                     else:  # a reused key: answering "duplicate" would hide that this event was dropped
                         results[i] = EventResult(
                             error_code="idempotency_conflict",
-                            error_message=f"idempotency_key was used for event {first_id} ({first_type} of lead "
-                                          f"{first_lead}); a retry must send the same lead_id and type")
+                            # Neither the other event's id nor its lead: the key may be another lead's.
+                            error_message="idempotency_key was already used for another event (another "
+                                          "lead_id or type); a retry must send the same lead_id and type")
                     continue
                 lead = rows.get(ev.lead_id)
                 if lead is None:
@@ -624,7 +628,8 @@ class Store:
             if n.erased:
                 continue
             items.append({"at": _aware(n.at), "kind": "event", "type": n.action, "id": f"audit:{n.id}",
-                          "summary": f"{n.action} (source {n.source})", "details": _loads(n.details)})
+                          "summary": f"{n.action} (source {n.source})",
+                          "details": limits.readable(_loads(n.details), what="audit details")})
         by_event: dict[str, list[dict[str, Any]]] = {}
         loose: list[dict[str, Any]] = []
         for c in changes:
@@ -638,12 +643,13 @@ class Store:
             else:
                 loose.append(item)
         for e in evs:
-            props = _loads(e.properties)
+            props = limits.readable(_loads(e.properties, "event properties"), what="event properties")
             shown = ", ".join(f"{k}={v}" for k, v in props.items() if isinstance(v, str | int | float))
             items.append({"at": _aware(e.occurred_at), "kind": "event", "type": e.type, "id": f"event:{e.id}",
                           "summary": f"{e.type}" + (f" ({shown})" if shown else ""),
                           "details": {"event_id": e.id, "properties": props, "source": e.source,
-                                      "score_delta": e.score_delta, "signals": _loads(e.signals)}})
+                                      "score_delta": e.score_delta,
+                                      "signals": limits.readable(_loads(e.signals), what="signals")}})
             items.extend(by_event.pop(e.id, []))
         items.extend(loose)
         items.extend(i for rest in by_event.values() for i in rest)   # events beyond the limit

@@ -1,0 +1,272 @@
+"""The OpenAPI document as the API really is (`GET /openapi.json`).
+
+FastAPI derives a document from the routes, but the routes read their bodies themselves (JSON or
+YAML, checked against nurture.limits), answer errors in our shape, and some answer GIF, HTML or a
+redirect. So the derived document is completed here, in one place: request bodies with schemas and
+examples, the `bearerAuth` scheme on every keyed route, every status the contract (docs/API.md)
+lists with the error schema, and the real media types. The fuzz test (tests/fuzz) holds the server
+to this document: a response it does not describe fails the build.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+from nurture import limits
+
+JSON = "application/json"
+REF = "#/components/schemas/"
+
+_STRING = {"type": "string", "maxLength": limits.MAX_STRING_CHARS}
+_NULLABLE_STRING = {"type": ["string", "null"], "maxLength": 200}
+_DATA = {"type": "object", "description": f"Any JSON object within the input limits (nesting at most "
+                                          f"{limits.MAX_DEPTH} levels, strings at most "
+                                          f"{limits.MAX_STRING_CHARS} characters, no NUL or lone "
+                                          f"surrogates, integers within +/-(2^53-1)); see docs/INPUT-LIMITS.md"}
+
+SCHEMAS: dict[str, Any] = {
+    "Error": {
+        "type": "object", "required": ["error"],
+        "properties": {"error": {
+            "type": "object", "required": ["code", "message", "details"],
+            "properties": {"code": {"type": "string", "description": "a machine word, e.g. invalid"},
+                           "message": {"type": "string", "description": "for a person"},
+                           "details": {"type": "object", "description": "e.g. fields: {name: problem}"}}}},
+        "example": {"error": {"code": "invalid", "message": "occurred_at must be between 1900-01-01 and "
+                              "9000-01-01 (UTC)", "details": {"fields": {"occurred_at": "must be between ..."}}}},
+    },
+    "LeadInput": {
+        "type": "object",
+        "properties": {
+            "id": {"type": "string", "pattern": "^[A-Za-z0-9_.:@-]{1,128}$",
+                   "description": "client-supplied; generated when absent (POST only)"},
+            "email": {"type": ["string", "null"], "maxLength": 254, "format": "email"},
+            "first_name": _NULLABLE_STRING, "last_name": _NULLABLE_STRING,
+            "segment": {"type": ["string", "null"], "enum": ["skilled_professional", "family", "entrepreneur", None]},
+            "timezone": {"type": ["string", "null"], "maxLength": 64, "description": "an IANA time zone"},
+            "locale": {"type": ["string", "null"], "maxLength": 35},
+            "crm_id": {"type": ["string", "null"], "maxLength": 128},
+            "attributes": {**_DATA, "description": "custom fields (merged by PATCH). " + _DATA["description"]},
+            "consent": {"type": "object", "additionalProperties": {"type": "boolean"}},
+        },
+        "additionalProperties": False,
+        "example": {"id": "ana", "email": "ana@example.com", "first_name": "Ana", "consent": {"email": True},
+                    "timezone": "Asia/Kolkata",
+                    "attributes": {"profession": "nurse", "countries_of_interest": ["CA"]}},
+    },
+    "Lead": {
+        "type": "object", "required": ["id", "score", "grade", "lifecycle_stage", "attributes"],
+        "properties": {
+            "id": {"type": "string"}, "email": {"type": ["string", "null"]},
+            "first_name": {"type": ["string", "null"]}, "last_name": {"type": ["string", "null"]},
+            "segment": {"type": ["string", "null"]}, "timezone": {"type": ["string", "null"]},
+            "locale": {"type": ["string", "null"]}, "attributes": {"type": "object"}, "consent": {"type": "object"},
+            "score": {"type": "integer"}, "grade": {"type": "string"}, "lifecycle_stage": {"type": "string"},
+            "journeys": {"type": "array", "items": {"type": "object"}},
+            "created_at": {"type": ["string", "null"]}, "updated_at": {"type": ["string", "null"]},
+        },
+    },
+    "EventInput": {
+        "type": "object", "required": ["lead_id", "type"],
+        "properties": {
+            "lead_id": {"type": "string", "pattern": "^[A-Za-z0-9_.:@-]{1,128}$"},
+            "type": {"type": "string", "pattern": "^[a-z][a-z0-9_]{0,63}$", "example": "page_viewed"},
+            "properties": {**_DATA, "type": ["object", "null"]},
+            "occurred_at": {"type": ["string", "null"], "format": "date-time",
+                            "description": "RFC 3339 with a zone, 1900-01-01..9000-01-01 UTC, at most a day ahead"},
+            "idempotency_key": {"type": ["string", "null"], "minLength": 1, "maxLength": 200},
+        },
+        "additionalProperties": False,
+        "example": {"lead_id": "ana", "type": "page_viewed", "properties": {"category": "pricing"},
+                    "idempotency_key": "web-123"},
+    },
+    "EventAccepted": {"type": "object", "required": ["event_id", "duplicate"],
+                      "properties": {"event_id": {"type": "string"}, "duplicate": {"type": "boolean"}}},
+    "BatchInput": {
+        "type": "object", "required": ["events"],
+        "properties": {"events": {"type": "array", "maxItems": 1000, "items": {"$ref": REF + "EventInput"}}},
+        "example": {"events": [{"lead_id": "ana", "type": "page_viewed", "properties": {"category": "pricing"}}]},
+    },
+    "BatchAccepted": {
+        "type": "object", "required": ["accepted", "rejected"],
+        "properties": {"accepted": {"type": "integer"}, "duplicates": {"type": "integer"},
+                       "event_ids": {"type": "array", "items": {"type": "string"}},
+                       "rejected": {"type": "array", "items": {
+                           "type": "object", "required": ["index", "error"],
+                           "properties": {"index": {"type": "integer"}, "error": {"type": "object"}}}}},
+    },
+    "Publish": {
+        "type": "object",
+        "properties": {"version": {"type": "integer", "minimum": 0, "maximum": limits.INT32_MAX},
+                       "migrate": {"type": "boolean"}, "dry_run": {"type": "boolean"},
+                       "step_mapping": {"type": "object", "additionalProperties": {"type": "string"}}},
+        "example": {"version": 2, "migrate": True, "dry_run": True, "step_mapping": {"email_4": "email_5"}},
+    },
+    "Simulation": {
+        "type": "object",
+        "properties": {"journeys": {"type": "array", "items": {"anyOf": [
+                           {"type": "string"},
+                           {"type": "object", "required": ["key"],
+                            "properties": {"key": {"type": "string"},
+                                           "version": {"type": "integer", "minimum": 0,
+                                                       "maximum": limits.INT32_MAX}}}]}},
+                       "leads": {"type": "integer", "minimum": 0}, "days": {"type": "integer", "minimum": 0},
+                       "seed": {"type": "integer", "minimum": 0, "maximum": limits.MAX_SAFE_INTEGER},
+                       "behaviour": {"type": "object"}},
+        "example": {"journeys": ["skilled_professional"], "leads": 100, "days": 30, "seed": 7},
+    },
+    "ClockAdvance": {
+        "type": "object",
+        "properties": {"seconds": {"type": "number", "minimum": 0, "maximum": 34_560_000},
+                       "to": {"type": "string", "format": "date-time"}},
+        "example": {"seconds": 86400},
+    },
+    "JourneyDefinition": {**_DATA, "description": "a journey definition, the same document as "
+                          "services/journeys/playbook/<key>.yaml (JSON, or YAML with a yaml Content-Type)"},
+    "ScoringModelDefinition": {**_DATA, "description": "a scoring model, the same document as "
+                               "services/scoring/model.yaml (JSON, or YAML with a yaml Content-Type)"},
+    "ScoringPublish": {
+        "type": "object", "required": ["version"],
+        "properties": {"version": {"type": "integer", "minimum": 1, "maximum": limits.INT32_MAX},
+                       "dry_run": {"type": "boolean"}},
+        "example": {"version": 2, "dry_run": True},
+    },
+    "Readiness": {"type": "object", "required": ["services"],
+                  "properties": {"services": {"type": "object", "additionalProperties": {
+                      "type": "object", "properties": {"address": {"type": "string"}, "status": {"type": "string"}}}}}},
+}
+
+# What each status means here, from the contract's Conventions.
+_WHY = {400: "malformed (not JSON, a NUL in the URL)", 401: "missing or wrong API key",
+        403: "forbidden", 404: "not found", 409: "conflict", 413: "body too large",
+        422: "well-formed but invalid (every problem listed in details.fields)",
+        429: "rate limited (see Retry-After)", 503: "a service behind the gateway is down (see Retry-After)"}
+
+# Request bodies: (schema, required).
+_BODIES: dict[tuple[str, str], tuple[str, bool]] = {
+    ("post", "/v1/leads"): ("LeadInput", True),
+    ("patch", "/v1/leads/{lead_id}"): ("LeadInput", True),
+    ("post", "/v1/events"): ("EventInput", True),
+    ("post", "/v1/events:batch"): ("BatchInput", True),
+    ("put", "/v1/journeys/{key}"): ("JourneyDefinition", True),
+    ("post", "/v1/journeys/{key}/publish"): ("Publish", True),
+    ("post", "/v1/simulations"): ("Simulation", True),
+    ("post", "/v1/admin/clock/advance"): ("ClockAdvance", True),
+    ("put", "/v1/scoring/model"): ("ScoringModelDefinition", True),
+    ("post", "/v1/scoring/model/publish"): ("ScoringPublish", True),
+}
+_SUCCESS_SCHEMA = {("post", "/v1/leads"): "Lead", ("patch", "/v1/leads/{lead_id}"): "Lead",
+                   ("get", "/v1/leads/{lead_id}"): "Lead", ("post", "/v1/events"): "EventAccepted",
+                   ("post", "/v1/events:batch"): "BatchAccepted"}
+_PUBLIC = ("/healthz", "/readyz", "/t/", "/u/")
+
+
+def _error(status: int) -> dict[str, Any]:
+    response: dict[str, Any] = {"description": _WHY.get(status, "error"),
+                                "content": {JSON: {"schema": {"$ref": REF + "Error"}}}}
+    if status in (429, 503):
+        response["headers"] = {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds"}}
+    return response
+
+
+def _statuses(method: str, path: str, keyed: bool) -> list[int]:
+    """The error statuses an operation can answer."""
+    out = [400, 404, 422]  # 400: a NUL in the URL or a bad Content-Length, on any route
+    if keyed:
+        out += [401, 429]
+    if method in ("post", "put", "patch"):
+        out += [409, 413]
+    if path not in ("/healthz",):
+        out.append(503)
+    return sorted(set(out))
+
+
+def build_document(app: FastAPI) -> dict[str, Any]:
+    doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+    components = doc.setdefault("components", {})
+    schemas = components.setdefault("schemas", {})
+    for name in ("HTTPValidationError", "ValidationError"):
+        schemas.pop(name, None)
+    schemas.update(copy.deepcopy(SCHEMAS))
+    components["securitySchemes"] = {"bearerAuth": {
+        "type": "http", "scheme": "bearer",
+        "description": "Authorization: Bearer <api key>. The scheme is case-insensitive (RFC 7235): "
+                       "bearer and BEARER are accepted too; a wrong or missing key answers 401."}}
+    for path, operations in doc.get("paths", {}).items():
+        for method, op in operations.items():
+            keyed = path.startswith("/v1/")
+            op["security"] = [{"bearerAuth": []}] if keyed else []
+            responses = op.setdefault("responses", {})
+            responses.pop("422", None)  # FastAPI's own validation shape: ours is the Error schema
+            for status in _statuses(method, path, keyed):
+                responses[str(status)] = _error(status)
+            body = _BODIES.get((method, path))
+            if body is not None:
+                name, required = body
+                content: dict[str, Any] = {JSON: {"schema": {"$ref": REF + name},
+                                                  "example": SCHEMAS[name].get("example", {})}}
+                if name in ("JourneyDefinition", "ScoringModelDefinition"):
+                    content["application/yaml"] = {"schema": {"$ref": REF + name}}
+                op["requestBody"] = {"required": required, "content": content}
+            success = _SUCCESS_SCHEMA.get((method, path))
+            if success is not None:
+                for code, response in responses.items():
+                    if code.startswith("2"):
+                        response["content"] = {JSON: {"schema": {"$ref": REF + success}}}
+    _special_cases(doc)
+    return doc
+
+
+def _special_cases(doc: dict[str, Any]) -> None:
+    paths = doc["paths"]
+    pixel = paths["/t/o/{token}"]["get"]
+    pixel["responses"] = {"200": {"description": "a 1x1 transparent GIF, whether or not the token verifies",
+                                  "content": {"image/gif": {"schema": {"type": "string", "format": "binary"}}}},
+                          "400": _error(400), "422": _error(422)}
+    click = paths["/t/c/{token}"]["get"]
+    click["responses"] = {
+        "302": {"description": "recorded; redirects to the destination signed into the token",
+                "headers": {"Location": {"schema": {"type": "string"}}}},
+        "400": _error(400), "422": _error(422), "503": _error(503)}
+    html = {"text/html": {"schema": {"type": "string"}}}
+    for method in ("get", "post"):
+        op = paths["/u/{token}"][method]
+        op["responses"] = {"200": {"description": "the page", "content": html},
+                           "400": {"description": "the link is not valid (a page saying so), or a malformed "
+                                                  "request", "content": {**html, **_error(400)["content"]}},
+                           "422": _error(422), "503": _error(503)}
+    paths["/u/{token}"]["post"]["requestBody"] = {"required": False, "content": {
+        "application/x-www-form-urlencoded": {"schema": {
+            "type": "object", "properties": {"List-Unsubscribe": {"type": "string", "enum": ["One-Click"]},
+                                             "scope": {"type": "string",
+                                                       "enum": ["nurture", "transactional", "all"]}}},
+            "example": {"List-Unsubscribe": "One-Click"}}}}
+    ready = paths["/readyz"]["get"]["responses"]
+    readiness = {JSON: {"schema": {"$ref": REF + "Readiness"}}}
+    ready["200"]["content"] = readiness
+    ready["503"] = {"description": "not every service is serving; the same body",
+                    "headers": {"Retry-After": {"schema": {"type": "integer"}}}, "content": readiness}
+    put = paths["/v1/journeys/{key}"]["put"]["responses"]
+    put["201"] = {"description": "a new draft version was stored",
+                  "headers": {"Location": {"schema": {"type": "string"}}},
+                  "content": {JSON: {"schema": {"type": "object"}}}}
+    if "/v1/scoring/model" in paths:
+        paths["/v1/scoring/model"]["put"]["responses"]["201"] = {
+            "description": "a new draft version was stored", "headers": {"Location": {"schema": {"type": "string"}}},
+            "content": {JSON: {"schema": {"type": "object"}}}}
+    paths["/v1/leads"]["post"]["responses"]["200"] = {
+        "description": "an existing lead was updated", "content": {JSON: {"schema": {"$ref": REF + "Lead"}}}}
+
+
+def install_openapi(app: FastAPI) -> None:
+    """Serve the completed document at /openapi.json (built once, on first request)."""
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = build_document(app)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
