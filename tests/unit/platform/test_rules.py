@@ -137,3 +137,58 @@ def test_null_is_no_value() -> None:
     specs = [RuleSpec("has", {"fact": "a", "exists": True}), RuleSpec("ne", {"fact": "a", "ne": "x"})]
     compiled = compile_rules(f"nulls_{next(_names)}", specs)
     assert [m.rule for m in compiled.evaluate({"a": None})] == reference_evaluate(specs, {"a": None}) == []
+
+
+# Explicit boundaries for every operator: the property test above draws threshold and value independently,
+# so a value equal to its threshold (where gt and gte, lt and lte differ) is rare there. Each row is checked
+# against the adapter (durable_rules) and the reference evaluator alike.
+MISSING = object()
+BOUNDARIES: list[tuple[str, object, object, bool]] = [
+    # op, expected (the rule's value), the fact's value, holds
+    ("gt", 70, 69, False), ("gt", 70, 70, False), ("gt", 70, 71, True), ("gt", 70, 70.5, True),
+    ("gt", 70, 69.99, False), ("gt", 0, 0, False), ("gt", -1, 0, True), ("gt", 0, True, False),
+    ("gt", 70, "71", False), ("gt", 70, MISSING, False),
+    ("gte", 70, 69, False), ("gte", 70, 70, True), ("gte", 70, 70.0, True), ("gte", 70, 71, True),
+    ("gte", 70, 69.5, False), ("gte", 0, 0, True), ("gte", 0, -1, False), ("gte", 1, True, False),
+    ("gte", 70, MISSING, False),
+    ("lt", 70, 69, True), ("lt", 70, 70, False), ("lt", 70, 71, False), ("lt", 70, 69.99, True),
+    ("lt", 0, 0, False), ("lt", 0, -1, True), ("lt", 2, False, False), ("lt", 70, MISSING, False),
+    ("lte", 70, 69, True), ("lte", 70, 70, True), ("lte", 70, 70.0, True), ("lte", 70, 71, False),
+    ("lte", 70, 70.01, False), ("lte", 0, 0, True), ("lte", 70, "1", False), ("lte", 70, MISSING, False),
+    ("eq", 70, 70, True), ("eq", 70, 70.0, True), ("eq", 70, 69, False), ("eq", 70, 71, False),
+    ("eq", 70, "70", False), ("eq", 1, True, False), ("eq", True, True, True), ("eq", True, False, False),
+    ("eq", False, 0, False), ("eq", "CA", "CA", True), ("eq", "CA", "ca", False), ("eq", "", "", True),
+    ("eq", "CA", ["CA"], False), ("eq", "CA", MISSING, False), ("eq", 0, 0, True),
+    ("ne", 70, 70, False), ("ne", 70, 70.0, False), ("ne", 70, 71, True), ("ne", 70, "70", True),
+    ("ne", True, True, False), ("ne", True, 1, True), ("ne", "CA", "CA", False), ("ne", "CA", "US", True),
+    ("ne", "CA", MISSING, False), ("ne", "CA", ["US"], False),
+    ("in", [1, 2], 1, True), ("in", [1, 2], 2, True), ("in", [1, 2], 3, False), ("in", [1, 2], 0, False),
+    ("in", [1, 2], "1", False), ("in", [1], True, False), ("in", ["CA", "US"], "US", True),
+    ("in", ["CA", "US"], "DE", False), ("in", ["CA"], ["CA"], False), ("in", ["CA"], MISSING, False),
+    ("contains", "CA", ["CA", "US"], True), ("contains", "CA", ["US", "CA"], True), ("contains", "CA", ["US"], False),
+    ("contains", "CA", [], False), ("contains", "CA", "CA", False), ("contains", "CA", ["ca"], False),
+    ("contains", "CA", MISSING, False),
+    ("exists", True, 0, True), ("exists", True, "", True), ("exists", True, False, True), ("exists", True, [], True),
+    ("exists", True, None, False), ("exists", True, MISSING, False),
+    ("exists", False, MISSING, True), ("exists", False, None, True), ("exists", False, 0, False),
+    ("exists", False, "x", False),
+    ("matches", "pri.*", "pricing", True), ("matches", "pri.*", "pri", True), ("matches", "pri.*", "xpricing", False),
+    ("matches", "pri.*", "pr", False), ("matches", "C.", "CA", True), ("matches", "C.", "C", False),
+    ("matches", "C.", "CAN", False), ("matches", ".*", "", True), ("matches", ".*", 7, False),
+    ("matches", ".*", MISSING, False),
+]
+
+
+@pytest.mark.parametrize(("op", "expected", "value", "holds"), BOUNDARIES)
+def test_operator_boundaries_adapter_and_reference_agree(op: str, expected: object, value: object,
+                                                         holds: bool) -> None:
+    specs = [RuleSpec("r", {"fact": "lead.score", op: expected})]
+    compiled = compile_rules(f"boundary_{next(_names)}", specs)
+    facts: dict = {"lead": {} if value is MISSING else {"score": value}}
+    assert reference_evaluate(specs, facts) == (["r"] if holds else []), "reference"
+    assert [m.rule for m in compiled.evaluate(facts)] == (["r"] if holds else []), "adapter"
+
+
+def test_every_operator_has_boundary_examples() -> None:
+    assert {op for op, *_ in BOUNDARIES} == {"gt", "gte", "lt", "lte", "eq", "ne", "in", "contains", "exists",
+                                            "matches"}
