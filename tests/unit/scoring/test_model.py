@@ -115,3 +115,36 @@ def test_a_channel_subscription_is_consent_and_a_plain_one_a_purchase(model: Sco
     assert newsletter.consent_email is True and newsletter.stage is None
     purchase = model.score_event(lead, {"type": "subscribed", "properties": {"plan": "pro"}, "occurred_at": NOW}, NOW)
     assert purchase.stage == "customer" and purchase.consent_email is None
+
+
+@pytest.mark.parametrize(("current", "score", "expected"), [
+    ("subscriber", 9, "subscriber"), ("subscriber", 10, "lead"),
+    ("subscriber", 49, "lead"), ("subscriber", 50, "mql"), ("lead", 49, "lead"), ("lead", 50, "mql"),
+    ("lead", 51, "mql"), ("mql", 69, "mql"), ("mql", 70, "sql"), ("lead", 70, "sql"), ("lead", 71, "sql"),
+    ("trial", 70, "trial"), ("customer", 100, "customer"),
+])
+def test_lifecycle_thresholds_are_inclusive(model: ScoringModel, current: str, score: int, expected: str) -> None:
+    # model.yaml: lead at 10, mql at 50, sql at 70 ("reaches 50" includes 50); stages never move back.
+    assert model.stage_for(current, score, None) == expected
+
+
+PRICING = {"type": "page_viewed", "properties": {"category": "pricing"}, "occurred_at": NOW}  # +8 points
+
+
+@pytest.mark.parametrize(("old", "stage", "signals"), [
+    (41, None, []),                         # 49: still a lead
+    (42, "mql", ["mql_reached"]),           # exactly 50
+    (43, "mql", ["mql_reached"]),
+    (61, None, []),                         # 69: still an mql, not yet highly engaged
+    (62, "sql", ["sql_reached", "high_engagement"]),   # exactly 70
+    (70, None, []),                         # already past 70: no second crossing
+])
+def test_score_crossings_at_50_and_70(model: ScoringModel, old: int, stage: str | None,
+                                       signals: list[str]) -> None:
+    lead = {"score": old, "lifecycle_stage": "mql" if old >= 50 else "lead"}
+    if old >= 70:
+        lead["lifecycle_stage"] = "sql"
+    out = model.score_event(lead, PRICING, NOW)
+    assert out.delta == 8
+    assert out.stage == stage
+    assert [s for s in out.signals if s in ("mql_reached", "sql_reached", "high_engagement")] == signals
