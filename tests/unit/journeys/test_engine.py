@@ -211,8 +211,9 @@ def test_budget_holds_nurture_but_not_transactional() -> None:
                       "l-1:webinar:1:email_01:1.1"]
     assert h.state.sends == [iso(T0), iso(T0)]
     held = [t for t in h.transitions if "held by the frequency budget" in t]
-    assert held == [f"skilled_professional: country_pathways held by the frequency budget until {iso(T0 + timedelta(days=1))}",
-                    f"triggers: country_content held by the frequency budget until {iso(T0 + timedelta(days=1))}"]
+    until = iso(T0 + timedelta(days=1))
+    assert held == [f"skilled_professional: country_pathways held by the frequency budget until {until}",
+                    f"triggers: country_content held by the frequency budget until {until}"]
     assert {k: (e.side, e.side_at) for k, e in h.state.enrollments.items() if e.side} == {
         "skilled_professional": (["country_pathways"], T0 + timedelta(days=1)),
         "triggers": (["country_content"], T0 + timedelta(days=1))}
