@@ -1,0 +1,151 @@
+"""Messaging's promises, each at its boundary, on the in-process engine (no gRPC: real Redis, SQLite and
+SMTP sink): consent, suppression from the bus, the weekly cap, the recorded intent before SMTP, and
+decisions taken with the lead as it is at delivery time."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from tests.integration.messaging.conftest import InProc
+from tests.integration.messaging.harness import make_lead
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.mark.parametrize(("consent", "granted"), [
+    ({"email": True}, True),
+    ({"email": True, "sms": False}, True),
+    ({"email": False}, False),
+    ({}, False),                   # no consent record at all
+    (None, False),                 # consent_json that is not an object
+    ({"sms": True}, False),        # consent for another channel only
+    ({"email": None}, False),
+    ({"email": "true"}, False),    # only the JSON value true is consent
+    ({"email": 1}, False),
+])
+async def test_only_explicit_email_consent_lets_mail_go(inproc: InProc, consent: Any, granted: bool) -> None:
+    inproc.scoring.add(make_lead("c1", consent=consent, timezone="UTC"))
+    await inproc.send("c1", "family.email_01")
+    await inproc.send("c1", "webinar.email_01", category="transactional",
+                      context={"starts_at": "2026-01-09T17:00:00Z", "webinar_title": "Canada 101"})
+    await inproc.settle()
+    rows = await inproc.messages("c1")
+    if granted:
+        assert {t: r["status"] for t, r in rows.items()} == {"family.email_01": "sent", "webinar.email_01": "sent"}
+        assert inproc.mails_to("c1@example.com") == 2
+    else:
+        assert {t: (r["status"], r["reason"]) for t, r in rows.items()} == {
+            "family.email_01": ("suppressed", "no email consent"),
+            "webinar.email_01": ("suppressed", "no email consent")}
+        assert inproc.mails_to("c1@example.com") == 0
+
+
+@pytest.mark.parametrize(("scope", "nurture", "transactional"), [
+    (None, "suppressed", "sent"),            # an unsubscribe without a scope is from nurture mail
+    ("nurture", "suppressed", "sent"),
+    ("transactional", "sent", "suppressed"),
+    ("all", "suppressed", "suppressed"),
+    ("bogus", "suppressed", "sent"),         # an unknown scope is read as nurture
+])
+async def test_an_unsubscribe_heard_on_the_bus_suppresses_the_mail_it_names(
+        inproc: InProc, scope: str | None, nurture: str, transactional: str) -> None:
+    lead = make_lead("u1", timezone="UTC")
+    inproc.scoring.add(lead)
+    props = {} if scope is None else {"scope": scope}
+    await inproc.bus({"id": "bus-u1", "lead_id": "u1", "type": "unsubscribed", "properties": props, "lead": lead,
+                      "occurred_at": "2026-01-05T09:00:00Z"})
+    await inproc.send("u1", "family.email_01")
+    await inproc.send("u1", "webinar.email_01", category="transactional",
+                      context={"starts_at": "2026-01-09T17:00:00Z", "webinar_title": "Canada 101"})
+    await inproc.settle()
+    rows = await inproc.messages("u1")
+    assert rows["family.email_01"]["status"] == nurture
+    assert rows["webinar.email_01"]["status"] == transactional
+    for row in rows.values():
+        if row["status"] == "suppressed":
+            assert row["reason"].startswith("address suppressed (unsubscribed, ")
+    assert inproc.mails_to("u1@example.com") == [nurture, transactional].count("sent")
+
+
+async def test_the_weekly_cap_holds_the_eleventh_nurture_email_until_the_first_is_a_week_old(inproc: InProc) -> None:
+    # Policy: 3 nurture a day, 10 in any rolling week, 2 h apart. Three a day for three days and one on
+    # the fourth make ten; the eleventh (day 4, no day cap nor gap in the way) waits for the week cap.
+    inproc.scoring.add(make_lead("wk", timezone="UTC"))
+    t0 = inproc.clock.now()
+    n = 0
+    for day in range(4):
+        for slot in range(3 if day < 3 else 1):
+            inproc.clock.set(t0 + timedelta(days=day, hours=2 * slot))
+            n += 1
+            await inproc.send("wk", f"family.email_{n:02d}")
+            await inproc.settle()
+    rows = await inproc.messages("wk")
+    assert [r["status"] for r in rows.values()] == ["sent"] * 10
+    inproc.clock.set(t0 + timedelta(days=3, hours=2))
+    await inproc.send("wk", "family.email_11")
+    await inproc.settle()
+    held = (await inproc.messages("wk"))["family.email_11"]
+    assert (held["status"], held["reason"]) == ("scheduled", "deferred: frequency cap reached")
+    due = held["due_at"].replace(tzinfo=t0.tzinfo)
+    assert due == t0 + timedelta(days=7)
+    inproc.clock.set(due - timedelta(seconds=1))
+    await inproc.settle()
+    assert (await inproc.messages("wk"))["family.email_11"]["status"] == "scheduled"
+    inproc.clock.set(due)
+    await inproc.settle()
+    assert (await inproc.messages("wk"))["family.email_11"]["status"] == "sent"
+    assert inproc.mails_to("wk@example.com") == 11
+
+
+async def test_the_send_intent_is_committed_before_the_smtp_transaction(inproc: InProc) -> None:
+    # While the SMTP server holds the message, the row already says `sending`, the attempt is counted
+    # and the subject recorded: a crash now is re-sent with the same Message-ID, never lost or doubled.
+    inproc.scoring.add(make_lead("in", timezone="UTC"))
+    sent = await inproc.send("in", "family.email_01")
+    seen: list[dict[str, Any]] = []
+    handler = inproc.sink.handler
+    original = handler.handle_DATA
+
+    async def observe(server: Any, session: Any, envelope: Any) -> str:
+        seen.append(inproc.engine.store.get_messages([sent.message_id])[sent.message_id])
+        return await original(server, session, envelope)
+
+    handler.handle_DATA = observe  # type: ignore[method-assign]
+    await inproc.settle()
+    [during] = seen
+    after = (await inproc.messages("in"))["family.email_01"]
+    assert (during["status"], during["attempts"]) == ("sending", 1)
+    assert during["subject"] and during["subject"] == after["subject"]
+    assert (after["status"], after["attempts"]) == ("sent", 1)
+
+
+async def test_consent_is_decided_with_the_lead_as_it_is_when_the_mail_goes(inproc: InProc) -> None:
+    # Queued with consent, withdrawn before its time came: suppressed, not sent.
+    inproc.scoring.add(make_lead("late", timezone="America/Los_Angeles"))
+    await inproc.send("late", "family.email_01")      # 01:00 in Los Angeles: deferred to 08:00 there
+    await inproc.settle()
+    row = (await inproc.messages("late"))["family.email_01"]
+    assert row["status"] == "scheduled" and "daytime" in row["reason"]
+    inproc.scoring.update("late", consent={"email": False})
+    inproc.clock.set(row["due_at"].replace(tzinfo=inproc.clock.now().tzinfo))
+    await inproc.settle()
+    row = (await inproc.messages("late"))["family.email_01"]
+    assert (row["status"], row["reason"]) == ("suppressed", "no email consent")
+    assert inproc.mails_to("late@example.com") == 0
+
+
+async def test_a_hard_bounce_reaches_scoring_which_withdraws_consent(inproc: InProc) -> None:
+    # The scoring fake changes the lead like scoring does: after the bounce, the lead has no consent.
+    inproc.scoring.add(make_lead("hb", email="hb@reject.invalid", timezone="UTC"))
+    await inproc.send("hb", "family.email_01")
+    await inproc.settle()
+    assert [ev.type for ev in inproc.scoring.events] == ["email_hard_bounced"]
+    assert inproc.scoring.leads["hb"]["consent"] == {"email": False}
+    inproc.scoring.update("hb", email="hb@example.com")   # a new address, but consent stays withdrawn
+    await inproc.send("hb", "family.email_02")
+    await inproc.settle()
+    row = (await inproc.messages("hb"))["family.email_02"]
+    assert (row["status"], row["reason"]) == ("suppressed", "no email consent")
