@@ -160,3 +160,40 @@ def test_modification_times_ahead_of_the_clock(cfg: domain.SyncConfig) -> None:
     assert domain.ahead_of_clock(cfg, "deal.modified_at", T0 - timedelta(days=400), T0) is None
     why = domain.ahead_of_clock(cfg, "deal.modified_at", T0 + timedelta(days=3), T0)
     assert why and why.startswith("deal.modified_at 2026-01-08T09:00:00") and "3.0 d ahead" in why
+
+
+@pytest.mark.parametrize(("crm_value", "pushed"), [
+    ("ana@crm.example", False),   # the CRM's own value, different from the platform's: the CRM keeps it
+    ("a@example.com", False),     # the same value: nothing to push
+    (None, True),                 # the CRM's is blank: the platform's value is kept and pushed
+])
+def test_a_crm_preferred_field_is_not_pushed_back_over_the_crms_value(cfg: domain.SyncConfig, crm_value: str | None,
+                                                                      pushed: bool) -> None:
+    current = lead(attributes={"company": "Acme"})
+    computed = domain.computed_values(cfg, current, [], owner=None, converted_at=None)
+    state = {"email": {"crm_value": crm_value, "crm_at": T0.isoformat(),
+                       "platform_at": (T0 + timedelta(hours=1)).isoformat()},
+             "attributes.company": {"crm_value": None if pushed else "Globex", "crm_at": T0.isoformat()}}
+    props = domain.outbound_properties(cfg, current, state, computed, contact_exists=True)
+    assert ("email" in props) is pushed and ("company" in props) is pushed
+    if pushed:
+        assert (props["email"], props["company"]) == ("a@example.com", "Acme")
+    # The same lead on a contact that does not exist yet: every known value goes.
+    created = domain.outbound_properties(cfg, current, state, computed, contact_exists=False)
+    assert (created["email"], created["company"]) == ("a@example.com", "Acme")
+
+
+@pytest.mark.parametrize(("platform_after_crm", "pushed"), [
+    (timedelta(seconds=-1), False), (timedelta(0), False), (timedelta(seconds=1), True)])
+def test_most_recent_pushes_only_a_platform_change_newer_than_the_crms(cfg: domain.SyncConfig,
+                                                                       platform_after_crm: timedelta,
+                                                                       pushed: bool) -> None:
+    current = lead(first_name="Ana")
+    computed = domain.computed_values(cfg, current, [], owner=None, converted_at=None)
+    state = {"first_name": {"crm_value": "Anna", "crm_at": T0.isoformat(),
+                            "platform_at": (T0 + platform_after_crm).isoformat()}}
+    props = domain.outbound_properties(cfg, current, state, computed, contact_exists=True)
+    assert ("firstname" in props) is pushed
+    # Inbound, the same instants: the CRM's change wins a tie (it is applied), a newer platform one does not.
+    merged = domain.merge_inbound(cfg, {"firstname": "Anna"}, T0, current, state)
+    assert ("first_name" in merged.fields) is (not pushed)
