@@ -197,3 +197,35 @@ def test_most_recent_pushes_only_a_platform_change_newer_than_the_crms(cfg: doma
     # Inbound, the same instants: the CRM's change wins a tie (it is applied), a newer platform one does not.
     merged = domain.merge_inbound(cfg, {"firstname": "Anna"}, T0, current, state)
     assert ("first_name" in merged.fields) is (not pushed)
+
+
+def test_computed_values_are_exactly_what_the_crm_is_told(cfg: domain.SyncConfig) -> None:
+    current = lead(score=72.9, grade="A", segment="entrepreneur", lifecycle_stage="sql", last_engaged_at="2026-01-04",
+                   counters={"opens_7d": 3, "clicks_7d": 0, "downloads": 2, "last_engagement_at": "x"})
+    values = domain.computed_values(cfg, current, [{"journey": "entrepreneur", "status": "active"},
+                                                   {"journey": "webinar", "status": "completed"}],
+                                    owner="rep@example.com", converted_at=T0)
+    assert values == {
+        "score": "72", "grade": "A", "segment": "entrepreneur",
+        "lifecycle_stage": cfg.lifecycle_map.get("sql", "sql"), "qualification": "SQL",
+        "journeys": "entrepreneur:active;webinar:completed", "engagement_summary": "opens_7d=3, downloads=2",
+        "last_engaged_at": "2026-01-04", "converted_at": T0.isoformat(), "owner": "rep@example.com"}
+    bare = domain.computed_values(cfg, {"lifecycle_stage": None}, [], owner=None, converted_at=None)
+    assert bare == {"score": "0", "grade": "", "segment": "", "lifecycle_stage": cfg.lifecycle_map.get("", ""),
+                    "qualification": "NURTURING", "journeys": "", "engagement_summary": "none",
+                    "last_engaged_at": "", "converted_at": "", "owner": ""}
+    for stage, qualification in (("mql", "MQL"), ("customer", "CUSTOMER"), ("trial", "TRIAL"), ("lead", "NURTURING")):
+        assert domain.computed_values(cfg, {"lifecycle_stage": stage}, [], owner=None,
+                                      converted_at=None)["qualification"] == qualification
+
+
+def test_the_projection_the_change_feed_follows(cfg: domain.SyncConfig) -> None:
+    current = lead(score=None, counters={"opens_7d": 0, "clicks_30d": 4, "pricing_views": None, "other": 9})
+    assert domain.projection(current, [{"journey": "family", "status": "active", "stage": "welcome"},
+                                       {"journey": "webinar", "status": "exited"}]) == {
+        "score": 0, "grade": "C", "lifecycle_stage": "lead", "segment": "family",
+        "journeys": [{"journey": "family", "status": "active", "stage": "welcome"},
+                     {"journey": "webinar", "status": "exited", "stage": ""}],
+        "engagement": {"opens_7d": 0, "clicks_30d": 4}}
+    assert domain.projection({}, []) == {"score": 0, "grade": "", "lifecycle_stage": "", "segment": "",
+                                         "journeys": [], "engagement": {}}

@@ -148,3 +148,59 @@ def test_score_crossings_at_50_and_70(model: ScoringModel, old: int, stage: str 
     assert out.delta == 8
     assert out.stage == stage
     assert [s for s in out.signals if s in ("mql_reached", "sql_reached", "high_engagement")] == signals
+
+
+def test_engagement_windows_count_from_exactly_their_length_ago() -> None:
+    from services.scoring.model import derive_counters
+
+    n = int(NOW.timestamp())
+    day = 86_400
+    recent = {
+        "opens": [n - 30 * day - 1, n - 30 * day, n - 14 * day - 1, n - 14 * day, n - 7 * day - 1, n - 7 * day, n,
+                  n + 1],
+        "clicks": [n - 30 * day, n - 14 * day, n - 7 * day - 1, n - 7 * day],
+        "interactions": [n - day - 1, n - day, n - 7 * day, n - 7 * day - 1],
+    }
+    last = NOW - timedelta(days=3, hours=23)
+    counters = derive_counters(recent, {"downloads": 2, "high_intent_views": 1}, last, NOW)
+    assert counters == {
+        "opens_7d": 2, "opens_14d": 4, "opens_30d": 6,          # a timestamp in the future counts nowhere
+        "clicks_7d": 1, "clicks_14d": 3, "clicks_30d": 4,
+        "interactions_24h": 1, "interactions_7d": 3,
+        "downloads": 2, "high_intent_views": 1, "pricing_views": 0,
+        "days_since_engagement": 3, "last_engagement_at": last.isoformat(),
+    }
+    assert derive_counters({}, {}, None, NOW) == {
+        "opens_7d": 0, "opens_14d": 0, "opens_30d": 0, "clicks_7d": 0, "clicks_14d": 0, "clicks_30d": 0,
+        "interactions_24h": 0, "interactions_7d": 0, "downloads": 0, "high_intent_views": 0, "pricing_views": 0,
+        "days_since_engagement": None, "last_engagement_at": None}
+
+
+def test_an_event_updates_its_counters_and_keeps_thirty_days(model: ScoringModel) -> None:
+    n = int(NOW.timestamp())
+    old = n - 30 * 86_400
+    lead = {"score": 0, "recent": {"opens": [old - 1, old], "clicks": [], "interactions": [old - 1]},
+            "counters": {"totals": {"downloads": 1, "pricing_views": 2}}}
+    opened = model.score_event(lead, {"type": "email_opened", "properties": {}, "occurred_at": NOW}, NOW)
+    assert opened.engaged and opened.recent["opens"] == [old, n] and opened.recent["interactions"] == [n]
+    assert (opened.counters["opens_30d"], opened.counters["interactions_24h"]) == (2, 1)
+    assert opened.counters["days_since_engagement"] == 0 and opened.counters["last_engagement_at"] == NOW.isoformat()
+    clicked = model.score_event(lead, {"type": "email_clicked", "properties": {}, "occurred_at": NOW}, NOW)
+    assert clicked.recent["clicks"] == [n] and clicked.counters["clicks_7d"] == 1
+    download = model.score_event(lead, {"type": "resource_downloaded", "properties": {}, "occurred_at": NOW}, NOW)
+    assert download.counters["downloads"] == 2 and download.counters["totals"]["downloads"] == 2
+    pricing = model.score_event(lead, {"type": "page_viewed", "properties": {"category": "pricing"},
+                                       "occurred_at": NOW}, NOW)
+    assert pricing.counters["pricing_views"] == 3 and pricing.counters["high_intent_views"] == 0
+    intent = model.score_event(lead, {"type": "page_viewed", "properties": {"category": "high_intent"},
+                                      "occurred_at": NOW}, NOW)
+    assert intent.counters["high_intent_views"] == 1 and intent.counters["pricing_views"] == 2
+    # Not an engagement: no interaction recorded, the last engagement stays where it was.
+    quiet = model.score_event({**lead, "last_engaged_at": NOW - timedelta(days=2)},
+                              {"type": "stage_changed", "properties": {}, "occurred_at": NOW}, NOW)
+    assert not quiet.engaged and quiet.recent["interactions"] == []
+    assert quiet.counters["days_since_engagement"] == 2
+    # An engagement reported late does not move the last engagement back.
+    late = model.score_event({**lead, "last_engaged_at": NOW}, {"type": "email_opened", "properties": {},
+                                                                 "occurred_at": NOW - timedelta(days=1)}, NOW)
+    assert late.counters["last_engagement_at"] == NOW.isoformat()
