@@ -92,3 +92,23 @@ async def test_recover_fires_again_what_was_left_in_flight(store: TimerStore) ->
     assert [t.lead_id for t in await store.claim(DUE - timedelta(days=365))] == ["l-3"]
     await store.cancel([("l-4", "family", 5)])
     assert await store.pending() == 0 and await store.next_due() is None
+
+
+async def test_a_lead_id_with_the_separator_survives_the_round_trip(store: TimerStore) -> None:
+    # Members are <lead>|<ekey>|<token>: the lead id is whatever is left of the last two separators
+    # (lead ids come from outside; journey keys and tokens never hold a "|").
+    await store.schedule([("crm|42|x", "webinar#w1", "s", DUE)])
+    [timer] = await store.claim(DUE)
+    assert (timer.lead_id, timer.ekey, timer.token, timer.side) == ("crm|42|x", "webinar#w1", "s", True)
+
+
+async def test_recover_counts_what_it_moved_in_every_shard(store: TimerStore) -> None:
+    leads = [f"r-{i}" for i in range(40)]
+    by_shard: dict[int, str] = {}
+    for lead_id in leads:
+        by_shard.setdefault(store.shard(lead_id), lead_id)
+    assert len(by_shard) >= 3
+    await store.schedule([(lead_id, "family", 1, DUE) for lead_id in by_shard.values()])
+    assert len(await store.claim(DUE)) == len(by_shard)
+    assert await store.recover() == len(by_shard)
+    assert await store.recover() == 0

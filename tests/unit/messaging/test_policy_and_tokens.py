@@ -139,3 +139,15 @@ def test_a_signed_payload_that_is_not_a_token_is_refused() -> None:
     assert signer().verify(text) == Token("click", "m9", "l9", url="https://x.example/", link=2)
     assert signer().sign(Token("click", "m9", "l9", url="https://x.example/", link=2)) == text
     assert signer().verify(signer().sign(Token("open", "m", "l"))).url == ""
+
+
+def test_an_unknown_setting_does_not_hide_the_problems_after_it(tmp_path: Path) -> None:
+    path = tmp_path / "policy.yaml"
+    path.write_text('burst: 3\ncap_per_day: 0\nwindow_end: "soon"\n')
+    with pytest.raises(PolicyError) as err:
+        load_policy(path)
+    text = str(err.value)
+    assert text == (f"{path}: burst: not a policy setting (known: window_start, window_end, cap_per_day, "
+                    "cap_per_week, min_gap_s, max_attempts, backoff_base_s, backoff_max_s); "
+                    "cap_per_day: must be a whole number of at least 1; "
+                    "window_end: 'soon' is not a time of day (HH:MM)")
