@@ -69,6 +69,8 @@ snapshots = st.fixed_dictionaries(
 def test_engine_agrees_with_reference(conds: list[dict], facts_list: list[dict]) -> None:
     specs = [RuleSpec(name=f"rule_{i}", when=c) for i, c in enumerate(conds)]
     compiled = compile_rules(f"prop_{next(_names)}", specs)
+    # Only what the engine cannot expand (alternatives: any, in) may fall back to the reference.
+    assert all("any" in str(s.when) or "'in'" in str(s.when) for s in compiled.fallback), compiled.fallback
     for facts in facts_list:
         engine = [m.rule for m in compiled.evaluate(facts)]
         assert engine == reference_evaluate(specs, facts), (conds, facts)
@@ -91,6 +93,7 @@ def test_invalid_definitions_list_every_problem() -> None:
         compile_rules("bad_v1", [RuleSpec("a", {"fact": "x", "gt": "ten"}),
                                  RuleSpec("a", {"all": []}), RuleSpec("c", {"fact": "y", "between": 3})])
     assert len(err.value.problems) == 4
+    assert str(err.value) == "; ".join(err.value.problems)
     assert validate_condition({"fact": "x", "matches": "("})[0].startswith("when: bad pattern")
 
 
@@ -119,6 +122,8 @@ def test_chain_applies_effects_until_quiet_and_bounds_loops() -> None:
     with pytest.raises(RuleLoopError) as err:
         chain(compiled, {"score": 60}, apply, max_rounds=1)
     assert "alert_on_mql" in str(err.value) or "to_mql" in str(err.value)
+    assert err.value.rules and set(err.value.rules) <= {"to_mql", "alert_on_mql"}
+    assert str(err.value).startswith("rules still firing after 1 rounds: ")
 
 
 def test_conditions_too_large_for_the_engine_still_decide_like_the_reference() -> None:
@@ -185,6 +190,9 @@ def test_operator_boundaries_adapter_and_reference_agree(op: str, expected: obje
     specs = [RuleSpec("r", {"fact": "lead.score", op: expected})]
     compiled = compile_rules(f"boundary_{next(_names)}", specs)
     facts: dict = {"lead": {} if value is MISSING else {"score": value}}
+    # Decided by durable_rules itself: a leaf that failed to compile would fall back to the reference
+    # evaluation and agree with it whatever the compiler did.
+    assert compiled.fallback == []
     assert reference_evaluate(specs, facts) == (["r"] if holds else []), "reference"
     assert [m.rule for m in compiled.evaluate(facts)] == (["r"] if holds else []), "adapter"
 
