@@ -204,3 +204,45 @@ def test_an_event_updates_its_counters_and_keeps_thirty_days(model: ScoringModel
     late = model.score_event({**lead, "last_engaged_at": NOW}, {"type": "email_opened", "properties": {},
                                                                  "occurred_at": NOW - timedelta(days=1)}, NOW)
     assert late.counters["last_engagement_at"] == NOW.isoformat()
+
+
+@pytest.mark.parametrize(("etype", "kept"), [("page_viewed", True), ("resource_downloaded", True),
+                                             ("video_watched", True), ("email_clicked", True),
+                                             ("email_opened", False), ("form_submitted", False)])
+def test_interests_follow_what_the_lead_looks_at(model: ScoringModel, etype: str, kept: bool) -> None:
+    lead = {"score": 0, "interests": {"countries": ["AU"], "topics": ["pricing"]}}
+    out = model.score_event(lead, {"type": etype, "properties": {"country": "CA", "category": "education"},
+                                   "occurred_at": NOW}, NOW)
+    if kept:
+        assert out.interests == {"countries": ["AU", "CA"], "topics": ["pricing", "education"]}
+    else:
+        assert out.interests == {"countries": ["AU"], "topics": ["pricing"]}
+    # Known ones are not repeated, blanks and non-strings are ignored, the lists keep the latest 10 / 20.
+    again = model.score_event(lead, {"type": etype, "properties": {"country": "AU", "category": ""},
+                                     "occurred_at": NOW}, NOW)
+    assert again.interests == {"countries": ["AU"], "topics": ["pricing"]}
+    odd = model.score_event({"score": 0}, {"type": etype, "properties": {"country": 7, "category": None},
+                                           "occurred_at": NOW}, NOW)
+    assert odd.interests == {"countries": [], "topics": []}
+    many = {"score": 0, "interests": {"countries": [f"C{i}" for i in range(10)],
+                                      "topics": [f"t{i}" for i in range(20)]}}
+    more = model.score_event(many, {"type": etype, "properties": {"country": "CA", "category": "new"},
+                                    "occurred_at": NOW}, NOW)
+    if kept:
+        assert more.interests["countries"] == [f"C{i}" for i in range(1, 10)] + ["CA"]
+        assert more.interests["topics"] == [f"t{i}" for i in range(1, 20)] + ["new"]
+
+
+def test_the_rules_see_the_lead_facts_they_may_read(model: ScoringModel) -> None:
+    from services.scoring.model import _lead_facts
+
+    lead = {"segment": "family", "score": 0, "grade": None, "lifecycle_stage": "lead", "attributes": {},
+            "timezone": "UTC", "locale": "en", "email": "x@example.com", "consent": {"email": True}}
+    assert _lead_facts(lead) == {"segment": "family", "score": 0, "lifecycle_stage": "lead", "attributes": {},
+                                 "timezone": "UTC", "locale": "en"}
+
+
+@pytest.mark.parametrize(("attributes", "grade"), [({}, "D")])
+def test_fit_grade_of_an_empty_profile(model: ScoringModel, attributes: dict, grade: str) -> None:
+    points, got, rules = model.fit({"attributes": attributes})
+    assert (points, got, rules) == (0, grade, [])
