@@ -229,3 +229,66 @@ def test_the_projection_the_change_feed_follows(cfg: domain.SyncConfig) -> None:
         "engagement": {"opens_7d": 0, "clicks_30d": 4}}
     assert domain.projection({}, []) == {"score": 0, "grade": "", "lifecycle_stage": "", "segment": "",
                                          "journeys": [], "engagement": {}}
+
+
+@pytest.mark.parametrize(("ahead", "span"), [
+    (timedelta(0), None), (timedelta(minutes=30), None),            # at most the allowed skew: taken
+    (timedelta(minutes=30, seconds=1), "30 min"), (timedelta(minutes=59, seconds=59), "59 min"),
+    (timedelta(hours=1), "1.0 h"), (timedelta(days=1), "1.0 d"), (timedelta(days=2, hours=12), "2.5 d"),
+])
+def test_a_crm_time_ahead_of_our_clock_by_more_than_the_skew_is_refused(cfg: domain.SyncConfig, ahead: timedelta,
+                                                                        span: str | None) -> None:
+    why = domain.ahead_of_clock(cfg, "modified", T0 + ahead, T0)
+    if span is None:
+        assert why is None
+    else:
+        assert why == (f"modified {(T0 + ahead).isoformat()} is {span} ahead of the service clock "
+                       f"({T0.isoformat()}); at most 30 min of clock skew is accepted: check the sender's clock "
+                       "and time zone")
+
+
+def test_spans_read_in_the_largest_whole_unit() -> None:
+    assert [domain._span(timedelta(seconds=s)) for s in (0, 59, 60, 3599, 3600, 86399, 86400)] == [
+        "0 s", "59 s", "1 min", "59 min", "1.0 h", "24.0 h", "1.0 d"]
+
+
+@pytest.mark.parametrize(("job", "attempt", "retry_after", "seconds"), [
+    (1, 1, None, 1.816), (1, 2, None, 4.564), (7, 3, None, 8.472), (7, 30, None, 1965.6), (7, 0, None, 2.25),
+    (7, 1, 1000.0, 1000.0), (7, 1, 10**6, 3600.0), (7, 1, 0.5, 1.734),
+])
+def test_retry_delay_is_exponential_with_a_fixed_spread_and_honours_retry_after(
+        job: int, attempt: int, retry_after: float | None, seconds: float) -> None:
+    assert domain.retry_delay(job, attempt, retry_after) == seconds
+    base = min(2.0 * 2 ** max(0, attempt - 1), 1800.0)
+    if retry_after is None:
+        assert 0.8 * base <= seconds <= 1.2 * base
+
+
+def test_the_recommendation_document_for_the_salesperson() -> None:
+    lead_ = {"first_name": "Ana", "last_name": "Diaz <x>", "email": "a@example.com", "segment": "family", "score": 55,
+             "grade": "B", "lifecycle_stage": "mql", "interests": {"countries": ["CA", "AU"], "topics": ["education"]},
+             "counters": {"opens_7d": 3, "clicks_7d": 0, "downloads": 1},
+             "attributes": {"profession": "nurse", "crm_x": "hidden", "children": 2}}
+    doc = domain.recommendation_document(
+        lead_, [{"journey": "family", "status": "active", "stage": "consideration"},
+                {"journey": "webinar", "status": "completed"}],
+        owner="rep@example.com", meeting_link="https://meet.example/rep?a=1&b=2", task_title="Call <Ana>",
+        why="score 55 & pricing")
+    assert doc == (
+        '<!doctype html><html><head><meta charset="utf-8"><title>Recommendation for Ana Diaz &lt;x&gt;</title></head>'
+        '<body><h1>Call &lt;Ana&gt;</h1><p>score 55 &amp; pricing</p><h2>Ana Diaz &lt;x&gt;</h2><p>Segment: family'
+        ' · Score 55 · Grade B · Stage mql</p><p>Countries: CA, AU; topics: education</p><h3>Profile</h3><table><tr>'
+        '<th>children</th><td>2</td></tr><tr><th>profession</th><td>nurse</td></tr></table><h3>Journeys</h3><ul><li>'
+        'family: active (consideration)</li><li>webinar: completed</li></ul><h3>Engagement</h3><ul><li>opens_7d: 3'
+        '</li><li>downloads: 1</li></ul><h3>Recommended next steps</h3><ol><li>Discuss schooling and healthcare in '
+        'the destination</li><li>Share the family relocation timeline</li><li>Book a family consultation</li></ol>'
+        '<p>Meeting link: <a href="https://meet.example/rep?a=1&amp;b=2">https://meet.example/rep?a=1&amp;b=2</a>'
+        '</p><p>Owner: rep@example.com</p></body></html>')
+    bare = domain.recommendation_document({"email": "z@example.com"}, [], owner=None, meeting_link=None,
+                                          task_title="T", why="W")
+    assert bare == (
+        '<!doctype html><html><head><meta charset="utf-8"><title>Recommendation for z@example.com</title></head>'
+        '<body><h1>T</h1><p>W</p><h2>z@example.com</h2><p>Segment: unknown · Score 0 · Grade  · Stage </p><p>'
+        'Countries: not stated; topics: not stated</p><h3>Profile</h3><table></table><h3>Journeys</h3><ul><li>none'
+        '</li></ul><h3>Engagement</h3><ul><li>none recorded</li></ul><h3>Recommended next steps</h3><ol><li>Qualify '
+        'needs and timeline</li><li>Book a consultation</li></ol><p>Owner: unassigned</p></body></html>')
