@@ -4,6 +4,7 @@ decisions taken with the lead as it is at delivery time."""
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 from typing import Any
 
@@ -149,3 +150,65 @@ async def test_a_hard_bounce_reaches_scoring_which_withdraws_consent(inproc: InP
     await inproc.settle()
     row = (await inproc.messages("hb"))["family.email_02"]
     assert (row["status"], row["reason"]) == ("suppressed", "no email consent")
+
+
+async def test_a_click_is_recorded_once_implies_an_open_and_returns_the_signed_destination(inproc: InProc) -> None:
+    from services.messaging.tokens import Token, TokenError
+
+    inproc.scoring.add(make_lead("tk", timezone="UTC"))
+    sent = await inproc.send("tk", "family.email_01")
+    await inproc.settle()
+    signer = inproc.engine.signer
+    click = signer.sign(Token("click", sent.message_id, "tk", url="https://www.borderbridge.example/x", link=2))
+    first = await inproc.channels.track(click, "click")
+    assert (first.url, first.message_id, first.duplicate) == ("https://www.borderbridge.example/x",
+                                                             sent.message_id, False)
+    again = await inproc.channels.track(click, "click")
+    assert again.duplicate and again.url == first.url
+    events = [(ev.type, ev.idempotency_key) for ev in inproc.scoring.events]
+    assert events == [("email_sent", f"sent:{sent.message_id}"), ("email_clicked", f"click:{sent.message_id}:2"),
+                      ("email_opened", f"open:{sent.message_id}")]
+    # The open the click implied is the message's one open: a later pixel hit is a duplicate.
+    opened = await inproc.channels.track(signer.sign(Token("open", sent.message_id, "tk")), "open")
+    assert opened.duplicate and opened.url == ""
+    # A click token is not an open token, nor an unsubscribe token.
+    with pytest.raises(TokenError):
+        await inproc.channels.track(click, "open")
+    with pytest.raises(TokenError):
+        await inproc.channels.unsubscribe(click, scope="", source="link", dry_run=False)
+    # A message that no longer exists (erased): the signed URL is still followed, nothing recorded.
+    gone = signer.sign(Token("click", "m-erased", "tk", url="https://www.borderbridge.example/y"))
+    assert (await inproc.channels.track(gone, "click")).duplicate
+    assert len(inproc.scoring.events) == 3
+
+
+@pytest.mark.parametrize(("template", "category", "scope", "expected_scope"), [
+    ("family.email_01", "", "", "nurture"),                     # the link of a nurture email stops nurture mail
+    ("webinar.email_01", "transactional", "", "transactional"),
+    ("family.email_01", "", "all", "all"),
+])
+async def test_an_unsubscribe_link_stops_the_mail_of_its_scope_at_once(inproc: InProc, template: str, category: str,
+                                                                       scope: str, expected_scope: str) -> None:
+    from services.messaging.tokens import Token
+
+    inproc.scoring.add(make_lead("us", timezone="UTC"))
+    sent = await inproc.send("us", template, category=category,
+                             context={"starts_at": "2026-01-09T17:00:00Z", "webinar_title": "Canada 101"})
+    await inproc.settle()
+    token = inproc.engine.signer.sign(Token("unsubscribe", sent.message_id, "us"))
+    preview = await inproc.channels.unsubscribe(token, scope=scope, source="page", dry_run=True)
+    assert (preview.scope, preview.already) == (expected_scope, False)
+    done = await inproc.channels.unsubscribe(token, scope=scope, source="page", dry_run=False)
+    assert (done.lead_id, done.scope, done.already) == ("us", expected_scope, False)
+    assert (await inproc.channels.unsubscribe(token, scope=scope, source="page", dry_run=False)).already
+    unsubscribed = [json.loads(ev.properties_json) for ev in inproc.scoring.events if ev.type == "unsubscribed"]
+    assert [p["scope"] for p in unsubscribed] == [expected_scope]
+    await inproc.send("us", "family.email_02")
+    await inproc.send("us", "webinar.email_02", category="transactional",
+                      context={"starts_at": "2026-01-09T17:00:00Z", "webinar_title": "Canada 101"})
+    await inproc.settle()
+    rows = await inproc.messages("us")
+    nurture_stopped = expected_scope in ("nurture", "all")
+    transactional_stopped = expected_scope in ("transactional", "all")
+    assert rows["family.email_02"]["status"] == ("suppressed" if nurture_stopped else "sent")
+    assert rows["webinar.email_02"]["status"] == ("suppressed" if transactional_stopped else "sent")
