@@ -11,7 +11,10 @@ mutants no test of the selection reaches (they count as not killed). `not_checke
 budget left unrun (reported, and kept out of the score's denominator). Survivors judged equivalent are
 listed, with why, in docs/TESTING.md (lines starting "- `<mutant name>`") and are kept out of it too.
 
-Usage: python tools/mutate.py [--minutes 55] [--children 2] [--fresh] [module.py ...]
+Usage: python tools/mutate.py [--minutes 55] [--children 2] [--fresh | --resume] [module.py ...]
+
+`--resume` runs only the mutants of the last run that were not killed (survivors, no tests, not yet
+checked): after adding tests, or to finish a run the budget stopped. Killed mutants keep their verdict.
 """
 
 from __future__ import annotations
@@ -49,10 +52,18 @@ def equivalents() -> set[str]:
     return set(EQUIVALENT.findall(doc.read_text())) if doc.exists() else set()
 
 
-def run_module(module: str, *, seconds: float, children: int, log: Path) -> bool:
-    """mutmut over one module's mutants; False when the budget ran out first."""
+def not_killed(module: str) -> list[str]:
+    meta = ROOT / "mutants" / f"{module}.meta"
+    if not meta.exists():
+        return [f"{dotted(module)}.*"]
+    codes: dict[str, int | None] = json.loads(meta.read_text())["exit_code_by_key"]
+    return [name for name, code in codes.items() if code not in KILLED]
+
+
+def run_module(module: str, *, seconds: float, children: int, log: Path, names: list[str] | None = None) -> bool:
+    """mutmut over one module's mutants (or the given ones); False when the budget ran out first."""
     cmd = ["nice", "-n", "10", str(Path(sys.executable).with_name("mutmut")), "run", "--max-children",
-           str(children), f"{dotted(module)}.*"]
+           str(children), *(names or [f"{dotted(module)}.*"])]
     with log.open("w") as out:
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         try:
@@ -100,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minutes", type=float, default=55.0, help="time budget for the whole run")
     parser.add_argument("--children", type=int, default=2, help="mutants run in parallel")
     parser.add_argument("--fresh", action="store_true", help="forget earlier results (rm -rf mutants/)")
+    parser.add_argument("--resume", action="store_true", help="run only the mutants not killed last time")
     parser.add_argument("--report-only", action="store_true", help="print the figures of the last run")
     args = parser.parse_args(argv)
     modules = args.modules or modules_from_config()
@@ -113,8 +125,11 @@ def main(argv: list[str] | None = None) -> int:
         for module in modules:
             left = deadline - time.monotonic()
             started = time.monotonic()
+            names = not_killed(module) if args.resume else None
+            if names == []:
+                continue
             done = left > 0 and run_module(module, seconds=left, children=args.children,
-                                           log=logs / f"{dotted(module)}.log")
+                                           log=logs / f"{dotted(module)}.log", names=names)
             print(f"mutate: {module} {'done' if done else 'stopped by the time budget'} "
                   f"in {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
             if not done:
