@@ -200,3 +200,33 @@ def test_operator_boundaries_adapter_and_reference_agree(op: str, expected: obje
 def test_every_operator_has_boundary_examples() -> None:
     assert {op for op, *_ in BOUNDARIES} == {"gt", "gte", "lt", "lte", "eq", "ne", "in", "contains", "exists",
                                             "matches"}
+
+
+@pytest.mark.parametrize(("cond", "problems"), [
+    ({"fact": "a", "gt": 1}, []), ({"fact": "a", "gte": 1.5}, []), ({"fact": "a", "lt": -1}, []),
+    ({"fact": "a", "lte": 0}, []), ({"fact": "a", "eq": True}, []), ({"fact": "a", "ne": 0.5}, []),
+    ({"fact": "a", "in": ["x"]}, []), ({"fact": "a", "contains": 3}, []), ({"fact": "a", "exists": False}, []),
+    ({"fact": "A_b.C9", "matches": "x+"}, []),
+    *[({"fact": "a", op: bad}, [f"when: '{op}' needs a number"])
+      for op in ("gt", "gte", "lt", "lte") for bad in ("5", True, None, [1])],
+    ({"fact": "a", "in": []}, ["when: 'in' needs a non-empty list"]),
+    ({"fact": "a", "in": "x"}, ["when: 'in' needs a non-empty list"]),
+    ({"fact": "a", "exists": 1}, ["when: 'exists' needs true or false"]),
+    ({"fact": "a", "contains": 1.5}, ["when: 'contains' needs a string or integer"]),
+    ({"fact": "a", "contains": ["x"]}, ["when: 'contains' needs a string or integer"]),
+    ({"fact": "a", "eq": ["x"]}, ["when: 'eq' needs a scalar"]),
+    ({"fact": "a", "ne": {"x": 1}}, ["when: 'ne' needs a scalar"]),
+    ({"fact": "a", "eq": None}, ["when: 'eq' needs a scalar"]),
+    ("x", ["when: expected a mapping, got str"]),
+    ({"fact": "1a", "eq": 1}, ["when: 'fact' must be a dotted name, got '1a'"]),
+    ({"fact": "a..b", "eq": 1}, ["when: 'fact' must be a dotted name, got 'a..b'"]),
+    ({"fact": "a", "eq": 1, "ne": 2},
+     ["when: exactly one operator of eq, ne, gt, gte, lt, lte, in, contains, exists, matches is required, "
+      "got ['eq', 'ne']"]),
+    ({"all": [{"fact": "a", "eq": 1}], "fact": "b"}, ["when: 'all' cannot be combined with ['fact']"]),
+    ({"any": []}, ["when.any: expected a non-empty list"]),
+    ({"all": [{"fact": "a", "eq": 1}, {"any": [{"fact": "b", "gt": "x"}, 7]}]},
+     ["when.all[1].any[0]: 'gt' needs a number", "when.all[1].any[1]: expected a mapping, got int"]),
+])
+def test_validate_condition_names_each_problem_and_where(cond: object, problems: list[str]) -> None:
+    assert validate_condition(cond) == problems
