@@ -230,3 +230,12 @@ def test_every_operator_has_boundary_examples() -> None:
 ])
 def test_validate_condition_names_each_problem_and_where(cond: object, problems: list[str]) -> None:
     assert validate_condition(cond) == problems
+
+
+def test_a_rule_set_whose_every_rule_is_too_large_still_registers_and_decides() -> None:
+    huge = {"all": [{"any": [{"fact": f"f{i}", "eq": v} for v in range(3)]} for i in range(16)]}
+    specs = [RuleSpec("huge", huge)]
+    compiled = compile_rules(f"all_fallback_{next(_names)}", specs)
+    assert [s.name for s in compiled.fallback] == ["huge"]
+    assert [m.rule for m in compiled.evaluate({f"f{i}": 1 for i in range(16)})] == ["huge"]
+    assert compiled.evaluate({"f0": 9}) == []
