@@ -242,7 +242,21 @@ def test_the_rules_see_the_lead_facts_they_may_read(model: ScoringModel) -> None
                                  "timezone": "UTC", "locale": "en"}
 
 
-@pytest.mark.parametrize(("attributes", "grade"), [({}, "D")])
-def test_fit_grade_of_an_empty_profile(model: ScoringModel, attributes: dict, grade: str) -> None:
-    points, got, rules = model.fit({"attributes": attributes})
-    assert (points, got, rules) == (0, grade, [])
+@pytest.mark.parametrize(("lead", "points", "grade", "rules"), [
+    ({"attributes": {}}, 0, "D", []),
+    ({"attributes": {}, "email": "a@example.com"}, 5, "D", ["email_given"]),
+    ({"attributes": {"profession": "nurse"}}, 10, "C", ["profession_known"]),       # exactly C's 10
+    ({"attributes": {"profession": "nurse", "budget": 1}, "email": "a@example.com"}, 20, "C",
+     ["profession_known", "budget_known", "email_given"]),
+    ({"attributes": {"profession": "nurse", "countries_of_interest": ["CA"], "investment_budget": 1}}, 25, "B",
+     ["profession_known", "destination_known", "budget_known"]),                    # exactly B's 25
+    ({"attributes": {"profession": "nurse", "countries_of_interest": ["CA"], "timeline": "urgent",
+                     "budget": 1}}, 35, "A",
+     ["profession_known", "destination_known", "urgent_timeline", "budget_known"]),  # exactly A's 35
+    ({"attributes": {"profession": "nurse", "countries_of_interest": ["CA"], "timeline": "someday",
+                     "budget": 1}, "email": ""}, 25, "B",
+     ["profession_known", "destination_known", "budget_known"]),                    # an empty email is none
+])
+def test_fit_points_and_grade_at_each_grade_minimum(model: ScoringModel, lead: dict, points: int, grade: str,
+                                                     rules: list[str]) -> None:
+    assert model.fit(lead) == (points, grade, rules)
