@@ -292,3 +292,39 @@ def test_the_recommendation_document_for_the_salesperson() -> None:
         'Countries: not stated; topics: not stated</p><h3>Profile</h3><table></table><h3>Journeys</h3><ul><li>none'
         '</li></ul><h3>Engagement</h3><ul><li>none recorded</li></ul><h3>Recommended next steps</h3><ol><li>Qualify '
         'needs and timeline</li><li>Book a consultation</li></ol><p>Owner: unassigned</p></body></html>')
+
+
+def test_an_inbound_contact_merges_field_by_field_with_each_conflict_and_state_recorded(
+        cfg: domain.SyncConfig) -> None:
+    current = lead(attributes={"company": "Acme", "phone": "1", "profession": "nurse"})
+    later = (T0 + timedelta(hours=1)).isoformat()
+    state = {"first_name": {"platform_at": later, "platform_value": "Ana"}}
+    props = {"firstname": "Anna", "company": "Beta", "phone": "2", "jobtitle": "nurse", "lifecycle_note": "x",
+             "empty": ""}
+    merged = domain.merge_inbound(cfg, props, T0, current, state)
+    at = T0.isoformat()
+    assert merged.fields == {"attributes": {"company": "Beta", "phone": "2", "crm_lifecycle_note": "x"}}
+    assert merged.conflicts == [
+        {"field": "first_name", "crm_property": "firstname", "policy": "most_recent", "crm_value": "Anna",
+         "platform_value": "Ana", "winner": "platform", "crm_modified_at": at, "platform_changed_at": later},
+        {"field": "attributes.company", "crm_property": "company", "policy": "prefer_crm_unless_blank",
+         "crm_value": "Beta", "platform_value": "Acme", "winner": "crm", "crm_modified_at": at,
+         "platform_changed_at": None},
+        {"field": "attributes.phone", "crm_property": "phone", "policy": "always_crm", "crm_value": "2",
+         "platform_value": "1", "winner": "crm", "crm_modified_at": at, "platform_changed_at": None}]
+    assert merged.state == {
+        "first_name": {"crm_at": at, "crm_value": "Anna", "platform_at": later, "platform_value": "Ana"},
+        "attributes.company": {"crm_at": at, "crm_value": "Beta", "platform_value": "Beta"},
+        "attributes.phone": {"crm_at": at, "crm_value": "2", "platform_value": "2"},
+        "attributes.profession": {"crm_at": at, "crm_value": "nurse"}}
+    assert state == {"first_name": {"platform_at": later, "platform_value": "Ana"}}   # the input is not changed
+    # The platform changes a field afterwards: noted with its time (for most_recent), others left alone.
+    changed = domain.track_platform_changes(cfg, {**current, "attributes": {"company": "Beta", "phone": "2",
+                                                                           "profession": "nurse"}},
+                                            merged.state, T0 + timedelta(hours=2), from_crm=False)
+    two = (T0 + timedelta(hours=2)).isoformat()
+    assert changed["attributes.company"] == {"crm_at": at, "crm_value": "Beta", "platform_value": "Beta"}
+    assert changed["attributes.profession"] == {"crm_at": at, "crm_value": "nurse", "platform_value": "nurse",
+                                                "platform_at": two}
+    assert changed["email"] == {"platform_value": "a@example.com", "platform_at": two}
+    assert changed["first_name"] == merged.state["first_name"]
