@@ -212,3 +212,44 @@ async def test_an_unsubscribe_link_stops_the_mail_of_its_scope_at_once(inproc: I
     transactional_stopped = expected_scope in ("transactional", "all")
     assert rows["family.email_02"]["status"] == ("suppressed" if nurture_stopped else "sent")
     assert rows["webinar.email_02"]["status"] == ("suppressed" if transactional_stopped else "sent")
+
+
+@pytest.mark.parametrize(("etype", "props", "lead_over", "scopes", "ad"), [
+    ("spam_reported", {}, {}, {"all": "spam_report"}, None),
+    ("email_hard_bounced", {}, {}, {"all": "hard_bounce"}, None),
+    ("email_bounced", {"type": "hard"}, {}, {"all": "hard_bounce"}, None),
+    ("email_bounced", {"bounce_type": "hard"}, {}, {"all": "hard_bounce"}, None),
+    ("email_bounced", {"type": "soft"}, {}, {}, None),
+    ("unsubscribed", {"scope": "all"}, {}, {"all": "unsubscribed"}, "unsubscribed"),
+    ("opportunity_won", {}, {}, {}, "customer"),
+    ("subscribed", {"plan": "pro"}, {}, {}, "customer"),
+    ("stage_changed", {"old": "sql", "new": "customer"}, {}, {}, "customer"),
+    ("stage_changed", {"old": "lead", "new": "mql"}, {}, {}, None),
+    ("page_viewed", {}, {"lifecycle_stage": "customer"}, {}, "customer"),
+    ("page_viewed", {}, {}, {}, None),
+])
+async def test_what_the_bus_says_about_an_address_or_a_customer_holds(
+        inproc: InProc, etype: str, props: dict, lead_over: dict, scopes: dict, ad: str | None) -> None:
+    from services.messaging.leads import email_hash
+
+    lead = make_lead("bx", timezone="UTC", **lead_over)
+    message = {"id": f"bus-{etype}", "lead_id": "bx", "type": etype, "properties": props, "lead": lead,
+               "occurred_at": "2026-01-05T08:00:00Z"}
+    await inproc.bus(message)
+    await inproc.bus(message)     # the same bus message again (a replay): no second effect
+    store = inproc.engine.store
+    assert store.suppression_scopes([email_hash("bx@example.com")]).get(email_hash("bx@example.com"), {}) == scopes
+    assert store.ad_suppressed(["bx"]) == ({"bx": ad} if ad else {})
+
+
+async def test_consent_heard_on_the_bus_is_recorded_with_its_source(inproc: InProc) -> None:
+    lead = make_lead("cx", timezone="UTC", consent={"email": True, "sms": False})
+    base = {"lead_id": "cx", "lead": lead, "occurred_at": "2026-01-05T08:00:00Z"}
+    await inproc.bus({**base, "id": "c1", "type": "lead_created", "properties": {"source": "form"}},
+                     {**base, "id": "c2", "type": "lead_updated", "properties": {"changed": ["timezone"]}},
+                     {**base, "id": "c3", "type": "page_viewed", "properties": {}})
+    await inproc.bus({**base, "id": "c4", "type": "lead_updated", "properties": {"changed": ["consent"]},
+                      "lead": {**lead, "consent": {"email": False}}})
+    history = [(r["channel"], r["granted"], r["source"]) for r in inproc.engine.store.consent_history("cx")]
+    assert history == [("email", True, "bus:lead_created:form"), ("sms", False, "bus:lead_created:form"),
+                       ("email", False, "bus:lead_updated:")]
