@@ -1,6 +1,12 @@
-"""Tiny real gRPC servers implementing other services' contracts (messaging Send/ListTemplates,
+"""Tiny real gRPC servers implementing other services' contracts (messaging Send/SendBatch/ListTemplates,
 crm_sync RequestTask) that record every call and dedupe like the contract says, plus helpers that
-drive virtual time the way the gateway does."""
+drive virtual time the way the gateway does.
+
+The messaging fake answers what the real service can answer, per template (`Recorder.answers`):
+`scheduled` (queued, possibly deferred by the send window or caps, with the reason), `sent`,
+`suppressed` (no consent, suppression list), `failed` (unknown template), `invalid` (a SendBatch item
+Send would refuse), or a gRPC error (UNAVAILABLE: retry later; INVALID_ARGUMENT: refused for good).
+Without an answer it says `sent`. A key it has answered before gets `duplicate` with the first id."""
 
 from __future__ import annotations
 
@@ -28,6 +34,9 @@ class Recorder:
     tasks: list[Any] = field(default_factory=list)
     delivered: dict[str, str] = field(default_factory=dict)  # dedupe key -> message id
     templates: list[str] | None = None
+    # template -> (status, reason), or a grpc.StatusCode to fail the call with
+    answers: dict[str, tuple[str, str] | grpc.StatusCode] = field(default_factory=dict)
+    batches: int = 0
 
     def sent_keys(self) -> list[str]:
         return [r.dedupe_key for r in self.sends]
@@ -37,13 +46,35 @@ class FakeMessaging(messaging_pb2_grpc.MessagingServicer):
     def __init__(self, rec: Recorder) -> None:
         self.rec = rec
 
-    async def Send(self, request: messaging_pb2.SendRequest, context: grpc.aio.ServicerContext) -> Any:
+    def _answer(self, request: messaging_pb2.SendRequest) -> messaging_pb2.SendReply | grpc.StatusCode:
         self.rec.sends.append(request)
         if request.dedupe_key in self.rec.delivered:
             return messaging_pb2.SendReply(message_id=self.rec.delivered[request.dedupe_key], status="duplicate")
+        answer = self.rec.answers.get(request.template, ("sent", ""))
+        if isinstance(answer, grpc.StatusCode):
+            return answer
+        status, reason = answer
+        if status == "invalid":
+            return messaging_pb2.SendReply(status="invalid", reason=reason)
         mid = f"msg-{uuid.uuid4().hex[:10]}"
         self.rec.delivered[request.dedupe_key] = mid
-        return messaging_pb2.SendReply(message_id=mid, status="sent")
+        return messaging_pb2.SendReply(message_id=mid, status=status, reason=reason)
+
+    async def Send(self, request: messaging_pb2.SendRequest, context: grpc.aio.ServicerContext) -> Any:
+        reply = self._answer(request)
+        if isinstance(reply, grpc.StatusCode):
+            await context.abort(reply, f"fake messaging answers {reply.name}")
+        if isinstance(reply, messaging_pb2.SendReply) and reply.status == "invalid":
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, reply.reason)
+        return reply
+
+    async def SendBatch(self, request: messaging_pb2.SendBatchRequest, context: grpc.aio.ServicerContext) -> Any:
+        self.rec.batches += 1
+        replies = [self._answer(item) for item in request.items]
+        for reply in replies:
+            if isinstance(reply, grpc.StatusCode):  # a call-level error fails the whole batch
+                await context.abort(reply, f"fake messaging answers {reply.name}")
+        return messaging_pb2.SendBatchReply(results=replies)
 
     async def ListTemplates(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         if self.rec.templates is None:

@@ -1,5 +1,10 @@
 """A tiny real gRPC servicer for the scoring contract (GetLead, GetLeads, IngestEvents) that records
-what messaging asked of it, so messaging's tests do not depend on the scoring service's progress."""
+what messaging asked of it, so messaging's tests do not depend on the scoring service's progress.
+
+Like scoring, it changes a lead when it hears about it: an unsubscribe from all mail (or one without a
+scope), a spam report or a hard bounce withdraws email consent, and `update` changes a lead between two
+passes of the worker (consent withdrawn, address or time zone changed). `InProcessLeads` serves the same
+leads to an in-process messaging engine without gRPC (the fast tests mutation testing runs)."""
 
 from __future__ import annotations
 
@@ -34,6 +39,21 @@ class ScoringStub(scoring_pb2_grpc.ScoringServicer):
     def add(self, lead: dict[str, Any]) -> None:
         self.leads[lead["id"]] = lead
 
+    def update(self, lead_id: str, **changes: Any) -> None:
+        """Change a lead as scoring would after a PATCH (the next GetLead(s) answers the new values)."""
+        self.leads[lead_id] = {**self.leads[lead_id], **changes}
+
+    def _apply(self, ev: scoring_pb2.Event) -> None:
+        """What scoring's model does to consent on messaging's feedback events (services/scoring/model.py)."""
+        lead = self.leads.get(ev.lead_id)
+        if lead is None:
+            return
+        props = json.loads(ev.properties_json or "{}")
+        withdrawn = ev.type in ("spam_reported", "email_hard_bounced") or (
+            ev.type == "unsubscribed" and props.get("scope") not in ("nurture", "transactional"))
+        if withdrawn:
+            self.update(ev.lead_id, consent={**lead["consent"], "email": False})
+
     def _proto(self, lead: dict[str, Any]) -> scoring_pb2.Lead:
         return scoring_pb2.Lead(
             id=lead["id"], email=lead["email"], first_name=lead["first_name"], last_name=lead["last_name"],
@@ -63,6 +83,7 @@ class ScoringStub(scoring_pb2_grpc.ScoringServicer):
             if not dup:
                 self.keys.add(ev.idempotency_key)
                 self.events.append(ev)
+                self._apply(ev)
             results.append(scoring_pb2.EventResult(event_id=ev.idempotency_key, duplicate=dup))
         return scoring_pb2.IngestReply(results=results)
 
@@ -79,3 +100,37 @@ async def start_scoring_stub() -> tuple[ScoringStub, ServiceServer]:
 
     return servicer, await start_server(name="scoring-stub", port=0, register=register,
                                               mesh_tokens=[MESH_TOKEN])
+
+
+class DownError(grpc.aio.AioRpcError):
+    def __init__(self) -> None:
+        super().__init__(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), details="down")
+
+
+class _InProcessStub:
+    def __init__(self, servicer: ScoringStub) -> None:
+        self._servicer = servicer
+
+    async def IngestEvents(self, request: Any, timeout: float | None = None) -> scoring_pb2.IngestReply:
+        if self._servicer.down:
+            raise DownError()
+        return await self._servicer.IngestEvents(request, None)  # type: ignore[arg-type]
+
+
+class InProcessLeads:
+    """messaging's LeadSource over a ScoringStub, without gRPC (same dicts as `leads.lead_dict`)."""
+
+    def __init__(self, servicer: ScoringStub) -> None:
+        self.servicer = servicer
+        self.stub = _InProcessStub(servicer)
+
+    async def get_many(self, ids: Any) -> dict[str, dict[str, Any]]:
+        from services.messaging.leads import lead_dict
+
+        if self.servicer.down:
+            raise DownError()
+        return {i: lead_dict(self.servicer._proto(self.servicer.leads[i])) for i in set(ids)
+                if i in self.servicer.leads}
+
+    async def get(self, lead_id: str) -> dict[str, Any] | None:
+        return (await self.get_many([lead_id])).get(lead_id)

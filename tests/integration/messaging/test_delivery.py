@@ -62,11 +62,18 @@ async def test_consent_suppression_bounce_and_bad_template(mesh: Mesh) -> None:
     assert bad.status == "failed" and bad.reason.startswith("550")
     assert sorted(m.status for m in await mesh.messages("ok")) == ["failed", "sent"]  # the bad address blocked nothing
     assert mesh.scoring.of_type("email_hard_bounced")
-    # The bounced address is now suppressed for everything.
+    # Scoring heard the bounce and withdrew consent (the stub does what scoring does).
+    assert mesh.scoring.leads["bad"]["consent"] == {"email": False}
     await mesh.send("bad", "webinar.email_01", category="transactional")
     await mesh.settle()
     later = {m.template: m for m in await mesh.messages("bad")}["webinar.email_01"]
-    assert later.status == "suppressed" and "hard_bounce" in later.reason
+    assert (later.status, later.reason) == ("suppressed", "no email consent")
+    # Consent given again does not lift the bounce: the address stays suppressed for everything.
+    mesh.scoring.update("bad", consent={"email": True})
+    await mesh.send("bad", "webinar.email_02", category="transactional")
+    await mesh.settle()
+    again = {m.template: m for m in await mesh.messages("bad")}["webinar.email_02"]
+    assert again.status == "suppressed" and again.reason == "address suppressed (hard_bounce, all)"
 
 
 async def test_transient_failure_retries_with_backoff(mesh: Mesh) -> None:

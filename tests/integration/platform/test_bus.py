@@ -4,6 +4,7 @@ isolated to its shard and dead-lettered, and the linger that gathers a trickle i
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import pytest
@@ -65,7 +66,7 @@ async def test_a_poison_message_stays_in_its_shard_and_is_dead_lettered(redis_ur
     await client.aclose()
 
 
-async def test_a_trickle_is_gathered_into_one_call(redis_url: str) -> None:
+async def test_a_trickle_is_gathered_into_one_call(redis_url: str, caplog: pytest.LogCaptureFixture) -> None:
     client = aioredis.from_url(redis_url)
     publisher = Publisher(client, SHARDS)
     calls: list[int] = []
@@ -86,4 +87,35 @@ async def test_a_trickle_is_gathered_into_one_call(redis_url: str) -> None:
     task.cancel()
     await asyncio.wait([task], timeout=5)  # a cancelled blocking XREADGROUP may not unwind promptly
     assert sum(calls) == 10 and len(calls) <= 2, calls
+    # Handled on the consumer's normal path: a loop that failed and recovered through its pending
+    # re-read (a second later) would also deliver all ten, so the failure itself is what to look for.
+    assert not [r for r in caplog.records if "consumer loop error" in r.getMessage()]
+    await client.aclose()
+
+
+async def test_a_poison_message_is_dead_lettered_on_exactly_its_last_allowed_delivery(redis_url: str) -> None:
+    client = aioredis.from_url(redis_url)
+    [bad] = _leads_on_distinct_shards(1)
+    await Publisher(client, SHARDS).publish([{"id": "p1", "lead_id": bad, "type": "poison"}])
+    [(entry_id, _)] = await client.xrange(f"nurture:bus:{{s{shard_of(bad, SHARDS)}}}")
+    attempts = 0
+
+    async def handler(messages: list[dict[str, Any]]) -> None:
+        nonlocal attempts
+        attempts += 1
+        raise ValueError("cannot handle this")
+
+    consumer = Consumer(client, group="g", shards=SHARDS, handler=handler)
+    for _ in range(MAX_DELIVERIES + 3):
+        await consumer.drain()
+        if await client.xlen("nurture:bus-dead:{g}"):
+            break
+    assert attempts == MAX_DELIVERIES
+    [(_, dead)] = await client.xrange("nurture:bus-dead:{g}")
+    assert dead[b"stream"] == f"nurture:bus:{{s{shard_of(bad, SHARDS)}}}".encode() and dead[b"entry"] == entry_id
+    assert json.loads(dead[b"m"]) == [{"id": "p1", "lead_id": bad, "type": "poison"}]
+    # Acked and forgotten: nothing pending, no further delivery, no second dead letter.
+    await consumer.drain()
+    assert attempts == MAX_DELIVERIES and await client.xlen("nurture:bus-dead:{g}") == 1
+    assert (await client.xpending(f"nurture:bus:{{s{shard_of(bad, SHARDS)}}}", "g"))["pending"] == 0
     await client.aclose()

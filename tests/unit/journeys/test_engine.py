@@ -206,8 +206,18 @@ def test_budget_holds_nurture_but_not_transactional() -> None:
     h.message("page_viewed", category="pricing")  # triggers.pricing_page (side send, nurture)
     h.message("page_viewed", category="country")  # segment country_pathways + triggers.country_content
     h.message("webinar_registered", webinar_id="w2", starts_at=iso(T0 + timedelta(days=3)))
-    assert any(":webinar:" in k for k in h.sent)
-    assert h.state.sends and len(h.state.sends) <= 2 + 3  # side sends are not deferred, main-path ones are
+    # Budget 2 nurture a day: the welcome and the pricing trigger go; both country emails are held until
+    # exactly a day after the first send; the transactional webinar confirmation is never held.
+    assert h.sent == ["l-1:skilled_professional:1:email_01:1.1", "l-1:triggers:1:pricing_page:1.1",
+                      "l-1:webinar:1:email_01:1.1"]
+    assert h.state.sends == [iso(T0), iso(T0)]
+    held = [t for t in h.transitions if "held by the frequency budget" in t]
+    until = iso(T0 + timedelta(days=1))
+    assert held == [f"skilled_professional: country_pathways held by the frequency budget until {until}",
+                    f"triggers: country_content held by the frequency budget until {until}"]
+    assert {k: (e.side, e.side_at) for k, e in h.state.enrollments.items() if e.side} == {
+        "skilled_professional": (["country_pathways"], T0 + timedelta(days=1)),
+        "triggers": (["country_content"], T0 + timedelta(days=1))}
 
 
 def test_simulation_is_deterministic_for_a_seed() -> None:
@@ -446,3 +456,63 @@ def test_a_late_registrant_still_gets_the_access_link_before_the_start() -> None
     webinar = [k for k in h.sent if ":webinar:" in k]
     assert any(":email_01:" in k for k in webinar) and any(":email_03:" in k for k in webinar), webinar
     assert not any(":email_02:" in k for k in webinar), webinar
+
+
+@pytest.mark.parametrize(("new", "enrolled"), [(69, False), (70, True), (71, True)])
+def test_high_engagement_entry_at_a_score_of_exactly_70(new: int, enrolled: bool) -> None:
+    h = Harness()
+    h.message("lead_created")
+    h.lead["score"] = new
+    h.message("score_changed", old=new - 8, new=new)
+    assert ("high_engagement" in h.state.enrollments) is enrolled
+    if enrolled:
+        assert any("matched rule score_70" in t for t in h.transitions), h.transitions
+        assert any(":high_engagement:1:email_01:" in k for k in h.sent)
+
+
+@pytest.mark.parametrize(("interactions", "enrolled"), [(4, False), (5, True)])
+def test_high_engagement_entry_at_five_interactions_a_day(interactions: int, enrolled: bool) -> None:
+    h = Harness()
+    h.message("lead_created")
+    h.lead["counters"] = {"interactions_24h": interactions}
+    h.message("page_viewed", category="blog")
+    assert ("high_engagement" in h.state.enrollments) is enrolled
+
+
+def test_webinar_reminders_go_exactly_a_day_and_two_hours_before_the_start() -> None:
+    h = Harness()
+    h.message("lead_created")
+    starts = T0 + timedelta(days=5, hours=8)
+    h.message("webinar_registered", webinar_id="w-t", starts_at=iso(starts))
+    h.advance(days=6)
+    at = {k.split(":")[3]: when for k, when in h.sent_at if ":webinar:1:" in k}
+    assert at["email_01"] == timedelta(0)
+    assert at["email_02"] == starts - timedelta(days=1) - T0
+    assert at["email_03"] == starts - timedelta(hours=2) - T0
+    # Nothing of the webinar went in between (the times are the wait's, not a poll's).
+    assert [k.split(":")[3] for k, when in h.sent_at if ":webinar:1:" in k and when < starts - T0] == [
+        "email_01", "email_02", "email_03"]
+
+
+def test_an_engagement_before_day_14_moves_the_re_engagement_date() -> None:
+    # Inactivity counts from the latest engagement: an open on day 10 moves re-engagement to day 24.
+    h = Harness("family")
+    h.message("lead_created")
+    assert h.state.inactive_due == T0 + timedelta(days=14)
+    h.advance(days=10)
+    h.message("email_opened", journey="family", step="email_05", message_id="m-10")
+    assert h.state.inactive_due == T0 + timedelta(days=24)
+    token = h.state.inactive_token
+    # The old day-14 moment (and any token from before the open) enters nobody.
+    h.advance(days=4)
+    assert not h.engine.inactivity_due(h.state, token - 1, T0 + timedelta(days=14)).transitions
+    assert not h.engine.inactivity_due(h.state, token, T0 + timedelta(days=14)).transitions
+    h.advance(days=10, seconds=-1)
+    assert not h.engine.inactivity_due(h.state, token, T0 + timedelta(days=24, seconds=-1)).transitions
+    assert "re_engagement" not in h.state.enrollments
+    h.advance(seconds=1)
+    fired = h.engine.inactivity_due(h.state, token, T0 + timedelta(days=24))
+    assert fired.transitions
+    h.drive()
+    assert h.state.enrollments["re_engagement"].status == ACTIVE
+    assert h.state.enrollments["re_engagement"].entered_at == T0 + timedelta(days=24)

@@ -6,6 +6,8 @@ import asyncio
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
+
 from services.messaging.catalog import Catalog
 from services.messaging.channels import Channels
 
@@ -75,3 +77,44 @@ def test_each_lifecycle_stage_has_content_of_its_own() -> None:
                            ("trial", "trial_nurture"), ("customer", "customer")):
         p = personalization(ENDED, {**LEAD, "lifecycle_stage": stage})
         assert p.recommended_content and all(r["key"].startswith(journey + ".") for r in p.recommended_content), stage
+
+
+SITE = "https://www.borderbridge.example"
+PROFILE = {"attributes": {"countries_of_interest": ["CA"]}, "segment": "family"}
+
+
+@pytest.mark.parametrize(("lead", "expected"), [
+    ({"lifecycle_stage": "customer", "score": 99, **PROFILE},
+     {"action": "explore_features", "label": "Explore your roadmap", "url": f"{SITE}/app/roadmap",
+      "reason": "customer"}),
+    ({"lifecycle_stage": "trial", "score": 99, **PROFILE},
+     {"action": "upgrade", "label": "Keep your access", "url": f"{SITE}/pricing", "reason": "in trial"}),
+    ({"lifecycle_stage": "lead", "score": 70, **PROFILE},
+     {"action": "book_consultation", "label": "Book a consultation", "url": f"{SITE}/consultation",
+      "reason": "score 70, stage lead"}),
+    ({"lifecycle_stage": "sql", "score": 0, **PROFILE},
+     {"action": "book_consultation", "label": "Book a consultation", "url": f"{SITE}/consultation",
+      "reason": "score 0, stage sql"}),
+    ({"lifecycle_stage": "lead", "score": 69, **PROFILE},
+     {"action": "start_assessment", "label": "Start your free assessment", "url": f"{SITE}/assessment",
+      "reason": "score 69, stage lead"}),
+    ({"lifecycle_stage": "lead", "score": 40, **PROFILE},
+     {"action": "start_assessment", "label": "Start your free assessment", "url": f"{SITE}/assessment",
+      "reason": "score 40, stage lead"}),
+    ({"lifecycle_stage": "mql", "score": 1, **PROFILE},
+     {"action": "start_assessment", "label": "Start your free assessment", "url": f"{SITE}/assessment",
+      "reason": "score 1, stage mql"}),
+    ({"lifecycle_stage": "lead", "score": 39, **PROFILE},
+     {"action": "download_guide", "label": "Download the pathway guide", "url": f"{SITE}/guides",
+      "reason": "early research"}),
+    ({"score": 39, "attributes": {}, "segment": "family"},
+     {"action": "complete_profile", "label": "Complete your profile", "url": f"{SITE}/profile",
+      "reason": "profile incomplete"}),
+    ({"lifecycle_stage": None, "score": None, "attributes": {"countries_of_interest": ["CA"]}, "segment": ""},
+     {"action": "complete_profile", "label": "Complete your profile", "url": f"{SITE}/profile",
+      "reason": "profile incomplete"}),
+])
+def test_next_best_action_by_stage_and_score(lead: dict, expected: dict) -> None:
+    from services.messaging.channels import next_best_action
+
+    assert next_best_action(lead, SITE) == expected

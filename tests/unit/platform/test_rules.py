@@ -69,6 +69,8 @@ snapshots = st.fixed_dictionaries(
 def test_engine_agrees_with_reference(conds: list[dict], facts_list: list[dict]) -> None:
     specs = [RuleSpec(name=f"rule_{i}", when=c) for i, c in enumerate(conds)]
     compiled = compile_rules(f"prop_{next(_names)}", specs)
+    # Only what the engine cannot expand (alternatives: any, in) may fall back to the reference.
+    assert all("any" in str(s.when) or "'in'" in str(s.when) for s in compiled.fallback), compiled.fallback
     for facts in facts_list:
         engine = [m.rule for m in compiled.evaluate(facts)]
         assert engine == reference_evaluate(specs, facts), (conds, facts)
@@ -91,6 +93,7 @@ def test_invalid_definitions_list_every_problem() -> None:
         compile_rules("bad_v1", [RuleSpec("a", {"fact": "x", "gt": "ten"}),
                                  RuleSpec("a", {"all": []}), RuleSpec("c", {"fact": "y", "between": 3})])
     assert len(err.value.problems) == 4
+    assert str(err.value) == "; ".join(err.value.problems)
     assert validate_condition({"fact": "x", "matches": "("})[0].startswith("when: bad pattern")
 
 
@@ -119,6 +122,8 @@ def test_chain_applies_effects_until_quiet_and_bounds_loops() -> None:
     with pytest.raises(RuleLoopError) as err:
         chain(compiled, {"score": 60}, apply, max_rounds=1)
     assert "alert_on_mql" in str(err.value) or "to_mql" in str(err.value)
+    assert err.value.rules and set(err.value.rules) <= {"to_mql", "alert_on_mql"}
+    assert str(err.value).startswith("rules still firing after 1 rounds: ")
 
 
 def test_conditions_too_large_for_the_engine_still_decide_like_the_reference() -> None:
@@ -137,3 +142,100 @@ def test_null_is_no_value() -> None:
     specs = [RuleSpec("has", {"fact": "a", "exists": True}), RuleSpec("ne", {"fact": "a", "ne": "x"})]
     compiled = compile_rules(f"nulls_{next(_names)}", specs)
     assert [m.rule for m in compiled.evaluate({"a": None})] == reference_evaluate(specs, {"a": None}) == []
+
+
+# Explicit boundaries for every operator: the property test above draws threshold and value independently,
+# so a value equal to its threshold (where gt and gte, lt and lte differ) is rare there. Each row is checked
+# against the adapter (durable_rules) and the reference evaluator alike.
+MISSING = object()
+BOUNDARIES: list[tuple[str, object, object, bool]] = [
+    # op, expected (the rule's value), the fact's value, holds
+    ("gt", 70, 69, False), ("gt", 70, 70, False), ("gt", 70, 71, True), ("gt", 70, 70.5, True),
+    ("gt", 70, 69.99, False), ("gt", 0, 0, False), ("gt", -1, 0, True), ("gt", 0, True, False),
+    ("gt", 70, "71", False), ("gt", 70, MISSING, False),
+    ("gte", 70, 69, False), ("gte", 70, 70, True), ("gte", 70, 70.0, True), ("gte", 70, 71, True),
+    ("gte", 70, 69.5, False), ("gte", 0, 0, True), ("gte", 0, -1, False), ("gte", 1, True, False),
+    ("gte", 70, MISSING, False),
+    ("lt", 70, 69, True), ("lt", 70, 70, False), ("lt", 70, 71, False), ("lt", 70, 69.99, True),
+    ("lt", 0, 0, False), ("lt", 0, -1, True), ("lt", 2, False, False), ("lt", 70, MISSING, False),
+    ("lte", 70, 69, True), ("lte", 70, 70, True), ("lte", 70, 70.0, True), ("lte", 70, 71, False),
+    ("lte", 70, 70.01, False), ("lte", 0, 0, True), ("lte", 70, "1", False), ("lte", 70, MISSING, False),
+    ("eq", 70, 70, True), ("eq", 70, 70.0, True), ("eq", 70, 69, False), ("eq", 70, 71, False),
+    ("eq", 70, "70", False), ("eq", 1, True, False), ("eq", True, True, True), ("eq", True, False, False),
+    ("eq", False, 0, False), ("eq", "CA", "CA", True), ("eq", "CA", "ca", False), ("eq", "", "", True),
+    ("eq", "CA", ["CA"], False), ("eq", "CA", MISSING, False), ("eq", 0, 0, True),
+    ("ne", 70, 70, False), ("ne", 70, 70.0, False), ("ne", 70, 71, True), ("ne", 70, "70", True),
+    ("ne", True, True, False), ("ne", True, 1, True), ("ne", "CA", "CA", False), ("ne", "CA", "US", True),
+    ("ne", "CA", MISSING, False), ("ne", "CA", ["US"], False),
+    ("in", [1, 2], 1, True), ("in", [1, 2], 2, True), ("in", [1, 2], 3, False), ("in", [1, 2], 0, False),
+    ("in", [1, 2], "1", False), ("in", [1], True, False), ("in", ["CA", "US"], "US", True),
+    ("in", ["CA", "US"], "DE", False), ("in", ["CA"], ["CA"], False), ("in", ["CA"], MISSING, False),
+    ("contains", "CA", ["CA", "US"], True), ("contains", "CA", ["US", "CA"], True), ("contains", "CA", ["US"], False),
+    ("contains", "CA", [], False), ("contains", "CA", "CA", False), ("contains", "CA", ["ca"], False),
+    ("contains", "CA", MISSING, False),
+    ("exists", True, 0, True), ("exists", True, "", True), ("exists", True, False, True), ("exists", True, [], True),
+    ("exists", True, None, False), ("exists", True, MISSING, False),
+    ("exists", False, MISSING, True), ("exists", False, None, True), ("exists", False, 0, False),
+    ("exists", False, "x", False),
+    ("matches", "pri.*", "pricing", True), ("matches", "pri.*", "pri", True), ("matches", "pri.*", "xpricing", False),
+    ("matches", "pri.*", "pr", False), ("matches", "C.", "CA", True), ("matches", "C.", "C", False),
+    ("matches", "C.", "CAN", False), ("matches", ".*", "", True), ("matches", ".*", 7, False),
+    ("matches", ".*", MISSING, False),
+]
+
+
+@pytest.mark.parametrize(("op", "expected", "value", "holds"), BOUNDARIES)
+def test_operator_boundaries_adapter_and_reference_agree(op: str, expected: object, value: object,
+                                                         holds: bool) -> None:
+    specs = [RuleSpec("r", {"fact": "lead.score", op: expected})]
+    compiled = compile_rules(f"boundary_{next(_names)}", specs)
+    facts: dict = {"lead": {} if value is MISSING else {"score": value}}
+    # Decided by durable_rules itself: a leaf that failed to compile would fall back to the reference
+    # evaluation and agree with it whatever the compiler did.
+    assert compiled.fallback == []
+    assert reference_evaluate(specs, facts) == (["r"] if holds else []), "reference"
+    assert [m.rule for m in compiled.evaluate(facts)] == (["r"] if holds else []), "adapter"
+
+
+def test_every_operator_has_boundary_examples() -> None:
+    assert {op for op, *_ in BOUNDARIES} == {"gt", "gte", "lt", "lte", "eq", "ne", "in", "contains", "exists",
+                                            "matches"}
+
+
+@pytest.mark.parametrize(("cond", "problems"), [
+    ({"fact": "a", "gt": 1}, []), ({"fact": "a", "gte": 1.5}, []), ({"fact": "a", "lt": -1}, []),
+    ({"fact": "a", "lte": 0}, []), ({"fact": "a", "eq": True}, []), ({"fact": "a", "ne": 0.5}, []),
+    ({"fact": "a", "in": ["x"]}, []), ({"fact": "a", "contains": 3}, []), ({"fact": "a", "exists": False}, []),
+    ({"fact": "A_b.C9", "matches": "x+"}, []),
+    *[({"fact": "a", op: bad}, [f"when: '{op}' needs a number"])
+      for op in ("gt", "gte", "lt", "lte") for bad in ("5", True, None, [1])],
+    ({"fact": "a", "in": []}, ["when: 'in' needs a non-empty list"]),
+    ({"fact": "a", "in": "x"}, ["when: 'in' needs a non-empty list"]),
+    ({"fact": "a", "exists": 1}, ["when: 'exists' needs true or false"]),
+    ({"fact": "a", "contains": 1.5}, ["when: 'contains' needs a string or integer"]),
+    ({"fact": "a", "contains": ["x"]}, ["when: 'contains' needs a string or integer"]),
+    ({"fact": "a", "eq": ["x"]}, ["when: 'eq' needs a scalar"]),
+    ({"fact": "a", "ne": {"x": 1}}, ["when: 'ne' needs a scalar"]),
+    ({"fact": "a", "eq": None}, ["when: 'eq' needs a scalar"]),
+    ("x", ["when: expected a mapping, got str"]),
+    ({"fact": "1a", "eq": 1}, ["when: 'fact' must be a dotted name, got '1a'"]),
+    ({"fact": "a..b", "eq": 1}, ["when: 'fact' must be a dotted name, got 'a..b'"]),
+    ({"fact": "a", "eq": 1, "ne": 2},
+     ["when: exactly one operator of eq, ne, gt, gte, lt, lte, in, contains, exists, matches is required, "
+      "got ['eq', 'ne']"]),
+    ({"all": [{"fact": "a", "eq": 1}], "fact": "b"}, ["when: 'all' cannot be combined with ['fact']"]),
+    ({"any": []}, ["when.any: expected a non-empty list"]),
+    ({"all": [{"fact": "a", "eq": 1}, {"any": [{"fact": "b", "gt": "x"}, 7]}]},
+     ["when.all[1].any[0]: 'gt' needs a number", "when.all[1].any[1]: expected a mapping, got int"]),
+])
+def test_validate_condition_names_each_problem_and_where(cond: object, problems: list[str]) -> None:
+    assert validate_condition(cond) == problems
+
+
+def test_a_rule_set_whose_every_rule_is_too_large_still_registers_and_decides() -> None:
+    huge = {"all": [{"any": [{"fact": f"f{i}", "eq": v} for v in range(3)]} for i in range(16)]}
+    specs = [RuleSpec("huge", huge)]
+    compiled = compile_rules(f"all_fallback_{next(_names)}", specs)
+    assert [s.name for s in compiled.fallback] == ["huge"]
+    assert [m.rule for m in compiled.evaluate({f"f{i}": 1 for i in range(16)})] == ["huge"]
+    assert compiled.evaluate({"f0": 9}) == []

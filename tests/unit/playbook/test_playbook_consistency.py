@@ -28,7 +28,15 @@ def test_every_journey_email_renders_for_a_sparse_profile() -> None:
     catalog = Catalog()
     lead = {"id": "x", "email": "x@example.com", "attributes": {}, "segment": None}
     keys = set(catalog.keys())
+    rendered = 0
     for j in journeys.values():
         for key in j.templates():
-            if key in keys:
-                catalog.render(key, lead)
+            assert key in keys, key
+            r = catalog.render(key, lead)
+            rendered += 1
+            for part in (r.subject, r.text, r.html):
+                # Something to read, and no hole where a missing profile value would go.
+                assert part.strip(), key
+                assert "None" not in part and "{{" not in part and "Undefined" not in part, (key, part)
+            assert "Hi ," not in r.text and "Hi  " not in r.text, key
+    assert rendered >= 100

@@ -115,3 +115,148 @@ def test_a_channel_subscription_is_consent_and_a_plain_one_a_purchase(model: Sco
     assert newsletter.consent_email is True and newsletter.stage is None
     purchase = model.score_event(lead, {"type": "subscribed", "properties": {"plan": "pro"}, "occurred_at": NOW}, NOW)
     assert purchase.stage == "customer" and purchase.consent_email is None
+
+
+@pytest.mark.parametrize(("current", "score", "expected"), [
+    ("subscriber", 9, "subscriber"), ("subscriber", 10, "lead"),
+    ("subscriber", 49, "lead"), ("subscriber", 50, "mql"), ("lead", 49, "lead"), ("lead", 50, "mql"),
+    ("lead", 51, "mql"), ("mql", 69, "mql"), ("mql", 70, "sql"), ("lead", 70, "sql"), ("lead", 71, "sql"),
+    ("trial", 70, "trial"), ("customer", 100, "customer"),
+])
+def test_lifecycle_thresholds_are_inclusive(model: ScoringModel, current: str, score: int, expected: str) -> None:
+    # model.yaml: lead at 10, mql at 50, sql at 70 ("reaches 50" includes 50); stages never move back.
+    assert model.stage_for(current, score, None) == expected
+
+
+PRICING = {"type": "page_viewed", "properties": {"category": "pricing"}, "occurred_at": NOW}  # +8 points
+
+
+@pytest.mark.parametrize(("old", "stage", "signals"), [
+    (41, None, []),                         # 49: still a lead
+    (42, "mql", ["mql_reached"]),           # exactly 50
+    (43, "mql", ["mql_reached"]),
+    (61, None, []),                         # 69: still an mql, not yet highly engaged
+    (62, "sql", ["sql_reached", "high_engagement"]),   # exactly 70
+    (70, None, []),                         # already past 70: no second crossing
+])
+def test_score_crossings_at_50_and_70(model: ScoringModel, old: int, stage: str | None,
+                                       signals: list[str]) -> None:
+    lead = {"score": old, "lifecycle_stage": "mql" if old >= 50 else "lead"}
+    if old >= 70:
+        lead["lifecycle_stage"] = "sql"
+    out = model.score_event(lead, PRICING, NOW)
+    assert out.delta == 8
+    assert out.stage == stage
+    assert [s for s in out.signals if s in ("mql_reached", "sql_reached", "high_engagement")] == signals
+
+
+def test_engagement_windows_count_from_exactly_their_length_ago() -> None:
+    from services.scoring.model import derive_counters
+
+    n = int(NOW.timestamp())
+    day = 86_400
+    recent = {
+        "opens": [n - 30 * day - 1, n - 30 * day, n - 14 * day - 1, n - 14 * day, n - 7 * day - 1, n - 7 * day, n,
+                  n + 1],
+        "clicks": [n - 30 * day, n - 14 * day, n - 7 * day - 1, n - 7 * day],
+        "interactions": [n - day - 1, n - day, n - 7 * day, n - 7 * day - 1],
+    }
+    last = NOW - timedelta(days=3, hours=23)
+    counters = derive_counters(recent, {"downloads": 2, "high_intent_views": 1}, last, NOW)
+    assert counters == {
+        "opens_7d": 2, "opens_14d": 4, "opens_30d": 6,          # a timestamp in the future counts nowhere
+        "clicks_7d": 1, "clicks_14d": 3, "clicks_30d": 4,
+        "interactions_24h": 1, "interactions_7d": 3,
+        "downloads": 2, "high_intent_views": 1, "pricing_views": 0,
+        "days_since_engagement": 3, "last_engagement_at": last.isoformat(),
+    }
+    assert derive_counters({}, {}, None, NOW) == {
+        "opens_7d": 0, "opens_14d": 0, "opens_30d": 0, "clicks_7d": 0, "clicks_14d": 0, "clicks_30d": 0,
+        "interactions_24h": 0, "interactions_7d": 0, "downloads": 0, "high_intent_views": 0, "pricing_views": 0,
+        "days_since_engagement": None, "last_engagement_at": None}
+
+
+def test_an_event_updates_its_counters_and_keeps_thirty_days(model: ScoringModel) -> None:
+    n = int(NOW.timestamp())
+    old = n - 30 * 86_400
+    lead = {"score": 0, "recent": {"opens": [old - 1, old], "clicks": [], "interactions": [old - 1]},
+            "counters": {"totals": {"downloads": 1, "pricing_views": 2}}}
+    opened = model.score_event(lead, {"type": "email_opened", "properties": {}, "occurred_at": NOW}, NOW)
+    assert opened.engaged and opened.recent["opens"] == [old, n] and opened.recent["interactions"] == [n]
+    assert (opened.counters["opens_30d"], opened.counters["interactions_24h"]) == (2, 1)
+    assert opened.counters["days_since_engagement"] == 0 and opened.counters["last_engagement_at"] == NOW.isoformat()
+    clicked = model.score_event(lead, {"type": "email_clicked", "properties": {}, "occurred_at": NOW}, NOW)
+    assert clicked.recent["clicks"] == [n] and clicked.counters["clicks_7d"] == 1
+    download = model.score_event(lead, {"type": "resource_downloaded", "properties": {}, "occurred_at": NOW}, NOW)
+    assert download.counters["downloads"] == 2 and download.counters["totals"]["downloads"] == 2
+    pricing = model.score_event(lead, {"type": "page_viewed", "properties": {"category": "pricing"},
+                                       "occurred_at": NOW}, NOW)
+    assert pricing.counters["pricing_views"] == 3 and pricing.counters["high_intent_views"] == 0
+    intent = model.score_event(lead, {"type": "page_viewed", "properties": {"category": "high_intent"},
+                                      "occurred_at": NOW}, NOW)
+    assert intent.counters["high_intent_views"] == 1 and intent.counters["pricing_views"] == 2
+    # Not an engagement: no interaction recorded, the last engagement stays where it was.
+    quiet = model.score_event({**lead, "last_engaged_at": NOW - timedelta(days=2)},
+                              {"type": "stage_changed", "properties": {}, "occurred_at": NOW}, NOW)
+    assert not quiet.engaged and quiet.recent["interactions"] == []
+    assert quiet.counters["days_since_engagement"] == 2
+    # An engagement reported late does not move the last engagement back.
+    late = model.score_event({**lead, "last_engaged_at": NOW}, {"type": "email_opened", "properties": {},
+                                                                 "occurred_at": NOW - timedelta(days=1)}, NOW)
+    assert late.counters["last_engagement_at"] == NOW.isoformat()
+
+
+@pytest.mark.parametrize(("etype", "kept"), [("page_viewed", True), ("resource_downloaded", True),
+                                             ("video_watched", True), ("email_clicked", True),
+                                             ("email_opened", False), ("form_submitted", False)])
+def test_interests_follow_what_the_lead_looks_at(model: ScoringModel, etype: str, kept: bool) -> None:
+    lead = {"score": 0, "interests": {"countries": ["AU"], "topics": ["pricing"]}}
+    out = model.score_event(lead, {"type": etype, "properties": {"country": "CA", "category": "education"},
+                                   "occurred_at": NOW}, NOW)
+    if kept:
+        assert out.interests == {"countries": ["AU", "CA"], "topics": ["pricing", "education"]}
+    else:
+        assert out.interests == {"countries": ["AU"], "topics": ["pricing"]}
+    # Known ones are not repeated, blanks and non-strings are ignored, the lists keep the latest 10 / 20.
+    again = model.score_event(lead, {"type": etype, "properties": {"country": "AU", "category": ""},
+                                     "occurred_at": NOW}, NOW)
+    assert again.interests == {"countries": ["AU"], "topics": ["pricing"]}
+    odd = model.score_event({"score": 0}, {"type": etype, "properties": {"country": 7, "category": None},
+                                           "occurred_at": NOW}, NOW)
+    assert odd.interests == {"countries": [], "topics": []}
+    many = {"score": 0, "interests": {"countries": [f"C{i}" for i in range(10)],
+                                      "topics": [f"t{i}" for i in range(20)]}}
+    more = model.score_event(many, {"type": etype, "properties": {"country": "CA", "category": "new"},
+                                    "occurred_at": NOW}, NOW)
+    if kept:
+        assert more.interests["countries"] == [f"C{i}" for i in range(1, 10)] + ["CA"]
+        assert more.interests["topics"] == [f"t{i}" for i in range(1, 20)] + ["new"]
+
+
+def test_the_rules_see_the_lead_facts_they_may_read(model: ScoringModel) -> None:
+    from services.scoring.model import _lead_facts
+
+    lead = {"segment": "family", "score": 0, "grade": None, "lifecycle_stage": "lead", "attributes": {},
+            "timezone": "UTC", "locale": "en", "email": "x@example.com", "consent": {"email": True}}
+    assert _lead_facts(lead) == {"segment": "family", "score": 0, "lifecycle_stage": "lead", "attributes": {},
+                                 "timezone": "UTC", "locale": "en"}
+
+
+@pytest.mark.parametrize(("lead", "points", "grade", "rules"), [
+    ({"attributes": {}}, 0, "D", []),
+    ({"attributes": {}, "email": "a@example.com"}, 5, "D", ["email_given"]),
+    ({"attributes": {"profession": "nurse"}}, 10, "C", ["profession_known"]),       # exactly C's 10
+    ({"attributes": {"profession": "nurse", "budget": 1}, "email": "a@example.com"}, 20, "C",
+     ["profession_known", "budget_known", "email_given"]),
+    ({"attributes": {"profession": "nurse", "countries_of_interest": ["CA"], "investment_budget": 1}}, 25, "B",
+     ["profession_known", "destination_known", "budget_known"]),                    # exactly B's 25
+    ({"attributes": {"profession": "nurse", "countries_of_interest": ["CA"], "timeline": "urgent",
+                     "budget": 1}}, 35, "A",
+     ["profession_known", "destination_known", "urgent_timeline", "budget_known"]),  # exactly A's 35
+    ({"attributes": {"profession": "nurse", "countries_of_interest": ["CA"], "timeline": "someday",
+                     "budget": 1}, "email": ""}, 25, "B",
+     ["profession_known", "destination_known", "budget_known"]),                    # an empty email is none
+])
+def test_fit_points_and_grade_at_each_grade_minimum(model: ScoringModel, lead: dict, points: int, grade: str,
+                                                     rules: list[str]) -> None:
+    assert model.fit(lead) == (points, grade, rules)
