@@ -9,10 +9,9 @@ import httpx
 import pytest
 
 from gateway.app import create_app
-from nurture.rpc import channel
 from nurture.settings import SERVICES, Settings
 from services.messaging.tokens import Signer, Token
-from tests.conftest import free_port, start_service
+from tests.conftest import free_port, mesh_channel, start_service
 
 pytestmark = pytest.mark.anyio
 
@@ -24,7 +23,7 @@ async def gateway(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     messaging = await start_service("messaging", cfg)
     app = create_app(cfg.with_overrides(api_key="test-key", messaging_addr=messaging.address))
     for s in SERVICES:
-        app.state.mesh.channels[s] = channel(app.state.mesh.settings.address_of(s))
+        app.state.mesh.channels[s] = mesh_channel(app.state.mesh.settings.address_of(s))
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as client:
         yield client
     await messaging.stop(grace=0.2)

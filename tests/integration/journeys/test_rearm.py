@@ -4,12 +4,11 @@ Redis' data, so this is the only test where re-arming has to do the work."""
 
 from __future__ import annotations
 
-import grpc
 import pytest
 import redis
 
 from nurture.api.common.v1 import common_pb2_grpc
-from tests.conftest import start_service
+from tests.conftest import mesh_channel, start_service
 from tests.integration.journeys.conftest import Mesh
 from tests.integration.journeys.fakes import advance, lead, publish, settle
 
@@ -47,7 +46,7 @@ async def test_timers_lost_from_redis_are_re_armed_from_sql_at_start(mesh: Mesh)
 
     await mesh.running.stop(grace=0.2)
     restarted = await start_service("journeys", mesh.settings)
-    channel = grpc.aio.insecure_channel(restarted.address)
+    channel = mesh_channel(restarted.address)
     try:
         assert timer_members(mesh.settings.redis_url) >= armed   # everything that was pending, again
         admin = common_pb2_grpc.AdminStub(channel)
