@@ -66,7 +66,7 @@ consent_log = Table(
     "messaging_consent_log", metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("lead_id", String(128), nullable=False, index=True),
-    Column("channel", String(16), nullable=False),
+    Column("channel", String(64), nullable=False),  # "email" or "email:<scope>" (e.g. email:transactional)
     Column("granted", Boolean, nullable=False),
     Column("source", String(64), nullable=False),
     Column("at", DateTime, nullable=False),
