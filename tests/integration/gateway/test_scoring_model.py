@@ -5,33 +5,18 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import AsyncIterator
 
 import httpx
 import pytest
 from fastapi import FastAPI
 
-from gateway.app import create_app
 from nurture.service import Running
-from nurture.settings import SERVICES, Settings
-from tests.conftest import free_port, mesh_channel, start_service
+from nurture.settings import Settings
+from tests.conftest import mesh_channel, start_service
 from tests.integration.scoring.test_scoring_service import bus_messages
 
 pytestmark = pytest.mark.anyio
 AUTH = {"Authorization": "Bearer test-key"}
-
-
-@pytest.fixture
-async def api(settings: Settings) -> AsyncIterator[tuple[httpx.AsyncClient, FastAPI, Running]]:
-    scoring = await start_service("scoring", settings)
-    addrs = {f"{s}_addr": f"127.0.0.1:{free_port()}" for s in SERVICES}
-    addrs["scoring_addr"] = scoring.address
-    app = create_app(settings.with_overrides(api_key="test-key", **addrs))
-    for s in SERVICES:
-        app.state.mesh.channels[s] = mesh_channel(app.state.mesh.settings.address_of(s))
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as client:
-        yield client, app, scoring
-    await scoring.stop(grace=0.2)
 
 
 async def test_read_draft_dry_run_and_publish(api: tuple[httpx.AsyncClient, FastAPI, Running],
