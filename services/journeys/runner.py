@@ -421,20 +421,21 @@ class JourneysRuntime:
     async def _fire(self, campaign: Campaign) -> int:
         after, reached = "", 0
         while True:
-            def page(cursor: str = after) -> list[tuple[str, dict[str, Any]]]:
+            def page(cursor: str = after) -> tuple[list[str], dict[str, LeadState]]:
                 with self.db.session() as s:
                     ids = storage.lead_ids_after(s, cursor, CALENDAR_PAGE)
-                    states = storage.load_states(s, ids)
-                return [(i, states[i].lead) for i in ids if i in states]
-            leads = await self.db.run(page)
-            if not leads:
+                    return ids, storage.load_states(s, ids)
+            ids, states = await self.db.run(page)
+            if not ids:
                 return reached
-            messages = [self.calendar.message(campaign, lead_id, lead) for lead_id, lead in leads
-                        if campaign.id in self.calendar.audience(lead)]
+            # The cursor follows the ids read, not the states found, so a page is never walked twice
+            # nor the walk cut short by a row without a state.
+            messages = [self.calendar.message(campaign, lead_id, states[lead_id].lead) for lead_id in ids
+                        if lead_id in states and campaign.id in self.calendar.audience(states[lead_id].lead)]
             if messages:
                 await self.handle_messages(messages)
                 reached += len(messages)
-            after = leads[-1][0]
+            after = ids[-1]
 
     async def timer_loop(self, interval: float = 0.1) -> None:
         while True:

@@ -28,7 +28,7 @@ from nurture.rpcguard import guard_requests, message_problems, problem_text
 from nurture.service import Running
 from nurture.settings import Settings
 from nurture.telemetry import redis_span
-from services.scoring.model import ScoringModel, load_model
+from services.scoring.model import load_model
 from services.scoring.model_versions import ModelVersions, UnknownVersion
 from services.scoring.storage import (
     EmailTaken,
@@ -260,7 +260,7 @@ class IngestQueue:
 @guard_requests(own={"IngestEvents": "events", "UpsertLeads": "leads", "UpsertLead": "fields_json"})
 class ScoringServicer(scoring_pb2_grpc.ScoringServicer):
     def __init__(
-        self, db: Database, store: Store, clock: Clock, outbox: Outbox, model: ScoringModel, ingest: IngestQueue,
+        self, db: Database, store: Store, clock: Clock, outbox: Outbox, ingest: IngestQueue,
         versions: ModelVersions | None = None,
     ) -> None:
         self._ingest = ingest
@@ -512,7 +512,7 @@ async def serve(settings: Settings) -> Running:
             await asyncio.sleep(5)
 
     def register(server: grpc.aio.Server) -> Iterable[str]:
-        scoring_pb2_grpc.add_ScoringServicer_to_server(ScoringServicer(db, store, clock, outbox, model, ingest,
+        scoring_pb2_grpc.add_ScoringServicer_to_server(ScoringServicer(db, store, clock, outbox, ingest,
                                                                                   versions), server)
         scoring_pb2_grpc.add_EchoServicer_to_server(EchoServicer(), server)
         admin = AdminServicer(settle=settle, timeline=timeline, erase=erase,
