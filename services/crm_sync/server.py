@@ -27,15 +27,11 @@ from nurture.rpcguard import guard_requests, message_problems, problem_text
 from nurture.service import Running
 from nurture.settings import Settings
 from services.crm_sync import domain
+from services.crm_sync.app.base import InputError, ScoringUnavailable, UnknownContact
+from services.crm_sync.app.contacts import ContactIn
+from services.crm_sync.app.core import CrmSyncCore
+from services.crm_sync.clients import JourneysLookup
 from services.crm_sync.connector import HubSpotConnector
-from services.crm_sync.sync import (
-    ContactIn,
-    CrmSyncCore,
-    InputError,
-    JourneysLookup,
-    ScoringUnavailable,
-    UnknownContact,
-)
 
 log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).parent / "migrations"
