@@ -3,33 +3,27 @@
 The contract is `protos/nurture/api/bus/v1/bus.proto`. Producers build a `BusMessage` and `encode` it;
 `nurture.bus.Consumer` hands its handler `BusMessage`s from `decode`; nothing else reads or writes the
 wire. The text `encode` returns is what scoring's outbox row holds and what the stream entry's field `m`
-holds: base64 of a protobuf `Envelope` (the outbox column is text, and one form in both places means
-the publisher copies it through untouched).
+holds: the proto3 JSON form of an `Envelope` (field names as in the proto), written by orjson straight
+from the records, because the accept path encodes every message and the protobuf runtime costs about ten
+times as much here.
 
 `decode` also reads every older form, because a rolling deploy has old and new producers writing the
 same streams and a crash leaves old rows in the outbox:
-- version 0: the JSON object scoring wrote before this contract (text starting with `{`);
-- version 1: the first protobuf envelope.
-A newer envelope decodes too: protobuf skips fields it does not know.
-
-Free-form objects (event properties, lead attributes, consent, counters, interests) are JSON text inside
-the protobuf (their keys are open-ended, and Struct would make every integer a double); they are decoded
-here, once, into plain dicts.
+- version 0: the JSON object scoring wrote before this contract (the message's fields at the top);
+- version 1: the first envelope, `{"version": 1, "message": {...}}`.
+A newer envelope decodes too: fields this code does not know are ignored.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import dataclasses
-from collections.abc import Mapping, Sequence
+import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from google.protobuf.message import DecodeError
+import orjson
 
 from nurture import jsoncodec
-from nurture.api.bus.v1 import bus_pb2
 
 # The envelope version this code writes. Raise it when a field changes meaning (adding a field does not
 # need it: readers of the older version ignore it, readers of the newer one see its default).
@@ -40,7 +34,12 @@ class MalformedMessage(ValueError):
     """A stream entry that is neither an envelope nor a version-0 JSON message."""
 
 
-@dataclass(frozen=True, slots=True)
+# Plain dataclasses, neither frozen nor slotted: scoring builds them for every message on the accept
+# path, where frozen doubles the cost of construction and slots make orjson serialise them several
+# times slower (measured, docs/CONTRACTS.md). Treat them as values: nothing changes one once built.
+
+
+@dataclass
 class RuleHit:
     """A scoring rule that fired for the message's event: its points and the reason shown to people."""
 
@@ -49,7 +48,7 @@ class RuleHit:
     why: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass
 class LeadSnapshot:
     """The lead as scoring holds it after the message, as every consumer reads it. Fields scoring did not
     send are None (a `lead_erased` snapshot carries only `id`); objects are empty dicts then."""
@@ -77,27 +76,25 @@ class LeadSnapshot:
     def as_dict(self) -> dict[str, Any]:
         """The snapshot as the JSON object consumers keep (journeys' lead state, crm_sync's snapshot
         column) and feed to rules as facts: every field, None where unknown."""
-        return {f: getattr(self, f) for f in _SNAPSHOT_FIELDS}
+        return dict(self.__dict__)
 
     @classmethod
     def from_dict(cls, lead: Mapping[str, Any]) -> LeadSnapshot:
-        """A snapshot from its JSON object (a version-0 message's `lead`, or one a consumer stored)."""
-        values: dict[str, Any] = {}
-        for name in _SNAPSHOT_FIELDS:
-            value = lead.get(name)
-            if name in _OBJECT_FIELDS:
-                values[name] = dict(value) if isinstance(value, Mapping) else {}
-            elif value is None:
-                values[name] = None
-            elif name in _INT_FIELDS:
-                values[name] = int(value)
-            else:
-                values[name] = str(value)
-        values["id"] = values["id"] or ""
-        return cls(**values)
+        """A snapshot from its JSON object (a message's `lead`, or one a consumer stored); fields it does
+        not know are ignored."""
+        get = lead.get
+        return cls(
+            id=_text(get("id")) or "", email=_text(get("email")), first_name=_text(get("first_name")),
+            last_name=_text(get("last_name")), segment=_text(get("segment")), timezone=_text(get("timezone")),
+            locale=_text(get("locale")), attributes=_object(get("attributes")), consent=_object(get("consent")),
+            score=_int(get("score")), grade=_text(get("grade")), lifecycle_stage=_text(get("lifecycle_stage")),
+            counters=_object(get("counters")), interests=_object(get("interests")), crm_id=_text(get("crm_id")),
+            version=_int(get("version")), created_at=_text(get("created_at")), updated_at=_text(get("updated_at")),
+            last_engaged_at=_text(get("last_engaged_at")),
+        )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass
 class BusMessage:
     """One bus message: a scored event (its own type) or a lead change scoring announces
     (`lead_created`, `lead_updated`, `lead_erased`, `score_changed`, `stage_changed`,
@@ -115,134 +112,79 @@ class BusMessage:
     source: str | None = None  # the event's source (api, crm:..., messaging); None on lead changes
 
     def as_dict(self) -> dict[str, Any]:
-        """The message as a JSON object (dead letters, logs, version-0 readers)."""
-        out: dict[str, Any] = {
-            "id": self.id, "lead_id": self.lead_id, "type": self.type, "properties": self.properties,
-            "occurred_at": self.occurred_at, "lead": self.lead.as_dict() if self.lead is not None else None,
-            "score_delta": self.score_delta, "rules": [dataclasses.asdict(r) for r in self.rules],
-            "signals": list(self.signals),
-        }
-        if self.source is not None:
-            out["source"] = self.source
+        """The message as a JSON object (dead letters, logs)."""
+        out = dict(self.__dict__)
+        out.update(lead=self.lead.as_dict() if self.lead is not None else None,
+                   rules=[dict(r.__dict__) for r in self.rules], signals=list(self.signals))
         return out
 
     @classmethod
     def from_dict(cls, m: Mapping[str, Any]) -> BusMessage:
-        """A message from its version-0 JSON object."""
-        lead = m.get("lead")
-        props = m.get("properties")
-        occurred = m.get("occurred_at")
-        source = m.get("source")
+        """A message from its JSON object: a version-0 message, or the `message` of an envelope (where
+        a proto3 JSON writer may have put an integer as a string); fields it does not know are ignored."""
+        get = m.get
+        lead = get("lead")
+        snapshot = LeadSnapshot.from_dict(lead) if isinstance(lead, Mapping) and lead else None
+        rules = get("rules") or ()
+        signals = get("signals") or ()
         return cls(
-            id=str(m.get("id") or ""),
-            lead_id=str(m.get("lead_id") or (lead.get("id") if isinstance(lead, Mapping) else "") or ""),
-            type=str(m.get("type") or ""),
-            properties=dict(props) if isinstance(props, Mapping) else {},
-            occurred_at=str(occurred) if occurred is not None else None,
-            lead=LeadSnapshot.from_dict(lead) if isinstance(lead, Mapping) and lead else None,
-            score_delta=int(m.get("score_delta") or 0),
-            rules=tuple(RuleHit(rule=str(r.get("rule") or ""), points=int(r.get("points") or 0),
-                                why=str(r.get("why") or ""))
-                        for r in m.get("rules") or () if isinstance(r, Mapping)),
-            signals=tuple(str(s) for s in m.get("signals") or ()),
-            source=str(source) if source is not None else None,
+            id=_text(get("id")) or "",
+            lead_id=_text(get("lead_id")) or (snapshot.id if snapshot is not None else ""),
+            type=_text(get("type")) or "",
+            properties=_object(get("properties")),
+            occurred_at=_text(get("occurred_at")),
+            lead=snapshot,
+            score_delta=_int(get("score_delta")) or 0,
+            rules=tuple(RuleHit(rule=_text(r.get("rule")) or "", points=_int(r.get("points")) or 0,
+                                why=_text(r.get("why")) or "") for r in rules if isinstance(r, Mapping)),
+            signals=tuple(x if type(x) is str else str(x) for x in signals),
+            source=_text(get("source")),
         )
 
 
-_SNAPSHOT_FIELDS = tuple(f.name for f in dataclasses.fields(LeadSnapshot))
-_OBJECT_FIELDS = frozenset({"attributes", "consent", "counters", "interests"})
-_INT_FIELDS = frozenset({"score", "version"})
-_STRING_FIELDS = tuple(f for f in _SNAPSHOT_FIELDS if f not in _OBJECT_FIELDS and f not in _INT_FIELDS and f != "id")
+def _text(value: Any) -> str | None:
+    return value if value is None or type(value) is str else str(value)
 
 
-def _json(value: Mapping[str, Any] | Sequence[Any]) -> str:
-    return jsoncodec.dumps(value, default=str)
+def _int(value: Any) -> int | None:
+    return value if value is None or type(value) is int else int(value)
 
 
-def _snapshot_pb(lead: LeadSnapshot) -> bus_pb2.LeadSnapshot:
-    pb = bus_pb2.LeadSnapshot(id=lead.id)
-    for name in _STRING_FIELDS:
-        value = getattr(lead, name)
-        if value is not None:
-            setattr(pb, name, value)
-    if lead.score is not None:
-        pb.score = lead.score
-    if lead.version is not None:
-        pb.version = lead.version
-    # Empty objects are not sent: an erased lead's snapshot stays as small as its id.
-    if lead.attributes:
-        pb.attributes_json = _json(lead.attributes)
-    if lead.consent:
-        pb.consent_json = _json(lead.consent)
-    if lead.counters:
-        pb.counters_json = _json(lead.counters)
-    if lead.interests:
-        pb.interests_json = _json(lead.interests)
-    return pb
+def _object(value: Any) -> dict[str, Any]:
+    # Decoded JSON is the message's own: a dict is taken as it is, anything else that is not an object reads {}.
+    if type(value) is dict:
+        return value
+    return dict(value) if isinstance(value, Mapping) else {}
+
+
+# As `nurture.jsoncodec` writes JSON (datetimes as str(), as they always were on the bus), except that
+# the records themselves are serialised natively (orjson reads a slotted dataclass in C).
+_OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME
 
 
 def encode(message: BusMessage) -> str:
-    """The message's wire text (outbox row and stream field `m`): base64 of a version-1 envelope."""
-    pb = bus_pb2.BusMessage(id=message.id, lead_id=message.lead_id, type=message.type,
-                            score_delta=message.score_delta, signals=message.signals)
-    if message.properties:
-        pb.properties_json = _json(message.properties)
-    if message.occurred_at is not None:
-        pb.occurred_at = message.occurred_at
-    if message.lead is not None:
-        pb.lead.CopyFrom(_snapshot_pb(message.lead))
-    for r in message.rules:
-        pb.rules.add(rule=r.rule, points=r.points, why=r.why)
-    if message.source is not None:
-        pb.source = message.source
-    envelope = bus_pb2.Envelope(version=VERSION, message=pb)
-    return base64.b64encode(envelope.SerializeToString()).decode("ascii")
-
-
-def _object(text: str) -> dict[str, Any]:
-    value = jsoncodec.loads(text) if text else {}
-    return value if isinstance(value, dict) else {}
-
-
-def _snapshot(pb: bus_pb2.LeadSnapshot) -> LeadSnapshot:
-    has = pb.HasField
-    return LeadSnapshot(
-        id=pb.id,
-        **{name: getattr(pb, name) if has(name) else None for name in _STRING_FIELDS},
-        score=pb.score if has("score") else None,
-        version=pb.version if has("version") else None,
-        attributes=_object(pb.attributes_json), consent=_object(pb.consent_json),
-        counters=_object(pb.counters_json), interests=_object(pb.interests_json),
-    )
-
-
-def _message(pb: bus_pb2.BusMessage) -> BusMessage:
-    return BusMessage(
-        id=pb.id, lead_id=pb.lead_id, type=pb.type, properties=_object(pb.properties_json),
-        occurred_at=pb.occurred_at if pb.HasField("occurred_at") else None,
-        lead=_snapshot(pb.lead) if pb.HasField("lead") else None,
-        score_delta=pb.score_delta,
-        rules=tuple(RuleHit(rule=r.rule, points=r.points, why=r.why) for r in pb.rules),
-        signals=tuple(pb.signals),
-        source=pb.source if pb.HasField("source") else None,
-    )
+    """The message's wire text (outbox row and stream field `m`): a version-1 envelope."""
+    envelope = {"version": VERSION, "message": message}
+    try:
+        return orjson.dumps(envelope, default=str, option=_OPTIONS).decode()
+    except TypeError:  # a >64-bit integer or a non-str key in a free-form object: the slow path
+        return json.dumps({"version": VERSION, "message": message.as_dict()}, separators=(",", ":"), default=str)
 
 
 def decode(raw: bytes | str) -> BusMessage:
     """The message in a stream entry's field `m` (or an outbox row), whatever version wrote it.
     Raises MalformedMessage when it is none of them."""
-    head = raw[:1]
     try:
-        if head in (b"{", "{"):  # version 0: the JSON object written before the envelope
-            value = jsoncodec.loads(raw)
-            if not isinstance(value, dict):
-                raise MalformedMessage("a version-0 message is a JSON object")
+        value = jsoncodec.loads(raw)
+        if not isinstance(value, dict):
+            raise MalformedMessage("a bus message is a JSON object")
+        if "version" not in value:  # version 0: the message itself
             return BusMessage.from_dict(value)
-        envelope = bus_pb2.Envelope.FromString(base64.b64decode(raw, validate=True))
-        if envelope.version < 1 or not envelope.HasField("message"):
-            raise MalformedMessage(f"envelope version {envelope.version} without a message")
-        return _message(envelope.message)
+        version, inner = value["version"], value.get("message")
+        if not isinstance(version, int) or version < 1 or not isinstance(inner, dict):
+            raise MalformedMessage(f"an envelope of version {version!r} without a message")
+        return BusMessage.from_dict(inner)
     except MalformedMessage:
         raise
-    except (ValueError, TypeError, AttributeError, DecodeError, binascii.Error) as exc:
+    except (ValueError, TypeError, AttributeError) as exc:
         raise MalformedMessage(f"{type(exc).__name__}: {exc}") from exc

@@ -3,19 +3,19 @@ message, because a rolling deploy has old and new producers (and old outbox rows
 
 bus_wire/v0_scoring_messages.jsonl holds outbox payloads written by scoring before the contract existed
 (lead_created, an event with its score_changed, lead_erased: one per line, captured from the running
-code's outbox). bus_wire/v1_envelopes.txt holds the same messages as version-1 envelopes, written by
+code's outbox). bus_wire/v1_envelopes.jsonl holds the same messages as version-1 envelopes, written by
 `encode` when version 1 was introduced. Never regenerate either file: they are what older producers
 put on the wire.
 """
 
 from __future__ import annotations
 
-import base64
 import json
 from pathlib import Path
 from typing import Any
 
 import pytest
+from google.protobuf import json_format
 
 from nurture import busmessage
 from nurture.api.bus.v1 import bus_pb2
@@ -23,7 +23,7 @@ from nurture.busmessage import BusMessage, LeadSnapshot, MalformedMessage, RuleH
 
 WIRE = Path(__file__).with_name("bus_wire")
 V0 = (WIRE / "v0_scoring_messages.jsonl").read_text().splitlines()
-V1 = (WIRE / "v1_envelopes.txt").read_text().splitlines()
+V1 = (WIRE / "v1_envelopes.jsonl").read_text().splitlines()
 
 
 def test_the_fixtures_hold_every_kind_of_message_scoring_wrote() -> None:
@@ -72,31 +72,34 @@ def test_a_version_1_envelope_decodes_to_the_same_message_as_its_json_form(n: in
 
 
 @pytest.mark.parametrize("n", range(len(V0)))
-def test_what_encode_writes_today_decodes_to_what_it_was_given(n: int) -> None:
+def test_what_encode_writes_is_the_proto_envelope_and_decodes_to_what_it_was_given(n: int) -> None:
     m = busmessage.decode(V0[n])
     text = busmessage.encode(m)
-    assert not text.startswith("{")  # the envelope, not the version-0 form
     assert busmessage.decode(text) == m
-    envelope = bus_pb2.Envelope.FromString(base64.b64decode(text))
-    assert envelope.version == busmessage.VERSION
+    # The contract's own parser reads it, refusing any field the proto does not define.
+    envelope = json_format.Parse(text, bus_pb2.Envelope())
+    assert envelope.version == busmessage.VERSION and envelope.message.id == m.id
+    assert envelope.message.lead.id == m.lead_id and list(envelope.message.signals) == list(m.signals)
+
+
+def test_an_envelope_written_by_another_proto3_json_writer_decodes() -> None:
+    # What a producer in another language would send: integers as strings, unset fields left out.
+    envelope = json_format.Parse(V1[1], bus_pb2.Envelope())
+    text = json_format.MessageToJson(envelope, preserving_proto_field_name=True)
+    assert '"score": "8"' in text
+    m = busmessage.decode(text)
+    assert m.lead is not None and (m.lead.score, m.lead.version, m.score_delta) == (8, 2, 8)
+    assert (m.id, m.type, m.signals, m.rules) == (busmessage.decode(V0[1]).id, "page_viewed", ("pricing_interest",),
+                                                  busmessage.decode(V0[1]).rules)
 
 
 def test_a_newer_envelope_with_fields_this_code_does_not_know_still_decodes() -> None:
-    # A producer one release ahead: a higher version and a field added to the message.
-    envelope = bus_pb2.Envelope.FromString(base64.b64decode(V1[1]))
-    envelope.version = busmessage.VERSION + 1
-    inner = envelope.message.SerializeToString() + b"\xa2\x06\x05later"  # field 100, a string
-    raw = bus_pb2.Envelope(version=envelope.version).SerializeToString() + b"\x12" + _varint(len(inner)) + inner
-    assert busmessage.decode(base64.b64encode(raw)) == busmessage.decode(V0[1])
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
+    # A producer one release ahead: a higher version and a field added to the message and the lead.
+    newer = json.loads(V1[1])
+    newer["version"] = busmessage.VERSION + 1
+    newer["message"]["priority"] = "high"
+    newer["message"]["lead"]["lead_score_model"] = 7
+    assert busmessage.decode(json.dumps(newer)) == busmessage.decode(V0[1])
 
 
 def test_nulls_empties_and_defaults_survive_the_wire() -> None:
@@ -118,12 +121,16 @@ def test_as_dict_is_the_version_0_shape() -> None:
         assert BusMessage.from_dict(new) == busmessage.decode(line)
 
 
-@pytest.mark.parametrize("raw", [b"", b"{not json", b"[1, 2]", b"not base64 !", base64.b64encode(b"\xff\xff\xff"),
-                                 base64.b64encode(bus_pb2.Envelope(version=1).SerializeToString()),
-                                 base64.b64encode(bus_pb2.Envelope(version=0, message=bus_pb2.BusMessage(id="x"))
-                                                  .SerializeToString()),
-                                 base64.b64encode(bus_pb2.Envelope(version=1, message=bus_pb2.BusMessage(
-                                     id="x", properties_json="{bad")).SerializeToString())])
+def test_values_json_cannot_hold_natively_take_the_slow_path() -> None:
+    m = BusMessage(id="big", lead_id="l", type="form_submitted", properties={"n": 2**70})
+    assert busmessage.decode(busmessage.encode(m)).properties == {"n": 2**70}
+
+
+@pytest.mark.parametrize("raw", [b"", b"{not json", b"[1, 2]", b"not a message", b'"text"',
+                                 b'{"version": 1}', b'{"version": 0, "message": {"id": "x"}}',
+                                 b'{"version": "1", "message": {"id": "x"}}',
+                                 b'{"version": 1, "message": {"id": "x", "lead": {"id": "l", "score": "high"}}}',
+                                 b'{"id": "x", "score_delta": "much"}'])
 def test_what_is_no_message_raises_malformed(raw: bytes) -> None:
     with pytest.raises(MalformedMessage):
         busmessage.decode(raw)
