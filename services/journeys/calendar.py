@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from nurture.busmessage import BusMessage
 from nurture.rules import CompiledRules, RuleSpec, compile_rules, validate_condition
 from services.journeys.definitions import PLAYBOOK_DIR, DefinitionError, parse_duration
 from services.journeys.model import iso, parse_time
@@ -54,10 +55,12 @@ class Calendar:
             return set()
         return {m.rule for m in self.audiences.evaluate({"lead": dict(lead)})}
 
-    def message(self, campaign: Campaign, lead_id: str, lead: Mapping[str, Any]) -> dict[str, Any]:
-        return {"id": f"calendar:{campaign.id}:{lead_id}", "lead_id": lead_id, "type": campaign.event,
-                "properties": {**campaign.properties, "campaign": campaign.id}, "occurred_at": iso(campaign.at),
-                "lead": dict(lead), "source": "calendar"}
+    def message(self, campaign: Campaign, lead_id: str) -> BusMessage:
+        """The campaign's event for one lead, handled as a bus message. It carries no snapshot: the
+        lead is as journeys holds it."""
+        return BusMessage(id=f"calendar:{campaign.id}:{lead_id}", lead_id=lead_id, type=campaign.event,
+                          properties={**campaign.properties, "campaign": campaign.id}, occurred_at=iso(campaign.at),
+                          source="calendar")
 
 
 def load_calendar(path: Path = CALENDAR_FILE) -> Calendar:

@@ -20,6 +20,7 @@ from typing import Any
 import grpc
 import yaml
 
+from nurture.busmessage import BusMessage
 from nurture.rpc import DEADLINE_S
 from nurture.rules import CompiledRules, RuleSpec, compile_rules
 from services.messaging.engine import Engine
@@ -193,23 +194,23 @@ class Channels:
         return UnsubscribeResult(token.lead_id, scope, category, journey, not new)
 
     # --- the bus --------------------------------------------------------------------------------------
-    async def handle_bus(self, messages: list[dict[str, Any]]) -> None:
+    async def handle_bus(self, messages: list[BusMessage]) -> None:
         """Suppression, consent records and ad exclusions from events that arrived anywhere."""
         e = self.engine
-        ids = [str(m.get("id")) for m in messages if m.get("id")]
+        ids = [m.id for m in messages if m.id]
         fresh = await e.db.run(e.store.unseen, ids) if ids else set()
         consent: list[tuple[str, str, bool, str, datetime, dict[str, Any]]] = []
         now = e.clock.now()
         for m in messages:
-            if str(m.get("id")) not in fresh:
+            if m.id not in fresh:
                 continue
-            lead = m.get("lead") or {}
-            lead_id = str(m.get("lead_id") or lead.get("id") or "")
-            props = m.get("properties") or {}
-            etype = m.get("type")
-            address = lead.get("email") or ""
+            lead = m.lead
+            lead_id = m.lead_id or (lead.id if lead is not None else "")
+            props = m.properties
+            etype = m.type
+            address = (lead.email if lead is not None else None) or ""
             ehash = email_hash(address) if address else ""
-            at = _parse(m.get("occurred_at")) or now
+            at = _parse(m.occurred_at) or now
             if etype == "unsubscribed" and ehash:
                 scope = props.get("scope") if props.get("scope") in SCOPES else "nurture"
                 await e.db.run(e.store.add_suppression, ehash, scope, "unsubscribed", "bus", at)
@@ -221,16 +222,17 @@ class Channels:
                 await e.db.run(e.store.add_suppression, ehash, "all", "hard_bounce", "bus", at)
             if etype == "lead_erased" and lead_id:
                 await e.db.run(e.store.erase, lead_id, ehash, at)
-            rule = ad_suppression_for(lead, etype, props, m.get("signals") or []) if lead_id else None
+            rule = ad_suppression_for(lead.as_dict() if lead is not None else {}, etype, props,
+                                      list(m.signals)) if lead_id else None
             if rule is not None:
                 await e.db.run(e.store.ad_suppress, lead_id, rule, at, True, ehash)
             changed = props.get("changed") or []
-            if lead_id and isinstance(lead.get("consent"), dict) and (
+            if lead_id and lead is not None and (
                     etype == "lead_created" or (etype == "lead_updated" and "consent" in changed)
                     or etype in ("unsubscribed", "spam_reported", "email_hard_bounced", "subscribed")):
-                for channel, granted in lead["consent"].items():
+                for channel, granted in lead.consent.items():
                     consent.append((lead_id, str(channel), bool(granted), f"bus:{etype}:{props.get('source', '')}",
-                                    at, {"bus_id": m.get("id")}))
+                                    at, {"bus_id": m.id}))
         if consent:
             await e.db.run(e.store.record_consent, consent)
         if fresh:
