@@ -84,7 +84,7 @@ async def serve(settings: Settings) -> Running:
                                 mesh_tokens=settings.mesh_tokens,
                                 # CRMs present their CRM token (CrmAuth, on every method), not the mesh key.
                                 self_authenticated=[crm_sync_pb2.DESCRIPTOR.services_by_name["CrmSync"].full_name])
-    tasks = [asyncio.create_task(core.writer.run(), name="crm_sync-writer")]
+    tasks: list[asyncio.Task[None]] = []
     if settings.clock != "virtual":
         # With a virtual clock only Admin.Settle consumes the bus and performs pushes (deterministic runs).
         tasks.append(asyncio.create_task(consumer.run(), name="crm_sync-bus"))
