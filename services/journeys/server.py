@@ -26,10 +26,10 @@ from nurture.db import open_database
 from nurture.rpc import start_server
 from nurture.service import Running
 from nurture.settings import Settings
-from services.journeys.calendar import load_calendar
+from services.journeys.app.runner import JourneysRuntime
 from services.journeys.clients import Clients
-from services.journeys.definitions import read_settings
-from services.journeys.runner import JourneysRuntime
+from services.journeys.domain.calendar import load_calendar
+from services.journeys.domain.definitions import read_settings
 from services.journeys.servicer import JourneysServicer
 from services.journeys.timers import TimerStore
 

@@ -12,7 +12,7 @@ import grpc
 from nurture.api.journeys.v1 import journeys_pb2, journeys_pb2_grpc
 from nurture.rpcguard import guard_requests
 from services.journeys import simulation
-from services.journeys.runner import Invalid, JourneysRuntime, NotFound
+from services.journeys.app.runner import Invalid, JourneysRuntime, NotFound
 
 SIMULATION_BUDGET = 2_000_000  # leads x days accepted by one Simulate call
 

@@ -22,11 +22,11 @@ from nurture.rpc import channel, start_server
 from nurture.service import Running
 from nurture.settings import Settings
 from services.messaging.ads import AdsConnector
-from services.messaging.catalog import Catalog
-from services.messaging.channels import Channels, load_ad_suppression, personalization_rules
-from services.messaging.engine import Engine
-from services.messaging.leads import LeadSource
-from services.messaging.policy import load_policy
+from services.messaging.app.channels import Channels, load_ad_suppression, personalization_rules
+from services.messaging.app.delivery import Engine
+from services.messaging.clients import LeadSource
+from services.messaging.domain.catalog import Catalog
+from services.messaging.domain.policy import load_policy
 from services.messaging.servicer import MessagingServicer
 from services.messaging.storage import Store, aware
 

@@ -11,13 +11,13 @@ import grpc
 
 from nurture.api.messaging.v1 import messaging_pb2, messaging_pb2_grpc
 from nurture.rpcguard import guard_requests, message_problems, problem_text
-from services.messaging import abtest
-from services.messaging.catalog import RenderError
-from services.messaging.channels import Channels, NotFoundError
-from services.messaging.engine import Engine, InvalidRequest, SendInput
-from services.messaging.leads import email_hash
+from services.messaging.app.channels import Channels, NotFoundError
+from services.messaging.app.delivery import Engine, InvalidRequest, SendInput
+from services.messaging.clients import email_hash
+from services.messaging.domain import abtest
+from services.messaging.domain.catalog import RenderError
+from services.messaging.domain.tokens import TokenError
 from services.messaging.storage import aware
-from services.messaging.tokens import TokenError
 
 T = TypeVar("T")
 

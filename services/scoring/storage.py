@@ -16,11 +16,11 @@ from sqlalchemy.orm import Session
 from nurture import jsoncodec, limits
 from nurture.bus import encode
 from nurture.db import DriverWrites
-from services.scoring.model import derive_counters
-from services.scoring.records import OutboxRow
+from services.scoring.domain.records import OutboxRow
+from services.scoring.domain.rules import derive_counters
+from services.scoring.domain.times import aware as _aware
+from services.scoring.domain.times import iso as _iso
 from services.scoring.tables import audit, events, leads, outbox, score_changes
-from services.scoring.times import aware as _aware
-from services.scoring.times import iso as _iso
 
 # The ingest path's reads, built once (building and cache-keying one costs more than running it);
 # its writes go on the driver's cursor (DriverWrites).

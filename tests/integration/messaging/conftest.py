@@ -128,10 +128,10 @@ class InProc:
 async def inproc(settings: Settings, tmp_path: Path) -> AsyncIterator[InProc]:
     from nurture.db import open_database
     from nurture.redisconn import connect
-    from services.messaging.catalog import Catalog
-    from services.messaging.channels import Channels
-    from services.messaging.engine import Engine
-    from services.messaging.policy import load_policy
+    from services.messaging.app.channels import Channels
+    from services.messaging.app.delivery import Engine
+    from services.messaging.domain.catalog import Catalog
+    from services.messaging.domain.policy import load_policy
     from services.messaging.server import MIGRATIONS
     from services.messaging.storage import Store
 

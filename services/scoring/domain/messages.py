@@ -6,9 +6,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from services.scoring.model import Outcome
-from services.scoring.records import EventIn
-from services.scoring.times import iso
+from services.scoring.domain.records import EventIn
+from services.scoring.domain.rules import Outcome
+from services.scoring.domain.times import iso
 
 
 def snapshot(lead: dict[str, Any]) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from nurture.rules import InvalidRule
-from services.scoring.model import ScoringModel, validate_model
+from services.scoring.domain.rules import ScoringModel, validate_model
 from services.scoring.tables import leads, models
 
 SAMPLE = 100      # changed leads listed in a publish reply

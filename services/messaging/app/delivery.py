@@ -37,13 +37,13 @@ from nurture.db import Database
 from nurture.redisconn import lead_key
 from nurture.rpc import DEADLINE_S
 from nurture.settings import Settings
-from services.messaging import mime
-from services.messaging.catalog import Catalog, Rendered, RenderError, choose_variant
-from services.messaging.leads import LeadSource, email_hash
-from services.messaging.policy import DEFAULT_POLICY, Policy, backoff, next_window
+from services.messaging.clients import LeadSource, email_hash
+from services.messaging.domain import mime
+from services.messaging.domain.catalog import Catalog, Rendered, RenderError, choose_variant
+from services.messaging.domain.policy import DEFAULT_POLICY, Policy, backoff, next_window
+from services.messaging.domain.tokens import Signer, Token
 from services.messaging.smtp import SmtpPool, SmtpResult
 from services.messaging.storage import Feedback, LogLine, Outcome, Store, aware, naive
-from services.messaging.tokens import Signer, Token
 
 log = logging.getLogger(__name__)
 

@@ -23,9 +23,9 @@ from nurture.clock import Clock
 from nurture.db import Database
 from nurture.locks import KeyLocks
 from services.journeys import storage
-from services.journeys.calendar import Calendar, Campaign
 from services.journeys.clients import Clients, Unavailable
-from services.journeys.definitions import (
+from services.journeys.domain.calendar import Calendar, Campaign
+from services.journeys.domain.definitions import (
     DefinitionError,
     Journey,
     PlaybookSettings,
@@ -33,10 +33,10 @@ from services.journeys.definitions import (
     load,
     read_playbook,
 )
-from services.journeys.engine import Engine, migrate
-from services.journeys.funnel import Funnel, feed
-from services.journeys.model import ACTIVE, DATE_PREFIX, INACTIVITY, LIVE, LeadState, Outcome, parse_time
-from services.journeys.registry import Registry
+from services.journeys.domain.engine import Engine, migrate
+from services.journeys.domain.funnel import Funnel, feed
+from services.journeys.domain.registry import Registry
+from services.journeys.domain.state import ACTIVE, DATE_PREFIX, INACTIVITY, LIVE, LeadState, Outcome, parse_time
 from services.journeys.timers import Timer, TimerStore
 
 log = logging.getLogger(__name__)
