@@ -1,4 +1,4 @@
-"""Messaging service wiring (process bootstrap only): database, channels, the engine, the servicer, the bus
+"""Messaging service wiring (process bootstrap only): database, channels, delivery, the servicer, the bus
 consumer and the worker loop."""
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from nurture.service import Running
 from nurture.settings import Settings
 from services.messaging.ads import AdsConnector
 from services.messaging.app.channels import Channels, load_ad_suppression, personalization_rules
-from services.messaging.app.delivery import Engine
+from services.messaging.app.delivery import Delivery
 from services.messaging.clients import LeadSource
 from services.messaging.domain.catalog import Catalog
 from services.messaging.domain.policy import load_policy
@@ -43,7 +43,7 @@ async def serve(settings: Settings) -> Running:
     store = Store(db.session)
     scoring_channel = channel(settings.address_of("scoring"), settings.mesh_token)
     journeys_channel = channel(settings.address_of("journeys"), settings.mesh_token)
-    engine = Engine(settings=settings, clock=clock, db=db, store=store, catalog=Catalog(), redis=redis,
+    engine = Delivery(settings=settings, clock=clock, db=db, store=store, catalog=Catalog(), redis=redis,
                     leads=LeadSource(scoring_channel), policy=load_policy())
     channels = Channels(engine, journeys_channel)
     consumer = Consumer(redis, group="messaging", shards=settings.bus_shards, handler=channels.handle_bus)

@@ -12,7 +12,7 @@ import grpc
 from nurture.api.messaging.v1 import messaging_pb2, messaging_pb2_grpc
 from nurture.rpcguard import guard_requests, message_problems, problem_text
 from services.messaging.app.channels import Channels, NotFoundError
-from services.messaging.app.delivery import Engine, InvalidRequest, SendInput
+from services.messaging.app.delivery import Delivery, InvalidRequest, SendInput
 from services.messaging.clients import email_hash
 from services.messaging.domain import abtest
 from services.messaging.domain.catalog import RenderError
@@ -61,7 +61,7 @@ def send_input(request: messaging_pb2.SendRequest) -> SendInput:
 
 @guard_requests(own={"SendBatch": "items"})
 class MessagingServicer(messaging_pb2_grpc.MessagingServicer):
-    def __init__(self, engine: Engine, channels: Channels) -> None:
+    def __init__(self, engine: Delivery, channels: Channels) -> None:
         self.engine = engine
         self.channels = channels
 

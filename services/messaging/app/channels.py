@@ -22,7 +22,7 @@ import yaml
 
 from nurture.rpc import DEADLINE_S
 from nurture.rules import CompiledRules, RuleSpec, compile_rules
-from services.messaging.app.delivery import Engine
+from services.messaging.app.delivery import Delivery
 from services.messaging.clients import email_hash
 from services.messaging.domain.tokens import TokenError
 from services.messaging.storage import Feedback, LogLine
@@ -129,7 +129,7 @@ def journeys_api() -> tuple[ModuleType, ModuleType] | None:
 
 
 class Channels:
-    def __init__(self, engine: Engine, journeys_channel: grpc.aio.Channel | None) -> None:
+    def __init__(self, engine: Delivery, journeys_channel: grpc.aio.Channel | None) -> None:
         self.engine = engine
         self.journeys_channel = journeys_channel
 

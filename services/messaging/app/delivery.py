@@ -1,4 +1,4 @@
-"""The messaging engine: record intent, decide (consent, suppression, window, caps), deliver, record.
+"""Delivery: record intent, decide (consent, suppression, window, caps), deliver, record.
 
 Exactly once: `Send` inserts a row keyed by the dedupe key (a second Send with the key is a
 duplicate). The worker commits `sending` (the recorded intent, attempt counted) before the SMTP
@@ -125,7 +125,7 @@ class _Ready:
     email_hash: str
 
 
-class Engine:
+class Delivery:
     def __init__(self, *, settings: Settings, clock: Clock, db: Database, store: Store, catalog: Catalog,
                  redis: aioredis.Redis, leads: LeadSource, policy: Policy = DEFAULT_POLICY,
                  smtp_connections: int = 8) -> None:
