@@ -1,4 +1,4 @@
-"""Per-key asyncio locks, shared by the services."""
+"""Per-key asyncio locks: one lead, contact or CRM object handled by one task at a time."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from collections.abc import AsyncIterator
 
 
 class KeyLocks:
-    """One asyncio lock per key while in use (duplicate deliveries of one contact run one at a time)."""
+    """One asyncio lock per key while anyone holds or waits for it (so idle keys cost nothing): e.g.
+    duplicate deliveries of one contact, or two batches touching one lead, run one at a time."""
 
     def __init__(self) -> None:
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}

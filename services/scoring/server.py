@@ -24,9 +24,9 @@ from nurture.service import Running
 from nurture.settings import Settings
 from services.scoring.app.core import ScoringCore
 from services.scoring.app.ingest import IngestQueue
+from services.scoring.app.model_versions import ModelVersions
 from services.scoring.app.outbox import Outbox
-from services.scoring.model import load_model
-from services.scoring.model_versions import ModelVersions
+from services.scoring.domain.rules import load_model
 from services.scoring.servicer import EchoServicer, ScoringServicer
 
 log = logging.getLogger(__name__)

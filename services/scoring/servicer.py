@@ -18,10 +18,10 @@ from nurture.db import Database
 from nurture.rpcguard import guard_requests, message_problems, problem_text
 from services.scoring.app.core import ScoringCore
 from services.scoring.app.ingest import IngestQueue
+from services.scoring.app.model_versions import ModelVersions, UnknownVersion
 from services.scoring.app.outbox import Outbox
-from services.scoring.model_versions import ModelVersions, UnknownVersion
-from services.scoring.records import EmailTaken, EventIn, InvalidInput, NotFound
-from services.scoring.validation import validate_profile
+from services.scoring.domain.records import EmailTaken, EventIn, InvalidInput, NotFound
+from services.scoring.domain.validation import validate_profile
 
 log = logging.getLogger(__name__)
 

@@ -16,11 +16,11 @@ from sqlalchemy.orm import Session
 from nurture import busmessage, jsoncodec, limits
 from nurture.busmessage import BusMessage, LeadSnapshot
 from nurture.db import DriverWrites
-from services.scoring.model import derive_counters
-from services.scoring.records import OutboxRow
-from services.scoring.tables import audit, events, leads, outbox, score_changes
-from services.scoring.times import aware as _aware
-from services.scoring.times import iso as _iso
+from services.scoring.domain.records import OutboxRow
+from services.scoring.domain.rules import derive_counters
+from services.scoring.domain.times import aware as _aware
+from services.scoring.domain.times import iso as _iso
+from services.scoring.tables import audit, events, leads, models, outbox, score_changes
 
 # The ingest path's reads, built once (building and cache-keying one costs more than running it);
 # its writes go on the driver's cursor (DriverWrites).
@@ -128,6 +128,14 @@ def update_lead(s: Session, lead_id: str, changes: Mapping[str, Any]) -> None:
 
 def read_lead(s: Session, lead_id: str) -> Row[Any]:
     return s.execute(select(leads).where(leads.c.id == lead_id)).one()
+
+
+def leads_after(s: Session, after: str, limit: int, *, lock: bool) -> list[Row[Any]]:
+    """The next `limit` leads after the id `after`, in id order; locked in that order with `lock`."""
+    query = select(leads).where(leads.c.id > after).order_by(leads.c.id).limit(limit)
+    if lock:
+        query = query.with_for_update()
+    return list(s.execute(query).all())
 
 
 def lock_leads(s: Session, ids: Sequence[str]) -> None:
@@ -278,3 +286,39 @@ def timeline_rows(s: Session, lead_id: str, limit: int
                         .order_by(score_changes.c.id).limit(limit)).all()
     notes = s.execute(select(audit).where(audit.c.lead_id == lead_id).order_by(audit.c.id).limit(limit)).all()
     return list(evs), list(changes), list(notes)
+
+
+# -- scoring model versions ---------------------------------------------------------------------------------
+
+def newest_model_version(s: Session) -> Any:
+    return s.execute(select(func.max(models.c.version))).scalar()
+
+
+def published_model_version(s: Session) -> Any:
+    return s.execute(select(models.c.version).where(models.c.status == "published")).scalar()
+
+
+def model_definition(s: Session, version: int) -> str | None:
+    return s.execute(select(models.c.definition).where(models.c.version == version)).scalar()
+
+
+def model_version_rows(s: Session) -> list[Any]:
+    return list(s.execute(select(models.c.version, models.c.status, models.c.created_at, models.c.published_at)
+                          .order_by(models.c.version)).all())
+
+
+def insert_model(s: Session, *, version: int, status: str, definition: str, created_at: datetime,
+                 published_at: datetime | None = None) -> None:
+    values: dict[str, Any] = {"version": version, "status": status, "definition": definition,
+                              "created_at": created_at}
+    if published_at is not None:
+        values["published_at"] = published_at
+    s.execute(models.insert().values(values))
+
+
+def retire_published_model(s: Session) -> None:
+    s.execute(update(models).where(models.c.status == "published").values(status="retired"))
+
+
+def mark_model_published(s: Session, version: int, now: datetime) -> None:
+    s.execute(update(models).where(models.c.version == version).values(status="published", published_at=now))

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from sqlalchemy.orm import Session
 
+from nurture.batching import Batcher
 from nurture.db import Database
 
 log = logging.getLogger(__name__)
@@ -21,15 +21,10 @@ class GroupWriter:
 
     def __init__(self, db: Database, max_batch: int = 500) -> None:
         self._db = db
-        self._queue: list[tuple[Callable[[Session], Any], asyncio.Future[Any]]] = []
-        self._wake = asyncio.Event()
-        self._max = max_batch
+        self._batches: Batcher[Callable[[Session], Any], Any] = Batcher(self._run, max_batch=max_batch, parallel=1)
 
     async def submit(self, fn: Callable[[Session], T]) -> T:
-        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._queue.append((fn, future))
-        self._wake.set()
-        return await future
+        return cast(T, await self._batches.submit(fn))
 
     def _commit(self, batch: list[Callable[[Session], Any]]) -> list[tuple[bool, Any]]:
         try:
@@ -46,20 +41,7 @@ class GroupWriter:
                 out.append((False, exc))
         return out
 
-    async def run(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while self._queue:
-                taken, self._queue = self._queue[: self._max], self._queue[self._max:]
-                try:
-                    results = await self._db.run(self._commit, [fn for fn, _ in taken])
-                except Exception as exc:  # the executor itself failed: fail every caller
-                    results = [(False, exc)] * len(taken)
-                for (_, future), (ok, value) in zip(taken, results, strict=True):
-                    if future.done():
-                        continue
-                    if ok:
-                        future.set_result(value)
-                    else:
-                        future.set_exception(value)
+    async def _run(self, batch: list[Callable[[Session], Any]]) -> list[Any]:
+        # An exception in the list is raised to its caller (nurture.aio.resolve); if the executor
+        # itself fails, Batcher hands that error to every caller of the batch.
+        return [value for _ok, value in await self._db.run(self._commit, batch)]

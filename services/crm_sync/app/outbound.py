@@ -311,11 +311,4 @@ class OutboundQueue(CoreBase):
     async def recover(self) -> None:
         """After a crash, pushes that were in flight run again; their attempt counts as made, so a
         task that may have been created is searched for before it is created again."""
-        def reset(s: Session) -> None:
-            from sqlalchemy import update
-
-            from services.crm_sync.tables import outbox
-            s.execute(update(outbox).where(outbox.c.status == "running")
-                      .values(status="pending", attempts=outbox.c.attempts + 1))
-
-        await self.sql(reset)
+        await self.sql(st.requeue_running)

@@ -8,7 +8,7 @@ from contextlib import AbstractContextManager
 from sqlalchemy.orm import Session
 
 from nurture.db import DriverWrites
-from services.scoring.model import ScoringModel
+from services.scoring.domain.rules import ScoringModel
 
 
 class CoreBase:

@@ -16,13 +16,13 @@ from nurture import jsoncodec
 from nurture.busmessage import BusMessage
 from nurture.clock import Clock
 from nurture.db import Database
-from services.scoring import messages
 from services.scoring import storage as st
 from services.scoring.app.base import CoreBase
 from services.scoring.app.outbox import Outbox
-from services.scoring.profile import apply_outcome, next_lapse
-from services.scoring.records import EventIn, EventResult, OutboxRow
-from services.scoring.validation import event_problem
+from services.scoring.domain import messages
+from services.scoring.domain.profile import apply_outcome, next_lapse
+from services.scoring.domain.records import EventIn, EventResult, OutboxRow
+from services.scoring.domain.validation import event_problem
 
 _tracer = trace.get_tracer(__name__)
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 import dataclasses
 from datetime import datetime, timedelta
 
-from services.scoring import messages
 from services.scoring import storage as st
 from services.scoring.app.base import CoreBase
-from services.scoring.profile import decayed_score
-from services.scoring.times import aware
+from services.scoring.domain import messages
+from services.scoring.domain.profile import decayed_score
+from services.scoring.domain.times import aware
 
 
 class Lapses(CoreBase):

@@ -17,13 +17,13 @@ from sqlalchemy.orm import Session
 
 from nurture import jsoncodec, limits
 from nurture.busmessage import LeadSnapshot
-from services.scoring import messages
 from services.scoring import storage as st
 from services.scoring.app.base import CoreBase
-from services.scoring.profile import email_hash, regrade
-from services.scoring.records import EmailTaken, InvalidInput, NotFound
-from services.scoring.times import aware
-from services.scoring.validation import LEAD_ID, PROFILE_FIELDS, validate_profile
+from services.scoring.domain import messages
+from services.scoring.domain.profile import email_hash, regrade
+from services.scoring.domain.records import EmailTaken, InvalidInput, NotFound
+from services.scoring.domain.times import aware
+from services.scoring.domain.validation import LEAD_ID, PROFILE_FIELDS, validate_profile
 
 
 def _check(lead_id: str, fields: Mapping[str, Any], merge: bool) -> None:

@@ -16,7 +16,7 @@ from nurture.db import Database
 from nurture.telemetry import redis_span
 from services.scoring import storage as st
 from services.scoring.app.base import CoreBase
-from services.scoring.records import OutboxRow
+from services.scoring.domain.records import OutboxRow
 
 log = logging.getLogger(__name__)
 _tracer = trace.get_tracer(__name__)

@@ -8,7 +8,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from nurture import jsoncodec
-from services.scoring.records import EventIn
+from services.scoring.domain.records import EventIn
 
 SEGMENTS = ("skilled_professional", "family", "entrepreneur")
 EVENT_TYPE = re.compile(r"[a-z][a-z0-9_]{0,63}")

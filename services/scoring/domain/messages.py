@@ -8,9 +8,9 @@ from datetime import datetime
 from typing import Any
 
 from nurture.busmessage import BusMessage, LeadSnapshot, RuleHit
-from services.scoring.model import Outcome
-from services.scoring.records import EventIn
-from services.scoring.times import iso
+from services.scoring.domain.records import EventIn
+from services.scoring.domain.rules import Outcome
+from services.scoring.domain.times import iso
 
 _HIDDEN_COUNTERS = ("totals", "fired_today")  # the model's own bookkeeping, not engagement figures
 

@@ -20,8 +20,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from nurture.busmessage import BusMessage
-from services.journeys import rulesets
-from services.journeys.definitions import (
+from services.journeys.domain import rulesets
+from services.journeys.domain.definitions import (
     CLOCK_PREFIX,
     Journey,
     PlaybookSettings,
@@ -30,7 +30,7 @@ from services.journeys.definitions import (
     parse_duration,
     template_of,
 )
-from services.journeys.model import (
+from services.journeys.domain.state import (
     ACTIVE,
     COMPLETED,
     ENGAGED_KEPT,

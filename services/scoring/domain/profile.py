@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
-from services.scoring.model import Outcome, ScoringModel
+from services.scoring.domain.rules import Outcome, ScoringModel
 
 
 def email_hash(email: str) -> str:
