@@ -158,7 +158,7 @@ def _object(value: Any) -> dict[str, Any]:
 
 
 # As `nurture.jsoncodec` writes JSON (datetimes as str(), as they always were on the bus), except that
-# the records themselves are serialised natively (orjson reads a slotted dataclass in C).
+# the records themselves are serialised natively (orjson reads a dataclass's fields in C).
 _OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME
 
 
