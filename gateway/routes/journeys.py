@@ -26,7 +26,7 @@ def _stub(m: Mesh) -> journeys_pb2_grpc.JourneysStub:
 
 async def definition_body(request: Request) -> Any:
     """JSON, or YAML when the Content-Type says so: the playbook is kept as YAML, so a file from
-    services/journeys/playbook can be PUT as it is."""
+    services/journeys/data/playbook can be PUT as it is."""
     if "yaml" not in request.headers.get("content-type", "").lower():
         return await json_body(request)
     raw = await request.body()

@@ -14,7 +14,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from services.journeys.model import LIVE, Enrollment, LeadState, Outcome
+from services.journeys.domain.state import LIVE, Enrollment, LeadState, Outcome
 
 
 class Base(DeclarativeBase):

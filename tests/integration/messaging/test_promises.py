@@ -153,7 +153,7 @@ async def test_a_hard_bounce_reaches_scoring_which_withdraws_consent(inproc: InP
 
 
 async def test_a_click_is_recorded_once_implies_an_open_and_returns_the_signed_destination(inproc: InProc) -> None:
-    from services.messaging.tokens import Token, TokenError
+    from services.messaging.domain.tokens import Token, TokenError
 
     inproc.scoring.add(make_lead("tk", timezone="UTC"))
     sent = await inproc.send("tk", "family.email_01")
@@ -189,7 +189,7 @@ async def test_a_click_is_recorded_once_implies_an_open_and_returns_the_signed_d
 ])
 async def test_an_unsubscribe_link_stops_the_mail_of_its_scope_at_once(inproc: InProc, template: str, category: str,
                                                                        scope: str, expected_scope: str) -> None:
-    from services.messaging.tokens import Token
+    from services.messaging.domain.tokens import Token
 
     inproc.scoring.add(make_lead("us", timezone="UTC"))
     sent = await inproc.send("us", template, category=category,
@@ -230,7 +230,7 @@ async def test_an_unsubscribe_link_stops_the_mail_of_its_scope_at_once(inproc: I
 ])
 async def test_what_the_bus_says_about_an_address_or_a_customer_holds(
         inproc: InProc, etype: str, props: dict, lead_over: dict, scopes: dict, ad: str | None) -> None:
-    from services.messaging.leads import email_hash
+    from services.messaging.clients import email_hash
 
     lead = make_lead("bx", timezone="UTC", **lead_over)
     message = {"id": f"bus-{etype}", "lead_id": "bx", "type": etype, "properties": props, "lead": lead,

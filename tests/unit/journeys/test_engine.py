@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 
 from nurture.clock import VIRTUAL_EPOCH
-from services.journeys.definitions import check, load_playbook, read_settings
-from services.journeys.engine import Engine, _pauses
-from services.journeys.model import ACTIVE, PAUSED, LeadState, Outcome, iso
-from services.journeys.registry import Registry
+from services.journeys.domain.definitions import check, load_playbook, read_settings
+from services.journeys.domain.engine import Engine, _pauses
+from services.journeys.domain.registry import Registry
+from services.journeys.domain.state import ACTIVE, PAUSED, LeadState, Outcome, iso
 from services.journeys.simulation import simulate
 
 T0 = VIRTUAL_EPOCH
@@ -283,7 +283,7 @@ def test_simulation_is_deterministic_for_a_seed() -> None:
 
 
 def test_date_relative_entry_fires_at_the_lead_date_minus_offset() -> None:
-    from services.journeys.definitions import load
+    from services.journeys.domain.definitions import load
 
     h = Harness()
     doc = {"key": "visa_renewal", "name": "Visa renewal", "kind": "sequence", "priority": 40,
@@ -318,7 +318,7 @@ def test_unsubscribe_ends_nurture_journeys_but_not_transactional_ones() -> None:
 def test_ab_split_is_stable_per_lead_and_follows_weights() -> None:
     from collections import Counter
 
-    from services.journeys.definitions import load
+    from services.journeys.domain.definitions import load
 
     doc = {"key": "offer_test", "name": "Offer A/B", "kind": "sequence",
            "entry": [{"name": "checkout", "events": ["checkout_started"]}],
@@ -449,7 +449,7 @@ def test_a_reminder_that_comes_to_run_later_than_its_skip_if_late_is_skipped_wit
 
 
 def test_skip_options_are_validated() -> None:
-    from services.journeys.definitions import DefinitionError, load
+    from services.journeys.domain.definitions import DefinitionError, load
 
     doc = {"key": "x", "kind": "sequence", "steps": [
         {"id": "a", "type": "send", "skip_if_late": "soon"},

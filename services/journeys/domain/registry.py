@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from services.journeys.definitions import Journey
+from services.journeys.domain.definitions import Journey
 
 
 class Registry:

@@ -19,8 +19,8 @@ from typing import Any
 import yaml
 
 from nurture.rules import CompiledRules, RuleSpec, compile_rules, validate_condition
-from services.journeys.definitions import PLAYBOOK_DIR, DefinitionError, parse_duration
-from services.journeys.model import iso, parse_time
+from services.journeys.domain.definitions import PLAYBOOK_DIR, DefinitionError, parse_duration
+from services.journeys.domain.state import iso, parse_time
 
 CALENDAR_FILE = PLAYBOOK_DIR / "_calendar.yaml"
 CAMPAIGN_ID = re.compile(r"[a-z][a-z0-9_]{0,99}")

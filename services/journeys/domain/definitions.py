@@ -1,6 +1,6 @@
 """Journey definitions: the playbook as data, loaded into typed objects and validated.
 
-A definition is a YAML/JSON document (see services/journeys/playbook/*.yaml):
+A definition is a YAML/JSON document (see services/journeys/data/playbook/*.yaml):
 
     key, name, kind (segment | engagement | sequence: the kinds API.md lists), mode (flow | always_on:
     always_on for rule tables every lead listens to, such as the behavioral triggers; the legacy
@@ -39,7 +39,7 @@ import yaml
 
 from nurture.rules import validate_condition
 
-PLAYBOOK_DIR = Path(__file__).parent / "playbook"
+PLAYBOOK_DIR = Path(__file__).parents[1] / "data" / "playbook"
 KINDS = ("segment", "engagement", "sequence")
 MODES = ("flow", "always_on")
 # Older stored versions said `kind: triggers`; they keep loading as what that meant.

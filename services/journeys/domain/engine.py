@@ -19,8 +19,8 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from services.journeys import rulesets
-from services.journeys.definitions import (
+from services.journeys.domain import rulesets
+from services.journeys.domain.definitions import (
     CLOCK_PREFIX,
     Journey,
     PlaybookSettings,
@@ -29,7 +29,7 @@ from services.journeys.definitions import (
     parse_duration,
     template_of,
 )
-from services.journeys.model import (
+from services.journeys.domain.state import (
     ACTIVE,
     COMPLETED,
     ENGAGED_KEPT,

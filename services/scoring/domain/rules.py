@@ -20,7 +20,7 @@ import yaml
 
 from nurture.rules import InvalidRule, RuleSpec, compile_rules, validate_condition
 
-MODEL_PATH = Path(__file__).with_name("model.yaml")
+MODEL_PATH = Path(__file__).parents[1] / "data" / "model.yaml"
 ANY_TYPE = "*"
 WINDOW_KEEP = timedelta(days=30)
 

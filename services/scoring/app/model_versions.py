@@ -1,4 +1,4 @@
-"""Versions of the scoring model in SQL: the seed from model.yaml, drafts, publishing and its dry run.
+"""Versions of the scoring model: the seed from data/model.yaml, drafts, publishing and its dry run.
 
 Marketing and sales set point values together (the 004 seed): a draft is validated (every problem
 listed) and stored under the next version; publishing makes it live in this process at once and in
@@ -16,12 +16,11 @@ from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from nurture.rules import InvalidRule
-from services.scoring.model import ScoringModel, validate_model
-from services.scoring.tables import leads, models
+from services.scoring import storage as st
+from services.scoring.domain.rules import ScoringModel, validate_model
 
 SAMPLE = 100      # changed leads listed in a publish reply
 CHUNK = 500       # leads per transaction when publishing
@@ -46,12 +45,12 @@ class ModelVersions:
         """The published model; model.yaml seeds the table, and a model.yaml of a higher version than
         any stored one (a deploy) is published on start."""
         with self._sessions() as s:
-            newest = s.execute(select(func.max(models.c.version))).scalar()
+            newest = st.newest_model_version(s)
             if newest is None or seed.version > int(newest):
-                s.execute(update(models).where(models.c.status == "published").values(status="retired"))
-                s.execute(models.insert().values(version=seed.version, status="published",
-                                                 definition=json.dumps(seed.definition, default=str),
-                                                 created_at=now, published_at=now))
+                st.retire_published_model(s)
+                st.insert_model(s, version=seed.version, status="published",
+                                definition=json.dumps(seed.definition, default=str), created_at=now,
+                                published_at=now)
                 self._compiled[seed.version] = seed
                 return seed
         current = self.published_version()
@@ -59,14 +58,14 @@ class ModelVersions:
 
     def published_version(self) -> int | None:
         with self._sessions() as s:
-            value = s.execute(select(models.c.version).where(models.c.status == "published")).scalar()
+            value = st.published_model_version(s)
         return int(value) if value is not None else None
 
     def model(self, version: int) -> ScoringModel:
         """A stored version, compiled once per process (durable_rules cannot drop a rule set)."""
         if version not in self._compiled:
             with self._sessions() as s:
-                text = s.execute(select(models.c.definition).where(models.c.version == version)).scalar()
+                text = st.model_definition(s, version)
             if text is None:
                 raise UnknownVersion(f"no scoring model version {version}")
             self._compiled[version] = ScoringModel(json.loads(text))
@@ -74,8 +73,7 @@ class ModelVersions:
 
     def versions(self) -> list[dict[str, Any]]:
         with self._sessions() as s:
-            rows = s.execute(select(models.c.version, models.c.status, models.c.created_at, models.c.published_at)
-                             .order_by(models.c.version)).all()
+            rows = st.model_version_rows(s)
         return [{"version": r.version, "status": r.status, "created_at": _aware(r.created_at),
                  "published_at": _aware(r.published_at)} for r in rows]
 
@@ -84,7 +82,7 @@ class ModelVersions:
         if not isinstance(definition, Mapping):
             return 0, ["model: expected an object"]
         with self._sessions() as s:
-            newest = int(s.execute(select(func.max(models.c.version))).scalar() or 0)
+            newest = int(st.newest_model_version(s) or 0)
             document = {**definition, "version": newest + 1}
             problems = validate_model(document)
             if not problems:
@@ -95,8 +93,8 @@ class ModelVersions:
                         exc.args[0], list) else [f"model: {exc}"]
             if problems:
                 return 0, problems
-            s.execute(models.insert().values(version=newest + 1, status="draft",
-                                             definition=json.dumps(document, default=str), created_at=now))
+            st.insert_model(s, version=newest + 1, status="draft", definition=json.dumps(document, default=str),
+                            created_at=now)
         self._compiled[newest + 1] = compiled
         return newest + 1, []
 
@@ -110,10 +108,8 @@ class ModelVersions:
         after = ""
         while True:
             with self._sessions() as s:
-                query = select(leads).where(leads.c.id > after).order_by(leads.c.id).limit(CHUNK)
-                if not dry_run:
-                    query = query.with_for_update()  # key order, as every multi-row lock (nurture.db)
-                rows = s.execute(query).all()
+                # Locked (unless a dry run) in key order, as every multi-row lock (nurture.db).
+                rows = st.leads_after(s, after, CHUNK, lock=not dry_run)
                 for row in rows:
                     counts["leads"] += 1
                     attributes = json.loads(row.attributes or "{}")
@@ -133,14 +129,13 @@ class ModelVersions:
                     if not dry_run:
                         values = {"grade": grade, "lifecycle_stage": stage, "version": int(row.version) + 1,
                                   "updated_at": now}
-                        s.execute(update(leads).where(leads.c.id == row.id).values(values))
+                        st.update_lead(s, row.id, values)
                         announce(s, {**row._mapping, **values}, sorted(changed), now)
             if len(rows) < CHUNK:
                 break
             after = rows[-1].id
         if not dry_run:
             with self._sessions() as s:
-                s.execute(update(models).where(models.c.status == "published").values(status="retired"))
-                s.execute(update(models).where(models.c.version == version).values(status="published",
-                                                                                   published_at=now))
+                st.retire_published_model(s)
+                st.mark_model_published(s, version, now)
         return {"version": version, "dry_run": dry_run, **counts, "changes": sample}

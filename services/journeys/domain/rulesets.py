@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from nurture.rules import CompiledRules, Match, RuleSpec, compile_rules
-from services.journeys.definitions import Journey, Rule
+from services.journeys.domain.definitions import Journey, Rule
 
 _cache: dict[tuple[str, int, str, str, str], CompiledRules | None] = {}
 

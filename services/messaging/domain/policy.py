@@ -32,7 +32,7 @@ class Policy:
 
 
 DEFAULT_POLICY = Policy()
-POLICY_FILE = Path(__file__).with_name("policy.yaml")
+POLICY_FILE = Path(__file__).parents[1] / "data" / "policy.yaml"
 
 
 class PolicyError(ValueError):

@@ -23,7 +23,7 @@ import yaml
 from jinja2 import StrictUndefined, TemplateError, select_autoescape
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-TEMPLATES_DIR = Path(__file__).with_name("templates")
+TEMPLATES_DIR = Path(__file__).parents[1] / "data" / "templates"
 
 COUNTRY_NAMES = {
     "CA": "Canada", "AU": "Australia", "NZ": "New Zealand", "GB": "the United Kingdom", "UK": "the United Kingdom",

@@ -22,14 +22,14 @@ import yaml
 
 from nurture.rpc import DEADLINE_S
 from nurture.rules import CompiledRules, RuleSpec, compile_rules
-from services.messaging.engine import Engine
-from services.messaging.leads import email_hash
+from services.messaging.app.delivery import Delivery
+from services.messaging.clients import email_hash
+from services.messaging.domain.tokens import TokenError
 from services.messaging.storage import Feedback, LogLine
-from services.messaging.tokens import TokenError
 
 log = logging.getLogger(__name__)
 
-AUDIENCES_FILE = Path(__file__).with_name("audiences.yaml")
+AUDIENCES_FILE = Path(__file__).parents[1] / "data" / "audiences.yaml"
 
 
 def load_ad_suppression(path: Path = AUDIENCES_FILE) -> CompiledRules:
@@ -44,7 +44,7 @@ def load_ad_suppression(path: Path = AUDIENCES_FILE) -> CompiledRules:
 
 
 _AD_SUPPRESSION: CompiledRules | None = None
-PERSONALIZATION_FILE = Path(__file__).with_name("personalization.yaml")
+PERSONALIZATION_FILE = Path(__file__).parents[1] / "data" / "personalization.yaml"
 _PERSONALIZATION: dict[str, Any] | None = None
 
 
@@ -129,7 +129,7 @@ def journeys_api() -> tuple[ModuleType, ModuleType] | None:
 
 
 class Channels:
-    def __init__(self, engine: Engine, journeys_channel: grpc.aio.Channel | None) -> None:
+    def __init__(self, engine: Delivery, journeys_channel: grpc.aio.Channel | None) -> None:
         self.engine = engine
         self.journeys_channel = journeys_channel
 

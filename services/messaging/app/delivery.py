@@ -1,4 +1,4 @@
-"""The messaging engine: record intent, decide (consent, suppression, window, caps), deliver, record.
+"""Delivery: record intent, decide (consent, suppression, window, caps), deliver, record.
 
 Exactly once: `Send` inserts a row keyed by the dedupe key (a second Send with the key is a
 duplicate). The worker commits `sending` (the recorded intent, attempt counted) before the SMTP
@@ -31,18 +31,19 @@ import redis.asyncio as aioredis
 
 from nurture.aio import wait_event
 from nurture.api.scoring.v1 import scoring_pb2
+from nurture.batching import Batcher
 from nurture.clock import Clock
 from nurture.db import Database
 from nurture.redisconn import lead_key
 from nurture.rpc import DEADLINE_S
 from nurture.settings import Settings
-from services.messaging import mime
-from services.messaging.catalog import Catalog, Rendered, RenderError, choose_variant
-from services.messaging.leads import LeadSource, email_hash
-from services.messaging.policy import DEFAULT_POLICY, Policy, backoff, next_window
+from services.messaging.clients import LeadSource, email_hash
+from services.messaging.domain import mime
+from services.messaging.domain.catalog import Catalog, Rendered, RenderError, choose_variant
+from services.messaging.domain.policy import DEFAULT_POLICY, Policy, backoff, next_window
+from services.messaging.domain.tokens import Signer, Token
 from services.messaging.smtp import SmtpPool, SmtpResult
 from services.messaging.storage import Feedback, LogLine, Outcome, Store, aware, naive
-from services.messaging.tokens import Signer, Token
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +125,7 @@ class _Ready:
     email_hash: str
 
 
-class Engine:
+class Delivery:
     def __init__(self, *, settings: Settings, clock: Clock, db: Database, store: Store, catalog: Catalog,
                  redis: aioredis.Redis, leads: LeadSource, policy: Policy = DEFAULT_POLICY,
                  smtp_connections: int = 8) -> None:
@@ -145,8 +146,8 @@ class Engine:
         self._work_lock = asyncio.Lock()
         self._feedback_lock = asyncio.Lock()
         self.wake = asyncio.Event()
-        self._pending: list[tuple[dict[str, Any], LogLine, asyncio.Future[tuple[bool, dict[str, Any]]]]] = []
-        self._writer: asyncio.Task[None] | None = None
+        self._inserts: Batcher[tuple[dict[str, Any], LogLine], tuple[bool, dict[str, Any]]] = Batcher(
+            self._write_batch, max_batch=BATCH, parallel=1)
         # Last consent recorded per (lead, channel): only changes are written to the consent log.
         self._consent_known: dict[tuple[str, str], bool] = {}
         self._inflight: set[str] = set()
@@ -240,26 +241,13 @@ class Engine:
         return results
 
     async def _insert(self, row: dict[str, Any], line: LogLine) -> tuple[bool, dict[str, Any]]:
-        """Group commit: Sends arriving together share one transaction."""
-        future: asyncio.Future[tuple[bool, dict[str, Any]]] = asyncio.get_running_loop().create_future()
-        self._pending.append((row, line, future))
-        if self._writer is None or self._writer.done():
-            self._writer = asyncio.create_task(self._write_pending())
-        return await future
+        """Group commit: Sends arriving together share one transaction (one in flight at a time)."""
+        return await self._inserts.submit((row, line))
 
-    async def _write_pending(self) -> None:
-        while self._pending:
-            batch, self._pending = self._pending[:BATCH], self._pending[BATCH:]
-            try:
-                results = await self.db.run(self.store.insert_messages, [(r, line) for r, line, _ in batch])
-            except Exception as exc:  # the callers see the error; the writer keeps serving others
-                for _, _, fut in batch:
-                    if not fut.done():
-                        fut.set_exception(exc)
-                continue
-            for (_, _, fut), result in zip(batch, results, strict=True):
-                if not fut.done():
-                    fut.set_result(result)
+    async def _write_batch(self, items: list[tuple[dict[str, Any], LogLine]]
+                           ) -> list[tuple[bool, dict[str, Any]] | BaseException]:
+        # An error reaches every caller of the batch; the next batch is served as usual.
+        return list(await self.db.run(self.store.insert_messages, items))
 
     # --- the worker -----------------------------------------------------------------------------------
     async def process_due(self) -> int:

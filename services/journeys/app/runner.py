@@ -15,16 +15,17 @@ import contextlib
 import json
 import logging
 from collections import defaultdict
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from nurture.clock import Clock
 from nurture.db import Database
+from nurture.locks import KeyLocks
 from services.journeys import storage
-from services.journeys.calendar import Calendar, Campaign
 from services.journeys.clients import Clients, Unavailable
-from services.journeys.definitions import (
+from services.journeys.domain.calendar import Calendar, Campaign
+from services.journeys.domain.definitions import (
     DefinitionError,
     Journey,
     PlaybookSettings,
@@ -32,10 +33,10 @@ from services.journeys.definitions import (
     load,
     read_playbook,
 )
-from services.journeys.engine import Engine, migrate
-from services.journeys.funnel import Funnel, feed
-from services.journeys.model import ACTIVE, DATE_PREFIX, INACTIVITY, LIVE, LeadState, Outcome, parse_time
-from services.journeys.registry import Registry
+from services.journeys.domain.engine import Engine, migrate
+from services.journeys.domain.funnel import Funnel, feed
+from services.journeys.domain.registry import Registry
+from services.journeys.domain.state import ACTIVE, DATE_PREFIX, INACTIVITY, LIVE, LeadState, Outcome, parse_time
 from services.journeys.timers import Timer, TimerStore
 
 log = logging.getLogger(__name__)
@@ -59,27 +60,6 @@ class Invalid(Exception):
         self.problems = problems or []
 
 
-class LeadLocks:
-    """One asyncio lock per lead while anyone holds or waits for it (so idle leads cost nothing)."""
-
-    def __init__(self) -> None:
-        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
-
-    @contextlib.asynccontextmanager
-    async def hold(self, lead_id: str) -> AsyncIterator[None]:
-        lock, users = self._locks.get(lead_id, (asyncio.Lock(), 0))
-        self._locks[lead_id] = (lock, users + 1)
-        try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._locks[lead_id]
-            if users <= 1:
-                del self._locks[lead_id]
-            else:
-                self._locks[lead_id] = (lock, users - 1)
-
-
 class JourneysRuntime:
     def __init__(self, *, db: Database, timers: TimerStore, clock: Clock, clients: Clients,
                  settings: PlaybookSettings, calendar: Calendar | None = None) -> None:
@@ -91,7 +71,7 @@ class JourneysRuntime:
         self.clients = clients
         self.registry = Registry()
         self.engine = Engine(settings, self.registry.resolve, self.registry.published)
-        self._locks = LeadLocks()
+        self._locks = KeyLocks()
         self._sem = asyncio.Semaphore(PARALLEL_LEADS)
         self.meta: dict[str, dict[str, Any]] = {}
         self._housekept: datetime | None = None

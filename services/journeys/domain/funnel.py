@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.journeys.definitions import Journey
+from services.journeys.domain.definitions import Journey
 
 STEP_MEASURES = ("entered", "sent", "suppressed", "opened", "clicked", "converted", "exited")
 
