@@ -243,7 +243,7 @@ async def test_what_the_bus_says_about_an_address_or_a_customer_holds(
 
 
 async def test_subscribing_again_lifts_unsubscribes_but_never_a_spam_report(inproc: InProc) -> None:
-    from services.messaging.leads import email_hash
+    from services.messaging.clients import email_hash
 
     store = inproc.engine.store
     for lead_id, first, lift, scopes_after, resubscribed in (
