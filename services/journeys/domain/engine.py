@@ -14,8 +14,9 @@ nurture sends share one frequency budget per lead (transactional sends skip it).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -48,6 +49,8 @@ from services.journeys.domain.state import (
 )
 
 OPT_OUT_EVENTS = ("unsubscribed", "spam_reported", "email_hard_bounced")
+# Messaging's word that an address's unsubscribes were lifted (the person subscribed to email again).
+RESUBSCRIBED = "email_resubscribed"
 MAX_INSTANT_STEPS = 200
 
 
@@ -147,7 +150,7 @@ class Engine:
                 str(scope), {"nurture"})
             for e in list(state.enrollments.values()):
                 if e.status in LIVE and self.journey(e.journey, e.version).category in stopped:
-                    self._keep_for_consent(state, e, now)
+                    self._keep_for_consent(state, e, now, reason=reason, scope=str(scope or "nurture"))
                     self._finish(state, e, EXITED, reason, now, out, summary=f"exited: {reason}"
                                  + (f" ({scope})" if scope else ""))
         for rule in self.settings.exits:
@@ -165,6 +168,8 @@ class Engine:
                 if "consent_exit" in past:
                     past["consent_exit"]["withdrawn"] = True
         journeys = self._published()
+        if etype == RESUBSCRIBED:
+            self._resume_resubscribed(state, journeys, message, now, out)
         for j in journeys:
             types = self._types(j)
             if etype not in types and "*" not in types:
@@ -423,6 +428,10 @@ class Engine:
         if current is not None and current.status in LIVE:
             return
         held = (state.history.get(ekey) or {}).get("consent_exit") if current is not None else None
+        if held and held.get("reason", "no_consent") != "no_consent":
+            # Stopped by an opt-out (an unsubscribe, a spam report, a hard bounce): consent alone does
+            # not undo it; messaging's `email_resubscribed` does (see _resume_resubscribed).
+            held = None
         if not (held and held.get("withdrawn")) and not self._may_reenter(state, j, ekey, now):
             return
         found = rulesets.matching(j, "entry", etype, self.facts(state, message))
@@ -467,15 +476,37 @@ class Engine:
                      facts={"enter_until": iso(deadline), **anchors})
         return True
 
-    def _keep_for_consent(self, state: LeadState, e: Enrollment, now: datetime) -> None:
-        """Before a consent exit, remember where the enrolment stood: given consent again, the lead
-        continues from there (whatever `reentry` says, since it never left the journey by itself)."""
+    def _keep_for_consent(self, state: LeadState, e: Enrollment, now: datetime, *, reason: str,
+                          scope: str) -> None:
+        """Before a consent exit, remember where the enrolment stood and what stopped it: given consent
+        again (`no_consent`), or subscribed again after an unsubscribe (`email_resubscribed` lifting its
+        scope), the lead continues from there (whatever `reentry` says, since it never left the journey
+        by itself). A spam report or a hard bounce is never undone here."""
         due = e.due
         if e.status == PAUSED:
             due = now + timedelta(seconds=e.paused_remaining) if e.paused_remaining is not None else None
         consent_off = (state.lead.get("consent") or {}).get("email") is False
         state.history.setdefault(e.ekey, {"entries": e.entry})["consent_exit"] = {
-            "due": iso(due), "waiting": e.waiting if e.waiting != "budget" else None, "withdrawn": consent_off}
+            "due": iso(due), "waiting": e.waiting if e.waiting != "budget" else None, "withdrawn": consent_off,
+            "reason": reason, "scope": scope}
+
+    def _resume_resubscribed(self, state: LeadState, journeys: Sequence[Journey], message: BusMessage,
+                             now: datetime, out: Outcome) -> None:
+        """Messaging lifted the address's unsubscribes (`properties.scopes`): the enrolments those
+        unsubscribes stopped resume, when the lead still meets the journey's entry as a profile change
+        would test it (a lead who left the segment meanwhile is not sent its mail)."""
+        lifted = {str(x) for x in message.properties.get("scopes") or []}
+        probe = dataclasses.replace(message, type="lead_updated",
+                                    properties={"changed": ["consent"], "source": RESUBSCRIBED})
+        for j in journeys:
+            held = (state.history.get(j.key) or {}).get("consent_exit")
+            current = state.enrollments.get(j.key)
+            if not held or held.get("reason") != "unsubscribed" or current is None or current.status in LIVE:
+                continue
+            if "all" not in lifted and str(held.get("scope") or "nurture") not in lifted:
+                continue
+            held["reason"], held["withdrawn"] = "no_consent", True
+            self._maybe_enter(state, j, probe, now, out)
 
     def _resume_after_consent(self, state: LeadState, e: Enrollment, held: Mapping[str, Any], now: datetime,
                               out: Outcome, *, rule: str, facts: Mapping[str, Any], why: str) -> None:

@@ -214,6 +214,13 @@ class Channels:
             if etype == "unsubscribed" and ehash:
                 scope = props.get("scope") if props.get("scope") in SCOPES else "nurture"
                 await e.db.run(e.store.add_suppression, ehash, scope, "unsubscribed", "bus", at)
+            changed = props.get("changed") or []
+            consent_back = (etype == "subscribed" and props.get("channel") == "email") or (
+                etype == "lead_updated" and "consent" in changed
+                and lead is not None and lead.consent.get("email") is True)
+            if consent_back and ehash and lead_id:
+                # Subscribing to email again (or consent given again) undoes the unsubscribes.
+                await e.db.run(e.store.lift_unsubscribes, ehash, lead_id, m.id, at)
             if etype == "spam_reported" and ehash:
                 await e.db.run(e.store.add_suppression, ehash, "all", "spam_report", "bus", at)
             hard = etype == "email_hard_bounced" or (
@@ -226,7 +233,6 @@ class Channels:
                                       list(m.signals)) if lead_id else None
             if rule is not None:
                 await e.db.run(e.store.ad_suppress, lead_id, rule, at, True, ehash)
-            changed = props.get("changed") or []
             if lead_id and lead is not None and (
                     etype == "lead_created" or (etype == "lead_updated" and "consent" in changed)
                     or etype in ("unsubscribed", "spam_reported", "email_hard_bounced", "subscribed")):

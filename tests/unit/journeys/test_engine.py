@@ -190,6 +190,56 @@ def test_an_unsubscribe_ends_the_journeys_of_the_mail_it_stops() -> None:
         assert ended.isdisjoint(live) and ended | live >= {"skilled_professional", "trial_onboarding"}, (scope, live)
 
 
+def test_a_resubscribe_resumes_what_a_nurture_unsubscribe_stopped_and_nothing_else_does() -> None:
+    h = Harness()
+    h.message("lead_created")
+    h.advance(days=3)
+    seg = h.state.enrollments["skilled_professional"]
+    step_before, sent_before = seg.step, len(h.sent)
+    h.message("unsubscribed", scope="nurture")
+    assert seg.status not in (ACTIVE, PAUSED) and seg.outcome == "unsubscribed"
+    # Consent never went off (the unsubscribe named nurture mail only): profile changes and score
+    # changes do not bring the journey back while the unsubscribe stands.
+    h.message("lead_updated", changed=["consent"])
+    h.message("score_changed", old=5, new=40)
+    assert seg.status not in (ACTIVE, PAUSED)
+    # Messaging lifted the unsubscribe: the enrolment resumes where it stood, without repeating a step.
+    h.message("email_resubscribed", scopes=["nurture"])
+    assert seg.status == ACTIVE and seg.step == step_before
+    assert any("re-entered after email consent was given again" in t for t in h.transitions)
+    h.advance(days=10)
+    resent = h.sent[sent_before:]
+    assert resent and len(set(resent)) == len(resent) and not set(resent) & set(h.sent[:sent_before])
+
+
+def test_a_resubscribe_of_another_scope_or_after_a_spam_report_resumes_nothing() -> None:
+    h = Harness()
+    h.message("lead_created")
+    h.message("unsubscribed", scope="nurture")
+    h.message("email_resubscribed", scopes=["transactional"])  # lifted another scope only
+    assert h.state.enrollments["skilled_professional"].status not in (ACTIVE, PAUSED)
+    h.message("email_resubscribed", scopes=["all"])
+    assert h.state.enrollments["skilled_professional"].status == ACTIVE
+
+    spam = Harness()
+    spam.message("lead_created")
+    spam.lead["consent"] = {"email": False}
+    spam.message("spam_reported")
+    spam.lead["consent"] = {"email": True}
+    spam.message("lead_updated", changed=["consent"])   # consent alone does not undo a spam report
+    spam.message("email_resubscribed", scopes=["all"])  # nor does a lift of unsubscribes
+    assert spam.state.enrollments["skilled_professional"].outcome == "spam_reported"
+
+
+def test_a_resubscribe_does_not_resume_a_journey_the_lead_no_longer_qualifies_for() -> None:
+    h = Harness()
+    h.message("lead_created")
+    h.message("unsubscribed", scope="nurture")
+    h.lead["segment"] = "family"   # left the segment while unsubscribed
+    h.message("email_resubscribed", scopes=["nurture"])
+    assert h.state.enrollments["skilled_professional"].status not in (ACTIVE, PAUSED)
+
+
 def test_webinar_reschedule_moves_pending_reminders() -> None:
     h = Harness()
     starts = T0 + timedelta(days=5)
