@@ -9,7 +9,7 @@
   function layoutGraph(container) {
     if (typeof dagre === "undefined") return;
     var spec = JSON.parse(container.getAttribute("data-graph"));
-    var g = new dagre.graphlib.Graph();
+    var g = new dagre.graphlib.Graph({ multigraph: true });
     g.setGraph({ rankdir: "TB", nodesep: 24, ranksep: 44, marginx: 12, marginy: 12 });
     g.setDefaultEdgeLabel(function () { return {}; });
     var elements = {};

@@ -10,18 +10,12 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
-import redis
 from sqlalchemy import create_engine, select
 
-from nurture import redisconn
-from nurture.api.common.v1 import common_pb2_grpc
-from nurture.bus import Publisher
-from nurture.clock import VirtualClock
-from nurture.settings import SERVICES, Settings
+from nurture.settings import Settings
 from services.journeys.storage import StepRunRow
-from tests.conftest import free_port, mesh_channel, start_service
-from tests.integration.console.conftest import KEYS, app_for, console_settings, csrf_of, sign_in
-from tests.integration.journeys.fakes import Recorder, advance, lead, publish, settle, start_fakes
+from tests.integration.console.conftest import KEYS, csrf_of, sign_in
+from tests.integration.console.mesh import console_mesh
 
 pytestmark = pytest.mark.anyio
 STEP = re.compile(r'data-step="([^"]+)" data-entered="(\d+)"')
@@ -29,36 +23,8 @@ STEP = re.compile(r'data-step="([^"]+)" data-entered="(\d+)"')
 
 @pytest.fixture
 async def running(settings: Settings) -> AsyncIterator[tuple[httpx.AsyncClient, Settings]]:
-    rec = Recorder()
-    mport, cport = free_port(), free_port()
-    messaging, crm = await start_fakes(rec, messaging_port=mport, crm_port=cport)
-    addrs = {f"{s}_addr": f"127.0.0.1:{free_port()}" for s in SERVICES}
-    addrs.update(messaging_addr=f"127.0.0.1:{mport}", crm_sync_addr=f"127.0.0.1:{cport}")
-    journeys = await start_service("journeys", settings.with_overrides(**addrs))
-    addrs["journeys_addr"] = journeys.address
-    channel = mesh_channel(journeys.address)
-    admin = common_pb2_grpc.AdminStub(channel)
-    client = redisconn.connect(settings)
-    pub = Publisher(client, settings.bus_shards)
-    clock = VirtualClock(redis.Redis.from_url(settings.redis_url))
-    # Six families enter; two open their first email, one unsubscribes (an exit with its reason).
-    families = [lead(f"f-{i}", "family") for i in range(6)]
-    for person in families:
-        await publish(pub, clock, person, "lead_created")
-    await settle(admin)
-    for sent in [r for r in rec.sends if r.lead_id in ("f-0", "f-1")][:2]:
-        await publish(pub, clock, families[int(sent.lead_id[-1])], "email_opened",
-                      message_id=rec.delivered[sent.dedupe_key])
-    await publish(pub, clock, families[5], "unsubscribed")
-    await advance(admin, clock, 9 * 86400)
-    app = app_for(console_settings(settings, **addrs))
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as http:
-        yield http, settings.with_overrides(**addrs)
-    await channel.close()
-    await client.aclose()
-    await journeys.stop(grace=0.2)
-    await messaging.stop(0)
-    await crm.stop(0)
+    async with console_mesh(settings) as mesh:
+        yield mesh.client, mesh.settings
 
 
 def recount(settings: Settings, journey: str) -> dict[str, int]:
