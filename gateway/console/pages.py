@@ -8,80 +8,21 @@ sign-in page; a form without the session's CSRF token, or from a role that may n
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
-from urllib.parse import parse_qs, quote
 
-import grpc
 from fastapi import APIRouter, Request
-from starlette.responses import RedirectResponse, Response
+from starlette.responses import Response
 
 from gateway import roles
 from gateway.console import data, graph, session
-from gateway.console.render import page, protect
+from gateway.console.guard import guarded, mesh_of, read_form, redirect, settings_of
+from gateway.console.render import page
 from gateway.console.static import static_response
-from gateway.deps import ApiError, Mesh
+from gateway.deps import ApiError
 from gateway.routes import journeys as journeys_api
 from nurture.api.journeys.v1 import journeys_pb2
 from nurture.rpc import LONG_DEADLINE_S
-from nurture.settings import Settings
 
 router = APIRouter(prefix="/console", include_in_schema=False)
-MAX_FORM_BYTES = 16_384
-
-
-def _mesh(request: Request) -> Mesh:
-    value: Mesh = request.app.state.mesh
-    return value
-
-
-def _settings(request: Request) -> Settings:
-    return _mesh(request).settings
-
-
-def _redirect(url: str) -> Response:
-    return protect(RedirectResponse(url, status_code=303))
-
-
-async def _form(request: Request) -> dict[str, str]:
-    """An urlencoded form's fields (first value each). Parsed here: small forms, and no extra package."""
-    raw = await request.body()
-    if len(raw) > MAX_FORM_BYTES:
-        raise ApiError(413, "too_large", "the form is too large")
-    parsed = parse_qs(raw.decode("utf-8", "replace"), keep_blank_values=True)
-    return {k: v[0] for k, v in parsed.items()}
-
-
-Handler = Callable[[Request, session.Session], Awaitable[Response]]
-
-
-async def _guarded(request: Request, handler: Handler, *, needed: str = "viewer", form: bool = False) -> Response:
-    """Run a page handler for a signed-in user whose role allows it; errors as pages, not JSON."""
-    settings = _settings(request)
-    current = session.current(settings, request)
-    if current is None:
-        if form:
-            return _error(request, None, 403, "Your session has ended: sign in again.")
-        return _redirect(f"/console/sign-in?next={quote(request.url.path)}")
-    if form:
-        fields = await _form(request)
-        if not session.csrf_valid(current, fields.get("csrf", "")):
-            return _error(request, current, 403, "This form is stale or did not come from the console (CSRF).")
-        request.state.form = fields
-    if not roles.allows(current.role, needed):
-        return _error(request, current, 403, f"Your role ({current.role}) cannot do this; it needs {needed}.")
-    try:
-        return await handler(request, current)
-    except ApiError as exc:
-        return _error(request, current, exc.status, exc.message)
-    except grpc.aio.AioRpcError as exc:
-        status = {grpc.StatusCode.NOT_FOUND: 404, grpc.StatusCode.INVALID_ARGUMENT: 422,
-                  grpc.StatusCode.FAILED_PRECONDITION: 409}.get(exc.code(), 503)
-        shown = exc.details() if status != 503 else "a service behind the gateway is unavailable; retry later"
-        return _error(request, current, status, data.readable_error(shown or exc.code().name))
-
-
-def _error(request: Request, current: session.Session | None, status: int, message: str) -> Response:
-    return page("error.html", status=status, title=f"Error {status}", message=message, session=current)
 
 
 # -- sign-in -------------------------------------------------------------------------------------------
@@ -89,7 +30,7 @@ def _error(request: Request, current: session.Session | None, status: int, messa
 
 @router.get("/")
 async def home(request: Request) -> Response:
-    return _redirect("/console/journeys")
+    return redirect("/console/journeys")
 
 
 def _safe_next(target: str) -> str:
@@ -100,7 +41,7 @@ def _safe_next(target: str) -> str:
 
 @router.get("/sign-in")
 async def sign_in_form(request: Request, next: str = "/console/journeys") -> Response:
-    settings = _settings(request)
+    settings = settings_of(request)
     if not settings.session_secret:
         return page("sign_in.html", status=503, session=None, token="", next=_safe_next(next),
                     problem="The console is off: NURTURE_SESSION_SECRET is not set (nurture up generates it).")
@@ -113,8 +54,8 @@ async def sign_in_form(request: Request, next: str = "/console/journeys") -> Res
 
 @router.post("/sign-in")
 async def sign_in(request: Request) -> Response:
-    settings = _settings(request)
-    fields = await _form(request)
+    settings = settings_of(request)
+    fields = await read_form(request)
     target = _safe_next(fields.get("next", ""))
     if not settings.session_secret:
         return page("sign_in.html", status=503, session=None, token="", next=target,
@@ -126,18 +67,18 @@ async def sign_in(request: Request) -> Response:
     if not key or roles.role_of(settings, key) is None:
         return page("sign_in.html", status=401, session=None, token=fields.get("csrf", ""), next=target,
                     problem="That is not a valid API key.")
-    redirect = _redirect(target)
-    session.open_session(settings, redirect, key)
-    return redirect
+    response = redirect(target)
+    session.open_session(settings, response, key)
+    return response
 
 
 @router.post("/sign-out")
 async def sign_out(request: Request) -> Response:
     async def handler(_request: Request, _current: session.Session) -> Response:
-        response = _redirect("/console/sign-in")
-        session.close_session(_settings(request), response)
+        response = redirect("/console/sign-in")
+        session.close_session(settings_of(request), response)
         return response
-    return await _guarded(request, handler, form=True)
+    return await guarded(request, handler, form=True)
 
 
 # -- journeys ------------------------------------------------------------------------------------------
@@ -146,15 +87,15 @@ async def sign_out(request: Request) -> Response:
 @router.get("/journeys")
 async def journeys(request: Request) -> Response:
     async def handler(_request: Request, current: session.Session) -> Response:
-        rows = await data.journeys_with_counts(_mesh(request))
+        rows = await data.journeys_with_counts(mesh_of(request))
         return page("journeys.html", session=current, title="Journeys", journeys=rows)
-    return await _guarded(request, handler)
+    return await guarded(request, handler)
 
 
 @router.get("/journeys/{key}")
 async def journey(request: Request, key: str) -> Response:
     async def handler(_request: Request, current: session.Session) -> Response:
-        m = _mesh(request)
+        m = mesh_of(request)
         got = await journeys_api.get_journey(key, 0, m)
         report = await journeys_api.journey_analytics(key, None, None, m)
         nodes, edges = graph.build(got["definition"] or {}, report)
@@ -165,7 +106,7 @@ async def journey(request: Request, key: str) -> Response:
         return page("journey.html", session=current, title=got["name"] or key, journey=got, report=report,
                     nodes=nodes, edges=edges, stages=stages, layout_json=json.dumps(layout),
                     can_publish=roles.allows(current.role, "editor"))
-    return await _guarded(request, handler)
+    return await guarded(request, handler)
 
 
 @router.post("/journeys/{key}/publish")
@@ -178,13 +119,13 @@ async def publish(request: Request, key: str) -> Response:
             version = -1
         if not 0 < version < 2**31:
             raise ApiError(422, "invalid", "choose a version to publish")
-        reply = await journeys_api._stub(_mesh(request)).Publish(
+        reply = await journeys_api._stub(mesh_of(request)).Publish(
             journeys_pb2.PublishRequest(key=key, version=version, migrate=fields.get("migrate") == "on",
                                         dry_run=fields.get("dry_run") == "on"), timeout=LONG_DEADLINE_S)
         return page("published.html", session=current, title=f"Published {key}", key=key,
                     version=reply.version, published=reply.published,
                     report=json.dumps(json.loads(reply.report_json or "{}"), indent=2, sort_keys=True))
-    return await _guarded(request, handler, needed="editor", form=True)
+    return await guarded(request, handler, needed="editor", form=True)
 
 
 # -- leads ---------------------------------------------------------------------------------------------
@@ -194,18 +135,18 @@ async def publish(request: Request, key: str) -> Response:
 async def leads(request: Request) -> Response:
     async def handler(_request: Request, current: session.Session) -> Response:
         filters = data.LeadFilters.from_query(request.query_params)
-        rows, next_cursor = await data.leads_page(_mesh(request), filters)
+        rows, next_cursor = await data.leads_page(mesh_of(request), filters)
         return page("leads.html", session=current, title="Leads", leads=rows, filters=filters,
-                    next_cursor=next_cursor, journeys=await data.journey_keys(_mesh(request)))
-    return await _guarded(request, handler)
+                    next_cursor=next_cursor, journeys=await data.journey_keys(mesh_of(request)))
+    return await guarded(request, handler)
 
 
 @router.get("/leads/{lead_id}")
 async def lead(request: Request, lead_id: str) -> Response:
     async def handler(_request: Request, current: session.Session) -> Response:
-        view = await data.lead_view(_mesh(request), lead_id)
+        view = await data.lead_view(mesh_of(request), lead_id)
         return page("lead.html", session=current, title=view["lead"]["email"] or lead_id, **view)
-    return await _guarded(request, handler)
+    return await guarded(request, handler)
 
 
 # -- operations ----------------------------------------------------------------------------------------
@@ -214,9 +155,9 @@ async def lead(request: Request, lead_id: str) -> Response:
 @router.get("/operations")
 async def operations(request: Request) -> Response:
     async def handler(_request: Request, current: session.Session) -> Response:
-        view = await data.operations_view(_mesh(request))
+        view = await data.operations_view(mesh_of(request))
         return page("operations.html", session=current, title="Operations", **view)
-    return await _guarded(request, handler)
+    return await guarded(request, handler)
 
 
 # -- static files --------------------------------------------------------------------------------------

@@ -1,5 +1,9 @@
 """The web console under /console/ (gateway.console): included here like every other area."""
 
-from gateway.console.pages import router
+from fastapi import APIRouter
 
-__all__ = ["router"]
+from gateway.console import editing, pages
+
+router = APIRouter()
+router.include_router(pages.router)
+router.include_router(editing.router)

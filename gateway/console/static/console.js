@@ -73,7 +73,39 @@
     });
   }
 
+  // As the editor types: the service's validation of the whole document, every problem listed.
+  function liveValidation(area) {
+    var url = area.getAttribute("data-validate");
+    var csrf = area.form.querySelector("input[name=csrf]").value;
+    var list = document.getElementById("problems");
+    var valid = document.getElementById("valid");
+    var timer = null;
+    var sent = 0;
+    function check() {
+      var mine = ++sent;
+      var body = new URLSearchParams({ csrf: csrf, document: area.value });
+      fetch(url, { method: "POST", body: body, credentials: "same-origin" })
+        .then(function (r) { return r.ok ? r.json() : null; })
+        .then(function (result) {
+          if (!result || mine !== sent) return;  // a later keystroke's answer supersedes this one
+          list.replaceChildren.apply(list, result.problems.map(function (p) {
+            var li = document.createElement("li");
+            li.textContent = p;
+            return li;
+          }));
+          valid.hidden = !result.valid;
+          valid.textContent = result.valid ? "No problem found." : "";
+        });
+    }
+    area.addEventListener("input", function () {
+      clearTimeout(timer);
+      timer = setTimeout(check, 500);
+    });
+  }
+
   document.addEventListener("DOMContentLoaded", function () {
+    var editor = document.querySelector("textarea[data-validate]");
+    if (editor) liveValidation(editor);
     var graph = document.getElementById("graph");
     if (graph) layoutGraph(graph);
     var chart = document.getElementById("score-chart");

@@ -154,3 +154,19 @@ async def test_console_in_a_browser(served: tuple[str, httpx.AsyncClient], brows
     assert api_refused.status == 403
     assert w.errors == []
     await context.close()
+
+    # An editor edits a draft: problems are listed as they type (the service's own validation).
+    context = await browser.new_context(viewport={"width": 1400, "height": 900})
+    context.set_default_timeout(10_000)
+    w = Watched(await context.new_page())
+    await sign_in(w, base, KEYS["editor"])
+    await w.open(f"{base}/console/scoring", shot="scoring")
+    await w.open(f"{base}/console/journeys/family/edit")
+    area = w.page.locator("#document")
+    await area.fill((await area.input_value()).replace("steps:\n", "steps:\n- {id: loop, type: jump, to: loop}\n", 1))
+    await w.page.locator("#problems li", has_text="unreachable").first.wait_for()
+    assert await w.page.locator("#problems li", has_text="loop without a wait").count() == 1
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    await w.page.screenshot(path=str(ARTIFACTS / "edit_journey.png"), full_page=False)
+    assert w.errors == []
+    await context.close()
