@@ -11,12 +11,14 @@ from typing import Any
 
 import grpc
 
+from gateway.convert import lead_json
 from gateway.deps import ApiError, Mesh
 from gateway.routes import journeys as journeys_api
 from gateway.routes import leads as leads_api
 from gateway.routes import messaging as messaging_api
 from nurture import bus, redisconn
 from nurture.api.common.v1 import common_pb2, common_pb2_grpc
+from nurture.api.journeys.v1 import journeys_pb2, journeys_pb2_grpc
 from nurture.api.scoring.v1 import scoring_pb2, scoring_pb2_grpc
 from nurture.rpc import health_status
 from nurture.settings import SERVICES
@@ -86,16 +88,28 @@ class LeadFilters:
 
 
 async def leads_page(m: Mesh, f: LeadFilters) -> tuple[list[dict[str, Any]], str | None]:
-    """A page of leads through the API's own listing; a step filter keeps the journey's members whose
-    enrolment is at that step now (read from each lead's journeys, as the lead page shows them)."""
+    """A page of leads through the API's own listings: the journey's members now at a step
+    (`/v1/journeys/{key}/members?step=`) when a step is chosen, else `/v1/leads`."""
+    if f.journey and f.step:
+        members = await journeys_api.journey_members(f.journey, stage="", status="", step=f.step, cursor=f.cursor,
+                                                     limit=PAGE_SIZE, m=m)
+        got = await scoring_pb2_grpc.ScoringStub(m.channel("scoring")).GetLeads(
+            scoring_pb2.GetLeadsRequest(ids=list(members["items"])), timeout=m.timeout)
+        leads = [lead_json(lead) for lead in got.leads
+                 if (not f.segment or lead.segment == f.segment) and (not f.stage or lead.lifecycle_stage == f.stage)
+                 and (f.min_score is None or lead.score >= f.min_score) and (not f.email or lead.email == f.email)]
+        return leads, members["next_cursor"]
     body = await leads_api.list_leads(segment=f.segment, min_score=f.min_score, stage=f.stage, journey=f.journey,
                                       email=f.email, cursor=f.cursor, limit=PAGE_SIZE, m=m)
     items: list[dict[str, Any]] = body["items"]
-    if f.journey and f.step:
-        enrolments = await asyncio.gather(*(leads_api.lead_journeys(m, lead["id"]) for lead in items))
-        items = [lead for lead, js in zip(items, enrolments, strict=True)
-                 if any(j.get("journey") == f.journey and j.get("step") == f.step for j in js)]
     return items, body.get("next_cursor")
+
+
+async def waiting_by_step(m: Mesh, journey: str) -> dict[str, int]:
+    """Leads at each step of the journey now (live enrolments), from the journeys service."""
+    reply = await journeys_pb2_grpc.JourneysStub(m.channel("journeys")).LiveSteps(
+        journeys_pb2.LiveStepsRequest(journey=journey), timeout=m.timeout)
+    return dict(reply.leads)
 
 
 def _reason(details: Mapping[str, Any]) -> str:

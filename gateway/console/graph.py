@@ -65,9 +65,11 @@ def _label(step: Mapping[str, Any]) -> str:
     return str(step.get("name") or "")
 
 
-def build(document: Mapping[str, Any], analytics: Mapping[str, Any]) -> tuple[list[Node], list[Edge]]:
-    """Nodes with the analytics report's counts for their step (0 where the report has none) and edges
-    with the share of leads each took where the target's entries come only from this source."""
+def build(document: Mapping[str, Any], analytics: Mapping[str, Any],
+          waiting: Mapping[str, int] | None = None) -> tuple[list[Node], list[Edge]]:
+    """Nodes with the analytics report's counts for their step (0 where the report has none) and the
+    leads waiting there now, and edges with the share of leads each took where the target's entries
+    come only from this source."""
     raw = [s for s in document.get("steps") or [] if isinstance(s, Mapping) and isinstance(s.get("id"), str)]
     counts = {str(s.get("step")): s for s in analytics.get("steps") or [] if isinstance(s, Mapping)}
     nodes: list[Node] = []
@@ -75,9 +77,10 @@ def build(document: Mapping[str, Any], analytics: Mapping[str, Any]) -> tuple[li
     for i, step in enumerate(raw):
         sid = str(step["id"])
         got = counts.get(sid, {})
+        tally = {k: int(v) for k, v in got.items() if k != "step" and isinstance(v, int)}
+        tally["waiting"] = int((waiting or {}).get(sid, 0))
         nodes.append(Node(id=sid, type=str(step.get("type", "")), stage=str(step.get("stage") or ""),
-                          label=_label(step), counts={k: int(v) for k, v in got.items()
-                                                      if k != "step" and isinstance(v, int)}))
+                          label=_label(step), counts=tally))
         following = str(raw[i + 1]["id"]) if i + 1 < len(raw) else None
         edges += [Edge(sid, target, label) for target, label in _edges(step, following)]
     known = {n.id for n in nodes}

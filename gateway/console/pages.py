@@ -98,7 +98,8 @@ async def journey(request: Request, key: str) -> Response:
         m = mesh_of(request)
         got = await journeys_api.get_journey(key, 0, m)
         report = await journeys_api.journey_analytics(key, None, None, m)
-        nodes, edges = graph.build(got["definition"] or {}, report)
+        waiting = await data.waiting_by_step(m, key)
+        nodes, edges = graph.build(got["definition"] or {}, report, waiting)
         stages = [s for s in (got["definition"] or {}).get("stages") or [] if isinstance(s, dict)]
         layout = {"nodes": [{"id": n.id, "stage": n.stage} for n in nodes],
                   "edges": [{"source": e.source, "target": e.target, "label": e.label, "share": e.share}

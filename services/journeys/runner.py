@@ -461,14 +461,24 @@ class JourneysRuntime:
                 return storage.lead_enrollments(s, lead_id)
         return await self.db.run(q)
 
-    async def members(self, *, journey: str, stage: str, status: str, cursor: str, limit: int) -> tuple[list[str], str]:
+    async def members(self, *, journey: str, stage: str, status: str, cursor: str, limit: int,
+                      step: str = "") -> tuple[list[str], str]:
         if self.registry.live(journey) is None and not self.registry.versions(journey):
             raise NotFound(f"unknown journey {journey!r}")
 
         def q() -> tuple[list[str], str]:
             with self.db.session() as s:
                 return storage.members(s, journey=journey, stage=stage, status=status, cursor=cursor,
-                                       limit=max(1, min(limit or 100, 1000)))
+                                       limit=max(1, min(limit or 100, 1000)), step=step)
+        return await self.db.run(q)
+
+    async def live_steps(self, journey: str) -> dict[str, int]:
+        if self.registry.live(journey) is None and not self.registry.versions(journey):
+            raise NotFound(f"unknown journey {journey!r}")
+
+        def q() -> dict[str, int]:
+            with self.db.session() as s:
+                return storage.live_steps(s, journey)
         return await self.db.run(q)
 
     async def timeline(self, lead_id: str, limit: int) -> list[storage.TransitionRow]:

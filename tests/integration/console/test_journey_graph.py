@@ -92,3 +92,19 @@ async def test_operations_page_shows_health_and_bus_backlog(running: tuple[httpx
     row = re.search(r'<tr data-group="journeys">(.*?)</tr>', page.text, re.S)
     assert row is not None
     assert re.findall(r'<td class="n">(\d+)</td>', row.group(1)) == ["0", "0", "0"]
+
+
+async def test_waiting_now_per_step_is_the_members_at_that_step(running: tuple[httpx.AsyncClient, Settings]) -> None:
+    client, _ = running
+    await sign_in(client, KEYS["viewer"])
+    page = await client.get("/console/journeys/family")
+    waiting = {s: int(n) for s, n in re.findall(r'data-step="([^"]+)" data-entered="\d+" data-waiting="(\d+)"',
+                                                 page.text)}
+    auth = {"Authorization": f"Bearer {KEYS['viewer']}"}
+    live = (await client.get("/v1/journeys/family/members", headers=auth)).json()["items"]
+    # Five families are still in (one unsubscribed), each at exactly one step.
+    assert len(live) == 5 and sum(waiting.values()) == 5
+    for step, n in waiting.items():
+        if n:
+            at = await client.get("/v1/journeys/family/members", params={"step": step}, headers=auth)
+            assert len(at.json()["items"]) == n and set(at.json()["items"]) <= set(live)
