@@ -133,6 +133,14 @@ async def lead_view(m: Mesh, lead_id: str) -> dict[str, Any]:
             "incomplete": timeline.get("incomplete", []), "messages": messages}
 
 
+async def why_not(m: Mesh, lead_id: str, journey: str) -> dict[str, Any]:
+    """Which of the journey's entry conditions and branch rules the lead does not meet today."""
+    reply = await journeys_pb2_grpc.JourneysStub(m.channel("journeys")).WhyNot(
+        journeys_pb2.WhyNotRequest(lead_id=lead_id, journey=journey), timeout=m.timeout)
+    report: dict[str, Any] = json.loads(reply.report_json)
+    return report
+
+
 async def _messages(m: Mesh, lead_id: str) -> list[dict[str, Any]] | None:
     try:
         items: list[dict[str, Any]] = (await messaging_api.lead_messages(lead_id, 1000, m))["items"]

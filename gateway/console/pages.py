@@ -145,8 +145,12 @@ async def leads(request: Request) -> Response:
 @router.get("/leads/{lead_id}")
 async def lead(request: Request, lead_id: str) -> Response:
     async def handler(_request: Request, current: session.Session) -> Response:
-        view = await data.lead_view(mesh_of(request), lead_id)
-        return page("lead.html", session=current, title=view["lead"]["email"] or lead_id, **view)
+        m = mesh_of(request)
+        view = await data.lead_view(m, lead_id)
+        chosen = request.query_params.get("why_not", "")
+        explained = await data.why_not(m, lead_id, chosen) if chosen else None
+        return page("lead.html", session=current, title=view["lead"]["email"] or lead_id, why_not=explained,
+                    chosen=chosen, journeys_all=await data.journey_keys(m), **view)
     return await guarded(request, handler)
 
 

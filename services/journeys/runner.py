@@ -21,7 +21,7 @@ from typing import Any
 
 from nurture.clock import Clock
 from nurture.db import Database
-from services.journeys import storage
+from services.journeys import storage, whynot
 from services.journeys.calendar import Calendar, Campaign
 from services.journeys.clients import Clients, Unavailable
 from services.journeys.definitions import (
@@ -506,6 +506,16 @@ class JourneysRuntime:
                                    "steps": [], "stages": []}
         return {"journey": key, "from": start.isoformat() if start else None,
                 "to": end.isoformat() if end else None, **body}
+
+    async def why_not(self, lead_id: str, key: str) -> dict[str, Any]:
+        """Which of the journey's entry conditions and branch rules the lead does not meet today."""
+        journey = self.registry.live(key) or self._latest(key)
+        state = await self.db.run(lambda: self._load(lead_id))
+        mine = [e for e in (state.enrollments.values() if state else []) if e.journey == key]
+        enrolment = max(mine, key=lambda e: e.entered_at) if mine else None
+        facts = self.engine.facts(state or LeadState(lead_id=lead_id), {"type": "", "properties": {}}, enrolment,
+                                  self.clock.now())
+        return {"lead_id": lead_id, "seen": state is not None, **whynot.why_not(journey, state, facts)}
 
     def _latest(self, key: str) -> Journey:
         versions = self.registry.versions(key)

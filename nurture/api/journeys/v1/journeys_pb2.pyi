@@ -217,3 +217,11 @@ class LiveStepsReply(_message.Message):
     LEADS_FIELD_NUMBER: _ClassVar[int]
     leads: _containers.ScalarMap[str, int]
     def __init__(self, leads: _Optional[_Mapping[str, int]] = ...) -> None: ...
+
+class WhyNotRequest(_message.Message):
+    __slots__ = ("lead_id", "journey")
+    LEAD_ID_FIELD_NUMBER: _ClassVar[int]
+    JOURNEY_FIELD_NUMBER: _ClassVar[int]
+    lead_id: str
+    journey: str
+    def __init__(self, lead_id: _Optional[str] = ..., journey: _Optional[str] = ...) -> None: ...

@@ -79,6 +79,11 @@ class JourneysStub:
                 request_serializer=nurture_dot_api_dot_journeys_dot_v1_dot_journeys__pb2.LiveStepsRequest.SerializeToString,
                 response_deserializer=nurture_dot_api_dot_journeys_dot_v1_dot_journeys__pb2.LiveStepsReply.FromString,
                 _registered_method=True)
+        self.WhyNot = channel.unary_unary(
+                '/nurture.api.journeys.v1.Journeys/WhyNot',
+                request_serializer=nurture_dot_api_dot_journeys_dot_v1_dot_journeys__pb2.WhyNotRequest.SerializeToString,
+                response_deserializer=nurture_dot_api_dot_journeys_dot_v1_dot_journeys__pb2.ReportReply.FromString,
+                _registered_method=True)
 
 
 class JourneysServicer:
@@ -138,6 +143,12 @@ class JourneysServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WhyNot(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_JourneysServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -185,6 +196,11 @@ def add_JourneysServicer_to_server(servicer, server):
                     servicer.LiveSteps,
                     request_deserializer=nurture_dot_api_dot_journeys_dot_v1_dot_journeys__pb2.LiveStepsRequest.FromString,
                     response_serializer=nurture_dot_api_dot_journeys_dot_v1_dot_journeys__pb2.LiveStepsReply.SerializeToString,
+            ),
+            'WhyNot': grpc.unary_unary_rpc_method_handler(
+                    servicer.WhyNot,
+                    request_deserializer=nurture_dot_api_dot_journeys_dot_v1_dot_journeys__pb2.WhyNotRequest.FromString,
+                    response_serializer=nurture_dot_api_dot_journeys_dot_v1_dot_journeys__pb2.ReportReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -430,6 +446,33 @@ class Journeys:
             '/nurture.api.journeys.v1.Journeys/LiveSteps',
             nurture_dot_api_dot_journeys_dot_v1_dot_journeys__pb2.LiveStepsRequest.SerializeToString,
             nurture_dot_api_dot_journeys_dot_v1_dot_journeys__pb2.LiveStepsReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WhyNot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nurture.api.journeys.v1.Journeys/WhyNot',
+            nurture_dot_api_dot_journeys_dot_v1_dot_journeys__pb2.WhyNotRequest.SerializeToString,
+            nurture_dot_api_dot_journeys_dot_v1_dot_journeys__pb2.ReportReply.FromString,
             options,
             channel_credentials,
             insecure,
