@@ -16,7 +16,8 @@ def test_unmet_names_each_failing_clause() -> None:
                                   "one of: lead.grade is 'C', needs eq 'A' | lead.grade is 'C', needs eq 'B'"]
     met = {"lead": {"segment": "family", "score": 40, "grade": "B"}}
     assert reference_evaluate_condition(cond, met) and unmet(cond, met) == []
-    assert unmet({"fact": "lead.timeline", "eq": "urgent"}, {"lead": {}}) == ["lead.timeline is missing, needs eq 'urgent'"]
+    missing = unmet({"fact": "lead.timeline", "eq": "urgent"}, {"lead": {}})
+    assert missing == ["lead.timeline is missing, needs eq 'urgent'"]
 
 
 def test_why_not_a_family_in_the_skilled_professional_journey() -> None:
