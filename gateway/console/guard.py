@@ -3,6 +3,7 @@ role a route needs, and errors shown as pages rather than the API's JSON."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from urllib.parse import parse_qs, quote
 
@@ -59,8 +60,12 @@ async def guarded(request: Request, handler: Handler, *, needed: str = "viewer",
         request.state.form = fields
     if not roles.allows(current.role, needed):
         return error_page(request, current, 403, f"Your role ({current.role}) cannot do this; it needs {needed}.")
+    started = time.perf_counter()
     try:
-        return await handler(request, current)
+        response = await handler(request, current)
+        # The page's own time in the gateway (bench/console.py reads it; browsers show it in devtools).
+        response.headers["Server-Timing"] = f"console;dur={(time.perf_counter() - started) * 1000:.1f}"
+        return response
     except ApiError as exc:
         return error_page(request, current, exc.status, exc.message)
     except grpc.aio.AioRpcError as exc:
