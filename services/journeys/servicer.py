@@ -102,10 +102,26 @@ class JourneysServicer(journeys_pb2_grpc.JourneysServicer):
                       context: grpc.aio.ServicerContext) -> journeys_pb2.MembersReply:
         try:
             ids, cursor = await self.rt.members(journey=request.journey, stage=request.stage, status=request.status,
-                                                cursor=request.cursor, limit=request.limit)
+                                                cursor=request.cursor, limit=request.limit, step=request.step)
         except NotFound as exc:
             await _abort(context, grpc.StatusCode.NOT_FOUND, "journey_not_found", str(exc))
         return journeys_pb2.MembersReply(lead_ids=ids, next_cursor=cursor)
+
+    async def WhyNot(self, request: journeys_pb2.WhyNotRequest,
+                     context: grpc.aio.ServicerContext) -> journeys_pb2.ReportReply:
+        try:
+            report = await self.rt.why_not(request.lead_id, request.journey)
+        except NotFound as exc:
+            await _abort(context, grpc.StatusCode.NOT_FOUND, "journey_not_found", str(exc))
+        return journeys_pb2.ReportReply(report_json=json.dumps(report, default=str))
+
+    async def LiveSteps(self, request: journeys_pb2.LiveStepsRequest,
+                        context: grpc.aio.ServicerContext) -> journeys_pb2.LiveStepsReply:
+        try:
+            counts = await self.rt.live_steps(request.journey)
+        except NotFound as exc:
+            await _abort(context, grpc.StatusCode.NOT_FOUND, "journey_not_found", str(exc))
+        return journeys_pb2.LiveStepsReply(leads=counts)
 
     async def Analytics(self, request: journeys_pb2.AnalyticsRequest,
                         context: grpc.aio.ServicerContext) -> journeys_pb2.ReportReply:

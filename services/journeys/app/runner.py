@@ -25,6 +25,7 @@ from nurture.db import Database
 from nurture.locks import KeyLocks
 from services.journeys import storage
 from services.journeys.clients import Clients, Unavailable
+from services.journeys.domain import whynot
 from services.journeys.domain.calendar import Calendar, Campaign
 from services.journeys.domain.definitions import (
     DefinitionError,
@@ -442,14 +443,24 @@ class JourneysRuntime:
                 return storage.lead_enrollments(s, lead_id)
         return await self.db.run(q)
 
-    async def members(self, *, journey: str, stage: str, status: str, cursor: str, limit: int) -> tuple[list[str], str]:
+    async def members(self, *, journey: str, stage: str, status: str, cursor: str, limit: int,
+                      step: str = "") -> tuple[list[str], str]:
         if self.registry.live(journey) is None and not self.registry.versions(journey):
             raise NotFound(f"unknown journey {journey!r}")
 
         def q() -> tuple[list[str], str]:
             with self.db.session() as s:
                 return storage.members(s, journey=journey, stage=stage, status=status, cursor=cursor,
-                                       limit=max(1, min(limit or 100, 1000)))
+                                       limit=max(1, min(limit or 100, 1000)), step=step)
+        return await self.db.run(q)
+
+    async def live_steps(self, journey: str) -> dict[str, int]:
+        if self.registry.live(journey) is None and not self.registry.versions(journey):
+            raise NotFound(f"unknown journey {journey!r}")
+
+        def q() -> dict[str, int]:
+            with self.db.session() as s:
+                return storage.live_steps(s, journey)
         return await self.db.run(q)
 
     async def timeline(self, lead_id: str, limit: int) -> list[storage.TransitionRow]:
@@ -477,6 +488,16 @@ class JourneysRuntime:
                                    "steps": [], "stages": []}
         return {"journey": key, "from": start.isoformat() if start else None,
                 "to": end.isoformat() if end else None, **body}
+
+    async def why_not(self, lead_id: str, key: str) -> dict[str, Any]:
+        """Which of the journey's entry conditions and branch rules the lead does not meet today."""
+        journey = self.registry.live(key) or self._latest(key)
+        state = await self.db.run(lambda: self._load(lead_id))
+        mine = [e for e in (state.enrollments.values() if state else []) if e.journey == key]
+        enrolment = max(mine, key=lambda e: e.entered_at) if mine else None
+        facts = self.engine.facts(state or LeadState(lead_id=lead_id), {"type": "", "properties": {}}, enrolment,
+                                  self.clock.now())
+        return {"lead_id": lead_id, "seen": state is not None, **whynot.why_not(journey, state, facts)}
 
     def _latest(self, key: str) -> Journey:
         versions = self.registry.versions(key)
