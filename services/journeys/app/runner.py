@@ -495,8 +495,9 @@ class JourneysRuntime:
         state = await self.db.run(lambda: self._load(lead_id))
         mine = [e for e in (state.enrollments.values() if state else []) if e.journey == key]
         enrolment = max(mine, key=lambda e: e.entered_at) if mine else None
-        facts = self.engine.facts(state or LeadState(lead_id=lead_id), {"type": "", "properties": {}}, enrolment,
-                                  self.clock.now())
+        # No event: the facts of the lead as it stands (an empty event, as a timer's check sees it).
+        facts = self.engine.facts(state or LeadState(lead_id=lead_id), BusMessage(id="", lead_id=lead_id, type=""),
+                                  enrolment, self.clock.now())
         return {"lead_id": lead_id, "seen": state is not None, **whynot.why_not(journey, state, facts)}
 
     def _latest(self, key: str) -> Journey:
