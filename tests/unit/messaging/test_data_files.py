@@ -48,3 +48,20 @@ def test_the_shipped_personalization_is_read_as_before() -> None:
     rules = personalization_rules()
     assert rules["by_topic"]["pricing"] == "triggers.pricing_page"
     assert rules["by_lifecycle"]["trial"] == [{"journey": "trial_nurture", "stage": "value"}]
+
+
+def test_a_bad_template_catalog_lists_every_problem(tmp_path: Path) -> None:
+    from services.messaging.domain.catalog import Catalog
+
+    path = tmp_path / "catalog.yaml"
+    path.write_text("sender: {name: X, adress: x@example.com}\ntemplates:\n"
+                    "  a.email_01: {subject: Hi, points: [ok, {Label: text}]}\n"
+                    "  a.email_02: {points: [ok], cta: {label: Go, url: /x}}\n")
+    with pytest.raises(DataFileError) as err:
+        Catalog(path)
+    assert err.value.problems == [
+        "sender.adress: unknown key",
+        "templates.a.email_01.points[1]: must be text (quote a point containing ': '), got {'Label': 'text'}",
+        "templates.a.email_02.subject: field required",
+        "templates.a.email_02.cta.url: unknown key",
+    ]
