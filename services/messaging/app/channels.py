@@ -18,9 +18,10 @@ from types import ModuleType
 from typing import Any
 
 import grpc
-import yaml
+from pydantic import Field
 
 from nurture.busmessage import BusMessage
+from nurture.datafiles import Strict, load
 from nurture.rpc import DEADLINE_S
 from nurture.rules import CompiledRules, RuleSpec, compile_rules
 from services.messaging.app.delivery import Delivery
@@ -33,15 +34,24 @@ log = logging.getLogger(__name__)
 AUDIENCES_FILE = Path(__file__).parents[1] / "data" / "audiences.yaml"
 
 
+class SuppressionRule(Strict):
+    name: str = Field(min_length=1)
+    when: dict[str, Any]
+    why: str = ""
+
+
+class AudiencesFile(Strict):
+    """audiences.yaml: a version (a rule change needs a new one) and the ad-suppression rules."""
+
+    version: int
+    ad_suppression: list[SuppressionRule]
+
+
 def load_ad_suppression(path: Path = AUDIENCES_FILE) -> CompiledRules:
     """audiences.yaml's ad-suppression rules, compiled once per version."""
-    raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    rules = raw.get("ad_suppression")
-    if not isinstance(raw.get("version"), int) or not isinstance(rules, list) or not all(
-            isinstance(r, dict) and r.get("name") and isinstance(r.get("when"), dict) for r in rules):
-        raise ValueError(f"{path}: needs an integer version and ad_suppression rules with a name and a when")
-    return compile_rules(f"messaging.ad_suppression.v{raw['version']}", [
-        RuleSpec(str(r["name"]), r["when"], {"why": str(r.get("why", ""))}) for r in rules])
+    raw = load(AudiencesFile, path)
+    return compile_rules(f"messaging.ad_suppression.v{raw.version}", [
+        RuleSpec(r.name, r.when, {"why": r.why}) for r in raw.ad_suppression])
 
 
 _AD_SUPPRESSION: CompiledRules | None = None
@@ -49,22 +59,26 @@ PERSONALIZATION_FILE = Path(__file__).parents[1] / "data" / "personalization.yam
 _PERSONALIZATION: dict[str, Any] | None = None
 
 
+class Placement(Strict):
+    journey: str = Field(min_length=1)  # `{segment}` stands for the lead's segment journey
+    stage: str = ""
+
+
+class PersonalizationFile(Strict):
+    """personalization.yaml: by_topic maps a topic to a template key, by_lifecycle a stage to placements."""
+
+    by_topic: dict[str, str] = Field(default_factory=dict)
+    by_lifecycle: dict[str, list[Placement]] = Field(default_factory=dict)
+
+
 def personalization_rules(path: Path | None = None) -> dict[str, Any]:
-    """personalization.yaml, checked: by_topic maps a topic to a template key, by_lifecycle a stage to
-    [{journey, stage}]. Read once (and at start-up, so a bad file fails the start)."""
+    """personalization.yaml, checked, as {"by_topic": {topic: key}, "by_lifecycle": {stage: [{journey,
+    stage}]}}. Read once (and at start-up, so a bad file fails the start)."""
     global _PERSONALIZATION
     if _PERSONALIZATION is not None and path is None:
         return _PERSONALIZATION
-    source = path or PERSONALIZATION_FILE
-    raw = yaml.safe_load(source.read_text(encoding="utf-8")) or {}
-    topics, stages = raw.get("by_topic") or {}, raw.get("by_lifecycle") or {}
-    if not isinstance(topics, dict) or not all(isinstance(v, str) for v in topics.values()) or \
-            not isinstance(stages, dict) or not all(
-                isinstance(v, list) and all(isinstance(p, dict) and p.get("journey") for p in v)
-                for v in stages.values()):
-        raise ValueError(f"{source}: by_topic maps topics to template keys; by_lifecycle maps stages to "
-                         "lists of {journey, stage}")
-    rules = {"by_topic": {str(k): v for k, v in topics.items()}, "by_lifecycle": {str(k): v for k, v in stages.items()}}
+    raw = load(PersonalizationFile, path or PERSONALIZATION_FILE)
+    rules = raw.model_dump()
     if path is None:
         _PERSONALIZATION = rules
     return rules
