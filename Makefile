@@ -34,7 +34,7 @@ run: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/mypy nurture services gateway
+	$(BIN)/mypy nurture services gateway cli
 
 test: $(STAMP) check-protos lint
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
