@@ -14,7 +14,7 @@ from typing import Any, NoReturn
 
 import grpc
 
-from nurture import limits, redisconn
+from nurture import errors, limits, redisconn
 from nurture.admin import AdminServicer, timeline_item
 from nurture.api.common.v1 import common_pb2, common_pb2_grpc
 from nurture.api.crm_sync.v1 import crm_sync_pb2, crm_sync_pb2_grpc
@@ -75,18 +75,20 @@ class CrmAuth:
             # Compare every token in constant time so timing says nothing about which one was close.
             if token and hmac.compare_digest(token.encode(), expected.encode()):
                 return name
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED,
-                            "a CRM token is required in metadata (authorization: Bearer <token>)")
-        raise AssertionError("unreachable")
+        await errors.abort(context, errors.Unauthenticated(
+            "a CRM token is required in metadata (authorization: Bearer <token>)"))
 
 
 async def _fail(context: grpc.aio.ServicerContext, exc: Exception) -> NoReturn:
+    """Domain errors → the platform's errors (nurture.errors gives each its status and JSON message)."""
     if isinstance(exc, InputError):
-        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        await errors.abort(context, errors.InvalidArgument(str(exc)))
     if isinstance(exc, UnknownContact):
-        await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+        await errors.abort(context, errors.NotFound(str(exc)))
     if isinstance(exc, ScoringUnavailable):
-        await context.abort(grpc.StatusCode.UNAVAILABLE, f"scoring unavailable, retry: {str(exc)[:200]}")
+        # Scoring's text may name internal addresses, and the caller is a CRM outside the mesh: logged only.
+        log.warning("scoring unavailable: %s", str(exc)[:300])
+        await errors.abort(context, errors.Unavailable("scoring unavailable, retry"))
     raise exc
 
 
@@ -101,9 +103,9 @@ class CrmSyncServicer(crm_sync_pb2_grpc.CrmSyncServicer):
     ) -> crm_sync_pb2.UpsertContactsReply:
         crm = await self._auth.crm_of(context)
         if not request.contacts:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "contacts is empty")
+            await errors.abort(context, errors.invalid_fields({"contacts": "is empty"}))
         if len(request.contacts) > MAX_CONTACTS:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"at most {MAX_CONTACTS} contacts per call")
+            await errors.abort(context, errors.InvalidArgument(f"at most {MAX_CONTACTS} contacts per call"))
         now = self._core.clock.now()
         good: list[tuple[int, ContactIn]] = []
         results: list[dict[str, Any] | None] = [None] * len(request.contacts)
@@ -164,7 +166,7 @@ class CrmSyncServicer(crm_sync_pb2_grpc.CrmSyncServicer):
         await self._auth.crm_of(context)
         cursor = request.cursor.strip()
         if cursor and not cursor.isdigit():
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "cursor must be one a previous change returned")
+            await errors.abort(context, errors.invalid_fields({"cursor": "must be one a previous change returned"}))
         async for row in self._core.watch(int(cursor or 0), request.follow, max(0, request.limit)):
             data = row["data"]
             change = crm_sync_pb2.LeadChange(

@@ -35,6 +35,7 @@ from nurture.aio import resolve, wait_event
 from nurture.api.scoring.v1 import scoring_pb2, scoring_pb2_grpc
 from nurture.clock import Clock
 from nurture.db import Database
+from nurture.errors import TRANSIENT
 from nurture.rpc import DEADLINE_S
 from services.crm_sync import domain
 from services.crm_sync import storage as st
@@ -46,9 +47,6 @@ T = TypeVar("T")
 # Lead updates per UpsertLeads call: one scoring transaction each, so small enough that events
 # arriving meanwhile wait little for it.
 LEAD_UPDATES_PER_CALL = 20
-TRANSIENT = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED,
-             grpc.StatusCode.ABORTED, grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL,
-             grpc.StatusCode.CANCELLED}
 
 
 class InputError(ValueError):
