@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from nurture import times
 from nurture.rules import CompiledRules, Match, RuleSpec, compile_rules
 
 POLICIES = ("prefer_crm_unless_blank", "always_crm", "most_recent", "do_not_sync", "always_platform")
@@ -146,8 +147,7 @@ def _iso(at: datetime | None) -> str | None:
     return at.isoformat() if at else None
 
 
-def _dt(text: Any) -> datetime | None:
-    return datetime.fromisoformat(text) if isinstance(text, str) and text else None
+_dt = times.parse_utc  # (this one read a time without a zone as naive, which then failed beside aware ones)
 
 
 @dataclass

@@ -25,12 +25,13 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, Generic, TypeVar
 
 import grpc
 from sqlalchemy.orm import Session
 
+from nurture import times
 from nurture.aio import resolve, wait_event
 from nurture.api.scoring.v1 import scoring_pb2, scoring_pb2_grpc
 from nurture.clock import Clock
@@ -674,7 +675,7 @@ class CrmSyncCore:
             return
         current = rows.get(lead_id)
         row = current or st.new_lead_row(lead_id, now)
-        occurred = _parse_time(m.get("occurred_at")) or now
+        occurred = times.parse_utc(m.get("occurred_at")) or now
         # Lead-change messages carry the lead's version (a redelivered older one is dropped); event
         # snapshots carry none and are applied in bus order, which is per-lead order.
         version = lead.get("version")
@@ -1132,11 +1133,3 @@ class CrmSyncCore:
         return removed
 
 
-def _parse_time(value: Any) -> datetime | None:
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)

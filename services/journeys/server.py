@@ -11,13 +11,13 @@ import asyncio
 import json
 import logging
 from collections.abc import Iterable
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import grpc
 
-from nurture import errors, redisconn
+from nurture import errors, redisconn, times
 from nurture.admin import AdminServicer, timeline_item
 from nurture.api.common.v1 import common_pb2, common_pb2_grpc
 from nurture.api.journeys.v1 import journeys_pb2, journeys_pb2_grpc
@@ -112,8 +112,8 @@ class JourneysServicer(journeys_pb2_grpc.JourneysServicer):
                                       step=row.step or "", status=row.status, instance=row.instance,
                                       outcome=row.outcome or "")
             if row.status == "active" and data.get("due"):
-                e.next_step_at.FromDatetime(datetime.fromisoformat(data["due"].replace("Z", "+00:00")))
-            e.entered_at.FromDatetime(datetime.fromisoformat(data["entered_at"].replace("Z", "+00:00")))
+                _ts(e.next_step_at, times.parse_utc(data["due"]))
+            _ts(e.entered_at, times.parse_utc(data["entered_at"]))
         return reply
 
     async def Members(self, request: journeys_pb2.MembersRequest,
@@ -129,8 +129,7 @@ class JourneysServicer(journeys_pb2_grpc.JourneysServicer):
                         context: grpc.aio.ServicerContext) -> journeys_pb2.ReportReply:
         start = getattr(request, "from").ToDatetime() if request.HasField("from") else None
         end = request.to.ToDatetime() if request.HasField("to") else None
-        start = start.replace(tzinfo=start.tzinfo or UTC) if start else None
-        end = end.replace(tzinfo=end.tzinfo or UTC) if end else None
+        start, end = times.utc_or_none(start), times.utc_or_none(end)
         if start and end and start >= end:
             raise errors.InvalidArgument("from must be before to", code="invalid_range")
         try:
@@ -208,7 +207,7 @@ async def serve(settings: Settings) -> Running:
         for t in await runtime.timeline(lead_id, limit):
             details = {"journey": t.journey, "version": t.version, "step_from": t.step_from, "step_to": t.step_to,
                        "stage": t.stage, "rule": t.rule, "facts": json.loads(t.facts or "{}")}
-            at = t.at if t.at.tzinfo else t.at.replace(tzinfo=UTC)
+            at = times.utc(t.at)
             items.append(timeline_item(at=at, kind="journey", type=t.type, summary=t.summary,
                                        details_json=json.dumps(details, default=str), id=f"journey:{t.id}"))
         return items

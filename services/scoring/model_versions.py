@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
+from nurture import times
 from nurture.rules import InvalidRule
 from services.scoring.model import ScoringModel, validate_model
 from services.scoring.tables import leads, models
@@ -31,8 +32,7 @@ class UnknownVersion(LookupError):
     pass
 
 
-def _aware(value: datetime | None) -> str | None:
-    return value.isoformat().replace("+00:00", "Z") if value is not None else None
+_aware = times.rfc3339_or_none
 
 
 class ModelVersions:

@@ -15,7 +15,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from opentelemetry import trace
 from opentelemetry.propagate import extract
 
-from nurture import errors, jsoncodec, limits, redisconn
+from nurture import errors, jsoncodec, limits, redisconn, times
 from nurture.admin import AdminServicer, timeline_item
 from nurture.aio import wait_event
 from nurture.api.common.v1 import common_pb2, common_pb2_grpc
@@ -50,8 +50,9 @@ MAX_UPSERTS = 1000
 
 def _ts(value: str | None) -> Timestamp:
     ts = Timestamp()
-    if value:
-        ts.FromDatetime(datetime.fromisoformat(value.replace("Z", "+00:00")))
+    when = times.parse_utc(value)
+    if when is not None:
+        ts.FromDatetime(when)
     return ts
 
 

@@ -13,7 +13,7 @@ import re
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -21,7 +21,7 @@ from opentelemetry.propagate import inject
 from sqlalchemy import Connection, Row, and_, bindparam, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
-from nurture import jsoncodec, limits
+from nurture import jsoncodec, limits, times
 from nurture.bus import encode
 from nurture.db import DriverWrites
 from services.scoring.model import Outcome, ScoringModel, derive_counters
@@ -112,10 +112,7 @@ def _loads(text: str | None, what: str = "value") -> Any:
     return limits.read_json(text, what=what)
 
 
-def _aware(value: datetime | None) -> datetime | None:
-    if value is None:
-        return None
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
+_aware = times.utc_or_none  # SQLite hands back naive datetimes; every stored time is UTC
 
 
 def lead_dict(row: Row[Any] | Mapping[str, Any], now: datetime | None = None) -> dict[str, Any]:
@@ -150,9 +147,7 @@ def lead_dict(row: Row[Any] | Mapping[str, Any], now: datetime | None = None) ->
     }
 
 
-def _iso(value: datetime | None) -> str | None:
-    value = _aware(value)
-    return value.isoformat().replace("+00:00", "Z") if value else None
+_iso = times.rfc3339_or_none
 
 
 def _internal(row: Row[Any]) -> dict[str, Any]:
@@ -466,7 +461,7 @@ class Store:
             lead.setdefault("_consent_changes", []).append(outcome.consent_email)
         if outcome.engaged:
             last = outcome.counters.get("last_engagement_at")
-            lead["last_engaged_at"] = datetime.fromisoformat(last) if last else lead["last_engaged_at"]
+            lead["last_engaged_at"] = times.parse_utc(last) or lead["last_engaged_at"]
 
     def _save_all(self, s: Session | Connection, touched: list[dict[str, Any]], now: datetime) -> None:
         """One executemany UPDATE for every lead the batch touched (the batch's hot spot otherwise)."""
