@@ -5,6 +5,16 @@ would not reach the server interceptor). Its gRPC status carries the JSON `{"cod
 the gateway reads, so a machine code and details survive the hop; the gateway answers every error as
 docs/API.md's `{"error": {"code", "message", "details"}}` (`HttpError`), a service's status mapped by
 `http_error_from_rpc`. Which gRPC codes a caller may retry: `TRANSIENT`.
+
+    class                 gRPC status         HTTP  code (default; an instance may name its own)
+    NurtureError          INTERNAL            500   internal
+    ├── InvalidArgument   INVALID_ARGUMENT    422   invalid        (invalid_fields: details.fields)
+    ├── NotFound          NOT_FOUND           404   not_found
+    ├── Conflict          ALREADY_EXISTS      409   conflict
+    ├── Unavailable       UNAVAILABLE         503   unavailable    (Retry-After)
+    ├── Unauthenticated   UNAUTHENTICATED     401   unauthorized
+    ├── Internal          INTERNAL            500   internal
+    └── gateway.deps.ApiError                 any   the gateway's own refusals
 """
 
 from __future__ import annotations
