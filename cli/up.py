@@ -77,7 +77,7 @@ def up(args: argparse.Namespace) -> int:
     # Embedded Redis unless a Redis URL is configured; NURTURE_EMBEDDED_REDIS=1 embeds one on that URL's port.
     if "NURTURE_REDIS_URL" not in os.environ or os.environ.get("NURTURE_EMBEDDED_REDIS") == "1":
         port = urlparse(settings.redis_url).port or 6390
-        password = urlparse(settings.redis_url).password or stored["redis_password"]
+        password = urlparse(settings.redis_url).password or stored.redis_password
         settings = settings.with_overrides(redis_url=_with_password(settings.redis_url, password))
         (data / "redis").mkdir(exist_ok=True)
         conf = _redis_conf(data / "redis", password)
