@@ -21,7 +21,7 @@ from nurture.api.scoring.v1 import scoring_pb2, scoring_pb2_grpc
 from nurture.errors import TRANSIENT
 from nurture.rpc import DEADLINE_S, channel
 from nurture.settings import Settings
-from services.journeys.model import Effect
+from services.journeys.domain.state import Effect
 
 
 class Unavailable(Exception):
