@@ -97,7 +97,7 @@ def private_mesh(clock: str = "real", database_url: str | None = None) -> Iterat
     env.pop("NURTURE_DATABASE_URL", None)
     if database_url:
         env["NURTURE_DATABASE_URL"] = database_url
-    proc = subprocess.Popen([sys.executable, "-m", "nurture.cli", "up", "--data-dir", data, "--http-port", str(http),
+    proc = subprocess.Popen([sys.executable, "-m", "cli", "up", "--data-dir", data, "--http-port", str(http),
                              "--clock", clock, "--api-key", "bench-key"], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{http}"
