@@ -242,3 +242,234 @@ def test_a_trigger_fires_once_or_after_its_cooldown(rule: dict[str, Any], pokes:
     assert all(f.side for f in m.effects)
     assert m.log.count("t: queued note: poke type=poke matched rule nudge") == sent
     assert m.e("t").status == ACTIVE and m.e("t").side == []
+
+
+SLOW = [{"id": "first", "type": "update", "set": {"a": 1}},
+        {"id": "wait", "type": "wait", "delay": "4d"},
+        {"id": "second", "type": "update", "set": {"a": 2}},
+        {"id": "done", "type": "end"}]
+
+
+@pytest.mark.parametrize(("pace", "due"), [(0.5, timedelta(days=2, hours=12)), (2.0, timedelta(days=7))])
+def test_a_pace_trigger_rescales_the_time_left_of_the_running_wait(pace: float, due: timedelta) -> None:
+    j = journey("slow", SLOW, triggers=[{"name": "faster", "events": ["poke"], "when": ANY, "do": {"pace": pace}}])
+    m = Mini(j)
+    m.message("ping")
+    token = m.e("slow").token
+    m.at(days=1)
+    m.message("poke")
+    e = m.e("slow")
+    assert (e.pace, e.due, e.token) == (pace, T0 + due, token + 1)
+    assert m.log[-1] == f"slow: pace set to {pace}: poke type=poke matched rule faster"
+    m.now = T0 + due - timedelta(seconds=1)
+    m.drive()
+    assert [f.step for f in m.effects] == ["first"]
+    m.at(seconds=due.total_seconds())
+    assert [f.step for f in m.effects] == ["first", "second"]
+
+
+def test_a_pace_set_before_a_wait_scales_that_wait() -> None:
+    steps = [{"id": "idle", "type": "wait", "event": {"types": ["go"]}, "timeout": {"delay": "10d"},
+              "on_event": "wait", "on_timeout": "done"}, *SLOW[1:]]
+    j = journey("slow", steps, triggers=[{"name": "faster", "events": ["poke"], "when": ANY, "do": {"pace": 0.25}}])
+    m = Mini(j)
+    m.message("ping")
+    m.message("poke")          # not a delay wait: only the pace changes
+    assert (m.e("slow").pace, m.e("slow").due) == (0.25, T0 + timedelta(days=10))
+    m.message("go")
+    assert (m.e("slow").step, m.e("slow").due) == ("second", T0 + timedelta(days=1))
+
+
+GOTO = [{"id": "a", "type": "wait", "delay": "5d", "stage": "one"},
+        {"id": "b", "type": "update", "set": {"x": 1}, "stage": "one"},
+        {"id": "c", "type": "update", "set": {"x": 2}, "stage": "two"},
+        {"id": "done", "type": "end"}]
+
+
+@pytest.mark.parametrize(("target", "said"), [("c", "jumped to two stage"), ("b", "jumped to b")])
+def test_a_goto_trigger_jumps_and_says_where(target: str, said: str) -> None:
+    j = journey("g", GOTO, stages=[{"id": "one", "name": "Stage One"}, {"id": "two", "name": "Stage Two"}],
+                triggers=[{"name": "jump", "events": ["poke"], "when": ANY, "do": {"goto": target}}])
+    m = Mini(j)
+    m.message("ping")
+    m.at(hours=1)
+    m.message("poke")
+    assert f"g: {said}: poke type=poke matched rule jump" in m.log
+    assert [f.step for f in m.effects] == (["c"] if target == "c" else ["b", "c"])
+    assert m.e("g").status == COMPLETED
+
+
+def test_trigger_actions_enrol_and_exit_other_journeys() -> None:
+    other = journey("other", [{"id": "idle", "type": "listen"}], events=("never",))
+    boss = journey("boss", [{"id": "idle", "type": "listen"}], triggers=[
+        {"name": "recruit", "events": ["hire"], "when": ANY, "do": {"enrol": "other"}},
+        {"name": "fire", "events": ["sack"], "when": ANY, "do": {"exit": "other"}},
+        {"name": "ghost", "events": ["haunt"], "when": ANY, "do": {"enrol": "nobody"}}])
+    m = Mini(boss, other)
+    m.message("ping")
+    m.message("haunt")
+    assert set(m.state.enrollments) == {"boss"}
+    m.message("hire")
+    assert m.e("other").status == ACTIVE
+    assert "other: enrolled by boss rule recruit: hire type=hire matched rule recruit" in m.log
+    m.message("sack")
+    assert (m.e("other").status, m.e("other").outcome) == (EXITED, "boss.fire")
+    assert "other: exited by boss rule fire: sack type=sack matched rule fire" in m.log
+    assert m.e("boss").status == ACTIVE
+
+
+def test_enrol_and_exit_steps_act_on_other_journeys_not_on_themselves() -> None:
+    other = journey("other", [{"id": "idle", "type": "listen"}], events=("never",))
+    boss = journey("boss", [{"id": "recruit", "type": "enrol", "journey": "other"},
+                            {"id": "nobody", "type": "enrol", "journey": "ghost"},
+                            {"id": "wait", "type": "wait", "delay": "1d"},
+                            {"id": "fire", "type": "exit", "journey": "other"},
+                            {"id": "self", "type": "exit", "journey": "boss"},
+                            {"id": "done", "type": "end"}], reentry="always")
+    m = Mini(boss, other)
+    m.message("ping")
+    assert m.e("other").status == ACTIVE and "other: enrolled by boss step recruit" in m.log
+    assert set(m.state.enrollments) == {"boss", "other"}
+    m.at(days=1, seconds=-1)
+    assert m.e("other").status == ACTIVE
+    m.at(days=1)
+    assert (m.e("other").status, m.e("other").outcome) == (EXITED, "boss.fire")
+    assert "other: exited by boss step fire" in m.log
+    assert (m.e("boss").status, m.e("boss").outcome) == (COMPLETED, "end")
+
+
+def test_a_journey_pauses_another_and_gives_back_exactly_the_time_left() -> None:
+    low = journey("low", SLOW, priority=10)
+    high = journey("high", [{"id": "w", "type": "wait", "delay": "2d"}, {"id": "done", "type": "end"}],
+                   events=("urgent",), pauses=["low"], priority=90)
+    m = Mini(high, low)
+    m.message("ping")
+    token = m.e("low").token
+    m.at(days=1)
+    m.message("urgent")
+    low_e = m.e("low")
+    assert (low_e.status, low_e.paused_remaining, low_e.token) == (PAUSED, 3 * 86400.0, token + 1)
+    assert "low: paused while high runs" in m.log
+    m.at(days=2)                         # the paused wait's old due time: nothing runs
+    assert [f.step for f in m.effects] == ["first"]
+    m.at(days=3)                         # high ends: low resumes with its 3 days left
+    assert (low_e.status, low_e.due, low_e.paused_remaining) == (ACTIVE, T0 + timedelta(days=6), None)
+    assert f"low: resumed at second; next step at {iso(T0 + timedelta(days=6))}" in m.log
+    m.at(days=6, seconds=-1)
+    assert [f.step for f in m.effects] == ["first"]
+    m.at(days=6)
+    assert [f.step for f in m.effects] == ["first", "second"]
+
+
+def test_an_enrolment_entering_under_a_running_pauser_starts_paused() -> None:
+    low = journey("low", SLOW, events=("late",))
+    high = journey("high", [{"id": "w", "type": "wait", "delay": "2d"}, {"id": "done", "type": "end"}],
+                   pauses=["sequence"])
+    m = Mini(high, low)
+    m.message("ping")
+    m.message("late")
+    assert m.e("low").status == PAUSED and m.effects == []
+    assert "low: paused while a higher-priority journey runs" in m.log
+    m.at(days=2)
+    assert m.e("low").status == ACTIVE and [f.step for f in m.effects] == ["first"]
+
+
+def test_an_erasure_ends_every_live_enrolment() -> None:
+    other = journey("other", [{"id": "idle", "type": "listen"}])
+    done = journey("done", [{"id": "end", "type": "end"}])
+    m = Mini(journey("flow", FLOW, stages=STAGES), other, done)
+    m.message("ping")
+    out = m.message("lead_erased")
+    assert out.erased and not Outcome().erased
+    assert {k: (e.status, e.outcome) for k, e in m.state.enrollments.items()} == {
+        "flow": (EXITED, "erased"), "other": (EXITED, "erased"), "done": (COMPLETED, "end")}
+    assert sorted(t.summary for t in out.transitions) == ["flow: exited: lead erased", "other: exited: lead erased"]
+
+
+@pytest.mark.parametrize(("why", "said"), [("sales said no", "exited: lost (playbook exit closed: sales said no)"),
+                                           ("", "exited: lost (playbook exit closed)")])
+def test_a_playbook_wide_exit_ends_the_journeys_of_its_categories_but_those_it_keeps(why: str, said: str) -> None:
+    settings = PlaybookSettings(exits=(GlobalExit("closed", frozenset({"lost"}), frozenset({"nurture"}),
+                                                  frozenset({"kept"}), why),))
+    nurture = journey("nur", [{"id": "idle", "type": "listen"}], category="nurture")
+    kept = journey("kept", [{"id": "idle", "type": "listen"}], category="nurture")
+    other = journey("tx", [{"id": "idle", "type": "listen"}])
+    m = Mini(nurture, kept, other, settings=settings)
+    m.message("ping")
+    m.message("lost")
+    assert {k: e.status for k, e in m.state.enrollments.items()} == {"nur": EXITED, "kept": ACTIVE, "tx": ACTIVE}
+    assert (m.e("nur").outcome, m.log[-1]) == ("closed", f"nur: {said}")
+
+
+def test_inactivity_is_posted_at_each_threshold_after_the_last_engagement() -> None:
+    settings = PlaybookSettings(inactivity_days=(7, 3))
+    quiet = journey("quiet", [{"id": "idle", "type": "listen"}], events=("inactivity",),
+                    entry=[{"name": "week", "events": ["inactivity"],
+                            "when": {"fact": "event.properties.days", "gte": 7}}])
+    m = Mini(quiet, settings=settings)
+    m.message("page_viewed")
+    assert (m.state.last_engagement, m.state.inactive_due) == (T0, T0 + timedelta(days=3))
+    token = m.state.inactive_token
+    assert m.engine.inactivity_due(m.state, token, T0 + timedelta(days=3, seconds=-1)).transitions == []
+    assert m.engine.inactivity_due(m.state, token - 1, T0 + timedelta(days=3)).transitions == []
+    m.engine.inactivity_due(m.state, token, T0 + timedelta(days=3))
+    assert "quiet" not in m.state.enrollments
+    assert (m.state.inactive_step, m.state.inactive_due) == (1, T0 + timedelta(days=7))
+    out = m.engine.inactivity_due(m.state, m.state.inactive_token, T0 + timedelta(days=7))
+    assert [t.summary for t in out.transitions] == ["quiet: entered: inactivity days=7 matched rule week"]
+    assert (m.state.inactive_step, m.state.inactive_due) == (2, None)
+    assert m.engine.inactivity_due(m.state, m.state.inactive_token, T0 + timedelta(days=30)).transitions == []
+
+
+def test_an_engagement_restarts_the_inactivity_thresholds() -> None:
+    m = Mini(journey("flow", FLOW, stages=STAGES), settings=PlaybookSettings(inactivity_days=(3, 7)))
+    m.message("ping")                                 # not an engagement: the clock starts at it
+    assert (m.state.last_engagement, m.state.inactive_due) == (T0, T0 + timedelta(days=3))
+    m.engine.inactivity_due(m.state, m.state.inactive_token, T0 + timedelta(days=3))
+    assert m.state.inactive_step == 1
+    m.now = T0 + timedelta(days=4)
+    m.message("email_opened")
+    assert (m.state.last_engagement, m.state.inactive_step, m.state.inactive_due) == (
+        T0 + timedelta(days=4), 0, T0 + timedelta(days=7))
+    m.now = T0 + timedelta(days=5)
+    m.message("page_viewed")
+    assert m.state.inactive_due == T0 + timedelta(days=8)
+
+
+def test_migrate_moves_a_live_enrolment_by_its_step_mapping() -> None:
+    v1 = journey("flow", FLOW, stages=STAGES)
+    v2 = journey("flow", [{**FLOW[0], "id": "hi"}, *FLOW[1:]], stages=STAGES, version=2)
+    m = Mini(v1)
+    m.message("ping")
+    e = m.e("flow")
+    out = Outcome()
+    token = e.token
+    assert migrate(m.state, e, v2, {"check": "nowhere"}, T0, out) is None and e.version == 1
+    assert migrate(m.state, e, v2, {}, T0 + timedelta(hours=1), out) == "check"
+    assert (e.version, e.step, e.token, e.due, e.waiting) == (2, "check", token + 1, T0 + timedelta(days=2), "delay")
+    [t] = out.transitions
+    assert (t.type, t.summary, t.step_from, t.step_to, t.version) == (
+        "migrated", "flow: migrated from v1 step check to v2 step check", "check", "check", 2)
+    assert out.touched == {"flow"}
+
+
+def test_migrating_an_event_wait_to_a_step_without_the_event_runs_it_now() -> None:
+    v1 = journey("ask", EVENT_WAIT, entity="case_id")
+    v2 = journey("ask", [EVENT_WAIT[2], EVENT_WAIT[1], EVENT_WAIT[3]], entity="case_id", version=2)
+    m = Mini(v1)
+    m.message("ping", case_id="c1")
+    e = m.e("ask#c1")
+    now = T0 + timedelta(hours=2)
+    assert migrate(m.state, e, v2, {"ask": "no"}, now, Outcome()) == "no"
+    assert (e.waiting, e.due) == (None, now)
+
+
+def test_an_enrolment_of_a_journey_no_longer_published_still_follows_its_own_rules() -> None:
+    j = journey("old", [{"id": "idle", "type": "listen"}],
+                exit=[{"name": "stop", "events": ["halt"], "when": ANY, "outcome": "goal"}])
+    m = Mini(j)
+    m.message("ping")
+    m.live = []
+    m.message("halt")
+    assert (m.e("old").status, m.e("old").outcome) == (COMPLETED, "stop")
+    assert m.log[-1] == "old: goal reached: halt type=halt matched rule stop"
