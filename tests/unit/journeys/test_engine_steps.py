@@ -473,3 +473,251 @@ def test_an_enrolment_of_a_journey_no_longer_published_still_follows_its_own_rul
     m.message("halt")
     assert (m.e("old").status, m.e("old").outcome) == (COMPLETED, "stop")
     assert m.log[-1] == "old: goal reached: halt type=halt matched rule stop"
+
+
+NEWS = [{"id": "n1", "type": "send", "subject": "One"}, {"id": "n2", "type": "send", "subject": "Two"},
+        {"id": "n3", "type": "send", "subject": "Three"}, {"id": "done", "type": "end"}]
+
+
+def test_the_budget_holds_the_third_nurture_send_until_the_first_leaves_the_window() -> None:
+    m = Mini(journey("news", NEWS, category="nurture"), settings=PlaybookSettings(budget_max=2,
+                                                                                  budget_window=timedelta(days=1)))
+    m.message("ping")
+    assert [f.step for f in m.effects] == ["n1", "n2"]
+    e = m.e("news")
+    assert (e.step, e.due, e.waiting) == ("n3", T0 + timedelta(days=1), "budget")
+    assert m.log[-1] == f"news: n3 held by the frequency budget until {iso(T0 + timedelta(days=1))}"
+    assert m.types[-1] == "deferred"
+    m.at(days=1, seconds=-1)
+    assert len(m.effects) == 2
+    m.at(days=1)
+    assert [f.step for f in m.effects] == ["n1", "n2", "n3"] and e.status == COMPLETED
+    assert m.state.sends == [iso(T0 + timedelta(days=1))]   # the two of T0 are out of the window
+
+
+@pytest.mark.parametrize(("answer", "counted", "last_sent"), [
+    ("sent", True, "n2"), ("scheduled", True, "n2"), ("duplicate", True, "n2"),
+    ("suppressed", False, None), ("failed", False, None)])
+def test_only_mail_that_went_counts_in_the_budget_and_as_last_sent(answer: str, counted: bool,
+                                                                   last_sent: str | None) -> None:
+    m = Mini(journey("news", NEWS, category="nurture"), settings=PlaybookSettings(budget_max=2))
+    m.answer = answer
+    m.message("ping")
+    assert [f.step for f in m.effects] == (["n1", "n2"] if counted else ["n1", "n2", "n3"])
+    assert len(m.state.sends) == (2 if counted else 0)
+    assert m.e("news").last_sent == last_sent
+
+
+def test_transactional_sends_skip_the_budget() -> None:
+    m = Mini(journey("news", NEWS), settings=PlaybookSettings(budget_max=1))
+    m.message("ping")
+    assert [f.step for f in m.effects] == ["n1", "n2", "n3"] and m.state.sends == []
+
+
+def test_a_step_category_overrides_its_journey() -> None:
+    steps = [{**NEWS[0], "category": "nurture"}, {**NEWS[1], "category": "nurture"}, *NEWS[2:]]
+    m = Mini(journey("news", steps), settings=PlaybookSettings(budget_max=1))
+    m.message("ping")
+    assert [(f.step, f.payload["category"]) for f in m.effects] == [("n1", "nurture")]
+    assert m.e("news").waiting == "budget"
+
+
+def test_a_held_side_send_waits_for_its_slot_while_tasks_go() -> None:
+    steps = [{"id": "idle", "type": "listen"}, {"id": "note", "type": "send", "subject": "N"},
+             {"id": "call", "type": "task", "kind": "sales_alert", "title": "Call", "priority": "high", "due": "2h"}]
+    j = journey("t", steps, category="nurture", triggers=[
+        {"name": "mail", "events": ["poke"], "when": ANY, "do": {"send": "note"}},
+        {"name": "sales", "events": ["hot"], "when": ANY, "do": {"task": "call"}}])
+    m = Mini(j, settings=PlaybookSettings(budget_max=1))
+    m.state.sends = [iso(T0) or ""]
+    m.message("ping")
+    m.now = T0 + timedelta(hours=1)
+    m.message("poke")
+    e = m.e("t")
+    assert (e.side, e.side_at, e.side_held_by) == (["note"], T0 + timedelta(days=1), "budget")
+    assert m.log[-1] == f"t: note held by the frequency budget until {iso(T0 + timedelta(days=1))}"
+    m.message("hot")
+    [task] = m.effects
+    assert (task.step, task.side, task.payload["priority"], task.payload["due_at"]) == (
+        "call", True, "high", T0 + timedelta(hours=3))
+    assert (e.side, e.side_at, e.side_held_by) == (["note"], T0 + timedelta(days=1), "budget")
+    m.at(days=1)
+    assert [f.step for f in m.effects] == ["call", "note"]
+    assert (e.side, e.side_at, e.side_held_by) == ([], None, "")
+
+
+def test_a_retry_keeps_the_cursor_on_the_effect_until_its_time() -> None:
+    m = Mini(journey("news", NEWS))
+    m.take(m.engine.on_message(m.state, bus_message("m1", "l-1", "ping", lead=m.lead), T0))   # not driven
+    e = m.e("news")
+    out = Outcome()
+    effect = m.engine.next_effect(m.state, "news", m.now, out)
+    assert effect is not None and effect.step == "n1"
+    token = e.token
+    m.engine.retry_later(m.state, effect, m.now, timedelta(minutes=5), out, "messaging unavailable")
+    assert (e.step, e.due, e.token) == ("n1", T0 + timedelta(minutes=5), token + 1)
+    assert out.transitions[-1].summary == (
+        f"news: n1 will be retried at {iso(T0 + timedelta(minutes=5))}: messaging unavailable")
+    assert out.transitions[-1].type == "retry" and "news" in out.touched
+    assert m.engine.next_effect(m.state, "news", T0 + timedelta(minutes=5, seconds=-1), out) is None
+    again = m.engine.next_effect(m.state, "news", T0 + timedelta(minutes=5), out)
+    assert again is not None and again.dedupe_key == effect.dedupe_key
+
+
+@pytest.mark.parametrize(("etype", "props", "ended"), [
+    ("unsubscribed", {}, {"nur"}),
+    ("unsubscribed", {"scope": "nurture"}, {"nur"}),
+    ("unsubscribed", {"scope": "transactional"}, {"tx"}),
+    ("unsubscribed", {"scope": "all"}, {"nur", "tx"}),
+    ("spam_reported", {}, {"nur"}),
+    ("email_hard_bounced", {}, {"nur"}),
+])
+def test_an_opt_out_ends_the_journeys_of_the_mail_it_stops(etype: str, props: dict[str, Any],
+                                                          ended: set[str]) -> None:
+    nur = journey("nur", [{"id": "idle", "type": "listen"}], category="nurture")
+    tx = journey("tx", [{"id": "idle", "type": "listen"}])
+    m = Mini(nur, tx)
+    m.message("ping")
+    m.message(etype, **props)
+    assert {k for k, e in m.state.enrollments.items() if e.status == EXITED} == ended
+    scope = f" ({props['scope']})" if props.get("scope") else ""
+    assert sorted(m.log[2:]) == sorted(f"{k}: exited: {etype}{scope}" for k in ended)
+    assert all(m.e(k).outcome == etype for k in ended)
+
+
+def test_withdrawn_consent_ends_nurture_and_given_again_resumes_where_it_stood() -> None:
+    m = Mini(journey("news", [NEWS[0], {"id": "w", "type": "wait", "delay": "3d"}, *NEWS[1:]],
+                     category="nurture", reentry="never"))
+    m.message("ping")
+    e = m.e("news")
+    assert (e.step, e.due) == ("n2", T0 + timedelta(days=3))
+    m.now = T0 + timedelta(days=1)
+    m.lead["consent"] = {"email": False}
+    m.message("page_viewed")
+    assert (e.status, e.outcome) == (EXITED, "no_consent")
+    assert m.log[-1] == "news: exited: no_consent"
+    assert m.state.history["news"]["consent_exit"] == {"due": iso(T0 + timedelta(days=3)), "waiting": "delay",
+                                                       "withdrawn": True}
+    m.now = T0 + timedelta(days=2)
+    m.lead["consent"] = {"email": True}
+    m.message("ping")
+    assert (e.status, e.entry, e.step, e.due, e.waiting) == (ACTIVE, 1, "n2", T0 + timedelta(days=3), "delay")
+    assert m.log[-1].startswith("news: re-entered after email consent was given again: ping type=ping matched "
+                                "rule go; resuming at n2; next step at ")
+    assert "consent_exit" not in m.state.history["news"] and "ended_at" not in m.state.history["news"]
+    m.at(days=3)
+    assert [f.dedupe_key for f in m.effects] == ["l-1:news:1:n1:1.1", "l-1:news:1:n2:1.1", "l-1:news:1:n3:1.1"]
+
+
+def test_an_opt_out_alone_does_not_let_a_never_journey_be_entered_again() -> None:
+    # Unsubscribed while consent still reads true: not a withdrawal, so `reentry: never` holds.
+    m = Mini(journey("news", [{"id": "idle", "type": "listen"}], category="nurture"))
+    m.message("ping")
+    m.message("unsubscribed")
+    assert m.state.history["news"]["consent_exit"]["withdrawn"] is False
+    m.message("ping")
+    assert m.e("news").status == EXITED
+
+
+WEBINAR = dict(entity="webinar_id", anchors={"starts_at": "starts_at"}, reanchor_events=["moved"],
+               enter_until={"anchor": "starts_at", "offset": "1d"})
+REMIND = [{"id": "before", "type": "wait", "until": {"anchor": "starts_at", "offset": "-1d"}, "if_past": "late"},
+          {"id": "remind", "type": "update", "set": {"r": 1}},
+          {"id": "late", "type": "update", "set": {"r": 2}},
+          {"id": "done", "type": "end"}]
+
+
+def test_a_wait_until_an_anchor_and_its_move() -> None:
+    m = Mini(journey("web", REMIND, **WEBINAR))
+    starts = T0 + timedelta(days=5)
+    m.message("ping", webinar_id="w1", starts_at=iso(starts))
+    e = m.e("web#w1")
+    assert (e.step, e.due, e.waiting, e.anchors) == ("remind", starts - timedelta(days=1), "until",
+                                                     {"starts_at": iso(starts), "webinar_id": "w1"})
+    m.now = T0 + timedelta(days=1)
+    m.message("moved", webinar_id="w1", starts_at=iso(starts + timedelta(days=2)))
+    assert e.due == starts + timedelta(days=1)
+    assert m.log[-1] == (f"web: anchor moved (starts_at={iso(starts + timedelta(days=2))}): pending step at "
+                         f"{iso(starts + timedelta(days=1))}")
+    m.message("moved", webinar_id="w1", starts_at=iso(starts + timedelta(days=2)))   # the same: nothing
+    m.message("moved", webinar_id="w2", starts_at=iso(starts))                        # another webinar
+    assert e.due == starts + timedelta(days=1) and m.log[-1].startswith("web: anchor moved")
+    assert len([x for x in m.log if "anchor moved" in x]) == 1
+    m.at(days=6, seconds=-1)
+    assert m.effects == []
+    m.at(days=6)
+    assert [f.payload for f in m.effects] == [{"set": {"r": 1}}, {"set": {"r": 2}}]
+
+
+def test_a_wait_until_a_moment_already_past_takes_its_if_past_path() -> None:
+    m = Mini(journey("web", REMIND, **WEBINAR))
+    starts = T0 + timedelta(hours=12)
+    m.message("ping", webinar_id="w1", starts_at=iso(starts))
+    assert [f.payload for f in m.effects] == [{"set": {"r": 2}}]
+    assert f"web: before already past ({iso(starts - timedelta(days=1))}): going to late" in m.log
+
+
+@pytest.mark.parametrize(("started", "entered"), [(timedelta(days=1), True), (timedelta(days=1, seconds=1), False)])
+def test_an_entry_after_its_enter_until_is_refused_and_explained(started: timedelta, entered: bool) -> None:
+    m = Mini(journey("web", REMIND, **WEBINAR))
+    starts = T0 - started
+    m.message("ping", webinar_id="w1", starts_at=iso(starts))
+    assert ("web#w1" in m.state.enrollments) is entered
+    if not entered:
+        assert m.log == [f"web: not entered: ping matched rule go but its enter_until starts_at +1d "
+                         f"({iso(starts + timedelta(days=1))}) has passed"]
+        assert m.types == ["skipped"]
+
+
+@pytest.mark.parametrize(("late", "said"), [
+    (timedelta(hours=30), "passed 30.0 h ago"), (timedelta(hours=47, minutes=54), "passed 47.9 h ago"),
+    (timedelta(days=2), "passed 2.0 d ago"), (timedelta(days=3, hours=12), "passed 3.5 d ago")])
+def test_a_step_run_later_than_its_skip_if_late_is_skipped_and_says_how_late(late: timedelta, said: str) -> None:
+    steps = [{"id": "w", "type": "wait", "delay": "1d"},
+             {"id": "note", "type": "update", "set": {"x": 1}, "skip_if_late": "1d"},
+             {"id": "done", "type": "end"}]
+    m = Mini(journey("late", steps))
+    m.message("ping")
+    m.at(days=2)                       # exactly its tolerance late: it still runs
+    assert len(m.effects) == 1
+    m2 = Mini(journey("late", steps))
+    m2.message("ping")
+    m2.now = T0 + timedelta(days=1) + late
+    m2.drive()
+    assert m2.effects == []
+    assert f"late: note skipped: its time {iso(T0 + timedelta(days=1))} {said}, more than its skip_if_late 1d" \
+        in m2.log
+
+
+def test_a_step_after_its_skip_after_is_skipped_and_says_why() -> None:
+    steps = [{"id": "w", "type": "wait", "delay": "2d"},
+             {"id": "note", "type": "update", "set": {"x": 1}, "skip_after": {"fact": "lead.ends_at", "offset": "-1h"}},
+             {"id": "done", "type": "end"}]
+    m = Mini(journey("late", steps))
+    m.lead["ends_at"] = iso(T0 + timedelta(days=2, hours=1))
+    m.message("ping")
+    m.at(days=2)                       # exactly at its skip_after: it still runs
+    assert len(m.effects) == 1
+    m2 = Mini(journey("late", steps))
+    m2.lead["ends_at"] = iso(T0 + timedelta(days=2, minutes=59))
+    m2.message("ping")
+    m2.at(days=2)
+    assert m2.effects == []
+    deadline = iso(T0 + timedelta(days=1, hours=23, minutes=59))
+    assert f"late: note skipped: past its skip_after lead.ends_at -1h ({deadline})" in m2.log
+
+
+def test_branch_facts_see_the_days_in_the_journey_its_stage_and_the_other_journeys() -> None:
+    steps = [{"id": "w", "type": "wait", "delay": "2d", "stage": "one"},
+             {"id": "b", "type": "branch", "default": "no", "stage": "two", "rules": [
+                 {"name": "all", "next": "yes", "when": {"all": [
+                     {"fact": "journey.days_in_journey", "gte": 2}, {"fact": "journey.stage_index", "eq": 1},
+                     {"fact": "journeys.other", "eq": "active"}, {"fact": "journey.key", "eq": "f"}]}}]},
+             {"id": "yes", "type": "goal", "name": "yes"}, {"id": "no", "type": "end"}]
+    other = journey("other", [{"id": "idle", "type": "listen"}])
+    m = Mini(journey("f", steps, stages=STAGES), other)
+    m.message("ping")
+    m.at(days=2, seconds=-1)
+    assert m.e("f").status == ACTIVE
+    m.at(days=2)
+    assert m.e("f").outcome == "yes"
