@@ -28,6 +28,25 @@ def consent(inproc: InProc, lead_id: str) -> list[tuple[str, bool, str]]:
     return [(r["channel"], r["granted"], r["source"]) for r in inproc.engine.store.consent_history(lead_id)]
 
 
+def suppression_rows(inproc: InProc) -> list[tuple[str, str, str, str]]:
+    """Every suppression with its source (no store method reads the source back)."""
+    from sqlalchemy import select
+
+    from services.messaging.tables import suppressions
+
+    with inproc.db.session() as s:
+        return sorted((r.email_hash, r.scope, r.reason, r.source) for r in s.execute(select(suppressions)))
+
+
+def tracking_rows(inproc: InProc) -> list[tuple[str, str, str, str, int]]:
+    from sqlalchemy import select
+
+    from services.messaging.tables import tracking
+
+    with inproc.db.session() as s:
+        return sorted((r.key, r.kind, r.url, r.lead_id, r.hits) for r in s.execute(select(tracking)))
+
+
 def scopes(inproc: InProc, address: str) -> dict[str, str]:
     h = email_hash(address)
     return inproc.engine.store.suppression_scopes([h]).get(h, {})
@@ -115,6 +134,16 @@ async def test_an_unsubscribe_heard_on_the_bus_is_kept_with_its_reason(inproc: I
     await inproc.bus(bus_message("r-1", "r1", "unsubscribed", lead=lead, properties={"scope": "transactional"},
                                  occurred_at=AT))
     assert scopes(inproc, "r1@example.com") == {"transactional": "unsubscribed"}
+    assert suppression_rows(inproc) == [(email_hash("r1@example.com"), "transactional", "unsubscribed", "bus")]
+
+
+@pytest.mark.parametrize(("etype", "props", "reason"), [
+    ("spam_reported", {}, "spam_report"), ("email_hard_bounced", {}, "hard_bounce"),
+    ("email_bounced", {"bounce_type": "hard"}, "hard_bounce")])
+async def test_what_the_bus_suppresses_is_kept_with_the_bus_as_its_source(inproc: InProc, etype: str,
+                                                                         props: dict[str, Any], reason: str) -> None:
+    await inproc.bus(bus_message("r-2", "r2", etype, lead=make_lead("r2"), properties=props, occurred_at=AT))
+    assert suppression_rows(inproc) == [(email_hash("r2@example.com"), "all", reason, "bus")]
 
 
 async def test_an_erasure_heard_on_the_bus_forgets_the_lead_and_keeps_its_address_out(inproc: InProc) -> None:
@@ -157,8 +186,12 @@ async def test_a_click_is_fed_to_scoring_with_what_was_clicked(inproc: InProc) -
     assert (opened.lead_id, opened.type, json.loads(opened.properties_json)) == ("c1", "email_opened",
                                                                                {**props, "url": ""})
     assert clicked.occurred_at.ToDatetime() == naive_now(inproc) == opened.occurred_at.ToDatetime()
-    summaries = [(r["type"], r["summary"]) for r in inproc.engine.store.timeline("c1", 20)]
+    lines = inproc.engine.store.timeline("c1", 20)
+    summaries = [(r["type"], r["summary"]) for r in lines]
     assert ("email_clicked", f"family.email_01 clicked: {url}") in summaries
+    [clicked_line] = [r for r in lines if r["type"] == "email_clicked"]
+    assert json.loads(clicked_line["details_json"]) == props
+    assert tracking_rows(inproc) == [(f"click:{mid}:1", "click", url, "c1", 1), (f"open:{mid}", "open", "", "c1", 1)]
     assert not [s for t, s in summaries if t == "email_opened"]   # the implied open has no line of its own
 
 
@@ -169,6 +202,7 @@ async def test_an_open_is_fed_to_scoring_once(inproc: InProc) -> None:
     again = await inproc.channels.track(token, "open")
     assert (first.url, first.message_id, first.duplicate) == ("", mid, False)
     assert (again.message_id, again.duplicate) == (mid, True)
+    assert tracking_rows(inproc) == [(f"open:{mid}", "open", "", "o1", 2)]   # the second hit is counted
     assert [(ev.type, ev.idempotency_key) for ev in inproc.scoring.events] == [
         ("email_sent", f"sent:{mid}"), ("email_opened", f"open:{mid}")]
     assert ("email_opened", "family.email_01 opened") in [
@@ -193,6 +227,8 @@ async def test_an_unsubscribe_records_consent_suppression_and_ads(inproc: InProc
                                               "template": "family.email_01", "scope": effective, "source": "page"}
     assert ("unsubscribed", f"unsubscribed ({effective}) via page") in [
         (r["type"], r["summary"]) for r in inproc.engine.store.timeline("u1", 20)]
+    assert suppression_rows(inproc) == [(email_hash("u1@example.com"), effective, "unsubscribed", "page")]
+    assert tracking_rows(inproc) == [(f"unsub:{mid}:{effective}", "unsubscribe", "", "u1", 1)]
 
 
 async def test_a_preview_of_an_unsubscribe_changes_nothing(inproc: InProc) -> None:
@@ -239,7 +275,9 @@ async def test_an_unsubscribe_without_an_address_records_consent_only(inproc: In
     done = await inproc.channels.unsubscribe(token, scope="all", source="link", dry_run=False)
     assert (done.scope, done.already) == ("all", False)
     assert consent(inproc, "g2") == [("email", False, "unsubscribe:link")]
-    assert inproc.engine.store.suppression_scopes([email_hash(""), email_hash("g2@example.com")]) == {}
+    assert inproc.engine.store.suppression_scopes(["", email_hash(""), email_hash("g2@example.com")]) == {}
+    assert suppression_rows(inproc) == []
+    assert tracking_rows(inproc) == [("unsub:m-gone:all", "unsubscribe", "", "g2", 1)]
 
 
 # --- ad audiences ------------------------------------------------------------------------------------
