@@ -721,3 +721,87 @@ def test_branch_facts_see_the_days_in_the_journey_its_stage_and_the_other_journe
     assert m.e("f").status == ACTIVE
     m.at(days=2)
     assert m.e("f").outcome == "yes"
+
+
+def dated() -> Journey:
+    return load({"key": "renew", "kind": "sequence", "category": "transactional",
+                 "entry": [{"name": "soon", "date": {"fact": "lead.expires_at", "offset": "-30d"}}],
+                 "steps": [{"id": "note", "type": "update", "set": {"r": 1}}, {"id": "done", "type": "end"}]},
+                version=1)
+
+
+def test_a_date_entry_is_armed_moved_and_fired_once_at_its_moment() -> None:
+    m = Mini(dated())
+    m.lead["expires_at"] = iso(T0 + timedelta(days=40))
+    out = m.message("lead_updated")
+    assert out.dates_changed == {"renew.soon"}
+    assert m.state.dates["renew.soon"] == {"at": iso(T0 + timedelta(days=10)), "token": 1, "fired": False}
+    assert m.message("lead_updated").dates_changed == set()          # the same date: nothing to re-arm
+    m.lead["expires_at"] = iso(T0 + timedelta(days=41))
+    assert m.message("lead_updated").dates_changed == {"renew.soon"}
+    assert m.state.dates["renew.soon"] == {"at": iso(T0 + timedelta(days=11)), "token": 2, "fired": False}
+    due = T0 + timedelta(days=11)
+    assert m.engine.date_due(m.state, "renew.soon", 1, due).transitions == []       # an old timer
+    assert m.engine.date_due(m.state, "renew.soon", 2, due - timedelta(seconds=1)).transitions == []
+    assert m.engine.date_due(m.state, "renew.other", 2, due).transitions == []      # not armed
+    fired = m.engine.date_due(m.state, "renew.soon", 2, due)
+    assert [t.summary for t in fired.transitions] == ["renew: entered: date_reached date_rule=renew.soon type=date_reached matched rule soon"]
+    assert m.state.dates["renew.soon"]["fired"] is True
+    assert m.engine.date_due(m.state, "renew.soon", 2, due).transitions == []       # once
+
+
+def test_a_date_that_is_not_a_time_arms_nothing() -> None:
+    m = Mini(dated())
+    m.lead["expires_at"] = "someday"
+    assert m.message("lead_updated").dates_changed == set() and m.state.dates == {}
+
+
+@pytest.mark.parametrize(("weights", "variant"), [((1, 1e-9), "A"), ((1e-9, 1), "B")])
+def test_a_split_assigns_by_weight_and_says_which(weights: tuple[float, float], variant: str) -> None:
+    steps = [{"id": "s", "type": "split", "variants": [
+        {"name": "A", "weight": weights[0], "next": "a"}, {"name": "B", "weight": weights[1], "next": "b"}]},
+        {"id": "a", "type": "update", "set": {"v": "A"}, "next": "done"},
+        {"id": "b", "type": "update", "set": {"v": "B"}},
+        {"id": "done", "type": "end"}]
+    m = Mini(journey("ab", steps))
+    m.message("ping")
+    assert [f.payload for f in m.effects] == [{"set": {"v": variant}}]
+    assert f"ab: split s assigned variant {variant}" in m.log
+
+
+def test_an_email_engages_its_own_journey_once_per_message() -> None:
+    one = journey("one", [{"id": "idle", "type": "listen"}])
+    two = journey("two", [{"id": "idle", "type": "listen"}])
+    m = Mini(one, two)
+    m.message("ping")
+    m.message("email_opened", journey="one", step="e1", message_id="m-1")
+    m.message("email_clicked", journey="one", step="e1", message_id="m-1")    # the same email
+    assert (m.e("one").engaged, m.e("two").engaged) == (1, 0)
+    m.message("email_opened", journey="one", step="e2")                       # no id: journey.step
+    m.message("email_opened", journey="one", step="e2")
+    assert m.e("one").engaged_with == ["m-1", "one.e2"] and m.e("one").engaged == 2
+    m.message("email_opened")                                                 # no journey: every one
+    assert (m.e("one").engaged, m.e("two").engaged) == (3, 1)
+    m.message("page_viewed")                                                  # not an email
+    assert (m.e("one").engaged, m.e("two").engaged) == (3, 1)
+
+
+def test_a_paused_enrolment_left_for_consent_resumes_with_its_time_left() -> None:
+    low = journey("low", SLOW, category="nurture")
+    high = journey("high", [{"id": "w", "type": "wait", "delay": "10d"}, {"id": "done", "type": "end"}],
+                   events=("urgent",), pauses=["low"], category="transactional")
+    m = Mini(high, low)
+    m.message("ping")
+    m.at(days=1)
+    m.message("urgent")
+    assert m.e("low").status == PAUSED
+    m.now = T0 + timedelta(days=2)
+    m.lead["consent"] = {"email": False}
+    m.message("page_viewed")
+    assert m.state.history["low"]["consent_exit"] == {"due": iso(T0 + timedelta(days=5)), "waiting": "delay",
+                                                      "withdrawn": True}
+    m.lead["consent"] = {"email": True}
+    m.now = T0 + timedelta(days=3)
+    m.message("ping")
+    low_e = m.e("low")
+    assert (low_e.status, low_e.paused_remaining) == (PAUSED, 2 * 86400.0)   # high still runs
