@@ -745,7 +745,8 @@ def test_a_date_entry_is_armed_moved_and_fired_once_at_its_moment() -> None:
     assert m.engine.date_due(m.state, "renew.soon", 2, due - timedelta(seconds=1)).transitions == []
     assert m.engine.date_due(m.state, "renew.other", 2, due).transitions == []      # not armed
     fired = m.engine.date_due(m.state, "renew.soon", 2, due)
-    assert [t.summary for t in fired.transitions] == ["renew: entered: date_reached date_rule=renew.soon type=date_reached matched rule soon"]
+    assert [t.summary for t in fired.transitions] == [
+        "renew: entered: date_reached date_rule=renew.soon type=date_reached matched rule soon"]
     assert m.state.dates["renew.soon"]["fired"] is True
     assert m.engine.date_due(m.state, "renew.soon", 2, due).transitions == []       # once
 
