@@ -304,3 +304,78 @@ async def test_an_audience_is_paged_by_cursor_without_the_leads_suppressed_from_
     assert page(await audience("family.decision", "", 5))[1:4] == (["a1", "a2", "a4", "a5", "a6"],
                                                                    {"a3": "customer"}, "")
     assert page(await audience("nobody", "", 10)) == ("nobody", [], {}, "", False)
+
+
+# --- with journeys answering (in process) ------------------------------------------------------------
+
+@pytest.fixture
+def journeys(inproc: InProc) -> Any:
+    from tests.integration.messaging.harness import InProcessChannel, JourneysFake
+
+    fake = JourneysFake(page_size=2)
+    inproc.channels.journeys_channel = InProcessChannel(fake)
+    return fake
+
+
+async def test_an_audience_joins_the_journeys_members_page_by_page(inproc: InProc, journeys: Any) -> None:
+    journeys.members["family.decision"] = ["j1", "j2", "j3", "j4", "j5"]
+    now = inproc.clock.now()
+    inproc.engine.store.audience_change("family.decision", "s1", True, now)
+    inproc.engine.store.audience_change("family.decision", "j2", True, now)
+    inproc.engine.store.ad_suppress("j4", "customer", now)
+    page = await inproc.channels.audience("family.decision", "", 0)
+    assert (page.lead_ids, page.suppressed, page.next_cursor, page.journeys_available) == (
+        ["j1", "j2", "j3", "j5", "s1"], {"j4": "customer"}, "", True)
+    assert [(r.journey, r.stage, r.status, r.cursor, r.limit) for r in journeys.requests] == [
+        ("family", "decision", "active", "", 1000), ("family", "decision", "active", "2", 1000),
+        ("family", "decision", "active", "4", 1000)]
+
+
+async def test_a_whole_journey_is_an_audience(inproc: InProc, journeys: Any) -> None:
+    journeys.members["family"] = ["j1"]
+    page = await inproc.channels.audience("family", "", 10)
+    assert (page.lead_ids, page.journeys_available) == (["j1"], True)
+    assert [(r.journey, r.stage) for r in journeys.requests] == [("family", "")]
+
+
+async def test_an_audience_neither_journeys_nor_a_step_know_is_not_found(inproc: InProc, journeys: Any) -> None:
+    from services.messaging.channels import NotFoundError
+
+    with pytest.raises(NotFoundError, match="unknown audience 'nope.x': audiences are journeys or journey.stage"):
+        await inproc.channels.audience("nope.x", "", 10)
+    inproc.engine.store.audience_change("nope.x", "s1", True, inproc.clock.now())   # a step filled it
+    page = await inproc.channels.audience("nope.x", "", 10)
+    assert (page.lead_ids, page.journeys_available) == (["s1"], False)
+
+
+async def test_an_audience_while_journeys_is_down_is_what_the_steps_filled(inproc: InProc, journeys: Any) -> None:
+    journeys.members["family"] = ["j1"]
+    journeys.down = True
+    inproc.engine.store.audience_change("family", "s1", True, inproc.clock.now())
+    page = await inproc.channels.audience("family", "", 10)
+    assert (page.lead_ids, page.journeys_available) == (["s1"], False)
+    assert (await inproc.channels.audience("other", "", 10)).lead_ids == []   # not a NOT_FOUND: nothing known
+
+
+async def test_personalisation_follows_the_leads_active_journey_stages(inproc: InProc, journeys: Any) -> None:
+    inproc.scoring.add(make_lead("p1", segment="family", lifecycle_stage="lead",
+                                 attributes={"countries_of_interest": ["CA", "AU", "NZ", "UK", "US", "IE"]}))
+    journeys.enrollments["p1"] = [{"journey": "family", "stage": "decision", "status": "active"},
+                                  {"journey": "webinar", "stage": "registration", "status": "completed"}]
+    p = await inproc.channels.personalization("p1")
+    assert p.journeys_available and p.segment == "family"
+    assert p.featured_countries == ["CA", "AU", "NZ", "UK", "US"]
+    assert p.recommended_content and all(r["key"].startswith("family.") for r in p.recommended_content)
+    assert {r["reason"] for r in p.recommended_content} == {"current journey stage: family/decision"}
+    assert [r.lead_id for r in journeys.requests] == ["p1"]
+    journeys.down = True
+    unavailable = await inproc.channels.personalization("p1")
+    assert not unavailable.journeys_available and unavailable.recommended_content
+    assert {r["reason"] for r in unavailable.recommended_content} == {"lifecycle stage lead: family/education"}
+
+
+async def test_personalisation_of_an_unknown_lead_is_not_found(inproc: InProc, journeys: Any) -> None:
+    from services.messaging.channels import NotFoundError
+
+    with pytest.raises(NotFoundError, match="lead 'ghost' not found"):
+        await inproc.channels.personalization("ghost")
