@@ -112,7 +112,7 @@ async def test_the_trace_rides_beside_the_message_only_when_there_is_one(redis_u
     await client.aclose()
 
 
-async def test_a_malformed_entry_is_acknowledged_and_dropped(redis_url: str) -> None:
+async def test_a_malformed_entry_is_acknowledged_and_dropped(redis_url: str, caplog: pytest.LogCaptureFixture) -> None:
     client = aioredis.from_url(redis_url)
     stream = stream_key(shard_of("lead-m", SHARDS))
     await Publisher(client, SHARDS).publish([bus_message("ok1", "lead-m", "x")])
@@ -125,6 +125,28 @@ async def test_a_malformed_entry_is_acknowledged_and_dropped(redis_url: str) -> 
     assert [[m["id"] for m in call] for call in handler.calls] == [["ok1", "ok2"]]
     assert (await client.xpending(stream, "mg"))["pending"] == 0
     assert await consumer.drain() == 0 and len(handler.calls) == 1
+    dropped = [r for r in caplog.records if r.getMessage().startswith("bus mg: dropping malformed entry")]
+    assert len(dropped) == 2 and {r.levelname for r in dropped} == {"ERROR"}
+    await client.aclose()
+
+
+async def test_a_failed_batch_across_shards_is_handled_shard_by_shard(redis_url: str,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    client = aioredis.from_url(redis_url)
+    leads = {shard_of(f"lead-{i}", SHARDS): f"lead-{i}" for i in range(40)}
+    first, second = leads[0], leads[1]
+    await Publisher(client, SHARDS).publish([bus_message("ok", first, "x"), bus_message("bad", second, "poison")])
+    calls: list[list[str]] = []
+
+    async def handler(messages: list[dict[str, Any]]) -> None:
+        calls.append([m["id"] for m in messages])
+        if any(m["type"] == "poison" for m in messages):
+            raise ValueError("cannot handle this")
+
+    assert await Consumer(client, group="sg", shards=SHARDS, handler=handler).drain() == 1
+    assert calls == [["ok", "bad"], ["ok"], ["bad"]]
+    assert ("WARNING", "bus sg: a batch across 2 shards failed; handling shard by shard") in [
+        (r.levelname, r.getMessage()) for r in caplog.records]
     await client.aclose()
 
 
@@ -137,7 +159,8 @@ async def test_a_read_takes_at_most_a_batch(redis_url: str) -> None:
     await client.aclose()
 
 
-async def test_a_dead_letter_keeps_at_most_64_kib_of_its_messages(redis_url: str) -> None:
+async def test_a_dead_letter_keeps_at_most_64_kib_of_its_messages(redis_url: str,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
     client = aioredis.from_url(redis_url)
     await Publisher(client, SHARDS).publish([bus_message("big", "lead-d", "poison", blob="x" * 70_000)])
 
@@ -149,6 +172,9 @@ async def test_a_dead_letter_keeps_at_most_64_kib_of_its_messages(redis_url: str
         await consumer.drain()
     [(_, dead)] = await client.xrange("nurture:bus-dead:{dg}")
     assert len(dead[b"m"]) == 65536 and dead[b"m"].startswith(b'[{"id": "big"')
+    said = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "nurture.bus"]
+    assert said.count(("ERROR", "bus dg: handler failed on 1 messages")) == MAX_DELIVERIES
+    assert ("ERROR", f"bus dg: dead-lettered 1 entries after {MAX_DELIVERIES} failures") in said
     await client.aclose()
 
 
