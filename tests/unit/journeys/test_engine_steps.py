@@ -806,3 +806,25 @@ def test_a_paused_enrolment_left_for_consent_resumes_with_its_time_left() -> Non
     m.message("ping")
     low_e = m.e("low")
     assert (low_e.status, low_e.paused_remaining) == (PAUSED, 2 * 86400.0)   # high still runs
+
+
+def test_the_inactivity_clock_starts_at_what_was_heard_first_and_only_moves_forward() -> None:
+    m = Mini(journey("flow", FLOW, stages=STAGES), settings=PlaybookSettings(inactivity_days=(3,)))
+    heard = bus_message("m0", "l-1", "lead_created", lead=dict(m.lead), occurred_at=iso(T0 - timedelta(days=1)))
+    m.engine.on_message(m.state, heard, T0)
+    assert (m.state.last_engagement, m.state.inactive_due) == (T0 - timedelta(days=1), T0 + timedelta(days=2))
+    future = bus_message("m1", "l-1", "page_viewed", occurred_at=iso(T0 + timedelta(days=9)))
+    m.engine.on_message(m.state, future, T0)               # a clock ahead of ours: taken as now
+    assert m.state.last_engagement == T0
+    late = bus_message("m2", "l-1", "page_viewed", occurred_at=iso(T0 - timedelta(hours=5)))
+    m.engine.on_message(m.state, late, T0 + timedelta(hours=1))   # an older engagement arriving late
+    assert (m.state.last_engagement, m.state.inactive_due) == (T0, T0 + timedelta(days=3))
+
+
+def test_a_message_without_a_lead_keeps_the_lead_as_it_was() -> None:
+    m = Mini(journey("flow", FLOW, stages=STAGES))
+    m.message("ping")
+    assert m.state.lead["score"] == 10
+    m.engine.on_message(m.state, bus_message("m9", "l-1", "page_viewed", lead={}), T0)
+    m.engine.on_message(m.state, bus_message("m10", "l-1", "page_viewed"), T0)
+    assert m.state.lead == {"id": "l-1", "score": 10, "consent": {"email": True}}
