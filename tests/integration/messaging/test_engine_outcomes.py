@@ -373,3 +373,51 @@ async def test_an_unreachable_webhook_is_retried_until_the_last_attempt(inproc: 
     assert waits == [30, 60, 120, 240, 480, 960, 1920][: inproc.engine.policy.max_attempts - 1]
     assert r["status"] == "failed"
     assert r["reason"].startswith(f"gave up after {inproc.engine.policy.max_attempts} attempts: webhook: ConnectError")
+
+
+def mails(inproc: InProc) -> list[Any]:
+    import email
+    from email import policy
+
+    return [email.message_from_bytes(p.read_bytes(), policy=policy.default) for p in inproc.sink.messages()]
+
+
+async def test_an_email_carries_its_headers_and_signed_tracking_links(inproc: InProc) -> None:
+    import re
+
+    from services.messaging.catalog import Catalog
+    from services.messaging.mime import message_id_header
+
+    inproc.scoring.add(make_lead("l1", timezone="UTC"))
+    await send(inproc)
+    await inproc.settle()
+    r = await row(inproc)
+    [mail] = mails(inproc)
+    assert mail["Message-ID"] == message_id_header(r["id"])
+    assert mail["X-Nurture-Template"] == "family.email_01"
+    assert (mail["From"].addresses[0].addr_spec, mail["From"].addresses[0].display_name) == (
+        Catalog().sender_address, Catalog().sender_name)
+    assert (mail["To"].addresses[0].addr_spec, mail["To"].addresses[0].display_name) == ("l1@example.com",
+                                                                                        "Ana Diaz")
+    assert mail["Subject"] == r["subject"] and "Reply-To" not in mail
+    html = mail.get_body(("html",)).get_content()
+    signer = inproc.engine.signer
+    [pixel] = re.findall(r"https://nurture\.example/t/o/([A-Za-z0-9_.-]+)", html)
+    opened = signer.verify(pixel, kind="open")
+    assert (opened.message_id, opened.lead_id) == (r["id"], "l1")
+    clicks = re.findall(r"https://nurture\.example/t/c/([A-Za-z0-9_.-]+)", html)
+    assert clicks and all(signer.verify(c, kind="click").message_id == r["id"] for c in clicks)
+    assert {signer.verify(c, kind="click").link for c in clicks} >= {0}
+    unsubscribe = re.findall(r"https://nurture\.example/u/([A-Za-z0-9_.-]+)", mail["List-Unsubscribe"])
+    assert [signer.verify(u, kind="unsubscribe").lead_id for u in unsubscribe] == ["l1"]
+
+
+async def test_an_email_that_speaks_for_the_owner_comes_from_them(inproc: InProc) -> None:
+    inproc.scoring.add(make_lead("l1", timezone="UTC", first_name="", last_name="Diaz",
+                                 attributes={"sales_owner": "ana.costa@borderbridge.example"}))
+    await send(inproc, template="high_engagement.email_05", journey="high_engagement", step="email_05")
+    await inproc.settle()
+    [mail] = mails(inproc)
+    assert mail["From"].addresses[0].addr_spec == "ana.costa@borderbridge.example"
+    assert mail["Reply-To"].addresses[0].addr_spec == "ana.costa@borderbridge.example"
+    assert mail["To"].addresses[0].display_name == "Diaz"
