@@ -828,3 +828,44 @@ def test_a_message_without_a_lead_keeps_the_lead_as_it_was() -> None:
     m.engine.on_message(m.state, bus_message("m9", "l-1", "page_viewed", lead={}), T0)
     m.engine.on_message(m.state, bus_message("m10", "l-1", "page_viewed"), T0)
     assert m.state.lead == {"id": "l-1", "score": 10, "consent": {"email": True}}
+
+
+def quiet_clock() -> PlaybookSettings:
+    from services.journeys.definitions import Clock
+
+    return PlaybookSettings(clocks=(Clock("no_opens", (3, 7), frozenset({"email_opened"}),
+                                          frozenset({"email_sent"})),))
+
+
+def test_a_quiet_clock_starts_once_restarts_on_its_reset_and_posts_each_threshold_once() -> None:
+    quiet = journey("quiet", [{"id": "idle", "type": "listen"}], events=("no_opens",),
+                    entry=[{"name": "week", "events": ["no_opens"],
+                            "when": {"fact": "event.properties.days", "gte": 7}}])
+    m = Mini(quiet, settings=quiet_clock())
+    m.message("page_viewed")
+    assert "~no_opens" not in m.state.dates                      # neither its start nor its reset
+    out = m.message("email_sent")
+    assert out.dates_changed == {"~no_opens"}
+    assert m.state.dates["~no_opens"] == {"at": iso(T0 + timedelta(days=3)), "since": iso(T0), "step": 0,
+                                          "fired": False, "token": 1}
+    m.now = T0 + timedelta(hours=1)
+    assert m.message("email_sent").dates_changed == set()        # running already: a second send does not restart it
+    m.now = T0 + timedelta(days=1)
+    m.message("email_opened")                                    # the reset: counted again from the open
+    entry = m.state.dates["~no_opens"]
+    assert (entry["at"], entry["since"], entry["token"]) == (iso(T0 + timedelta(days=4)),
+                                                             iso(T0 + timedelta(days=1)), 2)
+    redelivered = bus_message("again", "l-1", "email_opened", occurred_at=iso(T0 + timedelta(days=1)))
+    assert m.engine.on_message(m.state, redelivered, T0 + timedelta(days=1)).dates_changed == set()
+    first = T0 + timedelta(days=4)
+    assert m.engine.date_due(m.state, "~no_opens", 1, first).transitions == []          # an old timer
+    assert m.engine.date_due(m.state, "~no_opens", 2, first - timedelta(seconds=1)).transitions == []
+    assert m.engine.date_due(m.state, "~other", 2, first).transitions == []
+    out = m.engine.date_due(m.state, "~no_opens", 2, first)
+    assert out.dates_changed == {"~no_opens"} and "quiet" not in m.state.enrollments      # 3 days: not 7
+    assert m.state.dates["~no_opens"] == {"at": iso(T0 + timedelta(days=8)), "since": iso(T0 + timedelta(days=1)),
+                                          "step": 1, "fired": False, "token": 3}
+    out = m.engine.date_due(m.state, "~no_opens", 3, T0 + timedelta(days=8))
+    assert [t.summary for t in out.transitions] == ["quiet: entered: no_opens days=7 matched rule week"]
+    assert m.state.dates["~no_opens"]["fired"] is True and out.dates_changed == set()
+    assert m.engine.date_due(m.state, "~no_opens", 3, T0 + timedelta(days=9)).transitions == []
