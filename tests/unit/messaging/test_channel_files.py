@@ -4,6 +4,7 @@ shape is refused with the file's name (a bad file fails the start, it is not hal
 from __future__ import annotations
 
 import re
+import uuid
 from pathlib import Path
 
 import pytest
@@ -23,11 +24,14 @@ def write(tmp_path: Path, text: str) -> Path:
 
 
 def test_the_ad_suppression_rules_are_compiled_per_version_with_their_reasons(tmp_path: Path) -> None:
-    path = write(tmp_path, "version: 7\nad_suppression:\n"
+    # A version of its own per run: compiled rule sets are registered once per name for the process,
+    # and a name compiled before (in this process or the one it was forked from) would be returned as is.
+    version = uuid.uuid4().int % 10**9
+    path = write(tmp_path, f"version: {version}\nad_suppression:\n"
                            "  - {name: vip, why: 'paid – no ads', when: {fact: lead.score, gte: 90}}\n"
                            "  - {name: quiet, when: {fact: event.type, eq: unsubscribed}}\n")
     rules = load_ad_suppression(path)
-    assert rules.name == "messaging.ad_suppression.v7"
+    assert rules.name == f"messaging.ad_suppression.v{version}"
     [match] = rules.evaluate({"lead": {"score": 90}, "event": {"type": "x", "properties": {}}, "signals": []})
     assert (match.rule, dict(match.meta)) == ("vip", {"why": "paid – no ads"})
     [match] = rules.evaluate({"lead": {"score": 1}, "event": {"type": "unsubscribed", "properties": {}},
