@@ -145,8 +145,48 @@ async def test_a_failed_batch_across_shards_is_handled_shard_by_shard(redis_url:
 
     assert await Consumer(client, group="sg", shards=SHARDS, handler=handler).drain() == 1
     assert calls == [["ok", "bad"], ["ok"], ["bad"]]
-    assert ("WARNING", "bus sg: a batch across 2 shards failed; handling shard by shard") in [
-        (r.levelname, r.getMessage()) for r in caplog.records]
+    [warning] = [r for r in caplog.records if r.getMessage() == "bus sg: a batch across 2 shards failed; handling "
+                 "shard by shard"]
+    assert warning.levelname == "WARNING" and warning.exc_info is not None   # with the handler's traceback
+    await client.aclose()
+
+
+async def test_shards_handled_one_by_one_are_all_counted(redis_url: str) -> None:
+    client = aioredis.from_url(redis_url)
+    leads = {shard_of(f"lead-{i}", SHARDS): f"lead-{i}" for i in range(40)}
+    await Publisher(client, SHARDS).publish([bus_message("a", leads[0], "x"), bus_message("b", leads[1], "x"),
+                                             bus_message("c", leads[2], "x")])
+    calls: list[list[str]] = []
+
+    async def fails_once(messages: list[dict[str, Any]]) -> None:
+        calls.append([m["id"] for m in messages])
+        if len(calls) == 1:
+            raise ValueError("the whole batch fails once")
+
+    assert await Consumer(client, group="og", shards=SHARDS, handler=fails_once).drain() == 3
+    assert calls == [["a", "b", "c"], ["a"], ["b"], ["c"]]
+    await client.aclose()
+
+
+async def test_the_consumer_loop_survives_an_error_and_says_so(redis_url: str,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    client = aioredis.from_url(redis_url)
+    consumer = Consumer(client, group="lg", shards=SHARDS, handler=Recorder(), linger=0)
+    task = asyncio.create_task(consumer.run(idle_block_ms=50))
+    for _ in range(100):   # until the groups exist and the loop reads
+        if all([await client.exists(stream_key(s)) for s in range(SHARDS)]):
+            break
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.2)
+    await client.delete(*[stream_key(s) for s in range(SHARDS)])   # the groups go with their streams
+    for _ in range(200):
+        if any("consumer loop error" in r.getMessage() for r in caplog.records):
+            break
+        await asyncio.sleep(0.05)
+    task.cancel()
+    await asyncio.wait([task], timeout=5)
+    [error, *_] = [r for r in caplog.records if r.name == "nurture.bus" and r.levelname == "ERROR"]
+    assert error.getMessage() == "bus lg: consumer loop error; retrying" and error.exc_info is not None
     await client.aclose()
 
 
