@@ -271,3 +271,28 @@ async def test_a_group_that_cannot_be_created_is_an_error(redis_url: str) -> Non
     for shard in range(SHARDS):
         assert [g["name"] for g in await client.xinfo_groups(stream_key(shard))] == [b"eg"]
     await client.aclose()
+
+
+@pytest.mark.parametrize(("replica", "suffix"), [(None, "0"), ("2", "2")])
+async def test_a_restarted_consumer_of_the_same_slot_reads_its_own_pending_entries_again(
+        redis_url: str, monkeypatch: pytest.MonkeyPatch, replica: str | None, suffix: str) -> None:
+    import socket
+
+    if replica is None:
+        monkeypatch.delenv("NURTURE_REPLICA", raising=False)
+    else:
+        monkeypatch.setenv("NURTURE_REPLICA", replica)
+    client = aioredis.from_url(redis_url)
+    await Publisher(client, SHARDS).publish([bus_message("p1", "lead-p", "x")])
+
+    async def crash(messages: list[dict[str, Any]]) -> None:
+        raise ValueError("the process dies before acknowledging")
+
+    await Consumer(client, group="pg", shards=SHARDS, handler=crash).drain()
+    stream = stream_key(shard_of("lead-p", SHARDS))
+    [pending] = await client.xpending_range(stream, "pg", min="-", max="+", count=10)
+    assert pending["consumer"] == f"pg-{socket.gethostname()}-{suffix}".encode()
+    handler = Recorder()
+    assert await Consumer(client, group="pg", shards=SHARDS, handler=handler).drain() == 1   # the restart
+    assert [[m["id"] for m in call] for call in handler.calls] == [["p1"]]
+    await client.aclose()
