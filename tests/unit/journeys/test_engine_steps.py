@@ -14,11 +14,20 @@ import pytest
 from nurture.clock import VIRTUAL_EPOCH
 from services.journeys.definitions import GlobalExit, Journey, PlaybookSettings, load
 from services.journeys.engine import Engine, UnknownJourney, migrate
-from services.journeys.model import ACTIVE, COMPLETED, EXITED, PAUSED, Effect, LeadState, Outcome, iso
+from services.journeys.model import ACTIVE, COMPLETED, EXITED, PAUSED, Effect, LeadState, Outcome, Transition, iso
 from tests.bus_messages import bus_message
 
 T0 = VIRTUAL_EPOCH
 ANY = {"fact": "event.type", "exists": True}
+
+
+@pytest.fixture(autouse=True)
+def _compile_rule_sets_afresh() -> None:
+    """Compile each test's journey rule sets from the definitions again: the process-wide cache would
+    otherwise answer with what an earlier test (or the process mutmut forks from) compiled."""
+    from services.journeys import rulesets
+
+    rulesets._cache.clear()
 
 
 def journey(key: str, steps: list[dict[str, Any]], *, version: int = 1, events: tuple[str, ...] = ("ping",),
@@ -40,6 +49,7 @@ class Mini:
         self.now = T0
         self.log: list[str] = []
         self.types: list[str] = []
+        self.transitions: list[Transition] = []
         self.effects: list[Effect] = []
         self.answer = "sent"
         self.n = 0
@@ -47,7 +57,13 @@ class Mini:
     def take(self, out: Outcome) -> Outcome:
         self.log += [t.summary for t in out.transitions]
         self.types += [t.type for t in out.transitions]
+        self.transitions += out.transitions
         return out
+
+    def record(self, summary_start: str) -> tuple[Any, ...]:
+        """The one transition whose summary starts so: (type, step_from, step_to, stage, rule, facts)."""
+        [t] = [t for t in self.transitions if t.summary.startswith(summary_start)]
+        return t.type, t.step_from, t.step_to, t.stage, t.rule, t.facts
 
     def message(self, etype: str, **props: Any) -> Outcome:
         self.n += 1
@@ -114,6 +130,11 @@ def test_a_flow_runs_its_steps_at_their_moment_with_their_explanations() -> None
                      "flow: branch check took the default bye: no rule matched",
                      "flow: entered Stage Two stage after 48.0 h in one", "flow: completed The Flow"]
     assert m.types == ["entered", "stage", "branch", "stage", "completed"]
+    assert m.record("flow: completed") == ("completed", "done", None, "two", "end", {"last_sent": "hello"})
+    assert m.record("flow: branch") == ("branch", "check", "bye", "one", None, {})
+    assert m.record("flow: entered Stage Two") == ("stage", None, "bye", "two", None,
+                                                   {"from": "one", "hours_in_previous": 48.0})
+    assert m.record("flow: entered:") == ("entered", None, "hello", None, "go", {"event.type": "ping"})
     assert m.state.history["flow"] == {"entries": 1, "ended_at": iso(T0 + timedelta(days=2))}
 
 
@@ -197,6 +218,8 @@ def test_an_event_wait_times_out_exactly_at_its_timeout() -> None:
                      f"ask: waiting at ask for answer until {iso(T0 + timedelta(days=1))}",
                      "ask: no answer by the timeout of ask: going to no", "ask: completed ask"]
     assert m.types == ["entered", "wait", "timeout", "completed"]
+    assert m.record("ask: no answer") == ("timeout", "ask", "no", None, None, {})
+    assert m.record("ask: waiting") == ("wait", "ask", None, None, None, {})
 
 
 @pytest.mark.parametrize(("props", "answered"), [
@@ -213,6 +236,7 @@ def test_an_event_wait_takes_the_event_of_its_own_entity(props: dict[str, Any], 
         [update] = m.effects
         assert update.payload == {"set": {"answered": True}}
         assert "ask: answer arrived at ask: going to yes" in m.log
+        assert m.record("ask: answer arrived") == ("event", "ask", "yes", None, None, {})
         assert m.e("ask#c1").status == COMPLETED
     else:
         assert m.effects == [] and m.e("ask#c1").waiting == "event"
@@ -355,6 +379,8 @@ def test_a_journey_pauses_another_and_gives_back_exactly_the_time_left() -> None
     m.at(days=3)                         # high ends: low resumes with its 3 days left
     assert (low_e.status, low_e.due, low_e.paused_remaining) == (ACTIVE, T0 + timedelta(days=6), None)
     assert f"low: resumed at second; next step at {iso(T0 + timedelta(days=6))}" in m.log
+    assert m.record("low: resumed")[:3] == ("resumed", None, "second")
+    assert m.record("low: paused")[:3] == ("paused", "second", None)
     m.at(days=6, seconds=-1)
     assert [f.step for f in m.effects] == ["first"]
     m.at(days=6)
@@ -405,7 +431,8 @@ def test_inactivity_is_posted_at_each_threshold_after_the_last_engagement() -> N
     settings = PlaybookSettings(inactivity_days=(7, 3))
     quiet = journey("quiet", [{"id": "idle", "type": "listen"}], events=("inactivity",),
                     entry=[{"name": "week", "events": ["inactivity"],
-                            "when": {"fact": "event.properties.days", "gte": 7}}])
+                            "when": {"all": [{"fact": "event.properties.days", "gte": 7},
+                                             {"fact": "event.properties.since", "exists": True}]}}])
     m = Mini(quiet, settings=settings)
     m.message("page_viewed")
     assert (m.state.last_engagement, m.state.inactive_due) == (T0, T0 + timedelta(days=3))
@@ -416,7 +443,8 @@ def test_inactivity_is_posted_at_each_threshold_after_the_last_engagement() -> N
     assert "quiet" not in m.state.enrollments
     assert (m.state.inactive_step, m.state.inactive_due) == (1, T0 + timedelta(days=7))
     out = m.engine.inactivity_due(m.state, m.state.inactive_token, T0 + timedelta(days=7))
-    assert [t.summary for t in out.transitions] == ["quiet: entered: inactivity days=7 matched rule week"]
+    assert [t.summary for t in out.transitions] == [
+        f"quiet: entered: inactivity days=7 since={iso(T0)} matched rule week"]
     assert (m.state.inactive_step, m.state.inactive_due) == (2, None)
     assert m.engine.inactivity_due(m.state, m.state.inactive_token, T0 + timedelta(days=30)).transitions == []
 
@@ -600,8 +628,11 @@ def test_withdrawn_consent_ends_nurture_and_given_again_resumes_where_it_stood()
                                                        "withdrawn": True}
     m.now = T0 + timedelta(days=2)
     m.lead["consent"] = {"email": True}
+    token = e.token
     m.message("ping")
     assert (e.status, e.entry, e.step, e.due, e.waiting) == (ACTIVE, 1, "n2", T0 + timedelta(days=3), "delay")
+    assert (e.token, e.outcome, e.ended_at) == (token + 1, None, None)
+    assert m.record("news: re-entered")[:5] == ("resumed", None, "n2", None, "go")
     assert m.log[-1].startswith("news: re-entered after email consent was given again: ping type=ping matched "
                                 "rule go; resuming at n2; next step at ")
     assert "consent_exit" not in m.state.history["news"] and "ended_at" not in m.state.history["news"]
@@ -643,6 +674,8 @@ def test_a_wait_until_an_anchor_and_its_move() -> None:
     m.message("moved", webinar_id="w2", starts_at=iso(starts))                        # another webinar
     assert e.due == starts + timedelta(days=1) and m.log[-1].startswith("web: anchor moved")
     assert len([x for x in m.log if "anchor moved" in x]) == 1
+    assert m.record("web: anchor moved")[0] == "rescheduled"
+    assert m.record("web: anchor moved")[5] == {"starts_at": iso(starts + timedelta(days=2))}
     m.at(days=6, seconds=-1)
     assert m.effects == []
     m.at(days=6)
@@ -655,6 +688,7 @@ def test_a_wait_until_a_moment_already_past_takes_its_if_past_path() -> None:
     m.message("ping", webinar_id="w1", starts_at=iso(starts))
     assert [f.payload for f in m.effects] == [{"set": {"r": 2}}]
     assert f"web: before already past ({iso(starts - timedelta(days=1))}): going to late" in m.log
+    assert m.record("web: before already past")[:3] == ("skip", "before", "late")
 
 
 @pytest.mark.parametrize(("started", "entered"), [(timedelta(days=1), True), (timedelta(days=1, seconds=1), False)])
@@ -667,6 +701,8 @@ def test_an_entry_after_its_enter_until_is_refused_and_explained(started: timede
         assert m.log == [f"web: not entered: ping matched rule go but its enter_until starts_at +1d "
                          f"({iso(starts + timedelta(days=1))}) has passed"]
         assert m.types == ["skipped"]
+        assert m.record("web: not entered") == ("skipped", None, None, None, "go", {
+            "enter_until": iso(starts + timedelta(days=1)), "starts_at": iso(starts)})
 
 
 @pytest.mark.parametrize(("late", "said"), [
@@ -869,3 +905,32 @@ def test_a_quiet_clock_starts_once_restarts_on_its_reset_and_posts_each_threshol
     assert [t.summary for t in out.transitions] == ["quiet: entered: no_opens days=7 matched rule week"]
     assert m.state.dates["~no_opens"]["fired"] is True and out.dates_changed == set()
     assert m.engine.date_due(m.state, "~no_opens", 3, T0 + timedelta(days=9)).transitions == []
+
+
+def test_a_journey_resumed_after_consent_pauses_again_what_it_pauses() -> None:
+    high = journey("high", [{"id": "idle", "type": "listen"}], category="nurture", pauses=["low"])
+    low = journey("low", [{"id": "idle", "type": "listen"}], events=("late",))
+    m = Mini(high, low)
+    m.message("ping")
+    m.message("late")
+    assert m.e("low").status == PAUSED
+    m.lead["consent"] = {"email": False}
+    m.message("page_viewed")
+    assert (m.e("high").status, m.e("low").status) == (EXITED, ACTIVE)     # its pauser left
+    m.lead["consent"] = {"email": True}
+    m.message("ping")
+    assert (m.e("high").status, m.e("low").status) == (ACTIVE, PAUSED)
+    assert m.log[-1] == "low: paused while high runs"
+
+
+@pytest.mark.parametrize(("pauses", "paused"), [(["triggers"], True), (["always_on"], True), (["sequence"], False),
+                                                (["rules"], True)])
+def test_always_on_rule_tables_are_paused_only_by_their_mode_or_key(pauses: list[str], paused: bool) -> None:
+    table = load({"key": "rules", "kind": "sequence", "mode": "always_on", "category": "transactional",
+                  "entry": [{"name": "go", "events": ["ping"], "when": ANY}],
+                  "steps": [{"id": "idle", "type": "listen"}]}, version=1)
+    boss = journey("boss", [{"id": "idle", "type": "listen"}], events=("urgent",), pauses=pauses)
+    m = Mini(boss, table)
+    m.message("ping")
+    m.message("urgent")
+    assert m.e("rules").status == (PAUSED if paused else ACTIVE)
