@@ -14,7 +14,7 @@ import pytest
 from nurture.clock import VIRTUAL_EPOCH
 from services.journeys.definitions import GlobalExit, Journey, PlaybookSettings, load
 from services.journeys.engine import Engine, UnknownJourney, migrate
-from services.journeys.model import ACTIVE, COMPLETED, EXITED, PAUSED, Effect, LeadState, Outcome, Transition, iso
+from services.journeys.model import ACTIVE, COMPLETED, EXITED, PAUSED, Effect, LeadState, Outcome, StepRun, Transition, iso
 from tests.bus_messages import bus_message
 
 T0 = VIRTUAL_EPOCH
@@ -50,6 +50,7 @@ class Mini:
         self.log: list[str] = []
         self.types: list[str] = []
         self.transitions: list[Transition] = []
+        self.runs: list[StepRun] = []
         self.effects: list[Effect] = []
         self.answer = "sent"
         self.n = 0
@@ -58,6 +59,7 @@ class Mini:
         self.log += [t.summary for t in out.transitions]
         self.types += [t.type for t in out.transitions]
         self.transitions += out.transitions
+        self.runs += out.runs
         return out
 
     def record(self, summary_start: str) -> tuple[Any, ...]:
@@ -135,6 +137,18 @@ def test_a_flow_runs_its_steps_at_their_moment_with_their_explanations() -> None
     assert m.record("flow: entered Stage Two") == ("stage", None, "bye", "two", None,
                                                    {"from": "one", "hours_in_previous": 48.0})
     assert m.record("flow: entered:") == ("entered", None, "hello", None, "go", {"event.type": "ping"})
+    d2 = T0 + timedelta(days=2)
+    assert [(t.at, t.lead_id, t.ekey, t.journey, t.version) for t in m.transitions] == [
+        (T0, "l-1", "flow", "flow", 1), (T0, "l-1", "flow", "flow", 1)] + [(d2, "l-1", "flow", "flow", 1)] * 3
+    assert [(r.lead_id, r.ekey, r.journey, r.version, r.step, r.step_type, r.occurrence, r.dedupe_key, r.status,
+             r.at, r.stage, r.message_id, r.detail) for r in m.runs] == [
+        ("l-1", "flow", "flow", 1, "hello", "send", "1.1", "l-1:flow:1:hello:1.1", "sent", T0, "one", "", ""),
+        ("l-1", "flow", "flow", 1, "pause", "wait", "1.1", "l-1:flow:1:pause:1.1", "done", T0, "one", "", ""),
+        ("l-1", "flow", "flow", 1, "check", "branch", "1.1", "l-1:flow:1:check:1.1", "done", d2, "one", "", ""),
+        ("l-1", "flow", "flow", 1, "bye", "task", "1.1", "l-1:flow:1:bye:1.1", "sent", d2, "two", "", ""),
+        ("l-1", "flow", "flow", 1, "done", "end", "1.1", "l-1:flow:1:done:1.1", "done", d2, "two", "", "")]
+    assert m.engine.next_effect(m.state, "nope", d2, Outcome()) is None     # not enrolled
+    assert m.engine.next_effect(m.state, "flow", d2, Outcome()) is None     # ended
     assert m.state.history["flow"] == {"entries": 1, "ended_at": iso(T0 + timedelta(days=2))}
 
 
@@ -212,8 +226,8 @@ def test_an_event_wait_times_out_exactly_at_its_timeout() -> None:
     assert m.effects == []
     m.at(days=1)
     [update] = m.effects
-    assert (update.kind, update.step, update.payload, update.dedupe_key) == (
-        "update", "no", {"set": {"answered": False}}, "l-1:ask:1:no:1.1")
+    assert (update.kind, update.step, update.payload, update.dedupe_key, update.occurrence, update.side) == (
+        "update", "no", {"set": {"answered": False}}, "l-1:ask:1:no:1.1", "1.1", False)
     assert m.log == ["ask: entered: ping type=ping matched rule go",
                      f"ask: waiting at ask for answer until {iso(T0 + timedelta(days=1))}",
                      "ask: no answer by the timeout of ask: going to no", "ask: completed ask"]
@@ -516,6 +530,7 @@ def test_the_budget_holds_the_third_nurture_send_until_the_first_leaves_the_wind
     assert (e.step, e.due, e.waiting) == ("n3", T0 + timedelta(days=1), "budget")
     assert m.log[-1] == f"news: n3 held by the frequency budget until {iso(T0 + timedelta(days=1))}"
     assert m.types[-1] == "deferred"
+    assert m.record("news: n3 held")[:3] == ("deferred", None, "n3")
     m.at(days=1, seconds=-1)
     assert len(m.effects) == 2
     m.at(days=1)
@@ -804,6 +819,7 @@ def test_a_split_assigns_by_weight_and_says_which(weights: tuple[float, float], 
     m.message("ping")
     assert [f.payload for f in m.effects] == [{"set": {"v": variant}}]
     assert f"ab: split s assigned variant {variant}" in m.log
+    assert m.record("ab: split s")[:5] == ("split", "s", variant.lower(), None, variant)
 
 
 def test_an_email_engages_its_own_journey_once_per_message() -> None:
@@ -934,3 +950,18 @@ def test_always_on_rule_tables_are_paused_only_by_their_mode_or_key(pauses: list
     m.message("ping")
     m.message("urgent")
     assert m.e("rules").status == (PAUSED if paused else ACTIVE)
+
+
+def test_a_jump_and_a_goal_without_a_name_say_where_and_which() -> None:
+    steps = [{"id": "w", "type": "wait", "delay": "1h"}, {"id": "hop", "type": "jump", "to": "land"},
+             {"id": "land", "type": "send", "subject": "S", "url": "https://example.com/x", "brief": ["b"]},
+             {"id": "won", "type": "goal"}]
+    m = Mini(journey("j", steps))
+    m.message("ping")
+    m.at(hours=1)
+    assert m.record("j: jumped to land") == ("jump", "hop", "land", None, None, {})
+    assert [t.at for t in m.transitions if t.type == "jump"] == [T0 + timedelta(hours=1)]
+    [send] = m.effects
+    assert send.payload["context"] == {"subject": "S", "url": "https://example.com/x", "brief": ["b"]}
+    assert (m.e("j").status, m.e("j").outcome) == (COMPLETED, "won")
+    assert "j: goal reached: won" in m.log
