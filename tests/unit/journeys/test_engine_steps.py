@@ -14,7 +14,18 @@ import pytest
 from nurture.clock import VIRTUAL_EPOCH
 from services.journeys.definitions import GlobalExit, Journey, PlaybookSettings, load
 from services.journeys.engine import Engine, UnknownJourney, migrate
-from services.journeys.model import ACTIVE, COMPLETED, EXITED, PAUSED, Effect, LeadState, Outcome, StepRun, Transition, iso
+from services.journeys.model import (
+    ACTIVE,
+    COMPLETED,
+    EXITED,
+    PAUSED,
+    Effect,
+    LeadState,
+    Outcome,
+    StepRun,
+    Transition,
+    iso,
+)
 from tests.bus_messages import bus_message
 
 T0 = VIRTUAL_EPOCH
