@@ -747,8 +747,11 @@ def test_a_step_run_later_than_its_skip_if_late_is_skipped_and_says_how_late(lat
     m2.now = T0 + timedelta(days=1) + late
     m2.drive()
     assert m2.effects == []
-    assert f"late: note skipped: its time {iso(T0 + timedelta(days=1))} {said}, more than its skip_if_late 1d" \
-        in m2.log
+    reason = f"its time {iso(T0 + timedelta(days=1))} {said}, more than its skip_if_late 1d"
+    assert f"late: note skipped: {reason}" in m2.log
+    assert m2.record("late: note skipped") == ("skipped", "note", "done", None, None, {"reason": reason})
+    [run] = [r for r in m2.runs if r.step == "note"]
+    assert (run.status, run.detail, run.dedupe_key) == ("skipped", reason, "l-1:late:1:note:1.1")
 
 
 def test_a_step_after_its_skip_after_is_skipped_and_says_why() -> None:
@@ -976,3 +979,26 @@ def test_a_jump_and_a_goal_without_a_name_say_where_and_which() -> None:
     assert send.payload["context"] == {"subject": "S", "url": "https://example.com/x", "brief": ["b"]}
     assert (m.e("j").status, m.e("j").outcome) == (COMPLETED, "won")
     assert "j: goal reached: won" in m.log
+
+
+def test_a_first_entry_starts_its_timer_token_at_one() -> None:
+    m = Mini(journey("l", [{"id": "idle", "type": "listen"}]))
+    m.message("ping")
+    assert m.e("l").token == 2          # 1 at entry, +1 when the listen step clears its timer
+    assert m.state.history["l"] == {"entries": 1}
+
+
+def test_a_journey_that_runs_off_its_last_step_completes() -> None:
+    m = Mini(journey("off", [{"id": "last", "type": "update", "set": {"x": 1}}], name="Off The End"))
+    m.message("ping")
+    assert (m.e("off").status, m.e("off").outcome) == (COMPLETED, "end")
+    assert m.log[-1] == "off: completed Off The End"
+
+
+@pytest.mark.parametrize(("signals", "entered"), [(["hot", "x"], True), (["x"], False), (None, False)])
+def test_entry_rules_see_the_messages_signals(signals: list[str] | None, entered: bool) -> None:
+    j = journey("sig", [{"id": "idle", "type": "listen"}], entry=[
+        {"name": "hot", "events": ["page_viewed"], "when": {"fact": "signals", "contains": "hot"}}])
+    m = Mini(j)
+    m.engine.on_message(m.state, bus_message("s1", "l-1", "page_viewed", lead=m.lead, signals=signals), T0)
+    assert ("sig" in m.state.enrollments) is entered
