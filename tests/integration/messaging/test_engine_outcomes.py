@@ -421,3 +421,23 @@ async def test_an_email_that_speaks_for_the_owner_comes_from_them(inproc: InProc
     assert mail["From"].addresses[0].addr_spec == "ana.costa@borderbridge.example"
     assert mail["Reply-To"].addresses[0].addr_spec == "ana.costa@borderbridge.example"
     assert mail["To"].addresses[0].display_name == "Diaz"
+
+
+async def test_the_consent_a_send_was_decided_with_is_logged_when_it_changes(inproc: InProc) -> None:
+    inproc.scoring.add(make_lead("l1", timezone="UTC", consent={"email": True, "sms": False}))
+    await send(inproc, category="transactional")
+    await send(inproc, dedupe_key="k2", template="family.email_02", category="transactional")
+    await inproc.settle()
+    await send(inproc, dedupe_key="k3", template="family.email_03", category="transactional")
+    await inproc.settle()
+    inproc.scoring.update("l1", consent={"email": False})
+    await send(inproc, dedupe_key="k4", template="family.email_04", category="transactional")
+    await send(inproc, dedupe_key="k5", template="family.email_05", channel="sms", category="transactional")
+    await inproc.settle()
+    history = inproc.engine.store.consent_history("l1")
+    assert [(r["channel"], r["granted"], r["source"]) for r in history] == [
+        ("email", True, "scoring:lead"), ("email", False, "scoring:lead"), ("sms", False, "scoring:lead")]
+    first = json.loads(history[0]["evidence_json"])
+    assert first["consent"] == {"email": True, "sms": False} and first["message_id"] in (
+        message_id_for("k1"), message_id_for("k2"))
+    assert history[1]["at"] == inproc.clock.now().replace(tzinfo=None)
