@@ -441,3 +441,21 @@ async def test_the_consent_a_send_was_decided_with_is_logged_when_it_changes(inp
     assert first["consent"] == {"email": True, "sms": False} and first["message_id"] in (
         message_id_for("k1"), message_id_for("k2"))
     assert history[1]["at"] == inproc.clock.now().replace(tzinfo=None)
+
+
+async def test_the_worker_delivers_what_comes_in_and_feeds_it_back(inproc: InProc) -> None:
+    inproc.scoring.add(make_lead("l1", timezone="UTC"))
+    worker = asyncio.create_task(inproc.engine.run())
+    try:
+        await send(inproc, category="transactional")
+        inproc.engine.wake.set()                     # what Send does on a real clock
+        for _ in range(300):
+            if [ev.type for ev in inproc.scoring.events] == ["email_sent"]:
+                break
+            await asyncio.sleep(0.05)
+        assert (await row(inproc))["status"] == "sent"
+        assert [ev.type for ev in inproc.scoring.events] == ["email_sent"]
+    finally:
+        worker.cancel()
+        await asyncio.wait([worker], timeout=5)
+    assert worker.cancelled()
