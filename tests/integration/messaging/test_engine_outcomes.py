@@ -255,6 +255,9 @@ async def test_an_audience_step_adds_the_lead_without_consent(inproc: InProc, co
     await send(inproc, channel="ads_audience", context_json=json.dumps(context))
     await inproc.settle()
     assert (await row(inproc))["status"] == "sent"
+    [line] = [x for x in inproc.engine.store.timeline("l1", 50) if x["type"] == "message_sent"]
+    assert line["summary"] == "ads_audience family.email_01 sent"
+    assert json.loads(line["details_json"])["subject"] == ""
     for name, ids in members.items():
         assert inproc.engine.store.audience(name) == ids
     await send(inproc, dedupe_key="k2", channel="ads_audience", template="family.email_02",
@@ -343,6 +346,16 @@ async def test_a_webhook_answer_decides_retry_or_failure(inproc: InProc, hook: H
     await inproc.settle()
     r = await row(inproc)
     assert (r["status"], r["reason"], r["attempts"]) == (status, reason, 1)
+    kind = {"scheduled": "message_retry", "failed": "message_failed", "sent": "message_sent"}[status]
+    [line] = [x for x in inproc.engine.store.timeline("l1", 50) if x["type"] == kind]
+    details = json.loads(line["details_json"])
+    assert {k: details[k] for k in ("message_id", "journey", "step", "template", "channel")} == {
+        "message_id": r["id"], "journey": "family", "step": "email_01", "template": "family.email_01",
+        "channel": "webhook"}
+    if status == "failed":
+        assert details["code"] == answer
+    else:
+        assert details["attempts"] == 1
 
 
 @pytest.mark.parametrize("url", ["", "ftp://example.com/x", "/relative", "javascript:alert(1)"])
