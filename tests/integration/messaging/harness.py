@@ -38,6 +38,9 @@ class ScoringStub(scoring_pb2_grpc.ScoringServicer):
         self.events: list[scoring_pb2.Event] = []
         self.keys: set[str] = set()
         self.down = False
+        # Event type -> (error_code, error_message): what scoring refuses per event, as the real one
+        # does for an event it cannot take (e.g. an unknown lead); refused events are not recorded.
+        self.refuse: dict[str, tuple[str, str]] = {}
 
     def add(self, lead: dict[str, Any]) -> None:
         self.leads[lead["id"]] = lead
@@ -82,6 +85,11 @@ class ScoringStub(scoring_pb2_grpc.ScoringServicer):
             await context.abort(grpc.StatusCode.UNAVAILABLE, "down")
         results = []
         for ev in request.events:
+            if ev.type in self.refuse:
+                code, message = self.refuse[ev.type]
+                results.append(scoring_pb2.EventResult(event_id=ev.idempotency_key, error_code=code,
+                                                       error_message=message))
+                continue
             dup = ev.idempotency_key in self.keys
             if not dup:
                 self.keys.add(ev.idempotency_key)

@@ -472,3 +472,25 @@ async def test_the_worker_delivers_what_comes_in_and_feeds_it_back(inproc: InPro
         worker.cancel()
         await asyncio.wait([worker], timeout=5)
     assert worker.cancelled()
+
+
+async def test_feedback_scoring_refuses_is_logged_and_not_sent_again(inproc: InProc,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    inproc.scoring.add(make_lead("l1", timezone="UTC"))
+    inproc.scoring.refuse["email_sent"] = ("lead_not_found", "no such lead")
+    await send(inproc)
+    await inproc.settle()
+    mid = (await row(inproc))["id"]
+    assert inproc.scoring.events == []
+    assert ("WARNING", f"scoring refused email_sent sent:{mid}: no such lead") in [
+        (r.levelname, r.getMessage()) for r in caplog.records]
+    inproc.scoring.refuse.clear()
+    assert await inproc.engine.flush_feedback() == 0        # settled: a refusal is not retried
+
+
+async def test_a_message_id_is_stable_per_dedupe_key() -> None:
+    import re
+
+    assert message_id_for("l1:family:1:email_01:1.1") == message_id_for("l1:family:1:email_01:1.1")
+    assert message_id_for("a") != message_id_for("b")
+    assert re.fullmatch(r"m[0-9a-f]{32}", message_id_for("l1:family:1:email_01:1.1"))
