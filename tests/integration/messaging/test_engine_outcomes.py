@@ -494,3 +494,26 @@ async def test_a_message_id_is_stable_per_dedupe_key() -> None:
     assert message_id_for("l1:family:1:email_01:1.1") == message_id_for("l1:family:1:email_01:1.1")
     assert message_id_for("a") != message_id_for("b")
     assert re.fullmatch(r"m[0-9a-f]{32}", message_id_for("l1:family:1:email_01:1.1"))
+
+
+async def test_a_template_that_fails_to_render_fails_its_message_and_says_why(inproc: InProc, tmp_path: Any) -> None:
+    from pathlib import Path
+
+    import yaml
+
+    from services.messaging import catalog as catalog_module
+    from services.messaging.catalog import Catalog
+
+    source = Path(catalog_module.__file__).with_name("templates") / "catalog.yaml"
+    data = yaml.safe_load(source.read_text(encoding="utf-8"))
+    data["templates"]["family.email_01"]["subject"] = "{{ no_such_variable }}"
+    broken = Path(str(tmp_path)) / "catalog.yaml"
+    broken.write_text(yaml.safe_dump(data), encoding="utf-8")
+    inproc.engine.catalog = Catalog(broken)
+    inproc.scoring.add(make_lead("l1", timezone="UTC"))
+    await send(inproc)
+    await inproc.settle()
+    r = await row(inproc)
+    assert r["status"] == "failed" and r["reason"].startswith("template 'family.email_01' failed to render")
+    assert ("message_failed", r["reason"]) in timeline(inproc)
+    assert inproc.mails_to("l1@example.com") == 0
