@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from services.messaging.catalog import Catalog, choose_variant
 from services.messaging.engine import MAX_BATCH, InvalidRequest, SendInput, message_id_for
 from tests.integration.messaging.conftest import InProc
 from tests.integration.messaging.harness import make_lead
@@ -91,7 +92,14 @@ async def test_a_request_is_recorded_with_its_category_and_time(inproc: InProc) 
         "family.email_01": ("nurture", later.replace(tzinfo=None), "scheduled"),      # the template's category
         "webinar.email_01": ("transactional", naive, "scheduled"),                    # a past not_before: now
         "family.email_02": ("transactional", naive, "scheduled")}                     # the request's category
-    assert rows["family.email_01"]["attempts"] == 0
+    assert rows["family.email_01"]["attempts"] == 0 and rows["family.email_01"]["sent_at"] is None
+    # family.email_01 has an A/B split: the row keeps the lead's variant; a template without one has none.
+    assert rows["family.email_01"]["variant"] == choose_variant(Catalog().specs["family.email_01"], "l1") != ""
+    assert rows["family.email_02"]["variant"] == ""
+    first_line = inproc.engine.store.timeline("l1", 1)[0]
+    assert json.loads(first_line["details_json"]) == {
+        "journey": "family", "version": 1, "step": "email_01", "template": "family.email_01", "channel": "email",
+        "category": "nurture", "due_at": later.isoformat(), "reason": ""}
     assert timeline(inproc) == [("message_scheduled", f"family.email_01 queued for {later.isoformat()}"),
                                 ("message_scheduled", "webinar.email_01 queued"),
                                 ("message_scheduled", "family.email_02 queued")]
@@ -517,3 +525,22 @@ async def test_a_template_that_fails_to_render_fails_its_message_and_says_why(in
     assert r["status"] == "failed" and r["reason"].startswith("template 'family.email_01' failed to render")
     assert ("message_failed", r["reason"]) in timeline(inproc)
     assert inproc.mails_to("l1@example.com") == 0
+
+
+async def test_a_capped_email_lands_in_the_window_of_the_policy_in_force(inproc: InProc) -> None:
+    # The policy's window ends at 12:00: the second email, 2 h after the first (11:30), would fall at
+    # 13:30, after the window: it goes at the next window's start, not at 13:30.
+    from dataclasses import replace
+    from datetime import time
+
+    inproc.engine.policy = replace(inproc.engine.policy, window_end=time(12, 0))
+    inproc.scoring.add(make_lead("l1", timezone="UTC"))
+    day = inproc.clock.now().replace(hour=11, minute=30, second=0, microsecond=0)
+    inproc.clock.set(day)
+    await send(inproc)
+    await inproc.settle()
+    await send(inproc, dedupe_key="k2", template="family.email_02")
+    await inproc.settle()
+    r = await row(inproc, "family.email_02")
+    assert r["status"] == "scheduled" and r["reason"].startswith("deferred: ")
+    assert r["due_at"] == (day + timedelta(days=1)).replace(hour=8, minute=0, tzinfo=None)
