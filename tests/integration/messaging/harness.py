@@ -165,12 +165,14 @@ class InProcessChannel:
 
     def __init__(self, servicer: Any) -> None:
         self.servicer = servicer
+        self.timeouts: list[float | None] = []    # the deadline each call was given
 
     def unary_unary(self, method: str, request_serializer: Any = None, response_deserializer: Any = None,
                     **_: Any) -> Any:
         name = method.rsplit("/", 1)[1]
 
         async def call(request: Any, timeout: float | None = None, **_: Any) -> Any:
+            self.timeouts.append(timeout)
             received = type(request).FromString(request_serializer(request))
             try:
                 reply = await getattr(self.servicer, name)(received, _Context())
@@ -193,6 +195,7 @@ class JourneysFake(journeys_pb2_grpc.JourneysServicer):
         self.page_size = page_size
         self.down = False
         self.requests: list[Any] = []
+        self.channel: InProcessChannel | None = None   # the channel serving it, when a test set one
 
     async def Members(self, request: Any, context: Any) -> Any:
         self.requests.append(request)

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from nurture.rpc import DEADLINE_S
 from services.messaging.leads import email_hash
 from services.messaging.tokens import Token, TokenError
 from tests.bus_messages import bus_message
@@ -313,7 +314,8 @@ def journeys(inproc: InProc) -> Any:
     from tests.integration.messaging.harness import InProcessChannel, JourneysFake
 
     fake = JourneysFake(page_size=2)
-    inproc.channels.journeys_channel = InProcessChannel(fake)
+    fake.channel = InProcessChannel(fake)
+    inproc.channels.journeys_channel = fake.channel
     return fake
 
 
@@ -329,6 +331,7 @@ async def test_an_audience_joins_the_journeys_members_page_by_page(inproc: InPro
     assert [(r.journey, r.stage, r.status, r.cursor, r.limit) for r in journeys.requests] == [
         ("family", "decision", "active", "", 1000), ("family", "decision", "active", "2", 1000),
         ("family", "decision", "active", "4", 1000)]
+    assert journeys.channel.timeouts == [DEADLINE_S] * 3
 
 
 async def test_a_whole_journey_is_an_audience(inproc: InProc, journeys: Any) -> None:
@@ -348,16 +351,22 @@ async def test_an_audience_neither_journeys_nor_a_step_know_is_not_found(inproc:
     assert (page.lead_ids, page.journeys_available) == (["s1"], False)
 
 
-async def test_an_audience_while_journeys_is_down_is_what_the_steps_filled(inproc: InProc, journeys: Any) -> None:
+async def test_an_audience_while_journeys_is_down_is_what_the_steps_filled(inproc: InProc, journeys: Any,
+                                                                          caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("INFO", logger="services.messaging.channels")
     journeys.members["family"] = ["j1"]
     journeys.down = True
     inproc.engine.store.audience_change("family", "s1", True, inproc.clock.now())
     page = await inproc.channels.audience("family", "", 10)
     assert (page.lead_ids, page.journeys_available) == (["s1"], False)
     assert (await inproc.channels.audience("other", "", 10)).lead_ids == []   # not a NOT_FOUND: nothing known
+    said = [r.getMessage() for r in caplog.records if r.name == "services.messaging.channels"]
+    assert said[0].startswith("journeys unavailable for audience family: ") and "UNAVAILABLE" in said[0]
 
 
-async def test_personalisation_follows_the_leads_active_journey_stages(inproc: InProc, journeys: Any) -> None:
+async def test_personalisation_follows_the_leads_active_journey_stages(inproc: InProc, journeys: Any,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("INFO", logger="services.messaging.channels")
     inproc.scoring.add(make_lead("p1", segment="family", lifecycle_stage="lead",
                                  attributes={"countries_of_interest": ["CA", "AU", "NZ", "UK", "US", "IE"]}))
     journeys.enrollments["p1"] = [{"journey": "family", "stage": "decision", "status": "active"},
@@ -368,10 +377,16 @@ async def test_personalisation_follows_the_leads_active_journey_stages(inproc: I
     assert p.recommended_content and all(r["key"].startswith("family.") for r in p.recommended_content)
     assert {r["reason"] for r in p.recommended_content} == {"current journey stage: family/decision"}
     assert [r.lead_id for r in journeys.requests] == ["p1"]
+    assert journeys.channel.timeouts == [DEADLINE_S]
+    catalog = inproc.engine.catalog
+    assert all(r["title"] == catalog.specs[r["key"]].cta_label and r["url"] == catalog.cta_destination(
+        catalog.specs[r["key"]]) for r in p.recommended_content)
     journeys.down = True
     unavailable = await inproc.channels.personalization("p1")
     assert not unavailable.journeys_available and unavailable.recommended_content
     assert {r["reason"] for r in unavailable.recommended_content} == {"lifecycle stage lead: family/education"}
+    said = [r.getMessage() for r in caplog.records if r.name == "services.messaging.channels"]
+    assert said[-1].startswith("journeys unavailable for personalisation: ") and "UNAVAILABLE" in said[-1]
 
 
 async def test_personalisation_of_an_unknown_lead_is_not_found(inproc: InProc, journeys: Any) -> None:
@@ -379,3 +394,16 @@ async def test_personalisation_of_an_unknown_lead_is_not_found(inproc: InProc, j
 
     with pytest.raises(NotFoundError, match="lead 'ghost' not found"):
         await inproc.channels.personalization("ghost")
+
+
+async def test_signals_on_the_bus_keep_a_lead_out_of_ads(inproc: InProc) -> None:
+    await inproc.bus(bus_message("sg-1", "sg", "email_clicked", lead=make_lead("sg"), occurred_at=AT,
+                                 signals=["high_engagement"]),
+                     bus_message("sg-2", "sh", "email_clicked", lead=make_lead("sh"), occurred_at=AT, signals=[]))
+    assert inproc.engine.store.ad_suppressed(["sg", "sh"]) == {"sg": "highly_engaged"}
+
+
+async def test_the_lead_id_of_the_message_counts_when_the_lead_has_none(inproc: InProc) -> None:
+    lead = {"email": "k6@example.com", "consent": {"email": True}}
+    await inproc.bus(bus_message("k-6", "k6", "lead_created", lead=lead, occurred_at=AT))
+    assert consent(inproc, "k6") == [("email", True, "bus:lead_created:")]
