@@ -191,9 +191,11 @@ def test_re_entry_follows_the_definition(reentry: Any, after: timedelta, entered
     m.at(days=2)
     assert m.e("flow").status == COMPLETED
     m.now = T0 + timedelta(days=2) + after
+    old_token = m.e("flow").token
     m.message("ping")
     e = m.e("flow")
     if entered:
+        assert e.token > old_token     # the old enrolment's timers are stale
         assert (e.status, e.entry, e.step) == (ACTIVE, 2, "check")
         assert m.keys()[-1] == "l-1:flow:1:hello:2.1"
         assert m.state.history["flow"]["entries"] == 2
@@ -733,6 +735,7 @@ def test_an_entry_after_its_enter_until_is_refused_and_explained(started: timede
 
 @pytest.mark.parametrize(("late", "said"), [
     (timedelta(hours=30), "passed 30.0 h ago"), (timedelta(hours=47, minutes=54), "passed 47.9 h ago"),
+    (timedelta(hours=30, minutes=33), "passed 30.6 h ago"),
     (timedelta(days=2), "passed 2.0 d ago"), (timedelta(days=3, hours=12), "passed 3.5 d ago")])
 def test_a_step_run_later_than_its_skip_if_late_is_skipped_and_says_how_late(late: timedelta, said: str) -> None:
     steps = [{"id": "w", "type": "wait", "delay": "1d"},
@@ -1002,3 +1005,140 @@ def test_entry_rules_see_the_messages_signals(signals: list[str] | None, entered
     m = Mini(j)
     m.engine.on_message(m.state, bus_message("s1", "l-1", "page_viewed", lead=m.lead, signals=signals), T0)
     assert ("sig" in m.state.enrollments) is entered
+
+
+def test_an_exit_moves_the_timer_token_by_one() -> None:
+    m = Mini(journey("l", [{"id": "idle", "type": "listen"}]))
+    m.message("ping")
+    m.message("lead_erased")
+    assert m.e("l").token == 3
+
+
+@pytest.mark.parametrize(("late", "said"), [(timedelta(hours=2), "lead.ends_at +0")])
+def test_a_skip_after_without_an_offset_says_plus_nothing(late: timedelta, said: str) -> None:
+    steps = [{"id": "w", "type": "wait", "delay": "2d"},
+             {"id": "note", "type": "update", "set": {"x": 1}, "skip_after": {"fact": "lead.ends_at"}},
+             {"id": "done", "type": "end"}]
+    m = Mini(journey("late", steps))
+    m.lead["ends_at"] = iso(T0 + timedelta(days=2) - late)
+    m.message("ping")
+    m.at(days=2)
+    assert f"late: note skipped: past its skip_after {said} ({iso(T0 + timedelta(days=2) - late)})" in m.log
+
+
+def test_migrating_an_event_wait_to_an_event_wait_keeps_waiting() -> None:
+    v1 = journey("ask", EVENT_WAIT, entity="case_id")
+    v2 = journey("ask", EVENT_WAIT, entity="case_id", version=2)
+    m = Mini(v1)
+    m.message("ping", case_id="c1")
+    e = m.e("ask#c1")
+    assert migrate(m.state, e, v2, {}, T0 + timedelta(hours=2), Outcome()) == "ask"
+    assert (e.waiting, e.due, e.version) == ("event", T0 + timedelta(days=1), 2)
+
+
+def test_a_webhook_step_is_a_send_on_the_webhook_channel() -> None:
+    m = Mini(journey("hook", [{"id": "call", "type": "webhook", "url": "https://example.com/h"},
+                              {"id": "sms", "type": "send", "channel": "sms"}, {"id": "done", "type": "end"}]))
+    m.message("ping")
+    assert [(f.kind, f.payload["channel"], f.payload["context"].get("url")) for f in m.effects] == [
+        ("send", "webhook", "https://example.com/h"), ("send", "sms", None)]
+
+
+def test_an_enrolment_remembers_the_last_hundred_emails_it_engaged_with() -> None:
+    m = Mini(journey("one", [{"id": "idle", "type": "listen"}]))
+    m.message("ping")
+    e = m.e("one")
+    for n in range(1, 102):
+        m.engine.on_message(m.state, bus_message(f"o{n}", "l-1", "email_opened",
+                                                 properties={"journey": "one", "message_id": f"m{n}"}), T0)
+    assert e.engaged == 101 and len(e.engaged_with) == 100 and e.engaged_with[0] == "m2"
+    m.engine.on_message(m.state, bus_message("again", "l-1", "email_opened",
+                                             properties={"journey": "one", "message_id": "m2"}), T0)
+    assert e.engaged == 101
+
+
+def test_triggers_record_their_time_and_kind() -> None:
+    j = journey("g", GOTO, stages=[{"id": "one", "name": "Stage One"}, {"id": "two", "name": "Stage Two"}],
+                triggers=[{"name": "jump", "events": ["poke"], "when": ANY, "do": {"goto": "c", "update": "b"}}])
+    m = Mini(j)
+    m.message("ping")
+    m.now = T0 + timedelta(hours=1)
+    m.message("poke")
+    assert m.record("g: jumped to two stage")[:3] == ("jump", "b", "c")   # the cursor sat after the wait
+    assert [(t.type, t.at) for t in m.transitions if t.summary.startswith(("g: jumped", "g: queued"))] == [
+        ("jump", T0 + timedelta(hours=1)), ("trigger", T0 + timedelta(hours=1))]
+    assert m.record("g: queued b")[2] == "b"
+
+
+def test_each_branch_step_decides_by_its_own_rules() -> None:
+    steps = [{"id": "first", "type": "branch", "default": "second",
+              "rules": [{"name": "never", "when": {"fact": "lead.score", "gte": 1000}, "next": "lost"}]},
+             {"id": "second", "type": "branch", "default": "lost",
+              "rules": [{"name": "always", "when": {"fact": "lead.score", "gte": 0}, "next": "won"}]},
+             {"id": "won", "type": "goal", "name": "won"}, {"id": "lost", "type": "end"}]
+    m = Mini(journey("two", steps))
+    m.message("ping")
+    assert m.e("two").outcome == "won"
+
+
+def test_a_paused_enrolment_does_not_take_the_event_it_waits_for() -> None:
+    high = journey("high", [{"id": "w", "type": "wait", "delay": "2d"}, {"id": "done", "type": "end"}],
+                   events=("urgent",), pauses=["ask"])
+    m = Mini(high, journey("ask", EVENT_WAIT, entity="case_id"))
+    m.message("ping", case_id="c1")
+    m.message("urgent")
+    assert m.e("ask#c1").status == PAUSED
+    m.message("answer", case_id="c1")
+    assert m.effects == [] and m.e("ask#c1").step == "ask"
+
+
+def test_an_ended_pauser_resumes_every_enrolment_it_alone_paused() -> None:
+    one = journey("one", [{"id": "w", "type": "wait", "delay": "1d"}, {"id": "done", "type": "end"}],
+                  events=("go1",), pauses=["low1", "low2"])
+    two = journey("two", [{"id": "w", "type": "wait", "delay": "5d"}, {"id": "done", "type": "end"}],
+                  events=("go2",), pauses=["low1"])
+    low1 = journey("low1", [{"id": "idle", "type": "listen"}], events=("l1",))
+    low2 = journey("low2", [{"id": "idle", "type": "listen"}], events=("l2",))
+    m = Mini(one, two, low1, low2)
+    m.message("l1")
+    m.message("l2")
+    m.message("go1")
+    m.message("go2")
+    assert (m.e("low1").status, m.e("low2").status) == (PAUSED, PAUSED)
+    m.at(days=1)                       # one ends: low2 resumes, low1 stays paused by two
+    assert (m.e("low1").status, m.e("low2").status) == (PAUSED, ACTIVE)
+
+
+def test_a_wait_until_a_fact_that_is_not_there_does_not_wait() -> None:
+    steps = [{"id": "w", "type": "wait", "until": {"fact": "lead.meta.when"}},
+             {"id": "go", "type": "update", "set": {"x": 1}}, {"id": "done", "type": "end"}]
+    m = Mini(journey("f", steps))
+    m.lead["meta"] = "not a mapping"
+    m.message("ping")
+    assert [f.step for f in m.effects] == ["go"]
+
+
+def test_a_date_entry_fired_is_not_fired_again() -> None:
+    doc = {"key": "renew", "kind": "sequence", "category": "transactional", "reentry": "always",
+           "entry": [{"name": "soon", "date": {"fact": "lead.expires_at", "offset": "-30d"}}],
+           "steps": [{"id": "note", "type": "update", "set": {"r": 1}}, {"id": "done", "type": "end"}]}
+    m = Mini(load(doc, version=1))
+    m.lead["expires_at"] = iso(T0 + timedelta(days=40))
+    m.message("lead_updated")
+    token = m.state.dates["renew.soon"]["token"]
+    m.engine.date_due(m.state, "renew.soon", token, T0 + timedelta(days=10))
+    m.now = T0 + timedelta(days=10)
+    m.drive()
+    assert m.e("renew").status == COMPLETED
+    assert m.engine.date_due(m.state, "renew.soon", token, T0 + timedelta(days=11)).transitions == []
+    assert m.e("renew").entry == 1
+
+
+def test_a_retry_names_the_step_it_retries() -> None:
+    m = Mini(journey("news", NEWS))
+    m.take(m.engine.on_message(m.state, bus_message("m1", "l-1", "ping", lead=m.lead), T0))
+    out = Outcome()
+    effect = m.engine.next_effect(m.state, "news", T0, out)
+    assert effect is not None
+    m.engine.retry_later(m.state, effect, T0, timedelta(minutes=1), out, "down")
+    assert (out.transitions[-1].type, out.transitions[-1].step_to) == ("retry", "n1")
