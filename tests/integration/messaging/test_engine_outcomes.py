@@ -16,6 +16,7 @@ import pytest
 
 from services.messaging.catalog import Catalog, choose_variant
 from services.messaging.engine import MAX_BATCH, InvalidRequest, SendInput, message_id_for
+from services.messaging.leads import email_hash
 from tests.integration.messaging.conftest import InProc
 from tests.integration.messaging.harness import make_lead
 
@@ -153,6 +154,9 @@ async def test_mail_outside_the_leads_daytime_is_deferred_to_its_morning(inproc:
     assert r["due_at"] == morning.replace(tzinfo=None) and r["attempts"] == 0
     assert ("message_deferred", f"family.email_01 deferred to {morning.isoformat()}: outside daytime in "
             "America/Los_Angeles") in timeline(inproc)
+    [line] = [x for x in inproc.engine.store.timeline("l1", 50) if x["type"] == "message_deferred"]
+    assert json.loads(line["details_json"]) == {"template": "family.email_01", "until": morning.isoformat(),
+                                                "why": "outside daytime in America/Los_Angeles"}
 
 
 async def test_transactional_mail_goes_at_night(inproc: InProc) -> None:
@@ -268,6 +272,10 @@ async def test_an_audience_step_adds_the_lead_without_consent(inproc: InProc, co
     assert json.loads(line["details_json"])["subject"] == ""
     for name, ids in members.items():
         assert inproc.engine.store.audience(name) == ids
+    # The lead's hashed address is queued for the ad platform (consent is not asked for an audience).
+    queued = inproc.engine.store.ads_due(inproc.clock.now(), 10)
+    assert [(q["audience"], q["lead_id"], q["email_hash"], q["op"]) for q in queued] == [
+        (next(iter(members)), "l1", email_hash("l1@example.com"), "add")]
     await send(inproc, dedupe_key="k2", channel="ads_audience", template="family.email_02",
                context_json=json.dumps({**context, "action": "remove", "audience": next(iter(members))}))
     await inproc.settle()
@@ -373,6 +381,8 @@ async def test_a_webhook_needs_an_http_url(inproc: InProc, url: str) -> None:
     await inproc.settle()
     r = await row(inproc)
     assert (r["status"], r["reason"]) == ("failed", "webhook needs context.url (http or https)")
+    [line] = [x for x in inproc.engine.store.timeline("l1", 50) if x["type"] == "message_failed"]
+    assert json.loads(line["details_json"])["code"] == 0
 
 
 async def test_an_unreachable_webhook_is_retried_until_the_last_attempt(inproc: InProc) -> None:
@@ -421,6 +431,7 @@ async def test_an_email_carries_its_headers_and_signed_tracking_links(inproc: In
     assert (mail["To"].addresses[0].addr_spec, mail["To"].addresses[0].display_name) == ("l1@example.com",
                                                                                         "Ana Diaz")
     assert mail["Subject"] == r["subject"] and "Reply-To" not in mail
+    assert mail["X-Nurture-Category"] == "nurture"
     html = mail.get_body(("html",)).get_content()
     signer = inproc.engine.signer
     [pixel] = re.findall(r"https://nurture\.example/t/o/([A-Za-z0-9_.-]+)", html)
