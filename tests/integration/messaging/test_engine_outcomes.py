@@ -231,6 +231,13 @@ async def test_a_hard_bounce_fails_the_message_and_suppresses_the_address(inproc
     assert (r["status"], r["attempts"]) == ("failed", 1)
     h = email_hash("l1@reject.invalid")
     assert inproc.engine.store.suppression_scopes([h]) == {h: {"all": "hard_bounce"}}
+    from sqlalchemy import select
+
+    from services.messaging.tables import suppressions
+
+    with inproc.db.session() as session:
+        assert [(r.scope, r.reason, r.source) for r in session.execute(select(suppressions))] == [
+            ("all", "hard_bounce", "smtp")]
     [ev] = inproc.scoring.events
     assert (ev.type, ev.idempotency_key) == ("email_hard_bounced", f"bounce:{r['id']}")
     assert json.loads(ev.properties_json)["reason"] == r["reason"]
