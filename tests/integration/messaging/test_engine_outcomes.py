@@ -449,6 +449,9 @@ async def test_an_email_carries_its_headers_and_signed_tracking_links(inproc: In
     assert {signer.verify(c, kind="click").link for c in clicks} >= {0}
     unsubscribe = re.findall(r"https://nurture\.example/u/([A-Za-z0-9_.-]+)", mail["List-Unsubscribe"])
     assert [signer.verify(u, kind="unsubscribe").lead_id for u in unsubscribe] == ["l1"]
+    in_body = re.findall(r"https://nurture\.example/u/([A-Za-z0-9_.-]+)", html)
+    assert in_body and {(signer.verify(u, kind="unsubscribe").message_id, signer.verify(u, kind="unsubscribe").lead_id)
+                        for u in in_body} == {(r["id"], "l1")}
 
 
 async def test_an_email_that_speaks_for_the_owner_comes_from_them(inproc: InProc) -> None:
