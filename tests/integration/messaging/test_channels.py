@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from nurture.rpc import DEADLINE_S
-from services.messaging.leads import email_hash
-from services.messaging.tokens import Token, TokenError
+from services.messaging.clients import email_hash
+from services.messaging.domain.tokens import Token, TokenError
 from tests.bus_messages import bus_message
 from tests.integration.messaging.conftest import InProc
 from tests.integration.messaging.harness import make_lead
@@ -342,7 +342,7 @@ async def test_a_whole_journey_is_an_audience(inproc: InProc, journeys: Any) -> 
 
 
 async def test_an_audience_neither_journeys_nor_a_step_know_is_not_found(inproc: InProc, journeys: Any) -> None:
-    from services.messaging.channels import NotFoundError
+    from services.messaging.app.channels import NotFoundError
 
     with pytest.raises(NotFoundError, match="unknown audience 'nope.x': audiences are journeys or journey.stage"):
         await inproc.channels.audience("nope.x", "", 10)
@@ -353,20 +353,20 @@ async def test_an_audience_neither_journeys_nor_a_step_know_is_not_found(inproc:
 
 async def test_an_audience_while_journeys_is_down_is_what_the_steps_filled(inproc: InProc, journeys: Any,
                                                                           caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level("INFO", logger="services.messaging.channels")
+    caplog.set_level("INFO", logger="services.messaging.app.channels")
     journeys.members["family"] = ["j1"]
     journeys.down = True
     inproc.engine.store.audience_change("family", "s1", True, inproc.clock.now())
     page = await inproc.channels.audience("family", "", 10)
     assert (page.lead_ids, page.journeys_available) == (["s1"], False)
     assert (await inproc.channels.audience("other", "", 10)).lead_ids == []   # not a NOT_FOUND: nothing known
-    said = [r.getMessage() for r in caplog.records if r.name == "services.messaging.channels"]
+    said = [r.getMessage() for r in caplog.records if r.name == "services.messaging.app.channels"]
     assert said[0].startswith("journeys unavailable for audience family: ") and "UNAVAILABLE" in said[0]
 
 
 async def test_personalisation_follows_the_leads_active_journey_stages(inproc: InProc, journeys: Any,
                                                                       caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level("INFO", logger="services.messaging.channels")
+    caplog.set_level("INFO", logger="services.messaging.app.channels")
     inproc.scoring.add(make_lead("p1", segment="family", lifecycle_stage="lead",
                                  attributes={"countries_of_interest": ["CA", "AU", "NZ", "UK", "US", "IE"]}))
     journeys.enrollments["p1"] = [{"journey": "family", "stage": "decision", "status": "active"},
@@ -385,12 +385,12 @@ async def test_personalisation_follows_the_leads_active_journey_stages(inproc: I
     unavailable = await inproc.channels.personalization("p1")
     assert not unavailable.journeys_available and unavailable.recommended_content
     assert {r["reason"] for r in unavailable.recommended_content} == {"lifecycle stage lead: family/education"}
-    said = [r.getMessage() for r in caplog.records if r.name == "services.messaging.channels"]
+    said = [r.getMessage() for r in caplog.records if r.name == "services.messaging.app.channels"]
     assert said[-1].startswith("journeys unavailable for personalisation: ") and "UNAVAILABLE" in said[-1]
 
 
 async def test_personalisation_of_an_unknown_lead_is_not_found(inproc: InProc, journeys: Any) -> None:
-    from services.messaging.channels import NotFoundError
+    from services.messaging.app.channels import NotFoundError
 
     with pytest.raises(NotFoundError, match="lead 'ghost' not found"):
         await inproc.channels.personalization("ghost")

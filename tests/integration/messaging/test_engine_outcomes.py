@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from services.messaging.catalog import Catalog, choose_variant
-from services.messaging.engine import MAX_BATCH, InvalidRequest, SendInput, message_id_for
-from services.messaging.leads import email_hash
+from services.messaging.app.delivery import MAX_BATCH, InvalidRequest, SendInput, message_id_for
+from services.messaging.clients import email_hash
+from services.messaging.domain.catalog import Catalog, choose_variant
 from tests.integration.messaging.conftest import InProc
 from tests.integration.messaging.harness import make_lead
 
@@ -222,7 +222,7 @@ async def test_a_temporary_smtp_refusal_is_retried_after_the_backoff(inproc: InP
 
 
 async def test_a_hard_bounce_fails_the_message_and_suppresses_the_address(inproc: InProc) -> None:
-    from services.messaging.leads import email_hash
+    from services.messaging.clients import email_hash
 
     inproc.scoring.add(make_lead("l1", email="l1@reject.invalid", timezone="UTC"))
     await send(inproc, category="transactional")
@@ -423,8 +423,8 @@ def mails(inproc: InProc) -> list[Any]:
 async def test_an_email_carries_its_headers_and_signed_tracking_links(inproc: InProc) -> None:
     import re
 
-    from services.messaging.catalog import Catalog
-    from services.messaging.mime import message_id_header
+    from services.messaging.domain.catalog import Catalog
+    from services.messaging.domain.mime import message_id_header
 
     inproc.scoring.add(make_lead("l1", timezone="UTC"))
     await send(inproc)
@@ -530,10 +530,9 @@ async def test_a_template_that_fails_to_render_fails_its_message_and_says_why(in
 
     import yaml
 
-    from services.messaging import catalog as catalog_module
-    from services.messaging.catalog import Catalog
+    from services.messaging.domain.catalog import TEMPLATES_DIR, Catalog
 
-    source = Path(catalog_module.__file__).with_name("templates") / "catalog.yaml"
+    source = TEMPLATES_DIR / "catalog.yaml"
     data = yaml.safe_load(source.read_text(encoding="utf-8"))
     data["templates"]["family.email_01"]["subject"] = "{{ no_such_variable }}"
     broken = Path(str(tmp_path)) / "catalog.yaml"

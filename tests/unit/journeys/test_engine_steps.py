@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 
 from nurture.clock import VIRTUAL_EPOCH
-from services.journeys.definitions import GlobalExit, Journey, PlaybookSettings, load
-from services.journeys.engine import Engine, UnknownJourney, migrate
-from services.journeys.model import (
+from services.journeys.domain.definitions import GlobalExit, Journey, PlaybookSettings, load
+from services.journeys.domain.engine import Engine, UnknownJourney, migrate
+from services.journeys.domain.state import (
     ACTIVE,
     COMPLETED,
     EXITED,
@@ -36,7 +36,7 @@ ANY = {"fact": "event.type", "exists": True}
 def _compile_rule_sets_afresh() -> None:
     """Compile each test's journey rule sets from the definitions again: the process-wide cache would
     otherwise answer with what an earlier test (or the process mutmut forks from) compiled."""
-    from services.journeys import rulesets
+    from services.journeys.domain import rulesets
 
     rulesets._cache.clear()
 
@@ -653,7 +653,7 @@ def test_withdrawn_consent_ends_nurture_and_given_again_resumes_where_it_stood()
     assert (e.status, e.outcome) == (EXITED, "no_consent")
     assert m.log[-1] == "news: exited: no_consent"
     assert m.state.history["news"]["consent_exit"] == {"due": iso(T0 + timedelta(days=3)), "waiting": "delay",
-                                                       "withdrawn": True}
+                                                       "withdrawn": True, "reason": "no_consent", "scope": "nurture"}
     m.now = T0 + timedelta(days=2)
     m.lead["consent"] = {"email": True}
     token = e.token
@@ -869,7 +869,7 @@ def test_a_paused_enrolment_left_for_consent_resumes_with_its_time_left() -> Non
     m.lead["consent"] = {"email": False}
     m.message("page_viewed")
     assert m.state.history["low"]["consent_exit"] == {"due": iso(T0 + timedelta(days=5)), "waiting": "delay",
-                                                      "withdrawn": True}
+                                                      "withdrawn": True, "reason": "no_consent", "scope": "nurture"}
     m.lead["consent"] = {"email": True}
     m.now = T0 + timedelta(days=3)
     m.message("ping")
@@ -900,7 +900,7 @@ def test_a_message_without_a_lead_keeps_the_lead_as_it_was() -> None:
 
 
 def quiet_clock() -> PlaybookSettings:
-    from services.journeys.definitions import Clock
+    from services.journeys.domain.definitions import Clock
 
     return PlaybookSettings(clocks=(Clock("no_opens", (3, 7), frozenset({"email_opened"}),
                                           frozenset({"email_sent"})),))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from services.messaging.channels import (
+from services.messaging.app.channels import (
     AUDIENCES_FILE,
     PERSONALIZATION_FILE,
     load_ad_suppression,
