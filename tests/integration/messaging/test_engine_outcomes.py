@@ -564,3 +564,14 @@ async def test_a_capped_email_lands_in_the_window_of_the_policy_in_force(inproc:
     r = await row(inproc, "family.email_02")
     assert r["status"] == "scheduled" and r["reason"].startswith("deferred: ")
     assert r["due_at"] == (day + timedelta(days=1)).replace(hour=8, minute=0, tzinfo=None)
+
+
+async def test_an_https_webhook_is_attempted_not_refused(inproc: InProc) -> None:
+    from nurture.ports import free_port
+
+    inproc.scoring.add(make_lead("l1", timezone="UTC"))
+    url = f"https://127.0.0.1:{free_port()}/hook"     # nothing listens: the attempt fails and is retried
+    await send(inproc, channel="webhook", category="transactional", context_json=json.dumps({"url": url}))
+    await inproc.settle()
+    r = await row(inproc)
+    assert (r["status"], r["attempts"]) == ("scheduled", 1) and r["reason"].startswith("retrying: webhook: ")
