@@ -16,7 +16,8 @@ Usage: python tools/mutate.py [--minutes 55] [--children 2] [--fresh | --resume]
 `--resume` runs only the mutants of the last run that were not killed (survivors, no tests, not yet
 checked): after adding tests, or to finish a run the budget stopped. Killed mutants keep their verdict.
 `--sample N` runs every Nth mutant of each module (by name, so the same ones each time): an estimate of
-a large module's score when a full run does not fit the time (the rest stays `not_checked`).
+a large module's score when a full run does not fit the time; the figures printed are then those of the
+sample alone (with `--report-only --sample N` too).
 """
 
 from __future__ import annotations
@@ -83,9 +84,13 @@ def run_module(module: str, *, seconds: float, children: int, log: Path, names: 
             return False
 
 
-def figures(module: str, equivalent: set[str]) -> dict[str, int]:
+def figures(module: str, equivalent: set[str], sample: int = 1) -> dict[str, int]:
+    """The module's verdicts; with `sample` > 1, those of its sample only (every Nth mutant by name, as
+    `selected` runs them), so a sampled run's figures are not mixed with verdicts of earlier runs."""
     meta = ROOT / "mutants" / f"{module}.meta"
     codes: dict[str, int | None] = json.loads(meta.read_text())["exit_code_by_key"] if meta.exists() else {}
+    if sample > 1:
+        codes = {name: codes[name] for name in sorted(codes)[::sample]}
     out = {"mutants": len(codes), "killed": 0, "survived": 0, "no_tests": 0, "not_checked": 0, "equivalent": 0,
            "other": 0}
     for name, code in codes.items():
@@ -140,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
             if not done:
                 unfinished.append(module)
     equivalent = equivalents()
-    per_module = {m: figures(m, equivalent) for m in modules}
+    per_module = {m: figures(m, equivalent, args.sample) for m in modules}
     total = {k: sum(f[k] for f in per_module.values()) for k in next(iter(per_module.values()))}
     for module, f in per_module.items():
         print(f"  {module:38} score {score(f)!s:6} " + " ".join(f"{k}={v}" for k, v in f.items()), file=sys.stderr)

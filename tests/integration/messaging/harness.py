@@ -4,7 +4,9 @@ what messaging asked of it, so messaging's tests do not depend on the scoring se
 Like scoring, it changes a lead when it hears about it: an unsubscribe from all mail (or one without a
 scope), a spam report or a hard bounce withdraws email consent, and `update` changes a lead between two
 passes of the worker (consent withdrawn, address or time zone changed). `InProcessLeads` serves the same
-leads to an in-process messaging engine without gRPC (the fast tests mutation testing runs)."""
+leads to an in-process messaging engine without gRPC (the fast tests mutation testing runs).
+`JourneysFake` answers what messaging asks of journeys (audience members, a lead's enrolments), served
+in process through `InProcessChannel`."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from typing import Any
 
 import grpc
 
+from nurture.api.journeys.v1 import journeys_pb2, journeys_pb2_grpc
 from nurture.api.scoring.v1 import scoring_pb2, scoring_pb2_grpc
 from nurture.rpc import ServiceServer, start_server
 from tests.conftest import MESH_TOKEN
@@ -35,6 +38,9 @@ class ScoringStub(scoring_pb2_grpc.ScoringServicer):
         self.events: list[scoring_pb2.Event] = []
         self.keys: set[str] = set()
         self.down = False
+        # Event type -> (error_code, error_message): what scoring refuses per event, as the real one
+        # does for an event it cannot take (e.g. an unknown lead); refused events are not recorded.
+        self.refuse: dict[str, tuple[str, str]] = {}
 
     def add(self, lead: dict[str, Any]) -> None:
         self.leads[lead["id"]] = lead
@@ -79,6 +85,11 @@ class ScoringStub(scoring_pb2_grpc.ScoringServicer):
             await context.abort(grpc.StatusCode.UNAVAILABLE, "down")
         results = []
         for ev in request.events:
+            if ev.type in self.refuse:
+                code, message = self.refuse[ev.type]
+                results.append(scoring_pb2.EventResult(event_id=ev.idempotency_key, error_code=code,
+                                                       error_message=message))
+                continue
             dup = ev.idempotency_key in self.keys
             if not dup:
                 self.keys.add(ev.idempotency_key)
@@ -134,3 +145,73 @@ class InProcessLeads:
 
     async def get(self, lead_id: str) -> dict[str, Any] | None:
         return (await self.get_many([lead_id])).get(lead_id)
+
+
+class _Aborted(Exception):
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self.code, self.details = code, details
+
+
+class _Context:
+    async def abort(self, code: grpc.StatusCode, details: str = "") -> None:
+        raise _Aborted(code, details)
+
+
+class InProcessChannel:
+    """Stands in for a grpc.aio.Channel and hands each unary call to a servicer in this process, the
+    messages serialized both ways and an abort raised as the AioRpcError a client would get. For the
+    in-process tests `make mutate` runs in forked processes, where a real gRPC channel cannot live."""
+
+    def __init__(self, servicer: Any) -> None:
+        self.servicer = servicer
+        self.timeouts: list[float | None] = []    # the deadline each call was given
+
+    def unary_unary(self, method: str, request_serializer: Any = None, response_deserializer: Any = None,
+                    **_: Any) -> Any:
+        name = method.rsplit("/", 1)[1]
+
+        async def call(request: Any, timeout: float | None = None, **_: Any) -> Any:
+            self.timeouts.append(timeout)
+            received = type(request).FromString(request_serializer(request))
+            try:
+                reply = await getattr(self.servicer, name)(received, _Context())
+            except _Aborted as exc:
+                raise grpc.aio.AioRpcError(exc.code, grpc.aio.Metadata(), grpc.aio.Metadata(),
+                                           details=exc.details) from None
+            return response_deserializer(reply.SerializeToString())
+
+        return call
+
+
+class JourneysFake(journeys_pb2_grpc.JourneysServicer):
+    """What messaging asks of journeys (Members, LeadJourneys), answered from data the test sets, with
+    every answer the real service can give: pages (at most `page_size` ids each), NOT_FOUND for an
+    unknown journey, UNAVAILABLE while `down`."""
+
+    def __init__(self, page_size: int = 1000) -> None:
+        self.members: dict[str, list[str]] = {}        # "journey" or "journey.stage" -> active lead ids
+        self.enrollments: dict[str, list[dict[str, Any]]] = {}
+        self.page_size = page_size
+        self.down = False
+        self.requests: list[Any] = []
+        self.channel: InProcessChannel | None = None   # the channel serving it, when a test set one
+
+    async def Members(self, request: Any, context: Any) -> Any:
+        self.requests.append(request)
+        if self.down:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "down")
+        key = f"{request.journey}.{request.stage}" if request.stage else request.journey
+        if key not in self.members:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no journey {request.journey}")
+        start = int(request.cursor or 0)
+        end = start + min(self.page_size, request.limit or self.page_size)
+        ids = sorted(self.members[key])
+        return journeys_pb2.MembersReply(lead_ids=ids[start:end], next_cursor=str(end) if end < len(ids) else "")
+
+    async def LeadJourneys(self, request: Any, context: Any) -> Any:
+        self.requests.append(request)
+        if self.down:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "down")
+        return journeys_pb2.LeadJourneysReply(enrollments=[
+            journeys_pb2.Enrollment(**e) for e in self.enrollments.get(request.lead_id, [])])

@@ -118,3 +118,19 @@ def test_next_best_action_by_stage_and_score(lead: dict, expected: dict) -> None
     from services.messaging.app.channels import next_best_action
 
     assert next_best_action(lead, SITE) == expected
+
+
+def test_countries_of_interest_come_first_then_those_looked_at_once_each_at_most_five() -> None:
+    p = personalization(ENDED, {**LEAD, "attributes": {"countries_of_interest": ["CA", "AU"]},
+                                "interests": {"countries": ["AU", "NZ", "UK", "CA", "US", "IE"]}})
+    assert p.featured_countries == ["CA", "AU", "NZ", "UK", "US"]
+    assert personalization(ENDED, {**LEAD, "interests": {"countries": ["NZ"]}}).featured_countries == ["NZ"]
+
+
+def test_a_lead_no_journey_or_stage_places_gets_the_free_guides() -> None:
+    p = personalization(ENDED, {**LEAD, "lifecycle_stage": "unheard_of"})
+    catalog = Catalog()
+    guide = catalog.specs["lead_magnet.email_01"]
+    assert p.recommended_content == [{"key": "lead_magnet.email_01", "title": "Free immigration guides",
+                                      "url": catalog.cta_destination(guide), "reason": "no journey yet"}]
+    assert p.recommended_content[0]["url"].startswith("http")
