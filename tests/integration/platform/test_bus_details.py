@@ -17,7 +17,8 @@ from opentelemetry.propagate import inject
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from redis.exceptions import ResponseError
 
-from nurture.bus import MAX_DELIVERIES, Consumer, Publisher, encode, stream_key
+from nurture.bus import MAX_DELIVERIES, Consumer, Publisher, stream_key
+from nurture.busmessage import encode
 from nurture.redisconn import shard_of
 from tests.bus_messages import bus_message
 
