@@ -21,6 +21,7 @@ import httpx
 import sqlalchemy as sa
 
 from nurture.ports import free_port
+from nurture.settings import SERVICES
 
 
 @dataclass
@@ -69,7 +70,7 @@ def private_mesh(clock: str = "real", database_url: str | None = None) -> Iterat
            "NURTURE_EMBEDDED_REDIS": "1", "NURTURE_MESH_TOKEN": secrets.token_urlsafe(24),
            "NURTURE_SMTP_URL": f"smtp://127.0.0.1:{free_port()}", "NURTURE_CRM_URL": f"http://127.0.0.1:{free_port()}",
            "NURTURE_LOG_LEVEL": "WARNING", "NURTURE_EMBEDDED_SMTP": "1", "NURTURE_EMBEDDED_CRM": "1"}
-    for service in ("scoring", "journeys", "messaging", "crm_sync"):
+    for service in SERVICES:
         env[f"NURTURE_{service.upper()}_ADDR"] = f"127.0.0.1:{free_port()}"
     env.pop("NURTURE_DATABASE_URL", None)
     if database_url:
