@@ -62,7 +62,8 @@ def fresh_database(url: str | None) -> Iterator[str | None]:
 
 
 @contextmanager
-def private_mesh(clock: str = "real", database_url: str | None = None) -> Iterator[Mesh]:
+def private_mesh(clock: str = "real", database_url: str | None = None, without: tuple[str, ...] = ()
+                 ) -> Iterator[Mesh]:
     data = tempfile.mkdtemp(prefix="nurture-bench-")
     http = free_port()
     redis_password = secrets.token_urlsafe(24)
@@ -76,8 +77,9 @@ def private_mesh(clock: str = "real", database_url: str | None = None) -> Iterat
     if database_url:
         env["NURTURE_DATABASE_URL"] = database_url
     proc = subprocess.Popen([sys.executable, "-m", "nurture.cli", "up", "--data-dir", data, "--http-port", str(http),
-                             "--clock", clock, "--api-key", "bench-key"], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+                             "--clock", clock, "--api-key", "bench-key",
+                             *[a for service in without for a in ("--without", service)]],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{http}"
     try:
         deadline = time.monotonic() + 90

@@ -55,6 +55,8 @@ class TemplateSpec:
     # them, and a meeting CTA (`cta.lead_attribute: meeting_link`) is their own booking link.
     speaks_for: str = ""
     cta_lead_attribute: str = ""  # a lead attribute that, when it is a web address, is the CTA's address
+    topic: str = ""   # what the piece is about (analytics groups by it); the catalog's `content` section
+    format: str = ""  # what kind of piece it is (newsletter, guide, webinar, ...)
 
 
 @dataclass(frozen=True)
@@ -187,8 +189,14 @@ class Catalog:
         self.sender_name = str(sender.get("name", "BorderBridge"))
         self.sender_address = str(sender.get("address", "hello@borderbridge.example"))
         self.specs: dict[str, TemplateSpec] = {}
+        content = data.get("content") or {}
+        formats = [str(f) for f in content.get("formats") or []]
+        topics = {str(k): str(v) for k, v in (content.get("topics") or {}).items()}
         for key, raw in (data.get("templates") or {}).items():
             journey, _, step = key.partition(".")
+            fmt = str(raw.get("format") or content.get("default_format") or "")
+            if formats and fmt not in formats:
+                raise ValueError(f"{path}: template {key}: format {fmt!r} is not one of content.formats")
             cta = raw.get("cta") or {}
             # A point written `- Label: text` is a YAML mapping, not a sentence: refuse it at load time
             # (it rendered as "{'Label': 'text'}" in the email).
@@ -205,6 +213,7 @@ class Catalog:
                 cta_context=str(cta.get("context") or ""),
                 speaks_for=str(raw.get("speaks_for") or ""),
                 cta_lead_attribute=str(cta.get("lead_attribute") or ""),
+                topic=str(raw.get("topic") or topics.get(journey, "")), format=fmt,
             )
         self._text_env = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
         self._html_env = ImmutableSandboxedEnvironment(
