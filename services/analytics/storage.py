@@ -343,24 +343,43 @@ def _won_in_range(session: Session, q: Query) -> list[dict[str, Any]]:
             .mappings()]
 
 
-def _touches_before(session: Session, lead_id: str, until: datetime, since: datetime | None,
-                    journey: str | None) -> list[dict[str, Any]]:
-    cond = [touches.c.lead_id == lead_id, touches.c.at <= until]
-    if since is not None:
-        cond.append(touches.c.at >= since)
-    if journey is not None:
-        cond.append(touches.c.journey == journey)
-    return [dict(r) for r in session.execute(select(touches).where(*cond).order_by(touches.c.at, touches.c.id))
-            .mappings()]
+def _touches_of(session: Session, deals: Sequence[dict[str, Any]], journey: str | None
+                ) -> dict[str, list[dict[str, Any]]]:
+    """Every touch of the deals' leads up to their last win, by lead, in time order (one query per
+    CHUNK leads, not one per deal)."""
+    latest: dict[str, datetime] = {}
+    for d in deals:
+        at = _aware(d["at"])
+        assert at is not None
+        latest[d["lead_id"]] = max(latest.get(d["lead_id"], at), at)
+    out: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for part in _chunks(sorted(latest)):
+        cond: list[ColumnElement[bool]] = [touches.c.lead_id.in_(part)]
+        if journey is not None:
+            cond.append(touches.c.journey == journey)
+        rows = session.execute(select(touches.c.lead_id, touches.c.at, touches.c.id, touches.c.journey,
+                                      touches.c.template, touches.c.topic, touches.c.format).where(*cond)).mappings()
+        for r in rows:
+            row = {**r, "at": _aware(r["at"])}
+            if row["at"] <= latest[row["lead_id"]]:
+                out[row["lead_id"]].append(row)
+    for lead_touches in out.values():
+        lead_touches.sort(key=lambda t: (t["at"], t["id"]))
+    return out
+
+
+def _before(touched: Sequence[dict[str, Any]], until: datetime, since: datetime | None) -> list[dict[str, Any]]:
+    return [t for t in touched if t["at"] <= until and (since is None or t["at"] >= since)]
 
 
 def attribution_report(session: Session, q: Query, model: str, window_days: int) -> dict[str, Any]:
+    deals = _won_in_range(session, q)
+    by_lead = _touches_of(session, deals, q.journey)
     conversions = []
-    for deal in _won_in_range(session, q):
+    for deal in deals:
         at = _aware(deal["at"])
         assert at is not None
-        conversions.append((deal, _touches_before(session, deal["lead_id"], at, at - timedelta(days=window_days),
-                                                  q.journey)))
+        conversions.append((deal, _before(by_lead.get(deal["lead_id"], []), at, at - timedelta(days=window_days))))
     return {**domain.attribution_report(conversions, model), "window_days": window_days}
 
 
@@ -376,10 +395,12 @@ def roi_report(session: Session, q: Query, costs: dict[str, Any]) -> dict[str, A
         .group_by(nurtured.c.journey))}
     influenced = 0.0
     by_j_revenue: dict[str, float] = defaultdict(float)
-    for deal in _won_in_range(session, q):
+    deals = _won_in_range(session, q)
+    by_lead = _touches_of(session, deals, q.journey)
+    for deal in deals:
         at = _aware(deal["at"])
         assert at is not None
-        touched = _touches_before(session, deal["lead_id"], at, None, q.journey)
+        touched = _before(by_lead.get(deal["lead_id"], []), at, None)
         if touched:
             influenced += float(deal["amount"])
         for j in sorted({str(t["journey"]) for t in touched}):
