@@ -11,11 +11,11 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Table, and_, delete, func, insert, select, update
+from sqlalchemy import Table, and_, delete, func, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
@@ -54,7 +54,8 @@ def _aware(value: datetime | None) -> datetime | None:
 def _upsert(session: Session, table: Table, rows: list[dict[str, Any]], *, add: Sequence[str] = (),
             ignore: bool = False) -> None:
     """Insert rows; on a key that exists, add the `add` columns to it and replace the others (or with
-    `ignore`, leave it as it is). The same statements on SQLite and PostgreSQL."""
+    `ignore`, leave it as it is). One single-row statement run as executemany: it compiles once (a
+    multi-row VALUES compiles again for every row count, which cost more than the writes)."""
     if not rows:
         return
     dialect = session.get_bind().dialect.name
@@ -63,18 +64,17 @@ def _upsert(session: Session, table: Table, rows: list[dict[str, Any]], *, add: 
     make = postgresql.insert if dialect == "postgresql" else sqlite.insert
     keys = [c.name for c in table.primary_key.columns]
     others = [c.name for c in table.columns if c.name not in keys]
-    for part in _chunks(rows, 200):  # bounded statements: SQLite takes at most 32766 parameters
-        stmt: Any = make(table).values(list(part))
-        if ignore or not others:
-            stmt = stmt.on_conflict_do_nothing(index_elements=keys)
-        else:
-            stmt = stmt.on_conflict_do_update(index_elements=keys, set_={
-                n: (table.c[n] + stmt.excluded[n]) if n in add else stmt.excluded[n] for n in others})
-        session.execute(stmt)
+    stmt: Any = make(table)
+    if ignore or not others:
+        stmt = stmt.on_conflict_do_nothing(index_elements=keys)
+    else:
+        stmt = stmt.on_conflict_do_update(index_elements=keys, set_={
+            n: (table.c[n] + stmt.excluded[n]) if n in add else stmt.excluded[n] for n in others})
+    session.execute(stmt, rows)
 
 
 def _encode(f: Fact) -> str:
-    body = {k: v for k, v in asdict(f).items() if v not in ("", None, 0.0)}
+    body = {k: v for k in _FACT_FIELDS if (v := getattr(f, k)) not in ("", None, 0.0)}
     body["at"] = f.at.isoformat()
     if f.since is not None:
         body["since"] = f.since.isoformat()
@@ -87,6 +87,9 @@ def _decode(body: str) -> Fact:
     assert at is not None
     since = parse_time(raw.pop("since", None))
     return Fact(at=at, since=since, **raw)
+
+
+_FACT_FIELDS = tuple(f.name for f in fields(Fact))
 
 
 @dataclass
@@ -117,7 +120,6 @@ class Fold:
         for part in _chunks(mids):
             for r in self.s.execute(select(messages).where(messages.c.message_id.in_(part))).mappings():
                 msgs[r["message_id"]] = _Msg(r["sent"], r["opened"], r["clicked"], r["bounced"])
-        fresh_msgs = set(mids) - set(msgs)
         lead_ids = sorted({f.lead_id for f in batch if f.kind == "stage"})
         lead_state: dict[str, tuple[str, datetime]] = {}
         for part in _chunks(lead_ids):
@@ -142,7 +144,7 @@ class Fold:
                 if f.message_id:
                     changed_msgs.add(f.message_id)
                 self._engagement(f, msgs.setdefault(f.message_id, _Msg()) if f.message_id else None, paths)
-        self._write(msgs, fresh_msgs, changed_msgs, lead_state, changed_leads, paths)
+        self._write(msgs, changed_msgs, lead_state, changed_leads, paths)
 
     def _engagement(self, f: Fact, m: _Msg | None, paths: dict[tuple[str, str], dict[str, dict[str, Any]]]) -> None:
         day = domain.day_of(f.at)
@@ -192,15 +194,12 @@ class Fold:
         self.life[(domain.day_of(f.at), f.previous, f.stage, f.segment, domain.dwell_minutes(since, f.at))] += 1
         state[f.lead_id] = (f.stage, f.at)
 
-    def _write(self, msgs: dict[str, _Msg], fresh: set[str], changed: set[str],
+    def _write(self, msgs: dict[str, _Msg], changed: set[str],
                lead_state: dict[str, tuple[str, datetime]], changed_leads: set[str],
                paths: dict[tuple[str, str], dict[str, dict[str, Any]]]) -> None:
         s = self.s
-        new_rows = [{"message_id": k, **asdict(msgs[k])} for k in sorted(changed & fresh)]
-        if new_rows:
-            s.execute(insert(messages), new_rows)
-        for k in sorted(changed - fresh):
-            s.execute(update(messages).where(messages.c.message_id == k).values(**asdict(msgs[k])))
+        _upsert(s, messages, [{"message_id": k, "sent": m.sent, "opened": m.opened, "clicked": m.clicked,
+                               "bounced": m.bounced} for k in sorted(changed) for m in (msgs[k],)])
         _upsert(s, leads, [{"lead_id": k, "stage": lead_state[k][0], "since": lead_state[k][1]}
                            for k in sorted(changed_leads)])
         dirty = [{k: v for k, v in row.items() if k != "_dirty"}
@@ -234,9 +233,8 @@ def record(session: Session, batch: Sequence[Fact]) -> int:
     new = [f for f in unique.values() if f.id not in known]
     if not new:
         return 0
-    for part in _chunks(new, 200):
-        session.execute(insert(facts), [{"id": f.id, "lead_id": f.lead_id, "kind": f.kind, "at": f.at,
-                                         "body": _encode(f)} for f in part])
+    session.execute(insert(facts), [{"id": f.id, "lead_id": f.lead_id, "kind": f.kind, "at": f.at,
+                                     "body": _encode(f)} for f in new])
     Fold(session).run(new)
     return len(new)
 

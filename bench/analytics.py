@@ -1,0 +1,213 @@
+"""Analytics: load many leads and events into the read model, time every report (p95), and measure what
+keeping the read model costs the mesh's end-to-end ingest rate. Prints figures, then one JSON line.
+
+    .venv/bin/python bench/analytics.py [--leads 100000] [--events 2000000] [--repeats 20]
+                                        [--ingest-events 20000] [--database-url URL]
+
+Part 1 (reports): bus messages of `--leads` leads over 90 days (sends, opens, clicks, bounces,
+unsubscribes, lifecycle changes, won deals, and page views the read model ignores) go through the
+bus adapter and `storage.record` in batches of 500, as the consumer does; then every report is timed
+in process (storage + domain: the gateway and gRPC add their fixed few milliseconds) over the last 30
+days and over all 90, `--repeats` times each. Part 2 (ingest cost): the same mix of events through the
+gateway's batch endpoint into two private meshes, one without the analytics service: the end-to-end
+rate (accepted and handled by every consumer) of each, and their ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench._http import LeanClient  # noqa: E402
+from bench._mesh import add_database_arg, database_kind, fresh_database, private_mesh  # noqa: E402
+from bench.ingest import drained  # noqa: E402
+from nurture.db import open_database  # noqa: E402
+from nurture.settings import load_settings  # noqa: E402
+from services.analytics import domain, storage  # noqa: E402
+from services.analytics.facts import from_bus  # noqa: E402
+from services.analytics.server import MIGRATIONS, load_costs  # noqa: E402
+
+END = datetime(2026, 6, 1, tzinfo=UTC)
+DAYS = 90
+JOURNEYS = {"skilled_professional": ["welcome", "education", "consideration", "decision"],
+            "family": ["welcome", "education", "decision"], "entrepreneur": ["welcome", "value", "conversion"],
+            "webinar": ["registration", "event", "follow_up"], "re_engagement": ["recovery", "last_call"]}
+SEGMENTS = ["skilled_professional", "family", "entrepreneur", ""]
+TOPICS = ["careers_and_skills", "family_relocation", "business_immigration", "events", "reengagement"]
+FORMATS = ["newsletter", "guide", "webinar", "comparison", "offer"]
+STAGES = ["subscriber", "lead", "mql", "sql", "trial", "customer"]
+# Bus message mix by type (the rest are page views, which the read model drops at the adapter).
+MIX = [("email_sent", 0.30), ("email_opened", 0.18), ("email_clicked", 0.07), ("email_hard_bounced", 0.01),
+       ("email_bounced", 0.01), ("unsubscribed", 0.005), ("stage_changed", 0.03), ("opportunity_won", 0.004)]
+
+
+def history(leads: int, events: int, seed: int = 7) -> Iterator[dict[str, Any]]:
+    """Bus messages in time order, each lead's story consistent enough for every report to have work."""
+    rnd = random.Random(seed)
+    kinds, weights = zip(*MIX, strict=True)
+    rest = 1 - sum(weights)
+    start = END - timedelta(days=DAYS)
+    step = timedelta(days=DAYS) / max(1, events)
+    stage = [0] * leads
+    sends = [0] * leads
+    for n in range(events):
+        lead = rnd.randrange(leads)
+        lid = f"L{lead}"
+        at = start + step * n
+        kind = rnd.choices([*kinds, "page_viewed"], [*weights, rest])[0]
+        journey = sorted(JOURNEYS)[lead % len(JOURNEYS)]
+        props: dict[str, Any] = {}
+        mid = ""
+        if kind.startswith("email") or kind == "unsubscribed":
+            if kind in ("email_sent", "email_hard_bounced"):
+                sends[lead] += 1
+            k = max(0, sends[lead] - rnd.randrange(0, 2))
+            mid = f"m{lead}-{k}"
+            stages = JOURNEYS[journey]
+            st = stages[min(len(stages) - 1, k // 3)]
+            props = {"message_id": mid, "journey": journey, "step": f"email_{k:02d}", "stage": st,
+                     "template": f"{journey}.email_{k % 17:02d}", "channel": "email",
+                     "topic": TOPICS[lead % len(TOPICS)], "format": FORMATS[k % len(FORMATS)]}
+        elif kind == "stage_changed":
+            if stage[lead] == len(STAGES) - 1:
+                kind = "page_viewed"
+            else:
+                old = STAGES[stage[lead]]
+                stage[lead] += 1
+                props = {"old": old, "new": STAGES[stage[lead]]}
+        elif kind == "opportunity_won":
+            props = {"deal_id": f"d{n}", "stage": "closed_won", "amount": rnd.choice([1500, 4800, 12000])}
+        yield {"id": f"e{n}" + (":stage" if kind == "stage_changed" else ""), "lead_id": lid, "type": kind,
+               "properties": props, "occurred_at": at.isoformat(),
+               "lead": {"id": lid, "segment": SEGMENTS[lead % len(SEGMENTS)] or None,
+                        "created_at": start.isoformat()}}
+
+
+def p95(samples: list[float]) -> float:
+    ordered = sorted(samples)
+    return round(ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))] * 1000, 2)
+
+
+def reports(db_url: str | None, leads: int, events: int, repeats: int) -> dict[str, Any]:
+    data = Path(tempfile.mkdtemp(prefix="nurture-bench-analytics-"))
+    settings = load_settings(environ={}, data_dir=data, database_url=db_url)
+    db = open_database(settings, service="analytics", migrations_dir=MIGRATIONS)
+    batch: list[Any] = []
+    recorded = 0
+    t0 = time.perf_counter()
+    for m in history(leads, events):
+        batch.append(from_bus(m))
+        if len(batch) == 500:
+            with db.session() as s:
+                recorded += storage.record(s, [f for f in batch if f is not None])
+            batch = []
+    if batch:
+        with db.session() as s:
+            recorded += storage.record(s, [f for f in batch if f is not None])
+    load_s = time.perf_counter() - t0
+    costs = load_costs()
+    last30 = storage.Query(domain.day_of(END - timedelta(days=30)), domain.day_of(END))
+    full = storage.Query(domain.day_of(END - timedelta(days=DAYS)), domain.day_of(END))
+    cases: dict[str, Callable[[Any, storage.Query], Any]] = {
+        **{f"engagement_{g}": (lambda s, q, g=g: storage.engagement_report(s, q, g)) for g in domain.ENGAGEMENT_GROUPS},
+        "progression": storage.progression_report,
+        **{f"attribution_{m}": (lambda s, q, m=m: storage.attribution_report(s, q, m, 30))
+           for m in domain.ATTRIBUTION_MODELS},
+        "roi": lambda s, q: storage.roi_report(s, q, costs),
+        **{f"timeseries_{m}": (lambda s, q, m=m: storage.timeseries_report(s, q, m, "day"))
+           for m in domain.TIMESERIES_METRICS},
+    }
+    out: dict[str, Any] = {"leads": leads, "events": events, "facts_recorded": recorded,
+                           "load_s": round(load_s, 1), "load_events_per_s": round(events / load_s, 1)}
+    worst = 0.0
+    for name, fn in cases.items():
+        for label, q in (("30d", last30), ("90d", full)):
+            samples = []
+            for _ in range(repeats):
+                t = time.perf_counter()
+                with db.session() as s:
+                    fn(s, q)
+                samples.append(time.perf_counter() - t)
+            out[f"{name}_{label}_p95_ms"] = p95(samples)
+            worst = max(worst, out[f"{name}_{label}_p95_ms"])
+    out["worst_report_p95_ms"] = worst
+    out["worst_report_p95_ms / 300"] = round(worst / 300, 3)
+    db.close()
+    return out
+
+
+async def ingest_rate(url: str, key: str, redis_url: str, events: int) -> float:
+    """Events per second from the first batch posted until every consumer group has handled everything."""
+    headers = {"Authorization": f"Bearer {key}"}
+    leads = 500
+    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=60) as client:
+        for i in range(0, leads, 50):
+            await asyncio.gather(*(client.post("/v1/leads", json={"id": f"a{j}", "email": f"a{j}@example.com"})
+                                   for j in range(i, i + 50)))
+    await drained(redis_url)
+    mix = [m for m in history(leads, events, seed=11)]
+    for m in mix:
+        m["lead_id"] = f"a{m['lead_id'][1:]}"
+    lean = LeanClient(url, headers)
+    queue = iter(range(0, len(mix), 1000))
+
+    async def batcher() -> None:
+        for b in queue:
+            body = {"events": [{"lead_id": m["lead_id"], "type": m["type"], "properties": m["properties"],
+                                "occurred_at": m["occurred_at"]} for m in mix[b:b + 1000]]}
+            status, text = await lean.post("/v1/events:batch", body)
+            assert status == 202, text[:300]
+
+    start = time.perf_counter()
+    await asyncio.gather(*(batcher() for _ in range(2)))
+    await drained(redis_url)
+    elapsed = time.perf_counter() - start
+    await lean.aclose()
+    return len(mix) / elapsed
+
+
+def ingest_cost(db_url: str | None, events: int) -> dict[str, Any]:
+    rates = {}
+    for label, without in (("without_analytics", ("analytics",)), ("with_analytics", ())):
+        with fresh_database(db_url) as database_url, private_mesh(database_url=database_url, without=without) as mesh:
+            rates[label] = asyncio.run(ingest_rate(mesh.url, mesh.api_key, mesh.env["NURTURE_REDIS_URL"], events))
+    ratio = rates["with_analytics"] / rates["without_analytics"]
+    return {"ingest_events": events,
+            "end_to_end_events_per_s_without_analytics": round(rates["without_analytics"], 1),
+            "end_to_end_events_per_s_with_analytics": round(rates["with_analytics"], 1),
+            "with / without": round(ratio, 3), "read_model_cost_pct": round(100 * (1 - ratio), 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--leads", type=int, default=100_000)
+    parser.add_argument("--events", type=int, default=2_000_000)
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--ingest-events", type=int, default=20_000, help="0: skip the ingest-cost part")
+    add_database_arg(parser)
+    args = parser.parse_args()
+    with fresh_database(args.database_url) as database_url:
+        result: dict[str, Any] = {"database": database_kind(args.database_url),
+                                  **reports(database_url, args.leads, args.events, args.repeats)}
+    if args.ingest_events:
+        result.update(ingest_cost(args.database_url, args.ingest_events))
+    for name, value in result.items():
+        print(f"{name:48s} {value}")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
