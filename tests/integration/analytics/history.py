@@ -177,7 +177,8 @@ def counted(stream: Sequence[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]
         kind = ENGAGEMENT.get(m["type"])
         if kind is None:
             continue
-        mid = m["properties"].get("message_id", "")
+        # Unique per message; an event that names no message is its own (each one counts).
+        mid = m["properties"].get("message_id") or f"event:{m['id']}"
         if kind == "unsubscribed":
             out.append((kind, m))
             continue
