@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import json
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -146,6 +147,7 @@ def reports(db_url: str | None, leads: int, events: int, repeats: int) -> dict[s
     out["worst_report_p95_ms"] = worst
     out["worst_report_p95_ms / 300"] = round(worst / 300, 3)
     db.close()
+    shutil.rmtree(data, ignore_errors=True)
     return out
 
 
