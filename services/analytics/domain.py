@@ -33,6 +33,15 @@ class QueryError(ValueError):
     """A report query that cannot be answered (bad parameter); the gateway answers 422 with it."""
 
 
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+DAY_US = 86_400_000_000
+
+
+def micros(at: datetime) -> int:
+    """A time as whole microseconds since 1970 (exact: no float on the way)."""
+    return (at - EPOCH) // timedelta(microseconds=1)
+
+
 def day_of(at: datetime) -> date:
     return (at if at.tzinfo else at.replace(tzinfo=UTC)).astimezone(UTC).date()
 
@@ -88,18 +97,18 @@ def engagement_row(group: str, sums: Mapping[str, int]) -> dict[str, Any]:
 
 
 def stage_rows(counts: Mapping[tuple[str, str], tuple[int, int]],
-               dwell: Mapping[tuple[str, str], Mapping[int, int]]) -> list[dict[str, Any]]:
-    """Stage conversion and velocity per (journey, stage), with bottlenecks flagged and explained.
+               dwell: Mapping[tuple[str, str], tuple[float | None, float | None]]) -> list[dict[str, Any]]:
+    """Stage conversion and velocity per (journey, stage) from entered/advanced counts and the (median,
+    p90) dwell in minutes, with bottlenecks flagged and explained.
 
     A stage no lead has left yet (advanced 0) is treated as where the journey ends so far and is not
     compared: every journey's last stage would otherwise look like its worst."""
     rows: list[dict[str, Any]] = []
     for (journey, stage), (entered, advanced) in sorted(counts.items()):
-        hist = dwell.get((journey, stage), {})
-        med = median(hist)
+        med, p90_ = dwell.get((journey, stage), (None, None))
         rows.append({"journey": journey, "stage": stage, "entered": entered, "advanced": advanced,
                      "conversion_rate": rate(advanced, entered), "median_hours": hours(med),
-                     "p90_hours": hours(p90(hist)), "bottleneck": False, "why": "", "_median": med})
+                     "p90_hours": hours(p90_), "bottleneck": False, "why": "", "_median": med})
     by_journey: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
         if r["advanced"]:
@@ -127,9 +136,10 @@ def stage_rows(counts: Mapping[tuple[str, str], tuple[int, int]],
     return rows
 
 
-def lifecycle_rows(hists: Mapping[tuple[str, str], Mapping[int, int]]) -> list[dict[str, Any]]:
-    return [{"from": f, "to": t, "count": sum(h.values()), "median_hours": hours(median(h))}
-            for (f, t), h in sorted(hists.items())]
+def lifecycle_rows(changes: Mapping[tuple[str, str], tuple[int, float | None]]) -> list[dict[str, Any]]:
+    """Lifecycle transitions from (count, median minutes) per (from, to)."""
+    return [{"from": f, "to": t, "count": n, "median_hours": hours(med)}
+            for (f, t), (n, med) in sorted(changes.items())]
 
 
 def qualification_rows(weekly: Mapping[tuple[date, str], int]) -> list[dict[str, Any]]:

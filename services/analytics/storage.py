@@ -9,13 +9,14 @@ again in the order it was heard.
 from __future__ import annotations
 
 import json
+import math
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, fields
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from typing import Any
 
-from sqlalchemy import Table, and_, delete, func, insert, select
+from sqlalchemy import Float, Table, and_, delete, func, insert, literal, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
@@ -138,7 +139,8 @@ class Fold:
                 self._stage(f, lead_state)
                 changed_leads.add(f.lead_id)
             elif f.kind == "won":
-                self.won.append({"id": f.id, "lead_id": f.lead_id, "at": f.at, "day": domain.day_of(f.at),
+                self.won.append({"id": f.id, "lead_id": f.lead_id, "at": f.at, "ts": domain.micros(f.at),
+                                 "day": domain.day_of(f.at),
                                  "segment": f.segment, "amount": f.amount})
             else:
                 if f.message_id:
@@ -171,7 +173,8 @@ class Fold:
         cell[flag] += 1
         if m is not None:
             setattr(m, flag, True)
-        self.touches.append({"id": f.id, "lead_id": f.lead_id, "at": f.at, "journey": f.journey,
+        self.touches.append({"id": f.id, "lead_id": f.lead_id, "at": f.at, "ts": domain.micros(f.at),
+                             "journey": f.journey,
                              "template": f.template, "topic": f.topic, "format": f.format})
 
     def _path(self, f: Fact, stages: dict[str, dict[str, Any]]) -> None:
@@ -291,29 +294,51 @@ def engagement_report(session: Session, q: Query, group_by: str) -> list[dict[st
             for r in rows]
 
 
+def _percentiles(session: Session, table: Table, keys: Sequence[str], where: ColumnElement[bool]
+                 ) -> dict[tuple[str, ...], tuple[int, float | None, float | None]]:
+    """Per group of `keys`: (count, median, p90) of a minutes histogram, ranked in SQL with window sums so
+    only the (at most three) rows holding the ranks come back, however many distinct values there are."""
+    grouped = select(*[table.c[k] for k in keys], table.c.minutes, func.sum(table.c.n).label("c")) \
+        .where(where).group_by(*[table.c[k] for k in keys], table.c.minutes).subquery()
+    part = [grouped.c[k] for k in keys]
+    ranked = select(*part, grouped.c.minutes, grouped.c.c,
+                    func.sum(grouped.c.c).over(partition_by=part, order_by=grouped.c.minutes).label("cum"),
+                    func.sum(grouped.c.c).over(partition_by=part).label("tot")).subquery()
+    cum, c, tot = ranked.c.cum, ranked.c.c, ranked.c.tot
+    ranks = [(tot - 1) / 2, tot / 2, (9 * tot + 9) / 10 - 1]  # integer division on integer columns
+    holds = [and_(cum > r, cum - c <= r) for r in ranks]
+    rows = session.execute(select(*[ranked.c[k] for k in keys], ranked.c.minutes, cum, c, tot)
+                           .where(or_(*holds))).all()
+    found: dict[tuple[str, ...], list[tuple[int, int, int, int]]] = defaultdict(list)
+    for r in rows:
+        found[tuple(r[:len(keys)])].append((int(r[-4]), int(r[-3]), int(r[-2]), int(r[-1])))
+    out: dict[tuple[str, ...], tuple[int, float | None, float | None]] = {}
+    for key, hits in found.items():
+        n = hits[0][3]
+
+        def at(rank: int, hits: list[tuple[int, int, int, int]] = hits) -> int:
+            return next(m for m, cm, cc, _ in hits if cm > rank >= cm - cc)
+        out[key] = (n, (at((n - 1) // 2) + at(n // 2)) / 2, float(at(math.ceil(0.9 * n) - 1)))
+    return out
+
+
 def progression_report(session: Session, q: Query) -> dict[str, Any]:
     counts: dict[tuple[str, str], tuple[int, int]] = {}
     for r in session.execute(select(stage_counts.c.journey, stage_counts.c.stage, func.sum(stage_counts.c.entered),
                                     func.sum(stage_counts.c.advanced)).where(q.where(stage_counts))
                              .group_by(stage_counts.c.journey, stage_counts.c.stage)):
         counts[(r[0], r[1])] = (int(r[2] or 0), int(r[3] or 0))
-    dwell: dict[tuple[str, str], dict[int, int]] = defaultdict(dict)
-    for r in session.execute(select(stage_dwell.c.journey, stage_dwell.c.stage, stage_dwell.c.minutes,
-                                    func.sum(stage_dwell.c.n)).where(q.where(stage_dwell))
-                             .group_by(stage_dwell.c.journey, stage_dwell.c.stage, stage_dwell.c.minutes)):
-        dwell[(r[0], r[1])][int(r[2])] = int(r[3])
-    hists: dict[tuple[str, str], dict[int, int]] = defaultdict(dict)
+    dwell = {(k[0], k[1]): (med, p90) for k, (_, med, p90)
+             in _percentiles(session, stage_dwell, ("journey", "stage"), q.where(stage_dwell)).items()}
+    life = {(k[0], k[1]): (n, med) for k, (n, med, _) in
+            _percentiles(session, lifecycle, ("from_stage", "to_stage"), q.where(lifecycle)).items()}
     weekly: dict[tuple[date, str], int] = defaultdict(int)
-    life: Any = session.execute(select(lifecycle.c.day, lifecycle.c.from_stage, lifecycle.c.to_stage,
-                                    lifecycle.c.minutes, func.sum(lifecycle.c.n)).where(q.where(lifecycle))
-                             .group_by(lifecycle.c.day, lifecycle.c.from_stage, lifecycle.c.to_stage,
-                                       lifecycle.c.minutes))
-    for r in life:
-        h = hists[(r[1], r[2])]
-        h[int(r[3])] = h.get(int(r[3]), 0) + int(r[4])
-        if r[2] in domain.QUALIFICATION:
-            weekly[(domain.week_of(r[0]), r[2])] += int(r[4])
-    return {"stages": domain.stage_rows(counts, dwell), "lifecycle": domain.lifecycle_rows(hists),
+    for day, to_stage, n in session.execute(
+            select(lifecycle.c.day, lifecycle.c.to_stage, func.sum(lifecycle.c.n))
+            .where(q.where(lifecycle), lifecycle.c.to_stage.in_(domain.QUALIFICATION))
+            .group_by(lifecycle.c.day, lifecycle.c.to_stage)):
+        weekly[(domain.week_of(day), to_stage)] += int(n)
+    return {"stages": domain.stage_rows(counts, dwell), "lifecycle": domain.lifecycle_rows(life),
             "qualification": domain.qualification_rows(weekly)}
 
 
@@ -336,49 +361,54 @@ def timeseries_report(session: Session, q: Query, metric: str, interval: str) ->
     return domain.bucket_points(by_day, interval)
 
 
-def _won_in_range(session: Session, q: Query) -> list[dict[str, Any]]:
-    return [dict(r) for r in session.execute(select(won).where(q.where(won)).order_by(won.c.at, won.c.id))
-            .mappings()]
-
-
-def _touches_of(session: Session, deals: Sequence[dict[str, Any]], journey: str | None
-                ) -> dict[str, list[dict[str, Any]]]:
-    """Every touch of the deals' leads up to their last win, by lead, in time order (one query per
-    CHUNK leads, not one per deal)."""
-    latest: dict[str, datetime] = {}
-    for d in deals:
-        at = _aware(d["at"])
-        assert at is not None
-        latest[d["lead_id"]] = max(latest.get(d["lead_id"], at), at)
-    out: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for part in _chunks(sorted(latest)):
-        cond: list[ColumnElement[bool]] = [touches.c.lead_id.in_(part)]
-        if journey is not None:
-            cond.append(touches.c.journey == journey)
-        rows = session.execute(select(touches.c.lead_id, touches.c.at, touches.c.id, touches.c.journey,
-                                      touches.c.template, touches.c.topic, touches.c.format).where(*cond)).mappings()
-        for r in rows:
-            row = {**r, "at": _aware(r["at"])}
-            if row["at"] <= latest[row["lead_id"]]:
-                out[row["lead_id"]].append(row)
-    for lead_touches in out.values():
-        lead_touches.sort(key=lambda t: (t["at"], t["id"]))
-    return out
-
-
-def _before(touched: Sequence[dict[str, Any]], until: datetime, since: datetime | None) -> list[dict[str, Any]]:
-    return [t for t in touched if t["at"] <= until and (since is None or t["at"] >= since)]
+def _touched_before(q: Query, window_us: int | None) -> Any:
+    """Won deals in range joined to their lead's touches at or before the win (and within the window)."""
+    on = [touches.c.lead_id == won.c.lead_id, touches.c.ts <= won.c.ts]
+    if window_us is not None:
+        on.append(touches.c.ts >= won.c.ts - window_us)
+    if q.journey is not None:
+        on.append(touches.c.journey == q.journey)
+    return won.join(touches, and_(*on))
 
 
 def attribution_report(session: Session, q: Query, model: str, window_days: int) -> dict[str, Any]:
-    deals = _won_in_range(session, q)
-    by_lead = _touches_of(session, deals, q.journey)
-    conversions = []
-    for deal in deals:
-        at = _aware(deal["at"])
-        assert at is not None
-        conversions.append((deal, _before(by_lead.get(deal["lead_id"], []), at, at - timedelta(days=window_days))))
-    return {**domain.attribution_report(conversions, model), "window_days": window_days}
+    total, revenue = session.execute(select(func.count(), func.sum(won.c.amount)).where(q.where(won))).one()
+    order = (touches.c.ts, touches.c.id)
+    credited = select(
+        won.c.id.label("deal"), won.c.amount, touches.c.template, touches.c.topic, touches.c.format,
+        func.row_number().over(partition_by=won.c.id, order_by=order).label("first"),
+        func.row_number().over(partition_by=won.c.id, order_by=[o.desc() for o in order]).label("last"),
+        func.count().over(partition_by=won.c.id).label("k"),
+    ).select_from(_touched_before(q, window_days * domain.DAY_US)).where(q.where(won)).subquery()
+    one = literal(1.0, Float)
+    if model == "linear":
+        picked = credited.select().subquery()
+        share: Any = one / picked.c.k  # each touch an equal part of the conversion
+    else:
+        picked = credited.select().where(credited.c[model] == 1).subquery()
+        share = one
+    shared = select(picked.c.deal, picked.c.amount, picked.c.template, picked.c.topic, picked.c.format,
+                    share.label("share")).subquery()
+    dims = (shared.c.template, shared.c.topic, shared.c.format)
+    by_template = session.execute(select(*dims, func.sum(shared.c.share), func.sum(shared.c.share * shared.c.amount))
+                                  .group_by(*dims).order_by(*dims)).all()
+    attributed = session.scalar(select(func.count(func.distinct(shared.c.deal)))) or 0
+    per_dim: dict[str, dict[str, list[float]]] = {"topic": {}, "format": {}}
+    for _template, topic, fmt, conv, rev in by_template:
+        for dim, value in (("topic", topic), ("format", fmt)):
+            cell = per_dim[dim].setdefault(value, [0.0, 0.0])
+            cell[0] += float(conv)
+            cell[1] += float(rev)
+    out: dict[str, Any] = {
+        "model": model, "conversions": int(total or 0), "revenue": round(float(revenue or 0), 2),
+        "unattributed": int(total or 0) - int(attributed),
+        "by_template": [{"template": t, "topic": tp, "format": f, "conversions": round(float(c), 4),
+                         "revenue": round(float(r), 2)} for t, tp, f, c, r in by_template]}
+    for dim in ("topic", "format"):
+        out[f"by_{dim}"] = [{dim: k, "conversions": round(v[0], 4), "revenue": round(v[1], 2)}
+                            for k, v in sorted(per_dim[dim].items())]
+    out["window_days"] = window_days
+    return out
 
 
 def roi_report(session: Session, q: Query, costs: dict[str, Any]) -> dict[str, Any]:
@@ -391,18 +421,13 @@ def roi_report(session: Session, q: Query, costs: dict[str, Any]) -> dict[str, A
     per_journey = {j: int(n) for j, n in session.execute(
         select(nurtured.c.journey, func.count(func.distinct(nurtured.c.lead_id))).where(q.where(nurtured))
         .group_by(nurtured.c.journey))}
-    influenced = 0.0
-    by_j_revenue: dict[str, float] = defaultdict(float)
-    deals = _won_in_range(session, q)
-    by_lead = _touches_of(session, deals, q.journey)
-    for deal in deals:
-        at = _aware(deal["at"])
-        assert at is not None
-        touched = _before(by_lead.get(deal["lead_id"], []), at, None)
-        if touched:
-            influenced += float(deal["amount"])
-        for j in sorted({str(t["journey"]) for t in touched}):
-            by_j_revenue[j] += float(deal["amount"])
+    pairs = select(won.c.id, won.c.amount, touches.c.journey).distinct() \
+        .select_from(_touched_before(q, None)).where(q.where(won)).subquery()
+    by_j_revenue = {j: float(v) for j, v in session.execute(
+        select(pairs.c.journey, func.sum(pairs.c.amount)).group_by(pairs.c.journey))}
+    deals = select(won.c.id, won.c.amount).distinct().select_from(_touched_before(q, None)) \
+        .where(q.where(won)).subquery()
+    influenced = float(session.scalar(select(func.sum(deals.c.amount))) or 0.0)
     totals: dict[str, int] = defaultdict(int)
     for chans in sent_by.values():
         for ch, n in chans.items():

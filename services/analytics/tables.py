@@ -9,6 +9,7 @@ keyed by UTC day so any range is a sum over days.
 from __future__ import annotations
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     Column,
     Date,
@@ -129,11 +130,12 @@ touches = Table(
     Column("id", String(200), primary_key=True),
     Column("lead_id", String(128), nullable=False),
     Column("at", DateTime(timezone=True), nullable=False),
+    Column("ts", BigInteger, nullable=False),  # `at` in microseconds since 1970: exact window arithmetic in SQL
     Column("journey", String(_D), nullable=False),
     Column("template", String(128), nullable=False),
     Column("topic", String(_D), nullable=False),
     Column("format", String(_D), nullable=False),
-    Index("ix_analytics_touches_lead_at", "lead_id", "at"),
+    Index("ix_analytics_touches_lead_ts", "lead_id", "ts"),
 )
 
 # Won deals the CRM reported (conversions with revenue).
@@ -142,6 +144,7 @@ won = Table(
     Column("id", String(200), primary_key=True),
     Column("lead_id", String(128), nullable=False),
     Column("at", DateTime(timezone=True), nullable=False),
+    Column("ts", BigInteger, nullable=False),
     Column("day", Date, nullable=False),
     Column("segment", String(_D), nullable=False),
     Column("amount", Float, nullable=False),

@@ -39,7 +39,8 @@ def test_a_fact_belongs_to_its_utc_day() -> None:
 
 
 def _stages(convs: dict[str, tuple[int, int]], dwell: dict[str, dict[int, int]] | None = None) -> dict[str, dict]:
-    rows = domain.stage_rows({("j", s): v for s, v in convs.items()}, {("j", s): h for s, h in (dwell or {}).items()})
+    rows = domain.stage_rows({("j", s): v for s, v in convs.items()},
+                             {("j", s): (domain.median(h), domain.p90(h)) for s, h in (dwell or {}).items()})
     return {r["stage"]: r for r in rows}
 
 

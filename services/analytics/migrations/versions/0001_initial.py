@@ -86,17 +86,19 @@ def upgrade() -> None:
         sa.Column("id", sa.String(200), primary_key=True),
         sa.Column("lead_id", sa.String(128), nullable=False),
         sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("ts", sa.BigInteger, nullable=False),
         sa.Column("journey", sa.String(D), nullable=False),
         sa.Column("template", sa.String(128), nullable=False),
         sa.Column("topic", sa.String(D), nullable=False),
         sa.Column("format", sa.String(D), nullable=False),
     )
-    op.create_index("ix_analytics_touches_lead_at", "analytics_touches", ["lead_id", "at"])
+    op.create_index("ix_analytics_touches_lead_ts", "analytics_touches", ["lead_id", "ts"])
     op.create_table(
         "analytics_won",
         sa.Column("id", sa.String(200), primary_key=True),
         sa.Column("lead_id", sa.String(128), nullable=False),
         sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("ts", sa.BigInteger, nullable=False),
         sa.Column("day", sa.Date, nullable=False),
         sa.Column("segment", sa.String(D), nullable=False),
         sa.Column("amount", sa.Float, nullable=False),
