@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import random
 import shutil
@@ -102,6 +103,22 @@ def p95(samples: list[float]) -> float:
     return round(ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))] * 1000, 2)
 
 
+def _engagement(s: Any, q: storage.Query, *, group: str) -> Any:
+    return storage.engagement_report(s, q, group)
+
+
+def _attribution(s: Any, q: storage.Query, *, model: str) -> Any:
+    return storage.attribution_report(s, q, model, 30)
+
+
+def _roi(s: Any, q: storage.Query, *, costs: dict[str, Any]) -> Any:
+    return storage.roi_report(s, q, costs)
+
+
+def _timeseries(s: Any, q: storage.Query, *, metric: str) -> Any:
+    return storage.timeseries_report(s, q, metric, "day")
+
+
 def reports(db_url: str | None, leads: int, events: int, repeats: int) -> dict[str, Any]:
     data = Path(tempfile.mkdtemp(prefix="nurture-bench-analytics-"))
     settings = load_settings(environ={}, data_dir=data, database_url=db_url)
@@ -123,13 +140,11 @@ def reports(db_url: str | None, leads: int, events: int, repeats: int) -> dict[s
     last30 = storage.Query(domain.day_of(END - timedelta(days=30)), domain.day_of(END))
     full = storage.Query(domain.day_of(END - timedelta(days=DAYS)), domain.day_of(END))
     cases: dict[str, Callable[[Any, storage.Query], Any]] = {
-        **{f"engagement_{g}": (lambda s, q, g=g: storage.engagement_report(s, q, g)) for g in domain.ENGAGEMENT_GROUPS},
+        **{f"engagement_{g}": functools.partial(_engagement, group=g) for g in domain.ENGAGEMENT_GROUPS},
         "progression": storage.progression_report,
-        **{f"attribution_{m}": (lambda s, q, m=m: storage.attribution_report(s, q, m, 30))
-           for m in domain.ATTRIBUTION_MODELS},
-        "roi": lambda s, q: storage.roi_report(s, q, costs),
-        **{f"timeseries_{m}": (lambda s, q, m=m: storage.timeseries_report(s, q, m, "day"))
-           for m in domain.TIMESERIES_METRICS},
+        **{f"attribution_{m}": functools.partial(_attribution, model=m) for m in domain.ATTRIBUTION_MODELS},
+        "roi": functools.partial(_roi, costs=costs),
+        **{f"timeseries_{m}": functools.partial(_timeseries, metric=m) for m in domain.TIMESERIES_METRICS},
     }
     out: dict[str, Any] = {"leads": leads, "events": events, "facts_recorded": recorded,
                            "load_s": round(load_s, 1), "load_events_per_s": round(events / load_s, 1)}
@@ -151,11 +166,20 @@ def reports(db_url: str | None, leads: int, events: int, repeats: int) -> dict[s
     return out
 
 
-async def ingest_rate(url: str, key: str, redis_url: str, events: int) -> float:
+async def ingest_rate(url: str, key: str, redis_url: str, events: int, without: tuple[str, ...]) -> float:
     """Events per second from the first batch posted until every consumer group has handled everything."""
     headers = {"Authorization": f"Bearer {key}"}
     leads = 500
     async with httpx.AsyncClient(base_url=url, headers=headers, timeout=60) as client:
+        deadline = time.monotonic() + 300  # a busy machine starts the mesh slowly: wait until all serve
+        while time.monotonic() < deadline:
+            try:
+                services = (await client.get("/readyz", timeout=5)).json()["services"]
+                if all(v["status"] == "SERVING" for k, v in services.items() if k not in without):
+                    break
+            except (httpx.HTTPError, ValueError, KeyError):
+                pass
+            await asyncio.sleep(0.5)
         for i in range(0, leads, 50):
             await asyncio.gather(*(client.post("/v1/leads", json={"id": f"a{j}", "email": f"a{j}@example.com"})
                                    for j in range(i, i + 50)))
@@ -185,7 +209,8 @@ def ingest_cost(db_url: str | None, events: int) -> dict[str, Any]:
     rates = {}
     for label, without in (("without_analytics", ("analytics",)), ("with_analytics", ())):
         with fresh_database(db_url) as database_url, private_mesh(database_url=database_url, without=without) as mesh:
-            rates[label] = asyncio.run(ingest_rate(mesh.url, mesh.api_key, mesh.env["NURTURE_REDIS_URL"], events))
+            rates[label] = asyncio.run(ingest_rate(mesh.url, mesh.api_key, mesh.env["NURTURE_REDIS_URL"], events,
+                                                   without))
     ratio = rates["with_analytics"] / rates["without_analytics"]
     return {"ingest_events": events,
             "end_to_end_events_per_s_without_analytics": round(rates["without_analytics"], 1),
