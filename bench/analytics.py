@@ -206,11 +206,13 @@ async def ingest_rate(url: str, key: str, redis_url: str, events: int, without: 
 
 
 def ingest_cost(db_url: str | None, events: int) -> dict[str, Any]:
-    rates = {}
-    for label, without in (("without_analytics", ("analytics",)), ("with_analytics", ())):
+    # The two meshes take turns (without, with, without, with): on a shared machine the load of the
+    # moment moves the rates more than anything measured here, so each figure is the better of its two.
+    rates: dict[str, float] = {}
+    for label, without in (("without_analytics", ("analytics",)), ("with_analytics", ())) * 2:
         with fresh_database(db_url) as database_url, private_mesh(database_url=database_url, without=without) as mesh:
-            rates[label] = asyncio.run(ingest_rate(mesh.url, mesh.api_key, mesh.env["NURTURE_REDIS_URL"], events,
-                                                   without))
+            rate = asyncio.run(ingest_rate(mesh.url, mesh.api_key, mesh.env["NURTURE_REDIS_URL"], events, without))
+            rates[label] = max(rates.get(label, 0.0), rate)
     ratio = rates["with_analytics"] / rates["without_analytics"]
     return {"ingest_events": events,
             "end_to_end_events_per_s_without_analytics": round(rates["without_analytics"], 1),
