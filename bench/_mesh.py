@@ -30,6 +30,7 @@ class Mesh:
     api_key: str
     env: dict[str, str]  # NURTURE_MESH_TOKEN signs gRPC calls; NURTURE_REDIS_URL carries the password
     data_dir: str
+    pid: int = 0  # the `nurture up` process (its children are the mesh's processes)
 
 
 def add_database_arg(parser: argparse.ArgumentParser) -> None:
@@ -92,7 +93,7 @@ def private_mesh(clock: str = "real", database_url: str | None = None, without: 
             if proc.poll() is not None:
                 raise SystemExit(f"nurture up failed:\n{proc.stdout.read() if proc.stdout else ''}")
             time.sleep(0.2)
-        yield Mesh(url=url, api_key="bench-key", env=env, data_dir=data)
+        yield Mesh(url=url, api_key="bench-key", env=env, data_dir=data, pid=proc.pid)
     finally:
         proc.send_signal(signal.SIGINT)
         try:

@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import functools
 import json
+import os
 import random
 import shutil
 import sys
@@ -166,8 +167,30 @@ def reports(db_url: str | None, leads: int, events: int, repeats: int) -> dict[s
     return out
 
 
-async def ingest_rate(url: str, key: str, redis_url: str, events: int, without: tuple[str, ...]) -> float:
-    """Events per second from the first batch posted until every consumer group has handled everything."""
+def cpu_seconds(parent: int) -> dict[str, float]:
+    """CPU time (user + system) used so far by each service process under `nurture up` (by module)."""
+    out: dict[str, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    try:
+        children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
+    except OSError:
+        return out
+    for pid in children:
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        module = next((a.decode() for a in argv if a.startswith((b"services.", b"gateway"))), "")
+        if module:
+            out[module] = (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+async def ingest_rate(url: str, key: str, redis_url: str, events: int, without: tuple[str, ...], pid: int
+                      ) -> tuple[float, dict[str, float]]:
+    """Events per second from the first batch posted until every consumer group has handled everything,
+    and the CPU seconds each process spent meanwhile."""
     headers = {"Authorization": f"Bearer {key}"}
     leads = 500
     async with httpx.AsyncClient(base_url=url, headers=headers, timeout=60) as client:
@@ -197,27 +220,39 @@ async def ingest_rate(url: str, key: str, redis_url: str, events: int, without: 
             status, text = await lean.post("/v1/events:batch", body)
             assert status == 202, text[:300]
 
+    cpu_before = cpu_seconds(pid)
     start = time.perf_counter()
     await asyncio.gather(*(batcher() for _ in range(2)))
     await drained(redis_url)
     elapsed = time.perf_counter() - start
+    cpu = {k: v - cpu_before.get(k, 0.0) for k, v in cpu_seconds(pid).items()}
     await lean.aclose()
-    return len(mix) / elapsed
+    return len(mix) / elapsed, cpu
 
 
 def ingest_cost(db_url: str | None, events: int) -> dict[str, Any]:
-    # The two meshes take turns (without, with, without, with): on a shared machine the load of the
-    # moment moves the rates more than anything measured here, so each figure is the better of its two.
+    # On a shared machine the load of the moment moves wall-clock rates more than anything measured
+    # here, so the meshes take turns (without, with, twice; each rate the better of its two) and the
+    # CPU time each process spent on the same load is reported too: it does not depend on the neighbours.
     rates: dict[str, float] = {}
+    cpu: dict[str, dict[str, float]] = {}
     for label, without in (("without_analytics", ("analytics",)), ("with_analytics", ())) * 2:
         with fresh_database(db_url) as database_url, private_mesh(database_url=database_url, without=without) as mesh:
-            rate = asyncio.run(ingest_rate(mesh.url, mesh.api_key, mesh.env["NURTURE_REDIS_URL"], events, without))
+            rate, used = asyncio.run(ingest_rate(mesh.url, mesh.api_key, mesh.env["NURTURE_REDIS_URL"], events,
+                                                 without, mesh.pid))
             rates[label] = max(rates.get(label, 0.0), rate)
+            cpu.setdefault(label, used)
     ratio = rates["with_analytics"] / rates["without_analytics"]
+    with_cpu = cpu["with_analytics"]
+    mesh_cpu = sum(with_cpu.values())
+    analytics_cpu = with_cpu.get("services.analytics", 0.0)
     return {"ingest_events": events,
             "end_to_end_events_per_s_without_analytics": round(rates["without_analytics"], 1),
             "end_to_end_events_per_s_with_analytics": round(rates["with_analytics"], 1),
-            "with / without": round(ratio, 3), "read_model_cost_pct": round(100 * (1 - ratio), 1)}
+            "with / without": round(ratio, 3),
+            "mesh_cpu_s_with_analytics": round(mesh_cpu, 2), "analytics_cpu_s": round(analytics_cpu, 2),
+            "analytics_cpu / mesh_cpu": round(analytics_cpu / mesh_cpu, 4) if mesh_cpu else None,
+            "mesh_cpu_s_without_analytics": round(sum(cpu["without_analytics"].values()), 2)}
 
 
 def main() -> None:
