@@ -43,6 +43,27 @@ def database_kind(url: str | None) -> str:
     return "sqlite" if not url or url.startswith("sqlite") else url.split("+", 1)[0].split(":", 1)[0]
 
 
+def report_scans(url: str) -> None:
+    """Print, to stderr, the tables the run read by sequential scan (rows read that way, against rows
+    fetched by index): a hot statement without a usable index shows here first."""
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(sa.text(
+                "SELECT relname, seq_scan, seq_tup_read, coalesce(idx_scan, 0), coalesce(idx_tup_fetch, 0), "
+                "n_live_tup FROM pg_stat_user_tables WHERE seq_tup_read > 0 ORDER BY seq_tup_read DESC LIMIT 12"
+            )).all()
+    except sa.exc.SQLAlchemyError as exc:
+        print(f"table scan report unavailable: {exc}", file=sys.stderr)
+        return
+    finally:
+        engine.dispose()
+    print("table scans (table, seq scans, rows read by them, index scans, rows fetched by index, live rows):",
+          file=sys.stderr)
+    for row in rows:
+        print("  " + "  ".join(str(v) for v in row), file=sys.stderr)
+
+
 @contextmanager
 def fresh_database(url: str | None) -> Iterator[str | None]:
     """A new, empty database on the server of `url` for one run (so figures never depend on what an
@@ -54,9 +75,11 @@ def fresh_database(url: str | None) -> Iterator[str | None]:
     name = f"nurture_bench_{uuid.uuid4().hex[:12]}"
     with admin.connect() as conn:
         conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    fresh = sa.make_url(url).set(database=name).render_as_string(hide_password=False)
     try:
-        yield sa.make_url(url).set(database=name).render_as_string(hide_password=False)
+        yield fresh
     finally:
+        report_scans(fresh)
         with admin.connect() as conn:
             conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._mesh import add_database_arg  # noqa: E402
 from nurture.ports import free_port  # noqa: E402
-from services.journeys.definitions import Journey, load_playbook, parse_duration  # noqa: E402
+from services.journeys.domain.definitions import Journey, load_playbook, parse_duration  # noqa: E402
 from services.journeys.simulation import Simulation  # noqa: E402
 
 

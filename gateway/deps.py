@@ -9,7 +9,6 @@ choose the error's code and details (e.g. every validation problem of a journey 
 
 from __future__ import annotations
 
-import hmac
 import math
 import time
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ import grpc
 from fastapi import Request
 from starlette.requests import ClientDisconnect
 
+from gateway import roles
 from nurture import limits
 from nurture.rpc import DEADLINE_S
 from nurture.settings import Settings
@@ -56,26 +56,26 @@ async def mesh(request: Request) -> Mesh:
 
 
 async def require_key(request: Request) -> None:
-    """FastAPI dependency: `Authorization: Bearer <api key>` or 401."""
+    """FastAPI dependency: `Authorization: Bearer <api key>` or 401; a key whose role may not do this
+    request (gateway.roles) gets 403."""
     settings: Settings = request.app.state.mesh.settings
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
-    # The scheme is case-insensitive (RFC 7235 2.1): Bearer, bearer and BEARER are one. The key is
-    # compared as bytes: headers arrive as latin-1 text, and compare_digest refuses non-ASCII str.
-    if scheme.lower() != "bearer" or not token or not keys_equal(token.strip(), settings.api_key):
+    # The scheme is case-insensitive (RFC 7235 2.1): Bearer, bearer and BEARER are one.
+    role = roles.role_of(settings, token.strip()) if scheme.lower() == "bearer" and token else None
+    if role is None:
         raise ApiError(401, "unauthorized", "a valid API key is required: Authorization: Bearer <key>")
+    needed = roles.required_role(request.method, request.url.path)
+    if not roles.allows(role, needed):
+        raise ApiError(403, "forbidden", f"this API key's role ({role}) cannot do this; it needs {needed}",
+                       {"role": role, "required": needed})
+    request.state.role = role
     limiter: TokenBucket | None = getattr(request.app.state, "limiter", None)
     if limiter is not None:
         wait = limiter.take()
         if wait > 0:
             raise ApiError(429, "rate_limited", f"more than {limiter.rate:g} requests per second; retry later",
                            {"limit_per_s": limiter.rate}, headers={"Retry-After": str(max(1, math.ceil(wait)))})
-
-
-def keys_equal(given: str, expected: str) -> bool:
-    """Constant-time comparison of a key from a header (latin-1 decoded, as HTTP carries octets)
-    with the configured key (UTF-8); any octet is a wrong key, never an error."""
-    return hmac.compare_digest(given.encode("latin-1", "replace"), expected.encode("utf-8"))
 
 
 class TokenBucket:

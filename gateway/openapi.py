@@ -126,9 +126,9 @@ SCHEMAS: dict[str, Any] = {
         "example": {"seconds": 86400},
     },
     "JourneyDefinition": {**_DATA, "description": "a journey definition, the same document as "
-                          "services/journeys/playbook/<key>.yaml (JSON, or YAML with a yaml Content-Type)"},
+                          "services/journeys/data/playbook/<key>.yaml (JSON, or YAML with a yaml Content-Type)"},
     "ScoringModelDefinition": {**_DATA, "description": "a scoring model, the same document as "
-                               "services/scoring/model.yaml (JSON, or YAML with a yaml Content-Type)"},
+                               "services/scoring/data/model.yaml (JSON, or YAML with a yaml Content-Type)"},
     "ScoringPublish": {
         "type": "object", "required": ["version"],
         "properties": {"version": {"type": "integer", "minimum": 1, "maximum": limits.INT32_MAX},

@@ -18,6 +18,7 @@ import os
 import socket
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -236,3 +237,44 @@ class Consumer:
             except Exception:
                 log.exception("bus %s: consumer loop error; retrying", self._group)
                 await asyncio.sleep(1.0)
+
+
+@dataclass(frozen=True)
+class GroupLag:
+    """One consumer group's backlog over every shard: entries not yet delivered to it (`waiting`),
+    delivered but not acknowledged (`pending`), and dead-lettered after MAX_DELIVERIES (`dead`)."""
+
+    group: str
+    waiting: int
+    pending: int
+    dead: int
+
+
+LAG_SCAN_LIMIT = 100_000  # per shard, where Redis (< 7) does not report lag itself: beyond it, a lower bound
+
+
+async def lag(client: aioredis.Redis, shards: int) -> list[GroupLag]:
+    """Every consumer group's backlog, for operators (the console's operations page)."""
+    waiting: dict[str, int] = {}
+    pending: dict[str, int] = {}
+    for shard in range(shards):
+        key = stream_key(shard)
+        try:
+            groups = await client.xinfo_groups(key)
+        except ResponseError:  # no such stream yet: nothing published to this shard
+            continue
+        for g in groups:
+            name = g["name"].decode() if isinstance(g["name"], bytes) else str(g["name"])
+            pending[name] = pending.get(name, 0) + int(g.get("pending") or 0)
+            behind = g.get("lag")
+            if behind is None:  # Redis < 7: count what lies after the group's last delivered entry
+                last = g.get("last-delivered-id") or b"0-0"
+                last = last.decode() if isinstance(last, bytes) else str(last)
+                entries = await client.xrange(key, min=f"({last}" if last != "0-0" else "-", count=LAG_SCAN_LIMIT)
+                behind = len(entries or [])
+            waiting[name] = waiting.get(name, 0) + int(behind)
+    out = []
+    for name in sorted(waiting):
+        dead = await client.xlen(f"nurture:bus-dead:{{{name}}}")
+        out.append(GroupLag(group=name, waiting=waiting[name], pending=pending[name], dead=int(dead)))
+    return out

@@ -220,6 +220,7 @@ def up(args: argparse.Namespace) -> int:
                 make_clock("virtual", settings.redis_url).now()  # fixes the epoch on first use
         print(f"BorderBridge Nurture is running ({settings.clock} clock)", flush=True)
         print(f"  gateway:   http://127.0.0.1:{settings.http_port}   (API key: {settings.api_key})", flush=True)
+        print(f"  console:   http://127.0.0.1:{settings.http_port}/console/   (sign in with the API key)", flush=True)
         print(f"  data dir:  {data}   logs: {logs}   traces: {data / 'traces'}", flush=True)
         print(f"  secrets:   {data / secretstore.FILE_NAME} (generated on first start; see docs/SECURITY.md)",
               flush=True)

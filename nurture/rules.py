@@ -162,6 +162,23 @@ def reference_evaluate_condition(cond: Mapping[str, Any], facts: Mapping[str, An
     }[op]
 
 
+def unmet(cond: Mapping[str, Any], facts: Mapping[str, Any]) -> list[str]:
+    """Why a condition does not hold for these facts, one line per clause that fails (empty when it
+    holds): `lead.segment is 'family', needs eq 'skilled_professional'`. An `any` that fails lists its
+    alternatives under "one of". Same meaning as reference_evaluate_condition, which decides."""
+    if reference_evaluate_condition(cond, facts):
+        return []
+    if "all" in cond:
+        return [line for c in cond["all"] for line in unmet(c, facts)]
+    if "any" in cond:
+        options = ["; ".join(unmet(c, facts)) for c in cond["any"]]
+        return ["one of: " + " | ".join(o for o in options if o)]
+    present, value = _lookup(facts, cond["fact"])
+    op = next(k for k in cond if k != "fact")
+    shown = repr(value) if present else "missing"
+    return [f"{cond['fact']} is {shown}, needs {op} {cond[op]!r}"]
+
+
 def _same(a: Any, b: Any) -> bool:
     # Booleans are not numbers here (True == 1 in Python, not in the rule language).
     if isinstance(a, bool) or isinstance(b, bool):

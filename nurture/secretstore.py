@@ -1,7 +1,8 @@
 """The secrets `nurture up` generates on first start and reuses after: `<data dir>/secrets.json`, mode 0600.
 
 One random value each for the link-signing secret, the API key, the local CRM's token, the mesh key, the
-local ad platform's token and the embedded Redis's password (`secrets.token_urlsafe(32)`: 256 bits).
+local ad platform's token, the embedded Redis's password and the console's session-signing key
+(`secrets.token_urlsafe(32)`: 256 bits).
 A value set in the environment or by a flag wins over the stored one; the file only fills what is
 missing. The file is created with O_EXCL at mode 0600 (never readable by others, not even for an
 instant) and put back to 0600 when found wider. Losing it means new secrets on the next start: links
@@ -20,7 +21,7 @@ from pathlib import Path
 from nurture.settings import Settings
 
 FILE_NAME = "secrets.json"
-KEYS = ("secret", "api_key", "crm_token", "mesh_token", "redis_password", "ads_token")
+KEYS = ("secret", "api_key", "crm_token", "mesh_token", "redis_password", "ads_token", "session_secret")
 LOCAL_CRM = "local-crm"  # the name the local CRM's token is filed under in NURTURE_CRM_TOKENS
 
 
@@ -69,7 +70,7 @@ def _write(path: Path, values: dict[str, str]) -> None:
 def fill(settings: Settings, stored: dict[str, str]) -> Settings:
     """`settings` with every missing secret taken from the store (explicit values are kept)."""
     changes: dict[str, object] = {}
-    for name in ("secret", "api_key", "mesh_token", "ads_token"):
+    for name in ("secret", "api_key", "mesh_token", "ads_token", "session_secret"):
         if not getattr(settings, name):
             changes[name] = stored[name]
     if not settings.crm_tokens:

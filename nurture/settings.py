@@ -37,7 +37,10 @@ class Settings:
     otlp_endpoint: str | None = None
     smtp_url: str = "smtp://127.0.0.1:2525"
     public_url: str = "http://127.0.0.1:8080"
-    api_key: str = ""
+    api_key: str = ""  # the operator's key: role admin (docs/SECURITY.md, "Roles")
+    # More API keys, each with its role: JSON object key → "viewer" | "editor" | "admin"
+    api_keys: dict[str, str] = field(default_factory=dict)
+    session_secret: str = ""  # HMAC key of the console's session cookies; "" = console sign-in refused
     secret: str = ""  # HMAC key of tracking/unsubscribe link tokens
     secret_previous: str = ""  # still verifies links signed before a rotation; new links use `secret`
     mesh_token: str = ""  # the key services sign their gRPC calls to each other with (nurture.meshauth)
@@ -84,10 +87,16 @@ class Settings:
         bad = [f"NURTURE_{name.upper()}" for name in SECRET_FIELDS if _weak(getattr(self, name))]
         if not self.crm_tokens or any(_weak(token) for token in self.crm_tokens.values()):
             bad.append("NURTURE_CRM_TOKENS")
+        if any(_weak(key) for key in self.api_keys):
+            bad.append("NURTURE_API_KEYS")
+        # Optional (without it the console refuses sign-in), but a public value would let anyone forge one.
+        if self.session_secret and _weak(self.session_secret):
+            bad.append("NURTURE_SESSION_SECRET")
         return bad
 
 
 SERVICES = ("scoring", "journeys", "messaging", "crm_sync", "analytics")
+ROLES = ("viewer", "editor", "admin")  # each can do what the one before it can, and more
 SECRET_FIELDS = ("secret", "api_key", "mesh_token")
 # Values that were defaults in the source at some point, or are placeholders: as public as no secret.
 KNOWN_DEFAULTS = frozenset({"dev-secret-change-me", "dev-key", "dev-crm-token", "change-me", "changeme", "secret"})
@@ -157,6 +166,10 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
     settings = Settings(**values)
     if settings.bus_shards < 1 or settings.timer_shards < 1:
         raise SettingsError("NURTURE_BUS_SHARDS and NURTURE_TIMER_SHARDS must be positive")
+    wrong = sorted({role for role in settings.api_keys.values() if role not in ROLES})
+    if wrong:  # a typo must not silently grant or deny: name the role, never the key
+        raise SettingsError(f"NURTURE_API_KEYS: unknown role(s) {', '.join(map(repr, wrong))}; "
+                            f"each key's role is one of {', '.join(ROLES)}")
     check_secrets(settings)
     return settings
 

@@ -26,7 +26,7 @@ def _stub(m: Mesh) -> journeys_pb2_grpc.JourneysStub:
 
 async def definition_body(request: Request) -> Any:
     """JSON, or YAML when the Content-Type says so: the playbook is kept as YAML, so a file from
-    services/journeys/playbook can be PUT as it is."""
+    services/journeys/data/playbook can be PUT as it is."""
     if "yaml" not in request.headers.get("content-type", "").lower():
         return await json_body(request)
     raw = await request.body()
@@ -112,8 +112,8 @@ async def journey_analytics(key: str, from_: str | None = Query(None, alias="fro
     return result
 
 
-@router.get("/v1/journeys/{key}/members", summary="Leads in a journey (optionally a stage and status)")
-async def journey_members(key: str, stage: str = "", status: str = "", cursor: str = "",
+@router.get("/v1/journeys/{key}/members", summary="Leads in a journey (optionally a stage, step and status)")
+async def journey_members(key: str, stage: str = "", status: str = "", step: str = "", cursor: str = "",
                           limit: int = Query(100, ge=1, le=1000), m: Mesh = Depends(mesh)) -> dict[str, Any]:
     # As for leads: a stage the journey does not have, a status there is not, or a cursor no page
     # gave would only ever match nothing, so they are the caller's mistake (422), not an empty page.
@@ -129,7 +129,8 @@ async def journey_members(key: str, stage: str = "", status: str = "", cursor: s
     if problems:
         raise ApiError(422, "invalid", "; ".join(f"{k} {v}" for k, v in problems.items()), {"fields": problems})
     reply = await _stub(m).Members(journeys_pb2.MembersRequest(
-        journey=key, stage=stage, status=status, cursor=decode_cursor(f"members:{key}", cursor), limit=limit),
+        journey=key, stage=stage, status=status, step=step, cursor=decode_cursor(f"members:{key}", cursor),
+        limit=limit),
         timeout=m.timeout)
     return {"items": list(reply.lead_ids), "next_cursor": encode_cursor(f"members:{key}", reply.next_cursor)}
 

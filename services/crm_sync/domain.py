@@ -24,7 +24,7 @@ INBOUND_POLICIES = ("prefer_crm_unless_blank", "always_crm", "most_recent")
 PROFILE_FIELDS = ("email", "first_name", "last_name")
 ENGAGEMENT_KEYS = ("opens_7d", "opens_30d", "clicks_7d", "clicks_30d", "downloads", "high_intent_views",
                    "pricing_views", "last_engagement_at")
-DEFAULT_CONFIG = Path(__file__).parent / "sync.yaml"
+DEFAULT_CONFIG = Path(__file__).parent / "data" / "sync.yaml"
 
 # Outbound retry schedule: exponential from 2 s, capped at 30 min; 14 tries span about 2 hours, so a
 # CRM that is down for an hour loses nothing.

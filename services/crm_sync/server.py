@@ -1,20 +1,18 @@
-"""crm_sync wiring: proto in, core call, proto out, errors to status codes; bus consumer, push loop,
-Admin (Settle, Timeline, EraseLead)."""
+"""crm_sync wiring (process bootstrap only): database, clients, the application core, the servicers,
+Admin (Settle, Timeline, EraseLead), the bus consumer and the push loop."""
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import logging
-from collections.abc import AsyncIterator, Iterable
-from datetime import UTC, datetime
+from collections.abc import Iterable
+from datetime import datetime
 from pathlib import Path
-from typing import Any, NoReturn
 
 import grpc
 
-from nurture import limits, redisconn
+from nurture import redisconn
 from nurture.admin import AdminServicer, timeline_item
 from nurture.api.common.v1 import common_pb2, common_pb2_grpc
 from nurture.api.crm_sync.v1 import crm_sync_pb2, crm_sync_pb2_grpc
@@ -23,185 +21,21 @@ from nurture.bus import Consumer
 from nurture.clock import make_clock
 from nurture.db import open_database
 from nurture.rpc import channel, start_server
-from nurture.rpcguard import guard_requests, message_problems, problem_text
 from nurture.service import Running
 from nurture.settings import Settings
 from services.crm_sync import domain
+from services.crm_sync.app.core import CrmSyncCore
+from services.crm_sync.clients import JourneysLookup
 from services.crm_sync.connector import HubSpotConnector
-from services.crm_sync.sync import (
-    ContactIn,
-    CrmSyncCore,
-    InputError,
-    JourneysLookup,
-    ScoringUnavailable,
-    UnknownContact,
+from services.crm_sync.servicer import (
+    CrmAuth,
+    CrmSyncServicer,
+    EchoServicer,
+    SalesOpsServicer,
 )
 
 log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).parent / "migrations"
-MAX_CONTACTS = 1000
-
-
-def _when(ts: Any, present: bool) -> datetime | None:
-    return ts.ToDatetime(tzinfo=UTC) if present else None
-
-
-def _props(text: str, where: str) -> dict[str, Any]:
-    if not text:
-        return {}
-    try:
-        value = limits.parse_json(text, field=f"{where}.properties_json")
-    except limits.InputError as exc:
-        raise InputError(problem_text(exc.problems)) from exc
-    if not isinstance(value, dict):
-        raise InputError(f"{where}.properties_json must be a JSON object")
-    return value
-
-
-class CrmAuth:
-    """Maps the bearer token of a call to the CRM it belongs to (settings.crm_tokens: name → token)."""
-
-    def __init__(self, tokens: dict[str, str]) -> None:
-        self._tokens = dict(tokens)
-
-    async def crm_of(self, context: grpc.aio.ServicerContext) -> str:
-        token = ""
-        for key, value in context.invocation_metadata() or ():
-            if key == "authorization" and isinstance(value, str) and value.lower().startswith("bearer "):
-                token = value[7:].strip()
-            elif key == "x-crm-token" and isinstance(value, str):
-                token = value.strip()
-        for name, expected in self._tokens.items():
-            # Compare every token in constant time so timing says nothing about which one was close.
-            if token and hmac.compare_digest(token.encode(), expected.encode()):
-                return name
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED,
-                            "a CRM token is required in metadata (authorization: Bearer <token>)")
-        raise AssertionError("unreachable")
-
-
-async def _fail(context: grpc.aio.ServicerContext, exc: Exception) -> NoReturn:
-    if isinstance(exc, InputError):
-        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-    if isinstance(exc, UnknownContact):
-        await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
-    if isinstance(exc, ScoringUnavailable):
-        await context.abort(grpc.StatusCode.UNAVAILABLE, f"scoring unavailable, retry: {str(exc)[:200]}")
-    raise exc
-
-
-@guard_requests(own={"UpsertContacts": "contacts"})
-class CrmSyncServicer(crm_sync_pb2_grpc.CrmSyncServicer):
-    def __init__(self, core: CrmSyncCore, auth: CrmAuth) -> None:
-        self._core = core
-        self._auth = auth
-
-    async def UpsertContacts(
-        self, request: crm_sync_pb2.UpsertContactsRequest, context: grpc.aio.ServicerContext
-    ) -> crm_sync_pb2.UpsertContactsReply:
-        crm = await self._auth.crm_of(context)
-        if not request.contacts:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "contacts is empty")
-        if len(request.contacts) > MAX_CONTACTS:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"at most {MAX_CONTACTS} contacts per call")
-        now = self._core.clock.now()
-        good: list[tuple[int, ContactIn]] = []
-        results: list[dict[str, Any] | None] = [None] * len(request.contacts)
-        for i, c in enumerate(request.contacts):
-            try:
-                if not c.crm_id and not c.email:
-                    raise InputError(f"contacts[{i}]: crm_id or email is required")
-                problems = message_problems(c, prefix=f"contacts[{i}].")  # each contact alone
-                if problems:
-                    raise InputError(problem_text(problems))
-                props = _props(c.properties_json, f"contacts[{i}]")
-                good.append((i, ContactIn(crm_id=c.crm_id, email=c.email.strip(), first_name=c.first_name,
-                                          last_name=c.last_name, properties=props,
-                                          modified_at=_when(c.modified_at, c.HasField("modified_at")) or now,
-                                          lead_id=c.lead_id)))
-            except InputError as exc:
-                results[i] = {"crm_id": c.crm_id, "lead_id": "", "status": "error", "error_code": "invalid",
-                              "error_message": str(exc), "conflicts": []}
-        done = await self._core.upsert_contacts(crm, [c for _, c in good])
-        for (i, _), res in zip(good, done, strict=True):
-            results[i] = res
-        return crm_sync_pb2.UpsertContactsReply(results=[crm_sync_pb2.ContactResult(**r) for r in results if r])
-
-    async def RecordActivity(
-        self, request: crm_sync_pb2.RecordActivityRequest, context: grpc.aio.ServicerContext
-    ) -> crm_sync_pb2.InboundReply:
-        crm = await self._auth.crm_of(context)
-        a = request.activity
-        try:
-            reply = await self._core.record_activity(crm, {
-                "activity_id": a.activity_id, "crm_id": a.crm_id, "lead_id": a.lead_id, "kind": a.kind,
-                "outcome": a.outcome, "body": a.body, "reason": a.reason,
-                "occurred_at": _when(a.occurred_at, a.HasField("occurred_at")),
-                "modified_at": _when(a.modified_at, a.HasField("modified_at")),
-                "properties": _props(a.properties_json, "activity")})
-        except (InputError, UnknownContact, ScoringUnavailable) as exc:
-            await _fail(context, exc)
-        return crm_sync_pb2.InboundReply(**reply)
-
-    async def ReportDeal(
-        self, request: crm_sync_pb2.ReportDealRequest, context: grpc.aio.ServicerContext
-    ) -> crm_sync_pb2.InboundReply:
-        crm = await self._auth.crm_of(context)
-        d = request.deal
-        try:
-            reply = await self._core.report_deal(crm, {
-                "deal_id": d.deal_id, "crm_id": d.crm_id, "lead_id": d.lead_id, "stage": d.stage, "amount": d.amount,
-                "currency": d.currency, "reason": d.reason,
-                "modified_at": _when(d.modified_at, d.HasField("modified_at")),
-                "properties": _props(d.properties_json, "deal")})
-        except (InputError, UnknownContact, ScoringUnavailable) as exc:
-            await _fail(context, exc)
-        return crm_sync_pb2.InboundReply(**reply)
-
-    async def WatchChanges(
-        self, request: crm_sync_pb2.WatchChangesRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[crm_sync_pb2.LeadChange]:
-        await self._auth.crm_of(context)
-        cursor = request.cursor.strip()
-        if cursor and not cursor.isdigit():
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "cursor must be one a previous change returned")
-        async for row in self._core.watch(int(cursor or 0), request.follow, max(0, request.limit)):
-            data = row["data"]
-            change = crm_sync_pb2.LeadChange(
-                cursor=str(row["seq"]), lead_id=row["lead_id"], crm_id=row["crm_id"] or "", changed=row["changed"],
-                score=int(data.get("score", 0)), grade=str(data.get("grade", "")),
-                lifecycle_stage=str(data.get("lifecycle_stage", "")), segment=str(data.get("segment", "")),
-                journeys_json=json.dumps(data.get("journeys", [])),
-                engagement_json=json.dumps(data.get("engagement", {})))
-            change.at.FromDatetime(row["at"])
-            yield change
-
-
-@guard_requests()
-class SalesOpsServicer(crm_sync_pb2_grpc.SalesOpsServicer):
-    def __init__(self, core: CrmSyncCore) -> None:
-        self._core = core
-
-    async def RequestTask(
-        self, request: crm_sync_pb2.TaskRequest, context: grpc.aio.ServicerContext
-    ) -> crm_sync_pb2.TaskReply:
-        try:
-            details = _props(request.details_json, "task").copy() if request.details_json else {}
-            task, duplicate = await self._core.request_task({
-                "dedupe_key": request.dedupe_key, "lead_id": request.lead_id, "kind": request.kind,
-                "title": request.title, "priority": request.priority or "normal",
-                "due_at": _when(request.due_at, request.HasField("due_at")), "details": details,
-                "source": "journeys"})
-        except (InputError, UnknownContact, ScoringUnavailable) as exc:
-            await _fail(context, exc)
-        return crm_sync_pb2.TaskReply(task_id=task["id"], owner=task["owner"] or "", duplicate=duplicate)
-
-
-class EchoServicer(scoring_pb2_grpc.EchoServicer):
-    """The raw unary RPC baseline for bench/crm.py, served by this same process."""
-
-    async def Echo(self, request: scoring_pb2.EchoRequest, context: grpc.aio.ServicerContext) -> scoring_pb2.EchoReply:
-        return scoring_pb2.EchoReply(payload=request.payload)
 
 
 async def serve(settings: Settings) -> Running:
@@ -250,7 +84,7 @@ async def serve(settings: Settings) -> Running:
                                 mesh_tokens=settings.mesh_tokens,
                                 # CRMs present their CRM token (CrmAuth, on every method), not the mesh key.
                                 self_authenticated=[crm_sync_pb2.DESCRIPTOR.services_by_name["CrmSync"].full_name])
-    tasks = [asyncio.create_task(core.writer.run(), name="crm_sync-writer")]
+    tasks: list[asyncio.Task[None]] = []
     if settings.clock != "virtual":
         # With a virtual clock only Admin.Settle consumes the bus and performs pushes (deterministic runs).
         tasks.append(asyncio.create_task(consumer.run(), name="crm_sync-bus"))

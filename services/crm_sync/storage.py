@@ -406,3 +406,9 @@ def erase_lead(s: Session, lead_id: str) -> int:
 def iter_chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
     for i in range(0, len(items), size):
         yield items[i:i + size]
+
+
+def requeue_running(s: Session) -> None:
+    """Jobs claimed when the process died go back to pending, their attempt counted as made."""
+    s.execute(update(outbox).where(outbox.c.status == "running")
+              .values(status="pending", attempts=outbox.c.attempts + 1))

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from services.journeys.definitions import DefinitionError
+from services.journeys.domain.definitions import DefinitionError
 from services.journeys.simulation import SimulationError, simulate
 
 

@@ -23,11 +23,11 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from nurture.clock import VIRTUAL_EPOCH
-from services.journeys.definitions import Journey, PlaybookSettings, load_playbook, read_settings
-from services.journeys.engine import Engine
-from services.journeys.funnel import Funnel, totals
-from services.journeys.model import ACTIVE, LeadState, Outcome, iso, parse_time
-from services.journeys.registry import Registry
+from services.journeys.domain.definitions import Journey, PlaybookSettings, load_playbook, read_settings
+from services.journeys.domain.engine import Engine
+from services.journeys.domain.funnel import Funnel, totals
+from services.journeys.domain.registry import Registry
+from services.journeys.domain.state import ACTIVE, LeadState, Outcome, iso, parse_time
 
 SEGMENTS = ("skilled_professional", "family", "entrepreneur")
 DEFAULT_RATES = {"open": 0.35, "click": 0.25, "convert": 0.01}

@@ -14,7 +14,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from services.journeys.model import LIVE, Enrollment, LeadState, Outcome
+from services.journeys.domain.state import LIVE, Enrollment, LeadState, Outcome
 
 
 class Base(DeclarativeBase):
@@ -328,10 +328,12 @@ def lead_enrollments(session: Session, lead_id: str) -> list[EnrollmentRow]:
 
 
 def members(session: Session, *, journey: str, stage: str, status: str, cursor: str,
-            limit: int) -> tuple[list[str], str]:
+            limit: int, step: str = "") -> tuple[list[str], str]:
     q = select(EnrollmentRow.lead_id).where(EnrollmentRow.journey == journey)
     if stage:
         q = q.where(EnrollmentRow.stage == stage)
+    if step:
+        q = q.where(EnrollmentRow.step == step)
     q = q.where(EnrollmentRow.status == status) if status else q.where(EnrollmentRow.status.in_(LIVE))
     if cursor:
         q = q.where(EnrollmentRow.lead_id > cursor)
@@ -339,6 +341,13 @@ def members(session: Session, *, journey: str, stage: str, status: str, cursor: 
     more = len(ids) > limit
     ids = ids[:limit]
     return ids, (ids[-1] if more and ids else "")
+
+
+def live_steps(session: Session, journey: str) -> dict[str, int]:
+    """Live enrolments per step (active or paused), from the enrolments themselves."""
+    rows = session.execute(select(EnrollmentRow.step, func.count()).where(
+        EnrollmentRow.journey == journey, EnrollmentRow.status.in_(LIVE)).group_by(EnrollmentRow.step))
+    return {str(step): int(n) for step, n in rows if step}
 
 
 def live_of(session: Session, journey: str) -> list[EnrollmentRow]:

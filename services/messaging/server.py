@@ -1,14 +1,13 @@
-"""Messaging service wiring: gRPC in, engine/channels calls, proto out; bus consumer; worker loop."""
+"""Messaging service wiring (process bootstrap only): database, channels, delivery, the servicer, the bus
+consumer and the worker loop."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-from collections.abc import Awaitable, Callable, Iterable
-from datetime import UTC, datetime
+from collections.abc import Iterable
+from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
 
 import grpc
 
@@ -20,177 +19,19 @@ from nurture.bus import Consumer
 from nurture.clock import make_clock
 from nurture.db import open_database
 from nurture.rpc import channel, start_server
-from nurture.rpcguard import guard_requests, message_problems, problem_text
 from nurture.service import Running
 from nurture.settings import Settings
-from services.messaging import abtest
 from services.messaging.ads import AdsConnector
-from services.messaging.catalog import Catalog, RenderError
-from services.messaging.channels import Channels, NotFoundError, load_ad_suppression, personalization_rules
-from services.messaging.engine import Engine, InvalidRequest, SendInput
-from services.messaging.leads import LeadSource, email_hash
-from services.messaging.policy import load_policy
+from services.messaging.app.channels import Channels, load_ad_suppression, personalization_rules
+from services.messaging.app.delivery import Delivery
+from services.messaging.clients import LeadSource
+from services.messaging.domain.catalog import Catalog
+from services.messaging.domain.policy import load_policy
+from services.messaging.servicer import MessagingServicer
 from services.messaging.storage import Store, aware
-from services.messaging.tokens import TokenError
 
 log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).with_name("migrations")
-T = TypeVar("T")
-
-
-async def _guard(context: grpc.aio.ServicerContext, fn: Callable[[], Awaitable[T]]) -> T:
-    """Domain errors → status codes; the error text is for a person."""
-    try:
-        return await fn()
-    except InvalidRequest as exc:
-        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, json.dumps(
-            {"code": "invalid", "message": str(exc), "details": {}}))
-    except TokenError as exc:
-        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, json.dumps(
-            {"code": "invalid_token", "message": f"this link is not valid: {exc}", "details": {}}))
-    except (NotFoundError, RenderError) as exc:
-        code = grpc.StatusCode.NOT_FOUND if isinstance(exc, NotFoundError) else grpc.StatusCode.INVALID_ARGUMENT
-        await context.abort(code, str(exc))
-    except grpc.aio.AioRpcError as exc:
-        await context.abort(grpc.StatusCode.UNAVAILABLE, f"a dependency is unavailable: {exc.code().name}")
-    raise AssertionError("unreachable")
-
-
-def message_proto(row: dict[str, Any]) -> messaging_pb2.Message:
-    msg = messaging_pb2.Message(
-        id=row["id"], lead_id=row["lead_id"], journey=row["journey"], journey_version=row["journey_version"],
-        step=row["step"], channel=row["channel"], template=row["template"], category=row["category"],
-        subject=row["subject"], status=row["status"], reason=row["reason"], attempts=row["attempts"],
-        variant=row["variant"])
-    msg.at.FromDatetime(aware(row["updated_at"]) or aware(row["created_at"]))  # type: ignore[arg-type]
-    msg.due_at.FromDatetime(aware(row["due_at"]))  # type: ignore[arg-type]
-    return msg
-
-
-def send_input(request: messaging_pb2.SendRequest) -> SendInput:
-    not_before = request.not_before.ToDatetime(tzinfo=UTC) if request.HasField("not_before") else None
-    return SendInput(dedupe_key=request.dedupe_key, lead_id=request.lead_id, journey=request.journey,
-                     journey_version=request.journey_version, step=request.step, channel=request.channel,
-                     template=request.template, category=request.category, context_json=request.context_json,
-                     not_before=not_before)
-
-
-@guard_requests(own={"SendBatch": "items"})
-class MessagingServicer(messaging_pb2_grpc.MessagingServicer):
-    def __init__(self, engine: Engine, channels: Channels) -> None:
-        self.engine = engine
-        self.channels = channels
-
-    async def Send(self, request: messaging_pb2.SendRequest, context: grpc.aio.ServicerContext
-                   ) -> messaging_pb2.SendReply:
-        item = send_input(request)
-        result = await _guard(context, lambda: self.engine.send(
-            dedupe_key=item.dedupe_key, lead_id=item.lead_id, journey=item.journey,
-            journey_version=item.journey_version, step=item.step, channel=item.channel, template=item.template,
-            category=item.category, context_json=item.context_json, not_before=item.not_before))
-        return messaging_pb2.SendReply(message_id=result.message_id, status=result.status, reason=result.reason)
-
-    async def SendBatch(self, request: messaging_pb2.SendBatchRequest, context: grpc.aio.ServicerContext
-                        ) -> messaging_pb2.SendBatchReply:
-        # Each item is held to the input limits alone: a bad one is "invalid", the others go on.
-        refused = {i: problem_text(p) for i, r in enumerate(request.items) if (p := message_problems(r))}
-        items = [send_input(r) for i, r in enumerate(request.items) if i not in refused]
-        results = iter(await _guard(context, lambda: self.engine.send_many(items)) if items else [])
-        replies = []
-        for i in range(len(request.items)):
-            if i in refused:
-                replies.append(messaging_pb2.SendReply(status="invalid", reason=refused[i]))
-            else:
-                r = next(results)
-                replies.append(messaging_pb2.SendReply(message_id=r.message_id, status=r.status, reason=r.reason))
-        return messaging_pb2.SendBatchReply(results=replies)
-
-    async def ListTemplates(self, request: messaging_pb2.ListTemplatesRequest, context: grpc.aio.ServicerContext
-                            ) -> messaging_pb2.ListTemplatesReply:
-        return messaging_pb2.ListTemplatesReply(keys=self.engine.catalog.keys())
-
-    async def Render(self, request: messaging_pb2.RenderRequest, context: grpc.aio.ServicerContext
-                     ) -> messaging_pb2.RenderReply:
-        async def run() -> messaging_pb2.RenderReply:
-            lead: dict[str, Any] | None = {"id": "sample", "first_name": "Ana", "segment": "skilled_professional",
-                                           "attributes": {"profession": "nurse", "countries_of_interest": ["CA"]}}
-            if request.lead_id:
-                lead = await self.engine.leads.get(request.lead_id)
-                if lead is None:
-                    raise NotFoundError(f"lead {request.lead_id!r} not found")
-            try:
-                ctx = json.loads(request.context_json or "{}")
-            except ValueError as exc:
-                raise InvalidRequest(f"context_json is not JSON: {exc}") from exc
-            r = self.engine.catalog.render(request.template, lead or {}, context=ctx if isinstance(ctx, dict) else {})
-            return messaging_pb2.RenderReply(subject=r.subject, html=r.html, text=r.text, variant=r.variant)
-        return await _guard(context, run)
-
-    async def ListMessages(self, request: messaging_pb2.ListMessagesRequest, context: grpc.aio.ServicerContext
-                           ) -> messaging_pb2.ListMessagesReply:
-        if not request.lead_id:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "lead_id is required")
-        rows = await self.engine.db.run(self.engine.store.list_messages, request.lead_id, request.limit or 1000)
-        return messaging_pb2.ListMessagesReply(items=[message_proto(r) for r in rows])
-
-    async def Track(self, request: messaging_pb2.TrackRequest, context: grpc.aio.ServicerContext
-                    ) -> messaging_pb2.TrackReply:
-        if request.kind not in ("open", "click"):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "kind must be open or click")
-        result = await _guard(context, lambda: self.channels.track(request.token, request.kind))
-        return messaging_pb2.TrackReply(url=result.url, message_id=result.message_id, duplicate=result.duplicate)
-
-    async def Unsubscribe(self, request: messaging_pb2.UnsubscribeRequest, context: grpc.aio.ServicerContext
-                          ) -> messaging_pb2.UnsubscribeReply:
-        result = await _guard(context, lambda: self.channels.unsubscribe(
-            request.token, scope=request.scope, source=request.source or "page", dry_run=request.dry_run))
-        return messaging_pb2.UnsubscribeReply(lead_id=result.lead_id, scope=result.scope, category=result.category,
-                                              journey=result.journey, already=result.already)
-
-    async def Subscriptions(self, request: messaging_pb2.SubscriptionsRequest,
-                            context: grpc.aio.ServicerContext) -> messaging_pb2.SubscriptionsReply:
-        if not request.email:
-            return messaging_pb2.SubscriptionsReply()
-        ehash = email_hash(request.email)
-        found = await self.engine.db.run(self.engine.store.suppression_scopes, [ehash])
-        return messaging_pb2.SubscriptionsReply(suppressed=[
-            messaging_pb2.Suppression(channel="email", scope=scope, reason=reason)
-            for scope, reason in sorted(found.get(ehash, {}).items())])
-
-    async def Personalization(self, request: messaging_pb2.PersonalizationRequest,
-                              context: grpc.aio.ServicerContext) -> messaging_pb2.PersonalizationReply:
-        p = await _guard(context, lambda: self.channels.personalization(request.lead_id))
-        return messaging_pb2.PersonalizationReply(
-            segment=p.segment, featured_countries=p.featured_countries,
-            recommended_content_json=json.dumps(p.recommended_content),
-            next_best_action_json=json.dumps(p.next_best_action), journeys_available=p.journeys_available)
-
-    async def Audience(self, request: messaging_pb2.AudienceRequest, context: grpc.aio.ServicerContext
-                       ) -> messaging_pb2.AudienceReply:
-        if not request.name:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "name is required")
-        page = await _guard(context, lambda: self.channels.audience(request.name, request.cursor, request.limit))
-        return messaging_pb2.AudienceReply(
-            name=page.name, lead_ids=page.lead_ids, suppressed=list(page.suppressed),
-            suppressed_reasons=list(page.suppressed.values()), next_cursor=page.next_cursor,
-            journeys_available=page.journeys_available)
-
-    async def AbReport(self, request: messaging_pb2.AbReportRequest, context: grpc.aio.ServicerContext
-                       ) -> messaging_pb2.AbReportReply:
-        spec = self.engine.catalog.specs.get(request.template)
-        if spec is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown template {request.template!r}")
-        counts = await self.engine.db.run(self.engine.store.ab_counts, request.template)
-        names = sorted(set(spec.variants) | set(counts)) if spec else sorted(counts)
-        stats = [abtest.VariantStats(n or "default", **counts.get(n, {"sent": 0, "opened": 0, "clicked": 0}))
-                 for n in names]
-        rep = abtest.report(stats)
-        return messaging_pb2.AbReportReply(
-            template=request.template, metric=rep.metric, winner=rep.winner, p_value=rep.p_value, z=rep.z,
-            significant=rep.significant, explanation=rep.explanation,
-            variants=[messaging_pb2.AbVariant(name=v.name, sent=v.sent, opened=v.opened, clicked=v.clicked,
-                                              open_rate=v.rate("open_rate"), click_rate=v.rate("click_rate"))
-                      for v in rep.variants])
 
 
 async def serve(settings: Settings) -> Running:
@@ -202,7 +43,7 @@ async def serve(settings: Settings) -> Running:
     store = Store(db.session)
     scoring_channel = channel(settings.address_of("scoring"), settings.mesh_token)
     journeys_channel = channel(settings.address_of("journeys"), settings.mesh_token)
-    engine = Engine(settings=settings, clock=clock, db=db, store=store, catalog=Catalog(), redis=redis,
+    engine = Delivery(settings=settings, clock=clock, db=db, store=store, catalog=Catalog(), redis=redis,
                     leads=LeadSource(scoring_channel), policy=load_policy())
     channels = Channels(engine, journeys_channel)
     consumer = Consumer(redis, group="messaging", shards=settings.bus_shards, handler=channels.handle_bus)

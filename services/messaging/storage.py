@@ -217,6 +217,24 @@ class Store:
                                                      "source": source, "at": naive(now)}],
                                   ["email_hash", "scope"]) > 0
 
+    def lift_unsubscribes(self, email_hash: str, lead_id: str, bus_id: str, now: datetime) -> list[str]:
+        """Subscribing to email again lifts the address's unsubscribes (every scope), never a spam
+        report's or a hard bounce's suppression. When something was lifted, a feedback event
+        (`email_resubscribed`, with the scopes) goes to scoring in the same transaction: journeys resume
+        what the unsubscribe stopped on that event, so a resumed send can never reach messaging before
+        the suppression is gone. Returns the scopes lifted."""
+        with self._sessions() as s:
+            scopes = sorted(s.scalars(select(suppressions.c.scope).where(
+                suppressions.c.email_hash == email_hash, suppressions.c.reason == "unsubscribed")))
+            if not scopes:
+                return []
+            s.execute(delete(suppressions).where(suppressions.c.email_hash == email_hash,
+                                                 suppressions.c.reason == "unsubscribed"))
+            _insert_ignore(s, feedback, [{"key": f"resub:{bus_id}", "lead_id": lead_id, "type": "email_resubscribed",
+                                          "properties_json": json.dumps({"scopes": scopes}),
+                                          "occurred_at": naive(now), "sent": False}], ["key"])
+            return scopes
+
     def record_consent(self, entries: Sequence[tuple[str, str, bool, str, datetime, dict[str, Any]]]) -> None:
         """(lead_id, channel, granted, source, at, evidence) rows; skips an entry equal to the last one.
 

@@ -175,3 +175,40 @@ def test_day_14_re_engagement_emails_go_hours_apart_not_in_the_same_minute(mesh:
         assert at[1] - at[0] >= timedelta(hours=2)
         timeline = api.get("/v1/leads/ina/timeline").json()["items"]
         assert any(i["kind"] == "message" and "minimum gap" in i["summary"] for i in timeline)
+
+
+def test_subscribing_again_after_a_nurture_unsubscribe_resumes_the_journey_without_repeats(mesh: Mesh) -> None:
+    headers = {"Authorization": f"Bearer {mesh.api_key}"}
+    with httpx.Client(base_url=mesh.url, headers=headers, timeout=120) as api:
+        assert api.get("/readyz").status_code == 200
+        r = api.post("/v1/leads", json={
+            "id": "ravi", "email": "ravi@example.com", "first_name": "Ravi", "consent": {"email": True},
+            "timezone": "UTC", "attributes": {"profession": "engineer", "countries_of_interest": ["AU"]}})
+        assert r.status_code == 201 and r.json()["segment"] == "skilled_professional"
+        assert api.post("/v1/admin/clock/advance", json={"seconds": 2 * 86400}).status_code == 200
+        first = [m for m in mails(mesh) if m["To"] and "ravi@example.com" in m["To"]]
+        assert first
+        link = re.search(r"<(http[^>]+/u/[^>]+)>", first[0]["List-Unsubscribe"])
+        assert link
+        assert httpx.post(f"{mesh.url}{httpx.URL(link.group(1)).path}",
+                          data={"List-Unsubscribe": "One-Click"}).status_code in (200, 204)
+        assert api.post("/v1/admin/clock/advance", json={"seconds": 10 * 86400}).status_code == 200
+        stopped = {m["template"] for m in api.get("/v1/leads/ravi/messages").json()["items"] if m["status"] == "sent"}
+        journeys = {j["journey"]: j for j in api.get("/v1/leads/ravi").json()["journeys"]}
+        assert journeys["skilled_professional"]["status"] == "exited"
+
+        # She subscribes to email again (the preference centre, a form): the unsubscribe is lifted and
+        # the segment journey goes on from where it stood; nothing already sent is sent again.
+        r = api.post("/v1/events", json={"lead_id": "ravi", "type": "subscribed",
+                                         "properties": {"channel": "email", "source": "preference_centre"}})
+        assert r.status_code == 202
+        assert api.post("/v1/admin/clock/advance", json={"seconds": 20 * 86400}).status_code == 200
+        lead = api.get("/v1/leads/ravi").json()
+        assert lead["subscriptions"]["email"] == {"nurture": True, "transactional": True}
+        journeys = {j["journey"]: j for j in lead["journeys"]}
+        assert journeys["skilled_professional"]["status"] == "active"
+        sent = [m["template"] for m in api.get("/v1/leads/ravi/messages").json()["items"] if m["status"] == "sent"]
+        resumed = [t for t in sent if t.startswith("skilled_professional.") and t not in stopped]
+        assert resumed and len(sent) == len(set(sent))
+        timeline = api.get("/v1/leads/ravi/timeline").json()["items"]
+        assert any("re-entered after email consent was given again" in i["summary"] for i in timeline)

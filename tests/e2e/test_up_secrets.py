@@ -25,7 +25,7 @@ import redis
 from nurture.api.scoring.v1 import scoring_pb2, scoring_pb2_grpc
 from nurture.ports import free_port
 from nurture.settings import SERVICES
-from services.messaging.tokens import Signer, Token
+from services.messaging.domain.tokens import Signer, Token
 
 # A whole mesh starts (twice in one test): minutes on a loaded shared machine, seconds on a quiet one.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]

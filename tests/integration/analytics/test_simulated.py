@@ -11,7 +11,7 @@ from nurture.settings import Settings
 from services.analytics import domain, storage
 from services.analytics.facts import from_bus
 from services.analytics.server import MIGRATIONS
-from services.journeys.definitions import load_playbook
+from services.journeys.domain.definitions import load_playbook
 from services.journeys.simulation import Simulation
 from tests.integration.analytics import history as h
 

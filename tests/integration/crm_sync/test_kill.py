@@ -10,12 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import random
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
@@ -27,12 +25,12 @@ import pytest
 
 from nurture.api.crm_sync.v1 import crm_sync_pb2, crm_sync_pb2_grpc
 from nurture.api.scoring.v1 import scoring_pb2, scoring_pb2_grpc
-from nurture.settings import Settings, to_environ
+from nurture.settings import Settings
 from tests.conftest import free_port, mesh_channel
+from tests.helpers.processes import spawn_service, wait_serving
 from tests.integration.crm_sync.conftest import AUTH, TOKEN, Emulator
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
-ROOT = Path(__file__).resolve().parents[3]
 CONTACTS = 60        # born in the CRM; every 6th has no email (matched by CRM id only)
 PLATFORM = 16        # born on the platform: crm_sync creates them in the CRM; every 4th has no email
 KILLS = 4
@@ -42,22 +40,8 @@ T0 = datetime.now(UTC).replace(microsecond=0) + timedelta(minutes=10)
 
 
 def spawn(service: str, settings: Settings, port: int) -> subprocess.Popen[bytes]:
-    env = {**os.environ, **to_environ(settings.with_overrides(grpc_port=port)), "PYTHONPATH": str(ROOT)}
-    with (settings.data_dir.parent / f"{service}.log").open("ab") as log:  # kept for a failure's post-mortem
-        return subprocess.Popen([sys.executable, "-m", f"services.{service}"], cwd=ROOT, env=env,
-                                stdout=subprocess.DEVNULL, stderr=log)
-
-
-async def wait_serving(address: str) -> None:
-    async with mesh_channel(address) as ch:
-        stub = scoring_pb2_grpc.EchoStub(ch)  # both scoring and crm_sync serve the Echo baseline
-        for _ in range(400):
-            try:
-                await stub.Echo(scoring_pb2.EchoRequest(payload=b"up"), timeout=1)
-                return
-            except grpc.aio.AioRpcError:
-                await asyncio.sleep(0.05)
-    raise RuntimeError(f"{address} did not start")
+    return spawn_service(service, settings.with_overrides(grpc_port=port),
+                         log=settings.data_dir.parent / f"{service}.log")
 
 
 async def until_acked(call: Any, *, what: str, limit_s: float = 60) -> Any:

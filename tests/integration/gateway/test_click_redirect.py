@@ -10,7 +10,7 @@ import pytest
 
 from gateway.app import create_app
 from nurture.settings import SERVICES, Settings
-from services.messaging.tokens import Signer, Token
+from services.messaging.domain.tokens import Signer, Token
 from tests.conftest import free_port, mesh_channel, start_service
 
 pytestmark = pytest.mark.anyio

@@ -8,7 +8,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from gateway.app import create_app
 from nurture.settings import SERVICES, Settings
-from services.messaging.tokens import Signer, Token
+from services.messaging.domain.tokens import Signer, Token
 from tests.conftest import free_port, mesh_channel
 
 pytestmark = pytest.mark.anyio

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from nurture.api.common.v1 import common_pb2
-from services.journeys.calendar import load_calendar
-from services.journeys.definitions import DefinitionError
+from services.journeys.domain.calendar import load_calendar
+from services.journeys.domain.definitions import DefinitionError
 from tests.integration.journeys.conftest import Mesh
 from tests.integration.journeys.fakes import advance, lead, publish, settle, timeline_summaries
 

@@ -62,7 +62,7 @@ async def test_journey_routes(client: httpx.AsyncClient) -> None:
     assert r.status_code == 201 and r.json()["version"] == 2
     assert r.headers["Location"] == "/v1/journeys/cart_abandonment?version=2"
     # The playbook's own YAML file is accepted as it is; broken YAML is 400, not 500.
-    yaml_file = (Path(__file__).parents[3] / "services/journeys/playbook/cart_abandonment.yaml").read_bytes()
+    yaml_file = (Path(__file__).parents[3] / "services/journeys/data/playbook/cart_abandonment.yaml").read_bytes()
     r = await client.put("/v1/journeys/cart_abandonment?validate_only=true", content=yaml_file,
                          headers={**AUTH, "Content-Type": "application/yaml"})
     assert r.status_code == 200 and r.json()["valid"] is True, r.text

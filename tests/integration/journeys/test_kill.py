@@ -4,10 +4,7 @@ journeys in virtual time, restart it, and finish: no step lost, none run twice."
 from __future__ import annotations
 
 import asyncio
-import os
 import random
-import subprocess
-import sys
 from collections import Counter
 from datetime import timedelta
 from pathlib import Path
@@ -21,9 +18,9 @@ from nurture import redisconn
 from nurture.api.common.v1 import common_pb2_grpc
 from nurture.bus import Publisher
 from nurture.clock import VirtualClock
-from nurture.rpc import health_status
-from nurture.settings import Settings, to_environ
+from nurture.settings import Settings
 from tests.conftest import free_port, mesh_channel
+from tests.helpers.processes import spawn_service, wait_serving
 from tests.integration.journeys.fakes import Recorder, lead, settle, start_fakes
 
 pytestmark = [pytest.mark.slow, pytest.mark.anyio]
@@ -31,22 +28,6 @@ LEADS = 2000
 DAYS = 4
 # Family journey emails due in the first 4 days: offsets 0, 1, 2 and 4 days (the last one at the end).
 EXPECTED_STEPS = ["email_01", "email_02", "email_03", "email_04"]
-ROOT = Path(__file__).resolve().parents[3]
-
-
-def spawn(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, **to_environ(settings)}
-    with log.open("ab") as err:
-        return subprocess.Popen([sys.executable, "-m", "services.journeys"], env=env, cwd=ROOT,
-                                stdout=subprocess.DEVNULL, stderr=err)
-
-
-async def wait_ready(address: str) -> None:
-    for _ in range(400):
-        if await health_status(address, timeout=0.5) == "SERVING":
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("journeys did not come up")
 
 
 async def test_killed_at_random_moments_no_step_lost_none_twice(settings: Settings, tmp_path: Path) -> None:
@@ -61,11 +42,11 @@ async def test_killed_at_random_moments_no_step_lost_none_twice(settings: Settin
     clock = VirtualClock(redis.Redis.from_url(settings.redis_url))
     start = clock.now()
     pub = Publisher(client, settings.bus_shards)
-    procs = [spawn(settings, log)]
+    procs = [spawn_service("journeys", settings, log=log)]
     kills = 0
     rng = random.Random(11)
     try:
-        await wait_ready(address)
+        await wait_serving(address)
         for i in range(0, LEADS, 500):
             await pub.publish([{"id": f"created-{n}", "lead_id": f"k{n:05d}", "type": "lead_created",
                                 "properties": {}, "occurred_at": start.isoformat(), "lead": lead(f"k{n:05d}", "family"),
@@ -78,7 +59,7 @@ async def test_killed_at_random_moments_no_step_lost_none_twice(settings: Settin
                 procs[-1].kill()
                 procs[-1].wait()
                 kills += 1
-                procs.append(spawn(settings, log))
+                procs.append(spawn_service("journeys", settings, log=log))
 
         killing = asyncio.create_task(killer())
         end = start + timedelta(days=DAYS)
@@ -89,7 +70,7 @@ async def test_killed_at_random_moments_no_step_lost_none_twice(settings: Settin
                     reply = await settle(admin)
                 except grpc.aio.AioRpcError:
                     await asyncio.sleep(0.1)
-                    await wait_ready(address)
+                    await wait_serving(address)
                     continue
                 if reply.work_done:
                     continue

@@ -128,10 +128,10 @@ class InProc:
 async def inproc(settings: Settings, tmp_path: Path) -> AsyncIterator[InProc]:
     from nurture.db import open_database
     from nurture.redisconn import connect
-    from services.messaging.catalog import Catalog
-    from services.messaging.channels import Channels
-    from services.messaging.engine import Engine
-    from services.messaging.policy import load_policy
+    from services.messaging.app.channels import Channels
+    from services.messaging.app.delivery import Delivery
+    from services.messaging.domain.catalog import Catalog
+    from services.messaging.domain.policy import load_policy
     from services.messaging.server import MIGRATIONS
     from services.messaging.storage import Store
 
@@ -141,7 +141,7 @@ async def inproc(settings: Settings, tmp_path: Path) -> AsyncIterator[InProc]:
     db = open_database(cfg, service="messaging", migrations_dir=MIGRATIONS)
     redis = connect(cfg)
     clock = VirtualClock(connect_sync(cfg))
-    engine = Engine(settings=cfg, clock=clock, db=db, store=Store(db.session), catalog=Catalog(), redis=redis,
+    engine = Delivery(settings=cfg, clock=clock, db=db, store=Store(db.session), catalog=Catalog(), redis=redis,
                     leads=InProcessLeads(scoring), policy=load_policy())  # type: ignore[arg-type]
     try:
         yield InProc(cfg, scoring, sink, engine, Channels(engine, None), clock, db)

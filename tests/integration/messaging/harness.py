@@ -44,7 +44,7 @@ class ScoringStub(scoring_pb2_grpc.ScoringServicer):
         self.leads[lead_id] = {**self.leads[lead_id], **changes}
 
     def _apply(self, ev: scoring_pb2.Event) -> None:
-        """What scoring's model does to consent on messaging's feedback events (services/scoring/model.py)."""
+        """What scoring's model does to consent on messaging's feedback events (services/scoring/domain/rules.py)."""
         lead = self.leads.get(ev.lead_id)
         if lead is None:
             return
@@ -125,7 +125,7 @@ class InProcessLeads:
         self.stub = _InProcessStub(servicer)
 
     async def get_many(self, ids: Any) -> dict[str, dict[str, Any]]:
-        from services.messaging.leads import lead_dict
+        from services.messaging.clients import lead_dict
 
         if self.servicer.down:
             raise DownError()

@@ -17,7 +17,7 @@ import pytest
 from nurture.bus import Publisher
 from nurture.redisconn import connect
 from nurture.settings import Settings
-from services.messaging.leads import email_hash
+from services.messaging.clients import email_hash
 from tests.conftest import free_port
 from tests.integration.messaging.conftest import running_mesh
 from tests.integration.messaging.harness import make_lead

@@ -12,7 +12,7 @@ from nurture.api.common.v1 import common_pb2
 from nurture.api.messaging.v1 import messaging_pb2
 from nurture.bus import Publisher
 from nurture.redisconn import connect
-from services.messaging.leads import email_hash
+from services.messaging.clients import email_hash
 from tests.integration.messaging.conftest import Mesh
 from tests.integration.messaging.harness import make_lead
 

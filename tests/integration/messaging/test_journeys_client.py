@@ -12,7 +12,7 @@ import pytest
 
 from nurture.api.messaging.v1 import messaging_pb2
 from services.journeys.clients import Clients
-from services.journeys.model import Effect
+from services.journeys.domain.state import Effect
 from services.messaging import server as messaging_server
 from tests.integration.messaging.conftest import Mesh
 from tests.integration.messaging.harness import make_lead

@@ -5,44 +5,28 @@ time and for messages requested in SendBatch calls."""
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-import grpc
 import pytest
 
 from nurture.api.messaging.v1 import messaging_pb2, messaging_pb2_grpc
-from nurture.settings import Settings, to_environ
+from nurture.settings import Settings
 from services.messaging.smtp_sink import SmtpSink
 from tests.conftest import free_port, mesh_channel
+from tests.helpers.processes import spawn_service, wait_serving
 from tests.integration.messaging.harness import make_lead, start_scoring_stub
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
-ROOT = Path(__file__).resolve().parents[3]
 N = 400
 
 
 def spawn(settings: Settings, port: int) -> subprocess.Popen[bytes]:
-    env = {**os.environ, **to_environ(settings.with_overrides(grpc_port=port, clock="real", log_level="WARNING")),
-           "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen([sys.executable, "-m", "services.messaging"], cwd=ROOT, env=env)
-
-
-async def wait_serving(port: int) -> None:
-    for _ in range(200):
-        try:
-            async with mesh_channel(f"127.0.0.1:{port}") as ch:
-                await messaging_pb2_grpc.MessagingStub(ch).ListTemplates(messaging_pb2.ListTemplatesRequest(),
-                                                                         timeout=1)
-            return
-        except grpc.aio.AioRpcError:
-            await asyncio.sleep(0.05)
-    raise RuntimeError("messaging did not start")
+    return spawn_service("messaging", settings.with_overrides(grpc_port=port, clock="real", log_level="WARNING"),
+                         log=settings.data_dir.parent / "messaging.log")
 
 
 def statuses(db: Path) -> dict[str, int]:
@@ -69,7 +53,7 @@ async def test_kill_during_delivery_delivers_each_message_once(settings: Setting
     port = free_port()
     proc = spawn(cfg, port)
     try:
-        await wait_serving(port)
+        await wait_serving(f"127.0.0.1:{port}")
         async with mesh_channel(f"127.0.0.1:{port}") as ch:
             stub = messaging_pb2_grpc.MessagingStub(ch)
             if mode == "send":
@@ -95,7 +79,7 @@ async def test_kill_during_delivery_delivers_each_message_once(settings: Setting
         before = statuses(cfg.data_dir / "messaging.db")
         assert before.get("sent", 0) < N, "the kill came too late to test anything"
         proc = spawn(cfg, port)
-        await wait_serving(port)
+        await wait_serving(f"127.0.0.1:{port}")
         deadline = time.monotonic() + 30
         while statuses(cfg.data_dir / "messaging.db").get("sent", 0) < N and time.monotonic() < deadline:
             await asyncio.sleep(0.1)

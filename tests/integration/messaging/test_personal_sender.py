@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.messaging.catalog import Catalog
+from services.messaging.domain.catalog import Catalog
 from tests.integration.messaging.conftest import Mesh
 from tests.integration.messaging.harness import make_lead
 
@@ -57,7 +57,7 @@ def test_meeting_buttons_use_the_owners_link_when_known() -> None:
 def test_display_names_survive_the_header_whatever_they_hold(name: str) -> None:
     from email import message_from_bytes, policy
 
-    from services.messaging.mime import _address
+    from services.messaging.domain.mime import _address
 
     parsed = message_from_bytes(f"To: {_address(name, 'a@example.com')}\r\n\r\n".encode(), policy=policy.default)
     assert parsed["To"].addresses[0].display_name == name

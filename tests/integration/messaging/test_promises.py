@@ -153,7 +153,7 @@ async def test_a_hard_bounce_reaches_scoring_which_withdraws_consent(inproc: InP
 
 
 async def test_a_click_is_recorded_once_implies_an_open_and_returns_the_signed_destination(inproc: InProc) -> None:
-    from services.messaging.tokens import Token, TokenError
+    from services.messaging.domain.tokens import Token, TokenError
 
     inproc.scoring.add(make_lead("tk", timezone="UTC"))
     sent = await inproc.send("tk", "family.email_01")
@@ -189,7 +189,7 @@ async def test_a_click_is_recorded_once_implies_an_open_and_returns_the_signed_d
 ])
 async def test_an_unsubscribe_link_stops_the_mail_of_its_scope_at_once(inproc: InProc, template: str, category: str,
                                                                        scope: str, expected_scope: str) -> None:
-    from services.messaging.tokens import Token
+    from services.messaging.domain.tokens import Token
 
     inproc.scoring.add(make_lead("us", timezone="UTC"))
     sent = await inproc.send("us", template, category=category,
@@ -230,7 +230,7 @@ async def test_an_unsubscribe_link_stops_the_mail_of_its_scope_at_once(inproc: I
 ])
 async def test_what_the_bus_says_about_an_address_or_a_customer_holds(
         inproc: InProc, etype: str, props: dict, lead_over: dict, scopes: dict, ad: str | None) -> None:
-    from services.messaging.leads import email_hash
+    from services.messaging.clients import email_hash
 
     lead = make_lead("bx", timezone="UTC", **lead_over)
     message = {"id": f"bus-{etype}", "lead_id": "bx", "type": etype, "properties": props, "lead": lead,
@@ -240,6 +240,40 @@ async def test_what_the_bus_says_about_an_address_or_a_customer_holds(
     store = inproc.engine.store
     assert store.suppression_scopes([email_hash("bx@example.com")]).get(email_hash("bx@example.com"), {}) == scopes
     assert store.ad_suppressed(["bx"]) == ({"bx": ad} if ad else {})
+
+
+async def test_subscribing_again_lifts_unsubscribes_but_never_a_spam_report(inproc: InProc) -> None:
+    from services.messaging.clients import email_hash
+
+    store = inproc.engine.store
+    for lead_id, first, lift, scopes_after, resubscribed in (
+        # A nurture unsubscribe, then a subscription to email: nurture mail goes again, and journeys hear it.
+        ("r1", [("unsubscribed", {"scope": "nurture"})], ("subscribed", {"channel": "email"}), {}, ["nurture"]),
+        # A paid subscription (no channel) is not a subscription to email.
+        ("r2", [("unsubscribed", {"scope": "nurture"})], ("subscribed", {"plan": "pro"}),
+         {"nurture": "unsubscribed"}, None),
+        # Consent given again through the profile lifts an unsubscribe from everything.
+        ("r3", [("unsubscribed", {"scope": "all"})], ("lead_updated", {"changed": ["consent"]}), {}, ["all"]),
+        # A spam report stays, whatever the person does later; only the unsubscribe is lifted.
+        ("r4", [("spam_reported", {}), ("unsubscribed", {"scope": "transactional"})],
+         ("subscribed", {"channel": "email"}), {"all": "spam_report"}, ["transactional"]),
+    ):
+        lead = make_lead(lead_id, timezone="UTC")
+        inproc.scoring.add(lead)
+        base = {"lead_id": lead_id, "lead": lead, "occurred_at": "2026-01-05T08:00:00Z"}
+        await inproc.bus(*({**base, "id": f"{lead_id}-{i}", "type": t, "properties": p}
+                           for i, (t, p) in enumerate(first)))
+        await inproc.bus({**base, "id": f"{lead_id}-lift", "type": lift[0], "properties": lift[1]})
+        await inproc.bus({**base, "id": f"{lead_id}-lift", "type": lift[0], "properties": lift[1]})  # a replay
+        ehash = email_hash(f"{lead_id}@example.com")
+        assert store.suppression_scopes([ehash]).get(ehash, {}) == scopes_after, lead_id
+        await inproc.settle()
+        heard = [json.loads(ev.properties_json) for ev in inproc.scoring.events
+                 if ev.type == "email_resubscribed" and ev.lead_id == lead_id]
+        assert heard == ([{"scopes": resubscribed}] if resubscribed else []), lead_id
+    await inproc.send("r1", "family.email_02")
+    await inproc.settle()
+    assert (await inproc.messages("r1"))["family.email_02"]["status"] == "sent"
 
 
 async def test_consent_heard_on_the_bus_is_recorded_with_its_source(inproc: InProc) -> None:

@@ -10,7 +10,7 @@ import pytest
 
 from nurture.api.messaging.v1 import messaging_pb2, messaging_pb2_grpc
 from nurture.settings import Settings
-from services.messaging.tokens import Signer
+from services.messaging.domain.tokens import Signer
 from tests.conftest import mesh_channel, start_service
 from tests.integration.messaging.conftest import Mesh
 from tests.integration.messaging.harness import make_lead

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import random
 import signal
-import subprocess
-import sys
 import time
 
 import grpc
@@ -19,8 +16,9 @@ import sqlalchemy as sa
 from nurture.api.scoring.v1 import scoring_pb2, scoring_pb2_grpc
 from nurture.bus import stream_key
 from nurture.rpc import sync_channel
-from nurture.settings import Settings, to_environ
+from nurture.settings import Settings
 from tests.conftest import MESH_TOKEN, free_port
+from tests.helpers.processes import spawn_service, wait_answering
 
 pytestmark = pytest.mark.slow
 LEADS = 20
@@ -28,31 +26,15 @@ BATCHES = 60
 PER_BATCH = 25
 
 
-def start(settings: Settings, port: int) -> subprocess.Popen[bytes]:
-    env = {**os.environ, **to_environ(settings), "NURTURE_GRPC_PORT": str(port)}
-    return subprocess.Popen([sys.executable, "-m", "services.scoring"], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-
-
-def wait_ready(stub: scoring_pb2_grpc.ScoringStub) -> None:
-    for _ in range(300):
-        try:
-            stub.GetScoringModel(scoring_pb2.ScoringModelRequest(), timeout=1)
-            return
-        except grpc.RpcError:
-            time.sleep(0.05)
-    raise AssertionError("scoring did not come up")
-
-
 def test_every_accepted_event_scored_exactly_once(settings: Settings) -> None:
     port = free_port()
-    proc = start(settings, port)
+    proc = spawn_service("scoring", settings.with_overrides(grpc_port=port))
     channel = sync_channel(f"127.0.0.1:{port}", MESH_TOKEN)
     stub = scoring_pb2_grpc.ScoringStub(channel)
     rng = random.Random(7)
     kills = 0
     try:
-        wait_ready(stub)
+        wait_answering(lambda: stub.GetScoringModel(scoring_pb2.ScoringModelRequest(), timeout=1))
         for i in range(LEADS):
             stub.UpsertLead(scoring_pb2.UpsertLeadRequest(id=f"k{i}", fields_json="{}"), timeout=5)
         for b in range(BATCHES):
@@ -68,8 +50,8 @@ def test_every_accepted_event_scored_exactly_once(settings: Settings) -> None:
                 kills += 1
                 with contextlib.suppress(grpc.RpcError):
                     future.result()
-                proc = start(settings, port)
-                wait_ready(stub)
+                proc = spawn_service("scoring", settings.with_overrides(grpc_port=port))
+                wait_answering(lambda: stub.GetScoringModel(scoring_pb2.ScoringModelRequest(), timeout=1))
             # At-least-once delivery from the client; the idempotency keys make it exactly once.
             reply = stub.IngestEvents(scoring_pb2.IngestRequest(events=batch), timeout=10)
             assert all(not r.error_code for r in reply.results)

@@ -19,7 +19,7 @@ from nurture.api.scoring.v1 import scoring_pb2, scoring_pb2_grpc
 from nurture.bus import stream_key
 from nurture.service import Running
 from nurture.settings import Settings
-from services.scoring.server import Outbox
+from services.scoring.app.outbox import Outbox
 from tests.conftest import mesh_channel, start_service
 
 pytestmark = pytest.mark.anyio

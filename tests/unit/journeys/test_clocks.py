@@ -6,8 +6,8 @@ from datetime import timedelta
 
 import pytest
 
-from services.journeys.definitions import DefinitionError, _clock
-from services.journeys.model import ACTIVE
+from services.journeys.domain.definitions import DefinitionError, _clock
+from services.journeys.domain.state import ACTIVE
 from tests.unit.journeys.test_engine import T0, Harness
 
 KEY = "~email_inactivity"
@@ -17,7 +17,7 @@ def _fire_due(h: Harness) -> None:
     """Fire every lead-level clock timer that is due (what the runner's timer loop does)."""
     entry = h.state.dates.get(KEY)
     if entry and not entry.get("fired"):
-        from services.journeys.model import parse_time
+        from services.journeys.domain.state import parse_time
 
         at = parse_time(entry["at"])
         if at is not None and at <= h.now:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from services.journeys.model import ACTIVE, COMPLETED, EXITED
+from services.journeys.domain.state import ACTIVE, COMPLETED, EXITED
 from tests.unit.journeys.test_engine import Harness
 
 

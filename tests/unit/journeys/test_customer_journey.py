@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from services.journeys.model import ACTIVE
+from services.journeys.domain.state import ACTIVE
 from tests.unit.journeys.test_engine import T0, Harness
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from services.journeys.definitions import (
+from services.journeys.domain.definitions import (
     DefinitionError,
     check,
     load,

@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 
 from nurture.clock import VIRTUAL_EPOCH
-from services.journeys.definitions import check, load_playbook, read_settings
-from services.journeys.engine import Engine, _pauses
-from services.journeys.model import ACTIVE, PAUSED, LeadState, Outcome, iso
-from services.journeys.registry import Registry
+from services.journeys.domain.definitions import check, load_playbook, read_settings
+from services.journeys.domain.engine import Engine, _pauses
+from services.journeys.domain.registry import Registry
+from services.journeys.domain.state import ACTIVE, PAUSED, LeadState, Outcome, iso
 from services.journeys.simulation import simulate
 
 T0 = VIRTUAL_EPOCH
@@ -187,6 +187,56 @@ def test_an_unsubscribe_ends_the_journeys_of_the_mail_it_stops() -> None:
         assert ended.isdisjoint(live) and ended | live >= {"skilled_professional", "trial_onboarding"}, (scope, live)
 
 
+def test_a_resubscribe_resumes_what_a_nurture_unsubscribe_stopped_and_nothing_else_does() -> None:
+    h = Harness()
+    h.message("lead_created")
+    h.advance(days=3)
+    seg = h.state.enrollments["skilled_professional"]
+    step_before, sent_before = seg.step, len(h.sent)
+    h.message("unsubscribed", scope="nurture")
+    assert seg.status not in (ACTIVE, PAUSED) and seg.outcome == "unsubscribed"
+    # Consent never went off (the unsubscribe named nurture mail only): profile changes and score
+    # changes do not bring the journey back while the unsubscribe stands.
+    h.message("lead_updated", changed=["consent"])
+    h.message("score_changed", old=5, new=40)
+    assert seg.status not in (ACTIVE, PAUSED)
+    # Messaging lifted the unsubscribe: the enrolment resumes where it stood, without repeating a step.
+    h.message("email_resubscribed", scopes=["nurture"])
+    assert seg.status == ACTIVE and seg.step == step_before
+    assert any("re-entered after email consent was given again" in t for t in h.transitions)
+    h.advance(days=10)
+    resent = h.sent[sent_before:]
+    assert resent and len(set(resent)) == len(resent) and not set(resent) & set(h.sent[:sent_before])
+
+
+def test_a_resubscribe_of_another_scope_or_after_a_spam_report_resumes_nothing() -> None:
+    h = Harness()
+    h.message("lead_created")
+    h.message("unsubscribed", scope="nurture")
+    h.message("email_resubscribed", scopes=["transactional"])  # lifted another scope only
+    assert h.state.enrollments["skilled_professional"].status not in (ACTIVE, PAUSED)
+    h.message("email_resubscribed", scopes=["all"])
+    assert h.state.enrollments["skilled_professional"].status == ACTIVE
+
+    spam = Harness()
+    spam.message("lead_created")
+    spam.lead["consent"] = {"email": False}
+    spam.message("spam_reported")
+    spam.lead["consent"] = {"email": True}
+    spam.message("lead_updated", changed=["consent"])   # consent alone does not undo a spam report
+    spam.message("email_resubscribed", scopes=["all"])  # nor does a lift of unsubscribes
+    assert spam.state.enrollments["skilled_professional"].outcome == "spam_reported"
+
+
+def test_a_resubscribe_does_not_resume_a_journey_the_lead_no_longer_qualifies_for() -> None:
+    h = Harness()
+    h.message("lead_created")
+    h.message("unsubscribed", scope="nurture")
+    h.lead["segment"] = "family"   # left the segment while unsubscribed
+    h.message("email_resubscribed", scopes=["nurture"])
+    assert h.state.enrollments["skilled_professional"].status not in (ACTIVE, PAUSED)
+
+
 def test_webinar_reschedule_moves_pending_reminders() -> None:
     h = Harness()
     starts = T0 + timedelta(days=5)
@@ -233,7 +283,7 @@ def test_simulation_is_deterministic_for_a_seed() -> None:
 
 
 def test_date_relative_entry_fires_at_the_lead_date_minus_offset() -> None:
-    from services.journeys.definitions import load
+    from services.journeys.domain.definitions import load
 
     h = Harness()
     doc = {"key": "visa_renewal", "name": "Visa renewal", "kind": "sequence", "priority": 40,
@@ -268,7 +318,7 @@ def test_unsubscribe_ends_nurture_journeys_but_not_transactional_ones() -> None:
 def test_ab_split_is_stable_per_lead_and_follows_weights() -> None:
     from collections import Counter
 
-    from services.journeys.definitions import load
+    from services.journeys.domain.definitions import load
 
     doc = {"key": "offer_test", "name": "Offer A/B", "kind": "sequence",
            "entry": [{"name": "checkout", "events": ["checkout_started"]}],
@@ -399,7 +449,7 @@ def test_a_reminder_that_comes_to_run_later_than_its_skip_if_late_is_skipped_wit
 
 
 def test_skip_options_are_validated() -> None:
-    from services.journeys.definitions import DefinitionError, load
+    from services.journeys.domain.definitions import DefinitionError, load
 
     doc = {"key": "x", "kind": "sequence", "steps": [
         {"id": "a", "type": "send", "skip_if_late": "soon"},

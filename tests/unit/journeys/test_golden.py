@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from services.journeys.model import iso
+from services.journeys.domain.state import iso
 from tests.unit.journeys.test_engine import T0, Harness
 
 GOLDEN = Path(__file__).with_name("golden")

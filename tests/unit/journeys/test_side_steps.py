@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from services.journeys.model import iso
+from services.journeys.domain.state import iso
 from tests.unit.journeys.test_engine import Harness
 
 
@@ -36,7 +36,7 @@ def test_a_side_step_being_retried_holds_everything_queued_behind_it() -> None:
     triggers = h.state.enrollments["triggers"]
     from datetime import timedelta
 
-    from services.journeys.model import Outcome
+    from services.journeys.domain.state import Outcome
 
     triggers.side = ["bottom_funnel"]
     out = Outcome()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.messaging.channels import ad_suppression_for
+from services.messaging.app.channels import ad_suppression_for
 
 
 def _lead(**fields: object) -> dict[str, object]:
@@ -31,7 +31,7 @@ def test_who_is_suppressed_from_ads(lead: dict[str, object], etype: str, props: 
 def test_a_catalog_point_that_yaml_reads_as_a_mapping_is_refused(tmp_path: object) -> None:
     from pathlib import Path
 
-    from services.messaging.catalog import Catalog
+    from services.messaging.domain.catalog import Catalog
 
     path = Path(str(tmp_path)) / "catalog.yaml"
     path.write_text("templates:\n  x.email_01:\n    subject: Hi\n    points:\n    - Expansion: adding family\n")

@@ -7,9 +7,9 @@ from email import message_from_bytes, policy
 
 import pytest
 
-from services.messaging import abtest, mime
-from services.messaging.policy import backoff, next_window
-from services.messaging.tokens import Signer, Token, TokenError
+from services.messaging.domain import abtest, mime
+from services.messaging.domain.policy import backoff, next_window
+from services.messaging.domain.tokens import Signer, Token, TokenError
 
 
 def test_tokens_round_trip_and_reject_tampering() -> None:

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from services.messaging.catalog import Catalog
-from services.messaging.channels import Channels
+from services.messaging.app.channels import Channels
+from services.messaging.domain.catalog import Catalog
 
 LEAD = {"id": "l-1", "segment": "skilled_professional", "lifecycle_stage": "mql", "attributes": {}}
 
@@ -115,6 +115,6 @@ PROFILE = {"attributes": {"countries_of_interest": ["CA"]}, "segment": "family"}
       "reason": "profile incomplete"}),
 ])
 def test_next_best_action_by_stage_and_score(lead: dict, expected: dict) -> None:
-    from services.messaging.channels import next_best_action
+    from services.messaging.app.channels import next_best_action
 
     assert next_best_action(lead, SITE) == expected

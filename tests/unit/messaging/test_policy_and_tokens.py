@@ -8,8 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from services.messaging.policy import DEFAULT_POLICY, Policy, PolicyError, backoff, load_policy, next_window, zone_of
-from services.messaging.tokens import Signer, Token, TokenError
+from services.messaging.domain.policy import (
+    DEFAULT_POLICY,
+    Policy,
+    PolicyError,
+    backoff,
+    load_policy,
+    next_window,
+    zone_of,
+)
+from services.messaging.domain.tokens import Signer, Token, TokenError
 
 KOLKATA_8AM = datetime(2026, 1, 5, 2, 30, tzinfo=UTC)   # 08:00 in Asia/Kolkata (UTC+5:30)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from services.messaging.policy import DEFAULT_POLICY, PolicyError, load_policy, next_window
+from services.messaging.domain.policy import DEFAULT_POLICY, PolicyError, load_policy, next_window
 
 
 def test_the_shipped_file_is_the_documented_policy() -> None:

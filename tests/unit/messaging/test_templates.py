@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from services.messaging.catalog import Catalog, RenderError, choose_variant
+from services.messaging.domain.catalog import TEMPLATES_DIR, Catalog, RenderError, choose_variant
 
-PLAYBOOK = Path(__file__).resolve().parents[3] / "services" / "journeys" / "playbook"
+PLAYBOOK = Path(__file__).resolve().parents[3] / "services" / "journeys" / "data" / "playbook"
 
 LEADS = {
     "skilled": {"id": "l-s", "first_name": "Ana", "segment": "skilled_professional", "timezone": "Asia/Kolkata",
@@ -85,8 +85,7 @@ def test_html_is_escaped_and_sandboxed(catalog: Catalog) -> None:
 def test_unknown_and_broken_templates_raise_render_error(catalog: Catalog, tmp_path: Path) -> None:
     with pytest.raises(RenderError, match="unknown template"):
         catalog.render("nope.email_01", {"id": "x"})
-    src = (Path(catalog.__class__.__module__.replace(".", "/")).parent / "templates" / "catalog.yaml")
-    data = yaml.safe_load((Path(__file__).resolve().parents[3] / src).read_text())
+    data = yaml.safe_load((TEMPLATES_DIR / "catalog.yaml").read_text())
     data["templates"]["family.email_01"]["subject"] = "{{ ctx.__class__.__mro__ }}"
     data["templates"]["family.email_02"]["subject"] = "{{ no_such_variable }}"
     broken = tmp_path / "catalog.yaml"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.messaging.tokens import Signer, Token, TokenError
+from services.messaging.domain.tokens import Signer, Token, TokenError
 
 SIGNER = Signer("test-secret")
 TOKEN = SIGNER.sign(Token(kind="click", message_id="m-1", lead_id="l-1", url="https://example.com/x", link=2))

@@ -3,8 +3,8 @@ renders, and the segment workflows carry the seed's 17 emails each."""
 
 from __future__ import annotations
 
-from services.journeys.definitions import load_playbook, validate
-from services.messaging.catalog import Catalog
+from services.journeys.domain.definitions import load_playbook, validate
+from services.messaging.domain.catalog import Catalog
 
 
 def test_every_journey_template_exists_and_every_definition_validates() -> None:

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from nurture.rules import InvalidRule
-from services.scoring.model import ScoringModel, load_model
+from services.scoring.domain.rules import ScoringModel, load_model
 
 NOW = datetime(2026, 3, 1, 9, tzinfo=UTC)
 
@@ -151,7 +151,7 @@ def test_score_crossings_at_50_and_70(model: ScoringModel, old: int, stage: str 
 
 
 def test_engagement_windows_count_from_exactly_their_length_ago() -> None:
-    from services.scoring.model import derive_counters
+    from services.scoring.domain.rules import derive_counters
 
     n = int(NOW.timestamp())
     day = 86_400
@@ -234,7 +234,7 @@ def test_interests_follow_what_the_lead_looks_at(model: ScoringModel, etype: str
 
 
 def test_the_rules_see_the_lead_facts_they_may_read(model: ScoringModel) -> None:
-    from services.scoring.model import _lead_facts
+    from services.scoring.domain.rules import _lead_facts
 
     lead = {"segment": "family", "score": 0, "grade": None, "lifecycle_stage": "lead", "attributes": {},
             "timezone": "UTC", "locale": "en", "email": "x@example.com", "consent": {"email": True}}

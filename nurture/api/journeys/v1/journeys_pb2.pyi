@@ -44,18 +44,20 @@ class LeadJourneysReply(_message.Message):
     def __init__(self, enrollments: _Optional[_Iterable[_Union[Enrollment, _Mapping]]] = ...) -> None: ...
 
 class MembersRequest(_message.Message):
-    __slots__ = ("journey", "stage", "status", "cursor", "limit")
+    __slots__ = ("journey", "stage", "status", "cursor", "limit", "step")
     JOURNEY_FIELD_NUMBER: _ClassVar[int]
     STAGE_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     CURSOR_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
     journey: str
     stage: str
     status: str
     cursor: str
     limit: int
-    def __init__(self, journey: _Optional[str] = ..., stage: _Optional[str] = ..., status: _Optional[str] = ..., cursor: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
+    step: str
+    def __init__(self, journey: _Optional[str] = ..., stage: _Optional[str] = ..., status: _Optional[str] = ..., cursor: _Optional[str] = ..., limit: _Optional[int] = ..., step: _Optional[str] = ...) -> None: ...
 
 class MembersReply(_message.Message):
     __slots__ = ("lead_ids", "next_cursor")
@@ -196,3 +198,30 @@ class SimulateRequest(_message.Message):
     REQUEST_JSON_FIELD_NUMBER: _ClassVar[int]
     request_json: str
     def __init__(self, request_json: _Optional[str] = ...) -> None: ...
+
+class LiveStepsRequest(_message.Message):
+    __slots__ = ("journey",)
+    JOURNEY_FIELD_NUMBER: _ClassVar[int]
+    journey: str
+    def __init__(self, journey: _Optional[str] = ...) -> None: ...
+
+class LiveStepsReply(_message.Message):
+    __slots__ = ("leads",)
+    class LeadsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    LEADS_FIELD_NUMBER: _ClassVar[int]
+    leads: _containers.ScalarMap[str, int]
+    def __init__(self, leads: _Optional[_Mapping[str, int]] = ...) -> None: ...
+
+class WhyNotRequest(_message.Message):
+    __slots__ = ("lead_id", "journey")
+    LEAD_ID_FIELD_NUMBER: _ClassVar[int]
+    JOURNEY_FIELD_NUMBER: _ClassVar[int]
+    lead_id: str
+    journey: str
+    def __init__(self, lead_id: _Optional[str] = ..., journey: _Optional[str] = ...) -> None: ...

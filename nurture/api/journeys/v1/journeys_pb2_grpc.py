@@ -74,6 +74,16 @@ class JourneysStub:
                 request_serializer=nurture_dot_api_dot_journeys_dot_v1_dot_journeys__pb2.SimulateRequest.SerializeToString,
                 response_deserializer=nurture_dot_api_dot_journeys_dot_v1_dot_journeys__pb2.ReportReply.FromString,
                 _registered_method=True)
+        self.LiveSteps = channel.unary_unary(
+                '/nurture.api.journeys.v1.Journeys/LiveSteps',
+                request_serializer=nurture_dot_api_dot_journeys_dot_v1_dot_journeys__pb2.LiveStepsRequest.SerializeToString,
+                response_deserializer=nurture_dot_api_dot_journeys_dot_v1_dot_journeys__pb2.LiveStepsReply.FromString,
+                _registered_method=True)
+        self.WhyNot = channel.unary_unary(
+                '/nurture.api.journeys.v1.Journeys/WhyNot',
+                request_serializer=nurture_dot_api_dot_journeys_dot_v1_dot_journeys__pb2.WhyNotRequest.SerializeToString,
+                response_deserializer=nurture_dot_api_dot_journeys_dot_v1_dot_journeys__pb2.ReportReply.FromString,
+                _registered_method=True)
 
 
 class JourneysServicer:
@@ -127,6 +137,18 @@ class JourneysServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def LiveSteps(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WhyNot(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_JourneysServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -168,6 +190,16 @@ def add_JourneysServicer_to_server(servicer, server):
             'Simulate': grpc.unary_unary_rpc_method_handler(
                     servicer.Simulate,
                     request_deserializer=nurture_dot_api_dot_journeys_dot_v1_dot_journeys__pb2.SimulateRequest.FromString,
+                    response_serializer=nurture_dot_api_dot_journeys_dot_v1_dot_journeys__pb2.ReportReply.SerializeToString,
+            ),
+            'LiveSteps': grpc.unary_unary_rpc_method_handler(
+                    servicer.LiveSteps,
+                    request_deserializer=nurture_dot_api_dot_journeys_dot_v1_dot_journeys__pb2.LiveStepsRequest.FromString,
+                    response_serializer=nurture_dot_api_dot_journeys_dot_v1_dot_journeys__pb2.LiveStepsReply.SerializeToString,
+            ),
+            'WhyNot': grpc.unary_unary_rpc_method_handler(
+                    servicer.WhyNot,
+                    request_deserializer=nurture_dot_api_dot_journeys_dot_v1_dot_journeys__pb2.WhyNotRequest.FromString,
                     response_serializer=nurture_dot_api_dot_journeys_dot_v1_dot_journeys__pb2.ReportReply.SerializeToString,
             ),
     }
@@ -386,6 +418,60 @@ class Journeys:
             target,
             '/nurture.api.journeys.v1.Journeys/Simulate',
             nurture_dot_api_dot_journeys_dot_v1_dot_journeys__pb2.SimulateRequest.SerializeToString,
+            nurture_dot_api_dot_journeys_dot_v1_dot_journeys__pb2.ReportReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LiveSteps(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nurture.api.journeys.v1.Journeys/LiveSteps',
+            nurture_dot_api_dot_journeys_dot_v1_dot_journeys__pb2.LiveStepsRequest.SerializeToString,
+            nurture_dot_api_dot_journeys_dot_v1_dot_journeys__pb2.LiveStepsReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WhyNot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nurture.api.journeys.v1.Journeys/WhyNot',
+            nurture_dot_api_dot_journeys_dot_v1_dot_journeys__pb2.WhyNotRequest.SerializeToString,
             nurture_dot_api_dot_journeys_dot_v1_dot_journeys__pb2.ReportReply.FromString,
             options,
             channel_credentials,

@@ -1,0 +1,174 @@
+"""The console's routes under /console/: sign-in, journeys, leads, operations, static files.
+
+Every page reads through the same gateway functions that answer the /v1 API (gateway.routes.*), so a
+number on a page is the number the API gives for it. A request without a valid session is sent to the
+sign-in page; a form without the session's CSRF token, or from a role that may not do it, gets 403.
+"""
+
+from __future__ import annotations
+
+import json
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from gateway import roles
+from gateway.console import data, graph, session
+from gateway.console.guard import guarded, mesh_of, read_form, redirect, settings_of
+from gateway.console.render import page
+from gateway.console.static import static_response
+from gateway.deps import ApiError
+from gateway.routes import journeys as journeys_api
+from nurture.api.journeys.v1 import journeys_pb2
+from nurture.rpc import LONG_DEADLINE_S
+
+router = APIRouter(prefix="/console", include_in_schema=False)
+
+
+# -- sign-in -------------------------------------------------------------------------------------------
+
+
+@router.get("/")
+async def home(request: Request) -> Response:
+    return redirect("/console/journeys")
+
+
+def _safe_next(target: str) -> str:
+    # Only our own console paths: an open redirect would let a link sign someone in and send them away.
+    return target if target.startswith("/console/") and not target.startswith("//") and "\\" not in target \
+        else "/console/journeys"
+
+
+@router.get("/sign-in")
+async def sign_in_form(request: Request, next: str = "/console/journeys") -> Response:
+    settings = settings_of(request)
+    if not settings.session_secret:
+        return page("sign_in.html", status=503, session=None, token="", next=_safe_next(next),
+                    problem="The console is off: NURTURE_SESSION_SECRET is not set (nurture up generates it).")
+    token, new = session.sign_in_token(settings, request)
+    response = page("sign_in.html", session=None, token=token, next=_safe_next(next), problem=None)
+    if new:
+        session.set_sign_in_cookie(settings, response, token)
+    return response
+
+
+@router.post("/sign-in")
+async def sign_in(request: Request) -> Response:
+    settings = settings_of(request)
+    fields = await read_form(request)
+    target = _safe_next(fields.get("next", ""))
+    if not settings.session_secret:
+        return page("sign_in.html", status=503, session=None, token="", next=target,
+                    problem="The console is off: NURTURE_SESSION_SECRET is not set.")
+    if not session.sign_in_token_valid(settings, request, fields.get("csrf", "")):
+        return page("error.html", status=403, title="Error 403", session=None,
+                    message="This sign-in form is stale or did not come from the console: open it again.")
+    key = fields.get("api_key", "").strip()
+    if not key or roles.role_of(settings, key) is None:
+        return page("sign_in.html", status=401, session=None, token=fields.get("csrf", ""), next=target,
+                    problem="That is not a valid API key.")
+    response = redirect(target)
+    session.open_session(settings, response, key)
+    return response
+
+
+@router.post("/sign-out")
+async def sign_out(request: Request) -> Response:
+    async def handler(_request: Request, _current: session.Session) -> Response:
+        response = redirect("/console/sign-in")
+        session.close_session(settings_of(request), response)
+        return response
+    return await guarded(request, handler, form=True)
+
+
+# -- journeys ------------------------------------------------------------------------------------------
+
+
+@router.get("/journeys")
+async def journeys(request: Request) -> Response:
+    async def handler(_request: Request, current: session.Session) -> Response:
+        rows = await data.journeys_with_counts(mesh_of(request))
+        return page("journeys.html", session=current, title="Journeys", journeys=rows)
+    return await guarded(request, handler)
+
+
+@router.get("/journeys/{key}")
+async def journey(request: Request, key: str) -> Response:
+    async def handler(_request: Request, current: session.Session) -> Response:
+        m = mesh_of(request)
+        got = await journeys_api.get_journey(key, 0, m)
+        report = await journeys_api.journey_analytics(key, None, None, m)
+        waiting = await data.waiting_by_step(m, key)
+        nodes, edges = graph.build(got["definition"] or {}, report, waiting)
+        stages = [s for s in (got["definition"] or {}).get("stages") or [] if isinstance(s, dict)]
+        layout = {"nodes": [{"id": n.id, "stage": n.stage} for n in nodes],
+                  "edges": [{"source": e.source, "target": e.target, "label": e.label, "share": e.share}
+                            for e in edges]}
+        return page("journey.html", session=current, title=got["name"] or key, journey=got, report=report,
+                    nodes=nodes, edges=edges, stages=stages, layout_json=json.dumps(layout),
+                    can_publish=roles.allows(current.role, "editor"))
+    return await guarded(request, handler)
+
+
+@router.post("/journeys/{key}/publish")
+async def publish(request: Request, key: str) -> Response:
+    async def handler(_request: Request, current: session.Session) -> Response:
+        fields = request.state.form
+        try:
+            version = int(fields.get("version", "0"))
+        except ValueError:
+            version = -1
+        if not 0 < version < 2**31:
+            raise ApiError(422, "invalid", "choose a version to publish")
+        reply = await journeys_api._stub(mesh_of(request)).Publish(
+            journeys_pb2.PublishRequest(key=key, version=version, migrate=fields.get("migrate") == "on",
+                                        dry_run=fields.get("dry_run") == "on"), timeout=LONG_DEADLINE_S)
+        return page("published.html", session=current, title=f"Published {key}", key=key,
+                    version=reply.version, published=reply.published,
+                    report=json.dumps(json.loads(reply.report_json or "{}"), indent=2, sort_keys=True))
+    return await guarded(request, handler, needed="editor", form=True)
+
+
+# -- leads ---------------------------------------------------------------------------------------------
+
+
+@router.get("/leads")
+async def leads(request: Request) -> Response:
+    async def handler(_request: Request, current: session.Session) -> Response:
+        filters = data.LeadFilters.from_query(request.query_params)
+        rows, next_cursor = await data.leads_page(mesh_of(request), filters)
+        return page("leads.html", session=current, title="Leads", leads=rows, filters=filters,
+                    next_cursor=next_cursor, journeys=await data.journey_keys(mesh_of(request)))
+    return await guarded(request, handler)
+
+
+@router.get("/leads/{lead_id}")
+async def lead(request: Request, lead_id: str) -> Response:
+    async def handler(_request: Request, current: session.Session) -> Response:
+        m = mesh_of(request)
+        view = await data.lead_view(m, lead_id)
+        chosen = request.query_params.get("why_not", "")
+        explained = await data.why_not(m, lead_id, chosen) if chosen else None
+        return page("lead.html", session=current, title=view["lead"]["email"] or lead_id, why_not=explained,
+                    chosen=chosen, journeys_all=await data.journey_keys(m), **view)
+    return await guarded(request, handler)
+
+
+# -- operations ----------------------------------------------------------------------------------------
+
+
+@router.get("/operations")
+async def operations(request: Request) -> Response:
+    async def handler(_request: Request, current: session.Session) -> Response:
+        view = await data.operations_view(mesh_of(request))
+        return page("operations.html", session=current, title="Operations", **view)
+    return await guarded(request, handler)
+
+
+# -- static files --------------------------------------------------------------------------------------
+
+
+@router.get("/static/{name}")
+async def static(name: str) -> Response:
+    return static_response(name)
+

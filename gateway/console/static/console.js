@@ -1,0 +1,114 @@
+// The console's progressive script: lays out the journey graph with dagre and draws the score chart
+// with Chart.js. Pages work without it (the graph's steps and the score table are server-rendered);
+// data comes from data-* attributes, as the Content-Security-Policy allows no inline script.
+"use strict";
+
+(function () {
+  var SVG = "http://www.w3.org/2000/svg";
+
+  function layoutGraph(container) {
+    if (typeof dagre === "undefined") return;
+    var spec = JSON.parse(container.getAttribute("data-graph"));
+    var g = new dagre.graphlib.Graph({ multigraph: true });
+    g.setGraph({ rankdir: "TB", nodesep: 24, ranksep: 44, marginx: 12, marginy: 12 });
+    g.setDefaultEdgeLabel(function () { return {}; });
+    var elements = {};
+    container.querySelectorAll("[data-step]").forEach(function (el) {
+      elements[el.getAttribute("data-step")] = el;
+    });
+    container.classList.add("laid-out");
+    spec.nodes.forEach(function (n) {
+      var el = elements[n.id];
+      if (!el) return;
+      g.setNode(n.id, { width: el.offsetWidth, height: el.offsetHeight });
+    });
+    spec.edges.forEach(function (e, i) {
+      g.setEdge(e.source, e.target, { label: e.label, share: e.share }, "e" + i);
+    });
+    dagre.layout(g);
+    var size = g.graph();
+    container.style.width = Math.ceil(size.width) + "px";
+    container.style.height = Math.ceil(size.height) + "px";
+    g.nodes().forEach(function (id) {
+      var n = g.node(id);
+      var el = elements[id];
+      el.style.left = Math.round(n.x - n.width / 2) + "px";
+      el.style.top = Math.round(n.y - n.height / 2) + "px";
+    });
+    var svg = container.querySelector("svg.edges");
+    svg.setAttribute("width", Math.ceil(size.width));
+    svg.setAttribute("height", Math.ceil(size.height));
+    g.edges().forEach(function (ref) {
+      var e = g.edge(ref);
+      var path = document.createElementNS(SVG, "polyline");
+      path.setAttribute("points", e.points.map(function (p) { return p.x + "," + p.y; }).join(" "));
+      path.setAttribute("class", "edge");
+      svg.appendChild(path);
+      var text = (e.label || "") + (e.share !== null && e.share !== undefined
+        ? " " + (Math.round(e.share * 1000) / 10) + "%" : "");
+      if (text.trim()) {
+        var mid = e.points[Math.floor(e.points.length / 2)];
+        var label = document.createElementNS(SVG, "text");
+        label.setAttribute("x", mid.x + 4);
+        label.setAttribute("y", mid.y);
+        label.setAttribute("class", "edge-label");
+        label.textContent = text.trim();
+        svg.appendChild(label);
+      }
+    });
+  }
+
+  function scoreChart(canvas) {
+    if (typeof Chart === "undefined") return;
+    var points = JSON.parse(canvas.getAttribute("data-points"));
+    if (!points.length) return;
+    new Chart(canvas, {
+      type: "line",
+      data: {
+        labels: points.map(function (p) { return p.at.replace("T", " ").replace("Z", ""); }),
+        datasets: [{ label: "score", data: points.map(function (p) { return p.score; }), stepped: true }]
+      },
+      options: { animation: false, responsive: true, maintainAspectRatio: false,
+                 plugins: { legend: { display: false } } }
+    });
+  }
+
+  // As the editor types: the service's validation of the whole document, every problem listed.
+  function liveValidation(area) {
+    var url = area.getAttribute("data-validate");
+    var csrf = area.form.querySelector("input[name=csrf]").value;
+    var list = document.getElementById("problems");
+    var valid = document.getElementById("valid");
+    var timer = null;
+    var sent = 0;
+    function check() {
+      var mine = ++sent;
+      var body = new URLSearchParams({ csrf: csrf, document: area.value });
+      fetch(url, { method: "POST", body: body, credentials: "same-origin" })
+        .then(function (r) { return r.ok ? r.json() : null; })
+        .then(function (result) {
+          if (!result || mine !== sent) return;  // a later keystroke's answer supersedes this one
+          list.replaceChildren.apply(list, result.problems.map(function (p) {
+            var li = document.createElement("li");
+            li.textContent = p;
+            return li;
+          }));
+          valid.hidden = !result.valid;
+          valid.textContent = result.valid ? "No problem found." : "";
+        });
+    }
+    area.addEventListener("input", function () {
+      clearTimeout(timer);
+      timer = setTimeout(check, 500);
+    });
+  }
+
+  document.addEventListener("DOMContentLoaded", function () {
+    var editor = document.querySelector("textarea[data-validate]");
+    if (editor) liveValidation(editor);
+    var graph = document.getElementById("graph");
+    if (graph) layoutGraph(graph);
+    var chart = document.getElementById("score-chart");
+    if (chart) scoreChart(chart);
+  });
+})();

@@ -1,0 +1,9 @@
+"""The web console under /console/ (gateway.console): included here like every other area."""
+
+from fastapi import APIRouter
+
+from gateway.console import editing, pages
+
+router = APIRouter()
+router.include_router(pages.router)
+router.include_router(editing.router)

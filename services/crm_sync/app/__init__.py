@@ -1,0 +1,1 @@
+"""crm_sync's application layer: one module per area (see the service README)."""

@@ -1,0 +1,133 @@
+"""Inbound activities and deals: CRM events to scoring (idempotent by key) and the timeline."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+import grpc
+from sqlalchemy.orm import Session
+
+from nurture.api.scoring.v1 import scoring_pb2
+from nurture.rpc import DEADLINE_S
+from services.crm_sync import domain
+from services.crm_sync import storage as st
+from services.crm_sync.app.base import TRANSIENT, CoreBase, InputError, ScoringUnavailable, UnknownContact
+
+
+def _micros(at: datetime) -> int:
+    return int(at.timestamp() * 1_000_000)
+
+
+class InboundActivities(CoreBase):
+    async def _resolve(self, crm: str, crm_id: str, lead_id: str) -> str:
+        row = await self.read(lambda s: st.find_lead(s, crm=crm, crm_id=crm_id or None, lead_id=lead_id or None,
+                                                    email=None))
+        if row:
+            return str(row["lead_id"])
+        if lead_id and not crm_id:
+            try:
+                lead = await self.scoring.GetLead(scoring_pb2.GetLeadRequest(id=lead_id), timeout=DEADLINE_S)
+                return str(lead.id)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() != grpc.StatusCode.NOT_FOUND:
+                    raise ScoringUnavailable(exc.details() or exc.code().name) from exc
+        raise UnknownContact(f"unknown CRM contact {crm_id!r}" if crm_id else f"unknown lead {lead_id!r}")
+
+    async def _feed(self, crm: str, kind: str, object_id: str, lead_id: str, modified_at: datetime,
+                    state: str, event: scoring_pb2.Event | None, summary: str, details: dict[str, Any]
+                    ) -> dict[str, Any]:
+        """Common path of activities and deals: staleness by the CRM's modification time, the event to
+        scoring (idempotent by key), then our record and the timeline."""
+        async with self.locks.hold(f"{crm}:{kind}:{object_id}"):
+            seen = await self.read(lambda s: st.get_inbound(s, crm, kind, object_id))
+            if seen and modified_at < seen["modified_at"]:
+                await self.writer.submit(lambda s: st.add_timeline(
+                    s, lead_id, self.clock.now(), f"{kind}_stale", f"Ignored an out-of-order {kind} {object_id}",
+                    {"crm": crm, "object_id": object_id, "modified_at": modified_at,
+                     "last_seen": seen["modified_at"]}))
+                return {"lead_id": lead_id, "status": "stale", "event_id": ""}
+            if seen and modified_at == seen["modified_at"]:
+                return {"lead_id": lead_id, "status": "duplicate", "event_id": seen["event_id"]}
+            if seen and seen["state"] == state:
+                event = None  # a later edit that changes nothing the platform acts on: timeline only
+            event_id = ""
+            if event is not None:
+                try:
+                    reply = await self.scoring.IngestEvents(scoring_pb2.IngestRequest(events=[event]),
+                                                            timeout=DEADLINE_S)
+                except grpc.aio.AioRpcError as exc:
+                    if exc.code() in TRANSIENT:
+                        raise ScoringUnavailable(exc.details() or exc.code().name) from exc
+                    raise InputError(exc.details() or exc.code().name) from exc
+                res = reply.results[0]
+                if res.error_code:
+                    raise InputError(f"{res.error_code}: {res.error_message}")
+                event_id = res.event_id
+            now = self.clock.now()
+
+            def write(s: Session) -> None:
+                st.put_inbound(s, {"crm": crm, "kind": kind, "object_id": object_id, "lead_id": lead_id,
+                                   "modified_at": modified_at, "state": state,
+                                   "event_id": event_id or (seen or {}).get("event_id", "")}, exists=seen is not None)
+                st.add_timeline(s, lead_id, now, f"{kind}_recorded" if not seen else f"{kind}_updated", summary,
+                                {**details, "crm": crm, "event_id": event_id, "modified_at": modified_at})
+
+            await self.writer.submit(write)
+            return {"lead_id": lead_id, "status": "recorded" if not seen else "updated", "event_id": event_id}
+
+    async def record_activity(self, crm: str, a: dict[str, Any]) -> dict[str, Any]:
+        if not a["activity_id"]:
+            raise InputError("activity.activity_id is required")
+        if a["kind"] not in self.cfg.activity_kinds:
+            raise InputError(f"activity.kind must be one of {', '.join(self.cfg.activity_kinds)}")
+        if not (a["crm_id"] or a["lead_id"]):
+            raise InputError("activity.crm_id or activity.lead_id is required")
+        if a["kind"] == "disqualification" and not a["reason"]:
+            raise InputError("activity.reason is required for a disqualification")
+        now = self.clock.now()
+        modified = a["modified_at"] or a["occurred_at"] or now
+        field_name = "activity.modified_at" if a["modified_at"] else "activity.occurred_at (no modified_at)"
+        if (why := domain.ahead_of_clock(self.cfg, field_name, modified, now)) is not None:
+            raise InputError(why)
+        lead_id = await self._resolve(crm, a["crm_id"], a["lead_id"])
+        etype = "disqualified" if a["kind"] == "disqualification" else "sales_activity"
+        props = {"kind": a["kind"], "outcome": a["outcome"], "reason": a["reason"], "body": a["body"][:2000],
+                 "activity_id": a["activity_id"], "crm": crm, **a["properties"]}
+        event = scoring_pb2.Event(lead_id=lead_id, type=etype, properties_json=json.dumps(props), source="crm",
+                                  idempotency_key=f"crm:{crm}:activity:{a['activity_id']}:{_micros(modified)}")
+        if a["occurred_at"]:
+            event.occurred_at.FromDatetime(a["occurred_at"])
+        return await self._feed(crm, "activity", a["activity_id"], lead_id, modified, etype, event,
+                                f"Sales {a['kind']}" + (f": {a['outcome']}" if a["outcome"] else "")
+                                + (f" (reason: {a['reason']})" if a["reason"] else ""),
+                                {"activity_id": a["activity_id"], "kind": a["kind"], "outcome": a["outcome"],
+                                 "reason": a["reason"]})
+
+    async def report_deal(self, crm: str, d: dict[str, Any]) -> dict[str, Any]:
+        if not d["deal_id"]:
+            raise InputError("deal.deal_id is required")
+        if d["stage"] not in self.cfg.deal_stages:
+            raise InputError(f"deal.stage must be one of {', '.join(self.cfg.deal_stages)}")
+        if not (d["crm_id"] or d["lead_id"]):
+            raise InputError("deal.crm_id or deal.lead_id is required")
+        if d["modified_at"] is None:
+            raise InputError("deal.modified_at is required (the CRM's modification time orders deal updates)")
+        if d["amount"] < 0:
+            raise InputError("deal.amount must not be negative")
+        if (why := domain.ahead_of_clock(self.cfg, "deal.modified_at", d["modified_at"], self.clock.now())) is not None:
+            raise InputError(why)
+        lead_id = await self._resolve(crm, d["crm_id"], d["lead_id"])
+        etype = self.cfg.deal_events.get(d["stage"], "sales_activity")
+        props = {"deal_id": d["deal_id"], "stage": d["stage"], "amount": d["amount"], "currency": d["currency"],
+                 "reason": d["reason"], "kind": "deal_stage", "crm": crm, **d["properties"]}
+        event = scoring_pb2.Event(
+            lead_id=lead_id, type=etype, properties_json=json.dumps(props), source="crm",
+            idempotency_key=f"crm:{crm}:deal:{d['deal_id']}:{d['stage']}:{_micros(d['modified_at'])}")
+        event.occurred_at.FromDatetime(d["modified_at"])
+        return await self._feed(crm, "deal", d["deal_id"], lead_id, d["modified_at"], d["stage"], event,
+                                f"Deal {d['deal_id']} is {d['stage']}"
+                                + (f" ({d['amount']:g} {d['currency']})" if d["amount"] else ""),
+                                {"deal_id": d["deal_id"], "stage": d["stage"], "amount": d["amount"],
+                                 "reason": d["reason"]})

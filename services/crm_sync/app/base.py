@@ -1,0 +1,84 @@
+"""What the application areas of crm_sync share: their errors, stats, state and SQL access."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import grpc
+from sqlalchemy.orm import Session
+
+from nurture.api.scoring.v1 import scoring_pb2_grpc
+from nurture.clock import Clock
+from nurture.db import Database
+from nurture.locks import KeyLocks
+from services.crm_sync import domain
+from services.crm_sync.app.group_commit import GroupWriter
+from services.crm_sync.clients import JourneysLookup
+from services.crm_sync.connector import Connector
+
+T = TypeVar("T")
+
+
+TRANSIENT = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED,
+             grpc.StatusCode.ABORTED, grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL,
+             grpc.StatusCode.CANCELLED}
+
+
+class InputError(ValueError):
+    """A malformed request: the caller must fix it (INVALID_ARGUMENT)."""
+
+
+class UnknownContact(LookupError):
+    """A CRM id or lead id this service does not know (NOT_FOUND)."""
+
+
+class ScoringUnavailable(RuntimeError):
+    """Scoring could not take the call now (UNAVAILABLE: the CRM should retry)."""
+
+
+@dataclass
+class SyncStats:
+    pushes: int = 0
+    push_failures: int = 0
+    skipped: int = 0
+    inbound: int = 0
+    extra: dict[str, int] = field(default_factory=dict)
+
+
+class CoreBase:
+    """What every area of the core shares (set by `CrmSyncCore.__init__`), and its two ways into SQL."""
+
+    db: Database
+    clock: Clock
+    cfg: domain.SyncConfig
+    connector: Connector
+    scoring: scoring_pb2_grpc.ScoringStub
+    journeys: JourneysLookup
+    crm_name: str
+    virtual: bool
+    writer: GroupWriter
+    locks: KeyLocks
+    changes_wake: asyncio.Event
+    push_wake: asyncio.Event
+    stats: SyncStats
+    _readers: ThreadPoolExecutor
+
+    async def sql(self, fn: Callable[[Session], T]) -> T:
+        """A read-write transaction in the database's writer executor."""
+        def run() -> T:
+            with self.db.session() as s:
+                return fn(s)
+
+        return await self.db.run(run)
+
+    async def read(self, fn: Callable[[Session], T]) -> T:
+        """A read on its own thread pool: on SQLite (WAL) readers do not queue behind the one writer."""
+        def run() -> T:
+            with Session(self.db.engine) as s:
+                return fn(s)
+
+        return await asyncio.get_running_loop().run_in_executor(self._readers, run)

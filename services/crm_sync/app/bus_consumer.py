@@ -1,0 +1,112 @@
+"""The bus consumer: lead changes into the change feed, the push queue and planned tasks."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from services.crm_sync import domain
+from services.crm_sync import storage as st
+from services.crm_sync.app.changes import ChangeStream
+from services.crm_sync.app.tasks import Tasks
+
+
+class BusConsumer(Tasks, ChangeStream):
+    async def handle_messages(self, messages: list[dict[str, Any]]) -> None:
+        ids = list(dict.fromkeys(str(m["lead_id"]) for m in messages if m.get("type") != "lead_erased"))
+        journeys = await self.journeys.many(ids)
+        now = self.clock.now()
+
+        def write(s: Session) -> None:
+            # The batch's leads in one query; `rows` then follows this transaction's own changes,
+            # which go to SQL together at the end (BatchWrites).
+            rows = st.get_leads(s, ids)
+            # One pending contact push covers every change of the batch (it reads the latest state).
+            queued = st.pending_jobs(s, ids, "contact")
+            batch = st.BatchWrites()
+            for m in messages:
+                self._apply_message(s, m, journeys.get(str(m["lead_id"])), now, rows, queued, batch)
+            batch.flush(s)
+
+        await self.sql(write)
+        self._notify_changes()
+        self.push_wake.set()
+
+    def _apply_message(self, s: Session, m: dict[str, Any], journeys: list[dict[str, Any]] | None,
+                       now: datetime, rows: dict[str, dict[str, Any]], queued: set[str],
+                       batch: st.BatchWrites) -> None:
+        lead_id = str(m["lead_id"])
+        if m.get("type") == "lead_erased":
+            batch.flush(s)  # what the batch wrote before, in SQL before it is read and erased
+            row = st.get_lead(s, lead_id)
+            rows.pop(lead_id, None)
+            st.erase_lead(s, lead_id)
+            if row and row["crm_id"]:
+                st.enqueue(s, lead_id, "erase", now, payload={"remote_id": row["crm_id"]})
+            st.add_change(s, lead_id, row["crm_id"] if row else None, ["erased"], {}, now)
+            return
+        lead = m.get("lead")
+        if not isinstance(lead, dict):
+            return
+        current = rows.get(lead_id)
+        row = current or st.new_lead_row(lead_id, now)
+        occurred = _parse_time(m.get("occurred_at")) or now
+        # Lead-change messages carry the lead's version (a redelivered older one is dropped); event
+        # snapshots carry none and are applied in bus order, which is per-lead order.
+        version = lead.get("version")
+        dirty = False
+        if version is None or int(version) > int(row["version"]):
+            source = str((m.get("properties") or {}).get("source") or m.get("source") or "")
+            row["fields"] = domain.track_platform_changes(self.cfg, lead, row["fields"], occurred,
+                                                          from_crm=source.startswith("crm:"))
+            row["snapshot"], dirty = lead, True
+            row["version"] = int(version) if version is not None else row["version"]
+            row["email"] = lead.get("email") or row["email"]
+            if lead.get("lifecycle_stage") == "customer" and not row["converted_at"]:
+                row["converted_at"] = occurred
+            if lead.get("crm_id") and not row["crm_id"]:
+                st.unlink_crm_id(s, self.crm_name, str(lead["crm_id"]), lead_id)
+                for other in rows.values():  # the rows of this batch follow the unlink
+                    if other["crm_id"] == str(lead["crm_id"]) and other["crm"] == self.crm_name:
+                        other["crm_id"] = None
+                row["crm"], row["crm_id"] = self.crm_name, str(lead["crm_id"])
+        if journeys is not None and journeys != row["journeys"]:
+            row["journeys"], dirty = journeys, True
+        snapshot = row["snapshot"] or lead
+        if dirty:
+            proj = domain.projection(snapshot, row["journeys"])
+            changed = domain.changed_keys(row["projection"], proj)
+            if changed:
+                batch.add_change(lead_id, row["crm_id"], changed, proj, occurred)
+                row["projection"] = proj
+            if lead_id not in queued:  # one pending contact push covers every change of the batch
+                batch.enqueue(lead_id, "contact", now)
+                queued.add(lead_id)
+        signals = [str(x) for x in m.get("signals") or []]
+        facts = domain.facts_for(snapshot, signals, {"type": m.get("type"), "properties": m.get("properties") or {}})
+        plans = domain.planned_tasks(self.cfg, lead_id, facts, now)
+        if plans:
+            batch.flush(s)  # tasks read pending jobs and leads' rows from SQL
+        for plan in plans:
+            self._create_task(s, row, snapshot, plan.dedupe_key, plan.kind, plan.title, plan.priority, plan.due_at,
+                              {"why": plan.why, "facts": plan.facts, "bus_message": m.get("id")}, plan.rule, now,
+                              facts=facts)
+        if plans:  # an assignment may have queued a contact push in SQL: it covers this batch
+            queued.update(st.pending_jobs(s, [lead_id], "contact"))
+            dirty = True
+        if dirty or current is None:
+            row["updated_at"] = now
+            batch.save_lead(row, exists=current is not None)
+            rows[lead_id] = row
+
+
+def _parse_time(value: Any) -> datetime | None:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)

@@ -1,0 +1,226 @@
+"""Inbound contacts: CRM contact upserts, batched into one scoring call and one group commit."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import hashlib
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import grpc
+from sqlalchemy.orm import Session
+
+from nurture.api.scoring.v1 import scoring_pb2
+from nurture.batching import Batcher
+from nurture.rpc import DEADLINE_S
+from services.crm_sync import domain
+from services.crm_sync import storage as st
+from services.crm_sync.app.base import CoreBase
+from services.crm_sync.clients import lead_from_proto
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ContactIn:
+    crm_id: str
+    email: str
+    first_name: str
+    last_name: str
+    properties: dict[str, Any]
+    modified_at: datetime
+    lead_id: str
+
+
+@dataclass
+class ContactWrite:
+    """An applied contact, to be recorded: the lead scoring returned and the sync state to keep."""
+
+    crm: str
+    c: ContactIn
+    lead: dict[str, Any]
+    digest: str
+    merged: domain.InboundMerge
+    status: str
+    now: datetime
+
+
+def crm_lead_id(crm: str, crm_id: str) -> str:
+    """The id of a lead born from a CRM contact that has no email (stable across retries)."""
+    return "crm_" + hashlib.sha256(f"{crm}:{crm_id}".encode()).hexdigest()[:32]
+
+
+class InboundContacts(CoreBase):
+    contacts: Batcher[tuple[str, ContactIn], dict[str, Any]]
+
+    async def upsert_contacts(self, crm: str, contacts: list[ContactIn]) -> list[dict[str, Any]]:
+        return list(await asyncio.gather(*(self.upsert_contact(crm, c) for c in contacts)))
+
+    async def upsert_contact(self, crm: str, c: ContactIn) -> dict[str, Any]:
+        # Deliveries that may meet the same lead (same CRM id, email or lead id) run one after the
+        # other; everything else joins the next batch. Locks are taken in sorted order (no deadlock).
+        keys = sorted({f"{crm}:{kind}:{value}" for kind, value in
+                       (("id", c.crm_id), ("email", c.email.lower()), ("lead", c.lead_id)) if value})
+        async with contextlib.AsyncExitStack() as stack:
+            for key in keys:
+                await stack.enter_async_context(self.locks.hold(key))
+            return await self.contacts.submit((crm, c))
+
+    async def _upsert_batch(self, items: list[tuple[str, ContactIn]]) -> list[dict[str, Any] | BaseException]:
+        """Contacts of concurrent calls together: one read of what we know, one scoring call, one
+        group commit. Each contact keeps its own outcome (stale, duplicate, error, ...)."""
+        rows = await self.read(lambda s: st.find_leads(
+            s, [(crm, c.crm_id or None, c.lead_id or None, c.email or None) for crm, c in items]))
+        out: list[dict[str, Any] | BaseException] = [{} for _ in items]
+        stale: list[Callable[[Session], None]] = []
+        plans: list[tuple[int, str, ContactIn, dict[str, Any] | None, str, domain.InboundMerge]] = []
+        requests: list[scoring_pb2.UpsertLeadRequest] = []
+        started = self.clock.now()
+        for i, ((crm, c), row) in enumerate(zip(items, rows, strict=True)):
+            result: dict[str, Any] = {"crm_id": c.crm_id, "lead_id": "", "status": "error", "error_code": "",
+                                      "error_message": "", "conflicts": []}
+            if (why := domain.ahead_of_clock(self.cfg, "contact.modified_at", c.modified_at, started)) is not None:
+                log.warning("CRM %s contact %s refused: %s", crm, c.crm_id or c.email, why)
+                out[i] = {**result, "lead_id": row["lead_id"] if row else "", "error_code": "invalid",
+                          "error_message": why}
+                continue
+            digest = hashlib.sha256(json.dumps([c.crm_id, c.email, c.first_name, c.last_name, c.properties],
+                                               sort_keys=True, default=str).encode()).hexdigest()[:32]
+            if row and row["crm_id"] == c.crm_id and row["contact_modified_at"]:
+                if c.modified_at < row["contact_modified_at"]:
+                    stale.append(functools.partial(
+                        st.add_timeline, lead_id=row["lead_id"], at=self.clock.now(), type_="contact_stale",
+                        summary=f"Ignored an out-of-order update of CRM contact {c.crm_id}",
+                        details={"crm": crm, "crm_id": c.crm_id, "modified_at": c.modified_at,
+                                 "last_seen": row["contact_modified_at"]}))
+                    out[i] = {**result, "lead_id": row["lead_id"], "status": "stale"}
+                    continue
+                if c.modified_at == row["contact_modified_at"] and row["inbound_hash"] == digest:
+                    out[i] = {**result, "lead_id": row["lead_id"], "status": "duplicate"}
+                    continue
+            props = dict(c.properties)
+            for name, value in (("email", c.email), ("firstname", c.first_name), ("lastname", c.last_name)):
+                if value:
+                    props[name] = value
+            snapshot = row["snapshot"] if row and row["snapshot"] else None
+            merged = domain.merge_inbound(self.cfg, props, c.modified_at, snapshot, row["fields"] if row else {})
+            fields = dict(merged.fields)
+            if c.crm_id:
+                fields["crm_id"] = c.crm_id
+            lead_id = row["lead_id"] if row else (c.lead_id or "")
+            if not lead_id and not c.email and c.crm_id:
+                # Scoring commits before we do: after a crash between the two, the CRM's retry must land
+                # on the lead the first try created. With an email scoring matches on it; without one
+                # the lead id itself is derived from the CRM's id.
+                lead_id = crm_lead_id(crm, c.crm_id)
+            out[i] = result
+            plans.append((i, crm, c, row, digest, merged))
+            requests.append(scoring_pb2.UpsertLeadRequest(id=lead_id, fields_json=json.dumps(fields), merge=True,
+                                                          source=f"crm:{crm}"))
+        replies = await self._scoring_upserts(requests)
+        now = self.clock.now()
+        writes: list[tuple[int, ContactWrite]] = []
+        for (i, crm, c, row, digest, merged), (lead_pb, created, code, message) in zip(plans, replies, strict=True):
+            base = out[i]
+            assert isinstance(base, dict)
+            if lead_pb is None:
+                out[i] = {**base, "error_code": code, "error_message": message}
+                continue
+            lead = lead_from_proto(lead_pb)
+            status = "created" if created else ("updated" if merged.fields or not row else "unchanged")
+            writes.append((i, ContactWrite(crm=crm, c=c, lead=lead, digest=digest, merged=merged, status=status,
+                                           now=now)))
+            out[i] = {**base, "lead_id": lead["id"], "status": status,
+                      "conflicts": [x["field"] for x in merged.conflicts if x["winner"] == "platform"]}
+        if not writes and not stale:
+            return out
+        entries = [w for _, w in writes]
+        try:
+            await self.writer.submit(functools.partial(self._write_contacts, entries=entries, stale=stale))
+            self.stats.inbound += len(entries)
+        except Exception:
+            # The batch's transaction failed: contact by contact, so one bad contact fails alone.
+            log.warning("contact batch write failed; writing one by one", exc_info=True)
+            done = await asyncio.gather(*(self.writer.submit(functools.partial(
+                self._write_contacts, entries=[w], stale=[])) for w in entries), return_exceptions=True)
+            for (i, _), res in zip(writes, done, strict=True):
+                if isinstance(res, BaseException):
+                    out[i] = res
+                else:
+                    self.stats.inbound += 1
+        return out
+
+    def _write_contacts(self, s: Session, *, entries: list[ContactWrite],
+                        stale: list[Callable[[Session], None]]) -> None:
+        """Record applied contacts in a few statements per batch (not several per contact)."""
+        existing = st.get_leads(s, [e.lead["id"] for e in entries])
+        recs: dict[str, dict[str, Any]] = {}
+        owners: dict[tuple[str, str], str] = {}
+        timeline: list[dict[str, Any]] = []
+        for e in entries:
+            lead_id, c = e.lead["id"], e.c
+            rec = recs.get(lead_id) or existing.get(lead_id) or st.new_lead_row(lead_id, e.now)
+            if c.crm_id:
+                rec["crm"], rec["crm_id"] = e.crm, c.crm_id
+                owners[(e.crm, c.crm_id)] = lead_id
+            rec["email"] = e.lead["email"] or rec["email"]
+            rec["contact_modified_at"], rec["inbound_hash"] = c.modified_at, e.digest
+            rec["fields"] = {**rec["fields"], **e.merged.state}
+            rec["updated_at"] = e.now
+            recs[lead_id] = rec
+            timeline.append(st.timeline_row(lead_id, e.now, "contact_upserted",
+                                            f"CRM {e.crm} {e.status} contact {c.crm_id or c.email}",
+                                            {"crm": e.crm, "crm_id": c.crm_id, "status": e.status,
+                                             "applied": e.merged.fields, "modified_at": c.modified_at}))
+            for conflict in e.merged.conflicts:
+                timeline.append(st.timeline_row(
+                    lead_id, e.now, "conflict",
+                    f"{conflict['field']}: CRM says {conflict['crm_value']!r}, platform has "
+                    f"{conflict['platform_value']!r}; {conflict['winner']} wins ({conflict['policy']})",
+                    {"crm": e.crm, "crm_id": c.crm_id, **conflict}))
+        # A CRM id that moved to another lead (contacts merged in the CRM) is dropped from the old one,
+        # in the database and in this batch, before anything takes it.
+        st.unlink_crm_ids(s, owners)
+        for lead_id, rec in recs.items():
+            if rec["crm_id"] and owners.get((rec["crm"], rec["crm_id"]), lead_id) != lead_id:
+                rec["crm_id"] = None
+        st.save_leads(s, [r for i, r in recs.items() if i not in existing],
+                      [r for i, r in recs.items() if i in existing])
+        st.add_timelines(s, timeline)
+        for fn in stale:
+            fn(s)
+
+    async def _scoring_upserts(self, requests: list[scoring_pb2.UpsertLeadRequest]
+                               ) -> list[tuple[scoring_pb2.Lead | None, bool, str, str]]:
+        """(lead or None, created, error code, message) per request, from one UpsertLeads call."""
+        if not requests:
+            return []
+        try:
+            # One transaction for the batch: its deadline grows with its size (a lone lead: DEADLINE_S).
+            reply = await self.scoring.UpsertLeads(scoring_pb2.UpsertLeadsRequest(leads=requests),
+                                                   timeout=DEADLINE_S + 0.05 * len(requests))
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.UNIMPLEMENTED:
+                code = "invalid" if exc.code() == grpc.StatusCode.INVALID_ARGUMENT else "unavailable"
+                return [(None, False, code, exc.details() or exc.code().name)] * len(requests)
+            # A scoring from before UpsertLeads (a rolling upgrade): one call per lead.
+            return list(await asyncio.gather(*(self._scoring_upsert(r) for r in requests)))
+        return [(r.lead, r.created, "", "") if not r.error_code else
+                (None, False, "unknown_lead" if r.error_code == "not_found" else r.error_code, r.error_message)
+                for r in reply.results]
+
+    async def _scoring_upsert(self, request: scoring_pb2.UpsertLeadRequest
+                              ) -> tuple[scoring_pb2.Lead | None, bool, str, str]:
+        try:
+            reply = await self.scoring.UpsertLead(request, timeout=DEADLINE_S)
+        except grpc.aio.AioRpcError as exc:
+            code = "invalid" if exc.code() == grpc.StatusCode.INVALID_ARGUMENT else (
+                "unknown_lead" if exc.code() == grpc.StatusCode.NOT_FOUND else "unavailable")
+            return None, False, code, exc.details() or exc.code().name
+        return reply.lead, reply.created, "", ""

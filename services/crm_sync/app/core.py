@@ -1,0 +1,85 @@
+"""The crm_sync core: inbound CRM calls, the bus consumer that builds the change feed and the push
+queue, process automation (assignment, tasks, notifications), and the outbound queue worker.
+
+Order of effects, so nothing is lost or doubled:
+- inbound: scoring is called first (its own idempotency: lead upsert by id, events by idempotency key
+  derived from the CRM's ids and modification time), then our record is committed; a crash between
+  the two makes the CRM's retry a harmless repeat;
+- outbound: a push is a row in crm_sync_outbox committed with the change that needs it; the worker
+  claims rows (status running), performs them, and records done / retry at a due time / dead with the
+  reason. Contact pushes are idempotent (PATCH by id; a create meeting the same email updates it);
+  tasks and notes carry `nurture_task_id` and are searched for before a retried create."""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from nurture.api.scoring.v1 import scoring_pb2_grpc
+from nurture.batching import Batcher
+from nurture.clock import Clock
+from nurture.db import Database
+from nurture.locks import KeyLocks
+from services.crm_sync import domain
+from services.crm_sync import storage as st
+from services.crm_sync.app.activities import InboundActivities
+from services.crm_sync.app.base import SyncStats
+from services.crm_sync.app.bus_consumer import BusConsumer
+from services.crm_sync.app.contacts import ContactIn, InboundContacts
+from services.crm_sync.app.group_commit import GroupWriter
+from services.crm_sync.app.outbound import OutboundQueue
+from services.crm_sync.clients import JourneysLookup
+from services.crm_sync.connector import Connector
+
+
+class CrmSyncCore(InboundContacts, InboundActivities, BusConsumer, OutboundQueue):
+    """Every area of the application in one object, as the servicer and the wiring see it."""
+
+    def __init__(self, *, db: Database, clock: Clock, cfg: domain.SyncConfig, connector: Connector,
+                 scoring: scoring_pb2_grpc.ScoringStub, journeys: JourneysLookup, crm_name: str,
+                 virtual: bool) -> None:
+        self.db = db
+        self.clock = clock
+        self.cfg = cfg
+        self.connector = connector
+        self.scoring = scoring
+        self.journeys = journeys
+        self.crm_name = crm_name
+        self.virtual = virtual
+        self.writer = GroupWriter(db)
+        self.locks = KeyLocks()
+        self.contacts: Batcher[tuple[str, ContactIn], dict[str, Any]] = Batcher(
+            self._upsert_batch, max_batch=100, parallel=2)
+        self.changes_wake = asyncio.Event()
+        self.push_wake = asyncio.Event()
+        self.stats = SyncStats()
+        self._push_lock = asyncio.Lock()
+        self._change_waiters: set[asyncio.Event] = set()
+        self._readers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="crm_sync-read")
+        self._prefetched: dict[str, dict[str, Any]] = {}
+
+    # ------------------------------------------------------------------------------------------------
+    # Admin
+
+    def close(self) -> None:
+        self._readers.shutdown(wait=True)
+
+    async def timeline(self, lead_id: str, limit: int) -> list[dict[str, Any]]:
+        return await self.read(lambda s: st.get_timeline(s, lead_id, limit))
+
+    async def erase(self, lead_id: str) -> int:
+        now = self.clock.now()
+
+        def run(s: Session) -> int:
+            row = st.get_lead(s, lead_id)
+            removed = st.erase_lead(s, lead_id)
+            if row and row["crm_id"]:
+                st.enqueue(s, lead_id, "erase", now, payload={"remote_id": row["crm_id"]})
+            return removed
+
+        removed = await self.sql(run)
+        self.push_wake.set()
+        return removed

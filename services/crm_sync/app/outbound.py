@@ -1,0 +1,314 @@
+"""The outbound queue: claim due pushes, perform them against the CRM and scoring, record outcomes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import grpc
+from sqlalchemy.orm import Session
+
+from nurture.aio import wait_event
+from nurture.api.scoring.v1 import scoring_pb2
+from nurture.rpc import DEADLINE_S
+from services.crm_sync import domain
+from services.crm_sync import storage as st
+from services.crm_sync.app.base import TRANSIENT, CoreBase
+from services.crm_sync.connector import Permanent, Retryable
+
+log = logging.getLogger(__name__)
+
+
+# Lead updates per UpsertLeads call: one scoring transaction each, so small enough that events
+# arriving meanwhile wait little for it.
+LEAD_UPDATES_PER_CALL = 20
+
+
+@dataclass
+class Outcome:
+    status: str                      # done | retry | dead
+    error: str | None = None
+    retry_after: float | None = None
+    apply: Callable[[Session], None] | None = None
+
+
+class OutboundQueue(CoreBase):
+    _push_lock: asyncio.Lock
+    _prefetched: dict[str, dict[str, Any]]
+
+    async def process_due(self, limit: int = 400) -> int:
+        """Claim and perform every push due now (up to `limit`); returns how many were tried."""
+        async with self._push_lock:
+            now = self.clock.now()
+
+            def claim(s: Session) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
+                jobs = st.due_jobs(s, now, limit)
+                st.mark_running(s, [j["id"] for j in jobs])
+                # Contact pushes read their lead's state now, in the same round trip.
+                return jobs, st.get_leads(s, [j["lead_id"] for j in jobs if j["op"] == "contact"])
+
+            jobs, prefetched = await self.sql(claim)
+            self._prefetched = prefetched
+            if not jobs:
+                return 0
+            by_lead: dict[str, list[dict[str, Any]]] = defaultdict(list)
+            for j in jobs:
+                if j["op"] != "lead":
+                    by_lead[j["lead_id"]].append(j)
+            # Write-backs to scoring (CRM ids, sales owners) go together: one UpsertLeads per chunk,
+            # where one UpsertLead each had scoring commit 30 transactions at once, ahead of ingest.
+            lead_jobs = [j for j in jobs if j["op"] == "lead"]
+            results: list[tuple[dict[str, Any], Outcome]] = list(
+                zip(lead_jobs, await self._update_leads(lead_jobs), strict=True))
+            sem = asyncio.Semaphore(32)
+
+            async def lane(items: list[dict[str, Any]]) -> None:
+                async with sem:
+                    # The CRM id a contact push of this lane got, before it is recorded: a task right
+                    # behind it attaches to that contact instead of creating the contact again.
+                    remote: dict[str, str] = {}
+                    pushed = False
+                    for j in items:  # one lead's pushes in order
+                        if j["op"] == "contact" and pushed:
+                            # Two contact pushes claimed together (one left over from a crash): the
+                            # first read the state both were queued for, so it covered this one too.
+                            results.append((j, Outcome("done")))
+                            continue
+                        out = await self._perform(j, remote)
+                        pushed = pushed or (j["op"] == "contact" and out.status == "done")
+                        results.append((j, out))
+
+            await asyncio.gather(*(lane(items) for items in by_lead.values()))
+            done_at = self.clock.now()
+
+            def record(s: Session) -> None:
+                finished: list[dict[str, Any]] = []
+                for job, out in results:
+                    self._record(s, job, out, done_at, finished)
+                st.finish_jobs(s, finished)  # one executemany, not a round trip per push
+
+            await self.sql(record)
+            return len(jobs)
+
+    def _record(self, s: Session, job: dict[str, Any], out: Outcome, now: datetime,
+                finished: list[dict[str, Any]]) -> None:
+        """Record a push's outcome; the job's own row update is added to `finished` (written together)."""
+        attempts = int(job["attempts"]) + 1
+        if out.status == "done":
+            if out.apply is not None:
+                out.apply(s)
+            finished.append(st.finished_job(job["id"], status="done", attempts=attempts, due_at=job["due_at"],
+                                            error=None, now=now))
+            return
+        if out.status == "retry" and attempts < domain.MAX_ATTEMPTS:
+            delay = domain.retry_delay(int(job["id"]), attempts, out.retry_after)
+            due = now + timedelta(seconds=delay)
+            finished.append(st.finished_job(job["id"], status="pending", attempts=attempts, due_at=due,
+                                            error=out.error, now=now))
+            st.add_timeline(s, job["lead_id"], now, "push_retry",
+                            f"CRM push ({job['op']}) failed, retry {attempts + 1} at {due.isoformat()}: {out.error}",
+                            {"job": job["id"], "op": job["op"], "attempt": attempts, "error": out.error,
+                             "retry_after": out.retry_after, "due_at": due})
+            return
+        reason = out.error if out.status == "dead" else f"gave up after {attempts} tries: {out.error}"
+        finished.append(st.finished_job(job["id"], status="dead", attempts=attempts, due_at=job["due_at"],
+                                        error=reason, now=now))
+        if job["op"] == "task":
+            st.update_task(s, job["ref"], status="dead")
+        st.add_timeline(s, job["lead_id"], now, "push_dead", f"CRM push ({job['op']}) dead-lettered: {reason}",
+                        {"job": job["id"], "op": job["op"], "attempts": attempts, "reason": reason})
+
+    async def _update_leads(self, jobs: list[dict[str, Any]]) -> list[Outcome]:
+        """Apply `lead` pushes (field updates of scoring's lead) in order, LEAD_UPDATES_PER_CALL per
+        UpsertLeads call, so each of scoring's transactions stays short."""
+        outcomes: list[Outcome] = []
+        for start in range(0, len(jobs), LEAD_UPDATES_PER_CALL):
+            chunk = jobs[start:start + LEAD_UPDATES_PER_CALL]
+            request = scoring_pb2.UpsertLeadsRequest(leads=[scoring_pb2.UpsertLeadRequest(
+                id=j["lead_id"], fields_json=json.dumps(j["payload"]), merge=True, source="crm_sync",
+                must_exist=True) for j in chunk])
+            try:
+                reply = await self.scoring.UpsertLeads(request, timeout=DEADLINE_S + 0.05 * len(chunk))
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.UNIMPLEMENTED:  # a scoring from before UpsertLeads
+                    outcomes += [await self._perform(j, {}) for j in chunk]
+                    continue
+                error = f"scoring {exc.code().name}: {exc.details()}"
+                outcomes += [Outcome("retry" if exc.code() in TRANSIENT else "dead", error=error)] * len(chunk)
+                continue
+            if len(reply.results) != len(chunk):  # not what the contract says: try these again later
+                outcomes += [Outcome("retry", error="scoring answered the wrong number of results")] * len(chunk)
+                continue
+            for r in reply.results:
+                if not r.error_code or r.error_code == "not_found":  # not found: erased, nothing to update
+                    outcomes.append(Outcome("done"))
+                else:
+                    self.stats.push_failures += 1
+                    outcomes.append(Outcome("dead" if r.error_code in ("invalid", "email_taken") else "retry",
+                                            error=f"scoring {r.error_code}: {r.error_message}"))
+        return outcomes
+
+    async def _perform(self, job: dict[str, Any], remote: dict[str, str]) -> Outcome:
+        try:
+            if job["op"] == "contact":
+                return Outcome("done", apply=await self._push_contact(
+                    job["lead_id"], self._prefetched.pop(job["lead_id"], None), remote=remote))
+            if job["op"] == "task":
+                return Outcome("done", apply=await self._push_task(job, remote))
+            if job["op"] == "lead":
+                await self.scoring.UpsertLead(scoring_pb2.UpsertLeadRequest(
+                    id=job["lead_id"], fields_json=json.dumps(job["payload"]), merge=True, source="crm_sync",
+                    must_exist=True), timeout=DEADLINE_S)
+                return Outcome("done")
+            if job["op"] == "erase":
+                await self.connector.archive_contact(str(job["payload"]["remote_id"]))
+                return Outcome("done")
+            return Outcome("dead", error=f"unknown push kind {job['op']}")
+        except Retryable as exc:
+            self.stats.push_failures += 1
+            return Outcome("retry", error=exc.reason, retry_after=exc.retry_after)
+        except Permanent as exc:
+            self.stats.push_failures += 1
+            return Outcome("dead", error=exc.reason)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() in TRANSIENT:
+                return Outcome("retry", error=f"scoring {exc.code().name}: {exc.details()}")
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                return Outcome("done")  # the lead is gone (erased): nothing left to update
+            return Outcome("dead", error=f"scoring {exc.code().name}: {exc.details()}")
+        except Exception as exc:  # a bug or an unexpected answer: keep the push, retry with backoff
+            log.exception("push %s failed unexpectedly", job["id"])
+            return Outcome("retry", error=f"{type(exc).__name__}: {exc}")
+
+    async def _push_contact(self, lead_id: str, row: dict[str, Any] | None = None, *,
+                            remote: dict[str, str] | None = None) -> Callable[[Session], None] | None:
+        if row is None:
+            row = await self.read(lambda s: st.get_lead(s, lead_id))
+        if row is None or not row["snapshot"]:
+            return None
+        computed = domain.computed_values(self.cfg, row["snapshot"], row["journeys"], owner=row["owner"],
+                                          converted_at=row["converted_at"])
+        props = domain.outbound_properties(self.cfg, row["snapshot"], row["fields"], computed,
+                                           contact_exists=bool(row["crm_id"]))
+        # A created contact carries the lead id, so a create whose answer was lost can be found again.
+        full = {**domain.outbound_properties(self.cfg, row["snapshot"], row["fields"], computed,
+                                             contact_exists=False), "nurture_lead_id": lead_id}
+        digest = domain.props_hash(props)
+        if digest == row["pushed_hash"] and row["crm_id"]:
+            self.stats.skipped += 1
+            return None
+        remote_id = await self.connector.upsert_contact(row["crm_id"], props, full)
+        if remote is not None:
+            remote[lead_id] = remote_id
+        if remote_id != row["crm_id"]:
+            props = full
+        self.stats.pushes += 1
+        pushed_fields = {r.lead: props[r.crm] for r in self.cfg.fields
+                         if r.crm in props and r.policy in domain.INBOUND_POLICIES}
+
+        def apply(s: Session) -> None:
+            now = self.clock.now()
+            rec = st.get_lead(s, lead_id)
+            if rec is None:
+                return
+            if rec["crm_id"] != remote_id:
+                st.unlink_crm_id(s, self.crm_name, remote_id, lead_id)
+                if not rec["crm_id"]:
+                    st.enqueue(s, lead_id, "lead", now, payload={"crm_id": remote_id})
+                rec["crm"], rec["crm_id"] = self.crm_name, remote_id
+            rec["pushed_hash"] = digest
+            for name, value in pushed_fields.items():
+                fs = rec["fields"].setdefault(name, {})
+                fs["crm_value"], fs["crm_at"] = value, now.isoformat()
+            st.save_lead(s, rec, exists=True)
+            st.add_timeline(s, lead_id, now, "contact_pushed",
+                            f"Pushed {len(props)} properties to CRM contact {remote_id}",
+                            {"crm_id": remote_id, "properties": sorted(props)})
+
+        return apply
+
+    async def _push_task(self, job: dict[str, Any], remote_ids: dict[str, str]
+                         ) -> Callable[[Session], None] | None:
+        task = await self.read(lambda s: st.get_task(s, job["ref"]))
+        if task is None:
+            return None
+        row = await self.read(lambda s: st.get_lead(s, task["lead_id"]))
+        if row is None:
+            return None
+        contact = row["crm_id"] or remote_ids.get(task["lead_id"])
+        if not contact:
+            # The contact must exist before a task can be attached to it.
+            first = await self._push_contact(task["lead_id"], remote=remote_ids)
+            if first is not None:
+                await self.sql(first)
+            row = await self.read(lambda s: st.get_lead(s, task["lead_id"]))
+            contact = row["crm_id"] if row else None
+            if not contact:
+                raise Retryable("contact not in the CRM yet")
+        props = {
+            "hs_task_subject": task["title"][:250],
+            "hs_task_body": f"{task['details'].get('why', '')} (kind {task['kind']}, rule {task['rule']})",
+            "hs_task_priority": "HIGH" if task["priority"] == "high" else "MEDIUM",
+            "hs_task_status": "NOT_STARTED",
+            "hs_task_type": "CALL" if task["kind"] in ("sales_alert", "consultation") else "TODO",
+            "hs_timestamp": (task["due_at"] or self.clock.now()).isoformat(),
+            "hubspot_owner_id": task["owner"] or "",
+            "nurture_task_id": task["id"],
+            "nurture_kind": task["kind"],
+        }
+        remote = None
+        if int(job["attempts"]) > 0 or task["remote_id"]:
+            remote = task["remote_id"] or await self.connector.find("tasks", "nurture_task_id", task["id"])
+        if remote is None:
+            remote = await self.connector.create_task(contact, props)
+        note = None
+        if task["document"]:
+            if int(job["attempts"]) > 0:
+                note = await self.connector.find("notes", "nurture_task_id", task["id"])
+            if note is None:
+                note = await self.connector.create_note(contact, remote, {
+                    "hs_note_body": task["document"], "hs_timestamp": self.clock.now().isoformat(),
+                    "nurture_task_id": task["id"]})
+        self.stats.pushes += 1
+
+        def apply(s: Session) -> None:
+            st.update_task(s, task["id"], status="pushed", remote_id=remote)
+            st.add_timeline(s, task["lead_id"], self.clock.now(), "task_pushed",
+                            f"{'Notification' if task['kind'] == 'notify' else 'Task'} {remote} created in the CRM "
+                            f"for {task['owner'] or 'unassigned'}",
+                            {"task_id": task["id"], "remote_id": remote, "note_id": note, "contact": contact})
+
+        return apply
+
+    async def settle(self, drain: Callable[[], Awaitable[int]]) -> tuple[int, datetime | None]:
+        done = await drain()
+        while True:
+            n = await self.process_due()
+            done += n
+            if n == 0:
+                break
+        return done, await self.sql(st.next_due)
+
+    async def push_loop(self) -> None:
+        """Real clock only: perform pushes as they fall due (woken at once when new ones are queued)."""
+        while True:
+            try:
+                if await self.process_due():
+                    continue
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("push loop failed; retrying")
+            self.push_wake.clear()
+            await wait_event(self.push_wake, 0.1)
+
+    async def recover(self) -> None:
+        """After a crash, pushes that were in flight run again; their attempt counts as made, so a
+        task that may have been created is searched for before it is created again."""
+        await self.sql(st.requeue_running)

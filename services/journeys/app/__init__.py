@@ -1,0 +1,1 @@
+"""Application layer: one module per area (see the service README)."""

@@ -1,0 +1,625 @@
+"""The journeys service's work loop: bus messages in, timers fired, effects performed, state committed.
+
+Order of work for one lead (one asyncio lock per lead, so a message and a timer never interleave):
+load the state from SQL, let the engine decide, perform its effects one by one (messaging Send,
+crm_sync RequestTask, scoring UpsertLead, each with its dedupe key), commit state + step runs +
+transitions in one transaction, then arm the touched enrolments' timers in Redis and ack the claimed
+ones. A crash anywhere replays from the last commit: the dedupe keys repeat, the receiving services
+answer `duplicate`, and the token in each timer member drops timers that no longer match.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections import defaultdict
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from nurture.clock import Clock
+from nurture.db import Database
+from nurture.locks import KeyLocks
+from services.journeys import storage
+from services.journeys.clients import Clients, Unavailable
+from services.journeys.domain import whynot
+from services.journeys.domain.calendar import Calendar, Campaign
+from services.journeys.domain.definitions import (
+    DefinitionError,
+    Journey,
+    PlaybookSettings,
+    check,
+    load,
+    read_playbook,
+)
+from services.journeys.domain.engine import Engine, migrate
+from services.journeys.domain.funnel import Funnel, feed
+from services.journeys.domain.registry import Registry
+from services.journeys.domain.state import ACTIVE, DATE_PREFIX, INACTIVITY, LIVE, LeadState, Outcome, parse_time
+from services.journeys.timers import Timer, TimerStore
+
+log = logging.getLogger(__name__)
+RETRY_DELAY = timedelta(seconds=60)
+PROCESSED_KEEP = timedelta(days=7)
+HOUSEKEEPING_EVERY = timedelta(hours=1)
+CLAIM_BATCH = 500
+PARALLEL_LEADS = 32
+CALENDAR_PAGE = 500  # leads per step of a campaign's walk
+
+
+class NotFound(Exception):
+    """An unknown journey or version."""
+
+
+class Invalid(Exception):
+    """A request that cannot be applied; `problems` lists why."""
+
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.problems = problems or []
+
+
+class JourneysRuntime:
+    def __init__(self, *, db: Database, timers: TimerStore, clock: Clock, clients: Clients,
+                 settings: PlaybookSettings, calendar: Calendar | None = None) -> None:
+        self.calendar = calendar or Calendar()
+        self._campaigns_done: set[str] | None = None  # read from SQL once, then kept here
+        self.db = db
+        self.timers = timers
+        self.clock = clock
+        self.clients = clients
+        self.registry = Registry()
+        self.engine = Engine(settings, self.registry.resolve, self.registry.published)
+        self._locks = KeyLocks()
+        self._sem = asyncio.Semaphore(PARALLEL_LEADS)
+        self.meta: dict[str, dict[str, Any]] = {}
+        self._housekept: datetime | None = None
+
+    # -- definitions ------------------------------------------------------------------------------
+
+    def _sync_playbook(self, now: datetime) -> None:
+        """Store every playbook file as a published version when it is new or changed (source playbook)."""
+        docs = read_playbook()
+        with self.db.session() as s:
+            rows = storage.definitions(s)
+            latest_playbook: dict[str, dict[str, Any]] = {}
+            for row in rows:
+                if row.source == "playbook":
+                    latest_playbook[row.key] = json.loads(row.document)
+            for key, doc in docs.items():
+                if latest_playbook.get(key) != json.loads(json.dumps(doc, sort_keys=True)):
+                    storage.add_definition(s, key=key, document=doc, source="playbook", now=now, publish=True)
+
+    def _load_registry(self) -> None:
+        with self.db.session() as s:
+            rows = storage.definitions(s)
+        for row in rows:
+            doc = json.loads(row.document)
+            try:
+                journey = load(doc, version=row.version)
+            except DefinitionError as exc:
+                log.error("journey %s v%d does not load: %s", row.key, row.version, exc)
+                continue
+            self.registry.add(journey)
+            if row.status == "published":
+                self.registry.publish(row.key, row.version)
+            self.meta.setdefault(row.key, {})[str(row.version)] = {
+                "status": row.status, "created_at": row.created_at, "published_at": row.published_at}
+
+    async def start(self) -> None:
+        await self.db.run(self._sync_playbook, self.clock.now())
+        await self.db.run(self._load_registry)
+        moved = await self.timers.recover()
+        rearmed = await self.rearm_all()
+        log.info("journeys: %d journeys live, %d in-flight timers recovered, %d timers re-armed",
+                 len(self.registry.published()), moved, rearmed)
+
+    async def rearm_all(self) -> int:
+        """Re-arm every active enrolment's timer from SQL (idempotent): nothing is lost even when
+        Redis lost its data or a process died between its commit and its ZADD."""
+        def collect() -> tuple[list[tuple[str, str, int | str, datetime]], list[tuple[str, str, int | str, datetime]]]:
+            with self.db.session() as s:
+                main: list[tuple[str, str, int | str, datetime]] = []
+                for lead, ekey, token, due, side in storage.armed(s):
+                    main.append((lead, ekey, token, due))
+                    if side:
+                        # Side steps fire now; one still held by the budget is re-armed at its time.
+                        main.append((lead, ekey, "s", datetime.fromtimestamp(0, UTC)))
+                inactive: list[tuple[str, str, int | str, datetime]] = [
+                    (lead, INACTIVITY, token, due) for lead, token, due in storage.inactivity_armed(s)]
+                inactive += [(lead, DATE_PREFIX + key, token, due) for lead, key, token, due in storage.dates_armed(s)]
+            return main, inactive
+
+        main, inactive = await self.db.run(collect)
+        for i in range(0, len(main), 5000):
+            await self.timers.schedule(main[i:i + 5000])
+        for i in range(0, len(inactive), 5000):
+            await self.timers.schedule(inactive[i:i + 5000])
+        return len(main) + len(inactive)
+
+    # -- arming -----------------------------------------------------------------------------------
+
+    async def _arm(self, state: LeadState, out: Outcome) -> None:
+        items: list[tuple[str, str, int | str, datetime]] = []
+        now = self.clock.now()
+        for ekey in sorted(out.touched):
+            e = state.enrollments.get(ekey)
+            if e is not None and e.status == ACTIVE and e.due is not None:
+                items.append((state.lead_id, ekey, e.token, e.due))
+        for ekey in sorted(out.side_due):
+            e = state.enrollments.get(ekey)
+            if e is not None and e.side:
+                items.append((state.lead_id, ekey, "s", max(e.side_at or now, now)))
+        if out.inactivity_changed and state.inactive_due is not None:
+            items.append((state.lead_id, INACTIVITY, state.inactive_token, state.inactive_due))
+        for key in sorted(out.dates_changed):
+            entry = state.dates.get(key)
+            due = parse_time(entry.get("at")) if entry else None
+            if entry and due is not None:
+                items.append((state.lead_id, DATE_PREFIX + key, int(entry["token"]), due))
+        await self.timers.schedule(items)
+
+    # -- bus --------------------------------------------------------------------------------------
+
+    async def handle_messages(self, messages: list[dict[str, Any]]) -> None:
+        """Bus handler: idempotent by message id; one SQL transaction for the whole batch (the leads
+        of the batch are locked first, in a fixed order, so nothing interleaves with them)."""
+        by_lead: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for m in messages:
+            if m.get("lead_id"):
+                by_lead[str(m["lead_id"])].append(m)
+        if not by_lead:
+            return
+        async with contextlib.AsyncExitStack() as stack:
+            for lead_id in sorted(by_lead):
+                await stack.enter_async_context(self._locks.hold(lead_id))
+            now = self.clock.now()
+            results = await self.db.run(self._apply_batch, by_lead, now)
+            for state, out in results:
+                await self._arm(state, out)
+
+    def _apply_batch(self, by_lead: dict[str, list[dict[str, Any]]],
+                     now: datetime) -> list[tuple[LeadState, Outcome]]:
+        results: list[tuple[LeadState, Outcome]] = []
+        with self.db.session() as s:
+            states = storage.load_states(s, sorted(by_lead))
+            done = storage.processed_among(s, [str(m["id"]) for ms in by_lead.values() for m in ms if m.get("id")])
+            writes = storage.Writes()
+            for lead_id, messages in by_lead.items():
+                state, out = self._apply_messages(s, writes, states.get(lead_id), lead_id, messages, now, done)
+                if state is not None:
+                    results.append((state, out))
+            writes.flush(s)
+        return results
+
+    def _apply_messages(self, s: Any, writes: storage.Writes, state: LeadState | None, lead_id: str,
+                        messages: list[dict[str, Any]], now: datetime,
+                        done: set[str]) -> tuple[LeadState | None, Outcome]:
+        total = Outcome()
+        for m in messages:
+            mid = str(m.get("id") or "")
+            if mid and (mid in writes.processed or mid in done):
+                # Already applied (a replay after a crash): re-arm what is live, change nothing.
+                if state is not None:
+                    total.touched |= {k for k, e in state.enrollments.items() if e.status in LIVE}
+                    total.inactivity_changed = True
+                continue
+            if m.get("type") == "lead_erased":
+                writes.flush(s)  # what this batch wrote for the lead goes too
+                storage.erase(s, lead_id)
+                if mid:
+                    storage.mark_processed(s, mid, now)
+                state = None
+                total = Outcome()
+                continue
+            if state is None:
+                state = LeadState(lead_id=lead_id)
+            out = self.engine.on_message(state, m, now)
+            self._record_engagement(s, lead_id, m, now)
+            writes.add(state, out, now=now, processed=mid or None)
+            total.extend(out)
+        return state, total
+
+    def _record_engagement(self, s: Any, lead_id: str, m: Mapping[str, Any], now: datetime) -> None:
+        if m.get("type") not in ("email_opened", "email_clicked"):
+            return
+        props = m.get("properties") or {}
+        journey, step = props.get("journey"), props.get("step")
+        if not (journey and step):
+            run = storage.run_by_message(s, str(props.get("message_id") or ""))
+            if run is None:
+                return
+            journey, step = run.journey, run.step
+        at = parse_time(m.get("occurred_at")) or now
+        storage.record_engagement(s, event_id=str(m.get("id")), lead_id=lead_id, journey=str(journey),
+                                  step=str(step), etype=str(m["type"]), at=at)
+
+    # -- timers -----------------------------------------------------------------------------------
+
+    async def process_due(self, now: datetime | None = None) -> int:
+        """Claim and run every timer due now; returns how many were claimed."""
+        now = now or self.clock.now()
+        total = 0
+        while True:
+            claimed = await self.timers.claim(now, CLAIM_BATCH)
+            if not claimed:
+                return total
+            total += len(claimed)
+            by_lead: dict[str, list[Timer]] = defaultdict(list)
+            for t in claimed:
+                by_lead[t.lead_id].append(t)
+            await self._run_batch(by_lead, claimed, now)
+
+    async def _run_batch(self, by_lead: dict[str, list[Timer]], claimed: list[Timer], now: datetime) -> None:
+        """Load the batch's leads in one read, drive them concurrently (effects are gRPC calls), commit
+        everything in one transaction, then arm new timers and ack the claimed ones. Any failure
+        leaves the claimed timers in flight: their lease expires and they fire again."""
+        async with contextlib.AsyncExitStack() as stack:
+            for lead_id in sorted(by_lead):
+                await stack.enter_async_context(self._locks.hold(lead_id))
+            try:
+                states = await self.db.run(self._load_many, sorted(by_lead))
+                outs = await asyncio.gather(*(self._lead_timers(states[lead], ts, now)
+                                              for lead, ts in by_lead.items() if lead in states))
+                done = [(state, out) for state, out in outs if state is not None]
+                await self.db.run(self._save_many, done, now)
+                for state, out in done:
+                    await self._arm(state, out)
+            except Exception:
+                log.exception("journeys: a batch of %d timers failed; they will fire again", len(claimed))
+                return
+        await self.timers.ack(claimed)
+
+    async def _lead_timers(self, state: LeadState, timers: list[Timer],
+                           now: datetime) -> tuple[LeadState | None, Outcome]:
+        async with self._sem:
+            out = Outcome()
+            prio = {t.ekey: self.engine.priority_of(state, t.ekey) for t in timers}
+            for t in sorted(timers, key=lambda x: (-prio.get(x.ekey, 0), x.ekey, x.side)):
+                if t.ekey == INACTIVITY:
+                    if t.token.isdigit():
+                        out.extend(self.engine.inactivity_due(state, int(t.token), now))
+                    continue
+                if t.ekey.startswith(DATE_PREFIX):
+                    if t.token.isdigit():
+                        out.extend(self.engine.date_due(state, t.ekey[len(DATE_PREFIX):], int(t.token), now))
+                    continue
+                e = state.enrollments.get(t.ekey)
+                if e is None or e.status != ACTIVE:
+                    continue
+                if t.side:
+                    await self._drive(state, t.ekey, now, out, side=True)
+                    if e.side:
+                        out.side_due.add(t.ekey)  # still queued (held by the budget): re-arm at side_at
+                elif t.token == str(e.token):
+                    await self._drive(state, t.ekey, now, out, side=False)
+                elif e.due is not None:
+                    out.touched.add(t.ekey)  # stale token: make sure the current timer exists
+            # Enrolments that an inactivity event or a trigger made due now run in the same pass.
+            for ekey in sorted(out.touched):
+                e = state.enrollments.get(ekey)
+                if e is not None and e.status == ACTIVE and e.due is not None and e.due <= now:
+                    await self._drive(state, ekey, now, out, side=False)
+            return state, out
+
+    def _load_many(self, lead_ids: list[str]) -> dict[str, LeadState]:
+        # Absent ids were erased or never known: their timers are stale.
+        with self.db.session() as s:
+            return storage.load_states(s, lead_ids)
+
+    def _save_many(self, done: list[tuple[LeadState, Outcome]], now: datetime) -> None:
+        with self.db.session() as s:
+            writes = storage.Writes()
+            for state, out in done:
+                writes.add(state, out, now=now)
+            writes.flush(s)
+
+    def _load(self, lead_id: str) -> LeadState | None:
+        with self.db.session() as s:
+            return storage.load_state(s, lead_id)
+
+    def _save(self, state: LeadState, out: Outcome, now: datetime) -> None:
+        with self.db.session() as s:
+            storage.save(s, state, out, now=now)
+
+    async def _drive(self, state: LeadState, ekey: str, now: datetime, out: Outcome, *, side: bool) -> None:
+        while True:
+            effect = self.engine.next_effect(state, ekey, now, out, side=side)
+            if effect is None:
+                return
+            try:
+                status, message_id, reason = await self.clients.perform(state.lead_id, effect)
+            except Unavailable as exc:
+                self.engine.retry_later(state, effect, now, RETRY_DELAY, out, str(exc))
+                return
+            self.engine.complete(state, effect, now, out, status=status, message_id=message_id, reason=reason)
+
+    # -- settle -----------------------------------------------------------------------------------
+
+    async def housekeeping(self) -> None:
+        """Hourly (domain time): forget old processed bus ids so that table stays bounded."""
+        now = self.clock.now()
+        if self._housekept is not None and now - self._housekept < HOUSEKEEPING_EVERY:
+            return
+        self._housekept = now
+
+        def prune() -> int:
+            with self.db.session() as s:
+                return storage.prune_processed(s, now - PROCESSED_KEEP)
+        await self.db.run(prune)
+
+    async def settle(self, drain: Any) -> tuple[int, datetime | None]:
+        await self.housekeeping()
+        work = int(await drain())
+        work += await self.run_calendar()
+        while True:
+            done = await self.process_due()
+            work += done
+            if done == 0:
+                break
+        due = await self.timers.next_due()
+        campaign = await self.next_campaign()
+        return work, min((d for d in (due, campaign) if d is not None), default=None)
+
+    # -- content calendar -------------------------------------------------------------------------
+
+    async def _done_campaigns(self) -> set[str]:
+        if self._campaigns_done is None:
+            def q() -> set[str]:
+                with self.db.session() as s:
+                    return storage.campaigns_done(s)
+            self._campaigns_done = await self.db.run(q)
+        return self._campaigns_done
+
+    async def next_campaign(self) -> datetime | None:
+        return self.calendar.next_at(await self._done_campaigns())
+
+    async def run_calendar(self) -> int:
+        """Fire every campaign that is due: its event to each lead in its audience (idempotent per lead
+        by message id, so a crash half-way runs the rest on the next pass), then record it as done."""
+        now = self.clock.now()
+        done = await self._done_campaigns()
+        work = 0
+        for campaign in self.calendar.due(now, done):
+            if now - campaign.at > campaign.expires:
+                status, reached = "expired", 0
+                log.info("journeys: campaign %s was due %s, past its %s: skipped", campaign.id,
+                         campaign.at.isoformat(), campaign.expires)
+            else:
+                status, reached = "done", await self._fire(campaign)
+                work += reached
+                log.info("journeys: campaign %s sent %s to %d leads", campaign.id, campaign.event, reached)
+
+            def mark(cid: str = campaign.id, st: str = status, n: int = reached) -> None:
+                with self.db.session() as s:
+                    storage.mark_campaign(s, cid, st, n, now)
+            await self.db.run(mark)
+            done.add(campaign.id)
+        return work
+
+    async def _fire(self, campaign: Campaign) -> int:
+        after, reached = "", 0
+        while True:
+            def page(cursor: str = after) -> tuple[list[str], dict[str, LeadState]]:
+                with self.db.session() as s:
+                    ids = storage.lead_ids_after(s, cursor, CALENDAR_PAGE)
+                    return ids, storage.load_states(s, ids)
+            ids, states = await self.db.run(page)
+            if not ids:
+                return reached
+            # The cursor follows the ids read, not the states found, so a page is never walked twice
+            # nor the walk cut short by a row without a state.
+            messages = [self.calendar.message(campaign, lead_id, states[lead_id].lead) for lead_id in ids
+                        if lead_id in states and campaign.id in self.calendar.audience(states[lead_id].lead)]
+            if messages:
+                await self.handle_messages(messages)
+                reached += len(messages)
+            after = ids[-1]
+
+    async def timer_loop(self, interval: float = 0.1) -> None:
+        while True:
+            try:
+                await self.housekeeping()
+                nxt = await self.next_campaign()
+                if nxt is not None and nxt <= self.clock.now():
+                    await self.run_calendar()
+                done = await self.process_due()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("journeys: timer loop error")
+                done = 0
+            if done == 0:
+                await asyncio.sleep(interval)
+
+    # -- queries ----------------------------------------------------------------------------------
+
+    async def lead_journeys(self, lead_id: str) -> list[storage.EnrollmentRow]:
+        def q() -> list[storage.EnrollmentRow]:
+            with self.db.session() as s:
+                return storage.lead_enrollments(s, lead_id)
+        return await self.db.run(q)
+
+    async def members(self, *, journey: str, stage: str, status: str, cursor: str, limit: int,
+                      step: str = "") -> tuple[list[str], str]:
+        if self.registry.live(journey) is None and not self.registry.versions(journey):
+            raise NotFound(f"unknown journey {journey!r}")
+
+        def q() -> tuple[list[str], str]:
+            with self.db.session() as s:
+                return storage.members(s, journey=journey, stage=stage, status=status, cursor=cursor,
+                                       limit=max(1, min(limit or 100, 1000)), step=step)
+        return await self.db.run(q)
+
+    async def live_steps(self, journey: str) -> dict[str, int]:
+        if self.registry.live(journey) is None and not self.registry.versions(journey):
+            raise NotFound(f"unknown journey {journey!r}")
+
+        def q() -> dict[str, int]:
+            with self.db.session() as s:
+                return storage.live_steps(s, journey)
+        return await self.db.run(q)
+
+    async def timeline(self, lead_id: str, limit: int) -> list[storage.TransitionRow]:
+        def q() -> list[storage.TransitionRow]:
+            with self.db.session() as s:
+                return storage.timeline(s, lead_id, limit)
+        return await self.db.run(q)
+
+    async def erase(self, lead_id: str) -> int:
+        async with self._locks.hold(lead_id):
+            def q() -> int:
+                with self.db.session() as s:
+                    return storage.erase(s, lead_id)
+            return await self.db.run(q)
+
+    async def analytics(self, key: str, start: datetime | None, end: datetime | None) -> dict[str, Any]:
+        journey = self.registry.live(key) or self._latest(key)
+
+        def q() -> Any:
+            with self.db.session() as s:
+                return storage.history(s, key, start, end)
+        runs, transitions, engagements = await self.db.run(q)
+        report = feed(Funnel(), runs, transitions, engagements).report({key: journey})
+        body = report.get(key) or {"enrolled": 0, "goals": 0, "completed": 0, "exited": 0, "exit_reasons": {},
+                                   "steps": [], "stages": []}
+        return {"journey": key, "from": start.isoformat() if start else None,
+                "to": end.isoformat() if end else None, **body}
+
+    async def why_not(self, lead_id: str, key: str) -> dict[str, Any]:
+        """Which of the journey's entry conditions and branch rules the lead does not meet today."""
+        journey = self.registry.live(key) or self._latest(key)
+        state = await self.db.run(lambda: self._load(lead_id))
+        mine = [e for e in (state.enrollments.values() if state else []) if e.journey == key]
+        enrolment = max(mine, key=lambda e: e.entered_at) if mine else None
+        facts = self.engine.facts(state or LeadState(lead_id=lead_id), {"type": "", "properties": {}}, enrolment,
+                                  self.clock.now())
+        return {"lead_id": lead_id, "seen": state is not None, **whynot.why_not(journey, state, facts)}
+
+    def _latest(self, key: str) -> Journey:
+        versions = self.registry.versions(key)
+        if not versions:
+            raise NotFound(f"unknown journey {key!r}")
+        found = self.registry.resolve(key, versions[-1])
+        assert found is not None
+        return found
+
+    # -- drafts and publishing ---------------------------------------------------------------------
+
+    async def put(self, key: str, document: Mapping[str, Any], *, validate_only: bool) -> tuple[int, list[str]]:
+        if document.get("key", key) != key:
+            raise Invalid("the definition's key differs from the URL", [f"key: expected {key!r}"])
+        doc = {**document, "key": key}
+        known = {j.key for j in self.registry.published()} | {key}
+        templates = await self.clients.templates()
+        journey, problems = check(doc, journeys=known, templates=templates)
+        if problems or journey is None:
+            raise Invalid(f"journey {key} has {len(problems)} problem(s)", problems)
+        if validate_only:
+            return 0, []
+        now = self.clock.now()
+
+        def q() -> int:
+            with self.db.session() as s:
+                return storage.add_definition(s, key=key, document=doc, source="api", now=now, publish=False).version
+        version = await self.db.run(q)
+        self.registry.add(load(doc, version=version))
+        self.meta.setdefault(key, {})[str(version)] = {"status": "draft", "created_at": now, "published_at": None}
+        return version, []
+
+    async def publish(self, key: str, version: int, *, migrate_leads: bool, mapping: Mapping[str, str],
+                      dry_run: bool) -> dict[str, Any]:
+        versions = self.registry.versions(key)
+        if not versions:
+            raise NotFound(f"unknown journey {key!r}")
+        version = version or versions[-1]
+        new = self.registry.resolve(key, version)
+        if new is None:
+            raise NotFound(f"journey {key} has no version {version}")
+        unknown_targets = sorted({t for t in mapping.values() if t not in new.steps})
+        if unknown_targets:
+            raise Invalid("step mapping names unknown steps", [f"step_mapping: unknown step {t!r}"
+                                                               for t in unknown_targets])
+
+        def rows() -> list[storage.EnrollmentRow]:
+            with self.db.session() as s:
+                return storage.live_of(s, key)
+        live = [r for r in await self.db.run(rows) if r.version != version]
+        moved: dict[str, int] = defaultdict(int)
+        unmapped: dict[str, int] = defaultdict(int)
+        for r in live:
+            target = mapping.get(r.step or "", r.step) if r.step else None
+            if r.step is None or target in new.steps:
+                moved[f"v{r.version}:{r.step}->{target}"] += 1
+            else:
+                unmapped[f"v{r.version}:{r.step}"] += 1
+        report: dict[str, Any] = {"journey": key, "version": version, "dry_run": dry_run, "migrate": migrate_leads,
+                                  "live_on_other_versions": len(live),
+                                  "would_move" if dry_run else "moved": dict(sorted(moved.items())) if migrate_leads
+                                  else {}, "unmapped": dict(sorted(unmapped.items())) if migrate_leads else {},
+                                  "kept": len(live) if not migrate_leads else sum(unmapped.values())}
+        if dry_run:
+            return report
+        now = self.clock.now()
+
+        def mark() -> None:
+            with self.db.session() as s:
+                storage.mark_published(s, key=key, version=version, now=now)
+        await self.db.run(mark)
+        self.registry.publish(key, version)
+        for v, info in self.meta.get(key, {}).items():
+            if int(v) == version:
+                info.update(status="published", published_at=now)
+            elif info.get("status") == "published":
+                info["status"] = "retired"
+        if migrate_leads:
+            for lead_id in sorted({r.lead_id for r in live}):
+                await self._migrate_lead(lead_id, key, new, mapping, now)
+        return report
+
+    async def _migrate_lead(self, lead_id: str, key: str, new: Journey, mapping: Mapping[str, str],
+                            now: datetime) -> None:
+        async with self._locks.hold(lead_id):
+            state = await self.db.run(self._load, lead_id)
+            if state is None:
+                return
+            out = Outcome()
+            for e in list(state.enrollments.values()):
+                if e.journey == key and e.status in LIVE and e.version != new.version:
+                    migrate(state, e, new, mapping, now, out)
+            await self.db.run(self._save, state, out, now)
+            await self._arm(state, out)
+
+    def summaries(self) -> list[dict[str, Any]]:
+        out = []
+        keys = sorted({k for k in self.meta} | {j.key for j in self.registry.published()})
+        for key in keys:
+            live = self.registry.live(key)
+            versions = self.registry.versions(key)
+            shown = live or (self.registry.resolve(key, versions[-1]) if versions else None)
+            if shown is None:
+                continue
+            out.append({"key": key, "name": shown.name, "kind": shown.kind, "mode": shown.mode,
+                        "priority": shown.priority,
+                        "published_version": live.version if live else 0,
+                        "latest_version": versions[-1] if versions else 0,
+                        "status": "published" if live else "draft"})
+        return out
+
+    def get(self, key: str, version: int) -> tuple[Journey, list[dict[str, Any]]]:
+        versions = self.registry.versions(key)
+        if not versions:
+            raise NotFound(f"unknown journey {key!r}")
+        live = self.registry.live(key)
+        chosen = self.registry.resolve(key, version) if version else (live or self.registry.resolve(key, versions[-1]))
+        if chosen is None:
+            raise NotFound(f"journey {key} has no version {version}")
+        infos = [{"version": int(v), **info} for v, info in sorted(self.meta.get(key, {}).items(),
+                                                                    key=lambda kv: int(kv[0]))]
+        return chosen, infos
+
+
+def utc(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=UTC)

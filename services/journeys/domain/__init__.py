@@ -1,0 +1,1 @@
+"""Pure domain: decisions and data, no gRPC, SQL or Redis."""

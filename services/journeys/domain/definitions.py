@@ -1,0 +1,688 @@
+"""Journey definitions: the playbook as data, loaded into typed objects and validated.
+
+A definition is a YAML/JSON document (see services/journeys/data/playbook/*.yaml):
+
+    key, name, kind (segment | engagement | sequence: the kinds API.md lists), mode (flow | always_on:
+    always_on for rule tables every lead listens to, such as the behavioral triggers; the legacy
+    `kind: triggers` loads as kind sequence, mode always_on), priority, category (nurture |
+    transactional), reentry (never | always | {after: <duration>}), pauses ([kinds, modes or keys]),
+    entity (event property keying one enrolment per entity, e.g. webinar_id), anchors ({name: event
+    property captured at entry, e.g. starts_at}), reanchor_events, stages [{id, name}],
+    entry [{name, events, when}], enter_until (a time spec, e.g. {anchor: starts_at, offset: 1d}: an
+    entry after it is refused and explained), exit [{name, events, when, outcome: goal | exit}],
+    triggers [{name, events, when, do: {goto | send | enrol | exit | task | update | pace}, once, cooldown, why}],
+    steps [{id, type, ...}]
+
+Step types: send, wait, branch, split, goal, jump, enrol, exit, update, task, webhook, listen, end.
+Steps fall through to the next one in the list unless they say `next` (or end the path).
+A wait for an event says `event: {types, match?, when?}`: `match` names an event property that must
+be this enrolment's entity, `when` a condition the event must hold (e.g. a purchase, not a signup).
+Effect steps may say `skip_if_late: <duration>` (skipped, and explained, when they come to run longer
+than that after the time their wait set, e.g. a reminder whose moment passed) and `skip_after: <time
+spec>` (skipped after that time).
+Conditions use the rule language of nurture.rules. `validate` lists every problem it finds; nothing
+here touches the network, so the unit tests load the whole playbook.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from nurture.rules import validate_condition
+
+PLAYBOOK_DIR = Path(__file__).parents[1] / "data" / "playbook"
+KINDS = ("segment", "engagement", "sequence")
+MODES = ("flow", "always_on")
+# Older stored versions said `kind: triggers`; they keep loading as what that meant.
+LEGACY_KINDS = {"triggers": ("sequence", "always_on")}
+STEP_TYPES = ("send", "wait", "branch", "split", "goal", "jump", "enrol", "exit", "update", "task", "webhook",
+              "listen", "end")
+# Steps that never fall through to the next one.
+TERMINAL = ("end", "goal", "jump", "listen")
+CHANNELS = ("email", "sms", "in_app", "webhook", "ads_audience")
+TASK_KINDS = ("sales_alert", "follow_up", "consultation", "notify")
+ACTIONS = ("goto", "send", "enrol", "exit", "task", "update", "pace")
+SYNTHETIC_EVENTS = ("inactivity",)
+# Lead-level timers of the clocks in _settings.yaml live beside date-relative entries (`state.dates`),
+# under keys no journey can have ("<journey>.<rule>" keys start with a letter).
+CLOCK_PREFIX = "~"
+EVENT_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
+_DURATION = re.compile(r"^([+-]?)(\d+)([smhdw])$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+class DefinitionError(Exception):
+    """A definition that cannot be used; `problems` lists every reason."""
+
+    def __init__(self, problems: list[str], journey: Journey | None = None) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+        self.journey = journey   # what could be built despite the problems (for the cross checks)
+
+
+def parse_duration(value: Any) -> timedelta:
+    """`90s`, `15m`, `2h`, `3d`, `1w` (optionally signed) or a number of seconds."""
+    if isinstance(value, bool):
+        raise ValueError(f"bad duration {value!r}")
+    if isinstance(value, int | float):
+        return timedelta(seconds=float(value))
+    m = _DURATION.match(str(value).strip())
+    if not m:
+        raise ValueError(f"bad duration {value!r} (expected e.g. 2d, -2h, 30m)")
+    seconds = int(m.group(2)) * _UNITS[m.group(3)]
+    return timedelta(seconds=-seconds if m.group(1) == "-" else seconds)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """An entry, exit or trigger rule: which event types it listens to and its condition."""
+
+    name: str
+    events: tuple[str, ...]
+    when: Mapping[str, Any]
+    outcome: str = "exit"
+    action: Mapping[str, Any] = field(default_factory=dict)
+    once: bool = False
+    cooldown: timedelta | None = None
+    why: str = ""
+    date: Mapping[str, Any] | None = None  # date-relative entry: {fact: lead.<date property>, offset}
+
+    def listens_to(self, event_type: str) -> bool:
+        return "*" in self.events or event_type in self.events
+
+
+@dataclass(frozen=True)
+class Step:
+    id: str
+    type: str
+    raw: Mapping[str, Any]
+    next: str | None
+    stage: str | None
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return self.raw.get(name, default)
+
+
+@dataclass(frozen=True)
+class Journey:
+    """A loaded definition of one version."""
+
+    key: str
+    name: str
+    kind: str
+    mode: str
+    priority: int
+    category: str
+    reentry: str
+    reentry_after: timedelta | None
+    pauses: tuple[str, ...]
+    entity: str | None
+    anchors: Mapping[str, str]
+    reanchor_events: tuple[str, ...]
+    stages: tuple[str, ...]
+    stage_names: Mapping[str, str]
+    entry: tuple[Rule, ...]
+    exits: tuple[Rule, ...]
+    triggers: tuple[Rule, ...]
+    steps: Mapping[str, Step]
+    first: str
+    document: Mapping[str, Any]
+    version: int = 0
+    digest: str = ""
+    enter_until: Mapping[str, Any] | None = None  # a time spec past which an entry is refused
+
+    def step(self, step_id: str) -> Step:
+        return self.steps[step_id]
+
+    def stage_index(self, stage: str | None) -> int:
+        return self.stages.index(stage) if stage in self.stages else -1
+
+    def templates(self) -> list[str]:
+        """Every template key this journey sends."""
+        return [template_of(self, s) for s in self.steps.values() if s.type in ("send", "webhook")]
+
+    def event_types(self) -> set[str]:
+        """Event types any rule of this journey listens to (the Python prefilter before the engine)."""
+        out: set[str] = set()
+        for rule in (*self.entry, *self.exits, *self.triggers):
+            out.update(rule.events)
+        for s in self.steps.values():
+            if s.type == "wait" and isinstance(s.get("event"), Mapping):
+                out.update(s.get("event").get("types", []))
+        out.update(self.reanchor_events)
+        return out
+
+
+def template_of(journey: Journey, step: Step) -> str:
+    """The template key of a send step: `<journey_key>.<step_id>` unless the step names one."""
+    return str(step.get("template") or f"{journey.key}.{step.id}")
+
+
+def _rules(raw: Any, where: str, problems: list[str], *, kind: str, key: str = "") -> tuple[Rule, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        problems.append(f"{where}: expected a list")
+        return ()
+    out: list[Rule] = []
+    names: set[str] = set()
+    for i, item in enumerate(raw):
+        at = f"{where}[{i}]"
+        if not isinstance(item, Mapping):
+            problems.append(f"{at}: expected a mapping")
+            continue
+        name = item.get("name")
+        if not isinstance(name, str) or not re.fullmatch(r"[a-z0-9_]+", name):
+            problems.append(f"{at}: 'name' must be snake_case")
+            name = f"rule_{i}"
+        if name in names:
+            problems.append(f"{at}: duplicate rule name {name}")
+        names.add(name)
+        events = item.get("events")
+        date = item.get("date") if kind == "entry" else None
+        if date is not None:
+            # A date-relative entry fires from the lead-level timer as the synthetic `date_reached`
+            # event, and only for this rule.
+            if not isinstance(date, Mapping) or not str(date.get("fact", "")).startswith("lead."):
+                problems.append(f"{where}.{name}: date needs {{fact: lead.<property>, offset}}")
+                date = None
+            else:
+                try:
+                    parse_duration(date.get("offset", 0))
+                except ValueError as exc:
+                    problems.append(f"{where}.{name}: {exc}")
+            events = ["date_reached"]
+        if not isinstance(events, list) or not events or not all(isinstance(e, str) for e in events):
+            problems.append(f"{where}.{name}: 'events' must be a non-empty list of event types")
+            events = []
+        when = item.get("when", {"fact": "event.type", "exists": True})
+        problems.extend(f"{where}.{name}.{p}" for p in validate_condition(when))
+        if date is not None:
+            when = {"all": [{"fact": "event.properties.date_rule", "eq": f"{key}.{name}"}, when]}
+        outcome = str(item.get("outcome", "exit"))
+        if kind == "exit" and outcome not in ("goal", "exit"):
+            problems.append(f"{where}.{name}: outcome must be goal or exit")
+        action = item.get("do", {}) if kind == "trigger" else {}
+        if kind == "trigger":
+            if not isinstance(action, Mapping) or not action or set(action) - set(ACTIONS):
+                problems.append(f"{where}.{name}: 'do' needs one or more of {', '.join(ACTIONS)}")
+                action = {}
+            elif "pace" in action and not (isinstance(action["pace"], int | float) and 0 < action["pace"] <= 4):
+                problems.append(f"{where}.{name}: pace must be a number in (0, 4]")
+        cooldown = None
+        if item.get("cooldown") is not None:
+            try:
+                cooldown = parse_duration(item["cooldown"])
+            except ValueError as exc:
+                problems.append(f"{where}.{name}: {exc}")
+        out.append(Rule(name=name, events=tuple(events), when=when, outcome=outcome, action=action,
+                        once=bool(item.get("once", cooldown is None and kind == "trigger")),
+                        cooldown=cooldown, why=str(item.get("why", "")),
+                        date=dict(date) if isinstance(date, Mapping) else None))
+    return tuple(out)
+
+
+def load(document: Mapping[str, Any], *, version: int = 0) -> Journey:
+    """Build a Journey from a document, raising DefinitionError with every structural problem.
+    Cross-journey and template checks are `validate`'s."""
+    problems: list[str] = []
+    if not isinstance(document, Mapping):
+        raise DefinitionError(["definition: expected a mapping"])
+    key = document.get("key")
+    if not isinstance(key, str) or not re.fullmatch(r"[a-z][a-z0-9_]*", key):
+        problems.append("key: must be snake_case")
+        key = "invalid"
+    kind = document.get("kind")
+    mode = document.get("mode", "flow")
+    if isinstance(kind, str) and kind in LEGACY_KINDS and "mode" not in document:
+        kind, mode = LEGACY_KINDS[kind]
+    if kind not in KINDS:
+        problems.append(f"kind: must be one of {', '.join(KINDS)}")
+    if mode not in MODES:
+        problems.append(f"mode: must be one of {', '.join(MODES)}")
+    priority = document.get("priority", 50)
+    if not isinstance(priority, int) or isinstance(priority, bool):
+        problems.append("priority: must be an integer")
+        priority = 50
+    category = document.get("category", "nurture")
+    if category not in ("nurture", "transactional"):
+        problems.append("category: must be nurture or transactional")
+    reentry_raw = document.get("reentry", "never")
+    reentry, reentry_after = "never", None
+    if isinstance(reentry_raw, Mapping) and "after" in reentry_raw:
+        reentry = "after"
+        try:
+            reentry_after = parse_duration(reentry_raw["after"])
+        except ValueError as exc:
+            problems.append(f"reentry: {exc}")
+    elif reentry_raw in ("never", "always"):
+        reentry = str(reentry_raw)
+    else:
+        problems.append("reentry: never, always or {after: <duration>}")
+    stages_raw = document.get("stages") or []
+    stages: list[str] = []
+    stage_names: dict[str, str] = {}
+    for i, st in enumerate(stages_raw):
+        if not isinstance(st, Mapping) or not isinstance(st.get("id"), str):
+            problems.append(f"stages[{i}]: needs an id")
+            continue
+        stages.append(st["id"])
+        stage_names[st["id"]] = str(st.get("name", st["id"]))
+    anchors = document.get("anchors") or {}
+    if not isinstance(anchors, Mapping):
+        problems.append("anchors: expected a mapping of name to event property")
+        anchors = {}
+    steps_raw = document.get("steps")
+    if not isinstance(steps_raw, list) or not steps_raw:
+        problems.append("steps: expected a non-empty list")
+        steps_raw = []
+    steps: dict[str, Step] = {}
+    for i, raw in enumerate(steps_raw):
+        if not isinstance(raw, Mapping) or not isinstance(raw.get("id"), str):
+            problems.append(f"steps[{i}]: needs an id")
+            continue
+        sid = raw["id"]
+        if sid in steps:
+            problems.append(f"step {sid}: duplicate id")
+            continue
+        stype = raw.get("type")
+        if stype not in STEP_TYPES:
+            problems.append(f"step {sid}: unknown type {stype!r}")
+        nxt = raw.get("next")
+        if nxt is None and stype not in TERMINAL and i + 1 < len(steps_raw):
+            following = steps_raw[i + 1]
+            nxt = following.get("id") if isinstance(following, Mapping) else None
+        stage = raw.get("stage")
+        if stage is not None and stage not in stage_names:
+            problems.append(f"step {sid}: unknown stage {stage!r}")
+        steps[sid] = Step(id=sid, type=str(stype), raw=raw, next=nxt, stage=stage)
+    journey = Journey(
+        key=key, name=str(document.get("name", key)), kind=str(kind), mode=str(mode), priority=int(priority),
+        category=str(category), reentry=reentry, reentry_after=reentry_after,
+        pauses=tuple(document.get("pauses") or ()), entity=document.get("entity"),
+        anchors={str(k): str(v) for k, v in anchors.items()},
+        reanchor_events=tuple(document.get("reanchor_events") or ()),
+        stages=tuple(stages), stage_names=stage_names,
+        entry=_rules(document.get("entry"), "entry", problems, kind="entry", key=key),
+        exits=_rules(document.get("exit"), "exit", problems, kind="exit"),
+        triggers=_rules(document.get("triggers"), "triggers", problems, kind="trigger"),
+        steps=steps, first=next(iter(steps), ""), document=document, version=version,
+        enter_until=document.get("enter_until"),
+        digest=hashlib.sha1(json.dumps(document, sort_keys=True, default=str).encode()).hexdigest()[:12],
+    )
+    if journey.enter_until is not None:
+        if isinstance(journey.enter_until, Mapping) and "delay" in journey.enter_until:
+            problems.append("enter_until: needs an anchor or lead fact with an offset, not a delay")
+        else:
+            problems.extend(_check_time(journey.enter_until, "enter_until", journey.anchors))
+    problems.extend(_check_steps(journey))
+    if problems:
+        raise DefinitionError(problems, journey if key != "invalid" else None)
+    return journey
+
+
+def _edges(step: Step) -> list[tuple[str | None, str]]:
+    """(target, label) pairs leaving a step."""
+    out: list[tuple[str | None, str]] = []
+    if step.type == "wait" and step.get("event") is not None:
+        out += [(step.get("on_event"), "on_event"), (step.get("on_timeout"), "on_timeout")]
+    elif step.type == "branch":
+        for rule in step.get("rules") or []:
+            if isinstance(rule, Mapping):
+                out.append((rule.get("next"), f"rule {rule.get('name')}"))
+        out.append((step.get("default"), "default"))
+    elif step.type == "split":
+        for variant in step.get("variants") or []:
+            if isinstance(variant, Mapping):
+                out.append((variant.get("next"), f"variant {variant.get('name')}"))
+    elif step.type == "jump":
+        out.append((step.get("to"), "to"))
+    elif step.next is not None:
+        out.append((step.next, "next"))
+    if step.type == "wait" and step.get("if_past") is not None:
+        out.append((step.get("if_past"), "if_past"))
+    return out
+
+
+def _check_time(spec: Any, where: str, anchors: Mapping[str, str]) -> list[str]:
+    if not isinstance(spec, Mapping):
+        return [f"{where}: expected a mapping"]
+    problems: list[str] = []
+    if "delay" in spec:
+        try:
+            if parse_duration(spec["delay"]) < timedelta(0):
+                problems.append(f"{where}: delay must not be negative")
+        except ValueError as exc:
+            problems.append(f"{where}: {exc}")
+        return problems
+    if "anchor" in spec:
+        if spec["anchor"] != "entered_at" and spec["anchor"] not in anchors:
+            problems.append(f"{where}: unknown anchor {spec['anchor']!r} (declare it under anchors)")
+    elif "fact" in spec:
+        if not str(spec["fact"]).startswith("lead."):
+            problems.append(f"{where}: a date fact must be a lead property (lead.*)")
+    else:
+        return [f"{where}: needs delay, anchor or fact"]
+    try:
+        parse_duration(spec.get("offset", 0))
+    except ValueError as exc:
+        problems.append(f"{where}: {exc}")
+    return problems
+
+
+def _check_step(j: Journey, s: Step) -> list[str]:
+    at = f"step {s.id}"
+    p: list[str] = []
+    for option in ("skip_if_late", "skip_after"):
+        if s.get(option) is not None and s.type not in ("send", "task", "webhook", "update"):
+            p.append(f"{at}: {option} applies to send, task, webhook and update steps")
+    if s.get("skip_if_late") is not None:
+        try:
+            if parse_duration(s.get("skip_if_late")) < timedelta(0):
+                p.append(f"{at}: skip_if_late must not be negative")
+        except ValueError as exc:
+            p.append(f"{at}.skip_if_late: {exc}")
+    if s.get("skip_after") is not None:
+        p += _check_time(s.get("skip_after"), f"{at}.skip_after", j.anchors)
+    if s.type == "send":
+        if s.get("channel", "email") not in CHANNELS:
+            p.append(f"{at}: channel must be one of {', '.join(CHANNELS)}")
+        if s.get("category", j.category) not in ("nurture", "transactional"):
+            p.append(f"{at}: category must be nurture or transactional")
+    elif s.type == "wait":
+        forms = [k for k in ("delay", "until", "event") if s.get(k) is not None]
+        if len(forms) != 1:
+            p.append(f"{at}: a wait needs exactly one of delay, until, event")
+        elif forms[0] == "delay":
+            p += _check_time({"delay": s.get("delay")}, at, j.anchors)
+        elif forms[0] == "until":
+            p += _check_time(s.get("until"), f"{at}.until", j.anchors)
+        else:
+            ev = s.get("event")
+            if not isinstance(ev, Mapping) or not isinstance(ev.get("types"), list) or not ev["types"]:
+                p.append(f"{at}.event: needs a non-empty list of types")
+            elif ev.get("when") is not None:
+                p += [f"{at}.event.when.{x}" for x in validate_condition(ev.get("when"))]
+            if s.get("timeout") is None:
+                p.append(f"{at}: an event wait needs a timeout")
+            else:
+                p += _check_time(s.get("timeout"), f"{at}.timeout", j.anchors)
+            for k in ("on_event", "on_timeout"):
+                if s.get(k) is None:
+                    p.append(f"{at}: {k} is required")
+    elif s.type == "branch":
+        rules = s.get("rules")
+        if not isinstance(rules, list) or not rules:
+            p.append(f"{at}: a branch needs rules")
+        else:
+            for i, r in enumerate(rules):
+                if not isinstance(r, Mapping) or not isinstance(r.get("name"), str):
+                    p.append(f"{at}.rules[{i}]: needs a name")
+                    continue
+                p += [f"{at}.{r['name']}.{x}" for x in validate_condition(r.get("when"))]
+        if s.get("default") is None:
+            p.append(f"{at}: a branch needs a default")
+    elif s.type == "split":
+        variants = s.get("variants")
+        if not isinstance(variants, list) or len(variants) < 2:
+            p.append(f"{at}: a split needs two or more variants")
+        else:
+            for i, v in enumerate(variants):
+                w = v.get("weight") if isinstance(v, Mapping) else None
+                if not isinstance(w, int | float) or isinstance(w, bool) or w <= 0:
+                    p.append(f"{at}.variants[{i}]: weight must be a positive number")
+    elif s.type == "jump" and s.get("to") is None:
+        p.append(f"{at}: a jump needs 'to'")
+    elif s.type in ("enrol", "exit") and not isinstance(s.get("journey"), str):
+        p.append(f"{at}: needs 'journey'")
+    elif s.type == "update" and not (isinstance(s.get("set"), Mapping) and s.get("set")):
+        p.append(f"{at}: an update needs a non-empty 'set' mapping")
+    elif s.type == "task":
+        if s.get("kind") not in TASK_KINDS:
+            p.append(f"{at}: task kind must be one of {', '.join(TASK_KINDS)}")
+        if not s.get("title"):
+            p.append(f"{at}: a task needs a title")
+        if s.get("due") is not None:
+            try:
+                parse_duration(s.get("due"))
+            except ValueError as exc:
+                p.append(f"{at}: {exc}")
+    elif s.type == "webhook" and not (s.get("url") or s.get("template")):
+        p.append(f"{at}: a webhook needs a url or template")
+    return p
+
+
+def _check_steps(j: Journey) -> list[str]:
+    problems: list[str] = []
+    for s in j.steps.values():
+        problems += _check_step(j, s)
+        for target, label in _edges(s):
+            if target is None:
+                if label != "next":
+                    problems.append(f"step {s.id}: {label} has no target")
+            elif target not in j.steps:
+                problems.append(f"step {s.id}: {label} goes to unknown step {target!r}")
+    roots: list[str] = [j.first] if j.first else []
+    for rule in j.triggers:
+        for verb in ("goto", "send", "task", "update"):
+            target = str(rule.action.get(verb) or "")
+            if not target:
+                continue
+            if target not in j.steps:
+                problems.append(f"triggers.{rule.name}: {verb} names unknown step {target!r}")
+                continue
+            roots.append(target)
+            if verb == "send" and j.steps[target].type not in ("send", "webhook"):
+                problems.append(f"triggers.{rule.name}: send needs a send step, {target} is a {j.steps[target].type}")
+            if verb == "task" and j.steps[target].type != "task":
+                problems.append(f"triggers.{rule.name}: task needs a task step, {target} is a {j.steps[target].type}")
+            if verb == "update" and j.steps[target].type != "update":
+                problems.append(f"triggers.{rule.name}: update needs an update step, {target} is a "
+                                f"{j.steps[target].type}")
+    # Reachability from the first step and every trigger target.
+    seen: set[str] = set()
+    todo = list(roots)
+    while todo:
+        sid = todo.pop()
+        if sid in seen or sid not in j.steps:
+            continue
+        seen.add(sid)
+        todo.extend(str(t) for t, _ in _edges(j.steps[sid]) if t is not None)
+    problems += [f"step {sid}: unreachable" for sid in j.steps if sid not in seen]
+    problems += _instant_loops(j)
+    return problems
+
+
+def _instant_loops(j: Journey) -> list[str]:
+    """Cycles that pass through no wait: they would run forever at one instant."""
+    graph = {sid: [t for t, _ in _edges(s) if t is not None and t in j.steps
+                   and j.steps[t].type not in ("wait", "listen")]
+             for sid, s in j.steps.items() if s.type not in ("wait", "listen")}
+    problems: list[str] = []
+    state: dict[str, int] = {}
+    reported: set[frozenset[str]] = set()
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = 1
+        path.append(node)
+        for nxt in graph.get(node, []):
+            if state.get(nxt) == 1:
+                cycle = path[path.index(nxt):]
+                if frozenset(cycle) not in reported:
+                    reported.add(frozenset(cycle))
+                    problems.append(f"loop without a wait: {' -> '.join([*cycle, nxt])}")
+            elif state.get(nxt) is None:
+                visit(nxt, path)
+        path.pop()
+        state[node] = 2
+
+    for node in graph:
+        if node not in state:
+            visit(node, [])
+    return problems
+
+
+def validate(journey: Journey, *, journeys: Iterable[str] | None = None,
+             templates: Iterable[str] | None = None) -> list[str]:
+    """Cross-definition problems: other journeys named by enrol/exit, and templates unknown to
+    messaging (only checked when the caller knows the template list)."""
+    problems: list[str] = []
+    known = set(journeys) if journeys is not None else None
+    if known is not None:
+        names = [(f"step {s.id}", s.get("journey")) for s in journey.steps.values() if s.type in ("enrol", "exit")]
+        names += [(f"triggers.{r.name}", r.action.get(v)) for r in journey.triggers for v in ("enrol", "exit")
+                  if r.action.get(v)]
+        problems += [f"{where}: unknown journey {name!r}" for where, name in names if name not in known]
+    if templates is not None:
+        have = set(templates)
+        for s in journey.steps.values():
+            if s.type in ("send", "webhook") and (s.type == "send" or s.get("template")):
+                key = template_of(journey, s)
+                if key not in have:
+                    problems.append(f"step {s.id}: missing template {key!r}")
+    return problems
+
+
+def check(document: Mapping[str, Any], *, journeys: Iterable[str] | None = None,
+          templates: Iterable[str] | None = None, version: int = 0) -> tuple[Journey | None, list[str]]:
+    """Load and validate: (journey or None, every problem). A new definition must use API.md's kinds;
+    only stored versions may keep the legacy `kind: triggers` (see `load`)."""
+    legacy = document.get("kind") if isinstance(document, Mapping) else None
+    if isinstance(legacy, str) and legacy in LEGACY_KINDS:
+        kind, mode = LEGACY_KINDS[legacy]
+        return None, [f"kind: {legacy} is no longer a kind: use kind: {kind} with mode: {mode}"]
+    try:
+        journey = load(document, version=version)
+    except DefinitionError as exc:
+        # Every problem at once: unknown templates and journeys too, not only the structural ones.
+        partial = validate(exc.journey, journeys=journeys, templates=templates) if exc.journey else []
+        return None, exc.problems + [p for p in partial if p not in exc.problems]
+    return journey, validate(journey, journeys=journeys, templates=templates)
+
+
+def read_playbook(directory: Path = PLAYBOOK_DIR) -> dict[str, dict[str, Any]]:
+    """Every journey document under the playbook directory, by key (files starting with _ are settings)."""
+    out: dict[str, dict[str, Any]] = {}
+    for path in sorted(directory.glob("*.yaml")):
+        if path.name.startswith("_"):
+            continue
+        doc = yaml.safe_load(path.read_text())
+        if not isinstance(doc, dict) or "key" not in doc:
+            raise DefinitionError([f"{path.name}: not a journey definition"])
+        if doc["key"] != path.stem:
+            raise DefinitionError([f"{path.name}: key {doc['key']!r} differs from the file name"])
+        out[doc["key"]] = doc
+    return out
+
+
+@dataclass(frozen=True)
+class PlaybookSettings:
+    budget_window: timedelta = timedelta(days=1)
+    budget_max: int = 2
+    inactivity_days: tuple[int, ...] = (14,)
+    engagement_events: frozenset[str] = frozenset({"email_opened", "email_clicked", "page_viewed"})
+    # Exits every journey of the named categories takes beside its own (the closed loop: sales said no).
+    exits: tuple[GlobalExit, ...] = ()
+    # Quiet-period clocks beside `inactivity`, each posting its own synthetic event.
+    clocks: tuple[Clock, ...] = ()
+
+
+@dataclass(frozen=True)
+class Clock:
+    """A quiet-period clock: `event` is posted `days` (each threshold once) after the last of its
+    `reset_by` events, counted from its first `starts_on` event (e.g. the first email sent, for "no
+    email opens for 14+ days")."""
+
+    event: str
+    days: tuple[int, ...]
+    reset_by: frozenset[str]
+    starts_on: frozenset[str]
+
+    @property
+    def key(self) -> str:
+        return CLOCK_PREFIX + self.event
+
+
+@dataclass(frozen=True)
+class GlobalExit:
+    name: str
+    events: frozenset[str]
+    categories: frozenset[str]
+    keep: frozenset[str]  # journeys that stay (e.g. the recycle track the same event enters)
+    why: str = ""
+
+
+def read_settings(directory: Path = PLAYBOOK_DIR) -> PlaybookSettings:
+    path = directory / "_settings.yaml"
+    if not path.exists():
+        return PlaybookSettings()
+    raw = yaml.safe_load(path.read_text()) or {}
+    budget = raw.get("budget") or {}
+    return PlaybookSettings(
+        budget_window=parse_duration(budget.get("window", "1d")),
+        budget_max=int(budget.get("max", 2)),
+        inactivity_days=tuple(int(d) for d in raw.get("inactivity_days", [14])),
+        engagement_events=frozenset(raw.get("engagement_events", [])),
+        exits=tuple(_global_exit(x) for x in raw.get("exits") or []),
+        clocks=tuple(_clock(x) for x in raw.get("clocks") or []),
+    )
+
+
+def _clock(raw: Any) -> Clock:
+    problems: list[str] = []
+    if not isinstance(raw, dict) or not EVENT_NAME.fullmatch(str(raw.get("event", ""))):
+        raise DefinitionError([f"_settings.yaml clocks: each needs an event name, got {raw!r}"])
+    days = raw.get("days")
+    if not isinstance(days, list) or not days or not all(isinstance(d, int) and d > 0 for d in days):
+        problems.append(f"_settings.yaml clocks.{raw['event']}: days must be a list of positive whole days")
+    for name in ("reset_by", "starts_on"):
+        if not isinstance(raw.get(name), list) or not raw[name]:
+            problems.append(f"_settings.yaml clocks.{raw['event']}: {name} must be a list of event types")
+    unknown = set(raw) - {"event", "days", "reset_by", "starts_on"}
+    if unknown:
+        problems.append(f"_settings.yaml clocks.{raw['event']}: unknown keys {sorted(unknown)}")
+    if problems or not isinstance(days, list):
+        raise DefinitionError(problems)
+    return Clock(event=str(raw["event"]), days=tuple(sorted(int(d) for d in days)),
+                 reset_by=frozenset(str(e) for e in raw["reset_by"]),
+                 starts_on=frozenset(str(e) for e in raw["starts_on"]))
+
+
+def _global_exit(raw: Any) -> GlobalExit:
+    if not isinstance(raw, dict) or not raw.get("name") or not isinstance(raw.get("events"), list) \
+            or not raw["events"]:
+        raise DefinitionError([f"_settings.yaml exits: each needs a name and a list of events, got {raw!r}"])
+    unknown = set(raw) - {"name", "events", "categories", "keep", "why"}
+    if unknown:
+        raise DefinitionError([f"_settings.yaml exits.{raw['name']}: unknown keys {sorted(unknown)}"])
+    return GlobalExit(name=str(raw["name"]), events=frozenset(str(e) for e in raw["events"]),
+                      categories=frozenset(str(c) for c in raw.get("categories") or ["nurture"]),
+                      keep=frozenset(str(k) for k in raw.get("keep") or []), why=str(raw.get("why", "")))
+
+
+def load_playbook(directory: Path = PLAYBOOK_DIR) -> dict[str, Journey]:
+    """Load and validate the whole playbook, raising DefinitionError listing every problem."""
+    docs = read_playbook(directory)
+    journeys: dict[str, Journey] = {}
+    problems: list[str] = []
+    for key, doc in docs.items():
+        journey, found = check(doc, journeys=docs.keys(), version=1)
+        problems += [f"{key}: {p}" for p in found]
+        if journey is not None:
+            journeys[key] = journey
+    if problems:
+        raise DefinitionError(problems)
+    return journeys
+
+
+def summary(journeys: Sequence[Journey]) -> list[dict[str, Any]]:
+    return [{"key": j.key, "name": j.name, "kind": j.kind, "mode": j.mode, "priority": j.priority} for j in journeys]

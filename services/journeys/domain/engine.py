@@ -1,0 +1,947 @@
+"""The journey engine: pure decisions over one lead's state (no gRPC, no SQL, no Redis).
+
+Callers (the service and the simulator) load a LeadState, call `on_message` for a bus message or
+`run` for a due timer, perform the Effects the engine hands back (a send, a task, a lead update),
+report each result with `complete`, then persist the state and the recorded runs and transitions
+and (re)arm the timers of the enrolments the Outcome says were touched.
+
+Exactly-once: the engine never advances past an effect step until `complete` is called, and every
+effect carries a dedupe key `<lead>:<journey>:<version>:<step>:<occurrence>` derived from committed
+state, so a crash and replay repeats the same key and the receiving service answers `duplicate`.
+Arbitration: enrolments of journeys named in another journey's `pauses` are paused while it is live;
+nurture sends share one frequency budget per lead (transactional sends skip it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from services.journeys.domain import rulesets
+from services.journeys.domain.definitions import (
+    CLOCK_PREFIX,
+    Journey,
+    PlaybookSettings,
+    Rule,
+    Step,
+    parse_duration,
+    template_of,
+)
+from services.journeys.domain.state import (
+    ACTIVE,
+    COMPLETED,
+    ENGAGED_KEPT,
+    EXITED,
+    LIVE,
+    PAUSED,
+    Effect,
+    Enrollment,
+    LeadState,
+    Outcome,
+    StepRun,
+    Transition,
+    iso,
+    parse_time,
+)
+
+OPT_OUT_EVENTS = ("unsubscribed", "spam_reported", "email_hard_bounced")
+# Messaging's word that an address's unsubscribes were lifted (the person subscribed to email again).
+RESUBSCRIBED = "email_resubscribed"
+MAX_INSTANT_STEPS = 200
+
+
+class EngineError(Exception):
+    """Base of engine errors: UnknownJourney."""
+
+
+class UnknownJourney(EngineError):
+    pass
+
+
+class Engine:
+    """Decisions for every journey version known to the process."""
+
+    def __init__(self, settings: PlaybookSettings, resolve: Callable[[str, int], Journey | None],
+                 published: Callable[[], list[Journey]]) -> None:
+        self.settings = settings
+        self._resolve = resolve
+        self._published = published
+        self._type_cache: dict[tuple[str, int, str], set[str]] = {}
+
+    def _types(self, j: Journey) -> set[str]:
+        key = (j.key, j.version, j.digest)
+        found = self._type_cache.get(key)
+        if found is None:
+            found = self._type_cache[key] = j.event_types()
+        return found
+
+    # -- lookups ----------------------------------------------------------------------------------
+
+    def journey(self, key: str, version: int) -> Journey:
+        found = self._resolve(key, version)
+        if found is None:
+            raise UnknownJourney(f"journey {key} v{version} is not known")
+        return found
+
+    def priority_of(self, state: LeadState, ekey: str) -> int:
+        e = state.enrollments.get(ekey)
+        if e is None:
+            return 0
+        j = self._resolve(e.journey, e.version)
+        return j.priority if j else 0
+
+    # -- facts ------------------------------------------------------------------------------------
+
+    def facts(self, state: LeadState, event: Mapping[str, Any], e: Enrollment | None = None,
+              now: datetime | None = None) -> dict[str, Any]:
+        facts: dict[str, Any] = {
+            "lead": state.lead,
+            "event": {"type": event.get("type"), "properties": event.get("properties") or {}},
+            "signals": list(event.get("signals") or []),
+            # The lead's other live journeys (key → active | paused), so a definition can coordinate
+            # with them as data, e.g. not send a second welcome when another journey sends one.
+            "journeys": {x.journey: x.status for x in state.enrollments.values() if x.status in LIVE},
+        }
+        if e is not None:
+            j = self._resolve(e.journey, e.version)
+            facts["journey"] = {
+                "key": e.journey, "version": e.version, "step": e.step or "", "stage": e.stage or "",
+                "stage_index": j.stage_index(e.stage) if j else -1, "engaged": e.engaged,
+                "days_in_journey": int((now - e.entered_at).total_seconds() // 86400) if now else 0,
+            }
+        return facts
+
+    # -- messages ---------------------------------------------------------------------------------
+
+    def on_message(self, state: LeadState, message: Mapping[str, Any], now: datetime) -> Outcome:
+        """Apply one bus message (or a synthetic one, e.g. inactivity) to a lead's journeys."""
+        out = Outcome()
+        etype = str(message.get("type", ""))
+        if isinstance(message.get("lead"), Mapping) and message["lead"]:
+            state.lead = dict(message["lead"])
+        if etype == "lead_erased":
+            for e in state.enrollments.values():
+                if e.status in LIVE:
+                    self._finish(state, e, EXITED, "erased", now, out, summary="exited: lead erased")
+            out.erased = True
+            return out
+        if etype != "date_reached":
+            self._arm_dates(state, out)
+        self._tick_clocks(state, message, etype, now, out)
+        if etype in self.settings.engagement_events:
+            self._engaged(state, message, now, out)
+        elif state.last_engagement is None and etype != "inactivity":
+            # The inactivity clock starts at the first thing we hear about the lead.
+            state.last_engagement = min(parse_time(message.get("occurred_at")) or now, now)
+            self._arm_inactivity(state, now, out)
+        consent_off = (state.lead.get("consent") or {}).get("email") is False
+        if etype in OPT_OUT_EVENTS or consent_off:
+            reason = etype if etype in OPT_OUT_EVENTS else "no_consent"
+            # An unsubscribe names what it stops (messaging's scope): from reminders only, the
+            # nurture journeys go on; from everything, the transactional ones end too.
+            scope = (message.get("properties") or {}).get("scope") if etype == "unsubscribed" else None
+            stopped = {"transactional": {"transactional"}, "all": {"nurture", "transactional"}}.get(
+                str(scope), {"nurture"})
+            for e in list(state.enrollments.values()):
+                if e.status in LIVE and self.journey(e.journey, e.version).category in stopped:
+                    self._keep_for_consent(state, e, now, reason=reason, scope=str(scope or "nurture"))
+                    self._finish(state, e, EXITED, reason, now, out, summary=f"exited: {reason}"
+                                 + (f" ({scope})" if scope else ""))
+        for rule in self.settings.exits:
+            if etype not in rule.events:
+                continue
+            for e in list(state.enrollments.values()):
+                if e.status in LIVE and e.journey not in rule.keep \
+                        and self.journey(e.journey, e.version).category in rule.categories:
+                    self._finish(state, e, EXITED, rule.name, now, out,
+                                 summary=f"exited: {etype} (playbook exit {rule.name}"
+                                         + (f": {rule.why})" if rule.why else ")"))
+        if consent_off:
+            # Withdrawn for sure now (an opt-out event may carry the snapshot from before it).
+            for past in state.history.values():
+                if "consent_exit" in past:
+                    past["consent_exit"]["withdrawn"] = True
+        journeys = self._published()
+        if etype == RESUBSCRIBED:
+            self._resume_resubscribed(state, journeys, message, now, out)
+        for j in journeys:
+            types = self._types(j)
+            if etype not in types and "*" not in types:
+                continue
+            for e in [x for x in state.enrollments.values() if x.journey == j.key and x.status in LIVE]:
+                self._on_enrolled(state, e, message, now, out)
+            self._maybe_enter(state, j, message, now, out)
+        # Enrolments of older versions still listen to their own rules.
+        live_keys = {j.key for j in journeys}
+        for e in list(state.enrollments.values()):
+            if e.status in LIVE and e.journey not in live_keys:
+                self._on_enrolled(state, e, message, now, out)
+        return out
+
+    def _engaged(self, state: LeadState, message: Mapping[str, Any], now: datetime, out: Outcome) -> None:
+        at = min(parse_time(message.get("occurred_at")) or now, now)
+        state.last_engagement = max(at, state.last_engagement) if state.last_engagement else at
+        state.inactive_step = 0
+        self._arm_inactivity(state, now, out)
+        if message.get("type") in ("email_opened", "email_clicked"):
+            props = message.get("properties") or {}
+            journey = props.get("journey")
+            # journey.engaged counts emails opened or clicked (the seed's "3+ emails"), not
+            # interactions: the open and the click of one email, or its second open, count once.
+            which = str(props.get("message_id") or "") or (
+                f"{journey}.{props['step']}" if journey and props.get("step") else "")
+            for e in state.enrollments.values():
+                if e.status in LIVE and (not journey or journey == e.journey):
+                    if which and which in e.engaged_with:
+                        continue
+                    if which:
+                        e.engaged_with = [*e.engaged_with[-(ENGAGED_KEPT - 1):], which]
+                    e.engaged += 1
+                    out.touched.add(e.ekey)
+
+    def _arm_inactivity(self, state: LeadState, now: datetime, out: Outcome) -> None:
+        days = sorted(self.settings.inactivity_days)
+        if state.last_engagement is None or state.inactive_step >= len(days):
+            state.inactive_due = None
+        else:
+            state.inactive_due = state.last_engagement + timedelta(days=days[state.inactive_step])
+        state.inactive_token += 1
+        out.inactivity_changed = True
+
+    def _tick_clocks(self, state: LeadState, message: Mapping[str, Any], etype: str, now: datetime,
+                     out: Outcome) -> None:
+        """Quiet-period clocks (_settings.yaml `clocks`): a `reset_by` event restarts one; a `starts_on`
+        event starts one that is not running yet (the first email sent starts "no opens")."""
+        for clock in self.settings.clocks:
+            entry = state.dates.get(clock.key)
+            if etype in clock.reset_by or (etype in clock.starts_on and entry is None):
+                since = min(parse_time(message.get("occurred_at")) or now, now)
+                if entry is not None and parse_time(entry.get("since")) == since and entry.get("step") == 0:
+                    continue  # the same moment again (a redelivered message)
+                state.dates[clock.key] = {"at": iso(since + timedelta(days=clock.days[0])), "since": iso(since),
+                                          "step": 0, "fired": False,
+                                          "token": int((entry or {}).get("token", 0)) + 1}
+                out.dates_changed.add(clock.key)
+
+    def _clock_due(self, state: LeadState, key: str, token: int, now: datetime) -> Outcome:
+        """A quiet-period clock ran out: post its event, and arm its next threshold if it has one."""
+        clock = next((c for c in self.settings.clocks if c.key == key), None)
+        entry = state.dates.get(key)
+        if clock is None or not entry or entry.get("token") != token or entry.get("fired"):
+            return Outcome()
+        at, since = parse_time(entry.get("at")), parse_time(entry.get("since"))
+        if at is None or since is None or at > now:
+            return Outcome()
+        out = Outcome()
+        step = int(entry.get("step", 0)) + 1
+        if step < len(clock.days):
+            entry.update(at=iso(since + timedelta(days=clock.days[step])), step=step, token=token + 1)
+            out.dates_changed.add(key)
+        else:
+            entry["fired"] = True
+        days = int((now - since).total_seconds() // 86400)
+        message = {"id": f"{clock.event}:{state.lead_id}:{iso(now)}", "type": clock.event,
+                   "properties": {"days": days, "since": iso(since)}, "lead": state.lead}
+        out.extend(self.on_message(state, message, now))
+        return out
+
+    def _arm_dates(self, state: LeadState, out: Outcome) -> None:
+        """Date-relative entries: (re)arm a lead-level timer at <lead date property> + offset whenever
+        the property is set or moves."""
+        for j in self._published():
+            for rule in j.entry:
+                if rule.date is None:
+                    continue
+                value: Any = {"lead": state.lead}
+                for part in str(rule.date["fact"]).split("."):
+                    value = value.get(part) if isinstance(value, Mapping) else None
+                base = parse_time(value)
+                key = f"{j.key}.{rule.name}"
+                at = iso(base + parse_duration(rule.date.get("offset", 0))) if base else None
+                current = state.dates.get(key)
+                if at is None or (current and current.get("at") == at):
+                    continue
+                state.dates[key] = {"at": at, "token": int((current or {}).get("token", 0)) + 1, "fired": False}
+                out.dates_changed.add(key)
+
+    def date_due(self, state: LeadState, key: str, token: int, now: datetime) -> Outcome:
+        """A date-relative entry's time came: post `date_reached` for that one rule."""
+        if key.startswith(CLOCK_PREFIX):
+            return self._clock_due(state, key, token, now)
+        entry = state.dates.get(key)
+        if not entry or entry.get("token") != token or entry.get("fired"):
+            return Outcome()
+        at = parse_time(entry.get("at"))
+        if at is None or at > now:
+            return Outcome()
+        entry["fired"] = True
+        journey, rule = key.split(".", 1)
+        message = {"id": f"date:{state.lead_id}:{key}:{token}", "type": "date_reached",
+                   "properties": {"date_rule": key, "journey": journey, "rule": rule, "at": entry.get("at")},
+                   "lead": state.lead}
+        return self.on_message(state, message, now)
+
+    def inactivity_due(self, state: LeadState, token: int, now: datetime) -> Outcome:
+        """The lead's inactivity timer fired: post the synthetic `inactivity` event."""
+        if token != state.inactive_token or state.inactive_due is None or state.inactive_due > now:
+            return Outcome()
+        assert state.last_engagement is not None
+        days = int((now - state.last_engagement).total_seconds() // 86400)
+        state.inactive_step += 1
+        out = Outcome()
+        self._arm_inactivity(state, now, out)
+        message = {"id": f"inactivity:{state.lead_id}:{iso(now)}", "type": "inactivity",
+                   "properties": {"days": days, "since": iso(state.last_engagement)}, "lead": state.lead}
+        out.extend(self.on_message(state, message, now))
+        return out
+
+    def _on_enrolled(self, state: LeadState, e: Enrollment, message: Mapping[str, Any], now: datetime,
+                     out: Outcome) -> None:
+        j = self.journey(e.journey, e.version)
+        etype = str(message.get("type"))
+        props = message.get("properties") or {}
+        if j.entity and props.get(j.entity) is not None and str(props.get(j.entity)) != e.instance:
+            return  # an event about another webinar/trial/cart
+        facts = self.facts(state, message, e, now)
+        for rule, match in rulesets.matching(j, "exit", etype, facts):
+            outcome = COMPLETED if rule.outcome == "goal" else EXITED
+            verb = "goal reached" if rule.outcome == "goal" else "exited"
+            self._finish(state, e, outcome, rule.name, now, out,
+                         summary=f"{verb}: {etype} {rulesets.explain(match.facts)} matched rule {rule.name}",
+                         rule=rule.name, facts=dict(match.facts))
+            return
+        if etype in j.reanchor_events and j.entity and str(props.get(j.entity, "")) == e.instance:
+            self._reanchor(state, j, e, props, now, out)
+        if e.status == ACTIVE and e.waiting == "event" and e.step:
+            wait = j.step(e.step)
+            spec = wait.get("event") or {}
+            match_prop = spec.get("match")
+            awaited = etype in spec.get("types", []) and (
+                not match_prop or str(props.get(match_prop, "")) in ("", e.instance, e.anchors.get(match_prop, "")))
+            if awaited and spec.get("when") is not None:  # a condition on the event: a purchase, not a signup
+                condition = [{"name": f"{wait.id}.event", "when": spec["when"]}]
+                awaited = rulesets.branch(j, f"{wait.id}.event", condition, facts) is not None
+            if awaited:
+                target = str(wait.get("on_event"))
+                self._record(out, state, e, now, "event", f"{etype} arrived at {wait.id}: going to {target}",
+                             step_from=wait.id, step_to=target)
+                self._move(e, target, now, out)
+                e.timed_at = now
+        if e.status != ACTIVE:
+            return
+        for rule, match in rulesets.matching(j, "triggers", etype, facts):
+            self._fire_trigger(state, j, e, rule, match.facts, etype, now, out)
+
+    def _fire_trigger(self, state: LeadState, j: Journey, e: Enrollment, rule: Rule, read: Mapping[str, Any],
+                      etype: str, now: datetime, out: Outcome) -> None:
+        last = parse_time(e.fired.get(rule.name))
+        if last is not None and (rule.once or (rule.cooldown and now - last < rule.cooldown)):
+            return
+        e.fired[rule.name] = iso(now) or ""
+        out.touched.add(e.ekey)
+        act = rule.action
+        why = f"{etype} {rulesets.explain(read)} matched rule {rule.name}"
+        if "pace" in act:
+            new = float(act["pace"])
+            if e.waiting == "delay" and e.due is not None and e.due > now:
+                e.due = now + (e.due - now) * (new / e.pace)
+                e.token += 1
+            e.pace = new
+            self._record(out, state, e, now, "trigger", f"pace set to {new}: {why}", rule=rule.name, facts=read)
+        if "goto" in act:
+            target = str(act["goto"])
+            stage = j.step(target).stage
+            verb = f"jumped to {stage} stage" if stage and stage != e.stage else f"jumped to {target}"
+            self._record(out, state, e, now, "jump", f"{verb}: {why}", step_from=e.step, step_to=target,
+                         rule=rule.name, facts=read)
+            self._move(e, target, now, out)
+            e.timed_at = now
+        for verb in ("send", "task", "update"):
+            if verb in act:
+                e.side.append(str(act[verb]))
+                e.side_token += 1
+                out.side_due.add(e.ekey)
+                self._record(out, state, e, now, "trigger", f"queued {act[verb]}: {why}", step_to=str(act[verb]),
+                             rule=rule.name, facts=read)
+        if "enrol" in act:
+            other = self._published_journey(str(act["enrol"]))
+            if other is not None:
+                self._enter(state, other, {"type": etype, "properties": {}}, now, out,
+                            reason=f"enrolled by {j.key} rule {rule.name}: {why}", rule=rule.name, facts=read)
+        if "exit" in act:
+            for live in list(state.enrollments.values()):
+                if live.journey == act["exit"] and live.status in LIVE:
+                    self._finish(state, live, EXITED, f"{j.key}.{rule.name}", now, out,
+                                 summary=f"exited by {j.key} rule {rule.name}: {why}")
+
+    def _published_journey(self, key: str) -> Journey | None:
+        return next((j for j in self._published() if j.key == key), None)
+
+    def _reanchor(self, state: LeadState, j: Journey, e: Enrollment, props: Mapping[str, Any], now: datetime,
+                  out: Outcome) -> None:
+        changed = {name: str(props[prop]) for name, prop in j.anchors.items()
+                   if props.get(prop) is not None and e.anchors.get(name) != str(props[prop])}
+        if not changed:
+            return
+        e.anchors.update(changed)
+        out.touched.add(e.ekey)
+        # Move the pending timer with its anchor: recompute the wait that set it.
+        if e.waiting in ("until", "event") and e.step is not None:
+            pending = self._pending_wait(j, e)
+            if pending is not None:
+                spec = pending.get("until") if e.waiting == "until" else pending.get("timeout")
+                due = self._time_of(spec, e, now, state_lead=None)
+                if due is not None:
+                    e.due = max(due, now)
+                    e.token += 1
+        self._record(out, state, e, now, "rescheduled",
+                     f"anchor moved ({', '.join(f'{k}={v}' for k, v in changed.items())}): pending step at "
+                     f"{iso(e.due)}", facts=dict(changed))
+
+    def _pending_wait(self, j: Journey, e: Enrollment) -> Step | None:
+        if e.waiting == "event":
+            return j.step(e.step) if e.step else None
+        # An until-wait leaves the cursor on the step after it: find the wait pointing here.
+        return next((s for s in j.steps.values() if s.type == "wait" and s.next == e.step and s.get("until")), None)
+
+    # -- entering and finishing -------------------------------------------------------------------
+
+    def _maybe_enter(self, state: LeadState, j: Journey, message: Mapping[str, Any], now: datetime,
+                     out: Outcome) -> None:
+        if not j.entry:
+            return
+        etype = str(message.get("type"))
+        instance = ""
+        if j.entity:
+            value = (message.get("properties") or {}).get(j.entity)
+            if value is None:
+                return
+            instance = str(value)
+        ekey = f"{j.key}#{instance}" if instance else j.key
+        current = state.enrollments.get(ekey)
+        if current is not None and current.status in LIVE:
+            return
+        held = (state.history.get(ekey) or {}).get("consent_exit") if current is not None else None
+        if held and held.get("reason", "no_consent") != "no_consent":
+            # Stopped by an opt-out (an unsubscribe, a spam report, a hard bounce): consent alone does
+            # not undo it; messaging's `email_resubscribed` does (see _resume_resubscribed).
+            held = None
+        if not (held and held.get("withdrawn")) and not self._may_reenter(state, j, ekey, now):
+            return
+        found = rulesets.matching(j, "entry", etype, self.facts(state, message))
+        if not found:
+            return
+        rule, match = found[0]
+        if j.enter_until is not None and self._entry_expired(state, j, message, ekey, now, out, rule=rule.name):
+            return
+        if held and held.get("withdrawn") and current is not None:
+            self._resume_after_consent(state, current, held, now, out, rule=rule.name, facts=dict(match.facts),
+                                       why=f"{etype} {rulesets.explain(match.facts)} matched rule {rule.name}")
+            return
+        self._enter(state, j, message, now, out, instance=instance, rule=rule.name, facts=dict(match.facts),
+                    reason=f"entered: {etype} {rulesets.explain(match.facts)} matched rule {rule.name}")
+
+    def _may_reenter(self, state: LeadState, j: Journey, ekey: str, now: datetime) -> bool:
+        past = state.history.get(ekey)
+        if not past:
+            return True
+        if j.reentry == "always":
+            return True
+        if j.reentry == "after" and j.reentry_after is not None:
+            ended = parse_time(past.get("ended_at"))
+            return ended is not None and now - ended >= j.reentry_after
+        return False
+
+    def _entry_expired(self, state: LeadState, j: Journey, message: Mapping[str, Any], ekey: str, now: datetime,
+                       out: Outcome, *, rule: str) -> bool:
+        """`enter_until`: an entry whose moment has passed (a webinar that ended long ago) is refused,
+        with the reason on the lead's timeline."""
+        spec = j.enter_until or {}
+        props = message.get("properties") or {}
+        anchors = {name: str(props[prop]) for name, prop in j.anchors.items() if props.get(prop) is not None}
+        probe = Enrollment(ekey=ekey, journey=j.key, version=j.version, instance="", entry=0, status=EXITED,
+                           step=None, stage=None, due=None, entered_at=now, stage_at=now, anchors=anchors)
+        deadline = self._time_of(spec, probe, now, state_lead=state.lead)
+        if deadline is None or now <= deadline:
+            return False
+        self._record(out, state, probe, now, "skipped",
+                     f"not entered: {message.get('type')} matched rule {rule} but its enter_until "
+                     f"{_spec_text(spec)} ({iso(deadline)}) has passed", rule=rule,
+                     facts={"enter_until": iso(deadline), **anchors})
+        return True
+
+    def _keep_for_consent(self, state: LeadState, e: Enrollment, now: datetime, *, reason: str,
+                          scope: str) -> None:
+        """Before a consent exit, remember where the enrolment stood and what stopped it: given consent
+        again (`no_consent`), or subscribed again after an unsubscribe (`email_resubscribed` lifting its
+        scope), the lead continues from there (whatever `reentry` says, since it never left the journey
+        by itself). A spam report or a hard bounce is never undone here."""
+        due = e.due
+        if e.status == PAUSED:
+            due = now + timedelta(seconds=e.paused_remaining) if e.paused_remaining is not None else None
+        consent_off = (state.lead.get("consent") or {}).get("email") is False
+        state.history.setdefault(e.ekey, {"entries": e.entry})["consent_exit"] = {
+            "due": iso(due), "waiting": e.waiting if e.waiting != "budget" else None, "withdrawn": consent_off,
+            "reason": reason, "scope": scope}
+
+    def _resume_resubscribed(self, state: LeadState, journeys: Sequence[Journey], message: Mapping[str, Any],
+                             now: datetime, out: Outcome) -> None:
+        """Messaging lifted the address's unsubscribes (`properties.scopes`): the enrolments those
+        unsubscribes stopped resume, when the lead still meets the journey's entry as a profile change
+        would test it (a lead who left the segment meanwhile is not sent its mail)."""
+        lifted = {str(x) for x in (message.get("properties") or {}).get("scopes") or []}
+        probe = {**message, "type": "lead_updated",
+                 "properties": {"changed": ["consent"], "source": RESUBSCRIBED}}
+        for j in journeys:
+            held = (state.history.get(j.key) or {}).get("consent_exit")
+            current = state.enrollments.get(j.key)
+            if not held or held.get("reason") != "unsubscribed" or current is None or current.status in LIVE:
+                continue
+            if "all" not in lifted and str(held.get("scope") or "nurture") not in lifted:
+                continue
+            held["reason"], held["withdrawn"] = "no_consent", True
+            self._maybe_enter(state, j, probe, now, out)
+
+    def _resume_after_consent(self, state: LeadState, e: Enrollment, held: Mapping[str, Any], now: datetime,
+                              out: Outcome, *, rule: str, facts: Mapping[str, Any], why: str) -> None:
+        """Re-enter a journey left for lack of consent by resuming its enrolment: same entry, visits
+        and trigger cooldowns, so the dedupe keys of steps already done are not issued again."""
+        past = state.history[e.ekey]
+        past.pop("consent_exit", None)
+        past.pop("ended_at", None)
+        due = parse_time(held.get("due"))
+        e.status, e.outcome, e.ended_at = ACTIVE, None, None
+        e.waiting = held.get("waiting") if due is not None and due > now else None
+        e.due = max(due, now) if due is not None else None
+        e.token += 1
+        out.touched.add(e.ekey)
+        at = f"; next step at {iso(e.due)}" if e.due else ""
+        self._record(out, state, e, now, "resumed",
+                     f"re-entered after email consent was given again: {why}; resuming at {e.step}{at} "
+                     "(steps already done are not repeated)", step_to=e.step, rule=rule, facts=facts)
+        j = self._resolve(e.journey, e.version)
+        if j is not None:
+            self._apply_pauses(state, j, e, now, out)
+        if any(self._pauser_of(state, other, e) for other in state.enrollments.values()):
+            self._pause(state, e, now, out, by=None)
+
+    def _enter(self, state: LeadState, j: Journey, message: Mapping[str, Any], now: datetime, out: Outcome, *,
+               reason: str, instance: str = "", rule: str | None = None,
+               facts: Mapping[str, Any] | None = None) -> Enrollment | None:
+        ekey = f"{j.key}#{instance}" if instance else j.key
+        current = state.enrollments.get(ekey)
+        if current is not None and current.status in LIVE:
+            return None
+        if not self._may_reenter(state, j, ekey, now):
+            return None
+        props = message.get("properties") or {}
+        past = state.history.setdefault(ekey, {"entries": 0})
+        past["entries"] = int(past.get("entries", 0)) + 1
+        past.pop("consent_exit", None)  # a new entry: nothing left to resume
+        anchors = {name: str(props[prop]) for name, prop in j.anchors.items() if props.get(prop) is not None}
+        if instance and j.entity:
+            anchors.setdefault(j.entity, instance)
+        e = Enrollment(ekey=ekey, journey=j.key, version=j.version, instance=instance, entry=past["entries"],
+                       status=ACTIVE, step=j.first, stage=None, due=now, entered_at=now, stage_at=now,
+                       anchors=anchors, token=(current.token + 1) if current else 1,
+                       side_token=current.side_token if current else 0, timed_at=now)
+        state.enrollments[ekey] = e
+        out.touched.add(ekey)
+        self._record(out, state, e, now, "entered", reason, step_to=j.first, rule=rule, facts=dict(facts or {}))
+        self._apply_pauses(state, j, e, now, out)
+        if any(self._pauser_of(state, other, e) for other in state.enrollments.values()):
+            self._pause(state, e, now, out, by=None)
+        return e
+
+    def _pauser_of(self, state: LeadState, other: Enrollment, e: Enrollment) -> bool:
+        if other.ekey == e.ekey or other.status != ACTIVE:
+            return False
+        oj = self._resolve(other.journey, other.version)
+        ej = self._resolve(e.journey, e.version)
+        return bool(oj and ej and _pauses(oj, ej))
+
+    def _apply_pauses(self, state: LeadState, j: Journey, by: Enrollment, now: datetime, out: Outcome) -> None:
+        if not j.pauses:
+            return
+        for e in state.enrollments.values():
+            if e.status != ACTIVE or e.ekey == by.ekey:
+                continue
+            ej = self._resolve(e.journey, e.version)
+            if ej and _pauses(j, ej):
+                self._pause(state, e, now, out, by=by)
+
+    def _pause(self, state: LeadState, e: Enrollment, now: datetime, out: Outcome, by: Enrollment | None) -> None:
+        e.status = PAUSED
+        e.paused_remaining = max(0.0, (e.due - now).total_seconds()) if e.due else None
+        e.token += 1
+        out.touched.add(e.ekey)
+        who = by.journey if by else "a higher-priority journey"
+        self._record(out, state, e, now, "paused", f"paused while {who} runs", step_from=e.step)
+
+    def _resume_paused(self, state: LeadState, now: datetime, out: Outcome) -> None:
+        for e in state.enrollments.values():
+            if e.status != PAUSED:
+                continue
+            if any(self._pauser_of(state, other, e) for other in state.enrollments.values()):
+                continue
+            e.status = ACTIVE
+            e.due = now + timedelta(seconds=e.paused_remaining) if e.paused_remaining is not None else None
+            e.paused_remaining = None
+            e.token += 1
+            out.touched.add(e.ekey)
+            self._record(out, state, e, now, "resumed", f"resumed at {e.step}; next step at {iso(e.due)}",
+                         step_to=e.step)
+
+    def _finish(self, state: LeadState, e: Enrollment, status: str, reason: str, now: datetime, out: Outcome, *,
+                summary: str, rule: str | None = None, facts: Mapping[str, Any] | None = None) -> None:
+        if e.status not in LIVE:
+            return
+        e.status, e.outcome, e.ended_at, e.due, e.waiting = status, reason, now, None, None
+        e.side.clear()
+        e.token += 1
+        state.history.setdefault(e.ekey, {"entries": e.entry})["ended_at"] = iso(now)
+        out.touched.add(e.ekey)
+        kind = "exited" if status == EXITED else ("completed" if reason == "end" else "goal")
+        self._record(out, state, e, now, kind, summary, step_from=e.step, rule=rule or reason,
+                     facts={**dict(facts or {}), "last_sent": e.last_sent})
+        self._resume_paused(state, now, out)
+
+    # -- running steps ----------------------------------------------------------------------------
+
+    def next_effect(self, state: LeadState, ekey: str, now: datetime, out: Outcome, *,
+                    side: bool = False) -> Effect | None:
+        """Run instant steps of a due enrolment until an effect step (returned, not yet executed) or a
+        wait (armed; returns None). With `side`, only the queued side steps are considered."""
+        e = state.enrollments.get(ekey)
+        if e is None or e.status != ACTIVE:
+            return None
+        j = self.journey(e.journey, e.version)
+        if side:
+            # A send held by the frequency budget waits (its own timer fires at side_at); sales tasks
+            # and lead updates queued behind it are not marketing email and go now: a sales alert
+            # two days late missed the CRM's once-a-day merge and reached sales twice.
+            held = e.side_at is not None and e.side_at > now
+            if held and e.side_held_by != "budget":
+                return None  # a retry after the receiving service failed: everything waits for it
+            i = 0
+            while i < len(e.side):
+                s = j.steps.get(e.side[i])
+                if s is None or s.type not in ("send", "task", "webhook", "update"):
+                    e.side.pop(i)
+                    continue
+                if held and s.type in ("send", "webhook"):
+                    i += 1
+                    continue
+                return self._effect(state, j, e, s, now, out, side=True)
+            return None
+        for _ in range(MAX_INSTANT_STEPS):
+            if e.status != ACTIVE or e.due is None or e.due > now:
+                return None
+            if e.step is None:
+                self._finish(state, e, COMPLETED, "end", now, out, summary=f"completed {j.name}")
+                return None
+            if e.waiting == "event":
+                wait = j.step(e.step)
+                target = str(wait.get("on_timeout"))
+                self._record(out, state, e, now, "timeout", f"no {'/'.join(wait.get('event', {}).get('types', []))} "
+                             f"by the timeout of {wait.id}: going to {target}", step_from=wait.id, step_to=target)
+                e.waiting = None
+                self._move(e, target, now, out)
+                continue
+            e.waiting = None
+            s = j.step(e.step)
+            self._enter_stage(state, j, e, s, now, out)
+            if s.type in ("send", "task", "webhook", "update"):
+                late = self._too_late(state, e, s, now)
+                if late:
+                    self._run(state, j, e, s, now, out, status="skipped", detail=late)
+                    self._record(out, state, e, now, "skipped", f"{s.id} skipped: {late}", step_from=s.id,
+                                 step_to=s.next, facts={"reason": late})
+                    e.step, e.due = s.next, now
+                    continue
+                effect = self._effect(state, j, e, s, now, out, side=False)
+                if effect is not None:
+                    return effect
+                continue
+            self._instant(state, j, e, s, now, out)
+        raise EngineError(f"{ekey}: more than {MAX_INSTANT_STEPS} steps at one instant")
+
+    def _too_late(self, state: LeadState, e: Enrollment, s: Step, now: datetime) -> str:
+        """Why a step whose moment has passed is skipped (empty when it still runs): `skip_if_late`
+        (how far past the time its wait set it may still run) and `skip_after` (a time spec like a
+        wait's `until`, after which it no longer makes sense)."""
+        tolerance = s.get("skip_if_late")
+        if tolerance is not None and e.timed_at is not None and now - e.timed_at > parse_duration(tolerance):
+            return (f"its time {iso(e.timed_at)} passed {_hours(now - e.timed_at)} ago, more than its "
+                    f"skip_if_late {tolerance}")
+        spec = s.get("skip_after")
+        if spec is not None:
+            deadline = self._time_of(spec, e, now, state_lead=state.lead)
+            if deadline is not None and now > deadline:
+                return f"past its skip_after {_spec_text(spec)} ({iso(deadline)})"
+        return ""
+
+    def _enter_stage(self, state: LeadState, j: Journey, e: Enrollment, s: Step, now: datetime,
+                     out: Outcome) -> None:
+        if s.stage and s.stage != e.stage:
+            hours = round((now - e.stage_at).total_seconds() / 3600, 2)
+            summary = f"entered {j.stage_names.get(s.stage, s.stage)} stage"
+            if e.stage:
+                summary += f" after {hours} h in {e.stage}"
+            self._record(out, state, e, now, "stage", summary, step_to=s.id, stage=s.stage,
+                         facts={"from": e.stage, "hours_in_previous": hours if e.stage else None})
+            e.stage, e.stage_at = s.stage, now
+            out.touched.add(e.ekey)
+
+    def _occurrence(self, e: Enrollment, step_id: str) -> str:
+        return f"{e.entry}.{e.visits.get(step_id, 0) + 1}"
+
+    def _run(self, state: LeadState, j: Journey, e: Enrollment, s: Step, now: datetime, out: Outcome,
+             status: str = "done", detail: str = "", message_id: str = "") -> None:
+        occ = self._occurrence(e, s.id)
+        e.visits[s.id] = e.visits.get(s.id, 0) + 1
+        out.runs.append(StepRun(state.lead_id, e.ekey, e.journey, e.version, s.id, s.type, occ,
+                                dedupe_key(state.lead_id, e, s.id, occ), status, now, s.stage or e.stage,
+                                message_id=message_id, detail=detail))
+        out.touched.add(e.ekey)
+
+    def _effect(self, state: LeadState, j: Journey, e: Enrollment, s: Step, now: datetime, out: Outcome, *,
+                side: bool) -> Effect | None:
+        occ = self._occurrence(e, s.id)
+        key = dedupe_key(state.lead_id, e, s.id, occ)
+        if s.type in ("send", "webhook"):
+            category = str(s.get("category", j.category))
+            channel = "webhook" if s.type == "webhook" else str(s.get("channel", "email"))
+            if category == "nurture":
+                slot = self._budget_slot(state, now)
+                if slot is not None and side:
+                    e.side_at, e.side_held_by = slot, "budget"
+                    out.side_due.add(e.ekey)
+                    self._record(out, state, e, now, "deferred",
+                                 f"{s.id} held by the frequency budget until {iso(slot)}", step_to=s.id)
+                    return None
+                if slot is not None:
+                    e.due = slot
+                    e.token += 1
+                    e.waiting = "budget"
+                    out.touched.add(e.ekey)
+                    self._record(out, state, e, now, "deferred",
+                                 f"{s.id} held by the frequency budget until {iso(slot)}", step_to=s.id)
+                    return None
+            context = {"subject": s.get("subject"), "cta": s.get("cta"), "brief": s.get("brief"),
+                       "stage": s.stage or e.stage, "url": s.get("url"), **e.anchors}
+            payload = {"template": template_of(j, s), "channel": channel, "category": category,
+                       "journey": e.journey, "version": e.version, "step": s.id,
+                       "context": {k: v for k, v in context.items() if v is not None}}
+            return Effect("send", e.ekey, s.id, key, occ, side, payload)
+        if s.type == "task":
+            due = now + parse_duration(s.get("due", "1d"))
+            payload = {"kind": s.get("kind"), "title": s.get("title"), "priority": s.get("priority", "normal"),
+                       "due_at": due, "details": {"journey": e.journey, "step": s.id, "stage": e.stage,
+                                                  "score": state.lead.get("score")}}
+            return Effect("task", e.ekey, s.id, key, occ, side, payload)
+        return Effect("update", e.ekey, s.id, key, occ, side, {"set": dict(s.get("set") or {})})
+
+    def _budget_slot(self, state: LeadState, now: datetime) -> datetime | None:
+        window, cap = self.settings.budget_window, self.settings.budget_max
+        recent = [t for t in (parse_time(x) for x in state.sends) if t is not None and now - t < window]
+        state.sends = [iso(t) or "" for t in recent]
+        if len(recent) < cap:
+            return None
+        return sorted(recent)[-cap] + window
+
+    def complete(self, state: LeadState, effect: Effect, now: datetime, out: Outcome, *, status: str,
+                 message_id: str = "", reason: str = "") -> None:
+        """Record a performed effect and move past it."""
+        e = state.enrollments[effect.ekey]
+        j = self.journey(e.journey, e.version)
+        s = j.step(effect.step)
+        self._run(state, j, e, s, now, out, status=status, detail=reason, message_id=message_id)
+        if effect.kind == "send" and effect.payload["category"] == "nurture" and status in (
+                "sent", "scheduled", "duplicate"):
+            state.sends.append(iso(now) or "")
+        if effect.kind == "send" and status in ("sent", "scheduled", "duplicate"):
+            e.last_sent = s.id
+        if effect.side:
+            if s.id in e.side:
+                e.side.remove(s.id)  # the first queued of its kind: a task may run ahead of a held send
+            if effect.kind == "send" or e.side_held_by != "budget":
+                e.side_at, e.side_held_by = None, ""  # the held step went: what is queued behind it may go
+            return
+        e.step = s.next
+        e.due = now
+        out.touched.add(e.ekey)
+
+    def retry_later(self, state: LeadState, effect: Effect, now: datetime, delay: timedelta, out: Outcome,
+                    reason: str) -> None:
+        """The receiving service was unavailable: keep the cursor on the effect, try again later."""
+        e = state.enrollments[effect.ekey]
+        if effect.side:
+            e.side_at, e.side_held_by = now + delay, "retry"
+            out.side_due.add(e.ekey)
+        else:
+            e.due = now + delay
+            e.token += 1
+        out.touched.add(e.ekey)
+        self._record(out, state, e, now, "retry", f"{effect.step} will be retried at {iso(now + delay)}: {reason}",
+                     step_to=effect.step)
+
+    def _instant(self, state: LeadState, j: Journey, e: Enrollment, s: Step, now: datetime, out: Outcome) -> None:
+        if s.type == "wait":
+            self._start_wait(state, j, e, s, now, out)
+            return
+        self._run(state, j, e, s, now, out)
+        if s.type == "branch":
+            facts = self.facts(state, {"type": "branch", "properties": {}}, e, now)
+            match = rulesets.branch(j, s.id, s.get("rules") or [], facts)
+            target = str(match.meta["next"]) if match else str(s.get("default"))
+            if match:
+                summary = f"branch {s.id} took {target}: {rulesets.explain(match.facts)} matched rule {match.rule}"
+            else:
+                summary = f"branch {s.id} took the default {target}: no rule matched"
+            self._record(out, state, e, now, "branch", summary, step_from=s.id, step_to=target,
+                         rule=match.rule if match else None, facts=dict(match.facts) if match else {})
+            self._move(e, target, now, out)
+        elif s.type == "split":
+            variants = s.get("variants") or []
+            total = sum(float(v["weight"]) for v in variants)
+            digest = hashlib.sha1(f"{state.lead_id}:{e.journey}:{s.id}".encode()).digest()
+            point = int.from_bytes(digest[:8], "big") / 2**64 * total
+            chosen = variants[-1]
+            for v in variants:
+                point -= float(v["weight"])
+                if point < 0:
+                    chosen = v
+                    break
+            self._record(out, state, e, now, "split", f"split {s.id} assigned variant {chosen.get('name')}",
+                         step_from=s.id, step_to=str(chosen["next"]), rule=str(chosen.get("name")))
+            self._move(e, str(chosen["next"]), now, out)
+        elif s.type == "jump":
+            self._record(out, state, e, now, "jump", f"jumped to {s.get('to')}", step_from=s.id, step_to=s.get("to"))
+            self._move(e, str(s.get("to")), now, out)
+        elif s.type == "goal":
+            self._finish(state, e, COMPLETED, str(s.get("name", s.id)), now, out,
+                         summary=f"goal reached: {s.get('name', s.id)}")
+        elif s.type == "end":
+            self._finish(state, e, COMPLETED, "end", now, out, summary=f"completed {j.name}")
+        elif s.type == "listen":
+            e.due = None
+            e.token += 1
+        elif s.type == "enrol":
+            other = self._published_journey(str(s.get("journey")))
+            if other is not None:
+                self._enter(state, other, {"type": "enrol", "properties": {}}, now, out,
+                            reason=f"enrolled by {j.key} step {s.id}")
+            self._move(e, s.next, now, out)
+        elif s.type == "exit":
+            for live in list(state.enrollments.values()):
+                if live.journey == s.get("journey") and live.status in LIVE and live.ekey != e.ekey:
+                    self._finish(state, live, EXITED, f"{j.key}.{s.id}", now, out,
+                                 summary=f"exited by {j.key} step {s.id}")
+            self._move(e, s.next, now, out)
+
+    def _start_wait(self, state: LeadState, j: Journey, e: Enrollment, s: Step, now: datetime,
+                    out: Outcome) -> None:
+        self._run(state, j, e, s, now, out)
+        if s.get("event") is not None:
+            due = self._time_of(s.get("timeout"), e, now, state_lead=state.lead)
+            e.step, e.waiting, e.due, e.timed_at = s.id, "event", max(due or now, now), due or now
+            e.token += 1
+            self._record(out, state, e, now, "wait", f"waiting at {s.id} for "
+                         f"{'/'.join(s.get('event').get('types', []))} until {iso(e.due)}", step_from=s.id)
+            return
+        if s.get("delay") is not None:
+            due = now + parse_duration(s.get("delay")) * e.pace
+            kind = "delay"
+        else:
+            due = self._time_of(s.get("until"), e, now, state_lead=state.lead) or now
+            kind = "until"
+            if due <= now and s.get("if_past"):
+                target = str(s.get("if_past"))
+                self._record(out, state, e, now, "skip", f"{s.id} already past ({iso(due)}): going to {target}",
+                             step_from=s.id, step_to=target)
+                self._move(e, target, now, out)
+                return
+        e.step, e.due, e.waiting, e.timed_at = s.next, max(due, now), kind if due > now else None, due
+        e.token += 1
+        out.touched.add(e.ekey)
+
+    def _time_of(self, spec: Any, e: Enrollment, now: datetime,
+                 state_lead: Mapping[str, Any] | None) -> datetime | None:
+        if not isinstance(spec, Mapping):
+            return None
+        if "delay" in spec:
+            return now + parse_duration(spec["delay"]) * e.pace
+        offset = parse_duration(spec.get("offset", 0))
+        base: datetime | None
+        if "anchor" in spec:
+            base = e.entered_at if spec["anchor"] == "entered_at" else parse_time(e.anchors.get(str(spec["anchor"])))
+        else:
+            value: Any = {"lead": state_lead or {}}
+            for part in str(spec["fact"]).split("."):
+                value = value.get(part) if isinstance(value, Mapping) else None
+            base = parse_time(value)
+        return base + offset if base is not None else None
+
+    def _move(self, e: Enrollment, target: str | None, now: datetime, out: Outcome) -> None:
+        e.step, e.due, e.waiting = target, now, None
+        e.token += 1
+        out.touched.add(e.ekey)
+
+    def _record(self, out: Outcome, state: LeadState | None, e: Enrollment, now: datetime, kind: str, summary: str,
+                *, step_from: str | None = None, step_to: str | None = None, stage: str | None = None,
+                rule: str | None = None, facts: Mapping[str, Any] | None = None, lead_id: str | None = None) -> None:
+        out.transitions.append(Transition(
+            lead_id=lead_id or (state.lead_id if state else ""), ekey=e.ekey, journey=e.journey, version=e.version,
+            at=now, type=kind, summary=f"{e.journey}: {summary}", step_from=step_from, step_to=step_to,
+            stage=stage or e.stage, rule=rule, facts=dict(facts or {})))
+
+
+def _hours(delta: timedelta) -> str:
+    hours = delta.total_seconds() / 3600
+    return f"{round(hours / 24, 1)} d" if hours >= 48 else f"{round(hours, 1)} h"
+
+
+def _spec_text(spec: Mapping[str, Any]) -> str:
+    """`starts_at +1d`-style text of a time spec, for explanations."""
+    base = spec.get("anchor") or spec.get("fact") or ("now" if "delay" in spec else "?")
+    offset = spec.get("offset", spec.get("delay", 0))
+    return f"{base} {offset if str(offset).startswith(('-', '+')) else f'+{offset}'}"
+
+
+def _pauses(by: Journey, ej: Journey) -> bool:
+    """Whether `by` pauses `ej`: named by key, or by kind. Always-on rule tables are named by their
+    mode (or the legacy kind `triggers`), so `pauses: [sequence]` keeps pausing only step flows."""
+    if ej.key in by.pauses:
+        return True
+    if ej.mode == "always_on":
+        return "always_on" in by.pauses or "triggers" in by.pauses
+    return ej.kind in by.pauses
+
+
+def dedupe_key(lead_id: str, e: Enrollment, step: str, occurrence: str) -> str:
+    """The cross-service contract: `<lead>:<journey>:<version>:<step>:<occurrence>`."""
+    return f"{lead_id}:{e.journey}:{e.version}:{step}:{occurrence}"
+
+
+def migrate(state: LeadState, e: Enrollment, new: Journey, mapping: Mapping[str, str], now: datetime,
+            out: Outcome) -> str | None:
+    """Move a live enrolment to a new version by step mapping; the target step, or None when unmapped."""
+    current = e.step
+    target = mapping.get(current or "", current) if current else None
+    if current is not None and (target is None or target not in new.steps):
+        return None
+    old_version = e.version
+    e.version = new.version
+    e.step = target
+    e.token += 1
+    if e.waiting == "event" and target and new.step(target).get("event") is None:
+        e.waiting, e.due = None, now
+    out.touched.add(e.ekey)
+    out.transitions.append(Transition(
+        lead_id=state.lead_id, ekey=e.ekey, journey=e.journey, version=new.version, at=now, type="migrated",
+        summary=f"{e.journey}: migrated from v{old_version} step {current} to v{new.version} step {target}",
+        step_from=current, step_to=target, stage=e.stage))
+    return target

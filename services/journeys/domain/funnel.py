@@ -1,0 +1,122 @@
+"""The funnel report shared by simulation and analytics: per step entered, sent, suppressed, opened,
+clicked, converted, exited; per stage entered, conversion to the next stage and median time in stage.
+
+Both callers feed the same three record streams (step runs, transitions, engagement events tagged
+with journey and step), so a simulated funnel and a measured one are directly comparable."""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from services.journeys.domain.definitions import Journey
+
+STEP_MEASURES = ("entered", "sent", "suppressed", "opened", "clicked", "converted", "exited")
+
+
+@dataclass
+class _JourneyTally:
+    steps: dict[str, dict[str, int]] = field(
+        default_factory=lambda: defaultdict(lambda: dict.fromkeys(STEP_MEASURES, 0)))
+    stage_leads: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
+    stage_hours: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    enrolled: int = 0
+    goals: int = 0
+    completed: int = 0
+    exited: int = 0
+    exit_reasons: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+
+class Funnel:
+    """Accumulates records; `report()` renders the numbers."""
+
+    def __init__(self) -> None:
+        self._j: dict[str, _JourneyTally] = defaultdict(_JourneyTally)
+
+    def run(self, journey: str, step: str, status: str) -> None:
+        tally = self._j[journey].steps[step]
+        if status == "deferred":
+            return
+        tally["entered"] += 1
+        if status in ("sent", "scheduled"):
+            tally["sent"] += 1
+        elif status in ("suppressed", "failed"):
+            tally["suppressed"] += 1
+
+    def transition(self, journey: str, kind: str, lead_id: str, *, step_from: str | None, stage: str | None,
+                   rule: str | None, facts: Mapping[str, Any], last_sent: str | None = None) -> None:
+        t = self._j[journey]
+        if kind == "entered":
+            t.enrolled += 1
+        elif kind == "stage" and stage:
+            t.stage_leads[stage].add(lead_id)
+            prev, hours = facts.get("from"), facts.get("hours_in_previous")
+            if prev and isinstance(hours, int | float):
+                t.stage_hours[str(prev)].append(float(hours))
+        elif kind == "goal":
+            t.goals += 1
+            last_sent = last_sent or facts.get("last_sent")
+            if last_sent or step_from:
+                t.steps[str(last_sent or step_from)]["converted"] += 1
+        elif kind == "completed":
+            t.completed += 1
+        elif kind == "exited":
+            t.exited += 1
+            t.exit_reasons[str(rule or facts.get("reason") or "exit")] += 1
+            if step_from:
+                t.steps[step_from]["exited"] += 1
+
+    def engagement(self, journey: str, step: str, kind: str) -> None:
+        measure = {"email_opened": "opened", "email_clicked": "clicked"}.get(kind)
+        if measure:
+            self._j[journey].steps[step][measure] += 1
+
+    def report(self, journeys: Mapping[str, Journey]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key in sorted(self._j):
+            t = self._j[key]
+            j = journeys.get(key)
+            order = list(j.steps) if j else sorted(t.steps)
+            steps = [{"step": s, **t.steps[s]} for s in order if s in t.steps]
+            stages = []
+            stage_ids = list(j.stages) if j else sorted(t.stage_leads)
+            for i, stage in enumerate(stage_ids):
+                entered = len(t.stage_leads.get(stage, ()))
+                nxt = stage_ids[i + 1] if i + 1 < len(stage_ids) else None
+                reached = len(t.stage_leads.get(stage, set()) & t.stage_leads.get(nxt, set())) if nxt else None
+                hours = t.stage_hours.get(stage, [])
+                stages.append({
+                    "stage": stage, "entered": entered, "next": nxt, "to_next": reached,
+                    "conversion": round(reached / entered, 4) if entered and reached is not None else None,
+                    "median_hours": round(statistics.median(hours), 2) if hours else None,
+                })
+            out[key] = {"enrolled": t.enrolled, "goals": t.goals, "completed": t.completed, "exited": t.exited,
+                        "exit_reasons": dict(sorted(t.exit_reasons.items())), "steps": steps, "stages": stages}
+        return out
+
+
+def totals(report: Mapping[str, Any]) -> dict[str, int]:
+    """Sums over every journey's steps."""
+    sums = dict.fromkeys(STEP_MEASURES, 0)
+    for j in report.values():
+        for s in j["steps"]:
+            for m in STEP_MEASURES:
+                sums[m] += int(s[m])
+    return sums
+
+
+def feed(funnel: Funnel, runs: Iterable[Mapping[str, Any]], transitions: Iterable[Mapping[str, Any]],
+         engagements: Iterable[Mapping[str, Any]]) -> Funnel:
+    """Feed rows (dicts with the StepRun/Transition field names) into a funnel."""
+    for r in runs:
+        funnel.run(r["journey"], r["step"], r["status"])
+    for tr in transitions:
+        funnel.transition(tr["journey"], tr["type"], tr["lead_id"], step_from=tr.get("step_from"),
+                          stage=tr.get("stage"), rule=tr.get("rule"), facts=tr.get("facts") or {},
+                          last_sent=tr.get("last_sent"))
+    for ev in engagements:
+        funnel.engagement(ev["journey"], ev["step"], ev["type"])
+    return funnel

@@ -1,0 +1,187 @@
+"""journeys' gRPC methods: proto in, runtime call, proto out; domain errors become status codes here."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import UTC, datetime
+from typing import Any, NoReturn
+
+import grpc
+
+from nurture.api.journeys.v1 import journeys_pb2, journeys_pb2_grpc
+from nurture.rpcguard import guard_requests
+from services.journeys import simulation
+from services.journeys.app.runner import Invalid, JourneysRuntime, NotFound
+
+SIMULATION_BUDGET = 2_000_000  # leads x days accepted by one Simulate call
+
+
+async def _abort(context: grpc.aio.ServicerContext, status: grpc.StatusCode, code: str, message: str,
+                 details: dict[str, Any] | None = None) -> NoReturn:
+    await context.abort(status, json.dumps({"code": code, "message": message, "details": details or {}}))
+    raise AssertionError("unreachable")
+
+
+def _ts(target: Any, value: datetime | None) -> None:
+    if value is not None:
+        target.FromDatetime(value)
+
+
+@guard_requests()
+class JourneysServicer(journeys_pb2_grpc.JourneysServicer):
+    def __init__(self, runtime: JourneysRuntime) -> None:
+        self.rt = runtime
+
+    async def ListJourneys(self, request: journeys_pb2.ListJourneysRequest,
+                           context: grpc.aio.ServicerContext) -> journeys_pb2.ListJourneysReply:
+        return journeys_pb2.ListJourneysReply(journeys=[journeys_pb2.JourneySummary(**s) for s in self.rt.summaries()])
+
+    async def GetJourney(self, request: journeys_pb2.GetJourneyRequest,
+                         context: grpc.aio.ServicerContext) -> journeys_pb2.GetJourneyReply:
+        try:
+            journey, versions = self.rt.get(request.key, request.version)
+        except NotFound as exc:
+            await _abort(context, grpc.StatusCode.NOT_FOUND, "journey_not_found", str(exc))
+        summary = next(s for s in self.rt.summaries() if s["key"] == request.key)
+        reply = journeys_pb2.GetJourneyReply(summary=journeys_pb2.JourneySummary(**summary),
+                                             definition_json=json.dumps(journey.document, default=str),
+                                             version=journey.version)
+        for v in versions:
+            info = reply.versions.add(version=v["version"], status=v["status"])
+            _ts(info.created_at, v.get("created_at"))
+            _ts(info.published_at, v.get("published_at"))
+        return reply
+
+    async def PutJourney(self, request: journeys_pb2.PutJourneyRequest,
+                         context: grpc.aio.ServicerContext) -> journeys_pb2.PutJourneyReply:
+        try:
+            document = json.loads(request.definition_json or "null")
+        except ValueError as exc:
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "invalid_definition", f"not JSON: {exc}",
+                         {"problems": [f"definition: not JSON: {exc}"]})
+        if not isinstance(document, dict):
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "invalid_definition",
+                         "the definition must be an object", {"problems": ["definition: expected an object"]})
+        try:
+            version, _ = await self.rt.put(request.key, document, validate_only=request.validate_only)
+        except Invalid as exc:
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "invalid_definition", str(exc),
+                         {"problems": exc.problems})
+        return journeys_pb2.PutJourneyReply(version=version)
+
+    async def Publish(self, request: journeys_pb2.PublishRequest,
+                      context: grpc.aio.ServicerContext) -> journeys_pb2.PublishReply:
+        try:
+            report = await self.rt.publish(request.key, request.version, migrate_leads=request.migrate,
+                                           mapping=dict(request.step_mapping), dry_run=request.dry_run)
+        except NotFound as exc:
+            await _abort(context, grpc.StatusCode.NOT_FOUND, "journey_not_found", str(exc))
+        except Invalid as exc:
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "invalid_publish", str(exc),
+                         {"problems": exc.problems})
+        return journeys_pb2.PublishReply(version=report["version"], published=not request.dry_run,
+                                         report_json=json.dumps(report))
+
+    async def LeadJourneys(self, request: journeys_pb2.LeadJourneysRequest,
+                           context: grpc.aio.ServicerContext) -> journeys_pb2.LeadJourneysReply:
+        if not request.lead_id:
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "invalid", "lead_id is required")
+        reply = journeys_pb2.LeadJourneysReply()
+        for row in await self.rt.lead_journeys(request.lead_id):
+            data = json.loads(row.data)
+            e = reply.enrollments.add(journey=row.journey, version=row.version, stage=row.stage or "",
+                                      step=row.step or "", status=row.status, instance=row.instance,
+                                      outcome=row.outcome or "")
+            if row.status == "active" and data.get("due"):
+                e.next_step_at.FromDatetime(datetime.fromisoformat(data["due"].replace("Z", "+00:00")))
+            e.entered_at.FromDatetime(datetime.fromisoformat(data["entered_at"].replace("Z", "+00:00")))
+        return reply
+
+    async def Members(self, request: journeys_pb2.MembersRequest,
+                      context: grpc.aio.ServicerContext) -> journeys_pb2.MembersReply:
+        try:
+            ids, cursor = await self.rt.members(journey=request.journey, stage=request.stage, status=request.status,
+                                                cursor=request.cursor, limit=request.limit, step=request.step)
+        except NotFound as exc:
+            await _abort(context, grpc.StatusCode.NOT_FOUND, "journey_not_found", str(exc))
+        return journeys_pb2.MembersReply(lead_ids=ids, next_cursor=cursor)
+
+    async def WhyNot(self, request: journeys_pb2.WhyNotRequest,
+                     context: grpc.aio.ServicerContext) -> journeys_pb2.ReportReply:
+        try:
+            report = await self.rt.why_not(request.lead_id, request.journey)
+        except NotFound as exc:
+            await _abort(context, grpc.StatusCode.NOT_FOUND, "journey_not_found", str(exc))
+        return journeys_pb2.ReportReply(report_json=json.dumps(report, default=str))
+
+    async def LiveSteps(self, request: journeys_pb2.LiveStepsRequest,
+                        context: grpc.aio.ServicerContext) -> journeys_pb2.LiveStepsReply:
+        try:
+            counts = await self.rt.live_steps(request.journey)
+        except NotFound as exc:
+            await _abort(context, grpc.StatusCode.NOT_FOUND, "journey_not_found", str(exc))
+        return journeys_pb2.LiveStepsReply(leads=counts)
+
+    async def Analytics(self, request: journeys_pb2.AnalyticsRequest,
+                        context: grpc.aio.ServicerContext) -> journeys_pb2.ReportReply:
+        start = getattr(request, "from").ToDatetime() if request.HasField("from") else None
+        end = request.to.ToDatetime() if request.HasField("to") else None
+        start = start.replace(tzinfo=start.tzinfo or UTC) if start else None
+        end = end.replace(tzinfo=end.tzinfo or UTC) if end else None
+        if start and end and start >= end:
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "invalid_range", "from must be before to")
+        try:
+            report = await self.rt.analytics(request.key, start, end)
+        except NotFound as exc:
+            await _abort(context, grpc.StatusCode.NOT_FOUND, "journey_not_found", str(exc))
+        return journeys_pb2.ReportReply(report_json=json.dumps(report, default=str))
+
+    async def Simulate(self, request: journeys_pb2.SimulateRequest,
+                       context: grpc.aio.ServicerContext) -> journeys_pb2.ReportReply:
+        try:
+            body = json.loads(request.request_json or "{}")
+            if not isinstance(body, dict):
+                raise ValueError("expected an object")
+            leads, days = int(body.get("leads", 100)), int(body.get("days", 60))
+            seed = int(body.get("seed", 1))
+            behaviour = body.get("behaviour") or {}
+            if not isinstance(behaviour, dict):
+                raise ValueError("behaviour must be an object")
+        except (ValueError, TypeError) as exc:
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "invalid_simulation", str(exc))
+        if leads * days > SIMULATION_BUDGET:
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "invalid_simulation",
+                         f"leads x days must be at most {SIMULATION_BUDGET}; use `nurture simulate` for more")
+        try:
+            definitions, keys = self._chosen(body.get("journeys"))
+            report = await asyncio.to_thread(simulation.simulate, journeys=keys, leads=leads, days=days, seed=seed,
+                                             behaviour=behaviour, definitions=definitions)
+        except simulation.SimulationError as exc:
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "invalid_simulation", str(exc),
+                         {"problems": exc.problems})
+        except NotFound as exc:
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "invalid_simulation", str(exc))
+        return journeys_pb2.ReportReply(report_json=json.dumps(report, default=str))
+
+    def _chosen(self, raw: Any) -> tuple[dict[str, Any], list[str] | None]:
+        """Journeys named as keys (published version) or {"key", "version"} (any stored version)."""
+        published = self.rt.registry.published_map()
+        if not raw:
+            return published, None
+        if not isinstance(raw, list):
+            raise simulation.SimulationError("journeys must be a list")
+        chosen: dict[str, Any] = {}
+        for item in raw:
+            if isinstance(item, dict) and isinstance(item.get("key"), str) and \
+                    isinstance(item.get("version", 0), int) and not isinstance(item.get("version", 0), bool):
+                key, version = item["key"], int(item.get("version", 0))
+            elif isinstance(item, str):
+                key, version = item, 0
+            else:  # found by fuzzing: [[null]] was a 500
+                raise simulation.SimulationError('journeys must hold journey keys or {"key", "version"} objects')
+            journey = self.rt.registry.resolve(str(key), version) if version else published.get(str(key))
+            if journey is None:
+                raise NotFound(f"unknown journey {key!r}" + (f" version {version}" if version else ""))
+            chosen[journey.key] = journey
+        return chosen, list(chosen)

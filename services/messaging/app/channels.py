@@ -1,0 +1,394 @@
+"""Tracking, unsubscribes, bus-driven suppression, website personalisation and ad audiences.
+
+Opens and clicks arrive through the gateway with signed tokens; each first hit is recorded with an
+idempotency key (`open:<mid>`, `click:<mid>:<link>`, `unsub:<mid>`) and fed to scoring as an event
+(email_opened / email_clicked / unsubscribed) so scoring and journeys see it. Suppression also follows
+the bus, so an unsubscribe, spam report, hard bounce or erasure that arrived elsewhere still holds.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import grpc
+import yaml
+
+from nurture.rpc import DEADLINE_S
+from nurture.rules import CompiledRules, RuleSpec, compile_rules
+from services.messaging.app.delivery import Delivery
+from services.messaging.clients import email_hash
+from services.messaging.domain.tokens import TokenError
+from services.messaging.storage import Feedback, LogLine
+
+log = logging.getLogger(__name__)
+
+AUDIENCES_FILE = Path(__file__).parents[1] / "data" / "audiences.yaml"
+
+
+def load_ad_suppression(path: Path = AUDIENCES_FILE) -> CompiledRules:
+    """audiences.yaml's ad-suppression rules, compiled once per version."""
+    raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    rules = raw.get("ad_suppression")
+    if not isinstance(raw.get("version"), int) or not isinstance(rules, list) or not all(
+            isinstance(r, dict) and r.get("name") and isinstance(r.get("when"), dict) for r in rules):
+        raise ValueError(f"{path}: needs an integer version and ad_suppression rules with a name and a when")
+    return compile_rules(f"messaging.ad_suppression.v{raw['version']}", [
+        RuleSpec(str(r["name"]), r["when"], {"why": str(r.get("why", ""))}) for r in rules])
+
+
+_AD_SUPPRESSION: CompiledRules | None = None
+PERSONALIZATION_FILE = Path(__file__).parents[1] / "data" / "personalization.yaml"
+_PERSONALIZATION: dict[str, Any] | None = None
+
+
+def personalization_rules(path: Path | None = None) -> dict[str, Any]:
+    """personalization.yaml, checked: by_topic maps a topic to a template key, by_lifecycle a stage to
+    [{journey, stage}]. Read once (and at start-up, so a bad file fails the start)."""
+    global _PERSONALIZATION
+    if _PERSONALIZATION is not None and path is None:
+        return _PERSONALIZATION
+    source = path or PERSONALIZATION_FILE
+    raw = yaml.safe_load(source.read_text(encoding="utf-8")) or {}
+    topics, stages = raw.get("by_topic") or {}, raw.get("by_lifecycle") or {}
+    if not isinstance(topics, dict) or not all(isinstance(v, str) for v in topics.values()) or \
+            not isinstance(stages, dict) or not all(
+                isinstance(v, list) and all(isinstance(p, dict) and p.get("journey") for p in v)
+                for v in stages.values()):
+        raise ValueError(f"{source}: by_topic maps topics to template keys; by_lifecycle maps stages to "
+                         "lists of {journey, stage}")
+    rules = {"by_topic": {str(k): v for k, v in topics.items()}, "by_lifecycle": {str(k): v for k, v in stages.items()}}
+    if path is None:
+        _PERSONALIZATION = rules
+    return rules
+
+
+def ad_suppression_for(lead: dict[str, Any], etype: Any, props: dict[str, Any], signals: list[Any]) -> str | None:
+    """The first ad-suppression rule this bus message meets (its name is the reason), or None."""
+    global _AD_SUPPRESSION
+    if _AD_SUPPRESSION is None:
+        _AD_SUPPRESSION = load_ad_suppression()
+    matches = _AD_SUPPRESSION.evaluate({"lead": dict(lead), "event": {"type": etype, "properties": dict(props)},
+                                        "signals": [str(x) for x in signals]})
+    return matches[0].rule if matches else None
+
+SCOPES = ("nurture", "transactional", "all")
+
+
+class NotFoundError(LookupError):
+    """A message or lead that does not exist (maps to NOT_FOUND)."""
+
+
+@dataclass
+class TrackResult:
+    url: str
+    message_id: str
+    duplicate: bool
+
+
+@dataclass
+class UnsubscribeResult:
+    lead_id: str
+    scope: str
+    category: str
+    journey: str
+    already: bool
+
+
+@dataclass
+class Personalization:
+    segment: str
+    featured_countries: list[str]
+    recommended_content: list[dict[str, str]]
+    next_best_action: dict[str, str]
+    journeys_available: bool
+
+
+@dataclass
+class AudiencePage:
+    name: str
+    lead_ids: list[str]
+    suppressed: dict[str, str] = field(default_factory=dict)
+    next_cursor: str = ""
+    journeys_available: bool = False
+
+
+def journeys_api() -> tuple[ModuleType, ModuleType] | None:
+    """The journeys contract's generated modules, when that contract exists in this checkout."""
+    try:
+        return (importlib.import_module("nurture.api.journeys.v1.journeys_pb2"),
+                importlib.import_module("nurture.api.journeys.v1.journeys_pb2_grpc"))
+    except ImportError:
+        return None
+
+
+class Channels:
+    def __init__(self, engine: Delivery, journeys_channel: grpc.aio.Channel | None) -> None:
+        self.engine = engine
+        self.journeys_channel = journeys_channel
+
+    # --- tracking -------------------------------------------------------------------------------------
+    async def track(self, token_text: str, kind: str) -> TrackResult:
+        """Record an open or click; TokenError when the token was tampered with."""
+        token = self.engine.signer.verify(token_text, kind=kind)
+        e = self.engine
+        now = e.clock.now()
+        msg = (await e.db.run(e.store.get_messages, [token.message_id])).get(token.message_id)
+        if msg is None:  # erased or unknown: the signed URL is still safe to follow, nothing to record
+            return TrackResult(token.url, token.message_id, True)
+        key = f"open:{msg['id']}" if kind == "open" else f"click:{msg['id']}:{token.link}"
+        props = {"message_id": msg["id"], "journey": msg["journey"], "step": msg["step"],
+                 "template": msg["template"], "url": token.url, "variant": msg["variant"],
+                 "channel": msg["channel"], **e.content_of(msg["template"])}
+        etype = "email_opened" if kind == "open" else "email_clicked"
+        new = await e.db.run(
+            e.store.record_tracking, key=key, message_id=msg["id"], lead_id=msg["lead_id"], kind=kind,
+            url=token.url, now=now,
+            log=LogLine(msg["id"], msg["lead_id"], etype, f"{msg['template']} {kind}ed"
+                        + (f": {token.url}" if token.url else ""), props),
+            fb=Feedback(key, msg["lead_id"], etype, props, now))
+        if kind == "click":
+            # A click proves an open (images are often blocked): count it once as an open too.
+            await e.db.run(e.store.record_tracking, key=f"open:{msg['id']}", message_id=msg["id"],
+                           lead_id=msg["lead_id"], kind="open", url="", now=now, log=None,
+                           fb=Feedback(f"open:{msg['id']}", msg["lead_id"], "email_opened", {**props, "url": ""}, now))
+        if new:
+            await e.flush_feedback()
+        return TrackResult(token.url, msg["id"], not new)
+
+    async def unsubscribe(self, token_text: str, *, scope: str, source: str, dry_run: bool) -> UnsubscribeResult:
+        token = self.engine.signer.verify(token_text, kind="unsubscribe")
+        e = self.engine
+        msg = (await e.db.run(e.store.get_messages, [token.message_id])).get(token.message_id)
+        category = msg["category"] if msg else "nurture"
+        scope = scope or category
+        if scope not in SCOPES:
+            raise TokenError(f"scope must be one of {', '.join(SCOPES)}")
+        journey = msg["journey"] if msg else ""
+        if dry_run:
+            return UnsubscribeResult(token.lead_id, scope, category, journey, False)
+        now = e.clock.now()
+        ehash = msg["email_hash"] if msg else ""
+        if not ehash:
+            lead = await e.leads.get(token.lead_id)
+            ehash = email_hash(lead["email"]) if lead and lead.get("email") else ""
+        props = {"message_id": token.message_id, "journey": journey, "step": msg["step"] if msg else "",
+                 "template": msg["template"] if msg else "", "scope": scope, "source": source,
+                 **(e.content_of(msg["template"]) if msg else {})}
+        new = await e.db.run(
+            e.store.record_tracking, key=f"unsub:{token.message_id}:{scope}", message_id=token.message_id,
+            lead_id=token.lead_id, kind="unsubscribe", url="", now=now,
+            log=LogLine(token.message_id, token.lead_id, "unsubscribed", f"unsubscribed ({scope}) via {source}", props),
+            fb=Feedback(f"unsub:{token.message_id}:{scope}", token.lead_id, "unsubscribed", props, now),
+            suppress=(ehash, scope, "unsubscribed", source) if ehash else None)
+        if new:
+            await e.db.run(e.store.record_consent, [(token.lead_id, "email" if scope == "all" else f"email:{scope}",
+                                                     False, f"unsubscribe:{source}", now, props)])
+            await e.db.run(e.store.ad_suppress, token.lead_id, "unsubscribed", now, True, ehash)
+            await e.flush_feedback()
+        return UnsubscribeResult(token.lead_id, scope, category, journey, not new)
+
+    # --- the bus --------------------------------------------------------------------------------------
+    async def handle_bus(self, messages: list[dict[str, Any]]) -> None:
+        """Suppression, consent records and ad exclusions from events that arrived anywhere."""
+        e = self.engine
+        ids = [str(m.get("id")) for m in messages if m.get("id")]
+        fresh = await e.db.run(e.store.unseen, ids) if ids else set()
+        consent: list[tuple[str, str, bool, str, datetime, dict[str, Any]]] = []
+        now = e.clock.now()
+        for m in messages:
+            if str(m.get("id")) not in fresh:
+                continue
+            lead = m.get("lead") or {}
+            lead_id = str(m.get("lead_id") or lead.get("id") or "")
+            props = m.get("properties") or {}
+            etype = m.get("type")
+            address = lead.get("email") or ""
+            ehash = email_hash(address) if address else ""
+            at = _parse(m.get("occurred_at")) or now
+            if etype == "unsubscribed" and ehash:
+                scope = props.get("scope") if props.get("scope") in SCOPES else "nurture"
+                await e.db.run(e.store.add_suppression, ehash, scope, "unsubscribed", "bus", at)
+            changed = props.get("changed") or []
+            consent_back = (etype == "subscribed" and props.get("channel") == "email") or (
+                etype == "lead_updated" and "consent" in changed
+                and isinstance(lead.get("consent"), dict) and lead["consent"].get("email") is True)
+            if consent_back and ehash and lead_id:
+                # Subscribing to email again (or consent given again) undoes the unsubscribes.
+                await e.db.run(e.store.lift_unsubscribes, ehash, lead_id, str(m.get("id")), at)
+            if etype == "spam_reported" and ehash:
+                await e.db.run(e.store.add_suppression, ehash, "all", "spam_report", "bus", at)
+            hard = etype == "email_hard_bounced" or (
+                etype == "email_bounced" and str(props.get("type") or props.get("bounce_type")) == "hard")
+            if hard and ehash:
+                await e.db.run(e.store.add_suppression, ehash, "all", "hard_bounce", "bus", at)
+            if etype == "lead_erased" and lead_id:
+                await e.db.run(e.store.erase, lead_id, ehash, at)
+            rule = ad_suppression_for(lead, etype, props, m.get("signals") or []) if lead_id else None
+            if rule is not None:
+                await e.db.run(e.store.ad_suppress, lead_id, rule, at, True, ehash)
+            if lead_id and isinstance(lead.get("consent"), dict) and (
+                    etype == "lead_created" or (etype == "lead_updated" and "consent" in changed)
+                    or etype in ("unsubscribed", "spam_reported", "email_hard_bounced", "subscribed")):
+                for channel, granted in lead["consent"].items():
+                    consent.append((lead_id, str(channel), bool(granted), f"bus:{etype}:{props.get('source', '')}",
+                                    at, {"bus_id": m.get("id")}))
+        if consent:
+            await e.db.run(e.store.record_consent, consent)
+        if fresh:
+            await e.db.run(e.store.mark_seen, sorted(fresh), now)
+
+    # --- personalisation ------------------------------------------------------------------------
+    async def enrollments(self, lead_id: str) -> list[Any] | None:
+        api = journeys_api()
+        if api is None or self.journeys_channel is None:
+            return None
+        pb2, grpc_mod = api
+        try:
+            reply = await grpc_mod.JourneysStub(self.journeys_channel).LeadJourneys(
+                pb2.LeadJourneysRequest(lead_id=lead_id), timeout=DEADLINE_S)
+        except (grpc.aio.AioRpcError, AttributeError) as exc:
+            log.info("journeys unavailable for personalisation: %s", exc)
+            return None
+        return list(reply.enrollments)
+
+    async def personalization(self, lead_id: str) -> Personalization:
+        lead = await self.engine.leads.get(lead_id)
+        if lead is None:
+            raise NotFoundError(f"lead {lead_id!r} not found")
+        enrollments = await self.enrollments(lead_id)
+        catalog = self.engine.catalog
+        attrs = lead.get("attributes") or {}
+        countries = list(attrs.get("countries_of_interest") or [])
+        for c in (lead.get("interests") or {}).get("countries") or []:
+            if c not in countries:
+                countries.append(c)
+        segment = lead.get("segment") or ""
+        # Where the lead is: active journey steps when journeys answer, else its segment journey by
+        # lifecycle. Journeys without email content at their stage (the always-on trigger tables,
+        # "listening") place nobody: a lead whose segment journey is over still gets segment content.
+        positions: list[tuple[str, str, str]] = []
+        for en in enrollments or []:
+            if getattr(en, "status", "") == "active":
+                positions.append((en.journey, en.stage, "current journey stage"))
+        recommended = self._recommend(positions)
+        if not recommended:
+            recommended = self._after_journeys(lead, segment)
+        if not recommended:
+            fallback = catalog.specs.get("lead_magnet.email_01")
+            if fallback:
+                recommended.append({"key": fallback.key, "title": "Free immigration guides",
+                                    "url": catalog.cta_destination(fallback), "reason": "no journey yet"})
+        return Personalization(segment, countries[:5], recommended[:3], next_best_action(lead, catalog.site_url),
+                               enrollments is not None)
+
+    def _after_journeys(self, lead: dict[str, Any], segment: str) -> list[dict[str, str]]:
+        """personalization.yaml: content by what the lead looked at last, then by lifecycle stage."""
+        rules = personalization_rules()
+        catalog = self.engine.catalog
+        stage = str(lead.get("lifecycle_stage") or "subscriber")
+        out: list[dict[str, str]] = []
+        if stage != "customer":
+            topics = (lead.get("interests") or {}).get("topics") or []
+            for topic in reversed([str(t) for t in topics]):
+                key = rules["by_topic"].get(topic)
+                spec = catalog.specs.get(key) if key else None
+                if spec is not None and all(r["key"] != spec.key for r in out):
+                    out.append({"key": spec.key, "title": spec.cta_label, "url": catalog.cta_destination(spec),
+                                "reason": f"recently looked at {topic}"})
+        positions = [(str(p["journey"]).replace("{segment}", segment), str(p.get("stage") or ""),
+                      f"lifecycle stage {stage}") for p in rules["by_lifecycle"].get(stage, [])]
+        out += [r for r in self._recommend([p for p in positions if p[0]]) if all(r["key"] != o["key"] for o in out)]
+        return out[:3]
+
+    def _recommend(self, positions: list[tuple[str, str, str]]) -> list[dict[str, str]]:
+        """Up to three email CTAs of the journeys' current stages, in the order of `positions`."""
+        catalog = self.engine.catalog
+        recommended: list[dict[str, str]] = []
+        for journey, stage, reason in positions:
+            for spec in catalog.specs.values():
+                if len(recommended) >= 3:
+                    return recommended
+                if spec.journey == journey and (not stage or spec.stage == stage) and spec.channel == "email":
+                    recommended.append({"key": spec.key, "title": spec.cta_label, "url": catalog.cta_destination(spec),
+                                        "reason": f"{reason}: {journey}/{stage}"})
+        return recommended
+
+    # --- audiences --------------------------------------------------------------------------------
+    async def audience(self, name: str, cursor: str, limit: int) -> AudiencePage:
+        e = self.engine
+        members = set(await e.db.run(e.store.audience, name))
+        available = False
+        api = journeys_api()
+        if api is not None and self.journeys_channel is not None:
+            pb2, grpc_mod = api
+            journey, _, stage = name.partition(".")
+            try:
+                page = ""
+                stub = grpc_mod.JourneysStub(self.journeys_channel)
+                for _ in range(100):
+                    reply = await stub.Members(pb2.MembersRequest(journey=journey, stage=stage, status="active",
+                                                                  cursor=page, limit=1000), timeout=DEADLINE_S)
+                    members.update(reply.lead_ids)
+                    page = reply.next_cursor
+                    if not page:
+                        break
+                available = True
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.NOT_FOUND and not members:
+                    # Neither a journey (or journey.stage) nor an audience a send step filled.
+                    raise NotFoundError(f"unknown audience {name!r}: audiences are journeys or journey.stage "
+                                        "(e.g. family or family.decision) and those ads_audience steps fill") from exc
+                log.info("journeys unavailable for audience %s: %s", name, exc)
+            except AttributeError as exc:
+                log.info("journeys unavailable for audience %s: %s", name, exc)
+        ordered = sorted(members)
+        suppressed = await e.db.run(e.store.ad_suppressed, ordered)
+        kept = [m for m in ordered if m not in suppressed]
+        start = int(cursor or 0)
+        limit = limit or 1000
+        page_ids = kept[start:start + limit]
+        nxt = str(start + limit) if start + limit < len(kept) else ""
+        return AudiencePage(name, page_ids, suppressed, nxt, available)
+
+
+def next_best_action(lead: dict[str, Any], site: str) -> dict[str, str]:
+    """One action for the site to push, by lifecycle stage and score."""
+    stage = lead.get("lifecycle_stage") or "subscriber"
+    score = int(lead.get("score") or 0)
+    attrs = lead.get("attributes") or {}
+    if stage == "customer":
+        return {"action": "explore_features", "label": "Explore your roadmap", "url": f"{site}/app/roadmap",
+                "reason": "customer"}
+    if stage == "trial":
+        return {"action": "upgrade", "label": "Keep your access", "url": f"{site}/pricing", "reason": "in trial"}
+    if stage == "sql" or score >= 70:
+        return {"action": "book_consultation", "label": "Book a consultation", "url": f"{site}/consultation",
+                "reason": f"score {score}, stage {stage}"}
+    if stage == "mql" or score >= 40:
+        return {"action": "start_assessment", "label": "Start your free assessment", "url": f"{site}/assessment",
+                "reason": f"score {score}, stage {stage}"}
+    if not attrs.get("countries_of_interest") or not lead.get("segment"):
+        return {"action": "complete_profile", "label": "Complete your profile", "url": f"{site}/profile",
+                "reason": "profile incomplete"}
+    return {"action": "download_guide", "label": "Download the pathway guide", "url": f"{site}/guides",
+            "reason": "early research"}
+
+
+def _parse(value: Any) -> datetime | None:
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, default=str)

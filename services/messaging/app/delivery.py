@@ -1,0 +1,587 @@
+"""Delivery: record intent, decide (consent, suppression, window, caps), deliver, record.
+
+Exactly once: `Send` inserts a row keyed by the dedupe key (a second Send with the key is a
+duplicate). The worker commits `sending` (the recorded intent, attempt counted) before the SMTP
+transaction and `sent` after it. A crash between the two leaves `sending`; on restart the row is due
+again and is re-sent with the same Message-ID (derived from the row id), which the receiving server
+uses to drop the replay. Nothing else is ever re-sent, so a message reaches the mailbox at most once.
+
+Decisions per message, in order: lead exists → address → consent (recorded with source and time) →
+suppression list (all, or the message's category) → render → send window (nurture) → caps (nurture) →
+deliver. Transient failures go back to `scheduled` with backoff; permanent ones are `failed` with the
+reason; a refused recipient also suppresses the address and tells scoring (`email_hard_bounced`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import logging
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import grpc
+import httpx
+import redis.asyncio as aioredis
+
+from nurture.aio import wait_event
+from nurture.api.scoring.v1 import scoring_pb2
+from nurture.batching import Batcher
+from nurture.clock import Clock
+from nurture.db import Database
+from nurture.redisconn import lead_key
+from nurture.rpc import DEADLINE_S
+from nurture.settings import Settings
+from services.messaging.clients import LeadSource, email_hash
+from services.messaging.domain import mime
+from services.messaging.domain.catalog import Catalog, Rendered, RenderError, choose_variant
+from services.messaging.domain.policy import DEFAULT_POLICY, Policy, backoff, next_window
+from services.messaging.domain.tokens import Signer, Token
+from services.messaging.smtp import SmtpPool, SmtpResult
+from services.messaging.storage import Feedback, LogLine, Outcome, Store, aware, naive
+
+log = logging.getLogger(__name__)
+
+CHANNELS = ("email", "sms", "in_app", "webhook", "ads_audience")
+CATEGORIES = ("nurture", "transactional")
+BATCH = 500
+MAX_BATCH = 1000          # items of one SendBatch call (bounded memory and commit size per call)
+
+# Rolling per-lead caps on one sorted set of nurture sends (members are message ids, so a retry of the
+# same message never counts twice), and a minimum gap after the lead's latest nurture send. Returns
+# {0, ''} when allowed (and records it), else {epoch second when every limit allows it, what held it}.
+# One key, one lead: safe on Redis Cluster. Windows are open at their start: a send exactly a day (or
+# the gap) old no longer counts, so the time returned is always after `now` (virtual time lands on
+# whole days; an inclusive bound re-deferred to `now` and spun forever).
+CAPS_LUA = """
+local now = tonumber(ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 604800)
+if redis.call('ZSCORE', KEYS[1], ARGV[2]) then return {0, ''} end
+local untils, why = 0, ''
+local day = redis.call('ZCOUNT', KEYS[1], '(' .. (now - 86400), '+inf')
+if day >= tonumber(ARGV[3]) then
+  local first = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. (now - 86400), '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+  untils, why = math.ceil(tonumber(first[2]) + 86400), 'frequency cap reached'
+end
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[4]) then
+  local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+  local t = math.ceil(tonumber(oldest[2]) + 604800)
+  if t > untils then untils, why = t, 'frequency cap reached' end
+end
+local gap = tonumber(ARGV[5])
+local latest = redis.call('ZREVRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+if gap > 0 and latest[2] and now - tonumber(latest[2]) < gap then
+  local t = math.ceil(tonumber(latest[2]) + gap)
+  if t > untils then untils, why = t, 'minimum gap after the previous nurture email' end
+end
+if untils > 0 then return {untils, why} end
+redis.call('ZADD', KEYS[1], now, ARGV[2])
+redis.call('EXPIRE', KEYS[1], 691200)
+return {0, ''}
+"""
+
+class InvalidRequest(ValueError):
+    """A Send that can never be valid (maps to INVALID_ARGUMENT)."""
+
+
+def message_id_for(dedupe_key: str) -> str:
+    """Stable id (and so a stable Message-ID header) for one dedupe key."""
+    return "m" + hashlib.sha256(dedupe_key.encode()).hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class SendInput:
+    """One requested send, as it comes in (Send or an item of SendBatch)."""
+
+    dedupe_key: str
+    lead_id: str
+    journey: str
+    journey_version: int
+    step: str
+    channel: str
+    template: str
+    category: str
+    context_json: str
+    not_before: datetime | None = None
+
+
+@dataclass
+class SendResult:
+    message_id: str
+    status: str
+    reason: str = ""
+
+
+@dataclass
+class _Ready:
+    row: dict[str, Any]
+    lead: dict[str, Any]
+    rendered: Rendered | None
+    email_hash: str
+
+
+class Delivery:
+    def __init__(self, *, settings: Settings, clock: Clock, db: Database, store: Store, catalog: Catalog,
+                 redis: aioredis.Redis, leads: LeadSource, policy: Policy = DEFAULT_POLICY,
+                 smtp_connections: int = 8) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.db = db
+        self.store = store
+        self.catalog = catalog
+        self.redis = redis
+        self.leads = leads
+        self.policy = policy
+        self.signer = Signer(settings.secret, settings.secret_previous)
+        self.public_url = settings.public_url.rstrip("/")
+        self.smtp = SmtpPool(settings.smtp_url, size=smtp_connections)
+        self._smtp_threads = ThreadPoolExecutor(max_workers=smtp_connections, thread_name_prefix="messaging-smtp")
+        self._http: httpx.AsyncClient | None = None
+        self._caps = redis.register_script(CAPS_LUA)
+        self._work_lock = asyncio.Lock()
+        self._feedback_lock = asyncio.Lock()
+        self.wake = asyncio.Event()
+        self._inserts: Batcher[tuple[dict[str, Any], LogLine], tuple[bool, dict[str, Any]]] = Batcher(
+            self._write_batch, max_batch=BATCH, parallel=1)
+        # Last consent recorded per (lead, channel): only changes are written to the consent log.
+        self._consent_known: dict[tuple[str, str], bool] = {}
+        self._inflight: set[str] = set()
+
+    async def close(self) -> None:
+        if self._http is not None:
+            await self._http.aclose()
+        self._smtp_threads.shutdown(wait=False, cancel_futures=True)
+        self.smtp.close()
+
+    # --- Send ---------------------------------------------------------------------------------------
+    async def send(self, *, dedupe_key: str, lead_id: str, journey: str, journey_version: int, step: str,
+                   channel: str, template: str, category: str, context_json: str,
+                   not_before: datetime | None) -> SendResult:
+        """Record one requested message (idempotent by dedupe key) and queue it."""
+        request = SendInput(dedupe_key, lead_id, journey, journey_version, step, channel, template, category,
+                            context_json, not_before)
+        row, line = self._row(request, self.clock.now())  # InvalidRequest propagates: the call is refused
+        return (await self._record([(row, line)]))[0]
+
+    async def send_many(self, requests: Sequence[SendInput]) -> list[SendResult]:
+        """`send` for each request, in one group commit; an invalid request gets status "invalid" and
+        does not stop the others. One result per request, in order."""
+        if len(requests) > MAX_BATCH:
+            raise InvalidRequest(f"a batch holds at most {MAX_BATCH} sends, this one has {len(requests)}")
+        now = self.clock.now()
+        results: list[SendResult | None] = []
+        valid: list[tuple[dict[str, Any], LogLine]] = []
+        for request in requests:
+            try:
+                valid.append(self._row(request, now))
+                results.append(None)
+            except InvalidRequest as exc:
+                results.append(SendResult("", "invalid", str(exc)))
+        recorded = iter(await self._record(valid))
+        return [r if r is not None else next(recorded) for r in results]
+
+    def _row(self, r: SendInput, now: datetime) -> tuple[dict[str, Any], LogLine]:
+        """The message row and its first timeline line for a request; InvalidRequest when it can never go."""
+        if not r.dedupe_key or not r.lead_id:
+            raise InvalidRequest("dedupe_key and lead_id are required")
+        channel = r.channel or "email"
+        if channel not in CHANNELS:
+            raise InvalidRequest(f"channel must be one of {', '.join(CHANNELS)}")
+        try:
+            context = json.loads(r.context_json or "{}")
+        except ValueError as exc:
+            raise InvalidRequest(f"context_json is not JSON: {exc}") from exc
+        if not isinstance(context, dict):
+            raise InvalidRequest("context_json must be a JSON object")
+        spec = self.catalog.specs.get(r.template)
+        category = r.category or (spec.category if spec else "nurture")
+        if category not in CATEGORIES:
+            raise InvalidRequest("category must be nurture or transactional")
+        message_id = message_id_for(r.dedupe_key)
+        status, reason = "scheduled", ""
+        if channel != "ads_audience" and spec is None:
+            status, reason = "failed", f"unknown template {r.template!r}"
+        due = max(now, r.not_before) if r.not_before else now
+        row = {
+            "id": message_id, "dedupe_key": r.dedupe_key, "lead_id": r.lead_id, "journey": r.journey,
+            "journey_version": r.journey_version, "step": r.step, "channel": channel, "template": r.template,
+            "category": category, "variant": choose_variant(spec, r.lead_id) if spec else "",
+            "context_json": json.dumps(context), "subject": "", "email_hash": "", "status": status,
+            "reason": reason, "attempts": 0, "due_at": naive(due), "created_at": naive(now),
+            "updated_at": naive(now), "sent_at": None,
+        }
+        line = LogLine(message_id, r.lead_id, f"message_{status}",
+                       f"{r.template} {'queued' if status == 'scheduled' else 'failed: ' + reason}"
+                       + (f" for {due.isoformat()}" if status == "scheduled" and due > now else ""),
+                       {"journey": r.journey, "version": r.journey_version, "step": r.step,
+                        "template": r.template, "channel": channel, "category": category,
+                        "due_at": due.isoformat(), "reason": reason})
+        return row, line
+
+    async def _record(self, rows: list[tuple[dict[str, Any], LogLine]]) -> list[SendResult]:
+        """Insert through the group commit; a known dedupe key answers "duplicate" with the first row's id."""
+        if not rows:
+            return []
+        stored = await asyncio.gather(*(self._insert(row, line) for row, line in rows))
+        results = []
+        queued = False
+        for (row, _), (created, found) in zip(rows, stored, strict=True):
+            if not created:
+                results.append(SendResult(found["id"], "duplicate", f"already {found['status']}"))
+                continue
+            queued = queued or row["status"] == "scheduled"
+            results.append(SendResult(row["id"], row["status"], row["reason"]))
+        if queued and self.settings.clock == "real":
+            self.wake.set()
+        return results
+
+    async def _insert(self, row: dict[str, Any], line: LogLine) -> tuple[bool, dict[str, Any]]:
+        """Group commit: Sends arriving together share one transaction (one in flight at a time)."""
+        return await self._inserts.submit((row, line))
+
+    async def _write_batch(self, items: list[tuple[dict[str, Any], LogLine]]
+                           ) -> list[tuple[bool, dict[str, Any]] | BaseException]:
+        # An error reaches every caller of the batch; the next batch is served as usual.
+        return list(await self.db.run(self.store.insert_messages, items))
+
+    # --- the worker -----------------------------------------------------------------------------------
+    async def process_due(self) -> int:
+        """Handle every message due now, in batches; returns how many were handled.
+
+        Two batches overlap: while one batch is on the wire, the next is checked and rendered. A batch's
+        ids stay in `_inflight` until its outcomes are recorded, so it is never picked up twice."""
+        total = 0
+        async with self._work_lock:
+            tasks: list[asyncio.Task[None]] = []
+            try:
+                while True:
+                    now = self.clock.now()
+                    rows = await self.db.run(self.store.due_messages, now, BATCH + len(self._inflight))
+                    rows = [r for r in rows if r["id"] not in self._inflight][:BATCH]
+                    if not rows:
+                        if not tasks:
+                            return total
+                        await asyncio.gather(*tasks)
+                        tasks = []
+                        continue
+                    ready = await self._prepare(rows, now)
+                    total += len(rows)
+                    if ready:
+                        ids = {r.row["id"] for r in ready}
+                        self._inflight |= ids
+                        tasks.append(asyncio.create_task(self._finish(ready, now, ids)))
+                    tasks = [t for t in tasks if not t.done() or t.exception() is not None]
+                    if len(tasks) >= 2:
+                        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                if tasks:
+                    await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _prepare(self, rows: list[dict[str, Any]], now: datetime) -> list[_Ready]:
+        """Checks and rendering for a batch; records what will not go now together with the intents of
+        what will (one transaction), and returns the messages to put on the wire."""
+        try:
+            leads = await self.leads.get_many(r["lead_id"] for r in rows)
+        except grpc.aio.AioRpcError as exc:
+            # Scoring is down: nothing can be checked, so nothing goes; try again shortly.
+            later = now + timedelta(seconds=30)
+            await self.db.run(self.store.apply, [
+                Outcome(r["id"], "scheduled", f"waiting for scoring: {exc.code().name}", due_at=later)
+                for r in rows], now)
+            return []
+        hashes = {r["id"]: email_hash(leads[r["lead_id"]]["email"]) for r in rows
+                  if r["lead_id"] in leads and leads[r["lead_id"]].get("email")}
+        scopes = await self.db.run(self.store.suppression_scopes, hashes.values())
+        outcomes: list[Outcome] = []
+        consent_seen: list[tuple[str, str, bool, str, datetime, dict[str, Any]]] = []
+        ready: list[_Ready] = []
+        for row in rows:
+            lead = leads.get(row["lead_id"])
+            decision = self._check(row, lead, hashes.get(row["id"], ""), scopes, now, consent_seen)
+            if isinstance(decision, Outcome):
+                outcomes.append(decision)
+            else:
+                ready.append(decision)
+        # Time and caps only for nurture mail that passed every other check.
+        held = await self._hold(ready, now)
+        outcomes.extend(held.values())
+        ready = [r for r in ready if r.row["id"] not in held]
+        consent_seen = [c for c in consent_seen if self._consent_known.get((c[0], c[1])) != c[2]]
+        if consent_seen:
+            await self.db.run(self.store.record_consent, consent_seen)
+            self._consent_known.update({(c[0], c[1]): c[2] for c in consent_seen})
+        # Recorded intent: committed before any delivery attempt.
+        intents = [Outcome(r.row["id"], "sending", r.row["reason"], attempts=r.row["attempts"] + 1,
+                           subject=r.rendered.subject if r.rendered else "", email_hash=r.email_hash)
+                   for r in ready]
+        await self.db.run(self.store.apply, outcomes + intents, now)
+        return ready
+
+    async def _finish(self, ready: list[_Ready], now: datetime, ids: set[str]) -> None:
+        try:
+            mail = [r for r in ready if r.row["channel"] == "email"]
+            other = [r for r in ready if r.row["channel"] != "email"]
+            emailed, others = await asyncio.gather(
+                self._email_many(mail, now), asyncio.gather(*(self._deliver(r, now) for r in other)))
+            results = emailed + list(others)
+            await self.db.run(self.store.apply, results, now)
+        finally:
+            self._inflight -= ids
+
+    def _check(self, row: dict[str, Any], lead: dict[str, Any] | None, ehash: str,
+               scopes: dict[str, dict[str, str]], now: datetime,
+               consent_seen: list[tuple[str, str, bool, str, datetime, dict[str, Any]]]) -> Outcome | _Ready:
+        mid, lead_id, channel = row["id"], row["lead_id"], row["channel"]
+
+        def suppressed(reason: str) -> Outcome:
+            return Outcome(mid, "suppressed", reason, log=[LogLine(mid, lead_id, "message_suppressed",
+                                                                   f"{row['template']} not sent: {reason}",
+                                                                   {"template": row["template"], "reason": reason})])
+
+        if lead is None:
+            return suppressed("lead not found")
+        if channel == "ads_audience":
+            return _Ready(row, lead, None, ehash)
+        consent_channel = "sms" if channel == "sms" else "email"
+        granted = (lead.get("consent") or {}).get(consent_channel) is True
+        consent_seen.append((lead_id, consent_channel, granted, "scoring:lead", now,
+                             {"message_id": mid, "consent": lead.get("consent") or {}}))
+        if channel in ("email", "sms", "in_app") and not granted:
+            return suppressed(f"no {consent_channel} consent")
+        if channel == "email" and not lead.get("email"):
+            return suppressed("no email address")
+        found = scopes.get(ehash, {}) if ehash else {}
+        for scope in ("all", row["category"]):
+            if scope in found:
+                return suppressed(f"address suppressed ({found[scope]}, {scope})")
+        rendered: Rendered | None = None
+        try:
+            rendered = self._render(row, lead)
+        except RenderError as exc:
+            return Outcome(mid, "failed", str(exc), log=[LogLine(mid, lead_id, "message_failed", str(exc),
+                                                                 {"template": row["template"]})])
+        return _Ready(row, lead, rendered, ehash)
+
+    def _render(self, row: dict[str, Any], lead: dict[str, Any]) -> Rendered:
+        mid, lead_id = row["id"], row["lead_id"]
+        tracked = row["channel"] in ("email", "in_app", "sms")
+
+        def track(url: str, index: int) -> str:
+            token = self.signer.sign(Token("click", mid, lead_id, url=url, link=index))
+            return f"{self.public_url}/t/c/{token}"
+
+        unsub = self.signer.sign(Token("unsubscribe", mid, lead_id))
+        return self.catalog.render(
+            row["template"], lead, context=json.loads(row["context_json"] or "{}"),
+            track=track if tracked else None, variant=row["variant"], now=self.clock.now(),
+            pixel_url=f"{self.public_url}/t/o/{self.signer.sign(Token('open', mid, lead_id))}"
+            if row["channel"] == "email" else "",
+            unsubscribe_url=f"{self.public_url}/u/{unsub}")
+
+    async def _hold(self, ready: list[_Ready], now: datetime) -> dict[str, Outcome]:
+        """Nurture messages outside the lead's daytime or over its caps, deferred (never dropped)."""
+        held: dict[str, Outcome] = {}
+        capped: list[_Ready] = []
+        for r in ready:
+            if r.row["category"] != "nurture" or r.row["channel"] not in ("email", "sms"):
+                continue
+            window = next_window(now, r.lead.get("timezone"), self.policy)
+            if window is not None:
+                held[r.row["id"]] = _deferred(r, window, f"outside daytime in {r.lead.get('timezone') or 'UTC'}")
+            else:
+                capped.append(r)
+        if capped:
+            epoch = now.timestamp()
+            pipe = self.redis.pipeline(transaction=False)
+            for r in capped:
+                await self._caps(keys=[lead_key(r.row["lead_id"], "msg:nurture")],
+                                 args=[epoch, r.row["id"], self.policy.cap_per_day, self.policy.cap_per_week,
+                                       self.policy.min_gap_s], client=pipe)
+            answers = await pipe.execute()
+            for r, (until, why) in zip(capped, answers, strict=True):
+                if int(until):
+                    when = datetime.fromtimestamp(int(until), UTC)
+                    window = next_window(when, r.lead.get("timezone"), self.policy) or when
+                    reason = why.decode() if isinstance(why, bytes) else str(why)
+                    held[r.row["id"]] = _deferred(r, window, reason)
+        return held
+
+    async def _deliver(self, r: _Ready, now: datetime) -> Outcome:
+        """Every channel but email (see `_email_many`)."""
+        attempts = r.row["attempts"] + 1
+        channel = r.row["channel"]
+        if channel == "webhook":
+            result = await self._webhook(r)
+        elif channel == "ads_audience":
+            result = await self._audience(r, now)
+        elif channel == "in_app":
+            result = SmtpResult(ok=True)     # the in-app inbox is this service's own record
+        else:
+            result = SmtpResult(ok=False, permanent=True, code=0, reason="no SMS gateway is configured")
+        return self._outcome(r, result, attempts, now)
+
+    async def _email_many(self, ready: list[_Ready], now: datetime) -> list[Outcome]:
+        """Deliver a batch of emails: the pool's connections each take a contiguous share and send it
+        transaction after transaction on one worker thread, so a batch costs a thread hop per connection
+        rather than per message (every intent was committed before this is called)."""
+        if not ready:
+            return []
+        wire = [(r.lead["email"], self._mime(r, now)) for r in ready]
+        share = -(-len(wire) // self.smtp.size)
+        loop = asyncio.get_running_loop()
+        chunks = await asyncio.gather(*(
+            loop.run_in_executor(self._smtp_threads, self.smtp.send_many, self.catalog.sender_address,
+                                 wire[start:start + share])
+            for start in range(0, len(wire), share)))
+        results = [result for chunk in chunks for result in chunk]
+        return [self._outcome(r, result, r.row["attempts"] + 1, now)
+                for r, result in zip(ready, results, strict=True)]
+
+    def _mime(self, r: _Ready, now: datetime) -> bytes:
+        assert r.rendered is not None
+        lead, row = r.lead, r.row
+        unsub = f"{self.public_url}/u/{self.signer.sign(Token('unsubscribe', row['id'], row['lead_id']))}"
+        # An email that speaks for the lead's salesperson comes from them (replies reach them); the
+        # envelope sender stays the platform's, where bounces are handled.
+        person = r.rendered.sender
+        extra = (("Reply-To", person.reply_to),) if person and person.reply_to else ()
+        return mime.build(mime.Envelope(
+            message_id=row["id"], sender_name=person.name if person else self.catalog.sender_name,
+            sender_address=person.address if person else self.catalog.sender_address,
+            to_address=lead["email"], to_name=f"{lead.get('first_name') or ''} {lead.get('last_name') or ''}".strip(),
+            subject=r.rendered.subject, text=r.rendered.text, html=r.rendered.html, date=now,
+            unsubscribe_url=unsub, category=row["category"],
+            headers=(("X-Nurture-Template", row["template"]), *extra)))
+
+    async def _webhook(self, r: _Ready) -> SmtpResult:
+        row = r.row
+        context = json.loads(row["context_json"] or "{}")
+        url = str(context.get("url") or "")
+        if not url.startswith(("http://", "https://")):
+            return SmtpResult(ok=False, permanent=True, code=0, reason="webhook needs context.url (http or https)")
+        body = json.dumps({
+            "message_id": row["id"], "lead_id": row["lead_id"], "journey": row["journey"], "step": row["step"],
+            "template": row["template"], "subject": r.rendered.subject if r.rendered else "",
+            "text": r.rendered.text if r.rendered else "", "context": context,
+            "lead": {k: r.lead.get(k) for k in ("id", "email", "first_name", "last_name", "segment", "score",
+                                                 "grade", "lifecycle_stage")},
+        }, default=str).encode()
+        signature = hmac.new(self.settings.secret.encode(), body, hashlib.sha256).hexdigest()
+        if self._http is None:
+            self._http = httpx.AsyncClient(timeout=DEADLINE_S)
+        try:
+            reply = await self._http.post(url, content=body, headers={
+                "Content-Type": "application/json", "Idempotency-Key": row["id"],
+                "X-Nurture-Signature": f"sha256={signature}"})
+        except httpx.HTTPError as exc:
+            return SmtpResult(ok=False, code=0, reason=f"webhook: {exc.__class__.__name__}: {exc}")
+        if reply.is_success:
+            return SmtpResult(ok=True, code=reply.status_code)
+        transient = reply.status_code in (408, 425, 429) or reply.status_code >= 500
+        return SmtpResult(ok=False, permanent=not transient, code=reply.status_code,
+                          reason=f"webhook answered {reply.status_code}")
+
+    async def _audience(self, r: _Ready, now: datetime) -> SmtpResult:
+        context = json.loads(r.row["context_json"] or "{}")
+        name = str(context.get("audience") or r.row["template"] or r.row["journey"])
+        add = str(context.get("action", "add")) != "remove"
+        address = str(r.lead.get("email") or "")
+        await self.db.run(self.store.audience_change, name, r.row["lead_id"], add, now,
+                          email_hash(address) if address else "")
+        return SmtpResult(ok=True)
+
+    def _outcome(self, r: _Ready, result: SmtpResult, attempts: int, now: datetime) -> Outcome:
+        row = r.row
+        mid, lead_id, template = row["id"], row["lead_id"], row["template"]
+        props = {"message_id": mid, "journey": row["journey"], "step": row["step"], "template": template,
+                 "channel": row["channel"], "variant": row["variant"], **self.content_of(template)}
+        if result.ok:
+            return Outcome(mid, "sent", "", sent_at=now, attempts=attempts,
+                           log=[LogLine(mid, lead_id, "message_sent",
+                                        f"{row['channel']} {template} sent"
+                                        + (f": {r.rendered.subject}" if r.rendered else ""),
+                                        {**props, "subject": r.rendered.subject if r.rendered else "",
+                                         "attempts": attempts})],
+                           feedback=[Feedback(f"sent:{mid}", lead_id, "email_sent", props, now)]
+                           if row["channel"] == "email" else [])
+        if result.permanent or attempts >= self.policy.max_attempts:
+            reason = result.reason if result.permanent else f"gave up after {attempts} attempts: {result.reason}"
+            outcome = Outcome(mid, "failed", reason, attempts=attempts,
+                              log=[LogLine(mid, lead_id, "message_failed", f"{template} failed: {reason}",
+                                           {**props, "code": result.code})])
+            if result.hard_bounce and r.email_hash:
+                outcome.suppress.append((r.email_hash, "all", "hard_bounce", "smtp"))
+                outcome.feedback.append(Feedback(f"bounce:{mid}", lead_id, "email_hard_bounced",
+                                                 {**props, "reason": result.reason}, now))
+            return outcome
+        due = now + backoff(attempts, self.policy)
+        return Outcome(mid, "scheduled", f"retrying: {result.reason}", due_at=due, attempts=attempts,
+                       log=[LogLine(mid, lead_id, "message_retry",
+                                    f"{template} will retry at {due.isoformat()}: {result.reason}",
+                                    {**props, "attempts": attempts})])
+
+    def content_of(self, template: str) -> dict[str, str]:
+        """What analytics groups a message's events by: its template's journey stage, topic and format."""
+        spec = self.catalog.specs.get(template)
+        return {"stage": spec.stage, "topic": spec.topic, "format": spec.format} if spec else {}
+
+    # --- feedback to scoring ----------------------------------------------------------------------
+    async def flush_feedback(self) -> int:
+        """Send recorded events to scoring (idempotency keys make a resend harmless)."""
+        done = 0
+        async with self._feedback_lock:
+            while True:
+                rows = await self.db.run(self.store.pending_feedback, BATCH)
+                if not rows:
+                    return done
+                events = []
+                for row in rows:
+                    ev = scoring_pb2.Event(lead_id=row["lead_id"], type=row["type"],
+                                           properties_json=row["properties_json"], idempotency_key=row["key"],
+                                           source="messaging")
+                    ev.occurred_at.FromDatetime(aware(row["occurred_at"]) or self.clock.now())
+                    events.append(ev)
+                try:
+                    reply = await self.leads.stub.IngestEvents(scoring_pb2.IngestRequest(events=events),
+                                                               timeout=DEADLINE_S)
+                except grpc.aio.AioRpcError as exc:
+                    log.warning("feedback to scoring deferred (%s): %d events", exc.code().name, len(rows))
+                    return done
+                for row, res in zip(rows, reply.results, strict=False):
+                    if res.error_code:
+                        log.warning("scoring refused %s %s: %s", row["type"], row["key"], res.error_message)
+                await self.db.run(self.store.mark_feedback_sent, [r["key"] for r in rows])
+                done += len(rows)
+
+    async def run(self) -> None:
+        """Real time only: deliver due work as it comes (Send wakes it), poll every 100 ms."""
+        while True:
+            try:
+                n = await self.process_due()
+                n += await self.flush_feedback()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("messaging worker pass failed; retrying")
+                n = 0
+                await asyncio.sleep(1.0)
+            if n == 0:
+                self.wake.clear()
+                await wait_event(self.wake, 0.1)
+                # Let a burst of Sends gather into one batch rather than waking per message.
+                await asyncio.sleep(0.02)
+
+
+def _deferred(r: _Ready, until: datetime, why: str) -> Outcome:
+    mid, lead_id = r.row["id"], r.row["lead_id"]
+    return Outcome(mid, "scheduled", f"deferred: {why}", due_at=until,
+                   log=[LogLine(mid, lead_id, "message_deferred",
+                                f"{r.row['template']} deferred to {until.isoformat()}: {why}",
+                                {"template": r.row["template"], "until": until.isoformat(), "why": why})])
+
+

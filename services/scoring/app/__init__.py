@@ -1,0 +1,1 @@
+"""scoring's application layer: one module per area (see the service README)."""

@@ -1,0 +1,177 @@
+"""The ingest pipeline: concurrent IngestEvents calls merged into one group-committed transaction that
+stores, scores and announces a batch of events."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from opentelemetry import trace
+from sqlalchemy import Connection
+
+from nurture import jsoncodec
+from nurture.clock import Clock
+from nurture.db import Database
+from services.scoring import storage as st
+from services.scoring.app.base import CoreBase
+from services.scoring.app.outbox import Outbox
+from services.scoring.domain import messages
+from services.scoring.domain.profile import apply_outcome, next_lapse
+from services.scoring.domain.records import EventIn, EventResult, OutboxRow
+from services.scoring.domain.validation import event_problem
+
+_tracer = trace.get_tracer(__name__)
+
+
+class Ingest(CoreBase):
+    def ingest(
+        self, batch: Sequence[EventIn], now: datetime, published: Sequence[int] = ()
+    ) -> tuple[list[EventResult], list[OutboxRow]]:
+        """Store and score a batch in one transaction. Bad events are rejected one by one; the good
+        ones are all committed together. Returns the results and the outbox rows written, which the
+        caller publishes from memory; `published` are outbox rows published since, deleted here so
+        that the hot path costs one transaction (a crash before that delete republishes them, and
+        consumers drop repeats by message id)."""
+        results: list[EventResult | None] = [None] * len(batch)
+        for i, ev in enumerate(batch):
+            problem = event_problem(ev)
+            if problem:
+                results[i] = EventResult(error_code="invalid", error_message=problem)
+        # The hot path: a Core transaction (an ORM session's own cost was a tenth of a small one),
+        # prebuilt reads and writes on the driver's cursor (SQLAlchemy's execution of each statement
+        # cost more than SQLite's work here).
+        with self._writes.begin() as s:
+            if published:
+                st.delete_outbox(self._writes, s, published)
+            keys = [ev.idempotency_key for i, ev in enumerate(batch) if ev.idempotency_key and results[i] is None]
+            seen: dict[str, tuple[str, str, str]] = {}  # key → (event id, lead, type)
+            if keys:
+                seen.update(st.events_by_key(s, keys))
+            lead_ids = sorted({ev.lead_id for i, ev in enumerate(batch) if results[i] is None})
+            rows = {r.id: st.internal(r) for r in st.leads_for_update(s, lead_ids)} if lead_ids else {}
+            touched: set[str] = set()
+            event_rows: list[tuple[Any, ...]] = []
+            change_rows: list[tuple[Any, ...]] = []
+            caused_messages: list[dict[str, Any]] = []
+            for i, ev in enumerate(batch):
+                if results[i] is not None:
+                    continue
+                if ev.idempotency_key and ev.idempotency_key in seen:
+                    first_id, first_lead, first_type = seen[ev.idempotency_key]
+                    if (first_lead, first_type) == (ev.lead_id, ev.type):
+                        results[i] = EventResult(event_id=first_id, duplicate=True)
+                    else:  # a reused key: answering "duplicate" would hide that this event was dropped
+                        results[i] = EventResult(
+                            error_code="idempotency_conflict",
+                            # Neither the other event's id nor its lead: the key may be another lead's.
+                            error_message="idempotency_key was already used for another event (another "
+                                          "lead_id or type); a retry must send the same lead_id and type")
+                    continue
+                lead = rows.get(ev.lead_id)
+                if lead is None:
+                    results[i] = EventResult(error_code="unknown_lead", error_message=f"no lead {ev.lead_id}")
+                    continue
+                event_id = uuid.uuid4().hex
+                if ev.idempotency_key:
+                    seen[ev.idempotency_key] = (event_id, ev.lead_id, ev.type)
+                occurred = ev.occurred_at or now
+                outcome = self.model.score_event(lead, {"type": ev.type, "properties": ev.properties,
+                                                        "occurred_at": occurred}, now)
+                old_score, old_stage, old_segment = lead["score"], lead["lifecycle_stage"], lead["segment"]
+                apply_outcome(lead, outcome)
+                touched.add(ev.lead_id)
+                event_rows.append((event_id, ev.lead_id, ev.type, jsoncodec.dumps(ev.properties), occurred, now,
+                                   ev.idempotency_key, ev.source or "api", outcome.delta,
+                                   jsoncodec.dumps(outcome.signals)))
+                running = old_score
+                for p in outcome.points:
+                    running = max(0, running + p.points)
+                    change_rows.append((ev.lead_id, occurred, p.points, running, p.rule, p.why, event_id,
+                                        self.model.version))
+                caused = messages.event_messages(lead, ev, event_id, occurred, outcome, old_score, old_stage,
+                                                  old_segment)
+                if ev.trace:
+                    for message in caused:
+                        message["_trace"] = ev.trace
+                caused_messages.extend(caused)
+                results[i] = EventResult(event_id=event_id)
+            if event_rows:
+                st.insert_events(self._writes, s, event_rows)
+            if change_rows:
+                st.insert_score_changes(self._writes, s, change_rows)
+            self._save_all(s, [rows[lead_id] for lead_id in sorted(touched)], now)
+            written = st.insert_outbox(self._writes, s, caused_messages)
+        return [r or EventResult(error_code="internal", error_message="not processed") for r in results], written
+
+    def _save_all(self, s: Connection, touched: list[dict[str, Any]], now: datetime) -> None:
+        """One executemany UPDATE for every lead the batch touched, after their consent audit."""
+        rows = []
+        inactive = timedelta(days=int(self.model.decay["inactive_days"]))
+        for lead in touched:
+            rows.append(st.scored_lead_row(lead, next_lapse(lead, inactive), now))
+            for given in lead.pop("_consent_changes", []):
+                st.add_consent_audit(s, lead["id"], now, "event", "email", given)
+        st.save_scored_leads(self._writes, s, rows)
+
+
+class IngestQueue:
+    """Group commit: concurrent IngestEvents calls are merged into one transaction (SQL has one
+    writer on SQLite anyway), which multiplies single-event throughput under load. The merged write
+    runs in the trace of the first caller and links the others."""
+
+    def __init__(self, db: Database, store: Ingest, clock: Clock, outbox: Outbox, max_events: int = 2000) -> None:
+        self._db = db
+        self._store = store
+        self._clock = clock
+        self._outbox = outbox
+        self._max = max_events
+        self._pending: list[tuple[list[EventIn], trace.SpanContext, asyncio.Future[list[EventResult]]]] = []
+        self._wake = asyncio.Event()
+
+    async def submit(self, batch: list[EventIn]) -> list[EventResult]:
+        future: asyncio.Future[list[EventResult]] = asyncio.get_running_loop().create_future()
+        self._pending.append((batch, trace.get_current_span().get_span_context(), future))
+        self._wake.set()
+        return await future
+
+    async def run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._pending:
+                taken: list[tuple[list[EventIn], trace.SpanContext, asyncio.Future[list[EventResult]]]] = []
+                size = 0
+                while self._pending and (not taken or size + len(self._pending[0][0]) <= self._max):
+                    item = self._pending.pop(0)
+                    taken.append(item)
+                    size += len(item[0])
+                await self._write(taken)
+
+    async def _write(
+        self, taken: list[tuple[list[EventIn], trace.SpanContext, asyncio.Future[list[EventResult]]]]
+    ) -> None:
+        combined = [ev for batch, _, _ in taken for ev in batch]
+        parent = trace.set_span_in_context(trace.NonRecordingSpan(taken[0][1]))
+        links = [trace.Link(ctx) for _, ctx, _ in taken[1:] if ctx.is_valid]
+        with _tracer.start_as_current_span("ingest", context=parent, links=links,
+                                           attributes={"events": len(combined), "calls": len(taken)}):
+            published = self._outbox.take_published()
+            try:
+                results, written = await self._db.run(self._store.ingest, combined, self._clock.now(), published,
+                                                       urgent=True)
+            except Exception as exc:
+                self._outbox.give_back(published)
+                for _, _, future in taken:
+                    if not future.done():
+                        future.set_exception(exc)
+                return
+        self._outbox.committed(written)
+        offset = 0
+        for batch, _, future in taken:
+            if not future.done():
+                future.set_result(results[offset:offset + len(batch)])
+            offset += len(batch)
+

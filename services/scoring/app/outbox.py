@@ -1,0 +1,143 @@
+"""Outbox publishing: committed outbox rows go to the bus in commit order, then are deleted."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Sequence
+
+from opentelemetry import trace
+from opentelemetry.propagate import extract
+
+from nurture.aio import wait_event
+from nurture.bus import Publisher
+from nurture.db import Database
+from nurture.telemetry import redis_span
+from services.scoring import storage as st
+from services.scoring.app.base import CoreBase
+from services.scoring.domain.records import OutboxRow
+
+log = logging.getLogger(__name__)
+_tracer = trace.get_tracer(__name__)
+
+
+class OutboxRows(CoreBase):
+    def pending_outbox(self, limit: int = 2000) -> list[OutboxRow]:
+        """`(seq, lead_id, message JSON, trace carrier JSON)` in commit order, published as stored."""
+        with self._sessions() as s:
+            return st.pending_outbox(s, limit)
+
+    def mark_published(self, seqs: Sequence[int]) -> None:
+        with self._sessions() as s:
+            st.mark_published(s, seqs)
+
+
+class Outbox:
+    """Publishes committed outbox rows to the bus in commit order, and has them deleted.
+
+    Two ways in. The hot path (ingest) hands over the rows it just committed (`committed`) and they
+    are published from memory; their delete rides on the next ingest transaction (`take_published`),
+    so an event costs one transaction, not three. Every other write asks for a sweep (`sweep_soon`), which
+    publishes what SQL holds in seq order; it also runs at startup, on settle and after a Redis
+    failure, so a row committed before a crash always goes out (perhaps twice: consumers drop
+    repeats by message id).
+    """
+
+    # Published rows whose delete waits for an ingest transaction; past this (or a quiet second) the
+    # outbox loop deletes them itself.
+    MAX_UNDELETED = 5000
+    DELETE_BATCH = 200
+
+    def __init__(self, db: Database, store: OutboxRows, publisher: Publisher) -> None:
+        self._db = db
+        self._store = store
+        self._publisher = publisher
+        self._lock = asyncio.Lock()
+        self._ready = asyncio.Event()
+        self._queue: list[OutboxRow] = []
+        self._published: list[int] = []
+        self._sweep = True
+
+    def sweep_soon(self) -> None:
+        """A write other than ingest committed outbox rows: the sweep publishes them."""
+        self._sweep = True
+        self._ready.set()
+
+    def committed(self, rows: list[OutboxRow]) -> None:
+        """Rows an ingest transaction just committed, to publish from memory. Called on the event
+        loop in commit order (the SQLite executor is one thread; on PostgreSQL a lead's row lock
+        orders its writes)."""
+        if rows:
+            self._queue.extend(rows)
+            self._ready.set()
+
+    def take_published(self) -> list[int]:
+        """The published rows' seqs, for the next ingest transaction to delete, once there are enough
+        to be worth a statement (under load a transaction commits every few milliseconds, and the
+        DELETE was one of its seven statements)."""
+        if len(self._published) < self.DELETE_BATCH:
+            return []
+        taken, self._published = self._published, []
+        return taken
+
+    def give_back(self, seqs: list[int]) -> None:
+        """An ingest transaction that was to delete these rolled back: they stay to be deleted."""
+        self._published.extend(seqs)
+
+    async def flush(self) -> int:
+        """Publish everything committed so far (the sweep); returns how many rows went out."""
+        async with self._lock:
+            self._sweep = False
+            done = 0
+            published, self._published = self._published, []
+            if published:
+                await self._db.run(self._store.mark_published, published)
+            while True:
+                pending = await self._db.run(self._store.pending_outbox)
+                if not pending:
+                    break
+                await self._publish(pending)
+                await self._db.run(self._store.mark_published, [seq for seq, *_ in pending])
+                done += len(pending)
+                swept = {seq for seq, *_ in pending}
+                self._queue = [row for row in self._queue if row[0] not in swept]
+            return done
+
+    async def _drain(self) -> None:
+        async with self._lock:
+            # A sweep asked for meanwhile holds a row committed before some of the queue (say a
+            # lead_updated before that lead's next event): it goes first, the sweep takes the queue.
+            while self._queue and not self._sweep:
+                rows, self._queue = self._queue, []
+                await self._publish(rows)
+                self._published.extend(seq for seq, *_ in rows)
+
+    async def _publish(self, rows: list[OutboxRow]) -> None:
+        # The span joins the first request's trace and links a few others (each event's messages carry
+        # their own trace to the consumers anyway); each distinct carrier is read once.
+        carriers = list(dict.fromkeys(t for *_, t in rows if t))[:10]
+        contexts = [trace.get_current_span(extract(json.loads(t))).get_span_context() for t in carriers]
+        parent = trace.set_span_in_context(trace.NonRecordingSpan(contexts[0])) if contexts else None
+        links = [trace.Link(c) for c in contexts[1:]]
+        with _tracer.start_as_current_span("publish", context=parent, links=links), \
+                redis_span("XADD bus", messages=len(rows)):
+            await self._publisher.publish_encoded([(lead, payload, t) for _, lead, payload, t in rows])
+
+    async def run(self) -> None:
+        while True:
+            woken = await wait_event(self._ready, 1.0)
+            self._ready.clear()
+            try:
+                if self._sweep:  # rows other writes left in SQL, and the queue with them, in seq order
+                    await self.flush()
+                elif self._queue:
+                    await self._drain()
+                if self._published and (not woken or len(self._published) > self.MAX_UNDELETED):
+                    async with self._lock:
+                        published, self._published = self._published, []
+                        await self._db.run(self._store.mark_published, published)
+            except Exception:  # Redis down: rows stay in the outbox and the sweep sends them later.
+                log.exception("outbox publishing failed; will retry")
+                self._sweep = True
+                await asyncio.sleep(0.5)

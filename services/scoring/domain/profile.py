@@ -1,0 +1,63 @@
+"""Pure decisions over one lead's record: its fit grade and segment after a profile change, what a
+scored event changes, when it lapses next and what decay leaves of its score. No SQL here."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+from typing import Any
+
+from services.scoring.domain.rules import Outcome, ScoringModel
+
+
+def email_hash(email: str) -> str:
+    return hashlib.sha256(email.strip().lower().encode()).hexdigest()
+
+
+def regrade(model: ScoringModel, current: Mapping[str, Any], changes: dict[str, Any],
+            attributes: dict[str, Any]) -> None:
+    """Adds to `changes` the fit grade the changed profile earns and, when it has none, the segment
+    its attributes say."""
+    profile = {**current, **changes, "attributes": attributes}
+    _, grade, _ = model.fit({"attributes": attributes, "email": profile["email"]})
+    if grade != current["grade"]:
+        changes["grade"] = grade
+    if not profile.get("segment"):
+        segment = model.classify({"attributes": attributes})
+        if segment:
+            changes["segment"] = segment
+
+
+def apply_outcome(lead: dict[str, Any], outcome: Outcome) -> None:
+    # One version per applied event: consumers drop a replayed snapshot older than what they hold.
+    lead["version"] = int(lead["version"]) + 1
+    lead["score"] = max(0, int(lead["score"]) + outcome.delta)
+    lead["counters"] = outcome.counters
+    lead["recent"] = outcome.recent
+    lead["interests"] = outcome.interests
+    if outcome.segment:
+        lead["segment"] = outcome.segment
+    if outcome.stage:
+        lead["lifecycle_stage"] = outcome.stage
+    if outcome.consent_email is not None and lead["consent"].get("email") != outcome.consent_email:
+        lead["consent"] = {**lead["consent"], "email": outcome.consent_email}
+        lead.setdefault("_consent_changes", []).append(outcome.consent_email)
+    if outcome.engaged:
+        last = outcome.counters.get("last_engagement_at")
+        lead["last_engaged_at"] = datetime.fromisoformat(last) if last else lead["last_engaged_at"]
+
+
+def next_lapse(lead: Mapping[str, Any], inactive: timedelta) -> datetime | None:
+    last = lead["last_engaged_at"]
+    lapse = last + inactive if last is not None else None
+    if lapse is not None and lead.get("lapse_due_at") is not None:
+        # Decay already moved the next lapse past last+inactive; an event that is not
+        # engagement (a send, a CRM push) must not set it back, or the same quiet period
+        # decays again at every such event.
+        lapse = max(lapse, lead["lapse_due_at"])
+    return lapse
+
+
+def decayed_score(score: int, decay: Mapping[str, Any]) -> int:
+    return max(int(decay.get("floor", 0)), score + int(decay["points"]))

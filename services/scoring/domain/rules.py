@@ -1,0 +1,313 @@
+"""The scoring model: a YAML definition compiled to rule sets, and the pure scoring of one event.
+
+No SQL and no gRPC here: `score_event` takes the lead as a dict, the event and the time, and returns
+what changes (points with the rule and why, counters, grade, stage, segment, signals). Storage applies it.
+Behaviour rules are grouped by the event types they can match, so each event is evaluated only
+against the rules that could fire for it (the engine's cost grows with every rule that fires).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from nurture.rules import InvalidRule, RuleSpec, compile_rules, validate_condition
+
+MODEL_PATH = Path(__file__).parents[1] / "data" / "model.yaml"
+ANY_TYPE = "*"
+WINDOW_KEEP = timedelta(days=30)
+
+
+@dataclass(frozen=True)
+class Points:
+    rule: str
+    points: int
+    why: str
+
+
+@dataclass
+class Outcome:
+    """What one event does to a lead."""
+
+    points: list[Points] = field(default_factory=list)
+    signals: list[str] = field(default_factory=list)
+    counters: dict[str, Any] = field(default_factory=dict)
+    recent: dict[str, list[int]] = field(default_factory=dict)
+    interests: dict[str, list[str]] = field(default_factory=dict)
+    segment: str | None = None
+    stage: str | None = None
+    consent_email: bool | None = None
+    engaged: bool = False
+
+    @property
+    def delta(self) -> int:
+        return sum(p.points for p in self.points)
+
+
+def _types_of(cond: Mapping[str, Any]) -> set[str] | None:
+    """The event types a condition can match, or None when it can match any."""
+    if "all" in cond:
+        found = [t for t in (_types_of(c) for c in cond["all"]) if t is not None]
+        return set.intersection(*found) if found else None
+    if "any" in cond:
+        parts = [_types_of(c) for c in cond["any"]]
+        if any(p is None for p in parts):
+            return None
+        return set().union(*[p for p in parts if p is not None])
+    if cond.get("fact") == "event.type":
+        if "eq" in cond:
+            return {str(cond["eq"])}
+        if "in" in cond:
+            return {str(v) for v in cond["in"]}
+    return None
+
+
+class ScoringModel:
+    """A validated, compiled scoring model."""
+
+    def __init__(self, definition: Mapping[str, Any]) -> None:
+        problems = validate_model(definition)
+        if problems:
+            raise InvalidRule(problems)
+        self.definition = dict(definition)
+        self.name = str(definition["name"])
+        self.version = int(definition["version"])
+        digest = hashlib.sha256(json.dumps(definition, sort_keys=True, default=str).encode()).hexdigest()[:10]
+        prefix = f"scoring_{self.name}_v{self.version}_{digest}"
+        self.behaviour = {r["name"]: r for r in definition["behaviour"]}
+        by_type: dict[str, list[RuleSpec]] = {}
+        for rule in definition["behaviour"]:
+            spec = RuleSpec(rule["name"], rule["when"], {"points": int(rule["points"])})
+            for t in sorted(_types_of(rule["when"]) or {ANY_TYPE}):
+                by_type.setdefault(t, []).append(spec)
+        self._by_type = {t: compile_rules(f"{prefix}_b_{t}", specs) for t, specs in by_type.items()}
+        self._fit = compile_rules(
+            f"{prefix}_fit", [RuleSpec(f["name"], f["when"], {"points": int(f["points"])}) for f in definition["fit"]]
+        )
+        self.fit_rules = {f["name"]: f for f in definition["fit"]}
+        self._segments = compile_rules(
+            f"{prefix}_seg", [RuleSpec(f"seg_{i}_{s['segment']}", s["when"], {"segment": s["segment"]})
+                              for i, s in enumerate(definition["segments"])]
+        )
+        self.grades = sorted(definition["grades"].items(), key=lambda kv: -int(kv[1]))
+        self.decay = definition["decay"]
+        self.engagement_events = set(definition["engagement_events"])
+        life = definition["lifecycle"]
+        self.stage_order: list[str] = list(life["order"])
+        self.stage_thresholds: dict[str, int] = dict(life["thresholds"])
+        self.stage_events: dict[str, str] = dict(life["events"])
+        self.stage_signals: dict[str, str] = dict(life.get("signals", {}))
+        self.score_signals: dict[str, int] = dict(definition.get("score_signals", {}))
+
+    # -- fit, segments, stages --------------------------------------------------------------------
+
+    def fit(self, lead: Mapping[str, Any]) -> tuple[int, str, list[str]]:
+        """Fit points, grade and the rules that gave them, from the profile."""
+        facts = {"attributes": lead.get("attributes") or {}, "email": lead.get("email") or None}
+        matches = self._fit.evaluate(facts)
+        points = sum(int(m.meta["points"]) for m in matches)
+        grade = next((g for g, minimum in self.grades if points >= int(minimum)), "D")
+        return points, grade, [m.rule for m in matches]
+
+    def classify(self, lead: Mapping[str, Any], event: Mapping[str, Any] | None = None) -> str | None:
+        facts = {"attributes": lead.get("attributes") or {}, "event": event or {}}
+        matches = self._segments.evaluate(facts)
+        return str(matches[0].meta["segment"]) if matches else None
+
+    def stage_for(self, current: str, score: int, event_type: str | None) -> str:
+        """Stages only move forward (sales may move them back through the CRM, not scoring)."""
+        rank = {s: i for i, s in enumerate(self.stage_order)}
+        best = current if current in rank else self.stage_order[0]
+        candidates = [s for s, threshold in self.stage_thresholds.items() if score >= int(threshold)]
+        if event_type and event_type in self.stage_events:
+            candidates.append(self.stage_events[event_type])
+        for stage in candidates:
+            if rank[stage] > rank[best]:
+                best = stage
+        return best
+
+    # -- one event -----------------------------------------------------------------------------------
+
+    def score_event(self, lead: Mapping[str, Any], event: Mapping[str, Any], now: datetime) -> Outcome:
+        """Count the event, evaluate the behaviour rules on it, and work out every consequence."""
+        out = Outcome()
+        etype = str(event["type"])
+        props = event.get("properties") or {}
+        occurred: datetime = event["occurred_at"]
+        ts = int(occurred.timestamp())
+        recent = {k: list(v) for k, v in (lead.get("recent") or {}).items()}
+        totals = dict((lead.get("counters") or {}).get("totals", {}))
+        if etype in self.engagement_events:
+            recent.setdefault("interactions", []).append(ts)
+            out.engaged = True
+        if etype == "email_opened":
+            recent.setdefault("opens", []).append(ts)
+        if etype == "email_clicked":
+            recent.setdefault("clicks", []).append(ts)
+        if etype == "resource_downloaded":
+            totals["downloads"] = int(totals.get("downloads", 0)) + 1
+        if etype == "page_viewed":
+            category = str(props.get("category", ""))
+            if category == "high_intent":
+                totals["high_intent_views"] = int(totals.get("high_intent_views", 0)) + 1
+            if category == "pricing":
+                totals["pricing_views"] = int(totals.get("pricing_views", 0)) + 1
+        floor = int((now - WINDOW_KEEP).timestamp())
+        recent = {k: sorted(t for t in v if t >= floor)[-200:] for k, v in recent.items()}
+        last_engaged = lead.get("last_engaged_at")
+        if out.engaged and (last_engaged is None or occurred > last_engaged):
+            last_engaged = occurred
+        out.recent = recent
+        out.counters = derive_counters(recent, totals, last_engaged, now)
+        out.interests = _interests(lead, etype, props)
+
+        facts = {"event": {"type": etype, "properties": props}, "lead": _lead_facts(lead),
+                 "counters": out.counters}
+        rules = [*(self._by_type.get(etype, None),), self._by_type.get(ANY_TYPE)]
+        today = now.date().isoformat()
+        fired_today = dict((lead.get("counters") or {}).get("fired_today", {}))
+        if fired_today.get("day") != today:
+            fired_today = {"day": today}
+        for compiled in rules:
+            if compiled is None:
+                continue
+            for match in compiled.evaluate(facts):
+                rule = self.behaviour[match.rule]
+                cap = rule.get("max_per_day")
+                if cap is not None:
+                    if int(fired_today.get(match.rule, 0)) >= int(cap):
+                        continue
+                    fired_today[match.rule] = int(fired_today.get(match.rule, 0)) + 1
+                out.points.append(Points(match.rule, int(rule["points"]), _explain(rule["why"], match.facts)))
+                out.signals.extend(s for s in rule.get("signals", []) if s not in out.signals)
+        out.counters["fired_today"] = fired_today
+        out.counters["totals"] = totals
+
+        if not lead.get("segment"):
+            out.segment = self.classify(lead, {"type": etype, "properties": props})
+        old_score = int(lead.get("score") or 0)
+        new_score = max(0, old_score + out.delta)
+        old_stage = str(lead.get("lifecycle_stage") or self.stage_order[0])
+        # Subscribing to a channel (the newsletter, email again after an unsubscribe) is consent,
+        # not the purchase a plain `subscribed` is: it moves no stage.
+        new_stage = self.stage_for(old_stage, new_score, None if _channel_subscription(etype, props) else etype)
+        if new_stage != old_stage:
+            out.stage = new_stage
+            signal = self.stage_signals.get(new_stage)
+            if signal and signal not in out.signals:
+                out.signals.append(signal)
+        for signal, threshold in self.score_signals.items():
+            if old_score < int(threshold) <= new_score and signal not in out.signals:
+                out.signals.append(signal)
+        if etype in ("spam_reported", "email_hard_bounced") or (
+            etype == "unsubscribed" and props.get("scope") not in ("nurture", "transactional")
+        ):
+            # An unsubscribe scoped to one kind of mail is messaging's suppression, not a withdrawal
+            # of all email consent.
+            out.consent_email = False
+        elif _channel_subscription(etype, props) and props.get("channel") == "email":
+            out.consent_email = True
+        return out
+
+
+def _channel_subscription(etype: str, props: Mapping[str, Any]) -> bool:
+    """`subscribed` with `properties.channel` is a subscription to mail of that channel (consent);
+    without one it is the paid subscription (the seed's purchase)."""
+    return etype == "subscribed" and bool(props.get("channel"))
+
+
+def derive_counters(
+    recent: Mapping[str, list[int]], totals: Mapping[str, Any], last_engaged: datetime | None, now: datetime
+) -> dict[str, Any]:
+    """Windowed engagement counters as of `now`."""
+    n = int(now.timestamp())
+
+    def within(kind: str, seconds: int) -> int:
+        return sum(1 for t in recent.get(kind, []) if n - seconds <= t <= n)
+
+    day = 86_400
+    return {
+        "opens_7d": within("opens", 7 * day),
+        "opens_14d": within("opens", 14 * day),
+        "opens_30d": within("opens", 30 * day),
+        "clicks_7d": within("clicks", 7 * day),
+        "clicks_14d": within("clicks", 14 * day),
+        "clicks_30d": within("clicks", 30 * day),
+        "interactions_24h": within("interactions", day),
+        "interactions_7d": within("interactions", 7 * day),
+        "downloads": int(totals.get("downloads", 0)),
+        "high_intent_views": int(totals.get("high_intent_views", 0)),
+        "pricing_views": int(totals.get("pricing_views", 0)),
+        "days_since_engagement": (now - last_engaged).days if last_engaged else None,
+        "last_engagement_at": last_engaged.isoformat() if last_engaged else None,
+    }
+
+
+def _lead_facts(lead: Mapping[str, Any]) -> dict[str, Any]:
+    keys = ("segment", "score", "grade", "lifecycle_stage", "attributes", "timezone", "locale")
+    return {k: lead.get(k) for k in keys if lead.get(k) is not None}
+
+
+def _interests(lead: Mapping[str, Any], etype: str, props: Mapping[str, Any]) -> dict[str, list[str]]:
+    current = lead.get("interests") or {}
+    countries = list(current.get("countries", []))
+    topics = list(current.get("topics", []))
+    if etype in ("page_viewed", "resource_downloaded", "video_watched", "email_clicked"):
+        country = props.get("country")
+        if isinstance(country, str) and country and country not in countries:
+            countries.append(country)
+        category = props.get("category")
+        if isinstance(category, str) and category and category not in topics:
+            topics.append(category)
+    return {"countries": countries[-10:], "topics": topics[-20:]}
+
+
+def _explain(why: str, facts: Mapping[str, Any]) -> str:
+    shown = ", ".join(f"{k}={v}" for k, v in facts.items())
+    return f"{why} ({shown})" if shown else why
+
+
+def validate_model(definition: Any) -> list[str]:
+    """Every problem of a model definition."""
+    if not isinstance(definition, Mapping):
+        return ["model: expected a mapping"]
+    problems: list[str] = []
+    for key in ("name", "version", "behaviour", "fit", "grades", "decay", "lifecycle", "segments"):
+        if key not in definition:
+            problems.append(f"model: '{key}' is required")
+    if problems:
+        return problems
+    names: set[str] = set()
+    for i, rule in enumerate(definition["behaviour"]):
+        where = f"behaviour[{i}]"
+        if not isinstance(rule, Mapping) or not isinstance(rule.get("name"), str):
+            problems.append(f"{where}: needs a name")
+            continue
+        if rule["name"] in names:
+            problems.append(f"{where}: duplicate rule {rule['name']}")
+        names.add(rule["name"])
+        if not isinstance(rule.get("points"), int):
+            problems.append(f"{where} {rule['name']}: points must be an integer")
+        problems.extend(f"{where} {rule['name']}: {p}" for p in validate_condition(rule.get("when")))
+    for i, rule in enumerate(definition["fit"]):
+        problems.extend(f"fit[{i}]: {p}" for p in validate_condition(rule.get("when")))
+    for i, seg in enumerate(definition["segments"]):
+        problems.extend(f"segments[{i}]: {p}" for p in validate_condition(seg.get("when")))
+    life = definition["lifecycle"]
+    order = life.get("order", [])
+    for stage in [*life.get("thresholds", {}), *life.get("events", {}).values()]:
+        if stage not in order:
+            problems.append(f"lifecycle: unknown stage {stage}")
+    return problems
+
+
+def load_model(path: Path = MODEL_PATH) -> ScoringModel:
+    with path.open(encoding="utf-8") as fh:
+        return ScoringModel(yaml.safe_load(fh))

@@ -1,0 +1,269 @@
+"""scoring's gRPC methods: proto in, application call, proto out; errors to status codes."""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from nurture import jsoncodec, limits
+from nurture.api.scoring.v1 import scoring_pb2, scoring_pb2_grpc
+from nurture.clock import Clock
+from nurture.db import Database
+from nurture.rpcguard import guard_requests, message_problems, problem_text
+from services.scoring.app.core import ScoringCore
+from services.scoring.app.ingest import IngestQueue
+from services.scoring.app.model_versions import ModelVersions, UnknownVersion
+from services.scoring.app.outbox import Outbox
+from services.scoring.domain.records import EmailTaken, EventIn, InvalidInput, NotFound
+from services.scoring.domain.validation import validate_profile
+
+log = logging.getLogger(__name__)
+
+# UpsertLeads: one transaction per call, so a call is bounded like a CRM batch.
+MAX_UPSERTS = 1000
+
+
+def _ts(value: str | None) -> Timestamp:
+    ts = Timestamp()
+    if value:
+        ts.FromDatetime(datetime.fromisoformat(value.replace("Z", "+00:00")))
+    return ts
+
+
+def lead_proto(lead: dict[str, Any]) -> scoring_pb2.Lead:
+    msg = scoring_pb2.Lead(
+        id=lead["id"], email=lead["email"] or "", first_name=lead["first_name"] or "",
+        last_name=lead["last_name"] or "", segment=lead["segment"] or "", timezone=lead["timezone"] or "",
+        locale=lead["locale"] or "", attributes_json=jsoncodec.dumps(lead["attributes"]),
+        consent_json=jsoncodec.dumps(lead["consent"]), score=int(lead["score"]), grade=lead["grade"],
+        lifecycle_stage=lead["lifecycle_stage"],
+        counters_json=jsoncodec.dumps({**lead["counters"], "interests": lead.get("interests", {})}),
+        crm_id=lead["crm_id"] or "", version=int(lead["version"]),
+    )
+    for name in ("created_at", "updated_at", "last_engaged_at"):
+        if lead.get(name):
+            getattr(msg, name).CopyFrom(_ts(lead[name]))
+    return msg
+
+
+async def _invalid(context: grpc.aio.ServicerContext, problems: dict[str, str]) -> None:
+    body = {"code": "invalid", "message": "; ".join(f"{k} {v}" for k, v in problems.items()),
+            "details": {"fields": problems}}
+    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, json.dumps(body))
+
+
+def _profile_problems(fields: Any, merge: bool) -> dict[str, str]:
+    """The profile's own problems of input that already broke a limit (best effort: such input may
+    be too deep for the profile checks to walk)."""
+    if not isinstance(fields, dict):
+        return {}
+    try:
+        return validate_profile(fields, partial=merge)
+    except (RecursionError, ValueError, TypeError):
+        return {}
+
+
+
+@guard_requests(own={"IngestEvents": "events", "UpsertLeads": "leads", "UpsertLead": "fields_json"})
+class ScoringServicer(scoring_pb2_grpc.ScoringServicer):
+    def __init__(
+        self, db: Database, store: ScoringCore, clock: Clock, outbox: Outbox, ingest: IngestQueue,
+        versions: ModelVersions | None = None,
+    ) -> None:
+        self._ingest = ingest
+        self._db = db
+        self._store = store
+        self._clock = clock
+        self._outbox = outbox
+        self._versions = versions
+
+    async def UpsertLead(
+        self, request: scoring_pb2.UpsertLeadRequest, context: grpc.aio.ServicerContext
+    ) -> scoring_pb2.UpsertLeadReply:
+        try:
+            fields = limits.parse_json(request.fields_json or "{}", field="fields_json", check=False)
+        except limits.InputError as exc:
+            await _invalid(context, exc.problems)
+        problems = limits.problems_in(fields)
+        if problems:  # listed with the profile's own problems, so one answer names every one
+            await _invalid(context, {**_profile_problems(fields, request.merge), **problems})
+        if not isinstance(fields, dict):
+            await _invalid(context, {"fields_json": "must be a JSON object"})
+        try:
+            lead, created = await self._db.run(
+                self._store.upsert_lead, request.id, fields, merge=request.merge, source=request.source or "api",
+                must_exist=request.must_exist, now=self._clock.now())
+        except InvalidInput as exc:
+            await _invalid(context, exc.problems)
+        except NotFound:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no lead {request.id}")
+        except EmailTaken as exc:
+            # Not the other lead's id: a 409 must not tell who else is on file (docs/INPUT-LIMITS.md).
+            await context.abort(grpc.StatusCode.ALREADY_EXISTS, json.dumps({
+                "code": "conflict", "message": f"{exc}; update that lead, or send no id to match it by email",
+                "details": {"field": "email"}}))
+        self._outbox.sweep_soon()
+        return scoring_pb2.UpsertLeadReply(lead=lead_proto(lead), created=created)
+
+    async def UpsertLeads(
+        self, request: scoring_pb2.UpsertLeadsRequest, context: grpc.aio.ServicerContext
+    ) -> scoring_pb2.UpsertLeadsReply:
+        if len(request.leads) > MAX_UPSERTS:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"at most {MAX_UPSERTS} leads per call")
+        results: list[scoring_pb2.UpsertLeadResult | None] = [None] * len(request.leads)
+        todo: list[tuple[int, tuple[str, dict[str, Any], bool, str, bool]]] = []
+        for i, r in enumerate(request.leads):
+            try:
+                problems = message_problems(r, skip="fields_json")
+                if problems:
+                    raise limits.InputError(problems)
+                fields = limits.parse_json(r.fields_json or "{}", field="fields_json")
+            except limits.InputError as exc:
+                fields, problem = None, problem_text(exc.problems)
+            else:
+                problem = "" if isinstance(fields, dict) else "fields_json must be a JSON object"
+            if problem:
+                results[i] = scoring_pb2.UpsertLeadResult(error_code="invalid", error_message=problem)
+            else:
+                todo.append((i, (r.id, fields, r.merge, r.source or "api", r.must_exist)))
+        done = await self._db.run(self._store.upsert_leads, [item for _, item in todo], self._clock.now())
+        for (i, _), out in zip(todo, done, strict=True):
+            if isinstance(out, InvalidInput):
+                results[i] = scoring_pb2.UpsertLeadResult(
+                    error_code="invalid", error_message="; ".join(f"{k} {v}" for k, v in out.problems.items()))
+            elif isinstance(out, NotFound):
+                results[i] = scoring_pb2.UpsertLeadResult(error_code="not_found",
+                                                          error_message=f"no lead {request.leads[i].id}")
+            elif isinstance(out, EmailTaken):
+                results[i] = scoring_pb2.UpsertLeadResult(error_code="email_taken", error_message=str(out))
+            else:
+                results[i] = scoring_pb2.UpsertLeadResult(lead=lead_proto(out[0]), created=out[1])
+        self._outbox.sweep_soon()
+        return scoring_pb2.UpsertLeadsReply(results=[r for r in results if r is not None])
+
+    async def GetLead(self, request: scoring_pb2.GetLeadRequest, context: grpc.aio.ServicerContext) -> scoring_pb2.Lead:
+        found = await self._db.run(self._store.get_leads, [request.id], self._clock.now())
+        if not found:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no lead {request.id}")
+        return lead_proto(found[0])
+
+    async def GetLeads(
+        self, request: scoring_pb2.GetLeadsRequest, context: grpc.aio.ServicerContext
+    ) -> scoring_pb2.GetLeadsReply:
+        found = await self._db.run(self._store.get_leads, list(request.ids), self._clock.now())
+        return scoring_pb2.GetLeadsReply(leads=[lead_proto(lead) for lead in found])
+
+    async def ListLeads(
+        self, request: scoring_pb2.ListLeadsRequest, context: grpc.aio.ServicerContext
+    ) -> scoring_pb2.ListLeadsReply:
+        limit = request.limit if 0 < request.limit <= 1000 else 100
+        page, cursor = await self._db.run(
+            self._store.list_leads, segment=request.segment,
+            min_score=request.min_score if request.has_min_score else None, stage=request.stage,
+            email=request.email, cursor=request.cursor, limit=limit, now=self._clock.now())
+        return scoring_pb2.ListLeadsReply(leads=[lead_proto(lead) for lead in page], next_cursor=cursor)
+
+    async def EraseLead(
+        self, request: scoring_pb2.EraseRequest, context: grpc.aio.ServicerContext
+    ) -> scoring_pb2.EraseReply:
+        erased, hashed = await self._db.run(self._store.erase_lead, request.id, self._clock.now())
+        if not erased:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no lead {request.id}")
+        self._outbox.sweep_soon()
+        return scoring_pb2.EraseReply(erased=True, email_hash=hashed)
+
+    async def IngestEvents(
+        self, request: scoring_pb2.IngestRequest, context: grpc.aio.ServicerContext
+    ) -> scoring_pb2.IngestReply:
+        batch: list[EventIn] = []
+        refused: dict[int, str] = {}  # index → why: refused alone, the others are taken
+        for i, ev in enumerate(request.events):
+            try:
+                problems = message_problems(ev, skip="properties_json")
+                if problems:
+                    raise limits.InputError(problems)
+                props = limits.parse_json(ev.properties_json or "{}", field="properties")
+            except limits.InputError as exc:
+                refused[i] = problem_text(exc.problems)
+                continue
+            batch.append(EventIn(
+                lead_id=ev.lead_id, type=ev.type, properties=props if isinstance(props, dict) else None,  # type: ignore[arg-type]
+                occurred_at=ev.occurred_at.ToDatetime(tzinfo=UTC) if ev.HasField("occurred_at") else None,
+                idempotency_key=ev.idempotency_key or None, source=ev.source or "api",
+                trace=ev.traceparent or None))
+        taken = iter(await self._ingest.submit(batch) if batch else [])
+        replies = []
+        for i in range(len(request.events)):
+            if i in refused:
+                replies.append(scoring_pb2.EventResult(error_code="invalid", error_message=refused[i]))
+                continue
+            r = next(taken)
+            replies.append(scoring_pb2.EventResult(event_id=r.event_id, duplicate=r.duplicate, error_code=r.error_code,
+                                                   error_message=r.error_message))
+        return scoring_pb2.IngestReply(results=replies)
+
+    async def ScoreHistory(
+        self, request: scoring_pb2.ScoreHistoryRequest, context: grpc.aio.ServicerContext
+    ) -> scoring_pb2.ScoreHistoryReply:
+        rows = await self._db.run(self._store.score_history, request.lead_id, request.limit or 500)
+        changes = []
+        for r in rows:
+            change = scoring_pb2.ScoreChange(delta=r.delta, score_after=r.score_after, rule=r.rule, reason=r.reason,
+                                             event_id=r.event_id or "")
+            change.at.FromDatetime(r.at)
+            changes.append(change)
+        return scoring_pb2.ScoreHistoryReply(changes=changes)
+
+    async def GetScoringModel(
+        self, request: scoring_pb2.ScoringModelRequest, context: grpc.aio.ServicerContext
+    ) -> scoring_pb2.ScoringModelReply:
+        model = self._store.model  # the live one (publishing swaps it)
+        versions = await self._db.run(self._versions.versions) if self._versions else []
+        return scoring_pb2.ScoringModelReply(name=model.name, version=model.version,
+                                             definition_json=json.dumps(model.definition, default=str),
+                                             versions_json=json.dumps(versions))
+
+    async def PutScoringModel(
+        self, request: scoring_pb2.PutScoringModelRequest, context: grpc.aio.ServicerContext
+    ) -> scoring_pb2.PutScoringModelReply:
+        assert self._versions is not None
+        try:
+            definition = json.loads(request.definition_json or "null")
+        except json.JSONDecodeError as exc:
+            return scoring_pb2.PutScoringModelReply(problems=[f"definition_json: not JSON ({exc.msg})"])
+        version, problems = await self._db.run(self._versions.put_draft, definition, self._clock.now())
+        return scoring_pb2.PutScoringModelReply(version=version, problems=problems)
+
+    async def PublishScoringModel(
+        self, request: scoring_pb2.PublishScoringModelRequest, context: grpc.aio.ServicerContext
+    ) -> scoring_pb2.PublishScoringModelReply:
+        assert self._versions is not None
+        if request.version < 1:
+            await _invalid(context, {"version": "must be a stored version (1 or more)"})
+        try:
+            model = await self._db.run(self._versions.model, request.version)
+        except UnknownVersion:
+            await context.abort(grpc.StatusCode.NOT_FOUND, json.dumps(
+                {"code": "not_found", "message": f"no scoring model version {request.version}"}))
+        result = await self._db.run(self._versions.publish, request.version, dry_run=request.dry_run,
+                                    now=self._clock.now(), announce=self._store.announce_model_change)
+        if not request.dry_run:
+            self._store.model = model
+            self._outbox.sweep_soon()
+            log.info("scoring model version %d published", request.version)
+        return scoring_pb2.PublishScoringModelReply(
+            version=result["version"], dry_run=result["dry_run"], leads=result["leads"],
+            grade_changes=result["grade_changes"], stage_changes=result["stage_changes"],
+            changes_json=json.dumps(result["changes"]))
+
+
+class EchoServicer(scoring_pb2_grpc.EchoServicer):
+    """The raw unary RPC baseline the benchmarks compare against."""
+
+    async def Echo(self, request: scoring_pb2.EchoRequest, context: grpc.aio.ServicerContext) -> scoring_pb2.EchoReply:
+        return scoring_pb2.EchoReply(payload=request.payload)

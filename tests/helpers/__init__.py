@@ -1,0 +1,1 @@
+"""Helpers shared by tests (the kill tests' process handling, ...)."""

@@ -1,0 +1,43 @@
+"""A lead's page over the real scoring and journeys services: profile, journeys, the timeline with its
+reasons (`data-kind` hooks) and "why not" for a chosen journey."""
+
+from __future__ import annotations
+
+import html
+import re
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from nurture.settings import Settings
+from tests.integration.console.conftest import KEYS, sign_in
+from tests.integration.console.mesh import console_mesh
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    async with console_mesh(settings, with_scoring=True) as mesh:
+        yield mesh.client
+
+
+async def test_lead_page_timeline_and_why_not(client: httpx.AsyncClient) -> None:
+    await sign_in(client, KEYS["viewer"])
+    page = await client.get("/console/leads/f-5", params={"why_not": "skilled_professional"})
+    assert page.status_code == 200, page.text
+    text = html.unescape(page.text)
+    # The timeline as the API gives it, each entry with its kind, and the exit with its reason.
+    api = await client.get("/v1/leads/f-5/timeline", headers={"Authorization": f"Bearer {KEYS['viewer']}"})
+    assert re.findall(r'<li data-kind="([^"]+)"', page.text) == [i["kind"] for i in api.json()["items"]]
+    exits = re.findall(r'<li data-kind="journey" data-type="exited">.*?<span class="summary">(.*?)</span>\s*'
+                       r'<span class="reason">(.*?)</span>', page.text, re.S)
+    assert ("family: exited: unsubscribed", "rule: unsubscribed") in exits
+    assert '<tr data-journey="family">' in page.text
+    # Why not: a family does not meet the skilled professionals' entry, and the page says which clause.
+    row = re.search(r'<tr data-rule="segment_skilled_professional" data-met="no">(.*?)</tr>', text, re.S)
+    assert row is not None and "lead.segment is 'family', needs eq 'skilled_professional'" in row.group(1)
+    own = await client.get("/console/leads/f-5", params={"why_not": "family"})
+    assert 'data-rule="segment_family" data-met="yes"' in own.text
+    assert "exited at" in own.text
