@@ -39,9 +39,11 @@ from bench._mesh import add_database_arg, database_kind, fresh_database, private
 from bench.ingest import drained  # noqa: E402
 from nurture.db import open_database  # noqa: E402
 from nurture.settings import load_settings  # noqa: E402
-from services.analytics import domain, storage  # noqa: E402
-from services.analytics.facts import from_bus  # noqa: E402
-from services.analytics.server import MIGRATIONS, load_costs  # noqa: E402
+from services.analytics import storage  # noqa: E402
+from services.analytics.app.core import load_costs  # noqa: E402
+from services.analytics.domain import reports  # noqa: E402
+from services.analytics.domain.facts import from_bus  # noqa: E402
+from services.analytics.server import MIGRATIONS  # noqa: E402
 
 END = datetime(2026, 6, 1, tzinfo=UTC)
 DAYS = 90
@@ -120,7 +122,7 @@ def _timeseries(s: Any, q: storage.Query, *, metric: str) -> Any:
     return storage.timeseries_report(s, q, metric, "day")
 
 
-def reports(db_url: str | None, leads: int, events: int, repeats: int) -> dict[str, Any]:
+def time_reports(db_url: str | None, leads: int, events: int, repeats: int) -> dict[str, Any]:
     data = Path(tempfile.mkdtemp(prefix="nurture-bench-analytics-"))
     settings = load_settings(environ={}, data_dir=data, database_url=db_url)
     db = open_database(settings, service="analytics", migrations_dir=MIGRATIONS)
@@ -138,14 +140,14 @@ def reports(db_url: str | None, leads: int, events: int, repeats: int) -> dict[s
             recorded += storage.record(s, [f for f in batch if f is not None])
     load_s = time.perf_counter() - t0
     costs = load_costs()
-    last30 = storage.Query(domain.day_of(END - timedelta(days=30)), domain.day_of(END))
-    full = storage.Query(domain.day_of(END - timedelta(days=DAYS)), domain.day_of(END))
+    last30 = storage.Query(reports.day_of(END - timedelta(days=30)), reports.day_of(END))
+    full = storage.Query(reports.day_of(END - timedelta(days=DAYS)), reports.day_of(END))
     cases: dict[str, Callable[[Any, storage.Query], Any]] = {
-        **{f"engagement_{g}": functools.partial(_engagement, group=g) for g in domain.ENGAGEMENT_GROUPS},
+        **{f"engagement_{g}": functools.partial(_engagement, group=g) for g in reports.ENGAGEMENT_GROUPS},
         "progression": storage.progression_report,
-        **{f"attribution_{m}": functools.partial(_attribution, model=m) for m in domain.ATTRIBUTION_MODELS},
+        **{f"attribution_{m}": functools.partial(_attribution, model=m) for m in reports.ATTRIBUTION_MODELS},
         "roi": functools.partial(_roi, costs=costs),
-        **{f"timeseries_{m}": functools.partial(_timeseries, metric=m) for m in domain.TIMESERIES_METRICS},
+        **{f"timeseries_{m}": functools.partial(_timeseries, metric=m) for m in reports.TIMESERIES_METRICS},
     }
     out: dict[str, Any] = {"leads": leads, "events": events, "facts_recorded": recorded,
                            "load_s": round(load_s, 1), "load_events_per_s": round(events / load_s, 1)}
@@ -265,7 +267,7 @@ def main() -> None:
     args = parser.parse_args()
     with fresh_database(args.database_url) as database_url:
         result: dict[str, Any] = {"database": database_kind(args.database_url),
-                                  **reports(database_url, args.leads, args.events, args.repeats)}
+                                  **time_reports(database_url, args.leads, args.events, args.repeats)}
     if args.ingest_events:
         result.update(ingest_cost(args.database_url, args.ingest_events))
     for name, value in result.items():

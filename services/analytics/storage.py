@@ -21,8 +21,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
-from services.analytics import domain
-from services.analytics.facts import Fact, parse_time
+from services.analytics.domain import reports
+from services.analytics.domain.facts import Fact, parse_time
 from services.analytics.tables import (
     DERIVED,
     engagement,
@@ -139,8 +139,8 @@ class Fold:
                 self._stage(f, lead_state)
                 changed_leads.add(f.lead_id)
             elif f.kind == "won":
-                self.won.append({"id": f.id, "lead_id": f.lead_id, "at": f.at, "ts": domain.micros(f.at),
-                                 "day": domain.day_of(f.at),
+                self.won.append({"id": f.id, "lead_id": f.lead_id, "at": f.at, "ts": reports.micros(f.at),
+                                 "day": reports.day_of(f.at),
                                  "segment": f.segment, "amount": f.amount})
             else:
                 if f.message_id:
@@ -149,7 +149,7 @@ class Fold:
         self._write(msgs, changed_msgs, lead_state, changed_leads, paths)
 
     def _engagement(self, f: Fact, m: _Msg | None, paths: dict[tuple[str, str], dict[str, dict[str, Any]]]) -> None:
-        day = domain.day_of(f.at)
+        day = reports.day_of(f.at)
         cell = self.eng[(day, f.journey, f.segment, f.template, f.channel, f.topic, f.format)]
         if f.kind == "unsubscribed":
             cell["unsubscribed"] += 1
@@ -173,7 +173,7 @@ class Fold:
         cell[flag] += 1
         if m is not None:
             setattr(m, flag, True)
-        self.touches.append({"id": f.id, "lead_id": f.lead_id, "at": f.at, "ts": domain.micros(f.at),
+        self.touches.append({"id": f.id, "lead_id": f.lead_id, "at": f.at, "ts": reports.micros(f.at),
                              "journey": f.journey,
                              "template": f.template, "topic": f.topic, "format": f.format})
 
@@ -183,18 +183,18 @@ class Fold:
         for row in stages.values():
             if row["left_at"] is None:
                 row["left_at"], row["_dirty"] = f.at, True
-                entered_day = domain.day_of(row["entered_at"])
+                entered_day = reports.day_of(row["entered_at"])
                 key = (entered_day, f.journey, row["stage"], row["segment"])
                 self.counts[key][1] += 1
-                self.dwell[(*key, domain.dwell_minutes(row["entered_at"], f.at))] += 1
+                self.dwell[(*key, reports.dwell_minutes(row["entered_at"], f.at))] += 1
         stages[f.stage] = {"lead_id": f.lead_id, "journey": f.journey, "stage": f.stage, "segment": f.segment,
                            "entered_at": f.at, "left_at": None, "_dirty": True}
-        self.counts[(domain.day_of(f.at), f.journey, f.stage, f.segment)][0] += 1
+        self.counts[(reports.day_of(f.at), f.journey, f.stage, f.segment)][0] += 1
 
     def _stage(self, f: Fact, state: dict[str, tuple[str, datetime]]) -> None:
         before = state.get(f.lead_id)
         since = before[1] if before else (f.since or f.at)
-        self.life[(domain.day_of(f.at), f.previous, f.stage, f.segment, domain.dwell_minutes(since, f.at))] += 1
+        self.life[(reports.day_of(f.at), f.previous, f.stage, f.segment, reports.dwell_minutes(since, f.at))] += 1
         state[f.lead_id] = (f.stage, f.at)
 
     def _write(self, msgs: dict[str, _Msg], changed: set[str],
@@ -290,7 +290,7 @@ def engagement_report(session: Session, q: Query, group_by: str) -> list[dict[st
     measures = ("sent", "opened", "clicked", "bounced", "unsubscribed")
     rows = session.execute(select(col, *[func.sum(engagement.c[m]) for m in measures])
                            .where(q.where(engagement)).group_by(col).order_by(col)).all()
-    return [domain.engagement_row(r[0], dict(zip(measures, (int(v or 0) for v in r[1:]), strict=True)))
+    return [reports.engagement_row(r[0], dict(zip(measures, (int(v or 0) for v in r[1:]), strict=True)))
             for r in rows]
 
 
@@ -335,11 +335,11 @@ def progression_report(session: Session, q: Query) -> dict[str, Any]:
     weekly: dict[tuple[date, str], int] = defaultdict(int)
     for day, to_stage, n in session.execute(
             select(lifecycle.c.day, lifecycle.c.to_stage, func.sum(lifecycle.c.n))
-            .where(q.where(lifecycle), lifecycle.c.to_stage.in_(domain.QUALIFICATION))
+            .where(q.where(lifecycle), lifecycle.c.to_stage.in_(reports.QUALIFICATION))
             .group_by(lifecycle.c.day, lifecycle.c.to_stage)):
-        weekly[(domain.week_of(day), to_stage)] += int(n)
-    return {"stages": domain.stage_rows(counts, dwell), "lifecycle": domain.lifecycle_rows(life),
-            "qualification": domain.qualification_rows(weekly)}
+        weekly[(reports.week_of(day), to_stage)] += int(n)
+    return {"stages": reports.stage_rows(counts, dwell), "lifecycle": reports.lifecycle_rows(life),
+            "qualification": reports.qualification_rows(weekly)}
 
 
 _STAGE_OF_METRIC = {"mql": "mql", "sql": "sql", "customers": "customer"}
@@ -358,7 +358,7 @@ def timeseries_report(session: Session, q: Query, metric: str, interval: str) ->
     for day, value in session.execute(stmt):
         if value:
             by_day[day] = float(value) if metric == "revenue" else int(value)
-    return domain.bucket_points(by_day, interval)
+    return reports.bucket_points(by_day, interval)
 
 
 def _touched_before(q: Query, window_us: int | None) -> Any:
@@ -379,7 +379,7 @@ def attribution_report(session: Session, q: Query, model: str, window_days: int)
         func.row_number().over(partition_by=won.c.id, order_by=order).label("first"),
         func.row_number().over(partition_by=won.c.id, order_by=[o.desc() for o in order]).label("last"),
         func.count().over(partition_by=won.c.id).label("k"),
-    ).select_from(_touched_before(q, window_days * domain.DAY_US)).where(q.where(won)).subquery()
+    ).select_from(_touched_before(q, window_days * reports.DAY_US)).where(q.where(won)).subquery()
     one = literal(1.0, Float)
     if model == "linear":
         picked = credited.select().subquery()
@@ -433,7 +433,7 @@ def roi_report(session: Session, q: Query, costs: dict[str, Any]) -> dict[str, A
         for ch, n in chans.items():
             totals[ch] += n
     journeys = sorted(set(sent_by) | set(per_journey) | set(by_j_revenue))
-    return domain.roi_report(
+    return reports.roi_report(
         nurtured=int(nurtured_count), sent_by_channel=totals, costs=costs, start=q.start, end=q.end,
         influenced=influenced,
         by_journey=[{"journey": j, "nurtured": per_journey.get(j, 0), "sent_by_channel": dict(sent_by.get(j, {})),

@@ -1,7 +1,7 @@
 """Random histories as the bus carries them, and a brute-force recount of every report from them.
 
 The recount reads the raw messages directly (no Fact, no fold, no aggregate): for each report it walks
-the whole history and counts by the definitions in `services/analytics/domain.py`'s docstring. The
+the whole history and counts by the definitions in `services/analytics/domain/reports.py`'s docstring. The
 read model must give the same figures, however the history was delivered (in batches, with repeats,
 crashes and late events).
 """

@@ -14,9 +14,11 @@ import pytest
 
 from nurture.db import Database, open_database
 from nurture.settings import Settings
-from services.analytics import domain, storage
-from services.analytics.facts import from_bus
-from services.analytics.server import MIGRATIONS, load_costs
+from services.analytics import storage
+from services.analytics.app.core import load_costs
+from services.analytics.domain import reports
+from services.analytics.domain.facts import from_bus
+from services.analytics.server import MIGRATIONS
 from tests.integration.analytics import history as h
 
 
@@ -58,7 +60,7 @@ def check(db: Database, stream: Sequence[dict[str, Any]]) -> int:
     with db.session() as s:
         for r in ranges(stream):
             q = storage.Query(r.start, r.end, r.segment, r.journey)
-            for group in domain.ENGAGEMENT_GROUPS:
+            for group in reports.ENGAGEMENT_GROUPS:
                 expected = h.engagement(stream, r, group)
                 assert storage.engagement_report(s, q, group) == expected, (r, group)
                 figures += sum(len(row) for row in expected)
@@ -69,18 +71,18 @@ def check(db: Database, stream: Sequence[dict[str, Any]]) -> int:
             assert got["lifecycle"] == expected_p["lifecycle"], r
             assert got["qualification"] == expected_p["qualification"], r
             figures += sum(len(x) for part in expected_p.values() for x in part)
-            for metric in domain.TIMESERIES_METRICS:
+            for metric in reports.TIMESERIES_METRICS:
                 for interval in ("day", "week"):
                     expected_t = h.timeseries(stream, r, metric, interval)
                     assert storage.timeseries_report(s, q, metric, interval) == expected_t, (r, metric, interval)
                     figures += len(expected_t)
-            for model in domain.ATTRIBUTION_MODELS:
+            for model in reports.ATTRIBUTION_MODELS:
                 for window in (3, 30):
                     expected_a = h.attribution(stream, r, model, window)
                     assert storage.attribution_report(s, q, model, window) == expected_a, (r, model, window)
                     figures += len(expected_a["by_template"]) + 4
             inputs = h.roi_inputs(stream, r)
-            expected_roi = domain.roi_report(nurtured=inputs["nurtured"], sent_by_channel=inputs["sent_by_channel"],
+            expected_roi = reports.roi_report(nurtured=inputs["nurtured"], sent_by_channel=inputs["sent_by_channel"],
                                              costs=costs, start=r.start, end=r.end,
                                              influenced=inputs["influenced"], by_journey=inputs["by_journey"])
             assert storage.roi_report(s, q, costs) == expected_roi, r

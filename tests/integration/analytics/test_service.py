@@ -18,8 +18,8 @@ from nurture.api.common.v1 import common_pb2, common_pb2_grpc
 from nurture.bus import Publisher
 from nurture.service import Running
 from nurture.settings import SERVICES, Settings
-from services.analytics import domain
-from services.analytics.server import load_costs
+from services.analytics.app.core import load_costs
+from services.analytics.domain import reports
 from tests.conftest import free_port, mesh_channel, start_service
 from tests.integration.analytics import history as h
 
@@ -71,7 +71,7 @@ async def test_every_http_report_equals_the_recount(heard: tuple[httpx.AsyncClie
     days = sorted({h.at_of(m).date() for m in stream})
     for r in (h.Range(days[0], days[-1]), h.Range(days[0], days[-1], segment="family", journey="welcome")):
         p = _params(r)
-        for group in domain.ENGAGEMENT_GROUPS:
+        for group in reports.ENGAGEMENT_GROUPS:
             got = await http.get("/v1/analytics/engagement", params={**p, "group_by": group})
             assert got.status_code == 200, got.text
             assert got.json()["rows"] == h.engagement(stream, r, group)
@@ -80,16 +80,16 @@ async def test_every_http_report_equals_the_recount(heard: tuple[httpx.AsyncClie
         assert [{k: v for k, v in s.items() if k not in ("bottleneck", "why")} for s in got["stages"]] \
             == expected["stages"]
         assert got["lifecycle"] == expected["lifecycle"] and got["qualification"] == expected["qualification"]
-        for metric in domain.TIMESERIES_METRICS:
+        for metric in reports.TIMESERIES_METRICS:
             got = (await http.get("/v1/analytics/timeseries", params={**p, "metric": metric,
                                                                        "interval": "week"})).json()
             assert got["points"] == h.timeseries(stream, r, metric, "week")
-        for model in domain.ATTRIBUTION_MODELS:
+        for model in reports.ATTRIBUTION_MODELS:
             got = (await http.get("/v1/analytics/attribution", params={**p, "model": model,
                                                                         "window_days": "14"})).json()
             assert got == h.attribution(stream, r, model, 14)
         inputs = h.roi_inputs(stream, r)
-        expected_roi = domain.roi_report(nurtured=inputs["nurtured"], sent_by_channel=inputs["sent_by_channel"],
+        expected_roi = reports.roi_report(nurtured=inputs["nurtured"], sent_by_channel=inputs["sent_by_channel"],
                                          costs=load_costs(), start=r.start, end=r.end,
                                          influenced=inputs["influenced"], by_journey=inputs["by_journey"])
         assert (await http.get("/v1/analytics/roi", params=p)).json() == expected_roi

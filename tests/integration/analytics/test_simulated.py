@@ -8,8 +8,9 @@ from typing import Any
 
 from nurture.db import open_database
 from nurture.settings import Settings
-from services.analytics import domain, storage
-from services.analytics.facts import from_bus
+from services.analytics import storage
+from services.analytics.domain import reports
+from services.analytics.domain.facts import from_bus
 from services.analytics.server import MIGRATIONS
 from services.journeys.domain.definitions import load_playbook
 from services.journeys.simulation import Simulation
@@ -45,7 +46,7 @@ def test_a_simulated_run_reads_the_same_as_its_recount(settings: Settings) -> No
         r = h.Range(days[0], days[-1])
         q = storage.Query(r.start, r.end)
         with db.session() as s:
-            for group in domain.ENGAGEMENT_GROUPS:
+            for group in reports.ENGAGEMENT_GROUPS:
                 assert storage.engagement_report(s, q, group) == h.engagement(stream, r, group), group
             for metric in ("sent", "opened", "clicked"):
                 assert storage.timeseries_report(s, q, metric, "day") == h.timeseries(stream, r, metric, "day")

@@ -9,8 +9,8 @@ from collections import Counter
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from services.analytics import domain
-from services.analytics.facts import from_bus
+from services.analytics.domain import reports
+from services.analytics.domain.facts import from_bus
 
 
 def test_median_and_p90_of_a_histogram_equal_those_of_the_values() -> None:
@@ -18,29 +18,29 @@ def test_median_and_p90_of_a_histogram_equal_those_of_the_values() -> None:
     for _ in range(300):
         values = [rnd.randrange(0, 40) for _ in range(rnd.randint(1, 30))]
         hist = Counter(values)
-        assert domain.median(hist) == statistics.median(values)
-        assert domain.p90(hist) == sorted(values)[math.ceil(0.9 * len(values)) - 1]
-    assert domain.median({}) is None and domain.p90({}) is None
-    assert domain.median({10: 1, 20: 1}) == 15  # an even count: the mean of the two middle values
+        assert reports.median(hist) == statistics.median(values)
+        assert reports.p90(hist) == sorted(values)[math.ceil(0.9 * len(values)) - 1]
+    assert reports.median({}) is None and reports.p90({}) is None
+    assert reports.median({10: 1, 20: 1}) == 15  # an even count: the mean of the two middle values
 
 
 def test_dwell_is_whole_minutes_rounded_down_and_never_negative() -> None:
     t = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
-    assert domain.dwell_minutes(t, t + timedelta(seconds=59.999)) == 0
-    assert domain.dwell_minutes(t, t + timedelta(seconds=60)) == 1
-    assert domain.dwell_minutes(t, t - timedelta(hours=3)) == 0  # a late event: no time, not negative
+    assert reports.dwell_minutes(t, t + timedelta(seconds=59.999)) == 0
+    assert reports.dwell_minutes(t, t + timedelta(seconds=60)) == 1
+    assert reports.dwell_minutes(t, t - timedelta(hours=3)) == 0  # a late event: no time, not negative
 
 
 def test_a_fact_belongs_to_its_utc_day() -> None:
-    assert domain.day_of(datetime(2026, 3, 2, 23, 59, 59, tzinfo=UTC)) == date(2026, 3, 2)
+    assert reports.day_of(datetime(2026, 3, 2, 23, 59, 59, tzinfo=UTC)) == date(2026, 3, 2)
     athens = datetime(2026, 3, 3, 1, 0, tzinfo=ZoneInfo("Europe/Athens"))  # 23:00 UTC the day before
-    assert domain.day_of(athens) == date(2026, 3, 2)
-    assert domain.week_of(date(2026, 3, 8)) == date(2026, 3, 2)  # Sunday → the Monday before
+    assert reports.day_of(athens) == date(2026, 3, 2)
+    assert reports.week_of(date(2026, 3, 8)) == date(2026, 3, 2)  # Sunday → the Monday before
 
 
 def _stages(convs: dict[str, tuple[int, int]], dwell: dict[str, dict[int, int]] | None = None) -> dict[str, dict]:
-    rows = domain.stage_rows({("j", s): v for s, v in convs.items()},
-                             {("j", s): (domain.median(h), domain.p90(h)) for s, h in (dwell or {}).items()})
+    rows = reports.stage_rows({("j", s): v for s, v in convs.items()},
+                             {("j", s): (reports.median(h), reports.p90(h)) for s, h in (dwell or {}).items()})
     return {r["stage"]: r for r in rows}
 
 
@@ -68,10 +68,10 @@ def test_a_stage_no_lead_has_left_is_not_compared() -> None:
 
 def test_credit_first_last_linear() -> None:
     touches = [{"n": 1}, {"n": 2}, {"n": 3}]
-    assert domain.credit(touches, "first") == [(touches[0], 1.0)]
-    assert domain.credit(touches, "last") == [(touches[2], 1.0)]
-    assert [share for _, share in domain.credit(touches, "linear")] == [1 / 3] * 3
-    assert domain.credit([], "linear") == []
+    assert reports.credit(touches, "first") == [(touches[0], 1.0)]
+    assert reports.credit(touches, "last") == [(touches[2], 1.0)]
+    assert [share for _, share in reports.credit(touches, "linear")] == [1 / 3] * 3
+    assert reports.credit([], "linear") == []
 
 
 def test_the_adapter_keeps_what_reports_need_and_drops_the_rest() -> None:
