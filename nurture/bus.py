@@ -4,6 +4,8 @@ Scoring publishes one message per stored event (and per lead change) to `nurture
 N = crc32(lead_id) % shards, so one lead's messages keep their order. Each consuming service reads with
 its own consumer group and acknowledges only after its own commit; what it had read but not
 acknowledged before a crash is read again on restart (handlers are idempotent by message id).
+A message is a `nurture.busmessage.BusMessage` (contract: protos/nurture/api/bus/v1/bus.proto); the
+entry's field `m` holds `busmessage.encode(...)`, which is what handlers get back, decoded and typed.
 A message whose handler keeps failing is moved to `nurture:bus-dead:{<group>}` after MAX_DELIVERIES,
 so one bad message never blocks a shard.
 """
@@ -16,7 +18,7 @@ import json
 import logging
 import os
 import socket
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
@@ -26,13 +28,14 @@ from opentelemetry import trace
 from opentelemetry.propagate import extract
 from redis.exceptions import ResponseError
 
-from nurture import jsoncodec
+from nurture import busmessage
+from nurture.busmessage import BusMessage
 from nurture.redisconn import shard_of, sharded_key
 
 log = logging.getLogger(__name__)
 _tracer = trace.get_tracer(__name__)
 
-Handler = Callable[[list[dict[str, Any]]], Awaitable[None]]
+Handler = Callable[[list[BusMessage]], Awaitable[None]]
 MAX_DELIVERIES = 5
 # Approximate cap per shard stream; far above any consumer lag we expect, and trimming is lazy.
 STREAM_MAXLEN = 1_000_000
@@ -47,13 +50,13 @@ class Publisher:
         self._redis = client
         self._shards = shards
 
-    async def publish(self, messages: list[dict[str, Any]]) -> None:
-        """Append messages (each with `id` and `lead_id`) to their lead's shard, in order."""
-        await self.publish_encoded([(str(m["lead_id"]), encode(m), None) for m in messages])
+    async def publish(self, messages: Sequence[BusMessage]) -> None:
+        """Append messages to their lead's shard, in order."""
+        await self.publish_encoded([(m.lead_id, busmessage.encode(m), None) for m in messages])
 
     async def publish_encoded(self, entries: Sequence[tuple[str, str, str | None]]) -> None:
-        """Append already encoded messages `(lead_id, message JSON, trace carrier JSON or None)`, in
-        order. The trace rides beside the message (field `t`), as a header would."""
+        """Append already encoded messages `(lead_id, busmessage.encode(...), trace carrier JSON or
+        None)`, in order. The trace rides beside the message (field `t`), as a header would."""
         if not entries:
             return
         pipe = self._redis.pipeline(transaction=False)
@@ -62,11 +65,6 @@ class Publisher:
             pipe.xadd(stream_key(shard_of(lead_id, self._shards)), fields,  # type: ignore[arg-type]
                       maxlen=STREAM_MAXLEN, approximate=True)
         await pipe.execute()
-
-
-def encode(message: Mapping[str, Any]) -> str:
-    """A bus message's JSON (compact; datetimes and other values as strings)."""
-    return jsoncodec.dumps(message, default=str)
 
 
 def _handling_span(group: str, carriers: list[bytes], count: int) -> AbstractContextManager[trace.Span]:
@@ -157,21 +155,21 @@ class Consumer:
         return handled
 
     def _parse(self, stream: bytes, items: list[tuple[bytes, dict]]
-               ) -> tuple[bytes, list[bytes], list[dict[str, Any]], list[bytes]]:
-        messages: list[dict[str, Any]] = []
+               ) -> tuple[bytes, list[bytes], list[BusMessage], list[bytes]]:
+        messages: list[BusMessage] = []
         ids: list[bytes] = []
         carriers: dict[bytes, None] = {}
         for entry_id, fields in items:
             ids.append(entry_id)
             try:
-                messages.append(jsoncodec.loads(fields[b"m"]))
-            except (KeyError, ValueError):
+                messages.append(busmessage.decode(fields[b"m"]))
+            except (KeyError, busmessage.MalformedMessage):
                 log.error("bus %s: dropping malformed entry %r", self._group, entry_id)
             if fields.get(b"t"):
                 carriers[fields[b"t"]] = None
         return stream, ids, messages, list(carriers)
 
-    async def _call(self, messages: list[dict[str, Any]], carriers: list[bytes]) -> None:
+    async def _call(self, messages: list[BusMessage], carriers: list[bytes]) -> None:
         if messages:
             with _handling_span(self._group, list(dict.fromkeys(carriers))[:50], len(messages)):
                 await self._handler(messages)
@@ -181,15 +179,17 @@ class Consumer:
         for entry_id in ids:
             self._failures.pop((stream, entry_id), None)
 
-    async def _record_failure(self, stream: bytes, ids: list[bytes], messages: list[dict[str, Any]]) -> None:
+    async def _record_failure(self, stream: bytes, ids: list[bytes], messages: list[BusMessage]) -> None:
         for entry_id in ids:
             self._failures[(stream, entry_id)] = self._failures.get((stream, entry_id), 0) + 1
         dead = [i for i in ids if self._failures[(stream, i)] >= MAX_DELIVERIES]
         if dead:
+            # The messages as JSON objects: a person reads dead letters.
+            readable = json.dumps([m.as_dict() for m in messages], default=str)[:65536]
             for entry_id in dead:
                 await self._redis.xadd(
                     f"nurture:bus-dead:{{{self._group}}}",
-                    {"stream": stream, "entry": entry_id, "m": json.dumps(messages, default=str)[:65536]},
+                    {"stream": stream, "entry": entry_id, "m": readable},
                 )
                 self._failures.pop((stream, entry_id), None)
             await self._redis.xack(stream, self._group, *dead)

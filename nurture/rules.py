@@ -31,6 +31,8 @@ from typing import Any
 
 from durable import engine as durable_engine
 
+from nurture.datafiles import DataFileError
+
 OPS = ("eq", "ne", "gt", "gte", "lt", "lte", "in", "contains", "exists", "matches")
 log = logging.getLogger(__name__)
 _SID = "0"
@@ -42,10 +44,12 @@ class RulesError(Exception):
     """Base of this module's errors: InvalidRule (a definition problem), RuleLoopError (chaining)."""
 
 
-class InvalidRule(RulesError):
+class InvalidRule(RulesError, DataFileError):
+    """Rules that cannot be compiled; `problems` lists every reason (rules come from data files, so
+    this is the data files' error too)."""
+
     def __init__(self, problems: list[str]) -> None:
-        super().__init__("; ".join(problems))
-        self.problems = problems
+        DataFileError.__init__(self, problems)
 
 
 class RuleLoopError(RulesError):

@@ -15,8 +15,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from nurture.datafiles import DataFileError, Open, Seconds, Strict, read_yaml, validate
 from nurture.rules import CompiledRules, Match, RuleSpec, compile_rules
 
 POLICIES = ("prefer_crm_unless_blank", "always_crm", "most_recent", "do_not_sync", "always_platform")
@@ -32,10 +31,6 @@ MAX_ATTEMPTS = 14
 BASE_DELAY_S = 2.0
 MAX_DELAY_S = 1800.0
 MAX_RETRY_AFTER_S = 3600.0
-
-
-class ConfigError(ValueError):
-    pass
 
 
 @dataclass(frozen=True)
@@ -68,37 +63,71 @@ class SyncConfig:
     by_crm: dict[str, FieldRule] = field(default_factory=dict)
 
 
-def load_config(path: Path = DEFAULT_CONFIG) -> SyncConfig:
-    """Read and validate sync.yaml; compile its three rule sets (one ruleset name per version)."""
-    raw = yaml.safe_load(path.read_text())
-    version = int(raw["version"])
-    fields = [FieldRule(str(f["lead"]), str(f["crm"]), str(f["policy"])) for f in raw["fields"]]
-    problems = [f"field {f.lead}: unknown policy {f.policy}" for f in fields if f.policy not in POLICIES]
-    teams = {name: [Member(str(m["owner"]), str(m.get("meeting_link", ""))) for m in members]
-             for name, members in raw["teams"].items()}
-    for rule in raw["assignment"]:
-        if rule["team"] not in teams or not teams[rule["team"]]:
-            problems.append(f"assignment {rule['name']}: unknown or empty team {rule['team']}")
-    skew = raw.get("max_clock_skew_s", 1800)
-    if isinstance(skew, bool) or not isinstance(skew, int | float) or skew < 0:
-        problems.append("max_clock_skew_s: must be a number of seconds, 0 or more")
-        skew = 0
-    if problems:
-        raise ConfigError("; ".join(problems))
+class FieldEntry(Strict):
+    lead: str
+    crm: str
+    policy: str
 
-    def specs(items: Sequence[Mapping[str, Any]]) -> list[RuleSpec]:
-        return [RuleSpec(str(i["name"]), i["when"], {k: v for k, v in i.items() if k not in ("name", "when")})
+
+class MemberEntry(Strict):
+    owner: str
+    meeting_link: str = ""
+
+
+class RuleEntry(Open):
+    """A rule: its name, its condition (checked when compiled), and its action's own keys."""
+
+    name: str
+    when: dict[str, Any]
+
+
+class AssignmentEntry(RuleEntry):
+    team: str
+
+
+class SyncFile(Strict):
+    """sync.yaml's shape (see the file's comments for what each part means)."""
+
+    version: int
+    fields: list[FieldEntry]
+    lifecycle_map: dict[str, str]
+    deal_events: dict[str, str]
+    deal_stages: list[str]
+    activity_kinds: list[str]
+    max_clock_skew_s: Seconds = 1800.0
+    teams: dict[str, list[MemberEntry]]
+    assignment: list[AssignmentEntry]
+    tasks: list[RuleEntry]
+    task_holds: list[RuleEntry] | None = None
+    notifications: list[RuleEntry]
+
+
+def load_config(path: Path = DEFAULT_CONFIG) -> SyncConfig:
+    """Read and validate sync.yaml (a DataFileError listing every problem); compile its rule sets (one
+    ruleset name per version)."""
+    raw = validate(SyncFile, read_yaml(path, empty={}), path)
+    version = raw.version
+    fields = [FieldRule(f.lead, f.crm, f.policy) for f in raw.fields]
+    problems = [f"field {f.lead}: unknown policy {f.policy}" for f in fields if f.policy not in POLICIES]
+    teams = {name: [Member(m.owner, m.meeting_link) for m in members] for name, members in raw.teams.items()}
+    problems += [f"assignment {rule.name}: unknown or empty team {rule.team}"
+                 for rule in raw.assignment if not teams.get(rule.team)]
+    if problems:
+        raise DataFileError(problems, path)
+
+    def specs(items: Sequence[RuleEntry]) -> list[RuleSpec]:
+        return [RuleSpec(i.name, i.when, {k: v for k, v in i.model_dump().items() if k not in ("name", "when")})
                 for i in items]
 
     cfg = SyncConfig(
-        version=version, fields=fields, lifecycle_map=dict(raw["lifecycle_map"]),
-        deal_events=dict(raw["deal_events"]), deal_stages=list(raw["deal_stages"]),
-        activity_kinds=list(raw["activity_kinds"]), teams=teams,
-        assignment=compile_rules(f"crm_sync.assignment.v{version}", specs(raw["assignment"])),
-        tasks=compile_rules(f"crm_sync.tasks.v{version}", specs(raw["tasks"])),
-        notifications=compile_rules(f"crm_sync.notifications.v{version}", specs(raw["notifications"])),
-        task_holds=compile_rules(f"crm_sync.task_holds.v{version}", specs(raw.get("task_holds") or [])),
-        max_clock_skew=timedelta(seconds=float(skew)),
+        version=version, fields=fields, lifecycle_map=dict(raw.lifecycle_map),
+        deal_events=dict(raw.deal_events), deal_stages=list(raw.deal_stages),
+        activity_kinds=list(raw.activity_kinds), teams=teams,
+        assignment=compile_rules(f"crm_sync.assignment.v{version}", specs(raw.assignment)),
+        tasks=compile_rules(f"crm_sync.tasks.v{version}", specs(raw.tasks)),
+        notifications=compile_rules(f"crm_sync.notifications.v{version}", specs(raw.notifications)),
+        task_holds=compile_rules(f"crm_sync.task_holds.v{version}", specs(raw.task_holds or [])),
+        max_clock_skew=timedelta(seconds=raw.max_clock_skew_s),
     )
     cfg.by_crm = {f.crm: f for f in fields}
     return cfg

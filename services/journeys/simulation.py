@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from nurture.busmessage import BusMessage
 from nurture.clock import VIRTUAL_EPOCH
 from services.journeys.domain.definitions import Journey, PlaybookSettings, load_playbook, read_settings
 from services.journeys.domain.engine import Engine
@@ -306,8 +307,9 @@ class Simulation:
                 self._apply_counters(state, data["type"], data["properties"])
                 if data["type"] in ("email_opened", "email_clicked"):
                     self.funnel.engagement(data["properties"]["journey"], data["properties"]["step"], data["type"])
-                message = {"id": f"sim-{seq}", "lead_id": lead_id, "type": data["type"],
-                           "properties": data["properties"], "occurred_at": iso(self.now), "lead": state.lead}
+                # The simulated lead is the state's own (its counters move above): no snapshot to carry.
+                message = BusMessage(id=f"sim-{seq}", lead_id=lead_id, type=data["type"],
+                                     properties=data["properties"], occurred_at=iso(self.now))
                 out = self.engine.on_message(state, message, self.now)
                 self._arm(state, out)
                 for ekey in sorted(k for k, e in state.enrollments.items() if e.status == ACTIVE and e.due

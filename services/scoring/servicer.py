@@ -12,6 +12,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from nurture import jsoncodec, limits
 from nurture.api.scoring.v1 import scoring_pb2, scoring_pb2_grpc
+from nurture.busmessage import LeadSnapshot
 from nurture.clock import Clock
 from nurture.db import Database
 from nurture.rpcguard import guard_requests, message_problems, problem_text
@@ -35,19 +36,20 @@ def _ts(value: str | None) -> Timestamp:
     return ts
 
 
-def lead_proto(lead: dict[str, Any]) -> scoring_pb2.Lead:
+def lead_proto(lead: LeadSnapshot) -> scoring_pb2.Lead:
     msg = scoring_pb2.Lead(
-        id=lead["id"], email=lead["email"] or "", first_name=lead["first_name"] or "",
-        last_name=lead["last_name"] or "", segment=lead["segment"] or "", timezone=lead["timezone"] or "",
-        locale=lead["locale"] or "", attributes_json=jsoncodec.dumps(lead["attributes"]),
-        consent_json=jsoncodec.dumps(lead["consent"]), score=int(lead["score"]), grade=lead["grade"],
-        lifecycle_stage=lead["lifecycle_stage"],
-        counters_json=jsoncodec.dumps({**lead["counters"], "interests": lead.get("interests", {})}),
-        crm_id=lead["crm_id"] or "", version=int(lead["version"]),
+        id=lead.id, email=lead.email or "", first_name=lead.first_name or "",
+        last_name=lead.last_name or "", segment=lead.segment or "", timezone=lead.timezone or "",
+        locale=lead.locale or "", attributes_json=jsoncodec.dumps(lead.attributes),
+        consent_json=jsoncodec.dumps(lead.consent), score=int(lead.score or 0), grade=lead.grade,
+        lifecycle_stage=lead.lifecycle_stage,
+        counters_json=jsoncodec.dumps({**lead.counters, "interests": lead.interests}),
+        crm_id=lead.crm_id or "", version=int(lead.version or 0),
     )
-    for name in ("created_at", "updated_at", "last_engaged_at"):
-        if lead.get(name):
-            getattr(msg, name).CopyFrom(_ts(lead[name]))
+    for name, value in (("created_at", lead.created_at), ("updated_at", lead.updated_at),
+                        ("last_engaged_at", lead.last_engaged_at)):
+        if value:
+            getattr(msg, name).CopyFrom(_ts(value))
     return msg
 
 

@@ -13,8 +13,8 @@ from opentelemetry.propagate import inject
 from sqlalchemy import Connection, Row, and_, bindparam, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
-from nurture import jsoncodec, limits
-from nurture.bus import encode
+from nurture import busmessage, jsoncodec, limits
+from nurture.busmessage import BusMessage, LeadSnapshot
 from nurture.db import DriverWrites
 from services.scoring.domain.records import OutboxRow
 from services.scoring.domain.rules import derive_counters
@@ -46,7 +46,7 @@ def loads(text: str | None, what: str = "value") -> Any:
 
 
 
-def lead_dict(row: Row[Any] | Mapping[str, Any], now: datetime | None = None) -> dict[str, Any]:
+def lead_snapshot(row: Row[Any] | Mapping[str, Any], now: datetime | None = None) -> LeadSnapshot:
     """A lead as every consumer sees it (the bus snapshot and the API body)."""
     m = row._mapping if isinstance(row, Row) else row
     counters = loads(m["counters"])
@@ -54,28 +54,28 @@ def lead_dict(row: Row[Any] | Mapping[str, Any], now: datetime | None = None) ->
     if now is not None:
         counters.update(derive_counters(loads(m["recent"]), counters.get("totals", {}), last, now))
     public_counters = {k: v for k, v in counters.items() if k not in ("totals", "fired_today")}
-    return {
-        "id": m["id"],
-        "email": m["email"],
-        "first_name": m["first_name"],
-        "last_name": m["last_name"],
-        "segment": m["segment"],
-        "timezone": m["timezone"],
-        "locale": m["locale"],
+    return LeadSnapshot(
+        id=m["id"],
+        email=m["email"],
+        first_name=m["first_name"],
+        last_name=m["last_name"],
+        segment=m["segment"],
+        timezone=m["timezone"],
+        locale=m["locale"],
         # What readers are shown must serialise again: a stored value past the limits degrades.
-        "attributes": limits.readable(loads(m["attributes"], "attributes"), what="attributes"),
-        "consent": limits.readable(loads(m["consent"], "consent"), what="consent"),
-        "score": m["score"],
-        "grade": m["grade"],
-        "lifecycle_stage": m["lifecycle_stage"],
-        "counters": public_counters,
-        "interests": loads(m["interests"]),
-        "crm_id": m["crm_id"],
-        "version": m["version"],
-        "created_at": _iso(m["created_at"]),
-        "updated_at": _iso(m["updated_at"]),
-        "last_engaged_at": _iso(last),
-    }
+        attributes=limits.readable(loads(m["attributes"], "attributes"), what="attributes"),
+        consent=limits.readable(loads(m["consent"], "consent"), what="consent"),
+        score=m["score"],
+        grade=m["grade"],
+        lifecycle_stage=m["lifecycle_stage"],
+        counters=public_counters,
+        interests=loads(m["interests"]),
+        crm_id=m["crm_id"],
+        version=m["version"],
+        created_at=_iso(m["created_at"]),
+        updated_at=_iso(m["updated_at"]),
+        last_engaged_at=_iso(last),
+    )
 
 
 
@@ -213,11 +213,12 @@ def save_scored_leads(writes: DriverWrites, s: Session | Connection, rows: list[
     writes.update(s.connection() if isinstance(s, Session) else s, leads, _SAVED_LEAD_COLUMNS, "id", rows)
 
 
-def insert_outbox(writes: DriverWrites, s: Session | Connection, messages: list[dict[str, Any]]) -> list[OutboxRow]:
+def insert_outbox(writes: DriverWrites, s: Session | Connection, messages: Sequence[BusMessage],
+                  traces: Sequence[str | None] = ()) -> list[OutboxRow]:
     """Insert the messages into the outbox; returns the rows as `(seq, lead_id, payload, trace)`.
 
     The trace of the request that caused a message travels with it (W3C traceparent), so
-    publishing and the consumers' work join the same trace: an event's own (`_trace`, when its
+    publishing and the consumers' work join the same trace: an event's own (`traces[i]`, when its
     caller sent one with the event, as the gateway does for events it sends together), else the
     current one."""
     if not messages:
@@ -226,9 +227,9 @@ def insert_outbox(writes: DriverWrites, s: Session | Connection, messages: list[
     inject(carrier)
     current = jsoncodec.dumps(carrier) if carrier else None
     values = []
-    for m in messages:
-        own = m.pop("_trace", None)
-        values.append((m["lead_id"], encode(m), jsoncodec.dumps({"traceparent": own}) if own else current))
+    for i, m in enumerate(messages):
+        own = traces[i] if i < len(traces) else None
+        values.append((m.lead_id, busmessage.encode(m), jsoncodec.dumps({"traceparent": own}) if own else current))
     # One multi-row INSERT per chunk: a chunk's seqs, ascending, are its rows in order.
     seqs = writes.insert(s.connection() if isinstance(s, Session) else s, outbox,
                          ("lead_id", "payload", "trace"), values, returning="seq")

@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from nurture.api.analytics.v1 import analytics_pb2
+from nurture.busmessage import BusMessage
 from nurture.clock import Clock
 from nurture.db import Database
 from services.analytics import storage
@@ -40,7 +41,7 @@ class ReadModel:
         self.clock = clock
         self.costs = costs
 
-    async def handle_messages(self, messages: list[dict[str, Any]]) -> None:
+    async def handle_messages(self, messages: list[BusMessage]) -> None:
         batch = [f for f in (from_bus(m) for m in messages) if f is not None]
         if batch:
             await self.db.run(self._in_session, storage.record, batch)

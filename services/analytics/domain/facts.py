@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from nurture.busmessage import BusMessage
+
 # Bus event types → the fact kind analytics keeps. Anything else changes no report and is skipped.
 ENGAGEMENT_KINDS = {
     "email_sent": "sent",
@@ -64,8 +66,9 @@ def _text(value: Any) -> str:
     return "" if value is None else str(value)
 
 
-def from_bus(message: Mapping[str, Any]) -> Fact | None:
+def from_bus(bus_message: BusMessage | Mapping[str, Any]) -> Fact | None:
     """The fact a bus message carries, or None when it changes no report (or is malformed)."""
+    message = bus_message.as_dict() if isinstance(bus_message, BusMessage) else bus_message
     etype = message.get("type")
     mid = _text(message.get("id"))
     lead = message.get("lead") or {}

@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from nurture.busmessage import BusMessage
 from services.crm_sync import domain
 from services.crm_sync import storage as st
 from services.crm_sync.app.changes import ChangeStream
@@ -14,8 +15,8 @@ from services.crm_sync.app.tasks import Tasks
 
 
 class BusConsumer(Tasks, ChangeStream):
-    async def handle_messages(self, messages: list[dict[str, Any]]) -> None:
-        ids = list(dict.fromkeys(str(m["lead_id"]) for m in messages if m.get("type") != "lead_erased"))
+    async def handle_messages(self, messages: list[BusMessage]) -> None:
+        ids = list(dict.fromkeys(m.lead_id for m in messages if m.type != "lead_erased"))
         journeys = await self.journeys.many(ids)
         now = self.clock.now()
 
@@ -27,18 +28,18 @@ class BusConsumer(Tasks, ChangeStream):
             queued = st.pending_jobs(s, ids, "contact")
             batch = st.BatchWrites()
             for m in messages:
-                self._apply_message(s, m, journeys.get(str(m["lead_id"])), now, rows, queued, batch)
+                self._apply_message(s, m, journeys.get(m.lead_id), now, rows, queued, batch)
             batch.flush(s)
 
         await self.sql(write)
         self._notify_changes()
         self.push_wake.set()
 
-    def _apply_message(self, s: Session, m: dict[str, Any], journeys: list[dict[str, Any]] | None,
+    def _apply_message(self, s: Session, m: BusMessage, journeys: list[dict[str, Any]] | None,
                        now: datetime, rows: dict[str, dict[str, Any]], queued: set[str],
                        batch: st.BatchWrites) -> None:
-        lead_id = str(m["lead_id"])
-        if m.get("type") == "lead_erased":
+        lead_id = m.lead_id
+        if m.type == "lead_erased":
             batch.flush(s)  # what the batch wrote before, in SQL before it is read and erased
             row = st.get_lead(s, lead_id)
             rows.pop(lead_id, None)
@@ -47,31 +48,33 @@ class BusConsumer(Tasks, ChangeStream):
                 st.enqueue(s, lead_id, "erase", now, payload={"remote_id": row["crm_id"]})
             st.add_change(s, lead_id, row["crm_id"] if row else None, ["erased"], {}, now)
             return
-        lead = m.get("lead")
-        if not isinstance(lead, dict):
+        if m.lead is None:
             return
+        # The snapshot as crm_sync keeps it (its snapshot column) and maps it: by configured field name.
+        lead = m.lead.as_dict()
         current = rows.get(lead_id)
         row = current or st.new_lead_row(lead_id, now)
-        occurred = _parse_time(m.get("occurred_at")) or now
+        occurred = _parse_time(m.occurred_at) or now
         # Lead-change messages carry the lead's version (a redelivered older one is dropped); event
         # snapshots carry none and are applied in bus order, which is per-lead order.
-        version = lead.get("version")
+        version = m.lead.version
         dirty = False
-        if version is None or int(version) > int(row["version"]):
-            source = str((m.get("properties") or {}).get("source") or m.get("source") or "")
+        if version is None or version > int(row["version"]):
+            source = str(m.properties.get("source") or m.source or "")
             row["fields"] = domain.track_platform_changes(self.cfg, lead, row["fields"], occurred,
                                                           from_crm=source.startswith("crm:"))
             row["snapshot"], dirty = lead, True
-            row["version"] = int(version) if version is not None else row["version"]
-            row["email"] = lead.get("email") or row["email"]
-            if lead.get("lifecycle_stage") == "customer" and not row["converted_at"]:
+            row["version"] = version if version is not None else row["version"]
+            row["email"] = m.lead.email or row["email"]
+            if m.lead.lifecycle_stage == "customer" and not row["converted_at"]:
                 row["converted_at"] = occurred
-            if lead.get("crm_id") and not row["crm_id"]:
-                st.unlink_crm_id(s, self.crm_name, str(lead["crm_id"]), lead_id)
+            crm_id = m.lead.crm_id
+            if crm_id and not row["crm_id"]:
+                st.unlink_crm_id(s, self.crm_name, crm_id, lead_id)
                 for other in rows.values():  # the rows of this batch follow the unlink
-                    if other["crm_id"] == str(lead["crm_id"]) and other["crm"] == self.crm_name:
+                    if other["crm_id"] == crm_id and other["crm"] == self.crm_name:
                         other["crm_id"] = None
-                row["crm"], row["crm_id"] = self.crm_name, str(lead["crm_id"])
+                row["crm"], row["crm_id"] = self.crm_name, crm_id
         if journeys is not None and journeys != row["journeys"]:
             row["journeys"], dirty = journeys, True
         snapshot = row["snapshot"] or lead
@@ -84,14 +87,13 @@ class BusConsumer(Tasks, ChangeStream):
             if lead_id not in queued:  # one pending contact push covers every change of the batch
                 batch.enqueue(lead_id, "contact", now)
                 queued.add(lead_id)
-        signals = [str(x) for x in m.get("signals") or []]
-        facts = domain.facts_for(snapshot, signals, {"type": m.get("type"), "properties": m.get("properties") or {}})
+        facts = domain.facts_for(snapshot, list(m.signals), {"type": m.type, "properties": m.properties})
         plans = domain.planned_tasks(self.cfg, lead_id, facts, now)
         if plans:
             batch.flush(s)  # tasks read pending jobs and leads' rows from SQL
         for plan in plans:
             self._create_task(s, row, snapshot, plan.dedupe_key, plan.kind, plan.title, plan.priority, plan.due_at,
-                              {"why": plan.why, "facts": plan.facts, "bus_message": m.get("id")}, plan.rule, now,
+                              {"why": plan.why, "facts": plan.facts, "bus_message": m.id}, plan.rule, now,
                               facts=facts)
         if plans:  # an assignment may have queued a contact push in SQL: it covers this batch
             queued.update(st.pending_jobs(s, [lead_id], "contact"))

@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from nurture.busmessage import BusMessage
 from nurture.clock import Clock
 from nurture.db import Database
 from nurture.locks import KeyLocks
@@ -163,13 +164,13 @@ class JourneysRuntime:
 
     # -- bus --------------------------------------------------------------------------------------
 
-    async def handle_messages(self, messages: list[dict[str, Any]]) -> None:
+    async def handle_messages(self, messages: list[BusMessage]) -> None:
         """Bus handler: idempotent by message id; one SQL transaction for the whole batch (the leads
         of the batch are locked first, in a fixed order, so nothing interleaves with them)."""
-        by_lead: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        by_lead: dict[str, list[BusMessage]] = defaultdict(list)
         for m in messages:
-            if m.get("lead_id"):
-                by_lead[str(m["lead_id"])].append(m)
+            if m.lead_id:
+                by_lead[m.lead_id].append(m)
         if not by_lead:
             return
         async with contextlib.AsyncExitStack() as stack:
@@ -180,12 +181,12 @@ class JourneysRuntime:
             for state, out in results:
                 await self._arm(state, out)
 
-    def _apply_batch(self, by_lead: dict[str, list[dict[str, Any]]],
+    def _apply_batch(self, by_lead: dict[str, list[BusMessage]],
                      now: datetime) -> list[tuple[LeadState, Outcome]]:
         results: list[tuple[LeadState, Outcome]] = []
         with self.db.session() as s:
             states = storage.load_states(s, sorted(by_lead))
-            done = storage.processed_among(s, [str(m["id"]) for ms in by_lead.values() for m in ms if m.get("id")])
+            done = storage.processed_among(s, [m.id for ms in by_lead.values() for m in ms if m.id])
             writes = storage.Writes()
             for lead_id, messages in by_lead.items():
                 state, out = self._apply_messages(s, writes, states.get(lead_id), lead_id, messages, now, done)
@@ -195,18 +196,18 @@ class JourneysRuntime:
         return results
 
     def _apply_messages(self, s: Any, writes: storage.Writes, state: LeadState | None, lead_id: str,
-                        messages: list[dict[str, Any]], now: datetime,
+                        messages: list[BusMessage], now: datetime,
                         done: set[str]) -> tuple[LeadState | None, Outcome]:
         total = Outcome()
         for m in messages:
-            mid = str(m.get("id") or "")
+            mid = m.id
             if mid and (mid in writes.processed or mid in done):
                 # Already applied (a replay after a crash): re-arm what is live, change nothing.
                 if state is not None:
                     total.touched |= {k for k, e in state.enrollments.items() if e.status in LIVE}
                     total.inactivity_changed = True
                 continue
-            if m.get("type") == "lead_erased":
+            if m.type == "lead_erased":
                 writes.flush(s)  # what this batch wrote for the lead goes too
                 storage.erase(s, lead_id)
                 if mid:
@@ -222,19 +223,19 @@ class JourneysRuntime:
             total.extend(out)
         return state, total
 
-    def _record_engagement(self, s: Any, lead_id: str, m: Mapping[str, Any], now: datetime) -> None:
-        if m.get("type") not in ("email_opened", "email_clicked"):
+    def _record_engagement(self, s: Any, lead_id: str, m: BusMessage, now: datetime) -> None:
+        if m.type not in ("email_opened", "email_clicked"):
             return
-        props = m.get("properties") or {}
+        props = m.properties
         journey, step = props.get("journey"), props.get("step")
         if not (journey and step):
             run = storage.run_by_message(s, str(props.get("message_id") or ""))
             if run is None:
                 return
             journey, step = run.journey, run.step
-        at = parse_time(m.get("occurred_at")) or now
-        storage.record_engagement(s, event_id=str(m.get("id")), lead_id=lead_id, journey=str(journey),
-                                  step=str(step), etype=str(m["type"]), at=at)
+        at = parse_time(m.occurred_at) or now
+        storage.record_engagement(s, event_id=m.id, lead_id=lead_id, journey=str(journey),
+                                  step=str(step), etype=m.type, at=at)
 
     # -- timers -----------------------------------------------------------------------------------
 
@@ -411,7 +412,7 @@ class JourneysRuntime:
                 return reached
             # The cursor follows the ids read, not the states found, so a page is never walked twice
             # nor the walk cut short by a row without a state.
-            messages = [self.calendar.message(campaign, lead_id, states[lead_id].lead) for lead_id in ids
+            messages = [self.calendar.message(campaign, lead_id) for lead_id in ids
                         if lead_id in states and campaign.id in self.calendar.audience(states[lead_id].lead)]
             if messages:
                 await self.handle_messages(messages)
@@ -494,8 +495,9 @@ class JourneysRuntime:
         state = await self.db.run(lambda: self._load(lead_id))
         mine = [e for e in (state.enrollments.values() if state else []) if e.journey == key]
         enrolment = max(mine, key=lambda e: e.entered_at) if mine else None
-        facts = self.engine.facts(state or LeadState(lead_id=lead_id), {"type": "", "properties": {}}, enrolment,
-                                  self.clock.now())
+        # No event: the facts of the lead as it stands (an empty event, as a timer's check sees it).
+        facts = self.engine.facts(state or LeadState(lead_id=lead_id), BusMessage(id="", lead_id=lead_id, type=""),
+                                  enrolment, self.clock.now())
         return {"lead_id": lead_id, "seen": state is not None, **whynot.why_not(journey, state, facts)}
 
     def _latest(self, key: str) -> Journey:

@@ -14,10 +14,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-import yaml
+from pydantic import BeforeValidator, Field, model_validator
 
+from nurture.busmessage import BusMessage
+from nurture.datafiles import DataFileError, Strict, read_yaml, validate
 from nurture.rules import CompiledRules, RuleSpec, compile_rules, validate_condition
 from services.journeys.domain.definitions import PLAYBOOK_DIR, DefinitionError, parse_duration
 from services.journeys.domain.state import iso, parse_time
@@ -54,56 +56,78 @@ class Calendar:
             return set()
         return {m.rule for m in self.audiences.evaluate({"lead": dict(lead)})}
 
-    def message(self, campaign: Campaign, lead_id: str, lead: Mapping[str, Any]) -> dict[str, Any]:
-        return {"id": f"calendar:{campaign.id}:{lead_id}", "lead_id": lead_id, "type": campaign.event,
-                "properties": {**campaign.properties, "campaign": campaign.id}, "occurred_at": iso(campaign.at),
-                "lead": dict(lead), "source": "calendar"}
+    def message(self, campaign: Campaign, lead_id: str) -> BusMessage:
+        """The campaign's event for one lead, handled as a bus message. It carries no snapshot: the
+        lead is as journeys holds it."""
+        return BusMessage(id=f"calendar:{campaign.id}:{lead_id}", lead_id=lead_id, type=campaign.event,
+                          properties={**campaign.properties, "campaign": campaign.id}, occurred_at=iso(campaign.at),
+                          source="calendar")
+
+
+def _checked(test: Any, problem: str) -> Any:
+    def check(value: Any) -> Any:
+        if not test(value):
+            raise ValueError(problem)
+        return value
+    return check
+
+
+def _at(value: Any) -> datetime:
+    at = parse_time(value)
+    if at is None:
+        raise ValueError("must be an RFC 3339 time")
+    return at
+
+
+def _expires(value: Any) -> timedelta:
+    try:
+        return parse_duration(value)
+    except (ValueError, TypeError):
+        raise ValueError("must be a duration such as 7d") from None
+
+
+def _audience(value: Any) -> Any:
+    problems = validate_condition(value)
+    if problems:
+        raise ValueError("; ".join(problems))
+    return value
+
+
+class CampaignEntry(Strict):
+    id: Annotated[str, BeforeValidator(_checked(lambda v: isinstance(v, str) and CAMPAIGN_ID.fullmatch(v),
+                                                "must be a lower-case word"))]
+    at: Annotated[datetime, BeforeValidator(_at)]
+    event: Annotated[str, BeforeValidator(_checked(lambda v: isinstance(v, str) and EVENT.fullmatch(v),
+                                                   "must be an event type such as seasonal_window"))]
+    properties: dict[str, Any] = Field(default_factory=dict)
+    audience: Annotated[dict[str, Any], BeforeValidator(_audience)]
+    expires: Annotated[timedelta, BeforeValidator(_expires)] = timedelta(days=7)
+
+
+class CalendarFile(Strict):
+    campaigns: list[CampaignEntry] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique(self) -> CalendarFile:
+        seen: set[str] = set()
+        for c in self.campaigns:
+            if c.id in seen:
+                raise ValueError(f"duplicate campaign id {c.id}")
+            seen.add(c.id)
+        return self
 
 
 def load_calendar(path: Path = CALENDAR_FILE) -> Calendar:
     """Read and validate the calendar, raising DefinitionError listing every problem."""
-    if not path.exists():
+    raw = read_yaml(path, missing=None, empty={})
+    if raw is None:
         return Calendar()
-    raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    items = raw.get("campaigns") or []
-    problems: list[str] = []
-    if not isinstance(items, list):
-        raise DefinitionError([f"{path.name}: campaigns must be a list"])
-    campaigns: list[Campaign] = []
-    specs: list[RuleSpec] = []
-    for i, item in enumerate(items):
-        where = f"{path.name} campaigns[{i}]"
-        if not isinstance(item, dict):
-            problems.append(f"{where}: must be a mapping")
-            continue
-        cid = str(item.get("id", ""))
-        if not CAMPAIGN_ID.fullmatch(cid):
-            problems.append(f"{where}: id must be a lower-case word")
-        elif any(c.id == cid for c in campaigns):
-            problems.append(f"{where}: duplicate id {cid}")
-        at = parse_time(item.get("at"))
-        if at is None:
-            problems.append(f"{where}: at must be an RFC 3339 time")
-        if not EVENT.fullmatch(str(item.get("event", ""))):
-            problems.append(f"{where}: event must be an event type such as seasonal_window")
-        props = item.get("properties") or {}
-        if not isinstance(props, dict):
-            problems.append(f"{where}: properties must be a mapping")
-        audience = item.get("audience")
-        problems += [f"{where} audience: {p}" for p in validate_condition(audience)]
-        unknown = set(item) - {"id", "at", "event", "properties", "audience", "expires"}
-        if unknown:
-            problems.append(f"{where}: unknown keys {sorted(unknown)}")
-        try:
-            expires = parse_duration(item.get("expires", "7d"))
-        except (ValueError, TypeError):
-            problems.append(f"{where}: expires must be a duration such as 7d")
-            expires = timedelta(days=7)
-        if not problems and at is not None and isinstance(props, dict):
-            campaigns.append(Campaign(cid, at, str(item["event"]), dict(props), expires))
-            specs.append(RuleSpec(cid, audience))  # type: ignore[arg-type]
-    if problems:
-        raise DefinitionError(problems)
+    try:
+        checked = validate(CalendarFile, raw, where=path.name)
+    except DataFileError as exc:
+        raise DefinitionError(exc.problems) from None
+    campaigns = [Campaign(c.id, c.at, c.event, dict(c.properties), c.expires) for c in checked.campaigns]
+    specs = [RuleSpec(c.id, c.audience) for c in checked.campaigns]
     digest = hashlib.sha256(json.dumps([[s.name, s.when] for s in specs], sort_keys=True,
                                        default=str).encode()).hexdigest()[:12]
     return Calendar(tuple(campaigns), compile_rules(f"journeys.calendar.{digest}", specs) if specs else None)

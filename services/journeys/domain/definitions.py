@@ -33,10 +33,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-import yaml
+from pydantic import BeforeValidator, Field
 
+from nurture.datafiles import DataFileError, Strict, read_yaml
+from nurture.datafiles import validate as validate_file
 from nurture.rules import validate_condition
 
 PLAYBOOK_DIR = Path(__file__).parents[1] / "data" / "playbook"
@@ -60,12 +62,11 @@ _DURATION = re.compile(r"^([+-]?)(\d+)([smhdw])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
-class DefinitionError(Exception):
-    """A definition that cannot be used; `problems` lists every reason."""
+class DefinitionError(DataFileError):
+    """A definition (or a playbook file) that cannot be used; `problems` lists every reason."""
 
     def __init__(self, problems: list[str], journey: Journey | None = None) -> None:
-        super().__init__("; ".join(problems))
-        self.problems = problems
+        super().__init__(problems)
         self.journey = journey   # what could be built despite the problems (for the cross checks)
 
 
@@ -575,7 +576,10 @@ def read_playbook(directory: Path = PLAYBOOK_DIR) -> dict[str, dict[str, Any]]:
     for path in sorted(directory.glob("*.yaml")):
         if path.name.startswith("_"):
             continue
-        doc = yaml.safe_load(path.read_text())
+        try:
+            doc = read_yaml(path)
+        except DataFileError as exc:
+            raise DefinitionError([f"{path.name}: {p}" for p in exc.problems]) from exc
         if not isinstance(doc, dict) or "key" not in doc:
             raise DefinitionError([f"{path.name}: not a journey definition"])
         if doc["key"] != path.stem:
@@ -621,52 +625,89 @@ class GlobalExit:
     why: str = ""
 
 
+def _duration(value: Any) -> timedelta:
+    try:
+        return parse_duration(value)
+    except (ValueError, TypeError):
+        raise ValueError("must be a duration such as 1d, 12h or 30m") from None
+
+
+def _event_types(value: Any) -> Any:
+    if not isinstance(value, list) or not value or not all(isinstance(e, str) and e for e in value):
+        raise ValueError("must be a list of event types")
+    return value
+
+
+def _event_name(value: Any) -> Any:
+    if not isinstance(value, str) or not EVENT_NAME.fullmatch(value):
+        raise ValueError("must be an event type such as email_inactivity")
+    return value
+
+
+def _positive_days(value: Any) -> Any:
+    if not isinstance(value, list) or not value or not all(
+            isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in value):
+        raise ValueError("must be a list of positive whole days")
+    return value
+
+
+Duration = Annotated[timedelta, BeforeValidator(_duration)]
+EventTypes = Annotated[list[str], BeforeValidator(_event_types)]
+Days = Annotated[list[int], BeforeValidator(_positive_days)]
+EventName = Annotated[str, BeforeValidator(_event_name)]
+
+
+class BudgetEntry(Strict):
+    window: Duration = timedelta(days=1)
+    max: int = Field(default=2, ge=0)
+
+
+class ClockEntry(Strict):
+    event: EventName
+    days: Days
+    reset_by: EventTypes
+    starts_on: EventTypes
+
+
+class ExitEntry(Strict):
+    name: str = Field(min_length=1)
+    events: EventTypes
+    categories: list[str] = Field(default_factory=list)  # none named: the nurture journeys
+    keep: list[str] = Field(default_factory=list)
+    why: str = ""
+
+
+class SettingsFile(Strict):
+    """_settings.yaml (its comments say what each part means)."""
+
+    budget: BudgetEntry = BudgetEntry()
+    inactivity_days: Days = [14]
+    engagement_events: list[str] = Field(default_factory=list)
+    exits: list[ExitEntry] = Field(default_factory=list)
+    clocks: list[ClockEntry] = Field(default_factory=list)
+
+
 def read_settings(directory: Path = PLAYBOOK_DIR) -> PlaybookSettings:
+    """_settings.yaml, or the defaults without one; a DefinitionError listing every problem."""
     path = directory / "_settings.yaml"
-    if not path.exists():
+    raw = read_yaml(path, missing=None, empty={})
+    if raw is None:
         return PlaybookSettings()
-    raw = yaml.safe_load(path.read_text()) or {}
-    budget = raw.get("budget") or {}
+    try:
+        checked = validate_file(SettingsFile, raw, where=path.name)
+    except DataFileError as exc:
+        raise DefinitionError(exc.problems) from None
     return PlaybookSettings(
-        budget_window=parse_duration(budget.get("window", "1d")),
-        budget_max=int(budget.get("max", 2)),
-        inactivity_days=tuple(int(d) for d in raw.get("inactivity_days", [14])),
-        engagement_events=frozenset(raw.get("engagement_events", [])),
-        exits=tuple(_global_exit(x) for x in raw.get("exits") or []),
-        clocks=tuple(_clock(x) for x in raw.get("clocks") or []),
+        budget_window=checked.budget.window,
+        budget_max=checked.budget.max,
+        inactivity_days=tuple(checked.inactivity_days),
+        engagement_events=frozenset(checked.engagement_events),
+        exits=tuple(GlobalExit(name=x.name, events=frozenset(x.events),
+                               categories=frozenset(x.categories or ["nurture"]), keep=frozenset(x.keep), why=x.why)
+                    for x in checked.exits),
+        clocks=tuple(Clock(event=c.event, days=tuple(sorted(c.days)), reset_by=frozenset(c.reset_by),
+                           starts_on=frozenset(c.starts_on)) for c in checked.clocks),
     )
-
-
-def _clock(raw: Any) -> Clock:
-    problems: list[str] = []
-    if not isinstance(raw, dict) or not EVENT_NAME.fullmatch(str(raw.get("event", ""))):
-        raise DefinitionError([f"_settings.yaml clocks: each needs an event name, got {raw!r}"])
-    days = raw.get("days")
-    if not isinstance(days, list) or not days or not all(isinstance(d, int) and d > 0 for d in days):
-        problems.append(f"_settings.yaml clocks.{raw['event']}: days must be a list of positive whole days")
-    for name in ("reset_by", "starts_on"):
-        if not isinstance(raw.get(name), list) or not raw[name]:
-            problems.append(f"_settings.yaml clocks.{raw['event']}: {name} must be a list of event types")
-    unknown = set(raw) - {"event", "days", "reset_by", "starts_on"}
-    if unknown:
-        problems.append(f"_settings.yaml clocks.{raw['event']}: unknown keys {sorted(unknown)}")
-    if problems or not isinstance(days, list):
-        raise DefinitionError(problems)
-    return Clock(event=str(raw["event"]), days=tuple(sorted(int(d) for d in days)),
-                 reset_by=frozenset(str(e) for e in raw["reset_by"]),
-                 starts_on=frozenset(str(e) for e in raw["starts_on"]))
-
-
-def _global_exit(raw: Any) -> GlobalExit:
-    if not isinstance(raw, dict) or not raw.get("name") or not isinstance(raw.get("events"), list) \
-            or not raw["events"]:
-        raise DefinitionError([f"_settings.yaml exits: each needs a name and a list of events, got {raw!r}"])
-    unknown = set(raw) - {"name", "events", "categories", "keep", "why"}
-    if unknown:
-        raise DefinitionError([f"_settings.yaml exits.{raw['name']}: unknown keys {sorted(unknown)}"])
-    return GlobalExit(name=str(raw["name"]), events=frozenset(str(e) for e in raw["events"]),
-                      categories=frozenset(str(c) for c in raw.get("categories") or ["nurture"]),
-                      keep=frozenset(str(k) for k in raw.get("keep") or []), why=str(raw.get("why", "")))
 
 
 def load_playbook(directory: Path = PLAYBOOK_DIR) -> dict[str, Journey]:

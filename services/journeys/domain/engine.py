@@ -14,11 +14,13 @@ nurture sends share one frequency budget per lead (transactional sends skip it).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
+from nurture.busmessage import BusMessage
 from services.journeys.domain import rulesets
 from services.journeys.domain.definitions import (
     CLOCK_PREFIX,
@@ -94,12 +96,12 @@ class Engine:
 
     # -- facts ------------------------------------------------------------------------------------
 
-    def facts(self, state: LeadState, event: Mapping[str, Any], e: Enrollment | None = None,
+    def facts(self, state: LeadState, event: BusMessage, e: Enrollment | None = None,
               now: datetime | None = None) -> dict[str, Any]:
         facts: dict[str, Any] = {
             "lead": state.lead,
-            "event": {"type": event.get("type"), "properties": event.get("properties") or {}},
-            "signals": list(event.get("signals") or []),
+            "event": {"type": event.type, "properties": event.properties},
+            "signals": list(event.signals),
             # The lead's other live journeys (key → active | paused), so a definition can coordinate
             # with them as data, e.g. not send a second welcome when another journey sends one.
             "journeys": {x.journey: x.status for x in state.enrollments.values() if x.status in LIVE},
@@ -115,12 +117,14 @@ class Engine:
 
     # -- messages ---------------------------------------------------------------------------------
 
-    def on_message(self, state: LeadState, message: Mapping[str, Any], now: datetime) -> Outcome:
-        """Apply one bus message (or a synthetic one, e.g. inactivity) to a lead's journeys."""
+    def on_message(self, state: LeadState, message: BusMessage, now: datetime) -> Outcome:
+        """Apply one bus message (or a synthetic one, e.g. inactivity, which carries no snapshot: the
+        lead is as the state holds it) to a lead's journeys."""
         out = Outcome()
-        etype = str(message.get("type", ""))
-        if isinstance(message.get("lead"), Mapping) and message["lead"]:
-            state.lead = dict(message["lead"])
+        etype = message.type
+        if message.lead is not None:
+            # Kept as its JSON object: the state is stored as JSON and the lead is the rules' facts.
+            state.lead = message.lead.as_dict()
         if etype == "lead_erased":
             for e in state.enrollments.values():
                 if e.status in LIVE:
@@ -134,14 +138,14 @@ class Engine:
             self._engaged(state, message, now, out)
         elif state.last_engagement is None and etype != "inactivity":
             # The inactivity clock starts at the first thing we hear about the lead.
-            state.last_engagement = min(parse_time(message.get("occurred_at")) or now, now)
+            state.last_engagement = min(parse_time(message.occurred_at) or now, now)
             self._arm_inactivity(state, now, out)
         consent_off = (state.lead.get("consent") or {}).get("email") is False
         if etype in OPT_OUT_EVENTS or consent_off:
             reason = etype if etype in OPT_OUT_EVENTS else "no_consent"
             # An unsubscribe names what it stops (messaging's scope): from reminders only, the
             # nurture journeys go on; from everything, the transactional ones end too.
-            scope = (message.get("properties") or {}).get("scope") if etype == "unsubscribed" else None
+            scope = message.properties.get("scope") if etype == "unsubscribed" else None
             stopped = {"transactional": {"transactional"}, "all": {"nurture", "transactional"}}.get(
                 str(scope), {"nurture"})
             for e in list(state.enrollments.values()):
@@ -180,13 +184,13 @@ class Engine:
                 self._on_enrolled(state, e, message, now, out)
         return out
 
-    def _engaged(self, state: LeadState, message: Mapping[str, Any], now: datetime, out: Outcome) -> None:
-        at = min(parse_time(message.get("occurred_at")) or now, now)
+    def _engaged(self, state: LeadState, message: BusMessage, now: datetime, out: Outcome) -> None:
+        at = min(parse_time(message.occurred_at) or now, now)
         state.last_engagement = max(at, state.last_engagement) if state.last_engagement else at
         state.inactive_step = 0
         self._arm_inactivity(state, now, out)
-        if message.get("type") in ("email_opened", "email_clicked"):
-            props = message.get("properties") or {}
+        if message.type in ("email_opened", "email_clicked"):
+            props = message.properties
             journey = props.get("journey")
             # journey.engaged counts emails opened or clicked (the seed's "3+ emails"), not
             # interactions: the open and the click of one email, or its second open, count once.
@@ -210,14 +214,14 @@ class Engine:
         state.inactive_token += 1
         out.inactivity_changed = True
 
-    def _tick_clocks(self, state: LeadState, message: Mapping[str, Any], etype: str, now: datetime,
+    def _tick_clocks(self, state: LeadState, message: BusMessage, etype: str, now: datetime,
                      out: Outcome) -> None:
         """Quiet-period clocks (_settings.yaml `clocks`): a `reset_by` event restarts one; a `starts_on`
         event starts one that is not running yet (the first email sent starts "no opens")."""
         for clock in self.settings.clocks:
             entry = state.dates.get(clock.key)
             if etype in clock.reset_by or (etype in clock.starts_on and entry is None):
-                since = min(parse_time(message.get("occurred_at")) or now, now)
+                since = min(parse_time(message.occurred_at) or now, now)
                 if entry is not None and parse_time(entry.get("since")) == since and entry.get("step") == 0:
                     continue  # the same moment again (a redelivered message)
                 state.dates[clock.key] = {"at": iso(since + timedelta(days=clock.days[0])), "since": iso(since),
@@ -242,8 +246,8 @@ class Engine:
         else:
             entry["fired"] = True
         days = int((now - since).total_seconds() // 86400)
-        message = {"id": f"{clock.event}:{state.lead_id}:{iso(now)}", "type": clock.event,
-                   "properties": {"days": days, "since": iso(since)}, "lead": state.lead}
+        message = _synthetic(state, clock.event, {"days": days, "since": iso(since)},
+                             f"{clock.event}:{state.lead_id}:{iso(now)}")
         out.extend(self.on_message(state, message, now))
         return out
 
@@ -278,9 +282,9 @@ class Engine:
             return Outcome()
         entry["fired"] = True
         journey, rule = key.split(".", 1)
-        message = {"id": f"date:{state.lead_id}:{key}:{token}", "type": "date_reached",
-                   "properties": {"date_rule": key, "journey": journey, "rule": rule, "at": entry.get("at")},
-                   "lead": state.lead}
+        message = _synthetic(state, "date_reached",
+                             {"date_rule": key, "journey": journey, "rule": rule, "at": entry.get("at")},
+                             f"date:{state.lead_id}:{key}:{token}")
         return self.on_message(state, message, now)
 
     def inactivity_due(self, state: LeadState, token: int, now: datetime) -> Outcome:
@@ -292,16 +296,16 @@ class Engine:
         state.inactive_step += 1
         out = Outcome()
         self._arm_inactivity(state, now, out)
-        message = {"id": f"inactivity:{state.lead_id}:{iso(now)}", "type": "inactivity",
-                   "properties": {"days": days, "since": iso(state.last_engagement)}, "lead": state.lead}
+        message = _synthetic(state, "inactivity", {"days": days, "since": iso(state.last_engagement)},
+                             f"inactivity:{state.lead_id}:{iso(now)}")
         out.extend(self.on_message(state, message, now))
         return out
 
-    def _on_enrolled(self, state: LeadState, e: Enrollment, message: Mapping[str, Any], now: datetime,
+    def _on_enrolled(self, state: LeadState, e: Enrollment, message: BusMessage, now: datetime,
                      out: Outcome) -> None:
         j = self.journey(e.journey, e.version)
-        etype = str(message.get("type"))
-        props = message.get("properties") or {}
+        etype = message.type
+        props = message.properties
         if j.entity and props.get(j.entity) is not None and str(props.get(j.entity)) != e.instance:
             return  # an event about another webinar/trial/cart
         facts = self.facts(state, message, e, now)
@@ -368,7 +372,7 @@ class Engine:
         if "enrol" in act:
             other = self._published_journey(str(act["enrol"]))
             if other is not None:
-                self._enter(state, other, {"type": etype, "properties": {}}, now, out,
+                self._enter(state, other, _synthetic(state, etype), now, out,
                             reason=f"enrolled by {j.key} rule {rule.name}: {why}", rule=rule.name, facts=read)
         if "exit" in act:
             for live in list(state.enrollments.values()):
@@ -408,14 +412,14 @@ class Engine:
 
     # -- entering and finishing -------------------------------------------------------------------
 
-    def _maybe_enter(self, state: LeadState, j: Journey, message: Mapping[str, Any], now: datetime,
+    def _maybe_enter(self, state: LeadState, j: Journey, message: BusMessage, now: datetime,
                      out: Outcome) -> None:
         if not j.entry:
             return
-        etype = str(message.get("type"))
+        etype = message.type
         instance = ""
         if j.entity:
-            value = (message.get("properties") or {}).get(j.entity)
+            value = message.properties.get(j.entity)
             if value is None:
                 return
             instance = str(value)
@@ -454,12 +458,12 @@ class Engine:
             return ended is not None and now - ended >= j.reentry_after
         return False
 
-    def _entry_expired(self, state: LeadState, j: Journey, message: Mapping[str, Any], ekey: str, now: datetime,
+    def _entry_expired(self, state: LeadState, j: Journey, message: BusMessage, ekey: str, now: datetime,
                        out: Outcome, *, rule: str) -> bool:
         """`enter_until`: an entry whose moment has passed (a webinar that ended long ago) is refused,
         with the reason on the lead's timeline."""
         spec = j.enter_until or {}
-        props = message.get("properties") or {}
+        props = message.properties
         anchors = {name: str(props[prop]) for name, prop in j.anchors.items() if props.get(prop) is not None}
         probe = Enrollment(ekey=ekey, journey=j.key, version=j.version, instance="", entry=0, status=EXITED,
                            step=None, stage=None, due=None, entered_at=now, stage_at=now, anchors=anchors)
@@ -467,7 +471,7 @@ class Engine:
         if deadline is None or now <= deadline:
             return False
         self._record(out, state, probe, now, "skipped",
-                     f"not entered: {message.get('type')} matched rule {rule} but its enter_until "
+                     f"not entered: {message.type} matched rule {rule} but its enter_until "
                      f"{_spec_text(spec)} ({iso(deadline)}) has passed", rule=rule,
                      facts={"enter_until": iso(deadline), **anchors})
         return True
@@ -486,14 +490,14 @@ class Engine:
             "due": iso(due), "waiting": e.waiting if e.waiting != "budget" else None, "withdrawn": consent_off,
             "reason": reason, "scope": scope}
 
-    def _resume_resubscribed(self, state: LeadState, journeys: Sequence[Journey], message: Mapping[str, Any],
+    def _resume_resubscribed(self, state: LeadState, journeys: Sequence[Journey], message: BusMessage,
                              now: datetime, out: Outcome) -> None:
         """Messaging lifted the address's unsubscribes (`properties.scopes`): the enrolments those
         unsubscribes stopped resume, when the lead still meets the journey's entry as a profile change
         would test it (a lead who left the segment meanwhile is not sent its mail)."""
-        lifted = {str(x) for x in (message.get("properties") or {}).get("scopes") or []}
-        probe = {**message, "type": "lead_updated",
-                 "properties": {"changed": ["consent"], "source": RESUBSCRIBED}}
+        lifted = {str(x) for x in message.properties.get("scopes") or []}
+        probe = dataclasses.replace(message, type="lead_updated",
+                                    properties={"changed": ["consent"], "source": RESUBSCRIBED})
         for j in journeys:
             held = (state.history.get(j.key) or {}).get("consent_exit")
             current = state.enrollments.get(j.key)
@@ -527,7 +531,7 @@ class Engine:
         if any(self._pauser_of(state, other, e) for other in state.enrollments.values()):
             self._pause(state, e, now, out, by=None)
 
-    def _enter(self, state: LeadState, j: Journey, message: Mapping[str, Any], now: datetime, out: Outcome, *,
+    def _enter(self, state: LeadState, j: Journey, message: BusMessage, now: datetime, out: Outcome, *,
                reason: str, instance: str = "", rule: str | None = None,
                facts: Mapping[str, Any] | None = None) -> Enrollment | None:
         ekey = f"{j.key}#{instance}" if instance else j.key
@@ -536,7 +540,7 @@ class Engine:
             return None
         if not self._may_reenter(state, j, ekey, now):
             return None
-        props = message.get("properties") or {}
+        props = message.properties
         past = state.history.setdefault(ekey, {"entries": 0})
         past["entries"] = int(past.get("entries", 0)) + 1
         past.pop("consent_exit", None)  # a new entry: nothing left to resume
@@ -794,7 +798,7 @@ class Engine:
             return
         self._run(state, j, e, s, now, out)
         if s.type == "branch":
-            facts = self.facts(state, {"type": "branch", "properties": {}}, e, now)
+            facts = self.facts(state, _synthetic(state, "branch"), e, now)
             match = rulesets.branch(j, s.id, s.get("rules") or [], facts)
             target = str(match.meta["next"]) if match else str(s.get("default"))
             if match:
@@ -832,7 +836,7 @@ class Engine:
         elif s.type == "enrol":
             other = self._published_journey(str(s.get("journey")))
             if other is not None:
-                self._enter(state, other, {"type": "enrol", "properties": {}}, now, out,
+                self._enter(state, other, _synthetic(state, "enrol"), now, out,
                             reason=f"enrolled by {j.key} step {s.id}")
             self._move(e, s.next, now, out)
         elif s.type == "exit":
@@ -897,6 +901,13 @@ class Engine:
             lead_id=lead_id or (state.lead_id if state else ""), ekey=e.ekey, journey=e.journey, version=e.version,
             at=now, type=kind, summary=f"{e.journey}: {summary}", step_from=step_from, step_to=step_to,
             stage=stage or e.stage, rule=rule, facts=dict(facts or {})))
+
+
+def _synthetic(state: LeadState, etype: str, properties: dict[str, Any] | None = None,
+               message_id: str = "") -> BusMessage:
+    """An event the engine posts to itself (a timer ran out, a rule enrols), shaped as a bus message so
+    that one path handles both. It carries no snapshot: the lead is as the state holds it."""
+    return BusMessage(id=message_id, lead_id=state.lead_id, type=etype, properties=properties or {})
 
 
 def _hours(delta: timedelta) -> str:

@@ -18,8 +18,10 @@ from types import ModuleType
 from typing import Any
 
 import grpc
-import yaml
+from pydantic import Field
 
+from nurture.busmessage import BusMessage
+from nurture.datafiles import Strict, load
 from nurture.rpc import DEADLINE_S
 from nurture.rules import CompiledRules, RuleSpec, compile_rules
 from services.messaging.app.delivery import Delivery
@@ -32,15 +34,24 @@ log = logging.getLogger(__name__)
 AUDIENCES_FILE = Path(__file__).parents[1] / "data" / "audiences.yaml"
 
 
+class SuppressionRule(Strict):
+    name: str = Field(min_length=1)
+    when: dict[str, Any]
+    why: str = ""
+
+
+class AudiencesFile(Strict):
+    """audiences.yaml: a version (a rule change needs a new one) and the ad-suppression rules."""
+
+    version: int
+    ad_suppression: list[SuppressionRule]
+
+
 def load_ad_suppression(path: Path = AUDIENCES_FILE) -> CompiledRules:
     """audiences.yaml's ad-suppression rules, compiled once per version."""
-    raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    rules = raw.get("ad_suppression")
-    if not isinstance(raw.get("version"), int) or not isinstance(rules, list) or not all(
-            isinstance(r, dict) and r.get("name") and isinstance(r.get("when"), dict) for r in rules):
-        raise ValueError(f"{path}: needs an integer version and ad_suppression rules with a name and a when")
-    return compile_rules(f"messaging.ad_suppression.v{raw['version']}", [
-        RuleSpec(str(r["name"]), r["when"], {"why": str(r.get("why", ""))}) for r in rules])
+    raw = load(AudiencesFile, path)
+    return compile_rules(f"messaging.ad_suppression.v{raw.version}", [
+        RuleSpec(r.name, r.when, {"why": r.why}) for r in raw.ad_suppression])
 
 
 _AD_SUPPRESSION: CompiledRules | None = None
@@ -48,22 +59,26 @@ PERSONALIZATION_FILE = Path(__file__).parents[1] / "data" / "personalization.yam
 _PERSONALIZATION: dict[str, Any] | None = None
 
 
+class Placement(Strict):
+    journey: str = Field(min_length=1)  # `{segment}` stands for the lead's segment journey
+    stage: str = ""
+
+
+class PersonalizationFile(Strict):
+    """personalization.yaml: by_topic maps a topic to a template key, by_lifecycle a stage to placements."""
+
+    by_topic: dict[str, str] = Field(default_factory=dict)
+    by_lifecycle: dict[str, list[Placement]] = Field(default_factory=dict)
+
+
 def personalization_rules(path: Path | None = None) -> dict[str, Any]:
-    """personalization.yaml, checked: by_topic maps a topic to a template key, by_lifecycle a stage to
-    [{journey, stage}]. Read once (and at start-up, so a bad file fails the start)."""
+    """personalization.yaml, checked, as {"by_topic": {topic: key}, "by_lifecycle": {stage: [{journey,
+    stage}]}}. Read once (and at start-up, so a bad file fails the start)."""
     global _PERSONALIZATION
     if _PERSONALIZATION is not None and path is None:
         return _PERSONALIZATION
-    source = path or PERSONALIZATION_FILE
-    raw = yaml.safe_load(source.read_text(encoding="utf-8")) or {}
-    topics, stages = raw.get("by_topic") or {}, raw.get("by_lifecycle") or {}
-    if not isinstance(topics, dict) or not all(isinstance(v, str) for v in topics.values()) or \
-            not isinstance(stages, dict) or not all(
-                isinstance(v, list) and all(isinstance(p, dict) and p.get("journey") for p in v)
-                for v in stages.values()):
-        raise ValueError(f"{source}: by_topic maps topics to template keys; by_lifecycle maps stages to "
-                         "lists of {journey, stage}")
-    rules = {"by_topic": {str(k): v for k, v in topics.items()}, "by_lifecycle": {str(k): v for k, v in stages.items()}}
+    raw = load(PersonalizationFile, path or PERSONALIZATION_FILE)
+    rules = raw.model_dump()
     if path is None:
         _PERSONALIZATION = rules
     return rules
@@ -195,33 +210,33 @@ class Channels:
         return UnsubscribeResult(token.lead_id, scope, category, journey, not new)
 
     # --- the bus --------------------------------------------------------------------------------------
-    async def handle_bus(self, messages: list[dict[str, Any]]) -> None:
+    async def handle_bus(self, messages: list[BusMessage]) -> None:
         """Suppression, consent records and ad exclusions from events that arrived anywhere."""
         e = self.engine
-        ids = [str(m.get("id")) for m in messages if m.get("id")]
+        ids = [m.id for m in messages if m.id]
         fresh = await e.db.run(e.store.unseen, ids) if ids else set()
         consent: list[tuple[str, str, bool, str, datetime, dict[str, Any]]] = []
         now = e.clock.now()
         for m in messages:
-            if str(m.get("id")) not in fresh:
+            if m.id not in fresh:
                 continue
-            lead = m.get("lead") or {}
-            lead_id = str(m.get("lead_id") or lead.get("id") or "")
-            props = m.get("properties") or {}
-            etype = m.get("type")
-            address = lead.get("email") or ""
+            lead = m.lead
+            lead_id = m.lead_id or (lead.id if lead is not None else "")
+            props = m.properties
+            etype = m.type
+            address = (lead.email if lead is not None else None) or ""
             ehash = email_hash(address) if address else ""
-            at = _parse(m.get("occurred_at")) or now
+            at = _parse(m.occurred_at) or now
             if etype == "unsubscribed" and ehash:
                 scope = props.get("scope") if props.get("scope") in SCOPES else "nurture"
                 await e.db.run(e.store.add_suppression, ehash, scope, "unsubscribed", "bus", at)
             changed = props.get("changed") or []
             consent_back = (etype == "subscribed" and props.get("channel") == "email") or (
                 etype == "lead_updated" and "consent" in changed
-                and isinstance(lead.get("consent"), dict) and lead["consent"].get("email") is True)
+                and lead is not None and lead.consent.get("email") is True)
             if consent_back and ehash and lead_id:
                 # Subscribing to email again (or consent given again) undoes the unsubscribes.
-                await e.db.run(e.store.lift_unsubscribes, ehash, lead_id, str(m.get("id")), at)
+                await e.db.run(e.store.lift_unsubscribes, ehash, lead_id, m.id, at)
             if etype == "spam_reported" and ehash:
                 await e.db.run(e.store.add_suppression, ehash, "all", "spam_report", "bus", at)
             hard = etype == "email_hard_bounced" or (
@@ -230,15 +245,16 @@ class Channels:
                 await e.db.run(e.store.add_suppression, ehash, "all", "hard_bounce", "bus", at)
             if etype == "lead_erased" and lead_id:
                 await e.db.run(e.store.erase, lead_id, ehash, at)
-            rule = ad_suppression_for(lead, etype, props, m.get("signals") or []) if lead_id else None
+            rule = ad_suppression_for(lead.as_dict() if lead is not None else {}, etype, props,
+                                      list(m.signals)) if lead_id else None
             if rule is not None:
                 await e.db.run(e.store.ad_suppress, lead_id, rule, at, True, ehash)
-            if lead_id and isinstance(lead.get("consent"), dict) and (
+            if lead_id and lead is not None and (
                     etype == "lead_created" or (etype == "lead_updated" and "consent" in changed)
                     or etype in ("unsubscribed", "spam_reported", "email_hard_bounced", "subscribed")):
-                for channel, granted in lead["consent"].items():
+                for channel, granted in lead.consent.items():
                     consent.append((lead_id, str(channel), bool(granted), f"bus:{etype}:{props.get('source', '')}",
-                                    at, {"bus_id": m.get("id")}))
+                                    at, {"bus_id": m.id}))
         if consent:
             await e.db.run(e.store.record_consent, consent)
         if fresh:

@@ -15,13 +15,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
 
-import yaml
 from jinja2 import StrictUndefined, TemplateError, select_autoescape
 from jinja2.sandbox import ImmutableSandboxedEnvironment
+from pydantic import BeforeValidator, Field, model_validator
+
+from nurture.datafiles import Strict, load
 
 TEMPLATES_DIR = Path(__file__).parents[1] / "data" / "templates"
 
@@ -168,6 +170,80 @@ def profile_context(lead: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def _text(value: Any) -> Any:
+    # A point written `- Label: text` is a YAML mapping, not a sentence: refused at load time (it
+    # rendered as "{'Label': 'text'}" in the email).
+    if not isinstance(value, str):
+        raise ValueError(f"must be text (quote a point containing ': '), got {value!r}")
+    return value
+
+
+Text = Annotated[str, BeforeValidator(_text)]
+
+
+class CtaEntry(Strict):
+    label: str = "Learn more"
+    path: str = "/"
+    context: str = ""          # a send-context value that, when given, is the address (e.g. join_url)
+    lead_attribute: str = ""   # a lead attribute that, when it is a web address, is the address
+
+
+class TemplateEntry(Strict):
+    subject: Text
+    points: list[Text] = Field(default_factory=list)
+    channel: str = "email"
+    category: str = "nurture"
+    stage: str = ""
+    cta: CtaEntry = CtaEntry()
+    variants: dict[str, dict[str, Any]] = Field(default_factory=dict)  # name: overrides (subject, intro, weight)
+    speaks_for: str = ""
+    topic: str = ""   # "": the journey's topic (content.topics)
+    format: str = ""  # "": content.default_format
+
+
+class ContentEntry(Strict):
+    """What analytics groups content by: each journey's topic, the formats a template may name."""
+
+    default_format: str = "newsletter"
+    formats: list[str] = Field(default_factory=list)
+    topics: dict[str, str] = Field(default_factory=dict)
+
+
+class SenderEntry(Strict):
+    name: str = "BorderBridge"
+    address: str = "hello@borderbridge.example"
+
+
+class SegmentEntry(Strict):
+    label: str = ""
+    intro: str = ""
+
+
+class JourneyEntry(Strict):
+    extra: str = ""
+
+
+class CatalogFile(Strict):
+    """templates/catalog.yaml's shape: one entry per template key (`<journey>.<step>`)."""
+
+    site_url: str = "https://www.borderbridge.example"
+    sender: SenderEntry = SenderEntry()
+    segments: dict[str, SegmentEntry] = Field(default_factory=dict)
+    journeys: dict[str, JourneyEntry] = Field(default_factory=dict)
+    content: ContentEntry = ContentEntry()
+    templates: dict[str, TemplateEntry] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _known_formats(self) -> CatalogFile:
+        """A template's format (or the default) must be one of content.formats, when they are listed."""
+        allowed = self.content.formats
+        wrong = [f"{key}: format {t.format or self.content.default_format!r}" for key, t in self.templates.items()
+                 if allowed and (t.format or self.content.default_format) not in allowed]
+        if wrong:
+            raise ValueError(f"not one of content.formats: {'; '.join(wrong)}")
+        return self
+
+
 class _Constant:
     """A template source without any Jinja2 syntax: renders to itself, as Jinja2 would (one trailing
     newline dropped, keep_trailing_newline being off)."""
@@ -183,37 +259,20 @@ class Catalog:
     """Loaded templates, compiled once; `render` is safe to call from many threads."""
 
     def __init__(self, path: Path = TEMPLATES_DIR / "catalog.yaml") -> None:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        self.site_url: str = str(data.get("site_url", "https://www.borderbridge.example")).rstrip("/")
-        sender = data.get("sender") or {}
-        self.sender_name = str(sender.get("name", "BorderBridge"))
-        self.sender_address = str(sender.get("address", "hello@borderbridge.example"))
+        data = load(CatalogFile, path)
+        self.site_url: str = data.site_url.rstrip("/")
+        self.sender_name = data.sender.name
+        self.sender_address = data.sender.address
         self.specs: dict[str, TemplateSpec] = {}
-        content = data.get("content") or {}
-        formats = [str(f) for f in content.get("formats") or []]
-        topics = {str(k): str(v) for k, v in (content.get("topics") or {}).items()}
-        for key, raw in (data.get("templates") or {}).items():
+        for key, raw in data.templates.items():
             journey, _, step = key.partition(".")
-            fmt = str(raw.get("format") or content.get("default_format") or "")
-            if formats and fmt not in formats:
-                raise ValueError(f"{path}: template {key}: format {fmt!r} is not one of content.formats")
-            cta = raw.get("cta") or {}
-            # A point written `- Label: text` is a YAML mapping, not a sentence: refuse it at load time
-            # (it rendered as "{'Label': 'text'}" in the email).
-            bad = [p for p in raw.get("points", []) if not isinstance(p, str)]
-            if bad or not isinstance(raw.get("subject"), str):
-                raise ValueError(f"{path}: template {key}: subject and every point must be text (quote a "
-                                 f"point containing ': '), got {bad or raw.get('subject')!r}")
             self.specs[key] = TemplateSpec(
-                key=key, journey=journey, step=step, channel=str(raw.get("channel", "email")),
-                category=str(raw.get("category", "nurture")), stage=str(raw.get("stage") or ""),
-                subject=str(raw["subject"]),
-                points=tuple(str(p) for p in raw.get("points", [])), cta_label=str(cta.get("label", "Learn more")),
-                cta_path=str(cta.get("path", "/")), variants=dict(raw.get("variants") or {}),
-                cta_context=str(cta.get("context") or ""),
-                speaks_for=str(raw.get("speaks_for") or ""),
-                cta_lead_attribute=str(cta.get("lead_attribute") or ""),
-                topic=str(raw.get("topic") or topics.get(journey, "")), format=fmt,
+                key=key, journey=journey, step=step, channel=raw.channel, category=raw.category, stage=raw.stage,
+                subject=raw.subject, points=tuple(raw.points), cta_label=raw.cta.label, cta_path=raw.cta.path,
+                variants=raw.variants, cta_context=raw.cta.context, speaks_for=raw.speaks_for,
+                cta_lead_attribute=raw.cta.lead_attribute,
+                topic=raw.topic or data.content.topics.get(journey, ""),
+                format=raw.format or data.content.default_format,
             )
         self._text_env = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
         self._html_env = ImmutableSandboxedEnvironment(
@@ -223,10 +282,9 @@ class Catalog:
         self._html_layout = self._html_env.from_string(layouts["layout.html.j2"])
         self._text_layout = self._text_env.from_string(layouts["layout.txt.j2"])
         self._segments: dict[str, dict[str, Any]] = {
-            str(k): {"label": str(v.get("label", "")), "intro": self._text_env.from_string(str(v.get("intro", "")))}
-            for k, v in (data.get("segments") or {}).items()}
-        self._journeys = {str(k): self._text_env.from_string(str(v.get("extra", "")))
-                          for k, v in (data.get("journeys") or {}).items()}
+            k: {"label": v.label, "intro": self._text_env.from_string(v.intro)}
+            for k, v in data.segments.items()}
+        self._journeys = {k: self._text_env.from_string(v.extra) for k, v in data.journeys.items()}
         self._compiled: dict[str, Any] = {}
 
     def keys(self) -> list[str]:

@@ -10,13 +10,14 @@ are data: `policy.yaml` beside this module, read at start-up (`load_policy`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from datetime import datetime, time, timedelta
 from pathlib import Path
-from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import yaml
+from pydantic import model_validator
+
+from nurture.datafiles import DataFileError, Seconds, Strict, TimeOfDay, WholeAtLeast1, read_yaml, validate
 
 
 @dataclass(frozen=True)
@@ -35,46 +36,39 @@ DEFAULT_POLICY = Policy()
 POLICY_FILE = Path(__file__).parents[1] / "data" / "policy.yaml"
 
 
-class PolicyError(ValueError):
-    """A policy file that cannot be used; the message lists every problem."""
+class PolicyFile(Strict):
+    """policy.yaml: each key one of Policy's fields; what the file leaves out keeps its default."""
+
+    window_start: TimeOfDay = DEFAULT_POLICY.window_start
+    window_end: TimeOfDay = DEFAULT_POLICY.window_end
+    cap_per_day: WholeAtLeast1 = DEFAULT_POLICY.cap_per_day
+    cap_per_week: WholeAtLeast1 = DEFAULT_POLICY.cap_per_week
+    min_gap_s: Seconds = DEFAULT_POLICY.min_gap_s
+    max_attempts: WholeAtLeast1 = DEFAULT_POLICY.max_attempts
+    backoff_base_s: Seconds = DEFAULT_POLICY.backoff_base_s
+    backoff_max_s: Seconds = DEFAULT_POLICY.backoff_max_s
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PolicyFile:
+        problems = []
+        if self.window_start >= self.window_end:
+            problems.append("window_start must be before window_end")
+        if self.cap_per_week < self.cap_per_day:
+            problems.append("cap_per_week must be at least cap_per_day")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
 
 def load_policy(path: Path = POLICY_FILE) -> Policy:
-    """The delivery policy from its YAML file (keys as Policy's fields; times as "HH:MM")."""
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise PolicyError(f"{path}: {exc}") from exc
+    """The delivery policy from its YAML file (keys as Policy's fields; times as "HH:MM"); a
+    DataFileError naming the file and listing every problem when it cannot be used."""
+    raw = read_yaml(path, empty={})
     if not isinstance(raw, dict):
-        raise PolicyError(f"{path}: must be a mapping of policy settings")
-    known = {f.name: f for f in fields(Policy)}
-    problems = [f"{key}: not a policy setting (known: {', '.join(known)})" for key in raw if key not in known]
-    values: dict[str, Any] = {}
-    for key, value in raw.items():
-        if key not in known:
-            continue
-        if key in ("window_start", "window_end"):
-            try:
-                values[key] = time.fromisoformat(str(value))
-            except ValueError:
-                problems.append(f"{key}: {value!r} is not a time of day (HH:MM)")
-        elif key in ("cap_per_day", "cap_per_week", "max_attempts"):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                problems.append(f"{key}: must be a whole number of at least 1")
-            else:
-                values[key] = value
-        elif isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-            problems.append(f"{key}: must be a number of seconds, 0 or more")
-        else:
-            values[key] = float(value)
-    policy = replace(DEFAULT_POLICY, **values)
-    if policy.window_start >= policy.window_end:
-        problems.append("window_start must be before window_end")
-    if policy.cap_per_week < policy.cap_per_day:
-        problems.append("cap_per_week must be at least cap_per_day")
-    if problems:
-        raise PolicyError(f"{path}: " + "; ".join(problems))
-    return policy
+        raise DataFileError(["must be a mapping of policy settings"], path)
+    known = ", ".join(f.name for f in fields(Policy))
+    checked = validate(PolicyFile, raw, path, unknown=f"not a policy setting (known: {known})")
+    return Policy(**checked.model_dump())
 
 
 def zone_of(name: str | None) -> ZoneInfo:

@@ -13,6 +13,7 @@ from opentelemetry import trace
 from sqlalchemy import Connection
 
 from nurture import jsoncodec
+from nurture.busmessage import BusMessage
 from nurture.clock import Clock
 from nurture.db import Database
 from services.scoring import storage as st
@@ -55,7 +56,8 @@ class Ingest(CoreBase):
             touched: set[str] = set()
             event_rows: list[tuple[Any, ...]] = []
             change_rows: list[tuple[Any, ...]] = []
-            caused_messages: list[dict[str, Any]] = []
+            caused_messages: list[BusMessage] = []
+            caused_traces: list[str | None] = []  # the W3C traceparent each message's event came with
             for i, ev in enumerate(batch):
                 if results[i] is not None:
                     continue
@@ -93,17 +95,15 @@ class Ingest(CoreBase):
                                         self.model.version))
                 caused = messages.event_messages(lead, ev, event_id, occurred, outcome, old_score, old_stage,
                                                   old_segment)
-                if ev.trace:
-                    for message in caused:
-                        message["_trace"] = ev.trace
                 caused_messages.extend(caused)
+                caused_traces.extend([ev.trace] * len(caused))
                 results[i] = EventResult(event_id=event_id)
             if event_rows:
                 st.insert_events(self._writes, s, event_rows)
             if change_rows:
                 st.insert_score_changes(self._writes, s, change_rows)
             self._save_all(s, [rows[lead_id] for lead_id in sorted(touched)], now)
-            written = st.insert_outbox(self._writes, s, caused_messages)
+            written = st.insert_outbox(self._writes, s, caused_messages, caused_traces)
         return [r or EventResult(error_code="internal", error_message="not processed") for r in results], written
 
     def _save_all(self, s: Connection, touched: list[dict[str, Any]], now: datetime) -> None:

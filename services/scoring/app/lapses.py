@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import datetime, timedelta
 
 from services.scoring import storage as st
@@ -30,9 +31,8 @@ class Lapses(CoreBase):
                 days = (due - last).days
                 old = int(lead["score"])
                 new = decayed_score(old, decay)
-                lead_snapshot = st.lead_dict(row, due)
-                lead_snapshot["score"] = new
-                lead_snapshot["version"] = int(row.version) + 1
+                lead_snapshot = dataclasses.replace(st.lead_snapshot(row, due), score=new,
+                                                    version=int(row.version) + 1)
                 if new != old:
                     st.add_score_change(s, lead_id=row.id, at=due, delta=new - old, score_after=new,
                                         rule="inactivity_decay", reason=f"No engagement for {days} days",

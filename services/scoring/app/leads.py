@@ -16,6 +16,7 @@ from sqlalchemy import Row
 from sqlalchemy.orm import Session
 
 from nurture import jsoncodec, limits
+from nurture.busmessage import LeadSnapshot
 from services.scoring import storage as st
 from services.scoring.app.base import CoreBase
 from services.scoring.domain import messages
@@ -36,7 +37,7 @@ def _check(lead_id: str, fields: Mapping[str, Any], merge: bool) -> None:
 class Leads(CoreBase):
     def upsert_lead(
         self, lead_id: str, fields: Mapping[str, Any], *, merge: bool, source: str, must_exist: bool, now: datetime
-    ) -> tuple[dict[str, Any], bool]:
+    ) -> tuple[LeadSnapshot, bool]:
         _check(lead_id, fields, merge)
         with self._sessions() as s:
             return self._upsert(s, lead_id, fields, merge=merge, source=source, must_exist=must_exist, now=now)
@@ -44,7 +45,7 @@ class Leads(CoreBase):
     def _upsert(
         self, s: Session, lead_id: str, fields: Mapping[str, Any], *, merge: bool, source: str, must_exist: bool,
         now: datetime,
-    ) -> tuple[dict[str, Any], bool]:
+    ) -> tuple[LeadSnapshot, bool]:
         row = None
         if lead_id:
             row = st.lock_lead(s, lead_id)
@@ -86,14 +87,14 @@ class Leads(CoreBase):
                         st.add_consent_audit(s, current["id"], now, source, channel, given)
         regrade(self.model, current, changes, attributes)
         if not created and not changes:
-            return st.lead_dict(current, now), False
+            return st.lead_snapshot(current, now), False
         changes["updated_at"] = now
         changes["version"] = int(current["version"]) + 1
         if created:
             st.insert_lead(s, {**current, **changes})
         else:
             st.update_lead(s, current["id"], changes)
-        snapshot = st.lead_dict(st.read_lead(s, current["id"]), now)
+        snapshot = st.lead_snapshot(st.read_lead(s, current["id"]), now)
         kind = "lead_created" if created else "lead_updated"
         changed = sorted(k for k in changes if k not in ("updated_at", "version"))
         st.insert_outbox(self._writes, s, [messages.lead_changed(kind, current["id"], changes["version"], changed,
@@ -102,7 +103,7 @@ class Leads(CoreBase):
 
     def upsert_leads(
         self, items: Sequence[tuple[str, Mapping[str, Any], bool, str, bool]], now: datetime
-    ) -> list[tuple[dict[str, Any], bool] | InvalidInput | NotFound | EmailTaken]:
+    ) -> list[tuple[LeadSnapshot, bool] | InvalidInput | NotFound | EmailTaken]:
         """Many upserts (id, fields, merge, source, must_exist) in one transaction: one commit for a
         whole batch. Input problems are found before anything is written, so a bad lead fails alone."""
         with self._sessions() as s:
@@ -110,7 +111,7 @@ class Leads(CoreBase):
             if ids:  # every lead of the batch locked up front, in key order (see storage._LEADS_FOR_UPDATE)
                 st.lock_leads(s, ids)
             # The same code as a single upsert, on this transaction's session.
-            out: list[tuple[dict[str, Any], bool] | InvalidInput | NotFound | EmailTaken] = []
+            out: list[tuple[LeadSnapshot, bool] | InvalidInput | NotFound | EmailTaken] = []
             for lead_id, fields, merge, source, must_exist in items:
                 try:
                     _check(lead_id, fields, merge)
@@ -120,20 +121,20 @@ class Leads(CoreBase):
                     out.append(exc)
             return out
 
-    def get_leads(self, ids: Sequence[str], now: datetime) -> list[dict[str, Any]]:
+    def get_leads(self, ids: Sequence[str], now: datetime) -> list[LeadSnapshot]:
         with self._sessions() as s:
             rows = st.lead_rows(s, ids)
-        by_id = {r.id: st.lead_dict(r, now) for r in rows}
+        by_id = {r.id: st.lead_snapshot(r, now) for r in rows}
         return [by_id[i] for i in ids if i in by_id]
 
     def list_leads(
         self, *, segment: str, min_score: int | None, stage: str, email: str, cursor: str, limit: int, now: datetime
-    ) -> tuple[list[dict[str, Any]], str]:
+    ) -> tuple[list[LeadSnapshot], str]:
         with self._sessions() as s:
             rows = st.page_of_leads(s, segment=segment, min_score=min_score, stage=stage, email=email,
                                     cursor=cursor, limit=limit)
-        page = [st.lead_dict(r, now) for r in rows[:limit]]
-        return page, (page[-1]["id"] if len(rows) > limit else "")
+        page = [st.lead_snapshot(r, now) for r in rows[:limit]]
+        return page, (page[-1].id if len(rows) > limit else "")
 
     def erase_lead(self, lead_id: str, now: datetime) -> tuple[bool, str]:
         with self._sessions() as s:
@@ -148,7 +149,7 @@ class Leads(CoreBase):
     def announce_model_change(self, s: Session, row: Mapping[str, Any], changed: list[str], now: datetime) -> None:
         """The bus message of a lead a newly published scoring model re-graded (journeys and the CRM
         follow grade and stage as they follow any profile change)."""
-        snapshot = st.lead_dict(row, now)
+        snapshot = st.lead_snapshot(row, now)
         st.insert_outbox(self._writes, s, [messages.lead_changed("lead_updated", row["id"], row["version"], changed,
                                                                  "scoring_model", now, snapshot)])
 

@@ -89,8 +89,7 @@ class ModelVersions:
                 try:  # what validation cannot see (a condition the engine refuses) shows up compiling
                     compiled = ScoringModel(document)
                 except (InvalidRule, ValueError, TypeError, KeyError) as exc:
-                    problems = [str(p) for p in exc.args[0]] if isinstance(exc, InvalidRule) and isinstance(
-                        exc.args[0], list) else [f"model: {exc}"]
+                    problems = list(exc.problems) if isinstance(exc, InvalidRule) else [f"model: {exc}"]
             if problems:
                 return 0, problems
             st.insert_model(s, version=newest + 1, status="draft", definition=json.dumps(document, default=str),

@@ -16,8 +16,9 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import yaml
+from pydantic import Field, ValidationError
 
+from nurture.datafiles import Open, problems_of, read_yaml
 from nurture.rules import InvalidRule, RuleSpec, compile_rules, validate_condition
 
 MODEL_PATH = Path(__file__).parents[1] / "data" / "model.yaml"
@@ -274,15 +275,51 @@ def _explain(why: str, facts: Mapping[str, Any]) -> str:
     return f"{why} ({shown})" if shown else why
 
 
+class LifecycleShape(Open):
+    order: list[str]
+    thresholds: dict[str, int] = Field(default_factory=dict)
+    events: dict[str, str] = Field(default_factory=dict)
+    signals: dict[str, str] = Field(default_factory=dict)
+
+
+class ModelShape(Open):
+    """The parts of a model definition and their types; the rules inside are checked by validate_model
+    (names, points, conditions, stages) with their own texts."""
+
+    name: str
+    version: int
+    behaviour: list[dict[str, Any]]
+    fit: list[dict[str, Any]]
+    grades: dict[str, int]
+    decay: dict[str, Any]
+    lifecycle: LifecycleShape
+    segments: list[dict[str, Any]]
+    engagement_events: list[str]
+    score_signals: dict[str, int] = Field(default_factory=dict)
+
+
+# The parts the rule checks below read: with one of them malformed, they cannot run.
+_CHECKED_PARTS = ("behaviour", "fit", "segments", "lifecycle")
+
+
+def _shape_problems(definition: Mapping[str, Any]) -> tuple[list[str], bool]:
+    """(every shape problem, whether one is in a part the rule checks read)."""
+    try:
+        ModelShape.model_validate(definition)
+    except ValidationError as exc:
+        # A missing part keeps the text the API has always answered ("model: 'name' is required").
+        problems = [f"model: '{e['loc'][0]}' is required" if e["type"] == "missing" and len(e["loc"]) == 1
+                    else text for e, text in zip(exc.errors(), problems_of(exc), strict=True)]
+        return problems, any(e["loc"] and e["loc"][0] in _CHECKED_PARTS for e in exc.errors())
+    return [], False
+
+
 def validate_model(definition: Any) -> list[str]:
-    """Every problem of a model definition."""
+    """Every problem of a model definition: its shape (the parts and their types), then its rules."""
     if not isinstance(definition, Mapping):
         return ["model: expected a mapping"]
-    problems: list[str] = []
-    for key in ("name", "version", "behaviour", "fit", "grades", "decay", "lifecycle", "segments"):
-        if key not in definition:
-            problems.append(f"model: '{key}' is required")
-    if problems:
+    problems, blocking = _shape_problems(definition)
+    if blocking:
         return problems
     names: set[str] = set()
     for i, rule in enumerate(definition["behaviour"]):
@@ -309,5 +346,5 @@ def validate_model(definition: Any) -> list[str]:
 
 
 def load_model(path: Path = MODEL_PATH) -> ScoringModel:
-    with path.open(encoding="utf-8") as fh:
-        return ScoringModel(yaml.safe_load(fh))
+    """model.yaml, validated and compiled; an InvalidRule (a DataFileError) listing every problem."""
+    return ScoringModel(read_yaml(path))

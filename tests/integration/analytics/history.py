@@ -154,7 +154,7 @@ def at_of(m: dict[str, Any]) -> datetime:
 
 
 def seg_of(m: dict[str, Any]) -> str:
-    return m["lead"].get("segment") or ""
+    return (m.get("lead") or {}).get("segment") or ""
 
 
 def heard(stream: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:

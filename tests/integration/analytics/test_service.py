@@ -16,6 +16,7 @@ import redis.asyncio as aioredis
 from gateway.app import create_app
 from nurture.api.common.v1 import common_pb2, common_pb2_grpc
 from nurture.bus import Publisher
+from nurture.busmessage import BusMessage
 from nurture.service import Running
 from nurture.settings import SERVICES, Settings
 from services.analytics.app.core import load_costs
@@ -38,12 +39,13 @@ async def heard(settings: Settings) -> AsyncIterator[tuple[httpx.AsyncClient, li
     publisher = Publisher(client, settings.bus_shards)
     half = len(stream) // 2
     first = await start_service("analytics", settings)
-    await publisher.publish(stream[:half])
+    await publisher.publish([BusMessage.from_dict(m) for m in stream[:half]])
     await settle(first)
     await first.stop(grace=0.2)  # a restart between the halves
     service = await start_service("analytics", settings)
-    await publisher.publish(stream[half:])
-    await publisher.publish(stream)  # everything again: a republished outbox, a reset consumer
+    await publisher.publish([BusMessage.from_dict(m) for m in stream[half:]])
+    # Everything again: a republished outbox, a reset consumer.
+    await publisher.publish([BusMessage.from_dict(m) for m in stream])
     await settle(service)
     addrs = {f"{s}_addr": f"127.0.0.1:{free_port()}" for s in SERVICES}
     addrs["analytics_addr"] = service.address

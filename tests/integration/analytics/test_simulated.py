@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
+from nurture.busmessage import BusMessage
 from nurture.db import open_database
 from nurture.settings import Settings
 from services.analytics import storage
@@ -23,9 +24,9 @@ def simulated_messages(leads: int, days: int) -> list[dict[str, Any]]:
     heard: list[dict[str, Any]] = []
     on_message = sim.engine.on_message
 
-    def record(state: Any, message: dict[str, Any], now: Any) -> Any:
-        if "occurred_at" in message:  # bus messages; the engine's own due-time nudges carry none
-            heard.append({**message, "lead": dict(message["lead"])})
+    def record(state: Any, message: BusMessage, now: Any) -> Any:
+        if message.occurred_at:  # bus messages; the engine's own due-time nudges carry no time
+            heard.append(message.as_dict())
         return on_message(state, message, now)
 
     sim.engine.on_message = record  # type: ignore[method-assign,assignment]

@@ -4,9 +4,7 @@ yet each post gets its own result and its own trace, through to a bus consumer's
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator
-from typing import Any
 
 import httpx
 import pytest
@@ -19,10 +17,11 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from gateway.app import create_app
 from gateway.ingest import MAX_IN_FLIGHT
-from nurture import redisconn
+from nurture import busmessage, redisconn
 from nurture.api.common.v1 import common_pb2, common_pb2_grpc
 from nurture.api.scoring.v1 import scoring_pb2, scoring_pb2_grpc
 from nurture.bus import Consumer, stream_key
+from nurture.busmessage import BusMessage
 from nurture.service import Running
 from nurture.settings import SERVICES, Settings
 from tests.conftest import free_port, mesh_channel, start_service
@@ -65,13 +64,13 @@ def ingest_calls(finished: tuple[ReadableSpan, ...]) -> list[ReadableSpan]:
     return [s for s in finished if s.name == INGEST_RPC]
 
 
-def bus(settings: Settings) -> dict[str, dict[str, Any]]:
+def bus(settings: Settings) -> dict[str, BusMessage]:
     client = redis.Redis.from_url(settings.redis_url)
     out = {}
     for shard in range(settings.bus_shards):
         for _id, fields in client.xrange(stream_key(shard)):
-            m = json.loads(fields[b"m"])
-            out[m["id"]] = m
+            m = busmessage.decode(fields[b"m"])
+            out[m.id] = m
     client.close()
     return out
 
@@ -101,7 +100,7 @@ async def test_concurrent_posts_share_calls_and_each_gets_its_own_result(
     published = bus(settings)
     for i, event_id in enumerate(ids):
         message = published[event_id]
-        assert (message["lead_id"], message["properties"]) == (leads[i % len(leads)], {"n": i})
+        assert (message.lead_id, message.properties) == (leads[i % len(leads)], {"n": i})
 
 
 async def test_a_bad_event_among_concurrent_good_ones_fails_alone(
@@ -238,9 +237,9 @@ async def test_each_merged_event_is_handled_by_a_consumer_in_its_own_posts_trace
     app = gateway(settings, scoring.address)
     handled: dict[str, int] = {}
 
-    async def handler(messages: list[dict[str, Any]]) -> None:
+    async def handler(messages: list[BusMessage]) -> None:
         for m in messages:
-            handled[m["id"]] = trace.get_current_span().get_span_context().trace_id
+            handled[m.id] = trace.get_current_span().get_span_context().trace_id
 
     redis_client = redisconn.connect(settings)
     consumer = Consumer(redis_client, group="merge-trace", shards=1, handler=handler, batch=1)

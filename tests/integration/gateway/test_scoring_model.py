@@ -67,13 +67,14 @@ async def test_read_draft_dry_run_and_publish(api: tuple[httpx.AsyncClient, Fast
     import asyncio
 
     for _ in range(50):
-        if any(m["type"] == "lead_updated" and m["properties"].get("source") == "scoring_model"
+        if any(m.type == "lead_updated" and m.properties.get("source") == "scoring_model"
                for m in bus_messages(settings)):
             break
         await asyncio.sleep(0.1)
-    updated = [m for m in bus_messages(settings) if m["type"] == "lead_updated"
-               and m["properties"].get("source") == "scoring_model"]
-    assert len(updated) == 1 and updated[0]["lead"]["grade"] == "A" and updated[0]["properties"]["changed"] == ["grade"]
+    updated = [m for m in bus_messages(settings) if m.type == "lead_updated"
+               and m.properties.get("source") == "scoring_model"]
+    assert len(updated) == 1 and updated[0].lead is not None
+    assert updated[0].lead.grade == "A" and updated[0].properties["changed"] == ["grade"]
     # New leads are graded by the live model.
     r = await client.post("/v1/leads", headers=AUTH, json={"id": "n-2", "email": "n2@example.com",
                                                           "attributes": {"profession": "nurse"}})

@@ -10,6 +10,7 @@ from gateway.app import create_app
 from nurture import redisconn
 from nurture.api.common.v1 import common_pb2, common_pb2_grpc
 from nurture.bus import Consumer
+from nurture.busmessage import BusMessage
 from nurture.settings import SERVICES, Settings
 from tests.conftest import free_port, mesh_channel, start_service
 
@@ -26,9 +27,9 @@ async def test_an_event_is_one_trace_from_gateway_to_a_consumer(
     for s in SERVICES:
         app.state.mesh.channels[s] = mesh_channel(app.state.mesh.settings.address_of(s))
     # A bus consumer's handling of the event's message continues the same trace.
-    handled: list[dict[str, object]] = []
+    handled: list[BusMessage] = []
 
-    async def handler(messages: list[dict[str, object]]) -> None:
+    async def handler(messages: list[BusMessage]) -> None:
         handled.extend(messages)
 
     redis = redisconn.connect(settings)
@@ -49,7 +50,7 @@ async def test_an_event_is_one_trace_from_gateway_to_a_consumer(
     finally:
         await redis.aclose()
         await scoring.stop(grace=0.2)
-    assert any(m["type"] == "page_viewed" and m["lead_id"] == "t" for m in handled)
+    assert any(m.type == "page_viewed" and m.lead_id == "t" for m in handled)
     finished = spans.get_finished_spans()
     root = next(s for s in finished if s.name == "POST /v1/events")
     same = [s for s in finished if s.context.trace_id == root.context.trace_id]

@@ -23,6 +23,7 @@ from nurture.api.common.v1 import common_pb2, common_pb2_grpc
 from nurture.api.crm_sync.v1.crm_sync_pb2 import TaskReply, TaskRequest
 from nurture.api.messaging.v1 import messaging_pb2, messaging_pb2_grpc
 from nurture.bus import Publisher
+from nurture.busmessage import BusMessage, LeadSnapshot
 from nurture.clock import Clock, VirtualClock
 from nurture.rpc import ServiceServer, start_server
 from tests.conftest import MESH_TOKEN
@@ -119,9 +120,8 @@ _ids = iter(range(1, 10**9))
 async def publish(pub: Publisher, clock: Clock, lead_snapshot: dict[str, Any], etype: str,
                   **props: Any) -> str:
     mid = f"bus-{next(_ids)}"
-    await pub.publish([{"id": mid, "lead_id": lead_snapshot["id"], "type": etype, "properties": props,
-                        "occurred_at": clock.now().isoformat(), "lead": lead_snapshot,
-                        "score_delta": 0, "rules": [], "signals": []}])
+    await pub.publish([BusMessage(id=mid, lead_id=lead_snapshot["id"], type=etype, properties=props,
+                                  occurred_at=clock.now().isoformat(), lead=LeadSnapshot.from_dict(lead_snapshot))])
     return mid
 
 

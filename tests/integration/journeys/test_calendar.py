@@ -42,8 +42,8 @@ async def test_a_seasonal_campaign_reaches_its_audience_once(mesh: Mesh) -> None
 
 @pytest.mark.parametrize(("text", "problem"), [
     ("campaigns:\n  - {id: Bad Id, at: '2027-01-01T00:00:00Z', event: x, audience: {fact: lead.id, exists: true}}\n",
-     "id must be"),
-    ("campaigns:\n  - {id: a, at: 'soon', event: x, audience: {fact: lead.id, exists: true}}\n", "at must be"),
+     "id: must be"),
+    ("campaigns:\n  - {id: a, at: 'soon', event: x, audience: {fact: lead.id, exists: true}}\n", "at: must be"),
     ("campaigns:\n  - {id: a, at: '2027-01-01T00:00:00Z', event: x, audience: {fact: lead.id, between: 1}}\n",
      "audience"),
     ("campaigns:\n  - {id: a, at: '2027-01-01T00:00:00Z', event: x, audience: {fact: lead.id, exists: true}}\n"

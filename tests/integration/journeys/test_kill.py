@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from nurture import redisconn
 from nurture.api.common.v1 import common_pb2_grpc
 from nurture.bus import Publisher
+from nurture.busmessage import BusMessage, LeadSnapshot
 from nurture.clock import VirtualClock
 from nurture.settings import Settings
 from tests.conftest import free_port, mesh_channel
@@ -48,9 +49,10 @@ async def test_killed_at_random_moments_no_step_lost_none_twice(settings: Settin
     try:
         await wait_serving(address)
         for i in range(0, LEADS, 500):
-            await pub.publish([{"id": f"created-{n}", "lead_id": f"k{n:05d}", "type": "lead_created",
-                                "properties": {}, "occurred_at": start.isoformat(), "lead": lead(f"k{n:05d}", "family"),
-                                "score_delta": 0, "rules": [], "signals": []} for n in range(i, min(LEADS, i + 500))])
+            await pub.publish([BusMessage(id=f"created-{n}", lead_id=f"k{n:05d}", type="lead_created",
+                                          occurred_at=start.isoformat(),
+                                          lead=LeadSnapshot.from_dict(lead(f"k{n:05d}", "family")))
+                               for n in range(i, min(LEADS, i + 500))])
 
         async def killer() -> None:
             nonlocal kills

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from nurture import busmessage, jsoncodec
 from nurture.api.common.v1 import common_pb2, common_pb2_grpc
 from nurture.api.messaging.v1 import messaging_pb2, messaging_pb2_grpc
 from nurture.clock import VirtualClock
@@ -112,8 +113,9 @@ class InProc:
         return done
 
     async def bus(self, *messages: dict[str, Any]) -> None:
-        """Hand bus messages to messaging's handler as its consumer would."""
-        await self.channels.handle_bus(list(messages))
+        """Hand bus messages (their JSON objects) to messaging's handler as its consumer would: decoded
+        by the bus codec."""
+        await self.channels.handle_bus([busmessage.decode(jsoncodec.dumps(m)) for m in messages])
 
     async def messages(self, lead_id: str) -> dict[str, dict[str, Any]]:
         """template -> the message row (status, reason, due_at, attempts, subject)."""

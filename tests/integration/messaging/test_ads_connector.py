@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from nurture.bus import Publisher
+from nurture.busmessage import BusMessage
 from nurture.redisconn import connect
 from nurture.settings import Settings
 from services.messaging.clients import email_hash
@@ -64,9 +65,9 @@ async def test_audience_changes_and_suppression_reach_the_platform(settings: Set
 
         # a2 converts: suppressed from ads, removed from the platform's audience at once.
         redis = connect(mesh.settings)
-        await Publisher(redis, mesh.settings.bus_shards).publish([
+        await Publisher(redis, mesh.settings.bus_shards).publish([BusMessage.from_dict(
             {"id": "won-a2", "lead_id": "a2", "type": "opportunity_won", "properties": {},
-             "lead": make_lead("a2", email="a2@example.com"), "occurred_at": "2026-01-05T09:00:00Z"}])
+             "lead": make_lead("a2", email="a2@example.com"), "occurred_at": "2026-01-05T09:00:00Z"})])
         await redis.aclose()
         await mesh.settle()
         assert members(platform, "family_ads") == sorted([hashes["a1"], hashes["a3"]])

@@ -11,6 +11,7 @@ import pytest
 from nurture.api.common.v1 import common_pb2
 from nurture.api.messaging.v1 import messaging_pb2
 from nurture.bus import Publisher
+from nurture.busmessage import BusMessage
 from nurture.redisconn import connect
 from services.messaging.clients import email_hash
 from tests.integration.messaging.conftest import Mesh
@@ -191,12 +192,12 @@ async def test_bus_suppression_erasure_and_ab_report(mesh: Mesh) -> None:
     mesh.scoring.add(make_lead("sp"))
     redis = connect(mesh.settings)
     lead = make_lead("sp")
-    await Publisher(redis, mesh.settings.bus_shards).publish([
+    await Publisher(redis, mesh.settings.bus_shards).publish([BusMessage.from_dict(m) for m in (
         {"id": "e-1", "lead_id": "sp", "type": "spam_reported", "properties": {}, "lead": lead,
          "occurred_at": "2026-01-05T09:00:00Z"},
         {"id": "e-2", "lead_id": "sp", "type": "stage_changed", "properties": {"old": "sql", "new": "customer"},
          "lead": lead, "occurred_at": "2026-01-05T09:00:00Z"},
-    ])
+    )])
     await redis.aclose()
     await mesh.settle()
     await mesh.send("sp", "family.email_03")

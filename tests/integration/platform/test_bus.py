@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
 
 from nurture.bus import MAX_DELIVERIES, Consumer, Publisher
+from nurture.busmessage import BusMessage
 from nurture.redisconn import shard_of
 
 pytestmark = pytest.mark.anyio
@@ -30,30 +30,31 @@ async def test_shards_are_handled_in_one_call_in_per_lead_order(redis_url: str) 
     client = aioredis.from_url(redis_url)
     leads = _leads_on_distinct_shards(4)
     await Publisher(client, SHARDS).publish(
-        [{"id": f"{lead}:{n}", "lead_id": lead, "type": "page_viewed", "n": n} for n in range(5) for lead in leads])
-    calls: list[list[dict[str, Any]]] = []
+        [BusMessage(id=f"{lead}:{n}", lead_id=lead, type="page_viewed", properties={"n": n})
+         for n in range(5) for lead in leads])
+    calls: list[list[BusMessage]] = []
 
-    async def handler(messages: list[dict[str, Any]]) -> None:
+    async def handler(messages: list[BusMessage]) -> None:
         calls.append(messages)
 
     assert await Consumer(client, group="g", shards=SHARDS, handler=handler).drain() == 20
     assert len(calls) == 1
     for lead in leads:
-        assert [m["n"] for m in calls[0] if m["lead_id"] == lead] == [0, 1, 2, 3, 4]
+        assert [m.properties["n"] for m in calls[0] if m.lead_id == lead] == [0, 1, 2, 3, 4]
     await client.aclose()
 
 
 async def test_a_poison_message_stays_in_its_shard_and_is_dead_lettered(redis_url: str) -> None:
     client = aioredis.from_url(redis_url)
     good, bad = _leads_on_distinct_shards(2)
-    await Publisher(client, SHARDS).publish([{"id": "g1", "lead_id": good, "type": "x"},
-                                             {"id": "b1", "lead_id": bad, "type": "poison"}])
+    await Publisher(client, SHARDS).publish([BusMessage(id="g1", lead_id=good, type="x"),
+                                             BusMessage(id="b1", lead_id=bad, type="poison")])
     handled: list[str] = []
 
-    async def handler(messages: list[dict[str, Any]]) -> None:
-        if any(m["type"] == "poison" for m in messages):
+    async def handler(messages: list[BusMessage]) -> None:
+        if any(m.type == "poison" for m in messages):
             raise ValueError("cannot handle this")
-        handled.extend(m["id"] for m in messages)
+        handled.extend(m.id for m in messages)
 
     consumer = Consumer(client, group="g", shards=SHARDS, handler=handler)
     for _ in range(MAX_DELIVERIES):
@@ -72,7 +73,7 @@ async def test_a_trickle_is_gathered_into_one_call(redis_url: str, caplog: pytes
     calls: list[int] = []
     seen = asyncio.Event()
 
-    async def handler(messages: list[dict[str, Any]]) -> None:
+    async def handler(messages: list[BusMessage]) -> None:
         calls.append(len(messages))
         if sum(calls) >= 10:
             seen.set()
@@ -81,7 +82,7 @@ async def test_a_trickle_is_gathered_into_one_call(redis_url: str, caplog: pytes
     task = asyncio.create_task(consumer.run(idle_block_ms=100))
     await asyncio.sleep(0.3)  # groups created, consumer blocked on an empty bus
     for n in range(10):  # ten messages trickle in, one every 20 ms
-        await publisher.publish([{"id": f"t{n}", "lead_id": f"lead-{n}", "type": "x"}])
+        await publisher.publish([BusMessage(id=f"t{n}", lead_id=f"lead-{n}", type="x")])
         await asyncio.sleep(0.02)
     await asyncio.wait_for(seen.wait(), 10)
     task.cancel()
@@ -96,11 +97,11 @@ async def test_a_trickle_is_gathered_into_one_call(redis_url: str, caplog: pytes
 async def test_a_poison_message_is_dead_lettered_on_exactly_its_last_allowed_delivery(redis_url: str) -> None:
     client = aioredis.from_url(redis_url)
     [bad] = _leads_on_distinct_shards(1)
-    await Publisher(client, SHARDS).publish([{"id": "p1", "lead_id": bad, "type": "poison"}])
+    await Publisher(client, SHARDS).publish([BusMessage(id="p1", lead_id=bad, type="poison")])
     [(entry_id, _)] = await client.xrange(f"nurture:bus:{{s{shard_of(bad, SHARDS)}}}")
     attempts = 0
 
-    async def handler(messages: list[dict[str, Any]]) -> None:
+    async def handler(messages: list[BusMessage]) -> None:
         nonlocal attempts
         attempts += 1
         raise ValueError("cannot handle this")
@@ -113,9 +114,33 @@ async def test_a_poison_message_is_dead_lettered_on_exactly_its_last_allowed_del
     assert attempts == MAX_DELIVERIES
     [(_, dead)] = await client.xrange("nurture:bus-dead:{g}")
     assert dead[b"stream"] == f"nurture:bus:{{s{shard_of(bad, SHARDS)}}}".encode() and dead[b"entry"] == entry_id
-    assert json.loads(dead[b"m"]) == [{"id": "p1", "lead_id": bad, "type": "poison"}]
+    [letter] = json.loads(dead[b"m"])
+    assert (letter["id"], letter["lead_id"], letter["type"]) == ("p1", bad, "poison")
     # Acked and forgotten: nothing pending, no further delivery, no second dead letter.
     await consumer.drain()
     assert attempts == MAX_DELIVERIES and await client.xlen("nurture:bus-dead:{g}") == 1
     assert (await client.xpending(f"nurture:bus:{{s{shard_of(bad, SHARDS)}}}", "g"))["pending"] == 0
+    await client.aclose()
+
+
+async def test_a_version_0_json_entry_and_an_unreadable_one_on_the_stream(redis_url: str) -> None:
+    """A rolling deploy: an older scoring still writes the JSON object, a newer one the envelope; the
+    consumer hands both to its handler typed, and drops (acks) an entry that is neither."""
+    client = aioredis.from_url(redis_url)
+    [lead] = _leads_on_distinct_shards(1)
+    stream = f"nurture:bus:{{s{shard_of(lead, SHARDS)}}}"
+    await client.xadd(stream, {"m": json.dumps({"id": "old", "lead_id": lead, "type": "page_viewed",
+                                                "properties": {"category": "pricing"}, "lead": {"id": lead, "score": 8},
+                                                "score_delta": 8, "rules": [], "signals": ["pricing_interest"]})})
+    await client.xadd(stream, {"m": "not a message"})
+    await Publisher(client, SHARDS).publish([BusMessage(id="new", lead_id=lead, type="email_opened")])
+    got: list[BusMessage] = []
+
+    async def handler(messages: list[BusMessage]) -> None:
+        got.extend(messages)
+
+    assert await Consumer(client, group="g", shards=SHARDS, handler=handler).drain() == 3
+    assert [m.id for m in got] == ["old", "new"]
+    assert got[0].lead is not None and got[0].lead.score == 8 and got[0].signals == ("pricing_interest",)
+    assert (await client.xpending(stream, "g"))["pending"] == 0
     await client.aclose()

@@ -13,6 +13,7 @@ import pytest
 import redis
 import sqlalchemy as sa
 
+from nurture import busmessage
 from nurture.api.scoring.v1 import scoring_pb2, scoring_pb2_grpc
 from nurture.bus import stream_key
 from nurture.rpc import sync_channel
@@ -76,8 +77,8 @@ def test_every_accepted_event_scored_exactly_once(settings: Settings) -> None:
     published = set()
     for shard in range(settings.bus_shards):
         for _id, fields in client.xrange(stream_key(shard)):
-            message = json.loads(fields[b"m"])
-            if message["type"] == "webinar_registered":
-                published.add(message["id"])
+            message = busmessage.decode(fields[b"m"])
+            if message.type == "webinar_registered":
+                published.add(message.id)
     assert pending == 0
     assert published == event_ids

@@ -15,8 +15,10 @@ import redis
 import redis.asyncio as aioredis
 import sqlalchemy as sa
 
+from nurture import busmessage
 from nurture.api.scoring.v1 import scoring_pb2, scoring_pb2_grpc
 from nurture.bus import stream_key
+from nurture.busmessage import BusMessage
 from nurture.service import Running
 from nurture.settings import Settings
 from services.scoring.app.outbox import Outbox
@@ -39,16 +41,16 @@ def outbox_rows(settings: Settings) -> Any:
     def read() -> list[tuple[int, str]]:
         with engine.connect() as conn:
             rows = conn.execute(sa.text("SELECT seq, payload FROM scoring_outbox ORDER BY seq")).all()
-        return [(seq, json.loads(payload)["id"]) for seq, payload in rows]
+        return [(seq, busmessage.decode(payload).id) for seq, payload in rows]
 
     yield read
     engine.dispose()
 
 
-def bus(settings: Settings) -> list[dict[str, Any]]:
+def bus(settings: Settings) -> list[BusMessage]:
     """Every message on the bus, shard by shard in stream order (one lead lives on one shard)."""
     client = redis.Redis.from_url(settings.redis_url)
-    out = [json.loads(fields[b"m"]) for shard in range(settings.bus_shards)
+    out = [busmessage.decode(fields[b"m"]) for shard in range(settings.bus_shards)
            for _id, fields in client.xrange(stream_key(shard))]
     client.close()
     return out
@@ -65,17 +67,17 @@ def event(lead_id: str, type_: str = "webinar_registered", **props: object) -> s
     return scoring_pb2.Event(lead_id=lead_id, type=type_, properties_json=json.dumps(props))
 
 
-def assert_once_in_commit_order(messages: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+def assert_once_in_commit_order(messages: list[BusMessage]) -> dict[str, list[BusMessage]]:
     """No message twice; each lead's messages in commit order. Every write of a lead bumps its
     version and its messages carry the snapshot, so per lead the versions never go down."""
-    ids = [m["id"] for m in messages]
+    ids = [m.id for m in messages]
     assert len(ids) == len(set(ids)), [i for i in ids if ids.count(i) > 1][:5]
-    by_lead: dict[str, list[dict[str, Any]]] = {}
+    by_lead: dict[str, list[BusMessage]] = {}
     for m in messages:
-        by_lead.setdefault(m["lead_id"], []).append(m)
+        by_lead.setdefault(m.lead_id, []).append(m)
     for lead, ms in by_lead.items():
-        versions = [m["lead"]["version"] for m in ms]
-        assert versions == sorted(versions), (lead, [(m["type"], m["lead"]["version"]) for m in ms])
+        versions = [m.lead.version for m in ms]
+        assert versions == sorted(versions), (lead, [(m.type, m.lead.version) for m in ms])
     return by_lead
 
 
@@ -100,22 +102,22 @@ async def test_ingest_publishes_each_message_once_in_order_and_the_outbox_emptie
     event_ids = [r.event_id for reply in replies for r in reply.results]
     assert all(event_ids) and len(set(event_ids)) == calls * 3
     # Published from memory: no Settle (its sweep would publish what SQL holds and hide a loss).
-    await wait_for(lambda: {m["id"] for m in bus(settings)} >= set(event_ids))
+    await wait_for(lambda: {m.id for m in bus(settings)} >= set(event_ids))
     messages = bus(settings)
     by_lead = assert_once_in_commit_order(messages)
-    published = [m for m in messages if m["type"] == "webinar_registered"]
-    assert sorted(m["id"] for m in published) == sorted(event_ids)
+    published = [m for m in messages if m.type == "webinar_registered"]
+    assert sorted(m.id for m in published) == sorted(event_ids)
     for lead, ms in by_lead.items():
         # Within one lead, the events' properties show the order their calls' transactions ran in;
         # the versions say it was commit order, and each lead saw every one of its events.
-        assert len([m for m in ms if m["type"] == "webinar_registered"]) == calls * 3 // len(leads), lead
+        assert len([m for m in ms if m.type == "webinar_registered"]) == calls * 3 // len(leads), lead
 
     # The next ingest deletes the rows published since, in its own transaction: what is left in
     # SQL is at most that ingest's own rows (published, their delete waiting for the next one).
     before = {mid for _, mid in outbox_rows()}
     reply = await stub.IngestEvents(scoring_pb2.IngestRequest(events=[event(leads[0], n=-1)]), timeout=5)
     last = reply.results[0].event_id
-    await wait_for(lambda: last in {m["id"] for m in bus(settings)})
+    await wait_for(lambda: last in {m.id for m in bus(settings)})
     left = {mid for _, mid in outbox_rows()}
     assert not left & before
     assert all(mid.startswith(last) for mid in left), left
@@ -131,11 +133,11 @@ async def test_the_quiet_second_empties_the_outbox_without_another_ingest(
     await wait_for(lambda: not outbox_rows() and len(bus(settings)) == 1)
     reply = await stub.IngestEvents(scoring_pb2.IngestRequest(events=[event("q") for _ in range(5)]), timeout=5)
     ids = [r.event_id for r in reply.results]
-    await wait_for(lambda: set(ids) <= {m["id"] for m in bus(settings)})
+    await wait_for(lambda: set(ids) <= {m.id for m in bus(settings)})
     await wait_for(lambda: not outbox_rows(), timeout=3)
     messages = bus(settings)
     assert_once_in_commit_order(messages)
-    assert sorted(m["id"] for m in messages if m["type"] == "webinar_registered") == sorted(ids)
+    assert sorted(m.id for m in messages if m.type == "webinar_registered") == sorted(ids)
 
 
 async def test_lead_writes_and_events_of_a_lead_reach_the_bus_in_commit_order(
@@ -177,11 +179,11 @@ async def test_lead_writes_and_events_of_a_lead_reach_the_bus_in_commit_order(
         stop.set()
         await asyncio.gather(*loaders)
     wanted = {mid for done in expected.values() for _, mid in done}
-    await wait_for(lambda: wanted <= {m["id"] for m in bus(settings)})
+    await wait_for(lambda: wanted <= {m.id for m in bus(settings)})
     by_lead = assert_once_in_commit_order(bus(settings))
     for lead, done in expected.items():
-        seen = [m["id"] for m in by_lead[lead] if m["type"] in ("lead_created", "lead_updated", "webinar_registered")
-                and m["properties"].get("source") != "behaviour"]
+        seen = [m.id for m in by_lead[lead] if m.type in ("lead_created", "lead_updated", "webinar_registered")
+                and m.properties.get("source") != "behaviour"]
         assert seen == [mid for _, mid in done], lead
     await wait_for(lambda: not outbox_rows(), timeout=3)
 
@@ -218,9 +220,9 @@ async def test_a_lead_write_during_a_slow_publish_stays_before_the_event_that_fo
             assert not stalled.done(), "the writes took longer than the stall: the test proves nothing"
             await stalled
             expected = [updated, ingested.results[0].event_id]
-            await wait_for(lambda: set(expected) <= {m["id"] for m in bus(settings)})
+            await wait_for(lambda: set(expected) <= {m.id for m in bus(settings)})
             by_lead = assert_once_in_commit_order(bus(settings))
-            assert [m["id"] for m in by_lead["a"] if m["id"] in expected] == expected
+            assert [m.id for m in by_lead["a"] if m.id in expected] == expected
             await wait_for(lambda: not outbox_rows(), timeout=3)
     finally:
         await stall.aclose()

@@ -9,9 +9,11 @@ import grpc
 import pytest
 import redis
 
+from nurture import busmessage
 from nurture.api.common.v1 import common_pb2, common_pb2_grpc
 from nurture.api.scoring.v1 import scoring_pb2, scoring_pb2_grpc
 from nurture.bus import stream_key
+from nurture.busmessage import BusMessage
 from nurture.clock import VirtualClock
 from nurture.service import Running
 from nurture.settings import Settings
@@ -25,12 +27,12 @@ def stubs(running: Running) -> tuple[scoring_pb2_grpc.ScoringStub, common_pb2_gr
     return scoring_pb2_grpc.ScoringStub(channel), common_pb2_grpc.AdminStub(channel), channel
 
 
-def bus_messages(settings: Settings) -> list[dict]:
+def bus_messages(settings: Settings) -> list[BusMessage]:
     client = redis.Redis.from_url(settings.redis_url)
     out = []
     for shard in range(settings.bus_shards):
         for _id, fields in client.xrange(stream_key(shard)):
-            out.append(json.loads(fields[b"m"]))
+            out.append(busmessage.decode(fields[b"m"]))
     return out
 
 
@@ -89,11 +91,11 @@ async def test_seed_triggers_score_and_publish(scoring: Running, settings: Setti
         await admin.Settle(common_pb2.SettleRequest(), timeout=5)
         messages = bus_messages(settings)
         bottom = [
-            m for m in messages if m["type"] == "page_viewed" and m["properties"].get("category") == "bottom_funnel"
+            m for m in messages if m.type == "page_viewed" and m.properties.get("category") == "bottom_funnel"
         ]
-        assert bottom and "sales_alert" in bottom[0]["signals"]
-        assert any(m["type"] == "stage_changed" and m["properties"]["new"] == "mql" for m in messages)
-        assert len({m["id"] for m in messages}) == len(messages)
+        assert bottom and "sales_alert" in bottom[0].signals
+        assert any(m.type == "stage_changed" and m.properties["new"] == "mql" for m in messages)
+        assert len({m.id for m in messages}) == len(messages)
         timeline = await admin.Timeline(common_pb2.TimelineRequest(lead_id="l-1"), timeout=5)
         assert any(i.kind == "score" and "bottom_funnel" in i.summary for i in timeline.items)
 
@@ -113,8 +115,8 @@ async def test_segment_read_from_behaviour_is_announced_as_a_profile_change(scor
         await admin.Settle(common_pb2.SettleRequest(), timeout=5)
         lead = await stub.GetLead(scoring_pb2.GetLeadRequest(id="seg-1"), timeout=5)
         assert lead.segment == "entrepreneur"
-        updates = [m for m in bus_messages(settings) if m["lead_id"] == "seg-1" and m["type"] == "lead_updated"]
-        assert [(m["properties"]["changed"], m["lead"]["segment"]) for m in updates] == [(["segment"], "entrepreneur")]
+        updates = [m for m in bus_messages(settings) if m.lead_id == "seg-1" and m.type == "lead_updated"]
+        assert [(m.properties["changed"], m.lead.segment) for m in updates] == [(["segment"], "entrepreneur")]
 
 
 async def test_bad_input_is_rejected_per_event(scoring: Running) -> None:
@@ -177,8 +179,8 @@ async def test_inactivity_decays_and_announces_lapse(scoring: Running, settings:
         await admin.Settle(common_pb2.SettleRequest(), timeout=5)
         lead = await stub.GetLead(scoring_pb2.GetLeadRequest(id="q"), timeout=5)
         assert lead.score == 0  # 5 for the form, -5 decay
-        lapsed = [m for m in bus_messages(settings) if m["type"] == "engagement_lapsed"]
-        assert len(lapsed) == 1 and lapsed[0]["properties"]["days_inactive"] == 14
+        lapsed = [m for m in bus_messages(settings) if m.type == "engagement_lapsed"]
+        assert len(lapsed) == 1 and lapsed[0].properties["days_inactive"] == 14
 
 
 async def test_events_that_are_not_engagement_do_not_decay_the_same_quiet_period_again(

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
+import yaml
 
-from services.journeys.domain.definitions import DefinitionError, _clock
+from services.journeys.domain.definitions import DefinitionError, read_settings
 from services.journeys.domain.state import ACTIVE
 from tests.unit.journeys.test_engine import T0, Harness
 
@@ -86,6 +88,7 @@ def test_the_clock_starts_only_with_the_first_email() -> None:
     {"event": "x", "days": [14], "reset_by": [], "starts_on": ["email_sent"]},
     {"event": "x", "days": [14], "reset_by": ["a"], "starts_on": ["b"], "surprise": 1},
 ])
-def test_bad_clocks_are_refused(raw: dict[str, object]) -> None:
-    with pytest.raises(DefinitionError):
-        _clock(raw)
+def test_bad_clocks_are_refused(raw: dict[str, object], tmp_path: Path) -> None:
+    (tmp_path / "_settings.yaml").write_text(yaml.safe_dump({"clocks": [raw]}))
+    with pytest.raises(DefinitionError, match=r"^_settings\.yaml clocks\[0\]\.\w+: "):
+        read_settings(tmp_path)

