@@ -6,5 +6,6 @@ COPY pyproject.toml README.md ./
 COPY nurture ./nurture
 COPY services ./services
 COPY gateway ./gateway
+COPY cli ./cli
 RUN pip install . && useradd --system nurture
 USER nurture

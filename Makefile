@@ -34,7 +34,8 @@ run: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/mypy nurture services gateway
+	$(BIN)/mypy nurture services gateway cli
+	$(BIN)/mypy --strict nurture  # the platform package, its generated code under nurture/api excepted
 
 test: $(STAMP) check-protos lint
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)

@@ -100,7 +100,7 @@ def private_mesh(clock: str = "real", database_url: str | None = None, without: 
     env.pop("NURTURE_DATABASE_URL", None)
     if database_url:
         env["NURTURE_DATABASE_URL"] = database_url
-    proc = subprocess.Popen([sys.executable, "-m", "nurture.cli", "up", "--data-dir", data, "--http-port", str(http),
+    proc = subprocess.Popen([sys.executable, "-m", "cli", "up", "--data-dir", data, "--http-port", str(http),
                              "--clock", clock, "--api-key", "bench-key",
                              *[a for service in without for a in ("--without", service)]],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-import json
 import logging
 import pkgutil
 from collections.abc import AsyncIterator, MutableMapping
@@ -30,30 +29,12 @@ from gateway.openapi import install_openapi
 from gateway.routes.events import record_event
 from nurture import jsoncodec
 from nurture.clock import make_clock
+from nurture.errors import HttpError, NurtureError, http_error_from_rpc
 from nurture.rpc import channel
 from nurture.settings import SERVICES, Settings, load_settings
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("nurture.gateway")
-
-_GRPC_TO_HTTP = {
-    grpc.StatusCode.INVALID_ARGUMENT: (422, "invalid"),
-    grpc.StatusCode.NOT_FOUND: (404, "not_found"),
-    grpc.StatusCode.ALREADY_EXISTS: (409, "conflict"),
-    grpc.StatusCode.FAILED_PRECONDITION: (409, "conflict"),
-    grpc.StatusCode.ABORTED: (409, "conflict"),
-    grpc.StatusCode.RESOURCE_EXHAUSTED: (429, "rate_limited"),
-    grpc.StatusCode.PERMISSION_DENIED: (403, "forbidden"),
-    # Services refuse the gateway's own mesh credential (NURTURE_MESH_TOKEN differs): our fault, not the
-    # client's, whose API key was accepted already.
-    grpc.StatusCode.UNAUTHENTICATED: (500, "internal"),
-    grpc.StatusCode.UNAVAILABLE: (503, "unavailable"),
-    grpc.StatusCode.DEADLINE_EXCEEDED: (503, "unavailable"),
-    # The service stopped with the call in flight (a restart): as transient as UNAVAILABLE.
-    grpc.StatusCode.CANCELLED: (503, "unavailable"),
-    grpc.StatusCode.UNIMPLEMENTED: (501, "not_implemented"),
-}
-
 
 _LINK_PREFIXES = ("/u/", "/t/o/", "/t/c/")
 
@@ -69,43 +50,15 @@ def _traced_path(path: str) -> str:
 
 def error_response(status: int, code: str, message: str, details: dict[str, Any] | None = None,
                    headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message, "details": details or {}}},
-                        status_code=status, headers=headers)
+    return _respond(HttpError(status, code, message, details or {}, headers))
+
+
+def _respond(error: HttpError) -> JSONResponse:
+    return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
 
 
 def _grpc_error(exc: grpc.aio.AioRpcError) -> JSONResponse:
-    status, code = _GRPC_TO_HTTP.get(exc.code(), (500, "internal"))
-    message = exc.details() or exc.code().name
-    details: dict[str, Any] = {}
-    ours = False
-    try:
-        parsed = json.loads(message)
-        if isinstance(parsed, dict) and "message" in parsed:
-            code, message, details = parsed.get("code", code), parsed["message"], parsed.get("details", {})
-            ours = True
-    except ValueError:
-        pass
-    if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and not ours:
-        # gRPC's own limits (message or metadata size) say RESOURCE_EXHAUSTED too; only a service's
-        # own refusal is overload. Anything else is our fault, and a 429 would invite a wrong retry.
-        log.error("a call in the mesh hit a transport limit: %s", message[:300])
-        status, code, message = 500, "internal", "a call inside the mesh exceeded a transport limit"
-    elif exc.code() == grpc.StatusCode.UNAUTHENTICATED:
-        log.error("a service refused the gateway's mesh credential: %s", message[:300])
-        message, details = "the gateway is misconfigured: a service behind it refused its credential", {}
-    elif status == 500 and not ours:
-        log.error("a service failed: %s %s", exc.code().name, message[:300])
-        message = f"a service failed ({exc.code().name})"
-    elif status == 503 and not ours:
-        # A transport error's text names internal addresses ("ipv4:10.0.3.7:50051: connection
-        # refused"): logged here, never sent to the caller (docs/INPUT-LIMITS.md).
-        log.warning("a service is unavailable: %s %s", exc.code().name, message[:300])
-        message = "retry later"
-    message = message[:500]
-    headers = {"Retry-After": "2"} if status in (503, 429) else None
-    if status == 503:
-        message = f"a service behind the gateway is unavailable: {message}"
-    return error_response(status, code, message, details, headers)
+    return _respond(http_error_from_rpc(exc))
 
 
 def _include_routers(app: FastAPI) -> None:
@@ -140,6 +93,10 @@ def create_app(settings: Settings) -> FastAPI:
     @app.exception_handler(ApiError)
     async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
         return error_response(exc.status, exc.code, exc.message, exc.details, exc.headers)
+
+    @app.exception_handler(NurtureError)
+    async def _nurture_error(_request: Request, exc: NurtureError) -> JSONResponse:
+        return _respond(HttpError.of(exc))
 
     @app.exception_handler(grpc.aio.AioRpcError)
     async def _rpc_error(_request: Request, exc: grpc.aio.AioRpcError) -> JSONResponse:

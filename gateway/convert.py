@@ -8,14 +8,14 @@ from typing import Any
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from gateway.deps import ApiError
-from nurture import limits
+from nurture import limits, times
 from nurture.api.scoring.v1 import scoring_pb2
 
 
 def iso(ts: Timestamp | None, present: bool = True) -> str | None:
     if ts is None or not present:
         return None
-    return ts.ToDatetime(tzinfo=UTC).isoformat().replace("+00:00", "Z")
+    return times.rfc3339(ts.ToDatetime(tzinfo=UTC))
 
 
 def lead_json(lead: scoring_pb2.Lead, journeys: list[dict[str, Any]] | None = None) -> dict[str, Any]:

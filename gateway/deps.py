@@ -20,20 +20,19 @@ from starlette.requests import ClientDisconnect
 
 from gateway import roles
 from nurture import limits
+from nurture.errors import NurtureError
 from nurture.rpc import DEADLINE_S
 from nurture.settings import Settings
 
 
-class ApiError(Exception):
-    """An error in the API's shape: `{"error": {"code", "message", "details"}}`."""
+class ApiError(NurtureError):
+    """A refusal the gateway answers itself, with its own HTTP status and headers (the shape, and the
+    gRPC side of the hierarchy: nurture.errors)."""
 
     def __init__(self, status: int, code: str, message: str, details: dict[str, Any] | None = None,
                  headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.details = details or {}
+        super().__init__(message, code=code, details=details)
+        self.status = self.http_status = status
         self.headers = headers or {}
 
 

@@ -8,6 +8,7 @@ from datetime import datetime
 import grpc
 
 from nurture.api.common.v1 import common_pb2, common_pb2_grpc
+from nurture.errors import abort, invalid_fields
 from nurture.rpcguard import guard_requests
 
 SettleFn = Callable[[], Awaitable[tuple[int, datetime | None]]]
@@ -42,7 +43,7 @@ class AdminServicer(common_pb2_grpc.AdminServicer):
         self, request: common_pb2.TimelineRequest, context: grpc.aio.ServicerContext
     ) -> common_pb2.TimelineReply:
         if not request.lead_id:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "lead_id is required")
+            await abort(context, invalid_fields({"lead_id": "is required"}))
         items = await self._timeline(request.lead_id, request.limit or 1000)
         return common_pb2.TimelineReply(items=items)
 
@@ -50,7 +51,7 @@ class AdminServicer(common_pb2_grpc.AdminServicer):
         self, request: common_pb2.EraseLeadRequest, context: grpc.aio.ServicerContext
     ) -> common_pb2.EraseLeadReply:
         if not request.lead_id:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "lead_id is required")
+            await abort(context, invalid_fields({"lead_id": "is required"}))
         return common_pb2.EraseLeadReply(removed=await self._erase(request.lead_id, request.email_hash))
 
     async def Stats(self, request: common_pb2.StatsRequest, context: grpc.aio.ServicerContext

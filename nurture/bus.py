@@ -41,6 +41,10 @@ MAX_DELIVERIES = 5
 STREAM_MAXLEN = 1_000_000
 
 
+# One stream entry as redis-py reads it: its id and its fields, both raw bytes.
+_Entry = tuple[bytes, dict[bytes, bytes]]
+
+
 def stream_key(shard: int) -> str:
     return sharded_key("bus", shard)
 
@@ -121,14 +125,14 @@ class Consumer:
                     raise
         self._ready = True
 
-    async def _read(self, start: str, block: int | None) -> list[tuple[bytes, list[tuple[bytes, dict]]]]:
+    async def _read(self, start: str, block: int | None) -> list[tuple[bytes, list[_Entry]]]:
         streams: dict[Any, Any] = {stream_key(s): start for s in range(self._shards)}
         result: Any = await self._redis.xreadgroup(
             self._group, self._consumer, streams, count=self._batch, block=block
         )
         return list(result or [])
 
-    async def _handle(self, entries: list[tuple[bytes, list[tuple[bytes, dict]]]]) -> int:
+    async def _handle(self, entries: list[tuple[bytes, list[_Entry]]]) -> int:
         batches = [b for b in (self._parse(stream, items) for stream, items in entries) if b[1]]
         if len(batches) > 1:
             # Every shard's messages in one handler call: a consumer's cost is mostly per call (one
@@ -154,7 +158,7 @@ class Consumer:
             handled += len(ids)
         return handled
 
-    def _parse(self, stream: bytes, items: list[tuple[bytes, dict]]
+    def _parse(self, stream: bytes, items: list[_Entry]
                ) -> tuple[bytes, list[bytes], list[BusMessage], list[bytes]]:
         messages: list[BusMessage] = []
         ids: list[bytes] = []

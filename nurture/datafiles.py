@@ -20,27 +20,29 @@ from typing import Annotated, Any, TypeVar
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
 
+from nurture.errors import InvalidArgument
+
 M = TypeVar("M", bound=BaseModel)
 
 
-# TODO(integrator): derive from nurture.errors.InvalidArgument (branch `platform`) once both are on main:
-# a data file refused through the API (a journey definition, a scoring model) is the caller's to fix, a
+# A data file refused through the API (a journey definition, a scoring model) is the caller's to fix, a
 # 422 with `details.problems`. ValueError stays a base so callers that caught the old per-file errors
 # (PolicyError, ConfigError were ValueErrors) still do.
-class DataFileError(ValueError):
+class DataFileError(InvalidArgument, ValueError):
     """A data file (or a document of that kind sent through the API) that cannot be used.
 
     `problems` lists every reason as "where: what"; `source` names the file when there is one, and
-    the message is `"<source>: " + "; ".join(problems)`."""
+    the message is `"<source>: " + "; ".join(problems)`. It is the error hierarchy's invalid argument
+    (a servicer that lets it through answers INVALID_ARGUMENT with every problem in `details`), and
+    still a ValueError for the callers that read a data file as a value."""
+
+    code = "invalid_data"
 
     def __init__(self, problems: Sequence[str], source: str | Path | None = None) -> None:
         self.problems = list(problems)
         self.source = str(source) if source is not None else None
         text = "; ".join(self.problems)
-        super().__init__(f"{self.source}: {text}" if self.source else text)
-        # What nurture.errors.NurtureError carries (message, details), so the subclassing is a one-liner.
-        self.message = str(self)
-        self.details: dict[str, Any] = {"problems": self.problems}
+        super().__init__(f"{self.source}: {text}" if self.source else text, details={"problems": self.problems})
 
 
 def read_yaml(path: Path, *, missing: Any = ..., empty: Any = None) -> Any:

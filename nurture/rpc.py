@@ -33,6 +33,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.propagate import extract, inject
 
+from nurture.errors import MAX_STATUS_MESSAGE, Internal, NurtureError, Unavailable
 from nurture.meshauth import HEADER as MESH_HEADER
 from nurture.meshauth import Signer, Verifier
 
@@ -115,14 +116,16 @@ class _ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                     return await inner(request, context)
                 except grpc.aio.AbortError:  # the servicer chose its status and message
                     raise
+                except NurtureError as exc:  # a refusal raised rather than aborted: the same status
+                    await context.abort(exc.grpc_status, exc.status_details())
                 except Exception as exc:
                     chosen = context.code()
                     if chosen not in (None, grpc.StatusCode.OK):
                         # The servicer set a status before raising (grpc's generated base class does
                         # so for a method a service does not implement: callers rely on UNIMPLEMENTED).
                         raise
-                    code, details = unexpected_error(exc, span)
-                    await context.abort(code, details)
+                    error = unexpected_error(exc, span)
+                    await context.abort(error.grpc_status, error.status_details())
 
         wrapped = self._wrapped[method] = grpc.unary_unary_rpc_method_handler(
             traced,
@@ -132,15 +135,10 @@ class _ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         return wrapped
 
 
-# A status message crosses processes in HTTP/2 trailers: gRPC refuses metadata past 8 KB (the caller
-# then sees RESOURCE_EXHAUSTED, which reads as overload), so no message may carry a driver's text.
-MAX_STATUS_MESSAGE = 300
-
-
-def unexpected_error(exc: Exception, span: trace.Span | None = None) -> tuple[grpc.StatusCode, str]:
-    """The status for an exception a servicer did not handle: a short JSON message with a machine
-    code (`{"code", "message"}`, as the gateway reads it), never SQL or a stack; the whole exception
-    goes to the log and the span. Lost storage races (ContentionError) are transient: UNAVAILABLE."""
+def unexpected_error(exc: Exception, span: trace.Span | None = None) -> NurtureError:
+    """The error for an exception a servicer did not handle: a short message with a machine code, never
+    SQL or a stack; the whole exception goes to the log and the span. Lost storage races
+    (ContentionError) are transient: Unavailable."""
     from nurture.db import ContentionError  # the platform's storage module; imported late (rpc is lower)
 
     context = span.get_span_context() if span is not None else None
@@ -150,12 +148,10 @@ def unexpected_error(exc: Exception, span: trace.Span | None = None) -> tuple[gr
         span.set_status(trace.Status(trace.StatusCode.ERROR, type(exc).__name__))
     if isinstance(exc, ContentionError):
         log.warning("%s (trace %s)", exc, trace_id)
-        return grpc.StatusCode.UNAVAILABLE, json.dumps(
-            {"code": "unavailable", "message": str(exc)[:MAX_STATUS_MESSAGE], "details": {"retryable": True}})
+        return Unavailable(str(exc)[:MAX_STATUS_MESSAGE], details={"retryable": True})
     log.error("unhandled %s (trace %s)", type(exc).__name__, trace_id, exc_info=exc)
-    return grpc.StatusCode.INTERNAL, json.dumps(
-        {"code": "internal", "message": f"internal error ({type(exc).__name__}); see trace {trace_id}"[
-            :MAX_STATUS_MESSAGE], "details": {"trace_id": trace_id}})
+    return Internal(f"internal error ({type(exc).__name__}); see trace {trace_id}"[:MAX_STATUS_MESSAGE],
+                    details={"trace_id": trace_id})
 
 
 def _outgoing(signer: Signer, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:

@@ -13,7 +13,6 @@ with its domain's own.
 from __future__ import annotations
 
 import functools
-import json
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -22,6 +21,7 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 from nurture import limits
+from nurture.errors import abort, invalid_fields
 
 T = TypeVar("T")
 _STRING = FieldDescriptor.TYPE_STRING
@@ -89,12 +89,6 @@ def _repeated(fd: FieldDescriptor) -> bool:
     return bool(fd.is_repeated)
 
 
-def invalid_details(problems: dict[str, str]) -> str:
-    """The status details string of an INVALID_ARGUMENT for these problems (the gateway's shape)."""
-    return json.dumps({"code": "invalid", "message": "; ".join(f"{k} {v}" for k, v in problems.items()),
-                       "details": {"fields": problems}})
-
-
 def problem_text(problems: dict[str, str]) -> str:
     """One line for a batch item's error message."""
     return "; ".join(f"{k} {v}" for k, v in problems.items())
@@ -130,7 +124,7 @@ def _wrap(method: Callable[..., Any], skip: str | None) -> Callable[..., Any]:
     async def checked(self: Any, request: Message, context: grpc.aio.ServicerContext) -> Any:
         problems = message_problems(request, skip=skip)
         if problems:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, invalid_details(problems))
+            await abort(context, invalid_fields(problems))
         return await method(self, request, context)
 
     return checked

@@ -158,12 +158,12 @@ def reference_evaluate_condition(cond: Mapping[str, Any], facts: Mapping[str, An
         return isinstance(value, str) and re.fullmatch(str(expected), value) is not None
     if not _num(value):
         return False
-    return {
+    return bool({
         "gt": value > expected,
         "gte": value >= expected,
         "lt": value < expected,
         "lte": value <= expected,
-    }[op]
+    }[op])
 
 
 def unmet(cond: Mapping[str, Any], facts: Mapping[str, Any]) -> list[str]:

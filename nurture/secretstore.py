@@ -16,12 +16,28 @@ import json
 import os
 import secrets
 import stat
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from nurture.settings import Settings
 
 FILE_NAME = "secrets.json"
-KEYS = ("secret", "api_key", "crm_token", "mesh_token", "redis_password", "ads_token", "session_secret")
+
+
+@dataclass(frozen=True)
+class StoredSecrets:
+    """The values `secrets.json` holds, one per field (the file's keys are these names)."""
+
+    secret: str
+    api_key: str
+    crm_token: str
+    mesh_token: str
+    redis_password: str
+    ads_token: str
+    session_secret: str
+
+
+KEYS = tuple(f.name for f in fields(StoredSecrets))
 LOCAL_CRM = "local-crm"  # the name the local CRM's token is filed under in NURTURE_CRM_TOKENS
 
 
@@ -29,7 +45,7 @@ class SecretStoreError(OSError):
     """The secrets file exists but cannot be read as one."""
 
 
-def load_or_create(data_dir: Path) -> dict[str, str]:
+def load_or_create(data_dir: Path) -> StoredSecrets:
     """The stored secrets under `data_dir`, generating the file (or any value it lacks) first."""
     path = data_dir / FILE_NAME
     stored: dict[str, str] = {}
@@ -46,8 +62,8 @@ def load_or_create(data_dir: Path) -> dict[str, str]:
     missing = [k for k in KEYS if not stored.get(k)]
     if missing:
         stored.update({k: secrets.token_urlsafe(32) for k in missing})
-        _write(path, stored)
-    return stored
+        _write(path, stored)  # keys this version does not know are kept
+    return StoredSecrets(**{k: stored[k] for k in KEYS})
 
 
 def _write(path: Path, values: dict[str, str]) -> None:
@@ -67,12 +83,12 @@ def _write(path: Path, values: dict[str, str]) -> None:
         raise
 
 
-def fill(settings: Settings, stored: dict[str, str]) -> Settings:
+def fill(settings: Settings, stored: StoredSecrets) -> Settings:
     """`settings` with every missing secret taken from the store (explicit values are kept)."""
     changes: dict[str, object] = {}
     for name in ("secret", "api_key", "mesh_token", "ads_token", "session_secret"):
         if not getattr(settings, name):
-            changes[name] = stored[name]
+            changes[name] = getattr(stored, name)
     if not settings.crm_tokens:
-        changes["crm_tokens"] = {LOCAL_CRM: stored["crm_token"]}
+        changes["crm_tokens"] = {LOCAL_CRM: stored.crm_token}
     return settings.with_overrides(**changes) if changes else settings

@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 
 from gateway.convert import parse_time, require_object
 from gateway.deps import ApiError, Mesh, json_body, mesh, require_key
+from nurture import times
 from nurture.api.common.v1 import common_pb2, common_pb2_grpc
 from nurture.clock import VirtualClock
 from nurture.rpc import LONG_DEADLINE_S, health_status
@@ -61,7 +62,7 @@ async def settle_all(m: Mesh) -> datetime | None:
 
 @router.get("/v1/admin/clock", dependencies=[Depends(require_key)], summary="The virtual clock's time")
 async def get_clock(request: Request) -> dict[str, str]:
-    return {"now": _clock(request).now().isoformat().replace("+00:00", "Z")}
+    return {"now": times.rfc3339(_clock(request).now())}
 
 
 @router.post("/v1/admin/clock/advance", dependencies=[Depends(require_key)],
@@ -93,7 +94,7 @@ async def advance(request: Request, body: Any = Depends(json_body), m: Mesh = De
             next_due = await settle_all(m)
         clock.set(target)
         await settle_all(m)
-    return {"now": clock.now().isoformat().replace("+00:00", "Z"), "instants": steps}
+    return {"now": times.rfc3339(clock.now()), "instants": steps}
 
 
 @router.get("/v1/admin/stats", dependencies=[Depends(require_key)],

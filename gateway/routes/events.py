@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Header, Request
 
 from gateway.convert import parse_time, require_object
 from gateway.deps import ApiError, Mesh, json_body, json_body_items, mesh, require_key
-from nurture import jsoncodec, limits
+from nurture import jsoncodec, limits, times
 from nurture.api.scoring.v1 import scoring_pb2, scoring_pb2_grpc
 
 router = APIRouter(prefix="/v1", tags=["events"], dependencies=[Depends(require_key)])
@@ -63,7 +63,7 @@ def to_event(raw: Any, header_key: str | None = None, now: datetime | None = Non
         try:
             occurred = parse_time(body["occurred_at"], "occurred_at")
             if now is not None and occurred > now + FUTURE_SLACK:
-                problems["occurred_at"] = f"is in the future (now is {now.isoformat().replace('+00:00', 'Z')})"
+                problems["occurred_at"] = f"is in the future (now is {times.rfc3339(now)})"
             else:
                 event.occurred_at.FromDatetime(occurred)
         except ApiError as exc:

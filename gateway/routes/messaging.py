@@ -19,6 +19,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
 
 from gateway.deps import ApiError, Mesh, mesh, require_key
+from nurture import times
 from nurture.api.messaging.v1 import messaging_pb2, messaging_pb2_grpc
 from nurture.api.scoring.v1 import scoring_pb2, scoring_pb2_grpc
 
@@ -36,7 +37,7 @@ def stub(m: Mesh) -> messaging_pb2_grpc.MessagingStub:
 
 
 def _iso(ts: Any) -> str:
-    return str(ts.ToDatetime().isoformat().replace("+00:00", "") + "Z")
+    return times.rfc3339(ts.ToDatetime())
 
 
 def _invalid_token(exc: grpc.aio.AioRpcError) -> bool:

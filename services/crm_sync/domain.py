@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from nurture import times
 from nurture.datafiles import DataFileError, Open, Seconds, Strict, read_yaml, validate
 from nurture.rules import CompiledRules, Match, RuleSpec, compile_rules
 
@@ -175,8 +176,7 @@ def _iso(at: datetime | None) -> str | None:
     return at.isoformat() if at else None
 
 
-def _dt(text: Any) -> datetime | None:
-    return datetime.fromisoformat(text) if isinstance(text, str) and text else None
+_dt = times.parse_utc  # (this one read a time without a zone as naive, which then failed beside aware ones)
 
 
 @dataclass

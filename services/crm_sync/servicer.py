@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import hmac
 import json
+import logging
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any, NoReturn
 
 import grpc
 
-from nurture import limits
+from nurture import errors, limits
 from nurture.api.crm_sync.v1 import crm_sync_pb2, crm_sync_pb2_grpc
 from nurture.api.scoring.v1 import scoring_pb2, scoring_pb2_grpc
 from nurture.rpcguard import guard_requests, message_problems, problem_text
@@ -18,6 +19,7 @@ from services.crm_sync.app.base import InputError, ScoringUnavailable, UnknownCo
 from services.crm_sync.app.contacts import ContactIn
 from services.crm_sync.app.core import CrmSyncCore
 
+log = logging.getLogger(__name__)
 MAX_CONTACTS = 1000
 
 
@@ -54,18 +56,20 @@ class CrmAuth:
             # Compare every token in constant time so timing says nothing about which one was close.
             if token and hmac.compare_digest(token.encode(), expected.encode()):
                 return name
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED,
-                            "a CRM token is required in metadata (authorization: Bearer <token>)")
-        raise AssertionError("unreachable")
+        await errors.abort(context, errors.Unauthenticated(
+            "a CRM token is required in metadata (authorization: Bearer <token>)"))
 
 
 async def _fail(context: grpc.aio.ServicerContext, exc: Exception) -> NoReturn:
+    """Domain errors → the platform's errors (nurture.errors gives each its status and JSON message)."""
     if isinstance(exc, InputError):
-        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        await errors.abort(context, errors.InvalidArgument(str(exc)))
     if isinstance(exc, UnknownContact):
-        await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+        await errors.abort(context, errors.NotFound(str(exc)))
     if isinstance(exc, ScoringUnavailable):
-        await context.abort(grpc.StatusCode.UNAVAILABLE, f"scoring unavailable, retry: {str(exc)[:200]}")
+        # Scoring's text may name internal addresses, and the caller is a CRM outside the mesh: logged only.
+        log.warning("scoring unavailable: %s", str(exc)[:300])
+        await errors.abort(context, errors.Unavailable("scoring unavailable, retry"))
     raise exc
 
 
@@ -80,9 +84,9 @@ class CrmSyncServicer(crm_sync_pb2_grpc.CrmSyncServicer):
     ) -> crm_sync_pb2.UpsertContactsReply:
         crm = await self._auth.crm_of(context)
         if not request.contacts:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "contacts is empty")
+            await errors.abort(context, errors.invalid_fields({"contacts": "is empty"}))
         if len(request.contacts) > MAX_CONTACTS:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"at most {MAX_CONTACTS} contacts per call")
+            await errors.abort(context, errors.InvalidArgument(f"at most {MAX_CONTACTS} contacts per call"))
         now = self._core.clock.now()
         good: list[tuple[int, ContactIn]] = []
         results: list[dict[str, Any] | None] = [None] * len(request.contacts)
@@ -143,7 +147,7 @@ class CrmSyncServicer(crm_sync_pb2_grpc.CrmSyncServicer):
         await self._auth.crm_of(context)
         cursor = request.cursor.strip()
         if cursor and not cursor.isdigit():
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "cursor must be one a previous change returned")
+            await errors.abort(context, errors.invalid_fields({"cursor": "must be one a previous change returned"}))
         async for row in self._core.watch(int(cursor or 0), request.follow, max(0, request.limit)):
             data = row["data"]
             change = crm_sync_pb2.LeadChange(

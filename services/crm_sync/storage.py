@@ -9,22 +9,19 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import bindparam, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
+from nurture import times
 from services.crm_sync.tables import changes, inbound, leads, outbox, round_robin, tasks, timeline
 
 Sessions = Callable[[], AbstractContextManager[Session]]
 
 
-def aware(value: datetime | None) -> datetime | None:
-    """SQLite hands datetimes back naive; every stored time is UTC."""
-    if value is None:
-        return None
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
+aware = times.utc_or_none  # SQLite hands datetimes back naive; every stored time is UTC
 
 
 def _lead_row(row: Any) -> dict[str, Any]:

@@ -18,13 +18,10 @@ from nurture.aio import resolve
 from nurture.api.crm_sync.v1 import crm_sync_pb2, crm_sync_pb2_grpc
 from nurture.api.messaging.v1 import messaging_pb2, messaging_pb2_grpc
 from nurture.api.scoring.v1 import scoring_pb2, scoring_pb2_grpc
+from nurture.errors import TRANSIENT
 from nurture.rpc import DEADLINE_S, channel
 from nurture.settings import Settings
 from services.journeys.domain.state import Effect
-
-TRANSIENT = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED,
-             grpc.StatusCode.ABORTED, grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL,
-             grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.CANCELLED}
 
 
 class Unavailable(Exception):

@@ -11,12 +11,12 @@ import asyncio
 import json
 import logging
 from collections.abc import Iterable
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 import grpc
 
-from nurture import redisconn
+from nurture import redisconn, times
 from nurture.admin import AdminServicer, timeline_item
 from nurture.api.common.v1 import common_pb2, common_pb2_grpc
 from nurture.api.journeys.v1 import journeys_pb2, journeys_pb2_grpc
@@ -55,7 +55,7 @@ async def serve(settings: Settings) -> Running:
         for t in await runtime.timeline(lead_id, limit):
             details = {"journey": t.journey, "version": t.version, "step_from": t.step_from, "step_to": t.step_to,
                        "stage": t.stage, "rule": t.rule, "facts": json.loads(t.facts or "{}")}
-            at = t.at if t.at.tzinfo else t.at.replace(tzinfo=UTC)
+            at = times.utc(t.at)
             items.append(timeline_item(at=at, kind="journey", type=t.type, summary=t.summary,
                                        details_json=json.dumps(details, default=str), id=f"journey:{t.id}"))
         return items

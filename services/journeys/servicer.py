@@ -4,23 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import json
-from datetime import UTC, datetime
-from typing import Any, NoReturn
+from datetime import datetime
+from typing import Any
 
 import grpc
 
+from nurture import errors, times
 from nurture.api.journeys.v1 import journeys_pb2, journeys_pb2_grpc
 from nurture.rpcguard import guard_requests
 from services.journeys import simulation
 from services.journeys.app.runner import Invalid, JourneysRuntime, NotFound
 
 SIMULATION_BUDGET = 2_000_000  # leads x days accepted by one Simulate call
-
-
-async def _abort(context: grpc.aio.ServicerContext, status: grpc.StatusCode, code: str, message: str,
-                 details: dict[str, Any] | None = None) -> NoReturn:
-    await context.abort(status, json.dumps({"code": code, "message": message, "details": details or {}}))
-    raise AssertionError("unreachable")
 
 
 def _ts(target: Any, value: datetime | None) -> None:
@@ -42,7 +37,7 @@ class JourneysServicer(journeys_pb2_grpc.JourneysServicer):
         try:
             journey, versions = self.rt.get(request.key, request.version)
         except NotFound as exc:
-            await _abort(context, grpc.StatusCode.NOT_FOUND, "journey_not_found", str(exc))
+            raise errors.NotFound(str(exc), code="journey_not_found") from exc
         summary = next(s for s in self.rt.summaries() if s["key"] == request.key)
         reply = journeys_pb2.GetJourneyReply(summary=journeys_pb2.JourneySummary(**summary),
                                              definition_json=json.dumps(journey.document, default=str),
@@ -58,16 +53,18 @@ class JourneysServicer(journeys_pb2_grpc.JourneysServicer):
         try:
             document = json.loads(request.definition_json or "null")
         except ValueError as exc:
-            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "invalid_definition", f"not JSON: {exc}",
-                         {"problems": [f"definition: not JSON: {exc}"]})
+            raise errors.InvalidArgument(f"not JSON: {exc}",
+                                         code="invalid_definition",
+                                         details={"problems": [f"definition: not JSON: {exc}"]}) from exc
         if not isinstance(document, dict):
-            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "invalid_definition",
-                         "the definition must be an object", {"problems": ["definition: expected an object"]})
+            raise errors.InvalidArgument("the definition must be an object",
+                                         code="invalid_definition",
+                                         details={"problems": ["definition: expected an object"]})
         try:
             version, _ = await self.rt.put(request.key, document, validate_only=request.validate_only)
         except Invalid as exc:
-            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "invalid_definition", str(exc),
-                         {"problems": exc.problems})
+            raise errors.InvalidArgument(str(exc), code="invalid_definition",
+                                         details={"problems": exc.problems}) from exc
         return journeys_pb2.PutJourneyReply(version=version)
 
     async def Publish(self, request: journeys_pb2.PublishRequest,
@@ -76,17 +73,16 @@ class JourneysServicer(journeys_pb2_grpc.JourneysServicer):
             report = await self.rt.publish(request.key, request.version, migrate_leads=request.migrate,
                                            mapping=dict(request.step_mapping), dry_run=request.dry_run)
         except NotFound as exc:
-            await _abort(context, grpc.StatusCode.NOT_FOUND, "journey_not_found", str(exc))
+            raise errors.NotFound(str(exc), code="journey_not_found") from exc
         except Invalid as exc:
-            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "invalid_publish", str(exc),
-                         {"problems": exc.problems})
+            raise errors.InvalidArgument(str(exc), code="invalid_publish", details={"problems": exc.problems}) from exc
         return journeys_pb2.PublishReply(version=report["version"], published=not request.dry_run,
                                          report_json=json.dumps(report))
 
     async def LeadJourneys(self, request: journeys_pb2.LeadJourneysRequest,
                            context: grpc.aio.ServicerContext) -> journeys_pb2.LeadJourneysReply:
         if not request.lead_id:
-            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "invalid", "lead_id is required")
+            raise errors.InvalidArgument("lead_id is required")
         reply = journeys_pb2.LeadJourneysReply()
         for row in await self.rt.lead_journeys(request.lead_id):
             data = json.loads(row.data)
@@ -94,8 +90,8 @@ class JourneysServicer(journeys_pb2_grpc.JourneysServicer):
                                       step=row.step or "", status=row.status, instance=row.instance,
                                       outcome=row.outcome or "")
             if row.status == "active" and data.get("due"):
-                e.next_step_at.FromDatetime(datetime.fromisoformat(data["due"].replace("Z", "+00:00")))
-            e.entered_at.FromDatetime(datetime.fromisoformat(data["entered_at"].replace("Z", "+00:00")))
+                _ts(e.next_step_at, times.parse_utc(data["due"]))
+            _ts(e.entered_at, times.parse_utc(data["entered_at"]))
         return reply
 
     async def Members(self, request: journeys_pb2.MembersRequest,
@@ -104,7 +100,7 @@ class JourneysServicer(journeys_pb2_grpc.JourneysServicer):
             ids, cursor = await self.rt.members(journey=request.journey, stage=request.stage, status=request.status,
                                                 cursor=request.cursor, limit=request.limit, step=request.step)
         except NotFound as exc:
-            await _abort(context, grpc.StatusCode.NOT_FOUND, "journey_not_found", str(exc))
+            raise errors.NotFound(str(exc), code="journey_not_found") from exc
         return journeys_pb2.MembersReply(lead_ids=ids, next_cursor=cursor)
 
     async def WhyNot(self, request: journeys_pb2.WhyNotRequest,
@@ -112,7 +108,7 @@ class JourneysServicer(journeys_pb2_grpc.JourneysServicer):
         try:
             report = await self.rt.why_not(request.lead_id, request.journey)
         except NotFound as exc:
-            await _abort(context, grpc.StatusCode.NOT_FOUND, "journey_not_found", str(exc))
+            raise errors.NotFound(str(exc), code="journey_not_found") from exc
         return journeys_pb2.ReportReply(report_json=json.dumps(report, default=str))
 
     async def LiveSteps(self, request: journeys_pb2.LiveStepsRequest,
@@ -120,21 +116,20 @@ class JourneysServicer(journeys_pb2_grpc.JourneysServicer):
         try:
             counts = await self.rt.live_steps(request.journey)
         except NotFound as exc:
-            await _abort(context, grpc.StatusCode.NOT_FOUND, "journey_not_found", str(exc))
+            raise errors.NotFound(str(exc), code="journey_not_found") from exc
         return journeys_pb2.LiveStepsReply(leads=counts)
 
     async def Analytics(self, request: journeys_pb2.AnalyticsRequest,
                         context: grpc.aio.ServicerContext) -> journeys_pb2.ReportReply:
         start = getattr(request, "from").ToDatetime() if request.HasField("from") else None
         end = request.to.ToDatetime() if request.HasField("to") else None
-        start = start.replace(tzinfo=start.tzinfo or UTC) if start else None
-        end = end.replace(tzinfo=end.tzinfo or UTC) if end else None
+        start, end = times.utc_or_none(start), times.utc_or_none(end)
         if start and end and start >= end:
-            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "invalid_range", "from must be before to")
+            raise errors.InvalidArgument("from must be before to", code="invalid_range")
         try:
             report = await self.rt.analytics(request.key, start, end)
         except NotFound as exc:
-            await _abort(context, grpc.StatusCode.NOT_FOUND, "journey_not_found", str(exc))
+            raise errors.NotFound(str(exc), code="journey_not_found") from exc
         return journeys_pb2.ReportReply(report_json=json.dumps(report, default=str))
 
     async def Simulate(self, request: journeys_pb2.SimulateRequest,
@@ -149,19 +144,20 @@ class JourneysServicer(journeys_pb2_grpc.JourneysServicer):
             if not isinstance(behaviour, dict):
                 raise ValueError("behaviour must be an object")
         except (ValueError, TypeError) as exc:
-            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "invalid_simulation", str(exc))
+            raise errors.InvalidArgument(str(exc), code="invalid_simulation") from exc
         if leads * days > SIMULATION_BUDGET:
-            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "invalid_simulation",
-                         f"leads x days must be at most {SIMULATION_BUDGET}; use `nurture simulate` for more")
+            raise errors.InvalidArgument(
+                f"leads x days must be at most {SIMULATION_BUDGET}; use `nurture simulate` for more",
+                code="invalid_simulation")
         try:
             definitions, keys = self._chosen(body.get("journeys"))
             report = await asyncio.to_thread(simulation.simulate, journeys=keys, leads=leads, days=days, seed=seed,
                                              behaviour=behaviour, definitions=definitions)
         except simulation.SimulationError as exc:
-            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "invalid_simulation", str(exc),
-                         {"problems": exc.problems})
+            raise errors.InvalidArgument(str(exc), code="invalid_simulation",
+                                         details={"problems": exc.problems}) from exc
         except NotFound as exc:
-            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "invalid_simulation", str(exc))
+            raise errors.InvalidArgument(str(exc), code="invalid_simulation") from exc
         return journeys_pb2.ReportReply(report_json=json.dumps(report, default=str))
 
     def _chosen(self, raw: Any) -> tuple[dict[str, Any], list[str] | None]:

@@ -14,6 +14,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
+from nurture import times
 from services.journeys.domain.state import LIVE, Enrollment, LeadState, Outcome
 
 
@@ -146,11 +147,7 @@ class ProcessedRow(Base):
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
-def _utc(value: datetime | None) -> datetime | None:
-    """SQLite hands back naive datetimes; every time here is UTC."""
-    if value is None:
-        return None
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
+_utc = times.utc_or_none  # SQLite hands back naive datetimes; every time here is UTC
 
 
 def _insert(session: Session, table: Any) -> Any:
@@ -378,7 +375,7 @@ def dates_armed(session: Session) -> list[tuple[str, str, int, datetime]]:
     out: list[tuple[str, str, int, datetime]] = []
     for lead, raw in session.execute(select(LeadRow.lead_id, LeadRow.date_timers).where(LeadRow.date_timers != "{}")):
         for key, entry in json.loads(raw or "{}").items():
-            due = datetime.fromisoformat(str(entry["at"]).replace("Z", "+00:00"))
+            due = times.parse_utc(entry["at"]) or datetime.min.replace(tzinfo=UTC)
             out.append((lead, key, int(entry["token"]), due))
     return out
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC
 from typing import Any, TypeVar
 
 import grpc
 
+from nurture import errors
 from nurture.api.messaging.v1 import messaging_pb2, messaging_pb2_grpc
 from nurture.rpcguard import guard_requests, message_problems, problem_text
 from services.messaging.app.channels import Channels, NotFoundError
@@ -19,25 +21,26 @@ from services.messaging.domain.catalog import RenderError
 from services.messaging.domain.tokens import TokenError
 from services.messaging.storage import aware
 
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-async def _guard(context: grpc.aio.ServicerContext, fn: Callable[[], Awaitable[T]]) -> T:
-    """Domain errors → status codes; the error text is for a person."""
+async def _guard(fn: Callable[[], Awaitable[T]]) -> T:
+    """Domain errors → the platform's errors (nurture.errors gives each its status); the text is for a person."""
     try:
         return await fn()
     except InvalidRequest as exc:
-        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, json.dumps(
-            {"code": "invalid", "message": str(exc), "details": {}}))
+        raise errors.InvalidArgument(str(exc)) from exc
     except TokenError as exc:
-        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, json.dumps(
-            {"code": "invalid_token", "message": f"this link is not valid: {exc}", "details": {}}))
-    except (NotFoundError, RenderError) as exc:
-        code = grpc.StatusCode.NOT_FOUND if isinstance(exc, NotFoundError) else grpc.StatusCode.INVALID_ARGUMENT
-        await context.abort(code, str(exc))
+        raise errors.InvalidArgument(f"this link is not valid: {exc}", code="invalid_token") from exc
+    except NotFoundError as exc:
+        raise errors.NotFound(str(exc)) from exc
+    except RenderError as exc:
+        raise errors.InvalidArgument(str(exc)) from exc
     except grpc.aio.AioRpcError as exc:
-        await context.abort(grpc.StatusCode.UNAVAILABLE, f"a dependency is unavailable: {exc.code().name}")
-    raise AssertionError("unreachable")
+        # The peer's text may name internal addresses: logged here, not passed on.
+        log.warning("a dependency failed: %s %s", exc.code().name, (exc.details() or "")[:300])
+        raise errors.Unavailable("retry later") from exc
 
 
 def message_proto(row: dict[str, Any]) -> messaging_pb2.Message:
@@ -68,7 +71,7 @@ class MessagingServicer(messaging_pb2_grpc.MessagingServicer):
     async def Send(self, request: messaging_pb2.SendRequest, context: grpc.aio.ServicerContext
                    ) -> messaging_pb2.SendReply:
         item = send_input(request)
-        result = await _guard(context, lambda: self.engine.send(
+        result = await _guard(lambda: self.engine.send(
             dedupe_key=item.dedupe_key, lead_id=item.lead_id, journey=item.journey,
             journey_version=item.journey_version, step=item.step, channel=item.channel, template=item.template,
             category=item.category, context_json=item.context_json, not_before=item.not_before))
@@ -79,7 +82,7 @@ class MessagingServicer(messaging_pb2_grpc.MessagingServicer):
         # Each item is held to the input limits alone: a bad one is "invalid", the others go on.
         refused = {i: problem_text(p) for i, r in enumerate(request.items) if (p := message_problems(r))}
         items = [send_input(r) for i, r in enumerate(request.items) if i not in refused]
-        results = iter(await _guard(context, lambda: self.engine.send_many(items)) if items else [])
+        results = iter(await _guard(lambda: self.engine.send_many(items)) if items else [])
         replies = []
         for i in range(len(request.items)):
             if i in refused:
@@ -108,25 +111,25 @@ class MessagingServicer(messaging_pb2_grpc.MessagingServicer):
                 raise InvalidRequest(f"context_json is not JSON: {exc}") from exc
             r = self.engine.catalog.render(request.template, lead or {}, context=ctx if isinstance(ctx, dict) else {})
             return messaging_pb2.RenderReply(subject=r.subject, html=r.html, text=r.text, variant=r.variant)
-        return await _guard(context, run)
+        return await _guard(run)
 
     async def ListMessages(self, request: messaging_pb2.ListMessagesRequest, context: grpc.aio.ServicerContext
                            ) -> messaging_pb2.ListMessagesReply:
         if not request.lead_id:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "lead_id is required")
+            raise errors.invalid_fields({"lead_id": "is required"})
         rows = await self.engine.db.run(self.engine.store.list_messages, request.lead_id, request.limit or 1000)
         return messaging_pb2.ListMessagesReply(items=[message_proto(r) for r in rows])
 
     async def Track(self, request: messaging_pb2.TrackRequest, context: grpc.aio.ServicerContext
                     ) -> messaging_pb2.TrackReply:
         if request.kind not in ("open", "click"):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "kind must be open or click")
-        result = await _guard(context, lambda: self.channels.track(request.token, request.kind))
+            raise errors.invalid_fields({"kind": "must be open or click"})
+        result = await _guard(lambda: self.channels.track(request.token, request.kind))
         return messaging_pb2.TrackReply(url=result.url, message_id=result.message_id, duplicate=result.duplicate)
 
     async def Unsubscribe(self, request: messaging_pb2.UnsubscribeRequest, context: grpc.aio.ServicerContext
                           ) -> messaging_pb2.UnsubscribeReply:
-        result = await _guard(context, lambda: self.channels.unsubscribe(
+        result = await _guard(lambda: self.channels.unsubscribe(
             request.token, scope=request.scope, source=request.source or "page", dry_run=request.dry_run))
         return messaging_pb2.UnsubscribeReply(lead_id=result.lead_id, scope=result.scope, category=result.category,
                                               journey=result.journey, already=result.already)
@@ -143,7 +146,7 @@ class MessagingServicer(messaging_pb2_grpc.MessagingServicer):
 
     async def Personalization(self, request: messaging_pb2.PersonalizationRequest,
                               context: grpc.aio.ServicerContext) -> messaging_pb2.PersonalizationReply:
-        p = await _guard(context, lambda: self.channels.personalization(request.lead_id))
+        p = await _guard(lambda: self.channels.personalization(request.lead_id))
         return messaging_pb2.PersonalizationReply(
             segment=p.segment, featured_countries=p.featured_countries,
             recommended_content_json=json.dumps(p.recommended_content),
@@ -152,8 +155,8 @@ class MessagingServicer(messaging_pb2_grpc.MessagingServicer):
     async def Audience(self, request: messaging_pb2.AudienceRequest, context: grpc.aio.ServicerContext
                        ) -> messaging_pb2.AudienceReply:
         if not request.name:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "name is required")
-        page = await _guard(context, lambda: self.channels.audience(request.name, request.cursor, request.limit))
+            raise errors.invalid_fields({"name": "is required"})
+        page = await _guard(lambda: self.channels.audience(request.name, request.cursor, request.limit))
         return messaging_pb2.AudienceReply(
             name=page.name, lead_ids=page.lead_ids, suppressed=list(page.suppressed),
             suppressed_reasons=list(page.suppressed.values()), next_cursor=page.next_cursor,
@@ -163,7 +166,7 @@ class MessagingServicer(messaging_pb2_grpc.MessagingServicer):
                        ) -> messaging_pb2.AbReportReply:
         spec = self.engine.catalog.specs.get(request.template)
         if spec is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown template {request.template!r}")
+            raise errors.NotFound(f"unknown template {request.template!r}")
         counts = await self.engine.db.run(self.engine.store.ab_counts, request.template)
         names = sorted(set(spec.variants) | set(counts)) if spec else sorted(counts)
         stats = [abtest.VariantStats(n or "default", **counts.get(n, {"sent": 0, "opened": 0, "clicked": 0}))

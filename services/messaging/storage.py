@@ -10,13 +10,14 @@ import json
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from nurture import times
 from services.messaging.tables import (
     ad_suppressions,
     ads_outbox,
@@ -33,12 +34,8 @@ from services.messaging.tables import (
 SessionFactory = Callable[[], AbstractContextManager[Session]]
 
 
-def naive(when: datetime) -> datetime:
-    return when.astimezone(UTC).replace(tzinfo=None)
-
-
-def aware(when: datetime | None) -> datetime | None:
-    return None if when is None else when.replace(tzinfo=UTC)
+naive = times.naive_utc  # the columns hold naive UTC
+aware = times.utc_or_none  # (this one relabelled an aware time as UTC instead of converting it)
 
 
 @dataclass
@@ -355,7 +352,7 @@ class Store:
     def ads_next_due(self) -> datetime | None:
         with self._sessions() as s:
             value = s.execute(select(func.min(ads_outbox.c.due_at)).where(ads_outbox.c.status == "pending")).scalar()
-        return value.replace(tzinfo=UTC) if value is not None else None
+        return aware(value)
 
     def ads_finish(self, outcomes: Sequence[tuple[int, str, int, datetime, str | None]]) -> None:
         """(id, status, attempts, due_at, error) per job, one executemany in id order."""

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import UTC, datetime
+from datetime import UTC
 from typing import Any
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from nurture import jsoncodec, limits
+from nurture import errors, jsoncodec, limits, times
 from nurture.api.scoring.v1 import scoring_pb2, scoring_pb2_grpc
 from nurture.busmessage import LeadSnapshot
 from nurture.clock import Clock
@@ -31,8 +31,9 @@ MAX_UPSERTS = 1000
 
 def _ts(value: str | None) -> Timestamp:
     ts = Timestamp()
-    if value:
-        ts.FromDatetime(datetime.fromisoformat(value.replace("Z", "+00:00")))
+    when = times.parse_utc(value)
+    if when is not None:
+        ts.FromDatetime(when)
     return ts
 
 
@@ -51,12 +52,6 @@ def lead_proto(lead: LeadSnapshot) -> scoring_pb2.Lead:
         if value:
             getattr(msg, name).CopyFrom(_ts(value))
     return msg
-
-
-async def _invalid(context: grpc.aio.ServicerContext, problems: dict[str, str]) -> None:
-    body = {"code": "invalid", "message": "; ".join(f"{k} {v}" for k, v in problems.items()),
-            "details": {"fields": problems}}
-    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, json.dumps(body))
 
 
 def _profile_problems(fields: Any, merge: bool) -> dict[str, str]:
@@ -90,25 +85,24 @@ class ScoringServicer(scoring_pb2_grpc.ScoringServicer):
         try:
             fields = limits.parse_json(request.fields_json or "{}", field="fields_json", check=False)
         except limits.InputError as exc:
-            await _invalid(context, exc.problems)
+            raise errors.invalid_fields(exc.problems) from exc
         problems = limits.problems_in(fields)
         if problems:  # listed with the profile's own problems, so one answer names every one
-            await _invalid(context, {**_profile_problems(fields, request.merge), **problems})
+            raise errors.invalid_fields({**_profile_problems(fields, request.merge), **problems})
         if not isinstance(fields, dict):
-            await _invalid(context, {"fields_json": "must be a JSON object"})
+            raise errors.invalid_fields({"fields_json": "must be a JSON object"})
         try:
             lead, created = await self._db.run(
                 self._store.upsert_lead, request.id, fields, merge=request.merge, source=request.source or "api",
                 must_exist=request.must_exist, now=self._clock.now())
         except InvalidInput as exc:
-            await _invalid(context, exc.problems)
+            raise errors.invalid_fields(exc.problems) from exc
         except NotFound:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"no lead {request.id}")
+            raise errors.NotFound(f"no lead {request.id}") from None
         except EmailTaken as exc:
             # Not the other lead's id: a 409 must not tell who else is on file (docs/INPUT-LIMITS.md).
-            await context.abort(grpc.StatusCode.ALREADY_EXISTS, json.dumps({
-                "code": "conflict", "message": f"{exc}; update that lead, or send no id to match it by email",
-                "details": {"field": "email"}}))
+            raise errors.Conflict(f"{exc}; update that lead, or send no id to match it by email",
+                                  details={"field": "email"}) from exc
         self._outbox.sweep_soon()
         return scoring_pb2.UpsertLeadReply(lead=lead_proto(lead), created=created)
 
@@ -116,7 +110,7 @@ class ScoringServicer(scoring_pb2_grpc.ScoringServicer):
         self, request: scoring_pb2.UpsertLeadsRequest, context: grpc.aio.ServicerContext
     ) -> scoring_pb2.UpsertLeadsReply:
         if len(request.leads) > MAX_UPSERTS:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"at most {MAX_UPSERTS} leads per call")
+            raise errors.InvalidArgument(f"at most {MAX_UPSERTS} leads per call")
         results: list[scoring_pb2.UpsertLeadResult | None] = [None] * len(request.leads)
         todo: list[tuple[int, tuple[str, dict[str, Any], bool, str, bool]]] = []
         for i, r in enumerate(request.leads):
@@ -151,7 +145,7 @@ class ScoringServicer(scoring_pb2_grpc.ScoringServicer):
     async def GetLead(self, request: scoring_pb2.GetLeadRequest, context: grpc.aio.ServicerContext) -> scoring_pb2.Lead:
         found = await self._db.run(self._store.get_leads, [request.id], self._clock.now())
         if not found:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"no lead {request.id}")
+            raise errors.NotFound(f"no lead {request.id}")
         return lead_proto(found[0])
 
     async def GetLeads(
@@ -175,7 +169,7 @@ class ScoringServicer(scoring_pb2_grpc.ScoringServicer):
     ) -> scoring_pb2.EraseReply:
         erased, hashed = await self._db.run(self._store.erase_lead, request.id, self._clock.now())
         if not erased:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"no lead {request.id}")
+            raise errors.NotFound(f"no lead {request.id}")
         self._outbox.sweep_soon()
         return scoring_pb2.EraseReply(erased=True, email_hash=hashed)
 
@@ -246,12 +240,11 @@ class ScoringServicer(scoring_pb2_grpc.ScoringServicer):
     ) -> scoring_pb2.PublishScoringModelReply:
         assert self._versions is not None
         if request.version < 1:
-            await _invalid(context, {"version": "must be a stored version (1 or more)"})
+            raise errors.invalid_fields({"version": "must be a stored version (1 or more)"})
         try:
             model = await self._db.run(self._versions.model, request.version)
         except UnknownVersion:
-            await context.abort(grpc.StatusCode.NOT_FOUND, json.dumps(
-                {"code": "not_found", "message": f"no scoring model version {request.version}"}))
+            raise errors.NotFound(f"no scoring model version {request.version}") from None
         result = await self._db.run(self._versions.publish, request.version, dry_run=request.dry_run,
                                     now=self._clock.now(), announce=self._store.announce_model_change)
         if not request.dry_run:

@@ -13,13 +13,11 @@ from opentelemetry.propagate import inject
 from sqlalchemy import Connection, Row, and_, bindparam, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
-from nurture import busmessage, jsoncodec, limits
+from nurture import busmessage, jsoncodec, limits, times
 from nurture.busmessage import BusMessage, LeadSnapshot
 from nurture.db import DriverWrites
 from services.scoring.domain.records import OutboxRow
 from services.scoring.domain.rules import derive_counters
-from services.scoring.domain.times import aware as _aware
-from services.scoring.domain.times import iso as _iso
 from services.scoring.tables import audit, events, leads, models, outbox, score_changes
 
 # The ingest path's reads, built once (building and cache-keying one costs more than running it);
@@ -38,6 +36,10 @@ _EVENT_COLUMNS = ("id", "lead_id", "type", "properties", "occurred_at", "receive
 _CHANGE_COLUMNS = ("lead_id", "at", "delta", "score_after", "rule", "reason", "event_id", "model_version")
 _SAVED_LEAD_COLUMNS = ("score", "counters", "recent", "interests", "segment", "lifecycle_stage", "last_engaged_at",
                        "lapse_due_at", "consent", "version", "updated_at")
+
+
+_aware = times.utc_or_none  # SQLite hands back naive datetimes; every stored time is UTC
+_iso = times.rfc3339_or_none
 
 
 def loads(text: str | None, what: str = "value") -> Any:

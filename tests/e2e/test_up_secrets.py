@@ -40,7 +40,7 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 
 def up(args: list[str], env: dict[str, str], **kw: object) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "nurture.cli", "up", *args], cwd=ROOT, env=env, text=True,
+    return subprocess.Popen([sys.executable, "-m", "cli", "up", *args], cwd=ROOT, env=env, text=True,
                             **kw)  # type: ignore[call-overload]
 
 

@@ -10,10 +10,11 @@ import grpc
 from sqlalchemy.orm import Session
 
 from nurture.api.scoring.v1 import scoring_pb2
+from nurture.errors import TRANSIENT
 from nurture.rpc import DEADLINE_S
 from services.crm_sync import domain
 from services.crm_sync import storage as st
-from services.crm_sync.app.base import TRANSIENT, CoreBase, InputError, ScoringUnavailable, UnknownContact
+from services.crm_sync.app.base import CoreBase, InputError, ScoringUnavailable, UnknownContact
 
 
 def _micros(at: datetime) -> int:

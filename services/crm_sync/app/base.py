@@ -8,7 +8,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-import grpc
 from sqlalchemy.orm import Session
 
 from nurture.api.scoring.v1 import scoring_pb2_grpc
@@ -21,11 +20,6 @@ from services.crm_sync.clients import JourneysLookup
 from services.crm_sync.connector import Connector
 
 T = TypeVar("T")
-
-
-TRANSIENT = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED,
-             grpc.StatusCode.ABORTED, grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL,
-             grpc.StatusCode.CANCELLED}
 
 
 class InputError(ValueError):

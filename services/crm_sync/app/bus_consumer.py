@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy.orm import Session
 
+from nurture import times
 from nurture.busmessage import BusMessage
 from services.crm_sync import domain
 from services.crm_sync import storage as st
@@ -54,7 +55,7 @@ class BusConsumer(Tasks, ChangeStream):
         lead = m.lead.as_dict()
         current = rows.get(lead_id)
         row = current or st.new_lead_row(lead_id, now)
-        occurred = _parse_time(m.occurred_at) or now
+        occurred = times.parse_utc(m.occurred_at) or now
         # Lead-change messages carry the lead's version (a redelivered older one is dropped); event
         # snapshots carry none and are applied in bus order, which is per-lead order.
         version = m.lead.version
@@ -102,13 +103,3 @@ class BusConsumer(Tasks, ChangeStream):
             row["updated_at"] = now
             batch.save_lead(row, exists=current is not None)
             rows[lead_id] = row
-
-
-def _parse_time(value: Any) -> datetime | None:
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)

@@ -16,10 +16,11 @@ from sqlalchemy.orm import Session
 
 from nurture.aio import wait_event
 from nurture.api.scoring.v1 import scoring_pb2
+from nurture.errors import TRANSIENT
 from nurture.rpc import DEADLINE_S
 from services.crm_sync import domain
 from services.crm_sync import storage as st
-from services.crm_sync.app.base import TRANSIENT, CoreBase
+from services.crm_sync.app.base import CoreBase
 from services.crm_sync.connector import Permanent, Retryable
 
 log = logging.getLogger(__name__)

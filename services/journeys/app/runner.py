@@ -623,5 +623,3 @@ class JourneysRuntime:
         return chosen, infos
 
 
-def utc(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=UTC)

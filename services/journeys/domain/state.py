@@ -5,8 +5,10 @@ the service keeps it in SQL and the simulator keeps it in memory."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
+
+from nurture import times
 
 ACTIVE, PAUSED, COMPLETED, EXITED = "active", "paused", "completed", "exited"
 LIVE = (ACTIVE, PAUSED)
@@ -15,21 +17,8 @@ DATE_PREFIX = "~date:"
 ENGAGED_KEPT = 100  # message ids an enrolment remembers to count each email it engaged with once
 
 
-def iso(when: datetime | None) -> str | None:
-    return when.astimezone(UTC).isoformat().replace("+00:00", "Z") if when else None
-
-
-def parse_time(value: Any) -> datetime | None:
-    """RFC 3339 text (or a datetime) to an aware datetime; None when absent or malformed."""
-    if value is None or value == "":
-        return None
-    if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=UTC)
-    try:
-        parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+iso = times.rfc3339_or_none  # the engine's names for the platform's UTC helpers
+parse_time = times.parse_utc
 
 
 @dataclass

@@ -20,6 +20,7 @@ from typing import Any
 import grpc
 from pydantic import Field
 
+from nurture import times
 from nurture.busmessage import BusMessage
 from nurture.datafiles import Strict, load
 from nurture.rpc import DEADLINE_S
@@ -397,13 +398,7 @@ def next_best_action(lead: dict[str, Any], site: str) -> dict[str, str]:
             "reason": "early research"}
 
 
-def _parse(value: Any) -> datetime | None:
-    if not value:
-        return None
-    try:
-        return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    except ValueError:
-        return None
+_parse = times.parse_utc  # (a naive time read here once stayed naive, then failed beside aware ones)
 
 
 def dumps(value: Any) -> str:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlencode
@@ -23,6 +23,7 @@ from jinja2 import StrictUndefined, TemplateError, select_autoescape
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from pydantic import BeforeValidator, Field, model_validator
 
+from nurture import times
 from nurture.datafiles import Strict, load
 
 TEMPLATES_DIR = Path(__file__).parents[1] / "data" / "templates"
@@ -121,23 +122,20 @@ def _local(value: Any, tz: str) -> str:
     """An RFC 3339 time in the lead's zone, for sentences like 'It starts Tue 12 Jan, 18:00'."""
     if not value:
         return ""
+    when = times.parse_utc(value)
     try:
-        when = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
         zone = ZoneInfo(tz) if tz else ZoneInfo("UTC")
-        return when.astimezone(zone).strftime("%a %d %b %Y, %H:%M")
     except (ValueError, KeyError):
         return str(value)
+    return when.astimezone(zone).strftime("%a %d %b %Y, %H:%M") if when else str(value)
 
 
 def _is_past(value: Any, now: datetime | None) -> bool:
     """Whether an RFC 3339 time is at or before `now` (False without a time or a now)."""
     if not value or now is None:
         return False
-    try:
-        when = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    except ValueError:
-        return False
-    return (when if when.tzinfo else when.replace(tzinfo=UTC)) <= now
+    when = times.parse_utc(value)
+    return when is not None and when <= now
 
 
 def profile_context(lead: Mapping[str, Any]) -> dict[str, Any]:

@@ -6,11 +6,11 @@ from __future__ import annotations
 import dataclasses
 from datetime import datetime, timedelta
 
+from nurture import times
 from services.scoring import storage as st
 from services.scoring.app.base import CoreBase
 from services.scoring.domain import messages
 from services.scoring.domain.profile import decayed_score
-from services.scoring.domain.times import aware
 
 
 class Lapses(CoreBase):
@@ -25,7 +25,7 @@ class Lapses(CoreBase):
             rows = st.due_lapses(s, now, limit)
             for row in rows:
                 lead = st.internal(row)
-                due = aware(row.lapse_due_at)
+                due = times.utc_or_none(row.lapse_due_at)
                 assert due is not None
                 last = lead["last_engaged_at"] or due
                 days = (due - last).days

@@ -17,12 +17,12 @@ from sqlalchemy.orm import Session
 
 from nurture import jsoncodec, limits
 from nurture.busmessage import LeadSnapshot
+from nurture.times import utc_or_none as aware
 from services.scoring import storage as st
 from services.scoring.app.base import CoreBase
 from services.scoring.domain import messages
 from services.scoring.domain.profile import email_hash, regrade
 from services.scoring.domain.records import EmailTaken, InvalidInput, NotFound
-from services.scoring.domain.times import aware
 from services.scoring.domain.validation import LEAD_ID, PROFILE_FIELDS, validate_profile
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from nurture import times
 from nurture.rules import InvalidRule
 from services.scoring import storage as st
 from services.scoring.domain.rules import ScoringModel, validate_model
@@ -30,8 +31,7 @@ class UnknownVersion(LookupError):
     pass
 
 
-def _aware(value: datetime | None) -> str | None:
-    return value.isoformat().replace("+00:00", "Z") if value is not None else None
+_aware = times.rfc3339_or_none
 
 
 class ModelVersions:

@@ -7,10 +7,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from nurture import times
 from nurture.busmessage import BusMessage, LeadSnapshot, RuleHit
 from services.scoring.domain.records import EventIn
 from services.scoring.domain.rules import Outcome
-from services.scoring.domain.times import iso
+
+iso = times.rfc3339_or_none
 
 _HIDDEN_COUNTERS = ("totals", "fired_today")  # the model's own bookkeeping, not engagement figures
 

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
+from nurture import times
 from services.scoring.domain.rules import Outcome, ScoringModel
 
 
@@ -45,7 +46,7 @@ def apply_outcome(lead: dict[str, Any], outcome: Outcome) -> None:
         lead.setdefault("_consent_changes", []).append(outcome.consent_email)
     if outcome.engaged:
         last = outcome.counters.get("last_engagement_at")
-        lead["last_engaged_at"] = datetime.fromisoformat(last) if last else lead["last_engaged_at"]
+        lead["last_engaged_at"] = times.parse_utc(last) or lead["last_engaged_at"]
 
 
 def next_lapse(lead: Mapping[str, Any], inactive: timedelta) -> datetime | None:

@@ -14,7 +14,8 @@ from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
 from nurture import db as dbmod
 from nurture.db import ContentionError, Database, RetryTransaction, make_engine, retry_reason
-from nurture.rpc import MAX_STATUS_MESSAGE, unexpected_error
+from nurture.errors import MAX_STATUS_MESSAGE
+from nurture.rpc import unexpected_error
 
 
 class _PgError(Exception):
@@ -114,12 +115,14 @@ def test_a_lock_timeout_is_contention_without_retry(db: Database) -> None:
 
 def test_unexpected_errors_cross_grpc_short_with_a_code() -> None:
     sql = "SELECT " + ", ".join(f"column_{i}" for i in range(3000)) + " FROM scoring_leads FOR UPDATE"
-    code, details = unexpected_error(OperationalError(sql, {"ids": list(range(1000))}, _PgError("XX000")))
+    error = unexpected_error(OperationalError(sql, {"ids": list(range(1000))}, _PgError("XX000")))
+    code, details = error.grpc_status, error.status_details()
     body = json.loads(details)
     assert code == grpc.StatusCode.INTERNAL and body["code"] == "internal"
     assert len(details) < MAX_STATUS_MESSAGE + 200 and "column_" not in details and "SELECT" not in details
 
-    code, details = unexpected_error(ContentionError("storage contention (deadlock); retry the request"))
+    error = unexpected_error(ContentionError("storage contention (deadlock); retry the request"))
+    code, details = error.grpc_status, error.status_details()
     assert code == grpc.StatusCode.UNAVAILABLE and json.loads(details)["code"] == "unavailable"
 
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import stat
 from pathlib import Path
@@ -66,8 +67,9 @@ def test_the_store_generates_once_at_mode_0600_and_reuses(tmp_path: Path) -> Non
     first = secretstore.load_or_create(tmp_path)
     path = tmp_path / secretstore.FILE_NAME
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert set(first) == set(secretstore.KEYS)
-    assert len(set(first.values())) == len(secretstore.KEYS) and all(len(v) >= 40 for v in first.values())
+    values = dataclasses.asdict(first)
+    assert set(values) == set(secretstore.KEYS) == set(json.loads(path.read_text()))
+    assert len(set(values.values())) == len(secretstore.KEYS) and all(len(v) >= 40 for v in values.values())
     assert secretstore.load_or_create(tmp_path) == first
     path.chmod(0o644)  # widened by hand: put back
     assert secretstore.load_or_create(tmp_path) == first
@@ -78,14 +80,15 @@ def test_the_store_fills_only_what_is_missing(tmp_path: Path) -> None:
     stored = secretstore.load_or_create(tmp_path)
     filled = secretstore.fill(load_settings({}, api_key="chosen"), stored)
     assert filled.api_key == "chosen"
-    assert (filled.secret, filled.mesh_token) == (stored["secret"], stored["mesh_token"])
-    assert filled.crm_tokens == {secretstore.LOCAL_CRM: stored["crm_token"]}
+    assert (filled.secret, filled.mesh_token) == (stored.secret, stored.mesh_token)
+    assert filled.crm_tokens == {secretstore.LOCAL_CRM: stored.crm_token}
     assert filled.insecure_secrets() == []
     # A file from an older version lacking a value gets it added; what it had is kept.
     path = tmp_path / secretstore.FILE_NAME
-    path.write_text(json.dumps({"secret": "kept"}))
+    path.write_text(json.dumps({"secret": "kept", "from_a_newer_version": "also kept"}))
     again = secretstore.load_or_create(tmp_path)
-    assert again["secret"] == "kept" and all(again[k] for k in secretstore.KEYS)
+    assert again.secret == "kept" and all(getattr(again, k) for k in secretstore.KEYS)
+    assert json.loads(path.read_text())["from_a_newer_version"] == "also kept"
 
 
 def test_a_broken_store_is_reported_not_replaced(tmp_path: Path) -> None:

@@ -1,0 +1,39 @@
+"""The `nurture` console command (pyproject's entry point): `nurture up`, `nurture simulate`."""
+
+from __future__ import annotations
+
+import argparse
+
+from nurture.settings import SERVICES
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="nurture", description="BorderBridge Nurture")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_up = sub.add_parser("up", help="run the whole mesh on this machine")
+    p_up.add_argument("--http-port", type=int, help="gateway port (default 8080)")
+    p_up.add_argument("--data-dir", help="where all state lives (default ./data)")
+    p_up.add_argument("--clock", choices=["real", "virtual"], help="virtual: time moves only when told")
+    p_up.add_argument("--smtp-url", help="deliver to this SMTP server instead of the local sink")
+    p_up.add_argument("--api-key", help="the API key the gateway accepts")
+    p_up.add_argument("--public-url", help="base URL of links in messages (default: the gateway)")
+    p_up.add_argument("--bind-host", help="where services and gateway listen (default 127.0.0.1); beyond "
+                                         "loopback every secret must be set (docs/SECURITY.md)")
+    p_up.add_argument("--without", action="append", choices=SERVICES, metavar="SERVICE",
+                      help="do not start this service (repeatable), e.g. to measure what it costs; the gateway "
+                           "answers 503 for what it serves")
+    sub.add_parser("simulate", help="run journeys for synthetic leads in virtual time", add_help=False)
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "up":
+        if rest:
+            parser.error(f"unknown arguments: {' '.join(rest)}")
+        from cli.up import up  # imported per command: `simulate` needs no supervisor, `up` no journeys
+
+        return up(args)
+    from services.journeys import simulate_cli
+
+    return int(simulate_cli.main(rest))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

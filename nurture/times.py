@@ -1,0 +1,47 @@
+"""Times in the mesh are UTC: the helpers that read, store and write them, once.
+
+A naive datetime is UTC (SQLite hands every stored time back naive); an aware one in another zone is
+converted, never relabelled (relabelling 09:00+02:00 as 09:00 UTC moves it by two hours). Strict
+parsing of client input, with its error messages, is `nurture.limits.parse_time`; `parse_utc` here
+reads what the mesh itself wrote.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+
+def utc(value: datetime) -> datetime:
+    """The same instant in UTC; a naive value is taken to be UTC already."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def utc_or_none(value: datetime | None) -> datetime | None:
+    return None if value is None else utc(value)
+
+
+def naive_utc(value: datetime) -> datetime:
+    """The naive UTC form a `DateTime` column without a zone stores."""
+    return utc(value).replace(tzinfo=None)
+
+
+def parse_utc(value: object) -> datetime | None:
+    """A stored RFC 3339 text (a `Z` suffix included) or datetime, in UTC; None when absent or malformed."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, datetime):
+        return utc(value)
+    try:
+        parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        return None
+    return utc(parsed)
+
+
+def rfc3339(value: datetime) -> str:
+    """The RFC 3339 text the API shows: in UTC, with `Z` (`2026-11-22T09:00:00Z`)."""
+    return utc(value).isoformat().replace("+00:00", "Z")
+
+
+def rfc3339_or_none(value: datetime | None) -> str | None:
+    return None if value is None else rfc3339(value)

@@ -1,0 +1,51 @@
+"""nurture.times: every time in the mesh is UTC; naive means UTC, another zone is converted, not relabelled."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+
+from nurture import times
+
+PARIS_SUMMER = timezone(timedelta(hours=2))
+
+
+def test_an_aware_time_in_another_zone_is_converted_not_relabelled() -> None:
+    converted = times.utc(datetime(2026, 7, 1, 9, 0, tzinfo=PARIS_SUMMER))
+    assert converted == datetime(2026, 7, 1, 7, 0, tzinfo=UTC) and converted.tzinfo is UTC
+
+
+def test_a_naive_time_is_utc() -> None:
+    assert times.utc(datetime(2026, 7, 1, 9, 0)) == datetime(2026, 7, 1, 9, 0, tzinfo=UTC)
+    assert times.utc_or_none(None) is None
+
+
+def test_naive_utc_is_what_a_zoneless_column_stores() -> None:
+    stored = times.naive_utc(datetime(2026, 7, 1, 9, 0, tzinfo=PARIS_SUMMER))
+    assert stored == datetime(2026, 7, 1, 7, 0) and stored.tzinfo is None
+    assert times.utc(stored) == datetime(2026, 7, 1, 7, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("2026-11-22T09:00:00Z", datetime(2026, 11, 22, 9, 0, tzinfo=UTC)),
+    ("2026-11-22T09:00:00z", datetime(2026, 11, 22, 9, 0, tzinfo=UTC)),
+    ("2026-11-22T09:00:00+00:00", datetime(2026, 11, 22, 9, 0, tzinfo=UTC)),
+    ("2026-11-22T11:30:00+02:30", datetime(2026, 11, 22, 9, 0, tzinfo=UTC)),
+    ("2026-11-22T09:00:00", datetime(2026, 11, 22, 9, 0, tzinfo=UTC)),  # no zone: UTC, as the mesh writes
+    (datetime(2026, 11, 22, 9, 0), datetime(2026, 11, 22, 9, 0, tzinfo=UTC)),
+])
+def test_parse_utc_reads_what_the_mesh_wrote(text: object, expected: datetime) -> None:
+    parsed = times.parse_utc(text)
+    assert parsed == expected and parsed is not None and parsed.tzinfo is UTC
+
+
+@pytest.mark.parametrize("text", [None, "", "not a time", "2026-13-40T00:00:00Z", 17])
+def test_parse_utc_is_none_for_what_is_not_a_time(text: object) -> None:
+    assert times.parse_utc(text) is None
+
+
+def test_rfc3339_is_utc_with_z() -> None:
+    assert times.rfc3339(datetime(2026, 7, 1, 9, 0, tzinfo=PARIS_SUMMER)) == "2026-07-01T07:00:00Z"
+    assert times.rfc3339(datetime(2026, 7, 1, 9, 0, 0, 5)) == "2026-07-01T09:00:00.000005Z"
+    assert times.rfc3339_or_none(None) is None
