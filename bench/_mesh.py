@@ -21,6 +21,7 @@ import httpx
 import sqlalchemy as sa
 
 from nurture.ports import free_port
+from nurture.settings import SERVICES
 
 
 @dataclass
@@ -29,6 +30,7 @@ class Mesh:
     api_key: str
     env: dict[str, str]  # NURTURE_MESH_TOKEN signs gRPC calls; NURTURE_REDIS_URL carries the password
     data_dir: str
+    pid: int = 0  # the `nurture up` process (its children are the mesh's processes)
 
 
 def add_database_arg(parser: argparse.ArgumentParser) -> None:
@@ -84,7 +86,8 @@ def fresh_database(url: str | None) -> Iterator[str | None]:
 
 
 @contextmanager
-def private_mesh(clock: str = "real", database_url: str | None = None) -> Iterator[Mesh]:
+def private_mesh(clock: str = "real", database_url: str | None = None, without: tuple[str, ...] = ()
+                 ) -> Iterator[Mesh]:
     data = tempfile.mkdtemp(prefix="nurture-bench-")
     http = free_port()
     redis_password = secrets.token_urlsafe(24)
@@ -92,14 +95,15 @@ def private_mesh(clock: str = "real", database_url: str | None = None) -> Iterat
            "NURTURE_EMBEDDED_REDIS": "1", "NURTURE_MESH_TOKEN": secrets.token_urlsafe(24),
            "NURTURE_SMTP_URL": f"smtp://127.0.0.1:{free_port()}", "NURTURE_CRM_URL": f"http://127.0.0.1:{free_port()}",
            "NURTURE_LOG_LEVEL": "WARNING", "NURTURE_EMBEDDED_SMTP": "1", "NURTURE_EMBEDDED_CRM": "1"}
-    for service in ("scoring", "journeys", "messaging", "crm_sync"):
+    for service in SERVICES:
         env[f"NURTURE_{service.upper()}_ADDR"] = f"127.0.0.1:{free_port()}"
     env.pop("NURTURE_DATABASE_URL", None)
     if database_url:
         env["NURTURE_DATABASE_URL"] = database_url
     proc = subprocess.Popen([sys.executable, "-m", "cli", "up", "--data-dir", data, "--http-port", str(http),
-                             "--clock", clock, "--api-key", "bench-key"], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+                             "--clock", clock, "--api-key", "bench-key",
+                             *[a for service in without for a in ("--without", service)]],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{http}"
     try:
         deadline = time.monotonic() + 90
@@ -112,7 +116,7 @@ def private_mesh(clock: str = "real", database_url: str | None = None) -> Iterat
             if proc.poll() is not None:
                 raise SystemExit(f"nurture up failed:\n{proc.stdout.read() if proc.stdout else ''}")
             time.sleep(0.2)
-        yield Mesh(url=url, api_key="bench-key", env=env, data_dir=data)
+        yield Mesh(url=url, api_key="bench-key", env=env, data_dir=data, pid=proc.pid)
     finally:
         proc.send_signal(signal.SIGINT)
         try:

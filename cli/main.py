@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from nurture.settings import SERVICES
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="nurture", description="BorderBridge Nurture")
@@ -17,6 +19,9 @@ def main(argv: list[str] | None = None) -> int:
     p_up.add_argument("--public-url", help="base URL of links in messages (default: the gateway)")
     p_up.add_argument("--bind-host", help="where services and gateway listen (default 127.0.0.1); beyond "
                                          "loopback every secret must be set (docs/SECURITY.md)")
+    p_up.add_argument("--without", action="append", choices=SERVICES, metavar="SERVICE",
+                      help="do not start this service (repeatable), e.g. to measure what it costs; the gateway "
+                           "answers 503 for what it serves")
     sub.add_parser("simulate", help="run journeys for synthetic leads in virtual time", add_help=False)
     args, rest = parser.parse_known_args(argv)
     if args.command == "up":

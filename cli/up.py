@@ -112,6 +112,8 @@ def up(args: argparse.Namespace) -> int:
     env = {**base_env, **to_environ(settings)}
     env.pop("NURTURE_GRPC_PORT", None)
     for service in SERVICES:
+        if service in (getattr(args, "without", None) or ()):
+            continue
         if not _has_module(f"services.{service}.__main__"):
             print(f"warning: services/{service} has no __main__; not started", file=sys.stderr)
             continue

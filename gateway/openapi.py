@@ -260,6 +260,10 @@ def _special_cases(doc: dict[str, Any]) -> None:
             "content": {JSON: {"schema": {"type": "object"}}}}
     paths["/v1/leads"]["post"]["responses"]["200"] = {
         "description": "an existing lead was updated", "content": {JSON: {"schema": {"$ref": REF + "Lead"}}}}
+    for path in [p for p in paths if p.startswith("/v1/analytics/")]:
+        paths[path]["get"]["responses"]["200"] = {
+            "description": "the report as JSON; with format=csv, its rows as CSV (RFC 4180)",
+            "content": {JSON: {"schema": {"type": "object"}}, "text/csv": {"schema": {"type": "string"}}}}
 
 
 def install_openapi(app: FastAPI) -> None:

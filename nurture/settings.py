@@ -49,6 +49,7 @@ class Settings:
     journeys_addr: str = "127.0.0.1:50052"
     messaging_addr: str = "127.0.0.1:50053"
     crm_sync_addr: str = "127.0.0.1:50054"
+    analytics_addr: str = "127.0.0.1:50055"
     crm_url: str = "http://127.0.0.1:8090"
     crm_tokens: dict[str, str] = field(default_factory=dict)
     ads_url: str = ""  # the ad platform's custom-audience API (nurture up: a local emulator); "" = not synced
@@ -94,7 +95,7 @@ class Settings:
         return bad
 
 
-SERVICES = ("scoring", "journeys", "messaging", "crm_sync")
+SERVICES = ("scoring", "journeys", "messaging", "crm_sync", "analytics")
 ROLES = ("viewer", "editor", "admin")  # each can do what the one before it can, and more
 SECRET_FIELDS = ("secret", "api_key", "mesh_token")
 # Values that were defaults in the source at some point, or are placeholders: as public as no secret.

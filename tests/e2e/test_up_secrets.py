@@ -24,6 +24,7 @@ import redis
 
 from nurture.api.scoring.v1 import scoring_pb2, scoring_pb2_grpc
 from nurture.ports import free_port
+from nurture.settings import SERVICES
 from services.messaging.domain.tokens import Signer, Token
 
 # A whole mesh starts (twice in one test): minutes on a loaded shared machine, seconds on a quiet one.
@@ -121,7 +122,7 @@ def loopback(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Up, sub
                     NURTURE_CRM_URL=f"http://127.0.0.1:{free_port()}", NURTURE_EMBEDDED_CRM="1",
                     NURTURE_LOG_LEVEL="WARNING",
                     **{f"NURTURE_{s.upper()}_ADDR": f"127.0.0.1:{free_port()}"
-                       for s in ("scoring", "journeys", "messaging", "crm_sync")})
+                       for s in SERVICES})
     proc, key = start(data, env, http)
     try:
         yield Up(f"http://127.0.0.1:{http}", data, key, env), proc

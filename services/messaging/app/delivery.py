@@ -499,7 +499,7 @@ class Delivery:
         row = r.row
         mid, lead_id, template = row["id"], row["lead_id"], row["template"]
         props = {"message_id": mid, "journey": row["journey"], "step": row["step"], "template": template,
-                 "channel": row["channel"], "variant": row["variant"]}
+                 "channel": row["channel"], "variant": row["variant"], **self.content_of(template)}
         if result.ok:
             return Outcome(mid, "sent", "", sent_at=now, attempts=attempts,
                            log=[LogLine(mid, lead_id, "message_sent",
@@ -524,6 +524,11 @@ class Delivery:
                        log=[LogLine(mid, lead_id, "message_retry",
                                     f"{template} will retry at {due.isoformat()}: {result.reason}",
                                     {**props, "attempts": attempts})])
+
+    def content_of(self, template: str) -> dict[str, str]:
+        """What analytics groups a message's events by: its template's journey stage, topic and format."""
+        spec = self.catalog.specs.get(template)
+        return {"stage": spec.stage, "topic": spec.topic, "format": spec.format} if spec else {}
 
     # --- feedback to scoring ----------------------------------------------------------------------
     async def flush_feedback(self) -> int:

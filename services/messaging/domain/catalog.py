@@ -21,7 +21,7 @@ from zoneinfo import ZoneInfo
 
 from jinja2 import StrictUndefined, TemplateError, select_autoescape
 from jinja2.sandbox import ImmutableSandboxedEnvironment
-from pydantic import BeforeValidator, Field
+from pydantic import BeforeValidator, Field, model_validator
 
 from nurture import times
 from nurture.datafiles import Strict, load
@@ -58,6 +58,8 @@ class TemplateSpec:
     # them, and a meeting CTA (`cta.lead_attribute: meeting_link`) is their own booking link.
     speaks_for: str = ""
     cta_lead_attribute: str = ""  # a lead attribute that, when it is a web address, is the CTA's address
+    topic: str = ""   # what the piece is about (analytics groups by it); the catalog's `content` section
+    format: str = ""  # what kind of piece it is (newsletter, guide, webinar, ...)
 
 
 @dataclass(frozen=True)
@@ -193,6 +195,16 @@ class TemplateEntry(Strict):
     cta: CtaEntry = CtaEntry()
     variants: dict[str, dict[str, Any]] = Field(default_factory=dict)  # name: overrides (subject, intro, weight)
     speaks_for: str = ""
+    topic: str = ""   # "": the journey's topic (content.topics)
+    format: str = ""  # "": content.default_format
+
+
+class ContentEntry(Strict):
+    """What analytics groups content by: each journey's topic, the formats a template may name."""
+
+    default_format: str = "newsletter"
+    formats: list[str] = Field(default_factory=list)
+    topics: dict[str, str] = Field(default_factory=dict)
 
 
 class SenderEntry(Strict):
@@ -216,7 +228,18 @@ class CatalogFile(Strict):
     sender: SenderEntry = SenderEntry()
     segments: dict[str, SegmentEntry] = Field(default_factory=dict)
     journeys: dict[str, JourneyEntry] = Field(default_factory=dict)
+    content: ContentEntry = ContentEntry()
     templates: dict[str, TemplateEntry] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _known_formats(self) -> CatalogFile:
+        """A template's format (or the default) must be one of content.formats, when they are listed."""
+        allowed = self.content.formats
+        wrong = [f"{key}: format {t.format or self.content.default_format!r}" for key, t in self.templates.items()
+                 if allowed and (t.format or self.content.default_format) not in allowed]
+        if wrong:
+            raise ValueError(f"not one of content.formats: {'; '.join(wrong)}")
+        return self
 
 
 class _Constant:
@@ -246,6 +269,8 @@ class Catalog:
                 subject=raw.subject, points=tuple(raw.points), cta_label=raw.cta.label, cta_path=raw.cta.path,
                 variants=raw.variants, cta_context=raw.cta.context, speaks_for=raw.speaks_for,
                 cta_lead_attribute=raw.cta.lead_attribute,
+                topic=raw.topic or data.content.topics.get(journey, ""),
+                format=raw.format or data.content.default_format,
             )
         self._text_env = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
         self._html_env = ImmutableSandboxedEnvironment(

@@ -20,7 +20,7 @@ from sqlalchemy import Engine, MetaData, inspect, text
 from nurture.db import make_engine
 from tests.conftest import PG_URL, _fresh_pg_schema
 
-SERVICES = ("scoring", "journeys", "messaging", "crm_sync")
+SERVICES = ("scoring", "journeys", "messaging", "crm_sync", "analytics")
 
 
 def _migrations(service: str) -> Path:

@@ -1,0 +1,279 @@
+"""Analytics: load many leads and events into the read model, time every report (p95), and measure what
+keeping the read model costs the mesh's end-to-end ingest rate. Prints figures, then one JSON line.
+
+    .venv/bin/python bench/analytics.py [--leads 100000] [--events 2000000] [--repeats 20]
+                                        [--ingest-events 20000] [--database-url URL]
+
+Part 1 (reports): bus messages of `--leads` leads over 90 days (sends, opens, clicks, bounces,
+unsubscribes, lifecycle changes, won deals, and page views the read model ignores) go through the
+bus adapter and `storage.record` in batches of 500, as the consumer does; then every report is timed
+in process (storage + domain: the gateway and gRPC add their fixed few milliseconds) over the last 30
+days and over all 90, `--repeats` times each. Part 2 (ingest cost): the same mix of events through the
+gateway's batch endpoint into two private meshes, one without the analytics service: the end-to-end
+rate (accepted and handled by every consumer) of each, and their ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import functools
+import json
+import os
+import random
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench._http import LeanClient  # noqa: E402
+from bench._mesh import add_database_arg, database_kind, fresh_database, private_mesh  # noqa: E402
+from bench.ingest import drained  # noqa: E402
+from nurture.db import open_database  # noqa: E402
+from nurture.settings import load_settings  # noqa: E402
+from services.analytics import storage  # noqa: E402
+from services.analytics.app.core import load_costs  # noqa: E402
+from services.analytics.domain import reports  # noqa: E402
+from services.analytics.domain.facts import from_bus  # noqa: E402
+from services.analytics.server import MIGRATIONS  # noqa: E402
+
+END = datetime(2026, 6, 1, tzinfo=UTC)
+DAYS = 90
+JOURNEYS = {"skilled_professional": ["welcome", "education", "consideration", "decision"],
+            "family": ["welcome", "education", "decision"], "entrepreneur": ["welcome", "value", "conversion"],
+            "webinar": ["registration", "event", "follow_up"], "re_engagement": ["recovery", "last_call"]}
+SEGMENTS = ["skilled_professional", "family", "entrepreneur", ""]
+TOPICS = ["careers_and_skills", "family_relocation", "business_immigration", "events", "reengagement"]
+FORMATS = ["newsletter", "guide", "webinar", "comparison", "offer"]
+STAGES = ["subscriber", "lead", "mql", "sql", "trial", "customer"]
+# Bus message mix by type (the rest are page views, which the read model drops at the adapter).
+MIX = [("email_sent", 0.30), ("email_opened", 0.18), ("email_clicked", 0.07), ("email_hard_bounced", 0.01),
+       ("email_bounced", 0.01), ("unsubscribed", 0.005), ("stage_changed", 0.03), ("opportunity_won", 0.004)]
+
+
+def history(leads: int, events: int, seed: int = 7) -> Iterator[dict[str, Any]]:
+    """Bus messages in time order, each lead's story consistent enough for every report to have work."""
+    rnd = random.Random(seed)
+    kinds, weights = zip(*MIX, strict=True)
+    rest = 1 - sum(weights)
+    start = END - timedelta(days=DAYS)
+    step = timedelta(days=DAYS) / max(1, events)
+    stage = [0] * leads
+    sends = [0] * leads
+    for n in range(events):
+        lead = rnd.randrange(leads)
+        lid = f"L{lead}"
+        at = start + step * n
+        kind = rnd.choices([*kinds, "page_viewed"], [*weights, rest])[0]
+        journey = sorted(JOURNEYS)[lead % len(JOURNEYS)]
+        props: dict[str, Any] = {}
+        mid = ""
+        if kind.startswith("email") or kind == "unsubscribed":
+            if kind in ("email_sent", "email_hard_bounced"):
+                sends[lead] += 1
+            k = max(0, sends[lead] - rnd.randrange(0, 2))
+            mid = f"m{lead}-{k}"
+            stages = JOURNEYS[journey]
+            st = stages[min(len(stages) - 1, k // 3)]
+            props = {"message_id": mid, "journey": journey, "step": f"email_{k:02d}", "stage": st,
+                     "template": f"{journey}.email_{k % 17:02d}", "channel": "email",
+                     "topic": TOPICS[lead % len(TOPICS)], "format": FORMATS[k % len(FORMATS)]}
+        elif kind == "stage_changed":
+            if stage[lead] == len(STAGES) - 1:
+                kind = "page_viewed"
+            else:
+                old = STAGES[stage[lead]]
+                stage[lead] += 1
+                props = {"old": old, "new": STAGES[stage[lead]]}
+        elif kind == "opportunity_won":
+            props = {"deal_id": f"d{n}", "stage": "closed_won", "amount": rnd.choice([1500, 4800, 12000])}
+        yield {"id": f"e{n}" + (":stage" if kind == "stage_changed" else ""), "lead_id": lid, "type": kind,
+               "properties": props, "occurred_at": at.isoformat(),
+               "lead": {"id": lid, "segment": SEGMENTS[lead % len(SEGMENTS)] or None,
+                        "created_at": start.isoformat()}}
+
+
+def p95(samples: list[float]) -> float:
+    ordered = sorted(samples)
+    return round(ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))] * 1000, 2)
+
+
+def _engagement(s: Any, q: storage.Query, *, group: str) -> Any:
+    return storage.engagement_report(s, q, group)
+
+
+def _attribution(s: Any, q: storage.Query, *, model: str) -> Any:
+    return storage.attribution_report(s, q, model, 30)
+
+
+def _roi(s: Any, q: storage.Query, *, costs: dict[str, Any]) -> Any:
+    return storage.roi_report(s, q, costs)
+
+
+def _timeseries(s: Any, q: storage.Query, *, metric: str) -> Any:
+    return storage.timeseries_report(s, q, metric, "day")
+
+
+def time_reports(db_url: str | None, leads: int, events: int, repeats: int) -> dict[str, Any]:
+    data = Path(tempfile.mkdtemp(prefix="nurture-bench-analytics-"))
+    settings = load_settings(environ={}, data_dir=data, database_url=db_url)
+    db = open_database(settings, service="analytics", migrations_dir=MIGRATIONS)
+    batch: list[Any] = []
+    recorded = 0
+    t0 = time.perf_counter()
+    for m in history(leads, events):
+        batch.append(from_bus(m))
+        if len(batch) == 500:
+            with db.session() as s:
+                recorded += storage.record(s, [f for f in batch if f is not None])
+            batch = []
+    if batch:
+        with db.session() as s:
+            recorded += storage.record(s, [f for f in batch if f is not None])
+    load_s = time.perf_counter() - t0
+    costs = load_costs()
+    last30 = storage.Query(reports.day_of(END - timedelta(days=30)), reports.day_of(END))
+    full = storage.Query(reports.day_of(END - timedelta(days=DAYS)), reports.day_of(END))
+    cases: dict[str, Callable[[Any, storage.Query], Any]] = {
+        **{f"engagement_{g}": functools.partial(_engagement, group=g) for g in reports.ENGAGEMENT_GROUPS},
+        "progression": storage.progression_report,
+        **{f"attribution_{m}": functools.partial(_attribution, model=m) for m in reports.ATTRIBUTION_MODELS},
+        "roi": functools.partial(_roi, costs=costs),
+        **{f"timeseries_{m}": functools.partial(_timeseries, metric=m) for m in reports.TIMESERIES_METRICS},
+    }
+    out: dict[str, Any] = {"leads": leads, "events": events, "facts_recorded": recorded,
+                           "load_s": round(load_s, 1), "load_events_per_s": round(events / load_s, 1)}
+    worst = 0.0
+    for name, fn in cases.items():
+        for label, q in (("30d", last30), ("90d", full)):
+            samples = []
+            for _ in range(repeats):
+                t = time.perf_counter()
+                with db.session() as s:
+                    fn(s, q)
+                samples.append(time.perf_counter() - t)
+            out[f"{name}_{label}_p95_ms"] = p95(samples)
+            worst = max(worst, out[f"{name}_{label}_p95_ms"])
+    out["worst_report_p95_ms"] = worst
+    out["worst_report_p95_ms / 300"] = round(worst / 300, 3)
+    db.close()
+    shutil.rmtree(data, ignore_errors=True)
+    return out
+
+
+def cpu_seconds(parent: int) -> dict[str, float]:
+    """CPU time (user + system) used so far by each service process under `nurture up` (by module)."""
+    out: dict[str, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    try:
+        children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
+    except OSError:
+        return out
+    for pid in children:
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        module = next((a.decode() for a in argv if a.startswith((b"services.", b"gateway"))), "")
+        if module:
+            out[module] = (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+async def ingest_rate(url: str, key: str, redis_url: str, events: int, without: tuple[str, ...], pid: int
+                      ) -> tuple[float, dict[str, float]]:
+    """Events per second from the first batch posted until every consumer group has handled everything,
+    and the CPU seconds each process spent meanwhile."""
+    headers = {"Authorization": f"Bearer {key}"}
+    leads = 500
+    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=60) as client:
+        deadline = time.monotonic() + 300  # a busy machine starts the mesh slowly: wait until all serve
+        while time.monotonic() < deadline:
+            try:
+                services = (await client.get("/readyz", timeout=5)).json()["services"]
+                if all(v["status"] == "SERVING" for k, v in services.items() if k not in without):
+                    break
+            except (httpx.HTTPError, ValueError, KeyError):
+                pass
+            await asyncio.sleep(0.5)
+        for i in range(0, leads, 50):
+            await asyncio.gather(*(client.post("/v1/leads", json={"id": f"a{j}", "email": f"a{j}@example.com"})
+                                   for j in range(i, i + 50)))
+    await drained(redis_url)
+    mix = [m for m in history(leads, events, seed=11)]
+    for m in mix:
+        m["lead_id"] = f"a{m['lead_id'][1:]}"
+    lean = LeanClient(url, headers)
+    queue = iter(range(0, len(mix), 1000))
+
+    async def batcher() -> None:
+        for b in queue:
+            body = {"events": [{"lead_id": m["lead_id"], "type": m["type"], "properties": m["properties"],
+                                "occurred_at": m["occurred_at"]} for m in mix[b:b + 1000]]}
+            status, text = await lean.post("/v1/events:batch", body)
+            assert status == 202, text[:300]
+
+    cpu_before = cpu_seconds(pid)
+    start = time.perf_counter()
+    await asyncio.gather(*(batcher() for _ in range(2)))
+    await drained(redis_url)
+    elapsed = time.perf_counter() - start
+    cpu = {k: v - cpu_before.get(k, 0.0) for k, v in cpu_seconds(pid).items()}
+    await lean.aclose()
+    return len(mix) / elapsed, cpu
+
+
+def ingest_cost(db_url: str | None, events: int) -> dict[str, Any]:
+    # On a shared machine the load of the moment moves wall-clock rates more than anything measured
+    # here, so the meshes take turns (without, with, twice; each rate the better of its two) and the
+    # CPU time each process spent on the same load is reported too: it does not depend on the neighbours.
+    rates: dict[str, float] = {}
+    cpu: dict[str, dict[str, float]] = {}
+    for label, without in (("without_analytics", ("analytics",)), ("with_analytics", ())) * 2:
+        with fresh_database(db_url) as database_url, private_mesh(database_url=database_url, without=without) as mesh:
+            rate, used = asyncio.run(ingest_rate(mesh.url, mesh.api_key, mesh.env["NURTURE_REDIS_URL"], events,
+                                                 without, mesh.pid))
+            rates[label] = max(rates.get(label, 0.0), rate)
+            cpu.setdefault(label, used)
+    ratio = rates["with_analytics"] / rates["without_analytics"]
+    with_cpu = cpu["with_analytics"]
+    mesh_cpu = sum(with_cpu.values())
+    analytics_cpu = with_cpu.get("services.analytics", 0.0)
+    return {"ingest_events": events,
+            "end_to_end_events_per_s_without_analytics": round(rates["without_analytics"], 1),
+            "end_to_end_events_per_s_with_analytics": round(rates["with_analytics"], 1),
+            "with / without": round(ratio, 3),
+            "mesh_cpu_s_with_analytics": round(mesh_cpu, 2), "analytics_cpu_s": round(analytics_cpu, 2),
+            "analytics_cpu / mesh_cpu": round(analytics_cpu / mesh_cpu, 4) if mesh_cpu else None,
+            "mesh_cpu_s_without_analytics": round(sum(cpu["without_analytics"].values()), 2)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--leads", type=int, default=100_000)
+    parser.add_argument("--events", type=int, default=2_000_000)
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--ingest-events", type=int, default=20_000, help="0: skip the ingest-cost part")
+    add_database_arg(parser)
+    args = parser.parse_args()
+    with fresh_database(args.database_url) as database_url:
+        result: dict[str, Any] = {"database": database_kind(args.database_url),
+                                  **time_reports(database_url, args.leads, args.events, args.repeats)}
+    if args.ingest_events:
+        result.update(ingest_cost(args.database_url, args.ingest_events))
+    for name, value in result.items():
+        print(f"{name:48s} {value}")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+"""The analytics application: the read model the servicer and the bus consumer share.
+
+`handle_messages` turns each bus message into a Fact (`domain.facts.from_bus`) and records a batch in
+one transaction (acked by the consumer after it); `read` runs a report's storage function; `query`
+resolves a report's range and filters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, timedelta
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from nurture.api.analytics.v1 import analytics_pb2
+from nurture.busmessage import BusMessage
+from nurture.clock import Clock
+from nurture.db import Database
+from services.analytics import storage
+from services.analytics.domain import reports
+from services.analytics.domain.facts import from_bus
+
+COSTS = Path(__file__).resolve().parent.parent / "data" / "costs.yaml"
+DEFAULT_DAYS = 30
+
+
+def load_costs(path: Path = COSTS) -> dict[str, Any]:
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if not isinstance(data.get("per_message", {}), dict):
+        raise ValueError(f"{path}: per_message must map a channel to a cost")
+    return data
+
+
+class ReadModel:
+    """The read model behind the servicer and the bus consumer."""
+
+    def __init__(self, db: Database, clock: Clock, costs: dict[str, Any]) -> None:
+        self.db = db
+        self.clock = clock
+        self.costs = costs
+
+    async def handle_messages(self, messages: list[BusMessage]) -> None:
+        batch = [f for f in (from_bus(m) for m in messages) if f is not None]
+        if batch:
+            await self.db.run(self._in_session, storage.record, batch)
+
+    def _in_session(self, fn: Callable[..., Any], *args: Any) -> Any:
+        with self.db.session() as s:
+            return fn(s, *args)
+
+    async def read(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await self.db.run(self._in_session, fn, *args)
+
+    def query(self, q: analytics_pb2.ReportQuery) -> storage.Query:
+        end = q.to.ToDatetime(tzinfo=UTC) if q.HasField("to") else self.clock.now()
+        start = getattr(q, "from").ToDatetime(tzinfo=UTC) if q.HasField("from") \
+            else end - timedelta(days=DEFAULT_DAYS)
+        if start > end:
+            raise reports.QueryError("from must not be after to")
+        return storage.Query(start=reports.day_of(start), end=reports.day_of(end),
+                             segment=q.segment if q.HasField("segment") else None,
+                             journey=q.journey if q.HasField("journey") else None)
+
+

@@ -1,0 +1,96 @@
+"""What analytics hears, as its own typed records, and the ONE adapter from a bus message to them.
+
+`from_bus` is the only function that reads the bus's message shape: when the bus carries a protobuf
+contract instead of a dict, this function is the one edit. Everything after it reads `Fact`.
+
+A fact keeps the bus message's id (scoring's event id, or `<event id>:stage` for the lifecycle change
+it caused), so a message heard twice (redelivery after a crash, a producer's retry) is one fact.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from nurture.busmessage import BusMessage
+
+# Bus event types → the fact kind analytics keeps. Anything else changes no report and is skipped.
+ENGAGEMENT_KINDS = {
+    "email_sent": "sent",
+    "email_opened": "opened",
+    "email_clicked": "clicked",
+    "email_hard_bounced": "bounced",
+    "email_bounced": "bounced",
+    "unsubscribed": "unsubscribed",
+}
+WON_EVENT = "opportunity_won"      # crm_sync's event for a deal reported `closed_won` (sync.yaml deal_events)
+STAGE_EVENT = "stage_changed"      # scoring's lifecycle change, published beside the event that caused it
+
+
+@dataclass(frozen=True)
+class Fact:
+    """One thing that happened, with the dimensions every report groups or filters by."""
+
+    id: str
+    kind: str            # sent | opened | clicked | bounced | unsubscribed | stage | won
+    lead_id: str
+    at: datetime         # when it happened (the event's occurred_at), UTC
+    segment: str = ""    # the lead's segment when it happened
+    message_id: str = ""
+    journey: str = ""
+    stage: str = ""      # the template's journey stage (engagement) or the new lifecycle stage (stage)
+    template: str = ""
+    channel: str = ""
+    topic: str = ""
+    format: str = ""
+    previous: str = ""   # lifecycle stage before a `stage` fact
+    since: datetime | None = None  # a `stage` fact: when the lead was created (dwell of its first stage)
+    amount: float = 0.0  # a `won` fact: the deal's amount
+
+
+def parse_time(value: Any) -> datetime | None:
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    if not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _text(value: Any) -> str:
+    return "" if value is None else str(value)
+
+
+def from_bus(bus_message: BusMessage | Mapping[str, Any]) -> Fact | None:
+    """The fact a bus message carries, or None when it changes no report (or is malformed)."""
+    message = bus_message.as_dict() if isinstance(bus_message, BusMessage) else bus_message
+    etype = message.get("type")
+    mid = _text(message.get("id"))
+    lead = message.get("lead") or {}
+    lead_id = _text(message.get("lead_id") or lead.get("id"))
+    at = parse_time(message.get("occurred_at"))
+    if not mid or not lead_id or at is None:
+        return None
+    props = message.get("properties") or {}
+    segment = _text(lead.get("segment"))
+    if etype in ENGAGEMENT_KINDS:
+        return Fact(id=mid, kind=ENGAGEMENT_KINDS[str(etype)], lead_id=lead_id, at=at, segment=segment,
+                    message_id=_text(props.get("message_id")), journey=_text(props.get("journey")),
+                    stage=_text(props.get("stage")), template=_text(props.get("template")),
+                    channel=_text(props.get("channel")) or "email", topic=_text(props.get("topic")),
+                    format=_text(props.get("format")))
+    if etype == STAGE_EVENT:
+        return Fact(id=mid, kind="stage", lead_id=lead_id, at=at, segment=segment, stage=_text(props.get("new")),
+                    previous=_text(props.get("old")), since=parse_time(lead.get("created_at")))
+    if etype == WON_EVENT:
+        try:
+            amount = float(props.get("amount") or 0)
+        except (TypeError, ValueError):
+            amount = 0.0
+        return Fact(id=mid, kind="won", lead_id=lead_id, at=at, segment=segment, amount=max(amount, 0.0))
+    return None

@@ -1,0 +1,224 @@
+"""The reports' arithmetic: no gRPC, no SQL. Storage hands in sums and histograms; this shapes them.
+
+Definitions every report and the exactness tests share:
+- A fact belongs to the UTC day of its time; a range `from`..`to` holds the days from `from`'s day to
+  `to`'s day, both included.
+- A dwell (time in a stage) is whole minutes, rounded down, never negative (a late event that carries
+  an earlier time than the stage's entry counts as no time at all).
+- Median is the middle value (the mean of the two middle ones for an even count); p90 is the
+  nearest-rank value (the ceil(0.9 n)-th smallest).
+- sent = messages handed to the mail system (accepted, or refused by a hard bounce), unique per
+  message; bounced = unique per message; delivered = sent - bounced; opened and clicked are unique per
+  message (a click implies an open, as messaging records it); rates are over delivered.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+ENGAGEMENT_GROUPS = ("journey", "segment", "template", "channel", "topic", "format")
+TIMESERIES_METRICS = ("sent", "opened", "clicked", "mql", "sql", "customers", "revenue")
+QUALIFICATION = ("mql", "sql", "trial", "customer")
+ATTRIBUTION_MODELS = ("first", "last", "linear")
+# A stage is a bottleneck when its conversion is below this share of the mean of the journey's other
+# stages, or its median dwell above this multiple of theirs.
+BOTTLENECK_CONVERSION_SHARE = 0.5
+BOTTLENECK_DWELL_MULTIPLE = 2.0
+
+
+class QueryError(ValueError):
+    """A report query that cannot be answered (bad parameter); the gateway answers 422 with it."""
+
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+DAY_US = 86_400_000_000
+
+
+def micros(at: datetime) -> int:
+    """A time as whole microseconds since 1970 (exact: no float on the way)."""
+    return (at - EPOCH) // timedelta(microseconds=1)
+
+
+def day_of(at: datetime) -> date:
+    return (at if at.tzinfo else at.replace(tzinfo=UTC)).astimezone(UTC).date()
+
+
+def week_of(day: date) -> date:
+    """The Monday starting the ISO week of a day."""
+    return day - timedelta(days=day.weekday())
+
+
+def dwell_minutes(start: datetime, end: datetime) -> int:
+    return max(0, math.floor((end - start).total_seconds() / 60))
+
+
+def median(hist: Mapping[int, int]) -> float | None:
+    """The median of a histogram {value: count}."""
+    n = sum(hist.values())
+    if n == 0:
+        return None
+    lo, hi = _nth(hist, (n - 1) // 2), _nth(hist, n // 2)
+    return (lo + hi) / 2
+
+
+def p90(hist: Mapping[int, int]) -> float | None:
+    n = sum(hist.values())
+    if n == 0:
+        return None
+    return float(_nth(hist, math.ceil(0.9 * n) - 1))
+
+
+def _nth(hist: Mapping[int, int], index: int) -> int:
+    """The value at 0-based rank `index` of the sorted multiset."""
+    seen = 0
+    for value in sorted(hist):
+        seen += hist[value]
+        if index < seen:
+            return value
+    raise IndexError(index)
+
+
+def hours(minutes: float | None) -> float | None:
+    return None if minutes is None else round(minutes / 60, 2)
+
+
+def rate(part: float, whole: float) -> float | None:
+    return round(part / whole, 4) if whole else None
+
+
+def engagement_row(group: str, sums: Mapping[str, int]) -> dict[str, Any]:
+    delivered = sums["sent"] - sums["bounced"]
+    return {"group": group, "sent": sums["sent"], "delivered": delivered, "opened": sums["opened"],
+            "clicked": sums["clicked"], "unsubscribed": sums["unsubscribed"], "bounced": sums["bounced"],
+            "open_rate": rate(sums["opened"], delivered), "click_rate": rate(sums["clicked"], delivered)}
+
+
+def stage_rows(counts: Mapping[tuple[str, str], tuple[int, int]],
+               dwell: Mapping[tuple[str, str], tuple[float | None, float | None]]) -> list[dict[str, Any]]:
+    """Stage conversion and velocity per (journey, stage) from entered/advanced counts and the (median,
+    p90) dwell in minutes, with bottlenecks flagged and explained.
+
+    A stage no lead has left yet (advanced 0) is treated as where the journey ends so far and is not
+    compared: every journey's last stage would otherwise look like its worst."""
+    rows: list[dict[str, Any]] = []
+    for (journey, stage), (entered, advanced) in sorted(counts.items()):
+        med, p90_ = dwell.get((journey, stage), (None, None))
+        rows.append({"journey": journey, "stage": stage, "entered": entered, "advanced": advanced,
+                     "conversion_rate": rate(advanced, entered), "median_hours": hours(med),
+                     "p90_hours": hours(p90_), "bottleneck": False, "why": "", "_median": med})
+    by_journey: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        if r["advanced"]:
+            by_journey.setdefault(r["journey"], []).append(r)
+    for stages in by_journey.values():
+        for r in stages:
+            others = [o for o in stages if o is not r]
+            if not others:
+                continue
+            reasons = []
+            mean_conv = sum(o["advanced"] / o["entered"] for o in others) / len(others)
+            conv = r["advanced"] / r["entered"]
+            if conv < BOTTLENECK_CONVERSION_SHARE * mean_conv:
+                reasons.append(f"conversion {conv:.2%} against {mean_conv:.2%} for the journey's other stages")
+            meds = [o["_median"] for o in others if o["_median"] is not None]
+            if meds and r["_median"] is not None:
+                mean_med = sum(meds) / len(meds)
+                if r["_median"] > BOTTLENECK_DWELL_MULTIPLE * mean_med:
+                    reasons.append(f"median dwell {r['_median'] / 60:.1f} h against {mean_med / 60:.1f} h "
+                                   "for the journey's other stages")
+            if reasons:
+                r["bottleneck"], r["why"] = True, "; ".join(reasons)
+    for r in rows:
+        del r["_median"]
+    return rows
+
+
+def lifecycle_rows(changes: Mapping[tuple[str, str], tuple[int, float | None]]) -> list[dict[str, Any]]:
+    """Lifecycle transitions from (count, median minutes) per (from, to)."""
+    return [{"from": f, "to": t, "count": n, "median_hours": hours(med)}
+            for (f, t), (n, med) in sorted(changes.items())]
+
+
+def qualification_rows(weekly: Mapping[tuple[date, str], int]) -> list[dict[str, Any]]:
+    weeks = sorted({w for w, _ in weekly})
+    return [{"week": w.isoformat(), **{q: weekly.get((w, q), 0) for q in QUALIFICATION}} for w in weeks]
+
+
+def bucket_points(by_day: Mapping[date, float], interval: str) -> list[dict[str, Any]]:
+    points: dict[date, float] = {}
+    for day, value in by_day.items():
+        key = week_of(day) if interval == "week" else day
+        points[key] = points.get(key, 0) + value
+    return [{"t": t.isoformat(), "value": round(v, 2) if isinstance(v, float) else v}
+            for t, v in sorted(points.items())]
+
+
+def credit(touches: Sequence[Mapping[str, Any]], model: str) -> list[tuple[Mapping[str, Any], float]]:
+    """Shares of one conversion among the touches before it (in time order): first, last, or linear."""
+    if not touches:
+        return []
+    if model == "first":
+        return [(touches[0], 1.0)]
+    if model == "last":
+        return [(touches[-1], 1.0)]
+    share = 1.0 / len(touches)
+    return [(t, share) for t in touches]
+
+
+def attribution_report(conversions: Iterable[tuple[Mapping[str, Any], Sequence[Mapping[str, Any]]]],
+                       model: str) -> dict[str, Any]:
+    """Conversions (won deals) and their revenue credited to the content engaged with before them."""
+    acc: dict[str, dict[tuple[str, ...], list[float]]] = {"template": {}, "topic": {}, "format": {}}
+    total, unattributed = 0, 0
+    revenue = 0.0
+    for deal, touched in conversions:
+        total += 1
+        revenue += float(deal["amount"])
+        shares = credit(touched, model)
+        if not shares:
+            unattributed += 1
+        for touch, share in shares:
+            for dim in acc:
+                key = (str(touch["template"]), str(touch["topic"]), str(touch["format"])) if dim == "template" \
+                    else (str(touch[dim]),)
+                cell = acc[dim].setdefault(key, [0.0, 0.0])
+                cell[0] += share
+                cell[1] += share * float(deal["amount"])
+    out: dict[str, Any] = {"model": model, "conversions": total, "revenue": round(revenue, 2),
+                           "unattributed": unattributed}
+    out["by_template"] = [{"template": k[0], "topic": k[1], "format": k[2], "conversions": round(v[0], 4),
+                           "revenue": round(v[1], 2)} for k, v in sorted(acc["template"].items())]
+    for dim in ("topic", "format"):
+        out[f"by_{dim}"] = [{dim: k[0], "conversions": round(v[0], 4), "revenue": round(v[1], 2)}
+                            for k, v in sorted(acc[dim].items())]
+    return out
+
+
+def months_in(start: date, end: date) -> float:
+    """The range's length in months of 30 days (the fixed monthly cost is charged pro rata)."""
+    return ((end - start).days + 1) / 30
+
+
+def roi_report(*, nurtured: int, sent_by_channel: Mapping[str, int], costs: Mapping[str, Any], start: date,
+               end: date, influenced: float, by_journey: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    rates = costs.get("per_message", {})
+    variable = sum(n * float(rates.get(ch, 0)) for ch, n in sent_by_channel.items())
+    fixed = float(costs.get("fixed_monthly", 0)) * months_in(start, end)
+    cost = variable + fixed
+    total_sent = sum(sent_by_channel.values())
+    journeys = []
+    for j in by_journey:
+        j_cost = sum(n * float(rates.get(ch, 0)) for ch, n in j["sent_by_channel"].items())
+        j_sent = sum(j["sent_by_channel"].values())
+        j_cost += fixed * (j_sent / total_sent) if total_sent else 0.0  # fixed cost shared by sends
+        journeys.append({"journey": j["journey"], "nurtured_leads": j["nurtured"], "cost": round(j_cost, 2),
+                         "cost_per_nurtured_lead": round(j_cost / j["nurtured"], 4) if j["nurtured"] else None,
+                         "influenced_revenue": round(j["influenced"], 2),
+                         "roi": round((j["influenced"] - j_cost) / j_cost, 4) if j_cost else None})
+    return {"nurtured_leads": nurtured, "cost": round(cost, 2),
+            "cost_per_nurtured_lead": round(cost / nurtured, 4) if nurtured else None,
+            "influenced_revenue": round(influenced, 2),
+            "roi": round((influenced - cost) / cost, 4) if cost else None, "by_journey": journeys}

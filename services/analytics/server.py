@@ -1,0 +1,66 @@
+"""Analytics service wiring: SQL (Alembic migrations under ./migrations), Redis, the clock, the read
+model, the gRPC server (Analytics + Admin) and the bus consumer (group `analytics`; real clock only,
+with a virtual clock Admin.Settle drains the bus).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from datetime import datetime
+from pathlib import Path
+
+import grpc
+
+from nurture import redisconn
+from nurture.admin import AdminServicer
+from nurture.api.analytics.v1 import analytics_pb2, analytics_pb2_grpc
+from nurture.api.common.v1 import common_pb2, common_pb2_grpc
+from nurture.bus import Consumer
+from nurture.clock import make_clock
+from nurture.db import open_database
+from nurture.rpc import start_server
+from nurture.service import Running
+from nurture.settings import Settings
+from services.analytics import storage
+from services.analytics.app.core import ReadModel, load_costs
+from services.analytics.servicer import AnalyticsServicer
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+
+
+async def serve(settings: Settings) -> Running:
+    db = open_database(settings, service="analytics", migrations_dir=MIGRATIONS)
+    client = redisconn.connect(settings)
+    clock = make_clock(settings.clock, settings.redis_url)
+    model = ReadModel(db, clock, load_costs())
+    consumer = Consumer(client, group="analytics", shards=settings.bus_shards, handler=model.handle_messages)
+
+    async def settle() -> tuple[int, datetime | None]:
+        return await consumer.drain(), None
+
+    async def timeline(lead_id: str, limit: int) -> list[common_pb2.TimelineItem]:
+        return []  # analytics adds nothing to a lead's story: every fact it holds is told by its source
+
+    async def erase(lead_id: str, _hash: str) -> int:
+        return int(await model.read(storage.erase_lead, lead_id))
+
+    def register(server: grpc.aio.Server) -> Iterable[str]:
+        analytics_pb2_grpc.add_AnalyticsServicer_to_server(AnalyticsServicer(model), server)
+        common_pb2_grpc.add_AdminServicer_to_server(
+            AdminServicer(settle=settle, timeline=timeline, erase=erase, stats=lambda: db.counters), server)
+        return [analytics_pb2.DESCRIPTOR.services_by_name["Analytics"].full_name,
+                common_pb2.DESCRIPTOR.services_by_name["Admin"].full_name]
+
+    handle = await start_server(name="analytics", port=settings.grpc_port, register=register,
+                                mesh_tokens=settings.mesh_tokens)
+    tasks: list[asyncio.Task[None]] = []
+    if settings.clock != "virtual":
+        tasks.append(asyncio.create_task(consumer.run(), name="analytics-bus"))
+
+    async def close() -> None:
+        await client.aclose()
+        db.close()
+
+    return Running(server=handle, tasks=tasks, close=close)
+

@@ -1,0 +1,91 @@
+"""Analytics gRPC methods: proto in, read model call, JSON report out; a bad query is INVALID_ARGUMENT."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any, NoReturn
+
+import grpc
+
+from nurture.api.analytics.v1 import analytics_pb2, analytics_pb2_grpc
+from nurture.rpcguard import guard_requests
+from services.analytics import storage
+from services.analytics.app.core import DEFAULT_DAYS, ReadModel
+from services.analytics.domain import reports
+
+MAX_WINDOW_DAYS = 3650
+
+
+async def _abort(context: grpc.aio.ServicerContext, message: str) -> NoReturn:
+    await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                        json.dumps({"code": "invalid", "message": message}))
+    raise AssertionError("unreachable")
+
+
+def _reply(body: Any) -> analytics_pb2.ReportReply:
+    return analytics_pb2.ReportReply(report_json=json.dumps(body, default=str))
+
+
+@guard_requests()
+class AnalyticsServicer(analytics_pb2_grpc.AnalyticsServicer):
+    def __init__(self, model: ReadModel) -> None:
+        self.m = model
+
+    async def _answer(self, context: grpc.aio.ServicerContext, make: Callable[[], Awaitable[Any]]
+                      ) -> analytics_pb2.ReportReply:
+        try:
+            return _reply(await make())
+        except reports.QueryError as exc:
+            await _abort(context, str(exc))
+
+    async def Engagement(self, request: analytics_pb2.EngagementRequest, context: grpc.aio.ServicerContext
+                         ) -> analytics_pb2.ReportReply:
+        async def make() -> Any:
+            group = request.group_by or "journey"
+            if group not in reports.ENGAGEMENT_GROUPS:
+                raise reports.QueryError(f"group_by must be one of {', '.join(reports.ENGAGEMENT_GROUPS)}")
+            return {"rows": await self.m.read(storage.engagement_report, self.m.query(request.query), group)}
+        return await self._answer(context, make)
+
+    async def Progression(self, request: analytics_pb2.ProgressionRequest, context: grpc.aio.ServicerContext
+                          ) -> analytics_pb2.ReportReply:
+        async def make() -> Any:
+            return await self.m.read(storage.progression_report, self.m.query(request.query))
+        return await self._answer(context, make)
+
+    async def Attribution(self, request: analytics_pb2.AttributionRequest, context: grpc.aio.ServicerContext
+                          ) -> analytics_pb2.ReportReply:
+        async def make() -> Any:
+            model = request.model or "last"
+            if model not in reports.ATTRIBUTION_MODELS:
+                raise reports.QueryError(f"model must be one of {', '.join(reports.ATTRIBUTION_MODELS)}")
+            window = request.window_days or DEFAULT_DAYS
+            if not 1 <= window <= MAX_WINDOW_DAYS:
+                raise reports.QueryError(f"window_days must be between 1 and {MAX_WINDOW_DAYS}")
+            return await self.m.read(storage.attribution_report, self.m.query(request.query), model, window)
+        return await self._answer(context, make)
+
+    async def Roi(self, request: analytics_pb2.RoiRequest, context: grpc.aio.ServicerContext
+                  ) -> analytics_pb2.ReportReply:
+        async def make() -> Any:
+            return await self.m.read(storage.roi_report, self.m.query(request.query), self.m.costs)
+        return await self._answer(context, make)
+
+    async def Timeseries(self, request: analytics_pb2.TimeseriesRequest, context: grpc.aio.ServicerContext
+                         ) -> analytics_pb2.ReportReply:
+        async def make() -> Any:
+            metric, interval = request.metric or "sent", request.interval or "day"
+            if metric not in reports.TIMESERIES_METRICS:
+                raise reports.QueryError(f"metric must be one of {', '.join(reports.TIMESERIES_METRICS)}")
+            if interval not in ("day", "week"):
+                raise reports.QueryError("interval must be day or week")
+            points = await self.m.read(storage.timeseries_report, self.m.query(request.query), metric, interval)
+            return {"metric": metric, "interval": interval, "points": points}
+        return await self._answer(context, make)
+
+    async def Rebuild(self, request: analytics_pb2.RebuildRequest, context: grpc.aio.ServicerContext
+                      ) -> analytics_pb2.RebuildReply:
+        return analytics_pb2.RebuildReply(facts=await self.m.read(storage.rebuild))
+
+

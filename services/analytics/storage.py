@@ -1,0 +1,448 @@
+"""The read model in SQL: record facts once, fold them into state and day aggregates, read reports.
+
+`record(session, facts)` runs in one transaction with the folding, so a batch is either wholly counted
+or not at all (the consumer acks after the commit; a redelivered fact finds its id in
+`analytics_facts` and changes nothing). `rebuild` empties the derived tables and folds the whole record
+again in the order it was heard.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, fields
+from datetime import UTC, date, datetime
+from typing import Any
+
+from sqlalchemy import Float, Table, and_, delete, func, insert, literal, or_, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import ColumnElement
+
+from services.analytics.domain import reports
+from services.analytics.domain.facts import Fact, parse_time
+from services.analytics.tables import (
+    DERIVED,
+    engagement,
+    facts,
+    lead_stages,
+    leads,
+    lifecycle,
+    messages,
+    nurtured,
+    stage_counts,
+    stage_dwell,
+    touches,
+    won,
+)
+
+CHUNK = 500  # ids per IN list
+
+
+def _chunks(items: Sequence[Any], size: int = CHUNK) -> Iterator[Sequence[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _upsert(session: Session, table: Table, rows: list[dict[str, Any]], *, add: Sequence[str] = (),
+            ignore: bool = False) -> None:
+    """Insert rows; on a key that exists, add the `add` columns to it and replace the others (or with
+    `ignore`, leave it as it is). One single-row statement run as executemany: it compiles once (a
+    multi-row VALUES compiles again for every row count, which cost more than the writes)."""
+    if not rows:
+        return
+    dialect = session.get_bind().dialect.name
+    if dialect not in ("postgresql", "sqlite"):
+        raise RuntimeError(f"unsupported database {dialect}")
+    make = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    keys = [c.name for c in table.primary_key.columns]
+    others = [c.name for c in table.columns if c.name not in keys]
+    stmt: Any = make(table)
+    if ignore or not others:
+        stmt = stmt.on_conflict_do_nothing(index_elements=keys)
+    else:
+        stmt = stmt.on_conflict_do_update(index_elements=keys, set_={
+            n: (table.c[n] + stmt.excluded[n]) if n in add else stmt.excluded[n] for n in others})
+    session.execute(stmt, rows)
+
+
+def _encode(f: Fact) -> str:
+    body = {k: v for k in _FACT_FIELDS if (v := getattr(f, k)) not in ("", None, 0.0)}
+    body["at"] = f.at.isoformat()
+    if f.since is not None:
+        body["since"] = f.since.isoformat()
+    return json.dumps(body, separators=(",", ":"))
+
+
+def _decode(body: str) -> Fact:
+    raw = json.loads(body)
+    at = parse_time(raw.pop("at"))
+    assert at is not None
+    since = parse_time(raw.pop("since", None))
+    return Fact(at=at, since=since, **raw)
+
+
+_FACT_FIELDS = tuple(f.name for f in fields(Fact))
+
+
+@dataclass
+class _Msg:
+    sent: bool = False
+    opened: bool = False
+    clicked: bool = False
+    bounced: bool = False
+
+
+class Fold:
+    """Folds facts, in the order heard, into the derived tables within one session."""
+
+    def __init__(self, session: Session) -> None:
+        self.s = session
+        self.eng: dict[tuple[Any, ...], dict[str, int]] = defaultdict(lambda: dict.fromkeys(
+            ("sent", "opened", "clicked", "bounced", "unsubscribed"), 0))
+        self.nurtured: set[tuple[date, str, str, str]] = set()
+        self.life: dict[tuple[Any, ...], int] = defaultdict(int)
+        self.counts: dict[tuple[Any, ...], list[int]] = defaultdict(lambda: [0, 0])
+        self.dwell: dict[tuple[Any, ...], int] = defaultdict(int)
+        self.touches: list[dict[str, Any]] = []
+        self.won: list[dict[str, Any]] = []
+
+    def run(self, batch: Sequence[Fact]) -> None:
+        mids = sorted({f.message_id for f in batch if f.message_id})
+        msgs: dict[str, _Msg] = {}
+        for part in _chunks(mids):
+            for r in self.s.execute(select(messages).where(messages.c.message_id.in_(part))).mappings():
+                msgs[r["message_id"]] = _Msg(r["sent"], r["opened"], r["clicked"], r["bounced"])
+        lead_ids = sorted({f.lead_id for f in batch if f.kind == "stage"})
+        lead_state: dict[str, tuple[str, datetime]] = {}
+        for part in _chunks(lead_ids):
+            for r in self.s.execute(select(leads).where(leads.c.lead_id.in_(part))).mappings():
+                lead_state[r["lead_id"]] = (r["stage"], _aware(r["since"]) or r["since"])
+        path_leads = sorted({f.lead_id for f in batch if f.kind in ("sent", "bounced") and f.journey and f.stage})
+        paths: dict[tuple[str, str], dict[str, dict[str, Any]]] = defaultdict(dict)
+        for part in _chunks(path_leads):
+            for r in self.s.execute(select(lead_stages).where(lead_stages.c.lead_id.in_(part))).mappings():
+                paths[(r["lead_id"], r["journey"])][r["stage"]] = {
+                    **r, "entered_at": _aware(r["entered_at"]), "left_at": _aware(r["left_at"]), "_dirty": False}
+        changed_msgs: set[str] = set()
+        changed_leads: set[str] = set()
+        for f in batch:
+            if f.kind == "stage":
+                self._stage(f, lead_state)
+                changed_leads.add(f.lead_id)
+            elif f.kind == "won":
+                self.won.append({"id": f.id, "lead_id": f.lead_id, "at": f.at, "ts": reports.micros(f.at),
+                                 "day": reports.day_of(f.at),
+                                 "segment": f.segment, "amount": f.amount})
+            else:
+                if f.message_id:
+                    changed_msgs.add(f.message_id)
+                self._engagement(f, msgs.setdefault(f.message_id, _Msg()) if f.message_id else None, paths)
+        self._write(msgs, changed_msgs, lead_state, changed_leads, paths)
+
+    def _engagement(self, f: Fact, m: _Msg | None, paths: dict[tuple[str, str], dict[str, dict[str, Any]]]) -> None:
+        day = reports.day_of(f.at)
+        cell = self.eng[(day, f.journey, f.segment, f.template, f.channel, f.topic, f.format)]
+        if f.kind == "unsubscribed":
+            cell["unsubscribed"] += 1
+            return
+        if f.kind in ("sent", "bounced"):
+            if m is None or not m.sent:
+                cell["sent"] += 1
+                self.nurtured.add((day, f.journey, f.segment, f.lead_id))
+                if m is not None:
+                    m.sent = True
+                if f.journey and f.stage:
+                    self._path(f, paths[(f.lead_id, f.journey)])
+            if f.kind == "bounced" and (m is None or not m.bounced):
+                cell["bounced"] += 1
+                if m is not None:
+                    m.bounced = True
+            return
+        flag = f.kind  # opened | clicked
+        if m is not None and getattr(m, flag):
+            return
+        cell[flag] += 1
+        if m is not None:
+            setattr(m, flag, True)
+        self.touches.append({"id": f.id, "lead_id": f.lead_id, "at": f.at, "ts": reports.micros(f.at),
+                             "journey": f.journey,
+                             "template": f.template, "topic": f.topic, "format": f.format})
+
+    def _path(self, f: Fact, stages: dict[str, dict[str, Any]]) -> None:
+        if f.stage in stages:
+            return  # a stage is entered once: content of an earlier stage sent again changes nothing
+        for row in stages.values():
+            if row["left_at"] is None:
+                row["left_at"], row["_dirty"] = f.at, True
+                entered_day = reports.day_of(row["entered_at"])
+                key = (entered_day, f.journey, row["stage"], row["segment"])
+                self.counts[key][1] += 1
+                self.dwell[(*key, reports.dwell_minutes(row["entered_at"], f.at))] += 1
+        stages[f.stage] = {"lead_id": f.lead_id, "journey": f.journey, "stage": f.stage, "segment": f.segment,
+                           "entered_at": f.at, "left_at": None, "_dirty": True}
+        self.counts[(reports.day_of(f.at), f.journey, f.stage, f.segment)][0] += 1
+
+    def _stage(self, f: Fact, state: dict[str, tuple[str, datetime]]) -> None:
+        before = state.get(f.lead_id)
+        since = before[1] if before else (f.since or f.at)
+        self.life[(reports.day_of(f.at), f.previous, f.stage, f.segment, reports.dwell_minutes(since, f.at))] += 1
+        state[f.lead_id] = (f.stage, f.at)
+
+    def _write(self, msgs: dict[str, _Msg], changed: set[str],
+               lead_state: dict[str, tuple[str, datetime]], changed_leads: set[str],
+               paths: dict[tuple[str, str], dict[str, dict[str, Any]]]) -> None:
+        s = self.s
+        _upsert(s, messages, [{"message_id": k, "sent": m.sent, "opened": m.opened, "clicked": m.clicked,
+                               "bounced": m.bounced} for k in sorted(changed) for m in (msgs[k],)])
+        _upsert(s, leads, [{"lead_id": k, "stage": lead_state[k][0], "since": lead_state[k][1]}
+                           for k in sorted(changed_leads)])
+        dirty = [{k: v for k, v in row.items() if k != "_dirty"}
+                 for stages in paths.values() for row in stages.values() if row["_dirty"]]
+        _upsert(s, lead_stages, sorted(dirty, key=lambda r: (r["lead_id"], r["journey"], r["stage"])))
+        _upsert(s, engagement, [dict(zip(("day", "journey", "segment", "template", "channel", "topic", "format"),
+                                         k, strict=True)) | v for k, v in sorted(self.eng.items())],
+                add=("sent", "opened", "clicked", "bounced", "unsubscribed"))
+        _upsert(s, nurtured, [dict(zip(("day", "journey", "segment", "lead_id"), k, strict=True))
+                              for k in sorted(self.nurtured)], ignore=True)
+        _upsert(s, lifecycle, [dict(zip(("day", "from_stage", "to_stage", "segment", "minutes"), k, strict=True))
+                               | {"n": n} for k, n in sorted(self.life.items())], add=("n",))
+        _upsert(s, stage_counts, [dict(zip(("day", "journey", "stage", "segment"), k, strict=True))
+                                  | {"entered": v[0], "advanced": v[1]} for k, v in sorted(self.counts.items())],
+                add=("entered", "advanced"))
+        _upsert(s, stage_dwell, [dict(zip(("day", "journey", "stage", "segment", "minutes"), k, strict=True))
+                                 | {"n": n} for k, n in sorted(self.dwell.items())], add=("n",))
+        _upsert(s, touches, self.touches, ignore=True)
+        _upsert(s, won, self.won, ignore=True)
+
+
+def record(session: Session, batch: Sequence[Fact]) -> int:
+    """Keep the facts not heard before (by id) and fold them in; returns how many were new."""
+    unique: dict[str, Fact] = {}
+    for f in batch:
+        unique.setdefault(f.id, f)
+    ids = list(unique)
+    known: set[str] = set()
+    for part in _chunks(ids):
+        known.update(session.scalars(select(facts.c.id).where(facts.c.id.in_(part))))
+    new = [f for f in unique.values() if f.id not in known]
+    if not new:
+        return 0
+    session.execute(insert(facts), [{"id": f.id, "lead_id": f.lead_id, "kind": f.kind, "at": f.at,
+                                     "body": _encode(f)} for f in new])
+    Fold(session).run(new)
+    return len(new)
+
+
+def rebuild(session: Session, chunk: int = 5000) -> int:
+    """Derive every table again from the facts record, in the order the facts were heard."""
+    for table in DERIVED:
+        session.execute(delete(table))
+    done, after = 0, 0
+    while True:
+        rows = session.execute(select(facts.c.seq, facts.c.body).where(facts.c.seq > after)
+                               .order_by(facts.c.seq).limit(chunk)).all()
+        if not rows:
+            return done
+        Fold(session).run([_decode(r.body) for r in rows])
+        done += len(rows)
+        after = rows[-1].seq
+
+
+def erase_lead(session: Session, lead_id: str) -> int:
+    """Forget a lead's identity: its facts and per-lead rows go; the day aggregates (counts with no
+    person in them) stay, so past reports do not change."""
+    n = 0
+    for table in (facts, leads, lead_stages, nurtured, touches, won):
+        result: Any = session.execute(delete(table).where(table.c.lead_id == lead_id))
+        n += int(result.rowcount or 0)
+    return n
+
+
+# --- reads ------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Query:
+    start: date
+    end: date
+    segment: str | None = None
+    journey: str | None = None
+
+    def where(self, table: Table, *, journey: bool = True) -> ColumnElement[bool]:
+        cond = [table.c.day >= self.start, table.c.day <= self.end]
+        if self.segment is not None:
+            cond.append(table.c.segment == self.segment)
+        if journey and self.journey is not None and "journey" in table.c:
+            cond.append(table.c.journey == self.journey)
+        return and_(*cond)
+
+
+def engagement_report(session: Session, q: Query, group_by: str) -> list[dict[str, Any]]:
+    col = engagement.c[group_by]
+    measures = ("sent", "opened", "clicked", "bounced", "unsubscribed")
+    rows = session.execute(select(col, *[func.sum(engagement.c[m]) for m in measures])
+                           .where(q.where(engagement)).group_by(col).order_by(col)).all()
+    return [reports.engagement_row(r[0], dict(zip(measures, (int(v or 0) for v in r[1:]), strict=True)))
+            for r in rows]
+
+
+def _percentiles(session: Session, table: Table, keys: Sequence[str], where: ColumnElement[bool]
+                 ) -> dict[tuple[str, ...], tuple[int, float | None, float | None]]:
+    """Per group of `keys`: (count, median, p90) of a minutes histogram, ranked in SQL with window sums so
+    only the (at most three) rows holding the ranks come back, however many distinct values there are."""
+    grouped = select(*[table.c[k] for k in keys], table.c.minutes, func.sum(table.c.n).label("c")) \
+        .where(where).group_by(*[table.c[k] for k in keys], table.c.minutes).subquery()
+    part = [grouped.c[k] for k in keys]
+    ranked = select(*part, grouped.c.minutes, grouped.c.c,
+                    func.sum(grouped.c.c).over(partition_by=part, order_by=grouped.c.minutes).label("cum"),
+                    func.sum(grouped.c.c).over(partition_by=part).label("tot")).subquery()
+    cum, c, tot = ranked.c.cum, ranked.c.c, ranked.c.tot
+    ranks = [(tot - 1) / 2, tot / 2, (9 * tot + 9) / 10 - 1]  # integer division on integer columns
+    holds = [and_(cum > r, cum - c <= r) for r in ranks]
+    rows = session.execute(select(*[ranked.c[k] for k in keys], ranked.c.minutes, cum, c, tot)
+                           .where(or_(*holds))).all()
+    found: dict[tuple[str, ...], list[tuple[int, int, int, int]]] = defaultdict(list)
+    for r in rows:
+        found[tuple(r[:len(keys)])].append((int(r[-4]), int(r[-3]), int(r[-2]), int(r[-1])))
+    out: dict[tuple[str, ...], tuple[int, float | None, float | None]] = {}
+    for key, hits in found.items():
+        n = hits[0][3]
+
+        def at(rank: int, hits: list[tuple[int, int, int, int]] = hits) -> int:
+            return next(m for m, cm, cc, _ in hits if cm > rank >= cm - cc)
+        out[key] = (n, (at((n - 1) // 2) + at(n // 2)) / 2, float(at(math.ceil(0.9 * n) - 1)))
+    return out
+
+
+def progression_report(session: Session, q: Query) -> dict[str, Any]:
+    counts: dict[tuple[str, str], tuple[int, int]] = {}
+    for r in session.execute(select(stage_counts.c.journey, stage_counts.c.stage, func.sum(stage_counts.c.entered),
+                                    func.sum(stage_counts.c.advanced)).where(q.where(stage_counts))
+                             .group_by(stage_counts.c.journey, stage_counts.c.stage)):
+        counts[(r[0], r[1])] = (int(r[2] or 0), int(r[3] or 0))
+    dwell = {(k[0], k[1]): (med, p90) for k, (_, med, p90)
+             in _percentiles(session, stage_dwell, ("journey", "stage"), q.where(stage_dwell)).items()}
+    life = {(k[0], k[1]): (n, med) for k, (n, med, _) in
+            _percentiles(session, lifecycle, ("from_stage", "to_stage"), q.where(lifecycle)).items()}
+    weekly: dict[tuple[date, str], int] = defaultdict(int)
+    for day, to_stage, n in session.execute(
+            select(lifecycle.c.day, lifecycle.c.to_stage, func.sum(lifecycle.c.n))
+            .where(q.where(lifecycle), lifecycle.c.to_stage.in_(reports.QUALIFICATION))
+            .group_by(lifecycle.c.day, lifecycle.c.to_stage)):
+        weekly[(reports.week_of(day), to_stage)] += int(n)
+    return {"stages": reports.stage_rows(counts, dwell), "lifecycle": reports.lifecycle_rows(life),
+            "qualification": reports.qualification_rows(weekly)}
+
+
+_STAGE_OF_METRIC = {"mql": "mql", "sql": "sql", "customers": "customer"}
+
+
+def timeseries_report(session: Session, q: Query, metric: str, interval: str) -> list[dict[str, Any]]:
+    by_day: dict[date, float] = {}
+    if metric in ("sent", "opened", "clicked"):
+        stmt = select(engagement.c.day, func.sum(engagement.c[metric])).where(q.where(engagement)) \
+            .group_by(engagement.c.day)
+    elif metric in _STAGE_OF_METRIC:
+        stmt = select(lifecycle.c.day, func.sum(lifecycle.c.n)).where(
+            q.where(lifecycle), lifecycle.c.to_stage == _STAGE_OF_METRIC[metric]).group_by(lifecycle.c.day)
+    else:
+        stmt = select(won.c.day, func.sum(won.c.amount)).where(q.where(won)).group_by(won.c.day)
+    for day, value in session.execute(stmt):
+        if value:
+            by_day[day] = float(value) if metric == "revenue" else int(value)
+    return reports.bucket_points(by_day, interval)
+
+
+def _touched_before(q: Query, window_us: int | None) -> Any:
+    """Won deals in range joined to their lead's touches at or before the win (and within the window)."""
+    on = [touches.c.lead_id == won.c.lead_id, touches.c.ts <= won.c.ts]
+    if window_us is not None:
+        on.append(touches.c.ts >= won.c.ts - window_us)
+    if q.journey is not None:
+        on.append(touches.c.journey == q.journey)
+    return won.join(touches, and_(*on))
+
+
+def attribution_report(session: Session, q: Query, model: str, window_days: int) -> dict[str, Any]:
+    total, revenue = session.execute(select(func.count(), func.sum(won.c.amount)).where(q.where(won))).one()
+    order = (touches.c.ts, touches.c.id)
+    credited = select(
+        won.c.id.label("deal"), won.c.amount, touches.c.template, touches.c.topic, touches.c.format,
+        func.row_number().over(partition_by=won.c.id, order_by=order).label("first"),
+        func.row_number().over(partition_by=won.c.id, order_by=[o.desc() for o in order]).label("last"),
+        func.count().over(partition_by=won.c.id).label("k"),
+    ).select_from(_touched_before(q, window_days * reports.DAY_US)).where(q.where(won)).subquery()
+    one = literal(1.0, Float)
+    if model == "linear":
+        picked = credited.select().subquery()
+        share: Any = one / picked.c.k  # each touch an equal part of the conversion
+    else:
+        picked = credited.select().where(credited.c[model] == 1).subquery()
+        share = one
+    shared = select(picked.c.deal, picked.c.amount, picked.c.template, picked.c.topic, picked.c.format,
+                    share.label("share")).subquery()
+    dims = (shared.c.template, shared.c.topic, shared.c.format)
+    by_template = session.execute(select(*dims, func.sum(shared.c.share), func.sum(shared.c.share * shared.c.amount))
+                                  .group_by(*dims).order_by(*dims)).all()
+    attributed = session.scalar(select(func.count(func.distinct(shared.c.deal)))) or 0
+    per_dim: dict[str, dict[str, list[float]]] = {"topic": {}, "format": {}}
+    for _template, topic, fmt, conv, rev in by_template:
+        for dim, value in (("topic", topic), ("format", fmt)):
+            cell = per_dim[dim].setdefault(value, [0.0, 0.0])
+            cell[0] += float(conv)
+            cell[1] += float(rev)
+    out: dict[str, Any] = {
+        "model": model, "conversions": int(total or 0), "revenue": round(float(revenue or 0), 2),
+        "unattributed": int(total or 0) - int(attributed),
+        "by_template": [{"template": t, "topic": tp, "format": f, "conversions": round(float(c), 4),
+                         "revenue": round(float(r), 2)} for t, tp, f, c, r in by_template]}
+    for dim in ("topic", "format"):
+        out[f"by_{dim}"] = [{dim: k, "conversions": round(v[0], 4), "revenue": round(v[1], 2)}
+                            for k, v in sorted(per_dim[dim].items())]
+    out["window_days"] = window_days
+    return out
+
+
+def roi_report(session: Session, q: Query, costs: dict[str, Any]) -> dict[str, Any]:
+    nurtured_count = session.scalar(select(func.count(func.distinct(nurtured.c.lead_id)))
+                                    .where(q.where(nurtured))) or 0
+    sent_by: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for j, ch, n in session.execute(select(engagement.c.journey, engagement.c.channel, func.sum(engagement.c.sent))
+                                    .where(q.where(engagement)).group_by(engagement.c.journey, engagement.c.channel)):
+        sent_by[j][ch] += int(n or 0)
+    per_journey = {j: int(n) for j, n in session.execute(
+        select(nurtured.c.journey, func.count(func.distinct(nurtured.c.lead_id))).where(q.where(nurtured))
+        .group_by(nurtured.c.journey))}
+    pairs = select(won.c.id, won.c.amount, touches.c.journey).distinct() \
+        .select_from(_touched_before(q, None)).where(q.where(won)).subquery()
+    by_j_revenue = {j: float(v) for j, v in session.execute(
+        select(pairs.c.journey, func.sum(pairs.c.amount)).group_by(pairs.c.journey))}
+    deals = select(won.c.id, won.c.amount).distinct().select_from(_touched_before(q, None)) \
+        .where(q.where(won)).subquery()
+    influenced = float(session.scalar(select(func.sum(deals.c.amount))) or 0.0)
+    totals: dict[str, int] = defaultdict(int)
+    for chans in sent_by.values():
+        for ch, n in chans.items():
+            totals[ch] += n
+    journeys = sorted(set(sent_by) | set(per_journey) | set(by_j_revenue))
+    return reports.roi_report(
+        nurtured=int(nurtured_count), sent_by_channel=totals, costs=costs, start=q.start, end=q.end,
+        influenced=influenced,
+        by_journey=[{"journey": j, "nurtured": per_journey.get(j, 0), "sent_by_channel": dict(sent_by.get(j, {})),
+                     "influenced": by_j_revenue.get(j, 0.0)} for j in journeys])
+
+
+def all_facts(session: Session) -> Iterable[Fact]:
+    """The record, in the order heard (tests recount from it)."""
+    for r in session.execute(select(facts.c.body).order_by(facts.c.seq)):
+        yield _decode(r.body)
+
+

@@ -1,0 +1,154 @@
+"""The read model's tables (SQLAlchemy Core), all prefixed `analytics_`.
+
+`analytics_facts` is the record: every fact heard, once (unique id), in the order heard. Every other
+table is derived from it and can be rebuilt from it (`python -m services.analytics.rebuild`):
+per-message and per-lead state that decides what a new fact changes, and the aggregates reports read,
+keyed by UTC day so any range is a sum over days.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Date,
+    DateTime,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+metadata = MetaData()
+_D = 64  # width of a dimension value (journey, segment, template, ...)
+
+facts = Table(
+    "analytics_facts", metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("id", String(200), nullable=False, unique=True),
+    Column("lead_id", String(128), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("body", Text, nullable=False),
+)
+
+# What a message has already counted for: opens and clicks are unique per message.
+messages = Table(
+    "analytics_messages", metadata,
+    Column("message_id", String(128), primary_key=True),
+    Column("sent", Boolean, nullable=False, default=False),
+    Column("opened", Boolean, nullable=False, default=False),
+    Column("clicked", Boolean, nullable=False, default=False),
+    Column("bounced", Boolean, nullable=False, default=False),
+)
+
+engagement = Table(
+    "analytics_engagement", metadata,
+    Column("day", Date, primary_key=True),
+    Column("journey", String(_D), primary_key=True),
+    Column("segment", String(_D), primary_key=True),
+    Column("template", String(128), primary_key=True),
+    Column("channel", String(_D), primary_key=True),
+    Column("topic", String(_D), primary_key=True),
+    Column("format", String(_D), primary_key=True),
+    Column("sent", Integer, nullable=False, default=0),
+    Column("opened", Integer, nullable=False, default=0),
+    Column("clicked", Integer, nullable=False, default=0),
+    Column("bounced", Integer, nullable=False, default=0),
+    Column("unsubscribed", Integer, nullable=False, default=0),
+)
+
+# Leads that were sent nurture, per day and journey (distinct nurtured leads over any range).
+nurtured = Table(
+    "analytics_nurtured", metadata,
+    Column("day", Date, primary_key=True),
+    Column("journey", String(_D), primary_key=True),
+    Column("segment", String(_D), primary_key=True),
+    Column("lead_id", String(128), primary_key=True),
+)
+
+# Each lead's lifecycle stage and since when (the dwell of its next change).
+leads = Table(
+    "analytics_leads", metadata,
+    Column("lead_id", String(128), primary_key=True),
+    Column("stage", String(_D), nullable=False),
+    Column("since", DateTime(timezone=True), nullable=False),
+)
+
+# Lifecycle changes as a histogram of whole minutes spent in the stage left, by day of the change.
+lifecycle = Table(
+    "analytics_lifecycle", metadata,
+    Column("day", Date, primary_key=True),
+    Column("from_stage", String(_D), primary_key=True),
+    Column("to_stage", String(_D), primary_key=True),
+    Column("segment", String(_D), primary_key=True),
+    Column("minutes", Integer, primary_key=True),
+    Column("n", Integer, nullable=False, default=0),
+)
+
+# A lead's way through a journey's stages: entered when it was first sent that stage's content,
+# left when it was first sent a different stage's content of the same journey.
+lead_stages = Table(
+    "analytics_lead_stages", metadata,
+    Column("lead_id", String(128), primary_key=True),
+    Column("journey", String(_D), primary_key=True),
+    Column("stage", String(_D), primary_key=True),
+    Column("segment", String(_D), nullable=False, default=""),
+    Column("entered_at", DateTime(timezone=True), nullable=False),
+    Column("left_at", DateTime(timezone=True), nullable=True),
+)
+
+# Per journey stage, by the day leads entered it: how many entered and how many went on.
+stage_counts = Table(
+    "analytics_stage_counts", metadata,
+    Column("day", Date, primary_key=True),
+    Column("journey", String(_D), primary_key=True),
+    Column("stage", String(_D), primary_key=True),
+    Column("segment", String(_D), primary_key=True),
+    Column("entered", Integer, nullable=False, default=0),
+    Column("advanced", Integer, nullable=False, default=0),
+)
+
+# Dwell in a journey stage before going on, a histogram of whole minutes by the day of entry.
+stage_dwell = Table(
+    "analytics_stage_dwell", metadata,
+    Column("day", Date, primary_key=True),
+    Column("journey", String(_D), primary_key=True),
+    Column("stage", String(_D), primary_key=True),
+    Column("segment", String(_D), primary_key=True),
+    Column("minutes", Integer, primary_key=True),
+    Column("n", Integer, nullable=False, default=0),
+)
+
+# Content a lead engaged with (first open, first click of a message): what attribution credits.
+touches = Table(
+    "analytics_touches", metadata,
+    Column("id", String(200), primary_key=True),
+    Column("lead_id", String(128), nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("ts", BigInteger, nullable=False),  # `at` in microseconds since 1970: exact window arithmetic in SQL
+    Column("journey", String(_D), nullable=False),
+    Column("template", String(128), nullable=False),
+    Column("topic", String(_D), nullable=False),
+    Column("format", String(_D), nullable=False),
+    Index("ix_analytics_touches_lead_ts", "lead_id", "ts"),
+)
+
+# Won deals the CRM reported (conversions with revenue).
+won = Table(
+    "analytics_won", metadata,
+    Column("id", String(200), primary_key=True),
+    Column("lead_id", String(128), nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("ts", BigInteger, nullable=False),
+    Column("day", Date, nullable=False),
+    Column("segment", String(_D), nullable=False),
+    Column("amount", Float, nullable=False),
+    Index("ix_analytics_won_day", "day"),
+)
+
+DERIVED = (messages, engagement, nurtured, leads, lifecycle, lead_stages, stage_counts, stage_dwell, touches, won)

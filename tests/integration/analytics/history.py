@@ -1,0 +1,392 @@
+"""Random histories as the bus carries them, and a brute-force recount of every report from them.
+
+The recount reads the raw messages directly (no Fact, no fold, no aggregate): for each report it walks
+the whole history and counts by the definitions in `services/analytics/domain/reports.py`'s docstring. The
+read model must give the same figures, however the history was delivered (in batches, with repeats,
+crashes and late events).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import statistics
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+JOURNEYS = {"welcome": ["intro", "value", "offer"], "webinar": ["invite", "remind", "followup"],
+            "reengage": ["nudge", "lastcall"]}
+TOPICS = ["visas", "tax", "schools", "business"]
+FORMATS = ["article", "checklist", "video", "case_study"]
+SEGMENTS = ["skilled_professional", "family", "entrepreneur", ""]
+LIFECYCLE = ["subscriber", "lead", "mql", "sql", "trial", "customer"]
+T0 = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
+
+
+def _iso(at: datetime) -> str:
+    return at.isoformat().replace("+00:00", "Z")
+
+
+def template_of(journey: str, stage: str, n: int) -> dict[str, str]:
+    key = f"{journey}.{stage}_{n}"
+    digest = sum(map(ord, key))
+    return {"template": key, "topic": TOPICS[digest % len(TOPICS)], "format": FORMATS[digest // 3 % len(FORMATS)]}
+
+
+def generate(seed: int, *, leads: int = 40, days: int = 50) -> list[dict[str, Any]]:
+    """A delivery-ordered stream of bus messages: each lead's own story in order (as the bus keeps it),
+    the leads interleaved, with redeliveries (the same id again), engagement events heard late (an
+    occurred_at earlier than what came before), clicks on several links of one message, noise events."""
+    rnd = random.Random(seed)
+    per_lead: list[list[dict[str, Any]]] = []
+    n_event = 0
+    for i in range(leads):
+        lead_id = f"lead-{seed}-{i}"
+        created = T0 + timedelta(hours=rnd.randrange(0, 24 * 10))
+        now: dict[str, Any] = {"segment": rnd.choice(SEGMENTS), "stage": 0}  # the lead as it is now
+        t = created
+        story: list[dict[str, Any]] = []
+
+        def msg(etype: str, at: datetime, props: dict[str, Any], *, id_: str | None = None,
+                lead_id: str = lead_id, created: datetime = created, now: dict[str, Any] = now
+                ) -> dict[str, Any]:
+            nonlocal n_event
+            n_event += 1
+            return {"id": id_ or f"ev-{seed}-{n_event}", "lead_id": lead_id, "type": etype, "properties": props,
+                    "occurred_at": _iso(at), "lead": {"id": lead_id, "segment": now["segment"] or None,
+                                                      "lifecycle_stage": LIFECYCLE[now["stage"]],
+                                                      "created_at": _iso(created)},
+                    "score_delta": 0, "rules": [], "signals": []}
+
+        story.append(msg("lead_created", created, {"source": "api"}))
+        journeys = rnd.sample(sorted(JOURNEYS), rnd.randint(1, 2))
+        for journey in journeys:
+            stages = JOURNEYS[journey]
+            reach = rnd.randint(1, len(stages))
+            for si, stage in enumerate(stages[:reach]):
+                for k in range(rnd.randint(1, 3)):
+                    t += timedelta(minutes=rnd.randrange(30, 60 * 60))
+                    mid = f"m-{seed}-{lead_id}-{journey}-{si}-{k}"
+                    tpl = template_of(journey, stage, k % 2)
+                    props = {"message_id": mid, "journey": journey, "step": f"{stage}_{k}", "stage": stage,
+                             "channel": "email", "variant": "", **tpl}
+                    if rnd.random() < 0.08:
+                        story.append(msg("email_hard_bounced", t, {**props, "reason": "550"}))
+                        continue
+                    story.append(msg("email_sent", t, props))
+                    if rnd.random() < 0.04:
+                        story.append(msg("email_bounced", t + timedelta(minutes=5), {**props, "type": "soft"}))
+                    if rnd.random() < 0.6:
+                        t_open = t + timedelta(minutes=rnd.randrange(1, 3000))
+                        story.append(msg("email_opened", t_open, props))
+                        if rnd.random() < 0.3:  # a second open event of the same message (another key)
+                            story.append(msg("email_opened", t_open + timedelta(hours=2), props))
+                        if rnd.random() < 0.5:
+                            for _link in range(rnd.randint(1, 3)):  # clicks on several links
+                                story.append(msg("email_clicked", t_open + timedelta(minutes=rnd.randrange(1, 90)),
+                                                 {**props, "url": "https://x.example/"}))
+                    if rnd.random() < 0.03:
+                        story.append(msg("unsubscribed", t + timedelta(hours=1), {**props, "scope": "nurture"}))
+                    if rnd.random() < 0.15:
+                        story.append(msg("page_viewed", t, {"url": "/pricing"}))
+                    if rnd.random() < 0.25 and now["stage"] < len(LIFECYCLE) - 1:
+                        old = LIFECYCLE[now["stage"]]
+                        now["stage"] = min(len(LIFECYCLE) - 1, now["stage"] + rnd.randint(1, 2))
+                        t_stage = t + timedelta(minutes=rnd.randrange(0, 600))
+                        story.append(msg("stage_changed", t_stage, {"old": old, "new": LIFECYCLE[now["stage"]]},
+                                         id_=f"ev-{seed}-{n_event}:stage"))
+                    if rnd.random() < 0.1:
+                        now["segment"] = rnd.choice(SEGMENTS)  # the lead's segment changes mid-story
+        if rnd.random() < 0.3:
+            t += timedelta(days=rnd.randint(0, 5), minutes=rnd.randrange(0, 1000))
+            story.append(msg("opportunity_won", t, {"deal_id": f"d-{lead_id}", "stage": "closed_won",
+                                                     "amount": rnd.choice([0, 1200, 4999.5, 15000])}))
+        # Late events: some engagement reaches the bus after later events, with its own earlier time.
+        for _ in range(rnd.randint(0, 2)):
+            j = rnd.randrange(len(story))
+            if story[j]["type"] in ("email_opened", "email_clicked"):
+                story.append(story.pop(j))
+        per_lead.append(story)
+    stream: list[dict[str, Any]] = []
+    cursors = [0] * len(per_lead)
+    live = [i for i in range(len(per_lead)) if per_lead[i]]
+    while live:
+        i = rnd.choice(live)
+        m = per_lead[i][cursors[i]]
+        stream.append(m)
+        cursors[i] += 1
+        if rnd.random() < 0.05:
+            stream.append(dict(m))  # a redelivery right after
+        if cursors[i] == len(per_lead[i]):
+            live.remove(i)
+    for _ in range(len(stream) // 20):  # repeats much later (a producer's retry, an outbox republish)
+        stream.append(dict(rnd.choice(stream)))
+    return stream
+
+
+# --- the brute-force recount -------------------------------------------------------------------------
+
+ENGAGEMENT = {"email_sent": "sent", "email_hard_bounced": "bounced", "email_bounced": "bounced",
+              "email_opened": "opened", "email_clicked": "clicked", "unsubscribed": "unsubscribed"}
+
+
+@dataclass(frozen=True)
+class Range:
+    start: date
+    end: date
+    segment: str | None = None
+    journey: str | None = None
+
+    def holds(self, m: dict[str, Any], *, journey: bool = True) -> bool:
+        day = at_of(m).date()
+        if not self.start <= day <= self.end:
+            return False
+        if self.segment is not None and seg_of(m) != self.segment:
+            return False
+        return not (journey and self.journey is not None and m["properties"].get("journey", "") != self.journey)
+
+
+def at_of(m: dict[str, Any]) -> datetime:
+    return datetime.fromisoformat(m["occurred_at"].replace("Z", "+00:00")).astimezone(UTC)
+
+
+def seg_of(m: dict[str, Any]) -> str:
+    return (m.get("lead") or {}).get("segment") or ""
+
+
+def heard(stream: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each message once, in the order first heard."""
+    seen: set[str] = set()
+    out = []
+    for m in stream:
+        if m["id"] not in seen:
+            seen.add(m["id"])
+            out.append(m)
+    return out
+
+
+def counted(stream: Sequence[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+    """(measure, message) for every engagement that counts: per message its first send (or hard
+    bounce), first bounce, first open and first click; every unsubscribe."""
+    firsts: set[tuple[str, str]] = set()
+    out = []
+    for m in heard(stream):
+        kind = ENGAGEMENT.get(m["type"])
+        if kind is None:
+            continue
+        # Unique per message; an event that names no message is its own (each one counts).
+        mid = m["properties"].get("message_id") or f"event:{m['id']}"
+        if kind == "unsubscribed":
+            out.append((kind, m))
+            continue
+        if kind in ("sent", "bounced") and ("sent", mid) not in firsts:
+            firsts.add(("sent", mid))
+            out.append(("sent", m))
+        if kind in ("sent", "bounced") and kind == "sent":
+            continue
+        if (kind, mid) not in firsts:
+            firsts.add((kind, mid))
+            out.append((kind, m))
+    return out
+
+
+def engagement(stream: Sequence[dict[str, Any]], r: Range, group_by: str) -> list[dict[str, Any]]:
+    sums: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(
+        ("sent", "opened", "clicked", "bounced", "unsubscribed"), 0))
+    for kind, m in counted(stream):
+        if not r.holds(m):
+            continue
+        group = seg_of(m) if group_by == "segment" else str(m["properties"].get(group_by) or "")
+        if group_by == "channel":
+            group = m["properties"].get("channel") or "email"
+        sums[group][kind] += 1
+    rows = []
+    for g in sorted(sums):
+        s = sums[g]
+        delivered = s["sent"] - s["bounced"]
+        rows.append({"group": g, "sent": s["sent"], "delivered": delivered, "opened": s["opened"],
+                     "clicked": s["clicked"], "unsubscribed": s["unsubscribed"], "bounced": s["bounced"],
+                     "open_rate": round(s["opened"] / delivered, 4) if delivered else None,
+                     "click_rate": round(s["clicked"] / delivered, 4) if delivered else None})
+    return rows
+
+
+def _minutes(a: datetime, b: datetime) -> int:
+    return max(0, math.floor((b - a).total_seconds() / 60))
+
+
+def _median_p90(values: list[int]) -> tuple[float | None, float | None]:
+    if not values:
+        return None, None
+    ordered = sorted(values)
+    return statistics.median(ordered), float(ordered[math.ceil(0.9 * len(ordered)) - 1])
+
+
+def _h(v: float | None) -> float | None:
+    return None if v is None else round(v / 60, 2)
+
+
+def stage_entries(stream: Sequence[dict[str, Any]]) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    """Per (lead, journey): the first counted send of each new stage, in order heard."""
+    paths: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for kind, m in counted(stream):
+        p = m["properties"]
+        if kind != "sent" or not p.get("journey") or not p.get("stage"):
+            continue
+        path = paths[(m["lead_id"], p["journey"])]
+        if all(e["properties"]["stage"] != p["stage"] for e in path):
+            path.append(m)
+    return paths
+
+
+def progression(stream: Sequence[dict[str, Any]], r: Range) -> dict[str, Any]:
+    entered: dict[tuple[str, str], int] = defaultdict(int)
+    advanced: dict[tuple[str, str], int] = defaultdict(int)
+    dwell: dict[tuple[str, str], list[int]] = defaultdict(list)
+    for (_lead, journey), path in stage_entries(stream).items():
+        for i, e in enumerate(path):
+            if not r.holds(e):
+                continue
+            key = (journey, e["properties"]["stage"])
+            entered[key] += 1
+            if i + 1 < len(path):
+                advanced[key] += 1
+                dwell[key].append(_minutes(at_of(e), at_of(path[i + 1])))
+    stages = []
+    for key in sorted(entered):
+        med, p90 = _median_p90(dwell[key])
+        stages.append({"journey": key[0], "stage": key[1], "entered": entered[key], "advanced": advanced[key],
+                       "conversion_rate": round(advanced[key] / entered[key], 4), "median_hours": _h(med),
+                       "p90_hours": _h(p90)})
+    trans: dict[tuple[str, str], list[int]] = defaultdict(list)
+    weekly: dict[tuple[str, str], int] = defaultdict(int)
+    for m, minutes in lifecycle_changes(stream):
+        if not r.holds(m, journey=False):
+            continue
+        p = m["properties"]
+        trans[(p["old"], p["new"])].append(minutes)
+        if p["new"] in ("mql", "sql", "trial", "customer"):
+            day = at_of(m).date()
+            weekly[((day - timedelta(days=day.weekday())).isoformat(), p["new"])] += 1
+    lifecycle = [{"from": f, "to": t, "count": len(v), "median_hours": _h(_median_p90(v)[0])}
+                 for (f, t), v in sorted(trans.items())]
+    weeks = sorted({w for w, _ in weekly})
+    qualification = [{"week": w, **{q: weekly.get((w, q), 0) for q in ("mql", "sql", "trial", "customer")}}
+                     for w in weeks]
+    return {"stages": stages, "lifecycle": lifecycle, "qualification": qualification}
+
+
+def lifecycle_changes(stream: Sequence[dict[str, Any]]) -> list[tuple[dict[str, Any], int]]:
+    last: dict[str, datetime] = {}
+    out = []
+    for m in heard(stream):
+        if m["type"] != "stage_changed":
+            continue
+        since = last.get(m["lead_id"]) or datetime.fromisoformat(m["lead"]["created_at"].replace("Z", "+00:00"))
+        out.append((m, _minutes(since, at_of(m))))
+        last[m["lead_id"]] = at_of(m)
+    return out
+
+
+def timeseries(stream: Sequence[dict[str, Any]], r: Range, metric: str, interval: str) -> list[dict[str, Any]]:
+    points: dict[str, float] = defaultdict(float)
+
+    def put(m: dict[str, Any], value: float) -> None:
+        day = at_of(m).date()
+        t = day - timedelta(days=day.weekday()) if interval == "week" else day
+        points[t.isoformat()] += value
+    if metric in ("sent", "opened", "clicked"):
+        for kind, m in counted(stream):
+            if kind == metric and r.holds(m):
+                put(m, 1)
+    elif metric in ("mql", "sql", "customers"):
+        target = {"customers": "customer"}.get(metric, metric)
+        for m, _ in lifecycle_changes(stream):
+            if m["properties"]["new"] == target and r.holds(m, journey=False):
+                put(m, 1)
+    else:
+        for m in heard(stream):
+            if m["type"] == "opportunity_won" and r.holds(m, journey=False):
+                put(m, float(m["properties"]["amount"]))
+    return [{"t": t, "value": round(v, 2) if metric == "revenue" else int(v)}
+            for t, v in sorted(points.items()) if v]
+
+
+def touches(stream: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [m for kind, m in counted(stream) if kind in ("opened", "clicked")]
+
+
+def won_in(stream: Sequence[dict[str, Any]], r: Range) -> list[dict[str, Any]]:
+    return sorted((m for m in heard(stream) if m["type"] == "opportunity_won" and r.holds(m, journey=False)),
+                  key=lambda m: (at_of(m), m["id"]))
+
+
+def attribution(stream: Sequence[dict[str, Any]], r: Range, model: str, window_days: int) -> dict[str, Any]:
+    all_touches = touches(stream)
+    by_template: dict[tuple[str, str, str], list[float]] = defaultdict(lambda: [0.0, 0.0])
+    by_topic: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
+    by_format: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
+    total, unattributed, revenue = 0, 0, 0.0
+    for deal in won_in(stream, r):
+        total += 1
+        amount = float(deal["properties"]["amount"])
+        revenue += amount
+        at = at_of(deal)
+        before = sorted((t for t in all_touches if t["lead_id"] == deal["lead_id"]
+                         and at - timedelta(days=window_days) <= at_of(t) <= at
+                         and (r.journey is None or t["properties"]["journey"] == r.journey)),
+                        key=lambda t: (at_of(t), t["id"]))
+        if not before:
+            unattributed += 1
+            continue
+        picked = [before[0]] if model == "first" else [before[-1]] if model == "last" else before
+        share = 1.0 / len(picked)
+        for t in picked:
+            p = t["properties"]
+            for cell in (by_template[(p["template"], p["topic"], p["format"])], by_topic[p["topic"]],
+                         by_format[p["format"]]):
+                cell[0] += share
+                cell[1] += share * amount
+    return {"model": model, "conversions": total, "revenue": round(revenue, 2), "unattributed": unattributed,
+            "by_template": [{"template": k[0], "topic": k[1], "format": k[2], "conversions": round(v[0], 4),
+                             "revenue": round(v[1], 2)} for k, v in sorted(by_template.items())],
+            "by_topic": [{"topic": k, "conversions": round(v[0], 4), "revenue": round(v[1], 2)}
+                         for k, v in sorted(by_topic.items())],
+            "by_format": [{"format": k, "conversions": round(v[0], 4), "revenue": round(v[1], 2)}
+                          for k, v in sorted(by_format.items())],
+            "window_days": window_days}
+
+
+def roi_inputs(stream: Sequence[dict[str, Any]], r: Range) -> dict[str, Any]:
+    """What the ROI report is computed from: nurtured leads, sends by journey and channel, influenced revenue."""
+    nurtured: set[str] = set()
+    per_journey: dict[str, set[str]] = defaultdict(set)
+    sent: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for kind, m in counted(stream):
+        if kind == "sent" and r.holds(m):
+            j = m["properties"].get("journey", "")
+            nurtured.add(m["lead_id"])
+            per_journey[j].add(m["lead_id"])
+            sent[j][m["properties"].get("channel") or "email"] += 1
+    all_touches = touches(stream)
+    influenced = 0.0
+    by_j: dict[str, float] = defaultdict(float)
+    for deal in won_in(stream, r):
+        before = [t for t in all_touches if t["lead_id"] == deal["lead_id"] and at_of(t) <= at_of(deal)
+                  and (r.journey is None or t["properties"]["journey"] == r.journey)]
+        if before:
+            influenced += float(deal["properties"]["amount"])
+        for j in {t["properties"]["journey"] for t in before}:
+            by_j[j] += float(deal["properties"]["amount"])
+    totals: dict[str, int] = defaultdict(int)
+    for chans in sent.values():
+        for ch, n in chans.items():
+            totals[ch] += n
+    journeys = sorted(set(sent) | set(per_journey) | set(by_j))
+    return {"nurtured": len(nurtured), "sent_by_channel": dict(totals), "influenced": influenced,
+            "by_journey": [{"journey": j, "nurtured": len(per_journey.get(j, ())),
+                            "sent_by_channel": dict(sent.get(j, {})), "influenced": by_j.get(j, 0.0)}
+                           for j in journeys]}

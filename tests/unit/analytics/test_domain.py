@@ -1,0 +1,90 @@
+"""The reports' arithmetic at its boundaries: percentiles from histograms, dwell, bottlenecks, credit."""
+
+from __future__ import annotations
+
+import math
+import random
+import statistics
+from collections import Counter
+from datetime import UTC, date, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from services.analytics.domain import reports
+from services.analytics.domain.facts import from_bus
+
+
+def test_median_and_p90_of_a_histogram_equal_those_of_the_values() -> None:
+    rnd = random.Random(1)
+    for _ in range(300):
+        values = [rnd.randrange(0, 40) for _ in range(rnd.randint(1, 30))]
+        hist = Counter(values)
+        assert reports.median(hist) == statistics.median(values)
+        assert reports.p90(hist) == sorted(values)[math.ceil(0.9 * len(values)) - 1]
+    assert reports.median({}) is None and reports.p90({}) is None
+    assert reports.median({10: 1, 20: 1}) == 15  # an even count: the mean of the two middle values
+
+
+def test_dwell_is_whole_minutes_rounded_down_and_never_negative() -> None:
+    t = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
+    assert reports.dwell_minutes(t, t + timedelta(seconds=59.999)) == 0
+    assert reports.dwell_minutes(t, t + timedelta(seconds=60)) == 1
+    assert reports.dwell_minutes(t, t - timedelta(hours=3)) == 0  # a late event: no time, not negative
+
+
+def test_a_fact_belongs_to_its_utc_day() -> None:
+    assert reports.day_of(datetime(2026, 3, 2, 23, 59, 59, tzinfo=UTC)) == date(2026, 3, 2)
+    athens = datetime(2026, 3, 3, 1, 0, tzinfo=ZoneInfo("Europe/Athens"))  # 23:00 UTC the day before
+    assert reports.day_of(athens) == date(2026, 3, 2)
+    assert reports.week_of(date(2026, 3, 8)) == date(2026, 3, 2)  # Sunday → the Monday before
+
+
+def _stages(convs: dict[str, tuple[int, int]], dwell: dict[str, dict[int, int]] | None = None) -> dict[str, dict]:
+    rows = reports.stage_rows({("j", s): v for s, v in convs.items()},
+                             {("j", s): (reports.median(h), reports.p90(h)) for s, h in (dwell or {}).items()})
+    return {r["stage"]: r for r in rows}
+
+
+def test_a_stage_converting_below_half_the_others_mean_is_a_bottleneck_and_at_half_is_not() -> None:
+    # others: 0.8 and 0.6 → mean 0.7, half 0.35
+    at_half = _stages({"a": (100, 80), "b": (100, 60), "c": (100, 35)})
+    assert not at_half["c"]["bottleneck"]
+    below = _stages({"a": (100, 80), "b": (100, 60), "c": (100, 34)})
+    assert below["c"]["bottleneck"] and "conversion 34.00% against 70.00%" in below["c"]["why"]
+    assert not below["a"]["bottleneck"] and not below["b"]["bottleneck"]
+
+
+def test_a_stage_dwelling_over_twice_the_others_median_is_a_bottleneck() -> None:
+    convs = {"a": (10, 5), "b": (10, 5), "c": (10, 5)}
+    twice = _stages(convs, {"a": {60: 1}, "b": {180: 1}, "c": {240: 1}})  # others' mean 120, c = 240
+    assert not twice["c"]["bottleneck"]
+    over = _stages(convs, {"a": {60: 1}, "b": {180: 1}, "c": {241: 1}})
+    assert over["c"]["bottleneck"] and "median dwell" in over["c"]["why"]
+
+
+def test_a_stage_no_lead_has_left_is_not_compared() -> None:
+    rows = _stages({"a": (100, 80), "b": (100, 70), "end": (100, 0)})
+    assert not rows["end"]["bottleneck"] and rows["end"]["conversion_rate"] == 0
+
+
+def test_credit_first_last_linear() -> None:
+    touches = [{"n": 1}, {"n": 2}, {"n": 3}]
+    assert reports.credit(touches, "first") == [(touches[0], 1.0)]
+    assert reports.credit(touches, "last") == [(touches[2], 1.0)]
+    assert [share for _, share in reports.credit(touches, "linear")] == [1 / 3] * 3
+    assert reports.credit([], "linear") == []
+
+
+def test_the_adapter_keeps_what_reports_need_and_drops_the_rest() -> None:
+    lead = {"id": "L1", "segment": "family", "created_at": "2026-03-01T00:00:00Z"}
+    props = {"message_id": "m1", "journey": "family", "stage": "welcome", "template": "family.email_01",
+             "topic": "schools", "format": "guide"}
+    sent = from_bus({"id": "e1", "lead_id": "L1", "type": "email_sent", "occurred_at": "2026-03-02T08:00:00Z",
+                     "lead": lead, "properties": props})
+    assert sent is not None and (sent.kind, sent.segment, sent.message_id, sent.stage, sent.topic, sent.format,
+                                 sent.channel) == ("sent", "family", "m1", "welcome", "schools", "guide", "email")
+    won = from_bus({"id": "e2", "lead_id": "L1", "type": "opportunity_won", "occurred_at": "2026-03-03T08:00:00Z",
+                    "lead": lead, "properties": {"amount": "-5"}})
+    assert won is not None and won.amount == 0.0  # a negative amount never reduces revenue
+    assert from_bus({"id": "e3", "lead_id": "L1", "type": "page_viewed", "occurred_at": "2026-03-03T08:00:00Z",
+                     "lead": lead, "properties": {}}) is None
+    assert from_bus({"id": "e4", "lead_id": "L1", "type": "email_sent", "lead": lead, "properties": {}}) is None
