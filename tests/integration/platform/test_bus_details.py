@@ -18,7 +18,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from redis.exceptions import ResponseError
 
 from nurture.bus import MAX_DELIVERIES, Consumer, Publisher, stream_key
-from nurture.busmessage import encode
+from nurture.busmessage import BusMessage, decode, encode
 from nurture.redisconn import shard_of
 from tests.bus_messages import bus_message
 
@@ -28,9 +28,9 @@ SHARDS = 4
 
 class Recorder:
     def __init__(self) -> None:
-        self.calls: list[list[dict[str, Any]]] = []
+        self.calls: list[list[BusMessage]] = []
 
-    async def __call__(self, messages: list[dict[str, Any]]) -> None:
+    async def __call__(self, messages: list[BusMessage]) -> None:
         self.calls.append(messages)
 
 
@@ -60,7 +60,7 @@ async def test_the_handling_span_joins_the_first_request_and_links_the_others(
         (lead, encode(bus_message("m5", lead, "x")), None)])
     handler = Recorder()
     assert await Consumer(client, group="tg", shards=SHARDS, handler=handler).drain() == 5
-    assert [m["id"] for m in handler.calls[0]] == ["m1", "m2", "m3", "m4", "m5"]
+    assert [m.id for m in handler.calls[0]] == ["m1", "m2", "m3", "m4", "m5"]
     [span] = handling_spans(spans, "tg")
     assert span.kind == trace.SpanKind.CONSUMER
     assert dict(span.attributes or {}) == {"messaging.system": "redis", "messages": 5}
@@ -106,7 +106,7 @@ async def test_the_trace_rides_beside_the_message_only_when_there_is_one(redis_u
     entries = await client.xrange(stream_key(shard_of("lead-f", SHARDS)))
     assert [sorted(fields) for _, fields in entries] == [[b"m", b"t"], [b"m"]]
     assert entries[0][1][b"t"] == carrier.encode()
-    assert json.loads(entries[0][1][b"m"])["at"] == str(when)   # values JSON cannot hold travel as text
+    assert decode(entries[0][1][b"m"]).properties["at"] == str(when)   # values JSON cannot hold travel as text
     for shard in range(SHARDS):
         if shard != shard_of("lead-f", SHARDS):
             assert await client.exists(stream_key(shard)) == 0
@@ -123,7 +123,7 @@ async def test_a_malformed_entry_is_acknowledged_and_dropped(redis_url: str, cap
     handler = Recorder()
     consumer = Consumer(client, group="mg", shards=SHARDS, handler=handler)
     assert await consumer.drain() == 4
-    assert [[m["id"] for m in call] for call in handler.calls] == [["ok1", "ok2"]]
+    assert [[m.id for m in call] for call in handler.calls] == [["ok1", "ok2"]]
     assert (await client.xpending(stream, "mg"))["pending"] == 0
     assert await consumer.drain() == 0 and len(handler.calls) == 1
     dropped = [r for r in caplog.records if r.getMessage().startswith("bus mg: dropping malformed entry")]
@@ -139,9 +139,9 @@ async def test_a_failed_batch_across_shards_is_handled_shard_by_shard(redis_url:
     await Publisher(client, SHARDS).publish([bus_message("ok", first, "x"), bus_message("bad", second, "poison")])
     calls: list[list[str]] = []
 
-    async def handler(messages: list[dict[str, Any]]) -> None:
-        calls.append([m["id"] for m in messages])
-        if any(m["type"] == "poison" for m in messages):
+    async def handler(messages: list[BusMessage]) -> None:
+        calls.append([m.id for m in messages])
+        if any(m.type == "poison" for m in messages):
             raise ValueError("cannot handle this")
 
     assert await Consumer(client, group="sg", shards=SHARDS, handler=handler).drain() == 1
@@ -159,8 +159,8 @@ async def test_shards_handled_one_by_one_are_all_counted(redis_url: str) -> None
                                              bus_message("c", leads[2], "x")])
     calls: list[list[str]] = []
 
-    async def fails_once(messages: list[dict[str, Any]]) -> None:
-        calls.append([m["id"] for m in messages])
+    async def fails_once(messages: list[BusMessage]) -> None:
+        calls.append([m.id for m in messages])
         if len(calls) == 1:
             raise ValueError("the whole batch fails once")
 
@@ -196,7 +196,7 @@ async def test_a_read_takes_at_most_a_batch(redis_url: str) -> None:
     await Publisher(client, SHARDS).publish([bus_message(f"b{n}", "lead-b", "x") for n in range(5)])
     handler = Recorder()
     assert await Consumer(client, group="bg", shards=SHARDS, handler=handler, batch=2).drain() == 5
-    assert [[m["id"] for m in call] for call in handler.calls] == [["b0", "b1"], ["b2", "b3"], ["b4"]]
+    assert [[m.id for m in call] for call in handler.calls] == [["b0", "b1"], ["b2", "b3"], ["b4"]]
     await client.aclose()
 
 
@@ -205,7 +205,7 @@ async def test_a_dead_letter_keeps_at_most_64_kib_of_its_messages(redis_url: str
     client = aioredis.from_url(redis_url)
     await Publisher(client, SHARDS).publish([bus_message("big", "lead-d", "poison", blob="x" * 70_000)])
 
-    async def refuse(messages: list[dict[str, Any]]) -> None:
+    async def refuse(messages: list[BusMessage]) -> None:
         raise ValueError("cannot handle this")
 
     consumer = Consumer(client, group="dg", shards=SHARDS, handler=refuse)
@@ -224,7 +224,7 @@ async def test_one_failure_short_of_the_limit_is_not_dead_lettered(redis_url: st
     await Publisher(client, SHARDS).publish([bus_message("f1", "lead-f", "x")])
     attempts: list[int] = []
 
-    async def flaky(messages: list[dict[str, Any]]) -> None:
+    async def flaky(messages: list[BusMessage]) -> None:
         attempts.append(len(messages))
         if len(attempts) < MAX_DELIVERIES:
             raise ValueError("not yet")
@@ -243,8 +243,8 @@ async def test_the_running_consumer_reads_a_failed_batch_again(redis_url: str) -
     done = asyncio.Event()
     attempts: list[str] = []
 
-    async def once_failing(messages: list[dict[str, Any]]) -> None:
-        attempts.extend(m["id"] for m in messages)
+    async def once_failing(messages: list[BusMessage]) -> None:
+        attempts.extend(m.id for m in messages)
         if len(attempts) == 1:
             raise ValueError("first time fails")
         done.set()
@@ -286,7 +286,7 @@ async def test_a_restarted_consumer_of_the_same_slot_reads_its_own_pending_entri
     client = aioredis.from_url(redis_url)
     await Publisher(client, SHARDS).publish([bus_message("p1", "lead-p", "x")])
 
-    async def crash(messages: list[dict[str, Any]]) -> None:
+    async def crash(messages: list[BusMessage]) -> None:
         raise ValueError("the process dies before acknowledging")
 
     await Consumer(client, group="pg", shards=SHARDS, handler=crash).drain()
@@ -295,5 +295,5 @@ async def test_a_restarted_consumer_of_the_same_slot_reads_its_own_pending_entri
     assert pending["consumer"] == f"pg-{socket.gethostname()}-{suffix}".encode()
     handler = Recorder()
     assert await Consumer(client, group="pg", shards=SHARDS, handler=handler).drain() == 1   # the restart
-    assert [[m["id"] for m in call] for call in handler.calls] == [["p1"]]
+    assert [[m.id for m in call] for call in handler.calls] == [["p1"]]
     await client.aclose()
