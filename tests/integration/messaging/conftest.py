@@ -112,10 +112,12 @@ class InProc:
         done += await self.engine.flush_feedback()
         return done
 
-    async def bus(self, *messages: dict[str, Any]) -> None:
-        """Hand bus messages (their JSON objects) to messaging's handler as its consumer would: decoded
-        by the bus codec."""
-        await self.channels.handle_bus([busmessage.decode(jsoncodec.dumps(m)) for m in messages])
+    async def bus(self, *messages: dict[str, Any] | busmessage.BusMessage) -> None:
+        """Hand bus messages (records, or their JSON objects as an older producer wrote them) to
+        messaging's handler as its consumer would: through the wire, decoded by the bus codec."""
+        await self.channels.handle_bus([
+            busmessage.decode(busmessage.encode(m) if isinstance(m, busmessage.BusMessage) else jsoncodec.dumps(m))
+            for m in messages])
 
     async def messages(self, lead_id: str) -> dict[str, dict[str, Any]]:
         """template -> the message row (status, reason, due_at, attempts, subject)."""
