@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from nurture.busmessage import LeadSnapshot
 from nurture.clock import VIRTUAL_EPOCH
 from services.journeys.domain.definitions import GlobalExit, Journey, PlaybookSettings, load
 from services.journeys.domain.engine import Engine, UnknownJourney, migrate
@@ -759,20 +760,21 @@ def test_a_step_run_later_than_its_skip_if_late_is_skipped_and_says_how_late(lat
 
 def test_a_step_after_its_skip_after_is_skipped_and_says_why() -> None:
     steps = [{"id": "w", "type": "wait", "delay": "2d"},
-             {"id": "note", "type": "update", "set": {"x": 1}, "skip_after": {"fact": "lead.ends_at", "offset": "-1h"}},
+             {"id": "note", "type": "update", "set": {"x": 1},
+              "skip_after": {"fact": "lead.attributes.ends_at", "offset": "-1h"}},
              {"id": "done", "type": "end"}]
     m = Mini(journey("late", steps))
-    m.lead["ends_at"] = iso(T0 + timedelta(days=2, hours=1))
+    m.lead.setdefault("attributes", {})["ends_at"] = iso(T0 + timedelta(days=2, hours=1))
     m.message("ping")
     m.at(days=2)                       # exactly at its skip_after: it still runs
     assert len(m.effects) == 1
     m2 = Mini(journey("late", steps))
-    m2.lead["ends_at"] = iso(T0 + timedelta(days=2, minutes=59))
+    m2.lead.setdefault("attributes", {})["ends_at"] = iso(T0 + timedelta(days=2, minutes=59))
     m2.message("ping")
     m2.at(days=2)
     assert m2.effects == []
     deadline = iso(T0 + timedelta(days=1, hours=23, minutes=59))
-    assert f"late: note skipped: past its skip_after lead.ends_at -1h ({deadline})" in m2.log
+    assert f"late: note skipped: past its skip_after lead.attributes.ends_at -1h ({deadline})" in m2.log
 
 
 def test_branch_facts_see_the_days_in_the_journey_its_stage_and_the_other_journeys() -> None:
@@ -793,19 +795,19 @@ def test_branch_facts_see_the_days_in_the_journey_its_stage_and_the_other_journe
 
 def dated() -> Journey:
     return load({"key": "renew", "kind": "sequence", "category": "transactional",
-                 "entry": [{"name": "soon", "date": {"fact": "lead.expires_at", "offset": "-30d"}}],
+                 "entry": [{"name": "soon", "date": {"fact": "lead.attributes.expires_at", "offset": "-30d"}}],
                  "steps": [{"id": "note", "type": "update", "set": {"r": 1}}, {"id": "done", "type": "end"}]},
                 version=1)
 
 
 def test_a_date_entry_is_armed_moved_and_fired_once_at_its_moment() -> None:
     m = Mini(dated())
-    m.lead["expires_at"] = iso(T0 + timedelta(days=40))
+    m.lead.setdefault("attributes", {})["expires_at"] = iso(T0 + timedelta(days=40))
     out = m.message("lead_updated")
     assert out.dates_changed == {"renew.soon"}
     assert m.state.dates["renew.soon"] == {"at": iso(T0 + timedelta(days=10)), "token": 1, "fired": False}
     assert m.message("lead_updated").dates_changed == set()          # the same date: nothing to re-arm
-    m.lead["expires_at"] = iso(T0 + timedelta(days=41))
+    m.lead.setdefault("attributes", {})["expires_at"] = iso(T0 + timedelta(days=41))
     assert m.message("lead_updated").dates_changed == {"renew.soon"}
     assert m.state.dates["renew.soon"] == {"at": iso(T0 + timedelta(days=11)), "token": 2, "fired": False}
     due = T0 + timedelta(days=11)
@@ -821,7 +823,7 @@ def test_a_date_entry_is_armed_moved_and_fired_once_at_its_moment() -> None:
 
 def test_a_date_that_is_not_a_time_arms_nothing() -> None:
     m = Mini(dated())
-    m.lead["expires_at"] = "someday"
+    m.lead.setdefault("attributes", {})["expires_at"] = "someday"
     assert m.message("lead_updated").dates_changed == set() and m.state.dates == {}
 
 
@@ -896,7 +898,8 @@ def test_a_message_without_a_lead_keeps_the_lead_as_it_was() -> None:
     assert m.state.lead["score"] == 10
     m.engine.on_message(m.state, bus_message("m9", "l-1", "page_viewed", lead={}), T0)
     m.engine.on_message(m.state, bus_message("m10", "l-1", "page_viewed"), T0)
-    assert m.state.lead == {"id": "l-1", "score": 10, "consent": {"email": True}}
+    # the lead is kept as the typed snapshot holds it: every field, None (or empty) where scoring sent none
+    assert m.state.lead == LeadSnapshot.from_dict({"id": "l-1", "score": 10, "consent": {"email": True}}).as_dict()
 
 
 def quiet_clock() -> PlaybookSettings:
@@ -1014,13 +1017,13 @@ def test_an_exit_moves_the_timer_token_by_one() -> None:
     assert m.e("l").token == 3
 
 
-@pytest.mark.parametrize(("late", "said"), [(timedelta(hours=2), "lead.ends_at +0")])
+@pytest.mark.parametrize(("late", "said"), [(timedelta(hours=2), "lead.attributes.ends_at +0")])
 def test_a_skip_after_without_an_offset_says_plus_nothing(late: timedelta, said: str) -> None:
     steps = [{"id": "w", "type": "wait", "delay": "2d"},
-             {"id": "note", "type": "update", "set": {"x": 1}, "skip_after": {"fact": "lead.ends_at"}},
+             {"id": "note", "type": "update", "set": {"x": 1}, "skip_after": {"fact": "lead.attributes.ends_at"}},
              {"id": "done", "type": "end"}]
     m = Mini(journey("late", steps))
-    m.lead["ends_at"] = iso(T0 + timedelta(days=2) - late)
+    m.lead.setdefault("attributes", {})["ends_at"] = iso(T0 + timedelta(days=2) - late)
     m.message("ping")
     m.at(days=2)
     assert f"late: note skipped: past its skip_after {said} ({iso(T0 + timedelta(days=2) - late)})" in m.log
@@ -1120,10 +1123,10 @@ def test_a_wait_until_a_fact_that_is_not_there_does_not_wait() -> None:
 
 def test_a_date_entry_fired_is_not_fired_again() -> None:
     doc = {"key": "renew", "kind": "sequence", "category": "transactional", "reentry": "always",
-           "entry": [{"name": "soon", "date": {"fact": "lead.expires_at", "offset": "-30d"}}],
+           "entry": [{"name": "soon", "date": {"fact": "lead.attributes.expires_at", "offset": "-30d"}}],
            "steps": [{"id": "note", "type": "update", "set": {"r": 1}}, {"id": "done", "type": "end"}]}
     m = Mini(load(doc, version=1))
-    m.lead["expires_at"] = iso(T0 + timedelta(days=40))
+    m.lead.setdefault("attributes", {})["expires_at"] = iso(T0 + timedelta(days=40))
     m.message("lead_updated")
     token = m.state.dates["renew.soon"]["token"]
     m.engine.date_due(m.state, "renew.soon", token, T0 + timedelta(days=10))
