@@ -18,7 +18,7 @@ from types import ModuleType
 from typing import Any
 
 import grpc
-from pydantic import Field
+from pydantic import Field, StrictInt
 
 from nurture import times
 from nurture.busmessage import BusMessage
@@ -44,7 +44,7 @@ class SuppressionRule(Strict):
 class AudiencesFile(Strict):
     """audiences.yaml: a version (a rule change needs a new one) and the ad-suppression rules."""
 
-    version: int
+    version: StrictInt  # a text version ("1") is a mistake, not a number to guess
     ad_suppression: list[SuppressionRule]
 
 

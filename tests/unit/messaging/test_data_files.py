@@ -17,7 +17,7 @@ def test_a_bad_audiences_file_lists_every_problem(tmp_path: Path) -> None:
     with pytest.raises(DataFileError) as err:
         load_ad_suppression(path)
     assert err.value.problems == [
-        "version: input should be a valid integer, unable to parse string as an integer",
+        "version: input should be a valid integer",
         "ad_suppression[0].name: string should have at least 1 character",
         "ad_suppression[1].when: input should be a valid dictionary",
         "ad_suppression[1].because: unknown key",
