@@ -45,22 +45,30 @@ def test_the_shipped_ad_suppression_file_loads() -> None:
     assert load_ad_suppression().name == "messaging.ad_suppression.v1"
 
 
-@pytest.mark.parametrize("text", [
-    "",                                                                    # empty: no version, no rules
-    "ad_suppression: []\n",                                                # no version
-    "version: '1'\nad_suppression: []\n",                                  # a version that is text
-    "version: 1\n",                                                        # no rules
-    "version: 1\nad_suppression: {name: x, when: {fact: a, eq: 1}}\n",     # rules not a list
-    "version: 1\nad_suppression: [x]\n",                                   # a rule not a mapping
-    "version: 1\nad_suppression: [{when: {fact: a, eq: 1}}]\n",            # no name
-    "version: 1\nad_suppression: [{name: '', when: {fact: a, eq: 1}}]\n",  # an empty name
-    "version: 1\nad_suppression: [{name: x}]\n",                           # no condition
-    "version: 1\nad_suppression: [{name: x, when: [a]}]\n",                # a condition not a mapping
-    "version: 1\nad_suppression: [{name: x, when: {fact: a, eq: 1}}, {name: y}]\n",  # the second is bad
+@pytest.mark.parametrize(("text", "problem"), [
+    ("", "version: field required; ad_suppression: field required"),          # empty: no version, no rules
+    ("ad_suppression: []\n", "version: field required"),                      # no version
+    ("version: '1'\nad_suppression: []\n", "version: input should be a valid integer"),  # a version that is text
+    ("version: 1\n", "ad_suppression: field required"),                        # no rules
+    ("version: 1\nad_suppression: {name: x, when: {fact: a, eq: 1}}\n",        # rules not a list
+     "ad_suppression: input should be a valid list"),
+    ("version: 1\nad_suppression: [x]\n",                                      # a rule not a mapping
+     "ad_suppression[0]: input should be a valid dictionary"),
+    ("version: 1\nad_suppression: [{when: {fact: a, eq: 1}}]\n",               # no name
+     "ad_suppression[0].name: field required"),
+    ("version: 1\nad_suppression: [{name: '', when: {fact: a, eq: 1}}]\n",     # an empty name
+     "ad_suppression[0].name: string should have at least 1 character"),
+    ("version: 1\nad_suppression: [{name: x}]\n",                              # no condition
+     "ad_suppression[0].when: field required"),
+    ("version: 1\nad_suppression: [{name: x, when: [a]}]\n",                   # a condition not a mapping
+     "ad_suppression[0].when: input should be a valid dictionary"),
+    ("version: 1\nad_suppression: [{name: x, when: {fact: a, eq: 1}}, {name: y}]\n",  # the second is bad
+     "ad_suppression[1].when: field required"),
 ])
-def test_a_malformed_ad_suppression_file_is_refused_with_its_name(tmp_path: Path, text: str) -> None:
+def test_a_malformed_ad_suppression_file_is_refused_with_its_name(tmp_path: Path, text: str, problem: str) -> None:
     path = write(tmp_path, text)
-    with pytest.raises(ValueError, match="rules.yaml: needs an integer version and ad_suppression rules"):
+    # the file's name, then what is wrong and where (nurture.datafiles lists every problem)
+    with pytest.raises(ValueError, match=re.escape(f"rules.yaml: {problem}")):
         load_ad_suppression(path)
 
 
