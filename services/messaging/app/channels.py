@@ -18,7 +18,7 @@ from types import ModuleType
 from typing import Any
 
 import grpc
-from pydantic import Field, StrictInt
+from pydantic import Field, StrictInt, field_validator
 
 from nurture import times
 from nurture.busmessage import BusMessage
@@ -70,6 +70,15 @@ class PersonalizationFile(Strict):
 
     by_topic: dict[str, str] = Field(default_factory=dict)
     by_lifecycle: dict[str, list[Placement]] = Field(default_factory=dict)
+
+    @field_validator("by_topic", "by_lifecycle", mode="before")
+    @classmethod
+    def _text_keys(cls, value: Any) -> Any:
+        # YAML reads `2026:` as a number and an empty section as null: a topic or stage is its text, and a
+        # section left empty recommends nothing (what the reader before nurture.datafiles promised).
+        if value is None:
+            return {}
+        return {str(k): v for k, v in value.items()} if isinstance(value, dict) else value
 
 
 def personalization_rules(path: Path | None = None) -> dict[str, Any]:
