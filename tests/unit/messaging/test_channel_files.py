@@ -78,7 +78,8 @@ def test_personalization_rules_are_read_with_text_keys(tmp_path: Path) -> None:
                            "  7: [{journey: customer}]\n")
     assert personalization_rules(path) == {
         "by_topic": {"pricing": "triggers.pricing_page", "2026": "triggers.year"},
-        "by_lifecycle": {"lead": [{"journey": "{segment}", "stage": "education"}], "7": [{"journey": "customer"}]}}
+        "by_lifecycle": {"lead": [{"journey": "{segment}", "stage": "education"}],
+                         "7": [{"journey": "customer", "stage": ""}]}}  # a place without a stage: ""
 
 
 def test_a_file_read_by_its_path_does_not_replace_the_shipped_rules(tmp_path: Path) -> None:
@@ -94,17 +95,20 @@ def test_an_empty_personalization_file_recommends_nothing(tmp_path: Path, text: 
     assert personalization_rules(write(tmp_path, text)) == {"by_topic": {}, "by_lifecycle": {}}
 
 
-@pytest.mark.parametrize("text", [
-    "by_topic: [pricing]\n",                                         # topics not a mapping
-    "by_topic: {pricing: [a, b]}\n",                                 # a topic's content not a key
-    "by_topic: {pricing: a, demo: 3}\n",                             # the second topic is bad
-    "by_lifecycle: [lead]\n",                                        # stages not a mapping
-    "by_lifecycle: {lead: {journey: x}}\n",                          # a stage's places not a list
-    "by_lifecycle: {lead: [x]}\n",                                   # a place not a mapping
-    "by_lifecycle: {lead: [{stage: education}]}\n",                  # a place without a journey
-    "by_lifecycle: {lead: [{journey: x}], mql: [{journey: ''}]}\n",  # the second stage's journey empty
+@pytest.mark.parametrize(("text", "problem"), [
+    ("by_topic: [pricing]\n", "by_topic: input should be a valid dictionary"),          # topics not a mapping
+    ("by_topic: {pricing: [a, b]}\n", "by_topic.pricing: input should be a valid string"),  # content not a key
+    ("by_topic: {pricing: a, demo: 3}\n", "by_topic.demo: input should be a valid string"),  # the second is bad
+    ("by_lifecycle: [lead]\n", "by_lifecycle: input should be a valid dictionary"),     # stages not a mapping
+    ("by_lifecycle: {lead: {journey: x}}\n",                                            # places not a list
+     "by_lifecycle.lead: input should be a valid list"),
+    ("by_lifecycle: {lead: [x]}\n", "by_lifecycle.lead[0]: input should be a valid dictionary"),  # not a mapping
+    ("by_lifecycle: {lead: [{stage: education}]}\n",                                    # a place without a journey
+     "by_lifecycle.lead[0].journey: field required"),
+    ("by_lifecycle: {lead: [{journey: x}], mql: [{journey: ''}]}\n",                    # the second stage's empty
+     "by_lifecycle.mql[0].journey: string should have at least 1 character"),
 ])
-def test_a_malformed_personalization_file_is_refused_with_its_name(tmp_path: Path, text: str) -> None:
-    with pytest.raises(ValueError, match=re.escape("rules.yaml: by_topic maps topics to template keys; "
-                                                   "by_lifecycle maps stages to lists of {journey, stage}")):
+def test_a_malformed_personalization_file_is_refused_with_its_name(tmp_path: Path, text: str, problem: str) -> None:
+    # the file's name, then what is wrong and where (nurture.datafiles lists every problem)
+    with pytest.raises(ValueError, match=re.escape(f"rules.yaml: {problem}")):
         personalization_rules(write(tmp_path, text))
