@@ -176,6 +176,10 @@ async def sent_message(inproc: InProc, lead_id: str, template: str = "family.ema
     return str(sent.message_id)
 
 
+# What analytics groups family.email_01's events by: its template's journey stage, topic and format.
+FAMILY_EMAIL_01 = {"stage": "welcome", "topic": "family_relocation", "format": "newsletter"}
+
+
 async def test_a_click_is_fed_to_scoring_with_what_was_clicked(inproc: InProc) -> None:
     mid = await sent_message(inproc, "c1")
     row = (await inproc.messages("c1"))["family.email_01"]
@@ -183,7 +187,7 @@ async def test_a_click_is_fed_to_scoring_with_what_was_clicked(inproc: InProc) -
     await inproc.channels.track(inproc.engine.signer.sign(Token("click", mid, "c1", url=url, link=1)), "click")
     [_, clicked, opened] = inproc.scoring.events
     props = {"message_id": mid, "journey": "family", "step": "email_01", "template": "family.email_01",
-             "url": url, "variant": row["variant"]}
+             "url": url, "variant": row["variant"], "channel": "email", **FAMILY_EMAIL_01}
     assert (clicked.lead_id, clicked.type, json.loads(clicked.properties_json)) == ("c1", "email_clicked", props)
     assert (opened.lead_id, opened.type, json.loads(opened.properties_json)) == ("c1", "email_opened",
                                                                                {**props, "url": ""})
@@ -226,7 +230,8 @@ async def test_an_unsubscribe_records_consent_suppression_and_ads(inproc: InProc
     [ev] = [ev for ev in inproc.scoring.events if ev.type == "unsubscribed"]
     assert ev.idempotency_key == f"unsub:{mid}:{effective}"
     assert json.loads(ev.properties_json) == {"message_id": mid, "journey": "family", "step": "email_01",
-                                              "template": "family.email_01", "scope": effective, "source": "page"}
+                                              "template": "family.email_01", "scope": effective, "source": "page",
+                                              **FAMILY_EMAIL_01}
     assert ("unsubscribed", f"unsubscribed ({effective}) via page") in [
         (r["type"], r["summary"]) for r in inproc.engine.store.timeline("u1", 20)]
     assert suppression_rows(inproc) == [(email_hash("u1@example.com"), effective, "unsubscribed", "page")]

@@ -140,7 +140,9 @@ async def test_mail_is_sent_with_its_timeline_line_and_fed_back(inproc: InProc) 
     assert (ev.type, ev.idempotency_key, json.loads(ev.properties_json)) == (
         "email_sent", f"sent:{r['id']}", {"message_id": r["id"], "journey": "family", "step": "email_01",
                                           "template": "family.email_01", "channel": "email",
-                                          "variant": r["variant"]})
+                                          "variant": r["variant"],
+                                          # what analytics groups the message's events by
+                                          "stage": "welcome", "topic": "family_relocation", "format": "newsletter"})
 
 
 async def test_mail_outside_the_leads_daytime_is_deferred_to_its_morning(inproc: InProc) -> None:
