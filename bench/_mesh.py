@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import httpx
 import sqlalchemy as sa
 
+from cli.supervisor import die_with_parent
 from nurture.ports import free_port
 from nurture.settings import SERVICES
 
@@ -103,7 +104,9 @@ def private_mesh(clock: str = "real", database_url: str | None = None, without: 
     proc = subprocess.Popen([sys.executable, "-m", "cli", "up", "--data-dir", data, "--http-port", str(http),
                              "--clock", clock, "--api-key", "bench-key",
                              *[a for service in without for a in ("--without", service)]],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            # A test or bench killed outright still stops its mesh (SIGINT: a clean stop).
+                            preexec_fn=lambda: die_with_parent(signal.SIGINT))
     url = f"http://127.0.0.1:{http}"
     try:
         deadline = time.monotonic() + 90

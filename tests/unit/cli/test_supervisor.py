@@ -1,0 +1,67 @@
+"""The supervisor's children die with it: a `nurture up` killed outright (SIGKILL, an OOM kill, a test
+harness's timeout) leaves no service behind holding its ports."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[3]
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+
+
+def running(pid: int) -> bool:
+    """Alive and not a zombie waiting for its new parent to reap it."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state != "Z"
+
+
+def test_a_child_of_a_killed_supervisor_is_stopped(tmp_path: Path) -> None:
+    parent_code = (
+        "import os, sys, time\n"
+        "from pathlib import Path\n"
+        "from cli.supervisor import Child\n"
+        "child = Child('sleeper', [sys.executable, '-c', 'import time; time.sleep(120)'], env=dict(os.environ),\n"
+        f"              log=Path({str(tmp_path)!r}) / 'sleeper.log', cwd=Path('.'))\n"
+        "child.start()\n"
+        "print(child.proc.pid, flush=True)\n"
+        "time.sleep(120)\n")
+    parent = subprocess.Popen([sys.executable, "-c", parent_code], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout is not None
+        child = int(parent.stdout.readline())
+        assert running(child)
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(10)
+        deadline = time.monotonic() + 10
+        while running(child) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not running(child), "the child outlived its supervisor"
+    finally:
+        parent.kill()
+        if "child" in locals() and running(child):
+            os.kill(child, signal.SIGKILL)
+
+
+def test_a_supervised_child_keeps_running_while_its_supervisor_lives(tmp_path: Path) -> None:
+    from cli.supervisor import Child
+
+    child = Child("sleeper", [sys.executable, "-c", "import time; time.sleep(120)"], env=dict(os.environ),
+                  log=tmp_path / "sleeper.log", cwd=ROOT)
+    child.start()
+    try:
+        time.sleep(0.3)
+        assert child.alive()
+    finally:
+        child.stop(timeout=5)
+    assert not child.alive()
