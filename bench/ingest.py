@@ -181,13 +181,16 @@ def main() -> None:
     parser.add_argument("--mesh-token", default=os.environ.get("NURTURE_MESH_TOKEN", ""),
                         help="(with --url) mesh_token of <data>/secrets.json; default NURTURE_MESH_TOKEN")
     parser.add_argument("--scoring", default="127.0.0.1:50051")
+    parser.add_argument("--without", action="append", default=[], metavar="SERVICE",
+                        help="run the private mesh without this service (repeatable), to see what it costs")
     parser.add_argument("--redis", help="the mesh's Redis URL, to wait for the consumers (with --url)")
     add_database_arg(parser)
     args = parser.parse_args()
     if args.url:
         result = asyncio.run(run(args.url, args.api_key, args.scoring, args.mesh_token, args.events, args.redis))
     else:
-        with fresh_database(args.database_url) as database_url, private_mesh(database_url=database_url) as mesh:
+        with fresh_database(args.database_url) as database_url, \
+                private_mesh(database_url=database_url, without=tuple(args.without)) as mesh:
             result = asyncio.run(run(mesh.url, mesh.api_key, mesh.env["NURTURE_SCORING_ADDR"],
                                      mesh.env["NURTURE_MESH_TOKEN"], args.events,
                                      mesh.env["NURTURE_REDIS_URL"]))
