@@ -8,6 +8,7 @@ sign-in page; a form without the session's CSRF token, or from a role that may n
 from __future__ import annotations
 
 import json
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Request
 from starlette.responses import Response
@@ -18,6 +19,7 @@ from gateway.console.guard import guarded, mesh_of, read_form, redirect, setting
 from gateway.console.render import page
 from gateway.console.static import static_response
 from gateway.deps import ApiError
+from gateway.routes import analytics as analytics_api
 from gateway.routes import journeys as journeys_api
 from nurture.api.journeys.v1 import journeys_pb2
 from nurture.rpc import LONG_DEADLINE_S
@@ -151,6 +153,68 @@ async def lead(request: Request, lead_id: str) -> Response:
         explained = await data.why_not(m, lead_id, chosen) if chosen else None
         return page("lead.html", session=current, title=view["lead"]["email"] or lead_id, why_not=explained,
                     chosen=chosen, journeys_all=await data.journey_keys(m), **view)
+    return await guarded(request, handler)
+
+
+# -- analytics -----------------------------------------------------------------------------------------
+
+GROUPS = ("journey", "segment", "template", "channel", "topic", "format")
+METRICS = ("sent", "opened", "clicked", "mql", "sql", "customers", "revenue")
+
+
+def _report_query(request: Request) -> dict[str, str | None]:
+    """The filters every report takes, as the page's form sends them (empty means "not set")."""
+    q = request.query_params
+    return {name: (q.get(name) or None) for name in ("from", "to", "segment", "journey")}
+
+
+def _pick(request: Request, name: str, allowed: tuple[str, ...]) -> str:
+    value = request.query_params.get(name) or allowed[0]
+    if value not in allowed:
+        raise ApiError(422, "invalid", f"{name} must be one of {', '.join(allowed)}", {"field": name})
+    return value
+
+
+@router.get("/analytics")
+async def analytics(request: Request) -> Response:
+    """The dashboard: engagement by a chosen dimension, one metric over time (chart and table) and the
+    stages' conversion and velocity, each from the same call as its /v1/analytics report."""
+    async def handler(_request: Request, current: session.Session) -> Response:
+        m, f = mesh_of(request), _report_query(request)
+        group_by, metric = _pick(request, "group_by", GROUPS), _pick(request, "metric", METRICS)
+        interval = _pick(request, "interval", ("day", "week"))
+        args = (f["from"], f["to"], f["segment"], f["journey"], "json")
+        engagement = await analytics_api.engagement(group_by, *args, m=m)
+        series = await analytics_api.timeseries(metric, interval, *args, m=m)
+        progression = await analytics_api.progression(*args, table="stages", m=m)
+        filters = {k: v or "" for k, v in f.items()}
+        query = urlencode({k: v for k, v in filters.items() if v})
+        return page("analytics.html", session=current, title="Analytics", filters=filters, groups=GROUPS,
+                    metrics=METRICS, group_by=group_by, metric=metric, interval=interval,
+                    engagement=engagement["rows"], points=series["points"], stages=progression["stages"],
+                    qualification=progression["qualification"], series_json=json.dumps(series["points"]),
+                    query=query)
+    return await guarded(request, handler)
+
+
+@router.get("/analytics/{report}.csv")
+async def analytics_csv(request: Request, report: str) -> Response:
+    """A dashboard table as CSV: the same rows `/v1/analytics/...?format=csv` answers."""
+    async def handler(_request: Request, _current: session.Session) -> Response:
+        m, f = mesh_of(request), _report_query(request)
+        args = (f["from"], f["to"], f["segment"], f["journey"], "csv")
+        if report == "engagement":
+            answer = await analytics_api.engagement(_pick(request, "group_by", GROUPS), *args, m=m)
+        elif report == "timeseries":
+            answer = await analytics_api.timeseries(_pick(request, "metric", METRICS),
+                                                    _pick(request, "interval", ("day", "week")), *args, m=m)
+        elif report == "stages":
+            answer = await analytics_api.progression(*args, table="stages", m=m)
+        else:
+            raise ApiError(404, "not_found", f"no report {report!r}: engagement, timeseries or stages")
+        answer.headers["Content-Disposition"] = f'attachment; filename="{report}.csv"'
+        response: Response = answer
+        return response
     return await guarded(request, handler)
 
 

@@ -73,6 +73,21 @@
     });
   }
 
+  function seriesChart(canvas) {
+    if (typeof Chart === "undefined") return;
+    var points = JSON.parse(canvas.getAttribute("data-points"));
+    if (!points.length) return;
+    new Chart(canvas, {
+      type: "bar",
+      data: {
+        labels: points.map(function (p) { return String(p.t).slice(0, 10); }),
+        datasets: [{ label: canvas.getAttribute("data-metric"), data: points.map(function (p) { return p.value; }) }]
+      },
+      options: { animation: false, responsive: true, maintainAspectRatio: false,
+                 plugins: { legend: { display: false } } }
+    });
+  }
+
   // As the editor types: the service's validation of the whole document, every problem listed.
   function liveValidation(area) {
     var url = area.getAttribute("data-validate");
@@ -110,5 +125,7 @@
     if (graph) layoutGraph(graph);
     var chart = document.getElementById("score-chart");
     if (chart) scoreChart(chart);
+    var series = document.getElementById("series-chart");
+    if (series) seriesChart(series);
   });
 })();
