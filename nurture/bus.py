@@ -127,9 +127,22 @@ class Consumer:
 
     async def _read(self, start: str, block: int | None) -> list[tuple[bytes, list[_Entry]]]:
         streams: dict[Any, Any] = {stream_key(s): start for s in range(self._shards)}
-        result: Any = await self._redis.xreadgroup(
-            self._group, self._consumer, streams, count=self._batch, block=block
-        )
+        try:
+            result: Any = await self._redis.xreadgroup(
+                self._group, self._consumer, streams, count=self._batch, block=block
+            )
+        except ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            # The group or its stream is gone (Redis flushed or restarted without its data, a group
+            # destroyed by hand): make them again and read on, or the consumer would fail forever.
+            # From the start of what is left: a repeat is dropped by the handlers, a skip is lost.
+            log.warning("bus %s: consumer group missing (%s); creating it again", self._group, exc)
+            self._ready = False
+            await self.ensure_groups()
+            result = await self._redis.xreadgroup(
+                self._group, self._consumer, streams, count=self._batch, block=block
+            )
         return list(result or [])
 
     async def _handle(self, entries: list[tuple[bytes, list[_Entry]]]) -> int:

@@ -179,7 +179,9 @@ async def test_the_consumer_loop_survives_an_error_and_says_so(redis_url: str,
             break
         await asyncio.sleep(0.05)
     await asyncio.sleep(0.2)
-    await client.delete(*[stream_key(s) for s in range(SHARDS)])   # the groups go with their streams
+    # A shard's key holds something that is not a stream: reading it (and making its group again) fails.
+    await client.delete(*[stream_key(s) for s in range(SHARDS)])
+    await client.set(stream_key(0), "not a stream")
     for _ in range(200):
         if any("consumer loop error" in r.getMessage() for r in caplog.records):
             break
@@ -188,6 +190,7 @@ async def test_the_consumer_loop_survives_an_error_and_says_so(redis_url: str,
     await asyncio.wait([task], timeout=5)
     [error, *_] = [r for r in caplog.records if r.name == "nurture.bus" and r.levelname == "ERROR"]
     assert error.getMessage() == "bus lg: consumer loop error; retrying" and error.exc_info is not None
+    await client.delete(stream_key(0))
     await client.aclose()
 
 
@@ -257,6 +260,31 @@ async def test_the_running_consumer_reads_a_failed_batch_again(redis_url: str) -
     await asyncio.wait([task], timeout=5)
     assert attempts == ["r1", "r1"]
     assert (await client.xpending(stream_key(shard_of("lead-r", SHARDS)), "rg"))["pending"] == 0
+    await client.aclose()
+
+
+async def test_a_consumer_whose_groups_vanished_makes_them_again_and_reads_on(redis_url: str) -> None:
+    # Redis restarted without its data (or flushed): the streams and the group are gone.
+    client = aioredis.from_url(redis_url)
+    seen: list[str] = []
+    arrived = asyncio.Event()
+
+    async def handler(messages: list[BusMessage]) -> None:
+        seen.extend(m.id for m in messages)
+        arrived.set()
+
+    consumer = Consumer(client, group="vg", shards=SHARDS, handler=handler, linger=0)
+    task = asyncio.create_task(consumer.run(idle_block_ms=50))
+    await Publisher(client, SHARDS).publish([bus_message("v1", "lead-v", "x")])
+    await asyncio.wait_for(arrived.wait(), 20)
+    arrived.clear()
+    await client.delete(*[stream_key(s) for s in range(SHARDS)])
+    await Publisher(client, SHARDS).publish([bus_message("v2", "lead-v", "x")])
+    await asyncio.wait_for(arrived.wait(), 20)
+    assert seen == ["v1", "v2"] and not task.done()
+    task.cancel()
+    await asyncio.wait([task], timeout=5)
+    assert (await client.xpending(stream_key(shard_of("lead-v", SHARDS)), "vg"))["pending"] == 0
     await client.aclose()
 
 
