@@ -103,7 +103,8 @@ def _dotted(loc: Sequence[int | str]) -> str:
 
 # -- field types shared by the data files, each with the sentence an operator reads --------------------
 
-def _checked(test: Callable[[Any], bool], problem: str) -> Callable[[Any], Any]:
+def checked(test: Callable[[Any], bool], problem: str) -> Callable[[Any], Any]:
+    """A pydantic BeforeValidator: the value as it is when `test` holds, else `problem` as the listed text."""
     def check(value: Any) -> Any:
         if not test(value):
             raise ValueError(problem)
@@ -125,10 +126,10 @@ def _time_of_day(value: Any) -> time:
 
 
 # A count such as a cap or a number of attempts (YAML's `true` is not 1).
-WholeAtLeast1 = Annotated[int, BeforeValidator(_checked(
+WholeAtLeast1 = Annotated[int, BeforeValidator(checked(
     lambda v: not isinstance(v, bool) and isinstance(v, int) and v >= 1, "must be a whole number of at least 1"))]
 # A span in seconds, integer or not.
-Seconds = Annotated[float, BeforeValidator(_checked(
+Seconds = Annotated[float, BeforeValidator(checked(
     lambda v: _number(v) and v >= 0, "must be a number of seconds, 0 or more"))]
 # "HH:MM" (or "HH:MM:SS").
 TimeOfDay = Annotated[time, BeforeValidator(_time_of_day)]

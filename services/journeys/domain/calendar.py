@@ -19,7 +19,7 @@ from typing import Annotated, Any
 from pydantic import BeforeValidator, Field, model_validator
 
 from nurture.busmessage import BusMessage
-from nurture.datafiles import DataFileError, Strict, read_yaml, validate
+from nurture.datafiles import DataFileError, Strict, checked, read_yaml, validate
 from nurture.rules import CompiledRules, RuleSpec, compile_rules, validate_condition
 from services.journeys.domain.definitions import PLAYBOOK_DIR, DefinitionError, parse_duration
 from services.journeys.domain.state import iso, parse_time
@@ -64,14 +64,6 @@ class Calendar:
                           source="calendar")
 
 
-def _checked(test: Any, problem: str) -> Any:
-    def check(value: Any) -> Any:
-        if not test(value):
-            raise ValueError(problem)
-        return value
-    return check
-
-
 def _at(value: Any) -> datetime:
     at = parse_time(value)
     if at is None:
@@ -94,10 +86,10 @@ def _audience(value: Any) -> Any:
 
 
 class CampaignEntry(Strict):
-    id: Annotated[str, BeforeValidator(_checked(lambda v: isinstance(v, str) and CAMPAIGN_ID.fullmatch(v),
+    id: Annotated[str, BeforeValidator(checked(lambda v: isinstance(v, str) and CAMPAIGN_ID.fullmatch(v),
                                                 "must be a lower-case word"))]
     at: Annotated[datetime, BeforeValidator(_at)]
-    event: Annotated[str, BeforeValidator(_checked(lambda v: isinstance(v, str) and EVENT.fullmatch(v),
+    event: Annotated[str, BeforeValidator(checked(lambda v: isinstance(v, str) and EVENT.fullmatch(v),
                                                    "must be an event type such as seasonal_window"))]
     properties: dict[str, Any] = Field(default_factory=dict)
     audience: Annotated[dict[str, Any], BeforeValidator(_audience)]
