@@ -7,7 +7,7 @@ PROTO_SRC := $(shell find protos -name '*.proto' | sort)
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: run test setup protos check-protos lint unit integration bench fuzz clean mutate
+.PHONY: run test setup protos check-protos lint unit integration bench fuzz clean mutate typecount
 
 $(STAMP): pyproject.toml
 	$(PY) -c 'import sys; assert sys.version_info[:2] in ((3, 11), (3, 12)), "Python 3.11 or 3.12 is required"'
@@ -53,6 +53,10 @@ fuzz: $(STAMP)
 MUTATE_ARGS ?=
 mutate: $(STAMP)
 	$(BIN)/python tools/mutate.py $(MUTATE_ARGS)
+
+## Untyped seams per package (Any, dict[str, Any], long positional tuples, journey step .get): issue #14
+typecount: $(STAMP)
+	$(BIN)/python tools/typecount.py
 
 bench: $(STAMP)
 	for b in bench/[a-z]*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

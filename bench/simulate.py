@@ -28,7 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._mesh import add_database_arg  # noqa: E402
 from nurture.ports import free_port  # noqa: E402
-from services.journeys.domain.definitions import Journey, load_playbook, parse_duration  # noqa: E402
+from services.journeys.domain.definitions import Journey, load_playbook  # noqa: E402
+from services.journeys.domain.steps import JumpStep, WaitStep  # noqa: E402
 from services.journeys.simulation import Simulation  # noqa: E402
 
 
@@ -50,15 +51,14 @@ def plain_walk(playbook: dict[str, Journey], entries: list[tuple[datetime, str]]
         while step_id is not None:
             step = j.steps[step_id]
             steps += 1
-            if step.type == "wait":
-                delay = parse_duration(step.get("delay")) if step.get("delay") is not None else timedelta(hours=1)
+            if isinstance(step, WaitStep):
+                delay = step.delay if step.delay is not None else timedelta(hours=1)
                 seq += 1
-                heapq.heappush(heap, (at + delay, seq, key, step.next if step.get("event") is None
-                                      else step.get("on_timeout")))
+                heapq.heappush(heap, (at + delay, seq, key, step.next if step.event is None else step.on_timeout))
                 break
             if step.type in ("end", "goal", "listen"):
                 break
-            step_id = step.next if step.type != "jump" else step.get("to")
+            step_id = step.to if isinstance(step, JumpStep) else step.next
     return steps
 
 

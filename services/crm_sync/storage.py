@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import bindparam, delete, func, insert, select, update
 from sqlalchemy.orm import Session
@@ -71,16 +71,24 @@ def find_lead(s: Session, *, crm: str, crm_id: str | None, lead_id: str | None, 
     return None
 
 
-def find_leads(s: Session, wanted: list[tuple[str, str | None, str | None, str | None]]
-               ) -> list[dict[str, Any] | None]:
-    """`find_lead` for many (crm, crm_id, lead_id, email) at once: three queries, not three per contact."""
-    crm_ids = sorted({w[1] for w in wanted if w[1]})
+class LeadQuery(NamedTuple):
+    """How a contact may be known here: by its CRM id, our lead id, or its email (in that order)."""
+
+    crm: str
+    crm_id: str | None
+    lead_id: str | None
+    email: str | None
+
+
+def find_leads(s: Session, wanted: list[LeadQuery]) -> list[dict[str, Any] | None]:
+    """`find_lead` for many contacts at once: three queries, not three per contact."""
+    crm_ids = sorted({w.crm_id for w in wanted if w.crm_id})
     by_crm_id: dict[tuple[str, str], dict[str, Any]] = {}
     for chunk in iter_chunks(crm_ids, 500):
         for row in s.execute(select(leads).where(leads.c.crm_id.in_(chunk))).all():
             by_crm_id[(row.crm, row.crm_id)] = _lead_row(row)
-    by_id = get_leads(s, [w[2] for w in wanted if w[2]])
-    emails = sorted({w[3].lower() for w in wanted if w[3]})
+    by_id = get_leads(s, [w.lead_id for w in wanted if w.lead_id])
+    emails = sorted({w.email.lower() for w in wanted if w.email})
     by_email: dict[str, dict[str, Any]] = {}
     for chunk in iter_chunks(emails, 500):
         rows = s.execute(select(leads).where(func.lower(leads.c.email).in_(chunk)).order_by(leads.c.lead_id)).all()

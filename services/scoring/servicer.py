@@ -20,7 +20,7 @@ from services.scoring.app.core import ScoringCore
 from services.scoring.app.ingest import IngestQueue
 from services.scoring.app.model_versions import ModelVersions, UnknownVersion
 from services.scoring.app.outbox import Outbox
-from services.scoring.domain.records import EmailTaken, EventIn, InvalidInput, NotFound
+from services.scoring.domain.records import EmailTaken, EventIn, InvalidInput, LeadUpsert, NotFound
 from services.scoring.domain.validation import validate_profile
 
 log = logging.getLogger(__name__)
@@ -112,7 +112,7 @@ class ScoringServicer(scoring_pb2_grpc.ScoringServicer):
         if len(request.leads) > MAX_UPSERTS:
             raise errors.InvalidArgument(f"at most {MAX_UPSERTS} leads per call")
         results: list[scoring_pb2.UpsertLeadResult | None] = [None] * len(request.leads)
-        todo: list[tuple[int, tuple[str, dict[str, Any], bool, str, bool]]] = []
+        todo: list[tuple[int, LeadUpsert]] = []
         for i, r in enumerate(request.leads):
             try:
                 problems = message_problems(r, skip="fields_json")
@@ -126,7 +126,7 @@ class ScoringServicer(scoring_pb2_grpc.ScoringServicer):
             if problem:
                 results[i] = scoring_pb2.UpsertLeadResult(error_code="invalid", error_message=problem)
             else:
-                todo.append((i, (r.id, fields, r.merge, r.source or "api", r.must_exist)))
+                todo.append((i, LeadUpsert(r.id, fields, r.merge, r.source or "api", r.must_exist)))
         done = await self._db.run(self._store.upsert_leads, [item for _, item in todo], self._clock.now())
         for (i, _), out in zip(todo, done, strict=True):
             if isinstance(out, InvalidInput):

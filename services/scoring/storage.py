@@ -217,7 +217,7 @@ def save_scored_leads(writes: DriverWrites, s: Session | Connection, rows: list[
 
 def insert_outbox(writes: DriverWrites, s: Session | Connection, messages: Sequence[BusMessage],
                   traces: Sequence[str | None] = ()) -> list[OutboxRow]:
-    """Insert the messages into the outbox; returns the rows as `(seq, lead_id, payload, trace)`.
+    """Insert the messages into the outbox; returns the rows as published.
 
     The trace of the request that caused a message travels with it (W3C traceparent), so
     publishing and the consumers' work join the same trace: an event's own (`traces[i]`, when its
@@ -235,16 +235,16 @@ def insert_outbox(writes: DriverWrites, s: Session | Connection, messages: Seque
     # One multi-row INSERT per chunk: a chunk's seqs, ascending, are its rows in order.
     seqs = writes.insert(s.connection() if isinstance(s, Session) else s, outbox,
                          ("lead_id", "payload", "trace"), values, returning="seq")
-    return [(seq, *v) for seq, v in zip(seqs, values, strict=True)]
+    return [OutboxRow(seq, *v) for seq, v in zip(seqs, values, strict=True)]
 
 
 # -- outbox, decay, history -------------------------------------------------------------------------------
 
 def pending_outbox(s: Session, limit: int) -> list[OutboxRow]:
-    """`(seq, lead_id, message JSON, trace carrier JSON)` in commit order, published as stored."""
+    """The outbox rows in commit order, published as stored."""
     rows = s.execute(select(outbox.c.seq, outbox.c.lead_id, outbox.c.payload, outbox.c.trace)
                      .order_by(outbox.c.seq).limit(limit)).all()
-    return [(r.seq, r.lead_id, r.payload, r.trace) for r in rows]
+    return [OutboxRow(r.seq, r.lead_id, r.payload, r.trace) for r in rows]
 
 
 def mark_published(s: Session, seqs: Sequence[int]) -> None:

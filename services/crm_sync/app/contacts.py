@@ -11,13 +11,14 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import grpc
 from sqlalchemy.orm import Session
 
 from nurture.api.scoring.v1 import scoring_pb2
 from nurture.batching import Batcher
+from nurture.jsontypes import JsonObject
 from nurture.rpc import DEADLINE_S
 from services.crm_sync import domain
 from services.crm_sync import storage as st
@@ -33,7 +34,7 @@ class ContactIn:
     email: str
     first_name: str
     last_name: str
-    properties: dict[str, Any]
+    properties: JsonObject
     modified_at: datetime
     lead_id: str
 
@@ -49,6 +50,27 @@ class ContactWrite:
     merged: domain.InboundMerge
     status: str
     now: datetime
+
+
+class _Plan(NamedTuple):
+    """A contact on its way to scoring: where it sits in the batch (`at`), what we knew of its lead (the
+    lead row, when there is one) and what the merge decided."""
+
+    at: int
+    crm: str
+    contact: ContactIn
+    row: dict[str, Any] | None
+    digest: str
+    merged: domain.InboundMerge
+
+
+class _Upserted(NamedTuple):
+    """Scoring's answer for one contact: the lead, or an error code and message."""
+
+    lead: scoring_pb2.Lead | None
+    created: bool
+    error_code: str
+    error_message: str
 
 
 def crm_lead_id(crm: str, crm_id: str) -> str:
@@ -76,10 +98,10 @@ class InboundContacts(CoreBase):
         """Contacts of concurrent calls together: one read of what we know, one scoring call, one
         group commit. Each contact keeps its own outcome (stale, duplicate, error, ...)."""
         rows = await self.read(lambda s: st.find_leads(
-            s, [(crm, c.crm_id or None, c.lead_id or None, c.email or None) for crm, c in items]))
+            s, [st.LeadQuery(crm, c.crm_id or None, c.lead_id or None, c.email or None) for crm, c in items]))
         out: list[dict[str, Any] | BaseException] = [{} for _ in items]
         stale: list[Callable[[Session], None]] = []
-        plans: list[tuple[int, str, ContactIn, dict[str, Any] | None, str, domain.InboundMerge]] = []
+        plans: list[_Plan] = []
         requests: list[scoring_pb2.UpsertLeadRequest] = []
         started = self.clock.now()
         for i, ((crm, c), row) in enumerate(zip(items, rows, strict=True)):
@@ -120,22 +142,23 @@ class InboundContacts(CoreBase):
                 # the lead id itself is derived from the CRM's id.
                 lead_id = crm_lead_id(crm, c.crm_id)
             out[i] = result
-            plans.append((i, crm, c, row, digest, merged))
+            plans.append(_Plan(i, crm, c, row, digest, merged))
             requests.append(scoring_pb2.UpsertLeadRequest(id=lead_id, fields_json=json.dumps(fields), merge=True,
                                                           source=f"crm:{crm}"))
         replies = await self._scoring_upserts(requests)
         now = self.clock.now()
         writes: list[tuple[int, ContactWrite]] = []
-        for (i, crm, c, row, digest, merged), (lead_pb, created, code, message) in zip(plans, replies, strict=True):
+        for plan, reply in zip(plans, replies, strict=True):
+            i, merged = plan.at, plan.merged
             base = out[i]
             assert isinstance(base, dict)
-            if lead_pb is None:
-                out[i] = {**base, "error_code": code, "error_message": message}
+            if reply.lead is None:
+                out[i] = {**base, "error_code": reply.error_code, "error_message": reply.error_message}
                 continue
-            lead = lead_from_proto(lead_pb)
-            status = "created" if created else ("updated" if merged.fields or not row else "unchanged")
-            writes.append((i, ContactWrite(crm=crm, c=c, lead=lead, digest=digest, merged=merged, status=status,
-                                           now=now)))
+            lead = lead_from_proto(reply.lead)
+            status = "created" if reply.created else ("updated" if merged.fields or not plan.row else "unchanged")
+            writes.append((i, ContactWrite(crm=plan.crm, c=plan.contact, lead=lead, digest=plan.digest,
+                                           merged=merged, status=status, now=now)))
             out[i] = {**base, "lead_id": lead["id"], "status": status,
                       "conflicts": [x["field"] for x in merged.conflicts if x["winner"] == "platform"]}
         if not writes and not stale:
@@ -196,9 +219,8 @@ class InboundContacts(CoreBase):
         for fn in stale:
             fn(s)
 
-    async def _scoring_upserts(self, requests: list[scoring_pb2.UpsertLeadRequest]
-                               ) -> list[tuple[scoring_pb2.Lead | None, bool, str, str]]:
-        """(lead or None, created, error code, message) per request, from one UpsertLeads call."""
+    async def _scoring_upserts(self, requests: list[scoring_pb2.UpsertLeadRequest]) -> list[_Upserted]:
+        """What scoring made of each request, from one UpsertLeads call."""
         if not requests:
             return []
         try:
@@ -208,19 +230,19 @@ class InboundContacts(CoreBase):
         except grpc.aio.AioRpcError as exc:
             if exc.code() != grpc.StatusCode.UNIMPLEMENTED:
                 code = "invalid" if exc.code() == grpc.StatusCode.INVALID_ARGUMENT else "unavailable"
-                return [(None, False, code, exc.details() or exc.code().name)] * len(requests)
+                return [_Upserted(None, False, code, exc.details() or exc.code().name)] * len(requests)
             # A scoring from before UpsertLeads (a rolling upgrade): one call per lead.
             return list(await asyncio.gather(*(self._scoring_upsert(r) for r in requests)))
-        return [(r.lead, r.created, "", "") if not r.error_code else
-                (None, False, "unknown_lead" if r.error_code == "not_found" else r.error_code, r.error_message)
+        return [_Upserted(r.lead, r.created, "", "") if not r.error_code else
+                _Upserted(None, False, "unknown_lead" if r.error_code == "not_found" else r.error_code,
+                          r.error_message)
                 for r in reply.results]
 
-    async def _scoring_upsert(self, request: scoring_pb2.UpsertLeadRequest
-                              ) -> tuple[scoring_pb2.Lead | None, bool, str, str]:
+    async def _scoring_upsert(self, request: scoring_pb2.UpsertLeadRequest) -> _Upserted:
         try:
             reply = await self.scoring.UpsertLead(request, timeout=DEADLINE_S)
         except grpc.aio.AioRpcError as exc:
             code = "invalid" if exc.code() == grpc.StatusCode.INVALID_ARGUMENT else (
                 "unknown_lead" if exc.code() == grpc.StatusCode.NOT_FOUND else "unavailable")
-            return None, False, code, exc.details() or exc.code().name
-        return reply.lead, reply.created, "", ""
+            return _Upserted(None, False, code, exc.details() or exc.code().name)
+        return _Upserted(reply.lead, reply.created, "", "")

@@ -22,6 +22,9 @@ than that after the time their wait set, e.g. a reminder whose moment passed) an
 spec>` (skipped after that time).
 Conditions use the rule language of nurture.rules. `validate` lists every problem it finds; nothing
 here touches the network, so the unit tests load the whole playbook.
+This module and `steps` are the only readers of the raw document: steps become the typed records of
+`steps` (one class per type), rules get a typed `TriggerAction` and `TimeSpec`; `Journey.document`
+keeps the document as written, which is what SQL stores and the API returns.
 """
 
 from __future__ import annotations
@@ -33,13 +36,29 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 from pydantic import BeforeValidator, Field
 
 from nurture.datafiles import DataFileError, Strict, read_yaml
 from nurture.datafiles import validate as validate_file
+from nurture.jsontypes import JsonMapping, JsonObject, JsonValue
 from nurture.rules import validate_condition
+from services.journeys.domain.steps import (
+    EFFECT_TYPES,
+    BranchStep,
+    JourneyStep,
+    JumpStep,
+    SendStep,
+    SplitStep,
+    Step,
+    TimeSpec,
+    TriggerAction,
+    WaitStep,
+    build_step,
+    time_spec,
+    trigger_action,
+)
 
 PLAYBOOK_DIR = Path(__file__).parents[1] / "data" / "playbook"
 KINDS = ("segment", "engagement", "sequence")
@@ -70,7 +89,7 @@ class DefinitionError(DataFileError):
         self.journey = journey   # what could be built despite the problems (for the cross checks)
 
 
-def parse_duration(value: Any) -> timedelta:
+def parse_duration(value: JsonValue) -> timedelta:
     """`90s`, `15m`, `2h`, `3d`, `1w` (optionally signed) or a number of seconds."""
     if isinstance(value, bool):
         raise ValueError(f"bad duration {value!r}")
@@ -89,28 +108,16 @@ class Rule:
 
     name: str
     events: tuple[str, ...]
-    when: Mapping[str, Any]
+    when: JsonMapping  # a condition in nurture.rules' grammar
     outcome: str = "exit"
-    action: Mapping[str, Any] = field(default_factory=dict)
+    action: TriggerAction = field(default_factory=TriggerAction)  # a trigger's `do`
     once: bool = False
     cooldown: timedelta | None = None
     why: str = ""
-    date: Mapping[str, Any] | None = None  # date-relative entry: {fact: lead.<date property>, offset}
+    date: TimeSpec | None = None  # date-relative entry: {fact: lead.<date property>, offset}
 
     def listens_to(self, event_type: str) -> bool:
         return "*" in self.events or event_type in self.events
-
-
-@dataclass(frozen=True)
-class Step:
-    id: str
-    type: str
-    raw: Mapping[str, Any]
-    next: str | None
-    stage: str | None
-
-    def get(self, name: str, default: Any = None) -> Any:
-        return self.raw.get(name, default)
 
 
 @dataclass(frozen=True)
@@ -136,10 +143,10 @@ class Journey:
     triggers: tuple[Rule, ...]
     steps: Mapping[str, Step]
     first: str
-    document: Mapping[str, Any]
+    document: JsonMapping  # as written: what is stored and what the API returns
     version: int = 0
     digest: str = ""
-    enter_until: Mapping[str, Any] | None = None  # a time spec past which an entry is refused
+    enter_until: TimeSpec | None = None  # past this time an entry is refused
 
     def step(self, step_id: str) -> Step:
         return self.steps[step_id]
@@ -149,7 +156,7 @@ class Journey:
 
     def templates(self) -> list[str]:
         """Every template key this journey sends."""
-        return [template_of(self, s) for s in self.steps.values() if s.type in ("send", "webhook")]
+        return [template_of(self, s) for s in self.steps.values() if isinstance(s, SendStep)]
 
     def event_types(self) -> set[str]:
         """Event types any rule of this journey listens to (the Python prefilter before the engine)."""
@@ -157,18 +164,18 @@ class Journey:
         for rule in (*self.entry, *self.exits, *self.triggers):
             out.update(rule.events)
         for s in self.steps.values():
-            if s.type == "wait" and isinstance(s.get("event"), Mapping):
-                out.update(s.get("event").get("types", []))
+            if isinstance(s, WaitStep) and s.event is not None:
+                out.update(s.event.types)
         out.update(self.reanchor_events)
         return out
 
 
-def template_of(journey: Journey, step: Step) -> str:
+def template_of(journey: Journey, step: SendStep) -> str:
     """The template key of a send step: `<journey_key>.<step_id>` unless the step names one."""
-    return str(step.get("template") or f"{journey.key}.{step.id}")
+    return step.template or f"{journey.key}.{step.id}"
 
 
-def _rules(raw: Any, where: str, problems: list[str], *, kind: str, key: str = "") -> tuple[Rule, ...]:
+def _rules(raw: JsonValue, where: str, problems: list[str], *, kind: str, key: str = "") -> tuple[Rule, ...]:
     if raw is None:
         return ()
     if not isinstance(raw, list):
@@ -225,14 +232,14 @@ def _rules(raw: Any, where: str, problems: list[str], *, kind: str, key: str = "
                 cooldown = parse_duration(item["cooldown"])
             except ValueError as exc:
                 problems.append(f"{where}.{name}: {exc}")
-        out.append(Rule(name=name, events=tuple(events), when=when, outcome=outcome, action=action,
+        out.append(Rule(name=name, events=tuple(events), when=when, outcome=outcome, action=trigger_action(action),
                         once=bool(item.get("once", cooldown is None and kind == "trigger")),
                         cooldown=cooldown, why=str(item.get("why", "")),
-                        date=dict(date) if isinstance(date, Mapping) else None))
+                        date=time_spec(date, parse_duration)))
     return tuple(out)
 
 
-def load(document: Mapping[str, Any], *, version: int = 0) -> Journey:
+def load(document: JsonMapping, *, version: int = 0) -> Journey:
     """Build a Journey from a document, raising DefinitionError with every structural problem.
     Cross-journey and template checks are `validate`'s."""
     problems: list[str] = []
@@ -287,6 +294,7 @@ def load(document: Mapping[str, Any], *, version: int = 0) -> Journey:
         problems.append("steps: expected a non-empty list")
         steps_raw = []
     steps: dict[str, Step] = {}
+    raws: dict[str, JsonMapping] = {}
     for i, raw in enumerate(steps_raw):
         if not isinstance(raw, Mapping) or not isinstance(raw.get("id"), str):
             problems.append(f"steps[{i}]: needs an id")
@@ -305,7 +313,9 @@ def load(document: Mapping[str, Any], *, version: int = 0) -> Journey:
         stage = raw.get("stage")
         if stage is not None and stage not in stage_names:
             problems.append(f"step {sid}: unknown stage {stage!r}")
-        steps[sid] = Step(id=sid, type=str(stype), raw=raw, next=nxt, stage=stage)
+        raws[sid] = raw
+        steps[sid] = build_step(raw, sid=sid, stype=str(stype), nxt=nxt, stage=stage, category=str(category),
+                                parse=parse_duration)
     journey = Journey(
         key=key, name=str(document.get("name", key)), kind=str(kind), mode=str(mode), priority=int(priority),
         category=str(category), reentry=reentry, reentry_after=reentry_after,
@@ -317,15 +327,16 @@ def load(document: Mapping[str, Any], *, version: int = 0) -> Journey:
         exits=_rules(document.get("exit"), "exit", problems, kind="exit"),
         triggers=_rules(document.get("triggers"), "triggers", problems, kind="trigger"),
         steps=steps, first=next(iter(steps), ""), document=document, version=version,
-        enter_until=document.get("enter_until"),
+        enter_until=time_spec(document.get("enter_until"), parse_duration),
         digest=hashlib.sha1(json.dumps(document, sort_keys=True, default=str).encode()).hexdigest()[:12],
     )
-    if journey.enter_until is not None:
-        if isinstance(journey.enter_until, Mapping) and "delay" in journey.enter_until:
+    enter_until = document.get("enter_until")
+    if enter_until is not None:
+        if isinstance(enter_until, Mapping) and "delay" in enter_until:
             problems.append("enter_until: needs an anchor or lead fact with an offset, not a delay")
         else:
-            problems.extend(_check_time(journey.enter_until, "enter_until", journey.anchors))
-    problems.extend(_check_steps(journey))
+            problems.extend(_check_time(enter_until, "enter_until", journey.anchors))
+    problems.extend(_check_steps(journey, raws))
     if problems:
         raise DefinitionError(problems, journey if key != "invalid" else None)
     return journey
@@ -334,27 +345,23 @@ def load(document: Mapping[str, Any], *, version: int = 0) -> Journey:
 def _edges(step: Step) -> list[tuple[str | None, str]]:
     """(target, label) pairs leaving a step."""
     out: list[tuple[str | None, str]] = []
-    if step.type == "wait" and step.get("event") is not None:
-        out += [(step.get("on_event"), "on_event"), (step.get("on_timeout"), "on_timeout")]
-    elif step.type == "branch":
-        for rule in step.get("rules") or []:
-            if isinstance(rule, Mapping):
-                out.append((rule.get("next"), f"rule {rule.get('name')}"))
-        out.append((step.get("default"), "default"))
-    elif step.type == "split":
-        for variant in step.get("variants") or []:
-            if isinstance(variant, Mapping):
-                out.append((variant.get("next"), f"variant {variant.get('name')}"))
-    elif step.type == "jump":
-        out.append((step.get("to"), "to"))
+    if isinstance(step, WaitStep) and step.event is not None:
+        out += [(step.on_event, "on_event"), (step.on_timeout, "on_timeout")]
+    elif isinstance(step, BranchStep):
+        out += [(rule.next, f"rule {rule.name}") for rule in step.rules]
+        out.append((step.default, "default"))
+    elif isinstance(step, SplitStep):
+        out += [(variant.next, f"variant {variant.name}") for variant in step.variants]
+    elif isinstance(step, JumpStep):
+        out.append((step.to, "to"))
     elif step.next is not None:
         out.append((step.next, "next"))
-    if step.type == "wait" and step.get("if_past") is not None:
-        out.append((step.get("if_past"), "if_past"))
+    if isinstance(step, WaitStep) and step.if_past is not None:
+        out.append((step.if_past, "if_past"))
     return out
 
 
-def _check_time(spec: Any, where: str, anchors: Mapping[str, str]) -> list[str]:
+def _check_time(spec: JsonValue, where: str, anchors: Mapping[str, str]) -> list[str]:
     if not isinstance(spec, Mapping):
         return [f"{where}: expected a mapping"]
     problems: list[str] = []
@@ -380,48 +387,49 @@ def _check_time(spec: Any, where: str, anchors: Mapping[str, str]) -> list[str]:
     return problems
 
 
-def _check_step(j: Journey, s: Step) -> list[str]:
+def _check_step(j: Journey, s: Step, raw: JsonMapping) -> list[str]:
+    """The problems of one step, read from the document as written (the typed step is lenient)."""
     at = f"step {s.id}"
     p: list[str] = []
     for option in ("skip_if_late", "skip_after"):
-        if s.get(option) is not None and s.type not in ("send", "task", "webhook", "update"):
+        if raw.get(option) is not None and s.type not in EFFECT_TYPES:
             p.append(f"{at}: {option} applies to send, task, webhook and update steps")
-    if s.get("skip_if_late") is not None:
+    if raw.get("skip_if_late") is not None:
         try:
-            if parse_duration(s.get("skip_if_late")) < timedelta(0):
+            if parse_duration(raw.get("skip_if_late")) < timedelta(0):
                 p.append(f"{at}: skip_if_late must not be negative")
         except ValueError as exc:
             p.append(f"{at}.skip_if_late: {exc}")
-    if s.get("skip_after") is not None:
-        p += _check_time(s.get("skip_after"), f"{at}.skip_after", j.anchors)
+    if raw.get("skip_after") is not None:
+        p += _check_time(raw.get("skip_after"), f"{at}.skip_after", j.anchors)
     if s.type == "send":
-        if s.get("channel", "email") not in CHANNELS:
+        if raw.get("channel", "email") not in CHANNELS:
             p.append(f"{at}: channel must be one of {', '.join(CHANNELS)}")
-        if s.get("category", j.category) not in ("nurture", "transactional"):
+        if raw.get("category", j.category) not in ("nurture", "transactional"):
             p.append(f"{at}: category must be nurture or transactional")
     elif s.type == "wait":
-        forms = [k for k in ("delay", "until", "event") if s.get(k) is not None]
+        forms = [k for k in ("delay", "until", "event") if raw.get(k) is not None]
         if len(forms) != 1:
             p.append(f"{at}: a wait needs exactly one of delay, until, event")
         elif forms[0] == "delay":
-            p += _check_time({"delay": s.get("delay")}, at, j.anchors)
+            p += _check_time({"delay": raw.get("delay")}, at, j.anchors)
         elif forms[0] == "until":
-            p += _check_time(s.get("until"), f"{at}.until", j.anchors)
+            p += _check_time(raw.get("until"), f"{at}.until", j.anchors)
         else:
-            ev = s.get("event")
+            ev = raw.get("event")
             if not isinstance(ev, Mapping) or not isinstance(ev.get("types"), list) or not ev["types"]:
                 p.append(f"{at}.event: needs a non-empty list of types")
             elif ev.get("when") is not None:
                 p += [f"{at}.event.when.{x}" for x in validate_condition(ev.get("when"))]
-            if s.get("timeout") is None:
+            if raw.get("timeout") is None:
                 p.append(f"{at}: an event wait needs a timeout")
             else:
-                p += _check_time(s.get("timeout"), f"{at}.timeout", j.anchors)
+                p += _check_time(raw.get("timeout"), f"{at}.timeout", j.anchors)
             for k in ("on_event", "on_timeout"):
-                if s.get(k) is None:
+                if raw.get(k) is None:
                     p.append(f"{at}: {k} is required")
     elif s.type == "branch":
-        rules = s.get("rules")
+        rules = raw.get("rules")
         if not isinstance(rules, list) or not rules:
             p.append(f"{at}: a branch needs rules")
         else:
@@ -430,10 +438,10 @@ def _check_step(j: Journey, s: Step) -> list[str]:
                     p.append(f"{at}.rules[{i}]: needs a name")
                     continue
                 p += [f"{at}.{r['name']}.{x}" for x in validate_condition(r.get("when"))]
-        if s.get("default") is None:
+        if raw.get("default") is None:
             p.append(f"{at}: a branch needs a default")
     elif s.type == "split":
-        variants = s.get("variants")
+        variants = raw.get("variants")
         if not isinstance(variants, list) or len(variants) < 2:
             p.append(f"{at}: a split needs two or more variants")
         else:
@@ -441,31 +449,31 @@ def _check_step(j: Journey, s: Step) -> list[str]:
                 w = v.get("weight") if isinstance(v, Mapping) else None
                 if not isinstance(w, int | float) or isinstance(w, bool) or w <= 0:
                     p.append(f"{at}.variants[{i}]: weight must be a positive number")
-    elif s.type == "jump" and s.get("to") is None:
+    elif s.type == "jump" and raw.get("to") is None:
         p.append(f"{at}: a jump needs 'to'")
-    elif s.type in ("enrol", "exit") and not isinstance(s.get("journey"), str):
+    elif s.type in ("enrol", "exit") and not isinstance(raw.get("journey"), str):
         p.append(f"{at}: needs 'journey'")
-    elif s.type == "update" and not (isinstance(s.get("set"), Mapping) and s.get("set")):
+    elif s.type == "update" and not (isinstance(raw.get("set"), Mapping) and raw.get("set")):
         p.append(f"{at}: an update needs a non-empty 'set' mapping")
     elif s.type == "task":
-        if s.get("kind") not in TASK_KINDS:
+        if raw.get("kind") not in TASK_KINDS:
             p.append(f"{at}: task kind must be one of {', '.join(TASK_KINDS)}")
-        if not s.get("title"):
+        if not raw.get("title"):
             p.append(f"{at}: a task needs a title")
-        if s.get("due") is not None:
+        if raw.get("due") is not None:
             try:
-                parse_duration(s.get("due"))
+                parse_duration(raw.get("due"))
             except ValueError as exc:
                 p.append(f"{at}: {exc}")
-    elif s.type == "webhook" and not (s.get("url") or s.get("template")):
+    elif s.type == "webhook" and not (raw.get("url") or raw.get("template")):
         p.append(f"{at}: a webhook needs a url or template")
     return p
 
 
-def _check_steps(j: Journey) -> list[str]:
+def _check_steps(j: Journey, raws: Mapping[str, JsonMapping]) -> list[str]:
     problems: list[str] = []
     for s in j.steps.values():
-        problems += _check_step(j, s)
+        problems += _check_step(j, s, raws[s.id])
         for target, label in _edges(s):
             if target is None:
                 if label != "next":
@@ -474,8 +482,10 @@ def _check_steps(j: Journey) -> list[str]:
                 problems.append(f"step {s.id}: {label} goes to unknown step {target!r}")
     roots: list[str] = [j.first] if j.first else []
     for rule in j.triggers:
-        for verb in ("goto", "send", "task", "update"):
-            target = str(rule.action.get(verb) or "")
+        action = rule.action
+        for verb, named in (("goto", action.goto), ("send", action.send), ("task", action.task),
+                            ("update", action.update)):
+            target = named or ""
             if not target:
                 continue
             if target not in j.steps:
@@ -539,21 +549,21 @@ def validate(journey: Journey, *, journeys: Iterable[str] | None = None,
     problems: list[str] = []
     known = set(journeys) if journeys is not None else None
     if known is not None:
-        names = [(f"step {s.id}", s.get("journey")) for s in journey.steps.values() if s.type in ("enrol", "exit")]
-        names += [(f"triggers.{r.name}", r.action.get(v)) for r in journey.triggers for v in ("enrol", "exit")
-                  if r.action.get(v)]
+        names = [(f"step {s.id}", s.journey) for s in journey.steps.values() if isinstance(s, JourneyStep)]
+        names += [(f"triggers.{r.name}", name) for r in journey.triggers for name in (r.action.enrol, r.action.exit)
+                  if name]
         problems += [f"{where}: unknown journey {name!r}" for where, name in names if name not in known]
     if templates is not None:
         have = set(templates)
         for s in journey.steps.values():
-            if s.type in ("send", "webhook") and (s.type == "send" or s.get("template")):
+            if isinstance(s, SendStep) and (s.type == "send" or s.template):
                 key = template_of(journey, s)
                 if key not in have:
                     problems.append(f"step {s.id}: missing template {key!r}")
     return problems
 
 
-def check(document: Mapping[str, Any], *, journeys: Iterable[str] | None = None,
+def check(document: JsonMapping, *, journeys: Iterable[str] | None = None,
           templates: Iterable[str] | None = None, version: int = 0) -> tuple[Journey | None, list[str]]:
     """Load and validate: (journey or None, every problem). A new definition must use API.md's kinds;
     only stored versions may keep the legacy `kind: triggers` (see `load`)."""
@@ -570,9 +580,9 @@ def check(document: Mapping[str, Any], *, journeys: Iterable[str] | None = None,
     return journey, validate(journey, journeys=journeys, templates=templates)
 
 
-def read_playbook(directory: Path = PLAYBOOK_DIR) -> dict[str, dict[str, Any]]:
+def read_playbook(directory: Path = PLAYBOOK_DIR) -> dict[str, JsonObject]:
     """Every journey document under the playbook directory, by key (files starting with _ are settings)."""
-    out: dict[str, dict[str, Any]] = {}
+    out: dict[str, JsonObject] = {}
     for path in sorted(directory.glob("*.yaml")):
         if path.name.startswith("_"):
             continue
@@ -625,26 +635,26 @@ class GlobalExit:
     why: str = ""
 
 
-def _duration(value: Any) -> timedelta:
+def _duration(value: JsonValue) -> timedelta:
     try:
         return parse_duration(value)
     except (ValueError, TypeError):
         raise ValueError("must be a duration such as 1d, 12h or 30m") from None
 
 
-def _event_types(value: Any) -> Any:
+def _event_types(value: JsonValue) -> JsonValue:
     if not isinstance(value, list) or not value or not all(isinstance(e, str) and e for e in value):
         raise ValueError("must be a list of event types")
     return value
 
 
-def _event_name(value: Any) -> Any:
+def _event_name(value: JsonValue) -> JsonValue:
     if not isinstance(value, str) or not EVENT_NAME.fullmatch(value):
         raise ValueError("must be an event type such as email_inactivity")
     return value
 
 
-def _positive_days(value: Any) -> Any:
+def _positive_days(value: JsonValue) -> JsonValue:
     if not isinstance(value, list) or not value or not all(
             isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in value):
         raise ValueError("must be a list of positive whole days")
@@ -725,5 +735,5 @@ def load_playbook(directory: Path = PLAYBOOK_DIR) -> dict[str, Journey]:
     return journeys
 
 
-def summary(journeys: Sequence[Journey]) -> list[dict[str, Any]]:
+def summary(journeys: Sequence[Journey]) -> list[JsonObject]:
     return [{"key": j.key, "name": j.name, "kind": j.kind, "mode": j.mode, "priority": j.priority} for j in journeys]

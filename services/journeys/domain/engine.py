@@ -21,14 +21,13 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from nurture.busmessage import BusMessage
+from nurture.jsontypes import JsonMapping, JsonValue
 from services.journeys.domain import rulesets
 from services.journeys.domain.definitions import (
     CLOCK_PREFIX,
     Journey,
     PlaybookSettings,
     Rule,
-    Step,
-    parse_duration,
     template_of,
 )
 from services.journeys.domain.state import (
@@ -46,6 +45,21 @@ from services.journeys.domain.state import (
     Transition,
     iso,
     parse_time,
+)
+from services.journeys.domain.steps import (
+    BranchRule,
+    BranchStep,
+    EffectStep,
+    GoalStep,
+    JourneyStep,
+    JumpStep,
+    SendStep,
+    SplitStep,
+    Step,
+    TaskStep,
+    TimeSpec,
+    UpdateStep,
+    WaitStep,
 )
 
 OPT_OUT_EVENTS = ("unsubscribed", "spam_reported", "email_hard_bounced")
@@ -258,12 +272,9 @@ class Engine:
             for rule in j.entry:
                 if rule.date is None:
                     continue
-                value: Any = {"lead": state.lead}
-                for part in str(rule.date["fact"]).split("."):
-                    value = value.get(part) if isinstance(value, Mapping) else None
-                base = parse_time(value)
+                base = parse_time(_lead_fact(state.lead, rule.date.fact))
                 key = f"{j.key}.{rule.name}"
-                at = iso(base + parse_duration(rule.date.get("offset", 0))) if base else None
+                at = iso(base + rule.date.offset) if base else None
                 current = state.dates.get(key)
                 if at is None or (current and current.get("at") == at):
                     continue
@@ -320,15 +331,15 @@ class Engine:
             self._reanchor(state, j, e, props, now, out)
         if e.status == ACTIVE and e.waiting == "event" and e.step:
             wait = j.step(e.step)
-            spec = wait.get("event") or {}
-            match_prop = spec.get("match")
-            awaited = etype in spec.get("types", []) and (
+            spec = wait.event if isinstance(wait, WaitStep) else None
+            match_prop = spec.match if spec is not None else None
+            awaited = spec is not None and etype in spec.types and (
                 not match_prop or str(props.get(match_prop, "")) in ("", e.instance, e.anchors.get(match_prop, "")))
-            if awaited and spec.get("when") is not None:  # a condition on the event: a purchase, not a signup
-                condition = [{"name": f"{wait.id}.event", "when": spec["when"]}]
+            if awaited and spec is not None and spec.when is not None:  # a purchase, not a signup
+                condition = [BranchRule(name=f"{wait.id}.event", when=spec.when, next=None)]
                 awaited = rulesets.branch(j, f"{wait.id}.event", condition, facts) is not None
             if awaited:
-                target = str(wait.get("on_event"))
+                target = str(wait.on_event if isinstance(wait, WaitStep) else None)
                 self._record(out, state, e, now, "event", f"{etype} arrived at {wait.id}: going to {target}",
                              step_from=wait.id, step_to=target)
                 self._move(e, target, now, out)
@@ -347,36 +358,35 @@ class Engine:
         out.touched.add(e.ekey)
         act = rule.action
         why = f"{etype} {rulesets.explain(read)} matched rule {rule.name}"
-        if "pace" in act:
-            new = float(act["pace"])
+        if act.pace is not None:
+            new = act.pace
             if e.waiting == "delay" and e.due is not None and e.due > now:
                 e.due = now + (e.due - now) * (new / e.pace)
                 e.token += 1
             e.pace = new
             self._record(out, state, e, now, "trigger", f"pace set to {new}: {why}", rule=rule.name, facts=read)
-        if "goto" in act:
-            target = str(act["goto"])
+        if act.goto is not None:
+            target = act.goto
             stage = j.step(target).stage
             verb = f"jumped to {stage} stage" if stage and stage != e.stage else f"jumped to {target}"
             self._record(out, state, e, now, "jump", f"{verb}: {why}", step_from=e.step, step_to=target,
                          rule=rule.name, facts=read)
             self._move(e, target, now, out)
             e.timed_at = now
-        for verb in ("send", "task", "update"):
-            if verb in act:
-                e.side.append(str(act[verb]))
-                e.side_token += 1
-                out.side_due.add(e.ekey)
-                self._record(out, state, e, now, "trigger", f"queued {act[verb]}: {why}", step_to=str(act[verb]),
-                             rule=rule.name, facts=read)
-        if "enrol" in act:
-            other = self._published_journey(str(act["enrol"]))
+        for queued in act.queued():
+            e.side.append(queued)
+            e.side_token += 1
+            out.side_due.add(e.ekey)
+            self._record(out, state, e, now, "trigger", f"queued {queued}: {why}", step_to=queued,
+                         rule=rule.name, facts=read)
+        if act.enrol is not None:
+            other = self._published_journey(act.enrol)
             if other is not None:
                 self._enter(state, other, _synthetic(state, etype), now, out,
                             reason=f"enrolled by {j.key} rule {rule.name}: {why}", rule=rule.name, facts=read)
-        if "exit" in act:
+        if act.exit is not None:
             for live in list(state.enrollments.values()):
-                if live.journey == act["exit"] and live.status in LIVE:
+                if live.journey == act.exit and live.status in LIVE:
                     self._finish(state, live, EXITED, f"{j.key}.{rule.name}", now, out,
                                  summary=f"exited by {j.key} rule {rule.name}: {why}")
 
@@ -395,7 +405,7 @@ class Engine:
         if e.waiting in ("until", "event") and e.step is not None:
             pending = self._pending_wait(j, e)
             if pending is not None:
-                spec = pending.get("until") if e.waiting == "until" else pending.get("timeout")
+                spec = pending.until if e.waiting == "until" else pending.timeout
                 due = self._time_of(spec, e, now, state_lead=None)
                 if due is not None:
                     e.due = max(due, now)
@@ -404,11 +414,13 @@ class Engine:
                      f"anchor moved ({', '.join(f'{k}={v}' for k, v in changed.items())}): pending step at "
                      f"{iso(e.due)}", facts=dict(changed))
 
-    def _pending_wait(self, j: Journey, e: Enrollment) -> Step | None:
+    def _pending_wait(self, j: Journey, e: Enrollment) -> WaitStep | None:
         if e.waiting == "event":
-            return j.step(e.step) if e.step else None
+            step = j.step(e.step) if e.step else None
+            return step if isinstance(step, WaitStep) else None
         # An until-wait leaves the cursor on the step after it: find the wait pointing here.
-        return next((s for s in j.steps.values() if s.type == "wait" and s.next == e.step and s.get("until")), None)
+        return next((s for s in j.steps.values()
+                     if isinstance(s, WaitStep) and s.next == e.step and s.until is not None), None)
 
     # -- entering and finishing -------------------------------------------------------------------
 
@@ -462,7 +474,9 @@ class Engine:
                        out: Outcome, *, rule: str) -> bool:
         """`enter_until`: an entry whose moment has passed (a webinar that ended long ago) is refused,
         with the reason on the lead's timeline."""
-        spec = j.enter_until or {}
+        spec = j.enter_until
+        if spec is None:
+            return False
         props = message.properties
         anchors = {name: str(props[prop]) for name, prop in j.anchors.items() if props.get(prop) is not None}
         probe = Enrollment(ekey=ekey, journey=j.key, version=j.version, instance="", entry=0, status=EXITED,
@@ -472,7 +486,7 @@ class Engine:
             return False
         self._record(out, state, probe, now, "skipped",
                      f"not entered: {message.type} matched rule {rule} but its enter_until "
-                     f"{_spec_text(spec)} ({iso(deadline)}) has passed", rule=rule,
+                     f"{spec.text} ({iso(deadline)}) has passed", rule=rule,
                      facts={"enter_until": iso(deadline), **anchors})
         return True
 
@@ -632,7 +646,7 @@ class Engine:
             i = 0
             while i < len(e.side):
                 s = j.steps.get(e.side[i])
-                if s is None or s.type not in ("send", "task", "webhook", "update"):
+                if not isinstance(s, EffectStep):
                     e.side.pop(i)
                     continue
                 if held and s.type in ("send", "webhook"):
@@ -648,8 +662,10 @@ class Engine:
                 return None
             if e.waiting == "event":
                 wait = j.step(e.step)
-                target = str(wait.get("on_timeout"))
-                self._record(out, state, e, now, "timeout", f"no {'/'.join(wait.get('event', {}).get('types', []))} "
+                waited = wait if isinstance(wait, WaitStep) else None
+                target = str(waited.on_timeout if waited else None)
+                types = waited.event.types if waited and waited.event else ()
+                self._record(out, state, e, now, "timeout", f"no {'/'.join(types)} "
                              f"by the timeout of {wait.id}: going to {target}", step_from=wait.id, step_to=target)
                 e.waiting = None
                 self._move(e, target, now, out)
@@ -657,7 +673,7 @@ class Engine:
             e.waiting = None
             s = j.step(e.step)
             self._enter_stage(state, j, e, s, now, out)
-            if s.type in ("send", "task", "webhook", "update"):
+            if isinstance(s, EffectStep):
                 late = self._too_late(state, e, s, now)
                 if late:
                     self._run(state, j, e, s, now, out, status="skipped", detail=late)
@@ -672,19 +688,19 @@ class Engine:
             self._instant(state, j, e, s, now, out)
         raise EngineError(f"{ekey}: more than {MAX_INSTANT_STEPS} steps at one instant")
 
-    def _too_late(self, state: LeadState, e: Enrollment, s: Step, now: datetime) -> str:
+    def _too_late(self, state: LeadState, e: Enrollment, s: EffectStep, now: datetime) -> str:
         """Why a step whose moment has passed is skipped (empty when it still runs): `skip_if_late`
         (how far past the time its wait set it may still run) and `skip_after` (a time spec like a
         wait's `until`, after which it no longer makes sense)."""
-        tolerance = s.get("skip_if_late")
-        if tolerance is not None and e.timed_at is not None and now - e.timed_at > parse_duration(tolerance):
+        tolerance = s.skip_if_late
+        if tolerance is not None and e.timed_at is not None and now - e.timed_at > tolerance:
             return (f"its time {iso(e.timed_at)} passed {_hours(now - e.timed_at)} ago, more than its "
-                    f"skip_if_late {tolerance}")
-        spec = s.get("skip_after")
+                    f"skip_if_late {s.skip_if_late_text}")
+        spec = s.skip_after
         if spec is not None:
             deadline = self._time_of(spec, e, now, state_lead=state.lead)
             if deadline is not None and now > deadline:
-                return f"past its skip_after {_spec_text(spec)} ({iso(deadline)})"
+                return f"past its skip_after {spec.text} ({iso(deadline)})"
         return ""
 
     def _enter_stage(self, state: LeadState, j: Journey, e: Enrollment, s: Step, now: datetime,
@@ -711,13 +727,12 @@ class Engine:
                                 message_id=message_id, detail=detail))
         out.touched.add(e.ekey)
 
-    def _effect(self, state: LeadState, j: Journey, e: Enrollment, s: Step, now: datetime, out: Outcome, *,
+    def _effect(self, state: LeadState, j: Journey, e: Enrollment, s: EffectStep, now: datetime, out: Outcome, *,
                 side: bool) -> Effect | None:
         occ = self._occurrence(e, s.id)
         key = dedupe_key(state.lead_id, e, s.id, occ)
-        if s.type in ("send", "webhook"):
-            category = str(s.get("category", j.category))
-            channel = "webhook" if s.type == "webhook" else str(s.get("channel", "email"))
+        if isinstance(s, SendStep):
+            category, channel = s.category, s.channel
             if category == "nurture":
                 slot = self._budget_slot(state, now)
                 if slot is not None and side:
@@ -734,19 +749,20 @@ class Engine:
                     self._record(out, state, e, now, "deferred",
                                  f"{s.id} held by the frequency budget until {iso(slot)}", step_to=s.id)
                     return None
-            context = {"subject": s.get("subject"), "cta": s.get("cta"), "brief": s.get("brief"),
-                       "stage": s.stage or e.stage, "url": s.get("url"), **e.anchors}
+            context = {"subject": s.subject, "cta": s.cta, "brief": s.brief,
+                       "stage": s.stage or e.stage, "url": s.url, **e.anchors}
             payload = {"template": template_of(j, s), "channel": channel, "category": category,
                        "journey": e.journey, "version": e.version, "step": s.id,
                        "context": {k: v for k, v in context.items() if v is not None}}
             return Effect("send", e.ekey, s.id, key, occ, side, payload)
-        if s.type == "task":
-            due = now + parse_duration(s.get("due", "1d"))
-            payload = {"kind": s.get("kind"), "title": s.get("title"), "priority": s.get("priority", "normal"),
+        if isinstance(s, TaskStep):
+            due = now + s.due
+            payload = {"kind": s.kind, "title": s.title, "priority": s.priority,
                        "due_at": due, "details": {"journey": e.journey, "step": s.id, "stage": e.stage,
                                                   "score": state.lead.get("score")}}
             return Effect("task", e.ekey, s.id, key, occ, side, payload)
-        return Effect("update", e.ekey, s.id, key, occ, side, {"set": dict(s.get("set") or {})})
+        assert isinstance(s, UpdateStep), s.type
+        return Effect("update", e.ekey, s.id, key, occ, side, {"set": dict(s.set)})
 
     def _budget_slot(self, state: LeadState, now: datetime) -> datetime | None:
         window, cap = self.settings.budget_window, self.settings.budget_max
@@ -793,14 +809,14 @@ class Engine:
                      step_to=effect.step)
 
     def _instant(self, state: LeadState, j: Journey, e: Enrollment, s: Step, now: datetime, out: Outcome) -> None:
-        if s.type == "wait":
+        if isinstance(s, WaitStep):
             self._start_wait(state, j, e, s, now, out)
             return
         self._run(state, j, e, s, now, out)
-        if s.type == "branch":
+        if isinstance(s, BranchStep):
             facts = self.facts(state, _synthetic(state, "branch"), e, now)
-            match = rulesets.branch(j, s.id, s.get("rules") or [], facts)
-            target = str(match.meta["next"]) if match else str(s.get("default"))
+            match = rulesets.branch(j, s.id, s.rules, facts)
+            target = str(match.meta["next"]) if match else str(s.default)
             if match:
                 summary = f"branch {s.id} took {target}: {rulesets.explain(match.facts)} matched rule {match.rule}"
             else:
@@ -808,62 +824,61 @@ class Engine:
             self._record(out, state, e, now, "branch", summary, step_from=s.id, step_to=target,
                          rule=match.rule if match else None, facts=dict(match.facts) if match else {})
             self._move(e, target, now, out)
-        elif s.type == "split":
-            variants = s.get("variants") or []
-            total = sum(float(v["weight"]) for v in variants)
+        elif isinstance(s, SplitStep):
+            variants = s.variants
+            total = sum(v.weight for v in variants)
             digest = hashlib.sha1(f"{state.lead_id}:{e.journey}:{s.id}".encode()).digest()
             point = int.from_bytes(digest[:8], "big") / 2**64 * total
             chosen = variants[-1]
             for v in variants:
-                point -= float(v["weight"])
+                point -= v.weight
                 if point < 0:
                     chosen = v
                     break
-            self._record(out, state, e, now, "split", f"split {s.id} assigned variant {chosen.get('name')}",
-                         step_from=s.id, step_to=str(chosen["next"]), rule=str(chosen.get("name")))
-            self._move(e, str(chosen["next"]), now, out)
-        elif s.type == "jump":
-            self._record(out, state, e, now, "jump", f"jumped to {s.get('to')}", step_from=s.id, step_to=s.get("to"))
-            self._move(e, str(s.get("to")), now, out)
-        elif s.type == "goal":
-            self._finish(state, e, COMPLETED, str(s.get("name", s.id)), now, out,
-                         summary=f"goal reached: {s.get('name', s.id)}")
+            self._record(out, state, e, now, "split", f"split {s.id} assigned variant {chosen.name}",
+                         step_from=s.id, step_to=str(chosen.next), rule=chosen.name)
+            self._move(e, str(chosen.next), now, out)
+        elif isinstance(s, JumpStep):
+            self._record(out, state, e, now, "jump", f"jumped to {s.to}", step_from=s.id, step_to=s.to)
+            self._move(e, str(s.to), now, out)
+        elif isinstance(s, GoalStep):
+            self._finish(state, e, COMPLETED, s.name, now, out, summary=f"goal reached: {s.name}")
         elif s.type == "end":
             self._finish(state, e, COMPLETED, "end", now, out, summary=f"completed {j.name}")
         elif s.type == "listen":
             e.due = None
             e.token += 1
-        elif s.type == "enrol":
-            other = self._published_journey(str(s.get("journey")))
+        elif isinstance(s, JourneyStep) and s.type == "enrol":
+            other = self._published_journey(str(s.journey))
             if other is not None:
                 self._enter(state, other, _synthetic(state, "enrol"), now, out,
                             reason=f"enrolled by {j.key} step {s.id}")
             self._move(e, s.next, now, out)
-        elif s.type == "exit":
+        elif isinstance(s, JourneyStep) and s.type == "exit":
             for live in list(state.enrollments.values()):
-                if live.journey == s.get("journey") and live.status in LIVE and live.ekey != e.ekey:
+                if live.journey == s.journey and live.status in LIVE and live.ekey != e.ekey:
                     self._finish(state, live, EXITED, f"{j.key}.{s.id}", now, out,
                                  summary=f"exited by {j.key} step {s.id}")
             self._move(e, s.next, now, out)
 
-    def _start_wait(self, state: LeadState, j: Journey, e: Enrollment, s: Step, now: datetime,
+    def _start_wait(self, state: LeadState, j: Journey, e: Enrollment, s: WaitStep, now: datetime,
                     out: Outcome) -> None:
         self._run(state, j, e, s, now, out)
-        if s.get("event") is not None:
-            due = self._time_of(s.get("timeout"), e, now, state_lead=state.lead)
+        if s.event is not None:
+            due = self._time_of(s.timeout, e, now, state_lead=state.lead)
             e.step, e.waiting, e.due, e.timed_at = s.id, "event", max(due or now, now), due or now
             e.token += 1
             self._record(out, state, e, now, "wait", f"waiting at {s.id} for "
-                         f"{'/'.join(s.get('event').get('types', []))} until {iso(e.due)}", step_from=s.id)
+                         f"{'/'.join(s.event.types)} until {iso(e.due)}", step_from=s.id)
             return
-        if s.get("delay") is not None:
-            due = now + parse_duration(s.get("delay")) * e.pace
+        if s.delay is not None:
+            due = now + s.delay * e.pace
             kind = "delay"
         else:
-            due = self._time_of(s.get("until"), e, now, state_lead=state.lead) or now
+            due = self._time_of(s.until, e, now, state_lead=state.lead) or now
             kind = "until"
-            if due <= now and s.get("if_past"):
-                target = str(s.get("if_past"))
+            if due <= now and s.if_past:
+                target = s.if_past
                 self._record(out, state, e, now, "skip", f"{s.id} already past ({iso(due)}): going to {target}",
                              step_from=s.id, step_to=target)
                 self._move(e, target, now, out)
@@ -872,22 +887,18 @@ class Engine:
         e.token += 1
         out.touched.add(e.ekey)
 
-    def _time_of(self, spec: Any, e: Enrollment, now: datetime,
-                 state_lead: Mapping[str, Any] | None) -> datetime | None:
-        if not isinstance(spec, Mapping):
+    def _time_of(self, spec: TimeSpec | None, e: Enrollment, now: datetime,
+                 state_lead: JsonMapping | None) -> datetime | None:
+        if spec is None:
             return None
-        if "delay" in spec:
-            return now + parse_duration(spec["delay"]) * e.pace
-        offset = parse_duration(spec.get("offset", 0))
+        if spec.delay is not None:
+            return now + spec.delay * e.pace
         base: datetime | None
-        if "anchor" in spec:
-            base = e.entered_at if spec["anchor"] == "entered_at" else parse_time(e.anchors.get(str(spec["anchor"])))
+        if spec.anchor is not None:
+            base = e.entered_at if spec.anchor == "entered_at" else parse_time(e.anchors.get(spec.anchor))
         else:
-            value: Any = {"lead": state_lead or {}}
-            for part in str(spec["fact"]).split("."):
-                value = value.get(part) if isinstance(value, Mapping) else None
-            base = parse_time(value)
-        return base + offset if base is not None else None
+            base = parse_time(_lead_fact(state_lead or {}, spec.fact))
+        return base + spec.offset if base is not None else None
 
     def _move(self, e: Enrollment, target: str | None, now: datetime, out: Outcome) -> None:
         e.step, e.due, e.waiting = target, now, None
@@ -915,11 +926,12 @@ def _hours(delta: timedelta) -> str:
     return f"{round(hours / 24, 1)} d" if hours >= 48 else f"{round(hours, 1)} h"
 
 
-def _spec_text(spec: Mapping[str, Any]) -> str:
-    """`starts_at +1d`-style text of a time spec, for explanations."""
-    base = spec.get("anchor") or spec.get("fact") or ("now" if "delay" in spec else "?")
-    offset = spec.get("offset", spec.get("delay", 0))
-    return f"{base} {offset if str(offset).startswith(('-', '+')) else f'+{offset}'}"
+def _lead_fact(lead: JsonMapping, fact: str | None) -> JsonValue:
+    """The value at a `lead.a.b` path (None when any part is missing)."""
+    value: JsonValue = {"lead": lead}
+    for part in str(fact).split("."):
+        value = value.get(part) if isinstance(value, Mapping) else None
+    return value
 
 
 def _pauses(by: Journey, ej: Journey) -> bool:
@@ -948,7 +960,8 @@ def migrate(state: LeadState, e: Enrollment, new: Journey, mapping: Mapping[str,
     e.version = new.version
     e.step = target
     e.token += 1
-    if e.waiting == "event" and target and new.step(target).get("event") is None:
+    moved_to = new.step(target) if target else None
+    if e.waiting == "event" and moved_to is not None and not (isinstance(moved_to, WaitStep) and moved_to.event):
         e.waiting, e.due = None, now
     out.touched.add(e.ekey)
     out.transitions.append(Transition(

@@ -15,8 +15,10 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from nurture.jsontypes import JsonMapping
 from nurture.rules import CompiledRules, Match, RuleSpec, compile_rules
 from services.journeys.domain.definitions import Journey, Rule
+from services.journeys.domain.steps import BranchRule
 
 _cache: dict[tuple[str, int, str, str, str], CompiledRules | None] = {}
 
@@ -50,12 +52,11 @@ def matching(journey: Journey, part: str, event_type: str, facts: Mapping[str, A
     return [(by_name[m.rule], m) for m in compiled.evaluate(facts)]
 
 
-def branch(journey: Journey, step_id: str, rules: Sequence[Mapping[str, Any]],
-           facts: Mapping[str, Any]) -> Match | None:
+def branch(journey: Journey, step_id: str, rules: Sequence[BranchRule], facts: JsonMapping) -> Match | None:
     """The first rule of a branch step that holds."""
     key = (journey.key, journey.version, "branch", step_id, journey.digest)
     if key not in _cache:
-        specs = [RuleSpec(str(r["name"]), r["when"], {"next": r.get("next")}) for r in rules]
+        specs = [RuleSpec(r.name, r.when, {"next": r.next}) for r in rules]
         _cache[key] = compile_rules(f"journeys.{journey.key}.v{journey.version}.branch.{step_id}.{_digest(specs)}",
                                     specs)
     compiled = _cache[key]

@@ -9,6 +9,7 @@ from typing import Any
 from nurture.rules import unmet
 from services.journeys.domain.definitions import Journey
 from services.journeys.domain.state import LIVE, LeadState
+from services.journeys.domain.steps import BranchStep
 
 
 def why_not(journey: Journey, state: LeadState | None, facts: dict[str, Any]) -> dict[str, Any]:
@@ -30,12 +31,11 @@ def why_not(journey: Journey, state: LeadState | None, facts: dict[str, Any]) ->
                       "unmet": lead_side, "event_must": [f for f in failing if f.startswith("event.")]})
     branches = []
     for step in journey.steps.values():
-        if step.type != "branch":
+        if not isinstance(step, BranchStep):
             continue
-        for rule in step.get("rules") or []:
-            if isinstance(rule, dict) and isinstance(rule.get("when"), dict):
-                failing = unmet(rule["when"], facts)
-                branches.append({"step": step.id, "rule": str(rule.get("name")), "next": rule.get("next"),
-                                 "met": not failing, "unmet": failing})
+        for branch in step.rules:
+            failing = unmet(branch.when, facts)
+            branches.append({"step": step.id, "rule": branch.name, "next": branch.next, "met": not failing,
+                             "unmet": failing})
     return {"journey": journey.key, "version": journey.version, "enrolment": enrolment, "entry": entry,
             "branches": branches}

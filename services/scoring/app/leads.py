@@ -22,7 +22,7 @@ from services.scoring import storage as st
 from services.scoring.app.base import CoreBase
 from services.scoring.domain import messages
 from services.scoring.domain.profile import email_hash, regrade
-from services.scoring.domain.records import EmailTaken, InvalidInput, NotFound
+from services.scoring.domain.records import EmailTaken, InvalidInput, LeadUpsert, NotFound
 from services.scoring.domain.validation import LEAD_ID, PROFILE_FIELDS, validate_profile
 
 
@@ -102,21 +102,21 @@ class Leads(CoreBase):
         return snapshot, created
 
     def upsert_leads(
-        self, items: Sequence[tuple[str, Mapping[str, Any], bool, str, bool]], now: datetime
+        self, items: Sequence[LeadUpsert], now: datetime
     ) -> list[tuple[LeadSnapshot, bool] | InvalidInput | NotFound | EmailTaken]:
-        """Many upserts (id, fields, merge, source, must_exist) in one transaction: one commit for a
-        whole batch. Input problems are found before anything is written, so a bad lead fails alone."""
+        """Many upserts in one transaction: one commit for a whole batch. Input problems are found
+        before anything is written, so a bad lead fails alone."""
         with self._sessions() as s:
-            ids = sorted({lead_id for lead_id, *_ in items if lead_id})
+            ids = sorted({item.lead_id for item in items if item.lead_id})
             if ids:  # every lead of the batch locked up front, in key order (see storage._LEADS_FOR_UPDATE)
                 st.lock_leads(s, ids)
             # The same code as a single upsert, on this transaction's session.
             out: list[tuple[LeadSnapshot, bool] | InvalidInput | NotFound | EmailTaken] = []
-            for lead_id, fields, merge, source, must_exist in items:
+            for item in items:
                 try:
-                    _check(lead_id, fields, merge)
-                    out.append(self._upsert(s, lead_id, fields, merge=merge, source=source,
-                                            must_exist=must_exist, now=now))
+                    _check(item.lead_id, item.fields, item.merge)
+                    out.append(self._upsert(s, item.lead_id, item.fields, merge=item.merge, source=item.source,
+                                            must_exist=item.must_exist, now=now))
                 except (InvalidInput, NotFound, EmailTaken) as exc:
                     out.append(exc)
             return out

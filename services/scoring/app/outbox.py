@@ -101,7 +101,7 @@ class Outbox:
                 await self._db.run(self._store.mark_published, [seq for seq, *_ in pending])
                 done += len(pending)
                 swept = {seq for seq, *_ in pending}
-                self._queue = [row for row in self._queue if row[0] not in swept]
+                self._queue = [row for row in self._queue if row.seq not in swept]
             return done
 
     async def _drain(self) -> None:
@@ -111,18 +111,18 @@ class Outbox:
             while self._queue and not self._sweep:
                 rows, self._queue = self._queue, []
                 await self._publish(rows)
-                self._published.extend(seq for seq, *_ in rows)
+                self._published.extend(row.seq for row in rows)
 
     async def _publish(self, rows: list[OutboxRow]) -> None:
         # The span joins the first request's trace and links a few others (each event's messages carry
         # their own trace to the consumers anyway); each distinct carrier is read once.
-        carriers = list(dict.fromkeys(t for *_, t in rows if t))[:10]
+        carriers = list(dict.fromkeys(row.trace for row in rows if row.trace))[:10]
         contexts = [trace.get_current_span(extract(json.loads(t))).get_span_context() for t in carriers]
         parent = trace.set_span_in_context(trace.NonRecordingSpan(contexts[0])) if contexts else None
         links = [trace.Link(c) for c in contexts[1:]]
         with _tracer.start_as_current_span("publish", context=parent, links=links), \
                 redis_span("XADD bus", messages=len(rows)):
-            await self._publisher.publish_encoded([(lead, payload, t) for _, lead, payload, t in rows])
+            await self._publisher.publish_encoded([(row.lead_id, row.payload, row.trace) for row in rows])
 
     async def run(self) -> None:
         while True:

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import NamedTuple
+
+from nurture.jsontypes import JsonMapping, JsonObject
 
 
 class InvalidInput(ValueError):
@@ -34,15 +36,31 @@ class EmailTaken(ValueError):
 class EventIn:
     lead_id: str
     type: str
-    properties: dict[str, Any]
+    properties: JsonObject
     occurred_at: datetime | None
     idempotency_key: str | None
     source: str
     trace: str | None = None  # the W3C traceparent of the request that sent this event
 
 
-# An outbox row as published: (seq, lead_id, message JSON, trace carrier JSON or None).
-OutboxRow = tuple[int, str, str, str | None]
+class OutboxRow(NamedTuple):
+    """An outbox row as published."""
+
+    seq: int
+    lead_id: str
+    payload: str  # the bus message's JSON (nurture.busmessage)
+    trace: str | None  # the trace carrier's JSON (W3C traceparent), when there is one
+
+
+@dataclass(frozen=True)
+class LeadUpsert:
+    """One lead of a batch upsert (the UpsertLeads RPC)."""
+
+    lead_id: str
+    fields: JsonMapping
+    merge: bool
+    source: str
+    must_exist: bool
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,18 @@ from services.journeys.domain.definitions import (
     parse_duration,
     read_playbook,
 )
+from services.journeys.domain.steps import (
+    BranchStep,
+    GoalStep,
+    JourneyStep,
+    JumpStep,
+    SendStep,
+    SplitStep,
+    Step,
+    TaskStep,
+    UpdateStep,
+    WaitStep,
+)
 
 CONTRACT_KEYS = {"skilled_professional", "family", "entrepreneur", "high_engagement", "re_engagement",
                  "trial_nurture", "lead_magnet", "webinar", "assessment", "trial_onboarding", "cart_abandonment",
@@ -35,9 +47,11 @@ def test_segment_workflows_have_17_emails_over_60_days_in_five_stages(key: str) 
     emails = [s for s in journey.steps.values() if s.id.startswith("email_")]
     assert [s.id for s in emails] == [f"email_{n:02d}" for n in range(1, 18)]
     assert {s.stage for s in emails} == set(journey.stages) and len(journey.stages) == 5
-    waited = sum(parse_duration(s.get("delay")).days for s in journey.steps.values() if s.type == "wait")
+    waits = [s for s in journey.steps.values() if isinstance(s, WaitStep)]
+    waited = sum(s.delay.days for s in waits if s.delay is not None)
+    assert all(s.delay is not None for s in waits)
     assert waited == 59  # day 1 (immediate) to day 60
-    assert all(s.get("subject") and s.get("cta") and s.get("brief") for s in emails)
+    assert all(isinstance(s, SendStep) and s.subject and s.cta and s.brief for s in emails)
     assert len(journey.triggers) == 5
     assert journey.step("email_15").stage == "decision"
 
@@ -47,7 +61,8 @@ def test_sequences_follow_the_seed_timings() -> None:
     webinar = journeys["webinar"]
     assert webinar.entity == "webinar_id" and webinar.category == "transactional"
     attendance = webinar.step("attendance")
-    assert attendance.get("on_event") == "wait_thanks" and attendance.get("on_timeout") == "email_05"
+    assert isinstance(attendance, WaitStep)
+    assert attendance.on_event == "wait_thanks" and attendance.on_timeout == "email_05"
     assert len([s for s in journeys["trial_onboarding"].steps.values() if s.type == "send"]) == 9
     assert len([s for s in journeys["cart_abandonment"].steps.values() if s.type == "send"]) == 5
     tables = {r.name for r in journeys["triggers"].triggers}
@@ -116,3 +131,56 @@ def test_bad_conditions_and_unknown_journeys_are_reported() -> None:
     doc["steps"].insert(1, {"id": "hop", "type": "enrol", "journey": "no_such_journey"})
     _, problems = check(doc, journeys=CONTRACT_KEYS)
     assert problems == ["step hop: unknown journey 'no_such_journey'"]
+
+
+KIND_CLASSES: dict[str, type[Step]] = {
+    "send": SendStep, "webhook": SendStep, "task": TaskStep, "update": UpdateStep, "wait": WaitStep,
+    "branch": BranchStep, "split": SplitStep, "goal": GoalStep, "jump": JumpStep, "enrol": JourneyStep,
+    "exit": JourneyStep, "listen": Step, "end": Step}
+
+
+def test_every_step_is_read_once_into_the_record_of_its_type() -> None:
+    """The engine reads typed fields; the document as written stays the journey's stored form."""
+    docs = read_playbook()
+    for key, journey in load_playbook().items():
+        assert journey.document == docs[key]
+        for raw in docs[key]["steps"]:
+            s = journey.step(raw["id"])
+            assert type(s) is KIND_CLASSES[raw["type"]], (key, s)
+            if isinstance(s, WaitStep):
+                assert s.delay == (parse_duration(raw["delay"]) if "delay" in raw else None)
+                types = tuple(raw["event"]["types"]) if "event" in raw else None
+                assert (s.event.types if s.event else None) == types
+                assert (s.on_event, s.on_timeout, s.if_past) == (raw.get("on_event"), raw.get("on_timeout"),
+                                                                 raw.get("if_past"))
+                if "until" in raw:
+                    assert s.until is not None and s.until.anchor == raw["until"].get("anchor")
+                    assert s.until.offset == parse_duration(raw["until"].get("offset", 0))
+            elif isinstance(s, SendStep):
+                assert (s.subject, s.cta, s.brief) == (raw.get("subject"), raw.get("cta"), raw.get("brief"))
+                assert s.category == raw.get("category", journey.category)
+                assert s.skip_if_late == (parse_duration(raw["skip_if_late"]) if "skip_if_late" in raw else None)
+            elif isinstance(s, BranchStep):
+                assert [(r.name, r.when, r.next) for r in s.rules] == [
+                    (r["name"], r["when"], r["next"]) for r in raw["rules"]]
+                assert s.default == raw["default"]
+            elif isinstance(s, TaskStep):
+                assert (s.kind, s.title, s.due) == (raw["kind"], raw["title"], parse_duration(raw.get("due", "1d")))
+            elif isinstance(s, UpdateStep):
+                assert dict(s.set) == raw["set"]
+
+
+def test_a_split_and_a_trigger_action_are_typed_too() -> None:
+    doc = {"key": "ab", "kind": "sequence",
+           "entry": [{"name": "go", "events": ["ping"]}],
+           "triggers": [{"name": "hurry", "events": ["pricing_viewed"], "do": {"goto": "b", "pace": 0.5}}],
+           "steps": [{"id": "pick", "type": "split", "variants": [{"name": "a", "weight": 1, "next": "a"},
+                                                                   {"name": "b", "weight": 3, "next": "b"}]},
+                     {"id": "a", "type": "end"}, {"id": "b", "type": "end"}]}
+    journey = load(doc)
+    split = journey.step("pick")
+    assert isinstance(split, SplitStep)
+    assert [(v.name, v.weight, v.next) for v in split.variants] == [("a", 1.0, "a"), ("b", 3.0, "b")]
+    action = journey.triggers[0].action
+    assert (action.goto, action.pace, action.queued()) == ("b", 0.5, [])
+    assert journey.document is doc
