@@ -34,6 +34,7 @@ async def serve(settings: Settings) -> Running:
     client = redisconn.connect(settings)
     clock = make_clock(settings.clock, settings.redis_url)
     model = ReadModel(db, clock, load_costs())
+    await model.read(storage.ensure_current)  # a release whose fold changed derives its tables again first
     consumer = Consumer(client, group="analytics", shards=settings.bus_shards, handler=model.handle_messages)
 
     async def settle() -> tuple[int, datetime | None]:
