@@ -34,6 +34,7 @@ from services.analytics.tables import (
     meta,
     nurtured,
     reach,
+    sends,
     stage_counts,
     stage_dwell,
     stage_dwell_bands,
@@ -42,7 +43,7 @@ from services.analytics.tables import (
 )
 
 CHUNK = 500  # ids per IN list
-FOLD_VERSION = "2"  # bump when the fold derives its tables differently: the service rebuilds them at start
+FOLD_VERSION = "3"  # bump when the fold derives its tables differently: the service rebuilds them at start
 NO_DAY = date(1, 1, 1)  # `analytics_reach.prev_day` of a lead's first send day in a scope
 
 
@@ -246,6 +247,12 @@ class Fold:
         _upsert(s, engagement, [dict(zip(("day", "journey", "segment", "template", "channel", "topic", "format"),
                                          k, strict=True)) | v for k, v in sorted(self.eng.items())],
                 add=("sent", "opened", "clicked", "bounced", "unsubscribed"))
+        sent: dict[tuple[Any, ...], int] = defaultdict(int)
+        for (day, journey, segment, _t, channel, _tp, _f), cell in self.eng.items():
+            if cell["sent"]:
+                sent[(day, journey, segment, channel)] += cell["sent"]
+        _upsert(s, sends, [dict(zip(("day", "journey", "segment", "channel"), k, strict=True)) | {"sent": n}
+                           for k, n in sorted(sent.items())], add=("sent",))
         _upsert(s, nurtured, [dict(zip(("day", "journey", "segment", "lead_id"), k, strict=True))
                               for k in sorted(self.nurtured)], ignore=True)
         _upsert(s, reach, [dict(zip(("scope", "day", "journey", "segment", "prev_day"), k, strict=True)) | {"n": n}
@@ -458,28 +465,40 @@ def _touched_before(q: Query, window_us: int | None) -> Any:
     return won.join(touches, and_(*on))
 
 
+def _in_window(q: Query, window_us: int | None) -> ColumnElement[bool]:
+    """A touch of the deal's lead at or before the win (and within the window, of the journey asked)."""
+    cond = [touches.c.lead_id == won.c.lead_id, touches.c.ts <= won.c.ts]
+    if window_us is not None:
+        cond.append(touches.c.ts >= won.c.ts - window_us)
+    if q.journey is not None:
+        cond.append(touches.c.journey == q.journey)
+    return and_(*cond)
+
+
 def attribution_report(session: Session, q: Query, model: str, window_days: int) -> dict[str, Any]:
     total, revenue = session.execute(select(func.count(), func.sum(won.c.amount)).where(q.where(won))).one()
-    order = (touches.c.ts, touches.c.id)
-    credited = select(
-        won.c.id.label("deal"), won.c.amount, touches.c.template, touches.c.topic, touches.c.format,
-        func.row_number().over(partition_by=won.c.id, order_by=order).label("first"),
-        func.row_number().over(partition_by=won.c.id, order_by=[o.desc() for o in order]).label("last"),
-        func.count().over(partition_by=won.c.id).label("k"),
-    ).select_from(_touched_before(q, window_days * reports.DAY_US)).where(q.where(won)).subquery()
+    window = window_days * reports.DAY_US
     one = literal(1.0, Float)
     if model == "linear":
-        picked = credited.select().subquery()
-        share: Any = one / picked.c.k  # each touch an equal part of the conversion
+        # Every touch in the window an equal part of its deal: pairs, with the deal's touch count.
+        pairs = select(won.c.id.label("deal"), won.c.amount, touches.c.template, touches.c.topic, touches.c.format,
+                       func.count().over(partition_by=won.c.id).label("k")) \
+            .select_from(won.join(touches, _in_window(q, window))).where(q.where(won)).subquery()
+        shared = select(pairs.c.amount, pairs.c.template, pairs.c.topic, pairs.c.format,
+                        (one / pairs.c.k).label("share")).subquery()
     else:
-        picked = credited.select().where(credited.c[model] == 1).subquery()
-        share = one
-    shared = select(picked.c.deal, picked.c.amount, picked.c.template, picked.c.topic, picked.c.format,
-                    share.label("share")).subquery()
+        # First or last: one touch per deal, found by an index seek on (lead, ts) per deal, not ranked.
+        order = (touches.c.ts, touches.c.id) if model == "first" else (touches.c.ts.desc(), touches.c.id.desc())
+        pick = select(touches.c.id).where(_in_window(q, window)).order_by(*order).limit(1) \
+            .correlate(won).scalar_subquery()
+        picked = select(won.c.amount, pick.label("touch")).where(q.where(won)).subquery()
+        shared = select(picked.c.amount, touches.c.template, touches.c.topic, touches.c.format,
+                        one.label("share")).select_from(picked.join(touches, touches.c.id == picked.c.touch)).subquery()
     dims = (shared.c.template, shared.c.topic, shared.c.format)
     by_template = session.execute(select(*dims, func.sum(shared.c.share), func.sum(shared.c.share * shared.c.amount))
                                   .group_by(*dims).order_by(*dims)).all()
-    attributed = session.scalar(select(func.count(func.distinct(shared.c.deal)))) or 0
+    touched = select(touches.c.id).where(_in_window(q, window)).correlate(won).exists()
+    attributed = session.scalar(select(func.count()).select_from(won).where(q.where(won), touched)) or 0
     per_dim: dict[str, dict[str, list[float]]] = {"topic": {}, "format": {}}
     for _template, topic, fmt, conv, rev in by_template:
         for dim, value in (("topic", topic), ("format", fmt)):
@@ -513,8 +532,8 @@ def roi_report(session: Session, q: Query, costs: dict[str, Any]) -> dict[str, A
         ("s" if q.segment is not None else "a")
     nurtured_count = session.scalar(select(func.sum(reach.c.n)).where(_reach_where(q, scope))) or 0
     sent_by: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-    for j, ch, n in session.execute(select(engagement.c.journey, engagement.c.channel, func.sum(engagement.c.sent))
-                                    .where(q.where(engagement)).group_by(engagement.c.journey, engagement.c.channel)):
+    for j, ch, n in session.execute(select(sends.c.journey, sends.c.channel, func.sum(sends.c.sent))
+                                    .where(q.where(sends)).group_by(sends.c.journey, sends.c.channel)):
         sent_by[j][ch] += int(n or 0)
     per_journey = {j: int(n) for j, n in session.execute(
         select(reach.c.journey, func.sum(reach.c.n)).where(_reach_where(q, "js" if q.segment is not None else "j"))

@@ -62,6 +62,17 @@ engagement = Table(
     Column("unsubscribed", Integer, nullable=False, default=0),
 )
 
+# Sends per day, journey, segment and channel: what ROI's costs are computed from, without the
+# engagement table's template/topic/format detail to sum over.
+sends = Table(
+    "analytics_sends", metadata,
+    Column("day", Date, primary_key=True),
+    Column("journey", String(_D), primary_key=True),
+    Column("segment", String(_D), primary_key=True),
+    Column("channel", String(_D), primary_key=True),
+    Column("sent", Integer, nullable=False, default=0),
+)
+
 # Leads that were sent nurture, per day and journey (distinct nurtured leads over any range).
 nurtured = Table(
     "analytics_nurtured", metadata,
@@ -203,5 +214,5 @@ meta = Table(
     Column("value", String(200), nullable=False),
 )
 
-DERIVED = (messages, engagement, nurtured, reach, leads, lifecycle, lifecycle_bands, lead_stages, stage_counts,
+DERIVED = (messages, engagement, sends, nurtured, reach, leads, lifecycle, lifecycle_bands, lead_stages, stage_counts,
            stage_dwell, stage_dwell_bands, touches, won)

@@ -1,4 +1,4 @@
-"""analytics: aggregates that answer reports without scanning (distinct nurtured leads by previous send
+"""analytics: aggregates that answer reports without scanning (sends per journey and channel;
 day; dwell histograms in coarse bands by day, week and month), and the fold version
 
 Revision ID: analytics_0002_reach_bands
@@ -33,6 +33,12 @@ def _bands(name: str, *dims: str) -> None:
 def upgrade() -> None:
     op.create_index("ix_analytics_nurtured_lead", "analytics_nurtured", ["lead_id"])
     op.create_table(
+        "analytics_sends",
+        sa.Column("day", sa.Date, primary_key=True),
+        *[sa.Column(n, sa.String(D), primary_key=True) for n in ("journey", "segment", "channel")],
+        sa.Column("sent", sa.Integer, nullable=False),
+    )
+    op.create_table(
         "analytics_reach",
         sa.Column("scope", sa.String(2), primary_key=True),
         sa.Column("day", sa.Date, primary_key=True),
@@ -56,7 +62,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    for name in ("analytics_meta", "analytics_stage_dwell_bands", "analytics_lifecycle_bands", "analytics_reach"):
+    for name in ("analytics_meta", "analytics_stage_dwell_bands", "analytics_lifecycle_bands", "analytics_reach",
+                 "analytics_sends"):
         op.drop_table(name)
     op.drop_index("ix_analytics_stage_dwell_band", "analytics_stage_dwell")
     op.drop_index("ix_analytics_lifecycle_band", "analytics_lifecycle")
