@@ -9,17 +9,18 @@ again in the order it was heard.
 from __future__ import annotations
 
 import json
+import weakref
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, date, datetime
 from typing import Any
 
-from sqlalchemy import Float, Table, and_, delete, func, insert, literal, or_, select
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Connection, Engine, Float, Table, and_, delete, func, literal, or_, select
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
+from nurture.db import DriverWrites
 from services.analytics.domain import reports
 from services.analytics.domain.facts import Fact, parse_time
 from services.analytics.tables import (
@@ -58,26 +59,29 @@ def _aware(value: datetime | None) -> datetime | None:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
+_WRITERS: weakref.WeakKeyDictionary[Engine, DriverWrites] = weakref.WeakKeyDictionary()
+
+
+def _writes(session: Session) -> tuple[DriverWrites, Connection]:
+    conn = session.connection()
+    engine = conn.engine
+    writes = _WRITERS.get(engine)
+    if writes is None:
+        writes = _WRITERS[engine] = DriverWrites(engine)
+    return writes, conn
+
+
 def _upsert(session: Session, table: Table, rows: list[dict[str, Any]], *, add: Sequence[str] = (),
             ignore: bool = False) -> None:
     """Insert rows; on a key that exists, add the `add` columns to it and replace the others (or with
-    `ignore`, leave it as it is). One single-row statement run as executemany: it compiles once (a
-    multi-row VALUES compiles again for every row count, which cost more than the writes)."""
+    `ignore`, leave it as it is). On the driver's cursor, one statement run as executemany: SQLAlchemy's
+    per-row parameter processing cost more than the database's own work in the fold."""
     if not rows:
         return
-    dialect = session.get_bind().dialect.name
-    if dialect not in ("postgresql", "sqlite"):
-        raise RuntimeError(f"unsupported database {dialect}")
-    make = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    keys = [c.name for c in table.primary_key.columns]
-    others = [c.name for c in table.columns if c.name not in keys]
-    stmt: Any = make(table)
-    if ignore or not others:
-        stmt = stmt.on_conflict_do_nothing(index_elements=keys)
-    else:
-        stmt = stmt.on_conflict_do_update(index_elements=keys, set_={
-            n: (table.c[n] + stmt.excluded[n]) if n in add else stmt.excluded[n] for n in others})
-    session.execute(stmt, rows)
+    writes, conn = _writes(session)
+    columns = list(rows[0])
+    writes.upsert(conn, table, columns, [tuple(r[c] for c in columns) for r in rows],
+                  keys=[c.name for c in table.primary_key.columns], add=add, ignore=ignore)
 
 
 def _encode(f: Fact) -> str:
@@ -293,8 +297,9 @@ def record(session: Session, batch: Sequence[Fact]) -> int:
     new = [f for f in unique.values() if f.id not in known]
     if not new:
         return 0
-    session.execute(insert(facts), [{"id": f.id, "lead_id": f.lead_id, "kind": f.kind, "at": f.at,
-                                     "body": _encode(f)} for f in new])
+    writes, conn = _writes(session)
+    writes.insert(conn, facts, ("id", "lead_id", "kind", "at", "body"),
+                  [(f.id, f.lead_id, f.kind, f.at, _encode(f)) for f in new])
     Fold(session).run(new)
     return len(new)
 
