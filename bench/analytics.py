@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from sqlalchemy import event, func, select, text
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -39,7 +40,7 @@ from bench._mesh import add_database_arg, database_kind, fresh_database, private
 from bench.ingest import drained  # noqa: E402
 from nurture.db import open_database  # noqa: E402
 from nurture.settings import load_settings  # noqa: E402
-from services.analytics import storage  # noqa: E402
+from services.analytics import storage, tables  # noqa: E402
 from services.analytics.app.core import load_costs  # noqa: E402
 from services.analytics.domain import reports  # noqa: E402
 from services.analytics.domain.facts import from_bus  # noqa: E402
@@ -122,13 +123,68 @@ def _timeseries(s: Any, q: storage.Query, *, metric: str) -> Any:
     return storage.timeseries_report(s, q, metric, "day")
 
 
+class Meter:
+    """Load-independent costs of one report call: statements sent, CPU milliseconds (this process, plus
+    the PostgreSQL backend's from /proc when the server is local), and the work the engine did: SQLite
+    virtual-machine steps (thousands, from a progress handler) or PostgreSQL rows read (tuples fetched
+    and scanned, from pg_stat_user_tables)."""
+
+    def __init__(self, db: Any) -> None:
+        self.db = db
+        self.pg = not db.is_sqlite
+        self.statements = 0
+        self.steps = 0
+        event.listen(db.engine, "before_cursor_execute", self._count)
+
+    def _count(self, *_args: Any) -> None:
+        self.statements += 1
+
+    def _tick(self) -> int:
+        self.steps += 1
+        return 0
+
+    def _backend_cpu(self, s: Any) -> float:
+        pid = s.execute(text("select pg_backend_pid()")).scalar()
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def _rows_read(self, s: Any) -> int:
+        s.execute(text("select pg_stat_force_next_flush()"))
+        s.commit()
+        return int(s.execute(text("select coalesce(sum(coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0)), 0) "
+                                  "from pg_stat_user_tables where relname like 'analytics_%'")).scalar() or 0)
+
+    def measure(self, fn: Callable[[Any], Any]) -> dict[str, float]:
+        with self.db.session() as s:
+            raw = s.connection().connection.dbapi_connection
+            if self.pg:
+                rows0, cpu0 = self._rows_read(s), self._backend_cpu(s)
+            else:
+                raw.set_progress_handler(self._tick, 1000)
+            self.statements, self.steps = 0, 0
+            c0, t0 = time.process_time(), time.perf_counter()
+            fn(s)
+            wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+            statements = self.statements
+            if self.pg:
+                cpu += self._backend_cpu(s) - cpu0
+                work = self._rows_read(s) - rows0
+            else:
+                raw.set_progress_handler(None, 1000)
+                work = self.steps
+        return {"wall": wall, "cpu": cpu, "statements": statements, "work": work}
+
+
 def time_reports(db_url: str | None, leads: int, events: int, repeats: int) -> dict[str, Any]:
     data = Path(tempfile.mkdtemp(prefix="nurture-bench-analytics-"))
     settings = load_settings(environ={}, data_dir=data, database_url=db_url)
     db = open_database(settings, service="analytics", migrations_dir=MIGRATIONS)
     batch: list[Any] = []
     recorded = 0
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for m in history(leads, events):
         batch.append(from_bus(m))
         if len(batch) == 500:
@@ -139,6 +195,10 @@ def time_reports(db_url: str | None, leads: int, events: int, repeats: int) -> d
         with db.session() as s:
             recorded += storage.record(s, [f for f in batch if f is not None])
     load_s = time.perf_counter() - t0
+    if not db.is_sqlite:  # what autovacuum does to a table that grew this much, before the planner relies on it
+        with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.execute(text("ANALYZE"))
+    load_cpu_s = time.process_time() - c0
     costs = load_costs()
     last30 = storage.Query(reports.day_of(END - timedelta(days=30)), reports.day_of(END))
     full = storage.Query(reports.day_of(END - timedelta(days=DAYS)), reports.day_of(END))
@@ -150,20 +210,38 @@ def time_reports(db_url: str | None, leads: int, events: int, repeats: int) -> d
         **{f"timeseries_{m}": functools.partial(_timeseries, metric=m) for m in reports.TIMESERIES_METRICS},
     }
     out: dict[str, Any] = {"leads": leads, "events": events, "facts_recorded": recorded,
-                           "load_s": round(load_s, 1), "load_events_per_s": round(events / load_s, 1)}
-    worst = 0.0
-    for name, fn in cases.items():
+                           "load_s": round(load_s, 1), "load_events_per_s": round(events / load_s, 1),
+                           "load_cpu_ms_per_event_this_process": round(load_cpu_s * 1000 / events, 4),
+                           "load_average_1m_after_load": round(os.getloadavg()[0], 2)}
+    meter = Meter(db)
+    work = "rows_read" if meter.pg else "sqlite_kilo_steps"
+
+    def baseline(s: Any, _q: storage.Query) -> Any:
+        return s.execute(select(func.count()).select_from(tables.leads).where(tables.leads.c.lead_id == "L1")).all()
+
+    worst, worst_ratio, worst_cpu = 0.0, 0.0, 0.0
+    base = {"wall": 0.0, "cpu": 0.0}
+    for name, fn in {"baseline": baseline, **cases}.items():
         for label, q in (("30d", last30), ("90d", full)):
-            samples = []
-            for _ in range(repeats):
-                t = time.perf_counter()
-                with db.session() as s:
-                    fn(s, q)
-                samples.append(time.perf_counter() - t)
-            out[f"{name}_{label}_p95_ms"] = p95(samples)
-            worst = max(worst, out[f"{name}_{label}_p95_ms"])
+            samples = [meter.measure(lambda s, fn=fn, q=q: fn(s, q))
+                       for _ in range(repeats)]
+            ms = p95([x["wall"] for x in samples])
+            cpu_ms = round(sorted(x["cpu"] for x in samples)[len(samples) // 2] * 1000, 2)
+            out[f"{name}_{label}_p95_ms"] = ms
+            out[f"{name}_{label}_cpu_ms_median"] = cpu_ms
+            out[f"{name}_{label}_statements"] = samples[-1]["statements"]
+            out[f"{name}_{label}_{work}"] = samples[-1]["work"]
+            if name == "baseline":
+                base = {"wall": max(base["wall"], ms), "cpu": max(base["cpu"], cpu_ms, 0.01)}
+                continue
+            out[f"{name}_{label}_p95 / baseline_p95"] = round(ms / base["wall"], 1) if base["wall"] else None
+            worst, worst_cpu = max(worst, ms), max(worst_cpu, cpu_ms)
+            worst_ratio = max(worst_ratio, ms / base["wall"] if base["wall"] else 0.0)
     out["worst_report_p95_ms"] = worst
     out["worst_report_p95_ms / 300"] = round(worst / 300, 3)
+    out["worst_report_cpu_ms_median"] = worst_cpu
+    out["worst_report_p95 / baseline_p95"] = round(worst_ratio, 1)
+    out["load_average_1m_after_reports"] = round(os.getloadavg()[0], 2)
     db.close()
     shutil.rmtree(data, ignore_errors=True)
     return out

@@ -370,6 +370,22 @@ class DriverWrites:
             f"WHERE {key} = {self._mark}"))
         self._run(conn, sql, self._process(table, [*columns, key], rows), many=True)
 
+    def upsert(self, conn: Connection, table: Table, columns: Sequence[str], rows: Sequence[Sequence[Any]], *,
+               keys: Sequence[str], add: Sequence[str] = (), ignore: bool = False) -> None:
+        """Insert rows (values in `columns` order); on a key that exists, add the `add` columns to the
+        stored ones and replace the other non-key columns (or with `ignore`, or when every column is a
+        key, leave the row as it is). `ON CONFLICT` reads the same on SQLite and PostgreSQL."""
+        if not rows:
+            return
+        others = [c for c in columns if c not in keys]
+        sql = self._statement(("upsert", table.name, tuple(columns), tuple(keys), tuple(add), ignore), lambda: (
+            f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({', '.join([self._mark] * len(columns))}) "
+            f"ON CONFLICT ({', '.join(keys)}) " + (
+                "DO NOTHING" if ignore or not others else "DO UPDATE SET " + ", ".join(
+                    f"{c} = {table.name}.{c} + excluded.{c}" if c in add else f"{c} = excluded.{c}"
+                    for c in others))))
+        self._run(conn, sql, self._process(table, columns, rows), many=True)
+
     def delete(self, conn: Connection, table: Table, key: str, values: Sequence[Any]) -> None:
         """`DELETE FROM table WHERE key IN values`."""
         for start in range(0, len(values), _ROWS_PER_STATEMENT):

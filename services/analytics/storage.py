@@ -9,18 +9,18 @@ again in the order it was heard.
 from __future__ import annotations
 
 import json
-import math
+import weakref
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, date, datetime
 from typing import Any
 
-from sqlalchemy import Float, Table, and_, delete, func, insert, literal, or_, select
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Connection, Engine, Float, Table, and_, delete, func, literal, or_, select
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
+from nurture.db import DriverWrites
 from services.analytics.domain import reports
 from services.analytics.domain.facts import Fact, parse_time
 from services.analytics.tables import (
@@ -30,15 +30,22 @@ from services.analytics.tables import (
     lead_stages,
     leads,
     lifecycle,
+    lifecycle_bands,
     messages,
+    meta,
     nurtured,
+    reach,
+    sends,
     stage_counts,
     stage_dwell,
+    stage_dwell_bands,
     touches,
     won,
 )
 
 CHUNK = 500  # ids per IN list
+FOLD_VERSION = "3"  # bump when the fold derives its tables differently: the service rebuilds them at start
+NO_DAY = date(1, 1, 1)  # `analytics_reach.prev_day` of a lead's first send day in a scope
 
 
 def _chunks(items: Sequence[Any], size: int = CHUNK) -> Iterator[Sequence[Any]]:
@@ -52,26 +59,29 @@ def _aware(value: datetime | None) -> datetime | None:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
+_WRITERS: weakref.WeakKeyDictionary[Engine, DriverWrites] = weakref.WeakKeyDictionary()
+
+
+def _writes(session: Session) -> tuple[DriverWrites, Connection]:
+    conn = session.connection()
+    engine = conn.engine
+    writes = _WRITERS.get(engine)
+    if writes is None:
+        writes = _WRITERS[engine] = DriverWrites(engine)
+    return writes, conn
+
+
 def _upsert(session: Session, table: Table, rows: list[dict[str, Any]], *, add: Sequence[str] = (),
             ignore: bool = False) -> None:
     """Insert rows; on a key that exists, add the `add` columns to it and replace the others (or with
-    `ignore`, leave it as it is). One single-row statement run as executemany: it compiles once (a
-    multi-row VALUES compiles again for every row count, which cost more than the writes)."""
+    `ignore`, leave it as it is). On the driver's cursor, one statement run as executemany: SQLAlchemy's
+    per-row parameter processing cost more than the database's own work in the fold."""
     if not rows:
         return
-    dialect = session.get_bind().dialect.name
-    if dialect not in ("postgresql", "sqlite"):
-        raise RuntimeError(f"unsupported database {dialect}")
-    make = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    keys = [c.name for c in table.primary_key.columns]
-    others = [c.name for c in table.columns if c.name not in keys]
-    stmt: Any = make(table)
-    if ignore or not others:
-        stmt = stmt.on_conflict_do_nothing(index_elements=keys)
-    else:
-        stmt = stmt.on_conflict_do_update(index_elements=keys, set_={
-            n: (table.c[n] + stmt.excluded[n]) if n in add else stmt.excluded[n] for n in others})
-    session.execute(stmt, rows)
+    writes, conn = _writes(session)
+    columns = list(rows[0])
+    writes.upsert(conn, table, columns, [tuple(r[c] for c in columns) for r in rows],
+                  keys=[c.name for c in table.primary_key.columns], add=add, ignore=ignore)
 
 
 def _encode(f: Fact) -> str:
@@ -109,6 +119,8 @@ class Fold:
         self.eng: dict[tuple[Any, ...], dict[str, int]] = defaultdict(lambda: dict.fromkeys(
             ("sent", "opened", "clicked", "bounced", "unsubscribed"), 0))
         self.nurtured: set[tuple[date, str, str, str]] = set()
+        self.days: dict[str, set[tuple[date, str, str]]] = {}  # a lead's (day, journey, segment) with a send
+        self.reach: dict[tuple[str, date, str, str, date], int] = defaultdict(int)
         self.life: dict[tuple[Any, ...], int] = defaultdict(int)
         self.counts: dict[tuple[Any, ...], list[int]] = defaultdict(lambda: [0, 0])
         self.dwell: dict[tuple[Any, ...], int] = defaultdict(int)
@@ -132,6 +144,13 @@ class Fold:
             for r in self.s.execute(select(lead_stages).where(lead_stages.c.lead_id.in_(part))).mappings():
                 paths[(r["lead_id"], r["journey"])][r["stage"]] = {
                     **r, "entered_at": _aware(r["entered_at"]), "left_at": _aware(r["left_at"]), "_dirty": False}
+        senders = sorted({f.lead_id for f in batch if f.kind in ("sent", "bounced")})
+        for lead in senders:
+            self.days[lead] = set()
+        for part in _chunks(senders):
+            for r in self.s.execute(select(nurtured.c.lead_id, nurtured.c.day, nurtured.c.journey, nurtured.c.segment)
+                                    .where(nurtured.c.lead_id.in_(part))):
+                self.days[r[0]].add((r[1], r[2], r[3]))
         changed_msgs: set[str] = set()
         changed_leads: set[str] = set()
         for f in batch:
@@ -157,7 +176,7 @@ class Fold:
         if f.kind in ("sent", "bounced"):
             if m is None or not m.sent:
                 cell["sent"] += 1
-                self.nurtured.add((day, f.journey, f.segment, f.lead_id))
+                self._reach(day, f.journey, f.segment, f.lead_id)
                 if m is not None:
                     m.sent = True
                 if f.journey and f.stage:
@@ -176,6 +195,27 @@ class Fold:
         self.touches.append({"id": f.id, "lead_id": f.lead_id, "at": f.at, "ts": reports.micros(f.at),
                              "journey": f.journey,
                              "template": f.template, "topic": f.topic, "format": f.format})
+
+    def _reach(self, day: date, journey: str, segment: str, lead: str) -> None:
+        """A send day of a lead: count it in each scope where the lead had no send that day, under its
+        previous send day there, and move the next send day (a late send lands between two) under it."""
+        known = self.days.setdefault(lead, set())
+        if (day, journey, segment) in known:
+            return
+        for scope, j, sg in (("a", "", ""), ("s", "", segment), ("j", journey, ""), ("js", journey, segment)):
+            by_j, by_s = scope in ("j", "js"), scope in ("s", "js")
+            days = {d for d, kj, ks in known if (not by_j or kj == journey) and (not by_s or ks == segment)}
+            if day in days:
+                continue
+            prev = max((d for d in days if d < day), default=NO_DAY)
+            later = [d for d in days if d > day]
+            self.reach[(scope, day, j, sg, prev)] += 1
+            if later:
+                nxt = min(later)
+                self.reach[(scope, nxt, j, sg, prev)] -= 1
+                self.reach[(scope, nxt, j, sg, day)] += 1
+        known.add((day, journey, segment))
+        self.nurtured.add((day, journey, segment, lead))
 
     def _path(self, f: Fact, stages: dict[str, dict[str, Any]]) -> None:
         if f.stage in stages:
@@ -211,17 +251,38 @@ class Fold:
         _upsert(s, engagement, [dict(zip(("day", "journey", "segment", "template", "channel", "topic", "format"),
                                          k, strict=True)) | v for k, v in sorted(self.eng.items())],
                 add=("sent", "opened", "clicked", "bounced", "unsubscribed"))
+        sent: dict[tuple[Any, ...], int] = defaultdict(int)
+        for (day, journey, segment, _t, channel, _tp, _f), cell in self.eng.items():
+            if cell["sent"]:
+                sent[(day, journey, segment, channel)] += cell["sent"]
+        _upsert(s, sends, [dict(zip(("day", "journey", "segment", "channel"), k, strict=True)) | {"sent": n}
+                           for k, n in sorted(sent.items())], add=("sent",))
         _upsert(s, nurtured, [dict(zip(("day", "journey", "segment", "lead_id"), k, strict=True))
                               for k in sorted(self.nurtured)], ignore=True)
+        _upsert(s, reach, [dict(zip(("scope", "day", "journey", "segment", "prev_day"), k, strict=True)) | {"n": n}
+                           for k, n in sorted(self.reach.items()) if n], add=("n",))
         _upsert(s, lifecycle, [dict(zip(("day", "from_stage", "to_stage", "segment", "minutes"), k, strict=True))
-                               | {"n": n} for k, n in sorted(self.life.items())], add=("n",))
+                               | {"band": reports.band(k[4]), "n": n} for k, n in sorted(self.life.items())],
+                add=("n",))
+        _upsert(s, lifecycle_bands, _bands(self.life, ("from_stage", "to_stage", "segment")), add=("n",))
         _upsert(s, stage_counts, [dict(zip(("day", "journey", "stage", "segment"), k, strict=True))
                                   | {"entered": v[0], "advanced": v[1]} for k, v in sorted(self.counts.items())],
                 add=("entered", "advanced"))
         _upsert(s, stage_dwell, [dict(zip(("day", "journey", "stage", "segment", "minutes"), k, strict=True))
-                                 | {"n": n} for k, n in sorted(self.dwell.items())], add=("n",))
+                                 | {"band": reports.band(k[4]), "n": n} for k, n in sorted(self.dwell.items())],
+                add=("n",))
+        _upsert(s, stage_dwell_bands, _bands(self.dwell, ("journey", "stage", "segment")), add=("n",))
         _upsert(s, touches, self.touches, ignore=True)
         _upsert(s, won, self.won, ignore=True)
+
+
+def _bands(hist: dict[tuple[Any, ...], int], dims: tuple[str, str, str]) -> list[dict[str, Any]]:
+    """A batch's (day, *dims, minutes) histogram counted again per period (day, week, month) and band."""
+    out: dict[tuple[Any, ...], int] = defaultdict(int)
+    for (day, a, b, c, minutes), n in hist.items():
+        for grain, start in reports.period_starts(day):
+            out[(grain, start, a, b, c, reports.band(minutes))] += n
+    return [dict(zip(("grain", "start", *dims, "band"), k, strict=True)) | {"n": n} for k, n in sorted(out.items())]
 
 
 def record(session: Session, batch: Sequence[Fact]) -> int:
@@ -236,8 +297,9 @@ def record(session: Session, batch: Sequence[Fact]) -> int:
     new = [f for f in unique.values() if f.id not in known]
     if not new:
         return 0
-    session.execute(insert(facts), [{"id": f.id, "lead_id": f.lead_id, "kind": f.kind, "at": f.at,
-                                     "body": _encode(f)} for f in new])
+    writes, conn = _writes(session)
+    writes.insert(conn, facts, ("id", "lead_id", "kind", "at", "body"),
+                  [(f.id, f.lead_id, f.kind, f.at, _encode(f)) for f in new])
     Fold(session).run(new)
     return len(new)
 
@@ -246,6 +308,7 @@ def rebuild(session: Session, chunk: int = 5000) -> int:
     """Derive every table again from the facts record, in the order the facts were heard."""
     for table in DERIVED:
         session.execute(delete(table))
+    _upsert(session, meta, [{"key": "fold_version", "value": FOLD_VERSION}])
     done, after = 0, 0
     while True:
         rows = session.execute(select(facts.c.seq, facts.c.body).where(facts.c.seq > after)
@@ -255,6 +318,15 @@ def rebuild(session: Session, chunk: int = 5000) -> int:
         Fold(session).run([_decode(r.body) for r in rows])
         done += len(rows)
         after = rows[-1].seq
+
+
+def ensure_current(session: Session) -> int | None:
+    """Rebuild the derived tables when they were made by another fold (a new release added or changed an
+    aggregate); returns the facts folded again, or None when they were current."""
+    version = session.scalar(select(meta.c.value).where(meta.c.key == "fold_version"))
+    if version == FOLD_VERSION:
+        return None
+    return rebuild(session)
 
 
 def erase_lead(session: Session, lead_id: str) -> int:
@@ -294,31 +366,58 @@ def engagement_report(session: Session, q: Query, group_by: str) -> list[dict[st
             for r in rows]
 
 
-def _percentiles(session: Session, table: Table, keys: Sequence[str], where: ColumnElement[bool]
-                 ) -> dict[tuple[str, ...], tuple[int, float | None, float | None]]:
-    """Per group of `keys`: (count, median, p90) of a minutes histogram, ranked in SQL with window sums so
-    only the (at most three) rows holding the ranks come back, however many distinct values there are."""
-    grouped = select(*[table.c[k] for k in keys], table.c.minutes, func.sum(table.c.n).label("c")) \
-        .where(where).group_by(*[table.c[k] for k in keys], table.c.minutes).subquery()
-    part = [grouped.c[k] for k in keys]
-    ranked = select(*part, grouped.c.minutes, grouped.c.c,
-                    func.sum(grouped.c.c).over(partition_by=part, order_by=grouped.c.minutes).label("cum"),
-                    func.sum(grouped.c.c).over(partition_by=part).label("tot")).subquery()
-    cum, c, tot = ranked.c.cum, ranked.c.c, ranked.c.tot
-    ranks = [(tot - 1) / 2, tot / 2, (9 * tot + 9) / 10 - 1]  # integer division on integer columns
-    holds = [and_(cum > r, cum - c <= r) for r in ranks]
-    rows = session.execute(select(*[ranked.c[k] for k in keys], ranked.c.minutes, cum, c, tot)
-                           .where(or_(*holds))).all()
-    found: dict[tuple[str, ...], list[tuple[int, int, int, int]]] = defaultdict(list)
-    for r in rows:
-        found[tuple(r[:len(keys)])].append((int(r[-4]), int(r[-3]), int(r[-2]), int(r[-1])))
-    out: dict[tuple[str, ...], tuple[int, float | None, float | None]] = {}
-    for key, hits in found.items():
-        n = hits[0][3]
+def _periods(table: Table, q: Query) -> ColumnElement[bool]:
+    spans = [and_(table.c.grain == g, table.c.start >= lo, table.c.start <= hi) for g, lo, hi in
+             reports.periods(q.start, q.end)]
+    cond = [or_(*spans) if spans else literal(False)]
+    if q.segment is not None:
+        cond.append(table.c.segment == q.segment)
+    if q.journey is not None and "journey" in table.c:
+        cond.append(table.c.journey == q.journey)
+    return and_(*cond)
 
-        def at(rank: int, hits: list[tuple[int, int, int, int]] = hits) -> int:
-            return next(m for m, cm, cc, _ in hits if cm > rank >= cm - cc)
-        out[key] = (n, (at((n - 1) // 2) + at(n // 2)) / 2, float(at(math.ceil(0.9 * n) - 1)))
+
+def _percentiles(session: Session, fine: Table, bands: Table, keys: Sequence[str], q: Query
+                 ) -> dict[tuple[str, ...], tuple[int, float | None, float | None]]:
+    """Per group of `keys`: (count, median, p90) of a minutes histogram, exactly, in two steps that each
+    read few rows: the band counts of the range's periods (months, weeks, days) locate the band holding
+    each rank, then only those bands are read in whole minutes."""
+    key_cols = [bands.c[k] for k in keys]
+    per_band: dict[tuple[str, ...], list[tuple[int, int]]] = defaultdict(list)
+    for r in session.execute(select(*key_cols, bands.c.band, func.sum(bands.c.n)).where(_periods(bands, q))
+                             .group_by(*key_cols, bands.c.band)):
+        if r[-1]:
+            per_band[tuple(r[:len(keys)])].append((int(r[-2]), int(r[-1])))
+    wanted: dict[tuple[tuple[str, ...], int], list[tuple[int, int]]] = defaultdict(list)  # (key, band): (rank, offset)
+    totals: dict[tuple[str, ...], int] = {}
+    for key, counts in per_band.items():
+        counts.sort()
+        totals[key] = n = sum(c for _, c in counts)
+        for rank in reports.ranks(n):
+            seen = 0
+            for b, c in counts:
+                if rank < seen + c:
+                    wanted[(key, b)].append((rank, rank - seen))
+                    break
+                seen += c
+    found: dict[tuple[tuple[str, ...], int], dict[int, int]] = defaultdict(dict)
+    cells = sorted(wanted)
+    for part in _chunks(cells, 100):
+        which = or_(*[and_(*[fine.c[k] == v for k, v in zip(keys, key, strict=True)], fine.c.band == b)
+                      for key, b in part])
+        for r in session.execute(select(*[fine.c[k] for k in keys], fine.c.band, fine.c.minutes, func.sum(fine.c.n))
+                                 .where(q.where(fine), which).group_by(*[fine.c[k] for k in keys], fine.c.band,
+                                                                       fine.c.minutes)):
+            if r[-1]:
+                found[(tuple(r[:len(keys)]), int(r[-3]))][int(r[-2])] = int(r[-1])
+    out: dict[tuple[str, ...], tuple[int, float | None, float | None]] = {}
+    for key, n in totals.items():
+        value: dict[int, int] = {}
+        for b in {b for k, b in wanted if k == key}:
+            for rank, offset in wanted[(key, b)]:
+                value[rank] = reports.nth(found[(key, b)], offset)
+        lo, hi, top = reports.ranks(n)
+        out[key] = (n, (value[lo] + value[hi]) / 2, float(value[top]))
     return out
 
 
@@ -329,9 +428,9 @@ def progression_report(session: Session, q: Query) -> dict[str, Any]:
                              .group_by(stage_counts.c.journey, stage_counts.c.stage)):
         counts[(r[0], r[1])] = (int(r[2] or 0), int(r[3] or 0))
     dwell = {(k[0], k[1]): (med, p90) for k, (_, med, p90)
-             in _percentiles(session, stage_dwell, ("journey", "stage"), q.where(stage_dwell)).items()}
+             in _percentiles(session, stage_dwell, stage_dwell_bands, ("journey", "stage"), q).items()}
     life = {(k[0], k[1]): (n, med) for k, (n, med, _) in
-            _percentiles(session, lifecycle, ("from_stage", "to_stage"), q.where(lifecycle)).items()}
+            _percentiles(session, lifecycle, lifecycle_bands, ("from_stage", "to_stage"), q).items()}
     weekly: dict[tuple[date, str], int] = defaultdict(int)
     for day, to_stage, n in session.execute(
             select(lifecycle.c.day, lifecycle.c.to_stage, func.sum(lifecycle.c.n))
@@ -371,28 +470,40 @@ def _touched_before(q: Query, window_us: int | None) -> Any:
     return won.join(touches, and_(*on))
 
 
+def _in_window(q: Query, window_us: int | None) -> ColumnElement[bool]:
+    """A touch of the deal's lead at or before the win (and within the window, of the journey asked)."""
+    cond = [touches.c.lead_id == won.c.lead_id, touches.c.ts <= won.c.ts]
+    if window_us is not None:
+        cond.append(touches.c.ts >= won.c.ts - window_us)
+    if q.journey is not None:
+        cond.append(touches.c.journey == q.journey)
+    return and_(*cond)
+
+
 def attribution_report(session: Session, q: Query, model: str, window_days: int) -> dict[str, Any]:
     total, revenue = session.execute(select(func.count(), func.sum(won.c.amount)).where(q.where(won))).one()
-    order = (touches.c.ts, touches.c.id)
-    credited = select(
-        won.c.id.label("deal"), won.c.amount, touches.c.template, touches.c.topic, touches.c.format,
-        func.row_number().over(partition_by=won.c.id, order_by=order).label("first"),
-        func.row_number().over(partition_by=won.c.id, order_by=[o.desc() for o in order]).label("last"),
-        func.count().over(partition_by=won.c.id).label("k"),
-    ).select_from(_touched_before(q, window_days * reports.DAY_US)).where(q.where(won)).subquery()
+    window = window_days * reports.DAY_US
     one = literal(1.0, Float)
     if model == "linear":
-        picked = credited.select().subquery()
-        share: Any = one / picked.c.k  # each touch an equal part of the conversion
+        # Every touch in the window an equal part of its deal: pairs, with the deal's touch count.
+        pairs = select(won.c.id.label("deal"), won.c.amount, touches.c.template, touches.c.topic, touches.c.format,
+                       func.count().over(partition_by=won.c.id).label("k")) \
+            .select_from(won.join(touches, _in_window(q, window))).where(q.where(won)).subquery()
+        shared = select(pairs.c.amount, pairs.c.template, pairs.c.topic, pairs.c.format,
+                        (one / pairs.c.k).label("share")).subquery()
     else:
-        picked = credited.select().where(credited.c[model] == 1).subquery()
-        share = one
-    shared = select(picked.c.deal, picked.c.amount, picked.c.template, picked.c.topic, picked.c.format,
-                    share.label("share")).subquery()
+        # First or last: one touch per deal, found by an index seek on (lead, ts) per deal, not ranked.
+        order = (touches.c.ts, touches.c.id) if model == "first" else (touches.c.ts.desc(), touches.c.id.desc())
+        pick = select(touches.c.id).where(_in_window(q, window)).order_by(*order).limit(1) \
+            .correlate(won).scalar_subquery()
+        picked = select(won.c.amount, pick.label("touch")).where(q.where(won)).subquery()
+        shared = select(picked.c.amount, touches.c.template, touches.c.topic, touches.c.format,
+                        one.label("share")).select_from(picked.join(touches, touches.c.id == picked.c.touch)).subquery()
     dims = (shared.c.template, shared.c.topic, shared.c.format)
     by_template = session.execute(select(*dims, func.sum(shared.c.share), func.sum(shared.c.share * shared.c.amount))
                                   .group_by(*dims).order_by(*dims)).all()
-    attributed = session.scalar(select(func.count(func.distinct(shared.c.deal)))) or 0
+    touched = select(touches.c.id).where(_in_window(q, window)).correlate(won).exists()
+    attributed = session.scalar(select(func.count()).select_from(won).where(q.where(won), touched)) or 0
     per_dim: dict[str, dict[str, list[float]]] = {"topic": {}, "format": {}}
     for _template, topic, fmt, conv, rev in by_template:
         for dim, value in (("topic", topic), ("format", fmt)):
@@ -411,16 +522,27 @@ def attribution_report(session: Session, q: Query, model: str, window_days: int)
     return out
 
 
+def _reach_where(q: Query, scope: str) -> ColumnElement[bool]:
+    cond = [reach.c.scope == scope, reach.c.day >= q.start, reach.c.day <= q.end, reach.c.prev_day < q.start]
+    if q.journey is not None and scope in ("j", "js"):
+        cond.append(reach.c.journey == q.journey)
+    if q.segment is not None and scope in ("s", "js"):
+        cond.append(reach.c.segment == q.segment)
+    return and_(*cond)
+
+
 def roi_report(session: Session, q: Query, costs: dict[str, Any]) -> dict[str, Any]:
-    nurtured_count = session.scalar(select(func.count(func.distinct(nurtured.c.lead_id)))
-                                    .where(q.where(nurtured))) or 0
+    # Distinct nurtured leads: a lead's send days in range that follow no send day in range (`reach`).
+    scope = ("js" if q.segment is not None else "j") if q.journey is not None else \
+        ("s" if q.segment is not None else "a")
+    nurtured_count = session.scalar(select(func.sum(reach.c.n)).where(_reach_where(q, scope))) or 0
     sent_by: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-    for j, ch, n in session.execute(select(engagement.c.journey, engagement.c.channel, func.sum(engagement.c.sent))
-                                    .where(q.where(engagement)).group_by(engagement.c.journey, engagement.c.channel)):
+    for j, ch, n in session.execute(select(sends.c.journey, sends.c.channel, func.sum(sends.c.sent))
+                                    .where(q.where(sends)).group_by(sends.c.journey, sends.c.channel)):
         sent_by[j][ch] += int(n or 0)
     per_journey = {j: int(n) for j, n in session.execute(
-        select(nurtured.c.journey, func.count(func.distinct(nurtured.c.lead_id))).where(q.where(nurtured))
-        .group_by(nurtured.c.journey))}
+        select(reach.c.journey, func.sum(reach.c.n)).where(_reach_where(q, "js" if q.segment is not None else "j"))
+        .group_by(reach.c.journey)) if n}
     pairs = select(won.c.id, won.c.amount, touches.c.journey).distinct() \
         .select_from(_touched_before(q, None)).where(q.where(won)).subquery()
     by_j_revenue = {j: float(v) for j, v in session.execute(

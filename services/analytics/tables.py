@@ -62,6 +62,17 @@ engagement = Table(
     Column("unsubscribed", Integer, nullable=False, default=0),
 )
 
+# Sends per day, journey, segment and channel: what ROI's costs are computed from, without the
+# engagement table's template/topic/format detail to sum over.
+sends = Table(
+    "analytics_sends", metadata,
+    Column("day", Date, primary_key=True),
+    Column("journey", String(_D), primary_key=True),
+    Column("segment", String(_D), primary_key=True),
+    Column("channel", String(_D), primary_key=True),
+    Column("sent", Integer, nullable=False, default=0),
+)
+
 # Leads that were sent nurture, per day and journey (distinct nurtured leads over any range).
 nurtured = Table(
     "analytics_nurtured", metadata,
@@ -69,6 +80,22 @@ nurtured = Table(
     Column("journey", String(_D), primary_key=True),
     Column("segment", String(_D), primary_key=True),
     Column("lead_id", String(128), primary_key=True),
+    Index("ix_analytics_nurtured_lead", "lead_id"),
+)
+
+# Distinct nurtured leads over any range without counting them: each (lead, scope) send day, counted by
+# the lead's previous send day in that scope. A lead has a send in [s, e] exactly when one of its send days
+# in [s, e] follows a day before s (or none), so the count is a sum over these cells. Scopes: `a` every
+# journey and segment, `s` per segment, `j` per journey, `js` per both (the columns a scope does not use
+# hold ""). The fold moves a cell when a late send lands between two days it already knew.
+reach = Table(
+    "analytics_reach", metadata,
+    Column("scope", String(2), primary_key=True),
+    Column("day", Date, primary_key=True),
+    Column("journey", String(_D), primary_key=True),
+    Column("segment", String(_D), primary_key=True),
+    Column("prev_day", Date, primary_key=True),
+    Column("n", Integer, nullable=False, default=0),
 )
 
 # Each lead's lifecycle stage and since when (the dwell of its next change).
@@ -87,6 +114,22 @@ lifecycle = Table(
     Column("to_stage", String(_D), primary_key=True),
     Column("segment", String(_D), primary_key=True),
     Column("minutes", Integer, primary_key=True),
+    Column("band", Integer, nullable=False, default=0),
+    Column("n", Integer, nullable=False, default=0),
+    Index("ix_analytics_lifecycle_band", "from_stage", "to_stage", "band", "day"),
+)
+
+# A percentile's first step: the same dwell histograms in coarse value bands (`reports.band`), by day, ISO
+# week and month (`grain` d/w/m, `start` the period's first day), so a range is a few periods' band
+# counts; only the band holding a rank is then read in whole minutes.
+lifecycle_bands = Table(
+    "analytics_lifecycle_bands", metadata,
+    Column("grain", String(1), primary_key=True),
+    Column("start", Date, primary_key=True),
+    Column("from_stage", String(_D), primary_key=True),
+    Column("to_stage", String(_D), primary_key=True),
+    Column("segment", String(_D), primary_key=True),
+    Column("band", Integer, primary_key=True),
     Column("n", Integer, nullable=False, default=0),
 )
 
@@ -121,6 +164,19 @@ stage_dwell = Table(
     Column("stage", String(_D), primary_key=True),
     Column("segment", String(_D), primary_key=True),
     Column("minutes", Integer, primary_key=True),
+    Column("band", Integer, nullable=False, default=0),
+    Column("n", Integer, nullable=False, default=0),
+    Index("ix_analytics_stage_dwell_band", "journey", "stage", "band", "day"),
+)
+
+stage_dwell_bands = Table(
+    "analytics_stage_dwell_bands", metadata,
+    Column("grain", String(1), primary_key=True),
+    Column("start", Date, primary_key=True),
+    Column("journey", String(_D), primary_key=True),
+    Column("stage", String(_D), primary_key=True),
+    Column("segment", String(_D), primary_key=True),
+    Column("band", Integer, primary_key=True),
     Column("n", Integer, nullable=False, default=0),
 )
 
@@ -151,4 +207,12 @@ won = Table(
     Index("ix_analytics_won_day", "day"),
 )
 
-DERIVED = (messages, engagement, nurtured, leads, lifecycle, lead_stages, stage_counts, stage_dwell, touches, won)
+# Which fold the derived tables were made by: a service whose fold changed rebuilds them at start.
+meta = Table(
+    "analytics_meta", metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", String(200), nullable=False),
+)
+
+DERIVED = (messages, engagement, sends, nurtured, reach, leads, lifecycle, lifecycle_bands, lead_stages, stage_counts,
+           stage_dwell, stage_dwell_bands, touches, won)

@@ -55,12 +55,52 @@ def dwell_minutes(start: datetime, end: datetime) -> int:
     return max(0, math.floor((end - start).total_seconds() / 60))
 
 
+def band(minutes: int) -> int:
+    """A dwell's coarse value class: half an octave wide (a 1.5 split of each power of two), so a few dozen
+    bands cover years and the band holding a percentile holds a small share of the values. Monotone:
+    a larger dwell is never in a lower band."""
+    x = max(0, minutes) + 1
+    k = x.bit_length() - 1
+    return 2 * k + (1 if 2 * x >= 3 << k else 0)
+
+
+def periods(start: date, end: date) -> list[tuple[str, date, date]]:
+    """The days start..end as disjoint periods, coarsest first where they fit: (grain, first period's first
+    day, last period's first day) for runs of whole months (`m`), ISO weeks (`w`) and days (`d`)."""
+    out: list[tuple[str, date, date]] = []
+    day = start
+    while day <= end:
+        next_month = (day.replace(day=28) + timedelta(days=4)).replace(day=1)
+        if day.day == 1 and next_month - timedelta(days=1) <= end:
+            grain, after = "m", next_month
+        elif day.weekday() == 0 and day + timedelta(days=6) <= end:
+            grain, after = "w", day + timedelta(days=7)
+        else:
+            grain, after = "d", day + timedelta(days=1)
+        if out and out[-1][0] == grain:
+            out[-1] = (grain, out[-1][1], day)
+        else:
+            out.append((grain, day, day))
+        day = after
+    return out
+
+
+def period_starts(day: date) -> tuple[tuple[str, date], ...]:
+    """The day, ISO week and month a fact of this day is counted in."""
+    return ("d", day), ("w", week_of(day)), ("m", day.replace(day=1))
+
+
+def ranks(n: int) -> tuple[int, int, int]:
+    """0-based ranks of the two middle values and of the p90 value among n sorted values."""
+    return (n - 1) // 2, n // 2, math.ceil(0.9 * n) - 1
+
+
 def median(hist: Mapping[int, int]) -> float | None:
     """The median of a histogram {value: count}."""
     n = sum(hist.values())
     if n == 0:
         return None
-    lo, hi = _nth(hist, (n - 1) // 2), _nth(hist, n // 2)
+    lo, hi = nth(hist, (n - 1) // 2), nth(hist, n // 2)
     return (lo + hi) / 2
 
 
@@ -68,10 +108,10 @@ def p90(hist: Mapping[int, int]) -> float | None:
     n = sum(hist.values())
     if n == 0:
         return None
-    return float(_nth(hist, math.ceil(0.9 * n) - 1))
+    return float(nth(hist, math.ceil(0.9 * n) - 1))
 
 
-def _nth(hist: Mapping[int, int], index: int) -> int:
+def nth(hist: Mapping[int, int], index: int) -> int:
     """The value at 0-based rank `index` of the sorted multiset."""
     seen = 0
     for value in sorted(hist):

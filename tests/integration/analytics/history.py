@@ -107,7 +107,7 @@ def generate(seed: int, *, leads: int = 40, days: int = 50) -> list[dict[str, An
         # Late events: some engagement reaches the bus after later events, with its own earlier time.
         for _ in range(rnd.randint(0, 2)):
             j = rnd.randrange(len(story))
-            if story[j]["type"] in ("email_opened", "email_clicked"):
+            if story[j]["type"] in ("email_opened", "email_clicked", "email_sent"):
                 story.append(story.pop(j))
         per_lead.append(story)
     stream: list[dict[str, Any]] = []

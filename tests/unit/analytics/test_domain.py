@@ -88,3 +88,32 @@ def test_the_adapter_keeps_what_reports_need_and_drops_the_rest() -> None:
     assert from_bus({"id": "e3", "lead_id": "L1", "type": "page_viewed", "occurred_at": "2026-03-03T08:00:00Z",
                      "lead": lead, "properties": {}}) is None
     assert from_bus({"id": "e4", "lead_id": "L1", "type": "email_sent", "lead": lead, "properties": {}}) is None
+
+
+def test_periods_cover_every_day_of_a_range_once_coarsest_first() -> None:
+    start = date(2026, 1, 1)
+    for offset in range(0, 70, 3):
+        for length in (0, 1, 6, 7, 13, 31, 45, 95):
+            a = start + timedelta(days=offset)
+            b = a + timedelta(days=length)
+            covered: list[date] = []
+            for grain, lo, hi in reports.periods(a, b):
+                p = lo
+                while p <= hi:
+                    step = {"d": timedelta(days=1), "w": timedelta(days=7)}.get(grain)
+                    nxt = (p.replace(day=28) + timedelta(days=4)).replace(day=1) if step is None else p + step
+                    covered.extend(p + timedelta(days=i) for i in range((nxt - p).days))
+                    assert reports.period_starts(p)[{"d": 0, "w": 1, "m": 2}[grain]] == (grain, p)
+                    p = nxt
+            assert covered == [a + timedelta(days=i) for i in range(length + 1)], (a, b)
+    assert [g for g, _, _ in reports.periods(date(2026, 3, 1), date(2026, 5, 31))] == ["m"]
+
+
+def test_bands_are_monotone_and_narrow() -> None:
+    bands = [reports.band(m) for m in range(0, 200_000)]
+    assert bands == sorted(bands)
+    assert reports.band(-5) == reports.band(0)
+    widths: dict[int, int] = {}
+    for b in bands:
+        widths[b] = widths.get(b, 0) + 1
+    assert max(bands) < 40 and all(w <= 0.5 * (1 << (b // 2)) + 1 for b, w in widths.items())
