@@ -21,7 +21,7 @@ from typing import Annotated, Any, Protocol
 from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
 
-from jinja2 import Environment, StrictUndefined, TemplateError
+from jinja2 import Environment, TemplateError
 from pydantic import BeforeValidator, Field, model_validator
 
 from nurture import times
@@ -92,6 +92,7 @@ class Rendered:
     links: tuple[str, ...]      # destinations, by link index
     sender: Sender | None = None  # None: the catalog's sender, signed by the team
     version: int = 0            # the template version rendered (0: the catalog's seed, not stored)
+    preheader: str = ""
 
 
 def owner_name(address: str) -> str:
@@ -419,7 +420,7 @@ class Catalog:
         except TemplateError as exc:
             raise RenderError(f"template {key!r} failed to render: {exc}") from exc
         return Rendered(subject=subject, html=html, text=text, variant=chosen, links=tuple(links), sender=sender,
-                        version=compiled.version)
+                        version=compiled.version, preheader=str(values["preheader"]))
 
     def _sender_for(self, spec: TemplateSpec, attrs: Mapping[str, Any]) -> Sender | None:
         """The person an email speaks for, when the template says so and the lead has one assigned."""
