@@ -21,7 +21,7 @@ from nurture.datafiles import Strict
 from services.messaging.domain.mjml import MjmlError, compile_mjml
 
 MAX_SUBJECT = 400
-MAX_BODY = 200_000
+MAX_BODY = 65_536   # one string of the API (nurture.limits.MAX_STRING_CHARS)
 MAX_TEXT = 50_000
 MAX_VARIANTS = 8
 
