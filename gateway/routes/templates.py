@@ -99,10 +99,13 @@ async def put_draft(m: Mesh, key: str, body: dict[str, Any], validate_only: bool
     return int(reply.version)
 
 
-async def preview(m: Mesh, key: str, version: int, lead_id: str, variant: str = ""
-                  ) -> messaging_pb2.PreviewTemplateReply:
-    return await _stub(m).PreviewTemplate(messaging_pb2.PreviewTemplateRequest(
-        key=key, version=version, lead_id=lead_id, variant=variant), timeout=m.timeout)
+async def preview(m: Mesh, key: str, version: int, lead_id: str, variant: str = "",
+                  unsaved: dict[str, Any] | None = None) -> messaging_pb2.PreviewTemplateReply:
+    """`unsaved`: render these fields (a draft being edited) instead of a stored version."""
+    request = messaging_pb2.PreviewTemplateRequest(key=key, version=version, lead_id=lead_id, variant=variant)
+    if unsaved is not None:
+        request.content.CopyFrom(content_message(unsaved))
+    return await _stub(m).PreviewTemplate(request, timeout=m.timeout)
 
 
 @router.get("/templates", summary="Every template with its versions and the journeys that use it")

@@ -66,6 +66,16 @@ def _context(raw: str) -> dict[str, Any]:
     return ctx
 
 
+def _content_input(c: messaging_pb2.TemplateContent) -> dict[str, Any]:
+    """A TemplateContent as the JSON-like object the library validates."""
+    try:
+        variants = json.loads(c.variants_json or "{}")
+    except ValueError as exc:
+        raise errors.InvalidArgument("variants is not JSON", code="invalid_template",
+                                     details={"problems": [f"variants: not JSON: {exc}"]}) from exc
+    return {"subject": c.subject, "preheader": c.preheader, "body": c.body, "text": c.text, "variants": variants}
+
+
 def message_proto(row: dict[str, Any]) -> messaging_pb2.Message:
     msg = messaging_pb2.Message(
         id=row["id"], lead_id=row["lead_id"], journey=row["journey"], journey_version=row["journey_version"],
@@ -147,13 +157,7 @@ class MessagingServicer(messaging_pb2_grpc.MessagingServicer):
 
     async def PutTemplate(self, request: messaging_pb2.PutTemplateRequest, context: grpc.aio.ServicerContext
                           ) -> messaging_pb2.PutTemplateReply:
-        c = request.content
-        try:
-            variants = json.loads(c.variants_json or "{}")
-        except ValueError as exc:
-            raise errors.InvalidArgument("variants is not JSON", code="invalid_template",
-                                         details={"problems": [f"variants: not JSON: {exc}"]}) from exc
-        raw = {"subject": c.subject, "preheader": c.preheader, "body": c.body, "text": c.text, "variants": variants}
+        raw = _content_input(request.content)
         version = await _guard(lambda: self.engine.templates.put_draft(request.key, raw,
                                                                        validate_only=request.validate_only))
         return messaging_pb2.PutTemplateReply(key=request.key, version=version)
@@ -177,8 +181,9 @@ class MessagingServicer(messaging_pb2_grpc.MessagingServicer):
                               context: grpc.aio.ServicerContext) -> messaging_pb2.PreviewTemplateReply:
         async def run() -> messaging_pb2.PreviewTemplateReply:
             lead = await self._lead(request.lead_id)
+            unsaved = _content_input(request.content) if request.HasField("content") else None
             r = await self.engine.templates.preview(request.key, request.version, lead,
-                                                    _context(request.context_json), request.variant)
+                                                    _context(request.context_json), request.variant, unsaved)
             return messaging_pb2.PreviewTemplateReply(subject=r.subject, preheader=r.preheader, html=r.html,
                                                       text=r.text, variant=r.variant, version=r.version)
         return await _guard(run)

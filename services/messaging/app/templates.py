@@ -173,8 +173,17 @@ class TemplateLibrary:
         return cached
 
     async def preview(self, key: str, version: int, lead: Mapping[str, Any], context: Mapping[str, Any],
-                      variant: str = "") -> Rendered:
-        """A version rendered for a lead with untracked links (a preview records nothing)."""
-        compiled = await self.compiled(key, version)
+                      variant: str = "", unsaved: object | None = None) -> Rendered:
+        """A version (or `unsaved` content, validated first) rendered for a lead with untracked links (a
+        preview records nothing)."""
+        if unsaved is not None:
+            content, problems = parse(unsaved)
+            problems += validate(content) if content is not None else []
+            if problems:
+                raise InvalidTemplate(problems)
+            assert content is not None
+            compiled = Compiled(key, 0, content)
+        else:
+            compiled = await self.compiled(key, version)
         return self.catalog.render(key, lead, context=context, content=compiled, variant=variant or None,
                                    now=self.clock.now(), unsubscribe_url="#unsubscribe")

@@ -182,18 +182,20 @@ class PublishTemplateReply(_message.Message):
     def __init__(self, key: _Optional[str] = ..., version: _Optional[int] = ..., previous_version: _Optional[int] = ...) -> None: ...
 
 class PreviewTemplateRequest(_message.Message):
-    __slots__ = ("key", "version", "lead_id", "context_json", "variant")
+    __slots__ = ("key", "version", "lead_id", "context_json", "variant", "content")
     KEY_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     LEAD_ID_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_JSON_FIELD_NUMBER: _ClassVar[int]
     VARIANT_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_FIELD_NUMBER: _ClassVar[int]
     key: str
     version: int
     lead_id: str
     context_json: str
     variant: str
-    def __init__(self, key: _Optional[str] = ..., version: _Optional[int] = ..., lead_id: _Optional[str] = ..., context_json: _Optional[str] = ..., variant: _Optional[str] = ...) -> None: ...
+    content: TemplateContent
+    def __init__(self, key: _Optional[str] = ..., version: _Optional[int] = ..., lead_id: _Optional[str] = ..., context_json: _Optional[str] = ..., variant: _Optional[str] = ..., content: _Optional[_Union[TemplateContent, _Mapping]] = ...) -> None: ...
 
 class PreviewTemplateReply(_message.Message):
     __slots__ = ("subject", "preheader", "html", "text", "variant", "version")
