@@ -2,8 +2,9 @@
 
 from fastapi import APIRouter
 
-from gateway.console import editing, pages
+from gateway.console import editing, pages, templates_pages
 
 router = APIRouter()
 router.include_router(pages.router)
 router.include_router(editing.router)
+router.include_router(templates_pages.router)

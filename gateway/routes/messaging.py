@@ -1,5 +1,6 @@
 """Messaging: a lead's messages, tracking (open pixel, click redirect), unsubscribe (RFC 8058 one-click
-and a preferences page), website personalisation, ad audiences, templates and A/B reports.
+and a preferences page), website personalisation, ad audiences and A/B
+reports (templates themselves: routes/templates.py).
 
 Tracking and unsubscribe links carry HMAC-signed tokens that only the messaging service verifies; a
 click redirects only to the destination signed into its token, so there is no open redirect.
@@ -61,7 +62,8 @@ async def lead_messages(lead_id: str, limit: int = Query(1000, ge=1, le=10000),
         "id": i.id, "journey": i.journey, "journey_version": i.journey_version, "step": i.step,
         "channel": i.channel, "template": i.template, "category": i.category, "subject": i.subject,
         "status": PUBLIC_STATUS.get(i.status, i.status), "at": _iso(i.at), "due_at": _iso(i.due_at), "reason": i.reason,
-        "attempts": i.attempts, "variant": i.variant} for i in reply.items]}
+        "attempts": i.attempts, "variant": i.variant, "template_version": i.template_version or None}
+        for i in reply.items]}
 
 
 @keyed.get("/leads/{lead_id}/personalization")
@@ -109,18 +111,6 @@ async def audience(name: str, cursor: str = "", limit: int = Query(1000, ge=1, l
             "suppressed": [{"lead_id": lead, "reason": why}
                            for lead, why in zip(reply.suppressed, reply.suppressed_reasons, strict=False)],
             "journeys_available": reply.journeys_available}
-
-
-@keyed.get("/templates")
-async def templates(m: Mesh = Depends(mesh)) -> dict[str, Any]:
-    reply = await stub(m).ListTemplates(messaging_pb2.ListTemplatesRequest(), timeout=m.timeout)
-    return {"items": list(reply.keys)}
-
-
-@keyed.get("/templates/{key}/preview")
-async def preview(key: str, lead_id: str = "", m: Mesh = Depends(mesh)) -> dict[str, Any]:
-    reply = await stub(m).Render(messaging_pb2.RenderRequest(template=key, lead_id=lead_id), timeout=m.timeout)
-    return {"subject": reply.subject, "html": reply.html, "text": reply.text, "variant": reply.variant}
 
 
 @keyed.get("/templates/{key}/ab-report")

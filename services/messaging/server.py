@@ -46,6 +46,7 @@ async def serve(settings: Settings) -> Running:
     engine = Delivery(settings=settings, clock=clock, db=db, store=store, catalog=Catalog(), redis=redis,
                     leads=LeadSource(scoring_channel), policy=load_policy())
     channels = Channels(engine, journeys_channel)
+    await engine.templates.ensure()  # seeds the store on first start; compiles every live version once
     consumer = Consumer(redis, group="messaging", shards=settings.bus_shards, handler=channels.handle_bus)
 
     ads = AdsConnector(db=db, store=store, base_url=settings.ads_url, token=settings.ads_token, now=clock.now)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from datetime import UTC
 from typing import Any, TypeVar
@@ -15,11 +16,14 @@ from nurture.api.messaging.v1 import messaging_pb2, messaging_pb2_grpc
 from nurture.rpcguard import guard_requests, message_problems, problem_text
 from services.messaging.app.channels import Channels, NotFoundError
 from services.messaging.app.delivery import Delivery, InvalidRequest, SendInput
+from services.messaging.app.templates import SAMPLE_LEAD, InvalidTemplate, UnknownTemplate
 from services.messaging.clients import email_hash
 from services.messaging.domain import abtest
 from services.messaging.domain.catalog import RenderError
+from services.messaging.domain.content import VARIABLES
 from services.messaging.domain.tokens import TokenError
 from services.messaging.storage import aware
+from services.messaging.template_store import TemplateRow, VersionConflict
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -37,10 +41,39 @@ async def _guard(fn: Callable[[], Awaitable[T]]) -> T:
         raise errors.NotFound(str(exc)) from exc
     except RenderError as exc:
         raise errors.InvalidArgument(str(exc)) from exc
+    except InvalidTemplate as exc:
+        raise errors.InvalidArgument(str(exc), code="invalid_template", details={"problems": exc.problems}) from exc
+    except UnknownTemplate as exc:
+        raise errors.NotFound(str(exc), code="template_not_found") from exc
+    except VersionConflict as exc:
+        raise errors.Conflict(str(exc)) from exc
     except grpc.aio.AioRpcError as exc:
         # The peer's text may name internal addresses: logged here, not passed on.
         log.warning("a dependency failed: %s %s", exc.code().name, (exc.details() or "")[:300])
         raise errors.Unavailable("retry later") from exc
+
+
+ADDRESS = re.compile(r"[^@\s<>,;\"]{1,64}@[A-Za-z0-9.-]{1,190}\.[A-Za-z0-9-]{2,63}")
+
+
+def _context(raw: str) -> dict[str, Any]:
+    try:
+        ctx = json.loads(raw or "{}")
+    except ValueError as exc:
+        raise InvalidRequest(f"context_json is not JSON: {exc}") from exc
+    if not isinstance(ctx, dict):
+        raise InvalidRequest("context_json must be a JSON object")
+    return ctx
+
+
+def _content_input(c: messaging_pb2.TemplateContent) -> dict[str, Any]:
+    """A TemplateContent as the JSON-like object the library validates."""
+    try:
+        variants = json.loads(c.variants_json or "{}")
+    except ValueError as exc:
+        raise errors.InvalidArgument("variants is not JSON", code="invalid_template",
+                                     details={"problems": [f"variants: not JSON: {exc}"]}) from exc
+    return {"subject": c.subject, "preheader": c.preheader, "body": c.body, "text": c.text, "variants": variants}
 
 
 def message_proto(row: dict[str, Any]) -> messaging_pb2.Message:
@@ -48,7 +81,7 @@ def message_proto(row: dict[str, Any]) -> messaging_pb2.Message:
         id=row["id"], lead_id=row["lead_id"], journey=row["journey"], journey_version=row["journey_version"],
         step=row["step"], channel=row["channel"], template=row["template"], category=row["category"],
         subject=row["subject"], status=row["status"], reason=row["reason"], attempts=row["attempts"],
-        variant=row["variant"])
+        variant=row["variant"], template_version=row.get("template_version") or 0)
     msg.at.FromDatetime(aware(row["updated_at"]) or aware(row["created_at"]))  # type: ignore[arg-type]
     msg.due_at.FromDatetime(aware(row["due_at"]))  # type: ignore[arg-type]
     return msg
@@ -94,7 +127,81 @@ class MessagingServicer(messaging_pb2_grpc.MessagingServicer):
 
     async def ListTemplates(self, request: messaging_pb2.ListTemplatesRequest, context: grpc.aio.ServicerContext
                             ) -> messaging_pb2.ListTemplatesReply:
-        return messaging_pb2.ListTemplatesReply(keys=self.engine.catalog.keys())
+        listed = await self.engine.templates.list()
+        return messaging_pb2.ListTemplatesReply(
+            keys=self.engine.templates.keys(), items=[self._summary(row, subject) for row, subject in listed])
+
+    def _summary(self, row: TemplateRow, subject: str) -> messaging_pb2.TemplateSummary:
+        spec = self.engine.catalog.spec(row.key)
+        out = messaging_pb2.TemplateSummary(key=row.key, published_version=row.published_version,
+                                            latest_version=row.latest_version, journey=spec.journey,
+                                            category=spec.category, subject=subject)
+        out.updated_at.FromDatetime(row.updated_at)
+        return out
+
+    async def GetTemplate(self, request: messaging_pb2.GetTemplateRequest, context: grpc.aio.ServicerContext
+                          ) -> messaging_pb2.GetTemplateReply:
+        detail = await _guard(lambda: self.engine.templates.get(request.key, request.version))
+        c = detail.shown.content
+        reply = messaging_pb2.GetTemplateReply(
+            summary=self._summary(detail.row, c.subject), version=detail.shown.version, status=detail.shown.status,
+            content=messaging_pb2.TemplateContent(subject=c.subject, preheader=c.preheader, body=c.body, text=c.text,
+                                                  variants_json=json.dumps(c.as_dict()["variants"])),
+            variables=[messaging_pb2.TemplateVariable(name=n, description=d) for n, d in VARIABLES.items()])
+        for v in detail.versions:
+            info = reply.versions.add(version=v.version, status=v.status, source=v.source)
+            info.created_at.FromDatetime(v.created_at)
+            if v.published_at is not None:
+                info.published_at.FromDatetime(v.published_at)
+        return reply
+
+    async def PutTemplate(self, request: messaging_pb2.PutTemplateRequest, context: grpc.aio.ServicerContext
+                          ) -> messaging_pb2.PutTemplateReply:
+        raw = _content_input(request.content)
+        version = await _guard(lambda: self.engine.templates.put_draft(request.key, raw,
+                                                                       validate_only=request.validate_only))
+        return messaging_pb2.PutTemplateReply(key=request.key, version=version)
+
+    async def PublishTemplate(self, request: messaging_pb2.PublishTemplateRequest,
+                              context: grpc.aio.ServicerContext) -> messaging_pb2.PublishTemplateReply:
+        if request.version < 1:
+            raise errors.invalid_fields({"version": "is required (a version number)"})
+        previous = await _guard(lambda: self.engine.templates.publish(request.key, request.version))
+        return messaging_pb2.PublishTemplateReply(key=request.key, version=request.version, previous_version=previous)
+
+    async def _lead(self, lead_id: str) -> dict[str, Any]:
+        if not lead_id:
+            return dict(SAMPLE_LEAD)
+        lead = await self.engine.leads.get(lead_id)
+        if lead is None:
+            raise NotFoundError(f"lead {lead_id!r} not found")
+        return lead
+
+    async def PreviewTemplate(self, request: messaging_pb2.PreviewTemplateRequest,
+                              context: grpc.aio.ServicerContext) -> messaging_pb2.PreviewTemplateReply:
+        async def run() -> messaging_pb2.PreviewTemplateReply:
+            lead = await self._lead(request.lead_id)
+            unsaved = _content_input(request.content) if request.HasField("content") else None
+            r = await self.engine.templates.preview(request.key, request.version, lead,
+                                                    _context(request.context_json), request.variant, unsaved)
+            return messaging_pb2.PreviewTemplateReply(subject=r.subject, preheader=r.preheader, html=r.html,
+                                                      text=r.text, variant=r.variant, version=r.version)
+        return await _guard(run)
+
+    async def TestSendTemplate(self, request: messaging_pb2.TestSendRequest, context: grpc.aio.ServicerContext
+                               ) -> messaging_pb2.TestSendReply:
+        to = request.to.strip()
+        if not ADDRESS.fullmatch(to):
+            raise errors.invalid_fields({"to": "must be one email address"})
+
+        async def run() -> messaging_pb2.TestSendReply:
+            lead = await self._lead(request.lead_id)
+            rendered, result = await self.engine.send_test(request.key, request.version, lead, to,
+                                                           _context(request.context_json))
+            if not result.ok:
+                raise errors.Unavailable(f"the test copy was not accepted: {result.reason}"[:300])
+            return messaging_pb2.TestSendReply(to=to, version=rendered.version, subject=rendered.subject)
+        return await _guard(run)
 
     async def Render(self, request: messaging_pb2.RenderRequest, context: grpc.aio.ServicerContext
                      ) -> messaging_pb2.RenderReply:
@@ -109,7 +216,9 @@ class MessagingServicer(messaging_pb2_grpc.MessagingServicer):
                 ctx = json.loads(request.context_json or "{}")
             except ValueError as exc:
                 raise InvalidRequest(f"context_json is not JSON: {exc}") from exc
-            r = self.engine.catalog.render(request.template, lead or {}, context=ctx if isinstance(ctx, dict) else {})
+            compiled = await self.engine.templates.compiled(request.template)
+            r = self.engine.catalog.render(request.template, lead or {}, context=ctx if isinstance(ctx, dict) else {},
+                                           content=compiled)
             return messaging_pb2.RenderReply(subject=r.subject, html=r.html, text=r.text, variant=r.variant)
         return await _guard(run)
 
@@ -164,11 +273,12 @@ class MessagingServicer(messaging_pb2_grpc.MessagingServicer):
 
     async def AbReport(self, request: messaging_pb2.AbReportRequest, context: grpc.aio.ServicerContext
                        ) -> messaging_pb2.AbReportReply:
-        spec = self.engine.catalog.specs.get(request.template)
-        if spec is None:
+        await self.engine.templates.ensure()
+        live = self.engine.templates.live(request.template)
+        if live is None:
             raise errors.NotFound(f"unknown template {request.template!r}")
         counts = await self.engine.db.run(self.engine.store.ab_counts, request.template)
-        names = sorted(set(spec.variants) | set(counts)) if spec else sorted(counts)
+        names = sorted(set(live.variants) | set(counts))
         stats = [abtest.VariantStats(n or "default", **counts.get(n, {"sent": 0, "opened": 0, "clicked": 0}))
                  for n in names]
         rep = abtest.report(stats)

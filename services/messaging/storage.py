@@ -69,6 +69,7 @@ class Outcome:
     variant: str | None = None
     email_hash: str | None = None
     sent_at: datetime | None = None
+    template_version: int | None = None
     log: list[LogLine] = field(default_factory=list)
     feedback: list[Feedback] = field(default_factory=list)
     suppress: list[tuple[str, str, str, str]] = field(default_factory=list)  # (hash, scope, reason, source)
@@ -163,6 +164,8 @@ class Store:
                 values["variant"] = o.variant
             if o.email_hash is not None:
                 values["email_hash"] = o.email_hash
+            if o.template_version is not None:
+                values["template_version"] = o.template_version
             if o.sent_at is not None:
                 values["sent_at"] = naive(o.sent_at)
             groups.setdefault(tuple(sorted(values)), []).append({"_id": o.message_id, **values})

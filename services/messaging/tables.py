@@ -24,6 +24,7 @@ messages = Table(
     Column("template", String(128), nullable=False),
     Column("category", String(16), nullable=False),
     Column("variant", String(16), nullable=False, default=""),
+    Column("template_version", Integer, nullable=False, default=0, server_default="0"),  # 0: not rendered yet
     Column("context_json", Text, nullable=False, default="{}"),
     Column("subject", Text, nullable=False, default=""),
     Column("email_hash", String(64), nullable=False, default=""),   # recipient, for unsubscribes
@@ -133,4 +134,30 @@ inbox = Table(
     "messaging_inbox", metadata,
     Column("id", String(200), primary_key=True),
     Column("at", DateTime, nullable=False),
+)
+
+# Templates as versioned data (seeded from templates/catalog.yaml on first start): one row per key with
+# its live version, and every version of its content. A version is a draft until published; publishing
+# makes it live for the next send and the version live before it `superseded`.
+templates = Table(
+    "messaging_templates", metadata,
+    Column("key", String(128), primary_key=True),
+    Column("published_version", Integer, nullable=False, default=0),   # 0: none yet
+    Column("latest_version", Integer, nullable=False, default=0),
+    Column("updated_at", DateTime, nullable=False),
+)
+
+template_versions = Table(
+    "messaging_template_versions", metadata,
+    Column("key", String(128), primary_key=True),
+    Column("version", Integer, primary_key=True),
+    Column("status", String(16), nullable=False),      # draft | published | superseded
+    Column("subject", Text, nullable=False),
+    Column("preheader", Text, nullable=False),
+    Column("body", Text, nullable=False),               # MJML with Jinja2
+    Column("text", Text, nullable=False),               # the plain-text part, Jinja2
+    Column("variants_json", Text, nullable=False, default="{}"),
+    Column("source", String(16), nullable=False),       # seed | api
+    Column("created_at", DateTime, nullable=False),
+    Column("published_at", DateTime, nullable=True),
 )

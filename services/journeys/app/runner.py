@@ -607,7 +607,8 @@ class JourneysRuntime:
                         "priority": shown.priority,
                         "published_version": live.version if live else 0,
                         "latest_version": versions[-1] if versions else 0,
-                        "status": "published" if live else "draft"})
+                        "status": "published" if live else "draft",
+                        "templates": sorted(set(live.templates())) if live else []})
         return out
 
     def get(self, key: str, version: int) -> tuple[Journey, list[dict[str, Any]]]:

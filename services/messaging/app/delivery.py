@@ -37,6 +37,7 @@ from nurture.db import Database
 from nurture.redisconn import lead_key
 from nurture.rpc import DEADLINE_S
 from nurture.settings import Settings
+from services.messaging.app.templates import TemplateLibrary
 from services.messaging.clients import LeadSource, email_hash
 from services.messaging.domain import mime
 from services.messaging.domain.catalog import Catalog, Rendered, RenderError, choose_variant
@@ -134,6 +135,7 @@ class Delivery:
         self.db = db
         self.store = store
         self.catalog = catalog
+        self.templates = TemplateLibrary(db=db, catalog=catalog, clock=clock)
         self.redis = redis
         self.leads = leads
         self.policy = policy
@@ -158,6 +160,24 @@ class Delivery:
         self._smtp_threads.shutdown(wait=False, cancel_futures=True)
         self.smtp.close()
 
+    async def send_test(self, key: str, version: int, lead: dict[str, Any], to: str,
+                        context: dict[str, Any]) -> tuple[Rendered, SmtpResult]:
+        """One copy of a template version to `to`, marked as a test (subject prefix, X-Nurture-Test) and
+        recorded nowhere: no message row, no tracking, no caps. Its links go straight to their address."""
+        rendered = await self.templates.preview(key, version, lead, context)
+        now = self.clock.now()
+        test_id = "test-" + hashlib.sha256(f"{key}:{version}:{to}:{now.isoformat()}".encode()).hexdigest()[:24]
+        wire = mime.build(mime.Envelope(
+            message_id=test_id, sender_name=self.catalog.sender_name, sender_address=self.catalog.sender_address,
+            to_address=to, to_name="", subject=f"[TEST] {rendered.subject}", text=rendered.text,
+            html=rendered.html, date=now, category="transactional",
+            headers=(("X-Nurture-Template", key), ("X-Nurture-Template-Version", str(rendered.version)),
+                     ("X-Nurture-Test", "1"))))
+        loop = asyncio.get_running_loop()
+        results = await loop.run_in_executor(self._smtp_threads, self.smtp.send_many, self.catalog.sender_address,
+                                             [(to, wire)])
+        return rendered, results[0]
+
     # --- Send ---------------------------------------------------------------------------------------
     async def send(self, *, dedupe_key: str, lead_id: str, journey: str, journey_version: int, step: str,
                    channel: str, template: str, category: str, context_json: str,
@@ -165,6 +185,7 @@ class Delivery:
         """Record one requested message (idempotent by dedupe key) and queue it."""
         request = SendInput(dedupe_key, lead_id, journey, journey_version, step, channel, template, category,
                             context_json, not_before)
+        await self.templates.ensure()
         row, line = self._row(request, self.clock.now())  # InvalidRequest propagates: the call is refused
         return (await self._record([(row, line)]))[0]
 
@@ -173,6 +194,7 @@ class Delivery:
         does not stop the others. One result per request, in order."""
         if len(requests) > MAX_BATCH:
             raise InvalidRequest(f"a batch holds at most {MAX_BATCH} sends, this one has {len(requests)}")
+        await self.templates.ensure()
         now = self.clock.now()
         results: list[SendResult | None] = []
         valid: list[tuple[dict[str, Any], LogLine]] = []
@@ -198,7 +220,8 @@ class Delivery:
             raise InvalidRequest(f"context_json is not JSON: {exc}") from exc
         if not isinstance(context, dict):
             raise InvalidRequest("context_json must be a JSON object")
-        spec = self.catalog.specs.get(r.template)
+        live = self.templates.live(r.template)
+        spec = self.catalog.spec(r.template) if live is not None else None
         category = r.category or (spec.category if spec else "nurture")
         if category not in CATEGORIES:
             raise InvalidRequest("category must be nurture or transactional")
@@ -210,7 +233,7 @@ class Delivery:
         row = {
             "id": message_id, "dedupe_key": r.dedupe_key, "lead_id": r.lead_id, "journey": r.journey,
             "journey_version": r.journey_version, "step": r.step, "channel": channel, "template": r.template,
-            "category": category, "variant": choose_variant(spec, r.lead_id) if spec else "",
+            "category": category, "variant": choose_variant(live, r.lead_id) if live is not None else "",
             "context_json": json.dumps(context), "subject": "", "email_hash": "", "status": status,
             "reason": reason, "attempts": 0, "due_at": naive(due), "created_at": naive(now),
             "updated_at": naive(now), "sent_at": None,
@@ -285,6 +308,7 @@ class Delivery:
     async def _prepare(self, rows: list[dict[str, Any]], now: datetime) -> list[_Ready]:
         """Checks and rendering for a batch; records what will not go now together with the intents of
         what will (one transaction), and returns the messages to put on the wire."""
+        await self.templates.ensure()
         try:
             leads = await self.leads.get_many(r["lead_id"] for r in rows)
         except grpc.aio.AioRpcError as exc:
@@ -317,7 +341,8 @@ class Delivery:
             self._consent_known.update({(c[0], c[1]): c[2] for c in consent_seen})
         # Recorded intent: committed before any delivery attempt.
         intents = [Outcome(r.row["id"], "sending", r.row["reason"], attempts=r.row["attempts"] + 1,
-                           subject=r.rendered.subject if r.rendered else "", email_hash=r.email_hash)
+                           subject=r.rendered.subject if r.rendered else "", email_hash=r.email_hash,
+                           template_version=r.rendered.version if r.rendered else None)
                    for r in ready]
         await self.db.run(self.store.apply, outcomes + intents, now)
         return ready
@@ -376,8 +401,11 @@ class Delivery:
             return f"{self.public_url}/t/c/{token}"
 
         unsub = self.signer.sign(Token("unsubscribe", mid, lead_id))
+        live = self.templates.live(row["template"])
+        if live is None:
+            raise RenderError(f"unknown template {row['template']!r}")
         return self.catalog.render(
-            row["template"], lead, context=json.loads(row["context_json"] or "{}"),
+            row["template"], lead, context=json.loads(row["context_json"] or "{}"), content=live,
             track=track if tracked else None, variant=row["variant"], now=self.clock.now(),
             pixel_url=f"{self.public_url}/t/o/{self.signer.sign(Token('open', mid, lead_id))}"
             if row["channel"] == "email" else "",

@@ -1,11 +1,13 @@
 """The template catalog and its renderer.
 
-Templates are data (`templates/catalog.yaml`): one entry per send step of the playbook with the seed's
-subject, content points and call to action, plus segment and journey paragraphs. Every string is a
-Jinja2 template compiled once in an immutable sandbox (template authors cannot reach Python internals),
-with StrictUndefined so a typo fails the render (recorded as a failed message) instead of sending a
-blank. Rendering produces the subject, an HTML part and a plain-text part; calls to action are wrapped
-as tracked links by the `track` callable the caller passes in.
+The catalog (`templates/catalog.yaml`) holds what each template is (journey, category, stage, call to
+action's address, topic, format, who it speaks for) and seeds its first content version: the seed's
+subject and points laid into `layout.mjml.j2` / `layout.text.j2`, giving an MJML body and a plain text
+(domain/content.py). Later versions are edited and published as data (app/templates.py). Segment and
+journey paragraphs stay here. Every string is Jinja2 compiled once in an immutable sandbox (template
+authors cannot reach Python internals), with StrictUndefined so a typo fails the render (recorded as a
+failed message) instead of sending a blank. Rendering produces the subject, an HTML part and a
+plain-text part; links are wrapped as tracked links by the `track` callable the caller passes in.
 """
 
 from __future__ import annotations
@@ -15,16 +17,24 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol
 from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
 
-from jinja2 import StrictUndefined, TemplateError, select_autoescape
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2 import Environment, TemplateError
 from pydantic import BeforeValidator, Field, model_validator
 
 from nurture import times
 from nurture.datafiles import Strict, load
+from services.messaging.domain.content import (
+    Compiled,
+    ContentError,
+    TemplateContent,
+    Variant,
+    escape_outside_jinja,
+    link_tracker,
+    text_env,
+)
 
 TEMPLATES_DIR = Path(__file__).parents[1] / "data" / "templates"
 
@@ -81,6 +91,8 @@ class Rendered:
     variant: str
     links: tuple[str, ...]      # destinations, by link index
     sender: Sender | None = None  # None: the catalog's sender, signed by the team
+    version: int = 0            # the template version rendered (0: the catalog's seed, not stored)
+    preheader: str = ""
 
 
 def owner_name(address: str) -> str:
@@ -103,7 +115,14 @@ def join_words(items: list[str]) -> str:
     return ", ".join(items[:-1]) + " and " + items[-1]
 
 
-def choose_variant(spec: TemplateSpec, lead_id: str) -> str:
+class HasVariants(Protocol):
+    @property
+    def key(self) -> str: ...
+    @property
+    def variants(self) -> Mapping[str, Mapping[str, Any]]: ...
+
+
+def choose_variant(spec: HasVariants, lead_id: str) -> str:
     """A stable split: the same lead always gets the same variant of a template (weights honoured)."""
     if not spec.variants:
         return ""
@@ -210,6 +229,7 @@ class ContentEntry(Strict):
 class SenderEntry(Strict):
     name: str = "BorderBridge"
     address: str = "hello@borderbridge.example"
+    postal_address: str = ""   # the sender's postal address, in every email's footer (CAN-SPAM, PECR)
 
 
 class SegmentEntry(Strict):
@@ -261,6 +281,7 @@ class Catalog:
         self.site_url: str = data.site_url.rstrip("/")
         self.sender_name = data.sender.name
         self.sender_address = data.sender.address
+        self.postal_address = data.sender.postal_address
         self.specs: dict[str, TemplateSpec] = {}
         for key, raw in data.templates.items():
             journey, _, step = key.partition(".")
@@ -272,21 +293,51 @@ class Catalog:
                 topic=raw.topic or data.content.topics.get(journey, ""),
                 format=raw.format or data.content.default_format,
             )
-        self._text_env = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
-        self._html_env = ImmutableSandboxedEnvironment(
-            undefined=StrictUndefined, autoescape=select_autoescape(default=True, default_for_string=True))
-        layouts = {name: (TEMPLATES_DIR / name).read_text(encoding="utf-8")
-                   for name in ("layout.html.j2", "layout.txt.j2")}
-        self._html_layout = self._html_env.from_string(layouts["layout.html.j2"])
-        self._text_layout = self._text_env.from_string(layouts["layout.txt.j2"])
+        self._text_env = text_env()
+        # The seed layouts are filled at seeding time: their own tags are [[ ]] / [% %], so the Jinja2
+        # tags they lay down ({{ first_name }}, ...) are kept for every send.
+        seeding = Environment(block_start_string="[%", block_end_string="%]", variable_start_string="[[",
+                              variable_end_string="]]", comment_start_string="[#", comment_end_string="#]",
+                              autoescape=False, keep_trailing_newline=True)
+        self._seed_body = seeding.from_string((TEMPLATES_DIR / "layout.mjml.j2").read_text(encoding="utf-8"))
+        self._seed_text = seeding.from_string((TEMPLATES_DIR / "layout.text.j2").read_text(encoding="utf-8"))
         self._segments: dict[str, dict[str, Any]] = {
             k: {"label": v.label, "intro": self._text_env.from_string(v.intro)}
             for k, v in data.segments.items()}
         self._journeys = {k: self._text_env.from_string(v.extra) for k, v in data.journeys.items()}
         self._compiled: dict[str, Any] = {}
+        self._seeded: dict[str, Compiled] = {}
 
     def keys(self) -> list[str]:
         return list(self.specs)
+
+    def spec(self, key: str) -> TemplateSpec:
+        """What a template is: the catalog's entry, or for a template made in the console (no entry)
+        a nurture email of the journey its key names, linking to the site."""
+        found = self.specs.get(key)
+        if found is not None:
+            return found
+        journey, _, step = key.partition(".")
+        return TemplateSpec(key=key, journey=journey, step=step, channel="email", category="nurture", stage="",
+                            subject="", points=(), cta_label="Learn more", cta_path="/")
+
+    def seed_content(self, key: str) -> TemplateContent:
+        """A catalog entry's first version: its subject and points laid into the seed layouts."""
+        spec = self.specs[key]
+        body = self._seed_body.render(points=[escape_outside_jinja(p) for p in spec.points],
+                                      cta_label=escape_outside_jinja(spec.cta_label))
+        text = self._seed_text.render(points=list(spec.points), cta_label=spec.cta_label)
+        variants = {name: Variant(subject=str(v.get("subject", "")), preheader=str(v.get("preheader", "")),
+                                  intro=str(v.get("intro", "")), weight=float(v.get("weight", 1.0)))
+                    for name, v in spec.variants.items()}
+        return TemplateContent(subject=spec.subject, preheader=spec.points[0] if spec.points else spec.subject,
+                               body=body, text=text, variants=variants)
+
+    def seeded(self, key: str) -> Compiled:
+        compiled = self._seeded.get(key)
+        if compiled is None:
+            compiled = self._seeded[key] = Compiled(key, 0, self.seed_content(key))
+        return compiled
 
     def _compile(self, source: str) -> Any:
         compiled = self._compiled.get(source)
@@ -305,12 +356,18 @@ class Catalog:
 
     def render(self, key: str, lead: Mapping[str, Any], *, context: Mapping[str, Any] | None = None,
                track: Tracker | None = None, pixel_url: str = "", unsubscribe_url: str = "",
-               variant: str | None = None, now: datetime | None = None) -> Rendered:
+               variant: str | None = None, now: datetime | None = None, content: Compiled | None = None
+               ) -> Rendered:
         """Subject, HTML and text of template `key` for `lead`; RenderError when unknown or broken.
-        `now` (the send time) tells the templates whether a webinar start or a trial end is past."""
-        spec = self.specs.get(key)
-        if spec is None:
+        `content`: the version to render (None: the catalog's seed). `now` (the send time) tells the
+        templates whether a webinar start or a trial end is past."""
+        if content is None and key not in self.specs:
             raise RenderError(f"unknown template {key!r}")
+        try:
+            compiled = content if content is not None else self.seeded(key)
+        except (ContentError, TemplateError) as exc:
+            raise RenderError(f"template {key!r} failed to compile: {exc}") from exc
+        spec = self.spec(key)
         ctx = dict(context or {})
         base = profile_context(lead)
         segment = self._segments.get(base["segment"]) or self._segments.get("") or {}
@@ -321,8 +378,9 @@ class Catalog:
             ends_at_local=_local(ctx.get("ends_at"), base["timezone"]),
             starts_at_past=_is_past(ctx.get("starts_at"), now), ends_at_past=_is_past(ctx.get("ends_at"), now),
         )
-        chosen = variant if variant is not None else choose_variant(spec, str(base["lead_id"]))
-        overrides = spec.variants.get(chosen, {}) if chosen else {}
+        chosen = variant if variant is not None else choose_variant(compiled, str(base["lead_id"]))
+        if chosen not in compiled.variants:
+            chosen = ""   # a variant of an earlier version that this one no longer has: the default
         # The webinar's own join link is the final reminder's button, not every webinar email's
         # (the calendar, preparation and recording emails keep their own pages).
         own = str(ctx.get(spec.cta_context) or "") if spec.cta_context else ""
@@ -337,30 +395,32 @@ class Catalog:
         sender = self._sender_for(spec, attrs)
         base.update(signature=sender.signature if sender else "The BorderBridge team",
                     signature_title=sender.title if sender else "",
-                    owner_name=sender.signature if sender else "")
+                    owner_name=sender.signature if sender else "", postal_address=self.postal_address,
+                    sender_name=sender.name if sender else self.sender_name, cta_label=spec.cta_label)
         destination = str(ctx.get("cta_url") or own or personal or self.cta_destination(spec))
-        links = (destination,)
+        links = [destination]
         try:
-            subject = self._compile(str(overrides.get("subject", spec.subject))).render(base).strip()
-            intro_tpl = overrides.get("intro")
-            intro = (self._compile(str(intro_tpl)) if intro_tpl else segment.get("intro")) if (
-                intro_tpl or segment) else None
+            subject = compiled.subject(chosen, base)
+            intro_tpl = compiled.intro(chosen)
+            if intro_tpl is None:
+                intro_tpl = segment.get("intro")
             values = dict(base)
+            values.update(subject=subject)
             values.update(
-                subject=subject, preheader=spec.points[0] if spec.points else subject,
-                intro=" ".join(intro.render(base).split()) if intro is not None else "",
-                points=[self._compile(p).render(base) for p in spec.points],
+                preheader=compiled.preheader(chosen, values),
+                intro=" ".join(intro_tpl.render(base).split()) if intro_tpl is not None else "",
                 extra=" ".join(self._journeys[spec.journey].render(base).split())
                 if spec.journey in self._journeys else "",
-                cta_label=spec.cta_label, cta_url=track(destination, 0) if track else destination,
+                cta_url=track(destination, 0) if track else destination,
                 pixel_url=pixel_url, unsubscribe_url=unsubscribe_url,
-                consent_note=f"{spec.category} email",
+                consent_note=f"{spec.category} email", track=link_tracker(track, links),
             )
-            html = self._html_layout.render(values)
-            text = self._text_layout.render(values)
+            html = compiled.html.render(values)
+            text = compiled.text.render(values)
         except TemplateError as exc:
             raise RenderError(f"template {key!r} failed to render: {exc}") from exc
-        return Rendered(subject=subject, html=html, text=text, variant=chosen, links=links, sender=sender)
+        return Rendered(subject=subject, html=html, text=text, variant=chosen, links=tuple(links), sender=sender,
+                        version=compiled.version, preheader=str(values["preheader"]))
 
     def _sender_for(self, spec: TemplateSpec, attrs: Mapping[str, Any]) -> Sender | None:
         """The person an email speaks for, when the template says so and the lead has one assigned."""

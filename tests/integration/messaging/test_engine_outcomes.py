@@ -527,19 +527,14 @@ async def test_a_message_id_is_stable_per_dedupe_key() -> None:
     assert re.fullmatch(r"m[0-9a-f]{32}", message_id_for("l1:family:1:email_01:1.1"))
 
 
-async def test_a_template_that_fails_to_render_fails_its_message_and_says_why(inproc: InProc, tmp_path: Any) -> None:
-    from pathlib import Path
-
-    import yaml
-
-    from services.messaging.domain.catalog import TEMPLATES_DIR, Catalog
-
-    source = TEMPLATES_DIR / "catalog.yaml"
-    data = yaml.safe_load(source.read_text(encoding="utf-8"))
-    data["templates"]["family.email_01"]["subject"] = "{{ no_such_variable }}"
-    broken = Path(str(tmp_path)) / "catalog.yaml"
-    broken.write_text(yaml.safe_dump(data), encoding="utf-8")
-    inproc.engine.catalog = Catalog(broken)
+async def test_a_template_that_fails_to_render_fails_its_message_and_says_why(inproc: InProc) -> None:
+    # A published version that passes validation (ctx is a variable that exists) but fails for a send
+    # whose context lacks what it reads: StrictUndefined refuses to send a blank.
+    templates = inproc.engine.templates
+    live = await templates.compiled("family.email_01")
+    content = {**live.content.as_dict(), "subject": "{{ ctx.offer.title }}"}
+    version = await templates.put_draft("family.email_01", content)
+    await templates.publish("family.email_01", version)
     inproc.scoring.add(make_lead("l1", timezone="UTC"))
     await send(inproc)
     await inproc.settle()

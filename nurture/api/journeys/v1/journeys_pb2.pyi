@@ -68,7 +68,7 @@ class MembersReply(_message.Message):
     def __init__(self, lead_ids: _Optional[_Iterable[str]] = ..., next_cursor: _Optional[str] = ...) -> None: ...
 
 class JourneySummary(_message.Message):
-    __slots__ = ("key", "name", "kind", "published_version", "status", "latest_version", "priority", "mode")
+    __slots__ = ("key", "name", "kind", "published_version", "status", "latest_version", "priority", "mode", "templates")
     KEY_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
@@ -77,6 +77,7 @@ class JourneySummary(_message.Message):
     LATEST_VERSION_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
+    TEMPLATES_FIELD_NUMBER: _ClassVar[int]
     key: str
     name: str
     kind: str
@@ -85,7 +86,8 @@ class JourneySummary(_message.Message):
     latest_version: int
     priority: int
     mode: str
-    def __init__(self, key: _Optional[str] = ..., name: _Optional[str] = ..., kind: _Optional[str] = ..., published_version: _Optional[int] = ..., status: _Optional[str] = ..., latest_version: _Optional[int] = ..., priority: _Optional[int] = ..., mode: _Optional[str] = ...) -> None: ...
+    templates: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, key: _Optional[str] = ..., name: _Optional[str] = ..., kind: _Optional[str] = ..., published_version: _Optional[int] = ..., status: _Optional[str] = ..., latest_version: _Optional[int] = ..., priority: _Optional[int] = ..., mode: _Optional[str] = ..., templates: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ListJourneysRequest(_message.Message):
     __slots__ = ()

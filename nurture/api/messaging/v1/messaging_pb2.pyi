@@ -60,10 +60,182 @@ class ListTemplatesRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ListTemplatesReply(_message.Message):
-    __slots__ = ("keys",)
+    __slots__ = ("keys", "items")
     KEYS_FIELD_NUMBER: _ClassVar[int]
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
     keys: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, keys: _Optional[_Iterable[str]] = ...) -> None: ...
+    items: _containers.RepeatedCompositeFieldContainer[TemplateSummary]
+    def __init__(self, keys: _Optional[_Iterable[str]] = ..., items: _Optional[_Iterable[_Union[TemplateSummary, _Mapping]]] = ...) -> None: ...
+
+class TemplateSummary(_message.Message):
+    __slots__ = ("key", "published_version", "latest_version", "journey", "category", "subject", "updated_at")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    PUBLISHED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    LATEST_VERSION_FIELD_NUMBER: _ClassVar[int]
+    JOURNEY_FIELD_NUMBER: _ClassVar[int]
+    CATEGORY_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    published_version: int
+    latest_version: int
+    journey: str
+    category: str
+    subject: str
+    updated_at: _timestamp_pb2.Timestamp
+    def __init__(self, key: _Optional[str] = ..., published_version: _Optional[int] = ..., latest_version: _Optional[int] = ..., journey: _Optional[str] = ..., category: _Optional[str] = ..., subject: _Optional[str] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class TemplateContent(_message.Message):
+    __slots__ = ("subject", "preheader", "body", "text", "variants_json")
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    PREHEADER_FIELD_NUMBER: _ClassVar[int]
+    BODY_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    VARIANTS_JSON_FIELD_NUMBER: _ClassVar[int]
+    subject: str
+    preheader: str
+    body: str
+    text: str
+    variants_json: str
+    def __init__(self, subject: _Optional[str] = ..., preheader: _Optional[str] = ..., body: _Optional[str] = ..., text: _Optional[str] = ..., variants_json: _Optional[str] = ...) -> None: ...
+
+class TemplateVersionInfo(_message.Message):
+    __slots__ = ("version", "status", "source", "created_at", "published_at")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    PUBLISHED_AT_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    status: str
+    source: str
+    created_at: _timestamp_pb2.Timestamp
+    published_at: _timestamp_pb2.Timestamp
+    def __init__(self, version: _Optional[int] = ..., status: _Optional[str] = ..., source: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., published_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class TemplateVariable(_message.Message):
+    __slots__ = ("name", "description")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    description: str
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ...) -> None: ...
+
+class GetTemplateRequest(_message.Message):
+    __slots__ = ("key", "version")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    version: int
+    def __init__(self, key: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
+
+class GetTemplateReply(_message.Message):
+    __slots__ = ("summary", "version", "status", "content", "versions", "variables")
+    SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_FIELD_NUMBER: _ClassVar[int]
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    VARIABLES_FIELD_NUMBER: _ClassVar[int]
+    summary: TemplateSummary
+    version: int
+    status: str
+    content: TemplateContent
+    versions: _containers.RepeatedCompositeFieldContainer[TemplateVersionInfo]
+    variables: _containers.RepeatedCompositeFieldContainer[TemplateVariable]
+    def __init__(self, summary: _Optional[_Union[TemplateSummary, _Mapping]] = ..., version: _Optional[int] = ..., status: _Optional[str] = ..., content: _Optional[_Union[TemplateContent, _Mapping]] = ..., versions: _Optional[_Iterable[_Union[TemplateVersionInfo, _Mapping]]] = ..., variables: _Optional[_Iterable[_Union[TemplateVariable, _Mapping]]] = ...) -> None: ...
+
+class PutTemplateRequest(_message.Message):
+    __slots__ = ("key", "content", "validate_only")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_FIELD_NUMBER: _ClassVar[int]
+    VALIDATE_ONLY_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    content: TemplateContent
+    validate_only: bool
+    def __init__(self, key: _Optional[str] = ..., content: _Optional[_Union[TemplateContent, _Mapping]] = ..., validate_only: _Optional[bool] = ...) -> None: ...
+
+class PutTemplateReply(_message.Message):
+    __slots__ = ("key", "version")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    version: int
+    def __init__(self, key: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
+
+class PublishTemplateRequest(_message.Message):
+    __slots__ = ("key", "version")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    version: int
+    def __init__(self, key: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
+
+class PublishTemplateReply(_message.Message):
+    __slots__ = ("key", "version", "previous_version")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_VERSION_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    version: int
+    previous_version: int
+    def __init__(self, key: _Optional[str] = ..., version: _Optional[int] = ..., previous_version: _Optional[int] = ...) -> None: ...
+
+class PreviewTemplateRequest(_message.Message):
+    __slots__ = ("key", "version", "lead_id", "context_json", "variant", "content")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    LEAD_ID_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_JSON_FIELD_NUMBER: _ClassVar[int]
+    VARIANT_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    version: int
+    lead_id: str
+    context_json: str
+    variant: str
+    content: TemplateContent
+    def __init__(self, key: _Optional[str] = ..., version: _Optional[int] = ..., lead_id: _Optional[str] = ..., context_json: _Optional[str] = ..., variant: _Optional[str] = ..., content: _Optional[_Union[TemplateContent, _Mapping]] = ...) -> None: ...
+
+class PreviewTemplateReply(_message.Message):
+    __slots__ = ("subject", "preheader", "html", "text", "variant", "version")
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    PREHEADER_FIELD_NUMBER: _ClassVar[int]
+    HTML_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    VARIANT_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    subject: str
+    preheader: str
+    html: str
+    text: str
+    variant: str
+    version: int
+    def __init__(self, subject: _Optional[str] = ..., preheader: _Optional[str] = ..., html: _Optional[str] = ..., text: _Optional[str] = ..., variant: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
+
+class TestSendRequest(_message.Message):
+    __slots__ = ("key", "version", "lead_id", "to", "context_json")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    LEAD_ID_FIELD_NUMBER: _ClassVar[int]
+    TO_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_JSON_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    version: int
+    lead_id: str
+    to: str
+    context_json: str
+    def __init__(self, key: _Optional[str] = ..., version: _Optional[int] = ..., lead_id: _Optional[str] = ..., to: _Optional[str] = ..., context_json: _Optional[str] = ...) -> None: ...
+
+class TestSendReply(_message.Message):
+    __slots__ = ("to", "version", "subject")
+    TO_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    to: str
+    version: int
+    subject: str
+    def __init__(self, to: _Optional[str] = ..., version: _Optional[int] = ..., subject: _Optional[str] = ...) -> None: ...
 
 class RenderRequest(_message.Message):
     __slots__ = ("template", "lead_id", "context_json")
@@ -88,7 +260,7 @@ class RenderReply(_message.Message):
     def __init__(self, subject: _Optional[str] = ..., html: _Optional[str] = ..., text: _Optional[str] = ..., variant: _Optional[str] = ...) -> None: ...
 
 class Message(_message.Message):
-    __slots__ = ("id", "lead_id", "journey", "journey_version", "step", "channel", "template", "category", "subject", "status", "reason", "at", "due_at", "attempts", "variant")
+    __slots__ = ("id", "lead_id", "journey", "journey_version", "step", "channel", "template", "category", "subject", "status", "reason", "at", "due_at", "attempts", "variant", "template_version")
     ID_FIELD_NUMBER: _ClassVar[int]
     LEAD_ID_FIELD_NUMBER: _ClassVar[int]
     JOURNEY_FIELD_NUMBER: _ClassVar[int]
@@ -104,6 +276,7 @@ class Message(_message.Message):
     DUE_AT_FIELD_NUMBER: _ClassVar[int]
     ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
     VARIANT_FIELD_NUMBER: _ClassVar[int]
+    TEMPLATE_VERSION_FIELD_NUMBER: _ClassVar[int]
     id: str
     lead_id: str
     journey: str
@@ -119,7 +292,8 @@ class Message(_message.Message):
     due_at: _timestamp_pb2.Timestamp
     attempts: int
     variant: str
-    def __init__(self, id: _Optional[str] = ..., lead_id: _Optional[str] = ..., journey: _Optional[str] = ..., journey_version: _Optional[int] = ..., step: _Optional[str] = ..., channel: _Optional[str] = ..., template: _Optional[str] = ..., category: _Optional[str] = ..., subject: _Optional[str] = ..., status: _Optional[str] = ..., reason: _Optional[str] = ..., at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., due_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., attempts: _Optional[int] = ..., variant: _Optional[str] = ...) -> None: ...
+    template_version: int
+    def __init__(self, id: _Optional[str] = ..., lead_id: _Optional[str] = ..., journey: _Optional[str] = ..., journey_version: _Optional[int] = ..., step: _Optional[str] = ..., channel: _Optional[str] = ..., template: _Optional[str] = ..., category: _Optional[str] = ..., subject: _Optional[str] = ..., status: _Optional[str] = ..., reason: _Optional[str] = ..., at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., due_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., attempts: _Optional[int] = ..., variant: _Optional[str] = ..., template_version: _Optional[int] = ...) -> None: ...
 
 class ListMessagesRequest(_message.Message):
     __slots__ = ("lead_id", "limit")

@@ -89,6 +89,31 @@ class MessagingStub:
                 request_serializer=nurture_dot_api_dot_messaging_dot_v1_dot_messaging__pb2.SubscriptionsRequest.SerializeToString,
                 response_deserializer=nurture_dot_api_dot_messaging_dot_v1_dot_messaging__pb2.SubscriptionsReply.FromString,
                 _registered_method=True)
+        self.GetTemplate = channel.unary_unary(
+                '/nurture.api.messaging.v1.Messaging/GetTemplate',
+                request_serializer=nurture_dot_api_dot_messaging_dot_v1_dot_messaging__pb2.GetTemplateRequest.SerializeToString,
+                response_deserializer=nurture_dot_api_dot_messaging_dot_v1_dot_messaging__pb2.GetTemplateReply.FromString,
+                _registered_method=True)
+        self.PutTemplate = channel.unary_unary(
+                '/nurture.api.messaging.v1.Messaging/PutTemplate',
+                request_serializer=nurture_dot_api_dot_messaging_dot_v1_dot_messaging__pb2.PutTemplateRequest.SerializeToString,
+                response_deserializer=nurture_dot_api_dot_messaging_dot_v1_dot_messaging__pb2.PutTemplateReply.FromString,
+                _registered_method=True)
+        self.PublishTemplate = channel.unary_unary(
+                '/nurture.api.messaging.v1.Messaging/PublishTemplate',
+                request_serializer=nurture_dot_api_dot_messaging_dot_v1_dot_messaging__pb2.PublishTemplateRequest.SerializeToString,
+                response_deserializer=nurture_dot_api_dot_messaging_dot_v1_dot_messaging__pb2.PublishTemplateReply.FromString,
+                _registered_method=True)
+        self.PreviewTemplate = channel.unary_unary(
+                '/nurture.api.messaging.v1.Messaging/PreviewTemplate',
+                request_serializer=nurture_dot_api_dot_messaging_dot_v1_dot_messaging__pb2.PreviewTemplateRequest.SerializeToString,
+                response_deserializer=nurture_dot_api_dot_messaging_dot_v1_dot_messaging__pb2.PreviewTemplateReply.FromString,
+                _registered_method=True)
+        self.TestSendTemplate = channel.unary_unary(
+                '/nurture.api.messaging.v1.Messaging/TestSendTemplate',
+                request_serializer=nurture_dot_api_dot_messaging_dot_v1_dot_messaging__pb2.TestSendRequest.SerializeToString,
+                response_deserializer=nurture_dot_api_dot_messaging_dot_v1_dot_messaging__pb2.TestSendReply.FromString,
+                _registered_method=True)
 
 
 class MessagingServicer:
@@ -163,6 +188,36 @@ class MessagingServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetTemplate(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PutTemplate(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PublishTemplate(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PreviewTemplate(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def TestSendTemplate(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MessagingServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -220,6 +275,31 @@ def add_MessagingServicer_to_server(servicer, server):
                     servicer.Subscriptions,
                     request_deserializer=nurture_dot_api_dot_messaging_dot_v1_dot_messaging__pb2.SubscriptionsRequest.FromString,
                     response_serializer=nurture_dot_api_dot_messaging_dot_v1_dot_messaging__pb2.SubscriptionsReply.SerializeToString,
+            ),
+            'GetTemplate': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTemplate,
+                    request_deserializer=nurture_dot_api_dot_messaging_dot_v1_dot_messaging__pb2.GetTemplateRequest.FromString,
+                    response_serializer=nurture_dot_api_dot_messaging_dot_v1_dot_messaging__pb2.GetTemplateReply.SerializeToString,
+            ),
+            'PutTemplate': grpc.unary_unary_rpc_method_handler(
+                    servicer.PutTemplate,
+                    request_deserializer=nurture_dot_api_dot_messaging_dot_v1_dot_messaging__pb2.PutTemplateRequest.FromString,
+                    response_serializer=nurture_dot_api_dot_messaging_dot_v1_dot_messaging__pb2.PutTemplateReply.SerializeToString,
+            ),
+            'PublishTemplate': grpc.unary_unary_rpc_method_handler(
+                    servicer.PublishTemplate,
+                    request_deserializer=nurture_dot_api_dot_messaging_dot_v1_dot_messaging__pb2.PublishTemplateRequest.FromString,
+                    response_serializer=nurture_dot_api_dot_messaging_dot_v1_dot_messaging__pb2.PublishTemplateReply.SerializeToString,
+            ),
+            'PreviewTemplate': grpc.unary_unary_rpc_method_handler(
+                    servicer.PreviewTemplate,
+                    request_deserializer=nurture_dot_api_dot_messaging_dot_v1_dot_messaging__pb2.PreviewTemplateRequest.FromString,
+                    response_serializer=nurture_dot_api_dot_messaging_dot_v1_dot_messaging__pb2.PreviewTemplateReply.SerializeToString,
+            ),
+            'TestSendTemplate': grpc.unary_unary_rpc_method_handler(
+                    servicer.TestSendTemplate,
+                    request_deserializer=nurture_dot_api_dot_messaging_dot_v1_dot_messaging__pb2.TestSendRequest.FromString,
+                    response_serializer=nurture_dot_api_dot_messaging_dot_v1_dot_messaging__pb2.TestSendReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -519,6 +599,141 @@ class Messaging:
             '/nurture.api.messaging.v1.Messaging/Subscriptions',
             nurture_dot_api_dot_messaging_dot_v1_dot_messaging__pb2.SubscriptionsRequest.SerializeToString,
             nurture_dot_api_dot_messaging_dot_v1_dot_messaging__pb2.SubscriptionsReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTemplate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nurture.api.messaging.v1.Messaging/GetTemplate',
+            nurture_dot_api_dot_messaging_dot_v1_dot_messaging__pb2.GetTemplateRequest.SerializeToString,
+            nurture_dot_api_dot_messaging_dot_v1_dot_messaging__pb2.GetTemplateReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PutTemplate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nurture.api.messaging.v1.Messaging/PutTemplate',
+            nurture_dot_api_dot_messaging_dot_v1_dot_messaging__pb2.PutTemplateRequest.SerializeToString,
+            nurture_dot_api_dot_messaging_dot_v1_dot_messaging__pb2.PutTemplateReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PublishTemplate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nurture.api.messaging.v1.Messaging/PublishTemplate',
+            nurture_dot_api_dot_messaging_dot_v1_dot_messaging__pb2.PublishTemplateRequest.SerializeToString,
+            nurture_dot_api_dot_messaging_dot_v1_dot_messaging__pb2.PublishTemplateReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PreviewTemplate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nurture.api.messaging.v1.Messaging/PreviewTemplate',
+            nurture_dot_api_dot_messaging_dot_v1_dot_messaging__pb2.PreviewTemplateRequest.SerializeToString,
+            nurture_dot_api_dot_messaging_dot_v1_dot_messaging__pb2.PreviewTemplateReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TestSendTemplate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nurture.api.messaging.v1.Messaging/TestSendTemplate',
+            nurture_dot_api_dot_messaging_dot_v1_dot_messaging__pb2.TestSendRequest.SerializeToString,
+            nurture_dot_api_dot_messaging_dot_v1_dot_messaging__pb2.TestSendReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,169 @@
+"""Templates as versioned data: list (with the journeys that use each), get with versions, put a draft
+(422 with every problem), publish, preview for a lead at desktop or phone width, and a test send.
+
+Which journeys use a template comes from journeys (each summary names the templates its published version
+sends); when journeys does not answer, `used_by` is null rather than the whole listing failing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import grpc
+from fastapi import APIRouter, Depends, Query, Response
+
+from gateway.convert import iso, require_object
+from gateway.deps import ApiError, Mesh, json_body, mesh, require_key
+from nurture import limits
+from nurture.api.journeys.v1 import journeys_pb2, journeys_pb2_grpc
+from nurture.api.messaging.v1 import messaging_pb2, messaging_pb2_grpc
+
+log = logging.getLogger(__name__)
+router = APIRouter(prefix="/v1", tags=["templates"], dependencies=[Depends(require_key)])
+
+WIDTHS = {"desktop": 600, "phone": 375}   # the viewport a preview is shown in (CSS pixels)
+CONTENT_FIELDS = ("subject", "preheader", "body", "text", "variants")
+
+
+def _stub(m: Mesh) -> messaging_pb2_grpc.MessagingStub:
+    return messaging_pb2_grpc.MessagingStub(m.channel("messaging"))
+
+
+async def used_by(m: Mesh) -> dict[str, list[str]] | None:
+    """template key → the journeys whose published version sends it; None when journeys is unavailable."""
+    try:
+        reply = await journeys_pb2_grpc.JourneysStub(m.channel("journeys")).ListJourneys(
+            journeys_pb2.ListJourneysRequest(), timeout=m.timeout)
+    except grpc.aio.AioRpcError as exc:
+        log.warning("journeys did not answer for templates' users: %s", exc.code().name)
+        return None
+    out: dict[str, list[str]] = {}
+    for journey in reply.journeys:
+        for key in journey.templates:
+            out.setdefault(key, []).append(journey.key)
+    return out
+
+
+def _summary(s: messaging_pb2.TemplateSummary, users: dict[str, list[str]] | None) -> dict[str, Any]:
+    return {"key": s.key, "journey": s.journey, "category": s.category, "subject": s.subject,
+            "published_version": s.published_version or None, "latest_version": s.latest_version,
+            "updated_at": iso(s.updated_at, s.HasField("updated_at")),
+            "used_by": sorted(users.get(s.key, [])) if users is not None else None}
+
+
+async def list_templates(m: Mesh) -> list[dict[str, Any]]:
+    reply = await _stub(m).ListTemplates(messaging_pb2.ListTemplatesRequest(), timeout=m.timeout)
+    users = await used_by(m)
+    return [_summary(s, users) for s in reply.items]
+
+
+async def get_template(m: Mesh, key: str, version: int = 0) -> dict[str, Any]:
+    r = await _stub(m).GetTemplate(messaging_pb2.GetTemplateRequest(key=key, version=version), timeout=m.timeout)
+    users = await used_by(m)
+    return {**_summary(r.summary, users), "version": r.version, "status": r.status,
+            "subject": r.content.subject, "preheader": r.content.preheader, "body": r.content.body,
+            "text": r.content.text, "variants": json.loads(r.content.variants_json or "{}"),
+            "versions": [{"version": v.version, "status": v.status, "source": v.source,
+                          "created_at": iso(v.created_at, v.HasField("created_at")),
+                          "published_at": iso(v.published_at, v.HasField("published_at"))} for v in r.versions],
+            "variables": [{"name": v.name, "description": v.description} for v in r.variables]}
+
+
+def _version(value: Any, name: str = "version") -> int:
+    problem = limits.check_int(value, name, low=0)
+    if problem:
+        raise ApiError(422, "invalid", f"{name} must be an integer from 0 to {limits.INT32_MAX}", {"fields": problem})
+    return int(value)
+
+
+def content_message(body: dict[str, Any]) -> messaging_pb2.TemplateContent:
+    """A draft's fields as the RPC takes them; 422 for a field of the wrong type (the service checks the rest)."""
+    unknown = sorted(set(body) - set(CONTENT_FIELDS))
+    wrong = {f: "must be text" for f in CONTENT_FIELDS[:4] if f in body and not isinstance(body[f], str)}
+    if "variants" in body and not isinstance(body["variants"], dict):
+        wrong["variants"] = "must be an object of variants"
+    wrong.update({f: "is not a field of a template" for f in unknown})
+    if wrong:
+        raise ApiError(422, "invalid", "; ".join(f"{k} {v}" for k, v in wrong.items()),
+                       {"fields": wrong, "problems": [f"{k}: {v}" for k, v in wrong.items()]})
+    return messaging_pb2.TemplateContent(
+        subject=body.get("subject", ""), preheader=body.get("preheader", ""), body=body.get("body", ""),
+        text=body.get("text", ""), variants_json=json.dumps(body.get("variants") or {}))
+
+
+async def put_draft(m: Mesh, key: str, body: dict[str, Any], validate_only: bool = False) -> int:
+    reply = await _stub(m).PutTemplate(messaging_pb2.PutTemplateRequest(
+        key=key, content=content_message(body), validate_only=validate_only), timeout=m.timeout)
+    return int(reply.version)
+
+
+async def preview(m: Mesh, key: str, version: int, lead_id: str, variant: str = "",
+                  unsaved: dict[str, Any] | None = None) -> messaging_pb2.PreviewTemplateReply:
+    """`unsaved`: render these fields (a draft being edited) instead of a stored version."""
+    request = messaging_pb2.PreviewTemplateRequest(key=key, version=version, lead_id=lead_id, variant=variant)
+    if unsaved is not None:
+        request.content.CopyFrom(content_message(unsaved))
+    return await _stub(m).PreviewTemplate(request, timeout=m.timeout)
+
+
+@router.get("/templates", summary="Every template with its versions and the journeys that use it")
+async def templates(m: Mesh = Depends(mesh)) -> dict[str, Any]:
+    return {"items": await list_templates(m)}
+
+
+@router.get("/templates/{key}", summary="A template's content (the published version unless one is named) and versions")
+async def template(key: str, version: int = Query(0, ge=0, le=limits.INT32_MAX),
+                   m: Mesh = Depends(mesh)) -> dict[str, Any]:
+    return await get_template(m, key, version)
+
+
+@router.put("/templates/{key}", summary="Store a new draft version (422 lists every problem)")
+async def put_template(key: str, response: Response, validate_only: bool = Query(False),
+                       body: Any = Depends(json_body), m: Mesh = Depends(mesh)) -> dict[str, Any]:
+    version = await put_draft(m, key, require_object(body, "template"), validate_only)
+    if validate_only:
+        return {"key": key, "valid": True, "problems": []}
+    response.status_code = 201
+    response.headers["Location"] = f"/v1/templates/{key}?version={version}"
+    return {"key": key, "version": version, "status": "draft"}
+
+
+@router.post("/templates/{key}/publish", summary="Make a version live for the next send")
+async def publish(key: str, body: Any = Depends(json_body), m: Mesh = Depends(mesh)) -> dict[str, Any]:
+    body = require_object(body)
+    version = _version(body.get("version"))
+    if version < 1:
+        raise ApiError(422, "invalid", "version is required", {"fields": {"version": "is required"}})
+    r = await _stub(m).PublishTemplate(messaging_pb2.PublishTemplateRequest(key=key, version=version),
+                                       timeout=m.timeout)
+    return {"key": r.key, "version": r.version, "previous_version": r.previous_version or None}
+
+
+@router.get("/templates/{key}/preview", summary="A version rendered for a lead (links untracked; nothing recorded)")
+async def preview_template(key: str, lead_id: str = Query("", max_length=128),
+                           version: int = Query(0, ge=0, le=limits.INT32_MAX),
+                           width: str = Query("desktop", pattern="^(desktop|phone)$"),
+                           variant: str = Query("", max_length=16),
+                           m: Mesh = Depends(mesh)) -> dict[str, Any]:
+    r = await preview(m, key, version, lead_id, variant)
+    return {"subject": r.subject, "preheader": r.preheader, "html": r.html, "text": r.text, "variant": r.variant,
+            "version": r.version, "width": width, "viewport_px": WIDTHS[width]}
+
+
+@router.post("/templates/{key}/test-send", summary="Send one copy, marked as a test, to an address")
+async def test_send(key: str, body: Any = Depends(json_body), m: Mesh = Depends(mesh)) -> dict[str, Any]:
+    body = require_object(body)
+    to, lead_id = body.get("to"), body.get("lead_id", "")
+    fields = {}
+    if not isinstance(to, str) or not to:
+        fields["to"] = "is required (an email address)"
+    if not isinstance(lead_id, str):
+        fields["lead_id"] = "must be text"
+    if fields:
+        raise ApiError(422, "invalid", "; ".join(f"{k} {v}" for k, v in fields.items()), {"fields": fields})
+    version = _version(body.get("version", 0))
+    r = await _stub(m).TestSendTemplate(messaging_pb2.TestSendRequest(
+        key=key, version=version, lead_id=str(lead_id), to=str(to)), timeout=m.timeout)
+    return {"to": r.to, "version": r.version, "subject": r.subject, "test": True}

@@ -1,0 +1,189 @@
+"""Templates as versioned data: the live version of each template compiled in memory for sends; drafts
+(refused with every problem listed), publish, history, previews and test sends.
+
+The catalog (domain/catalog.py) seeds version 1 of each of its templates on first start; the store is
+the record after that. Publishing swaps the compiled live version of this process at once: run one
+messaging process per deployment (as for its queue), or a second process sees the publish on restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from nurture.clock import Clock
+from nurture.db import Database
+from services.messaging.domain.catalog import Catalog, Rendered, RenderError
+from services.messaging.domain.content import Compiled, ContentError, parse, validate
+from services.messaging.template_store import TemplateRow, TemplateStore, TemplateVersion
+
+KEY = re.compile(r"[a-z0-9_]{1,60}\.[a-z0-9_]{1,60}")
+SAMPLE_LEAD: dict[str, Any] = {
+    "id": "sample", "first_name": "Ana", "last_name": "Costa", "email": "ana@example.com",
+    "segment": "skilled_professional", "timezone": "Europe/Lisbon", "lifecycle_stage": "mql", "score": 55,
+    "attributes": {"profession": "nurse", "countries_of_interest": ["CA", "AU"]}}
+
+
+class InvalidTemplate(Exception):
+    """Content (or a key) that cannot be stored or published; `problems` lists every one."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+class UnknownTemplate(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class TemplateDetail:
+    row: TemplateRow
+    shown: TemplateVersion
+    versions: list[TemplateVersion]
+
+
+class TemplateLibrary:
+    def __init__(self, *, db: Database, catalog: Catalog, clock: Clock) -> None:
+        self.db = db
+        self.catalog = catalog
+        self.clock = clock
+        self.store = TemplateStore(db.session)
+        self._live: dict[str, Compiled] = {}
+        self._loaded = False
+        self._lock = asyncio.Lock()
+        # Previews and test sends of drafts: a few compiled versions kept, compiled again when evicted.
+        self._others: OrderedDict[tuple[str, int], Compiled] = OrderedDict()
+
+    async def ensure(self) -> None:
+        """Seed (first start) and compile every live version, once."""
+        if self._loaded:
+            return
+        async with self._lock:
+            if self._loaded:
+                return
+            seeds = [(k, self.catalog.seed_content(k)) for k in self.catalog.specs]
+            await self.db.run(self.store.seed, seeds, self.clock.now())
+            live = await self.db.run(self.store.published)
+            compiled: dict[str, Compiled] = {}
+            for v in live:
+                try:
+                    compiled[v.key] = Compiled(v.key, v.version, v.content)
+                except ContentError:
+                    continue   # cannot happen for validated content; its sends fail as unknown instead
+            self._live = compiled
+            self._loaded = True
+
+    # --- the send path (sync, after ensure) ----------------------------------------------------------
+    def live(self, key: str) -> Compiled | None:
+        return self._live.get(key)
+
+    def keys(self) -> list[str]:
+        return sorted(self._live)
+
+    # --- editing ---------------------------------------------------------------------------------------
+    async def list(self) -> list[tuple[TemplateRow, str]]:
+        """Every template with the subject source of its live version (the latest's when none is live)."""
+        await self.ensure()
+        rows = await self.db.run(self.store.templates)
+        out = []
+        for row in rows:
+            live = self._live.get(row.key)
+            subject = live.content.subject if live else ""
+            if not subject:
+                latest = await self.db.run(self.store.version, row.key, row.latest_version)
+                subject = latest.content.subject if latest else ""
+            out.append((row, subject))
+        return out
+
+    async def get(self, key: str, version: int = 0) -> TemplateDetail:
+        await self.ensure()
+        versions = await self.db.run(self.store.versions, key)
+        if not versions:
+            raise UnknownTemplate(f"unknown template {key!r}")
+        row = next(r for r in await self.db.run(self.store.templates) if r.key == key)
+        wanted = version or row.published_version or row.latest_version
+        shown = next((v for v in versions if v.version == wanted), None)
+        if shown is None:
+            raise UnknownTemplate(f"template {key!r} has no version {version}")
+        return TemplateDetail(row, shown, versions)
+
+    async def put_draft(self, key: str, raw: object, *, validate_only: bool = False) -> int:
+        """Validate and store a draft; InvalidTemplate listing every problem (nothing stored then)."""
+        await self.ensure()
+        problems = [] if KEY.fullmatch(key) else [
+            "key: must be <journey>.<step>: lower-case letters, digits and _ around one dot"]
+        content, shape = parse(raw)
+        problems += shape
+        if content is not None:
+            problems += validate(content)
+        if problems:
+            raise InvalidTemplate(problems)
+        assert content is not None
+        if validate_only:
+            return 0
+        return int(await self.db.run(self.store.put_draft, key, content, self.clock.now()))
+
+    async def publish(self, key: str, version: int) -> int:
+        """Make `version` live for the next send; returns the version live before."""
+        await self.ensure()
+        found = await self.db.run(self.store.version, key, version)
+        if found is None:
+            raise UnknownTemplate(f"template {key!r} has no version {version}")
+        problems = validate(found.content)
+        if problems:
+            raise InvalidTemplate(problems)
+        compiled = Compiled(key, version, found.content)
+        async with self._lock:
+            previous = int(await self.db.run(self.store.publish, key, version, self.clock.now()))
+            self._live[key] = compiled
+        return previous
+
+    async def compiled(self, key: str, version: int = 0) -> Compiled:
+        """A version ready to render (0: the live one)."""
+        await self.ensure()
+        if not version:
+            live = self._live.get(key)
+            if live is None:
+                detail = await self.get(key)   # unpublished: its latest draft
+                version = detail.shown.version
+            else:
+                return live
+        live = self._live.get(key)
+        if live is not None and live.version == version:
+            return live
+        cached = self._others.get((key, version))
+        if cached is not None:
+            self._others.move_to_end((key, version))
+            return cached
+        found = await self.db.run(self.store.version, key, version)
+        if found is None:
+            raise UnknownTemplate(f"template {key!r} has no version {version}")
+        try:
+            cached = Compiled(key, version, found.content)
+        except ContentError as exc:
+            raise RenderError(str(exc)) from exc
+        self._others[(key, version)] = cached
+        while len(self._others) > 32:
+            self._others.popitem(last=False)
+        return cached
+
+    async def preview(self, key: str, version: int, lead: Mapping[str, Any], context: Mapping[str, Any],
+                      variant: str = "", unsaved: object | None = None) -> Rendered:
+        """A version (or `unsaved` content, validated first) rendered for a lead with untracked links (a
+        preview records nothing)."""
+        if unsaved is not None:
+            content, problems = parse(unsaved)
+            problems += validate(content) if content is not None else []
+            if problems:
+                raise InvalidTemplate(problems)
+            assert content is not None
+            compiled = Compiled(key, 0, content)
+        else:
+            compiled = await self.compiled(key, version)
+        return self.catalog.render(key, lead, context=context, content=compiled, variant=variant or None,
+                                   now=self.clock.now(), unsubscribe_url="#unsubscribe")

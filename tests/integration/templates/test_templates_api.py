@@ -1,0 +1,139 @@
+"""Templates as versioned data through the gateway, over real scoring, messaging and journeys services:
+list with the journeys that use each, drafts refused with every problem, publish, the next send using the
+new version (and recording it), previews for a lead, test sends, and the roles (viewer reads, editor writes)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nurture.settings import Settings
+from tests.integration.templates.mesh import TemplatesMesh, templates_mesh
+
+pytestmark = pytest.mark.anyio
+KEY = "family.email_01"
+
+
+@pytest.fixture
+async def mesh(settings: Settings, tmp_path: Path) -> AsyncIterator[TemplatesMesh]:
+    async with templates_mesh(settings, tmp_path) as m:
+        yield m
+
+
+async def content_of(m: TemplatesMesh, key: str = KEY) -> dict[str, Any]:
+    r = await m.client.get(f"/v1/templates/{key}", headers=m.headers("viewer"))
+    assert r.status_code == 200, r.text
+    return {k: r.json()[k] for k in ("subject", "preheader", "body", "text", "variants")}
+
+
+async def test_templates_are_listed_with_their_versions_and_the_journeys_that_use_them(mesh: TemplatesMesh) -> None:
+    r = await mesh.client.get("/v1/templates", headers=mesh.headers("viewer"))
+    assert r.status_code == 200, r.text
+    items = {i["key"]: i for i in r.json()["items"]}
+    assert items[KEY]["published_version"] == 1 and items[KEY]["latest_version"] == 1
+    assert items[KEY]["used_by"] == ["family"]
+    assert "webinar" in items["webinar.email_01"]["used_by"]
+    one = (await mesh.client.get(f"/v1/templates/{KEY}", headers=mesh.headers("viewer"))).json()
+    assert one["body"].lstrip().startswith("<mjml") and "{{ unsubscribe_url }}" in one["text"]
+    assert one["versions"] == [{"version": 1, "status": "published", "source": "seed",
+                                "created_at": one["versions"][0]["created_at"],
+                                "published_at": one["versions"][0]["published_at"]}]
+    assert {"first_name", "segment", "stage", "countries", "track"} <= {v["name"] for v in one["variables"]}
+    assert (await mesh.client.get("/v1/templates/nope.email_01", headers=mesh.headers("viewer"))).status_code == 404
+
+
+async def test_a_draft_with_problems_is_refused_with_every_problem_and_nothing_is_stored(mesh: TemplatesMesh) -> None:
+    draft = await content_of(mesh)
+    draft["subject"] = "Hello {{ favourite_colour }}"
+    draft["body"] = draft["body"].replace("{{ postal_address }}", "").replace(
+        "</mj-body>", '<mj-section><mj-column><mj-text><a href="https://evil.example/x">x</a>'
+                      "</mj-text></mj-column></mj-section></mj-body>")
+    draft["text"] = draft["text"].replace("{{ unsubscribe_url }}", "")
+    r = await mesh.client.put(f"/v1/templates/{KEY}", headers=mesh.headers("editor"), json=draft)
+    assert r.status_code == 422, r.text
+    problems = r.json()["error"]["details"]["problems"]
+    assert any("unknown variable 'favourite_colour'" in p for p in problems)
+    assert any(p.startswith("body: no postal address") for p in problems)
+    assert any(p.startswith("text: no unsubscribe link") for p in problems)
+    assert any("link not tracked: 'https://evil.example/x'" in p for p in problems)
+    broken = {**await content_of(mesh), "body": "<mjml><mj-body><mj-section>"}
+    r = await mesh.client.put(f"/v1/templates/{KEY}", headers=mesh.headers("editor"), json=broken)
+    assert r.status_code == 422 and any("MJML does not compile" in p for p in r.json()["error"]["details"]["problems"])
+    r = await mesh.client.put(f"/v1/templates/{KEY}", headers=mesh.headers("editor"), json={"subject": 3})
+    assert r.status_code == 422
+    r = await mesh.client.put("/v1/templates/Bad Key", headers=mesh.headers("editor"), json=await content_of(mesh))
+    assert r.status_code == 422 and any(p.startswith("key:") for p in r.json()["error"]["details"]["problems"])
+    assert [v["version"] for v in (await mesh.client.get(f"/v1/templates/{KEY}",
+                                                         headers=mesh.headers("viewer"))).json()["versions"]] == [1]
+
+
+async def test_viewers_read_and_editors_write(mesh: TemplatesMesh) -> None:
+    draft = await content_of(mesh)
+    assert (await mesh.client.put(f"/v1/templates/{KEY}", headers=mesh.headers("viewer"),
+                                  json=draft)).status_code == 403
+    r = await mesh.client.put(f"/v1/templates/{KEY}?validate_only=true", headers=mesh.headers("editor"), json=draft)
+    assert r.status_code == 200 and r.json() == {"key": KEY, "valid": True, "problems": []}
+    r = await mesh.client.put(f"/v1/templates/{KEY}", headers=mesh.headers("editor"), json=draft)
+    assert r.status_code == 201 and r.json() == {"key": KEY, "version": 2, "status": "draft"}
+    assert (await mesh.client.post(f"/v1/templates/{KEY}/publish", headers=mesh.headers("viewer"),
+                                   json={"version": 2})).status_code == 403
+    assert (await mesh.client.post(f"/v1/templates/{KEY}/test-send", headers=mesh.headers("viewer"),
+                                   json={"to": "qa@example.com"})).status_code == 403
+    assert (await mesh.client.post(f"/v1/templates/{KEY}/publish", headers=mesh.headers("editor"),
+                                   json={"version": 9})).status_code == 404
+    assert (await mesh.client.post(f"/v1/templates/{KEY}/publish", headers=mesh.headers("editor"),
+                                   json={})).status_code == 422
+
+
+async def test_publish_makes_the_next_send_use_the_new_version_and_sends_record_it(mesh: TemplatesMesh) -> None:
+    await mesh.add_lead("ana")
+    first = await mesh.send("ana", KEY, occurrence=0)
+    draft = await content_of(mesh)
+    draft["subject"] = "Version two for {{ first_name }}"
+    draft["variants"] = {}     # the seed's A/B variant b has a subject of its own
+    draft["body"] = draft["body"].replace("Warm regards,", "Kind regards,")
+    version = (await mesh.client.put(f"/v1/templates/{KEY}", headers=mesh.headers("editor"), json=draft)).json()
+    assert version["version"] == 2
+    second = await mesh.send("ana", KEY, occurrence=1)      # a draft is not live
+    r = await mesh.client.post(f"/v1/templates/{KEY}/publish", headers=mesh.headers("editor"), json={"version": 2})
+    assert r.status_code == 200 and r.json() == {"key": KEY, "version": 2, "previous_version": 1}
+    third = await mesh.send("ana", KEY, occurrence=2)
+    mails = {m["X-Nurture-Message"]: m for m in mesh.mails()}
+    assert set(mails) == {first, second, third}
+    assert "Version two" not in str(mails[first]["Subject"]) + str(mails[second]["Subject"])
+    assert str(mails[third]["Subject"]) == "Version two for Ana"
+    html = mails[third].get_body(("html",)).get_content()  # type: ignore[union-attr]
+    assert "Kind regards," in html and "Warm regards," not in html
+    assert mails[third]["List-Unsubscribe"] and "https://nurture.example/t/c/" in html
+    messages = (await mesh.client.get("/v1/leads/ana/messages", headers=mesh.headers("viewer"))).json()["items"]
+    assert [m["template_version"] for m in messages] == [1, 1, 2]
+    versions = (await mesh.client.get(f"/v1/templates/{KEY}", headers=mesh.headers("viewer"))).json()["versions"]
+    assert [(v["version"], v["status"]) for v in versions] == [(1, "superseded"), (2, "published")]
+
+
+async def test_preview_for_a_lead_and_a_test_send_marked_as_a_test(mesh: TemplatesMesh) -> None:
+    await mesh.add_lead("omar", first_name="Omar")
+    r = await mesh.client.get(f"/v1/templates/{KEY}/preview?lead_id=omar&width=phone", headers=mesh.headers("viewer"))
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["version"] == 1 and body["viewport_px"] == 375 and "Hi Omar," in body["html"]
+    assert "@media" in body["html"] and "Hi Omar," in body["text"]   # responsive: the column rules stay
+    assert "/t/c/" not in body["html"]                                # a preview records nothing
+    assert (await mesh.client.get(f"/v1/templates/{KEY}/preview?width=tablet",
+                                  headers=mesh.headers("viewer"))).status_code == 422
+    assert (await mesh.client.get(f"/v1/templates/{KEY}/preview?lead_id=nobody",
+                                  headers=mesh.headers("viewer"))).status_code == 404
+    r = await mesh.client.post(f"/v1/templates/{KEY}/test-send", headers=mesh.headers("editor"),
+                               json={"to": "qa@example.com", "lead_id": "omar"})
+    assert r.status_code == 200, r.text
+    assert r.json()["test"] is True and r.json()["version"] == 1
+    (mail,) = mesh.mails()
+    assert str(mail["To"]) == "qa@example.com" and str(mail["Subject"]).startswith("[TEST] ")
+    assert mail["X-Nurture-Test"] == "1" and mail["X-Nurture-Template-Version"] == "1"
+    assert (await mesh.client.get("/v1/leads/omar/messages", headers=mesh.headers("viewer"))).json()["items"] == []
+    r = await mesh.client.post(f"/v1/templates/{KEY}/test-send", headers=mesh.headers("editor"),
+                               json={"to": "not an address\r\nBcc: x@example.com"})
+    assert r.status_code == 422
