@@ -103,11 +103,8 @@ async def journey(request: Request, key: str) -> Response:
         waiting = await data.waiting_by_step(m, key)
         nodes, edges = graph.build(got["definition"] or {}, report, waiting)
         stages = [s for s in (got["definition"] or {}).get("stages") or [] if isinstance(s, dict)]
-        layout = {"nodes": [{"id": n.id, "stage": n.stage} for n in nodes],
-                  "edges": [{"source": e.source, "target": e.target, "label": e.label, "share": e.share}
-                            for e in edges]}
         return page("journey.html", session=current, title=got["name"] or key, journey=got, report=report,
-                    nodes=nodes, edges=edges, stages=stages, layout_json=json.dumps(layout),
+                    nodes=nodes, edges=edges, stages=stages, layout_json=json.dumps(graph.layout(nodes, edges)),
                     can_publish=roles.allows(current.role, "editor"))
     return await guarded(request, handler)
 

@@ -2,10 +2,11 @@
 
 from fastapi import APIRouter
 
-from gateway.console import editing, pages, reports
+from gateway.console import editing, pages, reports, simulating
 
 router = APIRouter()
 # Before pages: its /analytics/{report}.csv would otherwise take /analytics/attribution.csv and roi.csv.
 router.include_router(reports.router)
 router.include_router(pages.router)
 router.include_router(editing.router)
+router.include_router(simulating.router)
