@@ -43,16 +43,17 @@ async def test_validation_answers_the_drafts_graph(mesh: ConsoleMesh) -> None:
     steps = [s["id"] for s in document["steps"]]  # type: ignore[index]
     # The page draws the draft from the start: a box per step.
     assert re.findall(r'<div class="node type-\w+" data-step="([^"]+)"', editor.text) == steps
-    r = await client.post("/console/journeys/family/validate", data={"csrf": token, "document": yaml.safe_dump(document)})
+    validate = "/console/journeys/family/validate"
+    r = await client.post(validate, data={"csrf": token, "document": yaml.safe_dump(document)})
     drawn = r.json()["graph"]
     assert r.json()["valid"] and [n["id"] for n in drawn["nodes"]] == steps
     assert {(e["source"], e["target"]) for e in drawn["edges"]} >= {(steps[0], steps[1])}
     changed = yaml.safe_load(yaml.safe_dump(document))
     next(s for s in changed["steps"] if s["id"] == "wait_02")["delay"] = "5d"
-    r = await client.post("/console/journeys/family/validate", data={"csrf": token, "document": yaml.safe_dump(changed)})
+    r = await client.post(validate, data={"csrf": token, "document": yaml.safe_dump(changed)})
     assert {n["id"]: n["label"] for n in r.json()["graph"]["nodes"]}["wait_02"] == "wait 5d"
     broken = {**document, "steps": [{"id": "loop", "type": "jump", "to": "loop"}, *document["steps"]]}  # type: ignore[list-item]
-    r = await client.post("/console/journeys/family/validate", data={"csrf": token, "document": yaml.safe_dump(broken)})
+    r = await client.post(validate, data={"csrf": token, "document": yaml.safe_dump(broken)})
     assert r.json()["valid"] is False and r.json()["graph"] is None
 
 
@@ -64,8 +65,8 @@ async def test_a_draft_and_the_published_version_simulated_side_by_side(mesh: Co
     changed = yaml.safe_load(yaml.safe_dump(document))
     first, dropped = changed["steps"][0]["id"], "email_02"
     next(s for s in changed["steps"] if s["id"] == "wait_02")["delay"] = "90d"
-    saved = await client.post("/console/journeys/family/edit", data={"csrf": token, "action": "save",
-                                                                     "document": yaml.safe_dump(changed, sort_keys=False)})
+    text = yaml.safe_dump(changed, sort_keys=False)
+    saved = await client.post("/console/journeys/family/edit", data={"csrf": token, "action": "save", "document": text})
     assert 'data-saved="2"' in saved.text, re.findall(r'<ul id="problems"[^>]*>(.*?)</ul>', saved.text, re.S)
     form = {"csrf": token, "version": "2", "leads": "120", "days": "40", "seed": "7"}
     page = await client.post("/console/journeys/family/simulate", data=form)
