@@ -14,7 +14,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from gateway import roles
-from gateway.console import data, graph, session
+from gateway.console import data, graph, operating, session
 from gateway.console.guard import guarded, mesh_of, read_form, redirect, settings_of
 from gateway.console.render import page
 from gateway.console.static import static_response
@@ -222,7 +222,9 @@ async def analytics_csv(request: Request, report: str) -> Response:
 async def operations(request: Request) -> Response:
     async def handler(_request: Request, current: session.Session) -> Response:
         view = await data.operations_view(mesh_of(request))
-        return page("operations.html", session=current, title="Operations", **view)
+        queues = await operating.queues_view(mesh_of(request), current)
+        return page("operations.html", session=current, title="Operations", queues=queues,
+                    highlight=request.query_params.get("audit", ""), **view)
     return await guarded(request, handler)
 
 

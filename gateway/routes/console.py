@@ -2,7 +2,7 @@
 
 from fastapi import APIRouter
 
-from gateway.console import counts, editing, pages, reports, simulating
+from gateway.console import counts, editing, operating, pages, reports, simulating
 
 router = APIRouter()
 # Before pages: its /analytics/{report}.csv would otherwise take /analytics/attribution.csv and roi.csv.
@@ -11,3 +11,4 @@ router.include_router(pages.router)
 router.include_router(editing.router)
 router.include_router(simulating.router)
 router.include_router(counts.router)
+router.include_router(operating.router)
