@@ -142,7 +142,9 @@ def up(args: argparse.Namespace) -> int:
             child.start()
             listens_on = _child_port(child.name, settings)
             if listens_on:
-                wait_port("127.0.0.1", listens_on, child.name, child)
+                # A loaded machine (a shared CI box, a benchmark loading data) may start a service slower.
+                wait_port("127.0.0.1", listens_on, child.name, child,
+                          timeout=float(os.environ.get("NURTURE_START_TIMEOUT_S") or 60))
             if child.name == "redis" and settings.clock == "virtual":
                 from nurture.clock import make_clock
 

@@ -17,10 +17,12 @@ import contextlib
 import json
 import logging
 import os
+import re
 import socket
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -29,6 +31,7 @@ from opentelemetry.propagate import extract
 from redis.exceptions import ResponseError
 
 from nurture import busmessage
+from nurture.admin import DeadLetter, Retried
 from nurture.busmessage import BusMessage
 from nurture.redisconn import shard_of, sharded_key
 
@@ -41,12 +44,18 @@ MAX_DELIVERIES = 5
 STREAM_MAXLEN = 1_000_000
 
 
+_ENTRY_ID = re.compile(r"\d{1,20}-\d{1,20}")
+
 # One stream entry as redis-py reads it: its id and its fields, both raw bytes.
 _Entry = tuple[bytes, dict[bytes, bytes]]
 
 
 def stream_key(shard: int) -> str:
     return sharded_key("bus", shard)
+
+
+def dead_key(group: str) -> str:
+    return f"nurture:bus-dead:{{{group}}}"
 
 
 class Publisher:
@@ -163,9 +172,9 @@ class Consumer:
         for stream, ids, messages, carriers in batches:
             try:
                 await self._call(messages, carriers)
-            except Exception:
+            except Exception as exc:
                 log.exception("bus %s: handler failed on %d messages", self._group, len(messages))
-                await self._record_failure(stream, ids, messages)
+                await self._record_failure(stream, ids, messages, f"{type(exc).__name__}: {exc}"[:2000])
                 continue
             await self._ack(stream, ids)
             handled += len(ids)
@@ -196,7 +205,8 @@ class Consumer:
         for entry_id in ids:
             self._failures.pop((stream, entry_id), None)
 
-    async def _record_failure(self, stream: bytes, ids: list[bytes], messages: list[BusMessage]) -> None:
+    async def _record_failure(self, stream: bytes, ids: list[bytes], messages: list[BusMessage],
+                              error: str = "") -> None:
         for entry_id in ids:
             self._failures[(stream, entry_id)] = self._failures.get((stream, entry_id), 0) + 1
         dead = [i for i in ids if self._failures[(stream, i)] >= MAX_DELIVERIES]
@@ -205,12 +215,39 @@ class Consumer:
             readable = json.dumps([m.as_dict() for m in messages], default=str)[:65536]
             for entry_id in dead:
                 await self._redis.xadd(
-                    f"nurture:bus-dead:{{{self._group}}}",
-                    {"stream": stream, "entry": entry_id, "m": readable},
+                    dead_key(self._group),
+                    {"stream": stream, "entry": entry_id, "m": readable, "error": error},
                 )
                 self._failures.pop((stream, entry_id), None)
             await self._redis.xack(stream, self._group, *dead)
             log.error("bus %s: dead-lettered %d entries after %d failures", self._group, len(dead), MAX_DELIVERIES)
+
+    async def retry_dead(self, dead_id: str) -> Retried | None:
+        """Hand one dead-lettered entry to the handler again (its original bus entry, as first read):
+        delivered, it leaves the dead letters; failing, it stays, with the new error. None: no such
+        dead letter."""
+        key = dead_key(self._group)
+        async with self._lock:
+            found = await _entry(self._redis, key, dead_id)
+            if found is None:
+                return None
+            fields = found[1]
+            original = await _entry(self._redis, fields[b"stream"], fields[b"entry"])
+            if original is None:
+                return Retried(False, "the message is no longer on the bus (trimmed): it cannot be retried")
+            _, _, messages, carriers = self._parse(fields[b"stream"], [original])
+            try:
+                await self._call(messages, carriers)
+            except Exception as exc:
+                log.warning("bus %s: retried dead letter %s failed again", self._group, dead_id, exc_info=True)
+                error = f"{type(exc).__name__}: {exc}"[:2000]
+                again: dict[Any, Any] = {**fields, b"error": error.encode()}
+                await self._redis.xadd(key, again)
+                await self._redis.xdel(key, dead_id)
+                return Retried(False, error)
+            await self._redis.xdel(key, dead_id)
+            log.info("bus %s: dead letter %s retried and delivered", self._group, dead_id)
+            return Retried(True)
 
     async def drain(self) -> int:
         """Handle everything pending for this group right now (own unacked entries first)."""
@@ -292,6 +329,51 @@ async def lag(client: aioredis.Redis, shards: int) -> list[GroupLag]:
             waiting[name] = waiting.get(name, 0) + int(behind)
     out = []
     for name in sorted(waiting):
-        dead = await client.xlen(f"nurture:bus-dead:{{{name}}}")
+        dead = await client.xlen(dead_key(name))
         out.append(GroupLag(group=name, waiting=waiting[name], pending=pending[name], dead=int(dead)))
     return out
+
+
+async def _entry(client: aioredis.Redis, key: bytes | str, entry_id: bytes | str) -> _Entry | None:
+    found: Any = await client.xrange(key, min=entry_id, max=entry_id)
+    return (found[0][0], found[0][1]) if found else None
+
+
+class BusDeadLetters:
+    """A consumer group's dead letters as the Admin service lists and retries them (ids `bus:<entry>`)."""
+
+    def __init__(self, consumer: Consumer) -> None:
+        self._consumer = consumer
+
+    async def list(self, limit: int) -> tuple[list[DeadLetter], int]:
+        client, key = self._consumer._redis, dead_key(self._consumer._group)
+        total = int(await client.xlen(key))
+        out = []
+        rows: list[_Entry] = list(await client.xrevrange(key, count=limit) or [])  # type: ignore[arg-type]
+        for entry_id, fields in rows:
+            dead_id = entry_id.decode()
+            lead_id, summary = "", ""
+            try:
+                first = json.loads(fields.get(b"m") or b"[]")
+                # The entry names its own message; the batch it failed in is kept whole for reading.
+                original = await _entry(client, fields[b"stream"], fields[b"entry"])
+                message = busmessage.decode(original[1][b"m"]) if original else None
+                if message is not None:
+                    lead_id, summary = message.lead_id, f"{message.type} ({message.id})"
+                elif first:
+                    summary = f"one of {len(first)} messages, first {first[0].get('type')} (no longer on the bus)"
+            except (ValueError, KeyError, busmessage.MalformedMessage):
+                summary = "unreadable entry"
+            out.append(DeadLetter(id=f"bus:{dead_id}", kind="bus", lead_id=lead_id, summary=summary,
+                                  error=(fields.get(b"error") or b"").decode("utf-8", "replace"),
+                                  at=datetime.fromtimestamp(int(dead_id.split("-")[0]) / 1000, tz=UTC)))
+        return out, total
+
+    async def retry(self, letter_id: str, actor: str) -> Retried | None:
+        if not letter_id.startswith("bus:"):
+            return None
+        entry = letter_id[4:]
+        if not _ENTRY_ID.fullmatch(entry):
+            return None
+        log.info("bus %s: %s retries dead letter %s", self._consumer._group, actor or "someone", entry)
+        return await self._consumer.retry_dead(entry)

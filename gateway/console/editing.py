@@ -15,6 +15,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse, Response
 
 from gateway import roles
+from gateway.console import graph
 from gateway.console.guard import guarded, mesh_of
 from gateway.console.render import page, protect
 from gateway.console.session import Session
@@ -90,6 +91,15 @@ async def _check_journey(request: Request, key: str, text: str, *, save: bool) -
     return [], reply.version
 
 
+def draft_graph(text: str) -> dict[str, Any] | None:
+    """The draft drawn as the journey page draws a journey (no counts: nothing ran it), or None when
+    the text is not a document."""
+    document, _ = parse_document(text)
+    if document is None:
+        return None
+    return graph.layout(*graph.build(document, {}))
+
+
 async def _journey_editor(request: Request, current: Session, key: str, text: str | None,
                           problems: list[str], saved: int) -> Response:
     m = mesh_of(request)
@@ -97,9 +107,11 @@ async def _journey_editor(request: Request, current: Session, key: str, text: st
     latest = max((v["version"] for v in published["versions"]), default=published["version"])
     if text is None:
         text = as_yaml((await journeys_api.get_journey(key, latest, m))["definition"])
+    drawn = draft_graph(text)
     return page("edit_journey.html", status=422 if problems else 200, session=current, title=f"Edit {key}",
                 key=key, text=text, problems=problems, saved=saved, published=published,
-                diff=diff(published["definition"], text))
+                diff=diff(published["definition"], text), graph=drawn, graph_json=json.dumps(drawn),
+                versions=[v["version"] for v in published["versions"]], simulate_version=saved or latest)
 
 
 @router.get("/journeys/{key}/edit")
@@ -123,8 +135,11 @@ async def save_journey(request: Request, key: str) -> Response:
 async def validate_journey(request: Request, key: str) -> Response:
     """As the editor types (console.js): every problem of the document, nothing stored."""
     async def handler(_request: Request, _current: Session) -> Response:
-        problems, _ = await _check_journey(request, key, request.state.form.get("document", ""), save=False)
-        return protect(JSONResponse({"valid": not problems, "problems": problems}))
+        text = request.state.form.get("document", "")
+        problems, _ = await _check_journey(request, key, text, save=False)
+        # The graph only of a valid draft: the page keeps the last valid one drawn (marked stale) meanwhile.
+        return protect(JSONResponse({"valid": not problems, "problems": problems,
+                                     "graph": None if problems else draft_graph(text)}))
     return await guarded(request, handler, needed="editor", form=True)
 
 

@@ -96,3 +96,10 @@ def build(document: Mapping[str, Any], analytics: Mapping[str, Any],
                                                                                                   "wait"):
             e.share = round(by_id[e.target].counts.get("entered", 0) / entered, 4)
     return nodes, edges
+
+
+def layout(nodes: list[Node], edges: list[Edge]) -> dict[str, list[dict[str, Any]]]:
+    """What the page's script lays out with dagre: node ids (with type, stage and label, for a graph
+    the script draws itself, as the draft's while editing) and the labelled edges."""
+    return {"nodes": [{"id": n.id, "type": n.type, "stage": n.stage, "label": n.label} for n in nodes],
+            "edges": [{"source": e.source, "target": e.target, "label": e.label, "share": e.share} for e in edges]}

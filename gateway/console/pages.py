@@ -14,7 +14,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from gateway import roles
-from gateway.console import data, graph, session
+from gateway.console import data, graph, operating, session
 from gateway.console.guard import guarded, mesh_of, read_form, redirect, settings_of
 from gateway.console.render import page
 from gateway.console.static import static_response
@@ -103,11 +103,8 @@ async def journey(request: Request, key: str) -> Response:
         waiting = await data.waiting_by_step(m, key)
         nodes, edges = graph.build(got["definition"] or {}, report, waiting)
         stages = [s for s in (got["definition"] or {}).get("stages") or [] if isinstance(s, dict)]
-        layout = {"nodes": [{"id": n.id, "stage": n.stage} for n in nodes],
-                  "edges": [{"source": e.source, "target": e.target, "label": e.label, "share": e.share}
-                            for e in edges]}
         return page("journey.html", session=current, title=got["name"] or key, journey=got, report=report,
-                    nodes=nodes, edges=edges, stages=stages, layout_json=json.dumps(layout),
+                    nodes=nodes, edges=edges, stages=stages, layout_json=json.dumps(graph.layout(nodes, edges)),
                     can_publish=roles.allows(current.role, "editor"))
     return await guarded(request, handler)
 
@@ -225,7 +222,9 @@ async def analytics_csv(request: Request, report: str) -> Response:
 async def operations(request: Request) -> Response:
     async def handler(_request: Request, current: session.Session) -> Response:
         view = await data.operations_view(mesh_of(request))
-        return page("operations.html", session=current, title="Operations", **view)
+        queues = await operating.queues_view(mesh_of(request), current)
+        return page("operations.html", session=current, title="Operations", queues=queues,
+                    highlight=request.query_params.get("audit", ""), **view)
     return await guarded(request, handler)
 
 

@@ -2,9 +2,14 @@
 
 from fastapi import APIRouter
 
-from gateway.console import editing, pages, templates_pages
+from gateway.console import counts, editing, operating, pages, reports, simulating, templates_pages
 
 router = APIRouter()
+# Before pages: its /analytics/{report}.csv would otherwise take /analytics/attribution.csv and roi.csv.
+router.include_router(reports.router)
 router.include_router(pages.router)
 router.include_router(editing.router)
 router.include_router(templates_pages.router)
+router.include_router(simulating.router)
+router.include_router(counts.router)
+router.include_router(operating.router)

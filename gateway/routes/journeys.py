@@ -112,6 +112,25 @@ async def journey_analytics(key: str, from_: str | None = Query(None, alias="fro
     return result
 
 
+@router.get("/v1/journeys/{key}/analytics/leads", summary="The leads behind one count of the journey's analytics")
+async def counted_leads(key: str, measure: str, step: str = "", reason: str = "",
+                        from_: str | None = Query(None, alias="from"), to: str | None = None, cursor: str = "",
+                        limit: int = Query(100, ge=1, le=1000), m: Mesh = Depends(mesh)) -> dict[str, Any]:
+    request = journeys_pb2.CountedLeadsRequest(journey=key, step=step, measure=measure, reason=reason,
+                                               limit=limit)
+    if from_:
+        getattr(request, "from").FromDatetime(parse_time(from_, "from"))
+    if to:
+        request.to.FromDatetime(parse_time(to, "to"))
+    scope = f"counted:{key}:{step}:{measure}:{reason}"
+    request.cursor = decode_cursor(scope, cursor)
+    reply = await _stub(m).CountedLeads(request, timeout=LONG_DEADLINE_S)
+    return {"journey": key, "step": step or None, "measure": measure, "reason": reason or None,
+            "total": reply.total, "leads_total": reply.leads_total,
+            "items": [{"lead_id": x.lead_id, "times": x.times} for x in reply.leads],
+            "next_cursor": encode_cursor(scope, reply.next_cursor)}
+
+
 @router.get("/v1/journeys/{key}/members", summary="Leads in a journey (optionally a stage, step and status)")
 async def journey_members(key: str, stage: str = "", status: str = "", step: str = "", cursor: str = "",
                           limit: int = Query(100, ge=1, le=1000), m: Mesh = Depends(mesh)) -> dict[str, Any]:

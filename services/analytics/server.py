@@ -16,7 +16,7 @@ from nurture import redisconn
 from nurture.admin import AdminServicer
 from nurture.api.analytics.v1 import analytics_pb2, analytics_pb2_grpc
 from nurture.api.common.v1 import common_pb2, common_pb2_grpc
-from nurture.bus import Consumer
+from nurture.bus import BusDeadLetters, Consumer
 from nurture.clock import make_clock
 from nurture.db import open_database
 from nurture.rpc import start_server
@@ -54,7 +54,8 @@ async def serve(settings: Settings) -> Running:
     def register(server: grpc.aio.Server) -> Iterable[str]:
         analytics_pb2_grpc.add_AnalyticsServicer_to_server(AnalyticsServicer(model), server)
         common_pb2_grpc.add_AdminServicer_to_server(
-            AdminServicer(settle=settle, timeline=timeline, erase=erase, stats=lambda: db.counters), server)
+            AdminServicer(settle=settle, timeline=timeline, erase=erase, stats=lambda: db.counters,
+                          dead_letters=BusDeadLetters(consumer)), server)
         return [analytics_pb2.DESCRIPTOR.services_by_name["Analytics"].full_name,
                 common_pb2.DESCRIPTOR.services_by_name["Admin"].full_name]
 

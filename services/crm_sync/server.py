@@ -13,19 +13,21 @@ from pathlib import Path
 import grpc
 
 from nurture import redisconn
-from nurture.admin import AdminServicer, timeline_item
+from nurture.admin import AdminServicer, CombinedDeadLetters, TimerQueue, Timers, timeline_item
 from nurture.api.common.v1 import common_pb2, common_pb2_grpc
 from nurture.api.crm_sync.v1 import crm_sync_pb2, crm_sync_pb2_grpc
 from nurture.api.messaging.v1 import messaging_pb2_grpc
 from nurture.api.scoring.v1 import scoring_pb2, scoring_pb2_grpc
-from nurture.bus import Consumer
+from nurture.bus import BusDeadLetters, Consumer
 from nurture.clock import make_clock
 from nurture.db import open_database
 from nurture.rpc import channel, start_server
 from nurture.service import Running
 from nurture.settings import Settings
 from services.crm_sync import domain
+from services.crm_sync import storage as st
 from services.crm_sync.app.core import CrmSyncCore
+from services.crm_sync.app.deadletters import PushDeadLetters
 from services.crm_sync.clients import JourneysLookup
 from services.crm_sync.connector import HubSpotConnector
 from services.crm_sync.proposals import load_proposals
@@ -73,6 +75,11 @@ async def serve(settings: Settings) -> Running:
     async def erase(lead_id: str, _hash: str) -> int:
         return await core.erase(lead_id)
 
+    async def timers() -> Timers:
+        now = clock.now()
+        pending, due, first = await core.sql(lambda s: st.pending_summary(s, now))
+        return Timers(now=now, queues=[TimerQueue("crm pushes", pending, due, first)])
+
     auth = CrmAuth(settings.crm_tokens)
 
     def register(server: grpc.aio.Server) -> Iterable[str]:
@@ -80,9 +87,10 @@ async def serve(settings: Settings) -> Running:
         crm_sync_pb2_grpc.add_SalesOpsServicer_to_server(SalesOpsServicer(core), server)
         crm_sync_pb2_grpc.add_ProposalsServicer_to_server(ProposalsServicer(core), server)
         scoring_pb2_grpc.add_EchoServicer_to_server(EchoServicer(), server)
-        common_pb2_grpc.add_AdminServicer_to_server(AdminServicer(settle=settle, timeline=timeline, erase=erase,
-                              stats=lambda: db.counters),
-                                                    server)
+        common_pb2_grpc.add_AdminServicer_to_server(AdminServicer(
+            settle=settle, timeline=timeline, erase=erase, stats=lambda: db.counters, timers=timers,
+            dead_letters=CombinedDeadLetters(("bus", BusDeadLetters(consumer)), ("crm_push", PushDeadLetters(core)))),
+            server)
         return [crm_sync_pb2.DESCRIPTOR.services_by_name[n].full_name for n in ("CrmSync", "SalesOps", "Proposals")] + [
             scoring_pb2.DESCRIPTOR.services_by_name["Echo"].full_name,
             common_pb2.DESCRIPTOR.services_by_name["Admin"].full_name]

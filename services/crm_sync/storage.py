@@ -331,6 +331,14 @@ def next_due(s: Session) -> datetime | None:
     return aware(value)
 
 
+def pending_summary(s: Session, now: datetime) -> tuple[int, int, datetime | None]:
+    """Pushes waiting (first tries and retries): how many, how many due at `now`, the earliest due time."""
+    waiting = outbox.c.status == "pending"
+    pending, first = s.execute(select(func.count(), func.min(outbox.c.due_at)).where(waiting)).one()
+    due = s.execute(select(func.count()).select_from(outbox).where(waiting, outbox.c.due_at <= now)).scalar()
+    return int(pending), int(due or 0), aware(first)
+
+
 def queue_stats(s: Session) -> dict[str, int]:
     rows = s.execute(select(outbox.c.status, func.count()).group_by(outbox.c.status)).all()
     return {r[0]: int(r[1]) for r in rows}
@@ -339,6 +347,29 @@ def queue_stats(s: Session) -> dict[str, int]:
 def dead_jobs(s: Session) -> list[dict[str, Any]]:
     rows = s.execute(select(outbox).where(outbox.c.status == "dead").order_by(outbox.c.id)).all()
     return [dict(r._mapping) for r in rows]
+
+
+def dead_page(s: Session, limit: int) -> tuple[list[dict[str, Any]], int]:
+    """Dead pushes, the most recently given up first, and how many in all."""
+    total = s.execute(select(func.count()).select_from(outbox).where(outbox.c.status == "dead")).scalar() or 0
+    rows = s.execute(select(outbox).where(outbox.c.status == "dead")
+                     .order_by(outbox.c.done_at.desc(), outbox.c.id.desc()).limit(limit)).all()
+    return [{**dict(r._mapping), "done_at": aware(r.done_at)} for r in rows], int(total)
+
+
+def requeue_dead(s: Session, job_id: int, now: datetime) -> dict[str, Any] | None:
+    """A dead push due again now with a fresh count of attempts (None: no dead push of that id)."""
+    row = s.execute(select(outbox).where(outbox.c.id == job_id, outbox.c.status == "dead")).first()
+    if row is None:
+        return None
+    s.execute(update(outbox).where(outbox.c.id == job_id).values(status="pending", attempts=0, due_at=now,
+                                                                  done_at=None))
+    return dict(row._mapping)
+
+
+def job_status(s: Session, job_id: int) -> tuple[str, str | None]:
+    row = s.execute(select(outbox.c.status, outbox.c.last_error).where(outbox.c.id == job_id)).one()
+    return str(row.status), row.last_error
 
 
 # -- tasks and assignment ------------------------------------------------------------------------------

@@ -17,10 +17,10 @@ from pathlib import Path
 import grpc
 
 from nurture import redisconn, times
-from nurture.admin import AdminServicer, timeline_item
+from nurture.admin import AdminServicer, TimerQueue, Timers, timeline_item
 from nurture.api.common.v1 import common_pb2, common_pb2_grpc
 from nurture.api.journeys.v1 import journeys_pb2, journeys_pb2_grpc
-from nurture.bus import Consumer
+from nurture.bus import BusDeadLetters, Consumer
 from nurture.clock import make_clock
 from nurture.db import open_database
 from nurture.rpc import start_server
@@ -63,11 +63,17 @@ async def serve(settings: Settings) -> Running:
     async def erase(lead_id: str, email_hash: str) -> int:
         return await runtime.erase(lead_id)
 
+    async def timers() -> Timers:
+        now = clock.now()
+        store = runtime.timers
+        pending, due, first = await store.pending(), await store.due_count(now), await store.next_due()
+        return Timers(now=now, queues=[TimerQueue("journey steps", pending, due, first)])
+
     def register(server: grpc.aio.Server) -> Iterable[str]:
         journeys_pb2_grpc.add_JourneysServicer_to_server(JourneysServicer(runtime), server)
-        common_pb2_grpc.add_AdminServicer_to_server(AdminServicer(settle=settle, timeline=timeline, erase=erase,
-                              stats=lambda: db.counters),
-                                                    server)
+        common_pb2_grpc.add_AdminServicer_to_server(AdminServicer(
+            settle=settle, timeline=timeline, erase=erase, stats=lambda: db.counters, timers=timers,
+            dead_letters=BusDeadLetters(consumer)), server)
         return [journeys_pb2.DESCRIPTOR.services_by_name["Journeys"].full_name,
                 common_pb2.DESCRIPTOR.services_by_name["Admin"].full_name]
 

@@ -12,7 +12,7 @@ import grpc
 from nurture import errors, times
 from nurture.api.journeys.v1 import journeys_pb2, journeys_pb2_grpc
 from nurture.rpcguard import guard_requests
-from services.journeys import simulation
+from services.journeys import simulation, storage
 from services.journeys.app.runner import Invalid, JourneysRuntime, NotFound
 
 SIMULATION_BUDGET = 2_000_000  # leads x days accepted by one Simulate call
@@ -118,6 +118,34 @@ class JourneysServicer(journeys_pb2_grpc.JourneysServicer):
         except NotFound as exc:
             raise errors.NotFound(str(exc), code="journey_not_found") from exc
         return journeys_pb2.LiveStepsReply(leads=counts)
+
+    async def CountedLeads(self, request: journeys_pb2.CountedLeadsRequest,
+                           context: grpc.aio.ServicerContext) -> journeys_pb2.CountedLeadsReply:
+        problems: dict[str, str] = {}
+        if request.measure not in storage.COUNTED_MEASURES:
+            problems["measure"] = f"must be one of {', '.join(storage.COUNTED_MEASURES)}"
+        if not request.step and request.measure != "exited":
+            problems["step"] = "is required (only exits may be counted over the whole journey)"
+        if request.reason and request.measure != "exited":
+            problems["reason"] = "applies to exits only"
+        if not 0 <= request.limit <= 1000:
+            problems["limit"] = "must be between 1 and 1000"
+        start = getattr(request, "from").ToDatetime() if request.HasField("from") else None
+        end = request.to.ToDatetime() if request.HasField("to") else None
+        start, end = times.utc_or_none(start), times.utc_or_none(end)
+        if start and end and start >= end:
+            problems["from"] = "must be before to"
+        if problems:
+            raise errors.invalid_fields(problems)
+        try:
+            rows, cursor, total, leads = await self.rt.counted_leads(
+                request.journey, request.step, request.measure, request.reason, start, end, request.cursor,
+                request.limit or 50)
+        except NotFound as exc:
+            raise errors.NotFound(str(exc), code="journey_not_found") from exc
+        return journeys_pb2.CountedLeadsReply(
+            leads=[journeys_pb2.CountedLead(lead_id=lead, times=n) for lead, n in rows], next_cursor=cursor,
+            total=total, leads_total=leads)
 
     async def Analytics(self, request: journeys_pb2.AnalyticsRequest,
                         context: grpc.aio.ServicerContext) -> journeys_pb2.ReportReply:

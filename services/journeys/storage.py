@@ -69,6 +69,7 @@ class EnrollmentRow(Base):
 class StepRunRow(Base):
     __tablename__ = "journeys_step_runs"
     __table_args__ = (Index("ix_journeys_step_runs_journey_at", "journey", "at"),
+                      Index("ix_journeys_step_runs_step_lead", "journey", "step", "lead_id"),
                       Index("ix_journeys_step_runs_lead", "lead_id"),
                       Index("ix_journeys_step_runs_message", "message_id"))
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
@@ -108,7 +109,8 @@ class TransitionRow(Base):
 
 class EngagementRow(Base):
     __tablename__ = "journeys_engagements"
-    __table_args__ = (Index("ix_journeys_engagements_journey_at", "journey", "at"),)
+    __table_args__ = (Index("ix_journeys_engagements_journey_at", "journey", "at"),
+                      Index("ix_journeys_engagements_step_lead", "journey", "step", "lead_id"))
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     event_id: Mapped[str] = mapped_column(String(128), unique=True)
     lead_id: Mapped[str] = mapped_column(String(128))
@@ -412,6 +414,69 @@ def history(session: Session, journey: str, start: datetime | None,
                    for g in session.scalars(window(select(EngagementRow).where(EngagementRow.journey == journey),
                                                    EngagementRow.at))]
     return runs, transitions, engagements
+
+
+# The records behind each step count, in the words of domain.funnel.Funnel (which counts them).
+RUN_STATUSES: dict[str, tuple[str, ...] | None] = {
+    "entered": None,  # every run but a deferred one
+    "sent": ("sent", "scheduled"),
+    "suppressed": ("suppressed", "failed"),
+}
+ENGAGEMENT_TYPES = {"opened": "email_opened", "clicked": "email_clicked"}
+COUNTED_MEASURES = (*RUN_STATUSES, *ENGAGEMENT_TYPES, "converted", "exited")
+
+
+def counted_leads(session: Session, *, journey: str, step: str, measure: str, reason: str,
+                  start: datetime | None, end: datetime | None, cursor: str,
+                  limit: int) -> tuple[list[tuple[str, int]], str, int, int]:
+    """The leads behind one count of `history`'s funnel: (lead id, records of theirs) by lead id after
+    `cursor`, the next cursor, the count (records over every page) and how many leads over every page.
+
+    Runs and engagements are grouped in SQL (indexed by journey, step, lead); goals and exits are read
+    and matched here, as the funnel matches them (their credited step and reason live in the facts)."""
+    def window(q: Any, col: Any) -> Any:
+        if start is not None:
+            q = q.where(col >= start)
+        if end is not None:
+            q = q.where(col < end)
+        return q
+
+    if measure in RUN_STATUSES or measure in ENGAGEMENT_TYPES:
+        if measure in RUN_STATUSES:
+            statuses = RUN_STATUSES[measure]
+            base = window(select(StepRunRow.lead_id.label("lead_id")).where(
+                StepRunRow.journey == journey, StepRunRow.step == step,
+                StepRunRow.status.in_(statuses) if statuses else StepRunRow.status != "deferred"), StepRunRow.at)
+        else:
+            base = window(select(EngagementRow.lead_id.label("lead_id")).where(
+                EngagementRow.journey == journey, EngagementRow.step == step,
+                EngagementRow.type == ENGAGEMENT_TYPES[measure]), EngagementRow.at)
+        sub = base.subquery()
+        total, leads_total = session.execute(select(func.count(), func.count(func.distinct(sub.c.lead_id)))).one()
+        q = select(sub.c.lead_id, func.count()).group_by(sub.c.lead_id)
+        if cursor:
+            q = q.where(sub.c.lead_id > cursor)
+        rows = [(str(lead), int(n)) for lead, n in session.execute(q.order_by(sub.c.lead_id).limit(limit + 1))]
+    else:
+        kind = "goal" if measure == "converted" else "exited"
+        q = window(select(TransitionRow.lead_id, TransitionRow.step_from, TransitionRow.rule, TransitionRow.facts)
+                   .where(TransitionRow.journey == journey, TransitionRow.type == kind), TransitionRow.at)
+        if kind == "exited" and step:
+            q = q.where(TransitionRow.step_from == step)
+        tally: dict[str, int] = {}
+        for lead, step_from, rule, raw in session.execute(q):
+            facts = json.loads(raw or "{}")
+            if kind == "goal":
+                if str(facts.get("last_sent") or step_from or "") != step:
+                    continue
+            elif reason and str(rule or facts.get("reason") or "exit") != reason:
+                continue
+            tally[lead] = tally.get(lead, 0) + 1
+        total, leads_total = sum(tally.values()), len(tally)
+        rows = sorted((lead, n) for lead, n in tally.items() if lead > cursor)[:limit + 1]
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return rows, (rows[-1][0] if more and rows else ""), int(total), int(leads_total)
 
 
 def step_run_keys(session: Session) -> list[tuple[str, str]]:

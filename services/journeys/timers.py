@@ -161,3 +161,10 @@ class TimerStore:
         for shard in range(self.shards):
             pipe.zcard(timer_key(shard))
         return int(sum(await pipe.execute()))
+
+    async def due_count(self, now: datetime) -> int:
+        """Timers due at `now` and not yet claimed (late, if it stays above zero)."""
+        pipe = self._redis.pipeline(transaction=False)
+        for shard in range(self.shards):
+            pipe.zcount(timer_key(shard), "-inf", to_ms(now))
+        return int(sum(await pipe.execute()))

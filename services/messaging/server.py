@@ -12,10 +12,10 @@ from pathlib import Path
 import grpc
 
 from nurture import redisconn
-from nurture.admin import AdminServicer, timeline_item
+from nurture.admin import AdminServicer, TimerQueue, Timers, timeline_item
 from nurture.api.common.v1 import common_pb2, common_pb2_grpc
 from nurture.api.messaging.v1 import messaging_pb2, messaging_pb2_grpc
-from nurture.bus import Consumer
+from nurture.bus import BusDeadLetters, Consumer
 from nurture.clock import make_clock
 from nurture.db import open_database
 from nurture.rpc import channel, start_server
@@ -79,11 +79,16 @@ async def serve(settings: Settings) -> Running:
         await redis.delete(redisconn.lead_key(lead_id, "msg:nurture"))
         return removed
 
+    async def timers() -> Timers:
+        now = clock.now()
+        pending, due, first = await db.run(store.scheduled_summary, now)
+        return Timers(now=now, queues=[TimerQueue("scheduled messages", pending, due, first)])
+
     def register(server: grpc.aio.Server) -> Iterable[str]:
         messaging_pb2_grpc.add_MessagingServicer_to_server(MessagingServicer(engine, channels), server)
-        common_pb2_grpc.add_AdminServicer_to_server(AdminServicer(settle=settle, timeline=timeline, erase=erase,
-                              stats=lambda: db.counters),
-                                                    server)
+        common_pb2_grpc.add_AdminServicer_to_server(AdminServicer(
+            settle=settle, timeline=timeline, erase=erase, stats=lambda: db.counters, timers=timers,
+            dead_letters=BusDeadLetters(consumer)), server)
         return [messaging_pb2.DESCRIPTOR.services_by_name["Messaging"].full_name,
                 common_pb2.DESCRIPTOR.services_by_name["Admin"].full_name]
 

@@ -145,6 +145,16 @@ class Store:
                 messages.c.status.in_(("scheduled", "sending")))).scalar()
         return aware(value)
 
+    def scheduled_summary(self, now: datetime) -> tuple[int, int, datetime | None]:
+        """Messages waiting for their time (scheduled, or claimed and being sent): how many, how many
+        due at `now`, the earliest due time."""
+        waiting = messages.c.status.in_(("scheduled", "sending"))
+        with self._sessions() as s:
+            pending, first = s.execute(select(func.count(), func.min(messages.c.due_at)).where(waiting)).one()
+            due = s.execute(select(func.count()).select_from(messages).where(
+                waiting, messages.c.due_at <= naive(now))).scalar()
+        return int(pending), int(due or 0), aware(first)
+
     def apply(self, outcomes: Sequence[Outcome], now: datetime) -> None:
         """Record a batch of outcomes in one transaction."""
         if not outcomes:

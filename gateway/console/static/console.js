@@ -36,6 +36,7 @@
       el.style.top = Math.round(n.y - n.height / 2) + "px";
     });
     var svg = container.querySelector("svg.edges");
+    svg.replaceChildren();  // a redraw (the draft's graph as it is edited) starts from no edges
     svg.setAttribute("width", Math.ceil(size.width));
     svg.setAttribute("height", Math.ceil(size.height));
     g.edges().forEach(function (ref) {
@@ -88,6 +89,39 @@
     });
   }
 
+  // The draft's graph, rebuilt from a validation's answer: a box per step (text set as text, never
+  // parsed as HTML), then laid out as the journey page's graph is.
+  function redrawDraft(container, spec) {
+    var svg = container.querySelector("svg.edges");
+    var boxes = spec.nodes.map(function (n) {
+      var box = document.createElement("div");
+      box.className = "node type-" + n.type.replace(/[^a-z_-]/gi, "");
+      box.setAttribute("data-step", n.id);
+      box.setAttribute("data-stage", n.stage);
+      var head = document.createElement("div");
+      head.className = "node-head";
+      var kind = document.createElement("span");
+      kind.className = "step-type";
+      kind.textContent = n.type;
+      var id = document.createElement("span");
+      id.className = "step-id";
+      id.textContent = n.id;
+      head.append(kind, " ", id);
+      box.appendChild(head);
+      if (n.label) {
+        var label = document.createElement("div");
+        label.className = "step-label";
+        label.textContent = n.label;
+        box.appendChild(label);
+      }
+      return box;
+    });
+    container.classList.remove("laid-out");
+    container.replaceChildren.apply(container, [svg].concat(boxes));
+    container.setAttribute("data-graph", JSON.stringify(spec));
+    layoutGraph(container);
+  }
+
   // As the editor types: the service's validation of the whole document, every problem listed.
   function liveValidation(area) {
     var url = area.getAttribute("data-validate");
@@ -110,6 +144,18 @@
           }));
           valid.hidden = !result.valid;
           valid.textContent = result.valid ? "No problem found." : "";
+          var drawn = document.getElementById("draft-graph");
+          var state = document.getElementById("draft-graph-state");
+          if (drawn && state) {
+            if (result.graph) {
+              redrawDraft(drawn, result.graph);
+              state.setAttribute("data-state", "drawn");
+              state.textContent = "Redrawn as you type, whenever the draft is valid.";
+            } else {
+              state.setAttribute("data-state", "stale");
+              state.textContent = "The draft has problems: the graph shows its last valid version.";
+            }
+          }
         });
     }
     area.addEventListener("input", function () {
@@ -123,6 +169,8 @@
     if (editor) liveValidation(editor);
     var graph = document.getElementById("graph");
     if (graph) layoutGraph(graph);
+    var draft = document.getElementById("draft-graph");
+    if (draft && draft.querySelector("[data-step]")) layoutGraph(draft);
     var chart = document.getElementById("score-chart");
     if (chart) scoreChart(chart);
     var series = document.getElementById("series-chart");

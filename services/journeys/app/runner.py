@@ -463,6 +463,19 @@ class JourneysRuntime:
                 return storage.live_steps(s, journey)
         return await self.db.run(q)
 
+    async def counted_leads(self, journey: str, step: str, measure: str, reason: str, start: datetime | None,
+                            end: datetime | None, cursor: str,
+                            limit: int) -> tuple[list[tuple[str, int]], str, int, int]:
+        """The leads behind one count of `analytics` (storage.counted_leads)."""
+        if self.registry.live(journey) is None and not self.registry.versions(journey):
+            raise NotFound(f"unknown journey {journey!r}")
+
+        def q() -> tuple[list[tuple[str, int]], str, int, int]:
+            with self.db.session() as s:
+                return storage.counted_leads(s, journey=journey, step=step, measure=measure, reason=reason,
+                                             start=start, end=end, cursor=cursor, limit=limit)
+        return await self.db.run(q)
+
     async def timeline(self, lead_id: str, limit: int) -> list[storage.TransitionRow]:
         def q() -> list[storage.TransitionRow]:
             with self.db.session() as s:

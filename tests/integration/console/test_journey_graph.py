@@ -57,9 +57,11 @@ async def test_graph_counts_equal_the_api_and_a_recount(running: tuple[httpx.Asy
     assert sum(opened.values()) == 2
     for step, n in opened.items():
         block = page.text.split(f'data-step="{step}"', 1)[1].split('data-step="', 1)[0]
-        assert f'data-measure="opened" href="/console/leads?journey=family&amp;step={step}">opened <b>{n}</b>' in block
+        assert (f'data-measure="opened" href="/console/journeys/family/leads?step={step}&amp;measure=opened">'
+                f'opened <b>{n}</b>') in block
     for reason, n in api.json()["exit_reasons"].items():
-        assert f'data-reason="{reason}">{reason} {n}<' in page.text
+        assert (f'data-reason="{reason}" href="/console/journeys/family/leads?measure=exited&amp;reason={reason}">'
+                f'{reason} {n}<') in page.text
     # The journeys list shows the same enrolment as the report.
     listing = await client.get("/console/journeys")
     assert f'href="/console/leads?journey=family" data-enrolled="{api.json()["enrolled"]}"' in listing.text

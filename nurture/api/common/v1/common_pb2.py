@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"nurture/api/common/v1/common.proto\x12\x15nurture.api.common.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x85\x01\n\x0cTimelineItem\x12&\n\x02\x61t\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\x0f\n\x07summary\x18\x04 \x01(\t\x12\x14\n\x0c\x64\x65tails_json\x18\x05 \x01(\t\x12\n\n\x02id\x18\x06 \x01(\t\"\x0f\n\rSettleRequest\"g\n\x0bSettleReply\x12\x11\n\twork_done\x18\x01 \x01(\x03\x12/\n\x0bnext_due_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0chas_next_due\x18\x03 \x01(\x08\"1\n\x0fTimelineRequest\x12\x0f\n\x07lead_id\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\"C\n\rTimelineReply\x12\x32\n\x05items\x18\x01 \x03(\x0b\x32#.nurture.api.common.v1.TimelineItem\"7\n\x10\x45raseLeadRequest\x12\x0f\n\x07lead_id\x18\x01 \x01(\t\x12\x12\n\nemail_hash\x18\x02 \x01(\t\"!\n\x0e\x45raseLeadReply\x12\x0f\n\x07removed\x18\x01 \x01(\x03\"\x0e\n\x0cStatsRequest\"\x80\x01\n\nStatsReply\x12\x41\n\x08\x63ounters\x18\x01 \x03(\x0b\x32/.nurture.api.common.v1.StatsReply.CountersEntry\x1a/\n\rCountersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x32\xe3\x02\n\x05\x41\x64min\x12R\n\x06Settle\x12$.nurture.api.common.v1.SettleRequest\x1a\".nurture.api.common.v1.SettleReply\x12X\n\x08Timeline\x12&.nurture.api.common.v1.TimelineRequest\x1a$.nurture.api.common.v1.TimelineReply\x12[\n\tEraseLead\x12\'.nurture.api.common.v1.EraseLeadRequest\x1a%.nurture.api.common.v1.EraseLeadReply\x12O\n\x05Stats\x12#.nurture.api.common.v1.StatsRequest\x1a!.nurture.api.common.v1.StatsReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"nurture/api/common/v1/common.proto\x12\x15nurture.api.common.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x85\x01\n\x0cTimelineItem\x12&\n\x02\x61t\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\x0f\n\x07summary\x18\x04 \x01(\t\x12\x14\n\x0c\x64\x65tails_json\x18\x05 \x01(\t\x12\n\n\x02id\x18\x06 \x01(\t\"\x0f\n\rSettleRequest\"g\n\x0bSettleReply\x12\x11\n\twork_done\x18\x01 \x01(\x03\x12/\n\x0bnext_due_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0chas_next_due\x18\x03 \x01(\x08\"1\n\x0fTimelineRequest\x12\x0f\n\x07lead_id\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\"C\n\rTimelineReply\x12\x32\n\x05items\x18\x01 \x03(\x0b\x32#.nurture.api.common.v1.TimelineItem\"7\n\x10\x45raseLeadRequest\x12\x0f\n\x07lead_id\x18\x01 \x01(\t\x12\x12\n\nemail_hash\x18\x02 \x01(\t\"!\n\x0e\x45raseLeadReply\x12\x0f\n\x07removed\x18\x01 \x01(\x03\"\x0e\n\x0cStatsRequest\"\x80\x01\n\nStatsReply\x12\x41\n\x08\x63ounters\x18\x01 \x03(\x0b\x32/.nurture.api.common.v1.StatsReply.CountersEntry\x1a/\n\rCountersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"\x0f\n\rTimersRequest\"m\n\nTimerQueue\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07pending\x18\x02 \x01(\x03\x12\x0f\n\x07\x64ue_now\x18\x03 \x01(\x03\x12/\n\x0bnext_due_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"i\n\x0bTimersReply\x12\x31\n\x06queues\x18\x01 \x03(\x0b\x32!.nurture.api.common.v1.TimerQueue\x12\'\n\x03now\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"#\n\x12\x44\x65\x61\x64LettersRequest\x12\r\n\x05limit\x18\x01 \x01(\x05\"\x7f\n\nDeadLetter\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0f\n\x07lead_id\x18\x03 \x01(\t\x12\x0f\n\x07summary\x18\x04 \x01(\t\x12\r\n\x05\x65rror\x18\x05 \x01(\t\x12&\n\x02\x61t\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"S\n\x10\x44\x65\x61\x64LettersReply\x12\x30\n\x05items\x18\x01 \x03(\x0b\x32!.nurture.api.common.v1.DeadLetter\x12\r\n\x05total\x18\x02 \x01(\x03\"3\n\x16RetryDeadLetterRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x02 \x01(\t\"8\n\x14RetryDeadLetterReply\x12\x11\n\tdelivered\x18\x01 \x01(\x08\x12\r\n\x05\x65rror\x18\x02 \x01(\t2\x89\x05\n\x05\x41\x64min\x12R\n\x06Settle\x12$.nurture.api.common.v1.SettleRequest\x1a\".nurture.api.common.v1.SettleReply\x12X\n\x08Timeline\x12&.nurture.api.common.v1.TimelineRequest\x1a$.nurture.api.common.v1.TimelineReply\x12[\n\tEraseLead\x12\'.nurture.api.common.v1.EraseLeadRequest\x1a%.nurture.api.common.v1.EraseLeadReply\x12O\n\x05Stats\x12#.nurture.api.common.v1.StatsRequest\x1a!.nurture.api.common.v1.StatsReply\x12R\n\x06Timers\x12$.nurture.api.common.v1.TimersRequest\x1a\".nurture.api.common.v1.TimersReply\x12\x61\n\x0b\x44\x65\x61\x64Letters\x12).nurture.api.common.v1.DeadLettersRequest\x1a\'.nurture.api.common.v1.DeadLettersReply\x12m\n\x0fRetryDeadLetter\x12-.nurture.api.common.v1.RetryDeadLetterRequest\x1a+.nurture.api.common.v1.RetryDeadLetterReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -54,6 +54,22 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STATSREPLY']._serialized_end=709
   _globals['_STATSREPLY_COUNTERSENTRY']._serialized_start=662
   _globals['_STATSREPLY_COUNTERSENTRY']._serialized_end=709
-  _globals['_ADMIN']._serialized_start=712
-  _globals['_ADMIN']._serialized_end=1067
+  _globals['_TIMERSREQUEST']._serialized_start=711
+  _globals['_TIMERSREQUEST']._serialized_end=726
+  _globals['_TIMERQUEUE']._serialized_start=728
+  _globals['_TIMERQUEUE']._serialized_end=837
+  _globals['_TIMERSREPLY']._serialized_start=839
+  _globals['_TIMERSREPLY']._serialized_end=944
+  _globals['_DEADLETTERSREQUEST']._serialized_start=946
+  _globals['_DEADLETTERSREQUEST']._serialized_end=981
+  _globals['_DEADLETTER']._serialized_start=983
+  _globals['_DEADLETTER']._serialized_end=1110
+  _globals['_DEADLETTERSREPLY']._serialized_start=1112
+  _globals['_DEADLETTERSREPLY']._serialized_end=1195
+  _globals['_RETRYDEADLETTERREQUEST']._serialized_start=1197
+  _globals['_RETRYDEADLETTERREQUEST']._serialized_end=1248
+  _globals['_RETRYDEADLETTERREPLY']._serialized_start=1250
+  _globals['_RETRYDEADLETTERREPLY']._serialized_end=1306
+  _globals['_ADMIN']._serialized_start=1309
+  _globals['_ADMIN']._serialized_end=1958
 # @@protoc_insertion_point(module_scope)

@@ -55,6 +55,21 @@ class AdminStub:
                 request_serializer=nurture_dot_api_dot_common_dot_v1_dot_common__pb2.StatsRequest.SerializeToString,
                 response_deserializer=nurture_dot_api_dot_common_dot_v1_dot_common__pb2.StatsReply.FromString,
                 _registered_method=True)
+        self.Timers = channel.unary_unary(
+                '/nurture.api.common.v1.Admin/Timers',
+                request_serializer=nurture_dot_api_dot_common_dot_v1_dot_common__pb2.TimersRequest.SerializeToString,
+                response_deserializer=nurture_dot_api_dot_common_dot_v1_dot_common__pb2.TimersReply.FromString,
+                _registered_method=True)
+        self.DeadLetters = channel.unary_unary(
+                '/nurture.api.common.v1.Admin/DeadLetters',
+                request_serializer=nurture_dot_api_dot_common_dot_v1_dot_common__pb2.DeadLettersRequest.SerializeToString,
+                response_deserializer=nurture_dot_api_dot_common_dot_v1_dot_common__pb2.DeadLettersReply.FromString,
+                _registered_method=True)
+        self.RetryDeadLetter = channel.unary_unary(
+                '/nurture.api.common.v1.Admin/RetryDeadLetter',
+                request_serializer=nurture_dot_api_dot_common_dot_v1_dot_common__pb2.RetryDeadLetterRequest.SerializeToString,
+                response_deserializer=nurture_dot_api_dot_common_dot_v1_dot_common__pb2.RetryDeadLetterReply.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -89,6 +104,26 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Timers(self, request, context):
+        """Work scheduled for later, per queue: how much, how much is due now, when the next is due.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeadLetters(self, request, context):
+        """What this service gave up on, and trying one again (operators: the console's operations page).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RetryDeadLetter(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -111,6 +146,21 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.Stats,
                     request_deserializer=nurture_dot_api_dot_common_dot_v1_dot_common__pb2.StatsRequest.FromString,
                     response_serializer=nurture_dot_api_dot_common_dot_v1_dot_common__pb2.StatsReply.SerializeToString,
+            ),
+            'Timers': grpc.unary_unary_rpc_method_handler(
+                    servicer.Timers,
+                    request_deserializer=nurture_dot_api_dot_common_dot_v1_dot_common__pb2.TimersRequest.FromString,
+                    response_serializer=nurture_dot_api_dot_common_dot_v1_dot_common__pb2.TimersReply.SerializeToString,
+            ),
+            'DeadLetters': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeadLetters,
+                    request_deserializer=nurture_dot_api_dot_common_dot_v1_dot_common__pb2.DeadLettersRequest.FromString,
+                    response_serializer=nurture_dot_api_dot_common_dot_v1_dot_common__pb2.DeadLettersReply.SerializeToString,
+            ),
+            'RetryDeadLetter': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetryDeadLetter,
+                    request_deserializer=nurture_dot_api_dot_common_dot_v1_dot_common__pb2.RetryDeadLetterRequest.FromString,
+                    response_serializer=nurture_dot_api_dot_common_dot_v1_dot_common__pb2.RetryDeadLetterReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -222,6 +272,87 @@ class Admin:
             '/nurture.api.common.v1.Admin/Stats',
             nurture_dot_api_dot_common_dot_v1_dot_common__pb2.StatsRequest.SerializeToString,
             nurture_dot_api_dot_common_dot_v1_dot_common__pb2.StatsReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Timers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nurture.api.common.v1.Admin/Timers',
+            nurture_dot_api_dot_common_dot_v1_dot_common__pb2.TimersRequest.SerializeToString,
+            nurture_dot_api_dot_common_dot_v1_dot_common__pb2.TimersReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeadLetters(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nurture.api.common.v1.Admin/DeadLetters',
+            nurture_dot_api_dot_common_dot_v1_dot_common__pb2.DeadLettersRequest.SerializeToString,
+            nurture_dot_api_dot_common_dot_v1_dot_common__pb2.DeadLettersReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetryDeadLetter(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nurture.api.common.v1.Admin/RetryDeadLetter',
+            nurture_dot_api_dot_common_dot_v1_dot_common__pb2.RetryDeadLetterRequest.SerializeToString,
+            nurture_dot_api_dot_common_dot_v1_dot_common__pb2.RetryDeadLetterReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -227,3 +227,42 @@ class WhyNotRequest(_message.Message):
     lead_id: str
     journey: str
     def __init__(self, lead_id: _Optional[str] = ..., journey: _Optional[str] = ...) -> None: ...
+
+class CountedLeadsRequest(_message.Message):
+    __slots__ = ("journey", "step", "measure", "reason", "to", "cursor", "limit")
+    JOURNEY_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    MEASURE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    FROM_FIELD_NUMBER: _ClassVar[int]
+    TO_FIELD_NUMBER: _ClassVar[int]
+    CURSOR_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    journey: str
+    step: str
+    measure: str
+    reason: str
+    to: _timestamp_pb2.Timestamp
+    cursor: str
+    limit: int
+    def __init__(self, journey: _Optional[str] = ..., step: _Optional[str] = ..., measure: _Optional[str] = ..., reason: _Optional[str] = ..., to: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., cursor: _Optional[str] = ..., limit: _Optional[int] = ..., **kwargs) -> None: ...
+
+class CountedLead(_message.Message):
+    __slots__ = ("lead_id", "times")
+    LEAD_ID_FIELD_NUMBER: _ClassVar[int]
+    TIMES_FIELD_NUMBER: _ClassVar[int]
+    lead_id: str
+    times: int
+    def __init__(self, lead_id: _Optional[str] = ..., times: _Optional[int] = ...) -> None: ...
+
+class CountedLeadsReply(_message.Message):
+    __slots__ = ("leads", "next_cursor", "total", "leads_total")
+    LEADS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_CURSOR_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    LEADS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    leads: _containers.RepeatedCompositeFieldContainer[CountedLead]
+    next_cursor: str
+    total: int
+    leads_total: int
+    def __init__(self, leads: _Optional[_Iterable[_Union[CountedLead, _Mapping]]] = ..., next_cursor: _Optional[str] = ..., total: _Optional[int] = ..., leads_total: _Optional[int] = ...) -> None: ...

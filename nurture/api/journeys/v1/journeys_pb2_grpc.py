@@ -84,6 +84,11 @@ class JourneysStub:
                 request_serializer=nurture_dot_api_dot_journeys_dot_v1_dot_journeys__pb2.WhyNotRequest.SerializeToString,
                 response_deserializer=nurture_dot_api_dot_journeys_dot_v1_dot_journeys__pb2.ReportReply.FromString,
                 _registered_method=True)
+        self.CountedLeads = channel.unary_unary(
+                '/nurture.api.journeys.v1.Journeys/CountedLeads',
+                request_serializer=nurture_dot_api_dot_journeys_dot_v1_dot_journeys__pb2.CountedLeadsRequest.SerializeToString,
+                response_deserializer=nurture_dot_api_dot_journeys_dot_v1_dot_journeys__pb2.CountedLeadsReply.FromString,
+                _registered_method=True)
 
 
 class JourneysServicer:
@@ -149,6 +154,12 @@ class JourneysServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CountedLeads(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_JourneysServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -201,6 +212,11 @@ def add_JourneysServicer_to_server(servicer, server):
                     servicer.WhyNot,
                     request_deserializer=nurture_dot_api_dot_journeys_dot_v1_dot_journeys__pb2.WhyNotRequest.FromString,
                     response_serializer=nurture_dot_api_dot_journeys_dot_v1_dot_journeys__pb2.ReportReply.SerializeToString,
+            ),
+            'CountedLeads': grpc.unary_unary_rpc_method_handler(
+                    servicer.CountedLeads,
+                    request_deserializer=nurture_dot_api_dot_journeys_dot_v1_dot_journeys__pb2.CountedLeadsRequest.FromString,
+                    response_serializer=nurture_dot_api_dot_journeys_dot_v1_dot_journeys__pb2.CountedLeadsReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -473,6 +489,33 @@ class Journeys:
             '/nurture.api.journeys.v1.Journeys/WhyNot',
             nurture_dot_api_dot_journeys_dot_v1_dot_journeys__pb2.WhyNotRequest.SerializeToString,
             nurture_dot_api_dot_journeys_dot_v1_dot_journeys__pb2.ReportReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CountedLeads(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nurture.api.journeys.v1.Journeys/CountedLeads',
+            nurture_dot_api_dot_journeys_dot_v1_dot_journeys__pb2.CountedLeadsRequest.SerializeToString,
+            nurture_dot_api_dot_journeys_dot_v1_dot_journeys__pb2.CountedLeadsReply.FromString,
             options,
             channel_credentials,
             insecure,

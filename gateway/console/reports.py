@@ -1,0 +1,156 @@
+"""The console's report pages beside the analytics dashboard: attribution and ROI (charts with their
+tables, the reports' filters, CSV) and the A/B experiments of templates with their significance.
+
+Each page reads through the function that answers the same /v1 call (gateway.routes.analytics,
+gateway.routes.messaging), so a figure on a page is the API's figure for the same filters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+from urllib.parse import urlencode
+
+import grpc
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from gateway.console.guard import guarded, mesh_of
+from gateway.console.render import page
+from gateway.console.session import Session
+from gateway.deps import ApiError
+from gateway.routes import analytics as analytics_api
+from gateway.routes import messaging as messaging_api
+
+router = APIRouter(prefix="/console", include_in_schema=False)
+
+MODELS = ("last", "first", "linear")
+TABLES = analytics_api.ATTRIBUTION_TABLES
+DIMENSION = {"by_template": "template", "by_topic": "topic", "by_format": "format"}
+# Templates whose A/B reports are read at once: one AbReport each, kept few so a long catalog does not
+# open a burst of calls on messaging.
+AB_CONCURRENCY = 8
+
+
+def _filters(request: Request) -> dict[str, str | None]:
+    q = request.query_params
+    return {name: (q.get(name) or None) for name in ("from", "to", "segment", "journey")}
+
+
+def _pick(request: Request, name: str, allowed: tuple[str, ...]) -> str:
+    value = request.query_params.get(name) or allowed[0]
+    if value not in allowed:
+        raise ApiError(422, "invalid", f"{name} must be one of {', '.join(allowed)}", {"field": name})
+    return value
+
+
+def _window(request: Request) -> int:
+    raw = (request.query_params.get("window_days") or "30").strip()
+    try:
+        days = int(raw)
+    except ValueError as exc:
+        raise ApiError(422, "invalid", "window_days must be a whole number", {"field": "window_days"}) from exc
+    if not 1 <= days <= 3650:
+        raise ApiError(422, "invalid", "window_days must be between 1 and 3650", {"field": "window_days"})
+    return days
+
+
+@router.get("/analytics/attribution")
+async def attribution(request: Request) -> Response:
+    """Conversions and won revenue credited to content under the chosen model (chart and table), and the
+    ROI per journey (chart and table), from the same calls as /v1/analytics/attribution and /roi."""
+    async def handler(_request: Request, current: Session) -> Response:
+        m, f = mesh_of(request), _filters(request)
+        model, table, window = _pick(request, "model", MODELS), _pick(request, "table", TABLES), _window(request)
+        args = (f["from"], f["to"], f["segment"], f["journey"], "json")
+        credited, roi = await asyncio.gather(
+            analytics_api.attribution(model, window, *args, table=table, m=m),
+            analytics_api.roi(*args, m=m))
+        dimension = DIMENSION[table]
+        rows = credited[table]
+        # Revenue only: conversions (a handful) would be invisible on revenue's axis; the table has both.
+        chart = {"labels": [str(r[dimension]) for r in rows],
+                 "series": [{"label": "revenue", "values": [r["revenue"] for r in rows]}]}
+        roi_chart = {"labels": [str(r["journey"]) for r in roi["by_journey"]],
+                     "series": [{"label": "cost", "values": [r["cost"] for r in roi["by_journey"]]},
+                                {"label": "influenced revenue",
+                                 "values": [r["influenced_revenue"] for r in roi["by_journey"]]}]}
+        filters = {k: v or "" for k, v in f.items()}
+        query = urlencode({k: v for k, v in filters.items() if v})
+        return page("attribution.html", session=current, title="Attribution and ROI", filters=filters,
+                    models=MODELS, tables=TABLES, model=model, table=table, window_days=window,
+                    dimension=dimension, attribution=credited, rows=rows, roi=roi, query=query,
+                    chart_json=json.dumps(chart), roi_chart_json=json.dumps(roi_chart))
+    return await guarded(request, handler)
+
+
+@router.get("/analytics/attribution.csv")
+async def attribution_csv(request: Request) -> Response:
+    """The attribution table shown (by template, topic or format) as the API's CSV."""
+    async def handler(_request: Request, _current: Session) -> Response:
+        f = _filters(request)
+        answer: Response = await analytics_api.attribution(
+            _pick(request, "model", MODELS), _window(request), f["from"], f["to"], f["segment"], f["journey"],
+            "csv", table=_pick(request, "table", TABLES), m=mesh_of(request))
+        answer.headers["Content-Disposition"] = 'attachment; filename="attribution.csv"'
+        return answer
+    return await guarded(request, handler)
+
+
+@router.get("/analytics/roi.csv")
+async def roi_csv(request: Request) -> Response:
+    """ROI per journey as the API's CSV."""
+    async def handler(_request: Request, _current: Session) -> Response:
+        f = _filters(request)
+        answer: Response = await analytics_api.roi(f["from"], f["to"], f["segment"], f["journey"], "csv",
+                                                   m=mesh_of(request))
+        answer.headers["Content-Disposition"] = 'attachment; filename="roi.csv"'
+        return answer
+    return await guarded(request, handler)
+
+
+# -- A/B experiments -----------------------------------------------------------------------------------
+
+
+async def _ab_reports(request: Request) -> list[dict[str, Any]]:
+    m = mesh_of(request)
+    keys = (await messaging_api.templates(m))["items"]
+    gate = asyncio.Semaphore(AB_CONCURRENCY)
+
+    async def one(key: str) -> dict[str, Any] | None:
+        async with gate:
+            try:
+                return await messaging_api.ab_report(key, m)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.NOT_FOUND:  # removed between the list and the report
+                    return None
+                raise
+    reports = await asyncio.gather(*(one(k) for k in keys))
+    return [r for r in reports if r is not None]
+
+
+@router.get("/experiments")
+async def experiments(request: Request) -> Response:
+    """Every template that has variants, with its A/B report: the metric compared, the leader, the
+    p-value and whether the difference is significant (messaging's AbReport, as
+    /v1/templates/{key}/ab-report answers it)."""
+    async def handler(_request: Request, current: Session) -> Response:
+        reports = [r for r in await _ab_reports(request) if len(r["variants"]) > 1]
+        return page("experiments.html", session=current, title="A/B experiments", reports=reports)
+    return await guarded(request, handler)
+
+
+@router.get("/experiments/{key}")
+async def experiment(request: Request, key: str) -> Response:
+    """One template's A/B report: each variant's sends, opens, clicks and rates, as a chart and a table."""
+    async def handler(_request: Request, current: Session) -> Response:
+        report = await messaging_api.ab_report(key, mesh_of(request))
+        chart = {"labels": [v["name"] for v in report["variants"]],
+                 "series": [{"label": "open rate %", "values": [round(100 * v["open_rate"], 2)
+                                                                 for v in report["variants"]]},
+                            {"label": "click rate %", "values": [round(100 * v["click_rate"], 2)
+                                                                  for v in report["variants"]]}]}
+        return page("experiment.html", session=current, title=f"A/B {key}", report=report,
+                    chart_json=json.dumps(chart))
+    return await guarded(request, handler)
