@@ -82,19 +82,23 @@ class SmtpSink:
                 port = int(s.getsockname()[1])
         self.host = host
         self.port = port
-        self._controller = Controller(self.handler, hostname=host, port=port, decode_data=False,
-                                      server_kwargs={"data_size_limit": 10 * 1024 * 1024})
+        self._controller: Controller | None = None
 
     @property
     def url(self) -> str:
         return f"smtp://{self.host}:{self.port}"
 
     def start(self) -> SmtpSink:
+        """Listen (again, after `stop`: a controller's loop cannot be restarted, so each start has its own)."""
+        self._controller = Controller(self.handler, hostname=self.host, port=self.port, decode_data=False,
+                                      server_kwargs={"data_size_limit": 10 * 1024 * 1024})
         self._controller.start()
         return self
 
     def stop(self) -> None:
-        self._controller.stop()
+        if self._controller is not None:
+            self._controller.stop()
+            self._controller = None
 
     def messages(self) -> list[Path]:
         return sorted(self.handler.dir.glob("*.eml"))
