@@ -120,10 +120,11 @@ class SmtpPool:
             self._give_back(conn)
             return SmtpResult(ok=True, stale_connections=stale)
 
-    def send_many(self, sender: str, messages: Sequence[tuple[str, bytes]]) -> list[SmtpResult]:
-        """Transactions one after another from one thread, in order; the LIFO idle queue hands the
-        connection just given back to the next transaction, so they share one connection."""
-        return [self.send(sender, recipient, data) for recipient, data in messages]
+    def send_many(self, messages: Sequence[tuple[str, str, bytes]]) -> list[SmtpResult]:
+        """(envelope sender, recipient, data) transactions one after another from one thread, in order;
+        the LIFO idle queue hands the connection just given back to the next transaction, so they share
+        one connection."""
+        return [self.send(sender, recipient, data) for sender, recipient, data in messages]
 
     def close(self) -> None:
         self._closed = True
