@@ -35,6 +35,7 @@ class SinkHandler:
         self._tempfailed: set[str] = set()
         self.received = 0
         self.duplicates = 0
+        self.envelopes: dict[str, str] = {}  # Message-ID → envelope sender (MAIL FROM), for tests of VERP
 
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str,
                           rcpt_options: list[str]) -> str:
@@ -56,6 +57,7 @@ class SinkHandler:
         path = self.dir / name
         with self._lock:
             self.received += 1
+            self.envelopes[ident.decode("ascii", "replace")] = envelope.mail_from or ""
             if path.exists():
                 self.duplicates += 1
                 with open(self.dir / "duplicates.log", "ab") as log:
