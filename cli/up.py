@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 from urllib.parse import quote, urlparse, urlunparse
 
+from cli.dkim import with_dev_key
 from cli.supervisor import Child, free_local_port, port_open, stop_all, supervise, wait_port
 from nurture import secretstore
 from nurture.settings import SERVICES, Settings, SettingsError, load_settings, to_environ
@@ -66,6 +67,7 @@ def up(args: argparse.Namespace) -> int:
         print(f"cannot start: {exc}", file=sys.stderr)
         return 2
     settings = secretstore.fill(settings, stored)
+    settings = with_dev_key(settings)  # a development DKIM key in the data dir when none is configured
     if weak := settings.insecure_secrets():  # chosen explicitly, and allowed on loopback only
         print(f"warning: {', '.join(weak)} publicly known; acceptable on loopback only", file=sys.stderr)
     logs = data / "logs"
