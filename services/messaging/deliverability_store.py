@@ -46,11 +46,14 @@ class DeliverabilityStore:
                 {"at": naive(e.at), "kind": e.kind, "message_id": e.message_id, "email_hash": e.email_hash,
                  "domain": e.domain[:255], "provider": e.provider[:64], "source": e.source[:64]} for e in events])
 
-    def counts(self, since: datetime) -> dict[tuple[str, str], Counts]:
-        """(sending domain, provider) → counts of each kind since `since`."""
+    def counts(self, since: datetime, provider: str | None = None) -> dict[tuple[str, str], Counts]:
+        """(sending domain, provider) → counts of each kind since `since` (of one provider, when named)."""
+        where = [delivery_events.c.at >= naive(since)]
+        if provider is not None:
+            where.append(delivery_events.c.provider == provider)
         with self._sessions() as s:
             rows = s.execute(select(delivery_events.c.domain, delivery_events.c.provider, delivery_events.c.kind,
-                                    func.count()).where(delivery_events.c.at >= naive(since))
+                                    func.count()).where(*where)
                              .group_by(delivery_events.c.domain, delivery_events.c.provider,
                                        delivery_events.c.kind)).all()
         raw: dict[tuple[str, str], dict[str, int]] = {}
@@ -91,4 +94,24 @@ class DeliverabilityStore:
             done = s.execute(update(provider_pauses).where(provider_pauses.c.provider == provider,
                                                            provider_pauses.c.resumed_at.is_(None))
                              .values(resumed_at=naive(now), resumed_by=by[:200]))
-            return bool(done.rowcount)
+            return bool(getattr(done, "rowcount", 0))
+
+    def resumed_at(self, provider: str) -> datetime | None:
+        """When the provider was last resumed (its rates count from then), None when never."""
+        with self._sessions() as s:
+            value = s.execute(select(provider_pauses.c.resumed_at).where(
+                provider_pauses.c.provider == provider)).scalar()
+        return aware(value)
+
+    def sent_where(self, message_ids: Sequence[str]) -> dict[str, tuple[str, str]]:
+        """message id → (sending domain, provider) as recorded when it was delivered."""
+        out: dict[str, tuple[str, str]] = {}
+        ids = list(message_ids)
+        with self._sessions() as s:
+            for chunk in range(0, len(ids), 500):
+                for mid, domain, provider in s.execute(
+                        select(delivery_events.c.message_id, delivery_events.c.domain, delivery_events.c.provider)
+                        .where(delivery_events.c.message_id.in_(ids[chunk:chunk + 500]),
+                               delivery_events.c.kind == "sent")):
+                    out[mid] = (domain, provider)
+        return out

@@ -94,8 +94,12 @@ class Deliverability:
         return self.policy.warming(domain)
 
     def sending_domain(self, from_address: str) -> str:
+        """The domain mail from this address is counted under: its signing domain, else its own, else
+        (unknown) the primary signing domain or the bounce domain."""
         key = self.dkim.key_for(from_address.rpartition("@")[2])
-        return key.domain if key is not None else from_address.rpartition("@")[2].lower()
+        if key is not None:
+            return key.domain
+        return from_address.rpartition("@")[2].lower() or self.dkim.primary or self.bounce_domain
 
     async def sent(self, items: Sequence[tuple[str, str, str, str]], now: datetime) -> None:
         """Record delivered emails: (message id, email hash, recipient, from address) each."""
@@ -134,6 +138,7 @@ class Deliverability:
         """Each (message id, report): suppression, feedback to scoring, a retry, the timeline, the guards."""
         now = self.now()
         rows = await self.db.run(self.store.get_messages, [mid for mid, _ in reports])
+        where = await self.db.run(self.dstore.sent_where, list(rows))
         outcomes: list[Outcome] = []
         events: list[DeliveryEventRow] = []
         ignored: list[str] = []
@@ -148,7 +153,7 @@ class Deliverability:
                                            f"server: {report.detail or report.status}", report))
                 continue
             ehash = row["email_hash"] or ""
-            domain, provider = self._where(row, report)
+            domain, provider = where.get(mid) or (self.sending_domain(""), self.policy.provider_of(report.recipient))
             events.append(DeliveryEventRow(report.kind, mid, ehash, domain, provider, source, now))
             outcomes.append(await self._outcome(row, report, ehash, soft_since, source, now))
         await self.db.run(self.store.apply, outcomes, now)
@@ -157,14 +162,6 @@ class Deliverability:
             self.counters[f"deliverability.{e.kind}"] += 1
         await self._check_guards({e.provider for e in events}, now)
         return Applied(len(reports) - len(ignored), ignored)
-
-    def _where(self, row: dict[str, Any], report: Report) -> tuple[str, str]:
-        recipient = report.recipient or ""
-        return self.bounce_domain_of(row), self.policy.provider_of(recipient) if recipient else "other"
-
-    def bounce_domain_of(self, row: dict[str, Any]) -> str:
-        # The sending domain recorded when it went: the primary signing domain, else the bounce domain.
-        return self.dkim.primary or self.bounce_domain
 
     def _line(self, row: dict[str, Any], kind: str, summary: str, report: Report) -> Outcome:
         return Outcome(row["id"], row["status"], row["reason"] or "", log=[LogLine(
@@ -216,9 +213,13 @@ class Deliverability:
     async def _check_guards(self, providers: set[str], now: datetime) -> None:
         if not providers:
             return
-        counts = await self.rates(now)
+        start = now - timedelta(days=self.policy.window_days)
         for provider in sorted(providers):
-            total = _sum(c for (_, p), c in counts.items() if p == provider)
+            # A provider resumed by an operator is judged on what happened since: the sends before it
+            # led to the pause already.
+            resumed = await self.db.run(self.dstore.resumed_at, provider)
+            counts = await self.db.run(self.dstore.counts, max(start, resumed) if resumed else start, provider)
+            total = _sum(counts.values())
             verdict = guard(total, self.policy)
             for warning in verdict.warnings:
                 self.counters["deliverability.warnings"] += 1

@@ -155,9 +155,12 @@ def _returned_id(msg: Message) -> str:
     for part in msg.walk():
         if part.get_content_type() in ("message/rfc822", "text/rfc822-headers", "message/rfc822-headers"):
             payload = part.get_payload()
-            raw = (payload[0].as_bytes() if isinstance(payload, list) and payload
-                   else part.get_payload(decode=True) or str(payload).encode("utf-8", "replace"))
-            found = _MESSAGE_HEADER.search(raw if isinstance(raw, bytes) else b"")
+            if isinstance(payload, list):
+                raw = b"".join(p.as_bytes() for p in payload if isinstance(p, Message))
+            else:
+                decoded = part.get_payload(decode=True)
+                raw = decoded if isinstance(decoded, bytes) else str(payload).encode("utf-8", "replace")
+            found = _MESSAGE_HEADER.search(raw)
             if found:
                 return found.group(1).decode().lower()
     return ""

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import smtplib
-from email.utils import parseaddr
 from pathlib import Path
 
 import dkim
