@@ -182,7 +182,8 @@ def _value(block: Message, name: str) -> str:
     raw = block.get(name, "")
     value = str(raw).strip()
     # "rfc822; ana@example.com", "smtp; 550 5.1.1 no such user": the type prefix is not the value.
-    return value.split(";", 1)[1].strip() if ";" in value and name.lower() != "action" else value
+    value = value.split(";", 1)[1].strip() if ";" in value and name.lower() != "action" else value
+    return value.strip("<>") if name.lower().endswith(("recipient", "rcpt-to")) else value
 
 
 def _dsn(msg: Message, returned: str) -> ReadReport:
