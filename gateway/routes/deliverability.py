@@ -6,10 +6,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Body, Depends, Request
+from fastapi import APIRouter, Depends, Request
 
 from gateway import roles
-from gateway.deps import ApiError, Mesh, mesh, require_key
+from gateway.convert import require_object
+from gateway.deps import ApiError, Mesh, json_body, mesh, require_key
 from nurture import times
 from nurture.api.messaging.v1 import deliverability_pb2, deliverability_pb2_grpc
 
@@ -46,8 +47,8 @@ async def deliverability(m: Mesh = Depends(mesh)) -> dict[str, Any]:
 
 
 @router.post("/resume")
-async def resume(request: Request, body: dict[str, Any] = Body(...), m: Mesh = Depends(mesh)) -> dict[str, Any]:
-    provider = body.get("provider")
+async def resume(request: Request, body: Any = Depends(json_body), m: Mesh = Depends(mesh)) -> dict[str, Any]:
+    provider = require_object(body).get("provider")
     if not isinstance(provider, str) or not provider.strip() or len(provider) > 64:
         raise ApiError(422, "invalid", "provider is required (a provider name, e.g. gmail)",
                        {"fields": {"provider": "a non-empty string of at most 64 characters"}})
@@ -56,6 +57,14 @@ async def resume(request: Request, body: dict[str, Any] = Body(...), m: Mesh = D
     reply = await stub(m).Resume(deliverability_pb2.ResumeRequest(provider=provider.strip(), by=by),
                                  timeout=m.timeout)
     return {"provider": provider.strip(), "was_paused": reply.was_paused, "by": by}
+
+
+def _obj(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
 
 
 def _events(body: Any) -> tuple[list[deliverability_pb2.DeliveryEvent], str]:
@@ -89,20 +98,20 @@ def _events(body: Any) -> tuple[list[deliverability_pb2.DeliveryEvent], str]:
                 detail=str(e.get("reason") or e.get("status") or "")[:500]))
     elif isinstance(body, dict) and body.get("notificationType") in ("Bounce", "Complaint"):
         source = "webhook:ses"
-        headers = (body.get("mail") or {}).get("headers") or []
-        mid = next((str(h.get("value")) for h in headers if isinstance(h, dict)
+        headers = _obj(body.get("mail")).get("headers") or []
+        mid = next((str(h.get("value")) for h in _list(headers) if isinstance(h, dict)
                     and str(h.get("name", "")).lower() == "x-nurture-message"), "")
         if body["notificationType"] == "Bounce":
-            bounce = body.get("bounce") or {}
+            bounce = _obj(body.get("bounce"))
             kind = "hard_bounce" if bounce.get("bounceType") == "Permanent" else "soft_bounce"
-            for r in bounce.get("bouncedRecipients") or []:
+            for r in _list(bounce.get("bouncedRecipients")):
                 if isinstance(r, dict):
                     out.append(deliverability_pb2.DeliveryEvent(
                         message_id=mid, recipient=str(r.get("emailAddress") or ""), kind=kind,
                         detail=str(r.get("diagnosticCode") or r.get("status") or "")[:500]))
         else:
-            complaint = body.get("complaint") or {}
-            for r in complaint.get("complainedRecipients") or []:
+            complaint = _obj(body.get("complaint"))
+            for r in _list(complaint.get("complainedRecipients")):
                 if isinstance(r, dict):
                     out.append(deliverability_pb2.DeliveryEvent(
                         message_id=mid, recipient=str(r.get("emailAddress") or ""), kind="complaint",
@@ -118,7 +127,7 @@ def _events(body: Any) -> tuple[list[deliverability_pb2.DeliveryEvent], str]:
 
 
 @router.post("/events")
-async def events(body: Any = Body(...), m: Mesh = Depends(mesh)) -> dict[str, Any]:
+async def events(body: Any = Depends(json_body), m: Mesh = Depends(mesh)) -> dict[str, Any]:
     parsed, source = _events(body)
     reply = await stub(m).ReportEvents(deliverability_pb2.ReportEventsRequest(events=parsed, source=source),
                                        timeout=m.timeout)
