@@ -103,15 +103,16 @@ class DeliverabilityStore:
                 provider_pauses.c.provider == provider)).scalar()
         return aware(value)
 
-    def sent_where(self, message_ids: Sequence[str]) -> dict[str, tuple[str, str]]:
-        """message id → (sending domain, provider) as recorded when it was delivered."""
-        out: dict[str, tuple[str, str]] = {}
+    def known(self, message_ids: Sequence[str]) -> dict[str, dict[str, tuple[str, str]]]:
+        """message id → {kind: (sending domain, provider)} of the events recorded for it (the `sent`
+        one says where it went; a `hard_bounce` or `complaint` one, that a report was applied already)."""
+        out: dict[str, dict[str, tuple[str, str]]] = {}
         ids = list(message_ids)
         with self._sessions() as s:
             for chunk in range(0, len(ids), 500):
-                for mid, domain, provider in s.execute(
-                        select(delivery_events.c.message_id, delivery_events.c.domain, delivery_events.c.provider)
-                        .where(delivery_events.c.message_id.in_(ids[chunk:chunk + 500]),
-                               delivery_events.c.kind == "sent")):
-                    out[mid] = (domain, provider)
+                for mid, kind, domain, provider in s.execute(
+                        select(delivery_events.c.message_id, delivery_events.c.kind, delivery_events.c.domain,
+                               delivery_events.c.provider)
+                        .where(delivery_events.c.message_id.in_(ids[chunk:chunk + 500]))):
+                    out.setdefault(mid, {})[kind] = (domain, provider)
         return out

@@ -138,7 +138,7 @@ class Deliverability:
         """Each (message id, report): suppression, feedback to scoring, a retry, the timeline, the guards."""
         now = self.now()
         rows = await self.db.run(self.store.get_messages, [mid for mid, _ in reports])
-        where = await self.db.run(self.dstore.sent_where, list(rows))
+        known = await self.db.run(self.dstore.known, list(rows))
         outcomes: list[Outcome] = []
         events: list[DeliveryEventRow] = []
         ignored: list[str] = []
@@ -152,8 +152,14 @@ class Deliverability:
                 outcomes.append(self._line(row, "message_delayed", f"{row['template']} delayed by the receiving "
                                            f"server: {report.detail or report.status}", report))
                 continue
+            seen = known.setdefault(mid, {})
+            if report.kind in ("hard_bounce", "complaint") and report.kind in seen:
+                # A report sent twice (a DSN retransmitted, a webhook retried) counts once.
+                ignored.append(f"{index}: {report.kind} of {mid} already applied")
+                continue
             ehash = row["email_hash"] or ""
-            domain, provider = where.get(mid) or (self.sending_domain(""), self.policy.provider_of(report.recipient))
+            domain, provider = seen.get("sent") or (self.sending_domain(""), self.policy.provider_of(report.recipient))
+            seen[report.kind] = (domain, provider)
             events.append(DeliveryEventRow(report.kind, mid, ehash, domain, provider, source, now))
             outcomes.append(await self._outcome(row, report, ehash, soft_since, source, now))
         await self.db.run(self.store.apply, outcomes, now)

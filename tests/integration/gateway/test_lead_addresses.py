@@ -25,7 +25,8 @@ async def test_an_address_that_is_none_is_a_422(api: tuple[httpx.AsyncClient, Fa
     assert (await client.get("/v1/leads/l-1", headers=AUTH)).status_code == 404
 
 
-async def test_addresses_are_normalised_and_flagged_not_dropped(api: tuple[httpx.AsyncClient, FastAPI, Running]) -> None:
+async def test_addresses_are_normalised_and_flagged_not_dropped(
+        api: tuple[httpx.AsyncClient, FastAPI, Running]) -> None:
     client, _, _ = api
     r = await client.post("/v1/leads", headers=AUTH, json={"id": "l-1", "email": "Ana@Example.COM"})
     assert r.status_code == 201 and r.json()["email"] == "Ana@example.com"

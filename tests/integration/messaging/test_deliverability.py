@@ -130,7 +130,10 @@ async def test_a_hard_bounce_by_mail_suppresses_the_address_and_withdraws_consen
         with pytest.raises(smtplib.SMTPRecipientsRefused):
             await _bounce(m, f"bounces+{item.id}.000000000000@{DOMAIN}", _dsn("ana@gmail.com", "5.1.1"))
         await _bounce(m, return_path, _dsn("ana@gmail.com", "5.1.1"))
+        await _bounce(m, return_path, _dsn("ana@gmail.com", "5.1.1"))   # retransmitted: counts once
         await m.settle()
+        timeline = await m.admin.Timeline(common_pb2.TimelineRequest(lead_id="ana", limit=100), timeout=5)
+        assert [t.type for t in timeline.items].count("message_bounced") == 1
         [after] = await m.messages("ana")
         assert after.status == "failed" and "5.1.1" in after.reason
         assert [k for k, _ in m.scoring.of_type("email_hard_bounced")] == [f"bounce:{item.id}"]
