@@ -95,7 +95,8 @@ def private_mesh(clock: str = "real", database_url: str | None = None, without: 
     env = {**os.environ, "NURTURE_REDIS_URL": f"redis://:{redis_password}@127.0.0.1:{free_port()}/0",
            "NURTURE_EMBEDDED_REDIS": "1", "NURTURE_MESH_TOKEN": secrets.token_urlsafe(24),
            "NURTURE_SMTP_URL": f"smtp://127.0.0.1:{free_port()}", "NURTURE_CRM_URL": f"http://127.0.0.1:{free_port()}",
-           "NURTURE_LOG_LEVEL": "WARNING", "NURTURE_EMBEDDED_SMTP": "1", "NURTURE_EMBEDDED_CRM": "1"}
+           "NURTURE_LOG_LEVEL": "WARNING", "NURTURE_EMBEDDED_SMTP": "1", "NURTURE_EMBEDDED_CRM": "1",
+           "NURTURE_BOUNCE_SMTP_ADDR": f"127.0.0.1:{free_port()}"}
     for service in SERVICES:
         env[f"NURTURE_{service.upper()}_ADDR"] = f"127.0.0.1:{free_port()}"
     env.pop("NURTURE_DATABASE_URL", None)

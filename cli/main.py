@@ -25,6 +25,7 @@ def main(argv: list[str] | None = None) -> int:
                       help="do not start this service (repeatable), e.g. to measure what it costs; the gateway "
                            "answers 503 for what it serves")
     add_migrate_parser(sub)
+    sub.add_parser("dkim", help="print the DKIM TXT records to publish", add_help=False)
     sub.add_parser("simulate", help="run journeys for synthetic leads in virtual time", add_help=False)
     args, rest = parser.parse_known_args(argv)
     if args.command == "migrate":
@@ -37,6 +38,10 @@ def main(argv: list[str] | None = None) -> int:
         from cli.up import up  # imported per command: `simulate` needs no supervisor, `up` no journeys
 
         return up(args)
+    if args.command == "dkim":
+        from cli.dkim import main as dkim_main
+
+        return dkim_main(rest)
     from services.journeys import simulate_cli
 
     return int(simulate_cli.main(rest))

@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 from urllib.parse import quote, urlparse, urlunparse
 
+from cli.dkim import with_dev_key
 from cli.supervisor import Child, free_local_port, port_open, stop_all, supervise, wait_port
 from nurture import secretstore
 from nurture.settings import SERVICES, Settings, SettingsError, load_settings, to_environ
@@ -66,6 +67,7 @@ def up(args: argparse.Namespace) -> int:
         print(f"cannot start: {exc}", file=sys.stderr)
         return 2
     settings = secretstore.fill(settings, stored)
+    settings = with_dev_key(settings)  # a development DKIM key in the data dir when none is configured
     if weak := settings.insecure_secrets():  # chosen explicitly, and allowed on loopback only
         print(f"warning: {', '.join(weak)} publicly known; acceptable on loopback only", file=sys.stderr)
     logs = data / "logs"
@@ -124,6 +126,9 @@ def up(args: argparse.Namespace) -> int:
     children.append(_child("gateway", [python, "-m", "gateway"], env, logs / "gateway.log"))
 
     busy = [(c.name, p) for c in children if (p := _child_port(c.name, settings)) and port_open("127.0.0.1", p)]
+    bounce_port = int(settings.bounce_smtp_addr.rpartition(":")[2] or 0)
+    if bounce_port and any(c.name == "messaging" for c in children) and port_open("127.0.0.1", bounce_port):
+        busy.append(("messaging's bounce receiver (NURTURE_BOUNCE_SMTP_ADDR)", bounce_port))
     if busy:
         names = ", ".join(f"{n} needs port {p}" for n, p in busy)
         print(f"cannot start: {names}, which is in use (another `nurture up`? use --http-port or NURTURE_*_ADDR)",
@@ -157,6 +162,8 @@ def up(args: argparse.Namespace) -> int:
               flush=True)
         if smtp_local:
             print(f"  mail sink: {settings.smtp_url} → {data / 'mail'}", flush=True)
+        print(f"  bounces:   smtp://{settings.bounce_smtp_addr}   DKIM: {', '.join(settings.dkim_keys)} "
+              "(`nurture dkim` prints the DNS records)", flush=True)
         print("  stop with Ctrl-C", flush=True)
         supervise(children, lambda: stopping)
     finally:

@@ -145,6 +145,33 @@ SCHEMAS: dict[str, Any] = {
     },
     "ProposalSend": {"type": "object", "maxProperties": 0, "description": "no fields: the proposal goes to its lead",
                      "example": {}},
+    "DeliverabilityResume": {
+        "type": "object", "required": ["provider"],
+        "properties": {"provider": {"type": "string", "minLength": 1, "maxLength": 64}},
+        "example": {"provider": "gmail"},
+    },
+    "DeliveryEvents": {
+        "description": "delivery outcomes from a provider's webhook: our shape, a SendGrid-like list of events "
+                       "(custom argument nurture_message_id), or an SES-like Bounce or Complaint notification "
+                       "(our X-Nurture-Message among mail.headers)",
+        "anyOf": [
+            {"type": "object", "required": ["events"], "properties": {"events": {"type": "array", "items": {
+                "type": "object", "properties": {
+                    "message_id": {"type": "string"}, "recipient": {"type": "string"},
+                    "kind": {"type": "string", "enum": ["delivered", "hard_bounce", "soft_bounce", "complaint"]},
+                    "detail": {"type": "string"}}}}}},
+            {"type": "array", "items": {"type": "object", "required": ["event"],
+                                        "properties": {"event": {"type": "string"}, "email": {"type": "string"},
+                                                       "nurture_message_id": {"type": "string"},
+                                                       "status": {"type": "string"},
+                                                       "reason": {"type": "string"}}}},
+            {"type": "object", "required": ["notificationType"],
+             "properties": {"notificationType": {"type": "string", "enum": ["Bounce", "Complaint"]},
+                            "bounce": {"type": "object"}, "complaint": {"type": "object"},
+                            "mail": {"type": "object"}}}],
+        "example": {"events": [{"message_id": "m0123456789abcdef0123456789abcdef", "recipient": "ana@gmail.com",
+                                "kind": "hard_bounce", "detail": "550 5.1.1 no such user"}]},
+    },
     "Readiness": {"type": "object", "required": ["services"],
                   "properties": {"services": {"type": "object", "additionalProperties": {
                       "type": "object", "properties": {"address": {"type": "string"}, "status": {"type": "string"}}}}}},
@@ -170,6 +197,8 @@ _BODIES: dict[tuple[str, str], tuple[str, bool]] = {
     ("post", "/v1/scoring/model/publish"): ("ScoringPublish", True),
     ("post", "/v1/leads/{lead_id}/proposals"): ("ProposalRequest", True),
     ("post", "/v1/proposals/{proposal_id}/send"): ("ProposalSend", True),
+    ("post", "/v1/deliverability/resume"): ("DeliverabilityResume", True),
+    ("post", "/v1/deliverability/events"): ("DeliveryEvents", True),
 }
 _SUCCESS_SCHEMA = {("post", "/v1/leads"): "Lead", ("patch", "/v1/leads/{lead_id}"): "Lead",
                    ("get", "/v1/leads/{lead_id}"): "Lead", ("post", "/v1/events"): "EventAccepted",

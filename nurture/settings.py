@@ -54,6 +54,14 @@ class Settings:
     crm_tokens: dict[str, str] = field(default_factory=dict)
     ads_url: str = ""  # the ad platform's custom-audience API (nurture up: a local emulator); "" = not synced
     ads_token: str = ""  # the access token it expects
+    # DKIM (services/messaging/domain/dkim.py): {"<domain>:<selector>": "<PEM path>"}; nurture up makes a
+    # development key when none is set. During a rotation a domain has two keys and `dkim_selectors`
+    # ({"<domain>": "<selector>"}) names the one that signs; both stay published.
+    dkim_keys: dict[str, str] = field(default_factory=dict)
+    dkim_selectors: dict[str, str] = field(default_factory=dict)
+    dkim_domain: str = ""  # the domain that signs mail from a domain without its own key
+    bounce_domain: str = ""  # VERP return paths bounces+<token>@<this>; "" = the DKIM domain or the sender's
+    bounce_smtp_addr: str = "127.0.0.1:2526"  # messaging's bounce receiver (its MX); port 0 = any free port
     grpc_port: int = 0
     bind_host: str = "127.0.0.1"
     http_port: int = 8080

@@ -107,6 +107,7 @@ def settings(tmp_path: Path, redis_url: str) -> Settings:
         clock="virtual",
         database_url=_fresh_pg_schema() if PG_URL else None,
         grpc_port=0,
+        bounce_smtp_addr="127.0.0.1:0",  # any free port: tests run side by side
         secret="test-secret",
         mesh_token=MESH_TOKEN,
     )

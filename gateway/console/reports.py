@@ -22,6 +22,7 @@ from gateway.console.session import Session
 from gateway.deps import ApiError
 from gateway.routes import analytics as analytics_api
 from gateway.routes import messaging as messaging_api
+from gateway.routes import templates as templates_api
 
 router = APIRouter(prefix="/console", include_in_schema=False)
 
@@ -115,7 +116,7 @@ async def roi_csv(request: Request) -> Response:
 
 async def _ab_reports(request: Request) -> list[dict[str, Any]]:
     m = mesh_of(request)
-    keys = (await messaging_api.templates(m))["items"]
+    keys = [t["key"] for t in await templates_api.list_templates(m)]
     gate = asyncio.Semaphore(AB_CONCURRENCY)
 
     async def one(key: str) -> dict[str, Any] | None:

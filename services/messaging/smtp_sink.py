@@ -35,6 +35,7 @@ class SinkHandler:
         self._tempfailed: set[str] = set()
         self.received = 0
         self.duplicates = 0
+        self.envelopes: dict[str, str] = {}  # Message-ID → envelope sender (MAIL FROM), for tests of VERP
 
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str,
                           rcpt_options: list[str]) -> str:
@@ -56,6 +57,7 @@ class SinkHandler:
         path = self.dir / name
         with self._lock:
             self.received += 1
+            self.envelopes[ident.decode("ascii", "replace")] = envelope.mail_from or ""
             if path.exists():
                 self.duplicates += 1
                 with open(self.dir / "duplicates.log", "ab") as log:
@@ -82,19 +84,23 @@ class SmtpSink:
                 port = int(s.getsockname()[1])
         self.host = host
         self.port = port
-        self._controller = Controller(self.handler, hostname=host, port=port, decode_data=False,
-                                      server_kwargs={"data_size_limit": 10 * 1024 * 1024})
+        self._controller: Controller | None = None
 
     @property
     def url(self) -> str:
         return f"smtp://{self.host}:{self.port}"
 
     def start(self) -> SmtpSink:
+        """Listen (again, after `stop`: a controller's loop cannot be restarted, so each start has its own)."""
+        self._controller = Controller(self.handler, hostname=self.host, port=self.port, decode_data=False,
+                                      server_kwargs={"data_size_limit": 10 * 1024 * 1024})
         self._controller.start()
         return self
 
     def stop(self) -> None:
-        self._controller.stop()
+        if self._controller is not None:
+            self._controller.stop()
+            self._controller = None
 
     def messages(self) -> list[Path]:
         return sorted(self.handler.dir.glob("*.eml"))

@@ -161,3 +161,29 @@ template_versions = Table(
     Column("created_at", DateTime, nullable=False),
     Column("published_at", DateTime, nullable=True),
 )
+
+# Deliverability (app/deliverability.py): one row per delivered email, bounce and complaint, by sending
+# domain and mailbox provider, for the rolling rates, the guards and the figures.
+delivery_events = Table(
+    "messaging_delivery_events", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at", DateTime, nullable=False),
+    Column("kind", String(16), nullable=False),  # sent | hard_bounce | soft_bounce | complaint
+    Column("message_id", String(64), nullable=False),
+    Column("email_hash", String(64), nullable=False),
+    Column("domain", String(255), nullable=False),  # the sending domain
+    Column("provider", String(64), nullable=False),
+    Column("source", String(64), nullable=False),  # smtp | dsn | arf | webhook:<name>
+    Index("ix_messaging_delivery_events_at", "at", "kind"),
+    Index("ix_messaging_delivery_events_hash", "email_hash", "kind"),
+)
+
+# Mailbox providers whose nurture mail is paused by the guards, until an operator resumes them.
+provider_pauses = Table(
+    "messaging_provider_pauses", metadata,
+    Column("provider", String(64), primary_key=True),
+    Column("since", DateTime, nullable=False),
+    Column("why", Text, nullable=False),
+    Column("resumed_at", DateTime, nullable=True),
+    Column("resumed_by", String(200), nullable=True),
+)

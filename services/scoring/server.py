@@ -26,6 +26,7 @@ from services.scoring.app.core import ScoringCore
 from services.scoring.app.ingest import IngestQueue
 from services.scoring.app.model_versions import ModelVersions
 from services.scoring.app.outbox import Outbox
+from services.scoring.domain.addresses import address_lists
 from services.scoring.domain.rules import load_model
 from services.scoring.servicer import EchoServicer, ScoringServicer
 
@@ -34,6 +35,7 @@ MIGRATIONS = Path(__file__).with_name("migrations")
 
 
 async def serve(settings: Settings) -> Running:
+    address_lists()  # addresses.yaml: a bad file fails the start, not a later lead
     db = open_database(settings, service="scoring", migrations_dir=MIGRATIONS)
     redis = redisconn.connect(settings)
     clock = make_clock(settings.clock, settings.redis_url)

@@ -120,7 +120,7 @@ def loopback(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Up, sub
     env = clean_env(NURTURE_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0", NURTURE_EMBEDDED_REDIS="1",
                     NURTURE_SMTP_URL=f"smtp://127.0.0.1:{free_port()}", NURTURE_EMBEDDED_SMTP="1",
                     NURTURE_CRM_URL=f"http://127.0.0.1:{free_port()}", NURTURE_EMBEDDED_CRM="1",
-                    NURTURE_LOG_LEVEL="WARNING",
+                    NURTURE_LOG_LEVEL="WARNING", NURTURE_BOUNCE_SMTP_ADDR=f"127.0.0.1:{free_port()}",
                     **{f"NURTURE_{s.upper()}_ADDR": f"127.0.0.1:{free_port()}"
                        for s in SERVICES})
     proc, key = start(data, env, http)
@@ -157,6 +157,19 @@ def test_up_on_loopback_generates_its_secrets_and_redis_wants_the_password(
     with grpc.insecure_channel(scoring) as ch, pytest.raises(grpc.RpcError) as err:
         scoring_pb2_grpc.ScoringStub(ch).GetLead(scoring_pb2.GetLeadRequest(id="ana"), timeout=5)
     assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_up_makes_a_development_dkim_key_and_nurture_dkim_prints_its_record(
+        loopback: tuple[Up, subprocess.Popen[str]]) -> None:
+    mesh, _ = loopback
+    key = mesh.data / "dkim" / "dev.pem"
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600 and b"PRIVATE KEY" in key.read_bytes()
+    shown = httpx.get(f"{mesh.url}/v1/deliverability", headers={"Authorization": f"Bearer {mesh.api_key}"}).json()
+    assert (shown["dkim"]["domain"], shown["dkim"]["selector"]) == ("borderbridge.example", "dev")
+    assert shown["bounce_smtp"] == mesh.env["NURTURE_BOUNCE_SMTP_ADDR"]
+    printed = subprocess.run([sys.executable, "-m", "cli", "dkim", "--data-dir", str(mesh.data)], cwd=ROOT,
+                             env=clean_env(), capture_output=True, text=True, check=True).stdout
+    assert f'dev._domainkey.borderbridge.example. IN TXT "{shown["dkim"]["dns_txt"]}"' in printed
 
 
 def test_links_forged_with_the_old_public_secret_are_refused(loopback: tuple[Up, subprocess.Popen[str]]) -> None:

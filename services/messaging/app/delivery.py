@@ -37,6 +37,7 @@ from nurture.db import Database
 from nurture.redisconn import lead_key
 from nurture.rpc import DEADLINE_S
 from nurture.settings import Settings
+from services.messaging.app.deliverability import WARMUP_LUA, Deliverability, epoch_day, warmup_args
 from services.messaging.app.templates import TemplateLibrary
 from services.messaging.clients import LeadSource, email_hash
 from services.messaging.domain import mime
@@ -129,7 +130,7 @@ class _Ready:
 class Delivery:
     def __init__(self, *, settings: Settings, clock: Clock, db: Database, store: Store, catalog: Catalog,
                  redis: aioredis.Redis, leads: LeadSource, policy: Policy = DEFAULT_POLICY,
-                 smtp_connections: int = 8) -> None:
+                 smtp_connections: int = 8, deliverability: Deliverability | None = None) -> None:
         self.settings = settings
         self.clock = clock
         self.db = db
@@ -145,6 +146,9 @@ class Delivery:
         self._smtp_threads = ThreadPoolExecutor(max_workers=smtp_connections, thread_name_prefix="messaging-smtp")
         self._http: httpx.AsyncClient | None = None
         self._caps = redis.register_script(CAPS_LUA)
+        self._warmup = redis.register_script(WARMUP_LUA)
+        # DKIM, VERP return paths, the guards and the warm-up (app/deliverability.py); None: plain mail.
+        self.deliverability = deliverability
         self._work_lock = asyncio.Lock()
         self._feedback_lock = asyncio.Lock()
         self.wake = asyncio.Event()
@@ -174,8 +178,9 @@ class Delivery:
             headers=(("X-Nurture-Template", key), ("X-Nurture-Template-Version", str(rendered.version)),
                      ("X-Nurture-Test", "1"))))
         loop = asyncio.get_running_loop()
-        results = await loop.run_in_executor(self._smtp_threads, self.smtp.send_many, self.catalog.sender_address,
-                                             [(to, wire)])
+        # Signed like every other message (a test should show what recipients' providers will see).
+        results = await loop.run_in_executor(self._smtp_threads, self._sign_and_send,
+                                             [(self.catalog.sender_address, to, wire, self.catalog.sender_address)])
         return rendered, results[0]
 
     # --- Send ---------------------------------------------------------------------------------------
@@ -415,9 +420,17 @@ class Delivery:
         """Nurture messages outside the lead's daytime or over its caps, deferred (never dropped)."""
         held: dict[str, Outcome] = {}
         capped: list[_Ready] = []
+        guards = self.deliverability
+        paused = await guards.paused_providers(now) if guards is not None else set()
         for r in ready:
             if r.row["category"] != "nurture" or r.row["channel"] not in ("email", "sms"):
                 continue
+            if guards is not None and r.row["channel"] == "email" and paused:
+                provider = guards.policy.provider_of(str(r.lead.get("email") or ""))
+                if provider in paused:
+                    until = now + timedelta(seconds=guards.policy.paused_recheck_s)
+                    held[r.row["id"]] = _deferred(r, until, f"nurture mail to {provider} is paused (deliverability)")
+                    continue
             window = next_window(now, r.lead.get("timezone"), self.policy)
             if window is not None:
                 held[r.row["id"]] = _deferred(r, window, f"outside daytime in {r.lead.get('timezone') or 'UTC'}")
@@ -437,7 +450,34 @@ class Delivery:
                     window = next_window(when, r.lead.get("timezone"), self.policy) or when
                     reason = why.decode() if isinstance(why, bytes) else str(why)
                     held[r.row["id"]] = _deferred(r, window, reason)
+        if guards is not None and guards.policy.warmup.domains:
+            held.update(await self._warm(guards, [r for r in capped if r.row["id"] not in held
+                                                  and r.row["channel"] == "email"], now))
         return held
+
+    async def _warm(self, guards: Deliverability, ready: list[_Ready], now: datetime) -> dict[str, Outcome]:
+        """A warming sending domain's daily limit (deliverability.yaml), counted in Redis beside the caps.
+        Counted after the caps let a message through, so a held message never takes a day's slot."""
+        held: dict[str, Outcome] = {}
+        day = epoch_day(now)
+        warming = [(r, domain) for r in ready if guards.warming(domain := guards.sending_domain(self._from_address(r)))]
+        if not warming:
+            return held
+        pipe = self.redis.pipeline(transaction=False)
+        for r, domain in warming:
+            await self._warmup(keys=[f"warmup:{{{domain}}}:first", f"warmup:{{{domain}}}:{day}"],
+                               args=warmup_args(guards.policy, day, r.row["id"]), client=pipe)
+        for (r, domain), (ok, ramp_day) in zip(warming, await pipe.execute(), strict=True):
+            if not int(ok):
+                tomorrow = datetime.fromtimestamp((day + 1) * 86400, UTC)
+                when = next_window(tomorrow, r.lead.get("timezone"), self.policy) or tomorrow
+                held[r.row["id"]] = _deferred(r, when, f"{domain} is warming up (day {int(ramp_day)}: "
+                                                       f"{guards.policy.ramp_limit(int(ramp_day))} a day)")
+        return held
+
+    def _from_address(self, r: _Ready) -> str:
+        person = r.rendered.sender if r.rendered else None
+        return person.address if person else self.catalog.sender_address
 
     async def _deliver(self, r: _Ready, now: datetime) -> Outcome:
         """Every channel but email (see `_email_many`)."""
@@ -459,16 +499,27 @@ class Delivery:
         rather than per message (every intent was committed before this is called)."""
         if not ready:
             return []
-        wire = [(r.lead["email"], self._mime(r, now)) for r in ready]
+        guards = self.deliverability
+        wire = [(guards.envelope_sender(r.row["id"]) if guards else self.catalog.sender_address, r.lead["email"],
+                 self._mime(r, now), self._from_address(r)) for r in ready]
         share = -(-len(wire) // self.smtp.size)
         loop = asyncio.get_running_loop()
         chunks = await asyncio.gather(*(
-            loop.run_in_executor(self._smtp_threads, self.smtp.send_many, self.catalog.sender_address,
-                                 wire[start:start + share])
+            loop.run_in_executor(self._smtp_threads, self._sign_and_send, wire[start:start + share])
             for start in range(0, len(wire), share)))
         results = [result for chunk in chunks for result in chunk]
+        if guards is not None:
+            await guards.sent([(r.row["id"], r.email_hash, r.lead["email"], self._from_address(r))
+                               for r, result in zip(ready, results, strict=True) if result.ok], now)
         return [self._outcome(r, result, r.row["attempts"] + 1, now)
                 for r, result in zip(ready, results, strict=True)]
+
+    def _sign_and_send(self, wire: list[tuple[str, str, bytes, str]]) -> list[SmtpResult]:
+        """On an SMTP worker thread: DKIM-sign each message (an RSA signature costs milliseconds of CPU,
+        which on the event loop would stall every RPC for a whole batch), then send them in order."""
+        guards = self.deliverability
+        return self.smtp.send_many([(sender, rcpt, guards.sign(data, from_address) if guards else data)
+                                    for sender, rcpt, data, from_address in wire])
 
     def _mime(self, r: _Ready, now: datetime) -> bytes:
         assert r.rendered is not None

@@ -21,24 +21,30 @@ from nurture.times import utc_or_none as aware
 from services.scoring import storage as st
 from services.scoring.app.base import CoreBase
 from services.scoring.domain import messages
+from services.scoring.domain.addresses import FLAGS_ATTRIBUTE, check_email, email_flags
 from services.scoring.domain.profile import email_hash, regrade
 from services.scoring.domain.records import EmailTaken, InvalidInput, LeadUpsert, NotFound
 from services.scoring.domain.validation import LEAD_ID, PROFILE_FIELDS, validate_profile
 
 
-def _check(lead_id: str, fields: Mapping[str, Any], merge: bool) -> None:
+def _check(lead_id: str, fields: Mapping[str, Any], merge: bool) -> Mapping[str, Any]:
+    """The fields as stored (the email normalised), or InvalidInput with every problem."""
     problems = validate_profile(fields, partial=merge)
     if lead_id and not LEAD_ID.fullmatch(lead_id):
         problems["id"] = "must be 1-128 letters, digits or _.:@-"
     if problems:
         raise InvalidInput(problems)
+    email = fields.get("email")
+    if isinstance(email, str) and email:
+        return {**fields, "email": check_email(email)[0]}
+    return fields
 
 
 class Leads(CoreBase):
     def upsert_lead(
         self, lead_id: str, fields: Mapping[str, Any], *, merge: bool, source: str, must_exist: bool, now: datetime
     ) -> tuple[LeadSnapshot, bool]:
-        _check(lead_id, fields, merge)
+        fields = _check(lead_id, fields, merge)
         with self._sessions() as s:
             return self._upsert(s, lead_id, fields, merge=merge, source=source, must_exist=must_exist, now=now)
 
@@ -77,6 +83,16 @@ class Leads(CoreBase):
             if new_attrs != attributes:
                 changes["attributes"] = jsoncodec.dumps(new_attrs)
                 attributes = new_attrs
+        if "email" in fields or "attributes" in fields or created:
+            # Role and disposable addresses are flagged (addresses.yaml), not refused; the flags follow
+            # the address, whatever a caller put in the attribute.
+            address = changes.get("email", current["email"])
+            flags = email_flags(address) if address else []
+            kept = {k: v for k, v in attributes.items() if k != FLAGS_ATTRIBUTE}
+            flagged = {**kept, FLAGS_ATTRIBUTE: flags} if flags else kept
+            if flagged != attributes:
+                changes["attributes"] = jsoncodec.dumps(flagged)
+                attributes = flagged
         consent = st.loads(current["consent"])
         if "consent" in fields and fields["consent"] is not None:
             new_consent = {**consent, **fields["consent"]}
@@ -114,8 +130,8 @@ class Leads(CoreBase):
             out: list[tuple[LeadSnapshot, bool] | InvalidInput | NotFound | EmailTaken] = []
             for item in items:
                 try:
-                    _check(item.lead_id, item.fields, item.merge)
-                    out.append(self._upsert(s, item.lead_id, item.fields, merge=item.merge, source=item.source,
+                    fields = _check(item.lead_id, item.fields, item.merge)
+                    out.append(self._upsert(s, item.lead_id, fields, merge=item.merge, source=item.source,
                                             must_exist=item.must_exist, now=now))
                 except (InvalidInput, NotFound, EmailTaken) as exc:
                     out.append(exc)

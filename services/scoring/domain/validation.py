@@ -8,11 +8,11 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from nurture import jsoncodec
+from services.scoring.domain.addresses import check_email
 from services.scoring.domain.records import EventIn
 
 SEGMENTS = ("skilled_professional", "family", "entrepreneur")
 EVENT_TYPE = re.compile(r"[a-z][a-z0-9_]{0,63}")
-EMAIL = re.compile(r"[^@\s]{1,64}@[^@\s]+\.[^@\s]+")
 LEAD_ID = re.compile(r"[A-Za-z0-9_.:@-]{1,128}")
 PROFILE_FIELDS = ("email", "first_name", "last_name", "segment", "timezone", "locale", "crm_id")
 # Sizes a person's record can sensibly have. Names go into mail headers (SMTP lines stop at 998
@@ -32,8 +32,10 @@ def validate_profile(fields: Mapping[str, Any], *, partial: bool) -> dict[str, s
         elif isinstance(value, str) and len(value) > MAX_LENGTHS.get(name, 200):
             problems[name] = f"must be at most {MAX_LENGTHS.get(name, 200)} characters"
     email = fields.get("email")
-    if isinstance(email, str) and not EMAIL.fullmatch(email):
-        problems["email"] = "is not an email address"
+    if isinstance(email, str) and "email" not in problems:
+        why = check_email(email)[1]
+        if why:
+            problems["email"] = f"is not an email address: {why}"
     segment = fields.get("segment")
     if isinstance(segment, str) and segment not in SEGMENTS:
         problems["segment"] = f"must be one of {', '.join(SEGMENTS)} or null"
