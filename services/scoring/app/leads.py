@@ -19,6 +19,7 @@ from nurture import jsoncodec, limits
 from nurture.busmessage import LeadSnapshot
 from nurture.times import utc_or_none as aware
 from services.scoring import storage as st
+from services.scoring.storage_visitors import erase_visitors_of_lead
 from services.scoring.app.base import CoreBase
 from services.scoring.domain import messages
 from services.scoring.domain.profile import email_hash, regrade
@@ -143,6 +144,7 @@ class Leads(CoreBase):
                 return False, ""
             hashed = email_hash(row.email) if row.email else ""
             st.erase_lead(s, lead_id, now, hashed)
+            erase_visitors_of_lead(s, lead_id)
             st.insert_outbox(self._writes, s, [messages.lead_erased(lead_id, hashed, now)])
             return True, hashed
 
