@@ -82,7 +82,7 @@ def _site(request: Request, k: str) -> tuple[SiteKey, dict[str, str]]:
 def _rpc_error(exc: grpc.aio.AioRpcError, cors: dict[str, str]) -> ApiError:
     """A gRPC error as the API's, with the CORS headers (so the page can read why)."""
     error = http_error_from_rpc(exc)
-    return ApiError(error.status, error.code, error.message, error.details, {**error.headers, **cors})
+    return ApiError(error.status, error.code, error.message, error.details, {**(error.headers or {}), **cors})
 
 
 async def _call(call: Awaitable[T], cors: dict[str, str]) -> T:

@@ -49,3 +49,6 @@ class RateLimits:
         if visitor_id and int(counts[2]) > key.visitor_per_min:
             return Refusal("visitor", key.visitor_per_min, max(1, math.ceil(60 - now % 60)))
         return None
+
+    async def close(self) -> None:
+        await self._redis.aclose()
