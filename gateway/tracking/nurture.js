@@ -181,7 +181,7 @@
     formFields: function (limit) { try { return formFields(limit); } catch (e) { report("form", e); return Promise.resolve([]); } },
     submitForm: function (answers) { try { return submitForm(answers); } catch (e) { report("form", e); return Promise.resolve({ stored: 0 }); } },
     consent: safe("consent", consent),
-    visitorId: function () { return vid; },
+    visitorId: safe("visitorId", function () { return visitor(); }),
     push: safe("push", function (call) { run(call); })
   };
   function run(call) {
