@@ -79,9 +79,10 @@ def check_answers(profiling: Profiling, answers: Any) -> tuple[dict[str, Any], d
 
 def _check(spec: FieldSpec, value: Any) -> tuple[str, Any]:
     if spec.kind == "email":
+        value = value.strip() if isinstance(value, str) else value
         if not isinstance(value, str) or len(value) > MAX_LENGTHS["email"] or not EMAIL.fullmatch(value):
             return "is not an email address", None
-        return "", value.strip()
+        return "", value
     if spec.kind == "text":
         if not isinstance(value, str) or not value.strip():
             return "must be a non-empty string", None
@@ -104,6 +105,8 @@ def _check(spec: FieldSpec, value: Any) -> tuple[str, Any]:
     # number
     if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
         return "must be a number", None
-    if (spec.min is not None and value < spec.min) or (spec.max is not None and value > spec.max):
-        return f"must be between {spec.min:g} and {spec.max:g}", None
+    if spec.min is not None and value < spec.min:
+        return f"must be at least {spec.min:g}", None
+    if spec.max is not None and value > spec.max:
+        return f"must be at most {spec.max:g}", None
     return "", value
