@@ -22,7 +22,7 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
 from google.protobuf import json_format
 
-from gateway.deps import ApiError, Mesh, json_body
+from gateway.deps import ApiError, json_body
 from gateway.tracking import linktoken
 from gateway.tracking.keys import SiteKey
 from gateway.tracking.policy import check_event, collect_policy, not_a_visitor, privacy_refusal
@@ -105,7 +105,8 @@ async def _body(request: Request, cors: dict[str, str], allowed: set[str]) -> di
     except ApiError as exc:
         raise ApiError(exc.status, exc.code, exc.message, exc.details, {**exc.headers, **cors}) from exc
     if not isinstance(body, dict):
-        raise ApiError(422, "invalid", "the body must be a JSON object", {"fields": {"body": "must be an object"}}, cors)
+        raise ApiError(422, "invalid", "the body must be a JSON object",
+                       {"fields": {"body": "must be an object"}}, cors)
     unknown = sorted(str(k)[:64] for k in body if k not in allowed)
     if unknown:
         raise ApiError(422, "invalid", f"unknown field(s): {', '.join(unknown)}",

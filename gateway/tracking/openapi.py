@@ -34,8 +34,8 @@ SCHEMAS: dict[str, Any] = {
     },
     "FormInput": {
         "type": "object", "required": ["visitor_id", "answers"], "additionalProperties": False,
-        "properties": {"visitor_id": _VISITOR, "answers": {"type": "object",
-                                                           "description": "field key: value, for fields of GET /t/v1/form"}},
+        "properties": {"visitor_id": _VISITOR, "answers": {
+            "type": "object", "description": "field key: value, for fields of GET /t/v1/form"}},
         "example": {"visitor_id": "3f2a9c0e4b1d4e6f8a7b6c5d4e3f2a1b",
                     "answers": {"countries_of_interest": ["CA"], "timeline": "within_6_months"}},
     },

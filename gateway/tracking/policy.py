@@ -13,8 +13,8 @@ from typing import Any
 
 from pydantic import Field
 
-from nurture import datafiles
 from gateway.tracking.keys import SiteKey
+from nurture import datafiles
 
 DATA = Path(__file__).with_name("data")
 EVENT_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
@@ -91,9 +91,7 @@ def check_event(raw: Any) -> tuple[CollectedEvent | None, str]:
     for name, value in props.items():
         if isinstance(value, str):
             clean[name] = value[:policy.max_string]
-        elif isinstance(value, bool) or value is None:
-            clean[name] = value
-        elif isinstance(value, int | float) and abs(value) <= 2**53 - 1:
+        elif isinstance(value, bool) or value is None or isinstance(value, int | float) and abs(value) <= 2**53 - 1:
             clean[name] = value
         else:
             return None, f"properties.{name} must be a string, number, true, false or null"

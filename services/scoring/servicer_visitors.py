@@ -106,7 +106,8 @@ class VisitorMethods:
         if found is None:
             raise errors.NotFound("no such visitor")
         if lead is not None:
-            return scoring_pb2.VisitorReply(lead_id=lead.id, profile=_lead(lead), anonymous_events=found.anonymous_events)
+            return scoring_pb2.VisitorReply(lead_id=lead.id, profile=_lead(lead),
+                                            anonymous_events=found.anonymous_events)
         return scoring_pb2.VisitorReply(profile=anonymous_lead(request.visitor_id, found.profile),
                                         anonymous_events=found.anonymous_events)
 

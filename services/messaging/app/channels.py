@@ -288,10 +288,9 @@ class Channels:
     async def personalization(self, lead_id: str, anonymous: dict[str, Any] | None = None) -> Personalization:
         """For a lead, or for an anonymous website visitor's profile (scoring's, never on the bus: no
         journey holds it, so its content comes from what it looked at and its stage)."""
-        if anonymous is not None:
-            lead: dict[str, Any] | None = anonymous
-            enrollments: list[Any] | None = []
-        else:
+        enrollments: list[Any] | None = []
+        lead = anonymous
+        if lead is None:
             lead = await self.engine.leads.get(lead_id)
             if lead is None:
                 raise NotFoundError(f"lead {lead_id!r} not found")

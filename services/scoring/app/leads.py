@@ -19,12 +19,12 @@ from nurture import jsoncodec, limits
 from nurture.busmessage import LeadSnapshot
 from nurture.times import utc_or_none as aware
 from services.scoring import storage as st
-from services.scoring.storage_visitors import erase_visitors_of_lead
 from services.scoring.app.base import CoreBase
 from services.scoring.domain import messages
 from services.scoring.domain.profile import email_hash, regrade
 from services.scoring.domain.records import EmailTaken, InvalidInput, NotFound
 from services.scoring.domain.validation import LEAD_ID, PROFILE_FIELDS, validate_profile
+from services.scoring.storage_visitors import erase_visitors_of_lead
 
 
 def _check(lead_id: str, fields: Mapping[str, Any], merge: bool) -> None:

@@ -104,7 +104,8 @@ async def test_identification_merges_the_history_once_in_order_and_explains_it(
 async def test_two_devices_of_one_person_merge_into_one_lead(stub: scoring_pb2_grpc.ScoringStub,
                                                             settings: Settings) -> None:
     await collect(stub, DEVICE_A, page(1, "pricing", T0))
-    await collect(stub, DEVICE_B, page(1, "country", T0 + timedelta(days=1)), page(2, "education", T0 + timedelta(days=1, minutes=1)))
+    day2 = T0 + timedelta(days=1)
+    await collect(stub, DEVICE_B, page(1, "country", day2), page(2, "education", day2 + timedelta(minutes=1)))
     one = await stub.IdentifyVisitor(scoring_pb2.IdentifyVisitorRequest(
         visitor_id=DEVICE_A, fields_json=json.dumps({"email": "two@example.com"})))
     two = await stub.IdentifyVisitor(scoring_pb2.IdentifyVisitorRequest(

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import uvicorn
+from playwright.async_api import Browser, async_playwright  # noqa: E402  (console/test_browser skips without it)
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
@@ -25,8 +26,6 @@ from nurture.settings import Settings
 from tests.conftest import free_port
 from tests.integration.console.test_browser import CHROMIUM, Watched
 from tests.integration.tracking.mesh import SITE_KEY, TrackingMesh, tracking_mesh
-
-from playwright.async_api import Browser, async_playwright  # noqa: E402  (console/test_browser skips without it)
 
 pytestmark = pytest.mark.anyio
 

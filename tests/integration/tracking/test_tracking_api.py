@@ -80,7 +80,8 @@ async def test_bots_prefetchers_and_do_not_track_are_not_collected(mesh: Trackin
                     {"Purpose": "prefetch"}, {"DNT": "1"}, {"Sec-GPC": "1"}):
         r = await collect(mesh, PHONE, views(("/pricing", "pricing")), **headers)
         assert r.status_code == 202 and r.json()["accepted"] == 0 and r.json()["ignored"], headers
-    assert (await mesh.client.get(f"/t/v1/personalization?k={SITE_KEY}&v={PHONE}", headers=BROWSER)).json()["known"] is False
+    shown = await mesh.client.get(f"/t/v1/personalization?k={SITE_KEY}&v={PHONE}", headers=BROWSER)
+    assert shown.json()["known"] is False
     got = await mesh.client.get(f"/t/v1/form?k={SITE_KEY}&v={PHONE}", headers=BROWSER)
     assert got.status_code == 200
 
@@ -113,7 +114,8 @@ async def test_anonymous_browsing_merges_into_the_lead_on_identification(mesh: T
     assert before["known"] is False and any("pricing" in c["reason"] for c in before["recommended_content"])
 
     who = await mesh.client.post(f"/t/v1/identify?k={SITE_KEY}", headers=BROWSER,
-                                 content=json.dumps({"visitor_id": PHONE, "email": "nora@example.com", "first_name": "Nora"}))
+                                 content=json.dumps({"visitor_id": PHONE, "email": "nora@example.com",
+                                                     "first_name": "Nora"}))
     assert who.status_code == 200 and who.json() == {"identified": True, "merged": 3}
     retry = await mesh.client.post(f"/t/v1/identify?k={SITE_KEY}", headers=BROWSER,
                                    json={"visitor_id": PHONE, "email": "nora@example.com"})
@@ -167,7 +169,8 @@ async def test_an_email_click_identifies_the_visitor_with_a_signed_token(mesh: T
     token = re.search(rf"{linktoken.PARAM}=([^&]+)", location).group(1)  # type: ignore[union-attr]
 
     await collect(mesh, PHONE, views(("/pricing", "pricing")))
-    r = await mesh.client.post(f"/t/v1/identify?k={SITE_KEY}", headers=BROWSER, json={"visitor_id": PHONE, "link": token})
+    r = await mesh.client.post(f"/t/v1/identify?k={SITE_KEY}", headers=BROWSER,
+                               json={"visitor_id": PHONE, "link": token})
     assert r.json() == {"identified": True, "merged": 1}
     timeline = (await mesh.api("GET", "/v1/leads/ana/timeline"))["items"]
     assert any(i["type"] == "visitor_merged" for i in timeline)
@@ -176,7 +179,8 @@ async def test_an_email_click_identifies_the_visitor_with_a_signed_token(mesh: T
     expired = linktoken.sign(mesh.settings.secret, "ana", datetime.now(UTC) - timedelta(days=8))
     other = linktoken.sign("another-secret", "ana", datetime.now(UTC))
     for bad in (forged, expired, other, "nonsense"):
-        r = await mesh.client.post(f"/t/v1/identify?k={SITE_KEY}", headers=BROWSER, json={"visitor_id": LAPTOP, "link": bad})
+        r = await mesh.client.post(f"/t/v1/identify?k={SITE_KEY}", headers=BROWSER,
+                                   json={"visitor_id": LAPTOP, "link": bad})
         assert r.status_code == 422, bad
 
 
@@ -195,7 +199,8 @@ async def test_progressive_forms_ask_what_is_unknown_and_store_answers(mesh: Tra
     nxt = (await mesh.client.get(f"{url}&v={PHONE}&limit=3", headers=BROWSER)).json()["fields"]
     assert [f["key"] for f in nxt] == ["email", "profession", "moving_with_family"]
     assert nxt[2]["kind"] == "boolean"
-    done = await mesh.client.post(url, headers=BROWSER, json={"visitor_id": PHONE, "answers": {"email": "lea@example.com"}})
+    done = await mesh.client.post(url, headers=BROWSER,
+                                  json={"visitor_id": PHONE, "answers": {"email": "lea@example.com"}})
     assert done.json()["identified"] is True
     await mesh.settle()
     page = await mesh.api("GET", "/v1/leads?limit=10")
@@ -211,9 +216,11 @@ async def test_rate_limits_per_visitor_and_per_key(settings: Settings, tmp_path:
         assert (await collect(mesh, PHONE, views(("/c", "home"), start=5))).status_code == 202
         over = await collect(mesh, PHONE, views(("/d", "home"), start=6))
         assert over.status_code == 429 and int(over.headers["retry-after"]) >= 1
-        assert over.headers["access-control-allow-origin"] == SITE and over.json()["error"]["details"]["scope"] == "visitor"
+        assert over.headers["access-control-allow-origin"] == SITE
+        assert over.json()["error"]["details"]["scope"] == "visitor"
         assert (await collect(mesh, LAPTOP, views(("/d", "home")))).status_code == 202  # another visitor is not held
-    async with tracking_mesh(settings, tmp_path / "k", services=("scoring",), rate_per_s=2, visitor_per_min=100) as mesh:
+    async with tracking_mesh(settings, tmp_path / "k", services=("scoring",), rate_per_s=2,
+                             visitor_per_min=100) as mesh:
         replies = await asyncio.gather(*(collect(mesh, f"visitor-{n:02d}-0123456789ab", views(("/", "home")))
                                          for n in range(10)))
         statuses = [r.status_code for r in replies]

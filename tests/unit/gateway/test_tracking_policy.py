@@ -60,7 +60,8 @@ def test_only_allowed_events_and_properties_pass() -> None:
     assert event.occurred_at is None  # the service's time on arrival, never the browser's
     for raw in ({"id": "a", "type": "checkout_started"}, {"id": "a", "type": "trial_started"},
                 {"id": "a", "type": "unsubscribed"}, {"id": "a", "type": "page_viewed", "properties": {"deal": 1}},
-                {"id": "a b", "type": "page_viewed"}, {"type": "page_viewed"}, {"id": "a", "type": "page_viewed", "at": "x"},
+                {"id": "a b", "type": "page_viewed"}, {"type": "page_viewed"},
+                {"id": "a", "type": "page_viewed", "at": "x"},
                 {"id": "a", "type": "page_viewed", "properties": {"page": ["x"]}}, "page_viewed"):
         assert check_event(raw)[0] is None, raw
     assert "page_viewed" in collect_policy().events and "email_clicked" not in collect_policy().events

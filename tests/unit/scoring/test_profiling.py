@@ -37,7 +37,8 @@ def test_answers_are_checked_against_each_fields_kind() -> None:
 
 def test_a_bad_profiling_file_lists_every_problem(tmp_path: Path) -> None:
     bad = tmp_path / "profiling.yaml"
-    bad.write_text("ask_at_most: 2\nfields:\n  - {key: a, label: A, kind: choice}\n  - {key: a, label: B, kind: text}\n")
+    bad.write_text("ask_at_most: 2\nfields:\n  - {key: a, label: A, kind: choice}\n"
+                   "  - {key: a, label: B, kind: text}\n")
     with pytest.raises(DataFileError) as err:
         load_profiling(bad)
     assert len(err.value.problems) == 2
