@@ -44,6 +44,16 @@ def _cpu_seconds(pids: list[int]) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
+def _name(pid: int) -> str:
+    try:
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return "?"
+    words = [a.decode(errors="replace") for a in args if a]
+    module = next((w for w in words if w.startswith(("services.", "gateway"))), "")
+    return module.removeprefix("services.") or Path(words[0]).name if words else "?"
+
+
 def _children(pid: int) -> list[int]:
     out = []
     for entry in Path("/proc").iterdir():
@@ -83,20 +93,25 @@ async def load(url: str, key: str, requests: int, per_request: int, tag: str) ->
 
 
 async def run(url: str, key: str, scoring_addr: str, mesh_token: str, requests: int, redis_url: str,
-              mesh_pid: int) -> dict[str, float]:
+              mesh_pid: int) -> dict[str, float | int]:
     await load(url, key, 200, 1, "warm")
     await drained(redis_url)
     baseline = await echo_rate(scoring_addr, mesh_token, 5000)
     pids = _children(mesh_pid)
-    cpu_before = _cpu_seconds(pids)
+    cpu_before = {pid: _cpu_seconds([pid]) for pid in pids}
     single_rate, single_refused = await load(url, key, requests, 1, "one")
-    cpu_single = _cpu_seconds(pids) - cpu_before
+    by_process = {pid: _cpu_seconds([pid]) - before for pid, before in cpu_before.items()}
+    cpu_single = sum(by_process.values())
+    accepted = max(1, requests - single_refused)
+    split = {f"cpu_ms_per_event.{_name(pid)}": round(1000 * cpu / accepted, 3)
+             for pid, cpu in sorted(by_process.items(), key=lambda kv: -kv[1]) if cpu > 0}
     page_rate, page_refused = await load(url, key, max(200, requests // 10), 10, "page")
     return {
         "grpc_echo_rps": round(baseline, 1),
         "collect_events_per_s": round(single_rate, 1),
         "collect_events_per_s / grpc_echo_rps": round(single_rate / baseline, 3),
-        "collect_mesh_cpu_ms_per_event": round(1000 * cpu_single / max(1, requests - single_refused), 3),
+        "collect_mesh_cpu_ms_per_event": round(1000 * cpu_single / accepted, 3),
+        **split,
         "collect_10_per_request_events_per_s": round(page_rate, 1),
         "collect_10_per_request / grpc_echo_rps": round(page_rate / baseline, 3),
         "refused": single_refused + page_refused,
@@ -107,16 +122,19 @@ async def run(url: str, key: str, scoring_addr: str, mesh_token: str, requests: 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--requests", type=int, default=6000)
+    parser.add_argument("--without", action="append", default=[], metavar="SERVICE",
+                        help="run the private mesh without this service (repeatable): anonymous visitors' events "
+                             "reach no bus consumer, so the collect path does not need them")
     add_database_arg(parser)
     args = parser.parse_args()
     key = "bench_" + secrets.token_urlsafe(24)
     # The bench's own site key, with limits no load here reaches (the limits' cost is still paid).
     os.environ["NURTURE_SITE_KEYS"] = json.dumps({key: {"origins": [ORIGIN], "rate_per_s": 1_000_000,
                                                         "visitor_per_min": 100_000}})
-    with fresh_database(args.database_url) as database_url, private_mesh(database_url=database_url) as mesh:
+    with fresh_database(args.database_url) as database_url, private_mesh(database_url=database_url, without=tuple(args.without)) as mesh:
         result = asyncio.run(run(mesh.url, key, mesh.env["NURTURE_SCORING_ADDR"], mesh.env["NURTURE_MESH_TOKEN"],
                                  args.requests, mesh.env["NURTURE_REDIS_URL"], mesh.pid))
-    result = {"database": database_kind(args.database_url), **result}
+    result = {"database": database_kind(args.database_url), "without": sorted(args.without), **result}
     for name, value in result.items():
         print(f"{name:45s} {value}", file=sys.stderr)
     print(json.dumps(result))
