@@ -14,6 +14,7 @@ explicitly: load_settings refuses otherwise, naming the missing ones.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import sys
@@ -157,6 +158,10 @@ def up(args: argparse.Namespace) -> int:
         print(f"BorderBridge Nurture is running ({settings.clock} clock)", flush=True)
         print(f"  gateway:   http://127.0.0.1:{settings.http_port}   (API key: {settings.api_key})", flush=True)
         print(f"  console:   http://127.0.0.1:{settings.http_port}/console/   (sign in with the API key)", flush=True)
+        for site_key, config in json.loads(settings.site_keys or "{}").items():
+            print(f"  site key:  {site_key}   (website tracking from {', '.join(config.get('origins', []))}: "
+                  f"<script src=\"http://127.0.0.1:{settings.http_port}/t/nurture.js\" data-site-key=\"...\" async>)",
+                  flush=True)
         print(f"  data dir:  {data}   logs: {logs}   traces: {data / 'traces'}", flush=True)
         print(f"  secrets:   {data / secretstore.FILE_NAME} (generated on first start; see docs/SECURITY.md)",
               flush=True)

@@ -27,6 +27,7 @@ from gateway.deps import ApiError, Mesh, TokenBucket, json_body, require_key
 from gateway.ingest import EventSender
 from gateway.openapi import install_openapi
 from gateway.routes.events import record_event
+from gateway.tracking.state import Tracking
 from nurture import jsoncodec
 from nurture.clock import make_clock
 from nurture.errors import HttpError, NurtureError, http_error_from_rpc
@@ -89,6 +90,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.clock = make_clock(settings.clock, settings.redis_url)
     app.state.clock_lock = asyncio.Lock()
     app.state.limiter = TokenBucket(settings.rate_limit_per_s) if settings.rate_limit_per_s > 0 else None
+    app.state.tracking = Tracking.create(settings, app.state.mesh)  # fails fast on a bad NURTURE_SITE_KEYS
 
     @app.exception_handler(ApiError)
     async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:

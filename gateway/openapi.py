@@ -16,6 +16,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
+from gateway.tracking import openapi as tracking_openapi
 from nurture import limits
 
 JSON = "application/json"
@@ -177,6 +178,8 @@ SCHEMAS: dict[str, Any] = {
                       "type": "object", "properties": {"address": {"type": "string"}, "status": {"type": "string"}}}}}},
 }
 
+SCHEMAS.update(tracking_openapi.SCHEMAS)
+
 # What each status means here, from the contract's Conventions.
 _WHY = {400: "malformed (not JSON, a NUL in the URL)", 401: "missing or wrong API key",
         403: "forbidden", 404: "not found", 409: "conflict", 413: "body too large",
@@ -199,6 +202,7 @@ _BODIES: dict[tuple[str, str], tuple[str, bool]] = {
     ("post", "/v1/proposals/{proposal_id}/send"): ("ProposalSend", True),
     ("post", "/v1/deliverability/resume"): ("DeliverabilityResume", True),
     ("post", "/v1/deliverability/events"): ("DeliveryEvents", True),
+    **tracking_openapi.BODIES,
 }
 _SUCCESS_SCHEMA = {("post", "/v1/leads"): "Lead", ("patch", "/v1/leads/{lead_id}"): "Lead",
                    ("get", "/v1/leads/{lead_id}"): "Lead", ("post", "/v1/events"): "EventAccepted",
@@ -259,6 +263,7 @@ def build_document(app: FastAPI) -> dict[str, Any]:
                     if code.startswith("2"):
                         response["content"] = {JSON: {"schema": {"$ref": REF + success}}}
     _special_cases(doc)
+    tracking_openapi.complete(doc, _error)
     return doc
 
 

@@ -18,6 +18,7 @@ import secrets
 import stat
 from dataclasses import dataclass, fields
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from nurture.settings import Settings
 
@@ -35,6 +36,7 @@ class StoredSecrets:
     redis_password: str
     ads_token: str
     session_secret: str
+    site_key: str  # the development site key (website tracking), for the gateway's own origin
 
 
 KEYS = tuple(f.name for f in fields(StoredSecrets))
@@ -91,4 +93,9 @@ def fill(settings: Settings, stored: StoredSecrets) -> Settings:
             changes[name] = getattr(stored, name)
     if not settings.crm_tokens:
         changes["crm_tokens"] = {LOCAL_CRM: stored.crm_token}
+    if not settings.site_keys:
+        public = urlsplit(settings.public_url)
+        origins = sorted({f"{public.scheme}://{public.netloc}".lower(), f"http://127.0.0.1:{settings.http_port}",
+                          f"http://localhost:{settings.http_port}"})
+        changes["site_keys"] = json.dumps({stored.site_key: {"origins": origins}})
     return settings.with_overrides(**changes) if changes else settings

@@ -70,6 +70,9 @@ class Settings:
     max_body_bytes: int = 1_048_576
     max_batch: int = 1000
     rate_limit_per_s: int = 0  # per API key on /v1; 0 = off
+    # Publishable keys of the website tracking snippet, JSON {"<key>": {"origins": [...], ...}}
+    # (gateway.tracking.keys reads and checks it; docs/API.md "Website tracking")
+    site_keys: str = ""
     log_level: str = "INFO"
     # on_start: every process brings its service's schema to head when it starts (the embedded default;
     # replicas on PostgreSQL take turns under an advisory lock). check: a deployment runs `nurture migrate`

@@ -20,6 +20,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
 
 from gateway.deps import ApiError, Mesh, mesh, require_key
+from gateway.tracking.clicks import identified_destination
 from nurture import times
 from nurture.api.messaging.v1 import messaging_pb2, messaging_pb2_grpc
 from nurture.api.scoring.v1 import scoring_pb2, scoring_pb2_grpc
@@ -148,7 +149,9 @@ async def click(token: str, request: Request, m: Mesh = Depends(mesh)) -> Respon
         raise
     if not reply.url.startswith(("https://", "http://")):
         raise ApiError(400, "invalid_link", "this link has no destination")
-    return RedirectResponse(reply.url, status_code=302, headers=NO_STORE)
+    # On a tracked website the visitor becomes the person who clicked (docs/API.md "Website tracking").
+    url = identified_destination(reply.url, reply.lead_id, request.app.state.tracking.keys, m.settings.secret)
+    return RedirectResponse(url, status_code=302, headers=NO_STORE)
 
 
 def _page(title: str, body: str, status: int = 200) -> HTMLResponse:

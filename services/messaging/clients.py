@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import grpc
+from google.protobuf import json_format
 
 from nurture.api.scoring.v1 import scoring_pb2, scoring_pb2_grpc
 from nurture.rpc import DEADLINE_S
@@ -27,6 +28,15 @@ def lead_dict(lead: scoring_pb2.Lead) -> dict[str, Any]:
         "attributes": _json(lead.attributes_json), "consent": _json(lead.consent_json), "score": lead.score,
         "grade": lead.grade, "lifecycle_stage": lead.lifecycle_stage, "counters": counters, "interests": interests,
     }
+
+
+def anonymous_profile(text: str) -> dict[str, Any]:
+    """An anonymous visitor's profile as scoring's Lead in protobuf JSON (PersonalizationRequest), as
+    a lead dict; InvalidArgument-worthy input raises ValueError."""
+    try:
+        return lead_dict(json_format.Parse(text, scoring_pb2.Lead(), ignore_unknown_fields=True))
+    except json_format.ParseError as exc:
+        raise ValueError(f"anonymous_profile_json is not a Lead: {exc}") from exc
 
 
 def _json(text: str) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from nurture.rpcguard import guard_requests, message_problems, problem_text
 from services.messaging.app.channels import Channels, NotFoundError
 from services.messaging.app.delivery import Delivery, InvalidRequest, SendInput
 from services.messaging.app.templates import SAMPLE_LEAD, InvalidTemplate, UnknownTemplate
-from services.messaging.clients import email_hash
+from services.messaging.clients import anonymous_profile, email_hash
 from services.messaging.domain import abtest
 from services.messaging.domain.catalog import RenderError
 from services.messaging.domain.content import VARIABLES
@@ -234,7 +234,8 @@ class MessagingServicer(messaging_pb2_grpc.MessagingServicer):
         if request.kind not in ("open", "click"):
             raise errors.invalid_fields({"kind": "must be open or click"})
         result = await _guard(lambda: self.channels.track(request.token, request.kind))
-        return messaging_pb2.TrackReply(url=result.url, message_id=result.message_id, duplicate=result.duplicate)
+        return messaging_pb2.TrackReply(url=result.url, message_id=result.message_id, duplicate=result.duplicate,
+                                        lead_id=result.lead_id)
 
     async def Unsubscribe(self, request: messaging_pb2.UnsubscribeRequest, context: grpc.aio.ServicerContext
                           ) -> messaging_pb2.UnsubscribeReply:
@@ -255,7 +256,11 @@ class MessagingServicer(messaging_pb2_grpc.MessagingServicer):
 
     async def Personalization(self, request: messaging_pb2.PersonalizationRequest,
                               context: grpc.aio.ServicerContext) -> messaging_pb2.PersonalizationReply:
-        p = await _guard(lambda: self.channels.personalization(request.lead_id))
+        try:
+            anonymous = anonymous_profile(request.anonymous_profile_json) if request.anonymous_profile_json else None
+        except ValueError as exc:
+            raise errors.invalid_fields({"anonymous_profile_json": str(exc)}) from exc
+        p = await _guard(lambda: self.channels.personalization(request.lead_id, anonymous))
         return messaging_pb2.PersonalizationReply(
             segment=p.segment, featured_countries=p.featured_countries,
             recommended_content_json=json.dumps(p.recommended_content),

@@ -26,7 +26,9 @@ from services.scoring.app.core import ScoringCore
 from services.scoring.app.ingest import IngestQueue
 from services.scoring.app.model_versions import ModelVersions
 from services.scoring.app.outbox import Outbox
+from services.scoring.app.visitors import VisitorDoor
 from services.scoring.domain.addresses import address_lists
+from services.scoring.domain.profiling import load_profiling
 from services.scoring.domain.rules import load_model
 from services.scoring.servicer import EchoServicer, ScoringServicer
 
@@ -51,6 +53,7 @@ async def serve(settings: Settings) -> Running:
             log.info("scoring model version %d is live here too", live)
     outbox = Outbox(db, core, Publisher(redis, settings.bus_shards))
     ingest = IngestQueue(db, core, clock, outbox)
+    visitors = VisitorDoor(db, core, ingest, outbox, clock, load_profiling())
     lapse_lock = asyncio.Lock()
 
     async def run_lapses() -> int:
@@ -91,7 +94,7 @@ async def serve(settings: Settings) -> Running:
 
     def register(server: grpc.aio.Server) -> Iterable[str]:
         scoring_pb2_grpc.add_ScoringServicer_to_server(ScoringServicer(db, core, clock, outbox, ingest,
-                                                                                  versions), server)
+                                                                       versions, visitors), server)
         scoring_pb2_grpc.add_EchoServicer_to_server(EchoServicer(), server)
         admin = AdminServicer(settle=settle, timeline=timeline, erase=erase,
                               stats=lambda: db.counters)

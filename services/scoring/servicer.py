@@ -20,8 +20,10 @@ from services.scoring.app.core import ScoringCore
 from services.scoring.app.ingest import IngestQueue
 from services.scoring.app.model_versions import ModelVersions, UnknownVersion
 from services.scoring.app.outbox import Outbox
+from services.scoring.app.visitors import VisitorDoor
 from services.scoring.domain.records import EmailTaken, EventIn, InvalidInput, LeadUpsert, NotFound
 from services.scoring.domain.validation import validate_profile
+from services.scoring.servicer_visitors import VisitorMethods
 
 log = logging.getLogger(__name__)
 
@@ -67,11 +69,12 @@ def _profile_problems(fields: Any, merge: bool) -> dict[str, str]:
 
 
 @guard_requests(own={"IngestEvents": "events", "UpsertLeads": "leads", "UpsertLead": "fields_json"})
-class ScoringServicer(scoring_pb2_grpc.ScoringServicer):
+class ScoringServicer(VisitorMethods, scoring_pb2_grpc.ScoringServicer):
     def __init__(
         self, db: Database, store: ScoringCore, clock: Clock, outbox: Outbox, ingest: IngestQueue,
-        versions: ModelVersions | None = None,
+        versions: ModelVersions | None = None, visitors: VisitorDoor | None = None,
     ) -> None:
+        self._visitor_door = visitors
         self._ingest = ingest
         self._db = db
         self._store = store

@@ -115,3 +115,36 @@ models = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("published_at", DateTime(timezone=True), nullable=True),
 )
+
+# Website visitors (the tracking snippet). An anonymous visitor's profile (scored like a lead's, never
+# announced on the bus) and, once identified, the lead it is; `merged_at` is set in the transaction after
+# its history was ingested into that lead, so a merge that crashed half-way runs again (its events carry
+# idempotency keys: a second run adds nothing).
+visitors = Table(
+    "scoring_visitors",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("lead_id", String(128), nullable=True, index=True),
+    Column("profile", Text, nullable=False, default="{}"),
+    Column("answers", Text, nullable=False, default="{}"),
+    Column("events", Integer, nullable=False, default=0),
+    Column("merged_events", Integer, nullable=False, default=0),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("seen_at", DateTime(timezone=True), nullable=False),
+    Column("linked_at", DateTime(timezone=True), nullable=True),
+    Column("merged_at", DateTime(timezone=True), nullable=True),
+)
+
+# An anonymous visitor's events, in arrival order (`seq`), until they are merged into a lead.
+visitor_events = Table(
+    "scoring_visitor_events",
+    metadata,
+    Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("visitor_id", String(64), nullable=False),
+    Column("client_id", String(64), nullable=False),
+    Column("type", String(64), nullable=False),
+    Column("properties", Text, nullable=False),
+    Column("occurred_at", DateTime(timezone=True), nullable=False),
+    Column("score_delta", Integer, nullable=False, default=0),
+    Index("ux_scoring_visitor_events_client", "visitor_id", "client_id", unique=True),
+)

@@ -115,6 +115,7 @@ class TrackResult:
     url: str
     message_id: str
     duplicate: bool
+    lead_id: str = ""
 
 
 @dataclass
@@ -185,7 +186,7 @@ class Channels:
                            fb=Feedback(f"open:{msg['id']}", msg["lead_id"], "email_opened", {**props, "url": ""}, now))
         if new:
             await e.flush_feedback()
-        return TrackResult(token.url, msg["id"], not new)
+        return TrackResult(token.url, msg["id"], not new, msg["lead_id"])
 
     async def unsubscribe(self, token_text: str, *, scope: str, source: str, dry_run: bool) -> UnsubscribeResult:
         token = self.engine.signer.verify(token_text, kind="unsubscribe")
@@ -284,11 +285,16 @@ class Channels:
             return None
         return list(reply.enrollments)
 
-    async def personalization(self, lead_id: str) -> Personalization:
-        lead = await self.engine.leads.get(lead_id)
+    async def personalization(self, lead_id: str, anonymous: dict[str, Any] | None = None) -> Personalization:
+        """For a lead, or for an anonymous website visitor's profile (scoring's, never on the bus: no
+        journey holds it, so its content comes from what it looked at and its stage)."""
+        enrollments: list[Any] | None = []
+        lead = anonymous
         if lead is None:
-            raise NotFoundError(f"lead {lead_id!r} not found")
-        enrollments = await self.enrollments(lead_id)
+            lead = await self.engine.leads.get(lead_id)
+            if lead is None:
+                raise NotFoundError(f"lead {lead_id!r} not found")
+            enrollments = await self.enrollments(lead_id)
         catalog = self.engine.catalog
         attrs = lead.get("attributes") or {}
         countries = list(attrs.get("countries_of_interest") or [])

@@ -25,6 +25,7 @@ from services.scoring.domain.addresses import FLAGS_ATTRIBUTE, check_email, emai
 from services.scoring.domain.profile import email_hash, regrade
 from services.scoring.domain.records import EmailTaken, InvalidInput, LeadUpsert, NotFound
 from services.scoring.domain.validation import LEAD_ID, PROFILE_FIELDS, validate_profile
+from services.scoring.storage_visitors import erase_visitors_of_lead
 
 
 def _check(lead_id: str, fields: Mapping[str, Any], merge: bool) -> Mapping[str, Any]:
@@ -159,6 +160,7 @@ class Leads(CoreBase):
                 return False, ""
             hashed = email_hash(row.email) if row.email else ""
             st.erase_lead(s, lead_id, now, hashed)
+            erase_visitors_of_lead(s, lead_id)
             st.insert_outbox(self._writes, s, [messages.lead_erased(lead_id, hashed, now)])
             return True, hashed
 

@@ -320,14 +320,16 @@ class TrackRequest(_message.Message):
     def __init__(self, token: _Optional[str] = ..., kind: _Optional[str] = ..., user_agent: _Optional[str] = ...) -> None: ...
 
 class TrackReply(_message.Message):
-    __slots__ = ("url", "message_id", "duplicate")
+    __slots__ = ("url", "message_id", "duplicate", "lead_id")
     URL_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
     DUPLICATE_FIELD_NUMBER: _ClassVar[int]
+    LEAD_ID_FIELD_NUMBER: _ClassVar[int]
     url: str
     message_id: str
     duplicate: bool
-    def __init__(self, url: _Optional[str] = ..., message_id: _Optional[str] = ..., duplicate: _Optional[bool] = ...) -> None: ...
+    lead_id: str
+    def __init__(self, url: _Optional[str] = ..., message_id: _Optional[str] = ..., duplicate: _Optional[bool] = ..., lead_id: _Optional[str] = ...) -> None: ...
 
 class UnsubscribeRequest(_message.Message):
     __slots__ = ("token", "scope", "source", "dry_run")
@@ -356,10 +358,12 @@ class UnsubscribeReply(_message.Message):
     def __init__(self, lead_id: _Optional[str] = ..., scope: _Optional[str] = ..., category: _Optional[str] = ..., journey: _Optional[str] = ..., already: _Optional[bool] = ...) -> None: ...
 
 class PersonalizationRequest(_message.Message):
-    __slots__ = ("lead_id",)
+    __slots__ = ("lead_id", "anonymous_profile_json")
     LEAD_ID_FIELD_NUMBER: _ClassVar[int]
+    ANONYMOUS_PROFILE_JSON_FIELD_NUMBER: _ClassVar[int]
     lead_id: str
-    def __init__(self, lead_id: _Optional[str] = ...) -> None: ...
+    anonymous_profile_json: str
+    def __init__(self, lead_id: _Optional[str] = ..., anonymous_profile_json: _Optional[str] = ...) -> None: ...
 
 class PersonalizationReply(_message.Message):
     __slots__ = ("segment", "featured_countries", "recommended_content_json", "next_best_action_json", "journeys_available")

@@ -279,6 +279,128 @@ class PublishScoringModelReply(_message.Message):
     changes_json: str
     def __init__(self, version: _Optional[int] = ..., dry_run: _Optional[bool] = ..., leads: _Optional[int] = ..., grade_changes: _Optional[int] = ..., stage_changes: _Optional[int] = ..., changes_json: _Optional[str] = ...) -> None: ...
 
+class VisitorEvent(_message.Message):
+    __slots__ = ("type", "properties_json", "occurred_at", "client_id", "traceparent")
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    PROPERTIES_JSON_FIELD_NUMBER: _ClassVar[int]
+    OCCURRED_AT_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    TRACEPARENT_FIELD_NUMBER: _ClassVar[int]
+    type: str
+    properties_json: str
+    occurred_at: _timestamp_pb2.Timestamp
+    client_id: str
+    traceparent: str
+    def __init__(self, type: _Optional[str] = ..., properties_json: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., client_id: _Optional[str] = ..., traceparent: _Optional[str] = ...) -> None: ...
+
+class Visit(_message.Message):
+    __slots__ = ("visitor_id", "events")
+    VISITOR_ID_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    visitor_id: str
+    events: _containers.RepeatedCompositeFieldContainer[VisitorEvent]
+    def __init__(self, visitor_id: _Optional[str] = ..., events: _Optional[_Iterable[_Union[VisitorEvent, _Mapping]]] = ...) -> None: ...
+
+class CollectRequest(_message.Message):
+    __slots__ = ("visits",)
+    VISITS_FIELD_NUMBER: _ClassVar[int]
+    visits: _containers.RepeatedCompositeFieldContainer[Visit]
+    def __init__(self, visits: _Optional[_Iterable[_Union[Visit, _Mapping]]] = ...) -> None: ...
+
+class VisitResult(_message.Message):
+    __slots__ = ("results", "known")
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    KNOWN_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[EventResult]
+    known: bool
+    def __init__(self, results: _Optional[_Iterable[_Union[EventResult, _Mapping]]] = ..., known: _Optional[bool] = ...) -> None: ...
+
+class CollectReply(_message.Message):
+    __slots__ = ("visits",)
+    VISITS_FIELD_NUMBER: _ClassVar[int]
+    visits: _containers.RepeatedCompositeFieldContainer[VisitResult]
+    def __init__(self, visits: _Optional[_Iterable[_Union[VisitResult, _Mapping]]] = ...) -> None: ...
+
+class IdentifyVisitorRequest(_message.Message):
+    __slots__ = ("visitor_id", "lead_id", "fields_json")
+    VISITOR_ID_FIELD_NUMBER: _ClassVar[int]
+    LEAD_ID_FIELD_NUMBER: _ClassVar[int]
+    FIELDS_JSON_FIELD_NUMBER: _ClassVar[int]
+    visitor_id: str
+    lead_id: str
+    fields_json: str
+    def __init__(self, visitor_id: _Optional[str] = ..., lead_id: _Optional[str] = ..., fields_json: _Optional[str] = ...) -> None: ...
+
+class IdentifyVisitorReply(_message.Message):
+    __slots__ = ("lead_id", "created", "merged")
+    LEAD_ID_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    MERGED_FIELD_NUMBER: _ClassVar[int]
+    lead_id: str
+    created: bool
+    merged: int
+    def __init__(self, lead_id: _Optional[str] = ..., created: _Optional[bool] = ..., merged: _Optional[int] = ...) -> None: ...
+
+class VisitorRequest(_message.Message):
+    __slots__ = ("visitor_id",)
+    VISITOR_ID_FIELD_NUMBER: _ClassVar[int]
+    visitor_id: str
+    def __init__(self, visitor_id: _Optional[str] = ...) -> None: ...
+
+class VisitorReply(_message.Message):
+    __slots__ = ("lead_id", "profile", "anonymous_events")
+    LEAD_ID_FIELD_NUMBER: _ClassVar[int]
+    PROFILE_FIELD_NUMBER: _ClassVar[int]
+    ANONYMOUS_EVENTS_FIELD_NUMBER: _ClassVar[int]
+    lead_id: str
+    profile: Lead
+    anonymous_events: int
+    def __init__(self, lead_id: _Optional[str] = ..., profile: _Optional[_Union[Lead, _Mapping]] = ..., anonymous_events: _Optional[int] = ...) -> None: ...
+
+class FormField(_message.Message):
+    __slots__ = ("key", "label", "kind", "choices")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    CHOICES_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    label: str
+    kind: str
+    choices: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, key: _Optional[str] = ..., label: _Optional[str] = ..., kind: _Optional[str] = ..., choices: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class NextFieldsRequest(_message.Message):
+    __slots__ = ("visitor_id", "limit")
+    VISITOR_ID_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    visitor_id: str
+    limit: int
+    def __init__(self, visitor_id: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class NextFieldsReply(_message.Message):
+    __slots__ = ("fields",)
+    FIELDS_FIELD_NUMBER: _ClassVar[int]
+    fields: _containers.RepeatedCompositeFieldContainer[FormField]
+    def __init__(self, fields: _Optional[_Iterable[_Union[FormField, _Mapping]]] = ...) -> None: ...
+
+class SubmitFormRequest(_message.Message):
+    __slots__ = ("visitor_id", "answers_json")
+    VISITOR_ID_FIELD_NUMBER: _ClassVar[int]
+    ANSWERS_JSON_FIELD_NUMBER: _ClassVar[int]
+    visitor_id: str
+    answers_json: str
+    def __init__(self, visitor_id: _Optional[str] = ..., answers_json: _Optional[str] = ...) -> None: ...
+
+class SubmitFormReply(_message.Message):
+    __slots__ = ("lead_id", "stored", "merged")
+    LEAD_ID_FIELD_NUMBER: _ClassVar[int]
+    STORED_FIELD_NUMBER: _ClassVar[int]
+    MERGED_FIELD_NUMBER: _ClassVar[int]
+    lead_id: str
+    stored: int
+    merged: int
+    def __init__(self, lead_id: _Optional[str] = ..., stored: _Optional[int] = ..., merged: _Optional[int] = ...) -> None: ...
+
 class EchoRequest(_message.Message):
     __slots__ = ("payload",)
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]

@@ -89,6 +89,31 @@ class ScoringStub:
                 request_serializer=nurture_dot_api_dot_scoring_dot_v1_dot_scoring__pb2.PublishScoringModelRequest.SerializeToString,
                 response_deserializer=nurture_dot_api_dot_scoring_dot_v1_dot_scoring__pb2.PublishScoringModelReply.FromString,
                 _registered_method=True)
+        self.CollectVisitorEvents = channel.unary_unary(
+                '/nurture.api.scoring.v1.Scoring/CollectVisitorEvents',
+                request_serializer=nurture_dot_api_dot_scoring_dot_v1_dot_scoring__pb2.CollectRequest.SerializeToString,
+                response_deserializer=nurture_dot_api_dot_scoring_dot_v1_dot_scoring__pb2.CollectReply.FromString,
+                _registered_method=True)
+        self.IdentifyVisitor = channel.unary_unary(
+                '/nurture.api.scoring.v1.Scoring/IdentifyVisitor',
+                request_serializer=nurture_dot_api_dot_scoring_dot_v1_dot_scoring__pb2.IdentifyVisitorRequest.SerializeToString,
+                response_deserializer=nurture_dot_api_dot_scoring_dot_v1_dot_scoring__pb2.IdentifyVisitorReply.FromString,
+                _registered_method=True)
+        self.GetVisitor = channel.unary_unary(
+                '/nurture.api.scoring.v1.Scoring/GetVisitor',
+                request_serializer=nurture_dot_api_dot_scoring_dot_v1_dot_scoring__pb2.VisitorRequest.SerializeToString,
+                response_deserializer=nurture_dot_api_dot_scoring_dot_v1_dot_scoring__pb2.VisitorReply.FromString,
+                _registered_method=True)
+        self.NextFormFields = channel.unary_unary(
+                '/nurture.api.scoring.v1.Scoring/NextFormFields',
+                request_serializer=nurture_dot_api_dot_scoring_dot_v1_dot_scoring__pb2.NextFieldsRequest.SerializeToString,
+                response_deserializer=nurture_dot_api_dot_scoring_dot_v1_dot_scoring__pb2.NextFieldsReply.FromString,
+                _registered_method=True)
+        self.SubmitForm = channel.unary_unary(
+                '/nurture.api.scoring.v1.Scoring/SubmitForm',
+                request_serializer=nurture_dot_api_dot_scoring_dot_v1_dot_scoring__pb2.SubmitFormRequest.SerializeToString,
+                response_deserializer=nurture_dot_api_dot_scoring_dot_v1_dot_scoring__pb2.SubmitFormReply.FromString,
+                _registered_method=True)
 
 
 class ScoringServicer:
@@ -161,6 +186,38 @@ class ScoringServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CollectVisitorEvents(self, request, context):
+        """Website visitors: collect (stored and scored anonymously, or ingested for an identified visitor),
+        identify (merge the anonymous history into the lead, exactly once), read, progressive forms.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def IdentifyVisitor(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetVisitor(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def NextFormFields(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SubmitForm(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ScoringServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -218,6 +275,31 @@ def add_ScoringServicer_to_server(servicer, server):
                     servicer.PublishScoringModel,
                     request_deserializer=nurture_dot_api_dot_scoring_dot_v1_dot_scoring__pb2.PublishScoringModelRequest.FromString,
                     response_serializer=nurture_dot_api_dot_scoring_dot_v1_dot_scoring__pb2.PublishScoringModelReply.SerializeToString,
+            ),
+            'CollectVisitorEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.CollectVisitorEvents,
+                    request_deserializer=nurture_dot_api_dot_scoring_dot_v1_dot_scoring__pb2.CollectRequest.FromString,
+                    response_serializer=nurture_dot_api_dot_scoring_dot_v1_dot_scoring__pb2.CollectReply.SerializeToString,
+            ),
+            'IdentifyVisitor': grpc.unary_unary_rpc_method_handler(
+                    servicer.IdentifyVisitor,
+                    request_deserializer=nurture_dot_api_dot_scoring_dot_v1_dot_scoring__pb2.IdentifyVisitorRequest.FromString,
+                    response_serializer=nurture_dot_api_dot_scoring_dot_v1_dot_scoring__pb2.IdentifyVisitorReply.SerializeToString,
+            ),
+            'GetVisitor': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetVisitor,
+                    request_deserializer=nurture_dot_api_dot_scoring_dot_v1_dot_scoring__pb2.VisitorRequest.FromString,
+                    response_serializer=nurture_dot_api_dot_scoring_dot_v1_dot_scoring__pb2.VisitorReply.SerializeToString,
+            ),
+            'NextFormFields': grpc.unary_unary_rpc_method_handler(
+                    servicer.NextFormFields,
+                    request_deserializer=nurture_dot_api_dot_scoring_dot_v1_dot_scoring__pb2.NextFieldsRequest.FromString,
+                    response_serializer=nurture_dot_api_dot_scoring_dot_v1_dot_scoring__pb2.NextFieldsReply.SerializeToString,
+            ),
+            'SubmitForm': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitForm,
+                    request_deserializer=nurture_dot_api_dot_scoring_dot_v1_dot_scoring__pb2.SubmitFormRequest.FromString,
+                    response_serializer=nurture_dot_api_dot_scoring_dot_v1_dot_scoring__pb2.SubmitFormReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -517,6 +599,141 @@ class Scoring:
             '/nurture.api.scoring.v1.Scoring/PublishScoringModel',
             nurture_dot_api_dot_scoring_dot_v1_dot_scoring__pb2.PublishScoringModelRequest.SerializeToString,
             nurture_dot_api_dot_scoring_dot_v1_dot_scoring__pb2.PublishScoringModelReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CollectVisitorEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nurture.api.scoring.v1.Scoring/CollectVisitorEvents',
+            nurture_dot_api_dot_scoring_dot_v1_dot_scoring__pb2.CollectRequest.SerializeToString,
+            nurture_dot_api_dot_scoring_dot_v1_dot_scoring__pb2.CollectReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def IdentifyVisitor(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nurture.api.scoring.v1.Scoring/IdentifyVisitor',
+            nurture_dot_api_dot_scoring_dot_v1_dot_scoring__pb2.IdentifyVisitorRequest.SerializeToString,
+            nurture_dot_api_dot_scoring_dot_v1_dot_scoring__pb2.IdentifyVisitorReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetVisitor(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nurture.api.scoring.v1.Scoring/GetVisitor',
+            nurture_dot_api_dot_scoring_dot_v1_dot_scoring__pb2.VisitorRequest.SerializeToString,
+            nurture_dot_api_dot_scoring_dot_v1_dot_scoring__pb2.VisitorReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def NextFormFields(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nurture.api.scoring.v1.Scoring/NextFormFields',
+            nurture_dot_api_dot_scoring_dot_v1_dot_scoring__pb2.NextFieldsRequest.SerializeToString,
+            nurture_dot_api_dot_scoring_dot_v1_dot_scoring__pb2.NextFieldsReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitForm(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nurture.api.scoring.v1.Scoring/SubmitForm',
+            nurture_dot_api_dot_scoring_dot_v1_dot_scoring__pb2.SubmitFormRequest.SerializeToString,
+            nurture_dot_api_dot_scoring_dot_v1_dot_scoring__pb2.SubmitFormReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,258 @@
+"""Website tracking (docs/API.md "Website tracking"): the snippet `GET /t/nurture.js` and the `/t/v1/...`
+endpoints it calls with a publishable site key (`?k=<site key>` on every call, so that a CORS
+preflight, which carries no body, can be checked too).
+
+Every call must come from one of the key's origins (`Origin`); its answers, errors included, carry
+CORS headers for that origin only. Bots and prefetchers are not collected; Do-Not-Track and Global
+Privacy Control are honoured as the key says; rate limits per key and per visitor live in Redis.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable
+from datetime import UTC, datetime
+from functools import cache
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import JSONResponse
+from google.protobuf import json_format
+
+from gateway.deps import ApiError, json_body
+from gateway.tracking import linktoken
+from gateway.tracking.keys import SiteKey
+from gateway.tracking.policy import check_event, collect_policy, not_a_visitor, privacy_refusal
+from gateway.tracking.state import Tracking
+from nurture.api.messaging.v1 import messaging_pb2, messaging_pb2_grpc
+from nurture.api.scoring.v1 import scoring_pb2, scoring_pb2_grpc
+from nurture.errors import http_error_from_rpc
+from nurture.settings import Settings
+
+log = logging.getLogger(__name__)
+router = APIRouter(prefix="/t", tags=["website tracking"])
+
+SNIPPET = Path(__file__).resolve().parents[1] / "tracking" / "nurture.js"
+VISITOR_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
+NO_STORE = {"Cache-Control": "no-store"}
+T = TypeVar("T")
+
+
+def tracking(request: Request) -> Tracking:
+    state = request.app.state
+    found: Tracking | None = getattr(state, "tracking", None)
+    if found is None:  # an app built without create_app's wiring (some tests): made on first use
+        found = state.tracking = Tracking.create(state.mesh.settings, state.mesh)
+    return found
+
+
+@cache
+def snippet_source() -> bytes:
+    return SNIPPET.read_bytes()
+
+
+@router.get("/nurture.js", summary="The website tracking snippet (JavaScript, no key needed to fetch it)")
+async def snippet() -> Response:
+    return Response(snippet_source(), media_type="text/javascript; charset=utf-8",
+                    headers={"Cache-Control": "public, max-age=3600", "X-Content-Type-Options": "nosniff",
+                             "Cross-Origin-Resource-Policy": "cross-origin"})
+
+
+# -- the site key, the origin and the answer's CORS headers -------------------------------------------
+
+def _cors(origin: str) -> dict[str, str]:
+    return {"Access-Control-Allow-Origin": origin, "Vary": "Origin", **NO_STORE}
+
+
+def _site(request: Request, k: str) -> tuple[SiteKey, dict[str, str]]:
+    key = tracking(request).keys.get(k)
+    if key is None:
+        raise ApiError(403, "unknown_site_key", "this site key is not configured (NURTURE_SITE_KEYS)")
+    origin = request.headers.get("origin")
+    if not key.allows(origin):
+        raise ApiError(403, "origin_not_allowed", "this site key may not be used from this origin",
+                       {"origin": (origin or "")[:200]})
+    assert origin is not None
+    return key, _cors(origin)
+
+
+def _rpc_error(exc: grpc.aio.AioRpcError, cors: dict[str, str]) -> ApiError:
+    """A gRPC error as the API's, with the CORS headers (so the page can read why)."""
+    error = http_error_from_rpc(exc)
+    return ApiError(error.status, error.code, error.message, error.details, {**(error.headers or {}), **cors})
+
+
+async def _call(call: Awaitable[T], cors: dict[str, str]) -> T:
+    try:
+        return await call
+    except grpc.aio.AioRpcError as exc:
+        raise _rpc_error(exc, cors) from exc
+
+
+def _visitor(value: Any, cors: dict[str, str]) -> str:
+    if not isinstance(value, str) or not 16 <= len(value) <= 64 or not set(value) <= VISITOR_CHARS:
+        raise ApiError(422, "invalid", "visitor_id must be 16-64 letters, digits, _ or -",
+                       {"fields": {"visitor_id": "must be 16-64 letters, digits, _ or -"}}, cors)
+    return value
+
+
+async def _body(request: Request, cors: dict[str, str], allowed: set[str]) -> dict[str, Any]:
+    try:
+        body = await json_body(request)
+    except ApiError as exc:
+        raise ApiError(exc.status, exc.code, exc.message, exc.details, {**exc.headers, **cors}) from exc
+    if not isinstance(body, dict):
+        raise ApiError(422, "invalid", "the body must be a JSON object",
+                       {"fields": {"body": "must be an object"}}, cors)
+    unknown = sorted(str(k)[:64] for k in body if k not in allowed)
+    if unknown:
+        raise ApiError(422, "invalid", f"unknown field(s): {', '.join(unknown)}",
+                       {"fields": {k: "is not a field of this request" for k in unknown}}, cors)
+    return body
+
+
+async def _limit(request: Request, key: SiteKey, visitor_id: str | None, cors: dict[str, str], events: int = 1) -> None:
+    refused = await tracking(request).limits.take(key, visitor_id, events)
+    if refused is not None:
+        per = "second for this site key" if refused.scope == "key" else "minute for this visitor"
+        raise ApiError(429, "rate_limited", f"more than {refused.limit} per {per}; retry later",
+                       {"scope": refused.scope, "limit": refused.limit},
+                       {"Retry-After": str(refused.retry_after_s), **cors})
+
+
+def _scoring(request: Request) -> scoring_pb2_grpc.ScoringStub:
+    return scoring_pb2_grpc.ScoringStub(request.app.state.mesh.channel("scoring"))
+
+
+def _timeout(request: Request) -> float:
+    value: float = request.app.state.mesh.timeout
+    return value
+
+
+# -- the endpoints ------------------------------------------------------------------------------------
+
+@router.options("/v1/{path:path}", include_in_schema=False)
+async def preflight(request: Request, path: str, k: str = "") -> Response:
+    """CORS preflight: allowed for the key's origins, for GET and POST with a Content-Type."""
+    _, cors = _site(request, k)
+    method = request.headers.get("access-control-request-method", "")
+    if method not in ("GET", "POST"):
+        raise ApiError(403, "method_not_allowed", "only GET and POST are served here", headers=cors)
+    return Response(status_code=204, headers={**cors, "Access-Control-Allow-Methods": "GET, POST",
+                                              "Access-Control-Allow-Headers": "Content-Type",
+                                              "Access-Control-Max-Age": "600"})
+
+
+@router.post("/v1/collect", status_code=202, summary="Events of a visitor (the allowed set only)")
+async def collect(request: Request, k: str = Query(..., max_length=128)) -> JSONResponse:
+    key, cors = _site(request, k)
+    body = await _body(request, cors, {"visitor_id", "events"})
+    visitor_id = _visitor(body.get("visitor_id"), cors)
+    events = body.get("events")
+    most = collect_policy().max_events_per_request
+    if not isinstance(events, list) or not 1 <= len(events) <= most:
+        raise ApiError(422, "invalid", f"events must be a list of 1 to {most} events",
+                       {"fields": {"events": f"must be a list of 1 to {most} events"}}, cors)
+    ignored = not_a_visitor(request.headers) or privacy_refusal(key, request.headers)
+    if ignored:
+        return JSONResponse({"accepted": 0, "duplicates": 0, "rejected": [], "ignored": ignored}, 202, cors)
+    await _limit(request, key, visitor_id, cors, len(events))
+    good, rejected = [], []
+    for i, raw in enumerate(events):
+        event, problem = check_event(raw)
+        if event is None:
+            rejected.append({"index": i, "error": problem})
+        else:
+            good.append(event)
+    accepted = duplicates = 0
+    if good:
+        result = await _call(tracking(request).collector.collect(visitor_id, good), cors)
+        for i, r in enumerate(result.results):
+            if r.error_code:
+                rejected.append({"index": i, "error": r.error_message})
+            elif r.duplicate:
+                duplicates += 1
+            else:
+                accepted += 1
+    return JSONResponse({"accepted": accepted, "duplicates": duplicates, "rejected": rejected}, 202, cors)
+
+
+@router.post("/v1/identify", summary="Who this visitor is: an email, or the signed link of an email click")
+async def identify(request: Request, k: str = Query(..., max_length=128)) -> JSONResponse:
+    key, cors = _site(request, k)
+    body = await _body(request, cors, {"visitor_id", "email", "first_name", "last_name", "link"})
+    visitor_id = _visitor(body.get("visitor_id"), cors)
+    if not_a_visitor(request.headers):
+        return JSONResponse({"identified": False, "merged": 0, "ignored": not_a_visitor(request.headers)}, 200, cors)
+    await _limit(request, key, visitor_id, cors)
+    lead_id = ""
+    link = body.get("link")
+    if link is not None:
+        if not isinstance(link, str):
+            raise ApiError(422, "invalid", "link must be a string", {"fields": {"link": "must be a string"}}, cors)
+        settings: Settings = request.app.state.mesh.settings
+        try:
+            lead_id = linktoken.verify((settings.secret, settings.secret_previous), link, datetime.now(UTC))
+        except linktoken.LinkTokenError as exc:
+            raise ApiError(422, "invalid", str(exc), {"fields": {"link": str(exc)}}, cors) from exc
+    fields = {name: body[name] for name in ("email", "first_name", "last_name") if body.get(name) is not None}
+    if not lead_id and "email" not in fields:
+        raise ApiError(422, "invalid", "an email or a link is required",
+                       {"fields": {"email": "is required without a link"}}, cors)
+    reply = await _call(_scoring(request).IdentifyVisitor(scoring_pb2.IdentifyVisitorRequest(
+        visitor_id=visitor_id, lead_id=lead_id, fields_json=json.dumps(fields)), timeout=_timeout(request)), cors)
+    return JSONResponse({"identified": True, "merged": reply.merged}, 200, cors)
+
+
+@router.get("/v1/personalization", summary="What the site should show this visitor now")
+async def personalization(request: Request, k: str = Query(..., max_length=128),
+                          v: str = Query(..., max_length=64)) -> JSONResponse:
+    key, cors = _site(request, k)
+    visitor_id = _visitor(v, cors)
+    await _limit(request, key, visitor_id, cors, 0)
+    scoring = _scoring(request)
+    lead_id, profile = "", ""
+    try:
+        found = await scoring.GetVisitor(scoring_pb2.VisitorRequest(visitor_id=visitor_id), timeout=_timeout(request))
+        lead_id = found.lead_id
+        profile = "" if lead_id else json_format.MessageToJson(found.profile)
+    except grpc.aio.AioRpcError as exc:
+        if exc.code() != grpc.StatusCode.NOT_FOUND:
+            raise _rpc_error(exc, cors) from exc
+        profile = json_format.MessageToJson(scoring_pb2.Lead(id=f"visitor:{visitor_id}", lifecycle_stage="subscriber"))
+    messaging = messaging_pb2_grpc.MessagingStub(request.app.state.mesh.channel("messaging"))
+    reply = await _call(messaging.Personalization(messaging_pb2.PersonalizationRequest(
+        lead_id=lead_id, anonymous_profile_json=profile), timeout=_timeout(request)), cors)
+    return JSONResponse({"known": bool(lead_id), "segment": reply.segment or None,
+                         "featured_countries": list(reply.featured_countries),
+                         "recommended_content": json.loads(reply.recommended_content_json or "[]"),
+                         "next_best_action": json.loads(reply.next_best_action_json or "{}")}, 200, cors)
+
+
+@router.get("/v1/form", summary="The next fields a form should ask this visitor")
+async def form_fields(request: Request, k: str = Query(..., max_length=128), v: str = Query(..., max_length=64),
+                      limit: int = Query(0, ge=0, le=20)) -> JSONResponse:
+    key, cors = _site(request, k)
+    visitor_id = _visitor(v, cors)
+    await _limit(request, key, visitor_id, cors, 0)
+    reply = await _call(_scoring(request).NextFormFields(scoring_pb2.NextFieldsRequest(
+        visitor_id=visitor_id, limit=limit), timeout=_timeout(request)), cors)
+    return JSONResponse({"fields": [{"key": f.key, "label": f.label, "kind": f.kind, "choices": list(f.choices)}
+                                    for f in reply.fields]}, 200, cors)
+
+
+@router.post("/v1/form", summary="A progressive form's answers")
+async def form_answers(request: Request, k: str = Query(..., max_length=128)) -> JSONResponse:
+    key, cors = _site(request, k)
+    body = await _body(request, cors, {"visitor_id", "answers"})
+    visitor_id = _visitor(body.get("visitor_id"), cors)
+    if not_a_visitor(request.headers):
+        return JSONResponse({"stored": 0, "identified": False, "merged": 0,
+                             "ignored": not_a_visitor(request.headers)}, 200, cors)
+    await _limit(request, key, visitor_id, cors)
+    reply = await _call(_scoring(request).SubmitForm(scoring_pb2.SubmitFormRequest(
+        visitor_id=visitor_id, answers_json=json.dumps(body.get("answers"))), timeout=_timeout(request)), cors)
+    return JSONResponse({"stored": reply.stored, "identified": bool(reply.lead_id), "merged": reply.merged}, 200, cors)

@@ -1,0 +1,71 @@
+"""scoring's SQL for website visitors: their anonymous profiles and events (`scoring_visitors`,
+`scoring_visitor_events`). Functions over a session; `app/visitors.py` holds the transactions."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Row, delete, insert, select, update
+from sqlalchemy.orm import Session
+
+from nurture import jsoncodec
+from services.scoring.tables import visitor_events, visitors
+
+
+def lock_visitors(s: Session, ids: Sequence[str]) -> dict[str, Row[Any]]:
+    """The visitors that exist among `ids`, locked in key order (the one lock order, as for leads)."""
+    rows = s.execute(select(visitors).where(visitors.c.id.in_(sorted(set(ids)))).order_by(visitors.c.id)
+                     .with_for_update()).all()
+    return {r.id: r for r in rows}
+
+
+def visitor(s: Session, visitor_id: str) -> Row[Any] | None:
+    return s.execute(select(visitors).where(visitors.c.id == visitor_id)).first()
+
+
+def visitors_of_lead(s: Session, lead_id: str) -> list[Row[Any]]:
+    return list(s.execute(select(visitors).where(visitors.c.lead_id == lead_id).order_by(visitors.c.id)).all())
+
+
+def insert_visitor(s: Session, visitor_id: str, profile: dict[str, Any], now: datetime) -> None:
+    s.execute(insert(visitors).values(id=visitor_id, lead_id=None, profile=jsoncodec.dumps(profile, default=str),
+                                      answers="{}", events=0, merged_events=0, created_at=now, seen_at=now))
+
+
+def update_visitor(s: Session, visitor_id: str, **values: Any) -> None:
+    for name in ("profile", "answers"):
+        if name in values and not isinstance(values[name], str):
+            values[name] = jsoncodec.dumps(values[name], default=str)
+    s.execute(update(visitors).where(visitors.c.id == visitor_id).values(**values))
+
+
+def seen_client_ids(s: Session, visitor_ids: Iterable[str]) -> set[tuple[str, str]]:
+    """(visitor, client id) of every anonymous event kept for these visitors."""
+    rows = s.execute(select(visitor_events.c.visitor_id, visitor_events.c.client_id)
+                     .where(visitor_events.c.visitor_id.in_(sorted(set(visitor_ids))))).all()
+    return {(r.visitor_id, r.client_id) for r in rows}
+
+
+def insert_visitor_events(s: Session, rows: list[dict[str, Any]]) -> None:
+    if rows:
+        s.execute(insert(visitor_events), rows)
+
+
+def visitor_history(s: Session, visitor_id: str) -> list[Row[Any]]:
+    """An anonymous visitor's events in the order they arrived."""
+    return list(s.execute(select(visitor_events).where(visitor_events.c.visitor_id == visitor_id)
+                          .order_by(visitor_events.c.seq)).all())
+
+
+def delete_visitor_history(s: Session, visitor_id: str) -> None:
+    s.execute(delete(visitor_events).where(visitor_events.c.visitor_id == visitor_id))
+
+
+def erase_visitors_of_lead(s: Session, lead_id: str) -> None:
+    """Right to erasure: the visitors that became this person go with it."""
+    ids = [r.id for r in s.execute(select(visitors.c.id).where(visitors.c.lead_id == lead_id)).all()]
+    if ids:
+        s.execute(delete(visitor_events).where(visitor_events.c.visitor_id.in_(ids)))
+        s.execute(delete(visitors).where(visitors.c.id.in_(ids)))

@@ -1,0 +1,228 @@
+"""The website tracking endpoints through the real gateway over real scoring, messaging and journeys:
+site keys and origins (CORS, preflight), bots, prefetchers and Do-Not-Track, rate limits in Redis,
+anonymous browsing that identification merges into the lead (timeline, score, personalization), two
+devices, signed links from email clicks, and progressive forms."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from google.protobuf import json_format
+
+from gateway.tracking import linktoken
+from nurture.api.messaging.v1 import messaging_pb2, messaging_pb2_grpc
+from nurture.settings import Settings
+from tests.conftest import mesh_channel
+from tests.integration.tracking.mesh import SITE, SITE_KEY, TrackingMesh, tracking_mesh
+
+pytestmark = pytest.mark.anyio
+
+BROWSER = {"Origin": SITE, "User-Agent": "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
+                                          "Chrome/131.0 Safari/537.36"}
+PHONE = "phone-0123456789abcdef"
+LAPTOP = "laptop-0123456789abcdef"
+
+
+@pytest.fixture
+async def mesh(settings: Settings, tmp_path: Path) -> AsyncIterator[TrackingMesh]:
+    async with tracking_mesh(settings, tmp_path, origins=(SITE, "https://www.borderbridge.example")) as m:
+        yield m
+
+
+def views(*pages: tuple[str, str], start: int = 0) -> list[dict[str, Any]]:
+    return [{"id": f"ev-{start + i}", "type": "page_viewed", "properties": {"page": path, "category": category}}
+            for i, (path, category) in enumerate(pages)]
+
+
+async def collect(mesh: TrackingMesh, visitor: str, events: list[dict[str, Any]], **headers: str) -> Any:
+    return await mesh.client.post(f"/t/v1/collect?k={SITE_KEY}", headers={**BROWSER, **headers},
+                                  content=json.dumps({"visitor_id": visitor, "events": events}))
+
+
+async def test_the_snippet_is_served_small_and_plain(mesh: TrackingMesh) -> None:
+    r = await mesh.client.get("/t/nurture.js")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/javascript")
+    assert r.headers["x-content-type-options"] == "nosniff"
+    assert len(r.content) < 16_000 and b"sendBeacon" in r.content and b"import " not in r.content
+
+
+async def test_a_site_key_works_only_from_its_origins(mesh: TrackingMesh) -> None:
+    ok = await mesh.client.options(f"/t/v1/collect?k={SITE_KEY}", headers={
+        "Origin": SITE, "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "content-type"})
+    assert ok.status_code == 204 and ok.headers["access-control-allow-origin"] == SITE
+    assert "POST" in ok.headers["access-control-allow-methods"]
+    for origin in ("https://evil.example", "http://site.example.evil.example", "null"):
+        refused = await mesh.client.options(f"/t/v1/collect?k={SITE_KEY}", headers={
+            "Origin": origin, "Access-Control-Request-Method": "POST"})
+        assert refused.status_code == 403 and "access-control-allow-origin" not in refused.headers
+        posted = await collect(mesh, PHONE, views(("/", "home")), Origin=origin)
+        assert posted.status_code == 403 and posted.json()["error"]["code"] == "origin_not_allowed"
+    no_origin = await mesh.client.post(f"/t/v1/collect?k={SITE_KEY}", headers={"User-Agent": BROWSER["User-Agent"]},
+                                       json={"visitor_id": PHONE, "events": views(("/", "home"))})
+    assert no_origin.status_code == 403
+    unknown = await mesh.client.post("/t/v1/collect?k=not-a-key-0123456789", headers=BROWSER,
+                                     json={"visitor_id": PHONE, "events": views(("/", "home"))})
+    assert unknown.status_code == 403 and unknown.json()["error"]["code"] == "unknown_site_key"
+    # A site key opens nothing of the API.
+    assert (await mesh.client.get("/v1/leads", headers={"Authorization": f"Bearer {SITE_KEY}"})).status_code == 401
+
+
+async def test_bots_prefetchers_and_do_not_track_are_not_collected(mesh: TrackingMesh) -> None:
+    for headers in ({"User-Agent": "Googlebot/2.1 (+http://www.google.com/bot.html)"},
+                    {"User-Agent": "Mozilla/5.0 HeadlessChrome/131.0"}, {"Sec-Purpose": "prefetch"},
+                    {"Purpose": "prefetch"}, {"DNT": "1"}, {"Sec-GPC": "1"}):
+        r = await collect(mesh, PHONE, views(("/pricing", "pricing")), **headers)
+        assert r.status_code == 202 and r.json()["accepted"] == 0 and r.json()["ignored"], headers
+    shown = await mesh.client.get(f"/t/v1/personalization?k={SITE_KEY}&v={PHONE}", headers=BROWSER)
+    assert shown.json()["known"] is False
+    got = await mesh.client.get(f"/t/v1/form?k={SITE_KEY}&v={PHONE}", headers=BROWSER)
+    assert got.status_code == 200
+
+
+async def test_events_outside_the_allowed_set_are_refused_one_by_one(mesh: TrackingMesh) -> None:
+    r = await collect(mesh, PHONE, [
+        *views(("/pricing", "pricing")),
+        {"id": "bad-1", "type": "checkout_started", "properties": {}},
+        {"id": "bad-2", "type": "page_viewed", "properties": {"deal_value": 100000}},
+        {"id": "bad 3", "type": "page_viewed", "properties": {}},
+        {"id": "bad-4", "type": "page_viewed", "properties": {"page": {"nested": True}}}])
+    assert r.status_code == 202 and r.json()["accepted"] == 1
+    assert [x["index"] for x in r.json()["rejected"]] == [1, 2, 3, 4]
+    assert r.headers["access-control-allow-origin"] == SITE
+    for body in ({"visitor_id": "short", "events": views(("/", "home"))}, {"visitor_id": PHONE, "events": []},
+                 {"visitor_id": PHONE, "events": views(*[("/", "home")] * 51)}, {"visitor_id": PHONE, "x": 1}):
+        bad = await mesh.client.post(f"/t/v1/collect?k={SITE_KEY}", headers=BROWSER, content=json.dumps(body))
+        assert bad.status_code == 422 and bad.headers["access-control-allow-origin"] == SITE, body
+    malformed = await mesh.client.post(f"/t/v1/collect?k={SITE_KEY}", headers=BROWSER, content=b"{not json")
+    assert malformed.status_code == 400 and malformed.headers["access-control-allow-origin"] == SITE
+
+
+async def test_anonymous_browsing_merges_into_the_lead_on_identification(mesh: TrackingMesh) -> None:
+    pages = [("/guides/canada", "country"), ("/pricing", "pricing"), ("/pricing/family", "pricing")]
+    r = await collect(mesh, PHONE, views(*pages))
+    assert r.json() == {"accepted": 3, "duplicates": 0, "rejected": []}
+    again = await collect(mesh, PHONE, views(*pages[:1]))  # a resend of the first (a beacon and a retry)
+    assert again.json()["duplicates"] == 1
+    before = (await mesh.client.get(f"/t/v1/personalization?k={SITE_KEY}&v={PHONE}", headers=BROWSER)).json()
+    assert before["known"] is False and any("pricing" in c["reason"] for c in before["recommended_content"])
+
+    who = await mesh.client.post(f"/t/v1/identify?k={SITE_KEY}", headers=BROWSER,
+                                 content=json.dumps({"visitor_id": PHONE, "email": "nora@example.com",
+                                                     "first_name": "Nora"}))
+    assert who.status_code == 200 and who.json() == {"identified": True, "merged": 3}
+    retry = await mesh.client.post(f"/t/v1/identify?k={SITE_KEY}", headers=BROWSER,
+                                   json={"visitor_id": PHONE, "email": "nora@example.com"})
+    assert retry.json() == {"identified": True, "merged": 0}
+    await mesh.settle()
+
+    lead = (await mesh.api("GET", "/v1/leads?limit=10"))
+    leads = lead["items"] if "items" in lead else lead["leads"]
+    nora = next(x for x in leads if x["email"] == "nora@example.com")
+    assert nora["first_name"] == "Nora" and nora["score"] > 0
+    timeline = (await mesh.api("GET", f"/v1/leads/{nora['id']}/timeline"))["items"]
+    seen = [i["details"]["properties"]["page"] for i in timeline if i["kind"] == "event" and i["type"] == "page_viewed"]
+    assert seen == [p for p, _ in pages]
+    notes = [i for i in timeline if i["type"] == "visitor_merged"]
+    assert len(notes) == 1 and f"merged 3 anonymous events from visitor {PHONE}" in notes[0]["summary"]
+    scores = [i for i in timeline if i["kind"] == "score"]
+    assert sum(i["details"]["delta"] for i in scores) >= nora["score"] > 0
+    after = (await mesh.client.get(f"/t/v1/personalization?k={SITE_KEY}&v={PHONE}", headers=BROWSER)).json()
+    assert after["known"] is True
+    assert after == {**after, **{k: v for k, v in (await mesh.api(
+        "GET", f"/v1/leads/{nora['id']}/personalization")).items() if k in after}}
+
+    # The same person on a second device: its history merges into the same lead.
+    await collect(mesh, LAPTOP, views(("/guides/nursing", "credentials"), start=10))
+    second = await mesh.client.post(f"/t/v1/identify?k={SITE_KEY}", headers=BROWSER,
+                                    json={"visitor_id": LAPTOP, "email": "NORA@example.com"})
+    assert second.json() == {"identified": True, "merged": 1}
+    timeline = (await mesh.api("GET", f"/v1/leads/{nora['id']}/timeline"))["items"]
+    assert len([i for i in timeline if i["type"] == "visitor_merged"]) == 2
+    assert [i["details"]["properties"]["page"] for i in timeline if i["type"] == "page_viewed"] == [
+        *[p for p, _ in pages], "/guides/nursing"]
+
+
+async def test_an_email_click_identifies_the_visitor_with_a_signed_token(mesh: TrackingMesh) -> None:
+    await mesh.api("POST", "/v1/leads", json={"id": "ana", "email": "ana@example.com", "consent": {"email": True},
+                                             "attributes": {"profession": "nurse"}})
+    await mesh.settle()
+    async with mesh_channel(mesh.settings.messaging_addr) as ch:
+        sent = await messaging_pb2_grpc.MessagingStub(ch).Send(messaging_pb2.SendRequest(
+            dedupe_key="ana:triggers:1:pricing_page:0", lead_id="ana", journey="triggers", journey_version=1,
+            step="pricing_page", channel="email", template="triggers.pricing_page", context_json="{}"), timeout=10)
+    assert sent.status in ("sent", "scheduled"), json_format.MessageToDict(sent)
+    await mesh.settle()
+    mail = "\n".join(p.read_text(errors="replace") for p in mesh.sink.messages())
+    links = re.findall(r"http://[^\s\"'<>]+/t/c/[A-Za-z0-9._~%-]+", mail.replace("=\n", ""))
+    assert links, mail[:2000]
+    clicked = await mesh.client.get("/t/c/" + links[0].split("/t/c/", 1)[1])
+    assert clicked.status_code == 302
+    location = clicked.headers["location"]
+    assert location.startswith("https://www.borderbridge.example/") and f"{linktoken.PARAM}=" in location
+    token = re.search(rf"{linktoken.PARAM}=([^&]+)", location).group(1)  # type: ignore[union-attr]
+
+    await collect(mesh, PHONE, views(("/pricing", "pricing")))
+    r = await mesh.client.post(f"/t/v1/identify?k={SITE_KEY}", headers=BROWSER,
+                               json={"visitor_id": PHONE, "link": token})
+    assert r.json() == {"identified": True, "merged": 1}
+    timeline = (await mesh.api("GET", "/v1/leads/ana/timeline"))["items"]
+    assert any(i["type"] == "visitor_merged" for i in timeline)
+
+    forged = token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")
+    expired = linktoken.sign(mesh.settings.secret, "ana", datetime.now(UTC) - timedelta(days=8))
+    other = linktoken.sign("another-secret", "ana", datetime.now(UTC))
+    for bad in (forged, expired, other, "nonsense"):
+        r = await mesh.client.post(f"/t/v1/identify?k={SITE_KEY}", headers=BROWSER,
+                                   json={"visitor_id": LAPTOP, "link": bad})
+        assert r.status_code == 422, bad
+
+
+async def test_progressive_forms_ask_what_is_unknown_and_store_answers(mesh: TrackingMesh) -> None:
+    url = f"/t/v1/form?k={SITE_KEY}"
+    first = (await mesh.client.get(f"{url}&v={PHONE}", headers=BROWSER)).json()["fields"]
+    assert [f["key"] for f in first] == ["email", "first_name"]
+    bad = await mesh.client.post(url, headers=BROWSER, json={"visitor_id": PHONE, "answers": {
+        "email": "not-an-email", "timeline": "someday", "favourite_colour": "blue"}})
+    assert bad.status_code == 422
+    assert set(bad.json()["error"]["details"]["fields"]) == {"email", "timeline", "favourite_colour"}
+    assert bad.headers["access-control-allow-origin"] == SITE
+    kept = await mesh.client.post(url, headers=BROWSER, json={"visitor_id": PHONE, "answers": {
+        "countries_of_interest": ["CA", "AU"], "first_name": "Lea"}})
+    assert kept.json() == {"stored": 2, "identified": False, "merged": 0}
+    nxt = (await mesh.client.get(f"{url}&v={PHONE}&limit=3", headers=BROWSER)).json()["fields"]
+    assert [f["key"] for f in nxt] == ["email", "profession", "moving_with_family"]
+    assert nxt[2]["kind"] == "boolean"
+    done = await mesh.client.post(url, headers=BROWSER,
+                                  json={"visitor_id": PHONE, "answers": {"email": "lea@example.com"}})
+    assert done.json()["identified"] is True
+    await mesh.settle()
+    page = await mesh.api("GET", "/v1/leads?limit=10")
+    lea = next(x for x in (page.get("items") or page.get("leads")) if x["email"] == "lea@example.com")
+    assert lea["first_name"] == "Lea" and lea["attributes"]["countries_of_interest"] == ["CA", "AU"]
+    nxt = (await mesh.client.get(f"{url}&v={PHONE}", headers=BROWSER)).json()["fields"]
+    assert [f["key"] for f in nxt] == ["profession", "moving_with_family"]
+
+
+async def test_rate_limits_per_visitor_and_per_key(settings: Settings, tmp_path: Path) -> None:
+    async with tracking_mesh(settings, tmp_path, services=("scoring",), visitor_per_min=3, rate_per_s=1000) as mesh:
+        assert (await collect(mesh, PHONE, views(("/a", "home"), ("/b", "home")))).status_code == 202
+        assert (await collect(mesh, PHONE, views(("/c", "home"), start=5))).status_code == 202
+        over = await collect(mesh, PHONE, views(("/d", "home"), start=6))
+        assert over.status_code == 429 and int(over.headers["retry-after"]) >= 1
+        assert over.headers["access-control-allow-origin"] == SITE
+        assert over.json()["error"]["details"]["scope"] == "visitor"
+        assert (await collect(mesh, LAPTOP, views(("/d", "home")))).status_code == 202  # another visitor is not held
+    async with tracking_mesh(settings, tmp_path / "k", services=("scoring",), rate_per_s=2,
+                             visitor_per_min=100) as mesh:
+        replies = await asyncio.gather(*(collect(mesh, f"visitor-{n:02d}-0123456789ab", views(("/", "home")))
+                                         for n in range(10)))
+        statuses = [r.status_code for r in replies]
+        # Ten requests at once against 2 a second: whatever windows they fall in, most are refused.
+        assert 429 in statuses and statuses.count(202) <= 4, statuses
