@@ -215,7 +215,7 @@ class OutboundQueue(CoreBase):
 
         def apply(s: Session) -> None:
             now = self.clock.now()
-            rec = st.get_lead(s, lead_id)
+            rec = st.get_lead(s, lead_id, lock=True)
             if rec is None:
                 return
             if rec["crm_id"] != remote_id:
