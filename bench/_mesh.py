@@ -44,6 +44,11 @@ def database_kind(url: str | None) -> str:
     return "sqlite" if not url or url.startswith("sqlite") else url.split("+", 1)[0].split(":", 1)[0]
 
 
+def database_name(url: str | None) -> str | None:
+    """The database a PostgreSQL URL names (its backends' process titles carry it), None for SQLite."""
+    return None if not url or url.startswith("sqlite") else sa.make_url(url).database
+
+
 def report_scans(url: str) -> None:
     """Print, to stderr, the tables the run read by sequential scan (rows read that way, against rows
     fetched by index): a hot statement without a usable index shows here first."""
@@ -110,8 +115,8 @@ def private_mesh(clock: str = "real", database_url: str | None = None, without: 
                             preexec_fn=lambda: die_with_parent(signal.SIGINT))
     url = f"http://127.0.0.1:{http}"
     try:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
+        deadline = time.monotonic() + 300  # a loaded shared machine starts the mesh slowly
+        while True:
             try:
                 if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
                     break
@@ -119,6 +124,8 @@ def private_mesh(clock: str = "real", database_url: str | None = None, without: 
                 pass
             if proc.poll() is not None:
                 raise SystemExit(f"nurture up failed:\n{proc.stdout.read() if proc.stdout else ''}")
+            if time.monotonic() > deadline:
+                raise SystemExit(f"the mesh did not answer /healthz in time; logs under {data}/logs")
             time.sleep(0.2)
         yield Mesh(url=url, api_key="bench-key", env=env, data_dir=data, pid=proc.pid)
     finally:

@@ -19,8 +19,9 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench._cpu import CpuMeter, per_event  # noqa: E402
 from bench._http import LeanClient  # noqa: E402
-from bench._mesh import add_database_arg, database_kind, fresh_database, private_mesh  # noqa: E402
+from bench._mesh import add_database_arg, database_kind, database_name, fresh_database, private_mesh  # noqa: E402
 from nurture.api.scoring.v1 import scoring_pb2, scoring_pb2_grpc  # noqa: E402
 from nurture.rpc import channel as rpc_channel  # noqa: E402
 
@@ -46,8 +47,8 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
 
 
-async def run(url: str, key: str, scoring_addr: str, mesh_token: str, events: int, redis_url: str | None = None
-              ) -> dict[str, float]:
+async def run(url: str, key: str, scoring_addr: str, mesh_token: str, events: int, redis_url: str | None = None,
+              meter: CpuMeter | None = None) -> dict[str, float]:
     headers = {"Authorization": f"Bearer {key}"}
     leads = 500
     async with httpx.AsyncClient(base_url=url, headers=headers, timeout=60,
@@ -79,8 +80,11 @@ async def run(url: str, key: str, scoring_addr: str, mesh_token: str, events: in
                 latencies.append(time.perf_counter() - t)
                 assert status == 202, text
 
+        cpu_at = {"start": meter.totals()} if meter else {}
         start = time.perf_counter()
         await asyncio.gather(*(poster() for _ in range(16)))
+        if meter:
+            cpu_at["singles"] = meter.totals()
         single_rate = singles / (time.perf_counter() - start)
 
         # Single posts paced at 500/s: the latency a steady site sees.
@@ -103,6 +107,8 @@ async def run(url: str, key: str, scoring_addr: str, mesh_token: str, events: in
             tasks.append(asyncio.create_task(one(n)))
         await asyncio.gather(*tasks)
         cpu = [b - a for a, b in zip(cpu_before, _cpu_ticks(), strict=True)]
+        if meter:
+            cpu_at["paced"] = meter.totals()
 
         # Batches of 1,000, two in flight.
         batches = max(2, events // 1000)
@@ -121,7 +127,21 @@ async def run(url: str, key: str, scoring_addr: str, mesh_token: str, events: in
         # The consumers (journeys, messaging, crm_sync) work behind the accept path: how long until
         # every one of them has handled everything, i.e. the end-to-end rate of the whole mesh.
         drain = await drained(redis_url) if redis_url else None
+        if meter:
+            cpu_at["batches"] = meter.totals()
         await lean.aclose()
+    cpu_report = {}
+    if meter:
+        # CPU per event by process (load-independent, unlike the latencies): where an event's cost goes.
+        # A phase's consumers may still be catching up in the next one; "all" (to the drain) has no such spill.
+        phases = {"singles": ("start", "singles", singles), "paced": ("singles", "paced", rate * seconds),
+                  "batches": ("paced", "batches", batches * 1000),
+                  "all": ("start", "batches", singles + rate * seconds + batches * 1000)}
+        for phase, (since, until, count) in phases.items():
+            costs = per_event(cpu_at[since], cpu_at[until], count)
+            print(f"CPU ms per event, {phase}: "
+                  + ", ".join(f"{k} {v}" for k, v in costs.items()), file=sys.stderr)
+            cpu_report[f"cpu_ms_per_event_{phase}"] = costs["total"]
     extra = {} if drain is None else {
         "consumers_drained_after_batches_s": round(drain, 2),
         "end_to_end_batch_events_per_s": round(batches * 1000 / (accepted_in + drain), 1)}
@@ -139,6 +159,7 @@ async def run(url: str, key: str, scoring_addr: str, mesh_token: str, events: in
         "batch_events_per_s": round(batch_rate, 1),
         "batch_events_per_s / grpc_echo_rps": round(batch_rate / baseline, 3),
         **extra,
+        **cpu_report,
     }
 
 
@@ -191,9 +212,13 @@ def main() -> None:
     else:
         with fresh_database(args.database_url) as database_url, \
                 private_mesh(database_url=database_url, without=tuple(args.without)) as mesh:
-            result = asyncio.run(run(mesh.url, mesh.api_key, mesh.env["NURTURE_SCORING_ADDR"],
-                                     mesh.env["NURTURE_MESH_TOKEN"], args.events,
-                                     mesh.env["NURTURE_REDIS_URL"]))
+            meter = CpuMeter(mesh.pid, database_name(database_url), database_url).start()
+            try:
+                result = asyncio.run(run(mesh.url, mesh.api_key, mesh.env["NURTURE_SCORING_ADDR"],
+                                         mesh.env["NURTURE_MESH_TOKEN"], args.events,
+                                         mesh.env["NURTURE_REDIS_URL"], meter))
+            finally:
+                meter.stop()
     result = {"database": database_kind(args.database_url), **result}
     for name, value in result.items():
         print(f"{name:40s} {value}")

@@ -15,7 +15,9 @@ import itertools
 import logging
 import queue
 import random
+import select
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
@@ -26,7 +28,8 @@ from typing import Any, TypeVar
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, Engine, Table, create_engine, event, make_url, text
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
 from nurture.settings import Settings
@@ -215,8 +218,46 @@ def make_engine(url: str, *, service: str = "nurture") -> Engine:
     connect_args = {"application_name": f"nurture-{service}"[:63],
                     "options": f"{given} -c statement_timeout={STATEMENT_TIMEOUT_MS} "
                                f"-c lock_timeout={LOCK_TIMEOUT_MS}".strip()}
-    return create_engine(url, pool_size=POSTGRES_WORKERS + 2, max_overflow=4, pool_pre_ping=True,
-                         connect_args=connect_args)
+    engine = create_engine(url, pool_size=POSTGRES_WORKERS + 2, max_overflow=4, connect_args=connect_args)
+    check_liveness_on_checkout(engine)
+    return engine
+
+
+# A pooled connection unused for this long is pinged (a round trip) before it is handed out again.
+IDLE_PING_S = 30.0
+
+
+def check_liveness_on_checkout(engine: Engine, *, idle_ping_s: float = IDLE_PING_S) -> None:
+    """Hand out only live connections, without a round trip per checkout.
+
+    SQLAlchemy's `pool_pre_ping` pings on every checkout: on PostgreSQL one more round trip per
+    transaction, which cost the busy services as much client CPU as a small transaction's own
+    statements. A connection the server ended (a restart, `pg_terminate_backend`, an idle timeout)
+    has something to read on an idle socket (the server's goodbye, then end of file), so a zero-wait
+    poll of the socket finds it for free; one silent for `idle_ping_s` (a peer that vanished without
+    a word) is pinged as before. A dead one is replaced before use (DisconnectionError: the pool
+    retries the checkout with a new connection)."""
+
+    @event.listens_for(engine, "checkin")
+    def _checkin(_dbapi_conn: Any, record: Any) -> None:
+        record.info["nurture_idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _checkout(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        since = record.info.pop("nurture_idle_since", None)
+        if since is None:  # a fresh connection
+            return
+        try:
+            readable, _, _ = select.select([dbapi_conn.fileno()], [], [], 0)
+        except (OSError, ValueError) as exc:  # the socket is gone already
+            raise DisconnectionError("connection closed while idle") from exc
+        if readable or getattr(dbapi_conn, "closed", False) or getattr(dbapi_conn, "broken", False):
+            raise DisconnectionError("the server ended this connection while it was idle")
+        if time.monotonic() - since >= idle_ping_s:
+            try:
+                engine.dialect.do_ping(dbapi_conn)
+            except Exception as exc:  # the driver's own error, whatever went wrong on the wire
+                raise DisconnectionError("an idle connection did not answer a ping") from exc
 
 
 class SchemaMismatch(RuntimeError):
@@ -316,6 +357,19 @@ def run_alembic_env() -> None:
     context.configure(connection=connection, version_table=config.attributes["version_table"])
     with context.begin_transaction():
         context.run_migrations()
+
+
+def insert_new(session: Session, table: Table, keys: Sequence[str]) -> Any:
+    """`INSERT ... ON CONFLICT (keys) DO NOTHING` in the session's dialect (SQLite and PostgreSQL
+    spell it alike): a row whose key exists, committed or being inserted by a concurrent
+    transaction, is skipped without an error, where a read-then-insert fails with a unique
+    violation when two transactions insert one new key. Add `.returning(...)` to learn which rows
+    were new."""
+    dialect = session.get_bind().dialect.name
+    if dialect not in ("postgresql", "sqlite"):
+        raise RuntimeError(f"unsupported database {dialect}")
+    make = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    return make(table).on_conflict_do_nothing(index_elements=list(keys))
 
 
 class DriverWrites:

@@ -28,12 +28,16 @@ def lead_from_proto(lead: scoring_pb2.Lead) -> dict[str, Any]:
 
 
 class JourneysLookup:
-    """Journey participation from journeys' LeadJourneys, with a breaker so a missing or down journeys
-    service costs one failed call per 10 s, not one per lead."""
+    """Journey participation from journeys' LeadsJourneys (one call for a batch of leads; LeadJourneys
+    per lead from a journeys that predates it), with a breaker so a missing or down journeys service
+    costs one failed call per 10 s, not one per lead."""
+
+    BATCH = 500  # lead ids per LeadsJourneys call (journeys takes up to 1,000)
 
     def __init__(self, channel: grpc.aio.Channel | None) -> None:
         self._stub: Any = None
         self._open_until = 0.0
+        self._batched = True
         if channel is not None:
             try:
                 from nurture.api.journeys.v1 import journeys_pb2, journeys_pb2_grpc
@@ -43,8 +47,31 @@ class JourneysLookup:
             self._stub = journeys_pb2_grpc.JourneysStub(channel)
 
     async def many(self, lead_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
+        lead_ids = [i for i in lead_ids if i]
         if self._stub is None or time.monotonic() < self._open_until or not lead_ids:
             return {}
+        if self._batched:
+            try:
+                return await self._batch(lead_ids)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() != grpc.StatusCode.UNIMPLEMENTED:
+                    self._open_until = time.monotonic() + 10.0
+                    return {}
+                self._batched = False  # a journeys from before LeadsJourneys (a rolling upgrade)
+        return await self._one_by_one(lead_ids)
+
+    async def _batch(self, lead_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
+        """One LeadsJourneys call per BATCH leads."""
+        out: dict[str, list[dict[str, Any]]] = {}
+        for i in range(0, len(lead_ids), self.BATCH):
+            reply = await self._stub.LeadsJourneys(
+                self._pb.LeadsJourneysRequest(lead_ids=lead_ids[i:i + self.BATCH]), timeout=2.0)
+            for lead in reply.leads:
+                out[lead.lead_id] = [{"journey": e.journey, "status": e.status, "stage": e.stage}
+                                     for e in lead.enrollments]
+        return out
+
+    async def _one_by_one(self, lead_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
         sem = asyncio.Semaphore(16)
         out: dict[str, list[dict[str, Any]]] = {}
 

@@ -16,6 +16,7 @@ from sqlalchemy import bindparam, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from nurture import times
+from nurture.db import RetryTransaction, insert_new
 from services.crm_sync.tables import changes, inbound, leads, outbox, proposals, round_robin, tasks, timeline
 
 Sessions = Callable[[], AbstractContextManager[Session]]
@@ -40,15 +41,23 @@ def new_lead_row(lead_id: str, now: datetime) -> dict[str, Any]:
             "updated_at": now}
 
 
-def get_lead(s: Session, lead_id: str) -> dict[str, Any] | None:
-    row = s.execute(_LEAD_BY_ID, {"b_lead_id": lead_id}).first()
+def get_lead(s: Session, lead_id: str, *, lock: bool = False) -> dict[str, Any] | None:
+    """The lead's row; with `lock`, locked until the transaction ends (see `get_leads`)."""
+    row = s.execute(_LEAD_BY_ID_LOCKED if lock else _LEAD_BY_ID, {"b_lead_id": lead_id}).first()
     return _lead_row(row) if row else None
 
 
-def get_leads(s: Session, lead_ids: list[str]) -> dict[str, dict[str, Any]]:
+def get_leads(s: Session, lead_ids: list[str], *, lock: bool = False) -> dict[str, dict[str, Any]]:
+    """The leads' rows. A transaction that writes back a row it read passes `lock`: on PostgreSQL
+    (concurrent writers) the rows are locked in key order, as every path that locks leads does, so
+    a concurrent writer of the same lead (the bus consumer, an inbound contact, a push outcome)
+    waits and then reads the other's committed row instead of overwriting it with an older one."""
     out: dict[str, dict[str, Any]] = {}
     for chunk in iter_chunks(sorted(set(lead_ids)), 500):
-        for row in s.execute(select(leads).where(leads.c.lead_id.in_(chunk))).all():
+        query = select(leads).where(leads.c.lead_id.in_(chunk))
+        if lock:
+            query = query.order_by(leads.c.lead_id).with_for_update()
+        for row in s.execute(query).all():
             out[row.lead_id] = _lead_row(row)
     return out
 
@@ -105,8 +114,8 @@ def find_leads(s: Session, wanted: list[LeadQuery]) -> list[dict[str, Any] | Non
 # Statements built once: parameters travel separately, so SQLAlchemy compiles and caches them once
 # instead of generating a cache key for a fresh `.values(...)` on every write.
 _UPDATE_LEAD = update(leads).where(leads.c.lead_id == bindparam("b_lead_id"))
-_INSERT_LEAD = insert(leads)
 _LEAD_BY_ID = select(leads).where(leads.c.lead_id == bindparam("b_lead_id"))
+_LEAD_BY_ID_LOCKED = _LEAD_BY_ID.with_for_update()
 _INSERT_TIMELINE = insert(timeline)
 _INSERT_CHANGE = insert(changes)
 _INSERT_JOB = insert(outbox)
@@ -120,11 +129,7 @@ _INSERT_TASK = insert(tasks)
 
 
 def save_lead(s: Session, row: dict[str, Any], *, exists: bool) -> None:
-    values = _lead_values(row)
-    if exists:
-        s.execute(_UPDATE_LEAD, {**values, "b_lead_id": row["lead_id"]})
-    else:
-        s.execute(_INSERT_LEAD, values)
+    save_leads(s, [] if exists else [row], [row] if exists else [])
 
 
 def _lead_values(row: dict[str, Any]) -> dict[str, Any]:
@@ -138,7 +143,13 @@ def save_leads(s: Session, new: list[dict[str, Any]], changed: list[dict[str, An
     """Many leads in two executemany statements (full rows, as save_lead writes them), in key order
     (as every path that writes several rows locks them, see nurture.db)."""
     if new:
-        s.execute(_INSERT_LEAD, [_lead_values(r) for r in sorted(new, key=lambda r: str(r["lead_id"]))])
+        # Two transactions may both find no row for a new lead (the bus consumer and an inbound
+        # contact): the second skips its insert (no unique violation, whose error aborts the
+        # transaction) and runs again, now updating the row the first committed.
+        made = s.execute(insert_new(s, leads, ["lead_id"]).returning(leads.c.lead_id),
+                         [_lead_values(r) for r in sorted(new, key=lambda r: str(r["lead_id"]))]).scalars().all()
+        if len(made) < len(new):
+            raise RetryTransaction("a lead's row was created by a concurrent transaction")
     if changed:
         s.execute(_UPDATE_LEAD, [{**_lead_values(r), "b_lead_id": r["lead_id"]}
                                  for r in sorted(changed, key=lambda r: str(r["lead_id"]))])

@@ -16,11 +16,22 @@ from services.journeys import simulation, storage
 from services.journeys.app.runner import Invalid, JourneysRuntime, NotFound
 
 SIMULATION_BUDGET = 2_000_000  # leads x days accepted by one Simulate call
+MAX_LEADS_PER_CALL = 1000  # lead ids in one LeadsJourneys call
 
 
 def _ts(target: Any, value: datetime | None) -> None:
     if value is not None:
         target.FromDatetime(value)
+
+
+def _enrollment(e: journeys_pb2.Enrollment, row: Any) -> None:
+    """One stored enrolment (a `storage.EnrollmentRow`) into its proto."""
+    data = json.loads(row.data)
+    e.journey, e.version, e.stage, e.step = row.journey, row.version, row.stage or "", row.step or ""
+    e.status, e.instance, e.outcome = row.status, row.instance, row.outcome or ""
+    if row.status == "active" and data.get("due"):
+        _ts(e.next_step_at, times.parse_utc(data["due"]))
+    _ts(e.entered_at, times.parse_utc(data["entered_at"]))
 
 
 @guard_requests()
@@ -85,13 +96,22 @@ class JourneysServicer(journeys_pb2_grpc.JourneysServicer):
             raise errors.InvalidArgument("lead_id is required")
         reply = journeys_pb2.LeadJourneysReply()
         for row in await self.rt.lead_journeys(request.lead_id):
-            data = json.loads(row.data)
-            e = reply.enrollments.add(journey=row.journey, version=row.version, stage=row.stage or "",
-                                      step=row.step or "", status=row.status, instance=row.instance,
-                                      outcome=row.outcome or "")
-            if row.status == "active" and data.get("due"):
-                _ts(e.next_step_at, times.parse_utc(data["due"]))
-            _ts(e.entered_at, times.parse_utc(data["entered_at"]))
+            _enrollment(reply.enrollments.add(), row)
+        return reply
+
+    async def LeadsJourneys(self, request: journeys_pb2.LeadsJourneysRequest,
+                            context: grpc.aio.ServicerContext) -> journeys_pb2.LeadsJourneysReply:
+        if len(request.lead_ids) > MAX_LEADS_PER_CALL:
+            raise errors.InvalidArgument(f"at most {MAX_LEADS_PER_CALL} lead ids in one call",
+                                         details={"fields": {"lead_ids": f"more than {MAX_LEADS_PER_CALL}"}})
+        if not all(request.lead_ids):
+            raise errors.InvalidArgument("a lead id is empty", details={"fields": {"lead_ids": "holds an empty id"}})
+        rows = await self.rt.leads_journeys(list(request.lead_ids))
+        reply = journeys_pb2.LeadsJourneysReply()
+        for lead_id in request.lead_ids:
+            lead = reply.leads.add(lead_id=lead_id)
+            for row in rows.get(lead_id, []):
+                _enrollment(lead.enrollments.add(), row)
         return reply
 
     async def Members(self, request: journeys_pb2.MembersRequest,

@@ -18,6 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from nurture import times
+from nurture.db import insert_new
 from services.messaging.tables import (
     ad_suppressions,
     ads_outbox,
@@ -54,6 +55,17 @@ class Feedback:
     type: str
     properties: dict[str, Any]
     occurred_at: datetime
+
+
+@dataclass(frozen=True)
+class AdSuppression:
+    """A lead to keep out of every ad audience, why (the rule's name), and, with its email hash,
+    its removal from the audiences it is in on the ad platform."""
+
+    lead_id: str
+    reason: str
+    at: datetime
+    email_hash: str = ""
 
 
 @dataclass
@@ -386,20 +398,41 @@ class Store:
     def ad_suppress(self, lead_id: str, reason: str, now: datetime, on: bool = True, email_hash: str = "") -> bool:
         """Keep the lead out of every ad audience; True when it was not already. With its email hash, a
         new suppression also queues its removal from every audience it is in on the ad platform."""
-        with self._sessions() as s:
-            if not on:
+        if not on:
+            with self._sessions() as s:
                 s.execute(delete(ad_suppressions).where(ad_suppressions.c.lead_id == lead_id))
-                return False
-            known = s.execute(select(ad_suppressions.c.lead_id).where(ad_suppressions.c.lead_id == lead_id)).first()
-            if known is not None:
-                return False
-            _insert_ignore(s, ad_suppressions, [{"lead_id": lead_id, "reason": reason, "at": naive(now)}],
-                           ["lead_id"])
-            if email_hash:
-                names = list(s.execute(select(audience_members.c.audience)
-                                       .where(audience_members.c.lead_id == lead_id)).scalars())
-                _queue_ads(s, [(a, lead_id, email_hash, "remove") for a in names], now)
-            return True
+            return False
+        return bool(self.ad_suppress_many([AdSuppression(lead_id, reason, now, email_hash)]))
+
+    def ad_suppress_many(self, items: Sequence[AdSuppression]) -> set[str]:
+        """`ad_suppress` for many leads in one transaction (the bus handler's batch: a transaction per
+        message was most of messaging's database work). A lead named twice keeps its first reason.
+        Returns the leads that were not suppressed before; only their audiences are queued for
+        removal, once, even when another transaction suppresses the same lead at the same time."""
+        first: dict[str, AdSuppression] = {}
+        for item in items:
+            first.setdefault(item.lead_id, item)
+        if not first:
+            return set()
+        new: set[str] = set()
+        with self._sessions() as s:
+            known = set(s.execute(select(ad_suppressions.c.lead_id).where(
+                ad_suppressions.c.lead_id.in_(sorted(first)))).scalars())
+            rows = [{"lead_id": i.lead_id, "reason": i.reason, "at": naive(i.at)}
+                    for _, i in sorted(first.items()) if i.lead_id not in known]  # key order, as locks go
+            if rows:
+                new = set(s.execute(insert_new(s, ad_suppressions, ["lead_id"]).returning(ad_suppressions.c.lead_id),
+                                    rows).scalars())
+            hashed = sorted(lead for lead in new if first[lead].email_hash)
+            if hashed:
+                members = s.execute(select(audience_members.c.audience, audience_members.c.lead_id)
+                                    .where(audience_members.c.lead_id.in_(hashed))
+                                    .order_by(audience_members.c.lead_id, audience_members.c.audience)).all()
+                for lead in hashed:  # a lead is newly suppressed once: these are rare
+                    item = first[lead]
+                    _queue_ads(s, [(a, lead, item.email_hash, "remove") for a, who in members if who == lead],
+                               item.at)
+        return new
 
     def ad_suppressed(self, lead_ids: Iterable[str]) -> dict[str, str]:
         ids = list(lead_ids)
@@ -416,8 +449,10 @@ class Store:
         return set(ids) - seen
 
     def mark_seen(self, ids: Sequence[str], now: datetime) -> None:
+        if not ids:
+            return
         with self._sessions() as s:
-            _insert_ignore(s, inbox, [{"id": i, "at": naive(now)} for i in ids], ["id"])
+            s.execute(insert_new(s, inbox, ["id"]), [{"id": i, "at": naive(now)} for i in sorted(set(ids))])
 
     def erase(self, lead_id: str, email_hash: str, now: datetime) -> int:
         """Forget the lead; keep only a suppression entry of the hashed address."""

@@ -24,7 +24,7 @@ class BusConsumer(Tasks, ChangeStream):
         def write(s: Session) -> None:
             # The batch's leads in one query; `rows` then follows this transaction's own changes,
             # which go to SQL together at the end (BatchWrites).
-            rows = st.get_leads(s, ids)
+            rows = st.get_leads(s, ids, lock=True)
             # One pending contact push covers every change of the batch (it reads the latest state).
             queued = st.pending_jobs(s, ids, "contact")
             batch = st.BatchWrites()
@@ -42,7 +42,7 @@ class BusConsumer(Tasks, ChangeStream):
         lead_id = m.lead_id
         if m.type == "lead_erased":
             batch.flush(s)  # what the batch wrote before, in SQL before it is read and erased
-            row = st.get_lead(s, lead_id)
+            row = st.get_lead(s, lead_id, lock=True)
             rows.pop(lead_id, None)
             st.erase_lead(s, lead_id)
             if row and row["crm_id"]:

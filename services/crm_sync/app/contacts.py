@@ -182,7 +182,7 @@ class InboundContacts(CoreBase):
     def _write_contacts(self, s: Session, *, entries: list[ContactWrite],
                         stale: list[Callable[[Session], None]]) -> None:
         """Record applied contacts in a few statements per batch (not several per contact)."""
-        existing = st.get_leads(s, [e.lead["id"] for e in entries])
+        existing = st.get_leads(s, [e.lead["id"] for e in entries], lock=True)
         recs: dict[str, dict[str, Any]] = {}
         owners: dict[tuple[str, str], str] = {}
         timeline: list[dict[str, Any]] = []

@@ -9,7 +9,7 @@ from typing import Any, TypeVar, cast
 from sqlalchemy.orm import Session
 
 from nurture.batching import Batcher
-from nurture.db import Database
+from nurture.db import Database, retry_reason
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -30,7 +30,9 @@ class GroupWriter:
         try:
             with self._db.session() as s:
                 return [(True, fn(s)) for fn in batch]
-        except Exception:
+        except Exception as exc:
+            if retry_reason(exc) is not None:
+                raise  # a lost race: Database.run runs the whole group again
             log.debug("group commit failed; committing one by one", exc_info=True)
         out: list[tuple[bool, Any]] = []
         for fn in batch:

@@ -31,12 +31,67 @@ log = logging.getLogger(__name__)
 LEAD_UPDATES_PER_CALL = 20
 
 
+@dataclass(frozen=True)
+class ContactPushed:
+    """A contact push the CRM took, to record on the lead: its CRM id, the hash of what was pushed,
+    the CRM's values of the inbound fields, and the pushed properties' names (its timeline line)."""
+
+    lead_id: str
+    remote_id: str
+    digest: str
+    pushed_fields: dict[str, Any]
+    properties: list[str]
+
+
 @dataclass
 class Outcome:
     status: str                      # done | retry | dead
     error: str | None = None
     retry_after: float | None = None
     apply: Callable[[Session], None] | None = None
+    contact: ContactPushed | None = None
+
+
+class ContactRecords:
+    """The contact pushes of one pass recorded in one transaction: the leads' rows read (and locked,
+    in key order) at once, changed in memory in the pushes' order, written back with one executemany
+    and their timeline lines with another (a read, an update and an insert per push cost more than
+    the push itself on PostgreSQL)."""
+
+    def __init__(self, s: Session, crm: str, pushes: list[ContactPushed]) -> None:
+        self._s, self._crm = s, crm
+        self._rows = st.get_leads(s, [p.lead_id for p in pushes], lock=True) if pushes else {}
+        self._changed: dict[str, dict[str, Any]] = {}
+        self._timeline: list[dict[str, Any]] = []
+
+    def record(self, p: ContactPushed, now: datetime) -> ContactRecords:
+        rec = self._rows.get(p.lead_id)
+        if rec is None:  # erased since the push
+            return self
+        if rec["crm_id"] != p.remote_id:
+            st.unlink_crm_id(self._s, self._crm, p.remote_id, p.lead_id)
+            for other in self._rows.values():  # the rows held here follow the unlink
+                if other is not rec and other["crm"] == self._crm and other["crm_id"] == p.remote_id:
+                    other["crm_id"] = None
+                    self._changed.setdefault(other["lead_id"], other)
+            if not rec["crm_id"]:
+                st.enqueue(self._s, p.lead_id, "lead", now, payload={"crm_id": p.remote_id})
+            rec["crm"], rec["crm_id"] = self._crm, p.remote_id
+        rec["pushed_hash"] = p.digest
+        for name, value in p.pushed_fields.items():
+            fs = rec["fields"].setdefault(name, {})
+            fs["crm_value"], fs["crm_at"] = value, now.isoformat()
+        self._changed[p.lead_id] = rec
+        # The line's id is taken now: the timeline keeps the order of the pass's outcomes.
+        self._timeline.append(st.timeline_row(p.lead_id, now, "contact_pushed",
+                                              f"Pushed {len(p.properties)} properties to CRM contact {p.remote_id}",
+                                              {"crm_id": p.remote_id, "properties": p.properties}))
+        return self
+
+    def flush(self) -> None:
+        st.save_leads(self._s, [], list(self._changed.values()))
+        st.add_timelines(self._s, self._timeline)
+        self._changed, self._timeline = {}, []
 
 
 class OutboundQueue(CoreBase):
@@ -90,18 +145,25 @@ class OutboundQueue(CoreBase):
 
             def record(s: Session) -> None:
                 finished: list[dict[str, Any]] = []
+                contacts = self._contact_records(s, [out.contact for _, out in results if out.contact])
                 for job, out in results:
-                    self._record(s, job, out, done_at, finished)
+                    self._record(s, job, out, done_at, finished, contacts)
+                contacts.flush()
                 st.finish_jobs(s, finished)  # one executemany, not a round trip per push
 
             await self.sql(record)
             return len(jobs)
 
+    def _contact_records(self, s: Session, pushes: list[ContactPushed]) -> ContactRecords:
+        return ContactRecords(s, self.crm_name, pushes)
+
     def _record(self, s: Session, job: dict[str, Any], out: Outcome, now: datetime,
-                finished: list[dict[str, Any]]) -> None:
+                finished: list[dict[str, Any]], contacts: ContactRecords) -> None:
         """Record a push's outcome; the job's own row update is added to `finished` (written together)."""
         attempts = int(job["attempts"]) + 1
         if out.status == "done":
+            if out.contact is not None:
+                contacts.record(out.contact, now)
             if out.apply is not None:
                 out.apply(s)
             finished.append(st.finished_job(job["id"], status="done", attempts=attempts, due_at=job["due_at"],
@@ -158,7 +220,7 @@ class OutboundQueue(CoreBase):
     async def _perform(self, job: dict[str, Any], remote: dict[str, str]) -> Outcome:
         try:
             if job["op"] == "contact":
-                return Outcome("done", apply=await self._push_contact(
+                return Outcome("done", contact=await self._push_contact(
                     job["lead_id"], self._prefetched.pop(job["lead_id"], None), remote=remote))
             if job["op"] == "task":
                 return Outcome("done", apply=await self._push_task(job, remote))
@@ -192,7 +254,7 @@ class OutboundQueue(CoreBase):
             return Outcome("retry", error=f"{type(exc).__name__}: {exc}")
 
     async def _push_contact(self, lead_id: str, row: dict[str, Any] | None = None, *,
-                            remote: dict[str, str] | None = None) -> Callable[[Session], None] | None:
+                            remote: dict[str, str] | None = None) -> ContactPushed | None:
         if row is None:
             row = await self.read(lambda s: st.get_lead(s, lead_id))
         if row is None or not row["snapshot"]:
@@ -217,26 +279,8 @@ class OutboundQueue(CoreBase):
         pushed_fields = {r.lead: props[r.crm] for r in self.cfg.fields
                          if r.crm in props and r.policy in domain.INBOUND_POLICIES}
 
-        def apply(s: Session) -> None:
-            now = self.clock.now()
-            rec = st.get_lead(s, lead_id)
-            if rec is None:
-                return
-            if rec["crm_id"] != remote_id:
-                st.unlink_crm_id(s, self.crm_name, remote_id, lead_id)
-                if not rec["crm_id"]:
-                    st.enqueue(s, lead_id, "lead", now, payload={"crm_id": remote_id})
-                rec["crm"], rec["crm_id"] = self.crm_name, remote_id
-            rec["pushed_hash"] = digest
-            for name, value in pushed_fields.items():
-                fs = rec["fields"].setdefault(name, {})
-                fs["crm_value"], fs["crm_at"] = value, now.isoformat()
-            st.save_lead(s, rec, exists=True)
-            st.add_timeline(s, lead_id, now, "contact_pushed",
-                            f"Pushed {len(props)} properties to CRM contact {remote_id}",
-                            {"crm_id": remote_id, "properties": sorted(props)})
-
-        return apply
+        return ContactPushed(lead_id=lead_id, remote_id=remote_id, digest=digest, pushed_fields=pushed_fields,
+                             properties=sorted(props))
 
     async def _push_task(self, job: dict[str, Any], remote_ids: dict[str, str]
                          ) -> Callable[[Session], None] | None:
@@ -251,7 +295,7 @@ class OutboundQueue(CoreBase):
             # The contact must exist before a task can be attached to it.
             first = await self._push_contact(task["lead_id"], remote=remote_ids)
             if first is not None:
-                await self.sql(first)
+                await self.sql(lambda s: self._contact_records(s, [first]).record(first, self.clock.now()).flush())
             row = await self.read(lambda s: st.get_lead(s, task["lead_id"]))
             contact = row["crm_id"] if row else None
             if not contact:

@@ -105,7 +105,7 @@ class Tasks(CoreBase):
         snapshot = lead
 
         def write(s: Session) -> tuple[dict[str, Any], bool]:
-            current = st.get_lead(s, req["lead_id"])
+            current = st.get_lead(s, req["lead_id"], lock=True)
             rec = current or st.new_lead_row(req["lead_id"], now)
             if current is None:
                 rec["email"] = snapshot.get("email")

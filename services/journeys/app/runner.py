@@ -443,6 +443,13 @@ class JourneysRuntime:
                 return storage.lead_enrollments(s, lead_id)
         return await self.db.run(q)
 
+    async def leads_journeys(self, lead_ids: list[str]) -> dict[str, list[storage.EnrollmentRow]]:
+        """`lead_journeys` of many leads in one read (absent: no enrolment)."""
+        def q() -> dict[str, list[storage.EnrollmentRow]]:
+            with self.db.session() as s:
+                return storage.leads_enrollments(s, lead_ids)
+        return await self.db.run(q)
+
     async def members(self, *, journey: str, stage: str, status: str, cursor: str, limit: int,
                       step: str = "") -> tuple[list[str], str]:
         if self.registry.live(journey) is None and not self.registry.versions(journey):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -28,7 +29,7 @@ from nurture.rules import CompiledRules, RuleSpec, compile_rules
 from services.messaging.app.delivery import Delivery
 from services.messaging.clients import email_hash
 from services.messaging.domain.tokens import TokenError
-from services.messaging.storage import Feedback, LogLine
+from services.messaging.storage import AdSuppression, Feedback, LogLine
 
 log = logging.getLogger(__name__)
 
@@ -228,6 +229,19 @@ class Channels:
         fresh = await e.db.run(e.store.unseen, ids) if ids else set()
         consent: list[tuple[str, str, bool, str, datetime, dict[str, Any]]] = []
         now = e.clock.now()
+        # Ad suppressions wait here and go to SQL together (one transaction, not one per message),
+        # before any other write of the batch, so the batch's writes keep their message order.
+        ads: list[AdSuppression] = []
+
+        async def flush_ads() -> None:
+            if ads:
+                await e.db.run(e.store.ad_suppress_many, list(ads))
+                ads.clear()
+
+        async def write(fn: Callable[..., Any], *args: Any) -> None:
+            await flush_ads()
+            await e.db.run(fn, *args)
+
         for m in messages:
             if m.id not in fresh:
                 continue
@@ -240,32 +254,33 @@ class Channels:
             at = _parse(m.occurred_at) or now
             if etype == "unsubscribed" and ehash:
                 scope = props.get("scope") if props.get("scope") in SCOPES else "nurture"
-                await e.db.run(e.store.add_suppression, ehash, scope, "unsubscribed", "bus", at)
+                await write(e.store.add_suppression, ehash, scope, "unsubscribed", "bus", at)
             changed = props.get("changed") or []
             consent_back = (etype == "subscribed" and props.get("channel") == "email") or (
                 etype == "lead_updated" and "consent" in changed
                 and lead is not None and lead.consent.get("email") is True)
             if consent_back and ehash and lead_id:
                 # Subscribing to email again (or consent given again) undoes the unsubscribes.
-                await e.db.run(e.store.lift_unsubscribes, ehash, lead_id, m.id, at)
+                await write(e.store.lift_unsubscribes, ehash, lead_id, m.id, at)
             if etype == "spam_reported" and ehash:
-                await e.db.run(e.store.add_suppression, ehash, "all", "spam_report", "bus", at)
+                await write(e.store.add_suppression, ehash, "all", "spam_report", "bus", at)
             hard = etype == "email_hard_bounced" or (
                 etype == "email_bounced" and str(props.get("type") or props.get("bounce_type")) == "hard")
             if hard and ehash:
-                await e.db.run(e.store.add_suppression, ehash, "all", "hard_bounce", "bus", at)
+                await write(e.store.add_suppression, ehash, "all", "hard_bounce", "bus", at)
             if etype == "lead_erased" and lead_id:
-                await e.db.run(e.store.erase, lead_id, ehash, at)
+                await write(e.store.erase, lead_id, ehash, at)
             rule = ad_suppression_for(lead.as_dict() if lead is not None else {}, etype, props,
                                       list(m.signals)) if lead_id else None
             if rule is not None:
-                await e.db.run(e.store.ad_suppress, lead_id, rule, at, True, ehash)
+                ads.append(AdSuppression(lead_id, rule, at, ehash))
             if lead_id and lead is not None and (
                     etype == "lead_created" or (etype == "lead_updated" and "consent" in changed)
                     or etype in ("unsubscribed", "spam_reported", "email_hard_bounced", "subscribed")):
                 for channel, granted in lead.consent.items():
                     consent.append((lead_id, str(channel), bool(granted), f"bus:{etype}:{props.get('source', '')}",
                                     at, {"bus_id": m.id}))
+        await flush_ads()
         if consent:
             await e.db.run(e.store.record_consent, consent)
         if fresh:

@@ -43,6 +43,26 @@ class LeadJourneysReply(_message.Message):
     enrollments: _containers.RepeatedCompositeFieldContainer[Enrollment]
     def __init__(self, enrollments: _Optional[_Iterable[_Union[Enrollment, _Mapping]]] = ...) -> None: ...
 
+class LeadsJourneysRequest(_message.Message):
+    __slots__ = ("lead_ids",)
+    LEAD_IDS_FIELD_NUMBER: _ClassVar[int]
+    lead_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, lead_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class LeadEnrollments(_message.Message):
+    __slots__ = ("lead_id", "enrollments")
+    LEAD_ID_FIELD_NUMBER: _ClassVar[int]
+    ENROLLMENTS_FIELD_NUMBER: _ClassVar[int]
+    lead_id: str
+    enrollments: _containers.RepeatedCompositeFieldContainer[Enrollment]
+    def __init__(self, lead_id: _Optional[str] = ..., enrollments: _Optional[_Iterable[_Union[Enrollment, _Mapping]]] = ...) -> None: ...
+
+class LeadsJourneysReply(_message.Message):
+    __slots__ = ("leads",)
+    LEADS_FIELD_NUMBER: _ClassVar[int]
+    leads: _containers.RepeatedCompositeFieldContainer[LeadEnrollments]
+    def __init__(self, leads: _Optional[_Iterable[_Union[LeadEnrollments, _Mapping]]] = ...) -> None: ...
+
 class MembersRequest(_message.Message):
     __slots__ = ("journey", "stage", "status", "cursor", "limit", "step")
     JOURNEY_FIELD_NUMBER: _ClassVar[int]

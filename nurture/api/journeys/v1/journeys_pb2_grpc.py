@@ -59,6 +59,11 @@ class JourneysStub:
                 request_serializer=nurture_dot_api_dot_journeys_dot_v1_dot_journeys__pb2.LeadJourneysRequest.SerializeToString,
                 response_deserializer=nurture_dot_api_dot_journeys_dot_v1_dot_journeys__pb2.LeadJourneysReply.FromString,
                 _registered_method=True)
+        self.LeadsJourneys = channel.unary_unary(
+                '/nurture.api.journeys.v1.Journeys/LeadsJourneys',
+                request_serializer=nurture_dot_api_dot_journeys_dot_v1_dot_journeys__pb2.LeadsJourneysRequest.SerializeToString,
+                response_deserializer=nurture_dot_api_dot_journeys_dot_v1_dot_journeys__pb2.LeadsJourneysReply.FromString,
+                _registered_method=True)
         self.Members = channel.unary_unary(
                 '/nurture.api.journeys.v1.Journeys/Members',
                 request_serializer=nurture_dot_api_dot_journeys_dot_v1_dot_journeys__pb2.MembersRequest.SerializeToString,
@@ -119,6 +124,12 @@ class JourneysServicer:
         raise NotImplementedError('Method not implemented!')
 
     def LeadJourneys(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LeadsJourneys(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -187,6 +198,11 @@ def add_JourneysServicer_to_server(servicer, server):
                     servicer.LeadJourneys,
                     request_deserializer=nurture_dot_api_dot_journeys_dot_v1_dot_journeys__pb2.LeadJourneysRequest.FromString,
                     response_serializer=nurture_dot_api_dot_journeys_dot_v1_dot_journeys__pb2.LeadJourneysReply.SerializeToString,
+            ),
+            'LeadsJourneys': grpc.unary_unary_rpc_method_handler(
+                    servicer.LeadsJourneys,
+                    request_deserializer=nurture_dot_api_dot_journeys_dot_v1_dot_journeys__pb2.LeadsJourneysRequest.FromString,
+                    response_serializer=nurture_dot_api_dot_journeys_dot_v1_dot_journeys__pb2.LeadsJourneysReply.SerializeToString,
             ),
             'Members': grpc.unary_unary_rpc_method_handler(
                     servicer.Members,
@@ -354,6 +370,33 @@ class Journeys:
             '/nurture.api.journeys.v1.Journeys/LeadJourneys',
             nurture_dot_api_dot_journeys_dot_v1_dot_journeys__pb2.LeadJourneysRequest.SerializeToString,
             nurture_dot_api_dot_journeys_dot_v1_dot_journeys__pb2.LeadJourneysReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LeadsJourneys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nurture.api.journeys.v1.Journeys/LeadsJourneys',
+            nurture_dot_api_dot_journeys_dot_v1_dot_journeys__pb2.LeadsJourneysRequest.SerializeToString,
+            nurture_dot_api_dot_journeys_dot_v1_dot_journeys__pb2.LeadsJourneysReply.FromString,
             options,
             channel_credentials,
             insecure,
