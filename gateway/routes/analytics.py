@@ -17,7 +17,7 @@ from nurture.rpc import LONG_DEADLINE_S
 
 router = APIRouter(tags=["analytics"], dependencies=[Depends(require_key)])
 FORMATS = ("json", "csv")
-PROGRESSION_TABLES = ("stages", "lifecycle", "qualification")
+PROGRESSION_TABLES = ("stages", "lifecycle", "qualification", "time_to_conversion")
 ATTRIBUTION_TABLES = ("by_template", "by_topic", "by_format")
 
 

@@ -438,7 +438,32 @@ def progression_report(session: Session, q: Query) -> dict[str, Any]:
             .group_by(lifecycle.c.day, lifecycle.c.to_stage)):
         weekly[(reports.week_of(day), to_stage)] += int(n)
     return {"stages": reports.stage_rows(counts, dwell), "lifecycle": reports.lifecycle_rows(life),
-            "qualification": reports.qualification_rows(weekly)}
+            "qualification": reports.qualification_rows(weekly),
+            "time_to_conversion": time_to_conversion(session, q)}
+
+
+def time_to_conversion(session: Session, q: Query) -> list[dict[str, Any]]:
+    """Time in nurture before conversion: for each won deal in range, from the lead's first journey stage
+    entry at or before the win to the win, over every journey (`journey` null) and per journey entered.
+    One index seek per deal into the lead's stages (as many rows as deals × journeys entered)."""
+    cond = [lead_stages.c.lead_id == won.c.lead_id, lead_stages.c.entered_at <= won.c.at]
+    if q.journey is not None:
+        cond.append(lead_stages.c.journey == q.journey)
+    firsts: dict[str, tuple[datetime, datetime]] = {}  # deal → (won at, first entry of any journey)
+    per_journey: dict[str, dict[int, int]] = defaultdict(lambda: defaultdict(int))
+    for deal, at, journey, entered in session.execute(
+            select(won.c.id, won.c.at, lead_stages.c.journey, func.min(lead_stages.c.entered_at))
+            .select_from(won.join(lead_stages, and_(*cond))).where(q.where(won))
+            .group_by(won.c.id, won.c.at, lead_stages.c.journey)):
+        at, entered = _aware(at), _aware(entered)
+        assert at is not None and entered is not None
+        per_journey[journey][reports.dwell_minutes(entered, at)] += 1
+        if deal not in firsts or entered < firsts[deal][1]:
+            firsts[deal] = (at, entered)
+    overall: dict[int, int] = defaultdict(int)
+    for at, entered in firsts.values():
+        overall[reports.dwell_minutes(entered, at)] += 1
+    return reports.time_to_conversion_rows(overall, per_journey)
 
 
 _STAGE_OF_METRIC = {"mql": "mql", "sql": "sql", "customers": "customer"}

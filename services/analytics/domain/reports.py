@@ -182,6 +182,17 @@ def lifecycle_rows(changes: Mapping[tuple[str, str], tuple[int, float | None]]) 
             for (f, t), (n, med) in sorted(changes.items())]
 
 
+def time_to_conversion_rows(overall: Mapping[int, int], per_journey: Mapping[str, Mapping[int, int]]
+                            ) -> list[dict[str, Any]]:
+    """Conversions and their median and p90 time in nurture (hours) from histograms of whole minutes:
+    first over every journey (`journey` None), then per journey."""
+    out = []
+    for journey, hist in [(None, overall), *sorted(per_journey.items())]:
+        out.append({"journey": journey, "conversions": sum(hist.values()), "median_hours": hours(median(hist)),
+                    "p90_hours": hours(p90(hist))})
+    return out
+
+
 def qualification_rows(weekly: Mapping[tuple[date, str], int]) -> list[dict[str, Any]]:
     weeks = sorted({w for w, _ in weekly})
     return [{"week": w.isoformat(), **{q: weekly.get((w, q), 0) for q in QUALIFICATION}} for w in weeks]

@@ -276,7 +276,33 @@ def progression(stream: Sequence[dict[str, Any]], r: Range) -> dict[str, Any]:
     weeks = sorted({w for w, _ in weekly})
     qualification = [{"week": w, **{q: weekly.get((w, q), 0) for q in ("mql", "sql", "trial", "customer")}}
                      for w in weeks]
-    return {"stages": stages, "lifecycle": lifecycle, "qualification": qualification}
+    return {"stages": stages, "lifecycle": lifecycle, "qualification": qualification,
+            "time_to_conversion": time_to_conversion(stream, r)}
+
+
+def time_to_conversion(stream: Sequence[dict[str, Any]], r: Range) -> list[dict[str, Any]]:
+    """Per won deal in range: minutes from the lead's earliest stage entry (first send of a stage, as
+    heard) at or before the win, over every journey and per journey (of `r.journey` only, when given)."""
+    paths = stage_entries(stream)
+    overall: list[int] = []
+    per_journey: dict[str, list[int]] = defaultdict(list)
+    for deal in won_in(stream, r):
+        at = at_of(deal)
+        best: datetime | None = None
+        for (lead, journey), path in paths.items():
+            if lead != deal["lead_id"] or (r.journey is not None and journey != r.journey):
+                continue
+            before = [at_of(e) for e in path if at_of(e) <= at]
+            if before:
+                per_journey[journey].append(_minutes(min(before), at))
+                best = min(before) if best is None else min(best, min(before))
+        if best is not None:
+            overall.append(_minutes(best, at))
+    rows = []
+    for journey, values in [(None, overall), *sorted(per_journey.items())]:
+        med, p90 = _median_p90(values)
+        rows.append({"journey": journey, "conversions": len(values), "median_hours": _h(med), "p90_hours": _h(p90)})
+    return rows
 
 
 def lifecycle_changes(stream: Sequence[dict[str, Any]]) -> list[tuple[dict[str, Any], int]]:

@@ -82,6 +82,7 @@ async def test_every_http_report_equals_the_recount(heard: tuple[httpx.AsyncClie
         assert [{k: v for k, v in s.items() if k not in ("bottleneck", "why")} for s in got["stages"]] \
             == expected["stages"]
         assert got["lifecycle"] == expected["lifecycle"] and got["qualification"] == expected["qualification"]
+        assert got["time_to_conversion"] == expected["time_to_conversion"]
         for metric in reports.TIMESERIES_METRICS:
             got = (await http.get("/v1/analytics/timeseries", params={**p, "metric": metric,
                                                                        "interval": "week"})).json()
@@ -107,6 +108,12 @@ async def test_csv_carries_the_json_rows(heard: tuple[httpx.AsyncClient, list[di
     rows = list(csv.DictReader(io.StringIO(got.text)))
     assert len(rows) == len(as_json) > 0
     assert rows[0] == {k: "" if v is None else str(v) for k, v in as_json[0].items()}
+    span = {"from": "2026-01-01T00:00:00Z", "to": "2026-06-01T00:00:00Z"}
+    nurture = (await http.get("/v1/analytics/progression", params=span)).json()["time_to_conversion"]
+    got = await http.get("/v1/analytics/progression", params={**span, "format": "csv", "table": "time_to_conversion"})
+    assert got.status_code == 200 and nurture[0]["journey"] is None and nurture[0]["conversions"] > 0
+    assert list(csv.DictReader(io.StringIO(got.text))) == [
+        {k: "" if v is None else str(v) for k, v in row.items()} for row in nurture]
 
 
 @pytest.mark.parametrize(("path", "params", "field"), [
