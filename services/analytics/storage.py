@@ -442,28 +442,52 @@ def progression_report(session: Session, q: Query) -> dict[str, Any]:
             "time_to_conversion": time_to_conversion(session, q)}
 
 
-def time_to_conversion(session: Session, q: Query) -> list[dict[str, Any]]:
-    """Time in nurture before conversion: for each won deal in range, from the lead's first journey stage
-    entry at or before the win to the win, over every journey (`journey` null) and per journey entered.
-    One index seek per deal into the lead's stages (as many rows as deals × journeys entered)."""
+@dataclass(frozen=True)
+class _Win:
+    at: datetime
+    amount: float
+    entered: dict[str, datetime]  # journey → the lead's earliest entry of it at or before the win
+
+
+def _wins_after_nurture(session: Session, q: Query) -> dict[str, _Win]:
+    """Won deals in range, each with the journeys its lead entered before the win (of `journey`, when
+    given) and when first: one index seek per deal into the lead's stages, as many rows as deals ×
+    journeys entered. A deal with no entry before it is there with none."""
     cond = [lead_stages.c.lead_id == won.c.lead_id, lead_stages.c.entered_at <= won.c.at]
     if q.journey is not None:
         cond.append(lead_stages.c.journey == q.journey)
-    firsts: dict[str, tuple[datetime, datetime]] = {}  # deal → (won at, first entry of any journey)
-    per_journey: dict[str, dict[int, int]] = defaultdict(lambda: defaultdict(int))
-    for deal, at, journey, entered in session.execute(
-            select(won.c.id, won.c.at, lead_stages.c.journey, func.min(lead_stages.c.entered_at))
-            .select_from(won.join(lead_stages, and_(*cond))).where(q.where(won))
-            .group_by(won.c.id, won.c.at, lead_stages.c.journey)):
-        at, entered = _aware(at), _aware(entered)
-        assert at is not None and entered is not None
-        per_journey[journey][reports.dwell_minutes(entered, at)] += 1
-        if deal not in firsts or entered < firsts[deal][1]:
-            firsts[deal] = (at, entered)
+    wins: dict[str, _Win] = {}
+    for deal, at, amount, journey, entered in session.execute(
+            select(won.c.id, won.c.at, won.c.amount, lead_stages.c.journey, func.min(lead_stages.c.entered_at))
+            .select_from(won.outerjoin(lead_stages, and_(*cond))).where(q.where(won))
+            .group_by(won.c.id, won.c.at, won.c.amount, lead_stages.c.journey)):
+        win = wins.get(deal)
+        if win is None:
+            at = _aware(at)
+            assert at is not None
+            win = wins[deal] = _Win(at, float(amount), {})
+        if journey is not None:
+            win.entered[journey] = _aware(entered) or entered
+    return wins
+
+
+def time_to_conversion(session: Session, q: Query) -> list[dict[str, Any]]:
+    """Time in nurture before conversion: for each won deal in range, from the lead's first journey stage
+    entry at or before the win to the win, over every journey (`journey` null) and per journey entered."""
     overall: dict[int, int] = defaultdict(int)
-    for at, entered in firsts.values():
-        overall[reports.dwell_minutes(entered, at)] += 1
+    per_journey: dict[str, dict[int, int]] = defaultdict(lambda: defaultdict(int))
+    for win in _wins_after_nurture(session, q).values():
+        for journey, entered in win.entered.items():
+            per_journey[journey][reports.dwell_minutes(entered, win.at)] += 1
+        if win.entered:
+            overall[reports.dwell_minutes(min(win.entered.values()), win.at)] += 1
     return reports.time_to_conversion_rows(overall, per_journey)
+
+
+def value_by_path(session: Session, q: Query) -> list[dict[str, Any]]:
+    """Customer value by nurturing path: won deals in range and their revenue per path, the journeys the
+    lead entered before the win in the order it first entered them (`path` null: none)."""
+    return reports.path_rows((reports.path_of(w.entered), w.amount) for w in _wins_after_nurture(session, q).values())
 
 
 _STAGE_OF_METRIC = {"mql": "mql", "sql": "sql", "customers": "customer"}
@@ -580,11 +604,12 @@ def roi_report(session: Session, q: Query, costs: dict[str, Any]) -> dict[str, A
         for ch, n in chans.items():
             totals[ch] += n
     journeys = sorted(set(sent_by) | set(per_journey) | set(by_j_revenue))
-    return reports.roi_report(
+    report = reports.roi_report(
         nurtured=int(nurtured_count), sent_by_channel=totals, costs=costs, start=q.start, end=q.end,
         influenced=influenced,
         by_journey=[{"journey": j, "nurtured": per_journey.get(j, 0), "sent_by_channel": dict(sent_by.get(j, {})),
                      "influenced": by_j_revenue.get(j, 0.0)} for j in journeys])
+    return report | {"by_path": value_by_path(session, q)}
 
 
 def all_facts(session: Session) -> Iterable[Fact]:

@@ -193,6 +193,22 @@ def time_to_conversion_rows(overall: Mapping[int, int], per_journey: Mapping[str
     return out
 
 
+def path_of(entered: Mapping[str, datetime]) -> str | None:
+    """A nurturing path: the journeys in the order first entered (ties by name), joined by `>`."""
+    return ">".join(j for j, _ in sorted(entered.items(), key=lambda e: (e[1], e[0]))) or None
+
+
+def path_rows(wins: Iterable[tuple[str | None, float]]) -> list[dict[str, Any]]:
+    """Won deals, revenue and the average deal per nurturing path (no path, null, first)."""
+    acc: dict[str | None, list[float]] = {}
+    for path, amount in wins:
+        cell = acc.setdefault(path, [0, 0.0])
+        cell[0] += 1
+        cell[1] += amount
+    return [{"path": p, "deals": int(n), "revenue": round(r, 2), "average_deal": round(r / n, 2)}
+            for p, (n, r) in sorted(acc.items(), key=lambda kv: (kv[0] is not None, kv[0] or ""))]
+
+
 def qualification_rows(weekly: Mapping[tuple[date, str], int]) -> list[dict[str, Any]]:
     weeks = sorted({w for w, _ in weekly})
     return [{"week": w.isoformat(), **{q: weekly.get((w, q), 0) for q in QUALIFICATION}} for w in weeks]

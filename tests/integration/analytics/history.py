@@ -280,6 +280,27 @@ def progression(stream: Sequence[dict[str, Any]], r: Range) -> dict[str, Any]:
             "time_to_conversion": time_to_conversion(stream, r)}
 
 
+def value_by_path(stream: Sequence[dict[str, Any]], r: Range) -> list[dict[str, Any]]:
+    """Won deals and revenue per path: the journeys the lead entered (first send of a stage, as heard) at or
+    before the win, ordered by the earliest such entry of each (ties by name); no entry: path None."""
+    paths = stage_entries(stream)
+    acc: dict[str | None, list[float]] = {}
+    for deal in won_in(stream, r):
+        at = at_of(deal)
+        firsts = {}
+        for (lead, journey), path in paths.items():
+            before = [at_of(e) for e in path if at_of(e) <= at]
+            if lead == deal["lead_id"] and before and (r.journey is None or journey == r.journey):
+                firsts[journey] = min(before)
+        key = ">".join(sorted(firsts, key=lambda j: (firsts[j], j))) or None
+        cell = acc.setdefault(key, [0, 0.0])
+        cell[0] += 1
+        cell[1] += float(deal["properties"]["amount"])
+    order = sorted(acc, key=lambda p: (p is not None, p or ""))
+    return [{"path": p, "deals": int(acc[p][0]), "revenue": round(acc[p][1], 2),
+             "average_deal": round(acc[p][1] / acc[p][0], 2)} for p in order]
+
+
 def time_to_conversion(stream: Sequence[dict[str, Any]], r: Range) -> list[dict[str, Any]]:
     """Per won deal in range: minutes from the lead's earliest stage entry (first send of a stage, as
     heard) at or before the win, over every journey and per journey (of `r.journey` only, when given)."""
