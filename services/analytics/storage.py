@@ -148,9 +148,10 @@ class Fold:
         for lead in senders:
             self.days[lead] = set()
         for part in _chunks(senders):
-            for r in self.s.execute(select(nurtured.c.lead_id, nurtured.c.day, nurtured.c.journey, nurtured.c.segment)
-                                    .where(nurtured.c.lead_id.in_(part))):
-                self.days[r[0]].add((r[1], r[2], r[3]))
+            for lead_id, day, journey, segment in self.s.execute(
+                    select(nurtured.c.lead_id, nurtured.c.day, nurtured.c.journey, nurtured.c.segment)
+                    .where(nurtured.c.lead_id.in_(part))):
+                self.days[lead_id].add((day, journey, segment))
         changed_msgs: set[str] = set()
         changed_leads: set[str] = set()
         for f in batch:
