@@ -39,12 +39,13 @@ from services.analytics.tables import (
     stage_counts,
     stage_dwell,
     stage_dwell_bands,
+    stage_engagement,
     touches,
     won,
 )
 
 CHUNK = 500  # ids per IN list
-FOLD_VERSION = "3"  # bump when the fold derives its tables differently: the service rebuilds them at start
+FOLD_VERSION = "4"  # bump when the fold derives its tables differently: the service rebuilds them at start
 NO_DAY = date(1, 1, 1)  # `analytics_reach.prev_day` of a lead's first send day in a scope
 
 
@@ -170,7 +171,7 @@ class Fold:
 
     def _engagement(self, f: Fact, m: _Msg | None, paths: dict[tuple[str, str], dict[str, dict[str, Any]]]) -> None:
         day = reports.day_of(f.at)
-        cell = self.eng[(day, f.journey, f.segment, f.template, f.channel, f.topic, f.format)]
+        cell = self.eng[(day, f.journey, f.segment, f.template, f.channel, f.topic, f.format, f.stage)]
         if f.kind == "unsubscribed":
             cell["unsubscribed"] += 1
             return
@@ -249,13 +250,23 @@ class Fold:
         dirty = [{k: v for k, v in row.items() if k != "_dirty"}
                  for stages in paths.values() for row in stages.values() if row["_dirty"]]
         _upsert(s, lead_stages, sorted(dirty, key=lambda r: (r["lead_id"], r["journey"], r["stage"])))
-        _upsert(s, engagement, [dict(zip(("day", "journey", "segment", "template", "channel", "topic", "format"),
-                                         k, strict=True)) | v for k, v in sorted(self.eng.items())],
-                add=("sent", "opened", "clicked", "bounced", "unsubscribed"))
+        measures = ("sent", "opened", "clicked", "bounced", "unsubscribed")
+        by_content: dict[tuple[Any, ...], list[int]] = defaultdict(lambda: [0] * len(measures))
+        by_stage: dict[tuple[Any, ...], list[int]] = defaultdict(lambda: [0] * len(measures))
         sent: dict[tuple[Any, ...], int] = defaultdict(int)
-        for (day, journey, segment, _t, channel, _tp, _f), cell in self.eng.items():
+        for (day, journey, segment, template, channel, topic, fmt, stage), cell in self.eng.items():
+            values = [cell[m] for m in measures]
+            for acc in (by_content[(day, journey, segment, template, channel, topic, fmt)],
+                        by_stage[(day, journey, stage, segment)]):
+                for i, v in enumerate(values):
+                    acc[i] += v
             if cell["sent"]:
                 sent[(day, journey, segment, channel)] += cell["sent"]
+        _upsert(s, engagement, [dict(zip(("day", "journey", "segment", "template", "channel", "topic", "format",
+                                          *measures), (*k, *v), strict=True)) for k, v in sorted(by_content.items())],
+                add=measures)
+        _upsert(s, stage_engagement, [dict(zip(("day", "journey", "stage", "segment", *measures), (*k, *v),
+                                               strict=True)) for k, v in sorted(by_stage.items())], add=measures)
         _upsert(s, sends, [dict(zip(("day", "journey", "segment", "channel"), k, strict=True)) | {"sent": n}
                            for k, n in sorted(sent.items())], add=("sent",))
         _upsert(s, nurtured, [dict(zip(("day", "journey", "segment", "lead_id"), k, strict=True))
@@ -440,7 +451,20 @@ def progression_report(session: Session, q: Query) -> dict[str, Any]:
         weekly[(reports.week_of(day), to_stage)] += int(n)
     return {"stages": reports.stage_rows(counts, dwell), "lifecycle": reports.lifecycle_rows(life),
             "qualification": reports.qualification_rows(weekly),
-            "time_to_conversion": time_to_conversion(session, q)}
+            "time_to_conversion": time_to_conversion(session, q), "content_gaps": content_gaps(session, q)}
+
+
+def content_gaps(session: Session, q: Query) -> list[dict[str, Any]]:
+    """Segment × stage cells of each journey (the stages and segments it sent to in the range), flagged
+    against the journey's other cells; `segment` picks rows, it does not change what they are compared to."""
+    measures = ("sent", "opened", "clicked", "bounced")
+    t = stage_engagement
+    wide = Query(q.start, q.end, None, q.journey)
+    keys = (t.c.journey, t.c.stage, t.c.segment)
+    sums = {(r[0], r[1], r[2]): dict(zip(measures, (int(v or 0) for v in r[3:]), strict=True))
+            for r in session.execute(select(*keys, *[func.sum(t.c[m]) for m in measures])
+                                     .where(wide.where(t), t.c.stage != "").group_by(*keys))}
+    return [r for r in reports.content_gap_rows(sums) if q.segment is None or r["segment"] == q.segment]
 
 
 @dataclass(frozen=True)

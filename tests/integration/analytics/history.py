@@ -277,7 +277,47 @@ def progression(stream: Sequence[dict[str, Any]], r: Range) -> dict[str, Any]:
     qualification = [{"week": w, **{q: weekly.get((w, q), 0) for q in ("mql", "sql", "trial", "customer")}}
                      for w in weeks]
     return {"stages": stages, "lifecycle": lifecycle, "qualification": qualification,
-            "time_to_conversion": time_to_conversion(stream, r)}
+            "time_to_conversion": time_to_conversion(stream, r), "content_gaps": content_gaps(stream, r)}
+
+
+def content_gaps(stream: Sequence[dict[str, Any]], r: Range) -> list[dict[str, Any]]:
+    """Per journey: every stage it sent in range × every segment it sent to in range, with unique sends,
+    bounces, opens, clicks; a gap when nothing was sent, or its open or click rate is under half the mean
+    of the journey's other cells that delivered; then only `r.segment`'s rows, when given."""
+    wide = Range(r.start, r.end, None, r.journey)
+    sums: dict[tuple[str, str, str], dict[str, int]] = defaultdict(lambda: dict.fromkeys(
+        ("sent", "opened", "clicked", "bounced"), 0))
+    for kind, m in counted(stream):
+        p = m["properties"]
+        if kind != "unsubscribed" and p.get("stage") and wide.holds(m):
+            sums[(p.get("journey", ""), p["stage"], seg_of(m))][kind] += 1
+    rows: list[dict[str, Any]] = []
+    for journey in sorted({j for (j, _, _), c in sums.items() if c["sent"]}):
+        stages = sorted({st for (j, st, _), c in sums.items() if j == journey and c["sent"]})
+        segments = sorted({sg for (j, _, sg), c in sums.items() if j == journey and c["sent"]})
+        for stage in stages:
+            for seg in segments:
+                c = sums.get((journey, stage, seg)) or dict.fromkeys(("sent", "opened", "clicked", "bounced"), 0)
+                d = c["sent"] - c["bounced"]
+                rows.append({"journey": journey, "stage": stage, "segment": seg, "sent": c["sent"], "delivered": d,
+                             "opened": c["opened"], "clicked": c["clicked"],
+                             "open_rate": round(c["opened"] / d, 4) if d else None,
+                             "click_rate": round(c["clicked"] / d, 4) if d else None, "gap": False, "why": ""})
+    for row in rows:
+        if not row["sent"]:
+            row["gap"], row["why"] = True, "no content sent"
+            continue
+        peers = [o for o in rows if o["journey"] == row["journey"] and o is not row and o["delivered"] > 0]
+        if not peers or row["delivered"] <= 0:
+            continue
+        why = []
+        for measure in ("opened", "clicked"):
+            mean = sum(o[measure] / o["delivered"] for o in peers) / len(peers)
+            mine = row[measure] / row["delivered"]
+            if mine < 0.5 * mean:
+                why.append(f"{measure} {mine:.2%} against {mean:.2%} for the journey's other cells")
+        row["gap"], row["why"] = bool(why), "; ".join(why)
+    return [row for row in rows if r.segment is None or row["segment"] == r.segment]
 
 
 def value_by_path(stream: Sequence[dict[str, Any]], r: Range) -> list[dict[str, Any]]:

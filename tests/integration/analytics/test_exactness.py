@@ -55,7 +55,7 @@ def ranges(stream: Sequence[dict[str, Any]]) -> list[h.Range]:
 
 
 def check(db: Database, stream: Sequence[dict[str, Any]]) -> int:
-    figures, conversions = 0, 0
+    figures, conversions, gaps = 0, 0, 0
     costs = load_costs()
     with db.session() as s:
         for r in ranges(stream):
@@ -71,6 +71,8 @@ def check(db: Database, stream: Sequence[dict[str, Any]]) -> int:
             assert got["lifecycle"] == expected_p["lifecycle"], r
             assert got["qualification"] == expected_p["qualification"], r
             assert got["time_to_conversion"] == expected_p["time_to_conversion"], r
+            assert got["content_gaps"] == expected_p["content_gaps"], r
+            gaps += sum(1 for row in got["content_gaps"] if row["gap"])
             figures += sum(len(x) for part in expected_p.values() for x in part)
             conversions += expected_p["time_to_conversion"][0]["conversions"]
             for metric in reports.TIMESERIES_METRICS:
@@ -92,6 +94,7 @@ def check(db: Database, stream: Sequence[dict[str, Any]]) -> int:
             assert got_roi == expected_roi, r
             figures += 5 + len(expected_roi["by_journey"])
     assert conversions > 0  # the histories hold wins after nurture: time in nurture is measured, not empty
+    assert gaps > 0  # and content gaps to find
     return figures
 
 
