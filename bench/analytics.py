@@ -178,6 +178,10 @@ class Meter:
         return {"wall": wall, "cpu": cpu, "statements": statements, "work": work}
 
 
+def _on(fn: Callable[[Any, storage.Query], Any], q: storage.Query, s: Any) -> Any:
+    return fn(s, q)
+
+
 def time_reports(db_url: str | None, leads: int, events: int, repeats: int) -> dict[str, Any]:
     data = Path(tempfile.mkdtemp(prefix="nurture-bench-analytics-"))
     settings = load_settings(environ={}, data_dir=data, database_url=db_url)
@@ -223,8 +227,8 @@ def time_reports(db_url: str | None, leads: int, events: int, repeats: int) -> d
     base = {"wall": 0.0, "cpu": 0.0}
     for name, fn in {"baseline": baseline, **cases}.items():
         for label, q in (("30d", last30), ("90d", full)):
-            samples = [meter.measure(lambda s, fn=fn, q=q: fn(s, q))
-                       for _ in range(repeats)]
+            call: Callable[[Any], Any] = functools.partial(_on, fn, q)
+            samples = [meter.measure(call) for _ in range(repeats)]
             ms = p95([x["wall"] for x in samples])
             cpu_ms = round(sorted(x["cpu"] for x in samples)[len(samples) // 2] * 1000, 2)
             out[f"{name}_{label}_p95_ms"] = ms

@@ -17,7 +17,8 @@ from nurture.rpc import LONG_DEADLINE_S
 
 router = APIRouter(tags=["analytics"], dependencies=[Depends(require_key)])
 FORMATS = ("json", "csv")
-PROGRESSION_TABLES = ("stages", "lifecycle", "qualification")
+ROI_TABLES = ("by_journey", "by_path")
+PROGRESSION_TABLES = ("stages", "lifecycle", "qualification", "time_to_conversion", "content_gaps")
 ATTRIBUTION_TABLES = ("by_template", "by_topic", "by_format")
 
 
@@ -100,11 +101,11 @@ async def attribution(model: str = "last", window_days: int = 30, from_: str | N
 
 @router.get("/v1/analytics/roi", summary="Cost per nurtured lead, nurture-influenced revenue, ROI per journey")
 async def roi(from_: str | None = Query(None, alias="from"), to: str | None = None, segment: str | None = None,
-              journey: str | None = None, output: str = Query("json", alias="format"),
+              journey: str | None = None, output: str = Query("json", alias="format"), table: str = "by_journey",
               m: Mesh = Depends(mesh)) -> Any:
     q = _query(from_, to, segment, journey, output)
     reply = await _stub(m).Roi(analytics_pb2.RoiRequest(query=q), timeout=LONG_DEADLINE_S)
-    return _answer(reply, output, "by_journey")
+    return _answer(reply, output, _choice(table, ROI_TABLES, "table"))
 
 
 @router.get("/v1/analytics/timeseries", summary="One metric per day or week, for charts")

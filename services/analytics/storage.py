@@ -39,12 +39,13 @@ from services.analytics.tables import (
     stage_counts,
     stage_dwell,
     stage_dwell_bands,
+    stage_engagement,
     touches,
     won,
 )
 
 CHUNK = 500  # ids per IN list
-FOLD_VERSION = "3"  # bump when the fold derives its tables differently: the service rebuilds them at start
+FOLD_VERSION = "4"  # bump when the fold derives its tables differently: the service rebuilds them at start
 NO_DAY = date(1, 1, 1)  # `analytics_reach.prev_day` of a lead's first send day in a scope
 
 
@@ -148,9 +149,10 @@ class Fold:
         for lead in senders:
             self.days[lead] = set()
         for part in _chunks(senders):
-            for r in self.s.execute(select(nurtured.c.lead_id, nurtured.c.day, nurtured.c.journey, nurtured.c.segment)
-                                    .where(nurtured.c.lead_id.in_(part))):
-                self.days[r[0]].add((r[1], r[2], r[3]))
+            for lead_id, day, journey, segment in self.s.execute(
+                    select(nurtured.c.lead_id, nurtured.c.day, nurtured.c.journey, nurtured.c.segment)
+                    .where(nurtured.c.lead_id.in_(part))):
+                self.days[lead_id].add((day, journey, segment))
         changed_msgs: set[str] = set()
         changed_leads: set[str] = set()
         for f in batch:
@@ -169,7 +171,7 @@ class Fold:
 
     def _engagement(self, f: Fact, m: _Msg | None, paths: dict[tuple[str, str], dict[str, dict[str, Any]]]) -> None:
         day = reports.day_of(f.at)
-        cell = self.eng[(day, f.journey, f.segment, f.template, f.channel, f.topic, f.format)]
+        cell = self.eng[(day, f.journey, f.segment, f.template, f.channel, f.topic, f.format, f.stage)]
         if f.kind == "unsubscribed":
             cell["unsubscribed"] += 1
             return
@@ -248,13 +250,23 @@ class Fold:
         dirty = [{k: v for k, v in row.items() if k != "_dirty"}
                  for stages in paths.values() for row in stages.values() if row["_dirty"]]
         _upsert(s, lead_stages, sorted(dirty, key=lambda r: (r["lead_id"], r["journey"], r["stage"])))
-        _upsert(s, engagement, [dict(zip(("day", "journey", "segment", "template", "channel", "topic", "format"),
-                                         k, strict=True)) | v for k, v in sorted(self.eng.items())],
-                add=("sent", "opened", "clicked", "bounced", "unsubscribed"))
+        measures = ("sent", "opened", "clicked", "bounced", "unsubscribed")
+        by_content: dict[tuple[Any, ...], list[int]] = defaultdict(lambda: [0] * len(measures))
+        by_stage: dict[tuple[Any, ...], list[int]] = defaultdict(lambda: [0] * len(measures))
         sent: dict[tuple[Any, ...], int] = defaultdict(int)
-        for (day, journey, segment, _t, channel, _tp, _f), cell in self.eng.items():
+        for (day, journey, segment, template, channel, topic, fmt, stage), cell in self.eng.items():
+            values = [cell[m] for m in measures]
+            for acc in (by_content[(day, journey, segment, template, channel, topic, fmt)],
+                        by_stage[(day, journey, stage, segment)]):
+                for i, v in enumerate(values):
+                    acc[i] += v
             if cell["sent"]:
                 sent[(day, journey, segment, channel)] += cell["sent"]
+        _upsert(s, engagement, [dict(zip(("day", "journey", "segment", "template", "channel", "topic", "format",
+                                          *measures), (*k, *v), strict=True)) for k, v in sorted(by_content.items())],
+                add=measures)
+        _upsert(s, stage_engagement, [dict(zip(("day", "journey", "stage", "segment", *measures), (*k, *v),
+                                               strict=True)) for k, v in sorted(by_stage.items())], add=measures)
         _upsert(s, sends, [dict(zip(("day", "journey", "segment", "channel"), k, strict=True)) | {"sent": n}
                            for k, n in sorted(sent.items())], add=("sent",))
         _upsert(s, nurtured, [dict(zip(("day", "journey", "segment", "lead_id"), k, strict=True))
@@ -438,7 +450,69 @@ def progression_report(session: Session, q: Query) -> dict[str, Any]:
             .group_by(lifecycle.c.day, lifecycle.c.to_stage)):
         weekly[(reports.week_of(day), to_stage)] += int(n)
     return {"stages": reports.stage_rows(counts, dwell), "lifecycle": reports.lifecycle_rows(life),
-            "qualification": reports.qualification_rows(weekly)}
+            "qualification": reports.qualification_rows(weekly),
+            "time_to_conversion": time_to_conversion(session, q), "content_gaps": content_gaps(session, q)}
+
+
+def content_gaps(session: Session, q: Query) -> list[dict[str, Any]]:
+    """Segment × stage cells of each journey (the stages and segments it sent to in the range), flagged
+    against the journey's other cells; `segment` picks rows, it does not change what they are compared to."""
+    measures = ("sent", "opened", "clicked", "bounced")
+    t = stage_engagement
+    wide = Query(q.start, q.end, None, q.journey)
+    keys = (t.c.journey, t.c.stage, t.c.segment)
+    sums = {(r[0], r[1], r[2]): dict(zip(measures, (int(v or 0) for v in r[3:]), strict=True))
+            for r in session.execute(select(*keys, *[func.sum(t.c[m]) for m in measures])
+                                     .where(wide.where(t), t.c.stage != "").group_by(*keys))}
+    return [r for r in reports.content_gap_rows(sums) if q.segment is None or r["segment"] == q.segment]
+
+
+@dataclass(frozen=True)
+class _Win:
+    at: datetime
+    amount: float
+    entered: dict[str, datetime]  # journey → the lead's earliest entry of it at or before the win
+
+
+def _wins_after_nurture(session: Session, q: Query) -> dict[str, _Win]:
+    """Won deals in range, each with the journeys its lead entered before the win (of `journey`, when
+    given) and when first: one index seek per deal into the lead's stages, as many rows as deals ×
+    journeys entered. A deal with no entry before it is there with none."""
+    cond = [lead_stages.c.lead_id == won.c.lead_id, lead_stages.c.entered_at <= won.c.at]
+    if q.journey is not None:
+        cond.append(lead_stages.c.journey == q.journey)
+    wins: dict[str, _Win] = {}
+    for deal, at, amount, journey, entered in session.execute(
+            select(won.c.id, won.c.at, won.c.amount, lead_stages.c.journey, func.min(lead_stages.c.entered_at))
+            .select_from(won.outerjoin(lead_stages, and_(*cond))).where(q.where(won))
+            .group_by(won.c.id, won.c.at, won.c.amount, lead_stages.c.journey)):
+        win = wins.get(deal)
+        if win is None:
+            at = _aware(at)
+            assert at is not None
+            win = wins[deal] = _Win(at, float(amount), {})
+        if journey is not None:
+            win.entered[journey] = _aware(entered) or entered
+    return wins
+
+
+def time_to_conversion(session: Session, q: Query) -> list[dict[str, Any]]:
+    """Time in nurture before conversion: for each won deal in range, from the lead's first journey stage
+    entry at or before the win to the win, over every journey (`journey` null) and per journey entered."""
+    overall: dict[int, int] = defaultdict(int)
+    per_journey: dict[str, dict[int, int]] = defaultdict(lambda: defaultdict(int))
+    for win in _wins_after_nurture(session, q).values():
+        for journey, entered in win.entered.items():
+            per_journey[journey][reports.dwell_minutes(entered, win.at)] += 1
+        if win.entered:
+            overall[reports.dwell_minutes(min(win.entered.values()), win.at)] += 1
+    return reports.time_to_conversion_rows(overall, per_journey)
+
+
+def value_by_path(session: Session, q: Query) -> list[dict[str, Any]]:
+    """Customer value by nurturing path: won deals in range and their revenue per path, the journeys the
+    lead entered before the win in the order it first entered them (`path` null: none)."""
+    return reports.path_rows((reports.path_of(w.entered), w.amount) for w in _wins_after_nurture(session, q).values())
 
 
 _STAGE_OF_METRIC = {"mql": "mql", "sql": "sql", "customers": "customer"}
@@ -555,11 +629,12 @@ def roi_report(session: Session, q: Query, costs: dict[str, Any]) -> dict[str, A
         for ch, n in chans.items():
             totals[ch] += n
     journeys = sorted(set(sent_by) | set(per_journey) | set(by_j_revenue))
-    return reports.roi_report(
+    report = reports.roi_report(
         nurtured=int(nurtured_count), sent_by_channel=totals, costs=costs, start=q.start, end=q.end,
         influenced=influenced,
         by_journey=[{"journey": j, "nurtured": per_journey.get(j, 0), "sent_by_channel": dict(sent_by.get(j, {})),
                      "influenced": by_j_revenue.get(j, 0.0)} for j in journeys])
+    return report | {"by_path": value_by_path(session, q)}
 
 
 def all_facts(session: Session) -> Iterable[Fact]:

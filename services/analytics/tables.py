@@ -62,6 +62,20 @@ engagement = Table(
     Column("unsubscribed", Integer, nullable=False, default=0),
 )
 
+# Engagement per journey stage (the template's) and segment: content gaps.
+stage_engagement = Table(
+    "analytics_stage_engagement", metadata,
+    Column("day", Date, primary_key=True),
+    Column("journey", String(_D), primary_key=True),
+    Column("stage", String(_D), primary_key=True),
+    Column("segment", String(_D), primary_key=True),
+    Column("sent", Integer, nullable=False, default=0),
+    Column("opened", Integer, nullable=False, default=0),
+    Column("clicked", Integer, nullable=False, default=0),
+    Column("bounced", Integer, nullable=False, default=0),
+    Column("unsubscribed", Integer, nullable=False, default=0),
+)
+
 # Sends per day, journey, segment and channel: what ROI's costs are computed from, without the
 # engagement table's template/topic/format detail to sum over.
 sends = Table(
@@ -214,5 +228,6 @@ meta = Table(
     Column("value", String(200), nullable=False),
 )
 
-DERIVED = (messages, engagement, sends, nurtured, reach, leads, lifecycle, lifecycle_bands, lead_stages, stage_counts,
+DERIVED = (messages, engagement, stage_engagement, sends,
+           nurtured, reach, leads, lifecycle, lifecycle_bands, lead_stages, stage_counts,
            stage_dwell, stage_dwell_bands, touches, won)

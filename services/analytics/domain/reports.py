@@ -27,6 +27,9 @@ ATTRIBUTION_MODELS = ("first", "last", "linear")
 # stages, or its median dwell above this multiple of theirs.
 BOTTLENECK_CONVERSION_SHARE = 0.5
 BOTTLENECK_DWELL_MULTIPLE = 2.0
+# A content gap: a segment × stage cell of a journey sent nothing, or whose open or click rate is below
+# this share of the mean of the journey's other cells that delivered something.
+GAP_ENGAGEMENT_SHARE = 0.5
 
 
 class QueryError(ValueError):
@@ -180,6 +183,65 @@ def lifecycle_rows(changes: Mapping[tuple[str, str], tuple[int, float | None]]) 
     """Lifecycle transitions from (count, median minutes) per (from, to)."""
     return [{"from": f, "to": t, "count": n, "median_hours": hours(med)}
             for (f, t), (n, med) in sorted(changes.items())]
+
+
+def time_to_conversion_rows(overall: Mapping[int, int], per_journey: Mapping[str, Mapping[int, int]]
+                            ) -> list[dict[str, Any]]:
+    """Conversions and their median and p90 time in nurture (hours) from histograms of whole minutes:
+    first over every journey (`journey` None), then per journey."""
+    out = []
+    for journey, hist in [(None, overall), *sorted(per_journey.items())]:
+        out.append({"journey": journey, "conversions": sum(hist.values()), "median_hours": hours(median(hist)),
+                    "p90_hours": hours(p90(hist))})
+    return out
+
+
+def content_gap_rows(sums: Mapping[tuple[str, str, str], Mapping[str, int]]) -> list[dict[str, Any]]:
+    """Every (journey, stage, segment) cell of the stages a journey sent and the segments it sent to, with
+    its engagement and whether (and why) it is a gap."""
+    sent = [k for k, c in sums.items() if c["sent"]]
+    rows: list[dict[str, Any]] = []
+    for journey in sorted({j for j, _, _ in sent}):
+        segs = sorted({sg for j, _, sg in sent if j == journey})
+        for stage, seg in sorted((st, sg) for st in {st for j, st, _ in sent if j == journey} for sg in segs):
+            c = sums.get((journey, stage, seg), {"sent": 0, "opened": 0, "clicked": 0, "bounced": 0})
+            delivered = c["sent"] - c["bounced"]
+            rows.append({"journey": journey, "stage": stage, "segment": seg, "sent": c["sent"],
+                         "delivered": delivered, "opened": c["opened"], "clicked": c["clicked"],
+                         "open_rate": rate(c["opened"], delivered), "click_rate": rate(c["clicked"], delivered),
+                         "gap": False, "why": ""})
+    for r in rows:
+        if r["sent"] == 0:
+            r["gap"], r["why"] = True, "no content sent"
+            continue
+        others = [o for o in rows if o["journey"] == r["journey"] and o is not r and o["delivered"] > 0]
+        if not others or r["delivered"] <= 0:
+            continue
+        reasons = []
+        for measure in ("opened", "clicked"):
+            mean = sum(o[measure] / o["delivered"] for o in others) / len(others)
+            mine = r[measure] / r["delivered"]
+            if mine < GAP_ENGAGEMENT_SHARE * mean:
+                reasons.append(f"{measure} {mine:.2%} against {mean:.2%} for the journey's other cells")
+        if reasons:
+            r["gap"], r["why"] = True, "; ".join(reasons)
+    return rows
+
+
+def path_of(entered: Mapping[str, datetime]) -> str | None:
+    """A nurturing path: the journeys in the order first entered (ties by name), joined by `>`."""
+    return ">".join(j for j, _ in sorted(entered.items(), key=lambda e: (e[1], e[0]))) or None
+
+
+def path_rows(wins: Iterable[tuple[str | None, float]]) -> list[dict[str, Any]]:
+    """Won deals, revenue and the average deal per nurturing path (no path, null, first)."""
+    acc: dict[str | None, list[float]] = {}
+    for path, amount in wins:
+        cell = acc.setdefault(path, [0, 0.0])
+        cell[0] += 1
+        cell[1] += amount
+    return [{"path": p, "deals": int(n), "revenue": round(r, 2), "average_deal": round(r / n, 2)}
+            for p, (n, r) in sorted(acc.items(), key=lambda kv: (kv[0] is not None, kv[0] or ""))]
 
 
 def qualification_rows(weekly: Mapping[tuple[date, str], int]) -> list[dict[str, Any]]:

@@ -276,7 +276,94 @@ def progression(stream: Sequence[dict[str, Any]], r: Range) -> dict[str, Any]:
     weeks = sorted({w for w, _ in weekly})
     qualification = [{"week": w, **{q: weekly.get((w, q), 0) for q in ("mql", "sql", "trial", "customer")}}
                      for w in weeks]
-    return {"stages": stages, "lifecycle": lifecycle, "qualification": qualification}
+    return {"stages": stages, "lifecycle": lifecycle, "qualification": qualification,
+            "time_to_conversion": time_to_conversion(stream, r), "content_gaps": content_gaps(stream, r)}
+
+
+def content_gaps(stream: Sequence[dict[str, Any]], r: Range) -> list[dict[str, Any]]:
+    """Per journey: every stage it sent in range × every segment it sent to in range, with unique sends,
+    bounces, opens, clicks; a gap when nothing was sent, or its open or click rate is under half the mean
+    of the journey's other cells that delivered; then only `r.segment`'s rows, when given."""
+    wide = Range(r.start, r.end, None, r.journey)
+    sums: dict[tuple[str, str, str], dict[str, int]] = defaultdict(lambda: dict.fromkeys(
+        ("sent", "opened", "clicked", "bounced"), 0))
+    for kind, m in counted(stream):
+        p = m["properties"]
+        if kind != "unsubscribed" and p.get("stage") and wide.holds(m):
+            sums[(p.get("journey", ""), p["stage"], seg_of(m))][kind] += 1
+    rows: list[dict[str, Any]] = []
+    for journey in sorted({j for (j, _, _), c in sums.items() if c["sent"]}):
+        stages = sorted({st for (j, st, _), c in sums.items() if j == journey and c["sent"]})
+        segments = sorted({sg for (j, _, sg), c in sums.items() if j == journey and c["sent"]})
+        for stage in stages:
+            for seg in segments:
+                c = sums.get((journey, stage, seg)) or dict.fromkeys(("sent", "opened", "clicked", "bounced"), 0)
+                d = c["sent"] - c["bounced"]
+                rows.append({"journey": journey, "stage": stage, "segment": seg, "sent": c["sent"], "delivered": d,
+                             "opened": c["opened"], "clicked": c["clicked"],
+                             "open_rate": round(c["opened"] / d, 4) if d else None,
+                             "click_rate": round(c["clicked"] / d, 4) if d else None, "gap": False, "why": ""})
+    for row in rows:
+        if not row["sent"]:
+            row["gap"], row["why"] = True, "no content sent"
+            continue
+        peers = [o for o in rows if o["journey"] == row["journey"] and o is not row and o["delivered"] > 0]
+        if not peers or row["delivered"] <= 0:
+            continue
+        why = []
+        for measure in ("opened", "clicked"):
+            mean = sum(o[measure] / o["delivered"] for o in peers) / len(peers)
+            mine = row[measure] / row["delivered"]
+            if mine < 0.5 * mean:
+                why.append(f"{measure} {mine:.2%} against {mean:.2%} for the journey's other cells")
+        row["gap"], row["why"] = bool(why), "; ".join(why)
+    return [row for row in rows if r.segment is None or row["segment"] == r.segment]
+
+
+def value_by_path(stream: Sequence[dict[str, Any]], r: Range) -> list[dict[str, Any]]:
+    """Won deals and revenue per path: the journeys the lead entered (first send of a stage, as heard) at or
+    before the win, ordered by the earliest such entry of each (ties by name); no entry: path None."""
+    paths = stage_entries(stream)
+    acc: dict[str | None, list[float]] = {}
+    for deal in won_in(stream, r):
+        at = at_of(deal)
+        firsts = {}
+        for (lead, journey), path in paths.items():
+            before = [at_of(e) for e in path if at_of(e) <= at]
+            if lead == deal["lead_id"] and before and (r.journey is None or journey == r.journey):
+                firsts[journey] = min(before)
+        key = ">".join(sorted(firsts, key=lambda j: (firsts[j], j))) or None
+        cell = acc.setdefault(key, [0, 0.0])
+        cell[0] += 1
+        cell[1] += float(deal["properties"]["amount"])
+    order = sorted(acc, key=lambda p: (p is not None, p or ""))
+    return [{"path": p, "deals": int(acc[p][0]), "revenue": round(acc[p][1], 2),
+             "average_deal": round(acc[p][1] / acc[p][0], 2)} for p in order]
+
+
+def time_to_conversion(stream: Sequence[dict[str, Any]], r: Range) -> list[dict[str, Any]]:
+    """Per won deal in range: minutes from the lead's earliest stage entry (first send of a stage, as
+    heard) at or before the win, over every journey and per journey (of `r.journey` only, when given)."""
+    paths = stage_entries(stream)
+    overall: list[int] = []
+    per_journey: dict[str, list[int]] = defaultdict(list)
+    for deal in won_in(stream, r):
+        at = at_of(deal)
+        best: datetime | None = None
+        for (lead, journey), path in paths.items():
+            if lead != deal["lead_id"] or (r.journey is not None and journey != r.journey):
+                continue
+            before = [at_of(e) for e in path if at_of(e) <= at]
+            if before:
+                per_journey[journey].append(_minutes(min(before), at))
+                best = min(before) if best is None else min(best, min(before))
+        if best is not None:
+            overall.append(_minutes(best, at))
+    rows = []
+    for journey, values in [(None, overall), *sorted(per_journey.items())]:
+        med, p90 = _median_p90(values)
+        rows.append({"journey": journey, "conversions": len(values), "median_hours": _h(med), "p90_hours": _h(p90)})
+    return rows
 
 
 def lifecycle_changes(stream: Sequence[dict[str, Any]]) -> list[tuple[dict[str, Any], int]]:

@@ -55,7 +55,7 @@ def ranges(stream: Sequence[dict[str, Any]]) -> list[h.Range]:
 
 
 def check(db: Database, stream: Sequence[dict[str, Any]]) -> int:
-    figures = 0
+    figures, conversions, gaps = 0, 0, 0
     costs = load_costs()
     with db.session() as s:
         for r in ranges(stream):
@@ -70,7 +70,11 @@ def check(db: Database, stream: Sequence[dict[str, Any]]) -> int:
             assert stages == expected_p["stages"], r
             assert got["lifecycle"] == expected_p["lifecycle"], r
             assert got["qualification"] == expected_p["qualification"], r
+            assert got["time_to_conversion"] == expected_p["time_to_conversion"], r
+            assert got["content_gaps"] == expected_p["content_gaps"], r
+            gaps += sum(1 for row in got["content_gaps"] if row["gap"])
             figures += sum(len(x) for part in expected_p.values() for x in part)
+            conversions += expected_p["time_to_conversion"][0]["conversions"]
             for metric in reports.TIMESERIES_METRICS:
                 for interval in ("day", "week"):
                     expected_t = h.timeseries(stream, r, metric, interval)
@@ -85,8 +89,12 @@ def check(db: Database, stream: Sequence[dict[str, Any]]) -> int:
             expected_roi = reports.roi_report(nurtured=inputs["nurtured"], sent_by_channel=inputs["sent_by_channel"],
                                              costs=costs, start=r.start, end=r.end,
                                              influenced=inputs["influenced"], by_journey=inputs["by_journey"])
-            assert storage.roi_report(s, q, costs) == expected_roi, r
+            got_roi = storage.roi_report(s, q, costs)
+            assert got_roi.pop("by_path") == h.value_by_path(stream, r), r
+            assert got_roi == expected_roi, r
             figures += 5 + len(expected_roi["by_journey"])
+    assert conversions > 0  # the histories hold wins after nurture: time in nurture is measured, not empty
+    assert gaps > 0  # and content gaps to find
     return figures
 
 

@@ -82,6 +82,8 @@ async def test_every_http_report_equals_the_recount(heard: tuple[httpx.AsyncClie
         assert [{k: v for k, v in s.items() if k not in ("bottleneck", "why")} for s in got["stages"]] \
             == expected["stages"]
         assert got["lifecycle"] == expected["lifecycle"] and got["qualification"] == expected["qualification"]
+        assert got["time_to_conversion"] == expected["time_to_conversion"]
+        assert got["content_gaps"] == expected["content_gaps"]
         for metric in reports.TIMESERIES_METRICS:
             got = (await http.get("/v1/analytics/timeseries", params={**p, "metric": metric,
                                                                        "interval": "week"})).json()
@@ -94,7 +96,9 @@ async def test_every_http_report_equals_the_recount(heard: tuple[httpx.AsyncClie
         expected_roi = reports.roi_report(nurtured=inputs["nurtured"], sent_by_channel=inputs["sent_by_channel"],
                                          costs=load_costs(), start=r.start, end=r.end,
                                          influenced=inputs["influenced"], by_journey=inputs["by_journey"])
-        assert (await http.get("/v1/analytics/roi", params=p)).json() == expected_roi
+        got_roi = (await http.get("/v1/analytics/roi", params=p)).json()
+        assert got_roi.pop("by_path") == h.value_by_path(stream, r)
+        assert got_roi == expected_roi
     assert h.engagement(stream, h.Range(days[0], days[-1]), "journey")  # the history reached the reports
 
 
@@ -107,6 +111,12 @@ async def test_csv_carries_the_json_rows(heard: tuple[httpx.AsyncClient, list[di
     rows = list(csv.DictReader(io.StringIO(got.text)))
     assert len(rows) == len(as_json) > 0
     assert rows[0] == {k: "" if v is None else str(v) for k, v in as_json[0].items()}
+    span = {"from": "2026-01-01T00:00:00Z", "to": "2026-06-01T00:00:00Z"}
+    nurture = (await http.get("/v1/analytics/progression", params=span)).json()["time_to_conversion"]
+    got = await http.get("/v1/analytics/progression", params={**span, "format": "csv", "table": "time_to_conversion"})
+    assert got.status_code == 200 and nurture[0]["journey"] is None and nurture[0]["conversions"] > 0
+    assert list(csv.DictReader(io.StringIO(got.text))) == [
+        {k: "" if v is None else str(v) for k, v in row.items()} for row in nurture]
 
 
 @pytest.mark.parametrize(("path", "params", "field"), [

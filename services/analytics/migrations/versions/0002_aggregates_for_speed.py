@@ -1,4 +1,5 @@
-"""analytics: aggregates that answer reports without scanning (sends per journey and channel;
+"""analytics: aggregates that answer reports without scanning (sends per journey and channel; engagement per
+stage and segment;
 day; dwell histograms in coarse bands by day, week and month), and the fold version
 
 Revision ID: analytics_0002_reach_bands
@@ -33,6 +34,12 @@ def _bands(name: str, *dims: str) -> None:
 def upgrade() -> None:
     op.create_index("ix_analytics_nurtured_lead", "analytics_nurtured", ["lead_id"])
     op.create_table(
+        "analytics_stage_engagement",
+        sa.Column("day", sa.Date, primary_key=True),
+        *[sa.Column(n, sa.String(D), primary_key=True) for n in ("journey", "stage", "segment")],
+        *[sa.Column(n, sa.Integer, nullable=False) for n in ("sent", "opened", "clicked", "bounced", "unsubscribed")],
+    )
+    op.create_table(
         "analytics_sends",
         sa.Column("day", sa.Date, primary_key=True),
         *[sa.Column(n, sa.String(D), primary_key=True) for n in ("journey", "segment", "channel")],
@@ -63,7 +70,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     for name in ("analytics_meta", "analytics_stage_dwell_bands", "analytics_lifecycle_bands", "analytics_reach",
-                 "analytics_sends"):
+                 "analytics_sends", "analytics_stage_engagement"):
         op.drop_table(name)
     op.drop_index("ix_analytics_stage_dwell_band", "analytics_stage_dwell")
     op.drop_index("ix_analytics_lifecycle_band", "analytics_lifecycle")
