@@ -130,7 +130,7 @@ def load(database_url: str, leads: int, seed: int = 1) -> dict[str, int]:
     try:
         raw = engine.raw_connection()
         try:
-            conn = raw.driver_connection
+            conn: Any = raw.driver_connection
             out["scoring_leads"] = _copy(conn, "scoring_leads", (
                 "id", "email", "first_name", "last_name", "segment", "timezone", "locale", "attributes", "consent",
                 "score", "grade", "lifecycle_stage", "counters", "recent", "interests", "crm_id", "version",

@@ -122,8 +122,11 @@ def up(args: argparse.Namespace) -> int:
             continue
         # The accept path (gateway → scoring) goes first on a shared machine; the bus consumers catch
         # up between bursts (an accepted event is durable, so their lag costs latency, not data).
+        # NURTURE_CONSUMER_NICE overrides it (0: a benchmark of the console's pages, which these
+        # services answer, on a machine other work keeps busy).
+        consumer_nice = int(os.environ.get("NURTURE_CONSUMER_NICE") or 19)
         children.append(_child(service, [python, "-m", f"services.{service}"], env, logs / f"{service}.log",
-                              nice=0 if service == "scoring" else 19))
+                              nice=0 if service == "scoring" else consumer_nice))
     children.append(_child("gateway", [python, "-m", "gateway"], env, logs / "gateway.log"))
 
     busy = [(c.name, p) for c in children if (p := _child_port(c.name, settings)) and port_open("127.0.0.1", p)]

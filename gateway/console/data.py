@@ -47,7 +47,7 @@ async def journeys_with_counts(m: Mesh) -> list[dict[str, Any]]:
 
     async def counts(key: str) -> dict[str, Any]:
         try:
-            return await journeys_api.journey_analytics(key, None, None, m)
+            return await journeys_api.journey_counts(key, m)
         except grpc.aio.AioRpcError:
             return {}
     reports = await asyncio.gather(*(counts(j["key"]) for j in listed["items"]))

@@ -99,7 +99,7 @@ async def journey(request: Request, key: str) -> Response:
     async def handler(_request: Request, current: session.Session) -> Response:
         m = mesh_of(request)
         got = await journeys_api.get_journey(key, 0, m)
-        report = await journeys_api.journey_analytics(key, None, None, m)
+        report = await journeys_api.journey_counts(key, m)
         waiting = await data.waiting_by_step(m, key)
         nodes, edges = graph.build(got["definition"] or {}, report, waiting)
         stages = [s for s in (got["definition"] or {}).get("stages") or [] if isinstance(s, dict)]

@@ -112,6 +112,15 @@ async def journey_analytics(key: str, from_: str | None = Query(None, alias="fro
     return result
 
 
+async def journey_counts(key: str, m: Mesh) -> dict[str, Any]:
+    """The journey's all-time counts without the stage table: what the console's graph and journey list
+    show (the same numbers as /v1/journeys/{key}/analytics, read with less)."""
+    reply = await _stub(m).Analytics(journeys_pb2.AnalyticsRequest(key=key, without_stages=True),
+                                     timeout=LONG_DEADLINE_S)
+    result: dict[str, Any] = json.loads(reply.report_json)
+    return result
+
+
 @router.get("/v1/journeys/{key}/analytics/leads", summary="The leads behind one count of the journey's analytics")
 async def counted_leads(key: str, measure: str, step: str = "", reason: str = "",
                         from_: str | None = Query(None, alias="from"), to: str | None = None, cursor: str = "",

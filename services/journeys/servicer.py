@@ -175,7 +175,7 @@ class JourneysServicer(journeys_pb2_grpc.JourneysServicer):
         if start and end and start >= end:
             raise errors.InvalidArgument("from must be before to", code="invalid_range")
         try:
-            report = await self.rt.analytics(request.key, start, end)
+            report = await self.rt.analytics(request.key, start, end, stages=not request.without_stages)
         except NotFound as exc:
             raise errors.NotFound(str(exc), code="journey_not_found") from exc
         return journeys_pb2.ReportReply(report_json=json.dumps(report, default=str))

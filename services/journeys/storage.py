@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -15,6 +16,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from nurture import times
+from services.journeys.domain.funnel import exit_reason
 from services.journeys.domain.state import LIVE, Enrollment, LeadState, Outcome
 
 
@@ -69,7 +71,7 @@ class EnrollmentRow(Base):
 class StepRunRow(Base):
     __tablename__ = "journeys_step_runs"
     __table_args__ = (Index("ix_journeys_step_runs_journey_at", "journey", "at"),
-                      Index("ix_journeys_step_runs_step_lead", "journey", "step", "lead_id"),
+                      Index("ix_journeys_step_runs_step_lead", "journey", "step", "status", "lead_id"),
                       Index("ix_journeys_step_runs_lead", "lead_id"),
                       Index("ix_journeys_step_runs_message", "message_id"))
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
@@ -91,7 +93,8 @@ class StepRunRow(Base):
 class TransitionRow(Base):
     __tablename__ = "journeys_transitions"
     __table_args__ = (Index("ix_journeys_transitions_lead", "lead_id", "id"),
-                      Index("ix_journeys_transitions_journey_at", "journey", "at"))
+                      Index("ix_journeys_transitions_journey_at", "journey", "at"),
+                      Index("ix_journeys_transitions_journey_type", "journey", "type", "step_from", "rule"))
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     lead_id: Mapped[str] = mapped_column(String(128))
     ekey: Mapped[str] = mapped_column(String(200))
@@ -110,7 +113,7 @@ class TransitionRow(Base):
 class EngagementRow(Base):
     __tablename__ = "journeys_engagements"
     __table_args__ = (Index("ix_journeys_engagements_journey_at", "journey", "at"),
-                      Index("ix_journeys_engagements_step_lead", "journey", "step", "lead_id"))
+                      Index("ix_journeys_engagements_step_lead", "journey", "step", "type", "lead_id"))
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     event_id: Mapped[str] = mapped_column(String(128), unique=True)
     lead_id: Mapped[str] = mapped_column(String(128))
@@ -487,6 +490,61 @@ def counted_leads(session: Session, *, journey: str, step: str, measure: str, re
     more = len(rows) > limit
     rows = rows[:limit]
     return rows, (rows[-1][0] if more and rows else ""), int(total), int(leads_total)
+
+
+@dataclass
+class FunnelCounts:
+    """A journey's funnel inputs counted in SQL where the funnel only counts them: runs by step and
+    status, engagements by step and type, entered and completed transitions, exits by step and reason;
+    goals one by one (the step they are credited to is in their facts), and stage transitions one by one
+    when asked for (their leads and hours make the stage table)."""
+
+    runs: list[tuple[str, str, int]]
+    engagements: list[tuple[str, str, int]]
+    counted: list[tuple[str, int]]
+    exits: list[tuple[str | None, str, int]]
+    goals: list[dict[str, Any]]
+    stages: list[dict[str, Any]]
+
+
+def funnel_counts(session: Session, journey: str, start: datetime | None, end: datetime | None, *,
+                  stages: bool) -> FunnelCounts:
+    def window(q: Any, col: Any) -> Any:
+        if start is not None:
+            q = q.where(col >= start)
+        if end is not None:
+            q = q.where(col < end)
+        return q
+
+    runs = [(str(step), str(status), int(n)) for step, status, n in session.execute(window(
+        select(StepRunRow.step, StepRunRow.status, func.count()).where(StepRunRow.journey == journey),
+        StepRunRow.at).group_by(StepRunRow.step, StepRunRow.status))]
+    engagements = [(str(step), str(kind), int(n)) for step, kind, n in session.execute(window(
+        select(EngagementRow.step, EngagementRow.type, func.count()).where(EngagementRow.journey == journey),
+        EngagementRow.at).group_by(EngagementRow.step, EngagementRow.type))]
+    t = TransitionRow
+    counted = [(str(kind), int(n)) for kind, n in session.execute(window(
+        select(t.type, func.count()).where(t.journey == journey, t.type.in_(("entered", "completed"))),
+        t.at).group_by(t.type))]
+    exits: dict[tuple[str | None, str], int] = {}
+    for step_from, rule, n in session.execute(window(select(t.step_from, t.rule, func.count()).where(
+            t.journey == journey, t.type == "exited", t.rule.is_not(None)), t.at).group_by(t.step_from, t.rule)):
+        exits[(step_from, str(rule))] = exits.get((step_from, str(rule)), 0) + int(n)
+    for step_from, raw in session.execute(window(select(t.step_from, t.facts).where(
+            t.journey == journey, t.type == "exited", t.rule.is_(None)), t.at)):
+        key = (step_from, exit_reason(None, json.loads(raw or "{}")))
+        exits[key] = exits.get(key, 0) + 1
+    goals = [dict(type="goal", lead_id=r.lead_id, step_from=r.step_from, stage=r.stage, rule=r.rule,
+                  facts=json.loads(r.facts or "{}"))
+             for r in session.execute(window(select(t.lead_id, t.step_from, t.stage, t.rule, t.facts).where(
+                 t.journey == journey, t.type == "goal"), t.at).order_by(t.id))]
+    stage_rows = [dict(type="stage", lead_id=r.lead_id, step_from=r.step_from, stage=r.stage, rule=r.rule,
+                       facts=json.loads(r.facts or "{}"))
+                  for r in session.execute(window(select(t.lead_id, t.step_from, t.stage, t.rule, t.facts).where(
+                      t.journey == journey, t.type == "stage"), t.at).order_by(t.id))] if stages else []
+    return FunnelCounts(runs=runs, engagements=engagements, counted=counted,
+                        exits=[(step, reason, n) for (step, reason), n in exits.items()], goals=goals,
+                        stages=stage_rows)
 
 
 def step_run_keys(session: Session) -> list[tuple[str, str]]:

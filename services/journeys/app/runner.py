@@ -496,14 +496,29 @@ class JourneysRuntime:
                     return storage.erase(s, lead_id)
             return await self.db.run(q)
 
-    async def analytics(self, key: str, start: datetime | None, end: datetime | None) -> dict[str, Any]:
+    async def analytics(self, key: str, start: datetime | None, end: datetime | None,
+                        stages: bool = True) -> dict[str, Any]:
+        """The funnel of the journey's recorded history, counted in SQL (storage.funnel_counts); without
+        `stages`, the stage table is left out (it reads every stage transition)."""
         journey = self.registry.live(key) or self._latest(key)
 
-        def q() -> Any:
+        def q() -> storage.FunnelCounts:
             with self.db.session() as s:
-                return storage.history(s, key, start, end)
-        runs, transitions, engagements = await self.db.run(q)
-        report = feed(Funnel(), runs, transitions, engagements).report({key: journey})
+                return storage.funnel_counts(s, key, start, end, stages=stages)
+        got = await self.db.run(q)
+        funnel = Funnel()
+        for step, status, n in got.runs:
+            funnel.run(key, step, status, n)
+        for step, kind, n in got.engagements:
+            funnel.engagement(key, step, kind, n)
+        for kind, n in got.counted:
+            funnel.counted(key, kind, n)
+        for step_from, reason, n in got.exits:
+            funnel.exits(key, step_from, reason, n)
+        feed(funnel, [], [{"journey": key, **row} for row in got.goals + got.stages], [])
+        report = funnel.report({key: journey})
+        if not stages:
+            report.get(key, {})["stages"] = []
         body = report.get(key) or {"enrolled": 0, "goals": 0, "completed": 0, "exited": 0, "exit_reasons": {},
                                    "steps": [], "stages": []}
         return {"journey": key, "from": start.isoformat() if start else None,

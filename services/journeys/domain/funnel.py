@@ -36,21 +36,37 @@ class Funnel:
     def __init__(self) -> None:
         self._j: dict[str, _JourneyTally] = defaultdict(_JourneyTally)
 
-    def run(self, journey: str, step: str, status: str) -> None:
+    def run(self, journey: str, step: str, status: str, n: int = 1) -> None:
+        """`n` step runs of one status (the analytics count them in SQL, the simulator one by one)."""
         tally = self._j[journey].steps[step]
         if status == "deferred":
             return
-        tally["entered"] += 1
+        tally["entered"] += n
         if status in ("sent", "scheduled"):
-            tally["sent"] += 1
+            tally["sent"] += n
         elif status in ("suppressed", "failed"):
-            tally["suppressed"] += 1
+            tally["suppressed"] += n
+
+    def counted(self, journey: str, kind: str, n: int) -> None:
+        """`n` transitions of a kind that only counts (entered, completed)."""
+        t = self._j[journey]
+        if kind == "entered":
+            t.enrolled += n
+        elif kind == "completed":
+            t.completed += n
+
+    def exits(self, journey: str, step_from: str | None, reason: str, n: int) -> None:
+        t = self._j[journey]
+        t.exited += n
+        t.exit_reasons[reason] += n
+        if step_from:
+            t.steps[step_from]["exited"] += n
 
     def transition(self, journey: str, kind: str, lead_id: str, *, step_from: str | None, stage: str | None,
                    rule: str | None, facts: Mapping[str, Any], last_sent: str | None = None) -> None:
         t = self._j[journey]
-        if kind == "entered":
-            t.enrolled += 1
+        if kind in ("entered", "completed"):
+            self.counted(journey, kind, 1)
         elif kind == "stage" and stage:
             t.stage_leads[stage].add(lead_id)
             prev, hours = facts.get("from"), facts.get("hours_in_previous")
@@ -61,18 +77,13 @@ class Funnel:
             last_sent = last_sent or facts.get("last_sent")
             if last_sent or step_from:
                 t.steps[str(last_sent or step_from)]["converted"] += 1
-        elif kind == "completed":
-            t.completed += 1
         elif kind == "exited":
-            t.exited += 1
-            t.exit_reasons[str(rule or facts.get("reason") or "exit")] += 1
-            if step_from:
-                t.steps[step_from]["exited"] += 1
+            self.exits(journey, step_from, exit_reason(rule, facts), 1)
 
-    def engagement(self, journey: str, step: str, kind: str) -> None:
+    def engagement(self, journey: str, step: str, kind: str, n: int = 1) -> None:
         measure = {"email_opened": "opened", "email_clicked": "clicked"}.get(kind)
         if measure:
-            self._j[journey].steps[step][measure] += 1
+            self._j[journey].steps[step][measure] += n
 
     def report(self, journeys: Mapping[str, Journey]) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -96,6 +107,11 @@ class Funnel:
             out[key] = {"enrolled": t.enrolled, "goals": t.goals, "completed": t.completed, "exited": t.exited,
                         "exit_reasons": dict(sorted(t.exit_reasons.items())), "steps": steps, "stages": stages}
         return out
+
+
+def exit_reason(rule: str | None, facts: Mapping[str, Any]) -> str:
+    """The reason an exit is counted under (`exit_reasons`): its rule, else the reason its facts give."""
+    return str(rule or facts.get("reason") or "exit")
 
 
 def totals(report: Mapping[str, Any]) -> dict[str, int]:

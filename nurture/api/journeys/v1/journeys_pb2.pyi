@@ -201,13 +201,15 @@ class PublishReply(_message.Message):
     def __init__(self, version: _Optional[int] = ..., published: _Optional[bool] = ..., report_json: _Optional[str] = ...) -> None: ...
 
 class AnalyticsRequest(_message.Message):
-    __slots__ = ("key", "to")
+    __slots__ = ("key", "to", "without_stages")
     KEY_FIELD_NUMBER: _ClassVar[int]
     FROM_FIELD_NUMBER: _ClassVar[int]
     TO_FIELD_NUMBER: _ClassVar[int]
+    WITHOUT_STAGES_FIELD_NUMBER: _ClassVar[int]
     key: str
     to: _timestamp_pb2.Timestamp
-    def __init__(self, key: _Optional[str] = ..., to: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., **kwargs) -> None: ...
+    without_stages: bool
+    def __init__(self, key: _Optional[str] = ..., to: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., without_stages: _Optional[bool] = ..., **kwargs) -> None: ...
 
 class ReportReply(_message.Message):
     __slots__ = ("report_json",)
