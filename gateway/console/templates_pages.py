@@ -178,7 +178,7 @@ async def _editor(request: Request, current: Session, key: str, form: dict[str, 
     variables = detail["variables"] if detail else []
     return page("edit_template.html", status=422 if problems else 200, session=current, title=f"Edit {key}",
                 key=key, t=detail, form=form, problems=problems, saved=saved, variables=variables,
-                blocks=BLOCKS)
+                blocks=BLOCKS, ab=await _ab_report(request, key) if detail else None)
 
 
 @router.get("/templates/{key}/edit")

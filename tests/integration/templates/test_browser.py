@@ -110,6 +110,8 @@ async def test_edit_validate_preview_publish_and_the_next_send_uses_it(
 
     # The editor: a problem listed as you type, then fixed; a field inserted; the live phone preview.
     await page.goto(f"{base}/console/templates/{KEY}/edit")
+    # The A/B variants are authored here, with the live variants' report figures beside them.
+    assert await page.locator('#ab-figures tr[data-variant="b"]').count() == 1
     await page.fill("#f-subject", "Hello {{ shoe_size }}")
     await page.locator("#problems li", has_text="unknown variable 'shoe_size'").wait_for()
     await page.fill("#f-subject", "Fresh from the browser, ")
