@@ -173,6 +173,34 @@ SCHEMAS: dict[str, Any] = {
         "example": {"events": [{"message_id": "m0123456789abcdef0123456789abcdef", "recipient": "ana@gmail.com",
                                 "kind": "hard_bounce", "detail": "550 5.1.1 no such user"}]},
     },
+    "TemplateDraft": {
+        "type": "object", "required": ["subject", "body", "text"],
+        "properties": {"subject": _STRING, "preheader": _STRING, "body": _STRING, "text": _STRING,
+                       "variants": {"type": "object", "maxProperties": 8, "additionalProperties": {
+                           "type": "object", "properties": {"subject": _STRING, "preheader": _STRING,
+                                                            "intro": _STRING,
+                                                            "weight": {"type": "number", "exclusiveMinimum": 0,
+                                                                       "maximum": 1000}}}}},
+        "example": {"subject": "Hi {{ first_name }}", "preheader": "Your next step",
+                    "body": "<mjml><mj-body><mj-section><mj-column><mj-text>Hi {{ first_name }}</mj-text>"
+                            "<mj-button href=\"{{ cta_url }}\">Start</mj-button><mj-text>"
+                            "<a href=\"{{ unsubscribe_url }}\">Unsubscribe</a> {{ postal_address }}</mj-text>"
+                            "</mj-column></mj-section></mj-body></mjml>",
+                    "text": "Hi {{ first_name }}\n{{ cta_url }}\nUnsubscribe: {{ unsubscribe_url }}\n"
+                            "{{ postal_address }}\n",
+                    "variants": {"b": {"subject": "{{ first_name }}, one step left", "weight": 1}}},
+    },
+    "TemplatePublish": {
+        "type": "object", "required": ["version"],
+        "properties": {"version": {"type": "integer", "minimum": 1, "maximum": limits.INT32_MAX}},
+        "example": {"version": 2},
+    },
+    "TemplateTestSend": {
+        "type": "object", "required": ["to"],
+        "properties": {"to": {"type": "string", "maxLength": 320}, "lead_id": {"type": "string", "maxLength": 128},
+                       "version": {"type": "integer", "minimum": 0, "maximum": limits.INT32_MAX}},
+        "example": {"to": "qa@example.com", "lead_id": "ana", "version": 2},
+    },
     "Readiness": {"type": "object", "required": ["services"],
                   "properties": {"services": {"type": "object", "additionalProperties": {
                       "type": "object", "properties": {"address": {"type": "string"}, "status": {"type": "string"}}}}}},
@@ -203,6 +231,9 @@ _BODIES: dict[tuple[str, str], tuple[str, bool]] = {
     ("post", "/v1/deliverability/resume"): ("DeliverabilityResume", True),
     ("post", "/v1/deliverability/events"): ("DeliveryEvents", True),
     **tracking_openapi.BODIES,
+    ("put", "/v1/templates/{key}"): ("TemplateDraft", True),
+    ("post", "/v1/templates/{key}/publish"): ("TemplatePublish", True),
+    ("post", "/v1/templates/{key}/test-send"): ("TemplateTestSend", True),
 }
 _SUCCESS_SCHEMA = {("post", "/v1/leads"): "Lead", ("patch", "/v1/leads/{lead_id}"): "Lead",
                    ("get", "/v1/leads/{lead_id}"): "Lead", ("post", "/v1/events"): "EventAccepted",
@@ -300,6 +331,10 @@ def _special_cases(doc: dict[str, Any]) -> None:
     put["201"] = {"description": "a new draft version was stored",
                   "headers": {"Location": {"schema": {"type": "string"}}},
                   "content": {JSON: {"schema": {"type": "object"}}}}
+    if "/v1/templates/{key}" in paths:
+        paths["/v1/templates/{key}"]["put"]["responses"]["201"] = {
+            "description": "a new draft version was stored", "headers": {"Location": {"schema": {"type": "string"}}},
+            "content": {JSON: {"schema": {"type": "object"}}}}
     if "/v1/scoring/model" in paths:
         paths["/v1/scoring/model"]["put"]["responses"]["201"] = {
             "description": "a new draft version was stored", "headers": {"Location": {"schema": {"type": "string"}}},

@@ -4,7 +4,8 @@ Each library is pinned below (package, exact version, the file we ship); this fe
 `npm pack`, copies that one file and its licence into gateway/console/static/, and records name,
 version and SHA-256 in static/vendor.json. The files are committed, so `make run` needs no Node and
 no network; only whoever bumps a version here needs npm. Libraries are kept ones, not hand-written:
-dagre lays out the journey graph, Chart.js draws the score history.
+dagre lays out the journey graph, Chart.js draws the score history, GrapesJS with grapesjs-mjml is the
+templates' block editor.
 """
 
 from __future__ import annotations
@@ -22,6 +23,11 @@ PINS = [
     # (npm package, version, file inside the package, name served under /console/static/)
     ("@dagrejs/dagre", "3.1.4", "package/dist/dagre.min.js", "dagre.min.js"),
     ("chart.js", "4.6.2", "package/dist/chart.umd.min.js", "chart.umd.min.js"),
+    # The templates' block editor: GrapesJS (the builder Mautic embeds) with its MJML plugin, which
+    # bundles mjml-browser to draw MJML blocks in the canvas.
+    ("grapesjs", "0.23.6", "package/dist/grapes.min.js", "grapes.min.js"),
+    ("grapesjs", "0.23.6", "package/dist/css/grapes.min.css", "grapes.min.css"),
+    ("grapesjs-mjml", "1.0.8", "package/dist/index.js", "grapesjs-mjml.min.js"),
 ]
 
 

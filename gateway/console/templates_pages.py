@@ -178,13 +178,36 @@ async def _editor(request: Request, current: Session, key: str, form: dict[str, 
     variables = detail["variables"] if detail else []
     return page("edit_template.html", status=422 if problems else 200, session=current, title=f"Edit {key}",
                 key=key, t=detail, form=form, problems=problems, saved=saved, variables=variables,
-                blocks=BLOCKS)
+                blocks=BLOCKS, ab=await _ab_report(request, key) if detail else None)
 
 
 @router.get("/templates/{key}/edit")
 async def edit(request: Request, key: str) -> Response:
     async def handler(_request: Request, current: Session) -> Response:
         return await _editor(request, current, key, None, [], 0)
+    return await guarded(request, handler, needed="editor")
+
+
+# GrapesJS sets style attributes and adds <style> elements as it draws: this page alone allows inline
+# styles (never inline script); docs/SECURITY.md says so.
+BLOCKS_CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+              "font-src 'self' data:; connect-src 'self'; object-src 'none'; base-uri 'none'; "
+              "frame-ancestors 'none'; form-action 'self'")
+
+
+@router.get("/templates/{key}/blocks")
+async def blocks(request: Request, key: str) -> Response:
+    """The block editor (GrapesJS with grapesjs-mjml) over the body of the latest version."""
+    async def handler(_request: Request, current: Session) -> Response:
+        m = mesh_of(request)
+        newest = (await templates_api.get_template(m, key, 0))["latest_version"]
+        latest = await templates_api.get_template(m, key, newest)
+        form = {f: latest[f] for f in FIELDS}
+        form["variants"] = json.dumps(latest["variants"] or {})
+        response = page("blocks_template.html", session=current, title=f"Blocks of {key}", key=key,
+                        version=latest["version"], form=form)
+        response.headers["Content-Security-Policy"] = BLOCKS_CSP
+        return response
     return await guarded(request, handler, needed="editor")
 
 

@@ -22,6 +22,7 @@ from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
 
 from jinja2 import Environment, TemplateError
+from markupsafe import escape
 from pydantic import BeforeValidator, Field, model_validator
 
 from nurture import times
@@ -262,6 +263,17 @@ class CatalogFile(Strict):
         return self
 
 
+def with_pixel(html: str, pixel_url: str) -> str:
+    """The open pixel, added to every email by the renderer rather than written in each body: it is
+    measurement, not content (and an editor's canvas would fetch its placeholder)."""
+    if not pixel_url:
+        return html
+    tag = (f'<img src="{escape(pixel_url)}" width="1" height="1" alt="" '
+           'style="display:block;border:0;height:1px;width:1px;">')
+    at = html.rfind("</body>")
+    return html[:at] + tag + html[at:] if at >= 0 else html + tag
+
+
 class _Constant:
     """A template source without any Jinja2 syntax: renders to itself, as Jinja2 would (one trailing
     newline dropped, keep_trailing_newline being off)."""
@@ -415,7 +427,7 @@ class Catalog:
                 pixel_url=pixel_url, unsubscribe_url=unsubscribe_url,
                 consent_note=f"{spec.category} email", track=link_tracker(track, links),
             )
-            html = compiled.html.render(values)
+            html = with_pixel(compiled.html.render(values), pixel_url)
             text = compiled.text.render(values)
         except TemplateError as exc:
             raise RenderError(f"template {key!r} failed to render: {exc}") from exc

@@ -68,7 +68,7 @@ async def templates_mesh(settings: Settings, tmp_path: Path) -> AsyncIterator[Te
             addrs[f"{name}_addr"] = running.address
         app = app_for(console_settings(settings, **base, **addrs))
         channel = mesh_channel(addrs["messaging_addr"])
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as http:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="https://gw") as http:
             yield TemplatesMesh(app, http, settings.with_overrides(**base, **addrs), sink,
                                 messaging_pb2_grpc.MessagingStub(channel), common_pb2_grpc.AdminStub(channel))
         await channel.close()

@@ -110,6 +110,8 @@ async def test_edit_validate_preview_publish_and_the_next_send_uses_it(
 
     # The editor: a problem listed as you type, then fixed; a field inserted; the live phone preview.
     await page.goto(f"{base}/console/templates/{KEY}/edit")
+    # The A/B variants are authored here, with the live variants' report figures beside them.
+    assert await page.locator('#ab-figures tr[data-variant="b"]').count() == 1
     await page.fill("#f-subject", "Hello {{ shoe_size }}")
     await page.locator("#problems li", has_text="unknown variable 'shoe_size'").wait_for()
     await page.fill("#f-subject", "Fresh from the browser, ")
@@ -145,3 +147,35 @@ async def test_edit_validate_preview_publish_and_the_next_send_uses_it(
     assert "Kind regards from the browser," in mail.get_body(("html",)).get_content()  # type: ignore[union-attr]
     (row,) = (await mesh.client.get("/v1/leads/ana/messages", headers=mesh.headers("viewer"))).json()["items"]
     assert row["template_version"] == 2
+
+
+async def test_the_block_editor_edits_a_block_and_saves_a_draft(served: tuple[str, TemplatesMesh],
+                                                                 browser: Browser) -> None:
+    base, mesh = served
+    errors: list[str] = []
+    context = await browser.new_context(viewport={"width": 1500, "height": 1000})
+    context.set_default_timeout(20_000)
+    page = await context.new_page()
+    watch(page, errors)
+    await page.goto(f"{base}/console/sign-in?next=/console/templates/{KEY}/blocks")
+    await page.fill("input[name=api_key]", KEYS["editor"])
+    await page.click("form.sign-in button[type=submit]")
+    await page.wait_for_url(f"{base}/console/templates/{KEY}/blocks")
+    canvas = page.frame_locator("#blocks-editor iframe.gjs-frame")
+    block = canvas.locator("p", has_text="Warm regards,").first
+    await block.wait_for()
+    # Edit a block in the canvas: double-click opens its rich-text editing, then type at its start.
+    await block.dblclick()
+    await page.keyboard.press("Control+Home")
+    await page.keyboard.type("Edited in blocks. ")
+    await canvas.locator("p", has_text="Edited in blocks.").first.wait_for()
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    await page.screenshot(path=str(ARTIFACTS / "template-blocks.png"), full_page=True)
+    await page.click("#save-blocks")
+    await page.wait_for_url(f"{base}/console/templates/{KEY}/edit")
+    problems = await page.locator("#problems li").all_inner_texts()
+    assert problems == [], problems
+    await page.locator("[data-saved='2']").wait_for()
+    stored = (await mesh.client.get(f"/v1/templates/{KEY}?version=2", headers=mesh.headers("viewer"))).json()
+    assert "Edited in blocks. Warm regards," in stored["body"] and stored["status"] == "draft"
+    assert errors == [], errors
