@@ -101,11 +101,20 @@ class Deliverability:
             return key.domain
         return from_address.rpartition("@")[2].lower() or self.dkim.primary or self.bounce_domain
 
-    async def sent(self, items: Sequence[tuple[str, str, str, str]], now: datetime) -> None:
-        """Record delivered emails: (message id, email hash, recipient, from address) each."""
-        await self.db.run(self.dstore.record, [
-            DeliveryEventRow("sent", mid, ehash, self.sending_domain(sender), self.policy.provider_of(rcpt),
-                                   "smtp", now) for mid, ehash, rcpt, sender in items])
+    async def sent(self, items: Sequence[tuple[str, str, str, str, bool]], now: datetime) -> None:
+        """Record emails handed to the receiving server: (message id, email hash, recipient, from address,
+        refused for good at RCPT) each. A refused recipient is a send and a hard bounce at once, so the
+        rates see the bounces a server gives at once as well as the ones that come back by mail."""
+        events = []
+        for mid, ehash, rcpt, sender, refused in items:
+            domain, provider = self.sending_domain(sender), self.policy.provider_of(rcpt)
+            events.append(DeliveryEventRow("sent", mid, ehash, domain, provider, "smtp", now))
+            if refused:
+                events.append(DeliveryEventRow("hard_bounce", mid, ehash, domain, provider, "smtp", now))
+        await self.db.run(self.dstore.record, events)
+        refused = [e.provider for e in events if e.kind == "hard_bounce"]
+        self.counters["deliverability.hard_bounce"] += len(refused)
+        await self._check_guards(set(refused), now)
 
     async def paused_providers(self, now: datetime) -> set[str]:
         """Providers paused now (read at most once a second: every worker pass asks)."""

@@ -480,8 +480,9 @@ class Delivery:
             for start in range(0, len(wire), share)))
         results = [result for chunk in chunks for result in chunk]
         if guards is not None:
-            await guards.sent([(r.row["id"], r.email_hash, r.lead["email"], self._from_address(r))
-                               for r, result in zip(ready, results, strict=True) if result.ok], now)
+            await guards.sent([(r.row["id"], r.email_hash, r.lead["email"], self._from_address(r), result.hard_bounce)
+                               for r, result in zip(ready, results, strict=True) if result.ok or result.hard_bounce],
+                              now)
         return [self._outcome(r, result, r.row["attempts"] + 1, now)
                 for r, result in zip(ready, results, strict=True)]
 

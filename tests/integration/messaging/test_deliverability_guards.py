@@ -147,3 +147,16 @@ async def test_a_warming_domain_sends_its_days_limit_and_holds_the_rest_until_to
     assert (await _status(warming, f"w{held}", "family.email_01"))[0] == "sent"   # day 2: its limit is 3
     state = await warming.engine.deliverability.warmup_state(warming.clock.now())
     assert state == [("borderbridge.example", 2, 3, 1)]
+
+
+async def test_a_recipient_refused_at_rcpt_is_a_send_and_a_hard_bounce_in_the_rates(guarded: InProc) -> None:
+    guards: Deliverability = guarded.engine.deliverability
+    guarded.scoring.add(make_lead("r", email="r@reject.invalid", timezone="UTC"))
+    guarded.scoring.add(make_lead("g", email="g@gmail.com", timezone="UTC"))
+    await guarded.send("r", "lead_magnet.email_01")
+    await guarded.send("g", "lead_magnet.email_01")
+    await guarded.settle()
+    assert (await _status(guarded, "r", "lead_magnet.email_01"))[0] == "failed"
+    rates = await guards.rates(guarded.clock.now())
+    assert {(domain, provider): (c.sent, c.hard) for (domain, provider), c in rates.items()} == {
+        ("borderbridge.example", "other"): (1, 1), ("borderbridge.example", "gmail"): (1, 0)}
