@@ -28,6 +28,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
+from nurture.db import Database
 from services.messaging.deliverability_store import DeliverabilityStore, DeliveryEventRow, Pause
 from services.messaging.domain.bounces import (
     Counts,
@@ -67,7 +68,7 @@ class Applied:
 
 
 class Deliverability:
-    def __init__(self, *, store: Store, dstore: DeliverabilityStore, db: Any, policy: DeliverabilityPolicy,
+    def __init__(self, *, store: Store, dstore: DeliverabilityStore, db: Database, policy: DeliverabilityPolicy,
                  dkim: DkimSigner, bounce_domain: str, secrets: tuple[str, ...], now: Callable[[], datetime],
                  redis: aioredis.Redis | None = None) -> None:
         self.store = store
@@ -105,16 +106,16 @@ class Deliverability:
         """Record emails handed to the receiving server: (message id, email hash, recipient, from address,
         refused for good at RCPT) each. A refused recipient is a send and a hard bounce at once, so the
         rates see the bounces a server gives at once as well as the ones that come back by mail."""
-        events = []
-        for mid, ehash, rcpt, sender, refused in items:
+        events: list[DeliveryEventRow] = []
+        for mid, ehash, rcpt, sender, refused_at_rcpt in items:
             domain, provider = self.sending_domain(sender), self.policy.provider_of(rcpt)
             events.append(DeliveryEventRow("sent", mid, ehash, domain, provider, "smtp", now))
-            if refused:
+            if refused_at_rcpt:
                 events.append(DeliveryEventRow("hard_bounce", mid, ehash, domain, provider, "smtp", now))
         await self.db.run(self.dstore.record, events)
-        refused = [e.provider for e in events if e.kind == "hard_bounce"]
-        self.counters["deliverability.hard_bounce"] += len(refused)
-        await self._check_guards(set(refused), now)
+        bounced = [e.provider for e in events if e.kind == "hard_bounce"]
+        self.counters["deliverability.hard_bounce"] += len(bounced)
+        await self._check_guards(set(bounced), now)
 
     async def paused_providers(self, now: datetime) -> set[str]:
         """Providers paused now (read at most once a second: every worker pass asks)."""
@@ -239,7 +240,10 @@ class Deliverability:
             for warning in verdict.warnings:
                 self.counters["deliverability.warnings"] += 1
                 log.warning("deliverability: %s: %s", provider, warning)
-            if verdict.pause and await self.db.run(self.dstore.pause, provider, verdict.pause, now):
+            if not verdict.pause:
+                continue
+            newly: bool = await self.db.run(self.dstore.pause, provider, verdict.pause, now)
+            if newly:
                 self.counters["deliverability.pauses"] += 1
                 log.warning("deliverability: nurture mail to %s paused: %s", provider, verdict.pause)
                 self._paused_read = None
