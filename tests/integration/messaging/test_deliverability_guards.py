@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from nurture.clock import VirtualClock
-from nurture.redisconn import connect, connect_sync
+from nurture.redisconn import connect, connect_sync, lead_key
 from nurture.settings import Settings
 from services.messaging.app.deliverability import Deliverability
 from services.messaging.deliverability_store import DeliverabilityStore
@@ -135,6 +135,11 @@ async def test_a_warming_domain_sends_its_days_limit_and_holds_the_rest_until_to
     held = statuses.index("scheduled")
     row = (await warming.messages(f"w{held}"))["family.email_01"]
     assert "warming up (day 1: 2 a day)" in row["reason"]
+    # The held message took no slot of the lead's own caps.
+    caps = connect_sync(warming.settings)
+    assert caps.zscore(lead_key(f"w{held}", "msg:nurture"), row["id"]) is None
+    assert caps.zscore(lead_key(f"w{statuses.index('sent')}", "msg:nurture"),
+                       (await warming.messages(f"w{statuses.index('sent')}"))["family.email_01"]["id"]) is not None
     tomorrow = datetime.fromtimestamp((int(warming.clock.now().timestamp()) // 86400 + 1) * 86400, UTC)
     assert row["due_at"].replace(tzinfo=UTC) == tomorrow
     # Transactional mail is not held by the ramp.
