@@ -135,7 +135,13 @@ class Deliverability:
             return "250 OK (not a report we act on)"
         reports = []
         for report in read.reports:
-            mid = next(iter(named)) if len(named) == 1 else report.message_id
+            if named:   # sent to a return path of ours: it names the message
+                mid = next(iter(named)) if len(named) == 1 else report.message_id
+            else:
+                # The feedback-loop address: anyone can mail it, and a message id is derived from a
+                # guessable dedupe key, so only the returned message's own return path (its MAC
+                # verifies) says which message the report is about.
+                mid = verp_message(report.return_path, self.secrets) or ""
             if mid and (not named or mid in named):
                 reports.append((str(mid), report))
         if not reports:
