@@ -1,4 +1,5 @@
-"""The `nurture` console command (pyproject's entry point): `nurture up`, `nurture migrate`, `nurture simulate`."""
+"""The `nurture` console command (pyproject's entry point): `nurture up`, `nurture migrate`, `nurture dkim`,
+`nurture simulate`."""
 
 from __future__ import annotations
 

@@ -58,6 +58,8 @@ class SinkHandler:
         with self._lock:
             self.received += 1
             self.envelopes[ident.decode("ascii", "replace")] = envelope.mail_from or ""
+            if len(self.envelopes) > 100_000:   # a long-running local sink keeps only the latest
+                del self.envelopes[next(iter(self.envelopes))]
             if path.exists():
                 self.duplicates += 1
                 with open(self.dir / "duplicates.log", "ab") as log:

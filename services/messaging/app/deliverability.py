@@ -28,6 +28,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
+from nurture.db import Database
 from services.messaging.deliverability_store import DeliverabilityStore, DeliveryEventRow, Pause
 from services.messaging.domain.bounces import (
     Counts,
@@ -67,7 +68,7 @@ class Applied:
 
 
 class Deliverability:
-    def __init__(self, *, store: Store, dstore: DeliverabilityStore, db: Any, policy: DeliverabilityPolicy,
+    def __init__(self, *, store: Store, dstore: DeliverabilityStore, db: Database, policy: DeliverabilityPolicy,
                  dkim: DkimSigner, bounce_domain: str, secrets: tuple[str, ...], now: Callable[[], datetime],
                  redis: aioredis.Redis | None = None) -> None:
         self.store = store
@@ -101,11 +102,20 @@ class Deliverability:
             return key.domain
         return from_address.rpartition("@")[2].lower() or self.dkim.primary or self.bounce_domain
 
-    async def sent(self, items: Sequence[tuple[str, str, str, str]], now: datetime) -> None:
-        """Record delivered emails: (message id, email hash, recipient, from address) each."""
-        await self.db.run(self.dstore.record, [
-            DeliveryEventRow("sent", mid, ehash, self.sending_domain(sender), self.policy.provider_of(rcpt),
-                                   "smtp", now) for mid, ehash, rcpt, sender in items])
+    async def sent(self, items: Sequence[tuple[str, str, str, str, bool]], now: datetime) -> None:
+        """Record emails handed to the receiving server: (message id, email hash, recipient, from address,
+        refused for good at RCPT) each. A refused recipient is a send and a hard bounce at once, so the
+        rates see the bounces a server gives at once as well as the ones that come back by mail."""
+        events: list[DeliveryEventRow] = []
+        for mid, ehash, rcpt, sender, refused_at_rcpt in items:
+            domain, provider = self.sending_domain(sender), self.policy.provider_of(rcpt)
+            events.append(DeliveryEventRow("sent", mid, ehash, domain, provider, "smtp", now))
+            if refused_at_rcpt:
+                events.append(DeliveryEventRow("hard_bounce", mid, ehash, domain, provider, "smtp", now))
+        await self.db.run(self.dstore.record, events)
+        bounced = [e.provider for e in events if e.kind == "hard_bounce"]
+        self.counters["deliverability.hard_bounce"] += len(bounced)
+        await self._check_guards(set(bounced), now)
 
     async def paused_providers(self, now: datetime) -> set[str]:
         """Providers paused now (read at most once a second: every worker pass asks)."""
@@ -125,7 +135,13 @@ class Deliverability:
             return "250 OK (not a report we act on)"
         reports = []
         for report in read.reports:
-            mid = next(iter(named)) if len(named) == 1 else report.message_id
+            if named:   # sent to a return path of ours: it names the message
+                mid = next(iter(named)) if len(named) == 1 else report.message_id
+            else:
+                # The feedback-loop address: anyone can mail it, and a message id is derived from a
+                # guessable dedupe key, so only the returned message's own return path (its MAC
+                # verifies) says which message the report is about.
+                mid = verp_message(report.return_path, self.secrets) or ""
             if mid and (not named or mid in named):
                 reports.append((str(mid), report))
         if not reports:
@@ -230,7 +246,10 @@ class Deliverability:
             for warning in verdict.warnings:
                 self.counters["deliverability.warnings"] += 1
                 log.warning("deliverability: %s: %s", provider, warning)
-            if verdict.pause and await self.db.run(self.dstore.pause, provider, verdict.pause, now):
+            if not verdict.pause:
+                continue
+            newly: bool = await self.db.run(self.dstore.pause, provider, verdict.pause, now)
+            if newly:
                 self.counters["deliverability.pauses"] += 1
                 log.warning("deliverability: nurture mail to %s paused: %s", provider, verdict.pause)
                 self._paused_read = None

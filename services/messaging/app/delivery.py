@@ -457,7 +457,8 @@ class Delivery:
 
     async def _warm(self, guards: Deliverability, ready: list[_Ready], now: datetime) -> dict[str, Outcome]:
         """A warming sending domain's daily limit (deliverability.yaml), counted in Redis beside the caps.
-        Counted after the caps let a message through, so a held message never takes a day's slot."""
+        Counted after the caps let a message through, so a message the caps hold never takes a day's
+        slot; and a message the ramp holds gives back the slot the caps gave it (the lead got nothing)."""
         held: dict[str, Outcome] = {}
         day = epoch_day(now)
         warming = [(r, domain) for r in ready if guards.warming(domain := guards.sending_domain(self._from_address(r)))]
@@ -473,6 +474,9 @@ class Delivery:
                 when = next_window(tomorrow, r.lead.get("timezone"), self.policy) or tomorrow
                 held[r.row["id"]] = _deferred(r, when, f"{domain} is warming up (day {int(ramp_day)}: "
                                                        f"{guards.policy.ramp_limit(int(ramp_day))} a day)")
+        for mid in held:
+            lead_id = next(r.row["lead_id"] for r, _ in warming if r.row["id"] == mid)
+            await self.redis.zrem(lead_key(lead_id, "msg:nurture"), mid)
         return held
 
     def _from_address(self, r: _Ready) -> str:
@@ -509,8 +513,9 @@ class Delivery:
             for start in range(0, len(wire), share)))
         results = [result for chunk in chunks for result in chunk]
         if guards is not None:
-            await guards.sent([(r.row["id"], r.email_hash, r.lead["email"], self._from_address(r))
-                               for r, result in zip(ready, results, strict=True) if result.ok], now)
+            await guards.sent([(r.row["id"], r.email_hash, r.lead["email"], self._from_address(r), result.hard_bounce)
+                               for r, result in zip(ready, results, strict=True) if result.ok or result.hard_bounce],
+                              now)
         return [self._outcome(r, result, r.row["attempts"] + 1, now)
                 for r, result in zip(ready, results, strict=True)]
 

@@ -31,6 +31,7 @@ DELIVERABILITY_FILE = Path(__file__).parents[1] / "data" / "deliverability.yaml"
 Kind = Literal["hard_bounce", "soft_bounce", "complaint", "delayed"]
 _VERP = re.compile(r"^bounces\+(m[0-9a-f]{32})\.([a-z0-9]{12})@", re.IGNORECASE)
 _MESSAGE_HEADER = re.compile(rb"^X-Nurture-Message:\s*(m[0-9a-f]{32})\s*$", re.IGNORECASE | re.MULTILINE)
+_RETURN_PATH = re.compile(rb"^Return-Path:\s*<?([^<>\s]+@[^<>\s]+)>?\s*$", re.IGNORECASE | re.MULTILINE)
 
 
 class Rates(Strict):
@@ -127,6 +128,7 @@ class Report:
     status: str = ""            # the enhanced status code, 5.1.1
     detail: str = ""            # the diagnostic code or feedback type, for the timeline
     message_id: str = ""        # ours, from the returned message's X-Nurture-Message header
+    return_path: str = ""       # the returned message's Return-Path (our VERP address, when it is ours)
 
 
 @dataclass
@@ -150,8 +152,9 @@ def read_report(data: bytes) -> ReadReport:
     return ReadReport(problem=f"unknown report-type {report_type or '(none)'}")
 
 
-def _returned_id(msg: Message) -> str:
-    """Our message id from the returned message or its headers (message/rfc822, text/rfc822-headers)."""
+def _returned_id(msg: Message) -> tuple[str, str]:
+    """(our message id, its Return-Path) from the returned message or its headers (message/rfc822,
+    text/rfc822-headers); "" for what is not there."""
     for part in msg.walk():
         if part.get_content_type() in ("message/rfc822", "text/rfc822-headers", "message/rfc822-headers"):
             payload = part.get_payload()
@@ -160,10 +163,13 @@ def _returned_id(msg: Message) -> str:
             else:
                 decoded = part.get_payload(decode=True)
                 raw = decoded if isinstance(decoded, bytes) else str(payload).encode("utf-8", "replace")
-            found = _MESSAGE_HEADER.search(raw)
-            if found:
-                return found.group(1).decode().lower()
-    return ""
+            head = raw.split(b"\n\n", 1)[0].split(b"\r\n\r\n", 1)[0]
+            found = _MESSAGE_HEADER.search(head)
+            path = _RETURN_PATH.search(head)
+            if found or path:
+                return (found.group(1).decode().lower() if found else "",
+                        path.group(1).decode("ascii", "replace") if path else "")
+    return "", ""
 
 
 def _blocks(msg: Message, content_type: str) -> list[Message]:
@@ -186,7 +192,7 @@ def _value(block: Message, name: str) -> str:
     return value.strip("<>") if name.lower().endswith(("recipient", "rcpt-to")) else value
 
 
-def _dsn(msg: Message, returned: str) -> ReadReport:
+def _dsn(msg: Message, returned: tuple[str, str]) -> ReadReport:
     blocks = _blocks(msg, "message/delivery-status")
     out = ReadReport()
     for block in blocks[1:] if len(blocks) > 1 else blocks:   # the first block is per-message
@@ -202,13 +208,13 @@ def _dsn(msg: Message, returned: str) -> ReadReport:
         elif action == "failed":
             kind = "hard_bounce" if status.startswith("5") else "soft_bounce"
         if kind is not None:
-            out.reports.append(Report(kind, recipient.lower(), status, detail[:500], returned))
+            out.reports.append(Report(kind, recipient.lower(), status, detail[:500], *returned))
     if not out.reports:
         out.problem = "a delivery status notification without a failed or delayed recipient"
     return out
 
 
-def _arf(msg: Message, returned: str) -> ReadReport:
+def _arf(msg: Message, returned: tuple[str, str]) -> ReadReport:
     blocks = _blocks(msg, "message/feedback-report")
     if not blocks:
         return ReadReport(problem="a feedback report without its message/feedback-report part")
@@ -219,7 +225,7 @@ def _arf(msg: Message, returned: str) -> ReadReport:
     if feedback_type == "not-spam":
         return ReadReport(problem="a not-spam report is no complaint")
     recipient = _value(block, "Original-Rcpt-To")
-    return ReadReport([Report("complaint", recipient.lower(), "", f"feedback: {feedback_type}", returned)])
+    return ReadReport([Report("complaint", recipient.lower(), "", f"feedback: {feedback_type}", *returned)])
 
 
 # --- guards ------------------------------------------------------------------------------------------

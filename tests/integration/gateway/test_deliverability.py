@@ -106,3 +106,17 @@ async def test_a_provider_webhook_feeds_the_same_path(gw: Gw) -> None:
     bad = await gw.call("POST", "/v1/deliverability/events", json={"events": [{"kind": "exploded", "message_id": "m"}]})
     assert bad.status_code == 200
     assert bad.json()["ignored"] == ["0: kind must be one of complaint, delivered, hard_bounce, soft_bounce"]
+
+
+@pytest.mark.parametrize("body", [
+    [], {}, [1, "x", None], {"events": "x"}, {"events": [1, None, {"kind": 5}]},
+    {"notificationType": "Bounce", "bounce": "x", "mail": [1]},
+    {"notificationType": "Bounce", "bounce": {"bouncedRecipients": "x"}, "mail": {"headers": {"a": 1}}},
+    {"notificationType": "Complaint", "complaint": [], "mail": {"headers": [{"name": 5}, "x"]}},
+    [{"event": "bounce", "status": 4, "email": ["a"]}, {"event": 3}],
+    {"events": [{"kind": "complaint", "message_id": "m" * 5000, "recipient": "x" * 5000}]},
+])
+async def test_odd_webhook_bodies_are_answered_not_crashed_on(gw: Gw, body: object) -> None:
+    r = await gw.call("POST", "/v1/deliverability/events", json=body)
+    assert r.status_code in (200, 422), r.text
+    assert "error" in r.json() or "applied" in r.json()

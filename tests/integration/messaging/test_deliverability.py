@@ -95,7 +95,7 @@ def _dsn(recipient: str, status: str, action: str = "failed") -> bytes:
         "--b1--\r\n").encode()
 
 
-def _arf(recipient: str, message_id: str) -> bytes:
+def _arf(recipient: str, message_id: str, return_path: str) -> bytes:
     return (
         "From: fbl@yahoo.com\r\nTo: fbl@borderbridge.example\r\nSubject: complaint\r\nMIME-Version: 1.0\r\n"
         'Content-Type: multipart/report; report-type=feedback-report; boundary="b2"\r\n\r\n'
@@ -103,7 +103,8 @@ def _arf(recipient: str, message_id: str) -> bytes:
         "--b2\r\nContent-Type: message/feedback-report\r\n\r\n"
         f"Feedback-Type: abuse\r\nUser-Agent: yahoo-fbl/1.0\r\nVersion: 1\r\nOriginal-Rcpt-To: {recipient}\r\n\r\n"
         "--b2\r\nContent-Type: text/rfc822-headers\r\n\r\n"
-        f"From: hello@borderbridge.example\r\nX-Nurture-Message: {message_id}\r\nSubject: hi\r\n\r\n"
+        f"Return-Path: <{return_path}>\r\nFrom: hello@borderbridge.example\r\nX-Nurture-Message: {message_id}\r\n"
+        "Subject: hi\r\n\r\n"
         "--b2--\r\n").encode()
 
 
@@ -170,7 +171,13 @@ async def test_a_soft_bounce_retries_then_suppresses_and_a_complaint_suppresses(
         await m.send("cy", "lead_magnet.email_01")
         await m.settle()
         [cy] = await m.messages("cy")
-        await _bounce(m, f"fbl@{DOMAIN}", _arf("cy@yahoo.com", cy.id))
+        # A report at the feedback-loop address whose returned message lacks our signed return path
+        # (anyone can mail fbl@, and message ids are derived from guessable keys) changes nothing.
+        await _bounce(m, f"fbl@{DOMAIN}", _arf("cy@yahoo.com", cy.id, f"bounces+{cy.id}.000000000000@{DOMAIN}"))
+        await _bounce(m, f"fbl@{DOMAIN}", _arf("cy@yahoo.com", cy.id, "someone@else.example"))
+        await m.settle()
+        assert m.scoring.of_type("spam_reported") == []
+        await _bounce(m, f"fbl@{DOMAIN}", _arf("cy@yahoo.com", cy.id, _return_path(m, "cy@yahoo.com")))
         await m.settle()
         assert [k for k, _ in m.scoring.of_type("spam_reported")] == [f"complaint:{cy.id}"]
         timeline = await m.admin.Timeline(common_pb2.TimelineRequest(lead_id="cy", limit=100), timeout=5)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from nurture.clock import VirtualClock
-from nurture.redisconn import connect, connect_sync
+from nurture.redisconn import connect, connect_sync, lead_key
 from nurture.settings import Settings
 from services.messaging.app.deliverability import Deliverability
 from services.messaging.deliverability_store import DeliverabilityStore
@@ -135,6 +135,11 @@ async def test_a_warming_domain_sends_its_days_limit_and_holds_the_rest_until_to
     held = statuses.index("scheduled")
     row = (await warming.messages(f"w{held}"))["family.email_01"]
     assert "warming up (day 1: 2 a day)" in row["reason"]
+    # The held message took no slot of the lead's own caps.
+    caps = connect_sync(warming.settings)
+    assert caps.zscore(lead_key(f"w{held}", "msg:nurture"), row["id"]) is None
+    assert caps.zscore(lead_key(f"w{statuses.index('sent')}", "msg:nurture"),
+                       (await warming.messages(f"w{statuses.index('sent')}"))["family.email_01"]["id"]) is not None
     tomorrow = datetime.fromtimestamp((int(warming.clock.now().timestamp()) // 86400 + 1) * 86400, UTC)
     assert row["due_at"].replace(tzinfo=UTC) == tomorrow
     # Transactional mail is not held by the ramp.
@@ -147,3 +152,16 @@ async def test_a_warming_domain_sends_its_days_limit_and_holds_the_rest_until_to
     assert (await _status(warming, f"w{held}", "family.email_01"))[0] == "sent"   # day 2: its limit is 3
     state = await warming.engine.deliverability.warmup_state(warming.clock.now())
     assert state == [("borderbridge.example", 2, 3, 1)]
+
+
+async def test_a_recipient_refused_at_rcpt_is_a_send_and_a_hard_bounce_in_the_rates(guarded: InProc) -> None:
+    guards: Deliverability = guarded.engine.deliverability
+    guarded.scoring.add(make_lead("r", email="r@reject.invalid", timezone="UTC"))
+    guarded.scoring.add(make_lead("g", email="g@gmail.com", timezone="UTC"))
+    await guarded.send("r", "lead_magnet.email_01")
+    await guarded.send("g", "lead_magnet.email_01")
+    await guarded.settle()
+    assert (await _status(guarded, "r", "lead_magnet.email_01"))[0] == "failed"
+    rates = await guards.rates(guarded.clock.now())
+    assert {(domain, provider): (c.sent, c.hard) for (domain, provider), c in rates.items()} == {
+        ("borderbridge.example", "other"): (1, 1), ("borderbridge.example", "gmail"): (1, 0)}

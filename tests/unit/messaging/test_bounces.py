@@ -64,13 +64,14 @@ def arf(feedback_type: str) -> bytes:
             "--b\r\nContent-Type: text/plain\r\n\r\nabuse report\r\n"
             f"--b\r\nContent-Type: message/feedback-report\r\n\r\nFeedback-Type: {feedback_type}\r\n"
             "Version: 1\r\nOriginal-Rcpt-To: <Ana@Yahoo.com>\r\n\r\n"
-            f"--b\r\nContent-Type: text/rfc822-headers\r\n\r\nX-Nurture-Message: {MID}\r\n\r\n--b--\r\n").encode()
+            f"--b\r\nContent-Type: text/rfc822-headers\r\n\r\nReturn-Path: <bounces+{MID}.abc@b.example>\r\n"
+            f"X-Nurture-Message: {MID}\r\n\r\n--b--\r\n").encode()
 
 
 def test_an_arf_abuse_report_is_a_complaint_and_not_spam_is_not() -> None:
     [report] = read_report(arf("abuse")).reports
     assert (report.kind, report.message_id) == ("complaint", MID)
-    assert report.recipient == "ana@yahoo.com"
+    assert report.recipient == "ana@yahoo.com" and report.return_path == f"bounces+{MID}.abc@b.example"
     assert read_report(arf("not-spam")).reports == []
     assert "unknown Feedback-Type" in read_report(arf("nonsense")).problem
 
