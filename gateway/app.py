@@ -27,6 +27,7 @@ from gateway.deps import ApiError, Mesh, TokenBucket, json_body, require_key
 from gateway.ingest import EventSender
 from gateway.openapi import install_openapi
 from gateway.routes.events import record_event
+from gateway.routes.tracking import collect_asgi
 from gateway.tracking.state import Tracking
 from nurture import jsoncodec
 from nurture.clock import make_clock
@@ -187,6 +188,9 @@ class LimitsAndTracing:
                                           attributes={"http.method": method, "http.target": shown}):
             if method == "POST" and path == "/v1/events":
                 await self._post_event(scope, limited_receive, send)
+            elif method == "POST" and path == "/t/v1/collect":
+                scope["app"] = self.app
+                await collect_asgi(scope, limited_receive, send)
             else:
                 await self.app(scope, limited_receive, send)
 

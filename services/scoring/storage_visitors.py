@@ -7,7 +7,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, delete, insert, select, update
+from sqlalchemy import Row, bindparam, delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from nurture import jsoncodec
@@ -32,6 +32,25 @@ def visitors_of_lead(s: Session, lead_id: str) -> list[Row[Any]]:
 def insert_visitor(s: Session, visitor_id: str, profile: dict[str, Any], now: datetime) -> None:
     s.execute(insert(visitors).values(id=visitor_id, lead_id=None, profile=jsoncodec.dumps(profile, default=str),
                                       answers="{}", events=0, merged_events=0, created_at=now, seen_at=now))
+
+
+def insert_visitors(s: Session, items: list[tuple[str, dict[str, Any], int]], now: datetime) -> None:
+    """New visitors (id, profile, events kept) in one statement."""
+    if items:
+        s.execute(insert(visitors), [{"id": vid, "lead_id": None, "profile": jsoncodec.dumps(profile, default=str),
+                                      "answers": "{}", "events": n, "merged_events": 0, "created_at": now,
+                                      "seen_at": now} for vid, profile, n in items])
+
+
+_SAVE = (update(visitors).where(visitors.c.id == bindparam("b_id"))
+         .values(profile=bindparam("b_profile"), events=bindparam("b_events"), seen_at=bindparam("b_seen")))
+
+
+def save_visitors(s: Session, items: list[tuple[str, dict[str, Any], int]], now: datetime) -> None:
+    """Known visitors' scored profiles and event counts, one executemany in key order (the lock order)."""
+    if items:
+        s.execute(_SAVE, [{"b_id": vid, "b_profile": jsoncodec.dumps(profile, default=str), "b_events": n,
+                           "b_seen": now} for vid, profile, n in sorted(items, key=lambda i: i[0])])
 
 
 def update_visitor(s: Session, visitor_id: str, **values: Any) -> None:
