@@ -129,6 +129,13 @@ async def test_two_devices_of_one_person_merge_into_one_lead(stub: scoring_pb2_g
     notes = {m.properties["visitor"] for m in on_bus if m.type == visitors_app.MERGED_EVENT}
     assert notes == {DEVICE_A, DEVICE_B}
 
+    # Erasing the person erases the browsers that became them.
+    await stub.EraseLead(scoring_pb2.EraseRequest(id=one.lead_id))
+    for device in (DEVICE_A, DEVICE_B):
+        with pytest.raises(grpc.aio.AioRpcError) as gone:
+            await stub.GetVisitor(scoring_pb2.VisitorRequest(visitor_id=device))
+        assert gone.value.code() == grpc.StatusCode.NOT_FOUND
+
 
 async def test_a_merge_cut_short_after_its_ingest_completes_exactly_once(
         stub: scoring_pb2_grpc.ScoringStub, settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
