@@ -80,6 +80,7 @@ def create_app(settings: Settings) -> FastAPI:
         yield
         for ch in mesh.channels.values():
             await ch.close()
+        await app.state.tracking.limits.close()
 
     # FastAPI's own telemetry is off: it adds spans per dependency and endpoint, metrics and logs to
     # every request (a measured share of the gateway's time); our middleware keeps one span each.
