@@ -131,7 +131,8 @@ def main() -> None:
     # The bench's own site key, with limits no load here reaches (the limits' cost is still paid).
     os.environ["NURTURE_SITE_KEYS"] = json.dumps({key: {"origins": [ORIGIN], "rate_per_s": 1_000_000,
                                                         "visitor_per_min": 100_000}})
-    with fresh_database(args.database_url) as database_url, private_mesh(database_url=database_url, without=tuple(args.without)) as mesh:
+    with fresh_database(args.database_url) as database_url, \
+            private_mesh(database_url=database_url, without=tuple(args.without)) as mesh:
         result = asyncio.run(run(mesh.url, key, mesh.env["NURTURE_SCORING_ADDR"], mesh.env["NURTURE_MESH_TOKEN"],
                                  args.requests, mesh.env["NURTURE_REDIS_URL"], mesh.pid))
     result = {"database": database_kind(args.database_url), "without": sorted(args.without), **result}

@@ -27,6 +27,7 @@ from gateway.deps import ApiError, Mesh, TokenBucket, json_body, require_key
 from gateway.ingest import EventSender
 from gateway.openapi import install_openapi
 from gateway.routes.events import record_event
+from gateway.routes.tracking import collect_asgi
 from gateway.tracking.state import Tracking
 from nurture import jsoncodec
 from nurture.clock import make_clock
@@ -79,6 +80,7 @@ def create_app(settings: Settings) -> FastAPI:
         yield
         for ch in mesh.channels.values():
             await ch.close()
+        await app.state.tracking.limits.close()
 
     # FastAPI's own telemetry is off: it adds spans per dependency and endpoint, metrics and logs to
     # every request (a measured share of the gateway's time); our middleware keeps one span each.
@@ -187,6 +189,9 @@ class LimitsAndTracing:
                                           attributes={"http.method": method, "http.target": shown}):
             if method == "POST" and path == "/v1/events":
                 await self._post_event(scope, limited_receive, send)
+            elif method == "POST" and path == "/t/v1/collect":
+                scope["app"] = self.app
+                await collect_asgi(scope, limited_receive, send)
             else:
                 await self.app(scope, limited_receive, send)
 

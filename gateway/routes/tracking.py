@@ -21,6 +21,7 @@ import grpc
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
 from google.protobuf import json_format
+from redis.exceptions import RedisError
 
 from gateway.deps import ApiError, json_body
 from gateway.tracking import linktoken
@@ -29,7 +30,7 @@ from gateway.tracking.policy import check_event, collect_policy, not_a_visitor, 
 from gateway.tracking.state import Tracking
 from nurture.api.messaging.v1 import messaging_pb2, messaging_pb2_grpc
 from nurture.api.scoring.v1 import scoring_pb2, scoring_pb2_grpc
-from nurture.errors import http_error_from_rpc
+from nurture.errors import HttpError, http_error_from_rpc
 from nurture.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -115,7 +116,12 @@ async def _body(request: Request, cors: dict[str, str], allowed: set[str]) -> di
 
 
 async def _limit(request: Request, key: SiteKey, visitor_id: str | None, cors: dict[str, str], events: int = 1) -> None:
-    refused = await tracking(request).limits.take(key, visitor_id, events)
+    try:
+        refused = await tracking(request).limits.take(key, visitor_id, events)
+    except RedisError as exc:
+        log.warning("tracking rate limits unavailable: %s", type(exc).__name__)
+        raise ApiError(503, "unavailable", "a service behind the gateway is unavailable: retry later",
+                       headers={"Retry-After": "2", **cors}) from exc
     if refused is not None:
         per = "second for this site key" if refused.scope == "key" else "minute for this visitor"
         raise ApiError(429, "rate_limited", f"more than {refused.limit} per {per}; retry later",
@@ -148,6 +154,29 @@ async def preflight(request: Request, path: str, k: str = "") -> Response:
 
 @router.post("/v1/collect", status_code=202, summary="Events of a visitor (the allowed set only)")
 async def collect(request: Request, k: str = Query(..., max_length=128)) -> JSONResponse:
+    return await record_collect(request, k)
+
+
+async def collect_asgi(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """The same route answered at the ASGI layer (gateway.app): the snippet's hottest call skips
+    FastAPI's routing and dependency solving, as POST /v1/events does. Same handler, same errors."""
+    request = Request(scope, receive)
+    response: Response
+    try:
+        k = request.query_params.get("k", "")
+        if not k or len(k) > 128:
+            raise ApiError(422, "invalid", "k (the site key) is required", {"fields": {"k": "is required"}})
+        response = await record_collect(request, k)
+    except ApiError as exc:
+        response = JSONResponse(HttpError.of(exc).body(), exc.status, exc.headers)
+    except Exception:
+        log.exception("unexpected error")
+        response = JSONResponse({"error": {"code": "internal", "message": "an unexpected error; it has been logged",
+                                           "details": {}}}, 500)
+    await response(scope, receive, send)
+
+
+async def record_collect(request: Request, k: str) -> JSONResponse:
     key, cors = _site(request, k)
     body = await _body(request, cors, {"visitor_id", "events"})
     visitor_id = _visitor(body.get("visitor_id"), cors)

@@ -7,17 +7,22 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, delete, insert, select, update
+from sqlalchemy import Row, bindparam, delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from nurture import jsoncodec
 from services.scoring.tables import visitor_events, visitors
 
+# The collect path's reads, built once (building one per call cost as much as running it).
+_LOCK = (select(visitors).where(visitors.c.id.in_(bindparam("ids", expanding=True))).order_by(visitors.c.id)
+         .with_for_update())
+_SEEN = select(visitor_events.c.visitor_id, visitor_events.c.client_id).where(
+    visitor_events.c.visitor_id.in_(bindparam("ids", expanding=True)))
+
 
 def lock_visitors(s: Session, ids: Sequence[str]) -> dict[str, Row[Any]]:
     """The visitors that exist among `ids`, locked in key order (the one lock order, as for leads)."""
-    rows = s.execute(select(visitors).where(visitors.c.id.in_(sorted(set(ids)))).order_by(visitors.c.id)
-                     .with_for_update()).all()
+    rows = s.execute(_LOCK, {"ids": sorted(set(ids))}).all()
     return {r.id: r for r in rows}
 
 
@@ -34,6 +39,25 @@ def insert_visitor(s: Session, visitor_id: str, profile: dict[str, Any], now: da
                                       answers="{}", events=0, merged_events=0, created_at=now, seen_at=now))
 
 
+def insert_visitors(s: Session, items: list[tuple[str, dict[str, Any], int]], now: datetime) -> None:
+    """New visitors (id, profile, events kept) in one statement."""
+    if items:
+        s.execute(insert(visitors), [{"id": vid, "lead_id": None, "profile": jsoncodec.dumps(profile, default=str),
+                                      "answers": "{}", "events": n, "merged_events": 0, "created_at": now,
+                                      "seen_at": now} for vid, profile, n in items])
+
+
+_SAVE = (update(visitors).where(visitors.c.id == bindparam("b_id"))
+         .values(profile=bindparam("b_profile"), events=bindparam("b_events"), seen_at=bindparam("b_seen")))
+
+
+def save_visitors(s: Session, items: list[tuple[str, dict[str, Any], int]], now: datetime) -> None:
+    """Known visitors' scored profiles and event counts, one executemany in key order (the lock order)."""
+    if items:
+        s.execute(_SAVE, [{"b_id": vid, "b_profile": jsoncodec.dumps(profile, default=str), "b_events": n,
+                           "b_seen": now} for vid, profile, n in sorted(items, key=lambda i: i[0])])
+
+
 def update_visitor(s: Session, visitor_id: str, **values: Any) -> None:
     for name in ("profile", "answers"):
         if name in values and not isinstance(values[name], str):
@@ -43,8 +67,10 @@ def update_visitor(s: Session, visitor_id: str, **values: Any) -> None:
 
 def seen_client_ids(s: Session, visitor_ids: Iterable[str]) -> set[tuple[str, str]]:
     """(visitor, client id) of every anonymous event kept for these visitors."""
-    rows = s.execute(select(visitor_events.c.visitor_id, visitor_events.c.client_id)
-                     .where(visitor_events.c.visitor_id.in_(sorted(set(visitor_ids))))).all()
+    wanted = sorted(set(visitor_ids))
+    if not wanted:
+        return set()
+    rows = s.execute(_SEEN, {"ids": wanted}).all()
     return {(r.visitor_id, r.client_id) for r in rows}
 
 

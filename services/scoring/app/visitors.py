@@ -127,8 +127,6 @@ class Visitors:
                                                  source=SOURCE, trace=ev.trace) for ev in events]
                     out.append(outcome)
                     continue
-                if row is None and vid not in profiles:
-                    sv.insert_visitor(s, vid, new_profile(vid), now)
                 profile = profiles.get(vid) or (_profile(row.profile) if row is not None else new_profile(vid))
                 outcome = VisitOutcome()
                 for ev in events:
@@ -153,9 +151,11 @@ class Visitors:
                 profiles[vid] = profile
                 out.append(outcome)
             sv.insert_visitor_events(s, new_rows)
-            for vid, profile in profiles.items():
-                before = rows[vid].events if vid in rows else 0
-                sv.update_visitor(s, vid, profile=profile, events=before + counts.get(vid, 0), seen_at=now)
+            # One statement each for the new visitors and the known ones (a batch holds many visits).
+            sv.insert_visitors(s, [(vid, profile, counts.get(vid, 0)) for vid, profile in profiles.items()
+                                   if vid not in rows], now)
+            sv.save_visitors(s, [(vid, profile, rows[vid].events + counts.get(vid, 0))
+                                 for vid, profile in profiles.items() if vid in rows], now)
         return out
 
     def link_visitor(self, visitor_id: str, lead_id: str, now: datetime) -> tuple[list[EventIn], dict[str, Any], bool]:

@@ -4,6 +4,7 @@ crash between the ingest and the end of the merge, two devices of one person), p
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -48,6 +49,17 @@ async def collect(stub: scoring_pb2_grpc.ScoringStub, visitor: str, *events: sco
     return reply.visits[0]
 
 
+async def published(settings: Settings, lead_id: str, merges: int) -> list[busmessage.BusMessage]:
+    """The lead's bus messages once its `merges` merge notes are out (scoring publishes after it
+    answers; a merge's note is its last message, and a lead's messages go out in commit order)."""
+    for _ in range(500):
+        found = bus_of(settings, lead_id)
+        if sum(m.type == visitors_app.MERGED_EVENT for m in found) >= merges:
+            return found
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{lead_id}: {merges} merge notes never reached the bus")
+
+
 def bus_of(settings: Settings, lead_id: str) -> list[busmessage.BusMessage]:
     client = redis.Redis.from_url(settings.redis_url)
     out = [busmessage.decode(fields[b"m"]) for shard in range(settings.bus_shards)
@@ -86,7 +98,7 @@ async def test_identification_merges_the_history_once_in_order_and_explains_it(
 
     lead = await stub.GetLead(scoring_pb2.GetLeadRequest(id=first.lead_id))
     assert lead.email == "Ana@Example.com" and lead.score == anonymous  # as if it had been known
-    on_bus = [m for m in bus_of(settings, first.lead_id) if m.type not in ("lead_created", "lead_updated")]
+    on_bus = [m for m in await published(settings, first.lead_id, 1) if m.type not in ("lead_created", "lead_updated")]
     pages = [m for m in on_bus if m.type == "page_viewed"]
     assert [m.properties["category"] for m in pages] == categories  # once each, in order
     assert [m.occurred_at for m in pages] == sorted(m.occurred_at for m in pages)
@@ -111,10 +123,18 @@ async def test_two_devices_of_one_person_merge_into_one_lead(stub: scoring_pb2_g
     two = await stub.IdentifyVisitor(scoring_pb2.IdentifyVisitorRequest(
         visitor_id=DEVICE_B, fields_json=json.dumps({"email": "TWO@example.com"})))
     assert one.lead_id == two.lead_id and (one.merged, two.merged) == (1, 2) and not two.created
-    pages = [m.properties["category"] for m in bus_of(settings, one.lead_id) if m.type == "page_viewed"]
+    on_bus = await published(settings, one.lead_id, 2)
+    pages = [m.properties["category"] for m in on_bus if m.type == "page_viewed"]
     assert pages == ["pricing", "country", "education"]
-    notes = {m.properties["visitor"] for m in bus_of(settings, one.lead_id) if m.type == visitors_app.MERGED_EVENT}
+    notes = {m.properties["visitor"] for m in on_bus if m.type == visitors_app.MERGED_EVENT}
     assert notes == {DEVICE_A, DEVICE_B}
+
+    # Erasing the person erases the browsers that became them.
+    await stub.EraseLead(scoring_pb2.EraseRequest(id=one.lead_id))
+    for device in (DEVICE_A, DEVICE_B):
+        with pytest.raises(grpc.aio.AioRpcError) as gone:
+            await stub.GetVisitor(scoring_pb2.VisitorRequest(visitor_id=device))
+        assert gone.value.code() == grpc.StatusCode.NOT_FOUND
 
 
 async def test_a_merge_cut_short_after_its_ingest_completes_exactly_once(
@@ -138,10 +158,15 @@ async def test_a_merge_cut_short_after_its_ingest_completes_exactly_once(
     assert later.known
     retry = await stub.IdentifyVisitor(scoring_pb2.IdentifyVisitorRequest(visitor_id=DEVICE_A, fields_json=fields))
     assert retry.merged == 0
-    lead_id = retry.lead_id
-    pages = [m.properties["category"] for m in bus_of(settings, lead_id) if m.type == "page_viewed"]
+    on_bus = await published(settings, retry.lead_id, 1)
+    for _ in range(500):  # the later event, ingested after the merge, goes out after its note
+        if sum(m.type == "page_viewed" for m in on_bus) >= 3:
+            break
+        await asyncio.sleep(0.01)
+        on_bus = bus_of(settings, retry.lead_id)
+    pages = [m.properties["category"] for m in on_bus if m.type == "page_viewed"]
     assert pages == ["pricing", "country", "high_intent"]
-    assert sum(m.type == visitors_app.MERGED_EVENT for m in bus_of(settings, lead_id)) == 1
+    assert sum(m.type == visitors_app.MERGED_EVENT for m in on_bus) == 1
 
 
 async def test_a_signed_link_identifies_a_known_lead_and_forms_ask_what_is_unknown(

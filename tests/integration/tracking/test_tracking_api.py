@@ -226,3 +226,25 @@ async def test_rate_limits_per_visitor_and_per_key(settings: Settings, tmp_path:
         statuses = [r.status_code for r in replies]
         # Ten requests at once against 2 a second: whatever windows they fall in, most are refused.
         assert 429 in statuses and statuses.count(202) <= 4, statuses
+
+
+async def test_the_merged_history_moves_journeys_as_if_it_had_been_known(mesh: TrackingMesh) -> None:
+    await mesh.api("POST", "/v1/leads", json={
+        "id": "sam", "email": "sam@example.com", "consent": {"email": True}, "timezone": "UTC",
+        "attributes": {"profession": "engineer", "countries_of_interest": ["CA"]}})
+    await mesh.settle()
+    before = (await mesh.api("GET", "/v1/leads/sam/timeline"))["items"]
+    await collect(mesh, PHONE, views(("/pricing", "pricing"), ("/pricing/plans", "pricing")))
+    await mesh.settle()
+    assert (await mesh.api("GET", "/v1/leads/sam/timeline"))["items"] == before  # anonymous: nobody heard
+    r = await mesh.client.post(f"/t/v1/identify?k={SITE_KEY}", headers=BROWSER,
+                               json={"visitor_id": PHONE, "email": "sam@example.com"})
+    assert r.json() == {"identified": True, "merged": 2}
+    await mesh.settle()
+    after = (await mesh.api("GET", "/v1/leads/sam/timeline"))["items"]
+    new = [i for i in after if i not in before]
+    # The pricing trigger (the playbook's) fired on the merged page view, and its email is queued.
+    triggered = [i for i in new if i["kind"] == "journey" and "pricing_page" in i["summary"]]
+    assert triggered and "page_viewed category=pricing" in triggered[0]["summary"]
+    assert any(i["kind"] == "message" and "triggers.pricing_page" in i["summary"] for i in new)
+    assert [i["kind"] for i in new].index("journey") > [i["type"] for i in new].index("page_viewed")
