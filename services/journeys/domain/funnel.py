@@ -10,8 +10,8 @@ import statistics
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
+from nurture.jsontypes import JsonMapping, JsonObject
 from services.journeys.domain.definitions import Journey
 
 STEP_MEASURES = ("entered", "sent", "suppressed", "opened", "clicked", "converted", "exited")
@@ -47,7 +47,7 @@ class Funnel:
             tally["suppressed"] += 1
 
     def transition(self, journey: str, kind: str, lead_id: str, *, step_from: str | None, stage: str | None,
-                   rule: str | None, facts: Mapping[str, Any], last_sent: str | None = None) -> None:
+                   rule: str | None, facts: JsonMapping, last_sent: str | None = None) -> None:
         t = self._j[journey]
         if kind == "entered":
             t.enrolled += 1
@@ -74,8 +74,8 @@ class Funnel:
         if measure:
             self._j[journey].steps[step][measure] += 1
 
-    def report(self, journeys: Mapping[str, Journey]) -> dict[str, Any]:
-        out: dict[str, Any] = {}
+    def report(self, journeys: Mapping[str, Journey]) -> JsonObject:
+        out: JsonObject = {}
         for key in sorted(self._j):
             t = self._j[key]
             j = journeys.get(key)
@@ -98,7 +98,7 @@ class Funnel:
         return out
 
 
-def totals(report: Mapping[str, Any]) -> dict[str, int]:
+def totals(report: JsonMapping) -> dict[str, int]:
     """Sums over every journey's steps."""
     sums = dict.fromkeys(STEP_MEASURES, 0)
     for j in report.values():
@@ -108,8 +108,8 @@ def totals(report: Mapping[str, Any]) -> dict[str, int]:
     return sums
 
 
-def feed(funnel: Funnel, runs: Iterable[Mapping[str, Any]], transitions: Iterable[Mapping[str, Any]],
-         engagements: Iterable[Mapping[str, Any]]) -> Funnel:
+def feed(funnel: Funnel, runs: Iterable[JsonMapping], transitions: Iterable[JsonMapping],
+         engagements: Iterable[JsonMapping]) -> Funnel:
     """Feed rows (dicts with the StepRun/Transition field names) into a funnel."""
     for r in runs:
         funnel.run(r["journey"], r["step"], r["status"])
