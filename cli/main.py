@@ -1,9 +1,11 @@
-"""The `nurture` console command (pyproject's entry point): `nurture up`, `nurture simulate`."""
+"""The `nurture` console command (pyproject's entry point): `nurture up`, `nurture migrate`, `nurture simulate`."""
 
 from __future__ import annotations
 
 import argparse
 
+from cli.migrate import add_parser as add_migrate_parser
+from cli.migrate import run as run_migrate
 from nurture.settings import SERVICES
 
 
@@ -22,8 +24,13 @@ def main(argv: list[str] | None = None) -> int:
     p_up.add_argument("--without", action="append", choices=SERVICES, metavar="SERVICE",
                       help="do not start this service (repeatable), e.g. to measure what it costs; the gateway "
                            "answers 503 for what it serves")
+    add_migrate_parser(sub)
     sub.add_parser("simulate", help="run journeys for synthetic leads in virtual time", add_help=False)
     args, rest = parser.parse_known_args(argv)
+    if args.command == "migrate":
+        if rest:
+            parser.error(f"unknown arguments: {' '.join(rest)}")
+        return run_migrate(args)
     if args.command == "up":
         if rest:
             parser.error(f"unknown arguments: {' '.join(rest)}")

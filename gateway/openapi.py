@@ -135,6 +135,16 @@ SCHEMAS: dict[str, Any] = {
                        "dry_run": {"type": "boolean"}},
         "example": {"version": 2, "dry_run": True},
     },
+    "ProposalRequest": {
+        "type": "object", "additionalProperties": False,
+        "properties": {"plan": {"type": "string", "maxLength": 128,
+                                "description": "a plan of services/crm_sync/data/proposals.yaml; empty: by its rules"},
+                       "deal_id": {"type": "string", "maxLength": 128,
+                                   "description": "the CRM deal it is for: one proposal per deal"}},
+        "example": {"plan": "professional", "deal_id": "D-1042"},
+    },
+    "ProposalSend": {"type": "object", "maxProperties": 0, "description": "no fields: the proposal goes to its lead",
+                     "example": {}},
     "Readiness": {"type": "object", "required": ["services"],
                   "properties": {"services": {"type": "object", "additionalProperties": {
                       "type": "object", "properties": {"address": {"type": "string"}, "status": {"type": "string"}}}}}},
@@ -158,11 +168,13 @@ _BODIES: dict[tuple[str, str], tuple[str, bool]] = {
     ("post", "/v1/admin/clock/advance"): ("ClockAdvance", True),
     ("put", "/v1/scoring/model"): ("ScoringModelDefinition", True),
     ("post", "/v1/scoring/model/publish"): ("ScoringPublish", True),
+    ("post", "/v1/leads/{lead_id}/proposals"): ("ProposalRequest", True),
+    ("post", "/v1/proposals/{proposal_id}/send"): ("ProposalSend", True),
 }
 _SUCCESS_SCHEMA = {("post", "/v1/leads"): "Lead", ("patch", "/v1/leads/{lead_id}"): "Lead",
                    ("get", "/v1/leads/{lead_id}"): "Lead", ("post", "/v1/events"): "EventAccepted",
                    ("post", "/v1/events:batch"): "BatchAccepted"}
-_PUBLIC = ("/healthz", "/readyz", "/t/", "/u/")
+_PUBLIC = ("/healthz", "/readyz", "/t/", "/u/", "/p/")
 
 
 def _error(status: int) -> dict[str, Any]:

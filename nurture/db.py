@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+import hashlib
 import itertools
 import logging
 import queue
@@ -24,7 +25,7 @@ from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, Engine, Table, create_engine, event, make_url
+from sqlalchemy import Connection, Engine, Table, create_engine, event, make_url, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -218,23 +219,83 @@ def make_engine(url: str, *, service: str = "nurture") -> Engine:
                          connect_args=connect_args)
 
 
-def migrate(engine: Engine, *, service: str, migrations_dir: Path) -> None:
-    """Bring the service's tables to the newest revision (Alembic `upgrade head`)."""
+class SchemaMismatch(RuntimeError):
+    """The database's schema is not the one this code was written for: the process must not serve."""
+
+
+def _alembic_config(service: str, migrations_dir: Path) -> Config:
     config = Config()
     config.set_main_option("script_location", str(migrations_dir))
     config.attributes["version_table"] = f"alembic_version_{service}"
+    return config
+
+
+MIGRATION_LOCK_TIMEOUT_MS = 600_000  # how long a replica waits for another's migration before it gives up
+
+
+def _lock_key(service: str) -> int:
+    """The PostgreSQL advisory lock of one service's migrations (a signed 64-bit key, stable across runs)."""
+    return int.from_bytes(hashlib.sha256(f"nurture-migrate:{service}".encode()).digest()[:8], "big", signed=True)
+
+
+def migrate(engine: Engine, *, service: str, migrations_dir: Path) -> str:
+    """Bring the service's tables to the newest revision (Alembic `upgrade head`); returns the revision.
+
+    Replicas starting together each call this: on PostgreSQL the upgrade runs under a transaction-level
+    advisory lock, so one replica migrates and the others, once it commits, find the schema at head
+    and do nothing (without it, two would both see an empty version table and race to CREATE TABLE)."""
+    config = _alembic_config(service, migrations_dir)
     with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            # The service's statement and lock timeouts are for serving: building an index on a large
+            # table, or waiting for another replica's migration, takes longer.
+            connection.execute(text("SET LOCAL statement_timeout = 0"))
+            connection.execute(text(f"SET LOCAL lock_timeout = {MIGRATION_LOCK_TIMEOUT_MS}"))
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _lock_key(service)})
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
+    return check_schema(engine, service=service, migrations_dir=migrations_dir)
+
+
+def check_schema(engine: Engine, *, service: str, migrations_dir: Path) -> str:
+    """The database's revision when it is the code's newest; SchemaMismatch saying what to do otherwise."""
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory.from_config(_alembic_config(service, migrations_dir))
+    head = script.get_current_head()
+    with engine.connect() as connection:
+        current = MigrationContext.configure(
+            connection, opts={"version_table": f"alembic_version_{service}"}).get_current_revision()
+    if current == head and head is not None:
+        return head
+    known = {r.revision for r in script.walk_revisions()}
+    if current is None or current in known:
+        raise SchemaMismatch(
+            f"{service}: the database schema is at {current or 'no revision'}, this code needs {head}; "
+            f"run `nurture migrate` (or start with NURTURE_MIGRATE=on_start) before serving")
+    raise SchemaMismatch(
+        f"{service}: the database schema is at {current}, newer than this code knows (its newest is {head}); "
+        f"deploy the code that wrote it, or downgrade the schema first")
 
 
 def open_database(settings: Settings, *, service: str, migrations_dir: Path) -> Database:
-    """Open (creating under the data dir when embedded) and migrate a service's database."""
+    """Open (creating under the data dir when embedded) a service's database: migrated on start
+    (`NURTURE_MIGRATE=on_start`, the default), or only checked (`check`: a deployment that runs
+    `nurture migrate` once, before its replicas start, and wants a replica on an older or newer schema
+    to refuse to serve)."""
     url = settings.database_url_for(service)
     if url.startswith("sqlite"):
         settings.data_dir.mkdir(parents=True, exist_ok=True)
     engine = make_engine(url, service=service)
-    migrate(engine, service=service, migrations_dir=migrations_dir)
+    try:
+        if settings.migrate == "check":
+            check_schema(engine, service=service, migrations_dir=migrations_dir)
+        else:
+            migrate(engine, service=service, migrations_dir=migrations_dir)
+    except BaseException:
+        engine.dispose()
+        raise
     instrument_engine(engine)
     return Database(engine, service=service)
 

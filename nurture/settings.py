@@ -63,6 +63,10 @@ class Settings:
     max_batch: int = 1000
     rate_limit_per_s: int = 0  # per API key on /v1; 0 = off
     log_level: str = "INFO"
+    # on_start: every process brings its service's schema to head when it starts (the embedded default;
+    # replicas on PostgreSQL take turns under an advisory lock). check: a deployment runs `nurture migrate`
+    # once, and a process whose schema is not its code's newest refuses to start.
+    migrate: str = "on_start"
 
     def sqlite_url(self, service: str) -> str:
         """The embedded default: one SQLite file per service under the data dir."""
@@ -143,6 +147,8 @@ def _coerce(name: str, kind: Any, raw: str) -> Any:
             if not isinstance(value, dict):
                 raise ValueError("expected a JSON object")
             return {str(k): str(v) for k, v in value.items()}
+        if name == "migrate" and raw not in ("on_start", "check"):
+            raise ValueError("expected on_start or check")
         if name == "clock":
             if raw not in ("real", "virtual"):
                 raise ValueError("expected real or virtual")

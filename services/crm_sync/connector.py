@@ -47,6 +47,8 @@ class Connector(Protocol):
 
     async def create_note(self, contact_id: str, task_id: str | None, properties: dict[str, str]) -> str: ...
 
+    async def update_deal(self, deal_id: str, properties: dict[str, str]) -> None: ...
+
     async def archive_contact(self, remote_id: str) -> None: ...
 
     async def close(self) -> None: ...
@@ -131,6 +133,10 @@ class HubSpotConnector:
         assocs = [_assoc(contact_id, NOTE_CONTACT)] + ([_assoc(task_id, NOTE_TASK)] if task_id else [])
         created = await self._call("POST", "/crm/v3/objects/notes", {"properties": properties, "associations": assocs})
         return str(created["id"])
+
+    async def update_deal(self, deal_id: str, properties: dict[str, str]) -> None:
+        """Write properties onto a deal the CRM reported (a proposal's link); unknown → NotFound."""
+        await self._call("PATCH", f"/crm/v3/objects/deals/{deal_id}", {"properties": properties})
 
     async def archive_contact(self, remote_id: str) -> None:
         try:

@@ -3,7 +3,7 @@
     python -m services.crm_sync.emulator --port 8090 --data-dir data/crm
 
 It is a real HTTP server (a plain ASGI app on uvicorn) used by `nurture up` and by the tests:
-- objects `contacts`, `tasks`, `notes`: create (`POST /crm/v3/objects/<type>`, also `/batch/create`), read
+- objects `contacts`, `tasks`, `notes`, `deals`: create (`POST /crm/v3/objects/<type>`, also `/batch/create`), read
   (`GET .../<id>`, contacts also `?idProperty=email`), update (`PATCH .../<id>`), archive (`DELETE .../<id>`),
   list (`GET /crm/v3/objects/<type>?limit=&after=`) and search (`POST .../search`, EQ filters);
 - associations: created with the object (`associations: [{to: {id}, types: [...]}]`) or with
@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
-OBJECT_TYPES = ("contacts", "tasks", "notes")
+OBJECT_TYPES = ("contacts", "tasks", "notes", "deals")
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]

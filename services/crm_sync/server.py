@@ -16,6 +16,7 @@ from nurture import redisconn
 from nurture.admin import AdminServicer, timeline_item
 from nurture.api.common.v1 import common_pb2, common_pb2_grpc
 from nurture.api.crm_sync.v1 import crm_sync_pb2, crm_sync_pb2_grpc
+from nurture.api.messaging.v1 import messaging_pb2_grpc
 from nurture.api.scoring.v1 import scoring_pb2, scoring_pb2_grpc
 from nurture.bus import Consumer
 from nurture.clock import make_clock
@@ -27,10 +28,12 @@ from services.crm_sync import domain
 from services.crm_sync.app.core import CrmSyncCore
 from services.crm_sync.clients import JourneysLookup
 from services.crm_sync.connector import HubSpotConnector
+from services.crm_sync.proposals import load_proposals
 from services.crm_sync.servicer import (
     CrmAuth,
     CrmSyncServicer,
     EchoServicer,
+    ProposalsServicer,
     SalesOpsServicer,
 )
 
@@ -45,12 +48,15 @@ async def serve(settings: Settings) -> Running:
     clock = make_clock(settings.clock, settings.redis_url)
     scoring_channel = channel(settings.address_of("scoring"), settings.mesh_token)
     journeys_channel = channel(settings.address_of("journeys"), settings.mesh_token)
+    messaging_channel = channel(settings.address_of("messaging"), settings.mesh_token)
     connector = HubSpotConnector(settings.crm_url)
     crm_name = next(iter(settings.crm_tokens), "crm")
     core = CrmSyncCore(db=db, clock=clock, cfg=cfg, connector=connector,
                        scoring=scoring_pb2_grpc.ScoringStub(scoring_channel),
                        journeys=JourneysLookup(journeys_channel), crm_name=crm_name,
-                       virtual=settings.clock == "virtual")
+                       virtual=settings.clock == "virtual", proposals_cfg=load_proposals(),
+                       messaging=messaging_pb2_grpc.MessagingStub(messaging_channel),
+                       link_secrets=(settings.secret, settings.secret_previous), public_url=settings.public_url)
     await core.recover()
     consumer = Consumer(redis, group="crm_sync", shards=settings.bus_shards, handler=core.handle_messages)
     settle_lock = asyncio.Lock()
@@ -72,11 +78,12 @@ async def serve(settings: Settings) -> Running:
     def register(server: grpc.aio.Server) -> Iterable[str]:
         crm_sync_pb2_grpc.add_CrmSyncServicer_to_server(CrmSyncServicer(core, auth), server)
         crm_sync_pb2_grpc.add_SalesOpsServicer_to_server(SalesOpsServicer(core), server)
+        crm_sync_pb2_grpc.add_ProposalsServicer_to_server(ProposalsServicer(core), server)
         scoring_pb2_grpc.add_EchoServicer_to_server(EchoServicer(), server)
         common_pb2_grpc.add_AdminServicer_to_server(AdminServicer(settle=settle, timeline=timeline, erase=erase,
                               stats=lambda: db.counters),
                                                     server)
-        return [crm_sync_pb2.DESCRIPTOR.services_by_name[n].full_name for n in ("CrmSync", "SalesOps")] + [
+        return [crm_sync_pb2.DESCRIPTOR.services_by_name[n].full_name for n in ("CrmSync", "SalesOps", "Proposals")] + [
             scoring_pb2.DESCRIPTOR.services_by_name["Echo"].full_name,
             common_pb2.DESCRIPTOR.services_by_name["Admin"].full_name]
 
@@ -94,6 +101,7 @@ async def serve(settings: Settings) -> Running:
         await connector.close()
         await scoring_channel.close()
         await journeys_channel.close()
+        await messaging_channel.close()
         await redis.aclose()
         core.close()
         db.close()

@@ -18,6 +18,7 @@ from nurture.rpcguard import guard_requests, message_problems, problem_text
 from services.crm_sync.app.base import InputError, ScoringUnavailable, UnknownContact
 from services.crm_sync.app.contacts import ContactIn
 from services.crm_sync.app.core import CrmSyncCore
+from services.crm_sync.app.proposals import MessagingUnavailable
 
 log = logging.getLogger(__name__)
 MAX_CONTACTS = 1000
@@ -70,6 +71,9 @@ async def _fail(context: grpc.aio.ServicerContext, exc: Exception) -> NoReturn:
         # Scoring's text may name internal addresses, and the caller is a CRM outside the mesh: logged only.
         log.warning("scoring unavailable: %s", str(exc)[:300])
         await errors.abort(context, errors.Unavailable("scoring unavailable, retry"))
+    if isinstance(exc, MessagingUnavailable):
+        log.warning("messaging unavailable: %s", str(exc)[:300])
+        await errors.abort(context, errors.Unavailable("messaging unavailable, retry"))
     raise exc
 
 
@@ -178,6 +182,67 @@ class SalesOpsServicer(crm_sync_pb2_grpc.SalesOpsServicer):
         except (InputError, UnknownContact, ScoringUnavailable) as exc:
             await _fail(context, exc)
         return crm_sync_pb2.TaskReply(task_id=task["id"], owner=task["owner"] or "", duplicate=duplicate)
+
+
+def _proposal(p: dict[str, Any], url: str, *, with_html: bool) -> crm_sync_pb2.Proposal:
+    out = crm_sync_pb2.Proposal(
+        id=p["id"], lead_id=p["lead_id"], deal_id=p["deal_id"] or "", plan=p["plan"], total=p["total"],
+        currency=p["currency"], url=url, status=p["status"], message_id=p["message_id"] or "",
+        task_id=p["task_id"] or "", html=p["html"] if with_html else "", pathways=p["pathways"],
+        lines=[crm_sync_pb2.ProposalLine(kind=ln["kind"], key=ln["key"], name=ln["name"], price=ln["price"],
+                                         rule=ln["rule"]) for ln in p["lines"]])
+    out.created_at.FromDatetime(p["created_at"])
+    out.valid_until.FromDatetime(p["valid_until"])
+    return out
+
+
+_PROPOSAL_ERRORS = (InputError, UnknownContact, ScoringUnavailable, MessagingUnavailable)
+
+
+@guard_requests()
+class ProposalsServicer(crm_sync_pb2_grpc.ProposalsServicer):
+    """Internal (mesh key): the gateway's proposal routes for sales and the prospect's signed link."""
+
+    def __init__(self, core: CrmSyncCore) -> None:
+        self._core = core
+
+    async def GenerateProposal(
+        self, request: crm_sync_pb2.ProposalRequest, context: grpc.aio.ServicerContext
+    ) -> crm_sync_pb2.GenerateProposalReply:
+        try:
+            p, duplicate = await self._core.generate_proposal(
+                request.lead_id, plan=request.plan, deal_id=request.deal_id, requested_by=request.requested_by)
+        except _PROPOSAL_ERRORS as exc:
+            await _fail(context, exc)
+        return crm_sync_pb2.GenerateProposalReply(
+            proposal=_proposal(p, self._core.proposal_url(p["id"]), with_html=False), duplicate=duplicate)
+
+    async def ListProposals(
+        self, request: crm_sync_pb2.ListProposalsRequest, context: grpc.aio.ServicerContext
+    ) -> crm_sync_pb2.ListProposalsReply:
+        if not request.lead_id:
+            await errors.abort(context, errors.invalid_fields({"lead_id": "is required"}))
+        found = await self._core.list_proposals(request.lead_id)
+        return crm_sync_pb2.ListProposalsReply(
+            proposals=[_proposal(p, self._core.proposal_url(p["id"]), with_html=False) for p in found])
+
+    async def GetProposal(
+        self, request: crm_sync_pb2.GetProposalRequest, context: grpc.aio.ServicerContext
+    ) -> crm_sync_pb2.Proposal:
+        try:
+            p = await self._core.get_proposal(request.id, request.token)
+        except _PROPOSAL_ERRORS as exc:
+            await _fail(context, exc)
+        return _proposal(p, self._core.proposal_url(p["id"]), with_html=True)
+
+    async def SendProposal(
+        self, request: crm_sync_pb2.SendProposalRequest, context: grpc.aio.ServicerContext
+    ) -> crm_sync_pb2.SendProposalReply:
+        try:
+            message_id, status, reason = await self._core.send_proposal(request.id)
+        except _PROPOSAL_ERRORS as exc:
+            await _fail(context, exc)
+        return crm_sync_pb2.SendProposalReply(message_id=message_id, status=status, reason=reason)
 
 
 class EchoServicer(scoring_pb2_grpc.EchoServicer):

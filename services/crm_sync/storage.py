@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from nurture import times
 from nurture.jsontypes import JsonObject, JsonValue
-from services.crm_sync.tables import changes, inbound, leads, outbox, round_robin, tasks, timeline
+from services.crm_sync.tables import changes, inbound, leads, outbox, proposals, round_robin, tasks, timeline
 
 Sessions = Callable[[], AbstractContextManager[Session]]
 
@@ -429,12 +429,50 @@ def next_round_robin(s: Session, team: str, members: int) -> int:
 def erase_lead(s: Session, lead_id: str) -> int:
     removed = 0
     for table, column in ((leads, leads.c.lead_id), (inbound, inbound.c.lead_id), (timeline, timeline.c.lead_id),
-                          (tasks, tasks.c.lead_id), (changes, changes.c.lead_id)):
+                          (tasks, tasks.c.lead_id), (changes, changes.c.lead_id),
+                          (proposals, proposals.c.lead_id)):
         result: Any = s.execute(delete(table).where(column == lead_id))
         removed += int(result.rowcount or 0)
     s.execute(delete(outbox).where(outbox.c.lead_id == lead_id, outbox.c.status == "pending",
                                    outbox.c.op != "erase"))
     return removed
+
+
+# ---------------------------------------------------------------------------------------------------
+# Proposals
+
+def _proposal_row(row: Any) -> dict[str, Any]:
+    m = dict(row._mapping)
+    m["lines"] = json.loads(m["lines"])
+    m["pathways"] = json.loads(m["pathways"])
+    for key in ("created_at", "valid_until", "sent_at"):
+        m[key] = aware(m[key])
+    return m
+
+
+def insert_proposal(s: Session, values: dict[str, Any]) -> None:
+    s.execute(insert(proposals).values({**values, "lines": json.dumps(values["lines"]),
+                                        "pathways": json.dumps(values["pathways"])}))
+
+
+def get_proposal(s: Session, proposal_id: str) -> dict[str, Any] | None:
+    row = s.execute(select(proposals).where(proposals.c.id == proposal_id)).first()
+    return _proposal_row(row) if row else None
+
+
+def proposal_for_deal(s: Session, deal_id: str) -> dict[str, Any] | None:
+    row = s.execute(select(proposals).where(proposals.c.deal_id == deal_id)).first()
+    return _proposal_row(row) if row else None
+
+
+def lead_proposals(s: Session, lead_id: str) -> list[dict[str, Any]]:
+    rows = s.execute(select(proposals).where(proposals.c.lead_id == lead_id)
+                     .order_by(proposals.c.created_at, proposals.c.id)).all()
+    return [_proposal_row(r) for r in rows]
+
+
+def update_proposal(s: Session, proposal_id: str, **values: Any) -> None:
+    s.execute(update(proposals).where(proposals.c.id == proposal_id).values(values))
 
 
 def iter_chunks(items: list[Any], size: int) -> Iterator[list[Any]]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Column, DateTime, Index, Integer, MetaData, String, Table, Text, func
+from sqlalchemy import BigInteger, Column, DateTime, Float, Index, Integer, MetaData, String, Table, Text, func
 
 metadata = MetaData()
 
@@ -116,4 +116,26 @@ round_robin = Table(
     metadata,
     Column("team", String(64), primary_key=True),
     Column("next", Integer, nullable=False, default=0),
+)
+
+# Proposals (documents for a prospect: plan, add-ons, pathways, price), one per CRM deal at most.
+proposals = Table(
+    "crm_sync_proposals",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("lead_id", String(128), nullable=False, index=True),
+    Column("deal_id", String(128), nullable=True, unique=True),
+    Column("plan", String(64), nullable=False),
+    Column("lines", Text, nullable=False),
+    Column("pathways", Text, nullable=False),
+    Column("total", Float, nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("html", Text, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("task_id", String(64), nullable=True),
+    Column("message_id", String(128), nullable=True),
+    Column("requested_by", String(64), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("valid_until", DateTime(timezone=True), nullable=False),
+    Column("sent_at", DateTime(timezone=True), nullable=True),
 )

@@ -212,3 +212,41 @@ def test_subscribing_again_after_a_nurture_unsubscribe_resumes_the_journey_witho
         assert resumed and len(sent) == len(set(sent))
         timeline = api.get("/v1/leads/ravi/timeline").json()["items"]
         assert any("re-entered after email consent was given again" in i["summary"] for i in timeline)
+
+
+def test_sales_make_a_proposal_the_prospect_reads_by_link_and_receives_once(mesh: Mesh) -> None:
+    headers = {"Authorization": f"Bearer {mesh.api_key}"}
+    with httpx.Client(base_url=mesh.url, headers=headers, timeout=120) as api:
+        r = api.post("/v1/leads", json={
+            "id": "omar", "email": "omar@example.com", "first_name": "Omar", "consent": {"email": True},
+            "attributes": {"business_sector": "logistics", "investment_capacity": "500k"}, "segment": "entrepreneur"})
+        assert r.status_code == 201, r.text
+        assert api.post("/v1/leads/omar/proposals", json={"plan": "gold"}).status_code == 422
+        assert api.post("/v1/leads/omar/proposals", json={"plan": 7}).status_code == 422
+        assert api.post("/v1/leads/omar/proposals", json={"colour": "red"}).status_code == 422
+        assert api.post("/v1/leads/nobody/proposals", json={}).status_code == 404
+        made = api.post("/v1/leads/omar/proposals", json={"deal_id": "deal-77"})
+        assert made.status_code == 201, made.text
+        p = made.json()["proposal"]
+        assert p["plan"] == "investor" and p["total"] >= 4900 and p["url"].startswith(mesh.url + "/p/")
+        again = api.post("/v1/leads/omar/proposals", json={"deal_id": "deal-77"})
+        assert again.status_code == 200 and again.json()["proposal"]["id"] == p["id"]
+        # The prospect's link needs no key, shows the document with a CSP that allows no script.
+        page = httpx.get(p["url"])
+        assert page.status_code == 200 and "Investor &amp; Entrepreneur Advisory" in page.text
+        assert "script-src" not in page.headers["content-security-policy"]
+        assert "default-src 'none'" in page.headers["content-security-policy"]
+        assert httpx.get(p["url"][:-3] + "abc").status_code == 404
+        assert api.get(f"/v1/proposals/{p['id']}").json()["html"] == page.text
+        assert api.post(f"/v1/proposals/{p['id']}/send", json={"to": "x@example.com"}).status_code == 422
+        sent = api.post(f"/v1/proposals/{p['id']}/send", json={})
+        assert sent.status_code == 200 and sent.json()["status"] in ("scheduled", "sent")
+        assert api.post(f"/v1/proposals/{p['id']}/send", json={}).json()["status"] == "duplicate"
+        assert api.post("/v1/admin/clock/advance", json={"seconds": 120}).status_code == 200
+        got = [m for m in mails(mesh) if m["To"] and "omar@example.com" in m["To"]
+               and m["Subject"] == "Your proposal: Investor & Entrepreneur Advisory"]
+        assert len(got) == 1
+        [listed] = api.get("/v1/leads/omar/proposals").json()["proposals"]
+        assert listed["status"] == "sent"
+        timeline = api.get("/v1/leads/omar/timeline").json()["items"]
+        assert {"proposal_generated", "proposal_sent"} <= {i["type"] for i in timeline if i["kind"] == "crm"}

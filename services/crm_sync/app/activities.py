@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -14,14 +15,17 @@ from nurture.errors import TRANSIENT
 from nurture.rpc import DEADLINE_S
 from services.crm_sync import domain
 from services.crm_sync import storage as st
-from services.crm_sync.app.base import CoreBase, InputError, ScoringUnavailable, UnknownContact
+from services.crm_sync.app.base import InputError, ScoringUnavailable, UnknownContact
+from services.crm_sync.app.proposals import Proposals
 
 
 def _micros(at: datetime) -> int:
     return int(at.timestamp() * 1_000_000)
 
 
-class InboundActivities(CoreBase):
+class InboundActivities(Proposals):
+    """Activities and deals from the CRM (a deal reaching a proposal stage gets its proposal: Proposals)."""
+
     async def _resolve(self, crm: str, crm_id: str, lead_id: str) -> str:
         row = await self.read(lambda s: st.find_lead(s, crm=crm, crm_id=crm_id or None, lead_id=lead_id or None,
                                                     email=None))
@@ -37,8 +41,8 @@ class InboundActivities(CoreBase):
         raise UnknownContact(f"unknown CRM contact {crm_id!r}" if crm_id else f"unknown lead {lead_id!r}")
 
     async def _feed(self, crm: str, kind: str, object_id: str, lead_id: str, modified_at: datetime,
-                    state: str, event: scoring_pb2.Event | None, summary: str, details: dict[str, Any]
-                    ) -> dict[str, Any]:
+                    state: str, event: scoring_pb2.Event | None, summary: str, details: dict[str, Any],
+                    then: Callable[[Session, datetime], object] | None = None) -> dict[str, Any]:
         """Common path of activities and deals: staleness by the CRM's modification time, the event to
         scoring (idempotent by key), then our record and the timeline."""
         async with self.locks.hold(f"{crm}:{kind}:{object_id}"):
@@ -74,6 +78,8 @@ class InboundActivities(CoreBase):
                                    "event_id": event_id or (seen or {}).get("event_id", "")}, exists=seen is not None)
                 st.add_timeline(s, lead_id, now, f"{kind}_recorded" if not seen else f"{kind}_updated", summary,
                                 {**details, "crm": crm, "event_id": event_id, "modified_at": modified_at})
+                if then is not None:
+                    then(s, now)  # in the same transaction: a crash leaves both or neither
 
             await self.writer.submit(write)
             return {"lead_id": lead_id, "status": "recorded" if not seen else "updated", "event_id": event_id}
@@ -120,6 +126,17 @@ class InboundActivities(CoreBase):
         if (why := domain.ahead_of_clock(self.cfg, "deal.modified_at", d["modified_at"], self.clock.now())) is not None:
             raise InputError(why)
         lead_id = await self._resolve(crm, d["crm_id"], d["lead_id"])
+        then: Callable[[Session, datetime], object] | None = None
+        if d["stage"] in self.proposals_cfg.file.generate_on_deal_stages:
+            # The deal reached a proposal stage: its proposal is made with the deal's record (once per deal).
+            lead = await self._lead(lead_id)
+            deal = {"deal_id": d["deal_id"], "stage": d["stage"], "amount": d["amount"],
+                    "currency": d["currency"], "properties": d["properties"]}
+
+            def make(s: Session, now: datetime) -> object:
+                return self.make_proposal(s, lead_id, lead, plan="", deal=deal, requested_by="deal_stage", now=now)
+
+            then = make
         etype = self.cfg.deal_events.get(d["stage"], "sales_activity")
         props = {"deal_id": d["deal_id"], "stage": d["stage"], "amount": d["amount"], "currency": d["currency"],
                  "reason": d["reason"], "kind": "deal_stage", "crm": crm, **d["properties"]}
@@ -131,4 +148,4 @@ class InboundActivities(CoreBase):
                                 f"Deal {d['deal_id']} is {d['stage']}"
                                 + (f" ({d['amount']:g} {d['currency']})" if d["amount"] else ""),
                                 {"deal_id": d["deal_id"], "stage": d["stage"], "amount": d["amount"],
-                                 "reason": d["reason"]})
+                                 "reason": d["reason"]}, then=then)

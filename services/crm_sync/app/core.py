@@ -18,6 +18,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from nurture.api.messaging.v1 import messaging_pb2_grpc
 from nurture.api.scoring.v1 import scoring_pb2_grpc
 from nurture.batching import Batcher
 from nurture.clock import Clock
@@ -33,6 +34,7 @@ from services.crm_sync.app.group_commit import GroupWriter
 from services.crm_sync.app.outbound import OutboundQueue
 from services.crm_sync.clients import JourneysLookup
 from services.crm_sync.connector import Connector
+from services.crm_sync.proposals import ProposalsConfig, load_proposals
 
 
 class CrmSyncCore(InboundContacts, InboundActivities, BusConsumer, OutboundQueue):
@@ -40,7 +42,9 @@ class CrmSyncCore(InboundContacts, InboundActivities, BusConsumer, OutboundQueue
 
     def __init__(self, *, db: Database, clock: Clock, cfg: domain.SyncConfig, connector: Connector,
                  scoring: scoring_pb2_grpc.ScoringStub, journeys: JourneysLookup, crm_name: str,
-                 virtual: bool) -> None:
+                 virtual: bool, proposals_cfg: ProposalsConfig | None = None,
+                 messaging: messaging_pb2_grpc.MessagingStub | None = None,
+                 link_secrets: tuple[str, ...] = (), public_url: str = "") -> None:
         self.db = db
         self.clock = clock
         self.cfg = cfg
@@ -49,6 +53,11 @@ class CrmSyncCore(InboundContacts, InboundActivities, BusConsumer, OutboundQueue
         self.journeys = journeys
         self.crm_name = crm_name
         self.virtual = virtual
+        self.proposals_cfg = proposals_cfg or load_proposals()
+        self.messaging = messaging
+        # Proposal links are signed with the first secret; a link signed before a rotation still opens.
+        self.link_secrets = tuple(x for x in link_secrets if x) or ("",)
+        self.public_url = public_url
         self.writer = GroupWriter(db)
         self.locks = KeyLocks()
         self.contacts: Batcher[tuple[str, ContactIn], dict[str, Any]] = Batcher(

@@ -167,6 +167,10 @@ class OutboundQueue(CoreBase):
                     id=job["lead_id"], fields_json=json.dumps(job["payload"]), merge=True, source="crm_sync",
                     must_exist=True), timeout=DEADLINE_S)
                 return Outcome("done")
+            if job["op"] == "deal":
+                await self.connector.update_deal(str(job["payload"]["deal_id"]),
+                                                 {k: str(v) for k, v in job["payload"]["properties"].items()})
+                return Outcome("done", apply=self._deal_linked(job))
             if job["op"] == "erase":
                 await self.connector.archive_contact(str(job["payload"]["remote_id"]))
                 return Outcome("done")
@@ -284,6 +288,14 @@ class OutboundQueue(CoreBase):
                             f"{'Notification' if task['kind'] == 'notify' else 'Task'} {remote} created in the CRM "
                             f"for {task['owner'] or 'unassigned'}",
                             {"task_id": task["id"], "remote_id": remote, "note_id": note, "contact": contact})
+
+        return apply
+
+    def _deal_linked(self, job: dict[str, Any]) -> Callable[[Session], None]:
+        def apply(s: Session) -> None:
+            st.add_timeline(s, job["lead_id"], self.clock.now(), "deal_linked",
+                            f"Proposal linked on CRM deal {job['payload']['deal_id']}",
+                            {"job": job["id"], "deal_id": job["payload"]["deal_id"], "proposal_id": job["ref"]})
 
         return apply
 

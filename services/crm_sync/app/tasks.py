@@ -40,9 +40,10 @@ class Tasks(CoreBase):
                             {"task_id": task["id"], "kind": kind, "rule": rule, "hold": hold.rule,
                              "why": hold.meta.get("why", ""), "facts": dict(hold.facts), "dedupe_key": key})
             return task, False
-        if kind != "notify":
+        if kind not in ("notify", "proposal"):
             # A journey trigger and a crm rule may both ask for the same follow-up (the seed's
             # bottom-funnel alert): the first one today wins, the other is recorded as merged.
+            # A proposal's task links its own document, so two proposals are two tasks.
             same = st.recent_task(s, lead_id, kind, now - timedelta(hours=24))
             if same:
                 # Several bus messages (and a journey's retried request) can ask under one key: the

@@ -120,7 +120,8 @@ def test_plain_text_strings_render_exactly_as_jinja_would(catalog: Catalog) -> N
             continue
         constant += type(compiled).__name__ == "_Constant"
         assert compiled.render({}) == jinja.from_string(source).render({}), source
-    assert constant >= len(sources) - 4                    # the fast path is taken for plain strings
+    plain = len([s for s in sources if "{" not in s])
+    assert constant >= plain - 4                           # the fast path is taken for plain strings
     with pytest.raises(Exception, match="missing"):
         catalog._compile("{{ missing }}").render({})
 

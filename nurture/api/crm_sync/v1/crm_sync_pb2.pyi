@@ -186,3 +186,107 @@ class TaskReply(_message.Message):
     owner: str
     duplicate: bool
     def __init__(self, task_id: _Optional[str] = ..., owner: _Optional[str] = ..., duplicate: _Optional[bool] = ...) -> None: ...
+
+class ProposalRequest(_message.Message):
+    __slots__ = ("lead_id", "plan", "deal_id", "requested_by")
+    LEAD_ID_FIELD_NUMBER: _ClassVar[int]
+    PLAN_FIELD_NUMBER: _ClassVar[int]
+    DEAL_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUESTED_BY_FIELD_NUMBER: _ClassVar[int]
+    lead_id: str
+    plan: str
+    deal_id: str
+    requested_by: str
+    def __init__(self, lead_id: _Optional[str] = ..., plan: _Optional[str] = ..., deal_id: _Optional[str] = ..., requested_by: _Optional[str] = ...) -> None: ...
+
+class ProposalLine(_message.Message):
+    __slots__ = ("kind", "key", "name", "price", "rule")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PRICE_FIELD_NUMBER: _ClassVar[int]
+    RULE_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    key: str
+    name: str
+    price: float
+    rule: str
+    def __init__(self, kind: _Optional[str] = ..., key: _Optional[str] = ..., name: _Optional[str] = ..., price: _Optional[float] = ..., rule: _Optional[str] = ...) -> None: ...
+
+class Proposal(_message.Message):
+    __slots__ = ("id", "lead_id", "deal_id", "plan", "lines", "total", "currency", "created_at", "valid_until", "url", "status", "message_id", "task_id", "html", "pathways")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    LEAD_ID_FIELD_NUMBER: _ClassVar[int]
+    DEAL_ID_FIELD_NUMBER: _ClassVar[int]
+    PLAN_FIELD_NUMBER: _ClassVar[int]
+    LINES_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    CURRENCY_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    VALID_UNTIL_FIELD_NUMBER: _ClassVar[int]
+    URL_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    HTML_FIELD_NUMBER: _ClassVar[int]
+    PATHWAYS_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    lead_id: str
+    deal_id: str
+    plan: str
+    lines: _containers.RepeatedCompositeFieldContainer[ProposalLine]
+    total: float
+    currency: str
+    created_at: _timestamp_pb2.Timestamp
+    valid_until: _timestamp_pb2.Timestamp
+    url: str
+    status: str
+    message_id: str
+    task_id: str
+    html: str
+    pathways: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, id: _Optional[str] = ..., lead_id: _Optional[str] = ..., deal_id: _Optional[str] = ..., plan: _Optional[str] = ..., lines: _Optional[_Iterable[_Union[ProposalLine, _Mapping]]] = ..., total: _Optional[float] = ..., currency: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., valid_until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., url: _Optional[str] = ..., status: _Optional[str] = ..., message_id: _Optional[str] = ..., task_id: _Optional[str] = ..., html: _Optional[str] = ..., pathways: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class GenerateProposalReply(_message.Message):
+    __slots__ = ("proposal", "duplicate")
+    PROPOSAL_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATE_FIELD_NUMBER: _ClassVar[int]
+    proposal: Proposal
+    duplicate: bool
+    def __init__(self, proposal: _Optional[_Union[Proposal, _Mapping]] = ..., duplicate: _Optional[bool] = ...) -> None: ...
+
+class ListProposalsRequest(_message.Message):
+    __slots__ = ("lead_id",)
+    LEAD_ID_FIELD_NUMBER: _ClassVar[int]
+    lead_id: str
+    def __init__(self, lead_id: _Optional[str] = ...) -> None: ...
+
+class ListProposalsReply(_message.Message):
+    __slots__ = ("proposals",)
+    PROPOSALS_FIELD_NUMBER: _ClassVar[int]
+    proposals: _containers.RepeatedCompositeFieldContainer[Proposal]
+    def __init__(self, proposals: _Optional[_Iterable[_Union[Proposal, _Mapping]]] = ...) -> None: ...
+
+class GetProposalRequest(_message.Message):
+    __slots__ = ("id", "token")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    token: str
+    def __init__(self, id: _Optional[str] = ..., token: _Optional[str] = ...) -> None: ...
+
+class SendProposalRequest(_message.Message):
+    __slots__ = ("id",)
+    ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    def __init__(self, id: _Optional[str] = ...) -> None: ...
+
+class SendProposalReply(_message.Message):
+    __slots__ = ("message_id", "status", "reason")
+    MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    message_id: str
+    status: str
+    reason: str
+    def __init__(self, message_id: _Optional[str] = ..., status: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...

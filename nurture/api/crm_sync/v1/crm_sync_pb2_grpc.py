@@ -296,3 +296,204 @@ class SalesOps:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class ProposalsStub:
+    """Missing associated documentation comment in .proto file."""
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.GenerateProposal = channel.unary_unary(
+                '/nurture.api.crm_sync.v1.Proposals/GenerateProposal',
+                request_serializer=nurture_dot_api_dot_crm__sync_dot_v1_dot_crm__sync__pb2.ProposalRequest.SerializeToString,
+                response_deserializer=nurture_dot_api_dot_crm__sync_dot_v1_dot_crm__sync__pb2.GenerateProposalReply.FromString,
+                _registered_method=True)
+        self.ListProposals = channel.unary_unary(
+                '/nurture.api.crm_sync.v1.Proposals/ListProposals',
+                request_serializer=nurture_dot_api_dot_crm__sync_dot_v1_dot_crm__sync__pb2.ListProposalsRequest.SerializeToString,
+                response_deserializer=nurture_dot_api_dot_crm__sync_dot_v1_dot_crm__sync__pb2.ListProposalsReply.FromString,
+                _registered_method=True)
+        self.GetProposal = channel.unary_unary(
+                '/nurture.api.crm_sync.v1.Proposals/GetProposal',
+                request_serializer=nurture_dot_api_dot_crm__sync_dot_v1_dot_crm__sync__pb2.GetProposalRequest.SerializeToString,
+                response_deserializer=nurture_dot_api_dot_crm__sync_dot_v1_dot_crm__sync__pb2.Proposal.FromString,
+                _registered_method=True)
+        self.SendProposal = channel.unary_unary(
+                '/nurture.api.crm_sync.v1.Proposals/SendProposal',
+                request_serializer=nurture_dot_api_dot_crm__sync_dot_v1_dot_crm__sync__pb2.SendProposalRequest.SerializeToString,
+                response_deserializer=nurture_dot_api_dot_crm__sync_dot_v1_dot_crm__sync__pb2.SendProposalReply.FromString,
+                _registered_method=True)
+
+
+class ProposalsServicer:
+    """Missing associated documentation comment in .proto file."""
+
+    def GenerateProposal(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListProposals(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetProposal(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SendProposal(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_ProposalsServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'GenerateProposal': grpc.unary_unary_rpc_method_handler(
+                    servicer.GenerateProposal,
+                    request_deserializer=nurture_dot_api_dot_crm__sync_dot_v1_dot_crm__sync__pb2.ProposalRequest.FromString,
+                    response_serializer=nurture_dot_api_dot_crm__sync_dot_v1_dot_crm__sync__pb2.GenerateProposalReply.SerializeToString,
+            ),
+            'ListProposals': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListProposals,
+                    request_deserializer=nurture_dot_api_dot_crm__sync_dot_v1_dot_crm__sync__pb2.ListProposalsRequest.FromString,
+                    response_serializer=nurture_dot_api_dot_crm__sync_dot_v1_dot_crm__sync__pb2.ListProposalsReply.SerializeToString,
+            ),
+            'GetProposal': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetProposal,
+                    request_deserializer=nurture_dot_api_dot_crm__sync_dot_v1_dot_crm__sync__pb2.GetProposalRequest.FromString,
+                    response_serializer=nurture_dot_api_dot_crm__sync_dot_v1_dot_crm__sync__pb2.Proposal.SerializeToString,
+            ),
+            'SendProposal': grpc.unary_unary_rpc_method_handler(
+                    servicer.SendProposal,
+                    request_deserializer=nurture_dot_api_dot_crm__sync_dot_v1_dot_crm__sync__pb2.SendProposalRequest.FromString,
+                    response_serializer=nurture_dot_api_dot_crm__sync_dot_v1_dot_crm__sync__pb2.SendProposalReply.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'nurture.api.crm_sync.v1.Proposals', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('nurture.api.crm_sync.v1.Proposals', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Proposals:
+    """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def GenerateProposal(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nurture.api.crm_sync.v1.Proposals/GenerateProposal',
+            nurture_dot_api_dot_crm__sync_dot_v1_dot_crm__sync__pb2.ProposalRequest.SerializeToString,
+            nurture_dot_api_dot_crm__sync_dot_v1_dot_crm__sync__pb2.GenerateProposalReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListProposals(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nurture.api.crm_sync.v1.Proposals/ListProposals',
+            nurture_dot_api_dot_crm__sync_dot_v1_dot_crm__sync__pb2.ListProposalsRequest.SerializeToString,
+            nurture_dot_api_dot_crm__sync_dot_v1_dot_crm__sync__pb2.ListProposalsReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetProposal(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nurture.api.crm_sync.v1.Proposals/GetProposal',
+            nurture_dot_api_dot_crm__sync_dot_v1_dot_crm__sync__pb2.GetProposalRequest.SerializeToString,
+            nurture_dot_api_dot_crm__sync_dot_v1_dot_crm__sync__pb2.Proposal.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SendProposal(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nurture.api.crm_sync.v1.Proposals/SendProposal',
+            nurture_dot_api_dot_crm__sync_dot_v1_dot_crm__sync__pb2.SendProposalRequest.SerializeToString,
+            nurture_dot_api_dot_crm__sync_dot_v1_dot_crm__sync__pb2.SendProposalReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
