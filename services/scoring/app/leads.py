@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from nurture import jsoncodec, limits
 from nurture.busmessage import LeadSnapshot
+from nurture.jsontypes import JsonMapping
 from nurture.times import utc_or_none as aware
 from services.scoring import storage as st
 from services.scoring.app.base import CoreBase
@@ -26,7 +27,7 @@ from services.scoring.domain.records import EmailTaken, InvalidInput, LeadUpsert
 from services.scoring.domain.validation import LEAD_ID, PROFILE_FIELDS, validate_profile
 
 
-def _check(lead_id: str, fields: Mapping[str, Any], merge: bool) -> None:
+def _check(lead_id: str, fields: JsonMapping, merge: bool) -> None:
     problems = validate_profile(fields, partial=merge)
     if lead_id and not LEAD_ID.fullmatch(lead_id):
         problems["id"] = "must be 1-128 letters, digits or _.:@-"
@@ -36,14 +37,14 @@ def _check(lead_id: str, fields: Mapping[str, Any], merge: bool) -> None:
 
 class Leads(CoreBase):
     def upsert_lead(
-        self, lead_id: str, fields: Mapping[str, Any], *, merge: bool, source: str, must_exist: bool, now: datetime
+        self, lead_id: str, fields: JsonMapping, *, merge: bool, source: str, must_exist: bool, now: datetime
     ) -> tuple[LeadSnapshot, bool]:
         _check(lead_id, fields, merge)
         with self._sessions() as s:
             return self._upsert(s, lead_id, fields, merge=merge, source=source, must_exist=must_exist, now=now)
 
     def _upsert(
-        self, s: Session, lead_id: str, fields: Mapping[str, Any], *, merge: bool, source: str, must_exist: bool,
+        self, s: Session, lead_id: str, fields: JsonMapping, *, merge: bool, source: str, must_exist: bool,
         now: datetime,
     ) -> tuple[LeadSnapshot, bool]:
         row = None
