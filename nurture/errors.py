@@ -23,9 +23,11 @@ import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, NoReturn
+from typing import ClassVar, NoReturn
 
 import grpc
+
+from nurture.jsontypes import JsonMapping, JsonObject
 
 log = logging.getLogger(__name__)
 
@@ -44,12 +46,12 @@ class NurtureError(Exception):
     http_status: int = 500
     code: str = "internal"
 
-    def __init__(self, message: str, *, code: str | None = None, details: Mapping[str, Any] | None = None) -> None:
+    def __init__(self, message: str, *, code: str | None = None, details: JsonMapping | None = None) -> None:
         super().__init__(message)
         self.message = message
         if code is not None:
             self.code = code
-        self.details: dict[str, Any] = dict(details or {})
+        self.details: JsonObject = dict(details or {})
 
     def status_details(self) -> str:
         """The gRPC status message: the JSON the gateway turns back into this error."""
@@ -133,10 +135,10 @@ class HttpError:
     status: int
     code: str
     message: str
-    details: dict[str, Any] = field(default_factory=dict)
+    details: JsonObject = field(default_factory=dict)
     headers: dict[str, str] | None = None
 
-    def body(self) -> dict[str, Any]:
+    def body(self) -> JsonObject:
         return {"error": {"code": self.code, "message": self.message, "details": self.details}}
 
     @classmethod
@@ -173,7 +175,7 @@ def http_error_from_rpc(exc: grpc.aio.AioRpcError) -> HttpError:
     and replaced (it may name internal addresses or SQL)."""
     status, code = GRPC_TO_HTTP.get(exc.code(), (500, "internal"))
     message = exc.details() or exc.code().name
-    details: dict[str, Any] = {}
+    details: JsonObject = {}
     ours = False
     try:
         parsed = json.loads(message)

@@ -32,6 +32,7 @@ from typing import Any
 from durable import engine as durable_engine
 
 from nurture.datafiles import DataFileError
+from nurture.jsontypes import JsonMapping, JsonObject, JsonValue
 
 OPS = ("eq", "ne", "gt", "gte", "lt", "lte", "in", "contains", "exists", "matches")
 log = logging.getLogger(__name__)
@@ -61,8 +62,8 @@ class RuleLoopError(RulesError):
 @dataclass(frozen=True)
 class RuleSpec:
     name: str
-    when: Mapping[str, Any]
-    meta: Mapping[str, Any] = field(default_factory=dict)
+    when: JsonMapping
+    meta: JsonMapping = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -70,15 +71,15 @@ class Match:
     """A rule that fired, with the facts its condition read (for explanations)."""
 
     rule: str
-    meta: Mapping[str, Any]
-    facts: Mapping[str, Any]
+    meta: JsonMapping
+    facts: JsonMapping
 
 
 # ---------------------------------------------------------------------------------------------------
 # Validation and the reference evaluator
 
 
-def validate_condition(cond: Any, path: str = "when") -> list[str]:
+def validate_condition(cond: JsonValue, path: str = "when") -> list[str]:
     """Every problem in a condition tree, each naming where it is."""
     if not isinstance(cond, Mapping):
         return [f"{path}: expected a mapping, got {type(cond).__name__}"]
@@ -118,8 +119,8 @@ def validate_condition(cond: Any, path: str = "when") -> list[str]:
     return []
 
 
-def _lookup(facts: Mapping[str, Any], dotted: str) -> tuple[bool, Any]:
-    current: Any = facts
+def _lookup(facts: JsonMapping, dotted: str) -> tuple[bool, JsonValue]:
+    current: JsonValue = facts
     for part in dotted.split("."):
         if not isinstance(current, Mapping) or part not in current:
             return False, None
@@ -127,11 +128,11 @@ def _lookup(facts: Mapping[str, Any], dotted: str) -> tuple[bool, Any]:
     return current is not None, current
 
 
-def _num(value: Any) -> bool:
+def _num(value: JsonValue) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def reference_evaluate_condition(cond: Mapping[str, Any], facts: Mapping[str, Any]) -> bool:
+def reference_evaluate_condition(cond: JsonMapping, facts: JsonMapping) -> bool:
     """Plain-Python meaning of a condition: the oracle the engine is tested against."""
     if "all" in cond:
         return all(reference_evaluate_condition(c, facts) for c in cond["all"])
@@ -166,7 +167,7 @@ def reference_evaluate_condition(cond: Mapping[str, Any], facts: Mapping[str, An
     }[op])
 
 
-def unmet(cond: Mapping[str, Any], facts: Mapping[str, Any]) -> list[str]:
+def unmet(cond: JsonMapping, facts: JsonMapping) -> list[str]:
     """Why a condition does not hold for these facts, one line per clause that fails (empty when it
     holds): `lead.segment is 'family', needs eq 'skilled_professional'`. An `any` that fails lists its
     alternatives under "one of". Same meaning as reference_evaluate_condition, which decides."""
@@ -183,7 +184,7 @@ def unmet(cond: Mapping[str, Any], facts: Mapping[str, Any]) -> list[str]:
     return [f"{cond['fact']} is {shown}, needs {op} {cond[op]!r}"]
 
 
-def _same(a: Any, b: Any) -> bool:
+def _same(a: JsonValue, b: JsonValue) -> bool:
     # Booleans are not numbers here (True == 1 in Python, not in the rule language).
     if isinstance(a, bool) or isinstance(b, bool):
         return isinstance(a, bool) and isinstance(b, bool) and a == b
@@ -192,7 +193,7 @@ def _same(a: Any, b: Any) -> bool:
     return type(a) is type(b) and a == b
 
 
-def reference_evaluate(specs: Sequence[RuleSpec], facts: Mapping[str, Any]) -> list[str]:
+def reference_evaluate(specs: Sequence[RuleSpec], facts: JsonMapping) -> list[str]:
     """Names of the rules whose condition holds, in definition order."""
     return [s.name for s in specs if reference_evaluate_condition(s.when, facts)]
 
@@ -205,21 +206,21 @@ def _flat_name(dotted: str) -> str:
     return dotted.replace(".", "__")
 
 
-def _has_name(dotted: str, value: Any) -> str:
+def _has_name(dotted: str, value: JsonValue) -> str:
     return f"{_flat_name(dotted)}__has__{_token(value)}"
 
 
-def _token(value: Any) -> str:
+def _token(value: JsonValue) -> str:
     text = str(value)
     if re.fullmatch(r"[A-Za-z0-9_]+", text):
         return text
     return "x" + text.encode().hex()
 
 
-def flatten_facts(facts: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten_facts(facts: JsonMapping, prefix: str = "") -> JsonObject:
     """The snapshot as the engine sees it: flat names typed by suffix (`__s` strings, `__n` numbers,
     `__b` booleans), so the engine never compares a string with a number; lists as presence flags."""
-    flat: dict[str, Any] = {}
+    flat: JsonObject = {}
     for key, value in facts.items():
         dotted = f"{prefix}.{key}" if prefix else str(key)
         name = _flat_name(dotted)
@@ -245,7 +246,7 @@ def flatten_facts(facts: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def _canonical(value: Any) -> str:
+def _canonical(value: JsonValue) -> str:
     """One string per scalar value and type: eq/ne compile to a single test without an $or (each
     $or multiplies the engine's expanded alternatives, and nested ones exceed its limits)."""
     if isinstance(value, bool):
@@ -255,7 +256,7 @@ def _canonical(value: Any) -> str:
     return f"s:{value}"
 
 
-def _compile_condition(cond: Mapping[str, Any]) -> dict[str, Any]:
+def _compile_condition(cond: JsonMapping) -> JsonObject:
     if "all" in cond:
         return {"$and": [_compile_condition(c) for c in cond["all"]]}
     if "any" in cond:
@@ -319,7 +320,7 @@ class CompiledRules:
         self._facts_read = {s.name: _facts_of(s.when) for s in self.specs}
         self._paths = _covering_paths({f for read in self._facts_read.values() for f in read})
         self._memo: dict[str, list[Match]] = {}
-        definition: dict[str, Any] = {}
+        definition: JsonObject = {}
         for i, spec in enumerate(self.specs):
             # The marker keeps purely negative conditions from matching the engine's own session
             # state, which it re-evaluates after every action (seen as an endless firing loop).
@@ -332,7 +333,7 @@ class CompiledRules:
         try:
             host.set_rulesets({name: copy.deepcopy(definition)})
         except Exception:
-            kept: dict[str, Any] = {}
+            kept: JsonObject = {}
             for i, spec in enumerate(self.specs):
                 try:
                     host.set_rulesets({f"{name}__probe{i}": copy.deepcopy({f"r{i}": definition[f"r{i}"]})})
@@ -349,7 +350,7 @@ class CompiledRules:
 
         return fire
 
-    def evaluate(self, facts: Mapping[str, Any]) -> list[Match]:
+    def evaluate(self, facts: JsonMapping) -> list[Match]:
         """Every rule whose condition holds for `facts`, in definition order.
 
         Only the facts the rules read reach the engine: its cost grows with the size of the asserted
@@ -366,7 +367,7 @@ class CompiledRules:
             found = self._memo[key] = self._evaluate(pruned)
         return found
 
-    def _evaluate(self, facts: Mapping[str, Any]) -> list[Match]:
+    def _evaluate(self, facts: JsonMapping) -> list[Match]:
         flat = flatten_facts(facts)
         fact = {"id": next(_ids), "sid": _SID, _MARKER: 1, **flat}
         host = _get_host()
@@ -399,12 +400,12 @@ def _covering_paths(dotted: set[str]) -> tuple[tuple[str, ...], ...]:
     return tuple(kept)
 
 
-def _prune(facts: Mapping[str, Any], paths: tuple[tuple[str, ...], ...]) -> dict[str, Any]:
+def _prune(facts: JsonMapping, paths: tuple[tuple[str, ...], ...]) -> JsonObject:
     """A new tree holding only `paths` of `facts` (each kept value whole); the same meaning for rules
     that read only those paths, as the compiled conditions name nothing outside them."""
-    out: dict[str, Any] = {}
+    out: JsonObject = {}
     for parts in paths:
-        src: Any = facts
+        src: JsonValue = facts
         dst = out
         for i, part in enumerate(parts):
             if not isinstance(src, Mapping) or part not in src:
@@ -417,12 +418,12 @@ def _prune(facts: Mapping[str, Any], paths: tuple[tuple[str, ...], ...]) -> dict
     return out
 
 
-def _typed_text(value: Any) -> str:
+def _typed_text(value: JsonValue) -> str:
     # Memo keys of non-JSON values carry their type: a datetime and its string are different facts.
     return f"<{type(value).__name__}>{value}"
 
 
-def _facts_of(cond: Mapping[str, Any]) -> list[str]:
+def _facts_of(cond: JsonMapping) -> list[str]:
     if "all" in cond or "any" in cond:
         out: list[str] = []
         for c in cond.get("all", cond.get("any", [])):
@@ -456,8 +457,8 @@ def compile_rules(ruleset_name: str, specs: Sequence[RuleSpec]) -> CompiledRules
 
 def chain(
     compiled: CompiledRules,
-    facts: dict[str, Any],
-    apply: Callable[[list[Match], dict[str, Any]], dict[str, Any]],
+    facts: JsonObject,
+    apply: Callable[[list[Match], JsonObject], JsonObject],
     *,
     max_rounds: int = 8,
 ) -> list[Match]:

@@ -9,6 +9,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NamedTuple
 
@@ -17,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from nurture import times
 from nurture.db import RetryTransaction, insert_new
+from nurture.jsontypes import JsonObject, JsonValue
 from services.crm_sync.tables import changes, inbound, leads, outbox, proposals, round_robin, tasks, timeline
 
 Sessions = Callable[[], AbstractContextManager[Session]]
@@ -25,34 +27,60 @@ Sessions = Callable[[], AbstractContextManager[Session]]
 aware = times.utc_or_none  # SQLite hands datetimes back naive; every stored time is UTC
 
 
-def _lead_row(row: Any) -> dict[str, Any]:
+@dataclass(slots=True)
+class LeadRecord:
+    """What crm_sync keeps of a lead (a `crm_sync_leads` row, its JSON columns decoded): the CRM
+    contact it is linked to, the last snapshot the bus carried, per-field sync state, the projection
+    last pushed, and the sales owner."""
+
+    lead_id: str
+    updated_at: datetime
+    crm: str | None = None
+    crm_id: str | None = None
+    email: str | None = None
+    contact_modified_at: datetime | None = None
+    inbound_hash: str | None = None
+    version: int = 0
+    snapshot: JsonObject = field(default_factory=dict)  # the lead as the bus last carried it
+    fields: JsonObject = field(default_factory=dict)  # field -> its sync state (values and times per side)
+    projection: JsonObject = field(default_factory=dict)  # the change feed's last projection
+    journeys: list[JsonValue] = field(default_factory=list)
+    owner: str | None = None
+    team: str | None = None
+    meeting_link: str | None = None
+    pushed_hash: str | None = None
+    converted_at: datetime | None = None
+
+
+_JSON_COLUMNS = ("snapshot", "fields", "projection", "journeys")
+_LEAD_COLUMNS = tuple(c.name for c in leads.columns)
+
+
+def _lead_row(row: Any) -> LeadRecord:
     m = dict(row._mapping)
-    for key in ("snapshot", "fields", "projection", "journeys"):
+    for key in _JSON_COLUMNS:
         m[key] = json.loads(m[key] or ("[]" if key == "journeys" else "{}"))
     for key in ("contact_modified_at", "converted_at", "updated_at"):
         m[key] = aware(m[key])
-    return m
+    return LeadRecord(**m)
 
 
-def new_lead_row(lead_id: str, now: datetime) -> dict[str, Any]:
-    return {"lead_id": lead_id, "crm": None, "crm_id": None, "email": None, "contact_modified_at": None,
-            "inbound_hash": None, "version": 0, "snapshot": {}, "fields": {}, "projection": {}, "journeys": [],
-            "owner": None, "team": None, "meeting_link": None, "pushed_hash": None, "converted_at": None,
-            "updated_at": now}
+def new_lead_row(lead_id: str, now: datetime) -> LeadRecord:
+    return LeadRecord(lead_id=lead_id, updated_at=now)
 
 
-def get_lead(s: Session, lead_id: str, *, lock: bool = False) -> dict[str, Any] | None:
+def get_lead(s: Session, lead_id: str, *, lock: bool = False) -> LeadRecord | None:
     """The lead's row; with `lock`, locked until the transaction ends (see `get_leads`)."""
     row = s.execute(_LEAD_BY_ID_LOCKED if lock else _LEAD_BY_ID, {"b_lead_id": lead_id}).first()
     return _lead_row(row) if row else None
 
 
-def get_leads(s: Session, lead_ids: list[str], *, lock: bool = False) -> dict[str, dict[str, Any]]:
+def get_leads(s: Session, lead_ids: list[str], *, lock: bool = False) -> dict[str, LeadRecord]:
     """The leads' rows. A transaction that writes back a row it read passes `lock`: on PostgreSQL
     (concurrent writers) the rows are locked in key order, as every path that locks leads does, so
     a concurrent writer of the same lead (the bus consumer, an inbound contact, a push outcome)
     waits and then reads the other's committed row instead of overwriting it with an older one."""
-    out: dict[str, dict[str, Any]] = {}
+    out: dict[str, LeadRecord] = {}
     for chunk in iter_chunks(sorted(set(lead_ids)), 500):
         query = select(leads).where(leads.c.lead_id.in_(chunk))
         if lock:
@@ -63,7 +91,7 @@ def get_leads(s: Session, lead_ids: list[str], *, lock: bool = False) -> dict[st
 
 
 def find_lead(s: Session, *, crm: str, crm_id: str | None, lead_id: str | None, email: str | None
-              ) -> dict[str, Any] | None:
+              ) -> LeadRecord | None:
     """Match a CRM contact: by CRM id, then the lead id the CRM stored, then email."""
     if crm_id:
         row = s.execute(select(leads).where(leads.c.crm == crm, leads.c.crm_id == crm_id)).first()
@@ -89,21 +117,21 @@ class LeadQuery(NamedTuple):
     email: str | None
 
 
-def find_leads(s: Session, wanted: list[LeadQuery]) -> list[dict[str, Any] | None]:
+def find_leads(s: Session, wanted: list[LeadQuery]) -> list[LeadRecord | None]:
     """`find_lead` for many contacts at once: three queries, not three per contact."""
     crm_ids = sorted({w.crm_id for w in wanted if w.crm_id})
-    by_crm_id: dict[tuple[str, str], dict[str, Any]] = {}
+    by_crm_id: dict[tuple[str, str], LeadRecord] = {}
     for chunk in iter_chunks(crm_ids, 500):
         for row in s.execute(select(leads).where(leads.c.crm_id.in_(chunk))).all():
             by_crm_id[(row.crm, row.crm_id)] = _lead_row(row)
     by_id = get_leads(s, [w.lead_id for w in wanted if w.lead_id])
     emails = sorted({w.email.lower() for w in wanted if w.email})
-    by_email: dict[str, dict[str, Any]] = {}
+    by_email: dict[str, LeadRecord] = {}
     for chunk in iter_chunks(emails, 500):
         rows = s.execute(select(leads).where(func.lower(leads.c.email).in_(chunk)).order_by(leads.c.lead_id)).all()
         for row in rows:
             by_email.setdefault(row.email.lower(), _lead_row(row))
-    out: list[dict[str, Any] | None] = []
+    out: list[LeadRecord | None] = []
     for crm, crm_id, lead_id, email in wanted:
         found = (by_crm_id.get((crm, crm_id)) if crm_id else None) or (by_id.get(lead_id) if lead_id else None) \
             or (by_email.get(email.lower()) if email else None)
@@ -128,18 +156,19 @@ _RECENT_TASK = select(tasks).where(tasks.c.lead_id == bindparam("b_lead_id"), ta
 _INSERT_TASK = insert(tasks)
 
 
-def save_lead(s: Session, row: dict[str, Any], *, exists: bool) -> None:
+def save_lead(s: Session, row: LeadRecord, *, exists: bool) -> None:
     save_leads(s, [] if exists else [row], [row] if exists else [])
 
 
-def _lead_values(row: dict[str, Any]) -> dict[str, Any]:
-    values = dict(row)
-    for key in ("snapshot", "fields", "projection", "journeys"):
+def _lead_values(row: LeadRecord) -> dict[str, Any]:
+    """The row's column values (SQL parameters), its JSON columns encoded."""
+    values = {name: getattr(row, name) for name in _LEAD_COLUMNS}
+    for key in _JSON_COLUMNS:
         values[key] = json.dumps(values[key], default=str, separators=(",", ":"))
     return values
 
 
-def save_leads(s: Session, new: list[dict[str, Any]], changed: list[dict[str, Any]]) -> None:
+def save_leads(s: Session, new: list[LeadRecord], changed: list[LeadRecord]) -> None:
     """Many leads in two executemany statements (full rows, as save_lead writes them), in key order
     (as every path that writes several rows locks them, see nurture.db)."""
     if new:
@@ -147,12 +176,12 @@ def save_leads(s: Session, new: list[dict[str, Any]], changed: list[dict[str, An
         # contact): the second skips its insert (no unique violation, whose error aborts the
         # transaction) and runs again, now updating the row the first committed.
         made = s.execute(insert_new(s, leads, ["lead_id"]).returning(leads.c.lead_id),
-                         [_lead_values(r) for r in sorted(new, key=lambda r: str(r["lead_id"]))]).scalars().all()
+                         [_lead_values(r) for r in sorted(new, key=lambda r: r.lead_id)]).scalars().all()
         if len(made) < len(new):
             raise RetryTransaction("a lead's row was created by a concurrent transaction")
     if changed:
-        s.execute(_UPDATE_LEAD, [{**_lead_values(r), "b_lead_id": r["lead_id"]}
-                                 for r in sorted(changed, key=lambda r: str(r["lead_id"]))])
+        s.execute(_UPDATE_LEAD, [{**_lead_values(r), "b_lead_id": r.lead_id}
+                                 for r in sorted(changed, key=lambda r: r.lead_id)])
 
 
 def unlink_crm_ids(s: Session, owners: dict[tuple[str, str], str]) -> None:
@@ -264,14 +293,14 @@ class BatchWrites:
     caller flushes before reading one from SQL), change-feed rows and new push jobs."""
 
     def __init__(self) -> None:
-        self._leads: dict[str, tuple[dict[str, Any], bool]] = {}  # lead id -> (row, exists in SQL)
+        self._leads: dict[str, tuple[LeadRecord, bool]] = {}  # lead id -> (row, exists in SQL)
         self._changes: list[dict[str, Any]] = []
         self._jobs: list[dict[str, Any]] = []
 
-    def save_lead(self, row: dict[str, Any], *, exists: bool) -> None:
+    def save_lead(self, row: LeadRecord, *, exists: bool) -> None:
         """The row as it is at flush time (later messages of the batch may change it further)."""
-        first = self._leads.get(row["lead_id"])
-        self._leads[row["lead_id"]] = (row, first[1] if first else exists)
+        first = self._leads.get(row.lead_id)
+        self._leads[row.lead_id] = (row, first[1] if first else exists)
 
     def add_change(self, lead_id: str, crm_id: str | None, changed: list[str], data: dict[str, Any],
                    at: datetime) -> None:

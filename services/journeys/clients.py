@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from datetime import datetime
 
 import grpc
 
@@ -21,7 +20,7 @@ from nurture.api.scoring.v1 import scoring_pb2, scoring_pb2_grpc
 from nurture.errors import TRANSIENT
 from nurture.rpc import DEADLINE_S, channel
 from nurture.settings import Settings
-from services.journeys.domain.state import Effect
+from services.journeys.domain.state import Effect, SendPayload, TaskPayload, UpdatePayload
 
 
 class Unavailable(Exception):
@@ -129,12 +128,13 @@ class Clients:
 
     async def _send(self, lead_id: str, effect: Effect) -> tuple[str, str, str]:
         p = effect.payload
+        assert isinstance(p, SendPayload), effect.kind
         if self._sends is None:
             self._sends = SendCoalescer(messaging_pb2_grpc.MessagingStub(self._channel("messaging")))
         req = messaging_pb2.SendRequest(
-            dedupe_key=effect.dedupe_key, lead_id=lead_id, journey=p["journey"], journey_version=int(p["version"]),
-            step=p["step"], channel=p["channel"], template=p["template"], category=p["category"],
-            context_json=json.dumps(p["context"], default=str))
+            dedupe_key=effect.dedupe_key, lead_id=lead_id, journey=p.journey, journey_version=int(p.version),
+            step=p.step, channel=p.channel, template=p.template, category=p.category,
+            context_json=json.dumps(p.context, default=str))
         reply = await self._sends.send(req)
         if reply.status == "invalid":  # what a single Send refuses with INVALID_ARGUMENT: failed for good
             return "failed", "", f"INVALID_ARGUMENT: {reply.reason}"
@@ -142,18 +142,19 @@ class Clients:
 
     async def _task(self, lead_id: str, effect: Effect) -> tuple[str, str, str]:
         p = effect.payload
+        assert isinstance(p, TaskPayload), effect.kind
         req = crm_sync_pb2.TaskRequest(
-            dedupe_key=effect.dedupe_key, lead_id=lead_id, kind=str(p["kind"]), title=str(p["title"]),
-            priority=str(p["priority"]), details_json=json.dumps(p["details"], default=str))
-        if isinstance(p.get("due_at"), datetime):
-            req.due_at.FromDatetime(p["due_at"])
+            dedupe_key=effect.dedupe_key, lead_id=lead_id, kind=str(p.kind), title=str(p.title),
+            priority=str(p.priority), details_json=json.dumps(p.details, default=str))
+        req.due_at.FromDatetime(p.due_at)
         stub = crm_sync_pb2_grpc.SalesOpsStub(self._channel("crm_sync"))
         reply = await stub.RequestTask(req, timeout=DEADLINE_S)
         return ("duplicate" if reply.duplicate else "done"), reply.task_id, reply.owner
 
     async def _update(self, lead_id: str, effect: Effect) -> tuple[str, str, str]:
         stub = scoring_pb2_grpc.ScoringStub(self._channel("scoring"))
-        fields = {"attributes": effect.payload["set"]}
+        assert isinstance(effect.payload, UpdatePayload), effect.kind
+        fields = {"attributes": effect.payload.set}
         await stub.UpsertLead(scoring_pb2.UpsertLeadRequest(id=lead_id, fields_json=json.dumps(fields), merge=True,
                                                             source="journeys", must_exist=True), timeout=DEADLINE_S)
         return "done", "", ""

@@ -3,23 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from datetime import datetime
 from typing import Any
 
 import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from nurture import errors, times
 from nurture.api.journeys.v1 import journeys_pb2, journeys_pb2_grpc
 from nurture.rpcguard import guard_requests
 from services.journeys import simulation, storage
-from services.journeys.app.runner import Invalid, JourneysRuntime, NotFound
+from services.journeys.app.runner import Invalid, JourneysRuntime, JourneySummary, NotFound
 
 SIMULATION_BUDGET = 2_000_000  # leads x days accepted by one Simulate call
 MAX_LEADS_PER_CALL = 1000  # lead ids in one LeadsJourneys call
 
 
-def _ts(target: Any, value: datetime | None) -> None:
+def _ts(target: Timestamp, value: datetime | None) -> None:
     if value is not None:
         target.FromDatetime(value)
 
@@ -34,6 +36,10 @@ def _enrollment(e: journeys_pb2.Enrollment, row: Any) -> None:
     _ts(e.entered_at, times.parse_utc(data["entered_at"]))
 
 
+def _summary(s: JourneySummary) -> journeys_pb2.JourneySummary:
+    return journeys_pb2.JourneySummary(**dataclasses.asdict(s))
+
+
 @guard_requests()
 class JourneysServicer(journeys_pb2_grpc.JourneysServicer):
     def __init__(self, runtime: JourneysRuntime) -> None:
@@ -41,7 +47,7 @@ class JourneysServicer(journeys_pb2_grpc.JourneysServicer):
 
     async def ListJourneys(self, request: journeys_pb2.ListJourneysRequest,
                            context: grpc.aio.ServicerContext) -> journeys_pb2.ListJourneysReply:
-        return journeys_pb2.ListJourneysReply(journeys=[journeys_pb2.JourneySummary(**s) for s in self.rt.summaries()])
+        return journeys_pb2.ListJourneysReply(journeys=[_summary(s) for s in self.rt.summaries()])
 
     async def GetJourney(self, request: journeys_pb2.GetJourneyRequest,
                          context: grpc.aio.ServicerContext) -> journeys_pb2.GetJourneyReply:
@@ -49,14 +55,14 @@ class JourneysServicer(journeys_pb2_grpc.JourneysServicer):
             journey, versions = self.rt.get(request.key, request.version)
         except NotFound as exc:
             raise errors.NotFound(str(exc), code="journey_not_found") from exc
-        summary = next(s for s in self.rt.summaries() if s["key"] == request.key)
-        reply = journeys_pb2.GetJourneyReply(summary=journeys_pb2.JourneySummary(**summary),
+        summary = next(s for s in self.rt.summaries() if s.key == request.key)
+        reply = journeys_pb2.GetJourneyReply(summary=_summary(summary),
                                              definition_json=json.dumps(journey.document, default=str),
                                              version=journey.version)
         for v in versions:
-            info = reply.versions.add(version=v["version"], status=v["status"])
-            _ts(info.created_at, v.get("created_at"))
-            _ts(info.published_at, v.get("published_at"))
+            info = reply.versions.add(version=v.version, status=v.status)
+            _ts(info.created_at, v.created_at)
+            _ts(info.published_at, v.published_at)
         return reply
 
     async def PutJourney(self, request: journeys_pb2.PutJourneyRequest,

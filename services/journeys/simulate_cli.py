@@ -12,13 +12,13 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
+from nurture.jsontypes import JsonObject
 from services.journeys.domain.definitions import DefinitionError
 from services.journeys.simulation import SimulationError, simulate
 
 
-def _behaviour(raw: str | None) -> dict[str, Any]:
+def _behaviour(raw: str | None) -> JsonObject:
     if not raw:
         return {}
     text = Path(raw[1:]).read_text() if raw.startswith("@") else raw
@@ -28,7 +28,7 @@ def _behaviour(raw: str | None) -> dict[str, Any]:
     return value
 
 
-def _table(report: dict[str, Any]) -> str:
+def _table(report: JsonObject) -> str:
     lines = [f"{report['leads']} leads, {report['days']} days, seed {report['seed']}: "
              f"{report['engine']['steps']} steps in {report['engine']['wall_seconds']} s"]
     for key, j in report["journeys"].items():

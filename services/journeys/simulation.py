@@ -24,11 +24,12 @@ from typing import Any
 
 from nurture.busmessage import BusMessage
 from nurture.clock import VIRTUAL_EPOCH
+from nurture.jsontypes import JsonMapping, JsonObject
 from services.journeys.domain.definitions import Journey, PlaybookSettings, load_playbook, read_settings
 from services.journeys.domain.engine import Engine
 from services.journeys.domain.funnel import Funnel, totals
 from services.journeys.domain.registry import Registry
-from services.journeys.domain.state import ACTIVE, LeadState, Outcome, iso, parse_time
+from services.journeys.domain.state import ACTIVE, LeadState, Outcome, SendPayload, iso, parse_time
 
 SEGMENTS = ("skilled_professional", "family", "entrepreneur")
 DEFAULT_RATES = {"open": 0.35, "click": 0.25, "convert": 0.01}
@@ -48,7 +49,7 @@ class SimulationError(ValueError):
         self.problems = list(problems) or [message]
 
 
-def check_behaviour(behaviour: Mapping[str, Any]) -> list[str]:
+def check_behaviour(behaviour: JsonMapping) -> list[str]:
     """Every problem of a behaviour model. A key the model does not read would be silently ignored
     (the run would use defaults while the caller believes otherwise), so it is a problem too."""
     problems: list[str] = []
@@ -117,7 +118,7 @@ _Item = tuple[datetime, int, int, str, str, Any]
 
 class Simulation:
     def __init__(self, journeys: Mapping[str, Journey], *, settings: PlaybookSettings | None = None,
-                 behaviour: Mapping[str, Any] | None = None, seed: int = 1, start: datetime = VIRTUAL_EPOCH) -> None:
+                 behaviour: JsonMapping | None = None, seed: int = 1, start: datetime = VIRTUAL_EPOCH) -> None:
         self.registry = Registry()
         for j in journeys.values():
             self.registry.add(j)
@@ -153,7 +154,7 @@ class Simulation:
         self.seq += 1
         heapq.heappush(self.heap, (at, -prio, self.seq, kind, lead, data))
 
-    def _message(self, at: datetime, lead: str, etype: str, props: dict[str, Any] | None = None) -> None:
+    def _message(self, at: datetime, lead: str, etype: str, props: JsonObject | None = None) -> None:
         self._push(at, "msg", lead, {"type": etype, "properties": props or {}})
 
     def _arm(self, state: LeadState, out: Outcome) -> None:
@@ -229,7 +230,7 @@ class Simulation:
         for _ in range(int(weeks * self._action("page_views_per_week") + rng.random())):
             self._message(when(), lead_id, "page_viewed", {"category": rng.choice(PAGE_CATEGORIES)})
 
-    def _apply_counters(self, state: LeadState, etype: str, props: Mapping[str, Any]) -> None:
+    def _apply_counters(self, state: LeadState, etype: str, props: JsonMapping) -> None:
         c = state.lead.setdefault("counters", {})
         if etype == "email_opened":
             for k in ("opens_7d", "opens_14d", "opens_30d"):
@@ -263,16 +264,17 @@ class Simulation:
                 status = "sent" if (state.lead.get("consent") or {}).get("email", True) else "suppressed"
                 if status == "sent":
                     self.stats.sends += 1
+                    assert isinstance(effect.payload, SendPayload)
                     self._behave(state, effect.payload)
             self.engine.complete(state, effect, self.now, out, status=status,
                                  message_id=f"m-{effect.dedupe_key}" if status == "sent" else "")
         self._arm(state, out)
 
-    def _behave(self, state: LeadState, payload: Mapping[str, Any]) -> None:
+    def _behave(self, state: LeadState, payload: SendPayload) -> None:
         segment = str(state.lead.get("segment") or "")
-        stage = payload.get("context", {}).get("stage")
+        stage = payload.context.get("stage")
         rng = self.rng
-        tag = {"journey": payload["journey"], "step": payload["step"]}
+        tag = {"journey": payload.journey, "step": payload.step}
         # What messaging reports for every delivered email (it starts the "no opens" clock).
         self._message(self.now, state.lead_id, "email_sent", tag)
         if rng.random() >= self._rate(segment, stage, "open"):
@@ -290,7 +292,7 @@ class Simulation:
 
     # -- run --------------------------------------------------------------------------------------
 
-    def run(self, leads: int, days: int) -> dict[str, Any]:
+    def run(self, leads: int, days: int) -> JsonObject:
         if not 0 < leads <= MAX_LEADS:
             raise SimulationError(f"leads must be between 1 and {MAX_LEADS}")
         if not 0 < days <= MAX_DAYS:
@@ -336,8 +338,8 @@ class Simulation:
 
 
 def simulate(*, journeys: Sequence[str] | None = None, leads: int, days: int, seed: int = 1,
-             behaviour: Mapping[str, Any] | None = None,
-             definitions: Mapping[str, Journey] | None = None) -> dict[str, Any]:
+             behaviour: JsonMapping | None = None,
+             definitions: Mapping[str, Journey] | None = None) -> JsonObject:
     """Run the named journeys (default: the whole playbook) and return the funnel report."""
     available = dict(definitions) if definitions is not None else load_playbook()
     chosen = list(journeys) if journeys else list(available)

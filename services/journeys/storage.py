@@ -8,7 +8,7 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import DateTime, Index, Integer, String, Text, UniqueConstraint, delete, func, insert, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -367,8 +367,23 @@ def live_of(session: Session, journey: str) -> list[EnrollmentRow]:
                                                              EnrollmentRow.status.in_(LIVE))))
 
 
-def armed(session: Session, batch: int = 5000) -> Iterator[tuple[str, str, int, datetime, int]]:
-    """Every active enrolment's pending timer (lead, ekey, token, due, side_pending), for re-arming."""
+class ArmedEnrolment(NamedTuple):
+    lead_id: str
+    ekey: str
+    token: int
+    due: datetime
+    side_pending: int  # queued side steps
+
+
+class ArmedDate(NamedTuple):
+    lead_id: str
+    key: str  # "<journey>.<rule>", or a quiet-period clock's key
+    token: int
+    due: datetime
+
+
+def armed(session: Session, batch: int = 5000) -> Iterator[ArmedEnrolment]:
+    """Every active enrolment's pending timer, for re-arming."""
     last: tuple[str, str] = ("", "")
     while True:
         rows = list(session.execute(
@@ -381,17 +396,17 @@ def armed(session: Session, batch: int = 5000) -> Iterator[tuple[str, str, int, 
         if not rows:
             return
         for lead_id, ekey, token, due, side in rows:
-            yield lead_id, ekey, token, _utc(due) or datetime.min.replace(tzinfo=UTC), side
+            yield ArmedEnrolment(lead_id, ekey, token, _utc(due) or datetime.min.replace(tzinfo=UTC), side)
         last = (rows[-1][0], rows[-1][1])
 
 
-def dates_armed(session: Session) -> list[tuple[str, str, int, datetime]]:
-    """Unfired date-relative entry timers: (lead, "<journey>.<rule>", token, due)."""
-    out: list[tuple[str, str, int, datetime]] = []
+def dates_armed(session: Session) -> list[ArmedDate]:
+    """Unfired date-relative entry and clock timers."""
+    out: list[ArmedDate] = []
     for lead, raw in session.execute(select(LeadRow.lead_id, LeadRow.date_timers).where(LeadRow.date_timers != "{}")):
         for key, entry in json.loads(raw or "{}").items():
             due = times.parse_utc(entry["at"]) or datetime.min.replace(tzinfo=UTC)
-            out.append((lead, key, int(entry["token"]), due))
+            out.append(ArmedDate(lead, key, int(entry["token"]), due))
     return out
 
 

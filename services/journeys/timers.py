@@ -15,6 +15,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 import redis.asyncio as aioredis
 
@@ -88,6 +89,16 @@ def parse(raw: bytes, shard: int) -> Timer | None:
     return Timer(parts[0], parts[1], parts[2], shard, raw)
 
 
+class Arm(NamedTuple):
+    """A timer to (re)arm: the enrolment (or lead-level timer) `ekey` of a lead, the token it must
+    still hold when it fires (`"s"` for its side steps), and when."""
+
+    lead_id: str
+    ekey: str
+    token: int | str
+    due: datetime
+
+
 class TimerStore:
     def __init__(self, client: aioredis.Redis, shards: int) -> None:
         self._redis = client
@@ -98,7 +109,7 @@ class TimerStore:
     def shard(self, lead_id: str) -> int:
         return shard_of(lead_id, self.shards)
 
-    async def schedule(self, items: list[tuple[str, str, int | str, datetime]]) -> None:
+    async def schedule(self, items: list[Arm]) -> None:
         """Arm timers: (lead, ekey, token, due). Re-arming the same member only moves its score."""
         if not items:
             return

@@ -30,7 +30,7 @@ class InboundActivities(Proposals):
         row = await self.read(lambda s: st.find_lead(s, crm=crm, crm_id=crm_id or None, lead_id=lead_id or None,
                                                     email=None))
         if row:
-            return str(row["lead_id"])
+            return str(row.lead_id)
         if lead_id and not crm_id:
             try:
                 lead = await self.scoring.GetLead(scoring_pb2.GetLeadRequest(id=lead_id), timeout=DEADLINE_S)

@@ -37,7 +37,7 @@ class BusConsumer(Tasks, ChangeStream):
         self.push_wake.set()
 
     def _apply_message(self, s: Session, m: BusMessage, journeys: list[dict[str, Any]] | None,
-                       now: datetime, rows: dict[str, dict[str, Any]], queued: set[str],
+                       now: datetime, rows: dict[str, st.LeadRecord], queued: set[str],
                        batch: st.BatchWrites) -> None:
         lead_id = m.lead_id
         if m.type == "lead_erased":
@@ -45,9 +45,9 @@ class BusConsumer(Tasks, ChangeStream):
             row = st.get_lead(s, lead_id, lock=True)
             rows.pop(lead_id, None)
             st.erase_lead(s, lead_id)
-            if row and row["crm_id"]:
-                st.enqueue(s, lead_id, "erase", now, payload={"remote_id": row["crm_id"]})
-            st.add_change(s, lead_id, row["crm_id"] if row else None, ["erased"], {}, now)
+            if row and row.crm_id:
+                st.enqueue(s, lead_id, "erase", now, payload={"remote_id": row.crm_id})
+            st.add_change(s, lead_id, row.crm_id if row else None, ["erased"], {}, now)
             return
         if m.lead is None:
             return
@@ -60,31 +60,31 @@ class BusConsumer(Tasks, ChangeStream):
         # snapshots carry none and are applied in bus order, which is per-lead order.
         version = m.lead.version
         dirty = False
-        if version is None or version > int(row["version"]):
+        if version is None or version > int(row.version):
             source = str(m.properties.get("source") or m.source or "")
-            row["fields"] = domain.track_platform_changes(self.cfg, lead, row["fields"], occurred,
+            row.fields = domain.track_platform_changes(self.cfg, lead, row.fields, occurred,
                                                           from_crm=source.startswith("crm:"))
-            row["snapshot"], dirty = lead, True
-            row["version"] = version if version is not None else row["version"]
-            row["email"] = m.lead.email or row["email"]
-            if m.lead.lifecycle_stage == "customer" and not row["converted_at"]:
-                row["converted_at"] = occurred
+            row.snapshot, dirty = lead, True
+            row.version = version if version is not None else row.version
+            row.email = m.lead.email or row.email
+            if m.lead.lifecycle_stage == "customer" and not row.converted_at:
+                row.converted_at = occurred
             crm_id = m.lead.crm_id
-            if crm_id and not row["crm_id"]:
+            if crm_id and not row.crm_id:
                 st.unlink_crm_id(s, self.crm_name, crm_id, lead_id)
                 for other in rows.values():  # the rows of this batch follow the unlink
-                    if other["crm_id"] == crm_id and other["crm"] == self.crm_name:
-                        other["crm_id"] = None
-                row["crm"], row["crm_id"] = self.crm_name, crm_id
-        if journeys is not None and journeys != row["journeys"]:
-            row["journeys"], dirty = journeys, True
-        snapshot = row["snapshot"] or lead
+                    if other.crm_id == crm_id and other.crm == self.crm_name:
+                        other.crm_id = None
+                row.crm, row.crm_id = self.crm_name, crm_id
+        if journeys is not None and journeys != row.journeys:
+            row.journeys, dirty = journeys, True
+        snapshot = row.snapshot or lead
         if dirty:
-            proj = domain.projection(snapshot, row["journeys"])
-            changed = domain.changed_keys(row["projection"], proj)
+            proj = domain.projection(snapshot, row.journeys)
+            changed = domain.changed_keys(row.projection, proj)
             if changed:
-                batch.add_change(lead_id, row["crm_id"], changed, proj, occurred)
-                row["projection"] = proj
+                batch.add_change(lead_id, row.crm_id, changed, proj, occurred)
+                row.projection = proj
             if lead_id not in queued:  # one pending contact push covers every change of the batch
                 batch.enqueue(lead_id, "contact", now)
                 queued.add(lead_id)
@@ -100,6 +100,6 @@ class BusConsumer(Tasks, ChangeStream):
             queued.update(st.pending_jobs(s, [lead_id], "contact"))
             dirty = True
         if dirty or current is None:
-            row["updated_at"] = now
+            row.updated_at = now
             batch.save_lead(row, exists=current is not None)
             rows[lead_id] = row

@@ -59,7 +59,7 @@ class _Plan(NamedTuple):
     at: int
     crm: str
     contact: ContactIn
-    row: dict[str, Any] | None
+    row: st.LeadRecord | None
     digest: str
     merged: domain.InboundMerge
 
@@ -109,33 +109,33 @@ class InboundContacts(CoreBase):
                                       "error_message": "", "conflicts": []}
             if (why := domain.ahead_of_clock(self.cfg, "contact.modified_at", c.modified_at, started)) is not None:
                 log.warning("CRM %s contact %s refused: %s", crm, c.crm_id or c.email, why)
-                out[i] = {**result, "lead_id": row["lead_id"] if row else "", "error_code": "invalid",
+                out[i] = {**result, "lead_id": row.lead_id if row else "", "error_code": "invalid",
                           "error_message": why}
                 continue
             digest = hashlib.sha256(json.dumps([c.crm_id, c.email, c.first_name, c.last_name, c.properties],
                                                sort_keys=True, default=str).encode()).hexdigest()[:32]
-            if row and row["crm_id"] == c.crm_id and row["contact_modified_at"]:
-                if c.modified_at < row["contact_modified_at"]:
+            if row and row.crm_id == c.crm_id and row.contact_modified_at:
+                if c.modified_at < row.contact_modified_at:
                     stale.append(functools.partial(
-                        st.add_timeline, lead_id=row["lead_id"], at=self.clock.now(), type_="contact_stale",
+                        st.add_timeline, lead_id=row.lead_id, at=self.clock.now(), type_="contact_stale",
                         summary=f"Ignored an out-of-order update of CRM contact {c.crm_id}",
                         details={"crm": crm, "crm_id": c.crm_id, "modified_at": c.modified_at,
-                                 "last_seen": row["contact_modified_at"]}))
-                    out[i] = {**result, "lead_id": row["lead_id"], "status": "stale"}
+                                 "last_seen": row.contact_modified_at}))
+                    out[i] = {**result, "lead_id": row.lead_id, "status": "stale"}
                     continue
-                if c.modified_at == row["contact_modified_at"] and row["inbound_hash"] == digest:
-                    out[i] = {**result, "lead_id": row["lead_id"], "status": "duplicate"}
+                if c.modified_at == row.contact_modified_at and row.inbound_hash == digest:
+                    out[i] = {**result, "lead_id": row.lead_id, "status": "duplicate"}
                     continue
             props = dict(c.properties)
             for name, value in (("email", c.email), ("firstname", c.first_name), ("lastname", c.last_name)):
                 if value:
                     props[name] = value
-            snapshot = row["snapshot"] if row and row["snapshot"] else None
-            merged = domain.merge_inbound(self.cfg, props, c.modified_at, snapshot, row["fields"] if row else {})
+            snapshot = row.snapshot if row and row.snapshot else None
+            merged = domain.merge_inbound(self.cfg, props, c.modified_at, snapshot, row.fields if row else {})
             fields = dict(merged.fields)
             if c.crm_id:
                 fields["crm_id"] = c.crm_id
-            lead_id = row["lead_id"] if row else (c.lead_id or "")
+            lead_id = row.lead_id if row else (c.lead_id or "")
             if not lead_id and not c.email and c.crm_id:
                 # Scoring commits before we do: after a crash between the two, the CRM's retry must land
                 # on the lead the first try created. With an email scoring matches on it; without one
@@ -183,19 +183,19 @@ class InboundContacts(CoreBase):
                         stale: list[Callable[[Session], None]]) -> None:
         """Record applied contacts in a few statements per batch (not several per contact)."""
         existing = st.get_leads(s, [e.lead["id"] for e in entries], lock=True)
-        recs: dict[str, dict[str, Any]] = {}
+        recs: dict[str, st.LeadRecord] = {}
         owners: dict[tuple[str, str], str] = {}
         timeline: list[dict[str, Any]] = []
         for e in entries:
             lead_id, c = e.lead["id"], e.c
             rec = recs.get(lead_id) or existing.get(lead_id) or st.new_lead_row(lead_id, e.now)
             if c.crm_id:
-                rec["crm"], rec["crm_id"] = e.crm, c.crm_id
+                rec.crm, rec.crm_id = e.crm, c.crm_id
                 owners[(e.crm, c.crm_id)] = lead_id
-            rec["email"] = e.lead["email"] or rec["email"]
-            rec["contact_modified_at"], rec["inbound_hash"] = c.modified_at, e.digest
-            rec["fields"] = {**rec["fields"], **e.merged.state}
-            rec["updated_at"] = e.now
+            rec.email = e.lead["email"] or rec.email
+            rec.contact_modified_at, rec.inbound_hash = c.modified_at, e.digest
+            rec.fields = {**rec.fields, **e.merged.state}
+            rec.updated_at = e.now
             recs[lead_id] = rec
             timeline.append(st.timeline_row(lead_id, e.now, "contact_upserted",
                                             f"CRM {e.crm} {e.status} contact {c.crm_id or c.email}",
@@ -211,8 +211,8 @@ class InboundContacts(CoreBase):
         # in the database and in this batch, before anything takes it.
         st.unlink_crm_ids(s, owners)
         for lead_id, rec in recs.items():
-            if rec["crm_id"] and owners.get((rec["crm"], rec["crm_id"]), lead_id) != lead_id:
-                rec["crm_id"] = None
+            if rec.crm and rec.crm_id and owners.get((rec.crm, rec.crm_id), lead_id) != lead_id:
+                rec.crm_id = None
         st.save_leads(s, [r for i, r in recs.items() if i not in existing],
                       [r for i, r in recs.items() if i in existing])
         st.add_timelines(s, timeline)

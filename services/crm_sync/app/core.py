@@ -68,7 +68,7 @@ class CrmSyncCore(InboundContacts, InboundActivities, BusConsumer, OutboundQueue
         self._push_lock = asyncio.Lock()
         self._change_waiters: set[asyncio.Event] = set()
         self._readers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="crm_sync-read")
-        self._prefetched: dict[str, dict[str, Any]] = {}
+        self._prefetched: dict[str, st.LeadRecord] = {}
 
     # ------------------------------------------------------------------------------------------------
     # Admin
@@ -85,8 +85,8 @@ class CrmSyncCore(InboundContacts, InboundActivities, BusConsumer, OutboundQueue
         def run(s: Session) -> int:
             row = st.get_lead(s, lead_id)
             removed = st.erase_lead(s, lead_id)
-            if row and row["crm_id"]:
-                st.enqueue(s, lead_id, "erase", now, payload={"remote_id": row["crm_id"]})
+            if row and row.crm_id:
+                st.enqueue(s, lead_id, "erase", now, payload={"remote_id": row.crm_id})
             return removed
 
         removed = await self.sql(run)

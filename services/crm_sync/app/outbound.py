@@ -61,25 +61,25 @@ class ContactRecords:
     def __init__(self, s: Session, crm: str, pushes: list[ContactPushed]) -> None:
         self._s, self._crm = s, crm
         self._rows = st.get_leads(s, [p.lead_id for p in pushes], lock=True) if pushes else {}
-        self._changed: dict[str, dict[str, Any]] = {}
+        self._changed: dict[str, st.LeadRecord] = {}
         self._timeline: list[dict[str, Any]] = []
 
     def record(self, p: ContactPushed, now: datetime) -> ContactRecords:
         rec = self._rows.get(p.lead_id)
         if rec is None:  # erased since the push
             return self
-        if rec["crm_id"] != p.remote_id:
+        if rec.crm_id != p.remote_id:
             st.unlink_crm_id(self._s, self._crm, p.remote_id, p.lead_id)
             for other in self._rows.values():  # the rows held here follow the unlink
-                if other is not rec and other["crm"] == self._crm and other["crm_id"] == p.remote_id:
-                    other["crm_id"] = None
-                    self._changed.setdefault(other["lead_id"], other)
-            if not rec["crm_id"]:
+                if other is not rec and other.crm == self._crm and other.crm_id == p.remote_id:
+                    other.crm_id = None
+                    self._changed.setdefault(other.lead_id, other)
+            if not rec.crm_id:
                 st.enqueue(self._s, p.lead_id, "lead", now, payload={"crm_id": p.remote_id})
-            rec["crm"], rec["crm_id"] = self._crm, p.remote_id
-        rec["pushed_hash"] = p.digest
+            rec.crm, rec.crm_id = self._crm, p.remote_id
+        rec.pushed_hash = p.digest
         for name, value in p.pushed_fields.items():
-            fs = rec["fields"].setdefault(name, {})
+            fs = rec.fields.setdefault(name, {})
             fs["crm_value"], fs["crm_at"] = value, now.isoformat()
         self._changed[p.lead_id] = rec
         # The line's id is taken now: the timeline keeps the order of the pass's outcomes.
@@ -96,14 +96,14 @@ class ContactRecords:
 
 class OutboundQueue(CoreBase):
     _push_lock: asyncio.Lock
-    _prefetched: dict[str, dict[str, Any]]
+    _prefetched: dict[str, st.LeadRecord]
 
     async def process_due(self, limit: int = 400) -> int:
         """Claim and perform every push due now (up to `limit`); returns how many were tried."""
         async with self._push_lock:
             now = self.clock.now()
 
-            def claim(s: Session) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
+            def claim(s: Session) -> tuple[list[dict[str, Any]], dict[str, st.LeadRecord]]:
                 jobs = st.due_jobs(s, now, limit)
                 st.mark_running(s, [j["id"] for j in jobs])
                 # Contact pushes read their lead's state now, in the same round trip.
@@ -253,32 +253,31 @@ class OutboundQueue(CoreBase):
             log.exception("push %s failed unexpectedly", job["id"])
             return Outcome("retry", error=f"{type(exc).__name__}: {exc}")
 
-    async def _push_contact(self, lead_id: str, row: dict[str, Any] | None = None, *,
+    async def _push_contact(self, lead_id: str, row: st.LeadRecord | None = None, *,
                             remote: dict[str, str] | None = None) -> ContactPushed | None:
         if row is None:
             row = await self.read(lambda s: st.get_lead(s, lead_id))
-        if row is None or not row["snapshot"]:
+        if row is None or not row.snapshot:
             return None
-        computed = domain.computed_values(self.cfg, row["snapshot"], row["journeys"], owner=row["owner"],
-                                          converted_at=row["converted_at"])
-        props = domain.outbound_properties(self.cfg, row["snapshot"], row["fields"], computed,
-                                           contact_exists=bool(row["crm_id"]))
+        computed = domain.computed_values(self.cfg, row.snapshot, row.journeys, owner=row.owner,
+                                          converted_at=row.converted_at)
+        props = domain.outbound_properties(self.cfg, row.snapshot, row.fields, computed,
+                                           contact_exists=bool(row.crm_id))
         # A created contact carries the lead id, so a create whose answer was lost can be found again.
-        full = {**domain.outbound_properties(self.cfg, row["snapshot"], row["fields"], computed,
+        full = {**domain.outbound_properties(self.cfg, row.snapshot, row.fields, computed,
                                              contact_exists=False), "nurture_lead_id": lead_id}
         digest = domain.props_hash(props)
-        if digest == row["pushed_hash"] and row["crm_id"]:
+        if digest == row.pushed_hash and row.crm_id:
             self.stats.skipped += 1
             return None
-        remote_id = await self.connector.upsert_contact(row["crm_id"], props, full)
+        remote_id = await self.connector.upsert_contact(row.crm_id, props, full)
         if remote is not None:
             remote[lead_id] = remote_id
-        if remote_id != row["crm_id"]:
+        if remote_id != row.crm_id:
             props = full
         self.stats.pushes += 1
         pushed_fields = {r.lead: props[r.crm] for r in self.cfg.fields
                          if r.crm in props and r.policy in domain.INBOUND_POLICIES}
-
         return ContactPushed(lead_id=lead_id, remote_id=remote_id, digest=digest, pushed_fields=pushed_fields,
                              properties=sorted(props))
 
@@ -290,14 +289,14 @@ class OutboundQueue(CoreBase):
         row = await self.read(lambda s: st.get_lead(s, task["lead_id"]))
         if row is None:
             return None
-        contact = row["crm_id"] or remote_ids.get(task["lead_id"])
+        contact = row.crm_id or remote_ids.get(task["lead_id"])
         if not contact:
             # The contact must exist before a task can be attached to it.
             first = await self._push_contact(task["lead_id"], remote=remote_ids)
             if first is not None:
                 await self.sql(lambda s: self._contact_records(s, [first]).record(first, self.clock.now()).flush())
             row = await self.read(lambda s: st.get_lead(s, task["lead_id"]))
-            contact = row["crm_id"] if row else None
+            contact = row.crm_id if row else None
             if not contact:
                 raise Retryable("contact not in the CRM yet")
         props = {

@@ -46,8 +46,8 @@ class Proposals(Tasks):
 
     async def _lead(self, lead_id: str) -> dict[str, Any]:
         row = await self.read(lambda s: st.get_lead(s, lead_id))
-        if row and row["snapshot"]:
-            return dict(row["snapshot"])
+        if row and row.snapshot:
+            return dict(row.snapshot)
         try:
             reply = await self.scoring.GetLead(scoring_pb2.GetLeadRequest(id=lead_id), timeout=DEADLINE_S)
         except grpc.aio.AioRpcError as exc:
@@ -73,7 +73,7 @@ class Proposals(Tasks):
         current = st.get_lead(s, lead_id)
         row = current or st.new_lead_row(lead_id, now)
         if current is None:
-            row["email"] = lead.get("email")
+            row.email = lead.get("email")
         proposal_id = uuid.uuid4().hex
         reference = f"P-{proposal_id[:8].upper()}"
         url = self.proposal_url(proposal_id)
@@ -87,7 +87,7 @@ class Proposals(Tasks):
              "proposal_id": proposal_id, "proposal_url": url, "deal_id": deal_id},
             f"proposal:{requested_by}", now)
         html = doc.render(self.proposals_cfg, offer, lead, reference=reference, created_at=now,
-                          owner=row["owner"], meeting_link=row["meeting_link"])
+                          owner=row.owner, meeting_link=row.meeting_link)
         values = {
             "id": proposal_id, "lead_id": lead_id, "deal_id": deal_id or None, "plan": offer.plan,
             "lines": [{"kind": ln.kind, "key": ln.key, "name": ln.name, "price": ln.price, "rule": ln.rule}
@@ -158,7 +158,7 @@ class Proposals(Tasks):
             "proposal_url": self.proposal_url(p["id"]), "proposal_reference": f"P-{p['id'][:8].upper()}",
             "plan_name": cfg.file.plans[p["plan"]].name if p["plan"] in cfg.file.plans else p["plan"],
             "total_text": f"{p['total']:,.2f} {p['currency']}", "valid_until": p["valid_until"].date().isoformat(),
-            "owner_name": doc.owner_name(row["owner"] if row else None),
+            "owner_name": doc.owner_name(row.owner if row else None),
         }
         try:
             reply = await self.messaging.Send(messaging_pb2.SendRequest(

@@ -19,19 +19,20 @@ from services.crm_sync.clients import lead_from_proto
 
 
 class Tasks(CoreBase):
-    def _create_task(self, s: Session, row: dict[str, Any], lead: dict[str, Any], key: str, kind: str, title: str,
+    def _create_task(self, s: Session, row: st.LeadRecord, lead: dict[str, Any], key: str, kind: str, title: str,
                      priority: str, due_at: datetime | None, details: dict[str, Any], rule: str, now: datetime,
                      facts: Mapping[str, Any] | None = None) -> tuple[dict[str, Any], bool]:
         existing = st.get_task_by_key(s, key)
         if existing:
             return existing, True
-        lead_id = row["lead_id"]
+        lead_id = row.lead_id
         hold = domain.task_hold(self.cfg, facts or domain.facts_for(lead, [], None))
         if hold is not None:
             # Closed loop: sales said no. Recorded (a later request under the key is a duplicate),
             # never pushed: the lead is not re-alerted to sales.
-            task = {"id": uuid.uuid4().hex, "dedupe_key": key, "lead_id": lead_id, "kind": kind, "title": title,
-                    "priority": priority, "owner": row["owner"], "due_at": due_at, "details": details,
+            task: dict[str, Any] = {
+                "id": uuid.uuid4().hex, "dedupe_key": key, "lead_id": lead_id, "kind": kind, "title": title,
+                "priority": priority, "owner": row.owner, "due_at": due_at, "details": details,
                     "document": "", "rule": rule, "status": "held", "remote_id": None, "created_at": now}
             st.insert_task(s, task)
             st.add_timeline(s, lead_id, now, "task_held", f"{title}: not sent to sales, held by rule {hold.rule}: "
@@ -52,13 +53,13 @@ class Tasks(CoreBase):
                 st.add_timeline(s, lead_id, now, "task_merged", f"{title}: merged into today's {kind} task",
                                 {"task_id": same["id"], "dedupe_key": key, "rule": rule})
                 return same, True
-        if not row["owner"]:
+        if not row.owner:
             picked = domain.pick_team(self.cfg, domain.facts_for(lead, [], None))
             if picked:
                 team, arule = picked
                 members = self.cfg.teams[team]
                 member = members[st.next_round_robin(s, team, len(members))]
-                row["owner"], row["team"], row["meeting_link"] = member.owner, team, member.meeting_link
+                row.owner, row.team, row.meeting_link = member.owner, team, member.meeting_link
                 st.add_timeline(s, lead_id, now, "assigned", f"Assigned to {member.owner} ({team}, rule {arule})",
                                 {"owner": member.owner, "team": team, "rule": arule})
                 # The owner and their meeting link go onto the lead, so consultation emails can offer
@@ -66,16 +67,16 @@ class Tasks(CoreBase):
                 st.enqueue(s, lead_id, "lead", now, payload={"attributes": {
                     "sales_owner": member.owner, "meeting_link": member.meeting_link}})
                 st.enqueue(s, lead_id, "contact", now, coalesce=True)
-        document = domain.recommendation_document(lead, row["journeys"], owner=row["owner"],
-                                                  meeting_link=row["meeting_link"], task_title=title,
+        document = domain.recommendation_document(lead, row.journeys, owner=row.owner,
+                                                  meeting_link=row.meeting_link, task_title=title,
                                                   why=str(details.get("why", "")))
         task = {"id": uuid.uuid4().hex, "dedupe_key": key, "lead_id": lead_id, "kind": kind, "title": title,
-                "priority": priority, "owner": row["owner"], "due_at": due_at, "details": details,
+                "priority": priority, "owner": row.owner, "due_at": due_at, "details": details,
                 "document": document, "rule": rule, "status": "queued", "remote_id": None, "created_at": now}
         st.insert_task(s, task)
         label = "notification" if kind == "notify" else "task_created"
         st.add_timeline(s, lead_id, now, label, f"{'Notified' if kind == 'notify' else 'Task for'} "
-                        f"{row['owner'] or 'unassigned'}: {title}",
+                        f"{row.owner or 'unassigned'}: {title}",
                         {"task_id": task["id"], "kind": kind, "priority": priority, "rule": rule,
                          "dedupe_key": key, "due_at": due_at, "why": details.get("why", "")})
         st.enqueue(s, lead_id, "task", now, ref=task["id"])
@@ -92,7 +93,7 @@ class Tasks(CoreBase):
         if found:
             return found, True
         row = await self.read(lambda s: st.get_lead(s, req["lead_id"]))
-        lead = row["snapshot"] if row and row["snapshot"] else None
+        lead = row.snapshot if row and row.snapshot else None
         if lead is None:
             try:
                 reply = await self.scoring.GetLead(scoring_pb2.GetLeadRequest(id=req["lead_id"]), timeout=DEADLINE_S)
@@ -108,7 +109,7 @@ class Tasks(CoreBase):
             current = st.get_lead(s, req["lead_id"], lock=True)
             rec = current or st.new_lead_row(req["lead_id"], now)
             if current is None:
-                rec["email"] = snapshot.get("email")
+                rec.email = snapshot.get("email")
             task, dup = self._create_task(s, rec, snapshot, req["dedupe_key"], req["kind"],
                                           req["title"] or req["kind"].replace("_", " "), req["priority"],
                                           req["due_at"], {**req["details"], "why": req["details"].get(

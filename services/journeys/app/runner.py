@@ -16,6 +16,7 @@ import json
 import logging
 from collections import defaultdict
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -39,7 +40,7 @@ from services.journeys.domain.engine import Engine, migrate
 from services.journeys.domain.funnel import Funnel, feed
 from services.journeys.domain.registry import Registry
 from services.journeys.domain.state import ACTIVE, DATE_PREFIX, INACTIVITY, LIVE, LeadState, Outcome, parse_time
-from services.journeys.timers import Timer, TimerStore
+from services.journeys.timers import Arm, Timer, TimerStore
 
 log = logging.getLogger(__name__)
 RETRY_DELAY = timedelta(seconds=60)
@@ -62,6 +63,31 @@ class Invalid(Exception):
         self.problems = problems or []
 
 
+@dataclass
+class VersionInfo:
+    """A stored version of a journey: draft, published, or retired when another was published."""
+
+    version: int
+    status: str
+    created_at: datetime | None
+    published_at: datetime | None
+
+
+@dataclass(frozen=True)
+class JourneySummary:
+    """A journey as listed (the JourneySummary message)."""
+
+    key: str
+    name: str
+    kind: str
+    mode: str
+    priority: int
+    published_version: int
+    latest_version: int
+    status: str  # published | draft
+    templates: list[str] = field(default_factory=list)  # the template keys its published version sends
+
+
 class JourneysRuntime:
     def __init__(self, *, db: Database, timers: TimerStore, clock: Clock, clients: Clients,
                  settings: PlaybookSettings, calendar: Calendar | None = None) -> None:
@@ -75,7 +101,7 @@ class JourneysRuntime:
         self.engine = Engine(settings, self.registry.resolve, self.registry.published)
         self._locks = KeyLocks()
         self._sem = asyncio.Semaphore(PARALLEL_LEADS)
-        self.meta: dict[str, dict[str, Any]] = {}
+        self.meta: dict[str, dict[int, VersionInfo]] = {}  # key -> version -> info
         self._housekept: datetime | None = None
 
     # -- definitions ------------------------------------------------------------------------------
@@ -106,8 +132,8 @@ class JourneysRuntime:
             self.registry.add(journey)
             if row.status == "published":
                 self.registry.publish(row.key, row.version)
-            self.meta.setdefault(row.key, {})[str(row.version)] = {
-                "status": row.status, "created_at": row.created_at, "published_at": row.published_at}
+            self.meta.setdefault(row.key, {})[row.version] = VersionInfo(row.version, row.status, row.created_at,
+                                                                         row.published_at)
 
     async def start(self) -> None:
         await self.db.run(self._sync_playbook, self.clock.now())
@@ -120,17 +146,16 @@ class JourneysRuntime:
     async def rearm_all(self) -> int:
         """Re-arm every active enrolment's timer from SQL (idempotent): nothing is lost even when
         Redis lost its data or a process died between its commit and its ZADD."""
-        def collect() -> tuple[list[tuple[str, str, int | str, datetime]], list[tuple[str, str, int | str, datetime]]]:
+        def collect() -> tuple[list[Arm], list[Arm]]:
             with self.db.session() as s:
-                main: list[tuple[str, str, int | str, datetime]] = []
-                for lead, ekey, token, due, side in storage.armed(s):
-                    main.append((lead, ekey, token, due))
-                    if side:
+                main: list[Arm] = []
+                for a in storage.armed(s):
+                    main.append(Arm(a.lead_id, a.ekey, a.token, a.due))
+                    if a.side_pending:
                         # Side steps fire now; one still held by the budget is re-armed at its time.
-                        main.append((lead, ekey, "s", datetime.fromtimestamp(0, UTC)))
-                inactive: list[tuple[str, str, int | str, datetime]] = [
-                    (lead, INACTIVITY, token, due) for lead, token, due in storage.inactivity_armed(s)]
-                inactive += [(lead, DATE_PREFIX + key, token, due) for lead, key, token, due in storage.dates_armed(s)]
+                        main.append(Arm(a.lead_id, a.ekey, "s", datetime.fromtimestamp(0, UTC)))
+                inactive = [Arm(lead, INACTIVITY, token, due) for lead, token, due in storage.inactivity_armed(s)]
+                inactive += [Arm(d.lead_id, DATE_PREFIX + d.key, d.token, d.due) for d in storage.dates_armed(s)]
             return main, inactive
 
         main, inactive = await self.db.run(collect)
@@ -143,23 +168,23 @@ class JourneysRuntime:
     # -- arming -----------------------------------------------------------------------------------
 
     async def _arm(self, state: LeadState, out: Outcome) -> None:
-        items: list[tuple[str, str, int | str, datetime]] = []
+        items: list[Arm] = []
         now = self.clock.now()
         for ekey in sorted(out.touched):
             e = state.enrollments.get(ekey)
             if e is not None and e.status == ACTIVE and e.due is not None:
-                items.append((state.lead_id, ekey, e.token, e.due))
+                items.append(Arm(state.lead_id, ekey, e.token, e.due))
         for ekey in sorted(out.side_due):
             e = state.enrollments.get(ekey)
             if e is not None and e.side:
-                items.append((state.lead_id, ekey, "s", max(e.side_at or now, now)))
+                items.append(Arm(state.lead_id, ekey, "s", max(e.side_at or now, now)))
         if out.inactivity_changed and state.inactive_due is not None:
-            items.append((state.lead_id, INACTIVITY, state.inactive_token, state.inactive_due))
+            items.append(Arm(state.lead_id, INACTIVITY, state.inactive_token, state.inactive_due))
         for key in sorted(out.dates_changed):
             entry = state.dates.get(key)
             due = parse_time(entry.get("at")) if entry else None
             if entry and due is not None:
-                items.append((state.lead_id, DATE_PREFIX + key, int(entry["token"]), due))
+                items.append(Arm(state.lead_id, DATE_PREFIX + key, int(entry["token"]), due))
         await self.timers.schedule(items)
 
     # -- bus --------------------------------------------------------------------------------------
@@ -563,7 +588,7 @@ class JourneysRuntime:
                 return storage.add_definition(s, key=key, document=doc, source="api", now=now, publish=False).version
         version = await self.db.run(q)
         self.registry.add(load(doc, version=version))
-        self.meta.setdefault(key, {})[str(version)] = {"status": "draft", "created_at": now, "published_at": None}
+        self.meta.setdefault(key, {})[version] = VersionInfo(version, "draft", now, None)
         return version, []
 
     async def publish(self, key: str, version: int, *, migrate_leads: bool, mapping: Mapping[str, str],
@@ -607,10 +632,10 @@ class JourneysRuntime:
         await self.db.run(mark)
         self.registry.publish(key, version)
         for v, info in self.meta.get(key, {}).items():
-            if int(v) == version:
-                info.update(status="published", published_at=now)
-            elif info.get("status") == "published":
-                info["status"] = "retired"
+            if v == version:
+                info.status, info.published_at = "published", now
+            elif info.status == "published":
+                info.status = "retired"
         if migrate_leads:
             for lead_id in sorted({r.lead_id for r in live}):
                 await self._migrate_lead(lead_id, key, new, mapping, now)
@@ -629,7 +654,7 @@ class JourneysRuntime:
             await self.db.run(self._save, state, out, now)
             await self._arm(state, out)
 
-    def summaries(self) -> list[dict[str, Any]]:
+    def summaries(self) -> list[JourneySummary]:
         out = []
         keys = sorted({k for k in self.meta} | {j.key for j in self.registry.published()})
         for key in keys:
@@ -638,15 +663,14 @@ class JourneysRuntime:
             shown = live or (self.registry.resolve(key, versions[-1]) if versions else None)
             if shown is None:
                 continue
-            out.append({"key": key, "name": shown.name, "kind": shown.kind, "mode": shown.mode,
-                        "priority": shown.priority,
-                        "published_version": live.version if live else 0,
-                        "latest_version": versions[-1] if versions else 0,
-                        "status": "published" if live else "draft",
-                        "templates": sorted(set(live.templates())) if live else []})
+            out.append(JourneySummary(key=key, name=shown.name, kind=shown.kind, mode=shown.mode,
+                                      priority=shown.priority, published_version=live.version if live else 0,
+                                      latest_version=versions[-1] if versions else 0,
+                                      status="published" if live else "draft",
+                                      templates=sorted(set(live.templates())) if live else []))
         return out
 
-    def get(self, key: str, version: int) -> tuple[Journey, list[dict[str, Any]]]:
+    def get(self, key: str, version: int) -> tuple[Journey, list[VersionInfo]]:
         versions = self.registry.versions(key)
         if not versions:
             raise NotFound(f"unknown journey {key!r}")
@@ -654,8 +678,6 @@ class JourneysRuntime:
         chosen = self.registry.resolve(key, version) if version else (live or self.registry.resolve(key, versions[-1]))
         if chosen is None:
             raise NotFound(f"journey {key} has no version {version}")
-        infos = [{"version": int(v), **info} for v, info in sorted(self.meta.get(key, {}).items(),
-                                                                    key=lambda kv: int(kv[0]))]
-        return chosen, infos
+        return chosen, [info for _, info in sorted(self.meta.get(key, {}).items())]
 
 

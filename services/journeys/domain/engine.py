@@ -21,7 +21,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from nurture.busmessage import BusMessage
-from nurture.jsontypes import JsonMapping, JsonValue
+from nurture.jsontypes import JsonMapping, JsonObject, JsonValue
 from services.journeys.domain import rulesets
 from services.journeys.domain.definitions import (
     CLOCK_PREFIX,
@@ -41,8 +41,11 @@ from services.journeys.domain.state import (
     Enrollment,
     LeadState,
     Outcome,
+    SendPayload,
     StepRun,
+    TaskPayload,
     Transition,
+    UpdatePayload,
     iso,
     parse_time,
 )
@@ -111,8 +114,8 @@ class Engine:
     # -- facts ------------------------------------------------------------------------------------
 
     def facts(self, state: LeadState, event: BusMessage, e: Enrollment | None = None,
-              now: datetime | None = None) -> dict[str, Any]:
-        facts: dict[str, Any] = {
+              now: datetime | None = None) -> JsonObject:
+        facts: JsonObject = {
             "lead": state.lead,
             "event": {"type": event.type, "properties": event.properties},
             "signals": list(event.signals),
@@ -349,7 +352,7 @@ class Engine:
         for rule, match in rulesets.matching(j, "triggers", etype, facts):
             self._fire_trigger(state, j, e, rule, match.facts, etype, now, out)
 
-    def _fire_trigger(self, state: LeadState, j: Journey, e: Enrollment, rule: Rule, read: Mapping[str, Any],
+    def _fire_trigger(self, state: LeadState, j: Journey, e: Enrollment, rule: Rule, read: JsonMapping,
                       etype: str, now: datetime, out: Outcome) -> None:
         last = parse_time(e.fired.get(rule.name))
         if last is not None and (rule.once or (rule.cooldown and now - last < rule.cooldown)):
@@ -393,7 +396,7 @@ class Engine:
     def _published_journey(self, key: str) -> Journey | None:
         return next((j for j in self._published() if j.key == key), None)
 
-    def _reanchor(self, state: LeadState, j: Journey, e: Enrollment, props: Mapping[str, Any], now: datetime,
+    def _reanchor(self, state: LeadState, j: Journey, e: Enrollment, props: JsonMapping, now: datetime,
                   out: Outcome) -> None:
         changed = {name: str(props[prop]) for name, prop in j.anchors.items()
                    if props.get(prop) is not None and e.anchors.get(name) != str(props[prop])}
@@ -523,7 +526,7 @@ class Engine:
             self._maybe_enter(state, j, probe, now, out)
 
     def _resume_after_consent(self, state: LeadState, e: Enrollment, held: Mapping[str, Any], now: datetime,
-                              out: Outcome, *, rule: str, facts: Mapping[str, Any], why: str) -> None:
+                              out: Outcome, *, rule: str, facts: JsonMapping, why: str) -> None:
         """Re-enter a journey left for lack of consent by resuming its enrolment: same entry, visits
         and trigger cooldowns, so the dedupe keys of steps already done are not issued again."""
         past = state.history[e.ekey]
@@ -547,7 +550,7 @@ class Engine:
 
     def _enter(self, state: LeadState, j: Journey, message: BusMessage, now: datetime, out: Outcome, *,
                reason: str, instance: str = "", rule: str | None = None,
-               facts: Mapping[str, Any] | None = None) -> Enrollment | None:
+               facts: JsonMapping | None = None) -> Enrollment | None:
         ekey = f"{j.key}#{instance}" if instance else j.key
         current = state.enrollments.get(ekey)
         if current is not None and current.status in LIVE:
@@ -613,7 +616,7 @@ class Engine:
                          step_to=e.step)
 
     def _finish(self, state: LeadState, e: Enrollment, status: str, reason: str, now: datetime, out: Outcome, *,
-                summary: str, rule: str | None = None, facts: Mapping[str, Any] | None = None) -> None:
+                summary: str, rule: str | None = None, facts: JsonMapping | None = None) -> None:
         if e.status not in LIVE:
             return
         e.status, e.outcome, e.ended_at, e.due, e.waiting = status, reason, now, None, None
@@ -751,18 +754,18 @@ class Engine:
                     return None
             context = {"subject": s.subject, "cta": s.cta, "brief": s.brief,
                        "stage": s.stage or e.stage, "url": s.url, **e.anchors}
-            payload = {"template": template_of(j, s), "channel": channel, "category": category,
-                       "journey": e.journey, "version": e.version, "step": s.id,
-                       "context": {k: v for k, v in context.items() if v is not None}}
+            payload = SendPayload(template=template_of(j, s), channel=channel, category=category, journey=e.journey,
+                                  version=e.version, step=s.id,
+                                  context={k: v for k, v in context.items() if v is not None})
             return Effect("send", e.ekey, s.id, key, occ, side, payload)
         if isinstance(s, TaskStep):
             due = now + s.due
-            payload = {"kind": s.kind, "title": s.title, "priority": s.priority,
-                       "due_at": due, "details": {"journey": e.journey, "step": s.id, "stage": e.stage,
-                                                  "score": state.lead.get("score")}}
-            return Effect("task", e.ekey, s.id, key, occ, side, payload)
+            task = TaskPayload(kind=s.kind, title=s.title, priority=s.priority, due_at=due,
+                               details={"journey": e.journey, "step": s.id, "stage": e.stage,
+                                        "score": state.lead.get("score")})
+            return Effect("task", e.ekey, s.id, key, occ, side, task)
         assert isinstance(s, UpdateStep), s.type
-        return Effect("update", e.ekey, s.id, key, occ, side, {"set": dict(s.set)})
+        return Effect("update", e.ekey, s.id, key, occ, side, UpdatePayload(set=dict(s.set)))
 
     def _budget_slot(self, state: LeadState, now: datetime) -> datetime | None:
         window, cap = self.settings.budget_window, self.settings.budget_max
@@ -779,7 +782,7 @@ class Engine:
         j = self.journey(e.journey, e.version)
         s = j.step(effect.step)
         self._run(state, j, e, s, now, out, status=status, detail=reason, message_id=message_id)
-        if effect.kind == "send" and effect.payload["category"] == "nurture" and status in (
+        if isinstance(effect.payload, SendPayload) and effect.payload.category == "nurture" and status in (
                 "sent", "scheduled", "duplicate"):
             state.sends.append(iso(now) or "")
         if effect.kind == "send" and status in ("sent", "scheduled", "duplicate"):
@@ -907,14 +910,14 @@ class Engine:
 
     def _record(self, out: Outcome, state: LeadState | None, e: Enrollment, now: datetime, kind: str, summary: str,
                 *, step_from: str | None = None, step_to: str | None = None, stage: str | None = None,
-                rule: str | None = None, facts: Mapping[str, Any] | None = None, lead_id: str | None = None) -> None:
+                rule: str | None = None, facts: JsonMapping | None = None, lead_id: str | None = None) -> None:
         out.transitions.append(Transition(
             lead_id=lead_id or (state.lead_id if state else ""), ekey=e.ekey, journey=e.journey, version=e.version,
             at=now, type=kind, summary=f"{e.journey}: {summary}", step_from=step_from, step_to=step_to,
             stage=stage or e.stage, rule=rule, facts=dict(facts or {})))
 
 
-def _synthetic(state: LeadState, etype: str, properties: dict[str, Any] | None = None,
+def _synthetic(state: LeadState, etype: str, properties: JsonObject | None = None,
                message_id: str = "") -> BusMessage:
     """An event the engine posts to itself (a timer ran out, a rule enrols), shaped as a bus message so
     that one path handles both. It carries no snapshot: the lead is as the state holds it."""

@@ -10,8 +10,8 @@ import statistics
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
+from nurture.jsontypes import JsonMapping, JsonObject
 from services.journeys.domain.definitions import Journey
 
 STEP_MEASURES = ("entered", "sent", "suppressed", "opened", "clicked", "converted", "exited")
@@ -63,7 +63,7 @@ class Funnel:
             t.steps[step_from]["exited"] += n
 
     def transition(self, journey: str, kind: str, lead_id: str, *, step_from: str | None, stage: str | None,
-                   rule: str | None, facts: Mapping[str, Any], last_sent: str | None = None) -> None:
+                   rule: str | None, facts: JsonMapping, last_sent: str | None = None) -> None:
         t = self._j[journey]
         if kind in ("entered", "completed"):
             self.counted(journey, kind, 1)
@@ -85,8 +85,8 @@ class Funnel:
         if measure:
             self._j[journey].steps[step][measure] += n
 
-    def report(self, journeys: Mapping[str, Journey]) -> dict[str, Any]:
-        out: dict[str, Any] = {}
+    def report(self, journeys: Mapping[str, Journey]) -> JsonObject:
+        out: JsonObject = {}
         for key in sorted(self._j):
             t = self._j[key]
             j = journeys.get(key)
@@ -109,12 +109,12 @@ class Funnel:
         return out
 
 
-def exit_reason(rule: str | None, facts: Mapping[str, Any]) -> str:
+def exit_reason(rule: str | None, facts: JsonMapping) -> str:
     """The reason an exit is counted under (`exit_reasons`): its rule, else the reason its facts give."""
     return str(rule or facts.get("reason") or "exit")
 
 
-def totals(report: Mapping[str, Any]) -> dict[str, int]:
+def totals(report: JsonMapping) -> dict[str, int]:
     """Sums over every journey's steps."""
     sums = dict.fromkeys(STEP_MEASURES, 0)
     for j in report.values():
@@ -124,8 +124,8 @@ def totals(report: Mapping[str, Any]) -> dict[str, int]:
     return sums
 
 
-def feed(funnel: Funnel, runs: Iterable[Mapping[str, Any]], transitions: Iterable[Mapping[str, Any]],
-         engagements: Iterable[Mapping[str, Any]]) -> Funnel:
+def feed(funnel: Funnel, runs: Iterable[JsonMapping], transitions: Iterable[JsonMapping],
+         engagements: Iterable[JsonMapping]) -> Funnel:
     """Feed rows (dicts with the StepRun/Transition field names) into a funnel."""
     for r in runs:
         funnel.run(r["journey"], r["step"], r["status"])

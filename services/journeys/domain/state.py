@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from nurture import times
+from nurture.jsontypes import JsonObject, JsonValue
 
 ACTIVE, PAUSED, COMPLETED, EXITED = "active", "paused", "completed", "exited"
 LIVE = (ACTIVE, PAUSED)
@@ -54,7 +55,7 @@ class Enrollment:
     outcome: str | None = None
     timed_at: datetime | None = None  # when the step at the cursor was meant to run (set by its wait)
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JsonObject:
         # Hand-built rather than dataclasses.asdict: asdict deep-copies every nested dict, and this
         # runs for each touched enrolment on every commit.
         out = dict(self.__dict__)
@@ -67,7 +68,7 @@ class Enrollment:
         return out
 
     @classmethod
-    def from_json(cls, raw: dict[str, Any]) -> Enrollment:
+    def from_json(cls, raw: JsonObject) -> Enrollment:
         data = dict(raw)
         for k in ("due", "entered_at", "stage_at", "ended_at", "side_at", "timed_at"):
             data[k] = parse_time(data.get(k))
@@ -79,7 +80,7 @@ class LeadState:
     """Everything the engine knows about one lead: its snapshot and its enrolments."""
 
     lead_id: str
-    lead: dict[str, Any] = field(default_factory=dict)
+    lead: JsonObject = field(default_factory=dict)
     enrollments: dict[str, Enrollment] = field(default_factory=dict)
     sends: list[str] = field(default_factory=list)  # nurture sends inside the budget window (RFC 3339)
     history: dict[str, dict[str, Any]] = field(default_factory=dict)  # ekey -> {entries, ended_at}
@@ -89,7 +90,7 @@ class LeadState:
     inactive_step: int = 0
     dates: dict[str, dict[str, Any]] = field(default_factory=dict)  # "<journey>.<rule>" -> {at, token}
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JsonObject:
         return {
             "lead_id": self.lead_id, "lead": self.lead, "sends": self.sends, "history": self.history,
             "last_engagement": iso(self.last_engagement), "inactive_due": iso(self.inactive_due),
@@ -97,7 +98,7 @@ class LeadState:
         }
 
     @classmethod
-    def from_json(cls, raw: dict[str, Any], enrollments: list[Enrollment]) -> LeadState:
+    def from_json(cls, raw: JsonObject, enrollments: list[Enrollment]) -> LeadState:
         return cls(
             lead_id=raw["lead_id"], lead=raw.get("lead") or {}, sends=list(raw.get("sends") or []),
             history=dict(raw.get("history") or {}), last_engagement=parse_time(raw.get("last_engagement")),
@@ -105,6 +106,37 @@ class LeadState:
             inactive_step=int(raw.get("inactive_step", 0)), dates=dict(raw.get("dates") or {}),
             enrollments={e.ekey: e for e in enrollments},
         )
+
+
+@dataclass(frozen=True, slots=True)
+class SendPayload:
+    """A send step's ask of messaging (Send)."""
+
+    template: str
+    channel: str
+    category: str  # nurture | transactional
+    journey: str
+    version: int
+    step: str
+    context: JsonObject  # the template's variables: the step's subject, cta, brief, url, stage, anchors
+
+
+@dataclass(frozen=True, slots=True)
+class TaskPayload:
+    """A task step's ask of crm_sync (RequestTask)."""
+
+    kind: JsonValue
+    title: JsonValue
+    priority: JsonValue
+    due_at: datetime
+    details: JsonObject  # journey, step, stage, score: shown to sales with the task
+
+
+@dataclass(frozen=True, slots=True)
+class UpdatePayload:
+    """An update step's ask of scoring (UpsertLead merging `set` into the lead's attributes)."""
+
+    set: JsonObject
 
 
 @dataclass(frozen=True)
@@ -117,7 +149,7 @@ class Effect:
     dedupe_key: str
     occurrence: str
     side: bool
-    payload: dict[str, Any]
+    payload: SendPayload | TaskPayload | UpdatePayload
 
 
 @dataclass(frozen=True)
@@ -152,7 +184,7 @@ class Transition:
     step_to: str | None = None
     stage: str | None = None
     rule: str | None = None
-    facts: dict[str, Any] = field(default_factory=dict)
+    facts: JsonObject = field(default_factory=dict)
 
 
 @dataclass

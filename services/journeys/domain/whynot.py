@@ -4,15 +4,14 @@ carries) and the journey's published definition. Pure: no gRPC, SQL or Redis."""
 
 from __future__ import annotations
 
-from typing import Any
-
+from nurture.jsontypes import JsonObject
 from nurture.rules import unmet
 from services.journeys.domain.definitions import Journey
 from services.journeys.domain.state import LIVE, LeadState
 from services.journeys.domain.steps import BranchStep
 
 
-def why_not(journey: Journey, state: LeadState | None, facts: dict[str, Any]) -> dict[str, Any]:
+def why_not(journey: Journey, state: LeadState | None, facts: JsonObject) -> JsonObject:
     """`{"journey", "version", "enrolment", "entry": [...], "branches": [...]}`: each entry rule with the
     events it waits for and its clauses the lead does not meet (`event.*` clauses depend on the event
     itself, so they are listed as what the event must carry); each branch rule likewise."""

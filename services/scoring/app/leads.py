@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from nurture import jsoncodec, limits
 from nurture.busmessage import LeadSnapshot
+from nurture.jsontypes import JsonMapping
 from nurture.times import utc_or_none as aware
 from services.scoring import storage as st
 from services.scoring.app.base import CoreBase
@@ -28,7 +29,7 @@ from services.scoring.domain.validation import LEAD_ID, PROFILE_FIELDS, validate
 from services.scoring.storage_visitors import erase_visitors_of_lead
 
 
-def _check(lead_id: str, fields: Mapping[str, Any], merge: bool) -> Mapping[str, Any]:
+def _check(lead_id: str, fields: JsonMapping, merge: bool) -> JsonMapping:
     """The fields as stored (the email normalised), or InvalidInput with every problem."""
     problems = validate_profile(fields, partial=merge)
     if lead_id and not LEAD_ID.fullmatch(lead_id):
@@ -43,14 +44,14 @@ def _check(lead_id: str, fields: Mapping[str, Any], merge: bool) -> Mapping[str,
 
 class Leads(CoreBase):
     def upsert_lead(
-        self, lead_id: str, fields: Mapping[str, Any], *, merge: bool, source: str, must_exist: bool, now: datetime
+        self, lead_id: str, fields: JsonMapping, *, merge: bool, source: str, must_exist: bool, now: datetime
     ) -> tuple[LeadSnapshot, bool]:
         fields = _check(lead_id, fields, merge)
         with self._sessions() as s:
             return self._upsert(s, lead_id, fields, merge=merge, source=source, must_exist=must_exist, now=now)
 
     def _upsert(
-        self, s: Session, lead_id: str, fields: Mapping[str, Any], *, merge: bool, source: str, must_exist: bool,
+        self, s: Session, lead_id: str, fields: JsonMapping, *, merge: bool, source: str, must_exist: bool,
         now: datetime,
     ) -> tuple[LeadSnapshot, bool]:
         row = None

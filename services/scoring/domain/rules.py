@@ -19,6 +19,7 @@ from typing import Any
 from pydantic import Field, ValidationError
 
 from nurture.datafiles import Open, problems_of, read_yaml
+from nurture.jsontypes import JsonMapping, JsonObject
 from nurture.rules import InvalidRule, RuleSpec, compile_rules, validate_condition
 
 MODEL_PATH = Path(__file__).parents[1] / "data" / "model.yaml"
@@ -52,7 +53,7 @@ class Outcome:
         return sum(p.points for p in self.points)
 
 
-def _types_of(cond: Mapping[str, Any]) -> set[str] | None:
+def _types_of(cond: JsonMapping) -> set[str] | None:
     """The event types a condition can match, or None when it can match any."""
     if "all" in cond:
         found = [t for t in (_types_of(c) for c in cond["all"]) if t is not None]
@@ -73,7 +74,7 @@ def _types_of(cond: Mapping[str, Any]) -> set[str] | None:
 class ScoringModel:
     """A validated, compiled scoring model."""
 
-    def __init__(self, definition: Mapping[str, Any]) -> None:
+    def __init__(self, definition: JsonMapping) -> None:
         problems = validate_model(definition)
         if problems:
             raise InvalidRule(problems)
@@ -117,7 +118,7 @@ class ScoringModel:
         grade = next((g for g, minimum in self.grades if points >= int(minimum)), "D")
         return points, grade, [m.rule for m in matches]
 
-    def classify(self, lead: Mapping[str, Any], event: Mapping[str, Any] | None = None) -> str | None:
+    def classify(self, lead: Mapping[str, Any], event: JsonMapping | None = None) -> str | None:
         facts = {"attributes": lead.get("attributes") or {}, "event": event or {}}
         matches = self._segments.evaluate(facts)
         return str(matches[0].meta["segment"]) if matches else None
@@ -136,7 +137,7 @@ class ScoringModel:
 
     # -- one event -----------------------------------------------------------------------------------
 
-    def score_event(self, lead: Mapping[str, Any], event: Mapping[str, Any], now: datetime) -> Outcome:
+    def score_event(self, lead: Mapping[str, Any], event: JsonMapping, now: datetime) -> Outcome:
         """Count the event, evaluate the behaviour rules on it, and work out every consequence."""
         out = Outcome()
         etype = str(event["type"])
@@ -218,7 +219,7 @@ class ScoringModel:
         return out
 
 
-def _channel_subscription(etype: str, props: Mapping[str, Any]) -> bool:
+def _channel_subscription(etype: str, props: JsonMapping) -> bool:
     """`subscribed` with `properties.channel` is a subscription to mail of that channel (consent);
     without one it is the paid subscription (the seed's purchase)."""
     return etype == "subscribed" and bool(props.get("channel"))
@@ -251,12 +252,12 @@ def derive_counters(
     }
 
 
-def _lead_facts(lead: Mapping[str, Any]) -> dict[str, Any]:
+def _lead_facts(lead: Mapping[str, Any]) -> JsonObject:
     keys = ("segment", "score", "grade", "lifecycle_stage", "attributes", "timezone", "locale")
     return {k: lead.get(k) for k in keys if lead.get(k) is not None}
 
 
-def _interests(lead: Mapping[str, Any], etype: str, props: Mapping[str, Any]) -> dict[str, list[str]]:
+def _interests(lead: Mapping[str, Any], etype: str, props: JsonMapping) -> dict[str, list[str]]:
     current = lead.get("interests") or {}
     countries = list(current.get("countries", []))
     topics = list(current.get("topics", []))
@@ -270,7 +271,7 @@ def _interests(lead: Mapping[str, Any], etype: str, props: Mapping[str, Any]) ->
     return {"countries": countries[-10:], "topics": topics[-20:]}
 
 
-def _explain(why: str, facts: Mapping[str, Any]) -> str:
+def _explain(why: str, facts: JsonMapping) -> str:
     shown = ", ".join(f"{k}={v}" for k, v in facts.items())
     return f"{why} ({shown})" if shown else why
 
@@ -302,7 +303,7 @@ class ModelShape(Open):
 _CHECKED_PARTS = ("behaviour", "fit", "segments", "lifecycle")
 
 
-def _shape_problems(definition: Mapping[str, Any]) -> tuple[list[str], bool]:
+def _shape_problems(definition: JsonMapping) -> tuple[list[str], bool]:
     """(every shape problem, whether one is in a part the rule checks read)."""
     try:
         ModelShape.model_validate(definition)

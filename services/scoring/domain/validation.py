@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
-from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from nurture import jsoncodec
+from nurture.jsontypes import JsonMapping
 from services.scoring.domain.addresses import check_email
 from services.scoring.domain.records import EventIn
 
@@ -23,7 +22,7 @@ MAX_ATTRIBUTE_CHARS = 65_536
 MAX_ATTRIBUTES_BYTES = 262_144
 
 
-def validate_profile(fields: Mapping[str, Any], *, partial: bool) -> dict[str, str]:
+def validate_profile(fields: JsonMapping, *, partial: bool) -> dict[str, str]:
     problems: dict[str, str] = {}
     for name in PROFILE_FIELDS:
         value = fields.get(name)

@@ -13,7 +13,7 @@ from nurture.clock import VIRTUAL_EPOCH
 from services.journeys.domain.definitions import check, load_playbook, read_settings
 from services.journeys.domain.engine import Engine, _pauses
 from services.journeys.domain.registry import Registry
-from services.journeys.domain.state import ACTIVE, PAUSED, LeadState, Outcome, iso
+from services.journeys.domain.state import ACTIVE, PAUSED, LeadState, Outcome, UpdatePayload, iso
 from services.journeys.simulation import simulate
 
 T0 = VIRTUAL_EPOCH
@@ -51,10 +51,10 @@ class Harness:
             for side in (True, False):
                 out = Outcome()
                 while (effect := self.engine.next_effect(self.state, ekey, self.now, out, side=side)) is not None:
-                    if effect.kind == "update":   # what scoring does with an update step
-                        self.lead["attributes"].update(effect.payload["set"])
+                    if isinstance(effect.payload, UpdatePayload):   # what scoring does with an update step
+                        self.lead["attributes"].update(effect.payload.set)
                         # and the snapshot journeys holds follows (scoring's lead_updated, not modelled)
-                        self.state.lead.setdefault("attributes", {}).update(effect.payload["set"])
+                        self.state.lead.setdefault("attributes", {}).update(effect.payload.set)
                     self.sent.append(effect.dedupe_key)
                     self.sent_at.append((effect.dedupe_key, self.now - T0))
                     self.engine.complete(self.state, effect, self.now, out, status="sent")

@@ -23,8 +23,11 @@ from services.journeys.domain.state import (
     Effect,
     LeadState,
     Outcome,
+    SendPayload,
     StepRun,
+    TaskPayload,
     Transition,
+    UpdatePayload,
     iso,
 )
 from tests.bus_messages import bus_message
@@ -125,9 +128,9 @@ def test_a_flow_runs_its_steps_at_their_moment_with_their_explanations() -> None
     [send] = m.effects
     assert (send.kind, send.ekey, send.step, send.dedupe_key, send.occurrence, send.side) == (
         "send", "flow", "hello", "l-1:flow:1:hello:1.1", "1.1", False)
-    assert send.payload == {"template": "flow.hello", "channel": "email", "category": "transactional",
-                            "journey": "flow", "version": 1, "step": "hello",
-                            "context": {"subject": "Hi", "cta": "Go", "stage": "one"}}
+    assert send.payload == SendPayload(template="flow.hello", channel="email", category="transactional",
+                                       journey="flow", version=1, step="hello",
+                                       context={"subject": "Hi", "cta": "Go", "stage": "one"})
     e = m.e("flow")
     assert (e.status, e.step, e.due, e.waiting, e.stage, e.last_sent) == (
         ACTIVE, "check", T0 + timedelta(days=2), "delay", "one", "hello")
@@ -136,9 +139,9 @@ def test_a_flow_runs_its_steps_at_their_moment_with_their_explanations() -> None
     m.at(days=2)
     [_, task] = m.effects
     assert (task.kind, task.step, task.dedupe_key) == ("task", "bye", "l-1:flow:1:bye:1.1")
-    assert task.payload == {"kind": "follow_up", "title": "Call", "priority": "normal",
-                            "due_at": T0 + timedelta(days=3),
-                            "details": {"journey": "flow", "step": "bye", "stage": "two", "score": 10}}
+    assert task.payload == TaskPayload(kind="follow_up", title="Call", priority="normal",
+                                       due_at=T0 + timedelta(days=3),
+                                       details={"journey": "flow", "step": "bye", "stage": "two", "score": 10})
     assert (e.status, e.outcome, e.ended_at, e.step, e.due) == (COMPLETED, "end", T0 + timedelta(days=2), "done", None)
     assert m.log == ["flow: entered: ping type=ping matched rule go", "flow: entered Stage One stage",
                      "flow: branch check took the default bye: no rule matched",
@@ -241,7 +244,7 @@ def test_an_event_wait_times_out_exactly_at_its_timeout() -> None:
     m.at(days=1)
     [update] = m.effects
     assert (update.kind, update.step, update.payload, update.dedupe_key, update.occurrence, update.side) == (
-        "update", "no", {"set": {"answered": False}}, "l-1:ask:1:no:1.1", "1.1", False)
+        "update", "no", UpdatePayload({"answered": False}), "l-1:ask:1:no:1.1", "1.1", False)
     assert m.log == ["ask: entered: ping type=ping matched rule go",
                      f"ask: waiting at ask for answer until {iso(T0 + timedelta(days=1))}",
                      "ask: no answer by the timeout of ask: going to no", "ask: completed ask"]
@@ -262,14 +265,14 @@ def test_an_event_wait_takes_the_event_of_its_own_entity(props: dict[str, Any], 
     m.message("answer", **props)
     if answered:
         [update] = m.effects
-        assert update.payload == {"set": {"answered": True}}
+        assert update.payload == UpdatePayload({"answered": True})
         assert "ask: answer arrived at ask: going to yes" in m.log
         assert m.record("ask: answer arrived") == ("event", "ask", "yes", None, None, {})
         assert m.e("ask#c1").status == COMPLETED
     else:
         assert m.effects == [] and m.e("ask#c1").waiting == "event"
         m.at(days=1)
-        assert [f.payload for f in m.effects] == [{"set": {"answered": False}}]
+        assert [f.payload for f in m.effects] == [UpdatePayload({"answered": False})]
 
 
 TRIGGERED = [{"id": "idle", "type": "listen"},
@@ -575,7 +578,7 @@ def test_a_step_category_overrides_its_journey() -> None:
     steps = [{**NEWS[0], "category": "nurture"}, {**NEWS[1], "category": "nurture"}, *NEWS[2:]]
     m = Mini(journey("news", steps), settings=PlaybookSettings(budget_max=1))
     m.message("ping")
-    assert [(f.step, f.payload["category"]) for f in m.effects] == [("n1", "nurture")]
+    assert [(f.step, getattr(f.payload, "category", None)) for f in m.effects] == [("n1", "nurture")]
     assert m.e("news").waiting == "budget"
 
 
@@ -595,7 +598,8 @@ def test_a_held_side_send_waits_for_its_slot_while_tasks_go() -> None:
     assert m.log[-1] == f"t: note held by the frequency budget until {iso(T0 + timedelta(days=1))}"
     m.message("hot")
     [task] = m.effects
-    assert (task.step, task.side, task.payload["priority"], task.payload["due_at"]) == (
+    assert isinstance(task.payload, TaskPayload)
+    assert (task.step, task.side, task.payload.priority, task.payload.due_at) == (
         "call", True, "high", T0 + timedelta(hours=3))
     assert (e.side, e.side_at, e.side_held_by) == (["note"], T0 + timedelta(days=1), "budget")
     m.at(days=1)
@@ -708,14 +712,14 @@ def test_a_wait_until_an_anchor_and_its_move() -> None:
     m.at(days=6, seconds=-1)
     assert m.effects == []
     m.at(days=6)
-    assert [f.payload for f in m.effects] == [{"set": {"r": 1}}, {"set": {"r": 2}}]
+    assert [f.payload for f in m.effects] == [UpdatePayload({"r": 1}), UpdatePayload({"r": 2})]
 
 
 def test_a_wait_until_a_moment_already_past_takes_its_if_past_path() -> None:
     m = Mini(journey("web", REMIND, **WEBINAR))
     starts = T0 + timedelta(hours=12)
     m.message("ping", webinar_id="w1", starts_at=iso(starts))
-    assert [f.payload for f in m.effects] == [{"set": {"r": 2}}]
+    assert [f.payload for f in m.effects] == [UpdatePayload({"r": 2})]
     assert f"web: before already past ({iso(starts - timedelta(days=1))}): going to late" in m.log
     assert m.record("web: before already past")[:3] == ("skip", "before", "late")
 
@@ -836,7 +840,7 @@ def test_a_split_assigns_by_weight_and_says_which(weights: tuple[float, float], 
         {"id": "done", "type": "end"}]
     m = Mini(journey("ab", steps))
     m.message("ping")
-    assert [f.payload for f in m.effects] == [{"set": {"v": variant}}]
+    assert [f.payload for f in m.effects] == [UpdatePayload({"v": variant})]
     assert f"ab: split s assigned variant {variant}" in m.log
     assert m.record("ab: split s")[:5] == ("split", "s", variant.lower(), None, variant)
 
@@ -982,7 +986,8 @@ def test_a_jump_and_a_goal_without_a_name_say_where_and_which() -> None:
     assert m.record("j: jumped to land") == ("jump", "hop", "land", None, None, {})
     assert [t.at for t in m.transitions if t.type == "jump"] == [T0 + timedelta(hours=1)]
     [send] = m.effects
-    assert send.payload["context"] == {"subject": "S", "url": "https://example.com/x", "brief": ["b"]}
+    assert isinstance(send.payload, SendPayload)
+    assert send.payload.context == {"subject": "S", "url": "https://example.com/x", "brief": ["b"]}
     assert (m.e("j").status, m.e("j").outcome) == (COMPLETED, "won")
     assert "j: goal reached: won" in m.log
 
@@ -1043,7 +1048,9 @@ def test_a_webhook_step_is_a_send_on_the_webhook_channel() -> None:
     m = Mini(journey("hook", [{"id": "call", "type": "webhook", "url": "https://example.com/h"},
                               {"id": "sms", "type": "send", "channel": "sms"}, {"id": "done", "type": "end"}]))
     m.message("ping")
-    assert [(f.kind, f.payload["channel"], f.payload["context"].get("url")) for f in m.effects] == [
+    sends = [f.payload for f in m.effects if isinstance(f.payload, SendPayload)]
+    assert len(sends) == len(m.effects)
+    assert [(f.kind, p.channel, p.context.get("url")) for f, p in zip(m.effects, sends, strict=True)] == [
         ("send", "webhook", "https://example.com/h"), ("send", "sms", None)]
 
 
