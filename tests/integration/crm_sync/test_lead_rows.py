@@ -37,7 +37,7 @@ def _write(db: Database, lead_id: str, field: str, value: str, *, read: threadin
         if read is not None and go is not None:
             read.set()
             assert go.wait(10)
-        row["fields"] = {**row["fields"], field: value}
+        row.fields = {**row.fields, field: value}
         st.save_leads(s, [] if current else [row], [row] if current else [])
 
 
@@ -68,7 +68,7 @@ def test_concurrent_creators_of_rows_all_land_without_a_lost_race(db: Database) 
     with db.session() as s:
         rows = st.get_leads(s, ["l0", "l1", "l2"])
     # Every writer's field is on its lead's one row: none was lost, none failed.
-    assert {lead: sorted(row["fields"]) for lead, row in rows.items()} == {
+    assert {lead: sorted(row.fields) for lead, row in rows.items()} == {
         f"l{k}": sorted(f"f{n}" for n in range(12) if n % 3 == k) for k in range(3)}
     assert not any(name.startswith("db.retries_exhausted") for name in db.counters)
     assert "db.retries.unique_violation" not in db.counters
