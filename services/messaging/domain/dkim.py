@@ -9,6 +9,8 @@ is one, else with the primary domain's (`NURTURE_DKIM_DOMAIN`, else the only dom
 
 The signature covers the headers a receiver shows or acts on, including List-Unsubscribe and
 List-Unsubscribe-Post (RFC 8058 requires both be signed for one-click unsubscribe to be honoured).
+dkimpy canonicalizes, hashes and builds the header; the RSA operation itself is OpenSSL's (see
+`_openssl_rsa_sign`). Messaging signs on its SMTP worker threads, never on the event loop.
 """
 
 from __future__ import annotations
