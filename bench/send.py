@@ -43,6 +43,7 @@ from nurture.api.scoring.v1 import scoring_pb2, scoring_pb2_grpc  # noqa: E402
 from nurture.ports import free_port  # noqa: E402
 from nurture.rpc import channel, start_server  # noqa: E402
 from nurture.settings import load_settings, to_environ  # noqa: E402
+from services.messaging.domain.dkim import generate_key  # noqa: E402
 
 ZONES = ["Europe/London", "Asia/Kolkata", "America/New_York", "Asia/Singapore", "Africa/Lagos", "Australia/Sydney"]
 TEMPLATES = [f"{s}.email_{i:02d}" for s in ("skilled_professional", "family", "entrepreneur") for i in range(1, 18)]
@@ -121,7 +122,8 @@ def send_request(i: int) -> messaging_pb2.SendRequest:
 
 
 async def service_run(n: int, work: Path, sink_port: int, redis_url: str, concurrency: int,
-                      batch: int, database_url: str | None = None) -> tuple[float, int, dict[str, float]]:
+                      batch: int, database_url: str | None = None, dkim: bool = True
+                      ) -> tuple[float, int, dict[str, float]]:
     """(messages/s, messages sent, CPU seconds per process) for N Sends issued in batches of `batch`
     (1: the single Send RPC) with at most `concurrency` calls in flight."""
     leads = Leads(n)
@@ -133,10 +135,15 @@ async def service_run(n: int, work: Path, sink_port: int, redis_url: str, concur
     mesh_token = secrets.token_urlsafe(24)
     scoring = await start_server(name="bench-scoring", port=0, register=register, mesh_tokens=[mesh_token])
     port = free_port()
+    dkim_keys: dict[str, str] = {}
+    if dkim:  # every message signed, as in production (a development key, like `nurture up` makes)
+        generate_key(work / "dkim.pem")
+        dkim_keys = {"borderbridge.example:bench": str(work / "dkim.pem")}
     settings = load_settings(environ={}, data_dir=work / "data", redis_url=redis_url, clock="real",
                              smtp_url=f"smtp://127.0.0.1:{sink_port}", scoring_addr=f"127.0.0.1:{scoring.port}",
                              journeys_addr=f"127.0.0.1:{free_port()}", grpc_port=port, log_level="WARNING",
-                             database_url=database_url, mesh_token=mesh_token, secret=secrets.token_urlsafe(24))
+                             database_url=database_url, mesh_token=mesh_token, secret=secrets.token_urlsafe(24),
+                             bounce_smtp_addr="127.0.0.1:0", dkim_keys=dkim_keys)
     env = {**os.environ, **to_environ(settings), "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, "-m", "services.messaging"], cwd=ROOT, env=env)
     cpu: dict[str, float] = {}
@@ -194,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="Sends per SendBatch call, as journeys issues them (1: one Send RPC per message)")
     parser.add_argument("--concurrency", type=int, default=0,
                         help="calls in flight at most (default: 256 single Sends, or 8 SendBatch calls)")
+    parser.add_argument("--no-dkim", action="store_true",
+                        help="send unsigned (by default every message is DKIM-signed, as in production)")
     add_database_arg(parser)
     args = parser.parse_args(argv)
     args.concurrency = args.concurrency or (256 if args.batch <= 1 else 8)
@@ -216,7 +225,8 @@ def main(argv: list[str] | None = None) -> int:
             base_cpu = {"bench client": own_cpu() - own0, "sink": cpu_seconds(sink_proc.pid) - sink0}
             sink0 = cpu_seconds(sink_proc.pid)
             rate, sent, cpu = asyncio.run(service_run(args.n, work, sink_port, f"redis://127.0.0.1:{redis_port}/0",
-                                                      args.concurrency, args.batch, database_url))
+                                                      args.concurrency, args.batch, database_url,
+                                                      dkim=not args.no_dkim))
             cpu["sink"] = cpu_seconds(sink_proc.pid) - sink0
             stored = len(list((work / "mail").glob("*.eml")))
         finally:
@@ -232,8 +242,10 @@ def main(argv: list[str] | None = None) -> int:
     print("cpu ms/message, service      : " + ", ".join(f"{k} {v * 1000 / max(sent, 1):.2f}"
                                                          for k, v in cpu.items()))
     print(f"mode: {'SendBatch of ' + str(args.batch) if args.batch > 1 else 'one Send per message'}, "
-          f"{args.concurrency} calls in flight; load average {os.getloadavg()[0]:.1f}")
+          f"{args.concurrency} calls in flight, {'unsigned' if args.no_dkim else 'DKIM-signed'}; "
+          f"load average {os.getloadavg()[0]:.1f}")
     print(json.dumps({"database": database_kind(args.database_url), "messages": args.n, "batch": args.batch,
+                      "dkim": not args.no_dkim,
                       "smtplib_msgs_per_s": round(base, 1), "service_msgs_per_s": round(rate, 1),
                       "service / smtplib": round(rate / base, 3), "sent": sent, "files_in_sink": stored,
                       "messaging_cpu_ms_per_msg": round(cpu.get("messaging", 0) * 1000 / max(sent, 1), 3),

@@ -9,19 +9,49 @@ is one, else with the primary domain's (`NURTURE_DKIM_DOMAIN`, else the only dom
 
 The signature covers the headers a receiver shows or acts on, including List-Unsubscribe and
 List-Unsubscribe-Post (RFC 8058 requires both be signed for one-click unsubscribe to be honoured).
+dkimpy canonicalizes, hashes and builds the header; the RSA operation itself is OpenSSL's (see
+`_openssl_rsa_sign`). Messaging signs on its SMTP worker threads, never on the event loop.
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import dkim
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa, utils
+
+
+def _openssl_rsa_sign(digest: Any, private_key: Mapping[str, int]) -> bytes:
+    """The RSASSA-PKCS1-v1_5 signature dkimpy asks for, made by OpenSSL (cryptography) instead of
+    dkimpy's own Python `pow`: 0.7 ms of CPU a message instead of 10 (measured with 2048-bit keys), which
+    at a mailing's volume is the difference between signing being free and being the bottleneck. PKCS#1
+    v1.5 signatures are deterministic, so the bytes are the same as dkimpy's (a unit test holds that)."""
+    key = _rsa_key(*(int(private_key[name]) for name in _RSA_FIELDS))
+    value = digest.digest()
+    algorithm: hashes.HashAlgorithm = hashes.SHA256() if len(value) == 32 else hashes.SHA1()
+    return key.sign(value, padding.PKCS1v15(), utils.Prehashed(algorithm))
+
+
+_RSA_FIELDS = ("modulus", "publicExponent", "privateExponent", "prime1", "prime2", "exponent1", "exponent2",
+               "coefficient")
+
+
+@functools.lru_cache(maxsize=32)
+def _rsa_key(n: int, e: int, d: int, p: int, q: int, dmp1: int, dmq1: int, iqmp: int) -> rsa.RSAPrivateKey:
+    return rsa.RSAPrivateNumbers(p, q, d, dmp1, dmq1, iqmp, rsa.RSAPublicNumbers(e, n)).private_key()
+
+
+# dkimpy (pinned) computes the signature through this module-level name in gen_header; verification
+# and everything else stay dkimpy's own.
+DKIMPY_RSA_SIGN = dkim.RSASSA_PKCS1_v1_5_sign
+dkim.RSASSA_PKCS1_v1_5_sign = _openssl_rsa_sign
 
 SIGNED_HEADERS = (b"from", b"to", b"subject", b"date", b"message-id", b"mime-version", b"content-type",
                   b"reply-to", b"list-unsubscribe", b"list-unsubscribe-post")

@@ -138,3 +138,25 @@ def test_dkim_configuration_problems_are_all_named(tmp_path: Path) -> None:
     signer = load_signer({"x.example:s1": str(a), "x.example:s2": str(b)}, {"x.example": "s2"})
     assert signer.key_for("x.example").selector == "s2" and signer.key_for("other.example").selector == "s2"
     assert load_signer({}, {}).sign(b"Subject: x\r\n\r\nbody", "x.example") == b"Subject: x\r\n\r\nbody"
+
+
+def test_the_openssl_signature_is_byte_for_byte_dkimpys(tmp_path: Path) -> None:
+    import hashlib
+
+    import dkim
+    from dkim.crypto import parse_pem_private_key
+
+    from services.messaging.domain import dkim as ours
+
+    generate_key(tmp_path / "k.pem")
+    pem = (tmp_path / "k.pem").read_bytes()
+    assert dkim.RSASSA_PKCS1_v1_5_sign is ours._openssl_rsa_sign     # what dkimpy's gen_header calls
+    private = parse_pem_private_key(pem)
+    for algorithm in (hashlib.sha256, hashlib.sha1):
+        digest = algorithm(b"the canonicalized headers")
+        assert ours._openssl_rsa_sign(digest, private) == ours.DKIMPY_RSA_SIGN(digest, private)
+    message = (b"From: hello@x.example\r\nTo: ana@example.com\r\nSubject: hi\r\nMessage-ID: <1@x>\r\n"
+               b"Date: Sun, 06 Dec 2026 08:00:00 +0000\r\n\r\nHello Ana\r\n")
+    signer = load_signer({"x.example:s1": str(tmp_path / "k.pem")}, {})
+    record = signer.keys[0].dns_txt.encode()
+    assert dkim.verify(signer.sign(message, "x.example"), dnsfunc=lambda name, timeout=5: record)
