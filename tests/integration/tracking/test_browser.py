@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
 from playwright.async_api import Browser, async_playwright  # noqa: E402  (console/test_browser skips without it)
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -25,7 +24,7 @@ from starlette.routing import Route
 from nurture.settings import Settings
 from tests.conftest import free_port
 from tests.integration.console.test_browser import CHROMIUM, Watched
-from tests.integration.tracking.mesh import SITE_KEY, TrackingMesh, tracking_mesh
+from tests.integration.tracking.mesh import SITE_KEY, TrackingMesh, serve, tracking_mesh
 
 pytestmark = pytest.mark.anyio
 
@@ -59,17 +58,6 @@ def site_app(gateway: str) -> Starlette:
 
     return Starlette(routes=[Route("/", home), Route("/pricing", pricing), Route("/pricing/family", pricing),
                              Route("/favicon.ico", favicon)])
-
-
-async def serve(app: Any, port: int) -> tuple[uvicorn.Server, asyncio.Task[None]]:
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                           lifespan="off", access_log=False))
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.02)
-    return server, task
 
 
 @pytest.fixture
