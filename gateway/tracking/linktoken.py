@@ -42,7 +42,7 @@ def sign(secret: str, lead_id: str, now: datetime) -> str:
 def verify(secrets: tuple[str, ...], token: str, now: datetime) -> str:
     """The lead id the token names; LinkTokenError when it is forged, damaged or expired."""
     body, _, mac = token.partition(".")
-    if not body or not mac or len(token) > 1024:
+    if not body or not mac or len(token) > 1024 or not token.isascii():
         raise LinkTokenError("not a link token")
     if not any(s and hmac.compare_digest(_mac(s, body), mac) for s in secrets):
         raise LinkTokenError("the link token does not verify")

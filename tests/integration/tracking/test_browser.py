@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
 from playwright.async_api import Browser, async_playwright  # noqa: E402  (console/test_browser skips without it)
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -25,7 +24,7 @@ from starlette.routing import Route
 from nurture.settings import Settings
 from tests.conftest import free_port
 from tests.integration.console.test_browser import CHROMIUM, Watched
-from tests.integration.tracking.mesh import SITE_KEY, TrackingMesh, tracking_mesh
+from tests.integration.tracking.mesh import SITE_KEY, TrackingMesh, serve, tracking_mesh
 
 pytestmark = pytest.mark.anyio
 
@@ -36,14 +35,14 @@ USER_AGENT = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Ge
 def site_app(gateway: str) -> Starlette:
     """The test site: pages that carry the snippet, each with its category in a meta tag."""
 
-    def page(title: str, category: str, body: str = "") -> HTMLResponse:
+    def page(title: str, category: str, body: str = "", flags: str = "") -> HTMLResponse:
         return HTMLResponse(
             "<!DOCTYPE html><html><head><meta charset='utf-8'>"
             f"<title>{html.escape(title)}</title><meta name='nurture:category' content='{category}'>"
             # The stub pattern: calls made before the snippet loads are queued and replayed.
             "<script>window.nurture = window.nurture || [];"
             "nurture.push(['track', 'content_viewed', {topic: 'canada', category: 'country'}]);</script>"
-            f"<script src='{gateway}/t/nurture.js' data-site-key='{SITE_KEY}' async></script>"
+            f"<script src='{gateway}/t/nurture.js' data-site-key='{SITE_KEY}' {flags} async></script>"
             f"</head><body><h1>{html.escape(title)}</h1>{body}"
             "<button id='spa' onclick=\"history.pushState({}, '', '/pricing/family')\">family plan</button>"
             "</body></html>")
@@ -54,22 +53,14 @@ def site_app(gateway: str) -> Starlette:
     async def pricing(_: Request) -> HTMLResponse:
         return page("Pricing", "pricing")
 
+    async def with_consent(_: Request) -> HTMLResponse:
+        return page("Move to Canada", "country", flags="data-require-consent")
+
     async def favicon(_: Request) -> Response:
         return Response(status_code=204)
 
     return Starlette(routes=[Route("/", home), Route("/pricing", pricing), Route("/pricing/family", pricing),
-                             Route("/favicon.ico", favicon)])
-
-
-async def serve(app: Any, port: int) -> tuple[uvicorn.Server, asyncio.Task[None]]:
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                           lifespan="off", access_log=False))
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.02)
-    return server, task
+                             Route("/consent", with_consent), Route("/favicon.ico", favicon)])
 
 
 @pytest.fixture
@@ -164,23 +155,23 @@ async def test_a_visitor_browses_anonymously_then_identifies(sites: tuple[Tracki
 
 async def test_no_id_is_kept_before_consent_where_the_site_asks_for_it(sites: tuple[TrackingMesh, str, str],
                                                                       browser: Browser) -> None:
-    mesh, gateway, site = sites
+    mesh, _gateway, site = sites
     context = await browser.new_context(user_agent=USER_AGENT)
     w = Watched(await context.new_page())
-    await w.open(f"{site}/")  # a page to stand on: the consent page is built in it
-    await w.page.evaluate("""gateway => new Promise(done => {
-        localStorage.clear(); document.cookie = '_nurture_vid=; max-age=0; path=/'; delete window.nurture;
-        const s = document.createElement('script');
-        s.src = gateway + '/t/nurture.js?again'; s.dataset.siteKey = '""" + SITE_KEY + """';
-        s.setAttribute('data-require-consent', ''); s.onload = done; document.head.appendChild(s);
-    })""", gateway)
-    await asyncio.sleep(0.2)
+    await w.open(f"{site}/consent")  # the snippet with data-require-consent
+    await w.page.wait_for_load_state("networkidle")
+    assert await w.page.evaluate("window.nurture.loaded") is True
     assert await w.page.evaluate("window.nurture.visitorId()") is None
     assert await w.page.evaluate("localStorage.getItem('nurture_vid')") is None
     assert "_nurture_vid" not in await w.page.evaluate("document.cookie")
     await w.page.evaluate("window.nurture.consent(true)")
     vid = await w.page.evaluate("window.nurture.visitorId()")
     assert vid and await w.page.evaluate("localStorage.getItem('nurture_vid')") == vid
-    await until(lambda: visitor_events(mesh, w.page), 1)  # the page view kept in memory went after consent
+    assert f"_nurture_vid={vid}" in await w.page.evaluate("document.cookie")
+    # The page view and the queued call, kept in memory until consent, went after it.
+    await until(lambda: visitor_events(mesh, w.page), 2)
+    await w.page.evaluate("window.nurture.consent(false)")
+    assert await w.page.evaluate("localStorage.getItem('nurture_vid')") is None
+    assert "_nurture_vid" not in await w.page.evaluate("document.cookie")
     assert w.errors == []
     await context.close()

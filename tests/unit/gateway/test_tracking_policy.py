@@ -98,7 +98,8 @@ def test_link_tokens_verify_only_unaltered_unexpired_and_under_our_secrets() -> 
     assert linktoken.verify(("new", "s3cret"), token, now) == "lead-1"  # the previous secret, during a rotation
     body, _, mac = token.partition(".")
     forged_body = linktoken._b64(json.dumps({"l": "lead-2", "e": 9999999999}).encode())
-    for bad in (f"{forged_body}.{mac}", f"{body}.{mac[:-2]}xx", "", ".", "a.b", token + "x"):
+    for bad in (f"{forged_body}.{mac}", f"{body}.{mac[:-2]}xx", "", ".", "a.b", token + "x", f"{body}.é{mac}",
+                f"{body}.{mac[:-1]}\udcff"):
         with pytest.raises(linktoken.LinkTokenError):
             linktoken.verify(("s3cret",), bad, now)
     with pytest.raises(linktoken.LinkTokenError):
