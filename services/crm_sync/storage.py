@@ -7,7 +7,7 @@ import itertools
 import json
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -119,11 +119,11 @@ class LeadQuery(NamedTuple):
 
 def find_leads(s: Session, wanted: list[LeadQuery]) -> list[LeadRecord | None]:
     """`find_lead` for many contacts at once: three queries, not three per contact."""
-    crm_ids = sorted({w.crm_id for w in wanted if w.crm_id})
     by_crm_id: dict[tuple[str, str], LeadRecord] = {}
-    for chunk in iter_chunks(crm_ids, 500):
-        for row in s.execute(select(leads).where(leads.c.crm_id.in_(chunk))).all():
-            by_crm_id[(row.crm, row.crm_id)] = _lead_row(row)
+    for crm, crm_ids in _crm_ids_by_crm((w.crm, w.crm_id) for w in wanted):
+        for chunk in iter_chunks(crm_ids, 500):
+            for row in s.execute(select(leads).where(leads.c.crm == crm, leads.c.crm_id.in_(chunk))).all():
+                by_crm_id[(row.crm, row.crm_id)] = _lead_row(row)
     by_id = get_leads(s, [w.lead_id for w in wanted if w.lead_id])
     emails = sorted({w.email.lower() for w in wanted if w.email})
     by_email: dict[str, LeadRecord] = {}
@@ -184,16 +184,28 @@ def save_leads(s: Session, new: list[LeadRecord], changed: list[LeadRecord]) -> 
                                  for r in sorted(changed, key=lambda r: r.lead_id)])
 
 
+def _crm_ids_by_crm(pairs: Iterable[tuple[str, str | None]]) -> list[tuple[str, list[str]]]:
+    """(crm, its CRM ids, sorted) for each CRM named: a CRM id is looked up with its CRM, so the
+    query uses the (crm, crm_id) index (by crm_id alone it scanned the whole table per batch)."""
+    by_crm: dict[str, set[str]] = {}
+    for crm, crm_id in pairs:
+        if crm_id:
+            by_crm.setdefault(crm, set()).add(crm_id)
+    return [(crm, sorted(ids)) for crm, ids in sorted(by_crm.items())]
+
+
 def unlink_crm_ids(s: Session, owners: dict[tuple[str, str], str]) -> None:
     """`unlink_crm_id` for many (crm, crm_id) → the lead keeping it: one query when nothing moved."""
     if not owners:
         return
     moved: list[str] = []
-    for chunk in iter_chunks(sorted({crm_id for _, crm_id in owners}), 500):
-        for row in s.execute(select(leads.c.lead_id, leads.c.crm, leads.c.crm_id).where(leads.c.crm_id.in_(chunk))):
-            keep = owners.get((row.crm, row.crm_id))
-            if keep is not None and keep != row.lead_id:
-                moved.append(row.lead_id)
+    for crm, crm_ids in _crm_ids_by_crm(owners):
+        for chunk in iter_chunks(crm_ids, 500):
+            for row in s.execute(select(leads.c.lead_id, leads.c.crm, leads.c.crm_id)
+                                 .where(leads.c.crm == crm, leads.c.crm_id.in_(chunk))):
+                keep = owners.get((row.crm, row.crm_id))
+                if keep is not None and keep != row.lead_id:
+                    moved.append(row.lead_id)
     if moved:
         s.execute(update(leads).where(leads.c.lead_id == bindparam("b_lead_id")).values(crm_id=None),
                   [{"b_lead_id": lead_id} for lead_id in sorted(set(moved))])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 from collections import defaultdict
@@ -16,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from nurture.aio import wait_event
 from nurture.api.scoring.v1 import scoring_pb2
+from nurture.db import ContentionError
 from nurture.errors import TRANSIENT
 from nurture.rpc import DEADLINE_S
 from services.crm_sync import domain
@@ -151,7 +153,15 @@ class OutboundQueue(CoreBase):
                 contacts.flush()
                 st.finish_jobs(s, finished)  # one executemany, not a round trip per push
 
-            await self.sql(record)
+            for attempt in itertools.count(1):
+                try:
+                    await self.sql(record)
+                    break
+                except ContentionError:
+                    # The pushes were made: their outcomes must be recorded, or their jobs stay
+                    # claimed until a restart. A lead row held longer than the lock timeout (a large
+                    # bus batch on a starved machine) is waited for again.
+                    await asyncio.sleep(min(5.0, 0.2 * attempt))
             return len(jobs)
 
     def _contact_records(self, s: Session, pushes: list[ContactPushed]) -> ContactRecords:
