@@ -308,14 +308,14 @@ def score_progression(stream: Sequence[dict[str, Any]], r: Range) -> list[dict[s
             if first[2] is not None and won_score is not None:
                 pairs[None].append((first[2], won_score))
     rows = []
-    for journey in [None, *sorted(j for j in pairs if j is not None)]:
-        v = pairs.get(journey, [])
+    for name in [None, *sorted(j for j in pairs if j is not None)]:
+        v = pairs.get(name, [])
         if not v:
-            rows.append({"journey": journey, "conversions": 0, "score_at_entry": None, "score_at_conversion": None,
+            rows.append({"journey": name, "conversions": 0, "score_at_entry": None, "score_at_conversion": None,
                          "change": None})
             continue
         entry, won_ = sum(a for a, _ in v), sum(b for _, b in v)
-        rows.append({"journey": journey, "conversions": len(v), "score_at_entry": round(entry / len(v), 2),
+        rows.append({"journey": name, "conversions": len(v), "score_at_entry": round(entry / len(v), 2),
                      "score_at_conversion": round(won_ / len(v), 2), "change": round((won_ - entry) / len(v), 2)})
     return rows
 
@@ -400,9 +400,9 @@ def time_to_conversion(stream: Sequence[dict[str, Any]], r: Range) -> list[dict[
         if best is not None:
             overall.append(_minutes(best, at))
     rows = []
-    for journey, values in [(None, overall), *sorted(per_journey.items())]:
+    for name, values in [(None, overall), *sorted(per_journey.items())]:
         med, p90 = _median_p90(values)
-        rows.append({"journey": journey, "conversions": len(values), "median_hours": _h(med), "p90_hours": _h(p90)})
+        rows.append({"journey": name, "conversions": len(values), "median_hours": _h(med), "p90_hours": _h(p90)})
     return rows
 
 
