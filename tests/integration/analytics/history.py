@@ -307,7 +307,7 @@ def score_progression(stream: Sequence[dict[str, Any]], r: Range) -> list[dict[s
             first = min(picks, key=lambda p: (p[0], p[1]))
             if first[2] is not None and won_score is not None:
                 pairs[None].append((first[2], won_score))
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name in [None, *sorted(j for j in pairs if j is not None)]:
         v = pairs.get(name, [])
         if not v:
@@ -399,7 +399,7 @@ def time_to_conversion(stream: Sequence[dict[str, Any]], r: Range) -> list[dict[
                 best = min(before) if best is None else min(best, min(before))
         if best is not None:
             overall.append(_minutes(best, at))
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name, values in [(None, overall), *sorted(per_journey.items())]:
         med, p90 = _median_p90(values)
         rows.append({"journey": name, "conversions": len(values), "median_hours": _h(med), "p90_hours": _h(p90)})
