@@ -32,6 +32,7 @@ from typing import Any
 
 import httpx
 from sqlalchemy import event, func, select, text
+from sqlalchemy.orm import Session
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -143,38 +144,49 @@ class Meter:
         self.steps += 1
         return 0
 
-    def _backend_cpu(self, s: Any) -> float:
-        pid = s.execute(text("select pg_backend_pid()")).scalar()
+    @staticmethod
+    def _backend_cpu(conn: Any) -> float:
+        pid = conn.execute(text("select pg_backend_pid()")).scalar()
+        conn.commit()
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             return 0.0
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
-    def _rows_read(self, s: Any) -> int:
-        s.execute(text("select pg_stat_force_next_flush()"))
-        s.commit()
-        return int(s.execute(text("select coalesce(sum(coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0)), 0) "
+    @staticmethod
+    def _rows_read(conn: Any) -> int:
+        # A backend sends its table counters when it goes idle; the view is read in a later transaction.
+        conn.execute(text("select pg_stat_force_next_flush()"))
+        conn.commit()
+        n = int(conn.execute(text("select coalesce(sum(coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0)), 0) "
                                   "from pg_stat_user_tables where relname like 'analytics_%'")).scalar() or 0)
+        conn.commit()
+        return n
 
     def measure(self, fn: Callable[[Any], Any]) -> dict[str, float]:
+        if self.pg:
+            with self.db.engine.connect() as conn:
+                rows0, cpu0 = self._rows_read(conn), self._backend_cpu(conn)
+                self.statements = 0
+                c0, t0 = time.process_time(), time.perf_counter()
+                with Session(bind=conn) as s:
+                    fn(s)
+                conn.commit()
+                wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+                statements = self.statements
+                cpu += self._backend_cpu(conn) - cpu0
+                work = self._rows_read(conn) - rows0
+            return {"wall": wall, "cpu": cpu, "statements": statements, "work": work}
         with self.db.session() as s:
             raw = s.connection().connection.dbapi_connection
-            if self.pg:
-                rows0, cpu0 = self._rows_read(s), self._backend_cpu(s)
-            else:
-                raw.set_progress_handler(self._tick, 1000)
+            raw.set_progress_handler(self._tick, 1000)
             self.statements, self.steps = 0, 0
             c0, t0 = time.process_time(), time.perf_counter()
             fn(s)
             wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-            statements = self.statements
-            if self.pg:
-                cpu += self._backend_cpu(s) - cpu0
-                work = self._rows_read(s) - rows0
-            else:
-                raw.set_progress_handler(None, 1000)
-                work = self.steps
+            statements, work = self.statements, self.steps
+            raw.set_progress_handler(None, 1000)
         return {"wall": wall, "cpu": cpu, "statements": statements, "work": work}
 
 

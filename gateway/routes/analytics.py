@@ -18,7 +18,8 @@ from nurture.rpc import LONG_DEADLINE_S
 router = APIRouter(tags=["analytics"], dependencies=[Depends(require_key)])
 FORMATS = ("json", "csv")
 ROI_TABLES = ("by_journey", "by_path")
-PROGRESSION_TABLES = ("stages", "lifecycle", "qualification", "time_to_conversion", "content_gaps")
+PROGRESSION_TABLES = ("stages", "lifecycle", "qualification", "time_to_conversion", "content_gaps",
+                      "score_progression")
 ATTRIBUTION_TABLES = ("by_template", "by_topic", "by_format")
 
 

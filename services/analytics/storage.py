@@ -45,7 +45,7 @@ from services.analytics.tables import (
 )
 
 CHUNK = 500  # ids per IN list
-FOLD_VERSION = "4"  # bump when the fold derives its tables differently: the service rebuilds them at start
+FOLD_VERSION = "5"  # bump when the fold derives its tables differently: the service rebuilds them at start
 NO_DAY = date(1, 1, 1)  # `analytics_reach.prev_day` of a lead's first send day in a scope
 
 
@@ -88,6 +88,8 @@ def _upsert(session: Session, table: Table, rows: list[dict[str, Any]], *, add: 
 def _encode(f: Fact) -> str:
     body = {k: v for k in _FACT_FIELDS if (v := getattr(f, k)) not in ("", None, 0.0)}
     body["at"] = f.at.isoformat()
+    if f.score is not None:
+        body["score"] = f.score  # a score of 0 is a score
     if f.since is not None:
         body["since"] = f.since.isoformat()
     return json.dumps(body, separators=(",", ":"))
@@ -162,7 +164,7 @@ class Fold:
             elif f.kind == "won":
                 self.won.append({"id": f.id, "lead_id": f.lead_id, "at": f.at, "ts": reports.micros(f.at),
                                  "day": reports.day_of(f.at),
-                                 "segment": f.segment, "amount": f.amount})
+                                 "segment": f.segment, "amount": f.amount, "score": f.score})
             else:
                 if f.message_id:
                     changed_msgs.add(f.message_id)
@@ -230,7 +232,7 @@ class Fold:
                 self.counts[key][1] += 1
                 self.dwell[(*key, reports.dwell_minutes(row["entered_at"], f.at))] += 1
         stages[f.stage] = {"lead_id": f.lead_id, "journey": f.journey, "stage": f.stage, "segment": f.segment,
-                           "entered_at": f.at, "left_at": None, "_dirty": True}
+                           "entered_at": f.at, "left_at": None, "score": f.score, "_dirty": True}
         self.counts[(reports.day_of(f.at), f.journey, f.stage, f.segment)][0] += 1
 
     def _stage(self, f: Fact, state: dict[str, tuple[str, datetime]]) -> None:
@@ -451,7 +453,8 @@ def progression_report(session: Session, q: Query) -> dict[str, Any]:
         weekly[(reports.week_of(day), to_stage)] += int(n)
     return {"stages": reports.stage_rows(counts, dwell), "lifecycle": reports.lifecycle_rows(life),
             "qualification": reports.qualification_rows(weekly),
-            "time_to_conversion": time_to_conversion(session, q), "content_gaps": content_gaps(session, q)}
+            "time_to_conversion": time_to_conversion(session, q), "content_gaps": content_gaps(session, q),
+            "score_progression": score_progression(session, q)}
 
 
 def content_gaps(session: Session, q: Query) -> list[dict[str, Any]]:
@@ -507,6 +510,36 @@ def time_to_conversion(session: Session, q: Query) -> list[dict[str, Any]]:
         if win.entered:
             overall[reports.dwell_minutes(min(win.entered.values()), win.at)] += 1
     return reports.time_to_conversion_rows(overall, per_journey)
+
+
+def score_progression(session: Session, q: Query) -> list[dict[str, Any]]:
+    """Score progression during nurture: for each won deal in range, the lead's score when it first entered
+    a journey (its earliest stage entry at or before the win) against its score at the win; over every
+    journey (`journey` null) and per journey. Deals whose messages carried no score are left out."""
+    cond = [lead_stages.c.lead_id == won.c.lead_id, lead_stages.c.entered_at <= won.c.at]
+    if q.journey is not None:
+        cond.append(lead_stages.c.journey == q.journey)
+    first: dict[tuple[str, str], tuple[datetime, str, int | None, int | None]] = {}
+    for deal, won_score, journey, stage, entered, score in session.execute(
+            select(won.c.id, won.c.score, lead_stages.c.journey, lead_stages.c.stage, lead_stages.c.entered_at,
+                   lead_stages.c.score).select_from(won.join(lead_stages, and_(*cond))).where(q.where(won))):
+        entered = _aware(entered) or entered
+        mine = first.get((deal, journey))
+        if mine is None or (entered, stage) < (mine[0], mine[1]):
+            first[(deal, journey)] = (entered, stage, score, won_score)
+    overall: dict[str, tuple[datetime, str, int | None, int | None]] = {}
+    for (deal, journey), row in first.items():
+        mine = overall.get(deal)
+        if mine is None or (row[0], journey) < (mine[0], mine[1]):
+            overall[deal] = (row[0], journey, row[2], row[3])
+    pairs: dict[str | None, list[tuple[int, int]]] = defaultdict(list)
+    for (_deal, journey), (_at, _stage, score, won_score) in first.items():
+        if score is not None and won_score is not None:
+            pairs[journey].append((score, won_score))
+    for _at, _journey, score, won_score in overall.values():
+        if score is not None and won_score is not None:
+            pairs[None].append((score, won_score))
+    return reports.score_rows(pairs)
 
 
 def value_by_path(session: Session, q: Query) -> list[dict[str, Any]]:

@@ -157,6 +157,7 @@ lead_stages = Table(
     Column("segment", String(_D), nullable=False, default=""),
     Column("entered_at", DateTime(timezone=True), nullable=False),
     Column("left_at", DateTime(timezone=True), nullable=True),
+    Column("score", Integer, nullable=True),  # the lead's score when it entered the stage
 )
 
 # Per journey stage, by the day leads entered it: how many entered and how many went on.
@@ -218,6 +219,7 @@ won = Table(
     Column("day", Date, nullable=False),
     Column("segment", String(_D), nullable=False),
     Column("amount", Float, nullable=False),
+    Column("score", Integer, nullable=True),  # the lead's score at the win
     Index("ix_analytics_won_day", "day"),
 )
 

@@ -48,6 +48,7 @@ class Fact:
     previous: str = ""   # lifecycle stage before a `stage` fact
     since: datetime | None = None  # a `stage` fact: when the lead was created (dwell of its first stage)
     amount: float = 0.0  # a `won` fact: the deal's amount
+    score: int | None = None  # the lead's score then (the bus snapshot's), when it carried one
 
 
 def parse_time(value: Any) -> datetime | None:
@@ -78,12 +79,14 @@ def from_bus(bus_message: BusMessage | Mapping[str, Any]) -> Fact | None:
         return None
     props = message.get("properties") or {}
     segment = _text(lead.get("segment"))
+    score = lead.get("score")
+    score = score if isinstance(score, int) and not isinstance(score, bool) else None
     if etype in ENGAGEMENT_KINDS:
         return Fact(id=mid, kind=ENGAGEMENT_KINDS[str(etype)], lead_id=lead_id, at=at, segment=segment,
                     message_id=_text(props.get("message_id")), journey=_text(props.get("journey")),
                     stage=_text(props.get("stage")), template=_text(props.get("template")),
                     channel=_text(props.get("channel")) or "email", topic=_text(props.get("topic")),
-                    format=_text(props.get("format")))
+                    format=_text(props.get("format")), score=score)
     if etype == STAGE_EVENT:
         return Fact(id=mid, kind="stage", lead_id=lead_id, at=at, segment=segment, stage=_text(props.get("new")),
                     previous=_text(props.get("old")), since=parse_time(lead.get("created_at")))
@@ -92,5 +95,6 @@ def from_bus(bus_message: BusMessage | Mapping[str, Any]) -> Fact | None:
             amount = float(props.get("amount") or 0)
         except (TypeError, ValueError):
             amount = 0.0
-        return Fact(id=mid, kind="won", lead_id=lead_id, at=at, segment=segment, amount=max(amount, 0.0))
+        return Fact(id=mid, kind="won", lead_id=lead_id, at=at, segment=segment, amount=max(amount, 0.0),
+                    score=score)
     return None

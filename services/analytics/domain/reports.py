@@ -228,6 +228,22 @@ def content_gap_rows(sums: Mapping[tuple[str, str, str], Mapping[str, int]]) -> 
     return rows
 
 
+def score_rows(pairs: Mapping[str | None, Sequence[tuple[int, int]]]) -> list[dict[str, Any]]:
+    """Mean score at journey entry and at conversion, and their mean change, per journey (None first: every
+    journey)."""
+    out = []
+    for journey in sorted(pairs, key=lambda j: (j is not None, j or "")):
+        values = pairs[journey]
+        n = len(values)
+        entry, won_ = sum(a for a, _ in values), sum(b for _, b in values)
+        out.append({"journey": journey, "conversions": n, "score_at_entry": round(entry / n, 2),
+                    "score_at_conversion": round(won_ / n, 2), "change": round((won_ - entry) / n, 2)})
+    if None not in pairs:
+        out.insert(0, {"journey": None, "conversions": 0, "score_at_entry": None, "score_at_conversion": None,
+                       "change": None})
+    return out
+
+
 def path_of(entered: Mapping[str, datetime]) -> str | None:
     """A nurturing path: the journeys in the order first entered (ties by name), joined by `>`."""
     return ">".join(j for j, _ in sorted(entered.items(), key=lambda e: (e[1], e[0]))) or None

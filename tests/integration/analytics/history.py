@@ -46,7 +46,8 @@ def generate(seed: int, *, leads: int = 40, days: int = 50) -> list[dict[str, An
     for i in range(leads):
         lead_id = f"lead-{seed}-{i}"
         created = T0 + timedelta(hours=rnd.randrange(0, 24 * 10))
-        now: dict[str, Any] = {"segment": rnd.choice(SEGMENTS), "stage": 0}  # the lead as it is now
+        now: dict[str, Any] = {"segment": rnd.choice(SEGMENTS), "stage": 0,  # the lead as it is now
+                               "score": rnd.choice([None, 0, rnd.randrange(0, 40)])}
         t = created
         story: list[dict[str, Any]] = []
 
@@ -58,6 +59,7 @@ def generate(seed: int, *, leads: int = 40, days: int = 50) -> list[dict[str, An
             return {"id": id_ or f"ev-{seed}-{n_event}", "lead_id": lead_id, "type": etype, "properties": props,
                     "occurred_at": _iso(at), "lead": {"id": lead_id, "segment": now["segment"] or None,
                                                       "lifecycle_stage": LIFECYCLE[now["stage"]],
+                                                      "score": now["score"],
                                                       "created_at": _iso(created)},
                     "score_delta": 0, "rules": [], "signals": []}
 
@@ -73,6 +75,8 @@ def generate(seed: int, *, leads: int = 40, days: int = 50) -> list[dict[str, An
                     tpl = template_of(journey, stage, k % 2)
                     props = {"message_id": mid, "journey": journey, "step": f"{stage}_{k}", "stage": stage,
                              "channel": "email", "variant": "", **tpl}
+                    if now["score"] is not None:
+                        now["score"] += rnd.randint(-3, 12)  # the score moves as the lead goes along
                     if rnd.random() < 0.08:
                         story.append(msg("email_hard_bounced", t, {**props, "reason": "550"}))
                         continue
@@ -277,7 +281,43 @@ def progression(stream: Sequence[dict[str, Any]], r: Range) -> dict[str, Any]:
     qualification = [{"week": w, **{q: weekly.get((w, q), 0) for q in ("mql", "sql", "trial", "customer")}}
                      for w in weeks]
     return {"stages": stages, "lifecycle": lifecycle, "qualification": qualification,
-            "time_to_conversion": time_to_conversion(stream, r), "content_gaps": content_gaps(stream, r)}
+            "time_to_conversion": time_to_conversion(stream, r), "content_gaps": content_gaps(stream, r),
+            "score_progression": score_progression(stream, r)}
+
+
+def score_progression(stream: Sequence[dict[str, Any]], r: Range) -> list[dict[str, Any]]:
+    """Per won deal in range: the lead's score on its earliest stage entry at or before the win (ties by
+    stage name; across journeys by journey name) against the score on the win, per journey and overall;
+    pairs with a missing score are left out."""
+    paths = stage_entries(stream)
+    pairs: dict[str | None, list[tuple[int, int]]] = defaultdict(list)
+    for deal in won_in(stream, r):
+        at, won_score = at_of(deal), deal["lead"].get("score")
+        picks = []
+        for (lead, journey), path in paths.items():
+            if lead != deal["lead_id"] or (r.journey is not None and journey != r.journey):
+                continue
+            before = sorted((at_of(e), e["properties"]["stage"], e["lead"].get("score")) for e in path
+                            if at_of(e) <= at)
+            if before:
+                picks.append((before[0][0], journey, before[0][2]))
+                if before[0][2] is not None and won_score is not None:
+                    pairs[journey].append((before[0][2], won_score))
+        if picks:
+            first = min(picks, key=lambda p: (p[0], p[1]))
+            if first[2] is not None and won_score is not None:
+                pairs[None].append((first[2], won_score))
+    rows: list[dict[str, Any]] = []
+    for name in [None, *sorted(j for j in pairs if j is not None)]:
+        v = pairs.get(name, [])
+        if not v:
+            rows.append({"journey": name, "conversions": 0, "score_at_entry": None, "score_at_conversion": None,
+                         "change": None})
+            continue
+        entry, won_ = sum(a for a, _ in v), sum(b for _, b in v)
+        rows.append({"journey": name, "conversions": len(v), "score_at_entry": round(entry / len(v), 2),
+                     "score_at_conversion": round(won_ / len(v), 2), "change": round((won_ - entry) / len(v), 2)})
+    return rows
 
 
 def content_gaps(stream: Sequence[dict[str, Any]], r: Range) -> list[dict[str, Any]]:
@@ -359,10 +399,10 @@ def time_to_conversion(stream: Sequence[dict[str, Any]], r: Range) -> list[dict[
                 best = min(before) if best is None else min(best, min(before))
         if best is not None:
             overall.append(_minutes(best, at))
-    rows = []
-    for journey, values in [(None, overall), *sorted(per_journey.items())]:
+    rows: list[dict[str, Any]] = []
+    for name, values in [(None, overall), *sorted(per_journey.items())]:
         med, p90 = _median_p90(values)
-        rows.append({"journey": journey, "conversions": len(values), "median_hours": _h(med), "p90_hours": _h(p90)})
+        rows.append({"journey": name, "conversions": len(values), "median_hours": _h(med), "p90_hours": _h(p90)})
     return rows
 
 

@@ -55,7 +55,7 @@ def ranges(stream: Sequence[dict[str, Any]]) -> list[h.Range]:
 
 
 def check(db: Database, stream: Sequence[dict[str, Any]]) -> int:
-    figures, conversions, gaps = 0, 0, 0
+    figures, conversions, gaps, scored = 0, 0, 0, 0
     costs = load_costs()
     with db.session() as s:
         for r in ranges(stream):
@@ -72,6 +72,8 @@ def check(db: Database, stream: Sequence[dict[str, Any]]) -> int:
             assert got["qualification"] == expected_p["qualification"], r
             assert got["time_to_conversion"] == expected_p["time_to_conversion"], r
             assert got["content_gaps"] == expected_p["content_gaps"], r
+            assert got["score_progression"] == expected_p["score_progression"], r
+            scored += expected_p["score_progression"][0]["conversions"]
             gaps += sum(1 for row in got["content_gaps"] if row["gap"])
             figures += sum(len(x) for part in expected_p.values() for x in part)
             conversions += expected_p["time_to_conversion"][0]["conversions"]
@@ -94,7 +96,7 @@ def check(db: Database, stream: Sequence[dict[str, Any]]) -> int:
             assert got_roi == expected_roi, r
             figures += 5 + len(expected_roi["by_journey"])
     assert conversions > 0  # the histories hold wins after nurture: time in nurture is measured, not empty
-    assert gaps > 0  # and content gaps to find
+    assert gaps > 0 and scored > 0  # and content gaps to find, and scores to compare
     return figures
 
 

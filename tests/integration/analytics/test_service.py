@@ -84,6 +84,7 @@ async def test_every_http_report_equals_the_recount(heard: tuple[httpx.AsyncClie
         assert got["lifecycle"] == expected["lifecycle"] and got["qualification"] == expected["qualification"]
         assert got["time_to_conversion"] == expected["time_to_conversion"]
         assert got["content_gaps"] == expected["content_gaps"]
+        assert got["score_progression"] == expected["score_progression"]
         for metric in reports.TIMESERIES_METRICS:
             got = (await http.get("/v1/analytics/timeseries", params={**p, "metric": metric,
                                                                        "interval": "week"})).json()

@@ -57,6 +57,9 @@ def upgrade() -> None:
     for table in ("analytics_lifecycle", "analytics_stage_dwell"):
         with op.batch_alter_table(table) as batch:
             batch.add_column(sa.Column("band", sa.Integer, nullable=False, server_default="0"))
+    for table in ("analytics_lead_stages", "analytics_won"):  # the lead's score then: score progression
+        with op.batch_alter_table(table) as batch:
+            batch.add_column(sa.Column("score", sa.Integer, nullable=True))
     op.create_index("ix_analytics_lifecycle_band", "analytics_lifecycle", ["from_stage", "to_stage", "band", "day"])
     op.create_index("ix_analytics_stage_dwell_band", "analytics_stage_dwell", ["journey", "stage", "band", "day"])
     _bands("analytics_lifecycle_bands", "from_stage", "to_stage", "segment")
@@ -77,4 +80,7 @@ def downgrade() -> None:
     for table in ("analytics_lifecycle", "analytics_stage_dwell"):
         with op.batch_alter_table(table) as batch:
             batch.drop_column("band")
+    for table in ("analytics_lead_stages", "analytics_won"):
+        with op.batch_alter_table(table) as batch:
+            batch.drop_column("score")
     op.drop_index("ix_analytics_nurtured_lead", "analytics_nurtured")
