@@ -11,6 +11,7 @@ as tracked links by the `track` callable the caller passes in.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -83,6 +84,12 @@ class Rendered:
     sender: Sender | None = None  # None: the catalog's sender, signed by the team
 
 
+def _first_sentence(paragraph: str) -> str:
+    """The inbox preview line: the opening sentence of the first paragraph."""
+    match = re.match(r"(.+?[.!?])(\s|$)", paragraph)
+    return match.group(1) if match else paragraph
+
+
 def owner_name(address: str) -> str:
     """A person's name from a work address (`ana.costa@...` → `Ana Costa`), for the sign-off."""
     local = address.split("@", 1)[0]
@@ -101,6 +108,47 @@ def join_words(items: list[str]) -> str:
     if len(items) <= 1:
         return "".join(items)
     return ", ".join(items[:-1]) + " and " + items[-1]
+
+
+# Words whose first letter misleads: a vowel letter sounding like "you"/"w" takes "a", a silent "h"
+# takes "an". Lower-case prefixes of the word after the article.
+_A_BEFORE = ("uni", "use", "usu", "uti", "eu", "one", "once", "ubiq", "ura")
+_AN_BEFORE = ("hour", "honest", "honor", "honour", "heir")
+
+
+def indefinite_article(phrase: str) -> str:
+    """`a` or `an` for the phrase that follows it ("an engineer", "a nurse", "a UX designer" is left to
+    the letter rule: acronyms read letter by letter are rare in profession names)."""
+    word = phrase.strip().lower()
+    if not word:
+        return "a"
+    if word.startswith(_AN_BEFORE):
+        return "an"
+    if word.startswith(_A_BEFORE):
+        return "a"
+    return "an" if word[0] in "aeiou" else "a"
+
+
+def with_article(phrase: Any) -> str:
+    """The Jinja filter `with_article`: `{{ profession | with_article }}` → "an engineer"."""
+    text = str(phrase).strip()
+    return f"{indefinite_article(text)} {text}" if text else ""
+
+
+_SMALL_NUMBERS = ("no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
+
+
+def children_phrase(count: int) -> str:
+    """"one child", "two children", "12 children"; "" when the profile says none or nothing."""
+    if count <= 0:
+        return ""
+    number = _SMALL_NUMBERS[count] if count < len(_SMALL_NUMBERS) else str(count)
+    return f"{number} {'child' if count == 1 else 'children'}"
+
+
+def slug(value: Any) -> str:
+    """A path segment from a free value (a plan name, a resource id): `Family Plus` → `family-plus`."""
+    return "-".join(re.findall(r"[a-z0-9]+", str(value).lower()))
 
 
 def choose_variant(spec: TemplateSpec, lead_id: str) -> str:
@@ -162,6 +210,8 @@ def profile_context(lead: Mapping[str, Any]) -> dict[str, Any]:
         "timezone": lead.get("timezone") or "UTC",
         "profession": str(attrs.get("profession") or ""), "countries": countries,
         "countries_text": join_words(countries), "children": children,
+        # "two children" / "one child" / "" and the noun alone, so copy never reads "1 children".
+        "children_text": children_phrase(children), "child_word": "child" if children == 1 else "children",
         "family_size": attrs.get("family_size") or "", "business_sector": str(
             attrs.get("business_sector") or attrs.get("industry") or attrs.get("business_type") or ""),
         "score": lead.get("score", 0), "grade": lead.get("grade") or "", "stage": lead.get("lifecycle_stage") or "",
@@ -277,6 +327,8 @@ class Catalog:
             undefined=StrictUndefined, autoescape=select_autoescape(default=True, default_for_string=True))
         layouts = {name: (TEMPLATES_DIR / name).read_text(encoding="utf-8")
                    for name in ("layout.html.j2", "layout.txt.j2")}
+        for env in (self._text_env, self._html_env):
+            env.filters.update(with_article=with_article, slug=slug)
         self._html_layout = self._html_env.from_string(layouts["layout.html.j2"])
         self._text_layout = self._text_env.from_string(layouts["layout.txt.j2"])
         self._segments: dict[str, dict[str, Any]] = {
@@ -298,10 +350,17 @@ class Catalog:
                                                  else self._text_env.from_string(source))
         return compiled
 
-    def cta_destination(self, spec: TemplateSpec) -> str:
+    def cta_destination(self, spec: TemplateSpec, values: Mapping[str, Any] | None = None) -> str:
+        """The CTA's page on the site. A path may use the send's values (`/plans/{{ ctx.get('plan') |
+        slug }}`) so the link is the plan's, resource's or webinar's own page; without values (a
+        recommendation list) it renders with an empty send context and falls back to its default."""
         query = urlencode({"utm_source": "nurture", "utm_medium": spec.channel, "utm_campaign": spec.journey,
                            "utm_content": spec.step})
-        return f"{self.site_url}{spec.cta_path}?{query}"
+        path = spec.cta_path
+        if "{" in path:
+            path = self._compile(path).render(values if values is not None else {"ctx": {}}).strip()
+            path = "/" + "/".join(p for p in path.split("/") if p)  # an empty value leaves no `//`
+        return f"{self.site_url}{path}?{query}"
 
     def render(self, key: str, lead: Mapping[str, Any], *, context: Mapping[str, Any] | None = None,
                track: Tracker | None = None, pixel_url: str = "", unsubscribe_url: str = "",
@@ -338,18 +397,22 @@ class Catalog:
         base.update(signature=sender.signature if sender else "The BorderBridge team",
                     signature_title=sender.title if sender else "",
                     owner_name=sender.signature if sender else "")
-        destination = str(ctx.get("cta_url") or own or personal or self.cta_destination(spec))
-        links = (destination,)
         try:
+            destination = str(ctx.get("cta_url") or own or personal or self.cta_destination(spec, base))
+            links = (destination,)
             subject = self._compile(str(overrides.get("subject", spec.subject))).render(base).strip()
             intro_tpl = overrides.get("intro")
             intro = (self._compile(str(intro_tpl)) if intro_tpl else segment.get("intro")) if (
                 intro_tpl or segment) else None
             values = dict(base)
+            # Paragraphs of copy: a conditional part may render to nothing, and then it is left out
+            # (no empty paragraph); whitespace from YAML folding is collapsed.
+            points = [text for text in (" ".join(self._compile(p).render(base).split()) for p in spec.points)
+                      if text]
             values.update(
-                subject=subject, preheader=spec.points[0] if spec.points else subject,
+                subject=subject, preheader=_first_sentence(points[0]) if points else subject,
                 intro=" ".join(intro.render(base).split()) if intro is not None else "",
-                points=[self._compile(p).render(base) for p in spec.points],
+                points=points,
                 extra=" ".join(self._journeys[spec.journey].render(base).split())
                 if spec.journey in self._journeys else "",
                 cta_label=spec.cta_label, cta_url=track(destination, 0) if track else destination,
