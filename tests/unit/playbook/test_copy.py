@@ -4,20 +4,21 @@ for any profile; calls to action that lead to the resource, webinar or plan the 
 from __future__ import annotations
 
 import re
-from html import unescape
 from collections import defaultdict
+from html import unescape
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 import yaml
 
-from services.messaging.domain.catalog import TEMPLATES_DIR, Catalog, children_phrase, with_article
+from services.messaging.domain.catalog import TEMPLATES_DIR, Catalog, Rendered, children_phrase, with_article
 
 OUTLINE = Path(__file__).with_name("seed_outline.txt")
 PLAYBOOK = Path(__file__).resolve().parents[3] / "services" / "journeys" / "data" / "playbook"
 
-LEADS = {
+LEADS: dict[str, dict[str, Any]] = {
     "engineer_two_countries": {"id": "l1", "first_name": "Ana", "segment": "skilled_professional",
                                "attributes": {"profession": "engineer", "countries_of_interest": ["CA", "DE"]}},
     "nurse_no_countries": {"id": "l2", "first_name": "Jo", "segment": "skilled_professional",
@@ -36,7 +37,7 @@ LEADS = {
     "founder_bare": {"id": "l9", "segment": "entrepreneur"},
     "sparse": {"id": "l10"},
 }
-CONTEXTS = {
+CONTEXTS: dict[str, dict[str, Any]] = {
     "with_event": {"starts_at": "2026-02-01T16:00:00Z", "ends_at": "2026-02-14T00:00:00Z", "webinar_id": "w-42",
                    "webinar_title": "Canada 101", "join_url": "https://zoom.example/j/42", "resource": "g-7",
                    "resource_title": "Global Skills Demand Report", "resource_url": "https://cdn.example/g7.pdf",
@@ -81,8 +82,8 @@ def catalog() -> Catalog:
 
 
 @pytest.fixture(scope="module")
-def renders(catalog: Catalog) -> list[tuple[str, str, str, object]]:
-    out = []
+def renders(catalog: Catalog) -> list[tuple[str, str, str, Rendered]]:
+    out: list[tuple[str, str, str, Rendered]] = []
     for key, spec in catalog.specs.items():
         if spec.channel != "email":
             continue
@@ -103,14 +104,14 @@ def test_the_outline_fixture_holds_the_seeds_outline() -> None:
 
 
 def test_no_template_contains_an_outline_sentence_from_the_seed(catalog: Catalog,
-                                                                renders: list[tuple[str, str, str, object]]) -> None:
+                                                                renders: list[tuple[str, str, str, Rendered]]) -> None:
     outline = {_norm(s) for s in outline_sentences()}
     found = []
     for where, strings in template_sources(catalog).items():
         text = f" {_norm(' '.join(strings))} "
         found += [(where, s) for s in outline if f" {s} " in text]
     for key, who, _, r in renders:  # a sentence split by template syntax shows once rendered
-        text = f" {_norm(r.subject + ' ' + r.text)} "  # type: ignore[attr-defined]
+        text = f" {_norm(r.subject + ' ' + r.text)} "
         found += [(f"{key} for {who}", s) for s in outline if f" {s} " in text]
     assert sorted(set(found)) == []
 
@@ -123,18 +124,18 @@ def _body(text: str) -> str:
     return "\n".join(lines[start:end - 2])
 
 
-ARTICLE_SLIP = re.compile(r"\b[Aa] (?!(?:uni|use|usu|eu|one|once|UK\b|US\b))[aeiouAEIOU]|\b[Aa]n (?!(?:hour|honest|heir))"
-                          r"[b-df-hj-np-tv-zB-DF-HJ-NP-TV-Z]")
+ARTICLE_SLIP = re.compile(r"\b[Aa] (?!(?:uni|use|usu|eu|one|once|UK\b|US\b))[aeiouAEIOU]"
+                          r"|\b[Aa]n (?!(?:hour|honest|heir))[b-df-hj-np-tv-zB-DF-HJ-NP-TV-Z]")
 
 
 TYPO = re.compile(r"[^\S\n][,.;:!?]|[^\S\n]{2}\S|\b1 children\b|\b(\w+) \1\b", re.I)
 
 
 def test_every_email_reads_as_finished_copy_for_every_kind_of_lead(
-        renders: list[tuple[str, str, str, object]]) -> None:
+        renders: list[tuple[str, str, str, Rendered]]) -> None:
     problems = []
     for key, who, cname, r in renders:
-        text, html, subject = r.text, r.html, r.subject  # type: ignore[attr-defined]
+        text, html, subject = r.text, r.html, r.subject
         where = f"{key} for {who} ({cname})"
         body = _body(text)
         for part in (subject, text, html):
@@ -195,7 +196,7 @@ def test_lead_magnet_emails_link_to_the_resource_from_their_context(catalog: Cat
 def test_webinar_plan_and_assessment_emails_link_to_their_own_pages(catalog: Catalog) -> None:
     lead, ctx = LEADS["family_one_child"], CONTEXTS["with_event"]
 
-    def path(key: str, context: dict[str, object] = ctx) -> str:
+    def path(key: str, context: dict[str, Any] = ctx) -> str:
         return urlsplit(catalog.render(key, lead, context=context).links[0]).path
 
     assert path("webinar.email_01") == "/webinars/w-42/calendar"
