@@ -210,6 +210,10 @@ def test_webinar_plan_and_assessment_emails_link_to_their_own_pages(catalog: Cat
     # Without the event's values the link is still a page (the plans page), never `//` or a hole.
     assert path("trial_onboarding.email_07", {}) == "/plans"
     assert path("cart_abandonment.email_02", {}) == "/plans/faq"
+    # Outside a send (the website's recommendations) every CTA still has a page of its own.
+    for spec in catalog.specs.values():
+        page = urlsplit(catalog.cta_destination(spec))
+        assert page.path.startswith("/") and "//" not in page.path and "{" not in page.path, spec.key
 
 
 def test_no_two_emails_of_a_journey_share_a_page_unless_they_are_the_same_page(catalog: Catalog) -> None:
