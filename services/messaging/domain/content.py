@@ -19,6 +19,7 @@ from pydantic import Field, ValidationError, field_validator
 
 from nurture.datafiles import Strict
 from services.messaging.domain.mjml import MjmlError, compile_mjml
+from services.messaging.domain.wording import FILTERS
 
 MAX_SUBJECT = 400
 MAX_BODY = 65_536   # one string of the API (nurture.limits.MAX_STRING_CHARS)
@@ -34,6 +35,8 @@ VARIABLES: dict[str, str] = {
     "segment_label": "segment name", "locale": "language (en, ...)", "timezone": "IANA time zone",
     "profession": "profession", "countries": "countries of interest (names, a list)",
     "countries_text": "countries of interest as words (\"Canada and Germany\")", "children": "number of children",
+    "children_text": "the children as words (\"two children\", \"one child\", empty for none)",
+    "child_word": "\"child\" for one child, else \"children\"",
     "family_size": "family size", "business_sector": "business sector", "score": "lead score",
     "grade": "fit grade", "stage": "lifecycle stage",
     "journey": "the journey's key", "step": "the step's id", "template": "this template's key",
@@ -121,12 +124,16 @@ def parse(raw: object) -> tuple[TemplateContent | None, list[str]]:
 
 
 def text_env() -> ImmutableSandboxedEnvironment:
-    return ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
+    env = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
+    env.filters.update(FILTERS)
+    return env
 
 
 def html_env() -> ImmutableSandboxedEnvironment:
-    return ImmutableSandboxedEnvironment(undefined=StrictUndefined,
-                                         autoescape=select_autoescape(default=True, default_for_string=True))
+    env = ImmutableSandboxedEnvironment(undefined=StrictUndefined,
+                                        autoescape=select_autoescape(default=True, default_for_string=True))
+    env.filters.update(FILTERS)
+    return env
 
 
 _TEXT = text_env()
