@@ -1,9 +1,10 @@
 """The template catalog and its renderer.
 
 The catalog (`templates/catalog.yaml`) holds what each template is (journey, category, stage, call to
-action's address, topic, format, who it speaks for) and seeds its first content version: the seed's
-subject and points laid into `layout.mjml.j2` / `layout.text.j2`, giving an MJML body and a plain text
-(domain/content.py). Later versions are edited and published as data (app/templates.py). Segment and
+action's address, topic, format, who it speaks for) and seeds its first content version: its subject
+and its points (paragraphs of copy) laid into `layout.mjml.j2` / `layout.text.j2`, giving an MJML body and a
+plain text (domain/content.py), and a preheader that is the first rendered sentence. A CTA path may use
+the send's values. Later versions are edited and published as data (app/templates.py). Segment and
 journey paragraphs stay here. Every string is Jinja2 compiled once in an immutable sandbox (template
 authors cannot reach Python internals), with StrictUndefined so a typo fails the render (recorded as a
 failed message) instead of sending a blank. Rendering produces the subject, an HTML part and a
