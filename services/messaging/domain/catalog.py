@@ -358,7 +358,9 @@ class Catalog:
         non-empty at send time (a point may be wholly conditional), else the subject."""
         if not spec.points:
             return spec.subject
-        return "{% filter first_sentence %}" + "\n\n".join(spec.points) + "{% endfilter %}"
+        # Paragraphs are separated by a Jinja2 string, not literal line breaks: the console's one-line
+        # preheader field would drop those.
+        return "{% filter first_sentence %}" + "{{ '\\n\\n' }}".join(spec.points) + "{% endfilter %}"
 
     def seeded(self, key: str) -> Compiled:
         compiled = self._seeded.get(key)

@@ -22,6 +22,9 @@ from services.messaging.domain.mjml import MjmlError, compile_mjml
 from services.messaging.domain.wording import FILTERS
 
 MAX_SUBJECT = 400
+# A preheader renders to one line, but its source may hold the conditions of the copy it quotes (a seeded
+# preheader is the first sentence of the first paragraph that renders: every point's source, filtered).
+MAX_PREHEADER = 8_000
 MAX_BODY = 65_536   # one string of the API (nurture.limits.MAX_STRING_CHARS)
 MAX_TEXT = 50_000
 MAX_VARIANTS = 8
@@ -65,7 +68,7 @@ _URL = re.compile(r"\b(?:https?://|www\.)\S+", re.I)
 
 class VariantInput(Strict):
     subject: str = Field("", max_length=MAX_SUBJECT)
-    preheader: str = Field("", max_length=MAX_SUBJECT)
+    preheader: str = Field("", max_length=MAX_PREHEADER)
     intro: str = Field("", max_length=MAX_TEXT)
     weight: float = Field(1.0, gt=0, le=1000)
 
@@ -74,7 +77,7 @@ class ContentInput(Strict):
     """What a draft holds (the body of PUT /v1/templates/{key})."""
 
     subject: str = Field(max_length=MAX_SUBJECT)
-    preheader: str = Field("", max_length=MAX_SUBJECT)
+    preheader: str = Field("", max_length=MAX_PREHEADER)
     body: str = Field(max_length=MAX_BODY)
     text: str = Field(max_length=MAX_TEXT)
     variants: dict[str, VariantInput] = Field(default_factory=dict)
