@@ -1,9 +1,10 @@
 """The template catalog and its renderer.
 
 The catalog (`templates/catalog.yaml`) holds what each template is (journey, category, stage, call to
-action's address, topic, format, who it speaks for) and seeds its first content version: the seed's
-subject and points laid into `layout.mjml.j2` / `layout.text.j2`, giving an MJML body and a plain text
-(domain/content.py). Later versions are edited and published as data (app/templates.py). Segment and
+action's address, topic, format, who it speaks for) and seeds its first content version: its subject
+and its points (paragraphs of copy) laid into `layout.mjml.j2` / `layout.text.j2`, giving an MJML body and a
+plain text (domain/content.py), and a preheader that is the first rendered sentence. A CTA path may use
+the send's values. Later versions are edited and published as data (app/templates.py). Segment and
 journey paragraphs stay here. Every string is Jinja2 compiled once in an immutable sandbox (template
 authors cannot reach Python internals), with StrictUndefined so a typo fails the render (recorded as a
 failed message) instead of sending a blank. Rendering produces the subject, an HTML part and a
@@ -36,6 +37,10 @@ from services.messaging.domain.content import (
     link_tracker,
     text_env,
 )
+
+# Re-exported: the copy's wording rules are the catalog's as much as the filters'.
+from services.messaging.domain.wording import children_phrase as children_phrase
+from services.messaging.domain.wording import with_article as with_article
 
 TEMPLATES_DIR = Path(__file__).parents[1] / "data" / "templates"
 
@@ -182,6 +187,8 @@ def profile_context(lead: Mapping[str, Any]) -> dict[str, Any]:
         "timezone": lead.get("timezone") or "UTC",
         "profession": str(attrs.get("profession") or ""), "countries": countries,
         "countries_text": join_words(countries), "children": children,
+        # "two children" / "one child" / "" and the noun alone, so copy never reads "1 children".
+        "children_text": children_phrase(children), "child_word": "child" if children == 1 else "children",
         "family_size": attrs.get("family_size") or "", "business_sector": str(
             attrs.get("business_sector") or attrs.get("industry") or attrs.get("business_type") or ""),
         "score": lead.get("score", 0), "grade": lead.get("grade") or "", "stage": lead.get("lifecycle_stage") or "",
@@ -342,8 +349,18 @@ class Catalog:
         variants = {name: Variant(subject=str(v.get("subject", "")), preheader=str(v.get("preheader", "")),
                                   intro=str(v.get("intro", "")), weight=float(v.get("weight", 1.0)))
                     for name, v in spec.variants.items()}
-        return TemplateContent(subject=spec.subject, preheader=spec.points[0] if spec.points else spec.subject,
+        return TemplateContent(subject=spec.subject, preheader=self.seed_preheader(spec),
                                body=body, text=text, variants=variants)
+
+    @staticmethod
+    def seed_preheader(spec: TemplateSpec) -> str:
+        """The inbox preview of a seeded version: the first sentence of the first paragraph that renders
+        non-empty at send time (a point may be wholly conditional), else the subject."""
+        if not spec.points:
+            return spec.subject
+        # Paragraphs are separated by a Jinja2 string, not literal line breaks: the console's one-line
+        # preheader field would drop those.
+        return "{% filter first_sentence %}" + "{{ '\\n\\n' }}".join(spec.points) + "{% endfilter %}"
 
     def seeded(self, key: str) -> Compiled:
         compiled = self._seeded.get(key)
@@ -361,10 +378,17 @@ class Catalog:
                                                  else self._text_env.from_string(source))
         return compiled
 
-    def cta_destination(self, spec: TemplateSpec) -> str:
+    def cta_destination(self, spec: TemplateSpec, values: Mapping[str, Any] | None = None) -> str:
+        """The CTA's page on the site. A path may use the send's values (`/plans/{{ ctx.get('plan') |
+        slug }}`) so the link is the plan's, resource's or webinar's own page; without values (a
+        recommendation list) it renders with an empty send context and falls back to its default."""
         query = urlencode({"utm_source": "nurture", "utm_medium": spec.channel, "utm_campaign": spec.journey,
                            "utm_content": spec.step})
-        return f"{self.site_url}{spec.cta_path}?{query}"
+        path = spec.cta_path
+        if "{" in path:
+            path = self._compile(path).render(values if values is not None else {"ctx": {}}).strip()
+            path = "/" + "/".join(p for p in path.split("/") if p)  # an empty value leaves no `//`
+        return f"{self.site_url}{path}?{query}"
 
     def render(self, key: str, lead: Mapping[str, Any], *, context: Mapping[str, Any] | None = None,
                track: Tracker | None = None, pixel_url: str = "", unsubscribe_url: str = "",
@@ -409,9 +433,10 @@ class Catalog:
                     signature_title=sender.title if sender else "",
                     owner_name=sender.signature if sender else "", postal_address=self.postal_address,
                     sender_name=sender.name if sender else self.sender_name, cta_label=spec.cta_label)
-        destination = str(ctx.get("cta_url") or own or personal or self.cta_destination(spec))
-        links = [destination]
+        links: list[str] = []
         try:
+            destination = str(ctx.get("cta_url") or own or personal or self.cta_destination(spec, base))
+            links.append(destination)
             subject = compiled.subject(chosen, base)
             intro_tpl = compiled.intro(chosen)
             if intro_tpl is None:

@@ -19,8 +19,12 @@ from pydantic import Field, ValidationError, field_validator
 
 from nurture.datafiles import Strict
 from services.messaging.domain.mjml import MjmlError, compile_mjml
+from services.messaging.domain.wording import FILTERS
 
 MAX_SUBJECT = 400
+# A preheader renders to one line, but its source may hold the conditions of the copy it quotes (a seeded
+# preheader is the first sentence of the first paragraph that renders: every point's source, filtered).
+MAX_PREHEADER = 8_000
 MAX_BODY = 65_536   # one string of the API (nurture.limits.MAX_STRING_CHARS)
 MAX_TEXT = 50_000
 MAX_VARIANTS = 8
@@ -34,6 +38,8 @@ VARIABLES: dict[str, str] = {
     "segment_label": "segment name", "locale": "language (en, ...)", "timezone": "IANA time zone",
     "profession": "profession", "countries": "countries of interest (names, a list)",
     "countries_text": "countries of interest as words (\"Canada and Germany\")", "children": "number of children",
+    "children_text": "the children as words (\"two children\", \"one child\", empty for none)",
+    "child_word": "\"child\" for one child, else \"children\"",
     "family_size": "family size", "business_sector": "business sector", "score": "lead score",
     "grade": "fit grade", "stage": "lifecycle stage",
     "journey": "the journey's key", "step": "the step's id", "template": "this template's key",
@@ -62,7 +68,7 @@ _URL = re.compile(r"\b(?:https?://|www\.)\S+", re.I)
 
 class VariantInput(Strict):
     subject: str = Field("", max_length=MAX_SUBJECT)
-    preheader: str = Field("", max_length=MAX_SUBJECT)
+    preheader: str = Field("", max_length=MAX_PREHEADER)
     intro: str = Field("", max_length=MAX_TEXT)
     weight: float = Field(1.0, gt=0, le=1000)
 
@@ -71,7 +77,7 @@ class ContentInput(Strict):
     """What a draft holds (the body of PUT /v1/templates/{key})."""
 
     subject: str = Field(max_length=MAX_SUBJECT)
-    preheader: str = Field("", max_length=MAX_SUBJECT)
+    preheader: str = Field("", max_length=MAX_PREHEADER)
     body: str = Field(max_length=MAX_BODY)
     text: str = Field(max_length=MAX_TEXT)
     variants: dict[str, VariantInput] = Field(default_factory=dict)
@@ -121,12 +127,16 @@ def parse(raw: object) -> tuple[TemplateContent | None, list[str]]:
 
 
 def text_env() -> ImmutableSandboxedEnvironment:
-    return ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
+    env = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
+    env.filters.update(FILTERS)
+    return env
 
 
 def html_env() -> ImmutableSandboxedEnvironment:
-    return ImmutableSandboxedEnvironment(undefined=StrictUndefined,
-                                         autoescape=select_autoescape(default=True, default_for_string=True))
+    env = ImmutableSandboxedEnvironment(undefined=StrictUndefined,
+                                        autoescape=select_autoescape(default=True, default_for_string=True))
+    env.filters.update(FILTERS)
+    return env
 
 
 _TEXT = text_env()

@@ -40,7 +40,7 @@ async def test_without_an_owner_the_team_signs_and_the_platform_sends(mesh: Mesh
 def test_meeting_buttons_use_the_owners_link_when_known() -> None:
     catalog = Catalog()
     lead = make_lead("x", attributes={"profession": "nurse", **OWNER})
-    consultation = next(k for k, s in catalog.specs.items() if s.cta_path.endswith("schedule-a-quick-consultation"))
+    consultation = next(k for k, s in catalog.specs.items() if s.cta_path == "/consultation/skilled")
     for key in ("high_engagement.email_05", consultation):
         rendered = catalog.render(key, lead)
         assert rendered.links == (OWNER["meeting_link"],), key

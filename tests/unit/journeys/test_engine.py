@@ -400,16 +400,22 @@ def test_high_engagement_counts_emails_opened_or_clicked_not_interactions() -> N
 @pytest.mark.parametrize(("etype", "props", "template", "shown"), [
     ("webinar_registered", {"webinar_id": "w-1", "starts_at": iso(T0 + timedelta(days=3)),
                             "webinar_title": "Canada 101", "join_url": "https://zoom.example/j/1"},
-     "webinar.email_01", {"webinar_title": "Canada 101", "join_url": "https://zoom.example/j/1"}),
-    ("resource_downloaded", {"resource": "g-1", "resource_title": "Global Skills Demand Report"},
-     "lead_magnet.email_01", {"resource_title": "Global Skills Demand Report"}),
+     "webinar.email_01", {"webinar_title": "Canada 101", "join_url": "https://zoom.example/j/1", "webinar_id": "w-1"}),
+    ("resource_downloaded", {"resource": "g-1", "resource_title": "Global Skills Demand Report",
+                             "resource_url": "https://cdn.example/g-1.pdf"},
+     "lead_magnet.email_01", {"resource": "g-1", "resource_title": "Global Skills Demand Report",
+                              "resource_url": "https://cdn.example/g-1.pdf"}),
+    ("trial_started", {"ends_at": iso(T0 + timedelta(days=14)), "plan": "Family Plus"},
+     "trial_onboarding.email_01", {"plan": "Family Plus"}),
     ("assessment_completed", {"assessment": "points", "score": 71}, "assessment.email_01", {"assessment_score": "71"}),
     ("checkout_started", {"cart_id": "c-1", "plan": "Pro"}, "cart_abandonment.email_01", {"plan": "Pro"}),
 ])
 def test_sequence_emails_get_the_event_values_their_templates_show(etype: str, props: dict[str, Any],
                                                                    template: str, shown: dict[str, str]) -> None:
     # The messaging templates print ctx.webinar_title, ctx.resource_title, ctx.assessment_score and
-    # ctx.plan; a send's context is its enrolment's anchors, kept from the triggering event.
+    # ctx.plan, and link to the resource's, webinar's and plan's own pages (ctx.resource_url,
+    # ctx.resource, ctx.webinar_id, ctx.plan); a send's context is its enrolment's anchors, kept from
+    # the triggering event.
     h = Harness()
     h.message("lead_created")
     h.message(etype, **props)
