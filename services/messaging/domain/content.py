@@ -7,6 +7,7 @@ and the console offers these for insertion.
 
 from __future__ import annotations
 
+import functools
 import html
 import re
 from collections.abc import Callable, Mapping
@@ -207,6 +208,20 @@ def validate(content: TemplateContent) -> list[str]:
 Tracker = Callable[[str, int], str]
 
 
+# Compiling is the costly part (MJML to HTML, then Jinja2's parse: milliseconds per template), and the
+# same sources come back whenever a process opens its library again (a restart of the engine, every test
+# that builds one, a preview of the live version): each distinct source is compiled once per process.
+# Compiled Jinja2 templates are immutable, so sharing them is safe; an error is not cached.
+@functools.lru_cache(maxsize=4096)
+def _html_template(body: str) -> Any:
+    return _HTML.from_string(compile_mjml(body))
+
+
+@functools.lru_cache(maxsize=16384)
+def _text_template(source: str) -> Any:
+    return _TEXT.from_string(source)
+
+
 class Compiled:
     """A content version ready to render: MJML compiled once, each part's Jinja2 compiled once."""
 
@@ -217,20 +232,20 @@ class Compiled:
         self.variants: Mapping[str, Mapping[str, Any]] = {
             n: {"weight": v.weight} for n, v in content.variants.items()}
         try:
-            self.html = _HTML.from_string(compile_mjml(content.body))
+            self.html = _html_template(content.body)
         except MjmlError as exc:
             raise ContentError(f"template {key!r} version {version}: {exc}") from exc
-        self.text = _TEXT.from_string(content.text)
-        self._subjects = {"": _TEXT.from_string(content.subject)}
-        self._preheaders = {"": _TEXT.from_string(content.preheader)}
+        self.text = _text_template(content.text)
+        self._subjects = {"": _text_template(content.subject)}
+        self._preheaders = {"": _text_template(content.preheader)}
         self._intros: dict[str, Any] = {}
         for name, v in content.variants.items():
             if v.subject:
-                self._subjects[name] = _TEXT.from_string(v.subject)
+                self._subjects[name] = _text_template(v.subject)
             if v.preheader:
-                self._preheaders[name] = _TEXT.from_string(v.preheader)
+                self._preheaders[name] = _text_template(v.preheader)
             if v.intro:
-                self._intros[name] = _TEXT.from_string(v.intro)
+                self._intros[name] = _text_template(v.intro)
 
     def subject(self, variant: str, values: Mapping[str, Any]) -> str:
         return str(self._subjects.get(variant, self._subjects[""]).render(values)).strip()
