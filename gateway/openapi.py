@@ -316,6 +316,11 @@ def _special_cases(doc: dict[str, Any]) -> None:
                            "400": {"description": "the link is not valid (a page saying so), or a malformed "
                                                   "request", "content": {**html, **_error(400)["content"]}},
                            "422": _error(422), "503": _error(503)}
+    proposal = paths["/p/{token}"]["get"]
+    proposal["responses"] = {"200": {"description": "the proposal document", "content": html},
+                             "400": _error(400),
+                             "404": {"description": "no proposal has this link (a page saying so)", "content": html},
+                             "422": _error(422), "503": _error(503)}
     paths["/u/{token}"]["post"]["requestBody"] = {"required": False, "content": {
         "application/x-www-form-urlencoded": {"schema": {
             "type": "object", "properties": {"List-Unsubscribe": {"type": "string", "enum": ["One-Click"]},
