@@ -12,7 +12,7 @@ import pytest
 
 from nurture.api.messaging.v1 import messaging_pb2
 from services.journeys.clients import Clients
-from services.journeys.domain.state import Effect
+from services.journeys.domain.state import Effect, SendPayload
 from services.messaging import server as messaging_server
 from tests.integration.messaging.conftest import Mesh
 from tests.integration.messaging.harness import make_lead
@@ -42,8 +42,8 @@ def calls(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
 def effect(lead_id: str, step: str, channel: str = "email") -> Effect:
     return Effect(kind="send", ekey="family", step=step, dedupe_key=f"{lead_id}:family:1:{step}:1.1",
                   occurrence="1.1", side=False,
-                  payload={"journey": "family", "version": 1, "step": step, "channel": channel,
-                           "template": f"family.{step}", "category": "nurture", "context": {}})
+                  payload=SendPayload(journey="family", version=1, step=step, channel=channel,
+                                      template=f"family.{step}", category="nurture", context={}))
 
 
 async def test_concurrent_sends_go_as_one_batch(calls: Counter[str], mesh: Mesh) -> None:
