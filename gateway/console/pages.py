@@ -159,13 +159,13 @@ GROUPS = ("journey", "segment", "template", "channel", "topic", "format")
 METRICS = ("sent", "opened", "clicked", "mql", "sql", "customers", "revenue")
 
 
-def _report_query(request: Request) -> dict[str, str | None]:
+def report_query(request: Request) -> dict[str, str | None]:
     """The filters every report takes, as the page's form sends them (empty means "not set")."""
     q = request.query_params
     return {name: (q.get(name) or None) for name in ("from", "to", "segment", "journey")}
 
 
-def _pick(request: Request, name: str, allowed: tuple[str, ...]) -> str:
+def pick(request: Request, name: str, allowed: tuple[str, ...]) -> str:
     value = request.query_params.get(name) or allowed[0]
     if value not in allowed:
         raise ApiError(422, "invalid", f"{name} must be one of {', '.join(allowed)}", {"field": name})
@@ -177,9 +177,9 @@ async def analytics(request: Request) -> Response:
     """The dashboard: engagement by a chosen dimension, one metric over time (chart and table) and the
     stages' conversion and velocity, each from the same call as its /v1/analytics report."""
     async def handler(_request: Request, current: session.Session) -> Response:
-        m, f = mesh_of(request), _report_query(request)
-        group_by, metric = _pick(request, "group_by", GROUPS), _pick(request, "metric", METRICS)
-        interval = _pick(request, "interval", ("day", "week"))
+        m, f = mesh_of(request), report_query(request)
+        group_by, metric = pick(request, "group_by", GROUPS), pick(request, "metric", METRICS)
+        interval = pick(request, "interval", ("day", "week"))
         args = (f["from"], f["to"], f["segment"], f["journey"], "json")
         engagement = await analytics_api.engagement(group_by, *args, m=m)
         series = await analytics_api.timeseries(metric, interval, *args, m=m)
@@ -198,13 +198,13 @@ async def analytics(request: Request) -> Response:
 async def analytics_csv(request: Request, report: str) -> Response:
     """A dashboard table as CSV: the same rows `/v1/analytics/...?format=csv` answers."""
     async def handler(_request: Request, _current: session.Session) -> Response:
-        m, f = mesh_of(request), _report_query(request)
+        m, f = mesh_of(request), report_query(request)
         args = (f["from"], f["to"], f["segment"], f["journey"], "csv")
         if report == "engagement":
-            answer = await analytics_api.engagement(_pick(request, "group_by", GROUPS), *args, m=m)
+            answer = await analytics_api.engagement(pick(request, "group_by", GROUPS), *args, m=m)
         elif report == "timeseries":
-            answer = await analytics_api.timeseries(_pick(request, "metric", METRICS),
-                                                    _pick(request, "interval", ("day", "week")), *args, m=m)
+            answer = await analytics_api.timeseries(pick(request, "metric", METRICS),
+                                                    pick(request, "interval", ("day", "week")), *args, m=m)
         elif report == "stages":
             answer = await analytics_api.progression(*args, table="stages", m=m)
         else:

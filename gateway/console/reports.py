@@ -17,6 +17,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from gateway.console.guard import guarded, mesh_of
+from gateway.console.pages import pick, report_query
 from gateway.console.render import page
 from gateway.console.session import Session
 from gateway.deps import ApiError
@@ -32,18 +33,6 @@ DIMENSION = {"by_template": "template", "by_topic": "topic", "by_format": "forma
 # Templates whose A/B reports are read at once: one AbReport each, kept few so a long catalog does not
 # open a burst of calls on messaging.
 AB_CONCURRENCY = 8
-
-
-def _filters(request: Request) -> dict[str, str | None]:
-    q = request.query_params
-    return {name: (q.get(name) or None) for name in ("from", "to", "segment", "journey")}
-
-
-def _pick(request: Request, name: str, allowed: tuple[str, ...]) -> str:
-    value = request.query_params.get(name) or allowed[0]
-    if value not in allowed:
-        raise ApiError(422, "invalid", f"{name} must be one of {', '.join(allowed)}", {"field": name})
-    return value
 
 
 def _window(request: Request) -> int:
@@ -62,8 +51,8 @@ async def attribution(request: Request) -> Response:
     """Conversions and won revenue credited to content under the chosen model (chart and table), and the
     ROI per journey (chart and table), from the same calls as /v1/analytics/attribution and /roi."""
     async def handler(_request: Request, current: Session) -> Response:
-        m, f = mesh_of(request), _filters(request)
-        model, table, window = _pick(request, "model", MODELS), _pick(request, "table", TABLES), _window(request)
+        m, f = mesh_of(request), report_query(request)
+        model, table, window = pick(request, "model", MODELS), pick(request, "table", TABLES), _window(request)
         args = (f["from"], f["to"], f["segment"], f["journey"], "json")
         credited, roi = await asyncio.gather(
             analytics_api.attribution(model, window, *args, table=table, m=m),
@@ -90,10 +79,10 @@ async def attribution(request: Request) -> Response:
 async def attribution_csv(request: Request) -> Response:
     """The attribution table shown (by template, topic or format) as the API's CSV."""
     async def handler(_request: Request, _current: Session) -> Response:
-        f = _filters(request)
+        f = report_query(request)
         answer: Response = await analytics_api.attribution(
-            _pick(request, "model", MODELS), _window(request), f["from"], f["to"], f["segment"], f["journey"],
-            "csv", table=_pick(request, "table", TABLES), m=mesh_of(request))
+            pick(request, "model", MODELS), _window(request), f["from"], f["to"], f["segment"], f["journey"],
+            "csv", table=pick(request, "table", TABLES), m=mesh_of(request))
         answer.headers["Content-Disposition"] = 'attachment; filename="attribution.csv"'
         return answer
     return await guarded(request, handler)
@@ -103,7 +92,7 @@ async def attribution_csv(request: Request) -> Response:
 async def roi_csv(request: Request) -> Response:
     """ROI per journey as the API's CSV."""
     async def handler(_request: Request, _current: Session) -> Response:
-        f = _filters(request)
+        f = report_query(request)
         answer: Response = await analytics_api.roi(f["from"], f["to"], f["segment"], f["journey"], "csv",
                                                    m=mesh_of(request))
         answer.headers["Content-Disposition"] = 'attachment; filename="roi.csv"'
