@@ -13,10 +13,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-import uvicorn
 
 from nurture.settings import Settings
-from tests.conftest import free_port
 from tests.integration.console.conftest import KEYS
 from tests.integration.templates.mesh import TemplatesMesh, templates_mesh
 
@@ -31,26 +29,16 @@ if not (Path(CHROMIUM).exists() or shutil.which(CHROMIUM)):
     pytest.skip(f"browser tests need Chromium at {CHROMIUM}: `apt-get install -y chromium`",
                 allow_module_level=True)
 
+from tests.integration.console import browse  # noqa: E402 - after the skips: it needs Playwright too
+
 pytestmark = pytest.mark.anyio
 KEY = "family.email_01"
 
 
 @pytest.fixture
 async def served(settings: Settings, tmp_path: Path) -> AsyncIterator[tuple[str, TemplatesMesh]]:
-    async with templates_mesh(settings, tmp_path) as mesh:
-        port = free_port()
-        server = uvicorn.Server(uvicorn.Config(mesh.app, host="127.0.0.1", port=port, log_level="warning",
-                                               lifespan="off", access_log=False))
-        task = asyncio.create_task(server.serve())
-        while not server.started:
-            if task.done():
-                task.result()
-            await asyncio.sleep(0.02)
-        try:
-            yield f"http://127.0.0.1:{port}", mesh
-        finally:
-            server.should_exit = True
-            await task
+    async with templates_mesh(settings, tmp_path) as mesh, browse.served(mesh.app) as base:
+        yield base, mesh
 
 
 @pytest.fixture
