@@ -267,6 +267,7 @@ def verify(secrets: Sequence[str], token: str) -> str | None:
         return None
     ok = False
     for secret in secrets:
-        if secret and hmac.compare_digest(_mac(secret, proposal_id), mac):
+        # As octets: compare_digest refuses a str holding non-ASCII, and a link is whatever was typed.
+        if secret and hmac.compare_digest(_mac(secret, proposal_id).encode(), mac.encode("utf-8", "replace")):
             ok = True
     return proposal_id if ok else None
