@@ -77,6 +77,9 @@ class FakeMessaging(messaging_pb2_grpc.MessagingServicer):
                 await context.abort(reply, f"fake messaging answers {reply.name}")
         return messaging_pb2.SendBatchReply(results=replies)
 
+    async def Subscriptions(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return messaging_pb2.SubscriptionsReply()  # no address is suppressed here
+
     async def ListTemplates(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         if self.rec.templates is None:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "no templates")
