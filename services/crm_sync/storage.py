@@ -469,13 +469,13 @@ def lead_tasks(s: Session, lead_id: str) -> list[dict[str, Any]]:
 
 
 def next_round_robin(s: Session, team: str, members: int) -> int:
-    row = s.execute(select(round_robin.c.next).where(round_robin.c.team == team)).first()
-    position = int(row[0]) if row else 0
-    if row:
-        s.execute(update(round_robin).where(round_robin.c.team == team).values(next=position + 1))
-    else:
-        s.execute(insert(round_robin).values(team=team, next=1))
-    return position % members
+    """The team member whose turn it is. The counter moves in one statement (`UPDATE ... RETURNING`),
+    which takes the row lock: where a read then a write let two concurrent assignments on PostgreSQL
+    read one position and give two leads to the same person."""
+    s.execute(insert_new(s, round_robin, ["team"]).values(team=team, next=0))
+    taken = s.execute(update(round_robin).where(round_robin.c.team == team)
+                      .values(next=round_robin.c.next + 1).returning(round_robin.c.next)).scalar_one()
+    return (int(taken) - 1) % members
 
 
 # -- erasure -------------------------------------------------------------------------------------------
