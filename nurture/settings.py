@@ -78,6 +78,10 @@ class Settings:
     # replicas on PostgreSQL take turns under an advisory lock). check: a deployment runs `nurture migrate`
     # once, and a process whose schema is not its code's newest refuses to start.
     migrate: str = "on_start"
+    # This process's name among its service's replicas (`nurture up --replicas`: 0, 1, ...). Queued work a
+    # process claims carries it, so a restarted replica takes its own claims back at once and leaves a
+    # live replica's alone (those return to the queue only when their lease runs out).
+    replica: str = "0"
 
     def sqlite_url(self, service: str) -> str:
         """The embedded default: one SQLite file per service under the data dir."""
