@@ -289,7 +289,8 @@ class Delivery:
             try:
                 while True:
                     now = self.clock.now()
-                    rows = await self.db.run(self.store.due_messages, now, BATCH + len(self._inflight))
+                    rows = await self.db.run(self.store.due_messages, now, BATCH + len(self._inflight),
+                                             self.settings.replica)
                     rows = [r for r in rows if r["id"] not in self._inflight][:BATCH]
                     if not rows:
                         if not tasks:
