@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import jsonschema_rs
 import pytest
 import redis.asyncio as aioredis
 from sqlalchemy import select
@@ -283,6 +284,10 @@ async def test_the_http_report_over_the_bus_equals_the_recount(messaging: InProc
             got = await http.get("/v1/analytics/deliverability", params=span)
             assert got.status_code == 200, got.text
             assert got.json() == recount(events, owner, segment_of, days[0], days[-1])
+            # The body is the one the OpenAPI document describes (what the fuzz test holds every answer to).
+            documented = (await http.get("/openapi.json")).json()["paths"]["/v1/analytics/deliverability"]["get"]
+            jsonschema_rs.validate(documented["responses"]["200"]["content"]["application/json"]["schema"],
+                                   got.json())
             gmail = await http.get("/v1/analytics/deliverability", params={**span, "provider": "gmail",
                                                                            "segment": "family", "interval": "week"})
             assert gmail.json() == recount(events, owner, segment_of, days[0], days[-1], provider="gmail",
