@@ -241,9 +241,9 @@ _SUCCESS_SCHEMA = {("post", "/v1/leads"): "Lead", ("patch", "/v1/leads/{lead_id}
 _PUBLIC = ("/healthz", "/readyz", "/t/", "/u/", "/p/")
 
 
-_COUNTS = {m: {"type": "integer", "minimum": 0}
+_COUNTS: dict[str, Any] = {m: {"type": "integer", "minimum": 0}
            for m in ("sent", "delivered", "hard_bounced", "soft_bounced", "complaints")}
-_DELIVERABILITY_ROW = {
+_DELIVERABILITY_ROW: dict[str, Any] = {
     "type": "object", "required": [*_COUNTS, "delivery_rate", "hard_bounce_rate", "soft_bounce_rate", "complaint_rate"],
     "properties": {**_COUNTS, **{r: {"type": ["number", "null"], "description": "null over nothing"} for r in (
         "delivery_rate", "hard_bounce_rate", "soft_bounce_rate", "complaint_rate")}}}
