@@ -27,6 +27,7 @@ import redis.asyncio as aioredis
 from sqlalchemy import select
 
 from gateway.app import create_app
+from nurture.api.messaging.v1 import messaging_pb2, messaging_pb2_grpc
 from nurture.bus import Publisher
 from nurture.busmessage import BusMessage
 from nurture.db import open_database
@@ -190,7 +191,7 @@ async def test_deliverability_equals_a_recount_of_messagings_records(messaging: 
     rnd = random.Random(20)
     applied = await _history(messaging, rnd)
     events, owner = _raw(messaging)
-    kinds = defaultdict(int)
+    kinds: dict[tuple[str, str], int] = defaultdict(int)
     for e in events:
         kinds[(e.kind, e.source)] += 1
     # The history holds what the figures distinguish: RCPT refusals, DSN hard bounces, soft bounces
@@ -198,7 +199,7 @@ async def test_deliverability_equals_a_recount_of_messagings_records(messaging: 
     assert kinds[("hard_bounce", "smtp")] > 0 and kinds[("hard_bounce", "dsn")] > 0, kinds
     assert kinds[("soft_bounce", "dsn")] > 3 and kinds[("complaint", "dsn")] > 0, kinds
     assert applied["hard_bounce"] + applied["complaint"] > kinds[("hard_bounce", "dsn")] + kinds[("complaint", "dsn")]
-    resent = defaultdict(int)
+    resent: dict[str, int] = defaultdict(int)
     for e in events:
         resent[e.message_id] += e.kind == "sent"
     assert max(resent.values()) > 1                     # messages sent again after a soft bounce
@@ -302,3 +303,91 @@ async def test_the_http_report_over_the_bus_equals_the_recount(messaging: InProc
     finally:
         await service.stop(grace=0.2)
         await redis.aclose()
+
+
+async def test_through_the_real_scoring_the_bus_carries_what_messaging_recorded(settings: Settings,
+                                                                                 tmp_path: Path) -> None:
+    """Real scoring, messaging and analytics: messaging's feedback goes to scoring, which publishes it; a
+    provider's webhook brings hard and soft bounces (the soft one retried) and complaints, some twice;
+    the report equals the recount of messaging's records."""
+    from nurture.clock import VirtualClock
+    from nurture.redisconn import connect_sync
+    from services.messaging.server import MIGRATIONS as MESSAGING_MIGRATIONS
+    from services.messaging.smtp_sink import SmtpSink
+
+    sink = SmtpSink(tmp_path / "mail").start()
+    addrs = {f"{s}_addr": f"127.0.0.1:{free_port()}" for s in SERVICES}
+    cfg = settings.with_overrides(**addrs).with_overrides(smtp_url=sink.url)
+    running = []
+    try:
+        for name in ("scoring", "messaging", "analytics"):
+            service = await start_service(name, cfg)
+            running.append(service)
+            cfg = cfg.with_overrides(**{f"{name}_addr": service.address})
+        app = create_app(cfg.with_overrides(api_key="test-key"))
+        for s in SERVICES:
+            app.state.mesh.channels[s] = mesh_channel(app.state.mesh.settings.address_of(s))
+
+        async def settle_all() -> None:
+            for service in running:     # messaging feeds scoring, scoring publishes, analytics hears
+                await settle(service)
+
+        leads = {f"e{n}": (f"e{n}@{d}", seg) for n, (d, seg) in enumerate(
+            [("gmail.com", "family"), ("yahoo.com", "family"), ("outlook.com", "entrepreneur"),
+             ("example.org", "entrepreneur"), ("gmail.com", "skilled_professional"), ("hotmail.com", "family")])}
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw",
+                                     headers={"Authorization": "Bearer test-key"}) as http:
+            for lead_id, (email, segment) in leads.items():
+                r = await http.post("/v1/leads", json={"id": lead_id, "email": email, "segment": segment,
+                                                       "timezone": "UTC", "consent": {"email": True}})
+                assert r.status_code in (200, 201), r.text
+            async with mesh_channel(cfg.messaging_addr) as ch:
+                stub = messaging_pb2_grpc.MessagingStub(ch)
+                sent: dict[str, str] = {}
+                for lead_id in leads:
+                    for n in range(2):
+                        reply = await stub.Send(messaging_pb2.SendRequest(
+                            dedupe_key=f"{lead_id}:lead_magnet:1:email_01:{n}", lead_id=lead_id,
+                            journey="lead_magnet", journey_version=1, step="email_01", channel="email",
+                            template="lead_magnet.email_01", category="transactional", context_json="{}"), timeout=10)
+                        sent[f"{lead_id}:{n}"] = reply.message_id
+            await settle_all()
+
+            def event(key: str, kind: str) -> dict[str, str]:
+                return {"message_id": sent[key], "recipient": leads[key.split(":")[0]][0], "kind": kind,
+                        "detail": kind}
+            batch = [event("e0:0", "hard_bounce"), event("e0:0", "hard_bounce"), event("e1:0", "soft_bounce"),
+                     event("e2:0", "complaint"), event("e2:0", "complaint"), event("e3:1", "soft_bounce"),
+                     event("e5:0", "complaint")]
+            r = await http.post("/v1/deliverability/events", json={"events": batch})
+            assert r.status_code == 200 and r.json()["applied"] == 5, r.text
+            await settle_all()
+            VirtualClock(connect_sync(cfg)).advance(3601)           # the soft bounces' retries go
+            await settle_all()
+            r = await http.post("/v1/deliverability/events", json={"events": [event("e1:0", "soft_bounce")]})
+            assert r.status_code == 200 and r.json()["applied"] == 1
+            await settle_all()
+            await settle_all()
+            messaging_db = open_database(cfg, service="messaging", migrations_dir=MESSAGING_MIGRATIONS)
+            try:
+                with messaging_db.session() as ses:
+                    events = list(ses.execute(select(delivery_events).order_by(delivery_events.c.id)).all())
+                    owner = {r.id: (r.lead_id, r.journey) for r in ses.execute(
+                        select(message_table.c.id, message_table.c.lead_id, message_table.c.journey))}
+            finally:
+                messaging_db.close()
+            kinds = sorted(e.kind for e in events)
+            assert kinds.count("sent") == 14 and kinds.count("soft_bounce") == 3, kinds   # two resends
+            days = sorted({e.at.date() for e in events})
+            span = {"from": f"{days[0].isoformat()}T00:00:00Z", "to": f"{days[-1].isoformat()}T23:59:59Z"}
+            segment_of = {lead_id: seg for lead_id, (_, seg) in leads.items()}
+            got = (await http.get("/v1/analytics/deliverability", params=span)).json()
+            assert got == recount(events, owner, segment_of, days[0], days[-1])
+            assert got["totals"]["soft_bounced"] == 3 and got["totals"]["hard_bounced"] == 1
+            assert got["totals"]["complaints"] == 2 and got["totals"]["sent"] == 12
+            family = (await http.get("/v1/analytics/deliverability", params={**span, "segment": "family"})).json()
+            assert family == recount(events, owner, segment_of, days[0], days[-1], segment="family")
+    finally:
+        for service in reversed(running):
+            await service.stop(grace=0.2)
+        sink.stop()
