@@ -1,4 +1,5 @@
-"""Analytics (docs/API.md "Analytics"): engagement, progression, attribution, ROI and time series from
+"""Analytics (docs/API.md "Analytics"): engagement, progression, attribution, ROI, time series and
+deliverability from
 the analytics service's read model; every report as JSON, or CSV with `format=csv`."""
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ ROI_TABLES = ("by_journey", "by_path")
 PROGRESSION_TABLES = ("stages", "lifecycle", "qualification", "time_to_conversion", "content_gaps",
                       "score_progression")
 ATTRIBUTION_TABLES = ("by_template", "by_topic", "by_format")
+DELIVERABILITY_TABLES = ("by_provider", "by_domain", "points")
 
 
 def _stub(m: Mesh) -> analytics_pb2_grpc.AnalyticsStub:
@@ -117,3 +119,20 @@ async def timeseries(metric: str = "sent", interval: str = "day", from_: str | N
     reply = await _stub(m).Timeseries(analytics_pb2.TimeseriesRequest(query=q, metric=metric, interval=interval),
                                       timeout=LONG_DEADLINE_S)
     return _answer(reply, output, "points")
+
+
+@router.get("/v1/analytics/deliverability",
+            summary="Sent, delivered, bounced (hard, soft), complaints and rates by sending domain, provider, day")
+async def deliverability(domain: str | None = None, provider: str | None = None, interval: str = "day",
+                         from_: str | None = Query(None, alias="from"), to: str | None = None,
+                         segment: str | None = None, journey: str | None = None,
+                         output: str = Query("json", alias="format"), table: str = "by_provider",
+                         m: Mesh = Depends(mesh)) -> Any:
+    q = _query(from_, to, segment, journey, output)
+    request = analytics_pb2.DeliverabilityRequest(query=q, interval=_choice(interval, ("day", "week"), "interval"))
+    if domain is not None:
+        request.domain = domain
+    if provider is not None:
+        request.provider = provider
+    reply = await _stub(m).Deliverability(request, timeout=LONG_DEADLINE_S)
+    return _answer(reply, output, _choice(table, DELIVERABILITY_TABLES, "table"))

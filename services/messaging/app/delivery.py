@@ -585,6 +585,12 @@ class Delivery:
         mid, lead_id, template = row["id"], row["lead_id"], row["template"]
         props = {"message_id": mid, "journey": row["journey"], "step": row["step"], "template": template,
                  "channel": row["channel"], "variant": row["variant"], **self.content_of(template)}
+        guards = self.deliverability
+        if guards is not None and row["channel"] == "email":
+            # Where it went, as the guards count it (messaging_delivery_events): analytics' deliverability
+            # report groups by these, so the provider mapping stays messaging's data.
+            props["sending_domain"] = guards.sending_domain(self._from_address(r))
+            props["provider"] = guards.policy.provider_of(str(r.lead.get("email") or ""))
         if result.ok:
             return Outcome(mid, "sent", "", sent_at=now, attempts=attempts,
                            log=[LogLine(mid, lead_id, "message_sent",
@@ -602,7 +608,7 @@ class Delivery:
             if result.hard_bounce and r.email_hash:
                 outcome.suppress.append((r.email_hash, "all", "hard_bounce", "smtp"))
                 outcome.feedback.append(Feedback(f"bounce:{mid}", lead_id, "email_hard_bounced",
-                                                 {**props, "reason": result.reason}, now))
+                                                 {**props, "reason": result.reason, "bounce": "hard"}, now))
             return outcome
         due = now + backoff(attempts, self.policy)
         return Outcome(mid, "scheduled", f"retrying: {result.reason}", due_at=due, attempts=attempts,

@@ -130,6 +130,11 @@ async def test_csv_carries_the_json_rows(heard: tuple[httpx.AsyncClient, list[di
     ("/v1/analytics/timeseries", {"metric": "mood"}, "metric"),
     ("/v1/analytics/timeseries", {"interval": "hour"}, "interval"),
     ("/v1/analytics/progression", {"format": "csv", "table": "steps"}, "table"),
+    ("/v1/analytics/deliverability", {"interval": "hour"}, "interval"),
+    ("/v1/analytics/deliverability", {"format": "csv", "table": "by_colour"}, "table"),
+    ("/v1/analytics/deliverability", {"format": "pdf"}, "format"),
+    ("/v1/analytics/deliverability", {"to": "2026-13-01T00:00:00Z"}, "to"),
+    ("/v1/analytics/deliverability", {"from": "2026-03-02T00:00:00Z", "to": "2026-03-01T00:00:00Z"}, "from"),
 ])
 async def test_a_bad_query_is_a_422_in_the_error_shape(heard: tuple[httpx.AsyncClient, list[dict[str, Any]]],
                                                        path: str, params: dict[str, str], field: str) -> None:
