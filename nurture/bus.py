@@ -314,7 +314,12 @@ class Consumer:
     async def _run(self, idle_block_ms: int) -> None:
         await self.ensure_groups()
         await self.drain()
+        me = asyncio.current_task()
         while True:
+            if me is not None and me.cancelling():
+                # A cancellation that landed inside a command can be swallowed by redis-py's cluster
+                # client (8.1: a loop of XACKs ran on after cancel()); the task still records it.
+                raise asyncio.CancelledError
             try:
                 # Block outside the lock so Settle's drain is never starved by an idle read.
                 entries = await self._read(">", idle_block_ms)

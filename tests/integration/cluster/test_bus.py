@@ -149,7 +149,8 @@ async def test_the_running_consumer_answers_the_first_stream_with_entries_withou
         assert handled == ["t0", "t1", "t2"]
     finally:
         task.cancel()
-        await asyncio.wait([task], timeout=5)
+        done, _ = await asyncio.wait([task], timeout=5)
+    assert done == {task}  # stopped: the cancel reached it, though it landed in the middle of a command
     assert not [r for r in caplog.records if "consumer loop error" in r.getMessage()]
     await client.aclose()
 
