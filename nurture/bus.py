@@ -317,8 +317,9 @@ class Consumer:
         me = asyncio.current_task()
         while True:
             if me is not None and me.cancelling():
-                # A cancellation that landed inside a command can be swallowed by redis-py's cluster
-                # client (8.1: a loop of XACKs ran on after cancel()); the task still records it.
+                # A cancellation that landed inside a command can be swallowed by redis-py (8.1, its
+                # plain and cluster clients alike: a loop of XACKs ran on after cancel()); the task
+                # still records it, and the loop ends here.
                 raise asyncio.CancelledError
             try:
                 # Block outside the lock so Settle's drain is never starved by an idle read.
