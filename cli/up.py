@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 from urllib.parse import quote, urlparse, urlunparse
 
+from cli import rediscluster
 from cli.dkim import with_dev_key
 from cli.supervisor import Child, free_local_port, port_open, stop_all, supervise, wait_port
 from nurture import secretstore
@@ -78,16 +79,33 @@ def up(args: argparse.Namespace) -> int:
                 "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}
 
     # Embedded Redis unless a Redis URL is configured; NURTURE_EMBEDDED_REDIS=1 embeds one on that URL's port.
-    if "NURTURE_REDIS_URL" not in os.environ or os.environ.get("NURTURE_EMBEDDED_REDIS") == "1":
+    # --redis-cluster N: N masters of a Redis Cluster on that port and the N-1 after it (cli/rediscluster.py).
+    embedded_redis = "NURTURE_REDIS_URL" not in os.environ or os.environ.get("NURTURE_EMBEDDED_REDIS") == "1"
+    masters = getattr(args, "redis_cluster", None)
+    if masters is not None and not embedded_redis:
+        print("cannot start: --redis-cluster starts an embedded cluster, but NURTURE_REDIS_URL names an external "
+              "Redis (for an external cluster set NURTURE_REDIS_CLUSTER=1 instead)", file=sys.stderr)
+        return 2
+    if embedded_redis:
         port = urlparse(settings.redis_url).port or 6390
         password = urlparse(settings.redis_url).password or stored.redis_password
         settings = settings.with_overrides(redis_url=_with_password(settings.redis_url, password))
-        (data / "redis").mkdir(exist_ok=True)
-        conf = _redis_conf(data / "redis", password)
-        children.append(_child("redis", [_redis_binary(), str(conf), "--port", str(port), "--bind", "127.0.0.1",
-                                        "--dir", str(data / "redis"), "--appendonly", "yes", "--appendfsync",
-                                        "everysec", "--save", "", "--protected-mode", "no"],
-                              base_env, logs / "redis.log"))
+        if masters is not None:
+            settings = settings.with_overrides(redis_url=_with_password(f"redis://127.0.0.1:{port}/0", password),
+                                               redis_cluster=True)
+            for i in range(masters):
+                folder = data / "redis-cluster" / f"node-{i}"
+                folder.mkdir(parents=True, exist_ok=True)
+                children.append(_child(f"redis-{i}", rediscluster.node_argv(
+                    _redis_binary(), port + i, folder, _redis_conf(folder, password)), base_env,
+                    logs / f"redis-{i}.log"))
+        else:
+            (data / "redis").mkdir(exist_ok=True)
+            conf = _redis_conf(data / "redis", password)
+            children.append(_child("redis", [_redis_binary(), str(conf), "--port", str(port), "--bind", "127.0.0.1",
+                                            "--dir", str(data / "redis"), "--appendonly", "yes", "--appendfsync",
+                                            "everysec", "--save", "", "--protected-mode", "no"],
+                                  base_env, logs / "redis.log"))
     # NURTURE_EMBEDDED_SMTP=1 / NURTURE_EMBEDDED_CRM=1 run the local sink / emulator on a configured URL.
     smtp_local = (args.smtp_url is None and "NURTURE_SMTP_URL" not in os.environ) or (
         os.environ.get("NURTURE_EMBEDDED_SMTP") == "1")
@@ -130,6 +148,9 @@ def up(args: argparse.Namespace) -> int:
     children.append(_child("gateway", [python, "-m", "gateway"], env, logs / "gateway.log"))
 
     busy = [(c.name, p) for c in children if (p := _child_port(c.name, settings)) and port_open("127.0.0.1", p)]
+    busy += [(f"{c.name}'s cluster bus", p + rediscluster.BUS_PORT_OFFSET) for c in children
+             if c.name.startswith("redis-") and (p := _child_port(c.name, settings))
+             and port_open("127.0.0.1", p + rediscluster.BUS_PORT_OFFSET)]
     bounce_port = int(settings.bounce_smtp_addr.rpartition(":")[2] or 0)
     if bounce_port and any(c.name == "messaging" for c in children) and port_open("127.0.0.1", bounce_port):
         busy.append(("messaging's bounce receiver (NURTURE_BOUNCE_SMTP_ADDR)", bounce_port))
@@ -154,10 +175,21 @@ def up(args: argparse.Namespace) -> int:
                 # A loaded machine (a shared CI box, a benchmark loading data) may start a service slower.
                 wait_port("127.0.0.1", listens_on, child.name, child,
                           timeout=float(os.environ.get("NURTURE_START_TIMEOUT_S") or 60))
-            if child.name == "redis" and settings.clock == "virtual":
+            if child.name != _last_redis(children):
+                continue
+            if settings.redis_cluster:  # every master is up: join them (or find them joined) and wait for ok
+                try:
+                    rediscluster.form([p for c in children if c.name.startswith("redis-")
+                                       if (p := _child_port(c.name, settings))],
+                                      urlparse(settings.redis_url).password or "",
+                                      timeout=float(os.environ.get("NURTURE_START_TIMEOUT_S") or 60))
+                except rediscluster.ClusterError as exc:
+                    print(f"cannot start: {exc}", file=sys.stderr)
+                    return 1
+            if settings.clock == "virtual":
                 from nurture.clock import make_clock
 
-                make_clock("virtual", settings.redis_url).now()  # fixes the epoch on first use
+                make_clock(settings).now()  # fixes the epoch on first use
         print(f"BorderBridge Nurture is running ({settings.clock} clock)", flush=True)
         print(f"  gateway:   http://127.0.0.1:{settings.http_port}   (API key: {settings.api_key})", flush=True)
         print(f"  console:   http://127.0.0.1:{settings.http_port}/console/   (sign in with the API key)", flush=True)
@@ -165,6 +197,8 @@ def up(args: argparse.Namespace) -> int:
             print(f"  site key:  {site_key}   (website tracking from {', '.join(config.get('origins', []))}: "
                   f"<script src=\"http://127.0.0.1:{settings.http_port}/t/nurture.js\" data-site-key=\"...\" async>)",
                   flush=True)
+        if settings.redis_cluster:
+            print(f"  redis:     a cluster, {settings.redis_url.rpartition('@')[2]} and the nodes it names", flush=True)
         print(f"  data dir:  {data}   logs: {logs}   traces: {data / 'traces'}", flush=True)
         print(f"  secrets:   {data / secretstore.FILE_NAME} (generated on first start; see docs/SECURITY.md)",
               flush=True)
@@ -195,13 +229,21 @@ def _redis_conf(folder: Path, password: str) -> Path:
     fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as out:
         escaped = password.replace("\\", "\\\\").replace('"', '\\"')
-        out.write(f'requirepass "{escaped}"\n')
+        out.write(f'requirepass "{escaped}"\nmasterauth "{escaped}"\n')  # masterauth: a replica of a cluster master
     return conf
+
+
+def _last_redis(children: list[Child]) -> str | None:
+    """The Redis child started last (the only one, or a cluster's last master)."""
+    names = [c.name for c in children if c.name == "redis" or c.name.startswith("redis-")]
+    return names[-1] if names else None
 
 
 def _child_port(name: str, settings: Settings) -> int | None:
     if name == "redis":
         return urlparse(settings.redis_url).port or 6390
+    if name.startswith("redis-"):  # a cluster's master i listens on the URL's port + i
+        return (urlparse(settings.redis_url).port or 6390) + int(name.removeprefix("redis-"))
     if name == "smtp-sink":
         return urlparse(settings.smtp_url).port or 2525
     if name == "crm-emulator":

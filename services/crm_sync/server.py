@@ -47,7 +47,7 @@ async def serve(settings: Settings) -> Running:
     cfg = domain.load_config()
     db = open_database(settings, service="crm_sync", migrations_dir=MIGRATIONS)
     redis = redisconn.connect(settings)
-    clock = make_clock(settings.clock, settings.redis_url)
+    clock = make_clock(settings)
     scoring_channel = channel(settings.address_of("scoring"), settings.mesh_token)
     journeys_channel = channel(settings.address_of("journeys"), settings.mesh_token)
     messaging_channel = channel(settings.address_of("messaging"), settings.mesh_token)

@@ -25,10 +25,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import redis.asyncio as aioredis
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from nurture.db import Database
+from nurture.redisconn import AsyncRedis
 from services.messaging.deliverability_store import DeliverabilityStore, DeliveryEventRow, Pause
 from services.messaging.domain.bounces import (
     Counts,
@@ -70,7 +70,7 @@ class Applied:
 class Deliverability:
     def __init__(self, *, store: Store, dstore: DeliverabilityStore, db: Database, policy: DeliverabilityPolicy,
                  dkim: DkimSigner, bounce_domain: str, secrets: tuple[str, ...], now: Callable[[], datetime],
-                 redis: aioredis.Redis | None = None) -> None:
+                 redis: AsyncRedis | None = None) -> None:
         self.store = store
         self.dstore = dstore
         self.db = db

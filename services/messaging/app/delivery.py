@@ -27,14 +27,13 @@ from typing import Any
 
 import grpc
 import httpx
-import redis.asyncio as aioredis
 
 from nurture.aio import wait_event
 from nurture.api.scoring.v1 import scoring_pb2
 from nurture.batching import Batcher
 from nurture.clock import Clock
 from nurture.db import Database
-from nurture.redisconn import lead_key
+from nurture.redisconn import AsyncRedis, lead_key, run_script
 from nurture.rpc import DEADLINE_S
 from nurture.settings import Settings
 from services.messaging.app.deliverability import WARMUP_LUA, Deliverability, epoch_day, warmup_args
@@ -129,7 +128,7 @@ class _Ready:
 
 class Delivery:
     def __init__(self, *, settings: Settings, clock: Clock, db: Database, store: Store, catalog: Catalog,
-                 redis: aioredis.Redis, leads: LeadSource, policy: Policy = DEFAULT_POLICY,
+                 redis: AsyncRedis, leads: LeadSource, policy: Policy = DEFAULT_POLICY,
                  smtp_connections: int = 8, deliverability: Deliverability | None = None) -> None:
         self.settings = settings
         self.clock = clock
@@ -145,8 +144,6 @@ class Delivery:
         self.smtp = SmtpPool(settings.smtp_url, size=smtp_connections)
         self._smtp_threads = ThreadPoolExecutor(max_workers=smtp_connections, thread_name_prefix="messaging-smtp")
         self._http: httpx.AsyncClient | None = None
-        self._caps = redis.register_script(CAPS_LUA)
-        self._warmup = redis.register_script(WARMUP_LUA)
         # DKIM, VERP return paths, the guards and the warm-up (app/deliverability.py); None: plain mail.
         self.deliverability = deliverability
         self._work_lock = asyncio.Lock()
@@ -439,12 +436,10 @@ class Delivery:
                 capped.append(r)
         if capped:
             epoch = now.timestamp()
-            pipe = self.redis.pipeline(transaction=False)
-            for r in capped:
-                await self._caps(keys=[lead_key(r.row["lead_id"], "msg:nurture")],
-                                 args=[epoch, r.row["id"], self.policy.cap_per_day, self.policy.cap_per_week,
-                                       self.policy.min_gap_s], client=pipe)
-            answers = await pipe.execute()
+            answers = await run_script(self.redis, CAPS_LUA, [
+                ([lead_key(r.row["lead_id"], "msg:nurture")],
+                 [epoch, r.row["id"], self.policy.cap_per_day, self.policy.cap_per_week, self.policy.min_gap_s])
+                for r in capped])
             for r, (until, why) in zip(capped, answers, strict=True):
                 if int(until):
                     when = datetime.fromtimestamp(int(until), UTC)
@@ -465,11 +460,10 @@ class Delivery:
         warming = [(r, domain) for r in ready if guards.warming(domain := guards.sending_domain(self._from_address(r)))]
         if not warming:
             return held
-        pipe = self.redis.pipeline(transaction=False)
-        for r, domain in warming:
-            await self._warmup(keys=[f"warmup:{{{domain}}}:first", f"warmup:{{{domain}}}:{day}"],
-                               args=warmup_args(guards.policy, day, r.row["id"]), client=pipe)
-        for (r, domain), (ok, ramp_day) in zip(warming, await pipe.execute(), strict=True):
+        answers = await run_script(self.redis, WARMUP_LUA, [
+            ([f"warmup:{{{domain}}}:first", f"warmup:{{{domain}}}:{day}"], warmup_args(guards.policy, day, r.row["id"]))
+            for r, domain in warming])
+        for (r, domain), (ok, ramp_day) in zip(warming, answers, strict=True):
             if not int(ok):
                 tomorrow = datetime.fromtimestamp((day + 1) * 86400, UTC)
                 when = next_window(tomorrow, r.lead.get("timezone"), self.policy) or tomorrow
