@@ -9,7 +9,7 @@ import grpc
 from fastapi import APIRouter, Depends, Response
 from fastapi.responses import HTMLResponse
 
-from gateway.deps import ApiError, Mesh, json_body, mesh, require_key
+from gateway.deps import ApiError, Mesh, json_body, mesh, optional_json_body, require_key
 from nurture import times
 from nurture.api.crm_sync.v1 import crm_sync_pb2, crm_sync_pb2_grpc
 
@@ -91,8 +91,9 @@ async def get_proposal(proposal_id: str, m: Mesh = Depends(mesh)) -> dict[str, A
 
 
 @keyed.post("/proposals/{proposal_id}/send")
-async def send_proposal(proposal_id: str, body: Any = Depends(json_body), m: Mesh = Depends(mesh)) -> dict[str, Any]:
-    """`{}` → emails the proposal to the prospect (once: a second call answers `duplicate`)."""
+async def send_proposal(proposal_id: str, body: Any = Depends(optional_json_body),
+                        m: Mesh = Depends(mesh)) -> dict[str, Any]:
+    """`{}` or no body → emails the proposal to the prospect (once: a second call answers `duplicate`)."""
     if not isinstance(body, dict) or body:
         raise ApiError(422, "invalid", "the body must be an empty JSON object: {}")
     r = await stub(m).SendProposal(crm_sync_pb2.SendProposalRequest(id=proposal_id), timeout=m.timeout)
