@@ -127,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     async def serve() -> None:
         loop = asyncio.get_running_loop()
         server = await loop.create_server(
-            lambda: SMTP(handler, decode_data=False, data_size_limit=10 * 1024 * 1024, hostname=args.host),
+            lambda: SMTP(handler, decode_data=False, data_size_limit=10 * 1024 * 1024, hostname=args.host,
+                         enable_SMTPUTF8=True),
             host=args.host, port=args.port)
         print(f"smtp sink listening on {args.host}:{args.port}, storing in {args.dir}", flush=True)
         async with server:

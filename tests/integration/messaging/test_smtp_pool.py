@@ -120,3 +120,25 @@ async def test_an_internationalized_address_does_not_hold_up_the_batch(inproc: I
         assert row["status"] == "sent", (lead_id, row["reason"])
     assert inproc.mails_to("ana@example.com") == 1
     assert inproc.mails_to("zoë.müller@xn--exmple-cua.de") == 1
+
+
+def test_the_sink_that_make_run_starts_offers_smtputf8(tmp_path: Path) -> None:
+    """`nurture up` runs the sink as `python -m services.messaging.smtp_sink`: that one takes the address too."""
+    import subprocess
+    import sys
+
+    from tests.conftest import free_port
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "services.messaging.smtp_sink", "--port", str(port),
+                             "--dir", str(tmp_path / "mail")], stdout=subprocess.PIPE, text=True)
+    pool = SmtpPool(f"smtp://127.0.0.1:{port}", size=1)
+    try:
+        assert proc.stdout is not None and "listening" in proc.stdout.readline()
+        result = pool.send("a@example.com", "zoë@example.com", _mail(1))
+        assert result.ok, result.reason
+        assert len(list((tmp_path / "mail").glob("*.eml"))) == 1
+    finally:
+        pool.close()
+        proc.terminate()
+        proc.wait(timeout=10)
