@@ -748,7 +748,7 @@ class Engine:
         key = dedupe_key(state.lead_id, e, s.id, occ)
         if isinstance(s, SendStep):
             category, channel = s.category, s.channel
-            if category == "nurture":
+            if category == "nurture" and not s.budget_exempt:
                 slot = self._budget_slot(state, now)
                 if slot is not None and side:
                     e.side_at, e.side_held_by = slot, "budget"
