@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 from google.protobuf import json_format
 
 from gateway.tracking import linktoken
@@ -219,6 +220,22 @@ async def test_rate_limits_per_visitor_and_per_key(settings: Settings, tmp_path:
         assert over.headers["access-control-allow-origin"] == SITE
         assert over.json()["error"]["details"]["scope"] == "visitor"
         assert (await collect(mesh, LAPTOP, views(("/d", "home")))).status_code == 202  # another visitor is not held
+    async with tracking_mesh(settings, tmp_path / "v", services=("scoring",), visitor_per_min=5,
+                             rate_per_s=1000) as mesh:
+        # Concurrent requests are counted together (one Redis call for a batch): each still gets its own
+        # count, so exactly the limit gets through, and every counter expires with its window.
+        tablet = "tablet-0123456789abcdef"  # counted afresh (the Redis of this test holds the phone's counts)
+        replies = await asyncio.gather(*(collect(mesh, tablet, views(("/", "home"), start=n)) for n in range(12)))
+        assert sorted(r.status_code for r in replies) == [202] * 5 + [429] * 7
+        other = await collect(mesh, "desktop-0123456789abcdef", views(("/", "home")))
+        assert other.status_code == 202 and other.json()["accepted"] == 1  # another visitor is not held
+        redis = aioredis.from_url(mesh.settings.redis_url)
+        try:
+            counters = [k async for k in redis.scan_iter(match="nurture:t:rl:*")]
+            assert counters and all(0 < ttl <= 61 for ttl in [await redis.ttl(k) for k in counters])
+            assert not any(tablet.encode() in k or SITE_KEY.encode() in k for k in counters)
+        finally:
+            await redis.aclose()
     async with tracking_mesh(settings, tmp_path / "k", services=("scoring",), rate_per_s=2,
                              visitor_per_min=100) as mesh:
         replies = await asyncio.gather(*(collect(mesh, f"visitor-{n:02d}-0123456789ab", views(("/", "home")))
