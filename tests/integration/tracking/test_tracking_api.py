@@ -87,6 +87,22 @@ async def test_bots_prefetchers_and_do_not_track_are_not_collected(mesh: Trackin
     assert got.status_code == 200
 
 
+async def test_do_not_track_and_gpc_are_honoured_as_the_key_is_configured(settings: Settings, tmp_path: Path) -> None:
+    """A key that does not honour them collects such visitors; one that honours only GPC ignores GPC
+    and collects Do-Not-Track. Bots are never collected, whatever the key says."""
+    async with tracking_mesh(settings, tmp_path, services=("scoring",), honor_dnt=False, honor_gpc=False) as mesh:
+        for n, headers in enumerate(({"DNT": "1"}, {"Sec-GPC": "1"}, {"DNT": "1", "Sec-GPC": "1"})):
+            r = await collect(mesh, PHONE, views(("/pricing", "pricing"), start=n), **headers)
+            assert r.status_code == 202 and r.json() == {"accepted": 1, "duplicates": 0, "rejected": []}, headers
+        bot = await collect(mesh, PHONE, views(("/", "home"), start=9), **{"User-Agent": "curl/8.5.0"})
+        assert bot.json()["ignored"] == "bot"
+    async with tracking_mesh(settings, tmp_path / "gpc", services=("scoring",), honor_dnt=False) as mesh:
+        gpc = await collect(mesh, LAPTOP, views(("/", "home")), **{"Sec-GPC": "1"})
+        assert gpc.json() == {"accepted": 0, "duplicates": 0, "rejected": [], "ignored": "global_privacy_control"}
+        dnt = await collect(mesh, LAPTOP, views(("/", "home"), start=1), DNT="1")
+        assert dnt.json()["accepted"] == 1
+
+
 async def test_events_outside_the_allowed_set_are_refused_one_by_one(mesh: TrackingMesh) -> None:
     r = await collect(mesh, PHONE, [
         *views(("/pricing", "pricing")),
