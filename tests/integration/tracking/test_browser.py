@@ -308,3 +308,30 @@ async def test_global_privacy_control_keeps_the_snippet_silent(sites: tuple[Trac
     assert not [x for x in page.get("items", page.get("leads")) if x["email"] == "gpc@example.com"]
     assert w.errors == [] and gateway
     await context.close()
+
+
+async def test_an_email_click_before_consent_identifies_once_consent_is_given(
+        sites: tuple[TrackingMesh, str, str], browser: Browser) -> None:
+    """On a site that asks for consent, the click's token leaves the address bar at once but nothing is
+    sent: it waits in the page's memory, and identifies the visitor (after the page's events) on consent."""
+    mesh, _gateway, site = sites
+    await mesh.api("POST", "/v1/leads", json={"id": "noa", "email": "noa@example.com"})
+    token = linktoken.sign(mesh.settings.secret, "noa", datetime.now(UTC))
+    context = await browser.new_context(user_agent=USER_AGENT)
+    context.set_default_timeout(15_000)
+    w = Watched(await context.new_page())
+    sent: list[str] = []
+    w.page.on("request", lambda r: sent.append(r.url) if "/t/v1/" in r.url else None)
+    await w.open(f"{site}/consent?{linktoken.PARAM}={token}")
+    await w.page.wait_for_load_state("networkidle")
+    assert linktoken.PARAM not in w.page.url
+    await asyncio.sleep(0.2)
+    assert sent == [] and await merged_notes(mesh, "noa") == []
+    await w.page.evaluate("window.nurture.consent(true)")
+    await until_merged(mesh, "noa", 1)
+    vid = await w.page.evaluate("window.nurture.visitorId()")
+    [note] = await merged_notes(mesh, "noa")
+    assert f"merged 2 anonymous events from visitor {vid}" in note["summary"]  # the view and the queued call
+    assert [u.split("/t/v1/")[1].split("?")[0] for u in sent] == ["collect", "identify"]
+    assert w.errors == []
+    await context.close()
