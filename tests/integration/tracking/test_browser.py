@@ -335,3 +335,29 @@ async def test_an_email_click_before_consent_identifies_once_consent_is_given(
     assert [u.split("/t/v1/")[1].split("?")[0] for u in sent] == ["collect", "identify"]
     assert w.errors == []
     await context.close()
+
+
+async def test_the_host_page_never_sees_an_error_when_the_gateway_is_down(sites: tuple[TrackingMesh, str, str],
+                                                                          browser: Browser) -> None:
+    """Every call still resolves (never rejects), failures are reported with console.warn only, and
+    the events of the failed sends are kept and go with the next send once the gateway answers."""
+    mesh, _gateway, site = sites
+    context = await browser.new_context(user_agent=USER_AGENT)
+    context.set_default_timeout(15_000)
+    w = Watched(await context.new_page())
+    warnings: list[str] = []
+    w.page.on("console", lambda m: warnings.append(m.text) if m.type == "warning" else None)
+    await w.page.route("**/t/v1/**", lambda route: route.abort())
+    await w.open(f"{site}/")
+    assert await w.page.evaluate("window.nurture.personalization()") is None
+    who = await w.page.evaluate("window.nurture.identify({email: 'down@example.com'})")
+    assert who["identified"] is False and who["error"]
+    assert await w.page.evaluate("window.nurture.formFields()") == []
+    assert await w.page.evaluate("window.nurture.track(42, null)") is None  # a bad call is no error either
+    assert any(t.startswith("nurture: ") for t in warnings), warnings
+    await w.page.unroute("**/t/v1/**")
+    await w.page.evaluate("window.nurture.track('content_viewed', {topic: 'nursing'})")
+    await until(lambda: visitor_events(mesh, w.page), 3)  # the page's two, kept through the failures, and this
+    # Chromium itself logs each refused request ("Failed to load resource"); nothing else reached the page.
+    assert w.errors and [e for e in w.errors if "Failed to load resource" not in e] == []
+    await context.close()
