@@ -9,16 +9,14 @@ counters share a hash tag, so on Redis Cluster a batch's script touches one slot
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import math
 import time
 from dataclasses import dataclass
 
-import redis.asyncio as aioredis
-
 from gateway.tracking.keys import SiteKey
 from nurture.batching import Batcher
+from nurture.redisconn import AsyncRedis, run_script
 
 # KEYS: the counters in the order counted; ARGV: for each, its increment then its lifetime in seconds.
 # A counter gets its lifetime when this call makes it (in the same atomic script, so none is left
@@ -56,9 +54,8 @@ def _tag(text: str) -> str:
 
 
 class RateLimits:
-    def __init__(self, redis: aioredis.Redis, max_batch: int = 500) -> None:
+    def __init__(self, redis: AsyncRedis, max_batch: int = 500) -> None:
         self._redis = redis
-        self._script = redis.register_script(_TAKE_LUA)
         self._tags: dict[str, str] = {}
         self._batcher: Batcher[_Take, Refusal | None] = Batcher(self._count, max_batch=max_batch, parallel=1)
 
@@ -77,7 +74,7 @@ class RateLimits:
         by_key: dict[str, list[int]] = {}
         for i, t in enumerate(takes):
             by_key.setdefault(t.key.key, []).append(i)
-        calls = []
+        calls: list[tuple[list[str], list[int]]] = []
         for key, indexes in by_key.items():
             counters: list[str] = []
             args: list[int] = []
@@ -89,9 +86,8 @@ class RateLimits:
                 if t.visitor_id:
                     counters.append(f"{prefix}:v:{_tag(t.visitor_id)}:{int(t.now // 60)}")
                     args += [max(1, t.events), 61]
-            # Not in a pipeline: redis-py's asks SCRIPT EXISTS first on every execute (a round trip more).
-            calls.append(self._script(keys=counters, args=args))
-        replies = await asyncio.gather(*calls) if len(calls) > 1 else [await calls[0]]
+            calls.append((counters, args))
+        replies = await run_script(self._redis, _TAKE_LUA, calls)  # one round trip (per node on a cluster)
         out: list[Refusal | None | BaseException] = [None] * len(takes)
         for indexes, counts in zip(by_key.values(), replies, strict=True):
             position = iter(counts)

@@ -84,6 +84,17 @@ class AnalyticsServicer(analytics_pb2_grpc.AnalyticsServicer):
             return {"metric": metric, "interval": interval, "points": points}
         return await self._answer(context, make)
 
+    async def Deliverability(self, request: analytics_pb2.DeliverabilityRequest,
+                             context: grpc.aio.ServicerContext) -> analytics_pb2.ReportReply:
+        async def make() -> Any:
+            interval = request.interval or "day"
+            if interval not in ("day", "week"):
+                raise reports.QueryError("interval must be day or week")
+            return await self.m.read(storage.deliverability_report, self.m.query(request.query),
+                                     request.domain if request.HasField("domain") else None,
+                                     request.provider if request.HasField("provider") else None, interval)
+        return await self._answer(context, make)
+
     async def Rebuild(self, request: analytics_pb2.RebuildRequest, context: grpc.aio.ServicerContext
                       ) -> analytics_pb2.RebuildReply:
         return analytics_pb2.RebuildReply(facts=await self.m.read(storage.rebuild))

@@ -25,6 +25,8 @@ from services.analytics.domain import reports
 from services.analytics.domain.facts import Fact, parse_time
 from services.analytics.tables import (
     DERIVED,
+    deliverability,
+    deliveries,
     engagement,
     facts,
     lead_stages,
@@ -45,7 +47,7 @@ from services.analytics.tables import (
 )
 
 CHUNK = 500  # ids per IN list
-FOLD_VERSION = "5"  # bump when the fold derives its tables differently: the service rebuilds them at start
+FOLD_VERSION = "6"  # bump when the fold derives its tables differently: the service rebuilds them at start
 NO_DAY = date(1, 1, 1)  # `analytics_reach.prev_day` of a lead's first send day in a scope
 
 
@@ -129,6 +131,7 @@ class Fold:
         self.dwell: dict[tuple[Any, ...], int] = defaultdict(int)
         self.touches: list[dict[str, Any]] = []
         self.won: list[dict[str, Any]] = []
+        self.dl: dict[tuple[Any, ...], list[int]] = defaultdict(lambda: [0] * len(DELIVERABILITY_MEASURES))
 
     def run(self, batch: Sequence[Fact]) -> None:
         mids = sorted({f.message_id for f in batch if f.message_id})
@@ -155,9 +158,19 @@ class Fold:
                     select(nurtured.c.lead_id, nurtured.c.day, nurtured.c.journey, nurtured.c.segment)
                     .where(nurtured.c.lead_id.in_(part))):
                 self.days[lead_id].add((day, journey, segment))
+        dmids = sorted({f.message_id for f in batch if f.provider and f.message_id and f.kind in _DELIVERY_KINDS})
+        dstate: dict[str, list[bool]] = {}
+        for part in _chunks(dmids):
+            for r in self.s.execute(select(deliveries).where(deliveries.c.message_id.in_(part))).mappings():
+                dstate[r["message_id"]] = [bool(r[c]) for c in _DELIVERY_FLAGS]
         changed_msgs: set[str] = set()
         changed_leads: set[str] = set()
+        changed_dl: set[str] = set()
         for f in batch:
+            if f.provider and f.kind in _DELIVERY_KINDS:
+                self._delivery(f, dstate, changed_dl)
+            if f.kind in ("soft_bounced", "complaint"):
+                continue  # deliverability only: no engagement figure counts them
             if f.kind == "stage":
                 self._stage(f, lead_state)
                 changed_leads.add(f.lead_id)
@@ -170,6 +183,42 @@ class Fold:
                     changed_msgs.add(f.message_id)
                 self._engagement(f, msgs.setdefault(f.message_id, _Msg()) if f.message_id else None, paths)
         self._write(msgs, changed_msgs, lead_state, changed_leads, paths)
+        _upsert(self.s, deliveries, [dict(zip(("message_id", *_DELIVERY_FLAGS), (k, *dstate[k]), strict=True))
+                                     for k in sorted(changed_dl)])
+        _upsert(self.s, deliverability, [
+            dict(zip(("day", "domain", "provider", "segment", "journey", *DELIVERABILITY_MEASURES), (*k, *v),
+                     strict=True)) for k, v in sorted(self.dl.items())], add=DELIVERABILITY_MEASURES)
+
+    def _delivery(self, f: Fact, state: dict[str, list[bool]], changed: set[str]) -> None:
+        """An email's deliverability outcome on its day, under its sending domain and provider: sent and
+        delivered once per message (its first acceptance), a hard bounce and a complaint once per message,
+        every soft bounce (messaging's `email_soft_bounced`, one per soft bounce); a bounce of a message not
+        heard sent (refused at RCPT) is its send too."""
+        cell = self.dl[(reports.day_of(f.at), f.domain, f.provider, f.segment, f.journey)]
+        flags = state.setdefault(f.message_id, [False] * len(_DELIVERY_FLAGS)) if f.message_id \
+            else [False] * len(_DELIVERY_FLAGS)
+        if f.message_id:
+            changed.add(f.message_id)
+        sent, delivered, hard, complained = range(4)
+        if f.kind == "complaint":
+            if not flags[complained]:
+                cell[4] += 1
+                flags[complained] = True
+            return
+        if not flags[sent]:
+            cell[0] += 1
+            flags[sent] = True
+        if f.kind == "sent":
+            if not flags[delivered]:
+                cell[1] += 1
+                flags[delivered] = True
+        elif f.kind == "soft_bounced":
+            cell[3] += 1
+        elif f.bounce == "soft":
+            pass  # the soft bounce at the suppression count: its own `soft_bounced` fact counted it
+        elif not flags[hard]:
+            cell[2] += 1
+            flags[hard] = True
 
     def _engagement(self, f: Fact, m: _Msg | None, paths: dict[tuple[str, str], dict[str, dict[str, Any]]]) -> None:
         day = reports.day_of(f.at)
@@ -288,6 +337,11 @@ class Fold:
         _upsert(s, stage_dwell_bands, _bands(self.dwell, ("journey", "stage", "segment")), add=("n",))
         _upsert(s, touches, self.touches, ignore=True)
         _upsert(s, won, self.won, ignore=True)
+
+
+DELIVERABILITY_MEASURES = ("sent", "delivered", "hard_bounced", "soft_bounced", "complaints")
+_DELIVERY_FLAGS = ("sent", "delivered", "hard_bounced", "complained")
+_DELIVERY_KINDS = ("sent", "bounced", "soft_bounced", "complaint")
 
 
 def _bands(hist: dict[tuple[Any, ...], int], dims: tuple[str, str, str]) -> list[dict[str, Any]]:
@@ -565,6 +619,38 @@ def timeseries_report(session: Session, q: Query, metric: str, interval: str) ->
         if value:
             by_day[day] = float(value) if metric == "revenue" else int(value)
     return reports.bucket_points(by_day, interval)
+
+
+def deliverability_report(session: Session, q: Query, domain: str | None, provider: str | None,
+                          interval: str) -> dict[str, Any]:
+    """Emails sent, delivered, bounced (hard, soft) and complained of, with their rates: over the range,
+    per sending domain, per mailbox provider, and per day (or ISO week) for charts."""
+    t = deliverability
+    cond = [q.where(t)]
+    if domain is not None:
+        cond.append(t.c.domain == domain)
+    if provider is not None:
+        cond.append(t.c.provider == provider)
+    sums = [func.sum(t.c[m]) for m in DELIVERABILITY_MEASURES]
+
+    def counts(values: Sequence[Any]) -> dict[str, int]:
+        return dict(zip(DELIVERABILITY_MEASURES, (int(v or 0) for v in values), strict=True))
+
+    total = counts(session.execute(select(*sums).where(*cond)).one())
+    out: dict[str, Any] = {"totals": reports.deliverability_row({}, total)}
+    for dim in ("domain", "provider"):
+        col = t.c[dim]
+        out[f"by_{dim}"] = [reports.deliverability_row({dim: r[0]}, counts(r[1:])) for r in session.execute(
+            select(col, *sums).where(*cond).group_by(col).order_by(col))]
+    points: dict[date, dict[str, int]] = {}
+    for r in session.execute(select(t.c.day, *sums).where(*cond).group_by(t.c.day)):
+        key = reports.week_of(r[0]) if interval == "week" else r[0]
+        cell = points.setdefault(key, dict.fromkeys(DELIVERABILITY_MEASURES, 0))
+        for m, v in counts(r[1:]).items():
+            cell[m] += v
+    out["points"] = [{"t": k.isoformat(), **v} for k, v in sorted(points.items())]
+    out["interval"] = interval
+    return out
 
 
 def _touched_before(q: Query, window_us: int | None) -> Any:

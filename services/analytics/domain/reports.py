@@ -139,6 +139,15 @@ def engagement_row(group: str, sums: Mapping[str, int]) -> dict[str, Any]:
             "open_rate": rate(sums["opened"], delivered), "click_rate": rate(sums["clicked"], delivered)}
 
 
+def deliverability_row(key: Mapping[str, str], sums: Mapping[str, int]) -> dict[str, Any]:
+    """Deliverability figures with their rates: delivery and bounces over sent, complaints over delivered
+    (the providers' measure)."""
+    return {**key, **sums, "delivery_rate": rate(sums["delivered"], sums["sent"]),
+            "hard_bounce_rate": rate(sums["hard_bounced"], sums["sent"]),
+            "soft_bounce_rate": rate(sums["soft_bounced"], sums["sent"]),
+            "complaint_rate": rate(sums["complaints"], sums["delivered"])}
+
+
 def stage_rows(counts: Mapping[tuple[str, str], tuple[int, int]],
                dwell: Mapping[tuple[str, str], tuple[float | None, float | None]]) -> list[dict[str, Any]]:
     """Stage conversion and velocity per (journey, stage) from entered/advanced counts and the (median,

@@ -479,6 +479,12 @@ class JourneysRuntime:
                       step: str = "") -> tuple[list[str], str]:
         if self.registry.live(journey) is None and not self.registry.versions(journey):
             raise NotFound(f"unknown journey {journey!r}")
+        stages = {st for v in self.registry.versions(journey) if (j := self.registry.resolve(journey, v))
+                  for st in j.stages}
+        if stage and stage not in stages:
+            # No version has it, so no lead is ever at it: an unknown name (an ad audience `family.nope`
+            # answered an empty audience), not an empty one.
+            raise NotFound(f"journey {journey!r} has no stage {stage!r}")
 
         def q() -> tuple[list[str], str]:
             with self.db.session() as s:

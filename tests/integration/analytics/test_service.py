@@ -14,6 +14,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from gateway.app import create_app
+from gateway.routes.analytics import ATTRIBUTION_TABLES, PROGRESSION_TABLES, ROI_TABLES
 from nurture.api.common.v1 import common_pb2, common_pb2_grpc
 from nurture.bus import Publisher
 from nurture.busmessage import BusMessage
@@ -120,6 +121,33 @@ async def test_csv_carries_the_json_rows(heard: tuple[httpx.AsyncClient, list[di
         {k: "" if v is None else str(v) for k, v in row.items()} for row in nurture]
 
 
+CSV_TABLES = [("/v1/analytics/engagement", "rows", {}), ("/v1/analytics/timeseries", "points", {})] + [
+    ("/v1/analytics/progression", t, {"table": t}) for t in PROGRESSION_TABLES] + [
+    ("/v1/analytics/attribution", t, {"table": t}) for t in ATTRIBUTION_TABLES] + [
+    ("/v1/analytics/roi", t, {"table": t}) for t in ROI_TABLES]
+
+
+async def test_a_csv_table_without_rows_is_its_header(heard: tuple[httpx.AsyncClient, list[dict[str, Any]]]) -> None:
+    """A range with nothing in it answered an empty body: no header for a spreadsheet or a script to read
+    columns by. Each table's header is the keys of its JSON rows where the history has some."""
+    http, _ = heard
+    full = {"from": "2026-01-01T00:00:00Z", "to": "2026-06-01T00:00:00Z", "model": "linear"}
+    empty = {"from": "2020-01-01T00:00:00Z", "to": "2020-01-02T00:00:00Z"}
+    checked = checked_empty = 0
+    for path, table, params in CSV_TABLES:
+        got = await http.get(path, params={**empty, **params, "format": "csv"})
+        assert got.status_code == 200, (path, table, got.text)
+        header = got.text.split("\r\n")
+        if not (await http.get(path, params={**empty, **params})).json()[table]:
+            assert header[1:] == [""] and header[0], (path, table, got.text)
+            checked_empty += 1
+        rows = (await http.get(path, params={**full, **params})).json()[table]
+        if rows:
+            assert header[0].split(",") == list(rows[0]), (path, table)
+            checked += 1
+    assert checked >= 8 and checked_empty >= 10   # the history behind `heard` fills most tables
+
+
 @pytest.mark.parametrize(("path", "params", "field"), [
     ("/v1/analytics/engagement", {"group_by": "colour"}, "group_by"),
     ("/v1/analytics/engagement", {"format": "xml"}, "format"),
@@ -130,6 +158,11 @@ async def test_csv_carries_the_json_rows(heard: tuple[httpx.AsyncClient, list[di
     ("/v1/analytics/timeseries", {"metric": "mood"}, "metric"),
     ("/v1/analytics/timeseries", {"interval": "hour"}, "interval"),
     ("/v1/analytics/progression", {"format": "csv", "table": "steps"}, "table"),
+    ("/v1/analytics/deliverability", {"interval": "hour"}, "interval"),
+    ("/v1/analytics/deliverability", {"format": "csv", "table": "by_colour"}, "table"),
+    ("/v1/analytics/deliverability", {"format": "pdf"}, "format"),
+    ("/v1/analytics/deliverability", {"to": "2026-13-01T00:00:00Z"}, "to"),
+    ("/v1/analytics/deliverability", {"from": "2026-03-02T00:00:00Z", "to": "2026-03-01T00:00:00Z"}, "from"),
 ])
 async def test_a_bad_query_is_a_422_in_the_error_shape(heard: tuple[httpx.AsyncClient, list[dict[str, Any]]],
                                                        path: str, params: dict[str, str], field: str) -> None:

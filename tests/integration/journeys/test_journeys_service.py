@@ -60,6 +60,9 @@ async def test_segment_journey_runs_on_timers_and_explains_the_urgent_jump(mesh:
     members = await mesh.stub.Members(journeys_pb2.MembersRequest(journey="skilled_professional", stage="decision"),
                                       timeout=5)
     assert list(members.lead_ids) == ["l-1"]
+    with pytest.raises(grpc.aio.AioRpcError) as unknown:   # a stage no version has: unknown, not empty
+        await mesh.stub.Members(journeys_pb2.MembersRequest(journey="skilled_professional", stage="nope"), timeout=5)
+    assert unknown.value.code() == grpc.StatusCode.NOT_FOUND and "no stage 'nope'" in unknown.value.details()
 
     # Conversion ends the segment journey at once.
     await publish(mesh.pub, mesh.clock, ana, "subscribed")

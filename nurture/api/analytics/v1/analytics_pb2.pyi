@@ -59,6 +59,18 @@ class TimeseriesRequest(_message.Message):
     interval: str
     def __init__(self, query: _Optional[_Union[ReportQuery, _Mapping]] = ..., metric: _Optional[str] = ..., interval: _Optional[str] = ...) -> None: ...
 
+class DeliverabilityRequest(_message.Message):
+    __slots__ = ("query", "domain", "provider", "interval")
+    QUERY_FIELD_NUMBER: _ClassVar[int]
+    DOMAIN_FIELD_NUMBER: _ClassVar[int]
+    PROVIDER_FIELD_NUMBER: _ClassVar[int]
+    INTERVAL_FIELD_NUMBER: _ClassVar[int]
+    query: ReportQuery
+    domain: str
+    provider: str
+    interval: str
+    def __init__(self, query: _Optional[_Union[ReportQuery, _Mapping]] = ..., domain: _Optional[str] = ..., provider: _Optional[str] = ..., interval: _Optional[str] = ...) -> None: ...
+
 class RebuildRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
