@@ -18,9 +18,10 @@ import redis.asyncio as aioredis
 from google.protobuf import json_format
 
 from gateway.tracking import linktoken
+from gateway.tracking.ratelimit import RateLimits
 from nurture.api.messaging.v1 import messaging_pb2, messaging_pb2_grpc
 from nurture.settings import Settings
-from tests.conftest import mesh_channel
+from tests.conftest import free_port, mesh_channel
 from tests.integration.tracking.mesh import SITE, SITE_KEY, TrackingMesh, tracking_mesh
 
 pytestmark = pytest.mark.anyio
@@ -259,6 +260,26 @@ async def test_rate_limits_per_visitor_and_per_key(settings: Settings, tmp_path:
         statuses = [r.status_code for r in replies]
         # Ten requests at once against 2 a second: whatever windows they fall in, most are refused.
         assert 429 in statuses and statuses.count(202) <= 4, statuses
+
+
+async def test_redis_down_is_a_503_for_every_request_of_the_batch(settings: Settings, tmp_path: Path) -> None:
+    """The rate limits cannot be counted: nothing is taken (no event is stored unlimited), every request
+    counted together hears it, with CORS headers and Retry-After; counting again once Redis answers."""
+    async with tracking_mesh(settings, tmp_path, services=("scoring",)) as mesh:
+        tracking = mesh.app.app.state.tracking  # type: ignore[attr-defined]
+        working = tracking.limits
+        tracking.limits = RateLimits(aioredis.from_url(f"redis://127.0.0.1:{free_port()}/0"))  # nobody listens
+        try:
+            replies = await asyncio.gather(*(collect(mesh, f"visitor-{n:02d}-0123456789ab", views(("/", "home")))
+                                             for n in range(6)))
+        finally:
+            await tracking.limits.close()
+            tracking.limits = working
+        for r in replies:
+            assert r.status_code == 503 and r.json()["error"]["code"] == "unavailable", r.text
+            assert r.headers["retry-after"] and r.headers["access-control-allow-origin"] == SITE
+        again = await collect(mesh, "visitor-00-0123456789ab", views(("/", "home")))
+        assert again.json() == {"accepted": 1, "duplicates": 0, "rejected": []}  # the refused one was not kept
 
 
 async def test_the_merged_history_moves_journeys_as_if_it_had_been_known(mesh: TrackingMesh) -> None:
