@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping
 from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
@@ -28,6 +28,7 @@ from gateway.tracking import linktoken
 from gateway.tracking.keys import SiteKey
 from gateway.tracking.policy import check_event, collect_policy, not_a_visitor, privacy_refusal
 from gateway.tracking.state import Tracking
+from nurture import jsoncodec
 from nurture.api.messaging.v1 import messaging_pb2, messaging_pb2_grpc
 from nurture.api.scoring.v1 import scoring_pb2, scoring_pb2_grpc
 from nurture.errors import HttpError, http_error_from_rpc
@@ -68,11 +69,11 @@ def _cors(origin: str) -> dict[str, str]:
     return {"Access-Control-Allow-Origin": origin, "Vary": "Origin", **NO_STORE}
 
 
-def _site(request: Request, k: str) -> tuple[SiteKey, dict[str, str]]:
+def _site(request: Request, k: str, headers: Mapping[str, str] | None = None) -> tuple[SiteKey, dict[str, str]]:
     key = tracking(request).keys.get(k)
     if key is None:
         raise ApiError(403, "unknown_site_key", "this site key is not configured (NURTURE_SITE_KEYS)")
-    origin = request.headers.get("origin")
+    origin = (headers if headers is not None else request.headers).get("origin")
     if not key.allows(origin):
         raise ApiError(403, "origin_not_allowed", "this site key may not be used from this origin",
                        {"origin": (origin or "")[:200]})
@@ -153,7 +154,7 @@ async def preflight(request: Request, path: str, k: str = "") -> Response:
 
 
 @router.post("/v1/collect", status_code=202, summary="Events of a visitor (the allowed set only)")
-async def collect(request: Request, k: str = Query(..., max_length=128)) -> JSONResponse:
+async def collect(request: Request, k: str = Query(..., max_length=128)) -> Response:
     return await record_collect(request, k)
 
 
@@ -176,8 +177,20 @@ async def collect_asgi(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await response(scope, receive, send)
 
 
-async def record_collect(request: Request, k: str) -> JSONResponse:
-    key, cors = _site(request, k)
+def _headers(request: Request) -> dict[str, str]:
+    """The request's headers as a plain dict, read once (Starlette's `Headers.get` scans the list on
+    every call, and the collect path asks eight times). A repeated header keeps its first value, as
+    `Headers.get` answers."""
+    return {name.decode("latin-1"): value.decode("latin-1") for name, value in reversed(request.scope["headers"])}
+
+
+def _json(body: dict[str, Any], status: int, headers: dict[str, str]) -> Response:
+    return Response(jsoncodec.dumps(body).encode(), status, headers, media_type="application/json")
+
+
+async def record_collect(request: Request, k: str) -> Response:
+    headers = _headers(request)
+    key, cors = _site(request, k, headers)
     body = await _body(request, cors, {"visitor_id", "events"})
     visitor_id = _visitor(body.get("visitor_id"), cors)
     events = body.get("events")
@@ -185,9 +198,9 @@ async def record_collect(request: Request, k: str) -> JSONResponse:
     if not isinstance(events, list) or not 1 <= len(events) <= most:
         raise ApiError(422, "invalid", f"events must be a list of 1 to {most} events",
                        {"fields": {"events": f"must be a list of 1 to {most} events"}}, cors)
-    ignored = not_a_visitor(request.headers) or privacy_refusal(key, request.headers)
+    ignored = not_a_visitor(headers) or privacy_refusal(key, headers)
     if ignored:
-        return JSONResponse({"accepted": 0, "duplicates": 0, "rejected": [], "ignored": ignored}, 202, cors)
+        return _json({"accepted": 0, "duplicates": 0, "rejected": [], "ignored": ignored}, 202, cors)
     await _limit(request, key, visitor_id, cors, len(events))
     good, rejected = [], []
     for i, raw in enumerate(events):
@@ -206,7 +219,7 @@ async def record_collect(request: Request, k: str) -> JSONResponse:
                 duplicates += 1
             else:
                 accepted += 1
-    return JSONResponse({"accepted": accepted, "duplicates": duplicates, "rejected": rejected}, 202, cors)
+    return _json({"accepted": accepted, "duplicates": duplicates, "rejected": rejected}, 202, cors)
 
 
 @router.post("/v1/identify", summary="Who this visitor is: an email, or the signed link of an email click")

@@ -4,7 +4,6 @@ the number of calls, as `gateway.ingest` does for /v1/events)."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -12,6 +11,7 @@ from opentelemetry.propagate import inject
 
 from gateway.deps import Mesh
 from gateway.tracking.policy import CollectedEvent
+from nurture import jsoncodec
 from nurture.api.scoring.v1 import scoring_pb2, scoring_pb2_grpc
 from nurture.batching import Batcher
 
@@ -26,7 +26,7 @@ class Visit:
 def _proto(visit: Visit) -> scoring_pb2.Visit:
     out = scoring_pb2.Visit(visitor_id=visit.visitor_id)
     for ev in visit.events:
-        msg = scoring_pb2.VisitorEvent(type=ev.type, properties_json=json.dumps(ev.properties),
+        msg = scoring_pb2.VisitorEvent(type=ev.type, properties_json=jsoncodec.dumps(ev.properties),
                                        client_id=ev.client_id, traceparent=visit.traceparent)
         if ev.occurred_at is not None:
             msg.occurred_at.FromDatetime(ev.occurred_at)

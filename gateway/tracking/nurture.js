@@ -14,7 +14,7 @@
   var ID_KEY = "nurture_vid", CONSENT_KEY = "nurture_consent", COOKIE = "_nurture_vid", LINK = "nurture_id";
   var ID_RE = /^[A-Za-z0-9_-]{16,64}$/;
   var queued = (w.nurture && typeof w.nurture.length === "number") ? Array.prototype.slice.call(w.nurture) : [];
-  var pending = [], vid = null, seq = 0, lastPath = null, timer = null, chain = Promise.resolve();
+  var pending = [], heldLink = null, vid = null, seq = 0, lastPath = null, timer = null, chain = Promise.resolve();
 
   function report(where, err) {
     try { if (w.console && console.warn) { console.warn("nurture: " + where + ": " + ((err && err.message) || err)); } } catch (e) { /* nothing left to do */ }
@@ -151,13 +151,21 @@
   function consent(yes) {
     if (yes) {
       store(CONSENT_KEY, "yes");
-      if (visitor()) { schedule(); }
+      if (visitor()) {
+        schedule();
+        if (heldLink) { var token = heldLink; heldLink = null; identifyLink(token); }
+      }
     } else {
-      store(CONSENT_KEY, null); store(ID_KEY, null); setCookie(null); vid = null; pending = [];
+      store(CONSENT_KEY, null); store(ID_KEY, null); setCookie(null); vid = null; pending = []; heldLink = null;
     }
   }
+  function identifyLink(token) {
+    flush(); /* the events before it go first: the merge takes them in order */
+    serial(function () { return send("POST", url("identify"), JSON.stringify({ visitor_id: vid, link: token })); })
+      .then(null, function (e) { report("identify", e); });
+  }
   /* An email click lands with ?nurture_id=<signed token>: the visitor is that person. The token leaves the
-     address bar at once, so it is not bookmarked or shared. */
+     address bar at once, so it is not bookmarked or shared; before consent it waits in this page's memory. */
   function fromLink() {
     var m = w.location.search.match(/[?&]nurture_id=([^&#]+)/), token, u;
     if (!m) { return; }
@@ -166,10 +174,7 @@
     u.searchParams.delete(LINK);
     w.history.replaceState(w.history.state, "", u.pathname + u.search + u.hash);
     lastPath = w.location.pathname + w.location.search;
-    if (!visitor()) { return; }
-    flush();
-    serial(function () { return send("POST", url("identify"), JSON.stringify({ visitor_id: vid, link: token })); })
-      .then(null, function (e) { report("identify", e); });
+    if (visitor()) { identifyLink(token); } else if (!blocked()) { heldLink = token; } /* until consent, in memory */
   }
 
   var api = {

@@ -7,10 +7,11 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, bindparam, delete, insert, select, update
+from sqlalchemy import Connection, Row, bindparam, delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from nurture import jsoncodec
+from nurture.db import DriverWrites
 from services.scoring.tables import visitor_events, visitors
 
 # The collect path's reads, built once (building one per call cost as much as running it).
@@ -20,7 +21,7 @@ _SEEN = select(visitor_events.c.visitor_id, visitor_events.c.client_id).where(
     visitor_events.c.visitor_id.in_(bindparam("ids", expanding=True)))
 
 
-def lock_visitors(s: Session, ids: Sequence[str]) -> dict[str, Row[Any]]:
+def lock_visitors(s: Session | Connection, ids: Sequence[str]) -> dict[str, Row[Any]]:
     """The visitors that exist among `ids`, locked in key order (the one lock order, as for leads)."""
     rows = s.execute(_LOCK, {"ids": sorted(set(ids))}).all()
     return {r.id: r for r in rows}
@@ -39,23 +40,27 @@ def insert_visitor(s: Session, visitor_id: str, profile: dict[str, Any], now: da
                                       answers="{}", events=0, merged_events=0, created_at=now, seen_at=now))
 
 
-def insert_visitors(s: Session, items: list[tuple[str, dict[str, Any], int]], now: datetime) -> None:
+# -- the collect path: a Core connection and the driver's cursor, as scoring's ingest of leads' events --
+
+_NEW_VISITOR_COLUMNS = ("id", "profile", "answers", "events", "merged_events", "created_at", "seen_at")
+_SAVED_VISITOR_COLUMNS = ("profile", "events", "seen_at")
+EVENT_COLUMNS = ("visitor_id", "client_id", "type", "properties", "occurred_at", "score_delta")
+
+
+def insert_visitors(writes: DriverWrites, c: Connection, items: list[tuple[str, dict[str, Any], int]],
+                    now: datetime) -> None:
     """New visitors (id, profile, events kept) in one statement."""
     if items:
-        s.execute(insert(visitors), [{"id": vid, "lead_id": None, "profile": jsoncodec.dumps(profile, default=str),
-                                      "answers": "{}", "events": n, "merged_events": 0, "created_at": now,
-                                      "seen_at": now} for vid, profile, n in items])
+        writes.insert(c, visitors, _NEW_VISITOR_COLUMNS, [
+            (vid, jsoncodec.dumps(profile, default=str), "{}", n, 0, now, now) for vid, profile, n in items])
 
 
-_SAVE = (update(visitors).where(visitors.c.id == bindparam("b_id"))
-         .values(profile=bindparam("b_profile"), events=bindparam("b_events"), seen_at=bindparam("b_seen")))
-
-
-def save_visitors(s: Session, items: list[tuple[str, dict[str, Any], int]], now: datetime) -> None:
+def save_visitors(writes: DriverWrites, c: Connection, items: list[tuple[str, dict[str, Any], int]],
+                  now: datetime) -> None:
     """Known visitors' scored profiles and event counts, one executemany in key order (the lock order)."""
     if items:
-        s.execute(_SAVE, [{"b_id": vid, "b_profile": jsoncodec.dumps(profile, default=str), "b_events": n,
-                           "b_seen": now} for vid, profile, n in sorted(items, key=lambda i: i[0])])
+        writes.update(c, visitors, _SAVED_VISITOR_COLUMNS, "id", [
+            (jsoncodec.dumps(profile, default=str), n, now, vid) for vid, profile, n in sorted(items)])
 
 
 def update_visitor(s: Session, visitor_id: str, **values: Any) -> None:
@@ -65,7 +70,7 @@ def update_visitor(s: Session, visitor_id: str, **values: Any) -> None:
     s.execute(update(visitors).where(visitors.c.id == visitor_id).values(**values))
 
 
-def seen_client_ids(s: Session, visitor_ids: Iterable[str]) -> set[tuple[str, str]]:
+def seen_client_ids(s: Session | Connection, visitor_ids: Iterable[str]) -> set[tuple[str, str]]:
     """(visitor, client id) of every anonymous event kept for these visitors."""
     wanted = sorted(set(visitor_ids))
     if not wanted:
@@ -74,9 +79,10 @@ def seen_client_ids(s: Session, visitor_ids: Iterable[str]) -> set[tuple[str, st
     return {(r.visitor_id, r.client_id) for r in rows}
 
 
-def insert_visitor_events(s: Session, rows: list[dict[str, Any]]) -> None:
+def insert_visitor_events(writes: DriverWrites, c: Connection, rows: list[tuple[Any, ...]]) -> None:
+    """Rows of `EVENT_COLUMNS`, in arrival order (their `seq` follows it)."""
     if rows:
-        s.execute(insert(visitor_events), rows)
+        writes.insert(c, visitor_events, EVENT_COLUMNS, rows)
 
 
 def visitor_history(s: Session, visitor_id: str) -> list[Row[Any]]:

@@ -20,3 +20,8 @@ class CoreBase:
         self._sessions = db_sessions
         self.model = model
         self._writes = writes
+
+    @property
+    def writes(self) -> DriverWrites:
+        """The hot paths' writer (the ingest of leads' events, the collect of visitors' events)."""
+        return self._writes

@@ -7,6 +7,8 @@ session fixture is a real cluster of 3 masters with every slot served."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 import redis
 import redis.asyncio.cluster as aiocluster
@@ -98,6 +100,13 @@ async def test_tracking_rate_limits_count_per_key_and_visitor_across_slots(clust
     refused = answers[3]
     assert refused is not None and (refused.scope, refused.limit) == ("visitor", 3)
     assert await limits.take(key, "visitor-2") is None  # another visitor's own count
+    # Concurrent takes of two site keys go together: one script call per key (each key's counters in one
+    # slot, the two keys on whichever nodes), and each take still gets its own exact count.
+    other = SiteKey(key="pk_other_site", origins=frozenset({"https://other.example"}), honor_dnt=True,
+                    honor_gpc=True, rate_per_s=1000, visitor_per_min=2)
+    both = await asyncio.gather(*(limits.take(k, "visitor-3") for k in [key, other] * 4))
+    assert [a is None for a in both[0::2]] == [True] * 3 + [False]
+    assert [a is None for a in both[1::2]] == [True] * 2 + [False] * 2
     await limits.close()
 
 

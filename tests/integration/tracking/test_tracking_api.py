@@ -14,12 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 from google.protobuf import json_format
 
 from gateway.tracking import linktoken
+from gateway.tracking.ratelimit import RateLimits
 from nurture.api.messaging.v1 import messaging_pb2, messaging_pb2_grpc
 from nurture.settings import Settings
-from tests.conftest import mesh_channel
+from tests.conftest import free_port, mesh_channel
 from tests.integration.tracking.mesh import SITE, SITE_KEY, TrackingMesh, tracking_mesh
 
 pytestmark = pytest.mark.anyio
@@ -84,6 +86,22 @@ async def test_bots_prefetchers_and_do_not_track_are_not_collected(mesh: Trackin
     assert shown.json()["known"] is False
     got = await mesh.client.get(f"/t/v1/form?k={SITE_KEY}&v={PHONE}", headers=BROWSER)
     assert got.status_code == 200
+
+
+async def test_do_not_track_and_gpc_are_honoured_as_the_key_is_configured(settings: Settings, tmp_path: Path) -> None:
+    """A key that does not honour them collects such visitors; one that honours only GPC ignores GPC
+    and collects Do-Not-Track. Bots are never collected, whatever the key says."""
+    async with tracking_mesh(settings, tmp_path, services=("scoring",), honor_dnt=False, honor_gpc=False) as mesh:
+        for n, headers in enumerate(({"DNT": "1"}, {"Sec-GPC": "1"}, {"DNT": "1", "Sec-GPC": "1"})):
+            r = await collect(mesh, PHONE, views(("/pricing", "pricing"), start=n), **headers)
+            assert r.status_code == 202 and r.json() == {"accepted": 1, "duplicates": 0, "rejected": []}, headers
+        bot = await collect(mesh, PHONE, views(("/", "home"), start=9), **{"User-Agent": "curl/8.5.0"})
+        assert bot.json()["ignored"] == "bot"
+    async with tracking_mesh(settings, tmp_path / "gpc", services=("scoring",), honor_dnt=False) as mesh:
+        gpc = await collect(mesh, LAPTOP, views(("/", "home")), **{"Sec-GPC": "1"})
+        assert gpc.json() == {"accepted": 0, "duplicates": 0, "rejected": [], "ignored": "global_privacy_control"}
+        dnt = await collect(mesh, LAPTOP, views(("/", "home"), start=1), DNT="1")
+        assert dnt.json()["accepted"] == 1
 
 
 async def test_events_outside_the_allowed_set_are_refused_one_by_one(mesh: TrackingMesh) -> None:
@@ -219,6 +237,22 @@ async def test_rate_limits_per_visitor_and_per_key(settings: Settings, tmp_path:
         assert over.headers["access-control-allow-origin"] == SITE
         assert over.json()["error"]["details"]["scope"] == "visitor"
         assert (await collect(mesh, LAPTOP, views(("/d", "home")))).status_code == 202  # another visitor is not held
+    async with tracking_mesh(settings, tmp_path / "v", services=("scoring",), visitor_per_min=5,
+                             rate_per_s=1000) as mesh:
+        # Concurrent requests are counted together (one Redis call for a batch): each still gets its own
+        # count, so exactly the limit gets through, and every counter expires with its window.
+        tablet = "tablet-0123456789abcdef"  # counted afresh (the Redis of this test holds the phone's counts)
+        replies = await asyncio.gather(*(collect(mesh, tablet, views(("/", "home"), start=n)) for n in range(12)))
+        assert sorted(r.status_code for r in replies) == [202] * 5 + [429] * 7
+        other = await collect(mesh, "desktop-0123456789abcdef", views(("/", "home")))
+        assert other.status_code == 202 and other.json()["accepted"] == 1  # another visitor is not held
+        redis = aioredis.from_url(mesh.settings.redis_url)
+        try:
+            counters = [k async for k in redis.scan_iter(match="nurture:t:rl:*")]
+            assert counters and all(0 < ttl <= 61 for ttl in [await redis.ttl(k) for k in counters])
+            assert not any(tablet.encode() in k or SITE_KEY.encode() in k for k in counters)
+        finally:
+            await redis.aclose()
     async with tracking_mesh(settings, tmp_path / "k", services=("scoring",), rate_per_s=2,
                              visitor_per_min=100) as mesh:
         replies = await asyncio.gather(*(collect(mesh, f"visitor-{n:02d}-0123456789ab", views(("/", "home")))
@@ -226,6 +260,26 @@ async def test_rate_limits_per_visitor_and_per_key(settings: Settings, tmp_path:
         statuses = [r.status_code for r in replies]
         # Ten requests at once against 2 a second: whatever windows they fall in, most are refused.
         assert 429 in statuses and statuses.count(202) <= 4, statuses
+
+
+async def test_redis_down_is_a_503_for_every_request_of_the_batch(settings: Settings, tmp_path: Path) -> None:
+    """The rate limits cannot be counted: nothing is taken (no event is stored unlimited), every request
+    counted together hears it, with CORS headers and Retry-After; counting again once Redis answers."""
+    async with tracking_mesh(settings, tmp_path, services=("scoring",)) as mesh:
+        tracking = mesh.app.app.state.tracking  # type: ignore[attr-defined]
+        working = tracking.limits
+        tracking.limits = RateLimits(aioredis.from_url(f"redis://127.0.0.1:{free_port()}/0"))  # nobody listens
+        try:
+            replies = await asyncio.gather(*(collect(mesh, f"visitor-{n:02d}-0123456789ab", views(("/", "home")))
+                                             for n in range(6)))
+        finally:
+            await tracking.limits.close()
+            tracking.limits = working
+        for r in replies:
+            assert r.status_code == 503 and r.json()["error"]["code"] == "unavailable", r.text
+            assert r.headers["retry-after"] and r.headers["access-control-allow-origin"] == SITE
+        again = await collect(mesh, "visitor-00-0123456789ab", views(("/", "home")))
+        assert again.json() == {"accepted": 1, "duplicates": 0, "rejected": []}  # the refused one was not kept
 
 
 async def test_the_merged_history_moves_journeys_as_if_it_had_been_known(mesh: TrackingMesh) -> None:
