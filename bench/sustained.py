@@ -369,6 +369,8 @@ async def run(url: str, key: str, scoring_addr: str, mesh_token: str, redis_url:
         good = [s["rate_asked"] for s in steps if s["bounded"]]
         out["search_highest_bounded_rate"] = max(good) if good else 0
         out["search_highest_bounded_rate / grpc_echo_rps"] = round((max(good) if good else 0) / baseline, 3)
+        # At --max-rate with every step bounded, the highest bounded rate is a floor, not the limit.
+        out["search_stopped_by"] = "lag no longer bounded" if not steps[-1]["bounded"] else "--max-rate"
         out["search_steps"] = steps
     out["dead_letters"] = await dead_letters(redis_url)
     return out
