@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
+from collections.abc import Callable, Coroutine
 from typing import Any
 from urllib.parse import urlparse
 
@@ -46,3 +48,18 @@ class LeanClient:
         for _, writer in self._idle:
             writer.close()
         self._idle.clear()
+
+
+async def paced(count: int, rate: float, one: Callable[[int, float], Coroutine[Any, Any, None]]) -> None:
+    """Call `one(n, due)` for n in 0..count-1 at `rate` per second, each at its due time (a
+    `time.perf_counter()` value), without waiting for earlier calls: a steady site's load, whose
+    latencies a slow answer cannot hide (measured from `due`, a late start counts against the server)."""
+    tasks: list[asyncio.Task[None]] = []
+    t0 = time.perf_counter()
+    for n in range(count):
+        due = t0 + n / rate
+        delay = due - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(n, due)))
+    await asyncio.gather(*tasks)

@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._cpu import CpuMeter, per_event  # noqa: E402
 from bench._http import LeanClient  # noqa: E402
+from bench._http import paced as run_paced  # noqa: E402
 from bench._mesh import add_database_arg, database_kind, database_name, fresh_database, private_mesh  # noqa: E402
 from nurture.api.scoring.v1 import scoring_pb2, scoring_pb2_grpc  # noqa: E402
 from nurture.rpc import channel as rpc_channel  # noqa: E402
@@ -42,6 +43,23 @@ async def echo_rate(address: str, mesh_token: str, calls: int, concurrency: int 
         return calls / (time.perf_counter() - start)
 
 
+LEADS = 500
+CATEGORIES = ["pricing", "high_intent", "country", "bottom_funnel", "education"]
+
+
+async def create_leads(client: httpx.AsyncClient, leads: int = LEADS) -> None:
+    """The leads `event` posts for: bench-0 .. bench-<leads-1>."""
+    for i in range(0, leads, 50):
+        await asyncio.gather(*(client.post("/v1/leads", json={"id": f"bench-{j}", "email": f"b{j}@example.com"})
+                               for j in range(i, i + 50)))
+
+
+def event(n: int, leads: int = LEADS) -> dict[str, object]:
+    """The n-th event of a run: a page view of one of `leads` leads, in one of the scored categories."""
+    return {"lead_id": f"bench-{n % leads}", "type": "page_viewed",
+            "properties": {"category": CATEGORIES[n % len(CATEGORIES)], "page": f"/p/{n}"}}
+
+
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
@@ -50,18 +68,9 @@ def pct(values: list[float], q: float) -> float:
 async def run(url: str, key: str, scoring_addr: str, mesh_token: str, events: int, redis_url: str | None = None,
               meter: CpuMeter | None = None) -> dict[str, float]:
     headers = {"Authorization": f"Bearer {key}"}
-    leads = 500
     async with httpx.AsyncClient(base_url=url, headers=headers, timeout=60,
                                  limits=httpx.Limits(max_connections=64)) as client:
-        for i in range(0, leads, 50):
-            await asyncio.gather(*(client.post("/v1/leads", json={"id": f"bench-{j}", "email": f"b{j}@example.com"})
-                                   for j in range(i, i + 50)))
-        categories = ["pricing", "high_intent", "country", "bottom_funnel", "education"]
-
-        def event(n: int) -> dict[str, object]:
-            return {"lead_id": f"bench-{n % leads}", "type": "page_viewed",
-                    "properties": {"category": categories[n % len(categories)], "page": f"/p/{n}"}}
-
+        await create_leads(client)
         if redis_url:  # the baseline on a quiet mesh, not beside the consumers digesting the new leads
             await drained(redis_url)
         baseline = await echo_rate(scoring_addr, mesh_token, 5000)
@@ -91,21 +100,13 @@ async def run(url: str, key: str, scoring_addr: str, mesh_token: str, events: in
         paced: list[float] = []
         rate, seconds = 500, 4
 
-        async def one(n: int) -> None:
-            t = time.perf_counter()
+        async def one(n: int, due: float) -> None:
             status, text = await lean.post("/v1/events", event(n))
-            paced.append(time.perf_counter() - t)
+            paced.append(time.perf_counter() - due)
             assert status == 202, text
 
-        tasks = []
         cpu_before = _cpu_ticks()
-        t0 = time.perf_counter()
-        for n in range(rate * seconds):
-            delay = t0 + n / rate - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one(n)))
-        await asyncio.gather(*tasks)
+        await run_paced(rate * seconds, rate, one)
         cpu = [b - a for a, b in zip(cpu_before, _cpu_ticks(), strict=True)]
         if meter:
             cpu_at["paced"] = meter.totals()
