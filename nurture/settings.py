@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlparse
 
+from nurture.addresses import AddressError, grpc_target
+
 ClockKind = Literal["real", "virtual"]
 
 
@@ -66,6 +68,8 @@ class Settings:
     dkim_domain: str = ""  # the domain that signs mail from a domain without its own key
     bounce_domain: str = ""  # VERP return paths bounces+<token>@<this>; "" = the DKIM domain or the sender's
     bounce_smtp_addr: str = "127.0.0.1:2526"  # messaging's bounce receiver (its MX); port 0 = any free port
+    # The port this process serves gRPC on; 0: its own address setting's. Required when that setting lists
+    # several replicas (which one is this?): `nurture up --replicas` sets it per replica.
     grpc_port: int = 0
     bind_host: str = "127.0.0.1"
     http_port: int = 8080
@@ -205,6 +209,11 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
     if settings.redis_cluster and urlparse(settings.redis_url).path.strip("/") not in ("", "0"):
         raise SettingsError(f"NURTURE_REDIS_URL: a Redis Cluster has database 0 only, not "
                             f"{urlparse(settings.redis_url).path.strip('/')!r} (NURTURE_REDIS_CLUSTER=1)")
+    for service in SERVICES:  # a malformed list of replicas fails here, not at a service's first call
+        try:
+            grpc_target(settings.address_of(service))
+        except AddressError as exc:
+            raise SettingsError(f"NURTURE_{service.upper()}_ADDR: {exc}") from None
     wrong = sorted({role for role in settings.api_keys.values() if role not in ROLES})
     if wrong:  # a typo must not silently grant or deny: name the role, never the key
         raise SettingsError(f"NURTURE_API_KEYS: unknown role(s) {', '.join(map(repr, wrong))}; "
