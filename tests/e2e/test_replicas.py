@@ -1,0 +1,76 @@
+"""`nurture up --replicas 2` on PostgreSQL: two processes of scoring, messaging and crm_sync behind one
+address each (the gateway and the services balance over them), and a lead goes from sign-up through
+its journey to a sent email. Refused on the embedded SQLite default, which one process per service writes."""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from bench._mesh import Mesh, fresh_database, private_mesh
+from nurture.rpc import health_status
+from tests.conftest import PG_URL
+
+REPLICATED = ("scoring", "messaging", "crm_sync")
+
+
+@pytest.fixture(scope="module")
+def replicated_mesh() -> Iterator[Mesh]:
+    with fresh_database(PG_URL) as url, private_mesh(clock="virtual", database_url=url, replicas=2) as running:
+        yield running
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)  # the start of 9 processes, each migrating its schema, on a loaded shared machine
+@pytest.mark.skipif(not PG_URL, reason="replicas share a PostgreSQL database (NURTURE_TEST_DATABASE_URL)")
+def test_a_lead_reaches_a_sent_email_through_two_replicas_of_each_service(replicated_mesh: Mesh) -> None:
+    mesh = replicated_mesh
+    headers = {"Authorization": f"Bearer {mesh.api_key}"}
+    with httpx.Client(base_url=mesh.url, headers=headers, timeout=120) as api:
+        ready = api.get("/readyz")
+        assert ready.status_code == 200, ready.text
+        addresses = {s: v["address"] for s, v in ready.json()["services"].items()}
+        for service in REPLICATED:  # two replicas, each serving on its own port
+            replicas = addresses[service].split(",")
+            assert len(replicas) == 2, addresses
+            assert [asyncio.run(health_status(a)) for a in replicas] == ["SERVING", "SERVING"]
+        assert "," not in addresses["journeys"] and "," not in addresses["analytics"]
+
+        assert api.post("/v1/leads", json={"id": "eve", "email": "eve@example.com", "consent": {"email": True},
+                                           "timezone": "Europe/Lisbon"}).status_code == 201
+        r = api.post("/v1/events", json={"lead_id": "eve", "type": "page_viewed",
+                                         "properties": {"category": "funding"}})
+        assert r.status_code == 202
+        assert api.post("/v1/admin/clock/advance", json={"seconds": 3600}).status_code == 200
+        lead = api.get("/v1/leads/eve").json()
+        assert lead["segment"] == "entrepreneur"
+        sent = [m for m in api.get("/v1/leads/eve/messages").json()["items"] if m["status"] == "sent"]
+        assert [m["template"] for m in sent] == ["entrepreneur.email_01"]
+    mail = [email.message_from_bytes(p.read_bytes()) for p in sorted((Path(mesh.data_dir) / "mail").rglob("*.eml"))]
+    assert len([m for m in mail if m["To"] and "eve@example.com" in m["To"]]) == len(sent) == 1
+
+
+def test_replicas_on_the_embedded_sqlite_are_refused(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "NURTURE_DATABASE_URL"}
+    done = subprocess.run([sys.executable, "-m", "cli", "up", "--replicas", "2", "--data-dir", str(tmp_path)],
+                          env=env, capture_output=True, text=True, timeout=60,
+                          cwd=Path(__file__).resolve().parents[2])
+    assert done.returncode == 2
+    assert "--replicas needs a database every replica shares" in done.stderr
+    assert "NURTURE_DATABASE_URL=postgresql" in done.stderr
+    assert not (tmp_path / "logs").exists()  # refused before anything started
+
+
+@pytest.mark.parametrize("bad", ["0", "17", "two"])
+def test_a_bad_replica_count_is_refused(bad: str) -> None:
+    done = subprocess.run([sys.executable, "-m", "cli", "up", "--replicas", bad], capture_output=True, text=True,
+                          timeout=60, cwd=Path(__file__).resolve().parents[2])
+    assert done.returncode == 2 and "--replicas" in done.stderr
