@@ -14,6 +14,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -88,7 +89,8 @@ class Settings:
     migrate: str = "on_start"
     # This process's name among its service's replicas (`nurture up --replicas`: 0, 1, ...). Queued work a
     # process claims carries it, so a restarted replica takes its own claims back at once and leaves a
-    # live replica's alone (those return to the queue only when their lease runs out).
+    # live replica's alone (those return to the queue only when their lease runs out). Empty: this host's
+    # name (a container's, where every replica of a scaled service gets the same environment).
     replica: str = "0"
 
     def sqlite_url(self, service: str) -> str:
@@ -204,6 +206,8 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
             values[f.name] = _coerce(f.name, f.type, raw)
     values.update({k: v for k, v in overrides.items() if v is not None})
     settings = Settings(**values)
+    if not settings.replica.strip():
+        settings = replace(settings, replica=socket.gethostname())
     if settings.bus_shards < 1 or settings.timer_shards < 1:
         raise SettingsError("NURTURE_BUS_SHARDS and NURTURE_TIMER_SHARDS must be positive")
     if settings.redis_cluster and urlparse(settings.redis_url).path.strip("/") not in ("", "0"):
