@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import email
+import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -54,8 +56,28 @@ def test_a_lead_reaches_a_sent_email_through_two_replicas_of_each_service(replic
         assert lead["segment"] == "entrepreneur"
         sent = [m for m in api.get("/v1/leads/eve/messages").json()["items"] if m["status"] == "sent"]
         assert [m["template"] for m in sent] == ["entrepreneur.email_01"]
+    # Every replica took calls from the mesh (the gateway's and the services' own channels), read from the
+    # server spans each replica wrote to its own trace file (health checks, this test's own, left out).
+    deadline = time.monotonic() + 20  # spans are written in batches every 0.5 s
+    while (answered := _instances(Path(mesh.data_dir) / "traces")) and time.monotonic() < deadline and any(
+            len(answered.get(s, ())) < 2 for s in REPLICATED):
+        time.sleep(0.5)
+    assert all(len(answered.get(s, ())) == 2 for s in REPLICATED), answered
     mail = [email.message_from_bytes(p.read_bytes()) for p in sorted((Path(mesh.data_dir) / "mail").rglob("*.eml"))]
     assert len([m for m in mail if m["To"] and "eve@example.com" in m["To"]]) == len(sent) == 1
+
+
+def _instances(traces: Path) -> dict[str, set[str]]:
+    """Per service, the replicas (host:port) that answered a call of the mesh's own API."""
+    found: dict[str, set[str]] = {}
+    for path in traces.glob("*.jsonl"):
+        for line in path.read_text().splitlines():
+            span = json.loads(line)
+            attributes = span.get("attributes", {})
+            method = str(attributes.get("rpc.method", ""))
+            if method.startswith("/nurture.") and attributes.get("service.instance"):
+                found.setdefault(span["service"].removeprefix("nurture-"), set()).add(attributes["service.instance"])
+    return found
 
 
 def test_replicas_on_the_embedded_sqlite_are_refused(tmp_path: Path) -> None:
