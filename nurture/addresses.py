@@ -83,6 +83,6 @@ def grpc_target(address: str) -> str:
     return "ipv4:" + ",".join(f"{h}:{p}" for h, p in pairs)
 
 
-def is_list(address: str) -> bool:
-    """Whether the address names several replicas by itself (a list, or an ipv4:/ipv6: target of several)."""
-    return "," in address
+def listed(address: str) -> int:
+    """How many replicas the address itself lists (a DNS name, however many addresses it has: 1)."""
+    return address.count(",") + 1
