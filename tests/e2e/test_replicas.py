@@ -8,6 +8,7 @@ import asyncio
 import email
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -65,6 +66,49 @@ def test_a_lead_reaches_a_sent_email_through_two_replicas_of_each_service(replic
     assert all(len(answered.get(s, ())) == 2 for s in REPLICATED), answered
     mail = [email.message_from_bytes(p.read_bytes()) for p in sorted((Path(mesh.data_dir) / "mail").rglob("*.eml"))]
     assert len([m for m in mail if m["To"] and "eve@example.com" in m["To"]]) == len(sent) == 1
+
+
+def _replica_pid(mesh: Mesh, service: str, replica: str) -> int:
+    """The pid of one replica the mesh's `nurture up` started (its child, by module and NURTURE_REPLICA)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        parent = int(stat[stat.rindex(")") + 2:].split()[1])
+        if parent == mesh.pid and f"services.{service}".encode() in argv and \
+                f"NURTURE_REPLICA={replica}".encode() in environ:
+            return int(entry.name)
+    raise AssertionError(f"no {service} replica {replica} under {mesh.pid}")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+@pytest.mark.skipif(not PG_URL, reason="replicas share a PostgreSQL database (NURTURE_TEST_DATABASE_URL)")
+def test_killed_replicas_leave_the_others_serving(replicated_mesh: Mesh) -> None:
+    """SIGKILL replica 1 of scoring and of messaging: the mesh goes on with replica 0 (the channels leave
+    the dead ones out) and a new lead still gets its one email; the first lead gets no second one."""
+    mesh = replicated_mesh
+    for service in ("scoring", "messaging"):
+        os.kill(_replica_pid(mesh, service, "1"), signal.SIGKILL)
+    headers = {"Authorization": f"Bearer {mesh.api_key}"}
+    with httpx.Client(base_url=mesh.url, headers=headers, timeout=120) as api:
+        assert api.post("/v1/leads", json={"id": "kim", "email": "kim@example.com", "consent": {"email": True},
+                                           "timezone": "Europe/Lisbon"}).status_code == 201
+        r = api.post("/v1/events", json={"lead_id": "kim", "type": "page_viewed",
+                                         "properties": {"category": "funding"}})
+        assert r.status_code == 202
+        assert api.post("/v1/admin/clock/advance", json={"seconds": 3600}).status_code == 200
+        sent = [m["template"] for m in api.get("/v1/leads/kim/messages").json()["items"] if m["status"] == "sent"]
+        assert sent == ["entrepreneur.email_01"]
+    mail = [email.message_from_bytes(p.read_bytes()) for p in sorted((Path(mesh.data_dir) / "mail").rglob("*.eml"))]
+    to = [str(m["To"]) for m in mail]
+    assert len([t for t in to if "kim@example.com" in t]) == 1
+    assert len([t for t in to if "eve@example.com" in t]) <= 1  # the first test's lead: not sent again
 
 
 def _instances(traces: Path) -> dict[str, set[str]]:
