@@ -15,6 +15,9 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p_up = sub.add_parser("up", help="run the whole mesh on this machine")
     p_up.add_argument("--http-port", type=int, help="gateway port (default 8080)")
+    p_up.add_argument("--port-offset", type=int, default=0, metavar="N",
+                      help="add N to every port the mesh listens on (gateway, services, Redis, mail sink, "
+                           "bounce receiver, CRM emulator): a second mesh beside a running one")
     p_up.add_argument("--data-dir", help="where all state lives (default ./data)")
     p_up.add_argument("--clock", choices=["real", "virtual"], help="virtual: time moves only when told")
     p_up.add_argument("--smtp-url", help="deliver to this SMTP server instead of the local sink")

@@ -69,6 +69,11 @@ def up(args: argparse.Namespace) -> int:
               "SQLite file per service, written by one process. Set NURTURE_DATABASE_URL="
               "postgresql+psycopg://user@host:5432/db", file=sys.stderr)
         return 2
+    offset = int(getattr(args, "port_offset", 0) or 0)
+    if not 0 <= offset <= 10_000:
+        print("cannot start: --port-offset must be between 0 and 10000", file=sys.stderr)
+        return 2
+    settings = with_port_offset(settings, offset, smtp_given=args.smtp_url is not None)
     if not args.public_url and "NURTURE_PUBLIC_URL" not in os.environ:
         settings = settings.with_overrides(public_url=f"http://127.0.0.1:{settings.http_port}")
     data = settings.data_dir.resolve()
@@ -189,7 +194,7 @@ def up(args: argparse.Namespace) -> int:
         busy.append(("messaging's bounce receiver (NURTURE_BOUNCE_SMTP_ADDR)", bounce_port))
     if busy:
         names = ", ".join(f"{n} needs port {p}" for n, p in busy)
-        print(f"cannot start: {names}, which is in use (another `nurture up`? use --http-port or NURTURE_*_ADDR)",
+        print(f"cannot start: {names}, which is in use (another `nurture up`? use --port-offset N)",
               file=sys.stderr)
         return 1
     stopping = False
@@ -247,6 +252,36 @@ def up(args: argparse.Namespace) -> int:
         stop_all(children)
         print("stopped", flush=True)
     return 0
+
+
+def _shift(url_or_addr: str, offset: int, default: int) -> str:
+    """`host:port` or `scheme://[user@]host:port/...` with the port moved by offset."""
+    if "://" not in url_or_addr:
+        host, _, port = url_or_addr.rpartition(":")
+        return f"{host}:{int(port or default) + offset}"
+    parts = urlparse(url_or_addr)
+    netloc = parts.netloc.rpartition("@")
+    host = (parts.hostname or "127.0.0.1") if ":" not in (parts.hostname or "") else f"[{parts.hostname}]"
+    return urlunparse(parts._replace(netloc=f"{netloc[0]}{netloc[1]}{host}:{(parts.port or default) + offset}"))
+
+
+def with_port_offset(settings: Settings, offset: int, *, smtp_given: bool = False) -> Settings:
+    """Every port this mesh listens on moved by offset (`--port-offset`), so that a second `nurture up`
+    runs beside one on the defaults without a dozen NURTURE_* settings. The ports of a real Redis, SMTP
+    server or CRM named in the environment are theirs, and stay."""
+    if not offset:
+        return settings
+    changes: dict[str, object] = {"http_port": settings.http_port + offset,
+                                  "bounce_smtp_addr": _shift(settings.bounce_smtp_addr, offset, 2526)}
+    for service in SERVICES:
+        changes[f"{service}_addr"] = _shift(settings.address_of(service), offset, 0)
+    if "NURTURE_REDIS_URL" not in os.environ or os.environ.get("NURTURE_EMBEDDED_REDIS") == "1":
+        changes["redis_url"] = _shift(settings.redis_url, offset, 6390)
+    if (not smtp_given and "NURTURE_SMTP_URL" not in os.environ) or os.environ.get("NURTURE_EMBEDDED_SMTP") == "1":
+        changes["smtp_url"] = _shift(settings.smtp_url, offset, 2525)
+    if "NURTURE_CRM_URL" not in os.environ or os.environ.get("NURTURE_EMBEDDED_CRM") == "1":
+        changes["crm_url"] = _shift(settings.crm_url, offset, 8090)
+    return settings.with_overrides(**changes)
 
 
 def _with_password(url: str, password: str) -> str:

@@ -51,7 +51,10 @@ class AnalyticsServicer(analytics_pb2_grpc.AnalyticsServicer):
     async def Progression(self, request: analytics_pb2.ProgressionRequest, context: grpc.aio.ServicerContext
                           ) -> analytics_pb2.ReportReply:
         async def make() -> Any:
-            return await self.m.read(storage.progression_report, self.m.query(request.query))
+            unknown = sorted(set(request.tables) - set(reports.PROGRESSION_TABLES))
+            if unknown:
+                raise reports.QueryError(f"tables must be among {', '.join(reports.PROGRESSION_TABLES)}")
+            return await self.m.read(storage.progression_report, self.m.query(request.query), tuple(request.tables))
         return await self._answer(context, make)
 
     async def Attribution(self, request: analytics_pb2.AttributionRequest, context: grpc.aio.ServicerContext

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import weakref
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, date, datetime
 from typing import Any
@@ -489,26 +489,39 @@ def _percentiles(session: Session, fine: Table, bands: Table, keys: Sequence[str
     return out
 
 
-def progression_report(session: Session, q: Query) -> dict[str, Any]:
-    counts: dict[tuple[str, str], tuple[int, int]] = {}
-    for r in session.execute(select(stage_counts.c.journey, stage_counts.c.stage, func.sum(stage_counts.c.entered),
-                                    func.sum(stage_counts.c.advanced)).where(q.where(stage_counts))
-                             .group_by(stage_counts.c.journey, stage_counts.c.stage)):
-        counts[(r[0], r[1])] = (int(r[2] or 0), int(r[3] or 0))
-    dwell = {(k[0], k[1]): (med, p90) for k, (_, med, p90)
-             in _percentiles(session, stage_dwell, stage_dwell_bands, ("journey", "stage"), q).items()}
-    life = {(k[0], k[1]): (n, med) for k, (n, med, _) in
-            _percentiles(session, lifecycle, lifecycle_bands, ("from_stage", "to_stage"), q).items()}
-    weekly: dict[tuple[date, str], int] = defaultdict(int)
-    for day, to_stage, n in session.execute(
-            select(lifecycle.c.day, lifecycle.c.to_stage, func.sum(lifecycle.c.n))
-            .where(q.where(lifecycle), lifecycle.c.to_stage.in_(reports.QUALIFICATION))
-            .group_by(lifecycle.c.day, lifecycle.c.to_stage)):
-        weekly[(reports.week_of(day), to_stage)] += int(n)
-    return {"stages": reports.stage_rows(counts, dwell), "lifecycle": reports.lifecycle_rows(life),
-            "qualification": reports.qualification_rows(weekly),
-            "time_to_conversion": time_to_conversion(session, q), "content_gaps": content_gaps(session, q),
-            "score_progression": score_progression(session, q)}
+def progression_report(session: Session, q: Query, tables: Collection[str] = ()) -> dict[str, Any]:
+    """The progression report's tables, only those in `tables` (empty: every one) computed; the others
+    are empty (a dashboard showing two tables does not pay for the won deals' joins)."""
+    wanted = set(tables or reports.PROGRESSION_TABLES)
+    out: dict[str, Any] = dict.fromkeys(reports.PROGRESSION_TABLES, [])
+    if "stages" in wanted:
+        counts: dict[tuple[str, str], tuple[int, int]] = {}
+        for r in session.execute(select(stage_counts.c.journey, stage_counts.c.stage,
+                                        func.sum(stage_counts.c.entered), func.sum(stage_counts.c.advanced))
+                                 .where(q.where(stage_counts)).group_by(stage_counts.c.journey, stage_counts.c.stage)):
+            counts[(r[0], r[1])] = (int(r[2] or 0), int(r[3] or 0))
+        dwell = {(k[0], k[1]): (med, p90) for k, (_, med, p90)
+                 in _percentiles(session, stage_dwell, stage_dwell_bands, ("journey", "stage"), q).items()}
+        out["stages"] = reports.stage_rows(counts, dwell)
+    if "lifecycle" in wanted:
+        life = {(k[0], k[1]): (n, med) for k, (n, med, _) in
+                _percentiles(session, lifecycle, lifecycle_bands, ("from_stage", "to_stage"), q).items()}
+        out["lifecycle"] = reports.lifecycle_rows(life)
+    if "qualification" in wanted:
+        weekly: dict[tuple[date, str], int] = defaultdict(int)
+        for day, to_stage, n in session.execute(
+                select(lifecycle.c.day, lifecycle.c.to_stage, func.sum(lifecycle.c.n))
+                .where(q.where(lifecycle), lifecycle.c.to_stage.in_(reports.QUALIFICATION))
+                .group_by(lifecycle.c.day, lifecycle.c.to_stage)):
+            weekly[(reports.week_of(day), to_stage)] += int(n)
+        out["qualification"] = reports.qualification_rows(weekly)
+    if "time_to_conversion" in wanted:
+        out["time_to_conversion"] = time_to_conversion(session, q)
+    if "content_gaps" in wanted:
+        out["content_gaps"] = content_gaps(session, q)
+    if "score_progression" in wanted:
+        out["score_progression"] = score_progression(session, q)
+    return out
 
 
 def content_gaps(session: Session, q: Query) -> list[dict[str, Any]]:

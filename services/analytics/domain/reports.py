@@ -32,6 +32,10 @@ BOTTLENECK_DWELL_MULTIPLE = 2.0
 GAP_ENGAGEMENT_SHARE = 0.5
 
 
+PROGRESSION_TABLES = ("stages", "lifecycle", "qualification", "time_to_conversion", "content_gaps",
+                      "score_progression")
+
+
 class QueryError(ValueError):
     """A report query that cannot be answered (bad parameter); the gateway answers 422 with it."""
 
