@@ -112,8 +112,9 @@ def _cluster_ports(masters: int) -> int:
 
 @contextmanager
 def private_mesh(clock: str = "real", database_url: str | None = None, without: tuple[str, ...] = (),
-                 redis_cluster: int = 0) -> Iterator[Mesh]:
-    """`redis_cluster` N > 0: an embedded Redis Cluster of N masters (`nurture up --redis-cluster N`)."""
+                 redis_cluster: int = 0, replicas: int = 1) -> Iterator[Mesh]:
+    """`redis_cluster` N > 0: an embedded Redis Cluster of N masters (`nurture up --redis-cluster N`).
+    `replicas` N > 1: N processes of each replicated service (`nurture up --replicas N`; PostgreSQL only)."""
     data = tempfile.mkdtemp(prefix="nurture-bench-")
     http = free_port()
     redis_password = secrets.token_urlsafe(24)
@@ -131,7 +132,8 @@ def private_mesh(clock: str = "real", database_url: str | None = None, without: 
     proc = subprocess.Popen([sys.executable, "-m", "cli", "up", "--data-dir", data, "--http-port", str(http),
                              "--clock", clock, "--api-key", "bench-key",
                              *[a for service in without for a in ("--without", service)],
-                             *(["--redis-cluster", str(redis_cluster)] if redis_cluster else [])],
+                             *(["--redis-cluster", str(redis_cluster)] if redis_cluster else []),
+                             *(["--replicas", str(replicas)] if replicas > 1 else [])],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             # A test or bench killed outright still stops its mesh (SIGINT: a clean stop).
                             preexec_fn=lambda: die_with_parent(signal.SIGINT))

@@ -28,6 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     p_up.add_argument("--redis-cluster", type=_masters, metavar="N",
                       help="run an embedded Redis Cluster of N masters (ports 6390.. and their cluster bus ports "
                            "+10000) instead of one Redis")
+    p_up.add_argument("--replicas", type=_replicas, metavar="N",
+                      help="run N processes of scoring, messaging and crm_sync (journeys, analytics and the gateway "
+                           "run one); needs NURTURE_DATABASE_URL on PostgreSQL")
     p_up.add_argument("--without", action="append", choices=SERVICES, metavar="SERVICE",
                       help="do not start this service (repeatable), e.g. to measure what it costs; the gateway "
                            "answers 503 for what it serves")
@@ -61,6 +64,16 @@ def _masters(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a number of masters, not {text!r}") from None
     if not 1 <= n <= 64:
         raise argparse.ArgumentTypeError(f"a local cluster has 1 to 64 masters, not {n}")
+    return n
+
+
+def _replicas(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of replicas, not {text!r}") from None
+    if not 1 <= n <= 16:
+        raise argparse.ArgumentTypeError(f"one machine runs 1 to 16 replicas of a service, not {n}")
     return n
 
 

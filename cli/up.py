@@ -25,8 +25,13 @@ from cli import rediscluster
 from cli.dkim import with_dev_key
 from cli.supervisor import Child, free_local_port, port_open, stop_all, supervise, wait_port
 from nurture import secretstore
+from nurture.addresses import SCHEMES, endpoints
 from nurture.settings import SERVICES, Settings, SettingsError, load_settings, to_environ
 
+# The services `--replicas N` runs N of: their shared work is claimed safely across processes (scoring's
+# accept path; crm_sync's and messaging's SQL queues with SKIP LOCKED and a lease). Not journeys (per-lead
+# locks in process) nor analytics (its fold reads and rewrites per-lead state between two commits).
+REPLICATED = ("scoring", "messaging", "crm_sync")
 ROOT = Path(__file__).resolve().parent.parent  # the checkout: children run `python -m services.<svc>` here
 
 
@@ -57,6 +62,12 @@ def up(args: argparse.Namespace) -> int:
         settings = load_settings(**overrides)
     except SettingsError as exc:
         print(f"cannot start: {exc}", file=sys.stderr)
+        return 2
+    replicas = getattr(args, "replicas", None) or 1
+    if replicas > 1 and not (settings.database_url or "").startswith("postgresql"):
+        print("cannot start: --replicas needs a database every replica shares, and the embedded default is one "
+              "SQLite file per service, written by one process. Set NURTURE_DATABASE_URL="
+              "postgresql+psycopg://user@host:5432/db", file=sys.stderr)
         return 2
     offset = int(getattr(args, "port_offset", 0) or 0)
     if not 0 <= offset <= 10_000:
@@ -135,6 +146,20 @@ def up(args: argparse.Namespace) -> int:
         children.append(_child("crm-emulator", [python, "-m", "services.crm_sync.emulator", "--port",
                                                str(crm.port or 8090), "--data-dir", str(data / "crm")],
                               base_env, logs / "crm-emulator.log"))
+    try:
+        service_ports = {s: _own_port(s, settings) for s in SERVICES}
+    except SettingsError as exc:
+        print(f"cannot start: {exc}", file=sys.stderr)
+        return 2
+    if replicas > 1:
+        # Replica 0 keeps the service's configured port, replica i the one i*100 above it when that is free;
+        # every client gets the list (nurture.addresses) and balances over it.
+        for service in REPLICATED:
+            host = settings.address_of(service).rpartition(":")[0]
+            ports = [service_ports[service]] + [free_local_port(service_ports[service] + 100 * i)
+                                                for i in range(1, replicas)]
+            service_ports.update({f"{service}-{i}": p for i, p in enumerate(ports) if i})
+            settings = settings.with_overrides(**{f"{service}_addr": ",".join(f"{host}:{p}" for p in ports)})
     env = {**base_env, **to_environ(settings)}
     env.pop("NURTURE_GRPC_PORT", None)
     for service in SERVICES:
@@ -148,9 +173,17 @@ def up(args: argparse.Namespace) -> int:
         # NURTURE_CONSUMER_NICE overrides it (0: a benchmark of the console's pages, which these
         # services answer, on a machine other work keeps busy).
         consumer_nice = int(os.environ.get("NURTURE_CONSUMER_NICE") or 19)
-        children.append(_child(service, [python, "-m", f"services.{service}"], env, logs / f"{service}.log",
-                              nice=0 if service == "scoring" else consumer_nice))
+        for i in range(replicas if service in REPLICATED else 1):
+            name = f"{service}-{i}" if i else service
+            own = {**env, "NURTURE_GRPC_PORT": str(service_ports[name]), "NURTURE_REPLICA": str(i)}
+            if i:  # messaging's bounce receiver (the MX) is replica 0's; the others listen on any free port
+                own["NURTURE_BOUNCE_SMTP_ADDR"] = f"{settings.bounce_smtp_addr.rpartition(':')[0]}:0"
+            children.append(_child(name, [python, "-m", f"services.{service}"], own if replicas > 1 else env,
+                                  logs / f"{name}.log", nice=0 if service == "scoring" else consumer_nice))
     children.append(_child("gateway", [python, "-m", "gateway"], env, logs / "gateway.log"))
+
+    def _child_port(name: str, settings: Settings) -> int | None:
+        return service_ports.get(name) or _other_port(name, settings)
 
     busy = [(c.name, p) for c in children if (p := _child_port(c.name, settings)) and port_open("127.0.0.1", p)]
     busy += [(f"{c.name}'s cluster bus", p + rediscluster.BUS_PORT_OFFSET) for c in children
@@ -202,6 +235,8 @@ def up(args: argparse.Namespace) -> int:
             print(f"  site key:  {site_key}   (website tracking from {', '.join(config.get('origins', []))}: "
                   f"<script src=\"http://127.0.0.1:{settings.http_port}/t/nurture.js\" data-site-key=\"...\" async>)",
                   flush=True)
+        if replicas > 1:
+            print(f"  replicas:  {_replicas_note(replicas)}", flush=True)
         if settings.redis_cluster:
             print(f"  redis:     a cluster, {settings.redis_url.rpartition('@')[2]} and the nodes it names", flush=True)
         print(f"  data dir:  {data}   logs: {logs}   traces: {data / 'traces'}", flush=True)
@@ -268,13 +303,30 @@ def _redis_conf(folder: Path, password: str) -> Path:
     return conf
 
 
+def _replicas_note(replicas: int) -> str:
+    return (f"{', '.join(REPLICATED)} ×{replicas}; journeys, analytics and the gateway ×1 (journeys keeps per-lead "
+            "locks in process; analytics' fold reads and rewrites per-lead state, so two consumers in its group "
+            "could count one fact's effect twice; the gateway is stateless but one is plenty on one machine)")
+
+
 def _last_redis(children: list[Child]) -> str | None:
     """The Redis child started last (the only one, or a cluster's last master)."""
     names = [c.name for c in children if c.name == "redis" or c.name.startswith("redis-")]
     return names[-1] if names else None
 
 
-def _child_port(name: str, settings: Settings) -> int | None:
+def _own_port(service: str, settings: Settings) -> int:
+    """The port of a service's one address (`nurture up` starts its replicas itself, from one address)."""
+    address = settings.address_of(service)
+    pairs = [] if address.startswith(SCHEMES) else endpoints(address)
+    if len(pairs) != 1:
+        raise SettingsError(f"NURTURE_{service.upper()}_ADDR={address!r}: `nurture up` takes one host:port per "
+                            "service and starts its replicas itself (--replicas N)")
+    return pairs[0][1]
+
+
+def _other_port(name: str, settings: Settings) -> int | None:
+    """The port a child other than a service replica listens on."""
     if name == "redis":
         return urlparse(settings.redis_url).port or 6390
     if name.startswith("redis-"):  # a cluster's master i listens on the URL's port + i
@@ -287,6 +339,4 @@ def _child_port(name: str, settings: Settings) -> int | None:
         return urlparse(settings.ads_url).port or 8092
     if name == "gateway":
         return settings.http_port
-    if name in SERVICES:
-        return int(settings.address_of(name).rsplit(":", 1)[1])
     return None

@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
@@ -33,6 +34,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.propagate import extract, inject
 
+from nurture.addresses import grpc_target
 from nurture.errors import MAX_STATUS_MESSAGE, Internal, NurtureError, Unavailable
 from nurture.meshauth import HEADER as MESH_HEADER
 from nurture.meshauth import Signer, Verifier
@@ -43,8 +45,12 @@ DEADLINE_S = 5.0
 LONG_DEADLINE_S = 120.0
 MAX_MESSAGE_BYTES = 32 * 1024 * 1024
 
+# round_robin: a channel to an address naming several replicas (nurture.addresses) keeps a connection to
+# each and spreads its calls over the ones that answer (gRPC's default, pick_first, would send every
+# call to one). A call that meets a replica going away is UNAVAILABLE, which the retry policy retries.
 _RETRY_CONFIG = json.dumps(
     {
+        "loadBalancingConfig": [{"round_robin": {}}],
         "methodConfig": [
             {
                 "name": [{}],
@@ -87,6 +93,9 @@ class _ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     def __init__(self, service_name: str, gate: _MeshGate) -> None:
         self._tracer = trace.get_tracer(f"nurture.{service_name}.rpc")
         self._gate = gate
+        # Which replica answered (host:port, set once the port is bound): with several behind one address,
+        # an operator reading a trace needs to know.
+        self.instance = ""
         self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
 
     async def intercept_service(
@@ -106,11 +115,12 @@ class _ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             return handler
         inner = handler.unary_unary
         tracer = self._tracer
+        attributes = {"rpc.method": method, "service.instance": self.instance}
 
         async def traced(request: Any, context: grpc.aio.ServicerContext) -> Any:
             parent = _Carrier.extract(context.invocation_metadata())
             with tracer.start_as_current_span(
-                method, context=parent, kind=trace.SpanKind.SERVER, attributes={"rpc.method": method}
+                method, context=parent, kind=trace.SpanKind.SERVER, attributes=attributes
             ) as span:
                 try:
                     return await inner(request, context)
@@ -205,17 +215,19 @@ class _SyncMeshClientInterceptor(grpc.UnaryUnaryClientInterceptor):  # type: ign
 
 def channel(address: str, mesh_token: str) -> grpc.aio.Channel:
     """A client channel to a service of the mesh: every call signed with `mesh_token` (settings.mesh_token),
-    retries on UNAVAILABLE, trace propagation. An empty token sends no credential (servers refuse)."""
+    retries on UNAVAILABLE, trace propagation, balanced over every replica `address` names
+    (nurture.addresses; a malformed one raises AddressError). An empty token sends no credential
+    (servers refuse)."""
     signer = Signer(mesh_token)
     return grpc.aio.insecure_channel(
-        address, options=_CHANNEL_OPTIONS,
+        grpc_target(address), options=_CHANNEL_OPTIONS,
         interceptors=[_MeshClientInterceptor(signer), _MeshStreamClientInterceptor(signer)],
     )
 
 
 def sync_channel(address: str, mesh_token: str) -> grpc.Channel:
     """A blocking channel for tools and tests, its unary calls signed with `mesh_token`."""
-    plain = grpc.insecure_channel(address, options=_CHANNEL_OPTIONS)
+    plain = grpc.insecure_channel(grpc_target(address), options=_CHANNEL_OPTIONS)
     return grpc.intercept_channel(plain, _SyncMeshClientInterceptor(Signer(mesh_token))) if mesh_token else plain
 
 
@@ -312,8 +324,9 @@ async def start_server(
     `mesh_tokens` (settings.mesh_tokens) except to health, reflection and the `self_authenticated`
     services (full names), whose servicers must authenticate every call themselves."""
     open_services = OPEN_SERVICES | frozenset(self_authenticated)
+    interceptor = _ServerInterceptor(name, _MeshGate(name, Verifier(mesh_tokens), open_services))
     server = grpc.aio.server(
-        interceptors=[_ServerInterceptor(name, _MeshGate(name, Verifier(mesh_tokens), open_services))],
+        interceptors=[interceptor],
         options=[
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -331,6 +344,7 @@ async def start_server(
     bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:
         raise OSError(f"{name}: cannot bind gRPC port {host}:{port}")
+    interceptor.instance = f"{socket.gethostname() if host in ('0.0.0.0', '::', '[::]') else host}:{bound}"
     await server.start()
     handle = ServiceServer(server, health_servicer, bound)
     for service_name in ["", *names]:
@@ -355,8 +369,10 @@ async def run_until_signalled(
 
 
 async def health_status(address: str, timeout: float = 1.0) -> str:
-    """The overall health status of the server at `address` (SERVING, NOT_SERVING or UNAVAILABLE)."""
-    async with grpc.aio.insecure_channel(address) as ch:
+    """The overall health status of the server at `address` (SERVING, NOT_SERVING or UNAVAILABLE). An
+    address naming several replicas is SERVING while one of them serves (the balancer picks one that
+    answers, as every client's channel does)."""
+    async with grpc.aio.insecure_channel(grpc_target(address), options=_CHANNEL_OPTIONS) as ch:
         stub = health_pb2_grpc.HealthStub(ch)
         try:
             reply = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from nurture import telemetry
+from nurture.addresses import SCHEMES, endpoints
 from nurture.rpc import ServiceServer, run_until_signalled
 from nurture.settings import Settings, SettingsError, load_settings
 
@@ -50,10 +51,16 @@ class Running:
 
 def port_for(name: str, settings: Settings) -> int:
     """`NURTURE_GRPC_PORT` when set (tests use 0 for a free port via their own settings), else the
-    port of the service's own address setting."""
+    port of the service's own address setting. An address naming several replicas does not say which
+    is this one: it needs NURTURE_GRPC_PORT (nurture.addresses)."""
     if settings.grpc_port:
         return settings.grpc_port
-    return int(settings.address_of(name).rsplit(":", 1)[1])
+    address = settings.address_of(name)
+    pairs = [] if address.startswith(SCHEMES) else endpoints(address)
+    if len(pairs) != 1:
+        raise SettingsError(f"NURTURE_{name.upper()}_ADDR={address!r} names several replicas (or a gRPC target); "
+                            "set NURTURE_GRPC_PORT to the port this one serves on")
+    return pairs[0][1]
 
 
 def tune_for_latency() -> None:
@@ -70,9 +77,9 @@ def tune_for_latency() -> None:
 def main(name: str, serve: Callable[[Settings], Awaitable[Running]]) -> None:
     try:
         settings = load_settings()
+        settings = settings.with_overrides(grpc_port=port_for(name, settings))
     except SettingsError as exc:  # e.g. beyond loopback without its secrets: say which, no traceback
         raise SystemExit(f"{name}: cannot start: {exc}") from None
-    settings = settings.with_overrides(grpc_port=port_for(name, settings))
     logging.basicConfig(
         level=settings.log_level, format=f"%(asctime)s {name} %(levelname)s %(name)s: %(message)s"
     )

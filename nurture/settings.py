@@ -14,11 +14,14 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlparse
+
+from nurture.addresses import AddressError, grpc_target
 
 ClockKind = Literal["real", "virtual"]
 
@@ -66,6 +69,8 @@ class Settings:
     dkim_domain: str = ""  # the domain that signs mail from a domain without its own key
     bounce_domain: str = ""  # VERP return paths bounces+<token>@<this>; "" = the DKIM domain or the sender's
     bounce_smtp_addr: str = "127.0.0.1:2526"  # messaging's bounce receiver (its MX); port 0 = any free port
+    # The port this process serves gRPC on; 0: its own address setting's. Required when that setting lists
+    # several replicas (which one is this?): `nurture up --replicas` sets it per replica.
     grpc_port: int = 0
     bind_host: str = "127.0.0.1"
     http_port: int = 8080
@@ -84,7 +89,8 @@ class Settings:
     migrate: str = "on_start"
     # This process's name among its service's replicas (`nurture up --replicas`: 0, 1, ...). Queued work a
     # process claims carries it, so a restarted replica takes its own claims back at once and leaves a
-    # live replica's alone (those return to the queue only when their lease runs out).
+    # live replica's alone (those return to the queue only when their lease runs out). Empty: this host's
+    # name (a container's, where every replica of a scaled service gets the same environment).
     replica: str = "0"
 
     def sqlite_url(self, service: str) -> str:
@@ -200,11 +206,18 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
             values[f.name] = _coerce(f.name, f.type, raw)
     values.update({k: v for k, v in overrides.items() if v is not None})
     settings = Settings(**values)
+    if not settings.replica.strip():
+        settings = replace(settings, replica=socket.gethostname())
     if settings.bus_shards < 1 or settings.timer_shards < 1:
         raise SettingsError("NURTURE_BUS_SHARDS and NURTURE_TIMER_SHARDS must be positive")
     if settings.redis_cluster and urlparse(settings.redis_url).path.strip("/") not in ("", "0"):
         raise SettingsError(f"NURTURE_REDIS_URL: a Redis Cluster has database 0 only, not "
                             f"{urlparse(settings.redis_url).path.strip('/')!r} (NURTURE_REDIS_CLUSTER=1)")
+    for service in SERVICES:  # a malformed list of replicas fails here, not at a service's first call
+        try:
+            grpc_target(settings.address_of(service))
+        except AddressError as exc:
+            raise SettingsError(f"NURTURE_{service.upper()}_ADDR: {exc}") from None
     wrong = sorted({role for role in settings.api_keys.values() if role not in ROLES})
     if wrong:  # a typo must not silently grant or deny: name the role, never the key
         raise SettingsError(f"NURTURE_API_KEYS: unknown role(s) {', '.join(map(repr, wrong))}; "

@@ -1,9 +1,10 @@
 """OpenTelemetry for every process: one provider, one exporter, spans for SQL and Redis.
 
 Spans go over OTLP/gRPC when `NURTURE_OTLP_ENDPOINT` is set, otherwise to a JSON-lines file under
-`<data_dir>/traces/<service>.jsonl`, so a local run keeps its traces without a collector. SQL spans
-(one per transaction) come from SQLAlchemy's connection events and Redis spans from `redis_span`,
-both cheap enough to leave on (the stock instrumentations were not used: see nurture/rpc.py).
+`<data_dir>/traces/<service>.jsonl` (`<service>-<replica>.jsonl` for a replica other than 0), so a local
+run keeps its traces without a collector. SQL spans (one per transaction) come from SQLAlchemy's
+connection events and Redis spans from `redis_span`, both cheap enough to leave on (the stock
+instrumentations were not used: see nurture/rpc.py).
 """
 
 from __future__ import annotations
@@ -72,14 +73,18 @@ def _plain(value: Any) -> Any:
 def setup(service_name: str, settings: Settings) -> TracerProvider:
     """Install the process-wide tracer provider (once)."""
     global _configured
-    provider = TracerProvider(resource=Resource.create({"service.name": f"nurture-{service_name}"}))
+    provider = TracerProvider(resource=Resource.create({"service.name": f"nurture-{service_name}",
+                                                        "service.instance.id": settings.replica}))
     exporter: SpanExporter
     if settings.otlp_endpoint:
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
         exporter = OTLPSpanExporter(endpoint=settings.otlp_endpoint, insecure=True)
     else:
-        exporter = JsonLinesExporter(settings.data_dir / "traces" / f"{service_name}.jsonl")
+        # A file per replica (replica 0 keeps the plain name): two processes appending one file could
+        # interleave their lines.
+        own = "" if settings.replica == "0" else f"-{settings.replica}"
+        exporter = JsonLinesExporter(settings.data_dir / "traces" / f"{service_name}{own}.jsonl")
     provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=500))
     if not _configured:
         trace.set_tracer_provider(provider)

@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse
 from gateway.convert import parse_time, require_object
 from gateway.deps import ApiError, Mesh, json_body, mesh, require_key
 from nurture import times
+from nurture.addresses import listed
 from nurture.api.common.v1 import common_pb2, common_pb2_grpc
 from nurture.clock import VirtualClock
 from nurture.rpc import LONG_DEADLINE_S, health_status
@@ -45,17 +46,24 @@ def _clock(request: Request) -> VirtualClock:
 
 
 async def settle_all(m: Mesh) -> datetime | None:
-    """Settle every service until none has work left; the earliest next due time of any."""
+    """Settle every service until none has work left; the earliest next due time of any. A Settle call
+    reaches one replica of a service (the channel balances round robin), so with a service's replicas
+    listed the mesh is quiet only after as many rounds in a row without work as it has replicas."""
+    quiet_needed = max(listed(m.settings.address_of(s)) for s in SERVICES)
+    quiet = 0
+    due: list[datetime] = []  # next due times the replicas reported in the quiet rounds so far
     for _ in range(MAX_ROUNDS):
         work = 0
-        due: list[datetime] = []
         for service in SERVICES:  # in order: scoring publishes what the others consume
             reply = await common_pb2_grpc.AdminStub(m.channel(service)).Settle(
                 common_pb2.SettleRequest(), timeout=LONG_DEADLINE_S)
             work += reply.work_done
             if reply.has_next_due:
                 due.append(reply.next_due_at.ToDatetime(tzinfo=UTC))
-        if work == 0:
+        quiet = quiet + 1 if work == 0 else 0
+        if not quiet:
+            due = []
+        elif quiet >= quiet_needed:
             return min(due) if due else None
     raise ApiError(409, "no_quiescence", "services kept producing work; a rule loop?")
 

@@ -61,3 +61,17 @@ def test_every_process_must_be_given_every_secret_it_checks() -> None:
         assert env["NURTURE_BIND_HOST"] == "0.0.0.0"
         for var in ("NURTURE_SECRET", "NURTURE_API_KEY", "NURTURE_MESH_TOKEN", "NURTURE_CRM_TOKENS"):
             assert str(env.get(var, "")).startswith(f"${{{var}:?"), (name, var)
+
+
+def test_replica_safe_services_run_replicas_and_journeys_one() -> None:
+    from cli.up import REPLICATED
+
+    services = load()["services"]
+    for name in REPLICATED:
+        assert services[name]["deploy"]["replicas"] >= 2, name
+        # Every container of a scaled service gets one environment: an empty replica name makes each use
+        # its host name, so two never take each other's claims for their own.
+        assert services[name]["environment"]["NURTURE_REPLICA"] == "", name
+        assert all("-" in str(p).split(":")[0] for p in services[name].get("ports", [])), name
+    for name in set(SERVICES) - set(REPLICATED):
+        assert services[name].get("deploy", {}).get("replicas", 1) == 1, name
