@@ -58,6 +58,11 @@ def dwell_minutes(start: datetime, end: datetime) -> int:
     return max(0, math.floor((end - start).total_seconds() / 60))
 
 
+def minutes_between(start_us: int, end_us: int) -> int:
+    """`dwell_minutes` of two times in microseconds since 1970 (integer arithmetic, the same whole minutes)."""
+    return max(0, (end_us - start_us) // 60_000_000)
+
+
 def band(minutes: int) -> int:
     """A dwell's coarse value class: half an octave wide (a 1.5 split of each power of two), so a few dozen
     bands cover years and the band holding a percentile holds a small share of the values. Monotone:
@@ -244,7 +249,7 @@ def score_rows(pairs: Mapping[str | None, Sequence[tuple[int, int]]]) -> list[di
     return out
 
 
-def path_of(entered: Mapping[str, datetime]) -> str | None:
+def path_of(entered: Mapping[str, datetime] | Mapping[str, int]) -> str | None:
     """A nurturing path: the journeys in the order first entered (ties by name), joined by `>`."""
     return ">".join(j for j, _ in sorted(entered.items(), key=lambda e: (e[1], e[0]))) or None
 

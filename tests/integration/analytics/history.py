@@ -108,6 +108,14 @@ def generate(seed: int, *, leads: int = 40, days: int = 50) -> list[dict[str, An
             t += timedelta(days=rnd.randint(0, 5), minutes=rnd.randrange(0, 1000))
             story.append(msg("opportunity_won", t, {"deal_id": f"d-{lead_id}", "stage": "closed_won",
                                                      "amount": rnd.choice([0, 1200, 4999.5, 15000])}))
+        if story[-1]["type"] == "opportunity_won" and rnd.random() < 0.5:
+            # A journey stage entered before the win but heard after it: the sends of the lead's last stage
+            # reach the bus late (what a won deal's journey entries must take in after the win).
+            sends = [m for m in story if m["type"] in ("email_sent", "email_hard_bounced")]
+            if sends:
+                last = (sends[-1]["properties"]["journey"], sends[-1]["properties"]["stage"])
+                moved = [m for m in sends if (m["properties"]["journey"], m["properties"]["stage"]) == last]
+                story = [m for m in story if all(m is not x for x in moved)] + moved
         # Late events: some engagement reaches the bus after later events, with its own earlier time.
         for _ in range(rnd.randint(0, 2)):
             j = rnd.randrange(len(story))

@@ -132,3 +132,16 @@ def test_the_history_covers_what_the_reports_distinguish() -> None:
     late = [b for a, b in zip(h.heard(stream), h.heard(stream)[1:], strict=False)
             if a["lead_id"] == b["lead_id"] and h.at_of(b) < h.at_of(a)]
     assert late  # events heard after later ones
+
+
+def test_the_history_holds_stage_entries_heard_after_the_win_they_preceded() -> None:
+    """A won deal's journey entries must take in an entry heard after the win (its sends came late)."""
+    stream = h.generate(1)
+    found = 0
+    heard = h.heard(stream)
+    for (lead, _journey), entries in h.stage_entries(stream).items():
+        wins = [(i, m) for i, m in enumerate(heard) if m["type"] == "opportunity_won" and m["lead_id"] == lead]
+        for entry in entries:
+            heard_at = next(i for i, m in enumerate(heard) if m["id"] == entry["id"])
+            found += sum(1 for i, w in wins if i < heard_at and h.at_of(entry) <= h.at_of(w))
+    assert found > 0
