@@ -100,6 +100,22 @@ async def attribution(model: str = "last", window_days: int = 30, from_: str | N
     return _answer(reply, output, _choice(table, ATTRIBUTION_TABLES, "table"))
 
 
+@router.get("/v1/analytics/sequences", summary="The content sequences that preceded won deals, per segment")
+async def sequences(length: int = 2, by: str = "template", window_days: int = 30,
+                    from_: str | None = Query(None, alias="from"), to: str | None = None,
+                    segment: str | None = None, journey: str | None = None,
+                    output: str = Query("json", alias="format"), m: Mesh = Depends(mesh)) -> Any:
+    q = _query(from_, to, segment, journey, output)
+    _choice(str(length), ("2", "3"), "length")
+    _choice(by, ("template", "topic"), "by")
+    if not 1 <= window_days <= 3650:
+        raise ApiError(422, "invalid", "window_days must be between 1 and 3650", {"field": "window_days"})
+    reply = await _stub(m).Sequences(analytics_pb2.SequencesRequest(query=q, length=length, by=by,
+                                                                    window_days=window_days),
+                                     timeout=LONG_DEADLINE_S)
+    return _answer(reply, output, "rows")
+
+
 @router.get("/v1/analytics/roi", summary="Cost per nurtured lead, nurture-influenced revenue, ROI per journey")
 async def roi(from_: str | None = Query(None, alias="from"), to: str | None = None, segment: str | None = None,
               journey: str | None = None, output: str = Query("json", alias="format"), table: str = "by_journey",

@@ -653,6 +653,24 @@ def attribution_report(session: Session, q: Query, model: str, window_days: int)
     return out
 
 
+def sequences_report(session: Session, q: Query, length: int, unit: str, window_days: int) -> dict[str, Any]:
+    """The content sequences that preceded conversion: for each won deal in range, the last `length`
+    pieces of content (template or topic) its lead engaged with at or before the win, within the window
+    (of `journey`, when given); one read of the deals' touches in the window, as linear attribution's."""
+    window = window_days * reports.DAY_US
+    per_deal: dict[str, tuple[str, float, list[str]]] = {}
+    for deal, segment, amount, item in session.execute(
+            select(won.c.id, won.c.segment, won.c.amount, touches.c[unit])
+            .select_from(won.outerjoin(touches, _in_window(q, window))).where(q.where(won))
+            .order_by(won.c.id, touches.c.ts, touches.c.id)):
+        cell = per_deal.setdefault(deal, (segment, float(amount), []))
+        if item is not None:
+            cell[2].append(item)
+    report = reports.sequence_rows((sg, reports.sequence_of(items, length), amount)
+                                   for sg, amount, items in per_deal.values())
+    return {"by": unit, "length": length, "window_days": window_days, **report}
+
+
 def _reach_where(q: Query, scope: str) -> ColumnElement[bool]:
     cond = [reach.c.scope == scope, reach.c.day >= q.start, reach.c.day <= q.end, reach.c.prev_day < q.start]
     if q.journey is not None and scope in ("j", "js"):
