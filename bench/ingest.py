@@ -2,6 +2,12 @@
 echo baseline measured in the same run. Prints figures, then one JSON line with all of them.
 
     .venv/bin/python bench/ingest.py [--events 20000] [--url URL --api-key KEY --scoring ADDR]
+                                     [--mix page_views|engagement] [--compare SERVICE]
+
+`--mix engagement` posts the analytics bench's mix (sends, opens, clicks, bounces, lifecycle changes, won
+deals, page views) instead of page views only. `--compare SERVICE` runs the private mesh without the
+service and with it, taking turns twice in the same run, and prints both rates, their ratio, CPU ms per
+event and the load average beside each (what keeping the service costs the end-to-end ingest rate).
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -47,8 +54,16 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
 
 
+def engagement_mix(leads: int, events: int) -> list[dict[str, object]]:
+    """The analytics bench's bus mix as events to post (its leads renamed to this bench's)."""
+    from bench.analytics import history  # imported here: bench.analytics imports this module
+
+    return [{"lead_id": f"bench-{m['lead_id'][1:]}", "type": m["type"], "properties": m["properties"],
+             "occurred_at": m["occurred_at"]} for m in history(leads, events, seed=11)]
+
+
 async def run(url: str, key: str, scoring_addr: str, mesh_token: str, events: int, redis_url: str | None = None,
-              meter: CpuMeter | None = None) -> dict[str, float]:
+              meter: CpuMeter | None = None, mix: str = "page_views") -> dict[str, float]:
     headers = {"Authorization": f"Bearer {key}"}
     leads = 500
     async with httpx.AsyncClient(base_url=url, headers=headers, timeout=60,
@@ -57,8 +72,11 @@ async def run(url: str, key: str, scoring_addr: str, mesh_token: str, events: in
             await asyncio.gather(*(client.post("/v1/leads", json={"id": f"bench-{j}", "email": f"b{j}@example.com"})
                                    for j in range(i, i + 50)))
         categories = ["pricing", "high_intent", "country", "bottom_funnel", "education"]
+        mixed = engagement_mix(leads, events) if mix == "engagement" else []
 
         def event(n: int) -> dict[str, object]:
+            if mixed:
+                return mixed[n % len(mixed)]
             return {"lead_id": f"bench-{n % leads}", "type": "page_viewed",
                     "properties": {"category": categories[n % len(categories)], "page": f"/p/{n}"}}
 
@@ -193,6 +211,43 @@ async def drained(redis_url: str, timeout: float = 600.0) -> float:
         await client.aclose()
 
 
+def in_private_mesh(without: tuple[str, ...], database_url: str | None, events: int, mix: str
+                    ) -> dict[str, float]:
+    with fresh_database(database_url) as url, private_mesh(database_url=url, without=without) as mesh:
+        meter = CpuMeter(mesh.pid, database_name(url), url).start()
+        try:
+            return asyncio.run(run(mesh.url, mesh.api_key, mesh.env["NURTURE_SCORING_ADDR"],
+                                   mesh.env["NURTURE_MESH_TOKEN"], events, mesh.env["NURTURE_REDIS_URL"], meter,
+                                   mix))
+        finally:
+            meter.stop()
+
+
+def compare(service: str, without: tuple[str, ...], database_url: str | None, events: int, mix: str
+            ) -> dict[str, float]:
+    """The mesh without `service` and with it, in turns (without, with, twice) so the neighbours' load
+    falls on both alike: the better end-to-end rate of each, their ratio, and the CPU per event (which the
+    load does not move) of each, with the 1-minute load average after every run."""
+    out: dict[str, float] = {}
+    for label, off in ((f"without_{service}", (*without, service)), (f"with_{service}", without)) * 2:
+        got = in_private_mesh(off, database_url, events, mix)
+        rate, cpu = got.get("end_to_end_batch_events_per_s", 0.0), got.get("cpu_ms_per_event_all", 0.0)
+        load = round(os.getloadavg()[0], 2)
+        print(f"{label}: end to end {rate}/s, CPU {cpu} ms per event, load average {load}", file=sys.stderr)
+        key = f"{label}_end_to_end_events_per_s"
+        if rate >= out.get(key, 0.0):
+            out[key], out[f"{label}_load_average_1m"] = rate, load
+        out[f"{label}_cpu_ms_per_event"] = min(cpu, out.get(f"{label}_cpu_ms_per_event", cpu))
+    with_, without_ = f"with_{service}", f"without_{service}"
+    if out[f"{without_}_end_to_end_events_per_s"]:
+        out[f"{with_} / {without_} end to end"] = round(
+            out[f"{with_}_end_to_end_events_per_s"] / out[f"{without_}_end_to_end_events_per_s"], 3)
+    if out[f"{without_}_cpu_ms_per_event"]:
+        out[f"{with_} / {without_} cpu per event"] = round(
+            out[f"{with_}_cpu_ms_per_event"] / out[f"{without_}_cpu_ms_per_event"], 3)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--events", type=int, default=20000)
@@ -205,21 +260,20 @@ def main() -> None:
     parser.add_argument("--without", action="append", default=[], metavar="SERVICE",
                         help="run the private mesh without this service (repeatable), to see what it costs")
     parser.add_argument("--redis", help="the mesh's Redis URL, to wait for the consumers (with --url)")
+    parser.add_argument("--mix", choices=("page_views", "engagement"), default="page_views")
+    parser.add_argument("--compare", metavar="SERVICE",
+                        help="run without and with this service, twice each in turn, and print the ratio")
     add_database_arg(parser)
     args = parser.parse_args()
+    result: dict[str, Any]
     if args.url:
-        result = asyncio.run(run(args.url, args.api_key, args.scoring, args.mesh_token, args.events, args.redis))
+        result = asyncio.run(run(args.url, args.api_key, args.scoring, args.mesh_token, args.events, args.redis,
+                                 mix=args.mix))
+    elif args.compare:
+        result = compare(args.compare, tuple(args.without), args.database_url, args.events, args.mix)
     else:
-        with fresh_database(args.database_url) as database_url, \
-                private_mesh(database_url=database_url, without=tuple(args.without)) as mesh:
-            meter = CpuMeter(mesh.pid, database_name(database_url), database_url).start()
-            try:
-                result = asyncio.run(run(mesh.url, mesh.api_key, mesh.env["NURTURE_SCORING_ADDR"],
-                                         mesh.env["NURTURE_MESH_TOKEN"], args.events,
-                                         mesh.env["NURTURE_REDIS_URL"], meter))
-            finally:
-                meter.stop()
-    result = {"database": database_kind(args.database_url), **result}
+        result = in_private_mesh(tuple(args.without), args.database_url, args.events, args.mix)
+    result = {"database": database_kind(args.database_url), "mix": args.mix, **result}
     for name, value in result.items():
         print(f"{name:40s} {value}")
     print(json.dumps(result))
