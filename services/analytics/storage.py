@@ -692,13 +692,15 @@ def roi_report(session: Session, q: Query, costs: dict[str, Any]) -> dict[str, A
     per_journey = {j: int(n) for j, n in session.execute(
         select(reach.c.journey, func.sum(reach.c.n)).where(_reach_where(q, "js" if q.segment is not None else "j"))
         .group_by(reach.c.journey)) if n}
-    pairs = select(won.c.id, won.c.amount, touches.c.journey).distinct() \
-        .select_from(_touched_before(q, None)).where(q.where(won)).subquery()
-    by_j_revenue = {j: float(v) for j, v in session.execute(
-        select(pairs.c.journey, func.sum(pairs.c.amount)).group_by(pairs.c.journey))}
-    deals = select(won.c.id, won.c.amount).distinct().select_from(_touched_before(q, None)) \
-        .where(q.where(won)).subquery()
-    influenced = float(session.scalar(select(func.sum(deals.c.amount))) or 0.0)
+    # Each influenced deal once per journey it touched, in one read: the revenue per journey and in all.
+    by_j_revenue: dict[str, float] = defaultdict(float)
+    deals: dict[str, float] = {}
+    for deal, amount, journey in session.execute(
+            select(won.c.id, won.c.amount, touches.c.journey).distinct()
+            .select_from(_touched_before(q, None)).where(q.where(won))):
+        by_j_revenue[journey] += float(amount)
+        deals[deal] = float(amount)
+    influenced = sum(deals.values())
     totals: dict[str, int] = defaultdict(int)
     for chans in sent_by.values():
         for ch, n in chans.items():
