@@ -160,6 +160,10 @@ async def run(url: str, key: str, scoring_addr: str, mesh_token: str, events: in
             print(f"CPU ms per event, {phase}: "
                   + ", ".join(f"{k} {v}" for k, v in costs.items()), file=sys.stderr)
             cpu_report[f"cpu_ms_per_event_{phase}"] = costs["total"]
+        for name, ms in per_event(cpu_at["start"], cpu_at["batches"], singles + rate * seconds + batches * 1000
+                                  ).items():
+            if name != "total":
+                cpu_report[f"cpu_ms_per_event_all_{name}"] = ms
     extra = {} if drain is None else {
         "consumers_drained_after_batches_s": round(drain, 2),
         "end_to_end_batch_events_per_s": round(batches * 1000 / (accepted_in + drain), 1)}
@@ -238,6 +242,9 @@ def compare(service: str, without: tuple[str, ...], database_url: str | None, ev
         if rate >= out.get(key, 0.0):
             out[key], out[f"{label}_load_average_1m"] = rate, load
         out[f"{label}_cpu_ms_per_event"] = min(cpu, out.get(f"{label}_cpu_ms_per_event", cpu))
+        own = got.get(f"cpu_ms_per_event_all_{service}", 0.0)
+        if own and cpu:  # the service's own part of the mesh's CPU: steadier than the two totals' ratio
+            out[f"{service}_cpu_share_of_mesh"] = round(max(own / cpu, out.get(f"{service}_cpu_share_of_mesh", 0.0)), 4)
     with_, without_ = f"with_{service}", f"without_{service}"
     if out[f"{without_}_end_to_end_events_per_s"]:
         out[f"{with_} / {without_} end to end"] = round(
