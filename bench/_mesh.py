@@ -91,13 +91,34 @@ def fresh_database(url: str | None) -> Iterator[str | None]:
         admin.dispose()
 
 
+def _cluster_ports(masters: int) -> int:
+    """A first port for N cluster nodes: it and the N-1 after it free, and each one's bus port (+10000)."""
+    import socket
+
+    from cli.rediscluster import BUS_PORT_OFFSET
+
+    for _ in range(100):
+        first = free_port()
+        wanted = [p + offset for p in range(first, first + masters) for offset in (0, BUS_PORT_OFFSET)]
+        try:
+            for port in wanted:
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return first
+    raise RuntimeError("no free ports for a local Redis Cluster")
+
+
 @contextmanager
-def private_mesh(clock: str = "real", database_url: str | None = None, without: tuple[str, ...] = ()
-                 ) -> Iterator[Mesh]:
+def private_mesh(clock: str = "real", database_url: str | None = None, without: tuple[str, ...] = (),
+                 redis_cluster: int = 0) -> Iterator[Mesh]:
+    """`redis_cluster` N > 0: an embedded Redis Cluster of N masters (`nurture up --redis-cluster N`)."""
     data = tempfile.mkdtemp(prefix="nurture-bench-")
     http = free_port()
     redis_password = secrets.token_urlsafe(24)
-    env = {**os.environ, "NURTURE_REDIS_URL": f"redis://:{redis_password}@127.0.0.1:{free_port()}/0",
+    redis_port = _cluster_ports(redis_cluster) if redis_cluster else free_port()
+    env = {**os.environ, "NURTURE_REDIS_URL": f"redis://:{redis_password}@127.0.0.1:{redis_port}/0",
            "NURTURE_EMBEDDED_REDIS": "1", "NURTURE_MESH_TOKEN": secrets.token_urlsafe(24),
            "NURTURE_SMTP_URL": f"smtp://127.0.0.1:{free_port()}", "NURTURE_CRM_URL": f"http://127.0.0.1:{free_port()}",
            "NURTURE_LOG_LEVEL": "WARNING", "NURTURE_EMBEDDED_SMTP": "1", "NURTURE_EMBEDDED_CRM": "1",
@@ -109,7 +130,8 @@ def private_mesh(clock: str = "real", database_url: str | None = None, without: 
         env["NURTURE_DATABASE_URL"] = database_url
     proc = subprocess.Popen([sys.executable, "-m", "cli", "up", "--data-dir", data, "--http-port", str(http),
                              "--clock", clock, "--api-key", "bench-key",
-                             *[a for service in without for a in ("--without", service)]],
+                             *[a for service in without for a in ("--without", service)],
+                             *(["--redis-cluster", str(redis_cluster)] if redis_cluster else [])],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             # A test or bench killed outright still stops its mesh (SIGINT: a clean stop).
                             preexec_fn=lambda: die_with_parent(signal.SIGINT))

@@ -4,8 +4,9 @@ keeping the read model costs the mesh's end-to-end ingest rate. Prints figures, 
     .venv/bin/python bench/analytics.py [--leads 100000] [--events 2000000] [--repeats 20]
                                         [--ingest-events 20000] [--database-url URL]
 
-Part 1 (reports): bus messages of `--leads` leads over 90 days (sends, opens, clicks, bounces,
-unsubscribes, lifecycle changes, won deals, and page views the read model ignores) go through the
+Part 1 (reports): bus messages of `--leads` leads over 90 days (sends, opens, clicks, bounces hard and
+soft, complaints, with messaging's sending domain and provider labels; unsubscribes, lifecycle changes,
+won deals, and page views the read model ignores) go through the
 bus adapter and `storage.record` in batches of 500, as the consumer does; then every report is timed
 in process (storage + domain: the gateway and gRPC add their fixed few milliseconds) over the last 30
 days and over all 90, `--repeats` times each. Part 2 (ingest cost): the same mix of events through the
@@ -58,7 +59,11 @@ FORMATS = ["newsletter", "guide", "webinar", "comparison", "offer"]
 STAGES = ["subscriber", "lead", "mql", "sql", "trial", "customer"]
 # Bus message mix by type (the rest are page views, which the read model drops at the adapter).
 MIX = [("email_sent", 0.30), ("email_opened", 0.18), ("email_clicked", 0.07), ("email_hard_bounced", 0.01),
-       ("email_bounced", 0.01), ("unsubscribed", 0.005), ("stage_changed", 0.03), ("opportunity_won", 0.004)]
+       ("email_bounced", 0.01), ("unsubscribed", 0.005), ("stage_changed", 0.03), ("opportunity_won", 0.004),
+       ("email_soft_bounced", 0.01), ("spam_reported", 0.001)]
+# Messaging's deliverability labels on its email events (sending domain, mailbox provider).
+PROVIDERS = ["gmail", "yahoo", "microsoft", "apple", "other"]
+SENDING_DOMAINS = ["borderbridge.example", "news.borderbridge.example"]
 
 
 def history(leads: int, events: int, seed: int = 7) -> Iterator[dict[str, Any]]:
@@ -78,7 +83,7 @@ def history(leads: int, events: int, seed: int = 7) -> Iterator[dict[str, Any]]:
         journey = sorted(JOURNEYS)[lead % len(JOURNEYS)]
         props: dict[str, Any] = {}
         mid = ""
-        if kind.startswith("email") or kind == "unsubscribed":
+        if kind.startswith("email") or kind in ("unsubscribed", "spam_reported"):
             if kind in ("email_sent", "email_hard_bounced"):
                 sends[lead] += 1
             k = max(0, sends[lead] - rnd.randrange(0, 2))
@@ -88,6 +93,11 @@ def history(leads: int, events: int, seed: int = 7) -> Iterator[dict[str, Any]]:
             props = {"message_id": mid, "journey": journey, "step": f"email_{k:02d}", "stage": st,
                      "template": f"{journey}.email_{k % 17:02d}", "channel": "email",
                      "topic": TOPICS[lead % len(TOPICS)], "format": FORMATS[k % len(FORMATS)]}
+            if kind in ("email_sent", "email_hard_bounced", "email_soft_bounced", "spam_reported"):
+                props |= {"provider": PROVIDERS[lead % len(PROVIDERS)],
+                          "sending_domain": SENDING_DOMAINS[(lead // 5) % len(SENDING_DOMAINS)]}
+                if kind == "email_hard_bounced":
+                    props["bounce"] = "hard"
         elif kind == "stage_changed":
             if stage[lead] == len(STAGES) - 1:
                 kind = "page_viewed"
@@ -126,6 +136,10 @@ def _roi(s: Any, q: storage.Query, *, costs: dict[str, Any]) -> Any:
 
 def _timeseries(s: Any, q: storage.Query, *, metric: str) -> Any:
     return storage.timeseries_report(s, q, metric, "day")
+
+
+def _deliverability(s: Any, q: storage.Query) -> Any:
+    return storage.deliverability_report(s, q, None, None, "day")
 
 
 class Meter:
@@ -230,6 +244,7 @@ def time_reports(db_url: str | None, leads: int, events: int, repeats: int) -> d
            for n in reports.SEQUENCE_LENGTHS for u in reports.SEQUENCE_UNITS},
         "roi": functools.partial(_roi, costs=costs),
         **{f"timeseries_{m}": functools.partial(_timeseries, metric=m) for m in reports.TIMESERIES_METRICS},
+        "deliverability": _deliverability,
     }
     out: dict[str, Any] = {"leads": leads, "events": events, "facts_recorded": recorded,
                            "load_s": round(load_s, 1), "load_events_per_s": round(events / load_s, 1),

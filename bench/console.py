@@ -163,8 +163,10 @@ def main() -> None:
               f"({', '.join(f'{k} {v}' for k, v in rows.items())}); analytics: {facts} facts of "
               f"{args.analytics_events} bus messages in {t2 - t1:.0f} s")
         with httpx.Client(base_url=mesh.url, headers={"Authorization": f"Bearer {mesh.api_key}"}, timeout=120) as api:
-            items = len(api.get("/v1/leads/b-1/timeline").json()["items"])
-            total = api.get("/v1/journeys/skilled_professional/analytics").json()["enrolled"]
+            got = [api.get(path) for path in ("/v1/leads/b-1/timeline", "/v1/journeys/skilled_professional/analytics")]
+            for r in got:  # a failed call says why (a shared machine's run can fail, for instance, on a deadline)
+                assert r.status_code == 200, (r.request.url, r.status_code, r.text[:500])
+            items, total = len(got[0].json()["items"]), got[1].json()["enrolled"]
         print(f"lead b-1 has {items} timeline items; the journey page counts {total} enrolled")
         load_before = os.getloadavg()
         figures = measure(mesh.url, mesh.api_key, args.requests, args.rounds, mesh.pid)

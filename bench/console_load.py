@@ -18,7 +18,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.orm import Session
 
+from services.journeys import storage as journeys_storage
 from services.journeys.domain.state import Enrollment
 
 JOURNEY = "skilled_professional"
@@ -154,6 +156,15 @@ def load(database_url: str, leads: int, seed: int = 1) -> dict[str, int]:
                 "lead_id", "ekey", "journey", "version", "instance", "status", "stage", "step", "due", "token",
                 "side_pending", "entered_at", "ended_at", "outcome", "data"), _enrollments(leads))
             conn.commit()
+        finally:
+            raw.close()
+        # The journeys' step counters are kept as the service writes its records; rows written straight
+        # here are counted the way the service counts a record it finds at start (derived from it).
+        with Session(engine) as s, s.begin():
+            out["journeys_step_counts"] = journeys_storage.rebuild_counters(s)
+        raw = engine.raw_connection()
+        try:
+            conn = raw.driver_connection
             conn.autocommit = True
             conn.execute("VACUUM ANALYZE")  # as autovacuum leaves a table: statistics and the visibility map
         finally:

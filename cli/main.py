@@ -15,6 +15,9 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p_up = sub.add_parser("up", help="run the whole mesh on this machine")
     p_up.add_argument("--http-port", type=int, help="gateway port (default 8080)")
+    p_up.add_argument("--port-offset", type=int, default=0, metavar="N",
+                      help="add N to every port the mesh listens on (gateway, services, Redis, mail sink, "
+                           "bounce receiver, CRM emulator): a second mesh beside a running one")
     p_up.add_argument("--data-dir", help="where all state lives (default ./data)")
     p_up.add_argument("--clock", choices=["real", "virtual"], help="virtual: time moves only when told")
     p_up.add_argument("--smtp-url", help="deliver to this SMTP server instead of the local sink")
@@ -22,6 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     p_up.add_argument("--public-url", help="base URL of links in messages (default: the gateway)")
     p_up.add_argument("--bind-host", help="where services and gateway listen (default 127.0.0.1); beyond "
                                          "loopback every secret must be set (docs/SECURITY.md)")
+    p_up.add_argument("--redis-cluster", type=_masters, metavar="N",
+                      help="run an embedded Redis Cluster of N masters (ports 6390.. and their cluster bus ports "
+                           "+10000) instead of one Redis")
     p_up.add_argument("--without", action="append", choices=SERVICES, metavar="SERVICE",
                       help="do not start this service (repeatable), e.g. to measure what it costs; the gateway "
                            "answers 503 for what it serves")
@@ -46,6 +52,16 @@ def main(argv: list[str] | None = None) -> int:
     from services.journeys import simulate_cli
 
     return int(simulate_cli.main(rest))
+
+
+def _masters(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of masters, not {text!r}") from None
+    if not 1 <= n <= 64:
+        raise argparse.ArgumentTypeError(f"a local cluster has 1 to 64 masters, not {n}")
+    return n
 
 
 if __name__ == "__main__":

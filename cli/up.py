@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 from urllib.parse import quote, urlparse, urlunparse
 
+from cli import rediscluster
 from cli.dkim import with_dev_key
 from cli.supervisor import Child, free_local_port, port_open, stop_all, supervise, wait_port
 from nurture import secretstore
@@ -57,6 +58,11 @@ def up(args: argparse.Namespace) -> int:
     except SettingsError as exc:
         print(f"cannot start: {exc}", file=sys.stderr)
         return 2
+    offset = int(getattr(args, "port_offset", 0) or 0)
+    if not 0 <= offset <= 10_000:
+        print("cannot start: --port-offset must be between 0 and 10000", file=sys.stderr)
+        return 2
+    settings = with_port_offset(settings, offset, smtp_given=args.smtp_url is not None)
     if not args.public_url and "NURTURE_PUBLIC_URL" not in os.environ:
         settings = settings.with_overrides(public_url=f"http://127.0.0.1:{settings.http_port}")
     data = settings.data_dir.resolve()
@@ -78,16 +84,33 @@ def up(args: argparse.Namespace) -> int:
                 "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}
 
     # Embedded Redis unless a Redis URL is configured; NURTURE_EMBEDDED_REDIS=1 embeds one on that URL's port.
-    if "NURTURE_REDIS_URL" not in os.environ or os.environ.get("NURTURE_EMBEDDED_REDIS") == "1":
+    # --redis-cluster N: N masters of a Redis Cluster on that port and the N-1 after it (cli/rediscluster.py).
+    embedded_redis = "NURTURE_REDIS_URL" not in os.environ or os.environ.get("NURTURE_EMBEDDED_REDIS") == "1"
+    masters = getattr(args, "redis_cluster", None)
+    if masters is not None and not embedded_redis:
+        print("cannot start: --redis-cluster starts an embedded cluster, but NURTURE_REDIS_URL names an external "
+              "Redis (for an external cluster set NURTURE_REDIS_CLUSTER=1 instead)", file=sys.stderr)
+        return 2
+    if embedded_redis:
         port = urlparse(settings.redis_url).port or 6390
         password = urlparse(settings.redis_url).password or stored.redis_password
         settings = settings.with_overrides(redis_url=_with_password(settings.redis_url, password))
-        (data / "redis").mkdir(exist_ok=True)
-        conf = _redis_conf(data / "redis", password)
-        children.append(_child("redis", [_redis_binary(), str(conf), "--port", str(port), "--bind", "127.0.0.1",
-                                        "--dir", str(data / "redis"), "--appendonly", "yes", "--appendfsync",
-                                        "everysec", "--save", "", "--protected-mode", "no"],
-                              base_env, logs / "redis.log"))
+        if masters is not None:
+            settings = settings.with_overrides(redis_url=_with_password(f"redis://127.0.0.1:{port}/0", password),
+                                               redis_cluster=True)
+            for i in range(masters):
+                folder = data / "redis-cluster" / f"node-{i}"
+                folder.mkdir(parents=True, exist_ok=True)
+                children.append(_child(f"redis-{i}", rediscluster.node_argv(
+                    _redis_binary(), port + i, folder, _redis_conf(folder, password)), base_env,
+                    logs / f"redis-{i}.log"))
+        else:
+            (data / "redis").mkdir(exist_ok=True)
+            conf = _redis_conf(data / "redis", password)
+            children.append(_child("redis", [_redis_binary(), str(conf), "--port", str(port), "--bind", "127.0.0.1",
+                                            "--dir", str(data / "redis"), "--appendonly", "yes", "--appendfsync",
+                                            "everysec", "--save", "", "--protected-mode", "no"],
+                                  base_env, logs / "redis.log"))
     # NURTURE_EMBEDDED_SMTP=1 / NURTURE_EMBEDDED_CRM=1 run the local sink / emulator on a configured URL.
     smtp_local = (args.smtp_url is None and "NURTURE_SMTP_URL" not in os.environ) or (
         os.environ.get("NURTURE_EMBEDDED_SMTP") == "1")
@@ -130,12 +153,15 @@ def up(args: argparse.Namespace) -> int:
     children.append(_child("gateway", [python, "-m", "gateway"], env, logs / "gateway.log"))
 
     busy = [(c.name, p) for c in children if (p := _child_port(c.name, settings)) and port_open("127.0.0.1", p)]
+    busy += [(f"{c.name}'s cluster bus", p + rediscluster.BUS_PORT_OFFSET) for c in children
+             if c.name.startswith("redis-") and (p := _child_port(c.name, settings))
+             and port_open("127.0.0.1", p + rediscluster.BUS_PORT_OFFSET)]
     bounce_port = int(settings.bounce_smtp_addr.rpartition(":")[2] or 0)
     if bounce_port and any(c.name == "messaging" for c in children) and port_open("127.0.0.1", bounce_port):
         busy.append(("messaging's bounce receiver (NURTURE_BOUNCE_SMTP_ADDR)", bounce_port))
     if busy:
         names = ", ".join(f"{n} needs port {p}" for n, p in busy)
-        print(f"cannot start: {names}, which is in use (another `nurture up`? use --http-port or NURTURE_*_ADDR)",
+        print(f"cannot start: {names}, which is in use (another `nurture up`? use --port-offset N)",
               file=sys.stderr)
         return 1
     stopping = False
@@ -154,10 +180,21 @@ def up(args: argparse.Namespace) -> int:
                 # A loaded machine (a shared CI box, a benchmark loading data) may start a service slower.
                 wait_port("127.0.0.1", listens_on, child.name, child,
                           timeout=float(os.environ.get("NURTURE_START_TIMEOUT_S") or 60))
-            if child.name == "redis" and settings.clock == "virtual":
+            if child.name != _last_redis(children):
+                continue
+            if settings.redis_cluster:  # every master is up: join them (or find them joined) and wait for ok
+                try:
+                    rediscluster.form([p for c in children if c.name.startswith("redis-")
+                                       if (p := _child_port(c.name, settings))],
+                                      urlparse(settings.redis_url).password or "",
+                                      timeout=float(os.environ.get("NURTURE_START_TIMEOUT_S") or 60))
+                except rediscluster.ClusterError as exc:
+                    print(f"cannot start: {exc}", file=sys.stderr)
+                    return 1
+            if settings.clock == "virtual":
                 from nurture.clock import make_clock
 
-                make_clock("virtual", settings.redis_url).now()  # fixes the epoch on first use
+                make_clock(settings).now()  # fixes the epoch on first use
         print(f"BorderBridge Nurture is running ({settings.clock} clock)", flush=True)
         print(f"  gateway:   http://127.0.0.1:{settings.http_port}   (API key: {settings.api_key})", flush=True)
         print(f"  console:   http://127.0.0.1:{settings.http_port}/console/   (sign in with the API key)", flush=True)
@@ -165,6 +202,8 @@ def up(args: argparse.Namespace) -> int:
             print(f"  site key:  {site_key}   (website tracking from {', '.join(config.get('origins', []))}: "
                   f"<script src=\"http://127.0.0.1:{settings.http_port}/t/nurture.js\" data-site-key=\"...\" async>)",
                   flush=True)
+        if settings.redis_cluster:
+            print(f"  redis:     a cluster, {settings.redis_url.rpartition('@')[2]} and the nodes it names", flush=True)
         print(f"  data dir:  {data}   logs: {logs}   traces: {data / 'traces'}", flush=True)
         print(f"  secrets:   {data / secretstore.FILE_NAME} (generated on first start; see docs/SECURITY.md)",
               flush=True)
@@ -178,6 +217,36 @@ def up(args: argparse.Namespace) -> int:
         stop_all(children)
         print("stopped", flush=True)
     return 0
+
+
+def _shift(url_or_addr: str, offset: int, default: int) -> str:
+    """`host:port` or `scheme://[user@]host:port/...` with the port moved by offset."""
+    if "://" not in url_or_addr:
+        host, _, port = url_or_addr.rpartition(":")
+        return f"{host}:{int(port or default) + offset}"
+    parts = urlparse(url_or_addr)
+    netloc = parts.netloc.rpartition("@")
+    host = (parts.hostname or "127.0.0.1") if ":" not in (parts.hostname or "") else f"[{parts.hostname}]"
+    return urlunparse(parts._replace(netloc=f"{netloc[0]}{netloc[1]}{host}:{(parts.port or default) + offset}"))
+
+
+def with_port_offset(settings: Settings, offset: int, *, smtp_given: bool = False) -> Settings:
+    """Every port this mesh listens on moved by offset (`--port-offset`), so that a second `nurture up`
+    runs beside one on the defaults without a dozen NURTURE_* settings. The ports of a real Redis, SMTP
+    server or CRM named in the environment are theirs, and stay."""
+    if not offset:
+        return settings
+    changes: dict[str, object] = {"http_port": settings.http_port + offset,
+                                  "bounce_smtp_addr": _shift(settings.bounce_smtp_addr, offset, 2526)}
+    for service in SERVICES:
+        changes[f"{service}_addr"] = _shift(settings.address_of(service), offset, 0)
+    if "NURTURE_REDIS_URL" not in os.environ or os.environ.get("NURTURE_EMBEDDED_REDIS") == "1":
+        changes["redis_url"] = _shift(settings.redis_url, offset, 6390)
+    if (not smtp_given and "NURTURE_SMTP_URL" not in os.environ) or os.environ.get("NURTURE_EMBEDDED_SMTP") == "1":
+        changes["smtp_url"] = _shift(settings.smtp_url, offset, 2525)
+    if "NURTURE_CRM_URL" not in os.environ or os.environ.get("NURTURE_EMBEDDED_CRM") == "1":
+        changes["crm_url"] = _shift(settings.crm_url, offset, 8090)
+    return settings.with_overrides(**changes)
 
 
 def _with_password(url: str, password: str) -> str:
@@ -195,13 +264,21 @@ def _redis_conf(folder: Path, password: str) -> Path:
     fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as out:
         escaped = password.replace("\\", "\\\\").replace('"', '\\"')
-        out.write(f'requirepass "{escaped}"\n')
+        out.write(f'requirepass "{escaped}"\nmasterauth "{escaped}"\n')  # masterauth: a replica of a cluster master
     return conf
+
+
+def _last_redis(children: list[Child]) -> str | None:
+    """The Redis child started last (the only one, or a cluster's last master)."""
+    names = [c.name for c in children if c.name == "redis" or c.name.startswith("redis-")]
+    return names[-1] if names else None
 
 
 def _child_port(name: str, settings: Settings) -> int | None:
     if name == "redis":
         return urlparse(settings.redis_url).port or 6390
+    if name.startswith("redis-"):  # a cluster's master i listens on the URL's port + i
+        return (urlparse(settings.redis_url).port or 6390) + int(name.removeprefix("redis-"))
     if name == "smtp-sink":
         return urlparse(settings.smtp_url).port or 2525
     if name == "crm-emulator":

@@ -89,7 +89,7 @@ def create_app(settings: Settings) -> FastAPI:
                   telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False})
     app.state.mesh = Mesh(settings=settings)
     app.state.events = EventSender(app.state.mesh)
-    app.state.clock = make_clock(settings.clock, settings.redis_url)
+    app.state.clock = make_clock(settings)
     app.state.clock_lock = asyncio.Lock()
     app.state.limiter = TokenBucket(settings.rate_limit_per_s) if settings.rate_limit_per_s > 0 else None
     app.state.tracking = Tracking.create(settings, app.state.mesh)  # fails fast on a bad NURTURE_SITE_KEYS

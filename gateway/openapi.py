@@ -241,6 +241,32 @@ _SUCCESS_SCHEMA = {("post", "/v1/leads"): "Lead", ("patch", "/v1/leads/{lead_id}
 _PUBLIC = ("/healthz", "/readyz", "/t/", "/u/", "/p/")
 
 
+_COUNTS: dict[str, Any] = {m: {"type": "integer", "minimum": 0}
+           for m in ("sent", "delivered", "hard_bounced", "soft_bounced", "complaints")}
+_DELIVERABILITY_ROW: dict[str, Any] = {
+    "type": "object", "required": [*_COUNTS, "delivery_rate", "hard_bounce_rate", "soft_bounce_rate", "complaint_rate"],
+    "properties": {**_COUNTS, **{r: {"type": ["number", "null"], "description": "null over nothing"} for r in (
+        "delivery_rate", "hard_bounce_rate", "soft_bounce_rate", "complaint_rate")}}}
+# Report bodies documented beyond "an object" (docs/API.md "Analytics").
+_ANALYTICS_SCHEMAS: dict[str, Any] = {
+    "/v1/analytics/deliverability": {
+        "type": "object", "required": ["totals", "by_domain", "by_provider", "points", "interval"],
+        "properties": {
+            "totals": _DELIVERABILITY_ROW,
+            "by_domain": {"type": "array", "items": {**_DELIVERABILITY_ROW, "required": [
+                "domain", *_DELIVERABILITY_ROW["required"]], "properties": {
+                "domain": {"type": "string"}, **_DELIVERABILITY_ROW["properties"]}}},
+            "by_provider": {"type": "array", "items": {**_DELIVERABILITY_ROW, "required": [
+                "provider", *_DELIVERABILITY_ROW["required"]], "properties": {
+                "provider": {"type": "string", "description": "messaging's deliverability.yaml name, or other"},
+                **_DELIVERABILITY_ROW["properties"]}}},
+            "points": {"type": "array", "items": {"type": "object", "required": ["t", *_COUNTS], "properties": {
+                "t": {"type": "string", "format": "date", "description": "the day, or the Monday of the week"},
+                **_COUNTS}}},
+            "interval": {"type": "string", "enum": ["day", "week"]}}},
+}
+
+
 def _error(status: int) -> dict[str, Any]:
     response: dict[str, Any] = {"description": _WHY.get(status, "error"),
                                 "content": {JSON: {"schema": {"$ref": REF + "Error"}}}}
@@ -349,7 +375,8 @@ def _special_cases(doc: dict[str, Any]) -> None:
     for path in [p for p in paths if p.startswith("/v1/analytics/")]:
         paths[path]["get"]["responses"]["200"] = {
             "description": "the report as JSON; with format=csv, its rows as CSV (RFC 4180)",
-            "content": {JSON: {"schema": {"type": "object"}}, "text/csv": {"schema": {"type": "string"}}}}
+            "content": {JSON: {"schema": _ANALYTICS_SCHEMAS.get(path, {"type": "object"})},
+                        "text/csv": {"schema": {"type": "string"}}}}
 
 
 def install_openapi(app: FastAPI) -> None:

@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import redis.asyncio as aioredis
 from opentelemetry import trace
 from opentelemetry.propagate import extract
 from redis.exceptions import ResponseError
@@ -33,7 +32,7 @@ from redis.exceptions import ResponseError
 from nurture import busmessage
 from nurture.admin import DeadLetter, Retried
 from nurture.busmessage import BusMessage
-from nurture.redisconn import shard_of, sharded_key
+from nurture.redisconn import AsyncRedis, is_cluster, shard_of, sharded_key
 
 log = logging.getLogger(__name__)
 _tracer = trace.get_tracer(__name__)
@@ -59,7 +58,7 @@ def dead_key(group: str) -> str:
 
 
 class Publisher:
-    def __init__(self, client: aioredis.Redis, shards: int) -> None:
+    def __init__(self, client: AsyncRedis, shards: int) -> None:
         self._redis = client
         self._shards = shards
 
@@ -100,7 +99,7 @@ class Consumer:
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: AsyncRedis,
         *,
         group: str,
         shards: int,
@@ -122,6 +121,7 @@ class Consumer:
         # millisecond share them (one shard's success must not reset another's failure count).
         self._failures: dict[tuple[bytes, bytes], int] = {}
         self._ready = False
+        self._waiting: dict[str, asyncio.Task[list[tuple[bytes, list[_Entry]]]]] = {}  # on a cluster
 
     async def ensure_groups(self) -> None:
         if self._ready:
@@ -135,7 +135,46 @@ class Consumer:
         self._ready = True
 
     async def _read(self, start: str, block: int | None) -> list[tuple[bytes, list[_Entry]]]:
-        streams: dict[Any, Any] = {stream_key(s): start for s in range(self._shards)}
+        keys = [stream_key(s) for s in range(self._shards)]
+        if not is_cluster(self._redis):
+            return await self._xreadgroup({k: start for k in keys}, block)
+        # A cluster runs a multi-key command only when all its keys share a slot, and each shard's stream
+        # has a slot of its own: every stream is read by its own call, on its own node, side by side.
+        if block is None:
+            found = await asyncio.gather(*(self._xreadgroup({k: start}, None) for k in keys))
+            return [item for items in found for item in items]
+        return await self._wait_any(keys, start, block)
+
+    async def _wait_any(self, keys: list[str], start: str, block: int) -> list[tuple[bytes, list[_Entry]]]:
+        """Blocking reads on a cluster: one per stream, answered as soon as any stream has entries. The
+        others stay outstanding for the next call (cancelled, they could lose what they had just read
+        to this consumer's pending list until a restart reads it back)."""
+        for key in keys:
+            if key not in self._waiting:
+                self._waiting[key] = asyncio.create_task(self._xreadgroup({key: start}, block))
+        await asyncio.wait(self._waiting.values(), return_when=asyncio.FIRST_COMPLETED)
+        out: list[tuple[bytes, list[_Entry]]] = []
+        failed: BaseException | None = None
+        for key, task in list(self._waiting.items()):
+            if task.done():
+                del self._waiting[key]
+                if task.exception() is not None:
+                    failed = failed or task.exception()
+                else:
+                    out += task.result()
+        if failed is not None:
+            if not out:
+                raise failed
+            # What the other streams gave is handled now; the failed stream is read again next time.
+            log.warning("bus %s: a stream's read failed: %r", self._group, failed)
+        return out
+
+    def _stop_waiting(self) -> None:
+        for task in self._waiting.values():
+            task.cancel()
+        self._waiting.clear()
+
+    async def _xreadgroup(self, streams: dict[Any, Any], block: int | None) -> list[tuple[bytes, list[_Entry]]]:
         try:
             result: Any = await self._redis.xreadgroup(
                 self._group, self._consumer, streams, count=self._batch, block=block
@@ -267,9 +306,21 @@ class Consumer:
 
     async def run(self, idle_block_ms: int = 200) -> None:
         """Consume forever. Entries read before a crash are handled first."""
+        try:
+            await self._run(idle_block_ms)
+        finally:
+            self._stop_waiting()
+
+    async def _run(self, idle_block_ms: int) -> None:
         await self.ensure_groups()
         await self.drain()
+        me = asyncio.current_task()
         while True:
+            if me is not None and me.cancelling():
+                # A cancellation that landed inside a command can be swallowed by redis-py (8.1, its
+                # plain and cluster clients alike: a loop of XACKs ran on after cancel()); the task
+                # still records it, and the loop ends here.
+                raise asyncio.CancelledError
             try:
                 # Block outside the lock so Settle's drain is never starved by an idle read.
                 entries = await self._read(">", idle_block_ms)
@@ -307,7 +358,7 @@ class GroupLag:
 LAG_SCAN_LIMIT = 100_000  # per shard, where Redis (< 7) does not report lag itself: beyond it, a lower bound
 
 
-async def lag(client: aioredis.Redis, shards: int) -> list[GroupLag]:
+async def lag(client: AsyncRedis, shards: int) -> list[GroupLag]:
     """Every consumer group's backlog, for operators (the console's operations page)."""
     waiting: dict[str, int] = {}
     pending: dict[str, int] = {}
@@ -334,7 +385,7 @@ async def lag(client: aioredis.Redis, shards: int) -> list[GroupLag]:
     return out
 
 
-async def _entry(client: aioredis.Redis, key: bytes | str, entry_id: bytes | str) -> _Entry | None:
+async def _entry(client: AsyncRedis, key: bytes | str, entry_id: bytes | str) -> _Entry | None:
     found: Any = await client.xrange(key, min=entry_id, max=entry_id)
     return (found[0][0], found[0][1]) if found else None
 

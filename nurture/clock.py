@@ -9,7 +9,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
-import redis
+from nurture import redisconn
+from nurture.settings import Settings
 
 CLOCK_KEY = "nurture:clock"
 # A fixed, readable origin so that virtual runs are reproducible.
@@ -30,7 +31,7 @@ class RealClock:
 class VirtualClock:
     """Time stored in Redis as integer microseconds since the Unix epoch."""
 
-    def __init__(self, client: redis.Redis, start: datetime = VIRTUAL_EPOCH) -> None:
+    def __init__(self, client: redisconn.SyncRedis, start: datetime = VIRTUAL_EPOCH) -> None:
         self._redis = client
         # SETNX: the first process to start decides the origin; later ones join it.
         self._redis.set(CLOCK_KEY, _to_micros(start), nx=True)
@@ -79,8 +80,8 @@ def _from_micros(value: int) -> datetime:
     return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=value)
 
 
-def make_clock(kind: str, redis_url: str) -> Clock:
-    """The clock named by settings: `real`, or `virtual` shared through Redis."""
-    if kind == "virtual":
-        return VirtualClock(redis.Redis.from_url(redis_url))
+def make_clock(settings: Settings) -> Clock:
+    """The clock named by settings: `real`, or `virtual` shared through the mesh's Redis (or Cluster)."""
+    if settings.clock == "virtual":
+        return VirtualClock(redisconn.connect_sync(settings))
     return RealClock()

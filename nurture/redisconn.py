@@ -1,26 +1,88 @@
-"""Redis access and key naming.
+"""Redis access and key naming: the one place a process gets its Redis client.
 
 Keys that belong to one lead carry the hash tag `{lead_id}`, so on Redis Cluster all of a lead's keys
 live on one slot and a Lua script never touches two leads. Shared structures (bus streams, timer sets)
 are split into shards whose tags spread over the cluster.
+
+With `NURTURE_REDIS_CLUSTER=1` the URL names one node of a Redis Cluster and `connect` / `connect_sync`
+return redis-py's cluster clients, which learn the other nodes from it. What that asks of the code that
+uses them (docs/ARCHITECTURE.md, "Storage"): every command's keys in one slot (one hash tag), pipelines
+without MULTI (the cluster client sends each command to its slot's node), a multi-key read such as
+XREADGROUP over several streams split per stream, and scripts run through `run_script` or a registered
+script called on the client (a node that never saw the script loads it then).
 """
 
 from __future__ import annotations
 
+import hashlib
 import zlib
+from collections.abc import Sequence
+from typing import Any
 
 import redis
 import redis.asyncio as aioredis
+import redis.asyncio.cluster as aiocluster
+import redis.cluster
+from redis.exceptions import NoScriptError
 
 from nurture.settings import Settings
 
+# A client of either kind: code that holds one uses only what both offer (mypy checks it).
+AsyncRedis = aioredis.Redis | aiocluster.RedisCluster
+SyncRedis = redis.Redis | redis.cluster.RedisCluster
 
-def connect(settings: Settings) -> aioredis.Redis:
+
+def connect(settings: Settings) -> AsyncRedis:
+    if settings.redis_cluster:
+        return aiocluster.RedisCluster.from_url(settings.redis_url, decode_responses=False,
+                                                health_check_interval=30)
     return aioredis.Redis.from_url(settings.redis_url, decode_responses=False, health_check_interval=30)
 
 
-def connect_sync(settings: Settings) -> redis.Redis:
+def connect_sync(settings: Settings) -> SyncRedis:
+    if settings.redis_cluster:
+        return redis.cluster.RedisCluster.from_url(settings.redis_url, decode_responses=False)
     return redis.Redis.from_url(settings.redis_url, decode_responses=False)
+
+
+def is_cluster(client: AsyncRedis | SyncRedis) -> bool:
+    return isinstance(client, aiocluster.RedisCluster | redis.cluster.RedisCluster)
+
+
+async def run_script(client: AsyncRedis, script: str, calls: Sequence[tuple[Sequence[Any], Sequence[Any]]]
+                     ) -> list[Any]:
+    """Run one Lua script once per `(keys, args)` in one round trip per node, the answers in order.
+
+    Each call's keys must share a slot. A pipelined EVALSHA fails with NOSCRIPT on a node that has not
+    seen the script (a cluster's other nodes; any Redis after a restart or failover): those calls, and
+    only those (the others ran), are run again once the script is loaded on every node.
+    """
+    if not calls:
+        return []
+    sha = script_sha(script)
+    answers: list[Any] = await _evalsha(client, sha, calls)
+    missing = [i for i, a in enumerate(answers) if isinstance(a, NoScriptError)]
+    if missing:
+        await client.script_load(script)  # on a cluster: every primary
+        for i, answer in zip(missing, await _evalsha(client, sha, [calls[i] for i in missing]), strict=True):
+            answers[i] = answer
+    for answer in answers:
+        if isinstance(answer, Exception):
+            raise answer
+    return answers
+
+
+async def _evalsha(client: AsyncRedis, sha: str, calls: Sequence[tuple[Sequence[Any], Sequence[Any]]]) -> list[Any]:
+    pipe = client.pipeline(transaction=False)
+    for keys, args in calls:
+        # Through execute_command: redis-py's cluster pipeline refuses its `evalsha` method (it cannot load
+        # a missing script mid-pipeline), yet routes the command by its keys' slot; the reload is ours.
+        pipe.execute_command("EVALSHA", sha, len(keys), *keys, *args)
+    return list(await pipe.execute(raise_on_error=False))
+
+
+def script_sha(script: str) -> str:
+    return hashlib.sha1(script.encode(), usedforsecurity=False).hexdigest()
 
 
 def shard_of(key: str, shards: int) -> int:

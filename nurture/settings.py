@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlparse
 
 ClockKind = Literal["real", "virtual"]
 
@@ -33,6 +34,9 @@ class Settings:
     data_dir: Path = Path("data")
     database_url: str | None = None
     redis_url: str = "redis://127.0.0.1:6390/0"
+    # True: `redis_url` names one node of a Redis Cluster (database 0 only); nurture.redisconn then hands
+    # out cluster clients, which find the other nodes and follow slots as they move.
+    redis_cluster: bool = False
     clock: ClockKind = "real"
     otlp_endpoint: str | None = None
     smtp_url: str = "smtp://127.0.0.1:2525"
@@ -78,6 +82,10 @@ class Settings:
     # replicas on PostgreSQL take turns under an advisory lock). check: a deployment runs `nurture migrate`
     # once, and a process whose schema is not its code's newest refuses to start.
     migrate: str = "on_start"
+    # This process's name among its service's replicas (`nurture up --replicas`: 0, 1, ...). Queued work a
+    # process claims carries it, so a restarted replica takes its own claims back at once and leaves a
+    # live replica's alone (those return to the queue only when their lease runs out).
+    replica: str = "0"
 
     def sqlite_url(self, service: str) -> str:
         """The embedded default: one SQLite file per service under the data dir."""
@@ -149,6 +157,8 @@ def check_secrets(settings: Settings) -> None:
 def _coerce(name: str, kind: Any, raw: str) -> Any:
     text = str(kind)
     try:
+        if text == "bool":
+            return _flag(raw)
         if "int" in text and "str" not in text:
             return int(raw)
         if "Path" in text:
@@ -171,6 +181,15 @@ def _coerce(name: str, kind: Any, raw: str) -> Any:
         raise SettingsError(f"NURTURE_{name.upper()}={raw!r}: {exc}") from exc
 
 
+def _flag(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError("expected 1 or 0 (true or false)")
+
+
 def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
     """Build the settings from the environment (`NURTURE_<FIELD>`), then explicit overrides (flags)."""
     env = os.environ if environ is None else environ
@@ -183,6 +202,9 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
     settings = Settings(**values)
     if settings.bus_shards < 1 or settings.timer_shards < 1:
         raise SettingsError("NURTURE_BUS_SHARDS and NURTURE_TIMER_SHARDS must be positive")
+    if settings.redis_cluster and urlparse(settings.redis_url).path.strip("/") not in ("", "0"):
+        raise SettingsError(f"NURTURE_REDIS_URL: a Redis Cluster has database 0 only, not "
+                            f"{urlparse(settings.redis_url).path.strip('/')!r} (NURTURE_REDIS_CLUSTER=1)")
     wrong = sorted({role for role in settings.api_keys.values() if role not in ROLES})
     if wrong:  # a typo must not silently grant or deny: name the role, never the key
         raise SettingsError(f"NURTURE_API_KEYS: unknown role(s) {', '.join(map(repr, wrong))}; "
@@ -197,6 +219,9 @@ def to_environ(settings: Settings) -> dict[str, str]:
     for f in fields(Settings):
         value = getattr(settings, f.name)
         if value is None:
+            continue
+        if isinstance(value, bool):
+            env[f"NURTURE_{f.name.upper()}"] = "1" if value else "0"
             continue
         env[f"NURTURE_{f.name.upper()}"] = json.dumps(value) if isinstance(value, dict) else str(value)
     return env

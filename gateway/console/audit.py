@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import redis.asyncio as aioredis
+from nurture.redisconn import AsyncRedis
 
 AUDIT_KEY = "nurture:audit"
 AUDIT_MAXLEN = 10_000
@@ -28,7 +28,7 @@ class AuditEntry:
     detail: str
 
 
-async def record(client: aioredis.Redis, *, role: str, key_print: str, action: str, service: str, target: str,
+async def record(client: AsyncRedis, *, role: str, key_print: str, action: str, service: str, target: str,
                  outcome: str, detail: str) -> str:
     fields: dict[Any, Any] = {"e": json.dumps({"role": role, "key_print": key_print, "action": action,
                                                "service": service, "target": target, "outcome": outcome,
@@ -37,7 +37,7 @@ async def record(client: aioredis.Redis, *, role: str, key_print: str, action: s
     return entry.decode() if isinstance(entry, bytes) else str(entry)
 
 
-async def recent(client: aioredis.Redis, limit: int = 50) -> list[AuditEntry]:
+async def recent(client: AsyncRedis, limit: int = 50) -> list[AuditEntry]:
     rows: Any = await client.xrevrange(AUDIT_KEY, count=limit)
     out = []
     for entry_id, fields in rows or []:

@@ -183,7 +183,7 @@ async def analytics(request: Request) -> Response:
         args = (f["from"], f["to"], f["segment"], f["journey"], "json")
         engagement = await analytics_api.engagement(group_by, *args, m=m)
         series = await analytics_api.timeseries(metric, interval, *args, m=m)
-        progression = await analytics_api.progression(*args, table="stages", m=m)
+        progression = await analytics_api.progression_tables(*args[:4], ("stages", "qualification"), m=m)
         filters = {k: v or "" for k, v in f.items()}
         query = urlencode({k: v for k, v in filters.items() if v})
         return page("analytics.html", session=current, title="Analytics", filters=filters, groups=GROUPS,

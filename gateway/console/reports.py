@@ -1,5 +1,5 @@
-"""The console's report pages beside the analytics dashboard: attribution and ROI (charts with their
-tables, the reports' filters, CSV) and the A/B experiments of templates with their significance.
+"""The console's report pages beside the analytics dashboard: attribution and ROI, and deliverability
+(charts with their tables, the reports' filters, CSV), and the A/B experiments of templates with their significance.
 
 Each page reads through the function that answers the same /v1 call (gateway.routes.analytics,
 gateway.routes.messaging), so a figure on a page is the API's figure for the same filters.
@@ -28,6 +28,7 @@ from gateway.routes import templates as templates_api
 router = APIRouter(prefix="/console", include_in_schema=False)
 
 MODELS = ("last", "first", "linear")
+INTERVALS = ("day", "week")
 TABLES = analytics_api.ATTRIBUTION_TABLES
 DIMENSION = {"by_template": "template", "by_topic": "topic", "by_format": "format"}
 # Templates whose A/B reports are read at once: one AbReport each, kept few so a long catalog does not
@@ -96,6 +97,53 @@ async def roi_csv(request: Request) -> Response:
         answer: Response = await analytics_api.roi(f["from"], f["to"], f["segment"], f["journey"], "csv",
                                                    m=mesh_of(request))
         answer.headers["Content-Disposition"] = 'attachment; filename="roi.csv"'
+        return answer
+    return await guarded(request, handler)
+
+
+def _where_sent(request: Request) -> dict[str, str | None]:
+    """Deliverability's own filters beside the common ones (empty means "not set")."""
+    return {name: (request.query_params.get(name) or None) for name in ("domain", "provider")}
+
+
+@router.get("/analytics/deliverability")
+async def deliverability(request: Request) -> Response:
+    """Emails sent, delivered, bounced and complained of per day (chart and table) and per mailbox provider
+    and sending domain (chart and table), from the same call as /v1/analytics/deliverability."""
+    async def handler(_request: Request, current: Session) -> Response:
+        m, f, where = mesh_of(request), report_query(request), _where_sent(request)
+        interval = pick(request, "interval", INTERVALS)
+        report = await analytics_api.deliverability(where["domain"], where["provider"], interval, f["from"],
+                                                    f["to"], f["segment"], f["journey"], "json", m=m)
+        points = report["points"]
+        chart = {"labels": [r["t"] for r in points],
+                 "series": [{"label": label, "values": [r[key] for r in points]} for key, label in (
+                     ("delivered", "delivered"), ("hard_bounced", "hard bounces"), ("soft_bounced", "soft bounces"),
+                     ("complaints", "complaints"))]}
+        # Rates in percent per provider and domain: the guards' lines are rates, and volumes differ.
+        dim_charts = {dim: json.dumps({
+            "labels": [str(r[dim]) for r in report[f"by_{dim}"]],
+            "series": [{"label": label, "values": [round(100 * (r[key] or 0), 2) for r in report[f"by_{dim}"]]}
+                       for key, label in (("hard_bounce_rate", "hard bounce %"), ("soft_bounce_rate", "soft bounce %"),
+                                          ("complaint_rate", "complaint %"))]}) for dim in ("provider", "domain")}
+        filters = {k: v or "" for k, v in {**f, **where}.items()}
+        query = urlencode({k: v for k, v in {**filters, "interval": interval}.items() if v})
+        return page("deliverability.html", session=current, title="Deliverability", filters=filters,
+                    intervals=INTERVALS, interval=interval, report=report, query=query,
+                    chart_json=json.dumps(chart), dim_charts=dim_charts)
+    return await guarded(request, handler)
+
+
+@router.get("/analytics/deliverability.csv")
+async def deliverability_csv(request: Request) -> Response:
+    """A deliverability table shown (per day, provider or domain) as the API's CSV."""
+    async def handler(_request: Request, _current: Session) -> Response:
+        f, where = report_query(request), _where_sent(request)
+        answer: Response = await analytics_api.deliverability(
+            where["domain"], where["provider"], pick(request, "interval", INTERVALS), f["from"], f["to"],
+            f["segment"], f["journey"], "csv", table=pick(request, "table", analytics_api.DELIVERABILITY_TABLES),
+            m=mesh_of(request))
+        answer.headers["Content-Disposition"] = 'attachment; filename="deliverability.csv"'
         return answer
     return await guarded(request, handler)
 

@@ -1,4 +1,5 @@
-"""Analytics (docs/API.md "Analytics"): engagement, progression, attribution, ROI and time series from
+"""Analytics (docs/API.md "Analytics"): engagement, progression, attribution, ROI, time series and
+deliverability from
 the analytics service's read model; every report as JSON, or CSV with `format=csv`."""
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ ROI_TABLES = ("by_journey", "by_path")
 PROGRESSION_TABLES = ("stages", "lifecycle", "qualification", "time_to_conversion", "content_gaps",
                       "score_progression")
 ATTRIBUTION_TABLES = ("by_template", "by_topic", "by_format")
+DELIVERABILITY_TABLES = ("by_provider", "by_domain", "points")
 
 
 def _stub(m: Mesh) -> analytics_pb2_grpc.AnalyticsStub:
@@ -43,20 +45,42 @@ def _query(from_: str | None, to: str | None, segment: str | None, journey: str 
     return q
 
 
-def _csv(rows: list[dict[str, Any]]) -> Response:
+# Each CSV table's columns, as docs/API.md names its rows: a table with no row in the range is still its
+# header (a spreadsheet or a script reading columns by name got an empty body).
+COLUMNS: dict[str, tuple[str, ...]] = {
+    "rows": ("group", "sent", "delivered", "opened", "clicked", "unsubscribed", "bounced", "open_rate", "click_rate"),
+    "stages": ("journey", "stage", "entered", "advanced", "conversion_rate", "median_hours", "p90_hours",
+               "bottleneck", "why"),
+    "lifecycle": ("from", "to", "count", "median_hours"),
+    "qualification": ("week", "mql", "sql", "trial", "customer"),
+    "time_to_conversion": ("journey", "conversions", "median_hours", "p90_hours"),
+    "content_gaps": ("journey", "stage", "segment", "sent", "delivered", "opened", "clicked", "open_rate",
+                     "click_rate", "gap", "why"),
+    "score_progression": ("journey", "conversions", "score_at_entry", "score_at_conversion", "change"),
+    "by_template": ("template", "topic", "format", "conversions", "revenue"),
+    "by_topic": ("topic", "conversions", "revenue"),
+    "by_format": ("format", "conversions", "revenue"),
+    "by_journey": ("journey", "nurtured_leads", "cost", "cost_per_nurtured_lead", "influenced_revenue", "roi"),
+    "by_path": ("path", "deals", "revenue", "average_deal"),
+    "points": ("t", "value"),
+    "sequences": ("segment", "sequence", "conversions", "share", "revenue", "average_deal"),  # its `rows`
+}
+
+
+def _csv(rows: list[dict[str, Any]], table: str) -> Response:
     """The rows as CSV (RFC 4180), columns in the order of the JSON rows; an empty table is its header."""
     out = io.StringIO()
-    if rows:
-        writer = csv.DictWriter(out, fieldnames=list(rows[0]), lineterminator="\r\n")
-        writer.writeheader()
-        writer.writerows({k: "" if v is None else v for k, v in r.items()} for r in rows)
+    writer = csv.DictWriter(out, fieldnames=list(rows[0]) if rows else list(COLUMNS[table]), lineterminator="\r\n")
+    writer.writeheader()
+    writer.writerows({k: "" if v is None else v for k, v in r.items()} for r in rows)
     return Response(out.getvalue(), media_type="text/csv; charset=utf-8")
 
 
-def _answer(reply: analytics_pb2.ReportReply, output: str, table: str) -> Any:
+def _answer(reply: analytics_pb2.ReportReply, output: str, table: str, columns: str | None = None) -> Any:
+    """The report as JSON, or its `table` as CSV (headed by COLUMNS[columns or table] when it has no row)."""
     body = json.loads(reply.report_json)
     if output == "csv":
-        return _csv(body[table])
+        return _csv(body[table], columns or table)
     return body
 
 
@@ -82,8 +106,24 @@ async def progression(from_: str | None = Query(None, alias="from"), to: str | N
                       output: str = Query("json", alias="format"), table: str = "stages",
                       m: Mesh = Depends(mesh)) -> Any:
     q = _query(from_, to, segment, journey, output)
-    reply = await _stub(m).Progression(analytics_pb2.ProgressionRequest(query=q), timeout=LONG_DEADLINE_S)
-    return _answer(reply, output, _choice(table, PROGRESSION_TABLES, "table"))
+    chosen = _choice(table, PROGRESSION_TABLES, "table")
+    # CSV is one table: only that one is computed.
+    return _answer(await _progression(q, (chosen,) if output == "csv" else (), m), output, chosen)
+
+
+async def _progression(q: analytics_pb2.ReportQuery, tables: tuple[str, ...], m: Mesh) -> analytics_pb2.ReportReply:
+    reply: analytics_pb2.ReportReply = await _stub(m).Progression(
+        analytics_pb2.ProgressionRequest(query=q, tables=tables), timeout=LONG_DEADLINE_S)
+    return reply
+
+
+async def progression_tables(from_: str | None, to: str | None, segment: str | None, journey: str | None,
+                             tables: tuple[str, ...], m: Mesh) -> dict[str, Any]:
+    """The progression report with only `tables` computed (the others empty): the console's dashboard
+    shows two of its six, and the won deals' joins behind the others are most of its cost."""
+    body: dict[str, Any] = json.loads((await _progression(_query(from_, to, segment, journey, "json"), tables,
+                                                          m)).report_json)
+    return body
 
 
 @router.get("/v1/analytics/attribution", summary="Conversions and won revenue credited to content")
@@ -113,7 +153,7 @@ async def sequences(length: int = 2, by: str = "template", window_days: int = 30
     reply = await _stub(m).Sequences(analytics_pb2.SequencesRequest(query=q, length=length, by=by,
                                                                     window_days=window_days),
                                      timeout=LONG_DEADLINE_S)
-    return _answer(reply, output, "rows")
+    return _answer(reply, output, "rows", "sequences")
 
 
 @router.get("/v1/analytics/roi", summary="Cost per nurtured lead, nurture-influenced revenue, ROI per journey")
@@ -133,3 +173,20 @@ async def timeseries(metric: str = "sent", interval: str = "day", from_: str | N
     reply = await _stub(m).Timeseries(analytics_pb2.TimeseriesRequest(query=q, metric=metric, interval=interval),
                                       timeout=LONG_DEADLINE_S)
     return _answer(reply, output, "points")
+
+
+@router.get("/v1/analytics/deliverability",
+            summary="Sent, delivered, bounced (hard, soft), complaints and rates by sending domain, provider, day")
+async def deliverability(domain: str | None = None, provider: str | None = None, interval: str = "day",
+                         from_: str | None = Query(None, alias="from"), to: str | None = None,
+                         segment: str | None = None, journey: str | None = None,
+                         output: str = Query("json", alias="format"), table: str = "by_provider",
+                         m: Mesh = Depends(mesh)) -> Any:
+    q = _query(from_, to, segment, journey, output)
+    request = analytics_pb2.DeliverabilityRequest(query=q, interval=_choice(interval, ("day", "week"), "interval"))
+    if domain is not None:
+        request.domain = domain
+    if provider is not None:
+        request.provider = provider
+    reply = await _stub(m).Deliverability(request, timeout=LONG_DEADLINE_S)
+    return _answer(reply, output, _choice(table, DELIVERABILITY_TABLES, "table"))

@@ -9,9 +9,10 @@ import grpc
 from fastapi import APIRouter, Depends, Response
 from fastapi.responses import HTMLResponse
 
-from gateway.deps import ApiError, Mesh, json_body, mesh, require_key
+from gateway.deps import ApiError, Mesh, json_body, mesh, optional_json_body, require_key
 from nurture import times
 from nurture.api.crm_sync.v1 import crm_sync_pb2, crm_sync_pb2_grpc
+from nurture.api.scoring.v1 import scoring_pb2, scoring_pb2_grpc
 
 router = APIRouter(tags=["proposals"])
 keyed = APIRouter(prefix="/v1", tags=["proposals"], dependencies=[Depends(require_key)])
@@ -60,6 +61,9 @@ def _text(body: dict[str, Any], name: str, problems: dict[str, str]) -> str:
 
 @keyed.get("/leads/{lead_id}/proposals")
 async def list_proposals(lead_id: str, m: Mesh = Depends(mesh)) -> dict[str, Any]:
+    # An unknown (or erased) lead is 404 like its other resources (timeline, messages), not an empty list.
+    await scoring_pb2_grpc.ScoringStub(m.channel("scoring")).GetLead(scoring_pb2.GetLeadRequest(id=lead_id),
+                                                                     timeout=m.timeout)
     reply = await stub(m).ListProposals(crm_sync_pb2.ListProposalsRequest(lead_id=lead_id), timeout=m.timeout)
     return {"proposals": [proposal_json(p) for p in reply.proposals]}
 
@@ -91,8 +95,9 @@ async def get_proposal(proposal_id: str, m: Mesh = Depends(mesh)) -> dict[str, A
 
 
 @keyed.post("/proposals/{proposal_id}/send")
-async def send_proposal(proposal_id: str, body: Any = Depends(json_body), m: Mesh = Depends(mesh)) -> dict[str, Any]:
-    """`{}` → emails the proposal to the prospect (once: a second call answers `duplicate`)."""
+async def send_proposal(proposal_id: str, body: Any = Depends(optional_json_body),
+                        m: Mesh = Depends(mesh)) -> dict[str, Any]:
+    """`{}` or no body → emails the proposal to the prospect (once: a second call answers `duplicate`)."""
     if not isinstance(body, dict) or body:
         raise ApiError(422, "invalid", "the body must be an empty JSON object: {}")
     r = await stub(m).SendProposal(crm_sync_pb2.SendProposalRequest(id=proposal_id), timeout=m.timeout)

@@ -9,9 +9,8 @@ import math
 import time
 from dataclasses import dataclass
 
-import redis.asyncio as aioredis
-
 from gateway.tracking.keys import SiteKey
+from nurture.redisconn import AsyncRedis
 
 
 @dataclass(frozen=True)
@@ -27,7 +26,7 @@ def _tag(text: str) -> str:
 
 
 class RateLimits:
-    def __init__(self, redis: aioredis.Redis) -> None:
+    def __init__(self, redis: AsyncRedis) -> None:
         self._redis = redis
 
     async def take(self, key: SiteKey, visitor_id: str | None, events: int = 1) -> Refusal | None:

@@ -34,7 +34,7 @@ FOLD_LINGER_S = 0.5
 async def serve(settings: Settings) -> Running:
     db = open_database(settings, service="analytics", migrations_dir=MIGRATIONS)
     client = redisconn.connect(settings)
-    clock = make_clock(settings.clock, settings.redis_url)
+    clock = make_clock(settings)
     model = ReadModel(db, clock, load_costs())
     await model.read(storage.ensure_current)  # a release whose fold changed derives its tables again first
     # Large batches and a long linger: a report may lag the bus by a second, and each commit folds many

@@ -51,7 +51,10 @@ class AnalyticsServicer(analytics_pb2_grpc.AnalyticsServicer):
     async def Progression(self, request: analytics_pb2.ProgressionRequest, context: grpc.aio.ServicerContext
                           ) -> analytics_pb2.ReportReply:
         async def make() -> Any:
-            return await self.m.read(storage.progression_report, self.m.query(request.query))
+            unknown = sorted(set(request.tables) - set(reports.PROGRESSION_TABLES))
+            if unknown:
+                raise reports.QueryError(f"tables must be among {', '.join(reports.PROGRESSION_TABLES)}")
+            return await self.m.read(storage.progression_report, self.m.query(request.query), tuple(request.tables))
         return await self._answer(context, make)
 
     async def Attribution(self, request: analytics_pb2.AttributionRequest, context: grpc.aio.ServicerContext
@@ -96,6 +99,17 @@ class AnalyticsServicer(analytics_pb2_grpc.AnalyticsServicer):
                 raise reports.QueryError("interval must be day or week")
             points = await self.m.read(storage.timeseries_report, self.m.query(request.query), metric, interval)
             return {"metric": metric, "interval": interval, "points": points}
+        return await self._answer(context, make)
+
+    async def Deliverability(self, request: analytics_pb2.DeliverabilityRequest,
+                             context: grpc.aio.ServicerContext) -> analytics_pb2.ReportReply:
+        async def make() -> Any:
+            interval = request.interval or "day"
+            if interval not in ("day", "week"):
+                raise reports.QueryError("interval must be day or week")
+            return await self.m.read(storage.deliverability_report, self.m.query(request.query),
+                                     request.domain if request.HasField("domain") else None,
+                                     request.provider if request.HasField("provider") else None, interval)
         return await self._answer(context, make)
 
     async def Rebuild(self, request: analytics_pb2.RebuildRequest, context: grpc.aio.ServicerContext

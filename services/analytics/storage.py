@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import weakref
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, date, datetime
 from typing import Any
@@ -25,6 +25,8 @@ from services.analytics.domain import reports
 from services.analytics.domain.facts import Fact, parse_time
 from services.analytics.tables import (
     DERIVED,
+    deliverability,
+    deliveries,
     engagement,
     facts,
     lead_stages,
@@ -46,7 +48,7 @@ from services.analytics.tables import (
 )
 
 CHUNK = 500  # ids per IN list
-FOLD_VERSION = "6"  # bump when the fold derives its tables differently: the service rebuilds them at start
+FOLD_VERSION = "7"  # bump when the fold derives its tables differently: the service rebuilds them at start
 NO_DAY = date(1, 1, 1)  # `analytics_reach.prev_day` of a lead's first send day in a scope
 
 
@@ -131,6 +133,7 @@ class Fold:
         self.touches: list[dict[str, Any]] = []
         self.won: list[dict[str, Any]] = []
         self.entered: set[str] = set()  # leads that entered a journey stage in this batch
+        self.dl: dict[tuple[Any, ...], list[int]] = defaultdict(lambda: [0] * len(DELIVERABILITY_MEASURES))
 
     def run(self, batch: Sequence[Fact]) -> None:
         mids = sorted({f.message_id for f in batch if f.message_id})
@@ -159,9 +162,19 @@ class Fold:
                     select(nurtured.c.lead_id, nurtured.c.day, nurtured.c.journey, nurtured.c.segment)
                     .where(nurtured.c.lead_id.in_(part))):
                 self.days[lead_id].add((day, journey, segment))
+        dmids = sorted({f.message_id for f in batch if f.provider and f.message_id and f.kind in _DELIVERY_KINDS})
+        dstate: dict[str, list[bool]] = {}
+        for part in _chunks(dmids):
+            for r in self.s.execute(select(deliveries).where(deliveries.c.message_id.in_(part))).mappings():
+                dstate[r["message_id"]] = [bool(r[c]) for c in _DELIVERY_FLAGS]
         changed_msgs: set[str] = set()
         changed_leads: set[str] = set()
+        changed_dl: set[str] = set()
         for f in batch:
+            if f.provider and f.kind in _DELIVERY_KINDS:
+                self._delivery(f, dstate, changed_dl)
+            if f.kind in ("soft_bounced", "complaint"):
+                continue  # deliverability only: no engagement figure counts them
             if f.kind == "stage":
                 self._stage(f, lead_state)
                 changed_leads.add(f.lead_id)
@@ -174,6 +187,11 @@ class Fold:
                     changed_msgs.add(f.message_id)
                 self._engagement(f, msgs.setdefault(f.message_id, _Msg()) if f.message_id else None, paths)
         self._write(msgs, changed_msgs, lead_state, changed_leads, paths)
+        _upsert(self.s, deliveries, [dict(zip(("message_id", *_DELIVERY_FLAGS), (k, *dstate[k]), strict=True))
+                                     for k in sorted(changed_dl)])
+        _upsert(self.s, deliverability, [
+            dict(zip(("day", "domain", "provider", "segment", "journey", *DELIVERABILITY_MEASURES), (*k, *v),
+                     strict=True)) for k, v in sorted(self.dl.items())], add=DELIVERABILITY_MEASURES)
         self._won_entries(winners | self.entered, paths)
 
     def _won_entries(self, leads_: set[str], paths: dict[tuple[str, str], dict[str, dict[str, Any]]]) -> None:
@@ -203,6 +221,37 @@ class Fold:
                         rows.append({"deal": deal, "journey": journey, "lead_id": lead_id,
                                      "entered_ts": reports.micros(entered), "stage": stage, "score": score})
         _upsert(self.s, won_entries, rows)
+
+    def _delivery(self, f: Fact, state: dict[str, list[bool]], changed: set[str]) -> None:
+        """An email's deliverability outcome on its day, under its sending domain and provider: sent and
+        delivered once per message (its first acceptance), a hard bounce and a complaint once per message,
+        every soft bounce (messaging's `email_soft_bounced`, one per soft bounce); a bounce of a message not
+        heard sent (refused at RCPT) is its send too."""
+        cell = self.dl[(reports.day_of(f.at), f.domain, f.provider, f.segment, f.journey)]
+        flags = state.setdefault(f.message_id, [False] * len(_DELIVERY_FLAGS)) if f.message_id \
+            else [False] * len(_DELIVERY_FLAGS)
+        if f.message_id:
+            changed.add(f.message_id)
+        sent, delivered, hard, complained = range(4)
+        if f.kind == "complaint":
+            if not flags[complained]:
+                cell[4] += 1
+                flags[complained] = True
+            return
+        if not flags[sent]:
+            cell[0] += 1
+            flags[sent] = True
+        if f.kind == "sent":
+            if not flags[delivered]:
+                cell[1] += 1
+                flags[delivered] = True
+        elif f.kind == "soft_bounced":
+            cell[3] += 1
+        elif f.bounce == "soft":
+            pass  # the soft bounce at the suppression count: its own `soft_bounced` fact counted it
+        elif not flags[hard]:
+            cell[2] += 1
+            flags[hard] = True
 
     def _engagement(self, f: Fact, m: _Msg | None, paths: dict[tuple[str, str], dict[str, dict[str, Any]]]) -> None:
         day = reports.day_of(f.at)
@@ -322,6 +371,11 @@ class Fold:
         _upsert(s, stage_dwell_bands, _bands(self.dwell, ("journey", "stage", "segment")), add=("n",))
         _upsert(s, touches, self.touches, ignore=True)
         _upsert(s, won, self.won, ignore=True)
+
+
+DELIVERABILITY_MEASURES = ("sent", "delivered", "hard_bounced", "soft_bounced", "complaints")
+_DELIVERY_FLAGS = ("sent", "delivered", "hard_bounced", "complained")
+_DELIVERY_KINDS = ("sent", "bounced", "soft_bounced", "complaint")
 
 
 def _bands(hist: dict[tuple[Any, ...], int], dims: tuple[str, str, str]) -> list[dict[str, Any]]:
@@ -470,27 +524,40 @@ def _percentiles(session: Session, fine: Table, bands: Table, keys: Sequence[str
     return out
 
 
-def progression_report(session: Session, q: Query) -> dict[str, Any]:
-    counts: dict[tuple[str, str], tuple[int, int]] = {}
-    for r in session.execute(select(stage_counts.c.journey, stage_counts.c.stage, func.sum(stage_counts.c.entered),
-                                    func.sum(stage_counts.c.advanced)).where(q.where(stage_counts))
-                             .group_by(stage_counts.c.journey, stage_counts.c.stage)):
-        counts[(r[0], r[1])] = (int(r[2] or 0), int(r[3] or 0))
-    dwell = {(k[0], k[1]): (med, p90) for k, (_, med, p90)
-             in _percentiles(session, stage_dwell, stage_dwell_bands, ("journey", "stage"), q).items()}
-    life = {(k[0], k[1]): (n, med) for k, (n, med, _) in
-            _percentiles(session, lifecycle, lifecycle_bands, ("from_stage", "to_stage"), q).items()}
-    weekly: dict[tuple[date, str], int] = defaultdict(int)
-    for day, to_stage, n in session.execute(
-            select(lifecycle.c.day, lifecycle.c.to_stage, func.sum(lifecycle.c.n))
-            .where(q.where(lifecycle), lifecycle.c.to_stage.in_(reports.QUALIFICATION))
-            .group_by(lifecycle.c.day, lifecycle.c.to_stage)):
-        weekly[(reports.week_of(day), to_stage)] += int(n)
-    wins = _wins_after_nurture(session, q)
-    return {"stages": reports.stage_rows(counts, dwell), "lifecycle": reports.lifecycle_rows(life),
-            "qualification": reports.qualification_rows(weekly),
-            "time_to_conversion": time_to_conversion(session, q, wins), "content_gaps": content_gaps(session, q),
-            "score_progression": score_progression(session, q, wins)}
+def progression_report(session: Session, q: Query, tables: Collection[str] = ()) -> dict[str, Any]:
+    """The progression report's tables, only those in `tables` (empty: every one) computed; the others
+    are empty (a dashboard showing two tables does not pay for the won deals' joins)."""
+    wanted = set(tables or reports.PROGRESSION_TABLES)
+    out: dict[str, Any] = dict.fromkeys(reports.PROGRESSION_TABLES, [])
+    if "stages" in wanted:
+        counts: dict[tuple[str, str], tuple[int, int]] = {}
+        for r in session.execute(select(stage_counts.c.journey, stage_counts.c.stage,
+                                        func.sum(stage_counts.c.entered), func.sum(stage_counts.c.advanced))
+                                 .where(q.where(stage_counts)).group_by(stage_counts.c.journey, stage_counts.c.stage)):
+            counts[(r[0], r[1])] = (int(r[2] or 0), int(r[3] or 0))
+        dwell = {(k[0], k[1]): (med, p90) for k, (_, med, p90)
+                 in _percentiles(session, stage_dwell, stage_dwell_bands, ("journey", "stage"), q).items()}
+        out["stages"] = reports.stage_rows(counts, dwell)
+    if "lifecycle" in wanted:
+        life = {(k[0], k[1]): (n, med) for k, (n, med, _) in
+                _percentiles(session, lifecycle, lifecycle_bands, ("from_stage", "to_stage"), q).items()}
+        out["lifecycle"] = reports.lifecycle_rows(life)
+    if "qualification" in wanted:
+        weekly: dict[tuple[date, str], int] = defaultdict(int)
+        for day, to_stage, n in session.execute(
+                select(lifecycle.c.day, lifecycle.c.to_stage, func.sum(lifecycle.c.n))
+                .where(q.where(lifecycle), lifecycle.c.to_stage.in_(reports.QUALIFICATION))
+                .group_by(lifecycle.c.day, lifecycle.c.to_stage)):
+            weekly[(reports.week_of(day), to_stage)] += int(n)
+        out["qualification"] = reports.qualification_rows(weekly)
+    wins = _wins_after_nurture(session, q) if wanted & {"time_to_conversion", "score_progression"} else {}
+    if "time_to_conversion" in wanted:
+        out["time_to_conversion"] = time_to_conversion(session, q, wins)
+    if "content_gaps" in wanted:
+        out["content_gaps"] = content_gaps(session, q)
+    if "score_progression" in wanted:
+        out["score_progression"] = score_progression(session, q, wins)
+    return out
 
 
 def content_gaps(session: Session, q: Query) -> list[dict[str, Any]]:
@@ -589,6 +656,38 @@ def timeseries_report(session: Session, q: Query, metric: str, interval: str) ->
         if value:
             by_day[day] = float(value) if metric == "revenue" else int(value)
     return reports.bucket_points(by_day, interval)
+
+
+def deliverability_report(session: Session, q: Query, domain: str | None, provider: str | None,
+                          interval: str) -> dict[str, Any]:
+    """Emails sent, delivered, bounced (hard, soft) and complained of, with their rates: over the range,
+    per sending domain, per mailbox provider, and per day (or ISO week) for charts."""
+    t = deliverability
+    cond = [q.where(t)]
+    if domain is not None:
+        cond.append(t.c.domain == domain)
+    if provider is not None:
+        cond.append(t.c.provider == provider)
+    sums = [func.sum(t.c[m]) for m in DELIVERABILITY_MEASURES]
+
+    def counts(values: Sequence[Any]) -> dict[str, int]:
+        return dict(zip(DELIVERABILITY_MEASURES, (int(v or 0) for v in values), strict=True))
+
+    total = counts(session.execute(select(*sums).where(*cond)).one())
+    out: dict[str, Any] = {"totals": reports.deliverability_row({}, total)}
+    for dim in ("domain", "provider"):
+        col = t.c[dim]
+        out[f"by_{dim}"] = [reports.deliverability_row({dim: r[0]}, counts(r[1:])) for r in session.execute(
+            select(col, *sums).where(*cond).group_by(col).order_by(col))]
+    points: dict[date, dict[str, int]] = {}
+    for r in session.execute(select(t.c.day, *sums).where(*cond).group_by(t.c.day)):
+        key = reports.week_of(r[0]) if interval == "week" else r[0]
+        cell = points.setdefault(key, dict.fromkeys(DELIVERABILITY_MEASURES, 0))
+        for m, v in counts(r[1:]).items():
+            cell[m] += v
+    out["points"] = [{"t": k.isoformat(), **v} for k, v in sorted(points.items())]
+    out["interval"] = interval
+    return out
 
 
 def _touched_before(q: Query, window_us: int | None) -> Any:

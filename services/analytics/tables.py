@@ -239,6 +239,33 @@ won_entries = Table(
     Column("score", Integer, nullable=True),
 )
 
+# Deliverability: what a message already counted for there (sent, delivered, a hard bounce, a complaint
+# count once per message; every soft bounce counts).
+deliveries = Table(
+    "analytics_deliveries", metadata,
+    Column("message_id", String(128), primary_key=True),
+    Column("sent", Boolean, nullable=False, default=False),
+    Column("delivered", Boolean, nullable=False, default=False),
+    Column("hard_bounced", Boolean, nullable=False, default=False),
+    Column("complained", Boolean, nullable=False, default=False),
+)
+
+# Emails by UTC day, sending domain and mailbox provider (as messaging's guards count them), segment and
+# journey: each figure on the day its event happened.
+deliverability = Table(
+    "analytics_deliverability", metadata,
+    Column("day", Date, primary_key=True),
+    Column("domain", String(255), primary_key=True),
+    Column("provider", String(_D), primary_key=True),
+    Column("segment", String(_D), primary_key=True),
+    Column("journey", String(_D), primary_key=True),
+    Column("sent", Integer, nullable=False, default=0),
+    Column("delivered", Integer, nullable=False, default=0),
+    Column("hard_bounced", Integer, nullable=False, default=0),
+    Column("soft_bounced", Integer, nullable=False, default=0),
+    Column("complaints", Integer, nullable=False, default=0),
+)
+
 # Which fold the derived tables were made by: a service whose fold changed rebuilds them at start.
 meta = Table(
     "analytics_meta", metadata,
@@ -248,4 +275,4 @@ meta = Table(
 
 DERIVED = (messages, engagement, stage_engagement, sends,
            nurtured, reach, leads, lifecycle, lifecycle_bands, lead_stages, stage_counts,
-           stage_dwell, stage_dwell_bands, touches, won, won_entries)
+           stage_dwell, stage_dwell_bands, touches, won, won_entries, deliveries, deliverability)

@@ -47,7 +47,7 @@ async def serve(settings: Settings) -> Running:
     cfg = domain.load_config()
     db = open_database(settings, service="crm_sync", migrations_dir=MIGRATIONS)
     redis = redisconn.connect(settings)
-    clock = make_clock(settings.clock, settings.redis_url)
+    clock = make_clock(settings)
     scoring_channel = channel(settings.address_of("scoring"), settings.mesh_token)
     journeys_channel = channel(settings.address_of("journeys"), settings.mesh_token)
     messaging_channel = channel(settings.address_of("messaging"), settings.mesh_token)
@@ -58,7 +58,8 @@ async def serve(settings: Settings) -> Running:
                        journeys=JourneysLookup(journeys_channel), crm_name=crm_name,
                        virtual=settings.clock == "virtual", proposals_cfg=load_proposals(),
                        messaging=messaging_pb2_grpc.MessagingStub(messaging_channel),
-                       link_secrets=(settings.secret, settings.secret_previous), public_url=settings.public_url)
+                       link_secrets=(settings.secret, settings.secret_previous), public_url=settings.public_url,
+                       replica=settings.replica)
     await core.recover()
     consumer = Consumer(redis, group="crm_sync", shards=settings.bus_shards, handler=core.handle_messages)
     settle_lock = asyncio.Lock()

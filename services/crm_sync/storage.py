@@ -10,10 +10,10 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
-from sqlalchemy import bindparam, delete, func, insert, select, update
+from sqlalchemy import bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from nurture import times
@@ -348,8 +348,11 @@ def enqueue(s: Session, lead_id: str, op: str, now: datetime, *, ref: str = "", 
 
 
 def due_jobs(s: Session, now: datetime, limit: int) -> list[dict[str, Any]]:
+    """Pending jobs due now, locked for the claim. Rows another replica's claim holds are skipped
+    (PostgreSQL's SKIP LOCKED; SQLite has one writer at a time): two replicas never take one job."""
     rows = s.execute(select(outbox).where(outbox.c.status == "pending", outbox.c.due_at <= now)
-                     .order_by(outbox.c.due_at, outbox.c.id).limit(limit)).all()
+                     .order_by(outbox.c.due_at, outbox.c.id).limit(limit)
+                     .with_for_update(skip_locked=True)).all()
     return [{**dict(r._mapping), "payload": json.loads(r.payload), "due_at": aware(r.due_at)} for r in rows]
 
 
@@ -373,9 +376,10 @@ def finish_jobs(s: Session, finished: list[dict[str, Any]]) -> None:
 _FINISH_JOB = update(outbox).where(outbox.c.id == bindparam("b_id"))
 
 
-def mark_running(s: Session, job_ids: list[int]) -> None:
-    for chunk in iter_chunks(job_ids, 500):
-        s.execute(update(outbox).where(outbox.c.id.in_(chunk)).values(status="running"))
+def mark_running(s: Session, job_ids: list[int], replica: str, now: datetime) -> None:
+    for chunk in iter_chunks(sorted(job_ids), 500):
+        s.execute(update(outbox).where(outbox.c.id.in_(chunk))
+                  .values(status="running", claimed_by=replica, claimed_at=now))
 
 
 def next_due(s: Session) -> datetime | None:
@@ -469,13 +473,13 @@ def lead_tasks(s: Session, lead_id: str) -> list[dict[str, Any]]:
 
 
 def next_round_robin(s: Session, team: str, members: int) -> int:
-    row = s.execute(select(round_robin.c.next).where(round_robin.c.team == team)).first()
-    position = int(row[0]) if row else 0
-    if row:
-        s.execute(update(round_robin).where(round_robin.c.team == team).values(next=position + 1))
-    else:
-        s.execute(insert(round_robin).values(team=team, next=1))
-    return position % members
+    """The team member whose turn it is. The counter moves in one statement (`UPDATE ... RETURNING`),
+    which takes the row lock: where a read then a write let two concurrent assignments on PostgreSQL
+    read one position and give two leads to the same person."""
+    s.execute(insert_new(s, round_robin, ["team"]).values(team=team, next=0))
+    taken = s.execute(update(round_robin).where(round_robin.c.team == team)
+                      .values(next=round_robin.c.next + 1).returning(round_robin.c.next)).scalar_one()
+    return (int(taken) - 1) % members
 
 
 # -- erasure -------------------------------------------------------------------------------------------
@@ -534,7 +538,14 @@ def iter_chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
         yield items[i:i + size]
 
 
-def requeue_running(s: Session) -> None:
-    """Jobs claimed when the process died go back to pending, their attempt counted as made."""
-    s.execute(update(outbox).where(outbox.c.status == "running")
-              .values(status="pending", attempts=outbox.c.attempts + 1))
+CLAIM_LEASE = timedelta(minutes=15)
+
+
+def requeue_running(s: Session, replica: str, now: datetime) -> None:
+    """Jobs this replica had claimed when it died, and jobs whose claim is older than the lease (their
+    replica died and has not come back), go back to pending, their attempt counted as made. A live
+    replica's claims are left alone: it is performing them."""
+    s.execute(update(outbox).where(
+        outbox.c.status == "running",
+        or_(outbox.c.claimed_by.is_(None), outbox.c.claimed_by == replica, outbox.c.claimed_at < now - CLAIM_LEASE))
+        .values(status="pending", attempts=outbox.c.attempts + 1, claimed_by=None, claimed_at=None))

@@ -75,6 +75,8 @@ outbox = Table(
     Column("last_error", Text, nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("done_at", DateTime(timezone=True), nullable=True),
+    Column("claimed_by", String(64), nullable=True),  # the replica performing a running job
+    Column("claimed_at", DateTime(timezone=True), nullable=True),
     Index("crm_sync_outbox_due", "status", "due_at"),
     Index("crm_sync_outbox_lead", "lead_id", "op", "status"),
 )

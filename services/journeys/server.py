@@ -40,7 +40,7 @@ MIGRATIONS = Path(__file__).with_name("migrations")
 async def serve(settings: Settings) -> Running:
     db = open_database(settings, service="journeys", migrations_dir=MIGRATIONS)
     client = redisconn.connect(settings)
-    clock = make_clock(settings.clock, settings.redis_url)
+    clock = make_clock(settings)
     clients = Clients(settings)
     runtime = JourneysRuntime(db=db, timers=TimerStore(client, settings.timer_shards), clock=clock, clients=clients,
                               settings=read_settings(), calendar=load_calendar())

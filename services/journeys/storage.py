@@ -1,23 +1,42 @@
 """SQL record of the journeys service (tables prefixed journeys_): definitions with versions, one state
 row per lead, enrolments, step runs (unique by dedupe key), explained transitions, engagement tallies
-and the ids of bus messages already applied. Blocking code: call through Database.run."""
+and the ids of bus messages already applied; and the step counters derived from that record.
+
+The step counters (`journeys_step_counts`: by journey, UTC day, step, measure, reason) are added to in
+the same transaction as the records they count, only for the rows actually inserted (a replayed step
+run or engagement finds its key taken and counts nothing), and taken from when a lead's records are
+erased: so they always equal a recount of the record, survive a crash with it, and can be derived again
+from it (`rebuild_counters`; the service does so at start when `COUNTERS_VERSION` changed). The
+journey analytics read them instead of grouping every record per request. Blocking code: call through
+Database.run."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, NamedTuple
 
-from sqlalchemy import DateTime, Index, Integer, String, Text, UniqueConstraint, delete, func, insert, select
+from sqlalchemy import (
+    Date,
+    DateTime,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    delete,
+    func,
+    insert,
+    select,
+)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from nurture import times
-from services.journeys.domain.funnel import exit_reason
 from services.journeys.domain.state import LIVE, Enrollment, LeadState, Outcome
+from services.journeys.domain.step_counts import COUNTED_TRANSITIONS, Tally
 
 
 class Base(DeclarativeBase):
@@ -50,6 +69,7 @@ class LeadRow(Base):
 class EnrollmentRow(Base):
     __tablename__ = "journeys_enrollments"
     __table_args__ = (Index("ix_journeys_enrollments_members", "journey", "status", "stage", "lead_id"),
+                      Index("ix_journeys_enrollments_steps", "journey", "status", "step"),
                       Index("ix_journeys_enrollments_due", "status", "due"))
     lead_id: Mapped[str] = mapped_column(String(128), primary_key=True)
     ekey: Mapped[str] = mapped_column(String(200), primary_key=True)
@@ -121,6 +141,28 @@ class EngagementRow(Base):
     step: Mapped[str] = mapped_column(String(64))
     type: Mapped[str] = mapped_column(String(32))
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class StepCountRow(Base):
+    """How many records of a journey fall in one cell (domain.step_counts): the funnel's counts kept
+    as the records are written, by UTC day so a report over a range reads whole days from here."""
+    __tablename__ = "journeys_step_counts"
+    journey: Mapped[str] = mapped_column(String(64), primary_key=True)
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    step: Mapped[str] = mapped_column(String(64), primary_key=True)
+    measure: Mapped[str] = mapped_column(String(16), primary_key=True)
+    reason: Mapped[str] = mapped_column(String, primary_key=True)
+    n: Mapped[int] = mapped_column(Integer)
+
+
+class MetaRow(Base):
+    """Which derivation made the derived tables (`COUNTERS_VERSION`)."""
+    __tablename__ = "journeys_meta"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(String(200))
+
+
+COUNTERS_VERSION = "1"  # bump when the counters count differently: the service derives them again at start
 
 
 class CampaignRow(Base):
@@ -255,14 +297,24 @@ class Writes:
     def flush(self, session: Session) -> None:
         _upsert(session, LeadRow.__table__, list(self.leads.values()), ["lead_id"])
         _upsert(session, EnrollmentRow.__table__, list(self.enrollments.values()), ["lead_id", "ekey"])
+        tally = Tally()
         if self.runs:
-            session.execute(_insert(session, StepRunRow.__table__).on_conflict_do_nothing(
-                index_elements=["dedupe_key"]), list(self.runs.values()))
+            # Only the runs inserted now are counted: a replayed run's key is taken, it adds nothing.
+            for key in session.scalars(_insert(session, StepRunRow.__table__).on_conflict_do_nothing(
+                    index_elements=["dedupe_key"]).returning(StepRunRow.__table__.c.dedupe_key),
+                    list(self.runs.values())):
+                r = self.runs[key]
+                tally.run(r["journey"], times.utc(r["at"]), r["step"], r["status"])
         if self.transitions:
             session.execute(insert(TransitionRow), self.transitions)
+            for t in self.transitions:
+                if t["type"] in COUNTED_TRANSITIONS:
+                    tally.transition(t["journey"], times.utc(t["at"]), t["type"], step_from=t["step_from"],
+                                     rule=t["rule"], facts=json.loads(t["facts"]))
         if self.processed:
             session.execute(_insert(session, ProcessedRow.__table__).on_conflict_do_nothing(
                 index_elements=["message_id"]), [dict(message_id=k, at=v) for k, v in self.processed.items()])
+        add_counts(session, tally)  # last: the counter rows are locked from here until the commit
         self.clear()
 
     def clear(self) -> None:
@@ -303,9 +355,13 @@ def mark_processed(session: Session, message_id: str, now: datetime) -> None:
 
 def record_engagement(session: Session, *, event_id: str, lead_id: str, journey: str, step: str, etype: str,
                       at: datetime) -> None:
-    session.execute(_insert(session, EngagementRow.__table__).values(
+    inserted = session.scalar(_insert(session, EngagementRow.__table__).values(
         event_id=event_id, lead_id=lead_id, journey=journey, step=step, type=etype, at=at)
-        .on_conflict_do_nothing(index_elements=["event_id"]))
+        .on_conflict_do_nothing(index_elements=["event_id"]).returning(EngagementRow.__table__.c.event_id))
+    if inserted is not None:  # a redelivered event is in the record already, and in the counters
+        tally = Tally()
+        tally.engagement(journey, times.utc(at), step, etype)
+        add_counts(session, tally)
 
 
 def run_by_message(session: Session, message_id: str) -> StepRunRow | None:
@@ -315,6 +371,9 @@ def run_by_message(session: Session, message_id: str) -> StepRunRow | None:
 
 
 def erase(session: Session, lead_id: str) -> int:
+    """Delete the lead's rows; its records are taken from the counters first, which keep counting what
+    is left in the record."""
+    add_counts(session, _tally_records(session, lead_id=lead_id, sign=-1))
     removed = 0
     for table in (EnrollmentRow, StepRunRow, TransitionRow, EngagementRow, LeadRow):
         result = session.execute(delete(table).where(table.lead_id == lead_id))  # type: ignore[attr-defined]
@@ -507,59 +566,110 @@ def counted_leads(session: Session, *, journey: str, step: str, measure: str, re
     return rows, (rows[-1][0] if more and rows else ""), int(total), int(leads_total)
 
 
-@dataclass
-class FunnelCounts:
-    """A journey's funnel inputs counted in SQL where the funnel only counts them: runs by step and
-    status, engagements by step and type, entered and completed transitions, exits by step and reason;
-    goals one by one (the step they are credited to is in their facts), and stage transitions one by one
-    when asked for (their leads and hours make the stage table)."""
+# -- step counters ----------------------------------------------------------------------------------
 
-    runs: list[tuple[str, str, int]]
-    engagements: list[tuple[str, str, int]]
-    counted: list[tuple[str, int]]
-    exits: list[tuple[str | None, str, int]]
-    goals: list[dict[str, Any]]
-    stages: list[dict[str, Any]]
+def add_counts(session: Session, tally: Tally) -> None:
+    """Add a tally to the counters (one upsert, in cell order so concurrent writers lock rows alike)."""
+    rows = [dict(journey=j, day=d, step=st, measure=m, reason=r, n=n)
+            for (j, d, st, m, r), n in tally.nonzero().items()]
+    if not rows:
+        return
+    table = StepCountRow.__table__
+    stmt = _insert(session, table)
+    session.execute(stmt.on_conflict_do_update(index_elements=["journey", "day", "step", "measure", "reason"],
+                                               set_={"n": table.c.n + stmt.excluded.n}), rows)
 
 
-def funnel_counts(session: Session, journey: str, start: datetime | None, end: datetime | None, *,
-                  stages: bool) -> FunnelCounts:
-    def window(q: Any, col: Any) -> Any:
+def _tally_records(session: Session, *, journey: str | None = None, lead_id: str | None = None,
+                   start: datetime | None = None, end: datetime | None = None, sign: int = 1) -> Tally:
+    """The counters' cells of the records themselves (of a journey, of a lead, in [start, end))."""
+    def where(q: Any, table: Any) -> Any:
+        if journey is not None:
+            q = q.where(table.journey == journey)
+        if lead_id is not None:
+            q = q.where(table.lead_id == lead_id)
         if start is not None:
-            q = q.where(col >= start)
+            q = q.where(table.at >= start)
         if end is not None:
-            q = q.where(col < end)
+            q = q.where(table.at < end)
         return q
 
-    runs = [(str(step), str(status), int(n)) for step, status, n in session.execute(window(
-        select(StepRunRow.step, StepRunRow.status, func.count()).where(StepRunRow.journey == journey),
-        StepRunRow.at).group_by(StepRunRow.step, StepRunRow.status))]
-    engagements = [(str(step), str(kind), int(n)) for step, kind, n in session.execute(window(
-        select(EngagementRow.step, EngagementRow.type, func.count()).where(EngagementRow.journey == journey),
-        EngagementRow.at).group_by(EngagementRow.step, EngagementRow.type))]
+    tally = Tally()
+    r, g, t = StepRunRow, EngagementRow, TransitionRow
+    for j, at, step, status in session.execute(where(select(r.journey, r.at, r.step, r.status), r)).yield_per(5000):
+        tally.run(j, times.utc(at), step, status, sign)
+    for j, at, step, kind in session.execute(where(select(g.journey, g.at, g.step, g.type), g)).yield_per(5000):
+        tally.engagement(j, times.utc(at), step, kind, sign)
+    for j, at, kind, step_from, rule, facts in session.execute(where(
+            select(t.journey, t.at, t.type, t.step_from, t.rule, t.facts).where(t.type.in_(COUNTED_TRANSITIONS)),
+            t)).yield_per(5000):
+        tally.transition(j, times.utc(at), kind, step_from=step_from, rule=rule, facts=json.loads(facts or "{}"),
+                         sign=sign)
+    return tally
+
+
+def rebuild_counters(session: Session) -> int:
+    """Derive the step counters again from the record; returns how many cells there are."""
+    session.execute(delete(StepCountRow))
+    tally = _tally_records(session)
+    add_counts(session, tally)
+    _upsert(session, MetaRow.__table__, [{"key": "counters_version", "value": COUNTERS_VERSION}], ["key"])
+    return len(tally.nonzero())
+
+
+def ensure_counters(session: Session) -> int | None:
+    """Rebuild the counters when another derivation made them (or none: the release that added them);
+    returns the cells rebuilt, or None when they were current."""
+    if session.scalar(select(MetaRow.value).where(MetaRow.key == "counters_version")) == COUNTERS_VERSION:
+        return None
+    return rebuild_counters(session)
+
+
+def _midnight(day: date) -> datetime:
+    return datetime.combine(day, time.min, tzinfo=UTC)
+
+
+def step_counts(session: Session, journey: str, start: datetime | None,
+                end: datetime | None) -> dict[tuple[str, str, str], int]:
+    """The journey's counts by (step, measure, reason) over [start, end): the counters' whole UTC days,
+    and the records of the part-days at either end of the range (each at most a day of one journey)."""
+    first = None if start is None else (start.date() if start == _midnight(start.date())
+                                        else start.date() + timedelta(days=1))
+    last = None if end is None else end.date()  # exclusive: [midnight of `last`, end) is read from records
+    c = StepCountRow
+    out: dict[tuple[str, str, str], int] = {}
+    if first is not None and last is not None and first >= last:
+        edges = [(start, end)]  # no whole day in the range
+    else:
+        q = select(c.step, c.measure, c.reason, func.sum(c.n)).where(c.journey == journey)
+        if first is not None:
+            q = q.where(c.day >= first)
+        if last is not None:
+            q = q.where(c.day < last)
+        for step, measure, reason, n in session.execute(q.group_by(c.step, c.measure, c.reason)):
+            out[(str(step), str(measure), str(reason))] = int(n or 0)
+        edges = [(lo, hi) for lo, hi in ((start, _midnight(first) if first else None),
+                                          (_midnight(last) if last else None, end)) if lo is not None and hi is not None
+                 and lo < hi]
+    for lo, hi in edges:
+        for (_j, _d, step, measure, reason), n in _tally_records(session, journey=journey, start=lo,
+                                                                  end=hi).nonzero().items():
+            out[(step, measure, reason)] = out.get((step, measure, reason), 0) + n
+    return out
+
+
+def stage_transitions(session: Session, journey: str, start: datetime | None,
+                      end: datetime | None) -> list[dict[str, Any]]:
+    """The journey's stage transitions in [start, end), in order: their leads and hours make the stage
+    table (which counts distinct leads, so it is read from the record, not counted ahead)."""
     t = TransitionRow
-    counted = [(str(kind), int(n)) for kind, n in session.execute(window(
-        select(t.type, func.count()).where(t.journey == journey, t.type.in_(("entered", "completed"))),
-        t.at).group_by(t.type))]
-    exits: dict[tuple[str | None, str], int] = {}
-    for step_from, rule, n in session.execute(window(select(t.step_from, t.rule, func.count()).where(
-            t.journey == journey, t.type == "exited", t.rule.is_not(None)), t.at).group_by(t.step_from, t.rule)):
-        exits[(step_from, str(rule))] = exits.get((step_from, str(rule)), 0) + int(n)
-    for step_from, raw in session.execute(window(select(t.step_from, t.facts).where(
-            t.journey == journey, t.type == "exited", t.rule.is_(None)), t.at)):
-        key = (step_from, exit_reason(None, json.loads(raw or "{}")))
-        exits[key] = exits.get(key, 0) + 1
-    goals = [dict(type="goal", lead_id=r.lead_id, step_from=r.step_from, stage=r.stage, rule=r.rule,
-                  facts=json.loads(r.facts or "{}"))
-             for r in session.execute(window(select(t.lead_id, t.step_from, t.stage, t.rule, t.facts).where(
-                 t.journey == journey, t.type == "goal"), t.at).order_by(t.id))]
-    stage_rows = [dict(type="stage", lead_id=r.lead_id, step_from=r.step_from, stage=r.stage, rule=r.rule,
-                       facts=json.loads(r.facts or "{}"))
-                  for r in session.execute(window(select(t.lead_id, t.step_from, t.stage, t.rule, t.facts).where(
-                      t.journey == journey, t.type == "stage"), t.at).order_by(t.id))] if stages else []
-    return FunnelCounts(runs=runs, engagements=engagements, counted=counted,
-                        exits=[(step, reason, n) for (step, reason), n in exits.items()], goals=goals,
-                        stages=stage_rows)
+    q = select(t.lead_id, t.step_from, t.stage, t.rule, t.facts).where(t.journey == journey, t.type == "stage")
+    if start is not None:
+        q = q.where(t.at >= start)
+    if end is not None:
+        q = q.where(t.at < end)
+    return [dict(type="stage", lead_id=r.lead_id, step_from=r.step_from, stage=r.stage, rule=r.rule,
+                 facts=json.loads(r.facts or "{}")) for r in session.execute(q.order_by(t.id))]
 
 
 def step_run_keys(session: Session) -> list[tuple[str, str]]:

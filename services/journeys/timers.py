@@ -17,9 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import NamedTuple
 
-import redis.asyncio as aioredis
-
-from nurture.redisconn import shard_of
+from nurture.redisconn import AsyncRedis, shard_of
 from nurture.telemetry import redis_span
 
 LEASE_S = 30.0
@@ -100,7 +98,7 @@ class Arm(NamedTuple):
 
 
 class TimerStore:
-    def __init__(self, client: aioredis.Redis, shards: int) -> None:
+    def __init__(self, client: AsyncRedis, shards: int) -> None:
         self._redis = client
         self.shards = shards
         self._claim = client.register_script(_CLAIM)

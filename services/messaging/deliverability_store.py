@@ -116,3 +116,17 @@ class DeliverabilityStore:
                         .where(delivery_events.c.message_id.in_(ids[chunk:chunk + 500]))):
                     out.setdefault(mid, {})[kind] = (domain, provider)
         return out
+
+    def soft_bounce_counts(self, message_ids: Sequence[str]) -> dict[str, int]:
+        """message id → its soft bounces recorded so far (each soft bounce's number on the bus)."""
+        out: dict[str, int] = {}
+        ids = list(message_ids)
+        with self._sessions() as s:
+            for chunk in range(0, len(ids), 500):
+                for mid, n in s.execute(
+                        select(delivery_events.c.message_id, func.count())
+                        .where(delivery_events.c.message_id.in_(ids[chunk:chunk + 500]),
+                               delivery_events.c.kind == "soft_bounce")
+                        .group_by(delivery_events.c.message_id)):
+                    out[mid] = int(n)
+        return out

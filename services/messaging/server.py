@@ -46,7 +46,7 @@ async def serve(settings: Settings) -> Running:
     dkim = load_signer(settings.dkim_keys, settings.dkim_selectors, settings.dkim_domain)  # a bad key fails the start
     db = open_database(settings, service="messaging", migrations_dir=MIGRATIONS)
     redis = redisconn.connect(settings)
-    clock = make_clock(settings.clock, settings.redis_url)
+    clock = make_clock(settings)
     store = Store(db.session)
     scoring_channel = channel(settings.address_of("scoring"), settings.mesh_token)
     journeys_channel = channel(settings.address_of("journeys"), settings.mesh_token)

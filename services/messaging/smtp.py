@@ -91,6 +91,10 @@ class SmtpPool:
         fresh connection, in the same attempt. A replay after a drop mid-DATA carries the same
         Message-ID, which the receiver uses to drop it."""
         stale = 0
+        recipient = _ascii_domain(recipient)
+        # A local part beyond ASCII (RFC 6531) needs the server's SMTPUTF8; without the option smtplib
+        # raised UnicodeEncodeError mid-transaction, out of the whole batch, and no mail went at all.
+        options = () if sender.isascii() and recipient.isascii() else ("SMTPUTF8",)
         while True:
             try:
                 conn, reused = self._borrow()
@@ -98,7 +102,16 @@ class SmtpPool:
                 return SmtpResult(ok=False, code=0, reason=f"connect {self.host}:{self.port}: {exc}",
                                   stale_connections=stale)
             try:
-                conn.sendmail(sender, [recipient], data)
+                conn.sendmail(sender, [recipient], data, mail_options=options)
+            except smtplib.SMTPNotSupportedError:
+                _reset(conn)
+                self._give_back(conn)
+                return SmtpResult(ok=False, permanent=True, code=0, stale_connections=stale,
+                                  reason=f"{recipient} needs SMTPUTF8, which {self.host}:{self.port} does not offer")
+            except UnicodeError as exc:   # a server without ESMTP takes no options at all
+                _quiet_close(conn)
+                return SmtpResult(ok=False, permanent=True, code=0, stale_connections=stale,
+                                  reason=f"{recipient} cannot be sent over plain SMTP: {exc}")
             except smtplib.SMTPRecipientsRefused as exc:
                 self._give_back(conn)
                 code, msg = next(iter(exc.recipients.values()))
@@ -129,6 +142,18 @@ class SmtpPool:
     def close(self) -> None:
         self._closed = True
         self._drop_idle()
+
+
+def _ascii_domain(address: str) -> str:
+    """The address with its domain in IDNA (exämple.de → xn--exmple-cua.de): any server takes that, so
+    only a local part beyond ASCII needs SMTPUTF8."""
+    local, at, domain = address.rpartition("@")
+    if not at or domain.isascii():
+        return address
+    try:
+        return f"{local}@{domain.encode('idna').decode('ascii')}"
+    except UnicodeError:
+        return address   # not IDNA-encodable: sent as it is, with SMTPUTF8
 
 
 def _classify(code: int, message: bytes | str, *, recipient_refused: bool) -> SmtpResult:

@@ -76,8 +76,9 @@ class SinkHandler:
 class SmtpSink:
     """A sink on its own thread (aiosmtpd Controller), for `make run` and tests."""
 
-    def __init__(self, directory: Path, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, directory: Path, host: str = "127.0.0.1", port: int = 0, *, smtputf8: bool = True) -> None:
         self.handler = SinkHandler(Path(directory))
+        self.smtputf8 = smtputf8   # False: a server that does not offer SMTPUTF8 (RFC 6531), for tests
         if port == 0:
             import socket
 
@@ -95,7 +96,8 @@ class SmtpSink:
     def start(self) -> SmtpSink:
         """Listen (again, after `stop`: a controller's loop cannot be restarted, so each start has its own)."""
         self._controller = Controller(self.handler, hostname=self.host, port=self.port, decode_data=False,
-                                      server_kwargs={"data_size_limit": 10 * 1024 * 1024})
+                                      server_kwargs={"data_size_limit": 10 * 1024 * 1024,
+                                                     "enable_SMTPUTF8": self.smtputf8})
         self._controller.start()
         return self
 
@@ -125,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     async def serve() -> None:
         loop = asyncio.get_running_loop()
         server = await loop.create_server(
-            lambda: SMTP(handler, decode_data=False, data_size_limit=10 * 1024 * 1024, hostname=args.host),
+            lambda: SMTP(handler, decode_data=False, data_size_limit=10 * 1024 * 1024, hostname=args.host,
+                         enable_SMTPUTF8=True),
             host=args.host, port=args.port)
         print(f"smtp sink listening on {args.host}:{args.port}, storing in {args.dir}", flush=True)
         async with server:

@@ -10,7 +10,7 @@ import json
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, update
@@ -37,6 +37,11 @@ SessionFactory = Callable[[], AbstractContextManager[Session]]
 
 naive = times.naive_utc  # the columns hold naive UTC
 aware = times.utc_or_none  # (this one relabelled an aware time as UTC instead of converting it)
+
+
+# How long a replica's claim on a queued message keeps the others off it: far longer than a batch takes
+# on the wire, short enough that a dead replica's messages go out the same hour.
+CLAIM_LEASE = timedelta(minutes=15)
 
 
 @dataclass
@@ -142,13 +147,23 @@ class Store:
             rows = s.execute(select(messages).where(messages.c.id.in_(ids))).mappings().all()
         return {r["id"]: dict(r) for r in rows}
 
-    def due_messages(self, now: datetime, limit: int) -> list[dict[str, Any]]:
-        """Messages whose time has come (and any left in `sending` by a crash), oldest first."""
+    def due_messages(self, now: datetime, limit: int, replica: str = "0") -> list[dict[str, Any]]:
+        """Messages whose time has come (and any left in `sending` by a crash), oldest first, claimed
+        for `replica`. A message another replica claimed is left to it until the claim is older than
+        CLAIM_LEASE (that replica died and did not come back); rows another replica is claiming right
+        now are skipped (PostgreSQL's SKIP LOCKED; on SQLite a service is one process, one writer).
+        This replica's own claims are its to take again: after a restart, at once."""
+        free = or_(messages.c.claimed_by.is_(None), messages.c.claimed_by == replica,
+                   messages.c.claimed_at < naive(now - CLAIM_LEASE))
         with self._sessions() as s:
             rows = s.execute(
                 select(messages).where(messages.c.status.in_(("scheduled", "sending")),
-                                       messages.c.due_at <= naive(now))
-                .order_by(messages.c.due_at).limit(limit)).mappings().all()
+                                       messages.c.due_at <= naive(now), free)
+                .order_by(messages.c.due_at).limit(limit).with_for_update(skip_locked=True)).mappings().all()
+            ids = sorted(r["id"] for r in rows)
+            for start in range(0, len(ids), 500):
+                s.execute(update(messages).where(messages.c.id.in_(ids[start:start + 500]))
+                          .values(claimed_by=replica, claimed_at=naive(now)))
         return [dict(r) for r in rows]
 
     def next_due(self) -> datetime | None:

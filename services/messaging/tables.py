@@ -35,6 +35,10 @@ messages = Table(
     Column("created_at", DateTime, nullable=False),
     Column("updated_at", DateTime, nullable=False),
     Column("sent_at", DateTime, nullable=True),
+    # The replica that took the message from the queue last (NURTURE_REPLICA), and when: another replica
+    # leaves it alone until the claim is older than the lease (services/messaging/storage.py).
+    Column("claimed_by", String(64), nullable=True),
+    Column("claimed_at", DateTime, nullable=True),
     Index("ix_messaging_messages_lead", "lead_id", "created_at"),
     Index("ix_messaging_messages_due", "status", "due_at"),
     Index("ix_messaging_messages_template", "template", "variant"),

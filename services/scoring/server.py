@@ -40,7 +40,7 @@ async def serve(settings: Settings) -> Running:
     address_lists()  # addresses.yaml: a bad file fails the start, not a later lead
     db = open_database(settings, service="scoring", migrations_dir=MIGRATIONS)
     redis = redisconn.connect(settings)
-    clock = make_clock(settings.clock, settings.redis_url)
+    clock = make_clock(settings)
     versions = ModelVersions(db.session)
     model = await db.run(versions.live, load_model(), clock.now())
     core = ScoringCore(db.session, model, DriverWrites(db.engine))

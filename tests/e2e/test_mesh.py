@@ -23,6 +23,12 @@ def mesh() -> Iterator[Mesh]:
         yield running
 
 
+@pytest.fixture(scope="module")
+def cluster_mesh() -> Iterator[Mesh]:
+    with private_mesh(clock="virtual", redis_cluster=3) as running:
+        yield running
+
+
 def mails(mesh: Mesh) -> list[email.message.Message]:
     folder = Path(mesh.data_dir) / "mail"
     return [email.message_from_bytes(p.read_bytes()) for p in sorted(folder.rglob("*.eml"))]
@@ -250,3 +256,9 @@ def test_sales_make_a_proposal_the_prospect_reads_by_link_and_receives_once(mesh
         assert listed["status"] == "sent"
         timeline = api.get("/v1/leads/omar/timeline").json()["items"]
         assert {"proposal_generated", "proposal_sent"} <= {i["type"] for i in timeline if i["kind"] == "crm"}
+
+
+@pytest.mark.cluster
+def test_a_lead_from_sign_up_to_erasure_on_a_redis_cluster(cluster_mesh: Mesh) -> None:
+    """The same story on `nurture up --redis-cluster 3`: every service on the cluster's clients."""
+    test_a_lead_from_sign_up_to_erasure(cluster_mesh)

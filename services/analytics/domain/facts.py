@@ -25,6 +25,13 @@ ENGAGEMENT_KINDS = {
     "email_bounced": "bounced",
     "unsubscribed": "unsubscribed",
 }
+# Messaging's deliverability outcomes that are no engagement: a soft bounce (the message is retried) and a
+# spam complaint. Only messaging's (they carry the provider) are facts: a `spam_reported` a caller posts
+# names no message or provider.
+DELIVERABILITY_KINDS = {
+    "email_soft_bounced": "soft_bounced",
+    "spam_reported": "complaint",
+}
 WON_EVENT = "opportunity_won"      # crm_sync's event for a deal reported `closed_won` (sync.yaml deal_events)
 STAGE_EVENT = "stage_changed"      # scoring's lifecycle change, published beside the event that caused it
 
@@ -34,7 +41,7 @@ class Fact:
     """One thing that happened, with the dimensions every report groups or filters by."""
 
     id: str
-    kind: str            # sent | opened | clicked | bounced | unsubscribed | stage | won
+    kind: str            # sent | opened | clicked | bounced | unsubscribed | soft_bounced | complaint | stage | won
     lead_id: str
     at: datetime         # when it happened (the event's occurred_at), UTC
     segment: str = ""    # the lead's segment when it happened
@@ -49,6 +56,9 @@ class Fact:
     since: datetime | None = None  # a `stage` fact: when the lead was created (dwell of its first stage)
     amount: float = 0.0  # a `won` fact: the deal's amount
     score: int | None = None  # the lead's score then (the bus snapshot's), when it carried one
+    domain: str = ""     # an email's sending domain, as messaging's guards count it
+    provider: str = ""   # the recipient's mailbox provider (messaging's deliverability.yaml)
+    bounce: str = ""     # a `bounced` fact: hard | soft (a soft bounce at the suppression count)
 
 
 def parse_time(value: Any) -> datetime | None:
@@ -81,12 +91,15 @@ def from_bus(bus_message: BusMessage | Mapping[str, Any]) -> Fact | None:
     segment = _text(lead.get("segment"))
     score = lead.get("score")
     score = score if isinstance(score, int) and not isinstance(score, bool) else None
-    if etype in ENGAGEMENT_KINDS:
-        return Fact(id=mid, kind=ENGAGEMENT_KINDS[str(etype)], lead_id=lead_id, at=at, segment=segment,
+    if etype in ENGAGEMENT_KINDS or (etype in DELIVERABILITY_KINDS and props.get("provider")):
+        kind = ENGAGEMENT_KINDS.get(str(etype)) or DELIVERABILITY_KINDS[str(etype)]
+        return Fact(id=mid, kind=kind, lead_id=lead_id, at=at, segment=segment,
                     message_id=_text(props.get("message_id")), journey=_text(props.get("journey")),
                     stage=_text(props.get("stage")), template=_text(props.get("template")),
                     channel=_text(props.get("channel")) or "email", topic=_text(props.get("topic")),
-                    format=_text(props.get("format")), score=score)
+                    format=_text(props.get("format")), score=score, domain=_text(props.get("sending_domain")),
+                    provider=_text(props.get("provider")),
+                    bounce=_text(props.get("bounce")) if etype in ("email_hard_bounced", "email_bounced") else "")
     if etype == STAGE_EVENT:
         return Fact(id=mid, kind="stage", lead_id=lead_id, at=at, segment=segment, stage=_text(props.get("new")),
                     previous=_text(props.get("old")), since=parse_time(lead.get("created_at")))

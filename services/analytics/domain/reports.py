@@ -34,6 +34,10 @@ BOTTLENECK_DWELL_MULTIPLE = 2.0
 GAP_ENGAGEMENT_SHARE = 0.5
 
 
+PROGRESSION_TABLES = ("stages", "lifecycle", "qualification", "time_to_conversion", "content_gaps",
+                      "score_progression")
+
+
 class QueryError(ValueError):
     """A report query that cannot be answered (bad parameter); the gateway answers 422 with it."""
 
@@ -144,6 +148,15 @@ def engagement_row(group: str, sums: Mapping[str, int]) -> dict[str, Any]:
     return {"group": group, "sent": sums["sent"], "delivered": delivered, "opened": sums["opened"],
             "clicked": sums["clicked"], "unsubscribed": sums["unsubscribed"], "bounced": sums["bounced"],
             "open_rate": rate(sums["opened"], delivered), "click_rate": rate(sums["clicked"], delivered)}
+
+
+def deliverability_row(key: Mapping[str, str], sums: Mapping[str, int]) -> dict[str, Any]:
+    """Deliverability figures with their rates: delivery and bounces over sent, complaints over delivered
+    (the providers' measure)."""
+    return {**key, **sums, "delivery_rate": rate(sums["delivered"], sums["sent"]),
+            "hard_bounce_rate": rate(sums["hard_bounced"], sums["sent"]),
+            "soft_bounce_rate": rate(sums["soft_bounced"], sums["sent"]),
+            "complaint_rate": rate(sums["complaints"], sums["delivered"])}
 
 
 def stage_rows(counts: Mapping[tuple[str, str], tuple[int, int]],

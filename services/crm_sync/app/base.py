@@ -54,6 +54,7 @@ class CoreBase:
     journeys: JourneysLookup
     crm_name: str
     virtual: bool
+    replica: str
     writer: GroupWriter
     locks: KeyLocks
     changes_wake: asyncio.Event

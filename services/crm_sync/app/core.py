@@ -13,6 +13,7 @@ Order of effects, so nothing is lost or doubled:
 from __future__ import annotations
 
 import asyncio
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -44,7 +45,7 @@ class CrmSyncCore(InboundContacts, InboundActivities, BusConsumer, OutboundQueue
                  scoring: scoring_pb2_grpc.ScoringStub, journeys: JourneysLookup, crm_name: str,
                  virtual: bool, proposals_cfg: ProposalsConfig | None = None,
                  messaging: messaging_pb2_grpc.MessagingStub | None = None,
-                 link_secrets: tuple[str, ...] = (), public_url: str = "") -> None:
+                 link_secrets: tuple[str, ...] = (), public_url: str = "", replica: str = "0") -> None:
         self.db = db
         self.clock = clock
         self.cfg = cfg
@@ -58,6 +59,7 @@ class CrmSyncCore(InboundContacts, InboundActivities, BusConsumer, OutboundQueue
         # Proposal links are signed with the first secret; a link signed before a rotation still opens.
         self.link_secrets = tuple(x for x in link_secrets if x) or ("",)
         self.public_url = public_url
+        self.replica = replica
         self.writer = GroupWriter(db)
         self.locks = KeyLocks()
         self.contacts: Batcher[tuple[str, ContactIn], dict[str, Any]] = Batcher(
@@ -66,6 +68,7 @@ class CrmSyncCore(InboundContacts, InboundActivities, BusConsumer, OutboundQueue
         self.push_wake = asyncio.Event()
         self.stats = SyncStats()
         self._push_lock = asyncio.Lock()
+        self._reclaimed_at = time.monotonic()
         self._change_waiters: set[asyncio.Event] = set()
         self._readers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="crm_sync-read")
         self._prefetched: dict[str, st.LeadRecord] = {}

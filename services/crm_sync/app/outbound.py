@@ -6,6 +6,7 @@ import asyncio
 import itertools
 import json
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -99,15 +100,23 @@ class ContactRecords:
 class OutboundQueue(CoreBase):
     _push_lock: asyncio.Lock
     _prefetched: dict[str, st.LeadRecord]
+    _reclaimed_at: float
 
     async def process_due(self, limit: int = 400) -> int:
         """Claim and perform every push due now (up to `limit`); returns how many were tried."""
         async with self._push_lock:
             now = self.clock.now()
+            # About once a minute, claims whose lease ran out (their replica died) return to the queue;
+            # not on every poll, which would make each idle poll a write.
+            reclaim = time.monotonic() - self._reclaimed_at > 60
+            if reclaim:
+                self._reclaimed_at = time.monotonic()
 
             def claim(s: Session) -> tuple[list[dict[str, Any]], dict[str, st.LeadRecord]]:
+                if reclaim:
+                    st.requeue_running(s, self.replica, now)
                 jobs = st.due_jobs(s, now, limit)
-                st.mark_running(s, [j["id"] for j in jobs])
+                st.mark_running(s, [j["id"] for j in jobs], self.replica, now)
                 # Contact pushes read their lead's state now, in the same round trip.
                 return jobs, st.get_leads(s, [j["lead_id"] for j in jobs if j["op"] == "contact"])
 
@@ -377,4 +386,4 @@ class OutboundQueue(CoreBase):
     async def recover(self) -> None:
         """After a crash, pushes that were in flight run again; their attempt counts as made, so a
         task that may have been created is searched for before it is created again."""
-        await self.sql(st.requeue_running)
+        await self.sql(lambda s: st.requeue_running(s, self.replica, self.clock.now()))

@@ -26,7 +26,7 @@ from nurture.db import Database
 from nurture.locks import KeyLocks
 from services.journeys import storage
 from services.journeys.clients import Clients, Unavailable
-from services.journeys.domain import whynot
+from services.journeys.domain import step_counts, whynot
 from services.journeys.domain.calendar import Calendar, Campaign
 from services.journeys.domain.definitions import (
     DefinitionError,
@@ -136,12 +136,19 @@ class JourneysRuntime:
                                                                          row.published_at)
 
     async def start(self) -> None:
+        rebuilt = await self.db.run(self._ensure_counters)
+        if rebuilt is not None:
+            log.info("journeys: step counters derived from the record (%d cells)", rebuilt)
         await self.db.run(self._sync_playbook, self.clock.now())
         await self.db.run(self._load_registry)
         moved = await self.timers.recover()
         rearmed = await self.rearm_all()
         log.info("journeys: %d journeys live, %d in-flight timers recovered, %d timers re-armed",
                  len(self.registry.published()), moved, rearmed)
+
+    def _ensure_counters(self) -> int | None:
+        with self.db.session() as s:
+            return storage.ensure_counters(s)
 
     async def rearm_all(self) -> int:
         """Re-arm every active enrolment's timer from SQL (idempotent): nothing is lost even when
@@ -479,6 +486,12 @@ class JourneysRuntime:
                       step: str = "") -> tuple[list[str], str]:
         if self.registry.live(journey) is None and not self.registry.versions(journey):
             raise NotFound(f"unknown journey {journey!r}")
+        stages = {st for v in self.registry.versions(journey) if (j := self.registry.resolve(journey, v))
+                  for st in j.stages}
+        if stage and stage not in stages:
+            # No version has it, so no lead is ever at it: an unknown name (an ad audience `family.nope`
+            # answered an empty audience), not an empty one.
+            raise NotFound(f"journey {journey!r} has no stage {stage!r}")
 
         def q() -> tuple[list[str], str]:
             with self.db.session() as s:
@@ -523,24 +536,19 @@ class JourneysRuntime:
 
     async def analytics(self, key: str, start: datetime | None, end: datetime | None,
                         stages: bool = True) -> dict[str, Any]:
-        """The funnel of the journey's recorded history, counted in SQL (storage.funnel_counts); without
-        `stages`, the stage table is left out (it reads every stage transition)."""
+        """The funnel of the journey's recorded history, from its step counters (storage.step_counts:
+        kept as the records are written); without `stages`, the stage table, which reads every stage
+        transition of the range, is left out."""
         journey = self.registry.live(key) or self._latest(key)
 
-        def q() -> storage.FunnelCounts:
+        def q() -> tuple[dict[tuple[str, str, str], int], list[dict[str, Any]]]:
             with self.db.session() as s:
-                return storage.funnel_counts(s, key, start, end, stages=stages)
-        got = await self.db.run(q)
+                return (storage.step_counts(s, key, start, end),
+                        storage.stage_transitions(s, key, start, end) if stages else [])
+        counts, stage_rows = await self.db.run(q)
         funnel = Funnel()
-        for step, status, n in got.runs:
-            funnel.run(key, step, status, n)
-        for step, kind, n in got.engagements:
-            funnel.engagement(key, step, kind, n)
-        for kind, n in got.counted:
-            funnel.counted(key, kind, n)
-        for step_from, reason, n in got.exits:
-            funnel.exits(key, step_from, reason, n)
-        feed(funnel, [], [{"journey": key, **row} for row in got.goals + got.stages], [])
+        step_counts.feed(funnel, key, counts)
+        feed(funnel, [], [{"journey": key, **row} for row in stage_rows], [])
         report = funnel.report({key: journey})
         if not stages:
             report.get(key, {})["stages"] = []

@@ -17,9 +17,10 @@ Step types: send, wait, branch, split, goal, jump, enrol, exit, update, task, we
 Steps fall through to the next one in the list unless they say `next` (or end the path).
 A wait for an event says `event: {types, match?, when?}`: `match` names an event property that must
 be this enrolment's entity, `when` a condition the event must hold (e.g. a purchase, not a signup).
-Effect steps may say `skip_if_late: <duration>` (skipped, and explained, when they come to run longer
-than that after the time their wait set, e.g. a reminder whose moment passed) and `skip_after: <time
-spec>` (skipped after that time).
+A send step may say `budget: exempt` (a nurture send timed to the hour goes past the per-lead frequency
+budget; it still counts in it). Effect steps may say `skip_if_late: <duration>` (skipped, and explained,
+when they come to run longer than that after the time their wait set, e.g. a reminder whose moment
+passed) and `skip_after: <time spec>` (skipped after that time).
 Conditions use the rule language of nurture.rules. `validate` lists every problem it finds; nothing
 here touches the network, so the unit tests load the whole playbook.
 This module and `steps` are the only readers of the raw document: steps become the typed records of
@@ -402,11 +403,15 @@ def _check_step(j: Journey, s: Step, raw: JsonMapping) -> list[str]:
             p.append(f"{at}.skip_if_late: {exc}")
     if raw.get("skip_after") is not None:
         p += _check_time(raw.get("skip_after"), f"{at}.skip_after", j.anchors)
+    if raw.get("budget") is not None and s.type != "send":
+        p.append(f"{at}: budget applies to send steps")
     if s.type == "send":
         if raw.get("channel", "email") not in CHANNELS:
             p.append(f"{at}: channel must be one of {', '.join(CHANNELS)}")
         if raw.get("category", j.category) not in ("nurture", "transactional"):
             p.append(f"{at}: category must be nurture or transactional")
+        if raw.get("budget", "counted") not in ("counted", "exempt"):
+            p.append(f"{at}: budget must be counted or exempt")
     elif s.type == "wait":
         forms = [k for k in ("delay", "until", "event") if raw.get(k) is not None]
         if len(forms) != 1:

@@ -165,6 +165,10 @@ class Engine:
             scope = message.properties.get("scope") if etype == "unsubscribed" else None
             stopped = {"transactional": {"transactional"}, "all": {"nurture", "transactional"}}.get(
                 str(scope), {"nurture"})
+            if etype in OPT_OUT_EVENTS:
+                for category in stopped:   # an unsubscribe never overwrites a spam report or a hard bounce
+                    if state.opted_out.get(category) in (None, "unsubscribed"):
+                        state.opted_out[category] = etype
             for e in list(state.enrollments.values()):
                 if e.status in LIVE and self.journey(e.journey, e.version).category in stopped:
                     self._keep_for_consent(state, e, now, reason=reason, scope=str(scope or "nurture"))
@@ -186,6 +190,10 @@ class Engine:
                     past["consent_exit"]["withdrawn"] = True
         journeys = self._published()
         if etype == RESUBSCRIBED:
+            lifted = {str(x) for x in message.properties.get("scopes") or []}
+            for category, why in list(state.opted_out.items()):
+                if why == "unsubscribed" and ("all" in lifted or category in lifted):
+                    del state.opted_out[category]
             self._resume_resubscribed(state, journeys, message, now, out)
         for j in journeys:
             types = self._types(j)
@@ -441,6 +449,10 @@ class Engine:
         ekey = f"{j.key}#{instance}" if instance else j.key
         current = state.enrollments.get(ekey)
         if current is not None and current.status in LIVE:
+            return
+        if j.category in state.opted_out:
+            # An opt-out stops every journey of the mail it names, those the lead was not in yet too
+            # (an unsubscribed lead going quiet was enrolled in re-engagement, its mail suppressed).
             return
         held = (state.history.get(ekey) or {}).get("consent_exit") if current is not None else None
         if held and held.get("reason", "no_consent") != "no_consent":
@@ -736,7 +748,7 @@ class Engine:
         key = dedupe_key(state.lead_id, e, s.id, occ)
         if isinstance(s, SendStep):
             category, channel = s.category, s.channel
-            if category == "nurture":
+            if category == "nurture" and not s.budget_exempt:
                 slot = self._budget_slot(state, now)
                 if slot is not None and side:
                     e.side_at, e.side_held_by = slot, "budget"

@@ -55,6 +55,13 @@ class Funnel:
         elif kind == "completed":
             t.completed += n
 
+    def goals(self, journey: str, step: str | None, n: int) -> None:
+        """`n` goals reached, credited to `step` (the last email sent, else the step reached from)."""
+        t = self._j[journey]
+        t.goals += n
+        if step:
+            t.steps[step]["converted"] += n
+
     def exits(self, journey: str, step_from: str | None, reason: str, n: int) -> None:
         t = self._j[journey]
         t.exited += n
@@ -73,10 +80,8 @@ class Funnel:
             if prev and isinstance(hours, int | float):
                 t.stage_hours[str(prev)].append(float(hours))
         elif kind == "goal":
-            t.goals += 1
             last_sent = last_sent or facts.get("last_sent")
-            if last_sent or step_from:
-                t.steps[str(last_sent or step_from)]["converted"] += 1
+            self.goals(journey, str(last_sent or step_from) if last_sent or step_from else None, 1)
         elif kind == "exited":
             self.exits(journey, step_from, exit_reason(rule, facts), 1)
 

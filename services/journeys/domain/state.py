@@ -89,12 +89,16 @@ class LeadState:
     inactive_token: int = 0
     inactive_step: int = 0
     dates: dict[str, dict[str, Any]] = field(default_factory=dict)  # "<journey>.<rule>" -> {at, token}
+    # Journey categories an opt-out stopped (category -> unsubscribed | spam_reported | email_hard_bounced):
+    # no journey of them is entered until messaging lifts an unsubscribe (email_resubscribed).
+    opted_out: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> JsonObject:
         return {
             "lead_id": self.lead_id, "lead": self.lead, "sends": self.sends, "history": self.history,
             "last_engagement": iso(self.last_engagement), "inactive_due": iso(self.inactive_due),
             "inactive_token": self.inactive_token, "inactive_step": self.inactive_step, "dates": self.dates,
+            "opted_out": self.opted_out,
         }
 
     @classmethod
@@ -104,6 +108,7 @@ class LeadState:
             history=dict(raw.get("history") or {}), last_engagement=parse_time(raw.get("last_engagement")),
             inactive_due=parse_time(raw.get("inactive_due")), inactive_token=int(raw.get("inactive_token", 0)),
             inactive_step=int(raw.get("inactive_step", 0)), dates=dict(raw.get("dates") or {}),
+            opted_out=dict(raw.get("opted_out") or {}),
             enrollments={e.ekey: e for e in enrollments},
         )
 

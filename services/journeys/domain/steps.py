@@ -113,6 +113,9 @@ class SendStep(EffectStep):
     cta: JsonValue
     brief: JsonValue
     url: JsonValue
+    # `budget: exempt`: a nurture send timed to the hour (a cart reminder) goes past the per-lead frequency
+    # budget instead of waiting for a slot; it still counts in the budget, so other nurture mail waits.
+    budget_exempt: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,7 +256,8 @@ def _effect_step(raw: JsonMapping, *, sid: str, stype: str, nxt: str | None, sta
                         template=str(template) if template else None,
                         channel="webhook" if stype == "webhook" else str(raw.get("channel", "email")),
                         category=str(raw.get("category", category)), subject=raw.get("subject"),
-                        cta=raw.get("cta"), brief=raw.get("brief"), url=raw.get("url"))
+                        cta=raw.get("cta"), brief=raw.get("brief"), url=raw.get("url"),
+                        budget_exempt=raw.get("budget") == "exempt")
     if stype == "task":
         return TaskStep(sid, stype, nxt, stage, skip_if_late, str(late), skip_after, kind=raw.get("kind"),
                         title=raw.get("title"), priority=raw.get("priority", "normal"),

@@ -25,10 +25,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import redis.asyncio as aioredis
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from nurture.db import Database
+from nurture.redisconn import AsyncRedis
 from services.messaging.deliverability_store import DeliverabilityStore, DeliveryEventRow, Pause
 from services.messaging.domain.bounces import (
     Counts,
@@ -70,7 +70,7 @@ class Applied:
 class Deliverability:
     def __init__(self, *, store: Store, dstore: DeliverabilityStore, db: Database, policy: DeliverabilityPolicy,
                  dkim: DkimSigner, bounce_domain: str, secrets: tuple[str, ...], now: Callable[[], datetime],
-                 redis: aioredis.Redis | None = None) -> None:
+                 redis: AsyncRedis | None = None) -> None:
         self.store = store
         self.dstore = dstore
         self.db = db
@@ -155,6 +155,7 @@ class Deliverability:
         now = self.now()
         rows = await self.db.run(self.store.get_messages, [mid for mid, _ in reports])
         known = await self.db.run(self.dstore.known, list(rows))
+        softs = await self.db.run(self.dstore.soft_bounce_counts, list(rows))
         outcomes: list[Outcome] = []
         events: list[DeliveryEventRow] = []
         ignored: list[str] = []
@@ -177,7 +178,10 @@ class Deliverability:
             domain, provider = seen.get("sent") or (self.sending_domain(""), self.policy.provider_of(report.recipient))
             seen[report.kind] = (domain, provider)
             events.append(DeliveryEventRow(report.kind, mid, ehash, domain, provider, source, now))
-            outcomes.append(await self._outcome(row, report, ehash, soft_since, source, now))
+            if report.kind == "soft_bounce":
+                softs[mid] = softs.get(mid, 0) + 1
+            outcomes.append(await self._outcome(row, report, ehash, soft_since, source, now,
+                                                (domain, provider), softs.get(mid, 0)))
         await self.db.run(self.store.apply, outcomes, now)
         await self.db.run(self.dstore.record, events)
         for e in events:
@@ -191,10 +195,13 @@ class Deliverability:
             {"template": row["template"], "status": report.status, "detail": report.detail})])
 
     async def _outcome(self, row: dict[str, Any], report: Report, ehash: str, soft_since: datetime,
-                       source: str, now: datetime) -> Outcome:
+                       source: str, now: datetime, where: tuple[str, str], soft_count: int) -> Outcome:
+        """`where`: the (sending domain, provider) the event is counted under; `soft_count`: the message's
+        soft bounces with this one (each is its own event on the bus, keyed by its number)."""
         mid, lead_id, template = row["id"], row["lead_id"], row["template"]
         props = {"message_id": mid, "template": template, "journey": row["journey"], "step": row["step"],
-                 "status": report.status, "reason": report.detail, "source": source}
+                 "status": report.status, "reason": report.detail, "source": source,
+                 "sending_domain": where[0], "provider": where[1]}
         details = {"template": template, "status": report.status, "detail": report.detail, "source": source}
         if report.kind == "complaint":
             out = Outcome(mid, row["status"], row["reason"] or "", log=[LogLine(
@@ -210,8 +217,14 @@ class Deliverability:
                 details)])
             if ehash:
                 out.suppress.append((ehash, "all", "hard_bounce", source))
-            out.feedback.append(Feedback(f"bounce:{mid}", lead_id, "email_hard_bounced", props, now))
+            out.feedback.append(Feedback(f"bounce:{mid}", lead_id, "email_hard_bounced",
+                                         {**props, "bounce": "hard"}, now))
             return out
+        # Every soft bounce is one event on the bus for analytics' deliverability figures (keyed by its
+        # number: a message may soft-bounce again after its retry); scoring and journeys act on none of it.
+        # The one at the suppression count is also the `email_hard_bounced` that withdraws consent.
+        soft_event = Feedback(f"soft_bounce:{mid}:{soft_count}", lead_id, "email_soft_bounced",
+                              {**props, "bounce": "soft"}, now)
         soft = self.policy.soft_bounce
         earlier = await self.db.run(self.dstore.soft_bounces, ehash, soft_since) if ehash else 0
         if ehash and earlier + 1 >= soft.suppress_after:
@@ -219,12 +232,13 @@ class Deliverability:
                 mid, lead_id, "message_bounced", f"{template} bounced (soft, {earlier + 1} within "
                 f"{soft.window_days} days: address suppressed): {report.detail}", details)])
             out.suppress.append((ehash, "all", "soft_bounce_limit", source))
+            out.feedback.append(soft_event)
             out.feedback.append(Feedback(f"bounce:{mid}", lead_id, "email_hard_bounced",
-                                         {**props, "soft_bounces": earlier + 1}, now))
+                                         {**props, "soft_bounces": earlier + 1, "bounce": "soft"}, now))
             return out
         due = now + timedelta(seconds=soft.retry_after_s)
         return Outcome(mid, "scheduled", f"retrying after a soft bounce: {report.detail or report.status}",
-                       due_at=due, log=[LogLine(
+                       due_at=due, feedback=[soft_event], log=[LogLine(
                            mid, lead_id, "message_bounced", f"{template} bounced (soft, {report.status}): "
                            f"retry at {due.isoformat()}", {**details, "retry_at": due.isoformat()})])
 

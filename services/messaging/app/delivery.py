@@ -27,14 +27,13 @@ from typing import Any
 
 import grpc
 import httpx
-import redis.asyncio as aioredis
 
 from nurture.aio import wait_event
 from nurture.api.scoring.v1 import scoring_pb2
 from nurture.batching import Batcher
 from nurture.clock import Clock
 from nurture.db import Database
-from nurture.redisconn import lead_key
+from nurture.redisconn import AsyncRedis, lead_key, run_script
 from nurture.rpc import DEADLINE_S
 from nurture.settings import Settings
 from services.messaging.app.deliverability import WARMUP_LUA, Deliverability, epoch_day, warmup_args
@@ -129,7 +128,7 @@ class _Ready:
 
 class Delivery:
     def __init__(self, *, settings: Settings, clock: Clock, db: Database, store: Store, catalog: Catalog,
-                 redis: aioredis.Redis, leads: LeadSource, policy: Policy = DEFAULT_POLICY,
+                 redis: AsyncRedis, leads: LeadSource, policy: Policy = DEFAULT_POLICY,
                  smtp_connections: int = 8, deliverability: Deliverability | None = None) -> None:
         self.settings = settings
         self.clock = clock
@@ -145,8 +144,6 @@ class Delivery:
         self.smtp = SmtpPool(settings.smtp_url, size=smtp_connections)
         self._smtp_threads = ThreadPoolExecutor(max_workers=smtp_connections, thread_name_prefix="messaging-smtp")
         self._http: httpx.AsyncClient | None = None
-        self._caps = redis.register_script(CAPS_LUA)
-        self._warmup = redis.register_script(WARMUP_LUA)
         # DKIM, VERP return paths, the guards and the warm-up (app/deliverability.py); None: plain mail.
         self.deliverability = deliverability
         self._work_lock = asyncio.Lock()
@@ -289,7 +286,8 @@ class Delivery:
             try:
                 while True:
                     now = self.clock.now()
-                    rows = await self.db.run(self.store.due_messages, now, BATCH + len(self._inflight))
+                    rows = await self.db.run(self.store.due_messages, now, BATCH + len(self._inflight),
+                                             self.settings.replica)
                     rows = [r for r in rows if r["id"] not in self._inflight][:BATCH]
                     if not rows:
                         if not tasks:
@@ -438,12 +436,10 @@ class Delivery:
                 capped.append(r)
         if capped:
             epoch = now.timestamp()
-            pipe = self.redis.pipeline(transaction=False)
-            for r in capped:
-                await self._caps(keys=[lead_key(r.row["lead_id"], "msg:nurture")],
-                                 args=[epoch, r.row["id"], self.policy.cap_per_day, self.policy.cap_per_week,
-                                       self.policy.min_gap_s], client=pipe)
-            answers = await pipe.execute()
+            answers = await run_script(self.redis, CAPS_LUA, [
+                ([lead_key(r.row["lead_id"], "msg:nurture")],
+                 [epoch, r.row["id"], self.policy.cap_per_day, self.policy.cap_per_week, self.policy.min_gap_s])
+                for r in capped])
             for r, (until, why) in zip(capped, answers, strict=True):
                 if int(until):
                     when = datetime.fromtimestamp(int(until), UTC)
@@ -464,11 +460,10 @@ class Delivery:
         warming = [(r, domain) for r in ready if guards.warming(domain := guards.sending_domain(self._from_address(r)))]
         if not warming:
             return held
-        pipe = self.redis.pipeline(transaction=False)
-        for r, domain in warming:
-            await self._warmup(keys=[f"warmup:{{{domain}}}:first", f"warmup:{{{domain}}}:{day}"],
-                               args=warmup_args(guards.policy, day, r.row["id"]), client=pipe)
-        for (r, domain), (ok, ramp_day) in zip(warming, await pipe.execute(), strict=True):
+        answers = await run_script(self.redis, WARMUP_LUA, [
+            ([f"warmup:{{{domain}}}:first", f"warmup:{{{domain}}}:{day}"], warmup_args(guards.policy, day, r.row["id"]))
+            for r, domain in warming])
+        for (r, domain), (ok, ramp_day) in zip(warming, answers, strict=True):
             if not int(ok):
                 tomorrow = datetime.fromtimestamp((day + 1) * 86400, UTC)
                 when = next_window(tomorrow, r.lead.get("timezone"), self.policy) or tomorrow
@@ -584,6 +579,12 @@ class Delivery:
         mid, lead_id, template = row["id"], row["lead_id"], row["template"]
         props = {"message_id": mid, "journey": row["journey"], "step": row["step"], "template": template,
                  "channel": row["channel"], "variant": row["variant"], **self.content_of(template)}
+        guards = self.deliverability
+        if guards is not None and row["channel"] == "email":
+            # Where it went, as the guards count it (messaging_delivery_events): analytics' deliverability
+            # report groups by these, so the provider mapping stays messaging's data.
+            props["sending_domain"] = guards.sending_domain(self._from_address(r))
+            props["provider"] = guards.policy.provider_of(str(r.lead.get("email") or ""))
         if result.ok:
             return Outcome(mid, "sent", "", sent_at=now, attempts=attempts,
                            log=[LogLine(mid, lead_id, "message_sent",
@@ -601,7 +602,7 @@ class Delivery:
             if result.hard_bounce and r.email_hash:
                 outcome.suppress.append((r.email_hash, "all", "hard_bounce", "smtp"))
                 outcome.feedback.append(Feedback(f"bounce:{mid}", lead_id, "email_hard_bounced",
-                                                 {**props, "reason": result.reason}, now))
+                                                 {**props, "reason": result.reason, "bounce": "hard"}, now))
             return outcome
         due = now + backoff(attempts, self.policy)
         return Outcome(mid, "scheduled", f"retrying: {result.reason}", due_at=due, attempts=attempts,

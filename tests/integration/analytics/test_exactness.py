@@ -74,6 +74,10 @@ def check(db: Database, stream: Sequence[dict[str, Any]]) -> int:
             assert got["content_gaps"] == expected_p["content_gaps"], r
             assert got["score_progression"] == expected_p["score_progression"], r
             scored += expected_p["score_progression"][0]["conversions"]
+            # One table asked for (as the dashboard and a CSV download ask): the same rows, the rest empty.
+            for table in reports.PROGRESSION_TABLES:
+                assert storage.progression_report(s, q, (table,)) == {
+                    t: got[t] if t == table else [] for t in reports.PROGRESSION_TABLES}, (r, table)
             gaps += sum(1 for row in got["content_gaps"] if row["gap"])
             figures += sum(len(x) for part in expected_p.values() for x in part)
             conversions += expected_p["time_to_conversion"][0]["conversions"]

@@ -6,14 +6,18 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
+import grpc
 import httpx
 import pytest
 import redis.asyncio as aioredis
 
 from gateway.app import create_app
+from gateway.routes.analytics import ATTRIBUTION_TABLES, PROGRESSION_TABLES, ROI_TABLES
+from nurture.api.analytics.v1 import analytics_pb2, analytics_pb2_grpc
 from nurture.api.common.v1 import common_pb2, common_pb2_grpc
 from nurture.bus import Publisher
 from nurture.busmessage import BusMessage
@@ -127,6 +131,41 @@ async def test_csv_carries_the_json_rows(heard: tuple[httpx.AsyncClient, list[di
     assert got.status_code == 200 and sequences
     assert list(csv.DictReader(io.StringIO(got.text))) == [
         {k: "" if v is None else str(v) for k, v in row.items()} for row in sequences]
+    # Each progression table's CSV (only that table computed) carries the full report's rows.
+    full = (await http.get("/v1/analytics/progression", params=span)).json()
+    for table in reports.PROGRESSION_TABLES:
+        got = await http.get("/v1/analytics/progression", params={**span, "format": "csv", "table": table})
+        assert got.status_code == 200, got.text
+        assert list(csv.DictReader(io.StringIO(got.text))) == [
+            {k: "" if v is None else str(v) for k, v in row.items()} for row in full[table]], table
+    assert any(full[t] for t in reports.PROGRESSION_TABLES if t != "time_to_conversion")
+
+
+CSV_TABLES = [("/v1/analytics/engagement", "rows", {}), ("/v1/analytics/timeseries", "points", {})] + [
+    ("/v1/analytics/progression", t, {"table": t}) for t in PROGRESSION_TABLES] + [
+    ("/v1/analytics/attribution", t, {"table": t}) for t in ATTRIBUTION_TABLES] + [
+    ("/v1/analytics/roi", t, {"table": t}) for t in ROI_TABLES] + [("/v1/analytics/sequences", "rows", {})]
+
+
+async def test_a_csv_table_without_rows_is_its_header(heard: tuple[httpx.AsyncClient, list[dict[str, Any]]]) -> None:
+    """A range with nothing in it answered an empty body: no header for a spreadsheet or a script to read
+    columns by. Each table's header is the keys of its JSON rows where the history has some."""
+    http, _ = heard
+    full = {"from": "2026-01-01T00:00:00Z", "to": "2026-06-01T00:00:00Z", "model": "linear"}
+    empty = {"from": "2020-01-01T00:00:00Z", "to": "2020-01-02T00:00:00Z"}
+    checked = checked_empty = 0
+    for path, table, params in CSV_TABLES:
+        got = await http.get(path, params={**empty, **params, "format": "csv"})
+        assert got.status_code == 200, (path, table, got.text)
+        header = got.text.split("\r\n")
+        if not (await http.get(path, params={**empty, **params})).json()[table]:
+            assert header[1:] == [""] and header[0], (path, table, got.text)
+            checked_empty += 1
+        rows = (await http.get(path, params={**full, **params})).json()[table]
+        if rows:
+            assert header[0].split(",") == list(rows[0]), (path, table)
+            checked += 1
+    assert checked >= 8 and checked_empty >= 10   # the history behind `heard` fills most tables
 
 
 @pytest.mark.parametrize(("path", "params", "field"), [
@@ -142,6 +181,11 @@ async def test_csv_carries_the_json_rows(heard: tuple[httpx.AsyncClient, list[di
     ("/v1/analytics/sequences", {"length": "4"}, "length"),
     ("/v1/analytics/sequences", {"by": "colour"}, "by"),
     ("/v1/analytics/sequences", {"window_days": "4000"}, "window_days"),
+    ("/v1/analytics/deliverability", {"interval": "hour"}, "interval"),
+    ("/v1/analytics/deliverability", {"format": "csv", "table": "by_colour"}, "table"),
+    ("/v1/analytics/deliverability", {"format": "pdf"}, "format"),
+    ("/v1/analytics/deliverability", {"to": "2026-13-01T00:00:00Z"}, "to"),
+    ("/v1/analytics/deliverability", {"from": "2026-03-02T00:00:00Z", "to": "2026-03-01T00:00:00Z"}, "from"),
 ])
 async def test_a_bad_query_is_a_422_in_the_error_shape(heard: tuple[httpx.AsyncClient, list[dict[str, Any]]],
                                                        path: str, params: dict[str, str], field: str) -> None:
@@ -150,3 +194,18 @@ async def test_a_bad_query_is_a_422_in_the_error_shape(heard: tuple[httpx.AsyncC
     assert got.status_code == 422, got.text
     error = got.json()["error"]
     assert error["code"] == "invalid" and field in error["message"]
+
+
+async def test_progression_refuses_a_table_it_does_not_have(settings: Settings) -> None:
+    service = await start_service("analytics", settings)
+    try:
+        async with mesh_channel(service.address) as ch:
+            stub = analytics_pb2_grpc.AnalyticsStub(ch)
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stub.Progression(analytics_pb2.ProgressionRequest(tables=["stages", "steps"]), timeout=10)
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "tables" in str(refused.value.details())
+            got = json.loads((await stub.Progression(analytics_pb2.ProgressionRequest(tables=["qualification"]),
+                                                     timeout=10)).report_json)
+            assert set(got) == set(reports.PROGRESSION_TABLES) and got["stages"] == []
+    finally:
+        await service.stop(grace=0.2)

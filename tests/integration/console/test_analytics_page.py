@@ -11,15 +11,11 @@ from typing import Any
 
 import httpx
 import pytest
-import redis.asyncio as aioredis
 
-from nurture.api.common.v1 import common_pb2, common_pb2_grpc
-from nurture.bus import Publisher
-from nurture.busmessage import BusMessage
-from nurture.settings import SERVICES, Settings
-from tests.conftest import free_port, mesh_channel, start_service
+from nurture.settings import Settings
+from tests.conftest import free_port
 from tests.integration.analytics import history as h
-from tests.integration.console.conftest import KEYS, app_for, console_settings, sign_in
+from tests.integration.console.conftest import KEYS, console_over_analytics
 
 pytestmark = pytest.mark.anyio
 SPAN = {"from": "2026-01-01T00:00:00Z", "to": "2026-06-01T00:00:00Z"}
@@ -28,20 +24,8 @@ SPAN = {"from": "2026-01-01T00:00:00Z", "to": "2026-06-01T00:00:00Z"}
 @pytest.fixture
 async def dashboard(settings: Settings) -> AsyncIterator[tuple[httpx.AsyncClient, list[dict[str, Any]]]]:
     stream = h.generate(11, leads=25)
-    redis_client = aioredis.Redis.from_url(settings.redis_url)
-    service = await start_service("analytics", settings)
-    await Publisher(redis_client, settings.bus_shards).publish([BusMessage.from_dict(m) for m in stream])
-    async with mesh_channel(service.address) as ch:
-        await common_pb2_grpc.AdminStub(ch).Settle(common_pb2.SettleRequest(), timeout=60)
-    addrs = {f"{s}_addr": f"127.0.0.1:{free_port()}" for s in SERVICES}
-    addrs["analytics_addr"] = service.address
-    app = app_for(console_settings(settings, **addrs))
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as client:
-        await sign_in(client, KEYS["viewer"])
-        client.app = app  # type: ignore[attr-defined]  # for the browser test, which serves it on a port
+    async with console_over_analytics(settings, stream) as client:
         yield client, stream
-    await service.stop(grace=0.2)
-    await redis_client.aclose()
 
 
 def cells(page: str, table: str) -> list[list[str]]:

@@ -9,12 +9,14 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import create_engine, select
+from sqlalchemy import create_engine, func, select
 
+from nurture import times
 from nurture.settings import Settings
 from services.journeys.storage import EngagementRow, StepRunRow, TransitionRow
 from tests.integration.console.conftest import KEYS, sign_in
@@ -155,10 +157,12 @@ async def test_a_count_on_the_graph_opens_its_leads_in_a_browser(mesh: ConsoleMe
         assert w.errors == []
 
 
-async def test_the_funnel_counted_in_sql_equals_a_record_by_record_recount(mesh: ConsoleMesh) -> None:
-    """The journey's analytics are counted in SQL (storage.funnel_counts); feeding every record of the
-    same history one by one into the funnel gives the same report, stages included; the console's
-    counts without the stage table are the same numbers."""
+async def test_the_funnel_from_the_step_counters_equals_a_record_by_record_recount(mesh: ConsoleMesh) -> None:
+    """The journey's analytics are read from the step counters kept as the records are written
+    (storage.step_counts); feeding every record of the same history one by one into the funnel gives
+    the same report, stages included, over all time and over ranges that start and end inside a day
+    (whole days from the counters, the part-days from the records); the console's counts without the
+    stage table are the same numbers."""
     from sqlalchemy.orm import Session
 
     from services.journeys import storage
@@ -181,6 +185,23 @@ async def test_the_funnel_counted_in_sql_equals_a_record_by_record_recount(mesh:
         assert {k: api[k] for k in expected} == expected
         if key == "family":
             assert api["enrolled"] == 6 and api["exited"] >= 1 and api["steps"] and api["stages"]
+            # Ranges: from inside the first day to inside the last, and within one day.
+            with Session(engine) as s:
+                first, last = s.execute(select(func.min(StepRunRow.at), func.max(StepRunRow.at))
+                                        .where(StepRunRow.journey == key)).one()
+            first, last = times.utc(first), times.utc(last)
+            assert last - first > timedelta(days=2), "the history spans whole days and part-days"
+            midnight = first.replace(hour=0, minute=0, second=0, microsecond=0)
+            for lo, hi in ((first + timedelta(minutes=1), last - timedelta(minutes=1)),
+                           (first, first + timedelta(hours=5)), (first - timedelta(days=1), last + timedelta(days=1)),
+                           (midnight, midnight + timedelta(days=2))):
+                window = {"from": lo.strftime("%Y-%m-%dT%H:%M:%S.%fZ"), "to": hi.strftime("%Y-%m-%dT%H:%M:%S.%fZ")}
+                r = await client.get(f"/v1/journeys/{key}/analytics", params=window, headers=API)
+                assert r.status_code == 200, r.text
+                with Session(engine) as s:
+                    runs, transitions, engagements = storage.history(s, key, lo, hi)
+                ranged = feed(Funnel(), runs, transitions, engagements).report({key: load(document, version=1)})
+                assert runs and {k: r.json()[k] for k in ranged[key]} == ranged[key], window
         from gateway.routes import journeys as journeys_api
         counts = await journeys_api.journey_counts(key, mesh.app.state.mesh)
         assert {**counts, "stages": api["stages"]} == api

@@ -72,3 +72,36 @@ def test_concurrent_creators_of_rows_all_land_without_a_lost_race(db: Database) 
         f"l{k}": sorted(f"f{n}" for n in range(12) if n % 3 == k) for k in range(3)}
     assert not any(name.startswith("db.retries_exhausted") for name in db.counters)
     assert "db.retries.unique_violation" not in db.counters
+
+
+def test_concurrent_assignments_take_distinct_turns_of_the_round_robin(db: Database) -> None:
+    """Two transactions assigning leads of one team at once: each gets its own turn. Read-then-write
+    gave both the same member on PostgreSQL (the second read the committed position while the first
+    had not committed yet)."""
+    with db.session() as s:
+        assert st.next_round_robin(s, "canada", 3) == 0
+    taken, go = threading.Event(), threading.Event()
+    turns: list[int] = []
+
+    def first() -> None:
+        with db.session() as s:
+            turns.append(st.next_round_robin(s, "canada", 3))
+            taken.set()
+            assert go.wait(10)  # holds its transaction open while the second one asks
+
+    def second() -> None:
+        with db.session() as s:
+            turns.append(st.next_round_robin(s, "canada", 3))
+
+    a = threading.Thread(target=first)
+    a.start()
+    assert taken.wait(10)
+    b = threading.Thread(target=second)
+    b.start()
+    b.join(0.5)  # the second is waiting for the first's row (or its database lock on SQLite)
+    go.set()
+    a.join(10)
+    b.join(10)
+    assert sorted(turns) == [1, 2]
+    with db.session() as s:
+        assert st.next_round_robin(s, "canada", 3) == 0  # the fourth turn wraps round

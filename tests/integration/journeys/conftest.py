@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import pytest
-import redis
 
 from nurture import redisconn
 from nurture.api.common.v1 import common_pb2_grpc
@@ -45,7 +44,7 @@ async def mesh(settings: Settings) -> AsyncIterator[Mesh]:
     running = await start_service("journeys", settings)
     channel = mesh_channel(running.address)
     client = redisconn.connect(settings)
-    clock = VirtualClock(redis.Redis.from_url(settings.redis_url))
+    clock = VirtualClock(redisconn.connect_sync(settings))  # the cluster's too, where the settings name one
     yield Mesh(running, rec, messaging, crm, journeys_pb2_grpc.JourneysStub(channel),
                common_pb2_grpc.AdminStub(channel), Publisher(client, settings.bus_shards), clock, settings)
     await channel.close()

@@ -13,8 +13,10 @@ import pytest
 
 from nurture.api.common.v1 import common_pb2
 from nurture.api.journeys.v1 import journeys_pb2
+from nurture.busmessage import BusMessage, LeadSnapshot
 from tests.conftest import free_port
 from tests.integration.journeys.conftest import Mesh
+from tests.integration.journeys.counters import assert_counters_equal_recount
 from tests.integration.journeys.fakes import (
     advance,
     details,
@@ -60,6 +62,9 @@ async def test_segment_journey_runs_on_timers_and_explains_the_urgent_jump(mesh:
     members = await mesh.stub.Members(journeys_pb2.MembersRequest(journey="skilled_professional", stage="decision"),
                                       timeout=5)
     assert list(members.lead_ids) == ["l-1"]
+    with pytest.raises(grpc.aio.AioRpcError) as unknown:   # a stage no version has: unknown, not empty
+        await mesh.stub.Members(journeys_pb2.MembersRequest(journey="skilled_professional", stage="nope"), timeout=5)
+    assert unknown.value.code() == grpc.StatusCode.NOT_FOUND and "no stage 'nope'" in unknown.value.details()
 
     # Conversion ends the segment journey at once.
     await publish(mesh.pub, mesh.clock, ana, "subscribed")
@@ -87,6 +92,10 @@ async def test_messaging_down_means_retry_later_not_lost_nor_doubled(mesh: Mesh)
         await asyncio.sleep(0.25)
     keys = [k for k in mesh.rec.sent_keys() if ":family:" in k]
     assert keys == ["l-2:family:1:email_01:1.1"]
+    # The runs that waited for messaging and the one that sent are counted once each, as recorded.
+    cells = assert_counters_equal_recount(mesh.settings)
+    assert sum(n for (j, _, step, m, status), n in cells.items()
+               if (j, step, m, status) == ("family", "email_01", "run", "sent")) == 1
 
 
 async def test_sales_task_and_webinar_reschedule(mesh: Mesh) -> None:
@@ -180,7 +189,7 @@ async def test_inactivity_re_engages_beside_segment_then_erasure_removes_everyth
     await settle(mesh.admin)
     first = next(r for r in mesh.rec.sends if r.lead_id == "l-6")
     # An open attributed by message id only (messaging's tracking event) reaches analytics.
-    await publish(mesh.pub, mesh.clock, fay, "email_opened", message_id=mesh.rec.delivered[first.dedupe_key])
+    opened = await publish(mesh.pub, mesh.clock, fay, "email_opened", message_id=mesh.rec.delivered[first.dedupe_key])
     await settle(mesh.admin)
     report = json.loads((await mesh.stub.Analytics(journeys_pb2.AnalyticsRequest(key="family"), timeout=5)).report_json)
     assert report["steps"][0]["step"] == "email_01" and report["steps"][0]["opened"] == 1
@@ -197,8 +206,20 @@ async def test_inactivity_re_engages_beside_segment_then_erasure_removes_everyth
                                                                  or "matched rule no_opens_14d" in entered[0])), entered
     assert not any("family: paused" in s for s in timeline_summaries(tl))
 
+    # The open delivered again (the same bus message) is in the record once, and counted once.
+    await mesh.pub.publish([BusMessage(id=opened, lead_id="l-6", type="email_opened",
+                                       properties={"message_id": mesh.rec.delivered[first.dedupe_key]},
+                                       occurred_at=mesh.clock.now().isoformat(), lead=LeadSnapshot.from_dict(fay))])
+    await settle(mesh.admin)
+    cells = assert_counters_equal_recount(mesh.settings)
+    opens = [n for (j, _, _, m, kind), n in cells.items() if (j, m, kind) == ("family", "engagement", "email_opened")]
+    assert sum(opens) == 1
+
     await publish(mesh.pub, mesh.clock, fay, "lead_erased")
     await settle(mesh.admin)
+    # The erased lead's records are gone and so are their counts (no other lead ran: nothing left).
+    report = json.loads((await mesh.stub.Analytics(journeys_pb2.AnalyticsRequest(key="family"), timeout=5)).report_json)
+    assert report["enrolled"] == 0 and report["steps"] == []
     reply = await mesh.stub.LeadJourneys(journeys_pb2.LeadJourneysRequest(lead_id="l-6"), timeout=5)
     assert list(reply.enrollments) == []
     tl = await mesh.admin.Timeline(common_pb2.TimelineRequest(lead_id="l-6"), timeout=5)

@@ -1,5 +1,6 @@
 """Kill -9 the journeys process at random moments while thousands of leads move through their
-journeys in virtual time, restart it, and finish: no step lost, none run twice."""
+journeys in virtual time, restart it, and finish: no step lost, none run twice, and the step counters
+(kept in the transactions the killed process committed or lost) equal a recount of the record."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from nurture.clock import VirtualClock
 from nurture.settings import Settings
 from tests.conftest import free_port, mesh_channel
 from tests.helpers.processes import spawn_service, wait_serving
+from tests.integration.journeys.counters import assert_counters_equal_recount
 from tests.integration.journeys.fakes import Recorder, lead, settle, start_fakes
 
 pytestmark = [pytest.mark.slow, pytest.mark.anyio]
@@ -109,4 +111,10 @@ async def test_killed_at_random_moments_no_step_lost_none_twice(settings: Settin
                                     "AND step_type = 'send'")).scalars().all()
     engine.dispose()
     assert len(runs) == len(set(runs)) == LEADS * len(EXPECTED_STEPS)
+    cells = assert_counters_equal_recount(settings)
+    sent: Counter[str] = Counter()
+    for (j, _, step, m, status), n in cells.items():
+        if (j, m, status) == ("family", "run", "sent"):
+            sent[step] += n
+    assert sent == Counter(dict.fromkeys(EXPECTED_STEPS, LEADS)), sent
     print(f"kills={kills} sends={len(family)} replayed-as-duplicate={len(family) - len(distinct)}")

@@ -29,12 +29,13 @@ def step_runs(mesh: Mesh, lead_id: str) -> dict[str, str]:
 
 
 async def welcome_then_three_triggers(mesh: Mesh, lead_id: str) -> None:
-    """Day 0: the segment welcome, then a pricing view (one trigger email) and a country view (the
-    segment's and the trigger table's country emails): four nurture emails against a budget of 2 a day."""
+    """Day 0: the segment welcome, then a document-research view (one trigger email) and a country view
+    (the segment's and the trigger table's country emails): four nurture emails against a budget of 2 a
+    day. (Not a pricing view: the playbook's pricing email is budget-exempt.)"""
     ana = lead(lead_id, "skilled_professional")
     await publish(mesh.pub, mesh.clock, ana, "lead_created")
     await settle(mesh.admin)
-    await publish(mesh.pub, mesh.clock, ana, "page_viewed", category="pricing")
+    await publish(mesh.pub, mesh.clock, ana, "page_viewed", category="documents")
     await publish(mesh.pub, mesh.clock, ana, "page_viewed", category="country")
     await settle(mesh.admin)
 

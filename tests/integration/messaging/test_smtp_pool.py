@@ -68,3 +68,77 @@ async def test_after_a_sink_restart_a_transactional_email_goes_on_its_first_atte
     row = (await inproc.messages("ana"))["lead_magnet.email_01"]
     assert (row["status"], row["attempts"]) == ("sent", 1), row["reason"]
     assert inproc.mails_to("ana@example.com") == 1
+
+
+def test_an_internationalized_address_goes_with_smtputf8(tmp_path: Path) -> None:
+    """A lead's address with a non-ASCII local part (RFC 6531) is valid (email-validator takes it): it goes
+    with SMTPUTF8, and a non-ASCII domain goes in IDNA, where smtplib raised UnicodeEncodeError."""
+    sink = SmtpSink(tmp_path / "mail").start()
+    pool = SmtpPool(sink.url, size=1)
+    try:
+        result = pool.send("a@example.com", "zoë.müller@exämple.de", _mail(1))
+        assert result.ok, result.reason
+        assert pool.send("a@example.com", "ana@exämple.de", _mail(2)).ok
+        assert pool.send("a@example.com", "b@example.com", _mail(3)).ok   # the connection is still good
+        assert sorted(sink.handler.envelopes) == ["<pool-1@test>", "<pool-2@test>", "<pool-3@test>"]
+        tos = [p.read_bytes().decode("utf-8").splitlines()[0] for p in sink.messages()]
+        assert sorted(tos) == sorted(["X-Sink-Envelope-To: zoë.müller@xn--exmple-cua.de",
+                                      "X-Sink-Envelope-To: ana@xn--exmple-cua.de",
+                                      "X-Sink-Envelope-To: b@example.com"])
+    finally:
+        pool.close()
+        sink.stop()
+
+
+def test_a_server_without_smtputf8_refuses_that_address_alone(tmp_path: Path) -> None:
+    """Against a server that does not offer SMTPUTF8 the message fails for good (not retried forever), and
+    the same connection carries the next one."""
+    plain = SmtpSink(tmp_path / "plain", smtputf8=False).start()
+    pool = SmtpPool(plain.url, size=1)
+    try:
+        refused = pool.send("a@example.com", "zoë@example.com", _mail(1))
+        assert (refused.ok, refused.permanent, refused.hard_bounce) == (False, True, False)
+        assert "SMTPUTF8" in refused.reason
+        assert pool.send("a@example.com", "b@example.com", _mail(2)).ok
+        assert plain.handler.received == 1
+    finally:
+        pool.close()
+        plain.stop()
+
+
+@pytest.mark.anyio
+async def test_an_internationalized_address_does_not_hold_up_the_batch(inproc: InProc) -> None:
+    """One lead's address beyond ASCII in a batch: every message of the batch goes (the whole batch had
+    raised, and the settle with it, so no mail went out for anyone)."""
+    inproc.scoring.add(make_lead("zoe", email="zoë.müller@exämple.de", timezone="UTC"))
+    inproc.scoring.add(make_lead("ana", timezone="UTC"))
+    await inproc.send("zoe", "lead_magnet.email_01")
+    await inproc.send("ana", "lead_magnet.email_01")
+    await inproc.settle()
+    for lead_id in ("zoe", "ana"):
+        row = (await inproc.messages(lead_id))["lead_magnet.email_01"]
+        assert row["status"] == "sent", (lead_id, row["reason"])
+    assert inproc.mails_to("ana@example.com") == 1
+    assert inproc.mails_to("zoë.müller@xn--exmple-cua.de") == 1
+
+
+def test_the_sink_that_make_run_starts_offers_smtputf8(tmp_path: Path) -> None:
+    """`nurture up` runs the sink as `python -m services.messaging.smtp_sink`: that one takes the address too."""
+    import subprocess
+    import sys
+
+    from tests.conftest import free_port
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "services.messaging.smtp_sink", "--port", str(port),
+                             "--dir", str(tmp_path / "mail")], stdout=subprocess.PIPE, text=True)
+    pool = SmtpPool(f"smtp://127.0.0.1:{port}", size=1)
+    try:
+        assert proc.stdout is not None and "listening" in proc.stdout.readline()
+        result = pool.send("a@example.com", "zoë@example.com", _mail(1))
+        assert result.ok, result.reason
+        assert len(list((tmp_path / "mail").glob("*.eml"))) == 1
+    finally:
+        pool.close()
+        proc.terminate()
+        proc.wait(timeout=10)

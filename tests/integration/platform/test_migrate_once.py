@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from alembic import command
+from alembic.script import ScriptDirectory
 from sqlalchemy import text
 
 from cli.main import main as nurture
@@ -17,7 +18,8 @@ from nurture.settings import Settings
 from tests.conftest import PG_URL, _fresh_pg_schema
 
 MIGRATIONS = Path(__file__).resolve().parents[3] / "services" / "crm_sync" / "migrations"
-HEAD = "crm_sync_0003"
+# The newest revision, read from the scripts: a new crm_sync migration does not edit this test.
+HEAD = ScriptDirectory.from_config(_alembic_config("crm_sync", MIGRATIONS)).get_current_head()
 
 
 def _at(settings: Settings, revision: str) -> None:
@@ -63,7 +65,7 @@ def test_replicas_starting_together_on_postgresql_migrate_once() -> None:
 
 def test_a_process_told_to_check_refuses_an_older_schema_and_says_what_to_run(settings: Settings) -> None:
     _at(settings, "crm_sync_0002")
-    with pytest.raises(SchemaMismatch, match=r"at crm_sync_0002, this code needs crm_sync_0003; run `nurture migrate`"):
+    with pytest.raises(SchemaMismatch, match=rf"at crm_sync_0002, this code needs {HEAD}; run `nurture migrate`"):
         open_database(settings.with_overrides(migrate="check"), service="crm_sync", migrations_dir=MIGRATIONS)
     # The default migrates on start, and a checking process then serves.
     open_database(settings, service="crm_sync", migrations_dir=MIGRATIONS).close()

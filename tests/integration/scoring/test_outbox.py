@@ -11,11 +11,10 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-import redis
 import redis.asyncio as aioredis
 import sqlalchemy as sa
 
-from nurture import busmessage
+from nurture import busmessage, redisconn
 from nurture.api.scoring.v1 import scoring_pb2, scoring_pb2_grpc
 from nurture.bus import stream_key
 from nurture.busmessage import BusMessage
@@ -49,7 +48,7 @@ def outbox_rows(settings: Settings) -> Any:
 
 def bus(settings: Settings) -> list[BusMessage]:
     """Every message on the bus, shard by shard in stream order (one lead lives on one shard)."""
-    client = redis.Redis.from_url(settings.redis_url)
+    client = redisconn.connect_sync(settings)  # a cluster's too, where the settings name one
     out = [busmessage.decode(fields[b"m"]) for shard in range(settings.bus_shards)
            for _id, fields in client.xrange(stream_key(shard))]
     client.close()

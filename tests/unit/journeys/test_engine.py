@@ -231,6 +231,38 @@ def test_a_resubscribe_of_another_scope_or_after_a_spam_report_resumes_nothing()
     assert spam.state.enrollments["skilled_professional"].outcome == "spam_reported"
 
 
+def test_an_unsubscribed_lead_enters_no_other_journey_of_that_mail_until_it_resubscribes() -> None:
+    """Found with `make run`: a lead who unsubscribed from nurture mail (consent itself stays on) and then
+    went quiet was enrolled in re-engagement, and a checkout put it in cart abandonment: every email
+    suppressed at send, yet counted as entered. Transactional journeys (a webinar's reminders) still enter."""
+    h = Harness("family")
+    h.message("lead_created")
+    h.message("unsubscribed", scope="nurture")
+    h.message("inactivity", days=14)
+    h.message("checkout_started", cart_id="c-1", plan="family")
+    h.message("webinar_registered", webinar_id="w-1", starts_at=iso(T0 + timedelta(days=3)))
+    live = {e.journey for e in h.state.enrollments.values() if e.status in (ACTIVE, PAUSED)}
+    assert live == {"webinar"}, live
+    restored = LeadState.from_json(h.state.to_json(), list(h.state.enrollments.values()))
+    assert restored.opted_out == {"nurture": "unsubscribed"}   # kept with the lead's state
+    h.message("email_resubscribed", scopes=["nurture"])
+    h.now += timedelta(days=1)
+    h.message("checkout_started", cart_id="c-2", plan="family")
+    assert h.state.enrollments["cart_abandonment"].status == ACTIVE
+    assert h.state.opted_out == {}
+
+
+def test_a_spam_report_keeps_new_journeys_closed_whatever_is_lifted() -> None:
+    h = Harness()
+    h.message("lead_created")
+    h.message("spam_reported")
+    h.message("unsubscribed", scope="nurture")          # does not soften the spam report
+    h.message("email_resubscribed", scopes=["all"])
+    h.message("checkout_started", cart_id="c-1", plan="pro")
+    assert "cart_abandonment" not in h.state.enrollments
+    assert h.state.opted_out == {"nurture": "spam_reported"}
+
+
 def test_a_resubscribe_does_not_resume_a_journey_the_lead_no_longer_qualifies_for() -> None:
     h = Harness()
     h.message("lead_created")

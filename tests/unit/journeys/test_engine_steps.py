@@ -13,7 +13,7 @@ import pytest
 
 from nurture.busmessage import LeadSnapshot
 from nurture.clock import VIRTUAL_EPOCH
-from services.journeys.domain.definitions import GlobalExit, Journey, PlaybookSettings, load
+from services.journeys.domain.definitions import DefinitionError, GlobalExit, Journey, PlaybookSettings, load
 from services.journeys.domain.engine import Engine, UnknownJourney, migrate
 from services.journeys.domain.state import (
     ACTIVE,
@@ -572,6 +572,27 @@ def test_transactional_sends_skip_the_budget() -> None:
     m = Mini(journey("news", NEWS), settings=PlaybookSettings(budget_max=1))
     m.message("ping")
     assert [f.step for f in m.effects] == ["n1", "n2", "n3"] and m.state.sends == []
+
+
+def test_an_exempt_send_goes_past_the_budget_and_still_counts_in_it() -> None:
+    steps = [NEWS[0], {**NEWS[1], "budget": "exempt"}, *NEWS[2:]]
+    m = Mini(journey("news", steps, category="nurture"), settings=PlaybookSettings(budget_max=1))
+    m.message("ping")
+    # n1 takes the one slot; n2 is exempt and goes at once; n3 waits, the window now holding two sends.
+    assert [f.step for f in m.effects] == ["n1", "n2"]
+    assert len(m.state.sends) == 2 and m.e("news").waiting == "budget"
+    assert m.e("news").due == T0 + timedelta(days=1)
+
+
+def test_budget_is_counted_or_exempt_and_only_on_sends() -> None:
+    doc = {"key": "bad", "kind": "sequence", "category": "nurture",
+           "entry": [{"name": "go", "events": ["ping"], "when": ANY}],
+           "steps": [{**NEWS[0], "budget": "sometimes"}, {"id": "w", "type": "wait", "delay": "1h", "budget": "exempt"},
+                     NEWS[3]]}
+    with pytest.raises(DefinitionError) as err:
+        load(doc)
+    assert "step n1: budget must be counted or exempt" in err.value.problems
+    assert "step w: budget applies to send steps" in err.value.problems
 
 
 def test_a_step_category_overrides_its_journey() -> None:

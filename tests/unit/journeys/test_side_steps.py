@@ -15,8 +15,8 @@ def test_a_sales_alert_goes_at_once_while_a_trigger_email_waits_for_the_budget()
     h.message("lead_created")
     # Two nurture emails in the window: the next trigger email is held by the frequency budget.
     h.state.sends = [iso(h.now) or "", iso(h.now) or ""]
-    h.message("page_viewed", category="pricing")
-    assert not [k for k in h.sent if ":pricing" in k], "the pricing email must wait for the budget"
+    h.message("page_viewed", category="documents")
+    assert not [k for k in h.sent if ":document_research" in k], "the document email must wait for the budget"
     triggers = h.state.enrollments["triggers"]
     assert triggers.side_at is not None and triggers.side_at > h.now and triggers.side_held_by == "budget"
     held_until = triggers.side_at
@@ -26,7 +26,7 @@ def test_a_sales_alert_goes_at_once_while_a_trigger_email_waits_for_the_budget()
     assert triggers.side_at == held_until and any(triggers.side)
     h.now = held_until
     h.drive()
-    assert len([k for k in h.sent if ":pricing" in k]) == 1 and triggers.side == []
+    assert len([k for k in h.sent if ":document_research" in k]) == 1 and triggers.side == []
     assert len(_sales_tasks(h)) == 1
 
 
@@ -48,3 +48,13 @@ def test_a_side_step_being_retried_holds_everything_queued_behind_it() -> None:
     assert again is not None and again.step == "bottom_funnel"
     h.engine.complete(h.state, again, h.now + timedelta(minutes=5), out, status="sent")
     assert triggers.side == [] and triggers.side_at is None and triggers.side_held_by == ""
+
+
+def test_the_pricing_email_is_budget_exempt_and_goes_at_once() -> None:
+    """The playbook's pricing trigger answers while the lead decides: past a full budget, counted in it."""
+    h = Harness()
+    h.message("lead_created")
+    h.state.sends = [iso(h.now) or "", iso(h.now) or ""]
+    h.message("page_viewed", category="pricing")
+    assert len([k for k in h.sent if ":pricing_page" in k]) == 1
+    assert len(h.state.sends) == 3

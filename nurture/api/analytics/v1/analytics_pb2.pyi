@@ -1,9 +1,10 @@
 import datetime
 
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Mapping as _Mapping
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
@@ -28,10 +29,12 @@ class EngagementRequest(_message.Message):
     def __init__(self, query: _Optional[_Union[ReportQuery, _Mapping]] = ..., group_by: _Optional[str] = ...) -> None: ...
 
 class ProgressionRequest(_message.Message):
-    __slots__ = ("query",)
+    __slots__ = ("query", "tables")
     QUERY_FIELD_NUMBER: _ClassVar[int]
+    TABLES_FIELD_NUMBER: _ClassVar[int]
     query: ReportQuery
-    def __init__(self, query: _Optional[_Union[ReportQuery, _Mapping]] = ...) -> None: ...
+    tables: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, query: _Optional[_Union[ReportQuery, _Mapping]] = ..., tables: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class AttributionRequest(_message.Message):
     __slots__ = ("query", "model", "window_days")
@@ -70,6 +73,18 @@ class TimeseriesRequest(_message.Message):
     metric: str
     interval: str
     def __init__(self, query: _Optional[_Union[ReportQuery, _Mapping]] = ..., metric: _Optional[str] = ..., interval: _Optional[str] = ...) -> None: ...
+
+class DeliverabilityRequest(_message.Message):
+    __slots__ = ("query", "domain", "provider", "interval")
+    QUERY_FIELD_NUMBER: _ClassVar[int]
+    DOMAIN_FIELD_NUMBER: _ClassVar[int]
+    PROVIDER_FIELD_NUMBER: _ClassVar[int]
+    INTERVAL_FIELD_NUMBER: _ClassVar[int]
+    query: ReportQuery
+    domain: str
+    provider: str
+    interval: str
+    def __init__(self, query: _Optional[_Union[ReportQuery, _Mapping]] = ..., domain: _Optional[str] = ..., provider: _Optional[str] = ..., interval: _Optional[str] = ...) -> None: ...
 
 class RebuildRequest(_message.Message):
     __slots__ = ()

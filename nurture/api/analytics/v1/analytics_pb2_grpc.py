@@ -64,6 +64,11 @@ class AnalyticsStub:
                 request_serializer=nurture_dot_api_dot_analytics_dot_v1_dot_analytics__pb2.SequencesRequest.SerializeToString,
                 response_deserializer=nurture_dot_api_dot_analytics_dot_v1_dot_analytics__pb2.ReportReply.FromString,
                 _registered_method=True)
+        self.Deliverability = channel.unary_unary(
+                '/nurture.api.analytics.v1.Analytics/Deliverability',
+                request_serializer=nurture_dot_api_dot_analytics_dot_v1_dot_analytics__pb2.DeliverabilityRequest.SerializeToString,
+                response_deserializer=nurture_dot_api_dot_analytics_dot_v1_dot_analytics__pb2.ReportReply.FromString,
+                _registered_method=True)
         self.Rebuild = channel.unary_unary(
                 '/nurture.api.analytics.v1.Analytics/Rebuild',
                 request_serializer=nurture_dot_api_dot_analytics_dot_v1_dot_analytics__pb2.RebuildRequest.SerializeToString,
@@ -111,6 +116,13 @@ class AnalyticsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Deliverability(self, request, context):
+        """Sent, delivered, bounced (hard, soft), complaints and their rates by sending domain, provider and day.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Rebuild(self, request, context):
         """Derive every aggregate again from the facts record (after a fix to how facts are folded).
         """
@@ -149,6 +161,11 @@ def add_AnalyticsServicer_to_server(servicer, server):
             'Sequences': grpc.unary_unary_rpc_method_handler(
                     servicer.Sequences,
                     request_deserializer=nurture_dot_api_dot_analytics_dot_v1_dot_analytics__pb2.SequencesRequest.FromString,
+                    response_serializer=nurture_dot_api_dot_analytics_dot_v1_dot_analytics__pb2.ReportReply.SerializeToString,
+            ),
+            'Deliverability': grpc.unary_unary_rpc_method_handler(
+                    servicer.Deliverability,
+                    request_deserializer=nurture_dot_api_dot_analytics_dot_v1_dot_analytics__pb2.DeliverabilityRequest.FromString,
                     response_serializer=nurture_dot_api_dot_analytics_dot_v1_dot_analytics__pb2.ReportReply.SerializeToString,
             ),
             'Rebuild': grpc.unary_unary_rpc_method_handler(
@@ -318,6 +335,33 @@ class Analytics:
             target,
             '/nurture.api.analytics.v1.Analytics/Sequences',
             nurture_dot_api_dot_analytics_dot_v1_dot_analytics__pb2.SequencesRequest.SerializeToString,
+            nurture_dot_api_dot_analytics_dot_v1_dot_analytics__pb2.ReportReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Deliverability(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nurture.api.analytics.v1.Analytics/Deliverability',
+            nurture_dot_api_dot_analytics_dot_v1_dot_analytics__pb2.DeliverabilityRequest.SerializeToString,
             nurture_dot_api_dot_analytics_dot_v1_dot_analytics__pb2.ReportReply.FromString,
             options,
             channel_credentials,

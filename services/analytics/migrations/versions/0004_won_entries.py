@@ -2,7 +2,7 @@
 value by path read them by deal), won deals by lead, and the dwell histograms' band index in order of minutes
 
 Revision ID: analytics_0004_won_entries
-Revises: analytics_0002_reach_bands
+Revises: analytics_0003_deliverability
 
 `analytics_won_entries` is derived from the facts record: the fold version changes with it, so the service
 rebuilds every derived table from the record at start.
@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "analytics_0004_won_entries"
-down_revision = "analytics_0002_reach_bands"
+down_revision = "analytics_0003_deliverability"
 branch_labels = None
 depends_on = None
 

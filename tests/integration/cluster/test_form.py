@@ -1,0 +1,111 @@
+"""`nurture up --redis-cluster`'s forming (cli/rediscluster.py) on real redis-server processes with a
+password: fresh nodes become one cluster with every slot served; stopped and started again they are
+found formed (from their nodes.conf) without being joined again; a data dir of another size is refused,
+saying so; and nodes that cannot agree within the timeout are reported, not waited for forever."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+import redis.cluster
+
+from cli.rediscluster import BUS_PORT_OFFSET, SLOTS, ClusterError, form, node_argv
+from nurture.ports import free_port
+from tests.conftest import redis_server_binary
+
+pytestmark = pytest.mark.cluster
+PASSWORD = "a-test-password"
+
+
+def port_pair() -> int:
+    while True:
+        port = free_port()
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + BUS_PORT_OFFSET))
+            except OSError:
+                continue
+        return port
+
+
+class Nodes:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.procs: dict[int, subprocess.Popen[bytes]] = {}
+
+    def start(self, port: int, folder: str) -> None:
+        path = self.root / folder
+        path.mkdir(exist_ok=True)
+        conf = path / "auth.conf"
+        conf.write_text(f'requirepass "{PASSWORD}"\nmasterauth "{PASSWORD}"\n')
+        self.procs[port] = subprocess.Popen(node_argv(redis_server_binary(), port, path, conf),
+                                            stdout=subprocess.DEVNULL)
+        client = redis.Redis(port=port, password=PASSWORD)
+        for _ in range(300):
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                time.sleep(0.02)
+        client.close()
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            proc.terminate()
+        for proc in self.procs.values():
+            proc.wait(10)
+        self.procs.clear()
+
+
+@pytest.fixture
+def nodes(tmp_path: Path) -> Iterator[Nodes]:
+    n = Nodes(tmp_path)
+    yield n
+    n.stop()
+
+
+def test_fresh_nodes_form_a_cluster_and_are_found_formed_after_a_restart(nodes: Nodes) -> None:
+    ports = [port_pair() for _ in range(3)]
+    for i, port in enumerate(ports):
+        nodes.start(port, f"node-{i}")
+    form(ports, PASSWORD)
+    client = redis.cluster.RedisCluster(host="127.0.0.1", port=ports[0], password=PASSWORD)
+    for i in range(100):
+        client.set(f"nurture:lead:{{l{i}}}:x", i)
+    client.close()
+    nodes.stop()
+    for i, port in enumerate(ports):
+        nodes.start(port, f"node-{i}")
+    form(ports, PASSWORD)  # the nodes know each other and their slots: only waited for
+    client = redis.cluster.RedisCluster(host="127.0.0.1", port=ports[1], password=PASSWORD)
+    assert [int(client.get(f"nurture:lead:{{l{i}}}:x") or -1) for i in range(100)] == list(range(100))  # AOF
+    info = client.cluster_info(target_nodes=client.get_primaries()[0])
+    assert (info["cluster_state"], int(info["cluster_slots_assigned"])) == ("ok", SLOTS)
+    client.close()
+
+
+def test_a_data_dir_of_another_size_is_refused(nodes: Nodes) -> None:
+    ports = [port_pair() for _ in range(2)]
+    for i, port in enumerate(ports):
+        nodes.start(port, f"node-{i}")
+    form(ports, PASSWORD)
+    extra = port_pair()
+    nodes.start(extra, "node-2")  # `--redis-cluster 3` on a data dir made with 2
+    with pytest.raises(ClusterError, match="do not form one cluster of 3"):
+        form([*ports, extra], PASSWORD)
+
+
+def test_a_node_without_slots_among_formed_ones_times_out_with_the_states(nodes: Nodes) -> None:
+    port = port_pair()
+    nodes.start(port, "node-0")
+    client = redis.Redis(port=port, password=PASSWORD)
+    client.execute_command("CLUSTER", "ADDSLOTS", *range(0, 100))  # a node someone half set up by hand
+    client.close()
+    with pytest.raises(ClusterError, match="did not reach cluster_state:ok"):
+        form([port], PASSWORD, timeout=1.0)
