@@ -126,6 +126,10 @@ def _attribution(s: Any, q: storage.Query, *, model: str) -> Any:
     return storage.attribution_report(s, q, model, 30)
 
 
+def _sequences(s: Any, q: storage.Query, *, length: int, unit: str) -> Any:
+    return storage.sequences_report(s, q, length, unit, 30)
+
+
 def _roi(s: Any, q: storage.Query, *, costs: dict[str, Any]) -> Any:
     return storage.roi_report(s, q, costs)
 
@@ -236,6 +240,8 @@ def time_reports(db_url: str | None, leads: int, events: int, repeats: int) -> d
         **{f"engagement_{g}": functools.partial(_engagement, group=g) for g in reports.ENGAGEMENT_GROUPS},
         "progression": storage.progression_report,
         **{f"attribution_{m}": functools.partial(_attribution, model=m) for m in reports.ATTRIBUTION_MODELS},
+        **{f"sequences_{n}_{u}": functools.partial(_sequences, length=n, unit=u)
+           for n in reports.SEQUENCE_LENGTHS for u in reports.SEQUENCE_UNITS},
         "roi": functools.partial(_roi, costs=costs),
         **{f"timeseries_{m}": functools.partial(_timeseries, metric=m) for m in reports.TIMESERIES_METRICS},
         "deliverability": _deliverability,

@@ -2,6 +2,12 @@
 echo baseline measured in the same run. Prints figures, then one JSON line with all of them.
 
     .venv/bin/python bench/ingest.py [--events 20000] [--url URL --api-key KEY --scoring ADDR]
+                                     [--mix page_views|engagement] [--compare SERVICE]
+
+`--mix engagement` posts the analytics bench's mix (sends, opens, clicks, bounces, lifecycle changes, won
+deals, page views) instead of page views only. `--compare SERVICE` runs the private mesh without the
+service and with it, taking turns twice in the same run, and prints both rates, their ratio, CPU ms per
+event and the load average beside each (what keeping the service costs the end-to-end ingest rate).
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -65,12 +72,25 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
 
 
+def engagement_mix(leads: int, events: int) -> list[dict[str, object]]:
+    """The analytics bench's bus mix as events to post (its leads renamed to this bench's)."""
+    from bench.analytics import history  # imported here: bench.analytics imports this module
+
+    return [{"lead_id": f"bench-{m['lead_id'][1:]}", "type": m["type"], "properties": m["properties"],
+             "occurred_at": m["occurred_at"]} for m in history(leads, events, seed=11)]
+
+
 async def run(url: str, key: str, scoring_addr: str, mesh_token: str, events: int, redis_url: str | None = None,
-              meter: CpuMeter | None = None) -> dict[str, float]:
+              meter: CpuMeter | None = None, mix: str = "page_views") -> dict[str, float]:
     headers = {"Authorization": f"Bearer {key}"}
     async with httpx.AsyncClient(base_url=url, headers=headers, timeout=60,
                                  limits=httpx.Limits(max_connections=64)) as client:
         await create_leads(client)
+        mixed = engagement_mix(LEADS, events) if mix == "engagement" else []
+
+        def pick(n: int) -> dict[str, object]:
+            return mixed[n % len(mixed)] if mixed else event(n)
+
         if redis_url:  # the baseline on a quiet mesh, not beside the consumers digesting the new leads
             await drained(redis_url)
         baseline = await echo_rate(scoring_addr, mesh_token, 5000)
@@ -85,7 +105,7 @@ async def run(url: str, key: str, scoring_addr: str, mesh_token: str, events: in
         async def poster() -> None:
             for n in counter:
                 t = time.perf_counter()
-                status, text = await lean.post("/v1/events", event(n))
+                status, text = await lean.post("/v1/events", pick(n))
                 latencies.append(time.perf_counter() - t)
                 assert status == 202, text
 
@@ -101,7 +121,7 @@ async def run(url: str, key: str, scoring_addr: str, mesh_token: str, events: in
         rate, seconds = 500, 4
 
         async def one(n: int, due: float) -> None:
-            status, text = await lean.post("/v1/events", event(n))
+            status, text = await lean.post("/v1/events", pick(n))
             paced.append(time.perf_counter() - due)
             assert status == 202, text
 
@@ -117,7 +137,7 @@ async def run(url: str, key: str, scoring_addr: str, mesh_token: str, events: in
 
         async def batcher() -> None:
             for b in queue:
-                batch = {"events": [event(b * 1000 + k) for k in range(1000)]}
+                batch = {"events": [pick(b * 1000 + k) for k in range(1000)]}
                 status, text = await lean.post("/v1/events:batch", batch)
                 assert status == 202 and json.loads(text)["accepted"] == 1000, text[:300]
 
@@ -143,6 +163,10 @@ async def run(url: str, key: str, scoring_addr: str, mesh_token: str, events: in
             print(f"CPU ms per event, {phase}: "
                   + ", ".join(f"{k} {v}" for k, v in costs.items()), file=sys.stderr)
             cpu_report[f"cpu_ms_per_event_{phase}"] = costs["total"]
+        for name, ms in per_event(cpu_at["start"], cpu_at["batches"], singles + rate * seconds + batches * 1000
+                                  ).items():
+            if name != "total":
+                cpu_report[f"cpu_ms_per_event_all_{name}"] = ms
     extra = {} if drain is None else {
         "consumers_drained_after_batches_s": round(drain, 2),
         "end_to_end_batch_events_per_s": round(batches * 1000 / (accepted_in + drain), 1)}
@@ -194,6 +218,46 @@ async def drained(redis_url: str, timeout: float = 600.0) -> float:
         await client.aclose()
 
 
+def in_private_mesh(without: tuple[str, ...], database_url: str | None, events: int, mix: str
+                    ) -> dict[str, float]:
+    with fresh_database(database_url) as url, private_mesh(database_url=url, without=without) as mesh:
+        meter = CpuMeter(mesh.pid, database_name(url), url).start()
+        try:
+            return asyncio.run(run(mesh.url, mesh.api_key, mesh.env["NURTURE_SCORING_ADDR"],
+                                   mesh.env["NURTURE_MESH_TOKEN"], events, mesh.env["NURTURE_REDIS_URL"], meter,
+                                   mix))
+        finally:
+            meter.stop()
+
+
+def compare(service: str, without: tuple[str, ...], database_url: str | None, events: int, mix: str
+            ) -> dict[str, float]:
+    """The mesh without `service` and with it, in turns (without, with, twice) so the neighbours' load
+    falls on both alike: the better end-to-end rate of each, their ratio, and the CPU per event (which the
+    load does not move) of each, with the 1-minute load average after every run."""
+    out: dict[str, float] = {}
+    for label, off in ((f"without_{service}", (*without, service)), (f"with_{service}", without)) * 2:
+        got = in_private_mesh(off, database_url, events, mix)
+        rate, cpu = got.get("end_to_end_batch_events_per_s", 0.0), got.get("cpu_ms_per_event_all", 0.0)
+        load = round(os.getloadavg()[0], 2)
+        print(f"{label}: end to end {rate}/s, CPU {cpu} ms per event, load average {load}", file=sys.stderr)
+        key = f"{label}_end_to_end_events_per_s"
+        if rate >= out.get(key, 0.0):
+            out[key], out[f"{label}_load_average_1m"] = rate, load
+        out[f"{label}_cpu_ms_per_event"] = min(cpu, out.get(f"{label}_cpu_ms_per_event", cpu))
+        own = got.get(f"cpu_ms_per_event_all_{service}", 0.0)
+        if own and cpu:  # the service's own part of the mesh's CPU: steadier than the two totals' ratio
+            out[f"{service}_cpu_share_of_mesh"] = round(max(own / cpu, out.get(f"{service}_cpu_share_of_mesh", 0.0)), 4)
+    with_, without_ = f"with_{service}", f"without_{service}"
+    if out[f"{without_}_end_to_end_events_per_s"]:
+        out[f"{with_} / {without_} end to end"] = round(
+            out[f"{with_}_end_to_end_events_per_s"] / out[f"{without_}_end_to_end_events_per_s"], 3)
+    if out[f"{without_}_cpu_ms_per_event"]:
+        out[f"{with_} / {without_} cpu per event"] = round(
+            out[f"{with_}_cpu_ms_per_event"] / out[f"{without_}_cpu_ms_per_event"], 3)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--events", type=int, default=20000)
@@ -206,21 +270,20 @@ def main() -> None:
     parser.add_argument("--without", action="append", default=[], metavar="SERVICE",
                         help="run the private mesh without this service (repeatable), to see what it costs")
     parser.add_argument("--redis", help="the mesh's Redis URL, to wait for the consumers (with --url)")
+    parser.add_argument("--mix", choices=("page_views", "engagement"), default="page_views")
+    parser.add_argument("--compare", metavar="SERVICE",
+                        help="run without and with this service, twice each in turn, and print the ratio")
     add_database_arg(parser)
     args = parser.parse_args()
+    result: dict[str, Any]
     if args.url:
-        result = asyncio.run(run(args.url, args.api_key, args.scoring, args.mesh_token, args.events, args.redis))
+        result = asyncio.run(run(args.url, args.api_key, args.scoring, args.mesh_token, args.events, args.redis,
+                                 mix=args.mix))
+    elif args.compare:
+        result = compare(args.compare, tuple(args.without), args.database_url, args.events, args.mix)
     else:
-        with fresh_database(args.database_url) as database_url, \
-                private_mesh(database_url=database_url, without=tuple(args.without)) as mesh:
-            meter = CpuMeter(mesh.pid, database_name(database_url), database_url).start()
-            try:
-                result = asyncio.run(run(mesh.url, mesh.api_key, mesh.env["NURTURE_SCORING_ADDR"],
-                                         mesh.env["NURTURE_MESH_TOKEN"], args.events,
-                                         mesh.env["NURTURE_REDIS_URL"], meter))
-            finally:
-                meter.stop()
-    result = {"database": database_kind(args.database_url), **result}
+        result = in_private_mesh(tuple(args.without), args.database_url, args.events, args.mix)
+    result = {"database": database_kind(args.database_url), "mix": args.mix, **result}
     for name, value in result.items():
         print(f"{name:40s} {value}")
     print(json.dumps(result))

@@ -63,6 +63,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "by_journey": ("journey", "nurtured_leads", "cost", "cost_per_nurtured_lead", "influenced_revenue", "roi"),
     "by_path": ("path", "deals", "revenue", "average_deal"),
     "points": ("t", "value"),
+    "sequences": ("segment", "sequence", "conversions", "share", "revenue", "average_deal"),  # its `rows`
 }
 
 
@@ -75,10 +76,11 @@ def _csv(rows: list[dict[str, Any]], table: str) -> Response:
     return Response(out.getvalue(), media_type="text/csv; charset=utf-8")
 
 
-def _answer(reply: analytics_pb2.ReportReply, output: str, table: str) -> Any:
+def _answer(reply: analytics_pb2.ReportReply, output: str, table: str, columns: str | None = None) -> Any:
+    """The report as JSON, or its `table` as CSV (headed by COLUMNS[columns or table] when it has no row)."""
     body = json.loads(reply.report_json)
     if output == "csv":
-        return _csv(body[table], table)
+        return _csv(body[table], columns or table)
     return body
 
 
@@ -136,6 +138,22 @@ async def attribution(model: str = "last", window_days: int = 30, from_: str | N
                                                                         window_days=window_days),
                                        timeout=LONG_DEADLINE_S)
     return _answer(reply, output, _choice(table, ATTRIBUTION_TABLES, "table"))
+
+
+@router.get("/v1/analytics/sequences", summary="The content sequences that preceded won deals, per segment")
+async def sequences(length: int = 2, by: str = "template", window_days: int = 30,
+                    from_: str | None = Query(None, alias="from"), to: str | None = None,
+                    segment: str | None = None, journey: str | None = None,
+                    output: str = Query("json", alias="format"), m: Mesh = Depends(mesh)) -> Any:
+    q = _query(from_, to, segment, journey, output)
+    _choice(str(length), ("2", "3"), "length")
+    _choice(by, ("template", "topic"), "by")
+    if not 1 <= window_days <= 3650:
+        raise ApiError(422, "invalid", "window_days must be between 1 and 3650", {"field": "window_days"})
+    reply = await _stub(m).Sequences(analytics_pb2.SequencesRequest(query=q, length=length, by=by,
+                                                                    window_days=window_days),
+                                     timeout=LONG_DEADLINE_S)
+    return _answer(reply, output, "rows", "sequences")
 
 
 @router.get("/v1/analytics/roi", summary="Cost per nurtured lead, nurture-influenced revenue, ROI per journey")

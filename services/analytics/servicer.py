@@ -69,6 +69,20 @@ class AnalyticsServicer(analytics_pb2_grpc.AnalyticsServicer):
             return await self.m.read(storage.attribution_report, self.m.query(request.query), model, window)
         return await self._answer(context, make)
 
+    async def Sequences(self, request: analytics_pb2.SequencesRequest, context: grpc.aio.ServicerContext
+                        ) -> analytics_pb2.ReportReply:
+        async def make() -> Any:
+            length, unit = request.length or reports.SEQUENCE_LENGTHS[0], request.by or "template"
+            if length not in reports.SEQUENCE_LENGTHS:
+                raise reports.QueryError(f"length must be one of {', '.join(map(str, reports.SEQUENCE_LENGTHS))}")
+            if unit not in reports.SEQUENCE_UNITS:
+                raise reports.QueryError(f"by must be one of {', '.join(reports.SEQUENCE_UNITS)}")
+            window = request.window_days or DEFAULT_DAYS
+            if not 1 <= window <= MAX_WINDOW_DAYS:
+                raise reports.QueryError(f"window_days must be between 1 and {MAX_WINDOW_DAYS}")
+            return await self.m.read(storage.sequences_report, self.m.query(request.query), length, unit, window)
+        return await self._answer(context, make)
+
     async def Roi(self, request: analytics_pb2.RoiRequest, context: grpc.aio.ServicerContext
                   ) -> analytics_pb2.ReportReply:
         async def make() -> Any:

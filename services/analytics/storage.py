@@ -16,7 +16,7 @@ from dataclasses import dataclass, fields
 from datetime import UTC, date, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Float, Table, and_, delete, func, literal, or_, select
+from sqlalchemy import Connection, Engine, Float, Table, and_, case, delete, func, literal, or_, select
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -44,10 +44,11 @@ from services.analytics.tables import (
     stage_engagement,
     touches,
     won,
+    won_entries,
 )
 
 CHUNK = 500  # ids per IN list
-FOLD_VERSION = "6"  # bump when the fold derives its tables differently: the service rebuilds them at start
+FOLD_VERSION = "7"  # bump when the fold derives its tables differently: the service rebuilds them at start
 NO_DAY = date(1, 1, 1)  # `analytics_reach.prev_day` of a lead's first send day in a scope
 
 
@@ -131,6 +132,7 @@ class Fold:
         self.dwell: dict[tuple[Any, ...], int] = defaultdict(int)
         self.touches: list[dict[str, Any]] = []
         self.won: list[dict[str, Any]] = []
+        self.entered: set[str] = set()  # leads that entered a journey stage in this batch
         self.dl: dict[tuple[Any, ...], list[int]] = defaultdict(lambda: [0] * len(DELIVERABILITY_MEASURES))
 
     def run(self, batch: Sequence[Fact]) -> None:
@@ -144,7 +146,9 @@ class Fold:
         for part in _chunks(lead_ids):
             for r in self.s.execute(select(leads).where(leads.c.lead_id.in_(part))).mappings():
                 lead_state[r["lead_id"]] = (r["stage"], _aware(r["since"]) or r["since"])
-        path_leads = sorted({f.lead_id for f in batch if f.kind in ("sent", "bounced") and f.journey and f.stage})
+        winners = {f.lead_id for f in batch if f.kind == "won"}
+        path_leads = sorted({f.lead_id for f in batch if f.kind in ("sent", "bounced") and f.journey and f.stage}
+                            | winners)
         paths: dict[tuple[str, str], dict[str, dict[str, Any]]] = defaultdict(dict)
         for part in _chunks(path_leads):
             for r in self.s.execute(select(lead_stages).where(lead_stages.c.lead_id.in_(part))).mappings():
@@ -188,6 +192,35 @@ class Fold:
         _upsert(self.s, deliverability, [
             dict(zip(("day", "domain", "provider", "segment", "journey", *DELIVERABILITY_MEASURES), (*k, *v),
                      strict=True)) for k, v in sorted(self.dl.items())], add=DELIVERABILITY_MEASURES)
+        self._won_entries(winners | self.entered, paths)
+
+    def _won_entries(self, leads_: set[str], paths: dict[tuple[str, str], dict[str, dict[str, Any]]]) -> None:
+        """Each won deal of these leads (a win or a stage entry in this batch) with its lead's earliest entry
+        of each journey at or before the win, recomputed from the lead's whole path: entries are only
+        added, so the rows are the same however the facts arrived. `paths` holds every stage of these leads."""
+        if not leads_:
+            return
+        deals: dict[str, list[tuple[str, datetime]]] = defaultdict(list)
+        ordered = sorted(leads_)
+        for part in _chunks(ordered):
+            for deal, lead_id, at in self.s.execute(select(won.c.id, won.c.lead_id, won.c.at)
+                                                    .where(won.c.lead_id.in_(part))):
+                deals[lead_id].append((deal, _aware(at) or at))
+        journeys: dict[str, list[str]] = defaultdict(list)
+        for lead_id, journey in paths:
+            if lead_id in leads_:
+                journeys[lead_id].append(journey)
+        rows: list[dict[str, Any]] = []
+        for lead_id in ordered:
+            for deal, at in sorted(deals[lead_id]):
+                for journey in sorted(journeys[lead_id]):
+                    before = [(r["entered_at"], r["stage"], r["score"]) for r in paths[(lead_id, journey)].values()
+                              if r["entered_at"] <= at]
+                    if before:
+                        entered, stage, score = min(before, key=lambda e: (e[0], e[1]))
+                        rows.append({"deal": deal, "journey": journey, "lead_id": lead_id,
+                                     "entered_ts": reports.micros(entered), "stage": stage, "score": score})
+        _upsert(self.s, won_entries, rows)
 
     def _delivery(self, f: Fact, state: dict[str, list[bool]], changed: set[str]) -> None:
         """An email's deliverability outcome on its day, under its sending domain and provider: sent and
@@ -280,6 +313,7 @@ class Fold:
                 key = (entered_day, f.journey, row["stage"], row["segment"])
                 self.counts[key][1] += 1
                 self.dwell[(*key, reports.dwell_minutes(row["entered_at"], f.at))] += 1
+        self.entered.add(f.lead_id)
         stages[f.stage] = {"lead_id": f.lead_id, "journey": f.journey, "stage": f.stage, "segment": f.segment,
                            "entered_at": f.at, "left_at": None, "score": f.score, "_dirty": True}
         self.counts[(reports.day_of(f.at), f.journey, f.stage, f.segment)][0] += 1
@@ -401,7 +435,7 @@ def erase_lead(session: Session, lead_id: str) -> int:
     """Forget a lead's identity: its facts and per-lead rows go; the day aggregates (counts with no
     person in them) stay, so past reports do not change."""
     n = 0
-    for table in (facts, leads, lead_stages, nurtured, touches, won):
+    for table in (facts, leads, lead_stages, nurtured, touches, won, won_entries):
         result: Any = session.execute(delete(table).where(table.c.lead_id == lead_id))
         n += int(result.rowcount or 0)
     return n
@@ -468,24 +502,25 @@ def _percentiles(session: Session, fine: Table, bands: Table, keys: Sequence[str
                     wanted[(key, b)].append((rank, rank - seen))
                     break
                 seen += c
-    found: dict[tuple[tuple[str, ...], int], dict[int, int]] = defaultdict(dict)
-    cells = sorted(wanted)
-    for part in _chunks(cells, 100):
-        which = or_(*[and_(*[fine.c[k] == v for k, v in zip(keys, key, strict=True)], fine.c.band == b)
-                      for key, b in part])
-        for r in session.execute(select(*[fine.c[k] for k in keys], fine.c.band, fine.c.minutes, func.sum(fine.c.n))
-                                 .where(q.where(fine), which).group_by(*[fine.c[k] for k in keys], fine.c.band,
-                                                                       fine.c.minutes)):
-            if r[-1]:
-                found[(tuple(r[:len(keys)]), int(r[-3]))][int(r[-2])] = int(r[-1])
+    value: dict[tuple[str, ...], dict[int, int]] = defaultdict(dict)
+    for (key, b), wants in sorted(wanted.items()):
+        # The band's values in whole minutes, counted up in order inside the database: the value at
+        # offset k is the smallest whose running count exceeds k. One row comes back per (key, band),
+        # where reading the band's minutes out (thousands of rows at full scale) cost more than the sums.
+        cell = select(fine.c.minutes, func.sum(fine.c.n).label("n")).where(
+            q.where(fine), fine.c.band == b, *[fine.c[k] == v for k, v in zip(keys, key, strict=True)]) \
+            .group_by(fine.c.minutes).subquery()
+        running = select(cell.c.minutes, func.sum(cell.c.n).over(order_by=cell.c.minutes).label("seen")).subquery()
+        offsets = sorted({offset for _, offset in wants})
+        row = session.execute(select(*[func.min(case((running.c.seen > offset, running.c.minutes)))
+                                       for offset in offsets])).one()
+        at = dict(zip(offsets, row, strict=True))
+        for rank, offset in wants:
+            value[key][rank] = int(at[offset])
     out: dict[tuple[str, ...], tuple[int, float | None, float | None]] = {}
     for key, n in totals.items():
-        value: dict[int, int] = {}
-        for b in {b for k, b in wanted if k == key}:
-            for rank, offset in wanted[(key, b)]:
-                value[rank] = reports.nth(found[(key, b)], offset)
         lo, hi, top = reports.ranks(n)
-        out[key] = (n, (value[lo] + value[hi]) / 2, float(value[top]))
+        out[key] = (n, (value[key][lo] + value[key][hi]) / 2, float(value[key][top]))
     return out
 
 
@@ -515,12 +550,13 @@ def progression_report(session: Session, q: Query, tables: Collection[str] = ())
                 .group_by(lifecycle.c.day, lifecycle.c.to_stage)):
             weekly[(reports.week_of(day), to_stage)] += int(n)
         out["qualification"] = reports.qualification_rows(weekly)
+    wins = _wins_after_nurture(session, q) if wanted & {"time_to_conversion", "score_progression"} else {}
     if "time_to_conversion" in wanted:
-        out["time_to_conversion"] = time_to_conversion(session, q)
+        out["time_to_conversion"] = time_to_conversion(session, q, wins)
     if "content_gaps" in wanted:
         out["content_gaps"] = content_gaps(session, q)
     if "score_progression" in wanted:
-        out["score_progression"] = score_progression(session, q)
+        out["score_progression"] = score_progression(session, q, wins)
     return out
 
 
@@ -539,80 +575,68 @@ def content_gaps(session: Session, q: Query) -> list[dict[str, Any]]:
 
 @dataclass(frozen=True)
 class _Win:
-    at: datetime
+    ts: int  # the win, in microseconds since 1970
     amount: float
-    entered: dict[str, datetime]  # journey → the lead's earliest entry of it at or before the win
+    score: int | None  # the lead's score at the win
+    entered: dict[str, tuple[int, int | None]]  # journey → (the lead's earliest entry of it at or before the
+    #                                             win, in microseconds; its score then)
 
 
 def _wins_after_nurture(session: Session, q: Query) -> dict[str, _Win]:
     """Won deals in range, each with the journeys its lead entered before the win (of `journey`, when
-    given) and when first: one index seek per deal into the lead's stages, as many rows as deals ×
-    journeys entered. A deal with no entry before it is there with none."""
-    cond = [lead_stages.c.lead_id == won.c.lead_id, lead_stages.c.entered_at <= won.c.at]
+    given), when first and with what score: `analytics_won_entries`' rows of each deal, read by its key.
+    A deal with no entry before it is there with none."""
+    e = won_entries
+    on = [e.c.deal == won.c.id]
     if q.journey is not None:
-        cond.append(lead_stages.c.journey == q.journey)
+        on.append(e.c.journey == q.journey)
     wins: dict[str, _Win] = {}
-    for deal, at, amount, journey, entered in session.execute(
-            select(won.c.id, won.c.at, won.c.amount, lead_stages.c.journey, func.min(lead_stages.c.entered_at))
-            .select_from(won.outerjoin(lead_stages, and_(*cond))).where(q.where(won))
-            .group_by(won.c.id, won.c.at, won.c.amount, lead_stages.c.journey)):
+    for deal, ts, amount, won_score, journey, entered, score in session.execute(
+            select(won.c.id, won.c.ts, won.c.amount, won.c.score, e.c.journey, e.c.entered_ts, e.c.score)
+            .select_from(won.outerjoin(e, and_(*on))).where(q.where(won))):
         win = wins.get(deal)
         if win is None:
-            at = _aware(at)
-            assert at is not None
-            win = wins[deal] = _Win(at, float(amount), {})
+            win = wins[deal] = _Win(int(ts), float(amount), won_score, {})
         if journey is not None:
-            win.entered[journey] = _aware(entered) or entered
+            win.entered[journey] = (int(entered), score)
     return wins
 
 
-def time_to_conversion(session: Session, q: Query) -> list[dict[str, Any]]:
+def time_to_conversion(session: Session, q: Query, wins: dict[str, _Win] | None = None) -> list[dict[str, Any]]:
     """Time in nurture before conversion: for each won deal in range, from the lead's first journey stage
     entry at or before the win to the win, over every journey (`journey` null) and per journey entered."""
     overall: dict[int, int] = defaultdict(int)
     per_journey: dict[str, dict[int, int]] = defaultdict(lambda: defaultdict(int))
-    for win in _wins_after_nurture(session, q).values():
-        for journey, entered in win.entered.items():
-            per_journey[journey][reports.dwell_minutes(entered, win.at)] += 1
+    for win in (_wins_after_nurture(session, q) if wins is None else wins).values():
+        for journey, (entered, _) in win.entered.items():
+            per_journey[journey][reports.minutes_between(entered, win.ts)] += 1
         if win.entered:
-            overall[reports.dwell_minutes(min(win.entered.values()), win.at)] += 1
+            overall[reports.minutes_between(min(e for e, _ in win.entered.values()), win.ts)] += 1
     return reports.time_to_conversion_rows(overall, per_journey)
 
 
-def score_progression(session: Session, q: Query) -> list[dict[str, Any]]:
+def score_progression(session: Session, q: Query, wins: dict[str, _Win] | None = None) -> list[dict[str, Any]]:
     """Score progression during nurture: for each won deal in range, the lead's score when it first entered
     a journey (its earliest stage entry at or before the win) against its score at the win; over every
     journey (`journey` null) and per journey. Deals whose messages carried no score are left out."""
-    cond = [lead_stages.c.lead_id == won.c.lead_id, lead_stages.c.entered_at <= won.c.at]
-    if q.journey is not None:
-        cond.append(lead_stages.c.journey == q.journey)
-    first: dict[tuple[str, str], tuple[datetime, str, int | None, int | None]] = {}
-    for deal, won_score, journey, stage, entered, score in session.execute(
-            select(won.c.id, won.c.score, lead_stages.c.journey, lead_stages.c.stage, lead_stages.c.entered_at,
-                   lead_stages.c.score).select_from(won.join(lead_stages, and_(*cond))).where(q.where(won))):
-        entered = _aware(entered) or entered
-        mine = first.get((deal, journey))
-        if mine is None or (entered, stage) < (mine[0], mine[1]):
-            first[(deal, journey)] = (entered, stage, score, won_score)
-    overall: dict[str, tuple[datetime, str, int | None, int | None]] = {}
-    for (deal, journey), row in first.items():
-        mine = overall.get(deal)
-        if mine is None or (row[0], journey) < (mine[0], mine[1]):
-            overall[deal] = (row[0], journey, row[2], row[3])
     pairs: dict[str | None, list[tuple[int, int]]] = defaultdict(list)
-    for (_deal, journey), (_at, _stage, score, won_score) in first.items():
-        if score is not None and won_score is not None:
-            pairs[journey].append((score, won_score))
-    for _at, _journey, score, won_score in overall.values():
-        if score is not None and won_score is not None:
-            pairs[None].append((score, won_score))
+    for win in (_wins_after_nurture(session, q) if wins is None else wins).values():
+        if win.score is None or not win.entered:
+            continue
+        for journey, (_, score) in win.entered.items():
+            if score is not None:
+                pairs[journey].append((score, win.score))
+        first = min(win.entered.items(), key=lambda je: (je[1][0], je[0]))[1][1]
+        if first is not None:
+            pairs[None].append((first, win.score))
     return reports.score_rows(pairs)
 
 
 def value_by_path(session: Session, q: Query) -> list[dict[str, Any]]:
     """Customer value by nurturing path: won deals in range and their revenue per path, the journeys the
     lead entered before the win in the order it first entered them (`path` null: none)."""
-    return reports.path_rows((reports.path_of(w.entered), w.amount) for w in _wins_after_nurture(session, q).values())
+    return reports.path_rows((reports.path_of({j: e for j, (e, _) in w.entered.items()}), w.amount)
+                             for w in _wins_after_nurture(session, q).values())
 
 
 _STAGE_OF_METRIC = {"mql": "mql", "sql": "sql", "customers": "customer"}
@@ -728,6 +752,24 @@ def attribution_report(session: Session, q: Query, model: str, window_days: int)
     return out
 
 
+def sequences_report(session: Session, q: Query, length: int, unit: str, window_days: int) -> dict[str, Any]:
+    """The content sequences that preceded conversion: for each won deal in range, the last `length`
+    pieces of content (template or topic) its lead engaged with at or before the win, within the window
+    (of `journey`, when given); one read of the deals' touches in the window, as linear attribution's."""
+    window = window_days * reports.DAY_US
+    per_deal: dict[str, tuple[str, float, list[str]]] = {}
+    for deal, segment, amount, item in session.execute(
+            select(won.c.id, won.c.segment, won.c.amount, touches.c[unit])
+            .select_from(won.outerjoin(touches, _in_window(q, window))).where(q.where(won))
+            .order_by(won.c.id, touches.c.ts, touches.c.id)):
+        cell = per_deal.setdefault(deal, (segment, float(amount), []))
+        if item is not None:
+            cell[2].append(item)
+    report = reports.sequence_rows((sg, reports.sequence_of(items, length), amount)
+                                   for sg, amount, items in per_deal.values())
+    return {"by": unit, "length": length, "window_days": window_days, **report}
+
+
 def _reach_where(q: Query, scope: str) -> ColumnElement[bool]:
     cond = [reach.c.scope == scope, reach.c.day >= q.start, reach.c.day <= q.end, reach.c.prev_day < q.start]
     if q.journey is not None and scope in ("j", "js"):
@@ -749,13 +791,15 @@ def roi_report(session: Session, q: Query, costs: dict[str, Any]) -> dict[str, A
     per_journey = {j: int(n) for j, n in session.execute(
         select(reach.c.journey, func.sum(reach.c.n)).where(_reach_where(q, "js" if q.segment is not None else "j"))
         .group_by(reach.c.journey)) if n}
-    pairs = select(won.c.id, won.c.amount, touches.c.journey).distinct() \
-        .select_from(_touched_before(q, None)).where(q.where(won)).subquery()
-    by_j_revenue = {j: float(v) for j, v in session.execute(
-        select(pairs.c.journey, func.sum(pairs.c.amount)).group_by(pairs.c.journey))}
-    deals = select(won.c.id, won.c.amount).distinct().select_from(_touched_before(q, None)) \
-        .where(q.where(won)).subquery()
-    influenced = float(session.scalar(select(func.sum(deals.c.amount))) or 0.0)
+    # Each influenced deal once per journey it touched, in one read: the revenue per journey and in all.
+    by_j_revenue: dict[str, float] = defaultdict(float)
+    deals: dict[str, float] = {}
+    for deal, amount, journey in session.execute(
+            select(won.c.id, won.c.amount, touches.c.journey).distinct()
+            .select_from(_touched_before(q, None)).where(q.where(won))):
+        by_j_revenue[journey] += float(amount)
+        deals[deal] = float(amount)
+    influenced = sum(deals.values())
     totals: dict[str, int] = defaultdict(int)
     for chans in sent_by.values():
         for ch, n in chans.items():

@@ -130,7 +130,8 @@ lifecycle = Table(
     Column("minutes", Integer, primary_key=True),
     Column("band", Integer, nullable=False, default=0),
     Column("n", Integer, nullable=False, default=0),
-    Index("ix_analytics_lifecycle_band", "from_stage", "to_stage", "band", "day"),
+    # A percentile's band read in order of minutes from the index alone (day and segment filtered there).
+    Index("ix_analytics_lifecycle_minutes", "from_stage", "to_stage", "band", "minutes", "day", "segment", "n"),
 )
 
 # A percentile's first step: the same dwell histograms in coarse value bands (`reports.band`), by day, ISO
@@ -181,7 +182,7 @@ stage_dwell = Table(
     Column("minutes", Integer, primary_key=True),
     Column("band", Integer, nullable=False, default=0),
     Column("n", Integer, nullable=False, default=0),
-    Index("ix_analytics_stage_dwell_band", "journey", "stage", "band", "day"),
+    Index("ix_analytics_stage_dwell_minutes", "journey", "stage", "band", "minutes", "day", "segment", "n"),
 )
 
 stage_dwell_bands = Table(
@@ -221,6 +222,21 @@ won = Table(
     Column("amount", Float, nullable=False),
     Column("score", Integer, nullable=True),  # the lead's score at the win
     Index("ix_analytics_won_day", "day"),
+    Index("ix_analytics_won_lead", "lead_id"),
+)
+
+# Per won deal and journey, the lead's earliest entry of the journey at or before the win (ties by stage)
+# and its score then: time to conversion, score progression and value by path read these rows by deal,
+# where joining every deal to its lead's stages and comparing times cost the most of those reports. The
+# fold recomputes a lead's rows when it wins or enters a stage (a late entry can precede a known win).
+won_entries = Table(
+    "analytics_won_entries", metadata,
+    Column("deal", String(200), primary_key=True),
+    Column("journey", String(_D), primary_key=True),
+    Column("lead_id", String(128), nullable=False),
+    Column("entered_ts", BigInteger, nullable=False),  # microseconds since 1970, as `analytics_won.ts`
+    Column("stage", String(_D), nullable=False),
+    Column("score", Integer, nullable=True),
 )
 
 # Deliverability: what a message already counted for there (sent, delivered, a hard bounce, a complaint
@@ -259,4 +275,4 @@ meta = Table(
 
 DERIVED = (messages, engagement, stage_engagement, sends,
            nurtured, reach, leads, lifecycle, lifecycle_bands, lead_stages, stage_counts,
-           stage_dwell, stage_dwell_bands, touches, won, deliveries, deliverability)
+           stage_dwell, stage_dwell_bands, touches, won, won_entries, deliveries, deliverability)

@@ -23,6 +23,8 @@ ENGAGEMENT_GROUPS = ("journey", "segment", "template", "channel", "topic", "form
 TIMESERIES_METRICS = ("sent", "opened", "clicked", "mql", "sql", "customers", "revenue")
 QUALIFICATION = ("mql", "sql", "trial", "customer")
 ATTRIBUTION_MODELS = ("first", "last", "linear")
+SEQUENCE_UNITS = ("template", "topic")
+SEQUENCE_LENGTHS = (2, 3)
 # A stage is a bottleneck when its conversion is below this share of the mean of the journey's other
 # stages, or its median dwell above this multiple of theirs.
 BOTTLENECK_CONVERSION_SHARE = 0.5
@@ -60,6 +62,11 @@ def week_of(day: date) -> date:
 
 def dwell_minutes(start: datetime, end: datetime) -> int:
     return max(0, math.floor((end - start).total_seconds() / 60))
+
+
+def minutes_between(start_us: int, end_us: int) -> int:
+    """`dwell_minutes` of two times in microseconds since 1970 (integer arithmetic, the same whole minutes)."""
+    return max(0, (end_us - start_us) // 60_000_000)
 
 
 def band(minutes: int) -> int:
@@ -257,7 +264,7 @@ def score_rows(pairs: Mapping[str | None, Sequence[tuple[int, int]]]) -> list[di
     return out
 
 
-def path_of(entered: Mapping[str, datetime]) -> str | None:
+def path_of(entered: Mapping[str, datetime] | Mapping[str, int]) -> str | None:
     """A nurturing path: the journeys in the order first entered (ties by name), joined by `>`."""
     return ">".join(j for j, _ in sorted(entered.items(), key=lambda e: (e[1], e[0]))) or None
 
@@ -353,3 +360,35 @@ def roi_report(*, nurtured: int, sent_by_channel: Mapping[str, int], costs: Mapp
             "cost_per_nurtured_lead": round(cost / nurtured, 4) if nurtured else None,
             "influenced_revenue": round(influenced, 2),
             "roi": round((influenced - cost) / cost, 4) if cost else None, "by_journey": journeys}
+
+
+def sequence_of(items: Sequence[str], length: int) -> str | None:
+    """The last `length` pieces of content of a lead's touches (oldest first), consecutive repeats counted
+    once (an open and a click of one message; two messages of one topic), joined by ` > `; None when the
+    lead engaged with fewer."""
+    steps: list[str] = []
+    for item in items:
+        if not steps or steps[-1] != item:
+            steps.append(item)
+    return " > ".join(steps[-length:]) if len(steps) >= length else None
+
+
+def sequence_rows(deals: Iterable[tuple[str, str | None, float]]) -> dict[str, Any]:
+    """Won deals by (segment, content sequence before the win): conversions, their share of the segment's
+    conversions in range, revenue and the average deal; the most frequent sequence of each segment first."""
+    per_segment: dict[str, int] = {}
+    acc: dict[tuple[str, str], list[float]] = {}
+    total, short = 0, 0
+    for segment, sequence, amount in deals:
+        total += 1
+        per_segment[segment] = per_segment.get(segment, 0) + 1
+        if sequence is None:
+            short += 1
+            continue
+        cell = acc.setdefault((segment, sequence), [0, 0.0])
+        cell[0] += 1
+        cell[1] += amount
+    rows = [{"segment": sg, "sequence": seq, "conversions": int(n), "share": rate(n, per_segment[sg]),
+             "revenue": round(r, 2), "average_deal": round(r / n, 2)}
+            for (sg, seq), (n, r) in sorted(acc.items(), key=lambda kv: (kv[0][0], -kv[1][0], -kv[1][1], kv[0][1]))]
+    return {"conversions": total, "without_sequence": short, "rows": rows}

@@ -8,10 +8,11 @@ crashes and late events).
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 import statistics
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -108,6 +109,14 @@ def generate(seed: int, *, leads: int = 40, days: int = 50) -> list[dict[str, An
             t += timedelta(days=rnd.randint(0, 5), minutes=rnd.randrange(0, 1000))
             story.append(msg("opportunity_won", t, {"deal_id": f"d-{lead_id}", "stage": "closed_won",
                                                      "amount": rnd.choice([0, 1200, 4999.5, 15000])}))
+        if story[-1]["type"] == "opportunity_won" and rnd.random() < 0.5:
+            # A journey stage entered before the win but heard after it: the sends of the lead's last stage
+            # reach the bus late (what a won deal's journey entries must take in after the win).
+            sends = [m for m in story if m["type"] in ("email_sent", "email_hard_bounced")]
+            if sends:
+                last = (sends[-1]["properties"]["journey"], sends[-1]["properties"]["stage"])
+                moved = [m for m in sends if (m["properties"]["journey"], m["properties"]["stage"]) == last]
+                story = [m for m in story if all(m is not x for x in moved)] + moved
         # Late events: some engagement reaches the bus after later events, with its own earlier time.
         for _ in range(rnd.randint(0, 2)):
             j = rnd.randrange(len(story))
@@ -517,3 +526,33 @@ def roi_inputs(stream: Sequence[dict[str, Any]], r: Range) -> dict[str, Any]:
             "by_journey": [{"journey": j, "nurtured": len(per_journey.get(j, ())),
                             "sent_by_channel": dict(sent.get(j, {})), "influenced": by_j.get(j, 0.0)}
                            for j in journeys]}
+
+
+def sequences(stream: Sequence[dict[str, Any]], r: Range, length: int, unit: str, window_days: int
+              ) -> dict[str, Any]:
+    """Won deals by the lead's last `length` distinct consecutive pieces of content engaged with before the
+    win (within the window; of `r.journey` only, when given), per segment, counted from the raw history."""
+    all_touches = touches(stream)
+    deals = won_in(stream, r)
+    per_segment: Counter[str] = Counter(seg_of(d) for d in deals)
+    cells: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0, 0.0])
+    short = 0
+    for deal in deals:
+        at = at_of(deal)
+        before = sorted((t for t in all_touches if t["lead_id"] == deal["lead_id"]
+                         and at - timedelta(days=window_days) <= at_of(t) <= at
+                         and (r.journey is None or t["properties"]["journey"] == r.journey)),
+                        key=lambda t: (at_of(t), t["id"]))
+        steps = [k for k, _ in itertools.groupby(t["properties"][unit] for t in before)]
+        if len(steps) < length:
+            short += 1
+            continue
+        cell = cells[(seg_of(deal), " > ".join(steps[-length:]))]
+        cell[0] += 1
+        cell[1] += float(deal["properties"]["amount"])
+    ordered = sorted(cells.items(), key=lambda kv: (kv[0][0], -kv[1][0], -kv[1][1], kv[0][1]))
+    return {"by": unit, "length": length, "window_days": window_days, "conversions": len(deals),
+            "without_sequence": short,
+            "rows": [{"segment": sg, "sequence": seq, "conversions": int(n),
+                      "share": round(n / per_segment[sg], 4), "revenue": round(v, 2),
+                      "average_deal": round(v / n, 2)} for (sg, seq), (n, v) in ordered]}

@@ -55,7 +55,7 @@ def ranges(stream: Sequence[dict[str, Any]]) -> list[h.Range]:
 
 
 def check(db: Database, stream: Sequence[dict[str, Any]]) -> int:
-    figures, conversions, gaps, scored = 0, 0, 0, 0
+    figures, conversions, gaps, scored, sequenced = 0, 0, 0, 0, 0
     costs = load_costs()
     with db.session() as s:
         for r in ranges(stream):
@@ -91,6 +91,14 @@ def check(db: Database, stream: Sequence[dict[str, Any]]) -> int:
                     expected_a = h.attribution(stream, r, model, window)
                     assert storage.attribution_report(s, q, model, window) == expected_a, (r, model, window)
                     figures += len(expected_a["by_template"]) + 4
+            for length in reports.SEQUENCE_LENGTHS:
+                for unit in reports.SEQUENCE_UNITS:
+                    for window in (3, 30):
+                        expected_s = h.sequences(stream, r, length, unit, window)
+                        assert storage.sequences_report(s, q, length, unit, window) == expected_s, \
+                            (r, length, unit, window)
+                        sequenced += sum(row["conversions"] for row in expected_s["rows"])
+                        figures += 3 + 6 * len(expected_s["rows"])
             inputs = h.roi_inputs(stream, r)
             expected_roi = reports.roi_report(nurtured=inputs["nurtured"], sent_by_channel=inputs["sent_by_channel"],
                                              costs=costs, start=r.start, end=r.end,
@@ -101,6 +109,7 @@ def check(db: Database, stream: Sequence[dict[str, Any]]) -> int:
             figures += 5 + len(expected_roi["by_journey"])
     assert conversions > 0  # the histories hold wins after nurture: time in nurture is measured, not empty
     assert gaps > 0 and scored > 0  # and content gaps to find, and scores to compare
+    assert sequenced > 0  # and wins after a sequence of content
     return figures
 
 
@@ -136,3 +145,16 @@ def test_the_history_covers_what_the_reports_distinguish() -> None:
     late = [b for a, b in zip(h.heard(stream), h.heard(stream)[1:], strict=False)
             if a["lead_id"] == b["lead_id"] and h.at_of(b) < h.at_of(a)]
     assert late  # events heard after later ones
+
+
+def test_the_history_holds_stage_entries_heard_after_the_win_they_preceded() -> None:
+    """A won deal's journey entries must take in an entry heard after the win (its sends came late)."""
+    stream = h.generate(1)
+    found = 0
+    heard = h.heard(stream)
+    for (lead, _journey), entries in h.stage_entries(stream).items():
+        wins = [(i, m) for i, m in enumerate(heard) if m["type"] == "opportunity_won" and m["lead_id"] == lead]
+        for entry in entries:
+            heard_at = next(i for i, m in enumerate(heard) if m["id"] == entry["id"])
+            found += sum(1 for i, w in wins if i < heard_at and h.at_of(entry) <= h.at_of(w))
+    assert found > 0

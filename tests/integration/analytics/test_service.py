@@ -97,6 +97,10 @@ async def test_every_http_report_equals_the_recount(heard: tuple[httpx.AsyncClie
             got = (await http.get("/v1/analytics/attribution", params={**p, "model": model,
                                                                         "window_days": "14"})).json()
             assert got == h.attribution(stream, r, model, 14)
+        for length, unit in ((2, "template"), (3, "topic")):
+            got = (await http.get("/v1/analytics/sequences", params={**p, "length": str(length), "by": unit,
+                                                                      "window_days": "14"})).json()
+            assert got == h.sequences(stream, r, length, unit, 14)
         inputs = h.roi_inputs(stream, r)
         expected_roi = reports.roi_report(nurtured=inputs["nurtured"], sent_by_channel=inputs["sent_by_channel"],
                                          costs=load_costs(), start=r.start, end=r.end,
@@ -122,6 +126,11 @@ async def test_csv_carries_the_json_rows(heard: tuple[httpx.AsyncClient, list[di
     assert got.status_code == 200 and nurture[0]["journey"] is None and nurture[0]["conversions"] > 0
     assert list(csv.DictReader(io.StringIO(got.text))) == [
         {k: "" if v is None else str(v) for k, v in row.items()} for row in nurture]
+    sequences = (await http.get("/v1/analytics/sequences", params=span)).json()["rows"]
+    got = await http.get("/v1/analytics/sequences", params={**span, "format": "csv"})
+    assert got.status_code == 200 and sequences
+    assert list(csv.DictReader(io.StringIO(got.text))) == [
+        {k: "" if v is None else str(v) for k, v in row.items()} for row in sequences]
     # Each progression table's CSV (only that table computed) carries the full report's rows.
     full = (await http.get("/v1/analytics/progression", params=span)).json()
     for table in reports.PROGRESSION_TABLES:
@@ -135,7 +144,7 @@ async def test_csv_carries_the_json_rows(heard: tuple[httpx.AsyncClient, list[di
 CSV_TABLES = [("/v1/analytics/engagement", "rows", {}), ("/v1/analytics/timeseries", "points", {})] + [
     ("/v1/analytics/progression", t, {"table": t}) for t in PROGRESSION_TABLES] + [
     ("/v1/analytics/attribution", t, {"table": t}) for t in ATTRIBUTION_TABLES] + [
-    ("/v1/analytics/roi", t, {"table": t}) for t in ROI_TABLES]
+    ("/v1/analytics/roi", t, {"table": t}) for t in ROI_TABLES] + [("/v1/analytics/sequences", "rows", {})]
 
 
 async def test_a_csv_table_without_rows_is_its_header(heard: tuple[httpx.AsyncClient, list[dict[str, Any]]]) -> None:
@@ -169,6 +178,9 @@ async def test_a_csv_table_without_rows_is_its_header(heard: tuple[httpx.AsyncCl
     ("/v1/analytics/timeseries", {"metric": "mood"}, "metric"),
     ("/v1/analytics/timeseries", {"interval": "hour"}, "interval"),
     ("/v1/analytics/progression", {"format": "csv", "table": "steps"}, "table"),
+    ("/v1/analytics/sequences", {"length": "4"}, "length"),
+    ("/v1/analytics/sequences", {"by": "colour"}, "by"),
+    ("/v1/analytics/sequences", {"window_days": "4000"}, "window_days"),
     ("/v1/analytics/deliverability", {"interval": "hour"}, "interval"),
     ("/v1/analytics/deliverability", {"format": "csv", "table": "by_colour"}, "table"),
     ("/v1/analytics/deliverability", {"format": "pdf"}, "format"),

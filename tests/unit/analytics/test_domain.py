@@ -117,3 +117,15 @@ def test_bands_are_monotone_and_narrow() -> None:
     for b in bands:
         widths[b] = widths.get(b, 0) + 1
     assert max(bands) < 40 and all(w <= 0.5 * (1 << (b // 2)) + 1 for b, w in widths.items())
+
+
+def test_a_sequence_is_the_last_pieces_of_content_with_repeats_counted_once() -> None:
+    assert reports.sequence_of(["a", "a", "b", "b", "c"], 2) == "b > c"
+    assert reports.sequence_of(["a", "b", "a"], 3) == "a > b > a"  # a return to earlier content is a step
+    assert reports.sequence_of(["a", "a", "a"], 2) is None  # one piece engaged with twice is not a sequence
+    assert reports.sequence_of([], 2) is None
+    got = reports.sequence_rows([("s", "a > b", 10.0), ("s", "a > b", 20.0), ("s", None, 5.0), ("t", "b > c", 1.0)])
+    assert got == {"conversions": 4, "without_sequence": 1, "rows": [
+        {"segment": "s", "sequence": "a > b", "conversions": 2, "share": round(2 / 3, 4), "revenue": 30.0,
+         "average_deal": 15.0},
+        {"segment": "t", "sequence": "b > c", "conversions": 1, "share": 1.0, "revenue": 1.0, "average_deal": 1.0}]}

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(nurture/api/analytics/v1/analytics.proto\x12\x18nurture.api.analytics.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa3\x01\n\x0bReportQuery\x12(\n\x04\x66rom\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\x02to\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x07segment\x18\x03 \x01(\tH\x00\x88\x01\x01\x12\x14\n\x07journey\x18\x04 \x01(\tH\x01\x88\x01\x01\x42\n\n\x08_segmentB\n\n\x08_journey\"[\n\x11\x45ngagementRequest\x12\x34\n\x05query\x18\x01 \x01(\x0b\x32%.nurture.api.analytics.v1.ReportQuery\x12\x10\n\x08group_by\x18\x02 \x01(\t\"Z\n\x12ProgressionRequest\x12\x34\n\x05query\x18\x01 \x01(\x0b\x32%.nurture.api.analytics.v1.ReportQuery\x12\x0e\n\x06tables\x18\x02 \x03(\t\"n\n\x12\x41ttributionRequest\x12\x34\n\x05query\x18\x01 \x01(\x0b\x32%.nurture.api.analytics.v1.ReportQuery\x12\r\n\x05model\x18\x02 \x01(\t\x12\x13\n\x0bwindow_days\x18\x03 \x01(\x05\"B\n\nRoiRequest\x12\x34\n\x05query\x18\x01 \x01(\x0b\x32%.nurture.api.analytics.v1.ReportQuery\"k\n\x11TimeseriesRequest\x12\x34\n\x05query\x18\x01 \x01(\x0b\x32%.nurture.api.analytics.v1.ReportQuery\x12\x0e\n\x06metric\x18\x02 \x01(\t\x12\x10\n\x08interval\x18\x03 \x01(\t\"\xa3\x01\n\x15\x44\x65liverabilityRequest\x12\x34\n\x05query\x18\x01 \x01(\x0b\x32%.nurture.api.analytics.v1.ReportQuery\x12\x13\n\x06\x64omain\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\x15\n\x08provider\x18\x03 \x01(\tH\x01\x88\x01\x01\x12\x10\n\x08interval\x18\x04 \x01(\tB\t\n\x07_domainB\x0b\n\t_provider\"\x10\n\x0eRebuildRequest\"\x1d\n\x0cRebuildReply\x12\r\n\x05\x66\x61\x63ts\x18\x01 \x01(\x03\"\"\n\x0bReportReply\x12\x13\n\x0breport_json\x18\x01 \x01(\t2\xb2\x05\n\tAnalytics\x12`\n\nEngagement\x12+.nurture.api.analytics.v1.EngagementRequest\x1a%.nurture.api.analytics.v1.ReportReply\x12\x62\n\x0bProgression\x12,.nurture.api.analytics.v1.ProgressionRequest\x1a%.nurture.api.analytics.v1.ReportReply\x12\x62\n\x0b\x41ttribution\x12,.nurture.api.analytics.v1.AttributionRequest\x1a%.nurture.api.analytics.v1.ReportReply\x12R\n\x03Roi\x12$.nurture.api.analytics.v1.RoiRequest\x1a%.nurture.api.analytics.v1.ReportReply\x12`\n\nTimeseries\x12+.nurture.api.analytics.v1.TimeseriesRequest\x1a%.nurture.api.analytics.v1.ReportReply\x12h\n\x0e\x44\x65liverability\x12/.nurture.api.analytics.v1.DeliverabilityRequest\x1a%.nurture.api.analytics.v1.ReportReply\x12[\n\x07Rebuild\x12(.nurture.api.analytics.v1.RebuildRequest\x1a&.nurture.api.analytics.v1.RebuildReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(nurture/api/analytics/v1/analytics.proto\x12\x18nurture.api.analytics.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa3\x01\n\x0bReportQuery\x12(\n\x04\x66rom\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\x02to\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x07segment\x18\x03 \x01(\tH\x00\x88\x01\x01\x12\x14\n\x07journey\x18\x04 \x01(\tH\x01\x88\x01\x01\x42\n\n\x08_segmentB\n\n\x08_journey\"[\n\x11\x45ngagementRequest\x12\x34\n\x05query\x18\x01 \x01(\x0b\x32%.nurture.api.analytics.v1.ReportQuery\x12\x10\n\x08group_by\x18\x02 \x01(\t\"Z\n\x12ProgressionRequest\x12\x34\n\x05query\x18\x01 \x01(\x0b\x32%.nurture.api.analytics.v1.ReportQuery\x12\x0e\n\x06tables\x18\x02 \x03(\t\"n\n\x12\x41ttributionRequest\x12\x34\n\x05query\x18\x01 \x01(\x0b\x32%.nurture.api.analytics.v1.ReportQuery\x12\r\n\x05model\x18\x02 \x01(\t\x12\x13\n\x0bwindow_days\x18\x03 \x01(\x05\"B\n\nRoiRequest\x12\x34\n\x05query\x18\x01 \x01(\x0b\x32%.nurture.api.analytics.v1.ReportQuery\"y\n\x10SequencesRequest\x12\x34\n\x05query\x18\x01 \x01(\x0b\x32%.nurture.api.analytics.v1.ReportQuery\x12\x0e\n\x06length\x18\x02 \x01(\x05\x12\n\n\x02\x62y\x18\x03 \x01(\t\x12\x13\n\x0bwindow_days\x18\x04 \x01(\x05\"k\n\x11TimeseriesRequest\x12\x34\n\x05query\x18\x01 \x01(\x0b\x32%.nurture.api.analytics.v1.ReportQuery\x12\x0e\n\x06metric\x18\x02 \x01(\t\x12\x10\n\x08interval\x18\x03 \x01(\t\"\xa3\x01\n\x15\x44\x65liverabilityRequest\x12\x34\n\x05query\x18\x01 \x01(\x0b\x32%.nurture.api.analytics.v1.ReportQuery\x12\x13\n\x06\x64omain\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\x15\n\x08provider\x18\x03 \x01(\tH\x01\x88\x01\x01\x12\x10\n\x08interval\x18\x04 \x01(\tB\t\n\x07_domainB\x0b\n\t_provider\"\x10\n\x0eRebuildRequest\"\x1d\n\x0cRebuildReply\x12\r\n\x05\x66\x61\x63ts\x18\x01 \x01(\x03\"\"\n\x0bReportReply\x12\x13\n\x0breport_json\x18\x01 \x01(\t2\x92\x06\n\tAnalytics\x12`\n\nEngagement\x12+.nurture.api.analytics.v1.EngagementRequest\x1a%.nurture.api.analytics.v1.ReportReply\x12\x62\n\x0bProgression\x12,.nurture.api.analytics.v1.ProgressionRequest\x1a%.nurture.api.analytics.v1.ReportReply\x12\x62\n\x0b\x41ttribution\x12,.nurture.api.analytics.v1.AttributionRequest\x1a%.nurture.api.analytics.v1.ReportReply\x12R\n\x03Roi\x12$.nurture.api.analytics.v1.RoiRequest\x1a%.nurture.api.analytics.v1.ReportReply\x12`\n\nTimeseries\x12+.nurture.api.analytics.v1.TimeseriesRequest\x1a%.nurture.api.analytics.v1.ReportReply\x12^\n\tSequences\x12*.nurture.api.analytics.v1.SequencesRequest\x1a%.nurture.api.analytics.v1.ReportReply\x12h\n\x0e\x44\x65liverability\x12/.nurture.api.analytics.v1.DeliverabilityRequest\x1a%.nurture.api.analytics.v1.ReportReply\x12[\n\x07Rebuild\x12(.nurture.api.analytics.v1.RebuildRequest\x1a&.nurture.api.analytics.v1.RebuildReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,16 +42,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ATTRIBUTIONREQUEST']._serialized_end=564
   _globals['_ROIREQUEST']._serialized_start=566
   _globals['_ROIREQUEST']._serialized_end=632
-  _globals['_TIMESERIESREQUEST']._serialized_start=634
-  _globals['_TIMESERIESREQUEST']._serialized_end=741
-  _globals['_DELIVERABILITYREQUEST']._serialized_start=744
-  _globals['_DELIVERABILITYREQUEST']._serialized_end=907
-  _globals['_REBUILDREQUEST']._serialized_start=909
-  _globals['_REBUILDREQUEST']._serialized_end=925
-  _globals['_REBUILDREPLY']._serialized_start=927
-  _globals['_REBUILDREPLY']._serialized_end=956
-  _globals['_REPORTREPLY']._serialized_start=958
-  _globals['_REPORTREPLY']._serialized_end=992
-  _globals['_ANALYTICS']._serialized_start=995
-  _globals['_ANALYTICS']._serialized_end=1685
+  _globals['_SEQUENCESREQUEST']._serialized_start=634
+  _globals['_SEQUENCESREQUEST']._serialized_end=755
+  _globals['_TIMESERIESREQUEST']._serialized_start=757
+  _globals['_TIMESERIESREQUEST']._serialized_end=864
+  _globals['_DELIVERABILITYREQUEST']._serialized_start=867
+  _globals['_DELIVERABILITYREQUEST']._serialized_end=1030
+  _globals['_REBUILDREQUEST']._serialized_start=1032
+  _globals['_REBUILDREQUEST']._serialized_end=1048
+  _globals['_REBUILDREPLY']._serialized_start=1050
+  _globals['_REBUILDREPLY']._serialized_end=1079
+  _globals['_REPORTREPLY']._serialized_start=1081
+  _globals['_REPORTREPLY']._serialized_end=1115
+  _globals['_ANALYTICS']._serialized_start=1118
+  _globals['_ANALYTICS']._serialized_end=1904
 # @@protoc_insertion_point(module_scope)

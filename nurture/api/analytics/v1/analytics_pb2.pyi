@@ -52,6 +52,18 @@ class RoiRequest(_message.Message):
     query: ReportQuery
     def __init__(self, query: _Optional[_Union[ReportQuery, _Mapping]] = ...) -> None: ...
 
+class SequencesRequest(_message.Message):
+    __slots__ = ("query", "length", "by", "window_days")
+    QUERY_FIELD_NUMBER: _ClassVar[int]
+    LENGTH_FIELD_NUMBER: _ClassVar[int]
+    BY_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_DAYS_FIELD_NUMBER: _ClassVar[int]
+    query: ReportQuery
+    length: int
+    by: str
+    window_days: int
+    def __init__(self, query: _Optional[_Union[ReportQuery, _Mapping]] = ..., length: _Optional[int] = ..., by: _Optional[str] = ..., window_days: _Optional[int] = ...) -> None: ...
+
 class TimeseriesRequest(_message.Message):
     __slots__ = ("query", "metric", "interval")
     QUERY_FIELD_NUMBER: _ClassVar[int]

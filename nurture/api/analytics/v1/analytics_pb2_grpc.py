@@ -59,6 +59,11 @@ class AnalyticsStub:
                 request_serializer=nurture_dot_api_dot_analytics_dot_v1_dot_analytics__pb2.TimeseriesRequest.SerializeToString,
                 response_deserializer=nurture_dot_api_dot_analytics_dot_v1_dot_analytics__pb2.ReportReply.FromString,
                 _registered_method=True)
+        self.Sequences = channel.unary_unary(
+                '/nurture.api.analytics.v1.Analytics/Sequences',
+                request_serializer=nurture_dot_api_dot_analytics_dot_v1_dot_analytics__pb2.SequencesRequest.SerializeToString,
+                response_deserializer=nurture_dot_api_dot_analytics_dot_v1_dot_analytics__pb2.ReportReply.FromString,
+                _registered_method=True)
         self.Deliverability = channel.unary_unary(
                 '/nurture.api.analytics.v1.Analytics/Deliverability',
                 request_serializer=nurture_dot_api_dot_analytics_dot_v1_dot_analytics__pb2.DeliverabilityRequest.SerializeToString,
@@ -104,6 +109,13 @@ class AnalyticsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Sequences(self, request, context):
+        """The content sequences (last templates or topics engaged with) that preceded won deals, per segment.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Deliverability(self, request, context):
         """Sent, delivered, bounced (hard, soft), complaints and their rates by sending domain, provider and day.
         """
@@ -144,6 +156,11 @@ def add_AnalyticsServicer_to_server(servicer, server):
             'Timeseries': grpc.unary_unary_rpc_method_handler(
                     servicer.Timeseries,
                     request_deserializer=nurture_dot_api_dot_analytics_dot_v1_dot_analytics__pb2.TimeseriesRequest.FromString,
+                    response_serializer=nurture_dot_api_dot_analytics_dot_v1_dot_analytics__pb2.ReportReply.SerializeToString,
+            ),
+            'Sequences': grpc.unary_unary_rpc_method_handler(
+                    servicer.Sequences,
+                    request_deserializer=nurture_dot_api_dot_analytics_dot_v1_dot_analytics__pb2.SequencesRequest.FromString,
                     response_serializer=nurture_dot_api_dot_analytics_dot_v1_dot_analytics__pb2.ReportReply.SerializeToString,
             ),
             'Deliverability': grpc.unary_unary_rpc_method_handler(
@@ -291,6 +308,33 @@ class Analytics:
             target,
             '/nurture.api.analytics.v1.Analytics/Timeseries',
             nurture_dot_api_dot_analytics_dot_v1_dot_analytics__pb2.TimeseriesRequest.SerializeToString,
+            nurture_dot_api_dot_analytics_dot_v1_dot_analytics__pb2.ReportReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Sequences(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nurture.api.analytics.v1.Analytics/Sequences',
+            nurture_dot_api_dot_analytics_dot_v1_dot_analytics__pb2.SequencesRequest.SerializeToString,
             nurture_dot_api_dot_analytics_dot_v1_dot_analytics__pb2.ReportReply.FromString,
             options,
             channel_credentials,
