@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import resource
 import subprocess
@@ -57,9 +56,7 @@ def _client_cpu_s() -> float:
 
 def _pick_first_channel(address: str) -> grpc.aio.Channel:
     """nurture.rpc's channel with gRPC's default policy instead of round_robin (the baseline)."""
-    config = json.loads(str(dict(rpc._CHANNEL_OPTIONS)["grpc.service_config"]))
-    config.pop("loadBalancingConfig")
-    options = [(k, json.dumps(config) if k == "grpc.service_config" else v) for k, v in rpc._CHANNEL_OPTIONS]
+    options = rpc.channel_options("127.0.0.1:1")  # one address: pick_first
     signer = rpc.Signer(TOKEN)
     return grpc.aio.insecure_channel(address, options=options, interceptors=[rpc._MeshClientInterceptor(signer)])
 

@@ -3,8 +3,10 @@
 One address may name several replicas of a service; the client channel (nurture.rpc) then balances its
 calls over all of them (round_robin) and leaves out one that stops answering. The forms:
 
-- `host:port`: one name or address. A DNS name that resolves to several addresses (a scaled compose
-  service, a headless Kubernetes service) is every one of them: gRPC's resolver asks DNS again when a
+- `host:port`: one name or address. The channel keeps one connection (pick_first): a name that resolves
+  to several addresses sends its calls to one of them and moves to another when it fails.
+- `dns:///host:port`: a DNS name standing for every replica (a scaled compose service, a headless
+  Kubernetes service): the channel balances over all of them; gRPC's resolver asks DNS again when a
   connection fails.
 - `127.0.0.1:50051,127.0.0.1:50061` (or `[::1]:50051,[::1]:50061`): a list of IP literals, one per
   replica, all of one family (gRPC's `ipv4:`/`ipv6:` targets hold one family). A host name in a list is
@@ -60,7 +62,7 @@ def endpoints(address: str) -> list[tuple[str, int]]:
         if None in families:
             names = ", ".join(h for h, _ in pairs if _family(h) is None)
             raise AddressError(f"a list of replicas names IP addresses, not host names ({names}); for names, "
-                               "give one DNS name that resolves to every replica")
+                               "give one DNS name that resolves to every replica, as dns:///<name>:<port>")
         if len(families) > 1:
             raise AddressError(f"{address!r} mixes IPv4 and IPv6 addresses; list one family")
         if len(set(pairs)) < len(pairs):

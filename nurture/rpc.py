@@ -45,12 +45,9 @@ DEADLINE_S = 5.0
 LONG_DEADLINE_S = 120.0
 MAX_MESSAGE_BYTES = 32 * 1024 * 1024
 
-# round_robin: a channel to an address naming several replicas (nurture.addresses) keeps a connection to
-# each and spreads its calls over the ones that answer (gRPC's default, pick_first, would send every
-# call to one). A call that meets a replica going away is UNAVAILABLE, which the retry policy retries.
-_RETRY_CONFIG = json.dumps(
-    {
-        "loadBalancingConfig": [{"round_robin": {}}],
+def _service_config(policy: str) -> str:
+    return json.dumps({
+        "loadBalancingConfig": [{policy: {}}],
         "methodConfig": [
             {
                 "name": [{}],
@@ -62,17 +59,34 @@ _RETRY_CONFIG = json.dumps(
                     "retryableStatusCodes": ["UNAVAILABLE"],
                 },
             }
-        ]
-    }
-)
+        ],
+    })
 
-_CHANNEL_OPTIONS = [
-    ("grpc.service_config", _RETRY_CONFIG),
-    ("grpc.enable_retries", 1),
-    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.keepalive_time_ms", 30_000),
-]
+
+def _options(policy: str) -> list[tuple[str, Any]]:
+    return [
+        ("grpc.service_config", _service_config(policy)),
+        ("grpc.enable_retries", 1),
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.keepalive_time_ms", 30_000),
+    ]
+
+
+# One address, one server: pick_first, whose channel connects again at once when a call finds the server
+# just started. round_robin reports every backend failing until its reconnect backoff (a second) has
+# passed, and so failed the first calls to a service that had only just begun to listen (CI, 4 tests).
+_CHANNEL_OPTIONS = _options("pick_first")
+# An address naming several replicas (a list, or a `dns:` target resolving to several: nurture.addresses)
+# keeps a connection to each and spreads its calls over the ones that answer; pick_first would send every
+# call to one. A call that meets a replica going away is UNAVAILABLE, which the retry policy retries.
+_BALANCED_OPTIONS = _options("round_robin")
+
+
+def channel_options(target: str) -> list[tuple[str, Any]]:
+    """The options of a channel to a gRPC target (nurture.addresses.grpc_target)."""
+    several = target.startswith("dns:") or (target.startswith(("ipv4:", "ipv6:")) and "," in target)
+    return _BALANCED_OPTIONS if several else _CHANNEL_OPTIONS
 
 
 class _Carrier:
@@ -215,19 +229,21 @@ class _SyncMeshClientInterceptor(grpc.UnaryUnaryClientInterceptor):  # type: ign
 
 def channel(address: str, mesh_token: str) -> grpc.aio.Channel:
     """A client channel to a service of the mesh: every call signed with `mesh_token` (settings.mesh_token),
-    retries on UNAVAILABLE, trace propagation, balanced over every replica `address` names
-    (nurture.addresses; a malformed one raises AddressError). An empty token sends no credential
-    (servers refuse)."""
+    retries on UNAVAILABLE, trace propagation, balanced over every replica `address` names when it
+    names several (a list, or a `dns:` target: nurture.addresses; a malformed one raises AddressError).
+    An empty token sends no credential (servers refuse)."""
     signer = Signer(mesh_token)
+    target = grpc_target(address)
     return grpc.aio.insecure_channel(
-        grpc_target(address), options=_CHANNEL_OPTIONS,
+        target, options=channel_options(target),
         interceptors=[_MeshClientInterceptor(signer), _MeshStreamClientInterceptor(signer)],
     )
 
 
 def sync_channel(address: str, mesh_token: str) -> grpc.Channel:
     """A blocking channel for tools and tests, its unary calls signed with `mesh_token`."""
-    plain = grpc.insecure_channel(grpc_target(address), options=_CHANNEL_OPTIONS)
+    target = grpc_target(address)
+    plain = grpc.insecure_channel(target, options=channel_options(target))
     return grpc.intercept_channel(plain, _SyncMeshClientInterceptor(Signer(mesh_token))) if mesh_token else plain
 
 
@@ -372,7 +388,8 @@ async def health_status(address: str, timeout: float = 1.0) -> str:
     """The overall health status of the server at `address` (SERVING, NOT_SERVING or UNAVAILABLE). An
     address naming several replicas is SERVING while one of them serves (the balancer picks one that
     answers, as every client's channel does)."""
-    async with grpc.aio.insecure_channel(grpc_target(address), options=_CHANNEL_OPTIONS) as ch:
+    target = grpc_target(address)
+    async with grpc.aio.insecure_channel(target, options=channel_options(target)) as ch:
         stub = health_pb2_grpc.HealthStub(ch)
         try:
             reply = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)

@@ -38,7 +38,13 @@ def test_settings_match_the_code() -> None:
         assert env["NURTURE_DATABASE_URL"].startswith("postgresql+psycopg://")
         assert env["NURTURE_OTLP_ENDPOINT"].startswith("http://otel-collector:")
         for service in SERVICES:
-            host, port = env[f"NURTURE_{service.upper()}_ADDR"].split(":")
+            address = env[f"NURTURE_{service.upper()}_ADDR"]
+            # A replicated service is named as a dns: target, so its clients balance over every replica,
+            # and serves on NURTURE_GRPC_PORT (its address does not say which replica it is).
+            replicated = address.startswith("dns:///")
+            host, port = address.removeprefix("dns:///").split(":")
+            if replicated:
+                assert str(services[service]["environment"]["NURTURE_GRPC_PORT"]) == port
             assert host == service
             default_port = getattr(Settings(), f"{service}_addr").rsplit(":", 1)[1]
             assert port == default_port
