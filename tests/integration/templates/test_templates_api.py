@@ -137,3 +137,12 @@ async def test_preview_for_a_lead_and_a_test_send_marked_as_a_test(mesh: Templat
     r = await mesh.client.post(f"/v1/templates/{KEY}/test-send", headers=mesh.headers("editor"),
                                json={"to": "not an address\r\nBcc: x@example.com"})
     assert r.status_code == 422
+    for bad in ("qa@example.com, x@example.com", "qa@", "@example.com"):  # one address, whole
+        r = await mesh.client.post(f"/v1/templates/{KEY}/test-send", headers=mesh.headers("editor"), json={"to": bad})
+        assert r.status_code == 422, (bad, r.text)
+    # Any address a lead may have (checked alike at lead creation), one beyond ASCII too.
+    r = await mesh.client.post(f"/v1/templates/{KEY}/test-send", headers=mesh.headers("editor"),
+                               json={"to": "zoë@exämple.de"})
+    assert r.status_code == 200, r.text
+    assert r.json()["to"] == "zoë@exämple.de"
+    assert any("zoë@" in str(m["To"]) for m in mesh.mails())
