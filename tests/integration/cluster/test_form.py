@@ -5,7 +5,6 @@ saying so; and nodes that cannot agree within the timeout are reported, not wait
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -15,23 +14,11 @@ import pytest
 import redis
 import redis.cluster
 
-from cli.rediscluster import BUS_PORT_OFFSET, SLOTS, ClusterError, form, node_argv
-from nurture.ports import free_port
-from tests.conftest import redis_server_binary
+from cli.rediscluster import SLOTS, ClusterError, form, node_argv
+from tests.conftest import cluster_port, redis_server_binary
 
 pytestmark = pytest.mark.cluster
 PASSWORD = "a-test-password"
-
-
-def port_pair() -> int:
-    while True:
-        port = free_port()
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port + BUS_PORT_OFFSET))
-            except OSError:
-                continue
-        return port
 
 
 class Nodes:
@@ -71,7 +58,7 @@ def nodes(tmp_path: Path) -> Iterator[Nodes]:
 
 
 def test_fresh_nodes_form_a_cluster_and_are_found_formed_after_a_restart(nodes: Nodes) -> None:
-    ports = [port_pair() for _ in range(3)]
+    ports = [cluster_port() for _ in range(3)]
     for i, port in enumerate(ports):
         nodes.start(port, f"node-{i}")
     form(ports, PASSWORD)
@@ -91,18 +78,18 @@ def test_fresh_nodes_form_a_cluster_and_are_found_formed_after_a_restart(nodes: 
 
 
 def test_a_data_dir_of_another_size_is_refused(nodes: Nodes) -> None:
-    ports = [port_pair() for _ in range(2)]
+    ports = [cluster_port() for _ in range(2)]
     for i, port in enumerate(ports):
         nodes.start(port, f"node-{i}")
     form(ports, PASSWORD)
-    extra = port_pair()
+    extra = cluster_port()
     nodes.start(extra, "node-2")  # `--redis-cluster 3` on a data dir made with 2
     with pytest.raises(ClusterError, match="do not form one cluster of 3"):
         form([*ports, extra], PASSWORD)
 
 
 def test_a_node_without_slots_among_formed_ones_times_out_with_the_states(nodes: Nodes) -> None:
-    port = port_pair()
+    port = cluster_port()
     nodes.start(port, "node-0")
     client = redis.Redis(port=port, password=PASSWORD)
     client.execute_command("CLUSTER", "ADDSLOTS", *range(0, 100))  # a node someone half set up by hand
