@@ -25,7 +25,7 @@ from cli import rediscluster
 from cli.dkim import with_dev_key
 from cli.supervisor import Child, free_local_port, port_open, stop_all, supervise, wait_port
 from nurture import secretstore
-from nurture.addresses import SCHEMES, endpoints
+from nurture.addresses import single_port
 from nurture.settings import SERVICES, Settings, SettingsError, load_settings, to_environ
 
 # The services `--replicas N` runs N of: their shared work is claimed safely across processes (scoring's
@@ -318,11 +318,11 @@ def _last_redis(children: list[Child]) -> str | None:
 def _own_port(service: str, settings: Settings) -> int:
     """The port of a service's one address (`nurture up` starts its replicas itself, from one address)."""
     address = settings.address_of(service)
-    pairs = [] if address.startswith(SCHEMES) else endpoints(address)
-    if len(pairs) != 1:
+    port = single_port(address)
+    if port is None:
         raise SettingsError(f"NURTURE_{service.upper()}_ADDR={address!r}: `nurture up` takes one host:port per "
                             "service and starts its replicas itself (--replicas N)")
-    return pairs[0][1]
+    return port
 
 
 def _other_port(name: str, settings: Settings) -> int | None:

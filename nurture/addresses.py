@@ -88,3 +88,10 @@ def grpc_target(address: str) -> str:
 def listed(address: str) -> int:
     """How many replicas the address itself lists (a DNS name, however many addresses it has: 1)."""
     return address.count(",") + 1
+
+
+def single_port(address: str) -> int | None:
+    """The port of an address naming one host:port; None for a list or a target with a scheme (which
+    does not say which replica a process is)."""
+    pairs = [] if address.strip().startswith(SCHEMES) else endpoints(address.strip())
+    return pairs[0][1] if len(pairs) == 1 else None

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from nurture import telemetry
-from nurture.addresses import SCHEMES, endpoints
+from nurture.addresses import single_port
 from nurture.rpc import ServiceServer, run_until_signalled
 from nurture.settings import Settings, SettingsError, load_settings
 
@@ -56,11 +56,11 @@ def port_for(name: str, settings: Settings) -> int:
     if settings.grpc_port:
         return settings.grpc_port
     address = settings.address_of(name)
-    pairs = [] if address.startswith(SCHEMES) else endpoints(address)
-    if len(pairs) != 1:
+    port = single_port(address)
+    if port is None:
         raise SettingsError(f"NURTURE_{name.upper()}_ADDR={address!r} names several replicas (or a gRPC target); "
                             "set NURTURE_GRPC_PORT to the port this one serves on")
-    return pairs[0][1]
+    return port
 
 
 def tune_for_latency() -> None:
