@@ -114,7 +114,8 @@ async def test_killed_at_random_moments_no_step_lost_none_twice(settings: Settin
     cells = assert_counters_equal_recount(settings)
     sent: Counter[str] = Counter()
     for (j, _, step, m, status), n in cells.items():
-        if (j, m, status) == ("family", "run", "sent"):
+        # A send replayed after a kill is recorded as messaging answered it: duplicate (it went once).
+        if (j, m) == ("family", "run") and status in ("sent", "duplicate"):
             sent[step] += n
     assert sent == Counter(dict.fromkeys(EXPECTED_STEPS, LEADS)), sent
     print(f"kills={kills} sends={len(family)} replayed-as-duplicate={len(family) - len(distinct)}")
