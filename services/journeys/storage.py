@@ -12,6 +12,7 @@ Database.run."""
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, time, timedelta
@@ -480,17 +481,19 @@ def timeline(session: Session, lead_id: str, limit: int) -> list[TransitionRow]:
                                 .order_by(TransitionRow.id).limit(limit)))
 
 
+def _in_window(q: Any, col: Any, *, start: datetime | None, end: datetime | None) -> Any:
+    """`q` limited to rows whose `col` is in [start, end); an open end is not limited."""
+    if start is not None:
+        q = q.where(col >= start)
+    if end is not None:
+        q = q.where(col < end)
+    return q
+
+
 def history(session: Session, journey: str, start: datetime | None,
             end: datetime | None) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
     """Step runs, transitions and engagements of one journey in [start, end)."""
-
-    def window(q: Any, col: Any) -> Any:
-        if start is not None:
-            q = q.where(col >= start)
-        if end is not None:
-            q = q.where(col < end)
-        return q
-
+    window = functools.partial(_in_window, start=start, end=end)
     runs = [dict(journey=r.journey, step=r.step, status=r.status)
             for r in session.scalars(window(select(StepRunRow).where(StepRunRow.journey == journey), StepRunRow.at))]
     transitions = [dict(journey=t.journey, type=t.type, lead_id=t.lead_id, step_from=t.step_from, stage=t.stage,
@@ -521,12 +524,7 @@ def counted_leads(session: Session, *, journey: str, step: str, measure: str, re
 
     Runs and engagements are grouped in SQL (indexed by journey, step, lead); goals and exits are read
     and matched here, as the funnel matches them (their credited step and reason live in the facts)."""
-    def window(q: Any, col: Any) -> Any:
-        if start is not None:
-            q = q.where(col >= start)
-        if end is not None:
-            q = q.where(col < end)
-        return q
+    window = functools.partial(_in_window, start=start, end=end)
 
     if measure in RUN_STATUSES or measure in ENGAGEMENT_TYPES:
         if measure in RUN_STATUSES:
