@@ -67,6 +67,20 @@ def anyio_backend() -> tuple[str, dict[str, object]]:
     return "asyncio", {"loop_factory": _TestLoop}
 
 
+def answers(client: redis.Redis, tries: int = 200) -> bool:
+    """Whether a redis-server just started answers PING within `tries` × 20 ms; the client is closed."""
+    try:
+        for _ in range(tries):
+            try:
+                client.ping()
+                return True
+            except redis.ConnectionError:
+                time.sleep(0.02)
+        return False
+    finally:
+        client.close()
+
+
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real redis-server on a free port with AOF on, for the whole session."""
@@ -78,14 +92,7 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         stdout=subprocess.DEVNULL,
     )
     url = f"redis://127.0.0.1:{port}"
-    client = redis.Redis.from_url(url)
-    for _ in range(200):
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            time.sleep(0.02)
-    else:
+    if not answers(redis.Redis.from_url(url)):
         proc.kill()
         raise RuntimeError("redis-server did not start")
     yield url
@@ -131,14 +138,7 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         procs.append(subprocess.Popen(node_argv(redis_server_binary(), port, folder), stdout=subprocess.DEVNULL))
     try:
         for port in ports:
-            client = redis.Redis(port=port)
-            for _ in range(200):
-                try:
-                    client.ping()
-                    break
-                except redis.ConnectionError:
-                    time.sleep(0.02)
-            client.close()
+            answers(redis.Redis(port=port))
         form(ports)
         yield f"redis://127.0.0.1:{ports[0]}/0"
     finally:

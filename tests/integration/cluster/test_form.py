@@ -6,7 +6,6 @@ saying so; and nodes that cannot agree within the timeout are reported, not wait
 from __future__ import annotations
 
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import redis
 import redis.cluster
 
 from cli.rediscluster import SLOTS, ClusterError, form, node_argv
-from tests.conftest import cluster_port, redis_server_binary
+from tests.conftest import answers, cluster_port, redis_server_binary
 
 pytestmark = pytest.mark.cluster
 PASSWORD = "a-test-password"
@@ -33,14 +32,7 @@ class Nodes:
         conf.write_text(f'requirepass "{PASSWORD}"\nmasterauth "{PASSWORD}"\n')
         self.procs[port] = subprocess.Popen(node_argv(redis_server_binary(), port, path, conf),
                                             stdout=subprocess.DEVNULL)
-        client = redis.Redis(port=port, password=PASSWORD)
-        for _ in range(300):
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                time.sleep(0.02)
-        client.close()
+        answers(redis.Redis(port=port, password=PASSWORD), tries=300)
 
     def stop(self) -> None:
         for proc in self.procs.values():
