@@ -9,7 +9,6 @@ download is never used: the browser is the system's."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import re
@@ -20,10 +19,9 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
 from nurture.settings import Settings
-from tests.conftest import free_port
+from tests.helpers.serving import served as served_app
 from tests.integration.console.conftest import KEYS
 from tests.integration.console.mesh import console_mesh
 
@@ -44,21 +42,8 @@ pytestmark = pytest.mark.anyio
 @pytest.fixture
 async def served(settings: Settings) -> AsyncIterator[tuple[str, httpx.AsyncClient]]:
     """The console's mesh with the gateway on a real port (the browser needs one)."""
-    async with console_mesh(settings, with_scoring=True) as mesh:
-        port = free_port()
-        # lifespan off: the app's channels are the test's signed ones (conftest.app_for).
-        server = uvicorn.Server(uvicorn.Config(mesh.app, host="127.0.0.1", port=port, log_level="warning",
-                                               lifespan="off", access_log=False))
-        task = asyncio.create_task(server.serve())
-        while not server.started:
-            if task.done():
-                task.result()
-            await asyncio.sleep(0.02)
-        try:
-            yield f"http://127.0.0.1:{port}", mesh.client
-        finally:
-            server.should_exit = True
-            await task
+    async with console_mesh(settings, with_scoring=True) as mesh, served_app(mesh.app) as base:
+        yield base, mesh.client
 
 
 @pytest.fixture

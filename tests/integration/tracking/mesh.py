@@ -3,7 +3,6 @@ this process, and the gateway app with one site key for a test site's origin."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -12,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import uvicorn
 from fastapi import FastAPI
 
 from gateway.app import create_app
@@ -56,17 +54,6 @@ class TrackingMesh:
         r = await self.client.request(method, path, headers=self.auth, **kwargs)
         assert r.status_code < 300, (path, r.status_code, r.text)
         return r.json()
-
-
-async def serve(app: Any, port: int) -> tuple[uvicorn.Server, asyncio.Task[None]]:
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                           lifespan="off", access_log=False))
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.02)
-    return server, task
 
 
 def site_keys(origins: list[str], **extra: Any) -> str:

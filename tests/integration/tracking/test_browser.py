@@ -25,8 +25,9 @@ from starlette.routing import Route
 from gateway.tracking import linktoken
 from nurture.settings import Settings
 from tests.conftest import free_port
+from tests.helpers.serving import serve
 from tests.integration.console.test_browser import CHROMIUM, Watched
-from tests.integration.tracking.mesh import SITE_KEY, TrackingMesh, serve, tracking_mesh
+from tests.integration.tracking.mesh import SITE_KEY, TrackingMesh, tracking_mesh
 
 pytestmark = pytest.mark.anyio
 

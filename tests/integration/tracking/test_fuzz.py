@@ -23,7 +23,8 @@ from schemathesis.checks import (
 from gateway.app import create_app
 from nurture.settings import load_settings
 from tests.conftest import free_port
-from tests.integration.tracking.mesh import SITE, SITE_KEY, serve, tracking_mesh
+from tests.helpers.serving import serve
+from tests.integration.tracking.mesh import SITE, SITE_KEY, tracking_mesh
 
 pytestmark = pytest.mark.anyio
 DOC = create_app(load_settings(environ={})).app.openapi()  # type: ignore[attr-defined]
