@@ -136,6 +136,13 @@ def carrier_contexts(carriers: Iterable[str | bytes]) -> Iterator[trace.SpanCont
             yield trace.get_current_span(extract(headers)).get_span_context()
 
 
+def traceparent_contexts(values: Iterable[str | None]) -> Iterator[trace.SpanContext]:
+    """The span context of each W3C `traceparent` value (an event's own, `Event.traceparent`)."""
+    for value in values:
+        if value:
+            yield trace.get_current_span(extract({"traceparent": value})).get_span_context()
+
+
 def batch_parent(contexts: Iterable[trace.SpanContext]) -> tuple[otel_context.Context | None, list[trace.Link]]:
     """The parent and links of a span that does work for several traces at once (a group-committed
     ingest, a bus batch, a publish): the first sampled context is the parent and the other sampled
@@ -146,16 +153,18 @@ def batch_parent(contexts: Iterable[trace.SpanContext]) -> tuple[otel_context.Co
     first: trace.SpanContext | None = None
     parent: trace.SpanContext | None = None
     links: list[trace.Link] = []
+    joined: set[int] = set()  # trace ids, each joined or linked once
     for ctx in contexts:
         if not ctx.is_valid:
             continue
         if first is None:
             first = ctx
-        if not ctx.trace_flags.sampled:
+        if not ctx.trace_flags.sampled or ctx.trace_id in joined:
             continue
+        joined.add(ctx.trace_id)
         if parent is None:
             parent = ctx
-        elif ctx.trace_id != parent.trace_id:
+        else:
             links.append(trace.Link(ctx))
             if len(links) == MAX_TRACES - 1:
                 break
