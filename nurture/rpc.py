@@ -33,7 +33,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.propagate import extract, inject
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from nurture.addresses import grpc_target
 from nurture.errors import MAX_STATUS_MESSAGE, Internal, NurtureError, Unavailable
@@ -90,13 +90,17 @@ def channel_options(target: str) -> list[tuple[str, Any]]:
     return _BALANCED_OPTIONS if several else _CHANNEL_OPTIONS
 
 
-class _Carrier:
-    """Adapts gRPC metadata tuples to the OpenTelemetry propagator."""
+# The mesh's own hops carry W3C trace context only: its propagator is called directly, not through the
+# global composite one, which also reads and writes baggage the mesh never sets (a tenth of a small
+# call's tracing cost).
+_W3C = TraceContextTextMapPropagator()
+_TRACE_HEADERS = frozenset(_W3C.fields)
 
-    @staticmethod
-    def extract(metadata: Iterable[tuple[str, Any]] | None) -> otel_context.Context:
-        carrier = {k: v for k, v in (metadata or ()) if isinstance(v, str)}
-        return extract(carrier)
+
+def _remote_parent(metadata: Iterable[tuple[str, Any]] | None) -> otel_context.Context | None:
+    """The caller's trace context from a call's metadata (None without one)."""
+    headers = {k: v for k, v in (metadata or ()) if k in _TRACE_HEADERS and isinstance(v, str)}
+    return _W3C.extract(headers) if headers else None
 
 
 class _ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
@@ -133,24 +137,21 @@ class _ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         attributes = {"rpc.method": method, "service.instance": self.instance}
 
         async def traced(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            parent = _Carrier.extract(context.invocation_metadata())
+            parent = _remote_parent(context.invocation_metadata())
+            remote = trace.get_current_span(parent).get_span_context() if parent is not None else None
+            if parent is not None and remote is not None and remote.is_valid and not remote.trace_flags.sampled:
+                # The head chose not to record this trace: no span at all (not even a non-recording one,
+                # whose sampler call, ids and context cost a small call a few percent). The caller's
+                # context stays current, so what this call sends on carries the same decision.
+                token = otel_context.attach(parent)
+                try:
+                    return await _answer(inner, request, context, trace.NonRecordingSpan(remote))
+                finally:
+                    otel_context.detach(token)
             with tracer.start_as_current_span(
                 method, context=parent, kind=trace.SpanKind.SERVER, attributes=attributes
             ) as span:
-                try:
-                    return await inner(request, context)
-                except grpc.aio.AbortError:  # the servicer chose its status and message
-                    raise
-                except NurtureError as exc:  # a refusal raised rather than aborted: the same status
-                    await context.abort(exc.grpc_status, exc.status_details())
-                except Exception as exc:
-                    chosen = context.code()
-                    if chosen not in (None, grpc.StatusCode.OK):
-                        # The servicer set a status before raising (grpc's generated base class does
-                        # so for a method a service does not implement: callers rely on UNIMPLEMENTED).
-                        raise
-                    error = unexpected_error(exc, span)
-                    await context.abort(error.grpc_status, error.status_details())
+                return await _answer(inner, request, context, span)
 
         wrapped = self._wrapped[method] = grpc.unary_unary_rpc_method_handler(
             traced,
@@ -158,6 +159,25 @@ class _ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             response_serializer=handler.response_serializer,
         )
         return wrapped
+
+
+async def _answer(inner: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]], request: Any,
+                  context: grpc.aio.ServicerContext, span: trace.Span) -> Any:
+    """The servicer's answer; an error it raised becomes its status (see unexpected_error)."""
+    try:
+        return await inner(request, context)
+    except grpc.aio.AbortError:  # the servicer chose its status and message
+        raise
+    except NurtureError as exc:  # a refusal raised rather than aborted: the same status
+        await context.abort(exc.grpc_status, exc.status_details())
+    except Exception as exc:
+        chosen = context.code()
+        if chosen not in (None, grpc.StatusCode.OK):
+            # The servicer set a status before raising (grpc's generated base class does so for a
+            # method a service does not implement: callers rely on UNIMPLEMENTED).
+            raise
+        error = unexpected_error(exc, span)
+        await context.abort(error.grpc_status, error.status_details())
 
 
 def unexpected_error(exc: Exception, span: trace.Span | None = None) -> NurtureError:
@@ -187,7 +207,7 @@ def _outgoing(signer: Signer, method: str, metadata: Any) -> list[tuple[str, Any
         out.append((MESH_HEADER, signer.header(method)))
     if trace.get_current_span().get_span_context().is_valid:
         carrier: dict[str, str] = {}
-        inject(carrier)
+        _W3C.inject(carrier)
         out.extend(carrier.items())
     return out
 
