@@ -68,6 +68,8 @@ class JsonLinesExporter(SpanExporter):
                         "end_ns": span.end_time,
                         "status": span.status.status_code.name,
                         "attributes": {k: _plain(v) for k, v in (span.attributes or {}).items()},
+                        # The traces of the other events a batch span did work for (batch_parent).
+                        "links": [format(link.context.trace_id, "032x") for link in span.links],
                     }
                 )
             )
