@@ -342,5 +342,7 @@ async def test_a_merged_call_is_recorded_in_a_sampled_posts_trace_and_never_in_a
     assert max((s.attributes or {})["events"] for s in ingests) > 1, "nothing was merged: this test proves nothing"
     reached = {s.context.trace_id for s in ingests} | {link.context.trace_id for s in ingests for link in s.links}
     assert reached == sampled  # every sampled post's event is in a recorded ingest (its parent or a link)
-    assert {s.context.trace_id for s in mine if s.name == INGEST_RPC} <= {s.context.trace_id for s in ingests}
+    # Each recorded ingest is under its call's recorded RPC span: the call ran in a sampled post's trace.
+    rpcs = {s.context.span_id for s in mine if s.name == INGEST_RPC}
+    assert all(s.parent is not None and s.parent.span_id in rpcs for s in ingests)
     assert {s.context.trace_id for s in mine if s.name == "bus handle mixed-trace"} == sampled
