@@ -96,7 +96,8 @@ def wait_port(host: str, port: int, what: str, child: Child, timeout: float = 60
         if not child.alive():
             raise SystemExit(f"{what} exited during start-up; see {child.log}")
         time.sleep(0.1)
-    raise SystemExit(f"{what} did not listen on {host}:{port} within {timeout:.0f} s; see {child.log}")
+    raise SystemExit(f"{what} did not listen on {host}:{port} within {timeout:.0f} s; see {child.log} "
+                     "(on a busy machine give it longer: NURTURE_START_TIMEOUT_S=<seconds>)")
 
 
 def free_local_port(preferred: int) -> int:
