@@ -216,11 +216,12 @@ def up(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _stop)
     try:
         for child in children:
-            child.start()
+            child.start(defer_priority=True)
             listens_on = _child_port(child.name, settings)
             if listens_on:
                 # A loaded machine (a shared CI box, a benchmark loading data) may start a service slower.
                 wait_port("127.0.0.1", listens_on, child.name, child, timeout=start_timeout())
+            child.lower_priority()  # a consumer works behind the accept path once it serves
             if child.name != _last_redis(children):
                 continue
             if settings.redis_cluster:  # every master is up: join them (or find them joined) and wait for ok

@@ -88,3 +88,35 @@ def test_a_slow_start_says_how_to_wait_longer(tmp_path: Path, monkeypatch: pytes
         assert child.proc is not None
         child.proc.kill()
         child.proc.wait()
+
+
+def _nice_of(tid_path: Path) -> int:
+    return int(tid_path.read_text().rsplit(")", 1)[1].split()[16])  # stat field 19: nice
+
+
+def test_a_consumer_starts_at_normal_priority_and_is_lowered_once_it_serves(tmp_path: Path) -> None:
+    """This run's find: started at nice 19, messaging (compiling every template before it listens) took
+    over 400 s to listen on a machine at load 18. `nurture up` starts it at the supervisor's priority and
+    lowers it, every thread and its autogroup, once it listens."""
+    from cli.supervisor import Child
+
+    code = "import threading, time; threading.Thread(target=time.sleep, args=(60,)).start(); time.sleep(60)"
+    child = Child("consumer", [sys.executable, "-c", code], env=dict(os.environ), log=tmp_path / "c.log",
+                  cwd=ROOT, nice=19)
+    child.start(defer_priority=True)
+    try:
+        assert child.proc is not None
+        tasks = Path(f"/proc/{child.proc.pid}/task")
+        deadline = time.monotonic() + 10
+        while len(list(tasks.iterdir())) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(list(tasks.iterdir())) == 2  # the thread is running before the lowering
+        own = os.getpriority(os.PRIO_PROCESS, 0)
+        assert {_nice_of(t / "stat") for t in tasks.iterdir()} == {own}
+        child.lower_priority()
+        assert {_nice_of(t / "stat") for t in tasks.iterdir()} == {19}
+        assert Path(f"/proc/{child.proc.pid}/autogroup").read_text().split()[-1] == "19"
+    finally:
+        assert child.proc is not None
+        child.proc.kill()
+        child.proc.wait()
