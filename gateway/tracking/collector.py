@@ -16,6 +16,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from opentelemetry import context as otel_context
+from opentelemetry import trace
 from opentelemetry.propagate import inject
 
 from gateway.deps import Mesh
@@ -25,6 +27,7 @@ from gateway.tracking.ratelimit import RateLimits, Refusal, Take
 from nurture import jsoncodec
 from nurture.api.scoring.v1 import scoring_pb2, scoring_pb2_grpc
 from nurture.batching import Batcher
+from nurture.telemetry import batch_parent
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,7 @@ class Visit:
     take: Take                       # what the request counts against the limits
     events: Sequence[CollectedEvent]  # its valid events (none: it is counted, nothing is stored)
     traceparent: str
+    span: trace.SpanContext           # the request's, so the batch's work joins a sampled request's trace
 
 
 def _proto(visit: Visit) -> scoring_pb2.Visit:
@@ -60,9 +64,21 @@ class VisitCollector:
         carrier: dict[str, str] = {}
         inject(carrier)
         return await self._batcher.submit(Visit(Take.now_for(key, visitor_id, counted), events,
-                                                carrier.get("traceparent", "")))
+                                                carrier.get("traceparent", ""),
+                                                trace.get_current_span().get_span_context()))
 
     async def _handle(self, visits: list[Visit]) -> list[Refusal | scoring_pb2.VisitResult | BaseException]:
+        # The batch's Redis and gRPC calls run in the trace of its first sampled request (the others
+        # linked), not in whichever request's task started the batch: recorded when any is sampled.
+        parent, _ = batch_parent(v.span for v in visits)
+        token = otel_context.attach(parent) if parent is not None else None
+        try:
+            return await self._count_and_store(visits)
+        finally:
+            if token is not None:
+                otel_context.detach(token)
+
+    async def _count_and_store(self, visits: list[Visit]) -> list[Refusal | scoring_pb2.VisitResult | BaseException]:
         verdicts = await self.limits.count([v.take for v in visits])  # a Redis error fails the whole batch
         out: list[Refusal | scoring_pb2.VisitResult | BaseException] = [
             v if v is not None else scoring_pb2.VisitResult() for v in verdicts]

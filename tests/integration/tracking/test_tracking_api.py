@@ -16,6 +16,9 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 from google.protobuf import json_format
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from gateway.tracking import linktoken
 from gateway.tracking.ratelimit import RateLimits
@@ -374,3 +377,36 @@ async def test_the_merged_history_moves_journeys_as_if_it_had_been_known(mesh: T
     assert triggered and "page_viewed category=pricing" in triggered[0]["summary"]
     assert any(i["kind"] == "message" and "triggers.pricing_page" in i["summary"] for i in new)
     assert [i["kind"] for i in new].index("journey") > [i["type"] for i in new].index("page_viewed")
+
+
+async def test_a_collect_batch_runs_in_the_trace_of_a_sampled_request(settings: Settings, tmp_path: Path,
+                                                                        spans: InMemorySpanExporter) -> None:
+    """A batch's call to scoring joins the first sampled request it carries (telemetry.batch_parent), not
+    the trace of whichever request's task started the batch: here an unsampled request queued first and a
+    sampled one behind it, in one batch after a request that went alone."""
+    unsampled = trace.SpanContext(trace_id=0x5EED, span_id=0x5EED, is_remote=True,
+                                  trace_flags=trace.TraceFlags(trace.TraceFlags.DEFAULT))
+
+    async def quiet(coro: Any) -> Any:
+        token = otel_context.attach(trace.set_span_in_context(trace.NonRecordingSpan(unsampled)))
+        try:
+            return await coro
+        finally:
+            otel_context.detach(token)
+
+    async with tracking_mesh(settings, tmp_path, services=("scoring",)) as mesh:
+        sizes = batch_sizes(mesh)
+        spans.clear()
+        await asyncio.gather(
+            collect(mesh, "first-0123456789abcdef", views(("/", "home"))),
+            quiet(collect(mesh, PHONE, views(("/a", "home")))),
+            collect(mesh, LAPTOP, views(("/b", "home"))))
+        assert sizes == [1, 2]
+        finished = spans.get_finished_spans()
+        requests = [s for s in finished if s.name.startswith("POST /t/v1/collect")]
+        assert len(requests) == 2   # the unsampled request recorded nothing
+        calls = [s for s in finished if s.name.endswith("Scoring/CollectVisitorEvents")]   # scoring's RPC span
+        assert len(calls) == 2, [(x.name, hex(x.context.trace_id)) for x in finished]
+        # Each call sits in the trace of a request it carried: the first's, and the laptop's (sampled).
+        assert {c.context.trace_id for c in calls} == {r.context.trace_id for r in requests}
+        assert all(s.context.trace_id != 0x5EED for s in finished)
