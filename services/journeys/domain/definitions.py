@@ -84,6 +84,14 @@ ID_MAX = 64
 JOURNEY_KEY = re.compile(r"[a-z][a-z0-9_]{0,63}")
 
 
+PRIORITY_MAX = 1000
+
+
+def _strings(value: object) -> tuple[str, ...]:
+    """A list of strings as a tuple; anything else (a problem `load` lists) as none."""
+    return tuple(value) if isinstance(value, list) and all(isinstance(x, str) for x in value) else ()
+
+
 def key_problem(key: object) -> str | None:
     """Why `key` cannot be a journey key, or None: lower-case snake_case, at most ID_MAX characters."""
     if not isinstance(key, str) or not key:
@@ -275,9 +283,21 @@ def load(document: JsonMapping, *, version: int = 0) -> Journey:
     if mode not in MODES:
         problems.append(f"mode: must be one of {', '.join(MODES)}")
     priority = document.get("priority", 50)
-    if not isinstance(priority, int) or isinstance(priority, bool):
-        problems.append("priority: must be an integer")
+    if not isinstance(priority, int) or isinstance(priority, bool) or not -PRIORITY_MAX <= priority <= PRIORITY_MAX:
+        # Bounded: the value is carried in the API's int32 fields, where a larger one failed every listing.
+        problems.append(f"priority: must be an integer from {-PRIORITY_MAX} to {PRIORITY_MAX}")
         priority = 50
+    name = document.get("name", key)
+    if not isinstance(name, str):
+        problems.append("name: must be a string")
+    entity = document.get("entity")
+    if entity is not None and not (isinstance(entity, str) and entity):
+        problems.append("entity: must be the name of an event property (a string)")
+        entity = None
+    for field_name in ("pauses", "reanchor_events"):
+        listed = document.get(field_name)
+        if listed is not None and not (isinstance(listed, list) and all(isinstance(x, str) for x in listed)):
+            problems.append(f"{field_name}: must be a list of strings")
     category = document.get("category", "nurture")
     if category not in ("nurture", "transactional"):
         problems.append("category: must be nurture or transactional")
@@ -306,7 +326,7 @@ def load(document: JsonMapping, *, version: int = 0) -> Journey:
         stages.append(st["id"])
         stage_names[st["id"]] = str(st.get("name", st["id"]))
     anchors = document.get("anchors") or {}
-    if not isinstance(anchors, Mapping):
+    if not isinstance(anchors, Mapping) or not all(isinstance(v, str) for v in anchors.values()):
         problems.append("anchors: expected a mapping of name to event property")
         anchors = {}
     steps_raw = document.get("steps")
@@ -340,11 +360,11 @@ def load(document: JsonMapping, *, version: int = 0) -> Journey:
         steps[sid] = build_step(raw, sid=sid, stype=str(stype), nxt=nxt, stage=stage, category=str(category),
                                 parse=parse_duration)
     journey = Journey(
-        key=key, name=str(document.get("name", key)), kind=str(kind), mode=str(mode), priority=int(priority),
+        key=key, name=str(name), kind=str(kind), mode=str(mode), priority=int(priority),
         category=str(category), reentry=reentry, reentry_after=reentry_after,
-        pauses=tuple(document.get("pauses") or ()), entity=document.get("entity"),
+        pauses=_strings(document.get("pauses")), entity=entity,
         anchors={str(k): str(v) for k, v in anchors.items()},
-        reanchor_events=tuple(document.get("reanchor_events") or ()),
+        reanchor_events=_strings(document.get("reanchor_events")),
         stages=tuple(stages), stage_names=stage_names,
         entry=_rules(document.get("entry"), "entry", problems, kind="entry", key=key),
         exits=_rules(document.get("exit"), "exit", problems, kind="exit"),
