@@ -103,6 +103,7 @@ def key_problem(key: object) -> str | None:
     return None
 _DURATION = re.compile(r"^([+-]?)(\d+)([smhdw])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+MAX_DURATION_S = 3650 * 86400  # ten years: longer than any nurture wait, well inside the calendar
 
 
 class DefinitionError(DataFileError):
@@ -118,12 +119,16 @@ def parse_duration(value: JsonValue) -> timedelta:
     if isinstance(value, bool):
         raise ValueError(f"bad duration {value!r}")
     if isinstance(value, int | float):
-        return timedelta(seconds=float(value))
-    m = _DURATION.match(str(value).strip())
-    if not m:
-        raise ValueError(f"bad duration {value!r} (expected e.g. 2d, -2h, 30m)")
-    seconds = int(m.group(2)) * _UNITS[m.group(3)]
-    return timedelta(seconds=-seconds if m.group(1) == "-" else seconds)
+        seconds: float = float(value)
+    else:
+        m = _DURATION.match(str(value).strip())
+        if not m:
+            raise ValueError(f"bad duration {value!r} (expected e.g. 2d, -2h, 30m)")
+        seconds = int(m.group(2)) * _UNITS[m.group(3)] * (-1 if m.group(1) == "-" else 1)
+    # Bounded: a wait of centuries was stored, then overflowed the calendar when a lead reached it.
+    if not abs(seconds) <= MAX_DURATION_S:
+        raise ValueError(f"bad duration {value!r} (at most {MAX_DURATION_S // 86400} days either way)")
+    return timedelta(seconds=seconds)
 
 
 @dataclass(frozen=True)

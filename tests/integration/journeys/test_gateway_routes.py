@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -161,3 +162,17 @@ async def test_a_definition_field_of_the_wrong_kind_is_a_422_and_never_breaks_a_
     assert r.status_code == 201, r.text
     assert (await client.get("/v1/journeys", headers=AUTH)).status_code == 200
     assert (await client.get("/v1/journeys/cart_abandonment", headers=AUTH)).status_code == 200
+
+
+async def test_a_wait_beyond_ten_years_is_a_422(client: httpx.AsyncClient) -> None:
+    """A wait of 10,000,000 days was stored; a lead reaching it would overflow the calendar. 1e20 seconds
+    overflowed at PUT itself."""
+    doc = (await client.get("/v1/journeys/cart_abandonment", headers=AUTH)).json()["definition"]
+    for delay in ("10000000d", "3651d", 1e20, float("inf")):
+        steps = [{**s, "delay": delay} if s["id"] == "wait_02" else s for s in doc["steps"]]
+        r = await client.put("/v1/journeys/cart_abandonment", content=json.dumps({**doc, "steps": steps}),
+                             headers={**AUTH, "Content-Type": "application/json"})
+        assert r.status_code in (400, 422), (delay, r.text)
+    steps = [{**s, "delay": "3650d"} if s["id"] == "wait_02" else s for s in doc["steps"]]
+    r = await client.put("/v1/journeys/cart_abandonment", headers=AUTH, json={**doc, "steps": steps})
+    assert r.status_code == 201, r.text
