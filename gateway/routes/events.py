@@ -3,22 +3,70 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Any
+from functools import cache
+from pathlib import Path
+from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Request
 
 from gateway.convert import parse_time, require_object
 from gateway.deps import ApiError, Mesh, json_body, json_body_items, mesh, require_key
-from nurture import jsoncodec, limits, times
+from nurture import datafiles, jsoncodec, limits, times
 from nurture.api.scoring.v1 import scoring_pb2, scoring_pb2_grpc
 
 router = APIRouter(prefix="/v1", tags=["events"], dependencies=[Depends(require_key)])
 FIELDS = {"lead_id", "type", "properties", "occurred_at", "idempotency_key"}
 
 
-# Properties the canonical events give as times (webinar start, trial end): journeys schedule from them,
-# so a value that is not a time would be stored and then silently do nothing.
-TIME_PROPERTIES = ("starts_at", "ends_at")
+DATA = Path(__file__).parents[1] / "data" / "events.yaml"
+
+
+class EventRules(datafiles.Strict):
+    required: list[str] = []
+    choices: dict[str, list[str]] = {}
+
+
+class EventProperties(datafiles.Strict):
+    """`data/events.yaml`: the kinds of the canonical properties, and per event type what it must carry."""
+
+    kinds: dict[str, Literal["string", "time", "number"]]
+    events: dict[str, EventRules] = {}
+
+
+@cache
+def event_properties(path: Path = DATA) -> EventProperties:
+    return datafiles.load(EventProperties, path)
+
+
+def property_problems(type_: Any, props: dict[str, Any]) -> dict[str, str]:
+    """Each canonical property of the wrong kind, missing or outside its choices, by `properties.<name>`.
+    Journeys schedule from the times and enter on what the rules name: a value that is not one would be
+    stored and then silently do nothing."""
+    rules = event_properties()
+    problems: dict[str, str] = {}
+    for name, kind in rules.kinds.items():
+        value = props.get(name)
+        if value is None:
+            continue
+        field = f"properties.{name}"
+        if kind == "time":
+            try:
+                parse_time(value, field)
+            except ApiError as exc:
+                problems[field] = _field_problem(exc, field)
+        elif kind == "string" and not isinstance(value, str):
+            problems[field] = "must be a string"
+        elif kind == "number" and (isinstance(value, bool) or not isinstance(value, int | float)):
+            problems[field] = "must be a number"
+    own = rules.events.get(type_) if isinstance(type_, str) else None
+    if own is not None:
+        for name in own.required:
+            if props.get(name) is None:
+                problems.setdefault(f"properties.{name}", f"is required for {type_}")
+        for name, allowed in own.choices.items():
+            if props.get(name) is not None and props[name] not in allowed:
+                problems.setdefault(f"properties.{name}", f"must be one of {', '.join(allowed)} for {type_}")
+    return problems
 # How far ahead of the clock an event may say it happened (clients' clocks drift; a day is generous).
 FUTURE_SLACK = timedelta(days=1)
 
@@ -44,12 +92,7 @@ def to_event(raw: Any, header_key: str | None = None, now: datetime | None = Non
     if not isinstance(props, dict):
         problems["properties"] = "must be an object"
     else:
-        for name in TIME_PROPERTIES:
-            if props.get(name) is not None:
-                try:
-                    parse_time(props[name], f"properties.{name}")
-                except ApiError as exc:
-                    problems[f"properties.{name}"] = _field_problem(exc, f"properties.{name}")
+        problems.update(property_problems(type_, props))
     key = body.get("idempotency_key", header_key)
     if key is not None and (not isinstance(key, str) or not key or len(key) > 200):
         problems["idempotency_key"] = "must be a non-empty string of at most 200 characters"

@@ -54,6 +54,10 @@ class DeliverabilityServicer(deliverability_pb2_grpc.DeliverabilityServicer):
                      ) -> deliverability_pb2.ResumeReply:
         if not request.provider:
             raise errors.InvalidArgument("provider is required", details={"fields": {"provider": "required"}})
+        known = sorted({*self.app.policy.providers, "other"})
+        if request.provider not in known:
+            # A provider that is none of deliverability.yaml's is never paused: resuming it did nothing.
+            raise errors.invalid_fields({"provider": f"must be one of {', '.join(known)}"})
         return deliverability_pb2.ResumeReply(was_paused=await self.app.resume(request.provider, request.by))
 
     async def ReportEvents(self, request: deliverability_pb2.ReportEventsRequest,

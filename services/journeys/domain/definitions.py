@@ -84,6 +84,14 @@ ID_MAX = 64
 JOURNEY_KEY = re.compile(r"[a-z][a-z0-9_]{0,63}")
 
 
+PRIORITY_MAX = 1000
+
+
+def _strings(value: object) -> tuple[str, ...]:
+    """A list of strings as a tuple; anything else (a problem `load` lists) as none."""
+    return tuple(value) if isinstance(value, list) and all(isinstance(x, str) for x in value) else ()
+
+
 def key_problem(key: object) -> str | None:
     """Why `key` cannot be a journey key, or None: lower-case snake_case, at most ID_MAX characters."""
     if not isinstance(key, str) or not key:
@@ -95,6 +103,7 @@ def key_problem(key: object) -> str | None:
     return None
 _DURATION = re.compile(r"^([+-]?)(\d+)([smhdw])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+MAX_DURATION_S = 3650 * 86400  # ten years: longer than any nurture wait, well inside the calendar
 
 
 class DefinitionError(DataFileError):
@@ -110,12 +119,16 @@ def parse_duration(value: JsonValue) -> timedelta:
     if isinstance(value, bool):
         raise ValueError(f"bad duration {value!r}")
     if isinstance(value, int | float):
-        return timedelta(seconds=float(value))
-    m = _DURATION.match(str(value).strip())
-    if not m:
-        raise ValueError(f"bad duration {value!r} (expected e.g. 2d, -2h, 30m)")
-    seconds = int(m.group(2)) * _UNITS[m.group(3)]
-    return timedelta(seconds=-seconds if m.group(1) == "-" else seconds)
+        seconds: float = float(value)
+    else:
+        m = _DURATION.match(str(value).strip())
+        if not m:
+            raise ValueError(f"bad duration {value!r} (expected e.g. 2d, -2h, 30m)")
+        seconds = int(m.group(2)) * _UNITS[m.group(3)] * (-1 if m.group(1) == "-" else 1)
+    # Bounded: a wait of centuries was stored, then overflowed the calendar when a lead reached it.
+    if not abs(seconds) <= MAX_DURATION_S:
+        raise ValueError(f"bad duration {value!r} (at most {MAX_DURATION_S // 86400} days either way)")
+    return timedelta(seconds=seconds)
 
 
 @dataclass(frozen=True)
@@ -275,9 +288,21 @@ def load(document: JsonMapping, *, version: int = 0) -> Journey:
     if mode not in MODES:
         problems.append(f"mode: must be one of {', '.join(MODES)}")
     priority = document.get("priority", 50)
-    if not isinstance(priority, int) or isinstance(priority, bool):
-        problems.append("priority: must be an integer")
+    if not isinstance(priority, int) or isinstance(priority, bool) or not -PRIORITY_MAX <= priority <= PRIORITY_MAX:
+        # Bounded: the value is carried in the API's int32 fields, where a larger one failed every listing.
+        problems.append(f"priority: must be an integer from {-PRIORITY_MAX} to {PRIORITY_MAX}")
         priority = 50
+    name = document.get("name", key)
+    if not isinstance(name, str):
+        problems.append("name: must be a string")
+    entity = document.get("entity")
+    if entity is not None and not (isinstance(entity, str) and entity):
+        problems.append("entity: must be the name of an event property (a string)")
+        entity = None
+    for field_name in ("pauses", "reanchor_events"):
+        listed = document.get(field_name)
+        if listed is not None and not (isinstance(listed, list) and all(isinstance(x, str) for x in listed)):
+            problems.append(f"{field_name}: must be a list of strings")
     category = document.get("category", "nurture")
     if category not in ("nurture", "transactional"):
         problems.append("category: must be nurture or transactional")
@@ -306,7 +331,7 @@ def load(document: JsonMapping, *, version: int = 0) -> Journey:
         stages.append(st["id"])
         stage_names[st["id"]] = str(st.get("name", st["id"]))
     anchors = document.get("anchors") or {}
-    if not isinstance(anchors, Mapping):
+    if not isinstance(anchors, Mapping) or not all(isinstance(v, str) for v in anchors.values()):
         problems.append("anchors: expected a mapping of name to event property")
         anchors = {}
     steps_raw = document.get("steps")
@@ -340,11 +365,11 @@ def load(document: JsonMapping, *, version: int = 0) -> Journey:
         steps[sid] = build_step(raw, sid=sid, stype=str(stype), nxt=nxt, stage=stage, category=str(category),
                                 parse=parse_duration)
     journey = Journey(
-        key=key, name=str(document.get("name", key)), kind=str(kind), mode=str(mode), priority=int(priority),
+        key=key, name=str(name), kind=str(kind), mode=str(mode), priority=int(priority),
         category=str(category), reentry=reentry, reentry_after=reentry_after,
-        pauses=tuple(document.get("pauses") or ()), entity=document.get("entity"),
+        pauses=_strings(document.get("pauses")), entity=entity,
         anchors={str(k): str(v) for k, v in anchors.items()},
-        reanchor_events=tuple(document.get("reanchor_events") or ()),
+        reanchor_events=_strings(document.get("reanchor_events")),
         stages=tuple(stages), stage_names=stage_names,
         entry=_rules(document.get("entry"), "entry", problems, kind="entry", key=key),
         exits=_rules(document.get("exit"), "exit", problems, kind="exit"),

@@ -185,5 +185,9 @@ class TemplateLibrary:
             compiled = Compiled(key, 0, content)
         else:
             compiled = await self.compiled(key, version)
+        if variant and variant not in compiled.variants:
+            # A preview of a variant the version does not have would show the default and say nothing.
+            have = ", ".join(sorted(compiled.variants)) or "none"
+            raise InvalidTemplate([f"variant: {variant!r} is not a variant of this version (it has: {have})"])
         return self.catalog.render(key, lead, context=context, content=compiled, variant=variant or None,
                                    now=self.clock.now(), unsubscribe_url="#unsubscribe")

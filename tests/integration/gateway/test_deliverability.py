@@ -71,6 +71,13 @@ async def test_resume_needs_an_editor_and_a_provider(gw: Gw) -> None:
     assert viewer.status_code == 403
     bad = await gw.call("POST", "/v1/deliverability/resume", json={"provider": ""})
     assert bad.status_code == 422 and "provider" in bad.json()["error"]["details"]["fields"]
+    # A provider deliverability.yaml does not name is never paused: resuming it is a 422, not a no-op
+    # answered 200 (this run's find).
+    unknown = await gw.call("POST", "/v1/deliverability/resume", json={"provider": "aol"})
+    assert unknown.status_code == 422, unknown.text
+    assert "gmail" in unknown.json()["error"]["details"]["fields"]["provider"]
+    other = await gw.call("POST", "/v1/deliverability/resume", json={"provider": "other"})
+    assert other.status_code == 200, other.text
     ok = await gw.call("POST", "/v1/deliverability/resume", json={"provider": "gmail"})
     assert ok.status_code == 200 and ok.json()["was_paused"] is False and ok.json()["by"].startswith("editor key ")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -144,3 +145,34 @@ async def test_a_bad_journey_key_is_named_as_the_problem(client: httpx.AsyncClie
     r = await client.put("/v1/journeys/cart_abandonment", headers=AUTH, json={**doc, "steps": steps})
     assert r.status_code == 422
     assert any("id must be 1 to 64 characters" in p for p in r.json()["error"]["details"]["problems"])
+
+
+async def test_a_definition_field_of_the_wrong_kind_is_a_422_and_never_breaks_a_listing(
+        client: httpx.AsyncClient) -> None:
+    """This run's find: a draft with `priority: 10**12` was stored and then every GET /v1/journeys (and the
+    console's journeys page) answered 500 (the int32 summary overflowed); `reanchor_events: 5` was a 500."""
+    doc = (await client.get("/v1/journeys/cart_abandonment", headers=AUTH)).json()["definition"]
+    for field, value in (("priority", 10**12), ("priority", -1001), ("priority", True), ("reanchor_events", 5),
+                         ("reanchor_events", [1]), ("pauses", "x"), ("entity", {"x": 1}), ("name", {"x": 1}),
+                         ("anchors", {"a": {"b": 1}})):
+        r = await client.put("/v1/journeys/cart_abandonment", headers=AUTH, json={**doc, field: value})
+        assert r.status_code == 422, (field, value, r.text)
+        assert any(p.startswith(f"{field}:") for p in r.json()["error"]["details"]["problems"]), r.json()
+    r = await client.put("/v1/journeys/cart_abandonment", headers=AUTH, json={**doc, "priority": 1000})
+    assert r.status_code == 201, r.text
+    assert (await client.get("/v1/journeys", headers=AUTH)).status_code == 200
+    assert (await client.get("/v1/journeys/cart_abandonment", headers=AUTH)).status_code == 200
+
+
+async def test_a_wait_beyond_ten_years_is_a_422(client: httpx.AsyncClient) -> None:
+    """A wait of 10,000,000 days was stored; a lead reaching it would overflow the calendar. 1e20 seconds
+    overflowed at PUT itself."""
+    doc = (await client.get("/v1/journeys/cart_abandonment", headers=AUTH)).json()["definition"]
+    for delay in ("10000000d", "3651d", 1e20, float("inf")):
+        steps = [{**s, "delay": delay} if s["id"] == "wait_02" else s for s in doc["steps"]]
+        r = await client.put("/v1/journeys/cart_abandonment", content=json.dumps({**doc, "steps": steps}),
+                             headers={**AUTH, "Content-Type": "application/json"})
+        assert r.status_code in (400, 422), (delay, r.text)
+    steps = [{**s, "delay": "3650d"} if s["id"] == "wait_02" else s for s in doc["steps"]]
+    r = await client.put("/v1/journeys/cart_abandonment", headers=AUTH, json={**doc, "steps": steps})
+    assert r.status_code == 201, r.text

@@ -126,6 +126,12 @@ async def test_preview_for_a_lead_and_a_test_send_marked_as_a_test(mesh: Templat
                                   headers=mesh.headers("viewer"))).status_code == 422
     assert (await mesh.client.get(f"/v1/templates/{KEY}/preview?lead_id=nobody",
                                   headers=mesh.headers("viewer"))).status_code == 404
+    # A variant the version does not have is named, not shown as the default (this run's find).
+    r = await mesh.client.get(f"/v1/templates/{KEY}/preview?variant=zzz", headers=mesh.headers("viewer"))
+    assert r.status_code == 422 and "'zzz' is not a variant" in r.text, r.text
+    for name in (await mesh.client.get(f"/v1/templates/{KEY}", headers=mesh.headers("viewer"))).json()["variants"]:
+        r = await mesh.client.get(f"/v1/templates/{KEY}/preview?variant={name}", headers=mesh.headers("viewer"))
+        assert r.status_code == 200 and r.json()["variant"] == name, r.text
     r = await mesh.client.post(f"/v1/templates/{KEY}/test-send", headers=mesh.headers("editor"),
                                json={"to": "qa@example.com", "lead_id": "omar"})
     assert r.status_code == 200, r.text

@@ -1,0 +1,69 @@
+"""The canonical events' properties are checked at the door (gateway/data/events.yaml), through the gateway
+and a real scoring service: this run's find was a webinar registration without `starts_at`, an unsubscribe
+of scope "everything" and an assessment score of "high" all answered 202 and then did nothing or something
+else than asked (no reminders; every journey exited as if unsubscribed from all mail)."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from gateway.routes.events import event_properties
+from nurture.service import Running
+
+pytestmark = pytest.mark.anyio
+AUTH = {"Authorization": "Bearer test-key"}
+
+
+@pytest.mark.parametrize(("event", "field", "why"), [
+    ({"type": "webinar_registered", "properties": {"webinar_id": "w1"}}, "properties.starts_at", "is required"),
+    ({"type": "webinar_registered", "properties": {"webinar_id": ["w1"], "starts_at": "2026-01-10T10:00:00Z"}},
+     "properties.webinar_id", "must be a string"),
+    ({"type": "unsubscribed", "properties": {"scope": "everything"}}, "properties.scope", "must be one of"),
+    ({"type": "unsubscribed", "properties": {"scope": 5}}, "properties.scope", "must be one of"),
+    ({"type": "subscribed", "properties": {"channel": 5}}, "properties.channel", "must be one of"),
+    ({"type": "assessment_completed", "properties": {"score": "high"}}, "properties.score", "must be a number"),
+    ({"type": "assessment_completed", "properties": {"score": True}}, "properties.score", "must be a number"),
+    ({"type": "page_viewed", "properties": {"category": {"x": 1}}}, "properties.category", "must be a string"),
+    ({"type": "trial_started", "properties": {"ends_at": "next week"}}, "properties.ends_at", "RFC 3339"),
+])
+async def test_a_canonical_property_of_the_wrong_kind_is_a_422_naming_it(
+        api: tuple[httpx.AsyncClient, FastAPI, Running], event: dict, field: str, why: str) -> None:
+    client, _, _ = api
+    client.headers.update(AUTH)
+    assert (await client.post("/v1/leads", json={"id": "ev-1"})).status_code == 201
+    r = await client.post("/v1/events", json={"lead_id": "ev-1", **event})
+    assert r.status_code == 422, r.text
+    assert why in r.json()["error"]["details"]["fields"][field], r.json()
+    # The same event in a batch is refused alone; the good one beside it is taken.
+    r = await client.post("/v1/events:batch", json={"events": [{"lead_id": "ev-1", **event},
+                                                               {"lead_id": "ev-1", "type": "page_viewed"}]})
+    assert r.status_code == 202 and r.json()["accepted"] == 1, r.text
+    assert [x["index"] for x in r.json()["rejected"]] == [0]
+    timeline = (await client.get("/v1/leads/ev-1/timeline")).json()["items"]
+    taken = [i for i in timeline if i["kind"] == "event" and i["type"] == event["type"]]
+    assert len(taken) == (1 if event["type"] == "page_viewed" else 0)  # only the batch's good page view
+
+
+async def test_canonical_properties_of_the_right_kind_and_custom_ones_are_taken(
+        api: tuple[httpx.AsyncClient, FastAPI, Running]) -> None:
+    client, _, _ = api
+    client.headers.update(AUTH)
+    assert (await client.post("/v1/leads", json={"id": "ev-2"})).status_code == 201
+    starts = "2026-01-10T10:00:00Z"
+    for event in ({"type": "webinar_registered", "properties": {"webinar_id": "w1", "starts_at": starts}},
+                  {"type": "unsubscribed", "properties": {"scope": "transactional"}},
+                  {"type": "subscribed", "properties": {"channel": "email"}},
+                  {"type": "subscribed"},
+                  {"type": "assessment_completed", "properties": {"score": 87.5, "assessment": "eligibility"}},
+                  {"type": "page_viewed", "properties": {"category": "pricing", "anything": {"custom": [1]}}},
+                  {"type": "custom_thing", "properties": {"scope": "whatever"}}):
+        r = await client.post("/v1/events", json={"lead_id": "ev-2", **event})
+        assert r.status_code == 202, (event, r.text)
+
+
+def test_the_event_properties_file_names_only_known_kinds() -> None:
+    rules = event_properties()
+    assert rules.events["webinar_registered"].required == ["starts_at"]
+    assert {"starts_at", "ends_at"} <= {k for k, v in rules.kinds.items() if v == "time"}
