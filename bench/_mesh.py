@@ -141,7 +141,8 @@ def private_mesh(clock: str = "real", database_url: str | None = None, without: 
                             preexec_fn=lambda: die_with_parent(signal.SIGINT))
     url = f"http://127.0.0.1:{http}"
     try:
-        deadline = time.monotonic() + 300  # a loaded shared machine starts the mesh slowly
+        # A loaded shared machine starts the mesh slowly: as long as `nurture up` may wait for its services.
+        deadline = time.monotonic() + max(300.0, 5 * float(env.get("NURTURE_START_TIMEOUT_S") or 60))
         while True:
             try:
                 if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
