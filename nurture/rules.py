@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import itertools
-import json
 import logging
 import re
 import threading
@@ -319,7 +318,7 @@ class CompiledRules:
         self._fired: list[str] = []
         self._facts_read = {s.name: _facts_of(s.when) for s in self.specs}
         self._paths = _covering_paths({f for read in self._facts_read.values() for f in read})
-        self._memo: dict[str, list[Match]] = {}
+        self._memo: dict[tuple[tuple[Any, ...], ...], list[Match]] = {}
         definition: JsonObject = {}
         for i, spec in enumerate(self.specs):
             # The marker keeps purely negative conditions from matching the engine's own session
@@ -358,13 +357,12 @@ class CompiledRules:
         than what one rule set reads. Evaluation is a pure function of those facts, and the same few
         combinations recur all the time (segment, category, consent...), so each distinct one is asked
         once and remembered (bounded)."""
-        pruned = _prune(facts, self._paths)
-        key = json.dumps(pruned, sort_keys=True, default=_typed_text)
+        key = tuple([_path_key(facts, parts) for parts in self._paths])
         found = self._memo.get(key)
         if found is None:
             if len(self._memo) >= MEMO_LIMIT:
                 self._memo.clear()
-            found = self._memo[key] = self._evaluate(pruned)
+            found = self._memo[key] = self._evaluate(_prune(facts, self._paths))
         return found
 
     def _evaluate(self, facts: JsonMapping) -> list[Match]:
@@ -418,9 +416,40 @@ def _prune(facts: JsonMapping, paths: tuple[tuple[str, ...], ...]) -> JsonObject
     return out
 
 
-def _typed_text(value: JsonValue) -> str:
-    # Memo keys of non-JSON values carry their type: a datetime and its string are different facts.
-    return f"<{type(value).__name__}>{value}"
+_ABSENT = object()
+
+
+def _path_key(facts: JsonMapping, parts: tuple[str, ...]) -> tuple[Any, ...]:
+    """What `_prune` keeps of one path, as a hashable value: how deep the walk went and what it found
+    there (the value frozen, or absent). Equal keys for all paths mean equal pruned facts, so equal
+    answers; built without the pruned copy, which is only made when the memo misses."""
+    src: Any = facts
+    for depth, part in enumerate(parts):
+        if not isinstance(src, Mapping):
+            return (depth, _frozen(src))
+        if part not in src:
+            return (depth, _ABSENT)
+        src = src[part]
+    return (len(parts), _frozen(src))
+
+
+def _frozen(value: Any) -> Any:
+    """A hashable value equal for two values only when they are the same fact: a string is itself;
+    other values carry their type, because 1, 1.0 and True are equal in Python and not in the rule
+    language; a float is its repr (-0.0 and 0.0 are shown differently in explanations); a value JSON
+    cannot hold is its type and text, as a datetime is not its string."""
+    kind = type(value)
+    if kind is str:
+        return value
+    if kind is int or kind is bool or value is None:
+        return (kind, value)
+    if kind is float:
+        return (kind, repr(value))
+    if isinstance(value, Mapping):
+        return (dict, frozenset([((type(k), k), _frozen(v)) for k, v in value.items()]))
+    if isinstance(value, list | tuple):
+        return (list, tuple([_frozen(v) for v in value]))
+    return (kind, str(value))
 
 
 def _facts_of(cond: JsonMapping) -> list[str]:
