@@ -345,9 +345,12 @@ class Simulation:
         self.add_leads(leads, days)
         end = self.start + timedelta(days=days)
         agenda = self.agenda
+        now_text = iso(self.now)
         while (head := agenda.first()) is not None and head[0] <= end:
             at, _prio, seq, kind, lead_id, data = agenda.pop()
-            self.now = max(self.now, at)
+            if at > self.now:
+                self.now = at
+                now_text = iso(at)
             state = self.states[lead_id]
             if kind == "msg":
                 self.stats.messages += 1
@@ -356,7 +359,7 @@ class Simulation:
                     self.funnel.engagement(data["properties"]["journey"], data["properties"]["step"], data["type"])
                 # The simulated lead is the state's own (its counters move above): no snapshot to carry.
                 message = BusMessage(id=f"sim-{seq}", lead_id=lead_id, type=data["type"],
-                                     properties=data["properties"], occurred_at=iso(self.now))
+                                     properties=data["properties"], occurred_at=now_text)
                 out = self.engine.on_message(state, message, self.now)
                 self._arm(state, out)
                 for ekey in sorted(k for k, e in state.enrollments.items() if e.status == ACTIVE and e.due

@@ -326,8 +326,10 @@ class Engine:
         props = message.properties
         if j.entity and props.get(j.entity) is not None and str(props.get(j.entity)) != e.instance:
             return  # an event about another webinar/trial/cart
-        facts = self.facts(state, message, e, now)
-        for rule, match in rulesets.matching(j, "exit", etype, facts):
+        # Built only when a rule will read them (most journeys have no exit or trigger rule for most
+        # event types); nothing below changes what they hold before the event wait reads them.
+        facts = self.facts(state, message, e, now) if rulesets.listens(j, etype) else None
+        for rule, match in rulesets.matching(j, "exit", etype, facts or {}):
             outcome = COMPLETED if rule.outcome == "goal" else EXITED
             verb = "goal reached" if rule.outcome == "goal" else "exited"
             self._finish(state, e, outcome, rule.name, now, out,
@@ -343,6 +345,8 @@ class Engine:
             awaited = spec is not None and etype in spec.types and (
                 not match_prop or str(props.get(match_prop, "")) in ("", e.instance, e.anchors.get(match_prop, "")))
             if awaited and spec is not None and spec.when is not None:  # a purchase, not a signup
+                if facts is None:
+                    facts = self.facts(state, message, e, now)
                 condition = [BranchRule(name=f"{wait.id}.event", when=spec.when, next=None)]
                 awaited = rulesets.branch(j, f"{wait.id}.event", condition, facts) is not None
             if awaited:
@@ -353,7 +357,7 @@ class Engine:
                 e.timed_at = now
         if e.status != ACTIVE:
             return
-        for rule, match in rulesets.matching(j, "triggers", etype, facts):
+        for rule, match in rulesets.matching(j, "triggers", etype, facts or {}):
             self._fire_trigger(state, j, e, rule, match.facts, etype, now, out)
 
     def _fire_trigger(self, state: LeadState, j: Journey, e: Enrollment, rule: Rule, read: JsonMapping,

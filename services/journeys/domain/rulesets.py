@@ -23,6 +23,7 @@ from services.journeys.domain.steps import BranchRule
 _cache: dict[tuple[str, int, str, str, str], CompiledRules | None] = {}
 # (journey, version, digest, part, event type) -> the compiled rules with their Rule by name, or None
 _parts: dict[tuple[str, int, str, str, str], tuple[CompiledRules, dict[str, Rule]] | None] = {}
+_listens: dict[tuple[str, int, str, str, str], bool] = {}
 
 
 def _digest(specs: Sequence[RuleSpec]) -> str:
@@ -42,6 +43,15 @@ def _compiled(journey: Journey, part: str, rules: Sequence[Rule], event_type: st
         compiled = compile_rules(name, specs)
     _cache[key] = compiled
     return compiled
+
+
+def listens(journey: Journey, event_type: str) -> bool:
+    """Whether any exit or trigger rule of the journey listens to `event_type` (so needs the facts)."""
+    key = (journey.key, journey.version, journey.digest, "listens", event_type)
+    found = _listens.get(key)
+    if found is None:
+        found = _listens[key] = any(r.listens_to(event_type) for r in (*journey.exits, *journey.triggers))
+    return found
 
 
 def matching(journey: Journey, part: str, event_type: str, facts: Mapping[str, Any]) -> list[tuple[Rule, Match]]:
