@@ -345,12 +345,12 @@ class Simulation:
         self.add_leads(leads, days)
         end = self.start + timedelta(days=days)
         agenda = self.agenda
-        now_text = iso(self.now)
+        now_text: str | None = None  # the text of self.now, written when a message first needs it
         while (head := agenda.first()) is not None and head[0] <= end:
             at, _prio, seq, kind, lead_id, data = agenda.pop()
             if at > self.now:
                 self.now = at
-                now_text = iso(at)
+                now_text = None
             state = self.states[lead_id]
             if kind == "msg":
                 self.stats.messages += 1
@@ -358,6 +358,8 @@ class Simulation:
                 if data["type"] in ("email_opened", "email_clicked"):
                     self.funnel.engagement(data["properties"]["journey"], data["properties"]["step"], data["type"])
                 # The simulated lead is the state's own (its counters move above): no snapshot to carry.
+                if now_text is None:
+                    now_text = iso(self.now)
                 message = BusMessage(id=f"sim-{seq}", lead_id=lead_id, type=data["type"],
                                      properties=data["properties"], occurred_at=now_text)
                 out = self.engine.on_message(state, message, self.now)

@@ -263,3 +263,23 @@ def test_remembered_answers_are_not_shared_by_facts_python_finds_equal() -> None
             if m.rule != "deep":
                 read = m.facts["x"]
                 assert type(read) is type(value) and repr(read) == repr(value), (value, read)
+
+
+def test_a_fact_only_tested_for_presence_is_asked_once_per_presence_and_explained_by_its_value() -> None:
+    """A fact rules only test with `exists` (a lead's id) decides by whether it holds a value: the engine
+    is asked once for every id, and each match still reads the lead's own id."""
+    specs = [RuleSpec("known", {"all": [{"fact": "lead.id", "exists": True}, {"fact": "lead.ok", "eq": True}]}),
+             RuleSpec("anonymous", {"fact": "lead.id", "exists": False}),
+             # Tested for presence and for its value: its value decides.
+             RuleSpec("tiered", {"fact": "lead.tier", "exists": True}),
+             RuleSpec("gold", {"fact": "lead.tier", "eq": "gold"})]
+    compiled = compile_rules(f"presence_{next(_names)}", specs)
+    for ident in ["l-1", "l-2", None, MISSING, 7, "", {}, [], {"x": 1}, "l-3", None]:
+        for ok, tier in ((True, "gold"), (False, "silver"), (True, "silver"), (False, "gold")):
+            facts = {"lead": {"ok": ok, "tier": tier} if ident is MISSING else {"ok": ok, "tier": tier, "id": ident}}
+            found = compiled.evaluate(facts)
+            assert [m.rule for m in found] == reference_evaluate(specs, facts), facts
+            for m in found:
+                if m.rule in ("known", "anonymous"):
+                    assert m.facts["lead.id"] == (None if ident is MISSING else ident)
+    assert len(compiled._decisions) == 8  # (present, absent) x (ok, not ok) x (gold, silver)
