@@ -364,7 +364,9 @@ class CompiledRules:
         fact (flattening, and JSON both ways across its C boundary), and a lead snapshot is far larger
         than what one rule set reads. Evaluation is a pure function of those facts, and the same few
         combinations recur all the time (segment, category, consent...), so each distinct one is asked
-        once and remembered (bounded)."""
+        once and remembered (bounded): the engine's answer (which rules hold) per distinct decision, a
+        fact tested only with `exists` counting by its presence; the matches, which carry the values
+        read for explanations, per distinct facts read."""
         key = tuple(map(_path_key, itertools.repeat(facts, len(self._paths)), self._paths))
         found = self._memo.get(key)
         if found is None:

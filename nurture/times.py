@@ -48,16 +48,8 @@ def _parse_text(text: str) -> datetime | None:
 
 def rfc3339(value: datetime) -> str:
     """The RFC 3339 text the API shows: in UTC, with `Z` (`2026-11-22T09:00:00Z`)."""
-    value = utc(value)
-    if type(value) is not datetime:  # a subclass may print itself otherwise
-        return value.isoformat().replace("+00:00", "Z")
-    return _utc_text(value)
-
-
-@functools.lru_cache(maxsize=4096)
-def _utc_text(value: datetime) -> str:
-    # Remembered per instant (one text per UTC instant: equal UTC datetimes print alike): the journeys
-    # engine writes the same moment many times over while it handles one message or timer.
+    if value.tzinfo is not UTC:  # (a UTC time is its own UTC form: the journeys engine writes many)
+        value = utc(value)
     return value.isoformat().replace("+00:00", "Z")
 
 

@@ -52,8 +52,8 @@ def test_rfc3339_is_utc_with_z() -> None:
 
 
 def test_remembered_texts_follow_the_instant_not_the_written_fields() -> None:
-    """rfc3339 and parse_utc remember their answers: a time written with the same fields in another
-    zone, or naive, is another instant and gets its own text; a subclass prints itself."""
+    """parse_utc remembers its answers, rfc3339 takes a UTC time as it is: a time written with the same
+    fields in another zone, or naive, is another instant and gets its own text; a subclass prints itself."""
     class Shown(datetime):
         def isoformat(self, sep: str = "T", timespec: str = "auto") -> str:
             return "shown:" + super().isoformat(sep, timespec)
