@@ -66,9 +66,9 @@ def bench_engine(leads: int, days: int) -> dict[str, float]:
     playbook = load_playbook()
     rss0 = peak_rss_mb()
     sim = Simulation(playbook, seed=42)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     report = sim.run(leads, days)
-    engine_s = time.perf_counter() - t0
+    engine_s, engine_cpu = time.perf_counter() - t0, time.process_time() - c0
     rss1 = peak_rss_mb()
     engine = report["engine"]
     entries = [(e.entered_at, e.journey) for s in sim.states.values() for e in s.enrollments.values()]
@@ -76,13 +76,15 @@ def bench_engine(leads: int, days: int) -> dict[str, float]:
     walked = plain_walk(playbook, entries)
     plain_s = time.perf_counter() - t1
     print(f"engine: {leads} leads x {days} days, full playbook ({len(playbook)} journeys)")
-    print(f"  wall {engine_s:.2f} s, {engine['steps']} steps ({engine['steps'] / engine_s:,.0f} steps/s), "
-          f"{engine['messages']} bus-like messages, {engine['sends']} sends, {len(entries)} enrolments")
+    print(f"  wall {engine_s:.2f} s (CPU {engine_cpu:.2f} s), {engine['steps']} steps "
+          f"({engine['steps'] / engine_s:,.0f} steps/s), {engine['messages']} bus-like messages, "
+          f"{engine['sends']} sends, {len(entries)} enrolments")
     print(f"  peak RSS {rss1:.0f} MB (before the run {rss0:.0f} MB)")
     print(f"plain loop over the same schedule: {plain_s:.2f} s, {walked} steps ({walked / plain_s:,.0f} steps/s)")
     print(f"ratio engine / plain loop: {engine_s / plain_s:.1f}x wall time"
-          f" ({'PASS' if engine_s < 60 else 'FAIL'} target < 60 s)")
-    return {"engine_s": round(engine_s, 2), "engine_steps": engine["steps"], "plain_loop_s": round(plain_s, 3),
+          f" ({'PASS' if engine_s < 10 else 'FAIL'} target < 10 s)")
+    return {"engine_s": round(engine_s, 2), "engine_cpu_s": round(engine_cpu, 2), "engine_steps": engine["steps"],
+            "plain_loop_s": round(plain_s, 3),
             "engine / plain_loop": round(engine_s / plain_s, 1), "peak_rss_mb": round(rss1)}
 
 

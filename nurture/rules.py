@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import itertools
-import json
 import logging
 import re
 import threading
@@ -319,7 +318,15 @@ class CompiledRules:
         self._fired: list[str] = []
         self._facts_read = {s.name: _facts_of(s.when) for s in self.specs}
         self._paths = _covering_paths({f for read in self._facts_read.values() for f in read})
-        self._memo: dict[str, list[Match]] = {}
+        self._memo: dict[tuple[Any, ...], list[Match]] = {}
+        self._decisions: dict[tuple[Any, ...], list[str]] = {}
+        # Paths that rules only test with `exists` (and read nothing inside): the engine's answer
+        # depends on whether they hold a value, not on which (`lead.id` differs for every lead).
+        tests = _tests_of([s.when for s in self.specs])
+        self._presence_only = tuple(
+            i for i, parts in enumerate(self._paths)
+            if tests.get(".".join(parts)) == {"exists"}
+            and not any(f.startswith(".".join(parts) + ".") for f in tests))
         definition: JsonObject = {}
         for i, spec in enumerate(self.specs):
             # The marker keeps purely negative conditions from matching the engine's own session
@@ -357,17 +364,34 @@ class CompiledRules:
         fact (flattening, and JSON both ways across its C boundary), and a lead snapshot is far larger
         than what one rule set reads. Evaluation is a pure function of those facts, and the same few
         combinations recur all the time (segment, category, consent...), so each distinct one is asked
-        once and remembered (bounded)."""
-        pruned = _prune(facts, self._paths)
-        key = json.dumps(pruned, sort_keys=True, default=_typed_text)
+        once and remembered (bounded): the engine's answer (which rules hold) per distinct decision, a
+        fact tested only with `exists` counting by its presence; the matches, which carry the values
+        read for explanations, per distinct facts read."""
+        key = tuple(map(_path_key, itertools.repeat(facts, len(self._paths)), self._paths))
         found = self._memo.get(key)
         if found is None:
             if len(self._memo) >= MEMO_LIMIT:
                 self._memo.clear()
-            found = self._memo[key] = self._evaluate(pruned)
+            found = self._memo[key] = self._matches(self._decide(key, facts), facts)
         return found
 
-    def _evaluate(self, facts: JsonMapping) -> list[Match]:
+    def _decide(self, key: tuple[Any, ...], facts: JsonMapping) -> list[str]:
+        """The rules that hold, asked of the engine once per distinct decision key: the memo key with
+        each presence-only path reduced to whether it holds a value."""
+        if self._presence_only:
+            reduced = list(key)
+            for i in self._presence_only:
+                depth, value = reduced[i]
+                reduced[i] = depth == len(self._paths[i]) and value != _NULL
+            key = tuple(reduced)
+        fired = self._decisions.get(key)
+        if fired is None:
+            if len(self._decisions) >= MEMO_LIMIT:
+                self._decisions.clear()
+            fired = self._decisions[key] = self._evaluate(_prune(facts, self._paths))
+        return fired
+
+    def _evaluate(self, facts: JsonMapping) -> list[str]:
         flat = flatten_facts(facts)
         fact = {"id": next(_ids), "sid": _SID, _MARKER: 1, **flat}
         host = _get_host()
@@ -382,7 +406,9 @@ class CompiledRules:
                     host.retract_fact(self.name, fact)
             fired_set = set(self._fired)
         fired_set.update(s.name for s in self.fallback if reference_evaluate_condition(s.when, facts))
-        fired = sorted(fired_set, key=self._order.__getitem__)
+        return sorted(fired_set, key=self._order.__getitem__)
+
+    def _matches(self, fired: list[str], facts: JsonMapping) -> list[Match]:
         matches = []
         for rule in fired:
             spec = self._by_name[rule]
@@ -418,9 +444,54 @@ def _prune(facts: JsonMapping, paths: tuple[tuple[str, ...], ...]) -> JsonObject
     return out
 
 
-def _typed_text(value: JsonValue) -> str:
-    # Memo keys of non-JSON values carry their type: a datetime and its string are different facts.
-    return f"<{type(value).__name__}>{value}"
+_ABSENT = object()
+_NULL = (type(None), None)  # _frozen(None)
+
+
+def _path_key(facts: JsonMapping, parts: tuple[str, ...]) -> tuple[Any, ...]:
+    """What `_prune` keeps of one path, as a hashable value: how deep the walk went and what it found
+    there (the value frozen, or absent). Equal keys for all paths mean equal pruned facts, so equal
+    answers; built without the pruned copy, which is only made when the memo misses."""
+    src: Any = facts
+    for depth, part in enumerate(parts):
+        if type(src) is not dict and not isinstance(src, Mapping):  # dict first: the ABC check is slow
+            return (depth, _frozen(src))
+        if part not in src:
+            return (depth, _ABSENT)
+        src = src[part]
+    return (len(parts), _frozen(src))
+
+
+def _frozen(value: Any) -> Any:
+    """A hashable value equal for two values only when they are the same fact: a string is itself;
+    other values carry their type, because 1, 1.0 and True are equal in Python and not in the rule
+    language; a float is its repr (-0.0 and 0.0 are shown differently in explanations); a value JSON
+    cannot hold is its type and text, as a datetime is not its string."""
+    kind = type(value)
+    if kind is str:
+        return value
+    if kind is int or kind is bool or value is None:
+        return (kind, value)
+    if kind is float:
+        return (kind, repr(value))
+    if kind is dict or isinstance(value, Mapping):
+        return (dict, frozenset([((type(k), k), _frozen(v)) for k, v in value.items()]))
+    if isinstance(value, list | tuple):
+        return (list, tuple([_frozen(v) for v in value]))
+    return (kind, str(value))
+
+
+def _tests_of(conds: Sequence[JsonMapping]) -> dict[str, set[str]]:
+    """Each fact the conditions read, with the operators they test it with."""
+    tests: dict[str, set[str]] = {}
+    todo = list(conds)
+    while todo:
+        cond = todo.pop()
+        if "all" in cond or "any" in cond:
+            todo.extend(cond.get("all", cond.get("any", [])))
+        else:
+            tests.setdefault(cond["fact"], set()).update(k for k in cond if k != "fact")
+    return tests
 
 
 def _facts_of(cond: JsonMapping) -> list[str]:

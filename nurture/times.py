@@ -8,6 +8,7 @@ reads what the mesh itself wrote.
 
 from __future__ import annotations
 
+import functools
 from datetime import UTC, datetime
 
 
@@ -31,8 +32,15 @@ def parse_utc(value: object) -> datetime | None:
         return None
     if isinstance(value, datetime):
         return utc(value)
+    return _parse_text(str(value))
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_text(text: str) -> datetime | None:
+    # Remembered: the journeys engine reads the same stored times again and again (the budget's
+    # recent sends, trigger cooldowns, clocks), and a datetime is immutable.
     try:
-        parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00").replace("z", "+00:00"))
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError:
         return None
     return utc(parsed)
@@ -40,7 +48,9 @@ def parse_utc(value: object) -> datetime | None:
 
 def rfc3339(value: datetime) -> str:
     """The RFC 3339 text the API shows: in UTC, with `Z` (`2026-11-22T09:00:00Z`)."""
-    return utc(value).isoformat().replace("+00:00", "Z")
+    if value.tzinfo is not UTC:  # (a UTC time is its own UTC form: the journeys engine writes many)
+        value = utc(value)
+    return value.isoformat().replace("+00:00", "Z")
 
 
 def rfc3339_or_none(value: datetime | None) -> str | None:

@@ -69,6 +69,7 @@ OPT_OUT_EVENTS = ("unsubscribed", "spam_reported", "email_hard_bounced")
 # Messaging's word that an address's unsubscribes were lifted (the person subscribed to email again).
 RESUBSCRIBED = "email_resubscribed"
 MAX_INSTANT_STEPS = 200
+_TYPES_KEPT = 1024  # event types whose listening journeys one published list remembers
 
 
 class EngineError(Exception):
@@ -87,14 +88,16 @@ class Engine:
         self.settings = settings
         self._resolve = resolve
         self._published = published
-        self._type_cache: dict[tuple[str, int, str], set[str]] = {}
+        self._index: _PublishedIndex | None = None
 
-    def _types(self, j: Journey) -> set[str]:
-        key = (j.key, j.version, j.digest)
-        found = self._type_cache.get(key)
-        if found is None:
-            found = self._type_cache[key] = j.event_types()
-        return found
+    def _published_index(self) -> _PublishedIndex:
+        """What every message asks of the published journeys, worked out once per published list (the
+        registry hands back the same list until something is published)."""
+        journeys = self._published()
+        index = self._index
+        if index is None or index.journeys is not journeys:
+            index = self._index = _PublishedIndex(journeys)
+        return index
 
     # -- lookups ----------------------------------------------------------------------------------
 
@@ -188,22 +191,19 @@ class Engine:
             for past in state.history.values():
                 if "consent_exit" in past:
                     past["consent_exit"]["withdrawn"] = True
-        journeys = self._published()
+        index = self._published_index()
         if etype == RESUBSCRIBED:
             lifted = {str(x) for x in message.properties.get("scopes") or []}
             for category, why in list(state.opted_out.items()):
                 if why == "unsubscribed" and ("all" in lifted or category in lifted):
                     del state.opted_out[category]
-            self._resume_resubscribed(state, journeys, message, now, out)
-        for j in journeys:
-            types = self._types(j)
-            if etype not in types and "*" not in types:
-                continue
+            self._resume_resubscribed(state, index.journeys, message, now, out)
+        for j in index.listening(etype):
             for e in [x for x in state.enrollments.values() if x.journey == j.key and x.status in LIVE]:
                 self._on_enrolled(state, e, message, now, out)
             self._maybe_enter(state, j, message, now, out)
         # Enrolments of older versions still listen to their own rules.
-        live_keys = {j.key for j in journeys}
+        live_keys = index.keys
         for e in list(state.enrollments.values()):
             if e.status in LIVE and e.journey not in live_keys:
                 self._on_enrolled(state, e, message, now, out)
@@ -279,18 +279,14 @@ class Engine:
     def _arm_dates(self, state: LeadState, out: Outcome) -> None:
         """Date-relative entries: (re)arm a lead-level timer at <lead date property> + offset whenever
         the property is set or moves."""
-        for j in self._published():
-            for rule in j.entry:
-                if rule.date is None:
-                    continue
-                base = parse_time(_lead_fact(state.lead, rule.date.fact))
-                key = f"{j.key}.{rule.name}"
-                at = iso(base + rule.date.offset) if base else None
-                current = state.dates.get(key)
-                if at is None or (current and current.get("at") == at):
-                    continue
-                state.dates[key] = {"at": at, "token": int((current or {}).get("token", 0)) + 1, "fired": False}
-                out.dates_changed.add(key)
+        for key, date in self._published_index().date_rules:
+            base = parse_time(_lead_fact(state.lead, date.fact))
+            at = iso(base + date.offset) if base else None
+            current = state.dates.get(key)
+            if at is None or (current and current.get("at") == at):
+                continue
+            state.dates[key] = {"at": at, "token": int((current or {}).get("token", 0)) + 1, "fired": False}
+            out.dates_changed.add(key)
 
     def date_due(self, state: LeadState, key: str, token: int, now: datetime) -> Outcome:
         """A date-relative entry's time came: post `date_reached` for that one rule."""
@@ -330,8 +326,10 @@ class Engine:
         props = message.properties
         if j.entity and props.get(j.entity) is not None and str(props.get(j.entity)) != e.instance:
             return  # an event about another webinar/trial/cart
-        facts = self.facts(state, message, e, now)
-        for rule, match in rulesets.matching(j, "exit", etype, facts):
+        # Built only when a rule will read them (most journeys have no exit or trigger rule for most
+        # event types); nothing below changes what they hold before the event wait reads them.
+        facts = self.facts(state, message, e, now) if rulesets.listens(j, etype) else None
+        for rule, match in rulesets.matching(j, "exit", etype, facts or {}):
             outcome = COMPLETED if rule.outcome == "goal" else EXITED
             verb = "goal reached" if rule.outcome == "goal" else "exited"
             self._finish(state, e, outcome, rule.name, now, out,
@@ -347,6 +345,8 @@ class Engine:
             awaited = spec is not None and etype in spec.types and (
                 not match_prop or str(props.get(match_prop, "")) in ("", e.instance, e.anchors.get(match_prop, "")))
             if awaited and spec is not None and spec.when is not None:  # a purchase, not a signup
+                if facts is None:
+                    facts = self.facts(state, message, e, now)
                 condition = [BranchRule(name=f"{wait.id}.event", when=spec.when, next=None)]
                 awaited = rulesets.branch(j, f"{wait.id}.event", condition, facts) is not None
             if awaited:
@@ -357,7 +357,7 @@ class Engine:
                 e.timed_at = now
         if e.status != ACTIVE:
             return
-        for rule, match in rulesets.matching(j, "triggers", etype, facts):
+        for rule, match in rulesets.matching(j, "triggers", etype, facts or {}):
             self._fire_trigger(state, j, e, rule, match.facts, etype, now, out)
 
     def _fire_trigger(self, state: LeadState, j: Journey, e: Enrollment, rule: Rule, read: JsonMapping,
@@ -927,6 +927,27 @@ class Engine:
             lead_id=lead_id or (state.lead_id if state else ""), ekey=e.ekey, journey=e.journey, version=e.version,
             at=now, type=kind, summary=f"{e.journey}: {summary}", step_from=step_from, step_to=step_to,
             stage=stage or e.stage, rule=rule, facts=dict(facts or {})))
+
+
+class _PublishedIndex:
+    """One published list's answers to what each message asks: which journeys listen to an event type
+    (in published order), their keys, and their date-relative entry rules ("<journey>.<rule>", date)."""
+
+    def __init__(self, journeys: list[Journey]) -> None:
+        self.journeys = journeys
+        self.keys = {j.key for j in journeys}
+        self.date_rules = [(f"{j.key}.{rule.name}", rule.date) for j in journeys for rule in j.entry
+                           if rule.date is not None]
+        self._types = [(j, j.event_types()) for j in journeys]
+        self._listening: dict[str, list[Journey]] = {}
+
+    def listening(self, etype: str) -> list[Journey]:
+        found = self._listening.get(etype)
+        if found is None:
+            if len(self._listening) >= _TYPES_KEPT:
+                self._listening.clear()  # event types come from outside: keep the memory bounded
+            found = self._listening[etype] = [j for j, types in self._types if etype in types or "*" in types]
+        return found
 
 
 def _synthetic(state: LeadState, etype: str, properties: JsonObject | None = None,

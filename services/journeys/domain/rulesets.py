@@ -21,6 +21,9 @@ from services.journeys.domain.definitions import Journey, Rule
 from services.journeys.domain.steps import BranchRule
 
 _cache: dict[tuple[str, int, str, str, str], CompiledRules | None] = {}
+# (journey, version, digest, part, event type) -> the compiled rules with their Rule by name, or None
+_parts: dict[tuple[str, int, str, str, str], tuple[CompiledRules, dict[str, Rule]] | None] = {}
+_listens: dict[tuple[str, int, str, str, str], bool] = {}
 
 
 def _digest(specs: Sequence[RuleSpec]) -> str:
@@ -42,14 +45,29 @@ def _compiled(journey: Journey, part: str, rules: Sequence[Rule], event_type: st
     return compiled
 
 
+def listens(journey: Journey, event_type: str) -> bool:
+    """Whether any exit or trigger rule of the journey listens to `event_type` (so needs the facts)."""
+    key = (journey.key, journey.version, journey.digest, "listens", event_type)
+    found = _listens.get(key)
+    if found is None:
+        found = _listens[key] = any(r.listens_to(event_type) for r in (*journey.exits, *journey.triggers))
+    return found
+
+
 def matching(journey: Journey, part: str, event_type: str, facts: Mapping[str, Any]) -> list[tuple[Rule, Match]]:
     """The rules of one part (entry | exit | triggers) that listen to `event_type` and hold, in order."""
-    rules = {"entry": journey.entry, "exit": journey.exits, "triggers": journey.triggers}[part]
-    compiled = _compiled(journey, part, rules, event_type)
-    if compiled is None:
+    key = (journey.key, journey.version, journey.digest, part, event_type)
+    try:
+        found = _parts[key]
+    except KeyError:
+        rules = {"entry": journey.entry, "exit": journey.exits, "triggers": journey.triggers}[part]
+        compiled = _compiled(journey, part, rules, event_type)
+        found = _parts[key] = (compiled, {r.name: r for r in rules}) if compiled is not None else None
+    if found is None:
         return []
-    by_name = {r.name: r for r in rules}
-    return [(by_name[m.rule], m) for m in compiled.evaluate(facts)]
+    compiled, by_name = found
+    matches = compiled.evaluate(facts)
+    return [(by_name[m.rule], m) for m in matches] if matches else []
 
 
 def branch(journey: Journey, step_id: str, rules: Sequence[BranchRule], facts: JsonMapping) -> Match | None:

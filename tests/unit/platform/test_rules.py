@@ -239,3 +239,47 @@ def test_a_rule_set_whose_every_rule_is_too_large_still_registers_and_decides() 
     assert [s.name for s in compiled.fallback] == ["huge"]
     assert [m.rule for m in compiled.evaluate({f"f{i}": 1 for i in range(16)})] == ["huge"]
     assert compiled.evaluate({"f0": 9}) == []
+
+
+def test_remembered_answers_are_not_shared_by_facts_python_finds_equal() -> None:
+    """Answers are remembered per distinct facts a rule set reads. 1, 1.0 and True are equal in Python
+    (and hash alike) but not in the rule language; -0.0 equals 0.0 but explains as -0.0; a missing fact
+    and a null one decide alike but a datetime is not its text. Asked in a row, each must get its own
+    answer and its own facts, never the one remembered for the value before it."""
+    from datetime import UTC, datetime
+
+    specs = [RuleSpec("one", {"fact": "x", "eq": 1}), RuleSpec("yes", {"fact": "x", "eq": True}),
+             RuleSpec("text", {"fact": "x", "eq": "1"}), RuleSpec("big", {"fact": "x", "gte": 0}),
+             RuleSpec("here", {"fact": "x", "exists": True}), RuleSpec("deep", {"fact": "a.b", "contains": 1})]
+    compiled = compile_rules(f"memo_{next(_names)}", specs)
+    at = datetime(2026, 1, 5, 9, tzinfo=UTC)
+    values: list[object] = [1, True, 1.0, "1", 0.0, -0.0, None, MISSING, 0, False, at, at.isoformat(),
+                            [1], [True], {"b": [1]}, {"b": [True]}]
+    for value in values + values[::-1]:
+        facts = {} if value is MISSING else {"x": value, "a": value}
+        found = compiled.evaluate(facts)
+        assert [m.rule for m in found] == reference_evaluate(specs, facts), value
+        for m in found:
+            if m.rule != "deep":
+                read = m.facts["x"]
+                assert type(read) is type(value) and repr(read) == repr(value), (value, read)
+
+
+def test_a_fact_only_tested_for_presence_is_asked_once_per_presence_and_explained_by_its_value() -> None:
+    """A fact rules only test with `exists` (a lead's id) decides by whether it holds a value: the engine
+    is asked once for every id, and each match still reads the lead's own id."""
+    specs = [RuleSpec("known", {"all": [{"fact": "lead.id", "exists": True}, {"fact": "lead.ok", "eq": True}]}),
+             RuleSpec("anonymous", {"fact": "lead.id", "exists": False}),
+             # Tested for presence and for its value: its value decides.
+             RuleSpec("tiered", {"fact": "lead.tier", "exists": True}),
+             RuleSpec("gold", {"fact": "lead.tier", "eq": "gold"})]
+    compiled = compile_rules(f"presence_{next(_names)}", specs)
+    for ident in ["l-1", "l-2", None, MISSING, 7, "", {}, [], {"x": 1}, "l-3", None]:
+        for ok, tier in ((True, "gold"), (False, "silver"), (True, "silver"), (False, "gold")):
+            facts = {"lead": {"ok": ok, "tier": tier} if ident is MISSING else {"ok": ok, "tier": tier, "id": ident}}
+            found = compiled.evaluate(facts)
+            assert [m.rule for m in found] == reference_evaluate(specs, facts), facts
+            for m in found:
+                if m.rule in ("known", "anonymous"):
+                    assert m.facts["lead.id"] == (None if ident is MISSING else ident)
+    assert len(compiled._decisions) == 8  # (present, absent) x (ok, not ok) x (gold, silver)

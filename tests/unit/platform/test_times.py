@@ -49,3 +49,21 @@ def test_rfc3339_is_utc_with_z() -> None:
     assert times.rfc3339(datetime(2026, 7, 1, 9, 0, tzinfo=PARIS_SUMMER)) == "2026-07-01T07:00:00Z"
     assert times.rfc3339(datetime(2026, 7, 1, 9, 0, 0, 5)) == "2026-07-01T09:00:00.000005Z"
     assert times.rfc3339_or_none(None) is None
+
+
+def test_remembered_texts_follow_the_instant_not_the_written_fields() -> None:
+    """parse_utc remembers its answers, rfc3339 takes a UTC time as it is: a time written with the same
+    fields in another zone, or naive, is another instant and gets its own text; a subclass prints itself."""
+    class Shown(datetime):
+        def isoformat(self, sep: str = "T", timespec: str = "auto") -> str:
+            return "shown:" + super().isoformat(sep, timespec)
+
+    utc_nine = datetime(2026, 7, 1, 9, 0, tzinfo=UTC)
+    assert times.rfc3339(utc_nine) == "2026-07-01T09:00:00Z"
+    assert times.rfc3339(datetime(2026, 7, 1, 9, 0, tzinfo=PARIS_SUMMER)) == "2026-07-01T07:00:00Z"
+    assert times.rfc3339(datetime(2026, 7, 1, 9, 0)) == "2026-07-01T09:00:00Z"
+    assert times.rfc3339(Shown(2026, 7, 1, 9, 0, tzinfo=UTC)) == "shown:2026-07-01T09:00:00Z"
+    assert times.parse_utc("2026-07-01T09:00:00+02:00") == datetime(2026, 7, 1, 7, 0, tzinfo=UTC)
+    assert times.parse_utc("2026-07-01T09:00:00Z") == utc_nine
+    assert times.parse_utc("2026-07-01T09:00:00+02:00") == datetime(2026, 7, 1, 7, 0, tzinfo=UTC)
+    assert times.parse_utc("not a time") is None and times.parse_utc("not a time") is None

@@ -1,0 +1,57 @@
+"""A whole-playbook simulation compared with a recorded golden file: the funnel report and, for every
+lead, a digest of its story (each step run with its time, status and dedupe key, each explained
+transition, where each enrolment ends). The simulator and the engine are made faster without
+changing a decision; a change of any lead's steps shows here, naming the leads whose story moved.
+
+After an intended change of behaviour: `UPDATE_GOLDEN=1 .venv/bin/python -m pytest
+tests/unit/journeys/test_simulation_golden.py`, then read the report's diff before committing it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from services.journeys.domain.definitions import load_playbook
+from services.journeys.domain.state import LeadState, Outcome
+from services.journeys.simulation import Simulation
+
+GOLDEN = Path(__file__).with_name("golden") / "simulation_200_leads_60_days.json"
+
+
+class Recording(Simulation):
+    """The simulator, keeping every lead's step runs and transitions in the order they happened."""
+
+    def __init__(self) -> None:
+        super().__init__(load_playbook(), seed=11)
+        self.stories: dict[str, list[list[Any]]] = defaultdict(list)
+
+    def _record(self, state: LeadState, out: Outcome) -> None:
+        story = self.stories[state.lead_id]
+        story.extend([r.ekey, r.step, r.status, r.at.isoformat(), r.dedupe_key, r.stage, r.message_id, r.detail]
+                     for r in out.runs)
+        story.extend([t.ekey, t.type, t.at.isoformat(), t.summary, t.step_from, t.step_to, t.stage, t.rule,
+                      json.dumps(t.facts, sort_keys=True, default=str)] for t in out.transitions)
+        super()._record(state, out)
+
+
+def test_a_simulated_playbook_keeps_every_leads_story() -> None:
+    sim = Recording()
+    report = sim.run(200, 60)
+    report["engine"].pop("wall_seconds")
+    leads = {}
+    for lead_id, state in sorted(sim.states.items()):
+        ends = sorted([e.ekey, e.status, e.step, e.outcome, e.token] for e in state.enrollments.values())
+        text = json.dumps([sim.stories[lead_id], ends], default=str)
+        leads[lead_id] = hashlib.sha256(text.encode()).hexdigest()[:16]
+    got = {"report": report, "leads": leads}
+    if os.environ.get("UPDATE_GOLDEN"):
+        GOLDEN.write_text(json.dumps(got, indent=1, sort_keys=True) + "\n")
+    expected = json.loads(GOLDEN.read_text())
+    moved = sorted(k for k in expected["leads"] if leads.get(k) != expected["leads"][k])
+    assert not moved, f"{len(moved)} leads' stories changed, first {moved[:5]}"
+    assert got["report"] == expected["report"]
+    assert report["engine"]["steps"] > 5000 and len(leads) == 200
