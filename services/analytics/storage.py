@@ -20,7 +20,7 @@ from sqlalchemy import Connection, Engine, Float, Table, and_, case, delete, fun
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
-from nurture.db import DriverWrites
+from nurture.db import DriverWrites, key_in, plan_by_key
 from services.analytics.domain import reports
 from services.analytics.domain.facts import Fact, parse_time
 from services.analytics.tables import (
@@ -139,19 +139,19 @@ class Fold:
         mids = sorted({f.message_id for f in batch if f.message_id})
         msgs: dict[str, _Msg] = {}
         for part in _chunks(mids):
-            for r in self.s.execute(select(messages).where(messages.c.message_id.in_(part))).mappings():
+            for r in self.s.execute(select(messages).where(key_in(self.s, messages.c.message_id, part))).mappings():
                 msgs[r["message_id"]] = _Msg(r["sent"], r["opened"], r["clicked"], r["bounced"])
         lead_ids = sorted({f.lead_id for f in batch if f.kind == "stage"})
         lead_state: dict[str, tuple[str, datetime]] = {}
         for part in _chunks(lead_ids):
-            for r in self.s.execute(select(leads).where(leads.c.lead_id.in_(part))).mappings():
+            for r in self.s.execute(select(leads).where(key_in(self.s, leads.c.lead_id, part))).mappings():
                 lead_state[r["lead_id"]] = (r["stage"], _aware(r["since"]) or r["since"])
         winners = {f.lead_id for f in batch if f.kind == "won"}
         path_leads = sorted({f.lead_id for f in batch if f.kind in ("sent", "bounced") and f.journey and f.stage}
                             | winners)
         paths: dict[tuple[str, str], dict[str, dict[str, Any]]] = defaultdict(dict)
         for part in _chunks(path_leads):
-            for r in self.s.execute(select(lead_stages).where(lead_stages.c.lead_id.in_(part))).mappings():
+            for r in self.s.execute(select(lead_stages).where(key_in(self.s, lead_stages.c.lead_id, part))).mappings():
                 paths[(r["lead_id"], r["journey"])][r["stage"]] = {
                     **r, "entered_at": _aware(r["entered_at"]), "left_at": _aware(r["left_at"]), "_dirty": False}
         senders = sorted({f.lead_id for f in batch if f.kind in ("sent", "bounced")})
@@ -160,12 +160,12 @@ class Fold:
         for part in _chunks(senders):
             for lead_id, day, journey, segment in self.s.execute(
                     select(nurtured.c.lead_id, nurtured.c.day, nurtured.c.journey, nurtured.c.segment)
-                    .where(nurtured.c.lead_id.in_(part))):
+                    .where(key_in(self.s, nurtured.c.lead_id, part))):
                 self.days[lead_id].add((day, journey, segment))
         dmids = sorted({f.message_id for f in batch if f.provider and f.message_id and f.kind in _DELIVERY_KINDS})
         dstate: dict[str, list[bool]] = {}
         for part in _chunks(dmids):
-            for r in self.s.execute(select(deliveries).where(deliveries.c.message_id.in_(part))).mappings():
+            for r in self.s.execute(select(deliveries).where(key_in(self.s, deliveries.c.message_id, part))).mappings():
                 dstate[r["message_id"]] = [bool(r[c]) for c in _DELIVERY_FLAGS]
         changed_msgs: set[str] = set()
         changed_leads: set[str] = set()
@@ -204,7 +204,7 @@ class Fold:
         ordered = sorted(leads_)
         for part in _chunks(ordered):
             for deal, lead_id, at in self.s.execute(select(won.c.id, won.c.lead_id, won.c.at)
-                                                    .where(won.c.lead_id.in_(part))):
+                                                    .where(key_in(self.s, won.c.lead_id, part))):
                 deals[lead_id].append((deal, _aware(at) or at))
         journeys: dict[str, list[str]] = defaultdict(list)
         for lead_id, journey in paths:
@@ -389,13 +389,14 @@ def _bands(hist: dict[tuple[Any, ...], int], dims: tuple[str, str, str]) -> list
 
 def record(session: Session, batch: Sequence[Fact]) -> int:
     """Keep the facts not heard before (by id) and fold them in; returns how many were new."""
+    plan_by_key(session)
     unique: dict[str, Fact] = {}
     for f in batch:
         unique.setdefault(f.id, f)
     ids = list(unique)
     known: set[str] = set()
     for part in _chunks(ids):
-        known.update(session.scalars(select(facts.c.id).where(facts.c.id.in_(part))))
+        known.update(session.scalars(select(facts.c.id).where(key_in(session, facts.c.id, part))))
     new = [f for f in unique.values() if f.id not in known]
     if not new:
         return 0
@@ -408,6 +409,7 @@ def record(session: Session, batch: Sequence[Fact]) -> int:
 
 def rebuild(session: Session, chunk: int = 5000) -> int:
     """Derive every table again from the facts record, in the order the facts were heard."""
+    plan_by_key(session)
     for table in DERIVED:
         session.execute(delete(table))
     _upsert(session, meta, [{"key": "fold_version", "value": FOLD_VERSION}])
