@@ -6,7 +6,7 @@ keeping the read model costs the mesh's end-to-end ingest rate. Prints figures, 
 
 Part 1 (reports): bus messages of `--leads` leads over 90 days (sends, opens, clicks, bounces hard and
 soft, complaints, with messaging's sending domain and provider labels; unsubscribes, lifecycle changes,
-won deals, and page views the read model ignores) go through the
+score changes (every message carries the lead's score), won deals, and page views the read model ignores) go through the
 bus adapter and `storage.record` in batches of 500, as the consumer does; then every report is timed
 in process (storage + domain: the gateway and gRPC add their fixed few milliseconds) over the last 30
 days and over all 90, `--repeats` times each. Part 2 (ingest cost): the same mix of events through the
@@ -60,7 +60,7 @@ STAGES = ["subscriber", "lead", "mql", "sql", "trial", "customer"]
 # Bus message mix by type (the rest are page views, which the read model drops at the adapter).
 MIX = [("email_sent", 0.30), ("email_opened", 0.18), ("email_clicked", 0.07), ("email_hard_bounced", 0.01),
        ("email_bounced", 0.01), ("unsubscribed", 0.005), ("stage_changed", 0.03), ("opportunity_won", 0.004),
-       ("email_soft_bounced", 0.01), ("spam_reported", 0.001)]
+       ("email_soft_bounced", 0.01), ("spam_reported", 0.001), ("score_changed", 0.10)]
 # Messaging's deliverability labels on its email events (sending domain, mailbox provider).
 PROVIDERS = ["gmail", "yahoo", "microsoft", "apple", "other"]
 SENDING_DOMAINS = ["borderbridge.example", "news.borderbridge.example"]
@@ -75,6 +75,7 @@ def history(leads: int, events: int, seed: int = 7) -> Iterator[dict[str, Any]]:
     step = timedelta(days=DAYS) / max(1, events)
     stage = [0] * leads
     sends = [0] * leads
+    score = [0] * leads
     for n in range(events):
         lead = rnd.randrange(leads)
         lid = f"L{lead}"
@@ -105,11 +106,16 @@ def history(leads: int, events: int, seed: int = 7) -> Iterator[dict[str, Any]]:
                 old = STAGES[stage[lead]]
                 stage[lead] += 1
                 props = {"old": old, "new": STAGES[stage[lead]]}
+        elif kind == "score_changed":
+            old_score = score[lead]
+            score[lead] = max(0, old_score + rnd.randint(-3, 12))
+            props = {"old": old_score, "new": score[lead]}
         elif kind == "opportunity_won":
             props = {"deal_id": f"d{n}", "stage": "closed_won", "amount": rnd.choice([1500, 4800, 12000])}
-        yield {"id": f"e{n}" + (":stage" if kind == "stage_changed" else ""), "lead_id": lid, "type": kind,
+        suffix = {"stage_changed": ":stage", "score_changed": ":score"}.get(kind, "")
+        yield {"id": f"e{n}{suffix}", "lead_id": lid, "type": kind,
                "properties": props, "occurred_at": at.isoformat(),
-               "lead": {"id": lid, "segment": SEGMENTS[lead % len(SEGMENTS)] or None,
+               "lead": {"id": lid, "segment": SEGMENTS[lead % len(SEGMENTS)] or None, "score": score[lead],
                         "created_at": start.isoformat()}}
 
 
@@ -324,7 +330,8 @@ async def ingest_rate(url: str, key: str, redis_url: str, events: int, without: 
             await asyncio.gather(*(client.post("/v1/leads", json={"id": f"a{j}", "email": f"a{j}@example.com"})
                                    for j in range(i, i + 50)))
     await drained(redis_url)
-    mix = [m for m in history(leads, events, seed=11)]
+    # Score changes are scoring's to publish (for each event its rules score), not events to post.
+    mix = [m for m in history(leads, events, seed=11) if m["type"] != "score_changed"]
     for m in mix:
         m["lead_id"] = f"a{m['lead_id'][1:]}"
     lean = LeanClient(url, headers)

@@ -20,7 +20,7 @@ router = APIRouter(tags=["analytics"], dependencies=[Depends(require_key)])
 FORMATS = ("json", "csv")
 ROI_TABLES = ("by_journey", "by_path")
 PROGRESSION_TABLES = ("stages", "lifecycle", "qualification", "time_to_conversion", "content_gaps",
-                      "score_progression")
+                      "score_progression", "score_now")
 ATTRIBUTION_TABLES = ("by_template", "by_topic", "by_format")
 DELIVERABILITY_TABLES = ("by_provider", "by_domain", "points")
 
@@ -57,6 +57,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "content_gaps": ("journey", "stage", "segment", "sent", "delivered", "opened", "clicked", "open_rate",
                      "click_rate", "gap", "why"),
     "score_progression": ("journey", "conversions", "score_at_entry", "score_at_conversion", "change"),
+    "score_now": ("journey", "leads", "score_at_entry", "score_now", "change"),
     "by_template": ("template", "topic", "format", "conversions", "revenue"),
     "by_topic": ("topic", "conversions", "revenue"),
     "by_format": ("format", "conversions", "revenue"),

@@ -20,7 +20,7 @@ from sqlalchemy import Connection, Engine, Float, Table, and_, case, delete, fun
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
-from nurture.db import DriverWrites
+from nurture.db import DriverWrites, key_in, plan_by_key
 from services.analytics.domain import reports
 from services.analytics.domain.facts import Fact, parse_time
 from services.analytics.tables import (
@@ -29,6 +29,7 @@ from services.analytics.tables import (
     deliveries,
     engagement,
     facts,
+    lead_scores,
     lead_stages,
     leads,
     lifecycle,
@@ -37,6 +38,7 @@ from services.analytics.tables import (
     meta,
     nurtured,
     reach,
+    score_now,
     sends,
     stage_counts,
     stage_dwell,
@@ -50,6 +52,7 @@ from services.analytics.tables import (
 CHUNK = 500  # ids per IN list
 FOLD_VERSION = "8"  # bump when the fold derives its tables differently: the service rebuilds them at start
 NO_DAY = date(1, 1, 1)  # `analytics_reach.prev_day` of a lead's first send day in a scope
+NO_TS = -(2 ** 62)  # `analytics_lead_scores.ts` of a lead won before any fact carried its score
 
 
 def _chunks(items: Sequence[Any], size: int = CHUNK) -> Iterator[Sequence[Any]]:
@@ -134,24 +137,30 @@ class Fold:
         self.won: list[dict[str, Any]] = []
         self.entered: set[str] = set()  # leads that entered a journey stage in this batch
         self.dl: dict[tuple[Any, ...], list[int]] = defaultdict(lambda: [0] * len(DELIVERABILITY_MEASURES))
+        self.snow: dict[tuple[date, str, str], list[int]] = defaultdict(lambda: [0, 0, 0])
 
     def run(self, batch: Sequence[Fact]) -> None:
         mids = sorted({f.message_id for f in batch if f.message_id})
         msgs: dict[str, _Msg] = {}
         for part in _chunks(mids):
-            for r in self.s.execute(select(messages).where(messages.c.message_id.in_(part))).mappings():
+            for r in self.s.execute(select(messages).where(key_in(self.s, messages.c.message_id, part))).mappings():
                 msgs[r["message_id"]] = _Msg(r["sent"], r["opened"], r["clicked"], r["bounced"])
         lead_ids = sorted({f.lead_id for f in batch if f.kind == "stage"})
         lead_state: dict[str, tuple[str, datetime]] = {}
         for part in _chunks(lead_ids):
-            for r in self.s.execute(select(leads).where(leads.c.lead_id.in_(part))).mappings():
+            for r in self.s.execute(select(leads).where(key_in(self.s, leads.c.lead_id, part))).mappings():
                 lead_state[r["lead_id"]] = (r["stage"], _aware(r["since"]) or r["since"])
         winners = {f.lead_id for f in batch if f.kind == "won"}
-        path_leads = sorted({f.lead_id for f in batch if f.kind in ("sent", "bounced") and f.journey and f.stage}
-                            | winners)
+        entering = {f.lead_id for f in batch if f.kind in ("sent", "bounced") and f.journey and f.stage}
+        scores = self._scores(sorted({f.lead_id for f in batch if f.score is not None} | winners | entering))
+        # A lead's part in the score-now cells moves when its score, its won state or its entries change:
+        # read the paths of those whose score this batch changes too.
+        rescored = {lead for lead, (score, ts) in _latest_scores(batch).items()
+                    if lead not in scores or (ts >= scores[lead][1] and score != scores[lead][0])}
+        path_leads = sorted(entering | winners | rescored)
         paths: dict[tuple[str, str], dict[str, dict[str, Any]]] = defaultdict(dict)
         for part in _chunks(path_leads):
-            for r in self.s.execute(select(lead_stages).where(lead_stages.c.lead_id.in_(part))).mappings():
+            for r in self.s.execute(select(lead_stages).where(key_in(self.s, lead_stages.c.lead_id, part))).mappings():
                 paths[(r["lead_id"], r["journey"])][r["stage"]] = {
                     **r, "entered_at": _aware(r["entered_at"]), "left_at": _aware(r["left_at"]), "_dirty": False}
         senders = sorted({f.lead_id for f in batch if f.kind in ("sent", "bounced")})
@@ -160,17 +169,22 @@ class Fold:
         for part in _chunks(senders):
             for lead_id, day, journey, segment in self.s.execute(
                     select(nurtured.c.lead_id, nurtured.c.day, nurtured.c.journey, nurtured.c.segment)
-                    .where(nurtured.c.lead_id.in_(part))):
+                    .where(key_in(self.s, nurtured.c.lead_id, part))):
                 self.days[lead_id].add((day, journey, segment))
         dmids = sorted({f.message_id for f in batch if f.provider and f.message_id and f.kind in _DELIVERY_KINDS})
         dstate: dict[str, list[bool]] = {}
         for part in _chunks(dmids):
-            for r in self.s.execute(select(deliveries).where(deliveries.c.message_id.in_(part))).mappings():
+            for r in self.s.execute(select(deliveries).where(key_in(self.s, deliveries.c.message_id, part))).mappings():
                 dstate[r["message_id"]] = [bool(r[c]) for c in _DELIVERY_FLAGS]
         changed_msgs: set[str] = set()
         changed_leads: set[str] = set()
         changed_dl: set[str] = set()
+        journeys_of = _journeys_by_lead(paths)
+        before = {lead: _score_cells(scores.get(lead), journeys_of.get(lead, {})) for lead in path_leads}
+        changed_scores: set[str] = set()
         for f in batch:
+            if f.score is not None:
+                self._score(f, scores, changed_scores)
             if f.provider and f.kind in _DELIVERY_KINDS:
                 self._delivery(f, dstate, changed_dl)
             if f.kind in ("soft_bounced", "complaint"):
@@ -178,7 +192,12 @@ class Fold:
             if f.kind == "stage":
                 self._stage(f, lead_state)
                 changed_leads.add(f.lead_id)
+            elif f.kind == "score":
+                continue
             elif f.kind == "won":
+                st = scores.setdefault(f.lead_id, [None, NO_TS, False])
+                st[2] = True
+                changed_scores.add(f.lead_id)
                 self.won.append({"id": f.id, "lead_id": f.lead_id, "at": f.at, "ts": reports.micros(f.at),
                                  "day": reports.day_of(f.at),
                                  "segment": f.segment, "amount": f.amount, "score": f.score})
@@ -193,6 +212,58 @@ class Fold:
             dict(zip(("day", "domain", "provider", "segment", "journey", *DELIVERABILITY_MEASURES), (*k, *v),
                      strict=True)) for k, v in sorted(self.dl.items())], add=DELIVERABILITY_MEASURES)
         self._won_entries(winners | self.entered, paths)
+        self._score_now(before, scores, paths, changed_scores)
+
+    def _scores(self, leads_: Sequence[str]) -> dict[str, list[Any]]:
+        """These leads' [score now, its time in microseconds, won] as stored."""
+        out: dict[str, list[Any]] = {}
+        for part in _chunks(leads_):
+            for lead_id, score, ts, won_ in self.s.execute(
+                    select(lead_scores.c.lead_id, lead_scores.c.score, lead_scores.c.ts, lead_scores.c.won)
+                    .where(key_in(self.s, lead_scores.c.lead_id, part))):
+                out[lead_id] = [score, int(ts), bool(won_)]
+        return out
+
+    @staticmethod
+    def _score(f: Fact, scores: dict[str, list[Any]], changed: set[str]) -> None:
+        """The lead's score now is the one its latest fact carried: later in time, or as late and heard
+        later (a fact heard late, with an earlier time, does not move it back)."""
+        ts = reports.micros(f.at)
+        st = scores.get(f.lead_id)
+        if st is None:
+            scores[f.lead_id] = [f.score, ts, False]
+        elif ts >= st[1]:
+            st[0], st[1] = f.score, ts
+        else:
+            return
+        changed.add(f.lead_id)
+
+    def _score_now(self, before: dict[str, dict[tuple[date, str, str], tuple[int, int]]],
+                   scores: dict[str, list[Any]], paths: dict[tuple[str, str], dict[str, dict[str, Any]]],
+                   changed: set[str]) -> None:
+        """Move each lead's part of the score-now cells from what it was before the batch to what it is
+        after (`before` holds every lead whose part could change: its path was read)."""
+        journeys_of = _journeys_by_lead(paths)
+        for lead, old in before.items():
+            new = _score_cells(scores.get(lead), journeys_of.get(lead, {}))
+            if new == old:
+                continue
+            for key, (entry, now) in old.items():
+                cell = self.snow[key]
+                cell[0] -= 1
+                cell[1] -= entry
+                cell[2] -= now
+            for key, (entry, now) in new.items():
+                cell = self.snow[key]
+                cell[0] += 1
+                cell[1] += entry
+                cell[2] += now
+        _upsert(self.s, lead_scores, [{"lead_id": k, "score": scores[k][0], "ts": scores[k][1], "won": scores[k][2]}
+                                      for k in sorted(changed)])
+        _upsert(self.s, score_now, [{"day": k[0], "journey": k[1], "segment": k[2], "leads": v[0],
+                                     "entry_sum": v[1], "now_sum": v[2]}
+                                    for k, v in sorted(self.snow.items()) if any(v)],
+                add=("leads", "entry_sum", "now_sum"))
 
     def _won_entries(self, leads_: set[str], paths: dict[tuple[str, str], dict[str, dict[str, Any]]]) -> None:
         """Each won deal of these leads (a win or a stage entry in this batch) with its lead's earliest entry
@@ -204,7 +275,7 @@ class Fold:
         ordered = sorted(leads_)
         for part in _chunks(ordered):
             for deal, lead_id, at in self.s.execute(select(won.c.id, won.c.lead_id, won.c.at)
-                                                    .where(won.c.lead_id.in_(part))):
+                                                    .where(key_in(self.s, won.c.lead_id, part))):
                 deals[lead_id].append((deal, _aware(at) or at))
         journeys: dict[str, list[str]] = defaultdict(list)
         for lead_id, journey in paths:
@@ -379,6 +450,50 @@ class Fold:
         _upsert(s, won, self.won, ignore=True)
 
 
+def _latest_scores(batch: Sequence[Fact]) -> dict[str, tuple[int, int]]:
+    """Each lead's latest score in the batch (its time in microseconds): later in time, or as late and
+    later in the batch."""
+    out: dict[str, tuple[int, int]] = {}
+    for f in batch:
+        if f.score is not None:
+            ts = reports.micros(f.at)
+            if f.lead_id not in out or ts >= out[f.lead_id][1]:
+                out[f.lead_id] = (f.score, ts)
+    return out
+
+
+def _journeys_by_lead(paths: dict[tuple[str, str], dict[str, dict[str, Any]]]
+                      ) -> dict[str, dict[str, dict[str, dict[str, Any]]]]:
+    out: dict[str, dict[str, dict[str, dict[str, Any]]]] = defaultdict(dict)
+    for (lead, journey), stages in paths.items():
+        if stages:
+            out[lead][journey] = stages
+    return out
+
+
+def _score_cells(state: list[Any] | None, journeys: dict[str, dict[str, dict[str, Any]]]
+                 ) -> dict[tuple[date, str, str], tuple[int, int]]:
+    """A lead's part of the score-now cells: none when it converted or no fact carried its score; else,
+    per journey it entered, its earliest entry's (day, journey, segment) with its score then and now, and
+    the same under journey "" for its earliest entry of any journey (an entry with no score: none)."""
+    if state is None or state[2] or state[0] is None:
+        return {}
+    now = int(state[0])
+    firsts = []
+    for journey, stages in journeys.items():
+        row = min(stages.values(), key=lambda r: (r["entered_at"], r["stage"]))
+        firsts.append((row["entered_at"], journey, row))
+    out: dict[tuple[date, str, str], tuple[int, int]] = {}
+    for at, journey, row in firsts:
+        if row["score"] is not None:
+            out[(reports.day_of(at), journey, row["segment"])] = (int(row["score"]), now)
+    if firsts:
+        at, _, row = min(firsts, key=lambda e: (e[0], e[1]))
+        if row["score"] is not None:
+            out[(reports.day_of(at), "", row["segment"])] = (int(row["score"]), now)
+    return out
+
+
 DELIVERABILITY_MEASURES = ("sent", "delivered", "hard_bounced", "soft_bounced", "complaints")
 _DELIVERY_FLAGS = ("sent", "delivered", "hard_bounced", "complained")
 _DELIVERY_KINDS = ("sent", "bounced", "soft_bounced", "complaint")
@@ -395,13 +510,14 @@ def _bands(hist: dict[tuple[Any, ...], int], dims: tuple[str, str, str]) -> list
 
 def record(session: Session, batch: Sequence[Fact]) -> int:
     """Keep the facts not heard before (by id) and fold them in; returns how many were new."""
+    plan_by_key(session)
     unique: dict[str, Fact] = {}
     for f in batch:
         unique.setdefault(f.id, f)
     ids = list(unique)
     known: set[str] = set()
     for part in _chunks(ids):
-        known.update(session.scalars(select(facts.c.id).where(facts.c.id.in_(part))))
+        known.update(session.scalars(select(facts.c.id).where(key_in(session, facts.c.id, part))))
     new = [f for f in unique.values() if f.id not in known]
     if not new:
         return 0
@@ -414,6 +530,7 @@ def record(session: Session, batch: Sequence[Fact]) -> int:
 
 def rebuild(session: Session, chunk: int = 5000) -> int:
     """Derive every table again from the facts record, in the order the facts were heard."""
+    plan_by_key(session)
     for table in DERIVED:
         session.execute(delete(table))
     _upsert(session, meta, [{"key": "fold_version", "value": FOLD_VERSION}])
@@ -441,7 +558,7 @@ def erase_lead(session: Session, lead_id: str) -> int:
     """Forget a lead's identity: its facts and per-lead rows go; the day aggregates (counts with no
     person in them) stay, so past reports do not change."""
     n = 0
-    for table in (facts, leads, lead_stages, nurtured, touches, won, won_entries):
+    for table in (facts, leads, lead_stages, nurtured, touches, won, won_entries, lead_scores):
         result: Any = session.execute(delete(table).where(table.c.lead_id == lead_id))
         n += int(result.rowcount or 0)
     return n
@@ -563,7 +680,26 @@ def progression_report(session: Session, q: Query, tables: Collection[str] = ())
         out["content_gaps"] = content_gaps(session, q)
     if "score_progression" in wanted:
         out["score_progression"] = score_progression(session, q, wins)
+    if "score_now" in wanted:
+        out["score_now"] = score_now_report(session, q)
     return out
+
+
+def score_now_report(session: Session, q: Query) -> list[dict[str, Any]]:
+    """Score progression of leads not (yet) converted: per journey, the leads whose earliest entry of it
+    falls in the range (in `segment` then), their score then against their score now; the first row,
+    `journey` null, by each lead's earliest entry of any journey (of `journey`, when given)."""
+    t = score_now
+    cond = [t.c.day >= q.start, t.c.day <= q.end]
+    if q.segment is not None:
+        cond.append(t.c.segment == q.segment)
+    if q.journey is not None:
+        cond.append(t.c.journey == q.journey)
+    sums = {j: (int(n or 0), int(e or 0), int(now or 0)) for j, n, e, now in session.execute(
+        select(t.c.journey, func.sum(t.c.leads), func.sum(t.c.entry_sum), func.sum(t.c.now_sum))
+        .where(*cond).group_by(t.c.journey))}
+    overall = sums.pop("", None) if q.journey is None else sums.get(q.journey)
+    return reports.score_now_rows(overall, sums)
 
 
 def content_gaps(session: Session, q: Query) -> list[dict[str, Any]]:

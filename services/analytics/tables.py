@@ -266,6 +266,29 @@ deliverability = Table(
     Column("complaints", Integer, nullable=False, default=0),
 )
 
+# A lead's score now: the score its latest fact carried (by time, then order heard; scoring's
+# `score_changed` carries every change), and whether a deal of the lead was won.
+lead_scores = Table(
+    "analytics_lead_scores", metadata,
+    Column("lead_id", String(128), primary_key=True),
+    Column("score", Integer, nullable=True),
+    Column("ts", BigInteger, nullable=False),  # the time of the fact that carried it, in microseconds
+    Column("won", Boolean, nullable=False, default=False),
+)
+
+# Leads not converted (no won deal) by the day and segment of their earliest entry of a journey (journey
+# "": of any journey) with a score then: how many, the sum of their scores then and of their scores now.
+# The fold moves a lead's contribution when its score, its earliest entry or its won state changes.
+score_now = Table(
+    "analytics_score_now", metadata,
+    Column("day", Date, primary_key=True),
+    Column("journey", String(_D), primary_key=True),
+    Column("segment", String(_D), primary_key=True),
+    Column("leads", Integer, nullable=False, default=0),
+    Column("entry_sum", BigInteger, nullable=False, default=0),
+    Column("now_sum", BigInteger, nullable=False, default=0),
+)
+
 # Which fold the derived tables were made by: a service whose fold changed rebuilds them at start.
 meta = Table(
     "analytics_meta", metadata,
@@ -275,4 +298,5 @@ meta = Table(
 
 DERIVED = (messages, engagement, stage_engagement, sends,
            nurtured, reach, leads, lifecycle, lifecycle_bands, lead_stages, stage_counts,
-           stage_dwell, stage_dwell_bands, touches, won, won_entries, deliveries, deliverability)
+           stage_dwell, stage_dwell_bands, touches, won, won_entries, deliveries, deliverability,
+           lead_scores, score_now)

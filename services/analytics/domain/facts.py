@@ -34,6 +34,7 @@ DELIVERABILITY_KINDS = {
 }
 WON_EVENT = "opportunity_won"      # crm_sync's event for a deal reported `closed_won` (sync.yaml deal_events)
 STAGE_EVENT = "stage_changed"      # scoring's lifecycle change, published beside the event that caused it
+SCORE_EVENT = "score_changed"      # scoring's score change, likewise: a lead's score now (score progression)
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,7 @@ class Fact:
 
     id: str
     kind: str            # sent | opened | clicked | bounced | unsubscribed | soft_bounced | complaint | stage | won
+    #                      | score
     lead_id: str
     at: datetime         # when it happened (the event's occurred_at), UTC
     segment: str = ""    # the lead's segment when it happened
@@ -103,6 +105,10 @@ def from_bus(bus_message: BusMessage | Mapping[str, Any]) -> Fact | None:
     if etype == STAGE_EVENT:
         return Fact(id=mid, kind="stage", lead_id=lead_id, at=at, segment=segment, stage=_text(props.get("new")),
                     previous=_text(props.get("old")), since=parse_time(lead.get("created_at")))
+    if etype == SCORE_EVENT:
+        if score is None:  # the snapshot (the lead after the change, as on every message) is the score
+            return None
+        return Fact(id=mid, kind="score", lead_id=lead_id, at=at, segment=segment, score=score)
     if etype == WON_EVENT:
         try:
             amount = float(props.get("amount") or 0)

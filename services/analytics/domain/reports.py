@@ -35,7 +35,7 @@ GAP_ENGAGEMENT_SHARE = 0.5
 
 
 PROGRESSION_TABLES = ("stages", "lifecycle", "qualification", "time_to_conversion", "content_gaps",
-                      "score_progression")
+                      "score_progression", "score_now")
 
 
 class QueryError(ValueError):
@@ -262,6 +262,19 @@ def score_rows(pairs: Mapping[str | None, Sequence[tuple[int, int]]]) -> list[di
         out.insert(0, {"journey": None, "conversions": 0, "score_at_entry": None, "score_at_conversion": None,
                        "change": None})
     return out
+
+
+def score_now_rows(overall: tuple[int, int, int] | None, per_journey: Mapping[str, tuple[int, int, int]]
+                   ) -> list[dict[str, Any]]:
+    """Leads not converted: how many, their mean score at entry and now, and the mean change; the first row
+    (`journey` None) over every journey, then one per journey with a lead."""
+    def row(journey: str | None, cell: tuple[int, int, int] | None) -> dict[str, Any]:
+        n, entry, now = cell or (0, 0, 0)
+        if not n:
+            return {"journey": journey, "leads": 0, "score_at_entry": None, "score_now": None, "change": None}
+        return {"journey": journey, "leads": n, "score_at_entry": round(entry / n, 2), "score_now": round(now / n, 2),
+                "change": round((now - entry) / n, 2)}
+    return [row(None, overall), *(row(j, per_journey[j]) for j in sorted(per_journey) if per_journey[j][0])]
 
 
 def path_of(entered: Mapping[str, datetime] | Mapping[str, int]) -> str | None:

@@ -142,7 +142,33 @@ def generate(seed: int, *, leads: int = 40, days: int = 50) -> list[dict[str, An
             live.remove(i)
     for _ in range(len(stream) // 20):  # repeats much later (a producer's retry, an outbox republish)
         stream.append(dict(rnd.choice(stream)))
-    return stream
+    return with_score_changes(stream)
+
+
+def with_score_changes(stream: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Scoring's `score_changed` (id `<event id>:score`, the same time and snapshot) before each message
+    whose snapshot score differs from the lead's previous message's as heard, and again wherever that
+    message is heard again. A message heard late carries an older score: the changes around it are heard
+    after later ones. Added after the rest (no random draw), so the other reports' histories stay as
+    they were."""
+    changes: dict[str, dict[str, Any]] = {}
+    last: dict[str, int] = {}
+    seen: set[str] = set()
+    out: list[dict[str, Any]] = []
+    for m in stream:
+        score = m["lead"].get("score")
+        if m["id"] not in seen:
+            seen.add(m["id"])
+            before = last.get(m["lead_id"])
+            if isinstance(score, int):
+                if before is not None and score != before:
+                    changes[m["id"]] = {**m, "id": f"{m['id']}:score", "type": "score_changed",
+                                        "properties": {"old": before, "new": score, "event_id": m["id"]}}
+                last[m["lead_id"]] = score
+        if m["id"] in changes:
+            out.append(dict(changes[m["id"]]))
+        out.append(m)
+    return out
 
 
 # --- the brute-force recount -------------------------------------------------------------------------
@@ -299,7 +325,7 @@ def progression(stream: Sequence[dict[str, Any]], r: Range) -> dict[str, Any]:
                      for w in weeks]
     return {"stages": stages, "lifecycle": lifecycle, "qualification": qualification,
             "time_to_conversion": time_to_conversion(stream, r), "content_gaps": content_gaps(stream, r),
-            "score_progression": score_progression(stream, r)}
+            "score_progression": score_progression(stream, r), "score_now": score_now(stream, r)}
 
 
 def score_progression(stream: Sequence[dict[str, Any]], r: Range) -> list[dict[str, Any]]:
@@ -334,6 +360,55 @@ def score_progression(stream: Sequence[dict[str, Any]], r: Range) -> list[dict[s
         entry, won_ = sum(a for a, _ in v), sum(b for _, b in v)
         rows.append({"journey": name, "conversions": len(v), "score_at_entry": round(entry / len(v), 2),
                      "score_at_conversion": round(won_ / len(v), 2), "change": round((won_ - entry) / len(v), 2)})
+    return rows
+
+
+# The messages analytics keeps that carry the lead's score (its snapshot's): engagement, deliverability
+# outcomes messaging labelled with a provider, won deals, score changes.
+SCORED = {*ENGAGEMENT, "email_soft_bounced", "spam_reported", "opportunity_won", "score_changed"}
+
+
+def score_now(stream: Sequence[dict[str, Any]], r: Range) -> list[dict[str, Any]]:
+    """Leads with no won deal: the score of the lead's latest message that carried one (by time, then as
+    heard) against its score on its earliest stage entry of each journey (ties by stage), by that entry's
+    day and segment; overall by its earliest entry of any journey (ties by journey). Entries without a
+    score, and leads whose score was never carried, are left out."""
+    heard_ = heard(stream)
+    won_leads = {m["lead_id"] for m in heard_ if m["type"] == "opportunity_won"}
+    latest: dict[str, tuple[datetime, int, int]] = {}
+    for i, m in enumerate(heard_):
+        score = (m.get("lead") or {}).get("score")
+        if m["type"] not in SCORED or not isinstance(score, int) or (
+                m["type"] in ("email_soft_bounced", "spam_reported") and not m["properties"].get("provider")):
+            continue
+        key = (at_of(m), i, score)
+        if m["lead_id"] not in latest or key[:2] > latest[m["lead_id"]][:2]:
+            latest[m["lead_id"]] = key
+    picks: dict[str | None, list[tuple[int, int]]] = defaultdict(list)
+    firsts: dict[str, list[tuple[datetime, str, dict[str, Any]]]] = defaultdict(list)
+    for (lead, journey), path in stage_entries(stream).items():
+        if lead in won_leads or lead not in latest or (r.journey is not None and journey != r.journey):
+            continue
+        e = min(path, key=lambda m: (at_of(m), m["properties"]["stage"]))
+        firsts[lead].append((at_of(e), journey, e))
+    for lead, entries in firsts.items():
+        now = latest[lead][2]
+        chosen: list[tuple[str | None, dict[str, Any]]] = [(journey, e) for _, journey, e in entries]
+        chosen.append((None, min(entries, key=lambda x: (x[0], x[1]))[2]))
+        for name, e in chosen:
+            score = e["lead"].get("score")
+            if score is not None and r.start <= at_of(e).date() <= r.end and (
+                    r.segment is None or seg_of(e) == r.segment):
+                picks[name].append((score, now))
+    rows = []
+    for name in [None, *sorted(j for j in picks if j is not None)]:
+        v = picks.get(name, [])
+        if not v:
+            rows.append({"journey": name, "leads": 0, "score_at_entry": None, "score_now": None, "change": None})
+            continue
+        entry, now_ = sum(a for a, _ in v), sum(b for _, b in v)
+        rows.append({"journey": name, "leads": len(v), "score_at_entry": round(entry / len(v), 2),
+                     "score_now": round(now_ / len(v), 2), "change": round((now_ - entry) / len(v), 2)})
     return rows
 
 

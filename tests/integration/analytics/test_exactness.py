@@ -55,7 +55,7 @@ def ranges(stream: Sequence[dict[str, Any]]) -> list[h.Range]:
 
 
 def check(db: Database, stream: Sequence[dict[str, Any]]) -> int:
-    figures, conversions, gaps, scored, sequenced = 0, 0, 0, 0, 0
+    figures, conversions, gaps, scored, sequenced, unconverted = 0, 0, 0, 0, 0, 0
     costs = load_costs()
     with db.session() as s:
         for r in ranges(stream):
@@ -73,7 +73,9 @@ def check(db: Database, stream: Sequence[dict[str, Any]]) -> int:
             assert got["time_to_conversion"] == expected_p["time_to_conversion"], r
             assert got["content_gaps"] == expected_p["content_gaps"], r
             assert got["score_progression"] == expected_p["score_progression"], r
+            assert got["score_now"] == expected_p["score_now"], r
             scored += expected_p["score_progression"][0]["conversions"]
+            unconverted += expected_p["score_now"][0]["leads"]
             # One table asked for (as the dashboard and a CSV download ask): the same rows, the rest empty.
             for table in reports.PROGRESSION_TABLES:
                 assert storage.progression_report(s, q, (table,)) == {
@@ -109,6 +111,7 @@ def check(db: Database, stream: Sequence[dict[str, Any]]) -> int:
             figures += 5 + len(expected_roi["by_journey"])
     assert conversions > 0  # the histories hold wins after nurture: time in nurture is measured, not empty
     assert gaps > 0 and scored > 0  # and content gaps to find, and scores to compare
+    assert unconverted > 0  # and leads not converted whose score moved
     assert sequenced > 0  # and wins after a sequence of content
     return figures
 
@@ -149,6 +152,10 @@ def test_the_history_covers_what_the_reports_distinguish() -> None:
     late = [b for a, b in zip(h.heard(stream), h.heard(stream)[1:], strict=False)
             if a["lead_id"] == b["lead_id"] and h.at_of(b) < h.at_of(a)]
     assert late  # events heard after later ones
+    scored = [m for m in h.heard(stream) if m["type"] in h.SCORED and isinstance(m["lead"].get("score"), int)]
+    assert any(m["type"] == "score_changed" and any(
+        o["lead_id"] == m["lead_id"] and h.at_of(o) > h.at_of(m) for o in scored[:i])
+        for i, m in enumerate(scored))  # a score change heard after a later score: it must not win
 
 
 def test_the_history_holds_stage_entries_heard_after_the_win_they_preceded() -> None:

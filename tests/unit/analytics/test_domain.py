@@ -88,6 +88,13 @@ def test_the_adapter_keeps_what_reports_need_and_drops_the_rest() -> None:
     assert from_bus({"id": "e3", "lead_id": "L1", "type": "page_viewed", "occurred_at": "2026-03-03T08:00:00Z",
                      "lead": lead, "properties": {}}) is None
     assert from_bus({"id": "e4", "lead_id": "L1", "type": "email_sent", "lead": lead, "properties": {}}) is None
+    # A score change is the lead's score now (its snapshot's); one whose snapshot has no score says nothing.
+    change = {"id": "e5:score", "lead_id": "L1", "type": "score_changed", "occurred_at": "2026-03-03T09:00:00Z",
+              "properties": {"old": 10, "new": 25}}
+    score = from_bus({**change, "lead": {**lead, "score": 25}})
+    assert score is not None and (score.kind, score.score, score.segment) == ("score", 25, "family")
+    assert from_bus({**change, "lead": lead}) is None
+    assert from_bus({**change, "lead": {**lead, "score": True}}) is None
 
 
 def test_periods_cover_every_day_of_a_range_once_coarsest_first() -> None:
