@@ -7,9 +7,10 @@ Every function takes the session factory explicitly and does one transaction, so
 from __future__ import annotations
 
 import json
+import operator
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import NamedTuple
 
@@ -45,10 +46,10 @@ aware = times.utc_or_none  # (this one relabelled an aware time as UTC instead o
 CLAIM_LEASE = timedelta(minutes=15)
 
 
-@dataclass(frozen=True, slots=True)
-class Message:
+class Message(NamedTuple):
     """One row of `messaging_messages`, as the worker, the channels and the servicer read it. Times are
-    naive UTC, as the columns hold them (`aware` labels them)."""
+    naive UTC, as the columns hold them (`aware` labels them). A NamedTuple: the worker reads rows
+    by the batch, and a tuple is built several times faster than a frozen dataclass."""
 
     id: str
     dedupe_key: str
@@ -77,14 +78,14 @@ class Message:
     @classmethod
     def from_row(cls, row: RowMapping) -> Message:
         """From a SQLAlchemy row mapping (columns a later migration adds are not read here)."""
-        return cls(**{name: row[name] for name in _MESSAGE_COLUMNS})
+        return cls._make(_read_columns(row))
 
     def values(self) -> dict[str, object]:
         """The row to insert."""
-        return {name: getattr(self, name) for name in _MESSAGE_COLUMNS}
+        return dict(zip(self._fields, self, strict=True))
 
 
-_MESSAGE_COLUMNS = tuple(f.name for f in fields(Message))
+_read_columns = operator.itemgetter(*Message._fields)  # every column in one call
 
 
 @dataclass
