@@ -13,10 +13,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from nurture import times
 from nurture.datafiles import DataFileError, Open, Seconds, Strict, read_yaml, validate
+from nurture.jsontypes import JsonMapping, JsonObject
 from nurture.rules import CompiledRules, Match, RuleSpec, compile_rules
 
 POLICIES = ("prefer_crm_unless_blank", "always_crm", "most_recent", "do_not_sync", "always_platform")
@@ -179,18 +180,41 @@ def _iso(at: datetime | None) -> str | None:
 _dt = times.parse_utc  # (this one read a time without a zone as naive, which then failed beside aware ones)
 
 
+class FieldState(TypedDict, total=False):
+    """A mapped field's sync state, kept per lead as JSON (`LeadRecord.fields`): the platform's value
+    and when the platform last changed it, what the CRM last said and when (times ISO 8601)."""
+
+    platform_value: str | None
+    platform_at: str | None
+    crm_value: str | None
+    crm_at: str | None
+
+
+class Conflict(TypedDict):
+    """Two different non-blank values of a field where one side lost (a timeline line's details)."""
+
+    field: str
+    crm_property: str
+    policy: str
+    crm_value: str
+    platform_value: str
+    winner: str              # crm | platform
+    crm_modified_at: str | None
+    platform_changed_at: str | None
+
+
 @dataclass
 class InboundMerge:
     """What to write to the lead, the conflicts found, and the updated per-field state."""
 
-    fields: dict[str, Any]
-    conflicts: list[dict[str, Any]]
-    state: dict[str, dict[str, Any]]
+    fields: JsonObject                 # the lead fields to send to scoring (attributes under "attributes")
+    conflicts: list[Conflict]
+    state: dict[str, FieldState]
 
 
 def merge_inbound(
-    cfg: SyncConfig, props: Mapping[str, Any], crm_at: datetime, lead: Mapping[str, Any] | None,
-    state: Mapping[str, Mapping[str, Any]],
+    cfg: SyncConfig, props: JsonMapping, crm_at: datetime, lead: JsonMapping | None,
+    state: Mapping[str, FieldState],
 ) -> InboundMerge:
     """Apply a CRM contact's properties under each field's ownership policy.
 
@@ -198,10 +222,10 @@ def merge_inbound(
     platform's current snapshot (None when the lead is new here); `state[field]` holds `platform_at`
     (when the platform last changed the field) and what the CRM last said (`crm_value`, `crm_at`).
     A conflict is two different non-blank values where one side loses; it names the winner."""
-    out: dict[str, Any] = {}
-    attributes: dict[str, Any] = {}
-    conflicts: list[dict[str, Any]] = []
-    new_state = {k: dict(v) for k, v in state.items()}
+    out: JsonObject = {}
+    attributes: JsonObject = {}
+    conflicts: list[Conflict] = []
+    new_state = {k: v.copy() for k, v in state.items()}
     for prop, value in props.items():
         rule = cfg.by_crm.get(prop)
         if rule is None:
@@ -224,6 +248,7 @@ def merge_inbound(
             apply = platform_at is None or crm_at >= platform_at
         differs = crm_value is not None and platform_value is not None and crm_value != platform_value
         if differs:
+            assert crm_value is not None and platform_value is not None
             conflicts.append({"field": rule.lead, "crm_property": prop, "policy": rule.policy,
                               "crm_value": crm_value, "platform_value": platform_value,
                               "winner": "crm" if apply else "platform",
@@ -241,11 +266,11 @@ def merge_inbound(
 
 
 def track_platform_changes(
-    cfg: SyncConfig, lead: Mapping[str, Any], state: Mapping[str, Mapping[str, Any]], at: datetime, *, from_crm: bool
-) -> dict[str, dict[str, Any]]:
+    cfg: SyncConfig, lead: JsonMapping, state: Mapping[str, FieldState], at: datetime, *, from_crm: bool
+) -> dict[str, FieldState]:
     """Note when the platform changed a mapped field (for `most_recent`); changes the CRM itself
     made (source crm:...) are not platform changes."""
-    new_state = {k: dict(v) for k, v in state.items()}
+    new_state = {k: v.copy() for k, v in state.items()}
     for rule in cfg.fields:
         if rule.policy not in INBOUND_POLICIES:
             continue
@@ -283,7 +308,7 @@ def computed_values(
 
 
 def outbound_properties(
-    cfg: SyncConfig, lead: Mapping[str, Any], state: Mapping[str, Mapping[str, Any]], computed: Mapping[str, str],
+    cfg: SyncConfig, lead: JsonMapping, state: Mapping[str, FieldState], computed: Mapping[str, str],
     *, contact_exists: bool,
 ) -> dict[str, str]:
     """CRM properties to write for a lead under each field's policy. Creation sends every known

@@ -70,8 +70,8 @@ async def serve(settings: Settings) -> Running:
 
     async def timeline(lead_id: str, limit: int) -> list[common_pb2.TimelineItem]:
         items = await core.timeline(lead_id, limit)
-        return [timeline_item(at=i["at"], kind="crm", type=i["type"], summary=i["summary"],
-                              details_json=json.dumps(i["details"], default=str), id=i["id"]) for i in items]
+        return [timeline_item(at=i.at, kind="crm", type=i.type, summary=i.summary,
+                              details_json=json.dumps(i.details, default=str), id=i.id) for i in items]
 
     async def erase(lead_id: str, _hash: str) -> int:
         return await core.erase(lead_id)

@@ -15,10 +15,13 @@ from nurture import errors, limits
 from nurture.api.crm_sync.v1 import crm_sync_pb2, crm_sync_pb2_grpc
 from nurture.api.scoring.v1 import scoring_pb2, scoring_pb2_grpc
 from nurture.rpcguard import guard_requests, message_problems, problem_text
+from services.crm_sync.app.activities import ActivityIn, DealIn, InboundResult
 from services.crm_sync.app.base import InputError, ScoringUnavailable, UnknownContact
-from services.crm_sync.app.contacts import ContactIn
+from services.crm_sync.app.contacts import ContactIn, ContactResult
 from services.crm_sync.app.core import CrmSyncCore
 from services.crm_sync.app.proposals import MessagingUnavailable
+from services.crm_sync.app.tasks import TaskRequest
+from services.crm_sync.storage import Proposal
 
 log = logging.getLogger(__name__)
 MAX_CONTACTS = 1000
@@ -93,7 +96,7 @@ class CrmSyncServicer(crm_sync_pb2_grpc.CrmSyncServicer):
             await errors.abort(context, errors.InvalidArgument(f"at most {MAX_CONTACTS} contacts per call"))
         now = self._core.clock.now()
         good: list[tuple[int, ContactIn]] = []
-        results: list[dict[str, Any] | None] = [None] * len(request.contacts)
+        results: list[ContactResult | None] = [None] * len(request.contacts)
         for i, c in enumerate(request.contacts):
             try:
                 if not c.crm_id and not c.email:
@@ -107,12 +110,13 @@ class CrmSyncServicer(crm_sync_pb2_grpc.CrmSyncServicer):
                                           modified_at=_when(c.modified_at, c.HasField("modified_at")) or now,
                                           lead_id=c.lead_id)))
             except InputError as exc:
-                results[i] = {"crm_id": c.crm_id, "lead_id": "", "status": "error", "error_code": "invalid",
-                              "error_message": str(exc), "conflicts": []}
+                results[i] = ContactResult(c.crm_id, error_code="invalid", error_message=str(exc))
         done = await self._core.upsert_contacts(crm, [c for _, c in good])
         for (i, _), res in zip(good, done, strict=True):
             results[i] = res
-        return crm_sync_pb2.UpsertContactsReply(results=[crm_sync_pb2.ContactResult(**r) for r in results if r])
+        return crm_sync_pb2.UpsertContactsReply(results=[crm_sync_pb2.ContactResult(
+            crm_id=r.crm_id, lead_id=r.lead_id, status=r.status, error_code=r.error_code, error_message=r.error_message,
+            conflicts=list(r.conflicts)) for r in results if r])
 
     async def RecordActivity(
         self, request: crm_sync_pb2.RecordActivityRequest, context: grpc.aio.ServicerContext
@@ -120,15 +124,15 @@ class CrmSyncServicer(crm_sync_pb2_grpc.CrmSyncServicer):
         crm = await self._auth.crm_of(context)
         a = request.activity
         try:
-            reply = await self._core.record_activity(crm, {
-                "activity_id": a.activity_id, "crm_id": a.crm_id, "lead_id": a.lead_id, "kind": a.kind,
-                "outcome": a.outcome, "body": a.body, "reason": a.reason,
-                "occurred_at": _when(a.occurred_at, a.HasField("occurred_at")),
-                "modified_at": _when(a.modified_at, a.HasField("modified_at")),
-                "properties": _props(a.properties_json, "activity")})
+            reply = await self._core.record_activity(crm, ActivityIn(
+                activity_id=a.activity_id, crm_id=a.crm_id, lead_id=a.lead_id, kind=a.kind,
+                outcome=a.outcome, body=a.body, reason=a.reason,
+                occurred_at=_when(a.occurred_at, a.HasField("occurred_at")),
+                modified_at=_when(a.modified_at, a.HasField("modified_at")),
+                properties=_props(a.properties_json, "activity")))
         except (InputError, UnknownContact, ScoringUnavailable) as exc:
             await _fail(context, exc)
-        return crm_sync_pb2.InboundReply(**reply)
+        return _inbound_reply(reply)
 
     async def ReportDeal(
         self, request: crm_sync_pb2.ReportDealRequest, context: grpc.aio.ServicerContext
@@ -136,14 +140,13 @@ class CrmSyncServicer(crm_sync_pb2_grpc.CrmSyncServicer):
         crm = await self._auth.crm_of(context)
         d = request.deal
         try:
-            reply = await self._core.report_deal(crm, {
-                "deal_id": d.deal_id, "crm_id": d.crm_id, "lead_id": d.lead_id, "stage": d.stage, "amount": d.amount,
-                "currency": d.currency, "reason": d.reason,
-                "modified_at": _when(d.modified_at, d.HasField("modified_at")),
-                "properties": _props(d.properties_json, "deal")})
+            reply = await self._core.report_deal(crm, DealIn(
+                deal_id=d.deal_id, crm_id=d.crm_id, lead_id=d.lead_id, stage=d.stage, amount=d.amount,
+                currency=d.currency, reason=d.reason, modified_at=_when(d.modified_at, d.HasField("modified_at")),
+                properties=_props(d.properties_json, "deal")))
         except (InputError, UnknownContact, ScoringUnavailable) as exc:
             await _fail(context, exc)
-        return crm_sync_pb2.InboundReply(**reply)
+        return _inbound_reply(reply)
 
     async def WatchChanges(
         self, request: crm_sync_pb2.WatchChangesRequest, context: grpc.aio.ServicerContext
@@ -153,14 +156,14 @@ class CrmSyncServicer(crm_sync_pb2_grpc.CrmSyncServicer):
         if cursor and not cursor.isdigit():
             await errors.abort(context, errors.invalid_fields({"cursor": "must be one a previous change returned"}))
         async for row in self._core.watch(int(cursor or 0), request.follow, max(0, request.limit)):
-            data = row["data"]
+            data = row.data
             change = crm_sync_pb2.LeadChange(
-                cursor=str(row["seq"]), lead_id=row["lead_id"], crm_id=row["crm_id"] or "", changed=row["changed"],
+                cursor=str(row.seq), lead_id=row.lead_id, crm_id=row.crm_id or "", changed=row.changed,
                 score=int(data.get("score", 0)), grade=str(data.get("grade", "")),
                 lifecycle_stage=str(data.get("lifecycle_stage", "")), segment=str(data.get("segment", "")),
                 journeys_json=json.dumps(data.get("journeys", [])),
                 engagement_json=json.dumps(data.get("engagement", {})))
-            change.at.FromDatetime(row["at"])
+            change.at.FromDatetime(row.at)
             yield change
 
 
@@ -174,25 +177,28 @@ class SalesOpsServicer(crm_sync_pb2_grpc.SalesOpsServicer):
     ) -> crm_sync_pb2.TaskReply:
         try:
             details = _props(request.details_json, "task").copy() if request.details_json else {}
-            task, duplicate = await self._core.request_task({
-                "dedupe_key": request.dedupe_key, "lead_id": request.lead_id, "kind": request.kind,
-                "title": request.title, "priority": request.priority or "normal",
-                "due_at": _when(request.due_at, request.HasField("due_at")), "details": details,
-                "source": "journeys"})
+            task, duplicate = await self._core.request_task(TaskRequest(
+                dedupe_key=request.dedupe_key, lead_id=request.lead_id, kind=request.kind,
+                title=request.title, priority=request.priority or "normal",
+                due_at=_when(request.due_at, request.HasField("due_at")), details=details, source="journeys"))
         except (InputError, UnknownContact, ScoringUnavailable) as exc:
             await _fail(context, exc)
-        return crm_sync_pb2.TaskReply(task_id=task["id"], owner=task["owner"] or "", duplicate=duplicate)
+        return crm_sync_pb2.TaskReply(task_id=task.id, owner=task.owner or "", duplicate=duplicate)
 
 
-def _proposal(p: dict[str, Any], url: str, *, with_html: bool) -> crm_sync_pb2.Proposal:
+def _inbound_reply(r: InboundResult) -> crm_sync_pb2.InboundReply:
+    return crm_sync_pb2.InboundReply(lead_id=r.lead_id, status=r.status, event_id=r.event_id)
+
+
+def _proposal(p: Proposal, url: str, *, with_html: bool) -> crm_sync_pb2.Proposal:
     out = crm_sync_pb2.Proposal(
-        id=p["id"], lead_id=p["lead_id"], deal_id=p["deal_id"] or "", plan=p["plan"], total=p["total"],
-        currency=p["currency"], url=url, status=p["status"], message_id=p["message_id"] or "",
-        task_id=p["task_id"] or "", html=p["html"] if with_html else "", pathways=p["pathways"],
-        lines=[crm_sync_pb2.ProposalLine(kind=ln["kind"], key=ln["key"], name=ln["name"], price=ln["price"],
-                                         rule=ln["rule"]) for ln in p["lines"]])
-    out.created_at.FromDatetime(p["created_at"])
-    out.valid_until.FromDatetime(p["valid_until"])
+        id=p.id, lead_id=p.lead_id, deal_id=p.deal_id or "", plan=p.plan, total=p.total,
+        currency=p.currency, url=url, status=p.status, message_id=p.message_id or "",
+        task_id=p.task_id or "", html=p.html if with_html else "", pathways=p.pathways,
+        lines=[crm_sync_pb2.ProposalLine(kind=ln.kind, key=ln.key, name=ln.name, price=ln.price,
+                                         rule=ln.rule) for ln in p.lines])
+    out.created_at.FromDatetime(p.created_at)
+    out.valid_until.FromDatetime(p.valid_until)
     return out
 
 
@@ -215,7 +221,7 @@ class ProposalsServicer(crm_sync_pb2_grpc.ProposalsServicer):
         except _PROPOSAL_ERRORS as exc:
             await _fail(context, exc)
         return crm_sync_pb2.GenerateProposalReply(
-            proposal=_proposal(p, self._core.proposal_url(p["id"]), with_html=False), duplicate=duplicate)
+            proposal=_proposal(p, self._core.proposal_url(p.id), with_html=False), duplicate=duplicate)
 
     async def ListProposals(
         self, request: crm_sync_pb2.ListProposalsRequest, context: grpc.aio.ServicerContext
@@ -224,7 +230,7 @@ class ProposalsServicer(crm_sync_pb2_grpc.ProposalsServicer):
             await errors.abort(context, errors.invalid_fields({"lead_id": "is required"}))
         found = await self._core.list_proposals(request.lead_id)
         return crm_sync_pb2.ListProposalsReply(
-            proposals=[_proposal(p, self._core.proposal_url(p["id"]), with_html=False) for p in found])
+            proposals=[_proposal(p, self._core.proposal_url(p.id), with_html=False) for p in found])
 
     async def GetProposal(
         self, request: crm_sync_pb2.GetProposalRequest, context: grpc.aio.ServicerContext
@@ -233,7 +239,7 @@ class ProposalsServicer(crm_sync_pb2_grpc.ProposalsServicer):
             p = await self._core.get_proposal(request.id, request.token)
         except _PROPOSAL_ERRORS as exc:
             await _fail(context, exc)
-        return _proposal(p, self._core.proposal_url(p["id"]), with_html=True)
+        return _proposal(p, self._core.proposal_url(p.id), with_html=True)
 
     async def SendProposal(
         self, request: crm_sync_pb2.SendProposalRequest, context: grpc.aio.ServicerContext

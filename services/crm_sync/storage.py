@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from nurture import times
 from nurture.db import RetryTransaction, insert_new
 from nurture.jsontypes import JsonObject, JsonValue
+from services.crm_sync.domain import FieldState
 from services.crm_sync.tables import changes, inbound, leads, outbox, proposals, round_robin, tasks, timeline
 
 Sessions = Callable[[], AbstractContextManager[Session]]
@@ -42,7 +43,7 @@ class LeadRecord:
     inbound_hash: str | None = None
     version: int = 0
     snapshot: JsonObject = field(default_factory=dict)  # the lead as the bus last carried it
-    fields: JsonObject = field(default_factory=dict)  # field -> its sync state (values and times per side)
+    fields: dict[str, FieldState] = field(default_factory=dict)  # field -> its sync state (values and times per side)
     projection: JsonObject = field(default_factory=dict)  # the change feed's last projection
     journeys: list[JsonValue] = field(default_factory=list)
     owner: str | None = None
@@ -63,6 +64,71 @@ def _lead_row(row: Any) -> LeadRecord:
     for key in ("contact_modified_at", "converted_at", "updated_at"):
         m[key] = aware(m[key])
     return LeadRecord(**m)
+
+
+@dataclass(frozen=True, slots=True)
+class PushJob:
+    """A push of the outbound queue (a `crm_sync_outbox` row, its payload decoded, times aware UTC).
+    `op`: contact | task | lead | deal | erase; `ref`: the task or proposal it is about."""
+
+    id: int
+    lead_id: str
+    op: str
+    ref: str
+    payload: JsonObject   # what the push sends, as queued (a lead update's fields, a deal's properties)
+    status: str           # pending | running | done | dead
+    attempts: int
+    due_at: datetime
+    last_error: str | None
+    created_at: datetime
+    done_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class FinishedJob:
+    """What became of a push: its new status, attempts and due time, the error (None when done)."""
+
+    job_id: int
+    status: str
+    attempts: int
+    due_at: datetime
+    error: str | None
+    now: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    """A task or notification for sales (a `crm_sync_tasks` row, its details decoded, times aware UTC).
+    `status`: queued | pushed | held | dead; `remote_id`: the CRM's task once pushed."""
+
+    id: str
+    dedupe_key: str
+    lead_id: str
+    kind: str
+    title: str
+    priority: str
+    owner: str | None
+    due_at: datetime | None
+    details: JsonObject   # why it was asked for, and the facts and rule behind it (stored verbatim)
+    document: str
+    rule: str
+    status: str
+    remote_id: str | None
+    created_at: datetime
+
+
+def _task(row: Any) -> Task:
+    return Task(id=row.id, dedupe_key=row.dedupe_key, lead_id=row.lead_id, kind=row.kind, title=row.title,
+                priority=row.priority, owner=row.owner, due_at=aware(row.due_at),
+                details=json.loads(row.details or "{}"), document=row.document or "", rule=row.rule or "",
+                status=row.status, remote_id=row.remote_id, created_at=aware(row.created_at) or row.created_at)
+
+
+def _push_job(row: Any) -> PushJob:
+    return PushJob(id=int(row.id), lead_id=row.lead_id, op=row.op, ref=row.ref or "",
+                   payload=json.loads(row.payload or "{}"), status=row.status, attempts=int(row.attempts),
+                   due_at=aware(row.due_at) or row.due_at, last_error=row.last_error,
+                   created_at=aware(row.created_at) or row.created_at, done_at=aware(row.done_at))
 
 
 def new_lead_row(lead_id: str, now: datetime) -> LeadRecord:
@@ -250,26 +316,40 @@ def timeline_id() -> str:
     return f"{time.time_ns():016x}{next(_timeline_seq) % 0x10000:04x}{uuid.uuid4().hex[:12]}"
 
 
-def timeline_row(lead_id: str, at: datetime, type_: str, summary: str, details: dict[str, Any]) -> dict[str, Any]:
-    return {"id": timeline_id(), "lead_id": lead_id, "at": at, "type": type_, "summary": summary,
-            "details": json.dumps(details, default=str)}
+class TimelineEntry(NamedTuple):
+    """A line of a lead's CRM timeline (`crm_sync_timeline`): its id orders lines written at one `at`."""
+
+    id: str
+    lead_id: str
+    at: datetime
+    type: str
+    summary: str
+    details: JsonObject   # what happened, stored verbatim as JSON
 
 
-def add_timelines(s: Session, rows: list[dict[str, Any]]) -> None:
-    if rows:
-        s.execute(_INSERT_TIMELINE, rows)
+def timeline_row(lead_id: str, at: datetime, type_: str, summary: str, details: JsonObject) -> TimelineEntry:
+    """A line to write with `add_timelines`, its id taken now (the lines keep the order they were made in)."""
+    return TimelineEntry(timeline_id(), lead_id, at, type_, summary, details)
 
 
-def add_timeline(s: Session, lead_id: str, at: datetime, type_: str, summary: str, details: dict[str, Any],
+def add_timelines(s: Session, entries: list[TimelineEntry]) -> None:
+    if entries:
+        s.execute(_INSERT_TIMELINE, [{"id": e.id, "lead_id": e.lead_id, "at": e.at, "type": e.type,
+                                      "summary": e.summary, "details": json.dumps(e.details, default=str)}
+                                     for e in entries])
+
+
+def add_timeline(s: Session, lead_id: str, at: datetime, type_: str, summary: str, details: JsonObject,
                  item_id: str | None = None) -> None:
     s.execute(_INSERT_TIMELINE, {"id": item_id or timeline_id(), "lead_id": lead_id, "at": at, "type": type_,
                                  "summary": summary, "details": json.dumps(details, default=str)})
 
 
-def get_timeline(s: Session, lead_id: str, limit: int) -> list[dict[str, Any]]:
+def get_timeline(s: Session, lead_id: str, limit: int) -> list[TimelineEntry]:
     rows = s.execute(select(timeline).where(timeline.c.lead_id == lead_id)
                      .order_by(timeline.c.at, timeline.c.id).limit(limit)).all()
-    return [{**dict(r._mapping), "at": aware(r.at), "details": json.loads(r.details)} for r in rows]
+    return [TimelineEntry(r.id, r.lead_id, aware(r.at) or r.at, r.type, r.summary, json.loads(r.details))
+            for r in rows]
 
 
 # -- change feed -------------------------------------------------------------------------------------
@@ -280,10 +360,22 @@ def add_change(s: Session, lead_id: str, crm_id: str | None, changed: list[str],
                                "data": json.dumps(data, default=str), "at": at})
 
 
-def changes_after(s: Session, seq: int, limit: int) -> list[dict[str, Any]]:
+class Change(NamedTuple):
+    """An entry of the change feed the CRM watches: the lead, which keys of its projection changed, and
+    the projection itself (domain.projection: score, grade, stage, segment, journeys, engagement)."""
+
+    seq: int
+    lead_id: str
+    crm_id: str | None
+    changed: list[str]
+    data: JsonObject
+    at: datetime
+
+
+def changes_after(s: Session, seq: int, limit: int) -> list[Change]:
     rows = s.execute(select(changes).where(changes.c.seq > seq).order_by(changes.c.seq).limit(limit)).all()
-    return [{"seq": r.seq, "lead_id": r.lead_id, "crm_id": r.crm_id, "changed": json.loads(r.changed),
-             "data": json.loads(r.data), "at": aware(r.at)} for r in rows]
+    return [Change(r.seq, r.lead_id, r.crm_id, json.loads(r.changed), json.loads(r.data), aware(r.at) or r.at)
+            for r in rows]
 
 
 # -- outbound queue ------------------------------------------------------------------------------------
@@ -347,30 +439,27 @@ def enqueue(s: Session, lead_id: str, op: str, now: datetime, *, ref: str = "", 
     return True
 
 
-def due_jobs(s: Session, now: datetime, limit: int) -> list[dict[str, Any]]:
+def due_jobs(s: Session, now: datetime, limit: int) -> list[PushJob]:
     """Pending jobs due now, locked for the claim. Rows another replica's claim holds are skipped
     (PostgreSQL's SKIP LOCKED; SQLite has one writer at a time): two replicas never take one job."""
     rows = s.execute(select(outbox).where(outbox.c.status == "pending", outbox.c.due_at <= now)
                      .order_by(outbox.c.due_at, outbox.c.id).limit(limit)
                      .with_for_update(skip_locked=True)).all()
-    return [{**dict(r._mapping), "payload": json.loads(r.payload), "due_at": aware(r.due_at)} for r in rows]
+    return [_push_job(r) for r in rows]
 
 
 def finish_job(s: Session, job_id: int, *, status: str, attempts: int, due_at: datetime, error: str | None,
                now: datetime) -> None:
-    finish_jobs(s, [finished_job(job_id, status=status, attempts=attempts, due_at=due_at, error=error, now=now)])
+    finish_jobs(s, [FinishedJob(job_id, status, attempts, due_at, error, now)])
 
 
-def finished_job(job_id: int, *, status: str, attempts: int, due_at: datetime, error: str | None,
-                 now: datetime) -> dict[str, Any]:
-    return {"b_id": job_id, "status": status, "attempts": attempts, "due_at": due_at, "last_error": error,
-            "done_at": now if status != "pending" else None}
-
-
-def finish_jobs(s: Session, finished: list[dict[str, Any]]) -> None:
+def finish_jobs(s: Session, finished: list[FinishedJob]) -> None:
     """Record many pushes' outcomes in one executemany, in job id order."""
     if finished:
-        s.execute(_FINISH_JOB, sorted(finished, key=lambda f: int(f["b_id"])))
+        s.execute(_FINISH_JOB, [
+            {"b_id": f.job_id, "status": f.status, "attempts": f.attempts, "due_at": f.due_at, "last_error": f.error,
+             "done_at": f.now if f.status != "pending" else None}
+            for f in sorted(finished, key=lambda f: f.job_id)])
 
 
 _FINISH_JOB = update(outbox).where(outbox.c.id == bindparam("b_id"))
@@ -400,27 +489,27 @@ def queue_stats(s: Session) -> dict[str, int]:
     return {r[0]: int(r[1]) for r in rows}
 
 
-def dead_jobs(s: Session) -> list[dict[str, Any]]:
+def dead_jobs(s: Session) -> list[PushJob]:
     rows = s.execute(select(outbox).where(outbox.c.status == "dead").order_by(outbox.c.id)).all()
-    return [dict(r._mapping) for r in rows]
+    return [_push_job(r) for r in rows]
 
 
-def dead_page(s: Session, limit: int) -> tuple[list[dict[str, Any]], int]:
+def dead_page(s: Session, limit: int) -> tuple[list[PushJob], int]:
     """Dead pushes, the most recently given up first, and how many in all."""
     total = s.execute(select(func.count()).select_from(outbox).where(outbox.c.status == "dead")).scalar() or 0
     rows = s.execute(select(outbox).where(outbox.c.status == "dead")
                      .order_by(outbox.c.done_at.desc(), outbox.c.id.desc()).limit(limit)).all()
-    return [{**dict(r._mapping), "done_at": aware(r.done_at)} for r in rows], int(total)
+    return [_push_job(r) for r in rows], int(total)
 
 
-def requeue_dead(s: Session, job_id: int, now: datetime) -> dict[str, Any] | None:
+def requeue_dead(s: Session, job_id: int, now: datetime) -> PushJob | None:
     """A dead push due again now with a fresh count of attempts (None: no dead push of that id)."""
     row = s.execute(select(outbox).where(outbox.c.id == job_id, outbox.c.status == "dead")).first()
     if row is None:
         return None
     s.execute(update(outbox).where(outbox.c.id == job_id).values(status="pending", attempts=0, due_at=now,
                                                                   done_at=None))
-    return dict(row._mapping)
+    return _push_job(row)
 
 
 def job_status(s: Session, job_id: int) -> tuple[str, str | None]:
@@ -430,16 +519,16 @@ def job_status(s: Session, job_id: int) -> tuple[str, str | None]:
 
 # -- tasks and assignment ------------------------------------------------------------------------------
 
-def get_task_by_key(s: Session, dedupe_key: str) -> dict[str, Any] | None:
+def get_task_by_key(s: Session, dedupe_key: str) -> Task | None:
     row = s.execute(_TASK_BY_KEY, {"b_key": dedupe_key}).first()
-    return dict(row._mapping) if row else None
+    return _task(row) if row else None
 
 
-def recent_task(s: Session, lead_id: str, kind: str, since: datetime) -> dict[str, Any] | None:
+def recent_task(s: Session, lead_id: str, kind: str, since: datetime) -> Task | None:
     """A task of this kind for this lead created since `since` (one sales task per lead and day,
     whichever rule or journey asked for it first)."""
     row = s.execute(_RECENT_TASK, {"b_lead_id": lead_id, "b_kind": kind, "b_since": since}).first()
-    return dict(row._mapping) if row else None
+    return _task(row) if row else None
 
 
 def was_merged(s: Session, lead_id: str, dedupe_key: str) -> bool:
@@ -449,27 +538,30 @@ def was_merged(s: Session, lead_id: str, dedupe_key: str) -> bool:
     return any(json.loads(d).get("dedupe_key") == dedupe_key for d in rows)
 
 
-def get_task(s: Session, task_id: str) -> dict[str, Any] | None:
+def get_task(s: Session, task_id: str) -> Task | None:
     row = s.execute(_TASK_BY_ID, {"b_id": task_id}).first()
-    if not row:
-        return None
-    m = dict(row._mapping)
-    m["due_at"] = aware(m["due_at"])
-    m["details"] = json.loads(m["details"])
-    return m
+    return _task(row) if row else None
 
 
-def insert_task(s: Session, values: dict[str, Any]) -> None:
-    s.execute(_INSERT_TASK, {**values, "details": json.dumps(values["details"], default=str)})
+def insert_task(s: Session, task: Task) -> None:
+    s.execute(_INSERT_TASK, {
+        "id": task.id, "dedupe_key": task.dedupe_key, "lead_id": task.lead_id, "kind": task.kind,
+        "title": task.title, "priority": task.priority, "owner": task.owner, "due_at": task.due_at,
+        "details": json.dumps(task.details, default=str), "document": task.document, "rule": task.rule,
+        "status": task.status, "remote_id": task.remote_id, "created_at": task.created_at})
 
 
-def update_task(s: Session, task_id: str, **values: Any) -> None:
+def update_task(s: Session, task_id: str, *, status: str, remote_id: str | None = None) -> None:
+    """A task's new status (and, once pushed, the CRM's id of it)."""
+    values: dict[str, str] = {"status": status}
+    if remote_id is not None:
+        values["remote_id"] = remote_id
     s.execute(update(tasks).where(tasks.c.id == task_id).values(values))
 
 
-def lead_tasks(s: Session, lead_id: str) -> list[dict[str, Any]]:
+def lead_tasks(s: Session, lead_id: str) -> list[Task]:
     rows = s.execute(select(tasks).where(tasks.c.lead_id == lead_id).order_by(tasks.c.created_at)).all()
-    return [dict(r._mapping) for r in rows]
+    return [_task(r) for r in rows]
 
 
 def next_round_robin(s: Session, team: str, members: int) -> int:
@@ -499,38 +591,81 @@ def erase_lead(s: Session, lead_id: str) -> int:
 # ---------------------------------------------------------------------------------------------------
 # Proposals
 
-def _proposal_row(row: Any) -> dict[str, Any]:
-    m = dict(row._mapping)
-    m["lines"] = json.loads(m["lines"])
-    m["pathways"] = json.loads(m["pathways"])
-    for key in ("created_at", "valid_until", "sent_at"):
-        m[key] = aware(m[key])
-    return m
+class ProposalLine(NamedTuple):
+    """A line of a proposal: a plan or an add-on (`kind`), its price, and the rule that chose it."""
+
+    kind: str
+    key: str
+    name: str
+    price: float
+    rule: str
+
+    def as_json(self) -> JsonObject:
+        return {"kind": self.kind, "key": self.key, "name": self.name, "price": self.price, "rule": self.rule}
 
 
-def insert_proposal(s: Session, values: dict[str, Any]) -> None:
-    s.execute(insert(proposals).values({**values, "lines": json.dumps(values["lines"]),
-                                        "pathways": json.dumps(values["pathways"])}))
+@dataclass(frozen=True, slots=True)
+class Proposal:
+    """A proposal (a `crm_sync_proposals` row, its lines and pathways decoded, times aware UTC).
+    `status`: generated | sent; `message_id`: the email that sent it."""
+
+    id: str
+    lead_id: str
+    deal_id: str | None
+    plan: str
+    lines: tuple[ProposalLine, ...]
+    pathways: tuple[str, ...]
+    total: float
+    currency: str
+    html: str
+    status: str
+    task_id: str | None
+    message_id: str | None
+    requested_by: str
+    created_at: datetime
+    valid_until: datetime
+    sent_at: datetime | None
 
 
-def get_proposal(s: Session, proposal_id: str) -> dict[str, Any] | None:
+def _proposal_row(row: Any) -> Proposal:
+    return Proposal(
+        id=row.id, lead_id=row.lead_id, deal_id=row.deal_id, plan=row.plan,
+        lines=tuple(ProposalLine(ln["kind"], ln["key"], ln["name"], ln["price"], ln["rule"])
+                    for ln in json.loads(row.lines)),
+        pathways=tuple(json.loads(row.pathways)), total=row.total, currency=row.currency, html=row.html,
+        status=row.status, task_id=row.task_id, message_id=row.message_id, requested_by=row.requested_by,
+        created_at=aware(row.created_at) or row.created_at, valid_until=aware(row.valid_until) or row.valid_until,
+        sent_at=aware(row.sent_at))
+
+
+def insert_proposal(s: Session, p: Proposal) -> None:
+    s.execute(insert(proposals).values(
+        id=p.id, lead_id=p.lead_id, deal_id=p.deal_id, plan=p.plan, lines=json.dumps([ln.as_json() for ln in p.lines]),
+        pathways=json.dumps(list(p.pathways)), total=p.total, currency=p.currency, html=p.html, status=p.status,
+        task_id=p.task_id, message_id=p.message_id, requested_by=p.requested_by, created_at=p.created_at,
+        valid_until=p.valid_until, sent_at=p.sent_at))
+
+
+def get_proposal(s: Session, proposal_id: str) -> Proposal | None:
     row = s.execute(select(proposals).where(proposals.c.id == proposal_id)).first()
     return _proposal_row(row) if row else None
 
 
-def proposal_for_deal(s: Session, deal_id: str) -> dict[str, Any] | None:
+def proposal_for_deal(s: Session, deal_id: str) -> Proposal | None:
     row = s.execute(select(proposals).where(proposals.c.deal_id == deal_id)).first()
     return _proposal_row(row) if row else None
 
 
-def lead_proposals(s: Session, lead_id: str) -> list[dict[str, Any]]:
+def lead_proposals(s: Session, lead_id: str) -> list[Proposal]:
     rows = s.execute(select(proposals).where(proposals.c.lead_id == lead_id)
                      .order_by(proposals.c.created_at, proposals.c.id)).all()
     return [_proposal_row(r) for r in rows]
 
 
-def update_proposal(s: Session, proposal_id: str, **values: Any) -> None:
-    s.execute(update(proposals).where(proposals.c.id == proposal_id).values(values))
+def proposal_sent(s: Session, proposal_id: str, *, message_id: str, at: datetime) -> None:
+    """The proposal went out in this email."""
+    s.execute(update(proposals).where(proposals.c.id == proposal_id).values(status="sent", message_id=message_id,
+                                                                            sent_at=at))
 
 
 def iter_chunks(items: list[Any], size: int) -> Iterator[list[Any]]:

@@ -516,9 +516,19 @@ ENGAGEMENT_TYPES = {"opened": "email_opened", "clicked": "email_clicked"}
 COUNTED_MEASURES = (*RUN_STATUSES, *ENGAGEMENT_TYPES, "converted", "exited")
 
 
+class CountedLeads(NamedTuple):
+    """A page of the leads behind one count: (lead id, records of theirs) by lead id, the next page's
+    cursor ("" on the last), the count (records over every page) and how many leads over every page."""
+
+    leads: list[tuple[str, int]]
+    cursor: str
+    total: int
+    leads_total: int
+
+
 def counted_leads(session: Session, *, journey: str, step: str, measure: str, reason: str,
                   start: datetime | None, end: datetime | None, cursor: str,
-                  limit: int) -> tuple[list[tuple[str, int]], str, int, int]:
+                  limit: int) -> CountedLeads:
     """The leads behind one count of `history`'s funnel: (lead id, records of theirs) by lead id after
     `cursor`, the next cursor, the count (records over every page) and how many leads over every page.
 
@@ -561,7 +571,7 @@ def counted_leads(session: Session, *, journey: str, step: str, measure: str, re
         rows = sorted((lead, n) for lead, n in tally.items() if lead > cursor)[:limit + 1]
     more = len(rows) > limit
     rows = rows[:limit]
-    return rows, (rows[-1][0] if more and rows else ""), int(total), int(leads_total)
+    return CountedLeads(rows, (rows[-1][0] if more and rows else ""), int(total), int(leads_total))
 
 
 # -- step counters ----------------------------------------------------------------------------------

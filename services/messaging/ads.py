@@ -13,12 +13,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any
 
 import httpx
 
 from nurture.db import Database
-from services.messaging.storage import Store
+from services.messaging.storage import AdsJob, AdsResult, Store
 
 log = logging.getLogger(__name__)
 BATCH = 1000
@@ -49,24 +48,24 @@ class AdsConnector:
             return 0
         now = self._now()
         jobs = await self._db.run(self._store.ads_due, now, limit)
-        outcomes: list[tuple[int, str, int, datetime, str | None]] = []
-        run: list[dict[str, Any]] = []
+        outcomes: list[AdsResult] = []
+        run: list[AdsJob] = []
         for job in [*jobs, None]:
-            if run and (job is None or (job["audience"], job["op"]) != (run[0]["audience"], run[0]["op"])
+            if run and (job is None or (job.audience, job.op) != (run[0].audience, run[0].op)
                         or len(run) >= BATCH):
                 sent = await self._send(run, now)
                 outcomes += sent
                 run = []
-                if any(o[1] == "pending" for o in sent):
+                if any(o.status == "pending" for o in sent):
                     break  # strict order: what follows waits behind the retry (ads_due stops at it too)
             if job is not None:
                 run.append(job)
         await self._db.run(self._store.ads_finish, outcomes)
         return len(outcomes)
 
-    async def _send(self, run: list[dict[str, Any]], now: datetime) -> list[tuple[int, str, int, datetime, str | None]]:
-        audience, op = run[0]["audience"], run[0]["op"]
-        data = sorted({j["email_hash"] for j in run})
+    async def _send(self, run: list[AdsJob], now: datetime) -> list[AdsResult]:
+        audience, op = run[0].audience, run[0].op
+        data = sorted({j.email_hash for j in run})
         url = f"{self._base}/v1/customaudiences/{audience}/users"
         body = {"payload": {"schema": "EMAIL_SHA256", "data": data}}
         error: str | None
@@ -76,15 +75,15 @@ class AdsConnector:
             status, error = response.status_code, None if response.status_code < 300 else response.text[:300]
         except httpx.HTTPError as exc:
             status, error = 0, f"{type(exc).__name__}: {exc}"[:300]
-        out: list[tuple[int, str, int, datetime, str | None]] = []
+        out: list[AdsResult] = []
         for j in run:
-            attempts = int(j["attempts"]) + 1
+            attempts = int(j.attempts) + 1
             if status and status < 300:
-                out.append((j["id"], "done", attempts, now, None))
+                out.append(AdsResult(j.id, "done", attempts, now, None))
             elif (status == 0 or status == 429 or status >= 500) and attempts < MAX_ATTEMPTS:
-                out.append((j["id"], "pending", attempts, now + backoff(attempts), f"{status}: {error}"))
+                out.append(AdsResult(j.id, "pending", attempts, now + backoff(attempts), f"{status}: {error}"))
             else:
-                out.append((j["id"], "dead", attempts, now, f"{status}: {error}"))
+                out.append(AdsResult(j.id, "dead", attempts, now, f"{status}: {error}"))
         if status and status < 300:
             log.info("ads: %s %d to %s", op, len(data), audience)
         else:

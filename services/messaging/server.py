@@ -87,8 +87,8 @@ async def serve(settings: Settings) -> Running:
 
     async def timeline(lead_id: str, limit: int) -> list[common_pb2.TimelineItem]:
         rows = await db.run(store.timeline, lead_id, limit)
-        return [timeline_item(at=aware(r["at"]), kind="message", type=r["type"],  # type: ignore[arg-type]
-                              summary=r["summary"], details_json=r["details_json"], id=f"message:{r['id']}")
+        return [timeline_item(at=aware(r.at), kind="message", type=r.type,  # type: ignore[arg-type]
+                              summary=r.summary, details_json=r.details_json, id=f"message:{r.id}")
                 for r in rows]
 
     async def erase(lead_id: str, ehash: str) -> int:

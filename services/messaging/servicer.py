@@ -17,12 +17,12 @@ from nurture.rpcguard import guard_requests, message_problems, problem_text
 from services.messaging.app.channels import Channels, NotFoundError
 from services.messaging.app.delivery import Delivery, InvalidRequest, SendInput
 from services.messaging.app.templates import SAMPLE_LEAD, InvalidTemplate, UnknownTemplate
-from services.messaging.clients import anonymous_profile, email_hash
+from services.messaging.clients import Lead, anonymous_profile, email_hash
 from services.messaging.domain import abtest
 from services.messaging.domain.catalog import RenderError
 from services.messaging.domain.content import VARIABLES
 from services.messaging.domain.tokens import TokenError
-from services.messaging.storage import aware
+from services.messaging.storage import Message, aware
 from services.messaging.template_store import TemplateRow, VersionConflict
 
 log = logging.getLogger(__name__)
@@ -77,14 +77,14 @@ def _content_input(c: messaging_pb2.TemplateContent) -> dict[str, Any]:
     return {"subject": c.subject, "preheader": c.preheader, "body": c.body, "text": c.text, "variants": variants}
 
 
-def message_proto(row: dict[str, Any]) -> messaging_pb2.Message:
+def message_proto(row: Message) -> messaging_pb2.Message:
     msg = messaging_pb2.Message(
-        id=row["id"], lead_id=row["lead_id"], journey=row["journey"], journey_version=row["journey_version"],
-        step=row["step"], channel=row["channel"], template=row["template"], category=row["category"],
-        subject=row["subject"], status=row["status"], reason=row["reason"], attempts=row["attempts"],
-        variant=row["variant"], template_version=row.get("template_version") or 0)
-    msg.at.FromDatetime(aware(row["updated_at"]) or aware(row["created_at"]))  # type: ignore[arg-type]
-    msg.due_at.FromDatetime(aware(row["due_at"]))  # type: ignore[arg-type]
+        id=row.id, lead_id=row.lead_id, journey=row.journey, journey_version=row.journey_version,
+        step=row.step, channel=row.channel, template=row.template, category=row.category,
+        subject=row.subject, status=row.status, reason=row.reason, attempts=row.attempts,
+        variant=row.variant, template_version=row.template_version or 0)
+    msg.at.FromDatetime(aware(row.updated_at) or aware(row.created_at))  # type: ignore[arg-type]
+    msg.due_at.FromDatetime(aware(row.due_at))  # type: ignore[arg-type]
     return msg
 
 
@@ -170,9 +170,9 @@ class MessagingServicer(messaging_pb2_grpc.MessagingServicer):
         previous = await _guard(lambda: self.engine.templates.publish(request.key, request.version))
         return messaging_pb2.PublishTemplateReply(key=request.key, version=request.version, previous_version=previous)
 
-    async def _lead(self, lead_id: str) -> dict[str, Any]:
+    async def _lead(self, lead_id: str) -> Lead:
         if not lead_id:
-            return dict(SAMPLE_LEAD)
+            return SAMPLE_LEAD.copy()
         lead = await self.engine.leads.get(lead_id)
         if lead is None:
             raise NotFoundError(f"lead {lead_id!r} not found")
@@ -210,7 +210,7 @@ class MessagingServicer(messaging_pb2_grpc.MessagingServicer):
     async def Render(self, request: messaging_pb2.RenderRequest, context: grpc.aio.ServicerContext
                      ) -> messaging_pb2.RenderReply:
         async def run() -> messaging_pb2.RenderReply:
-            lead: dict[str, Any] | None = {"id": "sample", "first_name": "Ana", "segment": "skilled_professional",
+            lead: Lead | None = {"id": "sample", "first_name": "Ana", "segment": "skilled_professional",
                                            "attributes": {"profession": "nurse", "countries_of_interest": ["CA"]}}
             if request.lead_id:
                 lead = await self.engine.leads.get(request.lead_id)

@@ -7,18 +7,20 @@ Every function takes the session factory explicitly and does one transaction, so
 from __future__ import annotations
 
 import json
+import operator
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import NamedTuple
 
-from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, update
+from sqlalchemy import RowMapping, Table, and_, bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from nurture import times
 from nurture.db import insert_new
+from nurture.jsontypes import JsonObject
 from services.messaging.tables import (
     ad_suppressions,
     ads_outbox,
@@ -44,13 +46,55 @@ aware = times.utc_or_none  # (this one relabelled an aware time as UTC instead o
 CLAIM_LEASE = timedelta(minutes=15)
 
 
+class Message(NamedTuple):
+    """One row of `messaging_messages`, as the worker, the channels and the servicer read it. Times are
+    naive UTC, as the columns hold them (`aware` labels them). A NamedTuple: the worker reads rows
+    by the batch, and a tuple is built several times faster than a frozen dataclass."""
+
+    id: str
+    dedupe_key: str
+    lead_id: str
+    journey: str
+    journey_version: int
+    step: str
+    channel: str
+    template: str
+    category: str
+    variant: str
+    context_json: str
+    subject: str
+    email_hash: str
+    status: str
+    reason: str
+    attempts: int
+    due_at: datetime
+    created_at: datetime
+    updated_at: datetime
+    template_version: int = 0           # 0: not rendered yet
+    sent_at: datetime | None = None
+    claimed_by: str | None = None
+    claimed_at: datetime | None = None
+
+    @classmethod
+    def from_row(cls, row: RowMapping) -> Message:
+        """From a SQLAlchemy row mapping (columns a later migration adds are not read here)."""
+        return cls._make(_read_columns(row))
+
+    def values(self) -> dict[str, object]:
+        """The row to insert."""
+        return dict(zip(self._fields, self, strict=True))
+
+
+_read_columns = operator.itemgetter(*Message._fields)  # every column in one call
+
+
 @dataclass
 class LogLine:
     message_id: str
     lead_id: str
     type: str
     summary: str
-    details: dict[str, Any] = field(default_factory=dict)
+    details: JsonObject = field(default_factory=dict)   # stored verbatim as the line's details_json
 
 
 @dataclass
@@ -58,8 +102,92 @@ class Feedback:
     key: str
     lead_id: str
     type: str
-    properties: dict[str, Any]
+    properties: JsonObject   # the event's properties, sent to scoring verbatim
     occurred_at: datetime
+
+
+class TimelineLine(NamedTuple):
+    """A stored line of a lead's message timeline (`messaging_message_log`); times naive UTC."""
+
+    id: int
+    message_id: str
+    lead_id: str
+    at: datetime
+    type: str
+    summary: str
+    details_json: str
+
+
+class ConsentRecord(NamedTuple):
+    """A stored change of a lead's consent on a channel (`messaging_consent_log`); times naive UTC."""
+
+    id: int
+    lead_id: str
+    channel: str
+    granted: bool
+    source: str
+    at: datetime
+    evidence_json: str
+
+
+class FeedbackRow(NamedTuple):
+    """An event recorded for scoring and not yet sent (`messaging_feedback`)."""
+
+    key: str
+    lead_id: str
+    type: str
+    properties_json: str
+    occurred_at: datetime
+
+
+class Suppression(NamedTuple):
+    """An address kept from mail: in every scope ("all") or one category, why, and who said so."""
+
+    email_hash: str
+    scope: str
+    reason: str
+    source: str
+
+
+class ConsentEntry(NamedTuple):
+    """A lead's consent on a channel as seen at `at`, with what showed it (stored verbatim)."""
+
+    lead_id: str
+    channel: str
+    granted: bool
+    source: str
+    at: datetime
+    evidence: JsonObject
+
+
+class AdsChange(NamedTuple):
+    """A membership change queued for the ad platform (`messaging_ads_outbox`)."""
+
+    audience: str
+    lead_id: str
+    email_hash: str
+    op: str          # add | remove
+
+
+class AdsJob(NamedTuple):
+    """A queued change as the ads connector takes it."""
+
+    id: int
+    audience: str
+    lead_id: str
+    email_hash: str
+    op: str
+    attempts: int
+
+
+class AdsResult(NamedTuple):
+    """What became of a queued change: done, pending (retried at `due_at`) or dead."""
+
+    id: int
+    status: str
+    attempts: int
+    due_at: datetime
+    error: str | None
 
 
 @dataclass(frozen=True)
@@ -89,7 +217,7 @@ class Outcome:
     template_version: int | None = None
     log: list[LogLine] = field(default_factory=list)
     feedback: list[Feedback] = field(default_factory=list)
-    suppress: list[tuple[str, str, str, str]] = field(default_factory=list)  # (hash, scope, reason, source)
+    suppress: list[Suppression] = field(default_factory=list)
 
 
 class Store:
@@ -97,57 +225,57 @@ class Store:
         self._sessions = sessions
 
     # --- messages ---------------------------------------------------------------------------------
-    def insert_message(self, row: dict[str, Any], log: LogLine) -> tuple[bool, dict[str, Any]]:
+    def insert_message(self, row: Message, log: LogLine) -> tuple[bool, Message]:
         """Insert a requested message; (False, existing row) when its dedupe key is known already."""
         try:
             with self._sessions() as s:
-                s.execute(insert(messages).values(**row))
-                _log(s, [log], row["created_at"])
+                s.execute(insert(messages).values(**row.values()))
+                _log(s, [log], row.created_at)
             return True, row
         except IntegrityError:
             with self._sessions() as s:
-                found = s.execute(select(messages).where(messages.c.dedupe_key == row["dedupe_key"])).mappings().first()
+                found = s.execute(select(messages).where(messages.c.dedupe_key == row.dedupe_key)).mappings().first()
             if found is None:
                 raise
-            return False, dict(found)
+            return False, Message.from_row(found)
 
-    def insert_messages(self, rows: Sequence[tuple[dict[str, Any], LogLine]]) -> list[tuple[bool, dict[str, Any]]]:
+    def insert_messages(self, rows: Sequence[tuple[Message, LogLine]]) -> list[tuple[bool, Message]]:
         """Group commit of many inserts: (True, row) for each new dedupe key, (False, stored row) for a key
         already known (in the table or earlier in `rows`). One transaction; falls back to one by one only
         when a concurrent writer inserted one of the keys meanwhile."""
         if not rows:
             return []
-        keys = [r["dedupe_key"] for r, _ in rows]
+        keys = [r.dedupe_key for r, _ in rows]
         try:
             with self._sessions() as s:
-                known: dict[str, dict[str, Any]] = {}
+                known: dict[str, Message] = {}
                 for chunk in range(0, len(keys), 500):
                     for found in s.execute(select(messages).where(
                             messages.c.dedupe_key.in_(keys[chunk:chunk + 500]))).mappings():
-                        known[found["dedupe_key"]] = dict(found)
-                out: list[tuple[bool, dict[str, Any]]] = []
-                fresh: list[tuple[dict[str, Any], LogLine]] = []
+                        known[found["dedupe_key"]] = Message.from_row(found)
+                out: list[tuple[bool, Message]] = []
+                fresh: list[tuple[Message, LogLine]] = []
                 for row, line in rows:
-                    if row["dedupe_key"] in known:
-                        out.append((False, known[row["dedupe_key"]]))
+                    if row.dedupe_key in known:
+                        out.append((False, known[row.dedupe_key]))
                         continue
-                    known[row["dedupe_key"]] = row
+                    known[row.dedupe_key] = row
                     fresh.append((row, line))
                     out.append((True, row))
                 if fresh:
-                    s.execute(insert(messages), [r for r, _ in fresh])
-                    _log(s, [line for _, line in fresh], fresh[0][0]["created_at"])
+                    s.execute(insert(messages), [r.values() for r, _ in fresh])
+                    _log(s, [line for _, line in fresh], fresh[0][0].created_at)
             return out
         except IntegrityError:
             return [self.insert_message(r, line) for r, line in rows]
 
-    def get_messages(self, ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+    def get_messages(self, ids: Iterable[str]) -> dict[str, Message]:
         ids = list(ids)
         with self._sessions() as s:
             rows = s.execute(select(messages).where(messages.c.id.in_(ids))).mappings().all()
-        return {r["id"]: dict(r) for r in rows}
+        return {r["id"]: Message.from_row(r) for r in rows}
 
-    def due_messages(self, now: datetime, limit: int, replica: str = "0") -> list[dict[str, Any]]:
+    def due_messages(self, now: datetime, limit: int, replica: str = "0") -> list[Message]:
         """Messages whose time has come (and any left in `sending` by a crash), oldest first, claimed
         for `replica`. A message another replica claimed is left to it until the claim is older than
         CLAIM_LEASE (that replica died and did not come back); rows another replica is claiming right
@@ -164,7 +292,7 @@ class Store:
             for start in range(0, len(ids), 500):
                 s.execute(update(messages).where(messages.c.id.in_(ids[start:start + 500]))
                           .values(claimed_by=replica, claimed_at=naive(now)))
-        return [dict(r) for r in rows]
+        return [Message.from_row(r) for r in rows]
 
     def next_due(self) -> datetime | None:
         with self._sessions() as s:
@@ -188,9 +316,9 @@ class Store:
             return
         at = naive(now)
         # executemany per shape of change: one statement for hundreds of rows.
-        groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+        groups: dict[tuple[str, ...], list[dict[str, object]]] = {}
         for o in outcomes:
-            values: dict[str, Any] = {"status": o.status, "reason": o.reason[:2000], "updated_at": at}
+            values: dict[str, object] = {"status": o.status, "reason": o.reason[:2000], "updated_at": at}
             if o.due_at is not None:
                 values["due_at"] = naive(o.due_at)
             if o.attempts is not None:
@@ -221,20 +349,21 @@ class Store:
             sup = [x for o in outcomes for x in o.suppress]
             if sup:
                 _insert_ignore(s, suppressions, [
-                    {"email_hash": h, "scope": scope, "reason": reason, "source": source, "at": at}
-                    for h, scope, reason, source in sup], ["email_hash", "scope"])
+                    {"email_hash": x.email_hash, "scope": x.scope, "reason": x.reason, "source": x.source, "at": at}
+                    for x in sup], ["email_hash", "scope"])
 
-    def list_messages(self, lead_id: str, limit: int) -> list[dict[str, Any]]:
+    def list_messages(self, lead_id: str, limit: int) -> list[Message]:
         with self._sessions() as s:
             rows = s.execute(select(messages).where(messages.c.lead_id == lead_id)
                              .order_by(messages.c.created_at, messages.c.id).limit(limit)).mappings().all()
-        return [dict(r) for r in rows]
+        return [Message.from_row(r) for r in rows]
 
-    def timeline(self, lead_id: str, limit: int) -> list[dict[str, Any]]:
+    def timeline(self, lead_id: str, limit: int) -> list[TimelineLine]:
+        c = message_log.c
         with self._sessions() as s:
-            rows = s.execute(select(message_log).where(message_log.c.lead_id == lead_id)
-                             .order_by(message_log.c.at, message_log.c.id).limit(limit)).mappings().all()
-        return [dict(r) for r in rows]
+            rows = s.execute(select(c.id, c.message_id, c.lead_id, c.at, c.type, c.summary, c.details_json)
+                             .where(c.lead_id == lead_id).order_by(c.at, c.id).limit(limit)).all()
+        return [TimelineLine(*r) for r in rows]
 
     # --- suppressions and consent ----------------------------------------------------------------
     def suppression_scopes(self, hashes: Iterable[str]) -> dict[str, dict[str, str]]:
@@ -272,15 +401,15 @@ class Store:
                                           "occurred_at": naive(now), "sent": False}], ["key"])
             return scopes
 
-    def record_consent(self, entries: Sequence[tuple[str, str, bool, str, datetime, dict[str, Any]]]) -> None:
-        """(lead_id, channel, granted, source, at, evidence) rows; skips an entry equal to the last one.
+    def record_consent(self, entries: Sequence[ConsentEntry]) -> None:
+        """Appends to the consent log; skips an entry equal to the last one of its lead and channel.
 
         The last value of every (lead, channel) concerned is read in one query per 500 leads and the new
         rows go in one executemany: a worker batch costs a few statements, not two per message."""
         if not entries:
             return
         with self._sessions() as s:
-            leads = sorted({e[0] for e in entries})
+            leads = sorted({e.lead_id for e in entries})
             last: dict[tuple[str, str], bool] = {}
             for chunk in range(0, len(leads), 500):
                 newest = (select(func.max(consent_log.c.id))
@@ -291,24 +420,26 @@ class Store:
                         .where(consent_log.c.id.in_(newest))):
                     last[(lead_id, channel)] = bool(granted)
             rows = []
-            for lead_id, channel, granted, source, at, evidence in entries:
-                if last.get((lead_id, channel)) == granted:
+            for e in entries:
+                if last.get((e.lead_id, e.channel)) == e.granted:
                     continue
-                last[(lead_id, channel)] = granted
-                rows.append({"lead_id": lead_id, "channel": channel, "granted": granted, "source": source,
-                             "at": naive(at), "evidence_json": json.dumps(evidence)})
+                last[(e.lead_id, e.channel)] = e.granted
+                rows.append({"lead_id": e.lead_id, "channel": e.channel, "granted": e.granted, "source": e.source,
+                             "at": naive(e.at), "evidence_json": json.dumps(e.evidence)})
             if rows:
                 s.execute(insert(consent_log), rows)
 
-    def consent_history(self, lead_id: str) -> list[dict[str, Any]]:
+    def consent_history(self, lead_id: str) -> list[ConsentRecord]:
+        c = consent_log.c
         with self._sessions() as s:
-            return [dict(r) for r in s.execute(select(consent_log).where(consent_log.c.lead_id == lead_id)
-                                               .order_by(consent_log.c.id)).mappings()]
+            return [ConsentRecord(*r) for r in s.execute(
+                select(c.id, c.lead_id, c.channel, c.granted, c.source, c.at, c.evidence_json)
+                .where(c.lead_id == lead_id).order_by(c.id))]
 
     # --- tracking and feedback -------------------------------------------------------------------
     def record_tracking(self, *, key: str, message_id: str, lead_id: str, kind: str, url: str, now: datetime,
                         log: LogLine | None, fb: Feedback | None,
-                        suppress: tuple[str, str, str, str] | None = None) -> bool:
+                        suppress: Suppression | None = None) -> bool:
         """True for the first hit of `key` (then its log line, feedback and suppression are recorded)."""
         at = naive(now)
         with self._sessions() as s:
@@ -324,15 +455,17 @@ class Store:
                                               "properties_json": json.dumps(fb.properties),
                                               "occurred_at": naive(fb.occurred_at), "sent": False}], ["key"])
             if suppress:
-                h, scope, reason, source = suppress
-                _insert_ignore(s, suppressions, [{"email_hash": h, "scope": scope, "reason": reason,
-                                                  "source": source, "at": at}], ["email_hash", "scope"])
+                _insert_ignore(s, suppressions, [{"email_hash": suppress.email_hash, "scope": suppress.scope,
+                                                  "reason": suppress.reason, "source": suppress.source, "at": at}],
+                               ["email_hash", "scope"])
         return True
 
-    def pending_feedback(self, limit: int) -> list[dict[str, Any]]:
+    def pending_feedback(self, limit: int) -> list[FeedbackRow]:
         with self._sessions() as s:
-            return [dict(r) for r in s.execute(select(feedback).where(feedback.c.sent.is_(False))
-                                               .order_by(feedback.c.occurred_at).limit(limit)).mappings()]
+            return [FeedbackRow(r.key, r.lead_id, r.type, r.properties_json, r.occurred_at) for r in s.execute(
+                select(feedback.c.key, feedback.c.lead_id, feedback.c.type, feedback.c.properties_json,
+                       feedback.c.occurred_at).where(feedback.c.sent.is_(False))
+                .order_by(feedback.c.occurred_at).limit(limit))]
 
     def mark_feedback_sent(self, keys: Sequence[str]) -> None:
         if keys:
@@ -374,19 +507,19 @@ class Store:
                 s.execute(delete(audience_members).where(audience_members.c.audience == audience,
                                                          audience_members.c.lead_id == lead_id))
             if email_hash:
-                _queue_ads(s, [(audience, lead_id, email_hash, "add" if add else "remove")], now)
+                _queue_ads(s, [AdsChange(audience, lead_id, email_hash, "add" if add else "remove")], now)
 
-    def ads_due(self, now: datetime, limit: int) -> list[dict[str, Any]]:
+    def ads_due(self, now: datetime, limit: int) -> list[AdsJob]:
         """Pending changes in id order up to the first not yet due (one waiting for a retry holds the
         ones behind it: an add and a remove of one lead must reach the platform in order)."""
         with self._sessions() as s:
             rows = s.execute(select(ads_outbox).where(ads_outbox.c.status == "pending")
                              .order_by(ads_outbox.c.id).limit(limit)).all()
-        due: list[dict[str, Any]] = []
+        due: list[AdsJob] = []
         for r in rows:
             if r.due_at > naive(now):
                 break
-            due.append(dict(r._mapping))
+            due.append(AdsJob(r.id, r.audience, r.lead_id, r.email_hash, r.op, r.attempts))
         return due
 
     def ads_next_due(self) -> datetime | None:
@@ -394,16 +527,16 @@ class Store:
             value = s.execute(select(func.min(ads_outbox.c.due_at)).where(ads_outbox.c.status == "pending")).scalar()
         return aware(value)
 
-    def ads_finish(self, outcomes: Sequence[tuple[int, str, int, datetime, str | None]]) -> None:
-        """(id, status, attempts, due_at, error) per job, one executemany in id order."""
+    def ads_finish(self, outcomes: Sequence[AdsResult]) -> None:
+        """What became of each job, one executemany in id order."""
         if not outcomes:
             return
         with self._sessions() as s:
             s.execute(update(ads_outbox).where(ads_outbox.c.id == bindparam("b_id")).values(
                 status=bindparam("b_status"), attempts=bindparam("b_attempts"), due_at=bindparam("b_due"),
                 last_error=bindparam("b_error")),
-                [{"b_id": i, "b_status": st, "b_attempts": n, "b_due": naive(due), "b_error": err}
-                 for i, st, n, due, err in sorted(outcomes)])
+                [{"b_id": o.id, "b_status": o.status, "b_attempts": o.attempts, "b_due": naive(o.due_at),
+                  "b_error": o.error} for o in sorted(outcomes, key=lambda o: o.id)])
 
     def audience(self, audience: str) -> list[str]:
         with self._sessions() as s:
@@ -445,7 +578,7 @@ class Store:
                                     .order_by(audience_members.c.lead_id, audience_members.c.audience)).all()
                 for lead in hashed:  # a lead is newly suppressed once: these are rare
                     item = first[lead]
-                    _queue_ads(s, [(a, lead, item.email_hash, "remove") for a, who in members if who == lead],
+                    _queue_ads(s, [AdsChange(a, lead, item.email_hash, "remove") for a, who in members if who == lead],
                                item.at)
         return new
 
@@ -490,11 +623,11 @@ def _log(s: Session, lines: Sequence[LogLine], at: datetime) -> None:
              "summary": line.summary, "details_json": json.dumps(line.details, default=str)} for line in lines])
 
 
-def _insert_ignore(s: Session, table: Any, rows: list[dict[str, Any]], keys: list[str]) -> int:
+def _insert_ignore(s: Session, table: Table, rows: list[dict[str, object]], keys: list[str]) -> int:
     """Insert rows whose key is not present yet; returns how many were new (portable: SQLite and PG)."""
     if not rows:
         return 0
-    existing: set[tuple[Any, ...]] = set()
+    existing: set[tuple[object, ...]] = set()
     if len(keys) == 1:
         values = [r[keys[0]] for r in rows]
         for chunk in range(0, len(values), 500):
@@ -517,8 +650,8 @@ def _insert_ignore(s: Session, table: Any, rows: list[dict[str, Any]], keys: lis
     return len(fresh)
 
 
-def _queue_ads(s: Session, items: Sequence[tuple[str, str, str, str]], now: datetime) -> None:
+def _queue_ads(s: Session, items: Sequence[AdsChange], now: datetime) -> None:
     if items:
-        s.execute(insert(ads_outbox), [{"audience": a, "lead_id": lead, "email_hash": h, "op": op,
-                                        "status": "pending", "attempts": 0, "due_at": naive(now)}
-                                       for a, lead, h, op in items])
+        s.execute(insert(ads_outbox), [{"audience": c.audience, "lead_id": c.lead_id, "email_hash": c.email_hash,
+                                        "op": c.op, "status": "pending", "attempts": 0, "due_at": naive(now)}
+                                       for c in items])

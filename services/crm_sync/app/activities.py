@@ -4,19 +4,60 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 import grpc
 from sqlalchemy.orm import Session
 
 from nurture.api.scoring.v1 import scoring_pb2
 from nurture.errors import TRANSIENT
+from nurture.jsontypes import JsonObject
 from nurture.rpc import DEADLINE_S
 from services.crm_sync import domain
 from services.crm_sync import storage as st
 from services.crm_sync.app.base import InputError, ScoringUnavailable, UnknownContact
 from services.crm_sync.app.proposals import Proposals
+
+
+@dataclass(frozen=True)
+class ActivityIn:
+    """A sales activity the CRM reports (RecordActivity), as the servicer read it."""
+
+    activity_id: str
+    crm_id: str
+    lead_id: str
+    kind: str
+    outcome: str
+    body: str
+    reason: str
+    occurred_at: datetime | None
+    modified_at: datetime | None
+    properties: JsonObject   # the CRM's own properties of the activity, passed on to scoring verbatim
+
+
+@dataclass(frozen=True)
+class DealIn:
+    """A deal's stage the CRM reports (ReportDeal), as the servicer read it."""
+
+    deal_id: str
+    crm_id: str
+    lead_id: str
+    stage: str
+    amount: float
+    currency: str
+    reason: str
+    modified_at: datetime | None
+    properties: JsonObject   # the CRM's own properties of the deal, passed on verbatim
+
+
+@dataclass(frozen=True)
+class InboundResult:
+    """What became of an activity or a deal: recorded | updated | stale | duplicate, and scoring's event."""
+
+    lead_id: str
+    status: str
+    event_id: str
 
 
 def _micros(at: datetime) -> int:
@@ -41,8 +82,8 @@ class InboundActivities(Proposals):
         raise UnknownContact(f"unknown CRM contact {crm_id!r}" if crm_id else f"unknown lead {lead_id!r}")
 
     async def _feed(self, crm: str, kind: str, object_id: str, lead_id: str, modified_at: datetime,
-                    state: str, event: scoring_pb2.Event | None, summary: str, details: dict[str, Any],
-                    then: Callable[[Session, datetime], object] | None = None) -> dict[str, Any]:
+                    state: str, event: scoring_pb2.Event | None, summary: str, details: JsonObject,
+                    then: Callable[[Session, datetime], object] | None = None) -> InboundResult:
         """Common path of activities and deals: staleness by the CRM's modification time, the event to
         scoring (idempotent by key), then our record and the timeline."""
         async with self.locks.hold(f"{crm}:{kind}:{object_id}"):
@@ -52,9 +93,9 @@ class InboundActivities(Proposals):
                     s, lead_id, self.clock.now(), f"{kind}_stale", f"Ignored an out-of-order {kind} {object_id}",
                     {"crm": crm, "object_id": object_id, "modified_at": modified_at,
                      "last_seen": seen["modified_at"]}))
-                return {"lead_id": lead_id, "status": "stale", "event_id": ""}
+                return InboundResult(lead_id, "stale", "")
             if seen and modified_at == seen["modified_at"]:
-                return {"lead_id": lead_id, "status": "duplicate", "event_id": seen["event_id"]}
+                return InboundResult(lead_id, "duplicate", seen["event_id"])
             if seen and seen["state"] == state:
                 event = None  # a later edit that changes nothing the platform acts on: timeline only
             event_id = ""
@@ -82,70 +123,70 @@ class InboundActivities(Proposals):
                     then(s, now)  # in the same transaction: a crash leaves both or neither
 
             await self.writer.submit(write)
-            return {"lead_id": lead_id, "status": "recorded" if not seen else "updated", "event_id": event_id}
+            return InboundResult(lead_id, "recorded" if not seen else "updated", event_id)
 
-    async def record_activity(self, crm: str, a: dict[str, Any]) -> dict[str, Any]:
-        if not a["activity_id"]:
+    async def record_activity(self, crm: str, a: ActivityIn) -> InboundResult:
+        if not a.activity_id:
             raise InputError("activity.activity_id is required")
-        if a["kind"] not in self.cfg.activity_kinds:
+        if a.kind not in self.cfg.activity_kinds:
             raise InputError(f"activity.kind must be one of {', '.join(self.cfg.activity_kinds)}")
-        if not (a["crm_id"] or a["lead_id"]):
+        if not (a.crm_id or a.lead_id):
             raise InputError("activity.crm_id or activity.lead_id is required")
-        if a["kind"] == "disqualification" and not a["reason"]:
+        if a.kind == "disqualification" and not a.reason:
             raise InputError("activity.reason is required for a disqualification")
         now = self.clock.now()
-        modified = a["modified_at"] or a["occurred_at"] or now
-        field_name = "activity.modified_at" if a["modified_at"] else "activity.occurred_at (no modified_at)"
+        modified = a.modified_at or a.occurred_at or now
+        field_name = "activity.modified_at" if a.modified_at else "activity.occurred_at (no modified_at)"
         if (why := domain.ahead_of_clock(self.cfg, field_name, modified, now)) is not None:
             raise InputError(why)
-        lead_id = await self._resolve(crm, a["crm_id"], a["lead_id"])
-        etype = "disqualified" if a["kind"] == "disqualification" else "sales_activity"
-        props = {"kind": a["kind"], "outcome": a["outcome"], "reason": a["reason"], "body": a["body"][:2000],
-                 "activity_id": a["activity_id"], "crm": crm, **a["properties"]}
+        lead_id = await self._resolve(crm, a.crm_id, a.lead_id)
+        etype = "disqualified" if a.kind == "disqualification" else "sales_activity"
+        props = {"kind": a.kind, "outcome": a.outcome, "reason": a.reason, "body": a.body[:2000],
+                 "activity_id": a.activity_id, "crm": crm, **a.properties}
         event = scoring_pb2.Event(lead_id=lead_id, type=etype, properties_json=json.dumps(props), source="crm",
-                                  idempotency_key=f"crm:{crm}:activity:{a['activity_id']}:{_micros(modified)}")
-        if a["occurred_at"]:
-            event.occurred_at.FromDatetime(a["occurred_at"])
-        return await self._feed(crm, "activity", a["activity_id"], lead_id, modified, etype, event,
-                                f"Sales {a['kind']}" + (f": {a['outcome']}" if a["outcome"] else "")
-                                + (f" (reason: {a['reason']})" if a["reason"] else ""),
-                                {"activity_id": a["activity_id"], "kind": a["kind"], "outcome": a["outcome"],
-                                 "reason": a["reason"]})
+                                  idempotency_key=f"crm:{crm}:activity:{a.activity_id}:{_micros(modified)}")
+        if a.occurred_at:
+            event.occurred_at.FromDatetime(a.occurred_at)
+        return await self._feed(crm, "activity", a.activity_id, lead_id, modified, etype, event,
+                                f"Sales {a.kind}" + (f": {a.outcome}" if a.outcome else "")
+                                + (f" (reason: {a.reason})" if a.reason else ""),
+                                {"activity_id": a.activity_id, "kind": a.kind, "outcome": a.outcome,
+                                 "reason": a.reason})
 
-    async def report_deal(self, crm: str, d: dict[str, Any]) -> dict[str, Any]:
-        if not d["deal_id"]:
+    async def report_deal(self, crm: str, d: DealIn) -> InboundResult:
+        if not d.deal_id:
             raise InputError("deal.deal_id is required")
-        if d["stage"] not in self.cfg.deal_stages:
+        if d.stage not in self.cfg.deal_stages:
             raise InputError(f"deal.stage must be one of {', '.join(self.cfg.deal_stages)}")
-        if not (d["crm_id"] or d["lead_id"]):
+        if not (d.crm_id or d.lead_id):
             raise InputError("deal.crm_id or deal.lead_id is required")
-        if d["modified_at"] is None:
+        if d.modified_at is None:
             raise InputError("deal.modified_at is required (the CRM's modification time orders deal updates)")
-        if d["amount"] < 0:
+        if d.amount < 0:
             raise InputError("deal.amount must not be negative")
-        if (why := domain.ahead_of_clock(self.cfg, "deal.modified_at", d["modified_at"], self.clock.now())) is not None:
+        if (why := domain.ahead_of_clock(self.cfg, "deal.modified_at", d.modified_at, self.clock.now())) is not None:
             raise InputError(why)
-        lead_id = await self._resolve(crm, d["crm_id"], d["lead_id"])
+        lead_id = await self._resolve(crm, d.crm_id, d.lead_id)
         then: Callable[[Session, datetime], object] | None = None
-        if d["stage"] in self.proposals_cfg.file.generate_on_deal_stages:
+        if d.stage in self.proposals_cfg.file.generate_on_deal_stages:
             # The deal reached a proposal stage: its proposal is made with the deal's record (once per deal).
             lead = await self._lead(lead_id)
-            deal = {"deal_id": d["deal_id"], "stage": d["stage"], "amount": d["amount"],
-                    "currency": d["currency"], "properties": d["properties"]}
+            deal = {"deal_id": d.deal_id, "stage": d.stage, "amount": d.amount,
+                    "currency": d.currency, "properties": d.properties}
 
             def make(s: Session, now: datetime) -> object:
                 return self.make_proposal(s, lead_id, lead, plan="", deal=deal, requested_by="deal_stage", now=now)
 
             then = make
-        etype = self.cfg.deal_events.get(d["stage"], "sales_activity")
-        props = {"deal_id": d["deal_id"], "stage": d["stage"], "amount": d["amount"], "currency": d["currency"],
-                 "reason": d["reason"], "kind": "deal_stage", "crm": crm, **d["properties"]}
+        etype = self.cfg.deal_events.get(d.stage, "sales_activity")
+        props = {"deal_id": d.deal_id, "stage": d.stage, "amount": d.amount, "currency": d.currency,
+                 "reason": d.reason, "kind": "deal_stage", "crm": crm, **d.properties}
         event = scoring_pb2.Event(
             lead_id=lead_id, type=etype, properties_json=json.dumps(props), source="crm",
-            idempotency_key=f"crm:{crm}:deal:{d['deal_id']}:{d['stage']}:{_micros(d['modified_at'])}")
-        event.occurred_at.FromDatetime(d["modified_at"])
-        return await self._feed(crm, "deal", d["deal_id"], lead_id, d["modified_at"], d["stage"], event,
-                                f"Deal {d['deal_id']} is {d['stage']}"
-                                + (f" ({d['amount']:g} {d['currency']})" if d["amount"] else ""),
-                                {"deal_id": d["deal_id"], "stage": d["stage"], "amount": d["amount"],
-                                 "reason": d["reason"]}, then=then)
+            idempotency_key=f"crm:{crm}:deal:{d.deal_id}:{d.stage}:{_micros(d.modified_at)}")
+        event.occurred_at.FromDatetime(d.modified_at)
+        return await self._feed(crm, "deal", d.deal_id, lead_id, d.modified_at, d.stage, event,
+                                f"Deal {d.deal_id} is {d.stage}"
+                                + (f" ({d.amount:g} {d.currency})" if d.amount else ""),
+                                {"deal_id": d.deal_id, "stage": d.stage, "amount": d.amount,
+                                 "reason": d.reason}, then=then)

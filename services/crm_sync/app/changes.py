@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections.abc import AsyncIterator
-from typing import Any
 
 from nurture.aio import wait_event
 from services.crm_sync import storage as st
@@ -15,7 +14,7 @@ from services.crm_sync.app.base import CoreBase
 class ChangeStream(CoreBase):
     _change_waiters: set[asyncio.Event]
 
-    async def watch(self, cursor: int, follow: bool, limit: int) -> AsyncIterator[dict[str, Any]]:
+    async def watch(self, cursor: int, follow: bool, limit: int) -> AsyncIterator[st.Change]:
         sent = 0
         wake = asyncio.Event()
         self._change_waiters.add(wake)
@@ -25,7 +24,7 @@ class ChangeStream(CoreBase):
                 rows = await self.read(functools.partial(st.changes_after, seq=cursor, limit=500))
                 for row in rows:
                     yield row
-                    cursor = row["seq"]
+                    cursor = row.seq
                     sent += 1
                     if limit and sent >= limit:
                         return

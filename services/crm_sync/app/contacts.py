@@ -9,9 +9,9 @@ import hashlib
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import grpc
 from sqlalchemy.orm import Session
@@ -39,13 +39,26 @@ class ContactIn:
     lead_id: str
 
 
+@dataclass(frozen=True)
+class ContactResult:
+    """What became of one inbound contact (the ContactResult of UpsertContacts): `status` created |
+    updated | unchanged | stale | duplicate | error; `conflicts`: the fields where the platform's value won."""
+
+    crm_id: str
+    lead_id: str = ""
+    status: str = "error"
+    error_code: str = ""
+    error_message: str = ""
+    conflicts: tuple[str, ...] = ()
+
+
 @dataclass
 class ContactWrite:
     """An applied contact, to be recorded: the lead scoring returned and the sync state to keep."""
 
     crm: str
     c: ContactIn
-    lead: dict[str, Any]
+    lead: JsonObject   # the lead as scoring answered (clients.lead_from_proto)
     digest: str
     merged: domain.InboundMerge
     status: str
@@ -79,12 +92,12 @@ def crm_lead_id(crm: str, crm_id: str) -> str:
 
 
 class InboundContacts(CoreBase):
-    contacts: Batcher[tuple[str, ContactIn], dict[str, Any]]
+    contacts: Batcher[tuple[str, ContactIn], ContactResult]
 
-    async def upsert_contacts(self, crm: str, contacts: list[ContactIn]) -> list[dict[str, Any]]:
+    async def upsert_contacts(self, crm: str, contacts: list[ContactIn]) -> list[ContactResult]:
         return list(await asyncio.gather(*(self.upsert_contact(crm, c) for c in contacts)))
 
-    async def upsert_contact(self, crm: str, c: ContactIn) -> dict[str, Any]:
+    async def upsert_contact(self, crm: str, c: ContactIn) -> ContactResult:
         # Deliveries that may meet the same lead (same CRM id, email or lead id) run one after the
         # other; everything else joins the next batch. Locks are taken in sorted order (no deadlock).
         keys = sorted({f"{crm}:{kind}:{value}" for kind, value in
@@ -94,23 +107,21 @@ class InboundContacts(CoreBase):
                 await stack.enter_async_context(self.locks.hold(key))
             return await self.contacts.submit((crm, c))
 
-    async def _upsert_batch(self, items: list[tuple[str, ContactIn]]) -> list[dict[str, Any] | BaseException]:
+    async def _upsert_batch(self, items: list[tuple[str, ContactIn]]) -> list[ContactResult | BaseException]:
         """Contacts of concurrent calls together: one read of what we know, one scoring call, one
         group commit. Each contact keeps its own outcome (stale, duplicate, error, ...)."""
         rows = await self.read(lambda s: st.find_leads(
             s, [st.LeadQuery(crm, c.crm_id or None, c.lead_id or None, c.email or None) for crm, c in items]))
-        out: list[dict[str, Any] | BaseException] = [{} for _ in items]
+        out: list[ContactResult | BaseException] = [ContactResult(c.crm_id) for _, c in items]
         stale: list[Callable[[Session], None]] = []
         plans: list[_Plan] = []
         requests: list[scoring_pb2.UpsertLeadRequest] = []
         started = self.clock.now()
         for i, ((crm, c), row) in enumerate(zip(items, rows, strict=True)):
-            result: dict[str, Any] = {"crm_id": c.crm_id, "lead_id": "", "status": "error", "error_code": "",
-                                      "error_message": "", "conflicts": []}
+            result = ContactResult(c.crm_id)
             if (why := domain.ahead_of_clock(self.cfg, "contact.modified_at", c.modified_at, started)) is not None:
                 log.warning("CRM %s contact %s refused: %s", crm, c.crm_id or c.email, why)
-                out[i] = {**result, "lead_id": row.lead_id if row else "", "error_code": "invalid",
-                          "error_message": why}
+                out[i] = replace(result, lead_id=row.lead_id if row else "", error_code="invalid", error_message=why)
                 continue
             digest = hashlib.sha256(json.dumps([c.crm_id, c.email, c.first_name, c.last_name, c.properties],
                                                sort_keys=True, default=str).encode()).hexdigest()[:32]
@@ -121,10 +132,10 @@ class InboundContacts(CoreBase):
                         summary=f"Ignored an out-of-order update of CRM contact {c.crm_id}",
                         details={"crm": crm, "crm_id": c.crm_id, "modified_at": c.modified_at,
                                  "last_seen": row.contact_modified_at}))
-                    out[i] = {**result, "lead_id": row.lead_id, "status": "stale"}
+                    out[i] = replace(result, lead_id=row.lead_id, status="stale")
                     continue
                 if c.modified_at == row.contact_modified_at and row.inbound_hash == digest:
-                    out[i] = {**result, "lead_id": row.lead_id, "status": "duplicate"}
+                    out[i] = replace(result, lead_id=row.lead_id, status="duplicate")
                     continue
             props = dict(c.properties)
             for name, value in (("email", c.email), ("firstname", c.first_name), ("lastname", c.last_name)):
@@ -151,16 +162,16 @@ class InboundContacts(CoreBase):
         for plan, reply in zip(plans, replies, strict=True):
             i, merged = plan.at, plan.merged
             base = out[i]
-            assert isinstance(base, dict)
+            assert isinstance(base, ContactResult)
             if reply.lead is None:
-                out[i] = {**base, "error_code": reply.error_code, "error_message": reply.error_message}
+                out[i] = replace(base, error_code=reply.error_code, error_message=reply.error_message)
                 continue
             lead = lead_from_proto(reply.lead)
             status = "created" if reply.created else ("updated" if merged.fields or not plan.row else "unchanged")
             writes.append((i, ContactWrite(crm=plan.crm, c=plan.contact, lead=lead, digest=plan.digest,
                                            merged=merged, status=status, now=now)))
-            out[i] = {**base, "lead_id": lead["id"], "status": status,
-                      "conflicts": [x["field"] for x in merged.conflicts if x["winner"] == "platform"]}
+            out[i] = replace(base, lead_id=lead["id"], status=status,
+                             conflicts=tuple(x["field"] for x in merged.conflicts if x["winner"] == "platform"))
         if not writes and not stale:
             return out
         entries = [w for _, w in writes]
@@ -185,7 +196,7 @@ class InboundContacts(CoreBase):
         existing = st.get_leads(s, [e.lead["id"] for e in entries], lock=True)
         recs: dict[str, st.LeadRecord] = {}
         owners: dict[tuple[str, str], str] = {}
-        timeline: list[dict[str, Any]] = []
+        timeline: list[st.TimelineEntry] = []
         for e in entries:
             lead_id, c = e.lead["id"], e.c
             rec = recs.get(lead_id) or existing.get(lead_id) or st.new_lead_row(lead_id, e.now)

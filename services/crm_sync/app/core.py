@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 from sqlalchemy.orm import Session
 
@@ -30,7 +29,7 @@ from services.crm_sync import storage as st
 from services.crm_sync.app.activities import InboundActivities
 from services.crm_sync.app.base import SyncStats
 from services.crm_sync.app.bus_consumer import BusConsumer
-from services.crm_sync.app.contacts import ContactIn, InboundContacts
+from services.crm_sync.app.contacts import ContactIn, ContactResult, InboundContacts
 from services.crm_sync.app.group_commit import GroupWriter
 from services.crm_sync.app.outbound import OutboundQueue
 from services.crm_sync.clients import JourneysLookup
@@ -62,7 +61,7 @@ class CrmSyncCore(InboundContacts, InboundActivities, BusConsumer, OutboundQueue
         self.replica = replica
         self.writer = GroupWriter(db)
         self.locks = KeyLocks()
-        self.contacts: Batcher[tuple[str, ContactIn], dict[str, Any]] = Batcher(
+        self.contacts: Batcher[tuple[str, ContactIn], ContactResult] = Batcher(
             self._upsert_batch, max_batch=100, parallel=2)
         self.changes_wake = asyncio.Event()
         self.push_wake = asyncio.Event()
@@ -79,7 +78,7 @@ class CrmSyncCore(InboundContacts, InboundActivities, BusConsumer, OutboundQueue
     def close(self) -> None:
         self._readers.shutdown(wait=True)
 
-    async def timeline(self, lead_id: str, limit: int) -> list[dict[str, Any]]:
+    async def timeline(self, lead_id: str, limit: int) -> list[st.TimelineEntry]:
         return await self.read(lambda s: st.get_timeline(s, lead_id, limit))
 
     async def erase(self, lead_id: str) -> int:

@@ -19,9 +19,9 @@ class PushDeadLetters:
 
     async def list(self, limit: int) -> tuple[list[DeadLetter], int]:
         rows, total = await self._core.sql(lambda s: st.dead_page(s, limit))
-        return [DeadLetter(id=f"{PREFIX}:{r['id']}", kind=PREFIX, lead_id=str(r["lead_id"]),
-                           summary=f"{r['op']} push after {r['attempts']} attempts", error=str(r["last_error"] or ""),
-                           at=r["done_at"]) for r in rows], total
+        return [DeadLetter(id=f"{PREFIX}:{r.id}", kind=PREFIX, lead_id=str(r.lead_id),
+                           summary=f"{r.op} push after {r.attempts} attempts", error=str(r.last_error or ""),
+                           at=r.done_at) for r in rows], total
 
     async def retry(self, letter_id: str, actor: str) -> Retried | None:
         raw = letter_id.removeprefix(f"{PREFIX}:")
@@ -34,9 +34,9 @@ class PushDeadLetters:
             job = st.requeue_dead(s, job_id, now)
             if job is None:
                 return False
-            st.add_timeline(s, job["lead_id"], now, "push_retried",
-                            f"CRM push ({job['op']}) retried by {actor or 'an operator'} after: {job['last_error']}",
-                            {"job": job_id, "op": job["op"], "actor": actor, "previous_error": job["last_error"]})
+            st.add_timeline(s, job.lead_id, now, "push_retried",
+                            f"CRM push ({job.op}) retried by {actor or 'an operator'} after: {job.last_error}",
+                            {"job": job_id, "op": job.op, "actor": actor, "previous_error": job.last_error})
             return True
         if not await self._core.sql(requeue):
             return None

@@ -11,7 +11,6 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
 import grpc
 from sqlalchemy.orm import Session
@@ -42,7 +41,7 @@ class ContactPushed:
     lead_id: str
     remote_id: str
     digest: str
-    pushed_fields: dict[str, Any]
+    pushed_fields: dict[str, str]
     properties: list[str]
 
 
@@ -65,7 +64,7 @@ class ContactRecords:
         self._s, self._crm = s, crm
         self._rows = st.get_leads(s, [p.lead_id for p in pushes], lock=True) if pushes else {}
         self._changed: dict[str, st.LeadRecord] = {}
-        self._timeline: list[dict[str, Any]] = []
+        self._timeline: list[st.TimelineEntry] = []
 
     def record(self, p: ContactPushed, now: datetime) -> ContactRecords:
         rec = self._rows.get(p.lead_id)
@@ -112,50 +111,50 @@ class OutboundQueue(CoreBase):
             if reclaim:
                 self._reclaimed_at = time.monotonic()
 
-            def claim(s: Session) -> tuple[list[dict[str, Any]], dict[str, st.LeadRecord]]:
+            def claim(s: Session) -> tuple[list[st.PushJob], dict[str, st.LeadRecord]]:
                 if reclaim:
                     st.requeue_running(s, self.replica, now)
                 jobs = st.due_jobs(s, now, limit)
-                st.mark_running(s, [j["id"] for j in jobs], self.replica, now)
+                st.mark_running(s, [j.id for j in jobs], self.replica, now)
                 # Contact pushes read their lead's state now, in the same round trip.
-                return jobs, st.get_leads(s, [j["lead_id"] for j in jobs if j["op"] == "contact"])
+                return jobs, st.get_leads(s, [j.lead_id for j in jobs if j.op == "contact"])
 
             jobs, prefetched = await self.sql(claim)
             self._prefetched = prefetched
             if not jobs:
                 return 0
-            by_lead: dict[str, list[dict[str, Any]]] = defaultdict(list)
+            by_lead: dict[str, list[st.PushJob]] = defaultdict(list)
             for j in jobs:
-                if j["op"] != "lead":
-                    by_lead[j["lead_id"]].append(j)
+                if j.op != "lead":
+                    by_lead[j.lead_id].append(j)
             # Write-backs to scoring (CRM ids, sales owners) go together: one UpsertLeads per chunk,
             # where one UpsertLead each had scoring commit 30 transactions at once, ahead of ingest.
-            lead_jobs = [j for j in jobs if j["op"] == "lead"]
-            results: list[tuple[dict[str, Any], Outcome]] = list(
+            lead_jobs = [j for j in jobs if j.op == "lead"]
+            results: list[tuple[st.PushJob, Outcome]] = list(
                 zip(lead_jobs, await self._update_leads(lead_jobs), strict=True))
             sem = asyncio.Semaphore(32)
 
-            async def lane(items: list[dict[str, Any]]) -> None:
+            async def lane(items: list[st.PushJob]) -> None:
                 async with sem:
                     # The CRM id a contact push of this lane got, before it is recorded: a task right
                     # behind it attaches to that contact instead of creating the contact again.
                     remote: dict[str, str] = {}
                     pushed = False
                     for j in items:  # one lead's pushes in order
-                        if j["op"] == "contact" and pushed:
+                        if j.op == "contact" and pushed:
                             # Two contact pushes claimed together (one left over from a crash): the
                             # first read the state both were queued for, so it covered this one too.
                             results.append((j, Outcome("done")))
                             continue
                         out = await self._perform(j, remote)
-                        pushed = pushed or (j["op"] == "contact" and out.status == "done")
+                        pushed = pushed or (j.op == "contact" and out.status == "done")
                         results.append((j, out))
 
             await asyncio.gather(*(lane(items) for items in by_lead.values()))
             done_at = self.clock.now()
 
             def record(s: Session) -> None:
-                finished: list[dict[str, Any]] = []
+                finished: list[st.FinishedJob] = []
                 contacts = self._contact_records(s, [out.contact for _, out in results if out.contact])
                 for job, out in results:
                     self._record(s, job, out, done_at, finished, contacts)
@@ -176,44 +175,41 @@ class OutboundQueue(CoreBase):
     def _contact_records(self, s: Session, pushes: list[ContactPushed]) -> ContactRecords:
         return ContactRecords(s, self.crm_name, pushes)
 
-    def _record(self, s: Session, job: dict[str, Any], out: Outcome, now: datetime,
-                finished: list[dict[str, Any]], contacts: ContactRecords) -> None:
+    def _record(self, s: Session, job: st.PushJob, out: Outcome, now: datetime,
+                finished: list[st.FinishedJob], contacts: ContactRecords) -> None:
         """Record a push's outcome; the job's own row update is added to `finished` (written together)."""
-        attempts = int(job["attempts"]) + 1
+        attempts = int(job.attempts) + 1
         if out.status == "done":
             if out.contact is not None:
                 contacts.record(out.contact, now)
             if out.apply is not None:
                 out.apply(s)
-            finished.append(st.finished_job(job["id"], status="done", attempts=attempts, due_at=job["due_at"],
-                                            error=None, now=now))
+            finished.append(st.FinishedJob(job.id, "done", attempts, job.due_at, None, now))
             return
         if out.status == "retry" and attempts < domain.MAX_ATTEMPTS:
-            delay = domain.retry_delay(int(job["id"]), attempts, out.retry_after)
+            delay = domain.retry_delay(int(job.id), attempts, out.retry_after)
             due = now + timedelta(seconds=delay)
-            finished.append(st.finished_job(job["id"], status="pending", attempts=attempts, due_at=due,
-                                            error=out.error, now=now))
-            st.add_timeline(s, job["lead_id"], now, "push_retry",
-                            f"CRM push ({job['op']}) failed, retry {attempts + 1} at {due.isoformat()}: {out.error}",
-                            {"job": job["id"], "op": job["op"], "attempt": attempts, "error": out.error,
+            finished.append(st.FinishedJob(job.id, "pending", attempts, due, out.error, now))
+            st.add_timeline(s, job.lead_id, now, "push_retry",
+                            f"CRM push ({job.op}) failed, retry {attempts + 1} at {due.isoformat()}: {out.error}",
+                            {"job": job.id, "op": job.op, "attempt": attempts, "error": out.error,
                              "retry_after": out.retry_after, "due_at": due})
             return
         reason = out.error if out.status == "dead" else f"gave up after {attempts} tries: {out.error}"
-        finished.append(st.finished_job(job["id"], status="dead", attempts=attempts, due_at=job["due_at"],
-                                        error=reason, now=now))
-        if job["op"] == "task":
-            st.update_task(s, job["ref"], status="dead")
-        st.add_timeline(s, job["lead_id"], now, "push_dead", f"CRM push ({job['op']}) dead-lettered: {reason}",
-                        {"job": job["id"], "op": job["op"], "attempts": attempts, "reason": reason})
+        finished.append(st.FinishedJob(job.id, "dead", attempts, job.due_at, reason, now))
+        if job.op == "task":
+            st.update_task(s, job.ref, status="dead")
+        st.add_timeline(s, job.lead_id, now, "push_dead", f"CRM push ({job.op}) dead-lettered: {reason}",
+                        {"job": job.id, "op": job.op, "attempts": attempts, "reason": reason})
 
-    async def _update_leads(self, jobs: list[dict[str, Any]]) -> list[Outcome]:
+    async def _update_leads(self, jobs: list[st.PushJob]) -> list[Outcome]:
         """Apply `lead` pushes (field updates of scoring's lead) in order, LEAD_UPDATES_PER_CALL per
         UpsertLeads call, so each of scoring's transactions stays short."""
         outcomes: list[Outcome] = []
         for start in range(0, len(jobs), LEAD_UPDATES_PER_CALL):
             chunk = jobs[start:start + LEAD_UPDATES_PER_CALL]
             request = scoring_pb2.UpsertLeadsRequest(leads=[scoring_pb2.UpsertLeadRequest(
-                id=j["lead_id"], fields_json=json.dumps(j["payload"]), merge=True, source="crm_sync",
+                id=j.lead_id, fields_json=json.dumps(j.payload), merge=True, source="crm_sync",
                 must_exist=True) for j in chunk])
             try:
                 reply = await self.scoring.UpsertLeads(request, timeout=DEADLINE_S + 0.05 * len(chunk))
@@ -236,26 +232,26 @@ class OutboundQueue(CoreBase):
                                             error=f"scoring {r.error_code}: {r.error_message}"))
         return outcomes
 
-    async def _perform(self, job: dict[str, Any], remote: dict[str, str]) -> Outcome:
+    async def _perform(self, job: st.PushJob, remote: dict[str, str]) -> Outcome:
         try:
-            if job["op"] == "contact":
+            if job.op == "contact":
                 return Outcome("done", contact=await self._push_contact(
-                    job["lead_id"], self._prefetched.pop(job["lead_id"], None), remote=remote))
-            if job["op"] == "task":
+                    job.lead_id, self._prefetched.pop(job.lead_id, None), remote=remote))
+            if job.op == "task":
                 return Outcome("done", apply=await self._push_task(job, remote))
-            if job["op"] == "lead":
+            if job.op == "lead":
                 await self.scoring.UpsertLead(scoring_pb2.UpsertLeadRequest(
-                    id=job["lead_id"], fields_json=json.dumps(job["payload"]), merge=True, source="crm_sync",
+                    id=job.lead_id, fields_json=json.dumps(job.payload), merge=True, source="crm_sync",
                     must_exist=True), timeout=DEADLINE_S)
                 return Outcome("done")
-            if job["op"] == "deal":
-                await self.connector.update_deal(str(job["payload"]["deal_id"]),
-                                                 {k: str(v) for k, v in job["payload"]["properties"].items()})
+            if job.op == "deal":
+                await self.connector.update_deal(str(job.payload["deal_id"]),
+                                                 {k: str(v) for k, v in job.payload["properties"].items()})
                 return Outcome("done", apply=self._deal_linked(job))
-            if job["op"] == "erase":
-                await self.connector.archive_contact(str(job["payload"]["remote_id"]))
+            if job.op == "erase":
+                await self.connector.archive_contact(str(job.payload["remote_id"]))
                 return Outcome("done")
-            return Outcome("dead", error=f"unknown push kind {job['op']}")
+            return Outcome("dead", error=f"unknown push kind {job.op}")
         except Retryable as exc:
             self.stats.push_failures += 1
             return Outcome("retry", error=exc.reason, retry_after=exc.retry_after)
@@ -269,7 +265,7 @@ class OutboundQueue(CoreBase):
                 return Outcome("done")  # the lead is gone (erased): nothing left to update
             return Outcome("dead", error=f"scoring {exc.code().name}: {exc.details()}")
         except Exception as exc:  # a bug or an unexpected answer: keep the push, retry with backoff
-            log.exception("push %s failed unexpectedly", job["id"])
+            log.exception("push %s failed unexpectedly", job.id)
             return Outcome("retry", error=f"{type(exc).__name__}: {exc}")
 
     async def _push_contact(self, lead_id: str, row: st.LeadRecord | None = None, *,
@@ -300,64 +296,64 @@ class OutboundQueue(CoreBase):
         return ContactPushed(lead_id=lead_id, remote_id=remote_id, digest=digest, pushed_fields=pushed_fields,
                              properties=sorted(props))
 
-    async def _push_task(self, job: dict[str, Any], remote_ids: dict[str, str]
+    async def _push_task(self, job: st.PushJob, remote_ids: dict[str, str]
                          ) -> Callable[[Session], None] | None:
-        task = await self.read(lambda s: st.get_task(s, job["ref"]))
+        task = await self.read(lambda s: st.get_task(s, job.ref))
         if task is None:
             return None
-        row = await self.read(lambda s: st.get_lead(s, task["lead_id"]))
+        row = await self.read(lambda s: st.get_lead(s, task.lead_id))
         if row is None:
             return None
-        contact = row.crm_id or remote_ids.get(task["lead_id"])
+        contact = row.crm_id or remote_ids.get(task.lead_id)
         if not contact:
             # The contact must exist before a task can be attached to it.
-            first = await self._push_contact(task["lead_id"], remote=remote_ids)
+            first = await self._push_contact(task.lead_id, remote=remote_ids)
             if first is not None:
                 await self.sql(lambda s: self._contact_records(s, [first]).record(first, self.clock.now()).flush())
-            row = await self.read(lambda s: st.get_lead(s, task["lead_id"]))
+            row = await self.read(lambda s: st.get_lead(s, task.lead_id))
             contact = row.crm_id if row else None
             if not contact:
                 raise Retryable("contact not in the CRM yet")
         props = {
-            "hs_task_subject": task["title"][:250],
-            "hs_task_body": f"{task['details'].get('why', '')} (kind {task['kind']}, rule {task['rule']})",
-            "hs_task_priority": "HIGH" if task["priority"] == "high" else "MEDIUM",
+            "hs_task_subject": task.title[:250],
+            "hs_task_body": f"{task.details.get('why', '')} (kind {task.kind}, rule {task.rule})",
+            "hs_task_priority": "HIGH" if task.priority == "high" else "MEDIUM",
             "hs_task_status": "NOT_STARTED",
-            "hs_task_type": "CALL" if task["kind"] in ("sales_alert", "consultation") else "TODO",
-            "hs_timestamp": (task["due_at"] or self.clock.now()).isoformat(),
-            "hubspot_owner_id": task["owner"] or "",
-            "nurture_task_id": task["id"],
-            "nurture_kind": task["kind"],
+            "hs_task_type": "CALL" if task.kind in ("sales_alert", "consultation") else "TODO",
+            "hs_timestamp": (task.due_at or self.clock.now()).isoformat(),
+            "hubspot_owner_id": task.owner or "",
+            "nurture_task_id": task.id,
+            "nurture_kind": task.kind,
         }
         remote = None
-        if int(job["attempts"]) > 0 or task["remote_id"]:
-            remote = task["remote_id"] or await self.connector.find("tasks", "nurture_task_id", task["id"])
+        if int(job.attempts) > 0 or task.remote_id:
+            remote = task.remote_id or await self.connector.find("tasks", "nurture_task_id", task.id)
         if remote is None:
             remote = await self.connector.create_task(contact, props)
         note = None
-        if task["document"]:
-            if int(job["attempts"]) > 0:
-                note = await self.connector.find("notes", "nurture_task_id", task["id"])
+        if task.document:
+            if int(job.attempts) > 0:
+                note = await self.connector.find("notes", "nurture_task_id", task.id)
             if note is None:
                 note = await self.connector.create_note(contact, remote, {
-                    "hs_note_body": task["document"], "hs_timestamp": self.clock.now().isoformat(),
-                    "nurture_task_id": task["id"]})
+                    "hs_note_body": task.document, "hs_timestamp": self.clock.now().isoformat(),
+                    "nurture_task_id": task.id})
         self.stats.pushes += 1
 
         def apply(s: Session) -> None:
-            st.update_task(s, task["id"], status="pushed", remote_id=remote)
-            st.add_timeline(s, task["lead_id"], self.clock.now(), "task_pushed",
-                            f"{'Notification' if task['kind'] == 'notify' else 'Task'} {remote} created in the CRM "
-                            f"for {task['owner'] or 'unassigned'}",
-                            {"task_id": task["id"], "remote_id": remote, "note_id": note, "contact": contact})
+            st.update_task(s, task.id, status="pushed", remote_id=remote)
+            st.add_timeline(s, task.lead_id, self.clock.now(), "task_pushed",
+                            f"{'Notification' if task.kind == 'notify' else 'Task'} {remote} created in the CRM "
+                            f"for {task.owner or 'unassigned'}",
+                            {"task_id": task.id, "remote_id": remote, "note_id": note, "contact": contact})
 
         return apply
 
-    def _deal_linked(self, job: dict[str, Any]) -> Callable[[Session], None]:
+    def _deal_linked(self, job: st.PushJob) -> Callable[[Session], None]:
         def apply(s: Session) -> None:
-            st.add_timeline(s, job["lead_id"], self.clock.now(), "deal_linked",
-                            f"Proposal linked on CRM deal {job['payload']['deal_id']}",
-                            {"job": job["id"], "deal_id": job["payload"]["deal_id"], "proposal_id": job["ref"]})
+            st.add_timeline(s, job.lead_id, self.clock.now(), "deal_linked",
+                            f"Proposal linked on CRM deal {job.payload['deal_id']}",
+                            {"job": job.id, "deal_id": job.payload["deal_id"], "proposal_id": job.ref})
 
         return apply
 

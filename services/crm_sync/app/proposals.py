@@ -58,7 +58,7 @@ class Proposals(Tasks):
 
     def make_proposal(self, s: Session, lead_id: str, lead: Mapping[str, Any], *, plan: str,
                       deal: Mapping[str, Any] | None, requested_by: str, now: datetime
-                      ) -> tuple[dict[str, Any], bool]:
+                      ) -> tuple[st.Proposal, bool]:
         """In the caller's transaction: the deal's proposal if it has one (duplicate), else a new proposal
         with its task, the CRM deal's link push and the timeline line."""
         deal_id = str(deal["deal_id"]) if deal else ""
@@ -88,16 +88,14 @@ class Proposals(Tasks):
             f"proposal:{requested_by}", now)
         html = doc.render(self.proposals_cfg, offer, lead, reference=reference, created_at=now,
                           owner=row.owner, meeting_link=row.meeting_link)
-        values = {
-            "id": proposal_id, "lead_id": lead_id, "deal_id": deal_id or None, "plan": offer.plan,
-            "lines": [{"kind": ln.kind, "key": ln.key, "name": ln.name, "price": ln.price, "rule": ln.rule}
-                      for ln in offer.lines],
-            "pathways": [p.title for p in offer.pathways], "total": offer.total,
-            "currency": self.proposals_cfg.currency, "html": html, "status": "generated", "task_id": task["id"],
-            "message_id": None, "requested_by": requested_by[:64], "created_at": now,
-            "valid_until": doc.valid_until(self.proposals_cfg, now), "sent_at": None,
-        }
-        st.insert_proposal(s, values)
+        proposal = st.Proposal(
+            id=proposal_id, lead_id=lead_id, deal_id=deal_id or None, plan=offer.plan,
+            lines=tuple(st.ProposalLine(ln.kind, ln.key, ln.name, ln.price, ln.rule) for ln in offer.lines),
+            pathways=tuple(p.title for p in offer.pathways), total=offer.total,
+            currency=self.proposals_cfg.currency, html=html, status="generated", task_id=task.id,
+            message_id=None, requested_by=requested_by[:64], created_at=now,
+            valid_until=doc.valid_until(self.proposals_cfg, now), sent_at=None)
+        st.insert_proposal(s, proposal)
         if deal_id:
             # The link goes onto the CRM's deal, so whoever opens the deal finds the document.
             st.enqueue(s, lead_id, "deal", now, ref=proposal_id, payload={"deal_id": deal_id, "properties": {
@@ -108,13 +106,13 @@ class Proposals(Tasks):
                         f"Proposal {reference}: {chosen}; total {total}"
                         + (f"; for deal {deal_id}" if deal_id else "") + f"; asked by {requested_by}",
                         {"proposal_id": proposal_id, "plan": offer.plan, "total": offer.total,
-                         "lines": values["lines"], "pathways": [p.name for p in offer.pathways],
-                         "deal_id": deal_id, "task_id": task["id"], "requested_by": requested_by})
+                         "lines": [ln.as_json() for ln in proposal.lines], "pathways": [p.name for p in offer.pathways],
+                         "deal_id": deal_id, "task_id": task.id, "requested_by": requested_by})
         st.save_lead(s, row, exists=current is not None)
-        return {**values, "html": html}, False
+        return proposal, False
 
     async def generate_proposal(self, lead_id: str, *, plan: str, deal_id: str,
-                                requested_by: str) -> tuple[dict[str, Any], bool]:
+                                requested_by: str) -> tuple[st.Proposal, bool]:
         if not lead_id:
             raise InputError("lead_id is required")
         if plan and plan not in self.proposals_cfg.file.plans:
@@ -122,7 +120,7 @@ class Proposals(Tasks):
         if deal_id:
             found = await self.read(lambda s: st.proposal_for_deal(s, deal_id))
             if found:
-                if found["lead_id"] != lead_id:
+                if found.lead_id != lead_id:
                     raise InputError(f"deal {deal_id!r} has a proposal for another lead")
                 return found, True
         lead = await self._lead(lead_id)
@@ -133,10 +131,10 @@ class Proposals(Tasks):
         self.push_wake.set()
         return result
 
-    async def list_proposals(self, lead_id: str) -> list[dict[str, Any]]:
+    async def list_proposals(self, lead_id: str) -> list[st.Proposal]:
         return await self.read(lambda s: st.lead_proposals(s, lead_id))
 
-    async def get_proposal(self, proposal_id: str, token: str = "") -> dict[str, Any]:
+    async def get_proposal(self, proposal_id: str, token: str = "") -> st.Proposal:
         if token:
             verified = doc.verify(self.link_secrets, token)
             if verified is None:
@@ -153,16 +151,16 @@ class Proposals(Tasks):
         if self.messaging is None:
             raise MessagingUnavailable("no messaging service configured")
         cfg = self.proposals_cfg
-        row = await self.read(lambda s: st.get_lead(s, p["lead_id"]))
+        row = await self.read(lambda s: st.get_lead(s, p.lead_id))
         context = {
-            "proposal_url": self.proposal_url(p["id"]), "proposal_reference": f"P-{p['id'][:8].upper()}",
-            "plan_name": cfg.file.plans[p["plan"]].name if p["plan"] in cfg.file.plans else p["plan"],
-            "total_text": f"{p['total']:,.2f} {p['currency']}", "valid_until": p["valid_until"].date().isoformat(),
+            "proposal_url": self.proposal_url(p.id), "proposal_reference": f"P-{p.id[:8].upper()}",
+            "plan_name": cfg.file.plans[p.plan].name if p.plan in cfg.file.plans else p.plan,
+            "total_text": f"{p.total:,.2f} {p.currency}", "valid_until": p.valid_until.date().isoformat(),
             "owner_name": doc.owner_name(row.owner if row else None),
         }
         try:
             reply = await self.messaging.Send(messaging_pb2.SendRequest(
-                dedupe_key=f"proposal:{p['id']}", lead_id=p["lead_id"], channel="email",
+                dedupe_key=f"proposal:{p.id}", lead_id=p.lead_id, channel="email",
                 template=cfg.file.email_template, category="transactional", step="proposal",
                 context_json=json.dumps(context)), timeout=DEADLINE_S)
         except grpc.aio.AioRpcError as exc:
@@ -174,11 +172,11 @@ class Proposals(Tasks):
 
         def record(s: Session) -> None:
             if went:
-                st.update_proposal(s, p["id"], status="sent", message_id=reply.message_id, sent_at=now)
-            st.add_timeline(s, p["lead_id"], now, "proposal_sent" if went else "proposal_not_sent",
-                            f"Proposal P-{p['id'][:8].upper()} emailed ({reply.status})" if went else
-                            f"Proposal P-{p['id'][:8].upper()} not emailed: {reply.status} ({reply.reason})",
-                            {"proposal_id": p["id"], "message_id": reply.message_id, "status": reply.status,
+                st.proposal_sent(s, p.id, message_id=reply.message_id, at=now)
+            st.add_timeline(s, p.lead_id, now, "proposal_sent" if went else "proposal_not_sent",
+                            f"Proposal P-{p.id[:8].upper()} emailed ({reply.status})" if went else
+                            f"Proposal P-{p.id[:8].upper()} not emailed: {reply.status} ({reply.reason})",
+                            {"proposal_id": p.id, "message_id": reply.message_id, "status": reply.status,
                              "reason": reply.reason})
 
         await self.sql(record)

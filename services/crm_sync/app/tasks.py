@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
 import grpc
 from sqlalchemy.orm import Session
 
 from nurture.api.scoring.v1 import scoring_pb2
+from nurture.jsontypes import JsonMapping, JsonObject
 from nurture.rpc import DEADLINE_S
 from services.crm_sync import domain
 from services.crm_sync import storage as st
@@ -18,10 +18,24 @@ from services.crm_sync.app.base import CoreBase, InputError, ScoringUnavailable,
 from services.crm_sync.clients import lead_from_proto
 
 
+@dataclass(frozen=True)
+class TaskRequest:
+    """A task asked for by another service (journeys' RequestTask), as the servicer read it."""
+
+    dedupe_key: str
+    lead_id: str
+    kind: str          # sales_alert | follow_up | consultation | notify
+    title: str
+    priority: str      # high | normal
+    due_at: datetime | None
+    details: JsonObject  # the caller's, stored verbatim with the task
+    source: str
+
+
 class Tasks(CoreBase):
-    def _create_task(self, s: Session, row: st.LeadRecord, lead: dict[str, Any], key: str, kind: str, title: str,
-                     priority: str, due_at: datetime | None, details: dict[str, Any], rule: str, now: datetime,
-                     facts: Mapping[str, Any] | None = None) -> tuple[dict[str, Any], bool]:
+    def _create_task(self, s: Session, row: st.LeadRecord, lead: JsonObject, key: str, kind: str, title: str,
+                     priority: str, due_at: datetime | None, details: JsonObject, rule: str, now: datetime,
+                     facts: JsonMapping | None = None) -> tuple[st.Task, bool]:
         existing = st.get_task_by_key(s, key)
         if existing:
             return existing, True
@@ -30,14 +44,13 @@ class Tasks(CoreBase):
         if hold is not None:
             # Closed loop: sales said no. Recorded (a later request under the key is a duplicate),
             # never pushed: the lead is not re-alerted to sales.
-            task: dict[str, Any] = {
-                "id": uuid.uuid4().hex, "dedupe_key": key, "lead_id": lead_id, "kind": kind, "title": title,
-                "priority": priority, "owner": row.owner, "due_at": due_at, "details": details,
-                    "document": "", "rule": rule, "status": "held", "remote_id": None, "created_at": now}
+            task = st.Task(id=uuid.uuid4().hex, dedupe_key=key, lead_id=lead_id, kind=kind, title=title,
+                           priority=priority, owner=row.owner, due_at=due_at, details=details, document="",
+                           rule=rule, status="held", remote_id=None, created_at=now)
             st.insert_task(s, task)
             st.add_timeline(s, lead_id, now, "task_held", f"{title}: not sent to sales, held by rule {hold.rule}: "
                             f"{hold.meta.get('why', '')}",
-                            {"task_id": task["id"], "kind": kind, "rule": rule, "hold": hold.rule,
+                            {"task_id": task.id, "kind": kind, "rule": rule, "hold": hold.rule,
                              "why": hold.meta.get("why", ""), "facts": dict(hold.facts), "dedupe_key": key})
             return task, False
         if kind not in ("notify", "proposal"):
@@ -51,7 +64,7 @@ class Tasks(CoreBase):
                 if st.was_merged(s, lead_id, key):
                     return same, True
                 st.add_timeline(s, lead_id, now, "task_merged", f"{title}: merged into today's {kind} task",
-                                {"task_id": same["id"], "dedupe_key": key, "rule": rule})
+                                {"task_id": same.id, "dedupe_key": key, "rule": rule})
                 return same, True
         if not row.owner:
             picked = domain.pick_team(self.cfg, domain.facts_for(lead, [], None))
@@ -70,50 +83,50 @@ class Tasks(CoreBase):
         document = domain.recommendation_document(lead, row.journeys, owner=row.owner,
                                                   meeting_link=row.meeting_link, task_title=title,
                                                   why=str(details.get("why", "")))
-        task = {"id": uuid.uuid4().hex, "dedupe_key": key, "lead_id": lead_id, "kind": kind, "title": title,
-                "priority": priority, "owner": row.owner, "due_at": due_at, "details": details,
-                "document": document, "rule": rule, "status": "queued", "remote_id": None, "created_at": now}
+        task = st.Task(id=uuid.uuid4().hex, dedupe_key=key, lead_id=lead_id, kind=kind, title=title,
+                       priority=priority, owner=row.owner, due_at=due_at, details=details, document=document,
+                       rule=rule, status="queued", remote_id=None, created_at=now)
         st.insert_task(s, task)
         label = "notification" if kind == "notify" else "task_created"
         st.add_timeline(s, lead_id, now, label, f"{'Notified' if kind == 'notify' else 'Task for'} "
                         f"{row.owner or 'unassigned'}: {title}",
-                        {"task_id": task["id"], "kind": kind, "priority": priority, "rule": rule,
+                        {"task_id": task.id, "kind": kind, "priority": priority, "rule": rule,
                          "dedupe_key": key, "due_at": due_at, "why": details.get("why", "")})
-        st.enqueue(s, lead_id, "task", now, ref=task["id"])
+        st.enqueue(s, lead_id, "task", now, ref=task.id)
         return task, False
 
-    async def request_task(self, req: dict[str, Any]) -> tuple[dict[str, Any], bool]:
-        if not req["dedupe_key"] or not req["lead_id"]:
+    async def request_task(self, req: TaskRequest) -> tuple[st.Task, bool]:
+        if not req.dedupe_key or not req.lead_id:
             raise InputError("dedupe_key and lead_id are required")
-        if req["kind"] not in ("sales_alert", "follow_up", "consultation", "notify"):
+        if req.kind not in ("sales_alert", "follow_up", "consultation", "notify"):
             raise InputError("kind must be sales_alert, follow_up, consultation or notify")
-        if req["priority"] not in ("high", "normal"):
+        if req.priority not in ("high", "normal"):
             raise InputError("priority must be high or normal")
-        found = await self.read(lambda s: st.get_task_by_key(s, req["dedupe_key"]))
+        found = await self.read(lambda s: st.get_task_by_key(s, req.dedupe_key))
         if found:
             return found, True
-        row = await self.read(lambda s: st.get_lead(s, req["lead_id"]))
+        row = await self.read(lambda s: st.get_lead(s, req.lead_id))
         lead = row.snapshot if row and row.snapshot else None
         if lead is None:
             try:
-                reply = await self.scoring.GetLead(scoring_pb2.GetLeadRequest(id=req["lead_id"]), timeout=DEADLINE_S)
+                reply = await self.scoring.GetLead(scoring_pb2.GetLeadRequest(id=req.lead_id), timeout=DEADLINE_S)
             except grpc.aio.AioRpcError as exc:
                 if exc.code() == grpc.StatusCode.NOT_FOUND:
-                    raise UnknownContact(f"unknown lead {req['lead_id']!r}") from exc
+                    raise UnknownContact(f"unknown lead {req.lead_id!r}") from exc
                 raise ScoringUnavailable(exc.details() or exc.code().name) from exc
             lead = lead_from_proto(reply)
         now = self.clock.now()
         snapshot = lead
 
-        def write(s: Session) -> tuple[dict[str, Any], bool]:
-            current = st.get_lead(s, req["lead_id"], lock=True)
-            rec = current or st.new_lead_row(req["lead_id"], now)
+        def write(s: Session) -> tuple[st.Task, bool]:
+            current = st.get_lead(s, req.lead_id, lock=True)
+            rec = current or st.new_lead_row(req.lead_id, now)
             if current is None:
                 rec.email = snapshot.get("email")
-            task, dup = self._create_task(s, rec, snapshot, req["dedupe_key"], req["kind"],
-                                          req["title"] or req["kind"].replace("_", " "), req["priority"],
-                                          req["due_at"], {**req["details"], "why": req["details"].get(
-                                              "why", f"requested by {req['source']}")}, f"request:{req['source']}",
+            task, dup = self._create_task(s, rec, snapshot, req.dedupe_key, req.kind,
+                                          req.title or req.kind.replace("_", " "), req.priority,
+                                          req.due_at, {**req.details, "why": req.details.get(
+                                              "why", f"requested by {req.source}")}, f"request:{req.source}",
                                           now)
             st.save_lead(s, rec, exists=current is not None)
             return task, dup

@@ -512,12 +512,12 @@ class JourneysRuntime:
 
     async def counted_leads(self, journey: str, step: str, measure: str, reason: str, start: datetime | None,
                             end: datetime | None, cursor: str,
-                            limit: int) -> tuple[list[tuple[str, int]], str, int, int]:
+                            limit: int) -> storage.CountedLeads:
         """The leads behind one count of `analytics` (storage.counted_leads)."""
         if self.registry.live(journey) is None and not self.registry.versions(journey):
             raise NotFound(f"unknown journey {journey!r}")
 
-        def q() -> tuple[list[tuple[str, int]], str, int, int]:
+        def q() -> storage.CountedLeads:
             with self.db.session() as s:
                 return storage.counted_leads(s, journey=journey, step=step, measure=measure, reason=reason,
                                              start=start, end=end, cursor=cursor, limit=limit)

@@ -11,11 +11,22 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Mapping
 from datetime import date, datetime
+from typing import NamedTuple
 
 from nurture.jsontypes import JsonMapping
 from services.journeys.domain.funnel import Funnel, exit_reason
 
-Cell = tuple[str, date, str, str, str]  # journey, day, step, measure, reason
+
+class Cell(NamedTuple):
+    """Where a record is counted: its journey, UTC day, step, measure and reason."""
+
+    journey: str
+    day: date
+    step: str
+    measure: str
+    reason: str
+
+
 COUNTED_TRANSITIONS = ("entered", "completed", "exited", "goal")
 
 
@@ -26,20 +37,20 @@ class Tally:
         self.cells: dict[Cell, int] = defaultdict(int)
 
     def run(self, journey: str, at: datetime, step: str, status: str, sign: int = 1) -> None:
-        self.cells[(journey, at.date(), step, "run", status)] += sign
+        self.cells[Cell(journey, at.date(), step, "run", status)] += sign
 
     def engagement(self, journey: str, at: datetime, step: str, kind: str, sign: int = 1) -> None:
-        self.cells[(journey, at.date(), step, "engagement", kind)] += sign
+        self.cells[Cell(journey, at.date(), step, "engagement", kind)] += sign
 
     def transition(self, journey: str, at: datetime, kind: str, *, step_from: str | None, rule: str | None,
                    facts: JsonMapping, sign: int = 1) -> None:
         day = at.date()
         if kind in ("entered", "completed"):
-            self.cells[(journey, day, "", kind, "")] += sign
+            self.cells[Cell(journey, day, "", kind, "")] += sign
         elif kind == "exited":
-            self.cells[(journey, day, step_from or "", "exited", exit_reason(rule, facts))] += sign
+            self.cells[Cell(journey, day, step_from or "", "exited", exit_reason(rule, facts))] += sign
         elif kind == "goal":
-            self.cells[(journey, day, str(facts.get("last_sent") or step_from or ""), "goal", "")] += sign
+            self.cells[Cell(journey, day, str(facts.get("last_sent") or step_from or ""), "goal", "")] += sign
 
     def add(self, other: Tally) -> None:
         for cell, n in other.cells.items():

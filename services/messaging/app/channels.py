@@ -11,9 +11,8 @@ from __future__ import annotations
 import importlib
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -24,12 +23,13 @@ from pydantic import Field, StrictInt, field_validator
 from nurture import times
 from nurture.busmessage import BusMessage
 from nurture.datafiles import Strict, load
+from nurture.jsontypes import JsonMapping
 from nurture.rpc import DEADLINE_S
 from nurture.rules import CompiledRules, RuleSpec, compile_rules
 from services.messaging.app.delivery import Delivery
-from services.messaging.clients import email_hash
+from services.messaging.clients import Lead, email_hash
 from services.messaging.domain.tokens import TokenError
-from services.messaging.storage import AdSuppression, Feedback, LogLine
+from services.messaging.storage import AdSuppression, ConsentEntry, Feedback, LogLine, Suppression
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ def personalization_rules(path: Path | None = None) -> dict[str, Any]:
     return rules
 
 
-def ad_suppression_for(lead: dict[str, Any], etype: Any, props: dict[str, Any], signals: list[Any]) -> str | None:
+def ad_suppression_for(lead: JsonMapping, etype: str, props: JsonMapping, signals: Iterable[object]) -> str | None:
     """The first ad-suppression rule this bus message meets (its name is the reason), or None."""
     global _AD_SUPPRESSION
     if _AD_SUPPRESSION is None:
@@ -169,54 +169,55 @@ class Channels:
         msg = (await e.db.run(e.store.get_messages, [token.message_id])).get(token.message_id)
         if msg is None:  # erased or unknown: the signed URL is still safe to follow, nothing to record
             return TrackResult(token.url, token.message_id, True)
-        key = f"open:{msg['id']}" if kind == "open" else f"click:{msg['id']}:{token.link}"
-        props = {"message_id": msg["id"], "journey": msg["journey"], "step": msg["step"],
-                 "template": msg["template"], "url": token.url, "variant": msg["variant"],
-                 "channel": msg["channel"], **e.content_of(msg["template"])}
+        key = f"open:{msg.id}" if kind == "open" else f"click:{msg.id}:{token.link}"
+        props = {"message_id": msg.id, "journey": msg.journey, "step": msg.step,
+                 "template": msg.template, "url": token.url, "variant": msg.variant,
+                 "channel": msg.channel, **e.content_of(msg.template)}
         etype = "email_opened" if kind == "open" else "email_clicked"
         new = await e.db.run(
-            e.store.record_tracking, key=key, message_id=msg["id"], lead_id=msg["lead_id"], kind=kind,
+            e.store.record_tracking, key=key, message_id=msg.id, lead_id=msg.lead_id, kind=kind,
             url=token.url, now=now,
-            log=LogLine(msg["id"], msg["lead_id"], etype, f"{msg['template']} {kind}ed"
+            log=LogLine(msg.id, msg.lead_id, etype, f"{msg.template} {kind}ed"
                         + (f": {token.url}" if token.url else ""), props),
-            fb=Feedback(key, msg["lead_id"], etype, props, now))
+            fb=Feedback(key, msg.lead_id, etype, props, now))
         if kind == "click":
             # A click proves an open (images are often blocked): count it once as an open too.
-            await e.db.run(e.store.record_tracking, key=f"open:{msg['id']}", message_id=msg["id"],
-                           lead_id=msg["lead_id"], kind="open", url="", now=now, log=None,
-                           fb=Feedback(f"open:{msg['id']}", msg["lead_id"], "email_opened", {**props, "url": ""}, now))
+            await e.db.run(e.store.record_tracking, key=f"open:{msg.id}", message_id=msg.id,
+                           lead_id=msg.lead_id, kind="open", url="", now=now, log=None,
+                           fb=Feedback(f"open:{msg.id}", msg.lead_id, "email_opened", {**props, "url": ""}, now))
         if new:
             await e.flush_feedback()
-        return TrackResult(token.url, msg["id"], not new, msg["lead_id"])
+        return TrackResult(token.url, msg.id, not new, msg.lead_id)
 
     async def unsubscribe(self, token_text: str, *, scope: str, source: str, dry_run: bool) -> UnsubscribeResult:
         token = self.engine.signer.verify(token_text, kind="unsubscribe")
         e = self.engine
         msg = (await e.db.run(e.store.get_messages, [token.message_id])).get(token.message_id)
-        category = msg["category"] if msg else "nurture"
+        category = msg.category if msg else "nurture"
         scope = scope or category
         if scope not in SCOPES:
             raise TokenError(f"scope must be one of {', '.join(SCOPES)}")
-        journey = msg["journey"] if msg else ""
+        journey = msg.journey if msg else ""
         if dry_run:
             return UnsubscribeResult(token.lead_id, scope, category, journey, False)
         now = e.clock.now()
-        ehash = msg["email_hash"] if msg else ""
+        ehash = msg.email_hash if msg else ""
         if not ehash:
             lead = await e.leads.get(token.lead_id)
             ehash = email_hash(lead["email"]) if lead and lead.get("email") else ""
-        props = {"message_id": token.message_id, "journey": journey, "step": msg["step"] if msg else "",
-                 "template": msg["template"] if msg else "", "scope": scope, "source": source,
-                 **(e.content_of(msg["template"]) if msg else {})}
+        props = {"message_id": token.message_id, "journey": journey, "step": msg.step if msg else "",
+                 "template": msg.template if msg else "", "scope": scope, "source": source,
+                 **(e.content_of(msg.template) if msg else {})}
         new = await e.db.run(
             e.store.record_tracking, key=f"unsub:{token.message_id}:{scope}", message_id=token.message_id,
             lead_id=token.lead_id, kind="unsubscribe", url="", now=now,
             log=LogLine(token.message_id, token.lead_id, "unsubscribed", f"unsubscribed ({scope}) via {source}", props),
             fb=Feedback(f"unsub:{token.message_id}:{scope}", token.lead_id, "unsubscribed", props, now),
-            suppress=(ehash, scope, "unsubscribed", source) if ehash else None)
+            suppress=Suppression(ehash, scope, "unsubscribed", source) if ehash else None)
         if new:
-            await e.db.run(e.store.record_consent, [(token.lead_id, "email" if scope == "all" else f"email:{scope}",
-                                                     False, f"unsubscribe:{source}", now, props)])
+            await e.db.run(e.store.record_consent, [ConsentEntry(
+                token.lead_id, "email" if scope == "all" else f"email:{scope}", False, f"unsubscribe:{source}", now,
+                props)])
             await e.db.run(e.store.ad_suppress, token.lead_id, "unsubscribed", now, True, ehash)
             await e.flush_feedback()
         return UnsubscribeResult(token.lead_id, scope, category, journey, not new)
@@ -227,7 +228,7 @@ class Channels:
         e = self.engine
         ids = [m.id for m in messages if m.id]
         fresh = await e.db.run(e.store.unseen, ids) if ids else set()
-        consent: list[tuple[str, str, bool, str, datetime, dict[str, Any]]] = []
+        consent: list[ConsentEntry] = []
         now = e.clock.now()
         # Ad suppressions wait here and go to SQL together (one transaction, not one per message),
         # before any other write of the batch, so the batch's writes keep their message order.
@@ -278,8 +279,8 @@ class Channels:
                     etype == "lead_created" or (etype == "lead_updated" and "consent" in changed)
                     or etype in ("unsubscribed", "spam_reported", "email_hard_bounced", "subscribed")):
                 for channel, granted in lead.consent.items():
-                    consent.append((lead_id, str(channel), bool(granted), f"bus:{etype}:{props.get('source', '')}",
-                                    at, {"bus_id": m.id}))
+                    consent.append(ConsentEntry(lead_id, str(channel), bool(granted),
+                                                f"bus:{etype}:{props.get('source', '')}", at, {"bus_id": m.id}))
         await flush_ads()
         if consent:
             await e.db.run(e.store.record_consent, consent)
@@ -300,7 +301,7 @@ class Channels:
             return None
         return list(reply.enrollments)
 
-    async def personalization(self, lead_id: str, anonymous: dict[str, Any] | None = None) -> Personalization:
+    async def personalization(self, lead_id: str, anonymous: Lead | None = None) -> Personalization:
         """For a lead, or for an anonymous website visitor's profile (scoring's, never on the bus: no
         journey holds it, so its content comes from what it looked at and its stage)."""
         enrollments: list[Any] | None = []
@@ -335,7 +336,7 @@ class Channels:
         return Personalization(segment, countries[:5], recommended[:3], next_best_action(lead, catalog.site_url),
                                enrollments is not None)
 
-    def _after_journeys(self, lead: dict[str, Any], segment: str) -> list[dict[str, str]]:
+    def _after_journeys(self, lead: Lead, segment: str) -> list[dict[str, str]]:
         """personalization.yaml: content by what the lead looked at last, then by lifecycle stage."""
         rules = personalization_rules()
         catalog = self.engine.catalog
@@ -405,7 +406,7 @@ class Channels:
         return AudiencePage(name, page_ids, suppressed, nxt, available)
 
 
-def next_best_action(lead: dict[str, Any], site: str) -> dict[str, str]:
+def next_best_action(lead: Lead, site: str) -> dict[str, str]:
     """One action for the site to push, by lifecycle stage and score."""
     stage = lead.get("lifecycle_stage") or "subscriber"
     score = int(lead.get("score") or 0)

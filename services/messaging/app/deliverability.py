@@ -23,7 +23,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import NamedTuple
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
@@ -40,7 +40,7 @@ from services.messaging.domain.bounces import (
     verp_message,
 )
 from services.messaging.domain.dkim import DkimSigner
-from services.messaging.storage import Feedback, LogLine, Outcome, Store
+from services.messaging.storage import Feedback, LogLine, Message, Outcome, Store, Suppression
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,25 @@ redis.call('EXPIRE', KEYS[2], 172800)
 return {1, day}
 """
 WARMUP_DAYS = 60
+
+
+class Handed(NamedTuple):
+    """An email the receiving server took (or refused for good at RCPT, `refused`)."""
+
+    message_id: str
+    email_hash: str
+    rcpt: str
+    from_address: str
+    refused: bool
+
+
+class WarmupToday(NamedTuple):
+    """A warming sending domain today: the day of its ramp, today's limit, sent so far today."""
+
+    domain: str
+    day: int
+    limit: int
+    sent: int
 
 
 @dataclass(frozen=True)
@@ -102,16 +121,17 @@ class Deliverability:
             return key.domain
         return from_address.rpartition("@")[2].lower() or self.dkim.primary or self.bounce_domain
 
-    async def sent(self, items: Sequence[tuple[str, str, str, str, bool]], now: datetime) -> None:
-        """Record emails handed to the receiving server: (message id, email hash, recipient, from address,
-        refused for good at RCPT) each. A refused recipient is a send and a hard bounce at once, so the
-        rates see the bounces a server gives at once as well as the ones that come back by mail."""
+    async def sent(self, items: Sequence[Handed], now: datetime) -> None:
+        """Record emails handed to the receiving server. A recipient refused for good is a send and a
+        hard bounce at once, so the rates see the bounces a server gives at once as well as the ones
+        that come back by mail."""
         events: list[DeliveryEventRow] = []
-        for mid, ehash, rcpt, sender, refused_at_rcpt in items:
-            domain, provider = self.sending_domain(sender), self.policy.provider_of(rcpt)
-            events.append(DeliveryEventRow("sent", mid, ehash, domain, provider, "smtp", now))
-            if refused_at_rcpt:
-                events.append(DeliveryEventRow("hard_bounce", mid, ehash, domain, provider, "smtp", now))
+        for h in items:
+            domain, provider = self.sending_domain(h.from_address), self.policy.provider_of(h.rcpt)
+            events.append(DeliveryEventRow("sent", h.message_id, h.email_hash, domain, provider, "smtp", now))
+            if h.refused:
+                events.append(DeliveryEventRow("hard_bounce", h.message_id, h.email_hash, domain, provider, "smtp",
+                                               now))
         await self.db.run(self.dstore.record, events)
         bounced = [e.provider for e in events if e.kind == "hard_bounce"]
         self.counters["deliverability.hard_bounce"] += len(bounced)
@@ -162,11 +182,11 @@ class Deliverability:
         soft_since = now - timedelta(days=self.policy.soft_bounce.window_days)
         for index, (mid, report) in enumerate(reports):
             row = rows.get(mid)
-            if row is None or row["channel"] != "email":
+            if row is None or row.channel != "email":
                 ignored.append(f"{index}: no email message {mid!r}")
                 continue
             if report.kind == "delayed":
-                outcomes.append(self._line(row, "message_delayed", f"{row['template']} delayed by the receiving "
+                outcomes.append(self._line(row, "message_delayed", f"{row.template} delayed by the receiving "
                                            f"server: {report.detail or report.status}", report))
                 continue
             seen = known.setdefault(mid, {})
@@ -174,7 +194,7 @@ class Deliverability:
                 # A report sent twice (a DSN retransmitted, a webhook retried) counts once.
                 ignored.append(f"{index}: {report.kind} of {mid} already applied")
                 continue
-            ehash = row["email_hash"] or ""
+            ehash = row.email_hash or ""
             domain, provider = seen.get("sent") or (self.sending_domain(""), self.policy.provider_of(report.recipient))
             seen[report.kind] = (domain, provider)
             events.append(DeliveryEventRow(report.kind, mid, ehash, domain, provider, source, now))
@@ -189,26 +209,26 @@ class Deliverability:
         await self._check_guards({e.provider for e in events}, now)
         return Applied(len(reports) - len(ignored), ignored)
 
-    def _line(self, row: dict[str, Any], kind: str, summary: str, report: Report) -> Outcome:
-        return Outcome(row["id"], row["status"], row["reason"] or "", log=[LogLine(
-            row["id"], row["lead_id"], kind, summary,
-            {"template": row["template"], "status": report.status, "detail": report.detail})])
+    def _line(self, row: Message, kind: str, summary: str, report: Report) -> Outcome:
+        return Outcome(row.id, row.status, row.reason or "", log=[LogLine(
+            row.id, row.lead_id, kind, summary,
+            {"template": row.template, "status": report.status, "detail": report.detail})])
 
-    async def _outcome(self, row: dict[str, Any], report: Report, ehash: str, soft_since: datetime,
+    async def _outcome(self, row: Message, report: Report, ehash: str, soft_since: datetime,
                        source: str, now: datetime, where: tuple[str, str], soft_count: int) -> Outcome:
         """`where`: the (sending domain, provider) the event is counted under; `soft_count`: the message's
         soft bounces with this one (each is its own event on the bus, keyed by its number)."""
-        mid, lead_id, template = row["id"], row["lead_id"], row["template"]
-        props = {"message_id": mid, "template": template, "journey": row["journey"], "step": row["step"],
+        mid, lead_id, template = row.id, row.lead_id, row.template
+        props = {"message_id": mid, "template": template, "journey": row.journey, "step": row.step,
                  "status": report.status, "reason": report.detail, "source": source,
                  "sending_domain": where[0], "provider": where[1]}
         details = {"template": template, "status": report.status, "detail": report.detail, "source": source}
         if report.kind == "complaint":
-            out = Outcome(mid, row["status"], row["reason"] or "", log=[LogLine(
+            out = Outcome(mid, row.status, row.reason or "", log=[LogLine(
                 mid, lead_id, "message_complaint", f"{template}: the recipient reported it as spam ({report.detail})",
                 details)])
             if ehash:
-                out.suppress.append((ehash, "all", "spam_report", source))
+                out.suppress.append(Suppression(ehash, "all", "spam_report", source))
             out.feedback.append(Feedback(f"complaint:{mid}", lead_id, "spam_reported", props, now))
             return out
         if report.kind == "hard_bounce":
@@ -216,7 +236,7 @@ class Deliverability:
                 mid, lead_id, "message_bounced", f"{template} bounced (hard, {report.status}): {report.detail}",
                 details)])
             if ehash:
-                out.suppress.append((ehash, "all", "hard_bounce", source))
+                out.suppress.append(Suppression(ehash, "all", "hard_bounce", source))
             out.feedback.append(Feedback(f"bounce:{mid}", lead_id, "email_hard_bounced",
                                          {**props, "bounce": "hard"}, now))
             return out
@@ -231,7 +251,7 @@ class Deliverability:
             out = Outcome(mid, "failed", f"bounced: {report.detail or report.status}", log=[LogLine(
                 mid, lead_id, "message_bounced", f"{template} bounced (soft, {earlier + 1} within "
                 f"{soft.window_days} days: address suppressed): {report.detail}", details)])
-            out.suppress.append((ehash, "all", "soft_bounce_limit", source))
+            out.suppress.append(Suppression(ehash, "all", "soft_bounce_limit", source))
             out.feedback.append(soft_event)
             out.feedback.append(Feedback(f"bounce:{mid}", lead_id, "email_hard_bounced",
                                          {**props, "soft_bounces": earlier + 1, "bounce": "soft"}, now))
@@ -273,15 +293,15 @@ class Deliverability:
         self._paused_read = None
         return done
 
-    async def warmup_state(self, now: datetime) -> list[tuple[str, int, int, int]]:
-        """(domain, day of its ramp, today's limit, sent today) for each warming domain."""
-        out: list[tuple[str, int, int, int]] = []
+    async def warmup_state(self, now: datetime) -> list[WarmupToday]:
+        """Each warming domain's state today."""
+        out: list[WarmupToday] = []
         today = epoch_day(now)
         for domain in self.policy.warmup.domains:
             first = await self.redis.get(f"warmup:{{{domain}}}:first") if self.redis is not None else None
             day = today - int(first) + 1 if first is not None else 0
             sent = int(await self.redis.scard(f"warmup:{{{domain}}}:{today}")) if self.redis is not None else 0
-            out.append((domain, day, self.policy.ramp_limit(max(day, 1)), sent))
+            out.append(WarmupToday(domain, day, self.policy.ramp_limit(max(day, 1)), sent))
         return out
 
     async def pauses(self) -> list[Pause]:
@@ -295,7 +315,7 @@ def _sum(counts: Iterable[Counts]) -> Counts:
     return Counts(sent, hard, soft, complaints)
 
 
-def warmup_args(policy: DeliverabilityPolicy, day_number: int, message_id: str) -> list[Any]:
+def warmup_args(policy: DeliverabilityPolicy, day_number: int, message_id: str) -> list[int | str]:
     """The Lua script's ARGV: today's day number, the message id, then the limit of ramp days 1..N."""
     return [day_number, message_id, *(policy.ramp_limit(d) for d in range(1, WARMUP_DAYS + 1))]
 

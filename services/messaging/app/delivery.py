@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import NamedTuple
 
 import grpc
 import httpx
@@ -33,18 +33,29 @@ from nurture.api.scoring.v1 import scoring_pb2
 from nurture.batching import Batcher
 from nurture.clock import Clock
 from nurture.db import Database
+from nurture.jsontypes import JsonObject
 from nurture.redisconn import AsyncRedis, lead_key, run_script
 from nurture.rpc import DEADLINE_S
 from nurture.settings import Settings
-from services.messaging.app.deliverability import WARMUP_LUA, Deliverability, epoch_day, warmup_args
+from services.messaging.app.deliverability import WARMUP_LUA, Deliverability, Handed, epoch_day, warmup_args
 from services.messaging.app.templates import TemplateLibrary
-from services.messaging.clients import LeadSource, email_hash
+from services.messaging.clients import Lead, LeadSource, email_hash
 from services.messaging.domain import mime
 from services.messaging.domain.catalog import Catalog, Rendered, RenderError, choose_variant
 from services.messaging.domain.policy import DEFAULT_POLICY, Policy, backoff, next_window
 from services.messaging.domain.tokens import Signer, Token
 from services.messaging.smtp import SmtpPool, SmtpResult
-from services.messaging.storage import Feedback, LogLine, Outcome, Store, aware, naive
+from services.messaging.storage import (
+    ConsentEntry,
+    Feedback,
+    LogLine,
+    Message,
+    Outcome,
+    Store,
+    Suppression,
+    aware,
+    naive,
+)
 
 log = logging.getLogger(__name__)
 
@@ -120,10 +131,19 @@ class SendResult:
 
 @dataclass
 class _Ready:
-    row: dict[str, Any]
-    lead: dict[str, Any]
+    row: Message
+    lead: Lead
     rendered: Rendered | None
     email_hash: str
+
+
+class _Wire(NamedTuple):
+    """One message for an SMTP worker thread: envelope, bytes, and the From address it is signed for."""
+
+    sender: str
+    rcpt: str
+    data: bytes
+    from_address: str
 
 
 class Delivery:
@@ -149,7 +169,7 @@ class Delivery:
         self._work_lock = asyncio.Lock()
         self._feedback_lock = asyncio.Lock()
         self.wake = asyncio.Event()
-        self._inserts: Batcher[tuple[dict[str, Any], LogLine], tuple[bool, dict[str, Any]]] = Batcher(
+        self._inserts: Batcher[tuple[Message, LogLine], tuple[bool, Message]] = Batcher(
             self._write_batch, max_batch=BATCH, parallel=1)
         # Last consent recorded per (lead, channel): only changes are written to the consent log.
         self._consent_known: dict[tuple[str, str], bool] = {}
@@ -161,8 +181,8 @@ class Delivery:
         self._smtp_threads.shutdown(wait=False, cancel_futures=True)
         self.smtp.close()
 
-    async def send_test(self, key: str, version: int, lead: dict[str, Any], to: str,
-                        context: dict[str, Any]) -> tuple[Rendered, SmtpResult]:
+    async def send_test(self, key: str, version: int, lead: Lead, to: str,
+                        context: JsonObject) -> tuple[Rendered, SmtpResult]:
         """One copy of a template version to `to`, marked as a test (subject prefix, X-Nurture-Test) and
         recorded nowhere: no message row, no tracking, no caps. Its links go straight to their address."""
         rendered = await self.templates.preview(key, version, lead, context)
@@ -176,8 +196,8 @@ class Delivery:
                      ("X-Nurture-Test", "1"))))
         loop = asyncio.get_running_loop()
         # Signed like every other message (a test should show what recipients' providers will see).
-        results = await loop.run_in_executor(self._smtp_threads, self._sign_and_send,
-                                             [(self.catalog.sender_address, to, wire, self.catalog.sender_address)])
+        sender = self.catalog.sender_address
+        results = await loop.run_in_executor(self._smtp_threads, self._sign_and_send, [_Wire(sender, to, wire, sender)])
         return rendered, results[0]
 
     # --- Send ---------------------------------------------------------------------------------------
@@ -199,7 +219,7 @@ class Delivery:
         await self.templates.ensure()
         now = self.clock.now()
         results: list[SendResult | None] = []
-        valid: list[tuple[dict[str, Any], LogLine]] = []
+        valid: list[tuple[Message, LogLine]] = []
         for request in requests:
             try:
                 valid.append(self._row(request, now))
@@ -209,7 +229,7 @@ class Delivery:
         recorded = iter(await self._record(valid))
         return [r if r is not None else next(recorded) for r in results]
 
-    def _row(self, r: SendInput, now: datetime) -> tuple[dict[str, Any], LogLine]:
+    def _row(self, r: SendInput, now: datetime) -> tuple[Message, LogLine]:
         """The message row and its first timeline line for a request; InvalidRequest when it can never go."""
         if not r.dedupe_key or not r.lead_id:
             raise InvalidRequest("dedupe_key and lead_id are required")
@@ -232,14 +252,14 @@ class Delivery:
         if channel != "ads_audience" and spec is None:
             status, reason = "failed", f"unknown template {r.template!r}"
         due = max(now, r.not_before) if r.not_before else now
-        row = {
-            "id": message_id, "dedupe_key": r.dedupe_key, "lead_id": r.lead_id, "journey": r.journey,
-            "journey_version": r.journey_version, "step": r.step, "channel": channel, "template": r.template,
-            "category": category, "variant": choose_variant(live, r.lead_id) if live is not None else "",
-            "context_json": json.dumps(context), "subject": "", "email_hash": "", "status": status,
-            "reason": reason, "attempts": 0, "due_at": naive(due), "created_at": naive(now),
-            "updated_at": naive(now), "sent_at": None,
-        }
+        row = Message(
+            id=message_id, dedupe_key=r.dedupe_key, lead_id=r.lead_id, journey=r.journey,
+            journey_version=r.journey_version, step=r.step, channel=channel, template=r.template,
+            category=category, variant=choose_variant(live, r.lead_id) if live is not None else "",
+            context_json=json.dumps(context), subject="", email_hash="", status=status,
+            reason=reason, attempts=0, due_at=naive(due), created_at=naive(now),
+            updated_at=naive(now), sent_at=None,
+        )
         line = LogLine(message_id, r.lead_id, f"message_{status}",
                        f"{r.template} {'queued' if status == 'scheduled' else 'failed: ' + reason}"
                        + (f" for {due.isoformat()}" if status == "scheduled" and due > now else ""),
@@ -248,7 +268,7 @@ class Delivery:
                         "due_at": due.isoformat(), "reason": reason})
         return row, line
 
-    async def _record(self, rows: list[tuple[dict[str, Any], LogLine]]) -> list[SendResult]:
+    async def _record(self, rows: list[tuple[Message, LogLine]]) -> list[SendResult]:
         """Insert through the group commit; a known dedupe key answers "duplicate" with the first row's id."""
         if not rows:
             return []
@@ -257,20 +277,20 @@ class Delivery:
         queued = False
         for (row, _), (created, found) in zip(rows, stored, strict=True):
             if not created:
-                results.append(SendResult(found["id"], "duplicate", f"already {found['status']}"))
+                results.append(SendResult(found.id, "duplicate", f"already {found.status}"))
                 continue
-            queued = queued or row["status"] == "scheduled"
-            results.append(SendResult(row["id"], row["status"], row["reason"]))
+            queued = queued or row.status == "scheduled"
+            results.append(SendResult(row.id, row.status, row.reason))
         if queued and self.settings.clock == "real":
             self.wake.set()
         return results
 
-    async def _insert(self, row: dict[str, Any], line: LogLine) -> tuple[bool, dict[str, Any]]:
+    async def _insert(self, row: Message, line: LogLine) -> tuple[bool, Message]:
         """Group commit: Sends arriving together share one transaction (one in flight at a time)."""
         return await self._inserts.submit((row, line))
 
-    async def _write_batch(self, items: list[tuple[dict[str, Any], LogLine]]
-                           ) -> list[tuple[bool, dict[str, Any]] | BaseException]:
+    async def _write_batch(self, items: list[tuple[Message, LogLine]]
+                           ) -> list[tuple[bool, Message] | BaseException]:
         # An error reaches every caller of the batch; the next batch is served as usual.
         return list(await self.db.run(self.store.insert_messages, items))
 
@@ -288,7 +308,7 @@ class Delivery:
                     now = self.clock.now()
                     rows = await self.db.run(self.store.due_messages, now, BATCH + len(self._inflight),
                                              self.settings.replica)
-                    rows = [r for r in rows if r["id"] not in self._inflight][:BATCH]
+                    rows = [r for r in rows if r.id not in self._inflight][:BATCH]
                     if not rows:
                         if not tasks:
                             return total
@@ -298,7 +318,7 @@ class Delivery:
                     ready = await self._prepare(rows, now)
                     total += len(rows)
                     if ready:
-                        ids = {r.row["id"] for r in ready}
+                        ids = {r.row.id for r in ready}
                         self._inflight |= ids
                         tasks.append(asyncio.create_task(self._finish(ready, now, ids)))
                     tasks = [t for t in tasks if not t.done() or t.exception() is not None]
@@ -308,28 +328,28 @@ class Delivery:
                 if tasks:
                     await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _prepare(self, rows: list[dict[str, Any]], now: datetime) -> list[_Ready]:
+    async def _prepare(self, rows: list[Message], now: datetime) -> list[_Ready]:
         """Checks and rendering for a batch; records what will not go now together with the intents of
         what will (one transaction), and returns the messages to put on the wire."""
         await self.templates.ensure()
         try:
-            leads = await self.leads.get_many(r["lead_id"] for r in rows)
+            leads = await self.leads.get_many(r.lead_id for r in rows)
         except grpc.aio.AioRpcError as exc:
             # Scoring is down: nothing can be checked, so nothing goes; try again shortly.
             later = now + timedelta(seconds=30)
             await self.db.run(self.store.apply, [
-                Outcome(r["id"], "scheduled", f"waiting for scoring: {exc.code().name}", due_at=later)
+                Outcome(r.id, "scheduled", f"waiting for scoring: {exc.code().name}", due_at=later)
                 for r in rows], now)
             return []
-        hashes = {r["id"]: email_hash(leads[r["lead_id"]]["email"]) for r in rows
-                  if r["lead_id"] in leads and leads[r["lead_id"]].get("email")}
+        hashes = {r.id: email_hash(leads[r.lead_id]["email"]) for r in rows
+                  if r.lead_id in leads and leads[r.lead_id].get("email")}
         scopes = await self.db.run(self.store.suppression_scopes, hashes.values())
         outcomes: list[Outcome] = []
-        consent_seen: list[tuple[str, str, bool, str, datetime, dict[str, Any]]] = []
+        consent_seen: list[ConsentEntry] = []
         ready: list[_Ready] = []
         for row in rows:
-            lead = leads.get(row["lead_id"])
-            decision = self._check(row, lead, hashes.get(row["id"], ""), scopes, now, consent_seen)
+            lead = leads.get(row.lead_id)
+            decision = self._check(row, lead, hashes.get(row.id, ""), scopes, now, consent_seen)
             if isinstance(decision, Outcome):
                 outcomes.append(decision)
             else:
@@ -337,13 +357,13 @@ class Delivery:
         # Time and caps only for nurture mail that passed every other check.
         held = await self._hold(ready, now)
         outcomes.extend(held.values())
-        ready = [r for r in ready if r.row["id"] not in held]
-        consent_seen = [c for c in consent_seen if self._consent_known.get((c[0], c[1])) != c[2]]
+        ready = [r for r in ready if r.row.id not in held]
+        consent_seen = [c for c in consent_seen if self._consent_known.get((c.lead_id, c.channel)) != c.granted]
         if consent_seen:
             await self.db.run(self.store.record_consent, consent_seen)
-            self._consent_known.update({(c[0], c[1]): c[2] for c in consent_seen})
+            self._consent_known.update({(c.lead_id, c.channel): c.granted for c in consent_seen})
         # Recorded intent: committed before any delivery attempt.
-        intents = [Outcome(r.row["id"], "sending", r.row["reason"], attempts=r.row["attempts"] + 1,
+        intents = [Outcome(r.row.id, "sending", r.row.reason, attempts=r.row.attempts + 1,
                            subject=r.rendered.subject if r.rendered else "", email_hash=r.email_hash,
                            template_version=r.rendered.version if r.rendered else None)
                    for r in ready]
@@ -352,8 +372,8 @@ class Delivery:
 
     async def _finish(self, ready: list[_Ready], now: datetime, ids: set[str]) -> None:
         try:
-            mail = [r for r in ready if r.row["channel"] == "email"]
-            other = [r for r in ready if r.row["channel"] != "email"]
+            mail = [r for r in ready if r.row.channel == "email"]
+            other = [r for r in ready if r.row.channel != "email"]
             emailed, others = await asyncio.gather(
                 self._email_many(mail, now), asyncio.gather(*(self._deliver(r, now) for r in other)))
             results = emailed + list(others)
@@ -361,15 +381,15 @@ class Delivery:
         finally:
             self._inflight -= ids
 
-    def _check(self, row: dict[str, Any], lead: dict[str, Any] | None, ehash: str,
+    def _check(self, row: Message, lead: Lead | None, ehash: str,
                scopes: dict[str, dict[str, str]], now: datetime,
-               consent_seen: list[tuple[str, str, bool, str, datetime, dict[str, Any]]]) -> Outcome | _Ready:
-        mid, lead_id, channel = row["id"], row["lead_id"], row["channel"]
+               consent_seen: list[ConsentEntry]) -> Outcome | _Ready:
+        mid, lead_id, channel = row.id, row.lead_id, row.channel
 
         def suppressed(reason: str) -> Outcome:
             return Outcome(mid, "suppressed", reason, log=[LogLine(mid, lead_id, "message_suppressed",
-                                                                   f"{row['template']} not sent: {reason}",
-                                                                   {"template": row["template"], "reason": reason})])
+                                                                   f"{row.template} not sent: {reason}",
+                                                                   {"template": row.template, "reason": reason})])
 
         if lead is None:
             return suppressed("lead not found")
@@ -377,14 +397,14 @@ class Delivery:
             return _Ready(row, lead, None, ehash)
         consent_channel = "sms" if channel == "sms" else "email"
         granted = (lead.get("consent") or {}).get(consent_channel) is True
-        consent_seen.append((lead_id, consent_channel, granted, "scoring:lead", now,
-                             {"message_id": mid, "consent": lead.get("consent") or {}}))
+        consent_seen.append(ConsentEntry(lead_id, consent_channel, granted, "scoring:lead", now,
+                                         {"message_id": mid, "consent": lead.get("consent") or {}}))
         if channel in ("email", "sms", "in_app") and not granted:
             return suppressed(f"no {consent_channel} consent")
         if channel == "email" and not lead.get("email"):
             return suppressed("no email address")
         found = scopes.get(ehash, {}) if ehash else {}
-        for scope in ("all", row["category"]):
+        for scope in ("all", row.category):
             if scope in found:
                 return suppressed(f"address suppressed ({found[scope]}, {scope})")
         rendered: Rendered | None = None
@@ -392,26 +412,26 @@ class Delivery:
             rendered = self._render(row, lead)
         except RenderError as exc:
             return Outcome(mid, "failed", str(exc), log=[LogLine(mid, lead_id, "message_failed", str(exc),
-                                                                 {"template": row["template"]})])
+                                                                 {"template": row.template})])
         return _Ready(row, lead, rendered, ehash)
 
-    def _render(self, row: dict[str, Any], lead: dict[str, Any]) -> Rendered:
-        mid, lead_id = row["id"], row["lead_id"]
-        tracked = row["channel"] in ("email", "in_app", "sms")
+    def _render(self, row: Message, lead: Lead) -> Rendered:
+        mid, lead_id = row.id, row.lead_id
+        tracked = row.channel in ("email", "in_app", "sms")
 
         def track(url: str, index: int) -> str:
             token = self.signer.sign(Token("click", mid, lead_id, url=url, link=index))
             return f"{self.public_url}/t/c/{token}"
 
         unsub = self.signer.sign(Token("unsubscribe", mid, lead_id))
-        live = self.templates.live(row["template"])
+        live = self.templates.live(row.template)
         if live is None:
-            raise RenderError(f"unknown template {row['template']!r}")
+            raise RenderError(f"unknown template {row.template!r}")
         return self.catalog.render(
-            row["template"], lead, context=json.loads(row["context_json"] or "{}"), content=live,
-            track=track if tracked else None, variant=row["variant"], now=self.clock.now(),
+            row.template, lead, context=json.loads(row.context_json or "{}"), content=live,
+            track=track if tracked else None, variant=row.variant, now=self.clock.now(),
             pixel_url=f"{self.public_url}/t/o/{self.signer.sign(Token('open', mid, lead_id))}"
-            if row["channel"] == "email" else "",
+            if row.channel == "email" else "",
             unsubscribe_url=f"{self.public_url}/u/{unsub}")
 
     async def _hold(self, ready: list[_Ready], now: datetime) -> dict[str, Outcome]:
@@ -421,34 +441,34 @@ class Delivery:
         guards = self.deliverability
         paused = await guards.paused_providers(now) if guards is not None else set()
         for r in ready:
-            if r.row["category"] != "nurture" or r.row["channel"] not in ("email", "sms"):
+            if r.row.category != "nurture" or r.row.channel not in ("email", "sms"):
                 continue
-            if guards is not None and r.row["channel"] == "email" and paused:
+            if guards is not None and r.row.channel == "email" and paused:
                 provider = guards.policy.provider_of(str(r.lead.get("email") or ""))
                 if provider in paused:
                     until = now + timedelta(seconds=guards.policy.paused_recheck_s)
-                    held[r.row["id"]] = _deferred(r, until, f"nurture mail to {provider} is paused (deliverability)")
+                    held[r.row.id] = _deferred(r, until, f"nurture mail to {provider} is paused (deliverability)")
                     continue
             window = next_window(now, r.lead.get("timezone"), self.policy)
             if window is not None:
-                held[r.row["id"]] = _deferred(r, window, f"outside daytime in {r.lead.get('timezone') or 'UTC'}")
+                held[r.row.id] = _deferred(r, window, f"outside daytime in {r.lead.get('timezone') or 'UTC'}")
             else:
                 capped.append(r)
         if capped:
             epoch = now.timestamp()
             answers = await run_script(self.redis, CAPS_LUA, [
-                ([lead_key(r.row["lead_id"], "msg:nurture")],
-                 [epoch, r.row["id"], self.policy.cap_per_day, self.policy.cap_per_week, self.policy.min_gap_s])
+                ([lead_key(r.row.lead_id, "msg:nurture")],
+                 [epoch, r.row.id, self.policy.cap_per_day, self.policy.cap_per_week, self.policy.min_gap_s])
                 for r in capped])
             for r, (until, why) in zip(capped, answers, strict=True):
                 if int(until):
                     when = datetime.fromtimestamp(int(until), UTC)
                     window = next_window(when, r.lead.get("timezone"), self.policy) or when
                     reason = why.decode() if isinstance(why, bytes) else str(why)
-                    held[r.row["id"]] = _deferred(r, window, reason)
+                    held[r.row.id] = _deferred(r, window, reason)
         if guards is not None and guards.policy.warmup.domains:
-            held.update(await self._warm(guards, [r for r in capped if r.row["id"] not in held
-                                                  and r.row["channel"] == "email"], now))
+            held.update(await self._warm(guards, [r for r in capped if r.row.id not in held
+                                                  and r.row.channel == "email"], now))
         return held
 
     async def _warm(self, guards: Deliverability, ready: list[_Ready], now: datetime) -> dict[str, Outcome]:
@@ -461,16 +481,16 @@ class Delivery:
         if not warming:
             return held
         answers = await run_script(self.redis, WARMUP_LUA, [
-            ([f"warmup:{{{domain}}}:first", f"warmup:{{{domain}}}:{day}"], warmup_args(guards.policy, day, r.row["id"]))
+            ([f"warmup:{{{domain}}}:first", f"warmup:{{{domain}}}:{day}"], warmup_args(guards.policy, day, r.row.id))
             for r, domain in warming])
         for (r, domain), (ok, ramp_day) in zip(warming, answers, strict=True):
             if not int(ok):
                 tomorrow = datetime.fromtimestamp((day + 1) * 86400, UTC)
                 when = next_window(tomorrow, r.lead.get("timezone"), self.policy) or tomorrow
-                held[r.row["id"]] = _deferred(r, when, f"{domain} is warming up (day {int(ramp_day)}: "
+                held[r.row.id] = _deferred(r, when, f"{domain} is warming up (day {int(ramp_day)}: "
                                                        f"{guards.policy.ramp_limit(int(ramp_day))} a day)")
         for mid in held:
-            lead_id = next(r.row["lead_id"] for r, _ in warming if r.row["id"] == mid)
+            lead_id = next(r.row.lead_id for r, _ in warming if r.row.id == mid)
             await self.redis.zrem(lead_key(lead_id, "msg:nurture"), mid)
         return held
 
@@ -480,8 +500,8 @@ class Delivery:
 
     async def _deliver(self, r: _Ready, now: datetime) -> Outcome:
         """Every channel but email (see `_email_many`)."""
-        attempts = r.row["attempts"] + 1
-        channel = r.row["channel"]
+        attempts = r.row.attempts + 1
+        channel = r.row.channel
         if channel == "webhook":
             result = await self._webhook(r)
         elif channel == "ads_audience":
@@ -499,8 +519,8 @@ class Delivery:
         if not ready:
             return []
         guards = self.deliverability
-        wire = [(guards.envelope_sender(r.row["id"]) if guards else self.catalog.sender_address, r.lead["email"],
-                 self._mime(r, now), self._from_address(r)) for r in ready]
+        wire = [_Wire(guards.envelope_sender(r.row.id) if guards else self.catalog.sender_address, r.lead["email"],
+                      self._mime(r, now), self._from_address(r)) for r in ready]
         share = -(-len(wire) // self.smtp.size)
         loop = asyncio.get_running_loop()
         chunks = await asyncio.gather(*(
@@ -508,44 +528,44 @@ class Delivery:
             for start in range(0, len(wire), share)))
         results = [result for chunk in chunks for result in chunk]
         if guards is not None:
-            await guards.sent([(r.row["id"], r.email_hash, r.lead["email"], self._from_address(r), result.hard_bounce)
-                               for r, result in zip(ready, results, strict=True) if result.ok or result.hard_bounce],
-                              now)
-        return [self._outcome(r, result, r.row["attempts"] + 1, now)
+            await guards.sent([
+                Handed(r.row.id, r.email_hash, r.lead["email"], self._from_address(r), result.hard_bounce)
+                for r, result in zip(ready, results, strict=True) if result.ok or result.hard_bounce], now)
+        return [self._outcome(r, result, r.row.attempts + 1, now)
                 for r, result in zip(ready, results, strict=True)]
 
-    def _sign_and_send(self, wire: list[tuple[str, str, bytes, str]]) -> list[SmtpResult]:
+    def _sign_and_send(self, wire: list[_Wire]) -> list[SmtpResult]:
         """On an SMTP worker thread: DKIM-sign each message (an RSA signature costs milliseconds of CPU,
         which on the event loop would stall every RPC for a whole batch), then send them in order."""
         guards = self.deliverability
-        return self.smtp.send_many([(sender, rcpt, guards.sign(data, from_address) if guards else data)
-                                    for sender, rcpt, data, from_address in wire])
+        return self.smtp.send_many([(w.sender, w.rcpt, guards.sign(w.data, w.from_address) if guards else w.data)
+                                    for w in wire])
 
     def _mime(self, r: _Ready, now: datetime) -> bytes:
         assert r.rendered is not None
         lead, row = r.lead, r.row
-        unsub = f"{self.public_url}/u/{self.signer.sign(Token('unsubscribe', row['id'], row['lead_id']))}"
+        unsub = f"{self.public_url}/u/{self.signer.sign(Token('unsubscribe', row.id, row.lead_id))}"
         # An email that speaks for the lead's salesperson comes from them (replies reach them); the
         # envelope sender stays the platform's, where bounces are handled.
         person = r.rendered.sender
         extra = (("Reply-To", person.reply_to),) if person and person.reply_to else ()
         return mime.build(mime.Envelope(
-            message_id=row["id"], sender_name=person.name if person else self.catalog.sender_name,
+            message_id=row.id, sender_name=person.name if person else self.catalog.sender_name,
             sender_address=person.address if person else self.catalog.sender_address,
             to_address=lead["email"], to_name=f"{lead.get('first_name') or ''} {lead.get('last_name') or ''}".strip(),
             subject=r.rendered.subject, text=r.rendered.text, html=r.rendered.html, date=now,
-            unsubscribe_url=unsub, category=row["category"],
-            headers=(("X-Nurture-Template", row["template"]), *extra)))
+            unsubscribe_url=unsub, category=row.category,
+            headers=(("X-Nurture-Template", row.template), *extra)))
 
     async def _webhook(self, r: _Ready) -> SmtpResult:
         row = r.row
-        context = json.loads(row["context_json"] or "{}")
+        context = json.loads(row.context_json or "{}")
         url = str(context.get("url") or "")
         if not url.startswith(("http://", "https://")):
             return SmtpResult(ok=False, permanent=True, code=0, reason="webhook needs context.url (http or https)")
         body = json.dumps({
-            "message_id": row["id"], "lead_id": row["lead_id"], "journey": row["journey"], "step": row["step"],
-            "template": row["template"], "subject": r.rendered.subject if r.rendered else "",
+            "message_id": row.id, "lead_id": row.lead_id, "journey": row.journey, "step": row.step,
+            "template": row.template, "subject": r.rendered.subject if r.rendered else "",
             "text": r.rendered.text if r.rendered else "", "context": context,
             "lead": {k: r.lead.get(k) for k in ("id", "email", "first_name", "last_name", "segment", "score",
                                                  "grade", "lifecycle_stage")},
@@ -555,7 +575,7 @@ class Delivery:
             self._http = httpx.AsyncClient(timeout=DEADLINE_S)
         try:
             reply = await self._http.post(url, content=body, headers={
-                "Content-Type": "application/json", "Idempotency-Key": row["id"],
+                "Content-Type": "application/json", "Idempotency-Key": row.id,
                 "X-Nurture-Signature": f"sha256={signature}"})
         except httpx.HTTPError as exc:
             return SmtpResult(ok=False, code=0, reason=f"webhook: {exc.__class__.__name__}: {exc}")
@@ -566,21 +586,21 @@ class Delivery:
                           reason=f"webhook answered {reply.status_code}")
 
     async def _audience(self, r: _Ready, now: datetime) -> SmtpResult:
-        context = json.loads(r.row["context_json"] or "{}")
-        name = str(context.get("audience") or r.row["template"] or r.row["journey"])
+        context = json.loads(r.row.context_json or "{}")
+        name = str(context.get("audience") or r.row.template or r.row.journey)
         add = str(context.get("action", "add")) != "remove"
         address = str(r.lead.get("email") or "")
-        await self.db.run(self.store.audience_change, name, r.row["lead_id"], add, now,
+        await self.db.run(self.store.audience_change, name, r.row.lead_id, add, now,
                           email_hash(address) if address else "")
         return SmtpResult(ok=True)
 
     def _outcome(self, r: _Ready, result: SmtpResult, attempts: int, now: datetime) -> Outcome:
         row = r.row
-        mid, lead_id, template = row["id"], row["lead_id"], row["template"]
-        props = {"message_id": mid, "journey": row["journey"], "step": row["step"], "template": template,
-                 "channel": row["channel"], "variant": row["variant"], **self.content_of(template)}
+        mid, lead_id, template = row.id, row.lead_id, row.template
+        props = {"message_id": mid, "journey": row.journey, "step": row.step, "template": template,
+                 "channel": row.channel, "variant": row.variant, **self.content_of(template)}
         guards = self.deliverability
-        if guards is not None and row["channel"] == "email":
+        if guards is not None and row.channel == "email":
             # Where it went, as the guards count it (messaging_delivery_events): analytics' deliverability
             # report groups by these, so the provider mapping stays messaging's data.
             props["sending_domain"] = guards.sending_domain(self._from_address(r))
@@ -588,19 +608,19 @@ class Delivery:
         if result.ok:
             return Outcome(mid, "sent", "", sent_at=now, attempts=attempts,
                            log=[LogLine(mid, lead_id, "message_sent",
-                                        f"{row['channel']} {template} sent"
+                                        f"{row.channel} {template} sent"
                                         + (f": {r.rendered.subject}" if r.rendered else ""),
                                         {**props, "subject": r.rendered.subject if r.rendered else "",
                                          "attempts": attempts})],
                            feedback=[Feedback(f"sent:{mid}", lead_id, "email_sent", props, now)]
-                           if row["channel"] == "email" else [])
+                           if row.channel == "email" else [])
         if result.permanent or attempts >= self.policy.max_attempts:
             reason = result.reason if result.permanent else f"gave up after {attempts} attempts: {result.reason}"
             outcome = Outcome(mid, "failed", reason, attempts=attempts,
                               log=[LogLine(mid, lead_id, "message_failed", f"{template} failed: {reason}",
                                            {**props, "code": result.code})])
             if result.hard_bounce and r.email_hash:
-                outcome.suppress.append((r.email_hash, "all", "hard_bounce", "smtp"))
+                outcome.suppress.append(Suppression(r.email_hash, "all", "hard_bounce", "smtp"))
                 outcome.feedback.append(Feedback(f"bounce:{mid}", lead_id, "email_hard_bounced",
                                                  {**props, "reason": result.reason, "bounce": "hard"}, now))
             return outcome
@@ -626,10 +646,10 @@ class Delivery:
                     return done
                 events = []
                 for row in rows:
-                    ev = scoring_pb2.Event(lead_id=row["lead_id"], type=row["type"],
-                                           properties_json=row["properties_json"], idempotency_key=row["key"],
+                    ev = scoring_pb2.Event(lead_id=row.lead_id, type=row.type,
+                                           properties_json=row.properties_json, idempotency_key=row.key,
                                            source="messaging")
-                    ev.occurred_at.FromDatetime(aware(row["occurred_at"]) or self.clock.now())
+                    ev.occurred_at.FromDatetime(aware(row.occurred_at) or self.clock.now())
                     events.append(ev)
                 try:
                     reply = await self.leads.stub.IngestEvents(scoring_pb2.IngestRequest(events=events),
@@ -639,8 +659,8 @@ class Delivery:
                     return done
                 for row, res in zip(rows, reply.results, strict=False):
                     if res.error_code:
-                        log.warning("scoring refused %s %s: %s", row["type"], row["key"], res.error_message)
-                await self.db.run(self.store.mark_feedback_sent, [r["key"] for r in rows])
+                        log.warning("scoring refused %s %s: %s", row.type, row.key, res.error_message)
+                await self.db.run(self.store.mark_feedback_sent, [r.key for r in rows])
                 done += len(rows)
 
     async def run(self) -> None:
@@ -663,10 +683,10 @@ class Delivery:
 
 
 def _deferred(r: _Ready, until: datetime, why: str) -> Outcome:
-    mid, lead_id = r.row["id"], r.row["lead_id"]
+    mid, lead_id = r.row.id, r.row.lead_id
     return Outcome(mid, "scheduled", f"deferred: {why}", due_at=until,
                    log=[LogLine(mid, lead_id, "message_deferred",
-                                f"{r.row['template']} deferred to {until.isoformat()}: {why}",
-                                {"template": r.row["template"], "until": until.isoformat(), "why": why})])
+                                f"{r.row.template} deferred to {until.isoformat()}: {why}",
+                                {"template": r.row.template, "until": until.isoformat(), "why": why})])
 
 

@@ -17,12 +17,13 @@ from typing import Any
 
 from nurture.clock import Clock
 from nurture.db import Database
+from services.messaging.clients import Lead
 from services.messaging.domain.catalog import Catalog, Rendered, RenderError
 from services.messaging.domain.content import Compiled, ContentError, parse, validate
 from services.messaging.template_store import TemplateRow, TemplateStore, TemplateVersion
 
 KEY = re.compile(r"[a-z0-9_]{1,60}\.[a-z0-9_]{1,60}")
-SAMPLE_LEAD: dict[str, Any] = {
+SAMPLE_LEAD: Lead = {
     "id": "sample", "first_name": "Ana", "last_name": "Costa", "email": "ana@example.com",
     "segment": "skilled_professional", "timezone": "Europe/Lisbon", "lifecycle_stage": "mql", "score": 55,
     "attributes": {"profession": "nurse", "countries_of_interest": ["CA", "AU"]}}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import Row
 from sqlalchemy.orm import Session
@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from nurture import jsoncodec, limits
 from nurture.busmessage import BusMessage, LeadSnapshot
 from nurture.db import DriverWrites
-from nurture.jsontypes import JsonMapping
+from nurture.jsontypes import JsonMapping, JsonObject
 from nurture.times import utc_or_none as aware
 from services.scoring import storage as st
 from services.scoring.app.base import CoreBase
@@ -41,6 +41,17 @@ def _check(lead_id: str, fields: JsonMapping, merge: bool) -> JsonMapping:
     if isinstance(email, str) and email:
         return {**fields, "email": check_email(email)[0]}
     return fields
+
+
+class TimelineLine(NamedTuple):
+    """A line of a lead's scoring timeline: an event, an audited action or a score change."""
+
+    at: datetime
+    kind: str          # event | score
+    type: str
+    id: str
+    summary: str
+    details: JsonObject  # what the line is about, shown as JSON (event properties as they came)
 
 
 class _Batch:
@@ -248,26 +259,26 @@ class Leads(CoreBase):
         with self._sessions() as s:
             return st.score_history(s, lead_id, limit)
 
-    def timeline(self, lead_id: str, limit: int) -> list[dict[str, Any]]:
+    def timeline(self, lead_id: str, limit: int) -> list[TimelineLine]:
         """Oldest first, each event followed by the score changes it caused (under a virtual clock many
         share one instant, so the order within an instant has to carry the causality)."""
         with self._sessions() as s:
             evs, changes, notes = st.timeline_rows(s, lead_id, limit)
-        items: list[dict[str, Any]] = []
+        items: list[TimelineLine] = []
         for n in notes:
             if n.erased:
                 continue
-            items.append({"at": aware(n.at), "kind": "event", "type": n.action, "id": f"audit:{n.id}",
-                          "summary": f"{n.action} (source {n.source})",
-                          "details": limits.readable(st.loads(n.details), what="audit details")})
-        by_event: dict[str, list[dict[str, Any]]] = {}
-        loose: list[dict[str, Any]] = []
+            items.append(TimelineLine(aware(n.at) or n.at, "event", n.action, f"audit:{n.id}",
+                                      f"{n.action} (source {n.source})",
+                                      limits.readable(st.loads(n.details), what="audit details")))
+        by_event: dict[str, list[TimelineLine]] = {}
+        loose: list[TimelineLine] = []
         for c in changes:
             sign = "+" if c.delta >= 0 else ""
-            item = {"at": aware(c.at), "kind": "score", "type": "score_changed", "id": f"score:{c.id}",
-                    "summary": f"score {sign}{c.delta} → {c.score_after}: rule {c.rule} fired: {c.reason}",
-                    "details": {"rule": c.rule, "delta": c.delta, "score_after": c.score_after,
-                                "reason": c.reason, "event_id": c.event_id, "model_version": c.model_version}}
+            item = TimelineLine(aware(c.at) or c.at, "score", "score_changed", f"score:{c.id}",
+                                f"score {sign}{c.delta} → {c.score_after}: rule {c.rule} fired: {c.reason}",
+                                {"rule": c.rule, "delta": c.delta, "score_after": c.score_after,
+                                 "reason": c.reason, "event_id": c.event_id, "model_version": c.model_version})
             if c.event_id:
                 by_event.setdefault(c.event_id, []).append(item)
             else:
@@ -275,13 +286,13 @@ class Leads(CoreBase):
         for e in evs:
             props = limits.readable(st.loads(e.properties, "event properties"), what="event properties")
             shown = ", ".join(f"{k}={v}" for k, v in props.items() if isinstance(v, str | int | float))
-            items.append({"at": aware(e.occurred_at), "kind": "event", "type": e.type, "id": f"event:{e.id}",
-                          "summary": f"{e.type}" + (f" ({shown})" if shown else ""),
-                          "details": {"event_id": e.id, "properties": props, "source": e.source,
-                                      "score_delta": e.score_delta,
-                                      "signals": limits.readable(st.loads(e.signals), what="signals")}})
+            items.append(TimelineLine(aware(e.occurred_at) or e.occurred_at, "event", e.type, f"event:{e.id}",
+                                      f"{e.type}" + (f" ({shown})" if shown else ""),
+                                      {"event_id": e.id, "properties": props, "source": e.source,
+                                       "score_delta": e.score_delta,
+                                       "signals": limits.readable(st.loads(e.signals), what="signals")}))
             items.extend(by_event.pop(e.id, []))
         items.extend(loose)
         items.extend(i for rest in by_event.values() for i in rest)   # events beyond the limit
-        items.sort(key=lambda i: i["at"])   # stable: the order above survives within an instant
+        items.sort(key=lambda i: i.at)   # stable: the order above survives within an instant
         return items

@@ -55,13 +55,13 @@ async def test_one_batch_of_sends_holds_the_caps_of_leads_on_every_node(inproc: 
     await inproc.settle()
     for lead in leads:
         rows = await inproc.messages(lead)
-        assert rows["family.email_01"]["status"] == "sent"
+        assert rows["family.email_01"].status == "sent"
         held = rows["family.email_02"]
-        assert (held["status"], held["reason"]) == (
+        assert (held.status, held.reason) == (
             "scheduled", "deferred: minimum gap after the previous nurture email")
-        assert held["due_at"].replace(tzinfo=t0.tzinfo) == t0 + timedelta(hours=2)
+        assert held.due_at.replace(tzinfo=t0.tzinfo) == t0 + timedelta(hours=2)
     inproc.clock.set(t0 + timedelta(hours=2))
     await inproc.settle()
     for lead in leads:
-        assert {r["status"] for r in (await inproc.messages(lead)).values()} == {"sent"}
+        assert {r.status for r in (await inproc.messages(lead)).values()} == {"sent"}
         assert inproc.mails_to(f"{lead}@example.com") == 2

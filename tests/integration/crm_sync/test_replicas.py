@@ -34,7 +34,7 @@ def db(settings: Settings) -> Iterator[Database]:
 def claim(db: Database, replica: str, limit: int, *, hold: threading.Event | None = None,
           claimed: threading.Event | None = None) -> list[int]:
     with db.session() as s:
-        ids = [j["id"] for j in st.due_jobs(s, NOW, limit)]
+        ids = [j.id for j in st.due_jobs(s, NOW, limit)]
         st.mark_running(s, ids, replica, NOW)
         if claimed is not None and hold is not None:
             claimed.set()

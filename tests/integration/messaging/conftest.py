@@ -27,6 +27,7 @@ from nurture.redisconn import connect_sync
 from nurture.service import Running
 from nurture.settings import Settings
 from services.messaging.smtp_sink import SmtpSink
+from services.messaging.storage import Message
 from tests.conftest import free_port, mesh_channel, start_service
 from tests.integration.messaging.harness import InProcessLeads, ScoringStub, start_scoring_stub
 
@@ -119,10 +120,10 @@ class InProc:
             busmessage.decode(busmessage.encode(m) if isinstance(m, busmessage.BusMessage) else jsoncodec.dumps(m))
             for m in messages])
 
-    async def messages(self, lead_id: str) -> dict[str, dict[str, Any]]:
+    async def messages(self, lead_id: str) -> dict[str, Message]:
         """template -> the message row (status, reason, due_at, attempts, subject)."""
         rows = await self.db.run(self.engine.store.list_messages, lead_id, 100)
-        return {r["template"]: r for r in rows}
+        return {r.template: r for r in rows}
 
     def mails_to(self, address: str) -> int:
         return sum(1 for p in self.sink.messages() if address in p.read_text(errors="replace").split("\n", 1)[0])

@@ -11,7 +11,7 @@ in process through `InProcessChannel`."""
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -19,6 +19,9 @@ from nurture.api.journeys.v1 import journeys_pb2, journeys_pb2_grpc
 from nurture.api.scoring.v1 import scoring_pb2, scoring_pb2_grpc
 from nurture.rpc import ServiceServer, start_server
 from tests.conftest import MESH_TOKEN
+
+if TYPE_CHECKING:
+    from services.messaging.clients import Lead
 
 
 def make_lead(lead_id: str, **over: Any) -> dict[str, Any]:
@@ -135,7 +138,7 @@ class InProcessLeads:
         self.servicer = servicer
         self.stub = _InProcessStub(servicer)
 
-    async def get_many(self, ids: Any) -> dict[str, dict[str, Any]]:
+    async def get_many(self, ids: Any) -> dict[str, Lead]:
         from services.messaging.clients import lead_dict
 
         if self.servicer.down:
@@ -143,7 +146,7 @@ class InProcessLeads:
         return {i: lead_dict(self.servicer._proto(self.servicer.leads[i])) for i in set(ids)
                 if i in self.servicer.leads}
 
-    async def get(self, lead_id: str) -> dict[str, Any] | None:
+    async def get(self, lead_id: str) -> Lead | None:
         return (await self.get_many([lead_id])).get(lead_id)
 
 

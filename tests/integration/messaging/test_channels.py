@@ -26,7 +26,7 @@ def naive_now(inproc: InProc) -> datetime:
 
 
 def consent(inproc: InProc, lead_id: str) -> list[tuple[str, bool, str]]:
-    return [(r["channel"], r["granted"], r["source"]) for r in inproc.engine.store.consent_history(lead_id)]
+    return [(r.channel, r.granted, r.source) for r in inproc.engine.store.consent_history(lead_id)]
 
 
 def suppression_rows(inproc: InProc) -> list[tuple[str, str, str, str]]:
@@ -68,9 +68,9 @@ async def test_a_bus_message_is_recorded_at_the_time_it_happened(inproc: InProc,
     await inproc.bus(bus_message("b1", "t1", "lead_created", lead=lead, occurred_at=occurred_at,
                                  properties={"source": "form"}))
     [row] = inproc.engine.store.consent_history("t1")
-    assert row["at"] == (expected or naive_now(inproc))
-    assert (row["channel"], row["granted"], row["source"]) == ("email", True, "bus:lead_created:form")
-    assert json.loads(row["evidence_json"]) == {"bus_id": "b1"}
+    assert row.at == (expected or naive_now(inproc))
+    assert (row.channel, row.granted, row.source) == ("email", True, "bus:lead_created:form")
+    assert json.loads(row.evidence_json) == {"bus_id": "b1"}
 
 
 @pytest.mark.parametrize(("etype", "props", "recorded"), [
@@ -155,7 +155,7 @@ async def test_an_erasure_heard_on_the_bus_forgets_the_lead_and_keeps_its_addres
     assert inproc.engine.store.ad_suppressed(["x1"]) == {"x1": "customer"}
     await inproc.send("x1", "family.email_01")
     await inproc.settle()
-    assert (await inproc.messages("x1"))["family.email_01"]["status"] == "sent"
+    assert (await inproc.messages("x1"))["family.email_01"].status == "sent"
     await inproc.bus(bus_message("x-1", "x1", "lead_erased", lead={"id": "x1", "email": "x1@example.com"},
                                  occurred_at=AT))
     assert await inproc.messages("x1") == {}
@@ -187,16 +187,16 @@ async def test_a_click_is_fed_to_scoring_with_what_was_clicked(inproc: InProc) -
     await inproc.channels.track(inproc.engine.signer.sign(Token("click", mid, "c1", url=url, link=1)), "click")
     [_, clicked, opened] = inproc.scoring.events
     props = {"message_id": mid, "journey": "family", "step": "email_01", "template": "family.email_01",
-             "url": url, "variant": row["variant"], "channel": "email", **FAMILY_EMAIL_01}
+             "url": url, "variant": row.variant, "channel": "email", **FAMILY_EMAIL_01}
     assert (clicked.lead_id, clicked.type, json.loads(clicked.properties_json)) == ("c1", "email_clicked", props)
     assert (opened.lead_id, opened.type, json.loads(opened.properties_json)) == ("c1", "email_opened",
                                                                                {**props, "url": ""})
     assert clicked.occurred_at.ToDatetime() == naive_now(inproc) == opened.occurred_at.ToDatetime()
     lines = inproc.engine.store.timeline("c1", 20)
-    summaries = [(r["type"], r["summary"]) for r in lines]
+    summaries = [(r.type, r.summary) for r in lines]
     assert ("email_clicked", f"family.email_01 clicked: {url}") in summaries
-    [clicked_line] = [r for r in lines if r["type"] == "email_clicked"]
-    assert json.loads(clicked_line["details_json"]) == props
+    [clicked_line] = [r for r in lines if r.type == "email_clicked"]
+    assert json.loads(clicked_line.details_json) == props
     assert tracking_rows(inproc) == [(f"click:{mid}:1", "click", url, "c1", 1), (f"open:{mid}", "open", "", "c1", 1)]
     assert not [s for t, s in summaries if t == "email_opened"]   # the implied open has no line of its own
 
@@ -212,7 +212,7 @@ async def test_an_open_is_fed_to_scoring_once(inproc: InProc) -> None:
     assert [(ev.type, ev.idempotency_key) for ev in inproc.scoring.events] == [
         ("email_sent", f"sent:{mid}"), ("email_opened", f"open:{mid}")]
     assert ("email_opened", "family.email_01 opened") in [
-        (r["type"], r["summary"]) for r in inproc.engine.store.timeline("o1", 20)]
+        (r.type, r.summary) for r in inproc.engine.store.timeline("o1", 20)]
 
 
 @pytest.mark.parametrize(("scope", "channel"), [("", "email:nurture"), ("nurture", "email:nurture"),
@@ -233,7 +233,7 @@ async def test_an_unsubscribe_records_consent_suppression_and_ads(inproc: InProc
                                               "template": "family.email_01", "scope": effective, "source": "page",
                                               **FAMILY_EMAIL_01}
     assert ("unsubscribed", f"unsubscribed ({effective}) via page") in [
-        (r["type"], r["summary"]) for r in inproc.engine.store.timeline("u1", 20)]
+        (r.type, r.summary) for r in inproc.engine.store.timeline("u1", 20)]
     assert suppression_rows(inproc) == [(email_hash("u1@example.com"), effective, "unsubscribed", "page")]
     assert tracking_rows(inproc) == [(f"unsub:{mid}:{effective}", "unsubscribe", "", "u1", 1)]
 

@@ -75,7 +75,7 @@ async def warming(settings: Settings, tmp_path: Path) -> AsyncIterator[InProc]:
 
 async def _status(inproc: InProc, lead_id: str, template: str) -> tuple[str, str]:
     row = (await inproc.messages(lead_id))[template]
-    return row["status"], row["reason"]
+    return row.status, row.reason
 
 
 async def test_a_provider_over_the_complaint_line_pauses_nurture_and_not_transactional(guarded: InProc) -> None:
@@ -86,7 +86,7 @@ async def test_a_provider_over_the_complaint_line_pauses_nurture_and_not_transac
     await guarded.settle()
     rows = {lead: (await guarded.messages(lead))["lead_magnet.email_01"] for lead in ("g0", "g1")}
     # One complaint in ten sends is 10%: the pause line exactly (at, not above, pauses).
-    await guards.apply([(rows["g0"]["id"], Report("complaint", "g0@gmail.com", "", "feedback: abuse"))],
+    await guards.apply([(rows["g0"].id, Report("complaint", "g0@gmail.com", "", "feedback: abuse"))],
                        source="arf")
     paused = await guards.pauses()
     assert [p.provider for p in paused] == ["gmail"] and "10.00%" in paused[0].why
@@ -109,7 +109,7 @@ async def test_a_provider_over_the_complaint_line_pauses_nurture_and_not_transac
     await guarded.settle()
     assert (await _status(guarded, "ana", "family.email_01"))[0] == "sent"
     # Judged on what follows the resume: the old complaint does not pause it again at the next report.
-    await guards.apply([(rows["g1"]["id"], Report("soft_bounce", "g1@gmail.com", "4.2.2", "full"))], source="dsn")
+    await guards.apply([(rows["g1"].id, Report("soft_bounce", "g1@gmail.com", "4.2.2", "full"))], source="dsn")
     assert await guards.pauses() == []
 
 
@@ -120,7 +120,7 @@ async def test_below_the_complaint_line_nothing_pauses(guarded: InProc) -> None:
         await guarded.send(f"g{n}", "lead_magnet.email_01")
     await guarded.settle()
     first = (await guarded.messages("g0"))["lead_magnet.email_01"]
-    await guards.apply([(first["id"], Report("complaint", "g0@gmail.com", "", "abuse"))], source="arf")
+    await guards.apply([(first.id, Report("complaint", "g0@gmail.com", "", "abuse"))], source="arf")
     assert await guards.pauses() == []        # 1 in 11 is 9.1%, under 10%
     assert guarded.engine.db.counters["deliverability.warnings"] >= 1   # but over the 5% warning
 
@@ -134,14 +134,14 @@ async def test_a_warming_domain_sends_its_days_limit_and_holds_the_rest_until_to
     assert sorted(statuses) == ["scheduled", "sent", "sent"]           # day 1: 2
     held = statuses.index("scheduled")
     row = (await warming.messages(f"w{held}"))["family.email_01"]
-    assert "warming up (day 1: 2 a day)" in row["reason"]
+    assert "warming up (day 1: 2 a day)" in row.reason
     # The held message took no slot of the lead's own caps.
     caps = connect_sync(warming.settings)
-    assert caps.zscore(lead_key(f"w{held}", "msg:nurture"), row["id"]) is None
+    assert caps.zscore(lead_key(f"w{held}", "msg:nurture"), row.id) is None
     assert caps.zscore(lead_key(f"w{statuses.index('sent')}", "msg:nurture"),
-                       (await warming.messages(f"w{statuses.index('sent')}"))["family.email_01"]["id"]) is not None
+                       (await warming.messages(f"w{statuses.index('sent')}"))["family.email_01"].id) is not None
     tomorrow = datetime.fromtimestamp((int(warming.clock.now().timestamp()) // 86400 + 1) * 86400, UTC)
-    assert row["due_at"].replace(tzinfo=UTC) == tomorrow
+    assert row.due_at.replace(tzinfo=UTC) == tomorrow
     # Transactional mail is not held by the ramp.
     warming.scoring.add(make_lead("t", email="t@yahoo.com", timezone="UTC"))
     await warming.send("t", "lead_magnet.email_01")

@@ -17,6 +17,7 @@ import pytest
 from services.messaging.app.delivery import MAX_BATCH, InvalidRequest, SendInput, message_id_for
 from services.messaging.clients import email_hash
 from services.messaging.domain.catalog import Catalog, choose_variant
+from services.messaging.storage import Message
 from tests.integration.messaging.conftest import InProc
 from tests.integration.messaging.harness import make_lead
 
@@ -40,10 +41,10 @@ async def send(inproc: InProc, **over: Any) -> Any:
 
 
 def timeline(inproc: InProc, lead_id: str = "l1") -> list[tuple[str, str]]:
-    return [(r["type"], r["summary"]) for r in inproc.engine.store.timeline(lead_id, 50)]
+    return [(r.type, r.summary) for r in inproc.engine.store.timeline(lead_id, 50)]
 
 
-async def row(inproc: InProc, template: str = "family.email_01", lead_id: str = "l1") -> dict[str, Any]:
+async def row(inproc: InProc, template: str = "family.email_01", lead_id: str = "l1") -> Message:
     return (await inproc.messages(lead_id))[template]
 
 
@@ -89,16 +90,16 @@ async def test_a_request_is_recorded_with_its_category_and_time(inproc: InProc) 
     await send(inproc, dedupe_key="k3", template="family.email_02", category="transactional")
     rows = await inproc.messages("l1")
     naive = now.replace(tzinfo=None)
-    assert {t: (r["category"], r["due_at"], r["status"]) for t, r in rows.items()} == {
+    assert {t: (r.category, r.due_at, r.status) for t, r in rows.items()} == {
         "family.email_01": ("nurture", later.replace(tzinfo=None), "scheduled"),      # the template's category
         "webinar.email_01": ("transactional", naive, "scheduled"),                    # a past not_before: now
         "family.email_02": ("transactional", naive, "scheduled")}                     # the request's category
-    assert rows["family.email_01"]["attempts"] == 0 and rows["family.email_01"]["sent_at"] is None
+    assert rows["family.email_01"].attempts == 0 and rows["family.email_01"].sent_at is None
     # family.email_01 has an A/B split: the row keeps the lead's variant; a template without one has none.
-    assert rows["family.email_01"]["variant"] == choose_variant(Catalog().specs["family.email_01"], "l1") != ""
-    assert rows["family.email_02"]["variant"] == ""
+    assert rows["family.email_01"].variant == choose_variant(Catalog().specs["family.email_01"], "l1") != ""
+    assert rows["family.email_02"].variant == ""
     first_line = inproc.engine.store.timeline("l1", 1)[0]
-    assert json.loads(first_line["details_json"]) == {
+    assert json.loads(first_line.details_json) == {
         "journey": "family", "version": 1, "step": "email_01", "template": "family.email_01", "channel": "email",
         "category": "nurture", "due_at": later.isoformat(), "reason": ""}
     assert timeline(inproc) == [("message_scheduled", f"family.email_01 queued for {later.isoformat()}"),
@@ -124,7 +125,7 @@ async def test_mail_without_a_lead_or_an_address_is_suppressed(inproc: InProc, l
     await send(inproc)
     await inproc.settle()
     r = await row(inproc)
-    assert (r["status"], r["reason"], r["attempts"]) == ("suppressed", reason, 0)
+    assert (r.status, r.reason, r.attempts) == ("suppressed", reason, 0)
     assert ("message_suppressed", f"family.email_01 not sent: {reason}") in timeline(inproc)
 
 
@@ -133,14 +134,14 @@ async def test_mail_is_sent_with_its_timeline_line_and_fed_back(inproc: InProc) 
     await send(inproc)
     await inproc.settle()
     r = await row(inproc)
-    assert (r["status"], r["reason"], r["attempts"]) == ("sent", "", 1)
-    assert r["sent_at"] == inproc.clock.now().replace(tzinfo=None)
-    assert ("message_sent", f"email family.email_01 sent: {r['subject']}") in timeline(inproc)
+    assert (r.status, r.reason, r.attempts) == ("sent", "", 1)
+    assert r.sent_at == inproc.clock.now().replace(tzinfo=None)
+    assert ("message_sent", f"email family.email_01 sent: {r.subject}") in timeline(inproc)
     [ev] = inproc.scoring.events
     assert (ev.type, ev.idempotency_key, json.loads(ev.properties_json)) == (
-        "email_sent", f"sent:{r['id']}", {"message_id": r["id"], "journey": "family", "step": "email_01",
+        "email_sent", f"sent:{r.id}", {"message_id": r.id, "journey": "family", "step": "email_01",
                                           "template": "family.email_01", "channel": "email",
-                                          "variant": r["variant"],
+                                          "variant": r.variant,
                                           # what analytics groups the message's events by
                                           "stage": "welcome", "topic": "family_relocation", "format": "newsletter"})
 
@@ -152,12 +153,12 @@ async def test_mail_outside_the_leads_daytime_is_deferred_to_its_morning(inproc:
     await inproc.settle()
     r = await row(inproc)
     morning = inproc.clock.now().replace(hour=16, minute=0, second=0, microsecond=0)
-    assert (r["status"], r["reason"]) == ("scheduled", "deferred: outside daytime in America/Los_Angeles")
-    assert r["due_at"] == morning.replace(tzinfo=None) and r["attempts"] == 0
+    assert (r.status, r.reason) == ("scheduled", "deferred: outside daytime in America/Los_Angeles")
+    assert r.due_at == morning.replace(tzinfo=None) and r.attempts == 0
     assert ("message_deferred", f"family.email_01 deferred to {morning.isoformat()}: outside daytime in "
             "America/Los_Angeles") in timeline(inproc)
-    [line] = [x for x in inproc.engine.store.timeline("l1", 50) if x["type"] == "message_deferred"]
-    assert json.loads(line["details_json"]) == {"template": "family.email_01", "until": morning.isoformat(),
+    [line] = [x for x in inproc.engine.store.timeline("l1", 50) if x.type == "message_deferred"]
+    assert json.loads(line.details_json) == {"template": "family.email_01", "until": morning.isoformat(),
                                                 "why": "outside daytime in America/Los_Angeles"}
 
 
@@ -165,7 +166,7 @@ async def test_transactional_mail_goes_at_night(inproc: InProc) -> None:
     inproc.scoring.add(make_lead("l1", timezone="America/Los_Angeles"))
     await send(inproc, category="transactional")
     await inproc.settle()
-    assert (await row(inproc))["status"] == "sent"
+    assert (await row(inproc)).status == "sent"
 
 
 async def test_a_second_nurture_email_waits_for_the_gap(inproc: InProc) -> None:
@@ -175,8 +176,8 @@ async def test_a_second_nurture_email_waits_for_the_gap(inproc: InProc) -> None:
     await send(inproc, dedupe_key="k2", template="family.email_02")
     await inproc.settle()
     r = await row(inproc, "family.email_02")
-    assert r["status"] == "scheduled" and r["reason"].startswith("deferred: ")
-    assert r["due_at"] == (inproc.clock.now() + timedelta(hours=2)).replace(tzinfo=None)
+    assert r.status == "scheduled" and r.reason.startswith("deferred: ")
+    assert r.due_at == (inproc.clock.now() + timedelta(hours=2)).replace(tzinfo=None)
 
 
 async def test_scoring_down_holds_every_message_for_30_seconds(inproc: InProc) -> None:
@@ -185,20 +186,20 @@ async def test_scoring_down_holds_every_message_for_30_seconds(inproc: InProc) -
     inproc.scoring.down = True
     await inproc.engine.process_due()
     r = await row(inproc)
-    assert (r["status"], r["reason"], r["attempts"]) == ("scheduled", "waiting for scoring: UNAVAILABLE", 0)
-    assert r["due_at"] == (inproc.clock.now() + timedelta(seconds=30)).replace(tzinfo=None)
+    assert (r.status, r.reason, r.attempts) == ("scheduled", "waiting for scoring: UNAVAILABLE", 0)
+    assert r.due_at == (inproc.clock.now() + timedelta(seconds=30)).replace(tzinfo=None)
     inproc.scoring.down = False
     assert await inproc.engine.flush_feedback() == 0
     inproc.clock.set(inproc.clock.now() + timedelta(seconds=30))
     await inproc.settle()
-    assert (await row(inproc))["status"] == "sent"
+    assert (await row(inproc)).status == "sent"
 
 
 async def test_feedback_waits_while_scoring_is_down(inproc: InProc) -> None:
     inproc.scoring.add(make_lead("l1", timezone="UTC"))
     await send(inproc)
     await inproc.engine.process_due()
-    assert (await row(inproc))["status"] == "sent"
+    assert (await row(inproc)).status == "sent"
     inproc.scoring.down = True
     assert await inproc.engine.flush_feedback() == 0
     assert inproc.scoring.events == []
@@ -213,14 +214,14 @@ async def test_a_temporary_smtp_refusal_is_retried_after_the_backoff(inproc: InP
     await send(inproc, category="transactional")
     await inproc.settle()
     r = await row(inproc)
-    assert (r["status"], r["attempts"]) == ("scheduled", 1) and r["reason"].startswith("retrying: ")
+    assert (r.status, r.attempts) == ("scheduled", 1) and r.reason.startswith("retrying: ")
     retry_at = inproc.clock.now() + timedelta(seconds=30)
-    assert r["due_at"] == retry_at.replace(tzinfo=None)
+    assert r.due_at == retry_at.replace(tzinfo=None)
     assert [s for t, s in timeline(inproc) if t == "message_retry"] == [
-        f"family.email_01 will retry at {retry_at.isoformat()}: {r['reason'].removeprefix('retrying: ')}"]
+        f"family.email_01 will retry at {retry_at.isoformat()}: {r.reason.removeprefix('retrying: ')}"]
     inproc.clock.set(retry_at)
     await inproc.settle()
-    assert ((await row(inproc))["status"], (await row(inproc))["attempts"]) == ("sent", 2)
+    assert ((await row(inproc)).status, (await row(inproc)).attempts) == ("sent", 2)
 
 
 async def test_a_hard_bounce_fails_the_message_and_suppresses_the_address(inproc: InProc) -> None:
@@ -230,7 +231,7 @@ async def test_a_hard_bounce_fails_the_message_and_suppresses_the_address(inproc
     await send(inproc, category="transactional")
     await inproc.settle()
     r = await row(inproc)
-    assert (r["status"], r["attempts"]) == ("failed", 1)
+    assert (r.status, r.attempts) == ("failed", 1)
     h = email_hash("l1@reject.invalid")
     assert inproc.engine.store.suppression_scopes([h]) == {h: {"all": "hard_bounce"}}
     from sqlalchemy import select
@@ -241,9 +242,9 @@ async def test_a_hard_bounce_fails_the_message_and_suppresses_the_address(inproc
         assert [(r.scope, r.reason, r.source) for r in session.execute(select(suppressions))] == [
             ("all", "hard_bounce", "smtp")]
     [ev] = inproc.scoring.events
-    assert (ev.type, ev.idempotency_key) == ("email_hard_bounced", f"bounce:{r['id']}")
-    assert json.loads(ev.properties_json)["reason"] == r["reason"]
-    assert ("message_failed", f"family.email_01 failed: {r['reason']}") in timeline(inproc)
+    assert (ev.type, ev.idempotency_key) == ("email_hard_bounced", f"bounce:{r.id}")
+    assert json.loads(ev.properties_json)["reason"] == r.reason
+    assert ("message_failed", f"family.email_01 failed: {r.reason}") in timeline(inproc)
 
 
 # --- other channels ----------------------------------------------------------------------------------
@@ -260,10 +261,10 @@ async def test_in_app_and_sms_messages(inproc: InProc, channel: str, consent: di
     await send(inproc, channel=channel, category="transactional")
     await inproc.settle()
     r = await row(inproc)
-    assert (r["status"], r["reason"]) == (status, reason)
+    assert (r.status, r.reason) == (status, reason)
     assert [ev.type for ev in inproc.scoring.events] == []   # only email feeds email_sent back
     if status == "sent":
-        assert ("message_sent", f"{channel} family.email_01 sent: {r['subject']}") in timeline(inproc)
+        assert ("message_sent", f"{channel} family.email_01 sent: {r.subject}") in timeline(inproc)
 
 
 @pytest.mark.parametrize(("context", "members"), [
@@ -275,15 +276,15 @@ async def test_an_audience_step_adds_the_lead_without_consent(inproc: InProc, co
     inproc.scoring.add(make_lead("l1", timezone="UTC", consent={}))
     await send(inproc, channel="ads_audience", context_json=json.dumps(context))
     await inproc.settle()
-    assert (await row(inproc))["status"] == "sent"
-    [line] = [x for x in inproc.engine.store.timeline("l1", 50) if x["type"] == "message_sent"]
-    assert line["summary"] == "ads_audience family.email_01 sent"
-    assert json.loads(line["details_json"])["subject"] == ""
+    assert (await row(inproc)).status == "sent"
+    [line] = [x for x in inproc.engine.store.timeline("l1", 50) if x.type == "message_sent"]
+    assert line.summary == "ads_audience family.email_01 sent"
+    assert json.loads(line.details_json)["subject"] == ""
     for name, ids in members.items():
         assert inproc.engine.store.audience(name) == ids
     # The lead's hashed address is queued for the ad platform (consent is not asked for an audience).
     queued = inproc.engine.store.ads_due(inproc.clock.now(), 10)
-    assert [(q["audience"], q["lead_id"], q["email_hash"], q["op"]) for q in queued] == [
+    assert [(q.audience, q.lead_id, q.email_hash, q.op) for q in queued] == [
         (next(iter(members)), "l1", email_hash("l1@example.com"), "add")]
     await send(inproc, dedupe_key="k2", channel="ads_audience", template="family.email_02",
                context_json=json.dumps({**context, "action": "remove", "audience": next(iter(members))}))
@@ -339,16 +340,16 @@ async def test_a_webhook_is_posted_signed_with_an_idempotency_key(inproc: InProc
     await send(inproc, channel="webhook", category="transactional", context_json=json.dumps(context))
     await inproc.settle()
     r = await row(inproc)
-    assert (r["status"], r["attempts"]) == ("sent", 1)
+    assert (r.status, r.attempts) == ("sent", 1)
     [(headers, body)] = hook.requests
     signature = hmac.new(b"test-secret", body, hashlib.sha256).hexdigest()
     assert headers["x-nurture-signature"] == f"sha256={signature}"
-    assert (headers["idempotency-key"], headers["content-type"]) == (r["id"], "application/json")
+    assert (headers["idempotency-key"], headers["content-type"]) == (r.id, "application/json")
     sent = json.loads(body)
     assert {k: sent[k] for k in ("message_id", "lead_id", "journey", "step", "template", "context")} == {
-        "message_id": r["id"], "lead_id": "l1", "journey": "family", "step": "email_01",
+        "message_id": r.id, "lead_id": "l1", "journey": "family", "step": "email_01",
         "template": "family.email_01", "context": context}
-    assert sent["subject"] == r["subject"] and sent["text"]
+    assert sent["subject"] == r.subject and sent["text"]
     assert sent["lead"] == {"id": "l1", "email": "l1@example.com", "first_name": "Ana", "last_name": "Diaz",
                             "segment": "skilled_professional", "score": 30, "grade": "B", "lifecycle_stage": "lead"}
 
@@ -370,12 +371,12 @@ async def test_a_webhook_answer_decides_retry_or_failure(inproc: InProc, hook: H
     await send(inproc, channel="webhook", category="transactional", context_json=json.dumps({"url": hook.url}))
     await inproc.settle()
     r = await row(inproc)
-    assert (r["status"], r["reason"], r["attempts"]) == (status, reason, 1)
+    assert (r.status, r.reason, r.attempts) == (status, reason, 1)
     kind = {"scheduled": "message_retry", "failed": "message_failed", "sent": "message_sent"}[status]
-    [line] = [x for x in inproc.engine.store.timeline("l1", 50) if x["type"] == kind]
-    details = json.loads(line["details_json"])
+    [line] = [x for x in inproc.engine.store.timeline("l1", 50) if x.type == kind]
+    details = json.loads(line.details_json)
     assert {k: details[k] for k in ("message_id", "journey", "step", "template", "channel")} == {
-        "message_id": r["id"], "journey": "family", "step": "email_01", "template": "family.email_01",
+        "message_id": r.id, "journey": "family", "step": "email_01", "template": "family.email_01",
         "channel": "webhook"}
     if status == "failed":
         assert details["code"] == answer
@@ -389,9 +390,9 @@ async def test_a_webhook_needs_an_http_url(inproc: InProc, url: str) -> None:
     await send(inproc, channel="webhook", category="transactional", context_json=json.dumps({"url": url}))
     await inproc.settle()
     r = await row(inproc)
-    assert (r["status"], r["reason"]) == ("failed", "webhook needs context.url (http or https)")
-    [line] = [x for x in inproc.engine.store.timeline("l1", 50) if x["type"] == "message_failed"]
-    assert json.loads(line["details_json"])["code"] == 0
+    assert (r.status, r.reason) == ("failed", "webhook needs context.url (http or https)")
+    [line] = [x for x in inproc.engine.store.timeline("l1", 50) if x.type == "message_failed"]
+    assert json.loads(line.details_json)["code"] == 0
 
 
 async def test_an_unreachable_webhook_is_retried_until_the_last_attempt(inproc: InProc) -> None:
@@ -404,15 +405,15 @@ async def test_an_unreachable_webhook_is_retried_until_the_last_attempt(inproc: 
     for attempt in range(1, inproc.engine.policy.max_attempts + 1):
         await inproc.settle()
         r = await row(inproc)
-        assert r["attempts"] == attempt
+        assert r.attempts == attempt
         if attempt < inproc.engine.policy.max_attempts:
-            assert r["status"] == "scheduled" and r["reason"].startswith("retrying: webhook: ConnectError")
-            due = r["due_at"].replace(tzinfo=inproc.clock.now().tzinfo)
+            assert r.status == "scheduled" and r.reason.startswith("retrying: webhook: ConnectError")
+            due = r.due_at.replace(tzinfo=inproc.clock.now().tzinfo)
             waits.append(int((due - inproc.clock.now()).total_seconds()))
             inproc.clock.set(due)
     assert waits == [30, 60, 120, 240, 480, 960, 1920][: inproc.engine.policy.max_attempts - 1]
-    assert r["status"] == "failed"
-    assert r["reason"].startswith(f"gave up after {inproc.engine.policy.max_attempts} attempts: webhook: ConnectError")
+    assert r.status == "failed"
+    assert r.reason.startswith(f"gave up after {inproc.engine.policy.max_attempts} attempts: webhook: ConnectError")
 
 
 def mails(inproc: InProc) -> list[Any]:
@@ -433,27 +434,27 @@ async def test_an_email_carries_its_headers_and_signed_tracking_links(inproc: In
     await inproc.settle()
     r = await row(inproc)
     [mail] = mails(inproc)
-    assert mail["Message-ID"] == message_id_header(r["id"])
+    assert mail["Message-ID"] == message_id_header(r.id)
     assert mail["X-Nurture-Template"] == "family.email_01"
     assert (mail["From"].addresses[0].addr_spec, mail["From"].addresses[0].display_name) == (
         Catalog().sender_address, Catalog().sender_name)
     assert (mail["To"].addresses[0].addr_spec, mail["To"].addresses[0].display_name) == ("l1@example.com",
                                                                                         "Ana Diaz")
-    assert mail["Subject"] == r["subject"] and "Reply-To" not in mail
+    assert mail["Subject"] == r.subject and "Reply-To" not in mail
     assert mail["X-Nurture-Category"] == "nurture"
     html = mail.get_body(("html",)).get_content()
     signer = inproc.engine.signer
     [pixel] = re.findall(r"https://nurture\.example/t/o/([A-Za-z0-9_.-]+)", html)
     opened = signer.verify(pixel, kind="open")
-    assert (opened.message_id, opened.lead_id) == (r["id"], "l1")
+    assert (opened.message_id, opened.lead_id) == (r.id, "l1")
     clicks = re.findall(r"https://nurture\.example/t/c/([A-Za-z0-9_.-]+)", html)
-    assert clicks and all(signer.verify(c, kind="click").message_id == r["id"] for c in clicks)
+    assert clicks and all(signer.verify(c, kind="click").message_id == r.id for c in clicks)
     assert {signer.verify(c, kind="click").link for c in clicks} >= {0}
     unsubscribe = re.findall(r"https://nurture\.example/u/([A-Za-z0-9_.-]+)", mail["List-Unsubscribe"])
     assert [signer.verify(u, kind="unsubscribe").lead_id for u in unsubscribe] == ["l1"]
     in_body = re.findall(r"https://nurture\.example/u/([A-Za-z0-9_.-]+)", html)
     assert in_body and {(signer.verify(u, kind="unsubscribe").message_id, signer.verify(u, kind="unsubscribe").lead_id)
-                        for u in in_body} == {(r["id"], "l1")}
+                        for u in in_body} == {(r.id, "l1")}
 
 
 async def test_an_email_that_speaks_for_the_owner_comes_from_them(inproc: InProc) -> None:
@@ -479,12 +480,12 @@ async def test_the_consent_a_send_was_decided_with_is_logged_when_it_changes(inp
     await send(inproc, dedupe_key="k5", template="family.email_05", channel="sms", category="transactional")
     await inproc.settle()
     history = inproc.engine.store.consent_history("l1")
-    assert [(r["channel"], r["granted"], r["source"]) for r in history] == [
+    assert [(r.channel, r.granted, r.source) for r in history] == [
         ("email", True, "scoring:lead"), ("email", False, "scoring:lead"), ("sms", False, "scoring:lead")]
-    first = json.loads(history[0]["evidence_json"])
+    first = json.loads(history[0].evidence_json)
     assert first["consent"] == {"email": True, "sms": False} and first["message_id"] in (
         message_id_for("k1"), message_id_for("k2"))
-    assert history[1]["at"] == inproc.clock.now().replace(tzinfo=None)
+    assert history[1].at == inproc.clock.now().replace(tzinfo=None)
 
 
 async def test_the_worker_delivers_what_comes_in_and_feeds_it_back(inproc: InProc) -> None:
@@ -497,7 +498,7 @@ async def test_the_worker_delivers_what_comes_in_and_feeds_it_back(inproc: InPro
             if [ev.type for ev in inproc.scoring.events] == ["email_sent"]:
                 break
             await asyncio.sleep(0.05)
-        assert (await row(inproc))["status"] == "sent"
+        assert (await row(inproc)).status == "sent"
         assert [ev.type for ev in inproc.scoring.events] == ["email_sent"]
     finally:
         worker.cancel()
@@ -511,7 +512,7 @@ async def test_feedback_scoring_refuses_is_logged_and_not_sent_again(inproc: InP
     inproc.scoring.refuse["email_sent"] = ("lead_not_found", "no such lead")
     await send(inproc)
     await inproc.settle()
-    mid = (await row(inproc))["id"]
+    mid = (await row(inproc)).id
     assert inproc.scoring.events == []
     assert ("WARNING", f"scoring refused email_sent sent:{mid}: no such lead") in [
         (r.levelname, r.getMessage()) for r in caplog.records]
@@ -539,8 +540,8 @@ async def test_a_template_that_fails_to_render_fails_its_message_and_says_why(in
     await send(inproc)
     await inproc.settle()
     r = await row(inproc)
-    assert r["status"] == "failed" and r["reason"].startswith("template 'family.email_01' failed to render")
-    assert ("message_failed", r["reason"]) in timeline(inproc)
+    assert r.status == "failed" and r.reason.startswith("template 'family.email_01' failed to render")
+    assert ("message_failed", r.reason) in timeline(inproc)
     assert inproc.mails_to("l1@example.com") == 0
 
 
@@ -559,8 +560,8 @@ async def test_a_capped_email_lands_in_the_window_of_the_policy_in_force(inproc:
     await send(inproc, dedupe_key="k2", template="family.email_02")
     await inproc.settle()
     r = await row(inproc, "family.email_02")
-    assert r["status"] == "scheduled" and r["reason"].startswith("deferred: ")
-    assert r["due_at"] == (day + timedelta(days=1)).replace(hour=8, minute=0, tzinfo=None)
+    assert r.status == "scheduled" and r.reason.startswith("deferred: ")
+    assert r.due_at == (day + timedelta(days=1)).replace(hour=8, minute=0, tzinfo=None)
 
 
 async def test_an_https_webhook_is_attempted_not_refused(inproc: InProc) -> None:
@@ -571,4 +572,4 @@ async def test_an_https_webhook_is_attempted_not_refused(inproc: InProc) -> None
     await send(inproc, channel="webhook", category="transactional", context_json=json.dumps({"url": url}))
     await inproc.settle()
     r = await row(inproc)
-    assert (r["status"], r["attempts"]) == ("scheduled", 1) and r["reason"].startswith("retrying: webhook: ")
+    assert (r.status, r.attempts) == ("scheduled", 1) and r.reason.startswith("retrying: webhook: ")

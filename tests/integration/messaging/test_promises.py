@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from services.messaging.storage import Message
 from tests.integration.messaging.conftest import InProc
 from tests.integration.messaging.harness import make_lead
 
@@ -35,10 +36,10 @@ async def test_only_explicit_email_consent_lets_mail_go(inproc: InProc, consent:
     await inproc.settle()
     rows = await inproc.messages("c1")
     if granted:
-        assert {t: r["status"] for t, r in rows.items()} == {"family.email_01": "sent", "webinar.email_01": "sent"}
+        assert {t: r.status for t, r in rows.items()} == {"family.email_01": "sent", "webinar.email_01": "sent"}
         assert inproc.mails_to("c1@example.com") == 2
     else:
-        assert {t: (r["status"], r["reason"]) for t, r in rows.items()} == {
+        assert {t: (r.status, r.reason) for t, r in rows.items()} == {
             "family.email_01": ("suppressed", "no email consent"),
             "webinar.email_01": ("suppressed", "no email consent")}
         assert inproc.mails_to("c1@example.com") == 0
@@ -63,11 +64,11 @@ async def test_an_unsubscribe_heard_on_the_bus_suppresses_the_mail_it_names(
                       context={"starts_at": "2026-01-09T17:00:00Z", "webinar_title": "Canada 101"})
     await inproc.settle()
     rows = await inproc.messages("u1")
-    assert rows["family.email_01"]["status"] == nurture
-    assert rows["webinar.email_01"]["status"] == transactional
+    assert rows["family.email_01"].status == nurture
+    assert rows["webinar.email_01"].status == transactional
     for row in rows.values():
-        if row["status"] == "suppressed":
-            assert row["reason"].startswith("address suppressed (unsubscribed, ")
+        if row.status == "suppressed":
+            assert row.reason.startswith("address suppressed (unsubscribed, ")
     assert inproc.mails_to("u1@example.com") == [nurture, transactional].count("sent")
 
 
@@ -84,20 +85,20 @@ async def test_the_weekly_cap_holds_the_eleventh_nurture_email_until_the_first_i
             await inproc.send("wk", f"family.email_{n:02d}")
             await inproc.settle()
     rows = await inproc.messages("wk")
-    assert [r["status"] for r in rows.values()] == ["sent"] * 10
+    assert [r.status for r in rows.values()] == ["sent"] * 10
     inproc.clock.set(t0 + timedelta(days=3, hours=2))
     await inproc.send("wk", "family.email_11")
     await inproc.settle()
     held = (await inproc.messages("wk"))["family.email_11"]
-    assert (held["status"], held["reason"]) == ("scheduled", "deferred: frequency cap reached")
-    due = held["due_at"].replace(tzinfo=t0.tzinfo)
+    assert (held.status, held.reason) == ("scheduled", "deferred: frequency cap reached")
+    due = held.due_at.replace(tzinfo=t0.tzinfo)
     assert due == t0 + timedelta(days=7)
     inproc.clock.set(due - timedelta(seconds=1))
     await inproc.settle()
-    assert (await inproc.messages("wk"))["family.email_11"]["status"] == "scheduled"
+    assert (await inproc.messages("wk"))["family.email_11"].status == "scheduled"
     inproc.clock.set(due)
     await inproc.settle()
-    assert (await inproc.messages("wk"))["family.email_11"]["status"] == "sent"
+    assert (await inproc.messages("wk"))["family.email_11"].status == "sent"
     assert inproc.mails_to("wk@example.com") == 11
 
 
@@ -106,7 +107,7 @@ async def test_the_send_intent_is_committed_before_the_smtp_transaction(inproc: 
     # and the subject recorded: a crash now is re-sent with the same Message-ID, never lost or doubled.
     inproc.scoring.add(make_lead("in", timezone="UTC"))
     sent = await inproc.send("in", "family.email_01")
-    seen: list[dict[str, Any]] = []
+    seen: list[Message] = []
     handler = inproc.sink.handler
     original = handler.handle_DATA
 
@@ -118,9 +119,9 @@ async def test_the_send_intent_is_committed_before_the_smtp_transaction(inproc: 
     await inproc.settle()
     [during] = seen
     after = (await inproc.messages("in"))["family.email_01"]
-    assert (during["status"], during["attempts"]) == ("sending", 1)
-    assert during["subject"] and during["subject"] == after["subject"]
-    assert (after["status"], after["attempts"]) == ("sent", 1)
+    assert (during.status, during.attempts) == ("sending", 1)
+    assert during.subject and during.subject == after.subject
+    assert (after.status, after.attempts) == ("sent", 1)
 
 
 async def test_consent_is_decided_with_the_lead_as_it_is_when_the_mail_goes(inproc: InProc) -> None:
@@ -129,12 +130,12 @@ async def test_consent_is_decided_with_the_lead_as_it_is_when_the_mail_goes(inpr
     await inproc.send("late", "family.email_01")      # 01:00 in Los Angeles: deferred to 08:00 there
     await inproc.settle()
     row = (await inproc.messages("late"))["family.email_01"]
-    assert row["status"] == "scheduled" and "daytime" in row["reason"]
+    assert row.status == "scheduled" and "daytime" in row.reason
     inproc.scoring.update("late", consent={"email": False})
-    inproc.clock.set(row["due_at"].replace(tzinfo=inproc.clock.now().tzinfo))
+    inproc.clock.set(row.due_at.replace(tzinfo=inproc.clock.now().tzinfo))
     await inproc.settle()
     row = (await inproc.messages("late"))["family.email_01"]
-    assert (row["status"], row["reason"]) == ("suppressed", "no email consent")
+    assert (row.status, row.reason) == ("suppressed", "no email consent")
     assert inproc.mails_to("late@example.com") == 0
 
 
@@ -149,7 +150,7 @@ async def test_a_hard_bounce_reaches_scoring_which_withdraws_consent(inproc: InP
     await inproc.send("hb", "family.email_02")
     await inproc.settle()
     row = (await inproc.messages("hb"))["family.email_02"]
-    assert (row["status"], row["reason"]) == ("suppressed", "no email consent")
+    assert (row.status, row.reason) == ("suppressed", "no email consent")
 
 
 async def test_a_click_is_recorded_once_implies_an_open_and_returns_the_signed_destination(inproc: InProc) -> None:
@@ -210,8 +211,8 @@ async def test_an_unsubscribe_link_stops_the_mail_of_its_scope_at_once(inproc: I
     rows = await inproc.messages("us")
     nurture_stopped = expected_scope in ("nurture", "all")
     transactional_stopped = expected_scope in ("transactional", "all")
-    assert rows["family.email_02"]["status"] == ("suppressed" if nurture_stopped else "sent")
-    assert rows["webinar.email_02"]["status"] == ("suppressed" if transactional_stopped else "sent")
+    assert rows["family.email_02"].status == ("suppressed" if nurture_stopped else "sent")
+    assert rows["webinar.email_02"].status == ("suppressed" if transactional_stopped else "sent")
 
 
 @pytest.mark.parametrize(("etype", "props", "lead_over", "scopes", "ad"), [
@@ -273,7 +274,7 @@ async def test_subscribing_again_lifts_unsubscribes_but_never_a_spam_report(inpr
         assert heard == ([{"scopes": resubscribed}] if resubscribed else []), lead_id
     await inproc.send("r1", "family.email_02")
     await inproc.settle()
-    assert (await inproc.messages("r1"))["family.email_02"]["status"] == "sent"
+    assert (await inproc.messages("r1"))["family.email_02"].status == "sent"
 
 
 async def test_consent_heard_on_the_bus_is_recorded_with_its_source(inproc: InProc) -> None:
@@ -284,6 +285,6 @@ async def test_consent_heard_on_the_bus_is_recorded_with_its_source(inproc: InPr
                      {**base, "id": "c3", "type": "page_viewed", "properties": {}})
     await inproc.bus({**base, "id": "c4", "type": "lead_updated", "properties": {"changed": ["consent"]},
                       "lead": {**lead, "consent": {"email": False}}})
-    history = [(r["channel"], r["granted"], r["source"]) for r in inproc.engine.store.consent_history("cx")]
+    history = [(r.channel, r.granted, r.source) for r in inproc.engine.store.consent_history("cx")]
     assert history == [("email", True, "bus:lead_created:form"), ("sms", False, "bus:lead_created:form"),
                        ("email", False, "bus:lead_updated:")]

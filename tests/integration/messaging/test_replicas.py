@@ -9,7 +9,6 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import pytest
 from sqlalchemy.orm import Session
@@ -17,7 +16,7 @@ from sqlalchemy.orm import Session
 from nurture.db import Database, open_database
 from nurture.settings import Settings
 from services.messaging.server import MIGRATIONS
-from services.messaging.storage import CLAIM_LEASE, LogLine, Store
+from services.messaging.storage import CLAIM_LEASE, LogLine, Message, Store
 
 NOW = datetime(2026, 1, 5, 8, 0, tzinfo=UTC)
 
@@ -26,18 +25,18 @@ NOW = datetime(2026, 1, 5, 8, 0, tzinfo=UTC)
 def db(settings: Settings) -> Iterator[Database]:
     database = open_database(settings, service="messaging", migrations_dir=MIGRATIONS)
     naive = NOW.replace(tzinfo=None)
-    Store(database.session).insert_messages([({
-        "id": f"m{n:02d}", "dedupe_key": f"k{n}", "lead_id": f"l{n}", "journey": "", "journey_version": 0,
-        "step": "", "channel": "email", "template": "welcome", "category": "nurture", "variant": "",
-        "context_json": "{}", "subject": "", "email_hash": "", "status": "scheduled", "reason": "",
-        "attempts": 0, "due_at": naive, "created_at": naive, "updated_at": naive,
-    }, LogLine(f"m{n:02d}", f"l{n}", "queued", "queued")) for n in range(10)])
+    Store(database.session).insert_messages([(Message(
+        id=f"m{n:02d}", dedupe_key=f"k{n}", lead_id=f"l{n}", journey="", journey_version=0,
+        step="", channel="email", template="welcome", category="nurture", variant="",
+        context_json="{}", subject="", email_hash="", status="scheduled", reason="",
+        attempts=0, due_at=naive, created_at=naive, updated_at=naive,
+    ), LogLine(f"m{n:02d}", f"l{n}", "queued", "queued")) for n in range(10)])
     yield database
     database.close()
 
 
-def ids(rows: list[dict[str, Any]]) -> set[str]:
-    return {str(r["id"]) for r in rows}
+def ids(rows: list[Message]) -> set[str]:
+    return {r.id for r in rows}
 
 
 def test_two_replicas_never_take_one_message(db: Database, settings: Settings) -> None:
@@ -53,7 +52,7 @@ def test_two_replicas_never_take_one_message(db: Database, settings: Settings) -
                 claimed.set()
                 assert hold.wait(10)
 
-        first: list[dict[str, Any]] = []
+        first: list[Message] = []
         a = threading.Thread(target=lambda: first.extend(Store(held).due_messages(NOW, 4, "a")))
         a.start()
         assert claimed.wait(10)

@@ -66,7 +66,7 @@ async def test_after_a_sink_restart_a_transactional_email_goes_on_its_first_atte
     await inproc.send("ana", "lead_magnet.email_01")
     await inproc.settle()
     row = (await inproc.messages("ana"))["lead_magnet.email_01"]
-    assert (row["status"], row["attempts"]) == ("sent", 1), row["reason"]
+    assert (row.status, row.attempts) == ("sent", 1), row.reason
     assert inproc.mails_to("ana@example.com") == 1
 
 
@@ -117,7 +117,7 @@ async def test_an_internationalized_address_does_not_hold_up_the_batch(inproc: I
     await inproc.settle()
     for lead_id in ("zoe", "ana"):
         row = (await inproc.messages(lead_id))["lead_magnet.email_01"]
-        assert row["status"] == "sent", (lead_id, row["reason"])
+        assert row.status == "sent", (lead_id, row.reason)
     assert inproc.mails_to("ana@example.com") == 1
     assert inproc.mails_to("zoë.müller@xn--exmple-cua.de") == 1
 

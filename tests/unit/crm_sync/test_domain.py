@@ -151,7 +151,7 @@ def test_timeline_reads_back_in_the_order_written_within_one_instant() -> None:
         for kind in written:
             storage.add_timeline(s, "l1", T0, kind, kind, {})
         s.commit()
-        assert [i["type"] for i in storage.get_timeline(s, "l1", 100)] == written
+        assert [i.type for i in storage.get_timeline(s, "l1", 100)] == written
 
 
 def test_modification_times_ahead_of_the_clock(cfg: domain.SyncConfig) -> None:
