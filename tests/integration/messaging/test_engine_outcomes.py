@@ -146,6 +146,42 @@ async def test_mail_is_sent_with_its_timeline_line_and_fed_back(inproc: InProc) 
                                           "stage": "welcome", "topic": "family_relocation", "format": "newsletter"})
 
 
+async def test_a_message_finishing_while_the_next_batch_is_read_is_not_sent_again(inproc: InProc) -> None:
+    """Batches overlap: while one is on the wire the next is read. A message of the first batch is read
+    again as `sending`, and its send finishes (recorded, out of the in-flight set) before that read is
+    filtered: it must still be left out, not handled, and mailed, a second time."""
+    inproc.scoring.add(make_lead("l1", timezone="UTC"))
+    engine, db = inproc.engine, inproc.engine.db
+
+    class FinishingDuringReads:
+        """The database, except that a read of due messages returns only once the batch in flight has
+        finished: the interleaving a busy machine gives now and then, every time."""
+
+        async def run(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+            out = await db.run(fn, *args, **kwargs)
+            if getattr(fn, "__name__", "") == "due_messages" and engine._inflight:
+                read_while_sending = [m for m in out if m.id in engine._inflight]
+                assert read_while_sending, "the read should find the in-flight message still sending"
+                for _ in range(500):
+                    if not engine._inflight:
+                        break
+                    await asyncio.sleep(0.01)
+            return out
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(db, name)
+
+    engine.db = FinishingDuringReads()
+    try:
+        await send(inproc)
+        await inproc.settle()
+    finally:
+        engine.db = db
+    r = await row(inproc)
+    assert (r.status, r.attempts) == ("sent", 1)
+    assert inproc.mails_to("l1@example.com") == 1
+
+
 async def test_mail_outside_the_leads_daytime_is_deferred_to_its_morning(inproc: InProc) -> None:
     # The virtual clock starts at 09:00 UTC: 01:00 in Los Angeles, whose 08:00 is 16:00 UTC.
     inproc.scoring.add(make_lead("l1", timezone="America/Los_Angeles"))
