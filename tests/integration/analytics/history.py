@@ -400,7 +400,7 @@ def score_now(stream: Sequence[dict[str, Any]], r: Range) -> list[dict[str, Any]
             if score is not None and r.start <= at_of(e).date() <= r.end and (
                     r.segment is None or seg_of(e) == r.segment):
                 picks[name].append((score, now))
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name in [None, *sorted(j for j in picks if j is not None)]:
         v = picks.get(name, [])
         if not v:
