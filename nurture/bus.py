@@ -146,11 +146,12 @@ class Consumer:
                     raise
         self._ready = True
 
-    async def _follow_ownership(self) -> None:
+    async def _follow_ownership(self) -> int:
         """Read the shards of the partitions owned now: stop reading those given up; take over those
-        gained (their pending entries claimed and handled first, in order)."""
+        gained (their pending entries claimed and handled first, in order). Returns how many entries
+        the take-overs handled."""
         if self._ownership is None:
-            return
+            return 0
         owned = self._ownership.owned()
         now = {s for s in range(self._shards) if s % self._ownership.partitions in owned}
         for shard in sorted(self._active - now):
@@ -158,11 +159,13 @@ class Consumer:
             task = self._waiting.pop(stream_key(shard), None)
             if task is not None:  # entries it read stay pending: the new owner claims them
                 task.cancel()
+        handled = 0
         for shard in sorted(now - self._active):
-            await self._take_over(shard)
+            handled += await self._take_over(shard)
             self._active.add(shard)
+        return handled
 
-    async def _take_over(self, shard: int) -> None:
+    async def _take_over(self, shard: int) -> int:
         key = stream_key(shard)
         start: Any = "0-0"
         claimed = 0
@@ -186,6 +189,7 @@ class Consumer:
         if claimed:
             log.info("bus %s: took shard %d over with %d pending entries (%d handled)", self._group, shard,
                      claimed, handled)
+        return handled
 
     async def _read(self, start: str, block: int | None, keys: list[str] | None = None
                     ) -> list[tuple[bytes, list[_Entry]]]:
@@ -357,7 +361,7 @@ class Consumer:
         await self.ensure_groups()
         total = 0
         async with self._lock:
-            await self._follow_ownership()
+            total += await self._follow_ownership()
             for start in ("0", ">"):
                 while True:
                     entries = await self._read(start, None)
