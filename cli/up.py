@@ -29,9 +29,9 @@ from nurture.addresses import single_port
 from nurture.settings import SERVICES, Settings, SettingsError, load_settings, to_environ
 
 # The services `--replicas N` runs N of: their shared work is claimed safely across processes (scoring's
-# accept path; crm_sync's and messaging's SQL queues with SKIP LOCKED and a lease). Not journeys (per-lead
-# locks in process) nor analytics (its fold reads and rewrites per-lead state between two commits).
-REPLICATED = ("scoring", "messaging", "crm_sync")
+# accept path; crm_sync's and messaging's SQL queues with SKIP LOCKED and a lease; journeys' and analytics'
+# leads by partitions each replica owns through a lease, its commits fenced: nurture.partitions).
+REPLICATED = ("scoring", "journeys", "messaging", "crm_sync", "analytics")
 ROOT = Path(__file__).resolve().parent.parent  # the checkout: children run `python -m services.<svc>` here
 
 
@@ -313,9 +313,8 @@ def _redis_conf(folder: Path, password: str) -> Path:
 
 
 def _replicas_note(replicas: int) -> str:
-    return (f"{', '.join(REPLICATED)} ×{replicas}; journeys, analytics and the gateway ×1 (journeys keeps per-lead "
-            "locks in process; analytics' fold reads and rewrites per-lead state, so two consumers in its group "
-            "could count one fact's effect twice; the gateway is stateless but one is plenty on one machine)")
+    return (f"{', '.join(REPLICATED)} ×{replicas} (journeys and analytics share the leads' partitions); the gateway "
+            "×1 (stateless, but one is plenty on one machine)")
 
 
 def _last_redis(children: list[Child]) -> str | None:

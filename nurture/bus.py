@@ -8,6 +8,13 @@ A message is a `nurture.busmessage.BusMessage` (contract: protos/nurture/api/bus
 entry's field `m` holds `busmessage.encode(...)`, which is what handlers get back, decoded and typed.
 A message whose handler keeps failing is moved to `nurture:bus-dead:{<group>}` after MAX_DELIVERIES,
 so one bad message never blocks a shard.
+
+A consumer given an `Ownership` (`nurture.partitions`) reads only the shards of the partitions its
+replica owns (shard s belongs to partition s mod partitions). When it gains a shard, it first claims
+every entry pending there (XAUTOCLAIM: what the shard's last owner read and did not acknowledge) and
+handles those before any new entry, so one lead's messages keep their order across a hand-over. A
+handler refused by the fencing check (`Fenced`) leaves its entries pending for the new owner, without
+counting a failure towards the dead letters.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from redis.exceptions import ResponseError
 from nurture import busmessage
 from nurture.admin import DeadLetter, Retried
 from nurture.busmessage import BusMessage
+from nurture.partitions import Fenced, Ownership
 from nurture.redisconn import AsyncRedis, is_cluster, shard_of, sharded_key
 from nurture.telemetry import batch_parent, carrier_contexts
 
@@ -100,6 +108,7 @@ class Consumer:
         batch: int = 500,
         consumer: str | None = None,
         linger: float = 0.05,
+        ownership: Ownership | None = None,
     ) -> None:
         self._redis = client
         self._group = group
@@ -116,6 +125,9 @@ class Consumer:
         self._failures: dict[tuple[bytes, bytes], int] = {}
         self._ready = False
         self._waiting: dict[str, asyncio.Task[list[tuple[bytes, list[_Entry]]]]] = {}  # on a cluster
+        self._ownership = ownership
+        # The shards read now: every one, or (with an ownership) those taken over from their last owner.
+        self._active: set[int] = set(range(shards)) if ownership is None else set()
 
     async def ensure_groups(self) -> None:
         if self._ready:
@@ -128,8 +140,59 @@ class Consumer:
                     raise
         self._ready = True
 
-    async def _read(self, start: str, block: int | None) -> list[tuple[bytes, list[_Entry]]]:
-        keys = [stream_key(s) for s in range(self._shards)]
+    async def _follow_ownership(self) -> int:
+        """Read the shards of the partitions owned now: stop reading those given up; take over those
+        gained (their pending entries claimed and handled first, in order). Returns how many entries
+        the take-overs handled."""
+        if self._ownership is None:
+            return 0
+        owned = self._ownership.owned()
+        now = {s for s in range(self._shards) if s % self._ownership.partitions in owned}
+        for shard in sorted(self._active - now):
+            self._active.discard(shard)
+            task = self._waiting.pop(stream_key(shard), None)
+            if task is not None:  # entries it read stay pending: the new owner claims them
+                task.cancel()
+        handled = 0
+        for shard in sorted(now - self._active):
+            handled += await self._take_over(shard)
+            self._active.add(shard)
+        return handled
+
+    async def _take_over(self, shard: int) -> int:
+        key = stream_key(shard)
+        start: Any = "0-0"
+        claimed = 0
+        while True:
+            # Not justid: redis-py then drops the cursor the loop needs.
+            answer: Any = await self._redis.xautoclaim(key, self._group, self._consumer, 0, start_id=start,
+                                                       count=self._batch)
+            start = answer[0]
+            claimed += len(answer[1])
+            if start in (b"0-0", "0-0"):
+                break
+        handled = 0
+        while True:
+            entries = await self._read("0", None, [key])
+            if not any(items for _, items in entries):
+                break
+            done = await self._handle(entries)
+            handled += done
+            if done == 0:
+                break
+        if claimed:
+            log.info("bus %s: took shard %d over with %d pending entries (%d handled)", self._group, shard,
+                     claimed, handled)
+        return handled
+
+    async def _read(self, start: str, block: int | None, keys: list[str] | None = None
+                    ) -> list[tuple[bytes, list[_Entry]]]:
+        if keys is None:
+            keys = [stream_key(s) for s in sorted(self._active)]
+        if not keys:  # no shard owned (yet): nothing to read, but a blocking read still waits
+            if block:
+                await asyncio.sleep(block / 1000)
+            return []
         if not is_cluster(self._redis):
             return await self._xreadgroup({k: start for k in keys}, block)
         # A cluster runs a multi-key command only when all its keys share a slot, and each shard's stream
@@ -205,6 +268,11 @@ class Consumer:
         for stream, ids, messages, carriers in batches:
             try:
                 await self._call(messages, carriers)
+            except Fenced as exc:
+                # Not a failure of the messages: this replica lost the shard's partition; they stay
+                # pending, and its new owner claims and handles them.
+                log.info("bus %s: %d messages left to the new owner: %s", self._group, len(messages), exc)
+                continue
             except Exception as exc:
                 log.exception("bus %s: handler failed on %d messages", self._group, len(messages))
                 await self._record_failure(stream, ids, messages, f"{type(exc).__name__}: {exc}"[:2000])
@@ -287,6 +355,7 @@ class Consumer:
         await self.ensure_groups()
         total = 0
         async with self._lock:
+            total += await self._follow_ownership()
             for start in ("0", ">"):
                 while True:
                     entries = await self._read(start, None)
@@ -316,6 +385,9 @@ class Consumer:
                 # still records it, and the loop ends here.
                 raise asyncio.CancelledError
             try:
+                if self._ownership is not None:
+                    async with self._lock:
+                        await self._follow_ownership()
                 # Block outside the lock so Settle's drain is never starved by an idle read.
                 entries = await self._read(">", idle_block_ms)
                 if entries and self._linger and sum(len(items) for _, items in entries) < self._batch:

@@ -95,6 +95,9 @@ class Settings:
     # live replica's alone (those return to the queue only when their lease runs out). Empty: this host's
     # name (a container's, where every replica of a scaled service gets the same environment).
     replica: str = "0"
+    # Journeys and analytics replicas own partitions of the leads through leases in Redis
+    # (nurture.partitions): a dead or paused replica's partitions pass to the others after this long.
+    partition_lease_ms: int = 10_000
 
     def sqlite_url(self, service: str) -> str:
         """The embedded default: one SQLite file per service under the data dir."""
@@ -218,6 +221,8 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
                             "traces from 0 (none) to 1 (every one)")
     if settings.bus_shards < 1 or settings.timer_shards < 1:
         raise SettingsError("NURTURE_BUS_SHARDS and NURTURE_TIMER_SHARDS must be positive")
+    if settings.partition_lease_ms < 300:
+        raise SettingsError("NURTURE_PARTITION_LEASE_MS must be at least 300 (a lease is renewed every third of it)")
     if settings.redis_cluster and urlparse(settings.redis_url).path.strip("/") not in ("", "0"):
         raise SettingsError(f"NURTURE_REDIS_URL: a Redis Cluster has database 0 only, not "
                             f"{urlparse(settings.redis_url).path.strip('/')!r} (NURTURE_REDIS_CLUSTER=1)")

@@ -1,6 +1,7 @@
 """Analytics service wiring: SQL (Alembic migrations under ./migrations), Redis, the clock, the read
-model, the gRPC server (Analytics + Admin) and the bus consumer (group `analytics`; real clock only,
-with a virtual clock Admin.Settle drains the bus).
+model, the gRPC server (Analytics + Admin), the lease keeper of the partitions this replica folds
+(nurture.partitions: every one when it is alone) and the bus consumer (group `analytics`, reading the
+owned partitions' shards; real clock only, with a virtual clock Admin.Settle drains the bus).
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ from nurture.api.common.v1 import common_pb2, common_pb2_grpc
 from nurture.bus import BusDeadLetters, Consumer
 from nurture.clock import make_clock
 from nurture.db import open_database
+from nurture.partitions import Ownership, replica_name
 from nurture.rpc import start_server
 from nurture.service import Running
 from nurture.settings import Settings
-from services.analytics import storage
+from services.analytics import storage, tables
 from services.analytics.app.core import ReadModel, load_costs
 from services.analytics.servicer import AnalyticsServicer
 
@@ -35,12 +37,15 @@ async def serve(settings: Settings) -> Running:
     db = open_database(settings, service="analytics", migrations_dir=MIGRATIONS)
     client = redisconn.connect(settings)
     clock = make_clock(settings)
-    model = ReadModel(db, clock, load_costs())
+    ownership = Ownership(client, db, tables.partitions, group="analytics", partitions=settings.bus_shards,
+                          owner=replica_name(settings.replica), lease_ms=settings.partition_lease_ms)
+    model = ReadModel(db, clock, load_costs(), ownership)
     await model.read(storage.ensure_current)  # a release whose fold changed derives its tables again first
     # Large batches and a long linger: a report may lag the bus by a second, and each commit folds many
     # messages (the fold's CPU per message fell by a fifth from 500 to 2,000 a batch: bench/analytics.py).
     consumer = Consumer(client, group="analytics", shards=settings.bus_shards, handler=model.handle_messages,
-                        batch=FOLD_BATCH, linger=FOLD_LINGER_S)
+                        batch=FOLD_BATCH, linger=FOLD_LINGER_S, ownership=ownership)
+    await ownership.tick()  # alone, a replica folds every partition from the start
 
     async def settle() -> tuple[int, datetime | None]:
         return await consumer.drain(), None
@@ -61,11 +66,12 @@ async def serve(settings: Settings) -> Running:
 
     handle = await start_server(name="analytics", port=settings.grpc_port, register=register,
                                 mesh_tokens=settings.mesh_tokens)
-    tasks: list[asyncio.Task[None]] = []
+    tasks: list[asyncio.Task[None]] = [asyncio.create_task(ownership.run(), name="analytics-partitions")]
     if settings.clock != "virtual":
         tasks.append(asyncio.create_task(consumer.run(), name="analytics-bus"))
 
     async def close() -> None:
+        await ownership.release_all()
         await client.aclose()
         db.close()
 

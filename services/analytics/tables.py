@@ -23,6 +23,8 @@ from sqlalchemy import (
     Text,
 )
 
+from nurture.partitions import partitions_table
+
 metadata = MetaData()
 _D = 64  # width of a dimension value (journey, segment, template, ...)
 
@@ -295,6 +297,9 @@ meta = Table(
     Column("key", String(64), primary_key=True),
     Column("value", String(200), nullable=False),
 )
+
+# The fencing epoch of each partition of the leads (nurture.partitions: replicas of the fold).
+partitions = partitions_table(metadata, "analytics")
 
 DERIVED = (messages, engagement, stage_engagement, sends,
            nurtured, reach, leads, lifecycle, lifecycle_bands, lead_stages, stage_counts,

@@ -1,8 +1,9 @@
 """Journeys service wiring (process bootstrap only); the gRPC methods are in servicer.py.
 
-serve() opens SQL (Alembic migrations under ./migrations), Redis, the clock, syncs the playbook files
-into versioned definitions, recovers timers, and starts the bus consumer and the timer loop (real
-clock only: with a virtual clock only Admin.Settle moves work, so runs are deterministic).
+serve() opens SQL (Alembic migrations under ./migrations), Redis, the clock, takes the partitions of the
+leads this replica owns (all of them when it is alone; nurture.partitions), syncs the playbook files into
+versioned definitions, recovers timers, and starts the lease keeper (always), the bus consumer and the
+timer loop (real clock only: with a virtual clock only Admin.Settle moves work, so runs are deterministic).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
@@ -23,9 +25,11 @@ from nurture.api.journeys.v1 import journeys_pb2, journeys_pb2_grpc
 from nurture.bus import BusDeadLetters, Consumer
 from nurture.clock import make_clock
 from nurture.db import open_database
+from nurture.partitions import Ownership, replica_name
 from nurture.rpc import start_server
 from nurture.service import Running
 from nurture.settings import Settings
+from services.journeys import storage
 from services.journeys.app.runner import JourneysRuntime
 from services.journeys.clients import Clients
 from services.journeys.domain.calendar import load_calendar
@@ -42,10 +46,17 @@ async def serve(settings: Settings) -> Running:
     client = redisconn.connect(settings)
     clock = make_clock(settings)
     clients = Clients(settings)
+    # A lead's bus shard and timer shard fall in one partition when the partitions divide both counts.
+    ownership = Ownership(client, db, storage.PARTITIONS, group="journeys",
+                          partitions=math.gcd(settings.bus_shards, settings.timer_shards),
+                          owner=replica_name(settings.replica), lease_ms=settings.partition_lease_ms)
     runtime = JourneysRuntime(db=db, timers=TimerStore(client, settings.timer_shards), clock=clock, clients=clients,
-                              settings=read_settings(), calendar=load_calendar())
+                              settings=read_settings(), calendar=load_calendar(), ownership=ownership)
+    ownership.on_change(runtime.on_partitions)
+    await ownership.tick()  # alone, a replica owns every partition before it serves, as one process did
     await runtime.start()
-    consumer = Consumer(client, group="journeys", shards=settings.bus_shards, handler=runtime.handle_messages)
+    consumer = Consumer(client, group="journeys", shards=settings.bus_shards, handler=runtime.handle_messages,
+                        ownership=ownership)
 
     async def settle() -> tuple[int, datetime | None]:
         return await runtime.settle(consumer.drain)
@@ -79,12 +90,13 @@ async def serve(settings: Settings) -> Running:
 
     handle = await start_server(name="journeys", port=settings.grpc_port, register=register,
                                 mesh_tokens=settings.mesh_tokens)
-    tasks: list[asyncio.Task[None]] = []
+    tasks: list[asyncio.Task[None]] = [asyncio.create_task(ownership.run(), name="journeys-partitions")]
     if settings.clock != "virtual":
         tasks.append(asyncio.create_task(consumer.run(), name="journeys-bus"))
         tasks.append(asyncio.create_task(runtime.timer_loop(), name="journeys-timers"))
 
     async def close() -> None:
+        await ownership.release_all()  # the other replicas take its partitions now, not after the lease
         await clients.close()
         await client.aclose()
         db.close()

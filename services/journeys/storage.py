@@ -36,6 +36,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from nurture import times
+from nurture.partitions import partitions_table
 from services.journeys.domain.state import LIVE, Enrollment, LeadState, Outcome
 from services.journeys.domain.step_counts import COUNTED_TRANSITIONS, Tally
 
@@ -175,6 +176,10 @@ class CampaignRow(Base):
     done_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
+# The fencing epoch of each partition of the leads (nurture.partitions; the replicas' work loop).
+PARTITIONS = partitions_table(Base.metadata, "journeys")
+
+
 def campaigns_done(session: Session) -> set[str]:
     return set(session.scalars(select(CampaignRow.id)))
 
@@ -206,6 +211,14 @@ def _insert(session: Session, table: Any) -> Any:
 
 def definitions(session: Session) -> list[Definition]:
     return list(session.scalars(select(Definition).order_by(Definition.key, Definition.version)))
+
+
+def definitions_signature(session: Session) -> tuple[int, int, str]:
+    """Changes whenever a version is stored or published (rows, newest id, newest publication): how a
+    replica learns cheaply that another one changed the definitions."""
+    count, newest, published = session.execute(select(func.count(Definition.id), func.max(Definition.id),
+                                                      func.max(Definition.published_at))).one()
+    return int(count or 0), int(newest or 0), str(published or "")
 
 
 def add_definition(session: Session, *, key: str, document: dict[str, Any], source: str, now: datetime,

@@ -13,6 +13,7 @@ bench/simulate.py).
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import NamedTuple
@@ -125,12 +126,13 @@ class TimerStore:
             pipe.zrem(timer_key(self.shard(lead_id)), member(lead_id, ekey, token))
         await pipe.execute()
 
-    async def claim(self, now: datetime, limit: int = 500) -> list[Timer]:
-        """Atomically take up to `limit` due timers per shard (plus expired leases)."""
+    async def claim(self, now: datetime, limit: int = 500, shards: Iterable[int] | None = None) -> list[Timer]:
+        """Atomically take up to `limit` due timers per shard (plus expired leases), of every shard or of
+        `shards` (those of the partitions this replica owns)."""
         wall = time.time()
         out: list[Timer] = []
         with redis_span("redis timers.claim"):
-            for shard in range(self.shards):
+            for shard in (range(self.shards) if shards is None else sorted(shards)):
                 members = await self._claim(
                     keys=[timer_key(shard), inflight_key(shard)],
                     args=[to_ms(now), limit, int(wall * 1000), int((wall + LEASE_S) * 1000)])
@@ -148,10 +150,23 @@ class TimerStore:
             pipe.zrem(inflight_key(t.shard), t.member)
         await pipe.execute()
 
-    async def recover(self) -> int:
-        """At start-up: everything a previous process left in flight fires again now."""
+    async def release(self, timers: list[Timer]) -> None:
+        """Claimed timers whose work was refused go back to be claimed again now (into the due set first:
+        a crash between the two leaves a timer in both, which fires twice and the token check drops)."""
+        if not timers:
+            return
+        pipe = self._redis.pipeline(transaction=False)
+        for t in timers:
+            pipe.zadd(timer_key(t.shard), {t.member: 0})
+        for t in timers:
+            pipe.zrem(inflight_key(t.shard), t.member)
+        await pipe.execute()
+
+    async def recover(self, shards: Iterable[int] | None = None) -> int:
+        """Everything a previous process left in flight (in every shard, or in `shards`: a partition's, when
+        this replica has just taken it over) fires again now."""
         moved = 0
-        for shard in range(self.shards):
+        for shard in (range(self.shards) if shards is None else sorted(shards)):
             moved += int(await self._recover(keys=[timer_key(shard), inflight_key(shard)]))
         return moved
 

@@ -1,8 +1,8 @@
 """The analytics application: the read model the servicer and the bus consumer share.
 
 `handle_messages` turns each bus message into a Fact (`domain.facts.from_bus`) and records a batch in
-one transaction (acked by the consumer after it); `read` runs a report's storage function; `query`
-resolves a report's range and filters.
+one transaction (acked by the consumer after it; with replicas, fenced by the partitions it folds);
+`read` runs a report's storage function; `query` resolves a report's range and filters.
 """
 
 from __future__ import annotations
@@ -18,9 +18,10 @@ from nurture.api.analytics.v1 import analytics_pb2
 from nurture.busmessage import BusMessage
 from nurture.clock import Clock
 from nurture.db import Database
+from nurture.partitions import Ownership
 from services.analytics import storage
 from services.analytics.domain import reports
-from services.analytics.domain.facts import from_bus
+from services.analytics.domain.facts import Fact, from_bus
 
 COSTS = Path(__file__).resolve().parent.parent / "data" / "costs.yaml"
 DEFAULT_DAYS = 30
@@ -36,15 +37,27 @@ def load_costs(path: Path = COSTS) -> dict[str, Any]:
 class ReadModel:
     """The read model behind the servicer and the bus consumer."""
 
-    def __init__(self, db: Database, clock: Clock, costs: dict[str, Any]) -> None:
+    def __init__(self, db: Database, clock: Clock, costs: dict[str, Any], ownership: Ownership | None = None) -> None:
         self.db = db
         self.clock = clock
         self.costs = costs
+        self.ownership = ownership
 
     async def handle_messages(self, messages: list[BusMessage]) -> None:
         batch = [f for f in (from_bus(m) for m in messages) if f is not None]
         if batch:
-            await self.db.run(self._in_session, storage.record, batch)
+            # The partitions of the bus shards the messages came from (a message's lead id names its shard).
+            parts = set() if self.ownership is None else {self.ownership.partition_of(m.lead_id) for m in messages}
+            await self.db.run(self._record, batch, parts)
+
+    def _record(self, batch: list[Fact], parts: set[int]) -> None:
+        """Record and fold a batch in one transaction; with replicas, the fencing check of its leads'
+        partitions last: the fold reads a lead's state and writes it back, so only the owner of the
+        lead's partition may commit it (two consumers folding one lead's facts could count one twice)."""
+        with self.db.session() as s:
+            storage.record(s, batch)
+            if self.ownership is not None:
+                self.ownership.check(s, parts)
 
     def _in_session(self, fn: Callable[..., Any], *args: Any) -> Any:
         with self.db.session() as s:

@@ -6,6 +6,15 @@ crm_sync RequestTask, scoring UpsertLead, each with its dedupe key), commit stat
 transitions in one transaction, then arm the touched enrolments' timers in Redis and ack the claimed
 ones. A crash anywhere replays from the last commit: the dedupe keys repeat, the receiving services
 answer `duplicate`, and the token in each timer member drops timers that no longer match.
+
+Replicas (`nurture.partitions`): a lead belongs to partition crc32(lead) mod P, where P divides both the
+bus and the timer shard counts (their greatest common divisor), so a lead's bus shard and timer shard
+fall in the same partition. A replica reads the bus shards and claims the timer shards of the partitions
+it owns; every transaction of that work ends with the fencing check, and an effect is performed only
+while the lead's partition is owned (`Ownership.require`): a replica that lost a partition (or woke from a
+pause past its lease) commits nothing and sends nothing more for it, and the new owner starts again from
+the last commit, where the dedupe keys make a repeated effect `duplicate`. Without an ownership (the
+simulator, tests that drive the runtime alone) the runtime owns everything.
 """
 
 from __future__ import annotations
@@ -14,6 +23,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -25,6 +35,7 @@ from nurture.busmessage import BusMessage
 from nurture.clock import Clock
 from nurture.db import Database
 from nurture.locks import KeyLocks
+from nurture.partitions import Fenced, Ownership
 from services.journeys import storage
 from services.journeys.clients import Clients, Unavailable
 from services.journeys.domain import step_counts, whynot
@@ -51,6 +62,7 @@ HOUSEKEEPING_EVERY = timedelta(hours=1)
 CLAIM_BATCH = 500
 PARALLEL_LEADS = 32
 CALENDAR_PAGE = 500  # leads per step of a campaign's walk
+DEFINITIONS_EVERY_S = 1.0  # how often a replica looks for versions another replica stored or published
 
 
 class NotFound(Exception):
@@ -92,7 +104,10 @@ class JourneySummary:
 
 class JourneysRuntime:
     def __init__(self, *, db: Database, timers: TimerStore, clock: Clock, clients: Clients,
-                 settings: PlaybookSettings, calendar: Calendar | None = None) -> None:
+                 settings: PlaybookSettings, calendar: Calendar | None = None,
+                 ownership: Ownership | None = None) -> None:
+        self.ownership = ownership
+        self._definitions_seen: tuple[int, int, str] | None = None
         self.calendar = calendar or Calendar()
         self._campaigns_done: set[str] | None = None  # read from SQL once, then kept here
         self.db = db
@@ -124,7 +139,14 @@ class JourneysRuntime:
     def _load_registry(self) -> None:
         with self.db.session() as s:
             rows = storage.definitions(s)
+            self._definitions_seen = storage.definitions_signature(s)
         for row in rows:
+            if self.registry.resolve(row.key, row.version) is not None:  # a version's document never changes
+                if row.status == "published":
+                    self.registry.publish(row.key, row.version)
+                self.meta.setdefault(row.key, {})[row.version] = VersionInfo(row.version, row.status, row.created_at,
+                                                                             row.published_at)
+                continue
             doc = json.loads(row.document)
             try:
                 journey = load(doc, version=row.version)
@@ -137,13 +159,25 @@ class JourneysRuntime:
             self.meta.setdefault(row.key, {})[row.version] = VersionInfo(row.version, row.status, row.created_at,
                                                                          row.published_at)
 
+    async def refresh_definitions(self) -> bool:
+        """Learn the versions another replica stored or published since this one last looked (one small
+        read when nothing changed); True when the registry changed."""
+        def signature() -> tuple[int, int, str]:
+            with self.db.session() as s:
+                return storage.definitions_signature(s)
+        if await self.db.run(signature) == self._definitions_seen:
+            return False
+        await self.db.run(self._load_registry)
+        return True
+
     async def start(self) -> None:
         rebuilt = await self.db.run(self._ensure_counters)
         if rebuilt is not None:
             log.info("journeys: step counters derived from the record (%d cells)", rebuilt)
         await self.db.run(self._sync_playbook, self.clock.now())
         await self.db.run(self._load_registry)
-        moved = await self.timers.recover()
+        # Replicas: each takes its partitions' in-flight timers back when it gains them (on_partitions).
+        moved = await self.timers.recover() if self.ownership is None else 0
         rearmed = await self.rearm_all()
         log.info("journeys: %d journeys live, %d in-flight timers recovered, %d timers re-armed",
                  len(self.registry.published()), moved, rearmed)
@@ -173,6 +207,35 @@ class JourneysRuntime:
         for i in range(0, len(inactive), 5000):
             await self.timers.schedule(inactive[i:i + 5000])
         return len(main) + len(inactive)
+
+    # -- partitions -------------------------------------------------------------------------------
+
+    def _fence(self, s: Any, lead_ids: Any) -> None:
+        """The fencing check of a transaction writing these leads' state (last, before its commit)."""
+        if self.ownership is not None:
+            self.ownership.check(s, {self.ownership.partition_of(lead) for lead in lead_ids})
+
+    def _partition(self, lead_id: str) -> int:
+        assert self.ownership is not None
+        return self.ownership.partition_of(lead_id)
+
+    def _timer_shards(self) -> set[int] | None:
+        """The timer shards this replica claims: every one alone, else its partitions'."""
+        if self.ownership is None:
+            return None
+        owned = self.ownership.owned()
+        return {t for t in range(self.timers.shards) if t % self.ownership.partitions in owned}
+
+    async def on_partitions(self, gained: set[int], lost: set[int]) -> None:
+        """Ownership changed: a gained partition's timers left in flight by its last owner fire again
+        now (their token check drops what that owner did commit); campaigns are read again, as the
+        campaign marks of other partitions matter now."""
+        self._campaigns_done = None
+        if gained and self.ownership is not None:
+            shards = {t for t in range(self.timers.shards) if t % self.ownership.partitions in gained}
+            moved = await self.timers.recover(shards)
+            if moved:
+                log.info("journeys: %d in-flight timers of partitions %s fire again", moved, sorted(gained))
 
     # -- arming -----------------------------------------------------------------------------------
 
@@ -227,6 +290,7 @@ class JourneysRuntime:
                 if state is not None:
                     results.append((state, out))
             writes.flush(s)
+            self._fence(s, by_lead)
         return results
 
     def _apply_messages(self, s: Any, writes: storage.Writes, state: LeadState | None, lead_id: str,
@@ -278,7 +342,10 @@ class JourneysRuntime:
         now = now or self.clock.now()
         total = 0
         while True:
-            claimed = await self.timers.claim(now, CLAIM_BATCH)
+            shards = self._timer_shards()
+            if shards is not None and not shards:
+                return total
+            claimed = await self.timers.claim(now, CLAIM_BATCH, shards)
             if not claimed:
                 return total
             total += len(claimed)
@@ -302,6 +369,16 @@ class JourneysRuntime:
                 await self.db.run(self._save_many, done, now)
                 for state, out in done:
                     await self._arm(state, out)
+            except Fenced as exc:
+                # A partition was lost mid-batch: nothing of it committed. The timers of partitions still
+                # owned go back to be claimed again now; the lost ones are the new owner's (it moves them
+                # back when it takes the partition over, or their lease runs out).
+                assert self.ownership is not None
+                kept = [t for t in claimed if self.ownership.owns(self.ownership.partition_of(t.lead_id))]
+                log.info("journeys: a batch of %d timers was refused (%s); %d go back to the queue", len(claimed),
+                         exc, len(kept))
+                await self.timers.release(kept)
+                return
             except Exception:
                 log.exception("journeys: a batch of %d timers failed; they will fire again", len(claimed))
                 return
@@ -350,6 +427,7 @@ class JourneysRuntime:
             for state, out in done:
                 writes.add(state, out, now=now)
             writes.flush(s)
+            self._fence(s, [state.lead_id for state, _ in done])
 
     def _load(self, lead_id: str) -> LeadState | None:
         with self.db.session() as s:
@@ -358,12 +436,18 @@ class JourneysRuntime:
     def _save(self, state: LeadState, out: Outcome, now: datetime) -> None:
         with self.db.session() as s:
             storage.save(s, state, out, now=now)
+            if self.ownership is not None and self.ownership.owns(self.ownership.partition_of(state.lead_id)):
+                self._fence(s, [state.lead_id])
 
     async def _drive(self, state: LeadState, ekey: str, now: datetime, out: Outcome, *, side: bool) -> None:
         while True:
             effect = self.engine.next_effect(state, ekey, now, out, side=side)
             if effect is None:
                 return
+            if self.ownership is not None:
+                # Never send for a lead whose partition may be another replica's now (a pause past the
+                # lease): the batch is refused before the call, not only at its commit.
+                self.ownership.require([self.ownership.partition_of(state.lead_id)])
             try:
                 status, message_id, reason = await self.clients.perform(state.lead_id, effect)
             except Unavailable as exc:
@@ -386,6 +470,8 @@ class JourneysRuntime:
         await self.db.run(prune)
 
     async def settle(self, drain: Any) -> tuple[int, datetime | None]:
+        if self.ownership is not None:
+            await self.refresh_definitions()
         await self.housekeeping()
         work = int(await drain())
         work += await self.run_calendar()
@@ -408,33 +494,51 @@ class JourneysRuntime:
             self._campaigns_done = await self.db.run(q)
         return self._campaigns_done
 
+    def _done_here(self, marks: set[str]) -> set[str]:
+        """The campaigns done as far as this replica is concerned: marked done (a single process marks the
+        campaign), or, with replicas, marked `<campaign>#<partition>` for every partition it owns."""
+        if self.ownership is None:
+            return marks
+        owned = self.ownership.owned()
+        ids = {m.partition("#")[0] for m in marks}
+        return {c for c in ids if c in marks or all(f"{c}#{p}" in marks for p in owned)}
+
     async def next_campaign(self) -> datetime | None:
-        return self.calendar.next_at(await self._done_campaigns())
+        return self.calendar.next_at(self._done_here(await self._done_campaigns()))
 
     async def run_calendar(self) -> int:
         """Fire every campaign that is due: its event to each lead in its audience (idempotent per lead
-        by message id, so a crash half-way runs the rest on the next pass), then record it as done."""
+        by message id, so a crash half-way runs the rest on the next pass), then record it as done. A
+        replica fires to the leads of the partitions it owns and records it done for each of them."""
         now = self.clock.now()
-        done = await self._done_campaigns()
+        marks = await self._done_campaigns()
+        parts = None if self.ownership is None else self.ownership.owned()
         work = 0
-        for campaign in self.calendar.due(now, done):
+        for campaign in self.calendar.due(now, self._done_here(marks)):
             if now - campaign.at > campaign.expires:
                 status, reached = "expired", 0
                 log.info("journeys: campaign %s was due %s, past its %s: skipped", campaign.id,
                          campaign.at.isoformat(), campaign.expires)
             else:
-                status, reached = "done", await self._fire(campaign)
+                try:
+                    reached = await self._fire(campaign, parts)
+                except Fenced as exc:  # a partition was lost on the way: its new owner fires the rest
+                    log.info("journeys: campaign %s stopped: %s", campaign.id, exc)
+                    return work
+                status = "done"
                 work += reached
                 log.info("journeys: campaign %s sent %s to %d leads", campaign.id, campaign.event, reached)
+            ids = [campaign.id] if parts is None else [f"{campaign.id}#{p}" for p in sorted(parts)]
 
-            def mark(cid: str = campaign.id, st: str = status, n: int = reached) -> None:
+            def mark(ids: list[str] = ids, st: str = status, n: int = reached) -> None:
                 with self.db.session() as s:
-                    storage.mark_campaign(s, cid, st, n, now)
+                    for cid in ids:
+                        storage.mark_campaign(s, cid, st, n, now)
             await self.db.run(mark)
-            done.add(campaign.id)
+            marks.update(ids)
         return work
 
-    async def _fire(self, campaign: Campaign) -> int:
+    async def _fire(self, campaign: Campaign, parts: set[int] | None) -> int:
         after, reached = "", 0
         while True:
             def page(cursor: str = after) -> tuple[list[str], dict[str, LeadState]]:
@@ -447,15 +551,20 @@ class JourneysRuntime:
             # The cursor follows the ids read, not the states found, so a page is never walked twice
             # nor the walk cut short by a row without a state.
             messages = [self.calendar.message(campaign, lead_id) for lead_id in ids
-                        if lead_id in states and campaign.id in self.calendar.audience(states[lead_id].lead)]
+                        if lead_id in states and campaign.id in self.calendar.audience(states[lead_id].lead)
+                        and (parts is None or self._partition(lead_id) in parts)]
             if messages:
                 await self.handle_messages(messages)
                 reached += len(messages)
             after = ids[-1]
 
     async def timer_loop(self, interval: float = 0.1) -> None:
+        refreshed = 0.0
         while True:
             try:
+                if self.ownership is not None and time.monotonic() - refreshed >= DEFINITIONS_EVERY_S:
+                    refreshed = time.monotonic()
+                    await self.refresh_definitions()
                 await self.housekeeping()
                 nxt = await self.next_campaign()
                 if nxt is not None and nxt <= self.clock.now():

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -38,6 +38,8 @@ class Recorder:
     # template -> (status, reason), or a grpc.StatusCode to fail the call with
     answers: dict[str, tuple[str, str] | grpc.StatusCode] = field(default_factory=dict)
     batches: int = 0
+    # Called with each send request as it arrives (before the answer): a kill test's trigger.
+    on_send: Callable[[messaging_pb2.SendRequest], None] | None = None
 
     def sent_keys(self) -> list[str]:
         return [r.dedupe_key for r in self.sends]
@@ -49,6 +51,8 @@ class FakeMessaging(messaging_pb2_grpc.MessagingServicer):
 
     def _answer(self, request: messaging_pb2.SendRequest) -> messaging_pb2.SendReply | grpc.StatusCode:
         self.rec.sends.append(request)
+        if self.rec.on_send is not None:
+            self.rec.on_send(request)
         if request.dedupe_key in self.rec.delivered:
             return messaging_pb2.SendReply(message_id=self.rec.delivered[request.dedupe_key], status="duplicate")
         answer = self.rec.answers.get(request.template, ("sent", ""))

@@ -1,0 +1,144 @@
+"""The journeys work loop under partition ownership, in process: a replica whose partition another one
+has taken commits nothing of a bus batch (the fencing check ends its transaction), and the owner's
+commit of the same messages goes through; two replicas each fire a campaign to their own partitions'
+leads, once; a replica learns the versions another one published."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from nurture import redisconn
+from nurture.busmessage import BusMessage, LeadSnapshot
+from nurture.clock import VirtualClock
+from nurture.db import Database, open_database
+from nurture.partitions import Fenced, Ownership, lease_key, members_key
+from nurture.redisconn import AsyncRedis
+from nurture.settings import Settings
+from services.journeys import storage
+from services.journeys.app.runner import JourneysRuntime
+from services.journeys.clients import Clients
+from services.journeys.domain.calendar import load_calendar
+from services.journeys.domain.definitions import read_settings
+from services.journeys.timers import TimerStore
+from tests.integration.journeys.fakes import lead
+
+pytestmark = pytest.mark.anyio
+MIGRATIONS = Path(storage.__file__).with_name("migrations")
+SPRING = datetime(2027, 3, 1, 9, tzinfo=UTC)  # canada_express_entry_2027_spring in _calendar.yaml
+CAMPAIGN = "canada_express_entry_2027_spring"
+
+
+@pytest.fixture
+async def parts(settings: Settings) -> AsyncIterator[tuple[Database, AsyncRedis]]:
+    db = open_database(settings, service="journeys", migrations_dir=MIGRATIONS)
+    client = redisconn.connect(settings)
+    yield db, client
+    await client.aclose()
+    db.close()
+
+
+def _runtime(settings: Settings, db: Database, client: AsyncRedis, owner: str) -> JourneysRuntime:
+    ownership = Ownership(client, db, storage.PARTITIONS, group="journeys",
+                          partitions=math.gcd(settings.bus_shards, settings.timer_shards), owner=owner,
+                          lease_ms=10_000)
+    clock = VirtualClock(redisconn.connect_sync(settings))
+    return JourneysRuntime(db=db, timers=TimerStore(client, settings.timer_shards), clock=clock,
+                           clients=Clients(settings), settings=read_settings(), calendar=load_calendar(),
+                           ownership=ownership)
+
+
+def _leads(db: Database) -> int:
+    with db.session() as s:
+        return int(s.scalar(select(func.count()).select_from(storage.LeadRow)) or 0)
+
+
+async def test_a_replica_that_lost_its_partitions_commits_no_bus_batch(
+        settings: Settings, parts: tuple[Database, AsyncRedis]) -> None:
+    db, client = parts
+    a = _runtime(settings, db, client, "a")
+    b = _runtime(settings, db, client, "b")
+    assert a.ownership is not None and b.ownership is not None
+    await a.ownership.tick()
+    await a.start()
+    now = a.clock.now().isoformat()
+    messages = [BusMessage(id=f"created-{n}", lead_id=f"f{n}", type="lead_created", occurred_at=now,
+                           lead=LeadSnapshot.from_dict(lead(f"f{n}", "family"))) for n in range(20)]
+    # a's leases vanish behind its back (a Redis failover that lost them); b takes every partition.
+    await client.zrem(members_key("journeys"), "a")
+    await client.delete(*[lease_key("journeys", p) for p in range(a.ownership.partitions)])
+    await b.ownership.tick()
+    assert a.ownership.owned() == b.ownership.owned() == set(range(a.ownership.partitions))  # a does not know
+    with pytest.raises(Fenced):
+        await a.handle_messages(messages)
+    assert _leads(db) == 0
+    assert await a.timers.pending() == 0  # nothing armed for work that did not commit
+    await b.start()
+    await b.handle_messages(messages)
+    assert _leads(db) == 20
+    assert await b.timers.pending() > 0
+
+
+async def _split(a: JourneysRuntime, b: JourneysRuntime) -> None:
+    assert a.ownership is not None and b.ownership is not None
+    for o in (a.ownership, b.ownership, a.ownership, b.ownership):  # a takes all, b joins, a gives half up
+        await o.tick()
+    assert a.ownership.owned() and b.ownership.owned()
+    await a.start()
+    await b.start()
+
+
+async def test_each_replica_fires_a_campaign_to_the_leads_of_its_own_partitions_once(
+        settings: Settings, parts: tuple[Database, AsyncRedis]) -> None:
+    db, client = parts
+    a, b = _runtime(settings, db, client, "a"), _runtime(settings, db, client, "b")
+    await _split(a, b)
+    assert a.ownership is not None
+    a.clock.set(SPRING - timedelta(days=1))  # type: ignore[attr-defined]
+    now = a.clock.now().isoformat()
+    leads = [f"ca{n:02d}" for n in range(40)]
+    created = {lead_id: BusMessage(id=f"created-{lead_id}", lead_id=lead_id, type="lead_created", occurred_at=now,
+                                   lead=LeadSnapshot.from_dict(lead(lead_id, countries_of_interest=["CA"])))
+               for lead_id in leads}
+    for rt in (a, b):
+        assert rt.ownership is not None
+        own = rt.ownership
+        await rt.handle_messages([m for lead_id, m in created.items() if own.partition_of(lead_id) in own.owned()])
+    a.clock.set(SPRING + timedelta(minutes=1))  # type: ignore[attr-defined]
+    reached_a = await a.run_calendar()
+    assert await a.run_calendar() == 0  # done for a's partitions
+    assert await a.next_campaign() != SPRING  # and not due for a any more, while b has not fired it yet
+    reached_b = await b.run_calendar()
+    assert reached_a and reached_b and reached_a + reached_b == len(leads)
+    with db.session() as s:
+        fired = set(s.scalars(select(storage.ProcessedRow.message_id)
+                              .where(storage.ProcessedRow.message_id.like("calendar:%"))))
+    assert fired == {f"calendar:{CAMPAIGN}:{lead_id}" for lead_id in leads}
+    assert await b.run_calendar() == 0
+
+
+async def test_a_replica_learns_the_versions_another_one_published(
+        settings: Settings, parts: tuple[Database, AsyncRedis]) -> None:
+    db, client = parts
+    a, b = _runtime(settings, db, client, "a"), _runtime(settings, db, client, "b")
+    await _split(a, b)
+    family = b.registry.live("family")
+    assert family is not None
+    assert not await b.refresh_definitions()  # nothing changed: one small read, no reload
+
+    def publish_on_a() -> int:  # what a's Publish call stores
+        doc = json.loads(json.dumps(a.get("family", 0)[0].document))
+        with db.session() as s:
+            return storage.add_definition(s, key="family", document={**doc, "name": "Family v2"}, source="api",
+                                          now=a.clock.now(), publish=True).version
+    version = await db.run(publish_on_a)
+    assert await b.refresh_definitions()
+    live = b.registry.live("family")
+    assert live is not None and live.version == version > family.version
+    assert b.meta["family"][family.version].status == "retired"
