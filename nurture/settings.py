@@ -78,6 +78,9 @@ class Settings:
     timer_shards: int = 16
     max_body_bytes: int = 1_048_576
     max_batch: int = 1000
+    # Ingest transactions scoring keeps in flight at once on PostgreSQL (SQLite has one writer: one),
+    # and IngestEvents calls the gateway keeps in flight to scoring with single posts.
+    ingest_writers: int = 2
     rate_limit_per_s: int = 0  # per API key on /v1; 0 = off
     # Publishable keys of the website tracking snippet, JSON {"<key>": {"origins": [...], ...}}
     # (gateway.tracking.keys reads and checks it; docs/API.md "Website tracking")
