@@ -209,6 +209,9 @@ class IngestQueue:
             except Exception as exc:
                 self._outbox.give_back(published)
                 self._outbox.settle()  # the places behind this one's may be waiting for its outcome
+                # A commit whose answer was lost (the connection broke) may have stored its rows after
+                # all: the sweep publishes whatever SQL holds, in seq order.
+                self._outbox.sweep_soon()
                 for _, _, future in taken:
                     if not future.done():
                         future.set_exception(exc)
