@@ -112,9 +112,10 @@ def _cluster_ports(masters: int) -> int:
 
 @contextmanager
 def private_mesh(clock: str = "real", database_url: str | None = None, without: tuple[str, ...] = (),
-                 redis_cluster: int = 0, replicas: int = 1) -> Iterator[Mesh]:
+                 redis_cluster: int = 0, replicas: int = 1, settings: dict[str, str] | None = None) -> Iterator[Mesh]:
     """`redis_cluster` N > 0: an embedded Redis Cluster of N masters (`nurture up --redis-cluster N`).
-    `replicas` N > 1: N processes of each replicated service (`nurture up --replicas N`; PostgreSQL only)."""
+    `replicas` N > 1: N processes of each replicated service (`nurture up --replicas N`; PostgreSQL only).
+    `settings`: more `NURTURE_*` variables for every process (`{"NURTURE_TRACE_SAMPLE_RATIO": "1"}`)."""
     data = tempfile.mkdtemp(prefix="nurture-bench-")
     http = free_port()
     redis_password = secrets.token_urlsafe(24)
@@ -129,6 +130,7 @@ def private_mesh(clock: str = "real", database_url: str | None = None, without: 
     env.pop("NURTURE_DATABASE_URL", None)
     if database_url:
         env["NURTURE_DATABASE_URL"] = database_url
+    env.update(settings or {})
     proc = subprocess.Popen([sys.executable, "-m", "cli", "up", "--data-dir", data, "--http-port", str(http),
                              "--clock", clock, "--api-key", "bench-key",
                              *[a for service in without for a in ("--without", service)],

@@ -58,7 +58,7 @@ def _pick_first_channel(address: str) -> grpc.aio.Channel:
     """nurture.rpc's channel with gRPC's default policy instead of round_robin (the baseline)."""
     options = rpc.channel_options("127.0.0.1:1")  # one address: pick_first
     signer = rpc.Signer(TOKEN)
-    return grpc.aio.insecure_channel(address, options=options, interceptors=[rpc._MeshClientInterceptor(signer)])
+    return rpc.MeshChannel(grpc.aio.insecure_channel(address, options=options), signer)
 
 
 async def _phase(ch: grpc.aio.Channel, calls: int, concurrency: int,

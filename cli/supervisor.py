@@ -33,10 +33,13 @@ class Child:
     restarts: list[float] = field(default_factory=list)
     nice: int = 0
 
-    def start(self) -> None:
+    def start(self, *, defer_priority: bool = False) -> None:
+        """Start the process. `defer_priority`: at normal priority until `lower_priority` (a service's
+        start-up, compiling templates and migrating, is not starved on a busy machine: at nice 19
+        messaging took over 400 s to listen at load 18)."""
         self.log.parent.mkdir(parents=True, exist_ok=True)
         out = self.log.open("ab")
-        niceness = self.nice
+        niceness = 0 if defer_priority else self.nice
 
         def prepare() -> None:  # runs in the child, between fork and exec
             die_with_parent(signal.SIGTERM)
@@ -45,6 +48,20 @@ class Child:
 
         self.proc = subprocess.Popen(self.argv, env=self.env, stdout=out, stderr=subprocess.STDOUT,
                                      start_new_session=True, cwd=self.cwd, preexec_fn=prepare)
+
+    def lower_priority(self) -> None:
+        """Give a child started with `defer_priority` its niceness now: its autogroup's (what ranks it
+        against other sessions) and every thread's it has so far (threads it starts later inherit)."""
+        if not self.nice or self.proc is None or not sys.platform.startswith("linux"):
+            return
+        pid = self.proc.pid
+        with contextlib.suppress(OSError):
+            Path(f"/proc/{pid}/autogroup").write_text(str(self.nice))
+        with contextlib.suppress(OSError):
+            for tid in os.listdir(f"/proc/{pid}/task"):
+                with contextlib.suppress(OSError):
+                    os.setpriority(os.PRIO_PROCESS, int(tid), max(self.nice, os.getpriority(os.PRIO_PROCESS,
+                                                                                              int(tid))))
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -96,7 +113,8 @@ def wait_port(host: str, port: int, what: str, child: Child, timeout: float = 60
         if not child.alive():
             raise SystemExit(f"{what} exited during start-up; see {child.log}")
         time.sleep(0.1)
-    raise SystemExit(f"{what} did not listen on {host}:{port} within {timeout:.0f} s; see {child.log}")
+    raise SystemExit(f"{what} did not listen on {host}:{port} within {timeout:.0f} s; see {child.log} "
+                     "(on a busy machine give it longer: NURTURE_START_TIMEOUT_S=<seconds>)")
 
 
 def free_local_port(preferred: int) -> int:

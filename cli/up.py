@@ -35,6 +35,15 @@ REPLICATED = ("scoring", "messaging", "crm_sync")
 ROOT = Path(__file__).resolve().parent.parent  # the checkout: children run `python -m services.<svc>` here
 
 
+# How long `nurture up` waits for each process to listen. Messaging compiles every template before it
+# listens, at the consumers' low priority: on a busy machine a first start took over 3 minutes.
+START_TIMEOUT_S = 300.0
+
+
+def start_timeout() -> float:
+    return float(os.environ.get("NURTURE_START_TIMEOUT_S") or START_TIMEOUT_S)
+
+
 def _child(name: str, argv: list[str], env: dict[str, str], log: Path, nice: int = 0) -> Child:
     return Child(name, argv, env, log, cwd=ROOT, nice=nice)
 
@@ -207,12 +216,12 @@ def up(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _stop)
     try:
         for child in children:
-            child.start()
+            child.start(defer_priority=True)
             listens_on = _child_port(child.name, settings)
             if listens_on:
                 # A loaded machine (a shared CI box, a benchmark loading data) may start a service slower.
-                wait_port("127.0.0.1", listens_on, child.name, child,
-                          timeout=float(os.environ.get("NURTURE_START_TIMEOUT_S") or 60))
+                wait_port("127.0.0.1", listens_on, child.name, child, timeout=start_timeout())
+            child.lower_priority()  # a consumer works behind the accept path once it serves
             if child.name != _last_redis(children):
                 continue
             if settings.redis_cluster:  # every master is up: join them (or find them joined) and wait for ok
@@ -220,7 +229,7 @@ def up(args: argparse.Namespace) -> int:
                     rediscluster.form([p for c in children if c.name.startswith("redis-")
                                        if (p := _child_port(c.name, settings))],
                                       urlparse(settings.redis_url).password or "",
-                                      timeout=float(os.environ.get("NURTURE_START_TIMEOUT_S") or 60))
+                                      timeout=start_timeout())
                 except rediscluster.ClusterError as exc:
                     print(f"cannot start: {exc}", file=sys.stderr)
                     return 1

@@ -184,9 +184,13 @@ class LimitsAndTracing:
             return message
 
         method, path = scope.get("method", ""), scope.get("path", "")
-        shown = _traced_path(path)
-        with tracer.start_as_current_span(f"{method} {shown}", kind=trace.SpanKind.SERVER,
-                                          attributes={"http.method": method, "http.target": shown}):
+        # Named by the method alone until the sampler has decided: the route's name and attributes are
+        # made only for a recorded span (most are not, at the default ratio).
+        with tracer.start_as_current_span(method, kind=trace.SpanKind.SERVER) as span:
+            if span.is_recording():
+                shown = _traced_path(path)
+                span.update_name(f"{method} {shown}")
+                span.set_attributes({"http.method": method, "http.target": shown})
             if method == "POST" and path == "/v1/events":
                 await self._post_event(scope, limited_receive, send)
             elif method == "POST" and path == "/t/v1/collect":

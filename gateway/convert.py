@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,7 +19,23 @@ def iso(ts: Timestamp | None, present: bool = True) -> str | None:
     return times.rfc3339(ts.ToDatetime(tzinfo=UTC))
 
 
-def lead_json(lead: scoring_pb2.Lead, journeys: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+# An address suppressed in one of these scopes gets no nurture email, whatever the lead's own consent says.
+NURTURE_STOPPED_BY = frozenset({"all", "nurture"})
+
+
+def shown_consent(stored: Any, suppressed: Collection[str] | None) -> Any:
+    """The lead's consent as the engine applies it: `email` reads false once the address is suppressed
+    from nurture email (an unsubscribe from nurture or all email, a complaint, a hard bounce), where the
+    lead's own record (scoring's) keeps the consent a scoped unsubscribe does not withdraw, so that
+    transactional mail the lead asked for still goes. `suppressed` None: not known (messaging down)."""
+    if isinstance(stored, dict) and stored.get("email") is True and suppressed and NURTURE_STOPPED_BY & set(suppressed):
+        return {**stored, "email": False}
+    return stored
+
+
+def lead_json(lead: scoring_pb2.Lead, journeys: list[dict[str, Any]] | None = None,
+              suppressed: Collection[str] | None = None) -> dict[str, Any]:
+    """The lead as the API shows it; `suppressed`: the email scopes its address is suppressed in."""
     # Values from a service are read like stored ones: one that cannot be shown degrades, not the read.
     counters = limits.readable(limits.read_json(lead.counters_json, what="counters"), what="counters")
     if not isinstance(counters, dict):
@@ -33,7 +50,8 @@ def lead_json(lead: scoring_pb2.Lead, journeys: list[dict[str, Any]] | None = No
         "timezone": lead.timezone or None,
         "locale": lead.locale or None,
         "attributes": limits.readable(limits.read_json(lead.attributes_json, what="attributes"), what="attributes"),
-        "consent": limits.readable(limits.read_json(lead.consent_json, what="consent"), what="consent"),
+        "consent": shown_consent(limits.readable(limits.read_json(lead.consent_json, what="consent"),
+                                                 what="consent"), suppressed),
         "score": lead.score,
         "grade": lead.grade,
         "lifecycle_stage": lead.lifecycle_stage,

@@ -3,19 +3,25 @@
 A gRPC call costs the gateway and scoring far more than the event it carries, so while calls are in
 flight, the posts that arrive wait and leave together in the next one. Nothing waits on a timer: a
 post on a quiet gateway goes at once, and under load each call carries what queued behind the last.
-Each event keeps its own trace (it travels in `Event.traceparent`), and each post gets its own result.
+Each event keeps its own trace (it travels in `Event.traceparent`, with its sampling decision), and each
+post gets its own result. The call itself runs in the trace of the first sampled post it carries, so
+scoring records its work when any of the call's events is sampled (nurture.telemetry.batch_parent).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from typing import Any
 
+from opentelemetry import context as otel_context
+from opentelemetry import trace
 from opentelemetry.propagate import inject
 
 from gateway.deps import Mesh
 from nurture.aio import resolve
 from nurture.api.scoring.v1 import scoring_pb2, scoring_pb2_grpc
+from nurture.telemetry import batch_parent
 
 # Calls in flight at once on SQLite. One: a call's cost to scoring is mostly fixed (the gRPC call, the
 # transaction), so the fewer and fuller the calls, the less CPU an event costs, and under load the
@@ -33,7 +39,8 @@ class EventSender:
     def __init__(self, mesh: Mesh, in_flight: int = MAX_IN_FLIGHT) -> None:
         self._mesh = mesh
         self._max_in_flight = max(1, in_flight)
-        self._pending: list[tuple[scoring_pb2.Event, asyncio.Future[Any]]] = []
+        # Each waiting event, its post's future, and its post's span (the call joins a sampled one).
+        self._pending: list[tuple[scoring_pb2.Event, asyncio.Future[Any], trace.SpanContext]] = []
         self._in_flight = 0
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -43,7 +50,7 @@ class EventSender:
         inject(carrier)
         event.traceparent = carrier.get("traceparent", "")
         future: asyncio.Future[scoring_pb2.EventResult] = asyncio.get_running_loop().create_future()
-        self._pending.append((event, future))
+        self._pending.append((event, future, trace.get_current_span().get_span_context()))
         if self._in_flight < self._max_in_flight:
             self._start()
         return await future
@@ -51,8 +58,8 @@ class EventSender:
     def _start(self) -> None:
         taken, self._pending = self._pending[:MAX_EVENTS], self._pending[MAX_EVENTS:]
         self._in_flight += 1
-        # The task copies the starting post's context: the call is a child of that post's span.
-        task = asyncio.create_task(self._call(taken))
+        parent, _ = batch_parent(span for _, _, span in taken)
+        task = asyncio.create_task(self._call([(e, f) for e, f, _ in taken]), context=_with_trace(parent))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -75,3 +82,11 @@ class EventSender:
             if self._pending and self._in_flight < self._max_in_flight:
                 self._start()
         resolve((future, outcome) for (_, future), outcome in zip(taken, outcomes, strict=True))
+
+
+def _with_trace(parent: otel_context.Context | None) -> contextvars.Context:
+    """A copy of the current context whose current span is `parent`'s, for the call's task."""
+    ctx = contextvars.copy_context()
+    if parent is not None:
+        ctx.run(otel_context.attach, parent)
+    return ctx

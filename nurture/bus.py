@@ -13,7 +13,6 @@ so one bad message never blocks a shard.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
@@ -26,13 +25,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from opentelemetry import trace
-from opentelemetry.propagate import extract
 from redis.exceptions import ResponseError
 
 from nurture import busmessage
 from nurture.admin import DeadLetter, Retried
 from nurture.busmessage import BusMessage
 from nurture.redisconn import AsyncRedis, is_cluster, shard_of, sharded_key
+from nurture.telemetry import batch_parent, carrier_contexts
 
 log = logging.getLogger(__name__)
 _tracer = trace.get_tracer(__name__)
@@ -79,18 +78,12 @@ class Publisher:
         await pipe.execute()
 
 
-def _handling_span(group: str, carriers: list[bytes], count: int) -> AbstractContextManager[trace.Span]:
-    """The consumer's work on a batch joins the trace of the request that caused its first message
-    and links the others', so one event is one trace from the gateway through every consumer."""
-    contexts = []
-    for raw in carriers:
-        with contextlib.suppress(ValueError):
-            contexts.append(trace.get_current_span(extract(json.loads(raw))).get_span_context())
-    contexts = [c for c in contexts if c.is_valid]
-    parent = trace.set_span_in_context(trace.NonRecordingSpan(contexts[0])) if contexts else None
-    return _tracer.start_as_current_span(f"bus handle {group}", context=parent,
-                                         links=[trace.Link(c) for c in contexts[1:]],
-                                         kind=trace.SpanKind.CONSUMER,
+def _handling_span(name: str, carriers: list[bytes], count: int) -> AbstractContextManager[trace.Span]:
+    """The consumer's work on a batch joins the trace of the request that caused its first sampled
+    message and links the other sampled ones, so one event is one trace from the gateway through every
+    consumer (and a batch of unsampled events records nothing: telemetry.batch_parent)."""
+    parent, links = batch_parent(carrier_contexts(carriers))
+    return _tracer.start_as_current_span(name, context=parent, links=links, kind=trace.SpanKind.CONSUMER,
                                          attributes={"messaging.system": "redis", "messages": count})
 
 
@@ -110,6 +103,7 @@ class Consumer:
     ) -> None:
         self._redis = client
         self._group = group
+        self._span_name = f"bus handle {group}"
         self._shards = shards
         self._handler = handler
         self._batch = batch
@@ -236,7 +230,7 @@ class Consumer:
 
     async def _call(self, messages: list[BusMessage], carriers: list[bytes]) -> None:
         if messages:
-            with _handling_span(self._group, list(dict.fromkeys(carriers))[:50], len(messages)):
+            with _handling_span(self._span_name, carriers, len(messages)):
                 await self._handler(messages)
 
     async def _ack(self, stream: bytes, ids: list[bytes]) -> None:

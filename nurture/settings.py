@@ -42,6 +42,9 @@ class Settings:
     redis_cluster: bool = False
     clock: ClockKind = "real"
     otlp_endpoint: str | None = None
+    # The share of traces recorded, decided where a trace starts (the gateway, for a request) and
+    # followed by every hop after it (nurture.telemetry): 0.1 records one event's trace in ten, whole.
+    trace_sample_ratio: float = 0.1
     smtp_url: str = "smtp://127.0.0.1:2525"
     public_url: str = "http://127.0.0.1:8080"
     api_key: str = ""  # the operator's key: role admin (docs/SECURITY.md, "Roles")
@@ -176,6 +179,8 @@ def _coerce(name: str, kind: Any, raw: str) -> Any:
             return _flag(raw)
         if "int" in text and "str" not in text:
             return int(raw)
+        if text == "float":
+            return float(raw)
         if "Path" in text:
             return Path(raw)
         if "dict" in text:
@@ -217,6 +222,9 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
     settings = Settings(**values)
     if not settings.replica.strip():
         settings = replace(settings, replica=socket.gethostname())
+    if not 0.0 <= settings.trace_sample_ratio <= 1.0:  # NaN fails this too
+        raise SettingsError(f"NURTURE_TRACE_SAMPLE_RATIO={settings.trace_sample_ratio!r}: expected a share of "
+                            "traces from 0 (none) to 1 (every one)")
     if settings.bus_shards < 1 or settings.timer_shards < 1:
         raise SettingsError("NURTURE_BUS_SHARDS and NURTURE_TIMER_SHARDS must be positive")
     if settings.redis_cluster and urlparse(settings.redis_url).path.strip("/") not in ("", "0"):

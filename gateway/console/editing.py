@@ -165,14 +165,25 @@ async def scoring(request: Request) -> Response:
 async def save_scoring(request: Request) -> Response:
     async def handler(_request: Request, current: Session) -> Response:
         text = request.state.form.get("document", "")
-        document, problems = parse_document(text)
-        version = 0
-        if document is not None:
-            reply = await scoring_api._stub(mesh_of(request)).PutScoringModel(
-                scoring_pb2.PutScoringModelRequest(definition_json=json.dumps(document, default=str)),
-                timeout=mesh_of(request).timeout)
-            problems, version = list(reply.problems), reply.version
+        version, problems = await _check_scoring(request, text, save=True)
         return await _scoring_page(request, current, text, problems, version, True)
+    return await guarded(request, handler, needed="editor", form=True)
+
+
+async def _check_scoring(request: Request, text: str, *, save: bool) -> tuple[int, list[str]]:
+    """The scoring service's checks of a draft's text (every problem); stored as the next draft if `save`."""
+    document, problems = parse_document(text)
+    if document is None:
+        return 0, problems
+    return await scoring_api.put_draft(mesh_of(request), document, validate_only=not save)
+
+
+@router.post("/scoring/validate")
+async def validate_scoring(request: Request) -> Response:
+    """As the editor types (console.js): every problem of the draft, nothing stored."""
+    async def handler(_request: Request, _current: Session) -> Response:
+        _, problems = await _check_scoring(request, request.state.form.get("document", ""), save=False)
+        return protect(JSONResponse({"valid": not problems, "problems": problems, "graph": None}))
     return await guarded(request, handler, needed="editor", form=True)
 
 

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import binascii
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import grpc
@@ -64,10 +65,34 @@ async def lead_subscriptions(m: Mesh, lead: scoring_pb2.Lead) -> dict[str, Any] 
     }
 
 
+async def suppressed_scopes(m: Mesh, leads: Sequence[scoring_pb2.Lead]) -> dict[str, set[str]] | None:
+    """Each address's email suppression scopes, for a page of leads in one call (addresses without one
+    are left out). None when messaging is down: the leads are shown with their own consent."""
+    emails = sorted({lead.email for lead in leads if lead.email})
+    if not emails:
+        return {}
+    try:
+        reply = await messaging_pb2_grpc.MessagingStub(m.channel("messaging")).Subscriptions(
+            messaging_pb2.SubscriptionsRequest(emails=emails), timeout=m.timeout)
+    except grpc.aio.AioRpcError:
+        return None
+    return {email: {s.scope for s in found.suppressed if s.channel == "email"}
+            for email, found in reply.by_email.items()}
+
+
+async def leads_json(m: Mesh, leads: Sequence[scoring_pb2.Lead]) -> list[dict[str, Any]]:
+    """A page of leads as the API lists them, consent as the engine applies it (see shown_consent)."""
+    scopes = await suppressed_scopes(m, leads)
+    return [lead_json(lead, suppressed=None if scopes is None else scopes.get(lead.email, set()))
+            for lead in leads]
+
+
 async def full_lead(m: Mesh, lead: scoring_pb2.Lead) -> dict[str, Any]:
     """The lead as GET/POST/PATCH answer it: with its journeys and subscriptions."""
     journeys, subscriptions = await asyncio.gather(lead_journeys(m, lead.id), lead_subscriptions(m, lead))
-    body = lead_json(lead, journeys)
+    scopes = None if subscriptions is None else [s["scope"] for s in subscriptions["suppressed"]
+                                                 if s["channel"] == "email"]
+    body = lead_json(lead, journeys, suppressed=scopes)
     body["subscriptions"] = subscriptions
     return body
 
@@ -159,12 +184,12 @@ async def list_leads(
         got = await scoring(m).GetLeads(scoring_pb2.GetLeadsRequest(ids=list(members.lead_ids)), timeout=m.timeout)
         leads = [lead for lead in got.leads if (not segment or lead.segment == segment)
                  and (min_score is None or lead.score >= min_score) and (not stage or lead.lifecycle_stage == stage)]
-        return {"items": [lead_json(lead) for lead in leads],
+        return {"items": await leads_json(m, leads),
                 "next_cursor": encode_cursor("journey:" + journey, members.next_cursor)}
     reply = await scoring(m).ListLeads(scoring_pb2.ListLeadsRequest(
         segment=segment, min_score=min_score or 0, has_min_score=min_score is not None, stage=stage, email=email,
         cursor=decode_cursor("leads", cursor), limit=limit), timeout=m.timeout)
-    return {"items": [lead_json(lead) for lead in reply.leads],
+    return {"items": await leads_json(m, reply.leads),
             "next_cursor": encode_cursor("leads", reply.next_cursor)}
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Depends, Query, Response
 
 from gateway.convert import require_object
 from gateway.deps import ApiError, Mesh, json_body, mesh, require_key
@@ -21,6 +21,14 @@ def _stub(m: Mesh) -> scoring_pb2_grpc.ScoringStub:
     return scoring_pb2_grpc.ScoringStub(m.channel("scoring"))
 
 
+async def put_draft(m: Mesh, document: Any, *, validate_only: bool = False) -> tuple[int, list[str]]:
+    """Store `document` as the next draft: (version, []), or (0, every problem). `validate_only` checks
+    the same way (compiling included) and stores nothing: (0, []) when it is valid."""
+    reply = await _stub(m).PutScoringModel(scoring_pb2.PutScoringModelRequest(
+        definition_json=json.dumps(document, default=str), validate_only=validate_only), timeout=m.timeout)
+    return reply.version, list(reply.problems)
+
+
 @router.get("/v1/scoring/model", summary="The live scoring model (every rule, its points and why) and its versions")
 async def get_model(m: Mesh = Depends(mesh)) -> dict[str, Any]:
     reply = await _stub(m).GetScoringModel(scoring_pb2.ScoringModelRequest(), timeout=m.timeout)
@@ -30,20 +38,21 @@ async def get_model(m: Mesh = Depends(mesh)) -> dict[str, Any]:
 
 
 @router.put("/v1/scoring/model", summary="Store a draft of the scoring model as the next version (422 lists every "
-                                         "problem)")
-async def put_model(response: Response, body: Any = Depends(definition_body), m: Mesh = Depends(mesh)
-                    ) -> dict[str, Any]:
+                                         "problem); with validate_only, check it and store nothing")
+async def put_model(response: Response, validate_only: bool = Query(False),
+                    body: Any = Depends(definition_body), m: Mesh = Depends(mesh)) -> dict[str, Any]:
     document = require_object(body, "definition")
     if isinstance(document.get("definition"), dict) and "behaviour" not in document:
         document = document["definition"]
-    reply = await _stub(m).PutScoringModel(scoring_pb2.PutScoringModelRequest(
-        definition_json=json.dumps(document, default=str)), timeout=m.timeout)
-    if reply.problems:
-        raise ApiError(422, "invalid_model", f"the scoring model has {len(reply.problems)} problem(s)",
-                       {"problems": list(reply.problems)})
+    version, problems = await put_draft(m, document, validate_only=validate_only)
+    if problems:
+        raise ApiError(422, "invalid_model", f"the scoring model has {len(problems)} problem(s)",
+                       {"problems": problems})
+    if validate_only:
+        return {"valid": True, "problems": []}
     response.status_code = 201
     response.headers["Location"] = "/v1/scoring/model"
-    return {"version": reply.version, "status": "draft"}
+    return {"version": version, "status": "draft"}
 
 
 @router.post("/v1/scoring/model/publish", summary="Make a stored version live; with dry_run, only say which leads "

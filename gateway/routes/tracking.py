@@ -27,6 +27,7 @@ from gateway.deps import ApiError, json_body
 from gateway.tracking import linktoken
 from gateway.tracking.keys import SiteKey
 from gateway.tracking.policy import check_event, collect_policy, not_a_visitor, privacy_refusal
+from gateway.tracking.ratelimit import Refusal
 from gateway.tracking.state import Tracking
 from nurture import jsoncodec
 from nurture.api.messaging.v1 import messaging_pb2, messaging_pb2_grpc
@@ -120,14 +121,22 @@ async def _limit(request: Request, key: SiteKey, visitor_id: str | None, cors: d
     try:
         refused = await tracking(request).limits.take(key, visitor_id, events)
     except RedisError as exc:
-        log.warning("tracking rate limits unavailable: %s", type(exc).__name__)
-        raise ApiError(503, "unavailable", "a service behind the gateway is unavailable: retry later",
-                       headers={"Retry-After": "2", **cors}) from exc
+        raise _limits_down(exc, cors) from exc
     if refused is not None:
-        per = "second for this site key" if refused.scope == "key" else "minute for this visitor"
-        raise ApiError(429, "rate_limited", f"more than {refused.limit} per {per}; retry later",
-                       {"scope": refused.scope, "limit": refused.limit},
-                       {"Retry-After": str(refused.retry_after_s), **cors})
+        raise _refusal(refused, cors)
+
+
+def _limits_down(exc: RedisError, cors: dict[str, str]) -> ApiError:
+    log.warning("tracking rate limits unavailable: %s", type(exc).__name__)
+    return ApiError(503, "unavailable", "a service behind the gateway is unavailable: retry later",
+                    headers={"Retry-After": "2", **cors})
+
+
+def _refusal(refused: Refusal, cors: dict[str, str]) -> ApiError:
+    per = "second for this site key" if refused.scope == "key" else "minute for this visitor"
+    return ApiError(429, "rate_limited", f"more than {refused.limit} per {per}; retry later",
+                    {"scope": refused.scope, "limit": refused.limit},
+                    {"Retry-After": str(refused.retry_after_s), **cors})
 
 
 def _scoring(request: Request) -> scoring_pb2_grpc.ScoringStub:
@@ -201,7 +210,6 @@ async def record_collect(request: Request, k: str) -> Response:
     ignored = not_a_visitor(headers) or privacy_refusal(key, headers)
     if ignored:
         return _json({"accepted": 0, "duplicates": 0, "rejected": [], "ignored": ignored}, 202, cors)
-    await _limit(request, key, visitor_id, cors, len(events))
     good, rejected = [], []
     for i, raw in enumerate(events):
         event, problem = check_event(raw)
@@ -209,16 +217,22 @@ async def record_collect(request: Request, k: str) -> Response:
             rejected.append({"index": i, "error": problem})
         else:
             good.append(event)
+    # Counted against the limits and stored in one batch with concurrent requests (all its events count,
+    # the rejected too, as they did when the limits were taken first).
+    try:
+        result = await _call(tracking(request).collector.collect(key, visitor_id, len(events), good), cors)
+    except RedisError as exc:
+        raise _limits_down(exc, cors) from exc
+    if isinstance(result, Refusal):
+        raise _refusal(result, cors)
     accepted = duplicates = 0
-    if good:
-        result = await _call(tracking(request).collector.collect(visitor_id, good), cors)
-        for i, r in enumerate(result.results):
-            if r.error_code:
-                rejected.append({"index": i, "error": r.error_message})
-            elif r.duplicate:
-                duplicates += 1
-            else:
-                accepted += 1
+    for i, r in enumerate(result.results):
+        if r.error_code:
+            rejected.append({"index": i, "error": r.error_message})
+        elif r.duplicate:
+            duplicates += 1
+        else:
+            accepted += 1
     return _json({"accepted": accepted, "duplicates": duplicates, "rejected": rejected}, 202, cors)
 
 

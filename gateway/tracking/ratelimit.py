@@ -5,7 +5,9 @@ and window, expiring with it.
 The counts of concurrent requests go to Redis together (`nurture.batching.Batcher`): one script call
 per site key counts a whole batch's requests in their order, so each still gets its own exact count,
 where a pipeline per request cost a third of the gateway's CPU per collected event. A site key's
-counters share a hash tag, so on Redis Cluster a batch's script touches one slot."""
+counters share a hash tag, so on Redis Cluster a batch's script touches one slot. The collect path
+counts its batches itself (`count`, from `gateway.tracking.collector`), in the same batch as its call
+to scoring."""
 
 from __future__ import annotations
 
@@ -41,11 +43,18 @@ class Refusal:
 
 
 @dataclass(frozen=True)
-class _Take:
+class Take:
+    """One request to count."""
+
     key: SiteKey
     visitor_id: str | None
     events: int
     now: float
+
+    @classmethod
+    def now_for(cls, key: SiteKey, visitor_id: str | None, events: int) -> Take:
+        # Wall-clock time on purpose: this protects the service, it is not domain time.
+        return cls(key, visitor_id, events, time.time())
 
 
 def _tag(text: str) -> str:
@@ -57,12 +66,11 @@ class RateLimits:
     def __init__(self, redis: AsyncRedis, max_batch: int = 500) -> None:
         self._redis = redis
         self._tags: dict[str, str] = {}
-        self._batcher: Batcher[_Take, Refusal | None] = Batcher(self._count, max_batch=max_batch, parallel=1)
+        self._batcher: Batcher[Take, Refusal | None] = Batcher(self.count, max_batch=max_batch, parallel=1)
 
     async def take(self, key: SiteKey, visitor_id: str | None, events: int = 1) -> Refusal | None:
-        """Count one request for the key and `events` for the visitor; the refusal when over either.
-        Wall-clock time on purpose: this protects the service, it is not domain time."""
-        return await self._batcher.submit(_Take(key, visitor_id, events, time.time()))
+        """Count one request for the key and `events` for the visitor; the refusal when over either."""
+        return await self._batcher.submit(Take.now_for(key, visitor_id, events))
 
     def _key_tag(self, key: str) -> str:
         tag = self._tags.get(key)
@@ -70,7 +78,8 @@ class RateLimits:
             tag = self._tags[key] = _tag(key)
         return tag
 
-    async def _count(self, takes: list[_Take]) -> list[Refusal | None | BaseException]:
+    async def count(self, takes: list[Take]) -> list[Refusal | None | BaseException]:
+        """Count these requests, in their order, in one round trip (a Redis error fails them all)."""
         by_key: dict[str, list[int]] = {}
         for i, t in enumerate(takes):
             by_key.setdefault(t.key.key, []).append(i)
@@ -100,7 +109,7 @@ class RateLimits:
         await self._redis.aclose()
 
 
-def _verdict(take: _Take, key_count: int, visitor_count: int | None) -> Refusal | None:
+def _verdict(take: Take, key_count: int, visitor_count: int | None) -> Refusal | None:
     if key_count > take.key.rate_per_s:
         return Refusal("key", take.key.rate_per_s, 1)
     if visitor_count is not None and visitor_count > take.key.visitor_per_min:

@@ -21,4 +21,5 @@ class Tracking:
 
     @classmethod
     def create(cls, settings: Settings, mesh: Mesh) -> Tracking:
-        return cls(site_keys(settings), RateLimits(redisconn.connect(settings)), VisitCollector(mesh))
+        limits = RateLimits(redisconn.connect(settings))
+        return cls(site_keys(settings), limits, VisitCollector(mesh, limits))

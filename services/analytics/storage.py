@@ -48,7 +48,7 @@ from services.analytics.tables import (
 )
 
 CHUNK = 500  # ids per IN list
-FOLD_VERSION = "7"  # bump when the fold derives its tables differently: the service rebuilds them at start
+FOLD_VERSION = "8"  # bump when the fold derives its tables differently: the service rebuilds them at start
 NO_DAY = date(1, 1, 1)  # `analytics_reach.prev_day` of a lead's first send day in a scope
 
 
@@ -254,6 +254,12 @@ class Fold:
             flags[hard] = True
 
     def _engagement(self, f: Fact, m: _Msg | None, paths: dict[tuple[str, str], dict[str, dict[str, Any]]]) -> None:
+        if m is None and f.kind != "unsubscribed":
+            # A send, bounce, open or click that names no message (an `email_opened` a caller posted
+            # without `message_id`) is no email's: it cannot be counted once per message or credited to
+            # the journey, template and stage that sent it, so no engagement figure counts it (it still
+            # scores, moves journeys and shows on the timeline). An unsubscribe is the lead's, counted.
+            return
         day = reports.day_of(f.at)
         cell = self.eng[(day, f.journey, f.segment, f.template, f.channel, f.topic, f.format, f.stage)]
         if f.kind == "unsubscribed":

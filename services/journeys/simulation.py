@@ -265,16 +265,17 @@ class Simulation:
                 if status == "sent":
                     self.stats.sends += 1
                     assert isinstance(effect.payload, SendPayload)
-                    self._behave(state, effect.payload)
+                    self._behave(state, effect.payload, f"m-{effect.dedupe_key}")
             self.engine.complete(state, effect, self.now, out, status=status,
                                  message_id=f"m-{effect.dedupe_key}" if status == "sent" else "")
         self._arm(state, out)
 
-    def _behave(self, state: LeadState, payload: SendPayload) -> None:
+    def _behave(self, state: LeadState, payload: SendPayload, message_id: str) -> None:
         segment = str(state.lead.get("segment") or "")
         stage = payload.context.get("stage")
         rng = self.rng
-        tag = {"journey": payload.journey, "step": payload.step}
+        # As messaging's feedback: every email event names its message (what analytics counts once).
+        tag = {"message_id": message_id, "journey": payload.journey, "step": payload.step}
         # What messaging reports for every delivered email (it starts the "no opens" clock).
         self._message(self.now, state.lead_id, "email_sent", tag)
         if rng.random() >= self._rate(segment, stage, "open"):

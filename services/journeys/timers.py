@@ -111,7 +111,7 @@ class TimerStore:
         """Arm timers: (lead, ekey, token, due). Re-arming the same member only moves its score."""
         if not items:
             return
-        with redis_span("timers.schedule"):
+        with redis_span("redis timers.schedule"):
             pipe = self._redis.pipeline(transaction=False)
             for lead_id, ekey, token, due in items:
                 pipe.zadd(timer_key(self.shard(lead_id)), {member(lead_id, ekey, token): to_ms(due)})
@@ -129,7 +129,7 @@ class TimerStore:
         """Atomically take up to `limit` due timers per shard (plus expired leases)."""
         wall = time.time()
         out: list[Timer] = []
-        with redis_span("timers.claim"):
+        with redis_span("redis timers.claim"):
             for shard in range(self.shards):
                 members = await self._claim(
                     keys=[timer_key(shard), inflight_key(shard)],

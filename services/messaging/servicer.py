@@ -27,6 +27,8 @@ from services.messaging.template_store import TemplateRow, VersionConflict
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+# A page of leads asks for its addresses' suppressions in one call (the leads API pages hold at most 1,000).
+MAX_SUBSCRIPTION_ADDRESSES = 1000
 
 
 async def _guard(fn: Callable[[], Awaitable[T]]) -> T:
@@ -248,13 +250,20 @@ class MessagingServicer(messaging_pb2_grpc.MessagingServicer):
 
     async def Subscriptions(self, request: messaging_pb2.SubscriptionsRequest,
                             context: grpc.aio.ServicerContext) -> messaging_pb2.SubscriptionsReply:
-        if not request.email:
+        if len(request.emails) > MAX_SUBSCRIPTION_ADDRESSES:
+            raise errors.invalid_fields({"emails": f"at most {MAX_SUBSCRIPTION_ADDRESSES} addresses"})
+        asked = {address: email_hash(address) for address in {request.email, *request.emails} if address}
+        if not asked:
             return messaging_pb2.SubscriptionsReply()
-        ehash = email_hash(request.email)
-        found = await self.engine.db.run(self.engine.store.suppression_scopes, [ehash])
-        return messaging_pb2.SubscriptionsReply(suppressed=[
-            messaging_pb2.Suppression(channel="email", scope=scope, reason=reason)
-            for scope, reason in sorted(found.get(ehash, {}).items())])
+        found = await self.engine.db.run(self.engine.store.suppression_scopes, sorted(set(asked.values())))
+
+        def of(address: str) -> list[messaging_pb2.Suppression]:
+            return [messaging_pb2.Suppression(channel="email", scope=scope, reason=reason)
+                    for scope, reason in sorted(found.get(asked[address], {}).items())]
+        return messaging_pb2.SubscriptionsReply(
+            suppressed=of(request.email) if request.email else [],
+            by_email={address: messaging_pb2.AddressSuppressions(suppressed=of(address))
+                      for address in request.emails if address and found.get(asked[address])})
 
     async def Personalization(self, request: messaging_pb2.PersonalizationRequest,
                               context: grpc.aio.ServicerContext) -> messaging_pb2.PersonalizationReply:

@@ -235,7 +235,8 @@ class ScoringServicer(VisitorMethods, scoring_pb2_grpc.ScoringServicer):
             definition = json.loads(request.definition_json or "null")
         except json.JSONDecodeError as exc:
             return scoring_pb2.PutScoringModelReply(problems=[f"definition_json: not JSON ({exc.msg})"])
-        version, problems = await self._db.run(self._versions.put_draft, definition, self._clock.now())
+        version, problems = await self._db.run(self._versions.put_draft, definition, self._clock.now(),
+                                               validate_only=request.validate_only)
         return scoring_pb2.PutScoringModelReply(version=version, problems=problems)
 
     async def PublishScoringModel(

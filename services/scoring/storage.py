@@ -24,9 +24,8 @@ from services.scoring.tables import audit, events, leads, models, outbox, score_
 # locking overlapping sets in different orders deadlock on PostgreSQL (the order of an IN list is not
 # the order rows are locked in; ORDER BY is, as LockRows sits above the sort). The ingest path's reads
 # and writes go on the driver's cursor (DriverWrites), pipelined on PostgreSQL.
-_LEAD_COLUMNS = tuple(c.name for c in leads.c)
-_LOCK_LEADS = (select(leads.c.id).where(leads.c.id.in_(bindparam("ids", expanding=True))).order_by(leads.c.id)
-               .with_for_update())
+_LEADS_FOR_UPDATE = (select(leads).where(leads.c.id.in_(bindparam("ids", expanding=True))).order_by(leads.c.id)
+                     .with_for_update())
 _EVENT_COLUMNS = ("id", "lead_id", "type", "properties", "occurred_at", "received_at", "idempotency_key", "source",
                   "score_delta", "signals")
 _CHANGE_COLUMNS = ("lead_id", "at", "delta", "score_after", "rule", "reason", "event_id", "model_version")
@@ -104,12 +103,6 @@ def lead_by_email(s: Session, email: str) -> Row[Any] | None:
     return s.execute(select(leads).where(func.lower(leads.c.email) == email.lower()).limit(1)).first()
 
 
-def email_owner(s: Session, email: str, other_than: str) -> Any:
-    """The id of another lead that has this email, or None."""
-    return s.execute(select(leads.c.id).where(func.lower(leads.c.email) == email.lower(),
-                                              leads.c.id != other_than).limit(1)).scalar()
-
-
 def add_consent_audit(s: Session, lead_id: str, now: datetime, source: str, channel: str, given: bool) -> None:
     s.execute(insert(audit).values(dict(zip(_AUDIT_COLUMNS, consent_audit_row(lead_id, now, source, channel, given),
                                             strict=True))))
@@ -121,16 +114,8 @@ def consent_audit_row(lead_id: str, now: datetime, source: str, channel: str, gi
             jsoncodec.dumps({"channel": channel, "value": given}), False)
 
 
-def insert_lead(s: Session, values: Mapping[str, Any]) -> None:
-    s.execute(insert(leads).values(dict(values)))
-
-
 def update_lead(s: Session, lead_id: str, changes: Mapping[str, Any]) -> None:
     s.execute(update(leads).where(leads.c.id == lead_id).values(dict(changes)))
-
-
-def read_lead(s: Session, lead_id: str) -> Row[Any]:
-    return s.execute(select(leads).where(leads.c.id == lead_id)).one()
 
 
 def leads_after(s: Session, after: str, limit: int, *, lock: bool) -> list[Row[Any]]:
@@ -141,9 +126,29 @@ def leads_after(s: Session, after: str, limit: int, *, lock: bool) -> list[Row[A
     return list(s.execute(query).all())
 
 
-def lock_leads(s: Session, ids: Sequence[str]) -> None:
-    """Locks the leads in key order (see _LEADS_FOR_UPDATE)."""
-    s.execute(_LOCK_LEADS, {"ids": list(ids)}).all()
+def lock_lead_rows(s: Session, ids: Sequence[str]) -> list[Row[Any]]:
+    """The leads, locked in key order (see _LEADS_FOR_UPDATE)."""
+    return list(s.execute(_LEADS_FOR_UPDATE, {"ids": list(ids)}).all())
+
+
+def leads_by_emails(s: Session, emails: Sequence[str]) -> list[Row[Any]]:
+    """Every lead whose email is one of these, whatever the case (one IN over the lower(email) index)."""
+    return list(s.execute(select(leads).where(func.lower(leads.c.email).in_(sorted({e.lower() for e in emails}))))
+                .all())
+
+
+_LEAD_COLUMNS = tuple(leads.c.keys())
+
+
+def insert_leads(writes: DriverWrites, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+    """New leads, every column given (a missing one is a KeyError, not a silent NULL)."""
+    writes.insert(conn, leads, _LEAD_COLUMNS, [tuple(r[c] for c in _LEAD_COLUMNS) for r in rows])
+
+
+def update_leads(writes: DriverWrites, conn: Connection, columns: Sequence[str], rows: Sequence[Mapping[str, Any]]
+                 ) -> None:
+    """These columns of these leads, to the rows' values (one executemany)."""
+    writes.update(conn, leads, columns, "id", [(*(r[c] for c in columns), r["id"]) for r in rows])
 
 
 def lead_rows(s: Session, ids: Sequence[str]) -> list[Row[Any]]:

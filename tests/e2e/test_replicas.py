@@ -27,7 +27,10 @@ REPLICATED = ("scoring", "messaging", "crm_sync")
 
 @pytest.fixture(scope="module")
 def replicated_mesh() -> Iterator[Mesh]:
-    with fresh_database(PG_URL) as url, private_mesh(clock="virtual", database_url=url, replicas=2) as running:
+    # Every trace recorded: the test reads which replica answered from the server spans.
+    every_trace = {"NURTURE_TRACE_SAMPLE_RATIO": "1"}
+    with fresh_database(PG_URL) as url, \
+            private_mesh(clock="virtual", database_url=url, replicas=2, settings=every_trace) as running:
         yield running
 
 

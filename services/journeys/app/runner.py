@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from nurture import limits
 from nurture.busmessage import BusMessage
 from nurture.clock import Clock
 from nurture.db import Database
@@ -33,6 +34,7 @@ from services.journeys.domain.definitions import (
     Journey,
     PlaybookSettings,
     check,
+    key_problem,
     load,
     read_playbook,
 )
@@ -579,8 +581,13 @@ class JourneysRuntime:
     # -- drafts and publishing ---------------------------------------------------------------------
 
     async def put(self, key: str, document: Mapping[str, Any], *, validate_only: bool) -> tuple[int, list[str]]:
+        wrong = key_problem(key)
+        if wrong:
+            # The key in the address is checked first: a bad one is the problem to name, not a mismatch.
+            raise Invalid(f"journey key {limits.shown(key)!r} in the address {wrong}", [f"key: {wrong}"])
         if document.get("key", key) != key:
-            raise Invalid("the definition's key differs from the URL", [f"key: expected {key!r}"])
+            raise Invalid(f"the definition's key {limits.shown(str(document.get('key')))!r} differs from the "
+                          f"journey key in the address, {key!r}", [f"key: expected {key!r}"])
         doc = {**document, "key": key}
         known = {j.key for j in self.registry.published()} | {key}
         templates = await self.clients.templates()

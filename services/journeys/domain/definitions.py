@@ -78,6 +78,21 @@ SYNTHETIC_EVENTS = ("inactivity",)
 # under keys no journey can have ("<journey>.<rule>" keys start with a letter).
 CLOCK_PREFIX = "~"
 EVENT_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
+# A journey key, a stage id and a step id are stored in columns 64 characters wide (journeys' tables,
+# messaging's message rows): a longer one is refused here, where it can be named, not at its first run.
+ID_MAX = 64
+JOURNEY_KEY = re.compile(r"[a-z][a-z0-9_]{0,63}")
+
+
+def key_problem(key: object) -> str | None:
+    """Why `key` cannot be a journey key, or None: lower-case snake_case, at most ID_MAX characters."""
+    if not isinstance(key, str) or not key:
+        return "must be a non-empty string"
+    if len(key) > ID_MAX:
+        return f"must be at most {ID_MAX} characters (it has {len(key)})"
+    if not JOURNEY_KEY.fullmatch(key):
+        return "must be snake_case: lower-case letters, digits and _, starting with a letter"
+    return None
 _DURATION = re.compile(r"^([+-]?)(\d+)([smhdw])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
@@ -247,8 +262,9 @@ def load(document: JsonMapping, *, version: int = 0) -> Journey:
     if not isinstance(document, Mapping):
         raise DefinitionError(["definition: expected a mapping"])
     key = document.get("key")
-    if not isinstance(key, str) or not re.fullmatch(r"[a-z][a-z0-9_]*", key):
-        problems.append("key: must be snake_case")
+    key_wrong = key_problem(key)
+    if key_wrong or not isinstance(key, str):
+        problems.append(f"key: {key_wrong}")
         key = "invalid"
     kind = document.get("kind")
     mode = document.get("mode", "flow")
@@ -284,6 +300,9 @@ def load(document: JsonMapping, *, version: int = 0) -> Journey:
         if not isinstance(st, Mapping) or not isinstance(st.get("id"), str):
             problems.append(f"stages[{i}]: needs an id")
             continue
+        if not st["id"] or len(st["id"]) > ID_MAX:
+            problems.append(f"stages[{i}]: id must be 1 to {ID_MAX} characters")
+            continue
         stages.append(st["id"])
         stage_names[st["id"]] = str(st.get("name", st["id"]))
     anchors = document.get("anchors") or {}
@@ -301,6 +320,9 @@ def load(document: JsonMapping, *, version: int = 0) -> Journey:
             problems.append(f"steps[{i}]: needs an id")
             continue
         sid = raw["id"]
+        if not sid or len(sid) > ID_MAX:
+            problems.append(f"steps[{i}]: id must be 1 to {ID_MAX} characters")
+            continue
         if sid in steps:
             problems.append(f"step {sid}: duplicate id")
             continue

@@ -4,6 +4,7 @@ stores, scores and announces a batch of events."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
@@ -16,6 +17,7 @@ from nurture import jsoncodec
 from nurture.busmessage import BusMessage
 from nurture.clock import Clock
 from nurture.db import Database
+from nurture.telemetry import batch_parent, traceparent_contexts
 from services.scoring import storage as st
 from services.scoring.app.base import CoreBase
 from services.scoring.app.outbox import HandOff, Outbox
@@ -198,10 +200,14 @@ class IngestQueue:
         self, taken: list[tuple[list[EventIn], trace.SpanContext, asyncio.Future[list[EventResult]]]]
     ) -> None:
         combined = [ev for batch, _, _ in taken for ev in batch]
-        parent = trace.set_span_in_context(trace.NonRecordingSpan(taken[0][1]))
-        links = [trace.Link(ctx) for _, ctx, _ in taken[1:] if ctx.is_valid]
-        with _tracer.start_as_current_span("ingest", context=parent, links=links,
-                                           attributes={"events": len(combined), "calls": len(taken)}):
+        # The first sampled caller's trace, the other sampled callers' and events' own traces linked (an
+        # event merged into a call another post started still reaches its SQL); none sampled: nothing
+        # is recorded. The events' traces are read lazily: only until MAX_TRACES are found.
+        parent, links = batch_parent(itertools.chain((ctx for _, ctx, _ in taken),
+                                                     traceparent_contexts(ev.trace for ev in combined)))
+        with _tracer.start_as_current_span("ingest", context=parent, links=links) as span:
+            if span.is_recording():
+                span.set_attributes({"events": len(combined), "calls": len(taken)})
             published = self._outbox.take_published()
             try:
                 results, _ = await self._db.run(self._store.ingest, combined, self._clock.now(), published,

@@ -77,8 +77,9 @@ class ModelVersions:
         return [{"version": r.version, "status": r.status, "created_at": _aware(r.created_at),
                  "published_at": _aware(r.published_at)} for r in rows]
 
-    def put_draft(self, definition: Any, now: datetime) -> tuple[int, list[str]]:
-        """Store a valid definition as the next version (a draft); (0, problems) when it is not."""
+    def put_draft(self, definition: Any, now: datetime, *, validate_only: bool = False) -> tuple[int, list[str]]:
+        """Store a valid definition as the next version (a draft); (0, problems) when it is not.
+        `validate_only`: the same checks, compiling included, and nothing stored ((0, []) when valid)."""
         if not isinstance(definition, Mapping):
             return 0, ["model: expected an object"]
         with self._sessions() as s:
@@ -90,7 +91,7 @@ class ModelVersions:
                     compiled = ScoringModel(document)
                 except (InvalidRule, ValueError, TypeError, KeyError) as exc:
                     problems = list(exc.problems) if isinstance(exc, InvalidRule) else [f"model: {exc}"]
-            if problems:
+            if problems or validate_only:
                 return 0, problems
             st.insert_model(s, version=newest + 1, status="draft", definition=json.dumps(document, default=str),
                             created_at=now)

@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import threading
 from collections import deque
 from collections.abc import Sequence
 
 from opentelemetry import trace
-from opentelemetry.propagate import extract
 
 from nurture.aio import wait_event
 from nurture.bus import Publisher
 from nurture.db import Database
-from nurture.telemetry import redis_span
+from nurture.telemetry import batch_parent, carrier_contexts, redis_span
 from services.scoring import storage as st
 from services.scoring.app.base import CoreBase
 from services.scoring.domain.records import OutboxRow
@@ -156,14 +154,12 @@ class Outbox:
                 self._published.extend(row.seq for row in rows)
 
     async def _publish(self, rows: list[OutboxRow]) -> None:
-        # The span joins the first request's trace and links a few others (each event's messages carry
-        # their own trace to the consumers anyway); each distinct carrier is read once.
-        carriers = list(dict.fromkeys(row.trace for row in rows if row.trace))[:10]
-        contexts = [trace.get_current_span(extract(json.loads(t))).get_span_context() for t in carriers]
-        parent = trace.set_span_in_context(trace.NonRecordingSpan(contexts[0])) if contexts else None
-        links = [trace.Link(c) for c in contexts[1:]]
+        # The span joins the first sampled request's trace and links the other sampled ones (each
+        # event's messages carry their own trace to the consumers anyway); each distinct carrier is
+        # read once.
+        parent, links = batch_parent(carrier_contexts(dict.fromkeys(row.trace for row in rows if row.trace)))
         with _tracer.start_as_current_span("publish", context=parent, links=links), \
-                redis_span("XADD bus", messages=len(rows)):
+                redis_span("redis XADD bus", messages=len(rows)):
             await self._publisher.publish_encoded([(row.lead_id, row.payload, row.trace) for row in rows])
 
     async def run(self) -> None:

@@ -93,6 +93,11 @@ def generate(seed: int, *, leads: int = 40, days: int = 50) -> list[dict[str, An
                             for _link in range(rnd.randint(1, 3)):  # clicks on several links
                                 story.append(msg("email_clicked", t_open + timedelta(minutes=rnd.randrange(1, 90)),
                                                  {**props, "url": "https://x.example/"}))
+                    if rnd.random() < 0.06:
+                        # An open or click a caller posted without naming its message (POST /v1/events).
+                        story.append(msg(rnd.choice(("email_opened", "email_clicked")),
+                                         t + timedelta(minutes=rnd.randrange(1, 600)),
+                                         rnd.choice(({}, {"journey": journey}))))
                     if rnd.random() < 0.03:
                         story.append(msg("unsubscribed", t + timedelta(hours=1), {**props, "scope": "nurture"}))
                     if rnd.random() < 0.15:
@@ -190,10 +195,13 @@ def counted(stream: Sequence[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]
         kind = ENGAGEMENT.get(m["type"])
         if kind is None:
             continue
-        # Unique per message; an event that names no message is its own (each one counts).
-        mid = m["properties"].get("message_id") or f"event:{m['id']}"
+        # Unique per message. An unsubscribe is the lead's (each one counts); a send, bounce, open or click
+        # that names no message is no email's and counts nowhere.
+        mid = m["properties"].get("message_id")
         if kind == "unsubscribed":
             out.append((kind, m))
+            continue
+        if not mid:
             continue
         if kind in ("sent", "bounced") and ("sent", mid) not in firsts:
             firsts.add(("sent", mid))

@@ -92,8 +92,19 @@ async def test_scoring_model_draft_and_dry_run(console: tuple[httpx.AsyncClient,
     assert r.status_code == 422
     listed = re.findall(r"<li>(.*?)</li>", r.text.split('id="problems"', 1)[1].split("</ul>", 1)[0])
     assert len(listed) >= 2, listed  # every problem, not the first one
+    # As the editor types: the same problems as JSON, nothing stored; a viewer may not ask.
+    assert 'data-validate="/console/scoring/validate"' in page.text
+    r = await client.post("/console/scoring/validate", data={"csrf": token, "document": yaml.safe_dump(bad)})
+    assert r.status_code == 200 and not r.json()["valid"] and r.json()["problems"] == [html.unescape(p) for p in listed]
+    r = await client.post("/console/scoring/validate", data={"csrf": token, "document": "behaviour: [unclosed"})
+    assert r.status_code == 200 and not r.json()["valid"] and r.json()["problems"]
     good = yaml.safe_load(yaml.safe_dump(model))
     good["behaviour"][0]["points"] = int(good["behaviour"][0]["points"]) + 1
+    r = await client.post("/console/scoring/validate", data={"csrf": token, "document": yaml.safe_dump(good)})
+    assert r.status_code == 200 and r.json() == {"valid": True, "problems": [], "graph": None}
+    versions = (await client.get("/v1/scoring/model", headers={"Authorization": f"Bearer {KEYS['viewer']}"})
+                ).json()["versions"]
+    assert len(versions) == 1   # validating stored nothing
     r = await client.post("/console/scoring", data={"csrf": token, "document": yaml.safe_dump(good)})
     saved = re.search(r'data-saved="(\d+)"', r.text)
     assert r.status_code == 200 and saved is not None

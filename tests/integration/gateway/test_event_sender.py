@@ -286,3 +286,64 @@ async def test_each_merged_event_is_handled_by_a_consumer_in_its_own_posts_trace
             assert handled[mid] == trace_id, f"{mid} was handled in another post's trace"
     handles = [s for s in finished if s.name == "bus handle merge-trace"]
     assert {s.context.trace_id for s in handles} == {t for t, _ in posted}
+
+
+async def test_a_merged_call_is_recorded_in_a_sampled_posts_trace_and_never_in_an_unsampled_one(
+    settings: Settings, spans: InMemorySpanExporter
+) -> None:
+    """Sampled and unsampled posts merged into the same calls: scoring's work on a call (its RPC span,
+    the ingest, the publish) joins the trace of a sampled post it carries and links the other sampled
+    ones, so every sampled post's trace reaches it; no unsampled post's trace gets a span anywhere.
+    The posts that start each call are unsampled, so a call that took its first post's trace would
+    record nothing."""
+    settings = settings.with_overrides(bus_shards=1)
+    scoring = await start_service("scoring", settings)
+    app = gateway(settings, scoring.address)
+    redis_client = redisconn.connect(settings)
+    consumer = Consumer(redis_client, group="mixed-trace", shards=1, handler=lambda _: asyncio.sleep(0), batch=1)
+    n = 12
+    unsampled = {0, 1, 3, 5, 7, 9, 11}  # 0 goes alone (nothing in flight), 1 starts the next call
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as client, \
+                mesh_channel(scoring.address) as ch:
+            leads = [f"m{i}" for i in range(n)]
+            await make_leads(scoring, leads)
+            admin = common_pb2_grpc.AdminStub(ch)
+            await admin.Settle(common_pb2.SettleRequest(), timeout=5)
+            await consumer.drain()
+            spans.clear()
+
+            async def post(i: int) -> int:
+                # The caller's span: recorded, or an unsampled one, as a caller's traceparent could say.
+                if i in unsampled:
+                    ctx = trace.SpanContext(trace_id=0xDEAD0000 + i, span_id=0xBEEF + i, is_remote=True,
+                                            trace_flags=trace.TraceFlags(trace.TraceFlags.DEFAULT))
+                    span: trace.Span = trace.NonRecordingSpan(ctx)
+                else:
+                    span = tracer.start_span(f"client {i}")
+                with trace.use_span(span, end_on_exit=True):
+                    r = await client.post("/v1/events", headers=AUTH, json={"lead_id": leads[i], "type": "page_viewed"})
+                    assert r.status_code == 202, r.text
+                return span.get_span_context().trace_id
+
+            traces = await asyncio.gather(*[post(i) for i in range(n)])
+            await admin.Settle(common_pb2.SettleRequest(), timeout=5)
+            await consumer.drain()
+    finally:
+        await redis_client.aclose()
+        await scoring.stop(grace=0.2)
+        for channel_ in app.state.mesh.channels.values():
+            await channel_.close()
+    finished = spans.get_finished_spans()
+    settles = {s.context.trace_id for s in finished if s.name.endswith("/Settle")}
+    mine = [s for s in finished if s.context.trace_id not in settles]
+    sampled = {t for i, t in enumerate(traces) if i not in unsampled}
+    assert {s.context.trace_id for s in mine} <= sampled, "a span in an unsampled post's trace, or in no post's"
+    ingests = [s for s in mine if s.name == "ingest"]
+    assert max((s.attributes or {})["events"] for s in ingests) > 1, "nothing was merged: this test proves nothing"
+    reached = {s.context.trace_id for s in ingests} | {link.context.trace_id for s in ingests for link in s.links}
+    assert reached == sampled  # every sampled post's event is in a recorded ingest (its parent or a link)
+    # Each recorded ingest is under its call's recorded RPC span: the call ran in a sampled post's trace.
+    rpcs = {s.context.span_id for s in mine if s.name == INGEST_RPC}
+    assert all(s.parent is not None and s.parent.span_id in rpcs for s in ingests)
+    assert {s.context.trace_id for s in mine if s.name == "bus handle mixed-trace"} == sampled

@@ -42,6 +42,13 @@ async def test_read_draft_dry_run_and_publish(api: tuple[httpx.AsyncClient, Fast
     assert r.status_code == 422 and len(r.json()["error"]["details"]["problems"]) >= 2, r.text
     assert (await client.get("/v1/scoring/model", headers=AUTH)).json()["versions"] == live["versions"]
 
+    # validate_only: the same problems, and a valid draft is checked without being stored.
+    r = await client.put("/v1/scoring/model?validate_only=true", headers=AUTH, json=bad)
+    assert r.status_code == 422 and len(r.json()["error"]["details"]["problems"]) >= 2, r.text
+    r = await client.put("/v1/scoring/model?validate_only=true", headers=AUTH, json=live["definition"])
+    assert r.status_code == 200 and r.json() == {"valid": True, "problems": []}, r.text
+    assert (await client.get("/v1/scoring/model", headers=AUTH)).json()["versions"] == live["versions"]
+
     draft = copy.deepcopy(live["definition"])
     for rule in draft["fit"]:
         rule["points"] = int(rule["points"]) + 40   # every fitting lead becomes grade A

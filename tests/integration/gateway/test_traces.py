@@ -1,9 +1,15 @@
-"""One trace per accepted event: gateway request → scoring RPC → SQL → publishing to Redis → a consumer."""
+"""One trace per accepted event: gateway request → scoring RPC → SQL → publishing to Redis → a consumer;
+and an event whose trace is not sampled leaves no span in any of them."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 import httpx
 import pytest
+from opentelemetry import context as otel_context
+from opentelemetry import trace
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from gateway.app import create_app
@@ -17,17 +23,17 @@ from tests.conftest import free_port, mesh_channel, start_service
 pytestmark = pytest.mark.anyio
 
 
-async def test_an_event_is_one_trace_from_gateway_to_a_consumer(
-    settings: Settings, spans: InMemorySpanExporter
-) -> None:
+@asynccontextmanager
+async def _mesh(settings: Settings, handled: list[BusMessage]) -> AsyncIterator[tuple[httpx.AsyncClient, Consumer,
+                                                                                      common_pb2_grpc.AdminStub]]:
+    """The gateway in process over a real scoring service, a bus consumer recording what it handles,
+    and lead `t` created (its own spans already finished)."""
     scoring = await start_service("scoring", settings)
     addrs = {f"{s}_addr": f"127.0.0.1:{free_port()}" for s in SERVICES}
     addrs["scoring_addr"] = scoring.address
     app = create_app(settings.with_overrides(api_key="k", **addrs))
     for s in SERVICES:
         app.state.mesh.channels[s] = mesh_channel(app.state.mesh.settings.address_of(s))
-    # A bus consumer's handling of the event's message continues the same trace.
-    handled: list[BusMessage] = []
 
     async def handler(messages: list[BusMessage]) -> None:
         handled.extend(messages)
@@ -35,21 +41,30 @@ async def test_an_event_is_one_trace_from_gateway_to_a_consumer(
     redis = redisconn.connect(settings)
     consumer = Consumer(redis, group="trace-test", shards=settings.bus_shards, handler=handler)
     try:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as client, \
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw",
+                                     headers={"Authorization": "Bearer k"}) as client, \
                 mesh_channel(scoring.address) as ch:
             admin = common_pb2_grpc.AdminStub(ch)
-            headers = {"Authorization": "Bearer k"}
-            assert (await client.post("/v1/leads", headers=headers, json={"id": "t"})).status_code == 201
+            assert (await client.post("/v1/leads", json={"id": "t"})).status_code == 201
             await admin.Settle(common_pb2.SettleRequest(), timeout=5)
             await consumer.drain()
-            spans.clear()
-            r = await client.post("/v1/events", headers=headers, json={"lead_id": "t", "type": "page_viewed"})
-            assert r.status_code == 202
-            await admin.Settle(common_pb2.SettleRequest(), timeout=5)
-            await consumer.drain()
+            yield client, consumer, admin
     finally:
         await redis.aclose()
         await scoring.stop(grace=0.2)
+
+
+async def test_an_event_is_one_trace_from_gateway_to_a_consumer(
+    settings: Settings, spans: InMemorySpanExporter
+) -> None:
+    # A bus consumer's handling of the event's message continues the same trace.
+    handled: list[BusMessage] = []
+    async with _mesh(settings, handled) as (client, consumer, admin):
+        spans.clear()
+        r = await client.post("/v1/events", json={"lead_id": "t", "type": "page_viewed"})
+        assert r.status_code == 202
+        await admin.Settle(common_pb2.SettleRequest(), timeout=5)
+        await consumer.drain()
     assert any(m.type == "page_viewed" and m.lead_id == "t" for m in handled)
     finished = spans.get_finished_spans()
     root = next(s for s in finished if s.name == "POST /v1/events")
@@ -63,3 +78,28 @@ async def test_an_event_is_one_trace_from_gateway_to_a_consumer(
     assert "bus handle trace-test" in names
     # One span per request at the gateway: FastAPI's per-dependency spans stay off (they cost).
     assert not [n for n in names if n.startswith("fastapi.")]
+
+
+async def test_an_unsampled_event_leaves_no_span_in_any_hop(settings: Settings, spans: InMemorySpanExporter) -> None:
+    """The head's decision travels with the event: a request whose trace is not sampled (here its
+    parent, as a caller's unsampled `traceparent` would make it) records nothing at the gateway, in
+    scoring's RPC, ingest, SQL or publish, or in the consumer that handles its message."""
+    handled: list[BusMessage] = []
+    unsampled = trace.SpanContext(trace_id=0x5EED, span_id=0x5EED, is_remote=True,
+                                  trace_flags=trace.TraceFlags(trace.TraceFlags.DEFAULT))
+    async with _mesh(settings, handled) as (client, consumer, admin):
+        spans.clear()
+        token = otel_context.attach(trace.set_span_in_context(trace.NonRecordingSpan(unsampled)))
+        try:
+            r = await client.post("/v1/events", json={"lead_id": "t", "type": "page_viewed"})
+        finally:
+            otel_context.detach(token)
+        assert r.status_code == 202
+        await admin.Settle(common_pb2.SettleRequest(), timeout=5)
+        await consumer.drain()
+    assert any(m.type == "page_viewed" and m.lead_id == "t" for m in handled)
+    # Settle is a trace of its own (sampled here, with its SQL): only the event's hops must be absent.
+    finished = spans.get_finished_spans()
+    settles = {s.context.trace_id for s in finished if s.name.endswith("/Settle")}
+    names = [s.name for s in finished if s.context.trace_id not in settles]
+    assert names == [], names

@@ -113,3 +113,34 @@ async def test_journey_routes(client: httpx.AsyncClient) -> None:
     assert r.status_code == 422, r.text
     problems = r.json()["error"]["details"]["problems"]
     assert len(problems) == 5 and any("behaviour.open" in p for p in problems), problems
+
+
+async def test_a_bad_journey_key_is_named_as_the_problem(client: httpx.AsyncClient) -> None:
+    """The new-user run's find: the playbook's own file PUT under a key that cannot be one was answered
+    "differs from the URL". The key in the address is checked first and named; a key or a step id longer
+    than the 64-character columns it is stored in is refused at PUT, not at its first run."""
+    doc = (await client.get("/v1/journeys/cart_abandonment", headers=AUTH)).json()["definition"]
+    for bad, why in (("Cart-Abandonment", "snake_case"), ("9lives", "snake_case"),
+                     ("é_journey", "snake_case"), ("k" * 65, "at most 64 characters")):
+        r = await client.put(f"/v1/journeys/{bad}", headers=AUTH, json=doc)
+        assert r.status_code == 422, (bad, r.text)
+        error = r.json()["error"]
+        assert "journey key" in error["message"] and why in error["message"], error
+        assert "differs" not in error["message"]
+        assert any(p.startswith("key:") and why in p for p in error["details"]["problems"]), error
+    # Without a key in the body the address's is taken: the same answer.
+    r = await client.put("/v1/journeys/Bad Key", headers=AUTH, json={k: v for k, v in doc.items() if k != "key"})
+    assert r.status_code == 422 and "snake_case" in r.json()["error"]["message"]
+    # A good address with another key in the body names both.
+    r = await client.put("/v1/journeys/my_cart", headers=AUTH, json=doc)
+    assert r.status_code == 422 and "'cart_abandonment'" in r.json()["error"]["message"]
+    assert "'my_cart'" in r.json()["error"]["message"]
+    # A new journey under a good key of exactly 64 characters is stored.
+    long_key = "k" * 64
+    r = await client.put(f"/v1/journeys/{long_key}", headers=AUTH, json={**doc, "key": long_key})
+    assert r.status_code == 201, r.text
+    # A step id past its column is a problem listed at PUT.
+    steps = [{**doc["steps"][0], "id": "s" * 65}, *doc["steps"][1:]]
+    r = await client.put("/v1/journeys/cart_abandonment", headers=AUTH, json={**doc, "steps": steps})
+    assert r.status_code == 422
+    assert any("id must be 1 to 64 characters" in p for p in r.json()["error"]["details"]["problems"])

@@ -70,6 +70,35 @@ async def test_the_handling_span_joins_the_first_request_and_links_the_others(
     await client.aclose()
 
 
+def unsampled_carrier(n: int) -> str:
+    """The carrier of a request whose trace the head chose not to record (flags 00)."""
+    return json.dumps({"traceparent": f"00-{n:032x}-{n:016x}-00"})
+
+
+async def test_the_handling_span_joins_a_sampled_request_even_when_the_first_is_not(
+        redis_url: str, spans: InMemorySpanExporter) -> None:
+    client = aioredis.from_url(redis_url)
+    (sampled, sampled_ctx), (other, other_ctx) = carrier_of("req-s"), carrier_of("req-o")
+    spans.clear()
+    await Publisher(client, SHARDS).publish_encoded([
+        ("lead-u", encode(bus_message("u1", "lead-u", "x")), unsampled_carrier(1)),
+        ("lead-u", encode(bus_message("u2", "lead-u", "x")), sampled),
+        ("lead-u", encode(bus_message("u3", "lead-u", "x")), unsampled_carrier(2)),
+        ("lead-u", encode(bus_message("u4", "lead-u", "x")), other)])
+    assert await Consumer(client, group="ug", shards=SHARDS, handler=Recorder()).drain() == 4
+    [span] = handling_spans(spans, "ug")
+    assert span.context.trace_id == sampled_ctx.trace_id
+    assert [link.context.span_id for link in span.links] == [other_ctx.span_id]  # no unsampled one linked
+    # A batch whose requests were none of them sampled records nothing (it starts no trace of its own).
+    spans.clear()
+    await Publisher(client, SHARDS).publish_encoded([
+        ("lead-u", encode(bus_message("u5", "lead-u", "x")), unsampled_carrier(3)),
+        ("lead-u", encode(bus_message("u6", "lead-u", "x")), None)])
+    assert await Consumer(client, group="ug", shards=SHARDS, handler=Recorder()).drain() == 2
+    assert handling_spans(spans, "ug") == []
+    await client.aclose()
+
+
 async def test_a_batch_without_trace_context_starts_its_own_trace(redis_url: str,
                                                                  spans: InMemorySpanExporter) -> None:
     client = aioredis.from_url(redis_url)

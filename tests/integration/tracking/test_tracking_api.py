@@ -16,6 +16,9 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 from google.protobuf import json_format
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from gateway.tracking import linktoken
 from gateway.tracking.ratelimit import RateLimits
@@ -262,19 +265,91 @@ async def test_rate_limits_per_visitor_and_per_key(settings: Settings, tmp_path:
         assert 429 in statuses and statuses.count(202) <= 4, statuses
 
 
+def batch_sizes(mesh: TrackingMesh) -> list[int]:
+    """The sizes of the collect batches from now on (the real handler still runs each)."""
+    collector = mesh.app.app.state.tracking.collector  # type: ignore[attr-defined]
+    handle, sizes = collector._handle, []
+
+    async def counted(visits: list[Any]) -> Any:
+        sizes.append(len(visits))
+        return await handle(visits)
+
+    collector._batcher._handle = counted
+    return sizes
+
+
+async def test_a_batch_of_collects_gives_each_request_its_own_outcome(settings: Settings, tmp_path: Path) -> None:
+    """Concurrent requests are counted and stored together (one Redis call, one call to scoring), and
+    each hears its own outcome: over its limit, accepted, or its own events rejected."""
+    async with tracking_mesh(settings, tmp_path, services=("scoring",), visitor_per_min=3) as mesh:
+        three = views(("/a", "home"), ("/b", "home"), ("/c", "home"))
+        assert (await collect(mesh, PHONE, three)).json()["accepted"] == 3
+        sizes = batch_sizes(mesh)
+        bad = [{"id": "ev-9", "type": "purchase_made", "properties": {}}]
+        first, *replies = await asyncio.gather(
+            collect(mesh, "first-0123456789abcdef", views(("/", "home"))),  # goes alone; the rest queue behind it
+            collect(mesh, PHONE, views(("/d", "home"), start=3)),            # over the visitor's 3 a minute
+            collect(mesh, LAPTOP, views(("/c", "home"), ("/e", "country"))),
+            collect(mesh, "tablet-0123456789abcdef", bad),                  # only an event outside the set
+            collect(mesh, "desktop-0123456789abcdef", views(("/d", "pricing")) + bad))
+        assert sizes == [1, 4]
+        assert first.json() == {"accepted": 1, "duplicates": 0, "rejected": []}
+        over, laptop, tablet, desktop = replies
+        assert over.status_code == 429 and over.json()["error"]["details"]["scope"] == "visitor"
+        assert over.headers["access-control-allow-origin"] == SITE
+        assert laptop.json() == {"accepted": 2, "duplicates": 0, "rejected": []}
+        assert tablet.status_code == 202 and tablet.json()["accepted"] == 0
+        assert [r["index"] for r in tablet.json()["rejected"]] == [0]
+        assert desktop.status_code == 202 and desktop.json()["accepted"] == 1
+        assert [r["index"] for r in desktop.json()["rejected"]] == [1]
+        # The accepted events were stored: sent again, they are duplicates.
+        assert (await collect(mesh, LAPTOP, views(("/c", "home")))).json()["duplicates"] == 1
+        assert (await collect(mesh, "desktop-0123456789abcdef", views(("/d", "pricing")))).json()["duplicates"] == 1
+
+
+async def test_scoring_down_fails_only_the_requests_whose_events_went_to_it(settings: Settings,
+                                                                            tmp_path: Path) -> None:
+    """The call to scoring fails: the requests whose events it carried answer 503 (with CORS headers)
+    and nothing of theirs is stored; a request of the same batch refused by its limit still hears 429."""
+    async with tracking_mesh(settings, tmp_path, services=("scoring",), visitor_per_min=3) as mesh:
+        assert (await collect(mesh, PHONE, views(("/a", "home"), ("/b", "home"), ("/c", "home")))).status_code == 202
+        sizes = batch_sizes(mesh)
+        channels = mesh.app.app.state.mesh.channels  # type: ignore[attr-defined]
+        working = channels["scoring"]
+        channels["scoring"] = mesh_channel(f"127.0.0.1:{free_port()}")  # nobody listens
+        try:
+            replies = await asyncio.gather(
+                collect(mesh, "first-0123456789abcdef", views(("/", "home"))),
+                collect(mesh, PHONE, views(("/d", "home"), start=3)),  # over its limit of 3 a minute
+                collect(mesh, LAPTOP, views(("/b", "home"))))
+        finally:
+            await channels["scoring"].close()
+            channels["scoring"] = working
+        assert sizes == [1, 2]
+        first, over, laptop = replies
+        assert over.status_code == 429 and over.json()["error"]["details"]["scope"] == "visitor"
+        for r in (first, laptop):
+            assert r.status_code == 503 and r.json()["error"]["code"] == "unavailable", r.text
+            assert r.headers["access-control-allow-origin"] == SITE
+        # Nothing of theirs was stored: the same events sent again are accepted, not duplicates.
+        for visitor in ("first-0123456789abcdef", LAPTOP):
+            again = await collect(mesh, visitor, views(("/b" if visitor == LAPTOP else "/", "home")))
+            assert again.json() == {"accepted": 1, "duplicates": 0, "rejected": []}
+
+
 async def test_redis_down_is_a_503_for_every_request_of_the_batch(settings: Settings, tmp_path: Path) -> None:
     """The rate limits cannot be counted: nothing is taken (no event is stored unlimited), every request
     counted together hears it, with CORS headers and Retry-After; counting again once Redis answers."""
     async with tracking_mesh(settings, tmp_path, services=("scoring",)) as mesh:
-        tracking = mesh.app.app.state.tracking  # type: ignore[attr-defined]
-        working = tracking.limits
-        tracking.limits = RateLimits(aioredis.from_url(f"redis://127.0.0.1:{free_port()}/0"))  # nobody listens
+        collector = mesh.app.app.state.tracking.collector  # type: ignore[attr-defined]
+        working = collector.limits
+        collector.limits = RateLimits(aioredis.from_url(f"redis://127.0.0.1:{free_port()}/0"))  # nobody listens
         try:
             replies = await asyncio.gather(*(collect(mesh, f"visitor-{n:02d}-0123456789ab", views(("/", "home")))
                                              for n in range(6)))
         finally:
-            await tracking.limits.close()
-            tracking.limits = working
+            await collector.limits.close()
+            collector.limits = working
         for r in replies:
             assert r.status_code == 503 and r.json()["error"]["code"] == "unavailable", r.text
             assert r.headers["retry-after"] and r.headers["access-control-allow-origin"] == SITE
@@ -302,3 +377,36 @@ async def test_the_merged_history_moves_journeys_as_if_it_had_been_known(mesh: T
     assert triggered and "page_viewed category=pricing" in triggered[0]["summary"]
     assert any(i["kind"] == "message" and "triggers.pricing_page" in i["summary"] for i in new)
     assert [i["kind"] for i in new].index("journey") > [i["type"] for i in new].index("page_viewed")
+
+
+async def test_a_collect_batch_runs_in_the_trace_of_a_sampled_request(settings: Settings, tmp_path: Path,
+                                                                        spans: InMemorySpanExporter) -> None:
+    """A batch's call to scoring joins the first sampled request it carries (telemetry.batch_parent), not
+    the trace of whichever request's task started the batch: here an unsampled request queued first and a
+    sampled one behind it, in one batch after a request that went alone."""
+    unsampled = trace.SpanContext(trace_id=0x5EED, span_id=0x5EED, is_remote=True,
+                                  trace_flags=trace.TraceFlags(trace.TraceFlags.DEFAULT))
+
+    async def quiet(coro: Any) -> Any:
+        token = otel_context.attach(trace.set_span_in_context(trace.NonRecordingSpan(unsampled)))
+        try:
+            return await coro
+        finally:
+            otel_context.detach(token)
+
+    async with tracking_mesh(settings, tmp_path, services=("scoring",)) as mesh:
+        sizes = batch_sizes(mesh)
+        spans.clear()
+        await asyncio.gather(
+            collect(mesh, "first-0123456789abcdef", views(("/", "home"))),
+            quiet(collect(mesh, PHONE, views(("/a", "home")))),
+            collect(mesh, LAPTOP, views(("/b", "home"))))
+        assert sizes == [1, 2]
+        finished = spans.get_finished_spans()
+        requests = [s for s in finished if s.name.startswith("POST /t/v1/collect")]
+        assert len(requests) == 2   # the unsampled request recorded nothing
+        calls = [s for s in finished if s.name.endswith("Scoring/CollectVisitorEvents")]   # scoring's RPC span
+        assert len(calls) == 2, [(x.name, hex(x.context.trace_id)) for x in finished]
+        # Each call sits in the trace of a request it carried: the first's, and the laptop's (sampled).
+        assert {c.context.trace_id for c in calls} == {r.context.trace_id for r in requests}
+        assert all(s.context.trace_id != 0x5EED for s in finished)

@@ -65,3 +65,58 @@ def test_a_supervised_child_keeps_running_while_its_supervisor_lives(tmp_path: P
     finally:
         child.stop(timeout=5)
     assert not child.alive()
+
+
+def test_a_slow_start_says_how_to_wait_longer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The new-user run's find: on a busy machine messaging (which compiles every template before it
+    listens, at the consumers' low priority) took over 3 minutes and `make run` stopped after 60 s. The
+    wait is 300 s unless NURTURE_START_TIMEOUT_S says otherwise, and running out of it says so."""
+    from cli.supervisor import Child, free_local_port, wait_port
+    from cli.up import start_timeout
+
+    monkeypatch.delenv("NURTURE_START_TIMEOUT_S", raising=False)
+    assert start_timeout() == 300
+    monkeypatch.setenv("NURTURE_START_TIMEOUT_S", "7.5")
+    assert start_timeout() == 7.5
+    child = Child("slow", [sys.executable, "-c", "import time; time.sleep(30)"], env=dict(os.environ),
+                  log=tmp_path / "slow.log", cwd=ROOT)
+    child.start()
+    try:
+        with pytest.raises(SystemExit, match="NURTURE_START_TIMEOUT_S"):
+            wait_port("127.0.0.1", free_local_port(0), "slow", child, timeout=0.3)
+    finally:
+        assert child.proc is not None
+        child.proc.kill()
+        child.proc.wait()
+
+
+def _nice_of(tid_path: Path) -> int:
+    return int(tid_path.read_text().rsplit(")", 1)[1].split()[16])  # stat field 19: nice
+
+
+def test_a_consumer_starts_at_normal_priority_and_is_lowered_once_it_serves(tmp_path: Path) -> None:
+    """This run's find: started at nice 19, messaging (compiling every template before it listens) took
+    over 400 s to listen on a machine at load 18. `nurture up` starts it at the supervisor's priority and
+    lowers it, every thread and its autogroup, once it listens."""
+    from cli.supervisor import Child
+
+    code = "import threading, time; threading.Thread(target=time.sleep, args=(60,)).start(); time.sleep(60)"
+    child = Child("consumer", [sys.executable, "-c", code], env=dict(os.environ), log=tmp_path / "c.log",
+                  cwd=ROOT, nice=19)
+    child.start(defer_priority=True)
+    try:
+        assert child.proc is not None
+        tasks = Path(f"/proc/{child.proc.pid}/task")
+        deadline = time.monotonic() + 10
+        while len(list(tasks.iterdir())) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(list(tasks.iterdir())) == 2  # the thread is running before the lowering
+        own = os.getpriority(os.PRIO_PROCESS, 0)
+        assert {_nice_of(t / "stat") for t in tasks.iterdir()} == {own}
+        child.lower_priority()
+        assert {_nice_of(t / "stat") for t in tasks.iterdir()} == {19}
+        assert Path(f"/proc/{child.proc.pid}/autogroup").read_text().split()[-1] == "19"
+    finally:
+        assert child.proc is not None
+        child.proc.kill()
+        child.proc.wait()

@@ -406,10 +406,12 @@ class AudienceReply(_message.Message):
     def __init__(self, name: _Optional[str] = ..., lead_ids: _Optional[_Iterable[str]] = ..., suppressed: _Optional[_Iterable[str]] = ..., suppressed_reasons: _Optional[_Iterable[str]] = ..., next_cursor: _Optional[str] = ..., journeys_available: _Optional[bool] = ...) -> None: ...
 
 class SubscriptionsRequest(_message.Message):
-    __slots__ = ("email",)
+    __slots__ = ("email", "emails")
     EMAIL_FIELD_NUMBER: _ClassVar[int]
+    EMAILS_FIELD_NUMBER: _ClassVar[int]
     email: str
-    def __init__(self, email: _Optional[str] = ...) -> None: ...
+    emails: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, email: _Optional[str] = ..., emails: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Suppression(_message.Message):
     __slots__ = ("channel", "scope", "reason")
@@ -421,11 +423,26 @@ class Suppression(_message.Message):
     reason: str
     def __init__(self, channel: _Optional[str] = ..., scope: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
-class SubscriptionsReply(_message.Message):
+class AddressSuppressions(_message.Message):
     __slots__ = ("suppressed",)
     SUPPRESSED_FIELD_NUMBER: _ClassVar[int]
     suppressed: _containers.RepeatedCompositeFieldContainer[Suppression]
     def __init__(self, suppressed: _Optional[_Iterable[_Union[Suppression, _Mapping]]] = ...) -> None: ...
+
+class SubscriptionsReply(_message.Message):
+    __slots__ = ("suppressed", "by_email")
+    class ByEmailEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: AddressSuppressions
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[AddressSuppressions, _Mapping]] = ...) -> None: ...
+    SUPPRESSED_FIELD_NUMBER: _ClassVar[int]
+    BY_EMAIL_FIELD_NUMBER: _ClassVar[int]
+    suppressed: _containers.RepeatedCompositeFieldContainer[Suppression]
+    by_email: _containers.MessageMap[str, AddressSuppressions]
+    def __init__(self, suppressed: _Optional[_Iterable[_Union[Suppression, _Mapping]]] = ..., by_email: _Optional[_Mapping[str, AddressSuppressions]] = ...) -> None: ...
 
 class AbReportRequest(_message.Message):
     __slots__ = ("template",)

@@ -242,10 +242,12 @@ class ScoringModelReply(_message.Message):
     def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., definition_json: _Optional[str] = ..., versions_json: _Optional[str] = ...) -> None: ...
 
 class PutScoringModelRequest(_message.Message):
-    __slots__ = ("definition_json",)
+    __slots__ = ("definition_json", "validate_only")
     DEFINITION_JSON_FIELD_NUMBER: _ClassVar[int]
+    VALIDATE_ONLY_FIELD_NUMBER: _ClassVar[int]
     definition_json: str
-    def __init__(self, definition_json: _Optional[str] = ...) -> None: ...
+    validate_only: bool
+    def __init__(self, definition_json: _Optional[str] = ..., validate_only: _Optional[bool] = ...) -> None: ...
 
 class PutScoringModelReply(_message.Message):
     __slots__ = ("version", "problems")

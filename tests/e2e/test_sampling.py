@@ -1,0 +1,65 @@
+"""Head sampling across the whole mesh (`nurture up`, NURTURE_TRACE_SAMPLE_RATIO=0.5): a sampled event's
+trace is whole in every process (the gateway's request, scoring's RPC, ingest, SQL and publish, and each
+consumer's handling: journeys, messaging, crm_sync, analytics, as its own span or a link from the batch
+that carried it), and an unsampled event leaves no span anywhere: no trace in any process's file lacks
+its root."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from bench._mesh import private_mesh
+
+pytestmark = pytest.mark.slow
+
+LEADS = 16
+CONSUMERS = ("journeys", "messaging", "crm_sync", "analytics")
+
+
+def _spans(data_dir: str) -> list[dict[str, Any]]:
+    out = []
+    for path in sorted((Path(data_dir) / "traces").glob("*.jsonl")):
+        out += [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return out
+
+
+def test_an_event_is_traced_whole_in_every_service_or_not_at_all() -> None:
+    every_other = {"NURTURE_TRACE_SAMPLE_RATIO": "0.5"}
+    with private_mesh(clock="virtual", settings=every_other) as mesh, \
+            httpx.Client(base_url=mesh.url, headers={"Authorization": f"Bearer {mesh.api_key}"}, timeout=120) as api:
+        for i in range(LEADS):
+            assert api.post("/v1/leads", json={"id": f"s{i}", "email": f"s{i}@example.com",
+                                               "consent": {"email": True}}).status_code == 201
+        for i in range(LEADS):
+            r = api.post("/v1/events", json={"lead_id": f"s{i}", "type": "page_viewed",
+                                             "properties": {"category": "pricing"}})
+            assert r.status_code == 202, r.text
+        # Every consumer hears every event (and the clock's settling drains the bus first).
+        assert api.post("/v1/admin/clock/advance", json={"seconds": 3600}).status_code == 200
+    # The mesh has stopped: every process flushed its spans to its file.
+    spans = _spans(mesh.data_dir)
+    traces: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for span in spans:
+        traces[span["trace_id"]].append(span)
+    # Health checks and the like start traces of their own in a service; every trace has its root.
+    rootless = [t for t, members in traces.items() if not any(s["parent_id"] is None for s in members)]
+    assert rootless == [], [sorted({s["name"] for s in traces[t]}) for t in rootless[:3]]
+    events = [t for t, members in traces.items() if any(s["name"] == "POST /v1/events" for s in members)]
+    assert 0 < len(events) < LEADS, f"{len(events)} of {LEADS} events sampled at 0.5"
+    linked: dict[str, set[str]] = defaultdict(set)  # trace → the span names that link to it
+    for span in spans:
+        for link in span.get("links", []):
+            linked[link].add(span["name"])
+    for t in events:
+        names = {s["name"] for s in traces[t]} | linked[t]
+        services = {s["service"] for s in traces[t]}
+        assert {"nurture-gateway", "nurture-scoring"} <= services, services
+        assert "ingest" in names and "publish" in names, names
+        for group in CONSUMERS:
+            assert f"bus handle {group}" in names, (group, sorted(names))
