@@ -409,33 +409,109 @@ class DriverWrites:
         # qmark (sqlite3) or format/pyformat (psycopg): both take positional parameters as below.
         self._mark = "?" if engine.dialect.paramstyle == "qmark" else "%s"
         self._sql: dict[tuple[Any, ...], str] = {}
-        self._processors: dict[tuple[str, tuple[str, ...]], list[Callable[[Any], Any] | None]] = {}
+        self._processors: dict[tuple[Any, ...], list[Callable[[Any], Any] | None]] = {}
 
     def begin(self) -> AbstractContextManager[Connection]:
         """A Core transaction for these writes: committed on success, rolled back on an exception."""
         return self._engine.begin()
 
+    @contextmanager
+    def pipelined(self) -> Iterator[Connection]:
+        """`begin()`, with its statements pipelined on PostgreSQL (psycopg's pipeline mode): each is sent
+        without waiting for its answer, a read (`select`) waits once for itself and everything sent
+        before it, and the commit goes with the writes sent after the last read. A transaction that
+        reads, then writes, costs two round trips whatever its statement count, where the ingest's
+        seven statements cost seven (each round trip is a wake-up of the server's process and of
+        ours: on a busy host, most of a paced event's time). Inside, only this object's statements
+        (SQLAlchemy's own execution would read a statement's answer at once). An error surfaces at
+        the next read or at the commit, and the whole transaction is rolled back as usual.
+
+        The transaction's BEGIN and COMMIT are our own statements on an autocommit connection, so
+        that BEGIN travels with the first read and COMMIT with the writes (psycopg's implicit BEGIN
+        waits for its answer, and leaving pipeline mode waits for one more). On SQLite, `begin()`."""
+        with self._engine.begin() as conn:
+            if self._dialect.name != "postgresql":
+                yield conn
+                return
+            dbapi: Any = conn.connection.dbapi_connection
+            dbapi.autocommit = True
+            try:
+                with dbapi.pipeline():
+                    conn.info["nurture_pipelined"] = True
+                    self._run(conn, "BEGIN", None, many=False)
+                    yield conn
+                    self._run(conn, "COMMIT", None, many=False)
+                # Leaving pipeline mode sent a Sync and read every answer: the commit's outcome is known.
+            finally:
+                conn.info.pop("nurture_pipelined", None)
+                try:
+                    if dbapi.info.transaction_status != _PG_IDLE:  # failed, or interrupted before COMMIT
+                        dbapi.rollback()
+                    dbapi.autocommit = False
+                except Exception:  # a broken connection: SQLAlchemy's rollback discards it from the pool
+                    log.debug("could not reset a pipelined connection", exc_info=True)
+            # SQLAlchemy's commit on leaving begin() finds no transaction open and sends nothing.
+
+    def select(self, conn: Connection, table: Table, columns: Sequence[str], key: str, values: Sequence[Any], *,
+               lock: bool = False) -> list[dict[str, Any]]:
+        """`SELECT columns FROM table WHERE key IN values ORDER BY key`, with `lock` `FOR UPDATE` on
+        PostgreSQL (rows locked in key order: LockRows sits above the sort); each row a dict, its values
+        converted as SQLAlchemy would (SQLite's datetime text)."""
+        out: list[dict[str, Any]] = []
+        processors = self._results(table, columns)
+        locking = " FOR UPDATE" if lock and self._dialect.name == "postgresql" else ""
+        for start in range(0, len(values), _ROWS_PER_STATEMENT):
+            chunk = list(values[start:start + _ROWS_PER_STATEMENT])
+            shape = ("select", table.name, tuple(columns), key, len(chunk), locking)
+            sql = self._statement(shape, lambda n=len(chunk): (
+                f"SELECT {', '.join(columns)} FROM {table.name} WHERE {key} IN ({', '.join([self._mark] * n)}) "
+                f"ORDER BY {key}{locking}"))
+            for row in self._run(conn, sql, chunk, many=False, fetch=True):
+                out.append({c: v if p is None or v is None else p(v)
+                            for c, p, v in zip(columns, processors, row, strict=True)})
+        return out
+
     def insert(self, conn: Connection, table: Table, columns: Sequence[str], rows: Sequence[Sequence[Any]],
                returning: str | None = None) -> list[Any]:
         """Insert `rows` (values in `columns` order); with `returning`, that column of each new row,
         in ascending order (one multi-row INSERT per chunk, so a chunk's ids follow its rows)."""
-        out: list[Any] = []
-        processed = self._process(table, columns, rows)
         if returning is None:
             sql = self._statement(("insert", table.name, tuple(columns)), lambda: (
                 f"INSERT INTO {table.name} ({', '.join(columns)}) "
                 f"VALUES ({', '.join([self._mark] * len(columns))})"))
-            self._run(conn, sql, processed, many=True)
-            return out
+            self._run(conn, sql, self._process(table, columns, rows), many=True)
+            return []
+        return self.insert_later(conn, table, columns, rows, returning)()
+
+    def insert_later(self, conn: Connection, table: Table, columns: Sequence[str], rows: Sequence[Sequence[Any]],
+                     returning: str) -> Callable[[], list[Any]]:
+        """`insert` with `returning`, whose values are read by calling the result: in a `pipelined`
+        transaction after its commit (reading them before would cost a round trip of its own), else
+        at once (the call only hands them over)."""
+        processed = self._process(table, columns, rows)
+        cursors = []
+        later = bool(conn.info.get("nurture_pipelined"))
         for start in range(0, len(processed), _ROWS_PER_STATEMENT):
             chunk = processed[start:start + _ROWS_PER_STATEMENT]
             sql = self._statement(("insert", table.name, tuple(columns), len(chunk), returning), lambda n=len(chunk): (
                 f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES "
                 + ", ".join([f"({', '.join([self._mark] * len(columns))})"] * n)
                 + f" RETURNING {returning}"))
-            out.extend(sorted(r[0] for r in self._run(conn, sql, [v for row in chunk for v in row], many=False,
-                                                      fetch=True)))
-        return out
+            cursors.append(self._send(conn, sql, [v for row in chunk for v in row], many=False))
+
+        def read() -> list[Any]:
+            out: list[Any] = []
+            for cursor in cursors:
+                try:
+                    out.extend(sorted(r[0] for r in cursor.fetchall()))
+                finally:
+                    cursor.close()
+            return out
+
+        if later:
+            return read
+        values = read()
+        return lambda: values
 
     def update(self, conn: Connection, table: Table, columns: Sequence[str], key: str,
                rows: Sequence[Sequence[Any]]) -> None:
@@ -489,8 +565,25 @@ class DriverWrites:
         return [tuple(v if p is None or v is None else p(v) for p, v in zip(processors, row, strict=True))
                 for row in rows]
 
+    def _results(self, table: Table, columns: Sequence[str]) -> list[Callable[[Any], Any] | None]:
+        shape = ("result", table.name, tuple(columns))
+        processors = self._processors.get(shape)
+        if processors is None:
+            processors = self._processors[shape] = [
+                table.c[c].type.dialect_impl(self._dialect).result_processor(self._dialect, None) for c in columns]
+        return processors
+
+    @classmethod
+    def _run(cls, conn: Connection, sql: str, params: Any, *, many: bool, fetch: bool = False) -> list[Any]:
+        cursor = cls._send(conn, sql, params, many=many)
+        try:
+            return list(cursor.fetchall()) if fetch else []
+        finally:
+            cursor.close()
+
     @staticmethod
-    def _run(conn: Connection, sql: str, params: Any, *, many: bool, fetch: bool = False) -> list[Any]:
+    def _send(conn: Connection, sql: str, params: Any, *, many: bool) -> Any:
+        """The statement executed (in a pipeline: queued) on a new cursor, which the caller closes."""
         record_statement(conn, sql, many)
         cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
         try:
@@ -498,10 +591,13 @@ class DriverWrites:
                 cursor.executemany(sql, params)
             else:
                 cursor.execute(sql, params)
-            return list(cursor.fetchall()) if fetch else []
-        finally:
+        except BaseException:
             cursor.close()
+            raise
+        return cursor
 
 
+# psycopg's TransactionStatus.IDLE (no transaction open), without importing the driver where it is absent.
+_PG_IDLE = 0
 # Rows per multi-row statement: well under SQLite's 32,766 variables and PostgreSQL's 65,535.
 _ROWS_PER_STATEMENT = 1000

@@ -81,6 +81,9 @@ class Settings:
     timer_shards: int = 16
     max_body_bytes: int = 1_048_576
     max_batch: int = 1000
+    # Ingest transactions scoring runs at once, and IngestEvents calls of single posts the gateway keeps
+    # in flight to it, on PostgreSQL (`ingest_in_flight`; SQLite has one writer: one).
+    ingest_writers: int = 2
     rate_limit_per_s: int = 0  # per API key on /v1; 0 = off
     # Publishable keys of the website tracking snippet, JSON {"<key>": {"origins": [...], ...}}
     # (gateway.tracking.keys reads and checks it; docs/API.md "Website tracking")
@@ -105,6 +108,12 @@ class Settings:
 
     def database_url_for(self, service: str) -> str:
         return self.database_url or self.sqlite_url(service)
+
+    @property
+    def ingest_in_flight(self) -> int:
+        """`ingest_writers` on PostgreSQL, 1 on SQLite (the embedded default)."""
+        url = self.database_url or ""
+        return 1 if not url or url.startswith("sqlite") else max(1, self.ingest_writers)
 
     def address_of(self, service: str) -> str:
         return str(getattr(self, f"{service}_addr"))

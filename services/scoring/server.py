@@ -52,7 +52,7 @@ async def serve(settings: Settings) -> Running:
             core.model = await db.run(versions.model, live)
             log.info("scoring model version %d is live here too", live)
     outbox = Outbox(db, core, Publisher(redis, settings.bus_shards))
-    ingest = IngestQueue(db, core, clock, outbox)
+    ingest = IngestQueue(db, core, clock, outbox, writers=1 if db.is_sqlite else settings.ingest_writers)
     visitors = VisitorDoor(db, core, ingest, outbox, clock, load_profiling())
     lapse_lock = asyncio.Lock()
 

@@ -5,7 +5,7 @@ transactions. The row-to-dict readers live here, as they know the stored encodin
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -20,18 +20,16 @@ from services.scoring.domain.records import OutboxRow
 from services.scoring.domain.rules import derive_counters
 from services.scoring.tables import audit, events, leads, models, outbox, score_changes
 
-# The ingest path's reads, built once (building and cache-keying one costs more than running it);
-# its writes go on the driver's cursor (DriverWrites).
-_EVENTS_BY_KEY = select(events.c.idempotency_key, events.c.id, events.c.lead_id, events.c.type).where(
-    events.c.idempotency_key.in_(bindparam("keys", expanding=True)))
 # Rows are locked in primary-key order on every path that locks more than one lead: two transactions
 # locking overlapping sets in different orders deadlock on PostgreSQL (the order of an IN list is not
-# the order rows are locked in; ORDER BY is, as LockRows sits above the sort).
+# the order rows are locked in; ORDER BY is, as LockRows sits above the sort). The ingest path's reads
+# and writes go on the driver's cursor (DriverWrites), pipelined on PostgreSQL.
 _LEADS_FOR_UPDATE = (select(leads).where(leads.c.id.in_(bindparam("ids", expanding=True))).order_by(leads.c.id)
                      .with_for_update())
 _EVENT_COLUMNS = ("id", "lead_id", "type", "properties", "occurred_at", "received_at", "idempotency_key", "source",
                   "score_delta", "signals")
 _CHANGE_COLUMNS = ("lead_id", "at", "delta", "score_after", "rule", "reason", "event_id", "model_version")
+_AUDIT_COLUMNS = ("lead_id", "at", "action", "source", "details", "erased")
 _SAVED_LEAD_COLUMNS = ("score", "counters", "recent", "interests", "segment", "lifecycle_stage", "last_engaged_at",
                        "lapse_due_at", "consent", "version", "updated_at")
 
@@ -79,9 +77,9 @@ def lead_snapshot(row: Row[Any] | Mapping[str, Any], now: datetime | None = None
 
 
 
-def internal(row: Row[Any]) -> dict[str, Any]:
+def internal(row: Row[Any] | Mapping[str, Any]) -> dict[str, Any]:
     """A lead row with its JSON decoded, for the model."""
-    m = row._mapping
+    m = row._mapping if isinstance(row, Row) else row
     return {
         **{k: m[k] for k in ("id", "email", "first_name", "last_name", "segment", "score", "grade",
                              "lifecycle_stage", "timezone", "locale", "crm_id", "version")},
@@ -105,11 +103,15 @@ def lead_by_email(s: Session, email: str) -> Row[Any] | None:
     return s.execute(select(leads).where(func.lower(leads.c.email) == email.lower()).limit(1)).first()
 
 
-def add_consent_audit(s: Session | Connection, lead_id: str, now: datetime, source: str, channel: str,
-                      given: bool) -> None:
-    s.execute(insert(audit).values(
-        lead_id=lead_id, at=now, action="consent_given" if given else "consent_withdrawn",
-        source=source, details=jsoncodec.dumps({"channel": channel, "value": given}), erased=False))
+def add_consent_audit(s: Session, lead_id: str, now: datetime, source: str, channel: str, given: bool) -> None:
+    s.execute(insert(audit).values(dict(zip(_AUDIT_COLUMNS, consent_audit_row(lead_id, now, source, channel, given),
+                                            strict=True))))
+
+
+def consent_audit_row(lead_id: str, now: datetime, source: str, channel: str, given: bool) -> tuple[Any, ...]:
+    """A consent change's audit entry, a row of `_AUDIT_COLUMNS`."""
+    return (lead_id, now, "consent_given" if given else "consent_withdrawn", source,
+            jsoncodec.dumps({"channel": channel, "value": given}), False)
 
 
 def update_lead(s: Session, lead_id: str, changes: Mapping[str, Any]) -> None:
@@ -186,13 +188,20 @@ def delete_outbox(writes: DriverWrites, s: Connection, seqs: Sequence[int]) -> N
     writes.delete(s, outbox, "seq", seqs)
 
 
-def events_by_key(s: Connection, keys: Sequence[str]) -> dict[str, tuple[str, str, str]]:
+def events_by_key(writes: DriverWrites, s: Connection, keys: Sequence[str]) -> dict[str, tuple[str, str, str]]:
     """idempotency key → (event id, lead, type) of the stored events with these keys."""
-    return {row.idempotency_key: (row.id, row.lead_id, row.type) for row in s.execute(_EVENTS_BY_KEY, {"keys": keys})}
+    return {row["idempotency_key"]: (row["id"], row["lead_id"], row["type"]) for row in writes.select(
+        s, events, ("idempotency_key", "id", "lead_id", "type"), "idempotency_key", keys)}
 
 
-def leads_for_update(s: Connection, ids: Sequence[str]) -> Iterable[Row[Any]]:
-    return s.execute(_LEADS_FOR_UPDATE, {"ids": list(ids)})
+def leads_for_update(writes: DriverWrites, s: Connection, ids: Sequence[str]) -> list[dict[str, Any]]:
+    """The leads' rows, locked in key order."""
+    return writes.select(s, leads, _LEAD_COLUMNS, "id", ids, lock=True)
+
+
+def insert_consent_audits(writes: DriverWrites, s: Connection, rows: list[tuple[Any, ...]]) -> None:
+    """Rows of `consent_audit_row`."""
+    writes.insert(s, audit, _AUDIT_COLUMNS, rows)
 
 
 def insert_events(writes: DriverWrites, s: Connection, rows: list[tuple[Any, ...]]) -> None:
@@ -221,14 +230,21 @@ def save_scored_leads(writes: DriverWrites, s: Session | Connection, rows: list[
 
 def insert_outbox(writes: DriverWrites, s: Session | Connection, messages: Sequence[BusMessage],
                   traces: Sequence[str | None] = ()) -> list[OutboxRow]:
-    """Insert the messages into the outbox; returns the rows as published.
+    """Insert the messages into the outbox; returns the rows as published (see `insert_outbox_later`)."""
+    return insert_outbox_later(writes, s, messages, traces)()
+
+
+def insert_outbox_later(writes: DriverWrites, s: Session | Connection, messages: Sequence[BusMessage],
+                        traces: Sequence[str | None] = ()) -> Callable[[], list[OutboxRow]]:
+    """Insert the messages into the outbox; calling the result gives the rows as published (in a
+    pipelined transaction, only after its commit: their seqs come back with it).
 
     The trace of the request that caused a message travels with it (W3C traceparent), so
     publishing and the consumers' work join the same trace: an event's own (`traces[i]`, when its
     caller sent one with the event, as the gateway does for events it sends together), else the
     current one."""
     if not messages:
-        return []
+        return lambda: []
     carrier: dict[str, str] = {}
     inject(carrier)
     current = jsoncodec.dumps(carrier) if carrier else None
@@ -237,9 +253,9 @@ def insert_outbox(writes: DriverWrites, s: Session | Connection, messages: Seque
         own = traces[i] if i < len(traces) else None
         values.append((m.lead_id, busmessage.encode(m), jsoncodec.dumps({"traceparent": own}) if own else current))
     # One multi-row INSERT per chunk: a chunk's seqs, ascending, are its rows in order.
-    seqs = writes.insert(s.connection() if isinstance(s, Session) else s, outbox,
-                         ("lead_id", "payload", "trace"), values, returning="seq")
-    return [OutboxRow(seq, *v) for seq, v in zip(seqs, values, strict=True)]
+    seqs = writes.insert_later(s.connection() if isinstance(s, Session) else s, outbox,
+                               ("lead_id", "payload", "trace"), values, returning="seq")
+    return lambda: [OutboxRow(seq, *v) for seq, v in zip(seqs(), values, strict=True)]
 
 
 # -- outbox, decay, history -------------------------------------------------------------------------------

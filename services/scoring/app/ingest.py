@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -20,7 +20,7 @@ from nurture.db import Database
 from nurture.telemetry import batch_parent, traceparent_contexts
 from services.scoring import storage as st
 from services.scoring.app.base import CoreBase
-from services.scoring.app.outbox import Outbox
+from services.scoring.app.outbox import HandOff, Outbox
 from services.scoring.domain import messages
 from services.scoring.domain.profile import apply_outcome, next_lapse
 from services.scoring.domain.records import EventIn, EventResult, OutboxRow
@@ -31,13 +31,30 @@ _tracer = trace.get_tracer(__name__)
 
 class Ingest(CoreBase):
     def ingest(
-        self, batch: Sequence[EventIn], now: datetime, published: Sequence[int] = ()
+        self, batch: Sequence[EventIn], now: datetime, published: Sequence[int] = (),
+        reserve: Callable[[], HandOff] | None = None,
     ) -> tuple[list[EventResult], list[OutboxRow]]:
         """Store and score a batch in one transaction. Bad events are rejected one by one; the good
         ones are all committed together. Returns the results and the outbox rows written, which the
-        caller publishes from memory; `published` are outbox rows published since, deleted here so
-        that the hot path costs one transaction (a crash before that delete republishes them, and
-        consumers drop repeats by message id)."""
+        caller publishes from memory, in the order of the places `reserve` hands out (taken once the
+        batch's leads are locked: see `Outbox`); `published` are outbox rows published since, deleted
+        here so that the hot path costs one transaction (a crash before that delete republishes them,
+        and consumers drop repeats by message id)."""
+        places: list[HandOff] = []  # the one `reserve` gave, once taken
+        try:
+            results, written = self._ingest(batch, now, published, reserve, places)
+        except BaseException:
+            for place in places:  # rolled back, or its commit failed: none of its rows exists
+                place.fail()
+            raise
+        for place in places:
+            place.commit(written)
+        return results, written
+
+    def _ingest(
+        self, batch: Sequence[EventIn], now: datetime, published: Sequence[int],
+        reserve: Callable[[], HandOff] | None, places: list[HandOff],
+    ) -> tuple[list[EventResult], list[OutboxRow]]:
         results: list[EventResult | None] = [None] * len(batch)
         for i, ev in enumerate(batch):
             problem = event_problem(ev)
@@ -45,16 +62,19 @@ class Ingest(CoreBase):
                 results[i] = EventResult(error_code="invalid", error_message=problem)
         # The hot path: a Core transaction (an ORM session's own cost was a tenth of a small one),
         # prebuilt reads and writes on the driver's cursor (SQLAlchemy's execution of each statement
-        # cost more than SQLite's work here).
-        with self._writes.begin() as s:
+        # cost more than SQLite's work here), pipelined on PostgreSQL: two round trips, one to read and
+        # lock, one to write and commit.
+        with self._writes.pipelined() as s:
             if published:
                 st.delete_outbox(self._writes, s, published)
             keys = [ev.idempotency_key for i, ev in enumerate(batch) if ev.idempotency_key and results[i] is None]
             seen: dict[str, tuple[str, str, str]] = {}  # key → (event id, lead, type)
             if keys:
-                seen.update(st.events_by_key(s, keys))
+                seen.update(st.events_by_key(self._writes, s, keys))
             lead_ids = sorted({ev.lead_id for i, ev in enumerate(batch) if results[i] is None})
-            rows = {r.id: st.internal(r) for r in st.leads_for_update(s, lead_ids)} if lead_ids else {}
+            rows = {r["id"]: st.internal(r) for r in st.leads_for_update(self._writes, s, lead_ids)} if lead_ids else {}
+            if reserve is not None:  # the leads are locked now, until the commit
+                places.append(reserve())
             touched: set[str] = set()
             event_rows: list[tuple[Any, ...]] = []
             change_rows: list[tuple[Any, ...]] = []
@@ -105,31 +125,43 @@ class Ingest(CoreBase):
             if change_rows:
                 st.insert_score_changes(self._writes, s, change_rows)
             self._save_all(s, [rows[lead_id] for lead_id in sorted(touched)], now)
-            written = st.insert_outbox(self._writes, s, caused_messages, caused_traces)
-        return [r or EventResult(error_code="internal", error_message="not processed") for r in results], written
+            written = st.insert_outbox_later(self._writes, s, caused_messages, caused_traces)
+        return [r or EventResult(error_code="internal", error_message="not processed") for r in results], written()
 
     def _save_all(self, s: Connection, touched: list[dict[str, Any]], now: datetime) -> None:
         """One executemany UPDATE for every lead the batch touched, after their consent audit."""
         rows = []
+        audits = []
         inactive = timedelta(days=int(self.model.decay["inactive_days"]))
         for lead in touched:
             rows.append(st.scored_lead_row(lead, next_lapse(lead, inactive), now))
             for given in lead.pop("_consent_changes", []):
-                st.add_consent_audit(s, lead["id"], now, "event", "email", given)
+                audits.append(st.consent_audit_row(lead["id"], now, "event", "email", given))
+        if audits:
+            st.insert_consent_audits(self._writes, s, audits)
         st.save_scored_leads(self._writes, s, rows)
 
 
 class IngestQueue:
-    """Group commit: concurrent IngestEvents calls are merged into one transaction (SQL has one
-    writer on SQLite anyway), which multiplies single-event throughput under load. The merged write
-    runs in the trace of the first caller and links the others."""
+    """Group commit: concurrent IngestEvents calls are merged into one transaction, which multiplies
+    single-event throughput under load. The merged write runs in the trace of the first caller and
+    links the others.
 
-    def __init__(self, db: Database, store: Ingest, clock: Clock, outbox: Outbox, max_events: int = 2000) -> None:
+    `writers` transactions may be in flight at once. SQLite has one writer anyway: one. On PostgreSQL
+    a transaction spends most of its time waiting (its round trips, its commit's WAL flush), so a call
+    that arrives meanwhile starts its own at once instead of waiting for that one to finish; their
+    outbox rows still reach the bus in commit order per lead (`Outbox.reserve`)."""
+
+    def __init__(self, db: Database, store: Ingest, clock: Clock, outbox: Outbox, max_events: int = 2000,
+                 writers: int = 1) -> None:
         self._db = db
         self._store = store
         self._clock = clock
         self._outbox = outbox
         self._max = max_events
+        self._writers = max(1, writers)
+        self._running = 0
+        self._tasks: set[asyncio.Task[None]] = set()
         self._pending: list[tuple[list[EventIn], trace.SpanContext, asyncio.Future[list[EventResult]]]] = []
         self._wake = asyncio.Event()
 
@@ -140,17 +172,29 @@ class IngestQueue:
         return await future
 
     async def run(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while self._pending:
-                taken: list[tuple[list[EventIn], trace.SpanContext, asyncio.Future[list[EventResult]]]] = []
-                size = 0
-                while self._pending and (not taken or size + len(self._pending[0][0]) <= self._max):
-                    item = self._pending.pop(0)
-                    taken.append(item)
-                    size += len(item[0])
-                await self._write(taken)
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                while self._pending and self._running < self._writers:
+                    taken: list[tuple[list[EventIn], trace.SpanContext, asyncio.Future[list[EventResult]]]] = []
+                    size = 0
+                    while self._pending and (not taken or size + len(self._pending[0][0]) <= self._max):
+                        item = self._pending.pop(0)
+                        taken.append(item)
+                        size += len(item[0])
+                    self._running += 1
+                    task = asyncio.create_task(self._write(taken))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._written)
+        finally:  # stopping: the writes in flight end with it
+            for task in self._tasks:
+                task.cancel()
+
+    def _written(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._running -= 1
+        self._wake.set()  # calls that queued meanwhile go next
 
     async def _write(
         self, taken: list[tuple[list[EventIn], trace.SpanContext, asyncio.Future[list[EventResult]]]]
@@ -166,15 +210,19 @@ class IngestQueue:
                 span.set_attributes({"events": len(combined), "calls": len(taken)})
             published = self._outbox.take_published()
             try:
-                results, written = await self._db.run(self._store.ingest, combined, self._clock.now(), published,
-                                                       urgent=True)
+                results, _ = await self._db.run(self._store.ingest, combined, self._clock.now(), published,
+                                                self._outbox.reserve, urgent=True)
             except Exception as exc:
                 self._outbox.give_back(published)
+                self._outbox.settle()  # the places behind this one's may be waiting for its outcome
+                # A commit whose answer was lost (the connection broke) may have stored its rows after
+                # all: the sweep publishes whatever SQL holds, in seq order.
+                self._outbox.sweep_soon()
                 for _, _, future in taken:
                     if not future.done():
                         future.set_exception(exc)
                 return
-        self._outbox.committed(written)
+        self._outbox.settle()
         offset = 0
         for batch, _, future in taken:
             if not future.done():

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
+from collections import deque
 from collections.abc import Sequence
 
 from opentelemetry import trace
@@ -31,15 +33,38 @@ class OutboxRows(CoreBase):
             st.mark_published(s, seqs)
 
 
+class HandOff:
+    """One ingest transaction's place in the publishing order (`Outbox.reserve`): taken while the
+    transaction holds its leads' row locks, so for any one lead the places follow the commits; then
+    `commit` with the rows it wrote, or `fail`. Called from the database's worker threads."""
+
+    __slots__ = ("rows", "state")
+
+    def __init__(self) -> None:
+        self.rows: list[OutboxRow] = []
+        self.state = "open"
+
+    def commit(self, rows: list[OutboxRow]) -> None:
+        self.rows = rows
+        self.state = "committed"
+
+    def fail(self) -> None:
+        self.state = "failed"
+
+
 class Outbox:
     """Publishes committed outbox rows to the bus in commit order, and has them deleted.
 
-    Two ways in. The hot path (ingest) hands over the rows it just committed (`committed`) and they
-    are published from memory; their delete rides on the next ingest transaction (`take_published`),
-    so an event costs one transaction, not three. Every other write asks for a sweep (`sweep_soon`), which
-    publishes what SQL holds in seq order; it also runs at startup, on settle and after a Redis
-    failure, so a row committed before a crash always goes out (perhaps twice: consumers drop
-    repeats by message id).
+    Two ways in. The hot path (ingest) publishes the rows it commits from memory: their delete rides
+    on the next ingest transaction (`take_published`), so an event costs one transaction, not three.
+    Several ingest transactions may be in flight at once (on PostgreSQL), so each takes its place in
+    one ordered list (`reserve`) while it holds its leads' row locks, before its commit; the list is
+    published in that order as the commits are confirmed (`settle`), and a place whose transaction
+    failed is dropped. A transaction that needs a lead another holds waits for that one's commit, so
+    its place comes after: per lead, the bus has the messages in commit order (journeys relies on it).
+    Every other write asks for a sweep (`sweep_soon`), which publishes what SQL holds in seq order; it
+    also runs at startup, on settle and after a Redis failure, so a row committed before a crash
+    always goes out (perhaps twice: consumers drop repeats by message id).
     """
 
     # Published rows whose delete waits for an ingest transaction; past this (or a quiet second) the
@@ -56,19 +81,33 @@ class Outbox:
         self._queue: list[OutboxRow] = []
         self._published: list[int] = []
         self._sweep = True
+        # Ingest transactions' places, oldest first (`reserve`); worker threads append under the lock.
+        self._order: deque[HandOff] = deque()
+        self._order_lock = threading.Lock()
 
     def sweep_soon(self) -> None:
         """A write other than ingest committed outbox rows: the sweep publishes them."""
         self._sweep = True
         self._ready.set()
 
-    def committed(self, rows: list[OutboxRow]) -> None:
-        """Rows an ingest transaction just committed, to publish from memory. Called on the event
-        loop in commit order (the SQLite executor is one thread; on PostgreSQL a lead's row lock
-        orders its writes)."""
-        if rows:
-            self._queue.extend(rows)
-            self._ready.set()
+    def reserve(self) -> HandOff:
+        """A place in the publishing order for an ingest transaction, taken while it holds its leads'
+        row locks and before it commits (from a database worker thread)."""
+        place = HandOff()
+        with self._order_lock:
+            self._order.append(place)
+        return place
+
+    def settle(self) -> None:
+        """On the event loop, after an ingest transaction's outcome: the places at the head of the
+        order whose transactions committed go to the publishing queue, those that failed are
+        dropped; it stops at the first still open (its rows would go before the ones behind it)."""
+        with self._order_lock:
+            while self._order and self._order[0].state != "open":
+                place = self._order.popleft()
+                if place.state == "committed" and place.rows:
+                    self._queue.extend(place.rows)
+                    self._ready.set()
 
     def take_published(self) -> list[int]:
         """The published rows' seqs, for the next ingest transaction to delete, once there are enough
@@ -100,6 +139,9 @@ class Outbox:
                 done += len(pending)
                 swept = {seq for seq, *_ in pending}
                 self._queue = [row for row in self._queue if row.seq not in swept]
+                with self._order_lock:  # committed rows not settled yet, already out
+                    for place in self._order:
+                        place.rows = [row for row in place.rows if row.seq not in swept]
             return done
 
     async def _drain(self) -> None:

@@ -12,6 +12,7 @@ import asyncio
 import json
 import random
 
+import grpc
 import pytest
 import sqlalchemy as sa
 
@@ -19,6 +20,7 @@ from nurture.api.common.v1 import common_pb2, common_pb2_grpc
 from nurture.api.scoring.v1 import scoring_pb2, scoring_pb2_grpc
 from nurture.settings import Settings
 from tests.conftest import mesh_channel, start_service
+from tests.integration.scoring.test_outbox import assert_once_in_commit_order, bus, wait_for
 
 pytestmark = pytest.mark.anyio
 
@@ -99,3 +101,97 @@ async def test_concurrent_shuffled_batches_are_each_accepted_exactly_once(settin
             await c.close()
         for r in replicas:
             await r.stop(grace=0.5)
+
+
+# An event of this type fails its transaction: on PostgreSQL at COMMIT (a deferred constraint trigger,
+# which first waits for an advisory lock the test holds, so the transaction sits in its commit with
+# its leads locked and its place in the publishing order taken), on SQLite at its INSERT.
+POISON_PG = """
+CREATE FUNCTION poison_check() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  IF NEW.type = 'poisoned' THEN
+    PERFORM pg_advisory_xact_lock({key});
+    RAISE EXCEPTION 'poisoned event';
+  END IF;
+  RETURN NULL;
+END $$;
+CREATE CONSTRAINT TRIGGER poison AFTER INSERT ON scoring_events DEFERRABLE INITIALLY DEFERRED
+  FOR EACH ROW EXECUTE FUNCTION poison_check();
+"""
+POISON_SQLITE = """CREATE TRIGGER poison BEFORE INSERT ON scoring_events WHEN NEW.type = 'poisoned'
+BEGIN SELECT RAISE(ABORT, 'poisoned event'); END"""
+
+
+def tagged(lead: str, tag: str, type_: str = "webinar_registered") -> scoring_pb2.Event:
+    return scoring_pb2.Event(lead_id=lead, type=type_, properties_json=json.dumps({"tag": tag}))
+
+
+async def test_a_failed_commit_between_concurrent_ingests_publishes_none_of_its_messages_and_the_rest_in_order(
+    settings: Settings,
+) -> None:
+    """On PostgreSQL two ingest transactions run at once: while one sits in a commit that will fail,
+    holding lead a, another call (lead b) commits. Its messages wait behind the failing one's place,
+    then go out once that place is dropped; a call for lead a waits for the lock and goes out after.
+    Nothing of the failed call reaches the bus, and the writes after it are published in order.
+    On SQLite (one writer) the same failure, in sequence."""
+    settings = settings.with_overrides(clock="real")  # the virtual clock reads Redis on every write
+    running = await start_service("scoring", settings)
+    engine = sa.create_engine(settings.database_url_for("scoring"), isolation_level="AUTOCOMMIT")
+    postgres = engine.dialect.name == "postgresql"
+    key = random.randrange(1, 2**31)
+    holder = engine.connect()
+    try:
+        async with mesh_channel(running.address) as ch:
+            stub = scoring_pb2_grpc.ScoringStub(ch)
+            await stub.UpsertLeads(scoring_pb2.UpsertLeadsRequest(
+                leads=[scoring_pb2.UpsertLeadRequest(id=lead, fields_json="{}") for lead in ("a", "b")]), timeout=10)
+            await wait_for(lambda: len(bus(settings)) == 2, timeout=10)
+            holder.exec_driver_sql(POISON_PG.format(key=key) if postgres else POISON_SQLITE)
+
+            doomed = scoring_pb2.IngestRequest(events=[tagged("a", "doomed"), tagged("a", "doomed", "poisoned")])
+            if postgres:
+                holder.exec_driver_sql(f"SELECT pg_advisory_lock({key})")
+                failing = asyncio.ensure_future(stub.IngestEvents(doomed, timeout=30))
+                await wait_for(lambda: holder.exec_driver_sql(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted").scalar() == 1,
+                    timeout=10)  # its transaction is in its commit, its place taken
+                # A second writer takes lead b's call meanwhile (one writer would wait for the first).
+                other = await asyncio.wait_for(stub.IngestEvents(scoring_pb2.IngestRequest(
+                    events=[tagged("b", "during")]), timeout=10), 8)
+                assert not failing.done()
+                during = other.results[0].event_id
+                assert during and not other.results[0].error_code
+                same_lead = asyncio.ensure_future(stub.IngestEvents(scoring_pb2.IngestRequest(
+                    events=[tagged("a", "behind")]), timeout=30))  # waits for lead a's lock
+                await asyncio.sleep(0.3)
+                assert during not in {m.id for m in bus(settings)}, "published ahead of an open place"
+                holder.exec_driver_sql(f"SELECT pg_advisory_unlock({key})")
+                with pytest.raises(grpc.aio.AioRpcError):
+                    await failing
+                behind = (await same_lead).results[0].event_id
+                expected = {"a": [behind], "b": [during]}
+            else:
+                during = (await stub.IngestEvents(scoring_pb2.IngestRequest(
+                    events=[tagged("b", "during")]), timeout=10)).results[0].event_id
+                with pytest.raises(grpc.aio.AioRpcError):
+                    await stub.IngestEvents(doomed, timeout=10)
+                behind = (await stub.IngestEvents(scoring_pb2.IngestRequest(
+                    events=[tagged("a", "behind")]), timeout=10)).results[0].event_id
+                expected = {"a": [behind], "b": [during]}
+            # Later events, one call after the other, each lead's in its call order.
+            for n in range(3):
+                reply = await stub.IngestEvents(scoring_pb2.IngestRequest(
+                    events=[tagged("a", f"later{n}"), tagged("b", f"later{n}")]), timeout=10)
+                expected["a"].append(reply.results[0].event_id)
+                expected["b"].append(reply.results[1].event_id)
+            wanted = {mid for ids in expected.values() for mid in ids}
+            await wait_for(lambda: wanted <= {m.id for m in bus(settings)}, timeout=10)
+            messages = bus(settings)
+            by_lead = assert_once_in_commit_order(messages)
+            assert not [m for m in messages if m.properties.get("tag") == "doomed" or m.type == "poisoned"]
+            for lead, ids in expected.items():
+                assert [m.id for m in by_lead[lead] if m.type == "webinar_registered"] == ids, lead
+    finally:
+        holder.close()
+        engine.dispose()
+        await running.stop(grace=0.5)

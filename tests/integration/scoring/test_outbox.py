@@ -226,3 +226,50 @@ async def test_a_lead_write_during_a_slow_publish_stays_before_the_event_that_fo
     finally:
         await stall.aclose()
         await running.stop(grace=0.5)
+
+
+async def test_ingest_places_publish_in_reserved_order_as_commits_are_confirmed(settings: Settings) -> None:
+    """Ingest transactions in flight together take places in one order while they hold their leads'
+    locks; a committed place waits for every open place ahead of it, a failed one is dropped, and
+    the rest go out in place order, not in the order their commits were confirmed."""
+    from nurture.bus import Publisher
+    from nurture.db import DriverWrites, open_database
+    from services.scoring.app.outbox import OutboxRows
+    from services.scoring.domain.records import OutboxRow
+    from services.scoring.domain.rules import load_model
+    from services.scoring.server import MIGRATIONS
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    db = open_database(settings, service="scoring", migrations_dir=MIGRATIONS)
+    redis = redisconn.connect(settings)
+    outbox = Outbox(db, OutboxRows(db.session, load_model(), DriverWrites(db.engine)),
+                    Publisher(redis, settings.bus_shards))
+    loop = asyncio.create_task(outbox.run())
+
+    def row(seq: int, lead: str, version: int) -> OutboxRow:
+        return OutboxRow(seq, lead, busmessage.encode(BusMessage(
+            id=f"{lead}-v{version}", lead_id=lead, type="page_viewed", properties={},
+            occurred_at="2026-01-01T00:00:00Z", lead=busmessage.LeadSnapshot(id=lead, version=version))), None)
+
+    try:
+        first, failing, third, fourth = (outbox.reserve() for _ in range(4))
+        third.commit([row(3, "a", 3)])  # confirmed before the places ahead of it
+        failing.fail()
+        outbox.settle()
+        await asyncio.sleep(0.2)
+        assert bus(settings) == [], "a place went out while one ahead of it was still open"
+        first.commit([row(1, "a", 1), row(2, "b", 1)])
+        outbox.settle()
+        await wait_for(lambda: len(bus(settings)) == 3)
+        assert [m.id for m in bus(settings) if m.lead_id == "a"] == ["a-v1", "a-v3"]
+        fourth.fail()  # a failure at the head: dropped, and what follows still goes out
+        outbox.reserve().commit([row(5, "a", 5)])
+        outbox.settle()
+        await wait_for(lambda: len(bus(settings)) == 4)
+        assert [m.id for m in bus(settings) if m.lead_id == "a"] == ["a-v1", "a-v3", "a-v5"]
+        assert_once_in_commit_order(bus(settings))
+    finally:
+        loop.cancel()
+        await asyncio.gather(loop, return_exceptions=True)
+        await redis.aclose()
+        db.close()
