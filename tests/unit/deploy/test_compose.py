@@ -81,3 +81,29 @@ def test_every_service_runs_replicas() -> None:
         assert services[name]["environment"]["NURTURE_REPLICA"] == "", name
         assert all("-" in str(p).split(":")[0] for p in services[name].get("ports", [])), name
         assert services["gateway"]["environment"][f"NURTURE_{name.upper()}_ADDR"].startswith("dns:///"), name
+
+
+def test_the_redis_cluster_override_moves_every_process_onto_a_formed_cluster() -> None:
+    """deploy/compose.redis-cluster.yml: every process of docker-compose.yml's mesh (and its migrate step)
+    gets the cluster clients and a node of the cluster, and starts only once the cluster is formed from
+    every node it defines."""
+    base = load()["services"]
+    override = yaml.safe_load((ROOT / "deploy" / "compose.redis-cluster.yml").read_text())
+    services = override["services"]
+    nodes = sorted(n for n in services if re.fullmatch(r"redis-\d+", n))
+    assert len(nodes) >= 6   # three masters and a replica each
+    known = {f"NURTURE_{name.upper()}" for name in Settings.__dataclass_fields__}
+    for name in [*SERVICES, "gateway", "migrate"]:
+        assert name in base, name
+        env = services[name]["environment"]
+        assert set(env) <= known and env["NURTURE_REDIS_CLUSTER"] == "1", name
+        assert env["NURTURE_REDIS_URL"].split("//")[1].split(":")[0] in nodes, name
+        assert services[name]["depends_on"]["redis-cluster-init"]["condition"] == "service_completed_successfully"
+    init = services["redis-cluster-init"]
+    assert set(init["depends_on"]) == set(nodes)
+    command = init["command"][0]
+    assert "--cluster create" in command and "--cluster-replicas 1" in command
+    assert f"for n in {' '.join(str(i) for i in range(1, len(nodes) + 1))}" in command
+    for n in nodes:
+        assert "--cluster-enabled" in services[n]["command"] and services[n]["volumes"][0].startswith(f"{n}:")
+        assert n in override["volumes"]
