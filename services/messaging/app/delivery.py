@@ -635,9 +635,14 @@ class Delivery:
                                     {**props, "attempts": attempts})])
 
     def content_of(self, template: str) -> dict[str, str]:
-        """What analytics groups a message's events by: its template's journey stage, topic and format."""
+        """What a message's events carry of its content: the template's journey stage, topic and format
+        (analytics groups by them) and, when it has one, its interest as `category`, the name the
+        website's page views give theirs (journeys' interest branches listen to it)."""
         spec = self.catalog.specs.get(template)
-        return {"stage": spec.stage, "topic": spec.topic, "format": spec.format} if spec else {}
+        if spec is None:
+            return {}
+        return {"stage": spec.stage, "topic": spec.topic, "format": spec.format,
+                **({"category": spec.interest} if spec.interest else {})}
 
     # --- feedback to scoring ----------------------------------------------------------------------
     async def flush_feedback(self) -> int:

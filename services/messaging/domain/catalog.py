@@ -76,6 +76,10 @@ class TemplateSpec:
     cta_lead_attribute: str = ""  # a lead attribute that, when it is a web address, is the CTA's address
     topic: str = ""   # what the piece is about (analytics groups by it); the catalog's `content` section
     format: str = ""  # what kind of piece it is (newsletter, guide, webinar, ...)
+    # The interest the piece speaks to, as the website's pages name theirs (`category`: education,
+    # healthcare, investment, ...): opening or clicking it is engaging with that content, so the
+    # journeys' interest branches (the seed's "if engaging with education content") hear it.
+    interest: str = ""
 
 
 @dataclass(frozen=True)
@@ -224,6 +228,7 @@ class TemplateEntry(Strict):
     speaks_for: str = ""
     topic: str = ""   # "": the journey's topic (content.topics)
     format: str = ""  # "": content.default_format
+    interest: str = ""  # the content category an open or click of it carries (TemplateSpec.interest)
 
 
 class ContentEntry(Strict):
@@ -310,7 +315,7 @@ class Catalog:
                 variants=raw.variants, cta_context=raw.cta.context, speaks_for=raw.speaks_for,
                 cta_lead_attribute=raw.cta.lead_attribute,
                 topic=raw.topic or data.content.topics.get(journey, ""),
-                format=raw.format or data.content.default_format,
+                format=raw.format or data.content.default_format, interest=raw.interest,
             )
         self._text_env = text_env()
         # The seed layouts are filled at seeding time: their own tags are [[ ]] / [% %], so the Jinja2

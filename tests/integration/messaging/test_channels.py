@@ -201,6 +201,22 @@ async def test_a_click_is_fed_to_scoring_with_what_was_clicked(inproc: InProc) -
     assert not [s for t, s in summaries if t == "email_opened"]   # the implied open has no line of its own
 
 
+async def test_a_click_on_an_email_about_an_interest_carries_it_as_its_category(inproc: InProc) -> None:
+    """This run's find: the journeys' interest branches (the seed's "if engaging with education content,
+    send additional school system resources") listen to email_clicked with `category: education`, and
+    no tracked click carried one, so clicking the education email never fired them."""
+    mid = await sent_message(inproc, "c2", "family.email_04")
+    await inproc.channels.track(inproc.engine.signer.sign(Token("click", mid, "c2", url="https://x.example/",
+                                                                link=0)), "click")
+    clicked = [e for e in inproc.scoring.events if e.type == "email_clicked"]
+    assert [json.loads(e.properties_json)["category"] for e in clicked] == ["education"]
+    # An email about no particular interest carries none.
+    mid = await sent_message(inproc, "c3")
+    await inproc.channels.track(inproc.engine.signer.sign(Token("click", mid, "c3", url="https://x.example/",
+                                                                link=0)), "click")
+    assert all("category" not in json.loads(e.properties_json) for e in inproc.scoring.events if e.lead_id == "c3")
+
+
 async def test_an_open_is_fed_to_scoring_once(inproc: InProc) -> None:
     mid = await sent_message(inproc, "o1")
     token = inproc.engine.signer.sign(Token("open", mid, "o1"))

@@ -40,3 +40,23 @@ def test_every_journey_email_renders_for_a_sparse_profile() -> None:
                 assert "None" not in part and "{{" not in part and "Undefined" not in part, (key, part)
             assert "Hi ," not in r.text and "Hi  " not in r.text, key
     assert rendered >= 100
+
+
+def test_the_seeds_interest_branches_hear_a_click_on_the_email_about_that_interest() -> None:
+    """Each segment's "if engaging with <interest> content" branch listens to email_clicked with
+    `category`; the email about that interest carries it (catalog `interest`, put on its clicks by
+    messaging). This run's find: no email carried one, so no email click fired a branch."""
+    journeys = load_playbook()
+    catalog = Catalog()
+    heard: dict[tuple[str, str], str] = {}
+    for key in ("skilled_professional", "family", "entrepreneur"):
+        for rule in journeys[key].triggers:
+            when = rule.when
+            if "email_clicked" in rule.events and when.get("fact") == "event.properties.category":
+                heard[(key, str(when.get("eq")))] = rule.name
+    carried = {(spec.journey, spec.interest): k for k, spec in catalog.specs.items() if spec.interest}
+    # Every interest an email carries fires its journey's branch, and these branches have their email.
+    assert set(carried) <= set(heard), sorted(set(carried) - set(heard))
+    assert {("family", "education"), ("family", "healthcare"), ("entrepreneur", "investment"),
+            ("entrepreneur", "funding"), ("entrepreneur", "fast_track"),
+            ("skilled_professional", "credentials")} <= set(carried)
