@@ -50,7 +50,7 @@ from services.analytics.tables import (
 )
 
 CHUNK = 500  # ids per IN list
-FOLD_VERSION = "8"  # bump when the fold derives its tables differently: the service rebuilds them at start
+FOLD_VERSION = "9"  # bump when the fold derives its tables differently: the service rebuilds them at start
 NO_DAY = date(1, 1, 1)  # `analytics_reach.prev_day` of a lead's first send day in a scope
 NO_TS = -(2 ** 62)  # `analytics_lead_scores.ts` of a lead won before any fact carried its score
 
