@@ -22,7 +22,7 @@ timer (ZCARD) and per stream entry (XLEN), with INFO's used_memory; SQL per tabl
 dbstat pages, each index counted with its table; PostgreSQL: pg_total_relation_size), per lead and per
 lead per day. Prints figures, then one JSON line.
 
-    nice -n 10 .venv/bin/python bench/capacity.py [--leads 2000] [--days 7]
+    nice -n 10 .venv/bin/python bench/capacity.py [--leads 1000] [--days 3]
         [--database-url postgresql+psycopg://postgres@127.0.0.1:5432/test]
 """
 
@@ -244,8 +244,8 @@ async def drive(mesh_url: str, key: str, redis_url: str, meter: CpuMeter, engine
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--leads", type=int, default=2000)
-    parser.add_argument("--days", type=int, default=7)
+    parser.add_argument("--leads", type=int, default=1000)
+    parser.add_argument("--days", type=int, default=3)
     parser.add_argument("--seed", type=int, default=5)
     add_database_arg(parser)
     args = parser.parse_args()
