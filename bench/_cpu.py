@@ -48,7 +48,8 @@ def _name(argv: list[str], database: str | None, backends: dict[int, str], pid: 
     if "-m" in argv:
         module = argv[argv.index("-m") + 1] if argv.index("-m") + 1 < len(argv) else ""
         return module.removeprefix("services.")
-    if argv and argv[0].endswith("redis-server"):
+    # redis-server rewrites its title to "<path>/redis-server <host>:<port>", one argument.
+    if argv and argv[0].split(" ", 1)[0].endswith("redis-server"):
         return "redis"
     return None
 

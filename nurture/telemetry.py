@@ -174,12 +174,6 @@ def batch_parent(contexts: Iterable[trace.SpanContext]) -> tuple[otel_context.Co
     return (trace.set_span_in_context(trace.NonRecordingSpan(chosen)) if chosen else None), links
 
 
-def recording() -> bool:
-    """Whether the current span is recorded (sampled): what SQL and Redis spans, and any attribute
-    work on a hot path, ask first."""
-    return trace.get_current_span().is_recording()
-
-
 def instrument_engine(engine: Engine) -> None:
     """One span per SQL transaction, a child of the span current on the calling thread when that one is
     recorded (none otherwise: an unsampled event, or storage work outside any trace), that lists its

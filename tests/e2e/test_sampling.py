@@ -7,6 +7,7 @@ its root."""
 from __future__ import annotations
 
 import json
+import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,16 @@ def _spans(data_dir: str) -> list[dict[str, Any]]:
     return out
 
 
+def _read(data_dir: str) -> tuple[list[dict[str, Any]], dict[str, list[dict[str, Any]]], list[str]]:
+    """Every span written so far, by trace, and the traces whose root is not among them."""
+    spans = _spans(data_dir)
+    traces: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for span in spans:
+        traces[span["trace_id"]].append(span)
+    rootless = [t for t, members in traces.items() if not any(s["parent_id"] is None for s in members)]
+    return spans, traces, rootless
+
+
 def test_an_event_is_traced_whole_in_every_service_or_not_at_all() -> None:
     every_other = {"NURTURE_TRACE_SAMPLE_RATIO": "0.5"}
     with private_mesh(clock="virtual", settings=every_other) as mesh, \
@@ -42,13 +53,15 @@ def test_an_event_is_traced_whole_in_every_service_or_not_at_all() -> None:
             assert r.status_code == 202, r.text
         # Every consumer hears every event (and the clock's settling drains the bus first).
         assert api.post("/v1/admin/clock/advance", json={"seconds": 3600}).status_code == 200
-    # The mesh has stopped: every process flushed its spans to its file.
-    spans = _spans(mesh.data_dir)
-    traces: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for span in spans:
-        traces[span["trace_id"]].append(span)
+        # Read while the mesh runs: a root ends after its children, so its process may write it a batch
+        # (0.5 s) later than theirs; a stopping process can lose what it had not written yet.
+        deadline = time.monotonic() + 30
+        while True:
+            spans, traces, rootless = _read(mesh.data_dir)
+            if not rootless or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
     # Health checks and the like start traces of their own in a service; every trace has its root.
-    rootless = [t for t, members in traces.items() if not any(s["parent_id"] is None for s in members)]
     assert rootless == [], [sorted({s["name"] for s in traces[t]}) for t in rootless[:3]]
     events = [t for t, members in traces.items() if any(s["name"] == "POST /v1/events" for s in members)]
     assert 0 < len(events) < LEADS, f"{len(events)} of {LEADS} events sampled at 0.5"
