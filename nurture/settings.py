@@ -44,7 +44,7 @@ class Settings:
     otlp_endpoint: str | None = None
     # The share of traces recorded, decided where a trace starts (the gateway, for a request) and
     # followed by every hop after it (nurture.telemetry): 0.1 records one event's trace in ten, whole.
-    trace_sample_ratio: float = 0.1
+    trace_sample_ratio: float = 1.0
     smtp_url: str = "smtp://127.0.0.1:2525"
     public_url: str = "http://127.0.0.1:8080"
     api_key: str = ""  # the operator's key: role admin (docs/SECURITY.md, "Roles")

@@ -29,7 +29,7 @@ def test_anything_else_is_refused_with_its_name(raw: str) -> None:
 def test_a_ratio_given_as_a_flag_is_checked_too_and_child_processes_read_it_back() -> None:
     with pytest.raises(SettingsError, match="NURTURE_TRACE_SAMPLE_RATIO"):
         load_settings(environ={}, trace_sample_ratio=math.nan)
-    assert Settings().trace_sample_ratio == 0.1
+    assert Settings().trace_sample_ratio == 1.0   # every event traced unless an operator samples
     settings = load_settings(environ={}, trace_sample_ratio=0.3)
     assert load_settings(environ=to_environ(settings)).trace_sample_ratio == 0.3
 
