@@ -212,8 +212,10 @@ def _outgoing(signer: Signer, method: str, metadata: Any) -> list[tuple[str, Any
     return out
 
 
-class _SignedUnaryUnary(grpc.aio.UnaryUnaryMultiCallable):  # type: ignore[misc]
-    def __init__(self, inner: grpc.aio.UnaryUnaryMultiCallable, method: str, signer: Signer) -> None:
+class _Signed:
+    """A multi-callable that adds the mesh credential and the trace context to each call's metadata."""
+
+    def __init__(self, inner: Any, method: str, signer: Signer) -> None:
         self._inner, self._method, self._signer = inner, method, signer
 
     def __call__(self, request: Any, *, timeout: float | None = None, metadata: Any = None,
@@ -223,15 +225,12 @@ class _SignedUnaryUnary(grpc.aio.UnaryUnaryMultiCallable):  # type: ignore[misc]
                            credentials=credentials, wait_for_ready=wait_for_ready, compression=compression)
 
 
-class _SignedUnaryStream(grpc.aio.UnaryStreamMultiCallable):  # type: ignore[misc]
-    def __init__(self, inner: grpc.aio.UnaryStreamMultiCallable, method: str, signer: Signer) -> None:
-        self._inner, self._method, self._signer = inner, method, signer
+class _SignedUnaryUnary(_Signed, grpc.aio.UnaryUnaryMultiCallable):  # type: ignore[misc]
+    pass
 
-    def __call__(self, request: Any, *, timeout: float | None = None, metadata: Any = None,
-                 credentials: grpc.CallCredentials | None = None, wait_for_ready: bool | None = None,
-                 compression: grpc.Compression | None = None) -> Any:
-        return self._inner(request, timeout=timeout, metadata=_outgoing(self._signer, self._method, metadata),
-                           credentials=credentials, wait_for_ready=wait_for_ready, compression=compression)
+
+class _SignedUnaryStream(_Signed, grpc.aio.UnaryStreamMultiCallable):  # type: ignore[misc]
+    pass
 
 
 class MeshChannel(grpc.aio.Channel):  # type: ignore[misc]
