@@ -308,11 +308,12 @@ class Delivery:
                     now = self.clock.now()
                     # In flight when the read starts: such a row may be read as still `sending` and then
                     # finish (recorded, and out of `_inflight`) before the filter below, so the filter
-                    # must use this set too, or a message just sent is handled, and sent, again.
+                    # uses this copy, or a message just sent is handled, and sent, again. Only this loop
+                    # adds to `_inflight`, so nothing joins it during the read.
                     busy = set(self._inflight)
                     rows = await self.db.run(self.store.due_messages, now, BATCH + len(busy),
                                              self.settings.replica)
-                    rows = [r for r in rows if r.id not in busy and r.id not in self._inflight][:BATCH]
+                    rows = [r for r in rows if r.id not in busy][:BATCH]
                     if not rows:
                         if not tasks:
                             return total
