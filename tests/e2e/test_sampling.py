@@ -40,12 +40,18 @@ def _read(data_dir: str) -> tuple[list[dict[str, Any]], dict[str, list[dict[str,
     return spans, traces, rootless
 
 
-def _incomplete(spans: list[dict[str, Any]], traces: dict[str, list[dict[str, Any]]]) -> list[str]:
-    """The sampled events' traces that lack a consumer's handling (in the trace or linking to it)."""
+def _linked(spans: list[dict[str, Any]]) -> dict[str, set[str]]:
+    """Trace → the names of the spans that link to it."""
     linked: dict[str, set[str]] = defaultdict(set)
     for span in spans:
         for link in span.get("links", []):
             linked[link].add(span["name"])
+    return linked
+
+
+def _incomplete(spans: list[dict[str, Any]], traces: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """The sampled events' traces that lack a consumer's handling (in the trace or linking to it)."""
+    linked = _linked(spans)
     return [t for t, members in traces.items() if any(s["name"] == "POST /v1/events" for s in members)
             and not all(f"bus handle {g}" in ({s["name"] for s in members} | linked[t]) for g in CONSUMERS)]
 
@@ -77,10 +83,7 @@ def test_an_event_is_traced_whole_in_every_service_or_not_at_all() -> None:
     assert rootless == [], [sorted({s["name"] for s in traces[t]}) for t in rootless[:3]]
     events = [t for t, members in traces.items() if any(s["name"] == "POST /v1/events" for s in members)]
     assert 0 < len(events) < LEADS, f"{len(events)} of {LEADS} events sampled at 0.5"
-    linked: dict[str, set[str]] = defaultdict(set)  # trace → the span names that link to it
-    for span in spans:
-        for link in span.get("links", []):
-            linked[link].add(span["name"])
+    linked = _linked(spans)
     for t in events:
         names = {s["name"] for s in traces[t]} | linked[t]
         services = {s["service"] for s in traces[t]}
