@@ -283,7 +283,7 @@ class OutboundQueue(CoreBase):
             self.stats.skipped += 1
             return None
         # A created contact carries the lead id, so a create whose answer was lost can be found again.
-        # (Made only for a push that happens: most of a busy queue's are skipped above.)
+        # (Made only for a push that happens: a push skipped above needs it not.)
         full = {**domain.outbound_properties(self.cfg, row.snapshot, row.fields, computed,
                                              contact_exists=False), "nurture_lead_id": lead_id}
         remote_id = await self.connector.upsert_contact(row.crm_id, props, full)
