@@ -1,6 +1,6 @@
-"""What the mesh's interceptors cost every RPC: unary echo RPC/s on a plain grpc.aio server and client,
+"""What the mesh's RPC plumbing costs every call: unary echo RPC/s on a plain grpc.aio server and client,
 against the same with the mesh's tracing (one server span per RPC exported to a file, traceparent
-propagated by the client interceptor) and call signing (nurture.meshauth), measured in the same run.
+propagated by the mesh channel) and call signing (nurture.meshauth), measured in the same run.
 Each call is made inside a client span, a root sampled at `--sample-ratio` (the server span follows its
 decision, as every hop of the mesh does); 1 records every call, the default is the mesh's default
 (NURTURE_TRACE_SAMPLE_RATIO). Prints one JSON line with both rates, the ratio and the CPU per call.

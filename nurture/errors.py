@@ -1,10 +1,10 @@
 """The mesh's one error hierarchy, mapped in this module to a gRPC status and to the HTTP error shape.
 
 A servicer refuses a call with a `NurtureError` (`raise`, or `await abort(context, error)` where a raise
-would not reach the server interceptor). Its gRPC status carries the JSON `{"code", "message", "details"}`
-the gateway reads, so a machine code and details survive the hop; the gateway answers every error as
-docs/API.md's `{"error": {"code", "message", "details"}}` (`HttpError`), a service's status mapped by
-`http_error_from_rpc`. Which gRPC codes a caller may retry: `TRANSIENT`.
+would not reach the server's method wrapper in nurture.rpc). Its gRPC status carries the JSON
+`{"code", "message", "details"}` the gateway reads, so a machine code and details survive the hop; the
+gateway answers every error as docs/API.md's `{"error": {"code", "message", "details"}}` (`HttpError`),
+a service's status mapped by `http_error_from_rpc`. Which gRPC codes a caller may retry: `TRANSIENT`.
 
     class                 gRPC status         HTTP  code (default; an instance may name its own)
     NurtureError          INTERNAL            500   internal

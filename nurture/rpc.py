@@ -1,8 +1,9 @@
 """gRPC bootstrap shared by every service and client.
 
-Servers: grpc.aio with the standard health service, reflection, a mesh-credential check, a tracing
-interceptor and a graceful stop on SIGTERM/SIGINT. Clients: channels with a retry policy for UNAVAILABLE,
-the mesh credential and trace context in metadata (MeshChannel). Every call must pass a deadline (`timeout=DEADLINE_S`).
+Servers: grpc.aio with the standard health service, reflection, a mesh-credential check and tracing
+wrapped around each registered method (_MeshHandlers), and a graceful stop on SIGTERM/SIGINT. Clients:
+channels with a retry policy for UNAVAILABLE, the mesh credential and trace context in metadata
+(MeshChannel). Every call must pass a deadline (`timeout=DEADLINE_S`).
 
 Authentication (nurture.meshauth): every call must carry a credential signed with the mesh key, or the
 server answers UNAUTHENTICATED before any servicer runs. Open without one: gRPC health (orchestrators
@@ -10,7 +11,7 @@ probe it) and reflection (it tells only what protos/ in this public repository t
 services that authenticate their own callers instead (`self_authenticated`: crm_sync's CRM-facing API,
 which takes a CRM token).
 
-Tracing is done by one small server interceptor and the client channel's own callables rather than the
+Tracing is done by the server's method wrappers and the client channel's own callables rather than the
 stock instrumentation, which was measured to halve Python gRPC throughput: the server opens one span
 per RPC, the client only injects the W3C `traceparent` of the current span (no client span), so the
 cost is one span per hop, and an unsampled hop records nothing (nurture.telemetry).
@@ -19,9 +20,11 @@ cost is one span per hop, and an unsampled hop records nothing (nurture.telemetr
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import time
@@ -90,75 +93,209 @@ def channel_options(target: str) -> list[tuple[str, Any]]:
     return _BALANCED_OPTIONS if several else _CHANNEL_OPTIONS
 
 
-# The mesh's own hops carry W3C trace context only: its propagator is called directly, not through the
-# global composite one, which also reads and writes baggage the mesh never sets (a tenth of a small
-# call's tracing cost).
+# The mesh's own hops carry W3C trace context only: a `traceparent` (and, rarely, a `tracestate`) is read
+# and written here directly, not through the global composite propagator, which also reads and writes
+# baggage the mesh never sets (a tenth of a small call's tracing cost).
 _W3C = TraceContextTextMapPropagator()
-_TRACE_HEADERS = frozenset(_W3C.fields)
+_TRACEPARENT = "traceparent"
+_TRACESTATE = "tracestate"
+# The W3C format as OpenTelemetry's propagator reads it: version, trace id, span id, flags, and what a
+# later version may add.
+_TRACEPARENT_FORMAT = re.compile(r"[ \t]*([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(?:(-.*)|[ \t]*)")
+_ZERO_TRACE, _ZERO_SPAN = "0" * 32, "0" * 16
 
 
-def _remote_parent(metadata: Iterable[tuple[str, Any]] | None) -> otel_context.Context | None:
-    """The caller's trace context from a call's metadata (None without one)."""
-    headers = {k: v for k, v in (metadata or ()) if k in _TRACE_HEADERS and isinstance(v, str)}
-    return _W3C.extract(headers) if headers else None
+def _remote_span_context(traceparent: object, tracestate: object = None) -> trace.SpanContext | None:
+    """The caller's span context from its `traceparent` value (None when absent or malformed): the
+    propagator's rules without its carrier, getter and Context. A `tracestate` (which the mesh never
+    sets) goes through the propagator itself."""
+    if not isinstance(traceparent, str) or len(traceparent) > 512:
+        return None
+    if tracestate is not None:
+        ctx = trace.get_current_span(_W3C.extract({_TRACEPARENT: traceparent, _TRACESTATE: tracestate})
+                                     ).get_span_context()
+        return ctx if ctx.is_valid else None
+    match = _TRACEPARENT_FORMAT.fullmatch(traceparent)
+    if match is None:
+        return None
+    version, trace_id, span_id, flags, rest = match.groups()
+    if trace_id == _ZERO_TRACE or span_id == _ZERO_SPAN or version == "ff" or (version == "00" and rest):
+        return None
+    return trace.SpanContext(int(trace_id, 16), int(span_id, 16), is_remote=True,
+                             trace_flags=trace.TraceFlags(int(flags, 16)))
 
 
-class _ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """The mesh's one server interceptor: the gate (mesh credential) first, then one server span per
-    unary RPC, parented by the caller's traceparent. One interceptor, not two: each layer costs every
-    call (measured on a bare echo: a second layer was 3-4% of its rate). Each method's handler is
-    wrapped once (not per call: the wrapping was a measurable share of a small call)."""
+def _traceparent(ctx: trace.SpanContext) -> str:
+    return f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{ctx.trace_flags:02x}"
 
-    def __init__(self, service_name: str, gate: _MeshGate) -> None:
+
+class _MeshHandlers:
+    """What the mesh adds to every method a server registers: the gate (mesh credential) first, then
+    one server span per unary RPC, parented by the caller's traceparent. Each method's handler is
+    wrapped once, when it is registered, and grpc.aio then finds the wrapper in its table of registered
+    methods: no server interceptor, which costs every call a chain of coroutines in grpc.aio (its
+    `intercept_service`, the continuation, the gate) before the handler is even found. The wrapper
+    takes the request undecoded, so a refused call is answered without reading it."""
+
+    def __init__(self, service_name: str, gate: _MeshGate, open_services: frozenset[str], instance: str) -> None:
         self._tracer = trace.get_tracer(f"nurture.{service_name}.rpc")
         self._gate = gate
-        # Which replica answered (host:port, set once the port is bound): with several behind one address,
-        # an operator reading a trace needs to know.
-        self.instance = ""
+        self._open = open_services
+        # Which replica answered (host:port): with several behind one address, an operator reading a
+        # trace needs to know.
+        self._instance = instance
         self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        refusal = await self._gate.refusal(continuation, details)
-        if refusal is not None:
-            return refusal
-        method = details.method
+    def wrap(self, method: str, handler: grpc.RpcMethodHandler | None) -> grpc.RpcMethodHandler | None:
+        """The handler of `method` (its full name, `/package.Service/Method`) with the gate and tracing."""
+        if handler is None:
+            return None
         wrapped = self._wrapped.get(method)
-        if wrapped is not None:
-            return wrapped
-        handler = await continuation(details)
-        if handler is None or handler.unary_unary is None:
-            return handler
-        inner = handler.unary_unary
-        tracer = self._tracer
-        attributes = {"rpc.method": method, "service.instance": self.instance}
+        if wrapped is None:
+            gate = None if method.rsplit("/", 1)[0].lstrip("/") in self._open else self._gate
+            wrapped = self._wrapped[method] = self._make(method, handler, gate)
+        return wrapped
 
-        async def traced(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            parent = _remote_parent(context.invocation_metadata())
-            remote = trace.get_current_span(parent).get_span_context() if parent is not None else None
-            if parent is not None and remote is not None and remote.is_valid and not remote.trace_flags.sampled:
+    def _make(self, method: str, handler: grpc.RpcMethodHandler, gate: _MeshGate | None) -> grpc.RpcMethodHandler:
+        parse = handler.request_deserializer
+        serialize = handler.response_serializer
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(self._unary(method, handler.unary_unary, parse, gate),
+                                                       response_serializer=serialize)
+        # Streaming methods (crm_sync's WatchChanges; health and reflection are not wrapped) are gated,
+        # not traced.
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(_gated_stream(method, handler.unary_stream, parse, gate),
+                                                        response_serializer=serialize)
+        if gate is None:
+            return handler
+        # Client-streaming (unused in the mesh): the requests are read only as the handler iterates
+        # them, after the gate.
+        if handler.stream_unary is not None:
+            return grpc.stream_unary_rpc_method_handler(_gated(method, handler.stream_unary, gate),
+                                                        request_deserializer=parse, response_serializer=serialize)
+        return grpc.stream_stream_rpc_method_handler(_gated_stream(method, handler.stream_stream, None, gate),
+                                                     request_deserializer=parse, response_serializer=serialize)
+
+    def _unary(self, method: str, inner: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]],
+               parse: Callable[[bytes], Any] | None, gate: _MeshGate | None) -> Callable[..., Awaitable[Any]]:
+        tracer = self._tracer
+        attributes = {"rpc.method": method, "service.instance": self._instance}
+
+        async def serve(raw: Any, context: grpc.aio.ServicerContext) -> Any:
+            credential = traceparent = tracestate = None
+            for key, value in context.invocation_metadata() or ():
+                if key == _TRACEPARENT:
+                    traceparent = value
+                elif key == MESH_HEADER:
+                    credential = value
+                elif key == _TRACESTATE:
+                    tracestate = value
+            if gate is not None:
+                await gate.check(method, credential, context)
+            request = parse(raw) if parse is not None else raw
+            remote = _remote_span_context(traceparent, tracestate) if traceparent is not None else None
+            if remote is not None and not remote.trace_flags.sampled:
                 # The head chose not to record this trace: no span at all (not even a non-recording one,
                 # whose sampler call, ids and context cost a small call a few percent). The caller's
-                # context stays current, so what this call sends on carries the same decision.
-                token = otel_context.attach(parent)
+                # context becomes current, so what this call sends on carries the same decision.
+                caller = trace.NonRecordingSpan(remote)
+                token = otel_context.attach(trace.set_span_in_context(caller))
                 try:
-                    return await _answer(inner, request, context, trace.NonRecordingSpan(remote))
+                    return await _answer(inner, request, context, caller)
                 finally:
                     otel_context.detach(token)
-            with tracer.start_as_current_span(
-                method, context=parent, kind=trace.SpanKind.SERVER, attributes=attributes
-            ) as span:
+            parent = trace.set_span_in_context(trace.NonRecordingSpan(remote)) if remote is not None else None
+            # What start_as_current_span does, without its two context managers (a generator each).
+            span = tracer.start_span(method, context=parent, kind=trace.SpanKind.SERVER, attributes=attributes)
+            token = otel_context.attach(trace.set_span_in_context(span))
+            try:
                 return await _answer(inner, request, context, span)
+            except Exception as exc:  # as use_span: the exception and an error status on the span
+                if span.is_recording():
+                    span.record_exception(exc)
+                    span.set_status(trace.Status(trace.StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+                raise
+            finally:
+                otel_context.detach(token)
+                span.end()
 
-        wrapped = self._wrapped[method] = grpc.unary_unary_rpc_method_handler(
-            traced,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
-        return wrapped
+        return serve
+
+
+def _credential(context: grpc.aio.ServicerContext) -> object:
+    return next((v for k, v in context.invocation_metadata() or () if k == MESH_HEADER), None)
+
+
+def _gated(method: str, inner: Callable[..., Awaitable[Any]], gate: _MeshGate) -> Callable[..., Awaitable[Any]]:
+    async def serve(requests: Any, context: grpc.aio.ServicerContext) -> Any:
+        await gate.check(method, _credential(context), context)
+        return await inner(requests, context)
+
+    return serve
+
+
+def _gated_stream(method: str, inner: Callable[..., Any], parse: Callable[[bytes], Any] | None,
+                  gate: _MeshGate | None) -> Callable[..., Any]:
+    """A streaming handler behind the gate; `parse` decodes its one request after the gate."""
+    if inspect.isasyncgenfunction(inner):
+        async def stream(raw: Any, context: grpc.aio.ServicerContext) -> Any:
+            if gate is not None:
+                await gate.check(method, _credential(context), context)
+            async for item in inner(parse(raw) if parse is not None else raw, context):
+                yield item
+
+        return stream
+
+    async def written(raw: Any, context: grpc.aio.ServicerContext) -> Any:  # a handler that writes itself
+        if gate is not None:
+            await gate.check(method, _credential(context), context)
+        return await inner(parse(raw) if parse is not None else raw, context)
+
+    return written
+
+
+class _MeshGeneric(grpc.GenericRpcHandler):  # type: ignore[misc]
+    """A generic handler whose methods are wrapped by `_MeshHandlers` (looked up only for a method not
+    in the server's table of registered ones)."""
+
+    def __init__(self, inner: grpc.GenericRpcHandler, handlers: _MeshHandlers) -> None:
+        self._inner = inner
+        self._handlers = handlers
+
+    def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        return self._handlers.wrap(details.method, self._inner.service(details))
+
+
+class _MeshServer(grpc.aio.Server):  # type: ignore[misc]
+    """The server as `register` sees it: every servicer it adds is wrapped (_MeshHandlers)."""
+
+    def __init__(self, inner: grpc.aio.Server, handlers: _MeshHandlers) -> None:
+        self._inner = inner
+        self._handlers = handlers
+
+    def add_generic_rpc_handlers(self, generic_rpc_handlers: Sequence[grpc.GenericRpcHandler]) -> None:
+        self._inner.add_generic_rpc_handlers([_MeshGeneric(h, self._handlers) for h in generic_rpc_handlers])
+
+    def add_registered_method_handlers(self, service_name: str,
+                                       method_handlers: dict[str, grpc.RpcMethodHandler]) -> None:
+        self._inner.add_registered_method_handlers(service_name, {
+            name: self._handlers.wrap(f"/{service_name}/{name}", handler) for name, handler in method_handlers.items()})
+
+    def add_insecure_port(self, address: str) -> int:
+        return int(self._inner.add_insecure_port(address))
+
+    def add_secure_port(self, address: str, server_credentials: grpc.ServerCredentials) -> int:
+        return int(self._inner.add_secure_port(address, server_credentials))
+
+    async def start(self) -> None:
+        await self._inner.start()
+
+    async def stop(self, grace: float | None) -> None:
+        await self._inner.stop(grace)
+
+    async def wait_for_termination(self, timeout: float | None = None) -> bool:
+        return bool(await self._inner.wait_for_termination(timeout))
 
 
 async def _answer(inner: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]], request: Any,
@@ -202,13 +339,14 @@ def unexpected_error(exc: Exception, span: trace.Span | None = None) -> NurtureE
 def _outgoing(signer: Signer, method: str, metadata: Any) -> list[tuple[str, Any]]:
     """A call's metadata plus its mesh credential and, inside a span, the W3C trace context (sampled or
     not: the decision travels with it)."""
-    out = list(metadata or ())
+    out = list(metadata) if metadata else []
     if signer:
         out.append((MESH_HEADER, signer.header(method)))
-    if trace.get_current_span().get_span_context().is_valid:
-        carrier: dict[str, str] = {}
-        _W3C.inject(carrier)
-        out.extend(carrier.items())
+    ctx = trace.get_current_span().get_span_context()
+    if ctx.is_valid:
+        out.append((_TRACEPARENT, _traceparent(ctx)))
+        if ctx.trace_state:
+            out.append((_TRACESTATE, ctx.trace_state.to_header()))
     return out
 
 
@@ -310,51 +448,25 @@ def sync_channel(address: str, mesh_token: str) -> grpc.Channel:
 OPEN_SERVICES = frozenset({health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME})
 
 
-def _refusal(handler: grpc.RpcMethodHandler | None, reason: str) -> grpc.RpcMethodHandler:
-    """A handler of the call's own kind that answers UNAUTHENTICATED without reading the request."""
-
-    async def refuse(_request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, reason)
-
-    async def refuse_stream(_request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, reason)
-        yield  # pragma: no cover - makes this an async generator, as a streaming handler must be
-
-    if handler is not None and handler.response_streaming:
-        if handler.request_streaming:
-            return grpc.stream_stream_rpc_method_handler(refuse_stream)
-        return grpc.unary_stream_rpc_method_handler(refuse_stream)
-    if handler is not None and handler.request_streaming:
-        return grpc.stream_unary_rpc_method_handler(refuse)
-    return grpc.unary_unary_rpc_method_handler(refuse)
-
-
 class _MeshGate:
     """Decides whether a call may reach its servicer: one with a valid mesh credential, or to an open
     service (see the module docstring). Refusals are logged (method and reason, never the credential),
     at most one line per second per reason with a count of the ones left out, so a flood cannot fill
     the disk."""
 
-    def __init__(self, service_name: str, verifier: Verifier, open_services: frozenset[str]) -> None:
+    def __init__(self, service_name: str, verifier: Verifier) -> None:
         self._name = service_name
         self._verifier = verifier
-        self._open = open_services
         self._logged: dict[str, tuple[float, int]] = {}
 
-    async def refusal(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
-        """None when the call may go on; else a handler that answers UNAUTHENTICATED."""
-        method = details.method
-        if method.rsplit("/", 1)[0].lstrip("/") in self._open:
-            return None
-        problem = self._verifier.problem(method, details.invocation_metadata)
+    async def check(self, method: str, credential: object, context: grpc.aio.ServicerContext) -> None:
+        """Returns when the call carries a valid credential (`credential`: its metadata's value, None
+        without one); else answers UNAUTHENTICATED (raises, as `context.abort` does)."""
+        problem = self._verifier.problem_of(method, credential)
         if problem is None:
-            return None
+            return
         self._log(method, problem)
-        return _refusal(await continuation(details), f"{problem}; every call in the mesh must be signed")
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, f"{problem}; every call in the mesh must be signed")
 
     def _log(self, method: str, problem: str) -> None:
         now = time.monotonic()
@@ -399,10 +511,7 @@ async def start_server(
     names of the services it added (for health and reflection). Calls must be signed with one of
     `mesh_tokens` (settings.mesh_tokens) except to health, reflection and the `self_authenticated`
     services (full names), whose servicers must authenticate every call themselves."""
-    open_services = OPEN_SERVICES | frozenset(self_authenticated)
-    interceptor = _ServerInterceptor(name, _MeshGate(name, Verifier(mesh_tokens), open_services))
     server = grpc.aio.server(
-        interceptors=[interceptor],
         options=[
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -411,16 +520,19 @@ async def start_server(
     )
     # NURTURE_BIND_HOST (0.0.0.0 in containers); loopback by default.
     host = host or os.environ.get("NURTURE_BIND_HOST", "127.0.0.1")
-    names = list(register(server))
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise OSError(f"{name}: cannot bind gRPC port {host}:{port}")
+    instance = f"{socket.gethostname() if host in ('0.0.0.0', '::', '[::]') else host}:{bound}"
+    # What `register` adds gets the gate and tracing; health and reflection, added below, stay open.
+    handlers = _MeshHandlers(name, _MeshGate(name, Verifier(mesh_tokens)),
+                             OPEN_SERVICES | frozenset(self_authenticated), instance)
+    names = list(register(_MeshServer(server, handlers)))
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server
     )
-    bound = server.add_insecure_port(f"{host}:{port}")
-    if bound == 0:
-        raise OSError(f"{name}: cannot bind gRPC port {host}:{port}")
-    interceptor.instance = f"{socket.gethostname() if host in ('0.0.0.0', '::', '[::]') else host}:{bound}"
     await server.start()
     handle = ServiceServer(server, health_servicer, bound)
     for service_name in ["", *names]:

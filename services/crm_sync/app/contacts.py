@@ -95,6 +95,8 @@ class InboundContacts(CoreBase):
     contacts: Batcher[tuple[str, ContactIn], ContactResult]
 
     async def upsert_contacts(self, crm: str, contacts: list[ContactIn]) -> list[ContactResult]:
+        if len(contacts) == 1:  # the CRM's usual call: no task to gather
+            return [await self.upsert_contact(crm, contacts[0])]
         return list(await asyncio.gather(*(self.upsert_contact(crm, c) for c in contacts)))
 
     async def upsert_contact(self, crm: str, c: ContactIn) -> ContactResult:

@@ -278,13 +278,14 @@ class OutboundQueue(CoreBase):
                                           converted_at=row.converted_at)
         props = domain.outbound_properties(self.cfg, row.snapshot, row.fields, computed,
                                            contact_exists=bool(row.crm_id))
-        # A created contact carries the lead id, so a create whose answer was lost can be found again.
-        full = {**domain.outbound_properties(self.cfg, row.snapshot, row.fields, computed,
-                                             contact_exists=False), "nurture_lead_id": lead_id}
         digest = domain.props_hash(props)
         if digest == row.pushed_hash and row.crm_id:
             self.stats.skipped += 1
             return None
+        # A created contact carries the lead id, so a create whose answer was lost can be found again.
+        # (Made only for a push that happens: a push skipped above needs it not.)
+        full = {**domain.outbound_properties(self.cfg, row.snapshot, row.fields, computed,
+                                             contact_exists=False), "nurture_lead_id": lead_id}
         remote_id = await self.connector.upsert_contact(row.crm_id, props, full)
         if remote is not None:
             remote[lead_id] = remote_id

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from redis.asyncio.connection import Connection
 
-from nurture.bus import MAX_DELIVERIES, Consumer, Publisher
+from nurture.bus import MAX_DELIVERIES, Consumer, Publisher, stream_key
 from nurture.busmessage import BusMessage
 from nurture.redisconn import shard_of
 
@@ -41,6 +43,35 @@ async def test_shards_are_handled_in_one_call_in_per_lead_order(redis_url: str) 
     assert len(calls) == 1
     for lead in leads:
         assert [m.properties["n"] for m in calls[0] if m.lead_id == lead] == [0, 1, 2, 3, 4]
+    await client.aclose()
+
+
+class _CountingConnection(Connection):
+    """A Redis connection that counts the writes carrying an XACK (one per round trip)."""
+
+    ack_writes = 0
+
+    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        chunks = [command] if isinstance(command, (bytes, str)) else list(command)
+        if any(b"XACK" in (c.encode() if isinstance(c, str) else bytes(c)) for c in chunks):
+            _CountingConnection.ack_writes += 1
+        await super().send_packed_command(chunks, check_health)
+
+
+async def test_a_batch_across_shards_is_acknowledged_in_one_round_trip(redis_url: str) -> None:
+    client = aioredis.from_url(redis_url, connection_class=_CountingConnection)
+    leads = _leads_on_distinct_shards(4)
+    await Publisher(client, SHARDS).publish([BusMessage(id=lead, lead_id=lead, type="x") for lead in leads])
+
+    async def handler(messages: list[BusMessage]) -> None:
+        return None
+
+    _CountingConnection.ack_writes = 0
+    assert await Consumer(client, group="g", shards=SHARDS, handler=handler).drain() == 4
+    assert _CountingConnection.ack_writes == 1
+    for lead in leads:  # every shard's entry was acknowledged: none is pending
+        pending = await client.xpending(stream_key(shard_of(lead, SHARDS)), "g")
+        assert pending["pending"] == 0
     await client.aclose()
 
 

@@ -1,0 +1,144 @@
+"""The mesh's wrapper around every registered gRPC method (nurture.rpc), on a real server: a call without
+the mesh credential is refused before its request is read, a server-streaming method is gated too, the
+server span follows the caller's traceparent (read as OpenTelemetry's propagator reads it) and records a
+failure, and an unsampled call records no span while its decision travels on."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from nurture import errors
+from nurture.api.crm_sync.v1 import crm_sync_pb2, crm_sync_pb2_grpc
+from nurture.api.scoring.v1 import scoring_pb2, scoring_pb2_grpc
+from nurture.meshauth import HEADER, Signer
+from nurture.rpc import ServiceServer, _remote_span_context, start_server
+from tests.conftest import MESH_TOKEN, mesh_channel
+
+pytestmark = pytest.mark.anyio
+ECHO = "/nurture.api.scoring.v1.Echo/Echo"
+WATCH = "/nurture.api.crm_sync.v1.CrmSync/WatchChanges"
+SAMPLED = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+UNSAMPLED = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00"
+
+
+class _Echo(scoring_pb2_grpc.EchoServicer):
+    """Echoes, and answers with the traceparent of the span current in the handler (what a call it
+    made would carry on); `fail` in the payload raises a refusal."""
+
+    async def Echo(self, request: scoring_pb2.EchoRequest, context: grpc.aio.ServicerContext
+                   ) -> scoring_pb2.EchoReply:
+        if request.payload == b"fail":
+            raise errors.NotFound("no such thing")
+        ctx = trace.get_current_span().get_span_context()
+        flags = "01" if ctx.trace_flags.sampled else "00"
+        return scoring_pb2.EchoReply(payload=f"{ctx.trace_id:032x} {flags}".encode() if ctx.is_valid else b"")
+
+
+class _Changes(crm_sync_pb2_grpc.CrmSyncServicer):
+    async def WatchChanges(self, request: crm_sync_pb2.WatchChangesRequest, context: grpc.aio.ServicerContext
+                           ) -> AsyncIterator[crm_sync_pb2.LeadChange]:
+        for n in range(request.limit):
+            yield crm_sync_pb2.LeadChange(cursor=str(n), lead_id=f"lead-{n}")
+
+
+def _register(server: grpc.aio.Server) -> list[str]:
+    scoring_pb2_grpc.add_EchoServicer_to_server(_Echo(), server)
+    crm_sync_pb2_grpc.add_CrmSyncServicer_to_server(_Changes(), server)
+    return [scoring_pb2.DESCRIPTOR.services_by_name["Echo"].full_name,
+            crm_sync_pb2.DESCRIPTOR.services_by_name["CrmSync"].full_name]
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[ServiceServer]:
+    running = await start_server(name="wrapped", port=0, register=_register, mesh_tokens=[MESH_TOKEN])
+    yield running
+    await running.stop(0)
+
+
+def _signed(method: str, *extra: tuple[str, str]) -> tuple[tuple[str, str], ...]:
+    return ((HEADER, Signer(MESH_TOKEN).header(method)), *extra)
+
+
+async def test_an_unsigned_call_is_refused_before_its_request_is_read(server: ServiceServer) -> None:
+    garbage = b"\xff\xff\xff\xff"  # not an EchoRequest: reading it would fail
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as ch:
+        raw: Any = ch.unary_unary(ECHO)  # bytes in, bytes out
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await raw(garbage, timeout=5)
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        with pytest.raises(grpc.aio.AioRpcError) as unreadable:  # signed: now it is read, and fails
+            await raw(garbage, metadata=_signed(ECHO), timeout=5)
+        assert unreadable.value.code() not in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.OK)
+
+
+async def test_a_server_streaming_method_is_gated(server: ServiceServer) -> None:
+    request = crm_sync_pb2.WatchChangesRequest(limit=2)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as ch:
+        stub = crm_sync_pb2_grpc.CrmSyncStub(ch)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            [c async for c in stub.WatchChanges(request, timeout=5)]
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        changes = [c async for c in stub.WatchChanges(request, metadata=_signed(WATCH), timeout=5)]
+    assert [c.lead_id for c in changes] == ["lead-0", "lead-1"]
+
+
+async def test_the_server_span_follows_the_callers_traceparent(server: ServiceServer,
+                                                               spans: InMemorySpanExporter) -> None:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as ch:
+        stub = scoring_pb2_grpc.EchoStub(ch)
+        spans.clear()
+        reply = await stub.Echo(scoring_pb2.EchoRequest(), metadata=_signed(ECHO, ("traceparent", SAMPLED)),
+                                timeout=5)
+        assert reply.payload.decode() == "0af7651916cd43dd8448eb211c80319c 01"
+        (span,) = [s for s in spans.get_finished_spans() if s.name == ECHO]
+        assert span.parent is not None and format(span.parent.span_id, "016x") == "b7ad6b7169203331"
+        assert span.kind == trace.SpanKind.SERVER and span.attributes is not None
+        assert span.attributes["service.instance"] == f"127.0.0.1:{server.port}"
+
+        spans.clear()
+        with pytest.raises(grpc.aio.AioRpcError) as failed:
+            await stub.Echo(scoring_pb2.EchoRequest(payload=b"fail"), metadata=_signed(ECHO), timeout=5)
+        assert failed.value.code() == grpc.StatusCode.NOT_FOUND
+        (span,) = [s for s in spans.get_finished_spans() if s.name == ECHO]
+        assert span.status.status_code == trace.StatusCode.ERROR and span.events  # the exception recorded
+
+
+async def test_an_unsampled_call_records_no_span_and_passes_its_decision_on(server: ServiceServer,
+                                                                           spans: InMemorySpanExporter) -> None:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as ch:
+        spans.clear()
+        reply = await scoring_pb2_grpc.EchoStub(ch).Echo(
+            scoring_pb2.EchoRequest(), metadata=_signed(ECHO, ("traceparent", UNSAMPLED)), timeout=5)
+    assert reply.payload.decode() == "0af7651916cd43dd8448eb211c80319c 00"
+    assert [s.name for s in spans.get_finished_spans() if s.name == ECHO] == []
+
+
+async def test_a_mesh_channel_call_carries_its_span_to_the_server(server: ServiceServer,
+                                                                  spans: InMemorySpanExporter) -> None:
+    async with mesh_channel(f"127.0.0.1:{server.port}") as ch:
+        with trace.get_tracer("test").start_as_current_span("caller") as caller:
+            reply = await scoring_pb2_grpc.EchoStub(ch).Echo(scoring_pb2.EchoRequest(), timeout=5)
+    assert reply.payload.decode() == f"{caller.get_span_context().trace_id:032x} 01"
+
+
+@pytest.mark.parametrize("value", [
+    SAMPLED, UNSAMPLED, "  " + SAMPLED, SAMPLED + "\t", "01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-x",
+    SAMPLED + "-x", "ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", SAMPLED.upper(),
+    "00-00000000000000000000000000000000-b7ad6b7169203331-01",
+    "00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01",
+    "00-0af7651916cd43dd8448eb211c8031-b7ad6b7169203331-01", "", "garbage", SAMPLED + " " * 600,
+])
+async def test_a_traceparent_is_read_as_the_propagator_reads_it(value: str) -> None:
+    expected = trace.get_current_span(TraceContextTextMapPropagator().extract({"traceparent": value})
+                                      ).get_span_context()
+    got = _remote_span_context(value)
+    assert got == (expected if expected.is_valid else None)
+    with_state = _remote_span_context(value, "vendor=x")
+    assert (with_state is not None) == expected.is_valid
