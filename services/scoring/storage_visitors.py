@@ -79,6 +79,23 @@ def seen_client_ids(s: Session | Connection, visitor_ids: Iterable[str]) -> set[
     return {(r.visitor_id, r.client_id) for r in rows}
 
 
+_LOCKED_COLUMNS = ("id", "lead_id", "profile", "events", "merged_at")
+
+
+def lock_visitors_for_collect(writes: DriverWrites, c: Connection, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """`lock_visitors` on the driver's cursor, for the collect path (only the columns it reads)."""
+    return {r["id"]: r for r in writes.select(c, visitors, _LOCKED_COLUMNS, "id", sorted(set(ids)), lock=True)}
+
+
+def seen_for_collect(writes: DriverWrites, c: Connection, visitor_ids: Iterable[str]) -> set[tuple[str, str]]:
+    """`seen_client_ids` on the driver's cursor, for the collect path."""
+    wanted = sorted(set(visitor_ids))
+    if not wanted:
+        return set()
+    rows = writes.select(c, visitor_events, ("visitor_id", "client_id"), "visitor_id", wanted)
+    return {(r["visitor_id"], r["client_id"]) for r in rows}
+
+
 def insert_visitor_events(writes: DriverWrites, c: Connection, rows: list[tuple[Any, ...]]) -> None:
     """Rows of `EVENT_COLUMNS`, in arrival order (their `seq` follows it)."""
     if rows:
