@@ -55,6 +55,15 @@ class VisitCollector:
         self.limits = limits
         self._batcher: Batcher[Visit, Refusal | scoring_pb2.VisitResult] = Batcher(
             self._handle, max_batch=max_visits, parallel=1)
+        # The stub of the mesh's scoring channel, made again only if that channel is replaced (making one
+        # builds every method's callable: about 1% of the gateway's CPU per collected event, made per batch).
+        self._stub: tuple[object, scoring_pb2_grpc.ScoringStub] | None = None
+
+    def _scoring(self) -> scoring_pb2_grpc.ScoringStub:
+        channel = self._mesh.channel("scoring")
+        if self._stub is None or self._stub[0] is not channel:
+            self._stub = (channel, scoring_pb2_grpc.ScoringStub(channel))
+        return self._stub[1]
 
     async def collect(self, key: SiteKey, visitor_id: str, counted: int, events: Sequence[CollectedEvent]
                       ) -> Refusal | scoring_pb2.VisitResult:
@@ -86,8 +95,7 @@ class VisitCollector:
         if not send:
             return out
         try:
-            stub = scoring_pb2_grpc.ScoringStub(self._mesh.channel("scoring"))
-            reply = await stub.CollectVisitorEvents(
+            reply = await self._scoring().CollectVisitorEvents(
                 scoring_pb2.CollectRequest(visits=[_proto(visits[i]) for i in send]), timeout=self._mesh.timeout)
             if len(reply.visits) != len(send):
                 raise RuntimeError(f"scoring answered {len(reply.visits)} visits for {len(send)}")
