@@ -18,7 +18,6 @@ from dataclasses import dataclass
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.propagate import inject
 
 from gateway.deps import Mesh
 from gateway.tracking.keys import SiteKey
@@ -36,6 +35,15 @@ class Visit:
     events: Sequence[CollectedEvent]  # its valid events (none: it is counted, nothing is stored)
     traceparent: str
     span: trace.SpanContext           # the request's, so the batch's work joins a sampled request's trace
+
+
+def _traceparent(span: trace.SpanContext) -> str:
+    """The W3C `traceparent` of the request's span ("" without one): what the propagator's `inject`
+    writes, made directly (the propagator's carrier and its baggage cost ~1.5% of the gateway's CPU
+    per collected event, for one header of which only this value is kept)."""
+    if not span.is_valid:
+        return ""
+    return f"00-{span.trace_id:032x}-{span.span_id:016x}-{int(span.trace_flags):02x}"
 
 
 def _proto(visit: Visit) -> scoring_pb2.Visit:
@@ -70,11 +78,8 @@ class VisitCollector:
         """Count one request (`counted` events for the visitor: all it sent, valid or not) and, when it
         is within its limits, store its valid `events`: the refusal, or scoring's result (empty when
         there were none to store). Raises the Redis or gRPC error of its part of the batch."""
-        carrier: dict[str, str] = {}
-        inject(carrier)
-        return await self._batcher.submit(Visit(Take.now_for(key, visitor_id, counted), events,
-                                                carrier.get("traceparent", ""),
-                                                trace.get_current_span().get_span_context()))
+        span = trace.get_current_span().get_span_context()
+        return await self._batcher.submit(Visit(Take.now_for(key, visitor_id, counted), events, _traceparent(span), span))
 
     async def _handle(self, visits: list[Visit]) -> list[Refusal | scoring_pb2.VisitResult | BaseException]:
         # The batch's Redis and gRPC calls run in the trace of its first sampled request (the others
