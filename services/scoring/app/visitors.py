@@ -117,7 +117,8 @@ class Visitors:
         writes = self._core.writes
         with writes.pipelined() as s:
             rows = sv.lock_visitors_for_collect(writes, s, [vid for vid, _ in visits])
-            seen = sv.seen_for_collect(writes, s, [vid for vid, _ in visits if vid in rows and not rows[vid]["lead_id"]])
+            seen = sv.seen_for_collect(writes, s, [(vid, ev.client_id) for vid, events in visits
+                                                   if vid in rows and not rows[vid]["lead_id"] for ev in events])
             profiles: dict[str, dict[str, Any]] = {}
             counts: dict[str, int] = {}
             new_rows: list[tuple[Any, ...]] = []
