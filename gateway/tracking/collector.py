@@ -79,7 +79,8 @@ class VisitCollector:
         is within its limits, store its valid `events`: the refusal, or scoring's result (empty when
         there were none to store). Raises the Redis or gRPC error of its part of the batch."""
         span = trace.get_current_span().get_span_context()
-        return await self._batcher.submit(Visit(Take.now_for(key, visitor_id, counted), events, _traceparent(span), span))
+        return await self._batcher.submit(Visit(Take.now_for(key, visitor_id, counted), events, _traceparent(span),
+                                                span))
 
     async def _handle(self, visits: list[Visit]) -> list[Refusal | scoring_pb2.VisitResult | BaseException]:
         # The batch's Redis and gRPC calls run in the trace of its first sampled request (the others
