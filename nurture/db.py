@@ -453,22 +453,29 @@ class DriverWrites:
             # SQLAlchemy's commit on leaving begin() finds no transaction open and sends nothing.
 
     def select(self, conn: Connection, table: Table, columns: Sequence[str], key: str, values: Sequence[Any], *,
-               lock: bool = False) -> list[dict[str, Any]]:
+               lock: bool = False, also: tuple[str, Sequence[Any]] | None = None) -> list[dict[str, Any]]:
         """`SELECT columns FROM table WHERE key IN values ORDER BY key`, with `lock` `FOR UPDATE` on
         PostgreSQL (rows locked in key order: LockRows sits above the sort); each row a dict, its values
-        converted as SQLAlchemy would (SQLite's datetime text)."""
+        converted as SQLAlchemy would (SQLite's datetime text). `also` (column, values) narrows it with
+        `AND column IN values` (so that an index on (key, column) finds just those rows)."""
         out: list[dict[str, Any]] = []
+        if also is not None and not also[1]:
+            return out
         processors = self._results(table, columns)
         locking = " FOR UPDATE" if lock and self._dialect.name == "postgresql" else ""
+        others: list[list[Any] | None] = [None] if also is None else [
+            list(also[1][i:i + _ROWS_PER_STATEMENT]) for i in range(0, len(also[1]), _ROWS_PER_STATEMENT)]
         for start in range(0, len(values), _ROWS_PER_STATEMENT):
             chunk = list(values[start:start + _ROWS_PER_STATEMENT])
-            shape = ("select", table.name, tuple(columns), key, len(chunk), locking)
-            sql = self._statement(shape, lambda n=len(chunk): (
-                f"SELECT {', '.join(columns)} FROM {table.name} WHERE {key} IN ({', '.join([self._mark] * n)}) "
-                f"ORDER BY {key}{locking}"))
-            for row in self._run(conn, sql, chunk, many=False, fetch=True):
-                out.append({c: v if p is None or v is None else p(v)
-                            for c, p, v in zip(columns, processors, row, strict=True)})
+            for other in others:
+                extra = f" AND {also[0]} IN ({', '.join([self._mark] * len(other))})" if also and other else ""
+                shape = ("select", table.name, tuple(columns), key, len(chunk), locking, extra)
+                sql = self._statement(shape, lambda n=len(chunk), extra=extra: (
+                    f"SELECT {', '.join(columns)} FROM {table.name} WHERE {key} IN ({', '.join([self._mark] * n)})"
+                    f"{extra} ORDER BY {key}{locking}"))
+                for row in self._run(conn, sql, chunk + (other or []), many=False, fetch=True):
+                    out.append({c: v if p is None or v is None else p(v)
+                                for c, p, v in zip(columns, processors, row, strict=True)})
         return out
 
     def insert(self, conn: Connection, table: Table, columns: Sequence[str], rows: Sequence[Sequence[Any]],

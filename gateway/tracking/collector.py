@@ -18,7 +18,6 @@ from dataclasses import dataclass
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.propagate import inject
 
 from gateway.deps import Mesh
 from gateway.tracking.keys import SiteKey
@@ -38,6 +37,15 @@ class Visit:
     span: trace.SpanContext           # the request's, so the batch's work joins a sampled request's trace
 
 
+def _traceparent(span: trace.SpanContext) -> str:
+    """The W3C `traceparent` of the request's span ("" without one): what the propagator's `inject`
+    writes, made directly (the propagator's carrier and its baggage cost ~1.5% of the gateway's CPU
+    per collected event, for one header of which only this value is kept)."""
+    if not span.is_valid:
+        return ""
+    return f"00-{span.trace_id:032x}-{span.span_id:016x}-{int(span.trace_flags):02x}"
+
+
 def _proto(visit: Visit) -> scoring_pb2.Visit:
     out = scoring_pb2.Visit(visitor_id=visit.take.visitor_id)
     for ev in visit.events:
@@ -55,17 +63,24 @@ class VisitCollector:
         self.limits = limits
         self._batcher: Batcher[Visit, Refusal | scoring_pb2.VisitResult] = Batcher(
             self._handle, max_batch=max_visits, parallel=1)
+        # The stub of the mesh's scoring channel, made again only if that channel is replaced (making one
+        # builds every method's callable: about 1% of the gateway's CPU per collected event, made per batch).
+        self._stub: tuple[object, scoring_pb2_grpc.ScoringStub] | None = None
+
+    def _scoring(self) -> scoring_pb2_grpc.ScoringStub:
+        channel = self._mesh.channel("scoring")
+        if self._stub is None or self._stub[0] is not channel:
+            self._stub = (channel, scoring_pb2_grpc.ScoringStub(channel))
+        return self._stub[1]
 
     async def collect(self, key: SiteKey, visitor_id: str, counted: int, events: Sequence[CollectedEvent]
                       ) -> Refusal | scoring_pb2.VisitResult:
         """Count one request (`counted` events for the visitor: all it sent, valid or not) and, when it
         is within its limits, store its valid `events`: the refusal, or scoring's result (empty when
         there were none to store). Raises the Redis or gRPC error of its part of the batch."""
-        carrier: dict[str, str] = {}
-        inject(carrier)
-        return await self._batcher.submit(Visit(Take.now_for(key, visitor_id, counted), events,
-                                                carrier.get("traceparent", ""),
-                                                trace.get_current_span().get_span_context()))
+        span = trace.get_current_span().get_span_context()
+        return await self._batcher.submit(Visit(Take.now_for(key, visitor_id, counted), events, _traceparent(span),
+                                                span))
 
     async def _handle(self, visits: list[Visit]) -> list[Refusal | scoring_pb2.VisitResult | BaseException]:
         # The batch's Redis and gRPC calls run in the trace of its first sampled request (the others
@@ -86,8 +101,7 @@ class VisitCollector:
         if not send:
             return out
         try:
-            stub = scoring_pb2_grpc.ScoringStub(self._mesh.channel("scoring"))
-            reply = await stub.CollectVisitorEvents(
+            reply = await self._scoring().CollectVisitorEvents(
                 scoring_pb2.CollectRequest(visits=[_proto(visits[i]) for i in send]), timeout=self._mesh.timeout)
             if len(reply.visits) != len(send):
                 raise RuntimeError(f"scoring answered {len(reply.visits)} visits for {len(send)}")

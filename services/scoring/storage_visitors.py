@@ -14,11 +14,10 @@ from nurture import jsoncodec
 from nurture.db import DriverWrites
 from services.scoring.tables import visitor_events, visitors
 
-# The collect path's reads, built once (building one per call cost as much as running it).
+# The lock of visitors, built once (building it per call cost as much as running it; the collect path
+# reads on the driver's cursor instead: `lock_visitors_for_collect`).
 _LOCK = (select(visitors).where(visitors.c.id.in_(bindparam("ids", expanding=True))).order_by(visitors.c.id)
          .with_for_update())
-_SEEN = select(visitor_events.c.visitor_id, visitor_events.c.client_id).where(
-    visitor_events.c.visitor_id.in_(bindparam("ids", expanding=True)))
 
 
 def lock_visitors(s: Session | Connection, ids: Sequence[str]) -> dict[str, Row[Any]]:
@@ -70,13 +69,24 @@ def update_visitor(s: Session, visitor_id: str, **values: Any) -> None:
     s.execute(update(visitors).where(visitors.c.id == visitor_id).values(**values))
 
 
-def seen_client_ids(s: Session | Connection, visitor_ids: Iterable[str]) -> set[tuple[str, str]]:
-    """(visitor, client id) of every anonymous event kept for these visitors."""
-    wanted = sorted(set(visitor_ids))
+_LOCKED_COLUMNS = ("id", "lead_id", "profile", "events", "merged_at")
+
+
+def lock_visitors_for_collect(writes: DriverWrites, c: Connection, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """`lock_visitors` on the driver's cursor, for the collect path (only the columns it reads)."""
+    return {r["id"]: r for r in writes.select(c, visitors, _LOCKED_COLUMNS, "id", sorted(set(ids)), lock=True)}
+
+
+def seen_for_collect(writes: DriverWrites, c: Connection, pairs: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
+    """Which of these (visitor, client id) pairs are kept already, on the driver's cursor: only rows of
+    this batch's client ids are read (through the unique index), not each visitor's whole history, which
+    grows with every page it views."""
+    wanted = set(pairs)
     if not wanted:
         return set()
-    rows = s.execute(_SEEN, {"ids": wanted}).all()
-    return {(r.visitor_id, r.client_id) for r in rows}
+    rows = writes.select(c, visitor_events, ("visitor_id", "client_id"), "visitor_id",
+                         sorted({vid for vid, _ in wanted}), also=("client_id", sorted({cid for _, cid in wanted})))
+    return {pair for pair in ((r["visitor_id"], r["client_id"]) for r in rows) if pair in wanted}
 
 
 def insert_visitor_events(writes: DriverWrites, c: Connection, rows: list[tuple[Any, ...]]) -> None:

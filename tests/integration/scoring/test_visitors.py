@@ -76,6 +76,13 @@ async def test_anonymous_events_are_scored_apart_and_reach_no_consumer(
     assert again.results[0].duplicate
     visitor = await stub.GetVisitor(scoring_pb2.VisitorRequest(visitor_id=DEVICE_A))
     assert visitor.lead_id == "" and visitor.anonymous_events == 2
+    # A duplicate is the same visitor's id only: in one call, another visitor's event with an id the first
+    # used is new, and the first's resend among new events is still its duplicate.
+    both = await stub.CollectVisitorEvents(scoring_pb2.CollectRequest(visits=[
+        scoring_pb2.Visit(visitor_id=DEVICE_B, events=[page(2, "country", T0)]),
+        scoring_pb2.Visit(visitor_id=DEVICE_A, events=[page(3, "education", T0), page(2, "country", T0)])]))
+    assert [[r.duplicate for r in v.results] for v in both.visits] == [[False], [False, True]]
+    assert (await stub.GetVisitor(scoring_pb2.VisitorRequest(visitor_id=DEVICE_A))).anonymous_events == 3
     assert visitor.profile.id == f"visitor:{DEVICE_A}" and visitor.profile.email == ""
     assert visitor.profile.score > 0  # the live model scored the pricing page
     assert bus_of(settings, f"visitor:{DEVICE_A}") == []
