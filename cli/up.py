@@ -123,6 +123,8 @@ def up(args: argparse.Namespace) -> int:
         if masters is not None:
             settings = settings.with_overrides(redis_url=_with_password(f"redis://127.0.0.1:{port}/0", password),
                                                redis_cluster=True)
+            if cluster_replicas and "NURTURE_REDIS_WAIT_REPLICAS" not in os.environ:
+                settings = settings.with_overrides(redis_wait_replicas=1)  # a failover loses no bus entry
             # Nodes 0..N-1 start as the masters, N.. as their replicas (cli/rediscluster.py).
             for i in range(masters * (1 + cluster_replicas)):
                 folder = data / "redis-cluster" / f"node-{i}"
