@@ -296,6 +296,10 @@ def verify(mesh: Mesh, run: Run, database_url: str, now: str, wait_s: float = 30
                            "analytics": {i.removesuffix(":score") for i in ids(
                                "SELECT id FROM analytics_facts WHERE kind = 'score'")} | (accepted - scored)}
                 sent = int(c.scalar(sa.text("SELECT count(*) FROM messaging_messages WHERE status = 'sent'")) or 0)
+                # Two messages sent for one step of one lead's journey: a duplicate even under two Message-IDs.
+                twice = int(c.scalar(sa.text(
+                    "SELECT count(*) FROM (SELECT 1 FROM messaging_messages WHERE status = 'sent' AND step <> '' "
+                    "GROUP BY lead_id, journey, step HAVING count(*) > 1) AS d")) or 0)
                 due_left = int(c.scalar(sa.text(
                     "SELECT count(*) FROM journeys_enrollments WHERE status = 'active' AND due IS NOT NULL "
                     "AND due < :now"), {"now": datetime.fromisoformat(now)}) or 0)
@@ -317,22 +321,26 @@ def verify(mesh: Mesh, run: Run, database_url: str, now: str, wait_s: float = 30
         "lost_from_record": len(accepted - recorded),
         "lost_per_consumer": {**missing, "crm_sync": behind.get("crm_sync", 0)},
         "bus_behind": behind,
-        "sent_messages": sent, "mail_stored": stored, "duplicate_sends": max(0, stored - sent),
+        "sent_messages": sent, "mail_stored": stored, "duplicate_sends": max(0, stored - sent) + twice,
+        "steps_sent_twice": twice,
         "missing_mail": max(0, sent - stored), "wire_replays_dropped_by_sink": replays,
         "lost_timers": due_left, "leads_out_of_order": len(out_of_order), "out_of_order": out_of_order[:10],
         "kills": len(run.kills), "killed": run.kills, "failover": run.failover, "seed": run.seed,
     }
 
 
-def chaos_run(database_url: str, seed: int, leads: int, events: int, kills: int, failover: str) -> dict[str, Any]:
+def chaos_run(database_url: str, seed: int, leads: int, events: int, kills: int, failover: str,
+              wait_replicas: bool = True) -> dict[str, Any]:
     run = Run(seed=seed)
-    print(f"chaos run: seed {seed}, {leads} leads × {events} events, {kills} kills, failover {failover}", flush=True)
+    print(f"chaos run: seed {seed}, {leads} leads × {events} events, {kills} kills, failover {failover}, "
+          f"publishes {'wait for a replica' if wait_replicas else 'do not wait'}", flush=True)
     with fresh_database(database_url) as url, \
             private_mesh(clock="virtual", database_url=url, replicas=2, redis_cluster=3,
                          redis_cluster_replicas=1 if failover != "none" else 0,
                          # Consumers at the accept path's priority: at nice 19 on a machine others keep busy,
                          # the settling alone took most of an hour.
-                         settings={"NURTURE_CONSUMER_NICE": "0"}) as mesh:
+                         settings={"NURTURE_CONSUMER_NICE": "0",
+                                   **({} if wait_replicas else {"NURTURE_REDIS_WAIT_REPLICAS": "0"})}) as mesh:
         assert url is not None
         stop = threading.Event()
         spread = max(20.0, leads * events * 0.05 / 2)
@@ -358,16 +366,20 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=6)
     parser.add_argument("--kills", type=int, default=12)
     parser.add_argument("--failover", choices=("graceful", "crash", "lossy", "none"), default="graceful")
+    parser.add_argument("--no-wait", action="store_true",
+                        help="NURTURE_REDIS_WAIT_REPLICAS=0: publishes do not wait for a replica (to measure the loss)")
     args = parser.parse_args()
     if not (args.database_url or "").startswith("postgresql"):
         parser.error("replicas share a PostgreSQL database: --database-url postgresql+psycopg://...")
-    counts = chaos_run(args.database_url, args.seed, args.leads, args.events, args.kills, args.failover)
+    counts = chaos_run(args.database_url, args.seed, args.leads, args.events, args.kills, args.failover,
+                       wait_replicas=not args.no_wait)
     per = counts["lost_per_consumer"]
     print(f"accepted events: {counts['accepted']} (posts not accepted: {counts['refused_posts']})")
     print(f"accepted events lost: {counts['lost_from_record']} from the record; per consumer "
           + ", ".join(f"{k} {v}" for k, v in per.items()))
     print(f"sends: {counts['sent_messages']} sent, {counts['mail_stored']} in the sink: duplicate sends "
-          f"{counts['duplicate_sends']}, missing {counts['missing_mail']} (wire replays the sink dropped: "
+          f"{counts['duplicate_sends']} (steps sent twice {counts['steps_sent_twice']}), "
+          f"missing {counts['missing_mail']} (wire replays the sink dropped: "
           f"{counts['wire_replays_dropped_by_sink']})")
     print(f"lost timers: {counts['lost_timers']}; leads out of order: {counts['leads_out_of_order']}")
     print(f"kills: {counts['kills']} {counts['killed']}; redis failover: {counts['failover'] or 'none'}; "

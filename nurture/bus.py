@@ -32,14 +32,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from opentelemetry import trace
-from redis.asyncio import cluster as aiocluster
 from redis.exceptions import ResponseError
 
 from nurture import busmessage
 from nurture.admin import DeadLetter, Retried
 from nurture.busmessage import BusMessage
 from nurture.partitions import Fenced, Ownership
-from nurture.redisconn import AsyncRedis, is_cluster, shard_of, sharded_key
+from nurture.redisconn import AsyncRedis, is_cluster, shard_of, sharded_key, wait_replicated
 from nurture.telemetry import batch_parent, carrier_contexts
 
 log = logging.getLogger(__name__)
@@ -65,18 +64,9 @@ def dead_key(group: str) -> str:
     return f"nurture:bus-dead:{{{group}}}"
 
 
-# How long a publish waits for its entries to reach `wait_replicas` replicas (NURTURE_REDIS_WAIT_REPLICAS).
-WAIT_MS = 1000
-
-
-class NotReplicated(RuntimeError):
-    """The entries were appended but no replica confirmed them in time: a failover could lose them, so the
-    publisher's caller must keep them (scoring's outbox rows stay and are published again)."""
-
-
 class Publisher:
     """Appends bus messages. `wait_replicas` > 0 (NURTURE_REDIS_WAIT_REPLICAS): a publish returns only once
-    that many replicas of each master written to hold the entries (WAIT), else raises NotReplicated:
+    that many replicas of each master written hold the entries (WAIT), else raises NotReplicated:
     Redis replicates asynchronously, and a master that dies before passing an acknowledged entry on loses
     it in the failover; scoring deletes an outbox row only after its publish returned, so with this the
     SQL record keeps every event until a replica has it (docs/ARCHITECTURE.md, "Redis failover")."""
@@ -103,22 +93,7 @@ class Publisher:
             pipe.xadd(stream_key(shard_of(lead_id, self._shards)), fields,  # type: ignore[arg-type]
                       maxlen=STREAM_MAXLEN, approximate=True)
         await pipe.execute()
-        if self._wait_replicas:
-            await self._replicated(keys)
-
-    async def _replicated(self, keys: set[str]) -> None:
-        """WAIT on every master these streams live on (one, without a cluster): WAIT counts the replicas
-        holding everything this connection wrote to that node."""
-        if is_cluster(self._redis):
-            cluster = self._redis
-            assert isinstance(cluster, aiocluster.RedisCluster)
-            nodes = {n.name: n for n in (cluster.get_node_from_key(k) for k in keys) if n is not None}
-            acks = [int(await cluster.execute_command("WAIT", self._wait_replicas, WAIT_MS, target_nodes=node))
-                    for node in nodes.values()]
-        else:
-            acks = [int(await self._redis.execute_command("WAIT", self._wait_replicas, WAIT_MS))]
-        if min(acks) < self._wait_replicas:
-            raise NotReplicated(f"bus entries reached {min(acks)} of {self._wait_replicas} replicas in {WAIT_MS} ms")
+        await wait_replicated(self._redis, keys, self._wait_replicas)
 
 
 def _handling_span(name: str, carriers: list[bytes], count: int) -> AbstractContextManager[trace.Span]:

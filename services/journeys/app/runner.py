@@ -123,6 +123,9 @@ class JourneysRuntime:
         # Recorded migrations may wait for this replica's partitions: looked for at start, after a publish
         # (here or by another replica) and when partitions change hands; cleared by a pass that finished.
         self._migrations_due = True
+        # Leads whose timers could not be armed (Redis failing, or not confirming the arms on a replica):
+        # re-armed from SQL by the timer loop and at each Settle (rearm_unarmed).
+        self._unarmed: set[str] = set()
 
     # -- definitions ------------------------------------------------------------------------------
 
@@ -262,7 +265,25 @@ class JourneysRuntime:
             due = parse_time(entry.get("at")) if entry else None
             if entry and due is not None:
                 items.append(Arm(state.lead_id, DATE_PREFIX + key, int(entry["token"]), due))
-        await self.timers.schedule(items)
+        try:
+            await self.timers.schedule(items)
+        except Exception as exc:  # the state is committed: its timers are armed again from it, not lost
+            log.warning("journeys: arming %d timers of %s failed (%s); re-armed from SQL", len(items),
+                        state.lead_id, exc)
+            self._unarmed.add(state.lead_id)
+
+    async def rearm_unarmed(self) -> int:
+        """Arm again, from SQL, every timer of the leads whose arming failed; returns how many leads. A lead
+        whose arming fails again stays for the next pass (a process that dies meanwhile re-arms all at start)."""
+        if not self._unarmed:
+            return 0
+        leads, self._unarmed = sorted(self._unarmed), set()
+        states = await self.db.run(self._load_many, leads)
+        for state in states.values():
+            await self._arm(state, Outcome(touched=set(state.enrollments), inactivity_changed=True,
+                                           side_due={k for k, e in state.enrollments.items() if e.side},
+                                           dates_changed=set(state.dates)))
+        return len(states)
 
     # -- bus --------------------------------------------------------------------------------------
 
@@ -479,6 +500,7 @@ class JourneysRuntime:
         await self.housekeeping()
         work = int(await drain())
         work += await self.run_migrations()
+        work += await self.rearm_unarmed()
         work += await self.run_calendar()
         while True:
             done = await self.process_due()
@@ -571,6 +593,7 @@ class JourneysRuntime:
                     refreshed = time.monotonic()
                     await self.refresh_definitions()
                 await self.run_migrations()
+                await self.rearm_unarmed()
                 await self.housekeeping()
                 nxt = await self.next_campaign()
                 if nxt is not None and nxt <= self.clock.now():

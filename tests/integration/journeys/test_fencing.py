@@ -220,3 +220,26 @@ async def test_a_publish_with_migrate_on_a_fenced_out_replica_leaves_the_moves_t
     assert await b.run_migrations() == len(leads)
     assert set(_versions(db, "family").values()) == {v2}
     assert b.registry.live("family").version == v2  # type: ignore[union-attr]
+
+
+async def test_timers_whose_arming_no_replica_confirmed_are_armed_again_from_sql(
+        settings: Settings, parts: tuple[Database, AsyncRedis]) -> None:
+    """Timers are armed after the state's commit. When Redis does not confirm them on a replica (this Redis
+    has none: WAIT answers 0), a failover could lose them: the runtime keeps the lead and arms its timers
+    again from SQL, until an arming is confirmed."""
+    db, client = parts
+    rt = JourneysRuntime(db=db, timers=TimerStore(client, settings.timer_shards, wait_replicas=1),
+                         clock=VirtualClock(redisconn.connect_sync(settings)), clients=Clients(settings),
+                         settings=read_settings(), calendar=load_calendar())
+    await rt.start()
+    now = rt.clock.now().isoformat()
+    await rt.handle_messages([BusMessage(id="created-w1", lead_id="w1", type="lead_created", occurred_at=now,
+                                         lead=LeadSnapshot.from_dict(lead("w1", "family")))])  # no exception
+    armed = await rt.timers.pending()
+    assert armed > 0
+    await client.flushdb()  # what a failover to a replica that never got the arms would leave
+    assert await rt.timers.pending() == 0
+    rt.timers = TimerStore(client, settings.timer_shards)  # a replica confirms again (none needed here)
+    assert await rt.rearm_unarmed() == 1
+    assert await rt.timers.pending() == armed
+    assert await rt.rearm_unarmed() == 0  # confirmed: nothing left to arm again

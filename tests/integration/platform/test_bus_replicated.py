@@ -17,8 +17,8 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from nurture.bus import NotReplicated, Publisher, stream_key
-from nurture.redisconn import shard_of
+from nurture.bus import Publisher, stream_key
+from nurture.redisconn import NotReplicated, shard_of
 from tests.bus_messages import bus_message
 from tests.conftest import answers, free_port, redis_server_binary
 
