@@ -121,6 +121,6 @@ async def wait_replicated(client: AsyncRedis, keys: Iterable[str], replicas: int
         acks = [int(await client.execute_command("WAIT", replicas, WAIT_MS, target_nodes=node))
                 for node in nodes.values()]
     else:
-        acks = [int(await client.execute_command("WAIT", replicas, WAIT_MS))]
+        acks = [int(await client.wait(replicas, WAIT_MS))]
     if acks and min(acks) < replicas:
         raise NotReplicated(f"writes reached {min(acks)} of {replicas} replicas in {WAIT_MS} ms")
