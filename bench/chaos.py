@@ -138,10 +138,13 @@ def fail_over(mesh: Mesh, rng: random.Random, mode: str) -> str:
             return f"{mode}: no process found for replica {replica_port}"
         os.kill(replica_pid, signal.SIGSTOP)
         # What the master sent before is in the stopped replica's socket and would still arrive: close the link.
-        _node(mesh, master_port).execute_command("CLIENT", "KILL", "TYPE", "replica")
+        master = _node(mesh, master_port)
+        master.execute_command("CLIENT", "KILL", "TYPE", "replica")
         time.sleep(LAG_S)
+        offset, entries = int(master.info("replication")["master_repl_offset"]), _bus_entries(mesh, master)
         os.kill(pid, signal.SIGKILL)
         os.kill(replica_pid, signal.SIGCONT)
+        behind = offset - int(node.info("replication").get("slave_repl_offset", offset))
         node.execute_command("CLUSTER", "FAILOVER", "TAKEOVER")  # no master to agree with: take over as is
     try:
         while node.info("replication")["role"] != "master":
@@ -153,8 +156,20 @@ def fail_over(mesh: Mesh, rng: random.Random, mode: str) -> str:
             os.kill(pid, signal.SIGKILL)
     if mode == "lossy":
         return (f"lossy: replica {replica_port} stopped {LAG_S:.0f} s while master {master_port} took writes alone, "
-                f"master killed, replica took over in {time.monotonic() - started:.1f} s")
+                f"master killed, replica took over in {time.monotonic() - started:.1f} s, "
+                f"{behind} bytes of writes behind; bus entries lost: {entries - _bus_entries(mesh, node)}")
     return f"{mode}: master {master_port} → replica {replica_port} in {time.monotonic() - started:.1f} s"
+
+
+def _bus_entries(mesh: Mesh, node: redis.Redis) -> int:
+    """The entries of the bus streams this node serves (the others' answer MOVED)."""
+    total = 0
+    for s in range(int(mesh.env.get("NURTURE_BUS_SHARDS") or Settings.bus_shards)):
+        try:
+            total += int(node.xlen(f"nurture:bus:{{s{s}}}"))
+        except redis.ResponseError:
+            continue
+    return total
 
 
 def chaos(mesh: Mesh, run: Run, kills: int, spread_s: float, failover: str, stop: threading.Event) -> None:
