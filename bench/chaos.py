@@ -63,7 +63,7 @@ DAY = 86400
 # Virtual time moved during and after the load: under the 7 days journeys keeps processed bus ids for
 # (PROCESSED_KEEP), so the record of what journeys handled is whole when it is read.
 ADVANCE_S = 6 * 3600
-LAG_S = 3.0  # how long the `lossy` failover's replica stops reading its master's writes
+LAG_S = 3.0  # how long the `lossy` failover's replica stops reading its master's writes (--lag)
 FINAL_DAYS = 4
 
 
@@ -112,7 +112,7 @@ def _node(mesh: Mesh, port: int) -> redis.Redis:
     return redis.Redis(host="127.0.0.1", port=port, password=password, decode_responses=True, socket_timeout=5)
 
 
-def fail_over(mesh: Mesh, rng: random.Random, mode: str) -> str:
+def fail_over(mesh: Mesh, rng: random.Random, mode: str, lag_s: float = LAG_S) -> str:
     """One Redis master's slots move to its replica: `graceful` (CLUSTER FAILOVER) or `crash` (the master
     stopped until its replica is elected, then SIGKILLed). Returns what was done."""
     first = int(mesh.env["NURTURE_REDIS_URL"].rpartition(":")[2].split("/")[0])
@@ -138,10 +138,10 @@ def fail_over(mesh: Mesh, rng: random.Random, mode: str) -> str:
             return f"{mode}: no process found for replica {replica_port}"
         os.kill(replica_pid, signal.SIGSTOP)
         # What the master sent before is in the stopped replica's socket and would still arrive: close the link.
-        master = _node(mesh, master_port)
-        master.execute_command("CLIENT", "KILL", "TYPE", "replica")
-        time.sleep(LAG_S)
-        offset, entries = int(master.info("replication")["master_repl_offset"]), _bus_entries(mesh, master)
+        alone = _node(mesh, master_port)
+        alone.execute_command("CLIENT", "KILL", "TYPE", "replica")
+        time.sleep(lag_s)
+        offset, entries = int(alone.info("replication")["master_repl_offset"]), _bus_entries(mesh, alone)
         os.kill(pid, signal.SIGKILL)
         os.kill(replica_pid, signal.SIGCONT)
         behind = offset - int(node.info("replication").get("slave_repl_offset", offset))
@@ -155,7 +155,7 @@ def fail_over(mesh: Mesh, rng: random.Random, mode: str) -> str:
         if mode == "crash":  # the supervisor restarts it; it rejoins as the new master's replica
             os.kill(pid, signal.SIGKILL)
     if mode == "lossy":
-        return (f"lossy: replica {replica_port} stopped {LAG_S:.0f} s while master {master_port} took writes alone, "
+        return (f"lossy: replica {replica_port} stopped {lag_s:.0f} s while master {master_port} took writes alone, "
                 f"master killed, replica took over in {time.monotonic() - started:.1f} s, "
                 f"{behind} bytes of writes behind; bus entries lost: {entries - _bus_entries(mesh, node)}")
     return f"{mode}: master {master_port} → replica {replica_port} in {time.monotonic() - started:.1f} s"
@@ -172,7 +172,8 @@ def _bus_entries(mesh: Mesh, node: redis.Redis) -> int:
     return total
 
 
-def chaos(mesh: Mesh, run: Run, kills: int, spread_s: float, failover: str, stop: threading.Event) -> None:
+def chaos(mesh: Mesh, run: Run, kills: int, spread_s: float, failover: str, stop: threading.Event,
+          lag_s: float = LAG_S) -> None:
     """SIGKILL `kills` random service replicas at random moments over about `spread_s` seconds (each pick
     and pause from the seeded generator, printed), and fail one Redis master over half-way."""
     rng = random.Random(run.seed)
@@ -182,7 +183,7 @@ def chaos(mesh: Mesh, run: Run, kills: int, spread_s: float, failover: str, stop
             return
         if n == failover_at:
             try:
-                run.failover = fail_over(mesh, rng, failover)
+                run.failover = fail_over(mesh, rng, failover, lag_s)
             except Exception as exc:  # reported, not hidden: the run says it had no failover
                 run.failover = f"{failover} failed: {exc!r}"
             print(f"  redis {run.failover}", flush=True)
@@ -345,7 +346,7 @@ def verify(mesh: Mesh, run: Run, database_url: str, now: str, wait_s: float = 30
 
 
 def chaos_run(database_url: str, seed: int, leads: int, events: int, kills: int, failover: str,
-              wait_replicas: bool = True) -> dict[str, Any]:
+              wait_replicas: bool = True, lag_s: float = LAG_S) -> dict[str, Any]:
     run = Run(seed=seed)
     print(f"chaos run: seed {seed}, {leads} leads × {events} events, {kills} kills, failover {failover}, "
           f"publishes {'wait for a replica' if wait_replicas else 'do not wait'}", flush=True)
@@ -359,7 +360,7 @@ def chaos_run(database_url: str, seed: int, leads: int, events: int, kills: int,
         assert url is not None
         stop = threading.Event()
         spread = max(20.0, leads * events * 0.05 / 2)
-        killer = threading.Thread(target=chaos, args=(mesh, run, kills, spread, failover, stop), daemon=True)
+        killer = threading.Thread(target=chaos, args=(mesh, run, kills, spread, failover, stop, lag_s), daemon=True)
         started = time.monotonic()
         killer.start()
         try:
@@ -383,11 +384,12 @@ def main() -> None:
     parser.add_argument("--failover", choices=("graceful", "crash", "lossy", "none"), default="graceful")
     parser.add_argument("--no-wait", action="store_true",
                         help="NURTURE_REDIS_WAIT_REPLICAS=0: publishes do not wait for a replica (to measure the loss)")
+    parser.add_argument("--lag", type=float, default=LAG_S, help="seconds the lossy failover's replica is cut off")
     args = parser.parse_args()
     if not (args.database_url or "").startswith("postgresql"):
         parser.error("replicas share a PostgreSQL database: --database-url postgresql+psycopg://...")
     counts = chaos_run(args.database_url, args.seed, args.leads, args.events, args.kills, args.failover,
-                       wait_replicas=not args.no_wait)
+                       wait_replicas=not args.no_wait, lag_s=args.lag)
     per = counts["lost_per_consumer"]
     print(f"accepted events: {counts['accepted']} (posts not accepted: {counts['refused_posts']})")
     print(f"accepted events lost: {counts['lost_from_record']} from the record; per consumer "
