@@ -173,20 +173,25 @@ def _bus_entries(mesh: Mesh, node: redis.Redis) -> int:
 
 
 def chaos(mesh: Mesh, run: Run, kills: int, spread_s: float, failover: str, stop: threading.Event,
-          lag_s: float = LAG_S) -> None:
+          lag_s: float = LAG_S, failover_at: int | None = None) -> None:
     """SIGKILL `kills` random service replicas at random moments over about `spread_s` seconds (each pick
-    and pause from the seeded generator, printed), and fail one Redis master over half-way."""
+    and pause from the seeded generator, printed), and fail one Redis master over before kill number
+    `failover_at` (default: half-way; `kills`: after the last)."""
     rng = random.Random(run.seed)
-    failover_at = kills // 2 if failover != "none" else -1
-    for n in range(kills):
+    at = (kills // 2 if failover_at is None else failover_at) if failover != "none" else -1
+    for n in range(kills + 1):
+        if n == kills and at != kills:
+            return
         if stop.wait(rng.uniform(0.3, 2 * spread_s / max(kills, 1))):
             return
-        if n == failover_at:
+        if n == at:
             try:
                 run.failover = fail_over(mesh, rng, failover, lag_s)
             except Exception as exc:  # reported, not hidden: the run says it had no failover
                 run.failover = f"{failover} failed: {exc!r}"
             print(f"  redis {run.failover}", flush=True)
+        if n == kills:
+            return
         name = f"{rng.choice(SERVICES)}-{rng.choice('01')}"
         pid = children(mesh).get(name)
         if pid is None:  # being restarted by the supervisor right now
@@ -346,7 +351,7 @@ def verify(mesh: Mesh, run: Run, database_url: str, now: str, wait_s: float = 30
 
 
 def chaos_run(database_url: str, seed: int, leads: int, events: int, kills: int, failover: str,
-              wait_replicas: bool = True, lag_s: float = LAG_S) -> dict[str, Any]:
+              wait_replicas: bool = True, lag_s: float = LAG_S, failover_at: int | None = None) -> dict[str, Any]:
     run = Run(seed=seed)
     print(f"chaos run: seed {seed}, {leads} leads × {events} events, {kills} kills, failover {failover}, "
           f"publishes {'wait for a replica' if wait_replicas else 'do not wait'}", flush=True)
@@ -360,7 +365,8 @@ def chaos_run(database_url: str, seed: int, leads: int, events: int, kills: int,
         assert url is not None
         stop = threading.Event()
         spread = max(20.0, leads * events * 0.05 / 2)
-        killer = threading.Thread(target=chaos, args=(mesh, run, kills, spread, failover, stop, lag_s), daemon=True)
+        killer = threading.Thread(target=chaos, args=(mesh, run, kills, spread, failover, stop, lag_s, failover_at),
+                                  daemon=True)
         started = time.monotonic()
         killer.start()
         try:
@@ -385,11 +391,13 @@ def main() -> None:
     parser.add_argument("--no-wait", action="store_true",
                         help="NURTURE_REDIS_WAIT_REPLICAS=0: publishes do not wait for a replica (to measure the loss)")
     parser.add_argument("--lag", type=float, default=LAG_S, help="seconds the lossy failover's replica is cut off")
+    parser.add_argument("--failover-at", type=int, help="fail over before this kill (default: half-way; "
+                        "= --kills: after the last, so no restarted scoring re-publishes what the failover lost)")
     args = parser.parse_args()
     if not (args.database_url or "").startswith("postgresql"):
         parser.error("replicas share a PostgreSQL database: --database-url postgresql+psycopg://...")
     counts = chaos_run(args.database_url, args.seed, args.leads, args.events, args.kills, args.failover,
-                       wait_replicas=not args.no_wait, lag_s=args.lag)
+                       wait_replicas=not args.no_wait, lag_s=args.lag, failover_at=args.failover_at)
     per = counts["lost_per_consumer"]
     print(f"accepted events: {counts['accepted']} (posts not accepted: {counts['refused_posts']})")
     print(f"accepted events lost: {counts['lost_from_record']} from the record; per consumer "
