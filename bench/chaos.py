@@ -74,7 +74,7 @@ class Run:
     refused: int = 0  # posts that got no 202 (a killed replica mid-call): never accepted, not counted as lost
     kills: list[str] = field(default_factory=list)
     failover: str = ""
-    errors: list[str] = field(default_factory=list)
+    started: float = field(default_factory=time.monotonic)
 
 
 def children(mesh: Mesh) -> dict[str, int]:
@@ -185,10 +185,12 @@ def chaos(mesh: Mesh, run: Run, kills: int, spread_s: float, failover: str, stop
         if stop.wait(rng.uniform(0.3, 2 * spread_s / max(kills, 1))):
             return
         if n == at:
+            began = time.monotonic() - run.started
             try:
                 run.failover = fail_over(mesh, rng, failover, lag_s)
             except Exception as exc:  # reported, not hidden: the run says it had no failover
                 run.failover = f"{failover} failed: {exc!r}"
+            run.failover += f" (began {began:.1f} s into the run)"
             print(f"  redis {run.failover}", flush=True)
         if n == kills:
             return
@@ -367,14 +369,15 @@ def chaos_run(database_url: str, seed: int, leads: int, events: int, kills: int,
         spread = max(20.0, leads * events * 0.05 / 2)
         killer = threading.Thread(target=chaos, args=(mesh, run, kills, spread, failover, stop, lag_s, failover_at),
                                   daemon=True)
-        started = time.monotonic()
+        started = run.started = time.monotonic()
         killer.start()
         try:
             asyncio.run(load(mesh, run, leads, events))
+            print(f"  load done in {time.monotonic() - started:.1f} s", flush=True)
         finally:
             killer.join(timeout=spread * 3)  # the kills are part of the run: let them all happen
             stop.set()
-        print(f"  load done in {time.monotonic() - started:.0f} s; settling {FINAL_DAYS} days", flush=True)
+        print(f"  chaos done in {time.monotonic() - started:.1f} s; settling {FINAL_DAYS} days", flush=True)
         now = asyncio.run(settle(mesh, FINAL_DAYS))
         counts = verify(mesh, run, url, now)
     return counts
