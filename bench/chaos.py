@@ -11,8 +11,9 @@ Afterwards the record is checked and the counts printed (then one JSON line with
   Message-ID the sink dropped (`duplicates.log`: a receiver without that check would have shown them);
 - lost timers: enrolments still active with a step due before the final virtual time (after the last
   settle every due step has run);
-- per-lead order: a lead whose accepted events the bus holds other than in the order posted (or not all:
-  the bus is what every consumer reads, in order; a lost entry shows here as well as per consumer).
+- per-lead order: a lead whose accepted events the bus holds other than in the order posted (the bus is
+  what every consumer reads, in order); and accepted events missing on the bus (a failover lost them: a
+  consumer that had not read them yet never will).
 
     nice -n 10 .venv/bin/python bench/chaos.py --database-url postgresql+psycopg://postgres@127.0.0.1:5432/x \
         [--seed 7] [--leads 40] [--events 6] [--kills 12] [--failover graceful|crash|none]
@@ -337,8 +338,9 @@ def verify(mesh: Mesh, run: Run, database_url: str, now: str, wait_s: float = 30
     stored = len(list(mail.rglob("*.eml")))
     replays = len((mail / "duplicates.log").read_text().splitlines()) if (mail / "duplicates.log").exists() else 0
     on_bus = bus_order(mesh)
+    present = {e for ids in on_bus.values() for e in ids}
     out_of_order = sorted(lead for lead, posted in run.accepted.items()
-                          if [e for e in on_bus.get(lead, []) if e in accepted] != posted)
+                          if [e for e in on_bus.get(lead, []) if e in accepted] != [e for e in posted if e in present])
     return {
         "accepted": len(accepted), "refused_posts": run.refused,
         "lost_from_record": len(accepted - recorded),
@@ -348,6 +350,7 @@ def verify(mesh: Mesh, run: Run, database_url: str, now: str, wait_s: float = 30
         "steps_sent_twice": twice,
         "missing_mail": max(0, sent - stored), "wire_replays_dropped_by_sink": replays,
         "lost_timers": due_left, "leads_out_of_order": len(out_of_order), "out_of_order": out_of_order[:10],
+        "missing_on_bus": len(accepted - present),
         "kills": len(run.kills), "killed": run.kills, "failover": run.failover, "seed": run.seed,
     }
 
@@ -409,7 +412,8 @@ def main() -> None:
           f"{counts['duplicate_sends']} (steps sent twice {counts['steps_sent_twice']}), "
           f"missing {counts['missing_mail']} (wire replays the sink dropped: "
           f"{counts['wire_replays_dropped_by_sink']})")
-    print(f"lost timers: {counts['lost_timers']}; leads out of order: {counts['leads_out_of_order']}")
+    print(f"lost timers: {counts['lost_timers']}; leads out of order: {counts['leads_out_of_order']}; accepted events "
+          f"missing on the bus now: {counts['missing_on_bus']} (handled before a failover lost them, or lost)")
     print(f"kills: {counts['kills']} {counts['killed']}; redis failover: {counts['failover'] or 'none'}; "
           f"seed {counts['seed']}")
     print(json.dumps(counts))

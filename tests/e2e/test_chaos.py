@@ -28,4 +28,4 @@ def test_random_kills_and_a_redis_failover_lose_nothing_and_send_nothing_twice()
     assert counts["lost_per_consumer"] == {"journeys": 0, "messaging": 0, "analytics": 0, "crm_sync": 0}, counts
     assert counts["duplicate_sends"] == 0 and counts["missing_mail"] == 0, counts
     assert counts["lost_timers"] == 0, counts
-    assert counts["leads_out_of_order"] == 0, counts
+    assert counts["leads_out_of_order"] == 0 and counts["missing_on_bus"] == 0, counts
