@@ -112,14 +112,16 @@ def _cluster_ports(masters: int) -> int:
 
 @contextmanager
 def private_mesh(clock: str = "real", database_url: str | None = None, without: tuple[str, ...] = (),
-                 redis_cluster: int = 0, replicas: int = 1, settings: dict[str, str] | None = None) -> Iterator[Mesh]:
-    """`redis_cluster` N > 0: an embedded Redis Cluster of N masters (`nurture up --redis-cluster N`).
+                 redis_cluster: int = 0, replicas: int = 1, settings: dict[str, str] | None = None,
+                 redis_cluster_replicas: int = 0) -> Iterator[Mesh]:
+    """`redis_cluster` N > 0: an embedded Redis Cluster of N masters (`nurture up --redis-cluster N`), each
+    with `redis_cluster_replicas` replicas (`--redis-cluster-replicas R`, on the ports after the masters').
     `replicas` N > 1: N processes of each replicated service (`nurture up --replicas N`; PostgreSQL only).
     `settings`: more `NURTURE_*` variables for every process (`{"NURTURE_TRACE_SAMPLE_RATIO": "1"}`)."""
     data = tempfile.mkdtemp(prefix="nurture-bench-")
     http = free_port()
     redis_password = secrets.token_urlsafe(24)
-    redis_port = _cluster_ports(redis_cluster) if redis_cluster else free_port()
+    redis_port = _cluster_ports(redis_cluster * (1 + redis_cluster_replicas)) if redis_cluster else free_port()
     env = {**os.environ, "NURTURE_REDIS_URL": f"redis://:{redis_password}@127.0.0.1:{redis_port}/0",
            "NURTURE_EMBEDDED_REDIS": "1", "NURTURE_MESH_TOKEN": secrets.token_urlsafe(24),
            "NURTURE_SMTP_URL": f"smtp://127.0.0.1:{free_port()}", "NURTURE_CRM_URL": f"http://127.0.0.1:{free_port()}",
@@ -135,6 +137,8 @@ def private_mesh(clock: str = "real", database_url: str | None = None, without: 
                              "--clock", clock, "--api-key", "bench-key",
                              *[a for service in without for a in ("--without", service)],
                              *(["--redis-cluster", str(redis_cluster)] if redis_cluster else []),
+                             *(["--redis-cluster-replicas", str(redis_cluster_replicas)]
+                               if redis_cluster and redis_cluster_replicas else []),
                              *(["--replicas", str(replicas)] if replicas > 1 else [])],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             # A test or bench killed outright still stops its mesh (SIGINT: a clean stop).

@@ -28,6 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     p_up.add_argument("--redis-cluster", type=_masters, metavar="N",
                       help="run an embedded Redis Cluster of N masters (ports 6390.. and their cluster bus ports "
                            "+10000) instead of one Redis")
+    p_up.add_argument("--redis-cluster-replicas", type=_cluster_replicas, metavar="R",
+                      help="with --redis-cluster N: R replicas of each master (N*(1+R) nodes on consecutive ports), "
+                           "so that a master's failure moves its slots to a replica")
     p_up.add_argument("--replicas", type=_replicas, metavar="N",
                       help="run N processes of scoring, messaging and crm_sync (journeys, analytics and the gateway "
                            "run one); needs NURTURE_DATABASE_URL on PostgreSQL")
@@ -64,6 +67,16 @@ def _masters(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a number of masters, not {text!r}") from None
     if not 1 <= n <= 64:
         raise argparse.ArgumentTypeError(f"a local cluster has 1 to 64 masters, not {n}")
+    return n
+
+
+def _cluster_replicas(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of replicas per master, not {text!r}") from None
+    if not 0 <= n <= 4:
+        raise argparse.ArgumentTypeError(f"a local cluster has 0 to 4 replicas per master, not {n}")
     return n
 
 

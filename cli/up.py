@@ -107,6 +107,11 @@ def up(args: argparse.Namespace) -> int:
     # --redis-cluster N: N masters of a Redis Cluster on that port and the N-1 after it (cli/rediscluster.py).
     embedded_redis = "NURTURE_REDIS_URL" not in os.environ or os.environ.get("NURTURE_EMBEDDED_REDIS") == "1"
     masters = getattr(args, "redis_cluster", None)
+    cluster_replicas = getattr(args, "redis_cluster_replicas", None) or 0
+    if cluster_replicas and masters is None:
+        print("cannot start: --redis-cluster-replicas gives each master of --redis-cluster N its replicas; "
+              "add --redis-cluster N", file=sys.stderr)
+        return 2
     if masters is not None and not embedded_redis:
         print("cannot start: --redis-cluster starts an embedded cluster, but NURTURE_REDIS_URL names an external "
               "Redis (for an external cluster set NURTURE_REDIS_CLUSTER=1 instead)", file=sys.stderr)
@@ -118,7 +123,10 @@ def up(args: argparse.Namespace) -> int:
         if masters is not None:
             settings = settings.with_overrides(redis_url=_with_password(f"redis://127.0.0.1:{port}/0", password),
                                                redis_cluster=True)
-            for i in range(masters):
+            if cluster_replicas and "NURTURE_REDIS_WAIT_REPLICAS" not in os.environ:
+                settings = settings.with_overrides(redis_wait_replicas=1)  # a failover loses no bus entry
+            # Nodes 0..N-1 start as the masters, N.. as their replicas (cli/rediscluster.py).
+            for i in range(masters * (1 + cluster_replicas)):
                 folder = data / "redis-cluster" / f"node-{i}"
                 folder.mkdir(parents=True, exist_ok=True)
                 children.append(_child(f"redis-{i}", rediscluster.node_argv(
@@ -229,7 +237,7 @@ def up(args: argparse.Namespace) -> int:
                     rediscluster.form([p for c in children if c.name.startswith("redis-")
                                        if (p := _child_port(c.name, settings))],
                                       urlparse(settings.redis_url).password or "",
-                                      timeout=start_timeout())
+                                      timeout=start_timeout(), replicas=cluster_replicas)
                 except rediscluster.ClusterError as exc:
                     print(f"cannot start: {exc}", file=sys.stderr)
                     return 1

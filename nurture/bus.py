@@ -38,7 +38,7 @@ from nurture import busmessage
 from nurture.admin import DeadLetter, Retried
 from nurture.busmessage import BusMessage
 from nurture.partitions import Fenced, Ownership
-from nurture.redisconn import AsyncRedis, is_cluster, shard_of, sharded_key
+from nurture.redisconn import AsyncRedis, is_cluster, shard_of, sharded_key, wait_replicated
 from nurture.telemetry import batch_parent, carrier_contexts
 
 log = logging.getLogger(__name__)
@@ -65,9 +65,16 @@ def dead_key(group: str) -> str:
 
 
 class Publisher:
-    def __init__(self, client: AsyncRedis, shards: int) -> None:
+    """Appends bus messages. `wait_replicas` > 0 (NURTURE_REDIS_WAIT_REPLICAS): a publish returns only once
+    that many replicas of each master written hold the entries (WAIT), else raises NotReplicated:
+    Redis replicates asynchronously, and a master that dies before passing an acknowledged entry on loses
+    it in the failover; scoring deletes an outbox row only after its publish returned, so with this the
+    SQL record keeps every event until a replica has it (docs/ARCHITECTURE.md, "Redis failover")."""
+
+    def __init__(self, client: AsyncRedis, shards: int, wait_replicas: int = 0) -> None:
         self._redis = client
         self._shards = shards
+        self._wait_replicas = wait_replicas
 
     async def publish(self, messages: Sequence[BusMessage]) -> None:
         """Append messages to their lead's shard, in order."""
@@ -79,11 +86,14 @@ class Publisher:
         if not entries:
             return
         pipe = self._redis.pipeline(transaction=False)
+        keys: set[str] = set()
         for lead_id, payload, carrier in entries:
             fields = {"m": payload, "t": carrier} if carrier else {"m": payload}
+            keys.add(stream_key(shard_of(lead_id, self._shards)))
             pipe.xadd(stream_key(shard_of(lead_id, self._shards)), fields,  # type: ignore[arg-type]
                       maxlen=STREAM_MAXLEN, approximate=True)
         await pipe.execute()
+        await wait_replicated(self._redis, keys, self._wait_replicas)
 
 
 def _handling_span(name: str, carriers: list[bytes], count: int) -> AbstractContextManager[trace.Span]:

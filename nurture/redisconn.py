@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import redis
@@ -98,3 +98,29 @@ def lead_key(lead_id: str, suffix: str) -> str:
 def sharded_key(name: str, shard: int) -> str:
     """A shard of a shared structure: `nurture:<name>:{s<N>}`."""
     return f"nurture:{name}:{{s{shard}}}"
+
+
+# How long a write waits for its replicas (`wait_replicated`).
+WAIT_MS = 1000
+
+
+class NotReplicated(RuntimeError):
+    """The writes were made but not confirmed by enough replicas in time: a failover could lose them, so the
+    caller must be able to make them again (scoring's outbox keeps its rows; journeys re-arms from SQL)."""
+
+
+async def wait_replicated(client: AsyncRedis, keys: Iterable[str], replicas: int) -> None:
+    """WAIT until `replicas` replicas of every master holding one of `keys` have everything this client's
+    connection to it wrote; NotReplicated when one does not within WAIT_MS. Nothing with replicas 0.
+    Redis replicates asynchronously: a write a master acknowledged is lost if the master dies before
+    passing it on and its replica takes over (docs/ARCHITECTURE.md, "Redis failover")."""
+    if replicas <= 0:
+        return
+    if isinstance(client, aiocluster.RedisCluster):
+        nodes = {n.name: n for n in (client.get_node_from_key(k) for k in keys) if n is not None}
+        acks = [int(await client.execute_command("WAIT", replicas, WAIT_MS, target_nodes=node))
+                for node in nodes.values()]
+    else:
+        acks = [int(await client.wait(replicas, WAIT_MS))]
+    if acks and min(acks) < replicas:
+        raise NotReplicated(f"writes reached {min(acks)} of {replicas} replicas in {WAIT_MS} ms")

@@ -40,6 +40,9 @@ class Settings:
     # True: `redis_url` names one node of a Redis Cluster (database 0 only); nurture.redisconn then hands
     # out cluster clients, which find the other nodes and follow slots as they move.
     redis_cluster: bool = False
+    # Replicas that must hold a bus entry before scoring lets go of it (WAIT; nurture.bus.Publisher): 0 with
+    # no replicas; `nurture up --redis-cluster-replicas R` sets 1, so a master's failover loses no event.
+    redis_wait_replicas: int = 0
     clock: ClockKind = "real"
     otlp_endpoint: str | None = None
     # The share of traces recorded, decided where a trace starts (the gateway, for a request) and

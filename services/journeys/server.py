@@ -50,7 +50,8 @@ async def serve(settings: Settings) -> Running:
     ownership = Ownership(client, db, storage.PARTITIONS, group="journeys",
                           partitions=math.gcd(settings.bus_shards, settings.timer_shards),
                           owner=replica_name(settings.replica), lease_ms=settings.partition_lease_ms)
-    runtime = JourneysRuntime(db=db, timers=TimerStore(client, settings.timer_shards), clock=clock, clients=clients,
+    timer_store = TimerStore(client, settings.timer_shards, settings.redis_wait_replicas)
+    runtime = JourneysRuntime(db=db, timers=timer_store, clock=clock, clients=clients,
                               settings=read_settings(), calendar=load_calendar(), ownership=ownership)
     ownership.on_change(runtime.on_partitions)
     await ownership.tick()  # alone, a replica owns every partition before it serves, as one process did

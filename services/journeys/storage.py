@@ -180,6 +180,46 @@ class CampaignRow(Base):
 PARTITIONS = partitions_table(Base.metadata, "journeys")
 
 
+class MigrationRow(Base):
+    """A publish that moves the journey's live leads to the published version (`migrate`): recorded with the
+    publication, carried out for each partition by the replica that owns it (the runner's run_migrations)."""
+    __tablename__ = "journeys_migrations"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    journey: Mapped[str] = mapped_column(String(64))
+    version: Mapped[int] = mapped_column(Integer)
+    mapping: Mapped[str] = mapped_column(Text)  # JSON {old step: new step}
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class MigrationDoneRow(Base):
+    """A migration carried out for one partition's leads (ALL_PARTITIONS: by a process that owns them all)."""
+    __tablename__ = "journeys_migrations_done"
+    migration_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    part: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    done_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+ALL_PARTITIONS = -1
+
+
+def add_migration(session: Session, *, journey: str, version: int, mapping: dict[str, str], now: datetime) -> int:
+    row = MigrationRow(journey=journey, version=version, mapping=json.dumps(mapping, sort_keys=True), created_at=now)
+    session.add(row)
+    session.flush()
+    return int(row.id)
+
+
+def migrations_pending(session: Session) -> tuple[list[MigrationRow], set[tuple[int, int]]]:
+    """Every recorded migration, oldest first, and the (migration, partition) pairs carried out."""
+    done = {(int(m), int(p)) for m, p in session.execute(select(MigrationDoneRow.migration_id, MigrationDoneRow.part))}
+    return list(session.scalars(select(MigrationRow).order_by(MigrationRow.id))), done
+
+
+def mark_migrated(session: Session, migration_id: int, parts: list[int], now: datetime) -> None:
+    for part in parts:
+        session.merge(MigrationDoneRow(migration_id=migration_id, part=part, done_at=now))
+
+
 def campaigns_done(session: Session) -> set[str]:
     return set(session.scalars(select(CampaignRow.id)))
 

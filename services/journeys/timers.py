@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import NamedTuple
 
-from nurture.redisconn import AsyncRedis, shard_of
+from nurture.redisconn import AsyncRedis, shard_of, wait_replicated
 from nurture.telemetry import redis_span
 
 LEASE_S = 30.0
@@ -99,9 +99,12 @@ class Arm(NamedTuple):
 
 
 class TimerStore:
-    def __init__(self, client: AsyncRedis, shards: int) -> None:
+    def __init__(self, client: AsyncRedis, shards: int, wait_replicas: int = 0) -> None:
         self._redis = client
         self.shards = shards
+        # NURTURE_REDIS_WAIT_REPLICAS: `schedule` returns once that many replicas hold the arms, else raises
+        # NotReplicated (the runtime then re-arms those leads from SQL: a failover may have lost them).
+        self._wait_replicas = wait_replicas
         self._claim = client.register_script(_CLAIM)
         self._recover = client.register_script(_RECOVER)
 
@@ -117,6 +120,7 @@ class TimerStore:
             for lead_id, ekey, token, due in items:
                 pipe.zadd(timer_key(self.shard(lead_id)), {member(lead_id, ekey, token): to_ms(due)})
             await pipe.execute()
+            await wait_replicated(self._redis, {timer_key(self.shard(item[0])) for item in items}, self._wait_replicas)
 
     async def cancel(self, items: list[tuple[str, str, int | str]]) -> None:
         if not items:

@@ -51,7 +51,7 @@ async def serve(settings: Settings) -> Running:
         if live is not None and live != core.model.version:
             core.model = await db.run(versions.model, live)
             log.info("scoring model version %d is live here too", live)
-    outbox = Outbox(db, core, Publisher(redis, settings.bus_shards))
+    outbox = Outbox(db, core, Publisher(redis, settings.bus_shards, settings.redis_wait_replicas))
     ingest = IngestQueue(db, core, clock, outbox, writers=1 if db.is_sqlite else settings.ingest_writers)
     visitors = VisitorDoor(db, core, ingest, outbox, clock, load_profiling())
     lapse_lock = asyncio.Lock()

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from nurture import limits
+from nurture import limits, times
 from nurture.busmessage import BusMessage
 from nurture.clock import Clock
 from nurture.db import Database
@@ -120,6 +120,12 @@ class JourneysRuntime:
         self._sem = asyncio.Semaphore(PARALLEL_LEADS)
         self.meta: dict[str, dict[int, VersionInfo]] = {}  # key -> version -> info
         self._housekept: datetime | None = None
+        # Recorded migrations may wait for this replica's partitions: looked for at start, after a publish
+        # (here or by another replica) and when partitions change hands; cleared by a pass that finished.
+        self._migrations_due = True
+        # Leads whose timers could not be armed (Redis failing, or not confirming the arms on a replica):
+        # re-armed from SQL by the timer loop and at each Settle (rearm_unarmed).
+        self._unarmed: set[str] = set()
 
     # -- definitions ------------------------------------------------------------------------------
 
@@ -168,6 +174,7 @@ class JourneysRuntime:
         if await self.db.run(signature) == self._definitions_seen:
             return False
         await self.db.run(self._load_registry)
+        self._migrations_due = True  # a publish with `migrate` changes the signature too
         return True
 
     async def start(self) -> None:
@@ -231,6 +238,7 @@ class JourneysRuntime:
         now (their token check drops what that owner did commit); campaigns are read again, as the
         campaign marks of other partitions matter now."""
         self._campaigns_done = None
+        self._migrations_due = self._migrations_due or bool(gained)
         if gained and self.ownership is not None:
             shards = {t for t in range(self.timers.shards) if t % self.ownership.partitions in gained}
             moved = await self.timers.recover(shards)
@@ -257,7 +265,25 @@ class JourneysRuntime:
             due = parse_time(entry.get("at")) if entry else None
             if entry and due is not None:
                 items.append(Arm(state.lead_id, DATE_PREFIX + key, int(entry["token"]), due))
-        await self.timers.schedule(items)
+        try:
+            await self.timers.schedule(items)
+        except Exception as exc:  # the state is committed: its timers are armed again from it, not lost
+            log.warning("journeys: arming %d timers of %s failed (%s); re-armed from SQL", len(items),
+                        state.lead_id, exc)
+            self._unarmed.add(state.lead_id)
+
+    async def rearm_unarmed(self) -> int:
+        """Arm again, from SQL, every timer of the leads whose arming failed; returns how many leads. A lead
+        whose arming fails again stays for the next pass (a process that dies meanwhile re-arms all at start)."""
+        if not self._unarmed:
+            return 0
+        leads, self._unarmed = sorted(self._unarmed), set()
+        states = await self.db.run(self._load_many, leads)
+        for state in states.values():
+            await self._arm(state, Outcome(touched=set(state.enrollments), inactivity_changed=True,
+                                           side_due={k for k, e in state.enrollments.items() if e.side},
+                                           dates_changed=set(state.dates)))
+        return len(states)
 
     # -- bus --------------------------------------------------------------------------------------
 
@@ -436,8 +462,7 @@ class JourneysRuntime:
     def _save(self, state: LeadState, out: Outcome, now: datetime) -> None:
         with self.db.session() as s:
             storage.save(s, state, out, now=now)
-            if self.ownership is not None and self.ownership.owns(self.ownership.partition_of(state.lead_id)):
-                self._fence(s, [state.lead_id])
+            self._fence(s, [state.lead_id])
 
     async def _drive(self, state: LeadState, ekey: str, now: datetime, out: Outcome, *, side: bool) -> None:
         while True:
@@ -474,6 +499,8 @@ class JourneysRuntime:
             await self.refresh_definitions()
         await self.housekeeping()
         work = int(await drain())
+        work += await self.run_migrations()
+        work += await self.rearm_unarmed()
         work += await self.run_calendar()
         while True:
             done = await self.process_due()
@@ -565,6 +592,8 @@ class JourneysRuntime:
                 if self.ownership is not None and time.monotonic() - refreshed >= DEFINITIONS_EVERY_S:
                     refreshed = time.monotonic()
                     await self.refresh_definitions()
+                await self.run_migrations()
+                await self.rearm_unarmed()
                 await self.housekeeping()
                 nxt = await self.next_campaign()
                 if nxt is not None and nxt <= self.clock.now():
@@ -753,6 +782,8 @@ class JourneysRuntime:
         def mark() -> None:
             with self.db.session() as s:
                 storage.mark_published(s, key=key, version=version, now=now)
+                if migrate_leads:  # with the publication: no replica sees one without the other
+                    storage.add_migration(s, journey=key, version=version, mapping=dict(mapping), now=now)
         await self.db.run(mark)
         self.registry.publish(key, version)
         for v, info in self.meta.get(key, {}).items():
@@ -761,22 +792,80 @@ class JourneysRuntime:
             elif info.status == "published":
                 info.status = "retired"
         if migrate_leads:
-            for lead_id in sorted({r.lead_id for r in live}):
-                await self._migrate_lead(lead_id, key, new, mapping, now)
+            self._migrations_due = True
+            await self.run_migrations()  # this replica's leads now; the other owners' at their next look
         return report
 
+    async def run_migrations(self) -> int:
+        """Carry out the recorded migrations (publishes with `migrate`) for the leads of the partitions this
+        replica owns (every lead, alone), oldest first, and mark each done per partition; returns the leads
+        moved. Each lead's move is a fenced transaction, so a partition lost on the way is left, undone,
+        to its new owner. A migration moves only enrolments that entered before it was published, so one
+        carried out late never moves a lead that joined a later version."""
+        if not self._migrations_due:
+            return 0
+
+        def pending() -> tuple[list[storage.MigrationRow], set[tuple[int, int]]]:
+            with self.db.session() as s:
+                return storage.migrations_pending(s)
+        migrations, done = await self.db.run(pending)
+        owned = [storage.ALL_PARTITIONS] if self.ownership is None else sorted(self.ownership.owned())
+        moved = 0
+        for m in migrations:
+            parts = [p for p in owned if (m.id, p) not in done and (m.id, storage.ALL_PARTITIONS) not in done]
+            if not parts:
+                continue
+            new = self.registry.resolve(m.journey, m.version)
+            if new is None:  # published by another replica a moment ago: known after the next refresh
+                await self.refresh_definitions()
+                if (new := self.registry.resolve(m.journey, m.version)) is None:
+                    return moved
+            mapping, published = json.loads(m.mapping), times.utc_or_none(m.created_at)
+            mine = None if self.ownership is None else set(parts)
+
+            def leads(key: str = m.journey, version: int = m.version, within: set[int] | None = mine) -> list[str]:
+                with self.db.session() as s:
+                    return sorted({r.lead_id for r in storage.live_of(s, key) if r.version != version
+                                   and (within is None or self._partition(r.lead_id) in within)})
+            try:
+                for lead_id in await self.db.run(leads):
+                    moved += await self._migrate_lead(lead_id, m.journey, new, mapping, published)
+            except Fenced as exc:  # a partition was lost on the way: its new owner carries the rest out
+                log.info("journeys: migration %d of %s stopped: %s", m.id, m.journey, exc)
+                return moved
+            now = self.clock.now()
+
+            def mark(mid: int = m.id, ps: list[int] = parts, at: datetime = now) -> None:
+                with self.db.session() as s:
+                    storage.mark_migrated(s, mid, ps, at)
+                    if self.ownership is not None:
+                        self.ownership.check(s, ps)
+            try:
+                await self.db.run(mark)
+            except Fenced:
+                return moved
+            log.info("journeys: migration %d of %s to v%d: %d leads moved in partitions %s", m.id, m.journey,
+                     m.version, moved, parts)
+        self._migrations_due = False
+        return moved
+
     async def _migrate_lead(self, lead_id: str, key: str, new: Journey, mapping: Mapping[str, str],
-                            now: datetime) -> None:
+                            published: datetime | None) -> int:
         async with self._locks.hold(lead_id):
             state = await self.db.run(self._load, lead_id)
             if state is None:
-                return
+                return 0
+            now = self.clock.now()
             out = Outcome()
             for e in list(state.enrollments.values()):
-                if e.journey == key and e.status in LIVE and e.version != new.version:
+                if e.journey == key and e.status in LIVE and e.version != new.version and (
+                        published is None or e.entered_at <= published):
                     migrate(state, e, new, mapping, now, out)
+            if not out.touched and not out.transitions:
+                return 0
             await self.db.run(self._save, state, out, now)
             await self._arm(state, out)
+            return 1
 
     def summaries(self) -> list[JourneySummary]:
         out = []

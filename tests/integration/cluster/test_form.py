@@ -6,6 +6,7 @@ saying so; and nodes that cannot agree within the timeout are reported, not wait
 from __future__ import annotations
 
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -88,3 +89,32 @@ def test_a_node_without_slots_among_formed_ones_times_out_with_the_states(nodes:
     client.close()
     with pytest.raises(ClusterError, match="did not reach cluster_state:ok"):
         form([port], PASSWORD, timeout=1.0)
+
+
+def test_masters_with_a_replica_each_form_and_a_replica_takes_over_its_masters_slots(nodes: Nodes) -> None:
+    ports = [cluster_port() for _ in range(4)]  # 2 masters, then a replica of each
+    for i, port in enumerate(ports):
+        nodes.start(port, f"node-{i}")
+    form(ports, PASSWORD, replicas=1)
+    roles = [redis.Redis(port=p, password=PASSWORD).info("replication")["role"] for p in ports]
+    assert roles == ["master", "master", "slave", "slave"]
+    client = redis.cluster.RedisCluster(host="127.0.0.1", port=ports[0], password=PASSWORD)
+    for i in range(100):
+        client.set(f"nurture:lead:{{l{i}}}:x", i)
+    client.close()
+    replica = redis.Redis(port=ports[2], password=PASSWORD)
+    replica.execute_command("CLUSTER", "FAILOVER")  # the graceful kind: it catches up with its master first
+    deadline = time.monotonic() + 30
+    while replica.info("replication")["role"] != "master" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert replica.info("replication")["role"] == "master"
+    form(ports, PASSWORD, replicas=1)  # roles swapped, still one cluster of 4: only waited for
+    client = redis.cluster.RedisCluster(host="127.0.0.1", port=ports[1], password=PASSWORD)
+    assert [int(client.get(f"nurture:lead:{{l{i}}}:x") or -1) for i in range(100)] == list(range(100))
+    client.close()
+    replica.close()
+
+
+def test_nodes_that_do_not_split_into_masters_and_replicas_are_refused() -> None:
+    with pytest.raises(ValueError, match="do not make masters"):
+        form([1, 2, 3], PASSWORD, replicas=1)

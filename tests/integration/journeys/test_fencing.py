@@ -142,3 +142,104 @@ async def test_a_replica_learns_the_versions_another_one_published(
     live = b.registry.live("family")
     assert live is not None and live.version == version > family.version
     assert b.meta["family"][family.version].status == "retired"
+
+
+def _versions(db: Database, journey: str) -> dict[str, int]:
+    """The version of each live enrolment in the journey, by lead."""
+    with db.session() as s:
+        return {r.lead_id: r.version for r in storage.live_of(s, journey)}
+
+
+async def _family_leads(a: JourneysRuntime, b: JourneysRuntime, n: int) -> list[str]:
+    """n family leads, each created (and enrolled in family) by the replica owning its partition."""
+    now = a.clock.now().isoformat()
+    leads = [f"fm{i:02d}" for i in range(n)]
+    for rt in (a, b):
+        assert rt.ownership is not None
+        own = rt.ownership
+        await rt.handle_messages([BusMessage(id=f"created-{lead_id}", lead_id=lead_id, type="lead_created",
+                                             occurred_at=now, lead=LeadSnapshot.from_dict(lead(lead_id, "family")))
+                                  for lead_id in leads if own.partition_of(lead_id) in own.owned()])
+    return leads
+
+
+def _store_version(rt: JourneysRuntime, db: Database, key: str) -> int:
+    """A new draft of the journey (what a PutJourney call stores), not yet published."""
+    doc = json.loads(json.dumps(rt.get(key, 0)[0].document))
+    with db.session() as s:
+        return storage.add_definition(s, key=key, document={**doc, "name": f"{doc['name']} v2"}, source="api",
+                                      now=rt.clock.now(), publish=False).version
+
+
+async def test_a_publish_with_migrate_moves_each_replicas_own_leads_on_that_replica(
+        settings: Settings, parts: tuple[Database, AsyncRedis]) -> None:
+    """The replica taking the call moves the leads of its partitions; the other replica's leads stay where
+    they are until their owner carries the recorded migration out (its writes fenced by its own epochs)."""
+    db, client = parts
+    a, b = _runtime(settings, db, client, "a"), _runtime(settings, db, client, "b")
+    await _split(a, b)
+    assert a.ownership is not None and b.ownership is not None
+    leads = await _family_leads(a, b, 24)
+    assert set(_versions(db, "family")) == set(leads) and set(_versions(db, "family").values()) == {1}
+    v2 = _store_version(a, db, "family")
+    await a.refresh_definitions()
+    report = await a.publish("family", v2, migrate_leads=True, mapping={}, dry_run=False)
+    assert sum(report["moved"].values()) == len(leads)  # what the publication moves, wherever it is moved
+    ours = {x for x in leads if a.ownership.partition_of(x) in a.ownership.owned()}
+    assert ours and ours != set(leads)
+    versions = _versions(db, "family")
+    assert {x for x, v in versions.items() if v == v2} == ours  # b's leads: not written by a
+    assert await b.run_migrations() == len(leads) - len(ours)  # b learns of it and moves its own
+    assert set(_versions(db, "family").values()) == {v2}
+    assert await a.run_migrations() == 0 and await b.run_migrations() == 0  # done, per partition
+    with db.session() as s:
+        done = set(s.execute(select(storage.MigrationDoneRow.part)).scalars())
+    assert done == a.ownership.owned() | b.ownership.owned()
+
+
+async def test_a_publish_with_migrate_on_a_fenced_out_replica_leaves_the_moves_to_the_owner(
+        settings: Settings, parts: tuple[Database, AsyncRedis]) -> None:
+    """A replica whose partitions were taken behind its back (it does not know yet) takes the Publish call:
+    the publication is recorded, but it writes no lead; the owner moves them all."""
+    db, client = parts
+    a, b = _runtime(settings, db, client, "a"), _runtime(settings, db, client, "b")
+    assert a.ownership is not None and b.ownership is not None
+    await a.ownership.tick()
+    await a.start()
+    await b.start()
+    leads = await _family_leads(a, b, 12)
+    await client.zrem(members_key("journeys"), "a")
+    await client.delete(*[lease_key("journeys", p) for p in range(a.ownership.partitions)])
+    await b.ownership.tick()
+    assert a.ownership.owned() == b.ownership.owned() == set(range(a.ownership.partitions))  # a does not know
+    v2 = _store_version(a, db, "family")
+    await a.refresh_definitions()
+    await a.publish("family", v2, migrate_leads=True, mapping={}, dry_run=False)
+    assert set(_versions(db, "family").values()) == {1}
+    assert b.registry.live("family") is not None
+    assert await b.run_migrations() == len(leads)
+    assert set(_versions(db, "family").values()) == {v2}
+    assert b.registry.live("family").version == v2  # type: ignore[union-attr]
+
+
+async def test_timers_whose_arming_no_replica_confirmed_are_armed_again_from_sql(
+        settings: Settings, parts: tuple[Database, AsyncRedis]) -> None:
+    """Timers are armed after the state's commit. When Redis does not confirm them on a replica (this Redis
+    has none: WAIT answers 0), a failover could lose them: the runtime keeps the lead and arms its timers
+    again from SQL, until an arming is confirmed."""
+    db, client = parts
+    rt = JourneysRuntime(db=db, timers=TimerStore(client, settings.timer_shards, wait_replicas=1),
+                         clock=VirtualClock(redisconn.connect_sync(settings)), clients=Clients(settings),
+                         settings=read_settings(), calendar=load_calendar())
+    await rt.start()
+    now = rt.clock.now().isoformat()
+    await rt.handle_messages([BusMessage(id="created-w1", lead_id="w1", type="lead_created", occurred_at=now,
+                                         lead=LeadSnapshot.from_dict(lead("w1", "family")))])  # no exception
+    armed = await rt.timers.pending()
+    assert armed > 0
+    await client.flushdb()  # what a failover to a replica that never got the arms would leave
+    assert await rt.timers.pending() == 0
+    rt.timers = TimerStore(client, settings.timer_shards)  # a replica confirms again (none needed here)
+    assert await rt.rearm_unarmed() == 1
+    assert await rt.timers.pending() == armed
+    assert await rt.rearm_unarmed() == 0  # confirmed: nothing left to arm again
