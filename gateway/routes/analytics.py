@@ -23,6 +23,7 @@ PROGRESSION_TABLES = ("stages", "lifecycle", "qualification", "time_to_conversio
                       "score_progression", "score_now")
 ATTRIBUTION_TABLES = ("by_template", "by_topic", "by_format")
 DELIVERABILITY_TABLES = ("by_provider", "by_domain", "points")
+SEQUENCE_TABLES = ("rows", "rates")
 
 
 def _stub(m: Mesh) -> analytics_pb2_grpc.AnalyticsStub:
@@ -65,6 +66,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "by_path": ("path", "deals", "revenue", "average_deal"),
     "points": ("t", "value"),
     "sequences": ("segment", "sequence", "conversions", "share", "revenue", "average_deal"),  # its `rows`
+    "rates": ("segment", "sequence", "engaged", "converted", "conversion_rate"),
 }
 
 
@@ -141,12 +143,15 @@ async def attribution(model: str = "last", window_days: int = 30, from_: str | N
     return _answer(reply, output, _choice(table, ATTRIBUTION_TABLES, "table"))
 
 
-@router.get("/v1/analytics/sequences", summary="The content sequences that preceded won deals, per segment")
+@router.get("/v1/analytics/sequences",
+            summary="The content sequences that preceded won deals, and each sequence's conversion rate, per segment")
 async def sequences(length: int = 2, by: str = "template", window_days: int = 30,
                     from_: str | None = Query(None, alias="from"), to: str | None = None,
                     segment: str | None = None, journey: str | None = None,
-                    output: str = Query("json", alias="format"), m: Mesh = Depends(mesh)) -> Any:
+                    output: str = Query("json", alias="format"), table: str = "rows",
+                    m: Mesh = Depends(mesh)) -> Any:
     q = _query(from_, to, segment, journey, output)
+    chosen = _choice(table, SEQUENCE_TABLES, "table")
     _choice(str(length), ("2", "3"), "length")
     _choice(by, ("template", "topic"), "by")
     if not 1 <= window_days <= 3650:
@@ -154,7 +159,7 @@ async def sequences(length: int = 2, by: str = "template", window_days: int = 30
     reply = await _stub(m).Sequences(analytics_pb2.SequencesRequest(query=q, length=length, by=by,
                                                                     window_days=window_days),
                                      timeout=LONG_DEADLINE_S)
-    return _answer(reply, output, "rows", "sequences")
+    return _answer(reply, output, chosen, "sequences" if chosen == "rows" else chosen)
 
 
 @router.get("/v1/analytics/roi", summary="Cost per nurtured lead, nurture-influenced revenue, ROI per journey")

@@ -40,6 +40,7 @@ from services.analytics.tables import (
     reach,
     score_now,
     sends,
+    sequence_rates,
     stage_counts,
     stage_dwell,
     stage_dwell_bands,
@@ -50,8 +51,9 @@ from services.analytics.tables import (
 )
 
 CHUNK = 500  # ids per IN list
-FOLD_VERSION = "9"  # bump when the fold derives its tables differently: the service rebuilds them at start
+FOLD_VERSION = "10"  # bump when the fold derives its tables differently: the service rebuilds them at start
 NO_DAY = date(1, 1, 1)  # `analytics_reach.prev_day` of a lead's first send day in a scope
+ALL_JOURNEYS = "*"  # `analytics_sequence_rates.journey` of every journey's touches (no journey key is "*")
 NO_TS = -(2 ** 62)  # `analytics_lead_scores.ts` of a lead won before any fact carried its score
 
 
@@ -205,6 +207,7 @@ class Fold:
                 if f.message_id:
                     changed_msgs.add(f.message_id)
                 self._engagement(f, msgs.setdefault(f.message_id, _Msg()) if f.message_id else None, paths)
+        self._sequence_rates(winners)  # before `_write` stores this batch's touches and wins
         self._write(msgs, changed_msgs, lead_state, changed_leads, paths)
         _upsert(self.s, deliveries, [dict(zip(("message_id", *_DELIVERY_FLAGS), (k, *dstate[k]), strict=True))
                                      for k in sorted(changed_dl)])
@@ -293,6 +296,41 @@ class Fold:
                                      "entered_ts": reports.micros(entered), "stage": stage, "score": score})
         _upsert(self.s, won_entries, rows)
 
+    def _sequence_rates(self, winners: set[str]) -> None:
+        """Move the part in `analytics_sequence_rates` of each lead that engaged (a new touch) or won in this
+        batch: from what its stored touches and wins made it to what they make with this batch's. A lead's
+        part is recomputed from its whole touch history, so it is the same however the facts arrived."""
+        leads_ = sorted({t["lead_id"] for t in self.touches} | winners)
+        if not leads_:
+            return
+        old: dict[str, list[_Touch]] = defaultdict(list)
+        old_wins: dict[str, list[int]] = defaultdict(list)
+        t = touches
+        for part in _chunks(leads_):
+            for lead_id, ts, *row in self.s.execute(
+                    select(t.c.lead_id, t.c.ts, t.c.id, t.c.journey, t.c.template, t.c.topic, t.c.segment)
+                    .where(key_in(self.s, t.c.lead_id, part))):
+                old[lead_id].append((int(ts), *row))
+            for lead_id, ts in self.s.execute(select(won.c.lead_id, won.c.ts)
+                                              .where(key_in(self.s, won.c.lead_id, part))):
+                old_wins[lead_id].append(int(ts))
+        new = {lead: list(rows) for lead, rows in old.items()}
+        new_wins = {lead: list(ts) for lead, ts in old_wins.items()}
+        for r in self.touches:
+            new.setdefault(r["lead_id"], []).append(
+                (r["ts"], r["id"], r["journey"], r["template"], r["topic"], r["segment"]))
+        for r in self.won:
+            new_wins.setdefault(r["lead_id"], []).append(r["ts"])
+        delta: dict[tuple[Any, ...], int] = defaultdict(int)
+        for lead in leads_:
+            for key in _sequence_part(old.get(lead, []), old_wins.get(lead, [])):
+                delta[key] -= 1
+            for key in _sequence_part(new.get(lead, []), new_wins.get(lead, [])):
+                delta[key] += 1
+        _upsert(self.s, sequence_rates, [
+            dict(zip(("unit", "length", "journey", "day", "segment", "sequence", "lag"), k, strict=True)) | {"leads": n}
+            for k, n in sorted(delta.items()) if n], add=("leads",))
+
     def _delivery(self, f: Fact, state: dict[str, list[bool]], changed: set[str]) -> None:
         """An email's deliverability outcome on its day, under its sending domain and provider: sent and
         delivered once per message (its first acceptance), a hard bounce and a complaint once per message,
@@ -357,7 +395,7 @@ class Fold:
             setattr(m, flag, True)
         self.touches.append({"id": f.id, "lead_id": f.lead_id, "at": f.at, "ts": reports.micros(f.at),
                              "journey": f.journey,
-                             "template": f.template, "topic": f.topic, "format": f.format})
+                             "template": f.template, "topic": f.topic, "format": f.format, "segment": f.segment})
 
     def _reach(self, day: date, journey: str, segment: str, lead: str) -> None:
         """A send day of a lead: count it in each scope where the lead had no send that day, under its
@@ -448,6 +486,32 @@ class Fold:
         _upsert(s, stage_dwell_bands, _bands(self.dwell, ("journey", "stage", "segment")), add=("n",))
         _upsert(s, touches, self.touches, ignore=True)
         _upsert(s, won, self.won, ignore=True)
+
+
+_Touch = tuple[int, str, str, str, str, str]  # ts (microseconds), id, journey, template, topic, segment
+_UNIT_AT: dict[str, int] = {"template": 3, "topic": 4}
+
+
+def _sequence_part(lead_touches: list[_Touch], wins: list[int]) -> set[tuple[Any, ...]]:
+    """A lead's part of `analytics_sequence_rates`: for each sequence it engaged with (of every journey's
+    touches, journey `ALL_JOURNEYS`, and of each journey's), where it first did, and the days to its first
+    win after."""
+    if not lead_touches:
+        return set()
+    ordered = sorted(lead_touches, key=lambda r: (r[0], r[1]))
+    scopes: dict[str, list[_Touch]] = defaultdict(list)
+    for r in ordered:
+        scopes[ALL_JOURNEYS].append(r)
+        scopes[r[2]].append(r)
+    out: set[tuple[Any, ...]] = set()
+    for journey, rows in scopes.items():
+        for unit, at in _UNIT_AT.items():
+            items = [(r[0], str(r[at]), r[5]) for r in rows]
+            for length in reports.SEQUENCE_LENGTHS:
+                for sequence, (ts, segment) in reports.first_sequences(items, length).items():
+                    out.add((unit, length, journey, reports.day_of_micros(ts), segment, sequence,
+                             reports.days_to_win(ts, wins)))
+    return out
 
 
 def _latest_scores(batch: Sequence[Fact]) -> dict[str, tuple[int, int]]:
@@ -909,7 +973,25 @@ def sequences_report(session: Session, q: Query, length: int, unit: str, window_
             cell[2].append(item)
     report = reports.sequence_rows((sg, reports.sequence_of(items, length), amount)
                                    for sg, amount, items in per_deal.values())
-    return {"by": unit, "length": length, "window_days": window_days, **report}
+    return {"by": unit, "length": length, "window_days": window_days, **report,
+            "rates": sequence_rates_report(session, q, length, unit, window_days)}
+
+
+def sequence_rates_report(session: Session, q: Query, length: int, unit: str, window_days: int
+                          ) -> list[dict[str, Any]]:
+    """Conversion rate per content sequence: the leads that first engaged with it in range (in `segment`
+    then; of `journey`'s touches, when given) and how many won a deal within the window after. Sums of
+    `analytics_sequence_rates`: no touch is read."""
+    t = sequence_rates
+    converted = func.sum(case((and_(t.c.lag >= 0, t.c.lag <= window_days), t.c.leads), else_=0))
+    cond = [t.c.unit == unit, t.c.length == length, t.c.journey == (ALL_JOURNEYS if q.journey is None else q.journey),
+            t.c.day >= q.start, t.c.day <= q.end]
+    if q.segment is not None:
+        cond.append(t.c.segment == q.segment)
+    cells = {(sg, seq): (int(n or 0), int(c or 0)) for sg, seq, n, c in session.execute(
+        select(t.c.segment, t.c.sequence, func.sum(t.c.leads), converted).where(*cond)
+        .group_by(t.c.segment, t.c.sequence))}
+    return reports.sequence_rate_rows(cells)
 
 
 def _reach_where(q: Query, scope: str) -> ColumnElement[bool]:

@@ -209,6 +209,7 @@ touches = Table(
     Column("template", String(128), nullable=False),
     Column("topic", String(_D), nullable=False),
     Column("format", String(_D), nullable=False),
+    Column("segment", String(_D), nullable=False, server_default=""),  # the lead's then: sequences' rates
     Index("ix_analytics_touches_lead_ts", "lead_id", "ts"),
 )
 
@@ -291,6 +292,23 @@ score_now = Table(
     Column("now_sum", BigInteger, nullable=False, default=0),
 )
 
+# Conversion rate per content sequence: the leads that first engaged with a sequence (by template or topic,
+# of 2 or 3 steps; of every journey's touches, journey "*", and of each journey's) by the day and segment of
+# the touch that completed it, and the whole days (rounded up) to their first won deal after it (`lag`, -1:
+# none yet). The fold recomputes a lead's part from its whole touch history when it engages or wins (a late
+# touch can move or break a sequence), takes the old part out and adds the new.
+sequence_rates = Table(
+    "analytics_sequence_rates", metadata,
+    Column("unit", String(16), primary_key=True),
+    Column("length", Integer, primary_key=True, autoincrement=False),
+    Column("journey", String(_D), primary_key=True),
+    Column("day", Date, primary_key=True),
+    Column("segment", String(_D), primary_key=True),
+    Column("sequence", String(400), primary_key=True),
+    Column("lag", Integer, primary_key=True, autoincrement=False),
+    Column("leads", Integer, nullable=False, default=0),
+)
+
 # Which fold the derived tables were made by: a service whose fold changed rebuilds them at start.
 meta = Table(
     "analytics_meta", metadata,
@@ -304,4 +322,4 @@ partitions = partitions_table(metadata, "analytics")
 DERIVED = (messages, engagement, stage_engagement, sends,
            nurtured, reach, leads, lifecycle, lifecycle_bands, lead_stages, stage_counts,
            stage_dwell, stage_dwell_bands, touches, won, won_entries, deliveries, deliverability,
-           lead_scores, score_now)
+           lead_scores, score_now, sequence_rates)

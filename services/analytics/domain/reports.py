@@ -51,6 +51,10 @@ def micros(at: datetime) -> int:
     return (at - EPOCH) // timedelta(microseconds=1)
 
 
+def day_of_micros(ts: int) -> date:
+    return (EPOCH + timedelta(microseconds=ts)).date()
+
+
 def day_of(at: datetime) -> date:
     return (at if at.tzinfo else at.replace(tzinfo=UTC)).astimezone(UTC).date()
 
@@ -384,6 +388,36 @@ def sequence_of(items: Sequence[str], length: int) -> str | None:
         if not steps or steps[-1] != item:
             steps.append(item)
     return " > ".join(steps[-length:]) if len(steps) >= length else None
+
+
+def first_sequences(touches: Sequence[tuple[int, str, str]], length: int) -> dict[str, tuple[int, str]]:
+    """Each content sequence a lead engaged with, once: its touches (time in microseconds, content, the
+    lead's segment then) in time order, consecutive repeats counted once as in `sequence_of`; a sequence
+    is `length` consecutive steps, first engaged with at the first touch of its last step (that touch's
+    time and segment)."""
+    steps: list[tuple[str, int, str]] = []
+    for ts, item, segment in touches:
+        if not steps or steps[-1][0] != item:
+            steps.append((item, ts, segment))
+    out: dict[str, tuple[int, str]] = {}
+    for i in range(length - 1, len(steps)):
+        out.setdefault(" > ".join(s[0] for s in steps[i - length + 1:i + 1]), steps[i][1:])
+    return out
+
+
+def days_to_win(ts: int, wins: Sequence[int]) -> int:
+    """Whole days, rounded up, from a time to the lead's first win at or after it (-1: none): a win within
+    `w` days (at most `w` x 24 h later) is one whose count is at most `w`."""
+    later = [w for w in wins if w >= ts]
+    return -(-(min(later) - ts) // DAY_US) if later else -1
+
+
+def sequence_rate_rows(cells: Mapping[tuple[str, str], tuple[int, int]]) -> list[dict[str, Any]]:
+    """Per (segment, sequence): the leads that first engaged with it in range, how many of them won a deal
+    within the window after, and that rate; per segment the best rate first (then the most leads)."""
+    rows = [{"segment": sg, "sequence": seq, "engaged": n, "converted": c, "conversion_rate": rate(c, n)}
+            for (sg, seq), (n, c) in cells.items() if n]
+    return sorted(rows, key=lambda r: (r["segment"], -(r["conversion_rate"] or 0.0), -r["engaged"], r["sequence"]))
 
 
 def sequence_rows(deals: Iterable[tuple[str, str | None, float]]) -> dict[str, Any]:

@@ -638,4 +638,39 @@ def sequences(stream: Sequence[dict[str, Any]], r: Range, length: int, unit: str
             "without_sequence": short,
             "rows": [{"segment": sg, "sequence": seq, "conversions": int(n),
                       "share": round(n / per_segment[sg], 4), "revenue": round(v, 2),
-                      "average_deal": round(v / n, 2)} for (sg, seq), (n, v) in ordered]}
+                      "average_deal": round(v / n, 2)} for (sg, seq), (n, v) in ordered],
+            "rates": sequence_rates(stream, r, length, unit, window_days)}
+
+
+def sequence_rates(stream: Sequence[dict[str, Any]], r: Range, length: int, unit: str, window_days: int
+                   ) -> list[dict[str, Any]]:
+    """Per (segment, sequence): the leads whose touches (of `r.journey` only, when given; consecutive
+    repeats once) first held the sequence on a day in range, in the segment of the touch that completed
+    it, and how many of them have a won deal (any heard) at most `window_days` x 24 h after that touch."""
+    by_lead: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for t in touches(stream):
+        if r.journey is None or t["properties"]["journey"] == r.journey:
+            by_lead[t["lead_id"]].append(t)
+    wins: dict[str, list[datetime]] = defaultdict(list)
+    for m in heard(stream):
+        if m["type"] == "opportunity_won":
+            wins[m["lead_id"]].append(at_of(m))
+    cells: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
+    for lead, lead_touches in by_lead.items():
+        runs = [list(g) for _, g in itertools.groupby(sorted(lead_touches, key=lambda t: (at_of(t), t["id"])),
+                                                         key=lambda t: t["properties"][unit])]
+        seen: set[str] = set()
+        for i in range(length - 1, len(runs)):
+            sequence = " > ".join(run[0]["properties"][unit] for run in runs[i - length + 1:i + 1])
+            if sequence in seen:
+                continue
+            seen.add(sequence)
+            done = runs[i][0]
+            if not r.start <= at_of(done).date() <= r.end or (r.segment is not None and seg_of(done) != r.segment):
+                continue
+            cell = cells[(seg_of(done), sequence)]
+            cell[0] += 1
+            cell[1] += any(timedelta(0) <= w - at_of(done) <= timedelta(days=window_days) for w in wins[lead])
+    rows = [{"segment": sg, "sequence": seq, "engaged": n, "converted": c, "conversion_rate": round(c / n, 4)}
+            for (sg, seq), (n, c) in cells.items()]
+    return sorted(rows, key=lambda x: (x["segment"], -x["conversion_rate"], -x["engaged"], x["sequence"]))

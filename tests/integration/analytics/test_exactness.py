@@ -56,6 +56,7 @@ def ranges(stream: Sequence[dict[str, Any]]) -> list[h.Range]:
 
 def check(db: Database, stream: Sequence[dict[str, Any]]) -> int:
     figures, conversions, gaps, scored, sequenced, unconverted = 0, 0, 0, 0, 0, 0
+    engaged, converted = 0, 0
     costs = load_costs()
     with db.session() as s:
         for r in ranges(stream):
@@ -100,7 +101,9 @@ def check(db: Database, stream: Sequence[dict[str, Any]]) -> int:
                         assert storage.sequences_report(s, q, length, unit, window) == expected_s, \
                             (r, length, unit, window)
                         sequenced += sum(row["conversions"] for row in expected_s["rows"])
-                        figures += 3 + 6 * len(expected_s["rows"])
+                        engaged += sum(row["engaged"] for row in expected_s["rates"])
+                        converted += sum(row["converted"] for row in expected_s["rates"])
+                        figures += 3 + 6 * len(expected_s["rows"]) + 5 * len(expected_s["rates"])
             inputs = h.roi_inputs(stream, r)
             expected_roi = reports.roi_report(nurtured=inputs["nurtured"], sent_by_channel=inputs["sent_by_channel"],
                                              costs=costs, start=r.start, end=r.end,
@@ -113,6 +116,7 @@ def check(db: Database, stream: Sequence[dict[str, Any]]) -> int:
     assert gaps > 0 and scored > 0  # and content gaps to find, and scores to compare
     assert unconverted > 0  # and leads not converted whose score moved
     assert sequenced > 0  # and wins after a sequence of content
+    assert 0 < converted < engaged  # and leads that engaged with a sequence, some of them converted
     return figures
 
 
