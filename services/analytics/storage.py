@@ -504,13 +504,15 @@ def _sequence_part(lead_touches: list[_Touch], wins: list[int]) -> set[tuple[Any
         scopes[ALL_JOURNEYS].append(r)
         scopes[r[2]].append(r)
     out: set[tuple[Any, ...]] = set()
+    when: dict[int, tuple[date, int]] = {}  # a completing touch's day and days to the first win after it
     for journey, rows in scopes.items():
         for unit, at in _UNIT_AT.items():
-            items = [(r[0], str(r[at]), r[5]) for r in rows]
-            for length in reports.SEQUENCE_LENGTHS:
-                for sequence, (ts, segment) in reports.first_sequences(items, length).items():
-                    out.add((unit, length, journey, reports.day_of_micros(ts), segment, sequence,
-                             reports.days_to_win(ts, wins)))
+            for (length, sequence), (ts, segment) in reports.first_sequences(
+                    [(r[0], str(r[at]), r[5]) for r in rows]).items():
+                if ts not in when:
+                    when[ts] = (reports.day_of_micros(ts), reports.days_to_win(ts, wins))
+                day, lag = when[ts]
+                out.add((unit, length, journey, day, segment, sequence, lag))
     return out
 
 

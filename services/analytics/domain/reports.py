@@ -390,18 +390,23 @@ def sequence_of(items: Sequence[str], length: int) -> str | None:
     return " > ".join(steps[-length:]) if len(steps) >= length else None
 
 
-def first_sequences(touches: Sequence[tuple[int, str, str]], length: int) -> dict[str, tuple[int, str]]:
-    """Each content sequence a lead engaged with, once: its touches (time in microseconds, content, the
-    lead's segment then) in time order, consecutive repeats counted once as in `sequence_of`; a sequence
-    is `length` consecutive steps, first engaged with at the first touch of its last step (that touch's
-    time and segment)."""
+def first_sequences(touches: Sequence[tuple[int, str, str]], lengths: Sequence[int] = SEQUENCE_LENGTHS
+                    ) -> dict[tuple[int, str], tuple[int, str]]:
+    """Each content sequence a lead engaged with, once per length: its touches (time in microseconds,
+    content, the lead's segment then) in time order, consecutive repeats counted once as in `sequence_of`;
+    a sequence is `length` consecutive steps, first engaged with at the first touch of its last step (that
+    touch's time and segment). Keyed by (length, sequence)."""
     steps: list[tuple[str, int, str]] = []
     for ts, item, segment in touches:
         if not steps or steps[-1][0] != item:
             steps.append((item, ts, segment))
-    out: dict[str, tuple[int, str]] = {}
-    for i in range(length - 1, len(steps)):
-        out.setdefault(" > ".join(s[0] for s in steps[i - length + 1:i + 1]), steps[i][1:])
+    names = [s[0] for s in steps]
+    out: dict[tuple[int, str], tuple[int, str]] = {}
+    for length in lengths:
+        for i in range(length - 1, len(steps)):
+            key = (length, " > ".join(names[i - length + 1:i + 1]))
+            if key not in out:
+                out[key] = steps[i][1:]
     return out
 
 
