@@ -161,7 +161,7 @@ async def lead(request: Request, lead_id: str) -> Response:
 # -- analytics -----------------------------------------------------------------------------------------
 
 GROUPS = ("journey", "segment", "template", "channel", "topic", "format")
-METRICS = ("sent", "opened", "clicked", "mql", "sql", "customers", "revenue")
+METRICS = ("sent", "opened", "clicked", "mql", "sql", "trials", "customers", "revenue")
 
 
 def report_query(request: Request) -> dict[str, str | None]:

@@ -34,6 +34,7 @@ from services.analytics.tables import (
     leads,
     lifecycle,
     lifecycle_bands,
+    lifecycle_cohorts,
     messages,
     meta,
     nurtured,
@@ -133,6 +134,7 @@ class Fold:
         self.days: dict[str, set[tuple[date, str, str]]] = {}  # a lead's (day, journey, segment) with a send
         self.reach: dict[tuple[str, date, str, str, date], int] = defaultdict(int)
         self.life: dict[tuple[Any, ...], int] = defaultdict(int)
+        self.cohorts: dict[tuple[Any, ...], int] = defaultdict(int)
         self.counts: dict[tuple[Any, ...], list[int]] = defaultdict(lambda: [0, 0])
         self.dwell: dict[tuple[Any, ...], int] = defaultdict(int)
         self.touches: list[dict[str, Any]] = []
@@ -148,10 +150,10 @@ class Fold:
             for r in self.s.execute(select(messages).where(key_in(self.s, messages.c.message_id, part))).mappings():
                 msgs[r["message_id"]] = _Msg(r["sent"], r["opened"], r["clicked"], r["bounced"])
         lead_ids = sorted({f.lead_id for f in batch if f.kind == "stage"})
-        lead_state: dict[str, tuple[str, datetime]] = {}
+        lead_state: dict[str, tuple[str, datetime, str]] = {}
         for part in _chunks(lead_ids):
             for r in self.s.execute(select(leads).where(key_in(self.s, leads.c.lead_id, part))).mappings():
-                lead_state[r["lead_id"]] = (r["stage"], _aware(r["since"]) or r["since"])
+                lead_state[r["lead_id"]] = (r["stage"], _aware(r["since"]) or r["since"], r["segment"])
         winners = {f.lead_id for f in batch if f.kind == "won"}
         entering = {f.lead_id for f in batch if f.kind in ("sent", "bounced") and f.journey and f.stage}
         scores = self._scores(sorted({f.lead_id for f in batch if f.score is not None} | winners | entering))
@@ -433,19 +435,24 @@ class Fold:
                            "entered_at": f.at, "left_at": None, "score": f.score, "_dirty": True}
         self.counts[(reports.day_of(f.at), f.journey, f.stage, f.segment)][0] += 1
 
-    def _stage(self, f: Fact, state: dict[str, tuple[str, datetime]]) -> None:
+    def _stage(self, f: Fact, state: dict[str, tuple[str, datetime, str]]) -> None:
         before = state.get(f.lead_id)
         since = before[1] if before else (f.since or f.at)
         self.life[(reports.day_of(f.at), f.previous, f.stage, f.segment, reports.dwell_minutes(since, f.at))] += 1
-        state[f.lead_id] = (f.stage, f.at)
+        if before is not None:
+            # The lead leaves the stage its previous change brought it to (counted there as an arrival):
+            # under that arrival's day and segment, so a stage's conversions are a part of its arrivals.
+            self.cohorts[(reports.day_of(before[1]), before[0], f.stage, before[2])] += 1
+        state[f.lead_id] = (f.stage, f.at, f.segment)
 
     def _write(self, msgs: dict[str, _Msg], changed: set[str],
-               lead_state: dict[str, tuple[str, datetime]], changed_leads: set[str],
+               lead_state: dict[str, tuple[str, datetime, str]], changed_leads: set[str],
                paths: dict[tuple[str, str], dict[str, dict[str, Any]]]) -> None:
         s = self.s
         _upsert(s, messages, [{"message_id": k, "sent": m.sent, "opened": m.opened, "clicked": m.clicked,
                                "bounced": m.bounced} for k in sorted(changed) for m in (msgs[k],)])
-        _upsert(s, leads, [{"lead_id": k, "stage": lead_state[k][0], "since": lead_state[k][1]}
+        _upsert(s, leads, [{"lead_id": k, "stage": lead_state[k][0], "since": lead_state[k][1],
+                            "segment": lead_state[k][2]}
                            for k in sorted(changed_leads)])
         dirty = [{k: v for k, v in row.items() if k != "_dirty"}
                  for stages in paths.values() for row in stages.values() if row["_dirty"]]
@@ -477,6 +484,8 @@ class Fold:
                                | {"band": reports.band(k[4]), "n": n} for k, n in sorted(self.life.items())],
                 add=("n",))
         _upsert(s, lifecycle_bands, _bands(self.life, ("from_stage", "to_stage", "segment")), add=("n",))
+        _upsert(s, lifecycle_cohorts, [dict(zip(("day", "from_stage", "to_stage", "segment"), k, strict=True))
+                                       | {"n": n} for k, n in sorted(self.cohorts.items())], add=("n",))
         _upsert(s, stage_counts, [dict(zip(("day", "journey", "stage", "segment"), k, strict=True))
                                   | {"entered": v[0], "advanced": v[1]} for k, v in sorted(self.counts.items())],
                 add=("entered", "advanced"))
@@ -728,9 +737,9 @@ def progression_report(session: Session, q: Query, tables: Collection[str] = ())
                  in _percentiles(session, stage_dwell, stage_dwell_bands, ("journey", "stage"), q).items()}
         out["stages"] = reports.stage_rows(counts, dwell)
     if "lifecycle" in wanted:
-        life = {(k[0], k[1]): (n, med) for k, (n, med, _) in
+        life = {(k[0], k[1]): (n, med, p90) for k, (n, med, p90) in
                 _percentiles(session, lifecycle, lifecycle_bands, ("from_stage", "to_stage"), q).items()}
-        out["lifecycle"] = reports.lifecycle_rows(life)
+        out["lifecycle"] = reports.lifecycle_rows(life, *_lifecycle_conversion(session, q))
     if "qualification" in wanted:
         weekly: dict[tuple[date, str], int] = defaultdict(int)
         for day, to_stage, n in session.execute(
@@ -749,6 +758,19 @@ def progression_report(session: Session, q: Query, tables: Collection[str] = ())
     if "score_now" in wanted:
         out["score_now"] = score_now_report(session, q)
     return out
+
+
+def _lifecycle_conversion(session: Session, q: Query) -> tuple[dict[str, int], dict[tuple[str, str], int]]:
+    """Arrivals at each lifecycle stage in range, and of the leads that arrived at a stage in range, how many
+    have left it for each next stage (in `segment` on arriving)."""
+    c = lifecycle_cohorts
+    arrived = {to: int(n or 0) for to, n in session.execute(
+        select(lifecycle.c.to_stage, func.sum(lifecycle.c.n)).where(q.where(lifecycle))
+        .group_by(lifecycle.c.to_stage))}
+    moved = {(f, t): int(n or 0) for f, t, n in session.execute(
+        select(c.c.from_stage, c.c.to_stage, func.sum(c.c.n)).where(q.where(c))
+        .group_by(c.c.from_stage, c.c.to_stage))}
+    return arrived, moved
 
 
 def score_now_report(session: Session, q: Query) -> list[dict[str, Any]]:
@@ -847,7 +869,7 @@ def value_by_path(session: Session, q: Query) -> list[dict[str, Any]]:
                              for w in _wins_after_nurture(session, q).values())
 
 
-_STAGE_OF_METRIC = {"mql": "mql", "sql": "sql", "customers": "customer"}
+_STAGE_OF_METRIC = {"mql": "mql", "sql": "sql", "trials": "trial", "customers": "customer"}
 
 
 def timeseries_report(session: Session, q: Query, metric: str, interval: str) -> list[dict[str, Any]]:

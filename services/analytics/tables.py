@@ -114,12 +114,25 @@ reach = Table(
     Column("n", Integer, nullable=False, default=0),
 )
 
-# Each lead's lifecycle stage and since when (the dwell of its next change).
+# Each lead's lifecycle stage, since when (the dwell of its next change) and its segment on arriving there.
 leads = Table(
     "analytics_leads", metadata,
     Column("lead_id", String(128), primary_key=True),
     Column("stage", String(_D), nullable=False),
     Column("since", DateTime(timezone=True), nullable=False),
+    Column("segment", String(_D), nullable=False, server_default=""),
+)
+
+# Lifecycle conversion by cohort: each change counted under the day the lead arrived at the stage it left
+# (its previous change, or its creation) and its segment then; over the arrivals at that stage in a range
+# (`analytics_lifecycle` by `to_stage`), the share that has moved on to each next stage.
+lifecycle_cohorts = Table(
+    "analytics_lifecycle_cohorts", metadata,
+    Column("day", Date, primary_key=True),
+    Column("from_stage", String(_D), primary_key=True),
+    Column("to_stage", String(_D), primary_key=True),
+    Column("segment", String(_D), primary_key=True),
+    Column("n", Integer, nullable=False, default=0),
 )
 
 # Lifecycle changes as a histogram of whole minutes spent in the stage left, by day of the change.
@@ -322,4 +335,4 @@ partitions = partitions_table(metadata, "analytics")
 DERIVED = (messages, engagement, stage_engagement, sends,
            nurtured, reach, leads, lifecycle, lifecycle_bands, lead_stages, stage_counts,
            stage_dwell, stage_dwell_bands, touches, won, won_entries, deliveries, deliverability,
-           lead_scores, score_now, sequence_rates)
+           lead_scores, score_now, sequence_rates, lifecycle_cohorts)

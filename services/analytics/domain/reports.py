@@ -20,7 +20,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 ENGAGEMENT_GROUPS = ("journey", "segment", "template", "channel", "topic", "format")
-TIMESERIES_METRICS = ("sent", "opened", "clicked", "mql", "sql", "customers", "revenue")
+TIMESERIES_METRICS = ("sent", "opened", "clicked", "mql", "sql", "trials", "customers", "revenue")
 QUALIFICATION = ("mql", "sql", "trial", "customer")
 ATTRIBUTION_MODELS = ("first", "last", "linear")
 SEQUENCE_UNITS = ("template", "topic")
@@ -203,10 +203,16 @@ def stage_rows(counts: Mapping[tuple[str, str], tuple[int, int]],
     return rows
 
 
-def lifecycle_rows(changes: Mapping[tuple[str, str], tuple[int, float | None]]) -> list[dict[str, Any]]:
-    """Lifecycle transitions from (count, median minutes) per (from, to)."""
-    return [{"from": f, "to": t, "count": n, "median_hours": hours(med)}
-            for (f, t), (n, med) in sorted(changes.items())]
+def lifecycle_rows(changes: Mapping[tuple[str, str], tuple[int, float | None, float | None]],
+                   arrived: Mapping[str, int], moved: Mapping[tuple[str, str], int]) -> list[dict[str, Any]]:
+    """Lifecycle transitions per (from, to): their count, median and p90 (from minutes), and the conversion
+    rate: of the leads that arrived at `from` in range, the share that has moved on to `to` (null when none
+    arrived there in range: a lead's first stage, or none in range)."""
+    return [{"from": f, "to": t, "count": changes.get((f, t), (0, None, None))[0],
+             "median_hours": hours(changes.get((f, t), (0, None, None))[1]),
+             "p90_hours": hours(changes.get((f, t), (0, None, None))[2]),
+             "conversion_rate": rate(moved.get((f, t), 0), arrived.get(f, 0))}
+            for f, t in sorted(set(changes) | {k for k, n in moved.items() if n})]
 
 
 def time_to_conversion_rows(overall: Mapping[int, int], per_journey: Mapping[str, Mapping[int, int]]

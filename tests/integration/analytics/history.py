@@ -318,8 +318,22 @@ def progression(stream: Sequence[dict[str, Any]], r: Range) -> dict[str, Any]:
         if p["new"] in ("mql", "sql", "trial", "customer"):
             day = at_of(m).date()
             weekly[((day - timedelta(days=day.weekday())).isoformat(), p["new"])] += 1
-    lifecycle = [{"from": f, "to": t, "count": len(v), "median_hours": _h(_median_p90(v)[0])}
-                 for (f, t), v in sorted(trans.items())]
+    # Conversion: of the leads that arrived at a stage in range (a change into it; in its segment then),
+    # those whose next change (as heard) took them on, per next stage.
+    arrived: Counter[str] = Counter()
+    moved: Counter[tuple[str, str]] = Counter()
+    last: dict[str, dict[str, Any]] = {}
+    for m, _ in lifecycle_changes(stream):
+        if r.holds(m, journey=False):
+            arrived[m["properties"]["new"]] += 1
+        before = last.get(m["lead_id"])
+        if before is not None and r.holds(before, journey=False):
+            moved[(before["properties"]["new"], m["properties"]["new"])] += 1
+        last[m["lead_id"]] = m
+    lifecycle = [{"from": f, "to": t, "count": len(trans[(f, t)]),
+                  "median_hours": _h(_median_p90(trans[(f, t)])[0]), "p90_hours": _h(_median_p90(trans[(f, t)])[1]),
+                  "conversion_rate": round(moved[(f, t)] / arrived[f], 4) if arrived[f] else None}
+                 for f, t in sorted(set(trans) | set(moved))]
     weeks = sorted({w for w, _ in weekly})
     qualification = [{"week": w, **{q: weekly.get((w, q), 0) for q in ("mql", "sql", "trial", "customer")}}
                      for w in weeks]
@@ -521,8 +535,8 @@ def timeseries(stream: Sequence[dict[str, Any]], r: Range, metric: str, interval
         for kind, m in counted(stream):
             if kind == metric and r.holds(m):
                 put(m, 1)
-    elif metric in ("mql", "sql", "customers"):
-        target = {"customers": "customer"}.get(metric, metric)
+    elif metric in ("mql", "sql", "trials", "customers"):
+        target = {"customers": "customer", "trials": "trial"}.get(metric, metric)
         for m, _ in lifecycle_changes(stream):
             if m["properties"]["new"] == target and r.holds(m, journey=False):
                 put(m, 1)

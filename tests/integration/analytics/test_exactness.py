@@ -56,7 +56,7 @@ def ranges(stream: Sequence[dict[str, Any]]) -> list[h.Range]:
 
 def check(db: Database, stream: Sequence[dict[str, Any]]) -> int:
     figures, conversions, gaps, scored, sequenced, unconverted = 0, 0, 0, 0, 0, 0
-    engaged, converted = 0, 0
+    engaged, converted, lifecycle_rates = 0, 0, set()
     costs = load_costs()
     with db.session() as s:
         for r in ranges(stream):
@@ -76,6 +76,7 @@ def check(db: Database, stream: Sequence[dict[str, Any]]) -> int:
             assert got["score_progression"] == expected_p["score_progression"], r
             assert got["score_now"] == expected_p["score_now"], r
             scored += expected_p["score_progression"][0]["conversions"]
+            lifecycle_rates |= {row["conversion_rate"] for row in expected_p["lifecycle"]}
             unconverted += expected_p["score_now"][0]["leads"]
             # One table asked for (as the dashboard and a CSV download ask): the same rows, the rest empty.
             for table in reports.PROGRESSION_TABLES:
@@ -117,6 +118,7 @@ def check(db: Database, stream: Sequence[dict[str, Any]]) -> int:
     assert unconverted > 0  # and leads not converted whose score moved
     assert sequenced > 0  # and wins after a sequence of content
     assert 0 < converted < engaged  # and leads that engaged with a sequence, some of them converted
+    assert None in lifecycle_rates and any(0 < x < 1 for x in lifecycle_rates if x is not None)  # stages' rates
     return figures
 
 
