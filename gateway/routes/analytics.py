@@ -20,7 +20,7 @@ router = APIRouter(tags=["analytics"], dependencies=[Depends(require_key)])
 FORMATS = ("json", "csv")
 ROI_TABLES = ("by_journey", "by_path")
 PROGRESSION_TABLES = ("stages", "lifecycle", "qualification", "time_to_conversion", "content_gaps",
-                      "score_progression", "score_now")
+                      "score_progression", "score_now", "segments")
 ATTRIBUTION_TABLES = ("by_template", "by_topic", "by_format")
 DELIVERABILITY_TABLES = ("by_provider", "by_domain", "points")
 SEQUENCE_TABLES = ("rows", "rates")
@@ -59,6 +59,8 @@ COLUMNS: dict[str, tuple[str, ...]] = {
                      "click_rate", "gap", "why"),
     "score_progression": ("journey", "conversions", "score_at_entry", "score_at_conversion", "change"),
     "score_now": ("journey", "leads", "score_at_entry", "score_now", "change"),
+    "segments": ("journey", "stage", "segment", "entered", "advanced", "conversion_rate", "median_hours",
+                 "p90_hours"),
     "by_template": ("template", "topic", "format", "conversions", "revenue"),
     "by_topic": ("topic", "conversions", "revenue"),
     "by_format": ("format", "conversions", "revenue"),

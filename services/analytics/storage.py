@@ -736,6 +736,16 @@ def progression_report(session: Session, q: Query, tables: Collection[str] = ())
         dwell = {(k[0], k[1]): (med, p90) for k, (_, med, p90)
                  in _percentiles(session, stage_dwell, stage_dwell_bands, ("journey", "stage"), q).items()}
         out["stages"] = reports.stage_rows(counts, dwell)
+    if "segments" in wanted:
+        seg_counts: dict[tuple[str, str, str], tuple[int, int]] = {}
+        sc = stage_counts
+        for journey, stage, segment, entered, advanced in session.execute(
+                select(sc.c.journey, sc.c.stage, sc.c.segment, func.sum(sc.c.entered), func.sum(sc.c.advanced))
+                .where(q.where(sc)).group_by(sc.c.journey, sc.c.stage, sc.c.segment)):
+            seg_counts[(journey, stage, segment)] = (int(entered or 0), int(advanced or 0))
+        seg_dwell = {(k[0], k[1], k[2]): (med, p90) for k, (_, med, p90) in _percentiles(
+            session, stage_dwell, stage_dwell_bands, ("journey", "stage", "segment"), q).items()}
+        out["segments"] = reports.segment_stage_rows(seg_counts, seg_dwell)
     if "lifecycle" in wanted:
         life = {(k[0], k[1]): (n, med, p90) for k, (n, med, p90) in
                 _percentiles(session, lifecycle, lifecycle_bands, ("from_stage", "to_stage"), q).items()}

@@ -35,7 +35,7 @@ GAP_ENGAGEMENT_SHARE = 0.5
 
 
 PROGRESSION_TABLES = ("stages", "lifecycle", "qualification", "time_to_conversion", "content_gaps",
-                      "score_progression", "score_now")
+                      "score_progression", "score_now", "segments")
 
 
 class QueryError(ValueError):
@@ -161,6 +161,18 @@ def deliverability_row(key: Mapping[str, str], sums: Mapping[str, int]) -> dict[
             "hard_bounce_rate": rate(sums["hard_bounced"], sums["sent"]),
             "soft_bounce_rate": rate(sums["soft_bounced"], sums["sent"]),
             "complaint_rate": rate(sums["complaints"], sums["delivered"])}
+
+
+def segment_stage_rows(counts: Mapping[tuple[str, str, str], tuple[int, int]],
+                       dwell: Mapping[tuple[str, str, str], tuple[float | None, float | None]]) -> list[dict[str, Any]]:
+    """Segment comparison: each journey stage's conversion and velocity per segment (the lead's on entry)."""
+    out = []
+    for (journey, stage, segment), (entered, advanced) in sorted(counts.items()):
+        med, p90_ = dwell.get((journey, stage, segment), (None, None))
+        out.append({"journey": journey, "stage": stage, "segment": segment, "entered": entered,
+                    "advanced": advanced, "conversion_rate": rate(advanced, entered), "median_hours": hours(med),
+                    "p90_hours": hours(p90_)})
+    return out
 
 
 def stage_rows(counts: Mapping[tuple[str, str], tuple[int, int]],

@@ -308,6 +308,24 @@ def progression(stream: Sequence[dict[str, Any]], r: Range) -> dict[str, Any]:
         stages.append({"journey": key[0], "stage": key[1], "entered": entered[key], "advanced": advanced[key],
                        "conversion_rate": round(advanced[key] / entered[key], 4), "median_hours": _h(med),
                        "p90_hours": _h(p90)})
+    by_segment = []
+    seg_entered: Counter[tuple[str, str, str]] = Counter()
+    seg_advanced: Counter[tuple[str, str, str]] = Counter()
+    seg_dwell: dict[tuple[str, str, str], list[int]] = defaultdict(list)
+    for (_lead, journey), path in stage_entries(stream).items():
+        for i, e in enumerate(path):
+            if r.holds(e):
+                key3 = (journey, e["properties"]["stage"], seg_of(e))
+                seg_entered[key3] += 1
+                if i + 1 < len(path):
+                    seg_advanced[key3] += 1
+                    seg_dwell[key3].append(_minutes(at_of(e), at_of(path[i + 1])))
+    for key3 in sorted(seg_entered):
+        med, p90 = _median_p90(seg_dwell[key3])
+        by_segment.append({"journey": key3[0], "stage": key3[1], "segment": key3[2], "entered": seg_entered[key3],
+                           "advanced": seg_advanced[key3],
+                           "conversion_rate": round(seg_advanced[key3] / seg_entered[key3], 4),
+                           "median_hours": _h(med), "p90_hours": _h(p90)})
     trans: dict[tuple[str, str], list[int]] = defaultdict(list)
     weekly: dict[tuple[str, str], int] = defaultdict(int)
     for m, minutes in lifecycle_changes(stream):
@@ -339,7 +357,8 @@ def progression(stream: Sequence[dict[str, Any]], r: Range) -> dict[str, Any]:
                      for w in weeks]
     return {"stages": stages, "lifecycle": lifecycle, "qualification": qualification,
             "time_to_conversion": time_to_conversion(stream, r), "content_gaps": content_gaps(stream, r),
-            "score_progression": score_progression(stream, r), "score_now": score_now(stream, r)}
+            "score_progression": score_progression(stream, r), "score_now": score_now(stream, r),
+            "segments": by_segment}
 
 
 def score_progression(stream: Sequence[dict[str, Any]], r: Range) -> list[dict[str, Any]]:

@@ -56,7 +56,7 @@ def ranges(stream: Sequence[dict[str, Any]]) -> list[h.Range]:
 
 def check(db: Database, stream: Sequence[dict[str, Any]]) -> int:
     figures, conversions, gaps, scored, sequenced, unconverted = 0, 0, 0, 0, 0, 0
-    engaged, converted, lifecycle_rates = 0, 0, set()
+    engaged, converted, lifecycle_rates, compared = 0, 0, set(), set()
     costs = load_costs()
     with db.session() as s:
         for r in ranges(stream):
@@ -75,6 +75,8 @@ def check(db: Database, stream: Sequence[dict[str, Any]]) -> int:
             assert got["content_gaps"] == expected_p["content_gaps"], r
             assert got["score_progression"] == expected_p["score_progression"], r
             assert got["score_now"] == expected_p["score_now"], r
+            assert got["segments"] == expected_p["segments"], r
+            compared |= {row["segment"] for row in got["segments"]}
             scored += expected_p["score_progression"][0]["conversions"]
             lifecycle_rates |= {row["conversion_rate"] for row in expected_p["lifecycle"]}
             unconverted += expected_p["score_now"][0]["leads"]
@@ -118,6 +120,7 @@ def check(db: Database, stream: Sequence[dict[str, Any]]) -> int:
     assert unconverted > 0  # and leads not converted whose score moved
     assert sequenced > 0  # and wins after a sequence of content
     assert 0 < converted < engaged  # and leads that engaged with a sequence, some of them converted
+    assert len(compared) == len(h.SEGMENTS)  # every segment's stages, side by side
     assert None in lifecycle_rates and any(0 < x < 1 for x in lifecycle_rates if x is not None)  # stages' rates
     return figures
 
