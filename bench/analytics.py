@@ -162,6 +162,10 @@ def _sequence_rates(s: Any, q: storage.Query, *, length: int, unit: str) -> Any:
     return storage.sequence_rates_report(s, q, length, unit, 30)
 
 
+def _progression_tables(s: Any, q: storage.Query, *, tables: tuple[str, ...]) -> Any:
+    return storage.progression_report(s, q, tables)
+
+
 def _journey_stages(s: Any, q: storage.Query) -> Any:
     # The console's journey page: the progression report's stages of one journey.
     return storage.progression_report(s, storage.Query(q.start, q.end, None, "family"), ("stages",))
@@ -307,6 +311,7 @@ def time_reports(db_url: str | None, data: Path, leads: int, events: int, repeat
         **{f"sequence_rates_{n}_{u}": functools.partial(_sequence_rates, length=n, unit=u)
            for n in reports.SEQUENCE_LENGTHS for u in reports.SEQUENCE_UNITS},
         "journey_page_stages": _journey_stages,
+        "progression_segments": functools.partial(_progression_tables, tables=("segments",)),
     }
     out: dict[str, Any] = {**figures, "load_average_1m_after_load": round(os.getloadavg()[0], 2)}
     meter = Meter(db)

@@ -109,11 +109,12 @@ async def engagement(group_by: str = "journey", from_: str | None = Query(None, 
 async def progression(from_: str | None = Query(None, alias="from"), to: str | None = None,
                       segment: str | None = None, journey: str | None = None,
                       output: str = Query("json", alias="format"), table: str = "stages",
-                      m: Mesh = Depends(mesh)) -> Any:
+                      segments: bool = False, m: Mesh = Depends(mesh)) -> Any:
     q = _query(from_, to, segment, journey, output)
     chosen = _choice(table, PROGRESSION_TABLES, "table")
-    # CSV is one table: only that one is computed.
-    return _answer(await _progression(q, (chosen,) if output == "csv" else (), m), output, chosen)
+    # CSV is one table: only that one is computed. JSON: every table, the segment comparison when asked.
+    tables = (chosen,) if output == "csv" else (PROGRESSION_TABLES if segments else ())
+    return _answer(await _progression(q, tables, m), output, chosen)
 
 
 async def _progression(q: analytics_pb2.ReportQuery, tables: tuple[str, ...], m: Mesh) -> analytics_pb2.ReportReply:

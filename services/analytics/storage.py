@@ -723,9 +723,11 @@ def _percentiles(session: Session, fine: Table, bands: Table, keys: Sequence[str
 
 
 def progression_report(session: Session, q: Query, tables: Collection[str] = ()) -> dict[str, Any]:
-    """The progression report's tables, only those in `tables` (empty: every one) computed; the others
-    are empty (a dashboard showing two tables does not pay for the won deals' joins)."""
-    wanted = set(tables or reports.PROGRESSION_TABLES)
+    """The progression report's tables, only those in `tables` (empty: every one but those computed on
+    request, `reports.PROGRESSION_ON_REQUEST`) computed; the others are empty (a dashboard showing two
+    tables does not pay for the won deals' joins)."""
+    wanted = set(tables) if tables else {t for t in reports.PROGRESSION_TABLES
+                                         if t not in reports.PROGRESSION_ON_REQUEST}
     out: dict[str, Any] = dict.fromkeys(reports.PROGRESSION_TABLES, [])
     if "stages" in wanted:
         counts: dict[tuple[str, str], tuple[int, int]] = {}

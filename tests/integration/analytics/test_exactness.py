@@ -75,6 +75,8 @@ def check(db: Database, stream: Sequence[dict[str, Any]]) -> int:
             assert got["content_gaps"] == expected_p["content_gaps"], r
             assert got["score_progression"] == expected_p["score_progression"], r
             assert got["score_now"] == expected_p["score_now"], r
+            assert got["segments"] == [], r  # computed when asked for
+            got["segments"] = storage.progression_report(s, q, ("segments",))["segments"]
             assert got["segments"] == expected_p["segments"], r
             compared |= {row["segment"] for row in got["segments"]}
             scored += expected_p["score_progression"][0]["conversions"]

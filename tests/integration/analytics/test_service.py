@@ -137,7 +137,8 @@ async def test_csv_carries_the_json_rows(heard: tuple[httpx.AsyncClient, list[di
     assert list(csv.DictReader(io.StringIO(got.text))) == [
         {k: "" if v is None else str(v) for k, v in row.items()} for row in rates]
     # Each progression table's CSV (only that table computed) carries the full report's rows.
-    full = (await http.get("/v1/analytics/progression", params=span)).json()
+    full = (await http.get("/v1/analytics/progression", params={**span, "segments": "true"})).json()
+    assert (await http.get("/v1/analytics/progression", params=span)).json() == full | {"segments": []}
     for table in reports.PROGRESSION_TABLES:
         got = await http.get("/v1/analytics/progression", params={**span, "format": "csv", "table": table})
         assert got.status_code == 200, got.text
