@@ -1,27 +1,36 @@
 """Analytics: load many leads and events into the read model, time every report (p95), and measure what
 keeping the read model costs the mesh's end-to-end ingest rate. Prints figures, then one JSON line.
 
-    .venv/bin/python bench/analytics.py [--leads 100000] [--events 2000000] [--repeats 20]
-                                        [--ingest-events 20000] [--database-url URL]
+    .venv/bin/python bench/analytics.py [--leads 100000] [--events 2000000] [--repeats 20] [--batch 5000]
+                                        [--ingest-events 20000] [--database-url URL] [--keep TARGET [--reuse]]
 
 Part 1 (reports): bus messages of `--leads` leads over 90 days (sends, opens, clicks, bounces hard and
 soft, complaints, with messaging's sending domain and provider labels; unsubscribes, lifecycle changes,
 score changes (every message carries the lead's score), won deals, and page views the read model ignores) go through the
-bus adapter and `storage.record` in batches of 500, as the consumer does; then every report is timed
-in process (storage + domain: the gateway and gRPC add their fixed few milliseconds) over the last 30
-days and over all 90, `--repeats` times each. Part 2 (ingest cost): the same mix of events through the
-gateway's batch endpoint into two private meshes, one without the analytics service: the end-to-end
-rate (accepted and handled by every consumer) of each, and their ratio.
+bus adapter and `storage.record`, as the consumer does (the same function, each batch of `--batch`
+messages one transaction; the consumer's batches are of 2,000); then every report is timed in process
+(storage + domain: the gateway and gRPC add their fixed few milliseconds) over the last 30 days and over
+all 90, `--repeats` times each: wall p95, CPU median and the engine's work per report. Part 2 (ingest
+cost): the same mix of events through the gateway's batch endpoint into two private meshes, one without
+the analytics service: the end-to-end rate (accepted and handled by every consumer) of each, and their
+ratio.
+
+`--keep TARGET` keeps the loaded read model: on SQLite TARGET is a directory (its `analytics.db`), with
+`--database-url` the name of a database on that server (created, never dropped). `--reuse` (with the same
+`--keep` and `--database-url`) times the reports on what a run with `--keep` loaded, without loading again
+(the load's figures are those recorded then, in `analytics_meta`).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import functools
 import json
 import os
 import random
+import re
 import shutil
 import sys
 import tempfile
@@ -32,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import sqlalchemy as sa
 from sqlalchemy import event, func, select, text
 from sqlalchemy.orm import Session
 
@@ -40,7 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._http import LeanClient  # noqa: E402
 from bench._mesh import add_database_arg, database_kind, fresh_database, private_mesh  # noqa: E402
 from bench.ingest import drained  # noqa: E402
-from nurture.db import open_database  # noqa: E402
+from nurture.db import Database, open_database  # noqa: E402
 from nurture.settings import load_settings  # noqa: E402
 from services.analytics import storage, tables  # noqa: E402
 from services.analytics.app.core import load_costs  # noqa: E402
@@ -148,6 +158,19 @@ def _deliverability(s: Any, q: storage.Query) -> Any:
     return storage.deliverability_report(s, q, None, None, "day")
 
 
+def _sequence_rates(s: Any, q: storage.Query, *, length: int, unit: str) -> Any:
+    return storage.sequence_rates_report(s, q, length, unit, 30)
+
+
+def _progression_tables(s: Any, q: storage.Query, *, tables: tuple[str, ...]) -> Any:
+    return storage.progression_report(s, q, tables)
+
+
+def _journey_stages(s: Any, q: storage.Query) -> Any:
+    # The console's journey page: the progression report's stages of one journey.
+    return storage.progression_report(s, storage.Query(q.start, q.end, None, "family"), ("stages",))
+
+
 class Meter:
     """Load-independent costs of one report call: statements sent, CPU milliseconds (this process, plus
     the PostgreSQL backend's from /proc when the server is local), and the work the engine did: SQLite
@@ -218,27 +241,61 @@ def _on(fn: Callable[[Any, storage.Query], Any], q: storage.Query, s: Any) -> An
     return fn(s, q)
 
 
-def time_reports(db_url: str | None, leads: int, events: int, repeats: int) -> dict[str, Any]:
-    data = Path(tempfile.mkdtemp(prefix="nurture-bench-analytics-"))
-    settings = load_settings(environ={}, data_dir=data, database_url=db_url)
-    db = open_database(settings, service="analytics", migrations_dir=MIGRATIONS)
+BENCH_KEY = "bench_load"  # `analytics_meta` row of a kept read model: what was loaded, for `--reuse`
+
+
+def load(db: Database, leads: int, events: int, batch_size: int) -> dict[str, Any]:
+    """The history through the bus adapter and `storage.record`, `batch_size` messages a transaction."""
     batch: list[Any] = []
     recorded = 0
     t0, c0 = time.perf_counter(), time.process_time()
     for m in history(leads, events):
-        batch.append(from_bus(m))
-        if len(batch) == 500:
-            with db.session() as s:
-                recorded += storage.record(s, [f for f in batch if f is not None])
+        batch.append(m)
+        if len(batch) == batch_size:
+            recorded += _record(db, batch)
             batch = []
     if batch:
-        with db.session() as s:
-            recorded += storage.record(s, [f for f in batch if f is not None])
+        recorded += _record(db, batch)
     load_s = time.perf_counter() - t0
+    load_cpu_s = time.process_time() - c0
     if not db.is_sqlite:  # what autovacuum does to a table that grew this much, before the planner relies on it
         with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             conn.execute(text("ANALYZE"))
-    load_cpu_s = time.process_time() - c0
+    figures = {"leads": leads, "events": events, "batch": batch_size, "facts_recorded": recorded,
+               "load_s": round(load_s, 1), "load_events_per_s": round(events / load_s, 1),
+               "load_cpu_ms_per_event_this_process": round(load_cpu_s * 1000 / events, 4)}
+    with db.session() as s:  # what was loaded, and by which fold (a service started on it would not rebuild)
+        s.execute(tables.meta.insert(), [
+            {"key": BENCH_KEY, "value": json.dumps({k: figures[k] for k in
+                                                   ("leads", "events", "batch", "facts_recorded", "load_s")})},
+            {"key": "fold_version", "value": storage.FOLD_VERSION}])
+    return figures
+
+
+def _record(db: Database, messages: list[dict[str, Any]]) -> int:
+    """One batch as the consumer's handler takes it (core.ReadModel: the adapter, then `record` in one
+    transaction)."""
+    with db.session() as s:
+        return storage.record(s, [f for f in (from_bus(m) for m in messages) if f is not None])
+
+
+def loaded(db: Database) -> dict[str, Any]:
+    """What a `--keep` run loaded into this read model; refuses one made by another fold version."""
+    with db.session() as s:
+        rows = dict(s.execute(select(tables.meta.c.key, tables.meta.c.value)).all())
+    if BENCH_KEY not in rows:
+        raise SystemExit("--reuse: this database holds no read model a --keep run loaded")
+    if rows.get("fold_version") != storage.FOLD_VERSION:
+        raise SystemExit(f"--reuse: the read model was folded by fold version {rows.get('fold_version')}, this "
+                         f"code folds version {storage.FOLD_VERSION}: load it again (without --reuse)")
+    return {**json.loads(rows[BENCH_KEY]), "reused": True}
+
+
+def time_reports(db_url: str | None, data: Path, leads: int, events: int, repeats: int, batch_size: int,
+                 reuse: bool) -> dict[str, Any]:
+    settings = load_settings(environ={}, data_dir=data, database_url=db_url)
+    db = open_database(settings, service="analytics", migrations_dir=MIGRATIONS)
+    figures = loaded(db) if reuse else load(db, leads, events, batch_size)
     costs = load_costs()
     last30 = storage.Query(reports.day_of(END - timedelta(days=30)), reports.day_of(END))
     full = storage.Query(reports.day_of(END - timedelta(days=DAYS)), reports.day_of(END))
@@ -251,11 +308,12 @@ def time_reports(db_url: str | None, leads: int, events: int, repeats: int) -> d
         "roi": functools.partial(_roi, costs=costs),
         **{f"timeseries_{m}": functools.partial(_timeseries, metric=m) for m in reports.TIMESERIES_METRICS},
         "deliverability": _deliverability,
+        **{f"sequence_rates_{n}_{u}": functools.partial(_sequence_rates, length=n, unit=u)
+           for n in reports.SEQUENCE_LENGTHS for u in reports.SEQUENCE_UNITS},
+        "journey_page_stages": _journey_stages,
+        "progression_segments": functools.partial(_progression_tables, tables=("segments",)),
     }
-    out: dict[str, Any] = {"leads": leads, "events": events, "facts_recorded": recorded,
-                           "load_s": round(load_s, 1), "load_events_per_s": round(events / load_s, 1),
-                           "load_cpu_ms_per_event_this_process": round(load_cpu_s * 1000 / events, 4),
-                           "load_average_1m_after_load": round(os.getloadavg()[0], 2)}
+    out: dict[str, Any] = {**figures, "load_average_1m_after_load": round(os.getloadavg()[0], 2)}
     meter = Meter(db)
     work = "rows_read" if meter.pg else "sqlite_kilo_steps"
 
@@ -285,8 +343,9 @@ def time_reports(db_url: str | None, leads: int, events: int, repeats: int) -> d
     out["worst_report_cpu_ms_median"] = worst_cpu
     out["worst_report_p95 / baseline_p95"] = round(worst_ratio, 1)
     out["load_average_1m_after_reports"] = round(os.getloadavg()[0], 2)
+    out["wall_p95_ms_per_report"] = {name: {label: out[f"{name}_{label}_p95_ms"] for label in ("30d", "90d")}
+                                     for name in cases}
     db.close()
-    shutil.rmtree(data, ignore_errors=True)
     return out
 
 
@@ -379,21 +438,79 @@ def ingest_cost(db_url: str | None, events: int) -> dict[str, Any]:
             "mesh_cpu_s_without_analytics": round(sum(cpu["without_analytics"].values()), 2)}
 
 
+@contextlib.contextmanager
+def _target(url: str | None, keep: str | None, reuse: bool) -> Iterator[tuple[str | None, Path]]:
+    """Where the read model lives: a fresh database (and a temporary data dir) dropped after the run, or
+    the `--keep` target, created for a load (it must not exist yet) and left in place."""
+    sqlite = database_kind(url) == "sqlite"
+    if keep is None:
+        data = Path(tempfile.mkdtemp(prefix="nurture-bench-analytics-"))
+        try:
+            with fresh_database(url) as database_url:
+                yield database_url, data
+        finally:
+            shutil.rmtree(data, ignore_errors=True)
+        return
+    if sqlite:
+        data = Path(keep)
+        exists = (data / "analytics.db").exists()
+        if exists != reuse:
+            raise SystemExit(f"{data / 'analytics.db'} " + ("exists: pass --reuse, or remove it to load again"
+                                                            if exists else "does not exist: load it without --reuse"))
+        data.mkdir(parents=True, exist_ok=True)
+        yield None, data
+        return
+    assert url is not None
+    if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", keep):
+        raise SystemExit("--keep with --database-url: a database name of lower-case letters, digits and _")
+    admin = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            exists = bool(conn.execute(text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": keep}).scalar())
+            if exists != reuse:
+                raise SystemExit(f"database {keep!r} " + ("exists: pass --reuse, or drop it to load again" if exists
+                                                          else "does not exist: load it without --reuse"))
+            if not exists:
+                conn.execute(text(f'CREATE DATABASE "{keep}"'))
+    finally:
+        admin.dispose()
+    data = Path(tempfile.mkdtemp(prefix="nurture-bench-analytics-"))
+    try:
+        yield sa.make_url(url).set(database=keep).render_as_string(hide_password=False), data
+    finally:
+        shutil.rmtree(data, ignore_errors=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--leads", type=int, default=100_000)
     parser.add_argument("--events", type=int, default=2_000_000)
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--batch", type=int, default=5_000, help="messages per transaction of the load")
     parser.add_argument("--ingest-events", type=int, default=20_000, help="0: skip the ingest-cost part")
+    parser.add_argument("--keep", metavar="TARGET", help="keep the loaded read model: a directory (SQLite) or, "
+                        "with --database-url, a database name on that server")
+    parser.add_argument("--reuse", action="store_true", help="time the reports on what --keep TARGET holds, "
+                        "without loading")
     add_database_arg(parser)
     args = parser.parse_args()
-    with fresh_database(args.database_url) as database_url:
-        result: dict[str, Any] = {"database": database_kind(args.database_url),
-                                  **time_reports(database_url, args.leads, args.events, args.repeats)}
+    if args.reuse and not args.keep:
+        parser.error("--reuse needs --keep TARGET: the read model a --keep run loaded")
+    if args.batch < 1:
+        parser.error("--batch must be at least 1")
+    kind = database_kind(args.database_url)
+    with _target(args.database_url, args.keep, args.reuse) as (database_url, data):
+        result: dict[str, Any] = {"database": kind, "kept": args.keep,
+                                  **time_reports(database_url, data, args.leads, args.events, args.repeats,
+                                                 args.batch, args.reuse)}
     if args.ingest_events:
         result.update(ingest_cost(args.database_url, args.ingest_events))
     for name, value in result.items():
-        print(f"{name:48s} {value}")
+        if not isinstance(value, dict):
+            print(f"{name:48s} {value}")
+    print(f"{'wall p95 ms per report':48s} {'30d':>9s} {'90d':>9s}")
+    for name, p in result["wall_p95_ms_per_report"].items():
+        print(f"  {name:46s} {p['30d']:9.2f} {p['90d']:9.2f}")
     print(json.dumps(result))
 
 

@@ -13,6 +13,7 @@ import grpc
 
 from gateway.convert import lead_json
 from gateway.deps import ApiError, Mesh
+from gateway.routes import analytics as analytics_api
 from gateway.routes import journeys as journeys_api
 from gateway.routes import leads as leads_api
 from gateway.routes import messaging as messaging_api
@@ -53,6 +54,20 @@ async def journeys_with_counts(m: Mesh) -> list[dict[str, Any]]:
     reports = await asyncio.gather(*(counts(j["key"]) for j in listed["items"]))
     return [{**j, "enrolled": r.get("enrolled"), "goals": r.get("goals"), "completed": r.get("completed"),
              "exited": r.get("exited")} for j, r in zip(listed["items"], reports, strict=True)]
+
+
+async def journey_stages(m: Mesh, key: str, start: str | None, end: str | None) -> list[dict[str, Any]] | None:
+    """The journey's stages' conversion and velocity over the range: the progression report's `stages`
+    rows for `journey=key` (analytics' maintained aggregates, the numbers /v1/analytics/progression
+    answers); None when analytics does not answer (the page still draws the graph)."""
+    try:
+        body = await analytics_api.progression_tables(start, end, None, key, ("stages",), m)
+    except grpc.aio.AioRpcError as exc:
+        if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            raise
+        return None
+    rows: list[dict[str, Any]] = body["stages"]
+    return rows
 
 
 async def journey_keys(m: Mesh) -> list[str]:

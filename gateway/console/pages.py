@@ -103,9 +103,14 @@ async def journey(request: Request, key: str) -> Response:
         waiting = await data.waiting_by_step(m, key)
         nodes, edges = graph.build(got["definition"] or {}, report, waiting)
         stages = [s for s in (got["definition"] or {}).get("stages") or [] if isinstance(s, dict)]
+        f = report_query(request)
+        stage_rows = await data.journey_stages(m, key, f["from"], f["to"])
         return page("journey.html", session=current, title=got["name"] or key, journey=got, report=report,
                     nodes=nodes, edges=edges, stages=stages, layout_json=json.dumps(graph.layout(nodes, edges)),
-                    can_publish=roles.allows(current.role, "editor"))
+                    can_publish=roles.allows(current.role, "editor"), stage_rows=stage_rows,
+                    span={"from": f["from"] or "", "to": f["to"] or ""},
+                    stages_query=urlencode({k: v for k, v in (("from", f["from"]), ("to", f["to"]),
+                                                               ("journey", key)) if v}))
     return await guarded(request, handler)
 
 
@@ -156,7 +161,7 @@ async def lead(request: Request, lead_id: str) -> Response:
 # -- analytics -----------------------------------------------------------------------------------------
 
 GROUPS = ("journey", "segment", "template", "channel", "topic", "format")
-METRICS = ("sent", "opened", "clicked", "mql", "sql", "customers", "revenue")
+METRICS = ("sent", "opened", "clicked", "mql", "sql", "trials", "customers", "revenue")
 
 
 def report_query(request: Request) -> dict[str, str | None]:

@@ -20,9 +20,10 @@ router = APIRouter(tags=["analytics"], dependencies=[Depends(require_key)])
 FORMATS = ("json", "csv")
 ROI_TABLES = ("by_journey", "by_path")
 PROGRESSION_TABLES = ("stages", "lifecycle", "qualification", "time_to_conversion", "content_gaps",
-                      "score_progression", "score_now")
+                      "score_progression", "score_now", "segments")
 ATTRIBUTION_TABLES = ("by_template", "by_topic", "by_format")
 DELIVERABILITY_TABLES = ("by_provider", "by_domain", "points")
+SEQUENCE_TABLES = ("rows", "rates")
 
 
 def _stub(m: Mesh) -> analytics_pb2_grpc.AnalyticsStub:
@@ -51,13 +52,15 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "rows": ("group", "sent", "delivered", "opened", "clicked", "unsubscribed", "bounced", "open_rate", "click_rate"),
     "stages": ("journey", "stage", "entered", "advanced", "conversion_rate", "median_hours", "p90_hours",
                "bottleneck", "why"),
-    "lifecycle": ("from", "to", "count", "median_hours"),
+    "lifecycle": ("from", "to", "count", "median_hours", "p90_hours", "conversion_rate"),
     "qualification": ("week", "mql", "sql", "trial", "customer"),
     "time_to_conversion": ("journey", "conversions", "median_hours", "p90_hours"),
     "content_gaps": ("journey", "stage", "segment", "sent", "delivered", "opened", "clicked", "open_rate",
                      "click_rate", "gap", "why"),
     "score_progression": ("journey", "conversions", "score_at_entry", "score_at_conversion", "change"),
     "score_now": ("journey", "leads", "score_at_entry", "score_now", "change"),
+    "segments": ("journey", "stage", "segment", "entered", "advanced", "conversion_rate", "median_hours",
+                 "p90_hours"),
     "by_template": ("template", "topic", "format", "conversions", "revenue"),
     "by_topic": ("topic", "conversions", "revenue"),
     "by_format": ("format", "conversions", "revenue"),
@@ -65,6 +68,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "by_path": ("path", "deals", "revenue", "average_deal"),
     "points": ("t", "value"),
     "sequences": ("segment", "sequence", "conversions", "share", "revenue", "average_deal"),  # its `rows`
+    "rates": ("segment", "sequence", "engaged", "converted", "conversion_rate"),
 }
 
 
@@ -105,11 +109,12 @@ async def engagement(group_by: str = "journey", from_: str | None = Query(None, 
 async def progression(from_: str | None = Query(None, alias="from"), to: str | None = None,
                       segment: str | None = None, journey: str | None = None,
                       output: str = Query("json", alias="format"), table: str = "stages",
-                      m: Mesh = Depends(mesh)) -> Any:
+                      segments: bool = False, m: Mesh = Depends(mesh)) -> Any:
     q = _query(from_, to, segment, journey, output)
     chosen = _choice(table, PROGRESSION_TABLES, "table")
-    # CSV is one table: only that one is computed.
-    return _answer(await _progression(q, (chosen,) if output == "csv" else (), m), output, chosen)
+    # CSV is one table: only that one is computed. JSON: every table, the segment comparison when asked.
+    tables = (chosen,) if output == "csv" else (PROGRESSION_TABLES if segments else ())
+    return _answer(await _progression(q, tables, m), output, chosen)
 
 
 async def _progression(q: analytics_pb2.ReportQuery, tables: tuple[str, ...], m: Mesh) -> analytics_pb2.ReportReply:
@@ -141,12 +146,15 @@ async def attribution(model: str = "last", window_days: int = 30, from_: str | N
     return _answer(reply, output, _choice(table, ATTRIBUTION_TABLES, "table"))
 
 
-@router.get("/v1/analytics/sequences", summary="The content sequences that preceded won deals, per segment")
+@router.get("/v1/analytics/sequences",
+            summary="The content sequences that preceded won deals, and each sequence's conversion rate, per segment")
 async def sequences(length: int = 2, by: str = "template", window_days: int = 30,
                     from_: str | None = Query(None, alias="from"), to: str | None = None,
                     segment: str | None = None, journey: str | None = None,
-                    output: str = Query("json", alias="format"), m: Mesh = Depends(mesh)) -> Any:
+                    output: str = Query("json", alias="format"), table: str = "rows",
+                    m: Mesh = Depends(mesh)) -> Any:
     q = _query(from_, to, segment, journey, output)
+    chosen = _choice(table, SEQUENCE_TABLES, "table")
     _choice(str(length), ("2", "3"), "length")
     _choice(by, ("template", "topic"), "by")
     if not 1 <= window_days <= 3650:
@@ -154,7 +162,7 @@ async def sequences(length: int = 2, by: str = "template", window_days: int = 30
     reply = await _stub(m).Sequences(analytics_pb2.SequencesRequest(query=q, length=length, by=by,
                                                                     window_days=window_days),
                                      timeout=LONG_DEADLINE_S)
-    return _answer(reply, output, "rows", "sequences")
+    return _answer(reply, output, chosen, "sequences" if chosen == "rows" else chosen)
 
 
 @router.get("/v1/analytics/roi", summary="Cost per nurtured lead, nurture-influenced revenue, ROI per journey")

@@ -34,12 +34,14 @@ from services.analytics.tables import (
     leads,
     lifecycle,
     lifecycle_bands,
+    lifecycle_cohorts,
     messages,
     meta,
     nurtured,
     reach,
     score_now,
     sends,
+    sequence_rates,
     stage_counts,
     stage_dwell,
     stage_dwell_bands,
@@ -50,8 +52,9 @@ from services.analytics.tables import (
 )
 
 CHUNK = 500  # ids per IN list
-FOLD_VERSION = "9"  # bump when the fold derives its tables differently: the service rebuilds them at start
+FOLD_VERSION = "10"  # bump when the fold derives its tables differently: the service rebuilds them at start
 NO_DAY = date(1, 1, 1)  # `analytics_reach.prev_day` of a lead's first send day in a scope
+ALL_JOURNEYS = "*"  # `analytics_sequence_rates.journey` of every journey's touches (no journey key is "*")
 NO_TS = -(2 ** 62)  # `analytics_lead_scores.ts` of a lead won before any fact carried its score
 
 
@@ -131,6 +134,7 @@ class Fold:
         self.days: dict[str, set[tuple[date, str, str]]] = {}  # a lead's (day, journey, segment) with a send
         self.reach: dict[tuple[str, date, str, str, date], int] = defaultdict(int)
         self.life: dict[tuple[Any, ...], int] = defaultdict(int)
+        self.cohorts: dict[tuple[Any, ...], int] = defaultdict(int)
         self.counts: dict[tuple[Any, ...], list[int]] = defaultdict(lambda: [0, 0])
         self.dwell: dict[tuple[Any, ...], int] = defaultdict(int)
         self.touches: list[dict[str, Any]] = []
@@ -146,10 +150,10 @@ class Fold:
             for r in self.s.execute(select(messages).where(key_in(self.s, messages.c.message_id, part))).mappings():
                 msgs[r["message_id"]] = _Msg(r["sent"], r["opened"], r["clicked"], r["bounced"])
         lead_ids = sorted({f.lead_id for f in batch if f.kind == "stage"})
-        lead_state: dict[str, tuple[str, datetime]] = {}
+        lead_state: dict[str, tuple[str, datetime, str]] = {}
         for part in _chunks(lead_ids):
             for r in self.s.execute(select(leads).where(key_in(self.s, leads.c.lead_id, part))).mappings():
-                lead_state[r["lead_id"]] = (r["stage"], _aware(r["since"]) or r["since"])
+                lead_state[r["lead_id"]] = (r["stage"], _aware(r["since"]) or r["since"], r["segment"])
         winners = {f.lead_id for f in batch if f.kind == "won"}
         entering = {f.lead_id for f in batch if f.kind in ("sent", "bounced") and f.journey and f.stage}
         scores = self._scores(sorted({f.lead_id for f in batch if f.score is not None} | winners | entering))
@@ -205,6 +209,7 @@ class Fold:
                 if f.message_id:
                     changed_msgs.add(f.message_id)
                 self._engagement(f, msgs.setdefault(f.message_id, _Msg()) if f.message_id else None, paths)
+        self._sequence_rates(winners)  # before `_write` stores this batch's touches and wins
         self._write(msgs, changed_msgs, lead_state, changed_leads, paths)
         _upsert(self.s, deliveries, [dict(zip(("message_id", *_DELIVERY_FLAGS), (k, *dstate[k]), strict=True))
                                      for k in sorted(changed_dl)])
@@ -293,6 +298,41 @@ class Fold:
                                      "entered_ts": reports.micros(entered), "stage": stage, "score": score})
         _upsert(self.s, won_entries, rows)
 
+    def _sequence_rates(self, winners: set[str]) -> None:
+        """Move the part in `analytics_sequence_rates` of each lead that engaged (a new touch) or won in this
+        batch: from what its stored touches and wins made it to what they make with this batch's. A lead's
+        part is recomputed from its whole touch history, so it is the same however the facts arrived."""
+        leads_ = sorted({t["lead_id"] for t in self.touches} | winners)
+        if not leads_:
+            return
+        old: dict[str, list[_Touch]] = defaultdict(list)
+        old_wins: dict[str, list[int]] = defaultdict(list)
+        t = touches
+        for part in _chunks(leads_):
+            for lead_id, ts, *row in self.s.execute(
+                    select(t.c.lead_id, t.c.ts, t.c.id, t.c.journey, t.c.template, t.c.topic, t.c.segment)
+                    .where(key_in(self.s, t.c.lead_id, part))):
+                old[lead_id].append((int(ts), *row))
+            for lead_id, ts in self.s.execute(select(won.c.lead_id, won.c.ts)
+                                              .where(key_in(self.s, won.c.lead_id, part))):
+                old_wins[lead_id].append(int(ts))
+        new = {lead: list(rows) for lead, rows in old.items()}
+        new_wins = {lead: list(ts) for lead, ts in old_wins.items()}
+        for r in self.touches:
+            new.setdefault(r["lead_id"], []).append(
+                (r["ts"], r["id"], r["journey"], r["template"], r["topic"], r["segment"]))
+        for r in self.won:
+            new_wins.setdefault(r["lead_id"], []).append(r["ts"])
+        delta: dict[tuple[Any, ...], int] = defaultdict(int)
+        for lead in leads_:
+            for key in _sequence_part(old.get(lead, []), old_wins.get(lead, [])):
+                delta[key] -= 1
+            for key in _sequence_part(new.get(lead, []), new_wins.get(lead, [])):
+                delta[key] += 1
+        _upsert(self.s, sequence_rates, [
+            dict(zip(("unit", "length", "journey", "day", "segment", "sequence", "lag"), k, strict=True)) | {"leads": n}
+            for k, n in sorted(delta.items()) if n], add=("leads",))
+
     def _delivery(self, f: Fact, state: dict[str, list[bool]], changed: set[str]) -> None:
         """An email's deliverability outcome on its day, under its sending domain and provider: sent and
         delivered once per message (its first acceptance), a hard bounce and a complaint once per message,
@@ -357,7 +397,7 @@ class Fold:
             setattr(m, flag, True)
         self.touches.append({"id": f.id, "lead_id": f.lead_id, "at": f.at, "ts": reports.micros(f.at),
                              "journey": f.journey,
-                             "template": f.template, "topic": f.topic, "format": f.format})
+                             "template": f.template, "topic": f.topic, "format": f.format, "segment": f.segment})
 
     def _reach(self, day: date, journey: str, segment: str, lead: str) -> None:
         """A send day of a lead: count it in each scope where the lead had no send that day, under its
@@ -395,19 +435,24 @@ class Fold:
                            "entered_at": f.at, "left_at": None, "score": f.score, "_dirty": True}
         self.counts[(reports.day_of(f.at), f.journey, f.stage, f.segment)][0] += 1
 
-    def _stage(self, f: Fact, state: dict[str, tuple[str, datetime]]) -> None:
+    def _stage(self, f: Fact, state: dict[str, tuple[str, datetime, str]]) -> None:
         before = state.get(f.lead_id)
         since = before[1] if before else (f.since or f.at)
         self.life[(reports.day_of(f.at), f.previous, f.stage, f.segment, reports.dwell_minutes(since, f.at))] += 1
-        state[f.lead_id] = (f.stage, f.at)
+        if before is not None:
+            # The lead leaves the stage its previous change brought it to (counted there as an arrival):
+            # under that arrival's day and segment, so a stage's conversions are a part of its arrivals.
+            self.cohorts[(reports.day_of(before[1]), before[0], f.stage, before[2])] += 1
+        state[f.lead_id] = (f.stage, f.at, f.segment)
 
     def _write(self, msgs: dict[str, _Msg], changed: set[str],
-               lead_state: dict[str, tuple[str, datetime]], changed_leads: set[str],
+               lead_state: dict[str, tuple[str, datetime, str]], changed_leads: set[str],
                paths: dict[tuple[str, str], dict[str, dict[str, Any]]]) -> None:
         s = self.s
         _upsert(s, messages, [{"message_id": k, "sent": m.sent, "opened": m.opened, "clicked": m.clicked,
                                "bounced": m.bounced} for k in sorted(changed) for m in (msgs[k],)])
-        _upsert(s, leads, [{"lead_id": k, "stage": lead_state[k][0], "since": lead_state[k][1]}
+        _upsert(s, leads, [{"lead_id": k, "stage": lead_state[k][0], "since": lead_state[k][1],
+                            "segment": lead_state[k][2]}
                            for k in sorted(changed_leads)])
         dirty = [{k: v for k, v in row.items() if k != "_dirty"}
                  for stages in paths.values() for row in stages.values() if row["_dirty"]]
@@ -439,6 +484,8 @@ class Fold:
                                | {"band": reports.band(k[4]), "n": n} for k, n in sorted(self.life.items())],
                 add=("n",))
         _upsert(s, lifecycle_bands, _bands(self.life, ("from_stage", "to_stage", "segment")), add=("n",))
+        _upsert(s, lifecycle_cohorts, [dict(zip(("day", "from_stage", "to_stage", "segment"), k, strict=True))
+                                       | {"n": n} for k, n in sorted(self.cohorts.items())], add=("n",))
         _upsert(s, stage_counts, [dict(zip(("day", "journey", "stage", "segment"), k, strict=True))
                                   | {"entered": v[0], "advanced": v[1]} for k, v in sorted(self.counts.items())],
                 add=("entered", "advanced"))
@@ -448,6 +495,34 @@ class Fold:
         _upsert(s, stage_dwell_bands, _bands(self.dwell, ("journey", "stage", "segment")), add=("n",))
         _upsert(s, touches, self.touches, ignore=True)
         _upsert(s, won, self.won, ignore=True)
+
+
+_Touch = tuple[int, str, str, str, str, str]  # ts (microseconds), id, journey, template, topic, segment
+_UNIT_AT: dict[str, int] = {"template": 3, "topic": 4}
+
+
+def _sequence_part(lead_touches: list[_Touch], wins: list[int]) -> set[tuple[Any, ...]]:
+    """A lead's part of `analytics_sequence_rates`: for each sequence it engaged with (of every journey's
+    touches, journey `ALL_JOURNEYS`, and of each journey's), where it first did, and the days to its first
+    win after."""
+    if not lead_touches:
+        return set()
+    ordered = sorted(lead_touches, key=lambda r: (r[0], r[1]))
+    scopes: dict[str, list[_Touch]] = defaultdict(list)
+    for r in ordered:
+        scopes[ALL_JOURNEYS].append(r)
+        scopes[r[2]].append(r)
+    out: set[tuple[Any, ...]] = set()
+    when: dict[int, tuple[date, int]] = {}  # a completing touch's day and days to the first win after it
+    for journey, rows in scopes.items():
+        for unit, at in _UNIT_AT.items():
+            for (length, sequence), (ts, segment) in reports.first_sequences(
+                    [(r[0], str(r[at]), r[5]) for r in rows]).items():
+                if ts not in when:
+                    when[ts] = (reports.day_of_micros(ts), reports.days_to_win(ts, wins))
+                day, lag = when[ts]
+                out.add((unit, length, journey, day, segment, sequence, lag))
+    return out
 
 
 def _latest_scores(batch: Sequence[Fact]) -> dict[str, tuple[int, int]]:
@@ -648,9 +723,11 @@ def _percentiles(session: Session, fine: Table, bands: Table, keys: Sequence[str
 
 
 def progression_report(session: Session, q: Query, tables: Collection[str] = ()) -> dict[str, Any]:
-    """The progression report's tables, only those in `tables` (empty: every one) computed; the others
-    are empty (a dashboard showing two tables does not pay for the won deals' joins)."""
-    wanted = set(tables or reports.PROGRESSION_TABLES)
+    """The progression report's tables, only those in `tables` (empty: every one but those computed on
+    request, `reports.PROGRESSION_ON_REQUEST`) computed; the others are empty (a dashboard showing two
+    tables does not pay for the won deals' joins)."""
+    wanted = set(tables) if tables else {t for t in reports.PROGRESSION_TABLES
+                                         if t not in reports.PROGRESSION_ON_REQUEST}
     out: dict[str, Any] = dict.fromkeys(reports.PROGRESSION_TABLES, [])
     if "stages" in wanted:
         counts: dict[tuple[str, str], tuple[int, int]] = {}
@@ -661,10 +738,20 @@ def progression_report(session: Session, q: Query, tables: Collection[str] = ())
         dwell = {(k[0], k[1]): (med, p90) for k, (_, med, p90)
                  in _percentiles(session, stage_dwell, stage_dwell_bands, ("journey", "stage"), q).items()}
         out["stages"] = reports.stage_rows(counts, dwell)
+    if "segments" in wanted:
+        seg_counts: dict[tuple[str, str, str], tuple[int, int]] = {}
+        sc = stage_counts
+        for journey, stage, segment, entered, advanced in session.execute(
+                select(sc.c.journey, sc.c.stage, sc.c.segment, func.sum(sc.c.entered), func.sum(sc.c.advanced))
+                .where(q.where(sc)).group_by(sc.c.journey, sc.c.stage, sc.c.segment)):
+            seg_counts[(journey, stage, segment)] = (int(entered or 0), int(advanced or 0))
+        seg_dwell = {(k[0], k[1], k[2]): (med, p90) for k, (_, med, p90) in _percentiles(
+            session, stage_dwell, stage_dwell_bands, ("journey", "stage", "segment"), q).items()}
+        out["segments"] = reports.segment_stage_rows(seg_counts, seg_dwell)
     if "lifecycle" in wanted:
-        life = {(k[0], k[1]): (n, med) for k, (n, med, _) in
+        life = {(k[0], k[1]): (n, med, p90) for k, (n, med, p90) in
                 _percentiles(session, lifecycle, lifecycle_bands, ("from_stage", "to_stage"), q).items()}
-        out["lifecycle"] = reports.lifecycle_rows(life)
+        out["lifecycle"] = reports.lifecycle_rows(life, *_lifecycle_conversion(session, q))
     if "qualification" in wanted:
         weekly: dict[tuple[date, str], int] = defaultdict(int)
         for day, to_stage, n in session.execute(
@@ -683,6 +770,19 @@ def progression_report(session: Session, q: Query, tables: Collection[str] = ())
     if "score_now" in wanted:
         out["score_now"] = score_now_report(session, q)
     return out
+
+
+def _lifecycle_conversion(session: Session, q: Query) -> tuple[dict[str, int], dict[tuple[str, str], int]]:
+    """Arrivals at each lifecycle stage in range, and of the leads that arrived at a stage in range, how many
+    have left it for each next stage (in `segment` on arriving)."""
+    c = lifecycle_cohorts
+    arrived = {to: int(n or 0) for to, n in session.execute(
+        select(lifecycle.c.to_stage, func.sum(lifecycle.c.n)).where(q.where(lifecycle))
+        .group_by(lifecycle.c.to_stage))}
+    moved = {(f, t): int(n or 0) for f, t, n in session.execute(
+        select(c.c.from_stage, c.c.to_stage, func.sum(c.c.n)).where(q.where(c))
+        .group_by(c.c.from_stage, c.c.to_stage))}
+    return arrived, moved
 
 
 def score_now_report(session: Session, q: Query) -> list[dict[str, Any]]:
@@ -781,7 +881,7 @@ def value_by_path(session: Session, q: Query) -> list[dict[str, Any]]:
                              for w in _wins_after_nurture(session, q).values())
 
 
-_STAGE_OF_METRIC = {"mql": "mql", "sql": "sql", "customers": "customer"}
+_STAGE_OF_METRIC = {"mql": "mql", "sql": "sql", "trials": "trial", "customers": "customer"}
 
 
 def timeseries_report(session: Session, q: Query, metric: str, interval: str) -> list[dict[str, Any]]:
@@ -909,7 +1009,25 @@ def sequences_report(session: Session, q: Query, length: int, unit: str, window_
             cell[2].append(item)
     report = reports.sequence_rows((sg, reports.sequence_of(items, length), amount)
                                    for sg, amount, items in per_deal.values())
-    return {"by": unit, "length": length, "window_days": window_days, **report}
+    return {"by": unit, "length": length, "window_days": window_days, **report,
+            "rates": sequence_rates_report(session, q, length, unit, window_days)}
+
+
+def sequence_rates_report(session: Session, q: Query, length: int, unit: str, window_days: int
+                          ) -> list[dict[str, Any]]:
+    """Conversion rate per content sequence: the leads that first engaged with it in range (in `segment`
+    then; of `journey`'s touches, when given) and how many won a deal within the window after. Sums of
+    `analytics_sequence_rates`: no touch is read."""
+    t = sequence_rates
+    converted = func.sum(case((and_(t.c.lag >= 0, t.c.lag <= window_days), t.c.leads), else_=0))
+    cond = [t.c.unit == unit, t.c.length == length, t.c.journey == (ALL_JOURNEYS if q.journey is None else q.journey),
+            t.c.day >= q.start, t.c.day <= q.end]
+    if q.segment is not None:
+        cond.append(t.c.segment == q.segment)
+    cells = {(sg, seq): (int(n or 0), int(c or 0)) for sg, seq, n, c in session.execute(
+        select(t.c.segment, t.c.sequence, func.sum(t.c.leads), converted).where(*cond)
+        .group_by(t.c.segment, t.c.sequence))}
+    return reports.sequence_rate_rows(cells)
 
 
 def _reach_where(q: Query, scope: str) -> ColumnElement[bool]:

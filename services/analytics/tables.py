@@ -114,12 +114,25 @@ reach = Table(
     Column("n", Integer, nullable=False, default=0),
 )
 
-# Each lead's lifecycle stage and since when (the dwell of its next change).
+# Each lead's lifecycle stage, since when (the dwell of its next change) and its segment on arriving there.
 leads = Table(
     "analytics_leads", metadata,
     Column("lead_id", String(128), primary_key=True),
     Column("stage", String(_D), nullable=False),
     Column("since", DateTime(timezone=True), nullable=False),
+    Column("segment", String(_D), nullable=False, server_default=""),
+)
+
+# Lifecycle conversion by cohort: each change counted under the day the lead arrived at the stage it left
+# (its previous change, or its creation) and its segment then; over the arrivals at that stage in a range
+# (`analytics_lifecycle` by `to_stage`), the share that has moved on to each next stage.
+lifecycle_cohorts = Table(
+    "analytics_lifecycle_cohorts", metadata,
+    Column("day", Date, primary_key=True),
+    Column("from_stage", String(_D), primary_key=True),
+    Column("to_stage", String(_D), primary_key=True),
+    Column("segment", String(_D), primary_key=True),
+    Column("n", Integer, nullable=False, default=0),
 )
 
 # Lifecycle changes as a histogram of whole minutes spent in the stage left, by day of the change.
@@ -209,6 +222,7 @@ touches = Table(
     Column("template", String(128), nullable=False),
     Column("topic", String(_D), nullable=False),
     Column("format", String(_D), nullable=False),
+    Column("segment", String(_D), nullable=False, server_default=""),  # the lead's then: sequences' rates
     Index("ix_analytics_touches_lead_ts", "lead_id", "ts"),
 )
 
@@ -291,6 +305,23 @@ score_now = Table(
     Column("now_sum", BigInteger, nullable=False, default=0),
 )
 
+# Conversion rate per content sequence: the leads that first engaged with a sequence (by template or topic,
+# of 2 or 3 steps; of every journey's touches, journey "*", and of each journey's) by the day and segment of
+# the touch that completed it, and the whole days (rounded up) to their first won deal after it (`lag`, -1:
+# none yet). The fold recomputes a lead's part from its whole touch history when it engages or wins (a late
+# touch can move or break a sequence), takes the old part out and adds the new.
+sequence_rates = Table(
+    "analytics_sequence_rates", metadata,
+    Column("unit", String(16), primary_key=True),
+    Column("length", Integer, primary_key=True, autoincrement=False),
+    Column("journey", String(_D), primary_key=True),
+    Column("day", Date, primary_key=True),
+    Column("segment", String(_D), primary_key=True),
+    Column("sequence", String(400), primary_key=True),
+    Column("lag", Integer, primary_key=True, autoincrement=False),
+    Column("leads", Integer, nullable=False, default=0),
+)
+
 # Which fold the derived tables were made by: a service whose fold changed rebuilds them at start.
 meta = Table(
     "analytics_meta", metadata,
@@ -304,4 +335,4 @@ partitions = partitions_table(metadata, "analytics")
 DERIVED = (messages, engagement, stage_engagement, sends,
            nurtured, reach, leads, lifecycle, lifecycle_bands, lead_stages, stage_counts,
            stage_dwell, stage_dwell_bands, touches, won, won_entries, deliveries, deliverability,
-           lead_scores, score_now)
+           lead_scores, score_now, sequence_rates, lifecycle_cohorts)

@@ -308,6 +308,24 @@ def progression(stream: Sequence[dict[str, Any]], r: Range) -> dict[str, Any]:
         stages.append({"journey": key[0], "stage": key[1], "entered": entered[key], "advanced": advanced[key],
                        "conversion_rate": round(advanced[key] / entered[key], 4), "median_hours": _h(med),
                        "p90_hours": _h(p90)})
+    by_segment = []
+    seg_entered: Counter[tuple[str, str, str]] = Counter()
+    seg_advanced: Counter[tuple[str, str, str]] = Counter()
+    seg_dwell: dict[tuple[str, str, str], list[int]] = defaultdict(list)
+    for (_lead, journey), path in stage_entries(stream).items():
+        for i, e in enumerate(path):
+            if r.holds(e):
+                key3 = (journey, e["properties"]["stage"], seg_of(e))
+                seg_entered[key3] += 1
+                if i + 1 < len(path):
+                    seg_advanced[key3] += 1
+                    seg_dwell[key3].append(_minutes(at_of(e), at_of(path[i + 1])))
+    for key3 in sorted(seg_entered):
+        med, p90 = _median_p90(seg_dwell[key3])
+        by_segment.append({"journey": key3[0], "stage": key3[1], "segment": key3[2], "entered": seg_entered[key3],
+                           "advanced": seg_advanced[key3],
+                           "conversion_rate": round(seg_advanced[key3] / seg_entered[key3], 4),
+                           "median_hours": _h(med), "p90_hours": _h(p90)})
     trans: dict[tuple[str, str], list[int]] = defaultdict(list)
     weekly: dict[tuple[str, str], int] = defaultdict(int)
     for m, minutes in lifecycle_changes(stream):
@@ -318,14 +336,29 @@ def progression(stream: Sequence[dict[str, Any]], r: Range) -> dict[str, Any]:
         if p["new"] in ("mql", "sql", "trial", "customer"):
             day = at_of(m).date()
             weekly[((day - timedelta(days=day.weekday())).isoformat(), p["new"])] += 1
-    lifecycle = [{"from": f, "to": t, "count": len(v), "median_hours": _h(_median_p90(v)[0])}
-                 for (f, t), v in sorted(trans.items())]
+    # Conversion: of the leads that arrived at a stage in range (a change into it; in its segment then),
+    # those whose next change (as heard) took them on, per next stage.
+    arrived: Counter[str] = Counter()
+    moved: Counter[tuple[str, str]] = Counter()
+    last: dict[str, dict[str, Any]] = {}
+    for m, _ in lifecycle_changes(stream):
+        if r.holds(m, journey=False):
+            arrived[m["properties"]["new"]] += 1
+        before = last.get(m["lead_id"])
+        if before is not None and r.holds(before, journey=False):
+            moved[(before["properties"]["new"], m["properties"]["new"])] += 1
+        last[m["lead_id"]] = m
+    lifecycle = [{"from": f, "to": t, "count": len(trans[(f, t)]),
+                  "median_hours": _h(_median_p90(trans[(f, t)])[0]), "p90_hours": _h(_median_p90(trans[(f, t)])[1]),
+                  "conversion_rate": round(moved[(f, t)] / arrived[f], 4) if arrived[f] else None}
+                 for f, t in sorted(set(trans) | set(moved))]
     weeks = sorted({w for w, _ in weekly})
     qualification = [{"week": w, **{q: weekly.get((w, q), 0) for q in ("mql", "sql", "trial", "customer")}}
                      for w in weeks]
     return {"stages": stages, "lifecycle": lifecycle, "qualification": qualification,
             "time_to_conversion": time_to_conversion(stream, r), "content_gaps": content_gaps(stream, r),
-            "score_progression": score_progression(stream, r), "score_now": score_now(stream, r)}
+            "score_progression": score_progression(stream, r), "score_now": score_now(stream, r),
+            "segments": by_segment}
 
 
 def score_progression(stream: Sequence[dict[str, Any]], r: Range) -> list[dict[str, Any]]:
@@ -521,8 +554,8 @@ def timeseries(stream: Sequence[dict[str, Any]], r: Range, metric: str, interval
         for kind, m in counted(stream):
             if kind == metric and r.holds(m):
                 put(m, 1)
-    elif metric in ("mql", "sql", "customers"):
-        target = {"customers": "customer"}.get(metric, metric)
+    elif metric in ("mql", "sql", "trials", "customers"):
+        target = {"customers": "customer", "trials": "trial"}.get(metric, metric)
         for m, _ in lifecycle_changes(stream):
             if m["properties"]["new"] == target and r.holds(m, journey=False):
                 put(m, 1)
@@ -638,4 +671,39 @@ def sequences(stream: Sequence[dict[str, Any]], r: Range, length: int, unit: str
             "without_sequence": short,
             "rows": [{"segment": sg, "sequence": seq, "conversions": int(n),
                       "share": round(n / per_segment[sg], 4), "revenue": round(v, 2),
-                      "average_deal": round(v / n, 2)} for (sg, seq), (n, v) in ordered]}
+                      "average_deal": round(v / n, 2)} for (sg, seq), (n, v) in ordered],
+            "rates": sequence_rates(stream, r, length, unit, window_days)}
+
+
+def sequence_rates(stream: Sequence[dict[str, Any]], r: Range, length: int, unit: str, window_days: int
+                   ) -> list[dict[str, Any]]:
+    """Per (segment, sequence): the leads whose touches (of `r.journey` only, when given; consecutive
+    repeats once) first held the sequence on a day in range, in the segment of the touch that completed
+    it, and how many of them have a won deal (any heard) at most `window_days` x 24 h after that touch."""
+    by_lead: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for t in touches(stream):
+        if r.journey is None or t["properties"]["journey"] == r.journey:
+            by_lead[t["lead_id"]].append(t)
+    wins: dict[str, list[datetime]] = defaultdict(list)
+    for m in heard(stream):
+        if m["type"] == "opportunity_won":
+            wins[m["lead_id"]].append(at_of(m))
+    cells: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
+    for lead, lead_touches in by_lead.items():
+        runs = [list(g) for _, g in itertools.groupby(sorted(lead_touches, key=lambda t: (at_of(t), t["id"])),
+                                                         key=lambda t: t["properties"][unit])]
+        seen: set[str] = set()
+        for i in range(length - 1, len(runs)):
+            sequence = " > ".join(run[0]["properties"][unit] for run in runs[i - length + 1:i + 1])
+            if sequence in seen:
+                continue
+            seen.add(sequence)
+            done = runs[i][0]
+            if not r.start <= at_of(done).date() <= r.end or (r.segment is not None and seg_of(done) != r.segment):
+                continue
+            cell = cells[(seg_of(done), sequence)]
+            cell[0] += 1
+            cell[1] += any(timedelta(0) <= w - at_of(done) <= timedelta(days=window_days) for w in wins[lead])
+    rows = [{"segment": sg, "sequence": seq, "engaged": n, "converted": c, "conversion_rate": round(c / n, 4)}
+            for (sg, seq), (n, c) in cells.items()]
+    return sorted(rows, key=lambda x: (x["segment"], -x["conversion_rate"], -x["engaged"], x["sequence"]))

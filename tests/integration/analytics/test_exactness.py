@@ -56,6 +56,7 @@ def ranges(stream: Sequence[dict[str, Any]]) -> list[h.Range]:
 
 def check(db: Database, stream: Sequence[dict[str, Any]]) -> int:
     figures, conversions, gaps, scored, sequenced, unconverted = 0, 0, 0, 0, 0, 0
+    engaged, converted, lifecycle_rates, compared = 0, 0, set(), set()
     costs = load_costs()
     with db.session() as s:
         for r in ranges(stream):
@@ -74,7 +75,12 @@ def check(db: Database, stream: Sequence[dict[str, Any]]) -> int:
             assert got["content_gaps"] == expected_p["content_gaps"], r
             assert got["score_progression"] == expected_p["score_progression"], r
             assert got["score_now"] == expected_p["score_now"], r
+            assert got["segments"] == [], r  # computed when asked for
+            got["segments"] = storage.progression_report(s, q, ("segments",))["segments"]
+            assert got["segments"] == expected_p["segments"], r
+            compared |= {row["segment"] for row in got["segments"]}
             scored += expected_p["score_progression"][0]["conversions"]
+            lifecycle_rates |= {row["conversion_rate"] for row in expected_p["lifecycle"]}
             unconverted += expected_p["score_now"][0]["leads"]
             # One table asked for (as the dashboard and a CSV download ask): the same rows, the rest empty.
             for table in reports.PROGRESSION_TABLES:
@@ -100,7 +106,9 @@ def check(db: Database, stream: Sequence[dict[str, Any]]) -> int:
                         assert storage.sequences_report(s, q, length, unit, window) == expected_s, \
                             (r, length, unit, window)
                         sequenced += sum(row["conversions"] for row in expected_s["rows"])
-                        figures += 3 + 6 * len(expected_s["rows"])
+                        engaged += sum(row["engaged"] for row in expected_s["rates"])
+                        converted += sum(row["converted"] for row in expected_s["rates"])
+                        figures += 3 + 6 * len(expected_s["rows"]) + 5 * len(expected_s["rates"])
             inputs = h.roi_inputs(stream, r)
             expected_roi = reports.roi_report(nurtured=inputs["nurtured"], sent_by_channel=inputs["sent_by_channel"],
                                              costs=costs, start=r.start, end=r.end,
@@ -113,6 +121,9 @@ def check(db: Database, stream: Sequence[dict[str, Any]]) -> int:
     assert gaps > 0 and scored > 0  # and content gaps to find, and scores to compare
     assert unconverted > 0  # and leads not converted whose score moved
     assert sequenced > 0  # and wins after a sequence of content
+    assert 0 < converted < engaged  # and leads that engaged with a sequence, some of them converted
+    assert len(compared) == len(h.SEGMENTS)  # every segment's stages, side by side
+    assert None in lifecycle_rates and any(0 < x < 1 for x in lifecycle_rates if x is not None)  # stages' rates
     return figures
 
 

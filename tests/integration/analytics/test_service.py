@@ -131,8 +131,14 @@ async def test_csv_carries_the_json_rows(heard: tuple[httpx.AsyncClient, list[di
     assert got.status_code == 200 and sequences
     assert list(csv.DictReader(io.StringIO(got.text))) == [
         {k: "" if v is None else str(v) for k, v in row.items()} for row in sequences]
+    rates = (await http.get("/v1/analytics/sequences", params=span)).json()["rates"]
+    got = await http.get("/v1/analytics/sequences", params={**span, "format": "csv", "table": "rates"})
+    assert got.status_code == 200 and any(row["converted"] for row in rates)
+    assert list(csv.DictReader(io.StringIO(got.text))) == [
+        {k: "" if v is None else str(v) for k, v in row.items()} for row in rates]
     # Each progression table's CSV (only that table computed) carries the full report's rows.
-    full = (await http.get("/v1/analytics/progression", params=span)).json()
+    full = (await http.get("/v1/analytics/progression", params={**span, "segments": "true"})).json()
+    assert (await http.get("/v1/analytics/progression", params=span)).json() == full | {"segments": []}
     for table in reports.PROGRESSION_TABLES:
         got = await http.get("/v1/analytics/progression", params={**span, "format": "csv", "table": table})
         assert got.status_code == 200, got.text
@@ -144,7 +150,8 @@ async def test_csv_carries_the_json_rows(heard: tuple[httpx.AsyncClient, list[di
 CSV_TABLES = [("/v1/analytics/engagement", "rows", {}), ("/v1/analytics/timeseries", "points", {})] + [
     ("/v1/analytics/progression", t, {"table": t}) for t in PROGRESSION_TABLES] + [
     ("/v1/analytics/attribution", t, {"table": t}) for t in ATTRIBUTION_TABLES] + [
-    ("/v1/analytics/roi", t, {"table": t}) for t in ROI_TABLES] + [("/v1/analytics/sequences", "rows", {})]
+    ("/v1/analytics/roi", t, {"table": t}) for t in ROI_TABLES] + [
+    ("/v1/analytics/sequences", t, {"table": t}) for t in ("rows", "rates")]
 
 
 async def test_a_csv_table_without_rows_is_its_header(heard: tuple[httpx.AsyncClient, list[dict[str, Any]]]) -> None:
@@ -181,6 +188,7 @@ async def test_a_csv_table_without_rows_is_its_header(heard: tuple[httpx.AsyncCl
     ("/v1/analytics/sequences", {"length": "4"}, "length"),
     ("/v1/analytics/sequences", {"by": "colour"}, "by"),
     ("/v1/analytics/sequences", {"window_days": "4000"}, "window_days"),
+    ("/v1/analytics/sequences", {"format": "csv", "table": "steps"}, "table"),
     ("/v1/analytics/deliverability", {"interval": "hour"}, "interval"),
     ("/v1/analytics/deliverability", {"format": "csv", "table": "by_colour"}, "table"),
     ("/v1/analytics/deliverability", {"format": "pdf"}, "format"),
