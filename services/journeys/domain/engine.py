@@ -781,8 +781,15 @@ class Engine:
 
     def _budget_slot(self, state: LeadState, now: datetime) -> datetime | None:
         window, cap = self.settings.budget_window, self.settings.budget_max
-        recent = [t for t in (parse_time(x) for x in state.sends) if t is not None and now - t < window]
-        state.sends = [iso(t) or "" for t in recent]
+        # The texts kept as they are (the engine wrote them): only their times are compared.
+        recent: list[datetime] = []
+        kept: list[str] = []
+        for text in state.sends:
+            t = parse_time(text)
+            if t is not None and now - t < window:
+                recent.append(t)
+                kept.append(text)
+        state.sends = kept
         if len(recent) < cap:
             return None
         return sorted(recent)[-cap] + window
