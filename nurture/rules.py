@@ -318,6 +318,9 @@ class CompiledRules:
         self._fired: list[str] = []
         self._facts_read = {s.name: _facts_of(s.when) for s in self.specs}
         self._paths = _covering_paths({f for read in self._facts_read.values() for f in read})
+        # The top-level facts the rules read: a caller may build only these (the rest cannot change
+        # an answer or an explanation).
+        self.roots = frozenset(parts[0] for parts in self._paths)
         self._memo: dict[tuple[Any, ...], list[Match]] = {}
         self._decisions: dict[tuple[Any, ...], list[str]] = {}
         # Paths that rules only test with `exists` (and read nothing inside): the engine's answer
@@ -453,13 +456,20 @@ def _path_key(facts: JsonMapping, parts: tuple[str, ...]) -> tuple[Any, ...]:
     there (the value frozen, or absent). Equal keys for all paths mean equal pruned facts, so equal
     answers; built without the pruned copy, which is only made when the memo misses."""
     src: Any = facts
-    for depth, part in enumerate(parts):
-        if type(src) is not dict and not isinstance(src, Mapping):  # dict first: the ABC check is slow
+    depth = 0
+    for part in parts:
+        if type(src) is dict:  # dict first: the ABC check is slow; one lookup, as _ABSENT is no value
+            src = src.get(part, _ABSENT)
+            if src is _ABSENT:
+                return (depth, _ABSENT)
+        elif isinstance(src, Mapping):
+            if part not in src:
+                return (depth, _ABSENT)
+            src = src[part]
+        else:
             return (depth, _frozen(src))
-        if part not in src:
-            return (depth, _ABSENT)
-        src = src[part]
-    return (len(parts), _frozen(src))
+        depth += 1
+    return (depth, _frozen(src))
 
 
 def _frozen(value: Any) -> Any:

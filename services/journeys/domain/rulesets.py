@@ -24,6 +24,7 @@ _cache: dict[tuple[str, int, str, str, str], CompiledRules | None] = {}
 # (journey, version, digest, part, event type) -> the compiled rules with their Rule by name, or None
 _parts: dict[tuple[str, int, str, str, str], tuple[CompiledRules, dict[str, Rule]] | None] = {}
 _listens: dict[tuple[str, int, str, str, str], bool] = {}
+_roots: dict[tuple[str, int, str, str, tuple[str, ...], str], frozenset[str]] = {}
 
 
 def _digest(specs: Sequence[RuleSpec]) -> str:
@@ -54,15 +55,32 @@ def listens(journey: Journey, event_type: str) -> bool:
     return found
 
 
-def matching(journey: Journey, part: str, event_type: str, facts: Mapping[str, Any]) -> list[tuple[Rule, Match]]:
-    """The rules of one part (entry | exit | triggers) that listen to `event_type` and hold, in order."""
+def _part(journey: Journey, part: str, event_type: str) -> tuple[CompiledRules, dict[str, Rule]] | None:
+    """The compiled rules of one part that listen to `event_type`, with their Rule by name (None: none)."""
     key = (journey.key, journey.version, journey.digest, part, event_type)
     try:
-        found = _parts[key]
+        return _parts[key]
     except KeyError:
         rules = {"entry": journey.entry, "exit": journey.exits, "triggers": journey.triggers}[part]
         compiled = _compiled(journey, part, rules, event_type)
         found = _parts[key] = (compiled, {r.name: r for r in rules}) if compiled is not None else None
+        return found
+
+
+def roots(journey: Journey, parts: tuple[str, ...], event_type: str) -> frozenset[str]:
+    """The top-level facts (lead, event, signals, journeys, journey) that the rules of these parts
+    listening to `event_type` read: the facts a caller needs to build for them."""
+    key = (journey.key, journey.version, journey.digest, "roots", parts, event_type)
+    found = _roots.get(key)
+    if found is None:
+        compiled = [_part(journey, part, event_type) for part in parts]
+        found = _roots[key] = frozenset().union(*(c[0].roots for c in compiled if c is not None))
+    return found
+
+
+def matching(journey: Journey, part: str, event_type: str, facts: Mapping[str, Any]) -> list[tuple[Rule, Match]]:
+    """The rules of one part (entry | exit | triggers) that listen to `event_type` and hold, in order."""
+    found = _part(journey, part, event_type)
     if found is None:
         return []
     compiled, by_name = found
