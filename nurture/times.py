@@ -28,6 +28,8 @@ def naive_utc(value: datetime) -> datetime:
 
 def parse_utc(value: object) -> datetime | None:
     """A stored RFC 3339 text (a `Z` suffix included) or datetime, in UTC; None when absent or malformed."""
+    if type(value) is str:  # what is read most (the journeys engine's stored times): straight to the memo
+        return _parse_text(value) if value else None
     if value is None or value == "":
         return None
     if isinstance(value, datetime):
