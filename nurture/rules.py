@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import itertools
 import logging
 import re
@@ -321,6 +322,7 @@ class CompiledRules:
         # The top-level facts the rules read: a caller may build only these (the rest cannot change
         # an answer or an explanation).
         self.roots = frozenset(parts[0] for parts in self._paths)
+        self._path_keys = tuple(_path_key_of(parts) for parts in self._paths)
         self._memo: dict[tuple[Any, ...], list[Match]] = {}
         self._decisions: dict[tuple[Any, ...], list[str]] = {}
         # Paths that rules only test with `exists` (and read nothing inside): the engine's answer
@@ -370,7 +372,7 @@ class CompiledRules:
         once and remembered (bounded): the engine's answer (which rules hold) per distinct decision, a
         fact tested only with `exists` counting by its presence; the matches, which carry the values
         read for explanations, per distinct facts read."""
-        key = tuple(map(_path_key, itertools.repeat(facts, len(self._paths)), self._paths))
+        key = tuple([path_key(facts) for path_key in self._path_keys])
         found = self._memo.get(key)
         if found is None:
             if len(self._memo) >= MEMO_LIMIT:
@@ -472,6 +474,57 @@ def _path_key(facts: JsonMapping, parts: tuple[str, ...]) -> tuple[Any, ...]:
     return (depth, _frozen(src))
 
 
+def _path_key_of(parts: tuple[str, ...]) -> Callable[[JsonMapping], tuple[Any, ...]]:
+    """`_path_key` for one path, as a function of the facts: the walk written out for the usual paths
+    (one to three names through plain dicts), `_path_key` itself for anything else."""
+    if len(parts) == 1:
+        (a,) = parts
+
+        def one(facts: JsonMapping) -> tuple[Any, ...]:
+            if type(facts) is dict:
+                v = facts.get(a, _ABSENT)
+                return (0, _ABSENT) if v is _ABSENT else (1, _frozen(v))
+            return _path_key(facts, parts)
+
+        return one
+    if len(parts) == 2:
+        a, b = parts
+
+        def two(facts: JsonMapping) -> tuple[Any, ...]:
+            if type(facts) is dict:
+                v = facts.get(a, _ABSENT)
+                if v is _ABSENT:
+                    return (0, _ABSENT)
+                if type(v) is dict:
+                    w = v.get(b, _ABSENT)
+                    return (1, _ABSENT) if w is _ABSENT else (2, _frozen(w))
+            return _path_key(facts, parts)
+
+        return two
+    if len(parts) == 3:
+        a, b, c = parts
+
+        def three(facts: JsonMapping) -> tuple[Any, ...]:
+            if type(facts) is dict:
+                v = facts.get(a, _ABSENT)
+                if v is _ABSENT:
+                    return (0, _ABSENT)
+                if type(v) is dict:
+                    w = v.get(b, _ABSENT)
+                    if w is _ABSENT:
+                        return (1, _ABSENT)
+                    if type(w) is dict:
+                        x = w.get(c, _ABSENT)
+                        return (2, _ABSENT) if x is _ABSENT else (3, _frozen(x))
+            return _path_key(facts, parts)
+
+        return three
+    return functools.partial(_path_key, parts=parts)
+
+
+_TRUE, _FALSE = (bool, True), (bool, False)
+
+
 def _frozen(value: Any) -> Any:
     """A hashable value equal for two values only when they are the same fact: a string is itself;
     other values carry their type, because 1, 1.0 and True are equal in Python and not in the rule
@@ -480,7 +533,9 @@ def _frozen(value: Any) -> Any:
     kind = type(value)
     if kind is str:
         return value
-    if kind is int or kind is bool or value is None:
+    if kind is bool:  # (the two answers made once: consent and flags are read on every message)
+        return _TRUE if value else _FALSE
+    if kind is int or value is None:
         return (kind, value)
     if kind is float:
         return (kind, repr(value))
