@@ -171,6 +171,7 @@ class Simulation:
         self.settings = settings or read_settings()
         self.engine = Engine(self.settings, self.registry.resolve, self.registry.published)
         self.behaviour = dict(behaviour or {})
+        self._rates: dict[tuple[str, str | None, str], float] = {}
         self.rng = random.Random(seed)
         self.start = start
         self.now = start
@@ -184,11 +185,16 @@ class Simulation:
     # -- behaviour --------------------------------------------------------------------------------
 
     def _rate(self, segment: str, stage: str | None, name: str) -> float:
-        rate = float(self.behaviour.get("default", {}).get(name, DEFAULT_RATES[name]))
-        seg = self.behaviour.get("segments", {}).get(segment, {})
-        rate = float(seg.get(name, rate))
-        st = self.behaviour.get("stages", {}).get(stage or "", {})
-        return min(1.0, max(0.0, float(st.get(name, rate))))
+        # Worked out once per (segment, stage, rate): the behaviour does not change during a run.
+        key = (segment, stage, name)
+        rate = self._rates.get(key)
+        if rate is None:
+            rate = float(self.behaviour.get("default", {}).get(name, DEFAULT_RATES[name]))
+            seg = self.behaviour.get("segments", {}).get(segment, {})
+            rate = float(seg.get(name, rate))
+            st = self.behaviour.get("stages", {}).get(stage or "", {})
+            rate = self._rates[key] = min(1.0, max(0.0, float(st.get(name, rate))))
+        return rate
 
     def _action(self, name: str) -> float:
         return float(self.behaviour.get("actions", {}).get(name, DEFAULT_ACTIONS[name]))

@@ -118,7 +118,7 @@ class Engine:
 
     def facts(self, state: LeadState, event: BusMessage, e: Enrollment | None = None,
               now: datetime | None = None, roots: frozenset[str] | None = None) -> JsonObject:
-        """The facts rules read; with `roots` (rulesets.roots), only those top-level facts: the rules
+        """The facts rules read; with `roots` (rulesets.EventRules), only those top-level facts: the rules
         read nothing else, and most read only the lead and the event (no live journeys to list)."""
         facts: JsonObject = {}
         if roots is None or "lead" in roots:
@@ -334,9 +334,9 @@ class Engine:
         # Built only when a rule will read them (most journeys have no exit or trigger rule for most
         # event types), and only the top-level facts those rules read; nothing below changes what
         # they hold before the event wait reads them (whole).
-        facts = (self.facts(state, message, e, now, rulesets.roots(j, ("exit", "triggers"), etype))
-                 if rulesets.listens(j, etype) else None)
-        for rule, match in rulesets.matching(j, "exit", etype, facts or {}):
+        rules = rulesets.for_event(j, etype)
+        facts = self.facts(state, message, e, now, rules.enrolled_roots) if rules.enrolled else None
+        for rule, match in rulesets.matching(rules.exit, facts or {}):
             outcome = COMPLETED if rule.outcome == "goal" else EXITED
             verb = "goal reached" if rule.outcome == "goal" else "exited"
             self._finish(state, e, outcome, rule.name, now, out,
@@ -363,7 +363,7 @@ class Engine:
                 e.timed_at = now
         if e.status != ACTIVE:
             return
-        for rule, match in rulesets.matching(j, "triggers", etype, facts or {}):
+        for rule, match in rulesets.matching(rules.triggers, facts or {}):
             self._fire_trigger(state, j, e, rule, match.facts, etype, now, out)
 
     def _fire_trigger(self, state: LeadState, j: Journey, e: Enrollment, rule: Rule, read: JsonMapping,
@@ -443,9 +443,10 @@ class Engine:
 
     def _maybe_enter(self, state: LeadState, j: Journey, message: BusMessage, now: datetime,
                      out: Outcome) -> None:
-        if not j.entry:
-            return
         etype = message.type
+        rules = rulesets.for_event(j, etype)
+        if rules.entry is None:
+            return  # no entry rule listens to this event type (what follows only reads the state)
         instance = ""
         if j.entity:
             value = message.properties.get(j.entity)
@@ -467,8 +468,7 @@ class Engine:
             held = None
         if not (held and held.get("withdrawn")) and not self._may_reenter(state, j, ekey, now):
             return
-        found = rulesets.matching(j, "entry", etype,
-                                  self.facts(state, message, roots=rulesets.roots(j, ("entry",), etype)))
+        found = rulesets.matching(rules.entry, self.facts(state, message, roots=rules.entry_roots))
         if not found:
             return
         rule, match = found[0]

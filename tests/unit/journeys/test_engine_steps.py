@@ -1176,7 +1176,7 @@ def test_a_retry_names_the_step_it_retries() -> None:
 
 
 def test_entry_exit_and_trigger_rules_get_each_top_level_fact_they_read() -> None:
-    """Rule sets are handed only the top-level facts they read (rulesets.roots): the other live journeys,
+    """Rule sets are handed only the top-level facts they read (rulesets.EventRules): the other live journeys,
     this journey, the signals and the event each reach the entry, trigger and exit rules reading them."""
     from services.journeys.domain import rulesets
 
@@ -1190,10 +1190,11 @@ def test_entry_exit_and_trigger_rules_get_each_top_level_fact_they_read() -> Non
             {"fact": "journey.stage_index", "eq": 0}, {"fact": "journeys.other", "eq": "active"}]},
             "do": {"task": "note"}}],
         exit=[{"name": "bye", "events": ["leave"], "when": {"fact": "event.properties.why", "eq": "done"}}])
-    assert rulesets.roots(follower, ("entry",), "pong") == {"journeys", "signals"}
-    assert rulesets.roots(follower, ("exit", "triggers"), "poke") == {"journey", "journeys"}
-    assert rulesets.roots(follower, ("exit", "triggers"), "leave") == {"event"}
-    assert rulesets.roots(follower, ("exit", "triggers"), "ping") == frozenset()
+    assert rulesets.for_event(follower, "pong").entry_roots == {"journeys", "signals"}
+    assert rulesets.for_event(follower, "poke").enrolled_roots == {"journey", "journeys"}
+    assert rulesets.for_event(follower, "leave").enrolled_roots == {"event"}
+    ping = rulesets.for_event(follower, "ping")
+    assert (ping.entry, ping.enrolled, ping.enrolled_roots) == (None, False, frozenset())
     m = Mini(other, follower)
     m.message("pong")
     assert "follower" not in m.state.enrollments       # not in `other` yet, and no signal

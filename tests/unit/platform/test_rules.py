@@ -293,7 +293,8 @@ class _Facts(dict):  # a dict that is not exactly a dict, as a Mapping the adapt
 @pytest.mark.parametrize("facts", [
     {}, {"a": None}, {"a": 1}, {"a": True}, {"a": 1.0}, {"a": "x"}, {"a": [1, "x"]}, {"a": {}},
     {"a": {"b": False}}, {"a": {"b": {"c": {"d": 0}}}}, {"a": {"b": {"c": "z"}}}, {"a": {"b": "text"}},
-    {"a": {"b": {"c": {}}}}, {"a": {"b": {}}}, {"a": {"b": {"x": 1}}}, {"a": _Facts(b=_Facts(c=2))}, _Facts(a={"b": {"c": {"d": "deep"}}}),
+    {"a": {"b": {"c": {}}}}, {"a": {"b": {}}}, {"a": {"b": {"x": 1}}}, {"a": _Facts(b=_Facts(c=2))},
+    _Facts(a={"b": {"c": {"d": "deep"}}}),
     {"a": {"b": {"c": {"d": {"e": 1}}}}}, {"b": 1},
 ])
 def test_a_path_key_function_answers_as_the_walk_does(parts: tuple[str, ...], facts: dict) -> None:
