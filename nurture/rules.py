@@ -322,7 +322,7 @@ class CompiledRules:
         # The top-level facts the rules read: a caller may build only these (the rest cannot change
         # an answer or an explanation).
         self.roots = frozenset(parts[0] for parts in self._paths)
-        self._path_keys = tuple(_path_key_of(parts) for parts in self._paths)
+        self._key = _memo_key_of(tuple(_path_key_of(parts) for parts in self._paths))
         self._memo: dict[tuple[Any, ...], list[Match]] = {}
         self._decisions: dict[tuple[Any, ...], list[str]] = {}
         # Paths that rules only test with `exists` (and read nothing inside): the engine's answer
@@ -372,7 +372,7 @@ class CompiledRules:
         once and remembered (bounded): the engine's answer (which rules hold) per distinct decision, a
         fact tested only with `exists` counting by its presence; the matches, which carry the values
         read for explanations, per distinct facts read."""
-        key = tuple([path_key(facts) for path_key in self._path_keys])
+        key = self._key(facts)
         found = self._memo.get(key)
         if found is None:
             if len(self._memo) >= MEMO_LIMIT:
@@ -520,6 +520,19 @@ def _path_key_of(parts: tuple[str, ...]) -> Callable[[JsonMapping], tuple[Any, .
 
         return three
     return functools.partial(_path_key, parts=parts)
+
+
+def _memo_key_of(path_keys: tuple[Callable[[JsonMapping], tuple[Any, ...]], ...],
+                 ) -> Callable[[JsonMapping], tuple[Any, ...]]:
+    """The memo key of a rule set (its paths' keys, in order) as one function: written out for the
+    usual one or two paths, as a list comprehension costs a call of its own for each evaluation."""
+    if len(path_keys) == 1:
+        (first,) = path_keys
+        return lambda facts: (first(facts),)
+    if len(path_keys) == 2:
+        first, second = path_keys
+        return lambda facts: (first(facts), second(facts))
+    return lambda facts: tuple([path_key(facts) for path_key in path_keys])
 
 
 _TRUE, _FALSE = (bool, True), (bool, False)
