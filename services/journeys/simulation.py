@@ -389,10 +389,16 @@ class Simulation:
                 drive(state, ekey, side=False)
             elif kind == "side":
                 drive(state, data, side=True)
+            # A lead timer armed again since (each engagement moves the inactivity and quiet-period
+            # clocks: most of these) is dropped here as the service drops a stale token; the engine
+            # would find the same and do nothing.
             elif kind == "inactive":
-                arm(state, engine.inactivity_due(state, data, now))
+                if data == state.inactive_token:
+                    arm(state, engine.inactivity_due(state, data, now))
             elif kind == "date":
-                arm(state, engine.date_due(state, data[0], data[1], now))
+                entry = state.dates.get(data[0])
+                if entry and entry.get("token") == data[1] and not entry.get("fired"):
+                    arm(state, engine.date_due(state, data[0], data[1], now))
         wall = time.perf_counter() - started
         report = self.funnel.report(self.registry.published_map())
         return {"leads": leads, "days": days, "journeys": report, "totals": totals(report),
