@@ -48,24 +48,29 @@ def _parse_text(text: str) -> datetime | None:
     return utc(parsed)
 
 
-_last_written: tuple[datetime | None, str] = (None, "")
+_written: dict[datetime, str] = {}
+_WRITTEN_KEPT = 4096
 
 
 def rfc3339(value: datetime) -> str:
     """The RFC 3339 text the API shows: in UTC, with `Z` (`2026-11-22T09:00:00Z`)."""
-    global _last_written
-    # The journeys engine writes one instant (the `now` it is handed) many times in a row: the same
-    # object's text is kept. By identity, as a datetime is immutable and the pair holds it alive;
-    # one tuple, read and replaced whole, so threads never see a time with another's text.
-    last = _last_written
-    if value is last[0]:
-        return last[1]
-    original = value
+    if type(value) is datetime:  # (a subclass may show itself otherwise)
+        # Remembered: the journeys engine writes the same few instants again and again (the `now`
+        # it is handed, a clock's start). Equal datetimes are one instant, so one UTC text; a naive
+        # time and an aware one are never equal.
+        text = _written.get(value)
+        if text is None:
+            if len(_written) >= _WRITTEN_KEPT:
+                _written.clear()
+            text = _written[value] = _text(value)
+        return text
+    return _text(value)
+
+
+def _text(value: datetime) -> str:
     if value.tzinfo is not UTC:  # (a UTC time is its own UTC form: the journeys engine writes many)
         value = utc(value)
-    text = value.isoformat().replace("+00:00", "Z")
-    _last_written = (original, text)
-    return text
+    return value.isoformat().replace("+00:00", "Z")
 
 
 def rfc3339_or_none(value: datetime | None) -> str | None:
