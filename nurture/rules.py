@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import itertools
 import logging
 import re
@@ -318,6 +319,10 @@ class CompiledRules:
         self._fired: list[str] = []
         self._facts_read = {s.name: _facts_of(s.when) for s in self.specs}
         self._paths = _covering_paths({f for read in self._facts_read.values() for f in read})
+        # The top-level facts the rules read: a caller may build only these (the rest cannot change
+        # an answer or an explanation).
+        self.roots = frozenset(parts[0] for parts in self._paths)
+        self._key = _memo_key_of(tuple(_path_key_of(parts) for parts in self._paths))
         self._memo: dict[tuple[Any, ...], list[Match]] = {}
         self._decisions: dict[tuple[Any, ...], list[str]] = {}
         # Paths that rules only test with `exists` (and read nothing inside): the engine's answer
@@ -367,7 +372,7 @@ class CompiledRules:
         once and remembered (bounded): the engine's answer (which rules hold) per distinct decision, a
         fact tested only with `exists` counting by its presence; the matches, which carry the values
         read for explanations, per distinct facts read."""
-        key = tuple(map(_path_key, itertools.repeat(facts, len(self._paths)), self._paths))
+        key = self._key(facts)
         found = self._memo.get(key)
         if found is None:
             if len(self._memo) >= MEMO_LIMIT:
@@ -453,13 +458,84 @@ def _path_key(facts: JsonMapping, parts: tuple[str, ...]) -> tuple[Any, ...]:
     there (the value frozen, or absent). Equal keys for all paths mean equal pruned facts, so equal
     answers; built without the pruned copy, which is only made when the memo misses."""
     src: Any = facts
-    for depth, part in enumerate(parts):
-        if type(src) is not dict and not isinstance(src, Mapping):  # dict first: the ABC check is slow
+    depth = 0
+    for part in parts:
+        if type(src) is dict:  # dict first: the ABC check is slow; one lookup, as _ABSENT is no value
+            src = src.get(part, _ABSENT)
+            if src is _ABSENT:
+                return (depth, _ABSENT)
+        elif isinstance(src, Mapping):
+            if part not in src:
+                return (depth, _ABSENT)
+            src = src[part]
+        else:
             return (depth, _frozen(src))
-        if part not in src:
-            return (depth, _ABSENT)
-        src = src[part]
-    return (len(parts), _frozen(src))
+        depth += 1
+    return (depth, _frozen(src))
+
+
+def _path_key_of(parts: tuple[str, ...]) -> Callable[[JsonMapping], tuple[Any, ...]]:
+    """`_path_key` for one path, as a function of the facts: the walk written out for the usual paths
+    (one to three names through plain dicts), `_path_key` itself for anything else."""
+    if len(parts) == 1:
+        (a,) = parts
+
+        def one(facts: JsonMapping) -> tuple[Any, ...]:
+            if type(facts) is dict:
+                v = facts.get(a, _ABSENT)
+                return (0, _ABSENT) if v is _ABSENT else (1, _frozen(v))
+            return _path_key(facts, parts)
+
+        return one
+    if len(parts) == 2:
+        a, b = parts
+
+        def two(facts: JsonMapping) -> tuple[Any, ...]:
+            if type(facts) is dict:
+                v = facts.get(a, _ABSENT)
+                if v is _ABSENT:
+                    return (0, _ABSENT)
+                if type(v) is dict:
+                    w = v.get(b, _ABSENT)
+                    return (1, _ABSENT) if w is _ABSENT else (2, _frozen(w))
+            return _path_key(facts, parts)
+
+        return two
+    if len(parts) == 3:
+        a, b, c = parts
+
+        def three(facts: JsonMapping) -> tuple[Any, ...]:
+            if type(facts) is dict:
+                v = facts.get(a, _ABSENT)
+                if v is _ABSENT:
+                    return (0, _ABSENT)
+                if type(v) is dict:
+                    w = v.get(b, _ABSENT)
+                    if w is _ABSENT:
+                        return (1, _ABSENT)
+                    if type(w) is dict:
+                        x = w.get(c, _ABSENT)
+                        return (2, _ABSENT) if x is _ABSENT else (3, _frozen(x))
+            return _path_key(facts, parts)
+
+        return three
+    return functools.partial(_path_key, parts=parts)
+
+
+def _memo_key_of(path_keys: tuple[Callable[[JsonMapping], tuple[Any, ...]], ...],
+                 ) -> Callable[[JsonMapping], tuple[Any, ...]]:
+    """The memo key of a rule set (its paths' keys, in order) as one function: written out for the
+    usual one or two paths, as a list comprehension costs a call of its own for each evaluation."""
+    if len(path_keys) == 1:
+        (first,) = path_keys
+        return lambda facts: (first(facts),)
+    if len(path_keys) == 2:
+        first, second = path_keys
+        return lambda facts: (first(facts), second(facts))
+    return lambda facts: tuple([path_key(facts) for path_key in path_keys])
+
+
+_TRUE, _FALSE = (bool, True), (bool, False)
 
 
 def _frozen(value: Any) -> Any:
@@ -470,7 +546,9 @@ def _frozen(value: Any) -> Any:
     kind = type(value)
     if kind is str:
         return value
-    if kind is int or kind is bool or value is None:
+    if kind is bool:  # (the two answers made once: consent and flags are read on every message)
+        return _TRUE if value else _FALSE
+    if kind is int or value is None:
         return (kind, value)
     if kind is float:
         return (kind, repr(value))

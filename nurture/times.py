@@ -28,6 +28,8 @@ def naive_utc(value: datetime) -> datetime:
 
 def parse_utc(value: object) -> datetime | None:
     """A stored RFC 3339 text (a `Z` suffix included) or datetime, in UTC; None when absent or malformed."""
+    if type(value) is str:  # what is read most (the journeys engine's stored times): straight to the memo
+        return _parse_text(value) if value else None
     if value is None or value == "":
         return None
     if isinstance(value, datetime):
@@ -46,8 +48,26 @@ def _parse_text(text: str) -> datetime | None:
     return utc(parsed)
 
 
+_written: dict[datetime, str] = {}
+_WRITTEN_KEPT = 4096
+
+
 def rfc3339(value: datetime) -> str:
     """The RFC 3339 text the API shows: in UTC, with `Z` (`2026-11-22T09:00:00Z`)."""
+    if type(value) is datetime:  # (a subclass may show itself otherwise)
+        # Remembered: the journeys engine writes the same few instants again and again (the `now`
+        # it is handed, a clock's start). Equal datetimes are one instant, so one UTC text; a naive
+        # time and an aware one are never equal.
+        text = _written.get(value)
+        if text is None:
+            if len(_written) >= _WRITTEN_KEPT:
+                _written.clear()
+            text = _written[value] = _text(value)
+        return text
+    return _text(value)
+
+
+def _text(value: datetime) -> str:
     if value.tzinfo is not UTC:  # (a UTC time is its own UTC form: the journeys engine writes many)
         value = utc(value)
     return value.isoformat().replace("+00:00", "Z")

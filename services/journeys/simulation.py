@@ -127,34 +127,35 @@ class _Agenda:
     def __init__(self, start: datetime) -> None:
         self._start = start
         self._hour = -1          # the hour whose items (and earlier ones) are in the heap
+        self._hour_end = start   # when that hour ends: an item before it goes straight into the heap
         self._heap: list[_Item] = []
         self._later: dict[int, list[_Item]] = {}
         self._hours: list[int] = []  # the hours in _later, as a heap
 
     def push(self, item: _Item) -> None:
-        hour = (item[0] - self._start) // _HOUR
-        if hour <= self._hour:
+        if item[0] < self._hour_end:  # (compared first: most items are due within the hour being run)
             heapq.heappush(self._heap, item)
             return
+        hour = (item[0] - self._start) // _HOUR
         bucket = self._later.get(hour)
         if bucket is None:
             bucket = self._later[hour] = []
             heapq.heappush(self._hours, hour)
         bucket.append(item)
 
-    def first(self) -> _Item | None:
-        """The next item, left in place (None when empty)."""
-        while not self._heap:
+    def pop_through(self, end: datetime) -> _Item | None:
+        """The next item if it is due by `end` (taken out), else None (left in place)."""
+        heap = self._heap
+        while not heap:
             if not self._hours:
                 return None
             self._hour = heapq.heappop(self._hours)
-            self._heap = self._later.pop(self._hour)
-            heapq.heapify(self._heap)
-        return self._heap[0]
-
-    def pop(self) -> _Item:
-        self.first()
-        return heapq.heappop(self._heap)
+            self._hour_end = self._start + (self._hour + 1) * _HOUR
+            heap = self._heap = self._later.pop(self._hour)
+            heapq.heapify(heap)
+        if heap[0][0] > end:
+            return None
+        return heapq.heappop(heap)
 
     def __len__(self) -> int:
         return len(self._heap) + sum(len(b) for b in self._later.values())
@@ -170,6 +171,7 @@ class Simulation:
         self.settings = settings or read_settings()
         self.engine = Engine(self.settings, self.registry.resolve, self.registry.published)
         self.behaviour = dict(behaviour or {})
+        self._rates: dict[tuple[str, str | None, str], float] = {}
         self.rng = random.Random(seed)
         self.start = start
         self.now = start
@@ -183,11 +185,16 @@ class Simulation:
     # -- behaviour --------------------------------------------------------------------------------
 
     def _rate(self, segment: str, stage: str | None, name: str) -> float:
-        rate = float(self.behaviour.get("default", {}).get(name, DEFAULT_RATES[name]))
-        seg = self.behaviour.get("segments", {}).get(segment, {})
-        rate = float(seg.get(name, rate))
-        st = self.behaviour.get("stages", {}).get(stage or "", {})
-        return min(1.0, max(0.0, float(st.get(name, rate))))
+        # Worked out once per (segment, stage, rate): the behaviour does not change during a run.
+        key = (segment, stage, name)
+        rate = self._rates.get(key)
+        if rate is None:
+            rate = float(self.behaviour.get("default", {}).get(name, DEFAULT_RATES[name]))
+            seg = self.behaviour.get("segments", {}).get(segment, {})
+            rate = float(seg.get(name, rate))
+            st = self.behaviour.get("stages", {}).get(stage or "", {})
+            rate = self._rates[key] = min(1.0, max(0.0, float(st.get(name, rate))))
+        return rate
 
     def _action(self, name: str) -> float:
         return float(self.behaviour.get("actions", {}).get(name, DEFAULT_ACTIONS[name]))
@@ -202,10 +209,12 @@ class Simulation:
         self._push(at, "msg", lead, {"type": etype, "properties": props or {}})
 
     def _arm(self, state: LeadState, out: Outcome) -> None:
-        for ekey in sorted(out.touched):
-            e = state.enrollments.get(ekey)
-            if e is not None and e.status == ACTIVE and e.due is not None:
-                self._push(e.due, "timer", state.lead_id, (ekey, e.token), self.engine.priority_of(state, ekey))
+        if out.touched:
+            enrollments, lead_id, priority_of = state.enrollments, state.lead_id, self.engine.priority_of
+            for ekey in sorted(out.touched):
+                e = enrollments.get(ekey)
+                if e is not None and e.status == ACTIVE and e.due is not None:
+                    self._push(e.due, "timer", lead_id, (ekey, e.token), priority_of(state, ekey))
         for ekey in sorted(out.side_due):
             e = state.enrollments.get(ekey)
             if e is not None and e.side:
@@ -303,15 +312,15 @@ class Simulation:
             effect = self.engine.next_effect(state, ekey, self.now, out, side=side)
             if effect is None:
                 break
-            status = "done"
+            status, message_id = "done", ""
             if effect.kind == "send":
                 status = "sent" if (state.lead.get("consent") or {}).get("email", True) else "suppressed"
                 if status == "sent":
                     self.stats.sends += 1
                     assert isinstance(effect.payload, SendPayload)
-                    self._behave(state, effect.payload, f"m-{effect.dedupe_key}")
-            self.engine.complete(state, effect, self.now, out, status=status,
-                                 message_id=f"m-{effect.dedupe_key}" if status == "sent" else "")
+                    message_id = f"m-{effect.dedupe_key}"
+                    self._behave(state, effect.payload, message_id)
+            self.engine.complete(state, effect, self.now, out, status=status, message_id=message_id)
         self._arm(state, out)
 
     def _behave(self, state: LeadState, payload: SendPayload, message_id: str) -> None:
@@ -345,42 +354,51 @@ class Simulation:
         started = time.perf_counter()
         self.add_leads(leads, days)
         end = self.start + timedelta(days=days)
-        agenda = self.agenda
-        now_text: str | None = None  # the text of self.now, written when a message first needs it
-        while (head := agenda.first()) is not None and head[0] <= end:
-            at, _prio, seq, kind, lead_id, data = agenda.pop()
-            if at > self.now:
-                self.now = at
+        # The loop's own lookups made once (it runs for every planned event, timer and reply).
+        pop, states, stats, engine = self.agenda.pop_through, self.states, self.stats, self.engine
+        arm, drive, engagement = self._arm, self._drive, self.funnel.engagement
+        now = self.now
+        now_text: str | None = None  # the text of now, written when a message first needs it
+        while (item := pop(end)) is not None:
+            at, _prio, seq, kind, lead_id, data = item
+            if at > now:
+                self.now = now = at
                 now_text = None
-            state = self.states[lead_id]
+            state = states[lead_id]
             if kind == "msg":
-                self.stats.messages += 1
-                self._apply_counters(state, data["type"], data["properties"])
-                if data["type"] in ("email_opened", "email_clicked"):
-                    self.funnel.engagement(data["properties"]["journey"], data["properties"]["step"], data["type"])
+                stats.messages += 1
+                etype, props = data["type"], data["properties"]
+                self._apply_counters(state, etype, props)
+                if etype in ("email_opened", "email_clicked"):
+                    engagement(props["journey"], props["step"], etype)
                 # The simulated lead is the state's own (its counters move above): no snapshot to carry.
                 if now_text is None:
-                    now_text = iso(self.now)
-                message = BusMessage(id=f"sim-{seq}", lead_id=lead_id, type=data["type"],
-                                     properties=data["properties"], occurred_at=now_text)
-                out = self.engine.on_message(state, message, self.now)
-                self._arm(state, out)
+                    now_text = iso(now)
+                message = BusMessage(id=f"sim-{seq}", lead_id=lead_id, type=etype, properties=props,
+                                     occurred_at=now_text)
+                arm(state, engine.on_message(state, message, now))
                 for ekey in sorted(k for k, e in state.enrollments.items() if e.status == ACTIVE and e.due
-                                   and e.due <= self.now):
-                    self._drive(state, ekey, side=False)
+                                   and e.due <= now):
+                    drive(state, ekey, side=False)
             elif kind == "timer":
                 ekey, token = data
                 e = state.enrollments.get(ekey)
                 if e is None or e.token != token or e.status != ACTIVE:
                     continue
-                self.stats.timers += 1
-                self._drive(state, ekey, side=False)
+                stats.timers += 1
+                drive(state, ekey, side=False)
             elif kind == "side":
-                self._drive(state, data, side=True)
-            elif kind in ("inactive", "date"):
-                out = (self.engine.inactivity_due(state, data, self.now) if kind == "inactive"
-                       else self.engine.date_due(state, data[0], data[1], self.now))
-                self._arm(state, out)
+                drive(state, data, side=True)
+            # A lead timer armed again since (each engagement moves the inactivity and quiet-period
+            # clocks: most of these) is dropped here as the service drops a stale token; the engine
+            # would find the same and do nothing.
+            elif kind == "inactive":
+                if data == state.inactive_token:
+                    arm(state, engine.inactivity_due(state, data, now))
+            elif kind == "date":
+                entry = state.dates.get(data[0])
+                if entry and entry.get("token") == data[1] and not entry.get("fired"):
+                    arm(state, engine.date_due(state, data[0], data[1], now))
         wall = time.perf_counter() - started
         report = self.funnel.report(self.registry.published_map())
         return {"leads": leads, "days": days, "journeys": report, "totals": totals(report),

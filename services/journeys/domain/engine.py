@@ -117,16 +117,21 @@ class Engine:
     # -- facts ------------------------------------------------------------------------------------
 
     def facts(self, state: LeadState, event: BusMessage, e: Enrollment | None = None,
-              now: datetime | None = None) -> JsonObject:
-        facts: JsonObject = {
-            "lead": state.lead,
-            "event": {"type": event.type, "properties": event.properties},
-            "signals": list(event.signals),
+              now: datetime | None = None, roots: frozenset[str] | None = None) -> JsonObject:
+        """The facts rules read; with `roots` (rulesets.EventRules), only those top-level facts: the rules
+        read nothing else, and most read only the lead and the event (no live journeys to list)."""
+        facts: JsonObject = {}
+        if roots is None or "lead" in roots:
+            facts["lead"] = state.lead
+        if roots is None or "event" in roots:
+            facts["event"] = {"type": event.type, "properties": event.properties}
+        if roots is None or "signals" in roots:
+            facts["signals"] = list(event.signals)
+        if roots is None or "journeys" in roots:
             # The lead's other live journeys (key → active | paused), so a definition can coordinate
             # with them as data, e.g. not send a second welcome when another journey sends one.
-            "journeys": {x.journey: x.status for x in state.enrollments.values() if x.status in LIVE},
-        }
-        if e is not None:
+            facts["journeys"] = {x.journey: x.status for x in state.enrollments.values() if x.status in LIVE}
+        if e is not None and (roots is None or "journey" in roots):
             j = self._resolve(e.journey, e.version)
             facts["journey"] = {
                 "key": e.journey, "version": e.version, "step": e.step or "", "stage": e.stage or "",
@@ -327,9 +332,11 @@ class Engine:
         if j.entity and props.get(j.entity) is not None and str(props.get(j.entity)) != e.instance:
             return  # an event about another webinar/trial/cart
         # Built only when a rule will read them (most journeys have no exit or trigger rule for most
-        # event types); nothing below changes what they hold before the event wait reads them.
-        facts = self.facts(state, message, e, now) if rulesets.listens(j, etype) else None
-        for rule, match in rulesets.matching(j, "exit", etype, facts or {}):
+        # event types), and only the top-level facts those rules read; nothing below changes what
+        # they hold before the event wait reads them (whole).
+        rules = rulesets.for_event(j, etype)
+        facts = self.facts(state, message, e, now, rules.enrolled_roots) if rules.enrolled else None
+        for rule, match in rulesets.matching(rules.exit, facts or {}):
             outcome = COMPLETED if rule.outcome == "goal" else EXITED
             verb = "goal reached" if rule.outcome == "goal" else "exited"
             self._finish(state, e, outcome, rule.name, now, out,
@@ -345,10 +352,9 @@ class Engine:
             awaited = spec is not None and etype in spec.types and (
                 not match_prop or str(props.get(match_prop, "")) in ("", e.instance, e.anchors.get(match_prop, "")))
             if awaited and spec is not None and spec.when is not None:  # a purchase, not a signup
-                if facts is None:
-                    facts = self.facts(state, message, e, now)
                 condition = [BranchRule(name=f"{wait.id}.event", when=spec.when, next=None)]
-                awaited = rulesets.branch(j, f"{wait.id}.event", condition, facts) is not None
+                awaited = rulesets.branch(j, f"{wait.id}.event", condition,
+                                          self.facts(state, message, e, now)) is not None
             if awaited:
                 target = str(wait.on_event if isinstance(wait, WaitStep) else None)
                 self._record(out, state, e, now, "event", f"{etype} arrived at {wait.id}: going to {target}",
@@ -357,7 +363,7 @@ class Engine:
                 e.timed_at = now
         if e.status != ACTIVE:
             return
-        for rule, match in rulesets.matching(j, "triggers", etype, facts or {}):
+        for rule, match in rulesets.matching(rules.triggers, facts or {}):
             self._fire_trigger(state, j, e, rule, match.facts, etype, now, out)
 
     def _fire_trigger(self, state: LeadState, j: Journey, e: Enrollment, rule: Rule, read: JsonMapping,
@@ -437,9 +443,10 @@ class Engine:
 
     def _maybe_enter(self, state: LeadState, j: Journey, message: BusMessage, now: datetime,
                      out: Outcome) -> None:
-        if not j.entry:
-            return
         etype = message.type
+        rules = rulesets.for_event(j, etype)
+        if rules.entry is None:
+            return  # no entry rule listens to this event type (what follows only reads the state)
         instance = ""
         if j.entity:
             value = message.properties.get(j.entity)
@@ -461,7 +468,7 @@ class Engine:
             held = None
         if not (held and held.get("withdrawn")) and not self._may_reenter(state, j, ekey, now):
             return
-        found = rulesets.matching(j, "entry", etype, self.facts(state, message))
+        found = rulesets.matching(rules.entry, self.facts(state, message, roots=rules.entry_roots))
         if not found:
             return
         rule, match = found[0]
@@ -781,8 +788,15 @@ class Engine:
 
     def _budget_slot(self, state: LeadState, now: datetime) -> datetime | None:
         window, cap = self.settings.budget_window, self.settings.budget_max
-        recent = [t for t in (parse_time(x) for x in state.sends) if t is not None and now - t < window]
-        state.sends = [iso(t) or "" for t in recent]
+        # The texts kept as they are (the engine wrote them): only their times are compared.
+        recent: list[datetime] = []
+        kept: list[str] = []
+        for text in state.sends:
+            t = parse_time(text)
+            if t is not None and now - t < window:
+                recent.append(t)
+                kept.append(text)
+        state.sends = kept
         if len(recent) < cap:
             return None
         return sorted(recent)[-cap] + window

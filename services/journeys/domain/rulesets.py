@@ -21,9 +21,8 @@ from services.journeys.domain.definitions import Journey, Rule
 from services.journeys.domain.steps import BranchRule
 
 _cache: dict[tuple[str, int, str, str, str], CompiledRules | None] = {}
-# (journey, version, digest, part, event type) -> the compiled rules with their Rule by name, or None
-_parts: dict[tuple[str, int, str, str, str], tuple[CompiledRules, dict[str, Rule]] | None] = {}
-_listens: dict[tuple[str, int, str, str, str], bool] = {}
+# (journey, version, digest, event type) -> what its rules do with that event type
+_events: dict[tuple[str, int, str, str], EventRules] = {}
 
 
 def _digest(specs: Sequence[RuleSpec]) -> str:
@@ -45,27 +44,41 @@ def _compiled(journey: Journey, part: str, rules: Sequence[Rule], event_type: st
     return compiled
 
 
-def listens(journey: Journey, event_type: str) -> bool:
-    """Whether any exit or trigger rule of the journey listens to `event_type` (so needs the facts)."""
-    key = (journey.key, journey.version, journey.digest, "listens", event_type)
-    found = _listens.get(key)
+_Part = tuple[CompiledRules, dict[str, Rule]]  # a part's rules listening to one event type, by name
+
+
+class EventRules:
+    """What one journey's rules do with one event type, worked out once: each part's compiled rules
+    (None when no rule of it listens) and the top-level facts (lead, event, signals, journeys,
+    journey) they read, so a caller builds only those, and nothing when no rule listens."""
+
+    def __init__(self, journey: Journey, event_type: str) -> None:
+        def part(name: str, rules: Sequence[Rule]) -> _Part | None:
+            compiled = _compiled(journey, name, rules, event_type)
+            return (compiled, {r.name: r for r in rules}) if compiled is not None else None
+
+        self.entry = part("entry", journey.entry)
+        self.exit = part("exit", journey.exits)
+        self.triggers = part("triggers", journey.triggers)
+        self.entry_roots = self.entry[0].roots if self.entry is not None else frozenset()
+        # What an enrolled lead's message is checked against: the exits, then the triggers.
+        self.enrolled = self.exit is not None or self.triggers is not None
+        self.enrolled_roots = frozenset().union(*(p[0].roots for p in (self.exit, self.triggers) if p is not None))
+
+
+def for_event(journey: Journey, event_type: str) -> EventRules:
+    key = (journey.key, journey.version, journey.digest, event_type)
+    found = _events.get(key)
     if found is None:
-        found = _listens[key] = any(r.listens_to(event_type) for r in (*journey.exits, *journey.triggers))
+        found = _events[key] = EventRules(journey, event_type)
     return found
 
 
-def matching(journey: Journey, part: str, event_type: str, facts: Mapping[str, Any]) -> list[tuple[Rule, Match]]:
-    """The rules of one part (entry | exit | triggers) that listen to `event_type` and hold, in order."""
-    key = (journey.key, journey.version, journey.digest, part, event_type)
-    try:
-        found = _parts[key]
-    except KeyError:
-        rules = {"entry": journey.entry, "exit": journey.exits, "triggers": journey.triggers}[part]
-        compiled = _compiled(journey, part, rules, event_type)
-        found = _parts[key] = (compiled, {r.name: r for r in rules}) if compiled is not None else None
-    if found is None:
+def matching(part: _Part | None, facts: Mapping[str, Any]) -> list[tuple[Rule, Match]]:
+    """The rules of one part of an EventRules (entry | exit | triggers) that hold, in order."""
+    if part is None:
         return []
-    compiled, by_name = found
+    compiled, by_name = part
     matches = compiled.evaluate(facts)
     return [(by_name[m.rule], m) for m in matches] if matches else []
 

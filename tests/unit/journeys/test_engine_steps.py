@@ -1173,3 +1173,43 @@ def test_a_retry_names_the_step_it_retries() -> None:
     assert effect is not None
     m.engine.retry_later(m.state, effect, T0, timedelta(minutes=1), out, "down")
     assert (out.transitions[-1].type, out.transitions[-1].step_to) == ("retry", "n1")
+
+
+def test_entry_exit_and_trigger_rules_get_each_top_level_fact_they_read() -> None:
+    """Rule sets are handed only the top-level facts they read (rulesets.EventRules): the other live journeys,
+    this journey, the signals and the event each reach the entry, trigger and exit rules reading them."""
+    from services.journeys.domain import rulesets
+
+    other = journey("other", [{"id": "idle", "type": "listen"}])
+    follower = journey(
+        "follower", [{"id": "idle", "type": "listen", "stage": "one"},
+                     {"id": "note", "type": "task", "kind": "follow_up", "title": "Nudged"}], stages=STAGES,
+        entry=[{"name": "after_other", "events": ["pong"], "when": {"all": [
+            {"fact": "journeys.other", "eq": "active"}, {"fact": "signals", "contains": "hot"}]}}],
+        triggers=[{"name": "nudge", "events": ["poke"], "when": {"all": [
+            {"fact": "journey.stage_index", "eq": 0}, {"fact": "journeys.other", "eq": "active"}]},
+            "do": {"task": "note"}}],
+        exit=[{"name": "bye", "events": ["leave"], "when": {"fact": "event.properties.why", "eq": "done"}}])
+    assert rulesets.for_event(follower, "pong").entry_roots == {"journeys", "signals"}
+    assert rulesets.for_event(follower, "poke").enrolled_roots == {"journey", "journeys"}
+    assert rulesets.for_event(follower, "leave").enrolled_roots == {"event"}
+    ping = rulesets.for_event(follower, "ping")
+    assert (ping.entry, ping.enrolled, ping.enrolled_roots) == (None, False, frozenset())
+    m = Mini(other, follower)
+    m.message("pong")
+    assert "follower" not in m.state.enrollments       # not in `other` yet, and no signal
+    m.message("ping")
+    m.n += 1
+    cold = bus_message(f"m{m.n}", "l-1", "pong", lead=dict(m.lead), occurred_at=iso(m.now), signals=["cold"])
+    m.take(m.engine.on_message(m.state, cold, m.now))
+    assert "follower" not in m.state.enrollments
+    hot = bus_message(f"m{m.n}b", "l-1", "pong", lead=dict(m.lead), occurred_at=iso(m.now), signals=["hot"])
+    m.take(m.engine.on_message(m.state, hot, m.now))
+    m.drive()
+    assert m.e("follower").status == ACTIVE
+    m.message("poke")
+    assert [f.step for f in m.effects] == ["note"]
+    m.message("leave", why="not yet")
+    assert m.e("follower").status == ACTIVE
+    m.message("leave", why="done")
+    assert (m.e("follower").status, m.e("follower").outcome) == (EXITED, "bye")

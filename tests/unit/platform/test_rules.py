@@ -283,3 +283,24 @@ def test_a_fact_only_tested_for_presence_is_asked_once_per_presence_and_explaine
                 if m.rule in ("known", "anonymous"):
                     assert m.facts["lead.id"] == (None if ident is MISSING else ident)
     assert len(compiled._decisions) == 8  # (present, absent) x (ok, not ok) x (gold, silver)
+
+
+class _Facts(dict):  # a dict that is not exactly a dict, as a Mapping the adapter is handed may be
+    pass
+
+
+@pytest.mark.parametrize("parts", [("a",), ("a", "b"), ("a", "b", "c"), ("a", "b", "c", "d")])
+@pytest.mark.parametrize("facts", [
+    {}, {"a": None}, {"a": 1}, {"a": True}, {"a": 1.0}, {"a": "x"}, {"a": [1, "x"]}, {"a": {}},
+    {"a": {"b": False}}, {"a": {"b": {"c": {"d": 0}}}}, {"a": {"b": {"c": "z"}}}, {"a": {"b": "text"}},
+    {"a": {"b": {"c": {}}}}, {"a": {"b": {}}}, {"a": {"b": {"x": 1}}}, {"a": _Facts(b=_Facts(c=2))},
+    _Facts(a={"b": {"c": {"d": "deep"}}}),
+    {"a": {"b": {"c": {"d": {"e": 1}}}}}, {"b": 1},
+])
+def test_a_path_key_function_answers_as_the_walk_does(parts: tuple[str, ...], facts: dict) -> None:
+    """The memo key of each path is worked out by a function written out for paths of one to three
+    names: it must say what the general walk says whatever it meets (nothing, a value, a list, a
+    Mapping that is not a dict) at any depth, as equal keys mean the same answer."""
+    from nurture.rules import _path_key, _path_key_of
+
+    assert _path_key_of(parts)(facts) == _path_key(facts, parts)

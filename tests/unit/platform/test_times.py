@@ -67,3 +67,17 @@ def test_remembered_texts_follow_the_instant_not_the_written_fields() -> None:
     assert times.parse_utc("2026-07-01T09:00:00Z") == utc_nine
     assert times.parse_utc("2026-07-01T09:00:00+02:00") == datetime(2026, 7, 1, 7, 0, tzinfo=UTC)
     assert times.parse_utc("not a time") is None and times.parse_utc("not a time") is None
+
+
+def test_rfc3339_written_again_is_the_same_text_and_another_time_its_own() -> None:
+    """rfc3339 remembers the texts it wrote (the engine writes one `now` many times): the same time
+    gives its text again, the same instant written in another zone the same text, and any other
+    time, equal fields in another zone or naive included, its own."""
+    nine = datetime(2026, 7, 1, 9, 0, tzinfo=UTC)
+    assert times.rfc3339(nine) == "2026-07-01T09:00:00Z"
+    assert times.rfc3339(nine) == "2026-07-01T09:00:00Z"
+    assert times.rfc3339(datetime(2026, 7, 1, 9, 0, tzinfo=PARIS_SUMMER)) == "2026-07-01T07:00:00Z"
+    assert times.rfc3339(datetime(2026, 7, 1, 11, 0, tzinfo=PARIS_SUMMER)) == "2026-07-01T09:00:00Z"
+    assert times.rfc3339(datetime(2026, 7, 1, 9, 0, 1, tzinfo=UTC)) == "2026-07-01T09:00:01Z"
+    assert times.rfc3339(datetime(2026, 7, 1, 7, 0)) == "2026-07-01T07:00:00Z"
+    assert times.rfc3339(nine) == "2026-07-01T09:00:00Z"
