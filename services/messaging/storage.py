@@ -353,9 +353,11 @@ class Store:
                     for x in sup], ["email_hash", "scope"])
 
     def list_messages(self, lead_id: str, limit: int) -> list[Message]:
+        """A lead's messages newest first (what a reader looks for; the limit keeps the latest)."""
         with self._sessions() as s:
             rows = s.execute(select(messages).where(messages.c.lead_id == lead_id)
-                             .order_by(messages.c.created_at, messages.c.id).limit(limit)).mappings().all()
+                             .order_by(messages.c.created_at.desc(), messages.c.id.desc())
+                             .limit(limit)).mappings().all()
         return [Message.from_row(r) for r in rows]
 
     def timeline(self, lead_id: str, limit: int) -> list[TimelineLine]:

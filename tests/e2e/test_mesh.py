@@ -47,7 +47,7 @@ def test_a_lead_from_sign_up_to_erasure(mesh: Mesh) -> None:
         lead = api.get("/v1/leads/ana").json()
         assert any(j["journey"] == "skilled_professional" and j["status"] == "active" for j in lead["journeys"])
         sent = [m for m in api.get("/v1/leads/ana/messages").json()["items"] if m["status"] == "sent"]
-        assert sent and sent[0]["template"] == "skilled_professional.email_01"
+        assert sent and sent[-1]["template"] == "skilled_professional.email_01"   # newest first
         received = [m for m in mails(mesh) if m["To"] and "ana@example.com" in m["To"]]
         assert len(received) == len(sent)
         assert received[0]["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
@@ -152,7 +152,7 @@ def test_webinar_attendance_reported_after_the_no_show_decision_counts_as_attend
         assert api.post("/v1/admin/clock/advance", json={"seconds": 86400}).status_code == 200
         sent = [m["template"] for m in api.get("/v1/leads/wes/messages").json()["items"]
                 if m["journey"] == "webinar" and m["status"] == "sent"]
-        assert sent == [f"webinar.email_0{n}" for n in (1, 2, 3, 5, 4, 6)]
+        assert sent == [f"webinar.email_0{n}" for n in (6, 4, 5, 3, 2, 1)]   # newest first
         timeline = api.get("/v1/leads/wes/timeline").json()["items"]
         assert any(i["kind"] == "journey" and "matched rule attended_late" in i["summary"] for i in timeline)
         received = {m["X-Nurture-Template"]: m for m in mails(mesh) if m["To"] and "wes@example.com" in m["To"]}
