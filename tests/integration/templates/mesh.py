@@ -56,7 +56,8 @@ class TemplatesMesh:
 
 
 @asynccontextmanager
-async def templates_mesh(settings: Settings, tmp_path: Path, extra: tuple[str, ...] = ()) -> AsyncIterator[TemplatesMesh]:
+async def templates_mesh(settings: Settings, tmp_path: Path,
+                         extra: tuple[str, ...] = ()) -> AsyncIterator[TemplatesMesh]:
     """`extra`: more services to start after these three (e.g. analytics)."""
     sink = SmtpSink(tmp_path / "mail").start()
     addrs = {f"{s}_addr": f"127.0.0.1:{free_port()}" for s in SERVICES}
