@@ -113,3 +113,23 @@ def test_bad_clocks_are_refused(raw: dict[str, object], tmp_path: Path) -> None:
     (tmp_path / "_settings.yaml").write_text(yaml.safe_dump({"clocks": [raw]}))
     with pytest.raises(DefinitionError, match=r"^_settings\.yaml clocks\[0\]\.\w+: "):
         read_settings(tmp_path)
+
+
+def test_a_dormant_lead_matching_a_trigger_table_row_gets_that_rows_email_and_only_it() -> None:
+    """This run's find (after the segment one): a dormant lead who had downloaded a resource got the
+    re-engagement check-in and the trigger table's "initial engagement then inactivity" story on the
+    same day. The table's rows enrol the re-engagement journey, whose first email is the row's."""
+    h = Harness("family")
+    h.lead["lifecycle_stage"] = "lead"
+    h.lead["counters"] = {"downloads": 1, "opens_30d": 0}
+    h.message("lead_created")
+    h.message("email_sent", journey="family", step="email_01")
+    _walk(h, 13)
+    h.advance(days=1)
+    day_14 = len(h.sent)
+    _fire_due(h)
+    fired = h.engine.inactivity_due(h.state, h.state.inactive_token, h.now)
+    h.transitions += [t.summary for t in fired.transitions]
+    h.drive()
+    reach = h.sent[day_14:]
+    assert len(reach) == 1 and ":re_engagement:1:email_01_story:" in reach[0], reach
