@@ -203,7 +203,6 @@ async def publish_scoring(request: Request) -> Response:
         report = {"version": reply.version, "dry_run": reply.dry_run, "leads": reply.leads,
                   "grade_changes": reply.grade_changes, "stage_changes": reply.stage_changes,
                   "changes": json.loads(reply.changes_json or "[]")}
-        return page("published.html", session=current, title="Scoring model", key="scoring model",
-                    version=reply.version, published=not dry_run, back="/console/scoring",
-                    report=json.dumps(report, indent=2))
+        # Figures and a table a marketer reads, not the reply's JSON; a dry run offers the real publish.
+        return page("scoring_published.html", session=current, title="Scoring model", report=report)
     return await guarded(request, handler, needed="editor", form=True)

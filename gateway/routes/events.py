@@ -7,11 +7,13 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
+import grpc
 from fastapi import APIRouter, Depends, Header, Request
 
 from gateway.convert import parse_time, require_object
 from gateway.deps import ApiError, Mesh, json_body, json_body_items, mesh, require_key
 from nurture import datafiles, jsoncodec, limits, times
+from nurture.api.messaging.v1 import messaging_pb2, messaging_pb2_grpc
 from nurture.api.scoring.v1 import scoring_pb2, scoring_pb2_grpc
 
 router = APIRouter(prefix="/v1", tags=["events"], dependencies=[Depends(require_key)])
@@ -117,6 +119,41 @@ def to_event(raw: Any, header_key: str | None = None, now: datetime | None = Non
     return event
 
 
+# An open or click an integrator posts with the message's id but not its journey fields is the message's:
+# its record knows the journey, step and template, so it is credited where a tracked one is (docs/API.md,
+# "Analytics"). Fields the caller did pass are kept.
+ENGAGEMENTS = frozenset({"email_opened", "email_clicked"})
+MESSAGE_FIELDS = ("journey", "step", "template")
+
+
+async def credit_to_messages(m: Mesh, events: list[scoring_pb2.Event]) -> None:
+    """Fill the missing journey fields of each open or click that names a message of its lead."""
+    wanting: dict[str, list[tuple[scoring_pb2.Event, dict[str, Any], str]]] = {}
+    for event in events:
+        if event.type not in ENGAGEMENTS:
+            continue
+        props = jsoncodec.loads(event.properties_json or "{}")
+        mid = props.get("message_id")
+        if isinstance(mid, str) and mid and any(not props.get(f) for f in MESSAGE_FIELDS):
+            wanting.setdefault(event.lead_id, []).append((event, props, mid))
+    for lead_id, items in wanting.items():
+        stub = messaging_pb2_grpc.MessagingStub(m.channel("messaging"))
+        try:
+            reply = await stub.ListMessages(messaging_pb2.ListMessagesRequest(lead_id=lead_id, limit=10000),
+                                            timeout=m.timeout)
+        except grpc.aio.AioRpcError:
+            continue   # messaging is down: the event is still taken, as posted (it scores and moves journeys)
+        known = {msg.id: msg for msg in reply.items}
+        for event, props, mid in items:
+            msg = known.get(mid)
+            if msg is None:
+                continue   # not this lead's message: credited by what it carries, as before
+            for name in MESSAGE_FIELDS:
+                if not props.get(name):
+                    props[name] = getattr(msg, name)
+            event.properties_json = jsoncodec.dumps(props)
+
+
 def _error(result: scoring_pb2.EventResult) -> ApiError:
     if result.error_code == "unknown_lead":
         return ApiError(404, "unknown_lead", result.error_message)
@@ -137,6 +174,7 @@ async def post_event(
 async def record_event(request: Request, body: Any, idempotency_key: str | None) -> dict[str, Any]:
     """The 202 body for one event, or ApiError / a gRPC error."""
     event = to_event(body, idempotency_key, request.app.state.clock.now())
+    await credit_to_messages(request.app.state.mesh, [event])
     result = await request.app.state.events.send(event)
     if result.error_code:
         raise _error(result)
@@ -170,6 +208,7 @@ async def post_batch(request: Request, body: Any = Depends(json_body_items),
             rejected.append({"index": i, "error": {"code": exc.code, "message": exc.message, "details": exc.details}})
     duplicates = 0
     ids: list[str] = []
+    await credit_to_messages(m, events)
     if events:
         reply = await scoring_pb2_grpc.ScoringStub(m.channel("scoring")).IngestEvents(
             scoring_pb2.IngestRequest(events=events), timeout=m.timeout * 6)

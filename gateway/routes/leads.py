@@ -107,9 +107,14 @@ async def _upsert(m: Mesh, lead_id: str, body: dict[str, Any], *, merge: bool, m
 @router.post("", status_code=201, summary="Create or update a lead by id")
 async def create_lead(response: Response, body: Any = Depends(json_body), m: Mesh = Depends(mesh)) -> dict[str, Any]:
     body = require_object(body)
-    lead_id = body.get("id") or ""
-    if not isinstance(lead_id, str):
-        raise ApiError(422, "invalid", "id must be a string", {"fields": {"id": "must be a string"}})
+    # Absent (or null): the service generates one. Anything else is the caller's id and must be one: an
+    # empty string or a 0 is a mistake, not a request for a generated id.
+    lead_id = body.get("id")
+    if lead_id is None:
+        lead_id = ""
+    elif not isinstance(lead_id, str) or not lead_id:
+        raise ApiError(422, "invalid", "id must be a non-empty string (leave it out to have one generated)",
+                       {"fields": {"id": "must be a non-empty string (leave it out to have one generated)"}})
     reply = await _upsert(m, lead_id, body, merge=False, must_exist=False)
     response.status_code = 201 if reply.created else 200
     return await full_lead(m, reply.lead)

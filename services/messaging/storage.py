@@ -353,9 +353,11 @@ class Store:
                     for x in sup], ["email_hash", "scope"])
 
     def list_messages(self, lead_id: str, limit: int) -> list[Message]:
+        """A lead's messages newest first (what a reader looks for; the limit keeps the latest)."""
         with self._sessions() as s:
             rows = s.execute(select(messages).where(messages.c.lead_id == lead_id)
-                             .order_by(messages.c.created_at, messages.c.id).limit(limit)).mappings().all()
+                             .order_by(messages.c.created_at.desc(), messages.c.id.desc())
+                             .limit(limit)).mappings().all()
         return [Message.from_row(r) for r in rows]
 
     def timeline(self, lead_id: str, limit: int) -> list[TimelineLine]:
@@ -383,19 +385,24 @@ class Store:
                                                      "source": source, "at": naive(now)}],
                                   ["email_hash", "scope"]) > 0
 
-    def lift_unsubscribes(self, email_hash: str, lead_id: str, bus_id: str, now: datetime) -> list[str]:
+    def lift_unsubscribes(self, email_hash: str, lead_id: str, bus_id: str, now: datetime,
+                          opted_in_at: datetime | None = None) -> list[str]:
         """Subscribing to email again lifts the address's unsubscribes (every scope), never a spam
-        report's or a hard bounce's suppression. When something was lifted, a feedback event
-        (`email_resubscribed`, with the scopes) goes to scoring in the same transaction: journeys resume
-        what the unsubscribe stopped on that event, so a resumed send can never reach messaging before
-        the suppression is gone. Returns the scopes lifted."""
+        report's or a hard bounce's suppression. An erasure's suppression (kept so the erased person is
+        not mailed again from a stale import) is lifted only by an explicit opt-in, `opted_in_at`, that
+        happened after the erasure: a new legal basis given by the person. When something was lifted, a
+        feedback event (`email_resubscribed`, with the scopes) goes to scoring in the same transaction:
+        journeys resume what the unsubscribe stopped on that event, so a resumed send can never reach
+        messaging before the suppression is gone. Returns the scopes lifted."""
+        c = suppressions.c
+        liftable = c.reason == "unsubscribed"
+        if opted_in_at is not None:
+            liftable = or_(liftable, and_(c.reason == "erased", c.at < naive(opted_in_at)))
         with self._sessions() as s:
-            scopes = sorted(s.scalars(select(suppressions.c.scope).where(
-                suppressions.c.email_hash == email_hash, suppressions.c.reason == "unsubscribed")))
+            scopes = sorted(set(s.scalars(select(c.scope).where(c.email_hash == email_hash, liftable))))
             if not scopes:
                 return []
-            s.execute(delete(suppressions).where(suppressions.c.email_hash == email_hash,
-                                                 suppressions.c.reason == "unsubscribed"))
+            s.execute(delete(suppressions).where(c.email_hash == email_hash, liftable))
             _insert_ignore(s, feedback, [{"key": f"resub:{bus_id}", "lead_id": lead_id, "type": "email_resubscribed",
                                           "properties_json": json.dumps({"scopes": scopes}),
                                           "occurred_at": naive(now), "sent": False}], ["key"])
@@ -611,6 +618,11 @@ class Store:
             removed += getattr(s.execute(delete(messages).where(messages.c.lead_id == lead_id)), "rowcount", 0) or 0
             s.execute(delete(ad_suppressions).where(ad_suppressions.c.lead_id == lead_id))
             if email_hash:
+                # The erasure's suppression replaces the address's unsubscribes: what consent given again
+                # would lift, only a new explicit opt-in lifts now (lift_unsubscribes). A spam report's or
+                # a hard bounce's stays as it is.
+                s.execute(delete(suppressions).where(suppressions.c.email_hash == email_hash,
+                                                     suppressions.c.reason == "unsubscribed"))
                 _insert_ignore(s, suppressions, [{"email_hash": email_hash, "scope": "all", "reason": "erased",
                                                   "source": "erasure", "at": naive(now)}], ["email_hash", "scope"])
         return removed

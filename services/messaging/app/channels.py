@@ -257,12 +257,14 @@ class Channels:
                 scope = props.get("scope") if props.get("scope") in SCOPES else "nurture"
                 await write(e.store.add_suppression, ehash, scope, "unsubscribed", "bus", at)
             changed = props.get("changed") or []
-            consent_back = (etype == "subscribed" and props.get("channel") == "email") or (
+            opted_in = etype == "subscribed" and props.get("channel") == "email"
+            consent_back = opted_in or (
                 etype == "lead_updated" and "consent" in changed
                 and lead is not None and lead.consent.get("email") is True)
             if consent_back and ehash and lead_id:
-                # Subscribing to email again (or consent given again) undoes the unsubscribes.
-                await write(e.store.lift_unsubscribes, ehash, lead_id, m.id, at)
+                # Subscribing to email again (or consent given again) undoes the unsubscribes; only the
+                # person's explicit opt-in after an erasure undoes the erasure's (docs/API.md, "Leads").
+                await write(e.store.lift_unsubscribes, ehash, lead_id, m.id, at, at if opted_in else None)
             if etype == "spam_reported" and ehash:
                 await write(e.store.add_suppression, ehash, "all", "spam_report", "bus", at)
             hard = etype == "email_hard_bounced" or (

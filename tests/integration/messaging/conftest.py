@@ -121,9 +121,9 @@ class InProc:
             for m in messages])
 
     async def messages(self, lead_id: str) -> dict[str, Message]:
-        """template -> the message row (status, reason, due_at, attempts, subject)."""
+        """template -> the latest message row of it (status, reason, due_at, attempts, subject)."""
         rows = await self.db.run(self.engine.store.list_messages, lead_id, 100)
-        return {r.template: r for r in rows}
+        return {r.template: r for r in reversed(rows)}   # newest first: the latest wins
 
     def mails_to(self, address: str) -> int:
         return sum(1 for p in self.sink.messages() if address in p.read_text(errors="replace").split("\n", 1)[0])

@@ -164,6 +164,48 @@ async def test_an_erasure_heard_on_the_bus_forgets_the_lead_and_keeps_its_addres
     assert inproc.engine.store.ad_suppressed(["x1"]) == {}
 
 
+async def test_after_an_erasure_only_a_new_explicit_opt_in_lets_mail_go_to_the_address(inproc: InProc) -> None:
+    """The last new-user run's find: an erased address could never get email again, even when the person
+    opted in anew. Erasure keeps its suppression against stale imports (a lead created again with the old
+    consent, consent updated, an old `subscribed` replayed); the person's `subscribed` (email) after the
+    erasure is a new legal basis and lifts it. An unsubscribe before the erasure becomes the erasure's."""
+    lead = make_lead("x2", timezone="UTC")
+    await inproc.bus(bus_message("y-0", "x2", "unsubscribed", lead=lead, properties={"scope": "all"},
+                                 occurred_at="2026-01-04T08:00:00Z"))
+    await inproc.bus(bus_message("y-1", "x2", "lead_erased", lead={"id": "x2", "email": "x2@example.com"},
+                                 occurred_at=AT))
+    assert scopes(inproc, "x2@example.com") == {"all": "erased"}
+    # A stale import: the lead again with its old consent, consent updated, its old opt-in replayed.
+    again = make_lead("x2", timezone="UTC")
+    inproc.scoring.add(again)
+    await inproc.bus(bus_message("y-2", "x2", "lead_created", lead=again, occurred_at="2026-01-05T09:00:00Z"),
+                     bus_message("y-3", "x2", "lead_updated", lead=again, properties={"changed": ["consent"]},
+                                 occurred_at="2026-01-05T09:00:00Z"),
+                     bus_message("y-4", "x2", "subscribed", lead=again, properties={"channel": "email"},
+                                 occurred_at="2026-01-03T08:00:00Z"))
+    assert scopes(inproc, "x2@example.com") == {"all": "erased"}
+    await inproc.send("x2", "family.email_01")
+    await inproc.settle()
+    assert (await inproc.messages("x2"))["family.email_01"].status == "suppressed"
+    # The person opts in anew.
+    await inproc.bus(bus_message("y-5", "x2", "subscribed", lead=again, properties={"channel": "email"},
+                                 occurred_at="2026-01-06T08:00:00Z"))
+    assert scopes(inproc, "x2@example.com") == {}
+    await inproc.send("x2", "family.email_02")
+    await inproc.settle()
+    assert (await inproc.messages("x2"))["family.email_02"].status == "sent"
+
+
+async def test_a_spam_report_outlives_an_erasure_and_an_opt_in(inproc: InProc) -> None:
+    lead = make_lead("x3", timezone="UTC")
+    await inproc.bus(bus_message("z-0", "x3", "spam_reported", lead=lead, occurred_at="2026-01-04T08:00:00Z"),
+                     bus_message("z-1", "x3", "lead_erased", lead={"id": "x3", "email": "x3@example.com"},
+                                 occurred_at=AT))
+    await inproc.bus(bus_message("z-2", "x3", "subscribed", lead=lead, properties={"channel": "email"},
+                                 occurred_at="2026-01-06T08:00:00Z"))
+    assert scopes(inproc, "x3@example.com") == {"all": "spam_report"}
+
+
 # --- tracking and unsubscribes ---------------------------------------------------------------------
 
 SENT_WITH = ("email", True, "scoring:lead")   # the consent the send was decided with

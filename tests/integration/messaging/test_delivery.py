@@ -48,6 +48,19 @@ async def test_send_delivers_once_with_headers_and_records(mesh: Mesh) -> None:
     assert len(mesh.sink.messages()) == 1
 
 
+async def test_a_leads_messages_are_listed_newest_first(mesh: Mesh) -> None:
+    """The last new-user run's find: `GET /v1/leads/{id}/messages` listed the oldest first, and its limit
+    kept the oldest. Newest first (docs/API.md), so the limit keeps the latest."""
+    mesh.scoring.add(make_lead("l1"))
+    templates = ["skilled_professional.email_01", "skilled_professional.email_02", "skilled_professional.email_03"]
+    for template in templates:
+        await mesh.send("l1", template)
+        mesh.clock.advance(3600)
+    assert [m.template for m in await mesh.messages("l1")] == templates[::-1]
+    latest = await mesh.stub.ListMessages(messaging_pb2.ListMessagesRequest(lead_id="l1", limit=2), timeout=5)
+    assert [m.template for m in latest.items] == templates[:0:-1]
+
+
 async def test_consent_suppression_bounce_and_bad_template(mesh: Mesh) -> None:
     mesh.scoring.add(make_lead("nc", consent={"email": False}))
     mesh.scoring.add(make_lead("bad", email="nobody@reject.invalid"))

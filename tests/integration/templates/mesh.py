@@ -56,13 +56,15 @@ class TemplatesMesh:
 
 
 @asynccontextmanager
-async def templates_mesh(settings: Settings, tmp_path: Path) -> AsyncIterator[TemplatesMesh]:
+async def templates_mesh(settings: Settings, tmp_path: Path,
+                         extra: tuple[str, ...] = ()) -> AsyncIterator[TemplatesMesh]:
+    """`extra`: more services to start after these three (e.g. analytics)."""
     sink = SmtpSink(tmp_path / "mail").start()
     addrs = {f"{s}_addr": f"127.0.0.1:{free_port()}" for s in SERVICES}
     base = dict(smtp_url=sink.url, public_url="https://nurture.example")
     started = []
     try:
-        for name in ("scoring", "messaging", "journeys"):
+        for name in ("scoring", "messaging", "journeys", *extra):
             running = await start_service(name, settings.with_overrides(**base, **addrs))
             started.append(running)
             addrs[f"{name}_addr"] = running.address

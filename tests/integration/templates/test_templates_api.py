@@ -109,7 +109,7 @@ async def test_publish_makes_the_next_send_use_the_new_version_and_sends_record_
     assert "Kind regards," in html and "Warm regards," not in html
     assert mails[third]["List-Unsubscribe"] and "https://nurture.example/t/c/" in html
     messages = (await mesh.client.get("/v1/leads/ana/messages", headers=mesh.headers("viewer"))).json()["items"]
-    assert [m["template_version"] for m in messages] == [1, 1, 2]
+    assert [m["template_version"] for m in messages] == [2, 1, 1]   # newest first
     versions = (await mesh.client.get(f"/v1/templates/{KEY}", headers=mesh.headers("viewer"))).json()["versions"]
     assert [(v["version"], v["status"]) for v in versions] == [(1, "superseded"), (2, "published")]
 

@@ -153,6 +153,7 @@ def test_an_abandoned_assessment_gets_the_help_email_and_a_completed_one_does_no
     # The seed's "Abandoned assessment or tool" trigger reads the profile; the canonical events mark it.
     for finished, expected in ((False, True), (True, False)):
         h = Harness()
+        h.lead["lifecycle_stage"] = "lead"
         h.message("lead_created")
         h.message("assessment_started")
         assert h.lead["attributes"]["assessment_started"] is True
@@ -163,7 +164,9 @@ def test_an_abandoned_assessment_gets_the_help_email_and_a_completed_one_does_no
         h.transitions += [t.summary for t in inactivity.transitions]
         h.drive()
         h.advance(days=2)   # the frequency budget may hold it a day
-        assert any(":triggers:1:abandoned_assessment:" in k for k in h.sent) is expected
+        # The help is re-engagement's first email (one reach of a dormant lead, not one per pattern).
+        assert any(":re_engagement:1:email_01_assessment:" in k for k in h.sent) is expected
+        assert len([k for k in h.sent if ":re_engagement:1:email_01" in k]) == 1
 
 
 def test_social_engagement_triggers_related_email_content() -> None:

@@ -1,0 +1,57 @@
+"""An open or click an integrator posts with only the message's id is credited where a tracked one is:
+to the message's journey, step and template (the message record knows them), not to an empty journey."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nurture.api.common.v1 import common_pb2, common_pb2_grpc
+from nurture.settings import Settings
+from tests.conftest import mesh_channel
+from tests.integration.templates.mesh import TemplatesMesh, templates_mesh
+
+pytestmark = pytest.mark.anyio
+KEY = "skilled_professional.email_01"
+
+
+async def _settle(mesh: TemplatesMesh, service: str) -> None:
+    async with mesh_channel(mesh.settings.address_of(service)) as ch:
+        await common_pb2_grpc.AdminStub(ch).Settle(common_pb2.SettleRequest(), timeout=60)
+
+
+async def _engagement(mesh: TemplatesMesh) -> dict[str, dict[str, Any]]:
+    for service in ("scoring", "messaging", "scoring", "analytics"):   # feedback → scoring → bus → analytics
+        await _settle(mesh, service)
+    r = await mesh.client.get("/v1/analytics/engagement", headers=mesh.headers("viewer"),
+                              params={"group_by": "journey", "from": "2026-01-01T00:00:00Z",
+                                      "to": "2026-12-31T00:00:00Z"})
+    assert r.status_code == 200, r.text
+    return {row["group"]: row for row in r.json()["rows"]}
+
+
+@pytest.mark.parametrize("etype", ["email_opened", "email_clicked"])
+async def test_an_engagement_posted_with_only_a_message_id_is_credited_to_its_journey(
+        settings: Settings, tmp_path: Path, etype: str) -> None:
+    async with templates_mesh(settings, tmp_path, extra=("analytics",)) as mesh:
+        await mesh.add_lead("ana")
+        message_id = await mesh.send("ana", KEY)
+        r = await mesh.client.post("/v1/events", headers=mesh.headers("editor"),
+                                   json={"lead_id": "ana", "type": etype, "properties": {"message_id": message_id}})
+        assert r.status_code == 202, r.text
+        # The batch route fills them too, and keeps what the caller did pass.
+        await mesh.add_lead("bea")
+        other = await mesh.send("bea", "family.email_01")
+        r = await mesh.client.post("/v1/events:batch", headers=mesh.headers("editor"), json={"events": [
+            {"lead_id": "bea", "type": etype, "properties": {"message_id": other, "step": "email_01"}}]})
+        assert r.status_code == 202 and r.json()["accepted"] == 1, r.text
+        rows = await _engagement(mesh)
+        assert "" not in rows, rows
+        figure = "opened" if etype == "email_opened" else "clicked"
+        assert rows["skilled_professional"][figure] == 1 and rows["family"][figure] == 1, rows
+        timeline = (await mesh.client.get("/v1/leads/ana/timeline", headers=mesh.headers("viewer"))).json()["items"]
+        # The lead's timeline shows the event with the fields it was credited by.
+        posted = [i["summary"] for i in timeline if i["kind"] == "event" and i["type"] == etype]
+        assert len(posted) == 1 and f"journey=skilled_professional, step=email_01, template={KEY}" in posted[0], posted
