@@ -52,7 +52,7 @@ from services.analytics.tables import (
 )
 
 CHUNK = 500  # ids per IN list
-FOLD_VERSION = "10"  # bump when the fold derives its tables differently: the service rebuilds them at start
+FOLD_VERSION = "11"  # bump when the fold derives its tables differently: the service rebuilds them at start
 NO_DAY = date(1, 1, 1)  # `analytics_reach.prev_day` of a lead's first send day in a scope
 ALL_JOURNEYS = "*"  # `analytics_sequence_rates.journey` of every journey's touches (no journey key is "*")
 NO_TS = -(2 ** 62)  # `analytics_lead_scores.ts` of a lead won before any fact carried its score
@@ -395,6 +395,12 @@ class Fold:
         cell[flag] += 1
         if m is not None:
             setattr(m, flag, True)
+        if flag == "clicked" and m is not None and not m.opened:
+            # A click counts as an open too: the pixel of a mail read with images off never loads, and a
+            # lead who clicked has read the mail. The open is the message's one, so a real open heard
+            # later is not counted again; the click alone is the touch.
+            cell["opened"] += 1
+            m.opened = True
         self.touches.append({"id": f.id, "lead_id": f.lead_id, "at": f.at, "ts": reports.micros(f.at),
                              "journey": f.journey,
                              "template": f.template, "topic": f.topic, "format": f.format, "segment": f.segment})

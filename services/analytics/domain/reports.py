@@ -9,7 +9,7 @@ Definitions every report and the exactness tests share:
   nearest-rank value (the ceil(0.9 n)-th smallest).
 - sent = messages handed to the mail system (accepted, or refused by a hard bounce), unique per
   message; bounced = unique per message; delivered = sent - bounced; opened and clicked are unique per
-  message (a click implies an open, as messaging records it); rates are over delivered.
+  message (a click counts as an open too, also one posted without its open); rates are over delivered.
 """
 
 from __future__ import annotations

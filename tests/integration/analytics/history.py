@@ -237,6 +237,9 @@ def counted(stream: Sequence[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]
         if (kind, mid) not in firsts:
             firsts.add((kind, mid))
             out.append((kind, m))
+            if kind == "clicked" and ("opened", mid) not in firsts:  # a click counts as an open too
+                firsts.add(("opened", mid))
+                out.append(("opened", m))
     return out
 
 
@@ -568,7 +571,8 @@ def timeseries(stream: Sequence[dict[str, Any]], r: Range, metric: str, interval
 
 
 def touches(stream: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [m for kind, m in counted(stream) if kind in ("opened", "clicked")]
+    # The open a click implies is no touch of its own: the click is.
+    return [m for kind, m in counted(stream) if kind == "clicked" or (kind == "opened" and m["type"] == "email_opened")]
 
 
 def won_in(stream: Sequence[dict[str, Any]], r: Range) -> list[dict[str, Any]]:
