@@ -24,9 +24,8 @@ import itertools
 import logging
 import re
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from durable import engine as durable_engine
 
@@ -286,7 +285,7 @@ _registered: dict[str, CompiledRules] = {}
 _ids = itertools.count(1)
 
 
-class _SynchronousHost(durable_engine.Host):  # type: ignore[misc]
+class _SynchronousHost(durable_engine.Host):  # type: ignore[misc]  # durable_rules is untyped: its base is Any
     """durable_rules' Host without its background dispatch loop.
 
     The stock Host starts a new `threading.Timer` thread per registered ruleset every 0.2 s, twice
@@ -318,8 +317,8 @@ class CompiledRules:
         self._fired: list[str] = []
         self._facts_read = {s.name: _facts_of(s.when) for s in self.specs}
         self._paths = _covering_paths({f for read in self._facts_read.values() for f in read})
-        self._memo: dict[tuple[Any, ...], list[Match]] = {}
-        self._decisions: dict[tuple[Any, ...], list[str]] = {}
+        self._memo: dict[tuple[_PathKey, ...], list[Match]] = {}
+        self._decisions: dict[tuple[Hashable, ...], list[str]] = {}
         # Paths that rules only test with `exists` (and read nothing inside): the engine's answer
         # depends on whether they hold a value, not on which (`lead.id` differs for every lead).
         tests = _tests_of([s.when for s in self.specs])
@@ -351,8 +350,8 @@ class CompiledRules:
             kept = kept or {"r_none": {"all": [{"m": {_MARKER: 2}}], "run": lambda _c: None}}
             host.set_rulesets({name: copy.deepcopy(kept)})
 
-    def _action(self, rule: str) -> Callable[[Any], None]:
-        def fire(_c: Any) -> None:
+    def _action(self, rule: str) -> Callable[[object], None]:
+        def fire(_c: object) -> None:
             self._fired.append(rule)
 
         return fire
@@ -375,20 +374,21 @@ class CompiledRules:
             found = self._memo[key] = self._matches(self._decide(key, facts), facts)
         return found
 
-    def _decide(self, key: tuple[Any, ...], facts: JsonMapping) -> list[str]:
+    def _decide(self, key: tuple[_PathKey, ...], facts: JsonMapping) -> list[str]:
         """The rules that hold, asked of the engine once per distinct decision key: the memo key with
         each presence-only path reduced to whether it holds a value."""
+        decision: tuple[Hashable, ...] = key
         if self._presence_only:
-            reduced = list(key)
+            reduced: list[Hashable] = list(key)
             for i in self._presence_only:
-                depth, value = reduced[i]
+                depth, value = key[i]
                 reduced[i] = depth == len(self._paths[i]) and value != _NULL
-            key = tuple(reduced)
-        fired = self._decisions.get(key)
+            decision = tuple(reduced)
+        fired = self._decisions.get(decision)
         if fired is None:
             if len(self._decisions) >= MEMO_LIMIT:
                 self._decisions.clear()
-            fired = self._decisions[key] = self._evaluate(_prune(facts, self._paths))
+            fired = self._decisions[decision] = self._evaluate(_prune(facts, self._paths))
         return fired
 
     def _evaluate(self, facts: JsonMapping) -> list[str]:
@@ -446,13 +446,15 @@ def _prune(facts: JsonMapping, paths: tuple[tuple[str, ...], ...]) -> JsonObject
 
 _ABSENT = object()
 _NULL = (type(None), None)  # _frozen(None)
+# One path's part of a memo key: how deep the walk went, and the value found there (frozen) or _ABSENT.
+_PathKey = tuple[int, Hashable]
 
 
-def _path_key(facts: JsonMapping, parts: tuple[str, ...]) -> tuple[Any, ...]:
+def _path_key(facts: JsonMapping, parts: tuple[str, ...]) -> _PathKey:
     """What `_prune` keeps of one path, as a hashable value: how deep the walk went and what it found
     there (the value frozen, or absent). Equal keys for all paths mean equal pruned facts, so equal
     answers; built without the pruned copy, which is only made when the memo misses."""
-    src: Any = facts
+    src: JsonValue = facts
     for depth, part in enumerate(parts):
         if type(src) is not dict and not isinstance(src, Mapping):  # dict first: the ABC check is slow
             return (depth, _frozen(src))
@@ -462,14 +464,15 @@ def _path_key(facts: JsonMapping, parts: tuple[str, ...]) -> tuple[Any, ...]:
     return (len(parts), _frozen(src))
 
 
-def _frozen(value: Any) -> Any:
+def _frozen(value: JsonValue) -> Hashable:
     """A hashable value equal for two values only when they are the same fact: a string is itself;
     other values carry their type, because 1, 1.0 and True are equal in Python and not in the rule
     language; a float is its repr (-0.0 and 0.0 are shown differently in explanations); a value JSON
     cannot hold is its type and text, as a datetime is not its string."""
     kind = type(value)
     if kind is str:
-        return value
+        text: str = value  # `type(...) is` (faster than isinstance here) does not narrow for mypy
+        return text
     if kind is int or kind is bool or value is None:
         return (kind, value)
     if kind is float:
