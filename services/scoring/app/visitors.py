@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy.orm import Session
 
@@ -29,6 +29,7 @@ from nurture import jsoncodec, times
 from nurture.busmessage import LeadSnapshot
 from nurture.clock import Clock
 from nurture.db import Database
+from nurture.jsontypes import JsonObject
 from nurture.locks import KeyLocks
 from services.scoring import storage as st
 from services.scoring import storage_visitors as sv
@@ -37,8 +38,9 @@ from services.scoring.app.ingest import IngestQueue
 from services.scoring.app.outbox import Outbox
 from services.scoring.domain.profile import apply_outcome
 from services.scoring.domain.profiling import LEAD_FIELDS, FieldSpec, Profiling, check_answers, next_fields
-from services.scoring.domain.records import EventIn, EventResult, InvalidInput, NotFound
+from services.scoring.domain.records import EventIn, EventResult, InvalidInput, NotFound, VisitorProfile
 from services.scoring.domain.validation import EVENT_TYPE, validate_profile
+from services.scoring.storage import SqlRow
 
 MERGED_EVENT = "visitor_merged"
 SOURCE = "website"
@@ -47,7 +49,7 @@ SOURCE = "website"
 @dataclass(frozen=True)
 class VisitorEventIn:
     type: str
-    properties: dict[str, Any]
+    properties: JsonObject
     occurred_at: datetime | None
     client_id: str
     trace: str | None = None
@@ -67,11 +69,11 @@ class VisitOutcome:
 @dataclass(frozen=True)
 class Visitor:
     lead_id: str
-    profile: dict[str, Any]
+    profile: JsonObject  # the scored profile, with the answers the visitor gave shown in it
     anonymous_events: int
 
 
-def new_profile(visitor_id: str) -> dict[str, Any]:
+def new_profile(visitor_id: str) -> VisitorProfile:
     """An anonymous visitor's profile: a lead's scored fields, with no email and nobody's consent."""
     return {"id": f"visitor:{visitor_id}", "email": None, "first_name": None, "last_name": None,
             "segment": None, "attributes": {}, "consent": {}, "score": 0, "grade": "D",
@@ -79,8 +81,9 @@ def new_profile(visitor_id: str) -> dict[str, Any]:
             "last_engaged_at": None, "anonymous": True}
 
 
-def _profile(text: str) -> dict[str, Any]:
-    profile = dict(jsoncodec.loads(text or "{}"))
+def _profile(text: str) -> VisitorProfile:
+    """A stored profile (written from a `VisitorProfile`; its time as text, `default=str`)."""
+    profile = cast(VisitorProfile, dict(jsoncodec.loads(text or "{}")))
     profile["last_engaged_at"] = times.parse_utc(profile.get("last_engaged_at"))
     return profile
 
@@ -117,9 +120,9 @@ class Visitors:
         with writes.begin() as s:
             rows = sv.lock_visitors(s, [vid for vid, _ in visits])
             seen = sv.seen_client_ids(s, [vid for vid, _ in visits if vid in rows and not rows[vid].lead_id])
-            profiles: dict[str, dict[str, Any]] = {}
+            profiles: dict[str, VisitorProfile] = {}
             counts: dict[str, int] = {}
-            new_rows: list[tuple[Any, ...]] = []
+            new_rows: list[SqlRow] = []
             for vid, events in visits:
                 row = rows.get(vid)
                 if row is not None and row.lead_id:
@@ -199,10 +202,10 @@ class Visitors:
             row = sv.visitor(s, visitor_id)
         if row is None:
             return None
-        profile = _profile(row.profile)
         answers = dict(jsoncodec.loads(row.answers or "{}"))
-        profile["attributes"] = {k: v for k, v in answers.items() if k not in LEAD_FIELDS}
-        profile.update({k: v for k, v in answers.items() if k in LEAD_FIELDS})
+        profile: JsonObject = {**_profile(row.profile),
+                               "attributes": {k: v for k, v in answers.items() if k not in LEAD_FIELDS},
+                               **{k: v for k, v in answers.items() if k in LEAD_FIELDS}}
         return Visitor(lead_id=row.lead_id or "", profile=profile, anonymous_events=row.events - row.merged_events)
 
     def lead_by_email(self, email: str) -> LeadSnapshot | None:
