@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
-from typing import Any
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 async def wait_event(event: asyncio.Event, timeout: float) -> bool:
@@ -21,7 +23,7 @@ async def wait_event(event: asyncio.Event, timeout: float) -> bool:
         return False
 
 
-def resolve(futures: Iterable[tuple[asyncio.Future[Any], Any]]) -> None:
+def resolve(futures: Iterable[tuple[asyncio.Future[T], T | BaseException]]) -> None:
     """Hand each waiting caller of a batch its own outcome: an exception is raised to it, anything
     else is its result; a caller that gave up already is skipped."""
     for future, outcome in futures:

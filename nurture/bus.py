@@ -29,10 +29,11 @@ from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import cast
 
 from opentelemetry import trace
 from redis.exceptions import ResponseError
+from redis.typing import EncodableT, FieldT, KeyT, StreamIdT
 
 from nurture import busmessage
 from nurture.admin import DeadLetter, Retried
@@ -171,14 +172,15 @@ class Consumer:
 
     async def _take_over(self, shard: int) -> int:
         key = stream_key(shard)
-        start: Any = "0-0"
+        start: StreamIdT = "0-0"
         claimed = 0
         while True:
-            # Not justid: redis-py then drops the cursor the loop needs.
-            answer: Any = await self._redis.xautoclaim(key, self._group, self._consumer, 0, start_id=start,
-                                                       count=self._batch)
-            start = answer[0]
-            claimed += len(answer[1])
+            # Not justid: redis-py then drops the cursor the loop needs. The answer: [next cursor, claimed
+            # entries, deleted ids].
+            answer = await self._redis.xautoclaim(key, self._group, self._consumer, 0, start_id=start,
+                                                  count=self._batch)
+            start = cast(bytes, answer[0])
+            claimed += len(cast(list[_Entry], answer[1]))
             if start in (b"0-0", "0-0"):
                 break
         handled = 0
@@ -241,9 +243,9 @@ class Consumer:
             task.cancel()
         self._waiting.clear()
 
-    async def _xreadgroup(self, streams: dict[Any, Any], block: int | None) -> list[tuple[bytes, list[_Entry]]]:
+    async def _xreadgroup(self, streams: dict[KeyT, StreamIdT], block: int | None) -> list[tuple[bytes, list[_Entry]]]:
         try:
-            result: Any = await self._redis.xreadgroup(
+            result = await self._redis.xreadgroup(
                 self._group, self._consumer, streams, count=self._batch, block=block
             )
         except ResponseError as exc:
@@ -258,7 +260,8 @@ class Consumer:
             result = await self._redis.xreadgroup(
                 self._group, self._consumer, streams, count=self._batch, block=block
             )
-        return list(result or [])
+        # RESP2 (this client's protocol): a list of [stream, entries], or None when the wait timed out.
+        return list(cast(list[tuple[bytes, list[_Entry]]] | None, result) or [])
 
     async def _handle(self, entries: list[tuple[bytes, list[_Entry]]]) -> int:
         batches = [b for b in (self._parse(stream, items) for stream, items in entries) if b[1]]
@@ -365,7 +368,8 @@ class Consumer:
             except Exception as exc:
                 log.warning("bus %s: retried dead letter %s failed again", self._group, dead_id, exc_info=True)
                 error = f"{type(exc).__name__}: {exc}"[:2000]
-                again: dict[Any, Any] = {**fields, b"error": error.encode()}
+                again: dict[FieldT, EncodableT] = {k: v for k, v in fields.items()}  # redis-py's key type
+                again[b"error"] = error.encode()
                 await self._redis.xadd(key, again)
                 await self._redis.xdel(key, dead_id)
                 return Retried(False, error)
@@ -475,7 +479,7 @@ async def lag(client: AsyncRedis, shards: int) -> list[GroupLag]:
 
 
 async def _entry(client: AsyncRedis, key: bytes | str, entry_id: bytes | str) -> _Entry | None:
-    found: Any = await client.xrange(key, min=entry_id, max=entry_id)
+    found = cast(list[_Entry], await client.xrange(key, min=entry_id, max=entry_id))
     return (found[0][0], found[0][1]) if found else None
 
 
@@ -489,7 +493,7 @@ class BusDeadLetters:
         client, key = self._consumer._redis, dead_key(self._consumer._group)
         total = int(await client.xlen(key))
         out = []
-        rows: list[_Entry] = list(await client.xrevrange(key, count=limit) or [])  # type: ignore[arg-type]
+        rows = list(cast(list[_Entry] | None, await client.xrevrange(key, count=limit)) or [])
         for entry_id, fields in rows:
             dead_id = entry_id.decode()
             lead_id, summary = "", ""

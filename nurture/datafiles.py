@@ -15,12 +15,13 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from datetime import time
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, TypeGuard, TypeVar
 
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
 
 from nurture.errors import InvalidArgument
+from nurture.jsontypes import JsonValue
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -45,7 +46,7 @@ class DataFileError(InvalidArgument, ValueError):
         super().__init__(f"{self.source}: {text}" if self.source else text, details={"problems": self.problems})
 
 
-def read_yaml(path: Path, *, missing: Any = ..., empty: Any = None) -> Any:
+def read_yaml(path: Path, *, missing: JsonValue = ..., empty: JsonValue = None) -> JsonValue:
     """The parsed document of `path`; `missing` when the file does not exist (when given), `empty` when
     it holds no document. A file that cannot be read or parsed is a DataFileError naming it."""
     if missing is not ... and not path.exists():
@@ -57,7 +58,7 @@ def read_yaml(path: Path, *, missing: Any = ..., empty: Any = None) -> Any:
     return empty if document is None else document
 
 
-def validate(model: type[M], raw: Any, source: str | Path | None = None, *, where: str = "",
+def validate(model: type[M], raw: JsonValue, source: str | Path | None = None, *, where: str = "",
              unknown: str = "unknown key") -> M:
     """`raw` as `model`, or a DataFileError listing every problem, each prefixed with `where` (e.g. a
     file name when several files share one error) and ordered as the keys appear in the file.
@@ -73,7 +74,8 @@ def load(model: type[M], path: Path, *, where: str = "", unknown: str = "unknown
     return validate(model, read_yaml(path, empty={}), path, where=where, unknown=unknown)
 
 
-def problems_of(exc: ValidationError, raw: Any = None, *, where: str = "", unknown: str = "unknown key") -> list[str]:
+def problems_of(exc: ValidationError, raw: JsonValue = None, *, where: str = "",
+                unknown: str = "unknown key") -> list[str]:
     """A pydantic error as "where: what" strings: the location as a dotted path (list items as `[i]`),
     a validator's own sentence as it was written (no "Value error, " prefix), in the file's key order."""
     order = {key: i for i, key in enumerate(raw)} if isinstance(raw, Mapping) else {}
@@ -103,20 +105,21 @@ def _dotted(loc: Sequence[int | str]) -> str:
 
 # -- field types shared by the data files, each with the sentence an operator reads --------------------
 
-def checked(test: Callable[[Any], bool], problem: str) -> Callable[[Any], Any]:
-    """A pydantic BeforeValidator: the value as it is when `test` holds, else `problem` as the listed text."""
-    def check(value: Any) -> Any:
+def checked(test: Callable[[object], object], problem: str) -> Callable[[object], object]:
+    """A pydantic BeforeValidator: the value as it is when `test` holds (is truthy), else `problem` as the
+    listed text."""
+    def check(value: object) -> object:
         if not test(value):
             raise ValueError(problem)
         return value
     return check
 
 
-def _number(value: Any) -> bool:
+def _number(value: object) -> TypeGuard[int | float]:
     return not isinstance(value, bool) and isinstance(value, int | float)
 
 
-def _time_of_day(value: Any) -> time:
+def _time_of_day(value: object) -> time:
     if isinstance(value, time):
         return value
     try:

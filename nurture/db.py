@@ -602,6 +602,7 @@ class DriverWrites:
     def _send(conn: Connection, sql: str, params: Any, *, many: bool) -> Any:
         """The statement executed (in a pipeline: queued) on a new cursor, which the caller closes."""
         record_statement(conn, sql, many)
+        # A checked-out connection always holds its DBAPI connection; SQLAlchemy types it Optional.
         cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
         try:
             if many:

@@ -10,9 +10,11 @@ and `:`); every reader parses JSON, none compares its text.
 from __future__ import annotations
 
 import json
-from typing import Any
+from collections.abc import Callable
 
 import orjson
+
+from nurture.jsontypes import JsonValue
 
 # datetimes go through `default` (str()) as they did with json.dumps(default=str), not orjson's
 # RFC 3339 form: a consumer of an older message and of a newer one sees the same text.
@@ -20,7 +22,7 @@ _OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
 JSONDecodeError = json.JSONDecodeError
 
 
-def dumps(value: Any, *, default: Any = None) -> str:
+def dumps(value: JsonValue, *, default: Callable[[object], JsonValue] | None = None) -> str:
     """Compact JSON text of `value`; `default` as in `json.dumps` (e.g. `str`)."""
     try:
         return orjson.dumps(value, default=default, option=_OPTIONS).decode()
@@ -28,7 +30,7 @@ def dumps(value: Any, *, default: Any = None) -> str:
         return json.dumps(value, separators=(",", ":"), default=default)
 
 
-def loads(text: str | bytes) -> Any:
+def loads(text: str | bytes) -> JsonValue:
     """The value of JSON `text`; raises `json.JSONDecodeError` (a ValueError) when it is not JSON."""
     try:
         return orjson.loads(text)

@@ -18,9 +18,10 @@ from __future__ import annotations
 import json
 import logging
 from datetime import UTC, date, datetime
-from typing import Any
 
 import orjson
+
+from nurture.jsontypes import JsonValue
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ class InputError(ValueError):
         self.malformed = malformed
 
 
-def shown(key: Any) -> str:
+def shown(key: object) -> str:
     """A key or value as it may appear in an error message or a log: short, printable ASCII-safe text
     (an error that repeated a lone surrogate back would itself be unserialisable)."""
     text = key if isinstance(key, str) else str(key)
@@ -82,20 +83,20 @@ def _join(path: str, key: str) -> str:
     return joined if len(joined) <= 120 else joined[:60] + "..." + joined[-40:]
 
 
-def _path(parent: str, key: Any) -> str:
+def _path(parent: str, key: str | int | None) -> str:
     if isinstance(key, int):
         joined = f"{parent}[{key}]"
         return joined if len(joined) <= 120 else joined[:60] + "..." + joined[-40:]
     return _join(parent, shown(key)) if key is not None else parent
 
 
-def problems_in(value: Any, *, field: str = "", max_depth: int = MAX_DEPTH) -> dict[str, str]:
+def problems_in(value: JsonValue, *, field: str = "", max_depth: int = MAX_DEPTH) -> dict[str, str]:
     """Every way a parsed JSON (or YAML) value breaks the limits, by field path; {} when it keeps them.
     Iterative, so any nesting is safe to check, and bounded by MAX_NODES. Paths are built only for
     containers and problems: this runs on every accepted event."""
     problems: dict[str, str] = {}
     # (the parent's path, this value's key or index or None for the root, value, depth)
-    stack: list[tuple[str, Any, Any, int]] = [(field, None, value, 1)]
+    stack: list[tuple[str, str | int | None, JsonValue, int]] = [(field, None, value, 1)]
     nodes = 0
     while stack and len(problems) < MAX_PROBLEMS:
         parent, key, v, depth = stack.pop()
@@ -154,7 +155,7 @@ def problems_in(value: Any, *, field: str = "", max_depth: int = MAX_DEPTH) -> d
     return problems
 
 
-def _parse(text: str | bytes, field: str) -> Any:
+def _parse(text: str | bytes, field: str) -> JsonValue:
     """JSON text → value, with the parse errors that are about limits (depth, surrogates, numbers)
     told apart from text that is not JSON."""
     try:
@@ -178,7 +179,7 @@ def _parse(text: str | bytes, field: str) -> Any:
         raise InputError({name: f"is not valid JSON: {reason}"}, malformed=True) from exc
 
 
-def parse_json(text: str | bytes, *, field: str = "", check: bool = True, max_bytes: int | None = None) -> Any:
+def parse_json(text: str | bytes, *, field: str = "", check: bool = True, max_bytes: int | None = None) -> JsonValue:
     """A JSON document checked against the limits, or InputError. `check=False` parses only (a
     batch checks each item itself, so that one bad item fails alone)."""
     if max_bytes is not None and len(text) > max_bytes:
@@ -232,7 +233,7 @@ def placeholder(what: str) -> dict[str, str]:
     return {UNREADABLE_KEY: f"this stored {what} breaks the input limits and is not shown (docs/INPUT-LIMITS.md)"}
 
 
-def read_json(text: str | bytes | None, *, what: str, default: Any = None) -> Any:
+def read_json(text: str | bytes | None, *, what: str, default: JsonValue = None) -> JsonValue:
     """A stored JSON text as a value that every reader can serialise again; a marked placeholder (and
     a log line) when the text is not strict JSON. Costs one orjson parse on the usual path."""
     if not text:
@@ -244,7 +245,7 @@ def read_json(text: str | bytes | None, *, what: str, default: Any = None) -> An
         return placeholder(what)
 
 
-def readable(value: Any, *, what: str) -> Any:
+def readable(value: JsonValue, *, what: str) -> JsonValue:
     """`value` when it keeps the limits, else a marked placeholder (logged): for values shown to
     readers (the API, other services), so a bad stored value degrades instead of failing the read."""
     problems = problems_in(value)

@@ -20,7 +20,6 @@ import os
 import sys
 import time
 from collections.abc import Iterable, Sequence
-from typing import Any
 
 HEADER = "x-nurture-mesh"
 WINDOW_S = 300
@@ -81,7 +80,7 @@ class Verifier:
         # (method, credential) → its time, for the window check of the calls that repeat it.
         self._verified: dict[tuple[str, str], int] = {}
 
-    def problem(self, method: str, metadata: Iterable[tuple[str, Any]] | None,
+    def problem(self, method: str, metadata: Iterable[tuple[str, str | bytes]] | None,
                 now: float | None = None) -> str | None:
         """None when the call carries a valid credential, else why not (for the status and the log;
         it names no key)."""

@@ -17,19 +17,22 @@ from __future__ import annotations
 import hashlib
 import zlib
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, TypeAlias
 
 import redis
 import redis.asyncio as aioredis
 import redis.asyncio.cluster as aiocluster
 import redis.cluster
 from redis.exceptions import NoScriptError
+from redis.typing import EncodableT, KeyT
 
 from nurture.settings import Settings
 
 # A client of either kind: code that holds one uses only what both offer (mypy checks it).
 AsyncRedis = aioredis.Redis | aiocluster.RedisCluster
 SyncRedis = redis.Redis | redis.cluster.RedisCluster
+# One run of a Lua script: its keys (one slot) and its arguments.
+ScriptCall: TypeAlias = tuple[Sequence[KeyT], Sequence[EncodableT]]
 
 
 def connect(settings: Settings) -> AsyncRedis:
@@ -49,13 +52,13 @@ def is_cluster(client: AsyncRedis | SyncRedis) -> bool:
     return isinstance(client, aiocluster.RedisCluster | redis.cluster.RedisCluster)
 
 
-async def run_script(client: AsyncRedis, script: str, calls: Sequence[tuple[Sequence[Any], Sequence[Any]]]
-                     ) -> list[Any]:
+async def run_script(client: AsyncRedis, script: str, calls: Sequence[ScriptCall]) -> list[Any]:
     """Run one Lua script once per `(keys, args)` in one round trip per node, the answers in order.
 
     Each call's keys must share a slot. A pipelined EVALSHA fails with NOSCRIPT on a node that has not
     seen the script (a cluster's other nodes; any Redis after a restart or failover): those calls, and
-    only those (the others ran), are run again once the script is loaded on every node.
+    only those (the others ran), are run again once the script is loaded on every node. The answers
+    are what each script returns (redis-py gives them no type: the caller knows its script's reply).
     """
     if not calls:
         return []
@@ -72,7 +75,7 @@ async def run_script(client: AsyncRedis, script: str, calls: Sequence[tuple[Sequ
     return answers
 
 
-async def _evalsha(client: AsyncRedis, sha: str, calls: Sequence[tuple[Sequence[Any], Sequence[Any]]]) -> list[Any]:
+async def _evalsha(client: AsyncRedis, sha: str, calls: Sequence[ScriptCall]) -> list[Any]:
     pipe = client.pipeline(transaction=False)
     for keys, args in calls:
         # Through execute_command: redis-py's cluster pipeline refuses its `evalsha` method (it cannot load

@@ -25,9 +25,8 @@ import itertools
 import logging
 import re
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from durable import engine as durable_engine
 
@@ -287,7 +286,7 @@ _registered: dict[str, CompiledRules] = {}
 _ids = itertools.count(1)
 
 
-class _SynchronousHost(durable_engine.Host):  # type: ignore[misc]
+class _SynchronousHost(durable_engine.Host):  # type: ignore[misc]  # durable_rules is untyped: its base is Any
     """durable_rules' Host without its background dispatch loop.
 
     The stock Host starts a new `threading.Timer` thread per registered ruleset every 0.2 s, twice
@@ -323,8 +322,8 @@ class CompiledRules:
         # an answer or an explanation).
         self.roots = frozenset(parts[0] for parts in self._paths)
         self._key = _memo_key_of(tuple(_path_key_of(parts) for parts in self._paths))
-        self._memo: dict[tuple[Any, ...], list[Match]] = {}
-        self._decisions: dict[tuple[Any, ...], list[str]] = {}
+        self._memo: dict[tuple[_PathKey, ...], list[Match]] = {}
+        self._decisions: dict[tuple[Hashable, ...], list[str]] = {}
         # Paths that rules only test with `exists` (and read nothing inside): the engine's answer
         # depends on whether they hold a value, not on which (`lead.id` differs for every lead).
         tests = _tests_of([s.when for s in self.specs])
@@ -356,8 +355,8 @@ class CompiledRules:
             kept = kept or {"r_none": {"all": [{"m": {_MARKER: 2}}], "run": lambda _c: None}}
             host.set_rulesets({name: copy.deepcopy(kept)})
 
-    def _action(self, rule: str) -> Callable[[Any], None]:
-        def fire(_c: Any) -> None:
+    def _action(self, rule: str) -> Callable[[object], None]:
+        def fire(_c: object) -> None:
             self._fired.append(rule)
 
         return fire
@@ -380,20 +379,21 @@ class CompiledRules:
             found = self._memo[key] = self._matches(self._decide(key, facts), facts)
         return found
 
-    def _decide(self, key: tuple[Any, ...], facts: JsonMapping) -> list[str]:
+    def _decide(self, key: tuple[_PathKey, ...], facts: JsonMapping) -> list[str]:
         """The rules that hold, asked of the engine once per distinct decision key: the memo key with
         each presence-only path reduced to whether it holds a value."""
+        decision: tuple[Hashable, ...] = key
         if self._presence_only:
-            reduced = list(key)
+            reduced: list[Hashable] = list(key)
             for i in self._presence_only:
-                depth, value = reduced[i]
+                depth, value = key[i]
                 reduced[i] = depth == len(self._paths[i]) and value != _NULL
-            key = tuple(reduced)
-        fired = self._decisions.get(key)
+            decision = tuple(reduced)
+        fired = self._decisions.get(decision)
         if fired is None:
             if len(self._decisions) >= MEMO_LIMIT:
                 self._decisions.clear()
-            fired = self._decisions[key] = self._evaluate(_prune(facts, self._paths))
+            fired = self._decisions[decision] = self._evaluate(_prune(facts, self._paths))
         return fired
 
     def _evaluate(self, facts: JsonMapping) -> list[str]:
@@ -451,13 +451,15 @@ def _prune(facts: JsonMapping, paths: tuple[tuple[str, ...], ...]) -> JsonObject
 
 _ABSENT = object()
 _NULL = (type(None), None)  # _frozen(None)
+# One path's part of a memo key: how deep the walk went, and the value found there (frozen) or _ABSENT.
+_PathKey = tuple[int, Hashable]
 
 
-def _path_key(facts: JsonMapping, parts: tuple[str, ...]) -> tuple[Any, ...]:
+def _path_key(facts: JsonMapping, parts: tuple[str, ...]) -> _PathKey:
     """What `_prune` keeps of one path, as a hashable value: how deep the walk went and what it found
     there (the value frozen, or absent). Equal keys for all paths mean equal pruned facts, so equal
     answers; built without the pruned copy, which is only made when the memo misses."""
-    src: Any = facts
+    src: JsonValue = facts
     depth = 0
     for part in parts:
         if type(src) is dict:  # dict first: the ABC check is slow; one lookup, as _ABSENT is no value
@@ -474,13 +476,13 @@ def _path_key(facts: JsonMapping, parts: tuple[str, ...]) -> tuple[Any, ...]:
     return (depth, _frozen(src))
 
 
-def _path_key_of(parts: tuple[str, ...]) -> Callable[[JsonMapping], tuple[Any, ...]]:
+def _path_key_of(parts: tuple[str, ...]) -> Callable[[JsonMapping], _PathKey]:
     """`_path_key` for one path, as a function of the facts: the walk written out for the usual paths
     (one to three names through plain dicts), `_path_key` itself for anything else."""
     if len(parts) == 1:
         (a,) = parts
 
-        def one(facts: JsonMapping) -> tuple[Any, ...]:
+        def one(facts: JsonMapping) -> _PathKey:
             if type(facts) is dict:
                 v = facts.get(a, _ABSENT)
                 return (0, _ABSENT) if v is _ABSENT else (1, _frozen(v))
@@ -490,7 +492,7 @@ def _path_key_of(parts: tuple[str, ...]) -> Callable[[JsonMapping], tuple[Any, .
     if len(parts) == 2:
         a, b = parts
 
-        def two(facts: JsonMapping) -> tuple[Any, ...]:
+        def two(facts: JsonMapping) -> _PathKey:
             if type(facts) is dict:
                 v = facts.get(a, _ABSENT)
                 if v is _ABSENT:
@@ -504,7 +506,7 @@ def _path_key_of(parts: tuple[str, ...]) -> Callable[[JsonMapping], tuple[Any, .
     if len(parts) == 3:
         a, b, c = parts
 
-        def three(facts: JsonMapping) -> tuple[Any, ...]:
+        def three(facts: JsonMapping) -> _PathKey:
             if type(facts) is dict:
                 v = facts.get(a, _ABSENT)
                 if v is _ABSENT:
@@ -522,8 +524,8 @@ def _path_key_of(parts: tuple[str, ...]) -> Callable[[JsonMapping], tuple[Any, .
     return functools.partial(_path_key, parts=parts)
 
 
-def _memo_key_of(path_keys: tuple[Callable[[JsonMapping], tuple[Any, ...]], ...],
-                 ) -> Callable[[JsonMapping], tuple[Any, ...]]:
+def _memo_key_of(path_keys: tuple[Callable[[JsonMapping], _PathKey], ...],
+                 ) -> Callable[[JsonMapping], tuple[_PathKey, ...]]:
     """The memo key of a rule set (its paths' keys, in order) as one function: written out for the
     usual one or two paths, as a list comprehension costs a call of its own for each evaluation."""
     if len(path_keys) == 1:
@@ -538,14 +540,15 @@ def _memo_key_of(path_keys: tuple[Callable[[JsonMapping], tuple[Any, ...]], ...]
 _TRUE, _FALSE = (bool, True), (bool, False)
 
 
-def _frozen(value: Any) -> Any:
+def _frozen(value: JsonValue) -> Hashable:
     """A hashable value equal for two values only when they are the same fact: a string is itself;
     other values carry their type, because 1, 1.0 and True are equal in Python and not in the rule
     language; a float is its repr (-0.0 and 0.0 are shown differently in explanations); a value JSON
     cannot hold is its type and text, as a datetime is not its string."""
     kind = type(value)
     if kind is str:
-        return value
+        text: str = value  # `type(...) is` (faster than isinstance here) does not narrow for mypy
+        return text
     if kind is bool:  # (the two answers made once: consent and flags are read on every message)
         return _TRUE if value else _FALSE
     if kind is int or value is None:

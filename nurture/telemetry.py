@@ -24,7 +24,6 @@ import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -33,8 +32,10 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, Sampler, TraceIdRatioBased
+from opentelemetry.util.types import AttributeValue
 from sqlalchemy import event
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine, ExceptionContext, ExecutionContext
+from sqlalchemy.engine.interfaces import DBAPICursor
 
 from nurture import jsoncodec
 from nurture.settings import Settings
@@ -81,7 +82,7 @@ class JsonLinesExporter(SpanExporter):
         return None
 
 
-def _plain(value: Any) -> Any:
+def _plain(value: AttributeValue) -> AttributeValue:
     return list(value) if isinstance(value, tuple) else value
 
 
@@ -182,15 +183,16 @@ def instrument_engine(engine: Engine) -> None:
     attributes = {"db.system": engine.dialect.name}
 
     @event.listens_for(engine, "begin")
-    def _begin(conn: Any) -> None:
+    def _begin(conn: Connection) -> None:
         if trace.get_current_span().is_recording():
             conn.info["nurture_span"] = (_tracer.start_span("sql transaction", attributes=attributes), [])
 
     @event.listens_for(engine, "before_cursor_execute")
-    def _statement(conn: Any, _cursor: Any, statement: str, _params: Any, _context: Any, many: bool) -> None:
+    def _statement(conn: Connection, _cursor: DBAPICursor, statement: str, _params: object,
+                   _context: ExecutionContext | None, many: bool) -> None:
         record_statement(conn, statement, many)
 
-    def _end(conn: Any, outcome: str) -> None:
+    def _end(conn: Connection, outcome: str) -> None:
         current = conn.info.pop("nurture_span", None)
         if current is None:
             return
@@ -203,13 +205,13 @@ def instrument_engine(engine: Engine) -> None:
     event.listen(engine, "rollback", lambda conn: _end(conn, "rollback"))
 
     @event.listens_for(engine, "handle_error")
-    def _error(exception_context: Any) -> None:
+    def _error(exception_context: ExceptionContext) -> None:
         current = exception_context.connection.info.get("nurture_span") if exception_context.connection else None
         if current is not None:
             current[0].set_status(trace.Status(trace.StatusCode.ERROR, str(exception_context.original_exception)))
 
 
-def record_statement(conn: Any, statement: str, many: bool) -> None:
+def record_statement(conn: Connection, statement: str, many: bool) -> None:
     """List a statement on its transaction's span (SQL run on the driver's cursor calls this itself)."""
     current = conn.info.get("nurture_span")
     if current is not None and len(current[1]) < MAX_STATEMENTS:
@@ -237,7 +239,7 @@ _SUMMARIES: dict[str, str] = {}
 
 
 @contextmanager
-def redis_span(name: str, **attributes: Any) -> Iterator[None]:
+def redis_span(name: str, **attributes: AttributeValue) -> Iterator[None]:
     """A span around one Redis round trip (a command or a pipeline) when the current span is recorded;
     nothing at all otherwise. `name` is the whole span name, a constant (`"redis XADD bus"`): no
     formatting per call."""

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
-from typing import Any, NoReturn
+from typing import NoReturn
 
 import grpc
 
 from nurture.api.analytics.v1 import analytics_pb2, analytics_pb2_grpc
+from nurture.jsontypes import JsonValue
 from nurture.rpcguard import guard_requests
 from services.analytics import storage
 from services.analytics.app.core import DEFAULT_DAYS, ReadModel
@@ -23,7 +24,7 @@ async def _abort(context: grpc.aio.ServicerContext, message: str) -> NoReturn:
     raise AssertionError("unreachable")
 
 
-def _reply(body: Any) -> analytics_pb2.ReportReply:
+def _reply(body: JsonValue) -> analytics_pb2.ReportReply:
     return analytics_pb2.ReportReply(report_json=json.dumps(body, default=str))
 
 
@@ -32,7 +33,7 @@ class AnalyticsServicer(analytics_pb2_grpc.AnalyticsServicer):
     def __init__(self, model: ReadModel) -> None:
         self.m = model
 
-    async def _answer(self, context: grpc.aio.ServicerContext, make: Callable[[], Awaitable[Any]]
+    async def _answer(self, context: grpc.aio.ServicerContext, make: Callable[[], Awaitable[JsonValue]]
                       ) -> analytics_pb2.ReportReply:
         try:
             return _reply(await make())
@@ -41,7 +42,7 @@ class AnalyticsServicer(analytics_pb2_grpc.AnalyticsServicer):
 
     async def Engagement(self, request: analytics_pb2.EngagementRequest, context: grpc.aio.ServicerContext
                          ) -> analytics_pb2.ReportReply:
-        async def make() -> Any:
+        async def make() -> JsonValue:
             group = request.group_by or "journey"
             if group not in reports.ENGAGEMENT_GROUPS:
                 raise reports.QueryError(f"group_by must be one of {', '.join(reports.ENGAGEMENT_GROUPS)}")
@@ -50,7 +51,7 @@ class AnalyticsServicer(analytics_pb2_grpc.AnalyticsServicer):
 
     async def Progression(self, request: analytics_pb2.ProgressionRequest, context: grpc.aio.ServicerContext
                           ) -> analytics_pb2.ReportReply:
-        async def make() -> Any:
+        async def make() -> JsonValue:
             unknown = sorted(set(request.tables) - set(reports.PROGRESSION_TABLES))
             if unknown:
                 raise reports.QueryError(f"tables must be among {', '.join(reports.PROGRESSION_TABLES)}")
@@ -59,7 +60,7 @@ class AnalyticsServicer(analytics_pb2_grpc.AnalyticsServicer):
 
     async def Attribution(self, request: analytics_pb2.AttributionRequest, context: grpc.aio.ServicerContext
                           ) -> analytics_pb2.ReportReply:
-        async def make() -> Any:
+        async def make() -> JsonValue:
             model = request.model or "last"
             if model not in reports.ATTRIBUTION_MODELS:
                 raise reports.QueryError(f"model must be one of {', '.join(reports.ATTRIBUTION_MODELS)}")
@@ -71,7 +72,7 @@ class AnalyticsServicer(analytics_pb2_grpc.AnalyticsServicer):
 
     async def Sequences(self, request: analytics_pb2.SequencesRequest, context: grpc.aio.ServicerContext
                         ) -> analytics_pb2.ReportReply:
-        async def make() -> Any:
+        async def make() -> JsonValue:
             length, unit = request.length or reports.SEQUENCE_LENGTHS[0], request.by or "template"
             if length not in reports.SEQUENCE_LENGTHS:
                 raise reports.QueryError(f"length must be one of {', '.join(map(str, reports.SEQUENCE_LENGTHS))}")
@@ -85,13 +86,13 @@ class AnalyticsServicer(analytics_pb2_grpc.AnalyticsServicer):
 
     async def Roi(self, request: analytics_pb2.RoiRequest, context: grpc.aio.ServicerContext
                   ) -> analytics_pb2.ReportReply:
-        async def make() -> Any:
+        async def make() -> JsonValue:
             return await self.m.read(storage.roi_report, self.m.query(request.query), self.m.costs)
         return await self._answer(context, make)
 
     async def Timeseries(self, request: analytics_pb2.TimeseriesRequest, context: grpc.aio.ServicerContext
                          ) -> analytics_pb2.ReportReply:
-        async def make() -> Any:
+        async def make() -> JsonValue:
             metric, interval = request.metric or "sent", request.interval or "day"
             if metric not in reports.TIMESERIES_METRICS:
                 raise reports.QueryError(f"metric must be one of {', '.join(reports.TIMESERIES_METRICS)}")
@@ -103,7 +104,7 @@ class AnalyticsServicer(analytics_pb2_grpc.AnalyticsServicer):
 
     async def Deliverability(self, request: analytics_pb2.DeliverabilityRequest,
                              context: grpc.aio.ServicerContext) -> analytics_pb2.ReportReply:
-        async def make() -> Any:
+        async def make() -> JsonValue:
             interval = request.interval or "day"
             if interval not in ("day", "week"):
                 raise reports.QueryError("interval must be day or week")

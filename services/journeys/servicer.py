@@ -6,16 +6,17 @@ import asyncio
 import dataclasses
 import json
 from datetime import datetime
-from typing import Any
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from nurture import errors, times
 from nurture.api.journeys.v1 import journeys_pb2, journeys_pb2_grpc
+from nurture.jsontypes import JsonValue
 from nurture.rpcguard import guard_requests
 from services.journeys import simulation, storage
 from services.journeys.app.runner import Invalid, JourneysRuntime, JourneySummary, NotFound
+from services.journeys.domain.definitions import Journey
 
 SIMULATION_BUDGET = 2_000_000  # leads x days accepted by one Simulate call
 MAX_LEADS_PER_CALL = 1000  # lead ids in one LeadsJourneys call
@@ -26,8 +27,8 @@ def _ts(target: Timestamp, value: datetime | None) -> None:
         target.FromDatetime(value)
 
 
-def _enrollment(e: journeys_pb2.Enrollment, row: Any) -> None:
-    """One stored enrolment (a `storage.EnrollmentRow`) into its proto."""
+def _enrollment(e: journeys_pb2.Enrollment, row: storage.EnrollmentRow) -> None:
+    """One stored enrolment into its proto."""
     data = json.loads(row.data)
     e.journey, e.version, e.stage, e.step = row.journey, row.version, row.stage or "", row.step or ""
     e.status, e.instance, e.outcome = row.status, row.instance, row.outcome or ""
@@ -214,14 +215,14 @@ class JourneysServicer(journeys_pb2_grpc.JourneysServicer):
             raise errors.InvalidArgument(str(exc), code="invalid_simulation") from exc
         return journeys_pb2.ReportReply(report_json=json.dumps(report, default=str))
 
-    def _chosen(self, raw: Any) -> tuple[dict[str, Any], list[str] | None]:
+    def _chosen(self, raw: JsonValue) -> tuple[dict[str, Journey], list[str] | None]:
         """Journeys named as keys (published version) or {"key", "version"} (any stored version)."""
         published = self.rt.registry.published_map()
         if not raw:
             return published, None
         if not isinstance(raw, list):
             raise simulation.SimulationError("journeys must be a list")
-        chosen: dict[str, Any] = {}
+        chosen: dict[str, Journey] = {}
         for item in raw:
             if isinstance(item, dict) and isinstance(item.get("key"), str) and \
                     isinstance(item.get("version", 0), int) and not isinstance(item.get("version", 0), bool):

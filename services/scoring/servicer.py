@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 from datetime import UTC
-from typing import Any
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -15,6 +14,7 @@ from nurture.api.scoring.v1 import scoring_pb2, scoring_pb2_grpc
 from nurture.busmessage import LeadSnapshot
 from nurture.clock import Clock
 from nurture.db import Database
+from nurture.jsontypes import JsonValue
 from nurture.rpcguard import guard_requests, message_problems, problem_text
 from services.scoring.app.core import ScoringCore
 from services.scoring.app.ingest import IngestQueue
@@ -56,7 +56,7 @@ def lead_proto(lead: LeadSnapshot) -> scoring_pb2.Lead:
     return msg
 
 
-def _profile_problems(fields: Any, merge: bool) -> dict[str, str]:
+def _profile_problems(fields: JsonValue, merge: bool) -> dict[str, str]:
     """The profile's own problems of input that already broke a limit (best effort: such input may
     be too deep for the profile checks to walk)."""
     if not isinstance(fields, dict):
@@ -256,9 +256,9 @@ class ScoringServicer(VisitorMethods, scoring_pb2_grpc.ScoringServicer):
             self._outbox.sweep_soon()
             log.info("scoring model version %d published", request.version)
         return scoring_pb2.PublishScoringModelReply(
-            version=result["version"], dry_run=result["dry_run"], leads=result["leads"],
-            grade_changes=result["grade_changes"], stage_changes=result["stage_changes"],
-            changes_json=json.dumps(result["changes"]))
+            version=result.version, dry_run=result.dry_run, leads=result.leads,
+            grade_changes=result.grade_changes, stage_changes=result.stage_changes,
+            changes_json=json.dumps(result.changes))
 
 
 class EchoServicer(scoring_pb2_grpc.EchoServicer):

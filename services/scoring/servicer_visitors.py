@@ -4,13 +4,13 @@ them): proto in, `app.visitors.VisitorDoor` call, proto out; errors to status co
 from __future__ import annotations
 
 from datetime import UTC
-from typing import Any
 
 import grpc
 
 from nurture import errors, jsoncodec, limits
 from nurture.api.scoring.v1 import scoring_pb2
 from nurture.busmessage import LeadSnapshot
+from nurture.jsontypes import JsonObject
 from services.scoring.app.visitors import VisitorDoor, VisitorEventIn
 from services.scoring.domain.records import EmailTaken, EventResult, InvalidInput, NotFound
 
@@ -29,7 +29,7 @@ def _result(r: EventResult) -> scoring_pb2.EventResult:
                                    error_message=r.error_message)
 
 
-def anonymous_lead(visitor_id: str, profile: dict[str, Any]) -> scoring_pb2.Lead:
+def anonymous_lead(visitor_id: str, profile: JsonObject) -> scoring_pb2.Lead:
     """An anonymous visitor's profile in the shape of a lead (id `visitor:<id>`, no email)."""
     return scoring_pb2.Lead(
         id=f"visitor:{visitor_id}", segment=profile.get("segment") or "",

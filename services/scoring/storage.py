@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple, TypeAlias
 
 from opentelemetry.propagate import inject
 from sqlalchemy import Connection, Row, and_, bindparam, delete, func, insert, select, update
@@ -16,7 +16,8 @@ from sqlalchemy.orm import Session
 from nurture import busmessage, jsoncodec, limits, times
 from nurture.busmessage import BusMessage, LeadSnapshot
 from nurture.db import DriverWrites
-from services.scoring.domain.records import OutboxRow
+from nurture.jsontypes import JsonValue
+from services.scoring.domain.records import LeadRecord, OutboxRow
 from services.scoring.domain.rules import derive_counters
 from services.scoring.tables import audit, events, leads, models, outbox, score_changes
 
@@ -34,11 +35,31 @@ _SAVED_LEAD_COLUMNS = ("score", "counters", "recent", "interests", "segment", "l
                        "lapse_due_at", "consent", "version", "updated_at")
 
 
+# A row of values for one of DriverWrites' prebuilt statements, in the order of its columns (the
+# `_*_COLUMNS` it is written with): a tuple, as the driver takes it, built per event on the ingest path.
+SqlRow: TypeAlias = tuple[object, ...]
+
+
+class KeyedEvent(NamedTuple):
+    """A stored event found by its idempotency key."""
+
+    event_id: str
+    lead_id: str
+    type: str
+
+
+class ModelVersionRow(NamedTuple):
+    version: int
+    status: str
+    created_at: datetime
+    published_at: datetime | None
+
+
 _aware = times.utc_or_none  # SQLite hands back naive datetimes; every stored time is UTC
 _iso = times.rfc3339_or_none
 
 
-def loads(text: str | None, what: str = "value") -> Any:
+def loads(text: str | None, what: str = "value") -> JsonValue:
     # Strict: a stored text that is not I-JSON (a lone surrogate, NaN) reads as a marked placeholder.
     return limits.read_json(text, what=what)
 
@@ -77,12 +98,13 @@ def lead_snapshot(row: Row[Any] | Mapping[str, Any], now: datetime | None = None
 
 
 
-def internal(row: Row[Any] | Mapping[str, Any]) -> dict[str, Any]:
+def internal(row: Row[Any] | Mapping[str, Any]) -> LeadRecord:
     """A lead row with its JSON decoded, for the model."""
     m = row._mapping if isinstance(row, Row) else row
     return {
-        **{k: m[k] for k in ("id", "email", "first_name", "last_name", "segment", "score", "grade",
-                             "lifecycle_stage", "timezone", "locale", "crm_id", "version")},
+        "id": m["id"], "email": m["email"], "first_name": m["first_name"], "last_name": m["last_name"],
+        "segment": m["segment"], "score": m["score"], "grade": m["grade"], "lifecycle_stage": m["lifecycle_stage"],
+        "timezone": m["timezone"], "locale": m["locale"], "crm_id": m["crm_id"], "version": m["version"],
         "attributes": loads(m["attributes"]),
         "consent": loads(m["consent"]),
         "counters": loads(m["counters"]),
@@ -108,13 +130,13 @@ def add_consent_audit(s: Session, lead_id: str, now: datetime, source: str, chan
                                             strict=True))))
 
 
-def consent_audit_row(lead_id: str, now: datetime, source: str, channel: str, given: bool) -> tuple[Any, ...]:
+def consent_audit_row(lead_id: str, now: datetime, source: str, channel: str, given: bool) -> SqlRow:
     """A consent change's audit entry, a row of `_AUDIT_COLUMNS`."""
     return (lead_id, now, "consent_given" if given else "consent_withdrawn", source,
             jsoncodec.dumps({"channel": channel, "value": given}), False)
 
 
-def update_lead(s: Session, lead_id: str, changes: Mapping[str, Any]) -> None:
+def update_lead(s: Session, lead_id: str, changes: Mapping[str, object]) -> None:
     s.execute(update(leads).where(leads.c.id == lead_id).values(dict(changes)))
 
 
@@ -140,13 +162,13 @@ def leads_by_emails(s: Session, emails: Sequence[str]) -> list[Row[Any]]:
 _LEAD_COLUMNS = tuple(leads.c.keys())
 
 
-def insert_leads(writes: DriverWrites, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+def insert_leads(writes: DriverWrites, conn: Connection, rows: Sequence[Mapping[str, object]]) -> None:
     """New leads, every column given (a missing one is a KeyError, not a silent NULL)."""
     writes.insert(conn, leads, _LEAD_COLUMNS, [tuple(r[c] for c in _LEAD_COLUMNS) for r in rows])
 
 
-def update_leads(writes: DriverWrites, conn: Connection, columns: Sequence[str], rows: Sequence[Mapping[str, Any]]
-                 ) -> None:
+def update_leads(writes: DriverWrites, conn: Connection, columns: Sequence[str],
+                 rows: Sequence[Mapping[str, object]]) -> None:
     """These columns of these leads, to the rows' values (one executemany)."""
     writes.update(conn, leads, columns, "id", [(*(r[c] for c in columns), r["id"]) for r in rows])
 
@@ -188,9 +210,9 @@ def delete_outbox(writes: DriverWrites, s: Connection, seqs: Sequence[int]) -> N
     writes.delete(s, outbox, "seq", seqs)
 
 
-def events_by_key(writes: DriverWrites, s: Connection, keys: Sequence[str]) -> dict[str, tuple[str, str, str]]:
-    """idempotency key → (event id, lead, type) of the stored events with these keys."""
-    return {row["idempotency_key"]: (row["id"], row["lead_id"], row["type"]) for row in writes.select(
+def events_by_key(writes: DriverWrites, s: Connection, keys: Sequence[str]) -> dict[str, KeyedEvent]:
+    """idempotency key → the stored event with this key."""
+    return {row["idempotency_key"]: KeyedEvent(row["id"], row["lead_id"], row["type"]) for row in writes.select(
         s, events, ("idempotency_key", "id", "lead_id", "type"), "idempotency_key", keys)}
 
 
@@ -199,29 +221,29 @@ def leads_for_update(writes: DriverWrites, s: Connection, ids: Sequence[str]) ->
     return writes.select(s, leads, _LEAD_COLUMNS, "id", ids, lock=True)
 
 
-def insert_consent_audits(writes: DriverWrites, s: Connection, rows: list[tuple[Any, ...]]) -> None:
+def insert_consent_audits(writes: DriverWrites, s: Connection, rows: list[SqlRow]) -> None:
     """Rows of `consent_audit_row`."""
     writes.insert(s, audit, _AUDIT_COLUMNS, rows)
 
 
-def insert_events(writes: DriverWrites, s: Connection, rows: list[tuple[Any, ...]]) -> None:
+def insert_events(writes: DriverWrites, s: Connection, rows: list[SqlRow]) -> None:
     """Rows of `_EVENT_COLUMNS`."""
     writes.insert(s, events, _EVENT_COLUMNS, rows)
 
 
-def insert_score_changes(writes: DriverWrites, s: Connection, rows: list[tuple[Any, ...]]) -> None:
+def insert_score_changes(writes: DriverWrites, s: Connection, rows: list[SqlRow]) -> None:
     """Rows of `_CHANGE_COLUMNS`."""
     writes.insert(s, score_changes, _CHANGE_COLUMNS, rows)
 
 
-def scored_lead_row(lead: Mapping[str, Any], lapse: datetime | None, now: datetime) -> tuple[Any, ...]:
+def scored_lead_row(lead: LeadRecord, lapse: datetime | None, now: datetime) -> SqlRow:
     """A scored lead as a row of `_SAVED_LEAD_COLUMNS` plus its id, for `save_scored_leads`."""
     return (lead["score"], jsoncodec.dumps(lead["counters"]), jsoncodec.dumps(lead["recent"]),
             jsoncodec.dumps(lead["interests"]), lead["segment"], lead["lifecycle_stage"], lead["last_engaged_at"],
             lapse, jsoncodec.dumps(lead["consent"]), lead["version"], now, lead["id"])
 
 
-def save_scored_leads(writes: DriverWrites, s: Session | Connection, rows: list[tuple[Any, ...]]) -> None:
+def save_scored_leads(writes: DriverWrites, s: Session | Connection, rows: list[SqlRow]) -> None:
     """One executemany UPDATE for every lead the batch touched (the batch's hot spot otherwise)."""
     if not rows:
         return
@@ -312,11 +334,11 @@ def timeline_rows(s: Session, lead_id: str, limit: int
 
 # -- scoring model versions ---------------------------------------------------------------------------------
 
-def newest_model_version(s: Session) -> Any:
+def newest_model_version(s: Session) -> int | None:
     return s.execute(select(func.max(models.c.version))).scalar()
 
 
-def published_model_version(s: Session) -> Any:
+def published_model_version(s: Session) -> int | None:
     return s.execute(select(models.c.version).where(models.c.status == "published")).scalar()
 
 
@@ -324,14 +346,15 @@ def model_definition(s: Session, version: int) -> str | None:
     return s.execute(select(models.c.definition).where(models.c.version == version)).scalar()
 
 
-def model_version_rows(s: Session) -> list[Any]:
-    return list(s.execute(select(models.c.version, models.c.status, models.c.created_at, models.c.published_at)
-                          .order_by(models.c.version)).all())
+def model_version_rows(s: Session) -> list[ModelVersionRow]:
+    return [ModelVersionRow(*r) for r in s.execute(
+        select(models.c.version, models.c.status, models.c.created_at, models.c.published_at)
+        .order_by(models.c.version)).all()]
 
 
 def insert_model(s: Session, *, version: int, status: str, definition: str, created_at: datetime,
                  published_at: datetime | None = None) -> None:
-    values: dict[str, Any] = {"version": version, "status": status, "definition": definition,
+    values: dict[str, object] = {"version": version, "status": status, "definition": definition,
                               "created_at": created_at}
     if published_at is not None:
         values["published_at"] = published_at

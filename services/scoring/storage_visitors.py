@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from nurture import jsoncodec
 from nurture.db import DriverWrites
+from services.scoring.domain.records import VisitorProfile
 from services.scoring.tables import visitor_events, visitors
 
 # The lock of visitors, built once (building it per call cost as much as running it; the collect path
@@ -34,7 +35,7 @@ def visitors_of_lead(s: Session, lead_id: str) -> list[Row[Any]]:
     return list(s.execute(select(visitors).where(visitors.c.lead_id == lead_id).order_by(visitors.c.id)).all())
 
 
-def insert_visitor(s: Session, visitor_id: str, profile: dict[str, Any], now: datetime) -> None:
+def insert_visitor(s: Session, visitor_id: str, profile: VisitorProfile, now: datetime) -> None:
     s.execute(insert(visitors).values(id=visitor_id, lead_id=None, profile=jsoncodec.dumps(profile, default=str),
                                       answers="{}", events=0, merged_events=0, created_at=now, seen_at=now))
 
@@ -46,7 +47,7 @@ _SAVED_VISITOR_COLUMNS = ("profile", "events", "seen_at")
 EVENT_COLUMNS = ("visitor_id", "client_id", "type", "properties", "occurred_at", "score_delta")
 
 
-def insert_visitors(writes: DriverWrites, c: Connection, items: list[tuple[str, dict[str, Any], int]],
+def insert_visitors(writes: DriverWrites, c: Connection, items: list[tuple[str, VisitorProfile, int]],
                     now: datetime) -> None:
     """New visitors (id, profile, events kept) in one statement."""
     if items:
@@ -54,7 +55,7 @@ def insert_visitors(writes: DriverWrites, c: Connection, items: list[tuple[str, 
             (vid, jsoncodec.dumps(profile, default=str), "{}", n, 0, now, now) for vid, profile, n in items])
 
 
-def save_visitors(writes: DriverWrites, c: Connection, items: list[tuple[str, dict[str, Any], int]],
+def save_visitors(writes: DriverWrites, c: Connection, items: list[tuple[str, VisitorProfile, int]],
                   now: datetime) -> None:
     """Known visitors' scored profiles and event counts, one executemany in key order (the lock order)."""
     if items:
@@ -62,7 +63,7 @@ def save_visitors(writes: DriverWrites, c: Connection, items: list[tuple[str, di
             (jsoncodec.dumps(profile, default=str), n, now, vid) for vid, profile, n in sorted(items)])
 
 
-def update_visitor(s: Session, visitor_id: str, **values: Any) -> None:
+def update_visitor(s: Session, visitor_id: str, **values: object) -> None:
     for name in ("profile", "answers"):
         if name in values and not isinstance(values[name], str):
             values[name] = jsoncodec.dumps(values[name], default=str)
@@ -89,7 +90,7 @@ def seen_for_collect(writes: DriverWrites, c: Connection, pairs: Iterable[tuple[
     return {pair for pair in ((r["visitor_id"], r["client_id"]) for r in rows) if pair in wanted}
 
 
-def insert_visitor_events(writes: DriverWrites, c: Connection, rows: list[tuple[Any, ...]]) -> None:
+def insert_visitor_events(writes: DriverWrites, c: Connection, rows: list[tuple[object, ...]]) -> None:
     """Rows of `EVENT_COLUMNS`, in arrival order (their `seq` follows it)."""
     if rows:
         writes.insert(c, visitor_events, EVENT_COLUMNS, rows)

@@ -10,24 +10,29 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import UTC, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TypeVar, TypeVarTuple
 
 import yaml
+from sqlalchemy.orm import Session
 
 from nurture.api.analytics.v1 import analytics_pb2
 from nurture.busmessage import BusMessage
 from nurture.clock import Clock
 from nurture.db import Database
+from nurture.jsontypes import JsonObject
 from nurture.partitions import Ownership
 from services.analytics import storage
 from services.analytics.domain import reports
 from services.analytics.domain.facts import Fact, from_bus
 
+T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
+
 COSTS = Path(__file__).resolve().parent.parent / "data" / "costs.yaml"
 DEFAULT_DAYS = 30
 
 
-def load_costs(path: Path = COSTS) -> dict[str, Any]:
+def load_costs(path: Path = COSTS) -> JsonObject:
     data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     if not isinstance(data.get("per_message", {}), dict):
         raise ValueError(f"{path}: per_message must map a channel to a cost")
@@ -37,7 +42,7 @@ def load_costs(path: Path = COSTS) -> dict[str, Any]:
 class ReadModel:
     """The read model behind the servicer and the bus consumer."""
 
-    def __init__(self, db: Database, clock: Clock, costs: dict[str, Any], ownership: Ownership | None = None) -> None:
+    def __init__(self, db: Database, clock: Clock, costs: JsonObject, ownership: Ownership | None = None) -> None:
         self.db = db
         self.clock = clock
         self.costs = costs
@@ -59,11 +64,12 @@ class ReadModel:
             if self.ownership is not None:
                 self.ownership.check(s, parts)
 
-    def _in_session(self, fn: Callable[..., Any], *args: Any) -> Any:
+    def _in_session(self, fn: Callable[[Session, *Ts], T], *args: *Ts) -> T:
         with self.db.session() as s:
             return fn(s, *args)
 
-    async def read(self, fn: Callable[..., Any], *args: Any) -> Any:
+    async def read(self, fn: Callable[[Session, *Ts], T], *args: *Ts) -> T:
+        """`fn(session, *args)` in a session of its own, on the database executor."""
         return await self.db.run(self._in_session, fn, *args)
 
     def query(self, q: analytics_pb2.ReportQuery) -> storage.Query:

@@ -9,12 +9,11 @@ it caused), so a message heard twice (redelivery after a crash, a producer's ret
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
 from nurture.busmessage import BusMessage
+from nurture.jsontypes import JsonMapping, JsonValue
 
 # Bus event types → the fact kind analytics keeps. Anything else changes no report and is skipped.
 ENGAGEMENT_KINDS = {
@@ -63,7 +62,7 @@ class Fact:
     bounce: str = ""     # a `bounced` fact: hard | soft (a soft bounce at the suppression count)
 
 
-def parse_time(value: Any) -> datetime | None:
+def parse_time(value: JsonValue) -> datetime | None:
     if isinstance(value, datetime):
         return value if value.tzinfo else value.replace(tzinfo=UTC)
     if not value:
@@ -75,11 +74,11 @@ def parse_time(value: Any) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
-def _text(value: Any) -> str:
+def _text(value: JsonValue) -> str:
     return "" if value is None else str(value)
 
 
-def from_bus(bus_message: BusMessage | Mapping[str, Any]) -> Fact | None:
+def from_bus(bus_message: BusMessage | JsonMapping) -> Fact | None:
     """The fact a bus message carries, or None when it changes no report (or is malformed)."""
     message = bus_message.as_dict() if isinstance(bus_message, BusMessage) else bus_message
     etype = message.get("type")

@@ -10,16 +10,16 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 from pydantic import BeforeValidator, Field, model_validator
 
 from nurture.busmessage import BusMessage
 from nurture.datafiles import DataFileError, Strict, checked, read_yaml, validate
+from nurture.jsontypes import JsonMapping, JsonObject, JsonValue
 from nurture.rules import CompiledRules, RuleSpec, compile_rules, validate_condition
 from services.journeys.domain.definitions import PLAYBOOK_DIR, DefinitionError, parse_duration
 from services.journeys.domain.state import iso, parse_time
@@ -34,7 +34,7 @@ class Campaign:
     id: str
     at: datetime
     event: str
-    properties: Mapping[str, Any] = field(default_factory=dict)
+    properties: JsonMapping = field(default_factory=dict)
     expires: timedelta = timedelta(days=7)
 
 
@@ -50,7 +50,7 @@ class Calendar:
         pending = [c.at for c in self.campaigns if c.id not in done]
         return min(pending) if pending else None
 
-    def audience(self, lead: Mapping[str, Any]) -> set[str]:
+    def audience(self, lead: JsonMapping) -> set[str]:
         """The campaigns whose audience this lead is in."""
         if self.audiences is None:
             return set()
@@ -64,21 +64,21 @@ class Calendar:
                           source="calendar")
 
 
-def _at(value: Any) -> datetime:
+def _at(value: JsonValue) -> datetime:
     at = parse_time(value)
     if at is None:
         raise ValueError("must be an RFC 3339 time")
     return at
 
 
-def _expires(value: Any) -> timedelta:
+def _expires(value: JsonValue) -> timedelta:
     try:
         return parse_duration(value)
     except (ValueError, TypeError):
         raise ValueError("must be a duration such as 7d") from None
 
 
-def _audience(value: Any) -> Any:
+def _audience(value: JsonValue) -> JsonValue:
     problems = validate_condition(value)
     if problems:
         raise ValueError("; ".join(problems))
@@ -91,8 +91,8 @@ class CampaignEntry(Strict):
     at: Annotated[datetime, BeforeValidator(_at)]
     event: Annotated[str, BeforeValidator(checked(lambda v: isinstance(v, str) and EVENT.fullmatch(v),
                                                    "must be an event type such as seasonal_window"))]
-    properties: dict[str, Any] = Field(default_factory=dict)
-    audience: Annotated[dict[str, Any], BeforeValidator(_audience)]
+    properties: JsonObject = Field(default_factory=dict)
+    audience: Annotated[JsonObject, BeforeValidator(_audience)]
     expires: Annotated[timedelta, BeforeValidator(_expires)] = timedelta(days=7)
 
 

@@ -18,7 +18,6 @@ import dataclasses
 import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import Any
 
 from nurture.busmessage import BusMessage
 from nurture.jsontypes import JsonMapping, JsonObject, JsonValue
@@ -37,6 +36,7 @@ from services.journeys.domain.state import (
     EXITED,
     LIVE,
     PAUSED,
+    ConsentExit,
     Effect,
     Enrollment,
     LeadState,
@@ -271,7 +271,7 @@ class Engine:
         out = Outcome()
         step = int(entry.get("step", 0)) + 1
         if step < len(clock.days):
-            entry.update(at=iso(since + timedelta(days=clock.days[step])), step=step, token=token + 1)
+            entry.update({"at": iso(since + timedelta(days=clock.days[step])), "step": step, "token": token + 1})
             out.dates_changed.add(key)
         else:
             entry["fired"] = True
@@ -544,7 +544,7 @@ class Engine:
             held["reason"], held["withdrawn"] = "no_consent", True
             self._maybe_enter(state, j, probe, now, out)
 
-    def _resume_after_consent(self, state: LeadState, e: Enrollment, held: Mapping[str, Any], now: datetime,
+    def _resume_after_consent(self, state: LeadState, e: Enrollment, held: ConsentExit, now: datetime,
                               out: Outcome, *, rule: str, facts: JsonMapping, why: str) -> None:
         """Re-enter a journey left for lack of consent by resuming its enrolment: same entry, visits
         and trigger cooldowns, so the dedupe keys of steps already done are not issued again."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TypedDict
 
 from nurture import times
 from nurture.jsontypes import JsonObject, JsonValue
@@ -75,6 +75,37 @@ class Enrollment:
         return cls(**data)
 
 
+class ConsentExit(TypedDict, total=False):
+    """Where an enrolment stood when the lead left its journey for lack of email consent, to resume
+    there when consent comes back (times as RFC 3339 text, as stored; a state stored before a key
+    existed lacks it, so readers use .get)."""
+
+    due: str | None
+    waiting: str | None
+    withdrawn: bool
+    reason: str  # no_consent | unsubscribed | spam_reported | email_hard_bounced
+    scope: str | None  # an unsubscribe's scope (nurture, all...)
+
+
+class PastEnrollment(TypedDict, total=False):
+    """What a lead's past in one journey (by enrolment key) decides re-entry on."""
+
+    entries: int
+    ended_at: str | None
+    consent_exit: ConsentExit
+
+
+class DateTimer(TypedDict, total=False):
+    """A lead-level timer: a date-relative entry (at, token, fired) or a quiet-period clock (since and
+    its threshold step as well)."""
+
+    at: str | None
+    since: str | None
+    step: int
+    token: int
+    fired: bool
+
+
 @dataclass
 class LeadState:
     """Everything the engine knows about one lead: its snapshot and its enrolments."""
@@ -83,12 +114,12 @@ class LeadState:
     lead: JsonObject = field(default_factory=dict)
     enrollments: dict[str, Enrollment] = field(default_factory=dict)
     sends: list[str] = field(default_factory=list)  # nurture sends inside the budget window (RFC 3339)
-    history: dict[str, dict[str, Any]] = field(default_factory=dict)  # ekey -> {entries, ended_at}
+    history: dict[str, PastEnrollment] = field(default_factory=dict)  # by ekey
     last_engagement: datetime | None = None
     inactive_due: datetime | None = None
     inactive_token: int = 0
     inactive_step: int = 0
-    dates: dict[str, dict[str, Any]] = field(default_factory=dict)  # "<journey>.<rule>" -> {at, token}
+    dates: dict[str, DateTimer] = field(default_factory=dict)  # by "<journey>.<rule>" or clock key
     # Journey categories an opt-out stopped (category -> unsubscribed | spam_reported | email_hard_bounced):
     # no journey of them is entered until messaging lifts an unsubscribe (email_resubscribed).
     opted_out: dict[str, str] = field(default_factory=dict)

@@ -8,7 +8,6 @@ import itertools
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
-from typing import Any
 
 from opentelemetry import trace
 from sqlalchemy import Connection
@@ -23,7 +22,7 @@ from services.scoring.app.base import CoreBase
 from services.scoring.app.outbox import HandOff, Outbox
 from services.scoring.domain import messages
 from services.scoring.domain.profile import apply_outcome, next_lapse
-from services.scoring.domain.records import EventIn, EventResult, OutboxRow
+from services.scoring.domain.records import EventIn, EventResult, LeadRecord, OutboxRow
 from services.scoring.domain.validation import event_problem
 
 _tracer = trace.get_tracer(__name__)
@@ -68,7 +67,7 @@ class Ingest(CoreBase):
             if published:
                 st.delete_outbox(self._writes, s, published)
             keys = [ev.idempotency_key for i, ev in enumerate(batch) if ev.idempotency_key and results[i] is None]
-            seen: dict[str, tuple[str, str, str]] = {}  # key → (event id, lead, type)
+            seen: dict[str, st.KeyedEvent] = {}
             if keys:
                 seen.update(st.events_by_key(self._writes, s, keys))
             lead_ids = sorted({ev.lead_id for i, ev in enumerate(batch) if results[i] is None})
@@ -76,8 +75,8 @@ class Ingest(CoreBase):
             if reserve is not None:  # the leads are locked now, until the commit
                 places.append(reserve())
             touched: set[str] = set()
-            event_rows: list[tuple[Any, ...]] = []
-            change_rows: list[tuple[Any, ...]] = []
+            event_rows: list[st.SqlRow] = []
+            change_rows: list[st.SqlRow] = []
             caused_messages: list[BusMessage] = []
             caused_traces: list[str | None] = []  # the W3C traceparent each message's event came with
             for i, ev in enumerate(batch):
@@ -100,7 +99,7 @@ class Ingest(CoreBase):
                     continue
                 event_id = uuid.uuid4().hex
                 if ev.idempotency_key:
-                    seen[ev.idempotency_key] = (event_id, ev.lead_id, ev.type)
+                    seen[ev.idempotency_key] = st.KeyedEvent(event_id, ev.lead_id, ev.type)
                 occurred = ev.occurred_at or now
                 outcome = self.model.score_event(lead, {"type": ev.type, "properties": ev.properties,
                                                         "occurred_at": occurred}, now)
@@ -128,7 +127,7 @@ class Ingest(CoreBase):
             written = st.insert_outbox_later(self._writes, s, caused_messages, caused_traces)
         return [r or EventResult(error_code="internal", error_message="not processed") for r in results], written()
 
-    def _save_all(self, s: Connection, touched: list[dict[str, Any]], now: datetime) -> None:
+    def _save_all(self, s: Connection, touched: list[LeadRecord], now: datetime) -> None:
         """One executemany UPDATE for every lead the batch touched, after their consent audit."""
         rows = []
         audits = []

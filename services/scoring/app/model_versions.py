@@ -13,12 +13,13 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy.orm import Session
 
 from nurture import times
+from nurture.jsontypes import JsonObject, JsonValue
 from nurture.rules import InvalidRule
 from services.scoring import storage as st
 from services.scoring.domain.rules import ScoringModel, validate_model
@@ -29,6 +30,18 @@ CHUNK = 500       # leads per transaction when publishing
 
 class UnknownVersion(LookupError):
     pass
+
+
+@dataclass
+class PublishResult:
+    """What publishing a version did (or, on a dry run, would do) to the stored leads."""
+
+    version: int
+    dry_run: bool
+    leads: int = 0
+    grade_changes: int = 0
+    stage_changes: int = 0
+    changes: list[JsonObject] = field(default_factory=list)  # a sample: {lead_id, grade?, lifecycle_stage?}
 
 
 _aware = times.rfc3339_or_none
@@ -71,13 +84,14 @@ class ModelVersions:
             self._compiled[version] = ScoringModel(json.loads(text))
         return self._compiled[version]
 
-    def versions(self) -> list[dict[str, Any]]:
+    def versions(self) -> list[JsonObject]:
+        """Every version, oldest first, as the API lists them."""
         with self._sessions() as s:
             rows = st.model_version_rows(s)
         return [{"version": r.version, "status": r.status, "created_at": _aware(r.created_at),
                  "published_at": _aware(r.published_at)} for r in rows]
 
-    def put_draft(self, definition: Any, now: datetime, *, validate_only: bool = False) -> tuple[int, list[str]]:
+    def put_draft(self, definition: JsonValue, now: datetime, *, validate_only: bool = False) -> tuple[int, list[str]]:
         """Store a valid definition as the next version (a draft); (0, problems) when it is not.
         `validate_only`: the same checks, compiling included, and nothing stored ((0, []) when valid)."""
         if not isinstance(definition, Mapping):
@@ -99,33 +113,32 @@ class ModelVersions:
         return newest + 1, []
 
     def publish(self, version: int, *, dry_run: bool, now: datetime,
-                announce: Callable[[Session, dict[str, Any], list[str], datetime], None]) -> dict[str, Any]:
+                announce: Callable[[Session, Mapping[str, object], list[str], datetime], None]) -> PublishResult:
         """Re-grade every lead under `version` (only counting, on a dry run), then make it the live one.
         `announce(session, lead_row, changed_fields, now)` writes the bus message of a changed lead."""
         model = self.model(version)
-        counts = {"leads": 0, "grade_changes": 0, "stage_changes": 0}
-        sample: list[dict[str, Any]] = []
+        result = PublishResult(version=version, dry_run=dry_run)
         after = ""
         while True:
             with self._sessions() as s:
                 # Locked (unless a dry run) in key order, as every multi-row lock (nurture.db).
                 rows = st.leads_after(s, after, CHUNK, lock=not dry_run)
                 for row in rows:
-                    counts["leads"] += 1
+                    result.leads += 1
                     attributes = json.loads(row.attributes or "{}")
-                    _, grade, _ = model.fit({"attributes": attributes, "email": row.email})
+                    _, grade, _ = model.fit(attributes, row.email)
                     stage = model.stage_for(row.lifecycle_stage, int(row.score), None)
-                    changed = {}
+                    changed: dict[str, list[str]] = {}
                     if grade != row.grade:
-                        counts["grade_changes"] += 1
+                        result.grade_changes += 1
                         changed["grade"] = [row.grade, grade]
                     if stage != row.lifecycle_stage:
-                        counts["stage_changes"] += 1
+                        result.stage_changes += 1
                         changed["lifecycle_stage"] = [row.lifecycle_stage, stage]
                     if not changed:
                         continue
-                    if len(sample) < SAMPLE:
-                        sample.append({"lead_id": row.id, **changed})
+                    if len(result.changes) < SAMPLE:
+                        result.changes.append({"lead_id": row.id, **changed})
                     if not dry_run:
                         values = {"grade": grade, "lifecycle_stage": stage, "version": int(row.version) + 1,
                                   "updated_at": now}
@@ -138,4 +151,4 @@ class ModelVersions:
             with self._sessions() as s:
                 st.retire_published_model(s)
                 st.mark_model_published(s, version, now)
-        return {"version": version, "dry_run": dry_run, **counts, "changes": sample}
+        return result

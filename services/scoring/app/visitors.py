@@ -17,11 +17,11 @@ next identification (or the visitor's next event) runs again, adding nothing twi
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import cast
 
 from sqlalchemy.orm import Session
 
@@ -29,6 +29,7 @@ from nurture import jsoncodec, times
 from nurture.busmessage import LeadSnapshot
 from nurture.clock import Clock
 from nurture.db import Database
+from nurture.jsontypes import JsonMapping, JsonObject, JsonValue
 from nurture.locks import KeyLocks
 from services.scoring import storage as st
 from services.scoring import storage_visitors as sv
@@ -37,8 +38,9 @@ from services.scoring.app.ingest import IngestQueue
 from services.scoring.app.outbox import Outbox
 from services.scoring.domain.profile import apply_outcome
 from services.scoring.domain.profiling import LEAD_FIELDS, FieldSpec, Profiling, check_answers, next_fields
-from services.scoring.domain.records import EventIn, EventResult, InvalidInput, NotFound
+from services.scoring.domain.records import EventIn, EventResult, InvalidInput, NotFound, VisitorProfile
 from services.scoring.domain.validation import EVENT_TYPE, validate_profile
+from services.scoring.storage import SqlRow
 
 MERGED_EVENT = "visitor_merged"
 SOURCE = "website"
@@ -47,7 +49,7 @@ SOURCE = "website"
 @dataclass(frozen=True)
 class VisitorEventIn:
     type: str
-    properties: dict[str, Any]
+    properties: JsonObject
     occurred_at: datetime | None
     client_id: str
     trace: str | None = None
@@ -67,11 +69,11 @@ class VisitOutcome:
 @dataclass(frozen=True)
 class Visitor:
     lead_id: str
-    profile: dict[str, Any]
+    profile: JsonObject  # the scored profile, with the answers the visitor gave shown in it
     anonymous_events: int
 
 
-def new_profile(visitor_id: str) -> dict[str, Any]:
+def new_profile(visitor_id: str) -> VisitorProfile:
     """An anonymous visitor's profile: a lead's scored fields, with no email and nobody's consent."""
     return {"id": f"visitor:{visitor_id}", "email": None, "first_name": None, "last_name": None,
             "segment": None, "attributes": {}, "consent": {}, "score": 0, "grade": "D",
@@ -79,8 +81,9 @@ def new_profile(visitor_id: str) -> dict[str, Any]:
             "last_engaged_at": None, "anonymous": True}
 
 
-def _profile(text: str) -> dict[str, Any]:
-    profile = dict(jsoncodec.loads(text or "{}"))
+def _profile(text: str) -> VisitorProfile:
+    """A stored profile (written from a `VisitorProfile`; its time as text, `default=str`)."""
+    profile = cast(VisitorProfile, dict(jsoncodec.loads(text or "{}")))
     profile["last_engaged_at"] = times.parse_utc(profile.get("last_engaged_at"))
     return profile
 
@@ -119,9 +122,9 @@ class Visitors:
             rows = sv.lock_visitors_for_collect(writes, s, [vid for vid, _ in visits])
             seen = sv.seen_for_collect(writes, s, [(vid, ev.client_id) for vid, events in visits
                                                    if vid in rows and not rows[vid]["lead_id"] for ev in events])
-            profiles: dict[str, dict[str, Any]] = {}
+            profiles: dict[str, VisitorProfile] = {}
             counts: dict[str, int] = {}
-            new_rows: list[tuple[Any, ...]] = []
+            new_rows: list[SqlRow] = []
             for vid, events in visits:
                 row = rows.get(vid)
                 if row is not None and row["lead_id"]:
@@ -162,7 +165,7 @@ class Visitors:
                                  for vid, profile in profiles.items() if vid in rows], now)
         return out
 
-    def link_visitor(self, visitor_id: str, lead_id: str, now: datetime) -> tuple[list[EventIn], dict[str, Any], bool]:
+    def link_visitor(self, visitor_id: str, lead_id: str, now: datetime) -> tuple[list[EventIn], JsonObject, bool]:
         """Link the visitor to the lead (creating its row when it sent nothing yet) and return its kept
         history as events of the lead, the answers it gave anonymously, and whether it is already merged
         into this lead (nothing to do). A visitor identified as another person later keeps its merged
@@ -201,10 +204,10 @@ class Visitors:
             row = sv.visitor(s, visitor_id)
         if row is None:
             return None
-        profile = _profile(row.profile)
         answers = dict(jsoncodec.loads(row.answers or "{}"))
-        profile["attributes"] = {k: v for k, v in answers.items() if k not in LEAD_FIELDS}
-        profile.update({k: v for k, v in answers.items() if k in LEAD_FIELDS})
+        profile: JsonObject = {**_profile(row.profile),
+                               "attributes": {k: v for k, v in answers.items() if k not in LEAD_FIELDS},
+                               **{k: v for k, v in answers.items() if k in LEAD_FIELDS}}
         return Visitor(lead_id=row.lead_id or "", profile=profile, anonymous_events=row.events - row.merged_events)
 
     def lead_by_email(self, email: str) -> LeadSnapshot | None:
@@ -212,24 +215,24 @@ class Visitors:
             row = st.lead_by_email(s, email)
             return st.lead_snapshot(row) if row is not None else None
 
-    def store_answers(self, visitor_id: str, answers: Mapping[str, Any], now: datetime) -> None:
+    def store_answers(self, visitor_id: str, answers: JsonMapping, now: datetime) -> None:
         """Answers an anonymous visitor gave a form, kept until it is identified."""
         with self._sessions() as s:
             row = sv.lock_visitors(s, [visitor_id]).get(visitor_id)
             if row is None:
                 sv.insert_visitor(s, visitor_id, new_profile(visitor_id), now)
-                kept: dict[str, Any] = {}
+                kept: JsonObject = {}
             else:
                 kept = dict(jsoncodec.loads(row.answers or "{}"))
             sv.update_visitor(s, visitor_id, answers={**kept, **answers}, seen_at=now)
 
 
-def lead_fields(answers: Mapping[str, Any], current: Mapping[str, Any] | None) -> dict[str, Any]:
+def lead_fields(answers: JsonMapping, current: JsonMapping | None) -> JsonObject:
     """Answers as an upsert's fields: lead fields and attributes, only where the lead has no value
     yet (an identification from a public page must not overwrite what the person told us before)."""
     attrs_now = (current or {}).get("attributes") or {}
-    fields: dict[str, Any] = {}
-    attributes: dict[str, Any] = {}
+    fields: JsonObject = {}
+    attributes: JsonObject = {}
     for key, value in answers.items():
         if key in LEAD_FIELDS:
             if not (current or {}).get(key):
@@ -269,7 +272,7 @@ class VisitorDoor:
                 o.results = [next(results) for _ in o.to_ingest]
         return outcomes
 
-    async def identify(self, visitor_id: str, lead_id: str, fields: Mapping[str, Any]) -> tuple[str, bool, int]:
+    async def identify(self, visitor_id: str, lead_id: str, fields: JsonMapping) -> tuple[str, bool, int]:
         """(lead id, created, events merged now). `lead_id` comes from a verified link; otherwise the
         person is found by email, or made."""
         created = False
@@ -285,7 +288,7 @@ class VisitorDoor:
         merged = await self.merge(visitor_id, lead_id)
         return lead_id, created, merged
 
-    async def _upsert_by_email(self, fields: Mapping[str, Any]) -> tuple[str, bool]:
+    async def _upsert_by_email(self, fields: JsonMapping) -> tuple[str, bool]:
         email = str(fields["email"])
         found = await self._db.run(self._visitors.lead_by_email, email)
         current = _snapshot_fields(found) if found is not None else None
@@ -334,11 +337,11 @@ class VisitorDoor:
 
     async def next_fields(self, visitor_id: str, limit: int) -> list[FieldSpec]:
         found, lead = await self.visitor(visitor_id)
-        profile: Mapping[str, Any] = _snapshot_fields(lead) if lead is not None else (
+        profile: JsonMapping = _snapshot_fields(lead) if lead is not None else (
             found.profile if found is not None else {})
         return next_fields(self.profiling, profile, limit)
 
-    async def submit_form(self, visitor_id: str, answers: Any) -> tuple[str, int, int]:
+    async def submit_form(self, visitor_id: str, answers: JsonValue) -> tuple[str, int, int]:
         """(lead id or "", answers stored, events merged). An email among the answers identifies the
         visitor; otherwise an identified visitor's lead gets them, an anonymous one keeps them."""
         clean, problems = check_answers(self.profiling, answers)
@@ -359,6 +362,6 @@ class VisitorDoor:
         return "", len(clean), 0
 
 
-def _snapshot_fields(lead: LeadSnapshot) -> dict[str, Any]:
+def _snapshot_fields(lead: LeadSnapshot) -> JsonObject:
     return {"id": lead.id, "email": lead.email, "first_name": lead.first_name, "last_name": lead.last_name,
             "attributes": dict(lead.attributes or {})}

@@ -5,11 +5,10 @@ it when the outbox row is written."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 
 from nurture import times
 from nurture.busmessage import BusMessage, LeadSnapshot, RuleHit
-from services.scoring.domain.records import EventIn
+from services.scoring.domain.records import EventIn, LeadRecord
 from services.scoring.domain.rules import Outcome
 
 iso = times.rfc3339_or_none
@@ -17,7 +16,7 @@ iso = times.rfc3339_or_none
 _HIDDEN_COUNTERS = ("totals", "fired_today")  # the model's own bookkeeping, not engagement figures
 
 
-def snapshot(lead: dict[str, Any]) -> LeadSnapshot:
+def snapshot(lead: LeadRecord) -> LeadSnapshot:
     """The snapshot of a lead being scored (the record's JSON already decoded). It carries no
     timestamps: ingest does not read them back."""
     return LeadSnapshot(
@@ -50,7 +49,7 @@ def engagement_lapsed(lead_id: str, due: datetime, days: int, old: int, new: int
 
 
 def event_messages(
-    lead: dict[str, Any], ev: EventIn, event_id: str, occurred: datetime, outcome: Outcome,
+    lead: LeadRecord, ev: EventIn, event_id: str, occurred: datetime, outcome: Outcome,
     old_score: int, old_stage: str, old_segment: str | None,
 ) -> list[BusMessage]:
     """The event itself, then what it changed: score, segment (as a profile change), stage. They share

@@ -9,6 +9,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from nurture import times
+from nurture.jsontypes import JsonMapping
+from services.scoring.domain.records import LeadRecord, ScoredProfile
 from services.scoring.domain.rules import Outcome, ScoringModel
 
 
@@ -21,16 +23,16 @@ def regrade(model: ScoringModel, current: Mapping[str, Any], changes: dict[str, 
     """Adds to `changes` the fit grade the changed profile earns and, when it has none, the segment
     its attributes say."""
     profile = {**current, **changes, "attributes": attributes}
-    _, grade, _ = model.fit({"attributes": attributes, "email": profile["email"]})
+    _, grade, _ = model.fit(attributes, profile["email"])
     if grade != current["grade"]:
         changes["grade"] = grade
     if not profile.get("segment"):
-        segment = model.classify({"attributes": attributes})
+        segment = model.classify(attributes)
         if segment:
             changes["segment"] = segment
 
 
-def apply_outcome(lead: dict[str, Any], outcome: Outcome) -> None:
+def apply_outcome(lead: ScoredProfile, outcome: Outcome) -> None:
     # One version per applied event: consumers drop a replayed snapshot older than what they hold.
     lead["version"] = int(lead["version"]) + 1
     lead["score"] = max(0, int(lead["score"]) + outcome.delta)
@@ -49,16 +51,17 @@ def apply_outcome(lead: dict[str, Any], outcome: Outcome) -> None:
         lead["last_engaged_at"] = times.parse_utc(last) or lead["last_engaged_at"]
 
 
-def next_lapse(lead: Mapping[str, Any], inactive: timedelta) -> datetime | None:
+def next_lapse(lead: LeadRecord, inactive: timedelta) -> datetime | None:
     last = lead["last_engaged_at"]
     lapse = last + inactive if last is not None else None
-    if lapse is not None and lead.get("lapse_due_at") is not None:
+    due = lead.get("lapse_due_at")
+    if lapse is not None and due is not None:
         # Decay already moved the next lapse past last+inactive; an event that is not
         # engagement (a send, a CRM push) must not set it back, or the same quiet period
         # decays again at every such event.
-        lapse = max(lapse, lead["lapse_due_at"])
+        lapse = max(lapse, due)
     return lapse
 
 
-def decayed_score(score: int, decay: Mapping[str, Any]) -> int:
+def decayed_score(score: int, decay: JsonMapping) -> int:
     return max(int(decay.get("floor", 0)), score + int(decay["points"]))

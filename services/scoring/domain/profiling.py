@@ -3,13 +3,13 @@ priority order of `data/profiling.yaml`), and whether answers to them are valid.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import Field
 
 from nurture import datafiles
+from nurture.jsontypes import JsonMapping, JsonObject, JsonValue
 from services.scoring.domain.addresses import check_email
 from services.scoring.domain.validation import MAX_LENGTHS
 
@@ -46,24 +46,24 @@ def load_profiling(path: Path = PROFILING_FILE) -> Profiling:
     return profiling
 
 
-def known(profile: Mapping[str, Any], key: str) -> bool:
+def known(profile: JsonMapping, key: str) -> bool:
     """Whether the person has answered this (a lead field or an attribute; an empty value is unknown)."""
     value = profile.get(key) if key in LEAD_FIELDS else (profile.get("attributes") or {}).get(key)
     return value not in (None, "", [], {})
 
 
-def next_fields(profiling: Profiling, profile: Mapping[str, Any], limit: int = 0) -> list[FieldSpec]:
+def next_fields(profiling: Profiling, profile: JsonMapping, limit: int = 0) -> list[FieldSpec]:
     """The fields to ask now: the first ones not known, in priority order, at most `limit` (or the
     file's `ask_at_most`)."""
     wanted = min(limit, 20) if limit > 0 else profiling.ask_at_most
     return [f for f in profiling.fields if not known(profile, f.key)][:wanted]
 
 
-def check_answers(profiling: Profiling, answers: Any) -> tuple[dict[str, Any], dict[str, str]]:
+def check_answers(profiling: Profiling, answers: JsonValue) -> tuple[JsonObject, dict[str, str]]:
     """(the answers as stored, every problem by field). Only fields of the file are accepted."""
     if not isinstance(answers, dict) or not answers:
         return {}, {"answers": "must be an object of field: value with at least one field"}
-    clean: dict[str, Any] = {}
+    clean: JsonObject = {}
     problems: dict[str, str] = {}
     for key, value in answers.items():
         spec = profiling.spec(str(key))
@@ -78,7 +78,7 @@ def check_answers(profiling: Profiling, answers: Any) -> tuple[dict[str, Any], d
     return clean, problems
 
 
-def _check(spec: FieldSpec, value: Any) -> tuple[str, Any]:
+def _check(spec: FieldSpec, value: JsonValue) -> tuple[str, JsonValue]:
     if spec.kind == "email":
         value = value.strip() if isinstance(value, str) else value
         if not isinstance(value, str) or len(value) > MAX_LENGTHS["email"]:

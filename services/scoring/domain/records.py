@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import NamedTuple
+from typing import NamedTuple, NotRequired, TypedDict
 
 from nurture.jsontypes import JsonMapping, JsonObject
 
@@ -30,6 +30,46 @@ class EmailTaken(ValueError):
         # The message names neither lead: it reaches API callers (a 409), the other id stays internal.
         super().__init__("this email belongs to another lead")
         self.lead_id = lead_id
+
+
+class ScoredProfile(TypedDict):
+    """What the scoring model reads of a profile and a scored event changes in it (in place): a lead's
+    (`LeadRecord`) or an anonymous visitor's (`VisitorProfile`). A dict, not a dataclass: the visitor's
+    is stored as this JSON object, and the ingest path builds and updates one per lead per batch."""
+
+    id: str
+    email: str | None
+    first_name: str | None
+    last_name: str | None
+    segment: str | None
+    score: int
+    grade: str
+    lifecycle_stage: str
+    version: int
+    attributes: JsonObject
+    consent: JsonObject
+    counters: JsonObject  # engagement figures (public) and the model's bookkeeping (totals, fired_today)
+    recent: dict[str, list[int]]  # event kind → recent epoch seconds
+    interests: dict[str, list[str]]  # countries, topics
+    last_engaged_at: datetime | None
+    # Email consent changes an applied event made (True: given), for the audit; taken off before saving.
+    _consent_changes: NotRequired[list[bool]]
+
+
+class LeadRecord(ScoredProfile):
+    """A lead's row with its JSON decoded (storage.internal): what ingest scores and saves."""
+
+    timezone: str | None
+    locale: str | None
+    crm_id: str | None
+    lapse_due_at: datetime | None
+
+
+class VisitorProfile(ScoredProfile):
+    """An anonymous visitor's profile (scoring_visitors.profile): a lead's scored fields, no email
+    and nobody's consent until it is identified."""
+
+    anonymous: bool
 
 
 @dataclass(frozen=True)

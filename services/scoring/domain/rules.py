@@ -1,6 +1,6 @@
 """The scoring model: a YAML definition compiled to rule sets, and the pure scoring of one event.
 
-No SQL and no gRPC here: `score_event` takes the lead as a dict, the event and the time, and returns
+No SQL and no gRPC here: `score_event` takes the lead's profile (`ScoredProfile`), the event and the time, and returns
 what changes (points with the rule and why, counters, grade, stage, segment, signals). Storage applies it.
 Behaviour rules are grouped by the event types they can match, so each event is evaluated only
 against the rules that could fire for it (the engine's cost grows with every rule that fires).
@@ -14,13 +14,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 from pydantic import Field, ValidationError
 
 from nurture.datafiles import Open, problems_of, read_yaml
-from nurture.jsontypes import JsonMapping, JsonObject
+from nurture.jsontypes import JsonMapping, JsonObject, JsonValue
 from nurture.rules import InvalidRule, RuleSpec, compile_rules, validate_condition
+from services.scoring.domain.records import ScoredProfile
 
 MODEL_PATH = Path(__file__).parents[1] / "data" / "model.yaml"
 ANY_TYPE = "*"
@@ -40,7 +40,7 @@ class Outcome:
 
     points: list[Points] = field(default_factory=list)
     signals: list[str] = field(default_factory=list)
-    counters: dict[str, Any] = field(default_factory=dict)
+    counters: JsonObject = field(default_factory=dict)
     recent: dict[str, list[int]] = field(default_factory=dict)
     interests: dict[str, list[str]] = field(default_factory=dict)
     segment: str | None = None
@@ -110,16 +110,16 @@ class ScoringModel:
 
     # -- fit, segments, stages --------------------------------------------------------------------
 
-    def fit(self, lead: Mapping[str, Any]) -> tuple[int, str, list[str]]:
-        """Fit points, grade and the rules that gave them, from the profile."""
-        facts = {"attributes": lead.get("attributes") or {}, "email": lead.get("email") or None}
+    def fit(self, attributes: JsonMapping | None, email: str | None) -> tuple[int, str, list[str]]:
+        """Fit points, grade and the rules that gave them, from the profile's attributes and email."""
+        facts = {"attributes": attributes or {}, "email": email or None}
         matches = self._fit.evaluate(facts)
         points = sum(int(m.meta["points"]) for m in matches)
         grade = next((g for g, minimum in self.grades if points >= int(minimum)), "D")
         return points, grade, [m.rule for m in matches]
 
-    def classify(self, lead: Mapping[str, Any], event: JsonMapping | None = None) -> str | None:
-        facts = {"attributes": lead.get("attributes") or {}, "event": event or {}}
+    def classify(self, attributes: JsonMapping | None, event: JsonMapping | None = None) -> str | None:
+        facts = {"attributes": attributes or {}, "event": event or {}}
         matches = self._segments.evaluate(facts)
         return str(matches[0].meta["segment"]) if matches else None
 
@@ -137,7 +137,7 @@ class ScoringModel:
 
     # -- one event -----------------------------------------------------------------------------------
 
-    def score_event(self, lead: Mapping[str, Any], event: JsonMapping, now: datetime) -> Outcome:
+    def score_event(self, lead: ScoredProfile, event: JsonMapping, now: datetime) -> Outcome:
         """Count the event, evaluate the behaviour rules on it, and work out every consequence."""
         out = Outcome()
         etype = str(event["type"])
@@ -193,7 +193,7 @@ class ScoringModel:
         out.counters["totals"] = totals
 
         if not lead.get("segment"):
-            out.segment = self.classify(lead, {"type": etype, "properties": props})
+            out.segment = self.classify(lead.get("attributes"), {"type": etype, "properties": props})
         old_score = int(lead.get("score") or 0)
         new_score = max(0, old_score + out.delta)
         old_stage = str(lead.get("lifecycle_stage") or self.stage_order[0])
@@ -226,8 +226,8 @@ def _channel_subscription(etype: str, props: JsonMapping) -> bool:
 
 
 def derive_counters(
-    recent: Mapping[str, list[int]], totals: Mapping[str, Any], last_engaged: datetime | None, now: datetime
-) -> dict[str, Any]:
+    recent: Mapping[str, list[int]], totals: JsonMapping, last_engaged: datetime | None, now: datetime
+) -> JsonObject:
     """Windowed engagement counters as of `now`."""
     n = int(now.timestamp())
 
@@ -252,12 +252,12 @@ def derive_counters(
     }
 
 
-def _lead_facts(lead: Mapping[str, Any]) -> JsonObject:
+def _lead_facts(lead: ScoredProfile) -> JsonObject:
     keys = ("segment", "score", "grade", "lifecycle_stage", "attributes", "timezone", "locale")
     return {k: lead.get(k) for k in keys if lead.get(k) is not None}
 
 
-def _interests(lead: Mapping[str, Any], etype: str, props: JsonMapping) -> dict[str, list[str]]:
+def _interests(lead: ScoredProfile, etype: str, props: JsonMapping) -> dict[str, list[str]]:
     current = lead.get("interests") or {}
     countries = list(current.get("countries", []))
     topics = list(current.get("topics", []))
@@ -289,12 +289,12 @@ class ModelShape(Open):
 
     name: str
     version: int
-    behaviour: list[dict[str, Any]]
-    fit: list[dict[str, Any]]
+    behaviour: list[JsonObject]
+    fit: list[JsonObject]
     grades: dict[str, int]
-    decay: dict[str, Any]
+    decay: JsonObject
     lifecycle: LifecycleShape
-    segments: list[dict[str, Any]]
+    segments: list[JsonObject]
     engagement_events: list[str]
     score_signals: dict[str, int] = Field(default_factory=dict)
 
@@ -315,7 +315,7 @@ def _shape_problems(definition: JsonMapping) -> tuple[list[str], bool]:
     return [], False
 
 
-def validate_model(definition: Any) -> list[str]:
+def validate_model(definition: JsonValue) -> list[str]:
     """Every problem of a model definition: its shape (the parts and their types), then its rules."""
     if not isinstance(definition, Mapping):
         return ["model: expected a mapping"]
