@@ -11,7 +11,7 @@ from typing import Any
 
 import grpc
 
-from gateway.convert import lead_json
+from gateway.convert import Lead, lead_json
 from gateway.deps import ApiError, Mesh
 from gateway.routes import journeys as journeys_api
 from gateway.routes import leads as leads_api
@@ -87,7 +87,7 @@ class LeadFilters:
                    cursor=query.get("cursor", ""))
 
 
-async def leads_page(m: Mesh, f: LeadFilters) -> tuple[list[dict[str, Any]], str | None]:
+async def leads_page(m: Mesh, f: LeadFilters) -> tuple[list[Lead], str | None]:
     """A page of leads through the API's own listings: the journey's members now at a step
     (`/v1/journeys/{key}/members?step=`) when a step is chosen, else `/v1/leads`."""
     if f.journey and f.step:
@@ -101,8 +101,7 @@ async def leads_page(m: Mesh, f: LeadFilters) -> tuple[list[dict[str, Any]], str
         return leads, members["next_cursor"]
     body = await leads_api.list_leads(segment=f.segment, min_score=f.min_score, stage=f.stage, journey=f.journey,
                                       email=f.email, cursor=f.cursor, limit=PAGE_SIZE, m=m)
-    items: list[dict[str, Any]] = body["items"]
-    return items, body.get("next_cursor")
+    return body["items"], body["next_cursor"]
 
 
 async def waiting_by_step(m: Mesh, journey: str) -> dict[str, int]:

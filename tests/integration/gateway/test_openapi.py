@@ -71,3 +71,24 @@ async def test_media_types_are_the_real_ones(doc) -> None:
     assert "text/html" in doc["paths"]["/u/{token}"]["get"]["responses"]["200"]["content"]
     assert "application/x-www-form-urlencoded" in doc["paths"]["/u/{token}"]["post"]["requestBody"]["content"]
     assert "application/yaml" in doc["paths"]["/v1/journeys/{key}"]["put"]["requestBody"]["content"]
+
+
+def _success(doc: dict[str, Any], path: str, method: str, status: str = "200") -> dict[str, Any]:
+    """The success body's schema of an operation, its $ref followed."""
+    schema = doc["paths"][path][method]["responses"][status]["content"]["application/json"]["schema"]
+    name = schema["$ref"].removeprefix("#/components/schemas/")
+    found: dict[str, Any] = doc["components"]["schemas"][name]
+    return found
+
+
+async def test_json_bodies_are_described_field_by_field(doc) -> None:
+    """Each body's schema is its handler's return type (gateway.shapes): every field it always sends."""
+    lead = _success(doc, "/v1/leads/{lead_id}", "get")
+    assert {"id", "email", "score", "grade", "lifecycle_stage", "journeys", "created_at",
+            "subscriptions"} <= set(lead["required"])
+    assert _success(doc, "/v1/leads", "post", "201") == _success(doc, "/v1/leads", "post", "200") == lead
+    page = _success(doc, "/v1/leads", "get")
+    assert page["required"] == ["items", "next_cursor"]
+    timeline = _success(doc, "/v1/leads/{lead_id}/timeline", "get")
+    assert timeline["required"] == ["items"] and "incomplete" in timeline["properties"]
+    assert _success(doc, "/v1/leads/{lead_id}", "delete")["required"] == ["id", "erased", "removed"]
