@@ -73,20 +73,10 @@ SCHEMAS: dict[str, Any] = {
         "example": {"lead_id": "ana", "type": "page_viewed", "properties": {"category": "pricing"},
                     "idempotency_key": "web-123"},
     },
-    "EventAccepted": {"type": "object", "required": ["event_id", "duplicate"],
-                      "properties": {"event_id": {"type": "string"}, "duplicate": {"type": "boolean"}}},
     "BatchInput": {
         "type": "object", "required": ["events"],
         "properties": {"events": {"type": "array", "maxItems": 1000, "items": {"$ref": REF + "EventInput"}}},
         "example": {"events": [{"lead_id": "ana", "type": "page_viewed", "properties": {"category": "pricing"}}]},
-    },
-    "BatchAccepted": {
-        "type": "object", "required": ["accepted", "rejected"],
-        "properties": {"accepted": {"type": "integer"}, "duplicates": {"type": "integer"},
-                       "event_ids": {"type": "array", "items": {"type": "string"}},
-                       "rejected": {"type": "array", "items": {
-                           "type": "object", "required": ["index", "error"],
-                           "properties": {"index": {"type": "integer"}, "error": {"type": "object"}}}}},
     },
     "Publish": {
         "type": "object",
@@ -223,8 +213,6 @@ _BODIES: dict[tuple[str, str], tuple[str, bool]] = {
     ("post", "/v1/templates/{key}/publish"): ("TemplatePublish", True),
     ("post", "/v1/templates/{key}/test-send"): ("TemplateTestSend", True),
 }
-_SUCCESS_SCHEMA = {("post", "/v1/events"): "EventAccepted",
-                   ("post", "/v1/events:batch"): "BatchAccepted"}
 _PUBLIC = ("/healthz", "/readyz", "/t/", "/u/", "/p/")
 
 
@@ -301,11 +289,6 @@ def build_document(app: FastAPI) -> dict[str, Any]:
                 if name in ("JourneyDefinition", "ScoringModelDefinition"):
                     content["application/yaml"] = {"schema": {"$ref": REF + name}}
                 op["requestBody"] = {"required": required, "content": content}
-            success = _SUCCESS_SCHEMA.get((method, path))
-            if success is not None:
-                for code, response in responses.items():
-                    if code.startswith("2"):
-                        response["content"] = {JSON: {"schema": {"$ref": REF + success}}}
     _special_cases(doc)
     tracking_openapi.complete(doc, _error)
     return doc

@@ -92,3 +92,6 @@ async def test_json_bodies_are_described_field_by_field(doc) -> None:
     timeline = _success(doc, "/v1/leads/{lead_id}/timeline", "get")
     assert timeline["required"] == ["items"] and "incomplete" in timeline["properties"]
     assert _success(doc, "/v1/leads/{lead_id}", "delete")["required"] == ["id", "erased", "removed"]
+    assert _success(doc, "/v1/events", "post", "202")["required"] == ["event_id", "duplicate"]
+    assert _success(doc, "/v1/events:batch", "post", "202")["required"] == ["accepted", "duplicates", "event_ids",
+                                                                            "rejected"]
