@@ -328,18 +328,14 @@ def _special_cases(doc: dict[str, Any]) -> None:
     ready["200"]["content"] = readiness
     ready["503"] = {"description": "not every service is serving; the same body",
                     "headers": {"Retry-After": {"schema": {"type": "integer"}}}, "content": readiness}
-    put = paths["/v1/journeys/{key}"]["put"]["responses"]
-    put["201"] = {"description": "a new draft version was stored",
-                  "headers": {"Location": {"schema": {"type": "string"}}},
-                  "content": {JSON: {"schema": {"type": "object"}}}}
-    if "/v1/templates/{key}" in paths:
-        paths["/v1/templates/{key}"]["put"]["responses"]["201"] = {
-            "description": "a new draft version was stored", "headers": {"Location": {"schema": {"type": "string"}}},
-            "content": {JSON: {"schema": {"type": "object"}}}}
-    if "/v1/scoring/model" in paths:
-        paths["/v1/scoring/model"]["put"]["responses"]["201"] = {
-            "description": "a new draft version was stored", "headers": {"Location": {"schema": {"type": "string"}}},
-            "content": {JSON: {"schema": {"type": "object"}}}}
+    for path in ("/v1/journeys/{key}", "/v1/templates/{key}", "/v1/scoring/model"):
+        if path in paths:
+            # The body's schema is the route's (gateway.shapes); an object where it names none.
+            stored = paths[path]["put"]["responses"].get("201", {})
+            stored.setdefault("content", {JSON: {"schema": {"type": "object"}}})
+            stored.update(description="a new draft version was stored",
+                          headers={"Location": {"schema": {"type": "string"}}})
+            paths[path]["put"]["responses"]["201"] = stored
     created = paths["/v1/leads"]["post"]["responses"]["201"]
     paths["/v1/leads"]["post"]["responses"]["200"] = {"description": "an existing lead was updated",
                                                       "content": created["content"]}

@@ -95,3 +95,7 @@ async def test_json_bodies_are_described_field_by_field(doc) -> None:
     assert _success(doc, "/v1/events", "post", "202")["required"] == ["event_id", "duplicate"]
     assert _success(doc, "/v1/events:batch", "post", "202")["required"] == ["accepted", "duplicates", "event_ids",
                                                                             "rejected"]
+    journey = _success(doc, "/v1/journeys/{key}", "get")
+    assert {"key", "published_version", "definition", "versions"} <= set(journey["required"])
+    assert _success(doc, "/v1/journeys/{key}", "put")["required"] == ["key", "valid", "problems"]  # validate_only
+    assert _success(doc, "/v1/journeys/{key}", "put", "201")["required"] == ["key", "version", "status"]
