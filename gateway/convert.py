@@ -32,6 +32,31 @@ class Enrollment(TypedDict, total=False):
     outcome: str
 
 
+class VersionInfo(TypedDict):
+    """One stored version of a journey's definition."""
+
+    version: int
+    status: str
+    created_at: str | None
+    published_at: str | None
+
+
+class Validated(TypedDict):
+    """A journey or template checked with validate_only: valid (a problem is a 422 instead), nothing stored."""
+
+    key: str
+    valid: bool
+    problems: list[str]
+
+
+class DraftStored(TypedDict):
+    """A journey's or template's new draft version (201, with its Location)."""
+
+    key: str
+    version: int
+    status: str   # draft
+
+
 class Lead(TypedDict):
     """A lead as the API shows it (docs/API.md "Leads")."""
 

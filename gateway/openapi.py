@@ -268,6 +268,9 @@ def build_document(app: FastAPI) -> dict[str, Any]:
     schemas = components.setdefault("schemas", {})
     for name in ("HTTPValidationError", "ValidationError"):
         schemas.pop(name, None)
+    clash = set(schemas) & set(SCHEMAS)
+    if clash:  # a route's body type named like a schema of ours: one would silently replace the other
+        raise RuntimeError(f"response body types named like hand-written schemas: {', '.join(sorted(clash))}")
     schemas.update(copy.deepcopy(SCHEMAS))
     components["securitySchemes"] = {"bearerAuth": {
         "type": "http", "scheme": "bearer",

@@ -162,19 +162,24 @@ def _escape(text: str) -> str:
     return escape(text)
 
 
+def _form(t: templates_api.Template) -> dict[str, str]:
+    """A version's text fields as the editor's form holds them."""
+    return {"subject": t["subject"], "preheader": t["preheader"], "body": t["body"], "text": t["text"]}
+
+
 async def _editor(request: Request, current: Session, key: str, form: dict[str, str] | None,
                   problems: list[str], saved: int) -> Response:
     m = mesh_of(request)
     try:
-        detail: dict[str, Any] | None = await templates_api.get_template(m, key, 0)
+        detail: templates_api.Template | None = await templates_api.get_template(m, key, 0)
     except grpc.aio.AioRpcError as exc:
         if exc.code() != grpc.StatusCode.NOT_FOUND:
             raise
         detail = None   # a new template: the editor starts empty
     if form is None:
         latest = (await templates_api.get_template(m, key, detail["latest_version"])) if detail else None
-        form = {f: (latest or {}).get(f, "") for f in FIELDS}
-        form["variants"] = json.dumps((latest or {}).get("variants") or {}, indent=2)
+        form = _form(latest) if latest else dict.fromkeys(FIELDS, "")
+        form["variants"] = json.dumps((latest["variants"] if latest else None) or {}, indent=2)
     variables = detail["variables"] if detail else []
     return page("edit_template.html", status=422 if problems else 200, session=current, title=f"Edit {key}",
                 key=key, t=detail, form=form, problems=problems, saved=saved, variables=variables,
@@ -202,7 +207,7 @@ async def blocks(request: Request, key: str) -> Response:
         m = mesh_of(request)
         newest = (await templates_api.get_template(m, key, 0))["latest_version"]
         latest = await templates_api.get_template(m, key, newest)
-        form = {f: latest[f] for f in FIELDS}
+        form = _form(latest)
         form["variants"] = json.dumps(latest["variants"] or {})
         response = page("blocks_template.html", session=current, title=f"Blocks of {key}", key=key,
                         version=latest["version"], form=form)

@@ -8,7 +8,7 @@ import json
 import yaml
 from fastapi import APIRouter, Depends, Query, Request, Response
 
-from gateway.convert import details, iso, parse_time, require_object
+from gateway.convert import DraftStored, Validated, VersionInfo, details, iso, parse_time, require_object
 from gateway.deps import ApiError, Mesh, json_body, mesh, require_key
 from gateway.routes.leads import decode_cursor, encode_cursor
 from gateway.shapes import DocumentedRoute, TypedDict
@@ -35,33 +35,10 @@ class JourneyList(TypedDict):
     items: list[JourneySummary]
 
 
-class VersionInfo(TypedDict):
-    """One stored version of a definition (a journey's or a template's)."""
-
-    version: int
-    status: str
-    created_at: str | None
-    published_at: str | None
-
-
 class Journey(JourneySummary):
     version: int
     definition: JsonValue   # the definition document, as services/journeys/data/playbook/<key>.yaml holds it
     versions: list[VersionInfo]
-
-
-class Validated(TypedDict):
-    """A definition checked with validate_only: valid (a problem is a 422 instead), nothing stored."""
-
-    key: str
-    valid: bool
-    problems: list[str]
-
-
-class DraftStored(TypedDict):
-    key: str
-    version: int
-    status: str   # draft
 
 
 class CountedLead(TypedDict):

@@ -99,3 +99,11 @@ async def test_json_bodies_are_described_field_by_field(doc) -> None:
     assert {"key", "published_version", "definition", "versions"} <= set(journey["required"])
     assert _success(doc, "/v1/journeys/{key}", "put")["required"] == ["key", "valid", "problems"]  # validate_only
     assert _success(doc, "/v1/journeys/{key}", "put", "201")["required"] == ["key", "version", "status"]
+    template = _success(doc, "/v1/templates/{key}", "get")
+    assert {"key", "subject", "used_by", "versions", "variables", "variants"} <= set(template["required"])
+    assert _success(doc, "/v1/templates/{key}", "put", "201")["required"] == ["key", "version", "status"]
+    assert _success(doc, "/v1/scoring/model", "put", "201")["required"] == ["version", "status"]
+    proposal = _success(doc, "/v1/proposals/{proposal_id}", "get")
+    assert "html" in proposal["properties"] and "html" not in proposal["required"]
+    assert _success(doc, "/v1/leads/{lead_id}/proposals", "post", "200") == _success(
+        doc, "/v1/leads/{lead_id}/proposals", "post", "201")
