@@ -140,9 +140,9 @@ async def why_not(m: Mesh, lead_id: str, journey: str) -> dict[str, Any]:
     return report
 
 
-async def _messages(m: Mesh, lead_id: str) -> list[dict[str, Any]] | None:
+async def _messages(m: Mesh, lead_id: str) -> list[messaging_api.Message] | None:
     try:
-        items: list[dict[str, Any]] = (await messaging_api.lead_messages(lead_id, 1000, m))["items"]
+        items = (await messaging_api.lead_messages(lead_id, 1000, m))["items"]
     except grpc.aio.AioRpcError:
         return None  # messaging is down: the rest of the lead is still worth showing
     return items

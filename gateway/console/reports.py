@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
 from urllib.parse import urlencode
 
 import grpc
@@ -151,12 +150,12 @@ async def deliverability_csv(request: Request) -> Response:
 # -- A/B experiments -----------------------------------------------------------------------------------
 
 
-async def _ab_reports(request: Request) -> list[dict[str, Any]]:
+async def _ab_reports(request: Request) -> list[messaging_api.AbReport]:
     m = mesh_of(request)
     keys = [t["key"] for t in await templates_api.list_templates(m)]
     gate = asyncio.Semaphore(AB_CONCURRENCY)
 
-    async def one(key: str) -> dict[str, Any] | None:
+    async def one(key: str) -> messaging_api.AbReport | None:
         async with gate:
             try:
                 return await messaging_api.ab_report(key, m)

@@ -107,3 +107,8 @@ async def test_json_bodies_are_described_field_by_field(doc) -> None:
     assert "html" in proposal["properties"] and "html" not in proposal["required"]
     assert _success(doc, "/v1/leads/{lead_id}/proposals", "post", "200") == _success(
         doc, "/v1/leads/{lead_id}/proposals", "post", "201")
+    assert _success(doc, "/v1/deliverability", "get")["required"] == [
+        "dkim", "dkim_records", "bounce_smtp", "bounce_domain", "window_days", "rates", "paused", "warmup"]
+    assert "template_version" in doc["components"]["schemas"]["Message"]["required"]
+    assert _success(doc, "/v1/admin/stats", "get")["required"] == ["services"]
+    assert _success(doc, "/healthz", "get")["required"] == ["status"]
