@@ -112,3 +112,5 @@ async def test_json_bodies_are_described_field_by_field(doc) -> None:
     assert "template_version" in doc["components"]["schemas"]["Message"]["required"]
     assert _success(doc, "/v1/admin/stats", "get")["required"] == ["services"]
     assert _success(doc, "/healthz", "get")["required"] == ["status"]
+    assert _success(doc, "/t/v1/collect", "post", "202")["required"] == ["accepted", "duplicates", "rejected"]
+    assert _success(doc, "/t/v1/identify", "post")["required"] == ["identified", "merged"]
