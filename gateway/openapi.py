@@ -11,13 +11,13 @@ to this document: a response it does not describe fails the build.
 from __future__ import annotations
 
 import copy
-from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from gateway.tracking import openapi as tracking_openapi
 from nurture import limits
+from nurture.jsontypes import JsonObject
 
 JSON = "application/json"
 REF = "#/components/schemas/"
@@ -29,7 +29,8 @@ _DATA = {"type": "object", "description": f"Any JSON object within the input lim
                                           f"{limits.MAX_STRING_CHARS} characters, no NUL or lone "
                                           f"surrogates, integers within +/-(2^53-1)); see docs/INPUT-LIMITS.md"}
 
-SCHEMAS: dict[str, Any] = {
+# The document and its schemas are JSON in OpenAPI's and JSON Schema's vocabularies: JsonObject.
+SCHEMAS: dict[str, JsonObject] = {
     "Error": {
         "type": "object", "required": ["error"],
         "properties": {"error": {
@@ -216,14 +217,14 @@ _BODIES: dict[tuple[str, str], tuple[str, bool]] = {
 _PUBLIC = ("/healthz", "/readyz", "/t/", "/u/", "/p/")
 
 
-_COUNTS: dict[str, Any] = {m: {"type": "integer", "minimum": 0}
+_COUNTS: JsonObject = {m: {"type": "integer", "minimum": 0}
            for m in ("sent", "delivered", "hard_bounced", "soft_bounced", "complaints")}
-_DELIVERABILITY_ROW: dict[str, Any] = {
+_DELIVERABILITY_ROW: JsonObject = {
     "type": "object", "required": [*_COUNTS, "delivery_rate", "hard_bounce_rate", "soft_bounce_rate", "complaint_rate"],
     "properties": {**_COUNTS, **{r: {"type": ["number", "null"], "description": "null over nothing"} for r in (
         "delivery_rate", "hard_bounce_rate", "soft_bounce_rate", "complaint_rate")}}}
 # Report bodies documented beyond "an object" (docs/API.md "Analytics").
-_ANALYTICS_SCHEMAS: dict[str, Any] = {
+_ANALYTICS_SCHEMAS: dict[str, JsonObject] = {
     "/v1/analytics/deliverability": {
         "type": "object", "required": ["totals", "by_domain", "by_provider", "points", "interval"],
         "properties": {
@@ -242,8 +243,8 @@ _ANALYTICS_SCHEMAS: dict[str, Any] = {
 }
 
 
-def _error(status: int) -> dict[str, Any]:
-    response: dict[str, Any] = {"description": _WHY.get(status, "error"),
+def _error(status: int) -> JsonObject:
+    response: JsonObject = {"description": _WHY.get(status, "error"),
                                 "content": {JSON: {"schema": {"$ref": REF + "Error"}}}}
     if status in (429, 503):
         response["headers"] = {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds"}}
@@ -262,7 +263,7 @@ def _statuses(method: str, path: str, keyed: bool) -> list[int]:
     return sorted(set(out))
 
 
-def build_document(app: FastAPI) -> dict[str, Any]:
+def build_document(app: FastAPI) -> JsonObject:
     doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
     components = doc.setdefault("components", {})
     schemas = components.setdefault("schemas", {})
@@ -287,7 +288,7 @@ def build_document(app: FastAPI) -> dict[str, Any]:
             body = _BODIES.get((method, path))
             if body is not None:
                 name, required = body
-                content: dict[str, Any] = {JSON: {"schema": {"$ref": REF + name},
+                content: JsonObject = {JSON: {"schema": {"$ref": REF + name},
                                                   "example": SCHEMAS[name].get("example", {})}}
                 if name in ("JourneyDefinition", "ScoringModelDefinition"):
                     content["application/yaml"] = {"schema": {"$ref": REF + name}}
@@ -297,7 +298,7 @@ def build_document(app: FastAPI) -> dict[str, Any]:
     return doc
 
 
-def _special_cases(doc: dict[str, Any]) -> None:
+def _special_cases(doc: JsonObject) -> None:
     paths = doc["paths"]
     pixel = paths["/t/o/{token}"]["get"]
     pixel["responses"] = {"200": {"description": "a 1x1 transparent GIF, whether or not the token verifies",
@@ -351,7 +352,7 @@ def _special_cases(doc: dict[str, Any]) -> None:
 
 def install_openapi(app: FastAPI) -> None:
     """Serve the completed document at /openapi.json (built once, on first request)."""
-    def openapi() -> dict[str, Any]:
+    def openapi() -> JsonObject:
         if app.openapi_schema is None:
             app.openapi_schema = build_document(app)
         return app.openapi_schema

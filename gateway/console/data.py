@@ -7,7 +7,6 @@ import asyncio
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import grpc
 
@@ -16,16 +15,60 @@ from gateway.deps import ApiError, Mesh
 from gateway.routes import journeys as journeys_api
 from gateway.routes import leads as leads_api
 from gateway.routes import messaging as messaging_api
+from gateway.shapes import TypedDict
 from nurture import bus, redisconn
 from nurture.api.common.v1 import common_pb2, common_pb2_grpc
 from nurture.api.journeys.v1 import journeys_pb2, journeys_pb2_grpc
 from nurture.api.scoring.v1 import scoring_pb2, scoring_pb2_grpc
+from nurture.jsontypes import JsonMapping, JsonObject, JsonValue
 from nurture.rpc import health_status
 from nurture.settings import SERVICES
 
 PAGE_SIZE = 50
 # Fields of a timeline item's details that say why it happened, in the order a person reads them.
 REASON_FIELDS = ("reason", "why", "rule", "branch", "condition", "status", "error")
+
+
+class JourneyRow(journeys_api.JourneySummary):
+    """A journey with its all-time counts (from its analytics report; absent when journeys did not answer)."""
+
+    enrolled: JsonValue
+    goals: JsonValue
+    completed: JsonValue
+    exited: JsonValue
+
+
+class ScorePoint(TypedDict):
+    at: str
+    score: int
+    delta: int
+    rule: str
+    reason: str
+
+
+class TimelineRow(leads_api.TimelineEntry):
+    reason: str   # the fields of its details that say why, for a person
+
+
+class LeadView(TypedDict):
+    lead: leads_api.LeadWithSubscriptions
+    score_points: list[ScorePoint]
+    score_json: str
+    timeline: list[TimelineRow]
+    incomplete: list[leads_api.Missing]
+    messages: list[messaging_api.Message] | None   # None: messaging is down
+
+
+class ServiceRow(TypedDict):
+    name: str
+    address: str
+    status: str
+    counters: dict[str, int] | None
+
+
+class Operations(TypedDict):
+    services: list[ServiceRow]
+    groups: list[bus.GroupLag] | None   # None: Redis did not answer
 
 
 def readable_error(text: str) -> str:
@@ -41,11 +84,11 @@ def readable_error(text: str) -> str:
     return text[:500]
 
 
-async def journeys_with_counts(m: Mesh) -> list[dict[str, Any]]:
+async def journeys_with_counts(m: Mesh) -> list[JourneyRow]:
     """Every journey with its all-time counts from the analytics report (the API's numbers)."""
     listed = await journeys_api.list_journeys(m)
 
-    async def counts(key: str) -> dict[str, Any]:
+    async def counts(key: str) -> JsonObject:
         try:
             return await journeys_api.journey_counts(key, m)
         except grpc.aio.AioRpcError:
@@ -111,13 +154,13 @@ async def waiting_by_step(m: Mesh, journey: str) -> dict[str, int]:
     return dict(reply.leads)
 
 
-def _reason(details: Mapping[str, Any]) -> str:
+def _reason(details: JsonMapping) -> str:
     parts = [f"{name}: {details[name]}" for name in REASON_FIELDS
              if name in details and details[name] not in (None, "", [], {})]
     return "; ".join(str(p) for p in parts)
 
 
-async def lead_view(m: Mesh, lead_id: str) -> dict[str, Any]:
+async def lead_view(m: Mesh, lead_id: str) -> LeadView:
     """Profile, score history, journeys, messages and the merged timeline of one lead."""
     lead = await leads_api.get_lead(lead_id, m)
     history, timeline, messages = await asyncio.gather(
@@ -125,18 +168,18 @@ async def lead_view(m: Mesh, lead_id: str) -> dict[str, Any]:
             scoring_pb2.ScoreHistoryRequest(lead_id=lead_id, limit=1000), timeout=m.timeout),
         leads_api.timeline(lead_id, 1000, m),
         _messages(m, lead_id))
-    points = [{"at": c.at.ToJsonString(), "score": c.score_after, "delta": c.delta, "rule": c.rule,
+    points: list[ScorePoint] = [{"at": c.at.ToJsonString(), "score": c.score_after, "delta": c.delta, "rule": c.rule,
                "reason": c.reason} for c in history.changes]
-    entries = [{**item, "reason": _reason(item.get("details") or {})} for item in timeline["items"]]
+    entries: list[TimelineRow] = [{**item, "reason": _reason(item.get("details") or {})} for item in timeline["items"]]
     return {"lead": lead, "score_points": points, "score_json": json.dumps(points), "timeline": entries,
             "incomplete": timeline.get("incomplete", []), "messages": messages}
 
 
-async def why_not(m: Mesh, lead_id: str, journey: str) -> dict[str, Any]:
+async def why_not(m: Mesh, lead_id: str, journey: str) -> JsonObject:
     """Which of the journey's entry conditions and branch rules the lead does not meet today."""
     reply = await journeys_pb2_grpc.JourneysStub(m.channel("journeys")).WhyNot(
         journeys_pb2.WhyNotRequest(lead_id=lead_id, journey=journey), timeout=m.timeout)
-    report: dict[str, Any] = json.loads(reply.report_json)
+    report: JsonObject = json.loads(reply.report_json)   # the journeys service's
     return report
 
 
@@ -148,7 +191,7 @@ async def _messages(m: Mesh, lead_id: str) -> list[messaging_api.Message] | None
     return items
 
 
-async def operations_view(m: Mesh) -> dict[str, Any]:
+async def operations_view(m: Mesh) -> Operations:
     """Service health and counters (gRPC health and Admin.Stats), and the bus's lag and dead letters
     per consumer group (read from Redis, the bus itself)."""
     addresses = {s: m.settings.address_of(s) for s in SERVICES}
@@ -162,7 +205,7 @@ async def operations_view(m: Mesh) -> dict[str, Any]:
             return None
         return dict(sorted(reply.counters.items()))
     counters = await asyncio.gather(*(stats(s) for s in SERVICES))
-    services = [{"name": s, "address": addresses[s], "status": st, "counters": c}
+    services: list[ServiceRow] = [{"name": s, "address": addresses[s], "status": st, "counters": c}
                 for s, st, c in zip(SERVICES, statuses, counters, strict=True)]
     try:
         client = redisconn.connect(m.settings)
