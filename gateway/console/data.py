@@ -80,7 +80,8 @@ def readable_error(text: str) -> str:
     if isinstance(parsed, dict) and isinstance(parsed.get("message"), str):
         problems = (parsed.get("details") or {}).get("problems")
         extra = f": {'; '.join(map(str, problems))}" if isinstance(problems, list) and problems else ""
-        return (parsed["message"] + extra)[:2000]
+        message: str = parsed["message"]
+        return (message + extra)[:2000]
     return text[:500]
 
 

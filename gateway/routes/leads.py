@@ -144,9 +144,10 @@ async def full_lead(m: Mesh, lead: scoring_pb2.Lead) -> LeadWithSubscriptions:
 async def _upsert(m: Mesh, lead_id: str, body: JsonObject, *, merge: bool,
                   must_exist: bool) -> scoring_pb2.UpsertLeadReply:
     fields = {k: v for k, v in body.items() if k != "id"}
-    return await scoring(m).UpsertLead(scoring_pb2.UpsertLeadRequest(
+    reply: scoring_pb2.UpsertLeadReply = await scoring(m).UpsertLead(scoring_pb2.UpsertLeadRequest(
         id=lead_id, fields_json=json.dumps(fields), merge=merge, source="api", must_exist=must_exist),
         timeout=m.timeout)
+    return reply
 
 
 @router.post("", status_code=201, summary="Create or update a lead by id")

@@ -119,7 +119,7 @@ def _iso(ts: Timestamp) -> str:
 
 
 def _invalid_token(exc: grpc.aio.AioRpcError) -> bool:
-    return exc.code() == grpc.StatusCode.INVALID_ARGUMENT
+    return exc.code() is grpc.StatusCode.INVALID_ARGUMENT
 
 
 # The API's statuses are scheduled | sent | suppressed | failed. Messaging's `sending` is its recorded

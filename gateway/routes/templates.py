@@ -172,7 +172,8 @@ async def preview(m: Mesh, key: str, version: int, lead_id: str, variant: str = 
     request = messaging_pb2.PreviewTemplateRequest(key=key, version=version, lead_id=lead_id, variant=variant)
     if unsaved is not None:
         request.content.CopyFrom(content_message(unsaved))
-    return await _stub(m).PreviewTemplate(request, timeout=m.timeout)
+    reply: messaging_pb2.PreviewTemplateReply = await _stub(m).PreviewTemplate(request, timeout=m.timeout)
+    return reply
 
 
 @router.get("/templates", summary="Every template with its versions and the journeys that use it")
