@@ -1,6 +1,6 @@
 """Response bodies declared by their handlers' return types, documented without being re-validated.
 
-Every JSON route returns a TypedDict naming its body's fields (`-> Lead`, `-> Page[...]`): mypy checks
+Every JSON route returns a TypedDict naming its body's fields (`-> Lead`, `-> LeadPage`): mypy checks
 each body the handler builds against it, and the OpenAPI document shows it as the route's success
 schema. FastAPI would also validate and re-serialise a body against its return type, which costs a
 pass over every response and changes what it sends (an integer in a float field becomes 1.0, keys are
