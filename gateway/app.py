@@ -10,9 +10,8 @@ import asyncio
 import importlib
 import logging
 import pkgutil
-from collections.abc import AsyncIterator, MutableMapping
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 import grpc
 from fastapi import FastAPI, Request
@@ -21,6 +20,7 @@ from fastapi.responses import JSONResponse, Response
 from opentelemetry import trace
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import compile_path
+from starlette.types import Message, Receive, Scope, Send
 
 import gateway.routes
 from gateway.deps import ApiError, Mesh, TokenBucket, json_body, require_key
@@ -32,6 +32,7 @@ from gateway.tracking.state import Tracking
 from nurture import jsoncodec
 from nurture.clock import make_clock
 from nurture.errors import HttpError, NurtureError, http_error_from_rpc
+from nurture.jsontypes import JsonObject
 from nurture.rpc import channel
 from nurture.settings import SERVICES, Settings, load_settings
 
@@ -50,7 +51,7 @@ def _traced_path(path: str) -> str:
     return path
 
 
-def error_response(status: int, code: str, message: str, details: dict[str, Any] | None = None,
+def error_response(status: int, code: str, message: str, details: JsonObject | None = None,
                    headers: dict[str, str] | None = None) -> JSONResponse:
     return _respond(HttpError(status, code, message, details or {}, headers))
 
@@ -134,7 +135,7 @@ def create_app(settings: Settings) -> FastAPI:
     return LimitsAndTracing(app, settings.max_body_bytes)  # type: ignore[return-value]
 
 
-def allowed_methods(app: FastAPI, scope: MutableMapping[str, Any]) -> list[str]:
+def allowed_methods(app: FastAPI, scope: Scope) -> list[str]:
     """Every method the API serves at this path (a 405's Allow header), from the OpenAPI document:
     FastAPI makes one route per method, and Starlette's own 405 names only the first that matched."""
     methods: set[str] = set()
@@ -156,7 +157,7 @@ class LimitsAndTracing:
         self.state = app.state
         self.router = app.router
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -174,7 +175,7 @@ class LimitsAndTracing:
             return
         seen = 0
 
-        async def limited_receive() -> Any:
+        async def limited_receive() -> Message:
             nonlocal seen
             message = await receive()
             if message["type"] == "http.request":
@@ -199,7 +200,7 @@ class LimitsAndTracing:
             else:
                 await self.app(scope, limited_receive, send)
 
-    async def _post_event(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def _post_event(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The hottest route, answered here: FastAPI's routing, dependency solving and response
         serialisation were a third of the gateway's CPU per event. Same auth, parsing, handler
         and error mapping as the FastAPI route (`gateway.routes.events`)."""

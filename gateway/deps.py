@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 import grpc
 from fastapi import Request
@@ -21,6 +20,7 @@ from starlette.requests import ClientDisconnect
 from gateway import roles
 from nurture import limits
 from nurture.errors import NurtureError
+from nurture.jsontypes import JsonObject, JsonValue
 from nurture.rpc import DEADLINE_S
 from nurture.settings import Settings
 
@@ -29,7 +29,7 @@ class ApiError(NurtureError):
     """A refusal the gateway answers itself, with its own HTTP status and headers (the shape, and the
     gRPC side of the hierarchy: nurture.errors)."""
 
-    def __init__(self, status: int, code: str, message: str, details: dict[str, Any] | None = None,
+    def __init__(self, status: int, code: str, message: str, details: JsonObject | None = None,
                  headers: dict[str, str] | None = None) -> None:
         super().__init__(message, code=code, details=details)
         self.status = self.http_status = status
@@ -104,7 +104,7 @@ def input_error(exc: limits.InputError) -> ApiError:
     return ApiError(422, "invalid", str(exc), {"fields": exc.problems})
 
 
-async def read_body(request: Request, *, check: bool) -> Any:
+async def read_body(request: Request, *, check: bool) -> JsonValue:
     try:
         raw = await request.body()
     except ClientDisconnect as exc:  # nobody is left to answer; not a server error
@@ -117,13 +117,13 @@ async def read_body(request: Request, *, check: bool) -> Any:
         raise input_error(exc) from exc
 
 
-async def json_body(request: Request) -> Any:
+async def json_body(request: Request) -> JsonValue:
     """The request body parsed as JSON whatever the Content-Type says (curl -d sends form type);
     400 when it is not JSON, 422 when it breaks an input limit (nurture.limits)."""
     return await read_body(request, check=True)
 
 
-async def optional_json_body(request: Request) -> Any:
+async def optional_json_body(request: Request) -> JsonValue:
     """As `json_body`, but an action that takes no fields may come with no body at all (`curl -XPOST`):
     an empty one reads as `{}`."""
     if not (await request.body()).strip():
@@ -131,7 +131,7 @@ async def optional_json_body(request: Request) -> Any:
     return await read_body(request, check=True)
 
 
-async def json_body_items(request: Request) -> Any:
+async def json_body_items(request: Request) -> JsonValue:
     """The body parsed as JSON but not yet checked against the limits: a batch checks each item,
     so that one bad item is refused alone."""
     return await read_body(request, check=False)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -22,6 +21,9 @@ from gateway.deps import Mesh
 from nurture.aio import resolve
 from nurture.api.scoring.v1 import scoring_pb2, scoring_pb2_grpc
 from nurture.telemetry import batch_parent
+
+# A waiting post: its event, and the future its result (or the call's error) is given to.
+Waiting = tuple[scoring_pb2.Event, asyncio.Future[scoring_pb2.EventResult]]
 
 # Calls in flight at once on SQLite. One: a call's cost to scoring is mostly fixed (the gRPC call, the
 # transaction), so the fewer and fuller the calls, the less CPU an event costs, and under load the
@@ -40,7 +42,7 @@ class EventSender:
         self._mesh = mesh
         self._max_in_flight = max(1, in_flight)
         # Each waiting event, its post's future, and its post's span (the call joins a sampled one).
-        self._pending: list[tuple[scoring_pb2.Event, asyncio.Future[Any], trace.SpanContext]] = []
+        self._pending: list[tuple[scoring_pb2.Event, asyncio.Future[scoring_pb2.EventResult], trace.SpanContext]] = []
         self._in_flight = 0
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -63,8 +65,8 @@ class EventSender:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _call(self, taken: list[tuple[scoring_pb2.Event, asyncio.Future[Any]]]) -> None:
-        outcomes: list[Any]
+    async def _call(self, taken: list[Waiting]) -> None:
+        outcomes: list[scoring_pb2.EventResult | Exception]
         try:
             stub = scoring_pb2_grpc.ScoringStub(self._mesh.channel("scoring"))
             reply = await stub.IngestEvents(scoring_pb2.IngestRequest(events=[e for e, _ in taken]),

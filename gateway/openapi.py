@@ -11,13 +11,13 @@ to this document: a response it does not describe fails the build.
 from __future__ import annotations
 
 import copy
-from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from gateway.tracking import openapi as tracking_openapi
 from nurture import limits
+from nurture.jsontypes import JsonObject
 
 JSON = "application/json"
 REF = "#/components/schemas/"
@@ -29,7 +29,8 @@ _DATA = {"type": "object", "description": f"Any JSON object within the input lim
                                           f"{limits.MAX_STRING_CHARS} characters, no NUL or lone "
                                           f"surrogates, integers within +/-(2^53-1)); see docs/INPUT-LIMITS.md"}
 
-SCHEMAS: dict[str, Any] = {
+# The document and its schemas are JSON in OpenAPI's and JSON Schema's vocabularies: JsonObject.
+SCHEMAS: dict[str, JsonObject] = {
     "Error": {
         "type": "object", "required": ["error"],
         "properties": {"error": {
@@ -59,18 +60,6 @@ SCHEMAS: dict[str, Any] = {
                     "timezone": "Asia/Kolkata",
                     "attributes": {"profession": "nurse", "countries_of_interest": ["CA"]}},
     },
-    "Lead": {
-        "type": "object", "required": ["id", "score", "grade", "lifecycle_stage", "attributes"],
-        "properties": {
-            "id": {"type": "string"}, "email": {"type": ["string", "null"]},
-            "first_name": {"type": ["string", "null"]}, "last_name": {"type": ["string", "null"]},
-            "segment": {"type": ["string", "null"]}, "timezone": {"type": ["string", "null"]},
-            "locale": {"type": ["string", "null"]}, "attributes": {"type": "object"}, "consent": {"type": "object"},
-            "score": {"type": "integer"}, "grade": {"type": "string"}, "lifecycle_stage": {"type": "string"},
-            "journeys": {"type": "array", "items": {"type": "object"}},
-            "created_at": {"type": ["string", "null"]}, "updated_at": {"type": ["string", "null"]},
-        },
-    },
     "EventInput": {
         "type": "object", "required": ["lead_id", "type"],
         "properties": {
@@ -85,20 +74,10 @@ SCHEMAS: dict[str, Any] = {
         "example": {"lead_id": "ana", "type": "page_viewed", "properties": {"category": "pricing"},
                     "idempotency_key": "web-123"},
     },
-    "EventAccepted": {"type": "object", "required": ["event_id", "duplicate"],
-                      "properties": {"event_id": {"type": "string"}, "duplicate": {"type": "boolean"}}},
     "BatchInput": {
         "type": "object", "required": ["events"],
         "properties": {"events": {"type": "array", "maxItems": 1000, "items": {"$ref": REF + "EventInput"}}},
         "example": {"events": [{"lead_id": "ana", "type": "page_viewed", "properties": {"category": "pricing"}}]},
-    },
-    "BatchAccepted": {
-        "type": "object", "required": ["accepted", "rejected"],
-        "properties": {"accepted": {"type": "integer"}, "duplicates": {"type": "integer"},
-                       "event_ids": {"type": "array", "items": {"type": "string"}},
-                       "rejected": {"type": "array", "items": {
-                           "type": "object", "required": ["index", "error"],
-                           "properties": {"index": {"type": "integer"}, "error": {"type": "object"}}}}},
     },
     "Publish": {
         "type": "object",
@@ -235,20 +214,17 @@ _BODIES: dict[tuple[str, str], tuple[str, bool]] = {
     ("post", "/v1/templates/{key}/publish"): ("TemplatePublish", True),
     ("post", "/v1/templates/{key}/test-send"): ("TemplateTestSend", True),
 }
-_SUCCESS_SCHEMA = {("post", "/v1/leads"): "Lead", ("patch", "/v1/leads/{lead_id}"): "Lead",
-                   ("get", "/v1/leads/{lead_id}"): "Lead", ("post", "/v1/events"): "EventAccepted",
-                   ("post", "/v1/events:batch"): "BatchAccepted"}
 _PUBLIC = ("/healthz", "/readyz", "/t/", "/u/", "/p/")
 
 
-_COUNTS: dict[str, Any] = {m: {"type": "integer", "minimum": 0}
+_COUNTS: JsonObject = {m: {"type": "integer", "minimum": 0}
            for m in ("sent", "delivered", "hard_bounced", "soft_bounced", "complaints")}
-_DELIVERABILITY_ROW: dict[str, Any] = {
+_DELIVERABILITY_ROW: JsonObject = {
     "type": "object", "required": [*_COUNTS, "delivery_rate", "hard_bounce_rate", "soft_bounce_rate", "complaint_rate"],
     "properties": {**_COUNTS, **{r: {"type": ["number", "null"], "description": "null over nothing"} for r in (
         "delivery_rate", "hard_bounce_rate", "soft_bounce_rate", "complaint_rate")}}}
 # Report bodies documented beyond "an object" (docs/API.md "Analytics").
-_ANALYTICS_SCHEMAS: dict[str, Any] = {
+_ANALYTICS_SCHEMAS: dict[str, JsonObject] = {
     "/v1/analytics/deliverability": {
         "type": "object", "required": ["totals", "by_domain", "by_provider", "points", "interval"],
         "properties": {
@@ -267,8 +243,8 @@ _ANALYTICS_SCHEMAS: dict[str, Any] = {
 }
 
 
-def _error(status: int) -> dict[str, Any]:
-    response: dict[str, Any] = {"description": _WHY.get(status, "error"),
+def _error(status: int) -> JsonObject:
+    response: JsonObject = {"description": _WHY.get(status, "error"),
                                 "content": {JSON: {"schema": {"$ref": REF + "Error"}}}}
     if status in (429, 503):
         response["headers"] = {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds"}}
@@ -287,12 +263,15 @@ def _statuses(method: str, path: str, keyed: bool) -> list[int]:
     return sorted(set(out))
 
 
-def build_document(app: FastAPI) -> dict[str, Any]:
+def build_document(app: FastAPI) -> JsonObject:
     doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
     components = doc.setdefault("components", {})
     schemas = components.setdefault("schemas", {})
     for name in ("HTTPValidationError", "ValidationError"):
         schemas.pop(name, None)
+    clash = set(schemas) & set(SCHEMAS)
+    if clash:  # a route's body type named like a schema of ours: one would silently replace the other
+        raise RuntimeError(f"response body types named like hand-written schemas: {', '.join(sorted(clash))}")
     schemas.update(copy.deepcopy(SCHEMAS))
     components["securitySchemes"] = {"bearerAuth": {
         "type": "http", "scheme": "bearer",
@@ -309,22 +288,17 @@ def build_document(app: FastAPI) -> dict[str, Any]:
             body = _BODIES.get((method, path))
             if body is not None:
                 name, required = body
-                content: dict[str, Any] = {JSON: {"schema": {"$ref": REF + name},
+                content: JsonObject = {JSON: {"schema": {"$ref": REF + name},
                                                   "example": SCHEMAS[name].get("example", {})}}
                 if name in ("JourneyDefinition", "ScoringModelDefinition"):
                     content["application/yaml"] = {"schema": {"$ref": REF + name}}
                 op["requestBody"] = {"required": required, "content": content}
-            success = _SUCCESS_SCHEMA.get((method, path))
-            if success is not None:
-                for code, response in responses.items():
-                    if code.startswith("2"):
-                        response["content"] = {JSON: {"schema": {"$ref": REF + success}}}
     _special_cases(doc)
     tracking_openapi.complete(doc, _error)
     return doc
 
 
-def _special_cases(doc: dict[str, Any]) -> None:
+def _special_cases(doc: JsonObject) -> None:
     paths = doc["paths"]
     pixel = paths["/t/o/{token}"]["get"]
     pixel["responses"] = {"200": {"description": "a 1x1 transparent GIF, whether or not the token verifies",
@@ -358,20 +332,17 @@ def _special_cases(doc: dict[str, Any]) -> None:
     ready["200"]["content"] = readiness
     ready["503"] = {"description": "not every service is serving; the same body",
                     "headers": {"Retry-After": {"schema": {"type": "integer"}}}, "content": readiness}
-    put = paths["/v1/journeys/{key}"]["put"]["responses"]
-    put["201"] = {"description": "a new draft version was stored",
-                  "headers": {"Location": {"schema": {"type": "string"}}},
-                  "content": {JSON: {"schema": {"type": "object"}}}}
-    if "/v1/templates/{key}" in paths:
-        paths["/v1/templates/{key}"]["put"]["responses"]["201"] = {
-            "description": "a new draft version was stored", "headers": {"Location": {"schema": {"type": "string"}}},
-            "content": {JSON: {"schema": {"type": "object"}}}}
-    if "/v1/scoring/model" in paths:
-        paths["/v1/scoring/model"]["put"]["responses"]["201"] = {
-            "description": "a new draft version was stored", "headers": {"Location": {"schema": {"type": "string"}}},
-            "content": {JSON: {"schema": {"type": "object"}}}}
-    paths["/v1/leads"]["post"]["responses"]["200"] = {
-        "description": "an existing lead was updated", "content": {JSON: {"schema": {"$ref": REF + "Lead"}}}}
+    for path in ("/v1/journeys/{key}", "/v1/templates/{key}", "/v1/scoring/model"):
+        if path in paths:
+            # The body's schema is the route's (gateway.shapes); an object where it names none.
+            stored = paths[path]["put"]["responses"].get("201", {})
+            stored.setdefault("content", {JSON: {"schema": {"type": "object"}}})
+            stored.update(description="a new draft version was stored",
+                          headers={"Location": {"schema": {"type": "string"}}})
+            paths[path]["put"]["responses"]["201"] = stored
+    created = paths["/v1/leads"]["post"]["responses"]["201"]
+    paths["/v1/leads"]["post"]["responses"]["200"] = {"description": "an existing lead was updated",
+                                                      "content": created["content"]}
     for path in [p for p in paths if p.startswith("/v1/analytics/")]:
         paths[path]["get"]["responses"]["200"] = {
             "description": "the report as JSON; with format=csv, its rows as CSV (RFC 4180)",
@@ -381,7 +352,7 @@ def _special_cases(doc: dict[str, Any]) -> None:
 
 def install_openapi(app: FastAPI) -> None:
     """Serve the completed document at /openapi.json (built once, on first request)."""
-    def openapi() -> dict[str, Any]:
+    def openapi() -> JsonObject:
         if app.openapi_schema is None:
             app.openapi_schema = build_document(app)
         return app.openapi_schema

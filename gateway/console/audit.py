@@ -7,7 +7,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+
+from redis.typing import EncodableT, FieldT
 
 from nurture.redisconn import AsyncRedis
 
@@ -30,7 +31,7 @@ class AuditEntry:
 
 async def record(client: AsyncRedis, *, role: str, key_print: str, action: str, service: str, target: str,
                  outcome: str, detail: str) -> str:
-    fields: dict[Any, Any] = {"e": json.dumps({"role": role, "key_print": key_print, "action": action,
+    fields: dict[FieldT, EncodableT] = {"e": json.dumps({"role": role, "key_print": key_print, "action": action,
                                                "service": service, "target": target, "outcome": outcome,
                                                "detail": detail[:2000]})}
     entry = await client.xadd(AUDIT_KEY, fields, maxlen=AUDIT_MAXLEN, approximate=True)
@@ -38,12 +39,12 @@ async def record(client: AsyncRedis, *, role: str, key_print: str, action: str, 
 
 
 async def recent(client: AsyncRedis, limit: int = 50) -> list[AuditEntry]:
-    rows: Any = await client.xrevrange(AUDIT_KEY, count=limit)
+    rows = await client.xrevrange(AUDIT_KEY, count=limit)
     out = []
     for entry_id, fields in rows or []:
         raw = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
         try:
-            e = json.loads(fields[b"e"])
+            e = json.loads((fields or {})[b"e"])
         except (KeyError, ValueError):
             continue
         out.append(AuditEntry(id=raw, at=datetime.fromtimestamp(int(raw.split("-")[0]) / 1000, tz=UTC),

@@ -6,8 +6,6 @@ enrolments, which /console/leads?journey=&step= lists."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import grpc
 from fastapi import APIRouter, Request
 from starlette.responses import Response
@@ -15,7 +13,7 @@ from starlette.responses import Response
 from gateway.console.guard import guarded, mesh_of
 from gateway.console.render import page
 from gateway.console.session import Session
-from gateway.convert import lead_json
+from gateway.convert import Lead, lead_json
 from gateway.deps import Mesh
 from gateway.routes import journeys as journeys_api
 from nurture.api.scoring.v1 import scoring_pb2, scoring_pb2_grpc
@@ -24,7 +22,7 @@ router = APIRouter(prefix="/console", include_in_schema=False)
 PAGE_SIZE = 50
 
 
-async def _profiles(m: Mesh, ids: list[str]) -> dict[str, dict[str, Any]]:
+async def _profiles(m: Mesh, ids: list[str]) -> dict[str, Lead]:
     """The leads' profiles where scoring has them (an erased lead keeps its records here, not there)."""
     if not ids:
         return {}

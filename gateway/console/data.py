@@ -7,26 +7,69 @@ import asyncio
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import grpc
 
-from gateway.convert import lead_json
+from gateway.convert import Lead, lead_json
 from gateway.deps import ApiError, Mesh
 from gateway.routes import analytics as analytics_api
 from gateway.routes import journeys as journeys_api
 from gateway.routes import leads as leads_api
 from gateway.routes import messaging as messaging_api
+from gateway.shapes import TypedDict
 from nurture import bus, redisconn
 from nurture.api.common.v1 import common_pb2, common_pb2_grpc
 from nurture.api.journeys.v1 import journeys_pb2, journeys_pb2_grpc
 from nurture.api.scoring.v1 import scoring_pb2, scoring_pb2_grpc
+from nurture.jsontypes import JsonMapping, JsonObject, JsonValue
 from nurture.rpc import health_status
 from nurture.settings import SERVICES
 
 PAGE_SIZE = 50
 # Fields of a timeline item's details that say why it happened, in the order a person reads them.
 REASON_FIELDS = ("reason", "why", "rule", "branch", "condition", "status", "error")
+
+
+class JourneyRow(journeys_api.JourneySummary):
+    """A journey with its all-time counts (from its analytics report; absent when journeys did not answer)."""
+
+    enrolled: JsonValue
+    goals: JsonValue
+    completed: JsonValue
+    exited: JsonValue
+
+
+class ScorePoint(TypedDict):
+    at: str
+    score: int
+    delta: int
+    rule: str
+    reason: str
+
+
+class TimelineRow(leads_api.TimelineEntry):
+    reason: str   # the fields of its details that say why, for a person
+
+
+class LeadView(TypedDict):
+    lead: leads_api.LeadWithSubscriptions
+    score_points: list[ScorePoint]
+    score_json: str
+    timeline: list[TimelineRow]
+    incomplete: list[leads_api.Missing]
+    messages: list[messaging_api.Message] | None   # None: messaging is down
+
+
+class ServiceRow(TypedDict):
+    name: str
+    address: str
+    status: str
+    counters: dict[str, int] | None
+
+
+class Operations(TypedDict):
+    services: list[ServiceRow]
+    groups: list[bus.GroupLag] | None   # None: Redis did not answer
 
 
 def readable_error(text: str) -> str:
@@ -38,15 +81,16 @@ def readable_error(text: str) -> str:
     if isinstance(parsed, dict) and isinstance(parsed.get("message"), str):
         problems = (parsed.get("details") or {}).get("problems")
         extra = f": {'; '.join(map(str, problems))}" if isinstance(problems, list) and problems else ""
-        return (parsed["message"] + extra)[:2000]
+        message: str = parsed["message"]
+        return (message + extra)[:2000]
     return text[:500]
 
 
-async def journeys_with_counts(m: Mesh) -> list[dict[str, Any]]:
+async def journeys_with_counts(m: Mesh) -> list[JourneyRow]:
     """Every journey with its all-time counts from the analytics report (the API's numbers)."""
     listed = await journeys_api.list_journeys(m)
 
-    async def counts(key: str) -> dict[str, Any]:
+    async def counts(key: str) -> JsonObject:
         try:
             return await journeys_api.journey_counts(key, m)
         except grpc.aio.AioRpcError:
@@ -56,7 +100,7 @@ async def journeys_with_counts(m: Mesh) -> list[dict[str, Any]]:
              "exited": r.get("exited")} for j, r in zip(listed["items"], reports, strict=True)]
 
 
-async def journey_stages(m: Mesh, key: str, start: str | None, end: str | None) -> list[dict[str, Any]] | None:
+async def journey_stages(m: Mesh, key: str, start: str | None, end: str | None) -> list[JsonObject] | None:
     """The journey's stages' conversion and velocity over the range: the progression report's `stages`
     rows for `journey=key` (analytics' maintained aggregates, the numbers /v1/analytics/progression
     answers); None when analytics does not answer (the page still draws the graph)."""
@@ -66,8 +110,8 @@ async def journey_stages(m: Mesh, key: str, start: str | None, end: str | None) 
         if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
             raise
         return None
-    rows: list[dict[str, Any]] = body["stages"]
-    return rows
+    rows = body.get("stages")
+    return [r for r in rows if isinstance(r, dict)] if isinstance(rows, list) else []
 
 
 async def journey_keys(m: Mesh) -> list[str]:
@@ -102,7 +146,7 @@ class LeadFilters:
                    cursor=query.get("cursor", ""))
 
 
-async def leads_page(m: Mesh, f: LeadFilters) -> tuple[list[dict[str, Any]], str | None]:
+async def leads_page(m: Mesh, f: LeadFilters) -> tuple[list[Lead], str | None]:
     """A page of leads through the API's own listings: the journey's members now at a step
     (`/v1/journeys/{key}/members?step=`) when a step is chosen, else `/v1/leads`."""
     if f.journey and f.step:
@@ -116,8 +160,7 @@ async def leads_page(m: Mesh, f: LeadFilters) -> tuple[list[dict[str, Any]], str
         return leads, members["next_cursor"]
     body = await leads_api.list_leads(segment=f.segment, min_score=f.min_score, stage=f.stage, journey=f.journey,
                                       email=f.email, cursor=f.cursor, limit=PAGE_SIZE, m=m)
-    items: list[dict[str, Any]] = body["items"]
-    return items, body.get("next_cursor")
+    return body["items"], body["next_cursor"]
 
 
 async def waiting_by_step(m: Mesh, journey: str) -> dict[str, int]:
@@ -127,13 +170,13 @@ async def waiting_by_step(m: Mesh, journey: str) -> dict[str, int]:
     return dict(reply.leads)
 
 
-def _reason(details: Mapping[str, Any]) -> str:
+def _reason(details: JsonMapping) -> str:
     parts = [f"{name}: {details[name]}" for name in REASON_FIELDS
              if name in details and details[name] not in (None, "", [], {})]
     return "; ".join(str(p) for p in parts)
 
 
-async def lead_view(m: Mesh, lead_id: str) -> dict[str, Any]:
+async def lead_view(m: Mesh, lead_id: str) -> LeadView:
     """Profile, score history, journeys, messages and the merged timeline of one lead."""
     lead = await leads_api.get_lead(lead_id, m)
     history, timeline, messages = await asyncio.gather(
@@ -141,30 +184,30 @@ async def lead_view(m: Mesh, lead_id: str) -> dict[str, Any]:
             scoring_pb2.ScoreHistoryRequest(lead_id=lead_id, limit=1000), timeout=m.timeout),
         leads_api.timeline(lead_id, 1000, m),
         _messages(m, lead_id))
-    points = [{"at": c.at.ToJsonString(), "score": c.score_after, "delta": c.delta, "rule": c.rule,
+    points: list[ScorePoint] = [{"at": c.at.ToJsonString(), "score": c.score_after, "delta": c.delta, "rule": c.rule,
                "reason": c.reason} for c in history.changes]
-    entries = [{**item, "reason": _reason(item.get("details") or {})} for item in timeline["items"]]
+    entries: list[TimelineRow] = [{**item, "reason": _reason(item.get("details") or {})} for item in timeline["items"]]
     return {"lead": lead, "score_points": points, "score_json": json.dumps(points), "timeline": entries,
             "incomplete": timeline.get("incomplete", []), "messages": messages}
 
 
-async def why_not(m: Mesh, lead_id: str, journey: str) -> dict[str, Any]:
+async def why_not(m: Mesh, lead_id: str, journey: str) -> JsonObject:
     """Which of the journey's entry conditions and branch rules the lead does not meet today."""
     reply = await journeys_pb2_grpc.JourneysStub(m.channel("journeys")).WhyNot(
         journeys_pb2.WhyNotRequest(lead_id=lead_id, journey=journey), timeout=m.timeout)
-    report: dict[str, Any] = json.loads(reply.report_json)
+    report: JsonObject = json.loads(reply.report_json)   # the journeys service's
     return report
 
 
-async def _messages(m: Mesh, lead_id: str) -> list[dict[str, Any]] | None:
+async def _messages(m: Mesh, lead_id: str) -> list[messaging_api.Message] | None:
     try:
-        items: list[dict[str, Any]] = (await messaging_api.lead_messages(lead_id, 1000, m))["items"]
+        items = (await messaging_api.lead_messages(lead_id, 1000, m))["items"]
     except grpc.aio.AioRpcError:
         return None  # messaging is down: the rest of the lead is still worth showing
     return items
 
 
-async def operations_view(m: Mesh) -> dict[str, Any]:
+async def operations_view(m: Mesh) -> Operations:
     """Service health and counters (gRPC health and Admin.Stats), and the bus's lag and dead letters
     per consumer group (read from Redis, the bus itself)."""
     addresses = {s: m.settings.address_of(s) for s in SERVICES}
@@ -178,7 +221,7 @@ async def operations_view(m: Mesh) -> dict[str, Any]:
             return None
         return dict(sorted(reply.counters.items()))
     counters = await asyncio.gather(*(stats(s) for s in SERVICES))
-    services = [{"name": s, "address": addresses[s], "status": st, "counters": c}
+    services: list[ServiceRow] = [{"name": s, "address": addresses[s], "status": st, "counters": c}
                 for s, st, c in zip(SERVICES, statuses, counters, strict=True)]
     try:
         client = redisconn.connect(m.settings)

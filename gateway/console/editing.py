@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import difflib
 import json
-from typing import Any
 
 import grpc
 import yaml
@@ -25,16 +24,17 @@ from gateway.routes import scoring as scoring_api
 from nurture import limits
 from nurture.api.journeys.v1 import journeys_pb2
 from nurture.api.scoring.v1 import scoring_pb2
+from nurture.jsontypes import JsonObject, JsonValue
 from nurture.rpc import LONG_DEADLINE_S
 
 router = APIRouter(prefix="/console", include_in_schema=False)
 
 
-def as_yaml(document: Any) -> str:
+def as_yaml(document: JsonValue) -> str:
     return yaml.safe_dump(document, sort_keys=False, allow_unicode=True, width=110)
 
 
-def parse_document(text: str) -> tuple[dict[str, Any] | None, list[str]]:
+def parse_document(text: str) -> tuple[JsonObject | None, list[str]]:
     """The edited YAML (or JSON) as a document, or the problems that keep it from being one."""
     try:
         document = yaml.safe_load(text)
@@ -64,7 +64,7 @@ def problems_of(exc: grpc.aio.AioRpcError) -> list[str]:
     return [str(parsed.get("message", exc.details())) if isinstance(parsed, dict) else str(parsed)]
 
 
-def diff(published: Any, draft_text: str) -> str:
+def diff(published: JsonValue, draft_text: str) -> str:
     """What the draft changes, line by line: both sides dumped the same way (keys sorted), so only changes
     of content show, not of formatting or key order. A draft that does not parse is shown whole."""
     document, _ = parse_document(draft_text)
@@ -91,7 +91,7 @@ async def _check_journey(request: Request, key: str, text: str, *, save: bool) -
     return [], reply.version
 
 
-def draft_graph(text: str) -> dict[str, Any] | None:
+def draft_graph(text: str) -> graph.Layout | None:
     """The draft drawn as the journey page draws a journey (no counts: nothing ran it), or None when
     the text is not a document."""
     document, _ = parse_document(text)

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+
+from gateway.shapes import TypedDict
+from nurture.jsontypes import JsonMapping, JsonValue
 
 TERMINAL = frozenset({"end", "goal", "exit", "jump"})  # never fall through to the next step
 
@@ -33,9 +35,9 @@ class Edge:
     share: float | None = None  # of the source's leads that took this edge, when the counts tell
 
 
-def _edges(step: Mapping[str, Any], following: str | None) -> list[tuple[str, str]]:
+def _edges(step: JsonMapping, following: str | None) -> list[tuple[str, str]]:
     kind = step.get("type")
-    out: list[tuple[Any, str]] = []
+    out: list[tuple[JsonValue, str]] = []  # (the target as the document has it, the label)
     if kind == "wait" and step.get("event") is not None:
         out += [(step.get("on_event"), "event"), (step.get("on_timeout"), "timeout")]
     elif kind == "branch":
@@ -55,7 +57,7 @@ def _edges(step: Mapping[str, Any], following: str | None) -> list[tuple[str, st
     return [(str(t), label) for t, label in out if isinstance(t, str) and t]
 
 
-def _label(step: Mapping[str, Any]) -> str:
+def _label(step: JsonMapping) -> str:
     kind = str(step.get("type", ""))
     if kind == "send":
         return str(step.get("subject") or step.get("template") or "")
@@ -65,7 +67,7 @@ def _label(step: Mapping[str, Any]) -> str:
     return str(step.get("name") or "")
 
 
-def build(document: Mapping[str, Any], analytics: Mapping[str, Any],
+def build(document: JsonMapping, analytics: JsonMapping,
           waiting: Mapping[str, int] | None = None) -> tuple[list[Node], list[Edge]]:
     """Nodes with the analytics report's counts for their step (0 where the report has none) and the
     leads waiting there now, and edges with the share of leads each took where the target's entries
@@ -98,7 +100,26 @@ def build(document: Mapping[str, Any], analytics: Mapping[str, Any],
     return nodes, edges
 
 
-def layout(nodes: list[Node], edges: list[Edge]) -> dict[str, list[dict[str, Any]]]:
+class NodeView(TypedDict):
+    id: str
+    type: str
+    stage: str
+    label: str
+
+
+class EdgeView(TypedDict):
+    source: str
+    target: str
+    label: str
+    share: float | None
+
+
+class Layout(TypedDict):
+    nodes: list[NodeView]
+    edges: list[EdgeView]
+
+
+def layout(nodes: list[Node], edges: list[Edge]) -> Layout:
     """What the page's script lays out with dagre: node ids (with type, stage and label, for a graph
     the script draws itself, as the draft's while editing) and the labelled edges."""
     return {"nodes": [{"id": n.id, "type": n.type, "stage": n.stage, "label": n.label} for n in nodes],

@@ -67,11 +67,14 @@ def _admin(m: Mesh, service: str) -> common_pb2_grpc.AdminStub:
 async def queues_view(m: Mesh, current: Session) -> Queues:
     async def one(service: str) -> tuple[common_pb2.TimersReply, common_pb2.DeadLettersReply] | None:
         try:
-            return await asyncio.gather(
+            due: common_pb2.TimersReply
+            dead: common_pb2.DeadLettersReply
+            due, dead = await asyncio.gather(
                 _admin(m, service).Timers(common_pb2.TimersRequest(), timeout=m.timeout),
                 _admin(m, service).DeadLetters(common_pb2.DeadLettersRequest(limit=DEAD_SHOWN), timeout=m.timeout))
         except grpc.aio.AioRpcError:
             return None
+        return due, dead
     replies = await asyncio.gather(*(one(s) for s in SERVICES))
     timers: list[Queue] = []
     letters: list[Letter] = []

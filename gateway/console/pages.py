@@ -186,8 +186,8 @@ async def analytics(request: Request) -> Response:
         group_by, metric = pick(request, "group_by", GROUPS), pick(request, "metric", METRICS)
         interval = pick(request, "interval", ("day", "week"))
         args = (f["from"], f["to"], f["segment"], f["journey"], "json")
-        engagement = await analytics_api.engagement(group_by, *args, m=m)
-        series = await analytics_api.timeseries(metric, interval, *args, m=m)
+        engagement = analytics_api.as_json(await analytics_api.engagement(group_by, *args, m=m))
+        series = analytics_api.as_json(await analytics_api.timeseries(metric, interval, *args, m=m))
         progression = await analytics_api.progression_tables(*args[:4], ("stages", "qualification"), m=m)
         filters = {k: v or "" for k, v in f.items()}
         query = urlencode({k: v for k, v in filters.items() if v})
@@ -214,8 +214,8 @@ async def analytics_csv(request: Request, report: str) -> Response:
             answer = await analytics_api.progression(*args, table="stages", m=m)
         else:
             raise ApiError(404, "not_found", f"no report {report!r}: engagement, timeseries or stages")
-        answer.headers["Content-Disposition"] = f'attachment; filename="{report}.csv"'
-        response: Response = answer
+        response = analytics_api.as_csv(answer)
+        response.headers["Content-Disposition"] = f'attachment; filename="{report}.csv"'
         return response
     return await guarded(request, handler)
 

@@ -9,7 +9,6 @@ attributes and `<script type="application/json">` blocks, which are data, not co
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from jinja2 import Environment, FileSystemLoader
 from starlette.responses import HTMLResponse, Response
@@ -36,7 +35,7 @@ def protect(response: Response) -> Response:
     return response
 
 
-def page(template: str, status: int = 200, **context: Any) -> HTMLResponse:
+def page(template: str, status: int = 200, **context: object) -> HTMLResponse:
     html = env.get_template(template).render(**context)
     response = HTMLResponse(html, status_code=status)
     protect(response)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
 from urllib.parse import urlencode
 
 import grpc
@@ -55,9 +54,9 @@ async def attribution(request: Request) -> Response:
         m, f = mesh_of(request), report_query(request)
         model, table, window = pick(request, "model", MODELS), pick(request, "table", TABLES), _window(request)
         args = (f["from"], f["to"], f["segment"], f["journey"], "json")
-        credited, roi = await asyncio.gather(
-            analytics_api.attribution(model, window, *args, table=table, m=m),
-            analytics_api.roi(*args, m=m))
+        answers = await asyncio.gather(analytics_api.attribution(model, window, *args, table=table, m=m),
+                                       analytics_api.roi(*args, m=m))
+        credited, roi = (analytics_api.as_json(a) for a in answers)
         dimension = DIMENSION[table]
         rows = credited[table]
         # Revenue only: conversions (a handful) would be invisible on revenue's axis; the table has both.
@@ -81,9 +80,9 @@ async def attribution_csv(request: Request) -> Response:
     """The attribution table shown (by template, topic or format) as the API's CSV."""
     async def handler(_request: Request, _current: Session) -> Response:
         f = report_query(request)
-        answer: Response = await analytics_api.attribution(
+        answer = analytics_api.as_csv(await analytics_api.attribution(
             pick(request, "model", MODELS), _window(request), f["from"], f["to"], f["segment"], f["journey"],
-            "csv", table=pick(request, "table", TABLES), m=mesh_of(request))
+            "csv", table=pick(request, "table", TABLES), m=mesh_of(request)))
         answer.headers["Content-Disposition"] = 'attachment; filename="attribution.csv"'
         return answer
     return await guarded(request, handler)
@@ -94,8 +93,8 @@ async def roi_csv(request: Request) -> Response:
     """ROI per journey as the API's CSV."""
     async def handler(_request: Request, _current: Session) -> Response:
         f = report_query(request)
-        answer: Response = await analytics_api.roi(f["from"], f["to"], f["segment"], f["journey"], "csv",
-                                                   m=mesh_of(request))
+        answer = analytics_api.as_csv(await analytics_api.roi(f["from"], f["to"], f["segment"], f["journey"], "csv",
+                                                              m=mesh_of(request)))
         answer.headers["Content-Disposition"] = 'attachment; filename="roi.csv"'
         return answer
     return await guarded(request, handler)
@@ -113,8 +112,8 @@ async def deliverability(request: Request) -> Response:
     async def handler(_request: Request, current: Session) -> Response:
         m, f, where = mesh_of(request), report_query(request), _where_sent(request)
         interval = pick(request, "interval", INTERVALS)
-        report = await analytics_api.deliverability(where["domain"], where["provider"], interval, f["from"],
-                                                    f["to"], f["segment"], f["journey"], "json", m=m)
+        report = analytics_api.as_json(await analytics_api.deliverability(
+            where["domain"], where["provider"], interval, f["from"], f["to"], f["segment"], f["journey"], "json", m=m))
         points = report["points"]
         chart = {"labels": [r["t"] for r in points],
                  "series": [{"label": label, "values": [r[key] for r in points]} for key, label in (
@@ -139,10 +138,10 @@ async def deliverability_csv(request: Request) -> Response:
     """A deliverability table shown (per day, provider or domain) as the API's CSV."""
     async def handler(_request: Request, _current: Session) -> Response:
         f, where = report_query(request), _where_sent(request)
-        answer: Response = await analytics_api.deliverability(
+        answer = analytics_api.as_csv(await analytics_api.deliverability(
             where["domain"], where["provider"], pick(request, "interval", INTERVALS), f["from"], f["to"],
             f["segment"], f["journey"], "csv", table=pick(request, "table", analytics_api.DELIVERABILITY_TABLES),
-            m=mesh_of(request))
+            m=mesh_of(request)))
         answer.headers["Content-Disposition"] = 'attachment; filename="deliverability.csv"'
         return answer
     return await guarded(request, handler)
@@ -151,12 +150,12 @@ async def deliverability_csv(request: Request) -> Response:
 # -- A/B experiments -----------------------------------------------------------------------------------
 
 
-async def _ab_reports(request: Request) -> list[dict[str, Any]]:
+async def _ab_reports(request: Request) -> list[messaging_api.AbReport]:
     m = mesh_of(request)
     keys = [t["key"] for t in await templates_api.list_templates(m)]
     gate = asyncio.Semaphore(AB_CONCURRENCY)
 
-    async def one(key: str) -> dict[str, Any] | None:
+    async def one(key: str) -> messaging_api.AbReport | None:
         async with gate:
             try:
                 return await messaging_api.ab_report(key, m)

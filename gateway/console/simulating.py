@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 from dataclasses import dataclass
-from typing import Any
 
 from fastapi import APIRouter, Request
 from starlette.responses import Response
@@ -17,7 +16,9 @@ from gateway.console.render import page
 from gateway.console.session import Session
 from gateway.deps import ApiError, Mesh
 from gateway.routes import journeys as journeys_api
+from gateway.shapes import TypedDict
 from nurture.api.journeys.v1 import journeys_pb2
+from nurture.jsontypes import JsonObject, JsonValue
 from nurture.rpc import LONG_DEADLINE_S
 
 router = APIRouter(prefix="/console", include_in_schema=False)
@@ -54,18 +55,26 @@ class Run:
         return run
 
 
-async def _simulate(m: Mesh, run: Run, key: str, version: int | None) -> dict[str, Any]:
-    chosen: Any = {"key": key, "version": version} if version else key
+async def _simulate(m: Mesh, run: Run, key: str, version: int | None) -> JsonObject:
+    """The journey's funnel in the journeys service's simulation report."""
+    chosen: JsonValue = {"key": key, "version": version} if version else key
     body = {"journeys": [chosen], "leads": run.leads, "days": run.days, "seed": run.seed}
     reply = await journeys_api._stub(m).Simulate(journeys_pb2.SimulateRequest(request_json=json.dumps(body)),
                                                  timeout=LONG_DEADLINE_S)
-    report: dict[str, Any] = json.loads(reply.report_json)
+    report: JsonObject = json.loads(reply.report_json)
     empty = {"enrolled": 0, "goals": 0, "completed": 0, "exited": 0, "exit_reasons": {}, "steps": []}
-    funnel: dict[str, Any] = report["journeys"].get(key) or empty
+    funnel: JsonObject = report["journeys"].get(key) or empty
     return funnel
 
 
-def side_by_side(draft: dict[str, Any], published: dict[str, Any]) -> list[dict[str, Any]]:
+class StepRow(TypedDict):
+    step: str
+    draft: dict[str, int]       # measure → count
+    published: dict[str, int]
+    only: str   # draft | published: the funnel that has this step alone; "" for both
+
+
+def side_by_side(draft: JsonObject, published: JsonObject) -> list[StepRow]:
     """One row per step of either funnel (the draft's order first, then steps only the published has),
     with each measure of both."""
     mine = {s["step"]: s for s in draft["steps"]}
@@ -76,7 +85,7 @@ def side_by_side(draft: dict[str, Any], published: dict[str, Any]) -> list[dict[
              "only": "draft" if s not in theirs else "published" if s not in mine else ""} for s in order]
 
 
-def conversion(funnel: dict[str, Any]) -> float | None:
+def conversion(funnel: JsonObject) -> float | None:
     return round(funnel["goals"] / funnel["enrolled"], 4) if funnel["enrolled"] else None
 
 

@@ -12,7 +12,6 @@ CSP (no script at all, styles inline only, images from https and data:, framed b
 from __future__ import annotations
 
 import json
-from typing import Any
 
 import grpc
 from fastapi import APIRouter, Request
@@ -24,8 +23,11 @@ from gateway.console.guard import guarded, mesh_of
 from gateway.console.render import page, protect
 from gateway.console.session import Session
 from gateway.deps import ApiError
+from gateway.routes import messaging as messaging_api
 from gateway.routes import templates as templates_api
+from gateway.shapes import TypedDict
 from nurture.api.messaging.v1 import messaging_pb2, messaging_pb2_grpc
+from nurture.jsontypes import JsonObject
 
 router = APIRouter(prefix="/console", include_in_schema=False)
 
@@ -53,9 +55,9 @@ def _version(raw: str | None) -> int:
     return value
 
 
-def _fields_of(form: dict[str, str]) -> tuple[dict[str, Any], list[str]]:
+def _fields_of(form: dict[str, str]) -> tuple[JsonObject, list[str]]:
     """The editor's fields as a template's content; variants are a JSON object in their own box."""
-    body: dict[str, Any] = {f: form.get(f, "").replace("\r\n", "\n") for f in FIELDS}
+    body: JsonObject = {f: form.get(f, "").replace("\r\n", "\n") for f in FIELDS}
     text = form.get("variants", "").strip() or "{}"
     try:
         variants = json.loads(text)
@@ -80,7 +82,18 @@ async def _check(request: Request, key: str, form: dict[str, str], *, save: bool
     return [], version
 
 
-async def _ab_report(request: Request, key: str) -> dict[str, Any] | None:
+class AbSummary(TypedDict):
+    """The A/B report the editor shows beside a template's variants."""
+
+    metric: str
+    winner: str
+    significant: bool
+    p_value: float
+    explanation: str
+    variants: list[messaging_api.AbVariant]
+
+
+async def _ab_report(request: Request, key: str) -> AbSummary | None:
     m = mesh_of(request)
     try:
         r = await messaging_pb2_grpc.MessagingStub(m.channel("messaging")).AbReport(
@@ -162,19 +175,24 @@ def _escape(text: str) -> str:
     return escape(text)
 
 
+def _form(t: templates_api.Template) -> dict[str, str]:
+    """A version's text fields as the editor's form holds them."""
+    return {"subject": t["subject"], "preheader": t["preheader"], "body": t["body"], "text": t["text"]}
+
+
 async def _editor(request: Request, current: Session, key: str, form: dict[str, str] | None,
                   problems: list[str], saved: int) -> Response:
     m = mesh_of(request)
     try:
-        detail: dict[str, Any] | None = await templates_api.get_template(m, key, 0)
+        detail: templates_api.Template | None = await templates_api.get_template(m, key, 0)
     except grpc.aio.AioRpcError as exc:
         if exc.code() != grpc.StatusCode.NOT_FOUND:
             raise
         detail = None   # a new template: the editor starts empty
     if form is None:
         latest = (await templates_api.get_template(m, key, detail["latest_version"])) if detail else None
-        form = {f: (latest or {}).get(f, "") for f in FIELDS}
-        form["variants"] = json.dumps((latest or {}).get("variants") or {}, indent=2)
+        form = _form(latest) if latest else dict.fromkeys(FIELDS, "")
+        form["variants"] = json.dumps((latest["variants"] if latest else None) or {}, indent=2)
     variables = detail["variables"] if detail else []
     return page("edit_template.html", status=422 if problems else 200, session=current, title=f"Edit {key}",
                 key=key, t=detail, form=form, problems=problems, saved=saved, variables=variables,
@@ -202,7 +220,7 @@ async def blocks(request: Request, key: str) -> Response:
         m = mesh_of(request)
         newest = (await templates_api.get_template(m, key, 0))["latest_version"]
         latest = await templates_api.get_template(m, key, newest)
-        form = {f: latest[f] for f in FIELDS}
+        form = _form(latest)
         form["variants"] = json.dumps(latest["variants"] or {})
         response = page("blocks_template.html", session=current, title=f"Blocks of {key}", key=key,
                         version=latest["version"], form=form)

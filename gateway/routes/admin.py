@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Required
 
 import grpc
 from fastapi import APIRouter, Depends, Request
@@ -13,19 +13,43 @@ from fastapi.responses import JSONResponse
 
 from gateway.convert import parse_time, require_object
 from gateway.deps import ApiError, Mesh, json_body, mesh, require_key
+from gateway.shapes import DocumentedRoute, TypedDict
 from nurture import times
 from nurture.addresses import listed
 from nurture.api.common.v1 import common_pb2, common_pb2_grpc
 from nurture.clock import VirtualClock
+from nurture.jsontypes import JsonValue
 from nurture.rpc import LONG_DEADLINE_S, health_status
 from nurture.settings import SERVICES
 
-router = APIRouter(tags=["admin"])
+router = APIRouter(tags=["admin"], route_class=DocumentedRoute)
 MAX_ROUNDS = 100_000
 
 
+class Health(TypedDict):
+    status: str   # ok
+
+
+class Clock(TypedDict):
+    now: str
+
+
+class Advanced(TypedDict):
+    now: str
+    instants: int   # the due times walked through on the way
+
+
+class ServiceStats(TypedDict, total=False):
+    counters: Required[dict[str, int] | None]   # null: the service did not answer
+    status: str   # unavailable, when it did not
+
+
+class Stats(TypedDict):
+    services: dict[str, ServiceStats]
+
+
 @router.get("/healthz", summary="The gateway process is up")
-async def healthz() -> dict[str, str]:
+async def healthz() -> Health:
     return {"status": "ok"}
 
 
@@ -69,13 +93,13 @@ async def settle_all(m: Mesh) -> datetime | None:
 
 
 @router.get("/v1/admin/clock", dependencies=[Depends(require_key)], summary="The virtual clock's time")
-async def get_clock(request: Request) -> dict[str, str]:
+async def get_clock(request: Request) -> Clock:
     return {"now": times.rfc3339(_clock(request).now())}
 
 
 @router.post("/v1/admin/clock/advance", dependencies=[Depends(require_key)],
              summary="Move virtual time forward and process everything due up to then")
-async def advance(request: Request, body: Any = Depends(json_body), m: Mesh = Depends(mesh)) -> dict[str, Any]:
+async def advance(request: Request, body: JsonValue = Depends(json_body), m: Mesh = Depends(mesh)) -> Advanced:
     body = require_object(body)
     clock = _clock(request)
     now = clock.now()
@@ -107,7 +131,7 @@ async def advance(request: Request, body: Any = Depends(json_body), m: Mesh = De
 
 @router.get("/v1/admin/stats", dependencies=[Depends(require_key)],
             summary="Each service's operational counters (e.g. storage transactions retried after a deadlock)")
-async def stats(m: Mesh = Depends(mesh)) -> dict[str, Any]:
+async def stats(m: Mesh = Depends(mesh)) -> Stats:
     async def one(service: str) -> dict[str, int] | None:
         try:
             reply = await common_pb2_grpc.AdminStub(m.channel(service)).Stats(common_pb2.StatsRequest(),

@@ -7,16 +7,17 @@ from __future__ import annotations
 import csv
 import io
 import json
-from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Response
 
 from gateway.convert import parse_time
 from gateway.deps import ApiError, Mesh, mesh, require_key
+from gateway.shapes import DocumentedRoute
 from nurture.api.analytics.v1 import analytics_pb2, analytics_pb2_grpc
+from nurture.jsontypes import JsonObject
 from nurture.rpc import LONG_DEADLINE_S
 
-router = APIRouter(tags=["analytics"], dependencies=[Depends(require_key)])
+router = APIRouter(tags=["analytics"], dependencies=[Depends(require_key)], route_class=DocumentedRoute)
 FORMATS = ("json", "csv")
 ROI_TABLES = ("by_journey", "by_path")
 PROGRESSION_TABLES = ("stages", "lifecycle", "qualification", "time_to_conversion", "content_gaps",
@@ -72,7 +73,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
 }
 
 
-def _csv(rows: list[dict[str, Any]], table: str) -> Response:
+def _csv(rows: list[JsonObject], table: str) -> Response:
     """The rows as CSV (RFC 4180), columns in the order of the JSON rows; an empty table is its header."""
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=list(rows[0]) if rows else list(COLUMNS[table]), lineterminator="\r\n")
@@ -81,12 +82,29 @@ def _csv(rows: list[dict[str, Any]], table: str) -> Response:
     return Response(out.getvalue(), media_type="text/csv; charset=utf-8")
 
 
-def _answer(reply: analytics_pb2.ReportReply, output: str, table: str, columns: str | None = None) -> Any:
-    """The report as JSON, or its `table` as CSV (headed by COLUMNS[columns or table] when it has no row)."""
-    body = json.loads(reply.report_json)
+def _answer(reply: analytics_pb2.ReportReply, output: str, table: str,
+            columns: str | None = None) -> Response | JsonObject:
+    """The report as JSON, or its `table` as CSV (headed by COLUMNS[columns or table] when it has no row).
+    The analytics service builds the report (its rows are data: groups, stages, templates), and
+    the OpenAPI builder documents it (gateway.openapi)."""
+    body: JsonObject = json.loads(reply.report_json)
     if output == "csv":
         return _csv(body[table], columns or table)
     return body
+
+
+def as_json(answer: Response | JsonObject) -> JsonObject:
+    """A route's answer asked for with format=json (the console calls these routes)."""
+    if isinstance(answer, Response):
+        raise TypeError("a CSV answer where the JSON report was asked for")
+    return answer
+
+
+def as_csv(answer: Response | JsonObject) -> Response:
+    """A route's answer asked for with format=csv."""
+    if not isinstance(answer, Response):
+        raise TypeError("a JSON report where CSV was asked for")
+    return answer
 
 
 def _choice(value: str, allowed: tuple[str, ...], field: str) -> str:
@@ -98,7 +116,7 @@ def _choice(value: str, allowed: tuple[str, ...], field: str) -> str:
 @router.get("/v1/analytics/engagement", summary="Sent, delivered, unique opens and clicks, rates, by a dimension")
 async def engagement(group_by: str = "journey", from_: str | None = Query(None, alias="from"), to: str | None = None,
                      segment: str | None = None, journey: str | None = None,
-                     output: str = Query("json", alias="format"), m: Mesh = Depends(mesh)) -> Any:
+                     output: str = Query("json", alias="format"), m: Mesh = Depends(mesh)) -> Response | JsonObject:
     q = _query(from_, to, segment, journey, output)
     reply = await _stub(m).Engagement(analytics_pb2.EngagementRequest(query=q, group_by=group_by),
                                       timeout=LONG_DEADLINE_S)
@@ -109,7 +127,7 @@ async def engagement(group_by: str = "journey", from_: str | None = Query(None, 
 async def progression(from_: str | None = Query(None, alias="from"), to: str | None = None,
                       segment: str | None = None, journey: str | None = None,
                       output: str = Query("json", alias="format"), table: str = "stages",
-                      segments: bool = False, m: Mesh = Depends(mesh)) -> Any:
+                      segments: bool = False, m: Mesh = Depends(mesh)) -> Response | JsonObject:
     q = _query(from_, to, segment, journey, output)
     chosen = _choice(table, PROGRESSION_TABLES, "table")
     # CSV is one table: only that one is computed. JSON: every table, the segment comparison when asked.
@@ -124,10 +142,10 @@ async def _progression(q: analytics_pb2.ReportQuery, tables: tuple[str, ...], m:
 
 
 async def progression_tables(from_: str | None, to: str | None, segment: str | None, journey: str | None,
-                             tables: tuple[str, ...], m: Mesh) -> dict[str, Any]:
+                             tables: tuple[str, ...], m: Mesh) -> JsonObject:
     """The progression report with only `tables` computed (the others empty): the console's dashboard
     shows two of its six, and the won deals' joins behind the others are most of its cost."""
-    body: dict[str, Any] = json.loads((await _progression(_query(from_, to, segment, journey, "json"), tables,
+    body: JsonObject = json.loads((await _progression(_query(from_, to, segment, journey, "json"), tables,
                                                           m)).report_json)
     return body
 
@@ -136,7 +154,7 @@ async def progression_tables(from_: str | None, to: str | None, segment: str | N
 async def attribution(model: str = "last", window_days: int = 30, from_: str | None = Query(None, alias="from"),
                       to: str | None = None, segment: str | None = None, journey: str | None = None,
                       output: str = Query("json", alias="format"), table: str = "by_template",
-                      m: Mesh = Depends(mesh)) -> Any:
+                      m: Mesh = Depends(mesh)) -> Response | JsonObject:
     q = _query(from_, to, segment, journey, output)
     if not 1 <= window_days <= 3650:
         raise ApiError(422, "invalid", "window_days must be between 1 and 3650", {"field": "window_days"})
@@ -152,7 +170,7 @@ async def sequences(length: int = 2, by: str = "template", window_days: int = 30
                     from_: str | None = Query(None, alias="from"), to: str | None = None,
                     segment: str | None = None, journey: str | None = None,
                     output: str = Query("json", alias="format"), table: str = "rows",
-                    m: Mesh = Depends(mesh)) -> Any:
+                    m: Mesh = Depends(mesh)) -> Response | JsonObject:
     q = _query(from_, to, segment, journey, output)
     chosen = _choice(table, SEQUENCE_TABLES, "table")
     _choice(str(length), ("2", "3"), "length")
@@ -168,7 +186,7 @@ async def sequences(length: int = 2, by: str = "template", window_days: int = 30
 @router.get("/v1/analytics/roi", summary="Cost per nurtured lead, nurture-influenced revenue, ROI per journey")
 async def roi(from_: str | None = Query(None, alias="from"), to: str | None = None, segment: str | None = None,
               journey: str | None = None, output: str = Query("json", alias="format"), table: str = "by_journey",
-              m: Mesh = Depends(mesh)) -> Any:
+              m: Mesh = Depends(mesh)) -> Response | JsonObject:
     q = _query(from_, to, segment, journey, output)
     reply = await _stub(m).Roi(analytics_pb2.RoiRequest(query=q), timeout=LONG_DEADLINE_S)
     return _answer(reply, output, _choice(table, ROI_TABLES, "table"))
@@ -177,7 +195,7 @@ async def roi(from_: str | None = Query(None, alias="from"), to: str | None = No
 @router.get("/v1/analytics/timeseries", summary="One metric per day or week, for charts")
 async def timeseries(metric: str = "sent", interval: str = "day", from_: str | None = Query(None, alias="from"),
                      to: str | None = None, segment: str | None = None, journey: str | None = None,
-                     output: str = Query("json", alias="format"), m: Mesh = Depends(mesh)) -> Any:
+                     output: str = Query("json", alias="format"), m: Mesh = Depends(mesh)) -> Response | JsonObject:
     q = _query(from_, to, segment, journey, output)
     reply = await _stub(m).Timeseries(analytics_pb2.TimeseriesRequest(query=q, metric=metric, interval=interval),
                                       timeout=LONG_DEADLINE_S)
@@ -190,7 +208,7 @@ async def deliverability(domain: str | None = None, provider: str | None = None,
                          from_: str | None = Query(None, alias="from"), to: str | None = None,
                          segment: str | None = None, journey: str | None = None,
                          output: str = Query("json", alias="format"), table: str = "by_provider",
-                         m: Mesh = Depends(mesh)) -> Any:
+                         m: Mesh = Depends(mesh)) -> Response | JsonObject:
     q = _query(from_, to, segment, journey, output)
     request = analytics_pb2.DeliverabilityRequest(query=q, interval=_choice(interval, ("day", "week"), "interval"))
     if domain is not None:

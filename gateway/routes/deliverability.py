@@ -4,17 +4,18 @@ paused provider; delivery events from a provider's webhook."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter, Depends, Request
 
 from gateway import roles
 from gateway.convert import require_object
 from gateway.deps import ApiError, Mesh, json_body, mesh, require_key
+from gateway.shapes import DocumentedRoute, TypedDict
 from nurture import times
 from nurture.api.messaging.v1 import deliverability_pb2, deliverability_pb2_grpc
+from nurture.jsontypes import JsonObject, JsonValue
 
-router = APIRouter(prefix="/v1/deliverability", tags=["deliverability"], dependencies=[Depends(require_key)])
+router = APIRouter(prefix="/v1/deliverability", tags=["deliverability"], dependencies=[Depends(require_key)],
+                   route_class=DocumentedRoute)
 
 # SendGrid-like event names → ours (others, such as opens and clicks, are not delivery outcomes).
 SENDGRID = {"bounce": "hard_bounce", "dropped": "hard_bounce", "spamreport": "complaint", "deferred": "soft_bounce",
@@ -26,8 +27,73 @@ def stub(m: Mesh) -> deliverability_pb2_grpc.DeliverabilityStub:
     return deliverability_pb2_grpc.DeliverabilityStub(m.channel("messaging"))
 
 
+class Dkim(TypedDict):
+    domain: str
+    selector: str
+    dns_txt: str
+
+
+class DkimRecord(TypedDict):
+    domain: str
+    selector: str
+    name: str      # where to publish it: <selector>._domainkey.<domain>
+    dns_txt: str
+    signing: bool  # signs new mail (the others stay published during a rotation)
+
+
+class ProviderRate(TypedDict):
+    domain: str
+    provider: str
+    sent: int
+    bounced_hard: int
+    bounced_soft: int
+    complaints: int
+    complaint_rate: float
+    hard_bounce_rate: float
+    warnings: list[str]
+
+
+class Paused(TypedDict):
+    provider: str
+    since: str
+    why: str
+
+
+class WarmupDomain(TypedDict):
+    domain: str
+    day: int
+    limit: int | None   # null: the ramp is over
+    sent_today: int
+
+
+class Warmup(TypedDict):
+    domains: list[WarmupDomain]
+
+
+class Deliverability(TypedDict):
+    dkim: Dkim | None   # the signing key's record
+    dkim_records: list[DkimRecord]
+    bounce_smtp: str
+    bounce_domain: str
+    window_days: int
+    rates: list[ProviderRate]
+    paused: list[Paused]
+    warmup: Warmup
+
+
+class Resumed(TypedDict):
+    provider: str
+    was_paused: bool
+    by: str   # who resumed it: the key's role and fingerprint
+
+
+class EventsApplied(TypedDict):
+    applied: int
+    ignored: list[str]   # "<index>: why"
+
+
 @router.get("")
-async def deliverability(m: Mesh = Depends(mesh)) -> dict[str, Any]:
+async def deliverability(m: Mesh = Depends(mesh)) -> Deliverability:
     reply = await stub(m).Get(deliverability_pb2.DeliverabilityRequest(), timeout=m.timeout)
     signing = next((r for r in reply.dkim if r.signing), None)
     return {
@@ -47,7 +113,7 @@ async def deliverability(m: Mesh = Depends(mesh)) -> dict[str, Any]:
 
 
 @router.post("/resume")
-async def resume(request: Request, body: Any = Depends(json_body), m: Mesh = Depends(mesh)) -> dict[str, Any]:
+async def resume(request: Request, body: JsonValue = Depends(json_body), m: Mesh = Depends(mesh)) -> Resumed:
     provider = require_object(body).get("provider")
     if not isinstance(provider, str) or not provider.strip() or len(provider) > 64:
         raise ApiError(422, "invalid", "provider is required (a provider name, e.g. gmail)",
@@ -59,15 +125,15 @@ async def resume(request: Request, body: Any = Depends(json_body), m: Mesh = Dep
     return {"provider": provider.strip(), "was_paused": reply.was_paused, "by": by}
 
 
-def _obj(value: Any) -> dict[str, Any]:
+def _obj(value: JsonValue) -> JsonObject:
     return value if isinstance(value, dict) else {}
 
 
-def _list(value: Any) -> list[Any]:
+def _list(value: JsonValue) -> list[JsonValue]:
     return value if isinstance(value, list) else []
 
 
-def _events(body: Any) -> tuple[list[deliverability_pb2.DeliveryEvent], str]:
+def _events(body: JsonValue) -> tuple[list[deliverability_pb2.DeliveryEvent], str]:
     """Our shape ({"events": [{message_id, recipient, kind, detail}]}), a SendGrid-like list of events
     (custom argument `nurture_message_id`), or an SES-like notification (Bounce or Complaint, our
     X-Nurture-Message header among `mail.headers`)."""
@@ -127,7 +193,7 @@ def _events(body: Any) -> tuple[list[deliverability_pb2.DeliveryEvent], str]:
 
 
 @router.post("/events")
-async def events(body: Any = Depends(json_body), m: Mesh = Depends(mesh)) -> dict[str, Any]:
+async def events(body: JsonValue = Depends(json_body), m: Mesh = Depends(mesh)) -> EventsApplied:
     parsed, source = _events(body)
     reply = await stub(m).ReportEvents(deliverability_pb2.ReportEventsRequest(events=parsed, source=source),
                                        timeout=m.timeout)

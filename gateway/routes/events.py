@@ -5,18 +5,21 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from functools import cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal, NotRequired
 
 import grpc
 from fastapi import APIRouter, Depends, Header, Request
 
 from gateway.convert import parse_time, require_object
 from gateway.deps import ApiError, Mesh, json_body, json_body_items, mesh, require_key
+from gateway.shapes import DocumentedRoute, TypedDict
 from nurture import datafiles, jsoncodec, limits, times
 from nurture.api.messaging.v1 import messaging_pb2, messaging_pb2_grpc
 from nurture.api.scoring.v1 import scoring_pb2, scoring_pb2_grpc
+from nurture.jsontypes import JsonObject, JsonValue
 
-router = APIRouter(prefix="/v1", tags=["events"], dependencies=[Depends(require_key)])
+router = APIRouter(prefix="/v1", tags=["events"], dependencies=[Depends(require_key)],
+                   route_class=DocumentedRoute)
 FIELDS = {"lead_id", "type", "properties", "occurred_at", "idempotency_key"}
 
 
@@ -40,7 +43,7 @@ def event_properties(path: Path = DATA) -> EventProperties:
     return datafiles.load(EventProperties, path)
 
 
-def property_problems(type_: Any, props: dict[str, Any]) -> dict[str, str]:
+def property_problems(type_: JsonValue, props: JsonObject) -> dict[str, str]:
     """Each canonical property of the wrong kind, missing or outside its choices, by `properties.<name>`.
     Journeys schedule from the times and enter on what the rules name: a value that is not one would be
     stored and then silently do nothing."""
@@ -69,6 +72,35 @@ def property_problems(type_: Any, props: dict[str, Any]) -> dict[str, str]:
             if props.get(name) is not None and props[name] not in allowed:
                 problems.setdefault(f"properties.{name}", f"must be one of {', '.join(allowed)} for {type_}")
     return problems
+
+
+class EventAccepted(TypedDict):
+    """A 202 for one event: it is stored (`duplicate`: under an idempotency key seen before)."""
+
+    event_id: str
+    duplicate: bool
+
+
+class Problem(TypedDict):
+    """The API's error body's inner object (nurture.errors), for one event of a batch."""
+
+    code: str
+    message: str
+    details: NotRequired[JsonObject]   # the gateway's own checks give them; a service's refusal does not
+
+
+class Rejected(TypedDict):
+    index: int   # the event's position in the batch
+    error: Problem
+
+
+class BatchAccepted(TypedDict):
+    accepted: int
+    duplicates: int
+    event_ids: list[str]   # the accepted events', in batch order
+    rejected: list[Rejected]   # by index
+
+
 # How far ahead of the clock an event may say it happened (clients' clocks drift; a day is generous).
 FUTURE_SLACK = timedelta(days=1)
 
@@ -77,7 +109,7 @@ def _field_problem(exc: ApiError, name: str) -> str:
     return exc.message.removeprefix(f"{name} ")
 
 
-def to_event(raw: Any, header_key: str | None = None, now: datetime | None = None) -> scoring_pb2.Event:
+def to_event(raw: JsonValue, header_key: str | None = None, now: datetime | None = None) -> scoring_pb2.Event:
     """One API event as a proto event, or ApiError(422) naming every problem."""
     body = require_object(raw, "event")
     problems: dict[str, str] = {}
@@ -128,11 +160,13 @@ MESSAGE_FIELDS = ("journey", "step", "template")
 
 async def credit_to_messages(m: Mesh, events: list[scoring_pb2.Event]) -> None:
     """Fill the missing journey fields of each open or click that names a message of its lead."""
-    wanting: dict[str, list[tuple[scoring_pb2.Event, dict[str, Any], str]]] = {}
+    wanting: dict[str, list[tuple[scoring_pb2.Event, JsonObject, str]]] = {}
     for event in events:
         if event.type not in ENGAGEMENTS:
             continue
         props = jsoncodec.loads(event.properties_json or "{}")
+        if not isinstance(props, dict):
+            continue
         mid = props.get("message_id")
         if isinstance(mid, str) and mid and any(not props.get(f) for f in MESSAGE_FIELDS):
             wanting.setdefault(event.lead_id, []).append((event, props, mid))
@@ -164,14 +198,14 @@ def _error(result: scoring_pb2.EventResult) -> ApiError:
 
 @router.post("/events", status_code=202, summary="Record one event (durable on 202)")
 async def post_event(
-    request: Request, body: Any = Depends(json_body), idempotency_key: str | None = Header(None)
-) -> dict[str, Any]:
+    request: Request, body: JsonValue = Depends(json_body), idempotency_key: str | None = Header(None)
+) -> EventAccepted:
     # The gateway's ASGI layer answers this route itself through `record_event` (see gateway/app.py);
     # this declaration documents it and serves any request that reaches FastAPI.
     return await record_event(request, body, idempotency_key)
 
 
-async def record_event(request: Request, body: Any, idempotency_key: str | None) -> dict[str, Any]:
+async def record_event(request: Request, body: JsonValue, idempotency_key: str | None) -> EventAccepted:
     """The 202 body for one event, or ApiError / a gRPC error."""
     event = to_event(body, idempotency_key, request.app.state.clock.now())
     await credit_to_messages(request.app.state.mesh, [event])
@@ -182,8 +216,8 @@ async def record_event(request: Request, body: Any, idempotency_key: str | None)
 
 
 @router.post("/events:batch", status_code=202, summary="Record up to 1,000 events; good ones are taken")
-async def post_batch(request: Request, body: Any = Depends(json_body_items),
-                     m: Mesh = Depends(mesh)) -> dict[str, Any]:
+async def post_batch(request: Request, body: JsonValue = Depends(json_body_items),
+                     m: Mesh = Depends(mesh)) -> BatchAccepted:
     body = require_object(body)
     raw = body.get("events")
     if not isinstance(raw, list):
@@ -191,7 +225,7 @@ async def post_batch(request: Request, body: Any = Depends(json_body_items),
     limit = m.settings.max_batch
     if len(raw) > limit:
         raise ApiError(413, "too_large", f"a batch holds at most {limit} events, got {len(raw)}", {"max": limit})
-    rejected: list[dict[str, Any]] = []
+    rejected: list[Rejected] = []
     events: list[scoring_pb2.Event] = []
     index: list[int] = []
     now = request.app.state.clock.now()

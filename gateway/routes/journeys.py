@@ -4,19 +4,62 @@ and dry run), analytics from recorded history, and simulations in virtual time."
 from __future__ import annotations
 
 import json
-from typing import Any
 
 import yaml
 from fastapi import APIRouter, Depends, Query, Request, Response
 
-from gateway.convert import details, iso, parse_time, require_object
+from gateway.convert import DraftStored, Validated, VersionInfo, details, iso, parse_time, require_object
 from gateway.deps import ApiError, Mesh, json_body, mesh, require_key
 from gateway.routes.leads import decode_cursor, encode_cursor
+from gateway.shapes import DocumentedRoute, TypedDict
 from nurture import limits
 from nurture.api.journeys.v1 import journeys_pb2, journeys_pb2_grpc
+from nurture.jsontypes import JsonObject, JsonValue
 from nurture.rpc import LONG_DEADLINE_S
 
-router = APIRouter(tags=["journeys"], dependencies=[Depends(require_key)])
+router = APIRouter(tags=["journeys"], dependencies=[Depends(require_key)], route_class=DocumentedRoute)
+
+
+class JourneySummary(TypedDict):
+    key: str
+    name: str
+    kind: str   # segment | engagement | sequence
+    mode: str   # flow | always_on
+    priority: int
+    published_version: int | None   # null: never published
+    latest_version: int
+    status: str   # published | draft
+
+
+class JourneyList(TypedDict):
+    items: list[JourneySummary]
+
+
+class Journey(JourneySummary):
+    version: int
+    definition: JsonValue   # the definition document, as services/journeys/data/playbook/<key>.yaml holds it
+    versions: list[VersionInfo]
+
+
+class CountedLead(TypedDict):
+    lead_id: str
+    times: int
+
+
+class CountedLeads(TypedDict):
+    journey: str
+    step: str | None
+    measure: str
+    reason: str | None
+    total: int         # the count: the sum of `times` over every page
+    leads_total: int   # distinct leads over every page
+    items: list[CountedLead]
+    next_cursor: str | None
+
+
+class Members(TypedDict):
+    items: list[str]   # lead ids
+    next_cursor: str | None
 ENROLMENT_STATUSES = ("active", "paused", "completed", "exited")
 
 
@@ -24,7 +67,7 @@ def _stub(m: Mesh) -> journeys_pb2_grpc.JourneysStub:
     return journeys_pb2_grpc.JourneysStub(m.channel("journeys"))
 
 
-async def definition_body(request: Request) -> Any:
+async def definition_body(request: Request) -> JsonValue:
     """JSON, or YAML when the Content-Type says so: the playbook is kept as YAML, so a file from
     services/journeys/data/playbook can be PUT as it is."""
     if "yaml" not in request.headers.get("content-type", "").lower():
@@ -44,21 +87,21 @@ async def definition_body(request: Request) -> Any:
     return document
 
 
-def _summary(s: journeys_pb2.JourneySummary) -> dict[str, Any]:
+def _summary(s: journeys_pb2.JourneySummary) -> JourneySummary:
     return {"key": s.key, "name": s.name, "kind": s.kind, "mode": s.mode or "flow", "priority": s.priority,
             "published_version": s.published_version or None, "latest_version": s.latest_version,
             "status": s.status}
 
 
 @router.get("/v1/journeys", summary="Every journey with its published version and status")
-async def list_journeys(m: Mesh = Depends(mesh)) -> dict[str, Any]:
+async def list_journeys(m: Mesh = Depends(mesh)) -> JourneyList:
     reply = await _stub(m).ListJourneys(journeys_pb2.ListJourneysRequest(), timeout=m.timeout)
     return {"items": [_summary(s) for s in reply.journeys]}
 
 
 @router.get("/v1/journeys/{key}", summary="A journey's definition and its versions")
 async def get_journey(key: str, version: int = Query(0, ge=0, le=limits.INT32_MAX),
-                      m: Mesh = Depends(mesh)) -> dict[str, Any]:
+                      m: Mesh = Depends(mesh)) -> Journey:
     reply = await _stub(m).GetJourney(journeys_pb2.GetJourneyRequest(key=key, version=version), timeout=m.timeout)
     return {**_summary(reply.summary), "version": reply.version, "definition": details(reply.definition_json),
             "versions": [{"version": v.version, "status": v.status,
@@ -66,9 +109,11 @@ async def get_journey(key: str, version: int = Query(0, ge=0, le=limits.INT32_MA
                           "published_at": iso(v.published_at, v.HasField("published_at"))} for v in reply.versions]}
 
 
-@router.put("/v1/journeys/{key}", summary="Store a new draft version (422 lists every problem)")
+@router.put("/v1/journeys/{key}", summary="Store a new draft version (422 lists every problem)",
+            responses={200: {"model": Validated}, 201: {"model": DraftStored}})
 async def put_journey(key: str, response: Response, validate_only: bool = Query(False),
-                      body: Any = Depends(definition_body), m: Mesh = Depends(mesh)) -> dict[str, Any]:
+                      body: JsonValue = Depends(definition_body),
+                      m: Mesh = Depends(mesh)) -> Validated | DraftStored:
     document = require_object(body, "definition")
     if isinstance(document.get("definition"), dict) and "steps" not in document:
         document = document["definition"]
@@ -83,7 +128,8 @@ async def put_journey(key: str, response: Response, validate_only: bool = Query(
 
 
 @router.post("/v1/journeys/{key}/publish", summary="Publish a version, optionally migrating live leads")
-async def publish_journey(key: str, body: Any = Depends(json_body), m: Mesh = Depends(mesh)) -> dict[str, Any]:
+async def publish_journey(key: str, body: JsonValue = Depends(json_body), m: Mesh = Depends(mesh)) -> JsonObject:
+    """key, version and published, then the fields of the journeys service's migration report."""
     body = require_object(body)
     version = body.get("version", 0)
     mapping = body.get("step_mapping", body.get("mapping", {})) or {}
@@ -101,30 +147,30 @@ async def publish_journey(key: str, body: Any = Depends(json_body), m: Mesh = De
 
 @router.get("/v1/journeys/{key}/analytics", summary="Funnel per step and stage from recorded history")
 async def journey_analytics(key: str, from_: str | None = Query(None, alias="from"), to: str | None = None,
-                            m: Mesh = Depends(mesh)) -> dict[str, Any]:
+                            m: Mesh = Depends(mesh)) -> JsonObject:
     request = journeys_pb2.AnalyticsRequest(key=key)
     if from_:
         getattr(request, "from").FromDatetime(parse_time(from_, "from"))
     if to:
         request.to.FromDatetime(parse_time(to, "to"))
     reply = await _stub(m).Analytics(request, timeout=LONG_DEADLINE_S)
-    result: dict[str, Any] = json.loads(reply.report_json)
+    result: JsonObject = json.loads(reply.report_json)   # the journeys service's report
     return result
 
 
-async def journey_counts(key: str, m: Mesh) -> dict[str, Any]:
+async def journey_counts(key: str, m: Mesh) -> JsonObject:
     """The journey's all-time counts without the stage table: what the console's graph and journey list
     show (the same numbers as /v1/journeys/{key}/analytics, read with less)."""
     reply = await _stub(m).Analytics(journeys_pb2.AnalyticsRequest(key=key, without_stages=True),
                                      timeout=LONG_DEADLINE_S)
-    result: dict[str, Any] = json.loads(reply.report_json)
+    result: JsonObject = json.loads(reply.report_json)
     return result
 
 
 @router.get("/v1/journeys/{key}/analytics/leads", summary="The leads behind one count of the journey's analytics")
 async def counted_leads(key: str, measure: str, step: str = "", reason: str = "",
                         from_: str | None = Query(None, alias="from"), to: str | None = None, cursor: str = "",
-                        limit: int = Query(100, ge=1, le=1000), m: Mesh = Depends(mesh)) -> dict[str, Any]:
+                        limit: int = Query(100, ge=1, le=1000), m: Mesh = Depends(mesh)) -> CountedLeads:
     request = journeys_pb2.CountedLeadsRequest(journey=key, step=step, measure=measure, reason=reason,
                                                limit=limit)
     if from_:
@@ -142,7 +188,7 @@ async def counted_leads(key: str, measure: str, step: str = "", reason: str = ""
 
 @router.get("/v1/journeys/{key}/members", summary="Leads in a journey (optionally a stage, step and status)")
 async def journey_members(key: str, stage: str = "", status: str = "", step: str = "", cursor: str = "",
-                          limit: int = Query(100, ge=1, le=1000), m: Mesh = Depends(mesh)) -> dict[str, Any]:
+                          limit: int = Query(100, ge=1, le=1000), m: Mesh = Depends(mesh)) -> Members:
     # As for leads: a stage the journey does not have, a status there is not, or a cursor no page
     # gave would only ever match nothing, so they are the caller's mistake (422), not an empty page.
     problems: dict[str, str] = {}
@@ -164,7 +210,7 @@ async def journey_members(key: str, stage: str = "", status: str = "", step: str
 
 
 @router.post("/v1/simulations", summary="Run journeys for synthetic leads in virtual time; returns the funnel")
-async def simulate(response: Response, body: Any = Depends(json_body), m: Mesh = Depends(mesh)) -> dict[str, Any]:
+async def simulate(response: Response, body: JsonValue = Depends(json_body), m: Mesh = Depends(mesh)) -> JsonObject:
     body = require_object(body)
     problems: dict[str, str] = {}
     for name in ("leads", "days", "seed"):
@@ -185,7 +231,7 @@ async def simulate(response: Response, body: Any = Depends(json_body), m: Mesh =
         raise ApiError(422, "invalid", "; ".join(f"{k} {v}" for k, v in problems.items()), {"fields": problems})
     reply = await _stub(m).Simulate(journeys_pb2.SimulateRequest(request_json=json.dumps(body)),
                                     timeout=LONG_DEADLINE_S)
-    result: dict[str, Any] = json.loads(reply.report_json)
+    result: JsonObject = json.loads(reply.report_json)   # the simulation's funnel report
     # The same request gives the same body, byte for byte: the run's wall time is a measurement of
     # this machine, not part of the funnel, so it goes in a header.
     wall = (result.get("engine") or {}).pop("wall_seconds", None)

@@ -7,28 +7,79 @@ import base64
 import binascii
 import json
 from collections.abc import Sequence
-from typing import Any
+from typing import NotRequired
 
 import grpc
 from fastapi import APIRouter, Depends, Query, Response
-from google.protobuf.json_format import MessageToDict
 
-from gateway.convert import details, iso, lead_json, require_object
+from gateway.convert import Enrollment, Lead, details, enrollment_json, iso, lead_json, require_object
 from gateway.deps import ApiError, Mesh, json_body, mesh, require_key
+from gateway.shapes import DocumentedRoute, TypedDict
 from nurture.api.common.v1 import common_pb2, common_pb2_grpc
 from nurture.api.messaging.v1 import messaging_pb2, messaging_pb2_grpc
 from nurture.api.scoring.v1 import scoring_pb2, scoring_pb2_grpc
+from nurture.jsontypes import JsonObject, JsonValue
 from nurture.limits import INT32_MAX, INT32_MIN
 from nurture.settings import SERVICES
 
-router = APIRouter(prefix="/v1/leads", tags=["leads"], dependencies=[Depends(require_key)])
+router = APIRouter(prefix="/v1/leads", tags=["leads"], dependencies=[Depends(require_key)],
+                   route_class=DocumentedRoute)
+
+
+class Suppression(TypedDict):
+    channel: str
+    scope: str   # nurture | transactional | all
+    reason: str
+
+
+class Subscriptions(TypedDict):
+    """What mail the person would get now, by kind (nurture, transactional), and the suppressions why not."""
+
+    email: dict[str, bool]
+    suppressed: list[Suppression]
+
+
+class LeadWithSubscriptions(Lead):
+    """A lead as GET, POST and PATCH answer it; `subscriptions` null when messaging does not answer."""
+
+    subscriptions: Subscriptions | None
+
+
+class LeadPage(TypedDict):
+    items: list[Lead]
+    next_cursor: str | None
+
+
+class Erased(TypedDict):
+    id: str
+    erased: bool
+    removed: dict[str, int]   # service → the records it removed
+
+
+class TimelineEntry(TypedDict):
+    at: str | None
+    kind: str
+    type: str
+    summary: str
+    id: str
+    details: NotRequired[JsonValue]   # left out when the service gave none
+
+
+class Missing(TypedDict):
+    service: str
+    status: str   # the gRPC status name it answered
+
+
+class Timeline(TypedDict):
+    items: list[TimelineEntry]
+    incomplete: NotRequired[list[Missing]]   # the services that did not answer; left out when all did
 
 
 def scoring(m: Mesh) -> scoring_pb2_grpc.ScoringStub:
     return scoring_pb2_grpc.ScoringStub(m.channel("scoring"))
 
 
-async def lead_journeys(m: Mesh, lead_id: str) -> list[dict[str, Any]]:
+async def lead_journeys(m: Mesh, lead_id: str) -> list[Enrollment]:
     """The lead's journeys from the journeys service; a lead is still readable when it is down."""
     try:
         from nurture.api.journeys.v1 import journeys_pb2, journeys_pb2_grpc
@@ -39,15 +90,10 @@ async def lead_journeys(m: Mesh, lead_id: str) -> list[dict[str, Any]]:
             journeys_pb2.LeadJourneysRequest(lead_id=lead_id), timeout=m.timeout)
     except grpc.aio.AioRpcError:
         return []
-    out = []
-    for e in reply.enrollments:
-        item = MessageToDict(e, preserving_proto_field_name=True)
-        item["next_step_at"] = iso(e.next_step_at, e.HasField("next_step_at"))
-        out.append(item)
-    return out
+    return [enrollment_json(e) for e in reply.enrollments]
 
 
-async def lead_subscriptions(m: Mesh, lead: scoring_pb2.Lead) -> dict[str, Any] | None:
+async def lead_subscriptions(m: Mesh, lead: scoring_pb2.Lead) -> Subscriptions | None:
     """What mail the person would get now, by kind, and why not: consent is the lead's own (scoring),
     suppression is the address's (messaging; it outlives an erasure). None when messaging is down,
     so a lead stays readable."""
@@ -80,32 +126,33 @@ async def suppressed_scopes(m: Mesh, leads: Sequence[scoring_pb2.Lead]) -> dict[
             for email, found in reply.by_email.items()}
 
 
-async def leads_json(m: Mesh, leads: Sequence[scoring_pb2.Lead]) -> list[dict[str, Any]]:
+async def leads_json(m: Mesh, leads: Sequence[scoring_pb2.Lead]) -> list[Lead]:
     """A page of leads as the API lists them, consent as the engine applies it (see shown_consent)."""
     scopes = await suppressed_scopes(m, leads)
     return [lead_json(lead, suppressed=None if scopes is None else scopes.get(lead.email, set()))
             for lead in leads]
 
 
-async def full_lead(m: Mesh, lead: scoring_pb2.Lead) -> dict[str, Any]:
+async def full_lead(m: Mesh, lead: scoring_pb2.Lead) -> LeadWithSubscriptions:
     """The lead as GET/POST/PATCH answer it: with its journeys and subscriptions."""
     journeys, subscriptions = await asyncio.gather(lead_journeys(m, lead.id), lead_subscriptions(m, lead))
     scopes = None if subscriptions is None else [s["scope"] for s in subscriptions["suppressed"]
                                                  if s["channel"] == "email"]
-    body = lead_json(lead, journeys, suppressed=scopes)
-    body["subscriptions"] = subscriptions
-    return body
+    return {**lead_json(lead, journeys, suppressed=scopes), "subscriptions": subscriptions}
 
 
-async def _upsert(m: Mesh, lead_id: str, body: dict[str, Any], *, merge: bool, must_exist: bool) -> Any:
+async def _upsert(m: Mesh, lead_id: str, body: JsonObject, *, merge: bool,
+                  must_exist: bool) -> scoring_pb2.UpsertLeadReply:
     fields = {k: v for k, v in body.items() if k != "id"}
-    return await scoring(m).UpsertLead(scoring_pb2.UpsertLeadRequest(
+    reply: scoring_pb2.UpsertLeadReply = await scoring(m).UpsertLead(scoring_pb2.UpsertLeadRequest(
         id=lead_id, fields_json=json.dumps(fields), merge=merge, source="api", must_exist=must_exist),
         timeout=m.timeout)
+    return reply
 
 
 @router.post("", status_code=201, summary="Create or update a lead by id")
-async def create_lead(response: Response, body: Any = Depends(json_body), m: Mesh = Depends(mesh)) -> dict[str, Any]:
+async def create_lead(response: Response, body: JsonValue = Depends(json_body),
+                      m: Mesh = Depends(mesh)) -> LeadWithSubscriptions:
     body = require_object(body)
     # Absent (or null): the service generates one. Anything else is the caller's id and must be one: an
     # empty string or a 0 is a mistake, not a request for a generated id.
@@ -121,13 +168,14 @@ async def create_lead(response: Response, body: Any = Depends(json_body), m: Mes
 
 
 @router.patch("/{lead_id}", summary="Merge attributes (progressive profiling)")
-async def patch_lead(lead_id: str, body: Any = Depends(json_body), m: Mesh = Depends(mesh)) -> dict[str, Any]:
+async def patch_lead(lead_id: str, body: JsonValue = Depends(json_body),
+                     m: Mesh = Depends(mesh)) -> LeadWithSubscriptions:
     reply = await _upsert(m, lead_id, require_object(body), merge=True, must_exist=True)
     return await full_lead(m, reply.lead)
 
 
 @router.get("/{lead_id}", summary="A lead with its score, grade, stage and journeys")
-async def get_lead(lead_id: str, m: Mesh = Depends(mesh)) -> dict[str, Any]:
+async def get_lead(lead_id: str, m: Mesh = Depends(mesh)) -> LeadWithSubscriptions:
     lead = await scoring(m).GetLead(scoring_pb2.GetLeadRequest(id=lead_id), timeout=m.timeout)
     return await full_lead(m, lead)
 
@@ -178,7 +226,7 @@ async def list_leads(
     segment: str = "", min_score: int | None = Query(None, ge=INT32_MIN, le=INT32_MAX), stage: str = "",
     journey: str = "", email: str = "",
     cursor: str = "", limit: int = Query(100, ge=1, le=1000), m: Mesh = Depends(mesh),
-) -> dict[str, Any]:
+) -> LeadPage:
     await _check_filters(m, segment, stage)
     if journey:
         from nurture.api.journeys.v1 import journeys_pb2, journeys_pb2_grpc
@@ -199,7 +247,7 @@ async def list_leads(
 
 
 @router.delete("/{lead_id}", summary="Erase the person (right to erasure)")
-async def erase_lead(lead_id: str, m: Mesh = Depends(mesh)) -> dict[str, Any]:
+async def erase_lead(lead_id: str, m: Mesh = Depends(mesh)) -> Erased:
     reply = await scoring(m).EraseLead(scoring_pb2.EraseRequest(id=lead_id), timeout=m.timeout)
     removed: dict[str, int] = {"scoring": 1}
     for service in SERVICES[1:]:
@@ -210,8 +258,15 @@ async def erase_lead(lead_id: str, m: Mesh = Depends(mesh)) -> dict[str, Any]:
     return {"id": lead_id, "erased": True, "removed": removed}
 
 
+def _entry(i: common_pb2.TimelineItem) -> TimelineEntry:
+    entry: TimelineEntry = {"at": iso(i.at), "kind": i.kind, "type": i.type, "summary": i.summary, "id": i.id}
+    if i.details_json:
+        entry["details"] = details(i.details_json)
+    return entry
+
+
 @router.get("/{lead_id}/timeline", summary="Everything that happened to the lead, oldest first, with reasons")
-async def timeline(lead_id: str, limit: int = Query(1000, ge=1, le=10000), m: Mesh = Depends(mesh)) -> dict[str, Any]:
+async def timeline(lead_id: str, limit: int = Query(1000, ge=1, le=10000), m: Mesh = Depends(mesh)) -> Timeline:
     await scoring(m).GetLead(scoring_pb2.GetLeadRequest(id=lead_id), timeout=m.timeout)  # 404 for unknown
 
     async def part(service: str) -> list[common_pb2.TimelineItem]:
@@ -225,14 +280,12 @@ async def timeline(lead_id: str, limit: int = Query(1000, ge=1, le=10000), m: Me
             return []
         return list(reply.items)
 
-    missing: list[dict[str, str]] = []
+    missing: list[Missing] = []
     parts = await asyncio.gather(*(part(s) for s in SERVICES))
     # Stable by time only: within one instant (common under a virtual clock) each service's own causal
     # order is kept, and the services follow the flow of a change: event, score, journey, message, crm.
     items = sorted((i for p in parts for i in p), key=lambda i: i.at.ToNanoseconds())
-    body: dict[str, Any] = {"items": [
-        {"at": iso(i.at), "kind": i.kind, "type": i.type, "summary": i.summary, "id": i.id,
-         **({"details": details(i.details_json)} if i.details_json else {})} for i in items[-limit:]]}
+    body: Timeline = {"items": [_entry(i) for i in items[-limit:]]}
     if missing:
         body["incomplete"] = missing
     return body

@@ -12,23 +12,99 @@ import base64
 import html
 import json
 import logging
-from typing import Any
 from urllib.parse import parse_qs
 
 import grpc
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from gateway.deps import ApiError, Mesh, mesh, require_key
+from gateway.shapes import DocumentedRoute, TypedDict
 from gateway.tracking.clicks import identified_destination
 from nurture import times
 from nurture.api.messaging.v1 import messaging_pb2, messaging_pb2_grpc
 from nurture.api.scoring.v1 import scoring_pb2, scoring_pb2_grpc
+from nurture.jsontypes import JsonValue
 
 log = logging.getLogger(__name__)
 
 router = APIRouter(tags=["messaging"])
-keyed = APIRouter(prefix="/v1", tags=["messaging"], dependencies=[Depends(require_key)])
+keyed = APIRouter(prefix="/v1", tags=["messaging"], dependencies=[Depends(require_key)], route_class=DocumentedRoute)
+
+
+class Message(TypedDict):
+    id: str
+    journey: str
+    journey_version: int
+    step: str
+    channel: str
+    template: str
+    category: str
+    subject: str
+    status: str   # scheduled | sent | suppressed | failed
+    at: str
+    due_at: str
+    reason: str
+    attempts: int
+    variant: str
+    template_version: int | None
+
+
+class MessageList(TypedDict):
+    items: list[Message]
+
+
+class Personalization(TypedDict):
+    segment: str | None
+    featured_countries: list[str]
+    recommended_content: JsonValue   # messaging's list of {key, title, url, reason}
+    next_best_action: JsonValue      # messaging's {action, label, url, reason}
+    journeys_available: bool
+
+
+class AudienceName(TypedDict):
+    name: str
+    journey: str
+    stage: str | None
+    description: str
+
+
+class AudienceList(TypedDict):
+    items: list[AudienceName]
+
+
+class SuppressedMember(TypedDict):
+    lead_id: str
+    reason: str
+
+
+class Audience(TypedDict):
+    name: str
+    members: list[str]   # lead ids
+    next_cursor: str | None
+    suppressed: list[SuppressedMember]
+    journeys_available: bool
+
+
+class AbVariant(TypedDict):
+    name: str
+    sent: int
+    opened: int
+    clicked: int
+    open_rate: float
+    click_rate: float
+
+
+class AbReport(TypedDict):
+    template: str
+    metric: str   # click_rate | open_rate
+    winner: str | None
+    significant: bool
+    p_value: float
+    z: float
+    explanation: str
+    variants: list[AbVariant]
 
 PIXEL = base64.b64decode("R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7")
 NO_STORE = {"Cache-Control": "no-store, no-cache, must-revalidate, private", "Pragma": "no-cache"}
@@ -38,12 +114,12 @@ def stub(m: Mesh) -> messaging_pb2_grpc.MessagingStub:
     return messaging_pb2_grpc.MessagingStub(m.channel("messaging"))
 
 
-def _iso(ts: Any) -> str:
+def _iso(ts: Timestamp) -> str:
     return times.rfc3339(ts.ToDatetime())
 
 
 def _invalid_token(exc: grpc.aio.AioRpcError) -> bool:
-    return exc.code() == grpc.StatusCode.INVALID_ARGUMENT
+    return exc.code() is grpc.StatusCode.INVALID_ARGUMENT
 
 
 # The API's statuses are scheduled | sent | suppressed | failed. Messaging's `sending` is its recorded
@@ -53,7 +129,7 @@ PUBLIC_STATUS = {"sending": "scheduled"}
 
 @keyed.get("/leads/{lead_id}/messages")
 async def lead_messages(lead_id: str, limit: int = Query(1000, ge=1, le=10000),
-                        m: Mesh = Depends(mesh)) -> dict[str, Any]:
+                        m: Mesh = Depends(mesh)) -> MessageList:
     # An unknown (or erased) lead is 404 like its other resources, not an empty list.
     await scoring_pb2_grpc.ScoringStub(m.channel("scoring")).GetLead(scoring_pb2.GetLeadRequest(id=lead_id),
                                                                      timeout=m.timeout)
@@ -68,7 +144,7 @@ async def lead_messages(lead_id: str, limit: int = Query(1000, ge=1, le=10000),
 
 
 @keyed.get("/leads/{lead_id}/personalization")
-async def personalization(lead_id: str, m: Mesh = Depends(mesh)) -> dict[str, Any]:
+async def personalization(lead_id: str, m: Mesh = Depends(mesh)) -> Personalization:
     reply = await stub(m).Personalization(messaging_pb2.PersonalizationRequest(lead_id=lead_id), timeout=m.timeout)
     return {"segment": reply.segment or None, "featured_countries": list(reply.featured_countries),
             "recommended_content": json.loads(reply.recommended_content_json or "[]"),
@@ -77,14 +153,14 @@ async def personalization(lead_id: str, m: Mesh = Depends(mesh)) -> dict[str, An
 
 
 @keyed.get("/audiences", summary="The ad and social audience names there are (journeys and journey.stage)")
-async def audiences(m: Mesh = Depends(mesh)) -> dict[str, Any]:
+async def audiences(m: Mesh = Depends(mesh)) -> AudienceList:
     # Audiences are kept in step with journeys, so their names are the journeys' keys and stages:
     # listing them lets a user discover what GET /v1/audiences/{name} accepts.
     from nurture.api.journeys.v1 import journeys_pb2, journeys_pb2_grpc
 
     journeys = journeys_pb2_grpc.JourneysStub(m.channel("journeys"))
     listed = await journeys.ListJourneys(journeys_pb2.ListJourneysRequest(), timeout=m.timeout)
-    items: list[dict[str, Any]] = []
+    items: list[AudienceName] = []
     for summary in listed.journeys:
         if not summary.published_version:
             continue  # a draft nobody can be in yet
@@ -101,7 +177,7 @@ async def audiences(m: Mesh = Depends(mesh)) -> dict[str, Any]:
 
 @keyed.get("/audiences/{name}")
 async def audience(name: str, cursor: str = "", limit: int = Query(1000, ge=1, le=10000),
-                   m: Mesh = Depends(mesh)) -> dict[str, Any]:
+                   m: Mesh = Depends(mesh)) -> Audience:
     if cursor and not cursor.isdigit():
         # The service's cursor is a position in the member list; anything else was not one it gave.
         raise ApiError(422, "invalid", "cursor is not one this listing returned; use next_cursor as given",
@@ -115,7 +191,7 @@ async def audience(name: str, cursor: str = "", limit: int = Query(1000, ge=1, l
 
 
 @keyed.get("/templates/{key}/ab-report")
-async def ab_report(key: str, m: Mesh = Depends(mesh)) -> dict[str, Any]:
+async def ab_report(key: str, m: Mesh = Depends(mesh)) -> AbReport:
     r = await stub(m).AbReport(messaging_pb2.AbReportRequest(template=key), timeout=m.timeout)
     return {"template": r.template, "metric": r.metric, "winner": r.winner or None, "significant": r.significant,
             "p_value": r.p_value, "z": r.z, "explanation": r.explanation,

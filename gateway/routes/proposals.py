@@ -3,19 +3,62 @@ theirs at `/p/<token>`, a link signed by crm_sync (an unknown or tampered token 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import NotRequired
 
 import grpc
 from fastapi import APIRouter, Depends, Response
 from fastapi.responses import HTMLResponse
 
 from gateway.deps import ApiError, Mesh, json_body, mesh, optional_json_body, require_key
+from gateway.shapes import DocumentedRoute, TypedDict
 from nurture import times
 from nurture.api.crm_sync.v1 import crm_sync_pb2, crm_sync_pb2_grpc
 from nurture.api.scoring.v1 import scoring_pb2, scoring_pb2_grpc
+from nurture.jsontypes import JsonObject, JsonValue
 
 router = APIRouter(tags=["proposals"])
-keyed = APIRouter(prefix="/v1", tags=["proposals"], dependencies=[Depends(require_key)])
+keyed = APIRouter(prefix="/v1", tags=["proposals"], dependencies=[Depends(require_key)], route_class=DocumentedRoute)
+
+
+class ProposalLine(TypedDict):
+    kind: str
+    key: str
+    name: str
+    price: float
+    rule: str   # the rule of proposals.yaml that put it there
+
+
+class Proposal(TypedDict):
+    id: str
+    lead_id: str
+    deal_id: str | None
+    plan: str
+    lines: list[ProposalLine]
+    pathways: list[str]
+    total: float
+    currency: str
+    created_at: str
+    valid_until: str
+    url: str
+    status: str
+    message_id: str | None
+    task_id: str | None
+    html: NotRequired[str]   # the document: only when one proposal is read
+
+
+class ProposalList(TypedDict):
+    proposals: list[Proposal]
+
+
+class ProposalMade(TypedDict):
+    proposal: Proposal
+    duplicate: bool   # the deal's existing proposal (200)
+
+
+class ProposalSent(TypedDict):
+    message_id: str | None
+    status: str   # messaging's answer: scheduled | sent | suppressed | failed | duplicate
+    reason: str
 
 # The document is ours (every value the lead supplied is escaped when it is rendered); it needs its own
 # inline style and nothing else: no script, no form, no frame, and the token in the address never leaks
@@ -34,8 +77,8 @@ def stub(m: Mesh) -> crm_sync_pb2_grpc.ProposalsStub:
     return crm_sync_pb2_grpc.ProposalsStub(m.channel("crm_sync"))
 
 
-def proposal_json(p: crm_sync_pb2.Proposal, *, with_html: bool = False) -> dict[str, Any]:
-    out: dict[str, Any] = {
+def proposal_json(p: crm_sync_pb2.Proposal, *, with_html: bool = False) -> Proposal:
+    out: Proposal = {
         "id": p.id, "lead_id": p.lead_id, "deal_id": p.deal_id or None, "plan": p.plan,
         "lines": [{"kind": ln.kind, "key": ln.key, "name": ln.name, "price": ln.price, "rule": ln.rule}
                   for ln in p.lines],
@@ -49,7 +92,7 @@ def proposal_json(p: crm_sync_pb2.Proposal, *, with_html: bool = False) -> dict[
     return out
 
 
-def _text(body: dict[str, Any], name: str, problems: dict[str, str]) -> str:
+def _text(body: JsonObject, name: str, problems: dict[str, str]) -> str:
     value = body.get(name, "")
     if value is None:
         return ""
@@ -60,7 +103,7 @@ def _text(body: dict[str, Any], name: str, problems: dict[str, str]) -> str:
 
 
 @keyed.get("/leads/{lead_id}/proposals")
-async def list_proposals(lead_id: str, m: Mesh = Depends(mesh)) -> dict[str, Any]:
+async def list_proposals(lead_id: str, m: Mesh = Depends(mesh)) -> ProposalList:
     # An unknown (or erased) lead is 404 like its other resources (timeline, messages), not an empty list.
     await scoring_pb2_grpc.ScoringStub(m.channel("scoring")).GetLead(scoring_pb2.GetLeadRequest(id=lead_id),
                                                                      timeout=m.timeout)
@@ -68,9 +111,10 @@ async def list_proposals(lead_id: str, m: Mesh = Depends(mesh)) -> dict[str, Any
     return {"proposals": [proposal_json(p) for p in reply.proposals]}
 
 
-@keyed.post("/leads/{lead_id}/proposals", status_code=201)
-async def generate_proposal(lead_id: str, response: Response, body: Any = Depends(json_body),
-                            m: Mesh = Depends(mesh)) -> dict[str, Any]:
+@keyed.post("/leads/{lead_id}/proposals", status_code=201,
+            responses={200: {"model": ProposalMade, "description": "the deal's existing proposal"}})
+async def generate_proposal(lead_id: str, response: Response, body: JsonValue = Depends(json_body),
+                            m: Mesh = Depends(mesh)) -> ProposalMade:
     """`{"plan"?, "deal_id"?}` → 201 with the new proposal; 200 with the deal's existing one."""
     if not isinstance(body, dict):
         raise ApiError(422, "invalid", "the body must be a JSON object")
@@ -89,14 +133,14 @@ async def generate_proposal(lead_id: str, response: Response, body: Any = Depend
 
 
 @keyed.get("/proposals/{proposal_id}")
-async def get_proposal(proposal_id: str, m: Mesh = Depends(mesh)) -> dict[str, Any]:
+async def get_proposal(proposal_id: str, m: Mesh = Depends(mesh)) -> Proposal:
     p = await stub(m).GetProposal(crm_sync_pb2.GetProposalRequest(id=proposal_id), timeout=m.timeout)
     return proposal_json(p, with_html=True)
 
 
 @keyed.post("/proposals/{proposal_id}/send")
-async def send_proposal(proposal_id: str, body: Any = Depends(optional_json_body),
-                        m: Mesh = Depends(mesh)) -> dict[str, Any]:
+async def send_proposal(proposal_id: str, body: JsonValue = Depends(optional_json_body),
+                        m: Mesh = Depends(mesh)) -> ProposalSent:
     """`{}` or no body → emails the proposal to the prospect (once: a second call answers `duplicate`)."""
     if not isinstance(body, dict) or body:
         raise ApiError(422, "invalid", "the body must be an empty JSON object: {}")

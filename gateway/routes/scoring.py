@@ -4,24 +4,53 @@ every problem), publish a version with an optional dry run (which leads would ch
 from __future__ import annotations
 
 import json
-from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Response
 
 from gateway.convert import require_object
 from gateway.deps import ApiError, Mesh, json_body, mesh, require_key
 from gateway.routes.journeys import definition_body
+from gateway.shapes import DocumentedRoute, TypedDict
 from nurture.api.scoring.v1 import scoring_pb2, scoring_pb2_grpc
+from nurture.jsontypes import JsonValue
 from nurture.rpc import LONG_DEADLINE_S
 
-router = APIRouter(tags=["scoring"], dependencies=[Depends(require_key)])
+router = APIRouter(tags=["scoring"], dependencies=[Depends(require_key)], route_class=DocumentedRoute)
+
+
+class ScoringModel(TypedDict):
+    name: str
+    version: int   # the live (published) version
+    status: str
+    definition: JsonValue   # the model document, as services/scoring/data/model.yaml holds it
+    versions: JsonValue     # scoring's list of versions: [{version, status, created_at, published_at}]
+
+
+class ModelValidated(TypedDict):
+    valid: bool
+    problems: list[str]
+
+
+class ModelDraftStored(TypedDict):
+    version: int
+    status: str   # draft
+
+
+class ModelPublished(TypedDict):
+    version: int
+    dry_run: bool
+    leads: int          # leads looked at
+    grade_changes: int
+    stage_changes: int
+    changes: JsonValue  # scoring's first 100 changes: [{lead_id, grade: [old, new], lifecycle_stage: [old, new]}]
+    status: str         # draft (a dry run) | published
 
 
 def _stub(m: Mesh) -> scoring_pb2_grpc.ScoringStub:
     return scoring_pb2_grpc.ScoringStub(m.channel("scoring"))
 
 
-async def put_draft(m: Mesh, document: Any, *, validate_only: bool = False) -> tuple[int, list[str]]:
+async def put_draft(m: Mesh, document: JsonValue, *, validate_only: bool = False) -> tuple[int, list[str]]:
     """Store `document` as the next draft: (version, []), or (0, every problem). `validate_only` checks
     the same way (compiling included) and stores nothing: (0, []) when it is valid."""
     reply = await _stub(m).PutScoringModel(scoring_pb2.PutScoringModelRequest(
@@ -30,7 +59,7 @@ async def put_draft(m: Mesh, document: Any, *, validate_only: bool = False) -> t
 
 
 @router.get("/v1/scoring/model", summary="The live scoring model (every rule, its points and why) and its versions")
-async def get_model(m: Mesh = Depends(mesh)) -> dict[str, Any]:
+async def get_model(m: Mesh = Depends(mesh)) -> ScoringModel:
     reply = await _stub(m).GetScoringModel(scoring_pb2.ScoringModelRequest(), timeout=m.timeout)
     return {"name": reply.name, "version": reply.version, "status": "published",
             "definition": json.loads(reply.definition_json),
@@ -38,9 +67,10 @@ async def get_model(m: Mesh = Depends(mesh)) -> dict[str, Any]:
 
 
 @router.put("/v1/scoring/model", summary="Store a draft of the scoring model as the next version (422 lists every "
-                                         "problem); with validate_only, check it and store nothing")
-async def put_model(response: Response, validate_only: bool = Query(False),
-                    body: Any = Depends(definition_body), m: Mesh = Depends(mesh)) -> dict[str, Any]:
+                                         "problem); with validate_only, check it and store nothing",
+            responses={200: {"model": ModelValidated}, 201: {"model": ModelDraftStored}})
+async def put_model(response: Response, validate_only: bool = Query(False), body: JsonValue = Depends(definition_body),
+                    m: Mesh = Depends(mesh)) -> ModelValidated | ModelDraftStored:
     document = require_object(body, "definition")
     if isinstance(document.get("definition"), dict) and "behaviour" not in document:
         document = document["definition"]
@@ -57,7 +87,7 @@ async def put_model(response: Response, validate_only: bool = Query(False),
 
 @router.post("/v1/scoring/model/publish", summary="Make a stored version live; with dry_run, only say which leads "
                                                   "would change grade or lifecycle stage")
-async def publish_model(body: Any = Depends(json_body), m: Mesh = Depends(mesh)) -> dict[str, Any]:
+async def publish_model(body: JsonValue = Depends(json_body), m: Mesh = Depends(mesh)) -> ModelPublished:
     body = require_object(body)
     version, dry_run = body.get("version"), body.get("dry_run", False)
     if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= 2**31 - 1:

@@ -9,19 +9,21 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
 
 import grpc
 from fastapi import APIRouter, Depends, Query, Response
 
-from gateway.convert import iso, require_object
+from gateway.convert import DraftStored, Validated, iso, require_object
 from gateway.deps import ApiError, Mesh, json_body, mesh, require_key
+from gateway.shapes import DocumentedRoute, TypedDict
 from nurture import limits
 from nurture.api.journeys.v1 import journeys_pb2, journeys_pb2_grpc
 from nurture.api.messaging.v1 import messaging_pb2, messaging_pb2_grpc
+from nurture.jsontypes import JsonObject, JsonValue
 
 log = logging.getLogger(__name__)
-router = APIRouter(prefix="/v1", tags=["templates"], dependencies=[Depends(require_key)])
+router = APIRouter(prefix="/v1", tags=["templates"], dependencies=[Depends(require_key)],
+                   route_class=DocumentedRoute)
 
 WIDTHS = {"desktop": 600, "phone": 375}   # the viewport a preview is shown in (CSS pixels)
 CONTENT_FIELDS = ("subject", "preheader", "body", "text", "variants")
@@ -46,20 +48,85 @@ async def used_by(m: Mesh) -> dict[str, list[str]] | None:
     return out
 
 
-def _summary(s: messaging_pb2.TemplateSummary, users: dict[str, list[str]] | None) -> dict[str, Any]:
+class TemplateSummary(TypedDict):
+    key: str
+    journey: str
+    category: str
+    subject: str
+    published_version: int | None   # null: never published
+    latest_version: int
+    updated_at: str | None
+    used_by: list[str] | None   # the journeys whose published version sends it; null when journeys is down
+
+
+class TemplateList(TypedDict):
+    items: list[TemplateSummary]
+
+
+class TemplateVersion(TypedDict):
+    version: int
+    status: str
+    source: str
+    created_at: str | None
+    published_at: str | None
+
+
+class Variable(TypedDict):
+    name: str
+    description: str
+
+
+class Template(TemplateSummary):
+    """A version's content; `subject` is the version's (the summary's is the published one's)."""
+
+    version: int
+    status: str
+    preheader: str
+    body: str   # MJML
+    text: str
+    variants: JsonObject   # variant name → its overrides, as the draft gave them
+    versions: list[TemplateVersion]
+    variables: list[Variable]
+
+
+class TemplatePublished(TypedDict):
+    key: str
+    version: int
+    previous_version: int | None   # null: none was live
+
+
+class Preview(TypedDict):
+    subject: str
+    preheader: str
+    html: str
+    text: str
+    variant: str
+    version: int
+    width: str   # desktop | phone
+    viewport_px: int
+
+
+class TestSent(TypedDict):
+    to: str
+    version: int
+    subject: str
+    test: bool
+
+
+def _summary(s: messaging_pb2.TemplateSummary, users: dict[str, list[str]] | None) -> TemplateSummary:
     return {"key": s.key, "journey": s.journey, "category": s.category, "subject": s.subject,
             "published_version": s.published_version or None, "latest_version": s.latest_version,
             "updated_at": iso(s.updated_at, s.HasField("updated_at")),
             "used_by": sorted(users.get(s.key, [])) if users is not None else None}
 
 
-async def list_templates(m: Mesh) -> list[dict[str, Any]]:
+async def list_templates(m: Mesh) -> list[TemplateSummary]:
     reply = await _stub(m).ListTemplates(messaging_pb2.ListTemplatesRequest(), timeout=m.timeout)
     users = await used_by(m)
     return [_summary(s, users) for s in reply.items]
 
 
-async def get_template(m: Mesh, key: str, version: int = 0) -> dict[str, Any]:
+async def get_template(m: Mesh, key: str, version: int = 0) -> Template:
     r = await _stub(m).GetTemplate(messaging_pb2.GetTemplateRequest(key=key, version=version), timeout=m.timeout)
     users = await used_by(m)
     return {**_summary(r.summary, users), "version": r.version, "status": r.status,
@@ -71,14 +138,14 @@ async def get_template(m: Mesh, key: str, version: int = 0) -> dict[str, Any]:
             "variables": [{"name": v.name, "description": v.description} for v in r.variables]}
 
 
-def _version(value: Any, name: str = "version") -> int:
+def _version(value: JsonValue, name: str = "version") -> int:
     problem = limits.check_int(value, name, low=0)
     if problem:
         raise ApiError(422, "invalid", f"{name} must be an integer from 0 to {limits.INT32_MAX}", {"fields": problem})
     return int(value)
 
 
-def content_message(body: dict[str, Any]) -> messaging_pb2.TemplateContent:
+def content_message(body: JsonObject) -> messaging_pb2.TemplateContent:
     """A draft's fields as the RPC takes them; 422 for a field of the wrong type (the service checks the rest)."""
     unknown = sorted(set(body) - set(CONTENT_FIELDS))
     wrong = {f: "must be text" for f in CONTENT_FIELDS[:4] if f in body and not isinstance(body[f], str)}
@@ -93,35 +160,37 @@ def content_message(body: dict[str, Any]) -> messaging_pb2.TemplateContent:
         text=body.get("text", ""), variants_json=json.dumps(body.get("variants") or {}))
 
 
-async def put_draft(m: Mesh, key: str, body: dict[str, Any], validate_only: bool = False) -> int:
+async def put_draft(m: Mesh, key: str, body: JsonObject, validate_only: bool = False) -> int:
     reply = await _stub(m).PutTemplate(messaging_pb2.PutTemplateRequest(
         key=key, content=content_message(body), validate_only=validate_only), timeout=m.timeout)
     return int(reply.version)
 
 
 async def preview(m: Mesh, key: str, version: int, lead_id: str, variant: str = "",
-                  unsaved: dict[str, Any] | None = None) -> messaging_pb2.PreviewTemplateReply:
+                  unsaved: JsonObject | None = None) -> messaging_pb2.PreviewTemplateReply:
     """`unsaved`: render these fields (a draft being edited) instead of a stored version."""
     request = messaging_pb2.PreviewTemplateRequest(key=key, version=version, lead_id=lead_id, variant=variant)
     if unsaved is not None:
         request.content.CopyFrom(content_message(unsaved))
-    return await _stub(m).PreviewTemplate(request, timeout=m.timeout)
+    reply: messaging_pb2.PreviewTemplateReply = await _stub(m).PreviewTemplate(request, timeout=m.timeout)
+    return reply
 
 
 @router.get("/templates", summary="Every template with its versions and the journeys that use it")
-async def templates(m: Mesh = Depends(mesh)) -> dict[str, Any]:
+async def templates(m: Mesh = Depends(mesh)) -> TemplateList:
     return {"items": await list_templates(m)}
 
 
 @router.get("/templates/{key}", summary="A template's content (the published version unless one is named) and versions")
 async def template(key: str, version: int = Query(0, ge=0, le=limits.INT32_MAX),
-                   m: Mesh = Depends(mesh)) -> dict[str, Any]:
+                   m: Mesh = Depends(mesh)) -> Template:
     return await get_template(m, key, version)
 
 
-@router.put("/templates/{key}", summary="Store a new draft version (422 lists every problem)")
+@router.put("/templates/{key}", summary="Store a new draft version (422 lists every problem)",
+            responses={200: {"model": Validated}, 201: {"model": DraftStored}})
 async def put_template(key: str, response: Response, validate_only: bool = Query(False),
-                       body: Any = Depends(json_body), m: Mesh = Depends(mesh)) -> dict[str, Any]:
+                       body: JsonValue = Depends(json_body), m: Mesh = Depends(mesh)) -> Validated | DraftStored:
     version = await put_draft(m, key, require_object(body, "template"), validate_only)
     if validate_only:
         return {"key": key, "valid": True, "problems": []}
@@ -131,7 +200,7 @@ async def put_template(key: str, response: Response, validate_only: bool = Query
 
 
 @router.post("/templates/{key}/publish", summary="Make a version live for the next send")
-async def publish(key: str, body: Any = Depends(json_body), m: Mesh = Depends(mesh)) -> dict[str, Any]:
+async def publish(key: str, body: JsonValue = Depends(json_body), m: Mesh = Depends(mesh)) -> TemplatePublished:
     body = require_object(body)
     version = _version(body.get("version"))
     if version < 1:
@@ -146,14 +215,14 @@ async def preview_template(key: str, lead_id: str = Query("", max_length=128),
                            version: int = Query(0, ge=0, le=limits.INT32_MAX),
                            width: str = Query("desktop", pattern="^(desktop|phone)$"),
                            variant: str = Query("", max_length=16),
-                           m: Mesh = Depends(mesh)) -> dict[str, Any]:
+                           m: Mesh = Depends(mesh)) -> Preview:
     r = await preview(m, key, version, lead_id, variant)
     return {"subject": r.subject, "preheader": r.preheader, "html": r.html, "text": r.text, "variant": r.variant,
             "version": r.version, "width": width, "viewport_px": WIDTHS[width]}
 
 
 @router.post("/templates/{key}/test-send", summary="Send one copy, marked as a test, to an address")
-async def test_send(key: str, body: Any = Depends(json_body), m: Mesh = Depends(mesh)) -> dict[str, Any]:
+async def test_send(key: str, body: JsonValue = Depends(json_body), m: Mesh = Depends(mesh)) -> TestSent:
     body = require_object(body)
     to, lead_id = body.get("to"), body.get("lead_id", "")
     fields = {}

@@ -15,24 +15,27 @@ from collections.abc import Awaitable, Mapping
 from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import NotRequired, TypeVar
 
 import grpc
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
 from google.protobuf import json_format
 from redis.exceptions import RedisError
+from starlette.types import Receive, Scope, Send
 
 from gateway.deps import ApiError, json_body
+from gateway.shapes import TypedDict
 from gateway.tracking import linktoken
 from gateway.tracking.keys import SiteKey
-from gateway.tracking.policy import check_event, collect_policy, not_a_visitor, privacy_refusal
+from gateway.tracking.policy import CollectedEvent, check_event, collect_policy, not_a_visitor, privacy_refusal
 from gateway.tracking.ratelimit import Refusal
 from gateway.tracking.state import Tracking
 from nurture import jsoncodec
 from nurture.api.messaging.v1 import messaging_pb2, messaging_pb2_grpc
 from nurture.api.scoring.v1 import scoring_pb2, scoring_pb2_grpc
 from nurture.errors import HttpError, http_error_from_rpc
+from nurture.jsontypes import JsonObject, JsonValue
 from nurture.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -42,6 +45,52 @@ SNIPPET = Path(__file__).resolve().parents[1] / "tracking" / "nurture.js"
 VISITOR_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
 NO_STORE = {"Cache-Control": "no-store"}
 T = TypeVar("T")
+
+
+# The bodies these routes answer (each in a JSONResponse of its own, for its CORS headers): named in
+# the routes' `responses`, so the OpenAPI document shows them as it shows the others' (gateway.shapes).
+class RejectedEvent(TypedDict):
+    index: int
+    error: str   # why this event was refused
+
+
+class Collected(TypedDict):
+    accepted: int
+    duplicates: int
+    rejected: list[RejectedEvent]
+    ignored: NotRequired[str]   # bot, prefetch, do_not_track, global_privacy_control: nothing was collected
+
+
+class Identified(TypedDict):
+    identified: bool
+    merged: int   # anonymous events merged now
+    ignored: NotRequired[str]
+
+
+class VisitorPersonalization(TypedDict):
+    known: bool
+    segment: str | None
+    featured_countries: list[str]
+    recommended_content: JsonValue   # messaging's list of {key, title, url, reason}
+    next_best_action: JsonValue      # messaging's {action, label, url, reason}
+
+
+class FormField(TypedDict):
+    key: str
+    label: str
+    kind: str   # email | text | choice | multi_choice | number | boolean
+    choices: list[str]
+
+
+class FormFields(TypedDict):
+    fields: list[FormField]
+
+
+class FormStored(TypedDict):
+    stored: int
+    identified: bool
+    merged: int
+    ignored: NotRequired[str]
 
 
 def tracking(request: Request) -> Tracking:
@@ -95,14 +144,14 @@ async def _call(call: Awaitable[T], cors: dict[str, str]) -> T:
         raise _rpc_error(exc, cors) from exc
 
 
-def _visitor(value: Any, cors: dict[str, str]) -> str:
+def _visitor(value: JsonValue, cors: dict[str, str]) -> str:
     if not isinstance(value, str) or not 16 <= len(value) <= 64 or not set(value) <= VISITOR_CHARS:
         raise ApiError(422, "invalid", "visitor_id must be 16-64 letters, digits, _ or -",
                        {"fields": {"visitor_id": "must be 16-64 letters, digits, _ or -"}}, cors)
     return value
 
 
-async def _body(request: Request, cors: dict[str, str], allowed: set[str]) -> dict[str, Any]:
+async def _body(request: Request, cors: dict[str, str], allowed: set[str]) -> JsonObject:
     try:
         body = await json_body(request)
     except ApiError as exc:
@@ -162,12 +211,13 @@ async def preflight(request: Request, path: str, k: str = "") -> Response:
                                               "Access-Control-Max-Age": "600"})
 
 
-@router.post("/v1/collect", status_code=202, summary="Events of a visitor (the allowed set only)")
+@router.post("/v1/collect", status_code=202, summary="Events of a visitor (the allowed set only)",
+             responses={202: {"model": Collected}})
 async def collect(request: Request, k: str = Query(..., max_length=128)) -> Response:
     return await record_collect(request, k)
 
 
-async def collect_asgi(scope: dict[str, Any], receive: Any, send: Any) -> None:
+async def collect_asgi(scope: Scope, receive: Receive, send: Send) -> None:
     """The same route answered at the ASGI layer (gateway.app): the snippet's hottest call skips
     FastAPI's routing and dependency solving, as POST /v1/events does. Same handler, same errors."""
     request = Request(scope, receive)
@@ -193,7 +243,7 @@ def _headers(request: Request) -> dict[str, str]:
     return {name.decode("latin-1"): value.decode("latin-1") for name, value in reversed(request.scope["headers"])}
 
 
-def _json(body: dict[str, Any], status: int, headers: dict[str, str]) -> Response:
+def _json(body: Collected, status: int, headers: dict[str, str]) -> Response:
     return Response(jsoncodec.dumps(body).encode(), status, headers, media_type="application/json")
 
 
@@ -210,7 +260,8 @@ async def record_collect(request: Request, k: str) -> Response:
     ignored = not_a_visitor(headers) or privacy_refusal(key, headers)
     if ignored:
         return _json({"accepted": 0, "duplicates": 0, "rejected": [], "ignored": ignored}, 202, cors)
-    good, rejected = [], []
+    good: list[CollectedEvent] = []
+    rejected: list[RejectedEvent] = []
     for i, raw in enumerate(events):
         event, problem = check_event(raw)
         if event is None:
@@ -236,13 +287,15 @@ async def record_collect(request: Request, k: str) -> Response:
     return _json({"accepted": accepted, "duplicates": duplicates, "rejected": rejected}, 202, cors)
 
 
-@router.post("/v1/identify", summary="Who this visitor is: an email, or the signed link of an email click")
+@router.post("/v1/identify", summary="Who this visitor is: an email, or the signed link of an email click",
+             responses={200: {"model": Identified}})
 async def identify(request: Request, k: str = Query(..., max_length=128)) -> JSONResponse:
     key, cors = _site(request, k)
     body = await _body(request, cors, {"visitor_id", "email", "first_name", "last_name", "link"})
     visitor_id = _visitor(body.get("visitor_id"), cors)
     if not_a_visitor(request.headers):
-        return JSONResponse({"identified": False, "merged": 0, "ignored": not_a_visitor(request.headers)}, 200, cors)
+        ignored: Identified = {"identified": False, "merged": 0, "ignored": not_a_visitor(request.headers)}
+        return JSONResponse(ignored, 200, cors)
     await _limit(request, key, visitor_id, cors)
     lead_id = ""
     link = body.get("link")
@@ -260,10 +313,12 @@ async def identify(request: Request, k: str = Query(..., max_length=128)) -> JSO
                        {"fields": {"email": "is required without a link"}}, cors)
     reply = await _call(_scoring(request).IdentifyVisitor(scoring_pb2.IdentifyVisitorRequest(
         visitor_id=visitor_id, lead_id=lead_id, fields_json=json.dumps(fields)), timeout=_timeout(request)), cors)
-    return JSONResponse({"identified": True, "merged": reply.merged}, 200, cors)
+    identified: Identified = {"identified": True, "merged": reply.merged}
+    return JSONResponse(identified, 200, cors)
 
 
-@router.get("/v1/personalization", summary="What the site should show this visitor now")
+@router.get("/v1/personalization", summary="What the site should show this visitor now",
+            responses={200: {"model": VisitorPersonalization}})
 async def personalization(request: Request, k: str = Query(..., max_length=128),
                           v: str = Query(..., max_length=64)) -> JSONResponse:
     key, cors = _site(request, k)
@@ -282,13 +337,15 @@ async def personalization(request: Request, k: str = Query(..., max_length=128),
     messaging = messaging_pb2_grpc.MessagingStub(request.app.state.mesh.channel("messaging"))
     reply = await _call(messaging.Personalization(messaging_pb2.PersonalizationRequest(
         lead_id=lead_id, anonymous_profile_json=profile), timeout=_timeout(request)), cors)
-    return JSONResponse({"known": bool(lead_id), "segment": reply.segment or None,
-                         "featured_countries": list(reply.featured_countries),
-                         "recommended_content": json.loads(reply.recommended_content_json or "[]"),
-                         "next_best_action": json.loads(reply.next_best_action_json or "{}")}, 200, cors)
+    body: VisitorPersonalization = {
+        "known": bool(lead_id), "segment": reply.segment or None, "featured_countries": list(reply.featured_countries),
+        "recommended_content": json.loads(reply.recommended_content_json or "[]"),
+        "next_best_action": json.loads(reply.next_best_action_json or "{}")}
+    return JSONResponse(body, 200, cors)
 
 
-@router.get("/v1/form", summary="The next fields a form should ask this visitor")
+@router.get("/v1/form", summary="The next fields a form should ask this visitor",
+            responses={200: {"model": FormFields}})
 async def form_fields(request: Request, k: str = Query(..., max_length=128), v: str = Query(..., max_length=64),
                       limit: int = Query(0, ge=0, le=20)) -> JSONResponse:
     key, cors = _site(request, k)
@@ -296,19 +353,21 @@ async def form_fields(request: Request, k: str = Query(..., max_length=128), v: 
     await _limit(request, key, visitor_id, cors, 0)
     reply = await _call(_scoring(request).NextFormFields(scoring_pb2.NextFieldsRequest(
         visitor_id=visitor_id, limit=limit), timeout=_timeout(request)), cors)
-    return JSONResponse({"fields": [{"key": f.key, "label": f.label, "kind": f.kind, "choices": list(f.choices)}
-                                    for f in reply.fields]}, 200, cors)
+    body: FormFields = {"fields": [{"key": f.key, "label": f.label, "kind": f.kind, "choices": list(f.choices)}
+                                   for f in reply.fields]}
+    return JSONResponse(body, 200, cors)
 
 
-@router.post("/v1/form", summary="A progressive form's answers")
+@router.post("/v1/form", summary="A progressive form's answers", responses={200: {"model": FormStored}})
 async def form_answers(request: Request, k: str = Query(..., max_length=128)) -> JSONResponse:
     key, cors = _site(request, k)
     body = await _body(request, cors, {"visitor_id", "answers"})
     visitor_id = _visitor(body.get("visitor_id"), cors)
     if not_a_visitor(request.headers):
-        return JSONResponse({"stored": 0, "identified": False, "merged": 0,
-                             "ignored": not_a_visitor(request.headers)}, 200, cors)
+        ignored: FormStored = {"stored": 0, "identified": False, "merged": 0, "ignored": not_a_visitor(request.headers)}
+        return JSONResponse(ignored, 200, cors)
     await _limit(request, key, visitor_id, cors)
     reply = await _call(_scoring(request).SubmitForm(scoring_pb2.SubmitFormRequest(
         visitor_id=visitor_id, answers_json=json.dumps(body.get("answers"))), timeout=_timeout(request)), cors)
-    return JSONResponse({"stored": reply.stored, "identified": bool(reply.lead_id), "merged": reply.merged}, 200, cors)
+    stored: FormStored = {"stored": reply.stored, "identified": bool(reply.lead_id), "merged": reply.merged}
+    return JSONResponse(stored, 200, cors)

@@ -4,14 +4,17 @@ visitor, 202 for collect)."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+
+from nurture.jsontypes import JsonObject
 
 JSON = "application/json"
 REF = "#/components/schemas/"
 _VISITOR = {"type": "string", "pattern": "^[A-Za-z0-9_-]{16,64}$",
             "description": "the snippet's first-party anonymous id of this browser"}
 
-SCHEMAS: dict[str, Any] = {
+# JSON Schema documents: JSON whose keys are the schema language's, not ours.
+SCHEMAS: dict[str, JsonObject] = {
     "CollectInput": {
         "type": "object", "required": ["visitor_id", "events"], "additionalProperties": False,
         "properties": {"visitor_id": _VISITOR, "events": {"type": "array", "minItems": 1, "maxItems": 50, "items": {
@@ -48,7 +51,7 @@ BODIES: dict[tuple[str, str], tuple[str, bool]] = {
 }
 
 
-def complete(doc: dict[str, Any], error: Any) -> None:
+def complete(doc: JsonObject, error: Callable[[int], JsonObject]) -> None:
     """Statuses of the tracking routes beyond the common ones; `error(status)` is gateway.openapi's."""
     for path, operations in doc.get("paths", {}).items():
         if not path.startswith("/t/v1/"):
@@ -60,8 +63,9 @@ def complete(doc: dict[str, Any], error: Any) -> None:
             responses[str(403)]["description"] = "an unknown site key, or an origin the key does not allow"
             if method == "post" and path == "/t/v1/collect":
                 responses.pop("200", None)
+                accepted = responses.get("202", {}).get("content") or {JSON: {"schema": {"type": "object"}}}
                 responses["202"] = {"description": "accepted (ignored: bots, prefetches, Do-Not-Track as configured)",
-                                    "content": {JSON: {"schema": {"type": "object"}}}}
+                                    "content": accepted}
     snippet = doc.get("paths", {}).get("/t/nurture.js", {}).get("get")
     if snippet is not None:
         snippet["responses"] = {"200": {"description": "the snippet",

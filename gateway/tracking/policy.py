@@ -9,12 +9,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from functools import cache, lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TypeAlias
 
 from pydantic import Field
 
 from gateway.tracking.keys import SiteKey
 from nurture import datafiles
+from nurture.jsontypes import JsonValue
 
 DATA = Path(__file__).with_name("data")
 EVENT_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
@@ -64,15 +65,19 @@ def privacy_refusal(key: SiteKey, headers: Mapping[str, str]) -> str:
     return ""
 
 
+# A collected property's value: the snippet sends no nested JSON.
+Scalar: TypeAlias = str | int | float | bool | None
+
+
 @dataclass(frozen=True)
 class CollectedEvent:
     client_id: str
     type: str
-    properties: dict[str, Any]
+    properties: dict[str, Scalar]   # only the names collect.yaml allows for its type
     occurred_at: datetime | None
 
 
-def check_event(raw: Any) -> tuple[CollectedEvent | None, str]:
+def check_event(raw: JsonValue) -> tuple[CollectedEvent | None, str]:
     """One event of a collect body: (the event, "") or (None, why it is refused). The time is the
     service's on arrival: the snippet sends at once, and a browser's clock must not move history."""
     policy = collect_policy()
@@ -92,7 +97,7 @@ def check_event(raw: Any) -> tuple[CollectedEvent | None, str]:
     extra = sorted(str(k) for k in props if k not in allowed)
     if extra:
         return None, f"{etype} takes only {', '.join(allowed)} (not {', '.join(extra)[:200]})"
-    clean: dict[str, Any] = {}
+    clean: dict[str, Scalar] = {}
     for name, value in props.items():
         if isinstance(value, str):
             clean[name] = value[:policy.max_string]

@@ -71,3 +71,46 @@ async def test_media_types_are_the_real_ones(doc) -> None:
     assert "text/html" in doc["paths"]["/u/{token}"]["get"]["responses"]["200"]["content"]
     assert "application/x-www-form-urlencoded" in doc["paths"]["/u/{token}"]["post"]["requestBody"]["content"]
     assert "application/yaml" in doc["paths"]["/v1/journeys/{key}"]["put"]["requestBody"]["content"]
+
+
+def _success(doc: dict[str, Any], path: str, method: str, status: str = "200") -> dict[str, Any]:
+    """The success body's schema of an operation, its $ref followed."""
+    schema = doc["paths"][path][method]["responses"][status]["content"]["application/json"]["schema"]
+    name = schema["$ref"].removeprefix("#/components/schemas/")
+    found: dict[str, Any] = doc["components"]["schemas"][name]
+    return found
+
+
+async def test_json_bodies_are_described_field_by_field(doc) -> None:
+    """Each body's schema is its handler's return type (gateway.shapes): every field it always sends."""
+    lead = _success(doc, "/v1/leads/{lead_id}", "get")
+    assert {"id", "email", "score", "grade", "lifecycle_stage", "journeys", "created_at",
+            "subscriptions"} <= set(lead["required"])
+    assert _success(doc, "/v1/leads", "post", "201") == _success(doc, "/v1/leads", "post", "200") == lead
+    page = _success(doc, "/v1/leads", "get")
+    assert page["required"] == ["items", "next_cursor"]
+    timeline = _success(doc, "/v1/leads/{lead_id}/timeline", "get")
+    assert timeline["required"] == ["items"] and "incomplete" in timeline["properties"]
+    assert _success(doc, "/v1/leads/{lead_id}", "delete")["required"] == ["id", "erased", "removed"]
+    assert _success(doc, "/v1/events", "post", "202")["required"] == ["event_id", "duplicate"]
+    assert _success(doc, "/v1/events:batch", "post", "202")["required"] == ["accepted", "duplicates", "event_ids",
+                                                                            "rejected"]
+    journey = _success(doc, "/v1/journeys/{key}", "get")
+    assert {"key", "published_version", "definition", "versions"} <= set(journey["required"])
+    assert _success(doc, "/v1/journeys/{key}", "put")["required"] == ["key", "valid", "problems"]  # validate_only
+    assert _success(doc, "/v1/journeys/{key}", "put", "201")["required"] == ["key", "version", "status"]
+    template = _success(doc, "/v1/templates/{key}", "get")
+    assert {"key", "subject", "used_by", "versions", "variables", "variants"} <= set(template["required"])
+    assert _success(doc, "/v1/templates/{key}", "put", "201")["required"] == ["key", "version", "status"]
+    assert _success(doc, "/v1/scoring/model", "put", "201")["required"] == ["version", "status"]
+    proposal = _success(doc, "/v1/proposals/{proposal_id}", "get")
+    assert "html" in proposal["properties"] and "html" not in proposal["required"]
+    assert _success(doc, "/v1/leads/{lead_id}/proposals", "post", "200") == _success(
+        doc, "/v1/leads/{lead_id}/proposals", "post", "201")
+    assert _success(doc, "/v1/deliverability", "get")["required"] == [
+        "dkim", "dkim_records", "bounce_smtp", "bounce_domain", "window_days", "rates", "paused", "warmup"]
+    assert "template_version" in doc["components"]["schemas"]["Message"]["required"]
+    assert _success(doc, "/v1/admin/stats", "get")["required"] == ["services"]
+    assert _success(doc, "/healthz", "get")["required"] == ["status"]
+    assert _success(doc, "/t/v1/collect", "post", "202")["required"] == ["accepted", "duplicates", "rejected"]
+    assert _success(doc, "/t/v1/identify", "post")["required"] == ["identified", "merged"]
