@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import secrets
 import signal
 import subprocess
@@ -16,6 +17,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import sqlalchemy as sa
@@ -165,3 +167,29 @@ def private_mesh(clock: str = "real", database_url: str | None = None, without: 
             proc.wait(30)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def mesh_children(mesh: Mesh) -> dict[str, int]:
+    """The mesh's processes by name (`scoring-1`, `redis-3`, ...), read from /proc: children of its `nurture up`."""
+    found: dict[str, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if int(stat[stat.rindex(")") + 2:].split()[1]) != mesh.pid:
+            continue
+        for service in SERVICES:
+            if f"services.{service}".encode() in argv and b"-m" in argv:
+                replica = next((e.split(b"=", 1)[1].decode() for e in environ if e.startswith(b"NURTURE_REPLICA=")),
+                               "0")
+                found[f"{service}-{replica}"] = int(entry.name)
+        # redis-server retitles itself: "<path>/redis-server 127.0.0.1:<port> [cluster]"
+        title = b" ".join(argv).decode(errors="replace")
+        if "redis-server" in title and (port := re.search(r"redis-server\S* [\d.]+:(\d+)", title)):
+            found[f"redis:{port.group(1)}"] = int(entry.name)
+    return found

@@ -36,7 +36,6 @@ import asyncio
 import json
 import os
 import random
-import re
 import signal
 import sys
 import threading
@@ -54,7 +53,7 @@ import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._mesh import Mesh, fresh_database, private_mesh  # noqa: E402
+from bench._mesh import Mesh, fresh_database, mesh_children, private_mesh  # noqa: E402
 from nurture import busmessage  # noqa: E402
 from nurture.settings import Settings  # noqa: E402
 
@@ -76,32 +75,6 @@ class Run:
     kills: list[str] = field(default_factory=list)
     failover: str = ""
     started: float = field(default_factory=time.monotonic)
-
-
-def children(mesh: Mesh) -> dict[str, int]:
-    """The mesh's processes by name (`scoring-1`, `redis-3`, ...), read from /proc: children of its `nurture up`."""
-    found: dict[str, int] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-            environ = (entry / "environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if int(stat[stat.rindex(")") + 2:].split()[1]) != mesh.pid:
-            continue
-        for service in SERVICES:
-            if f"services.{service}".encode() in argv and b"-m" in argv:
-                replica = next((e.split(b"=", 1)[1].decode() for e in environ if e.startswith(b"NURTURE_REPLICA=")),
-                               "0")
-                found[f"{service}-{replica}"] = int(entry.name)
-        # redis-server retitles itself: "<path>/redis-server 127.0.0.1:<port> [cluster]"
-        title = b" ".join(argv).decode(errors="replace")
-        if "redis-server" in title and (port := re.search(r"redis-server\S* [\d.]+:(\d+)", title)):
-            found[f"redis:{port.group(1)}"] = int(entry.name)
-    return found
 
 
 def _cluster(mesh: Mesh) -> redis.cluster.RedisCluster:
@@ -126,7 +99,7 @@ def fail_over(mesh: Mesh, rng: random.Random, mode: str, lag_s: float = LAG_S) -
     replica_port = int(replica[1].split("@")[0].rpartition(":")[2])
     node = _node(mesh, replica_port)
     started = time.monotonic()
-    pid = children(mesh).get(f"redis:{master_port}", 0) if mode != "graceful" else 0
+    pid = mesh_children(mesh).get(f"redis:{master_port}", 0) if mode != "graceful" else 0
     if mode != "graceful" and not pid:  # never os.kill(0, ...): that is this whole process group
         return f"{mode}: no process found for master {master_port}"
     if mode == "graceful":
@@ -134,7 +107,7 @@ def fail_over(mesh: Mesh, rng: random.Random, mode: str, lag_s: float = LAG_S) -
     elif mode == "crash":
         os.kill(pid, signal.SIGSTOP)
     else:  # lossy: the replica is cut off (stopped, its link closed), the master acknowledges writes alone, dies
-        replica_pid = children(mesh).get(f"redis:{replica_port}", 0)
+        replica_pid = mesh_children(mesh).get(f"redis:{replica_port}", 0)
         if not replica_pid:
             return f"{mode}: no process found for replica {replica_port}"
         os.kill(replica_pid, signal.SIGSTOP)
@@ -196,7 +169,7 @@ def chaos(mesh: Mesh, run: Run, kills: int, spread_s: float, failover: str, stop
         if n == kills:
             return
         name = f"{rng.choice(SERVICES)}-{rng.choice('01')}"
-        pid = children(mesh).get(name)
+        pid = mesh_children(mesh).get(name)
         if pid is None:  # being restarted by the supervisor right now
             continue
         os.kill(pid, signal.SIGKILL)

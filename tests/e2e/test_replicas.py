@@ -21,7 +21,7 @@ import httpx
 import pytest
 import redis
 
-from bench._mesh import Mesh, fresh_database, private_mesh
+from bench._mesh import Mesh, fresh_database, mesh_children, private_mesh
 from nurture.partitions import lease_key, replica_name
 from nurture.rpc import health_status
 from tests.conftest import PG_URL
@@ -76,20 +76,10 @@ def test_a_lead_reaches_a_sent_email_through_two_replicas_of_each_service(replic
 
 def _replica_pid(mesh: Mesh, service: str, replica: str) -> int:
     """The pid of one replica the mesh's `nurture up` started (its child, by module and NURTURE_REPLICA)."""
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-            environ = (entry / "environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        parent = int(stat[stat.rindex(")") + 2:].split()[1])
-        if parent == mesh.pid and f"services.{service}".encode() in argv and \
-                f"NURTURE_REPLICA={replica}".encode() in environ:
-            return int(entry.name)
-    raise AssertionError(f"no {service} replica {replica} under {mesh.pid}")
+    pid = mesh_children(mesh).get(f"{service}-{replica}")
+    if pid is None:
+        raise AssertionError(f"no {service} replica {replica} under {mesh.pid}")
+    return pid
 
 
 @pytest.mark.slow
