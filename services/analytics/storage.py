@@ -778,17 +778,16 @@ def progression_report(session: Session, q: Query, tables: Collection[str] = ())
         seg_dwell = {(k[0], k[1], k[2]): (med, p90) for k, (_, med, p90) in _percentiles(
             session, stage_dwell, stage_dwell_bands, ("journey", "stage", "segment"), q).items()}
         out["segments"] = reports.segment_stage_rows(seg_counts, seg_dwell)
+    arrivals = _arrivals(session, q) if wanted & {"lifecycle", "qualification"} else {}
     if "lifecycle" in wanted:
         life = {(k[0], k[1]): (n, med, p90) for k, (n, med, p90) in
                 _percentiles(session, lifecycle, lifecycle_bands, ("from_stage", "to_stage"), q).items()}
-        out["lifecycle"] = reports.lifecycle_rows(life, *_lifecycle_conversion(session, q))
+        out["lifecycle"] = reports.lifecycle_rows(life, *_lifecycle_conversion(session, q, arrivals))
     if "qualification" in wanted:
         weekly: dict[tuple[date, str], int] = defaultdict(int)
-        for day, to_stage, n in session.execute(
-                select(lifecycle.c.day, lifecycle.c.to_stage, func.sum(lifecycle.c.n))
-                .where(q.where(lifecycle), lifecycle.c.to_stage.in_(reports.QUALIFICATION))
-                .group_by(lifecycle.c.day, lifecycle.c.to_stage)):
-            weekly[(reports.week_of(day), to_stage)] += int(n)
+        for (day, to_stage), n in arrivals.items():
+            if to_stage in reports.QUALIFICATION:
+                weekly[(reports.week_of(day), to_stage)] += n
         out["qualification"] = reports.qualification_rows(weekly)
     wins = _wins_after_nurture(session, q) if wanted & {"time_to_conversion", "score_progression"} else {}
     if "time_to_conversion" in wanted:
@@ -802,17 +801,26 @@ def progression_report(session: Session, q: Query, tables: Collection[str] = ())
     return out
 
 
-def _lifecycle_conversion(session: Session, q: Query) -> tuple[dict[str, int], dict[tuple[str, str], int]]:
-    """Arrivals at each lifecycle stage in range, and of the leads that arrived at a stage in range, how many
-    have left it for each next stage (in `segment` on arriving)."""
+def _arrivals(session: Session, q: Query) -> dict[tuple[date, str], int]:
+    """Lifecycle changes into each stage in range, by day: the lifecycle table's arrivals and the weekly
+    qualification counts, from one read of `analytics_lifecycle` (two were each a pass over the range)."""
+    return {(day, to): int(n or 0) for day, to, n in session.execute(
+        select(lifecycle.c.day, lifecycle.c.to_stage, func.sum(lifecycle.c.n)).where(q.where(lifecycle))
+        .group_by(lifecycle.c.day, lifecycle.c.to_stage))}
+
+
+def _lifecycle_conversion(session: Session, q: Query, arrivals: dict[tuple[date, str], int]
+                          ) -> tuple[dict[str, int], dict[tuple[str, str], int]]:
+    """Arrivals at each lifecycle stage in range (`arrivals`, by day), and of the leads that arrived at a
+    stage in range, how many have left it for each next stage (in `segment` on arriving)."""
     c = lifecycle_cohorts
-    arrived = {to: int(n or 0) for to, n in session.execute(
-        select(lifecycle.c.to_stage, func.sum(lifecycle.c.n)).where(q.where(lifecycle))
-        .group_by(lifecycle.c.to_stage))}
+    arrived: dict[str, int] = defaultdict(int)
+    for (_day, to), n in arrivals.items():
+        arrived[to] += n
     moved = {(f, t): int(n or 0) for f, t, n in session.execute(
         select(c.c.from_stage, c.c.to_stage, func.sum(c.c.n)).where(q.where(c))
         .group_by(c.c.from_stage, c.c.to_stage))}
-    return arrived, moved
+    return dict(arrived), moved
 
 
 def score_now_report(session: Session, q: Query) -> list[dict[str, Any]]:

@@ -41,3 +41,31 @@ def test_a_percentile_call_reads_its_located_bands_in_one_statement(settings: Se
         assert len(run) == 2, run
     finally:
         db.close()
+
+
+def test_lifecycle_and_qualification_read_the_ranges_changes_once(settings: Settings) -> None:
+    """The lifecycle table's arrivals and the weekly qualification counts are one read of the range's
+    changes by day and stage (two reads were each a pass over `analytics_lifecycle` in range)."""
+    db = open_database(settings, service="analytics", migrations_dir=MIGRATIONS)
+    try:
+        stream = [f for m in h.generate(1) if (f := from_bus(m)) is not None]
+        with db.session() as s:
+            storage.record(s, stream)
+        days = sorted(f.at.date() for f in stream)
+        run: list[str] = []
+
+        def seen(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+            run.append(" ".join(statement.split()))
+
+        event.listen(db.engine, "before_cursor_execute", seen)
+        try:
+            with db.session() as s:
+                out = storage.progression_report(s, storage.Query(days[0], days[-1]), ("lifecycle", "qualification"))
+        finally:
+            event.remove(db.engine, "before_cursor_execute", seen)
+        assert out["lifecycle"] and out["qualification"]
+        # The percentiles read located bands only (`band =`); a read of the whole range names no band.
+        whole = [sql for sql in run if "FROM analytics_lifecycle WHERE" in sql and ".band =" not in sql]
+        assert len(whole) == 1, whole
+    finally:
+        db.close()
