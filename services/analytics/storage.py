@@ -16,7 +16,22 @@ from dataclasses import dataclass, fields
 from datetime import UTC, date, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Float, Table, and_, case, delete, func, literal, or_, select
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Float,
+    Select,
+    Table,
+    and_,
+    case,
+    delete,
+    func,
+    literal,
+    or_,
+    select,
+    true,
+    union_all,
+)
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -707,20 +722,29 @@ def _percentiles(session: Session, fine: Table, bands: Table, keys: Sequence[str
                     break
                 seen += c
     value: dict[tuple[str, ...], dict[int, int]] = defaultdict(dict)
-    for (key, b), wants in sorted(wanted.items()):
-        # The band's values in whole minutes, counted up in order inside the database: the value at
-        # offset k is the smallest whose running count exceeds k. One row comes back per (key, band),
-        # where reading the band's minutes out (thousands of rows at full scale) cost more than the sums.
-        cell = select(fine.c.minutes, func.sum(fine.c.n).label("n")).where(
-            q.where(fine), fine.c.band == b, *[fine.c[k] == v for k, v in zip(keys, key, strict=True)]) \
-            .group_by(fine.c.minutes).subquery()
-        running = select(cell.c.minutes, func.sum(cell.c.n).over(order_by=cell.c.minutes).label("seen")).subquery()
-        offsets = sorted({offset for _, offset in wants})
-        row = session.execute(select(*[func.min(case((running.c.seen > offset, running.c.minutes)))
-                                       for offset in offsets])).one()
-        at = dict(zip(offsets, row, strict=True))
-        for rank, offset in wants:
-            value[key][rank] = int(at[offset])
+    cells = sorted(wanted.items())
+    if cells:
+        # Each located band's values in whole minutes, counted up in order inside the database: the value at
+        # offset k is the smallest whose running count exceeds k, the one row whose count spans k. Every band
+        # of the call in one statement (a branch per band, each an index range as before), and only the rows
+        # holding a wanted offset come back: a statement per band was most of progression's time on
+        # PostgreSQL (30-odd round trips), and reading the bands' minutes out cost more than the sums.
+        branches: list[Select[Any]] = []
+        for i, ((key, b), wants) in enumerate(cells):
+            band_counts = select(fine.c.minutes, func.sum(fine.c.n).label("n")).where(
+                q.where(fine), fine.c.band == b, *[fine.c[k] == v for k, v in zip(keys, key, strict=True)]) \
+                .group_by(fine.c.minutes).subquery()
+            running = select(band_counts.c.minutes, band_counts.c.n, func.sum(band_counts.c.n).over(
+                order_by=band_counts.c.minutes).label("seen")).subquery()
+            branches.append(select(literal(i).label("cell"), running).where(or_(*[
+                and_(running.c.seen > offset, running.c.seen - running.c.n <= offset)
+                for offset in sorted({o for _, o in wants})])))
+        found: dict[int, list[tuple[int, int, int]]] = defaultdict(list)
+        for i, minutes, n, seen in session.execute(branches[0] if len(branches) == 1 else union_all(*branches)):
+            found[int(i)].append((int(seen) - int(n), int(seen), int(minutes)))
+        for i, ((key, _b), wants) in enumerate(cells):
+            for rank, offset in wants:
+                value[key][rank] = next(m for lo, hi, m in found[i] if lo <= offset < hi)
     out: dict[tuple[str, ...], tuple[int, float | None, float | None]] = {}
     for key, n in totals.items():
         lo, hi, top = reports.ranks(n)
@@ -754,17 +778,16 @@ def progression_report(session: Session, q: Query, tables: Collection[str] = ())
         seg_dwell = {(k[0], k[1], k[2]): (med, p90) for k, (_, med, p90) in _percentiles(
             session, stage_dwell, stage_dwell_bands, ("journey", "stage", "segment"), q).items()}
         out["segments"] = reports.segment_stage_rows(seg_counts, seg_dwell)
+    arrivals = _arrivals(session, q) if wanted & {"lifecycle", "qualification"} else {}
     if "lifecycle" in wanted:
         life = {(k[0], k[1]): (n, med, p90) for k, (n, med, p90) in
                 _percentiles(session, lifecycle, lifecycle_bands, ("from_stage", "to_stage"), q).items()}
-        out["lifecycle"] = reports.lifecycle_rows(life, *_lifecycle_conversion(session, q))
+        out["lifecycle"] = reports.lifecycle_rows(life, *_lifecycle_conversion(session, q, arrivals))
     if "qualification" in wanted:
         weekly: dict[tuple[date, str], int] = defaultdict(int)
-        for day, to_stage, n in session.execute(
-                select(lifecycle.c.day, lifecycle.c.to_stage, func.sum(lifecycle.c.n))
-                .where(q.where(lifecycle), lifecycle.c.to_stage.in_(reports.QUALIFICATION))
-                .group_by(lifecycle.c.day, lifecycle.c.to_stage)):
-            weekly[(reports.week_of(day), to_stage)] += int(n)
+        for (day, to_stage), n in arrivals.items():
+            if to_stage in reports.QUALIFICATION:
+                weekly[(reports.week_of(day), to_stage)] += n
         out["qualification"] = reports.qualification_rows(weekly)
     wins = _wins_after_nurture(session, q) if wanted & {"time_to_conversion", "score_progression"} else {}
     if "time_to_conversion" in wanted:
@@ -778,17 +801,26 @@ def progression_report(session: Session, q: Query, tables: Collection[str] = ())
     return out
 
 
-def _lifecycle_conversion(session: Session, q: Query) -> tuple[dict[str, int], dict[tuple[str, str], int]]:
-    """Arrivals at each lifecycle stage in range, and of the leads that arrived at a stage in range, how many
-    have left it for each next stage (in `segment` on arriving)."""
+def _arrivals(session: Session, q: Query) -> dict[tuple[date, str], int]:
+    """Lifecycle changes into each stage in range, by day: the lifecycle table's arrivals and the weekly
+    qualification counts, from one read of `analytics_lifecycle` (two were each a pass over the range)."""
+    return {(day, to): int(n or 0) for day, to, n in session.execute(
+        select(lifecycle.c.day, lifecycle.c.to_stage, func.sum(lifecycle.c.n)).where(q.where(lifecycle))
+        .group_by(lifecycle.c.day, lifecycle.c.to_stage))}
+
+
+def _lifecycle_conversion(session: Session, q: Query, arrivals: dict[tuple[date, str], int]
+                          ) -> tuple[dict[str, int], dict[tuple[str, str], int]]:
+    """Arrivals at each lifecycle stage in range (`arrivals`, by day), and of the leads that arrived at a
+    stage in range, how many have left it for each next stage (in `segment` on arriving)."""
     c = lifecycle_cohorts
-    arrived = {to: int(n or 0) for to, n in session.execute(
-        select(lifecycle.c.to_stage, func.sum(lifecycle.c.n)).where(q.where(lifecycle))
-        .group_by(lifecycle.c.to_stage))}
+    arrived: dict[str, int] = defaultdict(int)
+    for (_day, to), n in arrivals.items():
+        arrived[to] += n
     moved = {(f, t): int(n or 0) for f, t, n in session.execute(
         select(c.c.from_stage, c.c.to_stage, func.sum(c.c.n)).where(q.where(c))
         .group_by(c.c.from_stage, c.c.to_stage))}
-    return arrived, moved
+    return dict(arrived), moved
 
 
 def score_now_report(session: Session, q: Query) -> list[dict[str, Any]]:
@@ -972,18 +1004,32 @@ def attribution_report(session: Session, q: Query, model: str, window_days: int)
     else:
         # First or last: one touch per deal, found by an index seek on (lead, ts) per deal, not ranked.
         order = (touches.c.ts, touches.c.id) if model == "first" else (touches.c.ts.desc(), touches.c.id.desc())
-        pick = select(touches.c.id).where(_in_window(q, window)).order_by(*order).limit(1) \
-            .correlate(won).scalar_subquery()
-        picked = select(won.c.amount, pick.label("touch")).where(q.where(won)).subquery()
-        shared = select(picked.c.amount, touches.c.template, touches.c.topic, touches.c.format,
-                        one.label("share")).select_from(picked.join(touches, touches.c.id == picked.c.touch)).subquery()
+        pick = select(touches.c.template, touches.c.topic, touches.c.format).where(_in_window(q, window)) \
+            .order_by(*order).limit(1)
+        if session.get_bind().dialect.name == "postgresql":
+            # A lateral join keeps PostgreSQL on the per-deal seek: with the pick as a scalar subquery joined
+            # to touches by id, it hashed every touch (a scan of the table, 300 ms at full scale).
+            chosen = pick.lateral()
+            picked = select(won.c.amount, chosen.c.template, chosen.c.topic, chosen.c.format) \
+                .select_from(won.join(chosen, true())).where(q.where(won)).subquery()
+        else:
+            # SQLite has no LATERAL; its nested loops seek the picked touch by its primary key.
+            touch = pick.with_only_columns(touches.c.id).correlate(won).scalar_subquery()
+            ids = select(won.c.amount, touch.label("touch")).where(q.where(won)).subquery()
+            picked = select(ids.c.amount, touches.c.template, touches.c.topic, touches.c.format) \
+                .select_from(ids.join(touches, touches.c.id == ids.c.touch)).subquery()
+        shared = select(picked, one.label("share")).subquery()
     dims = (shared.c.template, shared.c.topic, shared.c.format)
-    by_template = session.execute(select(*dims, func.sum(shared.c.share), func.sum(shared.c.share * shared.c.amount))
-                                  .group_by(*dims).order_by(*dims)).all()
-    touched = select(touches.c.id).where(_in_window(q, window)).correlate(won).exists()
-    attributed = session.scalar(select(func.count()).select_from(won).where(q.where(won), touched)) or 0
+    by_template = session.execute(select(*dims, func.sum(shared.c.share), func.sum(shared.c.share * shared.c.amount),
+                                         func.count()).group_by(*dims).order_by(*dims)).all()
+    if model == "linear":
+        touched = select(touches.c.id).where(_in_window(q, window)).correlate(won).exists()
+        attributed = session.scalar(select(func.count()).select_from(won).where(q.where(won), touched)) or 0
+    else:
+        # A deal is attributed when it has its one picked touch: the rows counted above, not a second read.
+        attributed = sum(int(r[-1]) for r in by_template)
     per_dim: dict[str, dict[str, list[float]]] = {"topic": {}, "format": {}}
-    for _template, topic, fmt, conv, rev in by_template:
+    for _template, topic, fmt, conv, rev, _n in by_template:
         for dim, value in (("topic", topic), ("format", fmt)):
             cell = per_dim[dim].setdefault(value, [0.0, 0.0])
             cell[0] += float(conv)
@@ -992,7 +1038,7 @@ def attribution_report(session: Session, q: Query, model: str, window_days: int)
         "model": model, "conversions": int(total or 0), "revenue": round(float(revenue or 0), 2),
         "unattributed": int(total or 0) - int(attributed),
         "by_template": [{"template": t, "topic": tp, "format": f, "conversions": round(float(c), 4),
-                         "revenue": round(float(r), 2)} for t, tp, f, c, r in by_template]}
+                         "revenue": round(float(r), 2)} for t, tp, f, c, r, _n in by_template]}
     for dim in ("topic", "format"):
         out[f"by_{dim}"] = [{dim: k, "conversions": round(v[0], 4), "revenue": round(v[1], 2)}
                             for k, v in sorted(per_dim[dim].items())]
