@@ -5,12 +5,14 @@ failure, and an unsampled call records no span while its decision travels on."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 import pytest
 from opentelemetry import trace
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
@@ -62,6 +64,17 @@ async def server() -> AsyncIterator[ServiceServer]:
     await running.stop(0)
 
 
+async def _finished(spans: InMemorySpanExporter, name: str) -> list[ReadableSpan]:
+    """The finished spans of `name`, once there are any (up to 5 s): the server ends its span after the
+    status is on the wire (an abort sends it at once), so the caller can hear the answer first."""
+    for _ in range(500):
+        found = [s for s in spans.get_finished_spans() if s.name == name]
+        if found:
+            return found
+        await asyncio.sleep(0.01)
+    return []
+
+
 def _signed(method: str, *extra: tuple[str, str]) -> tuple[tuple[str, str], ...]:
     return ((HEADER, Signer(MESH_TOKEN).header(method)), *extra)
 
@@ -97,7 +110,7 @@ async def test_the_server_span_follows_the_callers_traceparent(server: ServiceSe
         reply = await stub.Echo(scoring_pb2.EchoRequest(), metadata=_signed(ECHO, ("traceparent", SAMPLED)),
                                 timeout=5)
         assert reply.payload.decode() == "0af7651916cd43dd8448eb211c80319c 01"
-        (span,) = [s for s in spans.get_finished_spans() if s.name == ECHO]
+        (span,) = await _finished(spans, ECHO)
         assert span.parent is not None and format(span.parent.span_id, "016x") == "b7ad6b7169203331"
         assert span.kind == trace.SpanKind.SERVER and span.attributes is not None
         assert span.attributes["service.instance"] == f"127.0.0.1:{server.port}"
@@ -106,7 +119,7 @@ async def test_the_server_span_follows_the_callers_traceparent(server: ServiceSe
         with pytest.raises(grpc.aio.AioRpcError) as failed:
             await stub.Echo(scoring_pb2.EchoRequest(payload=b"fail"), metadata=_signed(ECHO), timeout=5)
         assert failed.value.code() == grpc.StatusCode.NOT_FOUND
-        (span,) = [s for s in spans.get_finished_spans() if s.name == ECHO]
+        (span,) = await _finished(spans, ECHO)
         assert span.status.status_code == trace.StatusCode.ERROR and span.events  # the exception recorded
 
 
