@@ -20,6 +20,15 @@ the bus shards are) and lets one replica at a time own each partition:
   share lock makes the check one with the commit: the taker's epoch UPDATE waits until transactions
   that passed the check have committed, and a check after it sees the new epoch. (SQLite ignores
   FOR SHARE, but its one writer serialises the same way: the check runs after the transaction's writes.)
+- **Erasure (SQL: who may forget a lead).** An erasure may reach any replica, not the lead's owner, and
+  the owner may be between reading the lead and writing it back: its write would bring the erased rows
+  back. So each transaction doing a partition's work first takes a shared transaction lock on the
+  partition (`shield`, before it reads a lead), and an erasure takes it exclusively (`erasing`). The
+  erasure waits for the work in flight to commit, and work that starts after the erasure reads the lead
+  as erased. Work that reads in one transaction and writes in a later one (journeys' timers, which call
+  other services in between) checks under the shared lock that the lead is still there. (PostgreSQL
+  advisory locks, one per partition, so a batch of many leads takes a few; SQLite's one writer and the
+  in-process lead locks serialise the same work, and replicas run on PostgreSQL.)
 - **Local deadline.** A process also counts each lease down on its own monotonic clock, from the moment
   before its last successful renewal: past `lease - margin` it treats the partition as lost, so a
   paused process that wakes up stops starting work and sending (`require`) before Redis could tell it.
@@ -34,9 +43,10 @@ import contextlib
 import logging
 import socket
 import time
+import zlib
 from collections.abc import Awaitable, Callable, Iterable
 
-from sqlalchemy import BigInteger, Column, Integer, MetaData, String, Table, select, update
+from sqlalchemy import BigInteger, Column, Integer, MetaData, String, Table, select, text, update
 from sqlalchemy.orm import Session
 
 from nurture.db import Database, insert_new
@@ -124,6 +134,8 @@ class Ownership:
         self._epochs: dict[int, int] = {}  # partition -> the epoch this process took it at
         self._valid_until: dict[int, float] = {}  # partition -> monotonic deadline of the local lease
         self._hooks: list[ChangeHook] = []
+        # The advisory locks' first key: the group's, so two services' partition numbers never meet.
+        self._lock_space = zlib.crc32(group.encode()) - (1 << 31)
         self._lock = asyncio.Lock()
         self._take = client.register_script(_TAKE)
         self._renew = client.register_script(_RENEW)
@@ -168,6 +180,24 @@ class Ownership:
         if stale:
             raise Fenced(f"{self.group}: partitions {stale} were taken by another replica since {self.owner} "
                          f"took them (epochs {[want[p] for p in stale]} against {[stored.get(p) for p in stale]})")
+
+    def shield(self, session: Session, partitions: Iterable[int]) -> bool:
+        """Hold off the erasure of any lead of `partitions` until this transaction ends: call it first in a
+        transaction doing their work, before it reads a lead. True when it took the locks (PostgreSQL): a
+        transaction that read its leads in an earlier one must then check they are still there."""
+        wanted = sorted(set(partitions))
+        if not wanted or session.get_bind().dialect.name != "postgresql":
+            return False
+        session.execute(text("SELECT pg_advisory_xact_lock_shared(:space, p) FROM unnest(CAST(:parts AS int[])) AS p"),
+                        {"space": self._lock_space, "parts": wanted})
+        return True
+
+    def erasing(self, session: Session, key: str) -> None:
+        """Call it first in the transaction that erases `key`'s rows: it waits for the work of the key's
+        partition in flight on any replica to commit, and holds off new work until the erasure commits."""
+        if session.get_bind().dialect.name == "postgresql":
+            session.execute(text("SELECT pg_advisory_xact_lock(:space, :part)"),
+                            {"space": self._lock_space, "part": self.partition_of(key)})
 
     def on_change(self, hook: ChangeHook) -> None:
         """Call `hook(gained, lost)` after a tick that changed what this process owns."""

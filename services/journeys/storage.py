@@ -297,6 +297,15 @@ def load_states(session: Session, lead_ids: list[str]) -> dict[str, LeadState]:
     return out
 
 
+def leads_present(session: Session, lead_ids: list[str]) -> set[str]:
+    """Which of these leads have a state stored (one query per 500)."""
+    found: set[str] = set()
+    unique = sorted(set(lead_ids))
+    for i in range(0, len(unique), 500):
+        found.update(session.scalars(select(LeadRow.lead_id).where(LeadRow.lead_id.in_(unique[i:i + 500]))))
+    return found
+
+
 def load_state(session: Session, lead_id: str) -> LeadState | None:
     return load_states(session, [lead_id]).get(lead_id)
 

@@ -60,9 +60,20 @@ class ReadModel:
         partitions last: the fold reads a lead's state and writes it back, so only the owner of the
         lead's partition may commit it (two consumers folding one lead's facts could count one twice)."""
         with self.db.session() as s:
+            if self.ownership is not None:
+                self.ownership.shield(s, parts)  # an erasure on another replica waits for this fold
             storage.record(s, batch)
             if self.ownership is not None:
                 self.ownership.check(s, parts)
+
+    async def erase(self, lead_id: str) -> int:
+        """Forget a lead (storage.erase_lead), after any fold of its partition in flight on any replica."""
+        def q() -> int:
+            with self.db.session() as s:
+                if self.ownership is not None:
+                    self.ownership.erasing(s, lead_id)
+                return storage.erase_lead(s, lead_id)
+        return await self.db.run(q)
 
     def _in_session(self, fn: Callable[[Session, *Ts], T], *args: *Ts) -> T:
         with self.db.session() as s:

@@ -25,7 +25,7 @@ import json
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -222,6 +222,13 @@ class JourneysRuntime:
         if self.ownership is not None:
             self.ownership.check(s, {self.ownership.partition_of(lead) for lead in lead_ids})
 
+    def _shield(self, s: Any, lead_ids: Iterable[str]) -> bool:
+        """Hold off an erasure of these leads on another replica until this transaction ends (first in it,
+        before any lead is read); True when the locks were taken (ownership.shield)."""
+        if self.ownership is None:
+            return False
+        return self.ownership.shield(s, {self.ownership.partition_of(lead) for lead in lead_ids})
+
     def _partition(self, lead_id: str) -> int:
         assert self.ownership is not None
         return self.ownership.partition_of(lead_id)
@@ -308,6 +315,7 @@ class JourneysRuntime:
                      now: datetime) -> list[tuple[LeadState, Outcome]]:
         results: list[tuple[LeadState, Outcome]] = []
         with self.db.session() as s:
+            self._shield(s, by_lead)
             states = storage.load_states(s, sorted(by_lead))
             done = storage.processed_among(s, [m.id for ms in by_lead.values() for m in ms if m.id])
             writes = storage.Writes()
@@ -391,8 +399,8 @@ class JourneysRuntime:
                 states = await self.db.run(self._load_many, sorted(by_lead))
                 outs = await asyncio.gather(*(self._lead_timers(states[lead], ts, now)
                                               for lead, ts in by_lead.items() if lead in states))
-                done = [(state, out) for state, out in outs if state is not None]
-                await self.db.run(self._save_many, done, now)
+                done = await self.db.run(self._save_many,
+                                         [(state, out) for state, out in outs if state is not None], now)
                 for state, out in done:
                     await self._arm(state, out)
             except Fenced as exc:
@@ -447,22 +455,33 @@ class JourneysRuntime:
         with self.db.session() as s:
             return storage.load_states(s, lead_ids)
 
-    def _save_many(self, done: list[tuple[LeadState, Outcome]], now: datetime) -> None:
+    def _save_many(self, done: list[tuple[LeadState, Outcome]],
+                   now: datetime) -> list[tuple[LeadState, Outcome]]:
+        """Write back the states read by an earlier transaction; returns those written. A lead erased
+        since it was read (by another replica: this one holds the lead's lock) is left erased."""
         with self.db.session() as s:
+            if self._shield(s, [state.lead_id for state, _ in done]):
+                present = storage.leads_present(s, [state.lead_id for state, _ in done])
+                done = [(state, out) for state, out in done if state.lead_id in present]
             writes = storage.Writes()
             for state, out in done:
                 writes.add(state, out, now=now)
             writes.flush(s)
             self._fence(s, [state.lead_id for state, _ in done])
+        return done
 
     def _load(self, lead_id: str) -> LeadState | None:
         with self.db.session() as s:
             return storage.load_state(s, lead_id)
 
-    def _save(self, state: LeadState, out: Outcome, now: datetime) -> None:
+    def _save(self, state: LeadState, out: Outcome, now: datetime) -> bool:
+        """Write back a state read by an earlier transaction; False when the lead was erased since."""
         with self.db.session() as s:
+            if self._shield(s, [state.lead_id]) and not storage.leads_present(s, [state.lead_id]):
+                return False
             storage.save(s, state, out, now=now)
             self._fence(s, [state.lead_id])
+        return True
 
     async def _drive(self, state: LeadState, ekey: str, now: datetime, out: Outcome, *, side: bool) -> None:
         while True:
@@ -668,9 +687,11 @@ class JourneysRuntime:
         return await self.db.run(q)
 
     async def erase(self, lead_id: str) -> int:
-        async with self._locks.hold(lead_id):
+        async with self._locks.hold(lead_id):  # this replica's own work on the lead; another's: `erasing`
             def q() -> int:
                 with self.db.session() as s:
+                    if self.ownership is not None:
+                        self.ownership.erasing(s, lead_id)
                     return storage.erase(s, lead_id)
             return await self.db.run(q)
 
@@ -863,7 +884,8 @@ class JourneysRuntime:
                     migrate(state, e, new, mapping, now, out)
             if not out.touched and not out.transitions:
                 return 0
-            await self.db.run(self._save, state, out, now)
+            if not await self.db.run(self._save, state, out, now):
+                return 0  # erased meanwhile
             await self._arm(state, out)
             return 1
 

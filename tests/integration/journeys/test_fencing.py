@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -26,6 +27,7 @@ from services.journeys.app.runner import JourneysRuntime
 from services.journeys.clients import Clients
 from services.journeys.domain.calendar import load_calendar
 from services.journeys.domain.definitions import read_settings
+from services.journeys.domain.state import Outcome
 from services.journeys.timers import TimerStore
 from tests.integration.journeys.fakes import lead
 
@@ -243,3 +245,25 @@ async def test_timers_whose_arming_no_replica_confirmed_are_armed_again_from_sql
     assert await rt.rearm_unarmed() == 1
     assert await rt.timers.pending() == armed
     assert await rt.rearm_unarmed() == 0  # confirmed: nothing left to arm again
+
+
+@pytest.mark.skipif(not os.environ.get("NURTURE_TEST_DATABASE_URL"),
+                    reason="replicas run on PostgreSQL; SQLite's one process serialises erasures with its lead locks")
+async def test_a_timer_batch_does_not_bring_back_a_lead_another_replica_erased(
+        settings: Settings, parts: tuple[Database, AsyncRedis]) -> None:
+    db, client = parts
+    a = _runtime(settings, db, client, "a")
+    b = _runtime(settings, db, client, "b")
+    assert a.ownership is not None
+    await a.ownership.tick()
+    await a.start()
+    now = a.clock.now()
+    await a.handle_messages([BusMessage(id="created-e1", lead_id="e1", type="lead_created", occurred_at=now.isoformat(),
+                                        lead=LeadSnapshot.from_dict(lead("e1", "family")))])
+    assert _leads(db) == 1
+    # a's timer batch has read the lead and is calling other services; meanwhile the erasure reaches b.
+    states = await a.db.run(a._load_many, ["e1"])
+    assert await b.erase("e1") > 0
+    written = await a.db.run(a._save_many, [(states["e1"], Outcome())], now)
+    assert written == []
+    assert _leads(db) == 0

@@ -5,12 +5,13 @@ check refuses the commit of a replica whose partition was taken, whatever its le
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
-from sqlalchemy import select
+from sqlalchemy import delete, select, text
 
 from nurture.db import Database, open_database
 from nurture.partitions import Fenced, Ownership, lease_key, members_key
@@ -20,6 +21,8 @@ from services.journeys import storage
 pytestmark = pytest.mark.anyio
 MIGRATIONS = Path(storage.__file__).with_name("migrations")
 GROUP = "journeys"
+on_postgres = pytest.mark.skipif(not os.environ.get("NURTURE_TEST_DATABASE_URL"),
+                                 reason="erasure locks are PostgreSQL's: SQLite has one writer process")
 
 
 @pytest.fixture
@@ -103,3 +106,65 @@ async def test_a_paused_replica_stops_on_its_own_clock(client: aioredis.Redis, d
     with pytest.raises(Fenced):
         await db.run(_write(db, a, "late", {2}))
     assert _written(db, "late") is None
+
+
+def _erase(db: Database, who: Ownership, key: str) -> None:
+    with db.session() as s:
+        who.erasing(s, key)
+        s.execute(delete(storage.MetaRow).where(storage.MetaRow.key == key))
+
+
+def _write_if_there(db: Database, who: Ownership, key: str) -> bool:
+    """Work that read the lead in an earlier transaction writes it back only if it is still there."""
+    with db.session() as s:
+        assert who.shield(s, {who.partition_of(key)})
+        if s.scalar(select(storage.MetaRow.value).where(storage.MetaRow.key == key)) is None:
+            return False
+        s.merge(storage.MetaRow(key=key, value="written back"))
+        return True
+
+
+async def _until_a_lock_waits(db: Database) -> None:
+    for _ in range(200):
+        with db.session() as s:
+            if s.scalar(text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")):
+                return
+        await asyncio.sleep(0.05)
+    raise AssertionError("no transaction waited on the partition's erasure lock")
+
+
+@on_postgres
+async def test_an_erasure_on_another_replica_waits_for_the_owners_work_in_flight(
+        client: aioredis.Redis, db: Database) -> None:
+    owner, other = _owner(client, db, "a"), _owner(client, db, "b")
+    key = "erased-lead"
+    with db.session() as work:
+        assert owner.shield(work, {owner.partition_of(key)})  # first in the owner's transaction
+        erasure = asyncio.get_running_loop().run_in_executor(None, _erase, db, other, key)
+        await _until_a_lock_waits(db)
+        assert not erasure.done()
+        work.merge(storage.MetaRow(key=key, value="the owner's write"))
+    await erasure  # after the owner's commit: what it wrote is erased too
+    assert _written(db, key) is None
+
+
+@on_postgres
+async def test_work_that_starts_during_an_erasure_finds_the_lead_gone(client: aioredis.Redis, db: Database) -> None:
+    owner, other = _owner(client, db, "a"), _owner(client, db, "b")
+    key = "erased-lead"
+    await asyncio.get_running_loop().run_in_executor(None, _write(db, owner, key, set()))
+    with db.session() as erasure:
+        other.erasing(erasure, key)
+        work = asyncio.get_running_loop().run_in_executor(None, _write_if_there, db, owner, key)
+        await _until_a_lock_waits(db)
+        erasure.execute(delete(storage.MetaRow).where(storage.MetaRow.key == key))
+    assert await work is False
+    assert _written(db, key) is None
+
+
+async def test_without_postgresql_the_shield_takes_no_lock(client: aioredis.Redis, db: Database) -> None:
+    """SQLite: one writer process, whose in-process lead locks serialise its work and its erasures."""
+    owner = _owner(client, db, "a")
+    with db.session() as s:
+        assert owner.shield(s, {0, 1}) is (s.get_bind().dialect.name == "postgresql")
+        assert owner.shield(s, []) is False
