@@ -237,14 +237,14 @@ class Simulation:
                 e = enrollments.get(ekey)
                 if e is not None and e.status == ACTIVE and e.due is not None:
                     self._push(e.due, "timer", lead_id, (ekey, e.token), priority_of(state, ekey))
-        for ekey in sorted(out.side_due):
+        for ekey in sorted(out.side_due) if out.side_due else ():
             e = state.enrollments.get(ekey)
             if e is not None and e.side:
                 self._push(max(e.side_at or self.now, self.now), "side", state.lead_id, ekey,
                            self.engine.priority_of(state, ekey))
         if out.inactivity_changed and state.inactive_due is not None:
             self._push(state.inactive_due, "inactive", state.lead_id, state.inactive_token)
-        for key in sorted(out.dates_changed):
+        for key in sorted(out.dates_changed) if out.dates_changed else ():
             entry = state.dates[key]
             due = parse_time(entry["at"])
             if due is not None:
