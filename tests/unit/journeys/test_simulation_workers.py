@@ -4,12 +4,14 @@ worker that dies fails the run instead of leaving its leads out of the report.""
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 import pytest
 
+from services.journeys import simulate_cli
 from services.journeys.domain.definitions import Journey, load_playbook
 from services.journeys.simulation import (
     MAX_WORKERS,
@@ -75,3 +77,13 @@ def test_a_worker_that_dies_fails_the_run() -> None:
     dying = _DiesInTheWorker(**{f.name: getattr(first, f.name) for f in dataclasses.fields(first) if f.init})
     with pytest.raises(BrokenProcessPool):
         Simulation({**playbook, first.key: dying}, seed=1).run(20, 10, workers=2)
+
+
+def test_nurture_simulate_takes_a_worker_count(capsys: pytest.CaptureFixture[str]) -> None:
+    reports = []
+    for workers in ("1", "2"):
+        assert simulate_cli.main(["--leads", "30", "--days", "8", "--seed", "2", "--workers", workers, "--json"]) == 0
+        reports.append(without_wall(json.loads(capsys.readouterr().out)))
+    assert reports[0] == reports[1] and reports[0]["leads"] == 30
+    assert simulate_cli.main(["--leads", "30", "--workers", "0"]) == 2
+    assert "workers must be between 1 and" in capsys.readouterr().err
