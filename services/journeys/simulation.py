@@ -2,8 +2,12 @@
 
 Nothing here touches a live lead, Redis, SQL or another service: effects are answered by the
 behaviour model (a send is "sent"; opens, clicks and conversions follow with per-segment and per-stage
-probabilities). One random generator seeded by `seed` and a heap ordered by (time, -priority, sequence)
-make a run deterministic. The report is the same funnel analytics computes from recorded history.
+probabilities). Each lead draws from its own random generator, seeded by the run's `seed` and the lead's
+id, and a queue ordered by (time, -priority, sequence) makes a run deterministic. Leads share nothing
+else (the frequency budget, clocks and timers are each lead's own; the engine's memos are pure), so a
+lead's story does not depend on which other leads run beside it: a large run is split into shards of
+leads run in worker processes, and their funnels add up to the report one process would have made.
+The report is the same funnel analytics computes from recorded history.
 
 Behaviour (all optional):
     {"default": {"open": 0.35, "click": 0.25, "convert": 0.01},     # click/convert are given an open/click
@@ -15,10 +19,13 @@ Behaviour (all optional):
 from __future__ import annotations
 
 import heapq
+import multiprocessing
+import os
 import random
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -39,6 +46,10 @@ PAGE_CATEGORIES = ("pricing", "country", "credentials", "education", "healthcare
                    "high_intent", "bottom_funnel", "safety", "fast_track", "business_plan")
 MAX_LEADS = 200_000
 MAX_DAYS = 365
+MAX_WORKERS = 16
+# Below this many leads a run stays in the calling process: starting workers (and warming each one's
+# rule memos) costs more than the shard saves.
+PARALLEL_FROM_LEADS = 1000
 
 
 class SimulationError(ValueError):
@@ -111,6 +122,10 @@ class Stats:
     timers: int = 0
     sends: int = 0
 
+    def add(self, other: Stats) -> None:
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
 
 # Queue entries are plain tuples (at, -priority, sequence, kind, lead, data): cheaper to compare.
 _Item = tuple[datetime, int, int, str, str, Any]
@@ -164,6 +179,7 @@ class _Agenda:
 class Simulation:
     def __init__(self, journeys: Mapping[str, Journey], *, settings: PlaybookSettings | None = None,
                  behaviour: JsonMapping | None = None, seed: int = 1, start: datetime = VIRTUAL_EPOCH) -> None:
+        self.journeys = dict(journeys)
         self.registry = Registry()
         for j in journeys.values():
             self.registry.add(j)
@@ -172,12 +188,18 @@ class Simulation:
         self.engine = Engine(self.settings, self.registry.resolve, self.registry.published)
         self.behaviour = dict(behaviour or {})
         self._rates: dict[tuple[str, str | None, str], float] = {}
-        self.rng = random.Random(seed)
+        self.seed = seed
+        self.rngs: dict[str, random.Random] = {}  # each lead's own generator
         self.start = start
         self.now = start
         self.agenda = _Agenda(start)
         self.seq = 0
+        # The leads run in this process (in a run split over workers, none: they stay in the workers).
         self.states: dict[str, LeadState] = {}
+        # Every enrolment's (entered at, journey), whichever process ran it (the benchmark's plain loop).
+        self.enrolments: list[tuple[datetime, str]] = []
+        # CPU seconds the run took in every process (a worker's is not the caller's to measure).
+        self.cpu_seconds = 0.0
         self.funnel = Funnel()
         self.stats = Stats()
         self.messages = 0
@@ -215,14 +237,14 @@ class Simulation:
                 e = enrollments.get(ekey)
                 if e is not None and e.status == ACTIVE and e.due is not None:
                     self._push(e.due, "timer", lead_id, (ekey, e.token), priority_of(state, ekey))
-        for ekey in sorted(out.side_due):
+        for ekey in sorted(out.side_due) if out.side_due else ():
             e = state.enrollments.get(ekey)
             if e is not None and e.side:
                 self._push(max(e.side_at or self.now, self.now), "side", state.lead_id, ekey,
                            self.engine.priority_of(state, ekey))
         if out.inactivity_changed and state.inactive_due is not None:
             self._push(state.inactive_due, "inactive", state.lead_id, state.inactive_token)
-        for key in sorted(out.dates_changed):
+        for key in sorted(out.dates_changed) if out.dates_changed else ():
             entry = state.dates[key]
             due = parse_time(entry["at"])
             if due is not None:
@@ -239,9 +261,10 @@ class Simulation:
 
     # -- leads ------------------------------------------------------------------------------------
 
-    def add_leads(self, count: int, days: int) -> None:
+    def add_leads(self, count: int, days: int, shard: int = 0, shards: int = 1) -> None:
+        """Lead number shard, shard + shards, ... of `count`: each is made as in a run of all of them."""
         segments = list(self.behaviour.get("segment_mix") or SEGMENTS)
-        for i in range(count):
+        for i in range(shard, count, shards):
             lead_id = f"sim-{i:06d}"
             segment = segments[i % len(segments)]
             created = self.start + timedelta(seconds=int(i * 86400 / max(count, 1)))
@@ -251,11 +274,13 @@ class Simulation:
                                  "downloads": 0, "high_intent_views": 0, "pricing_views": 0, "interactions_24h": 0,
                                  "days_since_engagement": 0}}
             self.states[lead_id] = LeadState(lead_id=lead_id, lead=lead)
+            # Seeded by text (hashed with SHA-512 by `random`, not by Python's per-process hash).
+            self.rngs[lead_id] = random.Random(f"{self.seed}:{lead_id}")
             self._message(created, lead_id, "lead_created")
             self._plan_actions(lead_id, created, days)
 
     def _plan_actions(self, lead_id: str, created: datetime, days: int) -> None:
-        rng = self.rng
+        rng = self.rngs[lead_id]
         horizon = days * 86400
 
         def when() -> datetime:
@@ -326,7 +351,7 @@ class Simulation:
     def _behave(self, state: LeadState, payload: SendPayload, message_id: str) -> None:
         segment = str(state.lead.get("segment") or "")
         stage = payload.context.get("stage")
-        rng = self.rng
+        rng = self.rngs[state.lead_id]
         # As messaging's feedback: every email event names its message (what analytics counts once).
         tag = {"message_id": message_id, "journey": payload.journey, "step": payload.step}
         # What messaging reports for every delivered email (it starts the "no opens" clock).
@@ -346,13 +371,41 @@ class Simulation:
 
     # -- run --------------------------------------------------------------------------------------
 
-    def run(self, leads: int, days: int) -> JsonObject:
+    def run(self, leads: int, days: int, *, workers: int = 1) -> JsonObject:
+        """Run `leads` leads for `days` days; with workers > 1, in that many processes (the same report)."""
         if not 0 < leads <= MAX_LEADS:
             raise SimulationError(f"leads must be between 1 and {MAX_LEADS}")
         if not 0 < days <= MAX_DAYS:
             raise SimulationError(f"days must be between 1 and {MAX_DAYS}")
-        started = time.perf_counter()
-        self.add_leads(leads, days)
+        if not 0 < workers <= MAX_WORKERS:
+            raise SimulationError(f"workers must be between 1 and {MAX_WORKERS}")
+        started, cpu = time.perf_counter(), time.process_time()
+        workers = min(workers, leads)
+        if workers == 1:
+            self.run_shard(leads, days)
+        else:
+            self._run_in_workers(leads, days, workers)
+            self.cpu_seconds += time.process_time() - cpu
+        wall = time.perf_counter() - started
+        report = self.funnel.report(self.registry.published_map())
+        return {"leads": leads, "days": days, "journeys": report, "totals": totals(report),
+                "engine": {"steps": self.stats.steps, "messages": self.stats.messages, "timers": self.stats.timers,
+                           "sends": self.stats.sends, "wall_seconds": round(wall, 3)}}
+
+    def _run_in_workers(self, leads: int, days: int, workers: int) -> None:
+        jobs = [_Shard(self.journeys, self.settings, self.behaviour, self.seed, self.start, leads, days, i, workers)
+                for i in range(workers)]
+        with ProcessPoolExecutor(max_workers=workers, mp_context=_worker_context()) as pool:
+            for result in pool.map(_run_shard, jobs):
+                self.funnel.merge(result.funnel)
+                self.stats.add(result.stats)
+                self.enrolments.extend(result.enrolments)
+                self.cpu_seconds += result.cpu_seconds
+
+    def run_shard(self, leads: int, days: int, shard: int = 0, shards: int = 1) -> None:
+        """Run lead number shard, shard + shards, ... of `leads` here, adding to the funnel and stats."""
+        cpu = time.process_time()
+        self.add_leads(leads, days, shard, shards)
         end = self.start + timedelta(days=days)
         # The loop's own lookups made once (it runs for every planned event, timer and reply).
         pop, states, stats, engine = self.agenda.pop_through, self.states, self.stats, self.engine
@@ -399,17 +452,60 @@ class Simulation:
                 entry = state.dates.get(data[0])
                 if entry and entry.get("token") == data[1] and not entry.get("fired"):
                     arm(state, engine.date_due(state, data[0], data[1], now))
-        wall = time.perf_counter() - started
-        report = self.funnel.report(self.registry.published_map())
-        return {"leads": leads, "days": days, "journeys": report, "totals": totals(report),
-                "engine": {"steps": self.stats.steps, "messages": self.stats.messages, "timers": self.stats.timers,
-                           "sends": self.stats.sends, "wall_seconds": round(wall, 3)}}
+        self.enrolments.extend((e.entered_at, e.journey) for s in states.values() for e in s.enrollments.values())
+        self.cpu_seconds += time.process_time() - cpu
+
+
+@dataclass(frozen=True)
+class _Shard:
+    """What a worker needs to run one shard of leads (pickled to it)."""
+    journeys: dict[str, Journey]
+    settings: PlaybookSettings
+    behaviour: JsonObject
+    seed: int
+    start: datetime
+    leads: int
+    days: int
+    shard: int
+    shards: int
+
+
+@dataclass(frozen=True)
+class _ShardResult:
+    funnel: Funnel
+    stats: Stats
+    enrolments: list[tuple[datetime, str]]
+    cpu_seconds: float
+
+
+def _run_shard(job: _Shard) -> _ShardResult:
+    sim = Simulation(job.journeys, settings=job.settings, behaviour=job.behaviour, seed=job.seed, start=job.start)
+    sim.run_shard(job.leads, job.days, job.shard, job.shards)
+    return _ShardResult(sim.funnel, sim.stats, sim.enrolments, sim.cpu_seconds)
+
+
+def _worker_context() -> multiprocessing.context.BaseContext:
+    """Workers forked from a fork server that has imported the simulator: not forked from the caller,
+    which may be the journeys service with gRPC's threads running (a fork copies their locks as held),
+    and without spawn's fresh interpreter and imports for every run."""
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload([__name__])
+    return ctx
+
+
+def default_workers(leads: int) -> int:
+    """The processes a run of `leads` leads uses by default: one per core, from PARALLEL_FROM_LEADS."""
+    if leads < PARALLEL_FROM_LEADS:
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(cores, MAX_WORKERS))
 
 
 def simulate(*, journeys: Sequence[str] | None = None, leads: int, days: int, seed: int = 1,
              behaviour: JsonMapping | None = None,
-             definitions: Mapping[str, Journey] | None = None) -> JsonObject:
-    """Run the named journeys (default: the whole playbook) and return the funnel report."""
+             definitions: Mapping[str, Journey] | None = None, workers: int | None = None) -> JsonObject:
+    """Run the named journeys (default: the whole playbook) and return the funnel report; `workers`
+    processes (default: default_workers), which changes how fast, never what."""
     available = dict(definitions) if definitions is not None else load_playbook()
     chosen = list(journeys) if journeys else list(available)
     unknown = [k for k in chosen if k not in available]
@@ -419,7 +515,7 @@ def simulate(*, journeys: Sequence[str] | None = None, leads: int, days: int, se
     if problems:
         raise SimulationError("; ".join(problems), problems)
     sim = Simulation({k: available[k] for k in chosen}, behaviour=behaviour, seed=seed)
-    report = sim.run(leads, days)
+    report = sim.run(leads, days, workers=default_workers(leads) if workers is None else workers)
     report["seed"] = seed
     report["journey_keys"] = chosen
     return report

@@ -203,10 +203,12 @@ class Engine:
                 if why == "unsubscribed" and ("all" in lifted or category in lifted):
                     del state.opted_out[category]
             self._resume_resubscribed(state, index.journeys, message, now, out)
-        for j in index.listening(etype):
-            for e in [x for x in state.enrollments.values() if x.journey == j.key and x.status in LIVE]:
+        for j, rules in index.listening(etype):
+            key = j.key
+            for e in [x for x in state.enrollments.values() if x.journey == key and x.status in LIVE]:
                 self._on_enrolled(state, e, message, now, out)
-            self._maybe_enter(state, j, message, now, out)
+            if rules.entry is not None:  # else no entry rule listens to this event type: nothing to enter
+                self._maybe_enter(state, j, message, now, out, rules)
         # Enrolments of older versions still listen to their own rules.
         live_keys = index.keys
         for e in list(state.enrollments.values()):
@@ -442,9 +444,10 @@ class Engine:
     # -- entering and finishing -------------------------------------------------------------------
 
     def _maybe_enter(self, state: LeadState, j: Journey, message: BusMessage, now: datetime,
-                     out: Outcome) -> None:
+                     out: Outcome, rules: rulesets.EventRules | None = None) -> None:
         etype = message.type
-        rules = rulesets.for_event(j, etype)
+        if rules is None:
+            rules = rulesets.for_event(j, etype)
         if rules.entry is None:
             return  # no entry rule listens to this event type (what follows only reads the state)
         instance = ""
@@ -945,7 +948,8 @@ class Engine:
 
 class _PublishedIndex:
     """One published list's answers to what each message asks: which journeys listen to an event type
-    (in published order), their keys, and their date-relative entry rules ("<journey>.<rule>", date)."""
+    (in published order, each with its rule sets for that type), their keys, and their date-relative
+    entry rules ("<journey>.<rule>", date)."""
 
     def __init__(self, journeys: list[Journey]) -> None:
         self.journeys = journeys
@@ -953,14 +957,15 @@ class _PublishedIndex:
         self.date_rules = [(f"{j.key}.{rule.name}", rule.date) for j in journeys for rule in j.entry
                            if rule.date is not None]
         self._types = [(j, j.event_types()) for j in journeys]
-        self._listening: dict[str, list[Journey]] = {}
+        self._listening: dict[str, list[tuple[Journey, rulesets.EventRules]]] = {}
 
-    def listening(self, etype: str) -> list[Journey]:
+    def listening(self, etype: str) -> list[tuple[Journey, rulesets.EventRules]]:
         found = self._listening.get(etype)
         if found is None:
             if len(self._listening) >= _TYPES_KEPT:
                 self._listening.clear()  # event types come from outside: keep the memory bounded
-            found = self._listening[etype] = [j for j, types in self._types if etype in types or "*" in types]
+            found = self._listening[etype] = [(j, rulesets.for_event(j, etype)) for j, types in self._types
+                                              if etype in types or "*" in types]
         return found
 
 

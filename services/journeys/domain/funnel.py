@@ -17,10 +17,18 @@ from services.journeys.domain.definitions import Journey
 STEP_MEASURES = ("entered", "sent", "suppressed", "opened", "clicked", "converted", "exited")
 
 
+def _no_counts() -> dict[str, int]:
+    return dict.fromkeys(STEP_MEASURES, 0)
+
+
+def _step_counts() -> defaultdict[str, dict[str, int]]:
+    return defaultdict(_no_counts)
+
+
+# Named factories, not lambdas: a funnel is pickled back from a simulation's worker processes.
 @dataclass
 class _JourneyTally:
-    steps: dict[str, dict[str, int]] = field(
-        default_factory=lambda: defaultdict(lambda: dict.fromkeys(STEP_MEASURES, 0)))
+    steps: dict[str, dict[str, int]] = field(default_factory=_step_counts)
     stage_leads: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
     stage_hours: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     enrolled: int = 0
@@ -84,6 +92,26 @@ class Funnel:
             self.goals(journey, str(last_sent or step_from) if last_sent or step_from else None, 1)
         elif kind == "exited":
             self.exits(journey, step_from, exit_reason(rule, facts), 1)
+
+    def merge(self, other: Funnel) -> None:
+        """Add another funnel's records: a simulation's shards, over disjoint leads, make one report
+        (counts add, a stage's leads unite, the hours in a stage join the same median)."""
+        for key, theirs in other._j.items():
+            mine = self._j[key]
+            for step, counts in theirs.steps.items():
+                into = mine.steps[step]
+                for measure, n in counts.items():
+                    into[measure] += n
+            for stage, leads in theirs.stage_leads.items():
+                mine.stage_leads[stage] |= leads
+            for stage, hours in theirs.stage_hours.items():
+                mine.stage_hours[stage].extend(hours)
+            mine.enrolled += theirs.enrolled
+            mine.goals += theirs.goals
+            mine.completed += theirs.completed
+            mine.exited += theirs.exited
+            for reason, n in theirs.exit_reasons.items():
+                mine.exit_reasons[reason] += n
 
     def engagement(self, journey: str, step: str, kind: str, n: int = 1) -> None:
         measure = {"email_opened": "opened", "email_clicked": "clicked"}.get(kind)

@@ -175,7 +175,9 @@ class UpdatePayload:
     set: JsonObject
 
 
-@dataclass(frozen=True)
+# Effect, StepRun and Transition with slots: one is built per effect, step run and explained change
+# (hundreds of thousands in a simulation), and a frozen dataclass sets each field through object.__setattr__.
+@dataclass(frozen=True, slots=True)
 class Effect:
     """Something a step asks of another service. `dedupe_key` makes retries safe."""
 
@@ -188,7 +190,7 @@ class Effect:
     payload: SendPayload | TaskPayload | UpdatePayload
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class StepRun:
     lead_id: str
     ekey: str
@@ -205,7 +207,7 @@ class StepRun:
     detail: str = ""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Transition:
     """One explained change: what happened, from where to where, which rule on which facts."""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 
 from gateway.app import create_app
 from nurture.settings import SERVICES, Settings
+from services.journeys.simulation import PARALLEL_FROM_LEADS, default_workers, simulate
 from tests.conftest import free_port, mesh_channel, start_service
 from tests.integration.journeys.fakes import Recorder, start_fakes
 
@@ -114,6 +116,24 @@ async def test_journey_routes(client: httpx.AsyncClient) -> None:
     assert r.status_code == 422, r.text
     problems = r.json()["error"]["details"]["problems"]
     assert len(problems) == 5 and any("behaviour.open" in p for p in problems), problems
+
+
+async def test_a_simulation_split_over_worker_processes_answers_as_one_process(client: httpx.AsyncClient) -> None:
+    """From PARALLEL_FROM_LEADS leads the journeys service runs the simulation in worker processes
+    (forked from a fork server, not from the service with its gRPC threads): the same report as one
+    process computes here."""
+    leads = PARALLEL_FROM_LEADS
+    assert default_workers(leads) > 1 or (os.cpu_count() or 1) == 1
+    body = {"leads": leads, "days": 2, "seed": 8}
+    r = await client.post("/v1/simulations", headers=AUTH, json=body)
+    assert r.status_code == 200, r.text
+    served = r.json()
+    here = simulate(leads=leads, days=2, seed=8, workers=1)
+    here["engine"].pop("wall_seconds")  # (the gateway answers it as the Server-Timing header)
+    # The service names the journeys in its published order, the playbook in its files' order.
+    assert sorted(served.pop("journey_keys")) == sorted(here.pop("journey_keys"))
+    assert served == json.loads(json.dumps(here, default=str))
+    assert served["engine"]["steps"] > leads
 
 
 async def test_a_bad_journey_key_is_named_as_the_problem(client: httpx.AsyncClient) -> None:

@@ -38,15 +38,21 @@ class Recording(Simulation):
         super()._record(state, out)
 
 
-def test_a_simulated_playbook_keeps_every_leads_story() -> None:
-    sim = Recording()
-    report = sim.run(200, 60)
-    report["engine"].pop("wall_seconds")
+def digests(sim: Recording) -> dict[str, str]:
+    """A digest of each lead's story and where its enrolments end."""
     leads = {}
     for lead_id, state in sorted(sim.states.items()):
         ends = sorted([e.ekey, e.status, e.step, e.outcome, e.token] for e in state.enrollments.values())
         text = json.dumps([sim.stories[lead_id], ends], default=str)
         leads[lead_id] = hashlib.sha256(text.encode()).hexdigest()[:16]
+    return leads
+
+
+def test_a_simulated_playbook_keeps_every_leads_story() -> None:
+    sim = Recording()
+    report = sim.run(200, 60)
+    report["engine"].pop("wall_seconds")
+    leads = digests(sim)
     got = {"report": report, "leads": leads}
     if os.environ.get("UPDATE_GOLDEN"):
         GOLDEN.write_text(json.dumps(got, indent=1, sort_keys=True) + "\n")
@@ -55,3 +61,16 @@ def test_a_simulated_playbook_keeps_every_leads_story() -> None:
     assert not moved, f"{len(moved)} leads' stories changed, first {moved[:5]}"
     assert got["report"] == expected["report"]
     assert report["engine"]["steps"] > 5000 and len(leads) == 200
+
+
+def test_a_leads_story_does_not_depend_on_the_leads_run_beside_it() -> None:
+    """Each lead draws from its own generator, so a shard of the leads (what a worker process runs)
+    tells every one of its leads' stories as the whole run does."""
+    expected = json.loads(GOLDEN.read_text())["leads"]
+    for shard, shards in ((1, 3), (0, 7)):
+        sim = Recording()
+        sim.run_shard(200, 60, shard, shards)
+        leads = digests(sim)
+        assert sorted(leads) == [f"sim-{i:06d}" for i in range(shard, 200, shards)]
+        moved = sorted(k for k in leads if leads[k] != expected[k])
+        assert not moved, f"{len(moved)} leads' stories changed in shard {shard} of {shards}, first {moved[:5]}"

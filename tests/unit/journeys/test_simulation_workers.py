@@ -1,0 +1,89 @@
+"""A simulation split over worker processes: the same report as one process, whatever the split, and a
+worker that dies fails the run instead of leaving its leads out of the report."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any
+
+import pytest
+
+from services.journeys import simulate_cli
+from services.journeys.domain.definitions import Journey, load_playbook
+from services.journeys.simulation import (
+    MAX_WORKERS,
+    PARALLEL_FROM_LEADS,
+    Simulation,
+    SimulationError,
+    default_workers,
+    simulate,
+)
+
+
+def without_wall(report: dict[str, Any]) -> dict[str, Any]:
+    report["engine"].pop("wall_seconds")
+    return report
+
+
+def test_one_process_and_several_make_the_same_report() -> None:
+    behaviour = {"default": {"open": 0.5, "click": 0.4, "convert": 0.05}, "actions": {"unsubscribe": 0.02}}
+    one = without_wall(simulate(leads=150, days=40, seed=9, behaviour=behaviour, workers=1))
+    for workers in (2, 3):
+        assert without_wall(simulate(leads=150, days=40, seed=9, behaviour=behaviour, workers=workers)) == one
+    # The report is not the same whatever happens: another seed moves it.
+    assert without_wall(simulate(leads=150, days=40, seed=10, behaviour=behaviour, workers=2)) != one
+    assert one["engine"]["steps"] > 1000 and one["totals"]["sent"] > 0
+
+
+def test_the_workers_enrolments_reach_the_caller() -> None:
+    playbook = load_playbook()
+    here, split = Simulation(playbook, seed=5), Simulation(playbook, seed=5)
+    here.run(40, 30)
+    split.run(40, 30, workers=2)
+    assert not split.states  # the leads stayed in the workers
+    assert sorted(split.enrolments) == sorted(here.enrolments) and here.enrolments
+
+
+def test_more_workers_than_leads_runs_each_lead_once() -> None:
+    assert without_wall(simulate(leads=2, days=10, seed=4, workers=5)) == \
+        without_wall(simulate(leads=2, days=10, seed=4, workers=1))
+
+
+@pytest.mark.parametrize("workers", [0, -1, MAX_WORKERS + 1])
+def test_a_bad_worker_count_is_refused(workers: int) -> None:
+    with pytest.raises(SimulationError, match="workers must be between"):
+        simulate(leads=10, days=5, workers=workers)
+
+
+def test_small_runs_stay_in_the_calling_process() -> None:
+    assert default_workers(PARALLEL_FROM_LEADS - 1) == 1
+    assert 1 <= default_workers(PARALLEL_FROM_LEADS) <= MAX_WORKERS
+
+
+@dataclasses.dataclass(frozen=True)
+class _DiesInTheWorker(Journey):
+    """A journey that kills the worker process unpickling it."""
+
+    def __reduce__(self) -> tuple[Any, tuple[int]]:
+        return (os._exit, (3,))
+
+
+def test_a_worker_that_dies_fails_the_run() -> None:
+    playbook = load_playbook()
+    first = next(iter(playbook.values()))
+    dying = _DiesInTheWorker(**{f.name: getattr(first, f.name) for f in dataclasses.fields(first) if f.init})
+    with pytest.raises(BrokenProcessPool):
+        Simulation({**playbook, first.key: dying}, seed=1).run(20, 10, workers=2)
+
+
+def test_nurture_simulate_takes_a_worker_count(capsys: pytest.CaptureFixture[str]) -> None:
+    reports = []
+    for workers in ("1", "2"):
+        assert simulate_cli.main(["--leads", "30", "--days", "8", "--seed", "2", "--workers", workers, "--json"]) == 0
+        reports.append(without_wall(json.loads(capsys.readouterr().out)))
+    assert reports[0] == reports[1] and reports[0]["leads"] == 30
+    assert simulate_cli.main(["--leads", "30", "--workers", "0"]) == 2
+    assert "workers must be between 1 and" in capsys.readouterr().err
