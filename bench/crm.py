@@ -47,6 +47,7 @@ from nurture.rpc import channel as rpc_channel  # noqa: E402
 TOKEN = "bench-crm-token"
 MESH_TOKEN = secrets.token_urlsafe(24)
 AUTH = (("authorization", f"Bearer {TOKEN}"),)
+ECHO_CALLS, ECHO_WARMUP = 5000, 200
 
 
 def wait_http(url: str, deadline_s: float = 30) -> None:
@@ -76,7 +77,7 @@ async def echo_rate(address: str, calls: int, concurrency: int) -> float:
     async with rpc_channel(address, MESH_TOKEN) as channel:
         stub = scoring_pb2_grpc.EchoStub(channel)
         payload = b"x" * 200
-        for _ in range(200):
+        for _ in range(ECHO_WARMUP):
             await stub.Echo(scoring_pb2.EchoRequest(payload=payload), timeout=5)
         todo = iter(range(calls))
 
@@ -162,17 +163,26 @@ async def run(args: argparse.Namespace, database_url: str | None = None) -> dict
                     for j in range(i, min(i + 100, 2 * n))]})
                 ids.extend(str(o["id"]) for o in r.json()["results"])
 
-            baseline = await echo_rate(crm_addr, 5000, args.concurrency)
             # CPU per contact of every process (load-independent, unlike the rates): scoring, crm_sync,
-            # redis, the emulator; "mesh other" is this client.
+            # redis, the emulator; "mesh other" is this client. The echo's own CPU per call is the
+            # baseline's (what a unary call costs crm_sync before any work).
             meter = CpuMeter(os.getpid(), database_name(database_url), database_url).start()
+            before_echo = meter.totals()
+            baseline = await echo_rate(crm_addr, ECHO_CALLS, args.concurrency)
             at_start = meter.totals()
+            # A phase's CPU includes the work its contacts cause after their calls returned (the bus
+            # consumer's change feed, the push of each contact's platform fields): read once the CRM
+            # has taken those pushes, not when the last call returns, so none is counted in the next.
+            await http.post("/_emulator/reset-stats")
             single = await inbound(crm_addr, [contact(j, ids[j], "a") for j in range(n)], args.concurrency, 1)
+            await settled(http, n)
             after_single = meter.totals()
+            await http.post("/_emulator/reset-stats")
             batched = await inbound(crm_addr, [contact(j, ids[n + j], "b") for j in range(n)], 8, 100)
+            await settled(http, n)
             after_batched = meter.totals()
             meter.stop()
-            baseline_after = await echo_rate(crm_addr, 5000, args.concurrency)
+            baseline_after = await echo_rate(crm_addr, ECHO_CALLS, args.concurrency)
 
             # Let the pushes that follow the inbound upserts finish before measuring outbound alone.
             async def quiet(seconds: float = 2.0, limit: float = 600) -> None:
@@ -226,6 +236,7 @@ async def run(args: argparse.Namespace, database_url: str | None = None) -> dict
         "inbound_to_echo_ratio": round(single / echo, 3),
         "inbound_upserts_per_s_batched100": round(batched, 1),
         "batched_to_echo_ratio": round(batched / echo, 3),
+        "cpu_ms_per_echo": per_event(before_echo, at_start, ECHO_CALLS + ECHO_WARMUP),
         "cpu_ms_per_contact_single": per_event(at_start, after_single, n),
         "cpu_ms_per_contact_batched100": per_event(after_single, after_batched, n),
         "outbound_pushes": stats["writes"],
@@ -233,6 +244,20 @@ async def run(args: argparse.Namespace, database_url: str | None = None) -> dict
         "outbound_end_to_end_s": round(end_to_end, 2),
         "events_ingest_s": round(ingested, 2),
     }
+
+
+async def settled(http: httpx.AsyncClient, writes: int, still_s: float = 0.5, limit_s: float = 300) -> None:
+    """Once the emulator has taken `writes` writes since its stats were reset and no more for `still_s`."""
+    end = time.monotonic() + limit_s
+    last, since = -1, time.monotonic()
+    while time.monotonic() < end:
+        seen = (await http.get("/_emulator/stats")).json()["writes"]
+        if seen != last:
+            last, since = seen, time.monotonic()
+        elif seen >= writes and time.monotonic() - since >= still_s:
+            return
+        await asyncio.sleep(0.05)
+    raise SystemExit(f"the CRM took {last} of {writes} pushes in {limit_s} s")
 
 
 async def lead_ids_for(scoring: scoring_pb2_grpc.ScoringStub, emails: list[str]) -> list[str]:

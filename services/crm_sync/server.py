@@ -41,6 +41,11 @@ from services.crm_sync.servicer import (
 
 log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).parent / "migrations"
+# Seconds the bus consumer waits after a small read for more (nurture.bus.Consumer's linger). Each
+# batch costs a journeys call and a transaction reading its leads and their queued pushes whatever its
+# size; the change feed and the pushes may lag the bus by this much (the platform's own default,
+# 0.05 s, suits consumers a caller waits on, which this one is not).
+BUS_LINGER_S = 0.2
 
 
 async def serve(settings: Settings) -> Running:
@@ -61,7 +66,8 @@ async def serve(settings: Settings) -> Running:
                        link_secrets=(settings.secret, settings.secret_previous), public_url=settings.public_url,
                        replica=settings.replica)
     await core.recover()
-    consumer = Consumer(redis, group="crm_sync", shards=settings.bus_shards, handler=core.handle_messages)
+    consumer = Consumer(redis, group="crm_sync", shards=settings.bus_shards, handler=core.handle_messages,
+                        linger=BUS_LINGER_S)
     settle_lock = asyncio.Lock()
 
     async def settle() -> tuple[int, datetime | None]:
