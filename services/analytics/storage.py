@@ -50,6 +50,7 @@ from services.analytics.tables import (
     lifecycle,
     lifecycle_bands,
     lifecycle_cohorts,
+    lifecycle_subbands,
     messages,
     meta,
     nurtured,
@@ -60,6 +61,7 @@ from services.analytics.tables import (
     stage_counts,
     stage_dwell,
     stage_dwell_bands,
+    stage_dwell_subbands,
     stage_engagement,
     touches,
     won,
@@ -67,7 +69,7 @@ from services.analytics.tables import (
 )
 
 CHUNK = 500  # ids per IN list
-FOLD_VERSION = "11"  # bump when the fold derives its tables differently: the service rebuilds them at start
+FOLD_VERSION = "12"  # bump when the fold derives its tables differently: the service rebuilds them at start
 NO_DAY = date(1, 1, 1)  # `analytics_reach.prev_day` of a lead's first send day in a scope
 ALL_JOURNEYS = "*"  # `analytics_sequence_rates.journey` of every journey's touches (no journey key is "*")
 NO_TS = -(2 ** 62)  # `analytics_lead_scores.ts` of a lead won before any fact carried its score
@@ -505,6 +507,7 @@ class Fold:
                                | {"band": reports.band(k[4]), "n": n} for k, n in sorted(self.life.items())],
                 add=("n",))
         _upsert(s, lifecycle_bands, _bands(self.life, ("from_stage", "to_stage", "segment")), add=("n",))
+        _upsert(s, lifecycle_subbands, _subbands(self.life, ("from_stage", "to_stage", "segment")), add=("n",))
         _upsert(s, lifecycle_cohorts, [dict(zip(("day", "from_stage", "to_stage", "segment"), k, strict=True))
                                        | {"n": n} for k, n in sorted(self.cohorts.items())], add=("n",))
         _upsert(s, stage_counts, [dict(zip(("day", "journey", "stage", "segment"), k, strict=True))
@@ -514,6 +517,7 @@ class Fold:
                                  | {"band": reports.band(k[4]), "n": n} for k, n in sorted(self.dwell.items())],
                 add=("n",))
         _upsert(s, stage_dwell_bands, _bands(self.dwell, ("journey", "stage", "segment")), add=("n",))
+        _upsert(s, stage_dwell_subbands, _subbands(self.dwell, ("journey", "stage", "segment")), add=("n",))
         _upsert(s, touches, self.touches, ignore=True)
         _upsert(s, won, self.won, ignore=True)
 
@@ -602,6 +606,16 @@ def _bands(hist: dict[tuple[Any, ...], int], dims: tuple[str, str, str]) -> list
         for grain, start in reports.period_starts(day):
             out[(grain, start, a, b, c, reports.band(minutes))] += n
     return [dict(zip(("grain", "start", *dims, "band"), k, strict=True)) | {"n": n} for k, n in sorted(out.items())]
+
+
+def _subbands(hist: dict[tuple[Any, ...], int], dims: tuple[str, str, str]) -> list[dict[str, Any]]:
+    """The same histogram per (key, band, period) in sub-bands: `_percentiles`' narrowing step."""
+    out: dict[tuple[Any, ...], int] = defaultdict(int)
+    for (day, a, b, c, minutes), n in hist.items():
+        for grain, start in reports.period_starts(day):
+            out[(a, b, reports.band(minutes), grain, start, c, reports.sub_band(minutes))] += n
+    return [dict(zip((dims[0], dims[1], "band", "grain", "start", dims[2], "sub"), k, strict=True)) | {"n": n}
+            for k, n in sorted(out.items())]
 
 
 def record(session: Session, batch: Sequence[Fact]) -> int:
@@ -698,42 +712,60 @@ def _periods(table: Table, q: Query) -> ColumnElement[bool]:
     return and_(*cond)
 
 
-def _percentiles(session: Session, fine: Table, bands: Table, keys: Sequence[str], q: Query
+def _percentiles(session: Session, fine: Table, bands: Table, subs: Table, keys: Sequence[str], q: Query
                  ) -> dict[tuple[str, ...], tuple[int, float | None, float | None]]:
-    """Per group of `keys`: (count, median, p90) of a minutes histogram, exactly, in two steps that each
+    """Per group of `keys`: (count, median, p90) of a minutes histogram, exactly, in three steps that each
     read few rows: the band counts of the range's periods (months, weeks, days) locate the band holding
-    each rank, then only those bands are read in whole minutes."""
+    each rank, that band's sub-band counts (the same periods) the sub-band holding it, and only those
+    sub-bands are read in whole minutes."""
     key_cols = [bands.c[k] for k in keys]
     per_band: dict[tuple[str, ...], list[tuple[int, int]]] = defaultdict(list)
     for r in session.execute(select(*key_cols, bands.c.band, func.sum(bands.c.n)).where(_periods(bands, q))
                              .group_by(*key_cols, bands.c.band)):
         if r[-1]:
             per_band[tuple(r[:len(keys)])].append((int(r[-2]), int(r[-1])))
-    wanted: dict[tuple[tuple[str, ...], int], list[tuple[int, int]]] = defaultdict(list)  # (key, band): (rank, offset)
+    in_band: dict[tuple[tuple[str, ...], int], list[tuple[int, int]]] = defaultdict(list)  # (key, band): (rank, offset)
     totals: dict[tuple[str, ...], int] = {}
     for key, counts in per_band.items():
         counts.sort()
         totals[key] = n = sum(c for _, c in counts)
         for rank in reports.ranks(n):
-            seen = 0
-            for b, c in counts:
-                if rank < seen + c:
-                    wanted[(key, b)].append((rank, rank - seen))
-                    break
-                seen += c
+            b, offset = _locate(counts, rank)
+            in_band[(key, b)].append((rank, offset))
     value: dict[tuple[str, ...], dict[int, int]] = defaultdict(dict)
-    cells = sorted(wanted.items())
+    in_sub: dict[tuple[tuple[str, ...], int], list[tuple[int, int]]] = defaultdict(list)  # (key, sub): (rank, offset)
+    cells = sorted(in_band.items())
     if cells:
-        # Each located band's values in whole minutes, counted up in order inside the database: the value at
-        # offset k is the smallest whose running count exceeds k, the one row whose count spans k. Every band
-        # of the call in one statement (a branch per band, each an index range as before), and only the rows
-        # holding a wanted offset come back: a statement per band was most of progression's time on
-        # PostgreSQL (30-odd round trips), and reading the bands' minutes out cost more than the sums.
-        branches: list[Select[Any]] = []
-        for i, ((key, b), wants) in enumerate(cells):
+        # Every located band's sub-band counts over the same periods, one statement (a branch per band).
+        branches: list[Select[Any]] = [
+            select(literal(i).label("cell"), subs.c.sub, func.sum(subs.c.n)).where(
+                _periods(subs, q), subs.c.band == b, *[subs.c[k] == v for k, v in zip(keys, key, strict=True)])
+            .group_by(subs.c.sub) for i, ((key, b), _wants) in enumerate(cells)]
+        sub_counts: dict[int, list[tuple[int, int]]] = defaultdict(list)
+        for i, sub, n in session.execute(branches[0] if len(branches) == 1 else union_all(*branches)):
+            if n:
+                sub_counts[int(i)].append((int(sub), int(n)))
+        for i, ((key, _b), wants) in enumerate(cells):
+            counts = sorted(sub_counts[i])
+            for rank, offset in wants:
+                sub, at = _locate(counts, offset)
+                if reports.sub_band_last(sub) == sub:
+                    value[key][rank] = sub  # a sub-band of one minute: its values are that minute
+                else:
+                    in_sub[(key, sub)].append((rank, at))
+    subcells = sorted(in_sub.items())
+    if subcells:
+        # Each located sub-band's values in whole minutes, counted up in order inside the database: the value
+        # at offset k is the smallest whose running count exceeds k, the one row whose count spans k. Every
+        # sub-band of the call in one statement (a branch each, an index range on key, band and minutes), and
+        # only the rows holding a wanted offset come back: a statement per band was most of progression's
+        # time on PostgreSQL (30-odd round trips), and reading the minutes out cost more than the sums.
+        branches = []
+        for i, ((key, sub), wants) in enumerate(subcells):
             band_counts = select(fine.c.minutes, func.sum(fine.c.n).label("n")).where(
-                q.where(fine), fine.c.band == b, *[fine.c[k] == v for k, v in zip(keys, key, strict=True)]) \
-                .group_by(fine.c.minutes).subquery()
+                q.where(fine), fine.c.band == reports.band(sub), fine.c.minutes >= sub,
+                fine.c.minutes <= reports.sub_band_last(sub),
+                *[fine.c[k] == v for k, v in zip(keys, key, strict=True)]).group_by(fine.c.minutes).subquery()
             running = select(band_counts.c.minutes, band_counts.c.n, func.sum(band_counts.c.n).over(
                 order_by=band_counts.c.minutes).label("seen")).subquery()
             branches.append(select(literal(i).label("cell"), running).where(or_(*[
@@ -742,7 +774,7 @@ def _percentiles(session: Session, fine: Table, bands: Table, keys: Sequence[str
         found: dict[int, list[tuple[int, int, int]]] = defaultdict(list)
         for i, minutes, n, seen in session.execute(branches[0] if len(branches) == 1 else union_all(*branches)):
             found[int(i)].append((int(seen) - int(n), int(seen), int(minutes)))
-        for i, ((key, _b), wants) in enumerate(cells):
+        for i, ((key, _sub), wants) in enumerate(subcells):
             for rank, offset in wants:
                 value[key][rank] = next(m for lo, hi, m in found[i] if lo <= offset < hi)
     out: dict[tuple[str, ...], tuple[int, float | None, float | None]] = {}
@@ -750,6 +782,16 @@ def _percentiles(session: Session, fine: Table, bands: Table, keys: Sequence[str
         lo, hi, top = reports.ranks(n)
         out[key] = (n, (value[key][lo] + value[key][hi]) / 2, float(value[key][top]))
     return out
+
+
+def _locate(counts: Sequence[tuple[int, int]], rank: int) -> tuple[int, int]:
+    """The class holding 0-based `rank` among (class, count) pairs in order, and the rank's offset in it."""
+    seen = 0
+    for cls, c in counts:
+        if rank < seen + c:
+            return cls, rank - seen
+        seen += c
+    raise LookupError(f"rank {rank} beyond the {seen} values counted")
 
 
 def progression_report(session: Session, q: Query, tables: Collection[str] = ()) -> dict[str, Any]:
@@ -765,8 +807,8 @@ def progression_report(session: Session, q: Query, tables: Collection[str] = ())
                                         func.sum(stage_counts.c.entered), func.sum(stage_counts.c.advanced))
                                  .where(q.where(stage_counts)).group_by(stage_counts.c.journey, stage_counts.c.stage)):
             counts[(r[0], r[1])] = (int(r[2] or 0), int(r[3] or 0))
-        dwell = {(k[0], k[1]): (med, p90) for k, (_, med, p90)
-                 in _percentiles(session, stage_dwell, stage_dwell_bands, ("journey", "stage"), q).items()}
+        dwell = {(k[0], k[1]): (med, p90) for k, (_, med, p90) in _percentiles(
+            session, stage_dwell, stage_dwell_bands, stage_dwell_subbands, ("journey", "stage"), q).items()}
         out["stages"] = reports.stage_rows(counts, dwell)
     if "segments" in wanted:
         seg_counts: dict[tuple[str, str, str], tuple[int, int]] = {}
@@ -776,12 +818,13 @@ def progression_report(session: Session, q: Query, tables: Collection[str] = ())
                 .where(q.where(sc)).group_by(sc.c.journey, sc.c.stage, sc.c.segment)):
             seg_counts[(journey, stage, segment)] = (int(entered or 0), int(advanced or 0))
         seg_dwell = {(k[0], k[1], k[2]): (med, p90) for k, (_, med, p90) in _percentiles(
-            session, stage_dwell, stage_dwell_bands, ("journey", "stage", "segment"), q).items()}
+            session, stage_dwell, stage_dwell_bands, stage_dwell_subbands, ("journey", "stage", "segment"), q
+        ).items()}
         out["segments"] = reports.segment_stage_rows(seg_counts, seg_dwell)
     arrivals = _arrivals(session, q) if wanted & {"lifecycle", "qualification"} else {}
     if "lifecycle" in wanted:
-        life = {(k[0], k[1]): (n, med, p90) for k, (n, med, p90) in
-                _percentiles(session, lifecycle, lifecycle_bands, ("from_stage", "to_stage"), q).items()}
+        life = {(k[0], k[1]): (n, med, p90) for k, (n, med, p90) in _percentiles(
+            session, lifecycle, lifecycle_bands, lifecycle_subbands, ("from_stage", "to_stage"), q).items()}
         out["lifecycle"] = reports.lifecycle_rows(life, *_lifecycle_conversion(session, q, arrivals))
     if "qualification" in wanted:
         weekly: dict[tuple[date, str], int] = defaultdict(int)

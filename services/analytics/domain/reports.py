@@ -85,6 +85,24 @@ def band(minutes: int) -> int:
     return 2 * k + (1 if 2 * x >= 3 << k else 0)
 
 
+SUB_BITS = 5  # a band holds 2**SUB_BITS sub-bands (once it is that many minutes wide)
+
+
+def sub_band(minutes: int) -> int:
+    """A dwell's fine value class inside its band, named by its first minute: a 32nd of the band (each whole
+    minute below 64 minutes is its own). Nested in `band` (a band's boundaries are multiples of its sub-bands'
+    width), so a percentile's located band is narrowed to one sub-band before its minutes are read."""
+    x = max(0, minutes) + 1
+    shift = max(0, x.bit_length() - 2 - SUB_BITS)
+    return ((x >> shift) << shift) - 1
+
+
+def sub_band_last(first: int) -> int:
+    """The last minute of the sub-band whose first minute is `first` (`sub_band`'s value)."""
+    shift = max(0, (first + 1).bit_length() - 2 - SUB_BITS)
+    return first + (1 << shift) - 1
+
+
 def periods(start: date, end: date) -> list[tuple[str, date, date]]:
     """The days start..end as disjoint periods, coarsest first where they fit: (grain, first period's first
     day, last period's first day) for runs of whole months (`m`), ISO weeks (`w`) and days (`d`)."""
