@@ -18,19 +18,21 @@ from typing import Any
 
 from sqlalchemy import (
     Connection,
+    Date,
     Engine,
     Float,
-    Select,
     Table,
+    TextClause,
     and_,
+    bindparam,
     case,
     delete,
     func,
     literal,
     or_,
     select,
+    text,
     true,
-    union_all,
 )
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
@@ -736,13 +738,9 @@ def _percentiles(session: Session, fine: Table, bands: Table, subs: Table, keys:
     in_sub: dict[tuple[tuple[str, ...], int], list[tuple[int, int]]] = defaultdict(list)  # (key, sub): (rank, offset)
     cells = sorted(in_band.items())
     if cells:
-        # Every located band's sub-band counts over the same periods, one statement (a branch per band).
-        branches: list[Select[Any]] = [
-            select(literal(i).label("cell"), subs.c.sub, func.sum(subs.c.n)).where(
-                _periods(subs, q), subs.c.band == b, *[subs.c[k] == v for k, v in zip(keys, key, strict=True)])
-            .group_by(subs.c.sub) for i, ((key, b), _wants) in enumerate(cells)]
         sub_counts: dict[int, list[tuple[int, int]]] = defaultdict(list)
-        for i, sub, n in session.execute(branches[0] if len(branches) == 1 else union_all(*branches)):
+        located = [(key, b) for (key, b), _ in cells]
+        for i, sub, n in session.execute(*_sub_band_counts(session, subs, keys, located, q)):
             if n:
                 sub_counts[int(i)].append((int(sub), int(n)))
         for i, ((key, _b), wants) in enumerate(cells):
@@ -755,33 +753,87 @@ def _percentiles(session: Session, fine: Table, bands: Table, subs: Table, keys:
                     in_sub[(key, sub)].append((rank, at))
     subcells = sorted(in_sub.items())
     if subcells:
-        # Each located sub-band's values in whole minutes, counted up in order inside the database: the value
-        # at offset k is the smallest whose running count exceeds k, the one row whose count spans k. Every
-        # sub-band of the call in one statement (a branch each, an index range on key, band and minutes), and
-        # only the rows holding a wanted offset come back: a statement per band was most of progression's
-        # time on PostgreSQL (30-odd round trips), and reading the minutes out cost more than the sums.
-        branches = []
-        for i, ((key, sub), wants) in enumerate(subcells):
-            band_counts = select(fine.c.minutes, func.sum(fine.c.n).label("n")).where(
-                q.where(fine), fine.c.band == reports.band(sub), fine.c.minutes >= sub,
-                fine.c.minutes <= reports.sub_band_last(sub),
-                *[fine.c[k] == v for k, v in zip(keys, key, strict=True)]).group_by(fine.c.minutes).subquery()
-            running = select(band_counts.c.minutes, band_counts.c.n, func.sum(band_counts.c.n).over(
-                order_by=band_counts.c.minutes).label("seen")).subquery()
-            branches.append(select(literal(i).label("cell"), running).where(or_(*[
-                and_(running.c.seen > offset, running.c.seen - running.c.n <= offset)
-                for offset in sorted({o for _, o in wants})])))
-        found: dict[int, list[tuple[int, int, int]]] = defaultdict(list)
-        for i, minutes, n, seen in session.execute(branches[0] if len(branches) == 1 else union_all(*branches)):
-            found[int(i)].append((int(seen) - int(n), int(seen), int(minutes)))
+        found = {(int(i), int(offset)): int(minutes) for i, offset, minutes in session.execute(
+            *_minutes_at(session, fine, keys, subcells, q))}
         for i, ((key, _sub), wants) in enumerate(subcells):
             for rank, offset in wants:
-                value[key][rank] = next(m for lo, hi, m in found[i] if lo <= offset < hi)
+                value[key][rank] = found[(i, offset)]
     out: dict[tuple[str, ...], tuple[int, float | None, float | None]] = {}
     for key, n in totals.items():
         lo, hi, top = reports.ranks(n)
         out[key] = (n, (value[key][lo] + value[key][hi]) / 2, float(value[key][top]))
     return out
+
+
+def _values(name: str, cols: Sequence[str], rows: Sequence[Sequence[Any]], params: dict[str, Any]) -> str:
+    """`name (cols) AS (VALUES ...)`, a CTE of bound rows, its parameters added to `params`. Written as SQL
+    text: SQLAlchemy compiles a VALUES construct again on every call (it has no cache key), which cost
+    more CPU than the database spent answering (the segment comparison locates ~150 cells a call)."""
+    tuples = []
+    for i, row in enumerate(rows):
+        names = [f"{name}_{i}_{j}" for j in range(len(cols))]
+        params.update(zip(names, row, strict=True))
+        tuples.append("(" + ", ".join(f":{n}" for n in names) + ")")
+    return f"{name} ({', '.join(cols)}) AS (VALUES {', '.join(tuples)})"
+
+
+def _filters(session: Session, alias: str, table: Table, q: Query, params: dict[str, Any]) -> str:
+    """The query's segment and journey filters on `alias` (journey where the table has one)."""
+    quote = session.get_bind().dialect.identifier_preparer.quote
+    out = ""
+    if q.segment is not None:
+        out += f" AND {alias}.{quote('segment')} = :segment"
+        params["segment"] = q.segment
+    if q.journey is not None and "journey" in table.c:
+        out += f" AND {alias}.{quote('journey')} = :journey"
+        params["journey"] = q.journey
+    return out
+
+
+def _sub_band_counts(session: Session, subs: Table, keys: Sequence[str],
+                     cells: Sequence[tuple[tuple[str, ...], int]], q: Query) -> tuple[TextClause, dict[str, Any]]:
+    """(cell, sub-band, count) of each (key, band) cell's sub-bands over the range's periods: one
+    statement of a fixed shape for any number of cells, each an index range on key, band, grain and
+    period start (a UNION ALL branch per cell cost more to build and compile than to run)."""
+    quote = session.get_bind().dialect.identifier_preparer.quote
+    params: dict[str, Any] = {}
+    ks = [f"k{j}" for j in range(len(keys))]
+    want = _values("want", ["cell", *ks, "band"], [(i, *key, b) for i, (key, b) in enumerate(cells)], params)
+    periods = reports.periods(q.start, q.end)
+    spans = _values("spans", ["grain", "lo", "hi"], periods, params)
+    on = " AND ".join([*[f"t.{quote(k)} = want.{c}" for k, c in zip(keys, ks, strict=True)], "t.band = want.band",
+                       "t.grain = spans.grain", f"t.{quote('start')} >= spans.lo", f"t.{quote('start')} <= spans.hi"])
+    sql = (f"WITH {want}, {spans} SELECT want.cell, t.sub, SUM(t.n) FROM want CROSS JOIN spans "
+           f"JOIN {quote(subs.name)} t ON {on}{_filters(session, 't', subs, q, params)} GROUP BY want.cell, t.sub")
+    dates = [bindparam(f"spans_{i}_{j}", type_=Date) for i in range(len(periods)) for j in (1, 2)]
+    return text(sql).bindparams(*dates), params
+
+
+def _minutes_at(session: Session, fine: Table, keys: Sequence[str],
+                cells: Sequence[tuple[tuple[tuple[str, ...], int], list[tuple[int, int]]]], q: Query
+                ) -> tuple[TextClause, dict[str, Any]]:
+    """(cell, offset, minutes): for each (key, sub-band) cell, the value at each wanted offset among its
+    values in range, counted up in order of minutes inside the database (the value at offset k is the
+    smallest whose running count exceeds k): only those rows come back, where sending every minute of
+    the band to Python cost more than the sums. One statement of a fixed shape, as `_sub_band_counts`."""
+    quote = session.get_bind().dialect.identifier_preparer.quote
+    params: dict[str, Any] = {"start": q.start, "end": q.end}
+    ks = [f"k{j}" for j in range(len(keys))]
+    want = _values("want", ["cell", *ks, "band", "lo", "hi"],
+                   [(i, *key, reports.band(sub), sub, reports.sub_band_last(sub)) for i, ((key, sub), _)
+                    in enumerate(cells)], params)
+    offsets = _values("offsets", ["cell", "off"], sorted(
+        {(i, offset) for i, (_, wants) in enumerate(cells) for _, offset in wants}), params)
+    on = " AND ".join([*[f"f.{quote(k)} = want.{c}" for k, c in zip(keys, ks, strict=True)], "f.band = want.band",
+                       "f.minutes >= want.lo", "f.minutes <= want.hi"])
+    sql = (f"WITH {want}, {offsets}, counts AS (SELECT want.cell AS cell, f.minutes AS minutes, SUM(f.n) AS n "
+           f"FROM want JOIN {quote(fine.name)} f ON {on} WHERE f.day >= :start AND f.day <= :end"
+           f"{_filters(session, 'f', fine, q, params)} GROUP BY want.cell, f.minutes), "
+           "running AS (SELECT cell, minutes, n, SUM(n) OVER (PARTITION BY cell ORDER BY minutes) AS seen "
+           "FROM counts) "
+           "SELECT running.cell, offsets.off, running.minutes FROM running JOIN offsets ON "
+           "offsets.cell = running.cell AND running.seen > offsets.off AND running.seen - running.n <= offsets.off")
+    return text(sql).bindparams(bindparam("start", type_=Date), bindparam("end", type_=Date)), params
 
 
 def _locate(counts: Sequence[tuple[int, int]], rank: int) -> tuple[int, int]:
