@@ -898,10 +898,14 @@ def progression_report(session: Session, q: Query, tables: Collection[str] = ())
 
 def _arrivals(session: Session, q: Query) -> dict[tuple[date, str], int]:
     """Lifecycle changes into each stage in range, by day: the lifecycle table's arrivals and the weekly
-    qualification counts, from one read of `analytics_lifecycle` (two were each a pass over the range)."""
+    qualification counts, from one read of the day rows of `analytics_lifecycle_bands` (a row per band, where
+    `analytics_lifecycle` has one per distinct minute: the same counts from a fraction of the rows)."""
+    b = lifecycle_bands
+    cond = [b.c.grain == "d", b.c.start >= q.start, b.c.start <= q.end]
+    if q.segment is not None:
+        cond.append(b.c.segment == q.segment)
     return {(day, to): int(n or 0) for day, to, n in session.execute(
-        select(lifecycle.c.day, lifecycle.c.to_stage, func.sum(lifecycle.c.n)).where(q.where(lifecycle))
-        .group_by(lifecycle.c.day, lifecycle.c.to_stage))}
+        select(b.c.start, b.c.to_stage, func.sum(b.c.n)).where(*cond).group_by(b.c.start, b.c.to_stage))}
 
 
 def _lifecycle_conversion(session: Session, q: Query, arrivals: dict[tuple[date, str], int]
