@@ -163,6 +163,22 @@ lifecycle_bands = Table(
     Column("n", Integer, nullable=False, default=0),
 )
 
+# A percentile's second step: the band it located, by day, ISO week and month, in 32 sub-bands
+# (`reports.sub_band`, named by their first minute), so only the sub-band holding a rank is read in whole
+# minutes (a band at 90 days holds tens of thousands of minute rows, a sub-band a few hundred). Keyed to be
+# read by (key, band, grain) and a range of period starts.
+lifecycle_subbands = Table(
+    "analytics_lifecycle_subbands", metadata,
+    Column("from_stage", String(_D), primary_key=True),
+    Column("to_stage", String(_D), primary_key=True),
+    Column("band", Integer, primary_key=True, autoincrement=False),
+    Column("grain", String(1), primary_key=True),
+    Column("start", Date, primary_key=True),
+    Column("segment", String(_D), primary_key=True),
+    Column("sub", Integer, primary_key=True, autoincrement=False),
+    Column("n", Integer, nullable=False, default=0),
+)
+
 # A lead's way through a journey's stages: entered when it was first sent that stage's content,
 # left when it was first sent a different stage's content of the same journey.
 lead_stages = Table(
@@ -208,6 +224,18 @@ stage_dwell_bands = Table(
     Column("stage", String(_D), primary_key=True),
     Column("segment", String(_D), primary_key=True),
     Column("band", Integer, primary_key=True),
+    Column("n", Integer, nullable=False, default=0),
+)
+
+stage_dwell_subbands = Table(
+    "analytics_stage_dwell_subbands", metadata,
+    Column("journey", String(_D), primary_key=True),
+    Column("stage", String(_D), primary_key=True),
+    Column("band", Integer, primary_key=True, autoincrement=False),
+    Column("grain", String(1), primary_key=True),
+    Column("start", Date, primary_key=True),
+    Column("segment", String(_D), primary_key=True),
+    Column("sub", Integer, primary_key=True, autoincrement=False),
     Column("n", Integer, nullable=False, default=0),
 )
 
@@ -333,6 +361,6 @@ meta = Table(
 partitions = partitions_table(metadata, "analytics")
 
 DERIVED = (messages, engagement, stage_engagement, sends,
-           nurtured, reach, leads, lifecycle, lifecycle_bands, lead_stages, stage_counts,
-           stage_dwell, stage_dwell_bands, touches, won, won_entries, deliveries, deliverability,
+           nurtured, reach, leads, lifecycle, lifecycle_bands, lifecycle_subbands, lead_stages, stage_counts,
+           stage_dwell, stage_dwell_bands, stage_dwell_subbands, touches, won, won_entries, deliveries, deliverability,
            lead_scores, score_now, sequence_rates, lifecycle_cohorts)

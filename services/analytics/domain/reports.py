@@ -85,6 +85,24 @@ def band(minutes: int) -> int:
     return 2 * k + (1 if 2 * x >= 3 << k else 0)
 
 
+SUB_BITS = 5  # a band holds 2**SUB_BITS sub-bands (once it is that many minutes wide)
+
+
+def sub_band(minutes: int) -> int:
+    """A dwell's fine value class inside its band, named by its first minute: a 32nd of the band (each whole
+    minute below 64 minutes is its own). Nested in `band` (a band's boundaries are multiples of its sub-bands'
+    width), so a percentile's located band is narrowed to one sub-band before its minutes are read."""
+    x = max(0, minutes) + 1
+    shift = max(0, x.bit_length() - 2 - SUB_BITS)
+    return ((x >> shift) << shift) - 1
+
+
+def sub_band_last(first: int) -> int:
+    """The last minute of the sub-band whose first minute is `first` (`sub_band`'s value)."""
+    shift = max(0, (first + 1).bit_length() - 2 - SUB_BITS)
+    return first + (1 << shift) - 1
+
+
 def periods(start: date, end: date) -> list[tuple[str, date, date]]:
     """The days start..end as disjoint periods, coarsest first where they fit: (grain, first period's first
     day, last period's first day) for runs of whole months (`m`), ISO weeks (`w`) and days (`d`)."""
@@ -230,14 +248,14 @@ def lifecycle_rows(changes: Mapping[tuple[str, str], tuple[int, float | None, fl
             for f, t in sorted(set(changes) | {k for k, n in moved.items() if n})]
 
 
-def time_to_conversion_rows(overall: Mapping[int, int], per_journey: Mapping[str, Mapping[int, int]]
+def time_to_conversion_rows(overall: tuple[int, float | None, float | None] | None,
+                            per_journey: Mapping[str, tuple[int, float | None, float | None]]
                             ) -> list[dict[str, Any]]:
-    """Conversions and their median and p90 time in nurture (hours) from histograms of whole minutes:
-    first over every journey (`journey` None), then per journey."""
+    """Conversions and their median and p90 time in nurture (hours) from (count, median, p90) in whole
+    minutes: first over every journey (`journey` None), then per journey."""
     out = []
-    for journey, hist in [(None, overall), *sorted(per_journey.items())]:
-        out.append({"journey": journey, "conversions": sum(hist.values()), "median_hours": hours(median(hist)),
-                    "p90_hours": hours(p90(hist))})
+    for journey, (n, med, p90_) in [(None, overall or (0, None, None)), *sorted(per_journey.items())]:
+        out.append({"journey": journey, "conversions": n, "median_hours": hours(med), "p90_hours": hours(p90_)})
     return out
 
 
@@ -273,17 +291,15 @@ def content_gap_rows(sums: Mapping[tuple[str, str, str], Mapping[str, int]]) -> 
     return rows
 
 
-def score_rows(pairs: Mapping[str | None, Sequence[tuple[int, int]]]) -> list[dict[str, Any]]:
+def score_rows(sums: Mapping[str | None, tuple[int, int, int]]) -> list[dict[str, Any]]:
     """Mean score at journey entry and at conversion, and their mean change, per journey (None first: every
-    journey)."""
+    journey), from (conversions, sum of scores at entry, sum of scores at conversion)."""
     out = []
-    for journey in sorted(pairs, key=lambda j: (j is not None, j or "")):
-        values = pairs[journey]
-        n = len(values)
-        entry, won_ = sum(a for a, _ in values), sum(b for _, b in values)
+    for journey in sorted(sums, key=lambda j: (j is not None, j or "")):
+        n, entry, won_ = sums[journey]
         out.append({"journey": journey, "conversions": n, "score_at_entry": round(entry / n, 2),
                     "score_at_conversion": round(won_ / n, 2), "change": round((won_ - entry) / n, 2)})
-    if None not in pairs:
+    if None not in sums:
         out.insert(0, {"journey": None, "conversions": 0, "score_at_entry": None, "score_at_conversion": None,
                        "change": None})
     return out

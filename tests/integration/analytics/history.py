@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+from services.analytics.domain import reports
+
 JOURNEYS = {"welcome": ["intro", "value", "offer"], "webinar": ["invite", "remind", "followup"],
             "reengage": ["nudge", "lastcall"]}
 TOPICS = ["visas", "tax", "schools", "business"]
@@ -544,6 +546,24 @@ def lifecycle_changes(stream: Sequence[dict[str, Any]]) -> list[tuple[dict[str, 
         out.append((m, _minutes(since, at_of(m))))
         last[m["lead_id"]] = at_of(m)
     return out
+
+
+def sub_bands(stream: Sequence[dict[str, Any]]) -> dict[str, dict[tuple[Any, ...], int]]:
+    """The percentiles' sub-band counts, recounted: every journey-stage dwell (by its entry's day and segment)
+    and every lifecycle change's time in the stage left (by the change's day and segment), per
+    (key, band, grain, period start, segment, sub-band) for the day, its ISO week and its month."""
+    def add(into: dict[tuple[Any, ...], int], a: str, b: str, day: date, segment: str, minutes: int) -> None:
+        for grain, start in (("d", day), ("w", day - timedelta(days=day.weekday())), ("m", day.replace(day=1))):
+            into[(a, b, reports.band(minutes), grain, start, segment, reports.sub_band(minutes))] += 1
+
+    dwell: dict[tuple[Any, ...], int] = defaultdict(int)
+    for (_lead, journey), path in stage_entries(stream).items():
+        for e, nxt in itertools.pairwise(path):
+            add(dwell, journey, e["properties"]["stage"], at_of(e).date(), seg_of(e), _minutes(at_of(e), at_of(nxt)))
+    life: dict[tuple[Any, ...], int] = defaultdict(int)
+    for m, minutes in lifecycle_changes(stream):
+        add(life, m["properties"]["old"], m["properties"]["new"], at_of(m).date(), seg_of(m), minutes)
+    return {"stage_dwell": dict(dwell), "lifecycle": dict(life)}
 
 
 def timeseries(stream: Sequence[dict[str, Any]], r: Range, metric: str, interval: str) -> list[dict[str, Any]]:

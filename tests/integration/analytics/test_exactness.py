@@ -11,10 +11,11 @@ from datetime import date, timedelta
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 
 from nurture.db import Database, open_database
 from nurture.settings import Settings
-from services.analytics import storage
+from services.analytics import storage, tables
 from services.analytics.app.core import load_costs
 from services.analytics.domain import reports
 from services.analytics.domain.facts import from_bus
@@ -59,6 +60,11 @@ def check(db: Database, stream: Sequence[dict[str, Any]]) -> int:
     engaged, converted, lifecycle_rates, compared = 0, 0, set(), set()
     costs = load_costs()
     with db.session() as s:
+        # The percentiles' sub-band counts, cell by cell (a wrong cell could still pick the right minutes).
+        for name, counts in h.sub_bands(stream).items():
+            table = tables.stage_dwell_subbands if name == "stage_dwell" else tables.lifecycle_subbands
+            assert {tuple(row[:-1]): row[-1] for row in s.execute(select(table)) if row[-1]} == counts, name
+            figures += len(counts)
         for r in ranges(stream):
             q = storage.Query(r.start, r.end, r.segment, r.journey)
             for group in reports.ENGAGEMENT_GROUPS:

@@ -126,6 +126,23 @@ def test_bands_are_monotone_and_narrow() -> None:
     assert max(bands) < 40 and all(w <= 0.5 * (1 << (b // 2)) + 1 for b, w in widths.items())
 
 
+def test_sub_bands_partition_each_band_into_narrow_runs_of_minutes() -> None:
+    runs: dict[int, list[int]] = {}
+    for m in range(0, (1 << 19) - 1):  # every minute of the bands below 2**19 - 1
+        runs.setdefault(reports.sub_band(m), []).append(m)
+    for first, minutes in runs.items():
+        # a run of consecutive minutes, named by its first, ending where sub_band_last says, in one band
+        assert minutes == list(range(first, reports.sub_band_last(first) + 1)), first
+        assert reports.band(first) == reports.band(reports.sub_band_last(first))
+    per_band: dict[int, int] = {}
+    for first in runs:
+        per_band[reports.band(first)] = per_band.get(reports.band(first), 0) + 1
+    assert max(per_band.values()) == 1 << reports.SUB_BITS  # a wide band is narrowed 32-fold
+    assert reports.sub_band(-5) == reports.sub_band(0) == 0
+    assert reports.sub_band(40) == 40 and reports.sub_band_last(40) == 40  # below 64 minutes: each minute
+    assert reports.sub_band_last(reports.sub_band(30_000)) - reports.sub_band(30_000) == 255
+
+
 def test_a_sequence_is_the_last_pieces_of_content_with_repeats_counted_once() -> None:
     assert reports.sequence_of(["a", "a", "b", "b", "c"], 2) == "b > c"
     assert reports.sequence_of(["a", "b", "a"], 3) == "a > b > a"  # a return to earlier content is a step
