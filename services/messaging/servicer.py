@@ -93,7 +93,7 @@ def send_input(request: messaging_pb2.SendRequest) -> SendInput:
     return SendInput(dedupe_key=request.dedupe_key, lead_id=request.lead_id, journey=request.journey,
                      journey_version=request.journey_version, step=request.step, channel=request.channel,
                      template=request.template, category=request.category, context_json=request.context_json,
-                     not_before=not_before)
+                     not_before=not_before, budget_exempt=request.budget_exempt)
 
 
 @guard_requests(own={"SendBatch": "items"})
@@ -108,7 +108,8 @@ class MessagingServicer(messaging_pb2_grpc.MessagingServicer):
         result = await _guard(lambda: self.engine.send(
             dedupe_key=item.dedupe_key, lead_id=item.lead_id, journey=item.journey,
             journey_version=item.journey_version, step=item.step, channel=item.channel, template=item.template,
-            category=item.category, context_json=item.context_json, not_before=item.not_before))
+            category=item.category, context_json=item.context_json, not_before=item.not_before,
+            budget_exempt=item.budget_exempt))
         return messaging_pb2.SendReply(message_id=result.message_id, status=result.status, reason=result.reason)
 
     async def SendBatch(self, request: messaging_pb2.SendBatchRequest, context: grpc.aio.ServicerContext

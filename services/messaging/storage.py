@@ -74,6 +74,7 @@ class Message(NamedTuple):
     sent_at: datetime | None = None
     claimed_by: str | None = None
     claimed_at: datetime | None = None
+    budget_exempt: bool = False         # the journey step's `budget: exempt`: caps and gap do not hold it
 
     @classmethod
     def from_row(cls, row: RowMapping) -> Message:

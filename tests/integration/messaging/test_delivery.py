@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import timedelta
+from datetime import UTC, timedelta
 
 import grpc
 import pytest
@@ -163,6 +163,50 @@ async def test_two_nurture_emails_due_together_go_a_minimum_gap_apart(mesh: Mesh
     await mesh.settle()
     assert {m.template: m.status for m in await mesh.messages("gap")}["re_engagement.email_01"] == "sent"
     assert len([m for m in mesh.mails() if "gap@example.com" in str(m["To"])]) == 3
+
+
+async def test_a_budget_exempt_nurture_email_goes_past_the_gap_and_the_cap_and_counts_in_them(mesh: Mesh) -> None:
+    # A cart reminder is timed to the hour (seed: "+1 Hour"): the journey step says `budget: exempt` and
+    # the Send carries it. It goes 1 minute after another nurture email (no 2 h gap), and past a full day
+    # cap; each exempt send still counts, so the next ordinary one waits the gap after it.
+    mesh.scoring.add(make_lead("cx", timezone="UTC"))
+    t0 = mesh.clock.now()
+    await mesh.send("cx", "skilled_professional.email_03")
+    await mesh.settle()
+    mesh.clock.set(t0 + timedelta(minutes=1))
+    await mesh.send("cx", "cart_abandonment.email_01", budget_exempt=True)
+    await mesh.send("cx", "skilled_professional.email_04")
+    await mesh.settle()
+    by_template = {m.template: m for m in await mesh.messages("cx")}
+    assert by_template["cart_abandonment.email_01"].status == "sent"
+    held = by_template["skilled_professional.email_04"]
+    assert (held.status, held.reason) == ("scheduled", "deferred: minimum gap after the previous nurture email")
+    # The gap is counted from the exempt send (09:01), not from the email before it (09:00).
+    assert held.due_at.ToDatetime().replace(tzinfo=UTC) == t0 + timedelta(hours=2, minutes=1)
+    mesh.clock.set(t0 + timedelta(hours=2, minutes=1))
+    await mesh.settle()
+    assert {m.template: m.status for m in await mesh.messages("cx")}["skilled_professional.email_04"] == "sent"
+    # Three nurture emails in the rolling day (the exempt one among them): an ordinary fourth waits for the
+    # cap, an exempt one goes at once.
+    mesh.clock.set(t0 + timedelta(hours=5))
+    await mesh.send("cx", "skilled_professional.email_05")
+    await mesh.send("cx", "cart_abandonment.email_02", budget_exempt=True)
+    await mesh.settle()
+    by_template = {m.template: m for m in await mesh.messages("cx")}
+    assert (by_template["skilled_professional.email_05"].status,
+            by_template["skilled_professional.email_05"].reason) == ("scheduled", "deferred: frequency cap reached")
+    assert by_template["cart_abandonment.email_02"].status == "sent"
+    assert len([m for m in mesh.mails() if "cx@example.com" in str(m["To"])]) == 4
+    # The exemption is from the budget only: no consent still means no mail, and so does the night.
+    mesh.scoring.add(make_lead("nx", consent={"email": False}, timezone="UTC"))
+    mesh.scoring.add(make_lead("ny", timezone="America/Los_Angeles"))
+    await mesh.send("nx", "cart_abandonment.email_01", budget_exempt=True)
+    await mesh.send("ny", "cart_abandonment.email_01", budget_exempt=True)
+    await mesh.settle()
+    [refused] = await mesh.messages("nx")
+    assert (refused.status, refused.reason) == ("suppressed", "no email consent")
+    [night] = await mesh.messages("ny")
+    assert night.status == "scheduled" and "daytime" in night.reason
 
 
 async def test_tracking_and_one_click_unsubscribe(mesh: Mesh) -> None:
