@@ -29,6 +29,9 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 # A page of leads asks for its addresses' suppressions in one call (the leads API pages hold at most 1,000).
 MAX_SUBSCRIPTION_ADDRESSES = 1000
+# ListMessages by ids: the gateway asks for the messages a batch of posted opens and clicks names (a batch
+# holds at most 1,000 events).
+MAX_LISTED_IDS = 1000
 
 
 async def _guard(fn: Callable[[], Awaitable[T]]) -> T:
@@ -231,7 +234,10 @@ class MessagingServicer(messaging_pb2_grpc.MessagingServicer):
                            ) -> messaging_pb2.ListMessagesReply:
         if not request.lead_id:
             raise errors.invalid_fields({"lead_id": "is required"})
-        rows = await self.engine.db.run(self.engine.store.list_messages, request.lead_id, request.limit or 1000)
+        if len(request.ids) > MAX_LISTED_IDS:
+            raise errors.invalid_fields({"ids": f"at most {MAX_LISTED_IDS} ids, got {len(request.ids)}"})
+        rows = await self.engine.db.run(self.engine.store.list_messages, request.lead_id, request.limit or 1000,
+                                        list(request.ids) or None)
         return messaging_pb2.ListMessagesReply(items=[message_proto(r) for r in rows])
 
     async def Track(self, request: messaging_pb2.TrackRequest, context: grpc.aio.ServicerContext

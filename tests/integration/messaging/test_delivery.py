@@ -61,6 +61,27 @@ async def test_a_leads_messages_are_listed_newest_first(mesh: Mesh) -> None:
     assert [m.template for m in latest.items] == templates[:0:-1]
 
 
+async def test_a_leads_messages_are_listed_by_id(mesh: Mesh) -> None:
+    """What the gateway asks to credit a posted open: only the named messages of that lead, by id (never a
+    page of the lead's whole history); another lead's id or no message's is simply not listed."""
+    mesh.scoring.add(make_lead("i1"))
+    mesh.scoring.add(make_lead("i2"))
+    ids = [(await mesh.send("i1", f"skilled_professional.email_0{n}")).message_id for n in (1, 2, 3)]
+    other = (await mesh.send("i2", "skilled_professional.email_01")).message_id
+
+    async def listed(lead_id: str, wanted: list[str], limit: int = 0) -> list[str]:
+        reply = await mesh.stub.ListMessages(messaging_pb2.ListMessagesRequest(lead_id=lead_id, ids=wanted,
+                                                                               limit=limit), timeout=5)
+        return sorted(m.id for m in reply.items)
+
+    assert await listed("i1", [ids[0], ids[2], other, "m-none"]) == sorted([ids[0], ids[2]])
+    assert await listed("i2", ids) == []
+    assert await listed("i1", [ids[1], ids[1]], limit=1) == [ids[1]]
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await listed("i1", [f"m{n}" for n in range(1001)])
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "ids" in (err.value.details() or "")
+
+
 async def test_consent_suppression_bounce_and_bad_template(mesh: Mesh) -> None:
     mesh.scoring.add(make_lead("nc", consent={"email": False}))
     mesh.scoring.add(make_lead("bad", email="nobody@reject.invalid"))
