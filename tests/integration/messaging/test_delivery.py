@@ -163,13 +163,13 @@ async def test_two_nurture_emails_due_together_go_a_minimum_gap_apart(mesh: Mesh
     # same minute; the second waits the policy's gap (2 h), a transactional one does not.
     mesh.scoring.add(make_lead("gap"))
     now = mesh.clock.now()
-    await mesh.send("gap", "skilled_professional.reengagement")
+    await mesh.send("gap", "re_engagement.email_01_skilled_professional")
     await mesh.send("gap", "re_engagement.email_01")
     await mesh.send("gap", "webinar.email_01", category="transactional",
                     context={"starts_at": "2026-01-09T17:00:00Z", "webinar_title": "Canada 101"})
     await mesh.settle()
     by_template = {m.template: m for m in await mesh.messages("gap")}
-    assert by_template["skilled_professional.reengagement"].status == "sent"
+    assert by_template["re_engagement.email_01_skilled_professional"].status == "sent"
     assert by_template["webinar.email_01"].status == "sent"
     later = by_template["re_engagement.email_01"]
     assert later.status == "scheduled" and later.reason == "deferred: minimum gap after the previous nurture email"
