@@ -158,10 +158,18 @@ ENGAGEMENTS = frozenset({"email_opened", "email_clicked"})
 MESSAGE_FIELDS = ("journey", "step", "template")
 
 
-async def credit_to_messages(m: Mesh, events: list[scoring_pb2.Event]) -> None:
-    """Fill the missing journey fields of each open or click that names a message of its lead."""
-    wanting: dict[str, list[tuple[scoring_pb2.Event, JsonObject, str]]] = {}
-    for event in events:
+def unknown_message(mid: str) -> ApiError:
+    return ApiError(422, "unknown_message", f"properties.message_id {mid!r} is none of this lead's messages",
+                    {"fields": {"properties.message_id": "none of this lead's messages (GET /v1/leads/{id}/messages)"}})
+
+
+async def credit_to_messages(m: Mesh, events: list[scoring_pb2.Event]) -> dict[int, ApiError]:
+    """Fill the missing journey fields of each open or click that names a message of its lead. Answers
+    the events (by position) that name a message their lead never had: an engagement with no message
+    of ours behind it would be counted under no journey, so it is refused (`unknown_message`) rather
+    than taken. With messaging down nothing can be checked: the events go as posted."""
+    wanting: dict[str, list[tuple[int, scoring_pb2.Event, JsonObject, str]]] = {}
+    for i, event in enumerate(events):
         if event.type not in ENGAGEMENTS:
             continue
         props = jsoncodec.loads(event.properties_json or "{}")
@@ -169,23 +177,28 @@ async def credit_to_messages(m: Mesh, events: list[scoring_pb2.Event]) -> None:
             continue
         mid = props.get("message_id")
         if isinstance(mid, str) and mid and any(not props.get(f) for f in MESSAGE_FIELDS):
-            wanting.setdefault(event.lead_id, []).append((event, props, mid))
+            wanting.setdefault(event.lead_id, []).append((i, event, props, mid))
+    refused: dict[int, ApiError] = {}
+    stub = messaging_pb2_grpc.MessagingStub(m.channel("messaging"))
     for lead_id, items in wanting.items():
-        stub = messaging_pb2_grpc.MessagingStub(m.channel("messaging"))
+        # Only the named messages, by id (at most a batch's 1,000): never the lead's whole history.
+        ids = sorted({mid for _, _, _, mid in items})
         try:
-            reply = await stub.ListMessages(messaging_pb2.ListMessagesRequest(lead_id=lead_id, limit=10000),
-                                            timeout=m.timeout)
+            reply = await stub.ListMessages(messaging_pb2.ListMessagesRequest(lead_id=lead_id, ids=ids,
+                                                                              limit=len(ids)), timeout=m.timeout)
         except grpc.aio.AioRpcError:
             continue   # messaging is down: the event is still taken, as posted (it scores and moves journeys)
         known = {msg.id: msg for msg in reply.items}
-        for event, props, mid in items:
+        for i, event, props, mid in items:
             msg = known.get(mid)
             if msg is None:
-                continue   # not this lead's message: credited by what it carries, as before
+                refused[i] = unknown_message(mid)
+                continue
             for name in MESSAGE_FIELDS:
                 if not props.get(name):
                     props[name] = getattr(msg, name)
             event.properties_json = jsoncodec.dumps(props)
+    return refused
 
 
 def _error(result: scoring_pb2.EventResult) -> ApiError:
@@ -208,7 +221,9 @@ async def post_event(
 async def record_event(request: Request, body: JsonValue, idempotency_key: str | None) -> EventAccepted:
     """The 202 body for one event, or ApiError / a gRPC error."""
     event = to_event(body, idempotency_key, request.app.state.clock.now())
-    await credit_to_messages(request.app.state.mesh, [event])
+    refused = await credit_to_messages(request.app.state.mesh, [event])
+    if refused:
+        raise refused[0]
     result = await request.app.state.events.send(event)
     if result.error_code:
         raise _error(result)
@@ -242,7 +257,12 @@ async def post_batch(request: Request, body: JsonValue = Depends(json_body_items
             rejected.append({"index": i, "error": {"code": exc.code, "message": exc.message, "details": exc.details}})
     duplicates = 0
     ids: list[str] = []
-    await credit_to_messages(m, events)
+    refused = await credit_to_messages(m, events)
+    for at in sorted(refused, reverse=True):
+        err = refused[at]
+        rejected.append({"index": index[at],
+                         "error": {"code": err.code, "message": err.message, "details": err.details}})
+        del events[at], index[at]
     if events:
         reply = await scoring_pb2_grpc.ScoringStub(m.channel("scoring")).IngestEvents(
             scoring_pb2.IngestRequest(events=events), timeout=m.timeout * 6)

@@ -699,8 +699,13 @@ def engagement_report(session: Session, q: Query, group_by: str) -> list[dict[st
     measures = ("sent", "opened", "clicked", "bounced", "unsubscribed")
     rows = session.execute(select(col, *[func.sum(engagement.c[m]) for m in measures])
                            .where(q.where(engagement)).group_by(col).order_by(col)).all()
-    return [reports.engagement_row(r[0], dict(zip(measures, (int(v or 0) for v in r[1:]), strict=True)))
-            for r in rows]
+    # Figures of no journey (a proposal's email, an unsubscribe posted on its own, an open posted while
+    # messaging could not say whose message it named) are one row whose group is null: no journey key
+    # is the empty string. Null sorts last, after every journey's row.
+    nameless = group_by == "journey"
+    out = [reports.engagement_row(None if nameless and not r[0] else r[0],
+                                  dict(zip(measures, (int(v or 0) for v in r[1:]), strict=True))) for r in rows]
+    return sorted(out, key=lambda row: row["group"] is None) if nameless else out
 
 
 def _periods(table: Table, q: Query) -> ColumnElement[bool]:
@@ -1246,12 +1251,14 @@ def roi_report(session: Session, q: Query, costs: dict[str, Any]) -> dict[str, A
     for chans in sent_by.values():
         for ch, n in chans.items():
             totals[ch] += n
-    journeys = sorted(set(sent_by) | set(per_journey) | set(by_j_revenue))
+    journeys = sorted(set(sent_by) | set(per_journey) | set(by_j_revenue), key=lambda j: (not j, j))
     report = reports.roi_report(
         nurtured=int(nurtured_count), sent_by_channel=totals, costs=costs, start=q.start, end=q.end,
         influenced=influenced,
-        by_journey=[{"journey": j, "nurtured": per_journey.get(j, 0), "sent_by_channel": dict(sent_by.get(j, {})),
-                     "influenced": by_j_revenue.get(j, 0.0)} for j in journeys])
+        # Sends of no journey (a proposal's email) are a row whose journey is null, last: never "".
+        by_journey=[{"journey": j or None, "nurtured": per_journey.get(j, 0),
+                     "sent_by_channel": dict(sent_by.get(j, {})), "influenced": by_j_revenue.get(j, 0.0)}
+                    for j in journeys])
     return report | {"by_path": value_by_path(session, q)}
 
 

@@ -134,7 +134,7 @@ class Clients:
         req = messaging_pb2.SendRequest(
             dedupe_key=effect.dedupe_key, lead_id=lead_id, journey=p.journey, journey_version=int(p.version),
             step=p.step, channel=p.channel, template=p.template, category=p.category,
-            context_json=json.dumps(p.context, default=str))
+            context_json=json.dumps(p.context, default=str), budget_exempt=p.budget_exempt)
         reply = await self._sends.send(req)
         if reply.status == "invalid":  # what a single Send refuses with INVALID_ARGUMENT: failed for good
             return "failed", "", f"INVALID_ARGUMENT: {reply.reason}"

@@ -29,6 +29,9 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 # A page of leads asks for its addresses' suppressions in one call (the leads API pages hold at most 1,000).
 MAX_SUBSCRIPTION_ADDRESSES = 1000
+# ListMessages by ids: the gateway asks for the messages a batch of posted opens and clicks names (a batch
+# holds at most 1,000 events).
+MAX_LISTED_IDS = 1000
 
 
 async def _guard(fn: Callable[[], Awaitable[T]]) -> T:
@@ -93,7 +96,7 @@ def send_input(request: messaging_pb2.SendRequest) -> SendInput:
     return SendInput(dedupe_key=request.dedupe_key, lead_id=request.lead_id, journey=request.journey,
                      journey_version=request.journey_version, step=request.step, channel=request.channel,
                      template=request.template, category=request.category, context_json=request.context_json,
-                     not_before=not_before)
+                     not_before=not_before, budget_exempt=request.budget_exempt)
 
 
 @guard_requests(own={"SendBatch": "items"})
@@ -108,7 +111,8 @@ class MessagingServicer(messaging_pb2_grpc.MessagingServicer):
         result = await _guard(lambda: self.engine.send(
             dedupe_key=item.dedupe_key, lead_id=item.lead_id, journey=item.journey,
             journey_version=item.journey_version, step=item.step, channel=item.channel, template=item.template,
-            category=item.category, context_json=item.context_json, not_before=item.not_before))
+            category=item.category, context_json=item.context_json, not_before=item.not_before,
+            budget_exempt=item.budget_exempt))
         return messaging_pb2.SendReply(message_id=result.message_id, status=result.status, reason=result.reason)
 
     async def SendBatch(self, request: messaging_pb2.SendBatchRequest, context: grpc.aio.ServicerContext
@@ -230,7 +234,10 @@ class MessagingServicer(messaging_pb2_grpc.MessagingServicer):
                            ) -> messaging_pb2.ListMessagesReply:
         if not request.lead_id:
             raise errors.invalid_fields({"lead_id": "is required"})
-        rows = await self.engine.db.run(self.engine.store.list_messages, request.lead_id, request.limit or 1000)
+        if len(request.ids) > MAX_LISTED_IDS:
+            raise errors.invalid_fields({"ids": f"at most {MAX_LISTED_IDS} ids, got {len(request.ids)}"})
+        rows = await self.engine.db.run(self.engine.store.list_messages, request.lead_id, request.limit or 1000,
+                                        list(request.ids) or None)
         return messaging_pb2.ListMessagesReply(items=[message_proto(r) for r in rows])
 
     async def Track(self, request: messaging_pb2.TrackRequest, context: grpc.aio.ServicerContext

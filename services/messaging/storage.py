@@ -74,6 +74,7 @@ class Message(NamedTuple):
     sent_at: datetime | None = None
     claimed_by: str | None = None
     claimed_at: datetime | None = None
+    budget_exempt: bool = False         # the journey step's `budget: exempt`: caps and gap do not hold it
 
     @classmethod
     def from_row(cls, row: RowMapping) -> Message:
@@ -352,10 +353,15 @@ class Store:
                     {"email_hash": x.email_hash, "scope": x.scope, "reason": x.reason, "source": x.source, "at": at}
                     for x in sup], ["email_hash", "scope"])
 
-    def list_messages(self, lead_id: str, limit: int) -> list[Message]:
-        """A lead's messages newest first (what a reader looks for; the limit keeps the latest)."""
+    def list_messages(self, lead_id: str, limit: int, ids: Sequence[str] | None = None) -> list[Message]:
+        """A lead's messages newest first (what a reader looks for; the limit keeps the latest); with
+        `ids`, only those of them (found by primary key: the gateway crediting a posted open reads one row,
+        not the lead's whole history)."""
+        where = [messages.c.lead_id == lead_id]
+        if ids is not None:
+            where.append(messages.c.id.in_(sorted(set(ids))))
         with self._sessions() as s:
-            rows = s.execute(select(messages).where(messages.c.lead_id == lead_id)
+            rows = s.execute(select(messages).where(*where)
                              .order_by(messages.c.created_at.desc(), messages.c.id.desc())
                              .limit(limit)).mappings().all()
         return [Message.from_row(r) for r in rows]

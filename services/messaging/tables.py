@@ -5,7 +5,7 @@ Times are stored as naive UTC (SQLite keeps no zone); storage.py converts at the
 
 from __future__ import annotations
 
-from sqlalchemy import Boolean, Column, DateTime, Index, Integer, MetaData, String, Table, Text
+from sqlalchemy import Boolean, Column, DateTime, Index, Integer, MetaData, String, Table, Text, false
 
 metadata = MetaData()
 
@@ -39,6 +39,9 @@ messages = Table(
     # leaves it alone until the claim is older than the lease (services/messaging/storage.py).
     Column("claimed_by", String(64), nullable=True),
     Column("claimed_at", DateTime, nullable=True),
+    # The journey step's `budget: exempt` (SendRequest.budget_exempt): the per-lead caps and the minimum
+    # gap do not hold the message; it still counts in them (services/messaging/app/delivery.py).
+    Column("budget_exempt", Boolean, nullable=False, default=False, server_default=false()),
     Index("ix_messaging_messages_lead", "lead_id", "created_at"),
     Index("ix_messaging_messages_due", "status", "due_at"),
     Index("ix_messaging_messages_template", "template", "variant"),

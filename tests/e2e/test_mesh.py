@@ -178,7 +178,7 @@ def test_day_14_re_engagement_is_one_email_with_the_segments_content(mesh: Mesh)
         items = api.get("/v1/leads/ina/messages").json()["items"]
         reach = [m for m in items if m["journey"] == "re_engagement" or m["step"] == "reengagement"]
         assert [(m["journey"], m["step"], m["template"], m["status"]) for m in reach] == [
-            ("re_engagement", "email_01_skilled_professional", "skilled_professional.reengagement", "sent")]
+            ("re_engagement", "email_01_skilled_professional", "re_engagement.email_01_skilled_professional", "sent")]
 
 
 def test_subscribing_again_after_a_nurture_unsubscribe_resumes_the_journey_without_repeats(mesh: Mesh) -> None:

@@ -168,7 +168,7 @@ def rate(part: float, whole: float) -> float | None:
     return round(part / whole, 4) if whole else None
 
 
-def engagement_row(group: str, sums: Mapping[str, int]) -> dict[str, Any]:
+def engagement_row(group: str | None, sums: Mapping[str, int]) -> dict[str, Any]:
     delivered = sums["sent"] - sums["bounced"]
     return {"group": group, "sent": sums["sent"], "delivered": delivered, "opened": sums["opened"],
             "clicked": sums["clicked"], "unsubscribed": sums["unsubscribed"], "bounced": sums["bounced"],

@@ -778,7 +778,8 @@ class Engine:
                        "stage": s.stage or e.stage, "url": s.url, **e.anchors}
             payload = SendPayload(template=template_of(j, s), channel=channel, category=category, journey=e.journey,
                                   version=e.version, step=s.id,
-                                  context={k: v for k, v in context.items() if v is not None})
+                                  context={k: v for k, v in context.items() if v is not None},
+                                  budget_exempt=s.budget_exempt)
             return Effect("send", e.ekey, s.id, key, occ, side, payload)
         if isinstance(s, TaskStep):
             due = now + s.due

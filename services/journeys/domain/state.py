@@ -155,6 +155,7 @@ class SendPayload:
     version: int
     step: str
     context: JsonObject  # the template's variables: the step's subject, cta, brief, url, stage, anchors
+    budget_exempt: bool = False  # the step's `budget: exempt`: messaging's caps and gap do not hold it either
 
 
 @dataclass(frozen=True, slots=True)

@@ -75,6 +75,12 @@ local now = tonumber(ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 604800)
 if redis.call('ZSCORE', KEYS[1], ARGV[2]) then return {0, ''} end
 local untils, why = 0, ''
+if ARGV[6] == '1' then
+  -- A budget-exempt send (a journey step timed to the hour): no cap or gap holds it, but it counts.
+  redis.call('ZADD', KEYS[1], now, ARGV[2])
+  redis.call('EXPIRE', KEYS[1], 691200)
+  return {0, ''}
+end
 local day = redis.call('ZCOUNT', KEYS[1], '(' .. (now - 86400), '+inf')
 if day >= tonumber(ARGV[3]) then
   local first = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. (now - 86400), '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
@@ -120,6 +126,8 @@ class SendInput:
     category: str
     context_json: str
     not_before: datetime | None = None
+    # The journey step's `budget: exempt`: past the per-lead caps and minimum gap (still counted in them).
+    budget_exempt: bool = False
 
 
 @dataclass
@@ -203,10 +211,10 @@ class Delivery:
     # --- Send ---------------------------------------------------------------------------------------
     async def send(self, *, dedupe_key: str, lead_id: str, journey: str, journey_version: int, step: str,
                    channel: str, template: str, category: str, context_json: str,
-                   not_before: datetime | None) -> SendResult:
+                   not_before: datetime | None, budget_exempt: bool = False) -> SendResult:
         """Record one requested message (idempotent by dedupe key) and queue it."""
         request = SendInput(dedupe_key, lead_id, journey, journey_version, step, channel, template, category,
-                            context_json, not_before)
+                            context_json, not_before, budget_exempt)
         await self.templates.ensure()
         row, line = self._row(request, self.clock.now())  # InvalidRequest propagates: the call is refused
         return (await self._record([(row, line)]))[0]
@@ -258,7 +266,7 @@ class Delivery:
             category=category, variant=choose_variant(live, r.lead_id) if live is not None else "",
             context_json=json.dumps(context), subject="", email_hash="", status=status,
             reason=reason, attempts=0, due_at=naive(due), created_at=naive(now),
-            updated_at=naive(now), sent_at=None,
+            updated_at=naive(now), sent_at=None, budget_exempt=r.budget_exempt,
         )
         line = LogLine(message_id, r.lead_id, f"message_{status}",
                        f"{r.template} {'queued' if status == 'scheduled' else 'failed: ' + reason}"
@@ -463,7 +471,8 @@ class Delivery:
             epoch = now.timestamp()
             answers = await run_script(self.redis, CAPS_LUA, [
                 ([lead_key(r.row.lead_id, "msg:nurture")],
-                 [epoch, r.row.id, self.policy.cap_per_day, self.policy.cap_per_week, self.policy.min_gap_s])
+                 [epoch, r.row.id, self.policy.cap_per_day, self.policy.cap_per_week, self.policy.min_gap_s,
+                  1 if r.row.budget_exempt else 0])
                 for r in capped])
             for r, (until, why) in zip(capped, answers, strict=True):
                 if int(until):

@@ -4,7 +4,9 @@ Nurture mail goes out only in the lead's daytime (deferred to the next window, n
 a rolling per-day and per-week cap, and at least `min_gap_s` after the lead's previous nurture email
 (two journeys falling due together, e.g. a segment's re-engagement email and the re-engagement
 sequence's first on day 14, arrive hours apart, not in the same minute); transactional mail (webinar
-reminders, deliveries) is exempt from all three because its timing is the point of it. The values
+reminders, deliveries) is exempt from all three because its timing is the point of it; a nurture send
+whose journey step is `budget: exempt` (SendRequest.budget_exempt: a cart reminder timed to the hour) is
+exempt from the caps and the gap, not the window, and still counts in them. The values
 are data: `policy.yaml` beside this module, read at start-up (`load_policy`).
 """
 

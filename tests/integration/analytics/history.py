@@ -102,6 +102,9 @@ def generate(seed: int, *, leads: int = 40, days: int = 50) -> list[dict[str, An
                                          rnd.choice(({}, {"journey": journey}))))
                     if rnd.random() < 0.03:
                         story.append(msg("unsubscribed", t + timedelta(hours=1), {**props, "scope": "nurture"}))
+                    elif rnd.random() < 0.02:
+                        # An unsubscribe the lead's own form posted: the lead's, of no journey (its row: null).
+                        story.append(msg("unsubscribed", t + timedelta(hours=1), {"scope": "all"}))
                     if rnd.random() < 0.15:
                         story.append(msg("page_viewed", t, {"url": "/pricing"}))
                     if rnd.random() < 0.25 and now["stage"] < len(LIFECYCLE) - 1:
@@ -256,10 +259,12 @@ def engagement(stream: Sequence[dict[str, Any]], r: Range, group_by: str) -> lis
             group = m["properties"].get("channel") or "email"
         sums[group][kind] += 1
     rows = []
-    for g in sorted(sums):
+    # By journey, what no journey sent is one row, group null, after every journey's (docs/API.md).
+    for g in sorted(sums, key=lambda g: (group_by == "journey" and not g, g)):
         s = sums[g]
         delivered = s["sent"] - s["bounced"]
-        rows.append({"group": g, "sent": s["sent"], "delivered": delivered, "opened": s["opened"],
+        rows.append({"group": None if group_by == "journey" and not g else g, "sent": s["sent"],
+                     "delivered": delivered, "opened": s["opened"],
                      "clicked": s["clicked"], "unsubscribed": s["unsubscribed"], "bounced": s["bounced"],
                      "open_rate": round(s["opened"] / delivered, 4) if delivered else None,
                      "click_rate": round(s["clicked"] / delivered, 4) if delivered else None})
@@ -661,9 +666,9 @@ def roi_inputs(stream: Sequence[dict[str, Any]], r: Range) -> dict[str, Any]:
     for chans in sent.values():
         for ch, n in chans.items():
             totals[ch] += n
-    journeys = sorted(set(sent) | set(per_journey) | set(by_j))
+    journeys = sorted(set(sent) | set(per_journey) | set(by_j), key=lambda j: (not j, j))
     return {"nurtured": len(nurtured), "sent_by_channel": dict(totals), "influenced": influenced,
-            "by_journey": [{"journey": j, "nurtured": len(per_journey.get(j, ())),
+            "by_journey": [{"journey": j or None, "nurtured": len(per_journey.get(j, ())),
                             "sent_by_channel": dict(sent.get(j, {})), "influenced": by_j.get(j, 0.0)}
                            for j in journeys]}
 

@@ -55,3 +55,54 @@ async def test_an_engagement_posted_with_only_a_message_id_is_credited_to_its_jo
         # The lead's timeline shows the event with the fields it was credited by.
         posted = [i["summary"] for i in timeline if i["kind"] == "event" and i["type"] == etype]
         assert len(posted) == 1 and f"journey=skilled_professional, step=email_01, template={KEY}" in posted[0], posted
+
+
+async def test_an_engagement_naming_a_message_its_lead_never_had_is_refused_and_counted_nowhere(
+        settings: Settings, tmp_path: Path) -> None:
+    async with templates_mesh(settings, tmp_path, extra=("analytics",)) as mesh:
+        await mesh.add_lead("cid")
+        await mesh.add_lead("dan")
+        theirs = await mesh.send("dan", KEY)
+        own = await mesh.send("cid", "family.email_01")
+        for mid in ("m-made-up", theirs):   # no message at all; another lead's message (not named as such)
+            r = await mesh.client.post("/v1/events", headers=mesh.headers("editor"), json={
+                "lead_id": "cid", "type": "email_opened", "properties": {"message_id": mid}})
+            assert r.status_code == 422, r.text
+            error = r.json()["error"]
+            assert error["code"] == "unknown_message" and "properties.message_id" in error["details"]["fields"]
+            assert "dan" not in r.text
+        # In a batch only that event is refused; the one naming the lead's own message is credited.
+        r = await mesh.client.post("/v1/events:batch", headers=mesh.headers("editor"), json={"events": [
+            {"lead_id": "cid", "type": "email_clicked", "properties": {"message_id": "m-made-up"}},
+            {"lead_id": "cid", "type": "email_clicked", "properties": {"message_id": own}}]})
+        assert r.status_code == 202, r.text
+        body = r.json()
+        assert body["accepted"] == 1 and [x["index"] for x in body["rejected"]] == [0], body
+        assert body["rejected"][0]["error"]["code"] == "unknown_message"
+        rows = await _engagement(mesh)
+        assert None not in rows and "" not in rows, rows
+        assert rows["family"]["clicked"] == 1 and rows["family"]["opened"] == 1, rows
+        timeline = (await mesh.client.get("/v1/leads/cid/timeline", headers=mesh.headers("viewer"))).json()["items"]
+        engaged = [i for i in timeline if i["kind"] == "event" and i["type"] in ("email_opened", "email_clicked")]
+        assert len(engaged) == 1, engaged
+
+
+async def test_a_posted_open_goes_as_posted_while_messaging_is_down_and_is_counted_under_no_journey(
+        settings: Settings, tmp_path: Path) -> None:
+    # Nothing can check the id then: the open is taken (it scores), and analytics shows it in the row of
+    # no journey (group null), never under an empty journey key.
+    async with templates_mesh(settings, tmp_path, extra=("analytics",)) as mesh:
+        await mesh.add_lead("eve")
+        await mesh.send("eve", KEY)
+        await mesh.stop("messaging")
+        r = await mesh.client.post("/v1/events", headers=mesh.headers("editor"), json={
+            "lead_id": "eve", "type": "email_opened", "properties": {"message_id": "m-unchecked"}})
+        assert r.status_code == 202, r.text
+        for service in ("scoring", "analytics"):
+            await _settle(mesh, service)
+        r = await mesh.client.get("/v1/analytics/engagement", headers=mesh.headers("viewer"),
+                                  params={"group_by": "journey", "from": "2026-01-01T00:00:00Z",
+                                          "to": "2026-12-31T00:00:00Z"})
+        groups = [row["group"] for row in r.json()["rows"]]
+        assert "" not in groups and groups[-1] is None, groups
+        assert r.json()["rows"][-1]["opened"] == 1

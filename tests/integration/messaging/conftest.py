@@ -43,12 +43,13 @@ class Mesh:
     clock: VirtualClock
 
     async def send(self, lead_id: str, template: str, *, key: str = "", category: str = "",
-                   channel: str = "email", context: dict[str, Any] | None = None) -> messaging_pb2.SendReply:
+                   channel: str = "email", context: dict[str, Any] | None = None,
+                   budget_exempt: bool = False) -> messaging_pb2.SendReply:
         journey, _, step = template.partition(".")
         return await self.stub.Send(messaging_pb2.SendRequest(
             dedupe_key=key or f"{lead_id}:{journey}:1:{step}:0", lead_id=lead_id, journey=journey, journey_version=1,
             step=step, channel=channel, template=template, category=category,
-            context_json=json.dumps(context or {})), timeout=5)
+            context_json=json.dumps(context or {}), budget_exempt=budget_exempt), timeout=5)
 
     async def settle(self) -> common_pb2.SettleReply:
         reply = await self.admin.Settle(common_pb2.SettleRequest(), timeout=10)
@@ -99,12 +100,12 @@ class InProc:
     db: Any
 
     async def send(self, lead_id: str, template: str, *, key: str = "", category: str = "",
-                   channel: str = "email", context: dict[str, Any] | None = None) -> Any:
+                   channel: str = "email", context: dict[str, Any] | None = None, budget_exempt: bool = False) -> Any:
         journey, _, step = template.partition(".")
         return await self.engine.send(
             dedupe_key=key or f"{lead_id}:{journey}:1:{step}:0", lead_id=lead_id, journey=journey,
             journey_version=1, step=step, channel=channel, template=template, category=category,
-            context_json=json.dumps(context or {}), not_before=None)
+            context_json=json.dumps(context or {}), not_before=None, budget_exempt=budget_exempt)
 
     async def settle(self) -> int:
         # Bounded: a worker that re-defers a message to the same instant spins forever (a cap bound

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import timedelta
+from datetime import UTC, timedelta
 
 import grpc
 import pytest
@@ -59,6 +59,27 @@ async def test_a_leads_messages_are_listed_newest_first(mesh: Mesh) -> None:
     assert [m.template for m in await mesh.messages("l1")] == templates[::-1]
     latest = await mesh.stub.ListMessages(messaging_pb2.ListMessagesRequest(lead_id="l1", limit=2), timeout=5)
     assert [m.template for m in latest.items] == templates[:0:-1]
+
+
+async def test_a_leads_messages_are_listed_by_id(mesh: Mesh) -> None:
+    """What the gateway asks to credit a posted open: only the named messages of that lead, by id (never a
+    page of the lead's whole history); another lead's id or no message's is simply not listed."""
+    mesh.scoring.add(make_lead("i1"))
+    mesh.scoring.add(make_lead("i2"))
+    ids = [(await mesh.send("i1", f"skilled_professional.email_0{n}")).message_id for n in (1, 2, 3)]
+    other = (await mesh.send("i2", "skilled_professional.email_01")).message_id
+
+    async def listed(lead_id: str, wanted: list[str], limit: int = 0) -> list[str]:
+        reply = await mesh.stub.ListMessages(messaging_pb2.ListMessagesRequest(lead_id=lead_id, ids=wanted,
+                                                                               limit=limit), timeout=5)
+        return sorted(m.id for m in reply.items)
+
+    assert await listed("i1", [ids[0], ids[2], other, "m-none"]) == sorted([ids[0], ids[2]])
+    assert await listed("i2", ids) == []
+    assert await listed("i1", [ids[1], ids[1]], limit=1) == [ids[1]]
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await listed("i1", [f"m{n}" for n in range(1001)])
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "ids" in (err.value.details() or "")
 
 
 async def test_consent_suppression_bounce_and_bad_template(mesh: Mesh) -> None:
@@ -142,13 +163,13 @@ async def test_two_nurture_emails_due_together_go_a_minimum_gap_apart(mesh: Mesh
     # same minute; the second waits the policy's gap (2 h), a transactional one does not.
     mesh.scoring.add(make_lead("gap"))
     now = mesh.clock.now()
-    await mesh.send("gap", "skilled_professional.reengagement")
+    await mesh.send("gap", "re_engagement.email_01_skilled_professional")
     await mesh.send("gap", "re_engagement.email_01")
     await mesh.send("gap", "webinar.email_01", category="transactional",
                     context={"starts_at": "2026-01-09T17:00:00Z", "webinar_title": "Canada 101"})
     await mesh.settle()
     by_template = {m.template: m for m in await mesh.messages("gap")}
-    assert by_template["skilled_professional.reengagement"].status == "sent"
+    assert by_template["re_engagement.email_01_skilled_professional"].status == "sent"
     assert by_template["webinar.email_01"].status == "sent"
     later = by_template["re_engagement.email_01"]
     assert later.status == "scheduled" and later.reason == "deferred: minimum gap after the previous nurture email"
@@ -163,6 +184,50 @@ async def test_two_nurture_emails_due_together_go_a_minimum_gap_apart(mesh: Mesh
     await mesh.settle()
     assert {m.template: m.status for m in await mesh.messages("gap")}["re_engagement.email_01"] == "sent"
     assert len([m for m in mesh.mails() if "gap@example.com" in str(m["To"])]) == 3
+
+
+async def test_a_budget_exempt_nurture_email_goes_past_the_gap_and_the_cap_and_counts_in_them(mesh: Mesh) -> None:
+    # A cart reminder is timed to the hour (seed: "+1 Hour"): the journey step says `budget: exempt` and
+    # the Send carries it. It goes 1 minute after another nurture email (no 2 h gap), and past a full day
+    # cap; each exempt send still counts, so the next ordinary one waits the gap after it.
+    mesh.scoring.add(make_lead("cx", timezone="UTC"))
+    t0 = mesh.clock.now()
+    await mesh.send("cx", "skilled_professional.email_03")
+    await mesh.settle()
+    mesh.clock.set(t0 + timedelta(minutes=1))
+    await mesh.send("cx", "cart_abandonment.email_01", budget_exempt=True)
+    await mesh.send("cx", "skilled_professional.email_04")
+    await mesh.settle()
+    by_template = {m.template: m for m in await mesh.messages("cx")}
+    assert by_template["cart_abandonment.email_01"].status == "sent"
+    held = by_template["skilled_professional.email_04"]
+    assert (held.status, held.reason) == ("scheduled", "deferred: minimum gap after the previous nurture email")
+    # The gap is counted from the exempt send (09:01), not from the email before it (09:00).
+    assert held.due_at.ToDatetime().replace(tzinfo=UTC) == t0 + timedelta(hours=2, minutes=1)
+    mesh.clock.set(t0 + timedelta(hours=2, minutes=1))
+    await mesh.settle()
+    assert {m.template: m.status for m in await mesh.messages("cx")}["skilled_professional.email_04"] == "sent"
+    # Three nurture emails in the rolling day (the exempt one among them): an ordinary fourth waits for the
+    # cap, an exempt one goes at once.
+    mesh.clock.set(t0 + timedelta(hours=5))
+    await mesh.send("cx", "skilled_professional.email_05")
+    await mesh.send("cx", "cart_abandonment.email_02", budget_exempt=True)
+    await mesh.settle()
+    by_template = {m.template: m for m in await mesh.messages("cx")}
+    assert (by_template["skilled_professional.email_05"].status,
+            by_template["skilled_professional.email_05"].reason) == ("scheduled", "deferred: frequency cap reached")
+    assert by_template["cart_abandonment.email_02"].status == "sent"
+    assert len([m for m in mesh.mails() if "cx@example.com" in str(m["To"])]) == 4
+    # The exemption is from the budget only: no consent still means no mail, and so does the night.
+    mesh.scoring.add(make_lead("nx", consent={"email": False}, timezone="UTC"))
+    mesh.scoring.add(make_lead("ny", timezone="America/Los_Angeles"))
+    await mesh.send("nx", "cart_abandonment.email_01", budget_exempt=True)
+    await mesh.send("ny", "cart_abandonment.email_01", budget_exempt=True)
+    await mesh.settle()
+    [refused] = await mesh.messages("nx")
+    assert (refused.status, refused.reason) == ("suppressed", "no email consent")
+    [night] = await mesh.messages("ny")
+    assert night.status == "scheduled" and "daytime" in night.reason
 
 
 async def test_tracking_and_one_click_unsubscribe(mesh: Mesh) -> None:

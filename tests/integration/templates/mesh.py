@@ -7,7 +7,7 @@ import email
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email import policy
 from pathlib import Path
 
@@ -16,6 +16,7 @@ from fastapi import FastAPI
 
 from nurture.api.common.v1 import common_pb2, common_pb2_grpc
 from nurture.api.messaging.v1 import messaging_pb2, messaging_pb2_grpc
+from nurture.service import Running
 from nurture.settings import SERVICES, Settings
 from services.messaging.smtp_sink import SmtpSink
 from tests.conftest import free_port, mesh_channel, start_service
@@ -30,6 +31,11 @@ class TemplatesMesh:
     sink: SmtpSink
     messaging: messaging_pb2_grpc.MessagingStub
     messaging_admin: common_pb2_grpc.AdminStub
+    started: dict[str, Running] = field(default_factory=dict)   # the running services by name, in start order
+
+    async def stop(self, service: str) -> None:
+        """Stop one service now (a test of what the others do while it is down)."""
+        await self.started.pop(service).stop(grace=0.2)
 
     def headers(self, role: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {KEYS[role]}"}
@@ -62,19 +68,20 @@ async def templates_mesh(settings: Settings, tmp_path: Path,
     sink = SmtpSink(tmp_path / "mail").start()
     addrs = {f"{s}_addr": f"127.0.0.1:{free_port()}" for s in SERVICES}
     base = dict(smtp_url=sink.url, public_url="https://nurture.example")
-    started = []
+    started: dict[str, Running] = {}
     try:
         for name in ("scoring", "messaging", "journeys", *extra):
             running = await start_service(name, settings.with_overrides(**base, **addrs))
-            started.append(running)
+            started[name] = running
             addrs[f"{name}_addr"] = running.address
         app = app_for(console_settings(settings, **base, **addrs))
         channel = mesh_channel(addrs["messaging_addr"])
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="https://gw") as http:
             yield TemplatesMesh(app, http, settings.with_overrides(**base, **addrs), sink,
-                                messaging_pb2_grpc.MessagingStub(channel), common_pb2_grpc.AdminStub(channel))
+                                messaging_pb2_grpc.MessagingStub(channel), common_pb2_grpc.AdminStub(channel),
+                                started)
         await channel.close()
     finally:
-        for running in reversed(started):
+        for running in reversed(list(started.values())):
             await running.stop(grace=0.2)
         sink.stop()

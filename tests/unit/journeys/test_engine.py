@@ -149,6 +149,26 @@ def test_a_trial_start_sends_one_welcome() -> None:
     assert any(":trial_nurture:1:email_01:" in k for k in alone.sent)
 
 
+def test_a_trial_gets_one_conversion_offer_a_day() -> None:
+    # Seed: Trial Nurturing's step 7 (subscription options with a trial-to-paid incentive) and Free Trial
+    # Onboarding's "-3 days to end" (ending reminder with a conversion offer) fell on the same day 11.
+    h = Harness("family")
+    h.message("lead_created")
+    h.message("trial_started", ends_at=iso(T0 + timedelta(days=14)))
+    h.advance(days=20)
+    assert not any(":trial_nurture:1:email_07:" in k for k in h.sent)
+    offers = [(k.split(":")[1], at) for k, at in h.sent_at
+              if ":trial_onboarding:1:email_07:" in k or ":trial_onboarding:1:email_08:" in k]
+    assert offers == [("trial_onboarding", timedelta(days=11)), ("trial_onboarding", timedelta(days=13))]
+    assert h.state.enrollments["trial_nurture"].status == "completed"
+    # Without the onboarding sequence (an assessment) trial nurture's own offer goes.
+    alone = Harness("family")
+    alone.message("lead_created")
+    alone.message("assessment_started")
+    alone.advance(days=20)
+    assert any(":trial_nurture:1:email_07:" in k for k in alone.sent)
+
+
 def test_an_abandoned_assessment_gets_the_help_email_and_a_completed_one_does_not() -> None:
     # The seed's "Abandoned assessment or tool" trigger reads the profile; the canonical events mark it.
     for finished, expected in ((False, True), (True, False)):

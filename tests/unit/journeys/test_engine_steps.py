@@ -580,6 +580,8 @@ def test_an_exempt_send_goes_past_the_budget_and_still_counts_in_it() -> None:
     m.message("ping")
     # n1 takes the one slot; n2 is exempt and goes at once; n3 waits, the window now holding two sends.
     assert [f.step for f in m.effects] == ["n1", "n2"]
+    # The exemption travels to messaging with the send, so its own caps and gap do not hold n2 either.
+    assert [f.payload.budget_exempt for f in m.effects if isinstance(f.payload, SendPayload)] == [False, True]
     assert len(m.state.sends) == 2 and m.e("news").waiting == "budget"
     assert m.e("news").due == T0 + timedelta(days=1)
 

@@ -16,6 +16,24 @@ def test_every_journey_template_exists_and_every_definition_validates() -> None:
     assert problems == []
 
 
+def test_every_template_is_listed_under_the_one_journey_that_sends_it() -> None:
+    """Messaging lists a template, and gives it its topic, campaign and journey paragraph, under the journey
+    its key names. The re-engagement check-ins moved into the `re_engagement` journey but kept segment
+    keys (`skilled_professional.reengagement`), so the templates listing showed them under a segment
+    journey that never sends them."""
+    journeys = load_playbook()
+    catalog = Catalog()
+    senders: dict[str, set[str]] = {}
+    for key, j in journeys.items():
+        for template in j.templates():
+            senders.setdefault(template, set()).add(key)
+    misplaced = {t: sorted(by) for t, by in senders.items() if {catalog.spec(t).journey} != by}
+    assert misplaced == {}
+    # What the listing shows for the check-ins: their journey, its topic and its stage.
+    spec = catalog.spec("re_engagement.email_01_family")
+    assert (spec.journey, spec.topic, spec.stage) == ("re_engagement", "reengagement", "check_in")
+
+
 def test_segment_workflows_have_seventeen_emails_over_sixty_days() -> None:
     journeys = load_playbook()
     for key in ("skilled_professional", "family", "entrepreneur"):

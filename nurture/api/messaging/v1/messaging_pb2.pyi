@@ -10,7 +10,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class SendRequest(_message.Message):
-    __slots__ = ("dedupe_key", "lead_id", "journey", "journey_version", "step", "channel", "template", "category", "context_json", "not_before")
+    __slots__ = ("dedupe_key", "lead_id", "journey", "journey_version", "step", "channel", "template", "category", "context_json", "not_before", "budget_exempt")
     DEDUPE_KEY_FIELD_NUMBER: _ClassVar[int]
     LEAD_ID_FIELD_NUMBER: _ClassVar[int]
     JOURNEY_FIELD_NUMBER: _ClassVar[int]
@@ -21,6 +21,7 @@ class SendRequest(_message.Message):
     CATEGORY_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_JSON_FIELD_NUMBER: _ClassVar[int]
     NOT_BEFORE_FIELD_NUMBER: _ClassVar[int]
+    BUDGET_EXEMPT_FIELD_NUMBER: _ClassVar[int]
     dedupe_key: str
     lead_id: str
     journey: str
@@ -31,7 +32,8 @@ class SendRequest(_message.Message):
     category: str
     context_json: str
     not_before: _timestamp_pb2.Timestamp
-    def __init__(self, dedupe_key: _Optional[str] = ..., lead_id: _Optional[str] = ..., journey: _Optional[str] = ..., journey_version: _Optional[int] = ..., step: _Optional[str] = ..., channel: _Optional[str] = ..., template: _Optional[str] = ..., category: _Optional[str] = ..., context_json: _Optional[str] = ..., not_before: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    budget_exempt: bool
+    def __init__(self, dedupe_key: _Optional[str] = ..., lead_id: _Optional[str] = ..., journey: _Optional[str] = ..., journey_version: _Optional[int] = ..., step: _Optional[str] = ..., channel: _Optional[str] = ..., template: _Optional[str] = ..., category: _Optional[str] = ..., context_json: _Optional[str] = ..., not_before: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., budget_exempt: _Optional[bool] = ...) -> None: ...
 
 class SendReply(_message.Message):
     __slots__ = ("message_id", "status", "reason")
@@ -296,12 +298,14 @@ class Message(_message.Message):
     def __init__(self, id: _Optional[str] = ..., lead_id: _Optional[str] = ..., journey: _Optional[str] = ..., journey_version: _Optional[int] = ..., step: _Optional[str] = ..., channel: _Optional[str] = ..., template: _Optional[str] = ..., category: _Optional[str] = ..., subject: _Optional[str] = ..., status: _Optional[str] = ..., reason: _Optional[str] = ..., at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., due_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., attempts: _Optional[int] = ..., variant: _Optional[str] = ..., template_version: _Optional[int] = ...) -> None: ...
 
 class ListMessagesRequest(_message.Message):
-    __slots__ = ("lead_id", "limit")
+    __slots__ = ("lead_id", "limit", "ids")
     LEAD_ID_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
+    IDS_FIELD_NUMBER: _ClassVar[int]
     lead_id: str
     limit: int
-    def __init__(self, lead_id: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
+    ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, lead_id: _Optional[str] = ..., limit: _Optional[int] = ..., ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ListMessagesReply(_message.Message):
     __slots__ = ("items",)
