@@ -76,7 +76,7 @@ def _visits(items: list[_Entry]) -> tuple[Visits, list[str]]:
 
 
 class CollectStream:
-    def __init__(self, client: AsyncRedis, shards: int, store: Store, *, batch: int = 500, linger: float = 0.02,
+    def __init__(self, client: AsyncRedis, shards: int, store: Store, *, batch: int = 500, linger: float = 0.05,
                  claim_idle_ms: int = 30_000, consumer: str | None = None) -> None:
         self._redis = client
         self._keys = [collectstream.stream_key(s) for s in range(shards)]
