@@ -17,6 +17,7 @@ next identification (or the visitor's next event) runs again, adding nothing twi
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -42,10 +43,11 @@ from services.scoring.domain.records import EventIn, EventResult, InvalidInput, 
 from services.scoring.domain.validation import EVENT_TYPE, validate_profile
 from services.scoring.storage import SqlRow
 
+log = logging.getLogger(__name__)
 MERGED_EVENT = "visitor_merged"
 SOURCE = "website"
 # Seconds an identification waits for the collect stream to hold nothing answered before it (then 503:
-# the snippet's identify is retried), and a read of the visitor waits (then it answers what is stored).
+# the caller retries), and a read of the visitor waits (then it answers what is stored).
 IDENTIFY_WAIT_S = 10.0
 READ_WAIT_S = 2.0
 
@@ -281,6 +283,15 @@ class VisitorDoor:
             for o in outcomes:
                 o.results = [next(results) for _ in o.to_ingest]
         return outcomes
+
+    async def store_collected(self, visits: list[tuple[str, list[VisitorEventIn]]]) -> None:
+        """A batch of the collect stream, stored as `collect` does. Its requests were answered already, so
+        an event refused here (the gateway checked it against the same rules) is only logged."""
+        outcomes = await self.collect(visits)
+        refused = [r for o in outcomes for r in o.results if r.error_code]
+        if refused:
+            log.warning("collect stream: %d events refused when stored, e.g. %s", len(refused),
+                        refused[0].error_message)
 
     async def identify(self, visitor_id: str, lead_id: str, fields: JsonMapping) -> tuple[str, bool, int]:
         """(lead id, created, events merged now). `lead_id` comes from a verified link; otherwise the
