@@ -51,3 +51,35 @@ async def test_a_malformed_entry_never_blocks_the_stream(settings: Settings, tmp
             assert found.anonymous_events == 1
         finally:
             await client.aclose()
+
+
+async def test_an_entry_scoring_cannot_store_is_set_aside_and_the_others_are_stored(settings: Settings,
+                                                                                     tmp_path: Path) -> None:
+    """An entry whose batch fails is tried alone: it fails while the others store, so it is the entry,
+    not the database: it goes to the shard's dead letters (kept whole, with the error) and leaves the
+    stream; the entries read with it are stored once."""
+    async with tracking_mesh(settings, tmp_path, services=("scoring",)) as mesh:
+        client = redisconn.connect(mesh.settings)
+        try:
+            shard = collectstream.shard_for(SITE_KEY, mesh.settings.bus_shards)
+            stream = collectstream.stream_key(shard)
+            # Not what the gateway writes: a time without a zone, which scoring cannot order against its own.
+            bad = json.dumps([["page_viewed", {"page": "/"}, "2026-01-01T00:00:00", "x1"]])
+            good = [json.dumps([["page_viewed", {"page": f"/{n}"}, None, f"g{n}"]]) for n in range(3)]
+            await client.xadd(stream, {"v": "good-0123456789abcdef", "e": good[0], "t": ""})
+            await client.xadd(stream, {"v": "poison-0123456789abcdef", "e": bad, "t": ""})
+            for g in good[1:]:
+                await client.xadd(stream, {"v": "good-0123456789abcdef", "e": g, "t": ""})
+            await mesh.settle()
+            assert await left_in_stream(client, mesh.settings.bus_shards) == 0
+            assert await pending(client, mesh.settings.bus_shards) == 0
+            dead = await client.xrange(collectstream.dead_key(shard))
+            assert len(dead) == 1
+            fields = dead[0][1]
+            assert fields[b"v"] == b"poison-0123456789abcdef" and fields[b"e"] == bad.encode() and fields[b"error"]
+            async with mesh_channel(mesh.services["scoring"].address) as ch:
+                found = await scoring_pb2_grpc.ScoringStub(ch).GetVisitor(
+                    scoring_pb2.VisitorRequest(visitor_id="good-0123456789abcdef"), timeout=10)
+            assert found.anonymous_events == 3
+        finally:
+            await client.aclose()
