@@ -7,8 +7,9 @@ answered event is kept even while scoring is down. One batch at a time: under lo
 the round trip instead of the number of calls, as `gateway.ingest` does for /v1/events.
 
 Each request gets its own outcome: its refusal (over a limit), how many of its events were appended and
-how many were repeats, or the Redis error of its batch (every request counted with it fails; nothing of
-theirs was appended, as the script runs whole or not at all)."""
+how many were repeats, or the Redis error of its batch (every request counted with it fails; one whose
+entry was appended before the error is answered as a repeat when the snippet sends it again, and stored
+once)."""
 
 from __future__ import annotations
 

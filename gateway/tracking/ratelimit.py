@@ -45,9 +45,10 @@ SEEN_TTL_S = 86_400
 # visitor counter and its visitor's set of event ids seen. ARGV[1], ARGV[2], ARGV[3]: the key's limits
 # per second and per visitor-minute, the sets' lifetime; then per request: the events it counts for its
 # visitor, its traceparent, its visitor id, its number of valid events n, and n pairs (client id, the
-# event encoded as JSON). A request
-# within its limits has its new events (ids not in the set) appended as one entry; each request answers
-# {key count, visitor count, a '1' (new) or '0' (seen) per valid event, '' when over a limit}.
+# event encoded as JSON). A request within its limits has its new events (ids neither in the set nor
+# earlier in the request) appended as one entry, and only then are their ids added to the set (a failed
+# append marks nothing seen, so a retry is not taken for a repeat). Each request answers {key count,
+# visitor count, a '1' (new) or '0' (seen) per valid event, '' when over a limit}.
 _COLLECT_LUA = """
 local krate, vlimit, seen_ttl = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
 local a = 4
@@ -61,9 +62,12 @@ for k = 2, #KEYS, 3 do
   if vc == vby then redis.call('EXPIRE', KEYS[k + 1], 61) end
   local flags = {}
   if kc <= krate and vc <= vlimit then
-    local new = {}
+    local new, ids, here = {}, {}, {}
     for i = 1, n do
-      if redis.call('SADD', KEYS[k + 2], ARGV[a]) == 1 then
+      local id = ARGV[a]
+      if here[id] == nil and redis.call('SISMEMBER', KEYS[k + 2], id) == 0 then
+        here[id] = true
+        ids[#ids + 1] = id
         new[#new + 1] = ARGV[a + 1]
         flags[i] = '1'
       else
@@ -72,8 +76,9 @@ for k = 2, #KEYS, 3 do
       a = a + 2
     end
     if #new > 0 then
-      redis.call('EXPIRE', KEYS[k + 2], seen_ttl)
       redis.call('XADD', KEYS[1], '*', 'v', vid, 'e', '[' .. table.concat(new, ',') .. ']', 't', tp)
+      redis.call('SADD', KEYS[k + 2], unpack(ids))
+      redis.call('EXPIRE', KEYS[k + 2], seen_ttl)
     end
   else
     a = a + 2 * n
