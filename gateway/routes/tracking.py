@@ -36,6 +36,7 @@ from nurture.api.messaging.v1 import messaging_pb2, messaging_pb2_grpc
 from nurture.api.scoring.v1 import scoring_pb2, scoring_pb2_grpc
 from nurture.errors import HttpError, http_error_from_rpc
 from nurture.jsontypes import JsonObject, JsonValue
+from nurture.redisconn import NotReplicated
 from nurture.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -175,7 +176,7 @@ async def _limit(request: Request, key: SiteKey, visitor_id: str | None, cors: d
         raise _refusal(refused, cors)
 
 
-def _limits_down(exc: RedisError, cors: dict[str, str]) -> ApiError:
+def _limits_down(exc: Exception, cors: dict[str, str]) -> ApiError:
     log.warning("tracking rate limits unavailable: %s", type(exc).__name__)
     return ApiError(503, "unavailable", "a service behind the gateway is unavailable: retry later",
                     headers={"Retry-After": "2", **cors})
@@ -268,23 +269,15 @@ async def record_collect(request: Request, k: str) -> Response:
             rejected.append({"index": i, "error": problem})
         else:
             good.append(event)
-    # Counted against the limits and stored in one batch with concurrent requests (all its events count,
-    # the rejected too, as they did when the limits were taken first).
+    # Counted against the limits and appended to the collect stream in one batch with concurrent requests
+    # (all its events count, the rejected too). Answered once Redis has them: scoring stores them soon after.
     try:
-        result = await _call(tracking(request).collector.collect(key, visitor_id, len(events), good), cors)
-    except RedisError as exc:
+        result = await tracking(request).collector.collect(key, visitor_id, len(events), good)
+    except (RedisError, NotReplicated) as exc:  # not kept (or not surely): the snippet sends again
         raise _limits_down(exc, cors) from exc
     if isinstance(result, Refusal):
         raise _refusal(result, cors)
-    accepted = duplicates = 0
-    for i, r in enumerate(result.results):
-        if r.error_code:
-            rejected.append({"index": i, "error": r.error_message})
-        elif r.duplicate:
-            duplicates += 1
-        else:
-            accepted += 1
-    return _json({"accepted": accepted, "duplicates": duplicates, "rejected": rejected}, 202, cors)
+    return _json({"accepted": result.accepted, "duplicates": result.duplicates, "rejected": rejected}, 202, cors)
 
 
 @router.post("/v1/identify", summary="Who this visitor is: an email, or the signed link of an email click",

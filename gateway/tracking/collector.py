@@ -1,15 +1,15 @@
-"""Collect requests on their way to the rate limits and to scoring, as one batch: the requests that
-arrive together are counted in one Redis script call (`RateLimits.count`, each in its order, so each
-still gets its own exact count) and the ones within their limits leave in one `CollectVisitorEvents`
-call. One batch at a time: under load the batch grows with the round trip instead of the number of
-calls, as `gateway.ingest` does for /v1/events. Counting and storing in one stage (they were two
-batchers in a row) made the batches about twice as large, and so halved the Redis and gRPC calls
-per event, both a fixed cost per call to the gateway and the call to scoring a transaction too.
+"""Collect requests on their way to Redis, as one batch: the requests that arrive together are counted
+against the rate limits, their repeated events dropped and their new events appended to the collect
+stream in one Redis script call per site key (`RateLimits.collect`, each request in its order, so each
+still gets its own exact count). A request is answered once its entry is in the stream: scoring stores
+the stream in large batches (`nurture.collectstream`, docs/ARCHITECTURE.md "Website collect"), so an
+answered event is kept even while scoring is down. One batch at a time: under load the batch grows with
+the round trip instead of the number of calls, as `gateway.ingest` does for /v1/events.
 
-Each request gets its own outcome: its refusal (over a limit), scoring's result for its events, or
-the error of the part of the batch it was in: a Redis error fails every request counted with it
-(nothing of theirs is stored), a gRPC error every request whose events went in the call (a refused
-request keeps its refusal)."""
+Each request gets its own outcome: its refusal (over a limit), how many of its events were appended and
+how many were repeats, or the Redis error of its batch (every request counted with it fails; one whose
+entry was appended before the error is answered as a repeat when the snippet sends it again, and stored
+once)."""
 
 from __future__ import annotations
 
@@ -19,12 +19,10 @@ from dataclasses import dataclass
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
-from gateway.deps import Mesh
 from gateway.tracking.keys import SiteKey
 from gateway.tracking.policy import CollectedEvent
-from gateway.tracking.ratelimit import RateLimits, Refusal, Take
-from nurture import jsoncodec
-from nurture.api.scoring.v1 import scoring_pb2, scoring_pb2_grpc
+from gateway.tracking.ratelimit import Append, Appended, RateLimits, Refusal, Take
+from nurture import collectstream
 from nurture.batching import Batcher
 from nurture.telemetry import batch_parent
 
@@ -46,68 +44,33 @@ def _traceparent(span: trace.SpanContext) -> str:
     return f"00-{span.trace_id:032x}-{span.span_id:016x}-{int(span.trace_flags):02x}"
 
 
-def _proto(visit: Visit) -> scoring_pb2.Visit:
-    out = scoring_pb2.Visit(visitor_id=visit.take.visitor_id)
-    for ev in visit.events:
-        msg = scoring_pb2.VisitorEvent(type=ev.type, properties_json=jsoncodec.dumps(ev.properties),
-                                       client_id=ev.client_id, traceparent=visit.traceparent)
-        if ev.occurred_at is not None:
-            msg.occurred_at.FromDatetime(ev.occurred_at)
-        out.events.append(msg)
-    return out
+def _append(visit: Visit) -> Append:
+    return Append(visit.take, [(ev.client_id, collectstream.encode_event(ev.type, dict(ev.properties), ev.occurred_at,
+                                                                         ev.client_id))
+                               for ev in visit.events], visit.traceparent)
 
 
 class VisitCollector:
-    def __init__(self, mesh: Mesh, limits: RateLimits, max_visits: int = 500) -> None:
-        self._mesh = mesh
+    def __init__(self, limits: RateLimits, max_visits: int = 500) -> None:
         self.limits = limits
-        self._batcher: Batcher[Visit, Refusal | scoring_pb2.VisitResult] = Batcher(
-            self._handle, max_batch=max_visits, parallel=1)
-        # The stub of the mesh's scoring channel, made again only if that channel is replaced (making one
-        # builds every method's callable: about 1% of the gateway's CPU per collected event, made per batch).
-        self._stub: tuple[object, scoring_pb2_grpc.ScoringStub] | None = None
-
-    def _scoring(self) -> scoring_pb2_grpc.ScoringStub:
-        channel = self._mesh.channel("scoring")
-        if self._stub is None or self._stub[0] is not channel:
-            self._stub = (channel, scoring_pb2_grpc.ScoringStub(channel))
-        return self._stub[1]
+        self._batcher: Batcher[Visit, Refusal | Appended] = Batcher(self._handle, max_batch=max_visits, parallel=1)
 
     async def collect(self, key: SiteKey, visitor_id: str, counted: int, events: Sequence[CollectedEvent]
-                      ) -> Refusal | scoring_pb2.VisitResult:
+                      ) -> Refusal | Appended:
         """Count one request (`counted` events for the visitor: all it sent, valid or not) and, when it
-        is within its limits, store its valid `events`: the refusal, or scoring's result (empty when
-        there were none to store). Raises the Redis or gRPC error of its part of the batch."""
+        is within its limits, append its new valid `events` to the collect stream: the refusal, or what
+        was appended. Raises the Redis error of its batch."""
         span = trace.get_current_span().get_span_context()
         return await self._batcher.submit(Visit(Take.now_for(key, visitor_id, counted), events, _traceparent(span),
                                                 span))
 
-    async def _handle(self, visits: list[Visit]) -> list[Refusal | scoring_pb2.VisitResult | BaseException]:
-        # The batch's Redis and gRPC calls run in the trace of its first sampled request (the others
-        # linked), not in whichever request's task started the batch: recorded when any is sampled.
+    async def _handle(self, visits: list[Visit]) -> list[Refusal | Appended | BaseException]:
+        # The batch's Redis call runs in the trace of its first sampled request (the others linked), not
+        # in whichever request's task started the batch: recorded when any is sampled.
         parent, _ = batch_parent(v.span for v in visits)
         token = otel_context.attach(parent) if parent is not None else None
         try:
-            return await self._count_and_store(visits)
+            return await self.limits.collect([_append(v) for v in visits])  # a Redis error fails the batch
         finally:
             if token is not None:
                 otel_context.detach(token)
-
-    async def _count_and_store(self, visits: list[Visit]) -> list[Refusal | scoring_pb2.VisitResult | BaseException]:
-        verdicts = await self.limits.count([v.take for v in visits])  # a Redis error fails the whole batch
-        out: list[Refusal | scoring_pb2.VisitResult | BaseException] = [
-            v if v is not None else scoring_pb2.VisitResult() for v in verdicts]
-        send = [i for i, v in enumerate(verdicts) if v is None and visits[i].events]
-        if not send:
-            return out
-        try:
-            reply = await self._scoring().CollectVisitorEvents(
-                scoring_pb2.CollectRequest(visits=[_proto(visits[i]) for i in send]), timeout=self._mesh.timeout)
-            if len(reply.visits) != len(send):
-                raise RuntimeError(f"scoring answered {len(reply.visits)} visits for {len(send)}")
-            for i, result in zip(send, reply.visits, strict=True):
-                out[i] = result
-        except Exception as exc:  # the call's visits hear why (a gRPC error becomes its HTTP status)
-            for i in send:
-                out[i] = exc
-        return out

@@ -6,8 +6,9 @@ The counts of concurrent requests go to Redis together (`nurture.batching.Batche
 per site key counts a whole batch's requests in their order, so each still gets its own exact count,
 where a pipeline per request cost a third of the gateway's CPU per collected event. A site key's
 counters share a hash tag, so on Redis Cluster a batch's script touches one slot. The collect path
-counts its batches itself (`count`, from `gateway.tracking.collector`), in the same batch as its call
-to scoring."""
+counts its batches itself (`collect`, from `gateway.tracking.collector`): one script per site key
+counts, drops the events this visitor already sent (for the answer's `duplicates`) and appends the
+rest to the collect stream scoring stores from (`nurture.collectstream`), all in the stream's slot."""
 
 from __future__ import annotations
 
@@ -17,8 +18,9 @@ import time
 from dataclasses import dataclass
 
 from gateway.tracking.keys import SiteKey
+from nurture import collectstream
 from nurture.batching import Batcher
-from nurture.redisconn import AsyncRedis, run_script
+from nurture.redisconn import AsyncRedis, run_script, wait_replicated
 
 # KEYS: the counters in the order counted; ARGV: for each, its increment then its lifetime in seconds.
 # A counter gets its lifetime when this call makes it (in the same atomic script, so none is left
@@ -34,12 +36,73 @@ end
 return counts
 """
 
+# How long the gateway remembers a visitor's event ids to answer `duplicates` (refreshed with each new
+# event). Scoring's unique (visitor, client id) index is the real guard: a repeat after this is answered
+# as accepted and dropped when stored.
+SEEN_TTL_S = 86_400
+
+# The collect batch of one site key. KEYS[1]: its collect stream; then per request its key counter, its
+# visitor counter and its visitor's set of event ids seen. ARGV[1], ARGV[2], ARGV[3]: the key's limits
+# per second and per visitor-minute, the sets' lifetime; then per request: the events it counts for its
+# visitor, its traceparent, its visitor id, its number of valid events n, and n pairs (client id, the
+# event encoded as JSON). A request within its limits has its new events (ids neither in the set nor
+# earlier in the request) appended as one entry, and only then are their ids added to the set (a failed
+# append marks nothing seen, so a retry is not taken for a repeat). Each request answers {key count,
+# visitor count, a '1' (new) or '0' (seen) per valid event, '' when over a limit}.
+_COLLECT_LUA = """
+local krate, vlimit, seen_ttl = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
+local a = 4
+local out = {}
+for k = 2, #KEYS, 3 do
+  local vby, tp, vid, n = tonumber(ARGV[a]), ARGV[a + 1], ARGV[a + 2], tonumber(ARGV[a + 3])
+  a = a + 4
+  local kc = redis.call('INCRBY', KEYS[k], 1)
+  if kc == 1 then redis.call('EXPIRE', KEYS[k], 2) end
+  local vc = redis.call('INCRBY', KEYS[k + 1], vby)
+  if vc == vby then redis.call('EXPIRE', KEYS[k + 1], 61) end
+  local flags = {}
+  if kc <= krate and vc <= vlimit then
+    local new, ids, here = {}, {}, {}
+    for i = 1, n do
+      local id = ARGV[a]
+      if here[id] == nil and redis.call('SISMEMBER', KEYS[k + 2], id) == 0 then
+        here[id] = true
+        ids[#ids + 1] = id
+        new[#new + 1] = ARGV[a + 1]
+        flags[i] = '1'
+      else
+        flags[i] = '0'
+      end
+      a = a + 2
+    end
+    if #new > 0 then
+      redis.call('XADD', KEYS[1], '*', 'v', vid, 'e', '[' .. table.concat(new, ',') .. ']', 't', tp)
+      redis.call('SADD', KEYS[k + 2], unpack(ids))
+      redis.call('EXPIRE', KEYS[k + 2], seen_ttl)
+    end
+  else
+    a = a + 2 * n
+  end
+  out[#out + 1] = {kc, vc, table.concat(flags)}
+end
+return out
+"""
+
 
 @dataclass(frozen=True)
 class Refusal:
     scope: str          # key | visitor
     limit: int
     retry_after_s: int
+
+
+@dataclass(frozen=True)
+class Appended:
+    """A collect request within its limits: how many of its valid events were new (appended to the
+    collect stream, in order) and how many this visitor had sent before (dropped)."""
+
+    accepted: int
+    duplicates: int
 
 
 @dataclass(frozen=True)
@@ -62,9 +125,21 @@ def _tag(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
+@dataclass(frozen=True)
+class Append:
+    """A collect request to count and, within its limits, to append: its valid events as
+    `(client id, collectstream.encode_event(...))`."""
+
+    take: Take
+    events: list[tuple[str, str]]
+    traceparent: str
+
+
 class RateLimits:
-    def __init__(self, redis: AsyncRedis, max_batch: int = 500) -> None:
+    def __init__(self, redis: AsyncRedis, shards: int, wait_replicas: int = 0, max_batch: int = 500) -> None:
         self._redis = redis
+        self._shards = shards
+        self._wait_replicas = wait_replicas
         self._tags: dict[str, str] = {}
         self._batcher: Batcher[Take, Refusal | None] = Batcher(self.count, max_batch=max_batch, parallel=1)
 
@@ -72,11 +147,12 @@ class RateLimits:
         """Count one request for the key and `events` for the visitor; the refusal when over either."""
         return await self._batcher.submit(Take.now_for(key, visitor_id, events))
 
-    def _key_tag(self, key: str) -> str:
-        tag = self._tags.get(key)
-        if tag is None:
-            tag = self._tags[key] = _tag(key)
-        return tag
+    def _prefix(self, key: str) -> str:
+        prefix = self._tags.get(key)
+        if prefix is None:
+            prefix = self._tags[key] = collectstream.rate_limit_prefix(
+                collectstream.shard_for(key, self._shards), _tag(key))
+        return prefix
 
     async def count(self, takes: list[Take]) -> list[Refusal | None | BaseException]:
         """Count these requests, in their order, in one round trip (a Redis error fails them all)."""
@@ -87,7 +163,7 @@ class RateLimits:
         for key, indexes in by_key.items():
             counters: list[str] = []
             args: list[int] = []
-            prefix = f"nurture:t:rl:{{{self._key_tag(key)}}}"
+            prefix = self._prefix(key)
             for i in indexes:
                 t = takes[i]
                 counters.append(f"{prefix}:k:{int(t.now)}")
@@ -103,6 +179,44 @@ class RateLimits:
             for i in indexes:
                 out[i] = _verdict(takes[i], int(next(position)),
                                   int(next(position)) if takes[i].visitor_id else None)
+        return out
+
+    async def collect(self, appends: list[Append]) -> list[Refusal | Appended | BaseException]:
+        """Count these collect requests in their order and append the new events of those within their
+        limits to the collect stream, one script per site key, in one round trip; answered once Redis
+        (and `wait_replicas` replicas) has the entries. A Redis error fails them all."""
+        by_key: dict[str, list[int]] = {}
+        for i, ap in enumerate(appends):
+            by_key.setdefault(ap.take.key.key, []).append(i)
+        calls: list[tuple[list[str], list[str | int]]] = []
+        streams: list[str] = []
+        for key, indexes in by_key.items():
+            site = appends[indexes[0]].take.key
+            prefix = self._prefix(key)
+            stream = collectstream.stream_key(collectstream.shard_for(key, self._shards))
+            keys: list[str] = [stream]
+            args: list[str | int] = [site.rate_per_s, site.visitor_per_min, SEEN_TTL_S]
+            for i in indexes:
+                ap = appends[i]
+                visitor = _tag(ap.take.visitor_id or "")
+                keys += [f"{prefix}:k:{int(ap.take.now)}", f"{prefix}:v:{visitor}:{int(ap.take.now // 60)}",
+                         f"{prefix}:seen:{visitor}"]
+                args += [max(1, ap.take.events), ap.traceparent, ap.take.visitor_id or "", len(ap.events)]
+                for client_id, encoded in ap.events:
+                    args += [client_id, encoded]
+            calls.append((keys, args))
+            streams.append(stream)
+        replies = await run_script(self._redis, _COLLECT_LUA, calls)  # one round trip (per node on a cluster)
+        await wait_replicated(self._redis, streams, self._wait_replicas)
+        out: list[Refusal | Appended | BaseException] = [RuntimeError("not counted")] * len(appends)
+        for indexes, answers in zip(by_key.values(), replies, strict=True):
+            for i, (key_count, visitor_count, flags) in zip(indexes, answers, strict=True):
+                refused = _verdict(appends[i].take, int(key_count), int(visitor_count))
+                if refused is not None:
+                    out[i] = refused
+                else:
+                    seen = flags.decode() if isinstance(flags, bytes) else str(flags)
+                    out[i] = Appended(seen.count("1"), seen.count("0"))
         return out
 
     async def close(self) -> None:

@@ -21,5 +21,5 @@ class Tracking:
 
     @classmethod
     def create(cls, settings: Settings, mesh: Mesh) -> Tracking:
-        limits = RateLimits(redisconn.connect(settings))
-        return cls(site_keys(settings), limits, VisitCollector(mesh, limits))
+        limits = RateLimits(redisconn.connect(settings), settings.bus_shards, settings.redis_wait_replicas)
+        return cls(site_keys(settings), limits, VisitCollector(limits))

@@ -22,6 +22,7 @@ from nurture.db import DriverWrites, open_database
 from nurture.rpc import start_server
 from nurture.service import Running
 from nurture.settings import Settings
+from services.scoring.app.collect_stream import CollectStream
 from services.scoring.app.core import ScoringCore
 from services.scoring.app.ingest import IngestQueue
 from services.scoring.app.model_versions import ModelVersions
@@ -54,6 +55,8 @@ async def serve(settings: Settings) -> Running:
     outbox = Outbox(db, core, Publisher(redis, settings.bus_shards, settings.redis_wait_replicas))
     ingest = IngestQueue(db, core, clock, outbox, writers=1 if db.is_sqlite else settings.ingest_writers)
     visitors = VisitorDoor(db, core, ingest, outbox, clock, load_profiling())
+    collect_stream = CollectStream(redis, settings.bus_shards, visitors.store_collected)
+    visitors.stored_up_to_now = collect_stream.stored_up_to_now
     lapse_lock = asyncio.Lock()
 
     async def run_lapses() -> int:
@@ -67,7 +70,8 @@ async def serve(settings: Settings) -> Running:
 
     async def settle() -> tuple[int, datetime | None]:
         await refresh_model()
-        done = await run_lapses()
+        done = await collect_stream.drain()
+        done += await run_lapses()
         done += await outbox.flush()
         return done, await db.run(core.next_lapse)
 
@@ -112,5 +116,6 @@ async def serve(settings: Settings) -> Running:
         db.close()
 
     return Running(server=handle, tasks=[asyncio.create_task(outbox.run()), asyncio.create_task(lapse_loop()),
-                                                asyncio.create_task(ingest.run())],
+                                                asyncio.create_task(ingest.run()),
+                                                asyncio.create_task(collect_stream.run())],
                    close=close)

@@ -17,7 +17,8 @@ next identification (or the visitor's next event) runs again, adding nothing twi
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import logging
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -25,7 +26,7 @@ from typing import cast
 
 from sqlalchemy.orm import Session
 
-from nurture import jsoncodec, times
+from nurture import errors, jsoncodec, times
 from nurture.busmessage import LeadSnapshot
 from nurture.clock import Clock
 from nurture.db import Database
@@ -42,8 +43,13 @@ from services.scoring.domain.records import EventIn, EventResult, InvalidInput, 
 from services.scoring.domain.validation import EVENT_TYPE, validate_profile
 from services.scoring.storage import SqlRow
 
+log = logging.getLogger(__name__)
 MERGED_EVENT = "visitor_merged"
 SOURCE = "website"
+# Seconds an identification waits for the collect stream to hold nothing answered before it (then 503:
+# the caller retries), and a read of the visitor waits (then it answers what is stored).
+IDENTIFY_WAIT_S = 10.0
+READ_WAIT_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -259,6 +265,12 @@ class VisitorDoor:
         # One merge at a time per visitor in this process (another process's runs concurrently are
         # still harmless: the ingest skips keys it has seen).
         self._locks = KeyLocks()
+        # The collect stream's barrier (`CollectStream.stored_up_to_now`), set by the server that reads
+        # it: identification and reads wait for the events the gateway answered before them.
+        self.stored_up_to_now: Callable[[float], Awaitable[bool]] | None = None
+
+    async def _caught_up(self, timeout: float) -> bool:
+        return True if self.stored_up_to_now is None else await self.stored_up_to_now(timeout)
 
     async def collect(self, visits: list[tuple[str, list[VisitorEventIn]]]) -> list[VisitOutcome]:
         outcomes = await self._db.run(self._visitors.collect, visits, self._clock.now(), urgent=True)
@@ -272,9 +284,21 @@ class VisitorDoor:
                 o.results = [next(results) for _ in o.to_ingest]
         return outcomes
 
+    async def store_collected(self, visits: list[tuple[str, list[VisitorEventIn]]]) -> None:
+        """A batch of the collect stream, stored as `collect` does. Its requests were answered already, so
+        an event refused here (the gateway checked it against the same rules) is only logged."""
+        outcomes = await self.collect(visits)
+        refused = [r for o in outcomes for r in o.results if r.error_code]
+        if refused:
+            log.warning("collect stream: %d events refused when stored, e.g. %s", len(refused),
+                        refused[0].error_message)
+
     async def identify(self, visitor_id: str, lead_id: str, fields: JsonMapping) -> tuple[str, bool, int]:
         """(lead id, created, events merged now). `lead_id` comes from a verified link; otherwise the
         person is found by email, or made."""
+        if not await self._caught_up(IDENTIFY_WAIT_S):
+            # The merge must take every event this visitor was answered for: not without them.
+            raise errors.Unavailable("the visitor's latest events are not stored yet; retry shortly")
         created = False
         if not lead_id:
             problems = validate_profile(fields, partial=True)
@@ -329,6 +353,9 @@ class VisitorDoor:
             return merged
 
     async def visitor(self, visitor_id: str) -> tuple[Visitor | None, LeadSnapshot | None]:
+        # What the site shows next reflects the page views it was answered for (waited for briefly; past
+        # that, what is stored).
+        await self._caught_up(READ_WAIT_S)
         found = await self._db.run(self._visitors.visitor, visitor_id)
         if found is None or not found.lead_id:
             return found, None

@@ -18,11 +18,13 @@ from redis.exceptions import RedisClusterException, ResponseError
 from cli.rediscluster import SLOTS
 from gateway.console import audit
 from gateway.tracking.keys import SiteKey
-from gateway.tracking.ratelimit import RateLimits
-from nurture import redisconn
+from gateway.tracking.ratelimit import Append, Appended, RateLimits, Take
+from nurture import collectstream, redisconn
 from nurture.clock import VirtualClock, make_clock
 from nurture.redisconn import lead_key, run_script
 from nurture.settings import Settings
+from services.scoring.app.collect_stream import CollectStream
+from services.scoring.app.visitors import VisitorEventIn
 
 pytestmark = [pytest.mark.anyio, pytest.mark.cluster]
 
@@ -92,7 +94,7 @@ def test_the_virtual_clock_is_one_time_for_every_process(cluster_settings: Setti
 
 
 async def test_tracking_rate_limits_count_per_key_and_visitor_across_slots(cluster_settings: Settings) -> None:
-    limits = RateLimits(redisconn.connect(cluster_settings))
+    limits = RateLimits(redisconn.connect(cluster_settings), cluster_settings.bus_shards)
     key = SiteKey(key="pk_test", origins=frozenset({"https://site.example"}), honor_dnt=True, honor_gpc=True,
                   rate_per_s=1000, visitor_per_min=3)
     answers = [await limits.take(key, "visitor-1") for _ in range(4)]
@@ -108,6 +110,34 @@ async def test_tracking_rate_limits_count_per_key_and_visitor_across_slots(clust
     assert [a is None for a in both[0::2]] == [True] * 3 + [False]
     assert [a is None for a in both[1::2]] == [True] * 2 + [False] * 2
     await limits.close()
+
+
+async def test_collect_appends_and_the_stream_is_read_across_slots(cluster_settings: Settings) -> None:
+    """The collect script (counters, seen ids and the stream in one slot per site key) and scoring's
+    reader of every shard, on a cluster: each visitor's events come back in order, then leave the stream."""
+    client = redisconn.connect(cluster_settings)
+    limits = RateLimits(client, cluster_settings.bus_shards)
+    keys = [SiteKey(key=f"pk_site_{n}", origins=frozenset({"https://site.example"}), honor_dnt=True, honor_gpc=True,
+                    rate_per_s=1000, visitor_per_min=1000) for n in range(4)]
+
+    def page(site: int, n: int) -> Append:
+        return Append(Take.now_for(keys[site], f"visitor-{site}", 1),
+                      [(f"e{n}", collectstream.encode_event("page_viewed", {"page": f"/{n}"}, None, f"e{n}"))], "")
+
+    answers = await limits.collect([page(site, n) for n in range(3) for site in range(4)] + [page(0, 1)])
+    assert answers[:-1] == [Appended(1, 0)] * 12 and answers[-1] == Appended(0, 1)  # the resend is a repeat
+    stored: list[tuple[str, list[str]]] = []
+
+    async def store(visits: list[tuple[str, list[VisitorEventIn]]]) -> None:
+        stored.extend((vid, [e.client_id for e in events]) for vid, events in visits)
+
+    reader = CollectStream(client, cluster_settings.bus_shards, store, linger=0)
+    assert await reader.drain() == 12
+    for site in range(4):
+        assert [ids for vid, ids in stored if vid == f"visitor-{site}"] == [["e0"], ["e1"], ["e2"]]
+    assert await reader.stored_up_to_now(5)
+    assert sum([await client.xlen(collectstream.stream_key(s)) for s in range(cluster_settings.bus_shards)]) == 0
+    await client.aclose()
 
 
 async def test_the_console_audit_log(cluster_settings: Settings) -> None:

@@ -21,10 +21,11 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from gateway.tracking import linktoken
-from gateway.tracking.ratelimit import RateLimits
+from gateway.tracking.ratelimit import SEEN_TTL_S, RateLimits
 from nurture.api.messaging.v1 import messaging_pb2, messaging_pb2_grpc
+from nurture.api.scoring.v1 import scoring_pb2, scoring_pb2_grpc
 from nurture.settings import Settings
-from tests.conftest import free_port, mesh_channel
+from tests.conftest import free_port, mesh_channel, start_service
 from tests.integration.tracking.mesh import SITE, SITE_KEY, TrackingMesh, tracking_mesh
 
 pytestmark = pytest.mark.anyio
@@ -252,7 +253,9 @@ async def test_rate_limits_per_visitor_and_per_key(settings: Settings, tmp_path:
         redis = aioredis.from_url(mesh.settings.redis_url)
         try:
             counters = [k async for k in redis.scan_iter(match="nurture:t:rl:*")]
-            assert counters and all(0 < ttl <= 61 for ttl in [await redis.ttl(k) for k in counters])
+            seen = [k for k in counters if b":seen:" in k]  # each visitor's event ids, for `duplicates`
+            assert seen and all(0 < ttl <= SEEN_TTL_S for ttl in [await redis.ttl(k) for k in seen])
+            assert all(0 < ttl <= 61 for ttl in [await redis.ttl(k) for k in counters if k not in seen])
             assert not any(tablet.encode() in k or SITE_KEY.encode() in k for k in counters)
         finally:
             await redis.aclose()
@@ -279,8 +282,8 @@ def batch_sizes(mesh: TrackingMesh) -> list[int]:
 
 
 async def test_a_batch_of_collects_gives_each_request_its_own_outcome(settings: Settings, tmp_path: Path) -> None:
-    """Concurrent requests are counted and stored together (one Redis call, one call to scoring), and
-    each hears its own outcome: over its limit, accepted, or its own events rejected."""
+    """Concurrent requests are counted and appended together (one Redis call), and each hears its own
+    outcome: over its limit, accepted, or its own events rejected."""
     async with tracking_mesh(settings, tmp_path, services=("scoring",), visitor_per_min=3) as mesh:
         three = views(("/a", "home"), ("/b", "home"), ("/c", "home"))
         assert (await collect(mesh, PHONE, three)).json()["accepted"] == 3
@@ -302,39 +305,46 @@ async def test_a_batch_of_collects_gives_each_request_its_own_outcome(settings: 
         assert [r["index"] for r in tablet.json()["rejected"]] == [0]
         assert desktop.status_code == 202 and desktop.json()["accepted"] == 1
         assert [r["index"] for r in desktop.json()["rejected"]] == [1]
-        # The accepted events were stored: sent again, they are duplicates.
+        # The accepted events were taken: sent again, they are duplicates.
         assert (await collect(mesh, LAPTOP, views(("/c", "home")))).json()["duplicates"] == 1
         assert (await collect(mesh, "desktop-0123456789abcdef", views(("/d", "pricing")))).json()["duplicates"] == 1
 
 
-async def test_scoring_down_fails_only_the_requests_whose_events_went_to_it(settings: Settings,
-                                                                            tmp_path: Path) -> None:
-    """The call to scoring fails: the requests whose events it carried answer 503 (with CORS headers)
-    and nothing of theirs is stored; a request of the same batch refused by its limit still hears 429."""
+async def test_scoring_down_loses_no_answered_event(settings: Settings, tmp_path: Path) -> None:
+    """Scoring is down: collect requests are still answered (their events wait in the collect stream),
+    a request over its limit still hears 429, and once scoring is back every answered event is stored,
+    once, and an identification merges them all."""
     async with tracking_mesh(settings, tmp_path, services=("scoring",), visitor_per_min=3) as mesh:
         assert (await collect(mesh, PHONE, views(("/a", "home"), ("/b", "home"), ("/c", "home")))).status_code == 202
-        sizes = batch_sizes(mesh)
-        channels = mesh.app.app.state.mesh.channels  # type: ignore[attr-defined]
-        working = channels["scoring"]
-        channels["scoring"] = mesh_channel(f"127.0.0.1:{free_port()}")  # nobody listens
-        try:
-            replies = await asyncio.gather(
-                collect(mesh, "first-0123456789abcdef", views(("/", "home"))),
-                collect(mesh, PHONE, views(("/d", "home"), start=3)),  # over its limit of 3 a minute
-                collect(mesh, LAPTOP, views(("/b", "home"))))
-        finally:
-            await channels["scoring"].close()
-            channels["scoring"] = working
-        assert sizes == [1, 2]
+        await mesh.services["scoring"].stop(grace=0.2)
+        first_id = "first-0123456789abcdef"
+        replies = await asyncio.gather(
+            collect(mesh, first_id, views(("/", "home"), ("/p", "pricing"))),
+            collect(mesh, PHONE, views(("/d", "home"), start=3)),  # over its limit of 3 a minute
+            collect(mesh, LAPTOP, views(("/b", "pricing"), ("/c", "pricing"))))
         first, over, laptop = replies
         assert over.status_code == 429 and over.json()["error"]["details"]["scope"] == "visitor"
-        for r in (first, laptop):
-            assert r.status_code == 503 and r.json()["error"]["code"] == "unavailable", r.text
-            assert r.headers["access-control-allow-origin"] == SITE
-        # Nothing of theirs was stored: the same events sent again are accepted, not duplicates.
-        for visitor in ("first-0123456789abcdef", LAPTOP):
-            again = await collect(mesh, visitor, views(("/b" if visitor == LAPTOP else "/", "home")))
-            assert again.json() == {"accepted": 1, "duplicates": 0, "rejected": []}
+        assert first.json() == {"accepted": 2, "duplicates": 0, "rejected": []}
+        assert laptop.json() == {"accepted": 2, "duplicates": 0, "rejected": []}
+        # A resend while scoring is down is a duplicate already (the gateway remembers the ids it took).
+        assert (await collect(mesh, LAPTOP, views(("/b", "pricing")))).json()["duplicates"] == 1
+        mesh.services["scoring"] = scoring = await start_service("scoring", mesh.settings)
+        channels = mesh.app.app.state.mesh.channels  # type: ignore[attr-defined]
+        await channels["scoring"].close()
+        channels["scoring"] = mesh_channel(scoring.address)
+        # No settle first: the identification itself waits for the visitor's two page views.
+        r = await mesh.client.post(f"/t/v1/identify?k={SITE_KEY}", headers=BROWSER,
+                                   json={"visitor_id": first_id, "email": "first@example.com"})
+        assert r.json() == {"identified": True, "merged": 2}, r.text
+        await mesh.settle()
+        async with mesh_channel(scoring.address) as ch:
+            stub = scoring_pb2_grpc.ScoringStub(ch)
+            laptop_now = await stub.GetVisitor(scoring_pb2.VisitorRequest(visitor_id=LAPTOP), timeout=10)
+            assert laptop_now.anonymous_events == 2  # the resend was not stored twice
+            phone = await stub.GetVisitor(scoring_pb2.VisitorRequest(visitor_id=PHONE), timeout=10)
+            assert phone.anonymous_events == 3  # the refused fourth was not kept
+            first_now = await stub.GetVisitor(scoring_pb2.VisitorRequest(visitor_id=first_id), timeout=10)
+            assert first_now.lead_id and first_now.anonymous_events == 0  # both merged, none left behind
 
 
 async def test_redis_down_is_a_503_for_every_request_of_the_batch(settings: Settings, tmp_path: Path) -> None:
@@ -343,7 +353,8 @@ async def test_redis_down_is_a_503_for_every_request_of_the_batch(settings: Sett
     async with tracking_mesh(settings, tmp_path, services=("scoring",)) as mesh:
         collector = mesh.app.app.state.tracking.collector  # type: ignore[attr-defined]
         working = collector.limits
-        collector.limits = RateLimits(aioredis.from_url(f"redis://127.0.0.1:{free_port()}/0"))  # nobody listens
+        collector.limits = RateLimits(aioredis.from_url(f"redis://127.0.0.1:{free_port()}/0"),  # nobody listens
+                                      mesh.settings.bus_shards)
         try:
             replies = await asyncio.gather(*(collect(mesh, f"visitor-{n:02d}-0123456789ab", views(("/", "home")))
                                              for n in range(6)))
@@ -381,8 +392,9 @@ async def test_the_merged_history_moves_journeys_as_if_it_had_been_known(mesh: T
 
 async def test_a_collect_batch_runs_in_the_trace_of_a_sampled_request(settings: Settings, tmp_path: Path,
                                                                         spans: InMemorySpanExporter) -> None:
-    """A batch's call to scoring joins the first sampled request it carries (telemetry.batch_parent), not
-    the trace of whichever request's task started the batch: here an unsampled request queued first and a
+    """A batch's Redis call joins the first sampled request it carries (telemetry.batch_parent), not the
+    trace of whichever request's task started the batch, and scoring stores each event in its request's
+    trace (the traceparent rides in the stream entry): here an unsampled request queued first and a
     sampled one behind it, in one batch after a request that went alone."""
     unsampled = trace.SpanContext(trace_id=0x5EED, span_id=0x5EED, is_remote=True,
                                   trace_flags=trace.TraceFlags(trace.TraceFlags.DEFAULT))
@@ -402,11 +414,14 @@ async def test_a_collect_batch_runs_in_the_trace_of_a_sampled_request(settings: 
             quiet(collect(mesh, PHONE, views(("/a", "home")))),
             collect(mesh, LAPTOP, views(("/b", "home"))))
         assert sizes == [1, 2]
+        await mesh.settle()
         finished = spans.get_finished_spans()
         requests = [s for s in finished if s.name.startswith("POST /t/v1/collect")]
         assert len(requests) == 2   # the unsampled request recorded nothing
-        calls = [s for s in finished if s.name.endswith("Scoring/CollectVisitorEvents")]   # scoring's RPC span
-        assert len(calls) == 2, [(x.name, hex(x.context.trace_id)) for x in finished]
-        # Each call sits in the trace of a request it carried: the first's, and the laptop's (sampled).
-        assert {c.context.trace_id for c in calls} == {r.context.trace_id for r in requests}
+        # Scoring stores the stream's entries in batches of its own: each sampled request's event is stored
+        # in that request's trace (the store span's parent, or one of its links).
+        stores = [s for s in finished if s.name == "collect stream store"]
+        joined = {s.context.trace_id for s in stores} | {link.context.trace_id for s in stores for link in s.links}
+        assert stores and {r.context.trace_id for r in requests} <= joined, [(x.name, hex(x.context.trace_id))
+                                                                             for x in finished]
         assert all(s.context.trace_id != 0x5EED for s in finished)
