@@ -38,9 +38,11 @@ lint: $(STAMP)
 	$(BIN)/mypy $(MYPY_PATHS)  # nurture/ under --strict's checks: pyproject.toml's overrides
 
 ## The suite on $(TEST_WORKERS) pytest-xdist workers, a file per worker at a time (a file's module fixtures, e.g. an
-## e2e mesh, start once); TEST_WORKERS=0 runs it in this one process. docs/TESTING.md
+## e2e mesh, start once), files handed out in collection order: tests/e2e and the kill tests first, the many
+## short unit files last to even out the end (xdist's default reorder, most tests first, left the few long e2e
+## files for the end). TEST_WORKERS=0 runs it in this one process. docs/TESTING.md
 TEST_WORKERS ?= 2
-SUITE := $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+SUITE := $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 ## mypy (12 s of CPU from a cold cache) runs beside the suite, which mostly waits on processes and sockets;
 ## its report is printed after the suite's, and either failing fails the target.
