@@ -6,8 +6,9 @@ STAMP := $(VENV)/.installed
 PROTO_SRC := $(shell find protos -name '*.proto' | sort)
 ARGS ?=
 PYTEST_ARGS ?=
+MYPY_PATHS := nurture services gateway cli
 
-.PHONY: run test setup protos check-protos lint unit integration bench fuzz clean mutate typecount
+.PHONY: run test suite setup protos check-protos lint unit integration bench fuzz clean mutate typecount
 
 $(STAMP): pyproject.toml
 	$(PY) -c 'import sys; assert sys.version_info[:2] in ((3, 11), (3, 12)), "Python 3.11 or 3.12 is required"'
@@ -34,10 +35,27 @@ run: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/mypy nurture services gateway cli  # nurture/ under --strict's checks: pyproject.toml's overrides
+	$(BIN)/mypy $(MYPY_PATHS)  # nurture/ under --strict's checks: pyproject.toml's overrides
 
-test: $(STAMP) check-protos lint
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+## The suite on $(TEST_WORKERS) pytest-xdist workers, a file per worker at a time (a file's module fixtures, e.g. an
+## e2e mesh, start once), files handed out in collection order: tests/e2e and the kill tests first, the many
+## short unit files last to even out the end (xdist's default reorder, most tests first, left the few long e2e
+## files for the end). TEST_WORKERS=0 runs it in this one process. docs/TESTING.md
+TEST_WORKERS ?= 2
+SUITE := $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
+
+## mypy (12 s of CPU from a cold cache) runs beside the suite, which mostly waits on processes and sockets;
+## its report is printed after the suite's, and either failing fails the target.
+test: $(STAMP) check-protos
+	$(BIN)/ruff check .
+	@types=$$(mktemp); $(BIN)/mypy $(MYPY_PATHS) >$$types 2>&1 & mypy=$$!; \
+	$(SUITE); suite=$$?; \
+	wait $$mypy; typed=$$?; echo "mypy $(MYPY_PATHS):"; cat $$types; rm -f $$types; \
+	test $$suite -eq 0 && test $$typed -eq 0
+
+## The suite alone, as `make test` runs it (no lint): .ci/run's PostgreSQL pass, after `make test`
+suite: $(STAMP)
+	$(SUITE)
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit

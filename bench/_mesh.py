@@ -146,12 +146,16 @@ def private_mesh(clock: str = "real", database_url: str | None = None, without: 
                             # A test or bench killed outright still stops its mesh (SIGINT: a clean stop).
                             preexec_fn=lambda: die_with_parent(signal.SIGINT))
     url = f"http://127.0.0.1:{http}"
+    # Up means every service serves (/readyz), not only the gateway (/healthz): on a loaded machine the
+    # gateway answered while messaging was still starting, and an e2e test's first call got a 503. A mesh
+    # started `without` some service is never ready: the gateway's answer is all it can wait for.
+    probe = f"{url}/healthz" if without else f"{url}/readyz"
     try:
         # A loaded shared machine starts the mesh slowly: as long as `nurture up` may wait for its services.
         deadline = time.monotonic() + max(300.0, 5 * float(env.get("NURTURE_START_TIMEOUT_S") or 60))
         while True:
             try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                if httpx.get(probe, timeout=1).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass

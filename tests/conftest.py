@@ -30,7 +30,32 @@ from nurture.rpc import channel
 from nurture.service import Running
 from nurture.settings import Settings, load_settings
 
-PG_URL = os.environ.get("NURTURE_TEST_DATABASE_URL")
+
+def _worker_database(url: str | None) -> str | None:
+    """Under pytest-xdist (`make test` runs 2 workers), each worker's own database on the server of
+    `url`: its name suffixed with the worker's id (`test_gw0`), created on first use. Tests already take a
+    fresh schema each, but a few act on the database itself (ending its backends, counting its
+    connections), and one worker's doing so must not reach the other's. Without xdist: `url` itself."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if not url or not worker:
+        return url
+    import sqlalchemy as sa
+
+    base = sa.make_url(url)
+    name = f"{base.database or 'nurture_test'}_{worker}"
+    admin = sa.create_engine(base, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
+    try:
+        with admin.connect() as conn:
+            if conn.execute(sa.text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}).first() is None:
+                conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    finally:
+        admin.dispose()
+    return base.set(database=name).render_as_string(hide_password=False)
+
+
+PG_URL = _worker_database(os.environ.get("NURTURE_TEST_DATABASE_URL"))
+if PG_URL:  # what a test or a process it starts reads from the environment names the same database
+    os.environ["NURTURE_TEST_DATABASE_URL"] = PG_URL
 # Every gRPC call in the mesh is signed with the mesh key: the tests' services and clients share this one.
 MESH_TOKEN = "test-mesh-token"
 

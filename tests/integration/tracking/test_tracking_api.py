@@ -255,7 +255,11 @@ async def test_rate_limits_per_visitor_and_per_key(settings: Settings, tmp_path:
             counters = [k async for k in redis.scan_iter(match="nurture:t:rl:*")]
             seen = [k for k in counters if b":seen:" in k]  # each visitor's event ids, for `duplicates`
             assert seen and all(0 < ttl <= SEEN_TTL_S for ttl in [await redis.ttl(k) for k in seen])
-            assert all(0 < ttl <= 61 for ttl in [await redis.ttl(k) for k in counters if k not in seen])
+            ttls = {k: await redis.ttl(k) for k in counters if k not in seen}
+            # A key's per-second counter lives 2 s: on a loaded machine it can expire between the scan and
+            # the read of its TTL (-2, gone with its window). A counter without expiry (-1) is what fails.
+            assert ttls and all(0 < ttl <= 61 or ttl == -2 for ttl in ttls.values()), ttls
+            assert any(b":v:" in k and 0 < ttl <= 61 for k, ttl in ttls.items()), ttls  # the visitors' minute
             assert not any(tablet.encode() in k or SITE_KEY.encode() in k for k in counters)
         finally:
             await redis.aclose()
