@@ -248,6 +248,26 @@ class JourneysRuntime:
     # -- arming -----------------------------------------------------------------------------------
 
     async def _arm(self, state: LeadState, out: Outcome) -> None:
+        await self._arm_all([(state, out)])
+
+    async def _arm_all(self, done: list[tuple[LeadState, Outcome]]) -> None:
+        """Arm the timers of every (state, outcome) of a batch in one pipelined round trip (one per lead
+        was most of a bus batch's time in Redis waits: a batch holds hundreds of leads)."""
+        items: list[Arm] = []
+        for state, out in done:
+            items += self._arms(state, out)
+        if not items:
+            return
+        try:
+            await self.timers.schedule(items)
+        except Exception as exc:  # the states are committed: their timers are armed again from SQL, not lost
+            leads = {state.lead_id for state, _ in done}
+            log.warning("journeys: arming %d timers of %d leads failed (%s); re-armed from SQL", len(items),
+                        len(leads), exc)
+            self._unarmed |= leads
+
+    def _arms(self, state: LeadState, out: Outcome) -> list[Arm]:
+        """The timers an outcome (re)arms for its lead."""
         items: list[Arm] = []
         now = self.clock.now()
         for ekey in sorted(out.touched):
@@ -265,12 +285,7 @@ class JourneysRuntime:
             due = parse_time(entry.get("at")) if entry else None
             if entry and due is not None:
                 items.append(Arm(state.lead_id, DATE_PREFIX + key, int(entry["token"]), due))
-        try:
-            await self.timers.schedule(items)
-        except Exception as exc:  # the state is committed: its timers are armed again from it, not lost
-            log.warning("journeys: arming %d timers of %s failed (%s); re-armed from SQL", len(items),
-                        state.lead_id, exc)
-            self._unarmed.add(state.lead_id)
+        return items
 
     async def rearm_unarmed(self) -> int:
         """Arm again, from SQL, every timer of the leads whose arming failed; returns how many leads. A lead
@@ -279,10 +294,9 @@ class JourneysRuntime:
             return 0
         leads, self._unarmed = sorted(self._unarmed), set()
         states = await self.db.run(self._load_many, leads)
-        for state in states.values():
-            await self._arm(state, Outcome(touched=set(state.enrollments), inactivity_changed=True,
-                                           side_due={k for k, e in state.enrollments.items() if e.side},
-                                           dates_changed=set(state.dates)))
+        await self._arm_all([(state, Outcome(touched=set(state.enrollments), inactivity_changed=True,
+                                             side_due={k for k, e in state.enrollments.items() if e.side},
+                                             dates_changed=set(state.dates))) for state in states.values()])
         return len(states)
 
     # -- bus --------------------------------------------------------------------------------------
@@ -301,8 +315,7 @@ class JourneysRuntime:
                 await stack.enter_async_context(self._locks.hold(lead_id))
             now = self.clock.now()
             results = await self.db.run(self._apply_batch, by_lead, now)
-            for state, out in results:
-                await self._arm(state, out)
+            await self._arm_all(results)
 
     def _apply_batch(self, by_lead: dict[str, list[BusMessage]],
                      now: datetime) -> list[tuple[LeadState, Outcome]]:
@@ -393,8 +406,7 @@ class JourneysRuntime:
                                               for lead, ts in by_lead.items() if lead in states))
                 done = [(state, out) for state, out in outs if state is not None]
                 await self.db.run(self._save_many, done, now)
-                for state, out in done:
-                    await self._arm(state, out)
+                await self._arm_all(done)
             except Fenced as exc:
                 # A partition was lost mid-batch: nothing of it committed. The timers of partitions still
                 # owned go back to be claimed again now; the lost ones are the new owner's (it moves them
