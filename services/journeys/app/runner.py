@@ -625,14 +625,16 @@ class JourneysRuntime:
         def q() -> list[storage.EnrollmentRow]:
             with self.db.session() as s:
                 return storage.lead_enrollments(s, lead_id)
-        return await self.db.run(q)
+        return await self.db.read(q)
 
     async def leads_journeys(self, lead_ids: list[str]) -> dict[str, list[storage.EnrollmentRow]]:
-        """`lead_journeys` of many leads in one read (absent: no enrolment)."""
+        """`lead_journeys` of many leads in one read (absent: no enrolment). On the reader threads: crm_sync
+        asks this for every bus batch it handles, and behind this service's own bus batch on the writer
+        thread its answer waited for that whole batch (crm_sync's lag followed journeys')."""
         def q() -> dict[str, list[storage.EnrollmentRow]]:
             with self.db.session() as s:
                 return storage.leads_enrollments(s, lead_ids)
-        return await self.db.run(q)
+        return await self.db.read(q)
 
     async def members(self, *, journey: str, stage: str, status: str, cursor: str, limit: int,
                       step: str = "") -> tuple[list[str], str]:
