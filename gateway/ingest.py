@@ -38,10 +38,10 @@ MAX_IN_FLIGHT = 1
 # Events per call, so one call stays well inside a deadline made for one event.
 MAX_EVENTS = 250
 # Seconds between the starts of two calls (Settings.ingest_call_interval_ms). One call in flight alone
-# lets the batch grow with the round trip only, and on a quiet host that is short: at 1,000 single posts
-# a second a call carried one or two, and scoring's CPU per event is mostly per call (measured under
-# load, `IngestEvents` with one call in flight: 2.3 ms of scoring CPU per event one event a call, 1.3 at
-# two, 0.77 at four, 0.49 at eight). A post waits at most this long more, only when calls are that close.
+# lets the batch grow with the round trip only, and on a quiet host that is short, while scoring's CPU
+# per event is mostly per call (measured under load, `IngestEvents` with one call in flight: 2.3 ms of
+# scoring CPU per event at one event a call, 1.3 at two, 0.77 at four, 0.49 at eight; docs/CAPACITY.md).
+# A post waits at most this long more, and only when calls would start closer together than this.
 CALL_INTERVAL_S = 0.005
 
 
