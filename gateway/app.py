@@ -89,7 +89,7 @@ def create_app(settings: Settings) -> FastAPI:
                   description="The HTTP door into the nurture mesh (see docs/API.md).",
                   telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False})
     app.state.mesh = Mesh(settings=settings)
-    app.state.events = EventSender(app.state.mesh, settings.ingest_in_flight)
+    app.state.events = EventSender(app.state.mesh, settings.ingest_in_flight, settings.ingest_call_interval_ms / 1000)
     app.state.clock = make_clock(settings)
     app.state.clock_lock = asyncio.Lock()
     app.state.limiter = TokenBucket(settings.rate_limit_per_s) if settings.rate_limit_per_s > 0 else None

@@ -20,7 +20,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -93,6 +93,7 @@ class Database:
         # Transactions run again after a lost race, by reason, and those that lost every attempt:
         # served as counters by the Admin service's Stats (`db.retries.deadlock`, ...).
         self.counters: Counter[str] = Counter()
+        self._readers: ThreadPoolExecutor | None = None  # `read`'s threads, made on first use
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -135,8 +136,21 @@ class Database:
                 await asyncio.sleep(random.uniform(0, 0.005 * 2 ** attempt))
         raise AssertionError("unreachable")
 
+    async def read(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run read-only storage code (its own session or connection; it must not write) on reader
+        threads of their own, in the caller's context: it never queues behind the work waiting for the
+        executor (on SQLite its one writer thread, busy with a whole bus batch at a time), and SQLite's
+        WAL lets it read the last commit while a write runs. For reads another service waits on (crm_sync
+        asks journeys for the journeys of each bus batch's leads) and request paths' lookups."""
+        if self._readers is None:
+            self._readers = ThreadPoolExecutor(max_workers=READERS, thread_name_prefix=f"{self.service}-read")
+        ctx = contextvars.copy_context()
+        return await asyncio.get_running_loop().run_in_executor(self._readers, functools.partial(ctx.run, fn, *args))
+
     def close(self) -> None:
         self._executor.shutdown()
+        if self._readers is not None:
+            self._readers.shutdown(wait=True)
         self.engine.dispose()
 
 
@@ -189,6 +203,7 @@ class _UrgentFirstExecutor:
 # Worker threads (and so concurrent transactions) per service on PostgreSQL; the pool holds one
 # connection per worker plus the event loop's own occasional reads.
 POSTGRES_WORKERS = 8
+READERS = 4  # `Database.read`'s threads (connections beyond the executor's: the pool's overflow)
 # A statement that waits this long for a lock or runs this long is stopped (its transaction fails
 # and is retried or reported) rather than holding connections and locks indefinitely.
 STATEMENT_TIMEOUT_MS = 30_000

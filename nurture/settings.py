@@ -87,6 +87,9 @@ class Settings:
     # Ingest transactions scoring runs at once, and IngestEvents calls of single posts the gateway keeps
     # in flight to it, on PostgreSQL (`ingest_in_flight`; SQLite has one writer: one).
     ingest_writers: int = 2
+    # The gateway starts its IngestEvents calls of single posts at least this far apart: under load each
+    # carries more posts (a call's cost is mostly fixed), a post waits at most this long more (gateway.ingest).
+    ingest_call_interval_ms: float = 5.0
     rate_limit_per_s: int = 0  # per API key on /v1; 0 = off
     # Publishable keys of the website tracking snippet, JSON {"<key>": {"origins": [...], ...}}
     # (gateway.tracking.keys reads and checks it; docs/API.md "Website tracking")

@@ -118,7 +118,6 @@ async def serve(settings: Settings) -> Running:
         await journeys_channel.close()
         await messaging_channel.close()
         await redis.aclose()
-        core.close()
         db.close()
 
     return Running(server=handle, tasks=tasks, close=close)

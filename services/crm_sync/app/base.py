@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -60,7 +59,6 @@ class CoreBase:
     changes_wake: asyncio.Event
     push_wake: asyncio.Event
     stats: SyncStats
-    _readers: ThreadPoolExecutor
 
     async def sql(self, fn: Callable[[Session], T]) -> T:
         """A read-write transaction in the database's writer executor."""
@@ -71,9 +69,9 @@ class CoreBase:
         return await self.db.run(run)
 
     async def read(self, fn: Callable[[Session], T]) -> T:
-        """A read on its own thread pool: on SQLite (WAL) readers do not queue behind the one writer."""
+        """A read on the database's reader threads (`Database.read`): it does not queue behind writes."""
         def run() -> T:
             with Session(self.db.engine) as s:
                 return fn(s)
 
-        return await asyncio.get_running_loop().run_in_executor(self._readers, run)
+        return await self.db.read(run)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 from sqlalchemy.orm import Session
 
@@ -73,14 +72,10 @@ class CrmSyncCore(InboundContacts, InboundActivities, BusConsumer, OutboundQueue
         self._push_lock = asyncio.Lock()
         self._reclaimed_at = time.monotonic()
         self._change_waiters: set[asyncio.Event] = set()
-        self._readers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="crm_sync-read")
         self._prefetched: dict[str, st.LeadRecord] = {}
 
     # ------------------------------------------------------------------------------------------------
     # Admin
-
-    def close(self) -> None:
-        self._readers.shutdown(wait=True)
 
     async def timeline(self, lead_id: str, limit: int) -> list[st.TimelineEntry]:
         return await self.read(lambda s: st.get_timeline(s, lead_id, limit))

@@ -255,6 +255,26 @@ class JourneysRuntime:
     # -- arming -----------------------------------------------------------------------------------
 
     async def _arm(self, state: LeadState, out: Outcome) -> None:
+        await self._arm_all([(state, out)])
+
+    async def _arm_all(self, done: list[tuple[LeadState, Outcome]]) -> None:
+        """Arm the timers of every (state, outcome) of a batch in one pipelined round trip (one per lead
+        was most of a bus batch's time in Redis waits: a batch holds hundreds of leads)."""
+        items: list[Arm] = []
+        for state, out in done:
+            items += self._arms(state, out)
+        if not items:
+            return
+        try:
+            await self.timers.schedule(items)
+        except Exception as exc:  # the states are committed: their timers are armed again from SQL, not lost
+            leads = {state.lead_id for state, _ in done}
+            log.warning("journeys: arming %d timers of %d leads failed (%s); re-armed from SQL", len(items),
+                        len(leads), exc)
+            self._unarmed |= leads
+
+    def _arms(self, state: LeadState, out: Outcome) -> list[Arm]:
+        """The timers an outcome (re)arms for its lead."""
         items: list[Arm] = []
         now = self.clock.now()
         for ekey in sorted(out.touched):
@@ -272,12 +292,7 @@ class JourneysRuntime:
             due = parse_time(entry.get("at")) if entry else None
             if entry and due is not None:
                 items.append(Arm(state.lead_id, DATE_PREFIX + key, int(entry["token"]), due))
-        try:
-            await self.timers.schedule(items)
-        except Exception as exc:  # the state is committed: its timers are armed again from it, not lost
-            log.warning("journeys: arming %d timers of %s failed (%s); re-armed from SQL", len(items),
-                        state.lead_id, exc)
-            self._unarmed.add(state.lead_id)
+        return items
 
     async def rearm_unarmed(self) -> int:
         """Arm again, from SQL, every timer of the leads whose arming failed; returns how many leads. A lead
@@ -286,10 +301,9 @@ class JourneysRuntime:
             return 0
         leads, self._unarmed = sorted(self._unarmed), set()
         states = await self.db.run(self._load_many, leads)
-        for state in states.values():
-            await self._arm(state, Outcome(touched=set(state.enrollments), inactivity_changed=True,
-                                           side_due={k for k, e in state.enrollments.items() if e.side},
-                                           dates_changed=set(state.dates)))
+        await self._arm_all([(state, Outcome(touched=set(state.enrollments), inactivity_changed=True,
+                                             side_due={k for k, e in state.enrollments.items() if e.side},
+                                             dates_changed=set(state.dates))) for state in states.values()])
         return len(states)
 
     # -- bus --------------------------------------------------------------------------------------
@@ -308,8 +322,7 @@ class JourneysRuntime:
                 await stack.enter_async_context(self._locks.hold(lead_id))
             now = self.clock.now()
             results = await self.db.run(self._apply_batch, by_lead, now)
-            for state, out in results:
-                await self._arm(state, out)
+            await self._arm_all(results)
 
     def _apply_batch(self, by_lead: dict[str, list[BusMessage]],
                      now: datetime) -> list[tuple[LeadState, Outcome]]:
@@ -401,8 +414,7 @@ class JourneysRuntime:
                                               for lead, ts in by_lead.items() if lead in states))
                 done = await self.db.run(self._save_many,
                                          [(state, out) for state, out in outs if state is not None], now)
-                for state, out in done:
-                    await self._arm(state, out)
+                await self._arm_all(done)
             except Fenced as exc:
                 # A partition was lost mid-batch: nothing of it committed. The timers of partitions still
                 # owned go back to be claimed again now; the lost ones are the new owner's (it moves them
@@ -632,14 +644,16 @@ class JourneysRuntime:
         def q() -> list[storage.EnrollmentRow]:
             with self.db.session() as s:
                 return storage.lead_enrollments(s, lead_id)
-        return await self.db.run(q)
+        return await self.db.read(q)
 
     async def leads_journeys(self, lead_ids: list[str]) -> dict[str, list[storage.EnrollmentRow]]:
-        """`lead_journeys` of many leads in one read (absent: no enrolment)."""
+        """`lead_journeys` of many leads in one read (absent: no enrolment). On the reader threads: crm_sync
+        asks this for every bus batch it handles, and behind this service's own bus batch on the writer
+        thread its answer waited for that whole batch (crm_sync's lag followed journeys')."""
         def q() -> dict[str, list[storage.EnrollmentRow]]:
             with self.db.session() as s:
                 return storage.leads_enrollments(s, lead_ids)
-        return await self.db.run(q)
+        return await self.db.read(q)
 
     async def members(self, *, journey: str, stage: str, status: str, cursor: str, limit: int,
                       step: str = "") -> tuple[list[str], str]:

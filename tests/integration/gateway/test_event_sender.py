@@ -124,27 +124,38 @@ async def test_a_bad_event_among_concurrent_good_ones_fails_alone(
 
 @pytest.mark.parametrize("queued", [False, True], ids=["alone", "queued-together"])
 async def test_concurrent_posts_with_one_idempotency_key_are_one_event(
-    client: httpx.AsyncClient, scoring: Running, settings: Settings, spans: InMemorySpanExporter, queued: bool
+    scoring: Running, settings: Settings, spans: InMemorySpanExporter, queued: bool
 ) -> None:
-    # Alone: the two posts leave in separate calls; queued: other posts fill every call in flight
-    # (one on SQLite, NURTURE_INGEST_WRITERS on PostgreSQL), so the pair waits and leaves together in
-    # one call (one transaction).
+    # Alone (no call interval): the two posts leave in separate calls (one transaction each, concurrent
+    # on PostgreSQL, where two calls may be in flight); queued: another post goes first, at once, and
+    # the pair, arriving with the others within the call interval (NURTURE_INGEST_CALL_INTERVAL_MS, half
+    # a second here so that a loaded host's slow dispatch of the posts stays inside it), waits and
+    # leaves together in the next call (one transaction).
+    interval_ms = 500 if queued else 0
+    app = gateway(settings.with_overrides(ingest_call_interval_ms=interval_ms), scoring.address)
     ahead = settings.ingest_in_flight if queued else 0
     await make_leads(scoring, ["idem"])
-    for round_ in range(3):
-        key = f"key-{ahead}-{round_}"
-        others = [client.post("/v1/events", headers=AUTH, json={"lead_id": "idem", "type": "page_viewed"})
-                  for _ in range(ahead)]
-        same = [client.post("/v1/events", headers={**AUTH, "Idempotency-Key": key},
-                            json={"lead_id": "idem", "type": "page_viewed"}) for _ in range(2)]
-        spans.clear()
-        posts = (await asyncio.gather(*others, *same))[ahead:]
-        calls = len(ingest_calls(spans.get_finished_spans()))
-        assert calls == (ahead + 1 if ahead else 2), f"{calls} calls: the pair did not leave as planned"
-        assert [r.status_code for r in posts] == [202, 202], [r.text for r in posts]
-        bodies = [r.json() for r in posts]
-        assert bodies[0]["event_id"] == bodies[1]["event_id"]
-        assert sorted(b["duplicate"] for b in bodies) == [False, True]
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as client:
+        for round_ in range(3):
+            # Past the call interval since the last round's call: the first post here goes at once.
+            await asyncio.sleep(2 * interval_ms / 1000)
+            key = f"key-{ahead}-{round_}"
+            others = [client.post("/v1/events", headers=AUTH, json={"lead_id": "idem", "type": "page_viewed"})
+                      for _ in range(ahead)]
+            same = [client.post("/v1/events", headers={**AUTH, "Idempotency-Key": key},
+                                json={"lead_id": "idem", "type": "page_viewed"}) for _ in range(2)]
+            spans.clear()
+            posts = (await asyncio.gather(*others, *same))[ahead:]
+            finished = spans.get_finished_spans()
+            merged = sorted((s.attributes or {}).get("events", 0) for s in finished if s.name == "ingest")
+            assert len(ingest_calls(finished)) == 2 and merged == ([1, ahead + 1] if ahead else [1, 1]), \
+                f"events per transaction {merged}: the pair did not leave as planned"
+            assert [r.status_code for r in posts] == [202, 202], [r.text for r in posts]
+            bodies = [r.json() for r in posts]
+            assert bodies[0]["event_id"] == bodies[1]["event_id"]
+            assert sorted(b["duplicate"] for b in bodies) == [False, True]
+    for ch in app.state.mesh.channels.values():
+        await ch.close()
 
 
 async def test_posts_get_503_with_retry_after_when_scoring_is_down(settings: Settings) -> None:
@@ -347,3 +358,47 @@ async def test_a_merged_call_is_recorded_in_a_sampled_posts_trace_and_never_in_a
     rpcs = {s.context.span_id for s in mine if s.name == INGEST_RPC}
     assert all(s.parent is not None and s.parent.span_id in rpcs for s in ingests)
     assert {s.context.trace_id for s in mine if s.name == "bus handle mixed-trace"} == sampled
+
+
+async def test_posts_closer_together_than_the_call_interval_leave_in_one_call(
+    settings: Settings, scoring: Running, spans: InMemorySpanExporter
+) -> None:
+    """Calls start at least NURTURE_INGEST_CALL_INTERVAL_MS apart: the first post of a quiet gateway goes
+    at once, the posts that follow it within the interval, one at a time, wait and leave together (one
+    call in flight alone would send each in its own call whenever scoring answers between them)."""
+    app = gateway(settings.with_overrides(ingest_call_interval_ms=3000), scoring.address)
+    await make_leads(scoring, ["paced"])
+    spans.clear()
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as client:
+        tasks = []
+        for i in range(8):
+            tasks.append(asyncio.create_task(client.post("/v1/events", headers=AUTH, json={
+                "lead_id": "paced", "type": "page_viewed", "properties": {"n": i}})))
+            await asyncio.sleep(0.02)
+        posts = await asyncio.gather(*tasks)
+    for ch in app.state.mesh.channels.values():
+        await ch.close()
+    assert [r.status_code for r in posts] == [202] * 8, [r.text for r in posts]
+    assert len({r.json()["event_id"] for r in posts}) == 8
+    calls = ingest_calls(spans.get_finished_spans())
+    assert len(calls) == 2, f"{len(calls)} IngestEvents calls: the first post alone, then the seven that followed"
+
+
+async def test_a_full_call_leaves_without_waiting_for_the_call_interval(
+    settings: Settings, scoring: Running, spans: InMemorySpanExporter
+) -> None:
+    """A call's worth of waiting posts (gateway.ingest.MAX_EVENTS) goes at once whatever the interval: an
+    interval of a minute would otherwise hold these posts for it."""
+    from gateway.ingest import MAX_EVENTS
+
+    app = gateway(settings.with_overrides(ingest_call_interval_ms=60_000), scoring.address)
+    await make_leads(scoring, ["full"])
+    spans.clear()
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as client:
+        posts = await asyncio.wait_for(asyncio.gather(*[
+            client.post("/v1/events", headers=AUTH, json={"lead_id": "full", "type": "page_viewed"})
+            for _ in range(1 + MAX_EVENTS)]), timeout=45)
+    for ch in app.state.mesh.channels.values():
+        await ch.close()
+    assert [r.status_code for r in posts] == [202] * (1 + MAX_EVENTS)
+    assert len(ingest_calls(spans.get_finished_spans())) == 2  # the first post alone, then a full call

@@ -267,3 +267,33 @@ async def test_a_timer_batch_does_not_bring_back_a_lead_another_replica_erased(
     written = await a.db.run(a._save_many, [(states["e1"], Outcome())], now)
     assert written == []
     assert _leads(db) == 0
+
+
+async def test_a_bus_batch_arms_every_leads_timers_and_re_arms_them_all_when_unconfirmed(
+        settings: Settings, parts: tuple[Database, AsyncRedis]) -> None:
+    """A batch's leads have their timers armed together (one round trip): each lead gets its own, and when
+    the arming is not confirmed every lead of the batch is armed again from SQL, not only one."""
+    db, client = parts
+    rt = JourneysRuntime(db=db, timers=TimerStore(client, settings.timer_shards, wait_replicas=1),
+                         clock=VirtualClock(redisconn.connect_sync(settings)), clients=Clients(settings),
+                         settings=read_settings(), calendar=load_calendar())
+    await rt.start()
+    now = rt.clock.now().isoformat()
+    ids = ["b1", "b2", "b3"]
+    await rt.handle_messages([BusMessage(id=f"created-{i}", lead_id=i, type="lead_created", occurred_at=now,
+                                         lead=LeadSnapshot.from_dict(lead(i, "family"))) for i in ids])
+
+    async def armed_leads() -> dict[str, int]:
+        found: dict[str, int] = {}
+        for shard in range(settings.timer_shards):
+            for raw in await client.zrange(f"nurture:timers:{{t{shard}}}", 0, -1):
+                found[raw.decode().split("|")[0]] = found.get(raw.decode().split("|")[0], 0) + 1
+        return found
+
+    first = await armed_leads()
+    assert sorted(first) == ids and all(n > 0 for n in first.values())
+    await client.flushdb()
+    rt.timers = TimerStore(client, settings.timer_shards)
+    assert await rt.rearm_unarmed() == 3
+    assert await armed_leads() == first
+    assert await rt.rearm_unarmed() == 0

@@ -93,3 +93,38 @@ def test_close_finishes_queued_work_then_refuses_more(tmp_path: Path) -> None:
             loop.run_until_complete(database.run(done.append, 9))
     finally:
         loop.close()
+
+
+def test_a_read_does_not_wait_for_the_writer_and_sees_the_last_commit(db: Database) -> None:
+    """`Database.read` runs on reader threads: while the one SQLite writer thread holds a write transaction
+    open (a consumer's batch), a read answers from the last commit instead of queueing behind it."""
+    from sqlalchemy import text
+
+    with db.engine.begin() as conn:
+        conn.execute(text("CREATE TABLE t (x INTEGER)"))
+        conn.execute(text("INSERT INTO t VALUES (1)"))
+    gate, writing = threading.Event(), threading.Event()
+
+    def write() -> None:
+        with db.engine.begin() as conn:
+            conn.execute(text("INSERT INTO t VALUES (2)"))
+            writing.set()
+            gate.wait(30)
+
+    def count() -> int:
+        with db.engine.connect() as conn:
+            return int(conn.execute(text("SELECT count(*) FROM t")).scalar_one())
+
+    async def scenario() -> tuple[int, int]:
+        busy = asyncio.ensure_future(db.run(write))
+        queued = asyncio.ensure_future(db.run(count))  # behind the write on the writer thread
+        while not writing.is_set():
+            await asyncio.sleep(0.01)
+        during = await asyncio.wait_for(db.read(count), 20)  # the write is still open: it waited for nothing
+        assert not busy.done() and not queued.done()
+        gate.set()
+        await busy
+        assert await queued == 2
+        return during, await db.read(count)
+
+    assert asyncio.run(scenario()) == (1, 2)
