@@ -41,8 +41,12 @@ lint: $(STAMP)
 ## e2e mesh, start once), files handed out in collection order: tests/e2e and the kill tests first, the many
 ## short unit files last to even out the end (xdist's default reorder, most tests first, left the few long e2e
 ## files for the end). TEST_WORKERS=0 runs it in this one process. docs/TESTING.md
+## The API fuzz test runs after them in a process of its own: its items (one per API operation, made by
+## schemathesis at collection) share one node id, and xdist runs such items once, not once per operation.
+## PYTEST_ARGS go to both runs.
 TEST_WORKERS ?= 2
-SUITE := $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
+SUITE := $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --ignore=tests/fuzz \
+	$(PYTEST_ARGS) && $(BIN)/python -m pytest -q tests/fuzz $(PYTEST_ARGS)
 
 ## mypy (12 s of CPU from a cold cache) runs beside the suite, which mostly waits on processes and sockets;
 ## its report is printed after the suite's, and either failing fails the target.
