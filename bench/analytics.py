@@ -10,7 +10,8 @@ score changes (every message carries the lead's score), won deals, and page view
 bus adapter and `storage.record`, as the consumer does (the same function, each batch of `--batch`
 messages one transaction; the consumer's batches are of 2,000); then every report is timed in process
 (storage + domain: the gateway and gRPC add their fixed few milliseconds) over the last 30 days and over
-all 90, `--repeats` times each: wall p95, CPU median and the engine's work per report. Part 2 (ingest
+all 90, one first call (its wall time reported alone: the first read after a load finds a cold cache)
+and then `--repeats` times: wall p95, CPU median and the engine's work per report. Part 2 (ingest
 cost): the same mix of events through the gateway's batch endpoint into two private meshes, one without
 the analytics service: the end-to-end rate (accepted and handled by every consumer) of each, and their
 ratio.
@@ -324,11 +325,16 @@ def time_reports(db_url: str | None, data: Path, leads: int, events: int, repeat
     def baseline(s: Any, _q: storage.Query) -> Any:
         return s.execute(select(func.count()).select_from(tables.leads).where(tables.leads.c.lead_id == "L1")).all()
 
-    worst, worst_ratio, worst_cpu = 0.0, 0.0, 0.0
+    worst, worst_ratio, worst_cpu, worst_first = 0.0, 0.0, 0.0, 0.0
     base = {"wall": 0.0, "cpu": 0.0}
     for name, fn in {"baseline": baseline, **cases}.items():
         for label, q in (("30d", last30), ("90d", full)):
             call: Callable[[Any], Any] = functools.partial(_on, fn, q)
+            # The first call of a report reads its tables' pages from disk when nothing has read them since
+            # the load (a cold cache): reported on its own, and the p95 is of the `repeats` calls after it,
+            # as a read model serving reports keeps its pages cached.
+            first = meter.measure(call)
+            out[f"{name}_{label}_first_call_ms"] = round(first["wall"] * 1000, 2)
             samples = [meter.measure(call) for _ in range(repeats)]
             ms = p95([x["wall"] for x in samples])
             cpu_ms = round(sorted(x["cpu"] for x in samples)[len(samples) // 2] * 1000, 2)
@@ -341,10 +347,12 @@ def time_reports(db_url: str | None, data: Path, leads: int, events: int, repeat
                 continue
             out[f"{name}_{label}_p95 / baseline_p95"] = round(ms / base["wall"], 1) if base["wall"] else None
             worst, worst_cpu = max(worst, ms), max(worst_cpu, cpu_ms)
+            worst_first = max(worst_first, out[f"{name}_{label}_first_call_ms"])
             worst_ratio = max(worst_ratio, ms / base["wall"] if base["wall"] else 0.0)
     out["worst_report_p95_ms"] = worst
     out["worst_report_p95_ms / 300"] = round(worst / 300, 3)
     out["worst_report_cpu_ms_median"] = worst_cpu
+    out["worst_report_first_call_ms"] = worst_first
     out["worst_report_p95 / baseline_p95"] = round(worst_ratio, 1)
     out["load_average_1m_after_reports"] = round(os.getloadavg()[0], 2)
     out["wall_p95_ms_per_report"] = {name: {label: out[f"{name}_{label}_p95_ms"] for label in ("30d", "90d")}
