@@ -341,8 +341,14 @@ class Store:
                     {n: bindparam(n) for n in names})
                 # Key order, as every path that writes several rows locks them (see nurture.db).
                 s.connection().execute(stmt, sorted(rows, key=lambda r: str(r["_id"])))
-            _log(s, [line for o in outcomes for line in o.log], at)
-            fb = [f for o in outcomes for f in o.feedback]
+            # A message erased while its send was in flight (another replica's `erase`, or this one's
+            # between the claim and now) leaves no log line or feedback naming its lead: the updates
+            # above hold the rows still stored, so an erasure that starts now waits for this commit and
+            # removes what it wrote (erase deletes the messages first).
+            stored = _stored(s, [o.message_id for o in outcomes])
+            kept = [o for o in outcomes if o.message_id in stored]
+            _log(s, [line for o in kept for line in o.log], at)
+            fb = [f for o in kept for f in o.feedback]
             if fb:
                 _insert_ignore(s, feedback, [
                     {"key": f.key, "lead_id": f.lead_id, "type": f.type, "properties_json": json.dumps(f.properties),
@@ -453,9 +459,13 @@ class Store:
     def record_tracking(self, *, key: str, message_id: str, lead_id: str, kind: str, url: str, now: datetime,
                         log: LogLine | None, fb: Feedback | None,
                         suppress: Suppression | None = None) -> bool:
-        """True for the first hit of `key` (then its log line, feedback and suppression are recorded)."""
+        """True for the first hit of `key` (then its log line, feedback and suppression are recorded).
+        An open or a click of a message no longer stored (erased since the caller read it) records nothing;
+        an unsubscribe is recorded whatever became of its message, as consent wins."""
         at = naive(now)
         with self._sessions() as s:
+            if kind != "unsubscribe" and not _stored(s, [message_id], lock=True):
+                return False
             new = _insert_ignore(s, tracking, [{"key": key, "message_id": message_id, "lead_id": lead_id,
                                                 "kind": kind, "url": url, "at": at, "hits": 1}], ["key"]) > 0
             if not new:
@@ -619,9 +629,15 @@ class Store:
         """Forget the lead; keep only a suppression entry of the hashed address."""
         removed = 0
         with self._sessions() as s:
+            # The messages first, locked in key order as `apply` locks them: a send or a tracking hit in
+            # flight on another replica holds its message's row until it commits, so this waits for it and
+            # the deletes below see what it wrote (the other way round, its log lines and feedback would
+            # land after them and outlive the erasure).
+            s.execute(select(messages.c.id).where(messages.c.lead_id == lead_id)
+                      .order_by(messages.c.id).with_for_update()).all()
+            removed += getattr(s.execute(delete(messages).where(messages.c.lead_id == lead_id)), "rowcount", 0) or 0
             for table in (message_log, tracking, consent_log, feedback, audience_members):
                 removed += getattr(s.execute(delete(table).where(table.c.lead_id == lead_id)), "rowcount", 0) or 0
-            removed += getattr(s.execute(delete(messages).where(messages.c.lead_id == lead_id)), "rowcount", 0) or 0
             s.execute(delete(ad_suppressions).where(ad_suppressions.c.lead_id == lead_id))
             if email_hash:
                 # The erasure's suppression replaces the address's unsubscribes: what consent given again
@@ -632,6 +648,17 @@ class Store:
                 _insert_ignore(s, suppressions, [{"email_hash": email_hash, "scope": "all", "reason": "erased",
                                                   "source": "erasure", "at": naive(now)}], ["email_hash", "scope"])
         return removed
+
+
+def _stored(s: Session, ids: Sequence[str], *, lock: bool = False) -> set[str]:
+    """Which of these messages are still stored; `lock` holds them (FOR SHARE on PostgreSQL) until the
+    transaction ends, so an erasure waits for it."""
+    found: set[str] = set()
+    unique = sorted(set(ids))
+    for chunk in range(0, len(unique), 500):
+        query = select(messages.c.id).where(messages.c.id.in_(unique[chunk:chunk + 500]))
+        found.update(s.execute(query.with_for_update(read=True) if lock else query).scalars())
+    return found
 
 
 def _log(s: Session, lines: Sequence[LogLine], at: datetime) -> None:
