@@ -166,11 +166,14 @@ class RecordedSpan(trace.Span, ReadableSpan):
         self._parent = parent
         self._resource = resource
         self._end_time: int | None = None
-        self._attributes: dict[str, AttributeValue] = {}
-        if attributes:
-            self.set_attributes(attributes)
-        self._events: list[Event] = []
-        self._links: list[trace.Link] = [link for link in links if link.context.is_valid][:MAX_SPAN_LINKS] if links else []
+        kept: dict[str, AttributeValue] = dict(attributes) if attributes else {}
+        if None in kept.values() or len(kept) > MAX_SPAN_ATTRIBUTES:  # rare: the set_attribute rules
+            kept = dict([(k, v) for k, v in kept.items() if v is not None][:MAX_SPAN_ATTRIBUTES])
+        self._attributes: dict[str, AttributeValue] = kept
+        # Most spans have neither: the empty tuple is shared, a list made at the first one.
+        self._events: Sequence[Event] = ()
+        self._links: Sequence[trace.Link] = (
+            [lk for lk in links if lk.context.is_valid][:MAX_SPAN_LINKS] if links else ())
         self._kind = kind
         self._status = _UNSET
         self._start_time = start_time
@@ -198,11 +201,11 @@ class RecordedSpan(trace.Span, ReadableSpan):
 
     def add_event(self, name: str, attributes: Attributes = None, timestamp: int | None = None) -> None:
         if self._end_time is None and len(self._events) < MAX_SPAN_EVENTS:
-            self._events.append(Event(name, dict(attributes) if attributes else None, timestamp))
+            self._events = [*self._events, Event(name, dict(attributes) if attributes else None, timestamp)]
 
     def add_link(self, context: trace.SpanContext, attributes: Attributes = None) -> None:
         if self._end_time is None and context.is_valid and len(self._links) < MAX_SPAN_LINKS:
-            self._links.append(trace.Link(context, attributes))
+            self._links = [*self._links, trace.Link(context, attributes)]
 
     def update_name(self, name: str) -> None:
         if self._end_time is None:
