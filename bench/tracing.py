@@ -1,9 +1,9 @@
 """What the mesh's RPC plumbing costs every call: unary echo RPC/s on a plain grpc.aio server and client,
 against the same with the mesh's tracing (one server span per RPC exported to a file, traceparent
 propagated by the mesh channel) and call signing (nurture.meshauth), measured in the same run.
-Each call is made inside a client span, a root sampled at `--sample-ratio` (the server span follows its
-decision, as every hop of the mesh does); 1 records every call, the default is the mesh's default
-(NURTURE_TRACE_SAMPLE_RATIO).
+Each mesh call is made inside a client span, a root sampled at `--sample-ratio` (the server span follows
+its decision, as every hop of the mesh does); 1 records every call, the default is the mesh's default
+(NURTURE_TRACE_SAMPLE_RATIO). Plain calls make no span.
 
 The mesh is measured twice: traced at `--sample-ratio`, and untraced (ratio 0: the operator's "off",
 every other part of the plumbing, call signing included, unchanged). `traced / untraced` is what tracing
@@ -43,15 +43,20 @@ class Echo(scoring_pb2_grpc.EchoServicer):
         return scoring_pb2.EchoReply(payload=request.payload)
 
 
-async def rate(ch: grpc.aio.Channel, calls: int, concurrency: int = 32) -> tuple[float, float]:
-    """Calls per second, and this process's CPU milliseconds per call (client and server both)."""
+async def rate(ch: grpc.aio.Channel, calls: int, traced: bool, concurrency: int = 32) -> tuple[float, float]:
+    """Calls per second, and this process's CPU milliseconds per call (client and server both). A
+    `traced` call is made inside a client span (the head of its trace, as the gateway's request span
+    is); a plain one without any, so the plain baseline pays nothing for tracing."""
     stub = scoring_pb2_grpc.EchoStub(ch)
     todo = iter(range(calls))
     tracer = trace.get_tracer("bench")
 
     async def worker() -> None:
         for _ in todo:
-            with tracer.start_as_current_span("client"):
+            if traced:
+                with tracer.start_as_current_span("client"):
+                    await stub.Echo(scoring_pb2.EchoRequest(payload=b"x" * 200), timeout=5)
+            else:
                 await stub.Echo(scoring_pb2.EchoRequest(payload=b"x" * 200), timeout=5)
 
     await stub.Echo(scoring_pb2.EchoRequest(payload=b"warm"), timeout=5)
@@ -76,8 +81,8 @@ async def arm(calls: int, ratio: float) -> dict[str, float]:
     mesh_server = await start_server(name="bench", port=0, register=register, mesh_tokens=["bench-mesh-token"])
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as plain_ch, \
             channel(f"127.0.0.1:{mesh_server.port}", "bench-mesh-token") as mesh_ch:
-        plain, plain_cpu = await rate(plain_ch, calls)
-        mesh, mesh_cpu = await rate(mesh_ch, calls)
+        plain, plain_cpu = await rate(plain_ch, calls, traced=False)
+        mesh, mesh_cpu = await rate(mesh_ch, calls, traced=True)
     await plain_server.stop(0)
     await mesh_server.stop(0)
     provider.shutdown()

@@ -29,7 +29,7 @@ from gateway.openapi import install_openapi
 from gateway.routes.events import record_event
 from gateway.routes.tracking import collect_asgi
 from gateway.tracking.state import Tracking
-from nurture import jsoncodec
+from nurture import jsoncodec, telemetry
 from nurture.clock import make_clock
 from nurture.errors import HttpError, NurtureError, http_error_from_rpc
 from nurture.jsontypes import JsonObject
@@ -37,7 +37,7 @@ from nurture.rpc import channel
 from nurture.settings import SERVICES, Settings, load_settings
 
 log = logging.getLogger(__name__)
-tracer = trace.get_tracer("nurture.gateway")
+tracer = telemetry.tracer("nurture.gateway")
 
 _LINK_PREFIXES = ("/u/", "/t/o/", "/t/c/")
 

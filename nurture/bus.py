@@ -40,10 +40,10 @@ from nurture.admin import DeadLetter, Retried
 from nurture.busmessage import BusMessage
 from nurture.partitions import Fenced, Ownership
 from nurture.redisconn import AsyncRedis, is_cluster, shard_of, sharded_key, wait_replicated
-from nurture.telemetry import batch_parent, carrier_contexts
+from nurture.telemetry import batch_parent, carrier_contexts, tracer
 
 log = logging.getLogger(__name__)
-_tracer = trace.get_tracer(__name__)
+_tracer = tracer(__name__)
 
 Handler = Callable[[list[BusMessage]], Awaitable[None]]
 MAX_DELIVERIES = 5

@@ -12,6 +12,13 @@ every span with a parent follows its parent's decision, which travels in the W3C
 in every process or absent from all of them. Work done for several traces at once (a group commit, a
 bus batch) joins a sampled one (`batch_parent`).
 
+The spans themselves are the mesh's own (`MeshTracerProvider`: OpenTelemetry's provider, processors and
+exporters with a lighter tracer and span). The decision is one comparison at the root and a flag read
+below it, an unsampled span is only its ids (no processor sees it), and a recorded span is a plain
+object handed to the processors as it ends: OpenTelemetry's own tracer spent 55-70 µs of CPU a
+recorded span (sampler objects, a lock and a validated mapping per span, a copy at its end), which
+made recording every call cost about a third of a small RPC's throughput (docs/CAPACITY.md).
+
 SQL spans (one per transaction) come from SQLAlchemy's connection events and Redis spans from
 `redis_span`; both are made only inside a recording span, so an unsampled event costs them nothing
 (the stock instrumentations were not used: see nurture/rpc.py).
@@ -21,18 +28,23 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+import traceback
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
+from time import time_ns
+from types import TracebackType
+from typing import cast
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.propagate import extract
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace import Event, ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
-from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, Sampler, TraceIdRatioBased
-from opentelemetry.util.types import AttributeValue
+from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult, TraceIdRatioBased
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.util.types import Attributes, AttributeValue
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine, ExceptionContext, ExecutionContext
 from sqlalchemy.engine.interfaces import DBAPICursor
@@ -40,7 +52,6 @@ from sqlalchemy.engine.interfaces import DBAPICursor
 from nurture import jsoncodec
 from nurture.settings import Settings
 
-_tracer = trace.get_tracer("nurture")
 _configured = False
 
 
@@ -53,24 +64,32 @@ class JsonLinesExporter(SpanExporter):
         self._lock = threading.Lock()
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        # On the exporter thread, but under the same GIL as the requests: a few µs a span matter. Every
+        # span of a process shares its resource, so its service name is looked up once a batch.
         lines = []
+        resource: Resource | None = None
+        service: AttributeValue | None = None
         for span in spans:
-            ctx = span.get_span_context()
+            if span.resource is not resource:
+                resource = span.resource
+                service = resource.attributes.get("service.name")
+            ctx = span.context
             parent = span.parent
             lines.append(
                 jsoncodec.dumps(
                     {
-                        "trace_id": format(ctx.trace_id, "032x") if ctx else None,
-                        "span_id": format(ctx.span_id, "016x") if ctx else None,
-                        "parent_id": format(parent.span_id, "016x") if parent else None,
+                        "trace_id": f"{ctx.trace_id:032x}" if ctx else None,
+                        "span_id": f"{ctx.span_id:016x}" if ctx else None,
+                        "parent_id": f"{parent.span_id:016x}" if parent else None,
                         "name": span.name,
-                        "service": span.resource.attributes.get("service.name"),
+                        "service": service,
                         "start_ns": span.start_time,
                         "end_ns": span.end_time,
                         "status": span.status.status_code.name,
-                        "attributes": {k: _plain(v) for k, v in (span.attributes or {}).items()},
+                        # (a tuple is a JSON array, as a list is)
+                        "attributes": dict(span.attributes or {}),
                         # The traces of the other events a batch span did work for (batch_parent).
-                        "links": [format(link.context.trace_id, "032x") for link in span.links],
+                        "links": [f"{link.context.trace_id:032x}" for link in span.links],
                     }
                 )
             )
@@ -82,10 +101,6 @@ class JsonLinesExporter(SpanExporter):
         return None
 
 
-def _plain(value: AttributeValue) -> AttributeValue:
-    return list(value) if isinstance(value, tuple) else value
-
-
 # Spans waiting for the export thread. The SDK's 2,048 filled in a fraction of a second at a few thousand
 # events a second (each makes about ten spans in scoring alone), and a span dropped there leaves a
 # sampled trace with a hole; 64k spans of a few hundred bytes each is a bounded few tens of MB.
@@ -93,18 +108,305 @@ MAX_QUEUED_SPANS = 65_536
 EXPORT_BATCH = 2_048
 
 
-def sampler(ratio: float) -> Sampler:
-    """Head sampling: a root span is recorded for `ratio` of trace ids (by the id, so any process
-    deciding on the same root decides alike); a span with a parent follows the parent's flag."""
-    return ParentBased(ALWAYS_ON if ratio >= 1.0 else TraceIdRatioBased(ratio))
+class HeadSampler(Sampler):
+    """Head sampling: a root span is recorded for `ratio` of trace ids (by the id, as OpenTelemetry's
+    TraceIdRatioBased decides, so any process deciding on the same root decides alike); a span with a
+    parent follows the parent's flag. The mesh's tracer asks `root` directly (one comparison);
+    `should_sample` is the same rule for OpenTelemetry's own tracer."""
+
+    def __init__(self, ratio: float) -> None:
+        self.ratio = ratio
+        self._bound = TraceIdRatioBased.get_bound_for_rate(min(ratio, 1.0))
+
+    def root(self, trace_id: int) -> bool:
+        """Whether a trace starting here with `trace_id` is recorded."""
+        return trace_id & TraceIdRatioBased.TRACE_ID_LIMIT < self._bound
+
+    def should_sample(self, parent_context: otel_context.Context | None, trace_id: int, name: str,
+                      kind: trace.SpanKind | None = None, attributes: Attributes = None,
+                      links: Sequence[trace.Link] | None = None,
+                      trace_state: trace.TraceState | None = None) -> SamplingResult:
+        parent = trace.get_current_span(parent_context).get_span_context()
+        sampled = parent.trace_flags.sampled if parent.is_valid else self.root(trace_id)
+        return SamplingResult(Decision.RECORD_AND_SAMPLE if sampled else Decision.DROP, None,
+                              parent.trace_state if parent.is_valid else None)
+
+    def get_description(self) -> str:
+        return f"HeadSampler{{{self.ratio}}}"
+
+
+def sampler(ratio: float) -> HeadSampler:
+    return HeadSampler(ratio)
+
+
+# What one span keeps at most (OpenTelemetry's defaults): the mesh's spans stay far below, but a span is
+# bounded whatever code sets on it.
+MAX_SPAN_ATTRIBUTES = MAX_SPAN_EVENTS = MAX_SPAN_LINKS = 128
+_UNSET = trace.Status(trace.StatusCode.UNSET)
+_RANDOM = trace.TraceFlags.RANDOM_TRACE_ID
+
+
+class RecordedSpan(trace.Span, ReadableSpan):
+    """A recorded span, as light as the mesh can make it: OpenTelemetry's own span takes a lock per
+    span and per change, validates every attribute into a bounded mapping, and copies itself at its end
+    for the processors; measured at 55-70 µs of CPU a span with its export, which made recording every
+    call cost a third of a small RPC's throughput. This one keeps its attributes in a plain dict (the mesh
+    sets values of the types OpenTelemetry takes; None is dropped, as it does), is used from one thread
+    at a time (a span belongs to the task or thread that started it), and is handed to the processors
+    itself when it ends: nothing changes it after that (every change to an ended span is ignored). It
+    is a ReadableSpan, so OpenTelemetry's exporters and processors take it as they take their own."""
+
+    def __init__(self, name: str, context: trace.SpanContext, parent: trace.SpanContext | None,
+                 resource: Resource, attributes: Attributes, links: Sequence[trace.Link], kind: trace.SpanKind,
+                 processor: SpanProcessor, scope: InstrumentationScope, start_time: int,
+                 record_exception: bool, set_status_on_exception: bool) -> None:
+        # ReadableSpan's fields, set directly (its __init__ makes a Resource when given none).
+        self._name = name
+        self._context: trace.SpanContext = context
+        self._parent = parent
+        self._resource = resource
+        self._end_time: int | None = None
+        kept: dict[str, AttributeValue] = dict(attributes) if attributes else {}
+        if None in kept.values() or len(kept) > MAX_SPAN_ATTRIBUTES:  # rare: the set_attribute rules
+            kept = dict([(k, v) for k, v in kept.items() if v is not None][:MAX_SPAN_ATTRIBUTES])
+        self._attributes: dict[str, AttributeValue] = kept
+        # Most spans have neither: the empty tuple is shared, a list made at the first one.
+        self._events: Sequence[Event] = ()
+        self._links: Sequence[trace.Link] = (
+            [lk for lk in links if lk.context.is_valid][:MAX_SPAN_LINKS] if links else ())
+        self._kind = kind
+        self._status = _UNSET
+        self._start_time = start_time
+        self._instrumentation_scope = scope
+        self._instrumentation_info = None
+        self._processor = processor
+        self._record_exception = record_exception
+        self._set_status_on_exception = set_status_on_exception
+
+    def get_span_context(self) -> trace.SpanContext:
+        return self._context
+
+    def is_recording(self) -> bool:
+        return self._end_time is None
+
+    def set_attribute(self, key: str, value: AttributeValue) -> None:
+        attributes = self._attributes
+        if (self._end_time is None and value is not None
+                and (key in attributes or len(attributes) < MAX_SPAN_ATTRIBUTES)):
+            attributes[key] = value
+
+    def set_attributes(self, attributes: Mapping[str, AttributeValue]) -> None:
+        for key, value in attributes.items():
+            self.set_attribute(key, value)
+
+    def add_event(self, name: str, attributes: Attributes = None, timestamp: int | None = None) -> None:
+        if self._end_time is None and len(self._events) < MAX_SPAN_EVENTS:
+            self._events = [*self._events, Event(name, dict(attributes) if attributes else None, timestamp)]
+
+    def add_link(self, context: trace.SpanContext, attributes: Attributes = None) -> None:
+        if self._end_time is None and context.is_valid and len(self._links) < MAX_SPAN_LINKS:
+            self._links = [*self._links, trace.Link(context, attributes)]
+
+    def update_name(self, name: str) -> None:
+        if self._end_time is None:
+            self._name = name
+
+    def set_status(self, status: trace.Status | trace.StatusCode, description: str | None = None) -> None:
+        """As OpenTelemetry's span: UNSET is ignored, and so is any change once the status is OK."""
+        if self._end_time is not None or self._status.status_code is trace.StatusCode.OK:
+            return
+        if isinstance(status, trace.StatusCode):
+            status = trace.Status(status, description)
+        if status.status_code is not trace.StatusCode.UNSET:
+            self._status = status
+
+    def record_exception(self, exception: BaseException, attributes: Attributes = None,
+                         timestamp: int | None = None, escaped: bool = False) -> None:
+        kind = type(exception)
+        module = kind.__module__
+        event: dict[str, AttributeValue] = {
+            "exception.type": f"{module}.{kind.__qualname__}" if module and module != "builtins" else kind.__qualname__,
+            "exception.message": str(exception),
+            "exception.stacktrace": "".join(traceback.format_exception(exception)),
+            "exception.escaped": str(escaped),
+        }
+        if attributes:
+            event.update(attributes)
+        self.add_event("exception", event, timestamp)
+
+    def end(self, end_time: int | None = None) -> None:
+        if self._end_time is not None:
+            return
+        self._end_time = end_time if end_time is not None else time_ns()
+        self._processor.on_end(self)
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc_val: BaseException | None,
+                 exc_tb: TracebackType | None) -> None:
+        if isinstance(exc_val, Exception):
+            _failed(self, exc_val, self._record_exception, self._set_status_on_exception)
+        self.end()
+
+
+def _failed(span: trace.Span, exc: Exception, record: bool, set_status: bool) -> None:
+    """What a span that an exception left gets, as OpenTelemetry's `use_span` does it."""
+    if span.is_recording():
+        if record:
+            span.record_exception(exc)
+        if set_status:
+            span.set_status(trace.Status(trace.StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+
+
+class _Current:
+    """`start_as_current_span`'s context manager: the span current inside it, ended after it. One
+    object with two methods, where OpenTelemetry's is two generator-based context managers in a row."""
+
+    __slots__ = ("_span", "_end", "_record", "_set_status", "_token")
+
+    def __init__(self, span: trace.Span, end: bool, record: bool, set_status: bool) -> None:
+        self._span, self._end, self._record, self._set_status = span, end, record, set_status
+
+    def __enter__(self) -> trace.Span:
+        self._token = otel_context.attach(trace.set_span_in_context(self._span))
+        return self._span
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc_val: BaseException | None,
+                 exc_tb: TracebackType | None) -> None:
+        otel_context.detach(self._token)
+        span = self._span
+        # Only errors (an Exception), not a cancellation or GeneratorExit, as OpenTelemetry's use_span.
+        if isinstance(exc_val, Exception):
+            _failed(span, exc_val, self._record, self._set_status)
+        if self._end:
+            span.end()
+
+
+class _Tracer(trace.Tracer):
+    """The mesh's tracer: the head's decision is made once per trace, where it starts (`HeadSampler`),
+    and followed by every span under it with no sampler call; a span that is not recorded is a
+    NonRecordingSpan carrying the decision (its ids only, no attributes kept, no processor call); a
+    recorded one is a RecordedSpan."""
+
+    def __init__(self, provider: MeshTracerProvider, scope: InstrumentationScope) -> None:
+        self._provider = provider
+        self._scope = scope
+
+    def start_span(self, name: str, context: otel_context.Context | None = None,
+                   kind: trace.SpanKind = trace.SpanKind.INTERNAL, attributes: Attributes = None,
+                   links: Sequence[trace.Link] | None = (), start_time: int | None = None,
+                   record_exception: bool = True, set_status_on_exception: bool = True) -> trace.Span:
+        provider = self._provider
+        ids = provider.id_generator
+        parent: trace.SpanContext | None = trace.get_current_span(context).get_span_context()
+        if parent is not None and parent.is_valid:
+            trace_id, flags, state = parent.trace_id, parent.trace_flags, parent.trace_state
+            sampled = flags.sampled
+        else:
+            parent, state = None, None
+            trace_id = ids.generate_trace_id()
+            sampled = provider.head.root(trace_id)
+            flags = trace.TraceFlags((trace.TraceFlags.SAMPLED if sampled else 0)
+                                     | (_RANDOM if provider.random_ids else 0))
+        span_context = trace.SpanContext(trace_id, ids.generate_span_id(), False, flags, state)
+        if not sampled:
+            return trace.NonRecordingSpan(span_context)
+        processor = provider.processor
+        span = RecordedSpan(name, span_context, parent, provider.resource, attributes, links or (), kind,
+                            processor, self._scope, start_time if start_time is not None else time_ns(),
+                            record_exception, set_status_on_exception)
+        # (a processor is typed for the SDK's span; it takes a RecordedSpan as one: see its docstring)
+        processor.on_start(span, parent_context=context)  # type: ignore[arg-type]
+        return span
+
+    def start_as_current_span(self, name: str, context: otel_context.Context | None = None,  # type: ignore[override]
+                              kind: trace.SpanKind = trace.SpanKind.INTERNAL, attributes: Attributes = None,
+                              links: Sequence[trace.Link] | None = (), start_time: int | None = None,
+                              record_exception: bool = True, set_status_on_exception: bool = True,
+                              end_on_exit: bool = True) -> _Current:
+        span = self.start_span(name, context, kind, attributes, links, start_time, record_exception,
+                               set_status_on_exception)
+        return _Current(span, end_on_exit, record_exception, set_status_on_exception)
+
+
+class MeshTracerProvider(TracerProvider):
+    """OpenTelemetry's provider (its processors, resource, shutdown and flush) with the mesh's tracer
+    (`_Tracer`) and sampler (`HeadSampler`, which it requires)."""
+
+    def __init__(self, resource: Resource, head: HeadSampler) -> None:
+        super().__init__(resource=resource, sampler=head)
+        self.head = head
+        self.random_ids = self.id_generator.is_trace_id_random()
+        self.processor: SpanProcessor = self._active_span_processor
+        self._mesh_tracers: dict[tuple[str, str | None, str | None], _Tracer] = {}
+        self._mesh_lock = threading.Lock()
+
+    def get_tracer(self, instrumenting_module_name: str, instrumenting_library_version: str | None = None,
+                   schema_url: str | None = None, attributes: Attributes = None) -> trace.Tracer:
+        key = (instrumenting_module_name, instrumenting_library_version, schema_url)
+        with self._mesh_lock:
+            tracer = self._mesh_tracers.get(key)
+            if tracer is None:
+                scope = InstrumentationScope(instrumenting_module_name, instrumenting_library_version or "",
+                                             schema_url, attributes)
+                tracer = self._mesh_tracers[key] = _Tracer(self, scope)
+        return tracer
+
+
+class _ModuleTracer(trace.Tracer):
+    """A module's tracer, made when the module is imported, usually before `setup` installs the provider:
+    the provider's tracer once there is one (until then OpenTelemetry's proxy, which makes nothing).
+    `trace.get_tracer` at import gives OpenTelemetry's ProxyTracer instead, whose
+    `start_as_current_span` wraps the real one in a generator context manager of its own: 2-4 µs more
+    a span, sampled or not."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._real: trace.Tracer | None = None
+
+    def _tracer(self) -> trace.Tracer:
+        real = self._real
+        if real is None:
+            real = trace.get_tracer_provider().get_tracer(self._name)
+            if isinstance(real, trace.ProxyTracer):  # no provider yet: ask again next time
+                return real
+            self._real = real
+        return real
+
+    def start_span(self, name: str, context: otel_context.Context | None = None,
+                   kind: trace.SpanKind = trace.SpanKind.INTERNAL, attributes: Attributes = None,
+                   links: Sequence[trace.Link] | None = (), start_time: int | None = None,
+                   record_exception: bool = True, set_status_on_exception: bool = True) -> trace.Span:
+        return self._tracer().start_span(name, context, kind, attributes, links, start_time, record_exception,
+                                         set_status_on_exception)
+
+    def start_as_current_span(self, name: str, context: otel_context.Context | None = None,  # type: ignore[override]
+                              kind: trace.SpanKind = trace.SpanKind.INTERNAL, attributes: Attributes = None,
+                              links: Sequence[trace.Link] | None = (), start_time: int | None = None,
+                              record_exception: bool = True, set_status_on_exception: bool = True,
+                              end_on_exit: bool = True) -> AbstractContextManager[trace.Span]:
+        return cast(AbstractContextManager[trace.Span], self._tracer().start_as_current_span(
+            name, context, kind, attributes, links, start_time, record_exception, set_status_on_exception,
+            end_on_exit))
+
+
+def tracer(name: str) -> trace.Tracer:
+    """The tracer for a module's spans (`_tracer = telemetry.tracer(__name__)` at import)."""
+    return _ModuleTracer(name)
+
+
+_tracer = tracer("nurture")
+
+
+def provider(service_name: str, settings: Settings) -> MeshTracerProvider:
+    """A tracer provider for `service_name` sampling at `settings.trace_sample_ratio`, without processors."""
+    return MeshTracerProvider(Resource.create({"service.name": f"nurture-{service_name}",
+                                               "service.instance.id": settings.replica}),
+                              HeadSampler(settings.trace_sample_ratio))
 
 
 def setup(service_name: str, settings: Settings) -> TracerProvider:
     """Install the process-wide tracer provider (once)."""
     global _configured
-    provider = TracerProvider(resource=Resource.create({"service.name": f"nurture-{service_name}",
-                                                        "service.instance.id": settings.replica}),
-                              sampler=sampler(settings.trace_sample_ratio))
+    made = provider(service_name, settings)
     exporter: SpanExporter
     if settings.otlp_endpoint:
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
@@ -115,12 +417,12 @@ def setup(service_name: str, settings: Settings) -> TracerProvider:
         # interleave their lines.
         own = "" if settings.replica == "0" else f"-{settings.replica}"
         exporter = JsonLinesExporter(settings.data_dir / "traces" / f"{service_name}{own}.jsonl")
-    provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=500, max_queue_size=MAX_QUEUED_SPANS,
-                                                   max_export_batch_size=EXPORT_BATCH))
+    made.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=500, max_queue_size=MAX_QUEUED_SPANS,
+                                               max_export_batch_size=EXPORT_BATCH))
     if not _configured:
-        trace.set_tracer_provider(provider)
+        trace.set_tracer_provider(made)
         _configured = True
-    return provider
+    return made
 
 
 # Traces a batch span joins or links (the bus reads 500 entries at a time; a trace viewer shows a few dozen).

@@ -25,6 +25,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from cli.rediscluster import BUS_PORT_OFFSET, form, node_argv
+from nurture import telemetry
 from nurture.ports import free_port
 from nurture.rpc import channel
 from nurture.service import Running
@@ -242,7 +243,9 @@ def spans() -> InMemorySpanExporter:
     exporter = InMemorySpanExporter()
     provider = trace.get_tracer_provider()
     if not isinstance(provider, TracerProvider):
-        provider = TracerProvider()
+        # The services' own provider and tracer (nurture.telemetry), recording every trace: what the
+        # tests see is what a service records.
+        provider = telemetry.provider("tests", Settings())
         trace.set_tracer_provider(provider)
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     return exporter

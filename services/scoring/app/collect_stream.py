@@ -36,11 +36,11 @@ from redis.typing import KeyT, StreamIdT
 
 from nurture import collectstream
 from nurture.redisconn import AsyncRedis, is_cluster, run_script
-from nurture.telemetry import batch_parent, traceparent_contexts
+from nurture.telemetry import batch_parent, traceparent_contexts, tracer
 from services.scoring.app.visitors import VisitorEventIn
 
 log = logging.getLogger(__name__)
-_tracer = trace.get_tracer(__name__)
+_tracer = tracer(__name__)
 
 # One stream entry as redis-py reads it: its id and its fields (None: deleted while pending).
 _Entry = tuple[bytes, dict[bytes, bytes] | None]

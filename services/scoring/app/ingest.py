@@ -16,7 +16,7 @@ from nurture import jsoncodec
 from nurture.busmessage import BusMessage
 from nurture.clock import Clock
 from nurture.db import Database
-from nurture.telemetry import batch_parent, traceparent_contexts
+from nurture.telemetry import batch_parent, traceparent_contexts, tracer
 from services.scoring import storage as st
 from services.scoring.app.base import CoreBase
 from services.scoring.app.outbox import HandOff, Outbox
@@ -25,7 +25,7 @@ from services.scoring.domain.profile import apply_outcome, next_lapse
 from services.scoring.domain.records import EventIn, EventResult, LeadRecord, OutboxRow
 from services.scoring.domain.validation import event_problem
 
-_tracer = trace.get_tracer(__name__)
+_tracer = tracer(__name__)
 
 
 class Ingest(CoreBase):

@@ -8,18 +8,16 @@ import threading
 from collections import deque
 from collections.abc import Sequence
 
-from opentelemetry import trace
-
 from nurture.aio import wait_event
 from nurture.bus import Publisher
 from nurture.db import Database
-from nurture.telemetry import batch_parent, carrier_contexts, redis_span
+from nurture.telemetry import batch_parent, carrier_contexts, redis_span, tracer
 from services.scoring import storage as st
 from services.scoring.app.base import CoreBase
 from services.scoring.domain.records import OutboxRow
 
 log = logging.getLogger(__name__)
-_tracer = trace.get_tracer(__name__)
+_tracer = tracer(__name__)
 
 
 class OutboxRows(CoreBase):

@@ -78,6 +78,14 @@ async def test_an_event_is_one_trace_from_gateway_to_a_consumer(
     assert "bus handle trace-test" in names
     # One span per request at the gateway: FastAPI's per-dependency spans stay off (they cost).
     assert not [n for n in names if n.startswith("fastapi.")]
+    # One tree: the request is its only root and every other span's parent is recorded in it, so no
+    # hop started a trace of its own or hung its span under one that was never recorded.
+    recorded = {s.context.span_id for s in same}
+    assert [s.name for s in same if s.parent is None] == ["POST /v1/events"]
+    assert [s.name for s in same if s.parent is not None and s.parent.span_id not in recorded] == []
+    # And nothing of the event's in another trace: each hop's span is in the request's.
+    by_name = {n: {s.context.trace_id for s in finished if s.name == n} for n in ("ingest", "publish")}
+    assert by_name == {"ingest": {root.context.trace_id}, "publish": {root.context.trace_id}}, by_name
 
 
 async def test_an_unsampled_event_leaves_no_span_in_any_hop(settings: Settings, spans: InMemorySpanExporter) -> None:

@@ -5,11 +5,13 @@ done for several traces joins the first sampled one and links the other sampled 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+import random
+from collections.abc import Callable, Iterator
 
 import pytest
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.sampling import TraceIdRatioBased
 
 from nurture import telemetry
 from nurture.settings import Settings, SettingsError, load_settings, to_environ
@@ -39,20 +41,44 @@ def _ctx(n: int, sampled: bool) -> trace.SpanContext:
     return trace.SpanContext(trace_id=n, span_id=n, is_remote=True, trace_flags=flags)
 
 
-def _recorded(ratio: float, parent: trace.SpanContext | None = None) -> bool:
-    tracer = TracerProvider(sampler=telemetry.sampler(ratio)).get_tracer("t")
-    context = trace.set_span_in_context(trace.NonRecordingSpan(parent)) if parent else None
-    return tracer.start_span("s", context=context).is_recording()
+def _mesh_provider(ratio: float) -> TracerProvider:
+    return telemetry.provider("t", load_settings(environ={}, trace_sample_ratio=ratio))
 
 
-def test_roots_are_sampled_by_the_ratio_and_children_follow_their_parent() -> None:
-    assert all(_recorded(1.0) for _ in range(200))
-    assert not any(_recorded(0.0) for _ in range(200))
-    share = sum(_recorded(0.5) for _ in range(2000)) / 2000
+def _sdk_provider(ratio: float) -> TracerProvider:
+    return TracerProvider(sampler=telemetry.sampler(ratio))
+
+
+@pytest.mark.parametrize("make", [_mesh_provider, _sdk_provider], ids=["mesh tracer", "sdk tracer"])
+def test_roots_are_sampled_by_the_ratio_and_children_follow_their_parent(
+        make: Callable[[float], TracerProvider]) -> None:
+    tracers = {ratio: make(ratio).get_tracer("t") for ratio in (0.0, 0.5, 1.0)}
+
+    def recorded(ratio: float, parent: trace.SpanContext | None = None) -> bool:
+        context = trace.set_span_in_context(trace.NonRecordingSpan(parent)) if parent else None
+        span = tracers[ratio].start_span("s", context=context)
+        if parent is not None:  # a child is in its parent's trace, with the parent's decision
+            assert span.get_span_context().trace_id == parent.trace_id
+            assert span.get_span_context().trace_flags.sampled == parent.trace_flags.sampled
+        return span.is_recording()
+
+    assert all(recorded(1.0) for _ in range(200))
+    assert not any(recorded(0.0) for _ in range(200))
+    share = sum(recorded(0.5) for _ in range(2000)) / 2000
     assert 0.4 < share < 0.6, share
     # The head's decision, whatever this process's ratio: a sampled parent at 0, an unsampled one at 1.
-    assert _recorded(0.0, _ctx(7, sampled=True))
-    assert not _recorded(1.0, _ctx(7, sampled=False))
+    assert recorded(0.0, _ctx(7, sampled=True))
+    assert not recorded(1.0, _ctx(7, sampled=False))
+
+
+def test_the_mesh_tracer_decides_a_root_as_opentelemetrys_ratio_sampler_does() -> None:
+    """Any process deciding on the same trace id decides alike, whichever tracer it runs."""
+    for ratio in (0.1, 0.5, 0.9):
+        ours = telemetry.sampler(ratio)
+        stock = TraceIdRatioBased(ratio)
+        for _ in range(500):
+            trace_id = random.getrandbits(128) or 1
+            assert ours.root(trace_id) == stock.should_sample(None, trace_id, "s").decision.is_sampled()
 
 
 def test_a_batch_joins_the_first_sampled_trace_and_links_the_other_sampled_ones() -> None:

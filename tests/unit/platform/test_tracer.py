@@ -1,0 +1,135 @@
+"""The mesh's tracer (nurture.telemetry): a span that is not recorded costs its processors nothing and
+carries the head's decision on; a recorded one keeps what is set on it until it ends, records the
+exception that left its block, and reaches the JSON-lines file and the OTLP encoder whole."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from nurture import telemetry
+from nurture.settings import load_settings
+
+
+class _Calls(SpanProcessor):  # type: ignore[misc]  # the SDK's base is untyped for mypy
+    """Every processor call, by kind."""
+
+    def __init__(self) -> None:
+        self.started: list[object] = []
+        self.ended: list[ReadableSpan] = []
+
+    def on_start(self, span: object, parent_context: otel_context.Context | None = None) -> None:
+        self.started.append(span)
+
+    def on_end(self, span: ReadableSpan) -> None:
+        self.ended.append(span)
+
+
+def _provider(ratio: float) -> tuple[trace.Tracer, _Calls, InMemorySpanExporter]:
+    made = telemetry.provider("t", load_settings(environ={}, trace_sample_ratio=ratio))
+    calls, exporter = _Calls(), InMemorySpanExporter()
+    made.add_span_processor(calls)
+    made.add_span_processor(SimpleSpanProcessor(exporter))
+    return made.get_tracer("t"), calls, exporter
+
+
+def _ctx(trace_id: int, sampled: bool) -> trace.SpanContext:
+    flags = trace.TraceFlags(trace.TraceFlags.SAMPLED if sampled else trace.TraceFlags.DEFAULT)
+    return trace.SpanContext(trace_id=trace_id, span_id=0xABC, is_remote=True, trace_flags=flags)
+
+
+def test_an_unsampled_trace_reaches_no_processor_and_carries_its_decision_on() -> None:
+    tracer, calls, _ = _provider(0.0)
+    with tracer.start_as_current_span("root", attributes={"a": 1}) as root:
+        assert not root.is_recording() and not isinstance(root, telemetry.RecordedSpan)
+        current = trace.get_current_span().get_span_context()
+        assert current == root.get_span_context() and current.is_valid and not current.trace_flags.sampled
+        with tracer.start_as_current_span("child") as child:  # follows the root, in its trace
+            assert not child.is_recording()
+            assert child.get_span_context().trace_id == current.trace_id
+            assert child.get_span_context().span_id != current.span_id
+    # A recording process (ratio 1) follows an unsampled caller too.
+    tracer, calls_at_1, _ = _provider(1.0)
+    parent = trace.set_span_in_context(trace.NonRecordingSpan(_ctx(0x5EED, sampled=False)))
+    with tracer.start_as_current_span("server", context=parent) as span:
+        assert not span.is_recording() and span.get_span_context().trace_id == 0x5EED
+    assert calls.started == calls.ended == calls_at_1.started == calls_at_1.ended == []
+
+
+def test_a_recorded_span_keeps_what_is_set_until_it_ends() -> None:
+    tracer, calls, exporter = _provider(0.0)  # the parent's decision, not this process's ratio
+    links = [trace.Link(_ctx(0x11, sampled=True)), trace.Link(trace.INVALID_SPAN_CONTEXT)]
+    parent = trace.set_span_in_context(trace.NonRecordingSpan(_ctx(0x5EED, sampled=True)))
+    with tracer.start_as_current_span("GET", context=parent, kind=trace.SpanKind.SERVER,
+                                      attributes={"a": 1, "none": None}, links=links) as span:
+        assert isinstance(span, telemetry.RecordedSpan) and calls.started == [span]
+        assert trace.get_current_span() is span
+        span.update_name("GET /v1/leads")
+        span.set_attributes({"http.method": "GET", "list": ["x", "y"]})
+        span.set_status(trace.StatusCode.OK)
+        span.set_status(trace.Status(trace.StatusCode.ERROR, "ignored: OK stays"))
+    assert trace.get_current_span() is not span
+    span.set_attribute("late", 1)
+    span.update_name("late")
+    span.end()  # a second end: no second export
+    [done] = exporter.get_finished_spans()
+    assert calls.ended == [done] and done is span
+    assert done.name == "GET /v1/leads" and done.kind == trace.SpanKind.SERVER
+    assert dict(done.attributes or {}) == {"a": 1, "http.method": "GET", "list": ["x", "y"]}
+    assert done.parent is not None and done.parent.span_id == 0xABC
+    assert done.context.trace_id == 0x5EED and done.context.trace_flags.sampled
+    assert [lk.context.trace_id for lk in done.links] == [0x11]
+    assert done.status.status_code == trace.StatusCode.OK
+    assert done.start_time is not None and done.end_time is not None and done.start_time <= done.end_time
+
+
+def test_an_error_leaving_the_block_is_recorded_and_a_cancellation_is_not() -> None:
+    tracer, _, exporter = _provider(1.0)
+    with pytest.raises(ValueError), tracer.start_as_current_span("fails"):
+        raise ValueError("bad input")
+    with pytest.raises(asyncio.CancelledError), tracer.start_as_current_span("cancelled"):
+        raise asyncio.CancelledError
+    with pytest.raises(KeyError), tracer.start_span("used as its own block"):
+        raise KeyError("k")
+    fails, cancelled, own = exporter.get_finished_spans()
+    assert fails.status.status_code == trace.StatusCode.ERROR
+    assert fails.status.description == "ValueError: bad input"
+    [event] = fails.events
+    assert event.name == "exception" and (event.attributes or {})["exception.type"] == "ValueError"
+    assert "bad input" in str((event.attributes or {})["exception.stacktrace"])
+    assert cancelled.status.status_code == trace.StatusCode.UNSET and not cancelled.events
+    assert own.status.status_code == trace.StatusCode.ERROR and [e.name for e in own.events] == ["exception"]
+
+
+def test_recorded_spans_reach_the_file_and_the_otlp_encoder_whole(tmp_path: Path) -> None:
+    tracer, _, exporter = _provider(1.0)
+    link = trace.Link(_ctx(0x22, sampled=True))
+    with tracer.start_as_current_span("root", attributes={"k": "v"}) as root, \
+            tracer.start_as_current_span("child", links=[link]) as child:
+        child.set_attribute("db.statements", ["INSERT x", "UPDATE y"])
+    finished = exporter.get_finished_spans()
+    path = tmp_path / "traces" / "t.jsonl"
+    telemetry.JsonLinesExporter(path).export(finished)
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    by_name = {line["name"]: line for line in lines}
+    trace_id = f"{root.get_span_context().trace_id:032x}"
+    assert by_name["child"]["trace_id"] == by_name["root"]["trace_id"] == trace_id
+    assert by_name["child"]["parent_id"] == by_name["root"]["span_id"] == f"{root.get_span_context().span_id:016x}"
+    assert by_name["root"]["parent_id"] is None and by_name["root"]["attributes"] == {"k": "v"}
+    assert by_name["child"]["attributes"] == {"db.statements": ["INSERT x", "UPDATE y"]}
+    assert by_name["child"]["links"] == [f"{0x22:032x}"] and by_name["root"]["service"] == "nurture-t"
+    encoded = encode_spans(finished)
+    [scope_spans] = encoded.resource_spans[0].scope_spans
+    proto = {s.name: s for s in scope_spans.spans}
+    assert proto["child"].parent_span_id == root.get_span_context().span_id.to_bytes(8, "big")
+    assert [v.string_value for v in proto["child"].attributes[0].value.array_value.values] == ["INSERT x", "UPDATE y"]
+    assert proto["child"].links[0].trace_id == (0x22).to_bytes(16, "big")
