@@ -251,8 +251,10 @@ class Engine:
         """Quiet-period clocks (_settings.yaml `clocks`): a `reset_by` event restarts one; a `starts_on`
         event starts one that is not running yet (the first email sent starts "no opens")."""
         for clock in self.settings.clocks:
+            if etype not in clock.reset_by and etype not in clock.starts_on:
+                continue  # (most messages: the clock's entry is not read)
             entry = state.dates.get(clock.key)
-            if etype in clock.reset_by or (etype in clock.starts_on and entry is None):
+            if etype in clock.reset_by or entry is None:
                 since = min(parse_time(message.occurred_at) or now, now)
                 if entry is not None and parse_time(entry.get("since")) == since and entry.get("step") == 0:
                     continue  # the same moment again (a redelivered message)
