@@ -427,9 +427,11 @@ class Simulation:
                 # takes a message without `occurred_at` as happening now (no text written, then read).
                 message = BusMessage(id=f"sim-{seq}", lead_id=lead_id, type=etype, properties=props)
                 arm(state, engine.on_message(state, message, now))
-                for ekey in sorted(k for k, e in state.enrollments.items() if e.status == ACTIVE and e.due
-                                   and e.due <= now):
-                    drive(state, ekey, side=False)
+                due = [k for k, e in state.enrollments.items() if e.status == ACTIVE and e.due and e.due <= now]
+                if due:  # (seldom: most messages move no enrolment to now)
+                    due.sort()
+                    for ekey in due:
+                        drive(state, ekey, side=False)
             elif kind == "timer":
                 ekey, token = data
                 e = state.enrollments.get(ekey)

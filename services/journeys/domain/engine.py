@@ -203,9 +203,18 @@ class Engine:
                 if why == "unsubscribed" and ("all" in lifted or category in lifted):
                     del state.opted_out[category]
             self._resume_resubscribed(state, index.journeys, message, now, out)
+        enrollments = state.enrollments
+        by_journey: dict[str, list[str]] = {}
+        grouped = -1  # the number of enrolments grouped: entering a journey adds one, nothing removes one
         for j, rules in index.listening(etype):
-            key = j.key
-            for e in [x for x in state.enrollments.values() if x.journey == key and x.status in LIVE]:
+            if grouped != len(enrollments):
+                # The lead's enrolment keys by journey, grouped once (not a scan of every enrolment per
+                # listening journey); each enrolment is read at its turn, as one an earlier journey
+                # entered again replaces its object under the same key.
+                grouped, by_journey = len(enrollments), {}
+                for ekey, x in enrollments.items():
+                    by_journey.setdefault(x.journey, []).append(ekey)
+            for e in [x for ekey in by_journey.get(j.key, ()) if (x := enrollments[ekey]).status in LIVE]:
                 self._on_enrolled(state, e, message, now, out)
             if rules.entry is not None:  # else no entry rule listens to this event type: nothing to enter
                 self._maybe_enter(state, j, message, now, out, rules)
@@ -698,10 +707,11 @@ class Engine:
                 self._move(e, target, now, out)
                 continue
             e.waiting = None
-            s = j.step(e.step)
-            self._enter_stage(state, j, e, s, now, out)
+            s = j.steps[e.step]
+            if s.stage and s.stage != e.stage:
+                self._enter_stage(state, j, e, s, now, out)
             if isinstance(s, EffectStep):
-                late = self._too_late(state, e, s, now)
+                late = self._too_late(state, e, s, now) if s.skip_if_late is not None or s.skip_after else ""
                 if late:
                     self._run(state, j, e, s, now, out, status="skipped", detail=late)
                     self._record(out, state, e, now, "skipped", f"{s.id} skipped: {late}", step_from=s.id,
