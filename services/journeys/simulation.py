@@ -231,6 +231,9 @@ class Simulation:
         self._push(at, "msg", lead, {"type": etype, "properties": props or {}})
 
     def _arm(self, state: LeadState, out: Outcome) -> None:
+        if not (out.touched or out.runs or out.transitions or out.side_due or out.inactivity_changed
+                or out.dates_changed):
+            return  # nothing to arm or record (most email_sent messages: the first starts a clock)
         if out.touched:
             enrollments, lead_id, priority_of = state.enrollments, state.lead_id, self.engine.priority_of
             for ekey in sorted(out.touched):

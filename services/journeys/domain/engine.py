@@ -215,7 +215,7 @@ class Engine:
                 for ekey, x in enrollments.items():
                     by_journey.setdefault(x.journey, []).append(ekey)
             for e in [x for ekey in by_journey.get(j.key, ()) if (x := enrollments[ekey]).status in LIVE]:
-                self._on_enrolled(state, e, message, now, out)
+                self._on_enrolled(state, e, message, now, out, rules if e.version == j.version else None)
             if rules.entry is not None:  # else no entry rule listens to this event type: nothing to enter
                 self._maybe_enter(state, j, message, now, out, rules)
         # Enrolments of older versions still listen to their own rules.
@@ -338,7 +338,9 @@ class Engine:
         return out
 
     def _on_enrolled(self, state: LeadState, e: Enrollment, message: BusMessage, now: datetime,
-                     out: Outcome) -> None:
+                     out: Outcome, rules: rulesets.EventRules | None = None) -> None:
+        """An enrolled lead's message: its exits, its event wait, its triggers. `rules` are the
+        enrolment's version's for the message's type when the caller has them (the published index's)."""
         j = self.journey(e.journey, e.version)
         etype = message.type
         props = message.properties
@@ -347,7 +349,8 @@ class Engine:
         # Built only when a rule will read them (most journeys have no exit or trigger rule for most
         # event types), and only the top-level facts those rules read; nothing below changes what
         # they hold before the event wait reads them (whole).
-        rules = rulesets.for_event(j, etype)
+        if rules is None:
+            rules = rulesets.for_event(j, etype)
         facts = self.facts(state, message, e, now, rules.enrolled_roots) if rules.enrolled else None
         for rule, match in rulesets.matching(rules.exit, facts or {}):
             outcome = COMPLETED if rule.outcome == "goal" else EXITED
