@@ -825,7 +825,7 @@ class Engine:
         """Record a performed effect and move past it."""
         e = state.enrollments[effect.ekey]
         j = self.journey(e.journey, e.version)
-        s = j.step(effect.step)
+        s = j.steps[effect.step]
         self._run(state, j, e, s, now, out, status=status, detail=reason, message_id=message_id)
         if isinstance(effect.payload, SendPayload) and effect.payload.category == "nurture" and status in (
                 "sent", "scheduled", "duplicate"):
