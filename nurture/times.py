@@ -30,8 +30,10 @@ def parse_utc(value: object) -> datetime | None:
     if type(value) is str:  # what is read most (the journeys engine's stored times): straight to the memo
         if not value:
             return None
-        found = _read.get(value, _UNREAD)
-        return _parse_text(value) if found is _UNREAD else found
+        try:
+            return _read[value]
+        except KeyError:  # (costly, but a text not remembered is parsed anyway)
+            return _parse_text(value)
     if value is None or value == "":
         return None
     if isinstance(value, datetime):
@@ -47,7 +49,6 @@ def parse_utc(value: object) -> datetime | None:
 _KEPT = 4096
 _read: dict[str, datetime | None] = {}
 _written: dict[datetime, str] = {}
-_UNREAD = object()
 
 
 def _parse_text(text: str) -> datetime | None:
