@@ -414,10 +414,12 @@ class Simulation:
         pop, states, stats, engine = self.agenda.pop_through, self.states, self.stats, self.engine
         arm, drive, engagement = self._arm, self._drive, self.funnel.engagement
         now = self.now
+        now_text: str | None = None  # the text of now, written when a message first needs it
         while (item := pop(end)) is not None:
             at, _prio, seq, kind, lead_id, data = item
             if at > now:
                 self.now = now = at
+                now_text = None
             state = states[lead_id]
             if kind == "msg":
                 stats.messages += 1
@@ -426,9 +428,12 @@ class Simulation:
                 if etype in ("email_opened", "email_clicked"):
                     engagement(props["journey"], props["step"], etype)
                 # The simulated lead is the state's own (its counters move above): no snapshot to carry.
-                # Nor a time: a simulated event happens at the moment it is handled, and the engine
-                # takes a message without `occurred_at` as happening now (no text written, then read).
-                message = BusMessage(id=f"sim-{seq}", lead_id=lead_id, type=etype, properties=props)
+                # The time is carried, as on the bus (what analytics reads of a simulated run); the
+                # engine reads it back from times' memory of what it wrote.
+                if now_text is None:
+                    now_text = iso(now)
+                message = BusMessage(id=f"sim-{seq}", lead_id=lead_id, type=etype, properties=props,
+                                     occurred_at=now_text)
                 arm(state, engine.on_message(state, message, now))
                 due = [k for k, e in state.enrollments.items() if e.status == ACTIVE and e.due and e.due <= now]
                 if due:  # (seldom: most messages move no enrolment to now)
