@@ -555,6 +555,8 @@ def _frozen(value: JsonValue) -> Hashable:
         return (kind, value)
     if kind is float:
         return (kind, repr(value))
+    if kind is list:  # (before the Mapping check, an ABC's slow isinstance: the signals list is read often)
+        return (list, tuple([_frozen(v) for v in value]))
     if kind is dict or isinstance(value, Mapping):
         return (dict, frozenset([((type(k), k), _frozen(v)) for k, v in value.items()]))
     if isinstance(value, list | tuple):

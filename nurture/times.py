@@ -8,7 +8,6 @@ reads what the mesh itself wrote.
 
 from __future__ import annotations
 
-import functools
 from datetime import UTC, datetime
 
 
@@ -29,7 +28,12 @@ def naive_utc(value: datetime) -> datetime:
 def parse_utc(value: object) -> datetime | None:
     """A stored RFC 3339 text (a `Z` suffix included) or datetime, in UTC; None when absent or malformed."""
     if type(value) is str:  # what is read most (the journeys engine's stored times): straight to the memo
-        return _parse_text(value) if value else None
+        if not value:
+            return None
+        try:
+            return _read[value]
+        except KeyError:  # (costly, but a text not remembered is parsed anyway)
+            return _parse_text(value)
     if value is None or value == "":
         return None
     if isinstance(value, datetime):
@@ -37,32 +41,40 @@ def parse_utc(value: object) -> datetime | None:
     return _parse_text(str(value))
 
 
-@functools.lru_cache(maxsize=4096)
-def _parse_text(text: str) -> datetime | None:
-    # Remembered: the journeys engine reads the same stored times again and again (the budget's
-    # recent sends, trigger cooldowns, clocks), and a datetime is immutable.
-    try:
-        parsed = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
-    except ValueError:
-        return None
-    return utc(parsed)
-
-
+# Texts read and written are remembered (4,096 of each, then forgotten at once): the journeys engine
+# reads the same stored times again and again (the budget's recent sends, trigger cooldowns, clocks)
+# and writes the same few instants (the `now` it is handed, a clock's start), and a datetime is
+# immutable. A text rfc3339 writes is remembered as read too: what the engine writes into a lead's
+# state (a send, a clock's due time) is read back at once by the budget and the timers.
+_KEPT = 4096
+_read: dict[str, datetime | None] = {}
 _written: dict[datetime, str] = {}
-_WRITTEN_KEPT = 4096
+
+
+def _parse_text(text: str) -> datetime | None:
+    try:
+        parsed: datetime | None = utc(datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00")))
+    except ValueError:
+        parsed = None
+    if len(_read) >= _KEPT:
+        _read.clear()
+    _read[text] = parsed
+    return parsed
 
 
 def rfc3339(value: datetime) -> str:
     """The RFC 3339 text the API shows: in UTC, with `Z` (`2026-11-22T09:00:00Z`)."""
     if type(value) is datetime:  # (a subclass may show itself otherwise)
-        # Remembered: the journeys engine writes the same few instants again and again (the `now`
-        # it is handed, a clock's start). Equal datetimes are one instant, so one UTC text; a naive
-        # time and an aware one are never equal.
+        # Equal datetimes are one instant, so one UTC text; a naive time and an aware one are never equal.
         text = _written.get(value)
         if text is None:
-            if len(_written) >= _WRITTEN_KEPT:
+            if len(_written) >= _KEPT:
                 _written.clear()
             text = _written[value] = _text(value)
+            if value.tzinfo is UTC and not value.fold:  # (the text reads back as this very value)
+                if len(_read) >= _KEPT:
+                    _read.clear()
+                _read[text] = value
         return text
     return _text(value)
 

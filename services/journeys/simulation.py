@@ -231,6 +231,9 @@ class Simulation:
         self._push(at, "msg", lead, {"type": etype, "properties": props or {}})
 
     def _arm(self, state: LeadState, out: Outcome) -> None:
+        if not (out.touched or out.runs or out.transitions or out.side_due or out.inactivity_changed
+                or out.dates_changed):
+            return  # nothing to arm or record (most email_sent messages: the first starts a clock)
         if out.touched:
             enrollments, lead_id, priority_of = state.enrollments, state.lead_id, self.engine.priority_of
             for ekey in sorted(out.touched):
@@ -425,14 +428,18 @@ class Simulation:
                 if etype in ("email_opened", "email_clicked"):
                     engagement(props["journey"], props["step"], etype)
                 # The simulated lead is the state's own (its counters move above): no snapshot to carry.
+                # The time is carried, as on the bus (what analytics reads of a simulated run); the
+                # engine reads it back from times' memory of what it wrote.
                 if now_text is None:
                     now_text = iso(now)
                 message = BusMessage(id=f"sim-{seq}", lead_id=lead_id, type=etype, properties=props,
                                      occurred_at=now_text)
                 arm(state, engine.on_message(state, message, now))
-                for ekey in sorted(k for k, e in state.enrollments.items() if e.status == ACTIVE and e.due
-                                   and e.due <= now):
-                    drive(state, ekey, side=False)
+                due = [k for k, e in state.enrollments.items() if e.status == ACTIVE and e.due and e.due <= now]
+                if due:  # (seldom: most messages move no enrolment to now)
+                    due.sort()
+                    for ekey in due:
+                        drive(state, ekey, side=False)
             elif kind == "timer":
                 ekey, token = data
                 e = state.enrollments.get(ekey)

@@ -203,10 +203,19 @@ class Engine:
                 if why == "unsubscribed" and ("all" in lifted or category in lifted):
                     del state.opted_out[category]
             self._resume_resubscribed(state, index.journeys, message, now, out)
+        enrollments = state.enrollments
+        by_journey: dict[str, list[str]] = {}
+        grouped = -1  # the number of enrolments grouped: entering a journey adds one, nothing removes one
         for j, rules in index.listening(etype):
-            key = j.key
-            for e in [x for x in state.enrollments.values() if x.journey == key and x.status in LIVE]:
-                self._on_enrolled(state, e, message, now, out)
+            if grouped != len(enrollments):
+                # The lead's enrolment keys by journey, grouped once (not a scan of every enrolment per
+                # listening journey); each enrolment is read at its turn, as one an earlier journey
+                # entered again replaces its object under the same key.
+                grouped, by_journey = len(enrollments), {}
+                for ekey, x in enrollments.items():
+                    by_journey.setdefault(x.journey, []).append(ekey)
+            for e in [x for ekey in by_journey.get(j.key, ()) if (x := enrollments[ekey]).status in LIVE]:
+                self._on_enrolled(state, e, message, now, out, rules if e.version == j.version else None)
             if rules.entry is not None:  # else no entry rule listens to this event type: nothing to enter
                 self._maybe_enter(state, j, message, now, out, rules)
         # Enrolments of older versions still listen to their own rules.
@@ -251,8 +260,10 @@ class Engine:
         """Quiet-period clocks (_settings.yaml `clocks`): a `reset_by` event restarts one; a `starts_on`
         event starts one that is not running yet (the first email sent starts "no opens")."""
         for clock in self.settings.clocks:
+            if etype not in clock.reset_by and etype not in clock.starts_on:
+                continue  # (most messages: the clock's entry is not read)
             entry = state.dates.get(clock.key)
-            if etype in clock.reset_by or (etype in clock.starts_on and entry is None):
+            if etype in clock.reset_by or entry is None:
                 since = min(parse_time(message.occurred_at) or now, now)
                 if entry is not None and parse_time(entry.get("since")) == since and entry.get("step") == 0:
                     continue  # the same moment again (a redelivered message)
@@ -327,7 +338,9 @@ class Engine:
         return out
 
     def _on_enrolled(self, state: LeadState, e: Enrollment, message: BusMessage, now: datetime,
-                     out: Outcome) -> None:
+                     out: Outcome, rules: rulesets.EventRules | None = None) -> None:
+        """An enrolled lead's message: its exits, its event wait, its triggers. `rules` are the
+        enrolment's version's for the message's type when the caller has them (the published index's)."""
         j = self.journey(e.journey, e.version)
         etype = message.type
         props = message.properties
@@ -336,7 +349,8 @@ class Engine:
         # Built only when a rule will read them (most journeys have no exit or trigger rule for most
         # event types), and only the top-level facts those rules read; nothing below changes what
         # they hold before the event wait reads them (whole).
-        rules = rulesets.for_event(j, etype)
+        if rules is None:
+            rules = rulesets.for_event(j, etype)
         facts = self.facts(state, message, e, now, rules.enrolled_roots) if rules.enrolled else None
         for rule, match in rulesets.matching(rules.exit, facts or {}):
             outcome = COMPLETED if rule.outcome == "goal" else EXITED
@@ -696,10 +710,11 @@ class Engine:
                 self._move(e, target, now, out)
                 continue
             e.waiting = None
-            s = j.step(e.step)
-            self._enter_stage(state, j, e, s, now, out)
+            s = j.steps[e.step]
+            if s.stage and s.stage != e.stage:
+                self._enter_stage(state, j, e, s, now, out)
             if isinstance(s, EffectStep):
-                late = self._too_late(state, e, s, now)
+                late = self._too_late(state, e, s, now) if s.skip_if_late is not None or s.skip_after else ""
                 if late:
                     self._run(state, j, e, s, now, out, status="skipped", detail=late)
                     self._record(out, state, e, now, "skipped", f"{s.id} skipped: {late}", step_from=s.id,
@@ -810,7 +825,7 @@ class Engine:
         """Record a performed effect and move past it."""
         e = state.enrollments[effect.ekey]
         j = self.journey(e.journey, e.version)
-        s = j.step(effect.step)
+        s = j.steps[effect.step]
         self._run(state, j, e, s, now, out, status=status, detail=reason, message_id=message_id)
         if isinstance(effect.payload, SendPayload) and effect.payload.category == "nurture" and status in (
                 "sent", "scheduled", "duplicate"):

@@ -15,6 +15,7 @@ from nurture.jsontypes import JsonMapping, JsonObject
 from services.journeys.domain.definitions import Journey
 
 STEP_MEASURES = ("entered", "sent", "suppressed", "opened", "clicked", "converted", "exited")
+_ENGAGEMENT_MEASURES = {"email_opened": "opened", "email_clicked": "clicked"}  # event type -> step measure
 
 
 def _no_counts() -> dict[str, int]:
@@ -114,7 +115,7 @@ class Funnel:
                 mine.exit_reasons[reason] += n
 
     def engagement(self, journey: str, step: str, kind: str, n: int = 1) -> None:
-        measure = {"email_opened": "opened", "email_clicked": "clicked"}.get(kind)
+        measure = _ENGAGEMENT_MEASURES.get(kind)
         if measure:
             self._j[journey].steps[step][measure] += n
 

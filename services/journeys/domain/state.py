@@ -144,7 +144,11 @@ class LeadState:
         )
 
 
-@dataclass(frozen=True, slots=True)
+# Effect, StepRun, Transition and the payloads with slots and not frozen: one is built per effect,
+# step run and explained change (hundreds of thousands in a simulation), and a frozen dataclass sets
+# each field through object.__setattr__ (about three times the cost of building one). Treat them as
+# values all the same: nothing changes one once built.
+@dataclass(slots=True)
 class SendPayload:
     """A send step's ask of messaging (Send)."""
 
@@ -158,7 +162,7 @@ class SendPayload:
     budget_exempt: bool = False  # the step's `budget: exempt`: messaging's caps and gap do not hold it either
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class TaskPayload:
     """A task step's ask of crm_sync (RequestTask)."""
 
@@ -169,16 +173,14 @@ class TaskPayload:
     details: JsonObject  # journey, step, stage, score: shown to sales with the task
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class UpdatePayload:
     """An update step's ask of scoring (UpsertLead merging `set` into the lead's attributes)."""
 
     set: JsonObject
 
 
-# Effect, StepRun and Transition with slots: one is built per effect, step run and explained change
-# (hundreds of thousands in a simulation), and a frozen dataclass sets each field through object.__setattr__.
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Effect:
     """Something a step asks of another service. `dedupe_key` makes retries safe."""
 
@@ -191,7 +193,7 @@ class Effect:
     payload: SendPayload | TaskPayload | UpdatePayload
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class StepRun:
     lead_id: str
     ekey: str
@@ -208,7 +210,7 @@ class StepRun:
     detail: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Transition:
     """One explained change: what happened, from where to where, which rule on which facts."""
 
@@ -226,7 +228,7 @@ class Transition:
     facts: JsonObject = field(default_factory=dict)
 
 
-@dataclass
+@dataclass(slots=True)
 class Outcome:
     """What one engine call produced, for the caller to persist and schedule."""
 
