@@ -162,8 +162,8 @@ def test_a_trial_start_sends_one_welcome() -> None:
     welcomes = [k for k in h.sent if ":trial_nurture:1:email_01:" in k or ":trial_onboarding:1:email_01:" in k]
     assert welcomes == ["l-1:trial_onboarding:1:email_01:1.1"]
     assert any("branch branch_01 took wait_02" in t and "onboarding_welcomes" in t for t in h.transitions)
-    h.advance(days=2)
-    assert any(":trial_nurture:1:email_02:" in k for k in h.sent)
+    h.advance(days=4)
+    assert any(":trial_nurture:1:email_03:" in k for k in h.sent)
     # An assessment (no onboarding sequence) still gets trial nurture's own welcome.
     alone = Harness("family")
     alone.message("lead_created")
@@ -189,6 +189,32 @@ def test_a_trial_gets_one_conversion_offer_a_day() -> None:
     alone.message("assessment_started")
     alone.advance(days=20)
     assert any(":trial_nurture:1:email_07:" in k for k in alone.sent)
+
+
+def test_a_trial_gets_one_email_a_day_from_trial_nurturing_and_trial_onboarding() -> None:
+    # Seed: Trial Nurturing ("Trigger: free trial or assessment activation") and Free Trial Onboarding
+    # ("Trigger: free trial activation") both run on a trial. Onboarding's +1 day tutorial and +7 days
+    # mid-trial check-in fell on trial nurture's days 1 and 7 (first success, progress check): one a day.
+    h = Harness("family")
+    h.message("lead_created")
+    h.message("trial_started", ends_at=iso(T0 + timedelta(days=14)))
+    h.advance(days=20)
+    trial = [(k.split(":")[1], k.split(":")[3], at) for k, at in h.sent_at
+             if ":trial_nurture:1:email_" in k or ":trial_onboarding:1:email_" in k]
+    days = [at.days for _, _, at in trial]
+    assert len(days) == len(set(days)), trial
+    nurture = [step for j, step, _ in trial if j == "trial_nurture"]
+    assert nurture == ["email_03", "email_04", "email_06"], nurture
+    assert any(":trial_nurture:1:task_05:" in k for k in h.sent), "the quiet trial user's task still goes"
+    assert any("branch branch_02 took wait_03" in t and "onboarding_tutorial" in t for t in h.transitions)
+    assert any("branch branch_05b took wait_06" in t and "onboarding_check_in" in t for t in h.transitions)
+    # An assessment (no onboarding sequence) gets trial nurture's first success and progress check.
+    alone = Harness("family")
+    alone.message("lead_created")
+    alone.message("assessment_started")
+    alone.advance(days=20)
+    steps = [k.split(":")[3] for k in alone.sent if ":trial_nurture:1:email_" in k]
+    assert steps == ["email_01", "email_02", "email_03", "email_04", "email_05", "email_06", "email_07"], steps
 
 
 def test_an_abandoned_assessment_gets_the_help_email_and_a_completed_one_does_not() -> None:
