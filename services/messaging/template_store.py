@@ -4,18 +4,18 @@ transaction (the tables: tables.templates, tables.template_versions)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from services.messaging.domain.content import TemplateContent, Variant
 from services.messaging.storage import aware, naive
-from services.messaging.tables import template_versions, templates
+from services.messaging.tables import messages, template_versions, templates
 
 SessionFactory = Callable[[], AbstractContextManager[Session]]
 
@@ -83,6 +83,28 @@ class TemplateStore:
                     {"key": k, "version": 1, "status": "published", "source": "seed", "created_at": at,
                      "published_at": at, **_values(c)} for k, c in fresh])
         return [k for k, _ in fresh]
+
+    def retire(self, catalog_keys: Collection[str]) -> list[str]:
+        """Remove the templates the catalog no longer holds (renamed or dropped there) that nobody made
+        or edited: every version came from the seed, so the catalog was their only source, and no
+        journey sends them (every send step's template is in the catalog: the definitions check). A
+        template with a version from the API is someone's work and stays; so does one a queued message
+        still names (scheduled or being sent: it renders at its send), until a later start. Sent
+        messages keep their template's key and version as text. Returns the keys removed."""
+        keep = set(catalog_keys)
+        with self._sessions() as s:
+            sources: dict[str, set[str]] = {}
+            for key, source in s.execute(select(template_versions.c.key, template_versions.c.source)):
+                sources.setdefault(str(key), set()).add(str(source))
+            stale = sorted(k for k, src in sources.items() if k not in keep and src == {"seed"})
+            if stale:
+                waiting = set(s.execute(select(messages.c.template).distinct().where(
+                    messages.c.template.in_(stale), messages.c.status.in_(("scheduled", "sending")))).scalars())
+                stale = [k for k in stale if k not in waiting]
+            if stale:
+                s.execute(delete(template_versions).where(template_versions.c.key.in_(stale)))
+                s.execute(delete(templates).where(templates.c.key.in_(stale)))
+        return stale
 
     def templates(self) -> list[TemplateRow]:
         with self._sessions() as s:

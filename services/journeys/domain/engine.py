@@ -691,7 +691,13 @@ class Engine:
                 if held and s.type in ("send", "webhook"):
                     i += 1
                     continue
-                return self._effect(state, j, e, s, now, out, side=True)
+                effect = self._effect(state, j, e, s, now, out, side=True)
+                if effect is not None:
+                    return effect
+                # The send was just held by the budget (side_at set): a task or update queued behind it
+                # in the same pass goes now too (a sales task once waited a day behind a trigger email).
+                held = True
+                i += 1
             return None
         for _ in range(MAX_INSTANT_STEPS):
             if e.status != ACTIVE or e.due is None or e.due > now:

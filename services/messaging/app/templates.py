@@ -9,6 +9,7 @@ messaging process per deployment (as for its queue), or a second process sees th
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -21,6 +22,8 @@ from services.messaging.clients import Lead
 from services.messaging.domain.catalog import Catalog, Rendered, RenderError
 from services.messaging.domain.content import Compiled, ContentError, parse, validate
 from services.messaging.template_store import TemplateRow, TemplateStore, TemplateVersion
+
+log = logging.getLogger(__name__)
 
 KEY = re.compile(r"[a-z0-9_]{1,60}\.[a-z0-9_]{1,60}")
 SAMPLE_LEAD: Lead = {
@@ -69,6 +72,12 @@ class TemplateLibrary:
                 return
             seeds = [(k, self.catalog.seed_content(k)) for k in self.catalog.specs]
             await self.db.run(self.store.seed, seeds, self.clock.now())
+            # An upgrade that renamed or dropped catalog keys: their untouched seeded copies go, so the
+            # template list holds only what journeys can send (and what people made).
+            retired = await self.db.run(self.store.retire, list(self.catalog.specs))
+            if retired:
+                log.info("messaging: retired %d seeded templates the catalog no longer holds: %s",
+                         len(retired), ", ".join(retired))
             live = await self.db.run(self.store.published)
             compiled: dict[str, Compiled] = {}
             for v in live:

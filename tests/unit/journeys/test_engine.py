@@ -87,9 +87,8 @@ def test_urgent_timeline_jumps_to_decision_with_an_explanation() -> None:
 SEED_DAYS = (1, 2, 3, 5, 8, 11, 14, 17, 20, 25, 30, 35, 40, 45, 50, 55, 60)
 
 
-def test_re_engagement_runs_beside_the_segment_journey_which_keeps_its_seed_days() -> None:
-    # A lead who never opens: re-engagement starts at day 14, and the family workflow still sends its
-    # 17 emails on the seed's days (Day N = N-1 days after the immediate welcome).
+def _dormant_family_lead() -> Harness:
+    """A family lead who never opens: re-engagement starts at day 14 (Email 7 went on day 13)."""
     h = Harness("family")
     h.lead["lifecycle_stage"] = "lead"
     h.message("lead_created")
@@ -97,16 +96,39 @@ def test_re_engagement_runs_beside_the_segment_journey_which_keeps_its_seed_days
     inactivity = h.engine.inactivity_due(h.state, h.state.inactive_token, T0 + timedelta(days=14))
     h.transitions += [t.summary for t in inactivity.transitions]
     h.drive()
+    return h
+
+
+def test_re_engagement_is_the_segment_journeys_branch_for_a_dormant_lead_which_then_resumes() -> None:
+    # Seed: a segment workflow's "Re-engagement Sequence: for inactive leads, send specialized
+    # re-engagement content" is one of its branches. The lead gets re-engagement's seven emails, not them
+    # and the segment's on the same days (Email 11 once fell on re-engagement's sixth, and went 2 h late
+    # behind messaging's gap); the segment sequence then picks up at Email 8 with the 2 days it had left.
+    h = _dormant_family_lead()
     assert h.state.enrollments["re_engagement"].status == ACTIVE
-    assert h.state.enrollments["family"].status == ACTIVE
-    h.advance(days=46)
+    assert h.state.enrollments["family"].status == PAUSED
+    assert any("paused while re_engagement runs" in t for t in h.transitions), h.transitions
+    h.advance(days=80)
     family = [(k.split(":")[3], at) for k, at in h.sent_at if ":family:1:email_" in k]
     assert [step for step, _ in family] == [f"email_{i:02d}" for i in range(1, 18)]
-    assert [at for _, at in family] == [timedelta(days=d - 1) for d in SEED_DAYS]
-    assert len([k for k in h.sent if ":re_engagement:1:email_" in k]) == 7
-    # Engaging ends re-engagement; the segment journey was never held.
+    assert [at for _, at in family[:7]] == [timedelta(days=d - 1) for d in SEED_DAYS[:7]]
+    reengage = [at for k, at in h.sent_at if ":re_engagement:1:email_" in k]
+    assert reengage == [timedelta(days=14 + 3 * i) for i in range(7)]
+    # Resumed when re-engagement ended (day 32), with the time Email 8 had left (Day 17: 2 days after 14).
+    assert [at for _, at in family[7:]] == [timedelta(days=d - 1 + 18) for d in SEED_DAYS[7:]]
+    days = [at.days for _, at in family] + [at.days for at in reengage]
+    assert len(days) == len(set(days)), "one email a day from the two"
+
+
+def test_a_dormant_lead_who_re_engages_goes_back_to_the_segment_journey_at_once() -> None:
+    h = _dormant_family_lead()
+    h.advance(days=1)
     h.message("email_opened", journey="re_engagement")
-    assert h.state.enrollments["family"].status in (ACTIVE, "completed")
+    assert h.state.enrollments["re_engagement"].status != ACTIVE
+    assert h.state.enrollments["family"].status == ACTIVE
+    h.advance(days=2)
+    email_08 = [at for k, at in h.sent_at if ":family:1:email_08:" in k]
+    assert email_08 == [timedelta(days=17)], "Email 8 went with the 2 days it had left when paused at day 14"
 
 
 def test_customers_are_not_re_engaged() -> None:
@@ -140,8 +162,8 @@ def test_a_trial_start_sends_one_welcome() -> None:
     welcomes = [k for k in h.sent if ":trial_nurture:1:email_01:" in k or ":trial_onboarding:1:email_01:" in k]
     assert welcomes == ["l-1:trial_onboarding:1:email_01:1.1"]
     assert any("branch branch_01 took wait_02" in t and "onboarding_welcomes" in t for t in h.transitions)
-    h.advance(days=2)
-    assert any(":trial_nurture:1:email_02:" in k for k in h.sent)
+    h.advance(days=4)
+    assert any(":trial_nurture:1:email_03:" in k for k in h.sent)
     # An assessment (no onboarding sequence) still gets trial nurture's own welcome.
     alone = Harness("family")
     alone.message("lead_created")
@@ -167,6 +189,32 @@ def test_a_trial_gets_one_conversion_offer_a_day() -> None:
     alone.message("assessment_started")
     alone.advance(days=20)
     assert any(":trial_nurture:1:email_07:" in k for k in alone.sent)
+
+
+def test_a_trial_gets_one_email_a_day_from_trial_nurturing_and_trial_onboarding() -> None:
+    # Seed: Trial Nurturing ("Trigger: free trial or assessment activation") and Free Trial Onboarding
+    # ("Trigger: free trial activation") both run on a trial. Onboarding's +1 day tutorial and +7 days
+    # mid-trial check-in fell on trial nurture's days 1 and 7 (first success, progress check): one a day.
+    h = Harness("family")
+    h.message("lead_created")
+    h.message("trial_started", ends_at=iso(T0 + timedelta(days=14)))
+    h.advance(days=20)
+    trial = [(k.split(":")[1], k.split(":")[3], at) for k, at in h.sent_at
+             if ":trial_nurture:1:email_" in k or ":trial_onboarding:1:email_" in k]
+    days = [at.days for _, _, at in trial]
+    assert len(days) == len(set(days)), trial
+    nurture = [step for j, step, _ in trial if j == "trial_nurture"]
+    assert nurture == ["email_03", "email_04", "email_06"], nurture
+    assert any(":trial_nurture:1:task_05:" in k for k in h.sent), "the quiet trial user's task still goes"
+    assert any("branch branch_02 took wait_03" in t and "onboarding_tutorial" in t for t in h.transitions)
+    assert any("branch branch_05b took wait_06" in t and "onboarding_check_in" in t for t in h.transitions)
+    # An assessment (no onboarding sequence) gets trial nurture's first success and progress check.
+    alone = Harness("family")
+    alone.message("lead_created")
+    alone.message("assessment_started")
+    alone.advance(days=20)
+    steps = [k.split(":")[3] for k in alone.sent if ":trial_nurture:1:email_" in k]
+    assert steps == ["email_01", "email_02", "email_03", "email_04", "email_05", "email_06", "email_07"], steps
 
 
 def test_an_abandoned_assessment_gets_the_help_email_and_a_completed_one_does_not() -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from services.journeys.domain.state import iso
+from services.journeys.domain.state import Outcome, iso
 from tests.unit.journeys.test_engine import Harness
 
 
@@ -58,3 +58,32 @@ def test_the_pricing_email_is_budget_exempt_and_goes_at_once() -> None:
     h.message("page_viewed", category="pricing")
     assert len([k for k in h.sent if ":pricing_page" in k]) == 1
     assert len(h.state.sends) == 3
+
+
+def test_a_task_queued_behind_a_send_the_budget_holds_in_the_same_pass_goes_at_once() -> None:
+    """The send is held by the budget only as it is tried: what is queued behind it still goes now."""
+    h = Harness()
+    h.message("lead_created")
+    h.state.sends = [iso(h.now) or "", iso(h.now) or ""]
+    triggers = h.state.enrollments["triggers"]
+    triggers.side = ["document_research", "bottom_funnel"]
+    out = Outcome()
+    effect = h.engine.next_effect(h.state, "triggers", h.now, out, side=True)
+    assert effect is not None and effect.kind == "task" and effect.step == "bottom_funnel"
+    assert triggers.side_held_by == "budget" and triggers.side_at is not None and triggers.side_at > h.now
+    h.engine.complete(h.state, effect, h.now, out, status="sent")
+    assert triggers.side == ["document_research"] and triggers.side_held_by == "budget"
+
+
+def test_a_third_download_of_bottom_funnel_content_emails_and_alerts_sales_at_once_past_a_full_budget() -> None:
+    """Seed: "Downloads 3+ resources: offer consultation or assessment" and "Engages with bottom-funnel
+    content: alert sales team for outreach", both on one download, with two nurture emails already sent
+    that day: neither waits a day for the budget."""
+    h = Harness()
+    h.message("lead_created")
+    h.state.sends = [iso(h.now) or "", iso(h.now) or ""]
+    h.lead["counters"] = {"downloads": 3}
+    h.message("resource_downloaded", category="bottom_funnel")
+    assert len([k for k in h.sent if ":resources_3plus:" in k]) == 1
+    assert len(_sales_tasks(h)) == 1
+    assert h.state.enrollments["triggers"].side == []
