@@ -10,7 +10,8 @@ A definition is a YAML/JSON document (see services/journeys/data/playbook/*.yaml
     property captured at entry, e.g. starts_at}), reanchor_events, stages [{id, name}],
     entry [{name, events, when}], enter_until (a time spec, e.g. {anchor: starts_at, offset: 1d}: an
     entry after it is refused and explained), exit [{name, events, when, outcome: goal | exit}],
-    triggers [{name, events, when, do: {goto | send | enrol | exit | task | update | pace}, once, cooldown, why}],
+    triggers [{name, events, when, do: {goto | send | enrol | exit | task | update | pace | anchor}, once, cooldown,
+    why}] (anchor: true takes the journey's anchors from the event, e.g. a second resource downloaded),
     steps [{id, type, ...}]
 
 Step types: send, wait, branch, split, goal, jump, enrol, exit, update, task, webhook, listen, end.
@@ -72,7 +73,7 @@ STEP_TYPES = ("send", "wait", "branch", "split", "goal", "jump", "enrol", "exit"
 TERMINAL = ("end", "goal", "jump", "listen")
 CHANNELS = ("email", "sms", "in_app", "webhook", "ads_audience")
 TASK_KINDS = ("sales_alert", "follow_up", "consultation", "notify")
-ACTIONS = ("goto", "send", "enrol", "exit", "task", "update", "pace")
+ACTIONS = ("goto", "send", "enrol", "exit", "task", "update", "pace", "anchor")
 SYNTHETIC_EVENTS = ("inactivity",)
 # Lead-level timers of the clocks in _settings.yaml live beside date-relative entries (`state.dates`),
 # under keys no journey can have ("<journey>.<rule>" keys start with a letter).
@@ -255,6 +256,8 @@ def _rules(raw: JsonValue, where: str, problems: list[str], *, kind: str, key: s
                 action = {}
             elif "pace" in action and not (isinstance(action["pace"], int | float) and 0 < action["pace"] <= 4):
                 problems.append(f"{where}.{name}: pace must be a number in (0, 4]")
+            elif "anchor" in action and action["anchor"] is not True:
+                problems.append(f"{where}.{name}: anchor must be true (or left out)")
         cooldown = None
         if item.get("cooldown") is not None:
             try:
@@ -533,6 +536,7 @@ def _check_steps(j: Journey, raws: Mapping[str, JsonMapping]) -> list[str]:
             elif target not in j.steps:
                 problems.append(f"step {s.id}: {label} goes to unknown step {target!r}")
     roots: list[str] = [j.first] if j.first else []
+    side: set[str] = set()  # a trigger's side steps run alone: what follows them is not reached through them
     for rule in j.triggers:
         action = rule.action
         for verb, named in (("goto", action.goto), ("send", action.send), ("task", action.task),
@@ -543,7 +547,10 @@ def _check_steps(j: Journey, raws: Mapping[str, JsonMapping]) -> list[str]:
             if target not in j.steps:
                 problems.append(f"triggers.{rule.name}: {verb} names unknown step {target!r}")
                 continue
-            roots.append(target)
+            if verb == "goto":
+                roots.append(target)
+            else:
+                side.add(target)
             if verb == "send" and j.steps[target].type not in ("send", "webhook"):
                 problems.append(f"triggers.{rule.name}: send needs a send step, {target} is a {j.steps[target].type}")
             if verb == "task" and j.steps[target].type != "task":
@@ -560,7 +567,7 @@ def _check_steps(j: Journey, raws: Mapping[str, JsonMapping]) -> list[str]:
             continue
         seen.add(sid)
         todo.extend(str(t) for t, _ in _edges(j.steps[sid]) if t is not None)
-    problems += [f"step {sid}: unreachable" for sid in j.steps if sid not in seen]
+    problems += [f"step {sid}: unreachable" for sid in j.steps if sid not in seen | side]
     problems += _instant_loops(j)
     return problems
 

@@ -380,10 +380,11 @@ class Engine:
         if e.status != ACTIVE:
             return
         for rule, match in rulesets.matching(rules.triggers, facts or {}):
-            self._fire_trigger(state, j, e, rule, match.facts, etype, now, out)
+            self._fire_trigger(state, j, e, rule, match.facts, message, now, out)
 
     def _fire_trigger(self, state: LeadState, j: Journey, e: Enrollment, rule: Rule, read: JsonMapping,
-                      etype: str, now: datetime, out: Outcome) -> None:
+                      message: BusMessage, now: datetime, out: Outcome) -> None:
+        etype = message.type
         last = parse_time(e.fired.get(rule.name))
         if last is not None and (rule.once or (rule.cooldown and now - last < rule.cooldown)):
             return
@@ -398,6 +399,14 @@ class Engine:
                 e.token += 1
             e.pace = new
             self._record(out, state, e, now, "trigger", f"pace set to {new}: {why}", rule=rule.name, facts=read)
+        if act.anchor:
+            taken = {name: str(message.properties[prop]) for name, prop in j.anchors.items()
+                     if message.properties.get(prop) is not None}
+            if taken != {k: e.anchors.get(k) for k in taken}:
+                e.anchors.update(taken)
+                self._record(out, state, e, now, "trigger",
+                             f"anchors taken from the event ({', '.join(f'{k}={v}' for k, v in taken.items())}): "
+                             f"{why}", rule=rule.name, facts=read)
         if act.goto is not None:
             target = act.goto
             stage = j.step(target).stage

@@ -76,6 +76,9 @@ class TriggerAction:
     enrol: str | None = None
     exit: str | None = None
     pace: float | None = None
+    # `anchor: true`: the enrolment takes its anchors (the journey's `anchors`) from this event before the
+    # side steps go, so they and the steps still to come name what the event names (a second download).
+    anchor: bool = False
 
     def queued(self) -> list[str]:
         """Side steps queued, in the engine's order: send, task, update."""
@@ -202,7 +205,8 @@ def trigger_action(value: JsonValue) -> TriggerAction:
     return TriggerAction(goto=_text(value.get("goto")), send=_text(value.get("send")), task=_text(value.get("task")),
                          update=_text(value.get("update")), enrol=_text(value.get("enrol")),
                          exit=_text(value.get("exit")),
-                         pace=float(pace) if isinstance(pace, int | float) else None)
+                         pace=float(pace) if isinstance(pace, int | float) else None,
+                         anchor=value.get("anchor") is True)
 
 
 def build_step(raw: JsonMapping, *, sid: str, stype: str, nxt: str | None, stage: str | None, category: str,

@@ -13,7 +13,7 @@ from nurture.clock import VIRTUAL_EPOCH
 from services.journeys.domain.definitions import check, load_playbook, read_settings
 from services.journeys.domain.engine import Engine, _pauses
 from services.journeys.domain.registry import Registry
-from services.journeys.domain.state import ACTIVE, PAUSED, LeadState, Outcome, UpdatePayload, iso
+from services.journeys.domain.state import ACTIVE, PAUSED, Effect, LeadState, Outcome, SendPayload, UpdatePayload, iso
 from services.journeys.simulation import simulate
 
 T0 = VIRTUAL_EPOCH
@@ -36,6 +36,7 @@ class Harness:
         self.now = T0
         self.sent: list[str] = []
         self.sent_at: list[tuple[str, timedelta]] = []   # (dedupe key, time since T0)
+        self.effects: list[Effect] = []
         self.transitions: list[str] = []
 
     def message(self, etype: str, **props: Any) -> Outcome:
@@ -56,6 +57,7 @@ class Harness:
                         # and the snapshot journeys holds follows (scoring's lead_updated, not modelled)
                         self.state.lead.setdefault("attributes", {}).update(effect.payload.set)
                     self.sent.append(effect.dedupe_key)
+                    self.effects.append(effect)
                     self.sent_at.append((effect.dedupe_key, self.now - T0))
                     self.engine.complete(self.state, effect, self.now, out, status="sent")
                 self.transitions += [t.summary for t in out.transitions]
@@ -678,3 +680,28 @@ def test_an_engagement_before_day_14_moves_the_re_engagement_date() -> None:
     h.drive()
     assert h.state.enrollments["re_engagement"].status == ACTIVE
     assert h.state.enrollments["re_engagement"].entered_at == T0 + timedelta(days=24)
+
+
+def _sends(h: Harness, template: str) -> list[dict[str, Any]]:
+    return [dict(e.payload.context) for e in h.effects
+            if isinstance(e.payload, SendPayload) and e.payload.template == template]
+
+
+def test_every_download_is_delivered_and_the_follow_ups_speak_of_the_latest() -> None:
+    # The seed's "Immediate: deliver lead magnet": a second and a third resource downloaded while the
+    # sequence runs (it is not entered again for 30 days after it ends) are delivered too, each once,
+    # and the follow-ups still to come name the latest.
+    h = Harness()
+    h.message("lead_created")
+    h.message("resource_downloaded", resource="g-1", resource_title="Global Skills Demand Report")
+    h.advance(hours=3)
+    h.message("resource_downloaded", resource="g-2", resource_title="Family Sponsorship Guide")
+    h.message("resource_downloaded", resource="g-3", resource_title="Investor Visa Checklist")
+    assert [(d["resource"], d["resource_title"]) for d in _sends(h, "lead_magnet.email_01")] == [
+        ("g-1", "Global Skills Demand Report"), ("g-2", "Family Sponsorship Guide"),
+        ("g-3", "Investor Visa Checklist")]
+    assert any("anchors taken from the event (" in t and "resource=g-2" in t and "matched rule another_download" in t
+               for t in h.transitions), h.transitions
+    h.advance(days=2)
+    assert [d["resource"] for d in _sends(h, "lead_magnet.email_02")] == ["g-3"]
+    assert len([e for e in h.effects if e.step == "email_01" and e.ekey == "lead_magnet"]) == 1
