@@ -1,11 +1,12 @@
 """DriverWrites.upsert: the same rows as SQLAlchemy's ON CONFLICT would leave, on SQLite and PostgreSQL;
-DriverWrites.select narrowed by a second IN list, across statement chunks."""
+DriverWrites.select narrowed by a second IN list, across statement chunks; converted values (days and flags
+converted once per value and statement) are those SQLAlchemy writes, row by row."""
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
 
-from sqlalchemy import Column, Date, Integer, MetaData, String, Table, select
+from sqlalchemy import Boolean, Column, Date, DateTime, Integer, MetaData, String, Table, select
 
 from nurture.db import DriverWrites, make_engine
 from nurture.settings import Settings
@@ -16,6 +17,10 @@ cells = Table("t_driver_upsert", meta, Column("day", Date, primary_key=True), Co
 keys_only = Table("t_driver_upsert_keys", meta, Column("k", String(8), primary_key=True))
 pairs = Table("t_driver_select_pairs", meta, Column("a", String(8), primary_key=True),
               Column("b", String(8), primary_key=True))
+typed = Table("t_driver_typed", meta, Column("id", Integer, primary_key=True, autoincrement=False),
+              Column("day", Date, nullable=True), Column("prev", Date, nullable=False),
+              Column("flag", Boolean, nullable=True), Column("at", DateTime(timezone=True), nullable=False))
+twin = Table("t_driver_typed_twin", meta, *(c.copy() for c in typed.columns))
 
 
 def test_upsert_adds_replaces_or_ignores(settings: Settings) -> None:
@@ -59,6 +64,35 @@ def test_select_narrowed_by_a_second_list_reads_just_those_rows_across_chunks(se
             assert sorted((r["a"], r["b"]) for r in found) == expected and expected
             assert writes.select(conn, pairs, ("a", "b"), "a", ["a0"], also=("b", [])) == []
             assert len(writes.select(conn, pairs, ("a", "b"), "a", ["a0", "a2"])) == 1667
+    finally:
+        meta.drop_all(engine)
+        engine.dispose()
+
+
+def test_each_rows_days_flags_and_times_are_written_as_sqlalchemy_writes_them(settings: Settings) -> None:
+    """A statement's rows repeat a few days and flags (converted once per value) among distinct times."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings.database_url_for("platform"))
+    meta.create_all(engine)
+    writes = DriverWrites(engine)
+    start = datetime(2026, 3, 1, 23, 59, 59, 999999, tzinfo=UTC)
+    days = [date(2026, 3, 1), date(2026, 3, 2), date(2026, 2, 28), None]
+    rows = [(i, days[i % 4], days[(i + 1) % 3], [True, False, None, 1, 0][i % 5], start + timedelta(seconds=i))
+            for i in range(300)]
+    cols = ("id", "day", "prev", "flag", "at")
+    try:
+        with writes.begin() as conn:
+            writes.upsert(conn, typed, cols, rows, keys=("id",))
+            conn.execute(twin.insert(), [dict(zip(cols, r, strict=True)) for r in rows])
+        with engine.connect() as conn:
+            ours = conn.execute(select(typed).order_by(typed.c.id)).all()
+            theirs = conn.execute(select(twin).order_by(twin.c.id)).all()
+            assert [tuple(r) for r in ours] == [tuple(r) for r in theirs]
+            assert [(r.day, r.prev, r.flag) for r in ours[:5]] == [
+                (date(2026, 3, 1), date(2026, 3, 2), True), (date(2026, 3, 2), date(2026, 2, 28), False),
+                (date(2026, 2, 28), date(2026, 3, 1), None), (None, date(2026, 3, 2), True),
+                (date(2026, 3, 1), date(2026, 2, 28), False)]
+            assert {r.at.replace(tzinfo=UTC) if r.at.tzinfo is None else r.at for r in ours} == {r[4] for r in rows}
     finally:
         meta.drop_all(engine)
         engine.dispose()
