@@ -96,3 +96,36 @@ def test_each_rows_days_flags_and_times_are_written_as_sqlalchemy_writes_them(se
     finally:
         meta.drop_all(engine)
         engine.dispose()
+
+
+def test_one_call_with_a_key_twice_and_more_rows_than_a_statement_leaves_what_upserting_in_turn_does(
+        settings: Settings) -> None:
+    """Rows sharing a key in one call add up (and the last one's other values stay), as they would one
+    after another, across more rows than one statement takes (PostgreSQL sends multi-row statements)."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings.database_url_for("platform"))
+    meta.create_all(engine)
+    writes = DriverWrites(engine)
+    d = date(2026, 3, 2)
+    cols = ("day", "k", "n", "label")
+    rows = [(d, f"k{i % 700:04d}", i, f"l{i}") for i in range(3100)]  # 700 keys, each in a statement twice
+    try:
+        with writes.begin() as conn:
+            writes.upsert(conn, cells, cols, [(d, "k0000", 1000, "first")], keys=("day", "k"), add=("n",))
+            writes.upsert(conn, cells, cols, rows, keys=("day", "k"), add=("n",))
+            writes.upsert(conn, keys_only, ("k",), [(f"k{i % 3}",) for i in range(2500)], keys=("k",))
+            writes.upsert(conn, cells, cols, [(d, "k0001", 5, "x"), (d, "k0001", 6, "y"), (d, "new", 1, "z"),
+                                              (d, "new", 2, "w")], keys=("day", "k"), ignore=True)
+        expected: dict[str, tuple[int, str]] = {"k0000": (1000, "first")}
+        for _, k, n, label in rows:
+            before = expected.get(k, (0, ""))
+            expected[k] = (before[0] + n, label)
+        expected["new"] = (1, "z")
+        with engine.connect() as conn:
+            found = {r.k: (r.n, r.label) for r in conn.execute(select(cells))}
+            assert found == expected
+            assert found["k0000"] == (1000 + 0 + 700 + 1400 + 2100 + 2800, "l2800")
+            assert sorted(r.k for r in conn.execute(select(keys_only))) == ["k0", "k1", "k2"]
+    finally:
+        meta.drop_all(engine)
+        engine.dispose()
