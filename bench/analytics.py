@@ -2,19 +2,21 @@
 keeping the read model costs the mesh's end-to-end ingest rate. Prints figures, then one JSON line.
 
     .venv/bin/python bench/analytics.py [--leads 100000] [--events 2000000] [--repeats 20] [--batch 5000]
-                                        [--ingest-events 20000] [--database-url URL] [--keep TARGET [--reuse]]
+                                        [--ingest-events 20000] [--skip-reports] [--database-url URL]
+                                        [--keep TARGET [--reuse]]
 
 Part 1 (reports): bus messages of `--leads` leads over 90 days (sends, opens, clicks, bounces hard and
 soft, complaints, with messaging's sending domain and provider labels; unsubscribes, lifecycle changes,
 score changes (every message carries the lead's score), won deals, and page views the read model ignores) go through the
 bus adapter and `storage.record`, as the consumer does (the same function, each batch of `--batch`
-messages one transaction; the consumer's batches are of 2,000); then every report is timed in process
+messages one transaction; the consumer reads up to 2,000 a shard at once); then every report is timed in process
 (storage + domain: the gateway and gRPC add their fixed few milliseconds) over the last 30 days and over
 all 90, one first call (its wall time reported alone: the first read after a load finds a cold cache)
 and then `--repeats` times: wall p95, CPU median and the engine's work per report. Part 2 (ingest
 cost): the same mix of events through the gateway's batch endpoint into two private meshes, one without
 the analytics service: the end-to-end rate (accepted and handled by every consumer) of each, and their
-ratio.
+ratio; per run, the CPU milliseconds per event of each process (Redis and, on PostgreSQL, each service's
+backends included), the load average, and when each consumer group was done. `--skip-reports`: part 2 alone.
 
 `--keep TARGET` keeps the loaded read model: on SQLite TARGET is a directory (its `analytics.db`), with
 `--database-url` the name of a database on that server (created, never dropped). `--reuse` (with the same
@@ -48,8 +50,9 @@ from sqlalchemy.orm import Session
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench._cpu import CpuMeter, per_event  # noqa: E402
 from bench._http import LeanClient  # noqa: E402
-from bench._mesh import add_database_arg, database_kind, fresh_database, private_mesh  # noqa: E402
+from bench._mesh import add_database_arg, database_kind, database_name, fresh_database, private_mesh  # noqa: E402
 from bench.ingest import drained  # noqa: E402
 from nurture.db import Database, open_database  # noqa: E402
 from nurture.settings import load_settings  # noqa: E402
@@ -381,10 +384,40 @@ def cpu_seconds(parent: int) -> dict[str, float]:
     return out
 
 
-async def ingest_rate(url: str, key: str, redis_url: str, events: int, without: tuple[str, ...], pid: int
-                      ) -> tuple[float, dict[str, float]]:
-    """Events per second from the first batch posted until every consumer group has handled everything,
-    and the CPU seconds each process spent meanwhile."""
+async def groups_done(redis_url: str, since: float, timeout: float = 600.0) -> dict[str, float]:
+    """Seconds from `since` (a perf_counter) until each consumer group had read and acknowledged every
+    entry of every shard (polled every 0.1 s), once all have: which consumer the end-to-end rate waited for."""
+    import redis.asyncio as aioredis
+
+    client = aioredis.from_url(redis_url)
+    done: dict[str, float] = {}
+    try:
+        while time.perf_counter() - since < timeout:
+            behind: dict[str, int] = {}
+            async for key in client.scan_iter(match="nurture:bus:{s*}"):
+                last = (await client.xinfo_stream(key))["last-generated-id"]
+                for group in await client.xinfo_groups(key):
+                    name = group["name"].decode()
+                    behind[name] = behind.get(name, 0) + int(group["pending"]) + (group["last-delivered-id"] != last)
+            now = round(time.perf_counter() - since, 2)
+            for name, n in behind.items():
+                if n:
+                    done.pop(name, None)
+                else:
+                    done.setdefault(name, now)
+            if not any(behind.values()):
+                break
+            await asyncio.sleep(0.1)
+        return done
+    finally:
+        await client.aclose()
+
+
+async def ingest_rate(url: str, key: str, redis_url: str, events: int, without: tuple[str, ...], meter: CpuMeter
+                      ) -> tuple[float, dict[str, float], dict[str, float]]:
+    """Events per second from the first batch posted until every consumer group has handled everything;
+    the CPU milliseconds per event each process of the mesh (and on PostgreSQL each service's backends)
+    spent meanwhile; and the seconds until each consumer group was done (`posted`: the last batch's 202)."""
     headers = {"Authorization": f"Bearer {key}"}
     leads = 500
     async with httpx.AsyncClient(base_url=url, headers=headers, timeout=60) as client:
@@ -415,39 +448,46 @@ async def ingest_rate(url: str, key: str, redis_url: str, events: int, without: 
             status, text = await lean.post("/v1/events:batch", body)
             assert status == 202, text[:300]
 
-    cpu_before = cpu_seconds(pid)
+    cpu_before = meter.totals()
     start = time.perf_counter()
     await asyncio.gather(*(batcher() for _ in range(2)))
-    await drained(redis_url)
+    posted = round(time.perf_counter() - start, 2)
+    done = await groups_done(redis_url, start)
     elapsed = time.perf_counter() - start
-    cpu = {k: v - cpu_before.get(k, 0.0) for k, v in cpu_seconds(pid).items()}
+    cpu = per_event(cpu_before, meter.totals(), len(mix))
     await lean.aclose()
-    return len(mix) / elapsed, cpu
+    return len(mix) / elapsed, cpu, {"posted": posted, **dict(sorted(done.items(), key=lambda kv: kv[1]))}
 
 
 def ingest_cost(db_url: str | None, events: int) -> dict[str, Any]:
     # On a shared machine the load of the moment moves wall-clock rates more than anything measured
     # here, so the meshes take turns (without, with, twice; each rate the better of its two) and the
-    # CPU time each process spent on the same load is reported too: it does not depend on the neighbours.
+    # CPU milliseconds per event each process spent on the same load are reported too (each run's, with
+    # the load average): they do not depend on the neighbours. Each run also says when each consumer
+    # group was done: analytics folds at niceness 10 in batches of thousands, so it is usually last.
     rates: dict[str, float] = {}
-    cpu: dict[str, dict[str, float]] = {}
+    runs: list[dict[str, Any]] = []
     for label, without in (("without_analytics", ("analytics",)), ("with_analytics", ())) * 2:
         with fresh_database(db_url) as database_url, private_mesh(database_url=database_url, without=without) as mesh:
-            rate, used = asyncio.run(ingest_rate(mesh.url, mesh.api_key, mesh.env["NURTURE_REDIS_URL"], events,
-                                                 without, mesh.pid))
+            meter = CpuMeter(mesh.pid, database_name(database_url), database_url).start()
+            try:
+                load_before = os.getloadavg()[0]
+                rate, used, done = asyncio.run(ingest_rate(mesh.url, mesh.api_key, mesh.env["NURTURE_REDIS_URL"],
+                                                           events, without, meter))
+            finally:
+                meter.stop()
             rates[label] = max(rates.get(label, 0.0), rate)
-            cpu.setdefault(label, used)
+            runs.append({"mesh": label, "events_per_s": round(rate, 1), "cpu_ms_per_event": used,
+                         "done_s": done, "load_average_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)]})
     ratio = rates["with_analytics"] / rates["without_analytics"]
-    with_cpu = cpu["with_analytics"]
-    mesh_cpu = sum(with_cpu.values())
-    analytics_cpu = with_cpu.get("services.analytics", 0.0)
+    with_runs = [r["cpu_ms_per_event"] for r in runs if r["mesh"] == "with_analytics"]
+    shares = [round(r.get("analytics", 0.0) / r["total"], 4) for r in with_runs if r.get("total")]
     return {"ingest_events": events,
             "end_to_end_events_per_s_without_analytics": round(rates["without_analytics"], 1),
             "end_to_end_events_per_s_with_analytics": round(rates["with_analytics"], 1),
             "with / without": round(ratio, 3),
-            "mesh_cpu_s_with_analytics": round(mesh_cpu, 2), "analytics_cpu_s": round(analytics_cpu, 2),
-            "analytics_cpu / mesh_cpu": round(analytics_cpu / mesh_cpu, 4) if mesh_cpu else None,
-            "mesh_cpu_s_without_analytics": round(sum(cpu["without_analytics"].values()), 2)}
+            "analytics_cpu / mesh_cpu (each run with analytics)": shares,
+            "ingest_runs": runs}
 
 
 @contextlib.contextmanager
@@ -500,6 +540,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--batch", type=int, default=5_000, help="messages per transaction of the load")
     parser.add_argument("--ingest-events", type=int, default=20_000, help="0: skip the ingest-cost part")
+    parser.add_argument("--skip-reports", action="store_true", help="the ingest-cost part alone (no load, no "
+                        "report timed)")
     parser.add_argument("--keep", metavar="TARGET", help="keep the loaded read model: a directory (SQLite) or, "
                         "with --database-url, a database name on that server")
     parser.add_argument("--reuse", action="store_true", help="time the reports on what --keep TARGET holds, "
@@ -510,19 +552,26 @@ def main() -> None:
         parser.error("--reuse needs --keep TARGET: the read model a --keep run loaded")
     if args.batch < 1:
         parser.error("--batch must be at least 1")
+    if args.skip_reports and not args.ingest_events:
+        parser.error("--skip-reports with --ingest-events 0 leaves nothing to run")
     kind = database_kind(args.database_url)
-    with _target(args.database_url, args.keep, args.reuse) as (database_url, data):
-        result: dict[str, Any] = {"database": kind, "kept": args.keep,
-                                  **time_reports(database_url, data, args.leads, args.events, args.repeats,
-                                                 args.batch, args.reuse)}
+    result: dict[str, Any] = {"database": kind, "kept": args.keep}
+    if not args.skip_reports:
+        with _target(args.database_url, args.keep, args.reuse) as (database_url, data):
+            result.update(time_reports(database_url, data, args.leads, args.events, args.repeats, args.batch,
+                                       args.reuse))
     if args.ingest_events:
         result.update(ingest_cost(args.database_url, args.ingest_events))
     for name, value in result.items():
-        if not isinstance(value, dict):
+        if not isinstance(value, dict | list):
             print(f"{name:48s} {value}")
-    print(f"{'wall p95 ms per report':48s} {'30d':>9s} {'90d':>9s}")
-    for name, p in result["wall_p95_ms_per_report"].items():
-        print(f"  {name:46s} {p['30d']:9.2f} {p['90d']:9.2f}")
+    for run in result.get("ingest_runs", []):
+        print(f"  {run['mesh']:18s} {run['events_per_s']:8.1f}/s  load {run['load_average_1m']}  done (s) "
+              f"{run['done_s']}\n  {'':18s} CPU ms per event {run['cpu_ms_per_event']}")
+    if "wall_p95_ms_per_report" in result:
+        print(f"{'wall p95 ms per report':48s} {'30d':>9s} {'90d':>9s}")
+        for name, p in result["wall_p95_ms_per_report"].items():
+            print(f"  {name:46s} {p['30d']:9.2f} {p['90d']:9.2f}")
     print(json.dumps(result))
 
 

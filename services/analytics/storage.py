@@ -8,12 +8,12 @@ again in the order it was heard.
 
 from __future__ import annotations
 
-import json
 import weakref
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Iterator, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
+from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import (
@@ -37,6 +37,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
+from nurture import jsoncodec
 from nurture.db import DriverWrites, key_in, plan_by_key
 from services.analytics.domain import reports
 from services.analytics.domain.facts import Fact, parse_time
@@ -109,29 +110,32 @@ def _upsert(session: Session, table: Table, rows: list[dict[str, Any]], *, add: 
         return
     writes, conn = _writes(session)
     columns = list(rows[0])
-    writes.upsert(conn, table, columns, [tuple(r[c] for c in columns) for r in rows],
-                  keys=[c.name for c in table.primary_key.columns], add=add, ignore=ignore)
+    # itemgetter reads a row's values in C: a generator per row was a twentieth of the fold's CPU.
+    values = list(map(itemgetter(*columns), rows)) if len(columns) > 1 else [(r[columns[0]],) for r in rows]
+    writes.upsert(conn, table, columns, values, keys=[c.name for c in table.primary_key.columns], add=add,
+                  ignore=ignore)
 
 
 def _encode(f: Fact) -> str:
-    body = {k: v for k in _FACT_FIELDS if (v := getattr(f, k)) not in ("", None, 0.0)}
+    """The fact as the record's JSON body: the fields that hold something, in the dataclass's order (read
+    from its `__dict__`, and written by orjson: getattr per field and the standard library's encoder were
+    a tenth of the fold's CPU)."""
+    body = {k: v for k, v in f.__dict__.items() if v}  # "", None, 0 and 0.0 are the defaults left out
     body["at"] = f.at.isoformat()
     if f.score is not None:
         body["score"] = f.score  # a score of 0 is a score
     if f.since is not None:
         body["since"] = f.since.isoformat()
-    return json.dumps(body, separators=(",", ":"))
+    return jsoncodec.dumps(body)
 
 
 def _decode(body: str) -> Fact:
-    raw = json.loads(body)
+    raw = jsoncodec.loads(body)
+    assert isinstance(raw, dict)
     at = parse_time(raw.pop("at"))
     assert at is not None
     since = parse_time(raw.pop("since", None))
     return Fact(at=at, since=since, **raw)
-
-
-_FACT_FIELDS = tuple(f.name for f in fields(Fact))
 
 
 @dataclass

@@ -1,11 +1,12 @@
 """DriverWrites.upsert: the same rows as SQLAlchemy's ON CONFLICT would leave, on SQLite and PostgreSQL;
-DriverWrites.select narrowed by a second IN list, across statement chunks."""
+DriverWrites.select narrowed by a second IN list, across statement chunks; converted values (days and flags
+converted once per value and statement) are those SQLAlchemy writes, row by row."""
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
 
-from sqlalchemy import Column, Date, Integer, MetaData, String, Table, select
+from sqlalchemy import Boolean, Column, Date, DateTime, Integer, MetaData, String, Table, select
 
 from nurture.db import DriverWrites, make_engine
 from nurture.settings import Settings
@@ -16,6 +17,10 @@ cells = Table("t_driver_upsert", meta, Column("day", Date, primary_key=True), Co
 keys_only = Table("t_driver_upsert_keys", meta, Column("k", String(8), primary_key=True))
 pairs = Table("t_driver_select_pairs", meta, Column("a", String(8), primary_key=True),
               Column("b", String(8), primary_key=True))
+typed = Table("t_driver_typed", meta, Column("id", Integer, primary_key=True, autoincrement=False),
+              Column("day", Date, nullable=True), Column("prev", Date, nullable=False),
+              Column("flag", Boolean, nullable=True), Column("at", DateTime(timezone=True), nullable=False))
+twin = Table("t_driver_typed_twin", meta, *(c.copy() for c in typed.columns))
 
 
 def test_upsert_adds_replaces_or_ignores(settings: Settings) -> None:
@@ -59,6 +64,68 @@ def test_select_narrowed_by_a_second_list_reads_just_those_rows_across_chunks(se
             assert sorted((r["a"], r["b"]) for r in found) == expected and expected
             assert writes.select(conn, pairs, ("a", "b"), "a", ["a0"], also=("b", [])) == []
             assert len(writes.select(conn, pairs, ("a", "b"), "a", ["a0", "a2"])) == 1667
+    finally:
+        meta.drop_all(engine)
+        engine.dispose()
+
+
+def test_each_rows_days_flags_and_times_are_written_as_sqlalchemy_writes_them(settings: Settings) -> None:
+    """A statement's rows repeat a few days and flags (converted once per value) among distinct times."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings.database_url_for("platform"))
+    meta.create_all(engine)
+    writes = DriverWrites(engine)
+    start = datetime(2026, 3, 1, 23, 59, 59, 999999, tzinfo=UTC)
+    days = [date(2026, 3, 1), date(2026, 3, 2), date(2026, 2, 28), None]
+    rows = [(i, days[i % 4], days[(i + 1) % 3], [True, False, None, 1, 0][i % 5], start + timedelta(seconds=i))
+            for i in range(300)]
+    cols = ("id", "day", "prev", "flag", "at")
+    try:
+        with writes.begin() as conn:
+            writes.upsert(conn, typed, cols, rows, keys=("id",))
+            conn.execute(twin.insert(), [dict(zip(cols, r, strict=True)) for r in rows])
+        with engine.connect() as conn:
+            ours = conn.execute(select(typed).order_by(typed.c.id)).all()
+            theirs = conn.execute(select(twin).order_by(twin.c.id)).all()
+            assert [tuple(r) for r in ours] == [tuple(r) for r in theirs]
+            assert [(r.day, r.prev, r.flag) for r in ours[:5]] == [
+                (date(2026, 3, 1), date(2026, 3, 2), True), (date(2026, 3, 2), date(2026, 2, 28), False),
+                (date(2026, 2, 28), date(2026, 3, 1), None), (None, date(2026, 3, 2), True),
+                (date(2026, 3, 1), date(2026, 2, 28), False)]
+            assert {r.at.replace(tzinfo=UTC) if r.at.tzinfo is None else r.at for r in ours} == {r[4] for r in rows}
+    finally:
+        meta.drop_all(engine)
+        engine.dispose()
+
+
+def test_one_call_with_a_key_twice_and_more_rows_than_a_statement_leaves_what_upserting_in_turn_does(
+        settings: Settings) -> None:
+    """Rows sharing a key in one call add up (and the last one's other values stay), as they would one
+    after another, across more rows than one statement takes (PostgreSQL sends multi-row statements)."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings.database_url_for("platform"))
+    meta.create_all(engine)
+    writes = DriverWrites(engine)
+    d = date(2026, 3, 2)
+    cols = ("day", "k", "n", "label")
+    rows = [(d, f"k{i % 700:04d}", i, f"l{i}") for i in range(3100)]  # 700 keys, each in a statement twice
+    try:
+        with writes.begin() as conn:
+            writes.upsert(conn, cells, cols, [(d, "k0000", 1000, "first")], keys=("day", "k"), add=("n",))
+            writes.upsert(conn, cells, cols, rows, keys=("day", "k"), add=("n",))
+            writes.upsert(conn, keys_only, ("k",), [(f"k{i % 3}",) for i in range(2500)], keys=("k",))
+            writes.upsert(conn, cells, cols, [(d, "k0001", 5, "x"), (d, "k0001", 6, "y"), (d, "new", 1, "z"),
+                                              (d, "new", 2, "w")], keys=("day", "k"), ignore=True)
+        expected: dict[str, tuple[int, str]] = {"k0000": (1000, "first")}
+        for _, k, n, label in rows:
+            before = expected.get(k, (0, ""))
+            expected[k] = (before[0] + n, label)
+        expected["new"] = (1, "z")
+        with engine.connect() as conn:
+            found = {r.k: (r.n, r.label) for r in conn.execute(select(cells))}
+            assert found == expected
+            assert found["k0000"] == (1000 + 0 + 700 + 1400 + 2100 + 2800, "l2800")
+            assert sorted(r.k for r in conn.execute(select(keys_only))) == ["k0", "k1", "k2"]
     finally:
         meta.drop_all(engine)
         engine.dispose()
