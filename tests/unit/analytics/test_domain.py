@@ -104,6 +104,7 @@ def test_periods_cover_every_day_of_a_range_once_coarsest_first() -> None:
             a = start + timedelta(days=offset)
             b = a + timedelta(days=length)
             covered: list[date] = []
+            listed: list[tuple[str, date]] = []
             for grain, lo, hi in reports.periods(a, b):
                 p = lo
                 while p <= hi:
@@ -111,8 +112,10 @@ def test_periods_cover_every_day_of_a_range_once_coarsest_first() -> None:
                     nxt = (p.replace(day=28) + timedelta(days=4)).replace(day=1) if step is None else p + step
                     covered.extend(p + timedelta(days=i) for i in range((nxt - p).days))
                     assert reports.period_starts(p)[{"d": 0, "w": 1, "m": 2}[grain]] == (grain, p)
+                    listed.append((grain, p))
                     p = nxt
             assert covered == [a + timedelta(days=i) for i in range(length + 1)], (a, b)
+            assert reports.period_list(a, b) == listed, (a, b)  # each period by itself
     assert [g for g, _, _ in reports.periods(date(2026, 3, 1), date(2026, 5, 31))] == ["m"]
 
 
