@@ -345,8 +345,8 @@ sequence_rates = Table(
     Column("unit", String(16), primary_key=True),
     Column("length", Integer, primary_key=True, autoincrement=False),
     Column("journey", String(_D), primary_key=True),
-    # Start before grain: a range's periods are read by an IN list of their starts (`reports.period_list`),
-    # an index seek each; an OR of (grain, start range) terms read every period of the key instead.
+    # Start before grain: a range's periods are read by IN lists of their starts (`reports.period_list`), an
+    # index seek each; with grain first, as (grain, start) ranges in one OR, SQLite read every period of the key.
     Column("start", Date, primary_key=True),
     Column("grain", String(1), primary_key=True),
     Column("segment", String(_D), primary_key=True),
