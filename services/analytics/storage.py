@@ -33,6 +33,7 @@ from sqlalchemy import (
     select,
     text,
     true,
+    union_all,
 )
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
@@ -43,6 +44,7 @@ from services.analytics.domain import reports
 from services.analytics.domain.facts import Fact, parse_time
 from services.analytics.tables import (
     DERIVED,
+    deal_sequences,
     deliverability,
     deliveries,
     engagement,
@@ -72,7 +74,7 @@ from services.analytics.tables import (
 )
 
 CHUNK = 500  # ids per IN list
-FOLD_VERSION = "12"  # bump when the fold derives its tables differently: the service rebuilds them at start
+FOLD_VERSION = "13"  # bump when the fold derives its tables differently: the service rebuilds them at start
 NO_DAY = date(1, 1, 1)  # `analytics_reach.prev_day` of a lead's first send day in a scope
 ALL_JOURNEYS = "*"  # `analytics_sequence_rates.journey` of every journey's touches (no journey key is "*")
 NO_TS = -(2 ** 62)  # `analytics_lead_scores.ts` of a lead won before any fact carried its score
@@ -324,37 +326,53 @@ class Fold:
     def _sequence_rates(self, winners: set[str]) -> None:
         """Move the part in `analytics_sequence_rates` of each lead that engaged (a new touch) or won in this
         batch: from what its stored touches and wins made it to what they make with this batch's. A lead's
-        part is recomputed from its whole touch history, so it is the same however the facts arrived."""
+        part is recomputed from its whole touch history, so it is the same however the facts arrived. Its
+        won deals' rows in `analytics_deal_sequences` too, from the same reads."""
         leads_ = sorted({t["lead_id"] for t in self.touches} | winners)
         if not leads_:
             return
         old: dict[str, list[_Touch]] = defaultdict(list)
-        old_wins: dict[str, list[int]] = defaultdict(list)
+        old_wins: dict[str, list[_Deal]] = defaultdict(list)
         t = touches
         for part in _chunks(leads_):
             for lead_id, ts, *row in self.s.execute(
                     select(t.c.lead_id, t.c.ts, t.c.id, t.c.journey, t.c.template, t.c.topic, t.c.segment)
                     .where(key_in(self.s, t.c.lead_id, part))):
                 old[lead_id].append((int(ts), *row))
-            for lead_id, ts in self.s.execute(select(won.c.lead_id, won.c.ts)
-                                              .where(key_in(self.s, won.c.lead_id, part))):
-                old_wins[lead_id].append(int(ts))
+            for lead_id, ts, deal, day, segment, amount in self.s.execute(
+                    select(won.c.lead_id, won.c.ts, won.c.id, won.c.day, won.c.segment, won.c.amount)
+                    .where(key_in(self.s, won.c.lead_id, part))):
+                old_wins[lead_id].append((int(ts), deal, day, segment, float(amount)))
         new = {lead: list(rows) for lead, rows in old.items()}
-        new_wins = {lead: list(ts) for lead, ts in old_wins.items()}
+        new_wins = {lead: list(deals) for lead, deals in old_wins.items()}
         for r in self.touches:
             new.setdefault(r["lead_id"], []).append(
                 (r["ts"], r["id"], r["journey"], r["template"], r["topic"], r["segment"]))
         for r in self.won:
-            new_wins.setdefault(r["lead_id"], []).append(r["ts"])
+            new_wins.setdefault(r["lead_id"], []).append((r["ts"], r["id"], r["day"], r["segment"], r["amount"]))
         delta: dict[tuple[Any, ...], int] = defaultdict(int)
+        credited: list[dict[str, Any]] = []
         for lead in leads_:
-            for key in _sequence_part(old.get(lead, []), old_wins.get(lead, [])):
+            was, now = old_wins.get(lead, []), new_wins.get(lead, [])
+            for key in _sequence_part(old.get(lead, []), [w[0] for w in was]):
                 delta[key] -= 1
-            for key in _sequence_part(new.get(lead, []), new_wins.get(lead, [])):
+            for key in _sequence_part(new.get(lead, []), [w[0] for w in now]):
                 delta[key] += 1
+            if now:
+                before = _deal_sequences(old.get(lead, []), was)
+                credited.extend({"deal": k[0], "unit": k[1], "length": k[2], "journey": k[3], "lead_id": lead,
+                                 **dict(zip(_DEAL_SEQUENCE_VALUES, v, strict=True))}
+                                for k, v in sorted(_deal_sequences(new.get(lead, []), now).items())
+                                if before.get(k) != v)
+        periods: dict[tuple[Any, ...], int] = defaultdict(int)
+        for (unit, length, journey, day, segment, sequence, lag), n in delta.items():
+            if n:
+                for grain, start in reports.period_starts(day):
+                    periods[(unit, length, journey, start, grain, segment, sequence, lag)] += n
         _upsert(self.s, sequence_rates, [
-            dict(zip(("unit", "length", "journey", "day", "segment", "sequence", "lag"), k, strict=True)) | {"leads": n}
-            for k, n in sorted(delta.items()) if n], add=("leads",))
+            dict(zip(("unit", "length", "journey", "start", "grain", "segment", "sequence", "lag"), k, strict=True))
+            | {"leads": n} for k, n in sorted(periods.items())], add=("leads",))
+        _upsert(self.s, deal_sequences, credited)
 
     def _delivery(self, f: Fact, state: dict[str, list[bool]], changed: set[str]) -> None:
         """An email's deliverability outcome on its day, under its sending domain and provider: sent and
@@ -556,6 +574,32 @@ def _sequence_part(lead_touches: list[_Touch], wins: list[int]) -> set[tuple[Any
     return out
 
 
+_Deal = tuple[int, str, date, str, float]  # a won deal: ts (microseconds), id, day, segment, amount
+_DEAL_SEQUENCE_VALUES = ("day", "segment", "amount", "sequence", "lag")
+
+
+def _deal_sequences(lead_touches: list[_Touch], deals: list[_Deal]) -> dict[tuple[str, str, int, str], tuple[Any, ...]]:
+    """A lead's rows of `analytics_deal_sequences`, keyed by (deal, unit, length, journey): for each won deal,
+    the sequence its touches at or before the win end with (of every journey's, journey `ALL_JOURNEYS`, and
+    of each journey's) and the days from the first step's last touch to the win. New touches only add steps
+    (or lengthen one), so a deal keeps every key it had: rows are replaced, never removed."""
+    ordered = sorted(lead_touches, key=lambda r: (r[0], r[1]))
+    out: dict[tuple[str, str, int, str], tuple[Any, ...]] = {}
+    for ts, deal, day, segment, amount in deals:
+        scopes: dict[str, list[_Touch]] = defaultdict(list)
+        for r in ordered:
+            if r[0] > ts:
+                break
+            scopes[ALL_JOURNEYS].append(r)
+            scopes[r[2]].append(r)
+        for journey, rows in scopes.items():
+            for unit, at in _UNIT_AT.items():
+                for length, (sequence, cut) in reports.last_sequences([(r[0], str(r[at])) for r in rows]).items():
+                    out[(deal, unit, length, journey)] = (day, segment, amount, sequence,
+                                                          reports.days_to_win(cut, [ts]))
+    return out
+
+
 def _latest_scores(batch: Sequence[Fact]) -> dict[str, tuple[int, int]]:
     """Each lead's latest score in the batch (its time in microseconds): later in time, or as late and
     later in the batch."""
@@ -674,7 +718,7 @@ def erase_lead(session: Session, lead_id: str) -> int:
     """Forget a lead's identity: its facts and per-lead rows go; the day aggregates (counts with no
     person in them) stay, so past reports do not change."""
     n = 0
-    for table in (facts, leads, lead_stages, nurtured, touches, won, won_entries, lead_scores):
+    for table in (facts, leads, lead_stages, nurtured, touches, won, won_entries, lead_scores, deal_sequences):
         result: Any = session.execute(delete(table).where(table.c.lead_id == lead_id))
         n += int(result.rowcount or 0)
     return n
@@ -1188,19 +1232,19 @@ def attribution_report(session: Session, q: Query, model: str, window_days: int)
 def sequences_report(session: Session, q: Query, length: int, unit: str, window_days: int) -> dict[str, Any]:
     """The content sequences that preceded conversion: for each won deal in range, the last `length`
     pieces of content (template or topic) its lead engaged with at or before the win, within the window
-    (of `journey`, when given); one read of the deals' touches in the window, as linear attribution's."""
-    window = window_days * reports.DAY_US
-    per_deal: dict[str, tuple[str, float, list[str]]] = {}
-    for deal, segment, amount, item in session.execute(
-            select(won.c.id, won.c.segment, won.c.amount, touches.c[unit])
-            .select_from(won.outerjoin(touches, _in_window(q, window))).where(q.where(won))
-            .order_by(won.c.id, touches.c.ts, touches.c.id)):
-        cell = per_deal.setdefault(deal, (segment, float(amount), []))
-        if item is not None:
-            cell[2].append(item)
-    report = reports.sequence_rows((sg, reports.sequence_of(items, length), amount)
-                                   for sg, amount, items in per_deal.values())
-    return {"by": unit, "length": length, "window_days": window_days, **report,
+    (of `journey`, when given). Sums of `analytics_deal_sequences` (a deal's sequence lies in the window
+    when its `lag` does) and a count of the deals in range: no touch is read."""
+    t = deal_sequences
+    per_segment = {sg: int(n) for sg, n in session.execute(
+        select(won.c.segment, func.count()).where(q.where(won)).group_by(won.c.segment))}
+    cond = [t.c.unit == unit, t.c.length == length, t.c.journey == (ALL_JOURNEYS if q.journey is None else q.journey),
+            t.c.day >= q.start, t.c.day <= q.end, t.c.lag <= window_days]
+    if q.segment is not None:
+        cond.append(t.c.segment == q.segment)
+    cells = {(sg, seq): (int(n), float(r)) for sg, seq, n, r in session.execute(
+        select(t.c.segment, t.c.sequence, func.count(), func.sum(t.c.amount)).where(*cond)
+        .group_by(t.c.segment, t.c.sequence)).all()}
+    return {"by": unit, "length": length, "window_days": window_days, **reports.sequence_rows(per_segment, cells),
             "rates": sequence_rates_report(session, q, length, unit, window_days)}
 
 
@@ -1208,16 +1252,22 @@ def sequence_rates_report(session: Session, q: Query, length: int, unit: str, wi
                           ) -> list[dict[str, Any]]:
     """Conversion rate per content sequence: the leads that first engaged with it in range (in `segment`
     then; of `journey`'s touches, when given) and how many won a deal within the window after. Sums of
-    `analytics_sequence_rates`: no touch is read."""
+    `analytics_sequence_rates` over the range's days, weeks and months: no touch is read."""
     t = sequence_rates
-    converted = func.sum(case((and_(t.c.lag >= 0, t.c.lag <= window_days), t.c.leads), else_=0))
-    cond = [t.c.unit == unit, t.c.length == length, t.c.journey == (ALL_JOURNEYS if q.journey is None else q.journey),
-            t.c.day >= q.start, t.c.day <= q.end]
+    starts: dict[str, list[date]] = {"d": [], "w": [], "m": []}
+    for grain, first in reports.period_list(q.start, q.end):
+        starts[grain].append(first)
+    cond = [t.c.unit == unit, t.c.length == length, t.c.journey == (ALL_JOURNEYS if q.journey is None else q.journey)]
     if q.segment is not None:
         cond.append(t.c.segment == q.segment)
+    # A branch per grain, each an index seek per period start (always three: one statement shape to cache).
+    # One OR of every period's (grain, start) tested each row against each period instead.
+    rows = union_all(*(select(t.c.segment, t.c.sequence, t.c.leads, t.c.lag)
+                       .where(*cond, t.c.start.in_(starts[grain]), t.c.grain == grain) for grain in starts)).subquery()
+    converted = func.sum(case((and_(rows.c.lag >= 0, rows.c.lag <= window_days), rows.c.leads), else_=0))
     cells = {(sg, seq): (int(n or 0), int(c or 0)) for sg, seq, n, c in session.execute(
-        select(t.c.segment, t.c.sequence, func.sum(t.c.leads), converted).where(*cond)
-        .group_by(t.c.segment, t.c.sequence))}
+        select(rows.c.segment, rows.c.sequence, func.sum(rows.c.leads), converted)
+        .group_by(rows.c.segment, rows.c.sequence)).all()}  # fetched at once: per row, a quarter of the call
     return reports.sequence_rate_rows(cells)
 
 

@@ -336,18 +336,48 @@ score_now = Table(
 # Conversion rate per content sequence: the leads that first engaged with a sequence (by template or topic,
 # of 2 or 3 steps; of every journey's touches, journey "*", and of each journey's) by the day and segment of
 # the touch that completed it, and the whole days (rounded up) to their first won deal after it (`lag`, -1:
-# none yet). The fold recomputes a lead's part from its whole touch history when it engages or wins (a late
-# touch can move or break a sequence), takes the old part out and adds the new.
+# none yet). Counted by day, ISO week and month (`grain` d/w/m, `start` the period's first day), so a range is
+# a few periods' rows (`reports.periods`), not a row per day. The fold recomputes a lead's part from its whole
+# touch history when it engages or wins (a late touch can move or break a sequence), takes the old part out
+# and adds the new.
 sequence_rates = Table(
     "analytics_sequence_rates", metadata,
     Column("unit", String(16), primary_key=True),
     Column("length", Integer, primary_key=True, autoincrement=False),
     Column("journey", String(_D), primary_key=True),
-    Column("day", Date, primary_key=True),
+    # Start before grain: a range's periods are read by IN lists of their starts (`reports.period_list`), an
+    # index seek each; with grain first, as (grain, start) ranges in one OR, SQLite read every period of the key.
+    Column("start", Date, primary_key=True),
+    Column("grain", String(1), primary_key=True),
     Column("segment", String(_D), primary_key=True),
     Column("sequence", String(400), primary_key=True),
     Column("lag", Integer, primary_key=True, autoincrement=False),
     Column("leads", Integer, nullable=False, default=0),
+)
+
+# The content sequence each won deal is credited with: per deal, unit (template, topic), length (2, 3) and
+# journey ("*": every journey's touches), the last `length` steps of its lead's touches at or before the win
+# and the whole days (rounded up) from the last touch of the first of them to the win (`lag`): the window
+# of a report holds the sequence when `lag <= window_days`. With the deal's day, segment and amount, so the
+# sequences report sums these rows in range instead of reading every deal's touches. The fold recomputes a
+# lead's rows when it engages or wins (a late touch can change a deal's sequence): touches are only ever
+# added, so a deal's rows are only added or replaced.
+deal_sequences = Table(
+    "analytics_deal_sequences", metadata,
+    Column("deal", String(200), primary_key=True),
+    Column("unit", String(16), primary_key=True),
+    Column("length", Integer, primary_key=True, autoincrement=False),
+    Column("journey", String(_D), primary_key=True),
+    Column("lead_id", String(128), nullable=False),
+    Column("day", Date, nullable=False),
+    Column("segment", String(_D), nullable=False),
+    Column("amount", Float, nullable=False),
+    Column("sequence", String(400), nullable=False),
+    Column("lag", Integer, nullable=False),
+    # The report's read from the index alone: the range of days of one (unit, length, journey).
+    Index("ix_analytics_deal_sequences_read", "unit", "length", "journey", "day", "segment", "lag", "sequence",
+          "amount"),
+    Index("ix_analytics_deal_sequences_lead", "lead_id"),
 )
 
 # Which fold the derived tables were made by: a service whose fold changed rebuilds them at start.
@@ -363,4 +393,4 @@ partitions = partitions_table(metadata, "analytics")
 DERIVED = (messages, engagement, stage_engagement, sends,
            nurtured, reach, leads, lifecycle, lifecycle_bands, lifecycle_subbands, lead_stages, stage_counts,
            stage_dwell, stage_dwell_bands, stage_dwell_subbands, touches, won, won_entries, deliveries, deliverability,
-           lead_scores, score_now, sequence_rates, lifecycle_cohorts)
+           lead_scores, score_now, sequence_rates, lifecycle_cohorts, deal_sequences)

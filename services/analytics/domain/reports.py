@@ -124,6 +124,18 @@ def periods(start: date, end: date) -> list[tuple[str, date, date]]:
     return out
 
 
+def period_list(start: date, end: date) -> list[tuple[str, date]]:
+    """Each period of `periods(start, end)` by itself: (grain, its first day)."""
+    out: list[tuple[str, date]] = []
+    for grain, first, last in periods(start, end):
+        day = first
+        while day <= last:
+            out.append((grain, day))
+            day = (day.replace(day=28) + timedelta(days=4)).replace(day=1) if grain == "m" else \
+                day + timedelta(days=7 if grain == "w" else 1)
+    return out
+
+
 def period_starts(day: date) -> tuple[tuple[str, date], ...]:
     """The day, ISO week and month a fact of this day is counted in."""
     return ("d", day), ("w", week_of(day)), ("m", day.replace(day=1))
@@ -416,21 +428,28 @@ def roi_report(*, nurtured: int, sent_by_channel: Mapping[str, int], costs: Mapp
             "roi": round((influenced - cost) / cost, 4) if cost else None, "by_journey": journeys}
 
 
-def sequence_of(items: Sequence[str], length: int) -> str | None:
-    """The last `length` pieces of content of a lead's touches (oldest first), consecutive repeats counted
-    once (an open and a click of one message; two messages of one topic), joined by ` > `; None when the
-    lead engaged with fewer."""
-    steps: list[str] = []
-    for item in items:
-        if not steps or steps[-1] != item:
-            steps.append(item)
-    return " > ".join(steps[-length:]) if len(steps) >= length else None
+def last_sequences(touches: Sequence[tuple[int, str]], lengths: Sequence[int] = SEQUENCE_LENGTHS
+                   ) -> dict[int, tuple[str, int]]:
+    """The content sequence a won deal is credited with, per length: the last `length` steps of its lead's
+    touches up to the win (time in microseconds, content; in time order), consecutive repeats counted once
+    (an open and a click of one message; two messages of one topic), joined by ` > `; with the time of the
+    last touch of the first of those steps. A window holds all `length` steps exactly when it starts at or
+    before that time (a window that cuts a step's touches still holds the step), so one row per deal serves
+    every window. A length the lead engaged with fewer steps than is left out."""
+    steps: list[tuple[str, int]] = []
+    for ts, item in touches:
+        if steps and steps[-1][0] == item:
+            steps[-1] = (item, ts)
+        else:
+            steps.append((item, ts))
+    return {length: (" > ".join(item for item, _ in steps[-length:]), steps[-length][1])
+            for length in lengths if len(steps) >= length}
 
 
 def first_sequences(touches: Sequence[tuple[int, str, str]], lengths: Sequence[int] = SEQUENCE_LENGTHS
                     ) -> dict[tuple[int, str], tuple[int, str]]:
     """Each content sequence a lead engaged with, once per length: its touches (time in microseconds,
-    content, the lead's segment then) in time order, consecutive repeats counted once as in `sequence_of`;
+    content, the lead's segment then) in time order, consecutive repeats counted once as in `last_sequences`;
     a sequence is `length` consecutive steps, first engaged with at the first touch of its last step (that
     touch's time and segment). Keyed by (length, sequence)."""
     steps: list[tuple[str, int, str]] = []
@@ -462,22 +481,13 @@ def sequence_rate_rows(cells: Mapping[tuple[str, str], tuple[int, int]]) -> list
     return sorted(rows, key=lambda r: (r["segment"], -(r["conversion_rate"] or 0.0), -r["engaged"], r["sequence"]))
 
 
-def sequence_rows(deals: Iterable[tuple[str, str | None, float]]) -> dict[str, Any]:
+def sequence_rows(per_segment: Mapping[str, int], cells: Mapping[tuple[str, str], tuple[int, float]]
+                  ) -> dict[str, Any]:
     """Won deals by (segment, content sequence before the win): conversions, their share of the segment's
-    conversions in range, revenue and the average deal; the most frequent sequence of each segment first."""
-    per_segment: dict[str, int] = {}
-    acc: dict[tuple[str, str], list[float]] = {}
-    total, short = 0, 0
-    for segment, sequence, amount in deals:
-        total += 1
-        per_segment[segment] = per_segment.get(segment, 0) + 1
-        if sequence is None:
-            short += 1
-            continue
-        cell = acc.setdefault((segment, sequence), [0, 0.0])
-        cell[0] += 1
-        cell[1] += amount
+    conversions in range, revenue and the average deal; the most frequent sequence of each segment first.
+    `per_segment`: the deals in range per segment; `cells`: those with a sequence, (count, revenue)."""
+    total = sum(per_segment.values())
     rows = [{"segment": sg, "sequence": seq, "conversions": int(n), "share": rate(n, per_segment[sg]),
              "revenue": round(r, 2), "average_deal": round(r / n, 2)}
-            for (sg, seq), (n, r) in sorted(acc.items(), key=lambda kv: (kv[0][0], -kv[1][0], -kv[1][1], kv[0][1]))]
-    return {"conversions": total, "without_sequence": short, "rows": rows}
+            for (sg, seq), (n, r) in sorted(cells.items(), key=lambda kv: (kv[0][0], -kv[1][0], -kv[1][1], kv[0][1]))]
+    return {"conversions": total, "without_sequence": total - sum(n for n, _ in cells.values()), "rows": rows}

@@ -39,10 +39,12 @@ def template_of(journey: str, stage: str, n: int) -> dict[str, str]:
     return {"template": key, "topic": TOPICS[digest % len(TOPICS)], "format": FORMATS[digest // 3 % len(FORMATS)]}
 
 
-def generate(seed: int, *, leads: int = 40, days: int = 50) -> list[dict[str, Any]]:
+def generate(seed: int, *, leads: int = 40, days: int = 50, late_touches: bool = False) -> list[dict[str, Any]]:
     """A delivery-ordered stream of bus messages: each lead's own story in order (as the bus keeps it),
     the leads interleaved, with redeliveries (the same id again), engagement events heard late (an
-    occurred_at earlier than what came before), clicks on several links of one message, noise events."""
+    occurred_at earlier than what came before), clicks on several links of one message, noise events.
+    With `late_touches`, half the won leads' opens and clicks of one message before the win are heard after
+    it (the streams without it stay as they were for the tests that read figures off them)."""
     rnd = random.Random(seed)
     per_lead: list[list[dict[str, Any]]] = []
     n_event = 0
@@ -126,6 +128,16 @@ def generate(seed: int, *, leads: int = 40, days: int = 50) -> list[dict[str, An
             if sends:
                 last = (sends[-1]["properties"]["journey"], sends[-1]["properties"]["stage"])
                 moved = [m for m in sends if (m["properties"]["journey"], m["properties"]["stage"]) == last]
+                story = [m for m in story if all(m is not x for x in moved)] + moved
+        if late_touches and any(m["type"] == "opportunity_won" for m in story) and rnd.random() < 0.5:
+            # Engagement before the win heard after it: a message's opens and clicks reach the bus late (a
+            # deal's credited content sequence must take them in after the win).
+            engaged = [m["properties"]["message_id"] for m in story
+                       if m["type"] in ("email_opened", "email_clicked") and "message_id" in m["properties"]]
+            if engaged:
+                mid = rnd.choice(engaged)
+                moved = [m for m in story if m["type"] in ("email_opened", "email_clicked")
+                         and m["properties"].get("message_id") == mid]
                 story = [m for m in story if all(m is not x for x in moved)] + moved
         # Late events: some engagement reaches the bus after later events, with its own earlier time.
         for _ in range(rnd.randint(0, 2)):

@@ -11,7 +11,7 @@ from datetime import date, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from nurture.db import Database, open_database
 from nurture.settings import Settings
@@ -137,7 +137,7 @@ def check(db: Database, stream: Sequence[dict[str, Any]]) -> int:
 def test_every_report_equals_a_recount_of_the_raw_history(settings: Settings, seed: int) -> None:
     db = open_database(settings, service="analytics", migrations_dir=MIGRATIONS)
     try:
-        stream = h.generate(seed)
+        stream = h.generate(seed, late_touches=True)
         crashes = feed(db, stream, random.Random(seed))
         assert crashes > 0 and len(stream) > len(h.heard(stream))  # the history had crashes and repeats
         assert check(db, stream) > 500
@@ -153,7 +153,7 @@ def test_every_report_equals_a_recount_of_the_raw_history(settings: Settings, se
 
 def test_the_history_covers_what_the_reports_distinguish() -> None:
     """The generator must produce the cases the recount is meant to catch, or the test proves little."""
-    stream = h.generate(1)
+    stream = h.generate(1, late_touches=True)
     kinds = {m["type"] for m in stream}
     assert {"email_sent", "email_hard_bounced", "email_opened", "email_clicked", "unsubscribed", "stage_changed",
             "opportunity_won", "page_viewed"} <= kinds
@@ -177,7 +177,7 @@ def test_the_history_covers_what_the_reports_distinguish() -> None:
 
 def test_the_history_holds_stage_entries_heard_after_the_win_they_preceded() -> None:
     """A won deal's journey entries must take in an entry heard after the win (its sends came late)."""
-    stream = h.generate(1)
+    stream = h.generate(1, late_touches=True)
     found = 0
     heard = h.heard(stream)
     for (lead, _journey), entries in h.stage_entries(stream).items():
@@ -186,3 +186,49 @@ def test_the_history_holds_stage_entries_heard_after_the_win_they_preceded() -> 
             heard_at = next(i for i, m in enumerate(heard) if m["id"] == entry["id"])
             found += sum(1 for i, w in wins if i < heard_at and h.at_of(entry) <= h.at_of(w))
     assert found > 0
+
+
+def test_the_history_holds_touches_heard_after_the_win_they_preceded() -> None:
+    """A won deal's credited sequence must take in a touch heard after the win (its open came late): the
+    fold recomputes the deal's sequence then, or the sequences report would miss it."""
+    stream = h.generate(1, late_touches=True)
+    heard = h.heard(stream)
+    order = {m["id"]: i for i, m in enumerate(heard)}
+    wins = [m for m in heard if m["type"] == "opportunity_won"]
+    late = [(t, w) for t in h.touches(stream) for w in wins
+            if t["lead_id"] == w["lead_id"] and h.at_of(t) <= h.at_of(w) and order[t["id"]] > order[w["id"]]]
+    assert late
+
+
+def test_an_erased_leads_deals_leave_the_sequences_and_its_rates_stay(settings: Settings) -> None:
+    """Erasure takes the lead's deals out of the sequences report with its per-deal rows (the won deals are
+    per-lead rows), while the rates, day aggregates with no person in them, stay as they were."""
+    db = open_database(settings, service="analytics", migrations_dir=MIGRATIONS)
+    try:
+        stream = h.generate(2, late_touches=True)
+        feed(db, stream, random.Random(2))
+        everyone = ranges(stream)[0]
+        credited = [d["lead_id"] for d in h.won_in(stream, everyone)]
+        lead = max(set(credited), key=lambda x: (credited.count(x), x))
+        before = h.sequences(stream, everyone, 2, "template", 30)
+        with db.session() as s:
+            assert s.scalar(select(func.count()).select_from(tables.deal_sequences)
+                            .where(tables.deal_sequences.c.lead_id == lead))
+            storage.erase_lead(s, lead)
+        rest = [m for m in stream if m["lead_id"] != lead]
+        after = h.sequences(rest, everyone, 2, "template", 30)
+        assert after["conversions"] < before["conversions"]  # the erased lead's deals were in the report
+        with db.session() as s:
+            assert not s.scalar(select(func.count()).select_from(tables.deal_sequences)
+                                .where(tables.deal_sequences.c.lead_id == lead))
+            for r in ranges(stream):
+                q = storage.Query(r.start, r.end, r.segment, r.journey)
+                for length in reports.SEQUENCE_LENGTHS:
+                    for unit in reports.SEQUENCE_UNITS:
+                        for window in (3, 30):
+                            expected = h.sequences(rest, r, length, unit, window)
+                            expected["rates"] = h.sequence_rates(stream, r, length, unit, window)
+                            assert storage.sequences_report(s, q, length, unit, window) == expected, \
+                                (r, length, unit, window)
+    finally:
+        db.close()

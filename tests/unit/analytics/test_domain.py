@@ -104,6 +104,7 @@ def test_periods_cover_every_day_of_a_range_once_coarsest_first() -> None:
             a = start + timedelta(days=offset)
             b = a + timedelta(days=length)
             covered: list[date] = []
+            listed: list[tuple[str, date]] = []
             for grain, lo, hi in reports.periods(a, b):
                 p = lo
                 while p <= hi:
@@ -111,8 +112,10 @@ def test_periods_cover_every_day_of_a_range_once_coarsest_first() -> None:
                     nxt = (p.replace(day=28) + timedelta(days=4)).replace(day=1) if step is None else p + step
                     covered.extend(p + timedelta(days=i) for i in range((nxt - p).days))
                     assert reports.period_starts(p)[{"d": 0, "w": 1, "m": 2}[grain]] == (grain, p)
+                    listed.append((grain, p))
                     p = nxt
             assert covered == [a + timedelta(days=i) for i in range(length + 1)], (a, b)
+            assert reports.period_list(a, b) == listed, (a, b)  # each period by itself
     assert [g for g, _, _ in reports.periods(date(2026, 3, 1), date(2026, 5, 31))] == ["m"]
 
 
@@ -144,12 +147,30 @@ def test_sub_bands_partition_each_band_into_narrow_runs_of_minutes() -> None:
 
 
 def test_a_sequence_is_the_last_pieces_of_content_with_repeats_counted_once() -> None:
-    assert reports.sequence_of(["a", "a", "b", "b", "c"], 2) == "b > c"
-    assert reports.sequence_of(["a", "b", "a"], 3) == "a > b > a"  # a return to earlier content is a step
-    assert reports.sequence_of(["a", "a", "a"], 2) is None  # one piece engaged with twice is not a sequence
-    assert reports.sequence_of([], 2) is None
-    got = reports.sequence_rows([("s", "a > b", 10.0), ("s", "a > b", 20.0), ("s", None, 5.0), ("t", "b > c", 1.0)])
+    def last(items: list[str], length: int) -> str | None:
+        got = reports.last_sequences(list(enumerate(items)), (length,))
+        return got[length][0] if length in got else None
+
+    assert last(["a", "a", "b", "b", "c"], 2) == "b > c"
+    assert last(["a", "b", "a"], 3) == "a > b > a"  # a return to earlier content is a step
+    assert last(["a", "a", "a"], 2) is None  # one piece engaged with twice is not a sequence
+    assert last([], 2) is None
+    got = reports.sequence_rows({"s": 3, "t": 1}, {("s", "a > b"): (2, 30.0), ("t", "b > c"): (1, 1.0)})
     assert got == {"conversions": 4, "without_sequence": 1, "rows": [
         {"segment": "s", "sequence": "a > b", "conversions": 2, "share": round(2 / 3, 4), "revenue": 30.0,
          "average_deal": 15.0},
         {"segment": "t", "sequence": "b > c", "conversions": 1, "share": 1.0, "revenue": 1.0, "average_deal": 1.0}]}
+
+
+def test_a_deals_sequence_is_in_a_window_that_starts_by_its_first_steps_last_touch() -> None:
+    """One row per deal serves every window: a window cut inside a step's touches still holds the step, so
+    what decides is the time of the last touch of the sequence's first step."""
+    touches = [(10, "a"), (20, "b"), (30, "b"), (40, "c"), (50, "c")]
+    got = reports.last_sequences(touches)
+    assert got == {2: ("b > c", 30), 3: ("a > b > c", 10)}
+    for start in range(0, 60, 5):  # the brute force: the touches from `start` on, repeats once
+        steps = [item for i, (ts, item) in enumerate(touches) if ts >= start
+                 and not (i and touches[i - 1][0] >= start and touches[i - 1][1] == item)]
+        for length, (sequence, cut) in got.items():
+            held = len(steps) >= length and " > ".join(steps[-length:]) == sequence
+            assert held == (start <= cut), (start, length)
