@@ -12,7 +12,9 @@ the bus shards are) and lets one replica at a time own each partition:
   out and its partitions go to the others. A replica's name is stable across restarts (host and
   `NURTURE_REPLICA`), so a restarted one takes its own leases back at once. Every key of a group shares
   the hash tag `{<group>}`: one slot, so on a Redis Cluster no command or script spans two.
-- **Fencing (SQL: who may commit).** Taking a partition adds one to its epoch in `<service>_partitions`.
+- **Fencing (SQL: who may commit).** Taking a partition adds one to its epoch in `<service>_partitions`
+  (unless this same process held it last and the epoch is still its own: a lease that ran out under
+  load and came back with no other replica in between keeps its epoch and its work in flight).
   Every transaction doing a partition's work calls `check` last: it reads the partitions' rows
   `FOR SHARE` and refuses (`Fenced`: the transaction rolls back) unless each epoch is still the one this
   process took. A process that paused past its lease (a long GC, SIGSTOP, a VM migration) and wakes up
@@ -132,6 +134,10 @@ class Ownership:
         self.owner = owner
         self.lease_ms = lease_ms
         self._epochs: dict[int, int] = {}  # partition -> the epoch this process took it at
+        # partition -> the last epoch this process held, kept after it lost the partition: taking it back
+        # with nobody's epoch in between (a lease that ran out under load, no other replica came) keeps
+        # that epoch, so its own work in flight still commits (see _bump).
+        self._held: dict[int, int] = {}
         self._valid_until: dict[int, float] = {}  # partition -> monotonic deadline of the local lease
         self._hooks: list[ChangeHook] = []
         # The advisory locks' first key: the group's, so two services' partition numbers never meet.
@@ -256,8 +262,8 @@ class Ownership:
             started = time.monotonic()
             if not await self._take(keys=[lease_key(self.group, p)], args=[self.owner, self.lease_ms]):
                 continue  # its last owner's lease has not run out yet
-            epoch = await self._db.run(self._bump, p)
-            self._epochs[p] = epoch
+            epoch = await self._db.run(self._bump, p, self._held.get(p))
+            self._epochs[p] = self._held[p] = epoch
             self._valid_until[p] = started + self._local_lease_s()
             gained.add(p)
         return gained, lost
@@ -269,12 +275,20 @@ class Ownership:
         self._epochs.pop(partition, None)
         self._valid_until.pop(partition, None)
 
-    def _bump(self, partition: int) -> int:
+    def _bump(self, partition: int, held: int | None = None) -> int:
         """Fence every earlier owner out: the partition's epoch plus one (waiting for their transactions
-        that passed the check to commit), which this process's transactions now present."""
+        that passed the check to commit), which this process's transactions now present. Unless the
+        stored epoch is still `held`, the one this very process last held: then no other replica took
+        the partition since (taking bumps it), nobody else can hold that epoch, and keeping it lets this
+        process's own batch in flight commit instead of being fenced and done again. A restarted process
+        remembers nothing and bumps, which fences out a paused earlier incarnation of the same name."""
         t = self._table
         with self._db.session() as s:
             s.execute(insert_new(s, t, ["part"]).values(part=partition, epoch=0, owner=""))
+            if held is not None:
+                row = s.execute(select(t.c.epoch, t.c.owner).where(t.c.part == partition).with_for_update()).one()
+                if int(row.epoch) == held and row.owner == self.owner:
+                    return held
             s.execute(update(t).where(t.c.part == partition).values(epoch=t.c.epoch + 1, owner=self.owner))
             return int(s.scalar(select(t.c.epoch).where(t.c.part == partition)) or 0)
 
