@@ -195,8 +195,7 @@ class LimitsAndTracing:
             if method == "POST" and path == "/v1/events":
                 await self._post_event(scope, limited_receive, send)
             elif method == "POST" and path == "/t/v1/collect":
-                scope["app"] = self.app
-                await collect_asgi(scope, limited_receive, send)
+                await collect_asgi(scope, limited_receive, send, self.state.tracking)
             else:
                 await self.app(scope, limited_receive, send)
 
