@@ -107,8 +107,19 @@ def input_error(exc: limits.InputError) -> ApiError:
 async def read_body(request: Request, *, check: bool) -> JsonValue:
     try:
         raw = await request.body()
-    except ClientDisconnect as exc:  # nobody is left to answer; not a server error
-        raise ApiError(400, "malformed", "the client disconnected before the whole body arrived") from exc
+    except ClientDisconnect as exc:
+        raise disconnected() from exc
+    return parse_body(raw, check=check)
+
+
+def disconnected() -> ApiError:
+    # Nobody is left to answer; not a server error.
+    return ApiError(400, "malformed", "the client disconnected before the whole body arrived")
+
+
+def parse_body(raw: bytes, *, check: bool = True) -> JsonValue:
+    """A request body as JSON, the errors as `read_body` answers them (for a route that reads the
+    body itself, at the ASGI layer)."""
     if not raw.strip():
         raise ApiError(400, "malformed", "a JSON body is required")
     try:

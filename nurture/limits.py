@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 from datetime import UTC, date, datetime
+from typing import TypeAlias
 
 import orjson
 
@@ -90,16 +91,34 @@ def _path(parent: str, key: str | int | None) -> str:
     return _join(parent, shown(key)) if key is not None else parent
 
 
+# Where a value sits, rendered only when a problem is reported: a field path, or (its container's
+# place, its key or index) for a value inside a container.
+_Place: TypeAlias = "str | tuple[_Place, str | int]"
+
+
+def _render(place: _Place) -> str:
+    """The field path of a place, as `_path` joins it level by level from the root."""
+    keys: list[str | int] = []
+    while not isinstance(place, str):
+        place, key = place
+        keys.append(key)
+    path = place
+    for key in reversed(keys):
+        path = _path(path, key)
+    return path
+
+
 def problems_in(value: JsonValue, *, field: str = "", max_depth: int = MAX_DEPTH) -> dict[str, str]:
     """Every way a parsed JSON (or YAML) value breaks the limits, by field path; {} when it keeps them.
     Iterative, so any nesting is safe to check, and bounded by MAX_NODES. Paths are built only for
-    containers and problems: this runs on every accepted event."""
+    problems (a value's place is a pair of its container's and its key until then): this runs on every
+    accepted event and every collect request."""
     problems: dict[str, str] = {}
-    # (the parent's path, this value's key or index or None for the root, value, depth)
-    stack: list[tuple[str, str | int | None, JsonValue, int]] = [(field, None, value, 1)]
+    # (the place of this value, its depth)
+    stack: list[tuple[_Place, JsonValue, int]] = [(field, value, 1)]
     nodes = 0
     while stack and len(problems) < MAX_PROBLEMS:
-        parent, key, v, depth = stack.pop()
+        place, v, depth = stack.pop()
         nodes += 1
         if nodes > MAX_NODES:
             problems[field or "body"] = f"holds more than {MAX_NODES} values"
@@ -110,46 +129,45 @@ def problems_in(value: JsonValue, *, field: str = "", max_depth: int = MAX_DEPTH
                 continue
             problem = text_problem(v)
             if problem:
-                problems[_path(parent, key) or "body"] = problem
+                problems[_render(place) or "body"] = problem
         elif v is None or kind is bool:
             continue
         elif kind is int or isinstance(v, int):
             if not -MAX_SAFE_INTEGER <= v <= MAX_SAFE_INTEGER:
-                problems[_path(parent, key) or "body"] = f"is an integer beyond +/-{MAX_SAFE_INTEGER} (2^53-1)"
+                problems[_render(place) or "body"] = f"is an integer beyond +/-{MAX_SAFE_INTEGER} (2^53-1)"
         elif kind is float:
             if v != v or v in (float("inf"), float("-inf")):
-                problems[_path(parent, key) or "body"] = "is not a finite number"
-        elif isinstance(v, dict | list):
-            path = _path(parent, key)
+                problems[_render(place) or "body"] = "is not a finite number"
+        elif kind is dict or kind is list or isinstance(v, dict | list):
             if depth > max_depth:
-                problems[path or "body"] = f"nests deeper than {max_depth} levels"
+                problems[_render(place) or "body"] = f"nests deeper than {max_depth} levels"
                 continue
             if isinstance(v, dict):
                 if len(v) > MAX_KEYS:
-                    problems[path or "body"] = f"has more than {MAX_KEYS} keys"
+                    problems[_render(place) or "body"] = f"has more than {MAX_KEYS} keys"
                     continue
                 for k, item in v.items():
                     if type(k) is not str:
-                        problems[_join(path, shown(k))] = "has a key that is not a string"
+                        problems[_join(_render(place), shown(k))] = "has a key that is not a string"
                         continue
                     if len(k) > 64 or not k.isascii() or "\x00" in k:
                         problem = text_problem(k, MAX_KEY_CHARS)
                         if problem:
-                            problems[_path(path, k)] = f"key {problem}"
+                            problems[_path(_render(place), k)] = f"key {problem}"
                             continue
-                    stack.append((path, k, item, depth + 1))
+                    stack.append(((place, k), item, depth + 1))
             else:
                 if len(v) > MAX_ITEMS:
-                    problems[path or "body"] = f"has more than {MAX_ITEMS} items"
+                    problems[_render(place) or "body"] = f"has more than {MAX_ITEMS} items"
                     continue
-                stack.extend((path, i, item, depth + 1) for i, item in enumerate(v))
+                stack.extend(((place, i), item, depth + 1) for i, item in enumerate(v))
         elif isinstance(v, datetime | date):
             continue  # YAML times: sent on as their text
         elif isinstance(v, float):
             if v != v or v in (float("inf"), float("-inf")):
-                problems[_path(parent, key) or "body"] = "is not a finite number"
+                problems[_render(place) or "body"] = "is not a finite number"
         else:
-            problems[_path(parent, key) or "body"] = f"is not a JSON value ({type(v).__name__})"
+            problems[_render(place) or "body"] = f"is not a JSON value ({type(v).__name__})"
     if len(problems) >= MAX_PROBLEMS:
         problems["..."] = f"more than {MAX_PROBLEMS} problems; the first are listed"
     return problems

@@ -13,18 +13,20 @@ import json
 import logging
 from collections.abc import Awaitable, Mapping
 from datetime import UTC, datetime
-from functools import cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import NotRequired, TypeVar
+from urllib.parse import parse_qsl
 
 import grpc
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
 from google.protobuf import json_format
 from redis.exceptions import RedisError
+from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope, Send
 
-from gateway.deps import ApiError, json_body
+from gateway.deps import ApiError, disconnected, json_body, parse_body
 from gateway.shapes import TypedDict
 from gateway.tracking import linktoken
 from gateway.tracking.keys import SiteKey
@@ -120,11 +122,15 @@ def _cors(origin: str) -> dict[str, str]:
     return {"Access-Control-Allow-Origin": origin, "Vary": "Origin", **NO_STORE}
 
 
-def _site(request: Request, k: str, headers: Mapping[str, str] | None = None) -> tuple[SiteKey, dict[str, str]]:
-    key = tracking(request).keys.get(k)
+def _site(request: Request, k: str) -> tuple[SiteKey, dict[str, str]]:
+    return _site_of(tracking(request), k, request.headers)
+
+
+def _site_of(state: Tracking, k: str, headers: Mapping[str, str]) -> tuple[SiteKey, dict[str, str]]:
+    key = state.keys.get(k)
     if key is None:
         raise ApiError(403, "unknown_site_key", "this site key is not configured (NURTURE_SITE_KEYS)")
-    origin = (headers if headers is not None else request.headers).get("origin")
+    origin = headers.get("origin")
     if not key.allows(origin):
         raise ApiError(403, "origin_not_allowed", "this site key may not be used from this origin",
                        {"origin": (origin or "")[:200]})
@@ -156,7 +162,16 @@ async def _body(request: Request, cors: dict[str, str], allowed: set[str]) -> Js
     try:
         body = await json_body(request)
     except ApiError as exc:
-        raise ApiError(exc.status, exc.code, exc.message, exc.details, {**exc.headers, **cors}) from exc
+        raise _with_cors(exc, cors) from exc
+    return _fields(body, cors, allowed)
+
+
+def _with_cors(exc: ApiError, cors: dict[str, str]) -> ApiError:
+    return ApiError(exc.status, exc.code, exc.message, exc.details, {**exc.headers, **cors})
+
+
+def _fields(body: JsonValue, cors: dict[str, str], allowed: set[str]) -> JsonObject:
+    """The body as an object holding only `allowed` fields, else 422."""
     if not isinstance(body, dict):
         raise ApiError(422, "invalid", "the body must be a JSON object",
                        {"fields": {"body": "must be an object"}}, cors)
@@ -215,56 +230,113 @@ async def preflight(request: Request, path: str, k: str = "") -> Response:
 @router.post("/v1/collect", status_code=202, summary="Events of a visitor (the allowed set only)",
              responses={202: {"model": Collected}})
 async def collect(request: Request, k: str = Query(..., max_length=128)) -> Response:
-    return await record_collect(request, k)
-
-
-async def collect_asgi(scope: Scope, receive: Receive, send: Send) -> None:
-    """The same route answered at the ASGI layer (gateway.app): the snippet's hottest call skips
-    FastAPI's routing and dependency solving, as POST /v1/events does. Same handler, same errors."""
-    request = Request(scope, receive)
-    response: Response
+    # Served by `collect_asgi` in a running gateway (gateway.app); this route gives the OpenAPI document
+    # its operation and answers an app called without that middleware, with the same handler.
     try:
-        k = request.query_params.get("k", "")
+        raw = await request.body()
+    except ClientDisconnect as exc:
+        raise disconnected() from exc
+    status, body, headers = await answer_collect(tracking(request), _headers(request.scope), raw, k)
+    return Response(body, status, {name.decode("latin-1"): value.decode("latin-1") for name, value in headers},
+                    media_type="application/json")
+
+
+async def collect_asgi(scope: Scope, receive: Receive, send: Send, state: Tracking) -> None:
+    """`POST /t/v1/collect` answered at the ASGI layer (gateway.app), the snippet's hottest call: no
+    FastAPI routing or dependency solving, no Starlette request or response objects (the body read
+    from `receive` directly: Starlette's stream is an async generator, whose registration with the
+    loop alone cost ~3% of the gateway's CPU per event), the answer sent as two ASGI messages. Same
+    handler and errors as the route."""
+    headers: list[tuple[bytes, bytes]]
+    try:
+        k = _query_value(scope.get("query_string", b""), "k")
         if not k or len(k) > 128:
             raise ApiError(422, "invalid", "k (the site key) is required", {"fields": {"k": "is required"}})
-        response = await record_collect(request, k)
+        status, body, headers = await answer_collect(state, _headers(scope), await _read(receive), k)
     except ApiError as exc:
-        response = JSONResponse(HttpError.of(exc).body(), exc.status, exc.headers)
+        error = HttpError.of(exc)
+        status, body = exc.status, jsoncodec.dumps(error.body()).encode()
+        headers = [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in exc.headers.items()]
     except Exception:
         log.exception("unexpected error")
-        response = JSONResponse({"error": {"code": "internal", "message": "an unexpected error; it has been logged",
-                                           "details": {}}}, 500)
-    await response(scope, receive, send)
+        status, headers = 500, []
+        body = b'{"error":{"code":"internal","message":"an unexpected error; it has been logged","details":{}}}'
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body)), *headers]})
+    await send({"type": "http.response.body", "body": body})
 
 
-def _headers(request: Request) -> dict[str, str]:
+async def _read(receive: Receive) -> bytes:
+    """The whole request body, as `Request.body()` reads it (the gateway's middleware has already
+    refused one over the size limit)."""
+    message = await receive()
+    if message["type"] == "http.disconnect":
+        raise disconnected()
+    body: bytes = message.get("body", b"")
+    if not message.get("more_body", False):
+        return body
+    chunks = [body]
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise disconnected()
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _query_value(query: bytes, name: str) -> str:
+    """The last value of `name` in a query string, as Starlette's `request.query_params[name]` reads
+    it ("" when absent); split by hand when nothing in it is escaped (the snippet's `?k=<key>`)."""
+    text = query.decode("latin-1")
+    if "%" in text or "+" in text:
+        return dict(parse_qsl(text, keep_blank_values=True)).get(name, "")
+    found = ""
+    for pair in text.split("&"):
+        key, _, value = pair.partition("=")
+        if key == name:
+            found = value
+    return found
+
+
+def _headers(scope: Scope) -> dict[str, str]:
     """The request's headers as a plain dict, read once (Starlette's `Headers.get` scans the list on
     every call, and the collect path asks eight times). A repeated header keeps its first value, as
     `Headers.get` answers."""
-    return {name.decode("latin-1"): value.decode("latin-1") for name, value in reversed(request.scope["headers"])}
+    return {name.decode("latin-1"): value.decode("latin-1") for name, value in reversed(scope["headers"])}
 
 
-def _json(body: Collected, status: int, headers: dict[str, str]) -> Response:
-    return Response(jsoncodec.dumps(body).encode(), status, headers, media_type="application/json")
+@lru_cache(maxsize=1024)
+def _cors_raw(origin: str) -> tuple[tuple[bytes, bytes], ...]:
+    """`_cors(origin)` as ASGI headers; cached, as a key's allowed origins are few (the cache is
+    bounded all the same: an allowed origin may come spelt in more than one way)."""
+    return tuple((name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in _cors(origin).items())
 
 
-async def record_collect(request: Request, k: str) -> Response:
-    headers = _headers(request)
-    key, cors = _site(request, k, headers)
-    body = await _body(request, cors, {"visitor_id", "events"})
+async def answer_collect(state: Tracking, headers: dict[str, str], raw: bytes, k: str
+                         ) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+    """A collect request's answer (status, JSON body, CORS headers), or the ApiError to answer."""
+    key, cors = _site_of(state, k, headers)
+    try:
+        parsed = parse_body(raw)
+    except ApiError as exc:
+        raise _with_cors(exc, cors) from exc
+    body = _fields(parsed, cors, _COLLECT_FIELDS)
     visitor_id = _visitor(body.get("visitor_id"), cors)
     events = body.get("events")
     most = collect_policy().max_events_per_request
     if not isinstance(events, list) or not 1 <= len(events) <= most:
         raise ApiError(422, "invalid", f"events must be a list of 1 to {most} events",
                        {"fields": {"events": f"must be a list of 1 to {most} events"}}, cors)
+    cors_raw = list(_cors_raw(cors["Access-Control-Allow-Origin"]))
     ignored = not_a_visitor(headers) or privacy_refusal(key, headers)
     if ignored:
-        return _json({"accepted": 0, "duplicates": 0, "rejected": [], "ignored": ignored}, 202, cors)
+        answer: Collected = {"accepted": 0, "duplicates": 0, "rejected": [], "ignored": ignored}
+        return 202, jsoncodec.dumps(answer).encode(), cors_raw
     good: list[CollectedEvent] = []
     rejected: list[RejectedEvent] = []
-    for i, raw in enumerate(events):
-        event, problem = check_event(raw)
+    for i, raw_event in enumerate(events):
+        event, problem = check_event(raw_event)
         if event is None:
             rejected.append({"index": i, "error": problem})
         else:
@@ -272,12 +344,16 @@ async def record_collect(request: Request, k: str) -> Response:
     # Counted against the limits and appended to the collect stream in one batch with concurrent requests
     # (all its events count, the rejected too). Answered once Redis has them: scoring stores them soon after.
     try:
-        result = await tracking(request).collector.collect(key, visitor_id, len(events), good)
+        result = await state.collector.collect(key, visitor_id, len(events), good)
     except (RedisError, NotReplicated) as exc:  # not kept (or not surely): the snippet sends again
         raise _limits_down(exc, cors) from exc
     if isinstance(result, Refusal):
         raise _refusal(result, cors)
-    return _json({"accepted": result.accepted, "duplicates": result.duplicates, "rejected": rejected}, 202, cors)
+    answer = {"accepted": result.accepted, "duplicates": result.duplicates, "rejected": rejected}
+    return 202, jsoncodec.dumps(answer).encode(), cors_raw
+
+
+_COLLECT_FIELDS = {"visitor_id", "events"}
 
 
 @router.post("/v1/identify", summary="Who this visitor is: an email, or the signed link of an email click",
