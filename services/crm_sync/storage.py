@@ -581,15 +581,6 @@ def recent_task(s: Session, lead_id: str, kind: str, since: datetime) -> Task | 
     return _task(row) if row else None
 
 
-def task_keys(s: Session, lead_ids: list[str]) -> dict[str, set[str]]:
-    """The dedupe keys of the leads' tasks, by lead (one query for a batch of messages)."""
-    out: dict[str, set[str]] = {}
-    for chunk in iter_chunks(sorted(set(lead_ids)), 500):
-        for lead_id, key in s.execute(select(tasks.c.lead_id, tasks.c.dedupe_key).where(tasks.c.lead_id.in_(chunk))):
-            out.setdefault(lead_id, set()).add(key)
-    return out
-
-
 def was_merged(s: Session, lead_id: str, dedupe_key: str) -> bool:
     """Whether a task asked for under this key was already merged into another (timeline task_merged)."""
     rows = s.execute(select(timeline.c.details).where(timeline.c.lead_id == lead_id,

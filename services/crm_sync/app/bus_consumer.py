@@ -27,12 +27,9 @@ class BusConsumer(Tasks, ChangeStream):
             rows = st.get_leads(s, ids, lock=True)
             # One pending contact push covers every change of the batch (it reads the latest state).
             queued = st.pending_jobs(s, ids, "contact")
-            # The tasks the batch's leads have: a rule that keeps matching a lead (a hot lead's every
-            # event) asks again under a key already taken, a repeat known here without a statement.
-            tasks = st.task_keys(s, ids)
             batch = st.BatchWrites()
             for m in messages:
-                self._apply_message(s, m, journeys.get(m.lead_id), now, rows, queued, batch, tasks)
+                self._apply_message(s, m, journeys.get(m.lead_id), now, rows, queued, batch)
             batch.flush(s)
 
         await self.sql(write)
@@ -41,14 +38,13 @@ class BusConsumer(Tasks, ChangeStream):
 
     def _apply_message(self, s: Session, m: BusMessage, journeys: list[dict[str, Any]] | None,
                        now: datetime, rows: dict[str, st.LeadRecord], queued: set[str],
-                       batch: st.BatchWrites, tasks: dict[str, set[str]]) -> None:
+                       batch: st.BatchWrites) -> None:
         lead_id = m.lead_id
         if m.type == "lead_erased":
             batch.flush(s)  # what the batch wrote before, in SQL before it is read and erased
             row = st.get_lead(s, lead_id, lock=True)
             rows.pop(lead_id, None)
             st.erase_lead(s, lead_id)
-            tasks.pop(lead_id, None)  # its tasks are gone with it
             if row and row.crm_id:
                 st.enqueue(s, lead_id, "erase", now, payload={"remote_id": row.crm_id})
             st.add_change(s, lead_id, row.crm_id if row else None, ["erased"], {}, now)
@@ -93,19 +89,19 @@ class BusConsumer(Tasks, ChangeStream):
                 batch.enqueue(lead_id, "contact", now)
                 queued.add(lead_id)
         facts = domain.facts_for(snapshot, list(m.signals), {"type": m.type, "properties": m.properties})
-        # A plan whose key has a task is a repeat (`_create_task` would return that task and do
-        # nothing): dropped here, without the flush, the task look-up and the pending-push read below.
-        taken = tasks.setdefault(lead_id, set())
-        plans = [p for p in domain.planned_tasks(self.cfg, lead_id, facts, now) if p.dedupe_key not in taken]
+        plans = domain.planned_tasks(self.cfg, lead_id, facts, now)
         if plans:
             batch.flush(s)  # tasks read pending jobs and leads' rows from SQL
+        owner = row.owner
         for plan in plans:
             self._create_task(s, row, snapshot, plan.dedupe_key, plan.kind, plan.title, plan.priority, plan.due_at,
                               {"why": plan.why, "facts": plan.facts, "bus_message": m.id}, plan.rule, now,
                               facts=facts)
-            taken.add(plan.dedupe_key)
-        if plans:  # an assignment may have queued a contact push in SQL: it covers this batch
-            queued.update(st.pending_jobs(s, [lead_id], "contact"))
+        if plans:
+            # An assignment (the only way a task gives the lead an owner) queued a contact push in SQL
+            # or found one pending: either covers this batch.
+            if row.owner != owner:
+                queued.add(lead_id)
             dirty = True
         if dirty or current is None:
             row.updated_at = now
