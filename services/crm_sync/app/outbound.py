@@ -194,7 +194,7 @@ class OutboundQueue(CoreBase):
                 self._record(s, job, out, done_at, finished, contacts)
             contacts.flush()
             st.finish_jobs(s, finished)  # one executemany, not a round trip per push
-            return self._claim(s, self.clock.now(), claim_next) if claim_next else []
+            return self._claim(s, done_at, claim_next) if claim_next else []
 
         for attempt in itertools.count(1):
             try:
