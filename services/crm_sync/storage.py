@@ -156,6 +156,54 @@ def get_leads(s: Session, lead_ids: list[str], *, lock: bool = False) -> dict[st
     return out
 
 
+@dataclass(slots=True)
+class PushState:
+    """The part of a lead's row (`crm_sync_leads`) a contact push's outcome changes: its CRM link, the
+    hash of what was pushed and the per-field sync state. The push loop reads (locked) and writes back
+    only these columns, so recording a pass neither decodes nor re-encodes the snapshot, projection and
+    journeys it leaves alone, most of a row; `fields` is decoded only when a push changes it (a push
+    of platform-owned values alone, the common one, leaves it as stored)."""
+
+    lead_id: str
+    crm: str | None
+    crm_id: str | None
+    pushed_hash: str | None
+    stored_fields: str
+    _fields: dict[str, FieldState] | None = None
+
+    @property
+    def fields(self) -> dict[str, FieldState]:
+        if self._fields is None:
+            self._fields = json.loads(self.stored_fields or "{}")
+        return self._fields
+
+    def fields_to_store(self) -> str:
+        """`fields` as the column stores it: as read unless it was decoded (and so maybe changed)."""
+        if self._fields is None:
+            return self.stored_fields
+        return json.dumps(self._fields, default=str, separators=(",", ":"))
+
+
+def get_push_states(s: Session, lead_ids: list[str]) -> dict[str, PushState]:
+    """The leads' push state, locked (in key order, see `get_leads`) until the transaction ends."""
+    out: dict[str, PushState] = {}
+    for chunk in iter_chunks(sorted(set(lead_ids)), 500):
+        rows = s.execute(select(leads.c.lead_id, leads.c.crm, leads.c.crm_id, leads.c.pushed_hash, leads.c.fields)
+                         .where(leads.c.lead_id.in_(chunk)).order_by(leads.c.lead_id).with_for_update())
+        for row in rows:
+            out[row.lead_id] = PushState(row.lead_id, row.crm, row.crm_id, row.pushed_hash, row.fields)
+    return out
+
+
+def save_push_states(s: Session, states: list[PushState]) -> None:
+    """The states' columns in one executemany, in key order."""
+    if states:
+        s.execute(_UPDATE_PUSH_STATE, [
+            {"b_lead_id": p.lead_id, "crm": p.crm, "crm_id": p.crm_id, "pushed_hash": p.pushed_hash,
+             "fields": p.fields_to_store()}
+            for p in sorted(states, key=lambda p: p.lead_id)])
+
+
 def find_lead(s: Session, *, crm: str, crm_id: str | None, lead_id: str | None, email: str | None
               ) -> LeadRecord | None:
     """Match a CRM contact: by CRM id, then the lead id the CRM stored, then email."""
@@ -210,6 +258,8 @@ def find_leads(s: Session, wanted: list[LeadQuery]) -> list[LeadRecord | None]:
 _UPDATE_LEAD = update(leads).where(leads.c.lead_id == bindparam("b_lead_id"))
 _LEAD_BY_ID = select(leads).where(leads.c.lead_id == bindparam("b_lead_id"))
 _LEAD_BY_ID_LOCKED = _LEAD_BY_ID.with_for_update()
+_UPDATE_PUSH_STATE = update(leads).where(leads.c.lead_id == bindparam("b_lead_id")).values(
+    crm=bindparam("crm"), crm_id=bindparam("crm_id"), pushed_hash=bindparam("pushed_hash"), fields=bindparam("fields"))
 _INSERT_TIMELINE = insert(timeline)
 _INSERT_CHANGE = insert(changes)
 _INSERT_JOB = insert(outbox)

@@ -92,12 +92,16 @@ class BusConsumer(Tasks, ChangeStream):
         plans = domain.planned_tasks(self.cfg, lead_id, facts, now)
         if plans:
             batch.flush(s)  # tasks read pending jobs and leads' rows from SQL
+        owner = row.owner
         for plan in plans:
             self._create_task(s, row, snapshot, plan.dedupe_key, plan.kind, plan.title, plan.priority, plan.due_at,
                               {"why": plan.why, "facts": plan.facts, "bus_message": m.id}, plan.rule, now,
                               facts=facts)
-        if plans:  # an assignment may have queued a contact push in SQL: it covers this batch
-            queued.update(st.pending_jobs(s, [lead_id], "contact"))
+        if plans:
+            # An assignment (the only way a task gives the lead an owner) queued a contact push in SQL
+            # or found one pending: either covers this batch.
+            if row.owner != owner:
+                queued.add(lead_id)
             dirty = True
         if dirty or current is None:
             row.updated_at = now

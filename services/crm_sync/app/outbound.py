@@ -62,15 +62,16 @@ class Outcome:
 
 
 class ContactRecords:
-    """The contact pushes of one pass recorded in one transaction: the leads' rows read (and locked,
-    in key order) at once, changed in memory in the pushes' order, written back with one executemany
-    and their timeline lines with another (a read, an update and an insert per push cost more than
-    the push itself on PostgreSQL)."""
+    """The contact pushes of one pass recorded in one transaction: the leads' push state read (and
+    locked, in key order) at once, changed in memory in the pushes' order, written back with one
+    executemany and their timeline lines with another (a read, an update and an insert per push cost
+    more than the push itself on PostgreSQL). Only the columns a push changes are read and written
+    (`st.PushState`): the whole row's JSON, decoded and encoded again, was most of a record's cost."""
 
     def __init__(self, s: Session, crm: str, pushes: list[ContactPushed]) -> None:
         self._s, self._crm = s, crm
-        self._rows = st.get_leads(s, [p.lead_id for p in pushes], lock=True) if pushes else {}
-        self._changed: dict[str, st.LeadRecord] = {}
+        self._rows = st.get_push_states(s, [p.lead_id for p in pushes]) if pushes else {}
+        self._changed: dict[str, st.PushState] = {}
         self._timeline: list[st.TimelineEntry] = []
 
     def record(self, p: ContactPushed, now: datetime) -> ContactRecords:
@@ -87,9 +88,11 @@ class ContactRecords:
                 st.enqueue(self._s, p.lead_id, "lead", now, payload={"crm_id": p.remote_id})
             rec.crm, rec.crm_id = self._crm, p.remote_id
         rec.pushed_hash = p.digest
-        for name, value in p.pushed_fields.items():
-            fs = rec.fields.setdefault(name, {})
-            fs["crm_value"], fs["crm_at"] = value, now.isoformat()
+        if p.pushed_fields:
+            fields = rec.fields
+            for name, value in p.pushed_fields.items():
+                fs = fields.setdefault(name, {})
+                fs["crm_value"], fs["crm_at"] = value, now.isoformat()
         self._changed[p.lead_id] = rec
         # The line's id is taken now: the timeline keeps the order of the pass's outcomes.
         self._timeline.append(st.timeline_row(p.lead_id, now, "contact_pushed",
@@ -98,7 +101,7 @@ class ContactRecords:
         return self
 
     def flush(self) -> None:
-        st.save_leads(self._s, [], list(self._changed.values()))
+        st.save_push_states(self._s, list(self._changed.values()))
         st.add_timelines(self._s, self._timeline)
         self._changed, self._timeline = {}, []
 
@@ -109,7 +112,9 @@ class OutboundQueue(CoreBase):
     _reclaimed_at: float
 
     async def process_due(self, limit: int = PUSH_PASS) -> int:
-        """Claim and perform every push due now (up to `limit`); returns how many were tried."""
+        """Perform the pushes due now, in passes of up to `limit`, until a pass takes fewer (no backlog
+        left); returns how many were tried. A full pass means more are waiting: the next pass is
+        claimed in the transaction that records this one, one transaction a pass instead of two."""
         async with self._push_lock:
             now = self.clock.now()
             # About once a minute, claims whose lease ran out (their replica died) return to the queue;
@@ -118,66 +123,88 @@ class OutboundQueue(CoreBase):
             if reclaim:
                 self._reclaimed_at = time.monotonic()
 
-            def claim(s: Session) -> tuple[list[st.PushJob], dict[str, st.LeadRecord]]:
+            def claim(s: Session) -> list[st.PushJob]:
                 if reclaim:
                     st.requeue_running(s, self.replica, now)
-                jobs = st.due_jobs(s, now, limit)
-                st.mark_running(s, [j.id for j in jobs], self.replica, now)
-                # Contact pushes read their lead's state now, in the same round trip.
-                return jobs, st.get_leads(s, [j.lead_id for j in jobs if j.op == "contact"])
+                return self._claim(s, now, limit)
 
-            jobs, prefetched = await self.sql(claim)
-            self._prefetched = prefetched
-            if not jobs:
-                return 0
-            by_lead: dict[str, list[st.PushJob]] = defaultdict(list)
-            for j in jobs:
-                if j.op != "lead":
-                    by_lead[j.lead_id].append(j)
-            # Write-backs to scoring (CRM ids, sales owners) go together: one UpsertLeads per chunk,
-            # where one UpsertLead each had scoring commit 30 transactions at once, ahead of ingest.
-            lead_jobs = [j for j in jobs if j.op == "lead"]
-            results: list[tuple[st.PushJob, Outcome]] = list(
-                zip(lead_jobs, await self._update_leads(lead_jobs), strict=True))
-            sem = asyncio.Semaphore(32)
+            jobs = await self.sql(claim)
+            tried = 0
+            while jobs:
+                tried += len(jobs)
+                results = await self._perform_pass(jobs)
+                jobs = await self._record_pass(results, claim_next=limit if len(jobs) >= limit else 0)
+            return tried
 
-            async def lane(items: list[st.PushJob]) -> None:
-                async with sem:
-                    # The CRM id a contact push of this lane got, before it is recorded: a task right
-                    # behind it attaches to that contact instead of creating the contact again.
-                    remote: dict[str, str] = {}
-                    pushed = False
-                    for j in items:  # one lead's pushes in order
-                        if j.op == "contact" and pushed:
-                            # Two contact pushes claimed together (one left over from a crash): the
-                            # first read the state both were queued for, so it covered this one too.
-                            results.append((j, Outcome("done")))
-                            continue
-                        out = await self._perform(j, remote)
-                        pushed = pushed or (j.op == "contact" and out.status == "done")
-                        results.append((j, out))
+    def _claim(self, s: Session, now: datetime, limit: int) -> list[st.PushJob]:
+        """Take up to `limit` due pushes (another replica's claims skipped, see `st.due_jobs`)."""
+        jobs = st.due_jobs(s, now, limit)
+        st.mark_running(s, [j.id for j in jobs], self.replica, now)
+        return jobs
 
-            await asyncio.gather(*(lane(items) for items in by_lead.values()))
-            done_at = self.clock.now()
+    async def _perform_pass(self, jobs: list[st.PushJob]) -> list[tuple[st.PushJob, Outcome]]:
+        """Perform a claimed pass: lead updates together, each lead's other pushes in order, leads side
+        by side. Returns each job with its outcome, to record."""
+        # Contact pushes read their leads' state on the reader threads, after the claim committed: the
+        # writer (on SQLite one thread, which the bus consumer's transaction waits for) is not held by
+        # a read, and the state read is the latest.
+        contact_leads = [j.lead_id for j in jobs if j.op == "contact"]
+        self._prefetched = await self.read(lambda s: st.get_leads(s, contact_leads)) if contact_leads else {}
+        by_lead: dict[str, list[st.PushJob]] = defaultdict(list)
+        for j in jobs:
+            if j.op != "lead":
+                by_lead[j.lead_id].append(j)
+        # Write-backs to scoring (CRM ids, sales owners) go together: one UpsertLeads per chunk,
+        # where one UpsertLead each had scoring commit 30 transactions at once, ahead of ingest.
+        lead_jobs = [j for j in jobs if j.op == "lead"]
+        results: list[tuple[st.PushJob, Outcome]] = list(
+            zip(lead_jobs, await self._update_leads(lead_jobs), strict=True))
+        sem = asyncio.Semaphore(32)
 
-            def record(s: Session) -> None:
-                finished: list[st.FinishedJob] = []
-                contacts = self._contact_records(s, [out.contact for _, out in results if out.contact])
-                for job, out in results:
-                    self._record(s, job, out, done_at, finished, contacts)
-                contacts.flush()
-                st.finish_jobs(s, finished)  # one executemany, not a round trip per push
+        async def lane(items: list[st.PushJob]) -> None:
+            async with sem:
+                # The CRM id a contact push of this lane got, before it is recorded: a task right
+                # behind it attaches to that contact instead of creating the contact again.
+                remote: dict[str, str] = {}
+                pushed = False
+                for j in items:  # one lead's pushes in order
+                    if j.op == "contact" and pushed:
+                        # Two contact pushes claimed together (one left over from a crash): the
+                        # first read the state both were queued for, so it covered this one too.
+                        results.append((j, Outcome("done")))
+                        continue
+                    out = await self._perform(j, remote)
+                    pushed = pushed or (j.op == "contact" and out.status == "done")
+                    results.append((j, out))
 
-            for attempt in itertools.count(1):
-                try:
-                    await self.sql(record)
-                    break
-                except ContentionError:
-                    # The pushes were made: their outcomes must be recorded, or their jobs stay
-                    # claimed until a restart. A lead row held longer than the lock timeout (a large
-                    # bus batch on a starved machine) is waited for again.
-                    await asyncio.sleep(min(5.0, 0.2 * attempt))
-            return len(jobs)
+        await asyncio.gather(*(lane(items) for items in by_lead.values()))
+        self._prefetched = {}
+        return results
+
+    async def _record_pass(self, results: list[tuple[st.PushJob, Outcome]], *, claim_next: int
+                           ) -> list[st.PushJob]:
+        """Record a pass's outcomes in one transaction and, with `claim_next`, claim up to that many
+        due pushes in it too (returned)."""
+        done_at = self.clock.now()
+
+        def record(s: Session) -> list[st.PushJob]:
+            finished: list[st.FinishedJob] = []
+            contacts = self._contact_records(s, [out.contact for _, out in results if out.contact])
+            for job, out in results:
+                self._record(s, job, out, done_at, finished, contacts)
+            contacts.flush()
+            st.finish_jobs(s, finished)  # one executemany, not a round trip per push
+            return self._claim(s, done_at, claim_next) if claim_next else []
+
+        for attempt in itertools.count(1):
+            try:
+                return await self.sql(record)
+            except ContentionError:
+                # The pushes were made: their outcomes must be recorded, or their jobs stay
+                # claimed until a restart. A lead row held longer than the lock timeout (a large
+                # bus batch on a starved machine) is waited for again.
+                await asyncio.sleep(min(5.0, 0.2 * attempt))
+        raise AssertionError("unreachable")
 
     def _contact_records(self, s: Session, pushes: list[ContactPushed]) -> ContactRecords:
         return ContactRecords(s, self.crm_name, pushes)
@@ -378,10 +405,10 @@ class OutboundQueue(CoreBase):
         """Real clock only: perform pushes as they fall due (woken at once when new ones are queued)."""
         while True:
             try:
-                done = await self.process_due()
-                if done:
-                    if done < PUSH_PASS:
-                        await asyncio.sleep(PUSH_LINGER_S)
+                if await self.process_due():
+                    # It returns after a short pass: what falls due next is a trickle, and a moment's
+                    # wait lets the next pass take more of it at once.
+                    await asyncio.sleep(PUSH_LINGER_S)
                     continue
             except asyncio.CancelledError:
                 raise
