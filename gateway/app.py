@@ -212,10 +212,8 @@ class LimitsAndTracing:
                 await self._post_event(scope, limited_receive, send)
             else:
                 await collect_asgi(scope, limited_receive, send, self.state.tracking)
-        except Exception as exc:  # as use_span: the exception and an error status on the span
-            if span.is_recording():
-                span.record_exception(exc)
-                span.set_status(trace.Status(trace.StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+        except Exception as exc:
+            telemetry.mark_failed(span, exc)
             raise
         finally:
             otel_context.detach(token)

@@ -39,6 +39,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from nurture import telemetry
 from nurture.addresses import grpc_target
 from nurture.errors import MAX_STATUS_MESSAGE, Internal, NurtureError, Unavailable
 from nurture.meshauth import HEADER as MESH_HEADER
@@ -219,10 +220,8 @@ class _MeshHandlers:
             token = otel_context.attach(trace.set_span_in_context(span))
             try:
                 return await _answer(inner, request, context, span)
-            except Exception as exc:  # as use_span: the exception and an error status on the span
-                if span.is_recording():
-                    span.record_exception(exc)
-                    span.set_status(trace.Status(trace.StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+            except Exception as exc:
+                telemetry.mark_failed(span, exc)
                 raise
             finally:
                 otel_context.detach(token)

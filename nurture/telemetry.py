@@ -243,12 +243,13 @@ class RecordedSpan(trace.Span, ReadableSpan):
     def __exit__(self, exc_type: type[BaseException] | None, exc_val: BaseException | None,
                  exc_tb: TracebackType | None) -> None:
         if isinstance(exc_val, Exception):
-            _failed(self, exc_val, self._record_exception, self._set_status_on_exception)
+            mark_failed(self, exc_val, self._record_exception, self._set_status_on_exception)
         self.end()
 
 
-def _failed(span: trace.Span, exc: Exception, record: bool, set_status: bool) -> None:
-    """What a span that an exception left gets, as OpenTelemetry's `use_span` does it."""
+def mark_failed(span: trace.Span, exc: Exception, record: bool = True, set_status: bool = True) -> None:
+    """What a span that an exception left gets, as OpenTelemetry's `use_span` does it (also for the
+    request and RPC spans made current by hand on the hot paths: gateway.app, nurture.rpc)."""
     if span.is_recording():
         if record:
             span.record_exception(exc)
@@ -275,7 +276,7 @@ class _Current:
         span = self._span
         # Only errors (an Exception), not a cancellation or GeneratorExit, as OpenTelemetry's use_span.
         if isinstance(exc_val, Exception):
-            _failed(span, exc_val, self._record, self._set_status)
+            mark_failed(span, exc_val, self._record, self._set_status)
         if self._end:
             span.end()
 
