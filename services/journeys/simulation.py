@@ -25,6 +25,7 @@ import random
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from typing import Any
@@ -399,11 +400,20 @@ class Simulation:
         jobs = [_Shard(self.journeys, self.settings, self.behaviour, self.seed, self.start, leads, days, i, workers)
                 for i in range(workers)]
         with ProcessPoolExecutor(max_workers=workers, mp_context=_worker_context()) as pool:
-            for result in pool.map(_run_shard, jobs):
-                self.funnel.merge(result.funnel)
-                self.stats.add(result.stats)
-                self.enrolments.extend(result.enrolments)
-                self.cpu_seconds += result.cpu_seconds
+            try:
+                for result in pool.map(_run_shard, jobs):
+                    self.funnel.merge(result.funnel)
+                    self.stats.add(result.stats)
+                    self.enrolments.extend(result.enrolments)
+                    self.cpu_seconds += result.cpu_seconds
+            except BrokenProcessPool:
+                # A worker died. CPython 3.11's pool starts workers as jobs are submitted, and one started
+                # while its manager thread was already terminating the others after the death is never
+                # terminated: the pool's shutdown then waits for it forever (seen once in CI). Kill what
+                # is left, so the failure is raised rather than hung.
+                for process in list((getattr(pool, "_processes", None) or {}).values()):
+                    process.kill()
+                raise
 
     def run_shard(self, leads: int, days: int, shard: int = 0, shards: int = 1) -> None:
         """Run lead number shard, shard + shards, ... of `leads` here, adding to the funnel and stats."""
