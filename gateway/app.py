@@ -17,7 +17,6 @@ import grpc
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.util.types import AttributeValue
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -194,8 +193,7 @@ class LimitsAndTracing:
         hot = _HOT_ROUTES.get((method, path))
         # Named by the method alone until the sampler has decided: the route's name and attributes are
         # made only for a recorded span (most are not, at a ratio below 1). The hottest routes' are
-        # constants, given at the start. What start_as_current_span does, without its two context
-        # managers (a generator each), as nurture.rpc's server span.
+        # constants, given at the start.
         if hot is not None:
             span = tracer.start_span(hot[0], kind=trace.SpanKind.SERVER, attributes=hot[1])
         else:
@@ -204,20 +202,13 @@ class LimitsAndTracing:
                 shown = _traced_path(path)
                 span.update_name(f"{method} {shown}")
                 span.set_attributes({"http.method": method, "http.target": shown})
-        token = otel_context.attach(trace.set_span_in_context(span))
-        try:
+        with telemetry.as_current(span):
             if hot is None:
                 await self.app(scope, limited_receive, send)
             elif path == "/v1/events":
                 await self._post_event(scope, limited_receive, send)
             else:
                 await collect_asgi(scope, limited_receive, send, self.state.tracking)
-        except Exception as exc:
-            telemetry.mark_failed(span, exc)
-            raise
-        finally:
-            otel_context.detach(token)
-            span.end()
 
     async def _post_event(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The hottest route, answered here: FastAPI's routing, dependency solving and response

@@ -35,7 +35,6 @@ import grpc
 from google.protobuf.message import Message
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
@@ -209,23 +208,12 @@ class _MeshHandlers:
                 # whose sampler call, ids and context cost a small call a few percent). The caller's
                 # context becomes current, so what this call sends on carries the same decision.
                 caller = trace.NonRecordingSpan(remote)
-                token = otel_context.attach(trace.set_span_in_context(caller))
-                try:
+                with telemetry.as_current(caller, end=False):
                     return await _answer(inner, request, context, caller)
-                finally:
-                    otel_context.detach(token)
             parent = trace.set_span_in_context(trace.NonRecordingSpan(remote)) if remote is not None else None
-            # What start_as_current_span does, without its two context managers (a generator each).
             span = tracer.start_span(method, context=parent, kind=trace.SpanKind.SERVER, attributes=attributes)
-            token = otel_context.attach(trace.set_span_in_context(span))
-            try:
+            with telemetry.as_current(span):
                 return await _answer(inner, request, context, span)
-            except Exception as exc:
-                telemetry.mark_failed(span, exc)
-                raise
-            finally:
-                otel_context.detach(token)
-                span.end()
 
         return serve
 

@@ -248,8 +248,7 @@ class RecordedSpan(trace.Span, ReadableSpan):
 
 
 def mark_failed(span: trace.Span, exc: Exception, record: bool = True, set_status: bool = True) -> None:
-    """What a span that an exception left gets, as OpenTelemetry's `use_span` does it (also for the
-    request and RPC spans made current by hand on the hot paths: gateway.app, nurture.rpc)."""
+    """What a span that an exception left gets, as OpenTelemetry's `use_span` does it."""
     if span.is_recording():
         if record:
             span.record_exception(exc)
@@ -257,9 +256,11 @@ def mark_failed(span: trace.Span, exc: Exception, record: bool = True, set_statu
             span.set_status(trace.Status(trace.StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
 
 
-class _Current:
-    """`start_as_current_span`'s context manager: the span current inside it, ended after it. One
-    object with two methods, where OpenTelemetry's is two generator-based context managers in a row."""
+class Current:
+    """A span made current inside a `with`, marked failed by an Exception and ended after it:
+    `start_as_current_span`'s context manager, and `as_current`'s for a span started by hand (the hot
+    paths' request and RPC spans, gateway.app and nurture.rpc). One object with two methods, where
+    OpenTelemetry's `use_span` is two generator-based context managers in a row."""
 
     __slots__ = ("_span", "_end", "_record", "_set_status", "_token")
 
@@ -279,6 +280,12 @@ class _Current:
             mark_failed(span, exc_val, self._record, self._set_status)
         if self._end:
             span.end()
+
+
+def as_current(span: trace.Span, end: bool = True) -> Current:
+    """`span` current inside a `with`; marked failed by an Exception, and ended after it unless `end`
+    is false (a caller's span carried through, which is not ours to end)."""
+    return Current(span, end, True, True)
 
 
 class _Tracer(trace.Tracer):
@@ -322,10 +329,10 @@ class _Tracer(trace.Tracer):
                               kind: trace.SpanKind = trace.SpanKind.INTERNAL, attributes: Attributes = None,
                               links: Sequence[trace.Link] | None = (), start_time: int | None = None,
                               record_exception: bool = True, set_status_on_exception: bool = True,
-                              end_on_exit: bool = True) -> _Current:
+                              end_on_exit: bool = True) -> Current:
         span = self.start_span(name, context, kind, attributes, links, start_time, record_exception,
                                set_status_on_exception)
-        return _Current(span, end_on_exit, record_exception, set_status_on_exception)
+        return Current(span, end_on_exit, record_exception, set_status_on_exception)
 
 
 class MeshTracerProvider(TracerProvider):
