@@ -7,7 +7,13 @@ acknowledged before a crash is read again on restart (handlers are idempotent by
 A message is a `nurture.busmessage.BusMessage` (contract: protos/nurture/api/bus/v1/bus.proto); the
 entry's field `m` holds `busmessage.encode(...)`, which is what handlers get back, decoded and typed.
 A message whose handler keeps failing is moved to `nurture:bus-dead:{<group>}` after MAX_DELIVERIES,
-so one bad message never blocks a shard.
+so one bad message never blocks a shard; the dead letter carries the entry itself, so it can be retried
+whatever the stream has kept.
+
+A shard's stream is trimmed only behind every consumer group (`trim_consumed`): an entry leaves once
+each group has read and acknowledged it, never because the stream is long, so a consumer that is down
+for hours loses nothing (its backlog waits in Redis memory; docs/CAPACITY.md sizes it). Each consumer
+trims the shards it reads every TRIM_EVERY_S seconds once they hold more than STREAM_KEEP entries.
 
 A consumer given an `Ownership` (`nurture.partitions`) reads only the shards of the partitions its
 replica owns (shard s belongs to partition s mod partitions). When it gains a shard, it first claims
@@ -47,8 +53,10 @@ _tracer = tracer(__name__)
 
 Handler = Callable[[list[BusMessage]], Awaitable[None]]
 MAX_DELIVERIES = 5
-# Approximate cap per shard stream; far above any consumer lag we expect, and trimming is lazy.
-STREAM_MAXLEN = 1_000_000
+# Entries a shard keeps after every group has acknowledged them (for operators reading recent
+# traffic); trimming looks at a shard again after TRIM_EVERY_S seconds.
+STREAM_KEEP = 100_000
+TRIM_EVERY_S = 30.0
 
 
 _ENTRY_ID = re.compile(r"\d{1,20}-\d{1,20}")
@@ -91,8 +99,8 @@ class Publisher:
         for lead_id, payload, carrier in entries:
             fields = {"m": payload, "t": carrier} if carrier else {"m": payload}
             keys.add(stream_key(shard_of(lead_id, self._shards)))
-            pipe.xadd(stream_key(shard_of(lead_id, self._shards)), fields,  # type: ignore[arg-type]
-                      maxlen=STREAM_MAXLEN, approximate=True)
+            # No MAXLEN: a cap would drop entries a lagging group has not read (trim_consumed trims).
+            pipe.xadd(stream_key(shard_of(lead_id, self._shards)), fields)  # type: ignore[arg-type]
         await pipe.execute()
         await wait_replicated(self._redis, keys, self._wait_replicas)
 
@@ -139,6 +147,7 @@ class Consumer:
         self._ownership = ownership
         # The shards read now: every one, or (with an ownership) those taken over from their last owner.
         self._active: set[int] = set(range(shards)) if ownership is None else set()
+        self._trimmed_at = 0.0  # loop time of the last trim pass (0: none yet)
 
     async def ensure_groups(self) -> None:
         if self._ready:
@@ -341,10 +350,15 @@ class Consumer:
             # The messages as JSON objects: a person reads dead letters.
             readable = json.dumps([m.as_dict() for m in messages], default=str)[:65536]
             for entry_id in dead:
-                await self._redis.xadd(
-                    dead_key(self._group),
-                    {"stream": stream, "entry": entry_id, "m": readable, "error": error},
-                )
+                letter: dict[FieldT, EncodableT] = {"stream": stream, "entry": entry_id, "m": readable, "error": error}
+                # The entry itself (still pending, so still on the stream): the letter is retried from it
+                # once the stream has been trimmed past it.
+                original = await _entry(self._redis, stream, entry_id)
+                if original is not None:
+                    letter["om"] = original[1].get(b"m", b"")
+                    if original[1].get(b"t"):
+                        letter["ot"] = original[1][b"t"]
+                await self._redis.xadd(dead_key(self._group), letter)
                 self._failures.pop((stream, entry_id), None)
             await self._redis.xack(stream, self._group, *dead)
             log.error("bus %s: dead-lettered %d entries after %d failures", self._group, len(dead), MAX_DELIVERIES)
@@ -359,7 +373,7 @@ class Consumer:
             if found is None:
                 return None
             fields = found[1]
-            original = await _entry(self._redis, fields[b"stream"], fields[b"entry"])
+            original = _carried(fields) or await _entry(self._redis, fields[b"stream"], fields[b"entry"])
             if original is None:
                 return Retried(False, "the message is no longer on the bus (trimmed): it cannot be retried")
             _, _, messages, carriers = self._parse(fields[b"stream"], [original])
@@ -377,6 +391,19 @@ class Consumer:
             log.info("bus %s: dead letter %s retried and delivered", self._group, dead_id)
             return Retried(True)
 
+    async def _trim_now_and_then(self) -> None:
+        """Every TRIM_EVERY_S, trim the shards this consumer reads behind every group (`trim_consumed`);
+        a failure only postpones it (the stream is longer meanwhile, nothing is lost)."""
+        now = asyncio.get_running_loop().time()
+        if now - self._trimmed_at < TRIM_EVERY_S:
+            return
+        self._trimmed_at = now
+        for shard in sorted(self._active):
+            try:
+                await trim_consumed(self._redis, stream_key(shard))
+            except ResponseError:
+                log.warning("bus %s: trimming shard %d failed; next time", self._group, shard, exc_info=True)
+
     async def drain(self) -> int:
         """Handle everything pending for this group right now (own unacked entries first)."""
         await self.ensure_groups()
@@ -392,6 +419,7 @@ class Consumer:
                     total += done
                     if done == 0:
                         break
+        await self._trim_now_and_then()
         return total
 
     async def run(self, idle_block_ms: int = 200) -> None:
@@ -424,6 +452,7 @@ class Consumer:
                 if entries:
                     async with self._lock:
                         await self._handle(entries)
+                    await self._trim_now_and_then()
                 else:
                     async with self._lock:
                         pending = await self._read("0", None)
@@ -483,6 +512,51 @@ async def _entry(client: AsyncRedis, key: bytes | str, entry_id: bytes | str) ->
     return (found[0][0], found[0][1]) if found else None
 
 
+def _carried(letter: dict[bytes, bytes]) -> _Entry | None:
+    """The bus entry a dead letter carries (letters written before they did carry none)."""
+    if not letter.get(b"om"):
+        return None
+    fields = {b"m": letter[b"om"]}
+    if letter.get(b"ot"):
+        fields[b"t"] = letter[b"ot"]
+    return letter[b"entry"], fields
+
+
+def _stream_id(raw: bytes | str | None) -> tuple[int, int]:
+    text = raw.decode() if isinstance(raw, bytes) else str(raw or "0-0")
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)
+
+
+async def trim_consumed(client: AsyncRedis, key: str, keep: int | None = None) -> int:
+    """Trim one shard's stream behind every consumer group, when it holds more than `keep` entries:
+    up to the oldest entry some group has not acknowledged (its oldest pending one) or not yet read (after
+    its last delivered one), whichever comes first; a stream no group reads yet is left whole. Returns
+    the number of entries removed. Safe to run from every consumer at once: each computes the same bound
+    from Redis, and trimming to an older bound than another's removes nothing. `keep`: STREAM_KEEP."""
+    if int(await client.xlen(key)) <= (STREAM_KEEP if keep is None else keep):
+        return 0
+    try:
+        groups = await client.xinfo_groups(key)
+    except ResponseError:
+        return 0
+    if not groups:
+        return 0
+    bound: tuple[int, int] | None = None
+    for g in groups:
+        # Everything after the last delivered entry is unread; an entry at or before it may be pending.
+        last = _stream_id(g.get("last-delivered-id"))
+        oldest = (last[0], last[1] + 1)
+        if int(g.get("pending") or 0):
+            summary = await client.xpending(key, g["name"])
+            if summary and summary.get("min"):
+                oldest = min(oldest, _stream_id(summary["min"]))
+        bound = oldest if bound is None else min(bound, oldest)
+    assert bound is not None
+    # MINID removes the entries older than the bound; approximate (whole nodes only) keeps a few more.
+    return int(await client.xtrim(key, minid=f"{bound[0]}-{bound[1]}", approximate=True))
+
+
 class BusDeadLetters:
     """A consumer group's dead letters as the Admin service lists and retries them (ids `bus:<entry>`)."""
 
@@ -500,7 +574,7 @@ class BusDeadLetters:
             try:
                 first = json.loads(fields.get(b"m") or b"[]")
                 # The entry names its own message; the batch it failed in is kept whole for reading.
-                original = await _entry(client, fields[b"stream"], fields[b"entry"])
+                original = _carried(fields) or await _entry(client, fields[b"stream"], fields[b"entry"])
                 message = busmessage.decode(original[1][b"m"]) if original else None
                 if message is not None:
                     lead_id, summary = message.lead_id, f"{message.type} ({message.id})"
