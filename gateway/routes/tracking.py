@@ -198,6 +198,10 @@ def _limits_down(exc: Exception, cors: dict[str, str]) -> ApiError:
 
 
 def _refusal(refused: Refusal, cors: dict[str, str]) -> ApiError:
+    if refused.scope == "backlog":
+        log.warning("tracking: the collect stream holds %d entries (scoring away?): refusing", refused.limit)
+        return ApiError(503, "unavailable", "events are not being stored right now: retry later",
+                        headers={"Retry-After": str(refused.retry_after_s), **cors})
     per = "second for this site key" if refused.scope == "key" else "minute for this visitor"
     return ApiError(429, "rate_limited", f"more than {refused.limit} per {per}; retry later",
                     {"scope": refused.scope, "limit": refused.limit},

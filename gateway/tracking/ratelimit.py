@@ -41,17 +41,25 @@ return counts
 # as accepted and dropped when stored.
 SEEN_TTL_S = 86_400
 
+# The most entries (one a request) a collect stream shard holds: scoring takes them off as it stores them,
+# so a full stream means scoring has been away a while; the gateway then answers 503 with Retry-After and
+# the snippet sends again later, rather than growing Redis without bound (nothing is lost either way).
+COLLECT_STREAM_MAX = 200_000
+BACKLOG_RETRY_S = 30
+
 # The collect batch of one site key. KEYS[1]: its collect stream; then per request its key counter, its
-# visitor counter and its visitor's set of event ids seen. ARGV[1], ARGV[2], ARGV[3]: the key's limits
-# per second and per visitor-minute, the sets' lifetime; then per request: the events it counts for its
-# visitor, its traceparent, its visitor id, its number of valid events n, and n pairs (client id, the
-# event encoded as JSON). A request within its limits has its new events (ids neither in the set nor
-# earlier in the request) appended as one entry, and only then are their ids added to the set (a failed
-# append marks nothing seen, so a retry is not taken for a repeat). Each request answers {key count,
-# visitor count, a '1' (new) or '0' (seen) per valid event, '' when over a limit}.
+# visitor counter and its visitor's set of event ids seen. ARGV[1], ARGV[2], ARGV[3], ARGV[4]: the key's
+# limits per second and per visitor-minute, the sets' lifetime, the stream's most entries; then per
+# request: the events it counts for its visitor, its traceparent, its visitor id, its number of valid
+# events n, and n pairs (client id, the event encoded as JSON). A request within its limits has its new
+# events (ids neither in the set nor earlier in the request) appended as one entry, and only then are
+# their ids added to the set (a failed append marks nothing seen, so a retry is not taken for a repeat).
+# Each request answers {key count, visitor count, a '1' (new) or '0' (seen) per valid event ('' when over
+# a limit), 1 when the stream was full and nothing was appended else 0}.
 _COLLECT_LUA = """
-local krate, vlimit, seen_ttl = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
-local a = 4
+local krate, vlimit, seen_ttl, most = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
+local full = redis.call('XLEN', KEYS[1]) >= most and 1 or 0
+local a = 5
 local out = {}
 for k = 2, #KEYS, 3 do
   local vby, tp, vid, n = tonumber(ARGV[a]), ARGV[a + 1], ARGV[a + 2], tonumber(ARGV[a + 3])
@@ -61,7 +69,7 @@ for k = 2, #KEYS, 3 do
   local vc = redis.call('INCRBY', KEYS[k + 1], vby)
   if vc == vby then redis.call('EXPIRE', KEYS[k + 1], 61) end
   local flags = {}
-  if kc <= krate and vc <= vlimit then
+  if kc <= krate and vc <= vlimit and full == 0 then
     local new, ids, here = {}, {}, {}
     for i = 1, n do
       local id = ARGV[a]
@@ -83,7 +91,7 @@ for k = 2, #KEYS, 3 do
   else
     a = a + 2 * n
   end
-  out[#out + 1] = {kc, vc, table.concat(flags)}
+  out[#out + 1] = {kc, vc, table.concat(flags), full}
 end
 return out
 """
@@ -91,7 +99,7 @@ return out
 
 @dataclass(frozen=True)
 class Refusal:
-    scope: str          # key | visitor
+    scope: str          # key | visitor (over a rate limit) | backlog (the collect stream is full)
     limit: int
     retry_after_s: int
 
@@ -136,8 +144,10 @@ class Append:
 
 
 class RateLimits:
-    def __init__(self, redis: AsyncRedis, shards: int, wait_replicas: int = 0, max_batch: int = 500) -> None:
+    def __init__(self, redis: AsyncRedis, shards: int, wait_replicas: int = 0, max_batch: int = 500,
+                 stream_max: int = COLLECT_STREAM_MAX) -> None:
         self._redis = redis
+        self._stream_max = stream_max
         self._shards = shards
         self._wait_replicas = wait_replicas
         self._tags: dict[str, str] = {}
@@ -198,7 +208,8 @@ class RateLimits:
             prefix = self._prefix(key).encode()
             stream = collectstream.stream_key(collectstream.shard_for(key, self._shards))
             keys: list[bytes] = [stream.encode()]
-            args: list[bytes] = [b"%d" % site.rate_per_s, b"%d" % site.visitor_per_min, b"%d" % SEEN_TTL_S]
+            args: list[bytes] = [b"%d" % site.rate_per_s, b"%d" % site.visitor_per_min, b"%d" % SEEN_TTL_S,
+                                 b"%d" % self._stream_max]
             for i in indexes:
                 ap = appends[i]
                 take = ap.take
@@ -215,10 +226,12 @@ class RateLimits:
         await wait_replicated(self._redis, streams, self._wait_replicas)
         out: list[Refusal | Appended | BaseException] = [RuntimeError("not counted")] * len(appends)
         for indexes, answers in zip(by_key.values(), replies, strict=True):
-            for i, (key_count, visitor_count, flags) in zip(indexes, answers, strict=True):
+            for i, (key_count, visitor_count, flags, full) in zip(indexes, answers, strict=True):
                 refused = _verdict(appends[i].take, int(key_count), int(visitor_count))
                 if refused is not None:
                     out[i] = refused
+                elif int(full):
+                    out[i] = Refusal("backlog", self._stream_max, BACKLOG_RETRY_S)
                 else:
                     seen = flags.decode() if isinstance(flags, bytes) else str(flags)
                     out[i] = Appended(seen.count("1"), seen.count("0"))

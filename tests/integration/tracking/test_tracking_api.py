@@ -24,6 +24,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from gateway.tracking import linktoken
 from gateway.tracking.ratelimit import SEEN_TTL_S, RateLimits
 from nurture.api.messaging.v1 import messaging_pb2, messaging_pb2_grpc
+from nurture import collectstream, redisconn
 from nurture.api.scoring.v1 import scoring_pb2, scoring_pb2_grpc
 from nurture.settings import Settings
 from tests.conftest import free_port, mesh_channel, start_service
@@ -360,6 +361,35 @@ async def test_scoring_down_loses_no_answered_event(settings: Settings, tmp_path
             assert phone.anonymous_events == 3  # the refused fourth was not kept
             first_now = await stub.GetVisitor(scoring_pb2.VisitorRequest(visitor_id=first_id), timeout=10)
             assert first_now.lead_id and first_now.anonymous_events == 0  # both merged, none left behind
+
+
+async def test_a_full_collect_stream_is_a_503_until_scoring_takes_entries_off(settings: Settings,
+                                                                            tmp_path: Path) -> None:
+    """Scoring away: the collect stream stops growing at its bound; a request past it is answered 503
+    with Retry-After and CORS, nothing of it appended or marked seen, so its resend is taken once there is
+    room again."""
+    async with tracking_mesh(settings, tmp_path, services=()) as mesh:  # no scoring: nothing is taken off
+        collector = mesh.app.app.state.tracking.collector  # type: ignore[attr-defined]
+        working = collector.limits
+        client = redisconn.connect(mesh.settings)
+        collector.limits = RateLimits(client, mesh.settings.bus_shards, stream_max=2)
+        stream = collectstream.stream_key(collectstream.shard_for(SITE_KEY, mesh.settings.bus_shards))
+        try:
+            for n in range(2):
+                r = await collect(mesh, f"visitor-{n:02d}-0123456789ab", views(("/", "home")))
+                assert r.status_code == 202 and r.json()["accepted"] == 1, r.text
+            full = await collect(mesh, "visitor-02-0123456789ab", views(("/", "home"), ("/a", "home")))
+            assert full.status_code == 503 and full.json()["error"]["code"] == "unavailable", full.text
+            assert full.headers["retry-after"] == "30" and full.headers["access-control-allow-origin"] == SITE
+            assert await client.xlen(stream) == 2
+            [(first, _)] = await client.xrange(stream, count=1)
+            await client.xdel(stream, first)  # as scoring does once it has stored an entry
+            again = await collect(mesh, "visitor-02-0123456789ab", views(("/", "home"), ("/a", "home")))
+            assert again.json() == {"accepted": 2, "duplicates": 0, "rejected": []}
+            assert await client.xlen(stream) == 2
+        finally:
+            collector.limits = working
+            await client.aclose()
 
 
 async def test_redis_down_is_a_503_for_every_request_of_the_batch(settings: Settings, tmp_path: Path) -> None:
