@@ -8,7 +8,8 @@ A definition is a YAML/JSON document (see services/journeys/data/playbook/*.yaml
     transactional), reentry (never | always | {after: <duration>}), pauses ([kinds, modes or keys]),
     entity (event property keying one enrolment per entity, e.g. webinar_id), anchors ({name: event
     property captured at entry, e.g. starts_at}), reanchor_events, stages [{id, name}],
-    entry [{name, events, when}], enter_until (a time spec, e.g. {anchor: starts_at, offset: 1d}: an
+    entry [{name, events, when, reentry?}] (a rule's own reentry, e.g. `always` for a download while the
+    journey re-enters tool users only after 30 days), enter_until (a time spec, e.g. {anchor: starts_at, offset: 1d}: an
     entry after it is refused and explained), exit [{name, events, when, outcome: goal | exit}],
     triggers [{name, events, when, do: {goto | send | enrol | exit | task | update | pace | anchor}, once, cooldown,
     why}] (anchor: true takes the journey's anchors from the event, e.g. a second resource downloaded),
@@ -145,6 +146,9 @@ class Rule:
     cooldown: timedelta | None = None
     why: str = ""
     date: TimeSpec | None = None  # date-relative entry: {fact: lead.<date property>, offset}
+    # An entry rule's own re-entry (never | always | after), in place of the journey's; None: the journey's.
+    reentry: str | None = None
+    reentry_after: timedelta | None = None
 
     def listens_to(self, event_type: str) -> bool:
         return "*" in self.events or event_type in self.events
@@ -184,6 +188,11 @@ class Journey:
     def stage_index(self, stage: str | None) -> int:
         return self.stages.index(stage) if stage in self.stages else -1
 
+    @property
+    def rule_reentry(self) -> bool:
+        """Whether an entry rule has a re-entry policy of its own."""
+        return any(r.reentry is not None for r in self.entry)
+
     def templates(self) -> list[str]:
         """Every template key this journey sends."""
         return [template_of(self, s) for s in self.steps.values() if isinstance(s, SendStep)]
@@ -203,6 +212,20 @@ class Journey:
 def template_of(journey: Journey, step: SendStep) -> str:
     """The template key of a send step: `<journey_key>.<step_id>` unless the step names one."""
     return step.template or f"{journey.key}.{step.id}"
+
+
+def _reentry(raw: JsonValue, where: str, problems: list[str]) -> tuple[str, timedelta | None]:
+    """`never`, `always` or `{after: <duration>}`: (never | always | after, the duration of after)."""
+    if isinstance(raw, Mapping) and "after" in raw:
+        try:
+            return "after", parse_duration(raw["after"])
+        except ValueError as exc:
+            problems.append(f"{where}: {exc}")
+            return "never", None
+    if raw in ("never", "always"):
+        return str(raw), None
+    problems.append(f"{where}: never, always or {{after: <duration>}}")
+    return "never", None
 
 
 def _rules(raw: JsonValue, where: str, problems: list[str], *, kind: str, key: str = "") -> tuple[Rule, ...]:
@@ -258,6 +281,12 @@ def _rules(raw: JsonValue, where: str, problems: list[str], *, kind: str, key: s
                 problems.append(f"{where}.{name}: pace must be a number in (0, 4]")
             elif "anchor" in action and action["anchor"] is not True:
                 problems.append(f"{where}.{name}: anchor must be true (or left out)")
+        reentry: tuple[str, timedelta | None] | None = None
+        if "reentry" in item:
+            if kind == "entry":
+                reentry = _reentry(item["reentry"], f"{where}.{name}.reentry", problems)
+            else:
+                problems.append(f"{where}.{name}: reentry is an entry rule's (or the journey's)")
         cooldown = None
         if item.get("cooldown") is not None:
             try:
@@ -267,7 +296,8 @@ def _rules(raw: JsonValue, where: str, problems: list[str], *, kind: str, key: s
         out.append(Rule(name=name, events=tuple(events), when=when, outcome=outcome, action=trigger_action(action),
                         once=bool(item.get("once", cooldown is None and kind == "trigger")),
                         cooldown=cooldown, why=str(item.get("why", "")),
-                        date=time_spec(date, parse_duration)))
+                        date=time_spec(date, parse_duration),
+                        reentry=reentry[0] if reentry else None, reentry_after=reentry[1] if reentry else None))
     return tuple(out)
 
 
@@ -309,18 +339,7 @@ def load(document: JsonMapping, *, version: int = 0) -> Journey:
     category = document.get("category", "nurture")
     if category not in ("nurture", "transactional"):
         problems.append("category: must be nurture or transactional")
-    reentry_raw = document.get("reentry", "never")
-    reentry, reentry_after = "never", None
-    if isinstance(reentry_raw, Mapping) and "after" in reentry_raw:
-        reentry = "after"
-        try:
-            reentry_after = parse_duration(reentry_raw["after"])
-        except ValueError as exc:
-            problems.append(f"reentry: {exc}")
-    elif reentry_raw in ("never", "always"):
-        reentry = str(reentry_raw)
-    else:
-        problems.append("reentry: never, always or {after: <duration>}")
+    reentry, reentry_after = _reentry(document.get("reentry", "never"), "reentry", problems)
     stages_raw = document.get("stages") or []
     stages: list[str] = []
     stage_names: dict[str, str] = {}

@@ -492,9 +492,16 @@ class Engine:
             # Stopped by an opt-out (an unsubscribe, a spam report, a hard bounce): consent alone does
             # not undo it; messaging's `email_resubscribed` does (see _resume_resubscribed).
             held = None
-        if not (held and held.get("withdrawn")) and not self._may_reenter(state, j, ekey, now):
+        refused = not (held and held.get("withdrawn")) and not self._may_reenter(state, j.reentry, j.reentry_after,
+                                                                                  ekey, now)
+        if refused and not j.rule_reentry:
             return
         found = rulesets.matching(rules.entry, self.facts(state, message, roots=rules.entry_roots))
+        if refused:
+            # The journey's re-entry refuses; an entry rule with its own (a download, where a tool used
+            # waits the journey's 30 days) may still enter.
+            found = [(r, m) for r, m in found
+                     if r.reentry is not None and self._may_reenter(state, r.reentry, r.reentry_after, ekey, now)]
         if not found:
             return
         rule, match = found[0]
@@ -504,18 +511,23 @@ class Engine:
             self._resume_after_consent(state, current, held, now, out, rule=rule.name, facts=dict(match.facts),
                                        why=f"{etype} {rulesets.explain(match.facts)} matched rule {rule.name}")
             return
+        own = (f" (re-entry by the rule's own {_policy(str(rule.reentry), rule.reentry_after)}; the journey's "
+               f"{_policy(j.reentry, j.reentry_after)} refused it)") if refused else ""
         self._enter(state, j, message, now, out, instance=instance, rule=rule.name, facts=dict(match.facts),
-                    reason=f"entered: {etype} {rulesets.explain(match.facts)} matched rule {rule.name}")
+                    reason=f"entered: {etype} {rulesets.explain(match.facts)} matched rule {rule.name}{own}",
+                    reentry=(rule.reentry, rule.reentry_after) if refused and rule.reentry else None)
 
-    def _may_reenter(self, state: LeadState, j: Journey, ekey: str, now: datetime) -> bool:
+    def _may_reenter(self, state: LeadState, reentry: str, after: timedelta | None, ekey: str,
+                     now: datetime) -> bool:
+        """Whether a re-entry policy (the journey's, or an entry rule's own) lets the lead in again."""
         past = state.history.get(ekey)
         if not past:
             return True
-        if j.reentry == "always":
+        if reentry == "always":
             return True
-        if j.reentry == "after" and j.reentry_after is not None:
+        if reentry == "after" and after is not None:
             ended = parse_time(past.get("ended_at"))
-            return ended is not None and now - ended >= j.reentry_after
+            return ended is not None and now - ended >= after
         return False
 
     def _entry_expired(self, state: LeadState, j: Journey, message: BusMessage, ekey: str, now: datetime,
@@ -595,12 +607,14 @@ class Engine:
 
     def _enter(self, state: LeadState, j: Journey, message: BusMessage, now: datetime, out: Outcome, *,
                reason: str, instance: str = "", rule: str | None = None,
-               facts: JsonMapping | None = None) -> Enrollment | None:
+               facts: JsonMapping | None = None, reentry: tuple[str, timedelta | None] | None = None
+               ) -> Enrollment | None:
+        """`reentry`: the entry rule's own re-entry policy, in place of the journey's."""
         ekey = f"{j.key}#{instance}" if instance else j.key
         current = state.enrollments.get(ekey)
         if current is not None and current.status in LIVE:
             return None
-        if not self._may_reenter(state, j, ekey, now):
+        if not self._may_reenter(state, *(reentry or (j.reentry, j.reentry_after)), ekey, now):
             return None
         props = message.properties
         past = state.history.setdefault(ekey, {"entries": 0})
@@ -1055,3 +1069,14 @@ def migrate(state: LeadState, e: Enrollment, new: Journey, mapping: Mapping[str,
         summary=f"{e.journey}: migrated from v{old_version} step {current} to v{new.version} step {target}",
         step_from=current, step_to=target, stage=e.stage))
     return target
+
+
+def _policy(reentry: str, after: timedelta | None) -> str:
+    """A re-entry policy as written: `always`, `never`, `after 30d`."""
+    if reentry != "after" or after is None:
+        return reentry
+    seconds = int(after.total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds % size == 0:
+            return f"after {seconds // size}{unit}"
+    return f"after {seconds}s"

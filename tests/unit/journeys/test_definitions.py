@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -184,3 +185,21 @@ def test_a_split_and_a_trigger_action_are_typed_too() -> None:
     action = journey.triggers[0].action
     assert (action.goto, action.pace, action.queued()) == ("b", 0.5, [])
     assert journey.document is doc
+
+
+def test_an_entry_rule_may_have_its_own_reentry_and_no_other_rule_may() -> None:
+    doc = _doc()
+    assert doc["entry"][0]["reentry"] == "always"  # the playbook's: every download starts the sequence
+    doc["entry"].append({"name": "later", "events": ["page_viewed"], "reentry": {"after": "7d"}})
+    journey = load(doc)
+    assert [(r.name, r.reentry, r.reentry_after) for r in journey.entry] == [
+        ("downloaded", "always", None), ("tool_used", None, None), ("later", "after", timedelta(days=7))]
+    plain = _doc()
+    plain["entry"][0].pop("reentry")
+    assert journey.rule_reentry and not load(plain).rule_reentry
+    doc["entry"][2]["reentry"] = "sometimes"
+    doc["exit"] = [{"name": "gone", "events": ["unsubscribed"], "reentry": "always"}]
+    with pytest.raises(DefinitionError) as err:
+        load(doc)
+    assert "entry.later.reentry: never, always or {after: <duration>}" in err.value.problems
+    assert "exit.gone: reentry is an entry rule's (or the journey's)" in err.value.problems

@@ -687,9 +687,34 @@ def _sends(h: Harness, template: str) -> list[dict[str, Any]]:
             if isinstance(e.payload, SendPayload) and e.payload.template == template]
 
 
+def test_a_download_after_the_sequence_ended_starts_it_again_where_tool_use_waits_30_days() -> None:
+    # The lead-magnet sequence ends on day 14. A download on day 20 starts it again for the new
+    # resource (its entry rule re-enters always, explained); tool use re-enters only 30 days after an end.
+    h = Harness()
+    h.message("lead_created")
+    h.message("resource_downloaded", resource="g-1", resource_title="Global Skills Demand Report")
+    h.advance(days=16)
+    assert h.state.enrollments["lead_magnet"].status != ACTIVE
+    h.message("page_viewed", category="tool")
+    assert h.state.enrollments["lead_magnet"].status != ACTIVE
+    h.advance(days=4)
+    h.message("resource_downloaded", resource="g-2", resource_title="Family Sponsorship Guide")
+    assert [d["resource"] for d in _sends(h, "lead_magnet.email_01")] == ["g-1", "g-2"]
+    assert h.state.enrollments["lead_magnet"].entry == 2
+    assert any("matched rule downloaded (re-entry by the rule's own always; the journey's after 30d refused it)"
+               in t for t in h.transitions), h.transitions
+    h.advance(days=16)
+    assert [d["resource"] for d in _sends(h, "lead_magnet.email_07")] == ["g-1", "g-2"]
+    h.message("page_viewed", category="tool")   # 2 days after the second end: the journey's 30 days hold
+    assert h.state.enrollments["lead_magnet"].entry == 2
+    h.advance(days=29)
+    h.message("page_viewed", category="tool")
+    assert h.state.enrollments["lead_magnet"].entry == 3 and h.state.enrollments["lead_magnet"].status == ACTIVE
+
+
 def test_every_download_is_delivered_and_the_follow_ups_speak_of_the_latest() -> None:
     # The seed's "Immediate: deliver lead magnet": a second and a third resource downloaded while the
-    # sequence runs (it is not entered again for 30 days after it ends) are delivered too, each once,
+    # sequence runs (a live enrolment is not entered again) are delivered too, each once,
     # and the follow-ups still to come name the latest.
     h = Harness()
     h.message("lead_created")
