@@ -22,7 +22,7 @@ from nurture.db import DriverWrites, open_database
 from nurture.rpc import start_server
 from nurture.service import Running
 from nurture.settings import Settings
-from services.scoring.app.collect_stream import CollectStream
+from services.scoring.app.collect_stream import CollectDeadLetters, CollectStream
 from services.scoring.app.core import ScoringCore
 from services.scoring.app.ingest import IngestQueue
 from services.scoring.app.model_versions import ModelVersions
@@ -100,8 +100,8 @@ async def serve(settings: Settings) -> Running:
         scoring_pb2_grpc.add_ScoringServicer_to_server(ScoringServicer(db, core, clock, outbox, ingest,
                                                                        versions, visitors), server)
         scoring_pb2_grpc.add_EchoServicer_to_server(EchoServicer(), server)
-        admin = AdminServicer(settle=settle, timeline=timeline, erase=erase,
-                              stats=lambda: db.counters)
+        admin = AdminServicer(settle=settle, timeline=timeline, erase=erase, stats=lambda: db.counters,
+                              dead_letters=CollectDeadLetters(collect_stream, settings.bus_shards))
         common_pb2_grpc.add_AdminServicer_to_server(admin, server)
         return [scoring_pb2.DESCRIPTOR.services_by_name[n].full_name for n in ("Scoring", "Echo")] + [
             common_pb2.DESCRIPTOR.services_by_name["Admin"].full_name]

@@ -9,8 +9,9 @@ Never loses an answered event, never stores one twice:
   A redelivered event is dropped by the unique (visitor, client id) check of the collect transaction
   (and, for an identified visitor, by the ingest's idempotency key).
 - A batch that fails is tried entry by entry: when some entries store alone and one does not, that one
-  is the problem and goes to the shard's dead-letter stream (kept for a person); when none stores, the
-  database is the problem and every entry stays pending, tried again a second later.
+  is the problem and goes to the shard's dead-letter stream (kept for a person: listed and retried
+  through scoring's Admin service, `CollectDeadLetters`, as the console's operations page does); when
+  none stores, the database is the problem and every entry stays pending, tried again a second later.
 
 Reads see what was answered before them (`stored_up_to_now`): an entry still in the stream is one not
 yet stored, so the barrier notes each shard's last entry and waits until nothing up to it is left.
@@ -25,9 +26,11 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import socket
 import time
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import cast
 
 from opentelemetry import trace
@@ -35,6 +38,7 @@ from redis.exceptions import RedisError, ResponseError
 from redis.typing import KeyT, StreamIdT
 
 from nurture import collectstream
+from nurture.admin import DeadLetter, Retried
 from nurture.redisconn import AsyncRedis, is_cluster, run_script
 from nurture.telemetry import batch_parent, traceparent_contexts, tracer
 from services.scoring.app.visitors import VisitorEventIn
@@ -270,3 +274,65 @@ class CollectStream:
             with contextlib.suppress(TimeoutError):  # stored here, or by another process: look again
                 await asyncio.wait_for(self._stored.wait(), min(left_s, 0.05))
         return True
+
+
+_LETTER_ID = re.compile(r"collect:(\d{1,4}):(\d{1,20}-\d{1,20})")
+
+
+class CollectDeadLetters:
+    """The collect stream's dead letters as scoring's Admin service lists and retries them (ids
+    `collect:<shard>:<dead entry>`). A retry stores the entry as the stream's reader would, under its lock;
+    stored, it leaves the dead letters; failing again, it stays with the new error."""
+
+    def __init__(self, stream: CollectStream, shards: int) -> None:
+        self._stream = stream
+        self._shards = shards
+
+    async def list(self, limit: int) -> tuple[list[DeadLetter], int]:
+        client = self._stream._redis
+        total = 0
+        found: list[DeadLetter] = []
+        for shard in range(self._shards):
+            key = collectstream.dead_key(shard)
+            total += int(await client.xlen(key))
+            rows = cast(list[tuple[bytes, dict[bytes, bytes]]] | None, await client.xrevrange(key, count=limit))
+            found += [_letter(shard, entry_id, fields) for entry_id, fields in rows or []]
+        found.sort(key=lambda d: d.at.timestamp() if d.at else 0.0, reverse=True)
+        return found[:limit], total
+
+    async def retry(self, letter_id: str, actor: str) -> Retried | None:
+        match = _LETTER_ID.fullmatch(letter_id)
+        if match is None or int(match[1]) >= self._shards:
+            return None
+        shard, dead_id = int(match[1]), match[2]
+        client, key = self._stream._redis, collectstream.dead_key(shard)
+        log.info("collect stream: %s retries dead letter %s", actor or "someone", letter_id)
+        async with self._stream._lock:
+            rows = cast(list[tuple[bytes, dict[bytes, bytes]]], await client.xrange(key, min=dead_id, max=dead_id))
+            if not rows:
+                return None
+            fields = rows[0][1]
+            entry = {k: v for k, v in fields.items() if k not in (b"entry", b"error")}
+            try:
+                await self._stream._store_batch([(fields.get(b"entry", dead_id.encode()), entry)])
+            except Exception as exc:
+                error = f"{type(exc).__name__}: {exc}"[:2000]
+                log.warning("collect stream: retried dead letter %s failed again: %s", letter_id, error)
+                await client.xadd(key, {**fields, b"error": error.encode()})  # type: ignore[dict-item]
+                await client.xdel(key, dead_id)
+                return Retried(False, error)
+            await client.xdel(key, dead_id)
+        return Retried(True)
+
+
+def _letter(shard: int, entry_id: bytes, fields: dict[bytes, bytes]) -> DeadLetter:
+    dead_id = entry_id.decode()
+    try:
+        events = collectstream.decode_events(fields.get(b"e", b""))
+        types = sorted({e.type for e in events})
+        summary = f"{len(events)} website event{'s' if len(events) != 1 else ''} ({', '.join(types)}) of a visitor"
+    except collectstream.MalformedEntry:
+        summary = "an unreadable collect entry"
+    return DeadLetter(id=f"collect:{shard}:{dead_id}", kind="collect", lead_id="", summary=summary,
+                      error=(fields.get(b"error") or b"").decode("utf-8", "replace"),
+                      at=datetime.fromtimestamp(int(dead_id.split("-")[0]) / 1000, tz=UTC))

@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import grpc
 import pytest
 
 from nurture import collectstream, redisconn
+from nurture.api.common.v1 import common_pb2, common_pb2_grpc
 from nurture.api.scoring.v1 import scoring_pb2, scoring_pb2_grpc
 from nurture.redisconn import AsyncRedis
 from nurture.settings import Settings
@@ -80,6 +82,39 @@ async def test_an_entry_scoring_cannot_store_is_set_aside_and_the_others_are_sto
             async with mesh_channel(mesh.services["scoring"].address) as ch:
                 found = await scoring_pb2_grpc.ScoringStub(ch).GetVisitor(
                     scoring_pb2.VisitorRequest(visitor_id="good-0123456789abcdef"), timeout=10)
-            assert found.anonymous_events == 3
+                assert found.anonymous_events == 3
+
+                # Operators see it through scoring's Admin service (the console's operations page) and
+                # retry it: still unstorable, it stays, with the new error.
+                admin = common_pb2_grpc.AdminStub(ch)
+                listed = await admin.DeadLetters(common_pb2.DeadLettersRequest(limit=10), timeout=10)
+                assert listed.total == 1
+                [letter] = listed.items
+                assert letter.id == f"collect:{shard}:{dead[0][0].decode()}" and letter.kind == "collect"
+                assert letter.summary == "1 website event (page_viewed) of a visitor" and letter.error
+                again = await admin.RetryDeadLetter(common_pb2.RetryDeadLetterRequest(id=letter.id, actor="t"),
+                                                    timeout=10)
+                assert not again.delivered and again.error
+                [still] = (await admin.DeadLetters(common_pb2.DeadLettersRequest(limit=10), timeout=10)).items
+                assert still.id != letter.id and still.summary == letter.summary
+
+                # One set aside for a passing reason (its events are fine): retried, it is stored once and
+                # leaves the dead letters; an unknown or malformed id is not found.
+                fine = json.dumps([["page_viewed", {"page": "/later"}, None, "f1"]])
+                await client.xadd(collectstream.dead_key(shard), {"entry": "1-1", "v": "later-0123456789abcdef",
+                                                                  "e": fine, "t": "", "error": "database away"})
+                listed = await admin.DeadLetters(common_pb2.DeadLettersRequest(limit=10), timeout=10)
+                [later] = [x for x in listed.items if x.error == "database away"]
+                done = await admin.RetryDeadLetter(common_pb2.RetryDeadLetterRequest(id=later.id, actor="t"),
+                                                   timeout=10)
+                assert done.delivered
+                visitor = await scoring_pb2_grpc.ScoringStub(ch).GetVisitor(
+                    scoring_pb2.VisitorRequest(visitor_id="later-0123456789abcdef"), timeout=10)
+                assert visitor.anonymous_events == 1
+                assert (await admin.DeadLetters(common_pb2.DeadLettersRequest(limit=10), timeout=10)).total == 1
+                for bad_id in (later.id, f"collect:{shard}:1-1", "collect:99:1-1", "collect:x", "bus:1-1"):
+                    with pytest.raises(grpc.aio.AioRpcError) as err:
+                        await admin.RetryDeadLetter(common_pb2.RetryDeadLetterRequest(id=bad_id, actor="t"), timeout=10)
+                    assert err.value.code() == grpc.StatusCode.NOT_FOUND, bad_id
         finally:
             await client.aclose()
