@@ -12,6 +12,7 @@ import base64
 import html
 import json
 import logging
+from datetime import UTC, datetime
 from urllib.parse import parse_qs
 
 import grpc
@@ -22,7 +23,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from gateway.deps import ApiError, Mesh, mesh, require_key
 from gateway.shapes import DocumentedRoute, TypedDict
 from gateway.tracking.clicks import identified_destination
-from nurture import times
+from nurture import redisconn, times, unsubscribequeue
 from nurture.api.messaging.v1 import messaging_pb2, messaging_pb2_grpc
 from nurture.api.scoring.v1 import scoring_pb2, scoring_pb2_grpc
 from nurture.jsontypes import JsonValue
@@ -269,16 +270,43 @@ async def unsubscribe(token: str, request: Request, m: Mesh = Depends(mesh)) -> 
     scope = form.get("scope", [""])[0]
     if scope not in ("", "nurture", "transactional", "all"):
         raise ApiError(422, "invalid", "scope must be nurture, transactional or all")
+    if len(token) > unsubscribequeue.MAX_TOKEN_CHARS:
+        return _page("This link is not valid", "<p>Please use the link from your most recent email.</p>", 400)
+    source = "one_click" if one_click else "page"
     try:
-        reply = await stub(m).Unsubscribe(messaging_pb2.UnsubscribeRequest(
-            token=token, scope=scope, source="one_click" if one_click else "page"), timeout=m.timeout)
+        reply = await stub(m).Unsubscribe(messaging_pb2.UnsubscribeRequest(token=token, scope=scope, source=source),
+                                          timeout=m.timeout)
     except grpc.aio.AioRpcError as exc:
         if _invalid_token(exc):
             return _page("This link is not valid", "<p>Please use the link from your most recent email.</p>", 400)
-        raise
+        if exc.code() not in _AWAY:
+            raise
+        # Messaging is slow or away: a one-click POST is sent once, so the request is queued for it
+        # (nurture.unsubscribequeue) and the person is answered; a 503 only when Redis is away too.
+        await _queue_unsubscribe(m, token, scope, source, exc)
+        return _page("You are unsubscribed", "<p>Your request is recorded and takes effect within moments.</p>")
     what = "any email from BorderBridge" if reply.scope == "all" else (
         "webinar and account reminders" if reply.scope == "transactional" else "BorderBridge guidance emails")
     return _page("You are unsubscribed", f"<p>You will no longer receive {html.escape(what)}.</p>")
+
+
+_AWAY = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED,
+         grpc.StatusCode.RESOURCE_EXHAUSTED)
+
+
+async def _queue_unsubscribe(m: Mesh, token: str, scope: str, source: str, cause: grpc.aio.AioRpcError) -> None:
+    log.warning("unsubscribe: messaging answered %s; queuing the request", cause.code().name)
+    try:
+        client = redisconn.connect(m.settings)
+        try:
+            await client.xadd(unsubscribequeue.STREAM, {"k": token, "s": scope, "o": source,
+                                                        "a": times.rfc3339(datetime.now(UTC))})
+        finally:
+            await client.aclose()
+    except Exception as exc:  # Redis away too: the caller's 503, with Retry-After
+        if "redis" not in type(exc).__module__ and not isinstance(exc, OSError):
+            raise
+        raise cause from exc
 
 
 router.include_router(keyed)

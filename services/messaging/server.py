@@ -25,6 +25,7 @@ from services.messaging.ads import AdsConnector
 from services.messaging.app.channels import Channels, load_ad_suppression, personalization_rules
 from services.messaging.app.deliverability import Deliverability, start_bounce_listener
 from services.messaging.app.delivery import Delivery
+from services.messaging.app.unsubscribe_requests import UnsubscribeRequests
 from services.messaging.clients import LeadSource
 from services.messaging.deliverability_servicer import DeliverabilityServicer
 from services.messaging.deliverability_store import DeliverabilityStore
@@ -65,11 +66,14 @@ async def serve(settings: Settings) -> Running:
     channels = Channels(engine, journeys_channel)
     await engine.templates.ensure()  # seeds the store on first start; compiles every live version once
     consumer = Consumer(redis, group="messaging", shards=settings.bus_shards, handler=channels.handle_bus)
+    unsubscribes = UnsubscribeRequests(redis, lambda token, scope, source: channels.unsubscribe(
+        token, scope=scope, source=source, dry_run=False))
 
     ads = AdsConnector(db=db, store=store, base_url=settings.ads_url, token=settings.ads_token, now=clock.now)
 
     async def settle() -> tuple[int, datetime | None]:
-        done = await consumer.drain()
+        done = await unsubscribes.drain()  # first: consent wins over what the bus would send
+        done += await consumer.drain()
         done += await engine.process_due()
         done += await engine.flush_feedback()
         done += await ads.push_due()
@@ -120,6 +124,8 @@ async def serve(settings: Settings) -> Running:
         tasks.append(asyncio.create_task(consumer.run()))
         tasks.append(asyncio.create_task(engine.run()))
         tasks.append(asyncio.create_task(ads_loop()))
+    # Both clocks: an unsubscribe the gateway queued is applied within a second, not at the next Settle.
+    tasks.append(asyncio.create_task(unsubscribes.run()))
 
     async def close() -> None:
         bounces.close()

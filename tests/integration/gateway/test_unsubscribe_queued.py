@@ -1,0 +1,76 @@
+"""An unsubscribe is never lost to messaging being away (nurture.unsubscribequeue): a one-click POST is
+sent once by the mailbox provider, so the gateway queues what messaging could not take and answers the
+person; messaging applies it when it is back, verifying its token (a forged one is dropped). Real scoring
+and messaging, messaging started only after the POST."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+
+from gateway.app import create_app
+from nurture import redisconn, unsubscribequeue
+from nurture.settings import SERVICES, Settings
+from services.messaging import server as messaging_server
+from services.messaging.domain.tokens import Signer, Token
+from tests.conftest import free_port, mesh_channel, start_service
+
+pytestmark = pytest.mark.anyio
+AUTH = {"Authorization": "Bearer test-key"}
+ONE_CLICK = {"Content-Type": "application/x-www-form-urlencoded"}
+
+
+async def test_a_one_click_unsubscribe_while_messaging_is_away_is_applied_when_it_is_back(settings: Settings) -> None:
+    addrs = {f"{s}_addr": f"127.0.0.1:{free_port()}" for s in SERVICES}
+    cfg = settings.with_overrides(**addrs)
+    scoring = await start_service("scoring", cfg)
+    cfg = cfg.with_overrides(scoring_addr=scoring.address)
+    app = create_app(cfg.with_overrides(api_key="test-key"))
+    for s in SERVICES:
+        app.state.mesh.channels[s] = mesh_channel(app.state.mesh.settings.address_of(s))
+    redis = redisconn.connect(cfg)
+    messaging = None
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as client:
+            r = await client.post("/v1/leads", headers=AUTH, json={"id": "away-1", "email": "away-1@example.com",
+                                                                   "consent": {"email": True}})
+            assert r.status_code == 201, r.text
+            token = Signer(cfg.secret).sign(Token("unsubscribe", "m-away-1", "away-1"))
+            r = await client.post(f"/u/{token}", content="List-Unsubscribe=One-Click", headers=ONE_CLICK)
+            assert r.status_code == 200 and "recorded" in r.text, r.text
+            forged = await client.post("/u/not-a-token", content="List-Unsubscribe=One-Click", headers=ONE_CLICK)
+            assert forged.status_code == 200  # messaging cannot tell yet: queued, and dropped when it can
+            too_long = await client.post("/u/" + "x" * (unsubscribequeue.MAX_TOKEN_CHARS + 1), data={"scope": "all"})
+            assert too_long.status_code == 400
+            assert await redis.xlen(unsubscribequeue.STREAM) == 2
+
+            # On the address the gateway was calling.
+            messaging = await messaging_server.serve(
+                cfg.with_overrides(grpc_port=int(cfg.address_of("messaging").rpartition(":")[2])))
+            shown: dict = {}
+            for _ in range(100):
+                r = await client.get("/v1/leads/away-1", headers=AUTH)
+                shown = r.json()
+                if ((shown.get("subscriptions") or {}).get("email") or {}).get("nurture") is False:
+                    break
+                await asyncio.sleep(0.1)
+            assert shown["subscriptions"]["email"] == {"nurture": False, "transactional": True}, shown
+            assert shown["consent"]["email"] is False
+            for _ in range(50):
+                if await redis.xlen(unsubscribequeue.STREAM) == 0:
+                    break
+                await asyncio.sleep(0.1)
+            assert await redis.xlen(unsubscribequeue.STREAM) == 0  # both taken off: applied, and dropped
+            # With messaging back, the RPC answers at once again (and the same unsubscribe records once).
+            r = await client.post(f"/u/{token}", content="List-Unsubscribe=One-Click", headers=ONE_CLICK)
+            assert r.status_code == 200 and "You will no longer receive" in r.text
+            assert await redis.xlen(unsubscribequeue.STREAM) == 0
+    finally:
+        await redis.aclose()
+        for ch in app.state.mesh.channels.values():
+            await ch.close()
+        if messaging is not None:
+            await messaging.stop(grace=0.2)
+        await scoring.stop(grace=0.2)
