@@ -263,8 +263,12 @@ _UPDATE_PUSH_STATE = update(leads).where(leads.c.lead_id == bindparam("b_lead_id
 _INSERT_TIMELINE = insert(timeline)
 _INSERT_CHANGE = insert(changes)
 _INSERT_JOB = insert(outbox)
+# Locked (see `pending_jobs`): a pending push found here is trusted to carry a change not yet committed.
 _PENDING_JOB = select(outbox.c.id).where(outbox.c.lead_id == bindparam("b_lead_id"), outbox.c.op == bindparam("b_op"),
-                                         outbox.c.status == "pending").limit(1)
+                                         outbox.c.status == "pending").limit(1).with_for_update()
+_PENDING_JOBS = select(outbox.c.lead_id).where(outbox.c.lead_id.in_(bindparam("b_lead_ids", expanding=True)),
+                                               outbox.c.op == bindparam("b_op"), outbox.c.status == "pending"
+                                               ).order_by(outbox.c.id).with_for_update()
 _TASK_BY_KEY = select(tasks).where(tasks.c.dedupe_key == bindparam("b_key"))
 _TASK_BY_ID = select(tasks).where(tasks.c.id == bindparam("b_id"))
 _RECENT_TASK = select(tasks).where(tasks.c.lead_id == bindparam("b_lead_id"), tasks.c.kind == bindparam("b_kind"),
@@ -431,11 +435,16 @@ def changes_after(s: Session, seq: int, limit: int) -> list[Change]:
 # -- outbound queue ------------------------------------------------------------------------------------
 
 def pending_jobs(s: Session, lead_ids: list[str], op: str) -> set[str]:
-    """The leads among `lead_ids` with a pending push of `op` (one query for a batch of messages)."""
+    """The leads among `lead_ids` with a pending push of `op` (one query for a batch of messages),
+    those pushes locked until the transaction ends. A writer that skips queuing a push because one is
+    pending relies on it reading the lead after this transaction commits: on PostgreSQL the lock makes
+    a claim (`due_jobs`, SKIP LOCKED) pass over it until then, and a claim already under way is waited
+    for, after which the push is no longer pending and the writer queues its own. Unlocked, a pass
+    could claim the push and read the older lead before this commit, and the change was never pushed.
+    Callers lock their leads first (leads, then pushes: the order of every path, so no deadlock)."""
     out: set[str] = set()
     for chunk in iter_chunks(sorted(set(lead_ids)), 500):
-        out.update(s.scalars(select(outbox.c.lead_id).where(outbox.c.lead_id.in_(chunk), outbox.c.op == op,
-                                                            outbox.c.status == "pending")))
+        out.update(s.scalars(_PENDING_JOBS, {"b_lead_ids": chunk, "b_op": op}))
     return out
 
 
@@ -479,7 +488,7 @@ class BatchWrites:
 def enqueue(s: Session, lead_id: str, op: str, now: datetime, *, ref: str = "", payload: dict[str, Any] | None = None,
             coalesce: bool = False) -> bool:
     """Queue a push. With `coalesce`, a pending job of the same op for the lead already covers it
-    (contact pushes read the latest state when they run)."""
+    (contact pushes read the latest state when they run); it is locked, as `pending_jobs` locks them."""
     if coalesce:
         pending = s.execute(_PENDING_JOB, {"b_lead_id": lead_id, "b_op": op}).first()
         if pending:
