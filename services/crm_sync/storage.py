@@ -17,7 +17,7 @@ from sqlalchemy import bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from nurture import jsoncodec, times
-from nurture.db import RetryTransaction, insert_new
+from nurture.db import RetryTransaction, insert_new, session_writes
 from nurture.jsontypes import JsonObject, JsonValue
 from services.crm_sync.domain import FieldState
 from services.crm_sync.tables import changes, inbound, leads, outbox, proposals, round_robin, tasks, timeline
@@ -194,9 +194,9 @@ def get_push_states(s: Session, lead_ids: list[str]) -> dict[str, PushState]:
 def save_push_states(s: Session, states: list[PushState]) -> None:
     """The states' columns in one executemany, in key order."""
     if states:
-        s.execute(_UPDATE_PUSH_STATE, [
-            {"b_lead_id": p.lead_id, "crm": p.crm, "crm_id": p.crm_id, "pushed_hash": p.pushed_hash,
-             "fields": p.fields_to_store()}
+        writes, conn = session_writes(s)
+        writes.update(conn, leads, _PUSH_STATE_COLUMNS, "lead_id", [
+            (p.crm, p.crm_id, p.pushed_hash, p.fields_to_store(), p.lead_id)
             for p in sorted(states, key=lambda p: p.lead_id)])
 
 
@@ -252,7 +252,6 @@ def find_leads(s: Session, wanted: list[LeadQuery]) -> list[LeadRecord | None]:
 # Statements built once: parameters travel separately (IN lists as expanding parameters), so
 # SQLAlchemy compiles and caches them once instead of generating a cache key for a fresh statement
 # (a fresh `.values(...)` or IN clause) on every call.
-_UPDATE_LEAD = update(leads).where(leads.c.lead_id == bindparam("b_lead_id"))
 _LEAD_BY_ID = select(leads).where(leads.c.lead_id == bindparam("b_lead_id"))
 _LEAD_BY_ID_LOCKED = _LEAD_BY_ID.with_for_update()
 _LEADS_BY_IDS = select(leads).where(leads.c.lead_id.in_(bindparam("b_lead_ids", expanding=True)))
@@ -265,8 +264,15 @@ _LEADS_BY_EMAILS = select(leads).where(func.lower(leads.c.email).in_(bindparam("
                                        ).order_by(leads.c.lead_id)
 _PUSH_STATES_LOCKED = select(leads.c.lead_id, leads.c.crm, leads.c.crm_id, leads.c.pushed_hash, leads.c.fields).where(
     leads.c.lead_id.in_(bindparam("b_lead_ids", expanding=True))).order_by(leads.c.lead_id).with_for_update()
-_UPDATE_PUSH_STATE = update(leads).where(leads.c.lead_id == bindparam("b_lead_id")).values(
-    crm=bindparam("crm"), crm_id=bindparam("crm_id"), pushed_hash=bindparam("pushed_hash"), fields=bindparam("fields"))
+# The hot writes (rows per contact: lead updates, push states, timeline and change-feed lines, pushes
+# and their outcomes) go on the driver's cursor (nurture.db.DriverWrites): SQLAlchemy's per-row
+# parameter processing and execution context cost more than SQLite's own work for them.
+_PUSH_STATE_COLUMNS = ("crm", "crm_id", "pushed_hash", "fields")
+_LEAD_UPDATE_COLUMNS = tuple(c for c in _LEAD_COLUMNS if c != "lead_id")
+_TIMELINE_COLUMNS = ("id", "lead_id", "at", "type", "summary", "details")
+_CHANGE_COLUMNS = ("lead_id", "crm_id", "changed", "data", "at")
+_JOB_COLUMNS = ("lead_id", "op", "ref", "payload", "status", "attempts", "due_at", "created_at")
+_FINISH_COLUMNS = ("status", "attempts", "due_at", "last_error", "done_at")
 _INSERT_TIMELINE = insert(timeline)
 _INSERT_CHANGE = insert(changes)
 _INSERT_JOB = insert(outbox)
@@ -307,8 +313,10 @@ def save_leads(s: Session, new: list[LeadRecord], changed: list[LeadRecord]) -> 
         if len(made) < len(new):
             raise RetryTransaction("a lead's row was created by a concurrent transaction")
     if changed:
-        s.execute(_UPDATE_LEAD, [{**_lead_values(r), "b_lead_id": r.lead_id}
-                                 for r in sorted(changed, key=lambda r: r.lead_id)])
+        writes, conn = session_writes(s)
+        rows = [_lead_values(r) for r in sorted(changed, key=lambda r: r.lead_id)]
+        writes.update(conn, leads, _LEAD_UPDATE_COLUMNS, "lead_id",
+                      [(*(v[c] for c in _LEAD_UPDATE_COLUMNS), v["lead_id"]) for v in rows])
 
 
 def _crm_ids_by_crm(pairs: Iterable[tuple[str, str | None]]) -> list[tuple[str, list[str]]]:
@@ -394,9 +402,9 @@ def timeline_row(lead_id: str, at: datetime, type_: str, summary: str, details: 
 
 def add_timelines(s: Session, entries: list[TimelineEntry]) -> None:
     if entries:
-        s.execute(_INSERT_TIMELINE, [{"id": e.id, "lead_id": e.lead_id, "at": e.at, "type": e.type,
-                                      "summary": e.summary, "details": jsoncodec.dumps(e.details, default=str)}
-                                     for e in entries])
+        writes, conn = session_writes(s)
+        writes.insert(conn, timeline, _TIMELINE_COLUMNS, [
+            (e.id, e.lead_id, e.at, e.type, e.summary, jsoncodec.dumps(e.details, default=str)) for e in entries])
 
 
 def add_timeline(s: Session, lead_id: str, at: datetime, type_: str, summary: str, details: JsonObject,
@@ -463,8 +471,8 @@ class BatchWrites:
 
     def __init__(self) -> None:
         self._leads: dict[str, tuple[LeadRecord, bool]] = {}  # lead id -> (row, exists in SQL)
-        self._changes: list[dict[str, Any]] = []
-        self._jobs: list[dict[str, Any]] = []
+        self._changes: list[tuple[Any, ...]] = []  # in _CHANGE_COLUMNS order
+        self._jobs: list[tuple[Any, ...]] = []  # in _JOB_COLUMNS order
 
     def save_lead(self, row: LeadRecord, *, exists: bool) -> None:
         """The row as it is at flush time (later messages of the batch may change it further)."""
@@ -473,21 +481,21 @@ class BatchWrites:
 
     def add_change(self, lead_id: str, crm_id: str | None, changed: list[str], data: dict[str, Any],
                    at: datetime) -> None:
-        self._changes.append({"lead_id": lead_id, "crm_id": crm_id, "changed": jsoncodec.dumps(changed),
-                              "data": jsoncodec.dumps(data, default=str), "at": at})
+        self._changes.append((lead_id, crm_id, jsoncodec.dumps(changed), jsoncodec.dumps(data, default=str), at))
 
     def enqueue(self, lead_id: str, op: str, now: datetime) -> None:
-        self._jobs.append({"lead_id": lead_id, "op": op, "ref": "", "payload": "{}", "status": "pending",
-                           "attempts": 0, "due_at": now, "created_at": now})
+        self._jobs.append((lead_id, op, "", "{}", "pending", 0, now, now))
 
     def flush(self, s: Session) -> None:
         if self._leads:
             rows = list(self._leads.values())
             save_leads(s, [row for row, exists in rows if not exists], [row for row, exists in rows if exists])
-        if self._changes:
-            s.execute(_INSERT_CHANGE, self._changes)
-        if self._jobs:
-            s.execute(_INSERT_JOB, self._jobs)
+        if self._changes or self._jobs:
+            writes, conn = session_writes(s)
+            if self._changes:
+                writes.insert(conn, changes, _CHANGE_COLUMNS, self._changes)
+            if self._jobs:
+                writes.insert(conn, outbox, _JOB_COLUMNS, self._jobs)
         self._leads, self._changes, self._jobs = {}, [], []
 
 
@@ -521,13 +529,10 @@ def finish_job(s: Session, job_id: int, *, status: str, attempts: int, due_at: d
 def finish_jobs(s: Session, finished: list[FinishedJob]) -> None:
     """Record many pushes' outcomes in one executemany, in job id order."""
     if finished:
-        s.execute(_FINISH_JOB, [
-            {"b_id": f.job_id, "status": f.status, "attempts": f.attempts, "due_at": f.due_at, "last_error": f.error,
-             "done_at": f.now if f.status != "pending" else None}
+        writes, conn = session_writes(s)
+        writes.update(conn, outbox, _FINISH_COLUMNS, "id", [
+            (f.status, f.attempts, f.due_at, f.error, f.now if f.status != "pending" else None, f.job_id)
             for f in sorted(finished, key=lambda f: f.job_id)])
-
-
-_FINISH_JOB = update(outbox).where(outbox.c.id == bindparam("b_id"))
 
 
 def mark_running(s: Session, job_ids: list[int], replica: str, now: datetime) -> None:
