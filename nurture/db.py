@@ -18,6 +18,7 @@ import random
 import select
 import threading
 import time
+import weakref
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -651,6 +652,20 @@ class DriverWrites:
             cursor.close()
             raise
         return cursor
+
+
+_SESSION_WRITES: weakref.WeakKeyDictionary[Engine, DriverWrites] = weakref.WeakKeyDictionary()
+
+
+def session_writes(session: Session) -> tuple[DriverWrites, Connection]:
+    """The `DriverWrites` of the session's engine (made once per engine) and the session's connection:
+    hot-path writes in the session's own transaction, beside its SQLAlchemy statements."""
+    conn = session.connection()
+    engine = conn.engine
+    writes = _SESSION_WRITES.get(engine)
+    if writes is None:
+        writes = _SESSION_WRITES[engine] = DriverWrites(engine)
+    return writes, conn
 
 
 # Column types whose values in one statement's rows are few (days, flags): converted once per value.

@@ -8,7 +8,6 @@ again in the order it was heard.
 
 from __future__ import annotations
 
-import weakref
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -17,9 +16,7 @@ from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import (
-    Connection,
     Date,
-    Engine,
     Float,
     Table,
     TextClause,
@@ -39,7 +36,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
 from nurture import jsoncodec
-from nurture.db import DriverWrites, key_in, plan_by_key
+from nurture.db import key_in, plan_by_key, session_writes
 from services.analytics.domain import reports
 from services.analytics.domain.facts import Fact, parse_time
 from services.analytics.tables import (
@@ -91,17 +88,6 @@ def _aware(value: datetime | None) -> datetime | None:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
-_WRITERS: weakref.WeakKeyDictionary[Engine, DriverWrites] = weakref.WeakKeyDictionary()
-
-
-def _writes(session: Session) -> tuple[DriverWrites, Connection]:
-    conn = session.connection()
-    engine = conn.engine
-    writes = _WRITERS.get(engine)
-    if writes is None:
-        writes = _WRITERS[engine] = DriverWrites(engine)
-    return writes, conn
-
 
 def _upsert(session: Session, table: Table, rows: list[dict[str, Any]], *, add: Sequence[str] = (),
             ignore: bool = False) -> None:
@@ -110,7 +96,7 @@ def _upsert(session: Session, table: Table, rows: list[dict[str, Any]], *, add: 
     per-row parameter processing cost more than the database's own work in the fold."""
     if not rows:
         return
-    writes, conn = _writes(session)
+    writes, conn = session_writes(session)
     columns = list(rows[0])
     # itemgetter reads a row's values in C: a generator per row was a twentieth of the fold's CPU.
     values = list(map(itemgetter(*columns), rows)) if len(columns) > 1 else [(r[columns[0]],) for r in rows]
@@ -681,7 +667,7 @@ def record(session: Session, batch: Sequence[Fact]) -> int:
     new = [f for f in unique.values() if f.id not in known]
     if not new:
         return 0
-    writes, conn = _writes(session)
+    writes, conn = session_writes(session)
     writes.insert(conn, facts, ("id", "lead_id", "kind", "at", "body"),
                   [(f.id, f.lead_id, f.kind, f.at, _encode(f)) for f in new])
     Fold(session).run(new)

@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from typing import Any
 
 import grpc
 
+from nurture import jsoncodec
 from nurture.api.scoring.v1 import scoring_pb2
 
 
 def lead_from_proto(lead: scoring_pb2.Lead) -> dict[str, Any]:
     def j(text: str) -> Any:
         try:
-            return json.loads(text) if text else {}
+            return jsoncodec.loads(text) if text else {}
         except ValueError:
             return {}
 

@@ -8,10 +8,11 @@ plain HTTP/1.1, Content-Length or chunked answers, per-request timeouts, reuse o
 from __future__ import annotations
 
 import asyncio
-import json
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
+
+from nurture import jsoncodec
 
 
 class TransportError(Exception):
@@ -29,7 +30,7 @@ class Response:
     body: bytes
 
     def json(self) -> Any:
-        return json.loads(self.body) if self.body else None
+        return jsoncodec.loads(self.body) if self.body else None
 
 
 class HttpClient:
@@ -55,7 +56,7 @@ class HttpClient:
                 raise RequestTimeout(f"no answer within {self._timeout:g} s") from exc
 
     async def _request(self, method: str, path: str, body: Any) -> Response:
-        payload = b"" if body is None else json.dumps(body, separators=(",", ":")).encode()
+        payload = b"" if body is None else jsoncodec.dumps(body).encode()
         head = [f"{method} {self._prefix}{path} HTTP/1.1"] + [f"{k}: {v}" for k, v in self._headers.items()]
         head.append(f"Content-Length: {len(payload)}")
         if payload:

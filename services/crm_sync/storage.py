@@ -16,8 +16,8 @@ from typing import Any, NamedTuple
 from sqlalchemy import bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
-from nurture import times
-from nurture.db import RetryTransaction, insert_new
+from nurture import jsoncodec, times
+from nurture.db import RetryTransaction, insert_new, session_writes
 from nurture.jsontypes import JsonObject, JsonValue
 from services.crm_sync.domain import FieldState
 from services.crm_sync.tables import changes, inbound, leads, outbox, proposals, round_robin, tasks, timeline
@@ -60,7 +60,7 @@ _LEAD_COLUMNS = tuple(c.name for c in leads.columns)
 def _lead_row(row: Any) -> LeadRecord:
     m = dict(row._mapping)
     for key in _JSON_COLUMNS:
-        m[key] = json.loads(m[key] or ("[]" if key == "journeys" else "{}"))
+        m[key] = jsoncodec.loads(m[key] or ("[]" if key == "journeys" else "{}"))
     for key in ("contact_modified_at", "converted_at", "updated_at"):
         m[key] = aware(m[key])
     return LeadRecord(**m)
@@ -120,13 +120,13 @@ class Task:
 def _task(row: Any) -> Task:
     return Task(id=row.id, dedupe_key=row.dedupe_key, lead_id=row.lead_id, kind=row.kind, title=row.title,
                 priority=row.priority, owner=row.owner, due_at=aware(row.due_at),
-                details=json.loads(row.details or "{}"), document=row.document or "", rule=row.rule or "",
+                details=jsoncodec.loads(row.details or "{}"), document=row.document or "", rule=row.rule or "",
                 status=row.status, remote_id=row.remote_id, created_at=aware(row.created_at) or row.created_at)
 
 
 def _push_job(row: Any) -> PushJob:
     return PushJob(id=int(row.id), lead_id=row.lead_id, op=row.op, ref=row.ref or "",
-                   payload=json.loads(row.payload or "{}"), status=row.status, attempts=int(row.attempts),
+                   payload=jsoncodec.loads(row.payload or "{}"), status=row.status, attempts=int(row.attempts),
                    due_at=aware(row.due_at) or row.due_at, last_error=row.last_error,
                    created_at=aware(row.created_at) or row.created_at, done_at=aware(row.done_at))
 
@@ -148,10 +148,7 @@ def get_leads(s: Session, lead_ids: list[str], *, lock: bool = False) -> dict[st
     waits and then reads the other's committed row instead of overwriting it with an older one."""
     out: dict[str, LeadRecord] = {}
     for chunk in iter_chunks(sorted(set(lead_ids)), 500):
-        query = select(leads).where(leads.c.lead_id.in_(chunk))
-        if lock:
-            query = query.order_by(leads.c.lead_id).with_for_update()
-        for row in s.execute(query).all():
+        for row in s.execute(_LEADS_BY_IDS_LOCKED if lock else _LEADS_BY_IDS, {"b_lead_ids": chunk}).all():
             out[row.lead_id] = _lead_row(row)
     return out
 
@@ -174,22 +171,21 @@ class PushState:
     @property
     def fields(self) -> dict[str, FieldState]:
         if self._fields is None:
-            self._fields = json.loads(self.stored_fields or "{}")
+            self._fields = jsoncodec.loads(self.stored_fields or "{}")
         return self._fields
 
     def fields_to_store(self) -> str:
         """`fields` as the column stores it: as read unless it was decoded (and so maybe changed)."""
         if self._fields is None:
             return self.stored_fields
-        return json.dumps(self._fields, default=str, separators=(",", ":"))
+        return jsoncodec.dumps(self._fields, default=str)
 
 
 def get_push_states(s: Session, lead_ids: list[str]) -> dict[str, PushState]:
     """The leads' push state, locked (in key order, see `get_leads`) until the transaction ends."""
     out: dict[str, PushState] = {}
     for chunk in iter_chunks(sorted(set(lead_ids)), 500):
-        rows = s.execute(select(leads.c.lead_id, leads.c.crm, leads.c.crm_id, leads.c.pushed_hash, leads.c.fields)
-                         .where(leads.c.lead_id.in_(chunk)).order_by(leads.c.lead_id).with_for_update())
+        rows = s.execute(_PUSH_STATES_LOCKED, {"b_lead_ids": chunk})
         for row in rows:
             out[row.lead_id] = PushState(row.lead_id, row.crm, row.crm_id, row.pushed_hash, row.fields)
     return out
@@ -198,9 +194,9 @@ def get_push_states(s: Session, lead_ids: list[str]) -> dict[str, PushState]:
 def save_push_states(s: Session, states: list[PushState]) -> None:
     """The states' columns in one executemany, in key order."""
     if states:
-        s.execute(_UPDATE_PUSH_STATE, [
-            {"b_lead_id": p.lead_id, "crm": p.crm, "crm_id": p.crm_id, "pushed_hash": p.pushed_hash,
-             "fields": p.fields_to_store()}
+        writes, conn = session_writes(s)
+        writes.update(conn, leads, _PUSH_STATE_COLUMNS, "lead_id", [
+            (p.crm, p.crm_id, p.pushed_hash, p.fields_to_store(), p.lead_id)
             for p in sorted(states, key=lambda p: p.lead_id)])
 
 
@@ -236,13 +232,13 @@ def find_leads(s: Session, wanted: list[LeadQuery]) -> list[LeadRecord | None]:
     by_crm_id: dict[tuple[str, str], LeadRecord] = {}
     for crm, crm_ids in _crm_ids_by_crm((w.crm, w.crm_id) for w in wanted):
         for chunk in iter_chunks(crm_ids, 500):
-            for row in s.execute(select(leads).where(leads.c.crm == crm, leads.c.crm_id.in_(chunk))).all():
+            for row in s.execute(_LEADS_BY_CRM_IDS, {"b_crm": crm, "b_crm_ids": chunk}).all():
                 by_crm_id[(row.crm, row.crm_id)] = _lead_row(row)
     by_id = get_leads(s, [w.lead_id for w in wanted if w.lead_id])
     emails = sorted({w.email.lower() for w in wanted if w.email})
     by_email: dict[str, LeadRecord] = {}
     for chunk in iter_chunks(emails, 500):
-        rows = s.execute(select(leads).where(func.lower(leads.c.email).in_(chunk)).order_by(leads.c.lead_id)).all()
+        rows = s.execute(_LEADS_BY_EMAILS, {"b_emails": chunk}).all()
         for row in rows:
             by_email.setdefault(row.email.lower(), _lead_row(row))
     out: list[LeadRecord | None] = []
@@ -253,18 +249,39 @@ def find_leads(s: Session, wanted: list[LeadQuery]) -> list[LeadRecord | None]:
     return out
 
 
-# Statements built once: parameters travel separately, so SQLAlchemy compiles and caches them once
-# instead of generating a cache key for a fresh `.values(...)` on every write.
-_UPDATE_LEAD = update(leads).where(leads.c.lead_id == bindparam("b_lead_id"))
+# Statements built once: parameters travel separately (IN lists as expanding parameters), so
+# SQLAlchemy compiles and caches them once instead of generating a cache key for a fresh statement
+# (a fresh `.values(...)` or IN clause) on every call.
 _LEAD_BY_ID = select(leads).where(leads.c.lead_id == bindparam("b_lead_id"))
 _LEAD_BY_ID_LOCKED = _LEAD_BY_ID.with_for_update()
-_UPDATE_PUSH_STATE = update(leads).where(leads.c.lead_id == bindparam("b_lead_id")).values(
-    crm=bindparam("crm"), crm_id=bindparam("crm_id"), pushed_hash=bindparam("pushed_hash"), fields=bindparam("fields"))
+_LEADS_BY_IDS = select(leads).where(leads.c.lead_id.in_(bindparam("b_lead_ids", expanding=True)))
+_LEADS_BY_IDS_LOCKED = _LEADS_BY_IDS.order_by(leads.c.lead_id).with_for_update()
+_LEADS_BY_CRM_IDS = select(leads).where(leads.c.crm == bindparam("b_crm"),
+                                        leads.c.crm_id.in_(bindparam("b_crm_ids", expanding=True)))
+_LINKS_BY_CRM_IDS = select(leads.c.lead_id, leads.c.crm, leads.c.crm_id).where(
+    leads.c.crm == bindparam("b_crm"), leads.c.crm_id.in_(bindparam("b_crm_ids", expanding=True)))
+_LEADS_BY_EMAILS = select(leads).where(func.lower(leads.c.email).in_(bindparam("b_emails", expanding=True))
+                                       ).order_by(leads.c.lead_id)
+_PUSH_STATES_LOCKED = select(leads.c.lead_id, leads.c.crm, leads.c.crm_id, leads.c.pushed_hash, leads.c.fields).where(
+    leads.c.lead_id.in_(bindparam("b_lead_ids", expanding=True))).order_by(leads.c.lead_id).with_for_update()
+# The hot writes (rows per contact: lead updates, push states, timeline and change-feed lines, pushes
+# and their outcomes) go on the driver's cursor (nurture.db.DriverWrites): SQLAlchemy's per-row
+# parameter processing and execution context cost more than SQLite's own work for them.
+_PUSH_STATE_COLUMNS = ("crm", "crm_id", "pushed_hash", "fields")
+_LEAD_UPDATE_COLUMNS = tuple(c for c in _LEAD_COLUMNS if c != "lead_id")
+_TIMELINE_COLUMNS = ("id", "lead_id", "at", "type", "summary", "details")
+_CHANGE_COLUMNS = ("lead_id", "crm_id", "changed", "data", "at")
+_JOB_COLUMNS = ("lead_id", "op", "ref", "payload", "status", "attempts", "due_at", "created_at")
+_FINISH_COLUMNS = ("status", "attempts", "due_at", "last_error", "done_at")
 _INSERT_TIMELINE = insert(timeline)
 _INSERT_CHANGE = insert(changes)
 _INSERT_JOB = insert(outbox)
+# Locked (see `pending_jobs`): a pending push found here is trusted to carry a change not yet committed.
 _PENDING_JOB = select(outbox.c.id).where(outbox.c.lead_id == bindparam("b_lead_id"), outbox.c.op == bindparam("b_op"),
-                                         outbox.c.status == "pending").limit(1)
+                                         outbox.c.status == "pending").limit(1).with_for_update()
+_PENDING_JOBS = select(outbox.c.lead_id).where(outbox.c.lead_id.in_(bindparam("b_lead_ids", expanding=True)),
+                                               outbox.c.op == bindparam("b_op"), outbox.c.status == "pending"
+                                               ).order_by(outbox.c.id).with_for_update()
 _TASK_BY_KEY = select(tasks).where(tasks.c.dedupe_key == bindparam("b_key"))
 _TASK_BY_ID = select(tasks).where(tasks.c.id == bindparam("b_id"))
 _RECENT_TASK = select(tasks).where(tasks.c.lead_id == bindparam("b_lead_id"), tasks.c.kind == bindparam("b_kind"),
@@ -280,7 +297,7 @@ def _lead_values(row: LeadRecord) -> dict[str, Any]:
     """The row's column values (SQL parameters), its JSON columns encoded."""
     values = {name: getattr(row, name) for name in _LEAD_COLUMNS}
     for key in _JSON_COLUMNS:
-        values[key] = json.dumps(values[key], default=str, separators=(",", ":"))
+        values[key] = jsoncodec.dumps(values[key], default=str)
     return values
 
 
@@ -296,8 +313,10 @@ def save_leads(s: Session, new: list[LeadRecord], changed: list[LeadRecord]) -> 
         if len(made) < len(new):
             raise RetryTransaction("a lead's row was created by a concurrent transaction")
     if changed:
-        s.execute(_UPDATE_LEAD, [{**_lead_values(r), "b_lead_id": r.lead_id}
-                                 for r in sorted(changed, key=lambda r: r.lead_id)])
+        writes, conn = session_writes(s)
+        rows = [_lead_values(r) for r in sorted(changed, key=lambda r: r.lead_id)]
+        writes.update(conn, leads, _LEAD_UPDATE_COLUMNS, "lead_id",
+                      [(*(v[c] for c in _LEAD_UPDATE_COLUMNS), v["lead_id"]) for v in rows])
 
 
 def _crm_ids_by_crm(pairs: Iterable[tuple[str, str | None]]) -> list[tuple[str, list[str]]]:
@@ -317,8 +336,7 @@ def unlink_crm_ids(s: Session, owners: dict[tuple[str, str], str]) -> None:
     moved: list[str] = []
     for crm, crm_ids in _crm_ids_by_crm(owners):
         for chunk in iter_chunks(crm_ids, 500):
-            for row in s.execute(select(leads.c.lead_id, leads.c.crm, leads.c.crm_id)
-                                 .where(leads.c.crm == crm, leads.c.crm_id.in_(chunk))):
+            for row in s.execute(_LINKS_BY_CRM_IDS, {"b_crm": crm, "b_crm_ids": chunk}):
                 keep = owners.get((row.crm, row.crm_id))
                 if keep is not None and keep != row.lead_id:
                     moved.append(row.lead_id)
@@ -384,21 +402,21 @@ def timeline_row(lead_id: str, at: datetime, type_: str, summary: str, details: 
 
 def add_timelines(s: Session, entries: list[TimelineEntry]) -> None:
     if entries:
-        s.execute(_INSERT_TIMELINE, [{"id": e.id, "lead_id": e.lead_id, "at": e.at, "type": e.type,
-                                      "summary": e.summary, "details": json.dumps(e.details, default=str)}
-                                     for e in entries])
+        writes, conn = session_writes(s)
+        writes.insert(conn, timeline, _TIMELINE_COLUMNS, [
+            (e.id, e.lead_id, e.at, e.type, e.summary, jsoncodec.dumps(e.details, default=str)) for e in entries])
 
 
 def add_timeline(s: Session, lead_id: str, at: datetime, type_: str, summary: str, details: JsonObject,
                  item_id: str | None = None) -> None:
     s.execute(_INSERT_TIMELINE, {"id": item_id or timeline_id(), "lead_id": lead_id, "at": at, "type": type_,
-                                 "summary": summary, "details": json.dumps(details, default=str)})
+                                 "summary": summary, "details": jsoncodec.dumps(details, default=str)})
 
 
 def get_timeline(s: Session, lead_id: str, limit: int) -> list[TimelineEntry]:
     rows = s.execute(select(timeline).where(timeline.c.lead_id == lead_id)
                      .order_by(timeline.c.at, timeline.c.id).limit(limit)).all()
-    return [TimelineEntry(r.id, r.lead_id, aware(r.at) or r.at, r.type, r.summary, json.loads(r.details))
+    return [TimelineEntry(r.id, r.lead_id, aware(r.at) or r.at, r.type, r.summary, jsoncodec.loads(r.details))
             for r in rows]
 
 
@@ -406,8 +424,8 @@ def get_timeline(s: Session, lead_id: str, limit: int) -> list[TimelineEntry]:
 
 def add_change(s: Session, lead_id: str, crm_id: str | None, changed: list[str], data: dict[str, Any],
                at: datetime) -> None:
-    s.execute(_INSERT_CHANGE, {"lead_id": lead_id, "crm_id": crm_id, "changed": json.dumps(changed),
-                               "data": json.dumps(data, default=str), "at": at})
+    s.execute(_INSERT_CHANGE, {"lead_id": lead_id, "crm_id": crm_id, "changed": jsoncodec.dumps(changed),
+                               "data": jsoncodec.dumps(data, default=str), "at": at})
 
 
 class Change(NamedTuple):
@@ -424,18 +442,23 @@ class Change(NamedTuple):
 
 def changes_after(s: Session, seq: int, limit: int) -> list[Change]:
     rows = s.execute(select(changes).where(changes.c.seq > seq).order_by(changes.c.seq).limit(limit)).all()
-    return [Change(r.seq, r.lead_id, r.crm_id, json.loads(r.changed), json.loads(r.data), aware(r.at) or r.at)
+    return [Change(r.seq, r.lead_id, r.crm_id, jsoncodec.loads(r.changed), jsoncodec.loads(r.data), aware(r.at) or r.at)
             for r in rows]
 
 
 # -- outbound queue ------------------------------------------------------------------------------------
 
 def pending_jobs(s: Session, lead_ids: list[str], op: str) -> set[str]:
-    """The leads among `lead_ids` with a pending push of `op` (one query for a batch of messages)."""
+    """The leads among `lead_ids` with a pending push of `op` (one query for a batch of messages),
+    those pushes locked until the transaction ends. A writer that skips queuing a push because one is
+    pending relies on it reading the lead after this transaction commits: on PostgreSQL the lock makes
+    a claim (`due_jobs`, SKIP LOCKED) pass over it until then, and a claim already under way is waited
+    for, after which the push is no longer pending and the writer queues its own. Unlocked, a pass
+    could claim the push and read the older lead before this commit, and the change was never pushed.
+    Callers lock their leads first (leads, then pushes: the order of every path, so no deadlock)."""
     out: set[str] = set()
     for chunk in iter_chunks(sorted(set(lead_ids)), 500):
-        out.update(s.scalars(select(outbox.c.lead_id).where(outbox.c.lead_id.in_(chunk), outbox.c.op == op,
-                                                            outbox.c.status == "pending")))
+        out.update(s.scalars(_PENDING_JOBS, {"b_lead_ids": chunk, "b_op": op}))
     return out
 
 
@@ -448,8 +471,8 @@ class BatchWrites:
 
     def __init__(self) -> None:
         self._leads: dict[str, tuple[LeadRecord, bool]] = {}  # lead id -> (row, exists in SQL)
-        self._changes: list[dict[str, Any]] = []
-        self._jobs: list[dict[str, Any]] = []
+        self._changes: list[tuple[Any, ...]] = []  # in _CHANGE_COLUMNS order
+        self._jobs: list[tuple[Any, ...]] = []  # in _JOB_COLUMNS order
 
     def save_lead(self, row: LeadRecord, *, exists: bool) -> None:
         """The row as it is at flush time (later messages of the batch may change it further)."""
@@ -458,33 +481,33 @@ class BatchWrites:
 
     def add_change(self, lead_id: str, crm_id: str | None, changed: list[str], data: dict[str, Any],
                    at: datetime) -> None:
-        self._changes.append({"lead_id": lead_id, "crm_id": crm_id, "changed": json.dumps(changed),
-                              "data": json.dumps(data, default=str), "at": at})
+        self._changes.append((lead_id, crm_id, jsoncodec.dumps(changed), jsoncodec.dumps(data, default=str), at))
 
     def enqueue(self, lead_id: str, op: str, now: datetime) -> None:
-        self._jobs.append({"lead_id": lead_id, "op": op, "ref": "", "payload": "{}", "status": "pending",
-                           "attempts": 0, "due_at": now, "created_at": now})
+        self._jobs.append((lead_id, op, "", "{}", "pending", 0, now, now))
 
     def flush(self, s: Session) -> None:
         if self._leads:
             rows = list(self._leads.values())
             save_leads(s, [row for row, exists in rows if not exists], [row for row, exists in rows if exists])
-        if self._changes:
-            s.execute(_INSERT_CHANGE, self._changes)
-        if self._jobs:
-            s.execute(_INSERT_JOB, self._jobs)
+        if self._changes or self._jobs:
+            writes, conn = session_writes(s)
+            if self._changes:
+                writes.insert(conn, changes, _CHANGE_COLUMNS, self._changes)
+            if self._jobs:
+                writes.insert(conn, outbox, _JOB_COLUMNS, self._jobs)
         self._leads, self._changes, self._jobs = {}, [], []
 
 
 def enqueue(s: Session, lead_id: str, op: str, now: datetime, *, ref: str = "", payload: dict[str, Any] | None = None,
             coalesce: bool = False) -> bool:
     """Queue a push. With `coalesce`, a pending job of the same op for the lead already covers it
-    (contact pushes read the latest state when they run)."""
+    (contact pushes read the latest state when they run); it is locked, as `pending_jobs` locks them."""
     if coalesce:
         pending = s.execute(_PENDING_JOB, {"b_lead_id": lead_id, "b_op": op}).first()
         if pending:
             return False
-    s.execute(_INSERT_JOB, {"lead_id": lead_id, "op": op, "ref": ref, "payload": json.dumps(payload or {}),
+    s.execute(_INSERT_JOB, {"lead_id": lead_id, "op": op, "ref": ref, "payload": jsoncodec.dumps(payload or {}),
                             "status": "pending", "attempts": 0, "due_at": now, "created_at": now})
     return True
 
@@ -506,13 +529,10 @@ def finish_job(s: Session, job_id: int, *, status: str, attempts: int, due_at: d
 def finish_jobs(s: Session, finished: list[FinishedJob]) -> None:
     """Record many pushes' outcomes in one executemany, in job id order."""
     if finished:
-        s.execute(_FINISH_JOB, [
-            {"b_id": f.job_id, "status": f.status, "attempts": f.attempts, "due_at": f.due_at, "last_error": f.error,
-             "done_at": f.now if f.status != "pending" else None}
+        writes, conn = session_writes(s)
+        writes.update(conn, outbox, _FINISH_COLUMNS, "id", [
+            (f.status, f.attempts, f.due_at, f.error, f.now if f.status != "pending" else None, f.job_id)
             for f in sorted(finished, key=lambda f: f.job_id)])
-
-
-_FINISH_JOB = update(outbox).where(outbox.c.id == bindparam("b_id"))
 
 
 def mark_running(s: Session, job_ids: list[int], replica: str, now: datetime) -> None:
@@ -597,7 +617,7 @@ def insert_task(s: Session, task: Task) -> None:
     s.execute(_INSERT_TASK, {
         "id": task.id, "dedupe_key": task.dedupe_key, "lead_id": task.lead_id, "kind": task.kind,
         "title": task.title, "priority": task.priority, "owner": task.owner, "due_at": task.due_at,
-        "details": json.dumps(task.details, default=str), "document": task.document, "rule": task.rule,
+        "details": jsoncodec.dumps(task.details, default=str), "document": task.document, "rule": task.rule,
         "status": task.status, "remote_id": task.remote_id, "created_at": task.created_at})
 
 

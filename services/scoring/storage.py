@@ -27,6 +27,8 @@ from services.scoring.tables import audit, events, leads, models, outbox, score_
 # and writes go on the driver's cursor (DriverWrites), pipelined on PostgreSQL.
 _LEADS_FOR_UPDATE = (select(leads).where(leads.c.id.in_(bindparam("ids", expanding=True))).order_by(leads.c.id)
                      .with_for_update())
+# Built once, its list a parameter: a fresh IN clause per batch cost a cache key each time.
+_LEADS_BY_EMAILS = select(leads).where(func.lower(leads.c.email).in_(bindparam("emails", expanding=True)))
 _EVENT_COLUMNS = ("id", "lead_id", "type", "properties", "occurred_at", "received_at", "idempotency_key", "source",
                   "score_delta", "signals")
 _CHANGE_COLUMNS = ("lead_id", "at", "delta", "score_after", "rule", "reason", "event_id", "model_version")
@@ -155,8 +157,7 @@ def lock_lead_rows(s: Session, ids: Sequence[str]) -> list[Row[Any]]:
 
 def leads_by_emails(s: Session, emails: Sequence[str]) -> list[Row[Any]]:
     """Every lead whose email is one of these, whatever the case (one IN over the lower(email) index)."""
-    return list(s.execute(select(leads).where(func.lower(leads.c.email).in_(sorted({e.lower() for e in emails}))))
-                .all())
+    return list(s.execute(_LEADS_BY_EMAILS, {"emails": sorted({e.lower() for e in emails})}).all())
 
 
 _LEAD_COLUMNS = tuple(leads.c.keys())

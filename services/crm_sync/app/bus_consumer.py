@@ -25,7 +25,8 @@ class BusConsumer(Tasks, ChangeStream):
             # The batch's leads in one query; `rows` then follows this transaction's own changes,
             # which go to SQL together at the end (BatchWrites).
             rows = st.get_leads(s, ids, lock=True)
-            # One pending contact push covers every change of the batch (it reads the latest state).
+            # One pending contact push covers every change of the batch (it reads the latest state):
+            # locked after the leads, so no pass claims it and reads the leads before this commits.
             queued = st.pending_jobs(s, ids, "contact")
             batch = st.BatchWrites()
             for m in messages:

@@ -16,6 +16,7 @@ from typing import NamedTuple
 import grpc
 from sqlalchemy.orm import Session
 
+from nurture import jsoncodec
 from nurture.api.scoring.v1 import scoring_pb2
 from nurture.batching import Batcher
 from nurture.jsontypes import JsonObject
@@ -156,7 +157,7 @@ class InboundContacts(CoreBase):
                 lead_id = crm_lead_id(crm, c.crm_id)
             out[i] = result
             plans.append(_Plan(i, crm, c, row, digest, merged))
-            requests.append(scoring_pb2.UpsertLeadRequest(id=lead_id, fields_json=json.dumps(fields), merge=True,
+            requests.append(scoring_pb2.UpsertLeadRequest(id=lead_id, fields_json=jsoncodec.dumps(fields), merge=True,
                                                           source=f"crm:{crm}"))
         replies = await self._scoring_upserts(requests)
         now = self.clock.now()

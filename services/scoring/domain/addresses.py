@@ -38,13 +38,23 @@ def check_email(raw: str) -> tuple[str, str]:
         return "", str(exc)
 
 
+def _lowered(lists: AddressLists) -> tuple[frozenset[str], frozenset[str]]:
+    return frozenset(r.lower() for r in lists.role), frozenset(d.lower() for d in lists.disposable)
+
+
+@functools.cache
+def _default_lowered() -> tuple[frozenset[str], frozenset[str]]:
+    """The file's lists as sets, made once (not on every lead write)."""
+    return _lowered(address_lists())
+
+
 def email_flags(address: str, lists: AddressLists | None = None) -> list[str]:
     """"role" and/or "disposable" for an address, in that order; [] for neither."""
-    lists = lists or address_lists()
+    role, disposable = _default_lowered() if lists is None else _lowered(lists)
     local, _, domain = address.rpartition("@")
     flags = []
-    if local.lower() in {r.lower() for r in lists.role}:
+    if local.lower() in role:
         flags.append("role")
-    if domain.lower() in {d.lower() for d in lists.disposable}:
+    if domain.lower() in disposable:
         flags.append("disposable")
     return flags
