@@ -24,6 +24,7 @@ from nurture.jsontypes import JsonMapping, JsonObject, JsonValue
 from services.journeys.domain import rulesets
 from services.journeys.domain.definitions import (
     CLOCK_PREFIX,
+    GlobalExit,
     Journey,
     PlaybookSettings,
     Rule,
@@ -89,6 +90,17 @@ class Engine:
         self._resolve = resolve
         self._published = published
         self._index: _PublishedIndex | None = None
+        self._plans: dict[str, _TypePlan] = {}
+
+    def _plan(self, etype: str) -> _TypePlan:
+        """What the settings do with one event type, worked out once (the settings do not change)."""
+        if len(self._plans) >= _TYPES_KEPT:
+            self._plans.clear()  # event types come from outside: keep the memory bounded
+        plan = self._plans[etype] = _TypePlan(
+            engagement=etype in self.settings.engagement_events,
+            clocks=any(etype in c.reset_by or etype in c.starts_on for c in self.settings.clocks),
+            exits=tuple(rule for rule in self.settings.exits if etype in rule.events))
+        return plan
 
     def _published_index(self) -> _PublishedIndex:
         """What every message asks of the published journeys, worked out once per published list (the
@@ -156,10 +168,15 @@ class Engine:
                     self._finish(state, e, EXITED, "erased", now, out, summary="exited: lead erased")
             out.erased = True
             return out
-        if etype != "date_reached":
+        plan = self._plans.get(etype)
+        if plan is None:
+            plan = self._plan(etype)
+        index = self._published_index()
+        if etype != "date_reached" and index.date_rules:
             self._arm_dates(state, out)
-        self._tick_clocks(state, message, etype, now, out)
-        if etype in self.settings.engagement_events:
+        if plan.clocks:
+            self._tick_clocks(state, message, etype, now, out)
+        if plan.engagement:
             self._engaged(state, message, now, out)
         elif state.last_engagement is None and etype != "inactivity":
             # The inactivity clock starts at the first thing we hear about the lead.
@@ -182,9 +199,7 @@ class Engine:
                     self._keep_for_consent(state, e, now, reason=reason, scope=str(scope or "nurture"))
                     self._finish(state, e, EXITED, reason, now, out, summary=f"exited: {reason}"
                                  + (f" ({scope})" if scope else ""))
-        for rule in self.settings.exits:
-            if etype not in rule.events:
-                continue
+        for rule in plan.exits:
             for e in list(state.enrollments.values()):
                 if e.status in LIVE and e.journey not in rule.keep \
                         and self.journey(e.journey, e.version).category in rule.categories:
@@ -196,7 +211,6 @@ class Engine:
             for past in state.history.values():
                 if "consent_exit" in past:
                     past["consent_exit"]["withdrawn"] = True
-        index = self._published_index()
         if etype == RESUBSCRIBED:
             lifted = {str(x) for x in message.properties.get("scopes") or []}
             for category, why in list(state.opted_out.items()):
@@ -217,6 +231,8 @@ class Engine:
             for e in [x for ekey in by_journey.get(j.key, ()) if (x := enrollments[ekey]).status in LIVE]:
                 self._on_enrolled(state, e, message, now, out, rules if e.version == j.version else None)
             if rules.entry is not None:  # else no entry rule listens to this event type: nothing to enter
+                if not j.entity and (current := enrollments.get(j.key)) is not None and current.status in LIVE:
+                    continue  # already in it (what _maybe_enter finds first; most messages of an always-on journey)
                 self._maybe_enter(state, j, message, now, out, rules)
         # Enrolments of older versions still listen to their own rules.
         live_keys = index.keys
@@ -351,6 +367,8 @@ class Engine:
         # they hold before the event wait reads them (whole).
         if rules is None:
             rules = rulesets.for_event(j, etype)
+        if not rules.enrolled and etype not in j.reanchor_events and e.waiting != "event":
+            return  # no exit, trigger, anchor or event wait reads this event type (what follows finds nothing)
         facts = self.facts(state, message, e, now, rules.enrolled_roots) if rules.enrolled else None
         for rule, match in rulesets.matching(rules.exit, facts or {}):
             outcome = COMPLETED if rule.outcome == "goal" else EXITED
@@ -789,10 +807,11 @@ class Engine:
 
     def _run(self, state: LeadState, j: Journey, e: Enrollment, s: Step, now: datetime, out: Outcome,
              status: str = "done", detail: str = "", message_id: str = "") -> None:
-        occ = self._occurrence(e, s.id)
-        e.visits[s.id] = e.visits.get(s.id, 0) + 1
-        out.runs.append(StepRun(state.lead_id, e.ekey, e.journey, e.version, s.id, s.type, occ,
-                                dedupe_key(state.lead_id, e, s.id, occ), status, now, s.stage or e.stage,
+        step_id = s.id
+        visits = e.visits[step_id] = e.visits.get(step_id, 0) + 1
+        occ = f"{e.entry}.{visits}"  # (_occurrence's, with the visit counted once)
+        out.runs.append(StepRun(state.lead_id, e.ekey, e.journey, e.version, step_id, s.type, occ,
+                                dedupe_key(state.lead_id, e, step_id, occ), status, now, s.stage or e.stage,
                                 message_id=message_id, detail=detail))
         out.touched.add(e.ekey)
 
@@ -989,6 +1008,16 @@ class Engine:
             lead_id=lead_id or (state.lead_id if state else ""), ekey=e.ekey, journey=e.journey, version=e.version,
             at=now, type=kind, summary=f"{e.journey}: {summary}", step_from=step_from, step_to=step_to,
             stage=stage or e.stage, rule=rule, facts=dict(facts or {})))
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _TypePlan:
+    """The settings' part in one event type: an engagement event or not, whether a quiet-period clock
+    reads it, and the playbook exits it takes."""
+
+    engagement: bool
+    clocks: bool
+    exits: tuple[GlobalExit, ...]
 
 
 class _PublishedIndex:
