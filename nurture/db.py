@@ -510,6 +510,13 @@ class DriverWrites:
         """Insert `rows` (values in `columns` order); with `returning`, that column of each new row,
         in ascending order (one multi-row INSERT per chunk, so a chunk's ids follow its rows)."""
         if returning is None:
+            if self._arrays(rows):
+                # WITH ORDINALITY ... ORDER BY: a serial column numbers the rows in the order given.
+                sql = self._statement(("insert arrays", table.name, tuple(columns)), lambda: (
+                    f"INSERT INTO {table.name} ({', '.join(columns)}) SELECT {', '.join(columns)} FROM "
+                    f"{self._unnest(table, columns)} WITH ORDINALITY AS u({', '.join(columns)}, ord) ORDER BY ord"))
+                self._run(conn, sql, self._columns(table, columns, rows), many=False)
+                return []
             sql = self._statement(("insert", table.name, tuple(columns)), lambda: (
                 f"INSERT INTO {table.name} ({', '.join(columns)}) "
                 f"VALUES ({', '.join([self._mark] * len(columns))})"))
@@ -564,13 +571,34 @@ class DriverWrites:
         if not rows:
             return
         others = [c for c in columns if c not in keys]
-        sql = self._statement(("upsert", table.name, tuple(columns), tuple(keys), tuple(add), ignore), lambda: (
-            f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({', '.join([self._mark] * len(columns))}) "
-            f"ON CONFLICT ({', '.join(keys)}) " + (
-                "DO NOTHING" if ignore or not others else "DO UPDATE SET " + ", ".join(
-                    f"{c} = {table.name}.{c} + excluded.{c}" if c in add else f"{c} = excluded.{c}"
-                    for c in others))))
-        self._run(conn, sql, self._process(table, columns, rows), many=True)
+        arrays = self._arrays(rows)
+        conflict = f"ON CONFLICT ({', '.join(keys)}) " + (
+            "DO NOTHING" if ignore or not others else "DO UPDATE SET " + ", ".join(
+                f"{c} = {table.name}.{c} + excluded.{c}" if c in add else f"{c} = excluded.{c}" for c in others))
+        sql = self._statement(("upsert", table.name, tuple(columns), tuple(keys), tuple(add), ignore, arrays), lambda: (
+            f"INSERT INTO {table.name} ({', '.join(columns)}) "
+            + (f"SELECT * FROM {self._unnest(table, columns)} " if arrays
+               else f"VALUES ({', '.join([self._mark] * len(columns))}) ") + conflict))
+        if not arrays:
+            self._run(conn, sql, self._process(table, columns, rows), many=True)
+            return
+        # One statement may not update a row twice: rows sharing a key are merged first, as upserting
+        # them in turn would leave the row (the `add` columns summed, the last row's other values; with
+        # nothing to update, the first row).
+        position = [columns.index(k) for k in keys]
+        merged: dict[tuple[Any, ...], list[Any]] = {}
+        summed = [columns.index(c) for c in add] if others and not ignore else []
+        for row in rows:
+            key = tuple(row[i] for i in position)
+            seen = merged.get(key)
+            if seen is None:
+                merged[key] = list(row)
+            elif others and not ignore:
+                totals = [seen[i] + row[i] for i in summed]
+                seen[:] = row
+                for i, total in zip(summed, totals, strict=True):
+                    seen[i] = total
+        self._run(conn, sql, self._columns(table, columns, list(merged.values())), many=False)
 
     def delete(self, conn: Connection, table: Table, key: str, values: Sequence[Any]) -> None:
         """`DELETE FROM table WHERE key IN values`."""
@@ -579,6 +607,24 @@ class DriverWrites:
             sql = self._statement(("delete", table.name, key, len(chunk)), lambda n=len(chunk): (
                 f"DELETE FROM {table.name} WHERE {key} IN ({', '.join([self._mark] * n)})"))
             self._run(conn, sql, chunk, many=False)
+
+    def _arrays(self, rows: Sequence[Sequence[Any]]) -> bool:
+        """Whether to send these rows as one array per column (PostgreSQL, more than one row): psycopg's
+        executemany sends and answers each row as a statement of its own, in Python, which was over half
+        of analytics' fold there; a multi-row VALUES text with a placeholder per value cost more (psycopg
+        parses each new text in Python). Arrays keep one placeholder per column whatever the rows."""
+        return self._dialect.name == "postgresql" and len(rows) > 1
+
+    def _unnest(self, table: Table, columns: Sequence[str]) -> str:
+        """`unnest(%b::type[], ...)`: one array parameter per column, cast to the column's own type, sent in
+        binary (psycopg's text form escapes every element with a regular expression, in Python: most of
+        the arrays' cost)."""
+        return "unnest(" + ", ".join(
+            f"%b::{table.c[c].type.compile(dialect=self._dialect)}[]" for c in columns) + ")"
+
+    def _columns(self, table: Table, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[list[Any]]:
+        """The rows' values, converted as SQLAlchemy would, as one list per column."""
+        return [list(values) for values in zip(*self._process(table, columns, rows), strict=True)]
 
     def _statement(self, shape: tuple[Any, ...], build: Callable[..., str]) -> str:
         sql = self._sql.get(shape)
