@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from alembic import command
 from alembic.config import Config
@@ -32,6 +32,7 @@ from sqlalchemy import (
     Connection,
     Date,
     Engine,
+    Float,
     Table,
     any_,
     bindparam,
@@ -481,8 +482,9 @@ class DriverWrites:
 
     def select(self, conn: Connection, table: Table, columns: Sequence[str], key: str, values: Sequence[Any], *,
                lock: bool = False, also: tuple[str, Sequence[Any]] | None = None) -> list[dict[str, Any]]:
-        """`SELECT columns FROM table WHERE key IN values ORDER BY key`, with `lock` `FOR UPDATE` on
-        PostgreSQL (rows locked in key order: LockRows sits above the sort); each row a dict, its values
+        """`SELECT columns FROM table WHERE key IN values ORDER BY key` (on PostgreSQL `key = ANY(array)`),
+        with `lock` `FOR UPDATE` on PostgreSQL (rows locked in key order: LockRows sits above the sort);
+        each row a dict, its values
         converted as SQLAlchemy would (SQLite's datetime text). `also` (column, values) narrows it with
         `AND column IN values` (so that an index on (key, column) finds just those rows)."""
         out: list[dict[str, Any]] = []
@@ -490,6 +492,17 @@ class DriverWrites:
             return out
         processors = self._results(table, columns)
         locking = " FOR UPDATE" if lock and self._dialect.name == "postgresql" else ""
+        if self._dialect.name == "postgresql":
+            # One array per list, whatever its length: an `IN` list's text changes with its length, and
+            # psycopg parses each new text in Python (a fold's look-ups of a thousand keys each).
+            sql = self._statement(("select any", table.name, tuple(columns), key, also and also[0], locking), lambda: (
+                f"SELECT {', '.join(columns)} FROM {table.name} WHERE {key} = ANY({self._array(table, key)})"
+                + (f" AND {also[0]} = ANY({self._array(table, also[0])})" if also else "")
+                + f" ORDER BY {key}{locking}"))
+            params = [list(values), *([list(also[1])] if also else [])]
+            rows = self._run(conn, sql, params, many=False, fetch=True) if values else []
+            return [{c: v if p is None or v is None else p(v) for c, p, v in zip(columns, processors, row, strict=True)}
+                    for row in rows]
         others: list[list[Any] | None] = [None] if also is None else [
             list(also[1][i:i + _ROWS_PER_STATEMENT]) for i in range(0, len(also[1]), _ROWS_PER_STATEMENT)]
         for start in range(0, len(values), _ROWS_PER_STATEMENT):
@@ -619,8 +632,11 @@ class DriverWrites:
         """`unnest(%b::type[], ...)`: one array parameter per column, cast to the column's own type, sent in
         binary (psycopg's text form escapes every element with a regular expression, in Python: most of
         the arrays' cost)."""
-        return "unnest(" + ", ".join(
-            f"%b::{table.c[c].type.compile(dialect=self._dialect)}[]" for c in columns) + ")"
+        return "unnest(" + ", ".join(self._array(table, c) for c in columns) + ")"
+
+    def _array(self, table: Table, column: str) -> str:
+        """A binary array parameter of `column`'s type."""
+        return f"%b::{table.c[column].type.compile(dialect=self._dialect)}[]"
 
     def _columns(self, table: Table, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[list[Any]]:
         """The rows' values, converted as SQLAlchemy would, as one list per column."""
@@ -670,9 +686,16 @@ class DriverWrites:
         shape = ("result", table.name, tuple(columns))
         processors = self._processors.get(shape)
         if processors is None:
-            processors = self._processors[shape] = [
-                table.c[c].type.dialect_impl(self._dialect).result_processor(self._dialect, None) for c in columns]
+            processors = self._processors[shape] = [self._result(table.c[c].type) for c in columns]
         return processors
+
+    def _result(self, type_: Any) -> Callable[[Any], Any] | None:
+        if self._dialect.name == "postgresql" and isinstance(type_, Float):
+            # psycopg returns a double precision column as a float already; SQLAlchemy's processor wants
+            # the result's type oid, which a driver cursor's caller does not pass.
+            return None
+        processor = type_.dialect_impl(self._dialect).result_processor(self._dialect, None)
+        return cast(Callable[[Any], Any] | None, processor)
 
     @classmethod
     def _run(cls, conn: Connection, sql: str, params: Any, *, many: bool, fetch: bool = False) -> list[Any]:
