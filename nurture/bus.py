@@ -128,6 +128,7 @@ class Consumer:
         consumer: str | None = None,
         linger: float = 0.05,
         ownership: Ownership | None = None,
+        most: int | None = None,
     ) -> None:
         self._redis = client
         self._group = group
@@ -136,6 +137,11 @@ class Consumer:
         self._handler = handler
         self._batch = batch
         self._linger = linger  # seconds a consumer waits after a small read (latency for fewer calls)
+        # At most this many messages per handler call (None: a read's every shard in one call). A read
+        # takes up to `batch` entries from each shard, so a backlog over every shard made one call of
+        # shards x batch: a handler that must finish inside a lease (a replicated fold) is handed the
+        # read's shards in groups of whole shards up to this many instead (a shard over it goes alone).
+        self._most = most
         # Stable per host and process slot so a restarted process re-reads its own pending entries.
         self._consumer = consumer or f"{group}-{socket.gethostname()}-{os.environ.get('NURTURE_REPLICA', '0')}"
         self._lock = asyncio.Lock()
@@ -274,6 +280,18 @@ class Consumer:
 
     async def _handle(self, entries: list[tuple[bytes, list[_Entry]]]) -> int:
         batches = [b for b in (self._parse(stream, items) for stream, items in entries) if b[1]]
+        if self._most is None:
+            return await self._handle_batches(batches)
+        handled = 0
+        group: list[tuple[bytes, list[bytes], list[BusMessage], list[bytes]]] = []
+        for b in batches:  # in the order read: a shard read twice (the linger's second read) stays in order
+            if group and sum(len(ids) for _, ids, _, _ in group) + len(b[1]) > self._most:
+                handled += await self._handle_batches(group)
+                group = []
+            group.append(b)
+        return handled + (await self._handle_batches(group) if group else 0)
+
+    async def _handle_batches(self, batches: list[tuple[bytes, list[bytes], list[BusMessage], list[bytes]]]) -> int:
         if len(batches) > 1:
             # Every shard's messages in one handler call: a consumer's cost is mostly per call (one
             # transaction, one round of RPCs), and at modest rates each shard holds only a few.

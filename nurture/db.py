@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from alembic import command
 from alembic.config import Config
@@ -33,6 +33,7 @@ from sqlalchemy import (
     Connection,
     Date,
     Engine,
+    Float,
     Table,
     any_,
     bindparam,
@@ -482,8 +483,9 @@ class DriverWrites:
 
     def select(self, conn: Connection, table: Table, columns: Sequence[str], key: str, values: Sequence[Any], *,
                lock: bool = False, also: tuple[str, Sequence[Any]] | None = None) -> list[dict[str, Any]]:
-        """`SELECT columns FROM table WHERE key IN values ORDER BY key`, with `lock` `FOR UPDATE` on
-        PostgreSQL (rows locked in key order: LockRows sits above the sort); each row a dict, its values
+        """`SELECT columns FROM table WHERE key IN values ORDER BY key` (on PostgreSQL `key = ANY(array)`),
+        with `lock` `FOR UPDATE` on PostgreSQL (rows locked in key order: LockRows sits above the sort);
+        each row a dict, its values
         converted as SQLAlchemy would (SQLite's datetime text). `also` (column, values) narrows it with
         `AND column IN values` (so that an index on (key, column) finds just those rows)."""
         out: list[dict[str, Any]] = []
@@ -491,6 +493,17 @@ class DriverWrites:
             return out
         processors = self._results(table, columns)
         locking = " FOR UPDATE" if lock and self._dialect.name == "postgresql" else ""
+        if self._dialect.name == "postgresql":
+            # One array per list, whatever its length: an `IN` list's text changes with its length, and
+            # psycopg parses each new text in Python (a fold's look-ups of a thousand keys each).
+            sql = self._statement(("select any", table.name, tuple(columns), key, also and also[0], locking), lambda: (
+                f"SELECT {', '.join(columns)} FROM {table.name} WHERE {key} = ANY({self._array(table, key)})"
+                + (f" AND {also[0]} = ANY({self._array(table, also[0])})" if also else "")
+                + f" ORDER BY {key}{locking}"))
+            params = [list(values), *([list(also[1])] if also else [])]
+            rows = self._run(conn, sql, params, many=False, fetch=True) if values else []
+            return [{c: v if p is None or v is None else p(v) for c, p, v in zip(columns, processors, row, strict=True)}
+                    for row in rows]
         others: list[list[Any] | None] = [None] if also is None else [
             list(also[1][i:i + _ROWS_PER_STATEMENT]) for i in range(0, len(also[1]), _ROWS_PER_STATEMENT)]
         for start in range(0, len(values), _ROWS_PER_STATEMENT):
@@ -511,6 +524,13 @@ class DriverWrites:
         """Insert `rows` (values in `columns` order); with `returning`, that column of each new row,
         in ascending order (one multi-row INSERT per chunk, so a chunk's ids follow its rows)."""
         if returning is None:
+            if self._arrays(rows):
+                # WITH ORDINALITY ... ORDER BY: a serial column numbers the rows in the order given.
+                sql = self._statement(("insert arrays", table.name, tuple(columns)), lambda: (
+                    f"INSERT INTO {table.name} ({', '.join(columns)}) SELECT {', '.join(columns)} FROM "
+                    f"{self._unnest(table, columns)} WITH ORDINALITY AS u({', '.join(columns)}, ord) ORDER BY ord"))
+                self._run(conn, sql, self._columns(table, columns, rows), many=False)
+                return []
             sql = self._statement(("insert", table.name, tuple(columns)), lambda: (
                 f"INSERT INTO {table.name} ({', '.join(columns)}) "
                 f"VALUES ({', '.join([self._mark] * len(columns))})"))
@@ -565,13 +585,34 @@ class DriverWrites:
         if not rows:
             return
         others = [c for c in columns if c not in keys]
-        sql = self._statement(("upsert", table.name, tuple(columns), tuple(keys), tuple(add), ignore), lambda: (
-            f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({', '.join([self._mark] * len(columns))}) "
-            f"ON CONFLICT ({', '.join(keys)}) " + (
-                "DO NOTHING" if ignore or not others else "DO UPDATE SET " + ", ".join(
-                    f"{c} = {table.name}.{c} + excluded.{c}" if c in add else f"{c} = excluded.{c}"
-                    for c in others))))
-        self._run(conn, sql, self._process(table, columns, rows), many=True)
+        arrays = self._arrays(rows)
+        conflict = f"ON CONFLICT ({', '.join(keys)}) " + (
+            "DO NOTHING" if ignore or not others else "DO UPDATE SET " + ", ".join(
+                f"{c} = {table.name}.{c} + excluded.{c}" if c in add else f"{c} = excluded.{c}" for c in others))
+        sql = self._statement(("upsert", table.name, tuple(columns), tuple(keys), tuple(add), ignore, arrays), lambda: (
+            f"INSERT INTO {table.name} ({', '.join(columns)}) "
+            + (f"SELECT * FROM {self._unnest(table, columns)} " if arrays
+               else f"VALUES ({', '.join([self._mark] * len(columns))}) ") + conflict))
+        if not arrays:
+            self._run(conn, sql, self._process(table, columns, rows), many=True)
+            return
+        # One statement may not update a row twice: rows sharing a key are merged first, as upserting
+        # them in turn would leave the row (the `add` columns summed, the last row's other values; with
+        # nothing to update, the first row).
+        position = [columns.index(k) for k in keys]
+        merged: dict[tuple[Any, ...], list[Any]] = {}
+        summed = [columns.index(c) for c in add] if others and not ignore else []
+        for row in rows:
+            key = tuple(row[i] for i in position)
+            seen = merged.get(key)
+            if seen is None:
+                merged[key] = list(row)
+            elif others and not ignore:
+                totals = [seen[i] + row[i] for i in summed]
+                seen[:] = row
+                for i, total in zip(summed, totals, strict=True):
+                    seen[i] = total
+        self._run(conn, sql, self._columns(table, columns, list(merged.values())), many=False)
 
     def delete(self, conn: Connection, table: Table, key: str, values: Sequence[Any]) -> None:
         """`DELETE FROM table WHERE key IN values`."""
@@ -580,6 +621,27 @@ class DriverWrites:
             sql = self._statement(("delete", table.name, key, len(chunk)), lambda n=len(chunk): (
                 f"DELETE FROM {table.name} WHERE {key} IN ({', '.join([self._mark] * n)})"))
             self._run(conn, sql, chunk, many=False)
+
+    def _arrays(self, rows: Sequence[Sequence[Any]]) -> bool:
+        """Whether to send these rows as one array per column (PostgreSQL, more than one row): psycopg's
+        executemany sends and answers each row as a statement of its own, in Python, which was over half
+        of analytics' fold there; a multi-row VALUES text with a placeholder per value cost more (psycopg
+        parses each new text in Python). Arrays keep one placeholder per column whatever the rows."""
+        return self._dialect.name == "postgresql" and len(rows) > 1
+
+    def _unnest(self, table: Table, columns: Sequence[str]) -> str:
+        """`unnest(%b::type[], ...)`: one array parameter per column, cast to the column's own type, sent in
+        binary (psycopg's text form escapes every element with a regular expression, in Python: most of
+        the arrays' cost)."""
+        return "unnest(" + ", ".join(self._array(table, c) for c in columns) + ")"
+
+    def _array(self, table: Table, column: str) -> str:
+        """A binary array parameter of `column`'s type."""
+        return f"%b::{table.c[column].type.compile(dialect=self._dialect)}[]"
+
+    def _columns(self, table: Table, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[list[Any]]:
+        """The rows' values, converted as SQLAlchemy would, as one list per column."""
+        return [list(values) for values in zip(*self._process(table, columns, rows), strict=True)]
 
     def _statement(self, shape: tuple[Any, ...], build: Callable[..., str]) -> str:
         sql = self._sql.get(shape)
@@ -625,9 +687,16 @@ class DriverWrites:
         shape = ("result", table.name, tuple(columns))
         processors = self._processors.get(shape)
         if processors is None:
-            processors = self._processors[shape] = [
-                table.c[c].type.dialect_impl(self._dialect).result_processor(self._dialect, None) for c in columns]
+            processors = self._processors[shape] = [self._result(table.c[c].type) for c in columns]
         return processors
+
+    def _result(self, type_: Any) -> Callable[[Any], Any] | None:
+        if self._dialect.name == "postgresql" and isinstance(type_, Float):
+            # psycopg returns a double precision column as a float already; SQLAlchemy's processor wants
+            # the result's type oid, which a driver cursor's caller does not pass.
+            return None
+        processor = type_.dialect_impl(self._dialect).result_processor(self._dialect, None)
+        return cast(Callable[[Any], Any] | None, processor)
 
     @classmethod
     def _run(cls, conn: Connection, sql: str, params: Any, *, many: bool, fetch: bool = False) -> list[Any]:

@@ -31,6 +31,10 @@ from services.analytics.servicer import AnalyticsServicer
 MIGRATIONS = Path(__file__).with_name("migrations")
 FOLD_BATCH = 2000
 FOLD_LINGER_S = 0.5
+# At most this many messages a fold: a backlog over every shard was read as shards x FOLD_BATCH (16,000 and
+# more, with the linger's second read) into one fold, which at niceness 10 on a busy host outlasted the
+# partitions' lease (its renewal timed out meanwhile), was fenced, and was folded again shard by shard.
+FOLD_MOST = 2 * FOLD_BATCH
 
 
 async def serve(settings: Settings) -> Running:
@@ -44,7 +48,7 @@ async def serve(settings: Settings) -> Running:
     # Large batches and a long linger: a report may lag the bus by a second, and each commit folds many
     # messages (the fold's CPU per message fell by a fifth from 500 to 2,000 a batch: bench/analytics.py).
     consumer = Consumer(client, group="analytics", shards=settings.bus_shards, handler=model.handle_messages,
-                        batch=FOLD_BATCH, linger=FOLD_LINGER_S, ownership=ownership)
+                        batch=FOLD_BATCH, linger=FOLD_LINGER_S, ownership=ownership, most=FOLD_MOST)
     await ownership.tick()  # alone, a replica folds every partition from the start
 
     async def settle() -> tuple[int, datetime | None]:

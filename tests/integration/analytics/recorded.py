@@ -74,3 +74,32 @@ def statements(engine: Engine) -> Iterator[list[Statement]]:
         yield run
     finally:
         event.remove(engine, "before_cursor_execute", seen)
+
+
+@contextmanager
+def driver_statements(engine: Engine) -> Iterator[list[Statement]]:
+    """Every statement run on a psycopg cursor of `engine`'s connections checked out while the block runs,
+    in order, with its parameters: SQLAlchemy's and those written on the driver's cursor (`DriverWrites`),
+    which SQLAlchemy's events do not see. PostgreSQL only."""
+    import psycopg
+
+    run: list[Statement] = []
+
+    class Recording(psycopg.Cursor[Any]):
+        def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
+            run.append(Statement(str(query), params))
+            return super().execute(query, params, **kwargs)
+
+    def checkout(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+        dbapi_connection.cursor_factory = Recording
+
+    def checkin(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.cursor_factory = psycopg.Cursor
+
+    event.listen(engine, "checkout", checkout)
+    event.listen(engine, "checkin", checkin)
+    try:
+        yield run
+    finally:
+        event.remove(engine, "checkout", checkout)
+        event.remove(engine, "checkin", checkin)

@@ -1,5 +1,6 @@
-"""On PostgreSQL the fold reads its state by key with an index: every SELECT `storage.record` runs is planned,
-under the settings it sets, without a sequential scan (a scan per batch grew with the tables)."""
+"""On PostgreSQL the fold reads its state by key with an index: every SELECT `storage.record` runs (on SQLAlchemy's
+or the driver's cursor) is planned, under the settings it sets, without a sequential scan (a scan per batch grew
+with the tables)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,13 @@ import pytest
 
 from nurture.settings import Settings
 from services.analytics import storage
-from tests.integration.analytics.recorded import recorded, statements
+from tests.integration.analytics.recorded import driver_statements, recorded, statements
 
 
 def test_the_folds_look_ups_by_key_are_index_scans(settings: Settings) -> None:
     with recorded(settings, first=300, planner=True) as history:
-        with statements(history.db.engine) as run, history.db.session() as s:
+        # The fold reads on the driver's cursor: statements seen there, not by SQLAlchemy's events.
+        with driver_statements(history.db.engine) as run, history.db.session() as s:
             storage.record(s, list(history.facts[300:]))
         run = [st for st in run if st.sql.lstrip().upper().startswith(("SELECT", "SET"))]
         assert sum(1 for st in run if st.sql.lstrip().upper().startswith("SELECT")) >= 6

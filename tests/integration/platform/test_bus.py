@@ -1,5 +1,6 @@
-"""The event bus on a real Redis: one handler call across shards, per-lead order, a poison message
-isolated to its shard and dead-lettered, and the linger that gathers a trickle into one call."""
+"""The event bus on a real Redis: one handler call across shards (or calls of at most `most` messages),
+per-lead order, a poison message isolated to its shard and dead-lettered, and the linger that gathers a
+trickle into one call."""
 
 from __future__ import annotations
 
@@ -43,6 +44,28 @@ async def test_shards_are_handled_in_one_call_in_per_lead_order(redis_url: str) 
     assert len(calls) == 1
     for lead in leads:
         assert [m.properties["n"] for m in calls[0] if m.lead_id == lead] == [0, 1, 2, 3, 4]
+    await client.aclose()
+
+
+async def test_a_read_over_many_shards_is_handed_over_in_calls_of_at_most_most_messages(redis_url: str) -> None:
+    """`most`: the shards of one read go to the handler in groups of whole shards up to that many messages
+    (a fold that must end inside its lease), each lead's messages still in order, and every entry acked."""
+    client = aioredis.from_url(redis_url)
+    leads = _leads_on_distinct_shards(4)
+    await Publisher(client, SHARDS).publish(
+        [BusMessage(id=f"{lead}:{n}", lead_id=lead, type="page_viewed", properties={"n": n})
+         for n in range(3) for lead in leads])
+    calls: list[list[BusMessage]] = []
+
+    async def handler(messages: list[BusMessage]) -> None:
+        calls.append(messages)
+
+    assert await Consumer(client, group="g", shards=SHARDS, handler=handler, most=7).drain() == 12
+    assert [len(call) for call in calls] == [6, 6]  # two shards of three each; a third would make nine
+    for lead in leads:
+        assert [m.properties["n"] for call in calls for m in call if m.lead_id == lead] == [0, 1, 2]
+        pending = await client.xpending(stream_key(shard_of(lead, SHARDS)), "g")
+        assert pending["pending"] == 0
     await client.aclose()
 
 

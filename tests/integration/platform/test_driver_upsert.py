@@ -6,9 +6,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
+from typing import Any
 
 import pytest
-from sqlalchemy import Boolean, Column, Date, DateTime, Integer, MetaData, String, Table, select
+from sqlalchemy import Boolean, Column, Date, DateTime, Integer, MetaData, String, Table, event, select
 from sqlalchemy.engine import Engine
 
 from nurture.db import DriverWrites, make_engine
@@ -117,3 +118,41 @@ def test_one_call_with_a_key_twice_and_more_rows_than_a_statement_leaves_what_up
         assert found == expected
         assert found["k0000"] == (1000 + 0 + 700 + 1400 + 2100 + 2800, "l2800")
         assert sorted(r.k for r in conn.execute(select(keys_only))) == ["k0", "k1", "k2"]
+
+
+def test_on_postgresql_a_call_of_many_rows_is_one_statement_of_arrays(engine: Engine) -> None:
+    """PostgreSQL: an upsert or insert of many rows is one `INSERT ... SELECT FROM unnest(arrays)` on the
+    driver's cursor, not an executemany (psycopg sends and answers each row of one as a statement of its own,
+    in Python: over half of analytics' fold)."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("PostgreSQL's statements only")
+    import psycopg
+
+    sent: list[tuple[str, str]] = []
+
+    class Recording(psycopg.Cursor[Any]):
+        def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
+            sent.append(("execute", str(query)))
+            return super().execute(query, params, **kwargs)
+
+        def executemany(self, query: Any, params_seq: Any, **kwargs: Any) -> None:
+            sent.append(("executemany", str(query)))
+            super().executemany(query, params_seq, **kwargs)
+
+    def checkout(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+        dbapi_connection.cursor_factory = Recording
+
+    event.listen(engine, "checkout", checkout)
+    writes = DriverWrites(engine)
+    d = date(2026, 3, 2)
+    with writes.begin() as conn:
+        sent.clear()
+        writes.upsert(conn, cells, ("day", "k", "n", "label"), [(d, f"k{i % 700}", i, "x") for i in range(3100)],
+                      keys=("day", "k"), add=("n",))
+        writes.insert(conn, pairs, ("a", "b"), [("a", f"b{i}") for i in range(2500)])
+        mine = list(sent)
+    event.remove(engine, "checkout", checkout)
+    assert [kind for kind, _ in mine] == ["execute", "execute"], mine
+    assert all("unnest(" in sql for _, sql in mine), mine
+    with engine.connect() as conn:
+        assert len(conn.execute(select(cells)).all()) == 700 and len(conn.execute(select(pairs)).all()) == 2500
