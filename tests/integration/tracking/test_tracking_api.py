@@ -23,8 +23,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from gateway.tracking import linktoken
 from gateway.tracking.ratelimit import SEEN_TTL_S, RateLimits
-from nurture.api.messaging.v1 import messaging_pb2, messaging_pb2_grpc
 from nurture import collectstream, redisconn
+from nurture.api.messaging.v1 import messaging_pb2, messaging_pb2_grpc
 from nurture.api.scoring.v1 import scoring_pb2, scoring_pb2_grpc
 from nurture.settings import Settings
 from tests.conftest import free_port, mesh_channel, start_service
