@@ -35,8 +35,6 @@ from sqlalchemy import (
     Engine,
     Float,
     Table,
-    any_,
-    bindparam,
     create_engine,
     event,
     make_url,
@@ -407,21 +405,11 @@ def insert_new(session: Session, table: Table, keys: Sequence[str]) -> Any:
     return make(table).on_conflict_do_nothing(index_elements=list(keys))
 
 
-def key_in(session: Session, column: Any, keys: Sequence[Any]) -> Any:
-    """`column` is one of `keys`: a batch's look-up by key (hundreds of keys). On PostgreSQL
-    `column = ANY(:array)`, the keys one bound array (one statement text for any batch, where an
-    `IN (...)` list is a new statement per length); SQLite: `IN (...)` (keep the keys under its variable
-    limit). See `plan_by_key` for how PostgreSQL must plan it."""
-    if session.get_bind().dialect.name == "postgresql":
-        return column == any_(bindparam(None, list(keys), type_=postgresql.ARRAY(column.type)))
-    return column.in_(keys)
-
-
 def plan_by_key(session: Session) -> None:
     """On PostgreSQL, plan the rest of this transaction without sequential scans where an index serves
     (`enable_seqscan = off`, this transaction only; a statement with no index to use still scans).
 
-    For a transaction whose reads are look-ups of a batch's keys (`key_in`): the planner prices an
+    For a transaction whose reads are look-ups of a batch's keys (`DriverWrites.select`): the planner prices an
     index probe per key (a few hundred) above one pass over a table of some ten thousand pages, or over
     one whose statistics lag a bulk load (autovacuum's ANALYZE comes after it), and chose a sequential
     scan of the whole table per batch, growing with the table, where the probes read a few pages each."""
