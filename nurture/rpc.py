@@ -198,8 +198,9 @@ class _MeshHandlers:
                     credential = value
                 elif key == _TRACESTATE:
                     tracestate = value
-            if gate is not None:
-                await gate.check(method, credential, context)
+            # The gate is a plain call, awaited only to refuse: a coroutine per call costs more than the check.
+            if gate is not None and (problem := gate.problem(method, credential)) is not None:
+                await gate.refuse(problem, context)
             # (a method registered without a deserializer is handed its request as it came)
             request = parse(raw) if parse is not None else cast(Message, raw)
             remote = _remote_span_context(traceparent, tracestate) if traceparent is not None else None
@@ -207,13 +208,22 @@ class _MeshHandlers:
                 # The head chose not to record this trace: no span at all (not even a non-recording one,
                 # whose sampler call, ids and context cost a small call a few percent). The caller's
                 # context becomes current, so what this call sends on carries the same decision.
-                caller = trace.NonRecordingSpan(remote)
-                with telemetry.as_current(caller, end=False):
-                    return await _answer(inner, request, context, caller)
-            parent = trace.set_span_in_context(trace.NonRecordingSpan(remote)) if remote is not None else None
-            span = tracer.start_span(method, context=parent, kind=trace.SpanKind.SERVER, attributes=attributes)
-            with telemetry.as_current(span):
-                return await _answer(inner, request, context, span)
+                span: trace.Span = trace.NonRecordingSpan(remote)
+                current = telemetry.as_current(span, end=False)
+            else:
+                parent = trace.set_span_in_context(trace.NonRecordingSpan(remote)) if remote is not None else None
+                span = tracer.start_span(method, context=parent, kind=trace.SpanKind.SERVER, attributes=attributes)
+                current = telemetry.as_current(span)
+            # The servicer is awaited here, not through a helper coroutine of its own (one frame less a
+            # call); what it raises becomes the call's status (_failed).
+            with current:
+                try:
+                    return await inner(request, context)
+                except grpc.aio.AbortError:  # the servicer chose its status and message
+                    raise
+                except Exception as exc:
+                    await _failed(exc, context, span)
+                    raise  # not reached: _failed aborts (raises grpc.aio.AbortError)
 
         return serve
 
@@ -300,24 +310,18 @@ class _MeshServer(grpc.aio.Server):  # type: ignore[misc]
 _Unary: TypeAlias = Callable[[Message, grpc.aio.ServicerContext], Awaitable[Message | None]]
 
 
-async def _answer(inner: _Unary, request: Message,
-                  context: grpc.aio.ServicerContext, span: trace.Span) -> Message | None:
-    """The servicer's answer; an error it raised becomes its status (see unexpected_error)."""
-    try:
-        return await inner(request, context)
-    except grpc.aio.AbortError:  # the servicer chose its status and message
-        raise
-    except NurtureError as exc:  # a refusal raised rather than aborted: the same status
+async def _failed(exc: Exception, context: grpc.aio.ServicerContext, span: trace.Span) -> None:
+    """Answers a call whose servicer raised `exc` (not an abort) with its status (see unexpected_error);
+    raises grpc.aio.AbortError as `context.abort` does, or `exc` itself when the servicer had set a status."""
+    if isinstance(exc, NurtureError):  # a refusal raised rather than aborted: the same status
         await context.abort(exc.grpc_status, exc.status_details())
-    except Exception as exc:
-        chosen = context.code()
-        if chosen not in (None, grpc.StatusCode.OK):
-            # The servicer set a status before raising (grpc's generated base class does so for a
-            # method a service does not implement: callers rely on UNIMPLEMENTED).
-            raise
-        error = unexpected_error(exc, span)
-        await context.abort(error.grpc_status, error.status_details())
-    return None  # not reached: context.abort raises (grpc.aio.AbortError)
+    chosen = context.code()
+    if chosen not in (None, grpc.StatusCode.OK):
+        # The servicer set a status before raising (grpc's generated base class does so for a
+        # method a service does not implement: callers rely on UNIMPLEMENTED).
+        raise exc
+    error = unexpected_error(exc, span)
+    await context.abort(error.grpc_status, error.status_details())
 
 
 def unexpected_error(exc: Exception, span: trace.Span | None = None) -> NurtureError:
@@ -473,10 +477,20 @@ class _MeshGate:
     async def check(self, method: str, credential: object, context: grpc.aio.ServicerContext) -> None:
         """Returns when the call carries a valid credential (`credential`: its metadata's value, None
         without one); else answers UNAUTHENTICATED (raises, as `context.abort` does)."""
+        problem = self.problem(method, credential)
+        if problem is not None:
+            await self.refuse(problem, context)
+
+    def problem(self, method: str, credential: object) -> str | None:
+        """None when the call may go on, else why not (logged here)."""
         problem = self._verifier.problem_of(method, credential)
-        if problem is None:
-            return
-        self._log(method, problem)
+        if problem is not None:
+            self._log(method, problem)
+        return problem
+
+    @staticmethod
+    async def refuse(problem: str, context: grpc.aio.ServicerContext) -> None:
+        """Answers UNAUTHENTICATED for `problem` (raises, as `context.abort` does)."""
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, f"{problem}; every call in the mesh must be signed")
 
     def _log(self, method: str, problem: str) -> None:

@@ -41,7 +41,7 @@ from opentelemetry import trace
 from opentelemetry.propagate import extract
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Event, ReadableSpan, SpanProcessor, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult, TraceIdRatioBased
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.util.types import Attributes, AttributeValue
@@ -55,6 +55,9 @@ from nurture.settings import Settings
 _configured = False
 
 
+_UNSET_CODE, _ERROR_CODE = trace.StatusCode.UNSET, trace.StatusCode.ERROR
+
+
 class JsonLinesExporter(SpanExporter):
     """Appends one JSON object per finished span to a file (the local run's trace store)."""
 
@@ -64,8 +67,11 @@ class JsonLinesExporter(SpanExporter):
         self._lock = threading.Lock()
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        # On the exporter thread, but under the same GIL as the requests: a few µs a span matter. Every
-        # span of a process shares its resource, so its service name is looked up once a batch.
+        # On the exporter thread, but under the same GIL as the requests: every µs a span costs here is
+        # taken from them (every call of the mesh ends two spans). Every span of a process shares its
+        # resource, so its service name is looked up once a batch; the status is named by identity (an
+        # enum's `.name` is a descriptor call), links are listed only when there are any, and the
+        # attributes are copied into a dict (what orjson encodes) without the empty one made for none.
         lines = []
         resource: Resource | None = None
         service: AttributeValue | None = None
@@ -75,6 +81,9 @@ class JsonLinesExporter(SpanExporter):
                 service = resource.attributes.get("service.name")
             ctx = span.context
             parent = span.parent
+            code = span.status.status_code
+            attributes = span.attributes
+            links = span.links
             lines.append(
                 jsoncodec.dumps(
                     {
@@ -85,11 +94,11 @@ class JsonLinesExporter(SpanExporter):
                         "service": service,
                         "start_ns": span.start_time,
                         "end_ns": span.end_time,
-                        "status": span.status.status_code.name,
+                        "status": "UNSET" if code is _UNSET_CODE else "ERROR" if code is _ERROR_CODE else "OK",
                         # (a tuple is a JSON array, as a list is)
-                        "attributes": dict(span.attributes or {}),
+                        "attributes": dict(attributes) if attributes else {},
                         # The traces of the other events a batch span did work for (batch_parent).
-                        "links": [f"{link.context.trace_id:032x}" for link in span.links],
+                        "links": [f"{link.context.trace_id:032x}" for link in links] if links else [],
                     }
                 )
             )
@@ -321,8 +330,9 @@ class _Tracer(trace.Tracer):
         span = RecordedSpan(name, span_context, parent, provider.resource, attributes, links or (), kind,
                             processor, self._scope, start_time if start_time is not None else time_ns(),
                             record_exception, set_status_on_exception)
-        # (a processor is typed for the SDK's span; it takes a RecordedSpan as one: see its docstring)
-        processor.on_start(span, parent_context=context)  # type: ignore[arg-type]
+        if provider.starts:
+            # (a processor is typed for the SDK's span; it takes a RecordedSpan as one: see its docstring)
+            processor.on_start(span, parent_context=context)  # type: ignore[arg-type]
         return span
 
     def start_as_current_span(self, name: str, context: otel_context.Context | None = None,  # type: ignore[override]
@@ -335,6 +345,11 @@ class _Tracer(trace.Tracer):
         return Current(span, end_on_exit, record_exception, set_status_on_exception)
 
 
+# Processors whose `on_start` does nothing (the SDK's base, batch and simple ones): a span's start does
+# not call them.
+_NO_OP_STARTS = frozenset({SpanProcessor.on_start, BatchSpanProcessor.on_start, SimpleSpanProcessor.on_start})
+
+
 class MeshTracerProvider(TracerProvider):
     """OpenTelemetry's provider (its processors, resource, shutdown and flush) with the mesh's tracer
     (`_Tracer`) and sampler (`HeadSampler`, which it requires)."""
@@ -343,9 +358,20 @@ class MeshTracerProvider(TracerProvider):
         super().__init__(resource=resource, sampler=head)
         self.head = head
         self.random_ids = self.id_generator.is_trace_id_random()
+        # What a recorded span is handed to: the provider's own multi-processor, or the one processor
+        # added (every process adds one BatchSpanProcessor), called directly rather than through the
+        # multi-processor's loop; `starts` is whether any processor does something when a span starts.
         self.processor: SpanProcessor = self._active_span_processor
+        self.starts = False
+        self._added: list[SpanProcessor] = []
         self._mesh_tracers: dict[tuple[str, str | None, str | None], _Tracer] = {}
         self._mesh_lock = threading.Lock()
+
+    def add_span_processor(self, span_processor: SpanProcessor) -> None:
+        super().add_span_processor(span_processor)
+        self._added.append(span_processor)
+        self.processor = span_processor if len(self._added) == 1 else self._active_span_processor
+        self.starts = any(type(p).on_start not in _NO_OP_STARTS for p in self._added)
 
     def get_tracer(self, instrumenting_module_name: str, instrumenting_library_version: str | None = None,
                    schema_url: str | None = None, attributes: Attributes = None) -> trace.Tracer:

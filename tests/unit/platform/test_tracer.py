@@ -13,7 +13,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from nurture import telemetry
@@ -133,3 +133,37 @@ def test_recorded_spans_reach_the_file_and_the_otlp_encoder_whole(tmp_path: Path
     assert proto["child"].parent_span_id == root.get_span_context().span_id.to_bytes(8, "big")
     assert [v.string_value for v in proto["child"].attributes[0].value.array_value.values] == ["INSERT x", "UPDATE y"]
     assert proto["child"].links[0].trace_id == (0x22).to_bytes(16, "big")
+
+
+def test_the_file_names_every_status_and_lists_no_links_or_attributes_for_a_span_without(tmp_path: Path) -> None:
+    tracer, _, exporter = _provider(1.0)
+    with tracer.start_as_current_span("unset"):
+        pass
+    with tracer.start_as_current_span("ok") as ok:
+        ok.set_status(trace.StatusCode.OK)
+    with pytest.raises(ValueError), tracer.start_as_current_span("error"):
+        raise ValueError("bad")
+    path = tmp_path / "t.jsonl"
+    telemetry.JsonLinesExporter(path).export(exporter.get_finished_spans())
+    lines = {line["name"]: line for line in map(json.loads, path.read_text().splitlines())}
+    assert {name: line["status"] for name, line in lines.items()} == {"unset": "UNSET", "ok": "OK", "error": "ERROR"}
+    assert lines["unset"]["links"] == [] and lines["unset"]["attributes"] == {}
+
+
+def test_a_lone_processor_is_called_directly_and_still_hears_every_start_it_asks_for(tmp_path: Path) -> None:
+    """A provider with one processor hands spans to it without the multi-processor; one whose `on_start`
+    does something still gets it, and the process's own (batch, to the file) exports what ends."""
+    made = telemetry.provider("t", load_settings(environ={}, trace_sample_ratio=1.0))
+    calls = _Calls()
+    made.add_span_processor(calls)
+    with made.get_tracer("t").start_as_current_span("one") as span:
+        assert calls.started == [span]
+    assert calls.ended == [span]
+    batched = telemetry.provider("lone", load_settings(environ={}, trace_sample_ratio=1.0))
+    batched.add_span_processor(BatchSpanProcessor(telemetry.JsonLinesExporter(tmp_path / "traces" / "lone.jsonl")))
+    with batched.get_tracer("t").start_as_current_span("batched"):
+        pass
+    batched.force_flush()
+    [line] = [json.loads(x) for x in (tmp_path / "traces" / "lone.jsonl").read_text().splitlines()]
+    assert line["name"] == "batched" and line["status"] == "UNSET"
+    batched.shutdown()
