@@ -124,7 +124,7 @@ class BusConsumer(Tasks, ChangeStream):
         for plan in plans:
             task, _ = self._create_task(s, row, snapshot, plan.dedupe_key, plan.kind, plan.title, plan.priority,
                                         plan.due_at, {"why": plan.why, "facts": plan.facts, "bus_message": m.id},
-                                        plan.rule, now, facts=facts)
+                                        plan.rule, now, facts=facts, absent=True)
             if task.dedupe_key == plan.dedupe_key:  # created, held or found under the key (not merged)
                 tasks[plan.dedupe_key] = lead_id
         if plans:

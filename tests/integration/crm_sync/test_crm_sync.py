@@ -313,12 +313,13 @@ async def test_a_repeated_plan_reads_the_batch_tasks_once(mesh: Mesh) -> None:
         id=lead, fields_json=json.dumps({"email": f"{lead}@example.com", "attributes": profile}))
         for lead in leads]), timeout=10)
 
+    categories = ["bottom_funnel", "pricing", "high_intent", "high_intent"]
+
     async def views(round_: int) -> None:
         await mesh.scoring.IngestEvents(scoring_pb2.IngestRequest(events=[scoring_pb2.Event(
             lead_id=lead, type="page_viewed", idempotency_key=f"{lead}-{round_}-{n}",
             properties_json=json.dumps({"category": category}))
-            for lead in leads for n, category in enumerate(["bottom_funnel", "pricing", "high_intent", "high_intent"])]),
-            timeout=10)
+            for lead in leads for n, category in enumerate(categories)]), timeout=10)
         for _ in range(20):  # scoring publishes everything before crm_sync's settle reads the bus
             if (await mesh.scoring_admin.Settle(common_pb2.SettleRequest(), timeout=30)).work_done == 0:
                 break
