@@ -594,6 +594,15 @@ def get_task_by_key(s: Session, dedupe_key: str) -> Task | None:
     return _task(row) if row else None
 
 
+def task_keys(s: Session, dedupe_keys: Iterable[str]) -> dict[str, str]:
+    """Which of `dedupe_keys` a task holds, with its lead (one query for a batch of messages' plans)."""
+    out: dict[str, str] = {}
+    for chunk in iter_chunks(sorted(set(dedupe_keys)), 500):
+        out.update((str(k), str(lead)) for k, lead in s.execute(
+            select(tasks.c.dedupe_key, tasks.c.lead_id).where(tasks.c.dedupe_key.in_(chunk))))
+    return out
+
+
 def recent_task(s: Session, lead_id: str, kind: str, since: datetime) -> Task | None:
     """A task of this kind for this lead created since `since` (one sales task per lead and day,
     whichever rule or journey asked for it first)."""

@@ -35,8 +35,10 @@ class TaskRequest:
 class Tasks(CoreBase):
     def _create_task(self, s: Session, row: st.LeadRecord, lead: JsonObject, key: str, kind: str, title: str,
                      priority: str, due_at: datetime | None, details: JsonObject, rule: str, now: datetime,
-                     facts: JsonMapping | None = None) -> tuple[st.Task, bool]:
-        existing = st.get_task_by_key(s, key)
+                     facts: JsonMapping | None = None, absent: bool = False) -> tuple[st.Task, bool]:
+        # `absent`: the caller read in this transaction that no task holds the key (the bus handler's
+        # batch read, st.task_keys), so it is not asked again.
+        existing = None if absent else st.get_task_by_key(s, key)
         if existing:
             return existing, True
         lead_id = row.lead_id

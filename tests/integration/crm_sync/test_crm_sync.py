@@ -8,6 +8,7 @@ from datetime import timedelta
 import grpc
 import pytest
 
+from nurture.api.common.v1 import common_pb2
 from nurture.api.crm_sync.v1 import crm_sync_pb2
 from nurture.api.scoring.v1 import scoring_pb2
 from tests.integration.crm_sync.conftest import AUTH, Mesh
@@ -296,3 +297,44 @@ async def test_a_task_merged_into_todays_task_is_merged_once(mesh: Mesh) -> None
         assert again.duplicate and again.task_id == first.task_id
     types = [i.type for i in await mesh.timeline(r.lead_id)]
     assert types.count("task_created") == 1 and types.count("task_merged") == 1, types
+
+
+async def test_a_repeated_plan_reads_the_batch_tasks_once(mesh: Mesh) -> None:
+    # A grade-A lead with a high score plans its high-priority notification (due once a lead) on every
+    # message: once it exists, the bus handler asks SQL once a batch which of its plans' tasks exist,
+    # not once a message.
+    from sqlalchemy.engine import Engine
+
+    from tests.integration.analytics.recorded import statements
+
+    leads = [f"rep-{n}" for n in range(4)]
+    profile = {"profession": "nurse", "countries_of_interest": ["CA"], "timeline": "urgent", "budget": "50k"}
+    await mesh.scoring.UpsertLeads(scoring_pb2.UpsertLeadsRequest(leads=[scoring_pb2.UpsertLeadRequest(
+        id=lead, fields_json=json.dumps({"email": f"{lead}@example.com", "attributes": profile}))
+        for lead in leads]), timeout=10)
+
+    categories = ["bottom_funnel", "pricing", "high_intent", "high_intent"]
+
+    async def views(round_: int) -> None:
+        await mesh.scoring.IngestEvents(scoring_pb2.IngestRequest(events=[scoring_pb2.Event(
+            lead_id=lead, type="page_viewed", idempotency_key=f"{lead}-{round_}-{n}",
+            properties_json=json.dumps({"category": category}))
+            for lead in leads for n, category in enumerate(categories)]), timeout=10)
+        for _ in range(20):  # scoring publishes everything before crm_sync's settle reads the bus
+            if (await mesh.scoring_admin.Settle(common_pb2.SettleRequest(), timeout=30)).work_done == 0:
+                break
+
+    for round_ in range(2):  # two days' views (points count once a day): the leads cross their rules
+        await views(round_)
+        await mesh.settle()
+        mesh.clock.advance(0 if round_ else 86400)
+    lead = await mesh.scoring.GetLead(scoring_pb2.GetLeadRequest(id=leads[0]), timeout=5)
+    assert lead.grade == "A" and lead.score >= 60, (lead.grade, lead.score)
+    await views(2)
+    with statements(Engine) as sent:  # type: ignore[arg-type]  # every engine of this process
+        await mesh.settle()
+    task_reads = [s.sql for s in sent if s.sql.lstrip().startswith("SELECT") and "FROM crm_sync_tasks" in s.sql]
+    assert 1 <= len(task_reads) <= 2, task_reads  # one a bus batch (each of its 16+ messages asked before)
+    for lead_id in leads:  # still one notification a lead
+        types = [i.type for i in await mesh.timeline(lead_id)]
+        assert types.count("notification") == 1, (lead_id, types)
