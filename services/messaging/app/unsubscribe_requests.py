@@ -94,7 +94,12 @@ class UnsubscribeRequests:
         await pipe.execute()
 
     async def run(self, every_s: float = 1.0) -> None:
+        me = asyncio.current_task()
         while True:
+            if me is not None and me.cancelling():
+                # redis-py can swallow a cancellation that lands inside a command (see nurture.bus): the
+                # task still records it, and the loop ends here instead of running on after a stop.
+                raise asyncio.CancelledError
             try:
                 await self.drain()
             except asyncio.CancelledError:

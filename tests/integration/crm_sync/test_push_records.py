@@ -39,7 +39,9 @@ async def test_a_pass_of_contact_pushes_is_recorded_together(mesh: Mesh, spans: 
     assert mesh.emulator.get("/_emulator/stats")["writes"] - before >= 12
     statements = _crm_statements(spans)
     assert statements.count("UPDATE crm_sync_leads") == 0, statements  # no update per push
-    assert statements.count("INSERT crm_sync_timeline") == 0, statements
+    # The pass's timeline lines in one statement (a multi-row insert: executemany on SQLite, one statement
+    # of arrays on PostgreSQL), not one a push: a settle may run a second pass.
+    assert len([s for s in statements if s.startswith("INSERT crm_sync_timeline")]) <= 2, statements
     for r in results:
         types = [i.type for i in await mesh.timeline(r.lead_id)]
         assert types.count("contact_pushed") == 2, types  # the first push and this one
