@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -29,17 +30,28 @@ def _leads_on_distinct_shards(n: int) -> list[str]:
     return list(found.values())
 
 
-async def test_shards_are_handled_in_one_call_in_per_lead_order(redis_url: str) -> None:
-    client = aioredis.from_url(redis_url)
-    leads = _leads_on_distinct_shards(4)
+async def _publish_rounds(client: aioredis.Redis, leads: list[str], rounds: int) -> None:
+    """`rounds` page views of every lead, round by round (message n of each lead carries {"n": n})."""
     await Publisher(client, SHARDS).publish(
         [BusMessage(id=f"{lead}:{n}", lead_id=lead, type="page_viewed", properties={"n": n})
-         for n in range(5) for lead in leads])
+         for n in range(rounds) for lead in leads])
+
+
+def _recording() -> tuple[list[list[BusMessage]], Callable[[list[BusMessage]], Awaitable[None]]]:
+    """A handler that keeps each call's messages, and the list it keeps them in."""
     calls: list[list[BusMessage]] = []
 
     async def handler(messages: list[BusMessage]) -> None:
         calls.append(messages)
 
+    return calls, handler
+
+
+async def test_shards_are_handled_in_one_call_in_per_lead_order(redis_url: str) -> None:
+    client = aioredis.from_url(redis_url)
+    leads = _leads_on_distinct_shards(4)
+    await _publish_rounds(client, leads, 5)
+    calls, handler = _recording()
     assert await Consumer(client, group="g", shards=SHARDS, handler=handler).drain() == 20
     assert len(calls) == 1
     for lead in leads:
@@ -52,14 +64,8 @@ async def test_a_read_over_many_shards_is_handed_over_in_calls_of_at_most_most_m
     (a fold that must end inside its lease), each lead's messages still in order, and every entry acked."""
     client = aioredis.from_url(redis_url)
     leads = _leads_on_distinct_shards(4)
-    await Publisher(client, SHARDS).publish(
-        [BusMessage(id=f"{lead}:{n}", lead_id=lead, type="page_viewed", properties={"n": n})
-         for n in range(3) for lead in leads])
-    calls: list[list[BusMessage]] = []
-
-    async def handler(messages: list[BusMessage]) -> None:
-        calls.append(messages)
-
+    await _publish_rounds(client, leads, 3)
+    calls, handler = _recording()
     assert await Consumer(client, group="g", shards=SHARDS, handler=handler, most=7).drain() == 12
     assert [len(call) for call in calls] == [6, 6]  # two shards of three each; a third would make nine
     for lead in leads:
