@@ -19,6 +19,7 @@ import grpc
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
 from google.protobuf.timestamp_pb2 import Timestamp
+from redis.exceptions import RedisError
 
 from gateway.deps import ApiError, Mesh, mesh, require_key
 from gateway.shapes import DocumentedRoute, TypedDict
@@ -303,9 +304,7 @@ async def _queue_unsubscribe(m: Mesh, token: str, scope: str, source: str, cause
                                                         "a": times.rfc3339(datetime.now(UTC))})
         finally:
             await client.aclose()
-    except Exception as exc:  # Redis away too: the caller's 503, with Retry-After
-        if "redis" not in type(exc).__module__ and not isinstance(exc, OSError):
-            raise
+    except (RedisError, OSError) as exc:  # Redis away too: the caller's 503, with Retry-After
         raise cause from exc
 
 

@@ -74,3 +74,24 @@ async def test_a_one_click_unsubscribe_while_messaging_is_away_is_applied_when_i
         if messaging is not None:
             await messaging.stop(grace=0.2)
         await scoring.stop(grace=0.2)
+
+
+async def test_with_messaging_and_redis_both_away_an_unsubscribe_is_a_503_to_retry(settings: Settings) -> None:
+    """Nothing can take the request: it is refused with Retry-After (the sender tries again), never
+    answered as recorded."""
+    addrs = {f"{s}_addr": f"127.0.0.1:{free_port()}" for s in SERVICES}  # nobody listens on any of them
+    cfg = settings.with_overrides(**addrs, api_key="test-key")
+    app = create_app(cfg)
+    for s in SERVICES:
+        app.state.mesh.channels[s] = mesh_channel(app.state.mesh.settings.address_of(s))
+    # Redis goes away after the start (the gateway's clock read it then): nobody listens there now.
+    app.state.mesh.settings = cfg.with_overrides(redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    token = Signer(cfg.secret).sign(Token("unsubscribe", "m-away-2", "away-2"))
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as client:
+            r = await client.post(f"/u/{token}", content="List-Unsubscribe=One-Click", headers=ONE_CLICK)
+        assert r.status_code == 503 and r.headers["retry-after"], r.text
+        assert "recorded" not in r.text
+    finally:
+        for ch in app.state.mesh.channels.values():
+            await ch.close()
