@@ -45,7 +45,7 @@ from nurture import busmessage
 from nurture.admin import DeadLetter, Retried
 from nurture.busmessage import BusMessage
 from nurture.partitions import Fenced, Ownership
-from nurture.redisconn import AsyncRedis, is_cluster, shard_of, sharded_key, wait_replicated
+from nurture.redisconn import AsyncRedis, ensure_group, is_cluster, shard_of, sharded_key, wait_replicated
 from nurture.telemetry import batch_parent, carrier_contexts, tracer
 
 log = logging.getLogger(__name__)
@@ -159,11 +159,7 @@ class Consumer:
         if self._ready:
             return
         for shard in range(self._shards):
-            try:
-                await self._redis.xgroup_create(stream_key(shard), self._group, id="0", mkstream=True)
-            except ResponseError as exc:
-                if "BUSYGROUP" not in str(exc):
-                    raise
+            await ensure_group(self._redis, stream_key(shard), self._group)
         self._ready = True
 
     async def _follow_ownership(self) -> int:

@@ -23,7 +23,7 @@ import redis
 import redis.asyncio as aioredis
 import redis.asyncio.cluster as aiocluster
 import redis.cluster
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 from redis.typing import EncodableT, KeyT
 
 from nurture.settings import Settings
@@ -82,6 +82,16 @@ async def _evalsha(client: AsyncRedis, sha: str, calls: Sequence[ScriptCall]) ->
         # a missing script mid-pipeline), yet routes the command by its keys' slot; the reload is ours.
         pipe.execute_command("EVALSHA", sha, len(keys), *keys, *args)
     return list(await pipe.execute(raise_on_error=False))
+
+
+async def ensure_group(client: AsyncRedis, stream: KeyT, group: str) -> None:
+    """Make a consumer group reading `stream` from its start (the stream too, if new); one that exists
+    already is kept as it is (its place in the stream is the readers' progress)."""
+    try:
+        await client.xgroup_create(stream, group, id="0", mkstream=True)
+    except ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
 
 
 def script_sha(script: str) -> str:

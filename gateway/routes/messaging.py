@@ -284,7 +284,9 @@ async def unsubscribe(token: str, request: Request, m: Mesh = Depends(mesh)) -> 
             raise
         # Messaging is slow or away: a one-click POST is sent once, so the request is queued for it
         # (nurture.unsubscribequeue) and the person is answered; a 503 only when Redis is away too.
-        await _queue_unsubscribe(m, token, scope, source, exc)
+        if not await _queue_unsubscribe(m, token, scope, source, exc):
+            raise ApiError(503, "unavailable", "unsubscribes cannot be taken right now: retry later",
+                           headers={"Retry-After": str(unsubscribequeue.RETRY_AFTER_S)}) from exc
         return _page("You are unsubscribed", "<p>Your request is recorded and takes effect within moments.</p>")
     what = "any email from BorderBridge" if reply.scope == "all" else (
         "webinar and account reminders" if reply.scope == "transactional" else "BorderBridge guidance emails")
@@ -295,17 +297,24 @@ _AWAY = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.St
          grpc.StatusCode.RESOURCE_EXHAUSTED)
 
 
-async def _queue_unsubscribe(m: Mesh, token: str, scope: str, source: str, cause: grpc.aio.AioRpcError) -> None:
+async def _queue_unsubscribe(m: Mesh, token: str, scope: str, source: str, cause: grpc.aio.AioRpcError) -> bool:
+    """Queue the request for messaging; False when the queue is full (nurture.unsubscribequeue)."""
     log.warning("unsubscribe: messaging answered %s; queuing the request", cause.code().name)
     try:
         client = redisconn.connect(m.settings)
         try:
-            await client.xadd(unsubscribequeue.STREAM, {"k": token, "s": scope, "o": source,
-                                                        "a": times.rfc3339(datetime.now(UTC))})
+            [entry] = await redisconn.run_script(client, unsubscribequeue.ENQUEUE, [(
+                [unsubscribequeue.STREAM],
+                [unsubscribequeue.MAX_ENTRIES, token, scope, source, times.rfc3339(datetime.now(UTC))])])
         finally:
             await client.aclose()
     except (RedisError, OSError) as exc:  # Redis away too: the caller's 503, with Retry-After
         raise cause from exc
+    if entry is None:
+        log.warning("unsubscribe: the queue holds %d requests (messaging away?): refusing",
+                    unsubscribequeue.MAX_ENTRIES)
+        return False
+    return True
 
 
 router.include_router(keyed)

@@ -19,7 +19,7 @@ from typing import cast
 from redis.exceptions import ResponseError
 
 from nurture import unsubscribequeue
-from nurture.redisconn import AsyncRedis
+from nurture.redisconn import AsyncRedis, ensure_group
 from services.messaging.domain.tokens import TokenError
 
 log = logging.getLogger(__name__)
@@ -42,11 +42,7 @@ class UnsubscribeRequests:
     async def _ensure_group(self) -> None:
         if self._ready:
             return
-        try:
-            await self._redis.xgroup_create(unsubscribequeue.STREAM, unsubscribequeue.GROUP, id="0", mkstream=True)
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        await ensure_group(self._redis, unsubscribequeue.STREAM, unsubscribequeue.GROUP)
         self._ready = True
 
     async def _read(self, start: str) -> list[_Entry]:

@@ -39,7 +39,7 @@ from redis.typing import KeyT, StreamIdT
 
 from nurture import collectstream
 from nurture.admin import DeadLetter, Retried
-from nurture.redisconn import AsyncRedis, is_cluster, run_script
+from nurture.redisconn import AsyncRedis, ensure_group, is_cluster, run_script
 from nurture.telemetry import batch_parent, traceparent_contexts, tracer
 from services.scoring.app.visitors import VisitorEventIn
 
@@ -98,11 +98,7 @@ class CollectStream:
         if self._ready:
             return
         for key in self._keys:
-            try:
-                await self._redis.xgroup_create(key, collectstream.GROUP, id="0", mkstream=True)
-            except ResponseError as exc:
-                if "BUSYGROUP" not in str(exc):
-                    raise
+            await ensure_group(self._redis, key, collectstream.GROUP)
         self._ready = True
 
     # -- reading ----------------------------------------------------------------------------------------

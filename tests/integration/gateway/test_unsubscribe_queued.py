@@ -95,3 +95,38 @@ async def test_with_messaging_and_redis_both_away_an_unsubscribe_is_a_503_to_ret
     finally:
         for ch in app.state.mesh.channels.values():
             await ch.close()
+
+
+async def test_a_full_queue_refuses_with_a_503_and_grows_no_further(settings: Settings,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Messaging away and the queue at its bound (nurture.unsubscribequeue.MAX_ENTRIES, made 2 here): the next
+    request is refused with Retry-After, not answered as recorded, and Redis holds no more than the bound."""
+    monkeypatch.setattr(unsubscribequeue, "MAX_ENTRIES", 2)
+    addrs = {f"{s}_addr": f"127.0.0.1:{free_port()}" for s in SERVICES}  # messaging listens nowhere
+    cfg = settings.with_overrides(**addrs, api_key="test-key")
+    app = create_app(cfg)
+    for s in SERVICES:
+        app.state.mesh.channels[s] = mesh_channel(app.state.mesh.settings.address_of(s))
+    redis = redisconn.connect(cfg)
+    try:
+        await redis.delete(unsubscribequeue.STREAM)
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as client:
+            answers, tokens = [], []
+            for i in range(3):
+                token = Signer(cfg.secret).sign(Token("unsubscribe", f"m-full-{i}", f"full-{i}"))
+                tokens.append(token)
+                answers.append(await client.post(f"/u/{token}", content="List-Unsubscribe=One-Click",
+                                                 headers=ONE_CLICK))
+        assert [r.status_code for r in answers] == [200, 200, 503], [r.text for r in answers]
+        assert "recorded" in answers[0].text and "recorded" in answers[1].text
+        assert answers[2].headers["retry-after"] == str(unsubscribequeue.RETRY_AFTER_S)
+        assert "recorded" not in answers[2].text
+        assert await redis.xlen(unsubscribequeue.STREAM) == 2
+        queued = await redis.xrange(unsubscribequeue.STREAM)
+        assert [(fields[b"k"].decode(), fields[b"o"]) for _, fields in queued] == [
+            (tokens[0], b"one_click"), (tokens[1], b"one_click")]
+    finally:
+        await redis.delete(unsubscribequeue.STREAM)
+        await redis.aclose()
+        for ch in app.state.mesh.channels.values():
+            await ch.close()
