@@ -1,5 +1,6 @@
 """Outbound connectors. `Connector` is what the push queue needs from a CRM; `HubSpotConnector`
-speaks HubSpot's CRM v3 objects API (contacts, tasks, notes, associations) at settings.crm_url.
+speaks HubSpot's CRM v3 objects API (contacts, their batch update, tasks, notes, associations) at
+settings.crm_url.
 
 Every failure is classified: `Retryable` (timeouts, connection errors, 5xx, 429 with its Retry-After)
 or `Permanent` (any other 4xx: the request itself is wrong; retrying cannot help).
