@@ -1,5 +1,6 @@
 """Outbound connectors. `Connector` is what the push queue needs from a CRM; `HubSpotConnector`
-speaks HubSpot's CRM v3 objects API (contacts, tasks, notes, associations) at settings.crm_url.
+speaks HubSpot's CRM v3 objects API (contacts, their batch update, tasks, notes, associations) at
+settings.crm_url.
 
 Every failure is classified: `Retryable` (timeouts, connection errors, 5xx, 429 with its Retry-After)
 or `Permanent` (any other 4xx: the request itself is wrong; retrying cannot help).
@@ -15,6 +16,7 @@ from services.crm_sync.http import HttpClient, RequestTimeout, Response, Transpo
 TASK_CONTACT = 204   # HubSpot default association type ids
 NOTE_CONTACT = 202
 NOTE_TASK = 228      # not a HubSpot default: the emulator's note→task link (documented there)
+BATCH_UPDATE = 100   # HubSpot's limit of inputs per batch request
 
 
 class PushError(Exception):
@@ -40,6 +42,8 @@ class NotFound(Permanent):
 class Connector(Protocol):
     async def upsert_contact(self, remote_id: str | None, properties: dict[str, str],
                              create_properties: dict[str, str]) -> str: ...
+
+    async def update_contacts(self, updates: dict[str, dict[str, str]]) -> set[str]: ...
 
     async def find(self, object_type: str, prop: str, value: str) -> str | None: ...
 
@@ -117,6 +121,15 @@ class HubSpotConnector:
             existing = found.group(1)
             await self._call("PATCH", f"/crm/v3/objects/contacts/{existing}", {"properties": properties})
             return existing
+
+    async def update_contacts(self, updates: dict[str, dict[str, str]]) -> set[str]:
+        """PATCH several known contacts in one request (`/batch/update`, at most BATCH_UPDATE of them):
+        the ids the CRM answered as updated. One HTTP exchange instead of one per contact is most of a
+        push's cost. A contact the CRM did not answer for is the caller's to push alone, as is every
+        contact of a batch refused as a whole (`Permanent`: an unknown id, a taken email)."""
+        body = {"inputs": [{"id": remote_id, "properties": props} for remote_id, props in updates.items()]}
+        answer = await self._call("POST", "/crm/v3/objects/contacts/batch/update", body)
+        return {str(r.get("id")) for r in (answer or {}).get("results") or [] if isinstance(r, dict)}
 
     async def find(self, object_type: str, prop: str, value: str) -> str | None:
         body = {"filterGroups": [{"filters": [{"propertyName": prop, "operator": "EQ", "value": value}]}], "limit": 1}

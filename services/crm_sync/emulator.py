@@ -4,7 +4,9 @@
 
 It is a real HTTP server (a plain ASGI app on uvicorn) used by `nurture up` and by the tests:
 - objects `contacts`, `tasks`, `notes`, `deals`: create (`POST /crm/v3/objects/<type>`, also `/batch/create`), read
-  (`GET .../<id>`, contacts also `?idProperty=email`), update (`PATCH .../<id>`), archive (`DELETE .../<id>`),
+  (`GET .../<id>`, contacts also `?idProperty=email`), update (`PATCH .../<id>`, also `POST .../batch/update`
+  with `inputs: [{id, properties}]`: all or nothing, an unknown id or a taken email refuses the whole batch as
+  PATCH would refuse that one; each update counts as a write), archive (`DELETE .../<id>`),
   list (`GET /crm/v3/objects/<type>?limit=&after=`) and search (`POST .../search`, EQ filters);
 - associations: created with the object (`associations: [{to: {id}, types: [...]}]`) or with
   `PUT /crm/v3/objects/<type>/<id>/associations/<to_type>/<to_id>/<assoc_type>`, read with
@@ -123,13 +125,18 @@ class CrmState:
             self._write({"op": "assoc", "from_type": otype, "from_id": oid, "to_type": to_type, "to_id": to_id})
         return obj
 
-    def update(self, otype: str, oid: str, body: dict[str, Any], now: str) -> dict[str, Any]:
+    def check_update(self, otype: str, oid: str, body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The object and the properties an update would write, or the HttpError it would meet."""
         obj = self.get(otype, oid)
         props = _properties(body)
         if otype == "contacts" and props.get("email"):
             existing = self.by_email.get(str(props["email"]).lower())
             if existing is not None and existing != oid:
                 raise HttpError(409, f"Contact already exists. Existing ID: {existing}", "CONFLICT")
+        return obj, props
+
+    def update(self, otype: str, oid: str, body: dict[str, Any], now: str) -> dict[str, Any]:
+        obj, props = self.check_update(otype, oid, body)
         merged = {**obj["properties"], **props, "hs_lastmodifieddate": now}
         new = {**obj, "properties": merged, "updatedAt": now}
         self._write({"op": "put", "type": otype, "obj": new})
@@ -244,6 +251,18 @@ class Emulator:
             results = [st.create(otype, i, now) for i in inputs]
             self._wrote(len(results))
             return 201, {"status": "COMPLETE", "results": results}
+        elif rest == ["batch", "update"] and method == "POST":
+            inputs = (body or {}).get("inputs") if isinstance(body, dict) else None
+            if not isinstance(inputs, list) or not all(isinstance(i, dict) for i in inputs):
+                raise HttpError(400, "'inputs' must be a list of objects")
+            ids = [str(i.get("id", "")) for i in inputs]
+            if len(set(ids)) != len(ids):
+                raise HttpError(400, "Duplicate IDs found in batch input")
+            for oid, i in zip(ids, inputs, strict=True):  # all checked before any is written
+                st.check_update(otype, oid, i)
+            results = [st.update(otype, oid, i, now) for oid, i in zip(ids, inputs, strict=True)]
+            self._wrote(len(results))
+            return 200, {"status": "COMPLETE", "results": results}
         elif len(rest) == 1:
             oid = rest[0]
             if otype == "contacts" and query.get("idProperty") == "email":

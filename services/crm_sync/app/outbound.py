@@ -23,7 +23,7 @@ from nurture.rpc import DEADLINE_S
 from services.crm_sync import domain
 from services.crm_sync import storage as st
 from services.crm_sync.app.base import CoreBase
-from services.crm_sync.connector import Permanent, Retryable
+from services.crm_sync.connector import BATCH_UPDATE, Permanent, Retryable
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,18 @@ class ContactPushed:
     digest: str
     pushed_fields: dict[str, str]
     properties: list[str]
+
+
+@dataclass(frozen=True)
+class _ContactProps:
+    """A contact push about to be made: the lead's row, its computed values, the properties for a
+    contact the CRM has, and their hash."""
+
+    lead_id: str
+    row: st.LeadRecord
+    computed: dict[str, str]
+    props: dict[str, str]
+    digest: str
 
 
 @dataclass
@@ -159,6 +171,9 @@ class OutboundQueue(CoreBase):
         lead_jobs = [j for j in jobs if j.op == "lead"]
         results: list[tuple[st.PushJob, Outcome]] = list(
             zip(lead_jobs, await self._update_leads(lead_jobs), strict=True))
+        # Contact pushes first in their lead's lane go to the CRM together, before the lanes start.
+        together = await self._push_known_contacts(
+            [items[0] for items in by_lead.values() if items[0].op == "contact"])
         sem = asyncio.Semaphore(32)
 
         async def lane(items: list[st.PushJob]) -> None:
@@ -173,7 +188,9 @@ class OutboundQueue(CoreBase):
                         # first read the state both were queued for, so it covered this one too.
                         results.append((j, Outcome("done")))
                         continue
-                    out = await self._perform(j, remote)
+                    out = together.pop(int(j.id), None) or await self._perform(j, remote)
+                    if out.contact is not None:
+                        remote[j.lead_id] = out.contact.remote_id
                     pushed = pushed or (j.op == "contact" and out.status == "done")
                     results.append((j, out))
 
@@ -302,10 +319,9 @@ class OutboundQueue(CoreBase):
             log.exception("push %s failed unexpectedly", job.id)
             return Outcome("retry", error=f"{type(exc).__name__}: {exc}")
 
-    async def _push_contact(self, lead_id: str, row: st.LeadRecord | None = None, *,
-                            remote: dict[str, str] | None = None) -> ContactPushed | None:
-        if row is None:
-            row = await self.read(lambda s: st.get_lead(s, lead_id))
+    def _contact_props(self, lead_id: str, row: st.LeadRecord | None) -> _ContactProps | None:
+        """What a contact push would send for the lead: None when there is nothing (no lead, no
+        snapshot yet, or the CRM has what it would send already)."""
         if row is None or not row.snapshot:
             return None
         computed = domain.computed_values(self.cfg, row.snapshot, row.journeys, owner=row.owner,
@@ -316,20 +332,76 @@ class OutboundQueue(CoreBase):
         if digest == row.pushed_hash and row.crm_id:
             self.stats.skipped += 1
             return None
+        return _ContactProps(lead_id, row, computed, props, digest)
+
+    def _pushed(self, p: _ContactProps, remote_id: str, props: dict[str, str]) -> ContactPushed:
+        self.stats.pushes += 1
+        pushed_fields = {r.lead: props[r.crm] for r in self.cfg.fields
+                         if r.crm in props and r.policy in domain.INBOUND_POLICIES}
+        return ContactPushed(lead_id=p.lead_id, remote_id=remote_id, digest=p.digest, pushed_fields=pushed_fields,
+                             properties=sorted(props))
+
+    async def _push_contact(self, lead_id: str, row: st.LeadRecord | None = None, *,
+                            remote: dict[str, str] | None = None) -> ContactPushed | None:
+        if row is None:
+            row = await self.read(lambda s: st.get_lead(s, lead_id))
+        p = self._contact_props(lead_id, row)
+        if p is None:
+            return None
+        row, props = p.row, p.props
         # A created contact carries the lead id, so a create whose answer was lost can be found again.
         # (Made only for a push that happens: a push skipped above needs it not.)
-        full = {**domain.outbound_properties(self.cfg, row.snapshot, row.fields, computed,
+        full = {**domain.outbound_properties(self.cfg, row.snapshot, row.fields, p.computed,
                                              contact_exists=False), "nurture_lead_id": lead_id}
         remote_id = await self.connector.upsert_contact(row.crm_id, props, full)
         if remote is not None:
             remote[lead_id] = remote_id
-        if remote_id != row.crm_id:
-            props = full
-        self.stats.pushes += 1
-        pushed_fields = {r.lead: props[r.crm] for r in self.cfg.fields
-                         if r.crm in props and r.policy in domain.INBOUND_POLICIES}
-        return ContactPushed(lead_id=lead_id, remote_id=remote_id, digest=digest, pushed_fields=pushed_fields,
-                             properties=sorted(props))
+        return self._pushed(p, remote_id, full if remote_id != row.crm_id else props)
+
+    async def _push_known_contacts(self, jobs: list[st.PushJob]) -> dict[int, Outcome]:
+        """The contact pushes of a pass whose contacts the CRM knows (a CRM id on the lead), as
+        batch updates of up to BATCH_UPDATE: their outcomes by job id. Each is the first push of its
+        lead in the pass (so the lead's pushes keep their order). What a batch leaves out (a contact
+        the CRM did not answer for, a batch it refused as a whole) is not here: its lane pushes it
+        alone, as before, where a contact deleted in the CRM is created again."""
+        known: dict[str, tuple[st.PushJob, _ContactProps]] = {}  # by CRM id: one update per contact
+        outcomes: dict[int, Outcome] = {}
+        for j in jobs:
+            row = self._prefetched.get(j.lead_id)
+            if row is None or not row.crm_id or row.crm_id in known:
+                continue
+            p = self._contact_props(j.lead_id, row)
+            if p is None:  # nothing new for the CRM
+                self._prefetched.pop(j.lead_id, None)
+                outcomes[int(j.id)] = Outcome("done")
+                continue
+            known[row.crm_id] = (j, p)
+        if len(known) < 2:  # a lone push goes as a PATCH of its own (its lane's): a batch of one saves nothing
+            return outcomes
+        chunks = [list(known.items())[i:i + BATCH_UPDATE] for i in range(0, len(known), BATCH_UPDATE)]
+
+        async def send(chunk: list[tuple[str, tuple[st.PushJob, _ContactProps]]]) -> None:
+            try:
+                updated = await self.connector.update_contacts({crm_id: p.props for crm_id, (_, p) in chunk})
+            except Retryable as exc:
+                self.stats.push_failures += len(chunk)
+                for _, (j, _p) in chunk:
+                    self._prefetched.pop(j.lead_id, None)
+                    outcomes[int(j.id)] = Outcome("retry", error=exc.reason, retry_after=exc.retry_after)
+                return
+            except Permanent:
+                log.info("CRM refused a batch of %d contact updates; pushing them one by one", len(chunk))
+                return
+            except Exception:  # an unexpected answer: the lanes push them one by one (each PATCH is a repeat at worst)
+                log.exception("a batch of %d contact updates failed unexpectedly", len(chunk))
+                return
+            for crm_id, (j, p) in chunk:
+                if crm_id in updated:
+                    self._prefetched.pop(j.lead_id, None)
+                    outcomes[int(j.id)] = Outcome("done", contact=self._pushed(p, crm_id, p.props))
+
+        await asyncio.gather(*(send(c) for c in chunks))
+        return outcomes
 
     async def _push_task(self, job: st.PushJob, remote_ids: dict[str, str]
                          ) -> Callable[[Session], None] | None:
