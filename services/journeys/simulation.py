@@ -238,7 +238,7 @@ class Simulation:
                 "counters": {"opens_7d": 0, "opens_14d": 0, "opens_30d": 0, "clicks_7d": 0, "clicks_30d": 0,
                              "downloads": 0, "high_intent_views": 0, "pricing_views": 0, "interactions_24h": 0,
                              "days_since_engagement": 0}}
-        state = self.states[lead_id] = LeadState(lead_id=lead_id, lead=lead)
+        state = LeadState(lead_id=lead_id, lead=lead)
         # Seeded by text (hashed with SHA-512 by `random`, not by Python's per-process hash).
         self.rng = random.Random(f"{self.seed}:{lead_id}")
         self.now, self.queue = self.start, []
@@ -379,8 +379,9 @@ class Simulation:
                     process.kill()
                 raise
 
-    def run_shard(self, leads: int, days: int, shard: int = 0, shards: int = 1) -> None:
-        """Run lead number shard, shard + shards, ... of `leads` here, adding to the funnel and stats.
+    def run_shard(self, leads: int, days: int, shard: int = 0, shards: int = 1, *, keep_states: bool = True) -> None:
+        """Run lead number shard, shard + shards, ... of `leads` here, adding to the funnel and stats;
+        with `keep_states`, each lead's state is kept in `states` after its run.
 
         One lead after the other, each from its creation to the end: leads share nothing, so a lead's
         story is the same as in one queue of every lead's items (the golden test holds both to the same
@@ -391,6 +392,8 @@ class Simulation:
         end = self.start + timedelta(days=days)
         for i in range(shard, leads, shards):
             state = self._add_lead(i, leads, days)
+            if keep_states:
+                self.states[state.lead_id] = state
             self._run_lead(state, end)
             self.enrolments.extend((e.entered_at, e.journey) for e in state.enrollments.values())
         self.cpu_seconds += time.process_time() - cpu
@@ -478,7 +481,10 @@ def _run_shard(job: _Shard) -> _ShardResult:
     # walk was ~3% of a worker's CPU for nothing to collect.
     gc.disable()
     sim = Simulation(job.journeys, settings=job.settings, behaviour=job.behaviour, seed=job.seed, start=job.start)
-    sim.run_shard(job.leads, job.days, job.shard, job.shards)
+    # Nor does it keep a lead's state once the lead is done (the funnel, stats and enrolments are what
+    # it hands back): the next lead's objects then reuse the memory just freed, still in the CPU's
+    # caches, rather than fresh memory (about a tenth of a 3,000-lead shard's CPU, alternated).
+    sim.run_shard(job.leads, job.days, job.shard, job.shards, keep_states=False)
     return _ShardResult(sim.funnel, sim.stats, sim.enrolments, sim.cpu_seconds)
 
 
