@@ -74,3 +74,18 @@ def test_a_leads_story_does_not_depend_on_the_leads_run_beside_it() -> None:
         assert sorted(leads) == [f"sim-{i:06d}" for i in range(shard, 200, shards)]
         moved = sorted(k for k in leads if leads[k] != expected[k])
         assert not moved, f"{len(moved)} leads' stories changed in shard {shard} of {shards}, first {moved[:5]}"
+
+
+def test_each_lead_is_run_to_the_end_before_the_next() -> None:
+    """Leads are run one after the other (what keeps a lead's state and queue in the CPU's caches while
+    it runs), not interleaved in one queue of every lead's items; the stories above stay the same."""
+    order: list[str] = []
+
+    class Ordered(Recording):
+        def _record(self, state: LeadState, out: Outcome) -> None:
+            if not order or order[-1] != state.lead_id:
+                order.append(state.lead_id)
+            super()._record(state, out)
+
+    Ordered().run_shard(30, 60)
+    assert order == [f"sim-{i:06d}" for i in range(30)]

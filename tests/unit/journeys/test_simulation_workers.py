@@ -47,6 +47,19 @@ def test_the_workers_enrolments_reach_the_caller() -> None:
     assert sorted(split.enrolments) == sorted(here.enrolments) and here.enrolments
 
 
+def test_a_shard_run_without_keeping_the_leads_states_adds_up_the_same() -> None:
+    """A worker keeps no lead's state once the lead is done (its memory goes to the next lead); what it
+    hands back is the same."""
+    playbook = load_playbook()
+    kept, dropped = Simulation(playbook, seed=3), Simulation(playbook, seed=3)
+    kept.run_shard(30, 30, 1, 2)
+    dropped.run_shard(30, 30, 1, 2, keep_states=False)
+    assert len(kept.states) == 15 and not dropped.states
+    published = kept.registry.published_map()
+    assert dropped.funnel.report(published) == kept.funnel.report(published)
+    assert dropped.stats == kept.stats and dropped.enrolments == kept.enrolments and kept.stats.steps > 400
+
+
 def test_more_workers_than_leads_runs_each_lead_once() -> None:
     assert without_wall(simulate(leads=2, days=10, seed=4, workers=5)) == \
         without_wall(simulate(leads=2, days=10, seed=4, workers=1))
