@@ -139,6 +139,13 @@ def up(args: argparse.Namespace) -> int:
                                             "--dir", str(data / "redis"), "--appendonly", "yes", "--appendfsync",
                                             "everysec", "--save", "", "--protected-mode", "no"],
                                   base_env, logs / "redis.log"))
+    # The accept path (gateway → scoring) goes first on a shared machine; the bus consumers catch
+    # up between bursts (an accepted event is durable, so their lag costs latency, not data), and so do
+    # the local stand-ins only they call (the SMTP sink, the ad platform's and the CRM's emulators: the
+    # CRM emulator alone took a third of a consumer's CPU per event in bench/sustained.py).
+    # NURTURE_CONSUMER_NICE overrides it (0: a benchmark of the console's pages, which these
+    # services answer, on a machine other work keeps busy).
+    consumer_nice = int(os.environ.get("NURTURE_CONSUMER_NICE") or 19)
     # NURTURE_EMBEDDED_SMTP=1 / NURTURE_EMBEDDED_CRM=1 run the local sink / emulator on a configured URL.
     smtp_local = (args.smtp_url is None and "NURTURE_SMTP_URL" not in os.environ) or (
         os.environ.get("NURTURE_EMBEDDED_SMTP") == "1")
@@ -146,7 +153,7 @@ def up(args: argparse.Namespace) -> int:
         smtp = urlparse(settings.smtp_url)
         children.append(_child("smtp-sink", [python, "-m", "services.messaging.smtp_sink", "--host", "127.0.0.1",
                                             "--port", str(smtp.port or 2525), "--dir", str(data / "mail")],
-                              base_env, logs / "smtp-sink.log"))
+                              base_env, logs / "smtp-sink.log", nice=consumer_nice))
     # The ad platform: a local custom-audience emulator unless NURTURE_ADS_URL names a real one.
     ads_local = "NURTURE_ADS_URL" not in os.environ or os.environ.get("NURTURE_EMBEDDED_ADS") == "1"
     if ads_local and _has_module("services.messaging.ads_emulator"):
@@ -156,13 +163,14 @@ def up(args: argparse.Namespace) -> int:
         # The token goes in the environment, not the command line (which `ps` shows to every user).
         children.append(_child("ads-emulator", [python, "-m", "services.messaging.ads_emulator", "--port",
                                                str(ads.port or 8092), "--data-dir", str(data / "ads")],
-                              {**base_env, "NURTURE_ADS_TOKEN": settings.ads_token}, logs / "ads-emulator.log"))
+                              {**base_env, "NURTURE_ADS_TOKEN": settings.ads_token}, logs / "ads-emulator.log",
+                              nice=consumer_nice))
     crm_local = "NURTURE_CRM_URL" not in os.environ or os.environ.get("NURTURE_EMBEDDED_CRM") == "1"
     if crm_local and _has_module("services.crm_sync.emulator"):
         crm = urlparse(settings.crm_url)
         children.append(_child("crm-emulator", [python, "-m", "services.crm_sync.emulator", "--port",
                                                str(crm.port or 8090), "--data-dir", str(data / "crm")],
-                              base_env, logs / "crm-emulator.log"))
+                              base_env, logs / "crm-emulator.log", nice=consumer_nice))
     try:
         service_ports = {s: _own_port(s, settings) for s in SERVICES}
     except SettingsError as exc:
@@ -185,11 +193,6 @@ def up(args: argparse.Namespace) -> int:
         if not _has_module(f"services.{service}.__main__"):
             print(f"warning: services/{service} has no __main__; not started", file=sys.stderr)
             continue
-        # The accept path (gateway → scoring) goes first on a shared machine; the bus consumers catch
-        # up between bursts (an accepted event is durable, so their lag costs latency, not data).
-        # NURTURE_CONSUMER_NICE overrides it (0: a benchmark of the console's pages, which these
-        # services answer, on a machine other work keeps busy).
-        consumer_nice = int(os.environ.get("NURTURE_CONSUMER_NICE") or 19)
         for i in range(replicas if service in REPLICATED else 1):
             name = f"{service}-{i}" if i else service
             own = {**env, "NURTURE_GRPC_PORT": str(service_ports[name]), "NURTURE_REPLICA": str(i)}

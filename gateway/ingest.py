@@ -98,7 +98,7 @@ class EventSender:
     async def _call(self, taken: list[Waiting]) -> None:
         outcomes: list[scoring_pb2.EventResult | Exception]
         try:
-            stub = scoring_pb2_grpc.ScoringStub(self._mesh.channel("scoring"))
+            stub = self._mesh.stub(scoring_pb2_grpc.ScoringStub, "scoring")
             reply = await stub.IngestEvents(scoring_pb2.IngestRequest(events=[e for e, _ in taken]),
                                             timeout=self._mesh.timeout)
             outcomes = list(reply.results)

@@ -179,7 +179,9 @@ async def credit_to_messages(m: Mesh, events: list[scoring_pb2.Event]) -> dict[i
         if isinstance(mid, str) and mid and any(not props.get(f) for f in MESSAGE_FIELDS):
             wanting.setdefault(event.lead_id, []).append((i, event, props, mid))
     refused: dict[int, ApiError] = {}
-    stub = messaging_pb2_grpc.MessagingStub(m.channel("messaging"))
+    if not wanting:  # the usual post (a page view, a form): nothing to ask messaging
+        return refused
+    stub = m.stub(messaging_pb2_grpc.MessagingStub, "messaging")
     for lead_id, items in wanting.items():
         # Only the named messages, by id (at most a batch's 1,000): never the lead's whole history.
         ids = sorted({mid for _, _, _, mid in items})

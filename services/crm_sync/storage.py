@@ -272,6 +272,8 @@ _LEAD_UPDATE_COLUMNS = tuple(c for c in _LEAD_COLUMNS if c != "lead_id")
 _TIMELINE_COLUMNS = ("id", "lead_id", "at", "type", "summary", "details")
 _CHANGE_COLUMNS = ("lead_id", "crm_id", "changed", "data", "at")
 _JOB_COLUMNS = ("lead_id", "op", "ref", "payload", "status", "attempts", "due_at", "created_at")
+_TASK_COLUMNS = ("id", "dedupe_key", "lead_id", "kind", "title", "priority", "owner", "due_at", "details", "document",
+                 "rule", "status", "remote_id", "created_at")
 _FINISH_COLUMNS = ("status", "attempts", "due_at", "last_error", "done_at")
 _INSERT_TIMELINE = insert(timeline)
 _INSERT_CHANGE = insert(changes)
@@ -475,12 +477,15 @@ class BatchWrites:
     `flush` instead of a round trip per row (on PostgreSQL each round trip cost more than the
     row's work: pushes ran at a sixth of SQLite's rate). Only writes nothing in the transaction
     reads back before the flush are gathered here: lead rows (the batch keeps them in memory; the
-    caller flushes before reading one from SQL), change-feed rows and new push jobs."""
+    caller flushes before reading one from SQL), change-feed rows, new push jobs, and new tasks and
+    timeline lines (`BatchTaskWrites` follows the tasks and merges it adds)."""
 
     def __init__(self) -> None:
         self._leads: dict[str, tuple[LeadRecord, bool]] = {}  # lead id -> (row, exists in SQL)
         self._changes: list[tuple[Any, ...]] = []  # in _CHANGE_COLUMNS order
         self._jobs: list[tuple[Any, ...]] = []  # in _JOB_COLUMNS order
+        self._tasks: list[tuple[Any, ...]] = []  # in _TASK_COLUMNS order
+        self._timeline: list[TimelineEntry] = []
 
     def save_lead(self, row: LeadRecord, *, exists: bool) -> None:
         """The row as it is at flush time (later messages of the batch may change it further)."""
@@ -491,20 +496,121 @@ class BatchWrites:
                    at: datetime) -> None:
         self._changes.append((lead_id, crm_id, jsoncodec.dumps(changed), jsoncodec.dumps(data, default=str), at))
 
-    def enqueue(self, lead_id: str, op: str, now: datetime) -> None:
-        self._jobs.append((lead_id, op, "", "{}", "pending", 0, now, now))
+    def enqueue(self, lead_id: str, op: str, now: datetime, *, ref: str = "",
+                payload: dict[str, Any] | None = None) -> None:
+        self._jobs.append((lead_id, op, ref, jsoncodec.dumps(payload or {}), "pending", 0, now, now))
+
+    def add_task(self, task: Task) -> None:
+        self._tasks.append(_task_values(task))
+
+    def add_timeline(self, entry: TimelineEntry) -> None:
+        self._timeline.append(entry)
 
     def flush(self, s: Session) -> None:
         if self._leads:
             rows = list(self._leads.values())
             save_leads(s, [row for row, exists in rows if not exists], [row for row, exists in rows if exists])
-        if self._changes or self._jobs:
+        if self._changes or self._jobs or self._tasks:
             writes, conn = session_writes(s)
             if self._changes:
                 writes.insert(conn, changes, _CHANGE_COLUMNS, self._changes)
+            if self._tasks:
+                writes.insert(conn, tasks, _TASK_COLUMNS, self._tasks)
             if self._jobs:
                 writes.insert(conn, outbox, _JOB_COLUMNS, self._jobs)
-        self._leads, self._changes, self._jobs = {}, [], []
+        add_timelines(s, self._timeline)
+        self._leads, self._changes, self._jobs, self._tasks, self._timeline = {}, [], [], [], []
+
+
+class TaskWrites:
+    """Where task creation (`Tasks._create_task`) looks for today's task of a kind and for merges
+    recorded before, and where it writes its task, timeline lines and pushes: here straight to SQL, a
+    statement each (one request's task). `BatchTaskWrites` is the bus consumer's."""
+
+    def __init__(self, s: Session) -> None:
+        self.s = s
+
+    def recent_task(self, lead_id: str, kind: str, since: datetime) -> Task | None:
+        return recent_task(self.s, lead_id, kind, since)
+
+    def was_merged(self, lead_id: str, dedupe_key: str) -> bool:
+        return was_merged(self.s, lead_id, dedupe_key)
+
+    def insert_task(self, task: Task) -> None:
+        insert_task(self.s, task)
+
+    def add_timeline(self, lead_id: str, at: datetime, type_: str, summary: str, details: JsonObject) -> None:
+        add_timeline(self.s, lead_id, at, type_, summary, details)
+
+    def enqueue(self, lead_id: str, op: str, now: datetime, *, ref: str = "",
+                payload: dict[str, Any] | None = None) -> None:
+        enqueue(self.s, lead_id, op, now, ref=ref, payload=payload)
+
+    def enqueue_contact(self, lead_id: str, now: datetime) -> None:
+        """A contact push, unless one is pending (it reads the lead when it runs, so it covers this)."""
+        enqueue(self.s, lead_id, "contact", now, coalesce=True)
+
+
+class BatchTaskWrites(TaskWrites):
+    """The bus consumer's task creation: its writes join the batch's (`BatchWrites`, one executemany
+    per table at the flush), and its reads are answered from memory: the leads' recent tasks and
+    merges read for all of them at once (`preload`, or one lead when first asked), then followed as
+    the batch adds its own. Each lead's first crossing of the task rules (a sales alert, an MQL) came
+    as a flush of the batch and ten statements or so per task, one message at a time: at the start of
+    a stream of events over new leads that was most of crm_sync's bus transaction, and its lag.
+    `queued`: the leads with a pending contact push (read locked, or queued by the batch)."""
+
+    def __init__(self, s: Session, batch: BatchWrites, queued: set[str], since: datetime) -> None:
+        super().__init__(s)
+        self._batch, self.queued, self._since = batch, queued, since
+        self._loaded: set[str] = set()
+        self._recent: dict[tuple[str, str], Task] = {}  # (lead, kind) -> a task of that kind since `since`
+        self._merged: set[tuple[str, str]] = set()  # (lead, dedupe key) merged into another task
+
+    def preload(self, lead_ids: Iterable[str]) -> None:
+        wanted = sorted(set(lead_ids) - self._loaded)
+        if not wanted:
+            return
+        self._loaded.update(wanted)
+        for task in recent_tasks(self.s, wanted, self._since):
+            self._recent.setdefault((task.lead_id, task.kind), task)
+        self._merged.update(merged_keys(self.s, wanted))
+
+    def forget(self, lead_id: str) -> None:
+        """The lead was erased: what was read of it is gone (asked again, SQL answers)."""
+        self._loaded.discard(lead_id)
+        self._recent = {k: v for k, v in self._recent.items() if k[0] != lead_id}
+        self._merged = {k for k in self._merged if k[0] != lead_id}
+
+    def recent_task(self, lead_id: str, kind: str, since: datetime) -> Task | None:
+        if since < self._since:  # an older window than the one read: ask SQL (after the batch's writes)
+            self._batch.flush(self.s)
+            return super().recent_task(lead_id, kind, since)
+        self.preload([lead_id])
+        task = self._recent.get((lead_id, kind))
+        return task if task is not None and task.created_at >= since else None
+
+    def was_merged(self, lead_id: str, dedupe_key: str) -> bool:
+        self.preload([lead_id])
+        return (lead_id, dedupe_key) in self._merged
+
+    def insert_task(self, task: Task) -> None:
+        self._recent.setdefault((task.lead_id, task.kind), task)
+        self._batch.add_task(task)
+
+    def add_timeline(self, lead_id: str, at: datetime, type_: str, summary: str, details: JsonObject) -> None:
+        if type_ == "task_merged":
+            self._merged.add((lead_id, str(details.get("dedupe_key", ""))))
+        self._batch.add_timeline(timeline_row(lead_id, at, type_, summary, details))
+
+    def enqueue(self, lead_id: str, op: str, now: datetime, *, ref: str = "",
+                payload: dict[str, Any] | None = None) -> None:
+        self._batch.enqueue(lead_id, op, now, ref=ref, payload=payload)
+
+    def enqueue_contact(self, lead_id: str, now: datetime) -> None:
+        if lead_id not in self.queued:
+            self._batch.enqueue(lead_id, "contact", now)
+            self.queued.add(lead_id)
 
 
 def enqueue(s: Session, lead_id: str, op: str, now: datetime, *, ref: str = "", payload: dict[str, Any] | None = None,
@@ -628,11 +734,32 @@ def get_task(s: Session, task_id: str) -> Task | None:
 
 
 def insert_task(s: Session, task: Task) -> None:
-    s.execute(_INSERT_TASK, {
-        "id": task.id, "dedupe_key": task.dedupe_key, "lead_id": task.lead_id, "kind": task.kind,
-        "title": task.title, "priority": task.priority, "owner": task.owner, "due_at": task.due_at,
-        "details": jsoncodec.dumps(task.details, default=str), "document": task.document, "rule": task.rule,
-        "status": task.status, "remote_id": task.remote_id, "created_at": task.created_at})
+    s.execute(_INSERT_TASK, dict(zip(_TASK_COLUMNS, _task_values(task), strict=True)))
+
+
+def _task_values(task: Task) -> tuple[Any, ...]:
+    return (task.id, task.dedupe_key, task.lead_id, task.kind, task.title, task.priority, task.owner, task.due_at,
+            jsoncodec.dumps(task.details, default=str), task.document, task.rule, task.status, task.remote_id,
+            task.created_at)
+
+
+def recent_tasks(s: Session, lead_ids: list[str], since: datetime) -> list[Task]:
+    """The tasks of these leads created since `since` (`recent_task` for a batch's leads at once)."""
+    out: list[Task] = []
+    for chunk in iter_chunks(sorted(set(lead_ids)), 500):
+        out += [_task(r) for r in s.execute(select(tasks).where(tasks.c.lead_id.in_(chunk),
+                                                                 tasks.c.created_at >= since))]
+    return out
+
+
+def merged_keys(s: Session, lead_ids: list[str]) -> set[tuple[str, str]]:
+    """(lead, dedupe key) of every task ask these leads had merged into another (`was_merged` at once)."""
+    out: set[tuple[str, str]] = set()
+    for chunk in iter_chunks(sorted(set(lead_ids)), 500):
+        for lead_id, details in s.execute(select(timeline.c.lead_id, timeline.c.details).where(
+                timeline.c.lead_id.in_(chunk), timeline.c.type == "task_merged")):
+            out.add((str(lead_id), str(json.loads(details).get("dedupe_key"))))
+    return out
 
 
 def update_task(s: Session, task_id: str, *, status: str, remote_id: str | None = None) -> None:

@@ -260,3 +260,27 @@ def test_sales_make_a_proposal_the_prospect_reads_by_link_and_receives_once(mesh
 def test_a_lead_from_sign_up_to_erasure_on_a_redis_cluster(cluster_mesh: Mesh) -> None:
     """The same story on `nurture up --redis-cluster 3`: every service on the cluster's clients."""
     test_a_lead_from_sign_up_to_erasure(cluster_mesh)
+
+
+def test_the_consumers_and_the_stand_ins_they_call_run_behind_the_accept_path(mesh: Mesh) -> None:
+    # The accept path (scoring, the gateway) keeps the scheduler's normal weight; the bus consumers and
+    # the local stand-ins only they call (the CRM's and the ad platform's emulators, the SMTP sink) run
+    # at NURTURE_CONSUMER_NICE (19): their autogroup's nice is what ranks them against other sessions.
+    if not Path("/proc/self/autogroup").exists():
+        pytest.skip("no scheduler autogroups here")
+    niceness: dict[str, str] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            group = (entry / "autogroup").read_text().split()  # "/autogroup-<n> nice <nice>"
+        except OSError:
+            continue
+        if int(stat[stat.rindex(")") + 2:].split()[1]) == mesh.pid and b"-m" in argv and group:
+            niceness[argv[argv.index(b"-m") + 1].decode()] = group[-1]
+    assert niceness.get("services.scoring") == "0" and niceness.get("gateway") == "0", niceness
+    for behind in ("services.journeys", "services.messaging", "services.crm_sync", "services.analytics",
+                   "services.crm_sync.emulator", "services.messaging.ads_emulator", "services.messaging.smtp_sink"):
+        assert niceness.get(behind) == "19", (behind, niceness)

@@ -12,7 +12,7 @@ from nurture.busmessage import BusMessage
 from services.crm_sync import domain
 from services.crm_sync import storage as st
 from services.crm_sync.app.changes import ChangeStream
-from services.crm_sync.app.tasks import Tasks
+from services.crm_sync.app.tasks import TASK_WINDOW, Tasks
 
 # A message's snapshot as crm_sync keeps it, the facts its rules read, and the tasks they plan.
 Planned = tuple[dict[str, Any], dict[str, Any], list[domain.TaskPlan]]
@@ -41,8 +41,13 @@ class BusConsumer(Tasks, ChangeStream):
             # batch adds those it creates. Held here, a plan's task costs neither a read nor a flush.
             tasks = st.task_keys(s, {p.dedupe_key for plan in planned if plan for p in plan[2]})
             batch = st.BatchWrites()
+            # New tasks join the batch's writes; what making them reads (each lead's tasks of the day,
+            # its merges) is read once for the leads whose plans have no task yet.
+            writes = st.BatchTaskWrites(s, batch, queued, now - TASK_WINDOW)
+            writes.preload(m.lead_id for m, plan in zip(messages, planned, strict=True)
+                           if plan and any(p.dedupe_key not in tasks for p in plan[2]))
             for m, plan in zip(messages, planned, strict=True):
-                self._apply_message(s, m, journeys.get(m.lead_id), now, rows, queued, batch, plan, tasks)
+                self._apply_message(s, m, journeys.get(m.lead_id), now, rows, batch, plan, tasks, writes)
             batch.flush(s)
 
         await self.sql(write)
@@ -58,8 +63,9 @@ class BusConsumer(Tasks, ChangeStream):
         return lead, facts, domain.planned_tasks(self.cfg, m.lead_id, facts, now)
 
     def _apply_message(self, s: Session, m: BusMessage, journeys: list[dict[str, Any]] | None,
-                       now: datetime, rows: dict[str, st.LeadRecord], queued: set[str],
-                       batch: st.BatchWrites, planned: Planned | None, tasks: dict[str, str]) -> None:
+                       now: datetime, rows: dict[str, st.LeadRecord], batch: st.BatchWrites,
+                       planned: Planned | None, tasks: dict[str, str], writes: st.BatchTaskWrites) -> None:
+        queued = writes.queued
         lead_id = m.lead_id
         if m.type == "lead_erased":
             batch.flush(s)  # what the batch wrote before, in SQL before it is read and erased
@@ -68,6 +74,7 @@ class BusConsumer(Tasks, ChangeStream):
             st.erase_lead(s, lead_id)
             for key in [k for k, owner in tasks.items() if owner == lead_id]:  # its tasks went with it
                 del tasks[key]
+            writes.forget(lead_id)
             if row and row.crm_id:
                 st.enqueue(s, lead_id, "erase", now, payload={"remote_id": row.crm_id})
             st.add_change(s, lead_id, row.crm_id if row else None, ["erased"], {}, now)
@@ -119,20 +126,15 @@ class BusConsumer(Tasks, ChangeStream):
         # A plan whose task exists already is a duplicate: `_create_task` would find the task and
         # return it, changing nothing.
         plans = [p for p in plans if p.dedupe_key not in tasks]
-        if plans:
-            batch.flush(s)  # tasks read pending jobs and leads' rows from SQL
-        owner = row.owner
         for plan in plans:
-            task, _ = self._create_task(s, row, snapshot, plan.dedupe_key, plan.kind, plan.title, plan.priority,
+            task, _ = self._create_task(writes, row, snapshot, plan.dedupe_key, plan.kind, plan.title, plan.priority,
                                         plan.due_at, {"why": plan.why, "facts": plan.facts, "bus_message": m.id},
                                         plan.rule, now, facts=facts, absent=True)
             if task.dedupe_key == plan.dedupe_key:  # created, held or found under the key (not merged)
                 tasks[plan.dedupe_key] = lead_id
         if plans:
-            # An assignment (the only way a task gives the lead an owner) queued a contact push in SQL
-            # or found one pending: either covers this batch.
-            if row.owner != owner:
-                queued.add(lead_id)
+            # An assignment (the only way a task gives the lead an owner) queued a contact push, or
+            # found one pending (`writes.queued`): either covers this batch.
             dirty = True
         if dirty or current is None:
             row.updated_at = now

@@ -82,7 +82,7 @@ class Proposals(Tasks):
         # The task first: it may assign an owner, who then signs the document.
         title = f"Proposal {reference} ready ({plan_name}, {total}): review and send"
         task, _dup = self._create_task(
-            s, row, dict(lead), f"proposal:{proposal_id}", "proposal", title, "normal", now + TASK_DUE,
+            st.TaskWrites(s), row, dict(lead), f"proposal:{proposal_id}", "proposal", title, "normal", now + TASK_DUE,
             {"why": f"Proposal {reference} for {plan_name} ({total}); read it at {url}",
              "proposal_id": proposal_id, "proposal_url": url, "deal_id": deal_id},
             f"proposal:{requested_by}", now)

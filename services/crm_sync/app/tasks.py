@@ -17,6 +17,9 @@ from services.crm_sync import storage as st
 from services.crm_sync.app.base import CoreBase, InputError, ScoringUnavailable, UnknownContact
 from services.crm_sync.clients import lead_from_proto
 
+# One sales task of a kind per lead and day, whichever rule or journey asks for it first.
+TASK_WINDOW = timedelta(hours=24)
+
 
 @dataclass(frozen=True)
 class TaskRequest:
@@ -33,12 +36,12 @@ class TaskRequest:
 
 
 class Tasks(CoreBase):
-    def _create_task(self, s: Session, row: st.LeadRecord, lead: JsonObject, key: str, kind: str, title: str,
+    def _create_task(self, w: st.TaskWrites, row: st.LeadRecord, lead: JsonObject, key: str, kind: str, title: str,
                      priority: str, due_at: datetime | None, details: JsonObject, rule: str, now: datetime,
                      facts: JsonMapping | None = None, absent: bool = False) -> tuple[st.Task, bool]:
         # `absent`: the caller read in this transaction that no task holds the key (the bus handler's
-        # batch read, st.task_keys), so it is not asked again.
-        existing = None if absent else st.get_task_by_key(s, key)
+        # batch read, st.task_keys), so it is not asked again. `w`: SQL at once, or the bus batch's.
+        existing = None if absent else st.get_task_by_key(w.s, key)
         if existing:
             return existing, True
         lead_id = row.lead_id
@@ -49,8 +52,8 @@ class Tasks(CoreBase):
             task = st.Task(id=uuid.uuid4().hex, dedupe_key=key, lead_id=lead_id, kind=kind, title=title,
                            priority=priority, owner=row.owner, due_at=due_at, details=details, document="",
                            rule=rule, status="held", remote_id=None, created_at=now)
-            st.insert_task(s, task)
-            st.add_timeline(s, lead_id, now, "task_held", f"{title}: not sent to sales, held by rule {hold.rule}: "
+            w.insert_task(task)
+            w.add_timeline(lead_id, now, "task_held", f"{title}: not sent to sales, held by rule {hold.rule}: "
                             f"{hold.meta.get('why', '')}",
                             {"task_id": task.id, "kind": kind, "rule": rule, "hold": hold.rule,
                              "why": hold.meta.get("why", ""), "facts": dict(hold.facts), "dedupe_key": key})
@@ -59,13 +62,13 @@ class Tasks(CoreBase):
             # A journey trigger and a crm rule may both ask for the same follow-up (the seed's
             # bottom-funnel alert): the first one today wins, the other is recorded as merged.
             # A proposal's task links its own document, so two proposals are two tasks.
-            same = st.recent_task(s, lead_id, kind, now - timedelta(hours=24))
+            same = w.recent_task(lead_id, kind, now - TASK_WINDOW)
             if same:
                 # Several bus messages (and a journey's retried request) can ask under one key: the
                 # merge is recorded once.
-                if st.was_merged(s, lead_id, key):
+                if w.was_merged(lead_id, key):
                     return same, True
-                st.add_timeline(s, lead_id, now, "task_merged", f"{title}: merged into today's {kind} task",
+                w.add_timeline(lead_id, now, "task_merged", f"{title}: merged into today's {kind} task",
                                 {"task_id": same.id, "dedupe_key": key, "rule": rule})
                 return same, True
         if not row.owner:
@@ -73,28 +76,28 @@ class Tasks(CoreBase):
             if picked:
                 team, arule = picked
                 members = self.cfg.teams[team]
-                member = members[st.next_round_robin(s, team, len(members))]
+                member = members[st.next_round_robin(w.s, team, len(members))]
                 row.owner, row.team, row.meeting_link = member.owner, team, member.meeting_link
-                st.add_timeline(s, lead_id, now, "assigned", f"Assigned to {member.owner} ({team}, rule {arule})",
+                w.add_timeline(lead_id, now, "assigned", f"Assigned to {member.owner} ({team}, rule {arule})",
                                 {"owner": member.owner, "team": team, "rule": arule})
                 # The owner and their meeting link go onto the lead, so consultation emails can offer
                 # the link (`lead.attributes.meeting_link`) and the CRM sees the owner.
-                st.enqueue(s, lead_id, "lead", now, payload={"attributes": {
+                w.enqueue(lead_id, "lead", now, payload={"attributes": {
                     "sales_owner": member.owner, "meeting_link": member.meeting_link}})
-                st.enqueue(s, lead_id, "contact", now, coalesce=True)
+                w.enqueue_contact(lead_id, now)
         document = domain.recommendation_document(lead, row.journeys, owner=row.owner,
                                                   meeting_link=row.meeting_link, task_title=title,
                                                   why=str(details.get("why", "")))
         task = st.Task(id=uuid.uuid4().hex, dedupe_key=key, lead_id=lead_id, kind=kind, title=title,
                        priority=priority, owner=row.owner, due_at=due_at, details=details, document=document,
                        rule=rule, status="queued", remote_id=None, created_at=now)
-        st.insert_task(s, task)
+        w.insert_task(task)
         label = "notification" if kind == "notify" else "task_created"
-        st.add_timeline(s, lead_id, now, label, f"{'Notified' if kind == 'notify' else 'Task for'} "
+        w.add_timeline(lead_id, now, label, f"{'Notified' if kind == 'notify' else 'Task for'} "
                         f"{row.owner or 'unassigned'}: {title}",
                         {"task_id": task.id, "kind": kind, "priority": priority, "rule": rule,
                          "dedupe_key": key, "due_at": due_at, "why": details.get("why", "")})
-        st.enqueue(s, lead_id, "task", now, ref=task.id)
+        w.enqueue(lead_id, "task", now, ref=task.id)
         return task, False
 
     async def request_task(self, req: TaskRequest) -> tuple[st.Task, bool]:
@@ -125,7 +128,7 @@ class Tasks(CoreBase):
             rec = current or st.new_lead_row(req.lead_id, now)
             if current is None:
                 rec.email = snapshot.get("email")
-            task, dup = self._create_task(s, rec, snapshot, req.dedupe_key, req.kind,
+            task, dup = self._create_task(st.TaskWrites(s), rec, snapshot, req.dedupe_key, req.kind,
                                           req.title or req.kind.replace("_", " "), req.priority,
                                           req.due_at, {**req.details, "why": req.details.get(
                                               "why", f"requested by {req.source}")}, f"request:{req.source}",

@@ -402,3 +402,28 @@ async def test_a_full_call_leaves_without_waiting_for_the_call_interval(
         await ch.close()
     assert [r.status_code for r in posts] == [202] * (1 + MAX_EVENTS)
     assert len(ingest_calls(spans.get_finished_spans())) == 2  # the first post alone, then a full call
+
+
+async def test_single_posts_reuse_the_gateways_stubs(client: httpx.AsyncClient, scoring: Running) -> None:
+    # A stub builds a callable for each method of its service: the gateway made a messaging stub for every
+    # post (to credit opens and clicks, which a page view is not) and a scoring stub for every call, a fifth
+    # of its CPU per post. After the first post, posts build none.
+    await make_leads(scoring, ["reuse"])
+    app = client._transport.app  # type: ignore[attr-defined]  # httpx.ASGITransport keeps the app
+    built: list[str] = []
+    for ch in app.state.mesh.channels.values():
+        inner = ch.unary_unary
+
+        def counting(method: str, *args: object, _inner: object = inner, **kwargs: object) -> object:
+            built.append(method)
+            return _inner(method, *args, **kwargs)  # type: ignore[operator]
+
+        ch.unary_unary = counting
+    first = await client.post("/v1/events", headers=AUTH, json={"lead_id": "reuse", "type": "page_viewed"})
+    assert first.status_code == 202, first.text
+    built.clear()
+    posts = await asyncio.gather(*[
+        client.post("/v1/events", headers=AUTH,
+                    json={"lead_id": "reuse", "type": "page_viewed", "properties": {"n": i}}) for i in range(30)])
+    assert [r.status_code for r in posts] == [202] * 30
+    assert built == [], f"{len(built)} method callables built for 30 posts"
