@@ -323,6 +323,9 @@ def verify(mesh: Mesh, run: Run, database_url: str, now: str, wait_s: float = 30
         "steps_sent_twice": twice,
         "missing_mail": max(0, sent - stored), "wire_replays_dropped_by_sink": replays,
         "lost_timers": due_left, "leads_out_of_order": len(out_of_order), "out_of_order": out_of_order[:10],
+        # Per such lead, the posted positions of its events in the order the bus holds them (what moved).
+        "out_of_order_positions": {lead: [run.accepted[lead].index(e) for e in on_bus.get(lead, []) if e in accepted]
+                                   for lead in out_of_order[:3]},
         "missing_on_bus": len(accepted - present),
         "kills": len(run.kills), "killed": run.kills, "failover": run.failover, "seed": run.seed,
     }

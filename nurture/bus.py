@@ -45,7 +45,7 @@ from nurture import busmessage
 from nurture.admin import DeadLetter, Retried
 from nurture.busmessage import BusMessage
 from nurture.partitions import Fenced, Ownership
-from nurture.redisconn import AsyncRedis, ensure_group, is_cluster, shard_of, sharded_key, wait_replicated
+from nurture.redisconn import AsyncRedis, ensure_group, execute_replicated, is_cluster, shard_of, sharded_key
 from nurture.telemetry import batch_parent, carrier_contexts, tracer
 
 log = logging.getLogger(__name__)
@@ -101,8 +101,7 @@ class Publisher:
             keys.add(stream_key(shard_of(lead_id, self._shards)))
             # No MAXLEN: a cap would drop entries a lagging group has not read (trim_consumed trims).
             pipe.xadd(stream_key(shard_of(lead_id, self._shards)), fields)  # type: ignore[arg-type]
-        await pipe.execute()
-        await wait_replicated(self._redis, keys, self._wait_replicas)
+        await execute_replicated(self._redis, pipe, keys, self._wait_replicas)
 
 
 def _handling_span(name: str, carriers: list[bytes], count: int) -> AbstractContextManager[trace.Span]:

@@ -52,36 +52,45 @@ def is_cluster(client: AsyncRedis | SyncRedis) -> bool:
     return isinstance(client, aiocluster.RedisCluster | redis.cluster.RedisCluster)
 
 
-async def run_script(client: AsyncRedis, script: str, calls: Sequence[ScriptCall]) -> list[Any]:
+async def run_script(client: AsyncRedis, script: str, calls: Sequence[ScriptCall], replicas: int = 0) -> list[Any]:
     """Run one Lua script once per `(keys, args)` in one round trip per node, the answers in order.
 
     Each call's keys must share a slot. A pipelined EVALSHA fails with NOSCRIPT on a node that has not
     seen the script (a cluster's other nodes; any Redis after a restart or failover): those calls, and
     only those (the others ran), are run again once the script is loaded on every node. The answers
     are what each script returns (redis-py gives them no type: the caller knows its script's reply).
+    With `replicas` > 0 each round trip's writes are confirmed as `execute_replicated` does.
     """
     if not calls:
         return []
     sha = script_sha(script)
-    answers: list[Any] = await _evalsha(client, sha, calls)
+    answers, unconfirmed = await _evalsha(client, sha, calls, replicas)
     missing = [i for i, a in enumerate(answers) if isinstance(a, NoScriptError)]
     if missing:
+        # Loaded and run even when the first round was not confirmed: else a replica away would keep
+        # every new node's first calls from ever running.
         await client.script_load(script)  # on a cluster: every primary
-        for i, answer in zip(missing, await _evalsha(client, sha, [calls[i] for i in missing]), strict=True):
+        again, still = await _evalsha(client, sha, [calls[i] for i in missing], replicas)
+        for i, answer in zip(missing, again, strict=True):
             answers[i] = answer
+        unconfirmed = unconfirmed or still
     for answer in answers:
         if isinstance(answer, Exception):
             raise answer
+    if unconfirmed:
+        raise NotReplicated(unconfirmed)
     return answers
 
 
-async def _evalsha(client: AsyncRedis, sha: str, calls: Sequence[ScriptCall]) -> list[Any]:
+async def _evalsha(client: AsyncRedis, sha: str, calls: Sequence[ScriptCall],
+                   replicas: int) -> tuple[list[Any], str | None]:
     pipe = client.pipeline(transaction=False)
     for keys, args in calls:
         # Through execute_command: redis-py's cluster pipeline refuses its `evalsha` method (it cannot load
         # a missing script mid-pipeline), yet routes the command by its keys' slot; the reload is ours.
         pipe.execute_command("EVALSHA", sha, len(keys), *keys, *args)
-    return list(await pipe.execute(raise_on_error=False))
+    # A call's keys share a slot: its first names the node its writes are on.
+    return await _execute_waiting(client, pipe, [keys[0] for keys, _ in calls if keys], replicas, False)
 
 
 async def ensure_group(client: AsyncRedis, stream: KeyT, group: str) -> None:
@@ -113,7 +122,7 @@ def sharded_key(name: str, shard: int) -> str:
     return f"nurture:{name}:{{s{shard}}}"
 
 
-# How long a write waits for its replicas (`wait_replicated`).
+# How long a write waits for its replicas (`execute_replicated`).
 WAIT_MS = 1000
 
 
@@ -122,18 +131,54 @@ class NotReplicated(RuntimeError):
     caller must be able to make them again (scoring's outbox keeps its rows; journeys re-arms from SQL)."""
 
 
-async def wait_replicated(client: AsyncRedis, keys: Iterable[str], replicas: int) -> None:
-    """WAIT until `replicas` replicas of every master holding one of `keys` have everything this client's
-    connection to it wrote; NotReplicated when one does not within WAIT_MS. Nothing with replicas 0.
+async def execute_replicated(client: AsyncRedis, pipe: Any, keys: Iterable[KeyT], replicas: int, *,
+                             raise_on_error: bool = True) -> list[Any]:
+    """Execute `pipe`, a pipeline (no MULTI) of writes to `keys`, and with `replicas` > 0 return only once
+    that many replicas of every master written hold them, else raise NotReplicated (WAIT_MS at most).
     Redis replicates asynchronously: a write a master acknowledged is lost if the master dies before
-    passing it on and its replica takes over (docs/ARCHITECTURE.md, "Redis failover")."""
+    passing it on and its replica takes over (docs/ARCHITECTURE.md, "Redis failover").
+
+    WAIT counts what the connection it is sent on wrote, and a client's pool has several connections
+    (the cluster client's hands out its oldest free one): a WAIT sent after the pipeline, as a command
+    of its own, went out on another connection and confirmed nothing. So each WAIT rides at the end of
+    the pipeline, on the connection of its node's writes. The cluster client re-sends a pipeline after a
+    connection error, and after a MOVED re-sends the moved writes one by one, each time with a new map of
+    the slots (and new node objects), and a re-sent WAIT is no longer aimed at its node: a map that
+    changed under the pipeline is NotReplicated (the caller writes again: its writes are idempotent)."""
+    results, unconfirmed = await _execute_waiting(client, pipe, keys, replicas, raise_on_error)
+    if unconfirmed:
+        raise NotReplicated(unconfirmed)
+    return results
+
+
+async def _execute_waiting(client: AsyncRedis, pipe: Any, keys: Iterable[KeyT], replicas: int,
+                           raise_on_error: bool) -> tuple[list[Any], str | None]:
+    """`execute_replicated`'s work: the pipeline's results and, when its writes are not confirmed, why."""
     if replicas <= 0:
-        return
+        return list(await pipe.execute(raise_on_error=raise_on_error)), None
+    targets: list[Any]
     if isinstance(client, aiocluster.RedisCluster):
-        nodes = {n.name: n for n in (client.get_node_from_key(k) for k in keys) if n is not None}
-        acks = [int(await client.execute_command("WAIT", replicas, WAIT_MS, target_nodes=node))
-                for node in nodes.values()]
+        await client.initialize()  # no-op once initialised: the node objects below are the pipeline's
+        nodes: dict[KeyT, Any] = {}
+        for key in keys:
+            # redis-py encodes the key before hashing it: bytes route as their text does (typed str only)
+            node = client.get_node_from_key(key)  # type: ignore[arg-type]
+            if node is None:
+                return list(await pipe.execute(raise_on_error=raise_on_error)), f"no node holds {key!r}"
+            nodes[key] = node
+        targets = list({n.name: n for n in nodes.values()}.values())
+        for node in targets:
+            pipe.execute_command("WAIT", replicas, WAIT_MS, target_nodes=node)
+        results = list(await pipe.execute(raise_on_error=raise_on_error))
+        if any(client.get_node_from_key(key) is not node for key, node in nodes.items()):  # type: ignore[arg-type]
+            return results[:len(results) - len(targets)], \
+                "the cluster's slots moved during the write: its WAIT may have gone elsewhere"
     else:
-        acks = [int(await client.wait(replicas, WAIT_MS))]
+        targets = [None]
+        pipe.execute_command("WAIT", replicas, WAIT_MS)
+        results = list(await pipe.execute(raise_on_error=raise_on_error))
+    acks = [a if isinstance(a, int) else 0 for a in results[len(results) - len(targets):]]  # an error: none
+    writes = results[:len(results) - len(targets)]
     if acks and min(acks) < replicas:
-        raise NotReplicated(f"writes reached {min(acks)} of {replicas} replicas in {WAIT_MS} ms")
+        return writes, f"writes reached {min(acks)} of {replicas} replicas in {WAIT_MS} ms"
+    return writes, None

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from gateway.tracking.keys import SiteKey
 from nurture import collectstream
 from nurture.batching import Batcher
-from nurture.redisconn import AsyncRedis, run_script, wait_replicated
+from nurture.redisconn import AsyncRedis, run_script
 
 # KEYS: the counters in the order counted; ARGV: for each, its increment then its lifetime in seconds.
 # A counter gets its lifetime when this call makes it (in the same atomic script, so none is left
@@ -202,7 +202,6 @@ class RateLimits:
         # str, and a batch of single-event requests passes ten a request (a quarter of the script call's
         # CPU in the gateway).
         calls: list[tuple[list[bytes], list[bytes]]] = []
-        streams: list[str] = []
         for key, indexes in by_key.items():
             site = appends[indexes[0]].take.key
             prefix = self._prefix(key).encode()
@@ -221,9 +220,8 @@ class RateLimits:
                 for client_id, encoded in ap.events:
                     args += [client_id.encode(), encoded.encode()]
             calls.append((keys, args))
-            streams.append(stream)
-        replies = await run_script(self._redis, _COLLECT_LUA, calls)  # one round trip (per node on a cluster)
-        await wait_replicated(self._redis, streams, self._wait_replicas)
+        # One round trip (per node on a cluster), its WAIT with it; a call's first key is its stream.
+        replies = await run_script(self._redis, _COLLECT_LUA, calls, self._wait_replicas)
         out: list[Refusal | Appended | BaseException] = [RuntimeError("not counted")] * len(appends)
         for indexes, answers in zip(by_key.values(), replies, strict=True):
             for i, (key_count, visitor_count, flags, full) in zip(indexes, answers, strict=True):

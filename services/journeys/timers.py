@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import NamedTuple
 
-from nurture.redisconn import AsyncRedis, shard_of, wait_replicated
+from nurture.redisconn import AsyncRedis, execute_replicated, shard_of
 from nurture.telemetry import redis_span
 
 LEASE_S = 30.0
@@ -119,8 +119,8 @@ class TimerStore:
             pipe = self._redis.pipeline(transaction=False)
             for lead_id, ekey, token, due in items:
                 pipe.zadd(timer_key(self.shard(lead_id)), {member(lead_id, ekey, token): to_ms(due)})
-            await pipe.execute()
-            await wait_replicated(self._redis, {timer_key(self.shard(item[0])) for item in items}, self._wait_replicas)
+            await execute_replicated(self._redis, pipe, {timer_key(self.shard(item[0])) for item in items},
+                                     self._wait_replicas)
 
     async def cancel(self, items: list[tuple[str, str, int | str]]) -> None:
         if not items:

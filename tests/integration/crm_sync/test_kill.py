@@ -8,11 +8,9 @@ until it is acknowledged, as a CRM's middleware does; only crm_sync is killed.""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import random
 import signal
-import sqlite3
 import subprocess
 import time
 from collections import Counter
@@ -22,6 +20,7 @@ from typing import Any
 
 import grpc
 import pytest
+import sqlalchemy as sa
 
 from nurture.api.crm_sync.v1 import crm_sync_pb2, crm_sync_pb2_grpc
 from nurture.api.scoring.v1 import scoring_pb2, scoring_pb2_grpc
@@ -68,9 +67,10 @@ def contact(n: int, crm_id: str, version: int) -> crm_sync_pb2.Contact:
     return c
 
 
-def query(db: Path, sql: str) -> list[tuple[Any, ...]]:
-    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)) as conn:
-        return list(conn.execute(sql))
+def query(engine: sa.Engine, sql: str) -> list[tuple[Any, ...]]:
+    """Read what the service stored, through the same URL it stores it under (SQLite file or PostgreSQL)."""
+    with engine.connect() as conn:
+        return [tuple(r) for r in conn.execute(sa.text(sql))]
 
 
 @pytest.mark.timeout(240)  # restarts cost seconds each on a loaded machine; unloaded it takes ~30 s
@@ -83,8 +83,8 @@ async def test_kill_crm_sync_under_load_exactly_once(settings: Settings, tmp_pat
                                   journeys_addr=f"127.0.0.1:{free_port()}", crm_tokens={"kill-crm": TOKEN})
     scoring_proc = spawn("scoring", cfg, scoring_port)
     crm_proc = spawn("crm_sync", cfg, crm_port)
-    crm_db = cfg.data_dir / "crm_sync.db"
-    scoring_db = cfg.data_dir / "scoring.db"
+    crm_db = sa.create_engine(cfg.database_url_for("crm_sync"))
+    scoring_db = sa.create_engine(cfg.database_url_for("scoring"))
     rng = random.Random(5)
     kills = 0
     done = asyncio.Event()
@@ -249,5 +249,7 @@ async def test_kill_crm_sync_under_load_exactly_once(settings: Settings, tmp_pat
     assert len(ours) >= CONTACTS // 3
     dead = query(crm_db, "select op, last_error from crm_sync_outbox where status = 'dead'")
     assert not dead, dead
+    crm_db.dispose()
+    scoring_db.dispose()
     print(f"crm_sync kill test: {kills} kills, {len(remote)} contacts, {len(ours)} tasks, "
           f"emulator writes {emu_stats.get('writes')}")

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import sqlite3
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from nurture.api.messaging.v1 import messaging_pb2, messaging_pb2_grpc
 from nurture.settings import Settings
@@ -29,9 +29,11 @@ def spawn(settings: Settings, port: int) -> subprocess.Popen[bytes]:
                          log=settings.data_dir.parent / "messaging.log")
 
 
-def statuses(db: Path) -> dict[str, int]:
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
-        return dict(conn.execute("select status, count(*) from messaging_messages group by status"))
+def statuses(db: sa.Engine) -> dict[str, int]:
+    """Read through the URL messaging stores under (SQLite file or PostgreSQL), so the test runs on both."""
+    with db.connect() as conn:
+        return {str(s): int(n) for s, n in conn.execute(
+            sa.text("select status, count(*) from messaging_messages group by status"))}
 
 
 def request(i: int) -> messaging_pb2.SendRequest:
@@ -51,6 +53,7 @@ async def test_kill_during_delivery_delivers_each_message_once(settings: Setting
     cfg = settings.with_overrides(smtp_url=sink.url, scoring_addr=f"127.0.0.1:{scoring_server.port}",
                                   journeys_addr=f"127.0.0.1:{free_port()}")
     port = free_port()
+    db = sa.create_engine(cfg.database_url_for("messaging"))
     proc = spawn(cfg, port)
     try:
         await wait_serving(f"127.0.0.1:{port}")
@@ -71,19 +74,19 @@ async def test_kill_during_delivery_delivers_each_message_once(settings: Setting
             if sink.handler.received < N // 4:
                 continue
             proc.send_signal(signal.SIGSTOP)
-            if sink.handler.received > statuses(cfg.data_dir / "messaging.db").get("sent", 0):
+            if sink.handler.received > statuses(db).get("sent", 0):
                 break
             proc.send_signal(signal.SIGCONT)
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
-        before = statuses(cfg.data_dir / "messaging.db")
+        before = statuses(db)
         assert before.get("sent", 0) < N, "the kill came too late to test anything"
         proc = spawn(cfg, port)
         await wait_serving(f"127.0.0.1:{port}")
         deadline = time.monotonic() + 30
-        while statuses(cfg.data_dir / "messaging.db").get("sent", 0) < N and time.monotonic() < deadline:
+        while statuses(db).get("sent", 0) < N and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
-        assert statuses(cfg.data_dir / "messaging.db") == {"sent": N}
+        assert statuses(db) == {"sent": N}
         stored = sink.messages()
         assert len(stored) == N                       # every message in the mailbox, none twice
         ids_in_mailbox = set()
@@ -102,3 +105,4 @@ async def test_kill_during_delivery_delivers_each_message_once(settings: Setting
             proc.wait(10)
         await scoring_server.stop(0)
         sink.stop()
+        db.dispose()
