@@ -173,19 +173,27 @@ def private_mesh(clock: str = "real", database_url: str | None = None, without: 
             proc.kill()
 
 
-def mesh_children(mesh: Mesh) -> dict[str, int]:
-    """The mesh's processes by name (`scoring-1`, `redis-3`, ...), read from /proc: children of its `nurture up`."""
-    found: dict[str, int] = {}
+def child_processes(parent: int) -> Iterator[tuple[Path, list[bytes]]]:
+    """The /proc folder and argv of each child of `parent` (one that ends while it is read is left out)."""
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             stat = (entry / "stat").read_text()
             argv = (entry / "cmdline").read_bytes().split(b"\0")
-            environ = (entry / "environ").read_bytes().split(b"\0")
         except OSError:
             continue
-        if int(stat[stat.rindex(")") + 2:].split()[1]) != mesh.pid:
+        if int(stat[stat.rindex(")") + 2:].split()[1]) == parent:
+            yield entry, argv
+
+
+def mesh_children(mesh: Mesh) -> dict[str, int]:
+    """The mesh's processes by name (`scoring-1`, `redis-3`, ...), read from /proc: children of its `nurture up`."""
+    found: dict[str, int] = {}
+    for entry, argv in child_processes(mesh.pid):
+        try:
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
             continue
         for service in SERVICES:
             if f"services.{service}".encode() in argv and b"-m" in argv:

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bench._mesh import Mesh, private_mesh
+from bench._mesh import Mesh, child_processes, private_mesh
 
 pytestmark = pytest.mark.slow
 
@@ -269,16 +269,12 @@ def test_the_consumers_and_the_stand_ins_they_call_run_behind_the_accept_path(me
     if not Path("/proc/self/autogroup").exists():
         pytest.skip("no scheduler autogroups here")
     niceness: dict[str, str] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
+    for entry, argv in child_processes(mesh.pid):
         try:
-            stat = (entry / "stat").read_text()
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
             group = (entry / "autogroup").read_text().split()  # "/autogroup-<n> nice <nice>"
         except OSError:
             continue
-        if int(stat[stat.rindex(")") + 2:].split()[1]) == mesh.pid and b"-m" in argv and group:
+        if b"-m" in argv and group:
             niceness[argv[argv.index(b"-m") + 1].decode()] = group[-1]
     assert niceness.get("services.scoring") == "0" and niceness.get("gateway") == "0", niceness
     for behind in ("services.journeys", "services.messaging", "services.crm_sync", "services.analytics",

@@ -299,6 +299,25 @@ async def test_a_task_merged_into_todays_task_is_merged_once(mesh: Mesh) -> None
     assert types.count("task_created") == 1 and types.count("task_merged") == 1, types
 
 
+async def _hot_leads(mesh: Mesh, leads: list[str]) -> None:
+    """Leads whose profile grades A (urgent, a budget, a scored profession): their views cross task rules."""
+    profile = {"profession": "nurse", "countries_of_interest": ["CA"], "timeline": "urgent", "budget": "50k"}
+    await mesh.scoring.UpsertLeads(scoring_pb2.UpsertLeadsRequest(leads=[scoring_pb2.UpsertLeadRequest(
+        id=lead, fields_json=json.dumps({"email": f"{lead}@example.com", "attributes": profile}))
+        for lead in leads]), timeout=10)
+
+
+async def _views(mesh: Mesh, leads: list[str], categories: list[str], key_prefix: str = "") -> None:
+    """Each lead views a page of each category; scoring has published them all when this returns."""
+    await mesh.scoring.IngestEvents(scoring_pb2.IngestRequest(events=[scoring_pb2.Event(
+        lead_id=lead, type="page_viewed", idempotency_key=f"{lead}-{key_prefix}{n}",
+        properties_json=json.dumps({"category": category}))
+        for lead in leads for n, category in enumerate(categories)]), timeout=10)
+    for _ in range(20):
+        if (await mesh.scoring_admin.Settle(common_pb2.SettleRequest(), timeout=30)).work_done == 0:
+            break
+
+
 async def test_leads_first_tasks_of_a_batch_are_written_together(mesh: Mesh) -> None:
     # At the start of a stream of events every lead crosses its task rules (a sales alert, an MQL, a
     # high-engagement follow-up merged into the MQL's, the owner's notification) in the same few
@@ -311,19 +330,10 @@ async def test_leads_first_tasks_of_a_batch_are_written_together(mesh: Mesh) -> 
     from tests.integration.analytics.recorded import statements
 
     leads = [f"first-{n}" for n in range(6)]
-    profile = {"profession": "nurse", "countries_of_interest": ["CA"], "timeline": "urgent", "budget": "50k"}
-    await mesh.scoring.UpsertLeads(scoring_pb2.UpsertLeadsRequest(leads=[scoring_pb2.UpsertLeadRequest(
-        id=lead, fields_json=json.dumps({"email": f"{lead}@example.com", "attributes": profile}))
-        for lead in leads]), timeout=10)
+    await _hot_leads(mesh, leads)
     await mesh.settle()
-    await mesh.scoring.IngestEvents(scoring_pb2.IngestRequest(events=[scoring_pb2.Event(
-        lead_id=lead, type="page_viewed", idempotency_key=f"{lead}-{n}",
-        properties_json=json.dumps({"category": category}))
-        for lead in leads for n, category in enumerate(["bottom_funnel", "pricing", "high_intent", "high_intent",
-                                                        "pricing", "high_intent"])]), timeout=10)
-    for _ in range(20):  # everything on the bus before crm_sync's settle reads it: one batch
-        if (await mesh.scoring_admin.Settle(common_pb2.SettleRequest(), timeout=30)).work_done == 0:
-            break
+    # Everything on the bus before crm_sync's settle reads it: one batch.
+    await _views(mesh, leads, ["bottom_funnel", "pricing", "high_intent", "high_intent", "pricing", "high_intent"])
     with statements(Engine) as sent:  # type: ignore[arg-type]  # every engine of this process
         await mesh.settle()
     task_inserts = [s.sql for s in sent if s.sql.lstrip().startswith("INSERT INTO crm_sync_tasks")]
@@ -352,29 +362,15 @@ async def test_a_repeated_plan_reads_the_batch_tasks_once(mesh: Mesh) -> None:
     from tests.integration.analytics.recorded import statements
 
     leads = [f"rep-{n}" for n in range(4)]
-    profile = {"profession": "nurse", "countries_of_interest": ["CA"], "timeline": "urgent", "budget": "50k"}
-    await mesh.scoring.UpsertLeads(scoring_pb2.UpsertLeadsRequest(leads=[scoring_pb2.UpsertLeadRequest(
-        id=lead, fields_json=json.dumps({"email": f"{lead}@example.com", "attributes": profile}))
-        for lead in leads]), timeout=10)
-
+    await _hot_leads(mesh, leads)
     categories = ["bottom_funnel", "pricing", "high_intent", "high_intent"]
-
-    async def views(round_: int) -> None:
-        await mesh.scoring.IngestEvents(scoring_pb2.IngestRequest(events=[scoring_pb2.Event(
-            lead_id=lead, type="page_viewed", idempotency_key=f"{lead}-{round_}-{n}",
-            properties_json=json.dumps({"category": category}))
-            for lead in leads for n, category in enumerate(categories)]), timeout=10)
-        for _ in range(20):  # scoring publishes everything before crm_sync's settle reads the bus
-            if (await mesh.scoring_admin.Settle(common_pb2.SettleRequest(), timeout=30)).work_done == 0:
-                break
-
     for round_ in range(2):  # two days' views (points count once a day): the leads cross their rules
-        await views(round_)
+        await _views(mesh, leads, categories, f"{round_}-")
         await mesh.settle()
         mesh.clock.advance(0 if round_ else 86400)
     lead = await mesh.scoring.GetLead(scoring_pb2.GetLeadRequest(id=leads[0]), timeout=5)
     assert lead.grade == "A" and lead.score >= 60, (lead.grade, lead.score)
-    await views(2)
+    await _views(mesh, leads, categories, "2-")
     with statements(Engine) as sent:  # type: ignore[arg-type]  # every engine of this process
         await mesh.settle()
     task_reads = [s.sql for s in sent if s.sql.lstrip().startswith("SELECT") and "FROM crm_sync_tasks" in s.sql]

@@ -52,11 +52,7 @@ def pair(tmp_path: Path) -> Iterator[tuple[int, int, subprocess.Popen[bytes]]]:
         follower.close()
         yield master_port, replica_port, replica
     finally:
-        for proc in (replica, master):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(proc.pid, signal.SIGCONT)
-            proc.terminate()
-            proc.wait(10)
+        _stop([replica, master])
 
 
 async def test_a_publish_returns_once_a_replica_holds_the_entries_and_raises_while_none_does(
@@ -80,6 +76,15 @@ async def test_a_publish_returns_once_a_replica_holds_the_entries_and_raises_whi
         follower.close()
 
 
+def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    """End the Redis servers, a stopped (SIGSTOPped) one too."""
+    for proc in procs:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGCONT)
+        proc.terminate()
+        proc.wait(10)
+
+
 @pytest.fixture
 def cluster_pair(tmp_path: Path) -> Iterator[tuple[str, int, subprocess.Popen[bytes]]]:
     """A Redis Cluster of one master and its replica (`form` as `nurture up --redis-cluster 1
@@ -97,11 +102,7 @@ def cluster_pair(tmp_path: Path) -> Iterator[tuple[str, int, subprocess.Popen[by
         replica_port = next(p for p in ports if redis.Redis(port=p).info("replication")["role"] == "slave")
         yield f"redis://127.0.0.1:{ports[0]}/0", replica_port, procs[ports.index(replica_port)]
     finally:
-        for proc in procs:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(proc.pid, signal.SIGCONT)
-            proc.terminate()
-            proc.wait(10)
+        _stop(procs)
 
 
 async def test_on_a_cluster_a_stopped_replica_fails_the_publish_and_the_arm_whatever_connection_waits(
