@@ -145,7 +145,7 @@ class _MeshHandlers:
     takes the request undecoded, so a refused call is answered without reading it."""
 
     def __init__(self, service_name: str, gate: _MeshGate, open_services: frozenset[str], instance: str) -> None:
-        self._tracer = trace.get_tracer(f"nurture.{service_name}.rpc")
+        self._tracer = telemetry.tracer(f"nurture.{service_name}.rpc")
         self._gate = gate
         self._open = open_services
         # Which replica answered (host:port): with several behind one address, an operator reading a
@@ -211,8 +211,7 @@ class _MeshHandlers:
                 span: trace.Span = trace.NonRecordingSpan(remote)
                 current = telemetry.as_current(span, end=False)
             else:
-                parent = trace.set_span_in_context(trace.NonRecordingSpan(remote)) if remote is not None else None
-                span = tracer.start_span(method, context=parent, kind=trace.SpanKind.SERVER, attributes=attributes)
+                span = tracer.start_child(method, remote, trace.SpanKind.SERVER, attributes)
                 current = telemetry.as_current(span)
             # The servicer is awaited here, not through a helper coroutine of its own (one frame less a
             # call); what it raises becomes the call's status (_failed).

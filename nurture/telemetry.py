@@ -311,9 +311,19 @@ class _Tracer(trace.Tracer):
                    kind: trace.SpanKind = trace.SpanKind.INTERNAL, attributes: Attributes = None,
                    links: Sequence[trace.Link] | None = (), start_time: int | None = None,
                    record_exception: bool = True, set_status_on_exception: bool = True) -> trace.Span:
+        return self.start_child(name, trace.get_current_span(context).get_span_context(), context, kind, attributes,
+                                links, start_time, record_exception, set_status_on_exception)
+
+    def start_child(self, name: str, parent: trace.SpanContext | None, context: otel_context.Context | None = None,
+                    kind: trace.SpanKind = trace.SpanKind.INTERNAL, attributes: Attributes = None,
+                    links: Sequence[trace.Link] | None = (), start_time: int | None = None,
+                    record_exception: bool = True, set_status_on_exception: bool = True) -> trace.Span:
+        """`start_span` given the parent's span context itself (None or invalid: a root) rather than a
+        Context holding it: a server span's parent arrives as a `traceparent`, and wrapping it in a span
+        and a Context only for this to take it out again cost every RPC a dict copy and three objects.
+        `context` is only what a processor's `on_start` is told."""
         provider = self._provider
         ids = provider.id_generator
-        parent: trace.SpanContext | None = trace.get_current_span(context).get_span_context()
         if parent is not None and parent.is_valid:
             trace_id, flags, state = parent.trace_id, parent.trace_flags, parent.trace_state
             sampled = flags.sampled
@@ -331,6 +341,8 @@ class _Tracer(trace.Tracer):
                             processor, self._scope, start_time if start_time is not None else time_ns(),
                             record_exception, set_status_on_exception)
         if provider.starts:
+            if context is None and parent is not None:  # what the processor would have been told
+                context = trace.set_span_in_context(trace.NonRecordingSpan(parent))
             # (a processor is typed for the SDK's span; it takes a RecordedSpan as one: see its docstring)
             processor.on_start(span, parent_context=context)  # type: ignore[arg-type]
         return span
@@ -412,6 +424,16 @@ class _ModuleTracer(trace.Tracer):
         return self._tracer().start_span(name, context, kind, attributes, links, start_time, record_exception,
                                          set_status_on_exception)
 
+    def start_child(self, name: str, parent: trace.SpanContext | None,
+                    kind: trace.SpanKind = trace.SpanKind.INTERNAL, attributes: Attributes = None) -> trace.Span:
+        """A span under `parent` (a span context: the caller's, from its `traceparent`), as `start_span`
+        under a Context holding it; the mesh's tracer takes the span context as it is (_Tracer.start_child)."""
+        real = self._tracer()
+        if isinstance(real, _Tracer):
+            return real.start_child(name, parent, None, kind, attributes)
+        context = trace.set_span_in_context(trace.NonRecordingSpan(parent)) if parent is not None else None
+        return real.start_span(name, context, kind, attributes)
+
     def start_as_current_span(self, name: str, context: otel_context.Context | None = None,  # type: ignore[override]
                               kind: trace.SpanKind = trace.SpanKind.INTERNAL, attributes: Attributes = None,
                               links: Sequence[trace.Link] | None = (), start_time: int | None = None,
@@ -422,7 +444,7 @@ class _ModuleTracer(trace.Tracer):
             end_on_exit))
 
 
-def tracer(name: str) -> trace.Tracer:
+def tracer(name: str) -> _ModuleTracer:
     """The tracer for a module's spans (`_tracer = telemetry.tracer(__name__)` at import)."""
     return _ModuleTracer(name)
 

@@ -167,3 +167,48 @@ def test_a_lone_processor_is_called_directly_and_still_hears_every_start_it_asks
     [line] = [json.loads(x) for x in (tmp_path / "traces" / "lone.jsonl").read_text().splitlines()]
     assert line["name"] == "batched" and line["status"] == "UNSET"
     batched.shutdown()
+
+
+class _Parents(_Calls):
+    """Also keeps the parent span each start was told of (through its Context)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.parents: list[trace.SpanContext] = []
+
+    def on_start(self, span: object, parent_context: otel_context.Context | None = None) -> None:
+        super().on_start(span, parent_context)
+        self.parents.append(trace.get_current_span(parent_context).get_span_context())
+
+
+@pytest.mark.parametrize("through_module", [False, True])
+def test_a_child_started_from_its_parents_span_context_is_the_one_a_context_would_give(through_module: bool) -> None:
+    """`start_child` (the RPC server span's way: the caller's traceparent read into a span context) makes
+    what `start_span` under a Context holding that span context makes: the same trace, parent and
+    decision, a root when there is none, and a processor that asks for starts is told the parent."""
+    made = telemetry.provider("t", load_settings(environ={}, trace_sample_ratio=0.0))
+    calls, exporter = _Parents(), InMemorySpanExporter()
+    made.add_span_processor(calls)
+    made.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = made.get_tracer("t")
+    module = telemetry._ModuleTracer("t")
+    module._real = tracer
+
+    def child(name: str, parent: trace.SpanContext | None) -> trace.Span:
+        if through_module:
+            return module.start_child(name, parent, trace.SpanKind.SERVER, {"rpc.method": name})
+        assert isinstance(tracer, telemetry._Tracer)
+        return tracer.start_child(name, parent, None, trace.SpanKind.SERVER, {"rpc.method": name})
+
+    sampled = _ctx(0x5EED, sampled=True)
+    span = child("/a/B", sampled)
+    assert span.is_recording() and span.get_span_context().trace_id == 0x5EED
+    span.end()
+    unsampled = child("/a/C", _ctx(0x5EED, sampled=False))  # the caller's decision, not this ratio's
+    assert not unsampled.is_recording() and unsampled.get_span_context().trace_id == 0x5EED
+    root = child("/a/D", None)  # no caller's context: a root, sampled by this process's ratio (0)
+    assert not root.is_recording() and root.get_span_context().trace_id != 0x5EED
+    (finished,) = exporter.get_finished_spans()
+    assert finished.parent == sampled and finished.kind == trace.SpanKind.SERVER
+    assert finished.attributes == {"rpc.method": "/a/B"}
+    assert calls.started == [span] and calls.parents == [sampled]
