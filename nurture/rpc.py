@@ -503,6 +503,23 @@ class _MeshGate:
         log.warning("%s refused %s: %s%s", self._name, method, problem, more)
 
 
+class _GenericOnly:
+    """A server as health and reflection are added to it: their methods are found through their generic
+    handlers, not registered. grpc.aio keeps one pending request per registered method and waits on all of
+    them (asyncio.wait) for every call it accepts, so each registered method costs every call of every
+    method; probes and reflection are rare, and looking them up by name when they come costs little."""
+
+    def __init__(self, inner: grpc.aio.Server) -> None:
+        self._inner = inner
+
+    def add_generic_rpc_handlers(self, generic_rpc_handlers: Sequence[grpc.GenericRpcHandler]) -> None:
+        self._inner.add_generic_rpc_handlers(generic_rpc_handlers)
+
+    def add_registered_method_handlers(self, service_name: str,
+                                       method_handlers: dict[str, grpc.RpcMethodHandler]) -> None:
+        pass  # served by the generic handler added beside them
+
+
 class ServiceServer:
     """A started gRPC server with health and reflection; `stop()` drains in-flight calls."""
 
@@ -553,9 +570,10 @@ async def start_server(
                              OPEN_SERVICES | frozenset(self_authenticated), instance)
     names = list(register(_MeshServer(server, handlers)))
     health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, _GenericOnly(server))
     reflection.enable_server_reflection(
-        [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server
+        [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+        _GenericOnly(server),
     )
     await server.start()
     handle = ServiceServer(server, health_servicer, bound)
