@@ -348,7 +348,7 @@ def _outgoing(signer: Signer, method: str, metadata: Iterable[MetadataItem] | No
     out = list(metadata) if metadata else []
     if signer:
         out.append((MESH_HEADER, signer.header(method)))
-    ctx = trace.get_current_span().get_span_context()
+    ctx = telemetry.current_span().get_span_context()
     if ctx.is_valid:
         out.append((_TRACEPARENT, _traceparent(ctx)))
         if ctx.trace_state:

@@ -26,6 +26,7 @@ SQL spans (one per transaction) come from SQLAlchemy's connection events and Red
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 import traceback
@@ -38,6 +39,8 @@ from typing import cast
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
+from opentelemetry.context.context import Context
+from opentelemetry.context.contextvars_context import ContextVarsRuntimeContext
 from opentelemetry.propagate import extract
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Event, ReadableSpan, SpanProcessor, TracerProvider
@@ -265,6 +268,28 @@ def mark_failed(span: trace.Span, exc: Exception, record: bool = True, set_statu
             span.set_status(trace.Status(trace.StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
 
 
+log = logging.getLogger(__name__)
+
+# The current span, read and made current without OpenTelemetry's layers of calls: `get_current_span` is
+# get_value, get_current and the runtime context's get_current, then an ABC isinstance; making a span
+# current is set_span_in_context, set_value, get_current, attach and the runtime's attach, and detach two
+# calls more. Each RPC did each of them on both sides. When OpenTelemetry's runtime context is its
+# ContextVar one (the default; another can be configured through OTEL_PYTHON_CONTEXT), the ContextVar it
+# holds is used directly, with the same key for the span; otherwise the API functions are.
+_SPAN_KEY = next(iter(trace.set_span_in_context(trace.INVALID_SPAN, Context())))
+_runtime = getattr(otel_context, "_RUNTIME_CONTEXT", None)
+_CURRENT = getattr(_runtime, "_current_context", None) if isinstance(_runtime, ContextVarsRuntimeContext) else None
+
+
+def current_span() -> trace.Span:
+    """`trace.get_current_span()`: the current span, INVALID_SPAN when there is none."""
+    if _CURRENT is None:
+        return trace.get_current_span()
+    span = _CURRENT.get().get(_SPAN_KEY)
+    # (only set_span_in_context puts anything under this key: a Span)
+    return trace.INVALID_SPAN if span is None else cast(trace.Span, span)
+
+
 class Current:
     """A span made current inside a `with`, marked failed by an Exception and ended after it:
     `start_as_current_span`'s context manager, and `as_current`'s for a span started by hand (the hot
@@ -277,12 +302,23 @@ class Current:
         self._span, self._end, self._record, self._set_status = span, end, record, set_status
 
     def __enter__(self) -> trace.Span:
-        self._token = otel_context.attach(trace.set_span_in_context(self._span))
+        if _CURRENT is None:
+            self._token = otel_context.attach(trace.set_span_in_context(self._span))
+        else:  # set_span_in_context and attach, as they do it
+            values = _CURRENT.get().copy()
+            values[_SPAN_KEY] = self._span
+            self._token = _CURRENT.set(Context(values))
         return self._span
 
     def __exit__(self, exc_type: type[BaseException] | None, exc_val: BaseException | None,
                  exc_tb: TracebackType | None) -> None:
-        otel_context.detach(self._token)
+        if _CURRENT is None:
+            otel_context.detach(self._token)
+        else:
+            try:
+                _CURRENT.reset(self._token)
+            except Exception:  # as OpenTelemetry's detach: a token from another context is logged, not raised
+                log.exception("Failed to detach context")
         span = self._span
         # Only errors (an Exception), not a cancellation or GeneratorExit, as OpenTelemetry's use_span.
         if isinstance(exc_val, Exception):
@@ -311,8 +347,9 @@ class _Tracer(trace.Tracer):
                    kind: trace.SpanKind = trace.SpanKind.INTERNAL, attributes: Attributes = None,
                    links: Sequence[trace.Link] | None = (), start_time: int | None = None,
                    record_exception: bool = True, set_status_on_exception: bool = True) -> trace.Span:
-        return self.start_child(name, trace.get_current_span(context).get_span_context(), context, kind, attributes,
-                                links, start_time, record_exception, set_status_on_exception)
+        parent = (current_span() if context is None else trace.get_current_span(context)).get_span_context()
+        return self.start_child(name, parent, context, kind, attributes, links, start_time, record_exception,
+                                set_status_on_exception)
 
     def start_child(self, name: str, parent: trace.SpanContext | None, context: otel_context.Context | None = None,
                     kind: trace.SpanKind = trace.SpanKind.INTERNAL, attributes: Attributes = None,
@@ -352,8 +389,9 @@ class _Tracer(trace.Tracer):
                               links: Sequence[trace.Link] | None = (), start_time: int | None = None,
                               record_exception: bool = True, set_status_on_exception: bool = True,
                               end_on_exit: bool = True) -> Current:
-        span = self.start_span(name, context, kind, attributes, links, start_time, record_exception,
-                               set_status_on_exception)
+        parent = (current_span() if context is None else trace.get_current_span(context)).get_span_context()
+        span = self.start_child(name, parent, context, kind, attributes, links, start_time, record_exception,
+                                set_status_on_exception)
         return Current(span, end_on_exit, record_exception, set_status_on_exception)
 
 
@@ -542,7 +580,7 @@ def instrument_engine(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _begin(conn: Connection) -> None:
-        if trace.get_current_span().is_recording():
+        if current_span().is_recording():
             conn.info["nurture_span"] = (_tracer.start_span("sql transaction", attributes=attributes), [])
 
     @event.listens_for(engine, "before_cursor_execute")
@@ -601,7 +639,7 @@ def redis_span(name: str, **attributes: AttributeValue) -> Iterator[None]:
     """A span around one Redis round trip (a command or a pipeline) when the current span is recorded;
     nothing at all otherwise. `name` is the whole span name, a constant (`"redis XADD bus"`): no
     formatting per call."""
-    if not trace.get_current_span().is_recording():
+    if not current_span().is_recording():
         yield
         return
     attributes["db.system"] = "redis"

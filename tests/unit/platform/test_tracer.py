@@ -212,3 +212,34 @@ def test_a_child_started_from_its_parents_span_context_is_the_one_a_context_woul
     assert finished.parent == sampled and finished.kind == trace.SpanKind.SERVER
     assert finished.attributes == {"rpc.method": "/a/B"}
     assert calls.started == [span] and calls.parents == [sampled]
+
+
+def test_the_current_span_is_the_one_opentelemetrys_api_sees_both_ways() -> None:
+    """`telemetry.current_span` and `Current` (which read and set OpenTelemetry's context variable
+    directly) agree with `trace.get_current_span` and `use_span`, nested either way, restore what was
+    current, and a block left in another context is logged, not raised (as OpenTelemetry's detach)."""
+    assert telemetry._CURRENT is not None  # the default runtime context: the direct path is the one tested
+    tracer, _, _ = _provider(1.0)
+    assert telemetry.current_span() is trace.get_current_span() is trace.INVALID_SPAN
+    with tracer.start_as_current_span("outer") as outer:
+        assert telemetry.current_span() is trace.get_current_span() is outer
+        inner = tracer.start_span("inner")
+        assert inner.parent == outer.get_span_context()  # type: ignore[attr-defined]
+        with trace.use_span(inner, end_on_exit=True):
+            assert telemetry.current_span() is inner
+            with telemetry.as_current(tracer.start_span("third")) as third:
+                assert trace.get_current_span() is third
+                assert third.parent == inner.get_span_context()  # type: ignore[attr-defined]
+            assert telemetry.current_span() is trace.get_current_span() is inner
+        assert telemetry.current_span() is outer
+    assert telemetry.current_span() is trace.INVALID_SPAN
+
+    async def main() -> None:
+        current = telemetry.as_current(tracer.start_span("moved"))
+        current.__enter__()
+        await asyncio.create_task(_leave(current))  # left in another task's context: its token is foreign
+
+    async def _leave(current: telemetry.Current) -> None:
+        current.__exit__(None, None, None)
+
+    asyncio.run(main())
