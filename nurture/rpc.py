@@ -342,17 +342,19 @@ def unexpected_error(exc: Exception, span: trace.Span | None = None) -> NurtureE
                     details={"trace_id": trace_id})
 
 
-def _outgoing(signer: Signer, method: str, metadata: Iterable[MetadataItem] | None) -> list[MetadataItem]:
+def _outgoing(signer: Signer, method: str, metadata: Iterable[MetadataItem] | None) -> grpc.aio.Metadata:
     """A call's metadata plus its mesh credential and, inside a span, the W3C trace context (sampled or
-    not: the decision travels with it)."""
-    out = list(metadata) if metadata else []
+    not: the decision travels with it). Made as grpc.aio's own Metadata, which it takes as it is: given
+    a list it checks it against typing's Sequence (an ABC check through typing's layers), copies it into
+    a tuple and makes the same object from that."""
+    out = grpc.aio.Metadata(*metadata) if metadata else grpc.aio.Metadata()
     if signer:
-        out.append((MESH_HEADER, signer.header(method)))
+        out.add(MESH_HEADER, signer.header(method))
     ctx = telemetry.current_span().get_span_context()
     if ctx.is_valid:
-        out.append((_TRACEPARENT, _traceparent(ctx)))
+        out.add(_TRACEPARENT, _traceparent(ctx))
         if ctx.trace_state:
-            out.append((_TRACESTATE, ctx.trace_state.to_header()))
+            out.add(_TRACESTATE, ctx.trace_state.to_header())
     return out
 
 
