@@ -243,3 +243,30 @@ def test_the_current_span_is_the_one_opentelemetrys_api_sees_both_ways() -> None
         current.__exit__(None, None, None)
 
     asyncio.run(main())
+
+
+def test_the_file_writes_the_sdks_own_spans_as_it_writes_the_mesh_spans(tmp_path: Path) -> None:
+    """The exporter reads the mesh's spans field by field and any other ReadableSpan through its
+    properties: a span of OpenTelemetry's own tracer with the same content makes the same line."""
+    from opentelemetry.sdk.trace import TracerProvider
+
+    sdk = TracerProvider(resource=telemetry.provider("t", load_settings(environ={})).resource)
+    sdk_spans = InMemorySpanExporter()
+    sdk.add_span_processor(SimpleSpanProcessor(sdk_spans))
+    tracer, _, mesh_spans = _provider(1.0)
+    link = trace.Link(_ctx(0x22, sampled=True))
+    for made in (sdk.get_tracer("t"), tracer):
+        with made.start_as_current_span("root", attributes={"k": "v"}), \
+                made.start_as_current_span("child", links=[link]) as child:
+            child.set_status(trace.StatusCode.OK)
+    spans = [*sdk_spans.get_finished_spans(), *mesh_spans.get_finished_spans()]
+    assert [type(s) is telemetry.RecordedSpan for s in spans] == [False, False, True, True]
+    path = tmp_path / "t.jsonl"
+    telemetry.JsonLinesExporter(path).export(spans)
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    for line in lines:
+        assert line["trace_id"] and line["span_id"] and line["end_ns"] >= line["start_ns"] > 0
+    assert lines[0]["parent_id"] == lines[1]["span_id"] and lines[2]["parent_id"] == lines[3]["span_id"]
+    kept = ("name", "service", "status", "attributes", "links")
+    assert [{k: line[k] for k in kept} for line in lines[:2]] == [{k: line[k] for k in kept} for line in lines[2:]]
+    assert lines[0]["links"] == [f"{0x22:032x}"] and lines[1]["attributes"] == {"k": "v"}
