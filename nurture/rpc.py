@@ -110,6 +110,7 @@ _TRACESTATE = "tracestate"
 # later version may add.
 _TRACEPARENT_FORMAT = re.compile(r"[ \t]*([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(?:(-.*)|[ \t]*)")
 _ZERO_TRACE, _ZERO_SPAN = "0" * 32, "0" * 16
+_SAMPLED = trace.TraceFlags.SAMPLED
 
 
 def _remote_span_context(traceparent: object, tracestate: object = None) -> trace.SpanContext | None:
@@ -130,10 +131,6 @@ def _remote_span_context(traceparent: object, tracestate: object = None) -> trac
         return None
     return trace.SpanContext(int(trace_id, 16), int(span_id, 16), is_remote=True,
                              trace_flags=trace.TraceFlags(int(flags, 16)))
-
-
-def _traceparent(ctx: trace.SpanContext) -> str:
-    return f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{ctx.trace_flags:02x}"
 
 
 class _MeshHandlers:
@@ -204,7 +201,7 @@ class _MeshHandlers:
             # (a method registered without a deserializer is handed its request as it came)
             request = parse(raw) if parse is not None else cast(Message, raw)
             remote = _remote_span_context(traceparent, tracestate) if traceparent is not None else None
-            if remote is not None and not remote.trace_flags.sampled:
+            if remote is not None and not remote[3] & _SAMPLED:  # its flags (see _outgoing), not two properties
                 # The head chose not to record this trace: no span at all (not even a non-recording one,
                 # whose sampler call, ids and context cost a small call a few percent). The caller's
                 # context becomes current, so what this call sends on carries the same decision.
@@ -350,11 +347,13 @@ def _outgoing(signer: Signer, method: str, metadata: Iterable[MetadataItem] | No
     out = grpc.aio.Metadata(*metadata) if metadata else grpc.aio.Metadata()
     if signer:
         out.add(MESH_HEADER, signer.header(method))
-    ctx = telemetry.current_span().get_span_context()
-    if ctx.is_valid:
-        out.add(_TRACEPARENT, _traceparent(ctx))
-        if ctx.trace_state:
-            out.add(_TRACESTATE, ctx.trace_state.to_header())
+    # A SpanContext is a tuple (trace id, span id, is_remote, flags, trace state, is_valid): unpacked, not
+    # read through five of its properties, each a call (the layout is checked by test_rpc_handlers.py).
+    trace_id, span_id, _, flags, state, valid = telemetry.current_span().get_span_context()
+    if valid:
+        out.add(_TRACEPARENT, f"00-{trace_id:032x}-{span_id:016x}-{flags:02x}")
+        if state:
+            out.add(_TRACESTATE, state.to_header())
     return out
 
 

@@ -182,6 +182,7 @@ class RecordedSpan(trace.Span, ReadableSpan):
         # ReadableSpan's fields, set directly (its __init__ makes a Resource when given none).
         self._name = name
         self._context: trace.SpanContext = context
+        self.context = context  # (the processors read it twice a span: an attribute, not a property call)
         self._parent = parent
         self._resource = resource
         self._end_time: int | None = None
@@ -201,6 +202,9 @@ class RecordedSpan(trace.Span, ReadableSpan):
         self._processor = processor
         self._record_exception = record_exception
         self._set_status_on_exception = set_status_on_exception
+
+    # ReadableSpan's `context` property, shadowed by the attribute each span sets.
+    context: trace.SpanContext = cast(trace.SpanContext, None)
 
     def get_span_context(self) -> trace.SpanContext:
         return self._context

@@ -194,3 +194,16 @@ async def test_only_the_mesh_methods_are_registered_and_health_and_reflection_st
                               scoring_pb2.EchoReply)
     finally:
         await running.stop(0)
+
+
+def test_a_span_context_unpacks_as_the_mesh_reads_it() -> None:
+    """nurture.rpc unpacks OpenTelemetry's SpanContext (a tuple) instead of reading its properties, and
+    the mesh's RecordedSpan keeps `context` as an attribute: both must stay what the properties say."""
+    state = trace.TraceState([("k", "v")])
+    ctx = trace.SpanContext(0xABC, 0xDEF, is_remote=True, trace_flags=trace.TraceFlags(1), trace_state=state)
+    trace_id, span_id, remote, flags, kept_state, valid = ctx
+    assert (trace_id, span_id, remote, flags, kept_state, valid) == (
+        ctx.trace_id, ctx.span_id, ctx.is_remote, ctx.trace_flags, ctx.trace_state, ctx.is_valid)
+    assert ctx[3] & trace.TraceFlags.SAMPLED and not trace.INVALID_SPAN_CONTEXT[5]
+    span = trace.get_tracer("test").start_span("s")
+    assert span.context is span.get_span_context() and span.context.is_valid  # type: ignore[attr-defined]
