@@ -110,6 +110,7 @@ _TRACESTATE = "tracestate"
 # later version may add.
 _TRACEPARENT_FORMAT = re.compile(r"[ \t]*([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(?:(-.*)|[ \t]*)")
 _ZERO_TRACE, _ZERO_SPAN = "0" * 32, "0" * 16
+_SAMPLED = trace.TraceFlags.SAMPLED
 
 
 def _remote_span_context(traceparent: object, tracestate: object = None) -> trace.SpanContext | None:
@@ -132,10 +133,6 @@ def _remote_span_context(traceparent: object, tracestate: object = None) -> trac
                              trace_flags=trace.TraceFlags(int(flags, 16)))
 
 
-def _traceparent(ctx: trace.SpanContext) -> str:
-    return f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{ctx.trace_flags:02x}"
-
-
 class _MeshHandlers:
     """What the mesh adds to every method a server registers: the gate (mesh credential) first, then
     one server span per unary RPC, parented by the caller's traceparent. Each method's handler is
@@ -145,7 +142,7 @@ class _MeshHandlers:
     takes the request undecoded, so a refused call is answered without reading it."""
 
     def __init__(self, service_name: str, gate: _MeshGate, open_services: frozenset[str], instance: str) -> None:
-        self._tracer = trace.get_tracer(f"nurture.{service_name}.rpc")
+        self._tracer = telemetry.tracer(f"nurture.{service_name}.rpc")
         self._gate = gate
         self._open = open_services
         # Which replica answered (host:port): with several behind one address, an operator reading a
@@ -204,15 +201,14 @@ class _MeshHandlers:
             # (a method registered without a deserializer is handed its request as it came)
             request = parse(raw) if parse is not None else cast(Message, raw)
             remote = _remote_span_context(traceparent, tracestate) if traceparent is not None else None
-            if remote is not None and not remote.trace_flags.sampled:
+            if remote is not None and not remote[3] & _SAMPLED:  # its flags (see _outgoing), not two properties
                 # The head chose not to record this trace: no span at all (not even a non-recording one,
                 # whose sampler call, ids and context cost a small call a few percent). The caller's
                 # context becomes current, so what this call sends on carries the same decision.
                 span: trace.Span = trace.NonRecordingSpan(remote)
                 current = telemetry.as_current(span, end=False)
             else:
-                parent = trace.set_span_in_context(trace.NonRecordingSpan(remote)) if remote is not None else None
-                span = tracer.start_span(method, context=parent, kind=trace.SpanKind.SERVER, attributes=attributes)
+                span = tracer.start_child(method, remote, trace.SpanKind.SERVER, attributes)
                 current = telemetry.as_current(span)
             # The servicer is awaited here, not through a helper coroutine of its own (one frame less a
             # call); what it raises becomes the call's status (_failed).
@@ -343,17 +339,21 @@ def unexpected_error(exc: Exception, span: trace.Span | None = None) -> NurtureE
                     details={"trace_id": trace_id})
 
 
-def _outgoing(signer: Signer, method: str, metadata: Iterable[MetadataItem] | None) -> list[MetadataItem]:
+def _outgoing(signer: Signer, method: str, metadata: Iterable[MetadataItem] | None) -> grpc.aio.Metadata:
     """A call's metadata plus its mesh credential and, inside a span, the W3C trace context (sampled or
-    not: the decision travels with it)."""
-    out = list(metadata) if metadata else []
+    not: the decision travels with it). Made as grpc.aio's own Metadata, which it takes as it is: given
+    a list it checks it against typing's Sequence (an ABC check through typing's layers), copies it into
+    a tuple and makes the same object from that."""
+    out = grpc.aio.Metadata(*metadata) if metadata else grpc.aio.Metadata()
     if signer:
-        out.append((MESH_HEADER, signer.header(method)))
-    ctx = trace.get_current_span().get_span_context()
-    if ctx.is_valid:
-        out.append((_TRACEPARENT, _traceparent(ctx)))
-        if ctx.trace_state:
-            out.append((_TRACESTATE, ctx.trace_state.to_header()))
+        out.add(MESH_HEADER, signer.header(method))
+    # A SpanContext is a tuple (trace id, span id, is_remote, flags, trace state, is_valid): unpacked, not
+    # read through five of its properties, each a call (the layout is checked by test_rpc_handlers.py).
+    trace_id, span_id, _, flags, state, valid = telemetry.current_span().get_span_context()
+    if valid:
+        out.add(_TRACEPARENT, f"00-{trace_id:032x}-{span_id:016x}-{flags:02x}")
+        if state:
+            out.add(_TRACESTATE, state.to_header())
     return out
 
 
@@ -504,6 +504,23 @@ class _MeshGate:
         log.warning("%s refused %s: %s%s", self._name, method, problem, more)
 
 
+class _GenericOnly:
+    """A server as health and reflection are added to it: their methods are found through their generic
+    handlers, not registered. grpc.aio keeps one pending request per registered method and waits on all of
+    them (asyncio.wait) for every call it accepts, so each registered method costs every call of every
+    method; probes and reflection are rare, and looking them up by name when they come costs little."""
+
+    def __init__(self, inner: grpc.aio.Server) -> None:
+        self._inner = inner
+
+    def add_generic_rpc_handlers(self, generic_rpc_handlers: Sequence[grpc.GenericRpcHandler]) -> None:
+        self._inner.add_generic_rpc_handlers(generic_rpc_handlers)
+
+    def add_registered_method_handlers(self, service_name: str,
+                                       method_handlers: dict[str, grpc.RpcMethodHandler]) -> None:
+        pass  # served by the generic handler added beside them
+
+
 class ServiceServer:
     """A started gRPC server with health and reflection; `stop()` drains in-flight calls."""
 
@@ -554,9 +571,10 @@ async def start_server(
                              OPEN_SERVICES | frozenset(self_authenticated), instance)
     names = list(register(_MeshServer(server, handlers)))
     health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, _GenericOnly(server))
     reflection.enable_server_reflection(
-        [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server
+        [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+        _GenericOnly(server),
     )
     await server.start()
     handle = ServiceServer(server, health_servicer, bound)

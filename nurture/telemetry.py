@@ -26,6 +26,7 @@ SQL spans (one per transaction) come from SQLAlchemy's connection events and Red
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 import traceback
@@ -38,6 +39,8 @@ from typing import cast
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
+from opentelemetry.context.context import Context
+from opentelemetry.context.contextvars_context import ContextVarsRuntimeContext
 from opentelemetry.propagate import extract
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Event, ReadableSpan, SpanProcessor, TracerProvider
@@ -76,24 +79,31 @@ class JsonLinesExporter(SpanExporter):
         resource: Resource | None = None
         service: AttributeValue | None = None
         for span in spans:
-            if span.resource is not resource:
-                resource = span.resource
+            # The mesh's own spans are read field by field (each of ReadableSpan's properties is a call;
+            # an exported span was read through ten of them); any other ReadableSpan through them.
+            fields: tuple[Resource, trace.SpanContext | None, trace.SpanContext | None, trace.Status,
+                          Mapping[str, AttributeValue] | None, Sequence[trace.Link], str, int | None, int | None]
+            if type(span) is RecordedSpan:
+                fields = (span._resource, span._context, span._parent, span._status, span._attributes, span._links,
+                          span._name, span._start_time, span._end_time)
+            else:
+                fields = (span.resource, span.context, span.parent, span.status, span.attributes, span.links,
+                          span.name, span.start_time, span.end_time)
+            span_resource, ctx, parent, status, attributes, links, name, start_ns, end_ns = fields
+            if span_resource is not resource:
+                resource = span_resource
                 service = resource.attributes.get("service.name")
-            ctx = span.context
-            parent = span.parent
-            code = span.status.status_code
-            attributes = span.attributes
-            links = span.links
+            code = status.status_code
             lines.append(
                 jsoncodec.dumps(
                     {
                         "trace_id": f"{ctx.trace_id:032x}" if ctx else None,
                         "span_id": f"{ctx.span_id:016x}" if ctx else None,
                         "parent_id": f"{parent.span_id:016x}" if parent else None,
-                        "name": span.name,
+                        "name": name,
                         "service": service,
-                        "start_ns": span.start_time,
-                        "end_ns": span.end_time,
+                        "start_ns": start_ns,
+                        "end_ns": end_ns,
                         "status": "UNSET" if code is _UNSET_CODE else "ERROR" if code is _ERROR_CODE else "OK",
                         # (a tuple is a JSON array, as a list is)
                         "attributes": dict(attributes) if attributes else {},
@@ -172,6 +182,7 @@ class RecordedSpan(trace.Span, ReadableSpan):
         # ReadableSpan's fields, set directly (its __init__ makes a Resource when given none).
         self._name = name
         self._context: trace.SpanContext = context
+        self.context = context  # (the processors read it twice a span: an attribute, not a property call)
         self._parent = parent
         self._resource = resource
         self._end_time: int | None = None
@@ -191,6 +202,9 @@ class RecordedSpan(trace.Span, ReadableSpan):
         self._processor = processor
         self._record_exception = record_exception
         self._set_status_on_exception = set_status_on_exception
+
+    # ReadableSpan's `context` property, shadowed by the attribute each span sets.
+    context: trace.SpanContext = cast(trace.SpanContext, None)
 
     def get_span_context(self) -> trace.SpanContext:
         return self._context
@@ -265,6 +279,28 @@ def mark_failed(span: trace.Span, exc: Exception, record: bool = True, set_statu
             span.set_status(trace.Status(trace.StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
 
 
+log = logging.getLogger(__name__)
+
+# The current span, read and made current without OpenTelemetry's layers of calls: `get_current_span` is
+# get_value, get_current and the runtime context's get_current, then an ABC isinstance; making a span
+# current is set_span_in_context, set_value, get_current, attach and the runtime's attach, and detach two
+# calls more. Each RPC did each of them on both sides. When OpenTelemetry's runtime context is its
+# ContextVar one (the default; another can be configured through OTEL_PYTHON_CONTEXT), the ContextVar it
+# holds is used directly, with the same key for the span; otherwise the API functions are.
+_SPAN_KEY = next(iter(trace.set_span_in_context(trace.INVALID_SPAN, Context())))
+_runtime = getattr(otel_context, "_RUNTIME_CONTEXT", None)
+_CURRENT = getattr(_runtime, "_current_context", None) if isinstance(_runtime, ContextVarsRuntimeContext) else None
+
+
+def current_span() -> trace.Span:
+    """`trace.get_current_span()`: the current span, INVALID_SPAN when there is none."""
+    if _CURRENT is None:
+        return trace.get_current_span()
+    span = _CURRENT.get().get(_SPAN_KEY)
+    # (only set_span_in_context puts anything under this key: a Span; typing.cast would be a call)
+    return trace.INVALID_SPAN if span is None else span
+
+
 class Current:
     """A span made current inside a `with`, marked failed by an Exception and ended after it:
     `start_as_current_span`'s context manager, and `as_current`'s for a span started by hand (the hot
@@ -277,12 +313,23 @@ class Current:
         self._span, self._end, self._record, self._set_status = span, end, record, set_status
 
     def __enter__(self) -> trace.Span:
-        self._token = otel_context.attach(trace.set_span_in_context(self._span))
+        if _CURRENT is None:
+            self._token = otel_context.attach(trace.set_span_in_context(self._span))
+        else:  # set_span_in_context and attach, as they do it
+            values = _CURRENT.get().copy()
+            values[_SPAN_KEY] = self._span
+            self._token = _CURRENT.set(Context(values))
         return self._span
 
     def __exit__(self, exc_type: type[BaseException] | None, exc_val: BaseException | None,
                  exc_tb: TracebackType | None) -> None:
-        otel_context.detach(self._token)
+        if _CURRENT is None:
+            otel_context.detach(self._token)
+        else:
+            try:
+                _CURRENT.reset(self._token)
+            except Exception:  # as OpenTelemetry's detach: a token from another context is logged, not raised
+                log.exception("Failed to detach context")
         span = self._span
         # Only errors (an Exception), not a cancellation or GeneratorExit, as OpenTelemetry's use_span.
         if isinstance(exc_val, Exception):
@@ -311,9 +358,20 @@ class _Tracer(trace.Tracer):
                    kind: trace.SpanKind = trace.SpanKind.INTERNAL, attributes: Attributes = None,
                    links: Sequence[trace.Link] | None = (), start_time: int | None = None,
                    record_exception: bool = True, set_status_on_exception: bool = True) -> trace.Span:
+        parent = (current_span() if context is None else trace.get_current_span(context)).get_span_context()
+        return self.start_child(name, parent, context, kind, attributes, links, start_time, record_exception,
+                                set_status_on_exception)
+
+    def start_child(self, name: str, parent: trace.SpanContext | None, context: otel_context.Context | None = None,
+                    kind: trace.SpanKind = trace.SpanKind.INTERNAL, attributes: Attributes = None,
+                    links: Sequence[trace.Link] | None = (), start_time: int | None = None,
+                    record_exception: bool = True, set_status_on_exception: bool = True) -> trace.Span:
+        """`start_span` given the parent's span context itself (None or invalid: a root) rather than a
+        Context holding it: a server span's parent arrives as a `traceparent`, and wrapping it in a span
+        and a Context only for this to take it out again cost every RPC a dict copy and three objects.
+        `context` is only what a processor's `on_start` is told."""
         provider = self._provider
         ids = provider.id_generator
-        parent: trace.SpanContext | None = trace.get_current_span(context).get_span_context()
         if parent is not None and parent.is_valid:
             trace_id, flags, state = parent.trace_id, parent.trace_flags, parent.trace_state
             sampled = flags.sampled
@@ -331,6 +389,8 @@ class _Tracer(trace.Tracer):
                             processor, self._scope, start_time if start_time is not None else time_ns(),
                             record_exception, set_status_on_exception)
         if provider.starts:
+            if context is None and parent is not None:  # what the processor would have been told
+                context = trace.set_span_in_context(trace.NonRecordingSpan(parent))
             # (a processor is typed for the SDK's span; it takes a RecordedSpan as one: see its docstring)
             processor.on_start(span, parent_context=context)  # type: ignore[arg-type]
         return span
@@ -340,8 +400,9 @@ class _Tracer(trace.Tracer):
                               links: Sequence[trace.Link] | None = (), start_time: int | None = None,
                               record_exception: bool = True, set_status_on_exception: bool = True,
                               end_on_exit: bool = True) -> Current:
-        span = self.start_span(name, context, kind, attributes, links, start_time, record_exception,
-                               set_status_on_exception)
+        parent = (current_span() if context is None else trace.get_current_span(context)).get_span_context()
+        span = self.start_child(name, parent, context, kind, attributes, links, start_time, record_exception,
+                                set_status_on_exception)
         return Current(span, end_on_exit, record_exception, set_status_on_exception)
 
 
@@ -412,6 +473,16 @@ class _ModuleTracer(trace.Tracer):
         return self._tracer().start_span(name, context, kind, attributes, links, start_time, record_exception,
                                          set_status_on_exception)
 
+    def start_child(self, name: str, parent: trace.SpanContext | None,
+                    kind: trace.SpanKind = trace.SpanKind.INTERNAL, attributes: Attributes = None) -> trace.Span:
+        """A span under `parent` (a span context: the caller's, from its `traceparent`), as `start_span`
+        under a Context holding it; the mesh's tracer takes the span context as it is (_Tracer.start_child)."""
+        real = self._tracer()
+        if isinstance(real, _Tracer):
+            return real.start_child(name, parent, None, kind, attributes)
+        context = trace.set_span_in_context(trace.NonRecordingSpan(parent)) if parent is not None else None
+        return real.start_span(name, context, kind, attributes)
+
     def start_as_current_span(self, name: str, context: otel_context.Context | None = None,  # type: ignore[override]
                               kind: trace.SpanKind = trace.SpanKind.INTERNAL, attributes: Attributes = None,
                               links: Sequence[trace.Link] | None = (), start_time: int | None = None,
@@ -422,7 +493,7 @@ class _ModuleTracer(trace.Tracer):
             end_on_exit))
 
 
-def tracer(name: str) -> trace.Tracer:
+def tracer(name: str) -> _ModuleTracer:
     """The tracer for a module's spans (`_tracer = telemetry.tracer(__name__)` at import)."""
     return _ModuleTracer(name)
 
@@ -520,7 +591,7 @@ def instrument_engine(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _begin(conn: Connection) -> None:
-        if trace.get_current_span().is_recording():
+        if current_span().is_recording():
             conn.info["nurture_span"] = (_tracer.start_span("sql transaction", attributes=attributes), [])
 
     @event.listens_for(engine, "before_cursor_execute")
@@ -579,7 +650,7 @@ def redis_span(name: str, **attributes: AttributeValue) -> Iterator[None]:
     """A span around one Redis round trip (a command or a pipeline) when the current span is recorded;
     nothing at all otherwise. `name` is the whole span name, a constant (`"redis XADD bus"`): no
     formatting per call."""
-    if not trace.get_current_span().is_recording():
+    if not current_span().is_recording():
         yield
         return
     attributes["db.system"] = "redis"

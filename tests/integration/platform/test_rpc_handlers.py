@@ -1,7 +1,8 @@
 """The mesh's wrapper around every registered gRPC method (nurture.rpc), on a real server: a call without
 the mesh credential is refused before its request is read, a server-streaming method is gated too, the
 server span follows the caller's traceparent (read as OpenTelemetry's propagator reads it) and records a
-failure, and an unsampled call records no span while its decision travels on."""
+failure, and an unsampled call records no span while its decision travels on; only the mesh's own
+methods are registered with grpc.aio (health and reflection are served through their generic handlers)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from typing import Any
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -155,3 +158,52 @@ async def test_a_traceparent_is_read_as_the_propagator_reads_it(value: str) -> N
     assert got == (expected if expected.is_valid else None)
     with_state = _remote_span_context(value, "vendor=x")
     assert (with_state is not None) == expected.is_valid
+
+
+async def test_only_the_mesh_methods_are_registered_and_health_and_reflection_still_answer(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """grpc.aio waits on one pending request per registered method for every call it accepts: health and
+    reflection, rarely called, are not registered (their generic handlers serve them), and still answer
+    without a credential: Check, the Watch stream and reflection's list."""
+    registered: list[str] = []
+    add = grpc.aio._server.Server.add_registered_method_handlers
+
+    def spy(self: Any, service_name: str, handlers: dict[str, Any]) -> None:
+        registered.append(service_name)
+        add(self, service_name, handlers)
+
+    monkeypatch.setattr(grpc.aio._server.Server, "add_registered_method_handlers", spy)
+    running = await start_server(name="wrapped", port=0, register=_register, mesh_tokens=[MESH_TOKEN])
+    try:
+        assert registered == ["nurture.api.scoring.v1.Echo", "nurture.api.crm_sync.v1.CrmSync"]
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as ch:
+            health_stub = health_pb2_grpc.HealthStub(ch)
+            reply = await health_stub.Check(health_pb2.HealthCheckRequest(), timeout=5)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+            watch = health_stub.Watch(health_pb2.HealthCheckRequest(service="nurture.api.scoring.v1.Echo"), timeout=5)
+            assert (await watch.read()).status == health_pb2.HealthCheckResponse.SERVING
+            watch.cancel()
+            request = reflection_pb2.ServerReflectionRequest(list_services="")
+            async for answer in reflection_pb2_grpc.ServerReflectionStub(ch).ServerReflectionInfo(iter([request]),
+                                                                                                timeout=5):
+                listed = {s.name for s in answer.list_services_response.service}
+                break
+        assert {"nurture.api.scoring.v1.Echo", "grpc.health.v1.Health"} <= listed
+        async with mesh_channel(f"127.0.0.1:{running.port}") as ch:  # the mesh's methods as before
+            assert isinstance(await scoring_pb2_grpc.EchoStub(ch).Echo(scoring_pb2.EchoRequest(), timeout=5),
+                              scoring_pb2.EchoReply)
+    finally:
+        await running.stop(0)
+
+
+def test_a_span_context_unpacks_as_the_mesh_reads_it() -> None:
+    """nurture.rpc unpacks OpenTelemetry's SpanContext (a tuple) instead of reading its properties, and
+    the mesh's RecordedSpan keeps `context` as an attribute: both must stay what the properties say."""
+    state = trace.TraceState([("k", "v")])
+    ctx = trace.SpanContext(0xABC, 0xDEF, is_remote=True, trace_flags=trace.TraceFlags(1), trace_state=state)
+    trace_id, span_id, remote, flags, kept_state, valid = ctx
+    assert (trace_id, span_id, remote, flags, kept_state, valid) == (
+        ctx.trace_id, ctx.span_id, ctx.is_remote, ctx.trace_flags, ctx.trace_state, ctx.is_valid)
+    assert ctx[3] & trace.TraceFlags.SAMPLED and not trace.INVALID_SPAN_CONTEXT[5]
+    span = trace.get_tracer("test").start_span("s")
+    assert span.context is span.get_span_context() and span.context.is_valid  # type: ignore[attr-defined]

@@ -167,3 +167,106 @@ def test_a_lone_processor_is_called_directly_and_still_hears_every_start_it_asks
     [line] = [json.loads(x) for x in (tmp_path / "traces" / "lone.jsonl").read_text().splitlines()]
     assert line["name"] == "batched" and line["status"] == "UNSET"
     batched.shutdown()
+
+
+class _Parents(_Calls):
+    """Also keeps the parent span each start was told of (through its Context)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.parents: list[trace.SpanContext] = []
+
+    def on_start(self, span: object, parent_context: otel_context.Context | None = None) -> None:
+        super().on_start(span, parent_context)
+        self.parents.append(trace.get_current_span(parent_context).get_span_context())
+
+
+@pytest.mark.parametrize("through_module", [False, True])
+def test_a_child_started_from_its_parents_span_context_is_the_one_a_context_would_give(through_module: bool) -> None:
+    """`start_child` (the RPC server span's way: the caller's traceparent read into a span context) makes
+    what `start_span` under a Context holding that span context makes: the same trace, parent and
+    decision, a root when there is none, and a processor that asks for starts is told the parent."""
+    made = telemetry.provider("t", load_settings(environ={}, trace_sample_ratio=0.0))
+    calls, exporter = _Parents(), InMemorySpanExporter()
+    made.add_span_processor(calls)
+    made.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = made.get_tracer("t")
+    module = telemetry._ModuleTracer("t")
+    module._real = tracer
+
+    def child(name: str, parent: trace.SpanContext | None) -> trace.Span:
+        if through_module:
+            return module.start_child(name, parent, trace.SpanKind.SERVER, {"rpc.method": name})
+        assert isinstance(tracer, telemetry._Tracer)
+        return tracer.start_child(name, parent, None, trace.SpanKind.SERVER, {"rpc.method": name})
+
+    sampled = _ctx(0x5EED, sampled=True)
+    span = child("/a/B", sampled)
+    assert span.is_recording() and span.get_span_context().trace_id == 0x5EED
+    span.end()
+    unsampled = child("/a/C", _ctx(0x5EED, sampled=False))  # the caller's decision, not this ratio's
+    assert not unsampled.is_recording() and unsampled.get_span_context().trace_id == 0x5EED
+    root = child("/a/D", None)  # no caller's context: a root, sampled by this process's ratio (0)
+    assert not root.is_recording() and root.get_span_context().trace_id != 0x5EED
+    (finished,) = exporter.get_finished_spans()
+    assert finished.parent == sampled and finished.kind == trace.SpanKind.SERVER
+    assert finished.attributes == {"rpc.method": "/a/B"}
+    assert calls.started == [span] and calls.parents == [sampled]
+
+
+def test_the_current_span_is_the_one_opentelemetrys_api_sees_both_ways() -> None:
+    """`telemetry.current_span` and `Current` (which read and set OpenTelemetry's context variable
+    directly) agree with `trace.get_current_span` and `use_span`, nested either way, restore what was
+    current, and a block left in another context is logged, not raised (as OpenTelemetry's detach)."""
+    assert telemetry._CURRENT is not None  # the default runtime context: the direct path is the one tested
+    tracer, _, _ = _provider(1.0)
+    assert telemetry.current_span() is trace.get_current_span() is trace.INVALID_SPAN
+    with tracer.start_as_current_span("outer") as outer:
+        assert telemetry.current_span() is trace.get_current_span() is outer
+        inner = tracer.start_span("inner")
+        assert inner.parent == outer.get_span_context()  # type: ignore[attr-defined]
+        with trace.use_span(inner, end_on_exit=True):
+            assert telemetry.current_span() is inner
+            with telemetry.as_current(tracer.start_span("third")) as third:
+                assert trace.get_current_span() is third
+                assert third.parent == inner.get_span_context()  # type: ignore[attr-defined]
+            assert telemetry.current_span() is trace.get_current_span() is inner
+        assert telemetry.current_span() is outer
+    assert telemetry.current_span() is trace.INVALID_SPAN
+
+    async def main() -> None:
+        current = telemetry.as_current(tracer.start_span("moved"))
+        current.__enter__()
+        await asyncio.create_task(_leave(current))  # left in another task's context: its token is foreign
+
+    async def _leave(current: telemetry.Current) -> None:
+        current.__exit__(None, None, None)
+
+    asyncio.run(main())
+
+
+def test_the_file_writes_the_sdks_own_spans_as_it_writes_the_mesh_spans(tmp_path: Path) -> None:
+    """The exporter reads the mesh's spans field by field and any other ReadableSpan through its
+    properties: a span of OpenTelemetry's own tracer with the same content makes the same line."""
+    from opentelemetry.sdk.trace import TracerProvider
+
+    sdk = TracerProvider(resource=telemetry.provider("t", load_settings(environ={})).resource)
+    sdk_spans = InMemorySpanExporter()
+    sdk.add_span_processor(SimpleSpanProcessor(sdk_spans))
+    tracer, _, mesh_spans = _provider(1.0)
+    link = trace.Link(_ctx(0x22, sampled=True))
+    for made in (sdk.get_tracer("t"), tracer):
+        with made.start_as_current_span("root", attributes={"k": "v"}), \
+                made.start_as_current_span("child", links=[link]) as child:
+            child.set_status(trace.StatusCode.OK)
+    spans = [*sdk_spans.get_finished_spans(), *mesh_spans.get_finished_spans()]
+    assert [type(s) is telemetry.RecordedSpan for s in spans] == [False, False, True, True]
+    path = tmp_path / "t.jsonl"
+    telemetry.JsonLinesExporter(path).export(spans)
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    for line in lines:
+        assert line["trace_id"] and line["span_id"] and line["end_ns"] >= line["start_ns"] > 0
+    assert lines[0]["parent_id"] == lines[1]["span_id"] and lines[2]["parent_id"] == lines[3]["span_id"]
+    kept = ("name", "service", "status", "attributes", "links")
+    assert [{k: line[k] for k in kept} for line in lines[:2]] == [{k: line[k] for k in kept} for line in lines[2:]]
+    assert lines[0]["links"] == [f"{0x22:032x}"] and lines[1]["attributes"] == {"k": "v"}
