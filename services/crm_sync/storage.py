@@ -577,8 +577,10 @@ class BatchTaskWrites(TaskWrites):
         self._merged.update(merged_keys(self.s, wanted))
 
     def forget(self, lead_id: str) -> None:
-        """The lead was erased: what was read of it is gone (asked again, SQL answers)."""
+        """The lead was erased: what was read of it is gone (asked again, SQL answers), its pending
+        contact push too (the erasure deleted it: the lead made again queues its own)."""
         self._loaded.discard(lead_id)
+        self.queued.discard(lead_id)
         self._recent = {k: v for k, v in self._recent.items() if k[0] != lead_id}
         self._merged = {k for k in self._merged if k[0] != lead_id}
 

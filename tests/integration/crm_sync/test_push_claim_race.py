@@ -101,3 +101,14 @@ async def test_a_change_committed_while_its_pending_push_is_claimed_is_still_pus
         f"the pass pushed version(s) {sorted(read_versions)} and no push is left for version 2")
     with db.session() as s:
         assert st.get_lead(s, LEAD) is not None and st.get_lead(s, LEAD).version == 2  # type: ignore[union-attr]
+
+
+async def test_a_lead_erased_and_made_again_in_one_batch_still_gets_its_contact_push(core: CrmSyncCore) -> None:
+    """The batch's "a contact push is pending" set follows an erasure inside the batch: the erasure deletes
+    the pending push, so the lead made again after it (the same id signing up again) queues a new one,
+    or the CRM would never hear of it."""
+    erased = BusMessage(id="m-erased", lead_id=LEAD, type="lead_erased", occurred_at=NOW.isoformat())
+    await core.handle_messages([_change(1), erased, _change(1)])
+    assert len(_pending_contact_pushes(db := core.db)) == 1
+    with db.session() as s:
+        assert st.get_leads(s, [LEAD])[LEAD].snapshot["first_name"] == "Name1"
