@@ -33,6 +33,7 @@ import traceback
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
+from random import getrandbits as _getrandbits
 from time import time_ns
 from types import TracebackType
 from typing import cast
@@ -45,6 +46,7 @@ from opentelemetry.propagate import extract
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Event, ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult, TraceIdRatioBased
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.util.types import Attributes, AttributeValue
@@ -163,6 +165,7 @@ def sampler(ratio: float) -> HeadSampler:
 MAX_SPAN_ATTRIBUTES = MAX_SPAN_EVENTS = MAX_SPAN_LINKS = 128
 _UNSET = trace.Status(trace.StatusCode.UNSET)
 _RANDOM = trace.TraceFlags.RANDOM_TRACE_ID
+_SAMPLED = trace.TraceFlags.SAMPLED
 
 
 class RecordedSpan(trace.Span, ReadableSpan):
@@ -185,11 +188,11 @@ class RecordedSpan(trace.Span, ReadableSpan):
         self.context = context  # (the processors read it twice a span: an attribute, not a property call)
         self._parent = parent
         self._resource = resource
-        self._end_time: int | None = None
         kept: dict[str, AttributeValue] = dict(attributes) if attributes else {}
         if None in kept.values() or len(kept) > MAX_SPAN_ATTRIBUTES:  # rare: the set_attribute rules
             kept = dict([(k, v) for k, v in kept.items() if v is not None][:MAX_SPAN_ATTRIBUTES])
         self._attributes: dict[str, AttributeValue] = kept
+        self._end_time: int | None = None
         # Most spans have neither: the empty tuple is shared, a list made at the first one.
         self._events: Sequence[Event] = ()
         self._links: Sequence[trace.Link] = (
@@ -202,6 +205,17 @@ class RecordedSpan(trace.Span, ReadableSpan):
         self._processor = processor
         self._record_exception = record_exception
         self._set_status_on_exception = set_status_on_exception
+
+    # What every span starts with, read from the class until a span sets its own (each field set per
+    # span was a store on every call's two spans). Most spans have no events or links: the empty tuple
+    # is shared, a list made at the first one.
+    _end_time: int | None = None
+    _events: Sequence[Event] = ()
+    _links: Sequence[trace.Link] = ()
+    _status: trace.Status = _UNSET
+    _instrumentation_info = None
+    _record_exception = True
+    _set_status_on_exception = True
 
     # ReadableSpan's `context` property, shadowed by the attribute each span sets.
     context: trace.SpanContext = cast(trace.SpanContext, None)
@@ -372,16 +386,21 @@ class _Tracer(trace.Tracer):
         `context` is only what a processor's `on_start` is told."""
         provider = self._provider
         ids = provider.id_generator
-        if parent is not None and parent.is_valid:
-            trace_id, flags, state = parent.trace_id, parent.trace_flags, parent.trace_state
-            sampled = flags.sampled
+        # The parent unpacked (a SpanContext is a tuple: trace id, span id, remote, flags, state, valid;
+        # the layout is checked by test_rpc_handlers.py) and its flag read as a bit, not through four
+        # properties; every child span of a call read them.
+        if parent is not None and parent[5]:
+            trace_id, _, _, flags, state, _ = parent
+            sampled = bool(flags & _SAMPLED)
         else:
             parent, state = None, None
             trace_id = ids.generate_trace_id()
             sampled = provider.head.root(trace_id)
-            flags = trace.TraceFlags((trace.TraceFlags.SAMPLED if sampled else 0)
-                                     | (_RANDOM if provider.random_ids else 0))
-        span_context = trace.SpanContext(trace_id, ids.generate_span_id(), False, flags, state)
+            flags = trace.TraceFlags((_SAMPLED if sampled else 0) | (_RANDOM if provider.random_ids else 0))
+        # OpenTelemetry's random generator's span id drawn here (one call, not three); it draws again
+        # only for the invalid id 0, as this does through it. Any other generator is asked.
+        span_id = (_getrandbits(64) if provider.plain_ids else 0) or ids.generate_span_id()
+        span_context = trace.SpanContext(trace_id, span_id, False, flags, state)
         if not sampled:
             return trace.NonRecordingSpan(span_context)
         processor = provider.processor
@@ -419,6 +438,8 @@ class MeshTracerProvider(TracerProvider):
         super().__init__(resource=resource, sampler=head)
         self.head = head
         self.random_ids = self.id_generator.is_trace_id_random()
+        # OpenTelemetry's default generator (`random.getrandbits`), whose span ids _Tracer draws itself.
+        self.plain_ids = type(self.id_generator) is RandomIdGenerator
         # What a recorded span is handed to: the provider's own multi-processor, or the one processor
         # added (every process adds one BatchSpanProcessor), called directly rather than through the
         # multi-processor's loop; `starts` is whether any processor does something when a span starts.
