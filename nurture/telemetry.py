@@ -398,8 +398,9 @@ class _Tracer(trace.Tracer):
             sampled = provider.head.root(trace_id)
             flags = trace.TraceFlags((_SAMPLED if sampled else 0) | (_RANDOM if provider.random_ids else 0))
         # OpenTelemetry's random generator's span id drawn here (one call, not three); it draws again
-        # only for the invalid id 0, as this does through it. Any other generator is asked.
-        span_id = (_getrandbits(64) if provider.plain_ids else 0) or ids.generate_span_id()
+        # only for the invalid id 0, as this does through it. Any other generator is asked (the type is
+        # read per span: `id_generator` is a public attribute, replaced after the provider is made).
+        span_id = (_getrandbits(64) if type(ids) is RandomIdGenerator else 0) or ids.generate_span_id()
         span_context = trace.SpanContext(trace_id, span_id, False, flags, state)
         if not sampled:
             return trace.NonRecordingSpan(span_context)
@@ -438,8 +439,6 @@ class MeshTracerProvider(TracerProvider):
         super().__init__(resource=resource, sampler=head)
         self.head = head
         self.random_ids = self.id_generator.is_trace_id_random()
-        # OpenTelemetry's default generator (`random.getrandbits`), whose span ids _Tracer draws itself.
-        self.plain_ids = type(self.id_generator) is RandomIdGenerator
         # What a recorded span is handed to: the provider's own multi-processor, or the one processor
         # added (every process adds one BatchSpanProcessor), called directly rather than through the
         # multi-processor's loop; `starts` is whether any processor does something when a span starts.

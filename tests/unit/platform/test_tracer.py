@@ -15,6 +15,7 @@ from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 
 from nurture import telemetry
 from nurture.settings import load_settings
@@ -270,3 +271,28 @@ def test_the_file_writes_the_sdks_own_spans_as_it_writes_the_mesh_spans(tmp_path
     kept = ("name", "service", "status", "attributes", "links")
     assert [{k: line[k] for k in kept} for line in lines[:2]] == [{k: line[k] for k in kept} for line in lines[2:]]
     assert lines[0]["links"] == [f"{0x22:032x}"] and lines[1]["attributes"] == {"k": "v"}
+
+
+class _CountingIds(RandomIdGenerator):
+    """Span ids 1, 2, 3...: a generator of the provider's own, set after it was made."""
+
+    def __init__(self) -> None:
+        self.last = 0
+
+    def generate_span_id(self) -> int:
+        self.last += 1
+        return self.last
+
+
+def test_span_ids_come_from_the_providers_generator_unless_it_is_opentelemetrys_random_one() -> None:
+    """The mesh's tracer draws OpenTelemetry's random span ids itself; any other generator (even one
+    derived from it, or one set after the provider was made) is asked for every span's id."""
+    made = telemetry.provider("t", load_settings(environ={}, trace_sample_ratio=1.0))
+    tracer = made.get_tracer("t")
+    drawn = {tracer.start_span("r").get_span_context().span_id for _ in range(50)}
+    assert len(drawn) == 50 and 0 not in drawn
+    made.id_generator = _CountingIds()
+    root = tracer.start_span("root")
+    child = tracer.start_child("child", root.get_span_context())  # type: ignore[attr-defined]
+    assert (root.get_span_context().span_id, child.get_span_context().span_id) == (1, 2)
+    assert child.get_span_context().trace_id == root.get_span_context().trace_id
