@@ -206,17 +206,6 @@ class RecordedSpan(trace.Span, ReadableSpan):
         self._record_exception = record_exception
         self._set_status_on_exception = set_status_on_exception
 
-    # What every span starts with, read from the class until a span sets its own (each field set per
-    # span was a store on every call's two spans). Most spans have no events or links: the empty tuple
-    # is shared, a list made at the first one.
-    _end_time: int | None = None
-    _events: Sequence[Event] = ()
-    _links: Sequence[trace.Link] = ()
-    _status: trace.Status = _UNSET
-    _instrumentation_info = None
-    _record_exception = True
-    _set_status_on_exception = True
-
     # ReadableSpan's `context` property, shadowed by the attribute each span sets.
     context: trace.SpanContext = cast(trace.SpanContext, None)
 

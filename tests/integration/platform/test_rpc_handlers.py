@@ -19,11 +19,12 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from nurture import errors
+from nurture import errors, telemetry
 from nurture.api.crm_sync.v1 import crm_sync_pb2, crm_sync_pb2_grpc
 from nurture.api.scoring.v1 import scoring_pb2, scoring_pb2_grpc
 from nurture.meshauth import HEADER, Signer
 from nurture.rpc import ServiceServer, _remote_span_context, start_server
+from nurture.settings import load_settings
 from tests.conftest import MESH_TOKEN, mesh_channel
 
 pytestmark = pytest.mark.anyio
@@ -205,5 +206,6 @@ def test_a_span_context_unpacks_as_the_mesh_reads_it() -> None:
     assert (trace_id, span_id, remote, flags, kept_state, valid) == (
         ctx.trace_id, ctx.span_id, ctx.is_remote, ctx.trace_flags, ctx.trace_state, ctx.is_valid)
     assert ctx[3] & trace.TraceFlags.SAMPLED and not trace.INVALID_SPAN_CONTEXT[5]
-    span = trace.get_tracer("test").start_span("s")
+    # The mesh's own provider (the process's global one depends on which tests ran before in it).
+    span = telemetry.provider("t", load_settings(environ={}, trace_sample_ratio=1.0)).get_tracer("test").start_span("s")
     assert span.context is span.get_span_context() and span.context.is_valid  # type: ignore[attr-defined]
