@@ -7,6 +7,14 @@ time, not the key. The server accepts a signature by any of its keys (current, a
 a rotation), compared in constant time. Wall-clock time on purpose: this is transport, not domain time
 (the virtual clock does not apply); hosts of one mesh need clocks within `WINDOW_S` of each other.
 
+A server also takes a call's W3C `traceparent` in the same entry, after the credential and a `;`
+(`v1.<seconds>.<mac>;00-<trace id>-<span id>-<flags>`): one metadata entry a call instead of two, each of
+which costs every hop gRPC's encoding and decoding. The signature covers what it covers without it
+(version, time and method; the traceparent is not signed, as a separate `traceparent` entry is not), and
+the verifier reads only the part before the `;` (`credential_of`). Callers still send two entries: a
+server of an earlier release reads the combined value as a bad credential, so the callers change only in
+a release after every server reads both forms (a rolling upgrade mixes the two).
+
 `python -m nurture.meshauth /nurture.api.scoring.v1.Scoring/GetLead` prints a header value for that
 method made with NURTURE_MESH_TOKEN, for grpcurl (`-H "x-nurture-mesh: ..."`).
 """
@@ -39,6 +47,15 @@ def _mac(key: hmac.HMAC, seconds: int, method: str) -> bytes:
 
 
 _CACHE_MAX = 4096
+# What separates the credential from the traceparent a call carries with it (neither contains one).
+TRACE_SEPARATOR = ";"
+
+
+def credential_of(value: object) -> object:
+    """The credential part of a metadata value (all of it when it carries no traceparent)."""
+    if isinstance(value, str) and TRACE_SEPARATOR in value:
+        return value.partition(TRACE_SEPARATOR)[0]
+    return value
 
 
 class Signer:
@@ -90,6 +107,7 @@ class Verifier:
         """As `problem`, given the call's credential (its metadata value; None without one)."""
         if value is None:
             return f"no mesh credential (metadata {HEADER})"
+        value = credential_of(value)
         if not self._keys:
             return "this server has no mesh token configured (NURTURE_MESH_TOKEN)"
         if not isinstance(value, str):

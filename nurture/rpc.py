@@ -42,7 +42,7 @@ from nurture import telemetry
 from nurture.addresses import grpc_target
 from nurture.errors import MAX_STATUS_MESSAGE, Internal, NurtureError, Unavailable
 from nurture.meshauth import HEADER as MESH_HEADER
-from nurture.meshauth import Signer, Verifier
+from nurture.meshauth import TRACE_SEPARATOR, Signer, Verifier
 
 log = logging.getLogger(__name__)
 
@@ -189,12 +189,16 @@ class _MeshHandlers:
         async def serve(raw: bytes, context: grpc.aio.ServicerContext) -> Message | None:
             credential = traceparent = tracestate = None
             for key, value in context.invocation_metadata() or ():
-                if key == _TRACEPARENT:
-                    traceparent = value
-                elif key == MESH_HEADER:
+                if key == MESH_HEADER:
                     credential = value
+                elif key == _TRACEPARENT:
+                    traceparent = value
                 elif key == _TRACESTATE:
                     tracestate = value
+            # A traceparent may ride after the credential in its entry (nurture.meshauth: read now, sent
+            # by callers of a later release); a separate `traceparent` entry is read as before.
+            if isinstance(credential, str) and TRACE_SEPARATOR in credential:
+                credential, _, traceparent = credential.partition(TRACE_SEPARATOR)
             # The gate is a plain call, awaited only to refuse: a coroutine per call costs more than the check.
             if gate is not None and (problem := gate.problem(method, credential)) is not None:
                 await gate.refuse(problem, context)

@@ -145,6 +145,28 @@ async def test_a_mesh_channel_call_carries_its_span_to_the_server(server: Servic
     assert reply.payload.decode() == f"{caller.get_span_context().trace_id:032x} 01"
 
 
+async def test_a_traceparent_after_the_credential_in_its_entry_is_read(server: ServiceServer,
+                                                                       spans: InMemorySpanExporter) -> None:
+    """A server reads a traceparent carried after the credential in one entry (nurture.meshauth: what
+    callers of a later release send); it verifies the credential part and follows the traceparent part."""
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as ch:
+        stub = scoring_pb2_grpc.EchoStub(ch)
+        spans.clear()
+        carried = ((HEADER, f"{Signer(MESH_TOKEN).header(ECHO)};{SAMPLED}"),)
+        assert (await stub.Echo(scoring_pb2.EchoRequest(), metadata=carried, timeout=5)
+                ).payload.decode() == "0af7651916cd43dd8448eb211c80319c 01"
+        (span,) = await _finished(spans, ECHO)
+        assert span.parent is not None and format(span.parent.span_id, "016x") == "b7ad6b7169203331"
+        # The unsampled decision travels the same way, and a forged credential is refused with it.
+        unsampled = ((HEADER, f"{Signer(MESH_TOKEN).header(ECHO)};{UNSAMPLED}"),)
+        assert (await stub.Echo(scoring_pb2.EchoRequest(), metadata=unsampled, timeout=5)
+                ).payload.decode() == "0af7651916cd43dd8448eb211c80319c 00"
+        forged = ((HEADER, f"{Signer('other').header(ECHO)};{SAMPLED}"),)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.Echo(scoring_pb2.EchoRequest(), metadata=forged, timeout=5)
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
 @pytest.mark.parametrize("value", [
     SAMPLED, UNSAMPLED, "  " + SAMPLED, SAMPLED + "\t", "01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-x",
     SAMPLED + "-x", "ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", SAMPLED.upper(),

@@ -63,3 +63,19 @@ def test_a_remembered_credential_still_expires_and_stays_bound_to_its_method() -
     assert verifier.problem(METHOD, md(header), now=NOW + 1) is None  # remembered
     assert verifier.problem("/nurture.api.scoring.v1.Scoring/EraseLead", md(header), now=NOW) is not None
     assert verifier.problem(METHOD, md(header), now=NOW + WINDOW_S + 1) is not None
+
+
+def test_a_traceparent_carried_after_the_credential_leaves_the_signature_as_strong() -> None:
+    """A call's traceparent rides after its credential (`;`): the credential part verifies as it does
+    alone, whatever traceparent follows (the verified one is remembered without it), and a credential
+    that does not verify alone does not verify with one."""
+    header = Signer("k1").header(METHOD, now=NOW)
+    verifier = Verifier(["k1"])
+    for traceparent in ("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", "anything"):
+        assert verifier.problem_of(METHOD, f"{header};{traceparent}", now=NOW) is None
+    stamp, mac = header.rsplit(".", 1)
+    forged = f"{stamp}.{'A' if mac[0] != 'A' else 'B'}{mac[1:]}"
+    assert "does not verify" in (verifier.problem_of(METHOD, f"{forged};00-x", now=NOW) or "")
+    assert verifier.problem_of("/nurture.api.scoring.v1.Scoring/EraseLead", f"{header};00-x", now=NOW) is not None
+    assert "window" in (verifier.problem_of(METHOD, f"{header};00-x", now=NOW + WINDOW_S + 1) or "")
+    assert verifier.problem_of(METHOD, f";{header}", now=NOW) == "malformed mesh credential"
