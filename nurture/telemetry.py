@@ -347,6 +347,11 @@ def as_current(span: trace.Span, end: bool = True) -> Current:
     return Current(span, end, True, True)
 
 
+def _parent_of(context: otel_context.Context | None) -> trace.SpanContext:
+    """The span context a span started under `context` (None: the current one) is the child of."""
+    return (current_span() if context is None else trace.get_current_span(context)).get_span_context()
+
+
 class _Tracer(trace.Tracer):
     """The mesh's tracer: the head's decision is made once per trace, where it starts (`HeadSampler`),
     and followed by every span under it with no sampler call; a span that is not recorded is a
@@ -361,7 +366,7 @@ class _Tracer(trace.Tracer):
                    kind: trace.SpanKind = trace.SpanKind.INTERNAL, attributes: Attributes = None,
                    links: Sequence[trace.Link] | None = (), start_time: int | None = None,
                    record_exception: bool = True, set_status_on_exception: bool = True) -> trace.Span:
-        parent = (current_span() if context is None else trace.get_current_span(context)).get_span_context()
+        parent = _parent_of(context)
         return self.start_child(name, parent, context, kind, attributes, links, start_time, record_exception,
                                 set_status_on_exception)
 
@@ -409,7 +414,7 @@ class _Tracer(trace.Tracer):
                               links: Sequence[trace.Link] | None = (), start_time: int | None = None,
                               record_exception: bool = True, set_status_on_exception: bool = True,
                               end_on_exit: bool = True) -> Current:
-        parent = (current_span() if context is None else trace.get_current_span(context)).get_span_context()
+        parent = _parent_of(context)
         span = self.start_child(name, parent, context, kind, attributes, links, start_time, record_exception,
                                 set_status_on_exception)
         return Current(span, end_on_exit, record_exception, set_status_on_exception)

@@ -725,9 +725,7 @@ def recent_task(s: Session, lead_id: str, kind: str, since: datetime) -> Task | 
 
 def was_merged(s: Session, lead_id: str, dedupe_key: str) -> bool:
     """Whether a task asked for under this key was already merged into another (timeline task_merged)."""
-    rows = s.execute(select(timeline.c.details).where(timeline.c.lead_id == lead_id,
-                                                       timeline.c.type == "task_merged")).scalars()
-    return any(json.loads(d).get("dedupe_key") == dedupe_key for d in rows)
+    return (lead_id, dedupe_key) in merged_keys(s, [lead_id])
 
 
 def get_task(s: Session, task_id: str) -> Task | None:
