@@ -26,10 +26,9 @@ import os
 import random
 import time
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
+from multiprocessing.connection import Connection
 from typing import Any
 
 from nurture.busmessage import BusMessage
@@ -53,6 +52,11 @@ MAX_WORKERS = 16
 # Below this many leads a run stays in the calling process: starting workers (and warming each one's
 # rule memos) costs more than the shard saves.
 PARALLEL_FROM_LEADS = 1000
+
+
+class SimulationWorkerDied(RuntimeError):
+    """A worker process of a split run died before handing its shard back: the run fails, rather than
+    report without that shard's leads (a server fault, not a bad request)."""
 
 
 class SimulationError(ValueError):
@@ -361,23 +365,44 @@ class Simulation:
                            "sends": self.stats.sends, "wall_seconds": round(wall, 3)}}
 
     def _run_in_workers(self, leads: int, days: int, workers: int) -> None:
-        jobs = [_Shard(self.journeys, self.settings, self.behaviour, self.seed, self.start, leads, days, i, workers)
-                for i in range(workers)]
-        with ProcessPoolExecutor(max_workers=workers, mp_context=_worker_context()) as pool:
-            try:
-                for result in pool.map(_run_shard, jobs):
-                    self.funnel.merge(result.funnel)
-                    self.stats.add(result.stats)
-                    self.enrolments.extend(result.enrolments)
-                    self.cpu_seconds += result.cpu_seconds
-            except BrokenProcessPool:
-                # A worker died. CPython 3.11's pool starts workers as jobs are submitted, and one started
-                # while its manager thread was already terminating the others after the death is never
-                # terminated: the pool's shutdown then waits for it forever (seen once in CI). Kill what
-                # is left, so the failure is raised rather than hung.
-                for process in list((getattr(pool, "_processes", None) or {}).values()):
-                    process.kill()
-                raise
+        """One process per shard, each handing its result back over a pipe of its own; merged in shard
+        order, so the report is the same whatever the split. Not a ProcessPoolExecutor: CPython 3.11's
+        pool starts workers as jobs are submitted, and a worker dying meanwhile either made its manager
+        thread iterate a dict the submitting thread was growing ("dictionary changed size during
+        iteration", bpo-43498) or left a late worker unterminated, the shutdown then waiting forever
+        (both seen in CI). Here every process is started before any result is awaited, and a death reads
+        as end of file on that process's pipe."""
+        ctx = _worker_context()
+        started: list[tuple[multiprocessing.process.BaseProcess, Connection]] = []
+        try:
+            for i in range(workers):
+                job = _Shard(self.journeys, self.settings, self.behaviour, self.seed, self.start, leads, days, i,
+                             workers)
+                reader, writer = ctx.Pipe(duplex=False)
+                process: multiprocessing.process.BaseProcess = ctx.Process(
+                    target=_shard_main, args=(job, writer), name=f"simulation-{i}", daemon=True)
+                process.start()
+                writer.close()  # the child's copy is the only one left: its death ends the pipe
+                started.append((process, reader))
+            for i, (process, reader) in enumerate(started):
+                try:
+                    ok, payload = reader.recv()
+                except EOFError:
+                    process.join(5)
+                    raise SimulationWorkerDied(
+                        f"simulation worker {i} of {workers} died (exit code {process.exitcode})") from None
+                if not ok:
+                    raise payload
+                self.funnel.merge(payload.funnel)
+                self.stats.add(payload.stats)
+                self.enrolments.extend(payload.enrolments)
+                self.cpu_seconds += payload.cpu_seconds
+        finally:
+            for process, reader in started:
+                reader.close()
+                if process.is_alive():
+                    process.kill()  # after a failure: the others' work is no longer wanted
+                process.join()
 
     def run_shard(self, leads: int, days: int, shard: int = 0, shards: int = 1, *, keep_states: bool = True) -> None:
         """Run lead number shard, shard + shards, ... of `leads` here, adding to the funnel and stats;
@@ -488,7 +513,17 @@ def _run_shard(job: _Shard) -> _ShardResult:
     return _ShardResult(sim.funnel, sim.stats, sim.enrolments, sim.cpu_seconds)
 
 
-def _worker_context() -> multiprocessing.context.BaseContext:
+def _shard_main(job: _Shard, conn: Connection) -> None:
+    """A worker process's body: its shard's result, or the exception that stopped it, to the parent."""
+    try:
+        result: tuple[bool, object] = (True, _run_shard(job))
+    except Exception as exc:  # handed back whole, raised again by the parent as pool.map did
+        result = (False, exc)
+    conn.send(result)
+    conn.close()
+
+
+def _worker_context() -> multiprocessing.context.ForkServerContext:
     """Workers forked from a fork server that has imported the simulator: not forked from the caller,
     which may be the journeys service with gRPC's threads running (a fork copies their locks as held),
     and without spawn's fresh interpreter and imports for every run."""

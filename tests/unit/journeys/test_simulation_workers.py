@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import multiprocessing
 import os
-from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 import pytest
@@ -18,6 +18,7 @@ from services.journeys.simulation import (
     PARALLEL_FROM_LEADS,
     Simulation,
     SimulationError,
+    SimulationWorkerDied,
     default_workers,
     simulate,
 )
@@ -84,12 +85,34 @@ class _DiesInTheWorker(Journey):
         return (os._exit, (3,))
 
 
+class _NotAJourney:
+    """What `_FailsInTheWorker` turns into in the worker: an object the simulator cannot read."""
+
+
+@dataclasses.dataclass(frozen=True)
+class _FailsInTheWorker(Journey):
+    """A journey that arrives in the worker process as something else, so its shard raises there."""
+
+    def __reduce__(self) -> tuple[Any, tuple[()]]:
+        return (_NotAJourney, ())
+
+
 def test_a_worker_that_dies_fails_the_run() -> None:
     playbook = load_playbook()
     first = next(iter(playbook.values()))
     dying = _DiesInTheWorker(**{f.name: getattr(first, f.name) for f in dataclasses.fields(first) if f.init})
-    with pytest.raises(BrokenProcessPool):
+    with pytest.raises(SimulationWorkerDied, match=r"worker 0 of 2 died \(exit code 3\)"):
         Simulation({**playbook, first.key: dying}, seed=1).run(20, 10, workers=2)
+    assert not multiprocessing.active_children()  # the other worker was not left running
+
+
+def test_an_exception_in_a_worker_reaches_the_caller() -> None:
+    playbook = load_playbook()
+    first = next(iter(playbook.values()))
+    failing = _FailsInTheWorker(**{f.name: getattr(first, f.name) for f in dataclasses.fields(first) if f.init})
+    with pytest.raises(AttributeError, match="_NotAJourney"):
+        Simulation({**playbook, first.key: failing}, seed=1).run(20, 10, workers=2)
+    assert not multiprocessing.active_children()
 
 
 def test_nurture_simulate_takes_a_worker_count(capsys: pytest.CaptureFixture[str]) -> None:
