@@ -448,7 +448,12 @@ class Delivery:
             unsubscribe_url=f"{self.public_url}/u/{unsub}")
 
     async def _hold(self, ready: list[_Ready], now: datetime) -> dict[str, Outcome]:
-        """Nurture messages outside the lead's daytime or over its caps, deferred (never dropped)."""
+        """Nurture messages outside the lead's daytime or over its caps, deferred (never dropped).
+
+        The caps' and warm-up's counts wait for the Redis replicas the bus waits for: a count a
+        failover lost would let the next message through over its cap. Unconfirmed, the batch fails
+        before anything is sent and is taken again; a script that runs again for a message it has
+        counted counts nothing more (it is keyed by the message id)."""
         held: dict[str, Outcome] = {}
         capped: list[_Ready] = []
         guards = self.deliverability
@@ -473,7 +478,7 @@ class Delivery:
                 ([lead_key(r.row.lead_id, "msg:nurture")],
                  [epoch, r.row.id, self.policy.cap_per_day, self.policy.cap_per_week, self.policy.min_gap_s,
                   1 if r.row.budget_exempt else 0])
-                for r in capped])
+                for r in capped], self.settings.redis_wait_replicas)
             for r, (until, why) in zip(capped, answers, strict=True):
                 if int(until):
                     when = datetime.fromtimestamp(int(until), UTC)
@@ -496,7 +501,7 @@ class Delivery:
             return held
         answers = await run_script(self.redis, WARMUP_LUA, [
             ([f"warmup:{{{domain}}}:first", f"warmup:{{{domain}}}:{day}"], warmup_args(guards.policy, day, r.row.id))
-            for r, domain in warming])
+            for r, domain in warming], self.settings.redis_wait_replicas)
         for (r, domain), (ok, ramp_day) in zip(warming, answers, strict=True):
             if not int(ok):
                 tomorrow = datetime.fromtimestamp((day + 1) * 86400, UTC)

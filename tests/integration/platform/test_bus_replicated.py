@@ -9,11 +9,9 @@ journeys' timer arms."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,7 +26,8 @@ from nurture.bus import Publisher, stream_key
 from nurture.redisconn import NotReplicated, run_script, shard_of
 from services.journeys.timers import Arm, TimerStore
 from tests.bus_messages import bus_message
-from tests.conftest import answers, cluster_port, free_port, redis_server_binary
+from tests.conftest import answers, cluster_port, redis_server_binary
+from tests.redis_replicas import master_and_replica, stop_servers
 
 pytestmark = pytest.mark.anyio
 SHARDS = 4
@@ -36,23 +35,8 @@ SHARDS = 4
 
 @pytest.fixture
 def pair(tmp_path: Path) -> Iterator[tuple[int, int, subprocess.Popen[bytes]]]:
-    """A master and its replica (no persistence): their ports, and the replica's process."""
-    master_port, replica_port = free_port(), free_port()
-    common = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--protected-mode", "no"]
-    master = subprocess.Popen([redis_server_binary(), "--port", str(master_port), "--dir", str(tmp_path), *common],
-                              stdout=subprocess.DEVNULL)
-    replica = subprocess.Popen([redis_server_binary(), "--port", str(replica_port), "--dir", str(tmp_path), *common,
-                                "--replicaof", "127.0.0.1", str(master_port)], stdout=subprocess.DEVNULL)
-    try:
-        assert answers(redis.Redis(port=master_port)) and answers(redis.Redis(port=replica_port))
-        follower = redis.Redis(port=replica_port, decode_responses=True)
-        deadline = time.monotonic() + 30
-        while follower.info("replication").get("master_link_status") != "up" and time.monotonic() < deadline:
-            time.sleep(0.05)
-        follower.close()
-        yield master_port, replica_port, replica
-    finally:
-        _stop([replica, master])
+    with master_and_replica(tmp_path) as servers:
+        yield servers
 
 
 async def test_a_publish_returns_once_a_replica_holds_the_entries_and_raises_while_none_does(
@@ -76,15 +60,6 @@ async def test_a_publish_returns_once_a_replica_holds_the_entries_and_raises_whi
         follower.close()
 
 
-def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
-    """End the Redis servers, a stopped (SIGSTOPped) one too."""
-    for proc in procs:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(proc.pid, signal.SIGCONT)
-        proc.terminate()
-        proc.wait(10)
-
-
 @pytest.fixture
 def cluster_pair(tmp_path: Path) -> Iterator[tuple[str, int, subprocess.Popen[bytes]]]:
     """A Redis Cluster of one master and its replica (`form` as `nurture up --redis-cluster 1
@@ -102,7 +77,7 @@ def cluster_pair(tmp_path: Path) -> Iterator[tuple[str, int, subprocess.Popen[by
         replica_port = next(p for p in ports if redis.Redis(port=p).info("replication")["role"] == "slave")
         yield f"redis://127.0.0.1:{ports[0]}/0", replica_port, procs[ports.index(replica_port)]
     finally:
-        _stop(procs)
+        stop_servers(procs)
 
 
 async def test_on_a_cluster_a_stopped_replica_fails_the_publish_and_the_arm_whatever_connection_waits(
