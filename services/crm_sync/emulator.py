@@ -258,8 +258,12 @@ class Emulator:
             ids = [str(i.get("id", "")) for i in inputs]
             if len(set(ids)) != len(ids):
                 raise HttpError(400, "Duplicate IDs found in batch input")
+            taken: dict[str, str] = {}  # email -> the batch's contact taking it
             for oid, i in zip(ids, inputs, strict=True):  # all checked before any is written
-                st.check_update(otype, oid, i)
+                _, props = st.check_update(otype, oid, i)
+                email = str(props.get("email") or "").lower() if otype == "contacts" else ""
+                if email and taken.setdefault(email, oid) != oid:
+                    raise HttpError(409, f"Contact already exists. Existing ID: {taken[email]}", "CONFLICT")
             results = [st.update(otype, oid, i, now) for oid, i in zip(ids, inputs, strict=True)]
             self._wrote(len(results))
             return 200, {"status": "COMPLETE", "results": results}

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from nurture.api.scoring.v1 import scoring_pb2
-from tests.integration.crm_sync.conftest import Mesh
+from tests.integration.crm_sync.conftest import Emulator, Mesh
 from tests.integration.crm_sync.test_crm_sync import contact, remote_contact, upsert
 
 pytestmark = pytest.mark.anyio
@@ -93,3 +93,21 @@ async def test_a_batch_the_crm_cannot_take_now_is_retried(mesh: Mesh) -> None:
     for r in results:
         assert len(await pushed(mesh, r.lead_id)) == 2
         assert mesh.emulator.get(f"/crm/v3/objects/contacts/{r.crm_id}")["properties"]["company"] == f"Co {r.lead_id}"
+
+
+def test_the_emulators_batch_update_refuses_one_email_given_to_two_contacts_whole(emulator: Emulator) -> None:
+    """All or nothing, as the emulator promises: two contacts of one batch taking the same free email
+    refuse the batch before either is written (the second alone used to meet the first's new email)."""
+    a = emulator.post("/crm/v3/objects/contacts", {"properties": {"email": "a@example.com"}})["id"]
+    b = emulator.post("/crm/v3/objects/contacts", {"properties": {"email": "b@example.com"}})["id"]
+    answer = httpx.post(f"{emulator.url}{BATCH_PATH}", timeout=5, json={"inputs": [
+        {"id": a, "properties": {"email": "New@example.com", "firstname": "Ann"}},
+        {"id": b, "properties": {"email": "new@example.com"}}]})
+    assert answer.status_code == 409 and answer.json()["category"] == "CONFLICT"
+    assert [emulator.get(f"/crm/v3/objects/contacts/{i}")["properties"].get("email") for i in (a, b)] \
+        == ["a@example.com", "b@example.com"]
+    assert emulator.get(f"/crm/v3/objects/contacts/{a}")["properties"].get("firstname") is None
+    # Two contacts swapping nothing, each taking an email of its own, go through.
+    fine = httpx.post(f"{emulator.url}{BATCH_PATH}", timeout=5, json={"inputs": [
+        {"id": a, "properties": {"email": "a2@example.com"}}, {"id": b, "properties": {"email": "b2@example.com"}}]})
+    assert fine.status_code == 200 and len(fine.json()["results"]) == 2
