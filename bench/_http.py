@@ -83,7 +83,7 @@ async def paced(count: int, rate: float, one: Callable[[int, float], Coroutine[A
             task = asyncio.create_task(one(n, due))
             running.add(task)
             task.add_done_callback(finished)
-        await asyncio.gather(*running)
+        await asyncio.gather(*running, return_exceptions=True)  # `finished` keeps what they raised
     finally:
         gc.unfreeze()
     if errors:  # as gathering every task would have: the first post that raised

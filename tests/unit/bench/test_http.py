@@ -22,6 +22,7 @@ def test_a_finished_post_is_not_held_while_the_run_goes_on() -> None:
         if n < 5:
             finished.append(weakref.ref(task))
         if n == 50:  # long after the first five finished: were their tasks dropped?
+            await asyncio.sleep(0.05)  # a loaded host may have started all 51 together: let them end
             gc.collect()
             alive_later.extend(ref() is not None for ref in finished)
 
