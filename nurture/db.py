@@ -265,8 +265,7 @@ class _Checkpointer:
         try:
             while not self._stop.wait(self.INTERVAL_S):
                 try:
-                    # fetchall: a statement left unfinished would hold a read mark that keeps the WAL from
-                    # being started over.
+                    # fetchall: the statement runs to its end and is reset, holding nothing between rounds.
                     [(_busy, frames, _copied)] = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
                     if frames > self.RESTART_PAGES and (queued is None or queued.done()):
                         queued = self._catch_up()
