@@ -8,6 +8,7 @@ writes a request and reads a Content-Length response on a pooled connection, and
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import time
 from collections.abc import Callable, Coroutine
@@ -53,13 +54,37 @@ class LeanClient:
 async def paced(count: int, rate: float, one: Callable[[int, float], Coroutine[Any, Any, None]]) -> None:
     """Call `one(n, due)` for n in 0..count-1 at `rate` per second, each at its due time (a
     `time.perf_counter()` value), without waiting for earlier calls: a steady site's load, whose
-    latencies a slow answer cannot hide (measured from `due`, a late start counts against the server)."""
-    tasks: list[asyncio.Task[None]] = []
-    t0 = time.perf_counter()
-    for n in range(count):
-        due = t0 + n / rate
-        delay = due - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(one(n, due)))
-    await asyncio.gather(*tasks)
+    latencies a slow answer cannot hide (measured from `due`, a late start counts against the server).
+
+    The generator's own pauses would count against the server too (a post due during one starts late,
+    an answer that arrives during one is read late), and its garbage collector made the longest: a full
+    collection scans every object the process holds, and holding every finished post's task (60,000 in
+    a minute at 1,000/s) on top of the modules and the run's set-up took it to 60-140 ms of CPU by the
+    end of a 20 s run (docs/CAPACITY.md, "Where the accept p99 went"). So only the posts still running
+    are held, and what the process built before the first post is frozen out of its collections (the
+    collector still runs, on what the run itself makes)."""
+    running: set[asyncio.Task[None]] = set()
+    errors: list[BaseException] = []
+
+    def finished(task: asyncio.Task[None]) -> None:
+        running.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            errors.append(task.exception())  # type: ignore[arg-type]
+
+    gc.collect()
+    gc.freeze()
+    try:
+        t0 = time.perf_counter()
+        for n in range(count):
+            due = t0 + n / rate
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            task = asyncio.create_task(one(n, due))
+            running.add(task)
+            task.add_done_callback(finished)
+        await asyncio.gather(*running, return_exceptions=True)  # `finished` keeps what they raised
+    finally:
+        gc.unfreeze()
+    if errors:  # as gathering every task would have: the first post that raised
+        raise errors[0]

@@ -16,6 +16,7 @@ import logging
 import queue
 import random
 import select
+import sqlite3
 import threading
 import time
 import weakref
@@ -106,6 +107,14 @@ class Database:
         # served as counters by the Admin service's Stats (`db.retries.deadlock`, ...).
         self.counters: Counter[str] = Counter()
         self._readers: ThreadPoolExecutor | None = None  # `read`'s threads, made on first use
+        self._checkpointer: _Checkpointer | None = None
+        path = engine.url.database if self.is_sqlite else None
+        if path and path != ":memory:" and not path.startswith("file:"):
+            # Its commits no longer checkpoint: the connections opened from now on say so, and the ones the
+            # pool holds (migrations') are closed, so none is left to do it at the old threshold.
+            event.listen(engine, "connect", _no_autocheckpoint)
+            engine.dispose()
+            self._checkpointer = _Checkpointer(path, self._catch_up, name=f"{service}-checkpoint")
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -159,7 +168,17 @@ class Database:
         ctx = contextvars.copy_context()
         return await asyncio.get_running_loop().run_in_executor(self._readers, functools.partial(ctx.run, fn, *args))
 
+    def _catch_up(self) -> Future[None]:
+        """Checkpoint what the WAL still holds on the writer thread, behind any urgent work: no write runs
+        meanwhile, so it finishes, and the next write starts the WAL over (see `_Checkpointer`)."""
+        def checkpoint() -> None:
+            with self.engine.connect() as conn:
+                conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
+        return self._executor.submit(False, checkpoint)
+
     def close(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.stop()
         self._executor.shutdown()
         if self._readers is not None:
             self._readers.shutdown(wait=True)
@@ -210,6 +229,54 @@ class _UrgentFirstExecutor:
             self._queue.put((2, next(self._order), None, None))
         for thread in self._threads:
             thread.join()
+
+
+def _no_autocheckpoint(dbapi_conn: Any, _record: Any) -> None:
+    dbapi_conn.execute("PRAGMA wal_autocheckpoint=0")
+
+
+class _Checkpointer:
+    """SQLite's WAL checkpoints, moved off the commits. By default the commit that takes the WAL past 1,000
+    pages checkpoints before it returns: it copies the pages into the database file and waits for two
+    fsyncs (the WAL's, then the file's), 10-40 ms on the shared host, and everything queued behind the
+    one writer thread waits with it (scoring's ingest at 1,000 posts/s: docs/CAPACITY.md, "Where the
+    accept p99 went"). A thread of its own now does that copying and syncing every INTERVAL_S, PASSIVE (it
+    never blocks a writer nor waits for one). But a write starts the WAL over only when no page is left
+    to copy as it begins, and under steady writes one always lands while a round copies: the WAL would
+    grow for as long as they go on. So once it holds more than RESTART_PAGES, a checkpoint runs on the
+    writer thread itself (`catch_up`, queued behind urgent work): no write runs meanwhile, the rounds
+    have copied and synced nearly everything, so it is short, and the next write starts the WAL over.
+    Durability is unchanged: with `synchronous=NORMAL` a commit never waited for an fsync; a checkpoint
+    syncs the WAL before it copies."""
+
+    INTERVAL_S = 0.25
+    RESTART_PAGES = 8000  # 32 MiB of 4 KiB pages: a catch-up every few seconds under load
+
+    def __init__(self, path: str, catch_up: Callable[[], Future[None]], *, name: str) -> None:
+        self._path = path
+        self._catch_up = catch_up
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        conn = sqlite3.connect(self._path, timeout=30, check_same_thread=False)
+        queued: Future[None] | None = None  # the catch-up asked for last
+        try:
+            while not self._stop.wait(self.INTERVAL_S):
+                try:
+                    # fetchall: the statement runs to its end and is reset, holding nothing between rounds.
+                    [(_busy, frames, _copied)] = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                    if frames > self.RESTART_PAGES and (queued is None or queued.done()):
+                        queued = self._catch_up()
+                except (sqlite3.Error, RuntimeError) as exc:  # a locked or closing database: next round
+                    log.debug("checkpoint of %s skipped: %s", self._path, exc)
+        finally:
+            conn.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 # Worker threads (and so concurrent transactions) per service on PostgreSQL; the pool holds one
