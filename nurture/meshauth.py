@@ -7,13 +7,15 @@ time, not the key. The server accepts a signature by any of its keys (current, a
 a rotation), compared in constant time. Wall-clock time on purpose: this is transport, not domain time
 (the virtual clock does not apply); hosts of one mesh need clocks within `WINDOW_S` of each other.
 
-A server also takes a call's W3C `traceparent` in the same entry, after the credential and a `;`
+A call's W3C `traceparent` rides in the same entry, after the credential and a `;`
 (`v1.<seconds>.<mac>;00-<trace id>-<span id>-<flags>`): one metadata entry a call instead of two, each of
 which costs every hop gRPC's encoding and decoding. The signature covers what it covers without it
 (version, time and method; the traceparent is not signed, as a separate `traceparent` entry is not), and
-the verifier reads only the part before the `;` (`credential_of`). Callers still send two entries: a
-server of an earlier release reads the combined value as a bad credential, so the callers change only in
-a release after every server reads both forms (a rolling upgrade mixes the two).
+the verifier reads only the part before the `;` (`credential_of`). It was rolled out in two releases,
+because a server that does not know the form reads the combined value as a bad credential: first every
+server learnt to read both forms (895dc25), then callers (nurture.rpc's channel) switched to the one
+entry. Servers keep reading the two-entry form (a credential alone, a separate `traceparent` entry),
+which older callers send during a rolling upgrade (docs/CAPACITY.md, "One metadata entry a call").
 
 `python -m nurture.meshauth /nurture.api.scoring.v1.Scoring/GetLead` prints a header value for that
 method made with NURTURE_MESH_TOKEN, for grpcurl (`-H "x-nurture-mesh: ..."`).
