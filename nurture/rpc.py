@@ -211,10 +211,10 @@ class _MeshHandlers:
                 # whose sampler call, ids and context cost a small call a few percent). The caller's
                 # context becomes current, so what this call sends on carries the same decision.
                 span: trace.Span = trace.NonRecordingSpan(remote)
-                current = telemetry.as_current(span, end=False)
+                current = telemetry.Current(span, False, True, True)  # as_current(span, end=False), one call less
             else:
                 span = tracer.start_child(method, remote, trace.SpanKind.SERVER, attributes)
-                current = telemetry.as_current(span)
+                current = telemetry.Current(span, True, True, True)  # as_current(span)
             # The servicer is awaited here, not through a helper coroutine of its own (one frame less a
             # call); what it raises becomes the call's status (_failed).
             with current:
@@ -359,7 +359,7 @@ def _outgoing(signer: Signer, method: str, metadata: Iterable[MetadataItem] | No
     # read through five of its properties, each a call (the layout is checked by test_rpc_handlers.py).
     trace_id, span_id, _, flags, state, valid = telemetry.current_span().get_span_context()
     out = grpc.aio.Metadata(*metadata) if metadata else grpc.aio.Metadata()
-    if signer:
+    if signer.signs:
         credential = signer.header(method)
         out.add(MESH_HEADER, f"{credential}{TRACE_SEPARATOR}00-{trace_id:032x}-{span_id:016x}-{flags:02x}"
                 if valid else credential)

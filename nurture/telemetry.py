@@ -491,7 +491,9 @@ class _ModuleTracer(trace.Tracer):
                     kind: trace.SpanKind = trace.SpanKind.INTERNAL, attributes: Attributes = None) -> trace.Span:
         """A span under `parent` (a span context: the caller's, from its `traceparent`), as `start_span`
         under a Context holding it; the mesh's tracer takes the span context as it is (_Tracer.start_child)."""
-        real = self._tracer()
+        real = self._real  # (read here first: every server span of the mesh starts here, `_tracer` is a call)
+        if real is None:
+            real = self._tracer()
         if isinstance(real, _Tracer):
             return real.start_child(name, parent, None, kind, attributes)
         context = trace.set_span_in_context(trace.NonRecordingSpan(parent)) if parent is not None else None
