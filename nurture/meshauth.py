@@ -7,13 +7,15 @@ time, not the key. The server accepts a signature by any of its keys (current, a
 a rotation), compared in constant time. Wall-clock time on purpose: this is transport, not domain time
 (the virtual clock does not apply); hosts of one mesh need clocks within `WINDOW_S` of each other.
 
-A server also takes a call's W3C `traceparent` in the same entry, after the credential and a `;`
+A call's W3C `traceparent` rides in the same entry, after the credential and a `;`
 (`v1.<seconds>.<mac>;00-<trace id>-<span id>-<flags>`): one metadata entry a call instead of two, each of
 which costs every hop gRPC's encoding and decoding. The signature covers what it covers without it
 (version, time and method; the traceparent is not signed, as a separate `traceparent` entry is not), and
-the verifier reads only the part before the `;` (`credential_of`). Callers still send two entries: a
-server of an earlier release reads the combined value as a bad credential, so the callers change only in
-a release after every server reads both forms (a rolling upgrade mixes the two).
+the verifier reads only the part before the `;` (`Verifier.problem_of`). It was rolled out in two releases,
+because a server that does not know the form reads the combined value as a bad credential: first every
+server learnt to read both forms (895dc25), then callers (nurture.rpc's channel) switched to the one
+entry. Servers keep reading the two-entry form (a credential alone, a separate `traceparent` entry),
+which older callers send during a rolling upgrade (docs/CAPACITY.md, "One metadata entry a call").
 
 `python -m nurture.meshauth /nurture.api.scoring.v1.Scoring/GetLead` prints a header value for that
 method made with NURTURE_MESH_TOKEN, for grpcurl (`-H "x-nurture-mesh: ..."`).
@@ -47,15 +49,9 @@ def _mac(key: hmac.HMAC, seconds: int, method: str) -> bytes:
 
 
 _CACHE_MAX = 4096
+_OUTSIDE = f"mesh credential outside the {WINDOW_S} s window (replayed, or clocks apart)"
 # What separates the credential from the traceparent a call carries with it (neither contains one).
 TRACE_SEPARATOR = ";"
-
-
-def credential_of(value: object) -> object:
-    """The credential part of a metadata value (all of it when it carries no traceparent)."""
-    if isinstance(value, str) and TRACE_SEPARATOR in value:
-        return value.partition(TRACE_SEPARATOR)[0]
-    return value
 
 
 class Signer:
@@ -65,10 +61,13 @@ class Signer:
 
     def __init__(self, token: str) -> None:
         self._key = _key(token) if token else None
+        # Whether this signer has a key (`bool(signer)`), as an attribute: the channel asks on every call,
+        # and `__bool__` is a Python call each time.
+        self.signs = self._key is not None
         self._made: dict[str, tuple[int, str]] = {}
 
     def __bool__(self) -> bool:
-        return self._key is not None
+        return self.signs
 
     def header(self, method: str | bytes, now: float | None = None) -> str:
         if self._key is None:
@@ -107,22 +106,23 @@ class Verifier:
         """As `problem`, given the call's credential (its metadata value; None without one)."""
         if value is None:
             return f"no mesh credential (metadata {HEADER})"
-        value = credential_of(value)
         if not self._keys:
             return "this server has no mesh token configured (NURTURE_MESH_TOKEN)"
         if not isinstance(value, str):
             return "malformed mesh credential"
+        # Only the part before a traceparent riding in the same entry is the credential (module docstring).
+        if TRACE_SEPARATOR in value:
+            value = value.partition(TRACE_SEPARATOR)[0]
         seconds = self._verified.get((method, value))
-        if seconds is None:
-            version, _, rest = value.partition(".")
-            stamp, _, mac = rest.partition(".")
-            if version != _VERSION or not stamp.isdigit() or not mac:
-                return "malformed mesh credential"
-            seconds = int(stamp)
+        if seconds is not None:  # verified before: only its window is checked again (one lookup)
+            return _OUTSIDE if abs((time.time() if now is None else now) - seconds) > WINDOW_S else None
+        version, _, rest = value.partition(".")
+        stamp, _, mac = rest.partition(".")
+        if version != _VERSION or not stamp.isdigit() or not mac:
+            return "malformed mesh credential"
+        seconds = int(stamp)
         if abs((time.time() if now is None else now) - seconds) > WINDOW_S:
-            return f"mesh credential outside the {WINDOW_S} s window (replayed, or clocks apart)"
-        if (method, value) in self._verified:
-            return None
+            return _OUTSIDE
         try:
             given = base64.urlsafe_b64decode(mac + "=" * (-len(mac) % 4))
         except (ValueError, TypeError):

@@ -195,8 +195,9 @@ class _MeshHandlers:
                     traceparent = value
                 elif key == _TRACESTATE:
                     tracestate = value
-            # A traceparent may ride after the credential in its entry (nurture.meshauth: read now, sent
-            # by callers of a later release); a separate `traceparent` entry is read as before.
+            # The traceparent rides after the credential in its entry (nurture.meshauth: what callers send
+            # since the release after 895dc25); a separate `traceparent` entry, as older callers send it
+            # during a rolling upgrade and callers without a mesh token always do, is read as before.
             if isinstance(credential, str) and TRACE_SEPARATOR in credential:
                 credential, _, traceparent = credential.partition(TRACE_SEPARATOR)
             # The gate is a plain call, awaited only to refuse: a coroutine per call costs more than the check.
@@ -210,10 +211,10 @@ class _MeshHandlers:
                 # whose sampler call, ids and context cost a small call a few percent). The caller's
                 # context becomes current, so what this call sends on carries the same decision.
                 span: trace.Span = trace.NonRecordingSpan(remote)
-                current = telemetry.as_current(span, end=False)
+                current = telemetry.Current(span, False, True, True)  # as_current(span, end=False), one call less
             else:
                 span = tracer.start_child(method, remote, trace.SpanKind.SERVER, attributes)
-                current = telemetry.as_current(span)
+                current = telemetry.Current(span, True, True, True)  # as_current(span)
             # The servicer is awaited here, not through a helper coroutine of its own (one frame less a
             # call); what it raises becomes the call's status (_failed).
             with current:
@@ -345,19 +346,27 @@ def unexpected_error(exc: Exception, span: trace.Span | None = None) -> NurtureE
 
 def _outgoing(signer: Signer, method: str, metadata: Iterable[MetadataItem] | None) -> grpc.aio.Metadata:
     """A call's metadata plus its mesh credential and, inside a span, the W3C trace context (sampled or
-    not: the decision travels with it). Made as grpc.aio's own Metadata, which it takes as it is: given
-    a list it checks it against typing's Sequence (an ABC check through typing's layers), copies it into
-    a tuple and makes the same object from that."""
-    out = grpc.aio.Metadata(*metadata) if metadata else grpc.aio.Metadata()
-    if signer:
-        out.add(MESH_HEADER, signer.header(method))
+    not: the decision travels with it). The traceparent rides in the credential's entry, after a `;`
+    (`x-nurture-mesh: <credential>;<traceparent>`, nurture.meshauth): one entry a call instead of two,
+    each of which gRPC encodes and decodes on both sides and grpc.aio wraps in Python objects. Every
+    server reads it since the release before this one (895dc25), and still reads the two-entry form of
+    older callers. A call made without a mesh token sends its traceparent in its own entry (there is no
+    credential to carry it); a `tracestate` (which the mesh never sets) always has its own.
+    Made as grpc.aio's own Metadata, which it takes as it is: given a list it checks it against typing's
+    Sequence (an ABC check through typing's layers), copies it into a tuple and makes the same object
+    from that."""
     # A SpanContext is a tuple (trace id, span id, is_remote, flags, trace state, is_valid): unpacked, not
     # read through five of its properties, each a call (the layout is checked by test_rpc_handlers.py).
     trace_id, span_id, _, flags, state, valid = telemetry.current_span().get_span_context()
-    if valid:
+    out = grpc.aio.Metadata(*metadata) if metadata else grpc.aio.Metadata()
+    if signer.signs:
+        credential = signer.header(method)
+        out.add(MESH_HEADER, f"{credential}{TRACE_SEPARATOR}00-{trace_id:032x}-{span_id:016x}-{flags:02x}"
+                if valid else credential)
+    elif valid:
         out.add(_TRACEPARENT, f"00-{trace_id:032x}-{span_id:016x}-{flags:02x}")
-        if state:
-            out.add(_TRACESTATE, state.to_header())
+    if valid and state:
+        out.add(_TRACESTATE, state.to_header())
     return out
 
 

@@ -388,7 +388,8 @@ class _Tracer(trace.Tracer):
             sampled = bool(flags & _SAMPLED)
         else:
             parent, state = None, None
-            trace_id = ids.generate_trace_id()
+            # (as the span id below: OpenTelemetry's random generator's draw inline, any other asked)
+            trace_id = (_getrandbits(128) if type(ids) is RandomIdGenerator else 0) or ids.generate_trace_id()
             sampled = provider.head.root(trace_id)
             flags = trace.TraceFlags((_SAMPLED if sampled else 0) | (_RANDOM if provider.random_ids else 0))
         # OpenTelemetry's random generator's span id drawn here (one call, not three); it draws again
@@ -399,7 +400,7 @@ class _Tracer(trace.Tracer):
         if not sampled:
             return trace.NonRecordingSpan(span_context)
         processor = provider.processor
-        span = RecordedSpan(name, span_context, parent, provider.resource, attributes, links or (), kind,
+        span = RecordedSpan(name, span_context, parent, provider.mesh_resource, attributes, links or (), kind,
                             processor, self._scope, start_time if start_time is not None else time_ns(),
                             record_exception, set_status_on_exception)
         if provider.starts:
@@ -432,6 +433,9 @@ class MeshTracerProvider(TracerProvider):
     def __init__(self, resource: Resource, head: HeadSampler) -> None:
         super().__init__(resource=resource, sampler=head)
         self.head = head
+        # The provider's resource (fixed once it is made) as an attribute: `resource` is a property, a call
+        # for every recorded span.
+        self.mesh_resource = self.resource
         self.random_ids = self.id_generator.is_trace_id_random()
         # What a recorded span is handed to: the provider's own multi-processor, or the one processor
         # added (every process adds one BatchSpanProcessor), called directly rather than through the
@@ -491,7 +495,9 @@ class _ModuleTracer(trace.Tracer):
                     kind: trace.SpanKind = trace.SpanKind.INTERNAL, attributes: Attributes = None) -> trace.Span:
         """A span under `parent` (a span context: the caller's, from its `traceparent`), as `start_span`
         under a Context holding it; the mesh's tracer takes the span context as it is (_Tracer.start_child)."""
-        real = self._tracer()
+        real = self._real  # (read here first: every server span of the mesh starts here, `_tracer` is a call)
+        if real is None:
+            real = self._tracer()
         if isinstance(real, _Tracer):
             return real.start_child(name, parent, None, kind, attributes)
         context = trace.set_span_in_context(trace.NonRecordingSpan(parent)) if parent is not None else None

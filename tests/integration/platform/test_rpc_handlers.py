@@ -22,8 +22,8 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from nurture import errors, telemetry
 from nurture.api.crm_sync.v1 import crm_sync_pb2, crm_sync_pb2_grpc
 from nurture.api.scoring.v1 import scoring_pb2, scoring_pb2_grpc
-from nurture.meshauth import HEADER, Signer
-from nurture.rpc import ServiceServer, _remote_span_context, start_server
+from nurture.meshauth import HEADER, Signer, Verifier
+from nurture.rpc import ServiceServer, _outgoing, _remote_span_context, start_server
 from nurture.settings import load_settings
 from tests.conftest import MESH_TOKEN, mesh_channel
 
@@ -42,6 +42,10 @@ class _Echo(scoring_pb2_grpc.EchoServicer):
                    ) -> scoring_pb2.EchoReply:
         if request.payload == b"fail":
             raise errors.NotFound("no such thing")
+        if request.payload == b"metadata":  # the call's metadata as it arrived, one `key=value` a line
+            return scoring_pb2.EchoReply(payload="\n".join(
+                f"{k}={v}" for k, v in context.invocation_metadata() or () if not k.startswith(":")
+                and k not in ("user-agent", "grpc-accept-encoding")).encode())
         ctx = trace.get_current_span().get_span_context()
         flags = "01" if ctx.trace_flags.sampled else "00"
         return scoring_pb2.EchoReply(payload=f"{ctx.trace_id:032x} {flags}".encode() if ctx.is_valid else b"")
@@ -165,6 +169,73 @@ async def test_a_traceparent_after_the_credential_in_its_entry_is_read(server: S
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await stub.Echo(scoring_pb2.EchoRequest(), metadata=forged, timeout=5)
         assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_a_mesh_channel_sends_one_metadata_entry_with_the_traceparent_after_the_credential(
+        server: ServiceServer, spans: InMemorySpanExporter) -> None:
+    """The caller's half of one entry a call (nurture.meshauth): `x-nurture-mesh: <credential>;<traceparent>`
+    and no `traceparent` entry inside a span (sampled or not); the credential alone outside one. The
+    server verifies it and follows the trace."""
+    async with mesh_channel(f"127.0.0.1:{server.port}") as ch:
+        stub = scoring_pb2_grpc.EchoStub(ch)
+        tracer = telemetry.provider("t", load_settings(environ={}, trace_sample_ratio=1.0)).get_tracer("test")
+        for root in (tracer.start_span("caller"), trace.NonRecordingSpan(trace.SpanContext(
+                0x0AF7651916CD43DD8448EB211C80319C, 0xB7AD6B7169203331, False, trace.TraceFlags(0)))):
+            with telemetry.as_current(root):
+                reply = await stub.Echo(scoring_pb2.EchoRequest(payload=b"metadata"), timeout=5)
+            ctx = root.get_span_context()
+            (entry,) = reply.payload.decode().splitlines()
+            key, _, value = entry.partition("=")
+            credential, separator, traceparent = value.partition(";")
+            assert key == HEADER and separator == ";"
+            assert traceparent == f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{int(ctx.trace_flags):02x}"
+            assert Verifier([MESH_TOKEN]).problem_of(ECHO, credential) is None
+        reply = await stub.Echo(scoring_pb2.EchoRequest(payload=b"metadata"), timeout=5)  # outside any span
+        (entry,) = reply.payload.decode().splitlines()
+        assert entry.startswith(f"{HEADER}=") and ";" not in entry
+        # ... and the server follows the one entry's trace, as it follows the two entries' (below).
+        with tracer.start_as_current_span("caller") as caller:
+            reply = await stub.Echo(scoring_pb2.EchoRequest(), timeout=5)
+        assert reply.payload.decode() == f"{caller.get_span_context().trace_id:032x} 01"
+
+
+async def test_a_caller_of_the_two_entry_form_still_interoperates(server: ServiceServer,
+                                                                  spans: InMemorySpanExporter) -> None:
+    """During a rolling upgrade an older caller sends the credential alone and the traceparent in its
+    own entry (as callers did until the one-entry release): its calls still verify, the server span
+    follows its traceparent, sampled or not, and a `tracestate` entry beside either form is kept."""
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as ch:
+        stub = scoring_pb2_grpc.EchoStub(ch)
+        for traceparent, flags in ((SAMPLED, "01"), (UNSAMPLED, "00")):
+            spans.clear()
+            reply = await stub.Echo(scoring_pb2.EchoRequest(),
+                                    metadata=_signed(ECHO, ("traceparent", traceparent)), timeout=5)
+            assert reply.payload.decode() == f"0af7651916cd43dd8448eb211c80319c {flags}"
+            recorded = await _finished(spans, ECHO) if flags == "01" else []
+            assert [format(s.parent.span_id, "016x") for s in recorded if s.parent] == (
+                ["b7ad6b7169203331"] if flags == "01" else [])
+        # A tracestate (the mesh never sets one) beside the one-entry form, as beside the two-entry one.
+        one_entry = ((HEADER, f"{Signer(MESH_TOKEN).header(ECHO)};{SAMPLED}"), ("tracestate", "vendor=x"))
+        two_entries = _signed(ECHO, ("traceparent", SAMPLED), ("tracestate", "vendor=x"))
+        for metadata in (one_entry, two_entries):
+            spans.clear()
+            await stub.Echo(scoring_pb2.EchoRequest(), metadata=metadata, timeout=5)
+            (span,) = await _finished(spans, ECHO)
+            assert span.parent is not None and span.parent.trace_state.get("vendor") == "x"
+
+
+def test_the_outgoing_metadata_carries_a_tracestate_in_its_own_entry() -> None:
+    """A tracestate travels in its own entry beside the combined one; a call without a mesh token sends
+    its traceparent in its own entry (there is no credential to carry it)."""
+    state = trace.TraceState([("vendor", "x")])
+    span = trace.NonRecordingSpan(trace.SpanContext(0xABC, 0xDEF, False, trace.TraceFlags(1), state))
+    with telemetry.as_current(span, end=False):
+        signed = list(_outgoing(Signer(MESH_TOKEN), ECHO, [("other", "1")]))
+        unsigned = list(_outgoing(Signer(""), ECHO, None))
+    traceparent = f"00-{0xABC:032x}-{0xDEF:016x}-01"
+    assert [k for k, _ in signed] == ["other", HEADER, "tracestate"]
+    assert signed[1][1].endswith(f";{traceparent}") and signed[2][1] == "vendor=x"
+    assert unsigned == [("traceparent", traceparent), ("tracestate", "vendor=x")]
 
 
 @pytest.mark.parametrize("value", [
