@@ -411,7 +411,11 @@ class OutboundQueue(CoreBase):
         row = await self.read(lambda s: st.get_lead(s, task.lead_id))
         if row is None:
             return None
-        contact = row.crm_id or remote_ids.get(task.lead_id)
+        # The CRM id a push of this pass got, else the lead's once a push of the contact succeeded:
+        # until then the id may be one the CRM no longer has (deleted there), which a task cannot be
+        # attached to, and the contact's own pending push would create it again under a new id; whether
+        # that push or this task was retried first decided whether the task was dead-lettered.
+        contact = remote_ids.get(task.lead_id) or (row.crm_id if row.pushed_hash is not None else None)
         if not contact:
             # The contact must exist before a task can be attached to it.
             first = await self._push_contact(task.lead_id, remote=remote_ids)
