@@ -17,7 +17,7 @@ from nurture.db import Database
 from nurture.jsontypes import JsonValue
 from nurture.rpcguard import guard_requests, message_problems, problem_text
 from services.scoring.app.core import ScoringCore
-from services.scoring.app.ingest import IngestQueue
+from services.scoring.app.ingest import PUBLISH_WAIT_S, IngestQueue
 from services.scoring.app.model_versions import ModelVersions, UnknownVersion
 from services.scoring.app.outbox import Outbox
 from services.scoring.app.visitors import VisitorDoor
@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 
 # UpsertLeads: one transaction per call, so a call is bounded like a CRM batch.
 MAX_UPSERTS = 1000
+# What an ingest call keeps of its caller's deadline to send its answer in (`IngestEvents`).
+DEADLINE_MARGIN_S = 0.3
 
 
 def _ts(value: str | None) -> Timestamp:
@@ -195,7 +197,11 @@ class ScoringServicer(VisitorMethods, scoring_pb2_grpc.ScoringServicer):
                 occurred_at=ev.occurred_at.ToDatetime(tzinfo=UTC) if ev.HasField("occurred_at") else None,
                 idempotency_key=ev.idempotency_key or None, source=ev.source or "api",
                 trace=ev.traceparent or None))
-        taken = iter(await self._ingest.submit(batch) if batch else [])
+        # Answered once the events are on the bus, or, near the caller's deadline, with Unconfirmed
+        # (the caller then hears why, rather than a bare deadline).
+        left = context.time_remaining()
+        wait = PUBLISH_WAIT_S if left is None else min(PUBLISH_WAIT_S, left - DEADLINE_MARGIN_S)
+        taken = iter(await self._ingest.submit(batch, wait) if batch else [])
         replies = []
         for i in range(len(request.events)):
             if i in refused:

@@ -290,6 +290,14 @@ def pending_outbox(s: Session, limit: int) -> list[OutboxRow]:
     return [OutboxRow(r.seq, r.lead_id, r.payload, r.trace) for r in rows]
 
 
+def outbox_of_leads(writes: DriverWrites, s: Connection, lead_ids: Sequence[str]) -> list[OutboxRow]:
+    """The leads' rows still in the outbox, in seq order (per lead, their commit order: a row's seq is
+    drawn while its transaction holds the lead's lock). No index on lead_id: the outbox holds only
+    what is not yet published and deleted, and this runs for a retried event only."""
+    rows = writes.select(s, outbox, ("seq", "lead_id", "payload", "trace"), "lead_id", lead_ids)
+    return sorted((OutboxRow(r["seq"], r["lead_id"], r["payload"], r["trace"]) for r in rows), key=lambda r: r.seq)
+
+
 def mark_published(s: Session, seqs: Sequence[int]) -> None:
     s.execute(delete(outbox).where(outbox.c.seq.in_(list(seqs))))
 

@@ -34,13 +34,16 @@ class OutboxRows(CoreBase):
 class HandOff:
     """One ingest transaction's place in the publishing order (`Outbox.reserve`): taken while the
     transaction holds its leads' row locks, so for any one lead the places follow the commits; then
-    `commit` with the rows it wrote, or `fail`. Called from the database's worker threads."""
+    `commit` with the rows it wrote, or `fail`. Called from the database's worker threads.
+    `announced` (made and resolved on the event loop) is resolved once every row of the place is on
+    the bus: the ingest's callers are answered then, not at the commit (see `IngestQueue.submit`)."""
 
-    __slots__ = ("rows", "state")
+    __slots__ = ("announced", "rows", "state")
 
-    def __init__(self) -> None:
+    def __init__(self, announced: asyncio.Future[None] | None = None) -> None:
         self.rows: list[OutboxRow] = []
         self.state = "open"
+        self.announced = announced
 
     def commit(self, rows: list[OutboxRow]) -> None:
         self.rows = rows
@@ -48,6 +51,11 @@ class HandOff:
 
     def fail(self) -> None:
         self.state = "failed"
+
+
+def _announce(announced: asyncio.Future[None] | None) -> None:
+    if announced is not None and not announced.done():
+        announced.set_result(None)
 
 
 class Outbox:
@@ -58,8 +66,10 @@ class Outbox:
     Several ingest transactions may be in flight at once (on PostgreSQL), so each takes its place in
     one ordered list (`reserve`) while it holds its leads' row locks, before its commit; the list is
     published in that order as the commits are confirmed (`settle`), and a place whose transaction
-    failed is dropped. A transaction that needs a lead another holds waits for that one's commit, so
-    its place comes after: per lead, the bus has the messages in commit order (journeys relies on it).
+    failed is dropped. A place's `announced` future is resolved once its rows are on the bus (by the
+    drain, or by a sweep that published them), so the ingest answers its callers only then. A
+    transaction that needs a lead another holds waits for that one's commit, so its place comes
+    after: per lead, the bus has the messages in commit order (journeys relies on it).
     Every other write asks for a sweep (`sweep_soon`), which publishes what SQL holds in seq order; it
     also runs at startup, on settle and after a Redis failure, so a row committed before a crash
     always goes out (perhaps twice: consumers drop repeats by message id).
@@ -76,7 +86,8 @@ class Outbox:
         self._publisher = publisher
         self._lock = asyncio.Lock()
         self._ready = asyncio.Event()
-        self._queue: list[OutboxRow] = []
+        # Settled places' rows, in order, each with the future its callers wait on (`HandOff.announced`).
+        self._queue: list[tuple[list[OutboxRow], asyncio.Future[None] | None]] = []
         self._published: list[int] = []
         self._sweep = True
         # Ingest transactions' places, oldest first (`reserve`); worker threads append under the lock.
@@ -88,10 +99,11 @@ class Outbox:
         self._sweep = True
         self._ready.set()
 
-    def reserve(self) -> HandOff:
+    def reserve(self, announced: asyncio.Future[None] | None = None) -> HandOff:
         """A place in the publishing order for an ingest transaction, taken while it holds its leads'
-        row locks and before it commits (from a database worker thread)."""
-        place = HandOff()
+        row locks and before it commits (from a database worker thread); `announced` is resolved once
+        its rows are on the bus."""
+        place = HandOff(announced)
         with self._order_lock:
             self._order.append(place)
         return place
@@ -104,8 +116,10 @@ class Outbox:
             while self._order and self._order[0].state != "open":
                 place = self._order.popleft()
                 if place.state == "committed" and place.rows:
-                    self._queue.extend(place.rows)
+                    self._queue.append((place.rows, place.announced))
                     self._ready.set()
+                elif place.state == "committed":  # nothing written, or a sweep published it all
+                    _announce(place.announced)
 
     def take_published(self) -> list[int]:
         """The published rows' seqs, for the next ingest transaction to delete, once there are enough
@@ -136,7 +150,14 @@ class Outbox:
                 await self._db.run(self._store.mark_published, [seq for seq, *_ in pending])
                 done += len(pending)
                 swept = {seq for seq, *_ in pending}
-                self._queue = [row for row in self._queue if row.seq not in swept]
+                kept: list[tuple[list[OutboxRow], asyncio.Future[None] | None]] = []
+                for rows, announced in self._queue:
+                    rest = [row for row in rows if row.seq not in swept]
+                    if rest:
+                        kept.append((rest, announced))
+                    else:  # every row of the place is out: its callers may be answered
+                        _announce(announced)
+                self._queue = kept
                 with self._order_lock:  # committed rows not settled yet, already out
                     for place in self._order:
                         place.rows = [row for row in place.rows if row.seq not in swept]
@@ -147,9 +168,18 @@ class Outbox:
             # A sweep asked for meanwhile holds a row committed before some of the queue (say a
             # lead_updated before that lead's next event): it goes first, the sweep takes the queue.
             while self._queue and not self._sweep:
-                rows, self._queue = self._queue, []
-                await self._publish(rows)
+                taken, self._queue = self._queue, []
+                rows = [row for place_rows, _ in taken for row in place_rows]
+                try:
+                    await self._publish(rows)
+                except BaseException:
+                    # Back at the head, for the sweep that follows a failure: it publishes them from
+                    # SQL and answers their callers (they are still waiting).
+                    self._queue[:0] = taken
+                    raise
                 self._published.extend(row.seq for row in rows)
+                for _, announced in taken:
+                    _announce(announced)
 
     async def _publish(self, rows: list[OutboxRow]) -> None:
         # The span joins the first sampled request's trace and links the other sampled ones (each
