@@ -29,9 +29,8 @@ from services.scoring.domain.validation import event_problem
 
 _tracer = tracer(__name__)
 
-# How long an ingest call waits, after its commit, for its messages to be on the bus (`submit`); a
-# caller's deadline may make it shorter (the servicer passes what is left of it). Within the mesh's
-# 5 s deadline, so that the caller hears why.
+# How long an ingest waits, after its commit, for its messages to be on the bus (`submit`), when its
+# caller has no deadline (the servicer passes what is left of a caller's; the mesh's is 5 s).
 PUBLISH_WAIT_S = 3.0
 
 # A call waiting in the queue: its events, its span, and the future its results go to with the
@@ -52,19 +51,19 @@ class Ingest(CoreBase):
         and consumers drop repeats by message id)."""
         places: list[HandOff] = []  # the one `reserve` gave, once taken
         try:
-            results, written = self._ingest(batch, now, published, reserve, places)
+            results, again, written = self._ingest(batch, now, published, reserve, places)
         except BaseException:
             for place in places:  # rolled back, or its commit failed: none of its rows exists
                 place.fail()
             raise
         for place in places:
-            place.commit(written)
-        return results, written
+            place.commit(again + written, again=len(again))
+        return results, again + written
 
     def _ingest(
         self, batch: Sequence[EventIn], now: datetime, published: Sequence[int],
         reserve: Callable[[], HandOff] | None, places: list[HandOff],
-    ) -> tuple[list[EventResult], list[OutboxRow]]:
+    ) -> tuple[list[EventResult], list[OutboxRow], list[OutboxRow]]:
         results: list[EventResult | None] = [None] * len(batch)
         for i, ev in enumerate(batch):
             problem = event_problem(ev)
@@ -145,7 +144,7 @@ class Ingest(CoreBase):
             self._save_all(s, [rows[lead_id] for lead_id in sorted(touched)], now)
             written = st.insert_outbox_later(self._writes, s, caused_messages, caused_traces)
         return ([r or EventResult(error_code="internal", error_message="not processed") for r in results],
-                unpublished + written())
+                unpublished, written())
 
     def _save_all(self, s: Connection, touched: list[LeadRecord], now: datetime) -> None:
         """One executemany UPDATE for every lead the batch touched, after their consent audit."""
@@ -202,7 +201,8 @@ class IngestQueue:
         results, announced = await future
         if wait is not None and not announced.done():
             try:
-                await asyncio.wait_for(asyncio.shield(announced), max(0.0, wait))
+                async with asyncio.timeout(max(0.0, wait)):
+                    await asyncio.shield(announced)  # shared by the batch's callers: not cancelled
             except TimeoutError:
                 raise Unconfirmed(
                     "the events are stored but could not be announced to the other services in time; "

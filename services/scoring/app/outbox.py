@@ -36,17 +36,21 @@ class HandOff:
     transaction holds its leads' row locks, so for any one lead the places follow the commits; then
     `commit` with the rows it wrote, or `fail`. Called from the database's worker threads.
     `announced` (made and resolved on the event loop) is resolved once every row of the place is on
-    the bus: the ingest's callers are answered then, not at the commit (see `IngestQueue.submit`)."""
+    the bus: the ingest's callers are answered then, not at the commit (see `IngestQueue.submit`).
+    The first `again` rows were committed before (a retried event's lead's rows still in the outbox):
+    those this process has published or queued already are left out when the place settles."""
 
-    __slots__ = ("announced", "rows", "state")
+    __slots__ = ("again", "announced", "rows", "state")
 
     def __init__(self, announced: asyncio.Future[None] | None = None) -> None:
         self.rows: list[OutboxRow] = []
+        self.again = 0
         self.state = "open"
         self.announced = announced
 
-    def commit(self, rows: list[OutboxRow]) -> None:
+    def commit(self, rows: list[OutboxRow], again: int = 0) -> None:
         self.rows = rows
+        self.again = again
         self.state = "committed"
 
     def fail(self) -> None:
@@ -90,14 +94,35 @@ class Outbox:
         self._queue: list[tuple[list[OutboxRow], asyncio.Future[None] | None]] = []
         self._published: list[int] = []
         self._sweep = True
+        # Sweeps asked for (`sweep_soon`) and the number of the last one asked for before a sweep that
+        # completed started; `_swept` is set (and replaced) as each completes.
+        self._sweeps_asked = 0
+        self._sweeps_done = 0
+        self._swept = asyncio.Event()
         # Ingest transactions' places, oldest first (`reserve`); worker threads append under the lock.
         self._order: deque[HandOff] = deque()
         self._order_lock = threading.Lock()
 
-    def sweep_soon(self) -> None:
-        """A write other than ingest committed outbox rows: the sweep publishes them."""
+    def sweep_soon(self) -> int:
+        """A write other than ingest committed outbox rows: the sweep publishes them. Returns the
+        sweep's number, for `swept`."""
         self._sweep = True
+        self._sweeps_asked += 1
         self._ready.set()
+        return self._sweeps_asked
+
+    async def swept(self, wait: float) -> bool:
+        """After a write other than ingest committed outbox rows: a sweep, waited for at most `wait`
+        seconds; True once a sweep that started after the call has published everything SQL held
+        (those rows and any other replica's left there before them)."""
+        asked = self.sweep_soon()
+        try:
+            async with asyncio.timeout(max(0.0, wait)):
+                while self._sweeps_done < asked:
+                    await self._swept.wait()
+        except TimeoutError:
+            return False
+        return True
 
     def reserve(self, announced: asyncio.Future[None] | None = None) -> HandOff:
         """A place in the publishing order for an ingest transaction, taken while it holds its leads'
@@ -115,6 +140,12 @@ class Outbox:
         with self._order_lock:
             while self._order and self._order[0].state != "open":
                 place = self._order.popleft()
+                if place.state == "committed" and place.again:
+                    # Every place before this one is queued or published by now: what of the rows
+                    # read again is this process's goes out ahead of this place anyway.
+                    ours = set(self._published).union(row.seq for rows, _ in self._queue for row in rows)
+                    place.rows = ([row for row in place.rows[:place.again] if row.seq not in ours]
+                                  + place.rows[place.again:])
                 if place.state == "committed" and place.rows:
                     self._queue.append((place.rows, place.announced))
                     self._ready.set()
@@ -138,6 +169,7 @@ class Outbox:
         """Publish everything committed so far (the sweep); returns how many rows went out."""
         async with self._lock:
             self._sweep = False
+            asked = self._sweeps_asked  # a write asked for these before this sweep read SQL
             done = 0
             published, self._published = self._published, []
             if published:
@@ -160,7 +192,11 @@ class Outbox:
                 self._queue = kept
                 with self._order_lock:  # committed rows not settled yet, already out
                     for place in self._order:
+                        place.again = sum(1 for row in place.rows[:place.again] if row.seq not in swept)
                         place.rows = [row for row in place.rows if row.seq not in swept]
+            self._sweeps_done = asked
+            self._swept.set()
+            self._swept = asyncio.Event()
             return done
 
     async def _drain(self) -> None:

@@ -215,9 +215,10 @@ async def test_a_lead_write_during_a_slow_publish_stays_before_the_event_that_fo
             posted_b = asyncio.ensure_future(stub.IngestEvents(scoring_pb2.IngestRequest(events=[event("b")]),
                                                                timeout=5))
             await wait_for(lambda: bool(outbox_rows()))  # b's event committed, its publish stalled
-            reply = await stub.UpsertLead(scoring_pb2.UpsertLeadRequest(
-                id="a", merge=True, fields_json=json.dumps({"attributes": {"n": 1}})), timeout=5)
-            updated = f"lead_updated:a:{reply.lead.version}"
+            before = len(outbox_rows())
+            upserted = asyncio.ensure_future(stub.UpsertLead(scoring_pb2.UpsertLeadRequest(
+                id="a", merge=True, fields_json=json.dumps({"attributes": {"n": 1}})), timeout=5))
+            await wait_for(lambda: len(outbox_rows()) > before)  # a's update committed, its sweep waits
             before = len(outbox_rows())
             posted_a = asyncio.ensure_future(stub.IngestEvents(scoring_pb2.IngestRequest(events=[event("a")]),
                                                                timeout=5))
@@ -225,6 +226,7 @@ async def test_a_lead_write_during_a_slow_publish_stays_before_the_event_that_fo
             assert not stalled.done(), "the writes took longer than the stall: the test proves nothing"
             await stalled
             await posted_b
+            updated = f"lead_updated:a:{(await upserted).lead.version}"
             ingested = await posted_a
             expected = [updated, ingested.results[0].event_id]
             await wait_for(lambda: set(expected) <= {m.id for m in bus(settings)})

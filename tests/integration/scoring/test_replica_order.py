@@ -171,3 +171,26 @@ async def test_a_retry_at_the_other_replica_is_answered_once_the_first_attempt_i
             await wait_for(lambda: [m.id for m in bus(settings)].count(first_id) > 1, timeout=3)
         on_bus = first_positions(settings, "lead-2")
         assert on_bus.index(first_id) < on_bus.index(second_id)
+
+
+async def test_a_lead_update_answered_by_one_replica_is_on_the_bus_before_the_next_event_at_the_other(
+    settings: Settings, replicas: tuple[HeldRelay, Running, Running]
+) -> None:
+    """A lead write's messages go out by the sweep, not from memory: the same hole as an event's, and
+    journeys would act on the event before it saw the change."""
+    relay, a, b = replicas
+    async with mesh_channel(a.address) as ch_a, mesh_channel(b.address) as ch_b:
+        stub_a, stub_b = scoring_pb2_grpc.ScoringStub(ch_a), scoring_pb2_grpc.ScoringStub(ch_b)
+        await make_lead(stub_b, settings, "lead-3")
+        relay.hold()
+        asyncio.get_running_loop().call_later(HOLD_S, relay.release)
+        reply = await stub_a.UpsertLead(scoring_pb2.UpsertLeadRequest(
+            id="lead-3", merge=True, fields_json=json.dumps({"attributes": {"plan": "pro"}})), timeout=10)
+        updated = f"lead_updated:lead-3:{reply.lead.version}"
+        posted = await stub_b.IngestEvents(scoring_pb2.IngestRequest(events=[event("lead-3", tag="1")]), timeout=10)
+        event_id = posted.results[0].event_id
+        assert updated in first_positions(settings, "lead-3"), "B answered the event with A's update not on the bus"
+        await wait_for(lambda: relay._open.is_set())
+        await asyncio.sleep(0.3)
+        on_bus = first_positions(settings, "lead-3")
+        assert on_bus.index(updated) < on_bus.index(event_id)
