@@ -208,7 +208,7 @@ async def test_a_lead_write_during_a_slow_publish_stays_before_the_event_that_fo
             await stub.UpsertLeads(scoring_pb2.UpsertLeadsRequest(
                 leads=[scoring_pb2.UpsertLeadRequest(id=lead, fields_json="{}") for lead in ("a", "b")]), timeout=5)
             await wait_for(lambda: not outbox_rows())  # swept: the outbox loop is idle
-            stalled = asyncio.ensure_future(stall.eval(STALL, 0, 400_000))
+            stalled = asyncio.ensure_future(stall.eval(STALL, 0, 2_000_000))
             await asyncio.sleep(0.05)  # Redis is now busy for a while
             # Lead b's event is published from memory: that publish now waits on Redis (and so does
             # the answer to its post, which comes once the event is on the bus).
