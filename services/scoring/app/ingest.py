@@ -261,6 +261,7 @@ class IngestQueue:
                     if not future.done():
                         future.set_exception(exc)
                 return
+        self._outbox.deleted(published)
         self._outbox.settle()
         offset = 0
         for batch, _, future in taken:

@@ -21,10 +21,15 @@ _tracer = tracer(__name__)
 
 
 class OutboxRows(CoreBase):
-    def pending_outbox(self, limit: int = 2000) -> list[OutboxRow]:
-        """`(seq, lead_id, message JSON, trace carrier JSON)` in commit order, published as stored."""
+    def pending_outbox(self, limit: int = 2000, after: int = 0, up_to: int | None = None) -> list[OutboxRow]:
+        """`(seq, lead_id, message JSON, trace carrier JSON)` in commit order, published as stored; the
+        seqs above `after`, at most `up_to`."""
         with self._sessions() as s:
-            return st.pending_outbox(s, limit)
+            return st.pending_outbox(s, limit, after, up_to)
+
+    def outbox_high(self) -> int | None:
+        with self._sessions() as s:
+            return st.outbox_high(s)
 
     def mark_published(self, seqs: Sequence[int]) -> None:
         with self._sessions() as s:
@@ -93,6 +98,7 @@ class Outbox:
         # Settled places' rows, in order, each with the future its callers wait on (`HandOff.announced`).
         self._queue: list[tuple[list[OutboxRow], asyncio.Future[None] | None]] = []
         self._published: list[int] = []
+        self._deleting: set[int] = set()  # published, their delete in an ingest transaction in flight
         self._sweep = True
         # Sweeps asked for (`sweep_soon`) and the number of the last one asked for before a sweep that
         # completed started; `_swept` is set (and replaced) as each completes.
@@ -155,18 +161,29 @@ class Outbox:
     def take_published(self) -> list[int]:
         """The published rows' seqs, for the next ingest transaction to delete, once there are enough
         to be worth a statement (under load a transaction commits every few milliseconds, and the
-        DELETE was one of its seven statements)."""
+        DELETE was one of its seven statements). Until that transaction ends (`deleted`, `give_back`)
+        a sweep does not publish them again (it may read them before their delete commits)."""
         if len(self._published) < self.DELETE_BATCH:
             return []
         taken, self._published = self._published, []
+        self._deleting.update(taken)
         return taken
+
+    def deleted(self, seqs: list[int]) -> None:
+        """The ingest transaction that deleted these committed."""
+        self._deleting.difference_update(seqs)
 
     def give_back(self, seqs: list[int]) -> None:
         """An ingest transaction that was to delete these rolled back: they stay to be deleted."""
+        self._deleting.difference_update(seqs)
         self._published.extend(seqs)
 
     async def flush(self) -> int:
-        """Publish everything committed so far (the sweep); returns how many rows went out."""
+        """Publish everything committed before it started (the sweep), in seq order; returns how many
+        rows went out. One pass up to the highest seq it first sees: a row committed before the start
+        has a seq at most that, and rows committed meanwhile are their writers' (an ingest's queue
+        here or in another replica, or the sweep its write asks for after it). Reading until the
+        outbox was empty never ended while callers answered by this sweep kept committing more."""
         async with self._lock:
             self._sweep = False
             asked = self._sweeps_asked  # a write asked for these before this sweep read SQL
@@ -174,10 +191,16 @@ class Outbox:
             published, self._published = self._published, []
             if published:
                 await self._db.run(self._store.mark_published, published)
-            while True:
-                pending = await self._db.run(self._store.pending_outbox)
-                if not pending:
+            high = await self._db.run(self._store.outbox_high)
+            after = 0
+            while high is not None:
+                read = await self._db.run(self._store.pending_outbox, 2000, after, high)
+                if not read:
                     break
+                after = read[-1].seq
+                pending = [row for row in read if row.seq not in self._deleting]  # out already
+                if not pending:
+                    continue
                 await self._publish(pending)
                 await self._db.run(self._store.mark_published, [seq for seq, *_ in pending])
                 done += len(pending)
