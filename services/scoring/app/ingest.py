@@ -44,11 +44,13 @@ class Ingest(CoreBase):
         reserve: Callable[[], HandOff] | None = None,
     ) -> tuple[list[EventResult], list[OutboxRow]]:
         """Store and score a batch in one transaction. Bad events are rejected one by one; the good
-        ones are all committed together. Returns the results and the outbox rows written, which the
+        ones are all committed together. Returns the results and the outbox rows to publish, which the
         caller publishes from memory, in the order of the places `reserve` hands out (taken once the
-        batch's leads are locked: see `Outbox`); `published` are outbox rows published since, deleted
-        here so that the hot path costs one transaction (a crash before that delete republishes them,
-        and consumers drop repeats by message id)."""
+        batch's leads are locked: see `Outbox`): first, for a lead with an event answered as a
+        duplicate, that lead's rows still in the outbox (committed before, perhaps by another replica
+        that has not published them: the place's `again` rows), then the rows written. `published`
+        are outbox rows published since, deleted here so that the hot path costs one transaction (a
+        crash before that delete republishes them, and consumers drop repeats by message id)."""
         places: list[HandOff] = []  # the one `reserve` gave, once taken
         try:
             results, again, written = self._ingest(batch, now, published, reserve, places)
