@@ -12,6 +12,7 @@ a service's status mapped by `http_error_from_rpc`. Which gRPC codes a caller ma
     ├── NotFound          NOT_FOUND           404   not_found
     ├── Conflict          ALREADY_EXISTS      409   conflict
     ├── Unavailable       UNAVAILABLE         503   unavailable    (Retry-After)
+    ├── Unconfirmed       DEADLINE_EXCEEDED   503   unconfirmed    (Retry-After)
     ├── Unauthenticated   UNAUTHENTICATED     401   unauthorized
     ├── Internal          INTERNAL            500   internal
     └── gateway.deps.ApiError                 any   the gateway's own refusals
@@ -86,6 +87,17 @@ class Unavailable(NurtureError):
     grpc_status = grpc.StatusCode.UNAVAILABLE
     http_status = 503
     code = "unavailable"
+
+
+class Unconfirmed(NurtureError):
+    """Done, but a step the answer waits for did not finish in time (scoring's events are stored, not
+    yet on the bus). Not UNAVAILABLE: the channels' retry policy re-sends an UNAVAILABLE call by
+    itself, and events without an idempotency key would be stored twice. The caller retries with its
+    keys (a `503`)."""
+
+    grpc_status = grpc.StatusCode.DEADLINE_EXCEEDED
+    http_status = 503
+    code = "unconfirmed"
 
 
 class Unauthenticated(NurtureError):

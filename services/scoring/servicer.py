@@ -17,7 +17,7 @@ from nurture.db import Database
 from nurture.jsontypes import JsonValue
 from nurture.rpcguard import guard_requests, message_problems, problem_text
 from services.scoring.app.core import ScoringCore
-from services.scoring.app.ingest import IngestQueue
+from services.scoring.app.ingest import PUBLISH_WAIT_S, IngestQueue
 from services.scoring.app.model_versions import ModelVersions, UnknownVersion
 from services.scoring.app.outbox import Outbox
 from services.scoring.app.visitors import VisitorDoor
@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 
 # UpsertLeads: one transaction per call, so a call is bounded like a CRM batch.
 MAX_UPSERTS = 1000
+# What an ingest call keeps of its caller's deadline to send its answer in (`IngestEvents`).
+DEADLINE_MARGIN_S = 0.3
 
 
 def _ts(value: str | None) -> Timestamp:
@@ -68,6 +70,14 @@ def _profile_problems(fields: JsonValue, merge: bool) -> dict[str, str]:
 
 
 
+def _publish_wait(context: grpc.aio.ServicerContext) -> float:
+    """How long a write's answer may wait for its messages to be on the bus: until just before the
+    caller's deadline (the caller then hears why, rather than a bare deadline); PUBLISH_WAIT_S for a
+    caller without one."""
+    left = context.time_remaining()
+    return PUBLISH_WAIT_S if left is None else left - DEADLINE_MARGIN_S
+
+
 @guard_requests(own={"IngestEvents": "events", "UpsertLeads": "leads", "UpsertLead": "fields_json"})
 class ScoringServicer(VisitorMethods, scoring_pb2_grpc.ScoringServicer):
     def __init__(
@@ -81,6 +91,15 @@ class ScoringServicer(VisitorMethods, scoring_pb2_grpc.ScoringServicer):
         self._clock = clock
         self._outbox = outbox
         self._versions = versions
+
+    async def _announced(self, context: grpc.aio.ServicerContext) -> None:
+        """A lead write is answered once its messages are on the bus (the sweep), as an ingest is
+        (`IngestQueue.submit`): the lead's next event, whichever replica takes it, then comes after
+        them. Not in time (Redis away): `Unconfirmed`; the write is stored, and sending it again is
+        safe (an upsert of the same fields changes nothing more)."""
+        if not await self._outbox.swept(_publish_wait(context)):
+            raise errors.Unconfirmed("the change is stored but could not be announced to the other services in "
+                                     "time; sending it again is safe", details={"stored": True})
 
     async def UpsertLead(
         self, request: scoring_pb2.UpsertLeadRequest, context: grpc.aio.ServicerContext
@@ -106,7 +125,7 @@ class ScoringServicer(VisitorMethods, scoring_pb2_grpc.ScoringServicer):
             # Not the other lead's id: a 409 must not tell who else is on file (docs/INPUT-LIMITS.md).
             raise errors.Conflict(f"{exc}; update that lead, or send no id to match it by email",
                                   details={"field": "email"}) from exc
-        self._outbox.sweep_soon()
+        await self._announced(context)
         return scoring_pb2.UpsertLeadReply(lead=lead_proto(lead), created=created)
 
     async def UpsertLeads(
@@ -142,7 +161,7 @@ class ScoringServicer(VisitorMethods, scoring_pb2_grpc.ScoringServicer):
                 results[i] = scoring_pb2.UpsertLeadResult(error_code="email_taken", error_message=str(out))
             else:
                 results[i] = scoring_pb2.UpsertLeadResult(lead=lead_proto(out[0]), created=out[1])
-        self._outbox.sweep_soon()
+        await self._announced(context)
         return scoring_pb2.UpsertLeadsReply(results=[r for r in results if r is not None])
 
     async def GetLead(self, request: scoring_pb2.GetLeadRequest, context: grpc.aio.ServicerContext) -> scoring_pb2.Lead:
@@ -195,7 +214,8 @@ class ScoringServicer(VisitorMethods, scoring_pb2_grpc.ScoringServicer):
                 occurred_at=ev.occurred_at.ToDatetime(tzinfo=UTC) if ev.HasField("occurred_at") else None,
                 idempotency_key=ev.idempotency_key or None, source=ev.source or "api",
                 trace=ev.traceparent or None))
-        taken = iter(await self._ingest.submit(batch) if batch else [])
+        # Answered once the events are on the bus, or, near the caller's deadline, with Unconfirmed.
+        taken = iter(await self._ingest.submit(batch, _publish_wait(context)) if batch else [])
         replies = []
         for i in range(len(request.events)):
             if i in refused:

@@ -283,11 +283,27 @@ def insert_outbox_later(writes: DriverWrites, s: Session | Connection, messages:
 
 # -- outbox, decay, history -------------------------------------------------------------------------------
 
-def pending_outbox(s: Session, limit: int) -> list[OutboxRow]:
-    """The outbox rows in commit order, published as stored."""
-    rows = s.execute(select(outbox.c.seq, outbox.c.lead_id, outbox.c.payload, outbox.c.trace)
-                     .order_by(outbox.c.seq).limit(limit)).all()
+def pending_outbox(s: Session, limit: int, after: int = 0, up_to: int | None = None) -> list[OutboxRow]:
+    """The outbox rows in commit order, published as stored: those with a seq above `after` and at most
+    `up_to`."""
+    query = select(outbox.c.seq, outbox.c.lead_id, outbox.c.payload, outbox.c.trace).where(outbox.c.seq > after)
+    if up_to is not None:
+        query = query.where(outbox.c.seq <= up_to)
+    rows = s.execute(query.order_by(outbox.c.seq).limit(limit)).all()
     return [OutboxRow(r.seq, r.lead_id, r.payload, r.trace) for r in rows]
+
+
+def outbox_high(s: Session) -> int | None:
+    """The highest seq in the outbox (None when it is empty)."""
+    return s.execute(select(func.max(outbox.c.seq))).scalar()
+
+
+def outbox_of_leads(writes: DriverWrites, s: Connection, lead_ids: Sequence[str]) -> list[OutboxRow]:
+    """The leads' rows still in the outbox, in seq order (per lead, their commit order: a row's seq is
+    drawn while its transaction holds the lead's lock). No index on lead_id: the outbox holds only
+    what is not yet published and deleted, and this runs for a retried event only."""
+    rows = writes.select(s, outbox, ("seq", "lead_id", "payload", "trace"), "lead_id", lead_ids)
+    return sorted((OutboxRow(r["seq"], r["lead_id"], r["payload"], r["trace"]) for r in rows), key=lambda r: r.seq)
 
 
 def mark_published(s: Session, seqs: Sequence[int]) -> None:

@@ -4,6 +4,7 @@ stores, scores and announces a batch of events."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import uuid
 from collections.abc import Callable, Sequence
@@ -16,6 +17,7 @@ from nurture import jsoncodec
 from nurture.busmessage import BusMessage
 from nurture.clock import Clock
 from nurture.db import Database
+from nurture.errors import Unconfirmed
 from nurture.telemetry import batch_parent, traceparent_contexts, tracer
 from services.scoring import storage as st
 from services.scoring.app.base import CoreBase
@@ -27,6 +29,14 @@ from services.scoring.domain.validation import event_problem
 
 _tracer = tracer(__name__)
 
+# How long an ingest waits, after its commit, for its messages to be on the bus (`submit`), when its
+# caller has no deadline (the servicer passes what is left of a caller's; the mesh's is 5 s).
+PUBLISH_WAIT_S = 3.0
+
+# A call waiting in the queue: its events, its span, and the future its results go to with the
+# future resolved once they are on the bus.
+_Waiting = tuple[list[EventIn], trace.SpanContext, asyncio.Future[tuple[list[EventResult], asyncio.Future[None]]]]
+
 
 class Ingest(CoreBase):
     def ingest(
@@ -34,26 +44,28 @@ class Ingest(CoreBase):
         reserve: Callable[[], HandOff] | None = None,
     ) -> tuple[list[EventResult], list[OutboxRow]]:
         """Store and score a batch in one transaction. Bad events are rejected one by one; the good
-        ones are all committed together. Returns the results and the outbox rows written, which the
+        ones are all committed together. Returns the results and the outbox rows to publish, which the
         caller publishes from memory, in the order of the places `reserve` hands out (taken once the
-        batch's leads are locked: see `Outbox`); `published` are outbox rows published since, deleted
-        here so that the hot path costs one transaction (a crash before that delete republishes them,
-        and consumers drop repeats by message id)."""
+        batch's leads are locked: see `Outbox`): first, for a lead with an event answered as a
+        duplicate, that lead's rows still in the outbox (committed before, perhaps by another replica
+        that has not published them: the place's `again` rows), then the rows written. `published`
+        are outbox rows published since, deleted here so that the hot path costs one transaction (a
+        crash before that delete republishes them, and consumers drop repeats by message id)."""
         places: list[HandOff] = []  # the one `reserve` gave, once taken
         try:
-            results, written = self._ingest(batch, now, published, reserve, places)
+            results, again, written = self._ingest(batch, now, published, reserve, places)
         except BaseException:
             for place in places:  # rolled back, or its commit failed: none of its rows exists
                 place.fail()
             raise
         for place in places:
-            place.commit(written)
-        return results, written
+            place.commit(again + written, again=len(again))
+        return results, again + written
 
     def _ingest(
         self, batch: Sequence[EventIn], now: datetime, published: Sequence[int],
         reserve: Callable[[], HandOff] | None, places: list[HandOff],
-    ) -> tuple[list[EventResult], list[OutboxRow]]:
+    ) -> tuple[list[EventResult], list[OutboxRow], list[OutboxRow]]:
         results: list[EventResult | None] = [None] * len(batch)
         for i, ev in enumerate(batch):
             problem = event_problem(ev)
@@ -79,6 +91,7 @@ class Ingest(CoreBase):
             change_rows: list[st.SqlRow] = []
             caused_messages: list[BusMessage] = []
             caused_traces: list[str | None] = []  # the W3C traceparent each message's event came with
+            retried: set[str] = set()  # leads of events answered as duplicates
             for i, ev in enumerate(batch):
                 if results[i] is not None:
                     continue
@@ -86,6 +99,7 @@ class Ingest(CoreBase):
                     first_id, first_lead, first_type = seen[ev.idempotency_key]
                     if (first_lead, first_type) == (ev.lead_id, ev.type):
                         results[i] = EventResult(event_id=first_id, duplicate=True)
+                        retried.add(ev.lead_id)
                     else:  # a reused key: answering "duplicate" would hide that this event was dropped
                         results[i] = EventResult(
                             error_code="idempotency_conflict",
@@ -119,13 +133,20 @@ class Ingest(CoreBase):
                 caused_messages.extend(caused)
                 caused_traces.extend([ev.trace] * len(caused))
                 results[i] = EventResult(event_id=event_id)
+            # A retry's first attempt may have committed elsewhere (another replica, paused or dying)
+            # and not be on the bus yet: the lead's rows still in the outbox go out with this
+            # transaction's, ahead of them, so that "duplicate" too is answered only once the event
+            # is on the bus, and before any later event of the lead. Consumers drop the repeat when
+            # the first replica publishes them too.
+            unpublished = st.outbox_of_leads(self._writes, s, sorted(retried)) if retried else []
             if event_rows:
                 st.insert_events(self._writes, s, event_rows)
             if change_rows:
                 st.insert_score_changes(self._writes, s, change_rows)
             self._save_all(s, [rows[lead_id] for lead_id in sorted(touched)], now)
             written = st.insert_outbox_later(self._writes, s, caused_messages, caused_traces)
-        return [r or EventResult(error_code="internal", error_message="not processed") for r in results], written()
+        return ([r or EventResult(error_code="internal", error_message="not processed") for r in results],
+                unpublished, written())
 
     def _save_all(self, s: Connection, touched: list[LeadRecord], now: datetime) -> None:
         """One executemany UPDATE for every lead the batch touched, after their consent audit."""
@@ -161,14 +182,35 @@ class IngestQueue:
         self._writers = max(1, writers)
         self._running = 0
         self._tasks: set[asyncio.Task[None]] = set()
-        self._pending: list[tuple[list[EventIn], trace.SpanContext, asyncio.Future[list[EventResult]]]] = []
+        self._pending: list[_Waiting] = []
         self._wake = asyncio.Event()
 
-    async def submit(self, batch: list[EventIn]) -> list[EventResult]:
-        future: asyncio.Future[list[EventResult]] = asyncio.get_running_loop().create_future()
+    async def submit(self, batch: list[EventIn], wait: float | None = PUBLISH_WAIT_S) -> list[EventResult]:
+        """The batch's results, once it is committed and its bus messages are published: the messages
+        of its events, and for an event answered as a duplicate, its lead's messages still unpublished
+        (`Ingest.ingest`). Across replicas this is what keeps a lead's events on the bus in the order
+        they were posted: a caller posts its next event only after this answer, so whichever replica
+        takes that one, the earlier one is on the bus already.
+
+        Not published within `wait` seconds (Redis away): `Unconfirmed`. The events are committed and
+        go out once Redis is back (the sweep); a retry with the same idempotency key is answered
+        "duplicate" once they are out. `wait` None: answered at the commit (the collect stream's
+        batches, whose requests were answered already)."""
+        future: asyncio.Future[tuple[list[EventResult], asyncio.Future[None]]] = \
+            asyncio.get_running_loop().create_future()
         self._pending.append((batch, trace.get_current_span().get_span_context(), future))
         self._wake.set()
-        return await future
+        results, announced = await future
+        if wait is not None and not announced.done():
+            try:
+                async with asyncio.timeout(max(0.0, wait)):
+                    await asyncio.shield(announced)  # shared by the batch's callers: not cancelled
+            except TimeoutError:
+                raise Unconfirmed(
+                    "the events are stored but could not be announced to the other services in time; "
+                    "retry with the same idempotency_key: it is answered as a duplicate once they are",
+                    details={"stored": True}) from None
+        return results
 
     async def run(self) -> None:
         try:
@@ -176,7 +218,7 @@ class IngestQueue:
                 await self._wake.wait()
                 self._wake.clear()
                 while self._pending and self._running < self._writers:
-                    taken: list[tuple[list[EventIn], trace.SpanContext, asyncio.Future[list[EventResult]]]] = []
+                    taken: list[_Waiting] = []
                     size = 0
                     while self._pending and (not taken or size + len(self._pending[0][0]) <= self._max):
                         item = self._pending.pop(0)
@@ -195,9 +237,7 @@ class IngestQueue:
         self._running -= 1
         self._wake.set()  # calls that queued meanwhile go next
 
-    async def _write(
-        self, taken: list[tuple[list[EventIn], trace.SpanContext, asyncio.Future[list[EventResult]]]]
-    ) -> None:
+    async def _write(self, taken: list[_Waiting]) -> None:
         combined = [ev for batch, _, _ in taken for ev in batch]
         # The first sampled caller's trace, the other sampled callers' and events' own traces linked (an
         # event merged into a call another post started still reaches its SQL); none sampled: nothing
@@ -208,9 +248,11 @@ class IngestQueue:
             if span.is_recording():
                 span.set_attributes({"events": len(combined), "calls": len(taken)})
             published = self._outbox.take_published()
+            # Resolved once the batch's rows are on the bus (`Outbox`): the callers wait for it.
+            announced: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             try:
                 results, _ = await self._db.run(self._store.ingest, combined, self._clock.now(), published,
-                                                self._outbox.reserve, urgent=True)
+                                                functools.partial(self._outbox.reserve, announced), urgent=True)
             except Exception as exc:
                 self._outbox.give_back(published)
                 self._outbox.settle()  # the places behind this one's may be waiting for its outcome
@@ -221,10 +263,11 @@ class IngestQueue:
                     if not future.done():
                         future.set_exception(exc)
                 return
+        self._outbox.deleted(published)
         self._outbox.settle()
         offset = 0
         for batch, _, future in taken:
             if not future.done():
-                future.set_result(results[offset:offset + len(batch)])
+                future.set_result((results[offset:offset + len(batch)], announced))
             offset += len(batch)
 

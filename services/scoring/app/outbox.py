@@ -21,10 +21,15 @@ _tracer = tracer(__name__)
 
 
 class OutboxRows(CoreBase):
-    def pending_outbox(self, limit: int = 2000) -> list[OutboxRow]:
-        """`(seq, lead_id, message JSON, trace carrier JSON)` in commit order, published as stored."""
+    def pending_outbox(self, limit: int = 2000, after: int = 0, up_to: int | None = None) -> list[OutboxRow]:
+        """`(seq, lead_id, message JSON, trace carrier JSON)` in commit order, published as stored; the
+        seqs above `after`, at most `up_to`."""
         with self._sessions() as s:
-            return st.pending_outbox(s, limit)
+            return st.pending_outbox(s, limit, after, up_to)
+
+    def outbox_high(self) -> int | None:
+        with self._sessions() as s:
+            return st.outbox_high(s)
 
     def mark_published(self, seqs: Sequence[int]) -> None:
         with self._sessions() as s:
@@ -34,20 +39,32 @@ class OutboxRows(CoreBase):
 class HandOff:
     """One ingest transaction's place in the publishing order (`Outbox.reserve`): taken while the
     transaction holds its leads' row locks, so for any one lead the places follow the commits; then
-    `commit` with the rows it wrote, or `fail`. Called from the database's worker threads."""
+    `commit` with the rows it wrote, or `fail`. Called from the database's worker threads.
+    `announced` (made and resolved on the event loop) is resolved once every row of the place is on
+    the bus: the ingest's callers are answered then, not at the commit (see `IngestQueue.submit`).
+    The first `again` rows were committed before (a retried event's lead's rows still in the outbox):
+    those this process has published or queued already are left out when the place settles."""
 
-    __slots__ = ("rows", "state")
+    __slots__ = ("again", "announced", "rows", "state")
 
-    def __init__(self) -> None:
+    def __init__(self, announced: asyncio.Future[None] | None = None) -> None:
         self.rows: list[OutboxRow] = []
+        self.again = 0
         self.state = "open"
+        self.announced = announced
 
-    def commit(self, rows: list[OutboxRow]) -> None:
+    def commit(self, rows: list[OutboxRow], again: int = 0) -> None:
         self.rows = rows
+        self.again = again
         self.state = "committed"
 
     def fail(self) -> None:
         self.state = "failed"
+
+
+def _announce(announced: asyncio.Future[None] | None) -> None:
+    if announced is not None and not announced.done():
+        announced.set_result(None)
 
 
 class Outbox:
@@ -58,8 +75,10 @@ class Outbox:
     Several ingest transactions may be in flight at once (on PostgreSQL), so each takes its place in
     one ordered list (`reserve`) while it holds its leads' row locks, before its commit; the list is
     published in that order as the commits are confirmed (`settle`), and a place whose transaction
-    failed is dropped. A transaction that needs a lead another holds waits for that one's commit, so
-    its place comes after: per lead, the bus has the messages in commit order (journeys relies on it).
+    failed is dropped. A place's `announced` future is resolved once its rows are on the bus (by the
+    drain, or by a sweep that published them), so the ingest answers its callers only then. A
+    transaction that needs a lead another holds waits for that one's commit, so its place comes
+    after: per lead, the bus has the messages in commit order (journeys relies on it).
     Every other write asks for a sweep (`sweep_soon`), which publishes what SQL holds in seq order; it
     also runs at startup, on settle and after a Redis failure, so a row committed before a crash
     always goes out (perhaps twice: consumers drop repeats by message id).
@@ -76,22 +95,46 @@ class Outbox:
         self._publisher = publisher
         self._lock = asyncio.Lock()
         self._ready = asyncio.Event()
-        self._queue: list[OutboxRow] = []
+        # Settled places' rows, in order, each with the future its callers wait on (`HandOff.announced`).
+        self._queue: list[tuple[list[OutboxRow], asyncio.Future[None] | None]] = []
         self._published: list[int] = []
+        self._deleting: set[int] = set()  # published, their delete in an ingest transaction in flight
         self._sweep = True
+        # Sweeps asked for (`sweep_soon`) and the number of the last one asked for before a sweep that
+        # completed started; `_swept` is set (and replaced) as each completes.
+        self._sweeps_asked = 0
+        self._sweeps_done = 0
+        self._swept = asyncio.Event()
         # Ingest transactions' places, oldest first (`reserve`); worker threads append under the lock.
         self._order: deque[HandOff] = deque()
         self._order_lock = threading.Lock()
 
-    def sweep_soon(self) -> None:
-        """A write other than ingest committed outbox rows: the sweep publishes them."""
+    def sweep_soon(self) -> int:
+        """A write other than ingest committed outbox rows: the sweep publishes them. Returns the
+        sweep's number, for `swept`."""
         self._sweep = True
+        self._sweeps_asked += 1
         self._ready.set()
+        return self._sweeps_asked
 
-    def reserve(self) -> HandOff:
+    async def swept(self, wait: float) -> bool:
+        """After a write other than ingest committed outbox rows: a sweep, waited for at most `wait`
+        seconds; True once a sweep that started after the call has published everything SQL held
+        (those rows and any other replica's left there before them)."""
+        asked = self.sweep_soon()
+        try:
+            async with asyncio.timeout(max(0.0, wait)):
+                while self._sweeps_done < asked:
+                    await self._swept.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    def reserve(self, announced: asyncio.Future[None] | None = None) -> HandOff:
         """A place in the publishing order for an ingest transaction, taken while it holds its leads'
-        row locks and before it commits (from a database worker thread)."""
-        place = HandOff()
+        row locks and before it commits (from a database worker thread); `announced` is resolved once
+        its rows are on the bus."""
+        place = HandOff(announced)
         with self._order_lock:
             self._order.append(place)
         return place
@@ -103,43 +146,80 @@ class Outbox:
         with self._order_lock:
             while self._order and self._order[0].state != "open":
                 place = self._order.popleft()
+                if place.state == "committed" and place.again:
+                    # Every place before this one is queued or published by now: what of the rows
+                    # read again is this process's goes out ahead of this place anyway.
+                    ours = set(self._published).union(row.seq for rows, _ in self._queue for row in rows)
+                    place.rows = ([row for row in place.rows[:place.again] if row.seq not in ours]
+                                  + place.rows[place.again:])
                 if place.state == "committed" and place.rows:
-                    self._queue.extend(place.rows)
+                    self._queue.append((place.rows, place.announced))
                     self._ready.set()
+                elif place.state == "committed":  # nothing written, or a sweep published it all
+                    _announce(place.announced)
 
     def take_published(self) -> list[int]:
         """The published rows' seqs, for the next ingest transaction to delete, once there are enough
         to be worth a statement (under load a transaction commits every few milliseconds, and the
-        DELETE was one of its seven statements)."""
+        DELETE was one of its seven statements). Until that transaction ends (`deleted`, `give_back`)
+        a sweep does not publish them again (it may read them before their delete commits)."""
         if len(self._published) < self.DELETE_BATCH:
             return []
         taken, self._published = self._published, []
+        self._deleting.update(taken)
         return taken
+
+    def deleted(self, seqs: list[int]) -> None:
+        """The ingest transaction that deleted these committed."""
+        self._deleting.difference_update(seqs)
 
     def give_back(self, seqs: list[int]) -> None:
         """An ingest transaction that was to delete these rolled back: they stay to be deleted."""
+        self._deleting.difference_update(seqs)
         self._published.extend(seqs)
 
     async def flush(self) -> int:
-        """Publish everything committed so far (the sweep); returns how many rows went out."""
+        """Publish everything committed before it started (the sweep), in seq order; returns how many
+        rows went out. One pass up to the highest seq it first sees: a row committed before the start
+        has a seq at most that, and rows committed meanwhile are their writers' (an ingest's queue
+        here or in another replica, or the sweep its write asks for after it). Reading until the
+        outbox was empty never ended while callers answered by this sweep kept committing more."""
         async with self._lock:
             self._sweep = False
+            asked = self._sweeps_asked  # a write asked for these before this sweep read SQL
             done = 0
             published, self._published = self._published, []
             if published:
                 await self._db.run(self._store.mark_published, published)
-            while True:
-                pending = await self._db.run(self._store.pending_outbox)
-                if not pending:
+            high = await self._db.run(self._store.outbox_high)
+            after = 0
+            while high is not None:
+                read = await self._db.run(self._store.pending_outbox, 2000, after, high)
+                if not read:
                     break
+                after = read[-1].seq
+                pending = [row for row in read if row.seq not in self._deleting]  # out already
+                if not pending:
+                    continue
                 await self._publish(pending)
                 await self._db.run(self._store.mark_published, [seq for seq, *_ in pending])
                 done += len(pending)
                 swept = {seq for seq, *_ in pending}
-                self._queue = [row for row in self._queue if row.seq not in swept]
+                kept: list[tuple[list[OutboxRow], asyncio.Future[None] | None]] = []
+                for rows, announced in self._queue:
+                    rest = [row for row in rows if row.seq not in swept]
+                    if rest:
+                        kept.append((rest, announced))
+                    else:  # every row of the place is out: its callers may be answered
+                        _announce(announced)
+                self._queue = kept
                 with self._order_lock:  # committed rows not settled yet, already out
                     for place in self._order:
+                        place.again = sum(1 for row in place.rows[:place.again] if row.seq not in swept)
                         place.rows = [row for row in place.rows if row.seq not in swept]
+            self._sweeps_done = asked
+            self._swept.set()
+            self._swept = asyncio.Event()
             return done
 
     async def _drain(self) -> None:
@@ -147,9 +227,18 @@ class Outbox:
             # A sweep asked for meanwhile holds a row committed before some of the queue (say a
             # lead_updated before that lead's next event): it goes first, the sweep takes the queue.
             while self._queue and not self._sweep:
-                rows, self._queue = self._queue, []
-                await self._publish(rows)
+                taken, self._queue = self._queue, []
+                rows = [row for place_rows, _ in taken for row in place_rows]
+                try:
+                    await self._publish(rows)
+                except BaseException:
+                    # Back at the head, for the sweep that follows a failure: it publishes them from
+                    # SQL and answers their callers (they are still waiting).
+                    self._queue[:0] = taken
+                    raise
                 self._published.extend(row.seq for row in rows)
+                for _, announced in taken:
+                    _announce(announced)
 
     async def _publish(self, rows: list[OutboxRow]) -> None:
         # The span joins the first sampled request's trace and links the other sampled ones (each

@@ -35,7 +35,7 @@ from nurture.locks import KeyLocks
 from services.scoring import storage as st
 from services.scoring import storage_visitors as sv
 from services.scoring.app.core import ScoringCore
-from services.scoring.app.ingest import IngestQueue
+from services.scoring.app.ingest import PUBLISH_WAIT_S, IngestQueue
 from services.scoring.app.outbox import Outbox
 from services.scoring.domain.profile import apply_outcome
 from services.scoring.domain.profiling import LEAD_FIELDS, FieldSpec, Profiling, check_answers, next_fields
@@ -272,14 +272,17 @@ class VisitorDoor:
     async def _caught_up(self, timeout: float) -> bool:
         return True if self.stored_up_to_now is None else await self.stored_up_to_now(timeout)
 
-    async def collect(self, visits: list[tuple[str, list[VisitorEventIn]]]) -> list[VisitOutcome]:
+    async def collect(self, visits: list[tuple[str, list[VisitorEventIn]]],
+                      wait: float | None = PUBLISH_WAIT_S) -> list[VisitOutcome]:
+        """`wait`: how long the identified visitors' events may wait to be on the bus
+        (`IngestQueue.submit`); None when their requests were answered already."""
         outcomes = await self._db.run(self._visitors.collect, visits, self._clock.now(), urgent=True)
         for (vid, _), outcome in zip(visits, outcomes, strict=True):
             if outcome.merge_first:
                 await self.merge(vid, outcome.lead_id)
         ingest = [ev for o in outcomes for ev in o.to_ingest]
         if ingest:
-            results = iter(await self._ingest.submit(ingest))
+            results = iter(await self._ingest.submit(ingest, wait))
             for o in outcomes:
                 o.results = [next(results) for _ in o.to_ingest]
         return outcomes
@@ -287,7 +290,7 @@ class VisitorDoor:
     async def store_collected(self, visits: list[tuple[str, list[VisitorEventIn]]]) -> None:
         """A batch of the collect stream, stored as `collect` does. Its requests were answered already, so
         an event refused here (the gateway checked it against the same rules) is only logged."""
-        outcomes = await self.collect(visits)
+        outcomes = await self.collect(visits, wait=None)
         refused = [r for o in outcomes for r in o.results if r.error_code]
         if refused:
             log.warning("collect stream: %d events refused when stored, e.g. %s", len(refused),

@@ -155,19 +155,24 @@ async def test_a_failed_commit_between_concurrent_ingests_publishes_none_of_its_
                 await wait_for(lambda: holder.exec_driver_sql(
                     "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted").scalar() == 1,
                     timeout=10)  # its transaction is in its commit, its place taken
-                # A second writer takes lead b's call meanwhile (one writer would wait for the first).
-                other = await asyncio.wait_for(stub.IngestEvents(scoring_pb2.IngestRequest(
-                    events=[tagged("b", "during")]), timeout=10), 8)
-                assert not failing.done()
-                during = other.results[0].event_id
-                assert during and not other.results[0].error_code
+                # A second writer takes lead b's call meanwhile (one writer would wait for the first)
+                # and commits; its answer waits for its messages, which wait behind the open place.
+                other = asyncio.ensure_future(stub.IngestEvents(scoring_pb2.IngestRequest(
+                    events=[tagged("b", "during")]), timeout=30))
+                await wait_for(lambda: holder.exec_driver_sql(
+                    "SELECT count(*) FROM scoring_events WHERE lead_id = 'b'").scalar() == 1, timeout=10)
                 same_lead = asyncio.ensure_future(stub.IngestEvents(scoring_pb2.IngestRequest(
                     events=[tagged("a", "behind")]), timeout=30))  # waits for lead a's lock
                 await asyncio.sleep(0.3)
-                assert during not in {m.id for m in bus(settings)}, "published ahead of an open place"
+                assert not failing.done()
+                assert not other.done(), "answered before its messages were on the bus"
+                assert not [m for m in bus(settings) if m.lead_id == "b" and m.type == "webinar_registered"], \
+                    "published ahead of an open place"
                 holder.exec_driver_sql(f"SELECT pg_advisory_unlock({key})")
                 with pytest.raises(grpc.aio.AioRpcError):
                     await failing
+                during = (await other).results[0].event_id
+                assert during
                 behind = (await same_lead).results[0].event_id
                 expected = {"a": [behind], "b": [during]}
             else:

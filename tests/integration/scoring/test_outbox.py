@@ -208,16 +208,26 @@ async def test_a_lead_write_during_a_slow_publish_stays_before_the_event_that_fo
             await stub.UpsertLeads(scoring_pb2.UpsertLeadsRequest(
                 leads=[scoring_pb2.UpsertLeadRequest(id=lead, fields_json="{}") for lead in ("a", "b")]), timeout=5)
             await wait_for(lambda: not outbox_rows())  # swept: the outbox loop is idle
-            stalled = asyncio.ensure_future(stall.eval(STALL, 0, 400_000))
+            stalled = asyncio.ensure_future(stall.eval(STALL, 0, 2_000_000))
             await asyncio.sleep(0.05)  # Redis is now busy for a while
-            # Lead b's event is published from memory: that publish now waits on Redis.
-            await stub.IngestEvents(scoring_pb2.IngestRequest(events=[event("b")]), timeout=5)
-            reply = await stub.UpsertLead(scoring_pb2.UpsertLeadRequest(
-                id="a", merge=True, fields_json=json.dumps({"attributes": {"n": 1}})), timeout=5)
-            updated = f"lead_updated:a:{reply.lead.version}"
-            ingested = await stub.IngestEvents(scoring_pb2.IngestRequest(events=[event("a")]), timeout=5)
+            # Lead b's event is published from memory: that publish now waits on Redis (and so does
+            # the answer to its post, which comes once the event is on the bus).
+            posted_b = asyncio.ensure_future(stub.IngestEvents(scoring_pb2.IngestRequest(events=[event("b")]),
+                                                               timeout=5))
+            await wait_for(lambda: bool(outbox_rows()))  # b's event committed, its publish stalled
+            before = len(outbox_rows())
+            upserted = asyncio.ensure_future(stub.UpsertLead(scoring_pb2.UpsertLeadRequest(
+                id="a", merge=True, fields_json=json.dumps({"attributes": {"n": 1}})), timeout=5))
+            await wait_for(lambda: len(outbox_rows()) > before)  # a's update committed, its sweep waits
+            before = len(outbox_rows())
+            posted_a = asyncio.ensure_future(stub.IngestEvents(scoring_pb2.IngestRequest(events=[event("a")]),
+                                                               timeout=5))
+            await wait_for(lambda: len(outbox_rows()) > before)  # a's event committed too
             assert not stalled.done(), "the writes took longer than the stall: the test proves nothing"
             await stalled
+            await posted_b
+            updated = f"lead_updated:a:{(await upserted).lead.version}"
+            ingested = await posted_a
             expected = [updated, ingested.results[0].event_id]
             await wait_for(lambda: set(expected) <= {m.id for m in bus(settings)})
             by_lead = assert_once_in_commit_order(bus(settings))
