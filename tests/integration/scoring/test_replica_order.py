@@ -117,13 +117,21 @@ async def make_lead(stub: scoring_pb2_grpc.ScoringStub, settings: Settings, lead
     await wait_for(lambda: any(m.lead_id == lead for m in bus(settings)))
 
 
+@contextlib.asynccontextmanager
+async def stubs_with_lead(a: Running, b: Running, settings: Settings, lead: str
+                          ) -> AsyncIterator[tuple[scoring_pb2_grpc.ScoringStub, scoring_pb2_grpc.ScoringStub]]:
+    """Stubs of replicas A and B, once B has made `lead` and its creation is on the bus."""
+    async with mesh_channel(a.address) as ch_a, mesh_channel(b.address) as ch_b:
+        stub_a, stub_b = scoring_pb2_grpc.ScoringStub(ch_a), scoring_pb2_grpc.ScoringStub(ch_b)
+        await make_lead(stub_b, settings, lead)
+        yield stub_a, stub_b
+
+
 async def test_a_post_answered_by_one_replica_is_on_the_bus_before_the_next_post_answered_by_the_other(
     settings: Settings, replicas: tuple[HeldRelay, Running, Running]
 ) -> None:
     relay, a, b = replicas
-    async with mesh_channel(a.address) as ch_a, mesh_channel(b.address) as ch_b:
-        stub_a, stub_b = scoring_pb2_grpc.ScoringStub(ch_a), scoring_pb2_grpc.ScoringStub(ch_b)
-        await make_lead(stub_b, settings, "lead-1")
+    async with stubs_with_lead(a, b, settings, "lead-1") as (stub_a, stub_b):
         relay.hold()  # A's publishes wait from now on, for HOLD_S
         asyncio.get_running_loop().call_later(HOLD_S, relay.release)
         started = time.monotonic()
@@ -146,9 +154,7 @@ async def test_a_retry_at_the_other_replica_is_answered_once_the_first_attempt_i
     settings: Settings, replicas: tuple[HeldRelay, Running, Running]
 ) -> None:
     relay, a, b = replicas
-    async with mesh_channel(a.address) as ch_a, mesh_channel(b.address) as ch_b:
-        stub_a, stub_b = scoring_pb2_grpc.ScoringStub(ch_a), scoring_pb2_grpc.ScoringStub(ch_b)
-        await make_lead(stub_b, settings, "lead-2")
+    async with stubs_with_lead(a, b, settings, "lead-2") as (stub_a, stub_b):
         relay.hold()  # A commits but cannot publish: a paused or dying replica
         first = scoring_pb2.Event(lead_id="lead-2", type="webinar_registered", idempotency_key="post-1",
                                   properties_json=json.dumps({"tag": "1"}))
@@ -179,9 +185,7 @@ async def test_a_lead_update_answered_by_one_replica_is_on_the_bus_before_the_ne
     """A lead write's messages go out by the sweep, not from memory: the same hole as an event's, and
     journeys would act on the event before it saw the change."""
     relay, a, b = replicas
-    async with mesh_channel(a.address) as ch_a, mesh_channel(b.address) as ch_b:
-        stub_a, stub_b = scoring_pb2_grpc.ScoringStub(ch_a), scoring_pb2_grpc.ScoringStub(ch_b)
-        await make_lead(stub_b, settings, "lead-3")
+    async with stubs_with_lead(a, b, settings, "lead-3") as (stub_a, stub_b):
         relay.hold()
         asyncio.get_running_loop().call_later(HOLD_S, relay.release)
         reply = await stub_a.UpsertLead(scoring_pb2.UpsertLeadRequest(
