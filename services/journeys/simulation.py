@@ -381,8 +381,15 @@ class Simulation:
                 reader, writer = ctx.Pipe(duplex=False)
                 process: multiprocessing.process.BaseProcess = ctx.Process(
                     target=_shard_main, args=(job, writer), name=f"simulation-{i}", daemon=True)
-                process.start()
-                writer.close()  # the child's copy is the only one left: its death ends the pipe
+                try:
+                    process.start()
+                except (BrokenPipeError, ConnectionResetError):
+                    # It died reading its job, while this process was still writing it (a job is larger
+                    # than a pipe's buffer): the start itself fails, with no exit code to read.
+                    reader.close()
+                    raise SimulationWorkerDied(f"simulation worker {i} of {workers} died as it started") from None
+                finally:
+                    writer.close()  # the child's copy is the only one left: its death ends the pipe
                 started.append((process, reader))
             for i, (process, reader) in enumerate(started):
                 try:
