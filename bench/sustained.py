@@ -147,6 +147,7 @@ class AckPoller:
     shards: int
     snapshots: dict[tuple[int, str], list[tuple[float, EntryId]]] = field(default_factory=dict)
     _task: asyncio.Task[None] | None = None
+    _stopping: bool = False
 
     async def __aenter__(self) -> AckPoller:
         import redis.asyncio as aioredis
@@ -156,13 +157,17 @@ class AckPoller:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        # A flag as well as the cancel: redis-py can swallow a cancellation that lands inside a command
+        # (its connection code catches it in some windows), and a loop that went on polling after it
+        # held this exit, and the bench, forever (seen once: the run idle, polling every POLL_S).
+        self._stopping = True
         if self._task:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
         await self._client.aclose()
 
     async def _loop(self) -> None:
-        while True:
+        while not self._stopping:
             await self.poll()
             await asyncio.sleep(POLL_S)
 

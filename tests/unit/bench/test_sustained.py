@@ -3,13 +3,23 @@ entry from the poller's snapshots, and the boundedness decision, each against a 
 
 from __future__ import annotations
 
+import asyncio
 import math
 import random
 from collections.abc import Callable
 
 import pytest
 
-from bench.sustained import GROWTH_FLOOR_S, LAG_LIMIT_S, boundedness, commit_times, entry_id, percentile, watermark
+from bench.sustained import (
+    GROWTH_FLOOR_S,
+    LAG_LIMIT_S,
+    AckPoller,
+    boundedness,
+    commit_times,
+    entry_id,
+    percentile,
+    watermark,
+)
 
 
 def test_entry_ids_compare_as_numbers_not_text() -> None:
@@ -121,3 +131,25 @@ def test_too_few_events_to_judge() -> None:
     assert not boundedness([1.0], [0.1], 0.0, 40.0).bounded
     with pytest.raises(ValueError):
         boundedness([1.0, 2.0], [0.1], 0.0, 40.0)  # lags and accept times must pair up
+
+
+class _SwallowsOneCancel(AckPoller):
+    """A poll that, like redis-py in some windows, eats the cancellation that lands inside it."""
+
+    swallowed = 0
+
+    async def poll(self) -> None:
+        try:
+            await asyncio.sleep(0.05)
+        except asyncio.CancelledError:
+            self.swallowed += 1
+
+
+def test_the_ack_poller_stops_though_a_poll_swallows_its_cancellation() -> None:
+    async def run() -> int:
+        poller = _SwallowsOneCancel("redis://127.0.0.1:1/0", 1)
+        async with poller:
+            await asyncio.sleep(0.02)  # inside the first poll's sleep when the exit cancels it
+        return poller.swallowed
+
+    assert asyncio.run(asyncio.wait_for(run(), 5)) == 1
