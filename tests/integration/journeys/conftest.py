@@ -36,8 +36,10 @@ class Mesh:
 @pytest.fixture
 async def mesh(settings: Settings) -> AsyncIterator[Mesh]:
     rec = Recorder()
-    mport, cport = free_port(), free_port()
-    messaging, crm = await start_fakes(rec, messaging_port=mport, crm_port=cport)
+    # The fakes bind port 0 and say which port they got: a port picked free and bound later can be
+    # taken in between by another test process.
+    messaging, crm = await start_fakes(rec)
+    mport, cport = messaging.port, crm.port
     # scoring is only called by update steps; a free port keeps tests off a running local mesh.
     settings = settings.with_overrides(messaging_addr=f"127.0.0.1:{mport}", crm_sync_addr=f"127.0.0.1:{cport}",
                                        scoring_addr=f"127.0.0.1:{free_port()}")
