@@ -32,8 +32,9 @@ def main(argv: list[str] | None = None) -> int:
                       help="with --redis-cluster N: R replicas of each master (N*(1+R) nodes on consecutive ports), "
                            "so that a master's failure moves its slots to a replica")
     p_up.add_argument("--replicas", type=_replicas, metavar="N",
-                      help="run N processes of scoring, messaging and crm_sync (journeys, analytics and the gateway "
-                           "run one); needs NURTURE_DATABASE_URL on PostgreSQL")
+                      help="run N processes of every service (scoring, journeys, messaging, crm_sync, analytics; "
+                           "the gateway, which holds the HTTP port, runs one); needs NURTURE_DATABASE_URL on "
+                           "PostgreSQL")
     p_up.add_argument("--without", action="append", choices=SERVICES, metavar="SERVICE",
                       help="do not start this service (repeatable), e.g. to measure what it costs; the gateway "
                            "answers 503 for what it serves")
