@@ -730,3 +730,34 @@ def test_every_download_is_delivered_and_the_follow_ups_speak_of_the_latest() ->
     h.advance(days=2)
     assert [d["resource"] for d in _sends(h, "lead_magnet.email_02")] == ["g-3"]
     assert len([e for e in h.effects if e.step == "email_01" and e.ekey == "lead_magnet"]) == 1
+
+
+@pytest.mark.parametrize("how", ["form_answer", "profile"])
+def test_extended_family_interest_sends_the_reunification_guide_once(how: str) -> None:
+    # The seed's family branch "Extended Family Interest: if indicating extended family immigration
+    # interest, send family reunification guides". A website form says so in its answers (the event's
+    # properties: forms do not write the profile), as the urgent-timeline form does; a profile update
+    # (PATCH attributes) says so too. A new user's form answer `extended_family: true` got nothing.
+    h = Harness("family")
+    h.message("lead_created")
+    h.advance(hours=3)
+    if how == "form_answer":
+        h.message("form_submitted", form="family_profile", extended_family=True)
+    else:
+        h.lead["attributes"] = {"extended_family": True}
+        h.message("lead_updated")
+    h.advance(days=1)
+    guides = [k for k in h.sent if ":family:1:reunification_guide:" in k]
+    assert len(guides) == 1, h.transitions
+    assert any("matched rule extended_family" in t for t in h.transitions), h.transitions
+    h.message("form_submitted", form="family_profile", extended_family=True)   # said again: not sent again
+    h.advance(days=1)
+    assert len([k for k in h.sent if ":family:1:reunification_guide:" in k]) == 1
+
+
+def test_a_form_without_extended_family_interest_sends_no_reunification_guide() -> None:
+    h = Harness("family")
+    h.message("lead_created")
+    h.message("form_submitted", form="family_profile", extended_family=False, children=2)
+    h.advance(days=1)
+    assert not [k for k in h.sent if ":family:1:reunification_guide:" in k]
