@@ -761,3 +761,33 @@ def test_a_form_without_extended_family_interest_sends_no_reunification_guide() 
     h.message("form_submitted", form="family_profile", extended_family=False, children=2)
     h.advance(days=1)
     assert not [k for k in h.sent if ":family:1:reunification_guide:" in k]
+
+
+@pytest.mark.parametrize("segment,source", [("family", "website_form"), ("entrepreneur", "api")])
+def test_an_urgent_timeline_in_the_profile_gets_the_expedited_pathways_email_once(segment: str, source: str) -> None:
+    # The seed's Interest-Based Content Triggers: "Timeline/urgency indicators: provide expedited pathway
+    # information". The website's progressive form (profiling.yaml, "When do you plan to move?") and the
+    # API write the answer to the profile (attributes.timeline), not into an event: a family lead whose
+    # form said urgent, or an entrepreneur whose profile was updated so, got no such email.
+    h = Harness(segment)
+    h.message("lead_created")
+    h.advance(days=2)
+    h.lead["attributes"] = {"timeline": "urgent"}
+    h.message("lead_updated", changed=["attributes"], source=source)
+    h.advance(days=2)
+    assert len([k for k in h.sent if ":triggers:1:timeline_urgency:" in k]) == 1, h.transitions
+    assert any("matched rule urgent_timeline_profile" in t for t in h.transitions), h.transitions
+    h.lead["attributes"] = {"timeline": "urgent", "sales_owner": "ana.costa@borderbridge.example"}
+    h.advance(days=20)
+    h.message("lead_updated", changed=["attributes"], source="crm")   # any later profile change: not again
+    h.advance(days=2)
+    assert len([k for k in h.sent if ":triggers:1:timeline_urgency:" in k]) == 1, h.transitions
+
+
+def test_a_profile_without_an_urgent_timeline_gets_no_expedited_pathways_email() -> None:
+    h = Harness("family")
+    h.message("lead_created")
+    h.lead["attributes"] = {"timeline": "within_12_months"}
+    h.message("lead_updated", changed=["attributes"], source="website_form")
+    h.advance(days=2)
+    assert not [k for k in h.sent if ":triggers:1:timeline_urgency:" in k]
