@@ -791,3 +791,26 @@ def test_a_profile_without_an_urgent_timeline_gets_no_expedited_pathways_email()
     h.message("lead_updated", changed=["attributes"], source="website_form")
     h.advance(days=2)
     assert not [k for k in h.sent if ":triggers:1:timeline_urgency:" in k]
+
+
+@pytest.mark.parametrize("props", [{"type": "hard"}, {"bounce_type": "hard"}])
+def test_a_posted_hard_bounce_ends_the_mail_journeys_as_our_own_does(props: dict[str, str]) -> None:
+    # A caller's `email_bounced` marked hard (POST /v1/events: another sender's webhook) suppresses the
+    # address in messaging; the lead stayed in its journeys, each later email suppressed, the journey
+    # "active" for ever. Now it ends them as messaging's own `email_hard_bounced` does, and consent alone
+    # does not bring them back.
+    h = Harness()
+    h.message("lead_created")
+    h.advance(days=2)
+    h.message("email_bounced", **props)
+    for key in ("skilled_professional", "triggers"):
+        assert h.state.enrollments[key].status not in (ACTIVE, PAUSED)
+        assert h.state.enrollments[key].outcome == "email_hard_bounced"
+    h.lead["consent"] = {"email": True}
+    h.message("lead_updated", changed=["consent"])
+    assert h.state.enrollments["skilled_professional"].outcome == "email_hard_bounced"
+
+    soft = Harness()
+    soft.message("lead_created")
+    soft.message("email_bounced", type="soft")
+    assert soft.state.enrollments["skilled_professional"].status == ACTIVE
