@@ -152,10 +152,13 @@ def to_event(raw: JsonValue, header_key: str | None = None, now: datetime | None
 
 
 # An open or click an integrator posts with the message's id but not its journey fields is the message's:
-# its record knows the journey, step and template, so it is credited where a tracked one is (docs/API.md,
-# "Analytics"). Fields the caller did pass are kept.
+# its record knows the journey, step and template, and its template the stage, topic, format and interest
+# (as `category`) a tracked one carries, so it is credited where a tracked one is: the journey's, the
+# template's, the topic's and the format's figures, and the interest branches that listen to a click
+# (docs/API.md, "Analytics"). Fields the caller did pass are kept.
 ENGAGEMENTS = frozenset({"email_opened", "email_clicked"})
 MESSAGE_FIELDS = ("journey", "step", "template")
+CONTENT_FIELDS = ("stage", "topic", "format", "category")
 
 
 def unknown_message(mid: str) -> ApiError:
@@ -176,7 +179,7 @@ async def credit_to_messages(m: Mesh, events: list[scoring_pb2.Event]) -> dict[i
         if not isinstance(props, dict):
             continue
         mid = props.get("message_id")
-        if isinstance(mid, str) and mid and any(not props.get(f) for f in MESSAGE_FIELDS):
+        if isinstance(mid, str) and mid and any(not props.get(f) for f in (*MESSAGE_FIELDS, "topic")):
             wanting.setdefault(event.lead_id, []).append((i, event, props, mid))
     refused: dict[int, ApiError] = {}
     if not wanting:  # the usual post (a page view, a form): nothing to ask messaging
@@ -199,6 +202,9 @@ async def credit_to_messages(m: Mesh, events: list[scoring_pb2.Event]) -> dict[i
             for name in MESSAGE_FIELDS:
                 if not props.get(name):
                     props[name] = getattr(msg, name)
+            for name in CONTENT_FIELDS:
+                if not props.get(name) and msg.content.get(name):
+                    props[name] = msg.content[name]
             event.properties_json = jsoncodec.dumps(props)
     return refused
 

@@ -170,7 +170,12 @@ async def create_lead(response: Response, body: JsonValue = Depends(json_body),
 @router.patch("/{lead_id}", summary="Merge attributes (progressive profiling)")
 async def patch_lead(lead_id: str, body: JsonValue = Depends(json_body),
                      m: Mesh = Depends(mesh)) -> LeadWithSubscriptions:
-    reply = await _upsert(m, lead_id, require_object(body), merge=True, must_exist=True)
+    body = require_object(body)
+    if "id" in body and body["id"] != lead_id:
+        # A lead's id is its address: a PATCH naming another was answered 200 with nothing renamed.
+        why = "cannot be changed (a lead's id is the one in the address)"
+        raise ApiError(422, "invalid", f"id {why}", {"fields": {"id": why}})
+    reply = await _upsert(m, lead_id, body, merge=True, must_exist=True)
     return await full_lead(m, reply.lead)
 
 

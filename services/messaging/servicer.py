@@ -238,7 +238,10 @@ class MessagingServicer(messaging_pb2_grpc.MessagingServicer):
             raise errors.invalid_fields({"ids": f"at most {MAX_LISTED_IDS} ids, got {len(request.ids)}"})
         rows = await self.engine.db.run(self.engine.store.list_messages, request.lead_id, request.limit or 1000,
                                         list(request.ids) or None)
-        return messaging_pb2.ListMessagesReply(items=[message_proto(r) for r in rows])
+        items = [message_proto(r) for r in rows]
+        for item in items:   # what its tracked opens and clicks carry: the gateway credits a posted one so
+            item.content.update(self.engine.content_of(item.template))
+        return messaging_pb2.ListMessagesReply(items=items)
 
     async def Track(self, request: messaging_pb2.TrackRequest, context: grpc.aio.ServicerContext
                     ) -> messaging_pb2.TrackReply:

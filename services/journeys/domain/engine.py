@@ -19,6 +19,7 @@ import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 
+from nurture.bounces import HARD_BOUNCED, is_hard_bounce
 from nurture.busmessage import BusMessage
 from nurture.jsontypes import JsonMapping, JsonObject, JsonValue
 from services.journeys.domain import rulesets
@@ -66,7 +67,7 @@ from services.journeys.domain.steps import (
     WaitStep,
 )
 
-OPT_OUT_EVENTS = ("unsubscribed", "spam_reported", "email_hard_bounced")
+OPT_OUT_EVENTS = ("unsubscribed", "spam_reported", HARD_BOUNCED)
 # Messaging's word that an address's unsubscribes were lifted (the person subscribed to email again).
 RESUBSCRIBED = "email_resubscribed"
 MAX_INSTANT_STEPS = 200
@@ -183,17 +184,20 @@ class Engine:
             state.last_engagement = min(parse_time(message.occurred_at) or now, now)
             self._arm_inactivity(state, now, out)
         consent_off = (state.lead.get("consent") or {}).get("email") is False
-        if etype in OPT_OUT_EVENTS or consent_off:
-            reason = etype if etype in OPT_OUT_EVENTS else "no_consent"
+        # A caller's `email_bounced` marked hard is the opt-out messaging's `email_hard_bounced` is.
+        opt_out = HARD_BOUNCED if is_hard_bounce(etype, message.properties) else (
+            etype if etype in OPT_OUT_EVENTS else None)
+        if opt_out is not None or consent_off:
+            reason = opt_out or "no_consent"
             # An unsubscribe names what it stops (messaging's scope): from reminders only, the
             # nurture journeys go on; from everything, the transactional ones end too.
             scope = message.properties.get("scope") if etype == "unsubscribed" else None
             stopped = {"transactional": {"transactional"}, "all": {"nurture", "transactional"}}.get(
                 str(scope), {"nurture"})
-            if etype in OPT_OUT_EVENTS:
+            if opt_out is not None:
                 for category in stopped:   # an unsubscribe never overwrites a spam report or a hard bounce
                     if state.opted_out.get(category) in (None, "unsubscribed"):
-                        state.opted_out[category] = etype
+                        state.opted_out[category] = opt_out
             for e in list(state.enrollments.values()):
                 if e.status in LIVE and self.journey(e.journey, e.version).category in stopped:
                     self._keep_for_consent(state, e, now, reason=reason, scope=str(scope or "nurture"))

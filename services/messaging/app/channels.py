@@ -21,6 +21,7 @@ import grpc
 from pydantic import Field, StrictInt, field_validator
 
 from nurture import times
+from nurture.bounces import is_hard_bounce
 from nurture.busmessage import BusMessage
 from nurture.datafiles import Strict, load
 from nurture.jsontypes import JsonMapping
@@ -267,9 +268,7 @@ class Channels:
                 await write(e.store.lift_unsubscribes, ehash, lead_id, m.id, at, at if opted_in else None)
             if etype == "spam_reported" and ehash:
                 await write(e.store.add_suppression, ehash, "all", "spam_report", "bus", at)
-            hard = etype == "email_hard_bounced" or (
-                etype == "email_bounced" and str(props.get("type") or props.get("bounce_type")) == "hard")
-            if hard and ehash:
+            if is_hard_bounce(etype, props) and ehash:
                 await write(e.store.add_suppression, ehash, "all", "hard_bounce", "bus", at)
             if etype == "lead_erased" and lead_id:
                 await write(e.store.erase, lead_id, ehash, at)

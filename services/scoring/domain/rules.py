@@ -17,6 +17,7 @@ from pathlib import Path
 
 from pydantic import Field, ValidationError
 
+from nurture.bounces import is_hard_bounce
 from nurture.datafiles import Open, problems_of, read_yaml
 from nurture.jsontypes import JsonMapping, JsonObject, JsonValue
 from nurture.rules import InvalidRule, RuleSpec, compile_rules, validate_condition
@@ -208,7 +209,7 @@ class ScoringModel:
         for signal, threshold in self.score_signals.items():
             if old_score < int(threshold) <= new_score and signal not in out.signals:
                 out.signals.append(signal)
-        if etype in ("spam_reported", "email_hard_bounced") or (
+        if etype == "spam_reported" or is_hard_bounce(etype, props) or (
             etype == "unsubscribed" and props.get("scope") not in ("nurture", "transactional")
         ):
             # An unsubscribe scoped to one kind of mail is messaging's suppression, not a withdrawal

@@ -14,6 +14,9 @@ SEGMENTS = ("skilled_professional", "family", "entrepreneur")
 EVENT_TYPE = re.compile(r"[a-z][a-z0-9_]{0,63}")
 LEAD_ID = re.compile(r"[A-Za-z0-9_.:@-]{1,128}")
 PROFILE_FIELDS = ("email", "first_name", "last_name", "segment", "timezone", "locale", "crm_id")
+# The channels a lead consents to (those messaging asks about; `subscribed`'s channel names the same). Any
+# other key was kept and read by nothing: `{"Email": true}` stored a lead that was never mailed.
+CONSENT_CHANNELS = ("email", "sms", "in_app")
 # Sizes a person's record can sensibly have. Names go into mail headers (SMTP lines stop at 998
 # octets: a 50k-character first name made every email fail) and every lead snapshot rides on each
 # bus message, so one oversized attribute slows every service; HubSpot caps a property at 65,536.
@@ -60,6 +63,10 @@ def validate_profile(fields: JsonMapping, *, partial: bool) -> dict[str, str]:
         not isinstance(consent, dict) or not all(isinstance(v, bool) for v in consent.values())
     ):
         problems["consent"] = "must be an object of channel: true|false"
+    elif isinstance(consent, dict):
+        for channel in consent:
+            if channel not in CONSENT_CHANNELS:
+                problems[f"consent.{str(channel)[:40]}"] = f"is not a channel (one of {', '.join(CONSENT_CHANNELS)})"
     unknown = set(fields) - {*PROFILE_FIELDS, "id", "attributes", "consent"}
     for name in sorted(unknown):
         problems[name] = "is not a lead field (custom fields go in attributes)"

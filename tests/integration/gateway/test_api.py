@@ -269,3 +269,40 @@ async def test_one_email_is_one_lead_whatever_its_case(api: tuple[httpx.AsyncCli
     assert (await client.get("/v1/leads/p-3", headers=AUTH)).json()["email"] == "other@example.com"
     r = await client.patch("/v1/leads/p-1", headers=AUTH, json={"email": "priya@example.com"})
     assert r.status_code == 200 and r.json()["email"] == "priya@example.com", r.text
+
+
+@pytest.mark.parametrize("consent", [{"Email": True}, {"emails": True}, {"email": True, "fax": True}])
+async def test_consent_for_a_channel_that_is_none_of_ours_is_a_422_naming_it(
+        api: tuple[httpx.AsyncClient, FastAPI, Running], consent: dict[str, bool]) -> None:
+    # A new user's {"consent": {"Email": true}} was stored as given (201) and read by nothing: the lead
+    # was never mailed, and nothing said why. Now the key is named, with the channels there are, and
+    # nothing is stored (nor by PATCH on a lead that exists).
+    client, _app, _ = api
+    bad = next(k for k in consent if k not in ("email", "sms", "in_app"))
+    r = await client.post("/v1/leads", headers=AUTH, json={"id": "c-1", "email": "c1@example.com", "consent": consent})
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["details"]["fields"] == {f"consent.{bad}": "is not a channel (one of email, sms, in_app)"}
+    assert (await client.get("/v1/leads/c-1", headers=AUTH)).status_code == 404
+    r = await client.post("/v1/leads", headers=AUTH, json={"id": "c-1", "email": "c1@example.com",
+                                                          "consent": {"email": True, "sms": False, "in_app": True}})
+    assert r.status_code == 201 and r.json()["consent"] == {"email": True, "sms": False, "in_app": True}
+    r = await client.patch("/v1/leads/c-1", headers=AUTH, json={"consent": consent})
+    assert r.status_code == 422, r.text
+    assert (await client.get("/v1/leads/c-1", headers=AUTH)).json()["consent"] == {
+        "email": True, "sms": False, "in_app": True}
+
+
+async def test_a_patch_naming_another_id_is_a_422_and_renames_nothing(
+        api: tuple[httpx.AsyncClient, FastAPI, Running]) -> None:
+    # A new user's PATCH /v1/leads/p-1 {"id": "p-2", ...} answered 200: nothing was renamed, the other
+    # fields were merged, and nothing said the id was ignored.
+    client, _app, _ = api
+    r = await client.post("/v1/leads", headers=AUTH, json={"id": "p-1", "email": "p1@example.com"})
+    assert r.status_code == 201
+    r = await client.patch("/v1/leads/p-1", headers=AUTH, json={"id": "p-2", "attributes": {"profession": "nurse"}})
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["details"]["fields"] == {"id": "cannot be changed (a lead's id is the one in the address)"}
+    assert (await client.get("/v1/leads/p-1", headers=AUTH)).json()["attributes"] == {}
+    assert (await client.get("/v1/leads/p-2", headers=AUTH)).status_code == 404
+    r = await client.patch("/v1/leads/p-1", headers=AUTH, json={"id": "p-1", "attributes": {"profession": "nurse"}})
+    assert r.status_code == 200 and r.json()["attributes"] == {"profession": "nurse"}   # its own id: fine

@@ -23,6 +23,9 @@ AUTH = {"Authorization": "Bearer test-key"}
     ({"type": "unsubscribed", "properties": {"scope": "everything"}}, "properties.scope", "must be one of"),
     ({"type": "unsubscribed", "properties": {"scope": 5}}, "properties.scope", "must be one of"),
     ({"type": "subscribed", "properties": {"channel": 5}}, "properties.channel", "must be one of"),
+    # A bounce marked in words of its own would be counted and do nothing (the address still mailed).
+    ({"type": "email_bounced", "properties": {"type": "permanent"}}, "properties.type", "must be one of"),
+    ({"type": "email_bounced", "properties": {"bounce_type": "Hard"}}, "properties.bounce_type", "must be one of"),
     ({"type": "assessment_completed", "properties": {"score": "high"}}, "properties.score", "must be a number"),
     ({"type": "assessment_completed", "properties": {"score": True}}, "properties.score", "must be a number"),
     ({"type": "page_viewed", "properties": {"category": {"x": 1}}}, "properties.category", "must be a string"),
@@ -56,6 +59,8 @@ async def test_canonical_properties_of_the_right_kind_and_custom_ones_are_taken(
                   {"type": "unsubscribed", "properties": {"scope": "transactional"}},
                   {"type": "subscribed", "properties": {"channel": "email"}},
                   {"type": "subscribed"},
+                  {"type": "email_bounced", "properties": {"type": "soft"}},
+                  {"type": "email_bounced", "properties": {"bounce_type": "hard"}},
                   {"type": "assessment_completed", "properties": {"score": 87.5, "assessment": "eligibility"}},
                   {"type": "page_viewed", "properties": {"category": "pricing", "anything": {"custom": [1]}}},
                   {"type": "custom_thing", "properties": {"scope": "whatever"}}):

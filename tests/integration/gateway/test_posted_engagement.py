@@ -106,3 +106,35 @@ async def test_a_posted_open_goes_as_posted_while_messaging_is_down_and_is_count
         groups = [row["group"] for row in r.json()["rows"]]
         assert "" not in groups and groups[-1] is None, groups
         assert r.json()["rows"][-1]["opened"] == 1
+
+
+async def test_a_posted_engagement_is_credited_to_its_content_and_a_click_carries_its_interest(
+        settings: Settings, tmp_path: Path) -> None:
+    # A new user's opens posted with the message's id (as docs/API.md asks) were credited to the journey
+    # and the template but not to the template's topic and format: group_by=topic showed the emails'
+    # topic with no opens and a row keyed "" holding them; and a click on the credential-recognition
+    # email, posted so, did not carry its interest (category), which the skilled journey's branch hears.
+    from services.messaging.domain.catalog import Catalog
+
+    welcome, credentials = Catalog().spec(KEY), Catalog().spec("skilled_professional.email_06")
+    assert welcome.topic and welcome.format and credentials.interest == "credentials"
+    async with templates_mesh(settings, tmp_path, extra=("analytics",)) as mesh:
+        await mesh.add_lead("fay")
+        opened = await mesh.send("fay", KEY)
+        clicked = await mesh.send("fay", "skilled_professional.email_06")
+        for etype, mid in (("email_opened", opened), ("email_clicked", clicked)):
+            r = await mesh.client.post("/v1/events", headers=mesh.headers("editor"),
+                                       json={"lead_id": "fay", "type": etype, "properties": {"message_id": mid}})
+            assert r.status_code == 202, r.text
+        await _engagement(mesh)
+        for group_by, key in (("topic", welcome.topic), ("format", welcome.format)):
+            r = await mesh.client.get("/v1/analytics/engagement", headers=mesh.headers("viewer"), params={
+                "group_by": group_by, "from": "2026-01-01T00:00:00Z", "to": "2026-12-31T00:00:00Z"})
+            rows = {row["group"]: row for row in r.json()["rows"]}
+            assert "" not in rows and None not in rows, rows
+            assert rows[key]["opened"] >= 1, rows
+        timeline = (await mesh.client.get("/v1/leads/fay/timeline", headers=mesh.headers("viewer"))).json()["items"]
+        posted = {i["type"]: i["details"]["properties"] for i in timeline
+                  if i["kind"] == "event" and i["type"] in ("email_opened", "email_clicked")}
+        assert posted["email_opened"]["topic"] == welcome.topic and posted["email_opened"]["stage"] == welcome.stage
+        assert posted["email_clicked"]["category"] == "credentials", posted

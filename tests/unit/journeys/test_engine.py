@@ -730,3 +730,87 @@ def test_every_download_is_delivered_and_the_follow_ups_speak_of_the_latest() ->
     h.advance(days=2)
     assert [d["resource"] for d in _sends(h, "lead_magnet.email_02")] == ["g-3"]
     assert len([e for e in h.effects if e.step == "email_01" and e.ekey == "lead_magnet"]) == 1
+
+
+@pytest.mark.parametrize("how", ["form_answer", "profile"])
+def test_extended_family_interest_sends_the_reunification_guide_once(how: str) -> None:
+    # The seed's family branch "Extended Family Interest: if indicating extended family immigration
+    # interest, send family reunification guides". A website form says so in its answers (the event's
+    # properties: forms do not write the profile), as the urgent-timeline form does; a profile update
+    # (PATCH attributes) says so too. A new user's form answer `extended_family: true` got nothing.
+    h = Harness("family")
+    h.message("lead_created")
+    h.advance(hours=3)
+    if how == "form_answer":
+        h.message("form_submitted", form="family_profile", extended_family=True)
+    else:
+        h.lead["attributes"] = {"extended_family": True}
+        h.message("lead_updated")
+    h.advance(days=1)
+    guides = [k for k in h.sent if ":family:1:reunification_guide:" in k]
+    assert len(guides) == 1, h.transitions
+    assert any("matched rule extended_family" in t for t in h.transitions), h.transitions
+    h.message("form_submitted", form="family_profile", extended_family=True)   # said again: not sent again
+    h.advance(days=1)
+    assert len([k for k in h.sent if ":family:1:reunification_guide:" in k]) == 1
+
+
+def test_a_form_without_extended_family_interest_sends_no_reunification_guide() -> None:
+    h = Harness("family")
+    h.message("lead_created")
+    h.message("form_submitted", form="family_profile", extended_family=False, children=2)
+    h.advance(days=1)
+    assert not [k for k in h.sent if ":family:1:reunification_guide:" in k]
+
+
+@pytest.mark.parametrize("segment,source", [("family", "website_form"), ("entrepreneur", "api")])
+def test_an_urgent_timeline_in_the_profile_gets_the_expedited_pathways_email_once(segment: str, source: str) -> None:
+    # The seed's Interest-Based Content Triggers: "Timeline/urgency indicators: provide expedited pathway
+    # information". The website's progressive form (profiling.yaml, "When do you plan to move?") and the
+    # API write the answer to the profile (attributes.timeline), not into an event: a family lead whose
+    # form said urgent, or an entrepreneur whose profile was updated so, got no such email.
+    h = Harness(segment)
+    h.message("lead_created")
+    h.advance(days=2)
+    h.lead["attributes"] = {"timeline": "urgent"}
+    h.message("lead_updated", changed=["attributes"], source=source)
+    h.advance(days=2)
+    assert len([k for k in h.sent if ":triggers:1:timeline_urgency:" in k]) == 1, h.transitions
+    assert any("matched rule urgent_timeline_profile" in t for t in h.transitions), h.transitions
+    h.lead["attributes"] = {"timeline": "urgent", "sales_owner": "ana.costa@borderbridge.example"}
+    h.advance(days=20)
+    h.message("lead_updated", changed=["attributes"], source="crm")   # any later profile change: not again
+    h.advance(days=2)
+    assert len([k for k in h.sent if ":triggers:1:timeline_urgency:" in k]) == 1, h.transitions
+
+
+def test_a_profile_without_an_urgent_timeline_gets_no_expedited_pathways_email() -> None:
+    h = Harness("family")
+    h.message("lead_created")
+    h.lead["attributes"] = {"timeline": "within_12_months"}
+    h.message("lead_updated", changed=["attributes"], source="website_form")
+    h.advance(days=2)
+    assert not [k for k in h.sent if ":triggers:1:timeline_urgency:" in k]
+
+
+@pytest.mark.parametrize("props", [{"type": "hard"}, {"bounce_type": "hard"}])
+def test_a_posted_hard_bounce_ends_the_mail_journeys_as_our_own_does(props: dict[str, str]) -> None:
+    # A caller's `email_bounced` marked hard (POST /v1/events: another sender's webhook) suppresses the
+    # address in messaging; the lead stayed in its journeys, each later email suppressed, the journey
+    # "active" for ever. Now it ends them as messaging's own `email_hard_bounced` does, and consent alone
+    # does not bring them back.
+    h = Harness()
+    h.message("lead_created")
+    h.advance(days=2)
+    h.message("email_bounced", **props)
+    for key in ("skilled_professional", "triggers"):
+        assert h.state.enrollments[key].status not in (ACTIVE, PAUSED)
+        assert h.state.enrollments[key].outcome == "email_hard_bounced"
+    h.lead["consent"] = {"email": True}
+    h.message("lead_updated", changed=["consent"])
+    assert h.state.enrollments["skilled_professional"].outcome == "email_hard_bounced"
+
+    soft = Harness()
+    soft.message("lead_created")
+    soft.message("email_bounced", type="soft")
+    assert soft.state.enrollments["skilled_professional"].status == ACTIVE

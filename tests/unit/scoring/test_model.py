@@ -99,6 +99,16 @@ def test_scoped_unsubscribe_keeps_consent(model: ScoringModel) -> None:
     assert bounced.consent_email is False
 
 
+@pytest.mark.parametrize(("props", "withdrawn"), [
+    ({"type": "hard"}, True), ({"bounce_type": "hard"}, True), ({"type": "soft"}, False), ({}, False)])
+def test_a_posted_hard_bounce_withdraws_email_consent_as_our_own_does(
+        model: ScoringModel, props: dict, withdrawn: bool) -> None:
+    # A caller's `email_bounced` (another sender's webhook through POST /v1/events) marked hard: messaging
+    # suppressed the address but the lead's consent stayed, so its journeys ran on, every email suppressed.
+    out = model.score_event({"score": 5}, {"type": "email_bounced", "properties": props, "occurred_at": NOW}, NOW)
+    assert out.consent_email is (False if withdrawn else None)
+
+
 @pytest.mark.parametrize(("category", "segment"), [
     # The seed's content triggers name the segment they belong to: fast-track interest is the
     # entrepreneur workflow's, credentials the skilled professional's, safety the family's.

@@ -262,7 +262,14 @@ class RenderReply(_message.Message):
     def __init__(self, subject: _Optional[str] = ..., html: _Optional[str] = ..., text: _Optional[str] = ..., variant: _Optional[str] = ...) -> None: ...
 
 class Message(_message.Message):
-    __slots__ = ("id", "lead_id", "journey", "journey_version", "step", "channel", "template", "category", "subject", "status", "reason", "at", "due_at", "attempts", "variant", "template_version")
+    __slots__ = ("id", "lead_id", "journey", "journey_version", "step", "channel", "template", "category", "subject", "status", "reason", "at", "due_at", "attempts", "variant", "template_version", "content")
+    class ContentEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     ID_FIELD_NUMBER: _ClassVar[int]
     LEAD_ID_FIELD_NUMBER: _ClassVar[int]
     JOURNEY_FIELD_NUMBER: _ClassVar[int]
@@ -279,6 +286,7 @@ class Message(_message.Message):
     ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
     VARIANT_FIELD_NUMBER: _ClassVar[int]
     TEMPLATE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_FIELD_NUMBER: _ClassVar[int]
     id: str
     lead_id: str
     journey: str
@@ -295,7 +303,8 @@ class Message(_message.Message):
     attempts: int
     variant: str
     template_version: int
-    def __init__(self, id: _Optional[str] = ..., lead_id: _Optional[str] = ..., journey: _Optional[str] = ..., journey_version: _Optional[int] = ..., step: _Optional[str] = ..., channel: _Optional[str] = ..., template: _Optional[str] = ..., category: _Optional[str] = ..., subject: _Optional[str] = ..., status: _Optional[str] = ..., reason: _Optional[str] = ..., at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., due_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., attempts: _Optional[int] = ..., variant: _Optional[str] = ..., template_version: _Optional[int] = ...) -> None: ...
+    content: _containers.ScalarMap[str, str]
+    def __init__(self, id: _Optional[str] = ..., lead_id: _Optional[str] = ..., journey: _Optional[str] = ..., journey_version: _Optional[int] = ..., step: _Optional[str] = ..., channel: _Optional[str] = ..., template: _Optional[str] = ..., category: _Optional[str] = ..., subject: _Optional[str] = ..., status: _Optional[str] = ..., reason: _Optional[str] = ..., at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., due_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., attempts: _Optional[int] = ..., variant: _Optional[str] = ..., template_version: _Optional[int] = ..., content: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class ListMessagesRequest(_message.Message):
     __slots__ = ("lead_id", "limit", "ids")
