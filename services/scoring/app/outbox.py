@@ -142,9 +142,12 @@ class Outbox:
                     # Every place before this one is queued or published by now: what of the rows
                     # read again is this process's goes out ahead of this place anyway.
                     queued = {row.seq for rows, _ in self._queue for row in rows}
-                    place.rows = ([row for row in place.rows[:place.again]
-                                   if row.seq not in self._recent and row.seq not in queued]
-                                  + place.rows[place.again:])
+                    again = [row for row in place.rows[:place.again] if row.seq not in self._recent
+                             and row.seq not in queued and row.seq not in self._deleting]
+                    if again:  # published longer ago than RECENT seqs, their delete not taken yet
+                        published = set(self._published)
+                        again = [row for row in again if row.seq not in published]
+                    place.rows = again + place.rows[place.again:]
                 if place.state == "committed" and place.rows:
                     self._queue.append((place.rows, place.announced))
                     self._ready.set()
