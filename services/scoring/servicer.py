@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from datetime import UTC
@@ -92,14 +93,19 @@ class ScoringServicer(VisitorMethods, scoring_pb2_grpc.ScoringServicer):
         self._outbox = outbox
         self._versions = versions
 
-    async def _announced(self, context: grpc.aio.ServicerContext) -> None:
-        """A lead write is answered once its messages are on the bus (the sweep), as an ingest is
-        (`IngestQueue.submit`): the lead's next event, whichever replica takes it, then comes after
-        them. Not in time (Redis away): `Unconfirmed`; the write is stored, and sending it again is
-        safe (an upsert of the same fields changes nothing more)."""
-        if not await self._outbox.swept(_publish_wait(context)):
+    async def _upserted(self, items: list[LeadUpsert], context: grpc.aio.ServicerContext
+                        ) -> list[tuple[LeadSnapshot, bool] | InvalidInput | NotFound | EmailTaken]:
+        """Upserts in one transaction, answered once their messages are on the bus, as an ingest is
+        (published from memory: `Outbox.write`): the lead's next event, whichever replica takes it,
+        then comes after them. Not in time (Redis away): `Unconfirmed`; the write is stored, and
+        sending it again is safe (an upsert of the same fields changes nothing more, and is answered
+        once what the first one wrote is on the bus)."""
+        done, announced = await self._outbox.write(
+            functools.partial(self._store.upsert_leads, items, self._clock.now()), _publish_wait(context))
+        if not announced:
             raise errors.Unconfirmed("the change is stored but could not be announced to the other services in "
                                      "time; sending it again is safe", details={"stored": True})
+        return done
 
     async def UpsertLead(
         self, request: scoring_pb2.UpsertLeadRequest, context: grpc.aio.ServicerContext
@@ -113,19 +119,17 @@ class ScoringServicer(VisitorMethods, scoring_pb2_grpc.ScoringServicer):
             raise errors.invalid_fields({**_profile_problems(fields, request.merge), **problems})
         if not isinstance(fields, dict):
             raise errors.invalid_fields({"fields_json": "must be a JSON object"})
-        try:
-            lead, created = await self._db.run(
-                self._store.upsert_lead, request.id, fields, merge=request.merge, source=request.source or "api",
-                must_exist=request.must_exist, now=self._clock.now())
-        except InvalidInput as exc:
-            raise errors.invalid_fields(exc.problems) from exc
-        except NotFound:
+        [out] = await self._upserted([LeadUpsert(request.id, fields, request.merge, request.source or "api",
+                                                 request.must_exist)], context)
+        if isinstance(out, InvalidInput):
+            raise errors.invalid_fields(out.problems) from out
+        if isinstance(out, NotFound):
             raise errors.NotFound(f"no lead {request.id}") from None
-        except EmailTaken as exc:
+        if isinstance(out, EmailTaken):
             # Not the other lead's id: a 409 must not tell who else is on file (docs/INPUT-LIMITS.md).
-            raise errors.Conflict(f"{exc}; update that lead, or send no id to match it by email",
-                                  details={"field": "email"}) from exc
-        await self._announced(context)
+            raise errors.Conflict(f"{out}; update that lead, or send no id to match it by email",
+                                  details={"field": "email"}) from out
+        lead, created = out
         return scoring_pb2.UpsertLeadReply(lead=lead_proto(lead), created=created)
 
     async def UpsertLeads(
@@ -149,7 +153,7 @@ class ScoringServicer(VisitorMethods, scoring_pb2_grpc.ScoringServicer):
                 results[i] = scoring_pb2.UpsertLeadResult(error_code="invalid", error_message=problem)
             else:
                 todo.append((i, LeadUpsert(r.id, fields, r.merge, r.source or "api", r.must_exist)))
-        done = await self._db.run(self._store.upsert_leads, [item for _, item in todo], self._clock.now())
+        done = await self._upserted([item for _, item in todo], context)
         for (i, _), out in zip(todo, done, strict=True):
             if isinstance(out, InvalidInput):
                 results[i] = scoring_pb2.UpsertLeadResult(
@@ -161,7 +165,6 @@ class ScoringServicer(VisitorMethods, scoring_pb2_grpc.ScoringServicer):
                 results[i] = scoring_pb2.UpsertLeadResult(error_code="email_taken", error_message=str(out))
             else:
                 results[i] = scoring_pb2.UpsertLeadResult(lead=lead_proto(out[0]), created=out[1])
-        await self._announced(context)
         return scoring_pb2.UpsertLeadsReply(results=[r for r in results if r is not None])
 
     async def GetLead(self, request: scoring_pb2.GetLeadRequest, context: grpc.aio.ServicerContext) -> scoring_pb2.Lead:

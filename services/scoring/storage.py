@@ -300,8 +300,9 @@ def outbox_high(s: Session) -> int | None:
 
 def outbox_of_leads(writes: DriverWrites, s: Connection, lead_ids: Sequence[str]) -> list[OutboxRow]:
     """The leads' rows still in the outbox, in seq order (per lead, their commit order: a row's seq is
-    drawn while its transaction holds the lead's lock). No index on lead_id: the outbox holds only
-    what is not yet published and deleted, and this runs for a retried event only."""
+    drawn while its transaction holds the lead's lock). No index on lead_id (every ingest would
+    maintain it): the outbox holds only what is not yet published and deleted, a few hundred rows
+    while Redis answers, and this runs for a retried event and for a lead upsert of known leads."""
     rows = writes.select(s, outbox, ("seq", "lead_id", "payload", "trace"), "lead_id", lead_ids)
     return sorted((OutboxRow(r["seq"], r["lead_id"], r["payload"], r["trace"]) for r in rows), key=lambda r: r.seq)
 

@@ -8,7 +8,7 @@ re-published after a crash; consumers drop repeats by message id).
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, NamedTuple
 
@@ -22,10 +22,11 @@ from nurture.jsontypes import JsonMapping, JsonObject
 from nurture.times import utc_or_none as aware
 from services.scoring import storage as st
 from services.scoring.app.base import CoreBase
+from services.scoring.app.outbox import HandOff
 from services.scoring.domain import messages
 from services.scoring.domain.addresses import FLAGS_ATTRIBUTE, check_email, email_flags
 from services.scoring.domain.profile import email_hash, regrade
-from services.scoring.domain.records import EmailTaken, InvalidInput, LeadUpsert, NotFound
+from services.scoring.domain.records import EmailTaken, InvalidInput, LeadUpsert, NotFound, OutboxRow
 from services.scoring.domain.validation import LEAD_ID, PROFILE_FIELDS, validate_profile
 from services.scoring.storage_visitors import erase_visitors_of_lead
 
@@ -192,10 +193,34 @@ class Leads(CoreBase):
         return snapshot, created
 
     def upsert_leads(
-        self, items: Sequence[LeadUpsert], now: datetime
+        self, items: Sequence[LeadUpsert], now: datetime, published: Sequence[int] = (),
+        reserve: Callable[[], HandOff] | None = None,
     ) -> list[tuple[LeadSnapshot, bool] | InvalidInput | NotFound | EmailTaken]:
         """Many upserts in one transaction: one commit for a whole batch. Input problems are found
-        before anything is read or written, so a bad lead fails alone."""
+        before anything is read or written, so a bad lead fails alone.
+
+        With `reserve` (the servicer's way, `Outbox.write`), the caller publishes the outbox rows from
+        memory as an ingest does: the place is taken once every lead with a message is locked (written),
+        and it carries first the rows of the batch's existing leads still in the outbox (committed
+        before, perhaps by a replica that died before publishing them: so that a retry at another
+        replica, which changes nothing, is answered only once the first attempt is on the bus), then
+        the rows written. `published` are outbox rows published since, deleted here."""
+        places: list[HandOff] = []  # the one `reserve` gave, once taken
+        try:
+            out, again, written = self._upsert_leads(items, now, published, reserve, places)
+        except BaseException:
+            for place in places:  # rolled back, or its commit failed: none of its rows exists
+                place.fail()
+            raise
+        for place in places:
+            place.commit(again + written, again=len(again))
+        return out
+
+    def _upsert_leads(
+        self, items: Sequence[LeadUpsert], now: datetime, published: Sequence[int],
+        reserve: Callable[[], HandOff] | None, places: list[HandOff],
+    ) -> tuple[list[tuple[LeadSnapshot, bool] | InvalidInput | NotFound | EmailTaken], list[OutboxRow],
+               list[OutboxRow]]:
         checked: list[JsonMapping | InvalidInput] = []
         for item in items:
             try:
@@ -206,7 +231,10 @@ class Leads(CoreBase):
                if item.lead_id and not isinstance(f, InvalidInput)]
         emails = [str(f["email"]) for f in checked if not isinstance(f, InvalidInput) and f.get("email")]
         out: list[tuple[LeadSnapshot, bool] | InvalidInput | NotFound | EmailTaken] = []
+        again: list[OutboxRow] = []
         with self._sessions() as s:
+            if published:
+                st.delete_outbox(self._writes, s.connection(), published)
             batch = _Batch(s, ids, emails)
             announced: list[BusMessage] = []
             for item, fields in zip(items, checked, strict=True):
@@ -219,8 +247,13 @@ class Leads(CoreBase):
                 except (NotFound, EmailTaken) as exc:
                     out.append(exc)
             batch.flush(self._writes, s)
-            st.insert_outbox(self._writes, s, announced)
-        return out
+            if reserve is not None:
+                known = sorted({r[0].id for r in out if isinstance(r, tuple) and not r[1]})
+                again = st.outbox_of_leads(self._writes, s.connection(), known) if known else []
+            written = st.insert_outbox(self._writes, s, announced)
+            if reserve is not None:  # every lead with a message is written, so locked, until the commit
+                places.append(reserve())
+        return out, again, written
 
     def get_leads(self, ids: Sequence[str], now: datetime) -> list[LeadSnapshot]:
         with self._sessions() as s:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+import itertools
 import logging
 import threading
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 from nurture.aio import wait_event
 from nurture.bus import Publisher
@@ -17,6 +20,7 @@ from services.scoring.app.base import CoreBase
 from services.scoring.domain.records import OutboxRow
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 _tracer = tracer(__name__)
 
 
@@ -70,13 +74,15 @@ def _announce(announced: asyncio.Future[None] | None) -> None:
 class Outbox:
     """Publishes committed outbox rows to the bus in commit order, and has them deleted.
 
-    Two ways in. The hot path (ingest) publishes the rows it commits from memory: their delete rides
-    on the next ingest transaction (`take_published`), so an event costs one transaction, not three.
-    Several ingest transactions may be in flight at once (on PostgreSQL), so each takes its place in
+    Two ways in. The hot paths (ingest, and lead upserts through `write`) publish the rows they commit
+    from memory: their delete rides on the next such transaction (`take_published`), so an event or a
+    CRM batch of lead upserts costs one transaction, not three (a sweep: its reads and its delete, four
+    trips to the database's thread more).
+    Several such transactions may be in flight at once (on PostgreSQL), so each takes its place in
     one ordered list (`reserve`) while it holds its leads' row locks, before its commit; the list is
     published in that order as the commits are confirmed (`settle`), and a place whose transaction
     failed is dropped. A place's `announced` future is resolved once its rows are on the bus (by the
-    drain, or by a sweep that published them), so the ingest answers its callers only then. A
+    drain, or by a sweep that published them), so the write answers its callers only then. A
     transaction that needs a lead another holds waits for that one's commit, so its place comes
     after: per lead, the bus has the messages in commit order (journeys relies on it).
     Every other write asks for a sweep (`sweep_soon`), which publishes what SQL holds in seq order; it
@@ -88,6 +94,7 @@ class Outbox:
     # outbox loop deletes them itself.
     MAX_UNDELETED = 5000
     DELETE_BATCH = 200
+    RECENT = 20_000
 
     def __init__(self, db: Database, store: OutboxRows, publisher: Publisher) -> None:
         self._db = db
@@ -99,36 +106,21 @@ class Outbox:
         self._queue: list[tuple[list[OutboxRow], asyncio.Future[None] | None]] = []
         self._published: list[int] = []
         self._deleting: set[int] = set()  # published, their delete in an ingest transaction in flight
+        # The last RECENT seqs this process published (or is publishing), oldest first. A transaction
+        # that read its leads' rows still in the outbox (`HandOff.again`) may have read some just before
+        # another transaction's delete of them committed (PostgreSQL: a statement sees what was
+        # committed when it began), after which `_deleting` no longer holds them: they are out already.
+        self._recent: dict[int, None] = {}
         self._sweep = True
-        # Sweeps asked for (`sweep_soon`) and the number of the last one asked for before a sweep that
-        # completed started; `_swept` is set (and replaced) as each completes.
-        self._sweeps_asked = 0
-        self._sweeps_done = 0
-        self._swept = asyncio.Event()
         # Ingest transactions' places, oldest first (`reserve`); worker threads append under the lock.
         self._order: deque[HandOff] = deque()
         self._order_lock = threading.Lock()
 
-    def sweep_soon(self) -> int:
-        """A write other than ingest committed outbox rows: the sweep publishes them. Returns the
-        sweep's number, for `swept`."""
+    def sweep_soon(self) -> None:
+        """A write other than those that publish their own rows (ingest, `write`) committed outbox
+        rows: the sweep publishes them."""
         self._sweep = True
-        self._sweeps_asked += 1
         self._ready.set()
-        return self._sweeps_asked
-
-    async def swept(self, wait: float) -> bool:
-        """After a write other than ingest committed outbox rows: a sweep, waited for at most `wait`
-        seconds; True once a sweep that started after the call has published everything SQL held
-        (those rows and any other replica's left there before them)."""
-        asked = self.sweep_soon()
-        try:
-            async with asyncio.timeout(max(0.0, wait)):
-                while self._sweeps_done < asked:
-                    await self._swept.wait()
-        except TimeoutError:
-            return False
-        return True
 
     def reserve(self, announced: asyncio.Future[None] | None = None) -> HandOff:
         """A place in the publishing order for an ingest transaction, taken while it holds its leads'
@@ -149,14 +141,52 @@ class Outbox:
                 if place.state == "committed" and place.again:
                     # Every place before this one is queued or published by now: what of the rows
                     # read again is this process's goes out ahead of this place anyway.
-                    ours = set(self._published).union(row.seq for rows, _ in self._queue for row in rows)
-                    place.rows = ([row for row in place.rows[:place.again] if row.seq not in ours]
-                                  + place.rows[place.again:])
+                    queued = {row.seq for rows, _ in self._queue for row in rows}
+                    again = [row for row in place.rows[:place.again] if row.seq not in self._recent
+                             and row.seq not in queued and row.seq not in self._deleting]
+                    if again:  # published longer ago than RECENT seqs, their delete not taken yet
+                        published = set(self._published)
+                        again = [row for row in again if row.seq not in published]
+                    place.rows = again + place.rows[place.again:]
                 if place.state == "committed" and place.rows:
                     self._queue.append((place.rows, place.announced))
                     self._ready.set()
                 elif place.state == "committed":  # nothing written, or a sweep published it all
                     _announce(place.announced)
+
+    async def write(self, fn: Callable[[list[int], Callable[[], HandOff]], T], wait: float) -> tuple[T, bool]:
+        """A write that publishes its outbox rows from memory, as ingest does (a lead upsert):
+        `fn(published, reserve)` runs in the database executor, deletes `published` in its
+        transaction and takes its place with `reserve` once its leads are locked (`Leads.upsert_leads`).
+        Returns its result and whether its rows were on the bus within `wait` seconds (not: Redis
+        away; they are stored, and go out with the next sweep)."""
+        # Shielded: the write's outcome is settled (its place in the order, the deletes it took) even
+        # when its caller gives up meanwhile.
+        task = asyncio.ensure_future(self._write(fn))
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        result, announced = await asyncio.shield(task)
+        if not announced.done():
+            try:
+                async with asyncio.timeout(max(0.0, wait)):
+                    await asyncio.shield(announced)
+            except TimeoutError:
+                return result, False
+        return result, True
+
+    async def _write(self, fn: Callable[[list[int], Callable[[], HandOff]], T]) -> tuple[T, asyncio.Future[None]]:
+        published = self.take_published()
+        announced: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        try:
+            result = await self._db.run(fn, published, functools.partial(self.reserve, announced))
+        except BaseException:
+            self.give_back(published)
+            self.settle()  # the places behind this one's may be waiting for its outcome
+            # A commit whose answer was lost may have stored its rows after all: the sweep publishes them.
+            self.sweep_soon()
+            raise
+        self.deleted(published)
+        self.settle()
+        return result, announced
 
     def take_published(self) -> list[int]:
         """The published rows' seqs, for the next ingest transaction to delete, once there are enough
@@ -186,7 +216,6 @@ class Outbox:
         outbox was empty never ended while callers answered by this sweep kept committing more."""
         async with self._lock:
             self._sweep = False
-            asked = self._sweeps_asked  # a write asked for these before this sweep read SQL
             done = 0
             published, self._published = self._published, []
             if published:
@@ -217,9 +246,6 @@ class Outbox:
                     for place in self._order:
                         place.again = sum(1 for row in place.rows[:place.again] if row.seq not in swept)
                         place.rows = [row for row in place.rows if row.seq not in swept]
-            self._sweeps_done = asked
-            self._swept.set()
-            self._swept = asyncio.Event()
             return done
 
     async def _drain(self) -> None:
@@ -241,6 +267,14 @@ class Outbox:
                     _announce(announced)
 
     async def _publish(self, rows: list[OutboxRow]) -> None:
+        # Remembered as out before they are: a place settling meanwhile must not send them again (if
+        # this fails they go back to the head of the queue, or to the sweep: still ahead of it).
+        recent = self._recent
+        for row in rows:
+            recent[row.seq] = None
+        if len(recent) > self.RECENT:
+            for seq in list(itertools.islice(recent, len(recent) - self.RECENT)):
+                del recent[seq]
         # The span joins the first sampled request's trace and links the other sampled ones (each
         # event's messages carry their own trace to the consumers anyway); each distinct carrier is
         # read once.

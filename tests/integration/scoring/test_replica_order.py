@@ -198,3 +198,32 @@ async def test_a_lead_update_answered_by_one_replica_is_on_the_bus_before_the_ne
         await asyncio.sleep(0.3)
         on_bus = first_positions(settings, "lead-3")
         assert on_bus.index(updated) < on_bus.index(event_id)
+
+
+async def test_an_upsert_retried_at_the_other_replica_is_answered_once_the_first_attempt_is_on_the_bus(
+    settings: Settings, replicas: tuple[HeldRelay, Running, Running]
+) -> None:
+    """A lead upsert publishes the rows it writes from memory, not by a sweep of the whole outbox. The
+    CRM's retry at B of an upsert A committed but could not announce changes nothing, so it writes no
+    row of its own: it must still not be answered before A's lead_updated is on the bus (the lead's
+    rows still in the outbox go out ahead of the answer)."""
+    relay, a, b = replicas
+    async with stubs_with_lead(a, b, settings, "lead-4") as (stub_a, stub_b):
+        relay.hold()  # A commits but cannot publish: a paused or dying replica
+        upsert = scoring_pb2.UpsertLeadRequest(id="lead-4", merge=True, source="crm:hubspot",
+                                               fields_json=json.dumps({"attributes": {"plan": "pro"}}))
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await stub_a.UpsertLeads(scoring_pb2.UpsertLeadsRequest(leads=[upsert]), timeout=1.5)
+        assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert json.loads(raised.value.details() or "{}").get("code") == "unconfirmed", raised.value.details()
+        retried = await stub_b.UpsertLeads(scoring_pb2.UpsertLeadsRequest(leads=[upsert]), timeout=10)
+        [result] = retried.results
+        assert not result.created and result.lead.version == 2, "the first attempt was not committed: proves nothing"
+        updated = f"lead_updated:lead-4:{result.lead.version}"
+        assert updated in first_positions(settings, "lead-4"), "B answered the retry with A's update not on the bus"
+        event_posted = await stub_b.IngestEvents(scoring_pb2.IngestRequest(events=[event("lead-4", tag="1")]),
+                                                 timeout=10)
+        relay.release()  # A publishes its row too: a repeat, which consumers drop by message id
+        await asyncio.sleep(0.3)
+        on_bus = first_positions(settings, "lead-4")
+        assert on_bus.index(updated) < on_bus.index(event_posted.results[0].event_id)
