@@ -166,6 +166,9 @@ MAX_SPAN_ATTRIBUTES = MAX_SPAN_EVENTS = MAX_SPAN_LINKS = 128
 _UNSET = trace.Status(trace.StatusCode.UNSET)
 _RANDOM = trace.TraceFlags.RANDOM_TRACE_ID
 _SAMPLED = trace.TraceFlags.SAMPLED
+_NO_STATE = trace.DEFAULT_TRACE_STATE
+_MAX_TRACE_ID, _MAX_SPAN_ID = 2**128 - 1, 2**64 - 1
+_new_tuple = tuple.__new__
 
 
 class RecordedSpan(trace.Span, ReadableSpan):
@@ -396,7 +399,14 @@ class _Tracer(trace.Tracer):
         # only for the invalid id 0, as this does through it. Any other generator is asked (the type is
         # read per span: `id_generator` is a public attribute, replaced after the provider is made).
         span_id = (_getrandbits(64) if type(ids) is RandomIdGenerator else 0) or ids.generate_span_id()
-        span_context = trace.SpanContext(trace_id, span_id, False, flags, state)
+        # The SpanContext tuple made directly: its `__new__` (a Python call a span) only fills the default
+        # trace state and works out `is_valid`, which holds for ids a generator made (not zero; in range,
+        # as the check keeps it).
+        if 0 < trace_id <= _MAX_TRACE_ID and 0 < span_id <= _MAX_SPAN_ID:
+            span_context = _new_tuple(trace.SpanContext,
+                                      (trace_id, span_id, False, flags, _NO_STATE if state is None else state, True))
+        else:
+            span_context = trace.SpanContext(trace_id, span_id, False, flags, state)
         if not sampled:
             return trace.NonRecordingSpan(span_context)
         processor = provider.processor
@@ -415,7 +425,7 @@ class _Tracer(trace.Tracer):
                               links: Sequence[trace.Link] | None = (), start_time: int | None = None,
                               record_exception: bool = True, set_status_on_exception: bool = True,
                               end_on_exit: bool = True) -> Current:
-        parent = _parent_of(context)
+        parent = current_span().get_span_context() if context is None else _parent_of(context)
         span = self.start_child(name, parent, context, kind, attributes, links, start_time, record_exception,
                                 set_status_on_exception)
         return Current(span, end_on_exit, record_exception, set_status_on_exception)
