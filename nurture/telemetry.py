@@ -30,7 +30,7 @@ import logging
 import re
 import threading
 import traceback
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from random import getrandbits as _getrandbits
@@ -183,7 +183,7 @@ class RecordedSpan(trace.Span, ReadableSpan):
 
     def __init__(self, name: str, context: trace.SpanContext, parent: trace.SpanContext | None,
                  resource: Resource, attributes: Attributes, links: Sequence[trace.Link], kind: trace.SpanKind,
-                 processor: SpanProcessor, scope: InstrumentationScope, start_time: int,
+                 ended: Callable[[ReadableSpan], None], scope: InstrumentationScope, start_time: int,
                  record_exception: bool, set_status_on_exception: bool) -> None:
         # ReadableSpan's fields, set directly (its __init__ makes a Resource when given none).
         self._name = name
@@ -205,7 +205,7 @@ class RecordedSpan(trace.Span, ReadableSpan):
         self._start_time = start_time
         self._instrumentation_scope = scope
         self._instrumentation_info = None
-        self._processor = processor
+        self._ended = ended  # what takes the span when it ends (MeshTracerProvider.ended)
         self._record_exception = record_exception
         self._set_status_on_exception = set_status_on_exception
 
@@ -267,7 +267,7 @@ class RecordedSpan(trace.Span, ReadableSpan):
         if self._end_time is not None:
             return
         self._end_time = end_time if end_time is not None else time_ns()
-        self._processor.on_end(self)
+        self._ended(self)
 
     def __exit__(self, exc_type: type[BaseException] | None, exc_val: BaseException | None,
                  exc_tb: TracebackType | None) -> None:
@@ -411,7 +411,7 @@ class _Tracer(trace.Tracer):
             return trace.NonRecordingSpan(span_context)
         processor = provider.processor
         span = RecordedSpan(name, span_context, parent, provider.mesh_resource, attributes, links or (), kind,
-                            processor, self._scope, start_time if start_time is not None else time_ns(),
+                            provider.ended, self._scope, start_time if start_time is not None else time_ns(),
                             record_exception, set_status_on_exception)
         if provider.starts:
             if context is None and parent is not None:  # what the processor would have been told
@@ -429,6 +429,19 @@ class _Tracer(trace.Tracer):
         span = self.start_child(name, parent, context, kind, attributes, links, start_time, record_exception,
                                 set_status_on_exception)
         return Current(span, end_on_exit, record_exception, set_status_on_exception)
+
+
+def _batch_emit(processor: SpanProcessor) -> Callable[[ReadableSpan], None] | None:
+    """For OpenTelemetry's own BatchSpanProcessor, the queue's `emit` its `on_end` calls: a recorded span
+    of the mesh is sampled by construction, so `on_end`'s check (the span's flags, through two
+    properties) is skipped, three Python calls a span. Its batcher is the SDK's internal
+    (`_batch_processor`, `emit`), so any other processor, or a version of the SDK without them, gets
+    `on_end` as before. `emit` keeps everything else `on_end` did: a queue full or a processor shut down
+    drops the span, as it does, and a forked child's queue is reset first."""
+    if type(processor) is not BatchSpanProcessor:
+        return None
+    emit = getattr(getattr(processor, "_batch_processor", None), "emit", None)
+    return cast(Callable[[ReadableSpan], None], emit) if callable(emit) else None
 
 
 # Processors whose `on_start` does nothing (the SDK's base, batch and simple ones): a span's start does
@@ -451,6 +464,7 @@ class MeshTracerProvider(TracerProvider):
         # added (every process adds one BatchSpanProcessor), called directly rather than through the
         # multi-processor's loop; `starts` is whether any processor does something when a span starts.
         self.processor: SpanProcessor = self._active_span_processor
+        self.ended: Callable[[ReadableSpan], None] = self.processor.on_end
         self.starts = False
         self._added: list[SpanProcessor] = []
         self._mesh_tracers: dict[tuple[str, str | None, str | None], _Tracer] = {}
@@ -460,6 +474,7 @@ class MeshTracerProvider(TracerProvider):
         super().add_span_processor(span_processor)
         self._added.append(span_processor)
         self.processor = span_processor if len(self._added) == 1 else self._active_span_processor
+        self.ended = _batch_emit(self.processor) or self.processor.on_end
         self.starts = any(type(p).on_start not in _NO_OP_STARTS for p in self._added)
 
     def get_tracer(self, instrumenting_module_name: str, instrumenting_library_version: str | None = None,
