@@ -28,7 +28,7 @@ import re
 import signal
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from typing import TypeAlias, cast
 
 import grpc
@@ -111,6 +111,8 @@ _TRACESTATE = "tracestate"
 _TRACEPARENT_FORMAT = re.compile(r"[ \t]*([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(?:(-.*)|[ \t]*)")
 _ZERO_TRACE, _ZERO_SPAN = "0" * 32, "0" * 16
 _SAMPLED = trace.TraceFlags.SAMPLED
+_NO_STATE = trace.DEFAULT_TRACE_STATE
+_new_tuple = tuple.__new__
 
 
 def _remote_span_context(traceparent: object, tracestate: object = None) -> trace.SpanContext | None:
@@ -129,8 +131,10 @@ def _remote_span_context(traceparent: object, tracestate: object = None) -> trac
     version, trace_id, span_id, flags, rest = match.groups()
     if trace_id == _ZERO_TRACE or span_id == _ZERO_SPAN or version == "ff" or (version == "00" and rest):
         return None
-    return trace.SpanContext(int(trace_id, 16), int(span_id, 16), is_remote=True,
-                             trace_flags=trace.TraceFlags(int(flags, 16)))
+    # The SpanContext tuple made directly: its `__new__` (a Python call) only fills the defaults and works
+    # out `is_valid`, which the checks above have settled (neither id is zero; the format bounds them).
+    return _new_tuple(trace.SpanContext, (int(trace_id, 16), int(span_id, 16), True,
+                                          trace.TraceFlags(int(flags, 16)), _NO_STATE, True))
 
 
 class _MeshHandlers:
@@ -344,6 +348,33 @@ def unexpected_error(exc: Exception, span: trace.Span | None = None) -> NurtureE
                     details={"trace_id": trace_id})
 
 
+class _Wire(grpc.aio.Metadata):  # type: ignore[misc]  # grpc has no type information: its base is Any
+    """A call's outgoing metadata as the mesh's channel hands it to grpc.aio, which only asks its length
+    and copies its entries into a tuple: the entries are kept as that tuple. grpc.aio's own Metadata builds
+    an OrderedDict of lists entry by entry (`add`) and iterates it back through a generator, which cost a
+    signed call about twice what the plain call's empty Metadata costs (1.1 against 0.6 µs, timeit). The
+    mapping is made from the entries only if something reads or changes the object as a Metadata."""
+
+    def __init__(self, *items: MetadataItem) -> None:  # Metadata's __init__ (the mapping) only on demand
+        self._items: tuple[MetadataItem, ...] | None = items
+
+    def __getattr__(self, name: str) -> object:
+        # Reached only for an attribute not set: Metadata's `_metadata`, the mapping, until it is made.
+        if name != "_metadata" or self._items is None:
+            raise AttributeError(name)
+        items, self._items = self._items, None
+        grpc.aio.Metadata.__init__(self, *items)
+        return self._metadata
+
+    def __len__(self) -> int:
+        items = self._items
+        return len(items) if items is not None else int(super().__len__())
+
+    def __iter__(self) -> Iterator[MetadataItem]:
+        items = self._items
+        return iter(items) if items is not None else cast(Iterator[MetadataItem], super().__iter__())
+
+
 def _outgoing(signer: Signer, method: str, metadata: Iterable[MetadataItem] | None) -> grpc.aio.Metadata:
     """A call's metadata plus its mesh credential and, inside a span, the W3C trace context (sampled or
     not: the decision travels with it). The traceparent rides in the credential's entry, after a `;`
@@ -352,22 +383,22 @@ def _outgoing(signer: Signer, method: str, metadata: Iterable[MetadataItem] | No
     server reads it since the release before this one (895dc25), and still reads the two-entry form of
     older callers. A call made without a mesh token sends its traceparent in its own entry (there is no
     credential to carry it); a `tracestate` (which the mesh never sets) always has its own.
-    Made as grpc.aio's own Metadata, which it takes as it is: given a list it checks it against typing's
-    Sequence (an ABC check through typing's layers), copies it into a tuple and makes the same object
-    from that."""
+    Made as a Metadata (grpc.aio takes one as it is: given a list it checks it against typing's Sequence,
+    copies it into a tuple and makes a Metadata from that), and as the tuple it is sent as (_Wire)."""
     # A SpanContext is a tuple (trace id, span id, is_remote, flags, trace state, is_valid): unpacked, not
     # read through five of its properties, each a call (the layout is checked by test_rpc_handlers.py).
     trace_id, span_id, _, flags, state, valid = telemetry.current_span().get_span_context()
-    out = grpc.aio.Metadata(*metadata) if metadata else grpc.aio.Metadata()
     if signer.signs:
         credential = signer.header(method)
-        out.add(MESH_HEADER, f"{credential}{TRACE_SEPARATOR}00-{trace_id:032x}-{span_id:016x}-{flags:02x}"
-                if valid else credential)
+        mesh: MetadataItem = (MESH_HEADER, f"{credential}{TRACE_SEPARATOR}00-{trace_id:032x}-{span_id:016x}-{flags:02x}"
+                              if valid else credential)
     elif valid:
-        out.add(_TRACEPARENT, f"00-{trace_id:032x}-{span_id:016x}-{flags:02x}")
-    if valid and state:
-        out.add(_TRACESTATE, state.to_header())
-    return out
+        mesh = (_TRACEPARENT, f"00-{trace_id:032x}-{span_id:016x}-{flags:02x}")
+    else:
+        return _Wire(*metadata) if metadata else _Wire()
+    if metadata or (valid and state):
+        return _Wire(*(metadata or ()), mesh, *((_TRACESTATE, state.to_header()),) if valid and state else ())
+    return _Wire(mesh)
 
 
 class _Signed:

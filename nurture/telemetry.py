@@ -30,7 +30,7 @@ import logging
 import re
 import threading
 import traceback
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from random import getrandbits as _getrandbits
@@ -166,6 +166,9 @@ MAX_SPAN_ATTRIBUTES = MAX_SPAN_EVENTS = MAX_SPAN_LINKS = 128
 _UNSET = trace.Status(trace.StatusCode.UNSET)
 _RANDOM = trace.TraceFlags.RANDOM_TRACE_ID
 _SAMPLED = trace.TraceFlags.SAMPLED
+_NO_STATE = trace.DEFAULT_TRACE_STATE
+_MAX_TRACE_ID, _MAX_SPAN_ID = 2**128 - 1, 2**64 - 1
+_new_tuple = tuple.__new__
 
 
 class RecordedSpan(trace.Span, ReadableSpan):
@@ -180,7 +183,7 @@ class RecordedSpan(trace.Span, ReadableSpan):
 
     def __init__(self, name: str, context: trace.SpanContext, parent: trace.SpanContext | None,
                  resource: Resource, attributes: Attributes, links: Sequence[trace.Link], kind: trace.SpanKind,
-                 processor: SpanProcessor, scope: InstrumentationScope, start_time: int,
+                 ended: Callable[[ReadableSpan], None], scope: InstrumentationScope, start_time: int,
                  record_exception: bool, set_status_on_exception: bool) -> None:
         # ReadableSpan's fields, set directly (its __init__ makes a Resource when given none).
         self._name = name
@@ -202,7 +205,7 @@ class RecordedSpan(trace.Span, ReadableSpan):
         self._start_time = start_time
         self._instrumentation_scope = scope
         self._instrumentation_info = None
-        self._processor = processor
+        self._ended = ended  # what takes the span when it ends (MeshTracerProvider.ended)
         self._record_exception = record_exception
         self._set_status_on_exception = set_status_on_exception
 
@@ -264,7 +267,7 @@ class RecordedSpan(trace.Span, ReadableSpan):
         if self._end_time is not None:
             return
         self._end_time = end_time if end_time is not None else time_ns()
-        self._processor.on_end(self)
+        self._ended(self)
 
     def __exit__(self, exc_type: type[BaseException] | None, exc_val: BaseException | None,
                  exc_tb: TracebackType | None) -> None:
@@ -396,12 +399,19 @@ class _Tracer(trace.Tracer):
         # only for the invalid id 0, as this does through it. Any other generator is asked (the type is
         # read per span: `id_generator` is a public attribute, replaced after the provider is made).
         span_id = (_getrandbits(64) if type(ids) is RandomIdGenerator else 0) or ids.generate_span_id()
-        span_context = trace.SpanContext(trace_id, span_id, False, flags, state)
+        # The SpanContext tuple made directly: its `__new__` (a Python call a span) only fills the default
+        # trace state and works out `is_valid`, which holds for ids a generator made (not zero; in range,
+        # as the check keeps it).
+        if 0 < trace_id <= _MAX_TRACE_ID and 0 < span_id <= _MAX_SPAN_ID:
+            span_context = _new_tuple(trace.SpanContext,
+                                      (trace_id, span_id, False, flags, _NO_STATE if state is None else state, True))
+        else:
+            span_context = trace.SpanContext(trace_id, span_id, False, flags, state)
         if not sampled:
             return trace.NonRecordingSpan(span_context)
         processor = provider.processor
         span = RecordedSpan(name, span_context, parent, provider.mesh_resource, attributes, links or (), kind,
-                            processor, self._scope, start_time if start_time is not None else time_ns(),
+                            provider.ended, self._scope, start_time if start_time is not None else time_ns(),
                             record_exception, set_status_on_exception)
         if provider.starts:
             if context is None and parent is not None:  # what the processor would have been told
@@ -415,10 +425,23 @@ class _Tracer(trace.Tracer):
                               links: Sequence[trace.Link] | None = (), start_time: int | None = None,
                               record_exception: bool = True, set_status_on_exception: bool = True,
                               end_on_exit: bool = True) -> Current:
-        parent = _parent_of(context)
+        parent = current_span().get_span_context() if context is None else _parent_of(context)
         span = self.start_child(name, parent, context, kind, attributes, links, start_time, record_exception,
                                 set_status_on_exception)
         return Current(span, end_on_exit, record_exception, set_status_on_exception)
+
+
+def _batch_emit(processor: SpanProcessor) -> Callable[[ReadableSpan], None] | None:
+    """For OpenTelemetry's own BatchSpanProcessor, the queue's `emit` its `on_end` calls: a recorded span
+    of the mesh is sampled by construction, so `on_end`'s check (the span's flags, through two
+    properties) is skipped, three Python calls a span. Its batcher is the SDK's internal
+    (`_batch_processor`, `emit`), so any other processor, or a version of the SDK without them, gets
+    `on_end` as before. `emit` keeps everything else `on_end` did: a queue full or a processor shut down
+    drops the span, as it does, and a forked child's queue is reset first."""
+    if type(processor) is not BatchSpanProcessor:
+        return None
+    emit = getattr(getattr(processor, "_batch_processor", None), "emit", None)
+    return cast(Callable[[ReadableSpan], None], emit) if callable(emit) else None
 
 
 # Processors whose `on_start` does nothing (the SDK's base, batch and simple ones): a span's start does
@@ -441,6 +464,7 @@ class MeshTracerProvider(TracerProvider):
         # added (every process adds one BatchSpanProcessor), called directly rather than through the
         # multi-processor's loop; `starts` is whether any processor does something when a span starts.
         self.processor: SpanProcessor = self._active_span_processor
+        self.ended: Callable[[ReadableSpan], None] = self.processor.on_end
         self.starts = False
         self._added: list[SpanProcessor] = []
         self._mesh_tracers: dict[tuple[str, str | None, str | None], _Tracer] = {}
@@ -450,6 +474,7 @@ class MeshTracerProvider(TracerProvider):
         super().add_span_processor(span_processor)
         self._added.append(span_processor)
         self.processor = span_processor if len(self._added) == 1 else self._active_span_processor
+        self.ended = _batch_emit(self.processor) or self.processor.on_end
         self.starts = any(type(p).on_start not in _NO_OP_STARTS for p in self._added)
 
     def get_tracer(self, instrumenting_module_name: str, instrumenting_library_version: str | None = None,

@@ -238,6 +238,25 @@ def test_the_outgoing_metadata_carries_a_tracestate_in_its_own_entry() -> None:
     assert unsigned == [("traceparent", traceparent), ("tracestate", "vendor=x")]
 
 
+def test_the_outgoing_metadata_is_a_metadata_and_iterates_as_the_entries_it_sends() -> None:
+    """The channel's outgoing metadata (kept as the tuple grpc.aio copies it into) still reads and
+    changes as grpc.aio's Metadata does, for whatever looks at it as one."""
+    span = trace.NonRecordingSpan(trace.SpanContext(0xABC, 0xDEF, False, trace.TraceFlags(1)))
+    with telemetry.as_current(span, end=False):
+        out = _outgoing(Signer(MESH_TOKEN), ECHO, [("other", "1"), ("other", "2")])
+    assert isinstance(out, grpc.aio.Metadata) and len(out) == 3 and bool(out)
+    sent = tuple(out)
+    assert [k for k, _ in sent] == ["other", "other", HEADER]
+    assert out["other"] == "1" and out.get_all("other") == ["1", "2"] and HEADER in out
+    assert out == grpc.aio.Metadata(*sent)
+    out.add("extra", "x")
+    assert tuple(out) == (*sent, ("extra", "x")) and len(out) == 4
+    del out["extra"]
+    assert tuple(out) == sent
+    empty = _outgoing(Signer(""), ECHO, None)  # no token, no span: nothing to send
+    assert isinstance(empty, grpc.aio.Metadata) and len(empty) == 0 and not empty and tuple(empty) == ()
+
+
 @pytest.mark.parametrize("value", [
     SAMPLED, UNSAMPLED, "  " + SAMPLED, SAMPLED + "\t", "01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-x",
     SAMPLED + "-x", "ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", SAMPLED.upper(),

@@ -296,3 +296,80 @@ def test_span_ids_come_from_the_providers_generator_unless_it_is_opentelemetrys_
     child = tracer.start_child("child", root.get_span_context())  # type: ignore[attr-defined]
     assert (root.get_span_context().span_id, child.get_span_context().span_id) == (1, 2)
     assert child.get_span_context().trace_id == root.get_span_context().trace_id
+
+
+class _WideIds(RandomIdGenerator):  # type: ignore[misc]  # the SDK's base is untyped for mypy
+    """Ids out of W3C's range: a span with one is not valid, whoever builds its context."""
+
+    def generate_span_id(self) -> int:
+        return 2**64
+
+    def generate_trace_id(self) -> int:
+        return 2**128
+
+
+@pytest.mark.parametrize("ratio", [0.0, 1.0])
+def test_a_span_context_made_by_the_tracer_is_the_one_opentelemetry_would_make(ratio: float) -> None:
+    """The mesh's tracer builds a span's SpanContext tuple itself (without its Python `__new__`): the
+    same tuple, validity and default trace state as OpenTelemetry's constructor gives, for a root and a
+    child, sampled or not, a parent's trace state carried; ids out of range still come out invalid."""
+    made = telemetry.provider("t", load_settings(environ={}, trace_sample_ratio=ratio))
+    tracer = made.get_tracer("t")
+    root = tracer.start_span("root").get_span_context()
+    state = trace.TraceState([("k", "v")])
+    parent = trace.SpanContext(0xABC, 0xDEF, True, trace.TraceFlags(1 if ratio else 0), state)
+    child = tracer.start_child("child", parent).get_span_context()  # type: ignore[attr-defined]
+    for ctx in (root, child):
+        rebuilt = trace.SpanContext(ctx.trace_id, ctx.span_id, False, ctx.trace_flags, ctx.trace_state)
+        assert tuple(ctx) == tuple(rebuilt) and ctx.is_valid and type(ctx) is trace.SpanContext
+    assert root.trace_state is trace.DEFAULT_TRACE_STATE and child.trace_state is state
+    made.id_generator = _WideIds()
+    wide = tracer.start_span("wide").get_span_context()
+    assert not wide.is_valid and (wide.trace_id, wide.span_id) == (2**128, 2**64)
+
+
+class _OwnBatch(BatchSpanProcessor):  # type: ignore[misc]  # the SDK's base is untyped for mypy
+    """A processor derived from the batch one: its own `on_end` must still be called."""
+
+    def __init__(self, exporter: InMemorySpanExporter) -> None:
+        super().__init__(exporter)
+        self.ended: list[ReadableSpan] = []
+
+    def on_end(self, span: ReadableSpan) -> None:
+        self.ended.append(span)
+        super().on_end(span)
+
+
+def test_a_recorded_span_goes_straight_to_a_lone_batch_processors_queue(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With OpenTelemetry's own BatchSpanProcessor as the one processor, a recorded span that ends is put
+    on its queue without its `on_end` (whose sampled check a recorded span always passes): it is still
+    exported, and one that ends after the processor was shut down is dropped as `on_end` would drop it.
+    A processor of another type, even one derived from the batch one, gets `on_end`."""
+    on_end_calls: list[ReadableSpan] = []
+    original = BatchSpanProcessor.on_end
+
+    def spy(self: BatchSpanProcessor, span: ReadableSpan) -> None:
+        on_end_calls.append(span)
+        original(self, span)
+
+    monkeypatch.setattr(BatchSpanProcessor, "on_end", spy)
+    made = telemetry.provider("t", load_settings(environ={}, trace_sample_ratio=1.0))
+    exporter = InMemorySpanExporter()
+    made.add_span_processor(BatchSpanProcessor(exporter))
+    tracer = made.get_tracer("t")
+    with tracer.start_as_current_span("queued"):
+        pass
+    made.force_flush()
+    assert [s.name for s in exporter.get_finished_spans()] == ["queued"] and on_end_calls == []
+    late = tracer.start_span("late")
+    made.shutdown()
+    late.end()  # after the shutdown: dropped, not raised
+    assert [s.name for s in exporter.get_finished_spans()] == ["queued"]
+
+    derived = telemetry.provider("t", load_settings(environ={}, trace_sample_ratio=1.0))
+    own = _OwnBatch(InMemorySpanExporter())
+    derived.add_span_processor(own)
+    with derived.get_tracer("t").start_as_current_span("through on_end") as span:
+        pass
+    assert own.ended == [span]
+    derived.shutdown()
