@@ -21,7 +21,7 @@ from nurture.errors import Unconfirmed
 from nurture.telemetry import batch_parent, traceparent_contexts, tracer
 from services.scoring import storage as st
 from services.scoring.app.base import CoreBase
-from services.scoring.app.outbox import HandOff, Outbox
+from services.scoring.app.outbox import HandOff, Outbox, placed
 from services.scoring.domain import messages
 from services.scoring.domain.profile import apply_outcome, next_lapse
 from services.scoring.domain.records import EventIn, EventResult, LeadRecord, OutboxRow
@@ -52,15 +52,7 @@ class Ingest(CoreBase):
         are outbox rows published since, deleted here so that the hot path costs one transaction (a
         crash before that delete republishes them, and consumers drop repeats by message id)."""
         places: list[HandOff] = []  # the one `reserve` gave, once taken
-        try:
-            results, again, written = self._ingest(batch, now, published, reserve, places)
-        except BaseException:
-            for place in places:  # rolled back, or its commit failed: none of its rows exists
-                place.fail()
-            raise
-        for place in places:
-            place.commit(again + written, again=len(again))
-        return results, again + written
+        return placed(places, lambda: self._ingest(batch, now, published, reserve, places))
 
     def _ingest(
         self, batch: Sequence[EventIn], now: datetime, published: Sequence[int],

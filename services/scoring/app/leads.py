@@ -22,7 +22,7 @@ from nurture.jsontypes import JsonMapping, JsonObject
 from nurture.times import utc_or_none as aware
 from services.scoring import storage as st
 from services.scoring.app.base import CoreBase
-from services.scoring.app.outbox import HandOff
+from services.scoring.app.outbox import HandOff, placed
 from services.scoring.domain import messages
 from services.scoring.domain.addresses import FLAGS_ATTRIBUTE, check_email, email_flags
 from services.scoring.domain.profile import email_hash, regrade
@@ -206,14 +206,7 @@ class Leads(CoreBase):
         replica, which changes nothing, is answered only once the first attempt is on the bus), then
         the rows written. `published` are outbox rows published since, deleted here."""
         places: list[HandOff] = []  # the one `reserve` gave, once taken
-        try:
-            out, again, written = self._upsert_leads(items, now, published, reserve, places)
-        except BaseException:
-            for place in places:  # rolled back, or its commit failed: none of its rows exists
-                place.fail()
-            raise
-        for place in places:
-            place.commit(again + written, again=len(again))
+        out, _ = placed(places, lambda: self._upsert_leads(items, now, published, reserve, places))
         return out
 
     def _upsert_leads(

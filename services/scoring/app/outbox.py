@@ -66,6 +66,23 @@ class HandOff:
         self.state = "failed"
 
 
+def placed(places: list[HandOff],
+           write: Callable[[], tuple[T, list[OutboxRow], list[OutboxRow]]]) -> tuple[T, list[OutboxRow]]:
+    """Run a write that takes its place in the publishing order (the write appends the place `reserve`
+    gave it to `places`, once its leads are locked), then settle that place: committed with the rows the
+    write read again and the rows it wrote, or failed if the write raised (rolled back, or its commit
+    failed: none of its rows exists). Returns the write's result and the rows to publish."""
+    try:
+        result, again, written = write()
+    except BaseException:
+        for place in places:
+            place.fail()
+        raise
+    for place in places:
+        place.commit(again + written, again=len(again))
+    return result, again + written
+
+
 def _announce(announced: asyncio.Future[None] | None) -> None:
     if announced is not None and not announced.done():
         announced.set_result(None)
