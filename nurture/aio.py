@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -21,6 +22,18 @@ async def wait_event(event: asyncio.Event, timeout: float) -> bool:
         return True
     except TimeoutError:
         return False
+
+
+async def wait_while(condition: Callable[[], bool], most: float, step: float = 0.05) -> float:
+    """Wait while `condition()` holds, `most` seconds at most, looking again every `step`; returns the
+    seconds waited (0 when it did not hold)."""
+    start = time.monotonic()
+    while condition():
+        left = most - (time.monotonic() - start)
+        if left <= 0:
+            break
+        await asyncio.sleep(min(step, left))
+    return time.monotonic() - start
 
 
 def resolve(futures: Iterable[tuple[asyncio.Future[T], T | BaseException]]) -> None:
