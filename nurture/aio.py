@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -22,18 +21,6 @@ async def wait_event(event: asyncio.Event, timeout: float) -> bool:
         return True
     except TimeoutError:
         return False
-
-
-async def wait_while(condition: Callable[[], bool], most: float, step: float = 0.05) -> float:
-    """Wait while `condition()` holds, `most` seconds at most, looking again every `step`; returns the
-    seconds waited (0 when it did not hold)."""
-    start = time.monotonic()
-    while condition():
-        left = most - (time.monotonic() - start)
-        if left <= 0:
-            break
-        await asyncio.sleep(min(step, left))
-    return time.monotonic() - start
 
 
 def resolve(futures: Iterable[tuple[asyncio.Future[T], T | BaseException]]) -> None:

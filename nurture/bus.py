@@ -153,9 +153,6 @@ class Consumer:
         # The shards read now: every one, or (with an ownership) those taken over from their last owner.
         self._active: set[int] = set(range(shards)) if ownership is None else set()
         self._trimmed_at = 0.0  # loop time of the last trim pass (0: none yet)
-        # True while the running loop's last read took a full batch from some shard: more is waiting
-        # there (a backlog), so work that can wait a moment (crm_sync's CRM pushes) may leave it the CPU.
-        self.backlogged = False
 
     async def ensure_groups(self) -> None:
         if self._ready:
@@ -465,7 +462,6 @@ class Consumer:
                     # A trickle arrived: wait a moment for more, so one handler call takes many.
                     await asyncio.sleep(self._linger)
                     entries += await self._read(">", None)
-                self.backlogged = any(len(items) >= self._batch for _, items in entries)
                 if entries:
                     async with self._lock:
                         await self._handle(entries)

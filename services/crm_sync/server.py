@@ -68,7 +68,6 @@ async def serve(settings: Settings) -> Running:
     await core.recover()
     consumer = Consumer(redis, group="crm_sync", shards=settings.bus_shards, handler=core.handle_messages,
                         linger=BUS_LINGER_S)
-    core.bus_backlogged = lambda: consumer.backlogged
     settle_lock = asyncio.Lock()
 
     async def settle() -> tuple[int, datetime | None]:

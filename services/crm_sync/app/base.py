@@ -58,9 +58,6 @@ class CoreBase:
     locks: KeyLocks
     changes_wake: asyncio.Event
     push_wake: asyncio.Event
-    # Whether the bus consumer is reading full batches (nurture.bus.Consumer.backlogged): the push loop
-    # leaves it the CPU meanwhile, up to PUSH_YIELD_S a pass (set by the server; never, alone).
-    bus_backlogged: Callable[[], bool]
     stats: SyncStats
 
     async def sql(self, fn: Callable[[Session], T]) -> T:

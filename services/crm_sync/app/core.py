@@ -68,7 +68,6 @@ class CrmSyncCore(InboundContacts, InboundActivities, BusConsumer, OutboundQueue
             self._upsert_batch, max_batch=100, parallel=1)
         self.changes_wake = asyncio.Event()
         self.push_wake = asyncio.Event()
-        self.bus_backlogged = lambda: False
         self.stats = SyncStats()
         self._push_lock = asyncio.Lock()
         self._reclaimed_at = time.monotonic()

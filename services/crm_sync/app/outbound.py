@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 import grpc
 from sqlalchemy.orm import Session
 
-from nurture.aio import wait_event, wait_while
+from nurture.aio import wait_event
 from nurture.api.scoring.v1 import scoring_pb2
 from nurture.db import ContentionError
 from nurture.errors import TRANSIENT
@@ -38,13 +38,6 @@ LEAD_UPDATES_PER_CALL = 20
 # what a caller waits on, so a fraction of a second more is not felt.
 PUSH_PASS = 400
 PUSH_LINGER_S = 0.2
-# While the bus consumer reads full batches (a backlog), the push loop waits up to this long before a
-# pass. Every bus batch changes most of its leads and queues a contact push for each, and a pass (claim,
-# read the leads, the CRM call, record) took about a third of crm_sync's CPU while a backlog drained,
-# beside the bus handler on the same interpreter and SQLite writer; waiting lets the bus go first and
-# lets one push carry several batches' changes of a lead. The CRM's copy lags by this much more at
-# most, and only while the bus is behind.
-PUSH_YIELD_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -488,7 +481,6 @@ class OutboundQueue(CoreBase):
         """Real clock only: perform pushes as they fall due (woken at once when new ones are queued)."""
         while True:
             try:
-                await wait_while(self.bus_backlogged, PUSH_YIELD_S)
                 if await self.process_due():
                     # It returns after a short pass: what falls due next is a trickle, and a moment's
                     # wait lets the next pass take more of it at once.

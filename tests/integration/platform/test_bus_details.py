@@ -232,37 +232,6 @@ async def test_a_read_takes_at_most_a_batch(redis_url: str) -> None:
     await client.aclose()
 
 
-async def test_the_running_consumer_says_when_it_reads_full_batches(redis_url: str) -> None:
-    # A backlog (a read that took a full batch from a shard) is what crm_sync's push loop yields to.
-    client = aioredis.from_url(redis_url)
-    await Publisher(client, SHARDS).publish([bus_message(f"k{n}", "lead-k", "x") for n in range(5)])
-    seen: list[tuple[int, bool]] = []
-    consumer: Consumer
-    done = asyncio.Event()
-
-    async def handler(messages: list[BusMessage]) -> None:
-        seen.append((len(messages), consumer.backlogged))
-        if sum(n for n, _ in seen) == 5:
-            done.set()
-
-    consumer = Consumer(client, group="kg", shards=SHARDS, handler=handler, batch=2, linger=0)
-    assert not consumer.backlogged
-    task = asyncio.create_task(consumer.run(idle_block_ms=50))
-    await asyncio.wait_for(done.wait(), 20)
-    # The start's drain read those (2, 2, 1): it is not the loop, and says nothing.
-    assert seen == [(2, False), (2, False), (1, False)]
-    await Publisher(client, SHARDS).publish([bus_message(f"m{n}", "lead-k", "x") for n in range(4)])
-    while sum(n for n, _ in seen) < 9:
-        await asyncio.sleep(0.02)
-    await asyncio.sleep(0.2)  # an empty read after the last
-    task.cancel()
-    await asyncio.wait([task], timeout=5)
-    loop = seen[3:]  # linger 0: one read a call; a read of 2 took a full batch, one of 1 did not
-    assert all(backlogged == (n == 2) for n, backlogged in loop) and any(b for _, b in loop), seen
-    assert not consumer.backlogged
-    await client.aclose()
-
-
 async def test_a_dead_letter_keeps_at_most_64_kib_of_its_messages(redis_url: str,
                                                                  caplog: pytest.LogCaptureFixture) -> None:
     client = aioredis.from_url(redis_url)
