@@ -180,3 +180,26 @@ async def test_a_new_journey_whose_templates_are_drafts_says_to_publish_them(mes
         assert r.status_code == 200, r.text
     r = await mesh.client.put("/v1/journeys/cart_v2", headers=mesh.headers("editor"), json=journey)
     assert r.status_code == 201 and r.json() == {"key": "cart_v2", "version": 1, "status": "draft"}, r.text
+
+
+async def test_a_template_made_through_the_api_is_about_its_journeys_topic_in_the_default_format(
+        mesh: TemplatesMesh) -> None:
+    """A new email added to the family journey as data (PUT, publish) is content like the catalog's: its
+    sends carry the journey's topic and the default format, which analytics groups content by (the
+    seed's "content performance by topic and format"); they carried neither, a row keyed ''."""
+    await mesh.add_lead("ana")
+    body = await content_of(mesh)
+    body["variants"] = {}
+    r = await mesh.client.put("/v1/templates/family.email_99", headers=mesh.headers("editor"), json=body)
+    assert r.status_code == 201, r.text
+    r = await mesh.client.post("/v1/templates/family.email_99/publish", headers=mesh.headers("editor"),
+                               json={"version": 1})
+    assert r.status_code == 200, r.text
+    sent = {}
+    for key in ("family.email_99", KEY):
+        mid = await mesh.send("ana", key)
+        r = await mesh.client.get("/v1/leads/ana/timeline", headers=mesh.headers("viewer"))
+        sent[key] = next(i["details"] for i in r.json()["items"]
+                         if i["type"] == "message_sent" and i["details"].get("message_id") == mid)
+    assert (sent[KEY]["topic"], sent[KEY]["format"]) == ("family_relocation", "newsletter")
+    assert (sent["family.email_99"]["topic"], sent["family.email_99"]["format"]) == ("family_relocation", "newsletter")
