@@ -122,6 +122,18 @@ def _cors(origin: str) -> dict[str, str]:
     return {"Access-Control-Allow-Origin": origin, "Vary": "Origin", **NO_STORE}
 
 
+def _same_origin(key: SiteKey, headers: Mapping[str, str]) -> str | None:
+    """A browser sends no `Origin` on a same-origin GET (the Fetch standard), so a page served from the
+    gateway's own address (the origin `nurture up`'s development key allows) reading its visitor's form
+    fields or personalization was refused. Such a request says `Sec-Fetch-Site: same-origin`: its origin is
+    the gateway's own, `Host` under the scheme the key names (a client that forges this could forge
+    `Origin` as well; the site key is public by design)."""
+    host = headers.get("host")
+    if headers.get("sec-fetch-site") != "same-origin" or not host:
+        return None
+    return next((o for o in (f"https://{host}", f"http://{host}") if key.allows(o)), None)
+
+
 def _site(request: Request, k: str) -> tuple[SiteKey, dict[str, str]]:
     return _site_of(tracking(request), k, request.headers)
 
@@ -130,7 +142,7 @@ def _site_of(state: Tracking, k: str, headers: Mapping[str, str]) -> tuple[SiteK
     key = state.keys.get(k)
     if key is None:
         raise ApiError(403, "unknown_site_key", "this site key is not configured (NURTURE_SITE_KEYS)")
-    origin = headers.get("origin")
+    origin = headers.get("origin") or _same_origin(key, headers)
     if not key.allows(origin):
         raise ApiError(403, "origin_not_allowed", "this site key may not be used from this origin",
                        {"origin": (origin or "")[:200]})

@@ -159,11 +159,14 @@ class Clients:
                                                             source="journeys", must_exist=True), timeout=DEADLINE_S)
         return "done", "", ""
 
-    async def templates(self) -> list[str] | None:
-        """Template keys messaging knows, or None when messaging cannot say now."""
+    async def templates(self) -> tuple[list[str], dict[str, int]] | None:
+        """Template keys messaging sends (those with a published version) and the drafts-only ones (key ->
+        latest version), or None when messaging cannot say now."""
         stub = messaging_pb2_grpc.MessagingStub(self._channel("messaging"))
         try:
             reply = await stub.ListTemplates(messaging_pb2.ListTemplatesRequest(), timeout=2.0)
         except grpc.aio.AioRpcError:
             return None
-        return list(reply.keys)
+        live = set(reply.keys)
+        drafts = {i.key: i.latest_version for i in reply.items if i.key not in live and not i.published_version}
+        return list(reply.keys), drafts

@@ -232,6 +232,14 @@ class JourneysServicer(journeys_pb2_grpc.JourneysServicer):
             else:  # found by fuzzing: [[null]] was a 500
                 raise simulation.SimulationError('journeys must hold journey keys or {"key", "version"} objects')
             journey = self.rt.registry.resolve(str(key), version) if version else published.get(str(key))
+            stored = self.rt.registry.versions(str(key))
+            if journey is None and not version and stored:
+                # A draft (never published, or only retired versions): known, and runnable by its version.
+                raise simulation.SimulationError(
+                    f"journey {key!r} has no published version; name a stored one: "
+                    f'{{"key": {json.dumps(key)}, "version": {stored[-1]}}}',
+                    [f"journeys: {key!r} has no published version (stored: "
+                     f"{', '.join(str(v) for v in stored)})"])
             if journey is None:
                 raise NotFound(f"unknown journey {key!r}" + (f" version {version}" if version else ""))
             chosen[journey.key] = journey

@@ -763,8 +763,9 @@ class JourneysRuntime:
                           f"journey key in the address, {key!r}", [f"key: expected {key!r}"])
         doc = {**document, "key": key}
         known = {j.key for j in self.registry.published()} | {key}
-        templates = await self.clients.templates()
-        journey, problems = check(doc, journeys=known, templates=templates)
+        listed = await self.clients.templates()
+        templates, drafts = listed if listed is not None else (None, None)
+        journey, problems = check(doc, journeys=known, templates=templates, drafts=drafts)
         if problems or journey is None:
             raise Invalid(f"journey {key} has {len(problems)} problem(s)", problems)
         if validate_only:

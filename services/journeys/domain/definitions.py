@@ -621,9 +621,11 @@ def _instant_loops(j: Journey) -> list[str]:
 
 
 def validate(journey: Journey, *, journeys: Iterable[str] | None = None,
-             templates: Iterable[str] | None = None) -> list[str]:
+             templates: Iterable[str] | None = None, drafts: Mapping[str, int] | None = None) -> list[str]:
     """Cross-definition problems: other journeys named by enrol/exit, and templates unknown to
-    messaging (only checked when the caller knows the template list)."""
+    messaging (only checked when the caller knows the template list). `drafts` names the templates that
+    exist with drafts only (key -> latest version): such a step's problem says to publish one, not that
+    the template is missing."""
     problems: list[str] = []
     known = set(journeys) if journeys is not None else None
     if known is not None:
@@ -636,13 +638,19 @@ def validate(journey: Journey, *, journeys: Iterable[str] | None = None,
         for s in journey.steps.values():
             if isinstance(s, SendStep) and (s.type == "send" or s.template):
                 key = template_of(journey, s)
-                if key not in have:
+                if key in have:
+                    continue
+                if drafts and key in drafts:
+                    problems.append(f"step {s.id}: template {key!r} has no published version (draft "
+                                    f"{drafts[key]} exists: publish it first, POST /v1/templates/{key}/publish)")
+                else:
                     problems.append(f"step {s.id}: missing template {key!r}")
     return problems
 
 
 def check(document: JsonMapping, *, journeys: Iterable[str] | None = None,
-          templates: Iterable[str] | None = None, version: int = 0) -> tuple[Journey | None, list[str]]:
+          templates: Iterable[str] | None = None, drafts: Mapping[str, int] | None = None,
+          version: int = 0) -> tuple[Journey | None, list[str]]:
     """Load and validate: (journey or None, every problem). A new definition must use API.md's kinds;
     only stored versions may keep the legacy `kind: triggers` (see `load`)."""
     legacy = document.get("kind") if isinstance(document, Mapping) else None
@@ -653,9 +661,10 @@ def check(document: JsonMapping, *, journeys: Iterable[str] | None = None,
         journey = load(document, version=version)
     except DefinitionError as exc:
         # Every problem at once: unknown templates and journeys too, not only the structural ones.
-        partial = validate(exc.journey, journeys=journeys, templates=templates) if exc.journey else []
+        partial = (validate(exc.journey, journeys=journeys, templates=templates, drafts=drafts)
+                   if exc.journey else [])
         return None, exc.problems + [p for p in partial if p not in exc.problems]
-    return journey, validate(journey, journeys=journeys, templates=templates)
+    return journey, validate(journey, journeys=journeys, templates=templates, drafts=drafts)
 
 
 def read_playbook(directory: Path = PLAYBOOK_DIR) -> dict[str, JsonObject]:

@@ -653,11 +653,11 @@ class Delivery:
         """What a message's events carry of its content: the template's journey stage, topic and format
         (analytics groups by them) and, when it has one, its interest as `category`, the name the
         website's page views give theirs (journeys' interest branches listen to it)."""
-        spec = self.catalog.specs.get(template)
-        if spec is None:
+        if not template:
             return {}
-        return {"stage": spec.stage, "topic": spec.topic, "format": spec.format,
-                **({"category": spec.interest} if spec.interest else {})}
+        spec = self.catalog.spec(template)   # one made through the API: its journey's topic, the default format
+        return {k: v for k, v in (("stage", spec.stage), ("topic", spec.topic), ("format", spec.format),
+                                  ("category", spec.interest)) if v or k != "category"}
 
     # --- feedback to scoring ----------------------------------------------------------------------
     async def flush_feedback(self) -> int:

@@ -307,6 +307,9 @@ class Catalog:
         self.sender_address = data.sender.address
         self.postal_address = data.sender.postal_address
         self.specs: dict[str, TemplateSpec] = {}
+        # What a template of a journey is about when its entry names nothing (or it has no entry).
+        self.topics: dict[str, str] = dict(data.content.topics)
+        self.default_format = data.content.default_format
         for key, raw in data.templates.items():
             journey, _, step = key.partition(".")
             self.specs[key] = TemplateSpec(
@@ -336,14 +339,17 @@ class Catalog:
         return list(self.specs)
 
     def spec(self, key: str) -> TemplateSpec:
-        """What a template is: the catalog's entry, or for a template made in the console (no entry)
-        a nurture email of the journey its key names, linking to the site."""
+        """What a template is: the catalog's entry, or for a template made in the console or the API (no
+        entry) a nurture email of the journey its key names, linking to the site, about that journey's
+        topic in the default format, as a catalog entry naming neither is (analytics groups content by
+        them: without, its sends were a row keyed '' beside the journey's other emails)."""
         found = self.specs.get(key)
         if found is not None:
             return found
         journey, _, step = key.partition(".")
         return TemplateSpec(key=key, journey=journey, step=step, channel="email", category="nurture", stage="",
-                            subject="", points=(), cta_label="Learn more", cta_path="/")
+                            subject="", points=(), cta_label="Learn more", cta_path="/",
+                            topic=self.topics.get(journey, ""), format=self.default_format)
 
     def seed_content(self, key: str) -> TemplateContent:
         """A catalog entry's first version: its subject and points laid into the seed layouts."""

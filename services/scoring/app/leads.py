@@ -274,12 +274,19 @@ class Leads(CoreBase):
             st.insert_outbox(self._writes, s, [messages.lead_erased(lead_id, hashed, now)])
             return True, hashed
 
-    def announce_model_change(self, s: Session, row: Mapping[str, Any], changed: list[str], now: datetime) -> None:
-        """The bus message of a lead a newly published scoring model re-graded (journeys and the CRM
-        follow grade and stage as they follow any profile change)."""
+    def announce_model_change(self, s: Session, row: Mapping[str, Any], changes: Mapping[str, list[str]],
+                              signals: list[str], now: datetime) -> None:
+        """The bus messages of a lead a newly published scoring model re-graded (journeys and the CRM
+        follow grade and stage as they follow any profile change); a lifecycle stage it moved is also
+        a `stage_changed` with the stage's signal, as an event's is: analytics counts the arrival
+        (qualification per week) and crm_sync hands a new MQL to sales."""
         snapshot = st.lead_snapshot(row, now)
-        st.insert_outbox(self._writes, s, [messages.lead_changed("lead_updated", row["id"], row["version"], changed,
-                                                                 "scoring_model", now, snapshot)])
+        out = [messages.lead_changed("lead_updated", row["id"], row["version"], sorted(changes), "scoring_model",
+                                     now, snapshot)]
+        if "lifecycle_stage" in changes:
+            old, new = changes["lifecycle_stage"]
+            out.append(messages.model_stage_changed(row["id"], row["version"], old, new, signals, now, snapshot))
+        st.insert_outbox(self._writes, s, out)
 
     def score_history(self, lead_id: str, limit: int) -> list[Row[Any]]:
         with self._sessions() as s:

@@ -113,9 +113,12 @@ class ModelVersions:
         return newest + 1, []
 
     def publish(self, version: int, *, dry_run: bool, now: datetime,
-                announce: Callable[[Session, Mapping[str, object], list[str], datetime], None]) -> PublishResult:
+                announce: Callable[[Session, Mapping[str, object], Mapping[str, list[str]], list[str], datetime],
+                                   None]) -> PublishResult:
         """Re-grade every lead under `version` (only counting, on a dry run), then make it the live one.
-        `announce(session, lead_row, changed_fields, now)` writes the bus message of a changed lead."""
+        `announce(session, lead_row, changes, signals, now)` writes the bus messages of a changed lead
+        (`changes`: field -> [old, new]; `signals`: the new lifecycle stage's signal, as an event moving
+        the lead there would raise it, e.g. mql_reached)."""
         model = self.model(version)
         result = PublishResult(version=version, dry_run=dry_run)
         after = ""
@@ -143,7 +146,8 @@ class ModelVersions:
                         values = {"grade": grade, "lifecycle_stage": stage, "version": int(row.version) + 1,
                                   "updated_at": now}
                         st.update_lead(s, row.id, values)
-                        announce(s, {**row._mapping, **values}, sorted(changed), now)
+                        signal = model.stage_signals.get(stage) if "lifecycle_stage" in changed else None
+                        announce(s, {**row._mapping, **values}, changed, [signal] if signal else [], now)
             if len(rows) < CHUNK:
                 break
             after = rows[-1].id

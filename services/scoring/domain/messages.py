@@ -36,6 +36,15 @@ def lead_changed(kind: str, lead_id: str, version: int, changed: list[str], sour
                       properties={"changed": changed, "source": source}, occurred_at=iso(now), lead=lead)
 
 
+def model_stage_changed(lead_id: str, version: int, old: str, new: str, signals: list[str], now: datetime,
+                        lead: LeadSnapshot) -> BusMessage:
+    """`stage_changed` of a lead a newly published scoring model moved (its thresholds reached), as an
+    event's stage change is published, with the stage's signal."""
+    return BusMessage(id=f"stage_changed:{lead_id}:{version}", lead_id=lead_id, type="stage_changed",
+                      properties={"old": old, "new": new, "source": "scoring_model"}, occurred_at=iso(now),
+                      lead=lead, signals=tuple(signals))
+
+
 def lead_erased(lead_id: str, email_hash: str, now: datetime) -> BusMessage:
     return BusMessage(id=f"lead_erased:{lead_id}:{int(now.timestamp() * 1e6)}", lead_id=lead_id, type="lead_erased",
                       properties={"email_hash": email_hash}, occurred_at=iso(now), lead=LeadSnapshot(id=lead_id))

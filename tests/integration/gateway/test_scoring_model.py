@@ -10,6 +10,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+from nurture.busmessage import BusMessage
 from nurture.service import Running
 from nurture.settings import Settings
 from tests.conftest import mesh_channel, start_service
@@ -120,3 +121,45 @@ async def test_a_draft_that_is_not_an_object_or_not_json_is_refused(
     assert (await client.put("/v1/scoring/model", headers=AUTH, content=b"{nope")).status_code == 400
     r = await client.put("/v1/scoring/model", headers=AUTH, json={"name": "x"})
     assert r.status_code == 422 and any("required" in p for p in r.json()["error"]["details"]["problems"])
+
+
+async def test_a_publish_that_moves_a_lead_to_mql_announces_the_stage_change_with_its_signal(
+        api: tuple[httpx.AsyncClient, FastAPI, Running], settings: Settings) -> None:
+    """Marketing and sales lower the MQL threshold (004's collaborative scoring): a lead the new model makes
+    an MQL is announced as an event's arrival is, a `stage_changed` carrying `mql_reached`, so analytics
+    counts it among the week's MQLs and crm_sync hands it to sales. Only `lead_updated` went out: the
+    qualification figures missed it and no sales task was made."""
+    import asyncio
+
+    client, _app, _ = api
+    r = await client.post("/v1/leads", headers=AUTH, json={"id": "q-1", "email": "q1@example.com"})
+    assert r.status_code == 201, r.text
+    for category in ("bottom_funnel", "pricing"):
+        r = await client.post("/v1/events", headers=AUTH, json={"lead_id": "q-1", "type": "page_viewed",
+                                                                "properties": {"category": category}})
+        assert r.status_code == 202, r.text
+    lead = (await client.get("/v1/leads/q-1", headers=AUTH)).json()
+    assert lead["lifecycle_stage"] == "lead" and 20 <= lead["score"] < 50, lead
+    draft = copy.deepcopy((await client.get("/v1/scoring/model", headers=AUTH)).json()["definition"])
+    draft["lifecycle"]["thresholds"]["mql"] = 20
+    version = (await client.put("/v1/scoring/model", headers=AUTH, json=draft)).json()["version"]
+    done = (await client.post("/v1/scoring/model/publish", headers=AUTH, json={"version": version})).json()
+    assert done["changes"] == [{"lead_id": "q-1", "lifecycle_stage": ["lead", "mql"]}], done
+    assert (await client.get("/v1/leads/q-1", headers=AUTH)).json()["lifecycle_stage"] == "mql"
+
+    def stage_changes() -> list[BusMessage]:
+        return [m for m in bus_messages(settings) if m.type == "stage_changed"
+                and m.properties.get("source") == "scoring_model"]
+
+    for _ in range(50):
+        if stage_changes():
+            break
+        await asyncio.sleep(0.1)
+    [changed] = stage_changes()
+    assert changed.lead_id == "q-1"
+    assert changed.properties == {"old": "lead", "new": "mql", "source": "scoring_model"}
+    assert list(changed.signals) == ["mql_reached"]
+    assert changed.lead is not None and changed.lead.lifecycle_stage == "mql"
+    updated = [m for m in bus_messages(settings) if m.type == "lead_updated"
+               and m.properties.get("source") == "scoring_model"]
+    assert len(updated) == 1 and updated[0].properties["changed"] == ["lifecycle_stage"]

@@ -196,3 +196,24 @@ async def test_a_wait_beyond_ten_years_is_a_422(client: httpx.AsyncClient) -> No
     steps = [{**s, "delay": "3650d"} if s["id"] == "wait_02" else s for s in doc["steps"]]
     r = await client.put("/v1/journeys/cart_abandonment", headers=AUTH, json={**doc, "steps": steps})
     assert r.status_code == 201, r.text
+
+
+async def test_simulating_a_draft_journey_by_its_key_says_it_has_no_published_version(
+        client: httpx.AsyncClient) -> None:
+    """A new user's journey, stored as a draft (PUT) and not published yet, simulated by its key: it is no
+    unknown journey (GET answers it), so the 422 says what to send instead, and that works."""
+    doc = (await client.get("/v1/journeys/cart_abandonment", headers=AUTH)).json()["definition"]
+    r = await client.put("/v1/journeys/cart_v2", headers=AUTH, json={**doc, "key": "cart_v2", "name": "Cart v2"})
+    assert r.status_code == 201, r.text
+    body = {"journeys": ["cart_v2"], "leads": 5, "days": 3, "seed": 1}
+    r = await client.post("/v1/simulations", headers=AUTH, json=body)
+    assert r.status_code == 422, r.text
+    error = r.json()["error"]
+    assert error["message"] == 'journey \'cart_v2\' has no published version; name a stored one: ' \
+                               '{"key": "cart_v2", "version": 1}'
+    assert error["details"]["problems"] == ["journeys: 'cart_v2' has no published version (stored: 1)"]
+    named = {**body, "journeys": [{"key": "cart_v2", "version": 1}]}
+    r = await client.post("/v1/simulations", headers=AUTH, json=named)
+    assert r.status_code == 200 and r.json()["journey_keys"] == ["cart_v2"], r.text
+    r = await client.post("/v1/simulations", headers=AUTH, json={**body, "journeys": ["nope"]})
+    assert r.status_code == 422 and r.json()["error"]["message"] == "unknown journey 'nope'"

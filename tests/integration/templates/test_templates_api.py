@@ -152,3 +152,54 @@ async def test_preview_for_a_lead_and_a_test_send_marked_as_a_test(mesh: Templat
     assert r.status_code == 200, r.text
     assert r.json()["to"] == "zoë@exämple.de"
     assert any("zoë@" in str(m["To"]) for m in mesh.mails())
+
+
+async def test_a_new_journey_whose_templates_are_drafts_says_to_publish_them(mesh: TemplatesMesh) -> None:
+    """A new user adding a journey as data (docs/API.md) first PUTs its templates (drafts), then the journey:
+    the refusal must say the template has only a draft, not that it is missing (it was just stored)."""
+    r = await mesh.client.get("/v1/journeys/cart_abandonment", headers=mesh.headers("viewer"))
+    assert r.status_code == 200, r.text
+    journey = {**r.json()["definition"], "key": "cart_v2", "name": "Cart v2"}
+    sends = [s["id"] for s in journey["steps"] if s["type"] == "send"]
+    body = await content_of(mesh, "cart_abandonment.email_01")
+    for step in sends[:-1]:
+        r = await mesh.client.put(f"/v1/templates/cart_v2.{step}", headers=mesh.headers("editor"), json=body)
+        assert r.status_code == 201, r.text
+    r = await mesh.client.put("/v1/journeys/cart_v2", headers=mesh.headers("editor"), json=journey)
+    assert r.status_code == 422, r.text
+    problems = r.json()["error"]["details"]["problems"]
+    assert f"step {sends[0]}: template 'cart_v2.{sends[0]}' has no published version (draft 1 exists: publish " \
+           f"it first, POST /v1/templates/cart_v2.{sends[0]}/publish)" in problems
+    assert f"step {sends[-1]}: missing template 'cart_v2.{sends[-1]}'" in problems   # never stored at all
+    assert len(problems) == len(sends)
+    r = await mesh.client.put(f"/v1/templates/cart_v2.{sends[-1]}", headers=mesh.headers("editor"), json=body)
+    assert r.status_code == 201, r.text
+    for step in sends:
+        r = await mesh.client.post(f"/v1/templates/cart_v2.{step}/publish", headers=mesh.headers("editor"),
+                                   json={"version": 1})
+        assert r.status_code == 200, r.text
+    r = await mesh.client.put("/v1/journeys/cart_v2", headers=mesh.headers("editor"), json=journey)
+    assert r.status_code == 201 and r.json() == {"key": "cart_v2", "version": 1, "status": "draft"}, r.text
+
+
+async def test_a_template_made_through_the_api_is_about_its_journeys_topic_in_the_default_format(
+        mesh: TemplatesMesh) -> None:
+    """A new email added to the family journey as data (PUT, publish) is content like the catalog's: its
+    sends carry the journey's topic and the default format, which analytics groups content by (the
+    seed's "content performance by topic and format"); they carried neither, a row keyed ''."""
+    await mesh.add_lead("ana")
+    body = await content_of(mesh)
+    body["variants"] = {}
+    r = await mesh.client.put("/v1/templates/family.email_99", headers=mesh.headers("editor"), json=body)
+    assert r.status_code == 201, r.text
+    r = await mesh.client.post("/v1/templates/family.email_99/publish", headers=mesh.headers("editor"),
+                               json={"version": 1})
+    assert r.status_code == 200, r.text
+    sent = {}
+    for key in ("family.email_99", KEY):
+        mid = await mesh.send("ana", key)
+        r = await mesh.client.get("/v1/leads/ana/timeline", headers=mesh.headers("viewer"))
+        sent[key] = next(i["details"] for i in r.json()["items"]
+                         if i["type"] == "message_sent" and i["details"].get("message_id") == mid)
+    assert (sent[KEY]["topic"], sent[KEY]["format"]) == ("family_relocation", "newsletter")
+    assert (sent["family.email_99"]["topic"], sent["family.email_99"]["format"]) == ("family_relocation", "newsletter")

@@ -470,3 +470,26 @@ async def test_a_collect_batch_runs_in_the_trace_of_a_sampled_request(settings: 
         assert stores and {r.context.trace_id for r in requests} <= joined, [(x.name, hex(x.context.trace_id))
                                                                              for x in finished]
         assert all(s.context.trace_id != 0x5EED for s in finished)
+
+
+async def test_a_page_on_the_gateways_own_origin_reads_its_form_and_personalization(settings: Settings,
+                                                                                  tmp_path: Path) -> None:
+    """`make run`'s development site key allows the gateway's own origin. A browser sends no `Origin` on a
+    same-origin GET (the Fetch standard), so a page served there calling nurture.formFields() or
+    personalization() was refused (403 origin_not_allowed) while its collect POSTs went through. Such a
+    request says `Sec-Fetch-Site: same-origin`: its origin is the gateway's own, when the key allows it."""
+    own = "http://gw"   # the test client's address: Host gw
+    ua = {"User-Agent": BROWSER["User-Agent"]}
+    async with tracking_mesh(settings, tmp_path, origins=(SITE, own)) as m:
+        for path in (f"/t/v1/form?k={SITE_KEY}&v={PHONE}", f"/t/v1/personalization?k={SITE_KEY}&v={PHONE}"):
+            r = await m.client.get(path, headers={**ua, "Sec-Fetch-Site": "same-origin"})
+            assert r.status_code == 200, r.text
+            assert r.headers["access-control-allow-origin"] == own
+            # Not same-origin, or no word from the browser at all: the origin is unknown, as before.
+            for fetch_site in ("cross-site", "same-site", None):
+                headers = {**ua, **({"Sec-Fetch-Site": fetch_site} if fetch_site else {})}
+                refused = await m.client.get(path, headers=headers)
+                assert refused.status_code == 403 and refused.json()["error"]["code"] == "origin_not_allowed"
+    async with tracking_mesh(settings, tmp_path / "other") as m:   # a key that does not allow the gateway
+        r = await m.client.get(f"/t/v1/form?k={SITE_KEY}&v={PHONE}", headers={**ua, "Sec-Fetch-Site": "same-origin"})
+        assert r.status_code == 403 and "access-control-allow-origin" not in r.headers
