@@ -18,9 +18,10 @@ from services.analytics.domain import reports
 MAX_WINDOW_DAYS = 3650
 
 
-async def _abort(context: grpc.aio.ServicerContext, message: str) -> NoReturn:
-    await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                        json.dumps({"code": "invalid", "message": message}))
+async def _abort(context: grpc.aio.ServicerContext, exc: reports.QueryError) -> NoReturn:
+    # The parameter named as the gateway names a bad one of its own (`details.fields`).
+    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, json.dumps(
+        {"code": "invalid", "message": str(exc), "details": {"field": exc.field, "fields": {exc.field: str(exc)}}}))
     raise AssertionError("unreachable")
 
 
@@ -38,14 +39,14 @@ class AnalyticsServicer(analytics_pb2_grpc.AnalyticsServicer):
         try:
             return _reply(await make())
         except reports.QueryError as exc:
-            await _abort(context, str(exc))
+            await _abort(context, exc)
 
     async def Engagement(self, request: analytics_pb2.EngagementRequest, context: grpc.aio.ServicerContext
                          ) -> analytics_pb2.ReportReply:
         async def make() -> JsonValue:
             group = request.group_by or "journey"
             if group not in reports.ENGAGEMENT_GROUPS:
-                raise reports.QueryError(f"group_by must be one of {', '.join(reports.ENGAGEMENT_GROUPS)}")
+                raise reports.QueryError("group_by", f"group_by must be one of {', '.join(reports.ENGAGEMENT_GROUPS)}")
             return {"rows": await self.m.read(storage.engagement_report, self.m.query(request.query), group)}
         return await self._answer(context, make)
 
@@ -54,7 +55,7 @@ class AnalyticsServicer(analytics_pb2_grpc.AnalyticsServicer):
         async def make() -> JsonValue:
             unknown = sorted(set(request.tables) - set(reports.PROGRESSION_TABLES))
             if unknown:
-                raise reports.QueryError(f"tables must be among {', '.join(reports.PROGRESSION_TABLES)}")
+                raise reports.QueryError("tables", f"tables must be among {', '.join(reports.PROGRESSION_TABLES)}")
             return await self.m.read(storage.progression_report, self.m.query(request.query), tuple(request.tables))
         return await self._answer(context, make)
 
@@ -63,10 +64,10 @@ class AnalyticsServicer(analytics_pb2_grpc.AnalyticsServicer):
         async def make() -> JsonValue:
             model = request.model or "last"
             if model not in reports.ATTRIBUTION_MODELS:
-                raise reports.QueryError(f"model must be one of {', '.join(reports.ATTRIBUTION_MODELS)}")
+                raise reports.QueryError("model", f"model must be one of {', '.join(reports.ATTRIBUTION_MODELS)}")
             window = request.window_days or DEFAULT_DAYS
             if not 1 <= window <= MAX_WINDOW_DAYS:
-                raise reports.QueryError(f"window_days must be between 1 and {MAX_WINDOW_DAYS}")
+                raise reports.QueryError("window_days", f"window_days must be between 1 and {MAX_WINDOW_DAYS}")
             return await self.m.read(storage.attribution_report, self.m.query(request.query), model, window)
         return await self._answer(context, make)
 
@@ -75,12 +76,13 @@ class AnalyticsServicer(analytics_pb2_grpc.AnalyticsServicer):
         async def make() -> JsonValue:
             length, unit = request.length or reports.SEQUENCE_LENGTHS[0], request.by or "template"
             if length not in reports.SEQUENCE_LENGTHS:
-                raise reports.QueryError(f"length must be one of {', '.join(map(str, reports.SEQUENCE_LENGTHS))}")
+                lengths = ", ".join(map(str, reports.SEQUENCE_LENGTHS))
+                raise reports.QueryError("length", f"length must be one of {lengths}")
             if unit not in reports.SEQUENCE_UNITS:
-                raise reports.QueryError(f"by must be one of {', '.join(reports.SEQUENCE_UNITS)}")
+                raise reports.QueryError("by", f"by must be one of {', '.join(reports.SEQUENCE_UNITS)}")
             window = request.window_days or DEFAULT_DAYS
             if not 1 <= window <= MAX_WINDOW_DAYS:
-                raise reports.QueryError(f"window_days must be between 1 and {MAX_WINDOW_DAYS}")
+                raise reports.QueryError("window_days", f"window_days must be between 1 and {MAX_WINDOW_DAYS}")
             return await self.m.read(storage.sequences_report, self.m.query(request.query), length, unit, window)
         return await self._answer(context, make)
 
@@ -95,9 +97,9 @@ class AnalyticsServicer(analytics_pb2_grpc.AnalyticsServicer):
         async def make() -> JsonValue:
             metric, interval = request.metric or "sent", request.interval or "day"
             if metric not in reports.TIMESERIES_METRICS:
-                raise reports.QueryError(f"metric must be one of {', '.join(reports.TIMESERIES_METRICS)}")
+                raise reports.QueryError("metric", f"metric must be one of {', '.join(reports.TIMESERIES_METRICS)}")
             if interval not in ("day", "week"):
-                raise reports.QueryError("interval must be day or week")
+                raise reports.QueryError("interval", "interval must be day or week")
             points = await self.m.read(storage.timeseries_report, self.m.query(request.query), metric, interval)
             return {"metric": metric, "interval": interval, "points": points}
         return await self._answer(context, make)
@@ -107,7 +109,7 @@ class AnalyticsServicer(analytics_pb2_grpc.AnalyticsServicer):
         async def make() -> JsonValue:
             interval = request.interval or "day"
             if interval not in ("day", "week"):
-                raise reports.QueryError("interval must be day or week")
+                raise reports.QueryError("interval", "interval must be day or week")
             return await self.m.read(storage.deliverability_report, self.m.query(request.query),
                                      request.domain if request.HasField("domain") else None,
                                      request.provider if request.HasField("provider") else None, interval)

@@ -88,7 +88,7 @@ class ReadModel:
         start = getattr(q, "from").ToDatetime(tzinfo=UTC) if q.HasField("from") \
             else end - timedelta(days=DEFAULT_DAYS)
         if start > end:
-            raise reports.QueryError("from must not be after to")
+            raise reports.QueryError("from", "from must not be after to")
         return storage.Query(start=reports.day_of(start), end=reports.day_of(end),
                              segment=q.segment if q.HasField("segment") else None,
                              journey=q.journey if q.HasField("journey") else None)

@@ -42,7 +42,12 @@ PROGRESSION_ON_REQUEST = ("segments",)
 
 
 class QueryError(ValueError):
-    """A report query that cannot be answered (bad parameter); the gateway answers 422 with it."""
+    """A report query that cannot be answered (bad parameter); the gateway answers 422 with it, naming
+    the parameter (`field`)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

@@ -202,6 +202,9 @@ async def test_a_bad_query_is_a_422_in_the_error_shape(heard: tuple[httpx.AsyncC
     assert got.status_code == 422, got.text
     error = got.json()["error"]
     assert error["code"] == "invalid" and field in error["message"]
+    # The details name the parameter, whichever part refused it (the gateway, or the analytics service).
+    details = error["details"]
+    assert details.get("field") == field or field in details.get("fields", {}), details
 
 
 async def test_progression_refuses_a_table_it_does_not_have(settings: Settings) -> None:
