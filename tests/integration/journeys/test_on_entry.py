@@ -5,13 +5,17 @@ lead, after the entry's welcome, with the event kept in SQL between the bus batc
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 
 import grpc
 import pytest
 
 from nurture.api.common.v1 import common_pb2
+from nurture.settings import Settings
+from tests.conftest import free_port
 from tests.integration.journeys.conftest import Mesh
 from tests.integration.journeys.fakes import advance, lead, publish, settle, timeline_summaries
+from tests.integration.templates.mesh import TemplatesMesh, templates_mesh
 
 pytestmark = pytest.mark.anyio
 
@@ -77,3 +81,33 @@ async def test_a_first_download_is_delivered_once(mesh: Mesh) -> None:
     await settle(mesh.admin)
     await advance(mesh.admin, mesh.clock, DAY + 60)
     assert _steps(mesh, "lead_magnet") == ["email_01", "email_02"]
+
+
+async def test_the_reported_steps_through_the_gateway_jump_once(settings: Settings, tmp_path: Path) -> None:
+    # The report's steps as a new user took them, through the gateway over the real services, the CRM
+    # emulator absent (crm_sync's CRM is a closed port: no CRM id is written back, no lead_updated comes
+    # later): POST without consent, PATCH consent, advance a day.
+    closed_crm = settings.with_overrides(crm_url=f"http://127.0.0.1:{free_port()}")
+    async with templates_mesh(closed_crm, tmp_path, extra=("crm_sync", "analytics")) as mesh:
+        r = await mesh.client.post("/v1/leads", headers=mesh.headers("editor"), json={
+            "id": "late1", "email": "late1@example.com", "timezone": "UTC",
+            "attributes": {"profession": "nurse", "timeline": "urgent"}})
+        assert r.status_code in (200, 201), r.text
+        await _api_advance(mesh, 0)
+        r = await mesh.client.patch("/v1/leads/late1", headers=mesh.headers("editor"),
+                                    json={"consent": {"email": True}})
+        assert r.status_code == 200, r.text
+        await _api_advance(mesh, DAY)
+        r = await mesh.client.get("/v1/leads/late1/messages", headers=mesh.headers("viewer"))
+        assert r.status_code == 200, r.text
+        templates = [m["template"] for m in r.json()["items"] if m["template"].startswith("skilled_professional.")]
+        assert sorted(templates) == ["skilled_professional.email_01", "skilled_professional.email_15"], templates
+        r = await mesh.client.get("/v1/leads/late1/timeline", headers=mesh.headers("viewer"))
+        assert r.status_code == 200, r.text
+        jumps = [str(t) for t in r.json()["items"] if "matched rule urgent_timeline " in str(t)]
+        assert len(jumps) == 1 and "on entry" in jumps[0], r.json()
+
+
+async def _api_advance(mesh: TemplatesMesh, seconds: float) -> None:
+    r = await mesh.client.post("/v1/admin/clock/advance", headers=mesh.headers("admin"), json={"seconds": seconds})
+    assert r.status_code == 200, r.text
