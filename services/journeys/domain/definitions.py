@@ -12,7 +12,10 @@ A definition is a YAML/JSON document (see services/journeys/data/playbook/*.yaml
     journey re-enters tool users only after 30 days), enter_until (a time spec, e.g. {anchor: starts_at, offset: 1d}: an
     entry after it is refused and explained), exit [{name, events, when, outcome: goal | exit}],
     triggers [{name, events, when, do: {goto | send | enrol | exit | task | update | pace | anchor}, once, cooldown,
-    why}] (anchor: true takes the journey's anchors from the event, e.g. a second resource downloaded),
+    on_entry, why}] (anchor: true takes the journey's anchors from the event, e.g. a second resource downloaded;
+    on_entry: true, for a rule whose condition is the lead's state such as an urgent timeline, also holds on
+    the event that enrolled the lead, checked once the entry's steps due at once have run: a rule about
+    another event, e.g. a second download, leaves it out),
     steps [{id, type, ...}]
 
 Step types: send, wait, branch, split, goal, jump, enrol, exit, update, task, webhook, listen, end.
@@ -149,6 +152,9 @@ class Rule:
     # An entry rule's own re-entry (never | always | after), in place of the journey's; None: the journey's.
     reentry: str | None = None
     reentry_after: timedelta | None = None
+    # A trigger that also holds on the event that enrolled the lead (checked once the entry's steps due at
+    # once have run: the welcome goes, then the jump); without it, that event is the entry's alone.
+    on_entry: bool = False
 
     def listens_to(self, event_type: str) -> bool:
         return "*" in self.events or event_type in self.events
@@ -196,6 +202,11 @@ class Journey:
     def templates(self) -> list[str]:
         """Every template key this journey sends."""
         return [template_of(self, s) for s in self.steps.values() if isinstance(s, SendStep)]
+
+    @property
+    def on_entry_events(self) -> frozenset[str]:
+        """Event types an `on_entry` trigger listens to ("*": any): an entry on one keeps its event for them."""
+        return frozenset(etype for rule in self.triggers if rule.on_entry for etype in rule.events)
 
     def event_types(self) -> set[str]:
         """Event types any rule of this journey listens to (the Python prefilter before the engine)."""
@@ -287,6 +298,13 @@ def _rules(raw: JsonValue, where: str, problems: list[str], *, kind: str, key: s
                 reentry = _reentry(item["reentry"], f"{where}.{name}.reentry", problems)
             else:
                 problems.append(f"{where}.{name}: reentry is an entry rule's (or the journey's)")
+        on_entry = item.get("on_entry", False)
+        if kind != "trigger" and "on_entry" in item:
+            problems.append(f"{where}.{name}: on_entry is a trigger rule's")
+            on_entry = False
+        elif not isinstance(on_entry, bool):
+            problems.append(f"{where}.{name}: on_entry must be true or false")
+            on_entry = False
         cooldown = None
         if item.get("cooldown") is not None:
             try:
@@ -297,7 +315,8 @@ def _rules(raw: JsonValue, where: str, problems: list[str], *, kind: str, key: s
                         once=bool(item.get("once", cooldown is None and kind == "trigger")),
                         cooldown=cooldown, why=str(item.get("why", "")),
                         date=time_spec(date, parse_duration),
-                        reentry=reentry[0] if reentry else None, reentry_after=reentry[1] if reentry else None))
+                        reentry=reentry[0] if reentry else None, reentry_after=reentry[1] if reentry else None,
+                        on_entry=on_entry))
     return tuple(out)
 
 
@@ -407,9 +426,21 @@ def load(document: JsonMapping, *, version: int = 0) -> Journey:
         else:
             problems.extend(_check_time(enter_until, "enter_until", journey.anchors))
     problems.extend(_check_steps(journey, raws))
+    problems.extend(_check_on_entry(journey))
     if problems:
         raise DefinitionError(problems, journey if key != "invalid" else None)
     return journey
+
+
+def _check_on_entry(journey: Journey) -> list[str]:
+    """An `on_entry` trigger must listen to an event type that can enrol the lead, or it never holds there."""
+    problems = []
+    for rule in journey.triggers:
+        if rule.on_entry and not any(rule.listens_to(etype) or etype == "*"
+                                     for entry in journey.entry for etype in entry.events):
+            problems.append(f"triggers.{rule.name}: on_entry, but none of its events "
+                            f"({', '.join(rule.events)}) enrols the lead (entry rules' events)")
+    return problems
 
 
 def _edges(step: Step) -> list[tuple[str | None, str]]:

@@ -71,6 +71,7 @@ OPT_OUT_EVENTS = ("unsubscribed", "spam_reported", HARD_BOUNCED)
 # Messaging's word that an address's unsubscribes were lifted (the person subscribed to email again).
 RESUBSCRIBED = "email_resubscribed"
 MAX_INSTANT_STEPS = 200
+ENTRY_EVENTS_KEPT = 8  # events an enrolment keeps for its on_entry triggers until the entry's steps have run
 _TYPES_KEPT = 1024  # event types whose listening journeys one published list remembers
 
 
@@ -402,10 +403,15 @@ class Engine:
         if e.status != ACTIVE:
             return
         for rule, match in rulesets.matching(rules.triggers, facts or {}):
+            if rule.on_entry and e.entry_events:
+                # The entry's steps have not run yet (the welcome): this event waits with the one that
+                # enrolled the lead, and the rule is checked after them, on the lead as it is then.
+                self._hold_for_entry(e, message, out)
+                continue
             self._fire_trigger(state, j, e, rule, match.facts, message, now, out)
 
     def _fire_trigger(self, state: LeadState, j: Journey, e: Enrollment, rule: Rule, read: JsonMapping,
-                      message: BusMessage, now: datetime, out: Outcome) -> None:
+                      message: BusMessage, now: datetime, out: Outcome, *, note: str = "") -> None:
         etype = message.type
         last = parse_time(e.fired.get(rule.name))
         if last is not None and (rule.once or (rule.cooldown and now - last < rule.cooldown)):
@@ -413,7 +419,7 @@ class Engine:
         e.fired[rule.name] = iso(now) or ""
         out.touched.add(e.ekey)
         act = rule.action
-        why = f"{etype} {rulesets.explain(read)} matched rule {rule.name}"
+        why = f"{etype} {rulesets.explain(read)} matched rule {rule.name}{note}"
         if act.pace is not None:
             new = act.pace
             if e.waiting == "delay" and e.due is not None and e.due > now:
@@ -453,6 +459,42 @@ class Engine:
                 if live.journey == act.exit and live.status in LIVE:
                     self._finish(state, live, EXITED, f"{j.key}.{rule.name}", now, out,
                                  summary=f"exited by {j.key} rule {rule.name}: {why}")
+
+    def _hold_for_entry(self, e: Enrollment, message: BusMessage, out: Outcome) -> None:
+        """Keep an event for the enrolment's `on_entry` triggers, checked once the entry's steps due at
+        once have run (a redelivered or repeated event is kept once; a few at most)."""
+        held: JsonObject = {"type": message.type, "properties": dict(message.properties)}
+        if message.signals:
+            held["signals"] = list(message.signals)
+        if held not in e.entry_events and len(e.entry_events) < ENTRY_EVENTS_KEPT:
+            e.entry_events.append(held)
+            out.touched.add(e.ekey)
+
+    def _entry_triggers(self, state: LeadState, j: Journey, e: Enrollment, now: datetime, out: Outcome) -> bool:
+        """The `on_entry` triggers, on the event that enrolled the lead (and any held since), once the
+        entry's steps due at once have run: the run stopped at a wait or a listen, not at a step held by
+        the budget or waiting for a retry (the welcome goes first, then the jump). True when a trigger
+        made the enrolment due now (a goto: the run goes on)."""
+        if e.status not in LIVE:
+            e.entry_events = []
+            return False
+        if e.status != ACTIVE or (e.due is not None and e.waiting not in ("delay", "until", "event")):
+            return False  # paused, held by the budget or to be retried: the entry's step has not run
+        held, e.entry_events = e.entry_events, []
+        out.touched.add(e.ekey)
+        for event in held:
+            rules = rulesets.for_event(j, str(event.get("type")))
+            if rules.triggers is None or e.status != ACTIVE:
+                continue
+            message = BusMessage(id="", lead_id=state.lead_id, type=str(event.get("type")),
+                                 properties=dict(event.get("properties") or {}),
+                                 signals=tuple(str(x) for x in event.get("signals") or ()))
+            facts = self.facts(state, message, e, now, rules.enrolled_roots)
+            for rule, match in rulesets.matching(rules.triggers, facts):
+                if rule.on_entry and e.status == ACTIVE:
+                    self._fire_trigger(state, j, e, rule, match.facts, message, now, out,
+                                       note=" (on entry, once the entry's first steps had run)")
+        return e.status == ACTIVE and e.due is not None and e.due <= now
 
     def _published_journey(self, key: str) -> Journey | None:
         return next((j for j in self._published() if j.key == key), None)
@@ -651,6 +693,8 @@ class Engine:
                        side_token=current.side_token if current else 0, timed_at=now)
         state.enrollments[ekey] = e
         out.touched.add(ekey)
+        if j.on_entry_events and (message.type in j.on_entry_events or "*" in j.on_entry_events):
+            self._hold_for_entry(e, message, out)  # its on_entry triggers: once the entry's steps have run
         self._record(out, state, e, now, "entered", reason, step_to=j.first, rule=rule, facts=dict(facts or {}))
         self._apply_pauses(state, j, e, now, out)
         if any(self._pauser_of(state, other, e) for other in state.enrollments.values()):
@@ -746,6 +790,8 @@ class Engine:
             return None
         for _ in range(MAX_INSTANT_STEPS):
             if e.status != ACTIVE or e.due is None or e.due > now:
+                if e.entry_events and self._entry_triggers(state, j, e, now, out):
+                    continue  # an on_entry goto: the run goes on from its target
                 return None
             if e.step is None:
                 self._finish(state, e, COMPLETED, "end", now, out, summary=f"completed {j.name}")

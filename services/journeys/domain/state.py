@@ -54,6 +54,9 @@ class Enrollment:
     ended_at: datetime | None = None
     outcome: str | None = None
     timed_at: datetime | None = None  # when the step at the cursor was meant to run (set by its wait)
+    # The event that enrolled the lead (and any that came before the entry's steps ran), each {type,
+    # properties}, while its `on_entry` triggers wait for those steps (the engine's _entry_triggers).
+    entry_events: list[JsonObject] = field(default_factory=list)
 
     def to_json(self) -> JsonObject:
         # Hand-built rather than dataclasses.asdict: asdict deep-copies every nested dict, and this
@@ -61,6 +64,10 @@ class Enrollment:
         out = dict(self.__dict__)
         for k in ("anchors", "visits", "fired"):
             out[k] = dict(out[k])
+        if self.entry_events:
+            out["entry_events"] = list(self.entry_events)
+        else:
+            del out["entry_events"]  # (almost always: stored only while pending)
         out["side"] = list(self.side)
         out["engaged_with"] = list(self.engaged_with)
         for k in ("due", "entered_at", "stage_at", "ended_at", "side_at", "timed_at"):

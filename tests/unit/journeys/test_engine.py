@@ -49,7 +49,8 @@ class Harness:
 
     def drive(self) -> None:
         for ekey in sorted(self.state.enrollments):
-            for side in (True, False):
+            # Side steps again after the step run: an on_entry trigger checked at its end queues one.
+            for side in (True, False, True):
                 out = Outcome()
                 while (effect := self.engine.next_effect(self.state, ekey, self.now, out, side=side)) is not None:
                     if isinstance(effect.payload, UpdatePayload):   # what scoring does with an update step
