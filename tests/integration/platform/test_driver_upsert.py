@@ -1,6 +1,7 @@
-"""DriverWrites.upsert (and insert skipping existing keys): the same rows as SQLAlchemy's ON CONFLICT would leave, on SQLite and PostgreSQL;
-DriverWrites.select narrowed by a second IN list, across statement chunks; converted values (days and flags
-converted once per value and statement) are those SQLAlchemy writes, row by row."""
+"""DriverWrites.upsert: the same rows as SQLAlchemy's ON CONFLICT would leave, on SQLite and PostgreSQL;
+DriverWrites.insert skipping existing keys; DriverWrites.select narrowed by a second IN list, across
+statement chunks; converted values (days and flags converted once per value and statement) are those
+SQLAlchemy writes, row by row."""
 
 from __future__ import annotations
 
