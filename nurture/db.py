@@ -581,9 +581,14 @@ class DriverWrites:
         return out
 
     def insert(self, conn: Connection, table: Table, columns: Sequence[str], rows: Sequence[Sequence[Any]],
-               returning: str | None = None) -> list[Any]:
+               returning: str | None = None, *, skip_existing: Sequence[str] = ()) -> list[Any]:
         """Insert `rows` (values in `columns` order); with `returning`, that column of each new row,
-        in ascending order (one multi-row INSERT per chunk, so a chunk's ids follow its rows)."""
+        in ascending order (one multi-row INSERT per chunk, so a chunk's ids follow its rows). With
+        `skip_existing` (a unique key's columns; needs `returning`), a row whose key exists, committed or
+        being inserted by a concurrent transaction, is skipped (`ON CONFLICT DO NOTHING`, see
+        `insert_new`) and left out of what is returned."""
+        if skip_existing and returning is None:
+            raise ValueError("skip_existing needs returning: the caller learns which rows were new")
         if returning is None:
             if self._arrays(rows):
                 # WITH ORDINALITY ... ORDER BY: a serial column numbers the rows in the order given.
@@ -597,10 +602,10 @@ class DriverWrites:
                 f"VALUES ({', '.join([self._mark] * len(columns))})"))
             self._run(conn, sql, self._process(table, columns, rows), many=True)
             return []
-        return self.insert_later(conn, table, columns, rows, returning)()
+        return self.insert_later(conn, table, columns, rows, returning, skip_existing=skip_existing)()
 
     def insert_later(self, conn: Connection, table: Table, columns: Sequence[str], rows: Sequence[Sequence[Any]],
-                     returning: str) -> Callable[[], list[Any]]:
+                     returning: str, *, skip_existing: Sequence[str] = ()) -> Callable[[], list[Any]]:
         """`insert` with `returning`, whose values are read by calling the result: in a `pipelined`
         transaction after its commit (reading them before would cost a round trip of its own), else
         at once (the call only hands them over)."""
@@ -609,10 +614,12 @@ class DriverWrites:
         later = bool(conn.info.get("nurture_pipelined"))
         for start in range(0, len(processed), _ROWS_PER_STATEMENT):
             chunk = processed[start:start + _ROWS_PER_STATEMENT]
-            sql = self._statement(("insert", table.name, tuple(columns), len(chunk), returning), lambda n=len(chunk): (
+            conflict = f" ON CONFLICT ({', '.join(skip_existing)}) DO NOTHING" if skip_existing else ""
+            shape = ("insert", table.name, tuple(columns), len(chunk), returning, conflict)
+            sql = self._statement(shape, lambda n=len(chunk), conflict=conflict: (
                 f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES "
                 + ", ".join([f"({', '.join([self._mark] * len(columns))})"] * n)
-                + f" RETURNING {returning}"))
+                + f"{conflict} RETURNING {returning}"))
             cursors.append(self._send(conn, sql, [v for row in chunk for v in row], many=False))
 
         def read() -> list[Any]:

@@ -105,3 +105,32 @@ def test_concurrent_assignments_take_distinct_turns_of_the_round_robin(db: Datab
     assert sorted(turns) == [1, 2]
     with db.session() as s:
         assert st.next_round_robin(s, "canada", 3) == 0  # the fourth turn wraps round
+
+
+def test_a_writer_writes_back_the_json_columns_it_left_alone_as_stored(db: Database) -> None:
+    """A lead row's JSON columns are decoded when read, and a write sends a column nobody read or set
+    back as the text it was (no decode, no encode): stored by `json.dumps` with its spaces, the snapshot,
+    projection and journeys come back byte for byte after a writer that changed `fields` in place; the
+    changed column is written, compact, and a column set without reading it is written too."""
+    _write(db, "l1", "a", "1")
+    spaced = {"snapshot": '{"id": "l1", "score": 7}', "projection": '{"score": 7}', "journeys": '["welcome"]'}
+    with db.session() as s:
+        s.execute(st.leads.update().where(st.leads.c.lead_id == "l1").values(**spaced))
+    with db.session() as s:
+        row = st.get_lead(s, "l1", lock=True)
+        assert row is not None
+        row.fields.setdefault("b", "2")  # read and changed in place
+        st.save_leads(s, [], [row])
+    with db.session() as s:
+        stored = s.execute(st.leads.select().where(st.leads.c.lead_id == "l1")).one()._mapping
+        assert {key: stored[key] for key in spaced} == spaced
+        assert stored["fields"] == '{"a":"1","b":"2"}'
+        row = st.get_lead(s, "l1", lock=True)
+        assert row is not None
+        row.journeys = ["welcome", "nurture"]  # set without reading the stored value first
+        st.save_leads(s, [], [row])
+    with db.session() as s:
+        stored = s.execute(st.leads.select().where(st.leads.c.lead_id == "l1")).one()._mapping
+        assert stored["journeys"] == '["welcome","nurture"]' and stored["snapshot"] == spaced["snapshot"]
+        row = st.get_lead(s, "l1")
+        assert row is not None and row.snapshot == {"id": "l1", "score": 7} and row.projection == {"score": 7}

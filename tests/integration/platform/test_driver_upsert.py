@@ -1,6 +1,7 @@
 """DriverWrites.upsert: the same rows as SQLAlchemy's ON CONFLICT would leave, on SQLite and PostgreSQL;
-DriverWrites.select narrowed by a second IN list, across statement chunks; converted values (days and flags
-converted once per value and statement) are those SQLAlchemy writes, row by row."""
+DriverWrites.insert skipping existing keys; DriverWrites.select narrowed by a second IN list, across
+statement chunks; converted values (days and flags converted once per value and statement) are those
+SQLAlchemy writes, row by row."""
 
 from __future__ import annotations
 
@@ -156,3 +157,18 @@ def test_on_postgresql_a_call_of_many_rows_is_one_statement_of_arrays(engine: En
     assert all("unnest(" in sql for _, sql in mine), mine
     with engine.connect() as conn:
         assert len(conn.execute(select(cells)).all()) == 700 and len(conn.execute(select(pairs)).all()) == 2500
+
+
+def test_insert_skipping_existing_keys_returns_just_the_new_rows(engine: Engine) -> None:
+    """`insert(..., skip_existing=keys)`: a row whose key exists is left as it was and out of what is
+    returned (how a writer learns that a concurrent transaction created a row first); without
+    `returning` the call is refused, as its caller could not tell."""
+    writes = DriverWrites(engine)
+    with writes.begin() as conn:
+        writes.insert(conn, keys_only, ("k",), [("b",)])
+        made = writes.insert(conn, keys_only, ("k",), [("c",), ("b",), ("a",)], returning="k", skip_existing=("k",))
+        assert made == ["a", "c"]
+        with pytest.raises(ValueError):
+            writes.insert(conn, keys_only, ("k",), [("d",)], skip_existing=("k",))
+    with engine.connect() as conn:
+        assert [r.k for r in conn.execute(select(keys_only).order_by(keys_only.c.k))] == ["a", "b", "c"]
