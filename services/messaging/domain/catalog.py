@@ -341,15 +341,16 @@ class Catalog:
     def spec(self, key: str) -> TemplateSpec:
         """What a template is: the catalog's entry, or for a template made in the console or the API (no
         entry) a nurture email of the journey its key names, linking to the site, about that journey's
-        topic in the default format, as a catalog entry naming neither is (analytics groups content by
-        them: without, its sends were a row keyed '' beside the journey's other emails)."""
+        topic (a journey the catalog's topics do not name, one added as data, is its own topic) in the
+        default format, as a catalog entry naming neither is (analytics groups content by them: without,
+        its sends were a row keyed '' beside the journey's other emails)."""
         found = self.specs.get(key)
         if found is not None:
             return found
         journey, _, step = key.partition(".")
         return TemplateSpec(key=key, journey=journey, step=step, channel="email", category="nurture", stage="",
                             subject="", points=(), cta_label="Learn more", cta_path="/",
-                            topic=self.topics.get(journey, ""), format=self.default_format)
+                            topic=self.topics.get(journey) or journey, format=self.default_format)
 
     def seed_content(self, key: str) -> TemplateContent:
         """A catalog entry's first version: its subject and points laid into the seed layouts."""

@@ -203,3 +203,21 @@ async def test_a_template_made_through_the_api_is_about_its_journeys_topic_in_th
                          if i["type"] == "message_sent" and i["details"].get("message_id") == mid)
     assert (sent[KEY]["topic"], sent[KEY]["format"]) == ("family_relocation", "newsletter")
     assert (sent["family.email_99"]["topic"], sent["family.email_99"]["format"]) == ("family_relocation", "newsletter")
+
+
+async def test_a_template_of_a_journey_added_as_data_is_about_that_journey(mesh: TemplatesMesh) -> None:
+    """A journey the catalog's topics do not name (added as data, as cart_v2 above) is its own topic:
+    analytics by topic shows its emails under its key, not in a row keyed ''."""
+    await mesh.add_lead("ben")
+    body = await content_of(mesh)
+    body["variants"] = {}
+    r = await mesh.client.put("/v1/templates/cart_v2.email_01", headers=mesh.headers("editor"), json=body)
+    assert r.status_code == 201, r.text
+    r = await mesh.client.post("/v1/templates/cart_v2.email_01/publish", headers=mesh.headers("editor"),
+                               json={"version": 1})
+    assert r.status_code == 200, r.text
+    mid = await mesh.send("ben", "cart_v2.email_01")
+    r = await mesh.client.get("/v1/leads/ben/timeline", headers=mesh.headers("viewer"))
+    sent = next(i["details"] for i in r.json()["items"]
+                if i["type"] == "message_sent" and i["details"].get("message_id") == mid)
+    assert (sent["topic"], sent["format"]) == ("cart_v2", "newsletter"), sent
