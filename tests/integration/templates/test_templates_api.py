@@ -182,25 +182,33 @@ async def test_a_new_journey_whose_templates_are_drafts_says_to_publish_them(mes
     assert r.status_code == 201 and r.json() == {"key": "cart_v2", "version": 1, "status": "draft"}, r.text
 
 
+async def publish_a_copy(mesh: TemplatesMesh, key: str) -> None:
+    """A new template `key` made through the API (PUT, publish) from the seeded one's content."""
+    body = await content_of(mesh)
+    body["variants"] = {}
+    r = await mesh.client.put(f"/v1/templates/{key}", headers=mesh.headers("editor"), json=body)
+    assert r.status_code == 201, r.text
+    r = await mesh.client.post(f"/v1/templates/{key}/publish", headers=mesh.headers("editor"), json={"version": 1})
+    assert r.status_code == 200, r.text
+
+
+async def sent_details(mesh: TemplatesMesh, lead_id: str, key: str) -> dict[str, Any]:
+    """Send `key` to the lead; what its timeline's message_sent item says of that message."""
+    mid = await mesh.send(lead_id, key)
+    r = await mesh.client.get(f"/v1/leads/{lead_id}/timeline", headers=mesh.headers("viewer"))
+    details: dict[str, Any] = next(i["details"] for i in r.json()["items"]
+                                   if i["type"] == "message_sent" and i["details"].get("message_id") == mid)
+    return details
+
+
 async def test_a_template_made_through_the_api_is_about_its_journeys_topic_in_the_default_format(
         mesh: TemplatesMesh) -> None:
     """A new email added to the family journey as data (PUT, publish) is content like the catalog's: its
     sends carry the journey's topic and the default format, which analytics groups content by (the
     seed's "content performance by topic and format"); they carried neither, a row keyed ''."""
     await mesh.add_lead("ana")
-    body = await content_of(mesh)
-    body["variants"] = {}
-    r = await mesh.client.put("/v1/templates/family.email_99", headers=mesh.headers("editor"), json=body)
-    assert r.status_code == 201, r.text
-    r = await mesh.client.post("/v1/templates/family.email_99/publish", headers=mesh.headers("editor"),
-                               json={"version": 1})
-    assert r.status_code == 200, r.text
-    sent = {}
-    for key in ("family.email_99", KEY):
-        mid = await mesh.send("ana", key)
-        r = await mesh.client.get("/v1/leads/ana/timeline", headers=mesh.headers("viewer"))
-        sent[key] = next(i["details"] for i in r.json()["items"]
-                         if i["type"] == "message_sent" and i["details"].get("message_id") == mid)
+    await publish_a_copy(mesh, "family.email_99")
+    sent = {key: await sent_details(mesh, "ana", key) for key in ("family.email_99", KEY)}
     assert (sent[KEY]["topic"], sent[KEY]["format"]) == ("family_relocation", "newsletter")
     assert (sent["family.email_99"]["topic"], sent["family.email_99"]["format"]) == ("family_relocation", "newsletter")
 
@@ -209,15 +217,6 @@ async def test_a_template_of_a_journey_added_as_data_is_about_that_journey(mesh:
     """A journey the catalog's topics do not name (added as data, as cart_v2 above) is its own topic:
     analytics by topic shows its emails under its key, not in a row keyed ''."""
     await mesh.add_lead("ben")
-    body = await content_of(mesh)
-    body["variants"] = {}
-    r = await mesh.client.put("/v1/templates/cart_v2.email_01", headers=mesh.headers("editor"), json=body)
-    assert r.status_code == 201, r.text
-    r = await mesh.client.post("/v1/templates/cart_v2.email_01/publish", headers=mesh.headers("editor"),
-                               json={"version": 1})
-    assert r.status_code == 200, r.text
-    mid = await mesh.send("ben", "cart_v2.email_01")
-    r = await mesh.client.get("/v1/leads/ben/timeline", headers=mesh.headers("viewer"))
-    sent = next(i["details"] for i in r.json()["items"]
-                if i["type"] == "message_sent" and i["details"].get("message_id") == mid)
+    await publish_a_copy(mesh, "cart_v2.email_01")
+    sent = await sent_details(mesh, "ben", "cart_v2.email_01")
     assert (sent["topic"], sent["format"]) == ("cart_v2", "newsletter"), sent
