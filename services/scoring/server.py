@@ -53,7 +53,7 @@ async def serve(settings: Settings) -> Running:
             core.model = await db.run(versions.model, live)
             log.info("scoring model version %d is live here too", live)
     outbox = Outbox(db, core, Publisher(redis, settings.bus_shards, settings.redis_wait_replicas))
-    ingest = IngestQueue(db, core, clock, outbox, writers=1 if db.is_sqlite else settings.ingest_writers)
+    ingest = IngestQueue(core, clock, outbox, writers=1 if db.is_sqlite else settings.ingest_writers)
     visitors = VisitorDoor(db, core, ingest, outbox, clock, load_profiling())
     collect_stream = CollectStream(redis, settings.bus_shards, visitors.store_collected)
     visitors.stored_up_to_now = collect_stream.stored_up_to_now

@@ -16,7 +16,6 @@ from sqlalchemy import Connection
 from nurture import jsoncodec
 from nurture.busmessage import BusMessage
 from nurture.clock import Clock
-from nurture.db import Database
 from nurture.errors import Unconfirmed
 from nurture.telemetry import batch_parent, traceparent_contexts, tracer
 from services.scoring import storage as st
@@ -164,9 +163,8 @@ class IngestQueue:
     that arrives meanwhile starts its own at once instead of waiting for that one to finish; their
     outbox rows still reach the bus in commit order per lead (`Outbox.reserve`)."""
 
-    def __init__(self, db: Database, store: Ingest, clock: Clock, outbox: Outbox, max_events: int = 2000,
+    def __init__(self, store: Ingest, clock: Clock, outbox: Outbox, max_events: int = 2000,
                  writers: int = 1) -> None:
-        self._db = db
         self._store = store
         self._clock = clock
         self._outbox = outbox
@@ -239,24 +237,16 @@ class IngestQueue:
         with _tracer.start_as_current_span("ingest", context=parent, links=links) as span:
             if span.is_recording():
                 span.set_attributes({"events": len(combined), "calls": len(taken)})
-            published = self._outbox.take_published()
-            # Resolved once the batch's rows are on the bus (`Outbox`): the callers wait for it.
-            announced: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             try:
-                results, _ = await self._db.run(self._store.ingest, combined, self._clock.now(), published,
-                                                functools.partial(self._outbox.reserve, announced), urgent=True)
+                # `announced` is resolved once the batch's rows are on the bus (`Outbox`): the callers
+                # wait for it.
+                (results, _), announced = await self._outbox.commit(
+                    functools.partial(self._store.ingest, combined, self._clock.now()), urgent=True)
             except Exception as exc:
-                self._outbox.give_back(published)
-                self._outbox.settle()  # the places behind this one's may be waiting for its outcome
-                # A commit whose answer was lost (the connection broke) may have stored its rows after
-                # all: the sweep publishes whatever SQL holds, in seq order.
-                self._outbox.sweep_soon()
                 for _, _, future in taken:
                     if not future.done():
                         future.set_exception(exc)
                 return
-        self._outbox.deleted(published)
-        self._outbox.settle()
         offset = 0
         for batch, _, future in taken:
             if not future.done():

@@ -179,7 +179,7 @@ class Outbox:
         away; they are stored, and go out with the next sweep)."""
         # Shielded: the write's outcome is settled (its place in the order, the deletes it took) even
         # when its caller gives up meanwhile.
-        task = asyncio.ensure_future(self._write(fn))
+        task = asyncio.ensure_future(self.commit(fn))
         task.add_done_callback(lambda t: t.cancelled() or t.exception())
         result, announced = await asyncio.shield(task)
         if not announced.done():
@@ -190,15 +190,21 @@ class Outbox:
                 return result, False
         return result, True
 
-    async def _write(self, fn: Callable[[list[int], Callable[[], HandOff]], T]) -> tuple[T, asyncio.Future[None]]:
+    async def commit(self, fn: Callable[[list[int], Callable[[], HandOff]], T], *, urgent: bool = False
+                     ) -> tuple[T, asyncio.Future[None]]:
+        """Run a write that publishes its rows from memory (an ingest batch, a lead upsert) in the
+        database executor, `urgent` as `Database.run` says: `fn(published, reserve)` deletes the
+        published rows it is handed and takes its place in the order with `reserve`. Returns its result
+        and the future resolved once its rows are on the bus; its place is settled either way."""
         published = self.take_published()
         announced: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         try:
-            result = await self._db.run(fn, published, functools.partial(self.reserve, announced))
+            result = await self._db.run(fn, published, functools.partial(self.reserve, announced), urgent=urgent)
         except BaseException:
             self.give_back(published)
             self.settle()  # the places behind this one's may be waiting for its outcome
-            # A commit whose answer was lost may have stored its rows after all: the sweep publishes them.
+            # A commit whose answer was lost (the connection broke) may have stored its rows after all:
+            # the sweep publishes whatever SQL holds, in seq order.
             self.sweep_soon()
             raise
         self.deleted(published)
