@@ -28,7 +28,6 @@ Sessions = Callable[[], AbstractContextManager[Session]]
 aware = times.utc_or_none  # SQLite hands datetimes back naive; every stored time is UTC
 
 
-_JSON_COLUMNS = ("snapshot", "fields", "projection", "journeys")
 _LEAD_COLUMNS = tuple(c.name for c in leads.columns)
 # `_lead_tuple`'s order; the table's columns must not move without it.
 assert _LEAD_COLUMNS == ("lead_id", "crm", "crm_id", "email", "contact_modified_at", "inbound_hash", "version",
