@@ -278,7 +278,7 @@ class Channels:
                 ads.append(AdSuppression(lead_id, rule, at, ehash))
             if lead_id and lead is not None and (
                     etype == "lead_created" or (etype == "lead_updated" and "consent" in changed)
-                    or etype in ("unsubscribed", "spam_reported", "email_hard_bounced", "subscribed")):
+                    or etype in ("unsubscribed", "spam_reported", "subscribed") or is_hard_bounce(etype, props)):
                 for channel, granted in lead.consent.items():
                     consent.append(ConsentEntry(lead_id, str(channel), bool(granted),
                                                 f"bus:{etype}:{props.get('source', '')}", at, {"bus_id": m.id}))

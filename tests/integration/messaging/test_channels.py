@@ -82,7 +82,11 @@ async def test_a_bus_message_is_recorded_at_the_time_it_happened(inproc: InProc,
     ("spam_reported", {}, True),
     ("email_hard_bounced", {}, True),
     ("subscribed", {}, True),
-    ("email_bounced", {"type": "hard"}, False),
+    # A hard bounce a caller posts withdraws email consent in scoring as messaging's own does
+    # (nurture.bounces), so the lead it carries is recorded alike; a soft one changes no consent.
+    ("email_bounced", {"type": "hard"}, True),
+    ("email_bounced", {"bounce_type": "hard"}, True),
+    ("email_bounced", {"type": "soft"}, False),
     ("page_viewed", {}, False),
 ])
 async def test_consent_is_recorded_from_the_events_that_carry_it(inproc: InProc, etype: str, props: dict[str, Any],
