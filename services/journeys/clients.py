@@ -1,4 +1,4 @@
-"""Calls journeys makes to other services: messaging Send / ListTemplates, crm_sync RequestTask and
+"""Calls journeys makes to other services: messaging Send / Withdraw / ListTemplates, crm_sync RequestTask and
 scoring UpsertLead. Each effect either succeeds, fails for good (recorded, the journey moves on) or is
 `Unavailable` (the step is retried later with the same dedupe key, so it is never lost nor doubled).
 
@@ -20,7 +20,7 @@ from nurture.api.scoring.v1 import scoring_pb2, scoring_pb2_grpc
 from nurture.errors import TRANSIENT
 from nurture.rpc import DEADLINE_S, channel
 from nurture.settings import Settings
-from services.journeys.domain.state import Effect, SendPayload, TaskPayload, UpdatePayload
+from services.journeys.domain.state import Effect, SendPayload, TaskPayload, UpdatePayload, Withdrawal
 
 
 class Unavailable(Exception):
@@ -112,6 +112,21 @@ class Clients:
             await ch.close()
         self._channels.clear()
         self._sends = None
+
+    async def withdraw(self, lead_id: str, w: Withdrawal) -> int:
+        """messaging Withdraw: how many waiting messages it withdrew. Raises Unavailable for a retry later."""
+        stub = messaging_pb2_grpc.MessagingStub(self._channel("messaging"))
+        try:
+            reply = await stub.Withdraw(messaging_pb2.WithdrawRequest(
+                lead_id=lead_id, journey=w.journey, journey_version=w.version, entry=w.entry, reason=w.reason),
+                timeout=DEADLINE_S)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() in TRANSIENT:
+                raise Unavailable(f"{exc.code().name}: {exc.details()}") from exc
+            if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
+                return 0  # a messaging without Withdraw (a rolling upgrade): its send-time checks decide
+            raise
+        return int(reply.withdrawn)
 
     async def perform(self, lead_id: str, effect: Effect) -> tuple[str, str, str]:
         """Run an effect: (status, message_id, reason). Raises Unavailable for a retry later."""

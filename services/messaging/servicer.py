@@ -130,6 +130,15 @@ class MessagingServicer(messaging_pb2_grpc.MessagingServicer):
                 replies.append(messaging_pb2.SendReply(message_id=r.message_id, status=r.status, reason=r.reason))
         return messaging_pb2.SendBatchReply(results=replies)
 
+    async def Withdraw(self, request: messaging_pb2.WithdrawRequest, context: grpc.aio.ServicerContext
+                       ) -> messaging_pb2.WithdrawReply:
+        if not request.lead_id or not request.journey or request.entry < 1:
+            raise errors.InvalidArgument("lead_id, journey and entry (1 or more) are required")
+        n = await _guard(lambda: self.engine.withdraw(
+            lead_id=request.lead_id, journey=request.journey, journey_version=request.journey_version,
+            entry=request.entry, reason=request.reason))
+        return messaging_pb2.WithdrawReply(withdrawn=n)
+
     async def ListTemplates(self, request: messaging_pb2.ListTemplatesRequest, context: grpc.aio.ServicerContext
                             ) -> messaging_pb2.ListTemplatesReply:
         listed = await self.engine.templates.list()

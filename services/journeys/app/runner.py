@@ -52,7 +52,16 @@ from services.journeys.domain.definitions import (
 from services.journeys.domain.engine import Engine, migrate
 from services.journeys.domain.funnel import Funnel, feed
 from services.journeys.domain.registry import Registry
-from services.journeys.domain.state import ACTIVE, DATE_PREFIX, INACTIVITY, LIVE, LeadState, Outcome, parse_time
+from services.journeys.domain.state import (
+    ACTIVE,
+    DATE_PREFIX,
+    INACTIVITY,
+    LIVE,
+    LeadState,
+    Outcome,
+    Withdrawal,
+    parse_time,
+)
 from services.journeys.timers import Arm, Timer, TimerStore
 
 log = logging.getLogger(__name__)
@@ -126,6 +135,9 @@ class JourneysRuntime:
         # Leads whose timers could not be armed (Redis failing, or not confirming the arms on a replica):
         # re-armed from SQL by the timer loop and at each Settle (rearm_unarmed).
         self._unarmed: set[str] = set()
+        # Withdrawals (messaging Withdraw) that found messaging away: tried again by the timer loop and at
+        # each Settle (retry_withdrawals).
+        self._unwithdrawn: list[tuple[str, Withdrawal]] = []
 
     # -- definitions ------------------------------------------------------------------------------
 
@@ -255,7 +267,35 @@ class JourneysRuntime:
     # -- arming -----------------------------------------------------------------------------------
 
     async def _arm(self, state: LeadState, out: Outcome) -> None:
-        await self._arm_all([(state, out)])
+        await self._committed([(state, out)])
+
+    async def _committed(self, done: list[tuple[LeadState, Outcome]]) -> None:
+        """What follows a commit: the withdrawals its outcomes ask of messaging, then the timers."""
+        pending = [(state.lead_id, w) for state, out in done for w in out.withdrawn]
+        if pending:
+            await self._withdraw(pending)
+        await self._arm_all(done)
+
+    async def _withdraw(self, pending: list[tuple[str, Withdrawal]]) -> None:
+        """Ask messaging to withdraw each left enrolment's waiting messages. After the commit, so an exit
+        that is not committed withdraws nothing; messaging away: kept for `retry_withdrawals` (a process
+        that stops before then leaves that mail to messaging's send-time checks, as before the exit)."""
+        async def one(lead_id: str, w: Withdrawal) -> None:
+            try:
+                await self.clients.withdraw(lead_id, w)
+            except Unavailable as exc:
+                log.info("journeys: withdrawing %s of %s waits for messaging (%s)", w.journey, lead_id, exc)
+                self._unwithdrawn.append((lead_id, w))
+            except Exception:
+                log.exception("journeys: withdrawing %s of %s failed", w.journey, lead_id)
+        await asyncio.gather(*(one(lead_id, w) for lead_id, w in pending))
+
+    async def retry_withdrawals(self) -> int:
+        if not self._unwithdrawn:
+            return 0
+        pending, self._unwithdrawn = self._unwithdrawn, []
+        await self._withdraw(pending)
+        return len(pending) - len(self._unwithdrawn)
 
     async def _arm_all(self, done: list[tuple[LeadState, Outcome]]) -> None:
         """Arm the timers of every (state, outcome) of a batch in one pipelined round trip (one per lead
@@ -322,7 +362,7 @@ class JourneysRuntime:
                 await stack.enter_async_context(self._locks.hold(lead_id))
             now = self.clock.now()
             results = await self.db.run(self._apply_batch, by_lead, now)
-            await self._arm_all(results)
+            await self._committed(results)
 
     def _apply_batch(self, by_lead: dict[str, list[BusMessage]],
                      now: datetime) -> list[tuple[LeadState, Outcome]]:
@@ -414,7 +454,7 @@ class JourneysRuntime:
                                               for lead, ts in by_lead.items() if lead in states))
                 done = await self.db.run(self._save_many,
                                          [(state, out) for state, out in outs if state is not None], now)
-                await self._arm_all(done)
+                await self._committed(done)
             except Fenced as exc:
                 # A partition was lost mid-batch: nothing of it committed. The timers of partitions still
                 # owned go back to be claimed again now; the lost ones are the new owner's (it moves them
@@ -532,6 +572,7 @@ class JourneysRuntime:
         work = int(await drain())
         work += await self.run_migrations()
         work += await self.rearm_unarmed()
+        work += await self.retry_withdrawals()
         work += await self.run_calendar()
         while True:
             done = await self.process_due()
@@ -625,6 +666,7 @@ class JourneysRuntime:
                     await self.refresh_definitions()
                 await self.run_migrations()
                 await self.rearm_unarmed()
+                await self.retry_withdrawals()
                 await self.housekeeping()
                 nxt = await self.next_campaign()
                 if nxt is not None and nxt <= self.clock.now():

@@ -48,6 +48,7 @@ from services.journeys.domain.state import (
     TaskPayload,
     Transition,
     UpdatePayload,
+    Withdrawal,
     iso,
     parse_time,
 )
@@ -210,7 +211,7 @@ class Engine:
                         and self.journey(e.journey, e.version).category in rule.categories:
                     self._finish(state, e, EXITED, rule.name, now, out,
                                  summary=f"exited: {etype} (playbook exit {rule.name}"
-                                         + (f": {rule.why})" if rule.why else ")"))
+                                         + (f": {rule.why})" if rule.why else ")"), withdraw=True)
         if consent_off:
             # Withdrawn for sure now (an opt-out event may carry the snapshot from before it).
             for past in state.history.values():
@@ -380,7 +381,7 @@ class Engine:
             verb = "goal reached" if rule.outcome == "goal" else "exited"
             self._finish(state, e, outcome, rule.name, now, out,
                          summary=f"{verb}: {etype} {rulesets.explain(match.facts)} matched rule {rule.name}",
-                         rule=rule.name, facts=dict(match.facts))
+                         rule=rule.name, facts=dict(match.facts), withdraw=True)
             return
         if etype in j.reanchor_events and j.entity and str(props.get(j.entity, "")) == e.instance:
             self._reanchor(state, j, e, props, now, out)
@@ -458,7 +459,7 @@ class Engine:
             for live in list(state.enrollments.values()):
                 if live.journey == act.exit and live.status in LIVE:
                     self._finish(state, live, EXITED, f"{j.key}.{rule.name}", now, out,
-                                 summary=f"exited by {j.key} rule {rule.name}: {why}")
+                                 summary=f"exited by {j.key} rule {rule.name}: {why}", withdraw=True)
 
     def _hold_for_entry(self, e: Enrollment, message: BusMessage, out: Outcome) -> None:
         """Keep an event for the enrolment's `on_entry` triggers, checked once the entry's steps due at
@@ -741,9 +742,18 @@ class Engine:
                          step_to=e.step)
 
     def _finish(self, state: LeadState, e: Enrollment, status: str, reason: str, now: datetime, out: Outcome, *,
-                summary: str, rule: str | None = None, facts: JsonMapping | None = None) -> None:
+                summary: str, rule: str | None = None, facts: JsonMapping | None = None,
+                withdraw: bool = False) -> None:
+        """`withdraw`: the lead left by a rule (exit or goal rule, playbook exit, another journey's exit),
+        so the journey's nurture mail still waiting in messaging for the lead's daytime or the minimum gap
+        is not sent after it: a lead who bought, or moved to another segment, overnight is not sent the
+        old journey's offer in the morning. Not for a consent exit (messaging's send-time checks hold
+        that mail, and it goes if consent is back before its time) nor for an instance enrolment (its
+        dedupe keys do not name the instance)."""
         if e.status not in LIVE:
             return
+        if withdraw and not e.instance:
+            out.withdrawn.append(Withdrawal(e.journey, e.version, e.entry, reason))
         e.status, e.outcome, e.ended_at, e.due, e.waiting = status, reason, now, None, None
         e.side.clear()
         e.token += 1
@@ -1004,7 +1014,7 @@ class Engine:
             for live in list(state.enrollments.values()):
                 if live.journey == s.journey and live.status in LIVE and live.ekey != e.ekey:
                     self._finish(state, live, EXITED, f"{j.key}.{s.id}", now, out,
-                                 summary=f"exited by {j.key} step {s.id}")
+                                 summary=f"exited by {j.key} step {s.id}", withdraw=True)
             self._move(e, s.next, now, out)
 
     def _start_wait(self, state: LeadState, j: Journey, e: Enrollment, s: WaitStep, now: datetime,

@@ -235,6 +235,16 @@ class Transition:
     facts: JsonObject = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class Withdrawal:
+    """One enrolment's waiting messages to withdraw (messaging Withdraw): the lead left it by `reason`."""
+
+    journey: str
+    version: int
+    entry: int
+    reason: str
+
+
 @dataclass(slots=True)
 class Outcome:
     """What one engine call produced, for the caller to persist and schedule."""
@@ -246,10 +256,14 @@ class Outcome:
     inactivity_changed: bool = False
     dates_changed: set[str] = field(default_factory=set)
     erased: bool = False
+    # Enrolments the lead left by a rule (not a consent exit, not the journey's own end): their nurture
+    # messages still waiting in messaging for a later time are withdrawn once this outcome is committed.
+    withdrawn: list[Withdrawal] = field(default_factory=list)
 
     def extend(self, other: Outcome) -> None:
         self.runs += other.runs
         self.transitions += other.transitions
+        self.withdrawn += other.withdrawn
         self.touched |= other.touched
         self.side_due |= other.side_due
         self.inactivity_changed |= other.inactivity_changed

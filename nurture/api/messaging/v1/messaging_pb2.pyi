@@ -57,6 +57,26 @@ class SendBatchReply(_message.Message):
     results: _containers.RepeatedCompositeFieldContainer[SendReply]
     def __init__(self, results: _Optional[_Iterable[_Union[SendReply, _Mapping]]] = ...) -> None: ...
 
+class WithdrawRequest(_message.Message):
+    __slots__ = ("lead_id", "journey", "journey_version", "entry", "reason")
+    LEAD_ID_FIELD_NUMBER: _ClassVar[int]
+    JOURNEY_FIELD_NUMBER: _ClassVar[int]
+    JOURNEY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ENTRY_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    lead_id: str
+    journey: str
+    journey_version: int
+    entry: int
+    reason: str
+    def __init__(self, lead_id: _Optional[str] = ..., journey: _Optional[str] = ..., journey_version: _Optional[int] = ..., entry: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class WithdrawReply(_message.Message):
+    __slots__ = ("withdrawn",)
+    WITHDRAWN_FIELD_NUMBER: _ClassVar[int]
+    withdrawn: int
+    def __init__(self, withdrawn: _Optional[int] = ...) -> None: ...
+
 class ListTemplatesRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

@@ -44,6 +44,11 @@ class MessagingStub:
                 request_serializer=nurture_dot_api_dot_messaging_dot_v1_dot_messaging__pb2.SendBatchRequest.SerializeToString,
                 response_deserializer=nurture_dot_api_dot_messaging_dot_v1_dot_messaging__pb2.SendBatchReply.FromString,
                 _registered_method=True)
+        self.Withdraw = channel.unary_unary(
+                '/nurture.api.messaging.v1.Messaging/Withdraw',
+                request_serializer=nurture_dot_api_dot_messaging_dot_v1_dot_messaging__pb2.WithdrawRequest.SerializeToString,
+                response_deserializer=nurture_dot_api_dot_messaging_dot_v1_dot_messaging__pb2.WithdrawReply.FromString,
+                _registered_method=True)
         self.ListTemplates = channel.unary_unary(
                 '/nurture.api.messaging.v1.Messaging/ListTemplates',
                 request_serializer=nurture_dot_api_dot_messaging_dot_v1_dot_messaging__pb2.ListTemplatesRequest.SerializeToString,
@@ -128,6 +133,13 @@ class MessagingServicer:
 
     def SendBatch(self, request, context):
         """Many Sends in one round trip (what journeys uses when several sends are due together).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Withdraw(self, request, context):
+        """Withdraw the waiting nurture messages of an enrolment the lead left; idempotent.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -230,6 +242,11 @@ def add_MessagingServicer_to_server(servicer, server):
                     servicer.SendBatch,
                     request_deserializer=nurture_dot_api_dot_messaging_dot_v1_dot_messaging__pb2.SendBatchRequest.FromString,
                     response_serializer=nurture_dot_api_dot_messaging_dot_v1_dot_messaging__pb2.SendBatchReply.SerializeToString,
+            ),
+            'Withdraw': grpc.unary_unary_rpc_method_handler(
+                    servicer.Withdraw,
+                    request_deserializer=nurture_dot_api_dot_messaging_dot_v1_dot_messaging__pb2.WithdrawRequest.FromString,
+                    response_serializer=nurture_dot_api_dot_messaging_dot_v1_dot_messaging__pb2.WithdrawReply.SerializeToString,
             ),
             'ListTemplates': grpc.unary_unary_rpc_method_handler(
                     servicer.ListTemplates,
@@ -356,6 +373,33 @@ class Messaging:
             '/nurture.api.messaging.v1.Messaging/SendBatch',
             nurture_dot_api_dot_messaging_dot_v1_dot_messaging__pb2.SendBatchRequest.SerializeToString,
             nurture_dot_api_dot_messaging_dot_v1_dot_messaging__pb2.SendBatchReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Withdraw(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nurture.api.messaging.v1.Messaging/Withdraw',
+            nurture_dot_api_dot_messaging_dot_v1_dot_messaging__pb2.WithdrawRequest.SerializeToString,
+            nurture_dot_api_dot_messaging_dot_v1_dot_messaging__pb2.WithdrawReply.FromString,
             options,
             channel_credentials,
             insecure,
