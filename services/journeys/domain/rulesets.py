@@ -97,10 +97,15 @@ def branch(journey: Journey, step_id: str, rules: Sequence[BranchRule], facts: J
 
 
 def explain(facts: Mapping[str, Any]) -> str:
-    """`timeline=urgent stage_index=1`: the facts a rule read, by their last name."""
+    """`timeline=urgent stage_index=1`: the facts a rule read, by their last name; two that share it by
+    their last two (`attributes.timeline=None properties.timeline=urgent`: the profile's and the
+    event's), or the timeline says `timeline=None timeline=urgent` and nobody can tell which was which."""
+    last = [name.rsplit(".", 1)[-1] for name in facts]
     parts = []
     for name, value in facts.items():
         short = name.rsplit(".", 1)[-1]
+        if last.count(short) > 1:
+            short = ".".join(name.rsplit(".", 2)[-2:])
         if isinstance(value, bool):
             value = str(value).lower()
         parts.append(f"{short}={value}")

@@ -39,7 +39,7 @@ async def test_consent_given_later_jumps_to_decision_once_after_the_welcome(mesh
     assert _steps(mesh, "skilled_professional") == ["email_01", "email_15"]
     tl = timeline_summaries(await mesh.admin.Timeline(common_pb2.TimelineRequest(lead_id="late1"), timeout=5))
     jumps = [s for s in tl if "matched rule urgent_timeline " in s]
-    assert len(jumps) == 1 and "jumped to decision stage: lead_updated timeline=urgent" in jumps[0], tl
+    assert len(jumps) == 1 and "jumped to decision stage: lead_updated attributes.timeline=urgent" in jumps[0], tl
     assert "(on entry, once the entry's first steps had run)" in jumps[0]
     await advance(mesh.admin, mesh.clock, DAY)   # the budget held the profile row's email a day
     assert _steps(mesh, "triggers") == ["timeline_urgency"]

@@ -81,8 +81,9 @@ def test_urgent_timeline_jumps_to_decision_with_an_explanation() -> None:
     h.advance(days=3)
     h.lead["attributes"] = {"timeline": "urgent"}
     h.message("form_submitted")
-    assert any("jumped to decision stage: form_submitted timeline=urgent" in t and "matched rule urgent_timeline" in t
-               for t in h.transitions), h.transitions
+    # The profile's timeline and the form's are both read: each named by where it comes from.
+    said = "jumped to decision stage: form_submitted attributes.timeline=urgent properties.timeline=None"
+    assert any(said in t and "matched rule urgent_timeline" in t for t in h.transitions), h.transitions
     assert h.state.enrollments["skilled_professional"].stage == "decision"
     assert any(":skilled_professional:1:email_15:" in k for k in h.sent)
 

@@ -41,7 +41,8 @@ def test_consent_given_later_enrols_and_the_urgent_timeline_jumps_once_after_the
     e = h.state.enrollments["skilled_professional"]
     assert e.stage == "decision" and e.entry_events == []
     jumps = [t for t in h.transitions if "matched rule urgent_timeline " in t]
-    assert jumps == ["skilled_professional: jumped to decision stage: lead_updated timeline=urgent timeline=None "
+    assert jumps == ["skilled_professional: jumped to decision stage: lead_updated attributes.timeline=urgent "
+                     "properties.timeline=None "
                      "stage_index=0 matched rule urgent_timeline (on entry, once the entry's first steps had run)"], \
         h.transitions
     h.advance(days=10)
