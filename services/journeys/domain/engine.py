@@ -1134,8 +1134,27 @@ def _pauses(by: Journey, ej: Journey) -> bool:
 
 
 def dedupe_key(lead_id: str, e: Enrollment, step: str, occurrence: str) -> str:
-    """The cross-service contract: `<lead>:<journey>:<version>:<step>:<occurrence>`."""
-    return f"{lead_id}:{e.journey}:{e.version}:{step}:{occurrence}"
+    """The cross-service contract: `<lead>:<journey>:<version>:<step>:<occurrence>`. An instance
+    enrolment's occurrence names its instance first (`<instance>@<entry>.<visit>`): each webinar a lead
+    registers for has entry 1, and without it the second webinar's confirmation and reminders had the
+    first's keys, so messaging answered `duplicate` and the lead got none of them."""
+    return f"{lead_id}:{e.journey}:{e.version}:{step}:{_instance_tag(e)}{occurrence}"
+
+
+def occurrence_prefix(e: Enrollment) -> str:
+    """What every dedupe key of the enrolment's current entry has after its step, before the visit."""
+    return f"{_instance_tag(e)}{e.entry}."
+
+
+def _instance_tag(e: Enrollment) -> str:
+    """`<instance>@`, or nothing; an instance that is long or holds `:` or `@` by a digest of it, so the
+    keys stay within their 400 characters and split as the contract says."""
+    if not e.instance:
+        return ""
+    tag = e.instance
+    if len(tag) > 64 or ":" in tag or "@" in tag:
+        tag = "h" + hashlib.sha256(tag.encode()).hexdigest()[:24]
+    return f"{tag}@"
 
 
 def migrate(state: LeadState, e: Enrollment, new: Journey, mapping: Mapping[str, str], now: datetime,

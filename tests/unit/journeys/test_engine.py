@@ -369,7 +369,7 @@ def test_budget_holds_nurture_but_not_transactional() -> None:
     # Budget 2 nurture a day: the welcome and the pricing trigger go; both country emails are held until
     # exactly a day after the first send; the transactional webinar confirmation is never held.
     assert h.sent == ["l-1:skilled_professional:1:email_01:1.1", "l-1:triggers:1:pricing_page:1.1",
-                      "l-1:webinar:1:email_01:1.1"]
+                      "l-1:webinar:1:email_01:w2@1.1"]
     assert h.state.sends == [iso(T0), iso(T0)]
     held = [t for t in h.transitions if "held by the frequency budget" in t]
     until = iso(T0 + timedelta(days=1))
@@ -816,3 +816,19 @@ def test_a_posted_hard_bounce_ends_the_mail_journeys_as_our_own_does(props: dict
     soft.message("lead_created")
     soft.message("email_bounced", type="soft")
     assert soft.state.enrollments["skilled_professional"].status == ACTIVE
+
+
+def test_two_webinars_of_one_lead_have_their_own_dedupe_keys() -> None:
+    # A lead registered for two webinars: each has entry 1 of its own instance, and the keys named only
+    # the entry, so the second's confirmation and reminders were the first's keys (messaging: duplicate).
+    h = Harness()
+    h.message("lead_created")
+    h.message("webinar_registered", webinar_id="wA", starts_at=iso(T0 + timedelta(days=5)))
+    h.message("webinar_registered", webinar_id="wB", starts_at=iso(T0 + timedelta(days=9)))
+    h.message("webinar_registered", webinar_id="x" * 300, starts_at=iso(T0 + timedelta(days=7)))
+    firsts = [k for k in h.sent if ":webinar:1:email_01:" in k]
+    assert firsts[:2] == ["l-1:webinar:1:email_01:wA@1.1", "l-1:webinar:1:email_01:wB@1.1"], h.sent
+    assert len(set(firsts)) == 3 and all(len(k) < 200 and k.count(":") == 4 for k in firsts), firsts
+    h.advance(days=10)
+    reminders = [k for k in h.sent if ":webinar:1:email_02:" in k]   # the day-before reminder of each
+    assert len(set(reminders)) == 3, reminders

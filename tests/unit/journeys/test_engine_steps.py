@@ -244,7 +244,7 @@ def test_an_event_wait_times_out_exactly_at_its_timeout() -> None:
     m.at(days=1)
     [update] = m.effects
     assert (update.kind, update.step, update.payload, update.dedupe_key, update.occurrence, update.side) == (
-        "update", "no", UpdatePayload({"answered": False}), "l-1:ask:1:no:1.1", "1.1", False)
+        "update", "no", UpdatePayload({"answered": False}), "l-1:ask:1:no:c1@1.1", "1.1", False)
     assert m.log == ["ask: entered: ping type=ping matched rule go",
                      f"ask: waiting at ask for answer until {iso(T0 + timedelta(days=1))}",
                      "ask: no answer by the timeout of ask: going to no", "ask: completed ask"]
