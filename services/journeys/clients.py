@@ -118,7 +118,8 @@ class Clients:
         stub = messaging_pb2_grpc.MessagingStub(self._channel("messaging"))
         try:
             reply = await stub.Withdraw(messaging_pb2.WithdrawRequest(
-                lead_id=lead_id, journey=w.journey, journey_version=w.version, entry=w.entry, reason=w.reason),
+                lead_id=lead_id, journey=w.journey, journey_version=w.version,
+                occurrence_prefix=w.occurrence_prefix, reason=w.reason),
                 timeout=DEADLINE_S)
         except grpc.aio.AioRpcError as exc:
             if exc.code() in TRANSIENT:

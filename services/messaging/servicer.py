@@ -132,11 +132,11 @@ class MessagingServicer(messaging_pb2_grpc.MessagingServicer):
 
     async def Withdraw(self, request: messaging_pb2.WithdrawRequest, context: grpc.aio.ServicerContext
                        ) -> messaging_pb2.WithdrawReply:
-        if not request.lead_id or not request.journey or request.entry < 1:
-            raise errors.InvalidArgument("lead_id, journey and entry (1 or more) are required")
+        if not request.lead_id or not request.journey or not request.occurrence_prefix.endswith("."):
+            raise errors.InvalidArgument("lead_id, journey and occurrence_prefix (ending in '.') are required")
         n = await _guard(lambda: self.engine.withdraw(
             lead_id=request.lead_id, journey=request.journey, journey_version=request.journey_version,
-            entry=request.entry, reason=request.reason))
+            occurrence_prefix=request.occurrence_prefix, reason=request.reason))
         return messaging_pb2.WithdrawReply(withdrawn=n)
 
     async def ListTemplates(self, request: messaging_pb2.ListTemplatesRequest, context: grpc.aio.ServicerContext

@@ -311,28 +311,35 @@ class Store:
                 waiting, messages.c.due_at <= naive(now))).scalar()
         return int(pending), int(due or 0), aware(first)
 
-    def withdraw(self, lead_id: str, journey: str, version: int, entry: int, reason: str,
+    def withdraw(self, lead_id: str, journey: str, version: int, occurrence_prefix: str, reason: str,
                  now: datetime) -> list[str]:
-        """Suppress the nurture messages of one enrolment (lead, journey version, entry) still waiting
-        for a later time; the ids withdrawn. A message due by now is left to the worker, which may have
-        claimed it already (a row is claimed only once due)."""
-        occurrence = f"{entry}."
+        """Suppress the nurture messages of one enrolment (lead, journey version, and its occurrences'
+        prefix: `<entry>.` or `<instance>@<entry>.`) still waiting for a later time; the ids withdrawn. A
+        message due by now is left to the worker, which may have claimed it already (a row is claimed
+        only once due)."""
+        head = f"{lead_id}:{journey}:{version}:"
+
+        def mine(key: str) -> bool:
+            # `<head><step>:<occurrence>`: a step id holds no ':'; the occurrence is the prefix and the visit.
+            _, _, occurrence = key[len(head):].partition(":")
+            rest = occurrence[len(occurrence_prefix):]
+            return key.startswith(head) and occurrence.startswith(occurrence_prefix) and rest.isdigit()
+
         with self._sessions() as s:
             rows = s.execute(select(messages.c.id, messages.c.dedupe_key, messages.c.template).where(
                 messages.c.lead_id == lead_id, messages.c.journey == journey,
                 messages.c.journey_version == version, messages.c.status == "scheduled",
                 messages.c.category == "nurture", messages.c.due_at > naive(now))
                 .order_by(messages.c.id).with_for_update()).all()
-            # The dedupe key's last part is the occurrence, "<entry>.<visit>" (the cross-service contract).
-            mine = [r for r in rows if r.dedupe_key.rsplit(":", 1)[-1].startswith(occurrence)]
-            if not mine:
+            found = [r for r in rows if mine(r.dedupe_key)]
+            if not found:
                 return []
             why = f"withdrawn: the lead left the journey ({reason})"
-            ids = [r.id for r in mine]
+            ids = [r.id for r in found]
             s.execute(update(messages).where(messages.c.id.in_(ids), messages.c.status == "scheduled")
                       .values(status="suppressed", reason=why, updated_at=naive(now)))
             _log(s, [LogLine(r.id, lead_id, "message_suppressed", f"{r.template} not sent: {why}",
-                             {"template": r.template, "reason": why}) for r in mine], naive(now))
+                             {"template": r.template, "reason": why}) for r in found], naive(now))
         return ids
 
     def apply(self, outcomes: Sequence[Outcome], now: datetime) -> None:

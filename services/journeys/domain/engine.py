@@ -748,12 +748,11 @@ class Engine:
         so the journey's nurture mail still waiting in messaging for the lead's daytime or the minimum gap
         is not sent after it: a lead who bought, or moved to another segment, overnight is not sent the
         old journey's offer in the morning. Not for a consent exit (messaging's send-time checks hold
-        that mail, and it goes if consent is back before its time) nor for an instance enrolment (its
-        dedupe keys do not name the instance)."""
+        that mail, and it goes if consent is back before its time)."""
         if e.status not in LIVE:
             return
-        if withdraw and not e.instance:
-            out.withdrawn.append(Withdrawal(e.journey, e.version, e.entry, reason))
+        if withdraw:
+            out.withdrawn.append(Withdrawal(e.journey, e.version, occurrence_prefix(e), reason))
         e.status, e.outcome, e.ended_at, e.due, e.waiting = status, reason, now, None, None
         e.side.clear()
         e.token += 1

@@ -241,7 +241,7 @@ class Withdrawal:
 
     journey: str
     version: int
-    entry: int
+    occurrence_prefix: str   # "<entry>." or "<instance>@<entry>." (engine.occurrence_prefix)
     reason: str
 
 

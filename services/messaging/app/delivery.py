@@ -219,11 +219,11 @@ class Delivery:
         row, line = self._row(request, self.clock.now())  # InvalidRequest propagates: the call is refused
         return (await self._record([(row, line)]))[0]
 
-    async def withdraw(self, *, lead_id: str, journey: str, journey_version: int, entry: int,
+    async def withdraw(self, *, lead_id: str, journey: str, journey_version: int, occurrence_prefix: str,
                        reason: str) -> int:
         """The waiting nurture messages of an enrolment the lead left are not sent (Store.withdraw)."""
-        ids = await self.db.run(self.store.withdraw, lead_id, journey, journey_version, entry, reason,
-                                self.clock.now())
+        ids = await self.db.run(self.store.withdraw, lead_id, journey, journey_version, occurrence_prefix,
+                                reason, self.clock.now())
         return len(ids)
 
     async def send_many(self, requests: Sequence[SendInput]) -> list[SendResult]:

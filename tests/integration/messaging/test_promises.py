@@ -288,3 +288,35 @@ async def test_consent_heard_on_the_bus_is_recorded_with_its_source(inproc: InPr
     history = [(r.channel, r.granted, r.source) for r in inproc.engine.store.consent_history("cx")]
     assert history == [("email", True, "bus:lead_created:form"), ("sms", False, "bus:lead_created:form"),
                        ("email", False, "bus:lead_updated:")]
+
+
+async def test_withdraw_takes_only_the_left_enrolments_waiting_nurture_mail(inproc: InProc) -> None:
+    # What journeys asks once a lead left an enrolment by a rule (exit, goal): its nurture mail waiting for
+    # the lead's daytime is not sent. Only that enrolment's (its occurrence prefix, not another entry's or
+    # another webinar's), only nurture, only what waits for a later time.
+    lead_id = "w:1"   # an id holding ':' still matches by the key's head, not by splitting it
+    inproc.scoring.add(make_lead(lead_id, timezone="Pacific/Kiritimati"))   # UTC+14: night at the epoch's 09:00
+    keys = {
+        "family.email_01": f"{lead_id}:family:1:email_01:2.1",         # the left entry (2)
+        "family.email_02": f"{lead_id}:family:1:email_02:1.1",         # an earlier entry
+        "family.email_03": f"{lead_id}:family:1:email_03:2.10",        # the left entry, a later visit
+        "webinar.email_06": f"{lead_id}:webinar:1:email_06:wB@1.1",    # another webinar's
+        "webinar.email_04": f"{lead_id}:webinar:1:email_04:wA@1.1",    # the left webinar's
+    }
+    for template, key in keys.items():
+        reply = await inproc.send(lead_id, template, key=key, category="nurture",
+                                  context={"webinar_title": "Canada 101", "starts_at": "2026-01-09T17:00:00Z"})
+        assert reply.status == "scheduled", (template, reply)
+    await inproc.send(lead_id, "family.email_04", key=f"{lead_id}:family:1:email_04:2.2", category="transactional")
+    await inproc.settle()
+    assert await inproc.engine.withdraw(lead_id=lead_id, journey="family", journey_version=1,
+                                        occurrence_prefix="2.", reason="converted") == 2
+    assert await inproc.engine.withdraw(lead_id=lead_id, journey="webinar", journey_version=1,
+                                        occurrence_prefix="wA@1.", reason="webinar.left") == 1
+    assert await inproc.engine.withdraw(lead_id=lead_id, journey="family", journey_version=1,
+                                        occurrence_prefix="2.", reason="converted") == 0   # idempotent
+    rows = await inproc.messages(lead_id)
+    assert {t: r.status for t, r in rows.items()} == {
+        "family.email_01": "suppressed", "family.email_02": "scheduled", "family.email_03": "suppressed",
+        "webinar.email_06": "scheduled", "webinar.email_04": "suppressed", "family.email_04": "sent"}
+    assert rows["family.email_01"].reason == "withdrawn: the lead left the journey (converted)"

@@ -58,18 +58,18 @@ class SendBatchReply(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[SendReply, _Mapping]]] = ...) -> None: ...
 
 class WithdrawRequest(_message.Message):
-    __slots__ = ("lead_id", "journey", "journey_version", "entry", "reason")
+    __slots__ = ("lead_id", "journey", "journey_version", "occurrence_prefix", "reason")
     LEAD_ID_FIELD_NUMBER: _ClassVar[int]
     JOURNEY_FIELD_NUMBER: _ClassVar[int]
     JOURNEY_VERSION_FIELD_NUMBER: _ClassVar[int]
-    ENTRY_FIELD_NUMBER: _ClassVar[int]
+    OCCURRENCE_PREFIX_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     lead_id: str
     journey: str
     journey_version: int
-    entry: int
+    occurrence_prefix: str
     reason: str
-    def __init__(self, lead_id: _Optional[str] = ..., journey: _Optional[str] = ..., journey_version: _Optional[int] = ..., entry: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
+    def __init__(self, lead_id: _Optional[str] = ..., journey: _Optional[str] = ..., journey_version: _Optional[int] = ..., occurrence_prefix: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class WithdrawReply(_message.Message):
     __slots__ = ("withdrawn",)
