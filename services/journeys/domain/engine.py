@@ -667,8 +667,9 @@ class Engine:
         j = self._resolve(e.journey, e.version)
         if j is not None:
             self._apply_pauses(state, j, e, now, out)
-        if any(self._pauser_of(state, other, e) for other in state.enrollments.values()):
-            self._pause(state, e, now, out, by=None)
+        pauser = next((o for o in state.enrollments.values() if self._pauser_of(state, o, e)), None)
+        if pauser is not None:
+            self._pause(state, e, now, out, by=pauser)
 
     def _enter(self, state: LeadState, j: Journey, message: BusMessage, now: datetime, out: Outcome, *,
                reason: str, instance: str = "", rule: str | None = None,
@@ -698,8 +699,9 @@ class Engine:
             self._hold_for_entry(e, message, out)  # its on_entry triggers: once the entry's steps have run
         self._record(out, state, e, now, "entered", reason, step_to=j.first, rule=rule, facts=dict(facts or {}))
         self._apply_pauses(state, j, e, now, out)
-        if any(self._pauser_of(state, other, e) for other in state.enrollments.values()):
-            self._pause(state, e, now, out, by=None)
+        pauser = next((o for o in state.enrollments.values() if self._pauser_of(state, o, e)), None)
+        if pauser is not None:
+            self._pause(state, e, now, out, by=pauser)
         return e
 
     def _pauser_of(self, state: LeadState, other: Enrollment, e: Enrollment) -> bool:
@@ -719,13 +721,12 @@ class Engine:
             if ej and _pauses(j, ej):
                 self._pause(state, e, now, out, by=by)
 
-    def _pause(self, state: LeadState, e: Enrollment, now: datetime, out: Outcome, by: Enrollment | None) -> None:
+    def _pause(self, state: LeadState, e: Enrollment, now: datetime, out: Outcome, by: Enrollment) -> None:
         e.status = PAUSED
         e.paused_remaining = max(0.0, (e.due - now).total_seconds()) if e.due else None
         e.token += 1
         out.touched.add(e.ekey)
-        who = by.journey if by else "a higher-priority journey"
-        self._record(out, state, e, now, "paused", f"paused while {who} runs", step_from=e.step)
+        self._record(out, state, e, now, "paused", f"paused while {by.journey} runs", step_from=e.step)
 
     def _resume_paused(self, state: LeadState, now: datetime, out: Outcome) -> None:
         for e in state.enrollments.values():

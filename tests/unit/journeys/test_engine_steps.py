@@ -426,7 +426,8 @@ def test_an_enrolment_entering_under_a_running_pauser_starts_paused() -> None:
     m.message("ping")
     m.message("late")
     assert m.e("low").status == PAUSED and m.effects == []
-    assert "low: paused while a higher-priority journey runs" in m.log
+    # Named: the timeline says which journey holds it (it read "a higher-priority journey").
+    assert "low: paused while high runs" in m.log
     m.at(days=2)
     assert m.e("low").status == ACTIVE and [f.step for f in m.effects] == ["first"]
 
