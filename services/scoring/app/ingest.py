@@ -109,6 +109,7 @@ class Ingest(CoreBase):
                 outcome = self.model.score_event(lead, {"type": ev.type, "properties": ev.properties,
                                                         "occurred_at": occurred}, now)
                 old_score, old_stage, old_segment = lead["score"], lead["lifecycle_stage"], lead["segment"]
+                old_consent = dict(lead["consent"] or {})
                 apply_outcome(lead, outcome)
                 touched.add(ev.lead_id)
                 event_rows.append((event_id, ev.lead_id, ev.type, jsoncodec.dumps(ev.properties), occurred, now,
@@ -120,7 +121,7 @@ class Ingest(CoreBase):
                     change_rows.append((ev.lead_id, occurred, p.points, running, p.rule, p.why, event_id,
                                         self.model.version))
                 caused = messages.event_messages(lead, ev, event_id, occurred, outcome, old_score, old_stage,
-                                                  old_segment)
+                                                  old_segment, old_consent)
                 caused_messages.extend(caused)
                 caused_traces.extend([ev.trace] * len(caused))
                 results[i] = EventResult(event_id=event_id)

@@ -8,6 +8,7 @@ from datetime import datetime
 
 from nurture import times
 from nurture.busmessage import BusMessage, LeadSnapshot, RuleHit
+from nurture.jsontypes import JsonMapping
 from services.scoring.domain.records import EventIn, LeadRecord
 from services.scoring.domain.rules import Outcome
 
@@ -59,10 +60,10 @@ def engagement_lapsed(lead_id: str, due: datetime, days: int, old: int, new: int
 
 def event_messages(
     lead: LeadRecord, ev: EventIn, event_id: str, occurred: datetime, outcome: Outcome,
-    old_score: int, old_stage: str, old_segment: str | None,
+    old_score: int, old_stage: str, old_segment: str | None, old_consent: JsonMapping | None = None,
 ) -> list[BusMessage]:
-    """The event itself, then what it changed: score, segment (as a profile change), stage. They share
-    one snapshot."""
+    """The event itself, then what it changed: score, segment and consent (as a profile change), stage.
+    They share one snapshot. `old_consent`: the lead's consent before the event (None: not compared)."""
     lead_id, at, snap = ev.lead_id, iso(occurred), snapshot(lead)
     rules = tuple(RuleHit(rule=p.rule, points=p.points, why=p.why) for p in outcome.points)
     signals = tuple(outcome.signals)
@@ -73,12 +74,16 @@ def event_messages(
                               properties={"old": old_score, "new": lead["score"], "event_id": event_id},
                               occurred_at=at, lead=snap, score_delta=lead["score"] - old_score, rules=rules,
                               signals=signals))
-    if lead["segment"] != old_segment:
-        # A segment read from behaviour (e.g. funding content) is a profile change like one made
-        # through the API: segment journeys enter on lead_updated, and an event without points
-        # publishes no score_changed that could carry it.
-        out.append(BusMessage(id=f"{event_id}:segment", lead_id=lead_id, type="lead_updated",
-                              properties={"changed": ["segment"], "source": "behaviour", "event_id": event_id},
+    # A segment read from behaviour (e.g. funding content), or consent an event gave or withdrew (an
+    # explicit opt-in, `subscribed` with channel email), is a profile change like one made through the
+    # API: the segment journeys enter on lead_updated, and an event without points publishes no
+    # score_changed that could carry it (a lead who opted in by the event was never welcomed).
+    consent_moved = old_consent is not None and dict(lead["consent"] or {}) != dict(old_consent)
+    changed = (["consent"] if consent_moved else []) + (["segment"] if lead["segment"] != old_segment else [])
+    if changed:
+        out.append(BusMessage(id=f"{event_id}:{'segment' if 'segment' in changed else 'consent'}", lead_id=lead_id,
+                              type="lead_updated",
+                              properties={"changed": changed, "source": "behaviour", "event_id": event_id},
                               occurred_at=at, lead=snap))
     if lead["lifecycle_stage"] != old_stage:
         out.append(BusMessage(id=f"{event_id}:stage", lead_id=lead_id, type="stage_changed",

@@ -119,6 +119,27 @@ async def test_segment_read_from_behaviour_is_announced_as_a_profile_change(scor
         assert [(m.properties["changed"], m.lead.segment) for m in updates] == [(["segment"], "entrepreneur")]
 
 
+
+async def test_consent_an_event_gives_or_withdraws_is_announced_as_a_profile_change(scoring: Running,
+                                                                                  settings: Settings) -> None:
+    # An explicit opt-in by the event (`subscribed`, channel email) gives a lead without consent its email
+    # consent; the segment journeys enter on lead_updated, and a new user's lead that opted in this way
+    # was never welcomed (only the event, no score change, went out). An unsubscribe takes it back.
+    stub, admin, channel = stubs(scoring)
+    async with channel:
+        await stub.UpsertLead(scoring_pb2.UpsertLeadRequest(
+            id="opt-1", fields_json=json.dumps({"email": "o@example.com", "segment": "family"})), timeout=5)
+        await stub.IngestEvents(scoring_pb2.IngestRequest(
+            events=[event("opt-1", "subscribed", channel="email")]), timeout=5)
+        await stub.IngestEvents(scoring_pb2.IngestRequest(
+            events=[event("opt-1", "subscribed", channel="email")]), timeout=5)   # no change: nothing more
+        await stub.IngestEvents(scoring_pb2.IngestRequest(
+            events=[event("opt-1", "unsubscribed", scope="all")]), timeout=5)
+        await admin.Settle(common_pb2.SettleRequest(), timeout=5)
+        updates = [m for m in bus_messages(settings) if m.lead_id == "opt-1" and m.type == "lead_updated"]
+        assert [(m.properties["changed"], m.properties["source"], m.lead.consent.get("email")) for m in updates] \
+            == [(["consent"], "behaviour", True), (["consent"], "behaviour", False)]
+
 async def test_bad_input_is_rejected_per_event(scoring: Running) -> None:
     stub, _admin, channel = stubs(scoring)
     async with channel:
