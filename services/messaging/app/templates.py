@@ -20,7 +20,7 @@ from nurture.clock import Clock
 from nurture.db import Database
 from services.messaging.clients import Lead
 from services.messaging.domain.catalog import Catalog, Rendered, RenderError
-from services.messaging.domain.content import Compiled, ContentError, parse, validate
+from services.messaging.domain.content import Compiled, ContentError, TemplateContent, parse, validate
 from services.messaging.template_store import TemplateRow, TemplateStore, TemplateVersion
 
 log = logging.getLogger(__name__)
@@ -62,6 +62,10 @@ class TemplateLibrary:
         self._lock = asyncio.Lock()
         # Previews and test sends of drafts: a few compiled versions kept, compiled again when evicted.
         self._others: OrderedDict[tuple[str, int], Compiled] = OrderedDict()
+        # (key, version) → (topic, format) of the versions naming either: a message's events carry its
+        # version's (content_of), sent long after another version was published too. Read at start and
+        # kept as this process stores, publishes or loads a version (as `_live` is: see the docstring).
+        self._named: dict[tuple[str, int], tuple[str, str]] = {}
 
     async def ensure(self) -> None:
         """Seed (first start) and compile every live version, once."""
@@ -86,6 +90,7 @@ class TemplateLibrary:
                 except ContentError:
                     continue   # cannot happen for validated content; its sends fail as unknown instead
             self._live = compiled
+            self._named = await self.db.run(self.store.named_content)
             self._loaded = True
 
     # --- the send path (sync, after ensure) ----------------------------------------------------------
@@ -94,6 +99,26 @@ class TemplateLibrary:
 
     def keys(self) -> list[str]:
         return sorted(self._live)
+
+    def named(self, key: str, version: int) -> tuple[str, str]:
+        """The topic and format version `version` of `key` names (0: the live one's); "" each for the
+        template's default."""
+        live = self._live.get(key)
+        if live is not None and version in (0, live.version):
+            return live.content.topic, live.content.format   # what this process sends from
+        return self._named.get((key, version), ("", ""))
+
+    def _remember(self, key: str, version: int, content: TemplateContent) -> None:
+        if content.topic or content.format:
+            self._named[(key, version)] = (content.topic, content.format)
+
+    def _problems(self, content: TemplateContent) -> list[str]:
+        """Every problem of a version's content: validate's, and a format the catalog does not list."""
+        problems = validate(content)
+        known = self.catalog.formats
+        if content.format and known and content.format not in known:
+            problems.append(f"format: {content.format!r} is not one of {', '.join(known)}")
+        return problems
 
     # --- editing ---------------------------------------------------------------------------------------
     async def list(self) -> list[tuple[TemplateRow, str]]:
@@ -130,13 +155,15 @@ class TemplateLibrary:
         content, shape = parse(raw)
         problems += shape
         if content is not None:
-            problems += validate(content)
+            problems += self._problems(content)
         if problems:
             raise InvalidTemplate(problems)
         assert content is not None
         if validate_only:
             return 0
-        return int(await self.db.run(self.store.put_draft, key, content, self.clock.now()))
+        number = int(await self.db.run(self.store.put_draft, key, content, self.clock.now()))
+        self._remember(key, number, content)
+        return number
 
     async def publish(self, key: str, version: int) -> int:
         """Make `version` live for the next send; returns the version live before."""
@@ -144,13 +171,14 @@ class TemplateLibrary:
         found = await self.db.run(self.store.version, key, version)
         if found is None:
             raise UnknownTemplate(f"template {key!r} has no version {version}")
-        problems = validate(found.content)
+        problems = self._problems(found.content)
         if problems:
             raise InvalidTemplate(problems)
         compiled = Compiled(key, version, found.content)
         async with self._lock:
             previous = int(await self.db.run(self.store.publish, key, version, self.clock.now()))
             self._live[key] = compiled
+        self._remember(key, version, found.content)   # (stored by another process, maybe)
         return previous
 
     async def compiled(self, key: str, version: int = 0) -> Compiled:
@@ -178,6 +206,7 @@ class TemplateLibrary:
         except ContentError as exc:
             raise RenderError(str(exc)) from exc
         self._others[(key, version)] = cached
+        self._remember(key, version, found.content)
         while len(self._others) > 32:
             self._others.popitem(last=False)
         return cached
@@ -188,7 +217,7 @@ class TemplateLibrary:
         preview records nothing)."""
         if unsaved is not None:
             content, problems = parse(unsaved)
-            problems += validate(content) if content is not None else []
+            problems += self._problems(content) if content is not None else []
             if problems:
                 raise InvalidTemplate(problems)
             assert content is not None
