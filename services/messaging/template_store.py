@@ -113,6 +113,13 @@ class TemplateStore:
         return [TemplateRow(r["key"], r["published_version"], r["latest_version"], aware(r["updated_at"]))  # type: ignore[arg-type]
                 for r in rows]
 
+    def live_versions(self) -> dict[str, int]:
+        """Each template's published version (0: none), in one small read: how a process learns that
+        another one published (TemplateLibrary.refresh)."""
+        with self._sessions() as s:
+            rows = s.execute(select(templates.c.key, templates.c.published_version)).all()
+        return {str(k): int(v or 0) for k, v in rows}
+
     def published(self) -> list[TemplateVersion]:
         """The live version of every template."""
         with self._sessions() as s:

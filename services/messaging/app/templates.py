@@ -2,8 +2,9 @@
 (refused with every problem listed), publish, history, previews and test sends.
 
 The catalog (domain/catalog.py) seeds version 1 of each of its templates on first start; the store is
-the record after that. Publishing swaps the compiled live version of this process at once: run one
-messaging process per deployment (as for its queue), or a second process sees the publish on restart.
+the record after that. Publishing swaps the compiled live version of this process at once; the other
+messaging replicas take it at their next `refresh` (every REFRESH_EVERY_S, and at each Settle), which
+reads each template's published version and compiles only the ones that changed.
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ from services.messaging.domain.content import Compiled, ContentError, TemplateCo
 from services.messaging.template_store import TemplateRow, TemplateStore, TemplateVersion
 
 log = logging.getLogger(__name__)
+# How often a replica looks for versions another one published: a send within this long of a publish
+# at another replica may still go out in the version live before (as one just before the publish would).
+REFRESH_EVERY_S = 2.0
 
 KEY = re.compile(r"[a-z0-9_]{1,60}\.[a-z0-9_]{1,60}")
 SAMPLE_LEAD: Lead = {
@@ -66,6 +70,8 @@ class TemplateLibrary:
         # version's (content_of), sent long after another version was published too. Read at start and
         # kept as this process stores, publishes or loads a version (as `_live` is: see the docstring).
         self._named: dict[tuple[str, int], tuple[str, str]] = {}
+        # Published versions that did not compile here (refresh): not tried again at every look.
+        self._broken: set[tuple[str, int]] = set()
 
     async def ensure(self) -> None:
         """Seed (first start) and compile every live version, once."""
@@ -92,6 +98,36 @@ class TemplateLibrary:
             self._live = compiled
             self._named = await self.db.run(self.store.named_content)
             self._loaded = True
+
+    async def refresh(self) -> int:
+        """Take the versions another replica published (or retired) since this one last looked: one
+        small read when nothing changed. Returns how many templates changed here."""
+        if not self._loaded:
+            await self.ensure()
+            return 0
+        wanted = await self.db.run(self.store.live_versions)
+        gone = [k for k in self._live if wanted.get(k, 0) == 0]
+        changed = {k: v for k, v in wanted.items() if v and (k, v) not in self._broken
+                   and (k not in self._live or self._live[k].version != v)}
+        if not gone and not changed:
+            return 0
+        async with self._lock:
+            for key, version in changed.items():
+                found = await self.db.run(self.store.version, key, version)
+                if found is None:
+                    continue
+                try:
+                    self._live[key] = Compiled(key, version, found.content)
+                except ContentError:
+                    self._broken.add((key, version))  # said once, not at every refresh
+                    log.error("template %s v%d does not compile; its sends keep the version live before", key,
+                              version)
+                    continue
+                self._remember(key, version, found.content)
+            for key in gone:
+                self._live.pop(key, None)
+        log.info("templates: took %d versions published and %d retired by another process", len(changed), len(gone))
+        return len(changed) + len(gone)
 
     # --- the send path (sync, after ensure) ----------------------------------------------------------
     def live(self, key: str) -> Compiled | None:
