@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -13,6 +14,7 @@ from sqlalchemy.orm import Session
 from nurture.api.scoring.v1 import scoring_pb2
 from nurture.errors import TRANSIENT
 from nurture.jsontypes import JsonObject
+from nurture.limits import MAX_SAFE_INTEGER
 from nurture.rpc import DEADLINE_S
 from services.crm_sync import domain
 from services.crm_sync import storage as st
@@ -162,8 +164,10 @@ class InboundActivities(Proposals):
             raise InputError("deal.crm_id or deal.lead_id is required")
         if d.modified_at is None:
             raise InputError("deal.modified_at is required (the CRM's modification time orders deal updates)")
-        if d.amount < 0:
-            raise InputError("deal.amount must not be negative")
+        if not (math.isfinite(d.amount) and 0 <= d.amount <= MAX_SAFE_INTEGER):
+            # Revenue is summed over deals in every report: a NaN or one near a double's top (two make
+            # infinity) would leave those reports unanswerable.
+            raise InputError(f"deal.amount must be a number from 0 to {MAX_SAFE_INTEGER}")
         if (why := domain.ahead_of_clock(self.cfg, "deal.modified_at", d.modified_at, self.clock.now())) is not None:
             raise InputError(why)
         lead_id = await self._resolve(crm, d.crm_id, d.lead_id)

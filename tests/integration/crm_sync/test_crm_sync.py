@@ -378,3 +378,24 @@ async def test_a_repeated_plan_reads_the_batch_tasks_once(mesh: Mesh) -> None:
     for lead_id in leads:  # still one notification a lead
         types = [i.type for i in await mesh.timeline(lead_id)]
         assert types.count("notification") == 1, (lead_id, types)
+
+
+@pytest.mark.parametrize("amount", [1.7e308, 2.0**53, float("nan"), float("inf"), -1.0])
+async def test_a_deal_amount_no_revenue_sum_can_hold_is_refused(mesh: Mesh, amount: float) -> None:
+    """Two won deals of 1.7e308 were recorded, and their revenue summed to infinity: ROI, attribution and
+    the revenue time series answered 500 over their days. A NaN was refused as 'properties is not valid
+    JSON'. Each is a clear INVALID_ARGUMENT naming deal.amount, and nothing is recorded."""
+    t0 = mesh.clock.now()
+    crm_id = remote_contact(mesh, "rich@example.com")
+    [r] = await upsert(mesh, contact(crm_id, "rich@example.com", t0, first_name="Rich"))
+    d = crm_sync_pb2.Deal(deal_id="d-huge", crm_id=crm_id, stage="closed_won", amount=amount, currency="EUR")
+    d.modified_at.FromDatetime(t0)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await mesh.crm.ReportDeal(crm_sync_pb2.ReportDealRequest(deal=d), metadata=AUTH, timeout=5)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "deal.amount must be a number from 0 to 9007199254740991" in (err.value.details() or "")
+    lead = await mesh.scoring.GetLead(scoring_pb2.GetLeadRequest(id=r.lead_id), timeout=5)
+    assert lead.lifecycle_stage != "customer"
+    d.amount = 2**53 - 1
+    ok = await mesh.crm.ReportDeal(crm_sync_pb2.ReportDealRequest(deal=d), metadata=AUTH, timeout=5)
+    assert ok.status == "recorded"
