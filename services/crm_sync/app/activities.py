@@ -143,8 +143,9 @@ class InboundActivities(Proposals):
             raise InputError(why)
         lead_id = await self._resolve(crm, a.crm_id, a.lead_id)
         etype = "disqualified" if a.kind == "disqualification" else "sales_activity"
-        props = {"kind": a.kind, "outcome": a.outcome, "reason": a.reason, "body": a.body[:2000],
-                 "activity_id": a.activity_id, "crm": crm, **a.properties}
+        # The CRM's own properties pass along, under the fields checked here (they cannot replace them).
+        props = {**a.properties, "kind": a.kind, "outcome": a.outcome, "reason": a.reason, "body": a.body[:2000],
+                 "activity_id": a.activity_id, "crm": crm}
         event = scoring_pb2.Event(lead_id=lead_id, type=etype, properties_json=json.dumps(props), source="crm",
                                   idempotency_key=f"crm:{crm}:activity:{a.activity_id}:{_micros(modified)}")
         if a.occurred_at:
@@ -183,8 +184,10 @@ class InboundActivities(Proposals):
 
             then = make
         etype = self.cfg.deal_events.get(d.stage, "sales_activity")
-        props = {"deal_id": d.deal_id, "stage": d.stage, "amount": d.amount, "currency": d.currency,
-                 "reason": d.reason, "kind": "deal_stage", "crm": crm, **d.properties}
+        # The CRM's own properties pass along, under the fields checked here: a properties_json amount of
+        # 1e308 or a stage of its own replaced the checked ones in the event scoring and analytics read.
+        props = {**d.properties, "deal_id": d.deal_id, "stage": d.stage, "amount": d.amount, "currency": d.currency,
+                 "reason": d.reason, "kind": "deal_stage", "crm": crm}
         event = scoring_pb2.Event(
             lead_id=lead_id, type=etype, properties_json=json.dumps(props), source="crm",
             idempotency_key=f"crm:{crm}:deal:{d.deal_id}:{d.stage}:{_micros(d.modified_at)}")

@@ -399,3 +399,20 @@ async def test_a_deal_amount_no_revenue_sum_can_hold_is_refused(mesh: Mesh, amou
     d.amount = 2**53 - 1
     ok = await mesh.crm.ReportDeal(crm_sync_pb2.ReportDealRequest(deal=d), metadata=AUTH, timeout=5)
     assert ok.status == "recorded"
+
+
+async def test_a_deals_own_properties_cannot_replace_its_checked_fields(mesh: Mesh) -> None:
+    """properties_json passes the CRM's other properties along; an `amount` or `stage` among them replaced
+    the checked ones in the event scoring and analytics read (1e308 past the amount check)."""
+    t0 = mesh.clock.now()
+    crm_id = remote_contact(mesh, "prop@example.com")
+    [r] = await upsert(mesh, contact(crm_id, "prop@example.com", t0, first_name="Prop"))
+    d = crm_sync_pb2.Deal(deal_id="d-prop", crm_id=crm_id, stage="closed_won", amount=2500, currency="EUR",
+                          properties_json=json.dumps({"amount": 1e308, "stage": "closed_lost", "pipeline": "visa"}))
+    d.modified_at.FromDatetime(t0)
+    ok = await mesh.crm.ReportDeal(crm_sync_pb2.ReportDealRequest(deal=d), metadata=AUTH, timeout=5)
+    assert ok.status == "recorded"
+    reply = await mesh.scoring_admin.Timeline(common_pb2.TimelineRequest(lead_id=r.lead_id), timeout=5)
+    [won] = [json.loads(i.details_json) for i in reply.items if i.type == "opportunity_won"]
+    props = won.get("properties", won)
+    assert (props["amount"], props["stage"], props["pipeline"]) == (2500, "closed_won", "visa"), won
