@@ -416,3 +416,18 @@ async def test_a_deals_own_properties_cannot_replace_its_checked_fields(mesh: Me
     [won] = [json.loads(i.details_json) for i in reply.items if i.type == "opportunity_won"]
     props = won.get("properties", won)
     assert (props["amount"], props["stage"], props["pipeline"]) == (2500, "closed_won", "visa"), won
+
+
+@pytest.mark.parametrize(("request_", "field"), [
+    (crm_sync_pb2.WatchChangesRequest(cursor="9" * 30), "cursor"),   # was UNKNOWN: an SQL integer overflow
+    (crm_sync_pb2.WatchChangesRequest(cursor="\u00b2"), "cursor"),    # was UNKNOWN: isdigit() but not int()
+    (crm_sync_pb2.WatchChangesRequest(cursor="12a"), "cursor"),
+    (crm_sync_pb2.WatchChangesRequest(limit=-1), "limit"),             # was read as no limit
+])
+async def test_a_change_stream_request_no_cursor_can_answer_is_refused(
+        mesh: Mesh, request_: crm_sync_pb2.WatchChangesRequest, field: str) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        async for _ in mesh.crm.WatchChanges(request_, metadata=AUTH, timeout=5):
+            pass
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
+    assert f'"{field}"' in (err.value.details() or "")
