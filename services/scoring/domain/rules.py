@@ -112,8 +112,9 @@ class ScoringModel:
         self.engagement_events = set(definition["engagement_events"])
         life = definition["lifecycle"]
         self.stage_order: list[str] = list(life["order"])
-        self.stage_thresholds: dict[str, int] = dict(life["thresholds"])
-        self.stage_events: dict[str, str] = dict(life["events"])
+        # Optional, as LifecycleShape says (a model may move stages by score only, or by events only).
+        self.stage_thresholds: dict[str, int] = dict(life.get("thresholds", {}))
+        self.stage_events: dict[str, str] = dict(life.get("events", {}))
         self.stage_signals: dict[str, str] = dict(life.get("signals", {}))
         self.score_signals: dict[str, int] = dict(definition.get("score_signals", {}))
 

@@ -341,3 +341,12 @@ def test_the_score_stops_at_the_top_of_its_int32(model: ScoringModel) -> None:
     apply_outcome(lead, outcome)
     assert outcome.delta == 8 and lead["score"] == 2**31 - 1
     assert decayed_score(2**31 - 1, {"points": -5}) == 2**31 - 6
+
+
+def test_a_lifecycle_without_thresholds_or_events_is_a_model() -> None:
+    # LifecycleShape makes both optional; compiling read them as required and the API answered
+    # 422 "model: 'thresholds'", a KeyError's text.
+    model = ScoringModel({"name": "x", "version": 1, "behaviour": [], "fit": [], "grades": {"A": 1},
+                          "decay": {"inactive_days": 1, "every_days": 1, "points": 0},
+                          "lifecycle": {"order": ["subscriber", "lead"]}, "segments": [], "engagement_events": []})
+    assert model.stage_for("subscriber", 99, "form_submitted") == "subscriber"
