@@ -1,8 +1,8 @@
 """The console's templates: the list, a template's page (versions and history, the journeys that use it,
 previews at desktop and phone widths for a chosen lead, A/B variants with their report, a test send),
-and the editor (subject, preheader, MJML body, plain text, variants; personalization fields and dynamic
-blocks insertable from the variables that exist; problems as you type; a live preview of the unsaved
-text; save as a draft; publish).
+and the editor (subject, preheader, MJML body, plain text, topic and format, variants; personalization
+fields and dynamic blocks insertable from the variables that exist; problems as you type; a live preview
+of the unsaved text; save as a draft; publish).
 
 Previews are served from their own route (`preview.html`) into sandboxed iframes: the email's HTML is
 the one document of the console with inline styles (mail needs them), so that route has its own strict
@@ -33,7 +33,7 @@ router = APIRouter(prefix="/console", include_in_schema=False)
 
 PREVIEW_CSP = ("default-src 'none'; style-src 'unsafe-inline'; img-src https: data:; font-src https: data:; "
                "base-uri 'none'; form-action 'none'; frame-ancestors 'self'; sandbox")
-FIELDS = ("subject", "preheader", "body", "text")
+FIELDS = ("subject", "preheader", "body", "text", "topic", "format")
 # Dynamic blocks the editor inserts: content shown only to some leads (segment, stage, country).
 BLOCKS = {
     "segment": "{% if segment == 'family' %}\n  ...\n{% endif %}",
@@ -176,8 +176,10 @@ def _escape(text: str) -> str:
 
 
 def _form(t: templates_api.Template) -> dict[str, str]:
-    """A version's text fields as the editor's form holds them."""
-    return {"subject": t["subject"], "preheader": t["preheader"], "body": t["body"], "text": t["text"]}
+    """A version's text fields as the editor's form holds them (its topic and format too: a draft saved
+    here keeps what the version it starts from is about)."""
+    return {"subject": t["subject"], "preheader": t["preheader"], "body": t["body"], "text": t["text"],
+            "topic": t["topic"], "format": t["format"]}
 
 
 async def _editor(request: Request, current: Session, key: str, form: dict[str, str] | None,

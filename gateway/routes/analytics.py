@@ -27,6 +27,12 @@ DELIVERABILITY_TABLES = ("by_provider", "by_domain", "points")
 SEQUENCE_TABLES = ("rows", "rates")
 
 
+def _invalid(field: str, message: str) -> ApiError:
+    """A refused query parameter, named as the analytics service's own refusals and the gateway's
+    validation name theirs (details.field and details.fields)."""
+    return ApiError(422, "invalid", message, {"field": field, "fields": {field: message}})
+
+
 def _stub(m: Mesh) -> analytics_pb2_grpc.AnalyticsStub:
     return analytics_pb2_grpc.AnalyticsStub(m.channel("analytics"))
 
@@ -34,7 +40,7 @@ def _stub(m: Mesh) -> analytics_pb2_grpc.AnalyticsStub:
 def _query(from_: str | None, to: str | None, segment: str | None, journey: str | None,
            output: str) -> analytics_pb2.ReportQuery:
     if output not in FORMATS:
-        raise ApiError(422, "invalid", "format must be json or csv", {"field": "format"})
+        raise _invalid("format", "format must be json or csv")
     q = analytics_pb2.ReportQuery()
     if from_:
         getattr(q, "from").FromDatetime(parse_time(from_, "from"))
@@ -109,7 +115,7 @@ def as_csv(answer: Response | JsonObject) -> Response:
 
 def _choice(value: str, allowed: tuple[str, ...], field: str) -> str:
     if value not in allowed:
-        raise ApiError(422, "invalid", f"{field} must be one of {', '.join(allowed)}", {"field": field})
+        raise _invalid(field, f"{field} must be one of {', '.join(allowed)}")
     return value
 
 
@@ -157,7 +163,7 @@ async def attribution(model: str = "last", window_days: int = 30, from_: str | N
                       m: Mesh = Depends(mesh)) -> Response | JsonObject:
     q = _query(from_, to, segment, journey, output)
     if not 1 <= window_days <= 3650:
-        raise ApiError(422, "invalid", "window_days must be between 1 and 3650", {"field": "window_days"})
+        raise _invalid("window_days", "window_days must be between 1 and 3650")
     reply = await _stub(m).Attribution(analytics_pb2.AttributionRequest(query=q, model=model,
                                                                         window_days=window_days),
                                        timeout=LONG_DEADLINE_S)
@@ -176,7 +182,7 @@ async def sequences(length: int = 2, by: str = "template", window_days: int = 30
     _choice(str(length), ("2", "3"), "length")
     _choice(by, ("template", "topic"), "by")
     if not 1 <= window_days <= 3650:
-        raise ApiError(422, "invalid", "window_days must be between 1 and 3650", {"field": "window_days"})
+        raise _invalid("window_days", "window_days must be between 1 and 3650")
     reply = await _stub(m).Sequences(analytics_pb2.SequencesRequest(query=q, length=length, by=by,
                                                                     window_days=window_days),
                                      timeout=LONG_DEADLINE_S)

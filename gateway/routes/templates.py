@@ -26,7 +26,8 @@ router = APIRouter(prefix="/v1", tags=["templates"], dependencies=[Depends(requi
                    route_class=DocumentedRoute)
 
 WIDTHS = {"desktop": 600, "phone": 375}   # the viewport a preview is shown in (CSS pixels)
-CONTENT_FIELDS = ("subject", "preheader", "body", "text", "variants")
+CONTENT_FIELDS = ("subject", "preheader", "body", "text", "topic", "format", "variants")
+TEXT_FIELDS = CONTENT_FIELDS[:-1]
 
 
 def _stub(m: Mesh) -> messaging_pb2_grpc.MessagingStub:
@@ -85,6 +86,8 @@ class Template(TemplateSummary):
     body: str   # MJML
     text: str
     variants: JsonObject   # variant name → its overrides, as the draft gave them
+    topic: str    # what the version's sends are about (its own, else the template's default)
+    format: str   # what kind of piece it is (its own, else the template's default)
     versions: list[TemplateVersion]
     variables: list[Variable]
 
@@ -132,6 +135,7 @@ async def get_template(m: Mesh, key: str, version: int = 0) -> Template:
     return {**_summary(r.summary, users), "version": r.version, "status": r.status,
             "subject": r.content.subject, "preheader": r.content.preheader, "body": r.content.body,
             "text": r.content.text, "variants": json.loads(r.content.variants_json or "{}"),
+            "topic": r.content.topic, "format": r.content.format,
             "versions": [{"version": v.version, "status": v.status, "source": v.source,
                           "created_at": iso(v.created_at, v.HasField("created_at")),
                           "published_at": iso(v.published_at, v.HasField("published_at"))} for v in r.versions],
@@ -148,7 +152,7 @@ def _version(value: JsonValue, name: str = "version") -> int:
 def content_message(body: JsonObject) -> messaging_pb2.TemplateContent:
     """A draft's fields as the RPC takes them; 422 for a field of the wrong type (the service checks the rest)."""
     unknown = sorted(set(body) - set(CONTENT_FIELDS))
-    wrong = {f: "must be text" for f in CONTENT_FIELDS[:4] if f in body and not isinstance(body[f], str)}
+    wrong = {f: "must be text" for f in TEXT_FIELDS if f in body and not isinstance(body[f], str)}
     if "variants" in body and not isinstance(body["variants"], dict):
         wrong["variants"] = "must be an object of variants"
     wrong.update({f: "is not a field of a template" for f in unknown})
@@ -157,7 +161,8 @@ def content_message(body: JsonObject) -> messaging_pb2.TemplateContent:
                        {"fields": wrong, "problems": [f"{k}: {v}" for k, v in wrong.items()]})
     return messaging_pb2.TemplateContent(
         subject=body.get("subject", ""), preheader=body.get("preheader", ""), body=body.get("body", ""),
-        text=body.get("text", ""), variants_json=json.dumps(body.get("variants") or {}))
+        text=body.get("text", ""), variants_json=json.dumps(body.get("variants") or {}),
+        topic=body.get("topic", ""), format=body.get("format", ""))
 
 
 async def put_draft(m: Mesh, key: str, body: JsonObject, validate_only: bool = False) -> int:

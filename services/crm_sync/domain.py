@@ -421,8 +421,22 @@ def planned_tasks(cfg: SyncConfig, lead_id: str, facts: Mapping[str, Any], now: 
     return plans
 
 
-def task_hold(cfg: SyncConfig, facts: Mapping[str, Any]) -> Match | None:
-    """The first hold rule (closed-loop sales feedback) that stops sales tasks for these facts."""
+def journey_statuses(journeys: Sequence[Any] | None) -> dict[str, str]:
+    """journey key -> the status of the lead's enrolment in it (active, paused, completed, exited), as
+    crm_sync last heard from journeys; a live one wins over an ended one of the same key."""
+    out: dict[str, str] = {}
+    for e in journeys or []:
+        if not (isinstance(e, Mapping) and isinstance(e.get("journey"), str) and isinstance(e.get("status"), str)):
+            continue
+        if out.get(e["journey"]) not in ("active", "paused"):
+            out[e["journey"]] = e["status"]
+    return out
+
+
+def task_hold(cfg: SyncConfig, facts: Mapping[str, Any], journeys: Sequence[Any] | None = None) -> Match | None:
+    """The first hold rule (closed-loop sales feedback) that stops sales tasks for these facts, with
+    `journeys.<key>`: the status of the lead's enrolment in each journey (`journey_statuses`)."""
+    facts = {**facts, "journeys": journey_statuses(journeys)}
     matches = cfg.task_holds.evaluate(facts) if cfg.task_holds is not None else []
     return matches[0] if matches else None
 

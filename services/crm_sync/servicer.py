@@ -153,9 +153,13 @@ class CrmSyncServicer(crm_sync_pb2_grpc.CrmSyncServicer):
     ) -> AsyncIterator[crm_sync_pb2.LeadChange]:
         await self._auth.crm_of(context)
         cursor = request.cursor.strip()
-        if cursor and not cursor.isdigit():
+        # A change's cursor is its sequence number: ASCII digits up to the safe integers (str.isdigit took
+        # "²", which int() refuses, and a 30-digit cursor overflowed SQL's integer: both answered UNKNOWN).
+        if cursor and not (cursor.isascii() and cursor.isdigit() and int(cursor) <= limits.MAX_SAFE_INTEGER):
             await errors.abort(context, errors.invalid_fields({"cursor": "must be one a previous change returned"}))
-        async for row in self._core.watch(int(cursor or 0), request.follow, max(0, request.limit)):
+        if request.limit < 0:
+            await errors.abort(context, errors.invalid_fields({"limit": "must be 0 (no limit) or more"}))
+        async for row in self._core.watch(int(cursor or 0), request.follow, request.limit):
             data = row.data
             change = crm_sync_pb2.LeadChange(
                 cursor=str(row.seq), lead_id=row.lead_id, crm_id=row.crm_id or "", changed=row.changed,

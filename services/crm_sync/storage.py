@@ -351,8 +351,9 @@ _MARK_RUNNING = (update(outbox).where(outbox.c.id.in_(bindparam("b_ids", expandi
                  .values(status="running", claimed_by=bindparam("b_by"), claimed_at=bindparam("b_at")))
 _TASK_BY_KEY = select(tasks).where(tasks.c.dedupe_key == bindparam("b_key"))
 _TASK_BY_ID = select(tasks).where(tasks.c.id == bindparam("b_id"))
+# A held task (closed loop) never reached sales: a later ask is not merged into it.
 _RECENT_TASK = select(tasks).where(tasks.c.lead_id == bindparam("b_lead_id"), tasks.c.kind == bindparam("b_kind"),
-                                   tasks.c.created_at >= bindparam("b_since")).limit(1)
+                                   tasks.c.created_at >= bindparam("b_since"), tasks.c.status != "held").limit(1)
 _INSERT_TASK = insert(tasks)
 
 
@@ -657,7 +658,8 @@ class BatchTaskWrites(TaskWrites):
         return (lead_id, dedupe_key) in self._merged
 
     def insert_task(self, task: Task) -> None:
-        self._recent.setdefault((task.lead_id, task.kind), task)
+        if task.status != "held":  # as recent_task: a held task takes no later ask
+            self._recent.setdefault((task.lead_id, task.kind), task)
         self._batch.add_task(task)
 
     def add_timeline(self, lead_id: str, at: datetime, type_: str, summary: str, details: JsonObject) -> None:
@@ -804,11 +806,13 @@ def _task_values(task: Task) -> tuple[Any, ...]:
 
 
 def recent_tasks(s: Session, lead_ids: list[str], since: datetime) -> list[Task]:
-    """The tasks of these leads created since `since` (`recent_task` for a batch's leads at once)."""
+    """The tasks of these leads created since `since` (`recent_task` for a batch's leads at once), held
+    ones left out as there."""
     out: list[Task] = []
     for chunk in iter_chunks(sorted(set(lead_ids)), 500):
         out += [_task(r) for r in s.execute(select(tasks).where(tasks.c.lead_id.in_(chunk),
-                                                                 tasks.c.created_at >= since))]
+                                                                 tasks.c.created_at >= since,
+                                                                 tasks.c.status != "held"))]
     return out
 
 

@@ -10,7 +10,7 @@ from nurture import errors
 from nurture.api.messaging.v1 import deliverability_pb2, deliverability_pb2_grpc
 from nurture.rpcguard import guard_requests
 from services.messaging.app.deliverability import Deliverability
-from services.messaging.domain.bounces import Report, guard
+from services.messaging.domain.bounces import Report, guard, status_in
 from services.messaging.domain.dkim import DkimKey
 
 KINDS = {"hard_bounce", "soft_bounce", "complaint", "delivered"}
@@ -70,8 +70,9 @@ class DeliverabilityServicer(deliverability_pb2_grpc.DeliverabilityServicer):
             elif not event.message_id:
                 ignored.append(f"{index}: message_id is required")
             elif event.kind != "delivered":  # delivery was recorded when our SMTP server accepted it
-                reports.append((event.message_id, Report(event.kind, event.recipient.lower(), "", event.detail[:500],  # type: ignore[arg-type]
-                                                         event.message_id)))
+                detail = event.detail[:500]
+                reports.append((event.message_id, Report(event.kind, event.recipient.lower(), status_in(detail),  # type: ignore[arg-type]
+                                                         detail, event.message_id)))
         applied = await self.app.apply(reports, source=(request.source or "webhook")[:64]) if reports else None
         return deliverability_pb2.ReportEventsReply(
             applied=applied.applied if applied else 0, ignored=ignored + (applied.ignored if applied else []))

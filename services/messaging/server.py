@@ -25,6 +25,7 @@ from services.messaging.ads import AdsConnector
 from services.messaging.app.channels import Channels, load_ad_suppression, personalization_rules
 from services.messaging.app.deliverability import Deliverability, start_bounce_listener
 from services.messaging.app.delivery import Delivery
+from services.messaging.app.templates import REFRESH_EVERY_S
 from services.messaging.app.unsubscribe_requests import UnsubscribeRequests
 from services.messaging.clients import LeadSource
 from services.messaging.deliverability_servicer import DeliverabilityServicer
@@ -72,6 +73,7 @@ async def serve(settings: Settings) -> Running:
     ads = AdsConnector(db=db, store=store, base_url=settings.ads_url, token=settings.ads_token, now=clock.now)
 
     async def settle() -> tuple[int, datetime | None]:
+        await engine.templates.refresh()  # what another replica published is what this one sends now
         done = await unsubscribes.drain()  # first: consent wins over what the bus would send
         done += await consumer.drain()
         done += await engine.process_due()
@@ -88,6 +90,14 @@ async def serve(settings: Settings) -> Running:
             except Exception:
                 log.exception("ads: push failed; will retry")
             await asyncio.sleep(1.0)
+
+    async def templates_loop() -> None:
+        while True:
+            await asyncio.sleep(REFRESH_EVERY_S)
+            try:
+                await engine.templates.refresh()
+            except Exception:
+                log.exception("templates: refresh failed; will retry")
 
     async def timeline(lead_id: str, limit: int) -> list[common_pb2.TimelineItem]:
         rows = await db.run(store.timeline, lead_id, limit)
@@ -124,6 +134,7 @@ async def serve(settings: Settings) -> Running:
         tasks.append(asyncio.create_task(consumer.run()))
         tasks.append(asyncio.create_task(engine.run()))
         tasks.append(asyncio.create_task(ads_loop()))
+        tasks.append(asyncio.create_task(templates_loop()))
     # Both clocks: an unsubscribe the gateway queued is applied within a second, not at the next Settle.
     tasks.append(asyncio.create_task(unsubscribes.run()))
 

@@ -77,7 +77,8 @@ def _content_input(c: messaging_pb2.TemplateContent) -> dict[str, Any]:
     except ValueError as exc:
         raise errors.InvalidArgument("variants is not JSON", code="invalid_template",
                                      details={"problems": [f"variants: not JSON: {exc}"]}) from exc
-    return {"subject": c.subject, "preheader": c.preheader, "body": c.body, "text": c.text, "variants": variants}
+    return {"subject": c.subject, "preheader": c.preheader, "body": c.body, "text": c.text, "variants": variants,
+            "topic": c.topic, "format": c.format}
 
 
 def message_proto(row: Message) -> messaging_pb2.Message:
@@ -157,10 +158,12 @@ class MessagingServicer(messaging_pb2_grpc.MessagingServicer):
                           ) -> messaging_pb2.GetTemplateReply:
         detail = await _guard(lambda: self.engine.templates.get(request.key, request.version))
         c = detail.shown.content
+        about = self.engine.content_of(request.key, detail.shown.version)   # what its sends carry
         reply = messaging_pb2.GetTemplateReply(
             summary=self._summary(detail.row, c.subject), version=detail.shown.version, status=detail.shown.status,
             content=messaging_pb2.TemplateContent(subject=c.subject, preheader=c.preheader, body=c.body, text=c.text,
-                                                  variants_json=json.dumps(c.as_dict()["variants"])),
+                                                  variants_json=json.dumps(c.as_dict()["variants"]),
+                                                  topic=about["topic"], format=about["format"]),
             variables=[messaging_pb2.TemplateVariable(name=n, description=d) for n, d in VARIABLES.items()])
         for v in detail.versions:
             info = reply.versions.add(version=v.version, status=v.status, source=v.source)
@@ -249,7 +252,7 @@ class MessagingServicer(messaging_pb2_grpc.MessagingServicer):
                                         list(request.ids) or None)
         items = [message_proto(r) for r in rows]
         for item in items:   # what its tracked opens and clicks carry: the gateway credits a posted one so
-            item.content.update(self.engine.content_of(item.template))
+            item.content.update(self.engine.content_of(item.template, item.template_version))
         return messaging_pb2.ListMessagesReply(items=items)
 
     async def Track(self, request: messaging_pb2.TrackRequest, context: grpc.aio.ServicerContext

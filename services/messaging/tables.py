@@ -164,6 +164,10 @@ template_versions = Table(
     Column("body", Text, nullable=False),               # MJML with Jinja2
     Column("text", Text, nullable=False),               # the plain-text part, Jinja2
     Column("variants_json", Text, nullable=False, default="{}"),
+    # What the version's sends are about and what kind of piece they are; "": the template's default
+    # (its catalog entry's, else its journey's topic and the catalog's default format).
+    Column("topic", String(64), nullable=False, default="", server_default=""),
+    Column("format", String(64), nullable=False, default="", server_default=""),
     Column("source", String(16), nullable=False),       # seed | api
     Column("created_at", DateTime, nullable=False),
     Column("published_at", DateTime, nullable=True),

@@ -48,7 +48,8 @@ def _content(row: Mapping[str, Any]) -> TemplateContent:
     return TemplateContent(
         subject=str(row["subject"]), preheader=str(row["preheader"]), body=str(row["body"]), text=str(row["text"]),
         variants={n: Variant(str(v.get("subject", "")), str(v.get("preheader", "")), str(v.get("intro", "")),
-                             float(v.get("weight", 1.0))) for n, v in raw.items()})
+                             float(v.get("weight", 1.0))) for n, v in raw.items()},
+        topic=str(row["topic"] or ""), format=str(row["format"] or ""))
 
 
 def _version(row: Any) -> TemplateVersion:
@@ -62,7 +63,7 @@ def _version(row: Any) -> TemplateVersion:
 def _values(content: TemplateContent) -> dict[str, object]:
     variants = content.as_dict()["variants"]
     return {"subject": content.subject, "preheader": content.preheader, "body": content.body, "text": content.text,
-            "variants_json": json.dumps(variants, sort_keys=True)}
+            "variants_json": json.dumps(variants, sort_keys=True), "topic": content.topic, "format": content.format}
 
 
 class TemplateStore:
@@ -112,12 +113,27 @@ class TemplateStore:
         return [TemplateRow(r["key"], r["published_version"], r["latest_version"], aware(r["updated_at"]))  # type: ignore[arg-type]
                 for r in rows]
 
+    def live_versions(self) -> dict[str, int]:
+        """Each template's published version (0: none), in one small read: how a process learns that
+        another one published (TemplateLibrary.refresh)."""
+        with self._sessions() as s:
+            rows = s.execute(select(templates.c.key, templates.c.published_version)).all()
+        return {str(k): int(v or 0) for k, v in rows}
+
     def published(self) -> list[TemplateVersion]:
         """The live version of every template."""
         with self._sessions() as s:
             rows = s.execute(select(template_versions).join(templates, (templates.c.key == template_versions.c.key) & (
                 templates.c.published_version == template_versions.c.version))).mappings().all()
         return [_version(r) for r in rows]
+
+    def named_content(self) -> dict[tuple[str, int], tuple[str, str]]:
+        """(key, version) → (topic, format) of every version that names either (most name neither)."""
+        with self._sessions() as s:
+            rows = s.execute(select(template_versions.c.key, template_versions.c.version, template_versions.c.topic,
+                                    template_versions.c.format).where(
+                (template_versions.c.topic != "") | (template_versions.c.format != ""))).all()
+        return {(str(k), int(v)): (str(t), str(f)) for k, v, t, f in rows}
 
     def versions(self, key: str) -> list[TemplateVersion]:
         """Every version of a template, oldest first ([] for an unknown key)."""

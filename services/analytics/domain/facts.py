@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 
 from nurture.busmessage import BusMessage
 from nurture.jsontypes import JsonMapping, JsonValue
+from nurture.limits import MAX_SAFE_INTEGER
 
 # Bus event types → the fact kind analytics keeps. Anything else changes no report and is skipped.
 ENGAGEMENT_KINDS = {
@@ -128,7 +129,10 @@ def _fact(etype: JsonValue, message_id: JsonValue, lead: JsonValue, occurred_at:
         except (TypeError, ValueError):
             amount = 0.0
         # An amount that is no finite number (a "nan" or "inf" string) is no revenue either: it would poison
-        # every sum it entered, and the facts record's JSON has no form for it.
+        # every sum it entered, and the facts record's JSON has no form for it. Nor is one past I-JSON's
+        # safe integers: two near a double's top (1.7e308) sum to infinity, and every report that adds
+        # revenue over their days answered 500 (PostgreSQL's sum refuses with an overflow).
         return Fact(id=mid, kind="won", lead_id=lead_id, at=at, segment=segment,
-                    amount=max(amount, 0.0) if math.isfinite(amount) else 0.0, score=score)
+                    amount=max(amount, 0.0) if math.isfinite(amount) and amount <= MAX_SAFE_INTEGER else 0.0,
+                    score=score)
     return None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -13,6 +14,7 @@ from sqlalchemy.orm import Session
 from nurture.api.scoring.v1 import scoring_pb2
 from nurture.errors import TRANSIENT
 from nurture.jsontypes import JsonObject
+from nurture.limits import MAX_SAFE_INTEGER
 from nurture.rpc import DEADLINE_S
 from services.crm_sync import domain
 from services.crm_sync import storage as st
@@ -141,8 +143,9 @@ class InboundActivities(Proposals):
             raise InputError(why)
         lead_id = await self._resolve(crm, a.crm_id, a.lead_id)
         etype = "disqualified" if a.kind == "disqualification" else "sales_activity"
-        props = {"kind": a.kind, "outcome": a.outcome, "reason": a.reason, "body": a.body[:2000],
-                 "activity_id": a.activity_id, "crm": crm, **a.properties}
+        # The CRM's own properties pass along, under the fields checked here (they cannot replace them).
+        props = {**a.properties, "kind": a.kind, "outcome": a.outcome, "reason": a.reason, "body": a.body[:2000],
+                 "activity_id": a.activity_id, "crm": crm}
         event = scoring_pb2.Event(lead_id=lead_id, type=etype, properties_json=json.dumps(props), source="crm",
                                   idempotency_key=f"crm:{crm}:activity:{a.activity_id}:{_micros(modified)}")
         if a.occurred_at:
@@ -162,8 +165,10 @@ class InboundActivities(Proposals):
             raise InputError("deal.crm_id or deal.lead_id is required")
         if d.modified_at is None:
             raise InputError("deal.modified_at is required (the CRM's modification time orders deal updates)")
-        if d.amount < 0:
-            raise InputError("deal.amount must not be negative")
+        if not (math.isfinite(d.amount) and 0 <= d.amount <= MAX_SAFE_INTEGER):
+            # Revenue is summed over deals in every report: a NaN or one near a double's top (two make
+            # infinity) would leave those reports unanswerable.
+            raise InputError(f"deal.amount must be a number from 0 to {MAX_SAFE_INTEGER}")
         if (why := domain.ahead_of_clock(self.cfg, "deal.modified_at", d.modified_at, self.clock.now())) is not None:
             raise InputError(why)
         lead_id = await self._resolve(crm, d.crm_id, d.lead_id)
@@ -179,8 +184,10 @@ class InboundActivities(Proposals):
 
             then = make
         etype = self.cfg.deal_events.get(d.stage, "sales_activity")
-        props = {"deal_id": d.deal_id, "stage": d.stage, "amount": d.amount, "currency": d.currency,
-                 "reason": d.reason, "kind": "deal_stage", "crm": crm, **d.properties}
+        # The CRM's own properties pass along, under the fields checked here: a properties_json amount of
+        # 1e308 or a stage of its own replaced the checked ones in the event scoring and analytics read.
+        props = {**d.properties, "deal_id": d.deal_id, "stage": d.stage, "amount": d.amount, "currency": d.currency,
+                 "reason": d.reason, "kind": "deal_stage", "crm": crm}
         event = scoring_pb2.Event(
             lead_id=lead_id, type=etype, properties_json=json.dumps(props), source="crm",
             idempotency_key=f"crm:{crm}:deal:{d.deal_id}:{d.stage}:{_micros(d.modified_at)}")

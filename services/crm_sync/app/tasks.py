@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -38,14 +39,17 @@ class TaskRequest:
 class Tasks(CoreBase):
     def _create_task(self, w: st.TaskWrites, row: st.LeadRecord, lead: JsonObject, key: str, kind: str, title: str,
                      priority: str, due_at: datetime | None, details: JsonObject, rule: str, now: datetime,
-                     facts: JsonMapping | None = None, absent: bool = False) -> tuple[st.Task, bool]:
+                     facts: JsonMapping | None = None, absent: bool = False,
+                     journeys: Sequence[object] | None = None) -> tuple[st.Task, bool]:
         # `absent`: the caller read in this transaction that no task holds the key (the bus handler's
         # batch read, st.task_keys), so it is not asked again. `w`: SQL at once, or the bus batch's.
+        # `journeys`: the lead's enrolments read now (else those the last bus message brought).
         existing = None if absent else st.get_task_by_key(w.s, key)
         if existing:
             return existing, True
         lead_id = row.lead_id
-        hold = domain.task_hold(self.cfg, facts or domain.facts_for(lead, [], None))
+        hold = domain.task_hold(self.cfg, facts or domain.facts_for(lead, [], None),
+                                row.journeys if journeys is None else journeys)
         if hold is not None:
             # Closed loop: sales said no. Recorded (a later request under the key is a duplicate),
             # never pushed: the lead is not re-alerted to sales.
@@ -120,6 +124,9 @@ class Tasks(CoreBase):
                     raise UnknownContact(f"unknown lead {req.lead_id!r}") from exc
                 raise ScoringUnavailable(exc.details() or exc.code().name) from exc
             lead = lead_from_proto(reply)
+        # The holds read the lead's journeys as they are now: the row keeps those of the lead's last bus
+        # message, and a journey's end (the recycle track's, on a won deal) brings none.
+        fresh = (await self.journeys.many([req.lead_id])).get(req.lead_id)
         now = self.clock.now()
         snapshot = lead
 
@@ -132,7 +139,7 @@ class Tasks(CoreBase):
                                           req.title or req.kind.replace("_", " "), req.priority,
                                           req.due_at, {**req.details, "why": req.details.get(
                                               "why", f"requested by {req.source}")}, f"request:{req.source}",
-                                          now)
+                                          now, journeys=fresh)
             st.save_lead(s, rec, exists=current is not None)
             return task, dup
 

@@ -461,6 +461,14 @@ class Engine:
                     self._finish(state, live, EXITED, f"{j.key}.{rule.name}", now, out,
                                  summary=f"exited by {j.key} rule {rule.name}: {why}", withdraw=True)
 
+    def _keep_for_entry_triggers(self, j: Journey, e: Enrollment, message: BusMessage, out: Outcome) -> bool:
+        """An entry's event (or a resumption's) kept for the journey's `on_entry` triggers that listen
+        to it; whether they do."""
+        if not j.on_entry_events or (message.type not in j.on_entry_events and "*" not in j.on_entry_events):
+            return False
+        self._hold_for_entry(e, message, out)
+        return True
+
     def _hold_for_entry(self, e: Enrollment, message: BusMessage, out: Outcome) -> None:
         """Keep an event for the enrolment's `on_entry` triggers, checked once the entry's steps due at
         once have run (a redelivered or repeated event is kept once; a few at most)."""
@@ -573,7 +581,8 @@ class Engine:
         if j.enter_until is not None and self._entry_expired(state, j, message, ekey, now, out, rule=rule.name):
             return
         if held and held.get("withdrawn") and current is not None:
-            self._resume_after_consent(state, current, held, now, out, rule=rule.name, facts=dict(match.facts),
+            self._resume_after_consent(state, current, held, message, now, out, rule=rule.name,
+                                       facts=dict(match.facts),
                                        why=f"{etype} {rulesets.explain(match.facts)} matched rule {rule.name}")
             return
         own = (f" (re-entry by the rule's own {_policy(str(rule.reentry), rule.reentry_after)}; the journey's "
@@ -647,10 +656,14 @@ class Engine:
             held["reason"], held["withdrawn"] = "no_consent", True
             self._maybe_enter(state, j, probe, now, out)
 
-    def _resume_after_consent(self, state: LeadState, e: Enrollment, held: ConsentExit, now: datetime,
-                              out: Outcome, *, rule: str, facts: JsonMapping, why: str) -> None:
+    def _resume_after_consent(self, state: LeadState, e: Enrollment, held: ConsentExit, message: BusMessage,
+                              now: datetime, out: Outcome, *, rule: str, facts: JsonMapping, why: str) -> None:
         """Re-enter a journey left for lack of consent by resuming its enrolment: same entry, visits
-        and trigger cooldowns, so the dedupe keys of steps already done are not issued again."""
+        and trigger cooldowns, so the dedupe keys of steps already done are not issued again. The event
+        that resumes it is an entry's for the `on_entry` triggers (a timeline made urgent while consent
+        was off is heard nowhere else): checked now when the enrolment rests at a wait (its entry's
+        steps ran before consent went), else once the step due now has run; a rule that fired before
+        keeps its once or its cooldown."""
         past = state.history[e.ekey]
         past.pop("consent_exit", None)
         past.pop("ended_at", None)
@@ -665,6 +678,8 @@ class Engine:
                      f"re-entered after email consent was given again: {why}; resuming at {e.step}{at} "
                      "(steps already done are not repeated)", step_to=e.step, rule=rule, facts=facts)
         j = self._resolve(e.journey, e.version)
+        if j is not None and self._keep_for_entry_triggers(j, e, message, out):
+            self._entry_triggers(state, j, e, now, out)   # (waits itself while a step is due)
         if j is not None:
             self._apply_pauses(state, j, e, now, out)
         pauser = next((o for o in state.enrollments.values() if self._pauser_of(state, o, e)), None)
@@ -695,8 +710,7 @@ class Engine:
                        side_token=current.side_token if current else 0, timed_at=now)
         state.enrollments[ekey] = e
         out.touched.add(ekey)
-        if j.on_entry_events and (message.type in j.on_entry_events or "*" in j.on_entry_events):
-            self._hold_for_entry(e, message, out)  # its on_entry triggers: once the entry's steps have run
+        self._keep_for_entry_triggers(j, e, message, out)  # checked once the entry's steps have run
         self._record(out, state, e, now, "entered", reason, step_to=j.first, rule=rule, facts=dict(facts or {}))
         self._apply_pauses(state, j, e, now, out)
         pauser = next((o for o in state.enrollments.values() if self._pauser_of(state, o, e)), None)

@@ -233,8 +233,8 @@ class Deliverability:
             return out
         if report.kind == "hard_bounce":
             out = Outcome(mid, "failed", f"bounced: {report.detail or report.status}", log=[LogLine(
-                mid, lead_id, "message_bounced", f"{template} bounced (hard, {report.status}): {report.detail}",
-                details)])
+                mid, lead_id, "message_bounced",
+                f"{template} bounced ({_kind_and_status('hard', report.status)}): {report.detail}", details)])
             if ehash:
                 out.suppress.append(Suppression(ehash, "all", "hard_bounce", source))
             out.feedback.append(Feedback(f"bounce:{mid}", lead_id, "email_hard_bounced",
@@ -259,7 +259,8 @@ class Deliverability:
         due = now + timedelta(seconds=soft.retry_after_s)
         return Outcome(mid, "scheduled", f"retrying after a soft bounce: {report.detail or report.status}",
                        due_at=due, feedback=[soft_event], log=[LogLine(
-                           mid, lead_id, "message_bounced", f"{template} bounced (soft, {report.status}): "
+                           mid, lead_id, "message_bounced",
+                           f"{template} bounced ({_kind_and_status('soft', report.status)}): "
                            f"retry at {due.isoformat()}", {**details, "retry_at": due.isoformat()})])
 
     # --- guards --------------------------------------------------------------------------------------
@@ -306,6 +307,11 @@ class Deliverability:
 
     async def pauses(self) -> list[Pause]:
         return list(await self.db.run(self.dstore.paused))
+
+
+def _kind_and_status(kind: str, status: str) -> str:
+    """"hard, 5.1.1" for the timeline, or "hard" when the report named no status code."""
+    return f"{kind}, {status}" if status else kind
 
 
 def _sum(counts: Iterable[Counts]) -> Counts:

@@ -2,8 +2,9 @@
 (refused with every problem listed), publish, history, previews and test sends.
 
 The catalog (domain/catalog.py) seeds version 1 of each of its templates on first start; the store is
-the record after that. Publishing swaps the compiled live version of this process at once: run one
-messaging process per deployment (as for its queue), or a second process sees the publish on restart.
+the record after that. Publishing swaps the compiled live version of this process at once; the other
+messaging replicas take it at their next `refresh` (every REFRESH_EVERY_S, and at each Settle), which
+reads each template's published version and compiles only the ones that changed.
 """
 
 from __future__ import annotations
@@ -20,10 +21,13 @@ from nurture.clock import Clock
 from nurture.db import Database
 from services.messaging.clients import Lead
 from services.messaging.domain.catalog import Catalog, Rendered, RenderError
-from services.messaging.domain.content import Compiled, ContentError, parse, validate
+from services.messaging.domain.content import Compiled, ContentError, TemplateContent, parse, validate
 from services.messaging.template_store import TemplateRow, TemplateStore, TemplateVersion
 
 log = logging.getLogger(__name__)
+# How often a replica looks for versions another one published: a send within this long of a publish
+# at another replica may still go out in the version live before (as one just before the publish would).
+REFRESH_EVERY_S = 2.0
 
 KEY = re.compile(r"[a-z0-9_]{1,60}\.[a-z0-9_]{1,60}")
 SAMPLE_LEAD: Lead = {
@@ -62,6 +66,12 @@ class TemplateLibrary:
         self._lock = asyncio.Lock()
         # Previews and test sends of drafts: a few compiled versions kept, compiled again when evicted.
         self._others: OrderedDict[tuple[str, int], Compiled] = OrderedDict()
+        # (key, version) → (topic, format) of the versions naming either: a message's events carry its
+        # version's (content_of), sent long after another version was published too. Read at start and
+        # kept as this process stores, publishes or loads a version (as `_live` is: see the docstring).
+        self._named: dict[tuple[str, int], tuple[str, str]] = {}
+        # Published versions that did not compile here (refresh): not tried again at every look.
+        self._broken: set[tuple[str, int]] = set()
 
     async def ensure(self) -> None:
         """Seed (first start) and compile every live version, once."""
@@ -86,7 +96,38 @@ class TemplateLibrary:
                 except ContentError:
                     continue   # cannot happen for validated content; its sends fail as unknown instead
             self._live = compiled
+            self._named = await self.db.run(self.store.named_content)
             self._loaded = True
+
+    async def refresh(self) -> int:
+        """Take the versions another replica published (or retired) since this one last looked: one
+        small read when nothing changed. Returns how many templates changed here."""
+        if not self._loaded:
+            await self.ensure()
+            return 0
+        wanted = await self.db.run(self.store.live_versions)
+        gone = [k for k in self._live if wanted.get(k, 0) == 0]
+        changed = {k: v for k, v in wanted.items() if v and (k, v) not in self._broken
+                   and (k not in self._live or self._live[k].version != v)}
+        if not gone and not changed:
+            return 0
+        async with self._lock:
+            for key, version in changed.items():
+                found = await self.db.run(self.store.version, key, version)
+                if found is None:
+                    continue
+                try:
+                    self._live[key] = Compiled(key, version, found.content)
+                except ContentError:
+                    self._broken.add((key, version))  # said once, not at every refresh
+                    log.error("template %s v%d does not compile; its sends keep the version live before", key,
+                              version)
+                    continue
+                self._remember(key, version, found.content)
+            for key in gone:
+                self._live.pop(key, None)
+        log.info("templates: took %d versions published and %d retired by another process", len(changed), len(gone))
+        return len(changed) + len(gone)
 
     # --- the send path (sync, after ensure) ----------------------------------------------------------
     def live(self, key: str) -> Compiled | None:
@@ -94,6 +135,26 @@ class TemplateLibrary:
 
     def keys(self) -> list[str]:
         return sorted(self._live)
+
+    def named(self, key: str, version: int) -> tuple[str, str]:
+        """The topic and format version `version` of `key` names (0: the live one's); "" each for the
+        template's default."""
+        live = self._live.get(key)
+        if live is not None and version in (0, live.version):
+            return live.content.topic, live.content.format   # what this process sends from
+        return self._named.get((key, version), ("", ""))
+
+    def _remember(self, key: str, version: int, content: TemplateContent) -> None:
+        if content.topic or content.format:
+            self._named[(key, version)] = (content.topic, content.format)
+
+    def _problems(self, content: TemplateContent) -> list[str]:
+        """Every problem of a version's content: validate's, and a format the catalog does not list."""
+        problems = validate(content)
+        known = self.catalog.formats
+        if content.format and known and content.format not in known:
+            problems.append(f"format: {content.format!r} is not one of {', '.join(known)}")
+        return problems
 
     # --- editing ---------------------------------------------------------------------------------------
     async def list(self) -> list[tuple[TemplateRow, str]]:
@@ -130,13 +191,15 @@ class TemplateLibrary:
         content, shape = parse(raw)
         problems += shape
         if content is not None:
-            problems += validate(content)
+            problems += self._problems(content)
         if problems:
             raise InvalidTemplate(problems)
         assert content is not None
         if validate_only:
             return 0
-        return int(await self.db.run(self.store.put_draft, key, content, self.clock.now()))
+        number = int(await self.db.run(self.store.put_draft, key, content, self.clock.now()))
+        self._remember(key, number, content)
+        return number
 
     async def publish(self, key: str, version: int) -> int:
         """Make `version` live for the next send; returns the version live before."""
@@ -144,13 +207,14 @@ class TemplateLibrary:
         found = await self.db.run(self.store.version, key, version)
         if found is None:
             raise UnknownTemplate(f"template {key!r} has no version {version}")
-        problems = validate(found.content)
+        problems = self._problems(found.content)
         if problems:
             raise InvalidTemplate(problems)
         compiled = Compiled(key, version, found.content)
         async with self._lock:
             previous = int(await self.db.run(self.store.publish, key, version, self.clock.now()))
             self._live[key] = compiled
+        self._remember(key, version, found.content)   # (stored by another process, maybe)
         return previous
 
     async def compiled(self, key: str, version: int = 0) -> Compiled:
@@ -178,6 +242,7 @@ class TemplateLibrary:
         except ContentError as exc:
             raise RenderError(str(exc)) from exc
         self._others[(key, version)] = cached
+        self._remember(key, version, found.content)
         while len(self._others) > 32:
             self._others.popitem(last=False)
         return cached
@@ -188,7 +253,7 @@ class TemplateLibrary:
         preview records nothing)."""
         if unsaved is not None:
             content, problems = parse(unsaved)
-            problems += validate(content) if content is not None else []
+            problems += self._problems(content) if content is not None else []
             if problems:
                 raise InvalidTemplate(problems)
             assert content is not None

@@ -32,6 +32,9 @@ Kind = Literal["hard_bounce", "soft_bounce", "complaint", "delayed"]
 _VERP = re.compile(r"^bounces\+(m[0-9a-f]{32})\.([a-z0-9]{12})@", re.IGNORECASE)
 _MESSAGE_HEADER = re.compile(rb"^X-Nurture-Message:\s*(m[0-9a-f]{32})\s*$", re.IGNORECASE | re.MULTILINE)
 _RETURN_PATH = re.compile(rb"^Return-Path:\s*<?([^<>\s]+@[^<>\s]+)>?\s*$", re.IGNORECASE | re.MULTILINE)
+# An enhanced status code (RFC 3463: class.subject.detail) as a provider's webhook quotes it in its text,
+# e.g. SendGrid's reason "550 5.1.1 The email account that you tried to reach does not exist".
+_ENHANCED_STATUS = re.compile(r"(?<![\d.])([245]\.\d{1,3}\.\d{1,3})(?![\d.])")
 
 
 class Rates(Strict):
@@ -135,6 +138,13 @@ class Report:
 class ReadReport:
     reports: list[Report] = field(default_factory=list)
     problem: str = ""           # why nothing could be read (not a report, no recipient block)
+
+
+def status_in(text: str) -> str:
+    """The first enhanced status code quoted in `text` (a webhook's reason or diagnostic), or "": a
+    webhook carries no status field of its own, and the timeline names the code where there is one."""
+    match = _ENHANCED_STATUS.search(text)
+    return match.group(1) if match else ""
 
 
 def read_report(data: bytes) -> ReadReport:

@@ -310,6 +310,7 @@ class Catalog:
         # What a template of a journey is about when its entry names nothing (or it has no entry).
         self.topics: dict[str, str] = dict(data.content.topics)
         self.default_format = data.content.default_format
+        self.formats: tuple[str, ...] = tuple(data.content.formats)  # a version's format must be one (when listed)
         for key, raw in data.templates.items():
             journey, _, step = key.partition(".")
             self.specs[key] = TemplateSpec(

@@ -29,6 +29,9 @@ MAX_PREHEADER = 8_000
 MAX_BODY = 65_536   # one string of the API (nurture.limits.MAX_STRING_CHARS)
 MAX_TEXT = 50_000
 MAX_VARIANTS = 8
+# A topic or a format is a slug as the catalog's are (careers_and_skills, cart_v2, case_study):
+# analytics groups by them and its CSV names rows by them, so they are bounded and plain.
+SLUG = re.compile(r"[a-z0-9_]{1,60}")
 
 # name → what it holds. Lead variables first (what "exists for a lead"), then the send's, then the
 # parts every email carries.
@@ -82,6 +85,15 @@ class ContentInput(Strict):
     body: str = Field(max_length=MAX_BODY)
     text: str = Field(max_length=MAX_TEXT)
     variants: dict[str, VariantInput] = Field(default_factory=dict)
+    topic: str = ""    # "": the template's default (TemplateContent.topic)
+    format: str = ""   # "": the template's default; one of the catalog's formats (the library checks)
+
+    @field_validator("topic", "format")
+    @classmethod
+    def _slug(cls, value: str) -> str:
+        if value and not SLUG.fullmatch(value):
+            raise ValueError("must be 1-60 of a-z, 0-9, _ (a slug such as careers_and_skills)")
+        return value
 
     @field_validator("variants")
     @classmethod
@@ -109,6 +121,10 @@ class TemplateContent:
     body: str
     text: str
     variants: Mapping[str, Variant] = field(default_factory=dict)
+    # What the version's sends are about and what kind of piece they are (analytics groups by them);
+    # "": the template's own default (its catalog entry's, else its journey's topic and the default format).
+    topic: str = ""
+    format: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         return {"subject": self.subject, "preheader": self.preheader, "body": self.body, "text": self.text,
@@ -124,7 +140,8 @@ def parse(raw: object) -> tuple[TemplateContent | None, list[str]]:
         return None, [f"{'.'.join(str(p) for p in e['loc']) or 'content'}: {e['msg']}" for e in exc.errors()]
     return TemplateContent(
         subject=data.subject, preheader=data.preheader, body=data.body, text=data.text,
-        variants={n: Variant(v.subject, v.preheader, v.intro, v.weight) for n, v in data.variants.items()}), []
+        variants={n: Variant(v.subject, v.preheader, v.intro, v.weight) for n, v in data.variants.items()},
+        topic=data.topic, format=data.format), []
 
 
 def text_env() -> ImmutableSandboxedEnvironment:

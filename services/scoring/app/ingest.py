@@ -24,6 +24,7 @@ from services.scoring.app.outbox import HandOff, Outbox, placed
 from services.scoring.domain import messages
 from services.scoring.domain.profile import apply_outcome, next_lapse
 from services.scoring.domain.records import EventIn, EventResult, LeadRecord, OutboxRow
+from services.scoring.domain.rules import bounded_score
 from services.scoring.domain.validation import event_problem
 
 _tracer = tracer(__name__)
@@ -117,7 +118,7 @@ class Ingest(CoreBase):
                                    jsoncodec.dumps(outcome.signals)))
                 running = old_score
                 for p in outcome.points:
-                    running = max(0, running + p.points)
+                    running = bounded_score(running + p.points)
                     change_rows.append((ev.lead_id, occurred, p.points, running, p.rule, p.why, event_id,
                                         self.model.version))
                 caused = messages.event_messages(lead, ev, event_id, occurred, outcome, old_score, old_stage,

@@ -11,7 +11,7 @@ from typing import Any
 from nurture import times
 from nurture.jsontypes import JsonMapping
 from services.scoring.domain.records import LeadRecord, ScoredProfile
-from services.scoring.domain.rules import Outcome, ScoringModel
+from services.scoring.domain.rules import Outcome, ScoringModel, bounded_score
 
 
 def email_hash(email: str) -> str:
@@ -35,7 +35,7 @@ def regrade(model: ScoringModel, current: Mapping[str, Any], changes: dict[str, 
 def apply_outcome(lead: ScoredProfile, outcome: Outcome) -> None:
     # One version per applied event: consumers drop a replayed snapshot older than what they hold.
     lead["version"] = int(lead["version"]) + 1
-    lead["score"] = max(0, int(lead["score"]) + outcome.delta)
+    lead["score"] = bounded_score(int(lead["score"]) + outcome.delta)
     lead["counters"] = outcome.counters
     lead["recent"] = outcome.recent
     lead["interests"] = outcome.interests
@@ -64,4 +64,4 @@ def next_lapse(lead: LeadRecord, inactive: timedelta) -> datetime | None:
 
 
 def decayed_score(score: int, decay: JsonMapping) -> int:
-    return max(int(decay.get("floor", 0)), score + int(decay["points"]))
+    return bounded_score(max(int(decay.get("floor", 0)), score + int(decay["points"])))

@@ -20,12 +20,20 @@ from pydantic import Field, ValidationError
 from nurture.bounces import is_hard_bounce
 from nurture.datafiles import Open, problems_of, read_yaml
 from nurture.jsontypes import JsonMapping, JsonObject, JsonValue
+from nurture.limits import INT32_MAX, INT32_MIN
 from nurture.rules import InvalidRule, RuleSpec, compile_rules, validate_condition
 from services.scoring.domain.records import ScoredProfile
 
 MODEL_PATH = Path(__file__).parents[1] / "data" / "model.yaml"
 ANY_TYPE = "*"
 WINDOW_KEEP = timedelta(days=30)
+# A score is a proto int32 wherever it goes (the lead, its history): points past it stop at the top, as
+# negative points stop at 0, so no run of events stores a lead that cannot be read.
+SCORE_MAX = INT32_MAX
+
+
+def bounded_score(score: int) -> int:
+    return min(SCORE_MAX, max(0, score))
 
 
 @dataclass(frozen=True)
@@ -104,8 +112,9 @@ class ScoringModel:
         self.engagement_events = set(definition["engagement_events"])
         life = definition["lifecycle"]
         self.stage_order: list[str] = list(life["order"])
-        self.stage_thresholds: dict[str, int] = dict(life["thresholds"])
-        self.stage_events: dict[str, str] = dict(life["events"])
+        # Optional, as LifecycleShape says (a model may move stages by score only, or by events only).
+        self.stage_thresholds: dict[str, int] = dict(life.get("thresholds", {}))
+        self.stage_events: dict[str, str] = dict(life.get("events", {}))
         self.stage_signals: dict[str, str] = dict(life.get("signals", {}))
         self.score_signals: dict[str, int] = dict(definition.get("score_signals", {}))
 
@@ -196,7 +205,7 @@ class ScoringModel:
         if not lead.get("segment"):
             out.segment = self.classify(lead.get("attributes"), {"type": etype, "properties": props})
         old_score = int(lead.get("score") or 0)
-        new_score = max(0, old_score + out.delta)
+        new_score = bounded_score(old_score + out.delta)
         old_stage = str(lead.get("lifecycle_stage") or self.stage_order[0])
         # Subscribing to a channel (the newsletter, email again after an unsubscribe) is consent,
         # not the purchase a plain `subscribed` is: it moves no stage.
@@ -316,8 +325,52 @@ def _shape_problems(definition: JsonMapping) -> tuple[list[str], bool]:
     return [], False
 
 
+def _int_problem(value: object, *, low: int = INT32_MIN, high: int = INT32_MAX) -> str | None:
+    """What is wrong with a number the scoring reads with int() (None when it is fine). A score goes to
+    proto int32 fields (the lead, its history), so points past that range could only store a lead
+    that no read can answer."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        return "must be an integer"
+    if not low <= value <= high:
+        return f"must be an integer from {low} to {high}"
+    return None
+
+
+def _rule_problems(where: str, rule: JsonMapping, *, required: tuple[str, ...]) -> list[str]:
+    """A behaviour or fit rule's own fields as scoring reads them: a name, its why (behaviour: the
+    score change's reason), integer points, a daily cap of at least 1, signals as names."""
+    problems = [f"{where}: needs a {key} (a non-empty string)" for key in required
+                if not isinstance(rule.get(key), str) or not rule[key]]
+    if (p := _int_problem(rule.get("points"))) is not None:
+        problems.append(f"{where}: points {p}")
+    if "max_per_day" in rule and (p := _int_problem(rule["max_per_day"], low=1)) is not None:
+        problems.append(f"{where}: max_per_day {p}")
+    signals = rule.get("signals", [])
+    if not isinstance(signals, list) or not all(isinstance(x, str) and x for x in signals):
+        problems.append(f"{where}: signals must be a list of names")
+    problems.extend(f"{where}: {p}" for p in validate_condition(rule.get("when")))
+    return problems
+
+
+# decay's settings and their least values: it starts after `inactive_days`, repeats every `every_days`
+# (0 would decay again at the instant it decayed), never below `floor`; `points` lowers the score.
+_DECAY = {"inactive_days": 1, "every_days": 1, "points": INT32_MIN, "floor": 0}
+
+
+def _decay_problems(decay: JsonMapping) -> list[str]:
+    problems = []
+    for key, low in _DECAY.items():
+        if key not in decay:
+            if key != "floor":
+                problems.append(f"decay: '{key}' is required")
+        elif (p := _int_problem(decay[key], low=low, high=0 if key == "points" else INT32_MAX)) is not None:
+            problems.append(f"decay: {key} {p}")
+    return problems
+
+
 def validate_model(definition: JsonValue) -> list[str]:
-    """Every problem of a model definition: its shape (the parts and their types), then its rules."""
+    """Every problem of a model definition: its shape (the parts and their types), then its rules. A
+    model that passes scores every event without failing on its own fields."""
     if not isinstance(definition, Mapping):
         return ["model: expected a mapping"]
     problems, blocking = _shape_problems(definition)
@@ -332,13 +385,21 @@ def validate_model(definition: JsonValue) -> list[str]:
         if rule["name"] in names:
             problems.append(f"{where}: duplicate rule {rule['name']}")
         names.add(rule["name"])
-        if not isinstance(rule.get("points"), int):
-            problems.append(f"{where} {rule['name']}: points must be an integer")
-        problems.extend(f"{where} {rule['name']}: {p}" for p in validate_condition(rule.get("when")))
+        problems.extend(_rule_problems(f"{where} {rule['name']}", rule, required=("why",)))
+    fit_names: set[str] = set()
     for i, rule in enumerate(definition["fit"]):
-        problems.extend(f"fit[{i}]: {p}" for p in validate_condition(rule.get("when")))
+        name = rule.get("name")
+        where = f"fit[{i}] {name}" if isinstance(name, str) and name else f"fit[{i}]"
+        if isinstance(name, str) and name in fit_names:
+            problems.append(f"{where}: duplicate rule {name}")
+        fit_names.add(str(name))
+        problems.extend(_rule_problems(where, rule, required=("name",)))
     for i, seg in enumerate(definition["segments"]):
+        if not isinstance(seg.get("segment"), str) or not seg["segment"]:
+            problems.append(f"segments[{i}]: needs a segment (a non-empty string)")
         problems.extend(f"segments[{i}]: {p}" for p in validate_condition(seg.get("when")))
+    if isinstance(definition.get("decay"), Mapping):
+        problems.extend(_decay_problems(definition["decay"]))
     life = definition["lifecycle"]
     order = life.get("order", [])
     for stage in [*life.get("thresholds", {}), *life.get("events", {}).values()]:

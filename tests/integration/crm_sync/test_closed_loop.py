@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+from datetime import timedelta
 
 import pytest
+import redis
 
-from nurture.api.crm_sync.v1 import crm_sync_pb2
-from nurture.api.scoring.v1 import scoring_pb2
-from tests.integration.crm_sync.conftest import AUTH, Mesh
+from nurture.api.common.v1 import common_pb2, common_pb2_grpc
+from nurture.api.crm_sync.v1 import crm_sync_pb2, crm_sync_pb2_grpc
+from nurture.api.scoring.v1 import scoring_pb2, scoring_pb2_grpc
+from nurture.clock import VirtualClock
+from nurture.settings import Settings
+from tests.conftest import free_port, mesh_channel, start_service
+from tests.integration.crm_sync.conftest import AUTH, TOKEN, Emulator, Mesh
 from tests.integration.crm_sync.test_crm_sync import contact, remote_contact, upsert
 
 pytestmark = pytest.mark.anyio
@@ -21,34 +28,9 @@ async def _bottom_funnel(mesh: Mesh, lead_id: str, key: str) -> None:
     await mesh.settle()
 
 
-def _remote_tasks(mesh: Mesh, crm_id: str) -> list[dict]:
-    return list(mesh.emulator.get(f"/crm/v3/objects/contacts/{crm_id}/associations/tasks")["results"])
-
-
-async def test_a_disqualified_lead_is_not_re_alerted_to_sales(mesh: Mesh) -> None:
-    t0 = mesh.clock.now()
-    crm_id = remote_contact(mesh, "dara@example.com")
-    [r] = await upsert(mesh, contact(crm_id, "dara@example.com", t0, first_name="Dara"))
-    await mesh.settle()
-    act = crm_sync_pb2.Activity(activity_id="dq-1", crm_id=crm_id, kind="disqualification", reason="no budget")
-    act.modified_at.FromDatetime(t0)
-    await mesh.crm.RecordActivity(crm_sync_pb2.RecordActivityRequest(activity=act), metadata=AUTH, timeout=5)
-    await mesh.settle()
-    # What the recycle track does (journeys is not running here): mark the lead.
-    await mesh.scoring.UpsertLead(scoring_pb2.UpsertLeadRequest(
-        id=r.lead_id, merge=True, fields_json=json.dumps({"attributes": {"sales_hold": True}})), timeout=5)
-    await mesh.settle()
-    await _bottom_funnel(mesh, r.lead_id, "bf-dq")
-    # A journey asking too: held as well, and the same key again is a duplicate of the held task.
-    req = crm_sync_pb2.TaskRequest(dedupe_key="l:alert:dq", lead_id=r.lead_id, kind="sales_alert",
-                                   title="Bottom-funnel engagement: reach out", priority="high")
-    first = await mesh.sales.RequestTask(req, timeout=5)
-    again = await mesh.sales.RequestTask(req, timeout=5)
-    assert first.task_id and again.duplicate and again.task_id == first.task_id
-    await mesh.settle()
-    assert _remote_tasks(mesh, crm_id) == []
-    held = [i for i in await mesh.timeline(r.lead_id) if i.type == "task_held"]
-    assert len(held) == 2 and all("in_sales_recycle" in i.summary for i in held), [i.summary for i in held]
+def _remote_tasks(mesh: Mesh | Emulator, crm_id: str) -> list[dict]:
+    emulator = mesh.emulator if isinstance(mesh, Mesh) else mesh
+    return list(emulator.get(f"/crm/v3/objects/contacts/{crm_id}/associations/tasks")["results"])
 
 
 async def test_the_hold_ends_with_the_mark_and_a_prospect_is_alerted(mesh: Mesh) -> None:
@@ -61,3 +43,91 @@ async def test_the_hold_ends_with_the_mark_and_a_prospect_is_alerted(mesh: Mesh)
     await _bottom_funnel(mesh, r.lead_id, "bf-ok")
     assert len(_remote_tasks(mesh, crm_id)) == 1
     assert not [i for i in await mesh.timeline(r.lead_id) if i.type == "task_held"]
+
+
+async def test_a_recycled_lead_that_buys_is_alerted_to_sales_again(settings: Settings, emulator: Emulator) -> None:
+    """Seed 004's closed loop with the real journeys service: sales disqualify a lead, its recycle track
+    holds their tasks; then the lead wins a deal, which ends the track (outcome converted) before its last
+    step clears attributes.sales_hold. The hold reads the track, not the mark it left: the customer's next
+    bottom-funnel visit reaches sales. Before, the mark stayed and every later task was held."""
+    scoring = await start_service("scoring", settings)
+    journeys = await start_service("journeys", settings.with_overrides(
+        scoring_addr=scoring.address, messaging_addr=f"127.0.0.1:{free_port()}",
+        crm_sync_addr=f"127.0.0.1:{free_port()}"))
+    crm_settings = settings.with_overrides(crm_url=emulator.url, scoring_addr=scoring.address,
+                                           journeys_addr=journeys.address, crm_tokens={"test-crm": TOKEN})
+    running = await start_service("crm_sync", crm_settings)
+    channels = [mesh_channel(a) for a in (scoring.address, running.address, journeys.address)]
+    admins = [common_pb2_grpc.AdminStub(c) for c in channels]
+    score, crm = scoring_pb2_grpc.ScoringStub(channels[0]), crm_sync_pb2_grpc.CrmSyncStub(channels[1])
+    clock = VirtualClock(redis.Redis.from_url(settings.redis_url))
+
+    async def settle() -> None:
+        for _ in range(30):
+            done = [(await a.Settle(common_pb2.SettleRequest(), timeout=30)).work_done for a in admins]
+            if not any(done):
+                return
+
+    async def timeline(lead_id: str) -> list[str]:
+        reply = await admins[1].Timeline(common_pb2.TimelineRequest(lead_id=lead_id), timeout=5)
+        return [f"{i.type}: {i.summary}" for i in reply.items]
+
+    async def bottom_funnel(key: str) -> None:
+        await score.IngestEvents(scoring_pb2.IngestRequest(events=[scoring_pb2.Event(
+            lead_id=lead_id, type="page_viewed", idempotency_key=key,
+            properties_json=json.dumps({"category": "bottom_funnel"}))]), timeout=5)
+        await settle()
+
+    try:
+        t0 = clock.now()
+        crm_id = str(emulator.post("/crm/v3/objects/contacts", {"properties": {"email": "rio@example.com"}})["id"])
+        reply = await crm.UpsertContacts(crm_sync_pb2.UpsertContactsRequest(
+            contacts=[contact(crm_id, "rio@example.com", t0, first_name="Rio", jobtitle="nurse")]),
+            metadata=AUTH, timeout=10)
+        lead_id = reply.results[0].lead_id
+        await score.UpsertLead(scoring_pb2.UpsertLeadRequest(
+            id=lead_id, merge=True, fields_json=json.dumps({"consent": {"email": True}})), timeout=5)
+        await settle()
+        act = crm_sync_pb2.Activity(activity_id="dq-rio", crm_id=crm_id, kind="disqualification", reason="timing")
+        act.modified_at.FromDatetime(t0)
+        await crm.RecordActivity(crm_sync_pb2.RecordActivityRequest(activity=act), metadata=AUTH, timeout=5)
+        await settle()
+        await bottom_funnel("bf-1")
+        # A journey asking too: held as well, and the same key again is a duplicate of the held task.
+        sales = crm_sync_pb2_grpc.SalesOpsStub(channels[1])
+        req = crm_sync_pb2.TaskRequest(dedupe_key="l:alert:dq", lead_id=lead_id, kind="sales_alert",
+                                       title="Bottom-funnel engagement: reach out", priority="high")
+        first = await sales.RequestTask(req, timeout=5)
+        again = await sales.RequestTask(req, timeout=5)
+        assert first.task_id and again.duplicate and again.task_id == first.task_id
+        await settle()
+        held = [s for s in await timeline(lead_id) if s.startswith("task_held")]
+        assert len(held) == 2 and all("in_sales_recycle" in s for s in held), held
+        assert _remote_tasks(emulator, crm_id) == []
+
+        deal = crm_sync_pb2.Deal(deal_id="d-rio", crm_id=crm_id, stage="closed_won", amount=3000, currency="EUR")
+        deal.modified_at.FromDatetime(t0 + timedelta(minutes=1))
+        await crm.ReportDeal(crm_sync_pb2.ReportDealRequest(deal=deal), metadata=AUTH, timeout=5)
+        await settle()
+        lead = await score.GetLead(scoring_pb2.GetLeadRequest(id=lead_id), timeout=5)
+        assert lead.lifecycle_stage == "customer"
+        assert json.loads(lead.attributes_json).get("sales_hold") is True  # the mark the ended track left
+
+        # The same day, a journey asks for an alert: the held one of the morning, which sales never saw,
+        # takes nothing (it was merged into it), and the task reaches the CRM.
+        clock.advance(3600)
+        after = await sales.RequestTask(crm_sync_pb2.TaskRequest(
+            dedupe_key="l:alert:after", lead_id=lead_id, kind="sales_alert", title="Customer on the upgrade page",
+            priority="high"), timeout=5)
+        await settle()
+        assert not after.duplicate and len(_remote_tasks(emulator, crm_id)) == 1, "\n".join(await timeline(lead_id))
+        assert not [s for s in await timeline(lead_id) if s.startswith("task_merged")]
+        # The next day the rules' own alert goes too (the mark the track left holds nothing).
+        clock.advance(86400 + 60)
+        await bottom_funnel("bf-2")
+        assert len(_remote_tasks(emulator, crm_id)) == 2, "\n".join(await timeline(lead_id))
+    finally:
+        for c in channels:
+            await c.close()
+        for r in (running, journeys, scoring):
+            await asyncio.wait_for(r.stop(grace=0.5), 10)

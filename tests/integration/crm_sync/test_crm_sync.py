@@ -378,3 +378,56 @@ async def test_a_repeated_plan_reads_the_batch_tasks_once(mesh: Mesh) -> None:
     for lead_id in leads:  # still one notification a lead
         types = [i.type for i in await mesh.timeline(lead_id)]
         assert types.count("notification") == 1, (lead_id, types)
+
+
+@pytest.mark.parametrize("amount", [1.7e308, 2.0**53, float("nan"), float("inf"), -1.0])
+async def test_a_deal_amount_no_revenue_sum_can_hold_is_refused(mesh: Mesh, amount: float) -> None:
+    """Two won deals of 1.7e308 were recorded, and their revenue summed to infinity: ROI, attribution and
+    the revenue time series answered 500 over their days. A NaN was refused as 'properties is not valid
+    JSON'. Each is a clear INVALID_ARGUMENT naming deal.amount, and nothing is recorded."""
+    t0 = mesh.clock.now()
+    crm_id = remote_contact(mesh, "rich@example.com")
+    [r] = await upsert(mesh, contact(crm_id, "rich@example.com", t0, first_name="Rich"))
+    d = crm_sync_pb2.Deal(deal_id="d-huge", crm_id=crm_id, stage="closed_won", amount=amount, currency="EUR")
+    d.modified_at.FromDatetime(t0)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await mesh.crm.ReportDeal(crm_sync_pb2.ReportDealRequest(deal=d), metadata=AUTH, timeout=5)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "deal.amount must be a number from 0 to 9007199254740991" in (err.value.details() or "")
+    lead = await mesh.scoring.GetLead(scoring_pb2.GetLeadRequest(id=r.lead_id), timeout=5)
+    assert lead.lifecycle_stage != "customer"
+    d.amount = 2**53 - 1
+    ok = await mesh.crm.ReportDeal(crm_sync_pb2.ReportDealRequest(deal=d), metadata=AUTH, timeout=5)
+    assert ok.status == "recorded"
+
+
+async def test_a_deals_own_properties_cannot_replace_its_checked_fields(mesh: Mesh) -> None:
+    """properties_json passes the CRM's other properties along; an `amount` or `stage` among them replaced
+    the checked ones in the event scoring and analytics read (1e308 past the amount check)."""
+    t0 = mesh.clock.now()
+    crm_id = remote_contact(mesh, "prop@example.com")
+    [r] = await upsert(mesh, contact(crm_id, "prop@example.com", t0, first_name="Prop"))
+    d = crm_sync_pb2.Deal(deal_id="d-prop", crm_id=crm_id, stage="closed_won", amount=2500, currency="EUR",
+                          properties_json=json.dumps({"amount": 1e308, "stage": "closed_lost", "pipeline": "visa"}))
+    d.modified_at.FromDatetime(t0)
+    ok = await mesh.crm.ReportDeal(crm_sync_pb2.ReportDealRequest(deal=d), metadata=AUTH, timeout=5)
+    assert ok.status == "recorded"
+    reply = await mesh.scoring_admin.Timeline(common_pb2.TimelineRequest(lead_id=r.lead_id), timeout=5)
+    [won] = [json.loads(i.details_json) for i in reply.items if i.type == "opportunity_won"]
+    props = won.get("properties", won)
+    assert (props["amount"], props["stage"], props["pipeline"]) == (2500, "closed_won", "visa"), won
+
+
+@pytest.mark.parametrize(("request_", "field"), [
+    (crm_sync_pb2.WatchChangesRequest(cursor="9" * 30), "cursor"),   # was UNKNOWN: an SQL integer overflow
+    (crm_sync_pb2.WatchChangesRequest(cursor="\u00b2"), "cursor"),    # was UNKNOWN: isdigit() but not int()
+    (crm_sync_pb2.WatchChangesRequest(cursor="12a"), "cursor"),
+    (crm_sync_pb2.WatchChangesRequest(limit=-1), "limit"),             # was read as no limit
+])
+async def test_a_change_stream_request_no_cursor_can_answer_is_refused(
+        mesh: Mesh, request_: crm_sync_pb2.WatchChangesRequest, field: str) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        async for _ in mesh.crm.WatchChanges(request_, metadata=AUTH, timeout=5):
+            pass
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
+    assert f'"{field}"' in (err.value.details() or "")

@@ -163,3 +163,23 @@ async def test_a_publish_that_moves_a_lead_to_mql_announces_the_stage_change_wit
     updated = [m for m in bus_messages(settings) if m.type == "lead_updated"
                and m.properties.get("source") == "scoring_model"]
     assert len(updated) == 1 and updated[0].properties["changed"] == ["lifecycle_stage"]
+
+
+async def test_a_draft_whose_rules_the_scoring_could_not_run_is_refused(
+        api: tuple[httpx.AsyncClient, FastAPI, Running]) -> None:
+    """A rule without its why, or with points past the score's int32, was stored (201) and publishable:
+    then every pricing view answered 500 (KeyError 'why'), or stored a lead whose GET answered 500."""
+    client, _app, _ = api
+    live = (await client.get("/v1/scoring/model", headers=AUTH)).json()
+    bad = copy.deepcopy(live["definition"])
+    bad["behaviour"][0].pop("why")
+    bad["behaviour"][1]["points"] = 10**12
+    bad["decay"]["every_days"] = 0
+    for path in ("/v1/scoring/model?validate_only=true", "/v1/scoring/model"):
+        r = await client.put(path, headers=AUTH, json=bad)
+        assert r.status_code == 422, r.text
+        assert r.json()["error"]["details"]["problems"] == [
+            "behaviour[0] pricing_page: needs a why (a non-empty string)",
+            "behaviour[1] three_resource_downloads: points must be an integer from -2147483648 to 2147483647",
+            "decay: every_days must be an integer from 1 to 2147483647"]
+    assert (await client.get("/v1/scoring/model", headers=AUTH)).json()["versions"] == live["versions"]

@@ -45,6 +45,31 @@ async def test_consent_given_later_jumps_to_decision_once_after_the_welcome(mesh
     assert _steps(mesh, "triggers") == ["timeline_urgency"]
 
 
+async def test_consent_withdrawn_and_given_back_resumes_and_jumps_once_on_an_urgent_timeline(mesh: Mesh) -> None:
+    # Welcomed, consent withdrawn, the timeline made urgent while it was off, consent given back: the
+    # resumed enrolment went on to email_02 and never reached the decision stage.
+    kim = {**lead("res-1", "skilled_professional", profession="nurse"), "consent": {"email": True}}
+    await publish(mesh.pub, mesh.clock, kim, "lead_created")
+    await settle(mesh.admin)
+    await advance(mesh.admin, mesh.clock, 3600)
+    off = {**kim, "consent": {"email": False}}
+    await publish(mesh.pub, mesh.clock, off, "lead_updated", changed=["consent"])
+    urgent = {**off, "attributes": {**off["attributes"], "timeline": "urgent"}}
+    await publish(mesh.pub, mesh.clock, urgent, "lead_updated", changed=["attributes.timeline"])
+    await settle(mesh.admin)
+    await publish(mesh.pub, mesh.clock, {**urgent, "consent": {"email": True}}, "lead_updated", changed=["consent"])
+    await settle(mesh.admin)
+    await advance(mesh.admin, mesh.clock, 60)
+    assert _steps(mesh, "skilled_professional") == ["email_01", "email_15"]
+    tl = timeline_summaries(await mesh.admin.Timeline(common_pb2.TimelineRequest(lead_id="res-1"), timeout=5))
+    assert any("re-entered after email consent was given again" in s for s in tl), tl
+    jumps = [s for s in tl if "matched rule urgent_timeline " in s]
+    assert len(jumps) == 1 and "(on entry, once the entry's first steps had run)" in jumps[0], tl
+    await advance(mesh.admin, mesh.clock, 6 * DAY)
+    delivered = Counter(_steps(mesh, "skilled_professional"))
+    assert delivered["email_15"] == 1 and delivered["email_02"] == 0, delivered
+
+
 async def test_created_urgent_gets_the_welcome_then_one_jump_and_the_crm_update_adds_nothing(mesh: Mesh) -> None:
     ana = lead("urg-1", "skilled_professional", timeline="urgent")
     # The welcome fails first (messaging down): the jump waits for it, then follows it.

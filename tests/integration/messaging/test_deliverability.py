@@ -190,3 +190,34 @@ async def test_a_soft_bounce_retries_then_suppresses_and_a_complaint_suppresses(
         await m.settle()
         again = [i for i in await m.messages("cy") if i.id != cy.id][0]
         assert again.status == "suppressed" and "spam_report" in again.reason
+
+
+async def test_a_webhook_bounce_names_the_status_code_its_text_quotes_on_the_timeline(settings, tmp_path) -> None:
+    """A provider's webhook has no status field: the timeline takes the enhanced status code its reason
+    quotes (SendGrid's "550 5.1.1 ..."), and says only the kind when there is none (not "(hard, )")."""
+    async with running_mesh(settings, tmp_path) as m:
+        for lead in ("ana", "bo"):
+            m.scoring.add(make_lead(lead, email=f"{lead}@gmail.com", timezone="UTC"))
+            await m.send(lead, "lead_magnet.email_01")
+        await m.settle()
+        [ana] = await m.messages("ana")
+        [bo] = await m.messages("bo")
+        ch = mesh_channel(m.running.address)
+        try:
+            reply = await deliverability_pb2_grpc.DeliverabilityStub(ch).ReportEvents(
+                deliverability_pb2.ReportEventsRequest(source="webhook:sendgrid", events=[
+                    deliverability_pb2.DeliveryEvent(message_id=ana.id, recipient="ana@gmail.com", kind="hard_bounce",
+                                                     detail="550 5.1.1 The email account does not exist"),
+                    deliverability_pb2.DeliveryEvent(message_id=bo.id, recipient="bo@gmail.com", kind="hard_bounce",
+                                                     detail="mailbox gone")]), timeout=5)
+        finally:
+            await ch.close()
+        assert reply.applied == 2 and list(reply.ignored) == []
+        await m.settle()
+        summaries = {}
+        for lead in ("ana", "bo"):
+            timeline = await m.admin.Timeline(common_pb2.TimelineRequest(lead_id=lead, limit=100), timeout=5)
+            summaries[lead] = [t.summary for t in timeline.items if t.type == "message_bounced"]
+        assert summaries == {
+            "ana": ["lead_magnet.email_01 bounced (hard, 5.1.1): 550 5.1.1 The email account does not exist"],
+            "bo": ["lead_magnet.email_01 bounced (hard): mailbox gone"]}

@@ -10,7 +10,9 @@ from typing import Any
 
 import pytest
 
+from nurture.api.common.v1 import common_pb2, common_pb2_grpc
 from nurture.settings import Settings
+from tests.conftest import mesh_channel
 from tests.integration.templates.mesh import TemplatesMesh, templates_mesh
 
 pytestmark = pytest.mark.anyio
@@ -192,9 +194,9 @@ async def publish_a_copy(mesh: TemplatesMesh, key: str) -> None:
     assert r.status_code == 200, r.text
 
 
-async def sent_details(mesh: TemplatesMesh, lead_id: str, key: str) -> dict[str, Any]:
+async def sent_details(mesh: TemplatesMesh, lead_id: str, key: str, occurrence: int = 0) -> dict[str, Any]:
     """Send `key` to the lead; what its timeline's message_sent item says of that message."""
-    mid = await mesh.send(lead_id, key)
+    mid = await mesh.send(lead_id, key, occurrence)
     r = await mesh.client.get(f"/v1/leads/{lead_id}/timeline", headers=mesh.headers("viewer"))
     details: dict[str, Any] = next(i["details"] for i in r.json()["items"]
                                    if i["type"] == "message_sent" and i["details"].get("message_id") == mid)
@@ -220,3 +222,82 @@ async def test_a_template_of_a_journey_added_as_data_is_about_that_journey(mesh:
     await publish_a_copy(mesh, "cart_v2.email_01")
     sent = await sent_details(mesh, "ben", "cart_v2.email_01")
     assert (sent["topic"], sent["format"]) == ("cart_v2", "newsletter"), sent
+
+
+async def _settle(mesh: TemplatesMesh, *services: str) -> None:
+    for service in services:
+        async with mesh_channel(mesh.settings.address_of(service)) as ch:
+            await common_pb2_grpc.AdminStub(ch).Settle(common_pb2.SettleRequest(), timeout=60)
+
+
+async def _engagement_by(mesh: TemplatesMesh, group_by: str) -> dict[str | None, dict[str, Any]]:
+    r = await mesh.client.get("/v1/analytics/engagement", headers=mesh.headers("viewer"), params={
+        "group_by": group_by, "from": "2026-01-01T00:00:00Z", "to": "2026-12-31T00:00:00Z"})
+    assert r.status_code == 200, r.text
+    return {row["group"]: row for row in r.json()["rows"]}
+
+
+async def test_a_template_names_its_topic_and_format_and_its_sends_and_analytics_carry_them(
+        settings: Settings, tmp_path: Path) -> None:
+    """A new user's guide added to the family journey through the API could say neither what it is about
+    nor that it is a guide: engagement by topic and format counted it as a family_relocation newsletter.
+    The version names both; its sends (and an open of one, after a later version went live) carry them."""
+    key = "family.costs_guide"
+    async with templates_mesh(settings, tmp_path, extra=("analytics",)) as mesh:
+        await mesh.add_lead("gia")
+        body = {**await content_of(mesh), "variants": {}, "topic": "relocation_costs", "format": "guide"}
+        r = await mesh.client.put(f"/v1/templates/{key}", headers=mesh.headers("editor"), json=body)
+        assert r.status_code == 201, r.text
+        shown = (await mesh.client.get(f"/v1/templates/{key}?version=1", headers=mesh.headers("viewer"))).json()
+        assert (shown["topic"], shown["format"]) == ("relocation_costs", "guide")
+        seeded = (await mesh.client.get(f"/v1/templates/{KEY}", headers=mesh.headers("viewer"))).json()
+        assert (seeded["topic"], seeded["format"]) == ("family_relocation", "newsletter")   # the defaults, shown
+        r = await mesh.client.post(f"/v1/templates/{key}/publish", headers=mesh.headers("editor"), json={"version": 1})
+        assert r.status_code == 200, r.text
+        sent = await sent_details(mesh, "gia", key)
+        assert (sent["topic"], sent["format"]) == ("relocation_costs", "guide"), sent
+        # Version 2 names neither: its sends take the defaults again, and version 1's message keeps its own.
+        body = {k: v for k, v in body.items() if k not in ("topic", "format")}
+        assert (await mesh.client.put(f"/v1/templates/{key}", headers=mesh.headers("editor"),
+                                      json=body)).status_code == 201
+        assert (await mesh.client.post(f"/v1/templates/{key}/publish", headers=mesh.headers("editor"),
+                                       json={"version": 2})).status_code == 200
+        shown = (await mesh.client.get(f"/v1/templates/{key}", headers=mesh.headers("viewer"))).json()
+        assert (shown["version"], shown["topic"], shown["format"]) == (2, "family_relocation", "newsletter")
+        later = await sent_details(mesh, "gia", key, occurrence=1)
+        assert (later["topic"], later["format"]) == ("family_relocation", "newsletter"), later
+        r = await mesh.client.post("/v1/events", headers=mesh.headers("editor"), json={
+            "lead_id": "gia", "type": "email_opened", "properties": {"message_id": sent["message_id"]}})
+        assert r.status_code == 202, r.text
+        await _settle(mesh, "scoring", "messaging", "scoring", "analytics")
+        topics, formats = await _engagement_by(mesh, "topic"), await _engagement_by(mesh, "format")
+        assert (topics["relocation_costs"]["sent"], topics["relocation_costs"]["opened"]) == (1, 1), topics
+        assert (formats["guide"]["sent"], formats["guide"]["opened"]) == (1, 1), formats
+        assert topics["family_relocation"]["sent"] == 1 and topics["family_relocation"]["opened"] == 0, topics
+        assert "" not in topics and "" not in formats
+
+
+@pytest.mark.parametrize("fields,problem", [
+    ({"topic": "Relocation Costs"}, "topic: "),
+    ({"topic": "x" * 61}, "topic: "),
+    ({"topic": "costs\n"}, "topic: "),
+    ({"format": "podcast"}, "format: 'podcast' is not one of newsletter, guide"),
+    ({"format": "<b>guide</b>"}, "format: "),
+])
+async def test_a_topic_or_format_that_is_not_a_known_slug_is_refused_naming_the_field(
+        mesh: TemplatesMesh, fields: dict[str, str], problem: str) -> None:
+    body = {**await content_of(mesh), **fields}
+    for validate_only in ("false", "true"):
+        r = await mesh.client.put(f"/v1/templates/{KEY}?validate_only={validate_only}",
+                                  headers=mesh.headers("editor"), json=body)
+        assert r.status_code == 422, r.text
+        problems = r.json()["error"]["details"]["problems"]
+        assert any(p.startswith(problem) for p in problems), problems
+    r = await mesh.client.put(f"/v1/templates/{KEY}", headers=mesh.headers("editor"),
+                              json={**body, **{name: 3 for name in fields}})
+    assert r.status_code == 422 and set(r.json()["error"]["details"]["fields"]) == set(fields), r.text
+    assert [v["version"] for v in (await mesh.client.get(f"/v1/templates/{KEY}",
+                                                         headers=mesh.headers("viewer"))).json()["versions"]] == [1]
+    r = await mesh.client.put(f"/v1/templates/{KEY}?validate_only=true", headers=mesh.headers("editor"),
+                              json={**await content_of(mesh), "topic": "relocation_costs", "format": "case_study"})
+    assert r.status_code == 200, r.text

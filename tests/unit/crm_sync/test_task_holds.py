@@ -20,11 +20,30 @@ def test_sales_feedback_holds_the_tasks_of_its_own_message(event_type: str) -> N
     assert hold is not None and hold.rule == "sales_feedback_now"
 
 
-def test_the_recycle_mark_holds_tasks_until_it_is_cleared() -> None:
-    hold = domain.task_hold(CFG, _facts(sales_hold=True))
+def _recycle(status: str) -> list[dict[str, str]]:
+    return [{"journey": "skilled_professional", "status": "exited", "stage": "welcome"},
+            {"journey": "sales_recycle", "status": status, "stage": "pause"}]
+
+
+@pytest.mark.parametrize("status", ["active", "paused"])
+def test_the_recycle_track_holds_tasks_while_it_runs(status: str) -> None:
+    hold = domain.task_hold(CFG, _facts(), _recycle(status))
     assert hold is not None and hold.rule == "in_sales_recycle"
-    assert domain.task_hold(CFG, _facts(sales_hold=False)) is None
+
+
+@pytest.mark.parametrize("status", ["completed", "exited"])
+def test_the_hold_ends_with_the_track_whatever_mark_it_left(status: str) -> None:
+    # A won deal ends the track (outcome converted) before its last step clears attributes.sales_hold:
+    # that mark held every sales task of the new customer for good.
+    assert domain.task_hold(CFG, _facts(sales_hold=True), _recycle(status)) is None
+    assert domain.task_hold(CFG, _facts(sales_hold=True)) is None
     assert domain.task_hold(CFG, _facts()) is None
+
+
+def test_a_live_enrolment_of_a_key_wins_over_an_ended_one() -> None:
+    statuses = domain.journey_statuses([{"journey": "webinar", "status": "active"},
+                                        {"journey": "webinar", "status": "completed"}, "junk", {"journey": 5}])
+    assert statuses == {"webinar": "active"}
 
 
 @pytest.mark.parametrize("event_type", ["opportunity_won", "sales_activity", "page_viewed"])

@@ -54,6 +54,55 @@ def test_consent_given_later_enrols_and_the_urgent_timeline_jumps_once_after_the
                "urgent_timeline_profile (on entry" in t for t in h.transitions), h.transitions
 
 
+def test_an_enrolment_resumed_when_consent_comes_back_jumps_on_the_urgent_timeline_once() -> None:
+    # A lead welcomed, who withdrew email consent, said their timeline was urgent while consent was off
+    # (nothing listens then) and gave consent again: the resumed enrolment went on with email_02 and
+    # never reached the decision stage, as an entry on that event would have (the welcome went before).
+    h = Harness()
+    h.lead["attributes"] = {"profession": "nurse"}
+    h.message("lead_created")
+    assert _steps(h, "skilled_professional") == ["email_01"]
+    h.advance(hours=2)
+    h.lead["consent"] = {"email": False}
+    h.message("lead_updated", changed=["consent"])
+    assert h.state.enrollments["skilled_professional"].outcome == "no_consent"
+    h.lead["attributes"]["timeline"] = "urgent"
+    h.message("lead_updated", changed=["attributes.timeline"])
+    h.advance(hours=2)
+    h.lead["consent"] = {"email": True}
+    h.message("lead_updated", changed=["consent"])
+    e = h.state.enrollments["skilled_professional"]
+    assert any("re-entered after email consent was given again" in t for t in h.transitions)
+    assert _steps(h, "skilled_professional") == ["email_01", "email_15"]
+    assert e.stage == "decision" and e.entry_events == []
+    jumps = [t for t in h.transitions if "matched rule urgent_timeline " in t]
+    assert len(jumps) == 1 and jumps[0].endswith("(on entry, once the entry's first steps had run)"), jumps
+    h.message("lead_updated", changed=["attributes.timeline"])
+    h.advance(days=10)
+    assert _steps(h, "skilled_professional")[:3] == ["email_01", "email_15", "email_16"]
+    assert len([t for t in h.transitions if "matched rule urgent_timeline " in t]) == 1
+
+
+def test_a_resumed_enrolment_whose_welcome_had_not_gone_sends_it_before_the_jump() -> None:
+    # Consent withdrawn while the welcome was held by the budget: resumed, the welcome goes first, then
+    # the jump, once.
+    h = Harness()
+    _urgent(h, email=True)
+    h.state.sends = [iso(h.now - timedelta(hours=1)) or ""] * 5   # the budget is full for a while
+    h.message("lead_created")
+    assert _steps(h, "skilled_professional") == []
+    h.lead["consent"] = {"email": False}
+    h.message("lead_updated", changed=["consent"])
+    assert h.state.enrollments["skilled_professional"].outcome == "no_consent"
+    h.advance(days=7)
+    h.state.sends = []
+    h.lead["consent"] = {"email": True}
+    h.message("lead_updated", changed=["consent"])
+    h.advance(minutes=1)
+    assert _steps(h, "skilled_professional")[:2] == ["email_01", "email_15"]
+    assert len([t for t in h.transitions if "matched rule urgent_timeline " in t]) == 1
+
+
 def test_a_lead_created_urgent_gets_the_welcome_then_jumps_once_and_the_crm_update_changes_nothing() -> None:
     h = Harness()
     _urgent(h, email=True)

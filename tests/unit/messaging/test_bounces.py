@@ -16,6 +16,7 @@ from services.messaging.domain.bounces import (
     guard,
     load_deliverability,
     read_report,
+    status_in,
     verp_address,
     verp_message,
 )
@@ -160,3 +161,15 @@ def test_the_openssl_signature_is_byte_for_byte_dkimpys(tmp_path: Path) -> None:
     signer = load_signer({"x.example:s1": str(tmp_path / "k.pem")}, {})
     record = signer.keys[0].dns_txt.encode()
     assert dkim.verify(signer.sign(message, "x.example"), dnsfunc=lambda name, timeout=5: record)
+
+
+@pytest.mark.parametrize(("text", "status"), [
+    ("550 5.1.1 The email account that you tried to reach does not exist", "5.1.1"),
+    ("smtp; 452 4.2.2 mailbox full", "4.2.2"),
+    ("5.7.1 blocked", "5.7.1"),
+    ("mailbox gone", ""),
+    ("version 15.1.1.2 of the filter", ""),   # not a status code: part of a longer number
+    ("", ""),
+])
+def test_a_webhooks_text_gives_the_enhanced_status_code_it_quotes(text: str, status: str) -> None:
+    assert status_in(text) == status

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -9,6 +11,7 @@ import pytest
 
 from nurture.datafiles import DataFileError
 from nurture.rules import InvalidRule
+from services.scoring.domain.profile import apply_outcome, decayed_score
 from services.scoring.domain.rules import ScoringModel, load_model, validate_model
 
 NOW = datetime(2026, 3, 1, 9, tzinfo=UTC)
@@ -284,8 +287,10 @@ def test_a_malformed_part_is_named_not_a_crash() -> None:
 
 def test_a_bad_model_file_lists_every_problem(tmp_path: Path) -> None:
     path = tmp_path / "model.yaml"
-    path.write_text("name: x\nversion: one\nbehaviour: [{name: a, when: {fact: event.type, eq: x}, points: many}]\n"
-                    "fit: []\ngrades: {}\ndecay: {}\nlifecycle: {order: [lead], thresholds: {mql: 5}}\nsegments: []\n")
+    path.write_text("name: x\nversion: one\n"
+                    "behaviour: [{name: a, why: w, when: {fact: event.type, eq: x}, points: many}]\n"
+                    "fit: []\ngrades: {}\ndecay: {inactive_days: 14, every_days: 7, points: -5}\n"
+                    "lifecycle: {order: [lead], thresholds: {mql: 5}}\nsegments: []\n")
     with pytest.raises(DataFileError) as err:
         load_model(path)
     assert err.value.problems == [
@@ -294,3 +299,54 @@ def test_a_bad_model_file_lists_every_problem(tmp_path: Path) -> None:
         "behaviour[0] a: points must be an integer",
         "lifecycle: unknown stage mql",
     ]
+
+
+def _seed_with(change: Callable[[dict], object]) -> dict:
+    definition = copy.deepcopy(load_model().definition)
+    change(definition)
+    return definition
+
+
+@pytest.mark.parametrize(("change", "problem"), [
+    # Each passed validation and was stored; once published, the first event it touched failed (a 500
+    # on POST /v1/events for a rule without its why, a daily cap that is no number, decay without its
+    # days) or stored a lead no read could answer (a score past the int32 of the lead's proto).
+    (lambda d: d["behaviour"][0].pop("why"), "behaviour[0] pricing_page: needs a why (a non-empty string)"),
+    (lambda d: d["behaviour"][0].update(points=10**12),
+     "behaviour[0] pricing_page: points must be an integer from -2147483648 to 2147483647"),
+    (lambda d: d["behaviour"][0].update(points=True), "behaviour[0] pricing_page: points must be an integer"),
+    (lambda d: d["behaviour"][0].update(max_per_day="one"),
+     "behaviour[0] pricing_page: max_per_day must be an integer"),
+    (lambda d: d["behaviour"][0].update(max_per_day=0),
+     "behaviour[0] pricing_page: max_per_day must be an integer from 1 to 2147483647"),
+    (lambda d: d["behaviour"][0].update(signals="mql_reached"),
+     "behaviour[0] pricing_page: signals must be a list of names"),
+    (lambda d: d["behaviour"][0].update(signals=[1]), "behaviour[0] pricing_page: signals must be a list of names"),
+    (lambda d: d["fit"][0].update(points="ten"), "fit[0] profession_known: points must be an integer"),
+    (lambda d: d["fit"][0].pop("name"), "fit[0]: needs a name (a non-empty string)"),
+    (lambda d: d["segments"][0].update(segment=5), "segments[0]: needs a segment (a non-empty string)"),
+    (lambda d: d["decay"].pop("inactive_days"), "decay: 'inactive_days' is required"),
+    (lambda d: d["decay"].update(every_days=0), "decay: every_days must be an integer from 1 to 2147483647"),
+    (lambda d: d["decay"].update(points=5), "decay: points must be an integer from -2147483648 to 0"),
+    (lambda d: d["decay"].update(floor=-1), "decay: floor must be an integer from 0 to 2147483647"),
+])
+def test_a_rule_field_the_scoring_reads_is_checked(change: Callable[[dict], object], problem: str) -> None:
+    assert validate_model(_seed_with(change)) == [problem]
+
+
+def test_the_score_stops_at_the_top_of_its_int32(model: ScoringModel) -> None:
+    lead: dict = {"score": 2**31 - 3, "version": 1, "consent": {}, "last_engaged_at": None}
+    event = {"type": "page_viewed", "properties": {"category": "pricing"}, "occurred_at": NOW}
+    outcome = model.score_event(lead, event, NOW)
+    apply_outcome(lead, outcome)
+    assert outcome.delta == 8 and lead["score"] == 2**31 - 1
+    assert decayed_score(2**31 - 1, {"points": -5}) == 2**31 - 6
+
+
+def test_a_lifecycle_without_thresholds_or_events_is_a_model() -> None:
+    # LifecycleShape makes both optional; compiling read them as required and the API answered
+    # 422 "model: 'thresholds'", a KeyError's text.
+    model = ScoringModel({"name": "x", "version": 1, "behaviour": [], "fit": [], "grades": {"A": 1},
+                          "decay": {"inactive_days": 1, "every_days": 1, "points": 0},
+                          "lifecycle": {"order": ["subscriber", "lead"]}, "segments": [], "engagement_events": []})
+    assert model.stage_for("subscriber", 99, "form_submitted") == "subscriber"

@@ -108,18 +108,22 @@ class TemplateSummary(_message.Message):
     def __init__(self, key: _Optional[str] = ..., published_version: _Optional[int] = ..., latest_version: _Optional[int] = ..., journey: _Optional[str] = ..., category: _Optional[str] = ..., subject: _Optional[str] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class TemplateContent(_message.Message):
-    __slots__ = ("subject", "preheader", "body", "text", "variants_json")
+    __slots__ = ("subject", "preheader", "body", "text", "variants_json", "topic", "format")
     SUBJECT_FIELD_NUMBER: _ClassVar[int]
     PREHEADER_FIELD_NUMBER: _ClassVar[int]
     BODY_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     VARIANTS_JSON_FIELD_NUMBER: _ClassVar[int]
+    TOPIC_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
     subject: str
     preheader: str
     body: str
     text: str
     variants_json: str
-    def __init__(self, subject: _Optional[str] = ..., preheader: _Optional[str] = ..., body: _Optional[str] = ..., text: _Optional[str] = ..., variants_json: _Optional[str] = ...) -> None: ...
+    topic: str
+    format: str
+    def __init__(self, subject: _Optional[str] = ..., preheader: _Optional[str] = ..., body: _Optional[str] = ..., text: _Optional[str] = ..., variants_json: _Optional[str] = ..., topic: _Optional[str] = ..., format: _Optional[str] = ...) -> None: ...
 
 class TemplateVersionInfo(_message.Message):
     __slots__ = ("version", "status", "source", "created_at", "published_at")
