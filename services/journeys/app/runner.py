@@ -270,11 +270,11 @@ class JourneysRuntime:
         await self._committed([(state, out)])
 
     async def _committed(self, done: list[tuple[LeadState, Outcome]]) -> None:
-        """What follows a commit: the withdrawals its outcomes ask of messaging, then the timers."""
+        """What follows a commit: the timers, then the withdrawals its outcomes ask of messaging."""
+        await self._arm_all(done)
         pending = [(state.lead_id, w) for state, out in done for w in out.withdrawn]
         if pending:
             await self._withdraw(pending)
-        await self._arm_all(done)
 
     async def _withdraw(self, pending: list[tuple[str, Withdrawal]]) -> None:
         """Ask messaging to withdraw each left enrolment's waiting messages. After the commit, so an exit

@@ -40,6 +40,8 @@ class Recorder:
     batches: int = 0
     # Called with each send request as it arrives (before the answer): a kill test's trigger.
     on_send: Callable[[messaging_pb2.SendRequest], None] | None = None
+    withdrawals: list[messaging_pb2.WithdrawRequest] = field(default_factory=list)  # those answered
+    withdraw_answer: grpc.StatusCode | None = None   # a code to fail Withdraw with (messaging away)
 
     def sent_keys(self) -> list[str]:
         return [r.dedupe_key for r in self.sends]
@@ -83,6 +85,12 @@ class FakeMessaging(messaging_pb2_grpc.MessagingServicer):
 
     async def Subscriptions(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         return messaging_pb2.SubscriptionsReply()  # no address is suppressed here
+
+    async def Withdraw(self, request: messaging_pb2.WithdrawRequest, context: grpc.aio.ServicerContext) -> Any:
+        if self.rec.withdraw_answer is not None:
+            await context.abort(self.rec.withdraw_answer, f"fake messaging answers {self.rec.withdraw_answer.name}")
+        self.rec.withdrawals.append(request)
+        return messaging_pb2.WithdrawReply(withdrawn=0)
 
     async def ListTemplates(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         if self.rec.templates is None:

@@ -10,10 +10,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 
 from nurture.settings import Settings
 from tests.conftest import free_port
+from tests.integration.journeys.conftest import Mesh
+from tests.integration.journeys.fakes import lead, publish, settle
 from tests.integration.templates.mesh import TemplatesMesh, templates_mesh
 
 pytestmark = pytest.mark.anyio
@@ -83,3 +86,20 @@ async def test_an_exit_overnight_withdraws_the_email_waiting_for_the_morning(set
         said = [t["summary"] for t in r.json()["items"] if t["kind"] == "message"]
         assert any("skilled_professional.email_01 not sent: withdrawn: the lead left the journey" in s
                    for s in said), said
+
+
+async def test_a_withdrawal_messaging_could_not_take_is_asked_again_at_the_next_settle(mesh: Mesh) -> None:
+    # The journeys service over a messaging that answers Withdraw UNAVAILABLE, then is back: the exit is
+    # committed at once and its withdrawal reaches messaging on the next pass, once.
+    ana = lead("wd-1", "family")
+    await publish(mesh.pub, mesh.clock, ana, "lead_created")
+    await settle(mesh.admin)
+    mesh.rec.withdraw_answer = grpc.StatusCode.UNAVAILABLE
+    await publish(mesh.pub, mesh.clock, {**ana, "segment": "entrepreneur"}, "lead_updated", changed=["segment"])
+    await settle(mesh.admin)
+    assert mesh.rec.withdrawals == []
+    mesh.rec.withdraw_answer = None
+    await settle(mesh.admin)
+    await settle(mesh.admin)
+    asked = [(w.lead_id, w.journey, w.journey_version, w.occurrence_prefix, w.reason) for w in mesh.rec.withdrawals]
+    assert asked == [("wd-1", "family", 1, "1.", "segment_changed")], asked
