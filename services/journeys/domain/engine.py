@@ -383,7 +383,9 @@ class Engine:
                          summary=f"{verb}: {etype} {rulesets.explain(match.facts)} matched rule {rule.name}",
                          rule=rule.name, facts=dict(match.facts), withdraw=True)
             return
-        if etype in j.reanchor_events and j.entity and str(props.get(j.entity, "")) == e.instance:
+        # A journey with an entity hears its own instance's reanchor events only (those naming another
+        # webinar returned above; one naming none moves nothing); one without (a trial) hears every one.
+        if etype in j.reanchor_events and (not j.entity or str(props.get(j.entity, "")) == e.instance):
             self._reanchor(state, j, e, props, now, out)
         if e.status == ACTIVE and e.waiting == "event" and e.step:
             wait = j.step(e.step)

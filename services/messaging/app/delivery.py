@@ -415,8 +415,13 @@ class Delivery:
             return suppressed("lead not found")
         if channel == "ads_audience":
             return _Ready(row, lead, None, ehash)
-        consent_channel = "sms" if channel == "sms" else "email"
-        granted = (lead.get("consent") or {}).get(consent_channel) is True
+        consent = lead.get("consent") or {}
+        # Each channel asks its own consent; an in-app message one the lead never gave nor refused
+        # follows its email consent (the in-app inbox carries what its mail would), so a lead's
+        # `in_app: false` stops in-app messages whatever its email consent says.
+        consent_channel = "sms" if channel == "sms" else (
+            "in_app" if channel == "in_app" and consent.get("in_app") is not None else "email")
+        granted = consent.get(consent_channel) is True
         consent_seen.append(ConsentEntry(lead_id, consent_channel, granted, "scoring:lead", now,
                                          {"message_id": mid, "consent": lead.get("consent") or {}}))
         if channel in ("email", "sms", "in_app") and not granted:

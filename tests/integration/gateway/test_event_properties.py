@@ -20,6 +20,10 @@ AUTH = {"Authorization": "Bearer test-key"}
     ({"type": "webinar_registered", "properties": {"webinar_id": "w1"}}, "properties.starts_at", "is required"),
     ({"type": "webinar_registered", "properties": {"webinar_id": ["w1"], "starts_at": "2026-01-10T10:00:00Z"}},
      "properties.webinar_id", "must be a string"),
+    # The webinar sequence is one enrolment per webinar_id: without one it was taken (202) and started
+    # nothing, not even the confirmation, and the timeline said nothing.
+    ({"type": "webinar_registered", "properties": {"starts_at": "2026-01-10T10:00:00Z"}},
+     "properties.webinar_id", "is required"),
     ({"type": "unsubscribed", "properties": {"scope": "everything"}}, "properties.scope", "must be one of"),
     ({"type": "unsubscribed", "properties": {"scope": 5}}, "properties.scope", "must be one of"),
     ({"type": "subscribed", "properties": {"channel": 5}}, "properties.channel", "must be one of"),
@@ -70,5 +74,5 @@ async def test_canonical_properties_of_the_right_kind_and_custom_ones_are_taken(
 
 def test_the_event_properties_file_names_only_known_kinds() -> None:
     rules = event_properties()
-    assert rules.events["webinar_registered"].required == ["starts_at"]
+    assert rules.events["webinar_registered"].required == ["starts_at", "webinar_id"]
     assert {"starts_at", "ends_at"} <= {k for k, v in rules.kinds.items() if v == "time"}

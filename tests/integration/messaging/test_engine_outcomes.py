@@ -288,6 +288,9 @@ async def test_a_hard_bounce_fails_the_message_and_suppresses_the_address(inproc
 @pytest.mark.parametrize(("channel", "consent", "status", "reason"), [
     ("in_app", {"email": True}, "sent", ""),
     ("in_app", {"email": False}, "suppressed", "no email consent"),
+    # The lead's own in-app consent, when it gave one, decides (it was read as its email consent).
+    ("in_app", {"email": True, "in_app": False}, "suppressed", "no in_app consent"),
+    ("in_app", {"email": False, "in_app": True}, "sent", ""),
     ("sms", {"email": True, "sms": True}, "failed", "no SMS gateway is configured"),
     ("sms", {"email": True}, "suppressed", "no sms consent"),
 ])

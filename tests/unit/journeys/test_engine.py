@@ -360,6 +360,24 @@ def test_webinar_reschedule_moves_pending_reminders() -> None:
     assert [k.split(":")[3] for k in keys][:4] == ["email_01", "email_02", "email_03", "email_05"]
 
 
+def test_an_extended_trial_moves_its_ending_emails_to_the_new_end() -> None:
+    # Seed, Free Trial Onboarding: "-3 Days to End", "-1 Day to End", "+1 Day After End", relative to the
+    # trial's end; trial_extended is the journey's reanchor event. A 7-day trial extended on day 3 to 14:
+    # the reanchor was read only for journeys with an entity (a webinar), so the trial kept its old end
+    # and the three ending emails went together with the +10d one, four days before the trial ended.
+    h = Harness(segment="")
+    h.message("trial_started", ends_at=iso(T0 + timedelta(days=7)))
+    h.advance(days=3)
+    h.message("trial_extended", ends_at=iso(T0 + timedelta(days=14)))
+    assert h.state.enrollments["trial_onboarding"].anchors["ends_at"] == iso(T0 + timedelta(days=14))
+    assert any(t.startswith("trial_onboarding: anchor moved (ends_at=") for t in h.transitions)
+    h.advance(days=13)
+    sent = {k.split(":")[3]: at for k, at in h.sent_at if ":trial_onboarding:" in k}
+    assert {step: sent[step] for step in ("email_06", "email_07", "email_08", "email_09")} == {
+        "email_06": timedelta(days=10), "email_07": timedelta(days=11), "email_08": timedelta(days=13),
+        "email_09": timedelta(days=15)}
+
+
 def test_budget_holds_nurture_but_not_transactional() -> None:
     h = Harness()
     h.message("lead_created")  # segment email_01 + nothing else
