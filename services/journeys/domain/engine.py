@@ -72,6 +72,7 @@ OPT_OUT_EVENTS = ("unsubscribed", "spam_reported", HARD_BOUNCED)
 # Messaging's word that an address's unsubscribes were lifted (the person subscribed to email again).
 RESUBSCRIBED = "email_resubscribed"
 MAX_INSTANT_STEPS = 200
+RETRY_MAX = timedelta(hours=1)  # the longest wait between two tries of a step whose service is away
 ENTRY_EVENTS_KEPT = 8  # events an enrolment keeps for its on_entry triggers until the entry's steps have run
 _TYPES_KEPT = 1024  # event types whose listening journeys one published list remembers
 
@@ -948,6 +949,7 @@ class Engine:
                  message_id: str = "", reason: str = "") -> None:
         """Record a performed effect and move past it."""
         e = state.enrollments[effect.ekey]
+        e.retries = 0
         j = self.journey(e.journey, e.version)
         s = j.steps[effect.step]
         self._run(state, j, e, s, now, out, status=status, detail=reason, message_id=message_id)
@@ -968,8 +970,12 @@ class Engine:
 
     def retry_later(self, state: LeadState, effect: Effect, now: datetime, delay: timedelta, out: Outcome,
                     reason: str) -> None:
-        """The receiving service was unavailable: keep the cursor on the effect, try again later."""
+        """The receiving service was unavailable: keep the cursor on the effect, try again later. Each
+        try in a row waits twice the one before (`delay`, then 2x, 4x ... up to RETRY_MAX), so a service
+        away for hours costs each waiting lead a few tries and timeline lines, not one a minute."""
         e = state.enrollments[effect.ekey]
+        delay = min(delay * (2 ** min(e.retries, 16)), max(delay, RETRY_MAX))
+        e.retries += 1
         if effect.side:
             e.side_at, e.side_held_by = now + delay, "retry"
             out.side_due.add(e.ekey)

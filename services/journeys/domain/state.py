@@ -57,6 +57,9 @@ class Enrollment:
     # The event that enrolled the lead (and any that came before the entry's steps ran), each {type,
     # properties}, while its `on_entry` triggers wait for those steps (the engine's _entry_triggers).
     entry_events: list[JsonObject] = field(default_factory=list)
+    # Tries in a row that met the receiving service unavailable (the engine's retry_later backs off by
+    # it); 0 again once a step is performed.
+    retries: int = 0
 
     def to_json(self) -> JsonObject:
         # Hand-built rather than dataclasses.asdict: asdict deep-copies every nested dict, and this
@@ -68,6 +71,8 @@ class Enrollment:
             out["entry_events"] = list(self.entry_events)
         else:
             del out["entry_events"]  # (almost always: stored only while pending)
+        if not self.retries:
+            del out["retries"]  # (stored only while a service is away)
         out["side"] = list(self.side)
         out["engaged_with"] = list(self.engaged_with)
         for k in ("due", "entered_at", "stage_at", "ended_at", "side_at", "timed_at"):

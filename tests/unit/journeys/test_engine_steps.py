@@ -21,6 +21,7 @@ from services.journeys.domain.state import (
     EXITED,
     PAUSED,
     Effect,
+    Enrollment,
     LeadState,
     Outcome,
     SendPayload,
@@ -1216,3 +1217,27 @@ def test_entry_exit_and_trigger_rules_get_each_top_level_fact_they_read() -> Non
     assert m.e("follower").status == ACTIVE
     m.message("leave", why="done")
     assert (m.e("follower").status, m.e("follower").outcome) == (EXITED, "bye")
+
+
+def test_retries_in_a_row_back_off_to_an_hour_and_start_again_after_a_step_is_performed() -> None:
+    """A service away for hours: each try in a row waits twice the one before, up to an hour (a few
+    tries and timeline lines a lead, not one a minute); a performed step starts the count again."""
+    m = Mini(journey("news", NEWS))
+    m.take(m.engine.on_message(m.state, bus_message("m1", "l-1", "ping", lead=m.lead), T0))
+    e = m.e("news")
+    at, waits = T0, []
+    for _ in range(9):
+        out = Outcome()
+        effect = m.engine.next_effect(m.state, "news", at, out)
+        assert effect is not None and effect.step == "n1"
+        m.engine.retry_later(m.state, effect, at, timedelta(minutes=1), out, "down")
+        assert e.due is not None
+        waits.append(int((e.due - at).total_seconds() // 60))
+        at = e.due
+    assert waits == [1, 2, 4, 8, 16, 32, 60, 60, 60]
+    assert e.to_json()["retries"] == 9 and Enrollment.from_json(e.to_json()).retries == 9
+    out = Outcome()
+    effect = m.engine.next_effect(m.state, "news", at, out)
+    assert effect is not None
+    m.engine.complete(m.state, effect, at, out, status="sent", message_id="m-1")
+    assert e.retries == 0 and "retries" not in e.to_json()   # stored only while a service is away
