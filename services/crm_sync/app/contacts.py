@@ -113,6 +113,7 @@ class InboundContacts(CoreBase):
     async def upsert_contact(self, crm: str, c: ContactIn) -> ContactResult:
         # Deliveries that may meet the same lead (same CRM id, email or lead id) run one after the
         # other; everything else joins the next batch. Locks are taken in sorted order (no deadlock).
+        # They are this process's only: across replicas, scoring and the locked row write judge the order.
         keys = sorted({f"{crm}:{kind}:{value}" for kind, value in
                        (("id", c.crm_id), ("email", c.email.lower()), ("lead", c.lead_id)) if value})
         async with contextlib.AsyncExitStack() as stack:
@@ -168,7 +169,7 @@ class InboundContacts(CoreBase):
             if c.crm_id:
                 # Scoring refuses this write if it applied a later modification of this contact: the
                 # check above read our row without a lock, and another replica may be writing the
-                # same contact right now (docs/ARCHITECTURE.md, "Replicas").
+                # same contact right now (docs/ARCHITECTURE.md, "CRM inbound order").
                 request.source_record = f"{crm}:{c.crm_id}"
                 request.source_modified_at.FromDatetime(c.modified_at)
             requests.append(request)
