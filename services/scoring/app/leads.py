@@ -84,11 +84,14 @@ class _Batch:
     reads and changes them here; `flush` writes the new and changed rows in a few statements. A batch
     of CRM contacts had cost five statements per lead (lock, match, check, insert, read back)."""
 
-    def __init__(self, s: Session, ids: Sequence[str], emails: Sequence[str]) -> None:
+    def __init__(self, s: Session, ids: Sequence[str], emails: Sequence[str], matched: Sequence[str]) -> None:
         self.rows: dict[str, dict[str, Any]] = {}
         self._emails: dict[str, set[str]] = {}
         self._new: set[str] = set()
         self._changed: dict[str, set[str]] = {}
+        # The addresses an upsert without an id matches or creates a lead by: first, before any lead
+        # row's lock (every batch takes them in that order).
+        st.lock_emails(s, matched)
         for row in st.lock_lead_rows(s, sorted(set(ids))) if ids else []:
             self._keep(dict(row._mapping))
         for row in st.leads_by_emails(s, sorted(set(emails))) if emails else []:
@@ -252,12 +255,14 @@ class Leads(CoreBase):
         ids = [item.lead_id for item, f in zip(items, checked, strict=True)
                if item.lead_id and not isinstance(f, InvalidInput)]
         emails = [str(f["email"]) for f in checked if not isinstance(f, InvalidInput) and f.get("email")]
+        matched = [str(f["email"]) for item, f in zip(items, checked, strict=True)
+                   if not item.lead_id and not item.must_exist and not isinstance(f, InvalidInput) and f.get("email")]
         out: list[tuple[LeadSnapshot, bool] | InvalidInput | NotFound | EmailTaken | Stale] = []
         again: list[OutboxRow] = []
         with self._sessions() as s:
             if published:
                 st.delete_outbox(self._writes, s.connection(), published)
-            batch = _Batch(s, ids, emails)
+            batch = _Batch(s, ids, emails, matched)
             announced: list[BusMessage] = []
             for item, fields in zip(items, checked, strict=True):
                 if isinstance(fields, InvalidInput):

@@ -176,3 +176,36 @@ async def test_an_older_version_applied_first_in_scoring_but_recorded_last_is_st
     finally:
         scoring_db.dispose()
         crm_db.dispose()
+
+
+async def test_the_first_delivery_of_a_new_contact_at_two_replicas_makes_one_lead(replicas: Replicas) -> None:
+    """No lead yet: scoring matches both by email, and takes them in turn (the address is locked before
+    the match), so the second finds the first's lead; the newer version wins as above."""
+    t0 = replicas.clock.now() - timedelta(days=1)
+    crm_db = sa.create_engine(replicas.settings.database_url_for("crm_sync"))
+    scoring_db = sa.create_engine(replicas.settings.database_url_for("scoring"))
+    try:
+        for n in range(10):
+            older = crm_sync_pb2.Contact(crm_id=f"n-{n}", email=f"New{n}@example.com", first_name="Older")
+            older.modified_at.FromDatetime(t0)
+            newer = crm_sync_pb2.Contact(crm_id=f"n-{n}", email=f"new{n}@example.com", first_name="Newer")
+            newer.modified_at.FromDatetime(t0 + timedelta(minutes=1))
+            old_stub, new_stub = replicas.crm[n % 2], replicas.crm[1 - n % 2]
+            if n % 4 < 2:
+                old_r, new_r = await asyncio.gather(upsert(old_stub, older), upsert(new_stub, newer))
+            else:
+                new_r, old_r = await asyncio.gather(upsert(new_stub, newer), upsert(old_stub, older))
+            assert new_r.status in ("created", "updated") and old_r.status in ("created", "updated", "stale"), \
+                (n, old_r, new_r)
+            assert old_r.lead_id == new_r.lead_id, n
+            with scoring_db.connect() as conn:
+                leads = conn.execute(sa.text("SELECT id, first_name FROM scoring_leads WHERE lower(email) = :e"),
+                                     {"e": f"new{n}@example.com"}).all()
+            with crm_db.connect() as conn:
+                row = conn.execute(sa.text("SELECT lead_id, contact_modified_at FROM crm_sync_leads"
+                                           " WHERE crm_id = :c"), {"c": f"n-{n}"}).one()
+            assert [tuple(x) for x in leads] == [(new_r.lead_id, "Newer")], n
+            assert (row.lead_id, row.contact_modified_at) == (new_r.lead_id, t0 + timedelta(minutes=1)), n
+    finally:
+        crm_db.dispose()
+        scoring_db.dispose()
