@@ -15,14 +15,14 @@ from nurture.api.scoring.v1 import scoring_pb2, scoring_pb2_grpc
 from nurture.busmessage import LeadSnapshot
 from nurture.clock import Clock
 from nurture.db import Database
-from nurture.jsontypes import JsonValue
+from nurture.jsontypes import JsonMapping, JsonValue
 from nurture.rpcguard import guard_requests, message_problems, problem_text
 from services.scoring.app.core import ScoringCore
 from services.scoring.app.ingest import PUBLISH_WAIT_S, IngestQueue
 from services.scoring.app.model_versions import ModelVersions, UnknownVersion
 from services.scoring.app.outbox import Outbox
 from services.scoring.app.visitors import VisitorDoor
-from services.scoring.domain.records import EmailTaken, EventIn, InvalidInput, LeadUpsert, NotFound
+from services.scoring.domain.records import EmailTaken, EventIn, InvalidInput, LeadUpsert, NotFound, Stale
 from services.scoring.domain.validation import validate_profile
 from services.scoring.servicer_visitors import VisitorMethods
 
@@ -71,6 +71,12 @@ def _profile_problems(fields: JsonValue, merge: bool) -> dict[str, str]:
 
 
 
+def _upsert_of(request: scoring_pb2.UpsertLeadRequest, fields: JsonMapping) -> LeadUpsert:
+    at = request.source_modified_at.ToDatetime(tzinfo=UTC) if request.HasField("source_modified_at") else None
+    return LeadUpsert(request.id, fields, request.merge, request.source or "api", request.must_exist,
+                      request.source_record, at)
+
+
 def _publish_wait(context: grpc.aio.ServicerContext) -> float:
     """How long a write's answer may wait for its messages to be on the bus: until just before the
     caller's deadline (the caller then hears why, rather than a bare deadline); PUBLISH_WAIT_S for a
@@ -94,7 +100,7 @@ class ScoringServicer(VisitorMethods, scoring_pb2_grpc.ScoringServicer):
         self._versions = versions
 
     async def _upserted(self, items: list[LeadUpsert], context: grpc.aio.ServicerContext
-                        ) -> list[tuple[LeadSnapshot, bool] | InvalidInput | NotFound | EmailTaken]:
+                        ) -> list[tuple[LeadSnapshot, bool] | InvalidInput | NotFound | EmailTaken | Stale]:
         """Upserts in one transaction, answered once their messages are on the bus, as an ingest is
         (published from memory: `Outbox.write`): the lead's next event, whichever replica takes it,
         then comes after them. Not in time (Redis away): `Unconfirmed`; the write is stored, and
@@ -119,8 +125,7 @@ class ScoringServicer(VisitorMethods, scoring_pb2_grpc.ScoringServicer):
             raise errors.invalid_fields({**_profile_problems(fields, request.merge), **problems})
         if not isinstance(fields, dict):
             raise errors.invalid_fields({"fields_json": "must be a JSON object"})
-        [out] = await self._upserted([LeadUpsert(request.id, fields, request.merge, request.source or "api",
-                                                 request.must_exist)], context)
+        [out] = await self._upserted([_upsert_of(request, fields)], context)
         if isinstance(out, InvalidInput):
             raise errors.invalid_fields(out.problems) from out
         if isinstance(out, NotFound):
@@ -129,6 +134,8 @@ class ScoringServicer(VisitorMethods, scoring_pb2_grpc.ScoringServicer):
             # Not the other lead's id: a 409 must not tell who else is on file (docs/INPUT-LIMITS.md).
             raise errors.Conflict(f"{out}; update that lead, or send no id to match it by email",
                                   details={"field": "email"}) from out
+        if isinstance(out, Stale):
+            return scoring_pb2.UpsertLeadReply(lead=lead_proto(out.lead), stale=True)
         lead, created = out
         return scoring_pb2.UpsertLeadReply(lead=lead_proto(lead), created=created)
 
@@ -152,7 +159,7 @@ class ScoringServicer(VisitorMethods, scoring_pb2_grpc.ScoringServicer):
             if problem:
                 results[i] = scoring_pb2.UpsertLeadResult(error_code="invalid", error_message=problem)
             else:
-                todo.append((i, LeadUpsert(r.id, fields, r.merge, r.source or "api", r.must_exist)))
+                todo.append((i, _upsert_of(r, fields)))
         done = await self._upserted([item for _, item in todo], context)
         for (i, _), out in zip(todo, done, strict=True):
             if isinstance(out, InvalidInput):
@@ -163,6 +170,8 @@ class ScoringServicer(VisitorMethods, scoring_pb2_grpc.ScoringServicer):
                                                           error_message=f"no lead {request.leads[i].id}")
             elif isinstance(out, EmailTaken):
                 results[i] = scoring_pb2.UpsertLeadResult(error_code="email_taken", error_message=str(out))
+            elif isinstance(out, Stale):
+                results[i] = scoring_pb2.UpsertLeadResult(lead=lead_proto(out.lead), stale=True)
             else:
                 results[i] = scoring_pb2.UpsertLeadResult(lead=lead_proto(out[0]), created=out[1])
         return scoring_pb2.UpsertLeadsReply(results=[r for r in results if r is not None])

@@ -5,12 +5,13 @@ transactions. The row-to-dict readers live here, as they know the stored encodin
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, NamedTuple, TypeAlias
 
 from opentelemetry.propagate import inject
-from sqlalchemy import Connection, Row, and_, bindparam, delete, func, insert, select, update
+from sqlalchemy import Connection, Row, and_, bindparam, delete, func, insert, select, text, update
 from sqlalchemy.orm import Session
 
 from nurture import busmessage, jsoncodec, limits, times
@@ -153,6 +154,24 @@ def leads_after(s: Session, after: str, limit: int, *, lock: bool) -> list[Row[A
 def lock_lead_rows(s: Session, ids: Sequence[str]) -> list[Row[Any]]:
     """The leads, locked in key order (see _LEADS_FOR_UPDATE)."""
     return list(s.execute(_LEADS_FOR_UPDATE, {"ids": list(ids)}).all())
+
+
+# The advisory-lock space of new leads' emails (two-key form, as nurture.partitions' spaces).
+_EMAIL_LOCK_SPACE = zlib.crc32(b"scoring:lead-email") - (1 << 31)
+_LOCK_EMAILS = text("SELECT pg_advisory_xact_lock(:space, k) FROM unnest(CAST(:keys AS int[])) AS k")
+
+
+def lock_emails(s: Session, emails: Sequence[str]) -> None:
+    """On PostgreSQL, hold these addresses (whatever their case) to the end of the transaction, before
+    reading the leads that have them: two transactions creating a lead for one new address (two CRM
+    webhooks of a new contact at two crm_sync replicas) take turns, and the second matches the first's
+    lead instead of making a second one (`scoring_leads.email` is not unique: leads from before the
+    one-person-one-lead rule may share one). Keys in ascending order, so two batches never deadlock;
+    a hash collision only makes two addresses wait for each other. SQLite has one writer already."""
+    if not emails or s.get_bind().dialect.name != "postgresql":
+        return
+    keys = sorted({zlib.crc32(e.lower().encode()) - (1 << 31) for e in emails})
+    s.execute(_LOCK_EMAILS, {"space": _EMAIL_LOCK_SPACE, "keys": keys})
 
 
 def leads_by_emails(s: Session, emails: Sequence[str]) -> list[Row[Any]]:

@@ -43,6 +43,10 @@ leads = Table(
     Column("last_engaged_at", DateTime(timezone=True), nullable=True),
     # When the lead next goes quiet (engagement_lapsed + decay); the Settle/timer sweep reads this index.
     Column("lapse_due_at", DateTime(timezone=True), nullable=True, index=True),
+    # The last modification of a source record (a CRM contact, `UpsertLeadRequest.source_record`)
+    # applied to the lead: an older one of the same record is refused as stale.
+    Column("source_record", String(300), nullable=True),
+    Column("source_modified_at", DateTime(timezone=True), nullable=True),
 )
 # One person is one lead: upserts match and check emails whatever their case.
 Index("ix_scoring_leads_email_lower", func.lower(leads.c.email))

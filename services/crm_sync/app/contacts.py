@@ -8,7 +8,6 @@ import functools
 import hashlib
 import json
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import NamedTuple
@@ -79,12 +78,23 @@ class _Plan(NamedTuple):
 
 
 class _Upserted(NamedTuple):
-    """Scoring's answer for one contact: the lead, or an error code and message."""
+    """Scoring's answer for one contact: the lead, or an error code and message; `stale`: scoring had
+    applied a later modification of this contact (possibly taken by another replica), nothing changed."""
 
     lead: scoring_pb2.Lead | None
     created: bool
     error_code: str
     error_message: str
+    stale: bool = False
+
+
+def _stale_line(lead_id: str, at: datetime, crm: str, c: ContactIn, last_seen: datetime | None) -> st.TimelineEntry:
+    """The timeline's note of a contact update ignored as older than one already applied."""
+    details: JsonObject = {"crm": crm, "crm_id": c.crm_id, "modified_at": c.modified_at}
+    if last_seen is not None:
+        details["last_seen"] = last_seen
+    return st.timeline_row(lead_id, at, "contact_stale",
+                           f"Ignored an out-of-order update of CRM contact {c.crm_id}", details)
 
 
 def crm_lead_id(crm: str, crm_id: str) -> str:
@@ -103,6 +113,7 @@ class InboundContacts(CoreBase):
     async def upsert_contact(self, crm: str, c: ContactIn) -> ContactResult:
         # Deliveries that may meet the same lead (same CRM id, email or lead id) run one after the
         # other; everything else joins the next batch. Locks are taken in sorted order (no deadlock).
+        # They are this process's only: across replicas, scoring and the locked row write judge the order.
         keys = sorted({f"{crm}:{kind}:{value}" for kind, value in
                        (("id", c.crm_id), ("email", c.email.lower()), ("lead", c.lead_id)) if value})
         async with contextlib.AsyncExitStack() as stack:
@@ -116,7 +127,7 @@ class InboundContacts(CoreBase):
         rows = await self.read(lambda s: st.find_leads(
             s, [st.LeadQuery(crm, c.crm_id or None, c.lead_id or None, c.email or None) for crm, c in items]))
         out: list[ContactResult | BaseException] = [ContactResult(c.crm_id) for _, c in items]
-        stale: list[Callable[[Session], None]] = []
+        stale: list[st.TimelineEntry] = []
         plans: list[_Plan] = []
         requests: list[scoring_pb2.UpsertLeadRequest] = []
         started = self.clock.now()
@@ -130,11 +141,7 @@ class InboundContacts(CoreBase):
                                                sort_keys=True, default=str).encode()).hexdigest()[:32]
             if row and row.crm_id == c.crm_id and row.contact_modified_at:
                 if c.modified_at < row.contact_modified_at:
-                    stale.append(functools.partial(
-                        st.add_timeline, lead_id=row.lead_id, at=self.clock.now(), type_="contact_stale",
-                        summary=f"Ignored an out-of-order update of CRM contact {c.crm_id}",
-                        details={"crm": crm, "crm_id": c.crm_id, "modified_at": c.modified_at,
-                                 "last_seen": row.contact_modified_at}))
+                    stale.append(_stale_line(row.lead_id, self.clock.now(), crm, c, row.contact_modified_at))
                     out[i] = replace(result, lead_id=row.lead_id, status="stale")
                     continue
                 if c.modified_at == row.contact_modified_at and row.inbound_hash == digest:
@@ -157,8 +164,15 @@ class InboundContacts(CoreBase):
                 lead_id = crm_lead_id(crm, c.crm_id)
             out[i] = result
             plans.append(_Plan(i, crm, c, row, digest, merged))
-            requests.append(scoring_pb2.UpsertLeadRequest(id=lead_id, fields_json=jsoncodec.dumps(fields), merge=True,
-                                                          source=f"crm:{crm}"))
+            request = scoring_pb2.UpsertLeadRequest(id=lead_id, fields_json=jsoncodec.dumps(fields), merge=True,
+                                                    source=f"crm:{crm}")
+            if c.crm_id:
+                # Scoring refuses this write if it applied a later modification of this contact: the
+                # check above read our row without a lock, and another replica may be writing the
+                # same contact right now (docs/ARCHITECTURE.md, "CRM inbound order").
+                request.source_record = f"{crm}:{c.crm_id}"
+                request.source_modified_at.FromDatetime(c.modified_at)
+            requests.append(request)
         replies = await self._scoring_upserts(requests)
         now = self.clock.now()
         writes: list[tuple[int, ContactWrite]] = []
@@ -168,6 +182,11 @@ class InboundContacts(CoreBase):
             assert isinstance(base, ContactResult)
             if reply.lead is None:
                 out[i] = replace(base, error_code=reply.error_code, error_message=reply.error_message)
+                continue
+            if reply.stale:
+                last = plan.row.contact_modified_at if plan.row and plan.row.crm_id == plan.contact.crm_id else None
+                stale.append(_stale_line(reply.lead.id, now, plan.crm, plan.contact, last))
+                out[i] = replace(base, lead_id=reply.lead.id, status="stale")
                 continue
             lead = lead_from_proto(reply.lead)
             status = "created" if reply.created else ("updated" if merged.fields or not plan.row else "unchanged")
@@ -179,30 +198,46 @@ class InboundContacts(CoreBase):
             return out
         entries = [w for _, w in writes]
         try:
-            await self.writer.submit(functools.partial(self._write_contacts, entries=entries, stale=stale))
-            self.stats.inbound += len(entries)
+            late = await self.writer.submit(functools.partial(self._write_contacts, entries=entries, stale=stale))
+            self.stats.inbound += len(entries) - len(late)
         except Exception:
             # The batch's transaction failed: contact by contact, so one bad contact fails alone.
             log.warning("contact batch write failed; writing one by one", exc_info=True)
             done = await asyncio.gather(*(self.writer.submit(functools.partial(
                 self._write_contacts, entries=[w], stale=[])) for w in entries), return_exceptions=True)
-            for (i, _), res in zip(writes, done, strict=True):
+            late = set()
+            for n, ((i, _), res) in enumerate(zip(writes, done, strict=True)):
                 if isinstance(res, BaseException):
                     out[i] = res
+                elif res:
+                    late.add(n)
                 else:
                     self.stats.inbound += 1
+        for n in late:
+            i = writes[n][0]
+            base = out[i]
+            assert isinstance(base, ContactResult)
+            out[i] = replace(base, status="stale", conflicts=())
         return out
 
     def _write_contacts(self, s: Session, *, entries: list[ContactWrite],
-                        stale: list[Callable[[Session], None]]) -> None:
-        """Record applied contacts in a few statements per batch (not several per contact)."""
+                        stale: list[st.TimelineEntry]) -> set[int]:
+        """Record applied contacts in a few statements per batch (not several per contact). Answers
+        which entries (by position) it left out: a later modification of the contact was recorded
+        first (by another replica: its row, read locked here, is the judge), so this one is stale."""
         existing = st.get_leads(s, [e.lead["id"] for e in entries], lock=True)
         recs: dict[str, st.LeadRecord] = {}
         owners: dict[tuple[str, str], str] = {}
-        timeline: list[st.TimelineEntry] = []
-        for e in entries:
+        timeline: list[st.TimelineEntry] = list(stale)
+        late: set[int] = set()
+        for n, e in enumerate(entries):
             lead_id, c = e.lead["id"], e.c
             rec = recs.get(lead_id) or existing.get(lead_id) or st.new_lead_row(lead_id, e.now)
+            if (c.crm_id and rec.crm == e.crm and rec.crm_id == c.crm_id and rec.contact_modified_at
+                    and c.modified_at < rec.contact_modified_at):
+                timeline.append(_stale_line(lead_id, e.now, e.crm, c, rec.contact_modified_at))
+                late.add(n)
+                continue
             if c.crm_id:
                 rec.crm, rec.crm_id = e.crm, c.crm_id
                 owners[(e.crm, c.crm_id)] = lead_id
@@ -230,8 +265,7 @@ class InboundContacts(CoreBase):
         st.save_leads(s, [r for i, r in recs.items() if i not in existing],
                       [r for i, r in recs.items() if i in existing])
         st.add_timelines(s, timeline)
-        for fn in stale:
-            fn(s)
+        return late
 
     async def _scoring_upserts(self, requests: list[scoring_pb2.UpsertLeadRequest]) -> list[_Upserted]:
         """What scoring made of each request, from one UpsertLeads call."""
@@ -247,7 +281,7 @@ class InboundContacts(CoreBase):
                 return [_Upserted(None, False, code, exc.details() or exc.code().name)] * len(requests)
             # A scoring from before UpsertLeads (a rolling upgrade): one call per lead.
             return list(await asyncio.gather(*(self._scoring_upsert(r) for r in requests)))
-        return [_Upserted(r.lead, r.created, "", "") if not r.error_code else
+        return [_Upserted(r.lead, r.created, "", "", r.stale) if not r.error_code else
                 _Upserted(None, False, "unknown_lead" if r.error_code == "not_found" else r.error_code,
                           r.error_message)
                 for r in reply.results]
@@ -259,4 +293,4 @@ class InboundContacts(CoreBase):
             code = "invalid" if exc.code() == grpc.StatusCode.INVALID_ARGUMENT else (
                 "unknown_lead" if exc.code() == grpc.StatusCode.NOT_FOUND else "unavailable")
             return _Upserted(None, False, code, exc.details() or exc.code().name)
-        return _Upserted(reply.lead, reply.created, "", "")
+        return _Upserted(reply.lead, reply.created, "", "", reply.stale)

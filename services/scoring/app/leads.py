@@ -26,22 +26,45 @@ from services.scoring.app.outbox import HandOff, placed
 from services.scoring.domain import messages
 from services.scoring.domain.addresses import FLAGS_ATTRIBUTE, check_email, email_flags
 from services.scoring.domain.profile import email_hash, regrade
-from services.scoring.domain.records import EmailTaken, InvalidInput, LeadUpsert, NotFound, OutboxRow
+from services.scoring.domain.records import EmailTaken, InvalidInput, LeadUpsert, NotFound, OutboxRow, Stale
 from services.scoring.domain.validation import LEAD_ID, PROFILE_FIELDS, validate_profile
 from services.scoring.storage_visitors import erase_visitors_of_lead
 
+# The stored column's width (tables.leads.source_record).
+SOURCE_RECORD_CHARS = 300
 
-def _check(lead_id: str, fields: JsonMapping, merge: bool) -> JsonMapping:
+
+def _check(item: LeadUpsert) -> JsonMapping:
     """The fields as stored (the email normalised), or InvalidInput with every problem."""
-    problems = validate_profile(fields, partial=merge)
+    lead_id, fields = item.lead_id, item.fields
+    problems = validate_profile(fields, partial=item.merge)
     if lead_id and not LEAD_ID.fullmatch(lead_id):
         problems["id"] = "must be 1-128 letters, digits or _.:@-"
+    if len(item.source_record) > SOURCE_RECORD_CHARS:
+        problems["source_record"] = f"must be at most {SOURCE_RECORD_CHARS} characters"
     if problems:
         raise InvalidInput(problems)
     email = fields.get("email")
     if isinstance(email, str) and email:
         return {**fields, "email": check_email(email)[0]}
     return fields
+
+
+def _source_stamp(row: Mapping[str, Any] | None, item: LeadUpsert, now: datetime) -> dict[str, Any]:
+    """The source columns to store with the lead for this upsert ({} when nothing to store), or Stale
+    when the lead already has a later modification of the same source record. Called with the lead's
+    row locked, so of two deliveries of one record racing (two CRM webhooks at two replicas), the one
+    applied last is never the older."""
+    at = item.source_modified_at
+    if at is None or not item.source_record:
+        return {}
+    if row is not None and row["source_record"] == item.source_record:
+        last = aware(row["source_modified_at"])
+        if last is not None and at < last:
+            raise Stale(st.lead_snapshot(row, now))
+        if last == at:
+            return {}
+    return {"source_record": item.source_record, "source_modified_at": at}
 
 
 class TimelineLine(NamedTuple):
@@ -61,11 +84,14 @@ class _Batch:
     reads and changes them here; `flush` writes the new and changed rows in a few statements. A batch
     of CRM contacts had cost five statements per lead (lock, match, check, insert, read back)."""
 
-    def __init__(self, s: Session, ids: Sequence[str], emails: Sequence[str]) -> None:
+    def __init__(self, s: Session, ids: Sequence[str], emails: Sequence[str], matched: Sequence[str]) -> None:
         self.rows: dict[str, dict[str, Any]] = {}
         self._emails: dict[str, set[str]] = {}
         self._new: set[str] = set()
         self._changed: dict[str, set[str]] = {}
+        # The addresses an upsert without an id matches or creates a lead by: first, before any lead
+        # row's lock (every batch takes them in that order).
+        st.lock_emails(s, matched)
         for row in st.lock_lead_rows(s, sorted(set(ids))) if ids else []:
             self._keep(dict(row._mapping))
         for row in st.leads_by_emails(s, sorted(set(emails))) if emails else []:
@@ -121,9 +147,10 @@ class Leads(CoreBase):
         return out
 
     def _upsert(
-        self, batch: _Batch, lead_id: str, fields: JsonMapping, *, merge: bool, source: str, must_exist: bool,
-        now: datetime, s: Session, messages_out: list[BusMessage],
+        self, batch: _Batch, item: LeadUpsert, fields: JsonMapping, *, now: datetime, s: Session,
+        messages_out: list[BusMessage],
     ) -> tuple[LeadSnapshot, bool]:
+        lead_id, merge, source, must_exist = item.lead_id, item.merge, item.source, item.must_exist
         row: dict[str, Any] | None = None
         if lead_id:
             row = batch.rows.get(lead_id)
@@ -132,12 +159,14 @@ class Leads(CoreBase):
             row = batch.by_email(str(fields["email"]))
         if row is None and must_exist:
             raise NotFound(lead_id)
+        stamp = _source_stamp(row, item, now)
         created = row is None
         current: dict[str, Any] = dict(row) if row else {
             "id": lead_id or uuid.uuid4().hex, "attributes": "{}", "consent": "{}", "counters": "{}",
             "recent": "{}", "interests": "{}", "score": 0, "grade": "D", "version": 0,
             "lifecycle_stage": self.model.stage_order[0], "created_at": now, "last_engaged_at": None,
-            "lapse_due_at": None, **{f: None for f in PROFILE_FIELDS},
+            "lapse_due_at": None, "source_record": None, "source_modified_at": None,
+            **{f: None for f in PROFILE_FIELDS},
         }
         email = fields.get("email")
         if email and str(email).lower() != str(current["email"] or "").lower():
@@ -175,15 +204,18 @@ class Leads(CoreBase):
                         st.add_consent_audit(s, current["id"], now, source, channel, given)
         regrade(self.model, current, changes, attributes)
         if not created and not changes:
+            if stamp:  # the source moved on with nothing to change here: a later older write is stale
+                assert row is not None
+                batch.update(row, stamp)
             return st.lead_snapshot(current, now), False
         changes["updated_at"] = now
         changes["version"] = int(current["version"]) + 1
         if created:
-            current.update(changes)
+            current.update(changes, **stamp)
             batch.insert(current)
         else:
             assert row is not None
-            batch.update(row, changes)
+            batch.update(row, {**changes, **stamp})
             current = row
         snapshot = st.lead_snapshot(current, now)
         kind = "lead_created" if created else "lead_updated"
@@ -195,7 +227,7 @@ class Leads(CoreBase):
     def upsert_leads(
         self, items: Sequence[LeadUpsert], now: datetime, published: Sequence[int] = (),
         reserve: Callable[[], HandOff] | None = None,
-    ) -> list[tuple[LeadSnapshot, bool] | InvalidInput | NotFound | EmailTaken]:
+    ) -> list[tuple[LeadSnapshot, bool] | InvalidInput | NotFound | EmailTaken | Stale]:
         """Many upserts in one transaction: one commit for a whole batch. Input problems are found
         before anything is read or written, so a bad lead fails alone.
 
@@ -212,36 +244,39 @@ class Leads(CoreBase):
     def _upsert_leads(
         self, items: Sequence[LeadUpsert], now: datetime, published: Sequence[int],
         reserve: Callable[[], HandOff] | None, places: list[HandOff],
-    ) -> tuple[list[tuple[LeadSnapshot, bool] | InvalidInput | NotFound | EmailTaken], list[OutboxRow],
+    ) -> tuple[list[tuple[LeadSnapshot, bool] | InvalidInput | NotFound | EmailTaken | Stale], list[OutboxRow],
                list[OutboxRow]]:
         checked: list[JsonMapping | InvalidInput] = []
         for item in items:
             try:
-                checked.append(_check(item.lead_id, item.fields, item.merge))
+                checked.append(_check(item))
             except InvalidInput as exc:
                 checked.append(exc)
         ids = [item.lead_id for item, f in zip(items, checked, strict=True)
                if item.lead_id and not isinstance(f, InvalidInput)]
         emails = [str(f["email"]) for f in checked if not isinstance(f, InvalidInput) and f.get("email")]
-        out: list[tuple[LeadSnapshot, bool] | InvalidInput | NotFound | EmailTaken] = []
+        matched = [str(f["email"]) for item, f in zip(items, checked, strict=True)
+                   if not item.lead_id and not item.must_exist and not isinstance(f, InvalidInput) and f.get("email")]
+        out: list[tuple[LeadSnapshot, bool] | InvalidInput | NotFound | EmailTaken | Stale] = []
         again: list[OutboxRow] = []
         with self._sessions() as s:
             if published:
                 st.delete_outbox(self._writes, s.connection(), published)
-            batch = _Batch(s, ids, emails)
+            batch = _Batch(s, ids, emails, matched)
             announced: list[BusMessage] = []
             for item, fields in zip(items, checked, strict=True):
                 if isinstance(fields, InvalidInput):
                     out.append(fields)
                     continue
                 try:
-                    out.append(self._upsert(batch, item.lead_id, fields, merge=item.merge, source=item.source,
-                                            must_exist=item.must_exist, now=now, s=s, messages_out=announced))
-                except (NotFound, EmailTaken) as exc:
+                    out.append(self._upsert(batch, item, fields, now=now, s=s, messages_out=announced))
+                except (NotFound, EmailTaken, Stale) as exc:
                     out.append(exc)
             batch.flush(self._writes, s)
             if reserve is not None:
-                known = sorted({r[0].id for r in out if isinstance(r, tuple) and not r[1]})
+                # A stale upsert too: the later write it lost to may be another replica's, not yet published.
+                known = sorted({r[0].id for r in out if isinstance(r, tuple) and not r[1]}
+                               | {r.lead.id for r in out if isinstance(r, Stale)})
                 again = st.outbox_of_leads(self._writes, s.connection(), known) if known else []
             written = st.insert_outbox(self._writes, s, announced)
             if reserve is not None:  # every lead with a message is written, so locked, until the commit

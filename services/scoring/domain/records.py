@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import NamedTuple, NotRequired, TypedDict
 
+from nurture.busmessage import LeadSnapshot
 from nurture.jsontypes import JsonMapping, JsonObject
 
 
@@ -30,6 +31,15 @@ class EmailTaken(ValueError):
         # The message names neither lead: it reaches API callers (a 409), the other id stays internal.
         super().__init__("this email belongs to another lead")
         self.lead_id = lead_id
+
+
+class Stale(Exception):  # noqa: N818 (an outcome, as NotFound is)
+    """The upsert copies a source record's modification older than one already applied to the lead
+    (`LeadUpsert.source_modified_at`): nothing written; `lead` is the lead as it stands."""
+
+    def __init__(self, lead: LeadSnapshot) -> None:
+        super().__init__("a later modification of this source record was applied")
+        self.lead = lead
 
 
 class ScoredProfile(TypedDict):
@@ -101,6 +111,10 @@ class LeadUpsert:
     merge: bool
     source: str
     must_exist: bool
+    # The source record this upsert copies (e.g. "<crm>:<contact id>") and when the source modified
+    # it: an older modification than the lead's last applied one of the same record is Stale.
+    source_record: str = ""
+    source_modified_at: datetime | None = None
 
 
 @dataclass(frozen=True)

@@ -50,26 +50,32 @@ class Lead(_message.Message):
     def __init__(self, id: _Optional[str] = ..., email: _Optional[str] = ..., first_name: _Optional[str] = ..., last_name: _Optional[str] = ..., segment: _Optional[str] = ..., timezone: _Optional[str] = ..., locale: _Optional[str] = ..., attributes_json: _Optional[str] = ..., consent_json: _Optional[str] = ..., score: _Optional[int] = ..., grade: _Optional[str] = ..., lifecycle_stage: _Optional[str] = ..., counters_json: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_engaged_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., crm_id: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
 
 class UpsertLeadRequest(_message.Message):
-    __slots__ = ("id", "fields_json", "merge", "source", "must_exist")
+    __slots__ = ("id", "fields_json", "merge", "source", "must_exist", "source_modified_at", "source_record")
     ID_FIELD_NUMBER: _ClassVar[int]
     FIELDS_JSON_FIELD_NUMBER: _ClassVar[int]
     MERGE_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     MUST_EXIST_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_MODIFIED_AT_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_RECORD_FIELD_NUMBER: _ClassVar[int]
     id: str
     fields_json: str
     merge: bool
     source: str
     must_exist: bool
-    def __init__(self, id: _Optional[str] = ..., fields_json: _Optional[str] = ..., merge: _Optional[bool] = ..., source: _Optional[str] = ..., must_exist: _Optional[bool] = ...) -> None: ...
+    source_modified_at: _timestamp_pb2.Timestamp
+    source_record: str
+    def __init__(self, id: _Optional[str] = ..., fields_json: _Optional[str] = ..., merge: _Optional[bool] = ..., source: _Optional[str] = ..., must_exist: _Optional[bool] = ..., source_modified_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., source_record: _Optional[str] = ...) -> None: ...
 
 class UpsertLeadReply(_message.Message):
-    __slots__ = ("lead", "created")
+    __slots__ = ("lead", "created", "stale")
     LEAD_FIELD_NUMBER: _ClassVar[int]
     CREATED_FIELD_NUMBER: _ClassVar[int]
+    STALE_FIELD_NUMBER: _ClassVar[int]
     lead: Lead
     created: bool
-    def __init__(self, lead: _Optional[_Union[Lead, _Mapping]] = ..., created: _Optional[bool] = ...) -> None: ...
+    stale: bool
+    def __init__(self, lead: _Optional[_Union[Lead, _Mapping]] = ..., created: _Optional[bool] = ..., stale: _Optional[bool] = ...) -> None: ...
 
 class UpsertLeadsRequest(_message.Message):
     __slots__ = ("leads",)
@@ -78,16 +84,18 @@ class UpsertLeadsRequest(_message.Message):
     def __init__(self, leads: _Optional[_Iterable[_Union[UpsertLeadRequest, _Mapping]]] = ...) -> None: ...
 
 class UpsertLeadResult(_message.Message):
-    __slots__ = ("lead", "created", "error_code", "error_message")
+    __slots__ = ("lead", "created", "error_code", "error_message", "stale")
     LEAD_FIELD_NUMBER: _ClassVar[int]
     CREATED_FIELD_NUMBER: _ClassVar[int]
     ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
     ERROR_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    STALE_FIELD_NUMBER: _ClassVar[int]
     lead: Lead
     created: bool
     error_code: str
     error_message: str
-    def __init__(self, lead: _Optional[_Union[Lead, _Mapping]] = ..., created: _Optional[bool] = ..., error_code: _Optional[str] = ..., error_message: _Optional[str] = ...) -> None: ...
+    stale: bool
+    def __init__(self, lead: _Optional[_Union[Lead, _Mapping]] = ..., created: _Optional[bool] = ..., error_code: _Optional[str] = ..., error_message: _Optional[str] = ..., stale: _Optional[bool] = ...) -> None: ...
 
 class UpsertLeadsReply(_message.Message):
     __slots__ = ("results",)

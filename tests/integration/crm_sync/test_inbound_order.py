@@ -1,0 +1,211 @@
+"""Two crm_sync replicas take two versions of one CRM contact at the same moment (a CRM delivers its
+webhooks concurrently and out of order): the newer modification wins in scoring's lead and in
+crm_sync's row, whichever replica takes which version and whichever arrives first; the older answers
+`stale` (or `updated`, when it was applied before the newer one arrived). Each replica calls its own
+scoring replica, so the only meeting point is the database.
+
+Replicas run on PostgreSQL only (`nurture up --replicas` refuses SQLite), so this skips on SQLite."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import pytest
+import redis
+import sqlalchemy as sa
+
+from nurture.api.crm_sync.v1 import crm_sync_pb2, crm_sync_pb2_grpc
+from nurture.api.scoring.v1 import scoring_pb2, scoring_pb2_grpc
+from nurture.clock import VirtualClock
+from nurture.service import Running
+from nurture.settings import Settings
+from tests.conftest import free_port, mesh_channel, start_service
+from tests.integration.crm_sync.conftest import AUTH, TOKEN, Emulator
+
+pytestmark = pytest.mark.anyio
+
+ROUNDS = 24
+
+
+@dataclass
+class Replicas:
+    settings: Settings
+    crm: list[crm_sync_pb2_grpc.CrmSyncStub]
+    scoring: scoring_pb2_grpc.ScoringStub
+    clock: VirtualClock
+
+
+@pytest.fixture
+async def replicas(settings: Settings, emulator: Emulator) -> AsyncIterator[Replicas]:
+    if not settings.database_url:
+        pytest.skip("replicas share one PostgreSQL database (NURTURE_TEST_DATABASE_URL); SQLite runs one process")
+    running: list[Running] = []
+    channels = []
+    try:
+        for _ in range(2):
+            running.append(await start_service("scoring", settings))
+        crm_settings = [settings.with_overrides(crm_url=emulator.url, scoring_addr=s.address,
+                                                journeys_addr=f"127.0.0.1:{free_port()}",
+                                                crm_tokens={"test-crm": TOKEN}) for s in running[:2]]
+        for s in crm_settings:
+            running.append(await start_service("crm_sync", s))
+        channels = [mesh_channel(r.address) for r in running]
+        yield Replicas(settings=crm_settings[0], crm=[crm_sync_pb2_grpc.CrmSyncStub(c) for c in channels[2:]],
+                       scoring=scoring_pb2_grpc.ScoringStub(channels[0]),
+                       clock=VirtualClock(redis.Redis.from_url(settings.redis_url)))
+    finally:
+        for c in channels:
+            await c.close()
+        for r in reversed(running):
+            await asyncio.wait_for(r.stop(grace=0.5), 10)
+
+
+def contact(crm_id: str, at: datetime, first_name: str, company: str) -> crm_sync_pb2.Contact:
+    c = crm_sync_pb2.Contact(crm_id=crm_id, email="ana@example.com", first_name=first_name,
+                             properties_json=json.dumps({"company": company}))
+    c.modified_at.FromDatetime(at)
+    return c
+
+
+async def upsert(stub: crm_sync_pb2_grpc.CrmSyncStub, c: crm_sync_pb2.Contact) -> crm_sync_pb2.ContactResult:
+    reply = await stub.UpsertContacts(crm_sync_pb2.UpsertContactsRequest(contacts=[c]), metadata=AUTH, timeout=30)
+    [result] = reply.results
+    return result
+
+
+async def test_the_newer_of_two_concurrent_versions_wins_across_replicas(replicas: Replicas) -> None:
+    t0 = replicas.clock.now() - timedelta(days=1)
+    first = await upsert(replicas.crm[0], contact("c-1", t0, "First", "first"))
+    assert first.status == "created", first
+    lead_id = first.lead_id
+    engine = sa.create_engine(replicas.settings.database_url_for("crm_sync"))
+    outcomes: dict[str, int] = {}
+    try:
+        for n in range(1, ROUNDS + 1):
+            older_at, newer_at = t0 + timedelta(minutes=2 * n), t0 + timedelta(minutes=2 * n + 1)
+            older = contact("c-1", older_at, f"Old{n}", f"old-{n}")
+            newer = contact("c-1", newer_at, f"New{n}", f"new-{n}")
+            # Each version to each replica, each sent first, in turn.
+            old_stub, new_stub = replicas.crm[n % 2], replicas.crm[1 - n % 2]
+            if (n // 2) % 2:
+                old_r, new_r = await asyncio.gather(upsert(old_stub, older), upsert(new_stub, newer))
+            else:
+                new_r, old_r = await asyncio.gather(upsert(new_stub, newer), upsert(old_stub, older))
+            assert new_r.status == "updated", (n, new_r)
+            assert old_r.status in ("stale", "updated"), (n, old_r)
+            outcomes[old_r.status] = outcomes.get(old_r.status, 0) + 1
+            lead = await replicas.scoring.GetLead(scoring_pb2.GetLeadRequest(id=lead_id), timeout=5)
+            assert (lead.first_name, json.loads(lead.attributes_json).get("company")) == (f"New{n}", f"new-{n}"), n
+            with engine.connect() as conn:
+                row = conn.execute(sa.text("SELECT contact_modified_at FROM crm_sync_leads WHERE lead_id = :l"),
+                                   {"l": lead_id}).one()
+            assert row.contact_modified_at == newer_at, n
+    finally:
+        engine.dispose()
+    # Sent at the same moment, the two meet: most rounds, the older one comes second.
+    # Sent at the same moment, the two meet: when the newer is sent first, the older comes second.
+    assert outcomes.get("stale", 0) >= ROUNDS // 4, outcomes
+
+
+async def wait_until(check: Callable[[], bool], what: str) -> None:
+    for _ in range(400):
+        if check():
+            return
+        await asyncio.sleep(0.025)
+    raise AssertionError(f"timed out waiting until {what}")
+
+
+def waiting(engine: sa.Engine) -> int:
+    """How many of the database's sessions wait for a lock."""
+    with engine.connect() as conn:
+        return int(conn.execute(sa.text("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                                        " AND wait_event_type = 'Lock'")).scalar_one())
+
+
+async def test_an_older_version_applied_first_in_scoring_but_recorded_last_is_stale(replicas: Replicas) -> None:
+    """The other interleaving: scoring applies the older version, then the newer (both in order), but
+    the older's replica records its row last (its writes queue behind a slow transaction). Its row
+    write must find the newer one there, under the row's lock, and answer stale."""
+    t0 = replicas.clock.now() - timedelta(days=1)
+    first = await upsert(replicas.crm[0], contact("c-2", t0, "First", "first"))
+    lead_id = first.lead_id
+    scoring_db = sa.create_engine(replicas.settings.database_url_for("scoring"))
+    crm_db = sa.create_engine(replicas.settings.database_url_for("crm_sync"))
+
+    def scoring_has(at: datetime) -> bool:
+        with scoring_db.connect() as conn:
+            stored = conn.execute(sa.text("SELECT source_modified_at FROM scoring_leads WHERE id = :l"),
+                                  {"l": lead_id}).scalar_one()
+        return bool(stored == at)
+
+    try:
+        older = contact("c-2", t0 + timedelta(minutes=1), "Old", "old")
+        newer = contact("c-2", t0 + timedelta(minutes=2), "New", "new")
+        act = crm_sync_pb2.Activity(activity_id="note-1", crm_id="c-2", kind="note", body="slow write")
+        act.modified_at.FromDatetime(t0)
+        with crm_db.connect() as blocker:
+            # Replica 0's writes wait behind an activity of its own whose insert waits for this lock
+            # (reads go on: EXCLUSIVE lets plain SELECTs through).
+            blocker.execute(sa.text("LOCK TABLE crm_sync_inbound IN EXCLUSIVE MODE"))
+            slow = asyncio.ensure_future(replicas.crm[0].RecordActivity(
+                crm_sync_pb2.RecordActivityRequest(activity=act), metadata=AUTH, timeout=30))
+            await wait_until(lambda: waiting(crm_db) == 1, "the activity's write waits for the lock")
+            old_call = asyncio.ensure_future(upsert(replicas.crm[0], older))
+            await wait_until(lambda: scoring_has(t0 + timedelta(minutes=1)), "scoring applied the older version")
+            new_r = await upsert(replicas.crm[1], newer)
+            assert new_r.status == "updated", new_r
+            assert not old_call.done()
+            blocker.rollback()
+        old_r = await old_call
+        assert (await slow).status == "recorded"
+        assert old_r.status == "stale", old_r
+        lead = await replicas.scoring.GetLead(scoring_pb2.GetLeadRequest(id=lead_id), timeout=5)
+        assert lead.first_name == "New" and json.loads(lead.attributes_json)["company"] == "new"
+        with crm_db.connect() as conn:
+            row = conn.execute(sa.text("SELECT contact_modified_at, fields FROM crm_sync_leads WHERE lead_id = :l"),
+                               {"l": lead_id}).one()
+            notes = conn.execute(sa.text("SELECT type FROM crm_sync_timeline WHERE lead_id = :l"),
+                                 {"l": lead_id}).scalars().all()
+        assert row.contact_modified_at == t0 + timedelta(minutes=2)
+        assert json.loads(row.fields)["first_name"]["crm_value"] == "New"
+        assert "contact_stale" in notes
+    finally:
+        scoring_db.dispose()
+        crm_db.dispose()
+
+
+async def test_the_first_delivery_of_a_new_contact_at_two_replicas_makes_one_lead(replicas: Replicas) -> None:
+    """No lead yet: scoring matches both by email, and takes them in turn (the address is locked before
+    the match), so the second finds the first's lead; the newer version wins as above."""
+    t0 = replicas.clock.now() - timedelta(days=1)
+    crm_db = sa.create_engine(replicas.settings.database_url_for("crm_sync"))
+    scoring_db = sa.create_engine(replicas.settings.database_url_for("scoring"))
+    try:
+        for n in range(10):
+            older = crm_sync_pb2.Contact(crm_id=f"n-{n}", email=f"New{n}@example.com", first_name="Older")
+            older.modified_at.FromDatetime(t0)
+            newer = crm_sync_pb2.Contact(crm_id=f"n-{n}", email=f"new{n}@example.com", first_name="Newer")
+            newer.modified_at.FromDatetime(t0 + timedelta(minutes=1))
+            old_stub, new_stub = replicas.crm[n % 2], replicas.crm[1 - n % 2]
+            if n % 4 < 2:
+                old_r, new_r = await asyncio.gather(upsert(old_stub, older), upsert(new_stub, newer))
+            else:
+                new_r, old_r = await asyncio.gather(upsert(new_stub, newer), upsert(old_stub, older))
+            assert new_r.status in ("created", "updated") and old_r.status in ("created", "updated", "stale"), \
+                (n, old_r, new_r)
+            assert old_r.lead_id == new_r.lead_id, n
+            with scoring_db.connect() as conn:
+                leads = conn.execute(sa.text("SELECT id, first_name FROM scoring_leads WHERE lower(email) = :e"),
+                                     {"e": f"new{n}@example.com"}).all()
+            with crm_db.connect() as conn:
+                row = conn.execute(sa.text("SELECT lead_id, contact_modified_at FROM crm_sync_leads"
+                                           " WHERE crm_id = :c"), {"c": f"n-{n}"}).one()
+            assert [tuple(x) for x in leads] == [(new_r.lead_id, "Newer")], n
+            assert (row.lead_id, row.contact_modified_at) == (new_r.lead_id, t0 + timedelta(minutes=1)), n
+    finally:
+        crm_db.dispose()
+        scoring_db.dispose()
