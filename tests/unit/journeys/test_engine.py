@@ -588,9 +588,24 @@ def test_skip_options_are_validated() -> None:
     doc = {"key": "x", "kind": "sequence", "steps": [
         {"id": "a", "type": "send", "skip_if_late": "soon"},
         {"id": "b", "type": "send", "skip_after": {"anchor": "nope"}},
-        {"id": "w", "type": "wait", "delay": "1d", "skip_if_late": "1d"}, {"id": "e", "type": "end"}]}
+        {"id": "w", "type": "wait", "delay": "1d", "skip_if_late": "1d"},
+        {"id": "c", "type": "send", "skip_after": {"delay": "1d"}, "skip_from": {"delay": "1d"}},
+        {"id": "d", "type": "send", "skip_from": {"anchor": "nope"}},
+        {"id": "v", "type": "wait", "delay": "1d", "not_after": {"anchor": "entered_at", "offset": "1d"},
+         "skip_from": {"delay": "1d"}},
+        {"id": "u", "type": "wait", "until": {"anchor": "entered_at", "offset": "2d"}, "not_after": {"anchor": "nope"}},
+        {"id": "t", "type": "send", "not_after": {"delay": "1d"}},
+        {"id": "e", "type": "end"}]}
     with pytest.raises(DefinitionError) as err:
         load(doc)
+    both = "step c: one of skip_after (after that time) or skip_from (from that time on), not both"
+    assert both in err.value.problems
+    assert "step d.skip_from: unknown anchor 'nope' (declare it under anchors)" in err.value.problems
+    assert "step v: skip_from applies to send, task, webhook and update steps" in err.value.problems
+    for sid in ("v", "t"):
+        assert (f"step {sid}: not_after applies to until waits (the wait ends at the earlier of the two)"
+                in err.value.problems)
+    assert "step u.not_after: unknown anchor 'nope' (declare it under anchors)" in err.value.problems
     assert "step a.skip_if_late: bad duration 'soon' (expected e.g. 2d, -2h, 30m)" in err.value.problems
     assert "step b.skip_after: unknown anchor 'nope' (declare it under anchors)" in err.value.problems
     assert "step w: skip_if_late applies to send, task, webhook and update steps" in err.value.problems
