@@ -859,9 +859,9 @@ class Engine:
     def _too_late(self, state: LeadState, e: Enrollment, s: EffectStep, now: datetime) -> str:
         """Why a step whose moment has passed is skipped (empty when it still runs): `skip_if_late`
         (how far past the time its wait set it may still run), `skip_after` (a time spec like a
-        wait's `until`, after which it no longer makes sense) and `skip_from` (the same, from that very
-        moment: a mid-trial email capped by its wait's `not_after` at the ending reminder's time comes to
-        run at that time, and goes with it unless that is already too late)."""
+        wait's `until`, after which it no longer makes sense) and `skip_from` (the same from that very
+        moment on: a mid-trial email whose wait its `not_after` ended at the ending reminder's time runs
+        at that time, and must be skipped there, not sent beside the reminder)."""
         tolerance = s.skip_if_late
         if tolerance is not None and e.timed_at is not None and now - e.timed_at > tolerance:
             return (f"its time {iso(e.timed_at)} passed {_hours(now - e.timed_at)} ago, more than its "
