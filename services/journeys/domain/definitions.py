@@ -25,7 +25,9 @@ be this enrolment's entity, `when` a condition the event must hold (e.g. a purch
 A send step may say `budget: exempt` (a nurture send timed to the hour goes past the per-lead frequency
 budget; it still counts in it). Effect steps may say `skip_if_late: <duration>` (skipped, and explained,
 when they come to run longer than that after the time their wait set, e.g. a reminder whose moment
-passed) and `skip_after: <time spec>` (skipped after that time).
+passed), `skip_after: <time spec>` (skipped after that time) and `skip_from: <time spec>` (skipped at or
+after that time). An until wait may say `not_after: <time spec>`: it ends at the earlier of the two (a
+mid-trial email's wait and `skip_from` at the trial's ending reminder: a short trial skips it).
 Conditions use the rule language of nurture.rules. `validate` lists every problem it finds; nothing
 here touches the network, so the unit tests load the whole playbook.
 This module and `steps` are the only readers of the raw document: steps become the typed records of
@@ -492,9 +494,18 @@ def _check_step(j: Journey, s: Step, raw: JsonMapping) -> list[str]:
     """The problems of one step, read from the document as written (the typed step is lenient)."""
     at = f"step {s.id}"
     p: list[str] = []
-    for option in ("skip_if_late", "skip_after"):
+    for option in ("skip_if_late", "skip_after", "skip_from"):
         if raw.get(option) is not None and s.type not in EFFECT_TYPES:
             p.append(f"{at}: {option} applies to send, task, webhook and update steps")
+    if raw.get("skip_after") is not None and raw.get("skip_from") is not None:
+        p.append(f"{at}: one of skip_after (after that time) or skip_from (from that time on), not both")
+    if raw.get("skip_from") is not None:
+        p += _check_time(raw.get("skip_from"), f"{at}.skip_from", j.anchors)
+    if raw.get("not_after") is not None:
+        if s.type != "wait" or raw.get("until") is None:
+            p.append(f"{at}: not_after applies to until waits (the wait ends at the earlier of the two)")
+        else:
+            p += _check_time(raw.get("not_after"), f"{at}.not_after", j.anchors)
     if raw.get("skip_if_late") is not None:
         try:
             if parse_duration(raw.get("skip_if_late")) < timedelta(0):

@@ -523,8 +523,11 @@ class Engine:
         if e.waiting in ("until", "event") and e.step is not None:
             pending = self._pending_wait(j, e)
             if pending is not None:
-                spec = pending.until if e.waiting == "until" else pending.timeout
-                due = self._time_of(spec, e, now, state_lead=None)
+                due: datetime | None
+                if e.waiting == "until":
+                    due, _ = self._until(pending, e, now, state_lead=None)
+                else:
+                    due = self._time_of(pending.timeout, e, now, state_lead=None)
                 if due is not None:
                     e.due = max(due, now)
                     e.token += 1
@@ -838,7 +841,8 @@ class Engine:
             if s.stage and s.stage != e.stage:
                 self._enter_stage(state, j, e, s, now, out)
             if isinstance(s, EffectStep):
-                late = self._too_late(state, e, s, now) if s.skip_if_late is not None or s.skip_after else ""
+                late = (self._too_late(state, e, s, now)
+                        if s.skip_if_late is not None or s.skip_after or s.skip_from else "")
                 if late:
                     self._run(state, j, e, s, now, out, status="skipped", detail=late)
                     self._record(out, state, e, now, "skipped", f"{s.id} skipped: {late}", step_from=s.id,
@@ -854,8 +858,10 @@ class Engine:
 
     def _too_late(self, state: LeadState, e: Enrollment, s: EffectStep, now: datetime) -> str:
         """Why a step whose moment has passed is skipped (empty when it still runs): `skip_if_late`
-        (how far past the time its wait set it may still run) and `skip_after` (a time spec like a
-        wait's `until`, after which it no longer makes sense)."""
+        (how far past the time its wait set it may still run), `skip_after` (a time spec like a
+        wait's `until`, after which it no longer makes sense) and `skip_from` (the same from that very
+        moment on: a mid-trial email whose wait its `not_after` ended at the ending reminder's time runs
+        at that time, and must be skipped there, not sent beside the reminder)."""
         tolerance = s.skip_if_late
         if tolerance is not None and e.timed_at is not None and now - e.timed_at > tolerance:
             return (f"its time {iso(e.timed_at)} passed {_hours(now - e.timed_at)} ago, more than its "
@@ -865,6 +871,11 @@ class Engine:
             deadline = self._time_of(spec, e, now, state_lead=state.lead)
             if deadline is not None and now > deadline:
                 return f"past its skip_after {spec.text} ({iso(deadline)})"
+        spec = s.skip_from
+        if spec is not None:
+            deadline = self._time_of(spec, e, now, state_lead=state.lead)
+            if deadline is not None and now >= deadline:
+                return f"at or after its skip_from {spec.text} ({iso(deadline)})"
         return ""
 
     def _enter_stage(self, state: LeadState, j: Journey, e: Enrollment, s: Step, now: datetime,
@@ -1053,8 +1064,13 @@ class Engine:
             due = now + s.delay * e.pace
             kind = "delay"
         else:
-            due = self._time_of(s.until, e, now, state_lead=state.lead) or now
+            until, own = self._until(s, e, now, state_lead=state.lead)
+            due = until or now
             kind = "until"
+            if own is not None and s.not_after is not None:
+                self._record(out, state, e, now, "wait", f"{s.id} ends at its not_after {s.not_after.text} "
+                             f"({iso(due)}), before its own time {s.until.text if s.until else ''} ({iso(own)})",
+                             step_from=s.id, step_to=s.next, facts={"until": iso(own), "not_after": iso(due)})
             if due <= now and s.if_past:
                 target = s.if_past
                 self._record(out, state, e, now, "skip", f"{s.id} already past ({iso(due)}): going to {target}",
@@ -1064,6 +1080,16 @@ class Engine:
         e.step, e.due, e.waiting, e.timed_at = s.next, max(due, now), kind if due > now else None, due
         e.token += 1
         out.touched.add(e.ekey)
+
+    def _until(self, s: WaitStep, e: Enrollment, now: datetime,
+               state_lead: JsonMapping | None) -> tuple[datetime | None, datetime | None]:
+        """When an until wait ends: its time (None when its anchor or date is missing), or its
+        `not_after` when that is earlier, then with the time it gave way to (for the timeline)."""
+        due = self._time_of(s.until, e, now, state_lead=state_lead)
+        cap = self._time_of(s.not_after, e, now, state_lead=state_lead) if s.not_after is not None else None
+        if due is not None and cap is not None and cap < due:
+            return cap, due
+        return due, None
 
     def _time_of(self, spec: TimeSpec | None, e: Enrollment, now: datetime,
                  state_lead: JsonMapping | None) -> datetime | None:

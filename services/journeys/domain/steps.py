@@ -98,11 +98,13 @@ class Step:
 @dataclass(frozen=True, slots=True)
 class EffectStep(Step):
     """send, webhook, task, update: skipped (and explained) when `skip_if_late` past the time its wait
-    set, or after `skip_after`."""
+    set, after `skip_after`, or at or after `skip_from` (a step that must come before another moment,
+    e.g. a mid-trial email before the trial's ending reminder)."""
 
     skip_if_late: timedelta | None
     skip_if_late_text: str
     skip_after: TimeSpec | None
+    skip_from: TimeSpec | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,7 +138,8 @@ class UpdateStep(EffectStep):
 
 @dataclass(frozen=True, slots=True)
 class WaitStep(Step):
-    """One of: `delay`, `until` a moment, or an `event` with a `timeout`."""
+    """One of: `delay`, `until` a moment, or an `event` with a `timeout`. An `until` wait may say
+    `not_after` (a moment): it then ends at the earlier of the two."""
 
     delay: timedelta | None
     until: TimeSpec | None
@@ -145,6 +148,7 @@ class WaitStep(Step):
     on_event: str | None
     on_timeout: str | None
     if_past: str | None
+    not_after: TimeSpec | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,7 +232,8 @@ def build_step(raw: JsonMapping, *, sid: str, stype: str, nxt: str | None, stage
         return WaitStep(sid, stype, nxt, stage, delay=_duration(delay, parse) if delay is not None else None,
                         until=time_spec(raw.get("until"), parse), event=wait_event,
                         timeout=time_spec(raw.get("timeout"), parse), on_event=_text(raw.get("on_event")),
-                        on_timeout=_text(raw.get("on_timeout")), if_past=_text(raw.get("if_past")))
+                        on_timeout=_text(raw.get("on_timeout")), if_past=_text(raw.get("if_past")),
+                        not_after=time_spec(raw.get("not_after"), parse))
     if stype == "branch":
         rules = raw.get("rules")
         return BranchStep(sid, stype, nxt, stage, rules=tuple(
@@ -254,19 +259,21 @@ def _effect_step(raw: JsonMapping, *, sid: str, stype: str, nxt: str | None, sta
     late = raw.get("skip_if_late")
     skip_if_late = _duration(late, parse) if late is not None else None
     skip_after = time_spec(raw.get("skip_after"), parse)
+    skip_from = time_spec(raw.get("skip_from"), parse)
     if stype in ("send", "webhook"):
         template = raw.get("template")
-        return SendStep(sid, stype, nxt, stage, skip_if_late, str(late), skip_after,
+        return SendStep(sid, stype, nxt, stage, skip_if_late, str(late), skip_after, skip_from,
                         template=str(template) if template else None,
                         channel="webhook" if stype == "webhook" else str(raw.get("channel", "email")),
                         category=str(raw.get("category", category)), subject=raw.get("subject"),
                         cta=raw.get("cta"), brief=raw.get("brief"), url=raw.get("url"),
                         budget_exempt=raw.get("budget") == "exempt")
     if stype == "task":
-        return TaskStep(sid, stype, nxt, stage, skip_if_late, str(late), skip_after, kind=raw.get("kind"),
+        return TaskStep(sid, stype, nxt, stage, skip_if_late, str(late), skip_after, skip_from, kind=raw.get("kind"),
                         title=raw.get("title"), priority=raw.get("priority", "normal"),
                         due=_duration(raw.get("due", "1d"), parse) or timedelta(days=1))
-    return UpdateStep(sid, stype, nxt, stage, skip_if_late, str(late), skip_after, set=_mapping(raw.get("set")))
+    return UpdateStep(sid, stype, nxt, stage, skip_if_late, str(late), skip_after, skip_from,
+                      set=_mapping(raw.get("set")))
 
 
 def _mapping(value: JsonValue) -> JsonMapping:

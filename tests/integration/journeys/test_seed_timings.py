@@ -50,3 +50,33 @@ async def test_the_cart_reminder_goes_an_hour_after_checkout_even_right_after_an
 def _sent(messages: dict[str, dict[str, Any]], template: str) -> bool:
     return template in messages and messages[template]["status"] == "sent"
 
+
+
+async def test_a_seven_day_trial_gets_its_ending_emails_before_it_ends_and_skips_the_later_ones(
+        settings: Settings, tmp_path: Path) -> None:
+    # Seed, Free Trial Onboarding Sequence: +1d, +2d, +4d, +7d, +10d from the start, then "-3 days to end",
+    # "-1 day to end" and "+1 day after end". A new user's 7-day trial had its +7d and +10d emails wait
+    # past the end: "ends in 3 days" and "last day" went on day 10, in the same minute as "how was your
+    # trial?". Now what would fall at or after the "-3 days" reminder is skipped, and the timeline says so.
+    async with templates_mesh(settings, tmp_path, extra=("crm_sync", "analytics")) as mesh:
+        await mesh.add_lead("trial7")
+        start = await _advance(mesh, 0)
+        r = await mesh.client.post("/v1/events", headers=mesh.headers("editor"), json={
+            "lead_id": "trial7", "type": "trial_started",
+            "properties": {"ends_at": (start + timedelta(days=7)).isoformat(), "plan": "Family Plus"}})
+        assert r.status_code == 202, r.text
+        for _ in range(10):
+            await _advance(mesh, 86400)
+        messages = await _messages(mesh, "trial7")
+        onboarding = {t.split(".")[1]: m for t, m in messages.items() if t.startswith("trial_onboarding.")}
+        assert all(m["status"] == "sent" for m in onboarding.values()), onboarding
+        days = {step: (datetime.fromisoformat(m["at"]) - start) / timedelta(days=1)
+                for step, m in sorted(onboarding.items())}
+        assert days == {"email_01": 0, "email_02": 1, "email_03": 2, "email_07": 4, "email_08": 6, "email_09": 8}
+        r = await mesh.client.get("/v1/leads/trial7/timeline", headers=mesh.headers("viewer"))
+        assert r.status_code == 200, r.text
+        said = [str(item.get("summary")) for item in r.json()["items"]]
+        reminder = (start + timedelta(days=4)).isoformat().replace("+00:00", "Z")
+        for step in ("email_04", "email_05", "email_06"):
+            assert any(s.startswith(f"trial_onboarding: {step} skipped: at or after its skip_from ends_at -3d "
+                                    f"({reminder})") for s in said), said

@@ -27,6 +27,7 @@ from services.journeys.domain.steps import (
     TaskStep,
     UpdateStep,
     WaitStep,
+    spec_text,
 )
 
 CONTRACT_KEYS = {"skilled_professional", "family", "entrepreneur", "high_engagement", "re_engagement",
@@ -157,10 +158,14 @@ def test_every_step_is_read_once_into_the_record_of_its_type() -> None:
                 if "until" in raw:
                     assert s.until is not None and s.until.anchor == raw["until"].get("anchor")
                     assert s.until.offset == parse_duration(raw["until"].get("offset", 0))
+                assert (s.not_after.text if s.not_after else None) == (
+                    spec_text(raw["not_after"]) if "not_after" in raw else None)
             elif isinstance(s, SendStep):
                 assert (s.subject, s.cta, s.brief) == (raw.get("subject"), raw.get("cta"), raw.get("brief"))
                 assert s.category == raw.get("category", journey.category)
                 assert s.skip_if_late == (parse_duration(raw["skip_if_late"]) if "skip_if_late" in raw else None)
+                assert (s.skip_from.text if s.skip_from else None) == (
+                    spec_text(raw["skip_from"]) if "skip_from" in raw else None)
             elif isinstance(s, BranchStep):
                 assert [(r.name, r.when, r.next) for r in s.rules] == [
                     (r["name"], r["when"], r["next"]) for r in raw["rules"]]

@@ -378,6 +378,70 @@ def test_an_extended_trial_moves_its_ending_emails_to_the_new_end() -> None:
         "email_09": timedelta(days=15)}
 
 
+def _trial(days: int, extended: tuple[int, int] | None = None) -> tuple[Harness, dict[str, timedelta], list[str]]:
+    """A trial of `days` (extended on day extended[0] to end on day extended[1]) run to its end: the
+    onboarding emails sent (step -> time since the start) and its timeline."""
+    h = Harness(segment="")
+    h.message("trial_started", ends_at=iso(T0 + timedelta(days=days)))
+    if extended is not None:
+        h.advance(days=extended[0])
+        h.message("trial_extended", ends_at=iso(T0 + timedelta(days=extended[1])))
+    h.advance(days=40)
+    assert h.state.enrollments["trial_onboarding"].status == "completed"
+    sent = {k.split(":")[3]: at for k, at in h.sent_at if ":trial_onboarding:" in k}
+    return h, sent, [t for t in h.transitions if t.startswith("trial_onboarding: ")]
+
+
+def _days(sent: dict[str, timedelta]) -> dict[str, float]:
+    return {step: at / timedelta(days=1) for step, at in sorted(sent.items())}
+
+
+ENDING = {"email_07": -3, "email_08": -1, "email_09": 1}   # seed: -3 days, -1 day, +1 day after the end
+FROM_START = {"email_01": 0, "email_02": 1, "email_03": 2, "email_04": 4, "email_05": 7, "email_06": 10}
+
+
+@pytest.mark.parametrize("days", [7, 10, 14, 30])
+def test_a_trial_of_any_length_gets_its_ending_emails_at_their_times_and_skips_what_would_come_after(
+        days: int) -> None:
+    # Seed, Free Trial Onboarding: +1d ... +10d from the start, then -3 days, -1 day and +1 day after the
+    # end. A 7-day trial's +7d and +10d waits ran past the end, so "ends in 3 days" and "last day" went on
+    # day 10 with "how was your trial?" (and a 10-day trial's on day 10 too). An email timed from the start
+    # that would fall at or after the "-3 days" reminder is skipped, and the timeline says why. (14 and 30
+    # days were right before and must stay so: a 30-day trial waits from day 10 to day 27.)
+    h, sent, timeline = _trial(days)
+    reminder = days - 3
+    kept = {step: d for step, d in FROM_START.items() if d < reminder or step == "email_01"}
+    assert _days(sent) == {**kept, **{step: days + d for step, d in ENDING.items()}}
+    skipped = sorted(set(FROM_START) - set(kept))
+    for step in skipped:
+        assert (f"trial_onboarding: {step} skipped: at or after its skip_from ends_at -3d "
+                f"({iso(T0 + timedelta(days=reminder))})") in timeline, timeline
+    capped = [t for t in timeline if "ends at its not_after" in t]
+    assert [t.split(":")[1].split()[0] for t in capped] == [s.replace("email", "wait") for s in skipped
+                                                             if FROM_START[s] > reminder]
+    if capped:
+        assert capped[-1] == (f"trial_onboarding: wait_06 ends at its not_after ends_at -3d "
+                              f"({iso(T0 + timedelta(days=reminder))}), before its own time entered_at +10d "
+                              f"({iso(T0 + timedelta(days=10))})")
+    # Seven days: +1d, +2d, the reminder on day 4, the last day on day 6, the follow-up on day 8.
+    assert days != 7 or list(_days(sent).values()) == [0, 1, 2, 4, 6, 8]
+
+
+def test_an_extended_trial_gets_the_schedule_of_its_new_length() -> None:
+    # Extended before its reminder (day 3 of 7, to 14): the whole 14-day schedule, nothing skipped.
+    _, sent, timeline = _trial(7, extended=(3, 14))
+    assert _days(sent) == {**FROM_START, **{step: 14 + d for step, d in ENDING.items()}}
+    assert not any("skipped" in t for t in timeline), timeline
+    # Extended after its reminder went (day 5 of 7, to 14): the reminder stands, the last day and the
+    # follow-up move to the new end; the +4d, +7d and +10d emails were skipped for the old end and stay so
+    # (before, the +7d and +10d waits went on past the end, and the reminder went on day 11).
+    _, sent, timeline = _trial(7, extended=(5, 14))
+    assert _days(sent) == {"email_01": 0, "email_02": 1, "email_03": 2, "email_07": 4, "email_08": 13,
+                           "email_09": 15}
+    assert any(t.startswith("trial_onboarding: anchor moved (ends_at=") and iso(T0 + timedelta(days=13)) in t
+               for t in timeline), timeline
+
+
 def test_budget_holds_nurture_but_not_transactional() -> None:
     h = Harness()
     h.message("lead_created")  # segment email_01 + nothing else
@@ -588,9 +652,24 @@ def test_skip_options_are_validated() -> None:
     doc = {"key": "x", "kind": "sequence", "steps": [
         {"id": "a", "type": "send", "skip_if_late": "soon"},
         {"id": "b", "type": "send", "skip_after": {"anchor": "nope"}},
-        {"id": "w", "type": "wait", "delay": "1d", "skip_if_late": "1d"}, {"id": "e", "type": "end"}]}
+        {"id": "w", "type": "wait", "delay": "1d", "skip_if_late": "1d"},
+        {"id": "c", "type": "send", "skip_after": {"delay": "1d"}, "skip_from": {"delay": "1d"}},
+        {"id": "d", "type": "send", "skip_from": {"anchor": "nope"}},
+        {"id": "v", "type": "wait", "delay": "1d", "not_after": {"anchor": "entered_at", "offset": "1d"},
+         "skip_from": {"delay": "1d"}},
+        {"id": "u", "type": "wait", "until": {"anchor": "entered_at", "offset": "2d"}, "not_after": {"anchor": "nope"}},
+        {"id": "t", "type": "send", "not_after": {"delay": "1d"}},
+        {"id": "e", "type": "end"}]}
     with pytest.raises(DefinitionError) as err:
         load(doc)
+    both = "step c: one of skip_after (after that time) or skip_from (from that time on), not both"
+    assert both in err.value.problems
+    assert "step d.skip_from: unknown anchor 'nope' (declare it under anchors)" in err.value.problems
+    assert "step v: skip_from applies to send, task, webhook and update steps" in err.value.problems
+    for sid in ("v", "t"):
+        assert (f"step {sid}: not_after applies to until waits (the wait ends at the earlier of the two)"
+                in err.value.problems)
+    assert "step u.not_after: unknown anchor 'nope' (declare it under anchors)" in err.value.problems
     assert "step a.skip_if_late: bad duration 'soon' (expected e.g. 2d, -2h, 30m)" in err.value.problems
     assert "step b.skip_after: unknown anchor 'nope' (declare it under anchors)" in err.value.problems
     assert "step w: skip_if_late applies to send, task, webhook and update steps" in err.value.problems

@@ -806,6 +806,51 @@ def test_a_step_after_its_skip_after_is_skipped_and_says_why() -> None:
     assert f"late: note skipped: past its skip_after lead.attributes.ends_at -1h ({deadline})" in m2.log
 
 
+TRIAL = dict(anchors={"ends_at": "ends_at"}, reanchor_events=["extended"])
+CAPPED = [{"id": "w", "type": "wait", "until": {"anchor": "entered_at", "offset": "7d"},
+           "not_after": {"anchor": "ends_at", "offset": "-3d"}},
+          {"id": "mid", "type": "update", "set": {"x": 1}, "skip_from": {"anchor": "ends_at", "offset": "-3d"}},
+          {"id": "done", "type": "end"}]
+
+
+@pytest.mark.parametrize(("length", "due", "ran"), [
+    (timedelta(days=10, seconds=1), timedelta(days=7), True),     # its own time comes first: it runs
+    (timedelta(days=10), timedelta(days=7), False),               # its own time is the cut-off: skipped
+    (timedelta(days=7), timedelta(days=4), False)])               # capped at the cut-off: skipped there
+def test_an_until_wait_ends_by_its_not_after_and_a_step_is_skipped_from_its_skip_from(
+        length: timedelta, due: timedelta, ran: bool) -> None:
+    m = Mini(journey("trial", CAPPED, **TRIAL))
+    m.message("ping", ends_at=iso(T0 + length))
+    e = m.e("trial")
+    assert (e.step, e.due, e.waiting) == ("mid", T0 + due, "until")
+    capped = [x for x in m.log if "ends at its not_after" in x]
+    assert capped == ([] if due == timedelta(days=7) else [
+        f"trial: w ends at its not_after ends_at -3d ({iso(T0 + due)}), before its own time entered_at +7d "
+        f"({iso(T0 + timedelta(days=7))})"])
+    m.at(days=due.days, seconds=-1)
+    assert m.effects == []
+    m.at(days=due.days)
+    assert bool(m.effects) is ran
+    if not ran:
+        reason = f"at or after its skip_from ends_at -3d ({iso(T0 + length - timedelta(days=3))})"
+        assert m.record("trial: mid skipped") == ("skipped", "mid", "done", None, None, {"reason": reason})
+    assert e.status == "completed"
+
+
+def test_a_moved_anchor_moves_a_wait_by_its_not_after_too() -> None:
+    m = Mini(journey("trial", CAPPED, **TRIAL))
+    m.message("ping", ends_at=iso(T0 + timedelta(days=7)))
+    e = m.e("trial")
+    assert e.due == T0 + timedelta(days=4)
+    m.now = T0 + timedelta(days=1)
+    m.message("extended", ends_at=iso(T0 + timedelta(days=14)))     # the wait's own time comes first now
+    assert e.due == T0 + timedelta(days=7)
+    m.message("extended", ends_at=iso(T0 + timedelta(days=8)))      # and the cut-off again
+    assert e.due == T0 + timedelta(days=5)
+    m.at(days=5)
+    assert m.effects == [] and any(x.startswith("trial: mid skipped: at or after its skip_from") for x in m.log)
+
+
 def test_branch_facts_see_the_days_in_the_journey_its_stage_and_the_other_journeys() -> None:
     steps = [{"id": "w", "type": "wait", "delay": "2d", "stage": "one"},
              {"id": "b", "type": "branch", "default": "no", "stage": "two", "rules": [
