@@ -929,3 +929,24 @@ def test_two_webinars_of_one_lead_have_their_own_dedupe_keys() -> None:
     h.advance(days=10)
     reminders = [k for k in h.sent if ":webinar:1:email_02:" in k]   # the day-before reminder of each
     assert len(set(reminders)) == 3, reminders
+
+
+# Trial Nurturing's emails beside Free Trial Onboarding's (which takes the welcome, day 1, day 7 and the
+# conversion offer of a trial it runs for: the branches above), by day.
+@pytest.mark.parametrize(("days", "nurture_days"), [
+    (7, {"email_03": 3, "email_04": 5}),
+    (10, {"email_03": 3, "email_04": 5, "email_06": 9}),
+    (14, {"email_03": 3, "email_04": 5, "email_06": 9}),
+])
+def test_trial_nurturing_sends_nothing_of_its_conversion_stage_after_the_trial_ended(
+        days: int, nurture_days: dict[str, float]) -> None:
+    # A 7-day trial's Trial Nurturing sent its value report on day 9 and its trial-to-paid offer on day 11,
+    # after the trial had ended and Free Trial Onboarding had sent its last day and its follow-up. Both are
+    # skipped from the trial's end; an assessment, with no end, is unchanged.
+    h, _, _ = _trial(days)
+    sent = {step: at / timedelta(days=1) for k, at in h.sent_at
+            if ":trial_nurture:" in k and (step := k.split(":")[3]).startswith("email_")}
+    assert dict(sorted(sent.items())) == nurture_days
+    skipped = [t for t in h.transitions if t.startswith("trial_nurture: ") and "skipped" in t]
+    assert all("at or after its skip_from ends_at" in t for t in skipped), skipped
+    assert len(skipped) == (2 if days == 7 else 0)
