@@ -20,7 +20,17 @@ from nurture import jsoncodec, times
 from nurture.db import RetryTransaction, insert_new, session_writes
 from nurture.jsontypes import JsonObject, JsonValue
 from services.crm_sync.domain import FieldState
-from services.crm_sync.tables import changes, inbound, leads, outbox, proposals, round_robin, tasks, timeline
+from services.crm_sync.tables import (
+    changes,
+    contact_links,
+    inbound,
+    leads,
+    outbox,
+    proposals,
+    round_robin,
+    tasks,
+    timeline,
+)
 
 Sessions = Callable[[], AbstractContextManager[Session]]
 
@@ -268,6 +278,9 @@ def find_lead(s: Session, *, crm: str, crm_id: str | None, lead_id: str | None, 
         row = s.execute(select(leads).where(leads.c.crm == crm, leads.c.crm_id == crm_id)).first()
         if row:
             return _lead_row(row)
+        former = s.execute(_FORMER_LINKS, {"b_crm": crm, "b_crm_ids": [crm_id]}).first()
+        if former and (found := get_lead(s, former.lead_id)):
+            return found
     if lead_id:
         found = get_lead(s, lead_id)
         if found:
@@ -295,7 +308,13 @@ def find_leads(s: Session, wanted: list[LeadQuery]) -> list[LeadRecord | None]:
         for chunk in iter_chunks(crm_ids, 500):
             for row in s.execute(_LEADS_BY_CRM_IDS, {"b_crm": crm, "b_crm_ids": chunk}).all():
                 by_crm_id[(row.crm, row.crm_id)] = _lead_row(row)
-    by_id = get_leads(s, [w.lead_id for w in wanted if w.lead_id])
+    # A CRM id that is no lead's link now may have been one (`contact_links`): it keeps its lead.
+    formerly: dict[tuple[str, str], str] = {}
+    for crm, crm_ids in _crm_ids_by_crm((w.crm, w.crm_id) for w in wanted if (w.crm, w.crm_id) not in by_crm_id):
+        for chunk in iter_chunks(crm_ids, 500):
+            for row in s.execute(_FORMER_LINKS, {"b_crm": crm, "b_crm_ids": chunk}).all():
+                formerly[(row.crm, row.crm_id)] = row.lead_id
+    by_id = get_leads(s, [w.lead_id for w in wanted if w.lead_id] + list(formerly.values()))
     emails = sorted({w.email.lower() for w in wanted if w.email})
     by_email: dict[str, LeadRecord] = {}
     for chunk in iter_chunks(emails, 500):
@@ -304,7 +323,9 @@ def find_leads(s: Session, wanted: list[LeadQuery]) -> list[LeadRecord | None]:
             by_email.setdefault(row.email.lower(), _lead_row(row))
     out: list[LeadRecord | None] = []
     for crm, crm_id, lead_id, email in wanted:
-        found = (by_crm_id.get((crm, crm_id)) if crm_id else None) or (by_id.get(lead_id) if lead_id else None) \
+        found = (by_crm_id.get((crm, crm_id)) if crm_id else None) \
+            or (by_id.get(formerly[(crm, crm_id)]) if crm_id and (crm, crm_id) in formerly else None) \
+            or (by_id.get(lead_id) if lead_id else None) \
             or (by_email.get(email.lower()) if email else None)
         out.append(found)
     return out
@@ -319,6 +340,8 @@ _LEADS_BY_CRM_IDS = select(leads).where(leads.c.crm == bindparam("b_crm"),
                                         leads.c.crm_id.in_(bindparam("b_crm_ids", expanding=True)))
 _LINKS_BY_CRM_IDS = select(leads.c.lead_id, leads.c.crm, leads.c.crm_id).where(
     leads.c.crm == bindparam("b_crm"), leads.c.crm_id.in_(bindparam("b_crm_ids", expanding=True)))
+_FORMER_LINKS = select(contact_links).where(contact_links.c.crm == bindparam("b_crm"),
+                                            contact_links.c.crm_id.in_(bindparam("b_crm_ids", expanding=True)))
 _LEADS_BY_EMAILS = select(leads).where(func.lower(leads.c.email).in_(bindparam("b_emails", expanding=True))
                                        ).order_by(leads.c.lead_id)
 _PUSH_STATES_LOCKED = select(leads.c.lead_id, leads.c.crm, leads.c.crm_id, leads.c.pushed_hash, leads.c.fields).where(
@@ -412,6 +435,15 @@ def unlink_crm_ids(s: Session, owners: dict[tuple[str, str], str]) -> None:
     if moved:
         s.execute(update(leads).where(leads.c.lead_id == bindparam("b_lead_id")).values(crm_id=None),
                   [{"b_lead_id": lead_id} for lead_id in sorted(set(moved))])
+
+
+def remember_links(s: Session, links: Iterable[tuple[str, str, str]], at: datetime) -> None:
+    """(crm, crm_id, lead_id): a CRM contact id that keeps resolving to a lead it is not (or no longer)
+    the link of. The first lead remembered for an id stays its lead."""
+    rows = sorted({(crm, crm_id): lead_id for crm, crm_id, lead_id in links}.items())
+    if rows:
+        s.execute(insert_new(s, contact_links, ["crm", "crm_id"]),
+                  [{"crm": crm, "crm_id": crm_id, "lead_id": lead_id, "at": at} for (crm, crm_id), lead_id in rows])
 
 
 def unlink_crm_id(s: Session, crm: str, crm_id: str, keep_lead: str) -> None:
@@ -855,7 +887,7 @@ def erase_lead(s: Session, lead_id: str) -> int:
     removed = 0
     for table, column in ((leads, leads.c.lead_id), (inbound, inbound.c.lead_id), (timeline, timeline.c.lead_id),
                           (tasks, tasks.c.lead_id), (changes, changes.c.lead_id),
-                          (proposals, proposals.c.lead_id)):
+                          (proposals, proposals.c.lead_id), (contact_links, contact_links.c.lead_id)):
         result: Any = s.execute(delete(table).where(column == lead_id))
         removed += int(result.rowcount or 0)
     s.execute(delete(outbox).where(outbox.c.lead_id == lead_id, outbox.c.status == "pending",

@@ -33,6 +33,20 @@ leads = Table(
 # Contacts are matched by email case-insensitively: without this index every match scanned the table.
 Index("crm_sync_leads_email_lower", func.lower(leads.c.email))
 
+# CRM contact ids that were a lead's link and handed it to another contact of the same lead (two
+# contacts that carried one email, one after the other; contacts merged in the CRM), or that claimed a
+# lead another contact had modified later. They keep resolving to that lead, as HubSpot resolves a
+# merged contact's id to the one kept: a later update, activity or deal from such a contact lands on
+# the lead it always did, instead of creating a second lead for one person or answering "unknown".
+contact_links = Table(
+    "crm_sync_contact_links",
+    metadata,
+    Column("crm", String(64), primary_key=True),
+    Column("crm_id", String(128), primary_key=True),
+    Column("lead_id", String(128), nullable=False, index=True),
+    Column("at", DateTime(timezone=True), nullable=False),
+)
+
 # Activities and deals received from the CRM: the last modification time seen per CRM object, so a
 # duplicate delivery is recognised and an out-of-order (older) one is dropped as stale.
 inbound = Table(

@@ -128,6 +128,7 @@ class InboundContacts(CoreBase):
             s, [st.LeadQuery(crm, c.crm_id or None, c.lead_id or None, c.email or None) for crm, c in items]))
         out: list[ContactResult | BaseException] = [ContactResult(c.crm_id) for _, c in items]
         stale: list[st.TimelineEntry] = []
+        claims: list[tuple[str, str, str]] = []
         plans: list[_Plan] = []
         requests: list[scoring_pb2.UpsertLeadRequest] = []
         started = self.clock.now()
@@ -147,6 +148,21 @@ class InboundContacts(CoreBase):
                 if c.modified_at == row.contact_modified_at and row.inbound_hash == digest:
                     out[i] = replace(result, lead_id=row.lead_id, status="duplicate")
                     continue
+            elif row and c.crm_id and row.crm == crm and row.crm_id and row.contact_modified_at \
+                    and c.modified_at <= row.contact_modified_at:
+                # Another contact of this CRM links the lead and was modified later. The CRM keeps an email
+                # on one contact at a time, so this claim is the older one (a late delivery, a contact that
+                # has since lost the email or was merged): applied, it would take the link back and write
+                # older values over newer ones. Its id is remembered, so its activities and deals (and a
+                # newer update) still reach this lead rather than a second one.
+                stale.append(st.timeline_row(
+                    row.lead_id, self.clock.now(), "contact_stale",
+                    f"Ignored CRM contact {c.crm_id}: contact {row.crm_id}, this lead's link, was modified later",
+                    {"crm": crm, "crm_id": c.crm_id, "modified_at": c.modified_at, "linked_crm_id": row.crm_id,
+                     "last_seen": row.contact_modified_at}))
+                claims.append((crm, c.crm_id, row.lead_id))
+                out[i] = replace(result, lead_id=row.lead_id, status="stale")
+                continue
             props = dict(c.properties)
             for name, value in (("email", c.email), ("firstname", c.first_name), ("lastname", c.last_name)):
                 if value:
@@ -198,13 +214,14 @@ class InboundContacts(CoreBase):
             return out
         entries = [w for _, w in writes]
         try:
-            late = await self.writer.submit(functools.partial(self._write_contacts, entries=entries, stale=stale))
+            late = await self.writer.submit(functools.partial(self._write_contacts, entries=entries, stale=stale,
+                                                                 claims=claims))
             self.stats.inbound += len(entries) - len(late)
         except Exception:
             # The batch's transaction failed: contact by contact, so one bad contact fails alone.
             log.warning("contact batch write failed; writing one by one", exc_info=True)
             done = await asyncio.gather(*(self.writer.submit(functools.partial(
-                self._write_contacts, entries=[w], stale=[])) for w in entries), return_exceptions=True)
+                self._write_contacts, entries=[w], stale=[], claims=[])) for w in entries), return_exceptions=True)
             late = set()
             for n, ((i, _), res) in enumerate(zip(writes, done, strict=True)):
                 if isinstance(res, BaseException):
@@ -220,15 +237,17 @@ class InboundContacts(CoreBase):
             out[i] = replace(base, status="stale", conflicts=())
         return out
 
-    def _write_contacts(self, s: Session, *, entries: list[ContactWrite],
-                        stale: list[st.TimelineEntry]) -> set[int]:
+    def _write_contacts(self, s: Session, *, entries: list[ContactWrite], stale: list[st.TimelineEntry],
+                        claims: list[tuple[str, str, str]]) -> set[int]:
         """Record applied contacts in a few statements per batch (not several per contact). Answers
         which entries (by position) it left out: a later modification of the contact was recorded
-        first (by another replica: its row, read locked here, is the judge), so this one is stale."""
+        first (by another replica: its row, read locked here, is the judge), so this one is stale.
+        `claims`: (crm, crm_id, lead_id) of contacts found stale against another contact of the lead."""
         existing = st.get_leads(s, [e.lead["id"] for e in entries], lock=True)
         recs: dict[str, st.LeadRecord] = {}
         owners: dict[tuple[str, str], str] = {}
         timeline: list[st.TimelineEntry] = list(stale)
+        former: list[tuple[str, str, str]] = list(claims)
         late: set[int] = set()
         for n, e in enumerate(entries):
             lead_id, c = e.lead["id"], e.c
@@ -238,6 +257,14 @@ class InboundContacts(CoreBase):
                 timeline.append(_stale_line(lead_id, e.now, e.crm, c, rec.contact_modified_at))
                 late.add(n)
                 continue
+            if c.crm_id and rec.crm and rec.crm_id and (rec.crm, rec.crm_id) != (e.crm, c.crm_id):
+                # The lead's link moves to this contact (it carries the lead's email, or names the lead,
+                # and was modified later): the contact it leaves keeps resolving to this lead.
+                former.append((rec.crm, rec.crm_id, lead_id))
+                timeline.append(st.timeline_row(lead_id, e.now, "contact_relinked",
+                                                f"CRM {e.crm} contact {c.crm_id} now links this lead "
+                                                f"(was {rec.crm_id})",
+                                                {"crm": e.crm, "crm_id": c.crm_id, "previous": rec.crm_id}))
             if c.crm_id:
                 rec.crm, rec.crm_id = e.crm, c.crm_id
                 owners[(e.crm, c.crm_id)] = lead_id
@@ -259,6 +286,7 @@ class InboundContacts(CoreBase):
         # A CRM id that moved to another lead (contacts merged in the CRM) is dropped from the old one,
         # in the database and in this batch, before anything takes it.
         st.unlink_crm_ids(s, owners)
+        st.remember_links(s, former, self.clock.now())
         for lead_id, rec in recs.items():
             if rec.crm and rec.crm_id and owners.get((rec.crm, rec.crm_id), lead_id) != lead_id:
                 rec.crm_id = None

@@ -116,6 +116,46 @@ async def test_field_ownership_and_conflicts(mesh: Mesh) -> None:
     assert "phone" not in remote and remote["lifecyclestage"]
 
 
+async def test_two_contacts_with_one_email_keep_one_lead(mesh: Mesh) -> None:
+    """The CRM keeps an email on one contact at a time (HubSpot's rule), so of two contacts that carried
+    the lead's email the one modified later links the lead. A late delivery of the other is stale (it
+    used to take the link back, with its older values), and that contact keeps resolving to the lead:
+    its update without the email used to create a second lead, its deals and activities to be refused."""
+    t0 = mesh.clock.now() - timedelta(hours=1)
+    [a] = await upsert(mesh, contact("c-a", "sam@example.com", t0, first_name="Sam"))
+    [b] = await upsert(mesh, contact("c-b", "sam@example.com", t0 + timedelta(minutes=10), first_name="Samuel"))
+    assert (b.lead_id, b.status) == (a.lead_id, "updated")
+    [late] = await upsert(mesh, contact("c-a", "sam@example.com", t0 + timedelta(minutes=5), first_name="Sammy"))
+    assert (late.lead_id, late.status) == (a.lead_id, "stale")
+    lead = await mesh.scoring.GetLead(scoring_pb2.GetLeadRequest(id=a.lead_id), timeout=5)
+    assert (lead.crm_id, lead.first_name) == ("c-b", "Samuel")
+    # A contact never seen here, with an older edit than the lead's: stale too, yet known from now on.
+    [c] = await upsert(mesh, contact("c-c", "SAM@example.com", t0 + timedelta(minutes=1), first_name="S"))
+    assert (c.lead_id, c.status) == (a.lead_id, "stale")
+    # The first contact, later and without the email: the same lead (it is newer, so it links it again).
+    [blank] = await upsert(mesh, contact("c-a", "", t0 + timedelta(minutes=20), last_name="Costa"))
+    assert (blank.lead_id, blank.status) == (a.lead_id, "updated")
+    lead = await mesh.scoring.GetLead(scoring_pb2.GetLeadRequest(id=a.lead_id), timeout=5)
+    assert (lead.crm_id, lead.first_name, lead.last_name) == ("c-a", "Samuel", "Costa")
+    for i, crm_id in enumerate(("c-a", "c-b", "c-c")):
+        act = crm_sync_pb2.Activity(activity_id=f"call-{crm_id}", crm_id=crm_id, kind="call", outcome="connected")
+        act.modified_at.FromDatetime(t0 + timedelta(minutes=30))
+        r = await mesh.crm.RecordActivity(crm_sync_pb2.RecordActivityRequest(activity=act), metadata=AUTH, timeout=5)
+        d = crm_sync_pb2.Deal(deal_id=f"d-{i}", crm_id=crm_id, stage="qualified")
+        d.modified_at.FromDatetime(t0 + timedelta(minutes=30))
+        rd = await mesh.crm.ReportDeal(crm_sync_pb2.ReportDealRequest(deal=d), metadata=AUTH, timeout=5)
+        assert (r.lead_id, r.status, rd.lead_id, rd.status) == (a.lead_id, "recorded", a.lead_id, "recorded")
+    types = [i.type for i in await mesh.timeline(a.lead_id)]
+    assert types.count("contact_stale") == 2 and types.count("contact_relinked") == 2
+    # Erasing the lead forgets the contacts that pointed at it.
+    await mesh.admin.EraseLead(common_pb2.EraseLeadRequest(lead_id=a.lead_id), timeout=5)
+    act = crm_sync_pb2.Activity(activity_id="call-after", crm_id="c-b", kind="call")
+    act.modified_at.FromDatetime(t0 + timedelta(minutes=40))
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await mesh.crm.RecordActivity(crm_sync_pb2.RecordActivityRequest(activity=act), metadata=AUTH, timeout=5)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
 async def test_activities_deals_and_unknown_ids(mesh: Mesh) -> None:
     t0 = mesh.clock.now()
     crm_id = remote_contact(mesh, "sam@example.com")
@@ -431,3 +471,4 @@ async def test_a_change_stream_request_no_cursor_can_answer_is_refused(
             pass
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
     assert f'"{field}"' in (err.value.details() or "")
+
