@@ -20,6 +20,11 @@ from services.crm_sync import domain
 from services.crm_sync import storage as st
 from services.crm_sync.app.base import InputError, ScoringUnavailable, UnknownContact
 from services.crm_sync.app.proposals import Proposals
+from services.crm_sync.tables import inbound
+
+# The CRM's id of an activity or deal is the key of its record: a longer one is refused before the event
+# reaches scoring (on PostgreSQL it was taken there, then our record failed, on every retry).
+MAX_OBJECT_ID = int(inbound.c.object_id.type.length or 128)  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)
@@ -128,8 +133,8 @@ class InboundActivities(Proposals):
             return InboundResult(lead_id, "recorded" if not seen else "updated", event_id)
 
     async def record_activity(self, crm: str, a: ActivityIn) -> InboundResult:
-        if not a.activity_id:
-            raise InputError("activity.activity_id is required")
+        if not a.activity_id or len(a.activity_id) > MAX_OBJECT_ID:
+            raise InputError(f"activity.activity_id is required, at most {MAX_OBJECT_ID} characters")
         if a.kind not in self.cfg.activity_kinds:
             raise InputError(f"activity.kind must be one of {', '.join(self.cfg.activity_kinds)}")
         if not (a.crm_id or a.lead_id):
@@ -157,8 +162,8 @@ class InboundActivities(Proposals):
                                  "reason": a.reason})
 
     async def report_deal(self, crm: str, d: DealIn) -> InboundResult:
-        if not d.deal_id:
-            raise InputError("deal.deal_id is required")
+        if not d.deal_id or len(d.deal_id) > MAX_OBJECT_ID:
+            raise InputError(f"deal.deal_id is required, at most {MAX_OBJECT_ID} characters")
         if d.stage not in self.cfg.deal_stages:
             raise InputError(f"deal.stage must be one of {', '.join(self.cfg.deal_stages)}")
         if not (d.crm_id or d.lead_id):

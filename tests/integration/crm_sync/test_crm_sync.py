@@ -472,3 +472,25 @@ async def test_a_change_stream_request_no_cursor_can_answer_is_refused(
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
     assert f'"{field}"' in (err.value.details() or "")
 
+
+async def test_a_crm_object_id_longer_than_its_column_is_refused_before_anything_is_stored(mesh: Mesh) -> None:
+    """An activity or deal id is kept in a 128-character column. A longer one used to pass the checks: on
+    PostgreSQL scoring took the event (the lead became a customer), then our record failed with an
+    internal error, and every retry did the same."""
+    t0 = mesh.clock.now()
+    [r] = await upsert(mesh, contact("long-ids", "long@example.com", t0))
+    long_id = "x" * 140
+    act = crm_sync_pb2.Activity(activity_id=long_id, crm_id="long-ids", kind="call")
+    act.modified_at.FromDatetime(t0)
+    d = crm_sync_pb2.Deal(deal_id=long_id, crm_id="long-ids", stage="closed_won", amount=10, currency="EUR")
+    d.modified_at.FromDatetime(t0)
+    for call, req, field in ((mesh.crm.RecordActivity, crm_sync_pb2.RecordActivityRequest(activity=act),
+                              "activity.activity_id"),
+                             (mesh.crm.ReportDeal, crm_sync_pb2.ReportDealRequest(deal=d), "deal.deal_id")):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await call(req, metadata=AUTH, timeout=5)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
+        assert field in (err.value.details() or "")
+    lead = await mesh.scoring.GetLead(scoring_pb2.GetLeadRequest(id=r.lead_id), timeout=5)
+    assert lead.lifecycle_stage != "customer"
+    assert not {"activity_recorded", "deal_recorded"} & {i.type for i in await mesh.timeline(r.lead_id)}
