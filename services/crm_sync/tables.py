@@ -72,6 +72,9 @@ changes = Table(
     Column("changed", Text, nullable=False),
     Column("data", Text, nullable=False),
     Column("at", DateTime(timezone=True), nullable=False),
+    # SQLite: AUTOINCREMENT, so a number is never given twice. Without it SQLite gave the highest number
+    # deleted (an erased lead's changes) to the next change, and a CRM resuming past it missed it.
+    sqlite_autoincrement=True,
 )
 
 # The durable outbound queue: one row per push (contact sync, task, owner update, erasure).

@@ -494,3 +494,20 @@ async def test_a_crm_object_id_longer_than_its_column_is_refused_before_anything
     lead = await mesh.scoring.GetLead(scoring_pb2.GetLeadRequest(id=r.lead_id), timeout=5)
     assert lead.lifecycle_stage != "customer"
     assert not {"activity_recorded", "deal_recorded"} & {i.type for i in await mesh.timeline(r.lead_id)}
+
+
+async def test_the_change_after_an_erasure_gets_a_cursor_never_given_before(mesh: Mesh) -> None:
+    """Erasing a lead deletes its changes from the feed, then adds its `erased` change. On SQLite the
+    feed's sequence reused the highest number deleted, so a CRM resuming from the cursor it last had
+    (the erased lead's last change) never heard of the erasure."""
+    t0 = mesh.clock.now()
+    [r] = await upsert(mesh, contact("gone-1", "gone@example.com", t0))
+    await mesh.settle()
+    seen = [c async for c in mesh.crm.WatchChanges(crm_sync_pb2.WatchChangesRequest(), metadata=AUTH, timeout=10)]
+    assert seen and seen[-1].lead_id == r.lead_id
+    await mesh.scoring_admin.EraseLead(common_pb2.EraseLeadRequest(lead_id=r.lead_id), timeout=5)
+    await mesh.settle()
+    after = [c async for c in mesh.crm.WatchChanges(crm_sync_pb2.WatchChangesRequest(cursor=seen[-1].cursor),
+                                                    metadata=AUTH, timeout=10)]
+    assert [(c.lead_id, list(c.changed)) for c in after] == [(r.lead_id, ["erased"])]
+    assert int(after[0].cursor) > int(seen[-1].cursor)
