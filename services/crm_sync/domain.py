@@ -169,6 +169,16 @@ def lead_value(lead: Mapping[str, Any], name: str) -> Any:
     return lead.get(name)
 
 
+def property_problem(cfg: SyncConfig, props: JsonMapping, where: str) -> str | None:
+    """Why a contact's properties cannot be applied, or None. A mapped property becomes a lead field's
+    text: a list or an object has none (it was stored as Python's repr, `['x']`)."""
+    for prop, value in props.items():
+        rule = cfg.by_crm.get(prop)
+        if rule is not None and isinstance(value, (list, dict)):
+            return f"{where}.{prop} must be a string, number or boolean (it maps to {rule.lead})"
+    return None
+
+
 def _text(value: Any) -> str | None:
     return None if blank(value) else str(value)
 

@@ -134,7 +134,9 @@ class InboundContacts(CoreBase):
         started = self.clock.now()
         for i, ((crm, c), row) in enumerate(zip(items, rows, strict=True)):
             result = ContactResult(c.crm_id)
-            if (why := domain.ahead_of_clock(self.cfg, "contact.modified_at", c.modified_at, started)) is not None:
+            why = domain.ahead_of_clock(self.cfg, "contact.modified_at", c.modified_at, started) \
+                or domain.property_problem(self.cfg, c.properties, "contact.properties_json")
+            if why is not None:
                 log.warning("CRM %s contact %s refused: %s", crm, c.crm_id or c.email, why)
                 out[i] = replace(result, lead_id=row.lead_id if row else "", error_code="invalid", error_message=why)
                 continue

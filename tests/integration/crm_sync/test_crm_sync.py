@@ -511,3 +511,17 @@ async def test_the_change_after_an_erasure_gets_a_cursor_never_given_before(mesh
                                                     metadata=AUTH, timeout=10)]
     assert [(c.lead_id, list(c.changed)) for c in after] == [(r.lead_id, ["erased"])]
     assert int(after[0].cursor) > int(seen[-1].cursor)
+
+
+async def test_a_mapped_property_that_is_a_list_or_object_is_refused(mesh: Mesh) -> None:
+    """A mapped CRM property becomes a lead field's text: a list or object used to be stored as Python's
+    repr (`company: "['Acme']"`), then pushed back to the CRM so. Now that contact alone is an error."""
+    t0 = mesh.clock.now()
+    bad, good = await upsert(mesh, contact("prop-1", "prop1@example.com", t0, company=["Acme"]),  # type: ignore[arg-type]
+                             contact("prop-2", "prop2@example.com", t0, company="Acme", nickname=["x"]))  # type: ignore[arg-type]
+    assert (bad.status, bad.error_code) == ("error", "invalid") and "company" in bad.error_message and not bad.lead_id
+    assert good.status == "created"  # an unmapped one is kept as it came, as an attribute
+    lead = await mesh.scoring.GetLead(scoring_pb2.GetLeadRequest(id=good.lead_id), timeout=5)
+    assert json.loads(lead.attributes_json)["company"] == "Acme"
+    assert not (await mesh.crm.UpsertContacts(crm_sync_pb2.UpsertContactsRequest(contacts=[contact(
+        "prop-1", "prop1@example.com", t0)]), metadata=AUTH, timeout=5)).results[0].error_code
