@@ -156,7 +156,7 @@ class CrmSyncServicer(crm_sync_pb2_grpc.CrmSyncServicer):
         # A change's cursor is its sequence number: ASCII digits up to the safe integers (str.isdigit took
         # "²", which int() refuses, and a 30-digit cursor overflowed SQL's integer: both answered UNKNOWN).
         if cursor and not (cursor.isascii() and cursor.isdigit() and int(cursor) <= limits.MAX_SAFE_INTEGER):
-            await errors.abort(context, errors.invalid_fields({"cursor": "must be one a previous change returned"}))
+            await errors.abort(context, errors.invalid_fields({"cursor": "must be a change's cursor"}))
         if request.limit < 0:
             await errors.abort(context, errors.invalid_fields({"limit": "must be 0 (no limit) or more"}))
         async for row in self._core.watch(int(cursor or 0), request.follow, request.limit):
