@@ -106,6 +106,11 @@ async def journey(request: Request, key: str) -> Response:
         stages = [s for s in (got["definition"] or {}).get("stages") or [] if isinstance(s, dict)]
         f = report_query(request)
         stage_rows = await data.journey_stages(m, key, f["from"], f["to"])
+        if stage_rows:
+            # The journey's own order (welcome, education, ...), as its graph and stage chips read: the
+            # report lists stages by name, which put a funnel's later stages before its first.
+            order = {s.get("id"): i for i, s in enumerate(stages)}
+            stage_rows.sort(key=lambda r: order.get(r.get("stage"), len(order)))
         return page("journey.html", session=current, title=got["name"] or key, journey=got, report=report,
                     nodes=nodes, edges=edges, stages=stages, layout_json=json.dumps(graph.layout(nodes, edges)),
                     can_publish=roles.allows(current.role, "editor"), stage_rows=stage_rows,
