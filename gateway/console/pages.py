@@ -8,6 +8,7 @@ sign-in page; a form without the session's CSRF token, or from a role that may n
 from __future__ import annotations
 
 import json
+from datetime import date, timedelta
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Request
@@ -105,6 +106,11 @@ async def journey(request: Request, key: str) -> Response:
         stages = [s for s in (got["definition"] or {}).get("stages") or [] if isinstance(s, dict)]
         f = report_query(request)
         stage_rows = await data.journey_stages(m, key, f["from"], f["to"])
+        if stage_rows:
+            # The journey's own order (welcome, education, ...), as its graph and stage chips read: the
+            # report lists stages by name, which put a funnel's later stages before its first.
+            order = {s.get("id"): i for i, s in enumerate(stages)}
+            stage_rows.sort(key=lambda r: order.get(r.get("stage"), len(order)))
         return page("journey.html", session=current, title=got["name"] or key, journey=got, report=report,
                     nodes=nodes, edges=edges, stages=stages, layout_json=json.dumps(graph.layout(nodes, edges)),
                     can_publish=roles.allows(current.role, "editor"), stage_rows=stage_rows,
@@ -177,6 +183,24 @@ def pick(request: Request, name: str, allowed: tuple[str, ...]) -> str:
     return value
 
 
+def with_empty_periods(points: list[dict[str, object]], interval: str) -> list[dict[str, object]]:
+    """The series with a 0 for every day (or week) between its first and last point that has none: the API
+    leaves out a period with nothing in it, and a chart of its points alone drew the days either side of
+    an empty one as neighbours, hiding the gap from the person reading it."""
+    step = timedelta(days=7 if interval == "week" else 1)
+    try:
+        known = {date.fromisoformat(str(p["t"])): p for p in points}
+    except ValueError:  # not dates: shown as they came
+        return points
+    if not known:
+        return points
+    day, last, filled = min(known), max(known), []
+    while day <= last:
+        filled.append(known.get(day) or {"t": day.isoformat(), "value": 0})
+        day += step
+    return filled
+
+
 @router.get("/analytics")
 async def analytics(request: Request) -> Response:
     """The dashboard: engagement by a chosen dimension, one metric over time (chart and table) and the
@@ -188,13 +212,14 @@ async def analytics(request: Request) -> Response:
         args = (f["from"], f["to"], f["segment"], f["journey"], "json")
         engagement = analytics_api.as_json(await analytics_api.engagement(group_by, *args, m=m))
         series = analytics_api.as_json(await analytics_api.timeseries(metric, interval, *args, m=m))
+        points = with_empty_periods(series["points"], interval)
         progression = await analytics_api.progression_tables(*args[:4], ("stages", "qualification"), m=m)
         filters = {k: v or "" for k, v in f.items()}
         query = urlencode({k: v for k, v in filters.items() if v})
         return page("analytics.html", session=current, title="Analytics", filters=filters, groups=GROUPS,
                     metrics=METRICS, group_by=group_by, metric=metric, interval=interval,
-                    engagement=engagement["rows"], points=series["points"], stages=progression["stages"],
-                    qualification=progression["qualification"], series_json=json.dumps(series["points"]),
+                    engagement=engagement["rows"], points=points, stages=progression["stages"],
+                    qualification=progression["qualification"], series_json=json.dumps(points),
                     query=query)
     return await guarded(request, handler)
 

@@ -28,6 +28,23 @@ env = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=True,
                   trim_blocks=True, lstrip_blocks=True)
 
 
+def shown(value: object, empty: str = "—") -> str:
+    """A value as a person reads it, not as Python prints it: yes/no, a list joined by commas, `empty`
+    for none (the pages printed "True", "['CA', 'AU']" and a row named "None")."""
+    if value is None:
+        return empty
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, list | tuple):
+        return ", ".join(shown(v) for v in value) or empty
+    if isinstance(value, dict):
+        return ", ".join(f"{k}: {shown(v)}" for k, v in value.items()) or empty
+    return str(value)
+
+
+env.filters["shown"] = shown
+
+
 def protect(response: Response) -> Response:
     """The console's security headers on any response."""
     for name, value in HEADERS.items():

@@ -17,7 +17,7 @@ from starlette.responses import Response
 
 from gateway.console.guard import guarded, mesh_of
 from gateway.console.pages import pick, report_query
-from gateway.console.render import page
+from gateway.console.render import page, shown
 from gateway.console.session import Session
 from gateway.deps import ApiError
 from gateway.routes import analytics as analytics_api
@@ -60,9 +60,9 @@ async def attribution(request: Request) -> Response:
         dimension = DIMENSION[table]
         rows = credited[table]
         # Revenue only: conversions (a handful) would be invisible on revenue's axis; the table has both.
-        chart = {"labels": [str(r[dimension]) for r in rows],
+        chart = {"labels": [shown(r[dimension], f"(no {dimension})") for r in rows],
                  "series": [{"label": "revenue", "values": [r["revenue"] for r in rows]}]}
-        roi_chart = {"labels": [str(r["journey"]) for r in roi["by_journey"]],
+        roi_chart = {"labels": [shown(r["journey"], "(no journey)") for r in roi["by_journey"]],
                      "series": [{"label": "cost", "values": [r["cost"] for r in roi["by_journey"]]},
                                 {"label": "influenced revenue",
                                  "values": [r["influenced_revenue"] for r in roi["by_journey"]]}]}

@@ -164,7 +164,18 @@
     });
   }
 
+  // A form whose action reaches leads at once (a publish) asks first, unless its dry run is ticked:
+  // one stray click must not change what every lead is sent. Cancel submits nothing.
+  function confirmFirst(form) {
+    form.addEventListener("submit", function (event) {
+      var dryRun = form.querySelector("input[name=dry_run]");
+      if (dryRun && dryRun.checked) return;
+      if (!window.confirm(form.getAttribute("data-confirm"))) event.preventDefault();
+    });
+  }
+
   document.addEventListener("DOMContentLoaded", function () {
+    document.querySelectorAll("form[data-confirm]").forEach(confirmFirst);
     var editor = document.querySelector("textarea[data-validate]");
     if (editor) liveValidation(editor);
     var graph = document.getElementById("graph");

@@ -5,8 +5,10 @@ table downloads as the API's CSV, and a bad choice is refused."""
 from __future__ import annotations
 
 import html
+import json
 import re
 from collections.abc import AsyncIterator
+from datetime import date, timedelta
 from typing import Any
 
 import httpx
@@ -53,11 +55,35 @@ async def test_the_dashboard_shows_the_api_figures(dashboard: tuple[httpx.AsyncC
     points = (await client.get("/v1/analytics/timeseries", params={**SPAN, "metric": "opened", "interval": "week"},
                                headers=api)).json()["points"]
     shown_points = [(r[0], float(r[1])) for r in cells(page.text, "series")]
-    assert points and shown_points == [(p["t"], float(p["value"])) for p in points]
+    # The API's points, and a 0 for each week between them it leaves out (test_an_empty_day_is_shown).
+    assert points and [s for s in shown_points if s[1]] == [(p["t"], float(p["value"])) for p in points if p["value"]]
     assert 'id="series-chart"' in page.text and 'data-metric="opened"' in page.text
     stages = (await client.get("/v1/analytics/progression", params=SPAN, headers=api)).json()["stages"]
     assert stages and [(r[0], r[1], int(r[2]), int(r[3])) for r in cells(page.text, "stages")] == \
         [(s["journey"], s["stage"], s["entered"], s["advanced"]) for s in stages]
+
+
+async def test_an_empty_day_is_shown_not_skipped(settings: Settings) -> None:
+    """A day nothing was sent on is a 0 in the chart and its table: the API leaves such a day out, and the
+    chart drew the days either side of it as neighbours, so a day without mail looked like none passed."""
+    stream = h.generate(11, leads=25)
+    sending = ("email_sent", "email_hard_bounced")  # what `sent` counts
+    sent_days = sorted({h.at_of(m).date() for m in stream if m["type"] in sending})
+    gap = sent_days[len(sent_days) // 2]
+    stream = [m for m in stream if not (m["type"] in sending and h.at_of(m).date() == gap)]
+    async with console_over_analytics(settings, stream) as client:
+        params = {**SPAN, "metric": "sent", "interval": "day"}
+        api = (await client.get("/v1/analytics/timeseries", params=params,
+                                headers={"Authorization": f"Bearer {KEYS['viewer']}"})).json()["points"]
+        assert gap.isoformat() not in {p["t"] for p in api}, "the API leaves the empty day out"
+        page = await client.get("/console/analytics", params=params)
+        shown = {r[0]: float(r[1]) for r in cells(page.text, "series")}
+        first, last = date.fromisoformat(api[0]["t"]), date.fromisoformat(api[-1]["t"])
+        every_day = [(first + timedelta(days=i)).isoformat() for i in range((last - first).days + 1)]
+        assert list(shown) == every_day and shown[gap.isoformat()] == 0
+        assert {t: v for t, v in shown.items() if v} == {p["t"]: float(p["value"]) for p in api if p["value"]}
+        drawn = json.loads(html.unescape(re.search(r'data-points="([^"]*)"', page.text).group(1)))  # type: ignore[union-attr]
+        assert [p["t"] for p in drawn] == every_day
 
 
 async def test_each_table_downloads_as_the_api_csv(dashboard: tuple[httpx.AsyncClient, list[dict[str, Any]]]

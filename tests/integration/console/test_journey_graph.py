@@ -4,6 +4,7 @@ page equals `/v1/journeys/{key}/analytics` and a count of the journeys service's
 
 from __future__ import annotations
 
+import html
 import re
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -64,7 +65,34 @@ async def test_graph_counts_equal_the_api_and_a_recount(running: tuple[httpx.Asy
                 f'{reason} {n}<') in page.text
     # The journeys list shows the same enrolment as the report.
     listing = await client.get("/console/journeys")
-    assert f'href="/console/leads?journey=family" data-enrolled="{api.json()["enrolled"]}"' in listing.text
+    assert f'<td class="n" data-enrolled="{api.json()["enrolled"]}">' in listing.text
+
+
+async def test_each_journeys_list_link_opens_what_its_label_says(settings: Settings) -> None:
+    """The list's enrolled count (all-time: 6 families) linked to the leads in the journey now (5: one
+    unsubscribed), so a marketer clicking "6" found 5 leads. Now the link says "in it now" and its page
+    says what it lists; the exit count opens the leads that exited, as many as it says."""
+    async with console_mesh(settings, with_scoring=True) as mesh:
+        await _journeys_list_links(mesh.client)
+
+
+async def _journeys_list_links(client: httpx.AsyncClient) -> None:
+    await sign_in(client, KEYS["viewer"])
+    headers = {"Authorization": f"Bearer {KEYS['viewer']}"}
+    report = (await client.get("/v1/journeys/family/analytics", headers=headers)).json()
+    live = (await client.get("/v1/journeys/family/members", headers=headers)).json()["items"]
+    assert report["enrolled"] == 6 and len(live) == 5 and report["exited"] == 1
+    listing = (await client.get("/console/journeys")).text
+    row = listing.split('<tr data-journey="family">', 1)[1].split("</tr>", 1)[0]
+    assert '<a href="/console/leads?journey=family" data-in-now>in it now</a>' in row
+    assert not re.search(r'<a [^>]*>6</a>', row), "the enrolled count opens no listing of fewer leads"
+    exits = re.search(r'<a href="([^"]+)" data-exited="1">1</a>', row)
+    assert exits, row
+    exited = await client.get(html.unescape(exits.group(1)))
+    assert exited.status_code == 200 and sum(int(t) for t in re.findall(r'data-times="(\d+)"', exited.text)) == 1
+    now = await client.get("/console/leads", params={"journey": "family"})
+    assert sorted(re.findall(r'<tr data-lead="([^"]+)"', now.text)) == sorted(live)
+    assert 'id="in-now"' in now.text and "now" in now.text
 
 
 async def test_publish_from_the_console_by_role(running: tuple[httpx.AsyncClient, Settings]) -> None:

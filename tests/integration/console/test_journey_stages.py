@@ -65,6 +65,26 @@ async def test_the_journey_page_stages_equal_the_progression_report(
     assert checked > 0
 
 
+async def test_the_stages_read_in_the_journey_order(settings: Settings) -> None:
+    """The stages table lists the journey's stages as the journey runs them (registration, event,
+    follow_up), not by name as the report does (event, follow_up, registration): a funnel read top down."""
+    names = {"invite": "registration", "remind": "event", "followup": "follow_up"}  # the playbook's webinar
+    stream = h.generate(11, leads=25)
+    for m in stream:
+        p = m["properties"]
+        if p.get("journey") == "webinar" and p.get("stage") in names:
+            p["stage"] = names[p["stage"]]
+    async with console_mesh(settings, analytics_history=stream) as mesh:
+        await sign_in(mesh.client, KEYS["viewer"])
+        page = await mesh.client.get("/console/journeys/webinar", params=SPAN)
+        assert page.status_code == 200, page.text
+        api = (await mesh.client.get("/v1/analytics/progression", params={**SPAN, "journey": "webinar"},
+                                     headers={"Authorization": f"Bearer {KEYS['viewer']}"})).json()["stages"]
+        shown = [c[0] for c in stage_cells(page.text)]
+        assert sorted(shown) == sorted(r["stage"] for r in api) and len(shown) == 3
+        assert shown == ["registration", "event", "follow_up"]
+
+
 async def test_the_journey_page_without_analytics_says_so(settings: Settings) -> None:
     async with console_mesh(settings) as mesh:
         await sign_in(mesh.client, KEYS["viewer"])

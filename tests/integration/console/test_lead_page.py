@@ -41,3 +41,21 @@ async def test_lead_page_timeline_and_why_not(client: httpx.AsyncClient) -> None
     own = await client.get("/console/leads/f-5", params={"why_not": "family"})
     assert 'data-rule="segment_family" data-met="yes"' in own.text
     assert "exited at" in own.text
+
+
+async def test_the_profile_reads_as_words_not_python(client: httpx.AsyncClient) -> None:
+    """Consent and list attributes read as a marketer would write them: "email: yes", "CA, AU", not the
+    Python values the page printed ("email: True", "['CA', 'AU']")."""
+    created = await client.post("/v1/leads", headers={"Authorization": f"Bearer {KEYS['editor']}"}, json={
+        "id": "ana", "email": "ana@example.com", "consent": {"email": True, "sms": False},
+        "attributes": {"profession": "nurse", "countries_of_interest": ["CA", "AU"]}})
+    assert created.status_code == 201, created.text
+    await sign_in(client, KEYS["viewer"])
+    page = await client.get("/console/leads/ana")
+    assert page.status_code == 200, page.text
+    profile = html.unescape(re.sub(r"<[^>]+>", " ", re.search(r'<section class="profile">(.*?)</section>',
+                                                                page.text, re.S).group(1)))  # type: ignore[union-attr]
+    words = " ".join(profile.split())
+    assert "email: yes" in words and "sms: no" in words, words
+    assert "countries_of_interest: CA, AU" in words, words
+    assert not re.search(r"\bTrue\b|\bFalse\b|\bNone\b|\['", words), words

@@ -122,6 +122,15 @@ async def test_edit_validate_preview_publish_and_the_next_send_uses_it(
     # Save a draft, publish it.
     await page.click("#save-draft")
     await page.locator("[data-saved='2']").wait_for()
+    # Publishing changes what the next send uses at once: the browser asks first, and "Cancel" publishes
+    # nothing (Playwright dismisses a dialog it is not told to accept).
+    asked: list[str] = []
+    page.once("dialog", lambda d: (asked.append(d.message), asyncio.ensure_future(d.dismiss())))
+    await page.click("#publish-saved")
+    await page.wait_for_timeout(300)
+    assert asked and "version 2" in asked[0] and "next send" in asked[0], asked
+    assert await page.locator("#notice").count() == 0 and "/edit" in page.url
+    page.once("dialog", lambda d: asyncio.ensure_future(d.accept()))
     await page.click("#publish-saved")
     await page.locator("#notice", has_text="Version 2 is published").wait_for()
     assert await page.locator('#versions tr[data-version="2"][data-status="published"]').count() == 1
