@@ -81,6 +81,11 @@ def _options(policy: str) -> list[ChannelOption]:
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ("grpc.keepalive_time_ms", 30_000),
+        # Each channel keeps its own connections: by default gRPC shares them between the channels of a
+        # process to one address, and a new channel to a server just started on an address whose earlier
+        # server had gone (a port the OS handed out again, a restart) inherited that connection's failure
+        # and its reconnect backoff, so its first calls failed "connection refused" (seen in CI).
+        ("grpc.use_local_subchannel_pool", 1),
     ]
 
 
