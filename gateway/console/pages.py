@@ -177,10 +177,8 @@ def report_query(request: Request) -> dict[str, str | None]:
 
 
 def pick(request: Request, name: str, allowed: tuple[str, ...]) -> str:
-    value = request.query_params.get(name) or allowed[0]
-    if value not in allowed:
-        raise ApiError(422, "invalid", f"{name} must be one of {', '.join(allowed)}", {"field": name})
-    return value
+    """A page's choice parameter (the first allowed when absent), checked as the API checks it."""
+    return analytics_api.choice(request.query_params.get(name) or allowed[0], allowed, name)
 
 
 def with_empty_periods(points: list[dict[str, object]], interval: str) -> list[dict[str, object]]:

@@ -41,9 +41,7 @@ def _window(request: Request) -> int:
         days = int(raw)
     except ValueError as exc:
         raise ApiError(422, "invalid", "window_days must be a whole number", {"field": "window_days"}) from exc
-    if not 1 <= days <= 3650:
-        raise ApiError(422, "invalid", "window_days must be between 1 and 3650", {"field": "window_days"})
-    return days
+    return analytics_api.checked_window(days)
 
 
 @router.get("/analytics/attribution")

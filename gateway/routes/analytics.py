@@ -33,6 +33,14 @@ def _invalid(field: str, message: str) -> ApiError:
     return ApiError(422, "invalid", message, {"field": field, "fields": {field: message}})
 
 
+def checked_window(window_days: int) -> int:
+    """An attribution or sequence window in days (1 to 3650), or the 422 naming it: the API's reports
+    and the console's take it alike."""
+    if not 1 <= window_days <= 3650:
+        raise _invalid("window_days", "window_days must be between 1 and 3650")
+    return window_days
+
+
 def _stub(m: Mesh) -> analytics_pb2_grpc.AnalyticsStub:
     return analytics_pb2_grpc.AnalyticsStub(m.channel("analytics"))
 
@@ -113,7 +121,9 @@ def as_csv(answer: Response | JsonObject) -> Response:
     return answer
 
 
-def _choice(value: str, allowed: tuple[str, ...], field: str) -> str:
+def choice(value: str, allowed: tuple[str, ...], field: str) -> str:
+    """`value` when it is one of `allowed`, else the 422 naming `field`: the API's report parameters and
+    the console's alike."""
     if value not in allowed:
         raise _invalid(field, f"{field} must be one of {', '.join(allowed)}")
     return value
@@ -135,7 +145,7 @@ async def progression(from_: str | None = Query(None, alias="from"), to: str | N
                       output: str = Query("json", alias="format"), table: str = "stages",
                       segments: bool = False, m: Mesh = Depends(mesh)) -> Response | JsonObject:
     q = _query(from_, to, segment, journey, output)
-    chosen = _choice(table, PROGRESSION_TABLES, "table")
+    chosen = choice(table, PROGRESSION_TABLES, "table")
     # CSV is one table: only that one is computed. JSON: every table, the segment comparison when asked.
     tables = (chosen,) if output == "csv" else (PROGRESSION_TABLES if segments else ())
     return _answer(await _progression(q, tables, m), output, chosen)
@@ -162,12 +172,11 @@ async def attribution(model: str = "last", window_days: int = 30, from_: str | N
                       output: str = Query("json", alias="format"), table: str = "by_template",
                       m: Mesh = Depends(mesh)) -> Response | JsonObject:
     q = _query(from_, to, segment, journey, output)
-    if not 1 <= window_days <= 3650:
-        raise _invalid("window_days", "window_days must be between 1 and 3650")
+    checked_window(window_days)
     reply = await _stub(m).Attribution(analytics_pb2.AttributionRequest(query=q, model=model,
                                                                         window_days=window_days),
                                        timeout=LONG_DEADLINE_S)
-    return _answer(reply, output, _choice(table, ATTRIBUTION_TABLES, "table"))
+    return _answer(reply, output, choice(table, ATTRIBUTION_TABLES, "table"))
 
 
 @router.get("/v1/analytics/sequences",
@@ -178,11 +187,10 @@ async def sequences(length: int = 2, by: str = "template", window_days: int = 30
                     output: str = Query("json", alias="format"), table: str = "rows",
                     m: Mesh = Depends(mesh)) -> Response | JsonObject:
     q = _query(from_, to, segment, journey, output)
-    chosen = _choice(table, SEQUENCE_TABLES, "table")
-    _choice(str(length), ("2", "3"), "length")
-    _choice(by, ("template", "topic"), "by")
-    if not 1 <= window_days <= 3650:
-        raise _invalid("window_days", "window_days must be between 1 and 3650")
+    chosen = choice(table, SEQUENCE_TABLES, "table")
+    choice(str(length), ("2", "3"), "length")
+    choice(by, ("template", "topic"), "by")
+    checked_window(window_days)
     reply = await _stub(m).Sequences(analytics_pb2.SequencesRequest(query=q, length=length, by=by,
                                                                     window_days=window_days),
                                      timeout=LONG_DEADLINE_S)
@@ -195,7 +203,7 @@ async def roi(from_: str | None = Query(None, alias="from"), to: str | None = No
               m: Mesh = Depends(mesh)) -> Response | JsonObject:
     q = _query(from_, to, segment, journey, output)
     reply = await _stub(m).Roi(analytics_pb2.RoiRequest(query=q), timeout=LONG_DEADLINE_S)
-    return _answer(reply, output, _choice(table, ROI_TABLES, "table"))
+    return _answer(reply, output, choice(table, ROI_TABLES, "table"))
 
 
 @router.get("/v1/analytics/timeseries", summary="One metric per day or week, for charts")
@@ -216,10 +224,10 @@ async def deliverability(domain: str | None = None, provider: str | None = None,
                          output: str = Query("json", alias="format"), table: str = "by_provider",
                          m: Mesh = Depends(mesh)) -> Response | JsonObject:
     q = _query(from_, to, segment, journey, output)
-    request = analytics_pb2.DeliverabilityRequest(query=q, interval=_choice(interval, ("day", "week"), "interval"))
+    request = analytics_pb2.DeliverabilityRequest(query=q, interval=choice(interval, ("day", "week"), "interval"))
     if domain is not None:
         request.domain = domain
     if provider is not None:
         request.provider = provider
     reply = await _stub(m).Deliverability(request, timeout=LONG_DEADLINE_S)
-    return _answer(reply, output, _choice(table, DELIVERABILITY_TABLES, "table"))
+    return _answer(reply, output, choice(table, DELIVERABILITY_TABLES, "table"))
