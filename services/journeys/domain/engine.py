@@ -688,8 +688,7 @@ class Engine:
             self._entry_triggers(state, j, e, now, out)   # (waits itself while a step is due)
         if j is not None:
             self._apply_pauses(state, j, e, now, out)
-        pauser = next((o for o in state.enrollments.values() if self._pauser_of(state, o, e)), None)
-        if pauser is not None:
+        if (pauser := self._pauser(state, e)) is not None:
             self._pause(state, e, now, out, by=pauser)
 
     def _enter(self, state: LeadState, j: Journey, message: BusMessage, now: datetime, out: Outcome, *,
@@ -719,17 +718,21 @@ class Engine:
         self._keep_for_entry_triggers(j, e, message, out)  # checked once the entry's steps have run
         self._record(out, state, e, now, "entered", reason, step_to=j.first, rule=rule, facts=dict(facts or {}))
         self._apply_pauses(state, j, e, now, out)
-        pauser = next((o for o in state.enrollments.values() if self._pauser_of(state, o, e)), None)
-        if pauser is not None:
+        if (pauser := self._pauser(state, e)) is not None:
             self._pause(state, e, now, out, by=pauser)
         return e
 
-    def _pauser_of(self, state: LeadState, other: Enrollment, e: Enrollment) -> bool:
-        if other.ekey == e.ekey or other.status != ACTIVE:
-            return False
-        oj = self._resolve(other.journey, other.version)
+    def _pauser(self, state: LeadState, e: Enrollment) -> Enrollment | None:
+        """The first of the lead's active enrolments whose journey pauses `e`'s, or None."""
         ej = self._resolve(e.journey, e.version)
-        return bool(oj and ej and _pauses(oj, ej))
+        if ej is None:
+            return None
+        for other in state.enrollments.values():
+            if other.ekey != e.ekey and other.status == ACTIVE:
+                oj = self._resolve(other.journey, other.version)
+                if oj is not None and _pauses(oj, ej):
+                    return other
+        return None
 
     def _apply_pauses(self, state: LeadState, j: Journey, by: Enrollment, now: datetime, out: Outcome) -> None:
         if not j.pauses:
@@ -752,7 +755,7 @@ class Engine:
         for e in state.enrollments.values():
             if e.status != PAUSED:
                 continue
-            if any(self._pauser_of(state, other, e) for other in state.enrollments.values()):
+            if self._pauser(state, e) is not None:
                 continue
             e.status = ACTIVE
             e.due = now + timedelta(seconds=e.paused_remaining) if e.paused_remaining is not None else None
