@@ -29,7 +29,7 @@ from nurture.partitions import Ownership, replica_name
 from nurture.rpc import start_server
 from nurture.service import Running
 from nurture.settings import Settings
-from services.journeys import storage
+from services.journeys import simulation, storage
 from services.journeys.app.runner import JourneysRuntime
 from services.journeys.clients import Clients
 from services.journeys.domain.calendar import load_calendar
@@ -91,7 +91,9 @@ async def serve(settings: Settings) -> Running:
 
     handle = await start_server(name="journeys", port=settings.grpc_port, register=register,
                                 mesh_tokens=settings.mesh_tokens)
-    tasks: list[asyncio.Task[None]] = [asyncio.create_task(ownership.run(), name="journeys-partitions")]
+    tasks: list[asyncio.Task[None]] = [asyncio.create_task(ownership.run(), name="journeys-partitions"),
+                                       # (off the loop: the fork server's start is a process start and an import)
+                                       asyncio.create_task(asyncio.to_thread(simulation.warm), name="journeys-warm")]
     if settings.clock != "virtual":
         tasks.append(asyncio.create_task(consumer.run(), name="journeys-bus"))
         tasks.append(asyncio.create_task(runtime.timer_loop(), name="journeys-timers"))

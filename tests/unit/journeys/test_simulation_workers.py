@@ -21,6 +21,7 @@ from services.journeys.simulation import (
     SimulationWorkerDied,
     default_workers,
     simulate,
+    warm,
 )
 
 
@@ -75,6 +76,20 @@ def test_a_bad_worker_count_is_refused(workers: int) -> None:
 def test_small_runs_stay_in_the_calling_process() -> None:
     assert default_workers(PARALLEL_FROM_LEADS - 1) == 1
     assert 1 <= default_workers(PARALLEL_FROM_LEADS) <= MAX_WORKERS
+
+
+def test_warming_starts_the_workers_fork_server_before_any_run() -> None:
+    """What the journeys service does as it starts: with more than one core, a worker is forked (so the
+    fork server is up and has imported the simulator) and nothing is left running; again is harmless."""
+    if default_workers(PARALLEL_FROM_LEADS) == 1:
+        assert warm() is False  # one core: runs stay in the calling process, nothing to start
+        return
+    assert warm() is True
+    assert warm() is True
+    assert not multiprocessing.active_children()
+    # A run after it uses the started server and makes the same report as one process.
+    assert without_wall(simulate(leads=30, days=10, seed=4, workers=2)) == \
+        without_wall(simulate(leads=30, days=10, seed=4, workers=1))
 
 
 @dataclasses.dataclass(frozen=True)
