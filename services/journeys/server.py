@@ -91,9 +91,13 @@ async def serve(settings: Settings) -> Running:
 
     handle = await start_server(name="journeys", port=settings.grpc_port, register=register,
                                 mesh_tokens=settings.mesh_tokens)
+
+    async def warm_simulation() -> None:
+        # Off the loop: the simulation's fork server starting is a process start and an import.
+        await asyncio.to_thread(simulation.warm)
+
     tasks: list[asyncio.Task[None]] = [asyncio.create_task(ownership.run(), name="journeys-partitions"),
-                                       # (off the loop: the fork server's start is a process start and an import)
-                                       asyncio.create_task(asyncio.to_thread(simulation.warm), name="journeys-warm")]
+                                       asyncio.create_task(warm_simulation(), name="journeys-warm")]
     if settings.clock != "virtual":
         tasks.append(asyncio.create_task(consumer.run(), name="journeys-bus"))
         tasks.append(asyncio.create_task(runtime.timer_loop(), name="journeys-timers"))

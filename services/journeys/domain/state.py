@@ -4,7 +4,7 @@ the service keeps it in SQL and the simulator keeps it in memory."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import TypedDict
 
@@ -60,11 +60,17 @@ class Enrollment:
     # Tries in a row that met the receiving service unavailable (the engine's retry_later backs off by
     # it); 0 again once a step is performed.
     retries: int = 0
+    # Keys this release does not know, written by a newer one (during a rolling upgrade the replicas run
+    # both): kept as read and written back, so an older replica neither refuses the state nor drops them.
+    newer: JsonObject = field(default_factory=dict)
 
     def to_json(self) -> JsonObject:
         # Hand-built rather than dataclasses.asdict: asdict deep-copies every nested dict, and this
         # runs for each touched enrolment on every commit.
         out = dict(self.__dict__)
+        newer = out.pop("newer")
+        if newer:
+            out = {**newer, **out}
         for k in ("anchors", "visits", "fired"):
             out[k] = dict(out[k])
         if self.entry_events:
@@ -84,7 +90,14 @@ class Enrollment:
         data = dict(raw)
         for k in ("due", "entered_at", "stage_at", "ended_at", "side_at", "timed_at"):
             data[k] = parse_time(data.get(k))
+        if not _ENROLLMENT_KEYS.issuperset(data):
+            data = {k: v for k, v in data.items() if k in _ENROLLMENT_KEYS} | {
+                "newer": {k: v for k, v in data.items() if k not in _ENROLLMENT_KEYS}}
         return cls(**data)
+
+
+# What Enrollment.to_json writes (its fields but `newer`, whose keys it writes instead).
+_ENROLLMENT_KEYS = frozenset(f.name for f in fields(Enrollment)) - {"newer"}
 
 
 class ConsentExit(TypedDict, total=False):
@@ -135,9 +148,11 @@ class LeadState:
     # Journey categories an opt-out stopped (category -> unsubscribed | spam_reported | email_hard_bounced):
     # no journey of them is entered until messaging lifts an unsubscribe (email_resubscribed).
     opted_out: dict[str, str] = field(default_factory=dict)
+    newer: JsonObject = field(default_factory=dict)  # keys of a newer release, kept (as Enrollment's)
 
     def to_json(self) -> JsonObject:
         return {
+            **self.newer,
             "lead_id": self.lead_id, "lead": self.lead, "sends": self.sends, "history": self.history,
             "last_engagement": iso(self.last_engagement), "inactive_due": iso(self.inactive_due),
             "inactive_token": self.inactive_token, "inactive_step": self.inactive_step, "dates": self.dates,
@@ -153,7 +168,12 @@ class LeadState:
             inactive_step=int(raw.get("inactive_step", 0)), dates=dict(raw.get("dates") or {}),
             opted_out=dict(raw.get("opted_out") or {}),
             enrollments={e.ekey: e for e in enrollments},
+            newer={k: v for k, v in raw.items() if k not in _LEAD_STATE_KEYS},
         )
+
+
+# What LeadState.to_json writes of its own (its enrolments are stored apart).
+_LEAD_STATE_KEYS = frozenset(f.name for f in fields(LeadState)) - {"newer", "enrollments"}
 
 
 # Effect, StepRun, Transition and the payloads with slots and not frozen: one is built per effect,
