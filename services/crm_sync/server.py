@@ -64,7 +64,7 @@ async def serve(settings: Settings) -> Running:
                        virtual=settings.clock == "virtual", proposals_cfg=load_proposals(),
                        messaging=messaging_pb2_grpc.MessagingStub(messaging_channel),
                        link_secrets=(settings.secret, settings.secret_previous), public_url=settings.public_url,
-                       replica=settings.replica)
+                       replica=settings.replica, redis=redis)
     await core.recover()
     consumer = Consumer(redis, group="crm_sync", shards=settings.bus_shards, handler=core.handle_messages,
                         linger=BUS_LINGER_S)

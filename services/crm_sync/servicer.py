@@ -14,6 +14,7 @@ import grpc
 from nurture import errors, limits
 from nurture.api.crm_sync.v1 import crm_sync_pb2, crm_sync_pb2_grpc
 from nurture.api.scoring.v1 import scoring_pb2, scoring_pb2_grpc
+from nurture.locks import LockBusy
 from nurture.rpcguard import guard_requests, message_problems, problem_text
 from services.crm_sync.app.activities import ActivityIn, DealIn, InboundResult
 from services.crm_sync.app.base import InputError, ScoringUnavailable, UnknownContact
@@ -74,6 +75,8 @@ async def _fail(context: grpc.aio.ServicerContext, exc: Exception) -> NoReturn:
         # Scoring's text may name internal addresses, and the caller is a CRM outside the mesh: logged only.
         log.warning("scoring unavailable: %s", str(exc)[:300])
         await errors.abort(context, errors.Unavailable("scoring unavailable, retry"))
+    if isinstance(exc, LockBusy):
+        await errors.abort(context, errors.Unavailable(str(exc)))
     if isinstance(exc, MessagingUnavailable):
         log.warning("messaging unavailable: %s", str(exc)[:300])
         await errors.abort(context, errors.Unavailable("messaging unavailable, retry"))
@@ -130,7 +133,7 @@ class CrmSyncServicer(crm_sync_pb2_grpc.CrmSyncServicer):
                 occurred_at=_when(a.occurred_at, a.HasField("occurred_at")),
                 modified_at=_when(a.modified_at, a.HasField("modified_at")),
                 properties=_props(a.properties_json, "activity")))
-        except (InputError, UnknownContact, ScoringUnavailable) as exc:
+        except (InputError, UnknownContact, ScoringUnavailable, LockBusy) as exc:
             await _fail(context, exc)
         return _inbound_reply(reply)
 
@@ -144,7 +147,7 @@ class CrmSyncServicer(crm_sync_pb2_grpc.CrmSyncServicer):
                 deal_id=d.deal_id, crm_id=d.crm_id, lead_id=d.lead_id, stage=d.stage, amount=d.amount,
                 currency=d.currency, reason=d.reason, modified_at=_when(d.modified_at, d.HasField("modified_at")),
                 properties=_props(d.properties_json, "deal")))
-        except (InputError, UnknownContact, ScoringUnavailable) as exc:
+        except (InputError, UnknownContact, ScoringUnavailable, LockBusy) as exc:
             await _fail(context, exc)
         return _inbound_reply(reply)
 

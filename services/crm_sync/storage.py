@@ -454,9 +454,11 @@ def unlink_crm_id(s: Session, crm: str, crm_id: str, keep_lead: str) -> None:
 
 # -- inbound activities and deals ------------------------------------------------------------------
 
-def get_inbound(s: Session, crm: str, kind: str, object_id: str) -> dict[str, Any] | None:
-    row = s.execute(select(inbound).where(inbound.c.crm == crm, inbound.c.kind == kind,
-                                          inbound.c.object_id == object_id)).first()
+def get_inbound(s: Session, crm: str, kind: str, object_id: str, *, lock: bool = False) -> dict[str, Any] | None:
+    """The record of one CRM object; `lock`: FOR UPDATE, to judge a write against it (PostgreSQL; SQLite's
+    one writer serialises the same)."""
+    query = select(inbound).where(inbound.c.crm == crm, inbound.c.kind == kind, inbound.c.object_id == object_id)
+    row = s.execute(query.with_for_update() if lock else query).first()
     if not row:
         return None
     m = dict(row._mapping)

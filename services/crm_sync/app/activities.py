@@ -93,7 +93,9 @@ class InboundActivities(Proposals):
                     then: Callable[[Session, datetime], object] | None = None) -> InboundResult:
         """Common path of activities and deals: staleness by the CRM's modification time, the event to
         scoring (idempotent by key), then our record and the timeline."""
-        async with self.locks.hold(f"{crm}:{kind}:{object_id}"):
+        # One version of the object at a time across replicas (the lease), so scoring hears its versions
+        # in order; the record, judged again under its row lock as it is written, stops a late holder.
+        async with self.object_locks.hold(f"{crm}:{kind}:{object_id}"):
             seen = await self.read(lambda s: st.get_inbound(s, crm, kind, object_id))
             if seen and modified_at < seen["modified_at"]:
                 await self.writer.submit(lambda s: st.add_timeline(
@@ -120,17 +122,29 @@ class InboundActivities(Proposals):
                 event_id = res.event_id
             now = self.clock.now()
 
-            def write(s: Session) -> None:
+            def write(s: Session) -> str:
+                # As stored now, locked: a replica that paused past its lease may have been overtaken here
+                # by a newer version (or the same one) since `seen` was read.
+                stored = st.get_inbound(s, crm, kind, object_id, lock=True)
+                if stored is not None and modified_at <= stored["modified_at"]:
+                    if modified_at == stored["modified_at"]:
+                        return "duplicate"
+                    st.add_timeline(s, lead_id, now, f"{kind}_stale",
+                                    f"Ignored an out-of-order {kind} {object_id} (a newer one was recorded first)",
+                                    {"crm": crm, "object_id": object_id, "modified_at": modified_at,
+                                     "last_seen": stored["modified_at"], "event_id": event_id})
+                    return "stale"
                 st.put_inbound(s, {"crm": crm, "kind": kind, "object_id": object_id, "lead_id": lead_id,
                                    "modified_at": modified_at, "state": state,
-                                   "event_id": event_id or (seen or {}).get("event_id", "")}, exists=seen is not None)
-                st.add_timeline(s, lead_id, now, f"{kind}_recorded" if not seen else f"{kind}_updated", summary,
+                                   "event_id": event_id or (stored or {}).get("event_id", "")},
+                               exists=stored is not None)
+                st.add_timeline(s, lead_id, now, f"{kind}_recorded" if not stored else f"{kind}_updated", summary,
                                 {**details, "crm": crm, "event_id": event_id, "modified_at": modified_at})
                 if then is not None:
                     then(s, now)  # in the same transaction: a crash leaves both or neither
+                return "recorded" if not stored else "updated"
 
-            await self.writer.submit(write)
-            return InboundResult(lead_id, "recorded" if not seen else "updated", event_id)
+            return InboundResult(lead_id, await self.writer.submit(write), event_id)
 
     async def record_activity(self, crm: str, a: ActivityIn) -> InboundResult:
         if not a.activity_id or len(a.activity_id) > MAX_OBJECT_ID:

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from nurture.api.scoring.v1 import scoring_pb2_grpc
 from nurture.clock import Clock
 from nurture.db import Database
-from nurture.locks import KeyLocks
+from nurture.locks import KeyLocks, SharedKeyLocks
 from services.crm_sync import domain
 from services.crm_sync.app.group_commit import GroupWriter
 from services.crm_sync.clients import JourneysLookup
@@ -56,6 +56,7 @@ class CoreBase:
     replica: str
     writer: GroupWriter
     locks: KeyLocks
+    object_locks: SharedKeyLocks
     changes_wake: asyncio.Event
     push_wake: asyncio.Event
     stats: SyncStats

@@ -22,7 +22,8 @@ from nurture.api.scoring.v1 import scoring_pb2_grpc
 from nurture.batching import Batcher
 from nurture.clock import Clock
 from nurture.db import Database
-from nurture.locks import KeyLocks
+from nurture.locks import KeyLocks, SharedKeyLocks
+from nurture.redisconn import AsyncRedis
 from services.crm_sync import domain
 from services.crm_sync import storage as st
 from services.crm_sync.app.activities import InboundActivities
@@ -43,7 +44,8 @@ class CrmSyncCore(InboundContacts, InboundActivities, BusConsumer, OutboundQueue
                  scoring: scoring_pb2_grpc.ScoringStub, journeys: JourneysLookup, crm_name: str,
                  virtual: bool, proposals_cfg: ProposalsConfig | None = None,
                  messaging: messaging_pb2_grpc.MessagingStub | None = None,
-                 link_secrets: tuple[str, ...] = (), public_url: str = "", replica: str = "0") -> None:
+                 link_secrets: tuple[str, ...] = (), public_url: str = "", replica: str = "0",
+                 redis: AsyncRedis | None = None) -> None:
         self.db = db
         self.clock = clock
         self.cfg = cfg
@@ -60,6 +62,9 @@ class CrmSyncCore(InboundContacts, InboundActivities, BusConsumer, OutboundQueue
         self.replica = replica
         self.writer = GroupWriter(db)
         self.locks = KeyLocks()
+        # An activity or deal is one CRM object any replica may be handed a version of: its versions are
+        # judged one at a time across replicas (staleness, then scoring's event, then the record).
+        self.object_locks = SharedKeyLocks(redis, "nurture:crm_sync:object")
         # One batch of contacts in flight: whatever arrives meanwhile joins the next (one read, one
         # scoring call, one commit for all of it). With two in flight, 32 CRM callers sending one
         # contact each made batches of ~9 and a scoring call per batch; with one, ~14 and less CPU per

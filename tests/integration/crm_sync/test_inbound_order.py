@@ -209,3 +209,56 @@ async def test_the_first_delivery_of_a_new_contact_at_two_replicas_makes_one_lea
     finally:
         crm_db.dispose()
         scoring_db.dispose()
+
+
+async def deal_at(stub: crm_sync_pb2_grpc.CrmSyncStub, crm_id: str, deal_id: str, stage: str,
+                  at: datetime) -> crm_sync_pb2.InboundReply:
+    d = crm_sync_pb2.Deal(deal_id=deal_id, crm_id=crm_id, stage=stage, amount=1000)
+    d.modified_at.FromDatetime(at)
+    reply: crm_sync_pb2.InboundReply = await stub.ReportDeal(crm_sync_pb2.ReportDealRequest(deal=d), metadata=AUTH,
+                                                             timeout=30)
+    return reply
+
+
+async def test_two_versions_of_one_deal_at_two_replicas_are_judged_in_turn(replicas: Replicas) -> None:
+    """A deal's versions delivered at the same moment to two replicas: the record ends at the newer, and
+    a version found older than the one recorded is stale before it reaches scoring (no event of it),
+    whichever replica takes which and whichever is sent first. Before, each replica judged staleness
+    alone: both sent their events, and the older could be recorded last."""
+    t0 = replicas.clock.now() - timedelta(days=1)
+    first = await upsert(replicas.crm[0], contact("c-9", t0, "Dee", "deals"))
+    lead_id = first.lead_id
+    crm_db = sa.create_engine(replicas.settings.database_url_for("crm_sync"))
+    scoring_db = sa.create_engine(replicas.settings.database_url_for("scoring"))
+    outcomes: dict[str, int] = {}
+    try:
+        for n in range(ROUNDS):
+            deal_id = f"d-{n}"
+            assert (await deal_at(replicas.crm[n % 2], "c-9", deal_id, "appointment", t0)).status == "recorded"
+            older_at, newer_at = t0 + timedelta(minutes=1), t0 + timedelta(minutes=2)
+            old_stub, new_stub = replicas.crm[n % 2], replicas.crm[1 - n % 2]
+            if (n // 2) % 2:
+                old_r, new_r = await asyncio.gather(deal_at(old_stub, "c-9", deal_id, "qualified", older_at),
+                                                    deal_at(new_stub, "c-9", deal_id, "negotiation", newer_at))
+            else:
+                new_r, old_r = await asyncio.gather(deal_at(new_stub, "c-9", deal_id, "negotiation", newer_at),
+                                                    deal_at(old_stub, "c-9", deal_id, "qualified", older_at))
+            assert new_r.status == "updated", (n, new_r)
+            assert old_r.status in ("stale", "updated"), (n, old_r)
+            outcomes[old_r.status] = outcomes.get(old_r.status, 0) + 1
+            with crm_db.connect() as conn:
+                row = conn.execute(sa.text("SELECT modified_at, state FROM crm_sync_inbound"
+                                           " WHERE kind = 'deal' AND object_id = :d"), {"d": deal_id}).one()
+            assert (row.modified_at, row.state) == (newer_at, "negotiation"), n
+            with scoring_db.connect() as conn:
+                keys = set(conn.execute(sa.text("SELECT idempotency_key FROM scoring_events WHERE lead_id = :l"
+                                                " AND idempotency_key LIKE :k"),
+                                        {"l": lead_id, "k": f"crm:test-crm:deal:{deal_id}:%"}).scalars())
+            stages = {k.split(":")[4] for k in keys}
+            # The newer's event always; the older's only when it was judged first (then it came first).
+            assert stages == ({"appointment", "negotiation"} if old_r.status == "stale"
+                              else {"appointment", "qualified", "negotiation"}), (n, old_r.status, stages)
+    finally:
+        crm_db.dispose()
+        scoring_db.dispose()
+    assert outcomes.get("stale", 0) >= ROUNDS // 4, outcomes
