@@ -143,14 +143,24 @@ class MessagingServicer(messaging_pb2_grpc.MessagingServicer):
     async def ListTemplates(self, request: messaging_pb2.ListTemplatesRequest, context: grpc.aio.ServicerContext
                             ) -> messaging_pb2.ListTemplatesReply:
         listed = await self.engine.templates.list()
+        keys = self.engine.templates.keys()
+        if request.with_variants:
+            keys = [k for k in keys if self._variants(k)]
+            listed = [(row, subject) for row, subject in listed if self._variants(row.key)]
         return messaging_pb2.ListTemplatesReply(
-            keys=self.engine.templates.keys(), items=[self._summary(row, subject) for row, subject in listed])
+            keys=keys, items=[self._summary(row, subject) for row, subject in listed])
+
+    def _variants(self, key: str) -> int:
+        """How many A/B variants the live version of `key` declares (0 when it has none or none is live)."""
+        live = self.engine.templates.live(key)
+        return len(live.variants) if live is not None else 0
 
     def _summary(self, row: TemplateRow, subject: str) -> messaging_pb2.TemplateSummary:
         spec = self.engine.catalog.spec(row.key)
         out = messaging_pb2.TemplateSummary(key=row.key, published_version=row.published_version,
                                             latest_version=row.latest_version, journey=spec.journey,
-                                            category=spec.category, subject=subject)
+                                            category=spec.category, subject=subject,
+                                            variants=self._variants(row.key))
         out.updated_at.FromDatetime(row.updated_at)
         return out
 

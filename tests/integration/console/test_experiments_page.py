@@ -1,19 +1,26 @@
 """The A/B experiments pages over the real messaging service: a template whose variant `a` is clicked by
 every lead sent it and variant `b` by none is listed with the AbReport's figures (significant, `a` the
 winner) and links to the template's page; its report page shows each variant's figures as the API's
-/v1/templates/{key}/ab-report gives them, and draws them as a chart in Chromium."""
+/v1/templates/{key}/ab-report gives them, and draws them as a chart in Chromium.
+
+The list asks messaging for the reports of the templates with variants alone (ListTemplates with_variants),
+and a report that fails or outlasts the deadline is a row marked unavailable, not a page failed with 503:
+`faults` makes the real messaging servicer's AbReport fail or hang for the templates a test names."""
 
 from __future__ import annotations
 
+import asyncio
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import grpc
 import httpx
 import pytest
 
 from nurture.api.messaging.v1 import messaging_pb2
 from nurture.settings import SERVICES, Settings
+from services.messaging.servicer import MessagingServicer
 from tests.conftest import free_port
 from tests.integration.console.conftest import KEYS, app_for, console_settings, sign_in
 from tests.integration.console.test_analytics_page import cells
@@ -23,10 +30,43 @@ from tests.integration.messaging.harness import make_lead
 pytestmark = pytest.mark.anyio
 TEMPLATE = "skilled_professional.email_01"
 LEADS = 30
+# The catalog's templates with variants (services/messaging/data/templates/catalog.yaml): 3 of its ~150.
+WITH_VARIANTS = {TEMPLATE, "family.email_01", "cart_abandonment.email_04"}
+
+
+class Faults:
+    """What the messaging servicer's AbReport does per template: `fail` aborts it (INTERNAL), `hang` holds
+    it until released (the gateway's deadline passes first); every template asked is recorded."""
+
+    def __init__(self) -> None:
+        self.plan: dict[str, str] = {}
+        self.asked: list[str] = []
+        self.release = asyncio.Event()
 
 
 @pytest.fixture
-async def experiment(settings: Settings, tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, Mesh]]:
+def faults(monkeypatch: pytest.MonkeyPatch) -> Iterator[Faults]:
+    """Set before the service starts: gRPC binds the servicer's methods when the server is made."""
+    found = Faults()
+    real = MessagingServicer.AbReport
+
+    async def ab_report(self: MessagingServicer, request: messaging_pb2.AbReportRequest,
+                        context: grpc.aio.ServicerContext) -> messaging_pb2.AbReportReply:
+        found.asked.append(request.template)
+        fault = found.plan.get(request.template)
+        if fault == "fail":
+            await context.abort(grpc.StatusCode.INTERNAL, "injected failure")
+        if fault == "hang":
+            await found.release.wait()
+        return await real(self, request, context)
+    monkeypatch.setattr(MessagingServicer, "AbReport", ab_report)
+    yield found
+    found.release.set()
+
+
+@pytest.fixture
+async def experiment(settings: Settings, tmp_path: Path, faults: Faults
+                     ) -> AsyncIterator[tuple[httpx.AsyncClient, Mesh]]:
     async with running_mesh(settings, tmp_path) as mesh:
         for i in range(LEADS):
             mesh.scoring.add(make_lead(f"ab{i}"))
@@ -76,6 +116,28 @@ async def test_experiments_list_and_report_show_the_ab_figures(
     assert [(r[0], int(r[1]), int(r[2]), int(r[3])) for r in cells(report.text, "variants")] == \
         [(v["name"], v["sent"], v["opened"], v["clicked"]) for v in api["variants"]]
     assert 'data-winner="a"' in report.text and api["explanation"] in report.text.replace("&#39;", "'")
+
+
+async def test_only_templates_with_variants_are_asked_and_a_failed_report_is_a_row(
+        experiment: tuple[httpx.AsyncClient, Mesh], faults: Faults) -> None:
+    client, mesh = experiment
+    listed = await mesh.stub.ListTemplates(messaging_pb2.ListTemplatesRequest(with_variants=True), timeout=5)
+    assert {i.key for i in listed.items} == set(listed.keys) == WITH_VARIANTS
+    assert all(i.variants == 2 for i in listed.items)
+    everything = await mesh.stub.ListTemplates(messaging_pb2.ListTemplatesRequest(), timeout=5)
+    assert len(everything.items) > 100 and {i.key for i in everything.items if i.variants} == WITH_VARIANTS
+
+    faults.plan = {"family.email_01": "fail", "cart_abandonment.email_04": "hang"}
+    faults.asked.clear()
+    listing = await client.get("/console/experiments")
+    assert listing.status_code == 200, listing.text
+    assert sorted(faults.asked) == sorted(WITH_VARIANTS)   # not one AbReport per template of the catalog
+    rows = {c[0]: c for c in cells(listing.text, "experiments")}
+    assert set(rows) == WITH_VARIANTS
+    assert rows[TEMPLATE][4] == "a" and rows[TEMPLATE][6] == "yes"   # the answered report keeps its figures
+    for key in ("family.email_01", "cart_abandonment.email_04"):
+        assert rows[key][1] == "2" and "report unavailable" in rows[key][2], rows[key]
+        assert f'<tr data-template="{key}" data-significant="unknown" class="unavailable">' in listing.text
 
 
 async def test_an_unknown_template_is_404(experiment: tuple[httpx.AsyncClient, Mesh]) -> None:

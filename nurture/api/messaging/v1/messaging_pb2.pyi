@@ -78,8 +78,10 @@ class WithdrawReply(_message.Message):
     def __init__(self, withdrawn: _Optional[int] = ...) -> None: ...
 
 class ListTemplatesRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("with_variants",)
+    WITH_VARIANTS_FIELD_NUMBER: _ClassVar[int]
+    with_variants: bool
+    def __init__(self, with_variants: _Optional[bool] = ...) -> None: ...
 
 class ListTemplatesReply(_message.Message):
     __slots__ = ("keys", "items")
@@ -90,7 +92,7 @@ class ListTemplatesReply(_message.Message):
     def __init__(self, keys: _Optional[_Iterable[str]] = ..., items: _Optional[_Iterable[_Union[TemplateSummary, _Mapping]]] = ...) -> None: ...
 
 class TemplateSummary(_message.Message):
-    __slots__ = ("key", "published_version", "latest_version", "journey", "category", "subject", "updated_at")
+    __slots__ = ("key", "published_version", "latest_version", "journey", "category", "subject", "updated_at", "variants")
     KEY_FIELD_NUMBER: _ClassVar[int]
     PUBLISHED_VERSION_FIELD_NUMBER: _ClassVar[int]
     LATEST_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -98,6 +100,7 @@ class TemplateSummary(_message.Message):
     CATEGORY_FIELD_NUMBER: _ClassVar[int]
     SUBJECT_FIELD_NUMBER: _ClassVar[int]
     UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    VARIANTS_FIELD_NUMBER: _ClassVar[int]
     key: str
     published_version: int
     latest_version: int
@@ -105,7 +108,8 @@ class TemplateSummary(_message.Message):
     category: str
     subject: str
     updated_at: _timestamp_pb2.Timestamp
-    def __init__(self, key: _Optional[str] = ..., published_version: _Optional[int] = ..., latest_version: _Optional[int] = ..., journey: _Optional[str] = ..., category: _Optional[str] = ..., subject: _Optional[str] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    variants: int
+    def __init__(self, key: _Optional[str] = ..., published_version: _Optional[int] = ..., latest_version: _Optional[int] = ..., journey: _Optional[str] = ..., category: _Optional[str] = ..., subject: _Optional[str] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., variants: _Optional[int] = ...) -> None: ...
 
 class TemplateContent(_message.Message):
     __slots__ = ("subject", "preheader", "body", "text", "variants_json", "topic", "format")
