@@ -220,6 +220,14 @@ class InboundMerge:
     fields: JsonObject                 # the lead fields to send to scoring (attributes under "attributes")
     conflicts: list[Conflict]
     state: dict[str, FieldState]
+    # The mapped fields this version changes: its value differs from crm_sync's copy of the lead or from
+    # the CRM's previous version. Empty: the contact is `unchanged` (what is sent then changes nothing).
+    changed: list[str] = field(default_factory=list)
+
+
+# Policies under which the CRM owns a field: its value is sent whether or not it looks changed, so scoring,
+# which orders a contact's versions by modification time under the lead's lock, has the final word.
+CRM_OWNED = frozenset({"always_crm", "prefer_crm_unless_blank"})
 
 
 def merge_inbound(
@@ -231,10 +239,17 @@ def merge_inbound(
     `props` are CRM property names → values (absent = not sent, "" or None = blank); `lead` is the
     platform's current snapshot (None when the lead is new here); `state[field]` holds `platform_at`
     (when the platform last changed the field) and what the CRM last said (`crm_value`, `crm_at`).
-    A conflict is two different non-blank values where one side loses; it names the winner."""
+    A conflict is two different non-blank values where one side loses; it names the winner.
+
+    `lead` is the bus's copy, behind the lead while the bus carries the CRM's last versions, so it
+    cannot decide alone what to send: after X → Y → X in quick succession it still shows X, and the
+    third version, judged against it, sent nothing and the lead kept Y. A value the policy applies is
+    sent when it differs from that copy or from the CRM's previous version (state `crm_value`: the CRM
+    changed it), and always for a field the CRM owns; scoring writes only what differs from the lead."""
     out: JsonObject = {}
     attributes: JsonObject = {}
     conflicts: list[Conflict] = []
+    changed: list[str] = []
     new_state = {k: v.copy() for k, v in state.items()}
     for prop, value in props.items():
         rule = cfg.by_crm.get(prop)
@@ -242,6 +257,8 @@ def merge_inbound(
             # Unmapped CRM properties are kept as attributes so nothing the CRM says is lost.
             if not blank(value):
                 attributes[f"crm_{prop}"] = value
+                if lead is None or lead_value(lead, f"attributes.crm_{prop}") != value:
+                    changed.append(f"attributes.crm_{prop}")
             continue
         if rule.policy not in INBOUND_POLICIES:
             continue
@@ -249,6 +266,7 @@ def merge_inbound(
         platform_value = _text(lead_value(lead, rule.lead)) if lead else None
         st = new_state.setdefault(rule.lead, {})
         platform_at = _dt(st.get("platform_at"))
+        crm_changed = "crm_value" in st and st["crm_value"] != crm_value
         st["crm_value"], st["crm_at"] = crm_value, _iso(crm_at)
         if rule.policy == "always_crm":
             apply = True
@@ -263,8 +281,11 @@ def merge_inbound(
                               "crm_value": crm_value, "platform_value": platform_value,
                               "winner": "crm" if apply else "platform",
                               "crm_modified_at": _iso(crm_at), "platform_changed_at": _iso(platform_at)})
-        if not apply or crm_value == platform_value:
+        new = crm_value != platform_value or crm_changed
+        if not apply or not (new or rule.policy in CRM_OWNED):
             continue
+        if new:
+            changed.append(rule.lead)
         if rule.lead.startswith("attributes."):
             attributes[rule.lead.split(".", 1)[1]] = crm_value
         else:
@@ -272,7 +293,7 @@ def merge_inbound(
         st["platform_value"] = crm_value
     if attributes:
         out["attributes"] = attributes
-    return InboundMerge(fields=out, conflicts=conflicts, state=new_state)
+    return InboundMerge(fields=out, conflicts=conflicts, state=new_state, changed=changed)
 
 
 def track_platform_changes(

@@ -207,7 +207,7 @@ class InboundContacts(CoreBase):
                 out[i] = replace(base, lead_id=reply.lead.id, status="stale")
                 continue
             lead = lead_from_proto(reply.lead)
-            status = "created" if reply.created else ("updated" if merged.fields or not plan.row else "unchanged")
+            status = "created" if reply.created else ("updated" if merged.changed or not plan.row else "unchanged")
             writes.append((i, ContactWrite(crm=plan.crm, c=plan.contact, lead=lead, digest=plan.digest,
                                            merged=merged, status=status, now=now)))
             out[i] = replace(base, lead_id=lead["id"], status=status,

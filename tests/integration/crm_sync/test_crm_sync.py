@@ -525,3 +525,32 @@ async def test_a_mapped_property_that_is_a_list_or_object_is_refused(mesh: Mesh)
     assert json.loads(lead.attributes_json)["company"] == "Acme"
     assert not (await mesh.crm.UpsertContacts(crm_sync_pb2.UpsertContactsRequest(contacts=[contact(
         "prop-1", "prop1@example.com", t0)]), metadata=AUTH, timeout=5)).results[0].error_code
+
+
+async def test_a_field_set_back_in_quick_succession_keeps_the_latest_value(mesh: Mesh) -> None:
+    """X → Y → X by the CRM's modification times, faster than the bus brings crm_sync the lead after Y
+    (under the virtual clock, no Settle between): the lead ends at X. The merge had judged the last
+    version against crm_sync's copy of the lead, which still showed X, so it sent nothing and Y stayed."""
+    t0 = mesh.clock.now() - timedelta(hours=1)
+    crm_id = remote_contact(mesh, "zoe@example.com")
+    [first] = await upsert(mesh, contact(crm_id, "zoe@example.com", t0, first_name="Zoe", company="Xco",
+                                         phone="+1 555 0100", jobtitle="nurse"))
+    assert first.status == "created", first
+    await mesh.settle()   # crm_sync's copy of the lead now shows the X values
+    versions = [("Zed", "Yco", "+1 555 0199", "teacher"), ("Zoe", "Xco", "+1 555 0100", "nurse")]
+    for n, (name, company, phone, job) in enumerate(versions, start=1):
+        [r] = await upsert(mesh, contact(crm_id, "zoe@example.com", t0 + timedelta(minutes=n), first_name=name,
+                                         company=company, phone=phone, jobtitle=job))
+        assert r.status == "updated", (n, r)
+    lead = await mesh.scoring.GetLead(scoring_pb2.GetLeadRequest(id=first.lead_id), timeout=5)
+    attrs = json.loads(lead.attributes_json)
+    # One field of each inbound policy: most_recent, prefer_crm_unless_blank, always_crm, most_recent.
+    assert (lead.first_name, attrs["company"], attrs["phone"], attrs["profession"]) == \
+        ("Zoe", "Xco", "+1 555 0100", "nurse")
+    # The same version again (a retry with a later time, nothing changed) is unchanged, not updated.
+    [again] = await upsert(mesh, contact(crm_id, "zoe@example.com", t0 + timedelta(minutes=3), first_name="Zoe",
+                                         company="Xco", phone="+1 555 0100", jobtitle="nurse"))
+    assert again.status == "unchanged", again
+    await mesh.settle()
+    remote = mesh.emulator.get(f"/crm/v3/objects/contacts/{crm_id}")["properties"]
+    assert remote.get("firstname", "Zoe") == "Zoe" and remote.get("company", "Xco") == "Xco"

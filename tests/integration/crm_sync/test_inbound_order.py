@@ -18,6 +18,7 @@ import pytest
 import redis
 import sqlalchemy as sa
 
+from nurture.api.common.v1 import common_pb2, common_pb2_grpc
 from nurture.api.crm_sync.v1 import crm_sync_pb2, crm_sync_pb2_grpc
 from nurture.api.scoring.v1 import scoring_pb2, scoring_pb2_grpc
 from nurture.clock import VirtualClock
@@ -37,6 +38,14 @@ class Replicas:
     crm: list[crm_sync_pb2_grpc.CrmSyncStub]
     scoring: scoring_pb2_grpc.ScoringStub
     clock: VirtualClock
+    admins: list[common_pb2_grpc.AdminStub]   # both scorings', then both crm_syncs'
+
+    async def settle(self, rounds: int = 20) -> None:
+        """Settle every replica (under the virtual clock only Settle consumes the bus) until none has work."""
+        for _ in range(rounds):
+            done = [await a.Settle(common_pb2.SettleRequest(), timeout=30) for a in self.admins]
+            if all(d.work_done == 0 for d in done):
+                return
 
 
 @pytest.fixture
@@ -56,7 +65,8 @@ async def replicas(settings: Settings, emulator: Emulator) -> AsyncIterator[Repl
         channels = [mesh_channel(r.address) for r in running]
         yield Replicas(settings=crm_settings[0], crm=[crm_sync_pb2_grpc.CrmSyncStub(c) for c in channels[2:]],
                        scoring=scoring_pb2_grpc.ScoringStub(channels[0]),
-                       clock=VirtualClock(redis.Redis.from_url(settings.redis_url)))
+                       clock=VirtualClock(redis.Redis.from_url(settings.redis_url)),
+                       admins=[common_pb2_grpc.AdminStub(c) for c in channels])
     finally:
         for c in channels:
             await c.close()
@@ -64,9 +74,9 @@ async def replicas(settings: Settings, emulator: Emulator) -> AsyncIterator[Repl
             await asyncio.wait_for(r.stop(grace=0.5), 10)
 
 
-def contact(crm_id: str, at: datetime, first_name: str, company: str) -> crm_sync_pb2.Contact:
+def contact(crm_id: str, at: datetime, first_name: str, company: str, **props: str) -> crm_sync_pb2.Contact:
     c = crm_sync_pb2.Contact(crm_id=crm_id, email="ana@example.com", first_name=first_name,
-                             properties_json=json.dumps({"company": company}))
+                             properties_json=json.dumps({"company": company, **props}))
     c.modified_at.FromDatetime(at)
     return c
 
@@ -109,6 +119,30 @@ async def test_the_newer_of_two_concurrent_versions_wins_across_replicas(replica
     # Sent at the same moment, the two meet: most rounds, the older one comes second.
     # Sent at the same moment, the two meet: when the newer is sent first, the older comes second.
     assert outcomes.get("stale", 0) >= ROUNDS // 4, outcomes
+
+
+async def test_a_value_set_back_while_the_change_races_at_another_replica_wins(replicas: Replicas) -> None:
+    """X → Y → X, Y and the second X at two replicas at once, after both know the lead shows X (settled):
+    the lead ends at X whichever scoring applies first. The replica taking the second X had judged it
+    against crm_sync's copy of the lead (X), so it sent nothing; when scoring applied Y first, Y stayed.
+    Fields the CRM owns (prefer_crm_unless_blank: company; always_crm: phone) are now always sent, and
+    scoring's order by modification time decides."""
+    t0 = replicas.clock.now() - timedelta(days=1)
+    first = await upsert(replicas.crm[0], contact("c-3", t0, "Ana", "x", phone="1"))
+    assert first.status == "created", first
+    for n in range(1, ROUNDS // 2 + 1):
+        await replicas.settle()
+        y = contact("c-3", t0 + timedelta(minutes=2 * n), "Ana", f"y-{n}", phone=f"y{n}")
+        x = contact("c-3", t0 + timedelta(minutes=2 * n + 1), "Ana", "x", phone="1")
+        y_stub, x_stub = replicas.crm[n % 2], replicas.crm[1 - n % 2]
+        if n % 4 < 2:
+            y_r, x_r = await asyncio.gather(upsert(y_stub, y), upsert(x_stub, x))
+        else:
+            x_r, y_r = await asyncio.gather(upsert(x_stub, x), upsert(y_stub, y))
+        assert y_r.status in ("updated", "stale") and x_r.status in ("updated", "unchanged"), (n, y_r, x_r)
+        lead = await replicas.scoring.GetLead(scoring_pb2.GetLeadRequest(id=first.lead_id), timeout=5)
+        attrs = json.loads(lead.attributes_json)
+        assert (attrs["company"], attrs["phone"]) == ("x", "1"), n
 
 
 async def wait_until(check: Callable[[], bool], what: str) -> None:

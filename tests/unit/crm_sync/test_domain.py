@@ -37,6 +37,23 @@ def test_most_recent_keeps_a_newer_platform_change(cfg: domain.SyncConfig) -> No
     assert newer.fields == {"first_name": "Anna"} and newer.conflicts[0]["winner"] == "crm"
 
 
+def test_a_value_set_back_is_sent_though_the_copy_of_the_lead_already_shows_it(cfg: domain.SyncConfig) -> None:
+    """X → Y → X before the bus brings the lead after Y: crm_sync's copy still shows X, the CRM's
+    previous version said Y. The CRM changed the field, so X is sent (scoring writes only a difference)."""
+    copy = lead(first_name="Zoe", attributes={"company": "Xco", "profession": "nurse"})
+    props = {"firstname": "Zoe", "company": "Xco", "jobtitle": "nurse"}
+    first = domain.merge_inbound(cfg, props, T0, copy, {})
+    # The CRM owns company: sent always; first name and profession (most_recent) equal the copy: not sent.
+    assert first.fields == {"attributes": {"company": "Xco"}} and first.changed == []
+    middle = domain.merge_inbound(cfg, {"firstname": "Zed", "company": "Yco", "jobtitle": "teacher"},
+                                  T0 + timedelta(minutes=1), copy, first.state)
+    assert sorted(middle.changed) == ["attributes.company", "attributes.profession", "first_name"]
+    back = domain.merge_inbound(cfg, props, T0 + timedelta(minutes=2), copy, middle.state)
+    assert back.fields == {"first_name": "Zoe", "attributes": {"company": "Xco", "profession": "nurse"}}
+    assert sorted(back.changed) == ["attributes.company", "attributes.profession", "first_name"]
+    assert back.conflicts == []
+
+
 def test_prefer_crm_unless_blank_and_always_crm(cfg: domain.SyncConfig) -> None:
     current = lead(attributes={"company": "Acme", "phone": "1"})
     merged = domain.merge_inbound(cfg, {"company": "", "phone": ""}, T0, current, {})
