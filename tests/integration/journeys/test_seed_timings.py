@@ -80,3 +80,38 @@ async def test_a_seven_day_trial_gets_its_ending_emails_before_it_ends_and_skips
         for step in ("email_04", "email_05", "email_06"):
             assert any(s.startswith(f"trial_onboarding: {step} skipped: at or after its skip_from ends_at -3d "
                                     f"({reminder})") for s in said), said
+
+
+async def test_a_trial_of_three_days_or_less_gets_no_ends_in_3_days_email_with_its_welcome(
+        settings: Settings, tmp_path: Path) -> None:
+    # A trial of 3 days or less has its "-3 days to end" moment at or before its start: the reminder ("Your
+    # trial ends in 3 days") went right after the welcome. Such a trial's first wait is already past at
+    # the start, and goes to the last-day email (if_past): welcome, the last day's incentive the day before
+    # the end, the follow-up the day after. A 4-day trial, one day longer, keeps its reminder on day 1.
+    lengths = {"trial2": 2, "trial3": 3, "trial4": 4}
+    async with templates_mesh(settings, tmp_path, extra=("crm_sync", "analytics")) as mesh:
+        for lead_id in lengths:
+            await mesh.add_lead(lead_id)
+        start = await _advance(mesh, 0)
+        for lead_id, length in lengths.items():
+            r = await mesh.client.post("/v1/events", headers=mesh.headers("editor"), json={
+                "lead_id": lead_id, "type": "trial_started",
+                "properties": {"ends_at": (start + timedelta(days=length)).isoformat(), "plan": "Family Plus"}})
+            assert r.status_code == 202, r.text
+        await _advance(mesh, 0)
+        for _ in range(6):
+            await _advance(mesh, 86400)
+        for lead_id, length in lengths.items():
+            messages = await _messages(mesh, lead_id)
+            onboarding = {t.split(".")[1]: m for t, m in messages.items() if t.startswith("trial_onboarding.")}
+            assert all(m["status"] == "sent" for m in onboarding.values()), (lead_id, onboarding)
+            days = {step: (datetime.fromisoformat(m["at"]) - start) / timedelta(days=1)
+                    for step, m in sorted(onboarding.items())}
+            if length <= 3:
+                assert days == {"email_01": 0, "email_08": length - 1, "email_09": length + 1}, (lead_id, days)
+                r = await mesh.client.get(f"/v1/leads/{lead_id}/timeline", headers=mesh.headers("viewer"))
+                said = [str(item.get("summary")) for item in r.json()["items"]]
+                assert any(s.startswith("trial_onboarding: wait_02 already past") and s.endswith("going to wait_08")
+                           for s in said), said
+            else:
+                assert days == {"email_01": 0, "email_07": 1, "email_08": 3, "email_09": 5}, (lead_id, days)

@@ -427,6 +427,26 @@ def test_a_trial_of_any_length_gets_its_ending_emails_at_their_times_and_skips_w
     assert days != 7 or list(_days(sent).values()) == [0, 1, 2, 4, 6, 8]
 
 
+@pytest.mark.parametrize("days", [1, 2, 3, 4])
+def test_a_trial_of_three_days_or_less_gets_no_ends_in_3_days_email_with_its_welcome(days: int) -> None:
+    # A trial of 3 days or less has its "-3 days to end" moment at or before its start: "Your trial ends
+    # in 3 days" went right after the welcome (every email timed from the start skipped before it). Its
+    # first wait is already past at the start and goes to the last-day email (if_past): the welcome, the
+    # last day's incentive (a 1-day trial's last day is its first) and the follow-up. 4 days keeps it all.
+    _, sent, timeline = _trial(days)
+    if days <= 3:
+        assert _days(sent) == {"email_01": 0, "email_08": days - 1, "email_09": days + 1}
+        assert (f"trial_onboarding: wait_02 already past ({iso(T0 + timedelta(days=days - 3))}): going to wait_08"
+                in timeline), timeline
+    else:
+        assert _days(sent) == {"email_01": 0, "email_07": 1, "email_08": 3, "email_09": 5}
+    # A 3-day trial extended on day 1 to 14 days: the last day and the follow-up move to the new end; what
+    # the short trial had passed by (the emails timed from the start, the reminder) is not sent late.
+    if days == 3:
+        _, sent, _ = _trial(days, extended=(1, 14))
+        assert _days(sent) == {"email_01": 0, "email_08": 13, "email_09": 15}
+
+
 def test_an_extended_trial_gets_the_schedule_of_its_new_length() -> None:
     # Extended before its reminder (day 3 of 7, to 14): the whole 14-day schedule, nothing skipped.
     _, sent, timeline = _trial(7, extended=(3, 14))
