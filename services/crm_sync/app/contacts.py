@@ -88,6 +88,19 @@ class _Upserted(NamedTuple):
     stale: bool = False
 
 
+def _source_record(crm: str, c: ContactIn) -> str:
+    """What names the contact's record in the CRM, for scoring to order its modifications by: its CRM id;
+    without one, the lead it names or its address (a digest: the same length whatever the address, and no
+    second copy of it on the lead); "" when it names none of them."""
+    if c.crm_id:
+        return f"{crm}:{c.crm_id}"
+    if c.lead_id:
+        return f"{crm}:lead:{c.lead_id}"
+    if c.email:
+        return f"{crm}:email:{hashlib.sha256(c.email.lower().encode()).hexdigest()[:40]}"
+    return ""
+
+
 def _stale_line(lead_id: str, at: datetime, crm: str, c: ContactIn, last_seen: datetime | None) -> st.TimelineEntry:
     """The timeline's note of a contact update ignored as older than one already applied."""
     details: JsonObject = {"crm": crm, "crm_id": c.crm_id, "modified_at": c.modified_at}
@@ -184,11 +197,11 @@ class InboundContacts(CoreBase):
             plans.append(_Plan(i, crm, c, row, digest, merged))
             request = scoring_pb2.UpsertLeadRequest(id=lead_id, fields_json=jsoncodec.dumps(fields), merge=True,
                                                     source=f"crm:{crm}")
-            if c.crm_id:
+            if record := _source_record(crm, c):
                 # Scoring refuses this write if it applied a later modification of this contact: the
                 # check above read our row without a lock, and another replica may be writing the
                 # same contact right now (docs/ARCHITECTURE.md, "CRM inbound order").
-                request.source_record = f"{crm}:{c.crm_id}"
+                request.source_record = record
                 request.source_modified_at.FromDatetime(c.modified_at)
             requests.append(request)
         replies = await self._scoring_upserts(requests)

@@ -296,3 +296,33 @@ async def test_two_versions_of_one_deal_at_two_replicas_are_judged_in_turn(repli
         crm_db.dispose()
         scoring_db.dispose()
     assert outcomes.get("stale", 0) >= ROUNDS // 4, outcomes
+
+
+async def test_an_email_only_contacts_newer_version_wins_across_replicas(replicas: Replicas) -> None:
+    """A CRM that sends contacts by address alone (no CRM id) names no contact record, so nothing ordered
+    two versions of one at two replicas: the older, applied last, was kept. Now its address names the
+    record (a digest of it), and scoring judges as for a CRM id."""
+    t0 = replicas.clock.now() - timedelta(days=1)
+
+    def by_email(at: datetime, first_name: str) -> crm_sync_pb2.Contact:
+        c = crm_sync_pb2.Contact(email="Bo@Example.com", first_name=first_name)
+        c.modified_at.FromDatetime(at)
+        return c
+
+    first = await upsert(replicas.crm[0], by_email(t0, "First"))
+    assert first.status == "created", first
+    outcomes: dict[str, int] = {}
+    for n in range(1, ROUNDS + 1):
+        older, newer = by_email(t0 + timedelta(minutes=2 * n), f"Old{n}"), by_email(t0 + timedelta(minutes=2 * n + 1),
+                                                                                     f"New{n}")
+        old_stub, new_stub = replicas.crm[n % 2], replicas.crm[1 - n % 2]
+        if (n // 2) % 2:
+            old_r, new_r = await asyncio.gather(upsert(old_stub, older), upsert(new_stub, newer))
+        else:
+            new_r, old_r = await asyncio.gather(upsert(new_stub, newer), upsert(old_stub, older))
+        assert new_r.status == "updated" and new_r.lead_id == first.lead_id, (n, new_r)
+        assert old_r.status in ("stale", "updated"), (n, old_r)
+        outcomes[old_r.status] = outcomes.get(old_r.status, 0) + 1
+        lead = await replicas.scoring.GetLead(scoring_pb2.GetLeadRequest(id=first.lead_id), timeout=5)
+        assert lead.first_name == f"New{n}", (n, lead.first_name, old_r.status)
+    assert outcomes.get("stale", 0) >= ROUNDS // 4, outcomes
