@@ -38,8 +38,9 @@ class LockBusy(RuntimeError):
     """Another replica held the key past the wait (the caller answers UNAVAILABLE: try again)."""
 
 
-# Deletes the lease only while it is still the caller's (an expired one may be another holder's now).
-_RELEASE = """
+# Deletes a lease only while it is still the caller's (an expired one may be another holder's now): KEYS[1]
+# the lease, ARGV[1] the holder's value. Also nurture.partitions' release of a partition's lease.
+RELEASE_IF_HELD = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
 end
@@ -65,7 +66,7 @@ class SharedKeyLocks:
         self._prefix = prefix
         self._lease_ms = lease_ms
         self._wait_s = wait_s
-        self._release = redis.register_script(_RELEASE) if redis is not None else None
+        self._release = redis.register_script(RELEASE_IF_HELD) if redis is not None else None
 
     @contextlib.asynccontextmanager
     async def hold(self, key: str) -> AsyncIterator[None]:

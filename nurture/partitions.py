@@ -52,6 +52,7 @@ from sqlalchemy import BigInteger, Column, Integer, MetaData, String, Table, sel
 from sqlalchemy.orm import Session
 
 from nurture.db import Database, insert_new
+from nurture.locks import RELEASE_IF_HELD
 from nurture.redisconn import AsyncRedis, shard_of
 
 log = logging.getLogger(__name__)
@@ -72,13 +73,6 @@ return 0
 _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return 0
-"""
-
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
 end
 return 0
 """
@@ -145,7 +139,7 @@ class Ownership:
         self._lock = asyncio.Lock()
         self._take = client.register_script(_TAKE)
         self._renew = client.register_script(_RENEW)
-        self._release = client.register_script(_RELEASE)
+        self._release = client.register_script(RELEASE_IF_HELD)
 
     # -- what a worker asks ---------------------------------------------------------------------------
 
