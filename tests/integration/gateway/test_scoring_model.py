@@ -181,5 +181,5 @@ async def test_a_draft_whose_rules_the_scoring_could_not_run_is_refused(
         assert r.json()["error"]["details"]["problems"] == [
             "behaviour[0] pricing_page: needs a why (a non-empty string)",
             "behaviour[1] three_resource_downloads: points must be an integer from -2147483648 to 2147483647",
-            "decay: every_days must be an integer from 1 to 2147483647"]
+            "decay: every_days must be an integer from 1 to 36500"]
     assert (await client.get("/v1/scoring/model", headers=AUTH)).json()["versions"] == live["versions"]
