@@ -8,6 +8,8 @@ from __future__ import annotations
 import hashlib
 import html
 import json
+import math
+import re
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -15,9 +17,12 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypedDict
 
+from pydantic import Field
+
 from nurture import times
 from nurture.datafiles import DataFileError, Open, Seconds, Strict, read_yaml, validate
 from nurture.jsontypes import JsonMapping, JsonObject
+from nurture.limits import MAX_SAFE_INTEGER
 from nurture.rules import CompiledRules, Match, RuleSpec, compile_rules
 
 POLICIES = ("prefer_crm_unless_blank", "always_crm", "most_recent", "do_not_sync", "always_platform")
@@ -63,6 +68,8 @@ class SyncConfig:
     task_holds: CompiledRules | None = None  # sales feedback that holds tasks (closed loop)
     max_clock_skew: timedelta = timedelta(minutes=30)
     by_crm: dict[str, FieldRule] = field(default_factory=dict)
+    revenue_currency: str = "USD"   # the one currency revenue is counted in (sync.yaml `revenue`)
+    rates: dict[str, float] = field(default_factory=dict)  # units of revenue_currency per unit of each other
 
 
 class FieldEntry(Strict):
@@ -87,6 +94,15 @@ class AssignmentEntry(RuleEntry):
     team: str
 
 
+# An ISO 4217 code: three capital letters.
+_CURRENCY = re.compile(r"[A-Z]{3}")
+
+
+class RevenueEntry(Strict):
+    currency: str
+    rates: dict[str, float] = Field(default_factory=dict)
+
+
 class SyncFile(Strict):
     """sync.yaml's shape (see the file's comments for what each part means)."""
 
@@ -97,6 +113,7 @@ class SyncFile(Strict):
     deal_stages: list[str]
     activity_kinds: list[str]
     max_clock_skew_s: Seconds = 1800.0
+    revenue: RevenueEntry = RevenueEntry(currency="USD")
     teams: dict[str, list[MemberEntry]]
     assignment: list[AssignmentEntry]
     tasks: list[RuleEntry]
@@ -114,6 +131,10 @@ def load_config(path: Path = DEFAULT_CONFIG) -> SyncConfig:
     teams = {name: [Member(m.owner, m.meeting_link) for m in members] for name, members in raw.teams.items()}
     problems += [f"assignment {rule.name}: unknown or empty team {rule.team}"
                  for rule in raw.assignment if not teams.get(rule.team)]
+    problems += [f"revenue: {code} is not a currency code (three capital letters, ISO 4217)"
+                 for code in [raw.revenue.currency, *raw.revenue.rates] if not _CURRENCY.fullmatch(code)]
+    problems += [f"revenue.rates.{code}: must be a number above 0" for code, rate in raw.revenue.rates.items()
+                 if not (math.isfinite(rate) and rate > 0)]
     if problems:
         raise DataFileError(problems, path)
 
@@ -130,6 +151,7 @@ def load_config(path: Path = DEFAULT_CONFIG) -> SyncConfig:
         notifications=compile_rules(f"crm_sync.notifications.v{version}", specs(raw.notifications)),
         task_holds=compile_rules(f"crm_sync.task_holds.v{version}", specs(raw.task_holds or [])),
         max_clock_skew=timedelta(seconds=raw.max_clock_skew_s),
+        revenue_currency=raw.revenue.currency, rates=dict(raw.revenue.rates),
     )
     cfg.by_crm = {f.crm: f for f in fields}
     return cfg
@@ -147,6 +169,27 @@ def ahead_of_clock(cfg: SyncConfig, what: str, at: datetime, now: datetime) -> s
         return None
     return (f"{what} {_iso(at)} is {_span(ahead)} ahead of the service clock ({_iso(now)}); at most "
             f"{_span(cfg.max_clock_skew)} of clock skew is accepted: check the sender's clock and time zone")
+
+
+def revenue(cfg: SyncConfig, amount: float, currency: str) -> tuple[float, str]:
+    """A deal's amount in the currency revenue is counted in, and the deal's currency code as read (no
+    code: that currency, as a CRM of one currency sends none). Reports add amounts up, so one in another
+    currency is converted at sync.yaml's rate; a currency without a rate is an InputError's text, raised
+    by the caller (ValueError), since adding it as it is would count 100 JPY as 100 USD."""
+    code = currency.strip().upper() or cfg.revenue_currency
+    if not _CURRENCY.fullmatch(code):
+        raise ValueError("deal.currency must be an ISO 4217 code of three letters (e.g. USD), or empty")
+    if code == cfg.revenue_currency:
+        return amount, code
+    rate = cfg.rates.get(code)
+    if rate is None:
+        raise ValueError(f"deal.currency {code} has no exchange rate to {cfg.revenue_currency}, the currency revenue"
+                         f" is counted in: add it to sync.yaml revenue.rates (or send the amount in"
+                         f" {cfg.revenue_currency})")
+    converted = round(amount * rate, 2)
+    if not converted <= MAX_SAFE_INTEGER:
+        raise ValueError(f"deal.amount in {cfg.revenue_currency} is past {MAX_SAFE_INTEGER}")
+    return converted, code
 
 
 def _span(d: timedelta) -> str:

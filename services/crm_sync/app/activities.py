@@ -174,6 +174,10 @@ class InboundActivities(Proposals):
             # Revenue is summed over deals in every report: a NaN or one near a double's top (two make
             # infinity) would leave those reports unanswerable.
             raise InputError(f"deal.amount must be a number from 0 to {MAX_SAFE_INTEGER}")
+        try:
+            revenue, currency = domain.revenue(self.cfg, d.amount, d.currency)
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
         if (why := domain.ahead_of_clock(self.cfg, "deal.modified_at", d.modified_at, self.clock.now())) is not None:
             raise InputError(why)
         lead_id = await self._resolve(crm, d.crm_id, d.lead_id)
@@ -182,7 +186,7 @@ class InboundActivities(Proposals):
             # The deal reached a proposal stage: its proposal is made with the deal's record (once per deal).
             lead = await self._lead(lead_id)
             deal = {"deal_id": d.deal_id, "stage": d.stage, "amount": d.amount,
-                    "currency": d.currency, "properties": d.properties}
+                    "currency": currency, "properties": d.properties}
 
             def make(s: Session, now: datetime) -> object:
                 return self.make_proposal(s, lead_id, lead, plan="", deal=deal, requested_by="deal_stage", now=now)
@@ -191,7 +195,9 @@ class InboundActivities(Proposals):
         etype = self.cfg.deal_events.get(d.stage, "sales_activity")
         # The CRM's own properties pass along, under the fields checked here: a properties_json amount of
         # 1e308 or a stage of its own replaced the checked ones in the event scoring and analytics read.
-        props = {**d.properties, "deal_id": d.deal_id, "stage": d.stage, "amount": d.amount, "currency": d.currency,
+        # `revenue` is the amount in the one currency the reports add up (analytics counts it, not `amount`).
+        props = {**d.properties, "deal_id": d.deal_id, "stage": d.stage, "amount": d.amount, "currency": currency,
+                 "revenue": revenue, "revenue_currency": self.cfg.revenue_currency,
                  "reason": d.reason, "kind": "deal_stage", "crm": crm}
         event = scoring_pb2.Event(
             lead_id=lead_id, type=etype, properties_json=json.dumps(props), source="crm",
@@ -199,6 +205,6 @@ class InboundActivities(Proposals):
         event.occurred_at.FromDatetime(d.modified_at)
         return await self._feed(crm, "deal", d.deal_id, lead_id, d.modified_at, d.stage, event,
                                 f"Deal {d.deal_id} is {d.stage}"
-                                + (f" ({d.amount:g} {d.currency})" if d.amount else ""),
+                                + (f" ({d.amount:g} {currency})" if d.amount else ""),
                                 {"deal_id": d.deal_id, "stage": d.stage, "amount": d.amount,
                                  "reason": d.reason}, then=then)
