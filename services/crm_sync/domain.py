@@ -68,6 +68,7 @@ class SyncConfig:
     task_holds: CompiledRules | None = None  # sales feedback that holds tasks (closed loop)
     max_clock_skew: timedelta = timedelta(minutes=30)
     by_crm: dict[str, FieldRule] = field(default_factory=dict)
+    qualification: Qualification | None = None   # the lead status the CRM is told (sync.yaml `qualification`)
     revenue_currency: str = "USD"   # the one currency revenue is counted in (sync.yaml `revenue`)
     rates: dict[str, float] = field(default_factory=dict)  # units of revenue_currency per unit of each other
 
@@ -103,6 +104,22 @@ class RevenueEntry(Strict):
     rates: dict[str, float] = Field(default_factory=dict)
 
 
+class QualificationEntry(Strict):
+    by_stage: dict[str, str] = Field(default_factory=dict)
+    default: str = "NURTURING"
+    rules: list[RuleEntry] = Field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Qualification:
+    """The lead status pushed to the CRM: the first matching rule's `status` (sales feedback), else the
+    lifecycle stage's, else the default."""
+
+    by_stage: dict[str, str]
+    default: str
+    rules: CompiledRules
+
+
 class SyncFile(Strict):
     """sync.yaml's shape (see the file's comments for what each part means)."""
 
@@ -114,6 +131,8 @@ class SyncFile(Strict):
     activity_kinds: list[str]
     max_clock_skew_s: Seconds = 1800.0
     revenue: RevenueEntry = RevenueEntry(currency="USD")
+    qualification: QualificationEntry = QualificationEntry(
+        by_stage={"mql": "MQL", "sql": "SQL", "customer": "CUSTOMER", "trial": "TRIAL"})
     teams: dict[str, list[MemberEntry]]
     assignment: list[AssignmentEntry]
     tasks: list[RuleEntry]
@@ -135,6 +154,9 @@ def load_config(path: Path = DEFAULT_CONFIG) -> SyncConfig:
                  for code in [raw.revenue.currency, *raw.revenue.rates] if not _CURRENCY.fullmatch(code)]
     problems += [f"revenue.rates.{code}: must be a number above 0" for code, rate in raw.revenue.rates.items()
                  if not (math.isfinite(rate) and rate > 0)]
+    statuses = [(rule.name, (rule.model_extra or {}).get("status")) for rule in raw.qualification.rules]
+    problems += [f"qualification.rules {name}: needs a status (a non-empty string)"
+                 for name, status in statuses if not isinstance(status, str) or not status]
     if problems:
         raise DataFileError(problems, path)
 
@@ -152,6 +174,9 @@ def load_config(path: Path = DEFAULT_CONFIG) -> SyncConfig:
         task_holds=compile_rules(f"crm_sync.task_holds.v{version}", specs(raw.task_holds or [])),
         max_clock_skew=timedelta(seconds=raw.max_clock_skew_s),
         revenue_currency=raw.revenue.currency, rates=dict(raw.revenue.rates),
+        qualification=Qualification(
+            dict(raw.qualification.by_stage), raw.qualification.default,
+            compile_rules(f"crm_sync.qualification.v{version}", specs(raw.qualification.rules))),
     )
     cfg.by_crm = {f.crm: f for f in fields}
     return cfg
@@ -344,7 +369,7 @@ def computed_values(
     engagement summary, conversion)."""
     stage = str(lead.get("lifecycle_stage") or "")
     counters = lead.get("counters") or {}
-    qualification = {"mql": "MQL", "sql": "SQL", "customer": "CUSTOMER", "trial": "TRIAL"}.get(stage, "NURTURING")
+    qualification = _qualification(cfg, lead, journeys, stage)
     summary = ", ".join(f"{k}={counters[k]}" for k in ENGAGEMENT_KEYS[:-1] if counters.get(k))
     return {
         "score": str(int(lead.get("score") or 0)),
@@ -358,6 +383,19 @@ def computed_values(
         "converted_at": converted_at.isoformat() if converted_at else "",
         "owner": owner or "",
     }
+
+
+def _qualification(cfg: SyncConfig, lead: Mapping[str, Any], journeys: Sequence[Mapping[str, Any]],
+                   stage: str) -> str:
+    """sync.yaml's `qualification`: a rule on the lead and its journeys' statuses (`journeys.<key>`, as the
+    task holds read them) first, so a lead sales turned down is not told to the CRM as an MQL again."""
+    q = cfg.qualification
+    if q is None:
+        return "NURTURING"
+    matches = q.rules.evaluate({"lead": dict(lead), "journeys": journey_statuses(journeys)})
+    if matches:
+        return str(matches[0].meta["status"])
+    return q.by_stage.get(stage, q.default)
 
 
 def outbound_properties(

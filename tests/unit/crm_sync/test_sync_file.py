@@ -75,3 +75,11 @@ def test_revenue_names_currencies_and_rates_it_can_convert_with(tmp_path: Path) 
         "revenue: usd is not a currency code (three capital letters, ISO 4217)",
         "revenue: Yen is not a currency code (three capital letters, ISO 4217)",
         "revenue.rates.EUR: must be a number above 0", "revenue.rates.GBP: must be a number above 0"]
+
+
+def test_a_qualification_rule_names_its_status(tmp_path: Path) -> None:
+    doc = shipped()
+    doc["qualification"]["rules"].append({"name": "no_status", "when": {"fact": "lead.score", "gt": 1}})
+    with pytest.raises(DataFileError) as err:
+        domain.load_config(write(tmp_path, doc))
+    assert err.value.problems == ["qualification.rules no_status: needs a status (a non-empty string)"]
