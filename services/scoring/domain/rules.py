@@ -107,6 +107,8 @@ class ScoringModel:
             f"{prefix}_seg", [RuleSpec(f"seg_{i}_{s['segment']}", s["when"], {"segment": s["segment"]})
                               for i, s in enumerate(definition["segments"])]
         )
+        # The segments a lead may be given (classified, or set through the API): the model's, in its order.
+        self.segment_names: tuple[str, ...] = tuple(dict.fromkeys(str(s["segment"]) for s in definition["segments"]))
         self.grades = sorted(definition["grades"].items(), key=lambda kv: -int(kv[1]))
         self.decay = definition["decay"]
         self.engagement_events = set(definition["engagement_events"])
