@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections.abc import Callable
@@ -69,6 +70,22 @@ class InboundResult:
 
 def _micros(at: datetime) -> int:
     return int(at.timestamp() * 1_000_000)
+
+
+# The deal stages a deal reaches once: each is one conversion with its revenue, however often the CRM
+# reopens and closes the deal again.
+_ONCE_PER_DEAL = ("closed_won",)
+
+
+def _deal_key(crm: str, d: DealIn, lead_id: str, modified_at: datetime) -> str:
+    """The idempotency key of a deal stage's event. A win is one per deal (and lead: a deal moved to
+    another contact's lead is that lead's win): a deal won, reopened and won again fed a second
+    opportunity_won, and every report counted the deal, and its amount, twice; scoring now answers
+    the second a duplicate. Every other stage change is one event per CRM modification."""
+    if d.stage in _ONCE_PER_DEAL:
+        lead = hashlib.sha256(lead_id.encode()).hexdigest()[:16]
+        return f"crm:{crm}:deal:{d.deal_id}:{d.stage}:{lead}"
+    return f"crm:{crm}:deal:{d.deal_id}:{d.stage}:{_micros(modified_at)}"
 
 
 class InboundActivities(Proposals):
@@ -201,7 +218,7 @@ class InboundActivities(Proposals):
                  "reason": d.reason, "kind": "deal_stage", "crm": crm}
         event = scoring_pb2.Event(
             lead_id=lead_id, type=etype, properties_json=json.dumps(props), source="crm",
-            idempotency_key=f"crm:{crm}:deal:{d.deal_id}:{d.stage}:{_micros(d.modified_at)}")
+            idempotency_key=_deal_key(crm, d, lead_id, d.modified_at))
         event.occurred_at.FromDatetime(d.modified_at)
         return await self._feed(crm, "deal", d.deal_id, lead_id, d.modified_at, d.stage, event,
                                 f"Deal {d.deal_id} is {d.stage}"

@@ -552,3 +552,24 @@ async def test_a_deal_in_another_currency_is_counted_in_the_revenue_currency(mes
                                      if i.type == "opportunity_won")}
     assert {k: (p["amount"], p["currency"], p["revenue"], p["revenue_currency"]) for k, p in won.items()} == {
         "d-usd": (900, "USD", 900, "USD"), "d-eur": (100, "EUR", 108.0, "USD"), "d-none": (50, "USD", 50, "USD")}
+
+
+async def test_a_deal_won_reopened_and_won_again_is_one_win(mesh: Mesh) -> None:
+    """Each closed_won fed its own opportunity_won (a key per modification), so a deal the CRM reopened
+    and closed again was two conversions, and its amount twice the revenue, in every report. A deal's
+    win is now one event: the second is scoring's duplicate, recorded on the timeline only."""
+    t0 = mesh.clock.now()
+    crm_id = remote_contact(mesh, "again@example.com")
+    [r] = await upsert(mesh, contact(crm_id, "again@example.com", t0, first_name="Again"))
+    statuses = []
+    for minutes, stage in ((0, "closed_won"), (1, "negotiation"), (2, "closed_won"), (3, "closed_lost")):
+        d = crm_sync_pb2.Deal(deal_id="d-again", crm_id=crm_id, stage=stage, amount=400, currency="USD")
+        d.modified_at.FromDatetime(t0 + timedelta(minutes=minutes))
+        statuses.append((await mesh.crm.ReportDeal(crm_sync_pb2.ReportDealRequest(deal=d), metadata=AUTH,
+                                                   timeout=5)).status)
+    assert statuses == ["recorded", "updated", "updated", "updated"]
+    reply = await mesh.scoring_admin.Timeline(common_pb2.TimelineRequest(lead_id=r.lead_id), timeout=5)
+    types = [i.type for i in reply.items if i.kind == "event"]
+    assert types.count("opportunity_won") == 1 and types.count("opportunity_lost") == 1, types
+    crm_lines = [i.type for i in await mesh.timeline(r.lead_id) if i.type.startswith("deal_")]
+    assert crm_lines == ["deal_recorded", "deal_updated", "deal_updated", "deal_updated"]
