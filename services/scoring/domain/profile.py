@@ -35,7 +35,7 @@ def regrade(model: ScoringModel, current: Mapping[str, Any], changes: dict[str, 
 def apply_outcome(lead: ScoredProfile, outcome: Outcome) -> None:
     # One version per applied event: consumers drop a replayed snapshot older than what they hold.
     lead["version"] = int(lead["version"]) + 1
-    lead["score"] = bounded_score(int(lead["score"]) + outcome.delta)
+    lead["score"] = outcome.score_from(int(lead["score"]))
     lead["counters"] = outcome.counters
     lead["recent"] = outcome.recent
     lead["interests"] = outcome.interests

@@ -61,6 +61,16 @@ class Outcome:
     def delta(self) -> int:
         return sum(p.points for p in self.points)
 
+    def score_from(self, old: int) -> int:
+        """The score after the event: each rule's points in turn, kept within 0..SCORE_MAX at each step, as
+        the score history records them (`score_after` of each change). Bounding only the sum made the
+        lead's score differ from its history's last line whenever a negative rule met the floor beside
+        a positive one (2, then -10 and +5: history 0 then 5, the lead 0)."""
+        score = old
+        for p in self.points:
+            score = bounded_score(score + p.points)
+        return score
+
 
 def _types_of(cond: JsonMapping) -> set[str] | None:
     """The event types a condition can match, or None when it can match any."""
@@ -207,7 +217,7 @@ class ScoringModel:
         if not lead.get("segment"):
             out.segment = self.classify(lead.get("attributes"), {"type": etype, "properties": props})
         old_score = int(lead.get("score") or 0)
-        new_score = bounded_score(old_score + out.delta)
+        new_score = out.score_from(old_score)
         old_stage = str(lead.get("lifecycle_stage") or self.stage_order[0])
         # Subscribing to a channel (the newsletter, email again after an unsubscribe) is consent,
         # not the purchase a plain `subscribed` is: it moves no stage.

@@ -211,3 +211,32 @@ async def test_a_segment_the_model_adds_can_be_given_to_a_lead(api: tuple[httpx.
         "segment": "must be one of student, entrepreneur, family, skilled_professional or null"}, r.text
     listed = (await client.get("/v1/leads?segment=student", headers=AUTH)).json()["items"]
     assert sorted(lead["id"] for lead in listed) == ["s-1", "s-2"]
+
+
+async def test_a_negative_rule_at_the_floor_leaves_the_score_its_history_shows(
+        api: tuple[httpx.AsyncClient, FastAPI, Running]) -> None:
+    """Negative scoring (a careers page: a job seeker, not a buyer) before a positive rule on one event: the
+    history applied each rule in turn within 0.. (0 - 10 -> 0, + 5 -> 5) but the lead took the bounded
+    sum (0 + (-5) -> 0), so its score and its history's last line disagreed. Both are now 5."""
+    client, _app, _ = api
+    draft = copy.deepcopy((await client.get("/v1/scoring/model", headers=AUTH)).json()["definition"])
+    draft["behaviour"].insert(0, {"name": "careers_page", "why": "Looks for a job, not a move", "points": -10,
+                                  "when": {"all": [{"fact": "event.type", "eq": "page_viewed"},
+                                                   {"fact": "event.properties.category", "eq": "careers"}]}})
+    r = await client.put("/v1/scoring/model", headers=AUTH, json=draft)
+    assert r.status_code == 201, r.text
+    assert (await client.post("/v1/scoring/model/publish", headers=AUTH,
+                              json={"version": r.json()["version"]})).status_code == 200
+    r = await client.post("/v1/leads", headers=AUTH, json={"id": "job", "email": "job@example.com"})
+    assert r.status_code == 201, r.text
+    # The fifth interaction within 24 hours fires engagement_burst (+5) with the careers page's -10.
+    for i in range(5):
+        r = await client.post("/v1/events", headers=AUTH, json={
+            "lead_id": "job", "type": "page_viewed", "properties": {"page": f"/p{i}", "category": "careers"}})
+        assert r.status_code == 202, r.text
+    lead = (await client.get("/v1/leads/job", headers=AUTH)).json()
+    scores = [i["details"] for i in (await client.get("/v1/leads/job/timeline", headers=AUTH)).json()["items"]
+              if i["kind"] == "score"]
+    assert [(s["rule"], s["delta"], s["score_after"]) for s in scores][-2:] == [
+        ("careers_page", -10, 0), ("engagement_burst", 5, 5)]
+    assert lead["score"] == scores[-1]["score_after"] == 5
