@@ -64,4 +64,7 @@ def next_lapse(lead: LeadRecord, inactive: timedelta) -> datetime | None:
 
 
 def decayed_score(score: int, decay: JsonMapping) -> int:
-    return bounded_score(max(int(decay.get("floor", 0)), score + int(decay["points"])))
+    """The score after one decay: lowered by `points`, not below `floor`, and never raised: a lead already
+    under the floor (scored before a model with a higher floor was published) went up to it, so going
+    quiet gained it points (3 with floor 10: "decay" +7)."""
+    return bounded_score(min(score, max(int(decay.get("floor", 0)), score + int(decay["points"]))))

@@ -364,3 +364,9 @@ def test_a_lifecycle_without_thresholds_or_events_is_a_model() -> None:
                           "decay": {"inactive_days": 1, "every_days": 1, "points": 0},
                           "lifecycle": {"order": ["subscriber", "lead"]}, "segments": [], "engagement_events": []})
     assert model.stage_for("subscriber", 99, "form_submitted") == "subscriber"
+
+
+@pytest.mark.parametrize(("score", "after"), [(30, 25), (12, 10), (10, 10), (3, 3), (0, 0)])
+def test_decay_stops_at_its_floor_and_never_raises_a_score(score: int, after: int) -> None:
+    # A lead under the floor (scored before a model with a higher floor) went up to it when it went quiet.
+    assert decayed_score(score, {"points": -5, "floor": 10}) == after
