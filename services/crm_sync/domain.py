@@ -8,6 +8,8 @@ from __future__ import annotations
 import hashlib
 import html
 import json
+import math
+import re
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -15,9 +17,12 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypedDict
 
+from pydantic import Field
+
 from nurture import times
 from nurture.datafiles import DataFileError, Open, Seconds, Strict, read_yaml, validate
 from nurture.jsontypes import JsonMapping, JsonObject
+from nurture.limits import MAX_SAFE_INTEGER
 from nurture.rules import CompiledRules, Match, RuleSpec, compile_rules
 
 POLICIES = ("prefer_crm_unless_blank", "always_crm", "most_recent", "do_not_sync", "always_platform")
@@ -63,6 +68,9 @@ class SyncConfig:
     task_holds: CompiledRules | None = None  # sales feedback that holds tasks (closed loop)
     max_clock_skew: timedelta = timedelta(minutes=30)
     by_crm: dict[str, FieldRule] = field(default_factory=dict)
+    qualification: Qualification | None = None   # the lead status the CRM is told (sync.yaml `qualification`)
+    revenue_currency: str = "USD"   # the one currency revenue is counted in (sync.yaml `revenue`)
+    rates: dict[str, float] = field(default_factory=dict)  # units of revenue_currency per unit of each other
 
 
 class FieldEntry(Strict):
@@ -87,6 +95,31 @@ class AssignmentEntry(RuleEntry):
     team: str
 
 
+# An ISO 4217 code: three capital letters.
+_CURRENCY = re.compile(r"[A-Z]{3}")
+
+
+class RevenueEntry(Strict):
+    currency: str
+    rates: dict[str, float] = Field(default_factory=dict)
+
+
+class QualificationEntry(Strict):
+    by_stage: dict[str, str] = Field(default_factory=dict)
+    default: str = "NURTURING"
+    rules: list[RuleEntry] = Field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Qualification:
+    """The lead status pushed to the CRM: the first matching rule's `status` (sales feedback), else the
+    lifecycle stage's, else the default."""
+
+    by_stage: dict[str, str]
+    default: str
+    rules: CompiledRules
+
+
 class SyncFile(Strict):
     """sync.yaml's shape (see the file's comments for what each part means)."""
 
@@ -97,6 +130,9 @@ class SyncFile(Strict):
     deal_stages: list[str]
     activity_kinds: list[str]
     max_clock_skew_s: Seconds = 1800.0
+    revenue: RevenueEntry = RevenueEntry(currency="USD")
+    qualification: QualificationEntry = QualificationEntry(
+        by_stage={"mql": "MQL", "sql": "SQL", "customer": "CUSTOMER", "trial": "TRIAL"})
     teams: dict[str, list[MemberEntry]]
     assignment: list[AssignmentEntry]
     tasks: list[RuleEntry]
@@ -114,6 +150,13 @@ def load_config(path: Path = DEFAULT_CONFIG) -> SyncConfig:
     teams = {name: [Member(m.owner, m.meeting_link) for m in members] for name, members in raw.teams.items()}
     problems += [f"assignment {rule.name}: unknown or empty team {rule.team}"
                  for rule in raw.assignment if not teams.get(rule.team)]
+    problems += [f"revenue: {code} is not a currency code (three capital letters, ISO 4217)"
+                 for code in [raw.revenue.currency, *raw.revenue.rates] if not _CURRENCY.fullmatch(code)]
+    problems += [f"revenue.rates.{code}: must be a number above 0" for code, rate in raw.revenue.rates.items()
+                 if not (math.isfinite(rate) and rate > 0)]
+    statuses = [(rule.name, (rule.model_extra or {}).get("status")) for rule in raw.qualification.rules]
+    problems += [f"qualification.rules {name}: needs a status (a non-empty string)"
+                 for name, status in statuses if not isinstance(status, str) or not status]
     if problems:
         raise DataFileError(problems, path)
 
@@ -130,6 +173,10 @@ def load_config(path: Path = DEFAULT_CONFIG) -> SyncConfig:
         notifications=compile_rules(f"crm_sync.notifications.v{version}", specs(raw.notifications)),
         task_holds=compile_rules(f"crm_sync.task_holds.v{version}", specs(raw.task_holds or [])),
         max_clock_skew=timedelta(seconds=raw.max_clock_skew_s),
+        revenue_currency=raw.revenue.currency, rates=dict(raw.revenue.rates),
+        qualification=Qualification(
+            dict(raw.qualification.by_stage), raw.qualification.default,
+            compile_rules(f"crm_sync.qualification.v{version}", specs(raw.qualification.rules))),
     )
     cfg.by_crm = {f.crm: f for f in fields}
     return cfg
@@ -147,6 +194,27 @@ def ahead_of_clock(cfg: SyncConfig, what: str, at: datetime, now: datetime) -> s
         return None
     return (f"{what} {_iso(at)} is {_span(ahead)} ahead of the service clock ({_iso(now)}); at most "
             f"{_span(cfg.max_clock_skew)} of clock skew is accepted: check the sender's clock and time zone")
+
+
+def revenue(cfg: SyncConfig, amount: float, currency: str) -> tuple[float, str]:
+    """A deal's amount in the currency revenue is counted in, and the deal's currency code as read (no
+    code: that currency, as a CRM of one currency sends none). Reports add amounts up, so one in another
+    currency is converted at sync.yaml's rate; a currency without a rate is an InputError's text, raised
+    by the caller (ValueError), since adding it as it is would count 100 JPY as 100 USD."""
+    code = currency.strip().upper() or cfg.revenue_currency
+    if not _CURRENCY.fullmatch(code):
+        raise ValueError("deal.currency must be an ISO 4217 code of three letters (e.g. USD), or empty")
+    if code == cfg.revenue_currency:
+        return amount, code
+    rate = cfg.rates.get(code)
+    if rate is None:
+        raise ValueError(f"deal.currency {code} has no exchange rate to {cfg.revenue_currency}, the currency revenue"
+                         f" is counted in: add it to sync.yaml revenue.rates (or send the amount in"
+                         f" {cfg.revenue_currency})")
+    converted = round(amount * rate, 2)
+    if not converted <= MAX_SAFE_INTEGER:
+        raise ValueError(f"deal.amount in {cfg.revenue_currency} is past {MAX_SAFE_INTEGER}")
+    return converted, code
 
 
 def _span(d: timedelta) -> str:
@@ -322,7 +390,7 @@ def computed_values(
     engagement summary, conversion)."""
     stage = str(lead.get("lifecycle_stage") or "")
     counters = lead.get("counters") or {}
-    qualification = {"mql": "MQL", "sql": "SQL", "customer": "CUSTOMER", "trial": "TRIAL"}.get(stage, "NURTURING")
+    qualification = _qualification(cfg, lead, journeys, stage)
     summary = ", ".join(f"{k}={counters[k]}" for k in ENGAGEMENT_KEYS[:-1] if counters.get(k))
     return {
         "score": str(int(lead.get("score") or 0)),
@@ -336,6 +404,19 @@ def computed_values(
         "converted_at": converted_at.isoformat() if converted_at else "",
         "owner": owner or "",
     }
+
+
+def _qualification(cfg: SyncConfig, lead: Mapping[str, Any], journeys: Sequence[Mapping[str, Any]],
+                   stage: str) -> str:
+    """sync.yaml's `qualification`: a rule on the lead and its journeys' statuses (`journeys.<key>`, as the
+    task holds read them) first, so a lead sales turned down is not told to the CRM as an MQL again."""
+    q = cfg.qualification
+    if q is None:
+        return "NURTURING"
+    matches = q.rules.evaluate({"lead": dict(lead), "journeys": journey_statuses(journeys)})
+    if matches:
+        return str(matches[0].meta["status"])
+    return q.by_stage.get(stage, q.default)
 
 
 def outbound_properties(

@@ -27,7 +27,7 @@ leads = Table(
     Column("last_name", String(200), nullable=True),
     Column("segment", String(64), nullable=True, index=True),
     Column("timezone", String(64), nullable=True),
-    Column("locale", String(16), nullable=True),
+    Column("locale", String(35), nullable=True),  # BCP 47: MAX_LENGTHS["locale"]
     Column("attributes", Text, nullable=False, default="{}"),
     Column("consent", Text, nullable=False, default="{}"),
     Column("score", Integer, nullable=False, default=0, index=True),

@@ -124,8 +124,11 @@ def _fact(etype: JsonValue, message_id: JsonValue, lead: JsonValue, occurred_at:
             return None
         return Fact(id=mid, kind="score", lead_id=lead_id, at=at, segment=segment, score=score)
     if etype == WON_EVENT:
+        # crm_sync's deal carries `revenue`, its amount in the one currency revenue is counted in (sync.yaml),
+        # beside the `amount` and `currency` the CRM reported; a won event without it (posted through the
+        # API, or recorded before) counts its `amount`.
         try:
-            amount = float(props.get("amount") or 0)
+            amount = float((props["revenue"] if "revenue" in props else props.get("amount")) or 0)
         except (TypeError, ValueError):
             amount = 0.0
         # An amount that is no finite number (a "nan" or "inf" string) is no revenue either: it would poison

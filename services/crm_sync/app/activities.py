@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections.abc import Callable
@@ -69,6 +70,22 @@ class InboundResult:
 
 def _micros(at: datetime) -> int:
     return int(at.timestamp() * 1_000_000)
+
+
+# The deal stages a deal reaches once: each is one conversion with its revenue, however often the CRM
+# reopens and closes the deal again.
+_ONCE_PER_DEAL = ("closed_won",)
+
+
+def _deal_key(crm: str, d: DealIn, lead_id: str, modified_at: datetime) -> str:
+    """The idempotency key of a deal stage's event. A win is one per deal (and lead: a deal moved to
+    another contact's lead is that lead's win): a deal won, reopened and won again fed a second
+    opportunity_won, and every report counted the deal, and its amount, twice; scoring now answers
+    the second a duplicate. Every other stage change is one event per CRM modification."""
+    if d.stage in _ONCE_PER_DEAL:
+        lead = hashlib.sha256(lead_id.encode()).hexdigest()[:16]
+        return f"crm:{crm}:deal:{d.deal_id}:{d.stage}:{lead}"
+    return f"crm:{crm}:deal:{d.deal_id}:{d.stage}:{_micros(modified_at)}"
 
 
 class InboundActivities(Proposals):
@@ -188,6 +205,10 @@ class InboundActivities(Proposals):
             # Revenue is summed over deals in every report: a NaN or one near a double's top (two make
             # infinity) would leave those reports unanswerable.
             raise InputError(f"deal.amount must be a number from 0 to {MAX_SAFE_INTEGER}")
+        try:
+            revenue, currency = domain.revenue(self.cfg, d.amount, d.currency)
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
         if (why := domain.ahead_of_clock(self.cfg, "deal.modified_at", d.modified_at, self.clock.now())) is not None:
             raise InputError(why)
         lead_id = await self._resolve(crm, d.crm_id, d.lead_id)
@@ -196,7 +217,7 @@ class InboundActivities(Proposals):
             # The deal reached a proposal stage: its proposal is made with the deal's record (once per deal).
             lead = await self._lead(lead_id)
             deal = {"deal_id": d.deal_id, "stage": d.stage, "amount": d.amount,
-                    "currency": d.currency, "properties": d.properties}
+                    "currency": currency, "properties": d.properties}
 
             def make(s: Session, now: datetime) -> object:
                 return self.make_proposal(s, lead_id, lead, plan="", deal=deal, requested_by="deal_stage", now=now)
@@ -205,14 +226,16 @@ class InboundActivities(Proposals):
         etype = self.cfg.deal_events.get(d.stage, "sales_activity")
         # The CRM's own properties pass along, under the fields checked here: a properties_json amount of
         # 1e308 or a stage of its own replaced the checked ones in the event scoring and analytics read.
-        props = {**d.properties, "deal_id": d.deal_id, "stage": d.stage, "amount": d.amount, "currency": d.currency,
+        # `revenue` is the amount in the one currency the reports add up (analytics counts it, not `amount`).
+        props = {**d.properties, "deal_id": d.deal_id, "stage": d.stage, "amount": d.amount, "currency": currency,
+                 "revenue": revenue, "revenue_currency": self.cfg.revenue_currency,
                  "reason": d.reason, "kind": "deal_stage", "crm": crm}
         event = scoring_pb2.Event(
             lead_id=lead_id, type=etype, properties_json=json.dumps(props), source="crm",
-            idempotency_key=f"crm:{crm}:deal:{d.deal_id}:{d.stage}:{_micros(d.modified_at)}")
+            idempotency_key=_deal_key(crm, d, lead_id, d.modified_at))
         event.occurred_at.FromDatetime(d.modified_at)
         return await self._feed(crm, "deal", d.deal_id, lead_id, d.modified_at, d.stage, event,
                                 f"Deal {d.deal_id} is {d.stage}"
-                                + (f" ({d.amount:g} {d.currency})" if d.amount else ""),
+                                + (f" ({d.amount:g} {currency})" if d.amount else ""),
                                 {"deal_id": d.deal_id, "stage": d.stage, "amount": d.amount,
                                  "reason": d.reason}, then=then)

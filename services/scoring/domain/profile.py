@@ -35,7 +35,7 @@ def regrade(model: ScoringModel, current: Mapping[str, Any], changes: dict[str, 
 def apply_outcome(lead: ScoredProfile, outcome: Outcome) -> None:
     # One version per applied event: consumers drop a replayed snapshot older than what they hold.
     lead["version"] = int(lead["version"]) + 1
-    lead["score"] = bounded_score(int(lead["score"]) + outcome.delta)
+    lead["score"] = outcome.score_from(int(lead["score"]))
     lead["counters"] = outcome.counters
     lead["recent"] = outcome.recent
     lead["interests"] = outcome.interests
@@ -64,4 +64,7 @@ def next_lapse(lead: LeadRecord, inactive: timedelta) -> datetime | None:
 
 
 def decayed_score(score: int, decay: JsonMapping) -> int:
-    return bounded_score(max(int(decay.get("floor", 0)), score + int(decay["points"])))
+    """The score after one decay: lowered by `points`, not below `floor`, and never raised: a lead already
+    under the floor (scored before a model with a higher floor was published) went up to it, so going
+    quiet gained it points (3 with floor 10: "decay" +7)."""
+    return bounded_score(min(score, max(int(decay.get("floor", 0)), score + int(decay["points"]))))

@@ -61,6 +61,16 @@ class Outcome:
     def delta(self) -> int:
         return sum(p.points for p in self.points)
 
+    def score_from(self, old: int) -> int:
+        """The score after the event: each rule's points in turn, kept within 0..SCORE_MAX at each step, as
+        the score history records them (`score_after` of each change). Bounding only the sum made the
+        lead's score differ from its history's last line whenever a negative rule met the floor beside
+        a positive one (2, then -10 and +5: history 0 then 5, the lead 0)."""
+        score = old
+        for p in self.points:
+            score = bounded_score(score + p.points)
+        return score
+
 
 def _types_of(cond: JsonMapping) -> set[str] | None:
     """The event types a condition can match, or None when it can match any."""
@@ -107,6 +117,8 @@ class ScoringModel:
             f"{prefix}_seg", [RuleSpec(f"seg_{i}_{s['segment']}", s["when"], {"segment": s["segment"]})
                               for i, s in enumerate(definition["segments"])]
         )
+        # The segments a lead may be given (classified, or set through the API): the model's, in its order.
+        self.segment_names: tuple[str, ...] = tuple(dict.fromkeys(str(s["segment"]) for s in definition["segments"]))
         self.grades = sorted(definition["grades"].items(), key=lambda kv: -int(kv[1]))
         self.decay = definition["decay"]
         self.engagement_events = set(definition["engagement_events"])
@@ -205,7 +217,7 @@ class ScoringModel:
         if not lead.get("segment"):
             out.segment = self.classify(lead.get("attributes"), {"type": etype, "properties": props})
         old_score = int(lead.get("score") or 0)
-        new_score = bounded_score(old_score + out.delta)
+        new_score = out.score_from(old_score)
         old_stage = str(lead.get("lifecycle_stage") or self.stage_order[0])
         # Subscribing to a channel (the newsletter, email again after an unsubscribe) is consent,
         # not the purchase a plain `subscribed` is: it moves no stage.
@@ -352,19 +364,55 @@ def _rule_problems(where: str, rule: JsonMapping, *, required: tuple[str, ...]) 
     return problems
 
 
-# decay's settings and their least values: it starts after `inactive_days`, repeats every `every_days`
-# (0 would decay again at the instant it decayed), never below `floor`; `points` lowers the score.
-_DECAY = {"inactive_days": 1, "every_days": 1, "points": INT32_MIN, "floor": 0}
+# decay's settings and their ranges: it starts after `inactive_days`, repeats every `every_days` (0 would
+# decay again at the instant it decayed), never below `floor`; `points` lowers the score. The days are
+# added to a lead's last engagement (up to nurture.limits.TIME_MAX, the year 9000) for its next lapse:
+# past a century, a date past 9999 or a timedelta past its range made every event a 500 (OverflowError).
+MAX_DECAY_DAYS = 36_500
+_DECAY = {"inactive_days": (1, MAX_DECAY_DAYS), "every_days": (1, MAX_DECAY_DAYS), "points": (INT32_MIN, 0),
+          "floor": (0, INT32_MAX)}
+
+# The widths of the columns that store the model's names (scoring's tables.py): a name past one passed
+# the checks and then failed every write of a lead it reached on PostgreSQL, which enforces the width.
+MAX_RULE_NAME = 128     # scoring_score_changes.rule
+MAX_GRADE = 2           # scoring_leads.grade
+MAX_STAGE = 32          # scoring_leads.lifecycle_stage
+MAX_SEGMENT = 64        # scoring_leads.segment
 
 
 def _decay_problems(decay: JsonMapping) -> list[str]:
     problems = []
-    for key, low in _DECAY.items():
+    for key, (low, high) in _DECAY.items():
         if key not in decay:
             if key != "floor":
                 problems.append(f"decay: '{key}' is required")
-        elif (p := _int_problem(decay[key], low=low, high=0 if key == "points" else INT32_MAX)) is not None:
+        elif (p := _int_problem(decay[key], low=low, high=high)) is not None:
             problems.append(f"decay: {key} {p}")
+    return problems
+
+
+def _name_problem(value: object, width: int) -> str | None:
+    if not isinstance(value, str) or not value:
+        return "needs a name (a non-empty string)"
+    if len(value) > width:
+        return f"names at most {width} characters"
+    return None
+
+
+def _lifecycle_problems(life: JsonMapping) -> list[str]:
+    """The stages: a lead is created at the first, so there must be one; each is stored on the lead."""
+    order = life.get("order", [])
+    problems = [] if order else ["lifecycle: order needs at least one stage (a new lead's)"]
+    seen: set[str] = set()
+    for i, stage in enumerate(order):
+        if (p := _name_problem(stage, MAX_STAGE)) is not None:
+            problems.append(f"lifecycle.order[{i}]: {p}")
+        elif stage in seen:
+            problems.append(f"lifecycle.order[{i}]: duplicate stage {stage}")
+        seen.add(str(stage))
+    for stage in [*life.get("thresholds", {}), *life.get("events", {}).values()]:
+        if stage not in order:
+            problems.append(f"lifecycle: unknown stage {stage}")
     return problems
 
 
@@ -379,9 +427,11 @@ def validate_model(definition: JsonValue) -> list[str]:
     names: set[str] = set()
     for i, rule in enumerate(definition["behaviour"]):
         where = f"behaviour[{i}]"
-        if not isinstance(rule, Mapping) or not isinstance(rule.get("name"), str):
+        if not isinstance(rule, Mapping) or not isinstance(rule.get("name"), str) or not rule["name"]:
             problems.append(f"{where}: needs a name")
             continue
+        if len(rule["name"]) > MAX_RULE_NAME:
+            problems.append(f"{where}: names at most {MAX_RULE_NAME} characters")
         if rule["name"] in names:
             problems.append(f"{where}: duplicate rule {rule['name']}")
         names.add(rule["name"])
@@ -397,14 +447,15 @@ def validate_model(definition: JsonValue) -> list[str]:
     for i, seg in enumerate(definition["segments"]):
         if not isinstance(seg.get("segment"), str) or not seg["segment"]:
             problems.append(f"segments[{i}]: needs a segment (a non-empty string)")
+        elif len(seg["segment"]) > MAX_SEGMENT:
+            problems.append(f"segments[{i}]: segment names at most {MAX_SEGMENT} characters")
         problems.extend(f"segments[{i}]: {p}" for p in validate_condition(seg.get("when")))
     if isinstance(definition.get("decay"), Mapping):
         problems.extend(_decay_problems(definition["decay"]))
-    life = definition["lifecycle"]
-    order = life.get("order", [])
-    for stage in [*life.get("thresholds", {}), *life.get("events", {}).values()]:
-        if stage not in order:
-            problems.append(f"lifecycle: unknown stage {stage}")
+    if isinstance(definition.get("grades"), Mapping):
+        problems.extend(f"grades.{grade}: a grade is 1-{MAX_GRADE} characters" for grade in definition["grades"]
+                        if not grade or len(grade) > MAX_GRADE)
+    problems.extend(_lifecycle_problems(definition["lifecycle"]))
     return problems
 
 

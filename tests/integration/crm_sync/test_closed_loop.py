@@ -131,3 +131,69 @@ async def test_a_recycled_lead_that_buys_is_alerted_to_sales_again(settings: Set
             await c.close()
         for r in (running, journeys, scoring):
             await asyncio.wait_for(r.stop(grace=0.5), 10)
+
+
+async def test_an_mql_sales_disqualified_is_not_told_to_the_crm_as_an_mql_again(
+        settings: Settings, emulator: Emulator) -> None:
+    """Stages only move forward, so a lead sales disqualified stays an mql; crm_sync kept pushing its lead
+    status (hs_lead_status) as MQL, over what sales had set, and the lead came back into sales' MQL
+    queue. While its recycle track runs it is RECYCLED (sync.yaml `qualification`); a won deal ends the
+    track and the customer is CUSTOMER."""
+    scoring = await start_service("scoring", settings)
+    journeys = await start_service("journeys", settings.with_overrides(
+        scoring_addr=scoring.address, messaging_addr=f"127.0.0.1:{free_port()}",
+        crm_sync_addr=f"127.0.0.1:{free_port()}"))
+    running = await start_service("crm_sync", settings.with_overrides(
+        crm_url=emulator.url, scoring_addr=scoring.address, journeys_addr=journeys.address,
+        crm_tokens={"test-crm": TOKEN}))
+    channels = [mesh_channel(a) for a in (scoring.address, running.address, journeys.address)]
+    admins = [common_pb2_grpc.AdminStub(c) for c in channels]
+    score, crm = scoring_pb2_grpc.ScoringStub(channels[0]), crm_sync_pb2_grpc.CrmSyncStub(channels[1])
+    clock = VirtualClock(redis.Redis.from_url(settings.redis_url))
+
+    async def settle() -> None:
+        for _ in range(30):
+            if not any([(await a.Settle(common_pb2.SettleRequest(), timeout=30)).work_done for a in admins]):
+                return
+
+    def lead_status(crm_id: str) -> str:
+        return str(emulator.get(f"/crm/v3/objects/contacts/{crm_id}")["properties"].get("hs_lead_status"))
+
+    try:
+        t0 = clock.now()
+        crm_id = str(emulator.post("/crm/v3/objects/contacts", {"properties": {"email": "max@example.com"}})["id"])
+        reply = await crm.UpsertContacts(crm_sync_pb2.UpsertContactsRequest(
+            contacts=[contact(crm_id, "max@example.com", t0, first_name="Max", jobtitle="nurse")]),
+            metadata=AUTH, timeout=10)
+        lead_id = reply.results[0].lead_id
+        await score.UpsertLead(scoring_pb2.UpsertLeadRequest(
+            id=lead_id, merge=True, fields_json=json.dumps({"consent": {"email": True}})), timeout=5)
+        # Bottom-funnel content, pricing, a webinar, an assessment and a checkout: 15 + 8 + 10 + 10 + 10 = 53.
+        events = [("page_viewed", {"category": "bottom_funnel"}), ("page_viewed", {"category": "pricing"}),
+                  ("webinar_attended", {}), ("assessment_completed", {"assessment": "points", "score": 71}),
+                  ("checkout_started", {"cart_id": "c-max", "plan": "standard"})]
+        await score.IngestEvents(scoring_pb2.IngestRequest(events=[scoring_pb2.Event(
+            lead_id=lead_id, type=t, idempotency_key=f"max-{i}", properties_json=json.dumps(p))
+            for i, (t, p) in enumerate(events)]), timeout=5)
+        await settle()
+        lead = await score.GetLead(scoring_pb2.GetLeadRequest(id=lead_id), timeout=5)
+        assert lead.lifecycle_stage == "mql" and lead_status(crm_id) == "MQL"
+
+        act = crm_sync_pb2.Activity(activity_id="dq-max", crm_id=crm_id, kind="disqualification", reason="budget")
+        act.modified_at.FromDatetime(t0)
+        await crm.RecordActivity(crm_sync_pb2.RecordActivityRequest(activity=act), metadata=AUTH, timeout=5)
+        await settle()
+        lead = await score.GetLead(scoring_pb2.GetLeadRequest(id=lead_id), timeout=5)
+        assert lead.lifecycle_stage == "mql"   # forward only: the stage is not what sales' feedback changes
+        assert lead_status(crm_id) == "RECYCLED"
+
+        deal = crm_sync_pb2.Deal(deal_id="d-max", crm_id=crm_id, stage="closed_won", amount=3000, currency="USD")
+        deal.modified_at.FromDatetime(t0 + timedelta(minutes=1))
+        await crm.ReportDeal(crm_sync_pb2.ReportDealRequest(deal=deal), metadata=AUTH, timeout=5)
+        await settle()
+        assert lead_status(crm_id) == "CUSTOMER"
+    finally:
+        for c in channels:
+            await c.close()
+        for r in (running, journeys, scoring):
+            await asyncio.wait_for(r.stop(grace=0.5), 10)

@@ -428,7 +428,7 @@ async def test_a_deal_amount_no_revenue_sum_can_hold_is_refused(mesh: Mesh, amou
     t0 = mesh.clock.now()
     crm_id = remote_contact(mesh, "rich@example.com")
     [r] = await upsert(mesh, contact(crm_id, "rich@example.com", t0, first_name="Rich"))
-    d = crm_sync_pb2.Deal(deal_id="d-huge", crm_id=crm_id, stage="closed_won", amount=amount, currency="EUR")
+    d = crm_sync_pb2.Deal(deal_id="d-huge", crm_id=crm_id, stage="closed_won", amount=amount, currency="USD")
     d.modified_at.FromDatetime(t0)
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await mesh.crm.ReportDeal(crm_sync_pb2.ReportDealRequest(deal=d), metadata=AUTH, timeout=5)
@@ -554,3 +554,51 @@ async def test_a_field_set_back_in_quick_succession_keeps_the_latest_value(mesh:
     await mesh.settle()
     remote = mesh.emulator.get(f"/crm/v3/objects/contacts/{crm_id}")["properties"]
     assert remote.get("firstname", "Zoe") == "Zoe" and remote.get("company", "Xco") == "Xco"
+
+
+async def test_a_deal_in_another_currency_is_counted_in_the_revenue_currency(mesh: Mesh) -> None:
+    """Reports add won deals' amounts up: a 900 USD deal and a 100 EUR deal made 1000 of revenue, and a
+    JPY one would have added its yen. The event now carries `revenue` in sync.yaml's currency (USD), with
+    the amount and currency as reported; a currency with no rate is refused and records nothing."""
+    t0 = mesh.clock.now()
+    crm_id = remote_contact(mesh, "fx@example.com")
+    [r] = await upsert(mesh, contact(crm_id, "fx@example.com", t0, first_name="Fx"))
+    for deal_id, amount, currency in (("d-usd", 900, "USD"), ("d-eur", 100, "eur"), ("d-none", 50, "")):
+        d = crm_sync_pb2.Deal(deal_id=deal_id, crm_id=crm_id, stage="closed_won", amount=amount, currency=currency)
+        d.modified_at.FromDatetime(t0)
+        assert (await mesh.crm.ReportDeal(crm_sync_pb2.ReportDealRequest(deal=d), metadata=AUTH,
+                                          timeout=5)).status == "recorded"
+    for currency, why in (("JPY", "deal.currency JPY has no exchange rate to USD"),
+                          ("dollars", "deal.currency must be an ISO 4217 code")):
+        d = crm_sync_pb2.Deal(deal_id=f"d-{currency}", crm_id=crm_id, stage="closed_won", amount=10000,
+                              currency=currency)
+        d.modified_at.FromDatetime(t0)
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await mesh.crm.ReportDeal(crm_sync_pb2.ReportDealRequest(deal=d), metadata=AUTH, timeout=5)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and why in (err.value.details() or "")
+    reply = await mesh.scoring_admin.Timeline(common_pb2.TimelineRequest(lead_id=r.lead_id), timeout=5)
+    won = {p["deal_id"]: p for p in (json.loads(i.details_json).get("properties", {}) for i in reply.items
+                                     if i.type == "opportunity_won")}
+    assert {k: (p["amount"], p["currency"], p["revenue"], p["revenue_currency"]) for k, p in won.items()} == {
+        "d-usd": (900, "USD", 900, "USD"), "d-eur": (100, "EUR", 108.0, "USD"), "d-none": (50, "USD", 50, "USD")}
+
+
+async def test_a_deal_won_reopened_and_won_again_is_one_win(mesh: Mesh) -> None:
+    """Each closed_won fed its own opportunity_won (a key per modification), so a deal the CRM reopened
+    and closed again was two conversions, and its amount twice the revenue, in every report. A deal's
+    win is now one event: the second is scoring's duplicate, recorded on the timeline only."""
+    t0 = mesh.clock.now()
+    crm_id = remote_contact(mesh, "again@example.com")
+    [r] = await upsert(mesh, contact(crm_id, "again@example.com", t0, first_name="Again"))
+    statuses = []
+    for minutes, stage in ((0, "closed_won"), (1, "negotiation"), (2, "closed_won"), (3, "closed_lost")):
+        d = crm_sync_pb2.Deal(deal_id="d-again", crm_id=crm_id, stage=stage, amount=400, currency="USD")
+        d.modified_at.FromDatetime(t0 + timedelta(minutes=minutes))
+        statuses.append((await mesh.crm.ReportDeal(crm_sync_pb2.ReportDealRequest(deal=d), metadata=AUTH,
+                                                   timeout=5)).status)
+    assert statuses == ["recorded", "updated", "updated", "updated"]
+    reply = await mesh.scoring_admin.Timeline(common_pb2.TimelineRequest(lead_id=r.lead_id), timeout=5)
+    types = [i.type for i in reply.items if i.kind == "event"]
+    assert types.count("opportunity_won") == 1 and types.count("opportunity_lost") == 1, types
+    crm_lines = [i.type for i in await mesh.timeline(r.lead_id) if i.type.startswith("deal_")]
+    assert crm_lines == ["deal_recorded", "deal_updated", "deal_updated", "deal_updated"]

@@ -70,3 +70,16 @@ async def test_ingest_takes_the_good_events_and_refuses_the_bad_alone(scoring: R
             scoring_pb2.UpsertLeadRequest(id="u\x00", fields_json="{}"),
         ]), timeout=5)
         assert [r.error_code for r in upserts.results] == ["", "invalid", "invalid"]
+
+
+async def test_a_locale_as_long_as_the_limit_is_stored_and_read(scoring: Running) -> None:
+    # The profile's limit is BCP 47's 35 characters, but its column held 16: on PostgreSQL a longer tag
+    # (a script, a region and a private use) failed the write, a 500 on POST /v1/leads.
+    locale = "zh-Hant-TW-x-borderbridge-" + "a" * 9
+    assert len(locale) == 35
+    async with mesh_channel(scoring.address) as ch:
+        stub = scoring_pb2_grpc.ScoringStub(ch)
+        await stub.UpsertLead(scoring_pb2.UpsertLeadRequest(
+            id="tw", fields_json=json.dumps({"email": "tw@example.com", "locale": locale})), timeout=5)
+        lead = await stub.GetLead(scoring_pb2.GetLeadRequest(id="tw"), timeout=5)
+        assert lead.locale == locale

@@ -84,3 +84,14 @@ def test_a_facts_record_body_reads_back_as_the_same_fact() -> None:
         assert "score" in body or fact.score is None  # a score of 0 is kept, not dropped as a default
     assert '"amount"' not in _encode(facts[0]) and '"since"' not in _encode(facts[0])  # defaults are left out
     assert math.isclose(_decode(_encode(facts[2])).amount, 4800.5)
+
+
+def test_a_won_deal_counts_its_revenue_in_the_one_currency_not_its_amount() -> None:
+    # crm_sync's deal carries `revenue` (its amount converted to sync.yaml's currency) beside the CRM's own
+    # amount and currency: a 100 EUR deal was counted as 100 beside USD ones. Without it, the amount counts.
+    won = {"id": "e3", "lead_id": "L1", "type": "opportunity_won", "occurred_at": "2026-03-03T08:00:00Z", "lead": LEAD}
+    fact = from_bus({**won, "properties": {"amount": 100, "currency": "EUR", "revenue": 108.0,
+                                           "revenue_currency": "USD"}})
+    assert fact is not None and fact.amount == 108.0
+    fact = from_bus({**won, "properties": {"amount": 100}})
+    assert fact is not None and fact.amount == 100.0

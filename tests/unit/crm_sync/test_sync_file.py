@@ -63,3 +63,23 @@ def test_the_shipped_file_keeps_its_rule_actions() -> None:
         (r["name"], {"team": r["team"]}) for r in doc["assignment"]]
     assert [s.meta for s in cfg.tasks.specs] == [
         {k: v for k, v in r.items() if k not in ("name", "when")} for r in doc["tasks"]]
+
+
+def test_revenue_names_currencies_and_rates_it_can_convert_with(tmp_path: Path) -> None:
+    assert (domain.load_config().revenue_currency, domain.load_config().rates["EUR"]) == ("USD", 1.08)
+    doc = shipped()
+    doc["revenue"] = {"currency": "usd", "rates": {"EUR": 0, "GBP": -1.2, "Yen": 0.0067}}
+    with pytest.raises(DataFileError) as err:
+        domain.load_config(write(tmp_path, doc))
+    assert err.value.problems == [
+        "revenue: usd is not a currency code (three capital letters, ISO 4217)",
+        "revenue: Yen is not a currency code (three capital letters, ISO 4217)",
+        "revenue.rates.EUR: must be a number above 0", "revenue.rates.GBP: must be a number above 0"]
+
+
+def test_a_qualification_rule_names_its_status(tmp_path: Path) -> None:
+    doc = shipped()
+    doc["qualification"]["rules"].append({"name": "no_status", "when": {"fact": "lead.score", "gt": 1}})
+    with pytest.raises(DataFileError) as err:
+        domain.load_config(write(tmp_path, doc))
+    assert err.value.problems == ["qualification.rules no_status: needs a status (a non-empty string)"]

@@ -326,9 +326,23 @@ def _seed_with(change: Callable[[dict], object]) -> dict:
     (lambda d: d["fit"][0].pop("name"), "fit[0]: needs a name (a non-empty string)"),
     (lambda d: d["segments"][0].update(segment=5), "segments[0]: needs a segment (a non-empty string)"),
     (lambda d: d["decay"].pop("inactive_days"), "decay: 'inactive_days' is required"),
-    (lambda d: d["decay"].update(every_days=0), "decay: every_days must be an integer from 1 to 2147483647"),
+    (lambda d: d["decay"].update(every_days=0), "decay: every_days must be an integer from 1 to 36500"),
     (lambda d: d["decay"].update(points=5), "decay: points must be an integer from -2147483648 to 0"),
     (lambda d: d["decay"].update(floor=-1), "decay: floor must be an integer from 0 to 2147483647"),
+    # Each of these was stored and published; then every event a lead sent was a 500: decay's days
+    # overflowed the lapse date (OverflowError), a new lead had no first stage (IndexError), or (on
+    # PostgreSQL) a name was wider than the column that stores it on the lead or its score change.
+    (lambda d: d["decay"].update(inactive_days=5_000_000),
+     "decay: inactive_days must be an integer from 1 to 36500"),
+    (lambda d: d["decay"].update(every_days=2**31 - 1), "decay: every_days must be an integer from 1 to 36500"),
+    (lambda d: d["lifecycle"].update(order=[], thresholds={}, events={}, signals={}),
+     "lifecycle: order needs at least one stage (a new lead's)"),
+    (lambda d: d["lifecycle"]["order"].append("lead"), "lifecycle.order[6]: duplicate stage lead"),
+    (lambda d: d["lifecycle"]["order"].append("x" * 33), "lifecycle.order[6]: names at most 32 characters"),
+    (lambda d: d["grades"].update(AAA=50), "grades.AAA: a grade is 1-2 characters"),
+    (lambda d: d["segments"][0].update(segment="s" * 65), "segments[0]: segment names at most 64 characters"),
+    (lambda d: d["behaviour"][0].update(name=""), "behaviour[0]: needs a name"),
+    (lambda d: d["behaviour"][0].update(name="r" * 129), "behaviour[0]: names at most 128 characters"),
 ])
 def test_a_rule_field_the_scoring_reads_is_checked(change: Callable[[dict], object], problem: str) -> None:
     assert validate_model(_seed_with(change)) == [problem]
@@ -350,3 +364,9 @@ def test_a_lifecycle_without_thresholds_or_events_is_a_model() -> None:
                           "decay": {"inactive_days": 1, "every_days": 1, "points": 0},
                           "lifecycle": {"order": ["subscriber", "lead"]}, "segments": [], "engagement_events": []})
     assert model.stage_for("subscriber", 99, "form_submitted") == "subscriber"
+
+
+@pytest.mark.parametrize(("score", "after"), [(30, 25), (12, 10), (10, 10), (3, 3), (0, 0)])
+def test_decay_stops_at_its_floor_and_never_raises_a_score(score: int, after: int) -> None:
+    # A lead under the floor (scored before a model with a higher floor) went up to it when it went quiet.
+    assert decayed_score(score, {"points": -5, "floor": 10}) == after
