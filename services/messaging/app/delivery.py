@@ -28,6 +28,7 @@ from typing import NamedTuple
 import grpc
 import httpx
 
+from nurture import telemetry
 from nurture.aio import wait_event
 from nurture.api.scoring.v1 import scoring_pb2
 from nurture.batching import Batcher
@@ -58,6 +59,7 @@ from services.messaging.storage import (
 )
 
 log = logging.getLogger(__name__)
+_tracer = telemetry.tracer(__name__)
 
 CHANNELS = ("email", "sms", "in_app", "webhook", "ads_audience")
 CATEGORIES = ("nurture", "transactional")
@@ -335,12 +337,16 @@ class Delivery:
                         await asyncio.gather(*tasks)
                         tasks = []
                         continue
-                    ready = await self._prepare(rows, now)
-                    total += len(rows)
-                    if ready:
-                        ids = {r.row.id for r in ready}
-                        self._inflight |= ids
-                        tasks.append(asyncio.create_task(self._finish(ready, now, ids)))
+                    # One trace per batch (a root in the worker loop, a Settle's child with a virtual
+                    # clock): its checks, rendering, SMTP and outcomes. Without it none of a delivery
+                    # was recorded. The batch's task copies the context, so its spans join the batch's.
+                    with _tracer.start_as_current_span("messages due", attributes={"messages": len(rows)}):
+                        ready = await self._prepare(rows, now)
+                        total += len(rows)
+                        if ready:
+                            ids = {r.row.id for r in ready}
+                            self._inflight |= ids
+                            tasks.append(asyncio.create_task(self._finish(ready, now, ids)))
                     tasks = [t for t in tasks if not t.done() or t.exception() is not None]
                     if len(tasks) >= 2:
                         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
