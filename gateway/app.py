@@ -152,6 +152,20 @@ def allowed_methods(app: FastAPI, scope: Scope) -> list[str]:
     return sorted(methods)
 
 
+def _naming_the_trace(send: Send, context: trace.SpanContext) -> Send:
+    """`send` with W3C Trace Context's `traceresponse` header (level 2) added to the response: the
+    recorded request's trace and span. Nothing else names it, so without it whoever posted an event
+    could find the event's trace only by its time (docs/ARCHITECTURE.md, "Tracing")."""
+    header = (b"traceresponse", f"00-{context.trace_id:032x}-{context.span_id:016x}-01".encode())
+
+    async def sending(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", ()), header]}
+        await send(message)
+
+    return sending
+
+
 class LimitsAndTracing:
     """Plain ASGI middleware (Starlette's BaseHTTPMiddleware costs a task per request): one server
     span per request, and bodies over the limit refused with 413 before anything reads them."""
@@ -202,6 +216,8 @@ class LimitsAndTracing:
                 shown = _traced_path(path)
                 span.update_name(f"{method} {shown}")
                 span.set_attributes({"http.method": method, "http.target": shown})
+        if span.is_recording():
+            send = _naming_the_trace(send, span.get_span_context())
         with telemetry.as_current(span):
             if hot is None:
                 await self.app(scope, limited_receive, send)

@@ -142,6 +142,13 @@ class Settings:
         # Optional (without it the console refuses sign-in), but a public value would let anyone forge one.
         if self.session_secret and _weak(self.session_secret):
             bad.append("NURTURE_SESSION_SECRET")
+        # Optional too, but still accepted while set: a rotation away from a once-shipped default that kept
+        # it as the previous key would let anyone sign mesh calls, or forge any lead's unsubscribe and
+        # click links, for as long as the rotation lasts.
+        for name in ("secret_previous", "mesh_token_previous"):
+            value = getattr(self, name)
+            if value and _weak(value):
+                bad.append(f"NURTURE_{name.upper()}")
         return bad
 
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from nurture import limits, times
+from nurture import limits, telemetry, times
 from nurture.busmessage import BusMessage
 from nurture.clock import Clock
 from nurture.db import Database
@@ -65,6 +65,7 @@ from services.journeys.domain.state import (
 from services.journeys.timers import Arm, Timer, TimerStore
 
 log = logging.getLogger(__name__)
+_tracer = telemetry.tracer(__name__)
 RETRY_DELAY = timedelta(seconds=60)
 PROCESSED_KEEP = timedelta(days=7)
 HOUSEKEEPING_EVERY = timedelta(hours=1)
@@ -444,7 +445,15 @@ class JourneysRuntime:
     async def _run_batch(self, by_lead: dict[str, list[Timer]], claimed: list[Timer], now: datetime) -> None:
         """Load the batch's leads in one read, drive them concurrently (effects are gRPC calls), commit
         everything in one transaction, then arm new timers and ack the claimed ones. Any failure
-        leaves the claimed timers in flight: their lease expires and they fire again."""
+        leaves the claimed timers in flight: their lease expires and they fire again.
+
+        Traced as `timers fire`: a root of its own in the timer loop (a Settle's child with a virtual
+        clock), so the batch's SQL and Redis and the sends it asks of messaging are one trace. Without
+        it nothing of journeys' was recorded, and each Send began a trace at messaging."""
+        with _tracer.start_as_current_span("timers fire", attributes={"timers": len(claimed), "leads": len(by_lead)}):
+            await self._run_batch_traced(by_lead, claimed, now)
+
+    async def _run_batch_traced(self, by_lead: dict[str, list[Timer]], claimed: list[Timer], now: datetime) -> None:
         async with contextlib.AsyncExitStack() as stack:
             for lead_id in sorted(by_lead):
                 await stack.enter_async_context(self._locks.hold(lead_id))

@@ -27,7 +27,9 @@ from typing import NamedTuple
 
 import grpc
 import httpx
+from opentelemetry import trace
 
+from nurture import telemetry
 from nurture.aio import wait_event
 from nurture.api.scoring.v1 import scoring_pb2
 from nurture.batching import Batcher
@@ -58,6 +60,7 @@ from services.messaging.storage import (
 )
 
 log = logging.getLogger(__name__)
+_tracer = telemetry.tracer(__name__)
 
 CHANNELS = ("email", "sms", "in_app", "webhook", "ads_audience")
 CATEGORIES = ("nurture", "transactional")
@@ -335,12 +338,24 @@ class Delivery:
                         await asyncio.gather(*tasks)
                         tasks = []
                         continue
-                    ready = await self._prepare(rows, now)
-                    total += len(rows)
-                    if ready:
-                        ids = {r.row.id for r in ready}
-                        self._inflight |= ids
-                        tasks.append(asyncio.create_task(self._finish(ready, now, ids)))
+                    # One trace per batch (a root in the worker loop, a Settle's child with a virtual
+                    # clock): its checks, rendering, SMTP and outcomes. Without it none of a delivery
+                    # was recorded. The span lasts until the batch's task has recorded the outcomes
+                    # (SQL and Redis spans are made only inside a span still recording).
+                    span = _tracer.start_span("messages due", attributes={"messages": len(rows)})
+                    with telemetry.as_current(span, end=False):
+                        try:
+                            ready = await self._prepare(rows, now)
+                        except BaseException:
+                            span.end()
+                            raise
+                        total += len(rows)
+                        if ready:
+                            ids = {r.row.id for r in ready}
+                            self._inflight |= ids
+                            tasks.append(asyncio.create_task(self._finish(ready, now, ids, span)))
+                        else:
+                            span.end()
                     tasks = [t for t in tasks if not t.done() or t.exception() is not None]
                     if len(tasks) >= 2:
                         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -390,7 +405,7 @@ class Delivery:
         await self.db.run(self.store.apply, outcomes + intents, now)
         return ready
 
-    async def _finish(self, ready: list[_Ready], now: datetime, ids: set[str]) -> None:
+    async def _finish(self, ready: list[_Ready], now: datetime, ids: set[str], span: trace.Span) -> None:
         try:
             mail = [r for r in ready if r.row.channel == "email"]
             other = [r for r in ready if r.row.channel != "email"]
@@ -400,6 +415,7 @@ class Delivery:
             await self.db.run(self.store.apply, results, now)
         finally:
             self._inflight -= ids
+            span.end()
 
     def _check(self, row: Message, lead: Lead | None, ehash: str,
                scopes: dict[str, dict[str, str]], now: datetime,

@@ -86,6 +86,23 @@ async def test_an_event_is_one_trace_from_gateway_to_a_consumer(
     # And nothing of the event's in another trace: each hop's span is in the request's.
     by_name = {n: {s.context.trace_id for s in finished if s.name == n} for n in ("ingest", "publish")}
     assert by_name == {"ingest": {root.context.trace_id}, "publish": {root.context.trace_id}}, by_name
+    # The answer names that trace (W3C `traceresponse`), so the poster can look it up.
+    assert r.headers["traceresponse"] == f"00-{root.context.trace_id:032x}-{root.context.span_id:016x}-01"
+
+
+async def test_every_recorded_request_names_its_trace_in_the_answer(
+    settings: Settings, spans: InMemorySpanExporter
+) -> None:
+    """A batch, a lead's read and a refusal are answered with their own recorded trace too."""
+    async with _mesh(settings, []) as (client, _consumer, _admin):
+        spans.clear()
+        answers = [await client.post("/v1/events:batch", json={"events": [{"lead_id": "t", "type": "page_viewed"}]}),
+                   await client.get("/v1/leads/t"), await client.get("/v1/leads/nobody"),
+                   await client.post("/v1/events", json={"lead_id": "t"})]
+    assert [a.status_code for a in answers] == [202, 200, 404, 422]
+    roots = {f"{s.context.trace_id:032x}": s.name for s in spans.get_finished_spans() if s.parent is None}
+    named = [roots.get(a.headers["traceresponse"].split("-")[1]) for a in answers]
+    assert named == ["POST /v1/events:batch", "GET /v1/leads/t", "GET /v1/leads/nobody", "POST /v1/events"]
 
 
 async def test_an_unsampled_event_leaves_no_span_in_any_hop(settings: Settings, spans: InMemorySpanExporter) -> None:
@@ -106,6 +123,7 @@ async def test_an_unsampled_event_leaves_no_span_in_any_hop(settings: Settings, 
         await admin.Settle(common_pb2.SettleRequest(), timeout=5)
         await consumer.drain()
     assert any(m.type == "page_viewed" and m.lead_id == "t" for m in handled)
+    assert "traceresponse" not in r.headers  # no trace recorded, none named
     # Settle is a trace of its own (sampled here, with its SQL): only the event's hops must be absent.
     finished = spans.get_finished_spans()
     settles = {s.context.trace_id for s in finished if s.name.endswith("/Settle")}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from nurture import redisconn
 from nurture.bus import Publisher
@@ -37,3 +38,37 @@ async def test_real_clock_runs_steps_without_settle(settings: Settings) -> None:
         await messaging.stop(0)
         await crm.stop(0)
         await client.aclose()
+
+
+async def test_a_timer_batch_is_one_trace_with_the_sends_it_asks_for(
+    settings: Settings, spans: InMemorySpanExporter
+) -> None:
+    """The timer loop starts a trace of its own (`timers fire`): journeys' SQL and the messaging call it
+    makes are in it, so a step sent by a timer can be followed from journeys' side. Without it journeys
+    recorded nothing of the batch and messaging's server span was a root."""
+    rec = Recorder()
+    mport = free_port()
+    messaging, crm = await start_fakes(rec, messaging_port=mport)
+    settings = settings.with_overrides(clock="real", messaging_addr=f"127.0.0.1:{mport}")
+    running = await start_service("journeys", settings)
+    client = redisconn.connect(settings)
+    try:
+        spans.clear()
+        await publish(Publisher(client, settings.bus_shards), RealClock(), lead("r-2", "entrepreneur"),
+                      "lead_created")
+        for _ in range(100):
+            if rec.sends:
+                break
+            await asyncio.sleep(0.05)
+        assert rec.sends
+    finally:
+        await running.stop(grace=0.2)
+        await messaging.stop(0)
+        await crm.stop(0)
+        await client.aclose()
+    finished = spans.get_finished_spans()
+    send = next(s for s in finished if s.name.startswith("/nurture.api.messaging.v1.Messaging/Send"))
+    same = [s for s in finished if s.context.trace_id == send.context.trace_id]
+    roots = [s.name for s in same if s.parent is None]
+    assert roots == ["timers fire"], roots
+    assert any(s.name == "sql transaction" for s in same)

@@ -13,6 +13,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from services.messaging.app.delivery import MAX_BATCH, InvalidRequest, SendInput, message_id_for
 from services.messaging.clients import email_hash
@@ -612,3 +613,23 @@ async def test_an_https_webhook_is_attempted_not_refused(inproc: InProc) -> None
     await inproc.settle()
     r = await row(inproc)
     assert (r.status, r.attempts) == ("scheduled", 1) and r.reason.startswith("retrying: webhook: ")
+
+
+async def test_a_due_batch_is_one_trace_from_its_checks_to_its_outcome(inproc: InProc,
+                                                                       spans: InMemorySpanExporter) -> None:
+    """The worker's batch is a trace of its own (`messages due`): the lead's checks and the SMTP
+    delivery's outcome written back are in it. Without it nothing of a delivery was recorded (SQL is
+    traced only inside a recorded span)."""
+    inproc.scoring.add(make_lead("l1", timezone="UTC"))
+    await send(inproc)
+    spans.clear()
+    await inproc.engine.process_due()
+    assert (await row(inproc)).status == "sent"
+    finished = spans.get_finished_spans()
+    batches = [s for s in finished if s.name == "messages due"]
+    assert len(batches) == 1 and batches[0].parent is None
+    same = [s for s in finished if s.context.trace_id == batches[0].context.trace_id]
+    statements = [st for s in same if s.name == "sql transaction" for st in (s.attributes or {})["db.statements"]]
+    # The outcome written back after SMTP (its log line and the feedback for scoring), not only the checks.
+    assert "INSERT messaging_message_log" in statements and "INSERT messaging_feedback" in statements, statements
+    assert all(s.end_time <= batches[0].end_time for s in same), "the batch's span ends after its outcome"

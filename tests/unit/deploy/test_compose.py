@@ -98,6 +98,9 @@ def test_the_redis_cluster_override_moves_every_process_onto_a_formed_cluster() 
         env = services[name]["environment"]
         assert set(env) <= known and env["NURTURE_REDIS_CLUSTER"] == "1", name
         assert env["NURTURE_REDIS_URL"].split("//")[1].split(":")[0] in nodes, name
+        # Its masters have replicas, so writes wait for one (as `nurture up --redis-cluster-replicas` sets):
+        # without the wait a failover loses accepted events (docs/ARCHITECTURE.md, "Redis failover").
+        assert env["NURTURE_REDIS_WAIT_REPLICAS"] == "1", name
         assert services[name]["depends_on"]["redis-cluster-init"]["condition"] == "service_completed_successfully"
     init = services["redis-cluster-init"]
     assert set(init["depends_on"]) == set(nodes)

@@ -54,6 +54,17 @@ def test_beyond_loopback_the_old_public_defaults_are_refused_by_name() -> None:
         load_settings({**STRONG, "NURTURE_API_KEY": "dev-key"}, bind_host="0.0.0.0")  # a flag, too
 
 
+@pytest.mark.parametrize("name", ["NURTURE_SECRET_PREVIOUS", "NURTURE_MESH_TOKEN_PREVIOUS"])
+@pytest.mark.parametrize("value", ["dev-secret-change-me", "dev-key", "  "])
+def test_beyond_loopback_a_public_previous_key_is_refused_by_name(name: str, value: str) -> None:
+    """A previous key is still accepted (links verify, mesh calls pass) while set: one this project
+    shipped as a default, kept as the previous during a rotation away from it, is a key anyone holds."""
+    with pytest.raises(SettingsError) as err:
+        load_settings({**STRONG, "NURTURE_BIND_HOST": "0.0.0.0", name: value})
+    assert name in str(err.value)
+    assert load_settings({**STRONG, name: value}).bind_host == "127.0.0.1"  # loopback: nothing stops
+
+
 def test_beyond_loopback_with_every_secret_set_starts() -> None:
     settings = load_settings({**STRONG, "NURTURE_BIND_HOST": "0.0.0.0", "NURTURE_MESH_TOKEN_PREVIOUS": "p" * 40})
     assert settings.mesh_tokens == ("m" * 43, "p" * 40)
