@@ -231,10 +231,13 @@ def _reentry(raw: JsonValue, where: str, problems: list[str]) -> tuple[str, time
     """`never`, `always` or `{after: <duration>}`: (never | always | after, the duration of after)."""
     if isinstance(raw, Mapping) and "after" in raw:
         try:
-            return "after", parse_duration(raw["after"])
+            after = parse_duration(raw["after"])
         except ValueError as exc:
             problems.append(f"{where}: {exc}")
             return "never", None
+        if after < timedelta(0):   # it read as `always`
+            problems.append(f"{where}: after must not be negative")
+        return "after", after
     if raw in ("never", "always"):
         return str(raw), None
     problems.append(f"{where}: never, always or {{after: <duration>}}")
@@ -313,6 +316,9 @@ def _rules(raw: JsonValue, where: str, problems: list[str], *, kind: str, key: s
                 cooldown = parse_duration(item["cooldown"])
             except ValueError as exc:
                 problems.append(f"{where}.{name}: {exc}")
+            else:
+                if cooldown < timedelta(0):   # it read as no cooldown at all: the rule fired on every event
+                    problems.append(f"{where}.{name}: cooldown must not be negative")
         out.append(Rule(name=name, events=tuple(events), when=when, outcome=outcome, action=trigger_action(action),
                         once=bool(item.get("once", cooldown is None and kind == "trigger")),
                         cooldown=cooldown, why=str(item.get("why", "")),
@@ -633,11 +639,28 @@ def _check_steps(j: Journey, raws: Mapping[str, JsonMapping]) -> list[str]:
     return problems
 
 
+def _holds(step: Step, label: str) -> bool:
+    """Whether leaving `step` by the edge `label` takes time: a listen, an event wait's `on_event` (an
+    event must come), and a wait whose time is later than its start. A wait of no time (`delay: 0s`, an
+    event wait's `timeout: {delay: 0s}`) ends at the instant it starts, so a loop through it alone runs
+    forever at one instant: a transactional send in it was queued tens of thousands of times a minute,
+    and the clock's advance never returned."""
+    if step.type == "listen":
+        return True
+    if not isinstance(step, WaitStep) or label == "if_past":   # taken when its time has passed already
+        return False
+    if step.event is not None:
+        if label == "on_event":
+            return True
+        timeout = step.timeout
+        return timeout is None or timeout.delay is None or timeout.delay > timedelta(0)
+    return step.delay is None or step.delay > timedelta(0)
+
+
 def _instant_loops(j: Journey) -> list[str]:
-    """Cycles that pass through no wait: they would run forever at one instant."""
-    graph = {sid: [t for t, _ in _edges(s) if t is not None and t in j.steps
-                   and j.steps[t].type not in ("wait", "listen")]
-             for sid, s in j.steps.items() if s.type not in ("wait", "listen")}
+    """Cycles that pass through no wait that takes time: they would run forever at one instant."""
+    graph = {sid: [t for t, label in _edges(s) if t is not None and t in j.steps and not _holds(s, label)]
+             for sid, s in j.steps.items()}
     problems: list[str] = []
     state: dict[str, int] = {}
     reported: set[frozenset[str]] = set()
@@ -650,7 +673,9 @@ def _instant_loops(j: Journey) -> list[str]:
                 cycle = path[path.index(nxt):]
                 if frozenset(cycle) not in reported:
                     reported.add(frozenset(cycle))
-                    problems.append(f"loop without a wait: {' -> '.join([*cycle, nxt])}")
+                    idle = [sid for sid in cycle if j.steps[sid].type == "wait"]
+                    problems.append(f"loop without a wait: {' -> '.join([*cycle, nxt])}"
+                                    + (f" ({', '.join(idle)} waits no time)" if idle else ""))
             elif state.get(nxt) is None:
                 visit(nxt, path)
         path.pop()

@@ -123,6 +123,58 @@ def test_validation_lists_every_problem() -> None:
     assert "step email_02: missing template 'lead_magnet.email_02'" in problems
 
 
+def _looping(wait: dict[str, Any]) -> dict[str, Any]:
+    """A sequence whose only way round goes through `wait` (id `w`), sending a transactional email each time."""
+    return {"key": "loop_demo", "name": "Loop", "kind": "sequence", "category": "transactional",
+            "entry": [{"name": "start", "events": ["loop_demo_start"]}],
+            "steps": [{"id": "email_01", "type": "send"}, {"id": "w", "type": "wait", **wait},
+                      {"id": "again", "type": "jump", "to": "email_01"}]}
+
+
+@pytest.mark.parametrize("wait", [
+    {"delay": "0s"}, {"delay": "0d"}, {"delay": 0},
+    {"event": {"types": ["checklist_downloaded"]}, "timeout": {"delay": "0s"}, "on_event": "again",
+     "on_timeout": "again"},
+])
+def test_a_loop_whose_only_wait_takes_no_time_is_refused(wait: dict[str, Any]) -> None:
+    # A wait of no time ends at the instant it starts: the loop ran forever at one instant (a
+    # transactional send in it was queued ~30,000 times in two minutes and the clock never settled).
+    _, problems = check(_looping(wait), journeys={"loop_demo"}, templates=["loop_demo.email_01"])
+    assert problems == ["loop without a wait: email_01 -> w -> again -> email_01 (w waits no time)"]
+
+
+@pytest.mark.parametrize("wait", [
+    {"delay": "1h"}, {"event": {"types": ["checklist_downloaded"]}, "timeout": {"delay": "1d"},
+                      "on_event": "again", "on_timeout": "again"},
+])
+def test_a_loop_through_a_wait_that_takes_time_is_accepted(wait: dict[str, Any]) -> None:
+    assert check(_looping(wait), journeys={"loop_demo"}, templates=["loop_demo.email_01"])[1] == []
+
+
+def test_an_event_wait_of_no_timeout_still_waits_for_its_event() -> None:
+    # Only the timeout's edge is instant: the event's edge waits for the event.
+    doc = _looping({"event": {"types": ["checklist_downloaded"]}, "timeout": {"delay": "0s"},
+                    "on_event": "again", "on_timeout": "done"})
+    doc["steps"].append({"id": "done", "type": "end"})
+    assert check(doc, journeys={"loop_demo"}, templates=["loop_demo.email_01"])[1] == []
+
+
+def test_negative_cooldowns_and_reentry_delays_are_refused() -> None:
+    # Each read as none at all (a trigger firing on every event, re-entry at once), silently.
+    doc = _doc()
+    doc["reentry"] = {"after": "-30d"}
+    doc["entry"][0]["reentry"] = {"after": "-1d"}
+    doc["triggers"] = [{"name": "nudge", "events": ["page_viewed"], "do": {"goto": "email_02"}, "cooldown": "-1d"}]
+    _, problems = check(doc, journeys=CONTRACT_KEYS, templates=["lead_magnet.email_01", "lead_magnet.email_02"])
+    entry = doc["entry"][0]["name"]
+    assert "reentry: after must not be negative" in problems
+    assert f"entry.{entry}.reentry: after must not be negative" in problems
+    assert "triggers.nudge: cooldown must not be negative" in problems
+    doc["reentry"], doc["entry"][0]["reentry"], doc["triggers"][0]["cooldown"] = {"after": "30d"}, "always", "0s"
+    _, problems = check(doc, journeys=CONTRACT_KEYS, templates=["lead_magnet.email_01", "lead_magnet.email_02"])
+    assert not [p for p in problems if "negative" in p]
+
+
 def test_bad_conditions_and_unknown_journeys_are_reported() -> None:
     doc = _doc()
     doc["entry"][0]["when"] = {"fact": "lead.score", "gt": "high"}
