@@ -48,7 +48,9 @@ SCHEMAS: dict[str, JsonObject] = {
                    "description": "client-supplied; generated when absent (POST only)"},
             "email": {"type": ["string", "null"], "maxLength": 254, "format": "email"},
             "first_name": _NULLABLE_STRING, "last_name": _NULLABLE_STRING,
-            "segment": {"type": ["string", "null"], "enum": ["skilled_professional", "family", "entrepreneur", None]},
+            "segment": {"type": ["string", "null"], "maxLength": 200,
+                        "description": "one of the live scoring model's segments (GET /v1/scoring/model: "
+                                       "skilled_professional, family, entrepreneur in the seed), or null"},
             "timezone": {"type": ["string", "null"], "maxLength": 64, "description": "an IANA time zone"},
             "locale": {"type": ["string", "null"], "maxLength": 35},
             "crm_id": {"type": ["string", "null"], "maxLength": 128},

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+from collections.abc import Collection
 from datetime import UTC
 
 import grpc
@@ -59,13 +60,13 @@ def lead_proto(lead: LeadSnapshot) -> scoring_pb2.Lead:
     return msg
 
 
-def _profile_problems(fields: JsonValue, merge: bool) -> dict[str, str]:
+def _profile_problems(fields: JsonValue, merge: bool, segments: Collection[str]) -> dict[str, str]:
     """The profile's own problems of input that already broke a limit (best effort: such input may
     be too deep for the profile checks to walk)."""
     if not isinstance(fields, dict):
         return {}
     try:
-        return validate_profile(fields, partial=merge)
+        return validate_profile(fields, partial=merge, segments=segments)
     except (RecursionError, ValueError, TypeError):
         return {}
 
@@ -122,7 +123,8 @@ class ScoringServicer(VisitorMethods, scoring_pb2_grpc.ScoringServicer):
             raise errors.invalid_fields(exc.problems) from exc
         problems = limits.problems_in(fields)
         if problems:  # listed with the profile's own problems, so one answer names every one
-            raise errors.invalid_fields({**_profile_problems(fields, request.merge), **problems})
+            raise errors.invalid_fields({**_profile_problems(fields, request.merge, self._store.model.segments),
+                                         **problems})
         if not isinstance(fields, dict):
             raise errors.invalid_fields({"fields_json": "must be a JSON object"})
         [out] = await self._upserted([_upsert_of(request, fields)], context)

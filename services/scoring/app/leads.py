@@ -8,7 +8,7 @@ re-published after a crash; consumers drop repeats by message id).
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Any, NamedTuple
 
@@ -34,10 +34,10 @@ from services.scoring.storage_visitors import erase_visitors_of_lead
 SOURCE_RECORD_CHARS = 300
 
 
-def _check(item: LeadUpsert) -> JsonMapping:
+def _check(item: LeadUpsert, segments: Collection[str]) -> JsonMapping:
     """The fields as stored (the email normalised), or InvalidInput with every problem."""
     lead_id, fields = item.lead_id, item.fields
-    problems = validate_profile(fields, partial=item.merge)
+    problems = validate_profile(fields, partial=item.merge, segments=segments)
     if lead_id and not LEAD_ID.fullmatch(lead_id):
         problems["id"] = "must be 1-128 letters, digits or _.:@-"
     if len(item.source_record) > SOURCE_RECORD_CHARS:
@@ -247,9 +247,10 @@ class Leads(CoreBase):
     ) -> tuple[list[tuple[LeadSnapshot, bool] | InvalidInput | NotFound | EmailTaken | Stale], list[OutboxRow],
                list[OutboxRow]]:
         checked: list[JsonMapping | InvalidInput] = []
+        segments = self.model.segments
         for item in items:
             try:
-                checked.append(_check(item))
+                checked.append(_check(item, segments))
             except InvalidInput as exc:
                 checked.append(exc)
         ids = [item.lead_id for item, f in zip(items, checked, strict=True)

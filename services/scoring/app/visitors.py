@@ -304,7 +304,7 @@ class VisitorDoor:
             raise errors.Unavailable("the visitor's latest events are not stored yet; retry shortly")
         created = False
         if not lead_id:
-            problems = validate_profile(fields, partial=True)
+            problems = validate_profile(fields, partial=True, segments=self._core.model.segments)
             if not isinstance(fields.get("email"), str):
                 problems["email"] = "is required to identify a visitor"
             if problems:

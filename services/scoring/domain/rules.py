@@ -103,6 +103,9 @@ class ScoringModel:
             f"{prefix}_fit", [RuleSpec(f["name"], f["when"], {"points": int(f["points"])}) for f in definition["fit"]]
         )
         self.fit_rules = {f["name"]: f for f in definition["fit"]}
+        # The segments a lead may be in: those the model assigns (a lead given one explicitly, by the API
+        # or a CRM, is checked against these). Data, so a segment added to the model needs no code.
+        self.segments: tuple[str, ...] = tuple(dict.fromkeys(str(s["segment"]) for s in definition["segments"]))
         self._segments = compile_rules(
             f"{prefix}_seg", [RuleSpec(f"seg_{i}_{s['segment']}", s["when"], {"segment": s["segment"]})
                               for i, s in enumerate(definition["segments"])]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from nurture import jsoncodec
@@ -10,7 +11,6 @@ from nurture.jsontypes import JsonMapping
 from services.scoring.domain.addresses import check_email
 from services.scoring.domain.records import EventIn
 
-SEGMENTS = ("skilled_professional", "family", "entrepreneur")
 EVENT_TYPE = re.compile(r"[a-z][a-z0-9_]{0,63}")
 LEAD_ID = re.compile(r"[A-Za-z0-9_.:@-]{1,128}")
 PROFILE_FIELDS = ("email", "first_name", "last_name", "segment", "timezone", "locale", "crm_id")
@@ -25,7 +25,8 @@ MAX_ATTRIBUTE_CHARS = 65_536
 MAX_ATTRIBUTES_BYTES = 262_144
 
 
-def validate_profile(fields: JsonMapping, *, partial: bool) -> dict[str, str]:
+def validate_profile(fields: JsonMapping, *, partial: bool, segments: Collection[str]) -> dict[str, str]:
+    """Every problem of a lead's profile fields, by field. `segments`: those of the live scoring model."""
     problems: dict[str, str] = {}
     for name in PROFILE_FIELDS:
         value = fields.get(name)
@@ -39,8 +40,8 @@ def validate_profile(fields: JsonMapping, *, partial: bool) -> dict[str, str]:
         if why:
             problems["email"] = f"is not an email address: {why}"
     segment = fields.get("segment")
-    if isinstance(segment, str) and segment not in SEGMENTS:
-        problems["segment"] = f"must be one of {', '.join(SEGMENTS)} or null"
+    if isinstance(segment, str) and segment not in segments:
+        problems["segment"] = f"must be one of {', '.join(segments)} or null (the scoring model's segments)"
     tz = fields.get("timezone")
     if isinstance(tz, str):
         try:

@@ -183,3 +183,33 @@ async def test_a_draft_whose_rules_the_scoring_could_not_run_is_refused(
             "behaviour[1] three_resource_downloads: points must be an integer from -2147483648 to 2147483647",
             "decay: every_days must be an integer from 1 to 2147483647"]
     assert (await client.get("/v1/scoring/model", headers=AUTH)).json()["versions"] == live["versions"]
+
+
+async def test_a_segment_added_to_the_model_is_one_a_lead_may_be_given(
+        api: tuple[httpx.AsyncClient, FastAPI, Running]) -> None:
+    """Marketing adds the segment `student` to the model (data, the README's promise). A lead given it
+    explicitly (a form, a CRM import) was refused: scoring checked segments against a list in its code,
+    "must be one of skilled_professional, family, entrepreneur or null". The live model's segments decide."""
+    client, _app, _ = api
+    lead = {"id": "st-1", "email": "st1@example.com", "segment": "student", "consent": {"email": True}}
+    r = await client.post("/v1/leads", headers=AUTH, json=lead)
+    assert r.status_code == 422 and "segment" in r.json()["error"]["details"]["fields"], r.text
+    live = (await client.get("/v1/scoring/model", headers=AUTH)).json()
+    draft = copy.deepcopy(live["definition"])
+    draft["segments"].insert(0, {"segment": "student", "when": {"fact": "attributes.study_level", "exists": True}})
+    r = await client.put("/v1/scoring/model", headers=AUTH, json=draft)
+    assert r.status_code == 201, r.text
+    r = await client.post("/v1/scoring/model/publish", headers=AUTH, json={"version": r.json()["version"]})
+    assert r.status_code == 200, r.text
+    r = await client.post("/v1/leads", headers=AUTH, json=lead)
+    assert r.status_code == 201 and r.json()["segment"] == "student", r.text
+    r = await client.patch("/v1/leads/st-1", headers=AUTH, json={"segment": "family"})
+    assert r.status_code == 200 and r.json()["segment"] == "family", r.text
+    r = await client.patch("/v1/leads/st-1", headers=AUTH, json={"segment": "student"})
+    assert r.status_code == 200 and r.json()["segment"] == "student", r.text
+    r = await client.post("/v1/leads", headers=AUTH, json={**lead, "id": "st-2", "email": "st2@example.com",
+                                                          "segment": "astronaut"})
+    assert r.status_code == 422, r.text
+    problem = r.json()["error"]["details"]["fields"]["segment"]
+    assert problem.startswith("must be one of student, entrepreneur, family, skilled_professional or null"), problem
+    assert (await client.get("/v1/leads/st-2", headers=AUTH)).status_code == 404   # nothing stored
