@@ -260,3 +260,45 @@ def test_an_entry_rule_may_have_its_own_reentry_and_no_other_rule_may() -> None:
         load(doc)
     assert "entry.later.reentry: never, always or {after: <duration>}" in err.value.problems
     assert "exit.gone: reentry is an entry rule's (or the journey's)" in err.value.problems
+
+
+def test_a_fact_or_event_type_that_never_occurs_is_refused() -> None:
+    # A typo left the rule silently never holding: the branch always took its default, the entry never fired.
+    doc = _doc()
+    doc["entry"][0]["events"] = [*doc["entry"][0]["events"], "Resource Downloaded"]
+    doc["exit"] = [{"name": "bought", "events": ["subscribed"], "outcome": "goal",
+                    "when": {"fact": "event.propertys.plan", "exists": True}}]
+    doc["steps"].insert(1, {"id": "engaged", "type": "branch", "default": "email_02", "rules": [
+        {"name": "opened", "when": {"any": [{"fact": "journey.engagd", "gte": 1},
+                                            {"fact": "leed.segment", "eq": "family"}]}, "next": "email_02"}]})
+    doc["steps"].insert(2, {"id": "booked", "type": "wait", "event": {"types": ["Booked!"]},
+                            "timeout": {"delay": "1d"}, "on_event": "email_02", "on_timeout": "email_02"})
+    doc["steps"][1]["default"] = "booked"
+    _, problems = check(doc, journeys=CONTRACT_KEYS, templates=["lead_magnet.email_01", "lead_magnet.email_02"])
+    text = "\n".join(problems)
+    entry = doc["entry"][0]["name"]
+    assert f"entry.{entry}.events: 'Resource Downloaded' is not an event type" in text
+    assert "exit.bought.when: unknown fact 'event.propertys.plan'" in text
+    assert "step engaged.opened.when.any[0]: unknown fact 'journey.engagd'" in text
+    assert "step engaged.opened.when.any[1]: unknown fact 'leed.segment'" in text
+    assert "step booked.event.types: 'Booked!' is not an event type" in text
+    # Every fact the engine gives a condition is known, and a custom event type is one.
+    doc = _doc()
+    doc["steps"].insert(1, {"id": "engaged", "type": "branch", "default": "email_02", "rules": [
+        {"name": "r", "when": {"all": [{"fact": f, "exists": True} for f in (
+            "lead.attributes.study_level", "lead.segment", "event.type", "event.properties.form", "signals",
+            "journeys.webinar", "journey.engaged", "journey.days_in_journey")]}, "next": "email_02"}]})
+    doc["entry"][0]["events"] = [*doc["entry"][0]["events"], "biometrics_booked"]
+    _, problems = check(doc, journeys=CONTRACT_KEYS, templates=["lead_magnet.email_01", "lead_magnet.email_02"])
+    assert not [p for p in problems if "unknown fact" in p or "not an event type" in p], problems
+
+
+def test_a_stored_version_the_new_checks_refuse_still_loads() -> None:
+    # Versions stored before these checks keep loading (a version that does not load leaves its leads'
+    # enrolments without a definition): only a new definition (PUT, `check`) is refused.
+    doc = _looping({"delay": "0s"})
+    doc["triggers"] = [{"name": "nudge", "events": ["Page Viewed"], "when": {"fact": "leed.x", "eq": 1},
+                        "do": {"goto": "email_01"}, "cooldown": "-1d"}]
+    assert load(doc, version=3).version == 3
+    _, problems = check(doc, journeys={"loop_demo"}, templates=["loop_demo.email_01"])
+    assert len(problems) == 4, problems
