@@ -805,7 +805,28 @@ def _new_definition_problems(document: JsonMapping, journey: Journey | None) -> 
                     problems += _unknown_facts(rule.get("when"), f"{at}.{rule['name']}.when")
     if journey is not None:
         problems += _instant_loops(journey, idle_waits=True)
+        problems += _side_steps_in_the_flow(journey)
     return problems
+
+
+def _side_steps_in_the_flow(j: Journey) -> list[str]:
+    """A trigger's `send` (or `task`, `update`) names a side step: one the flow never reaches. Naming a
+    step of the flow sent its template twice, by the trigger and again when the flow came to it (a
+    student who viewed the scholarships page got "Scholarships you can still apply for" on day 0 and day 10)."""
+    flow: set[str] = set()
+    todo = [j.first] if j.first else []
+    todo += [r.action.goto for r in j.triggers if r.action.goto]
+    while todo:
+        sid = todo.pop()
+        if sid in flow or sid not in j.steps:
+            continue
+        flow.add(sid)
+        todo.extend(str(t) for t, _ in _edges(j.steps[sid]) if t is not None)
+    return [f"triggers.{rule.name}: {verb} names {target}, a step of the flow: it would run twice (now, and "
+            f"again when the flow reaches it); name a side step the flow does not reach, or goto {target}"
+            for rule in j.triggers
+            for verb, target in (("send", rule.action.send), ("task", rule.action.task), ("update", rule.action.update))
+            if target and target in flow]
 
 
 def check(document: JsonMapping, *, journeys: Iterable[str] | None = None,

@@ -302,3 +302,22 @@ def test_a_stored_version_the_new_checks_refuse_still_loads() -> None:
     assert load(doc, version=3).version == 3
     _, problems = check(doc, journeys={"loop_demo"}, templates=["loop_demo.email_01"])
     assert len(problems) == 4, problems
+
+
+def test_a_trigger_that_sends_a_step_of_the_flow_is_refused() -> None:
+    # The step's template went twice: by the trigger, and again when the flow reached the step.
+    doc = _doc()
+    doc["triggers"] = [{"name": "scholarships", "events": ["page_viewed"], "do": {"send": "email_02"},
+                        "when": {"fact": "event.properties.category", "eq": "scholarships"}}]
+    _, problems = check(doc, journeys=CONTRACT_KEYS, templates=["lead_magnet.email_01", "lead_magnet.email_02"])
+    assert "triggers.scholarships: send names email_02, a step of the flow: it would run twice (now, and again " \
+           "when the flow reaches it); name a side step the flow does not reach, or goto email_02" in problems
+    # A side step (after the end, reached by nothing) is what a trigger sends; a goto may name the flow's.
+    doc["steps"].append({"id": "scholarships_now", "type": "send"})
+    doc["triggers"][0]["do"] = {"send": "scholarships_now"}
+    templates = ["lead_magnet.email_01", "lead_magnet.email_02", "lead_magnet.scholarships_now"]
+    _, problems = check(doc, journeys=CONTRACT_KEYS, templates=templates)
+    assert not [p for p in problems if "a step of the flow" in p], problems
+    doc["triggers"][0]["do"] = {"goto": "email_02"}
+    _, problems = check(doc, journeys=CONTRACT_KEYS, templates=templates)
+    assert not [p for p in problems if "a step of the flow" in p], problems
