@@ -349,3 +349,33 @@ async def test_a_journey_added_as_data_has_its_steps_stages_in_sends_and_stage_a
         assert r.status_code == 200, r.text
         stages = {row["stage"]: (row["entered"], row["advanced"]) for row in r.json()["stages"]}
         assert stages == {"welcome": (1, 1), "permits": (1, 0)}, r.json()["stages"]
+
+
+async def test_a_template_merges_any_of_the_leads_own_fields(mesh: TemplatesMesh) -> None:
+    """A segment added as data brings fields of its own (a student's study level). A template could merge
+    only the variables listed in code: `{{ study_level }}` was an unknown variable, and no other name
+    reached the lead's attributes. `attributes.<name>` does; a lead without the field reads it empty."""
+    await mesh.add_lead("priya", first_name="Priya", attributes={"study_level": "a master's"})
+    await mesh.add_lead("mateo", first_name="Mateo", attributes={})
+    body = await content_of(mesh)
+    body["variants"] = {}
+    body["subject"] = "Your {{ attributes.study_level or 'study' }} plan, {{ first_name }}"
+    body["text"] = body["text"].replace("Hi {{ first_name }},", "Hi {{ first_name }}, [{{ attributes.study_level }}]")
+    r = await mesh.client.put("/v1/templates/student.email_01", headers=mesh.headers("editor"), json=body)
+    assert r.status_code == 201, r.text
+    assert (await mesh.client.post("/v1/templates/student.email_01/publish", headers=mesh.headers("editor"),
+                                   json={"version": 1})).status_code == 200
+    shown = {}
+    for lead in ("priya", "mateo"):
+        r = await mesh.client.get(f"/v1/templates/student.email_01/preview?lead_id={lead}",
+                                  headers=mesh.headers("viewer"))
+        assert r.status_code == 200, r.text
+        shown[lead] = r.json()
+    assert shown["priya"]["subject"] == "Your a master's plan, Priya"
+    assert "Hi Priya, [a master's]" in shown["priya"]["text"]
+    assert shown["mateo"]["subject"] == "Your study plan, Mateo" and "Hi Mateo, []" in shown["mateo"]["text"]
+    # And a real send, not only a preview.
+    sent = await sent_details(mesh, "mateo", "student.email_01")
+    assert sent["subject"] == "Your study plan, Mateo", sent
+    r = await mesh.client.get("/v1/templates/student.email_01", headers=mesh.headers("viewer"))
+    assert "attributes" in {v["name"] for v in r.json()["variables"]}
