@@ -25,8 +25,9 @@ import logging
 import multiprocessing
 import os
 import random
+import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from multiprocessing.connection import Connection
@@ -41,7 +42,10 @@ from services.journeys.domain.funnel import Funnel, totals
 from services.journeys.domain.registry import Registry
 from services.journeys.domain.state import ACTIVE, LeadState, Outcome, SendPayload, iso, parse_time
 
+# The seed's segments: a run's synthetic leads are spread over these, then over any other segment the
+# run's journeys enter on (a segment added to the scoring model as data, with its journey).
 SEGMENTS = ("skilled_professional", "family", "entrepreneur")
+SEGMENT_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
 DEFAULT_RATES = {"open": 0.35, "click": 0.25, "convert": 0.01}
 DEFAULT_ACTIONS = {"webinar": 0.1, "attend": 0.4, "trial": 0.05, "trial_convert": 0.2, "checkout": 0.05,
                    "download": 0.25, "assessment": 0.08, "page_views_per_week": 1.0, "unsubscribe": 0.002}
@@ -70,9 +74,28 @@ class SimulationError(ValueError):
         self.problems = list(problems) or [message]
 
 
-def check_behaviour(behaviour: JsonMapping) -> list[str]:
+def _segments_asked(when: Any) -> list[str]:
+    """The segments a condition compares `lead.segment` with (eq, or in)."""
+    if isinstance(when, Mapping):
+        if when.get("fact") == "lead.segment":
+            named = when.get("eq", when.get("in"))
+            return [s for s in (named if isinstance(named, list) else [named]) if isinstance(s, str)]
+        return [s for part in ("all", "any") for sub in when.get(part) or () for s in _segments_asked(sub)]
+    return []
+
+
+def segments_of(journeys: Iterable[Journey]) -> tuple[str, ...]:
+    """The segments a run's synthetic leads are spread over by default: the seed's, then those the
+    journeys' entry rules ask of `lead.segment`. A journey for a segment added as data enrolled none of
+    them, and its simulation was empty."""
+    found = [s for j in journeys for rule in j.entry for s in _segments_asked(rule.when)]
+    return tuple(dict.fromkeys([*SEGMENTS, *found]))
+
+
+def check_behaviour(behaviour: JsonMapping, segments: Sequence[str] = SEGMENTS) -> list[str]:
     """Every problem of a behaviour model. A key the model does not read would be silently ignored
-    (the run would use defaults while the caller believes otherwise), so it is a problem too."""
+    (the run would use defaults while the caller believes otherwise), so it is a problem too: rates of a
+    segment none of the run's leads is in (`segments`: the run's by default, `segments_of`) included."""
     problems: list[str] = []
 
     def number(where: str, value: Any, *, probability: bool) -> None:
@@ -105,8 +128,11 @@ def check_behaviour(behaviour: JsonMapping) -> list[str]:
             problems.append(f"behaviour.{part}: must be an object of {part[:-1]} name to rates")
             continue
         for name, sub in value.items():
-            if part == "segments" and name not in SEGMENTS:
-                problems.append(f"behaviour.segments.{name}: unknown segment (known: {', '.join(SEGMENTS)})")
+            mix = behaviour.get("segment_mix")
+            theirs = mix if isinstance(mix, list) and mix else segments
+            if part == "segments" and name not in theirs:
+                problems.append(f"behaviour.segments.{name}: no lead of the run is in this segment (theirs: "
+                                f"{', '.join(str(s) for s in theirs)})")
             rates(f"behaviour.{part}.{name}", sub)
     if "actions" in behaviour:
         actions = behaviour["actions"]
@@ -120,8 +146,10 @@ def check_behaviour(behaviour: JsonMapping) -> list[str]:
                     number(f"behaviour.actions.{name}", value, probability=name != "page_views_per_week")
     if "segment_mix" in behaviour:
         mix = behaviour["segment_mix"]
-        if not isinstance(mix, list) or not mix or not all(isinstance(x, str) and x in SEGMENTS for x in mix):
-            problems.append(f"behaviour.segment_mix: must be a non-empty list of {', '.join(SEGMENTS)}")
+        if not isinstance(mix, list) or not mix or not all(isinstance(x, str) and SEGMENT_NAME.fullmatch(x)
+                                                           for x in mix):
+            problems.append(f"behaviour.segment_mix: must be a non-empty list of segments, lower-case words "
+                            f"(e.g. {', '.join(SEGMENTS)})")
     return problems
 
 
@@ -155,6 +183,7 @@ class Simulation:
         self.settings = settings or read_settings()
         self.engine = Engine(self.settings, self.registry.resolve, self.registry.published)
         self.behaviour = dict(behaviour or {})
+        self.segments = list(self.behaviour.get("segment_mix") or segments_of(self.journeys.values()))
         self._rates: dict[tuple[str, str | None, str], float] = {}
         self.seed = seed
         self.start = start
@@ -236,7 +265,7 @@ class Simulation:
 
     def _add_lead(self, i: int, count: int, days: int) -> LeadState:
         """Lead number i of `count`, made as in a run of all of them, its queue holding what it will do."""
-        segments = list(self.behaviour.get("segment_mix") or SEGMENTS)
+        segments = self.segments
         lead_id = f"sim-{i:06d}"
         segment = segments[i % len(segments)]
         created = self.start + timedelta(seconds=int(i * 86400 / max(count, 1)))
@@ -581,7 +610,7 @@ def simulate(*, journeys: Sequence[str] | None = None, leads: int, days: int, se
     unknown = [k for k in chosen if k not in available]
     if unknown:
         raise SimulationError(f"unknown journeys: {', '.join(unknown)}")
-    problems = check_behaviour(behaviour or {})
+    problems = check_behaviour(behaviour or {}, segments_of(available[k] for k in chosen))
     if problems:
         raise SimulationError("; ".join(problems), problems)
     sim = Simulation({k: available[k] for k in chosen}, behaviour=behaviour, seed=seed)

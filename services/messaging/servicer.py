@@ -261,8 +261,9 @@ class MessagingServicer(messaging_pb2_grpc.MessagingServicer):
         rows = await self.engine.db.run(self.engine.store.list_messages, request.lead_id, request.limit or 1000,
                                         list(request.ids) or None)
         items = [message_proto(r) for r in rows]
-        for item in items:   # what its tracked opens and clicks carry: the gateway credits a posted one so
-            item.content.update(self.engine.content_of(item.template, item.template_version))
+        # What its tracked opens and clicks carry: the gateway credits a posted one so.
+        for row, item in zip(rows, items, strict=True):
+            item.content.update(self.engine.content_of(item.template, item.template_version, row.step_stage))
         return messaging_pb2.ListMessagesReply(items=items)
 
     async def Track(self, request: messaging_pb2.TrackRequest, context: grpc.aio.ServicerContext

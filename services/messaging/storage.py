@@ -76,6 +76,16 @@ class Message(NamedTuple):
     claimed_at: datetime | None = None
     budget_exempt: bool = False         # the journey step's `budget: exempt`: caps and gap do not hold it
 
+    @property
+    def step_stage(self) -> str:
+        """The journey stage of the step that sent it: journeys puts it in the send's context (`stage`)."""
+        try:
+            context = json.loads(self.context_json or "{}")
+        except ValueError:
+            return ""
+        stage = context.get("stage") if isinstance(context, dict) else None
+        return stage if isinstance(stage, str) else ""
+
     @classmethod
     def from_row(cls, row: RowMapping) -> Message:
         """From a SQLAlchemy row mapping (columns a later migration adds are not read here)."""

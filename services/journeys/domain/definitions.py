@@ -37,6 +37,7 @@ keeps the document as written, which is what SQL stores and the API returns.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
@@ -48,6 +49,7 @@ from typing import Annotated
 
 from pydantic import BeforeValidator, Field
 
+from nurture.busmessage import LeadSnapshot
 from nurture.datafiles import DataFileError, Strict, read_yaml
 from nurture.datafiles import validate as validate_file
 from nurture.jsontypes import JsonMapping, JsonObject, JsonValue
@@ -84,7 +86,13 @@ SYNTHETIC_EVENTS = ("inactivity",)
 # Lead-level timers of the clocks in _settings.yaml live beside date-relative entries (`state.dates`),
 # under keys no journey can have ("<journey>.<rule>" keys start with a letter).
 CLOCK_PREFIX = "~"
-EVENT_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
+EVENT_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")   # an event type, as scoring accepts one
+# The facts a journey's conditions read (Engine.facts): the lead's snapshot, the event's type and
+# properties, its signals, the lead's live journeys and, inside a journey, these of its enrolment. A fact
+# outside them is never there, so a rule on it never holds and nothing said why: `leed.segment` or
+# `journey.engagd` left a branch always taking its default.
+LEAD_FACTS = tuple(f.name for f in dataclasses.fields(LeadSnapshot))
+JOURNEY_FACTS = ("key", "version", "step", "stage", "stage_index", "engaged", "days_in_journey")
 # A journey key, a stage id and a step id are stored in columns 64 characters wide (journeys' tables,
 # messaging's message rows): a longer one is refused here, where it can be named, not at its first run.
 ID_MAX = 64
@@ -633,11 +641,36 @@ def _check_steps(j: Journey, raws: Mapping[str, JsonMapping]) -> list[str]:
     return problems
 
 
-def _instant_loops(j: Journey) -> list[str]:
-    """Cycles that pass through no wait: they would run forever at one instant."""
-    graph = {sid: [t for t, _ in _edges(s) if t is not None and t in j.steps
-                   and j.steps[t].type not in ("wait", "listen")]
-             for sid, s in j.steps.items() if s.type not in ("wait", "listen")}
+def _holds(step: Step, label: str) -> bool:
+    """Whether leaving `step` by the edge `label` takes time: a listen, an event wait's `on_event` (an
+    event must come), and a wait whose time is later than its start. A wait of no time (`delay: 0s`, an
+    event wait's `timeout: {delay: 0s}`) ends at the instant it starts, and `if_past` is taken when the
+    time has passed already."""
+    if step.type == "listen":
+        return True
+    if not isinstance(step, WaitStep) or label == "if_past":
+        return False
+    if step.event is not None:
+        if label == "on_event":
+            return True
+        timeout = step.timeout
+        return timeout is None or timeout.delay is None or timeout.delay > timedelta(0)
+    return step.delay is None or step.delay > timedelta(0)
+
+
+def _instant_loops(j: Journey, *, idle_waits: bool = False) -> list[str]:
+    """Cycles that pass through no wait: they would run forever at one instant. With `idle_waits` (a new
+    definition's check, `check`), the cycles whose only waits take no time (`_holds`): such a loop ran
+    forever at one instant too (a transactional send in it was queued ~30,000 times in two minutes, and
+    the virtual clock's advance never returned). Stored versions are loaded without it, as they were
+    accepted."""
+    if idle_waits:
+        graph = {sid: [t for t, label in _edges(s) if t is not None and t in j.steps and not _holds(s, label)]
+                 for sid, s in j.steps.items()}
+    else:
+        graph = {sid: [t for t, _ in _edges(s) if t is not None and t in j.steps
+                       and j.steps[t].type not in ("wait", "listen")]
+                 for sid, s in j.steps.items() if s.type not in ("wait", "listen")}
     problems: list[str] = []
     state: dict[str, int] = {}
     reported: set[frozenset[str]] = set()
@@ -648,9 +681,12 @@ def _instant_loops(j: Journey) -> list[str]:
         for nxt in graph.get(node, []):
             if state.get(nxt) == 1:
                 cycle = path[path.index(nxt):]
-                if frozenset(cycle) not in reported:
+                idle = [sid for sid in cycle if j.steps[sid].type == "wait"]
+                if frozenset(cycle) not in reported and (idle or not idle_waits):
+                    # (with idle_waits, a loop through no wait at all is the lenient pass's to name)
                     reported.add(frozenset(cycle))
-                    problems.append(f"loop without a wait: {' -> '.join([*cycle, nxt])}")
+                    problems.append(f"loop without a wait: {' -> '.join([*cycle, nxt])}"
+                                    + (f" ({', '.join(idle)} waits no time)" if idle else ""))
             elif state.get(nxt) is None:
                 visit(nxt, path)
         path.pop()
@@ -690,6 +726,109 @@ def validate(journey: Journey, *, journeys: Iterable[str] | None = None,
     return problems
 
 
+def _known_fact(fact: str) -> bool:
+    root, _, rest = fact.partition(".")
+    first = rest.split(".", 1)[0]
+    if root == "lead":
+        return not rest or first in LEAD_FACTS
+    if root == "event":
+        return fact in ("event.type", "event.properties") or fact.startswith("event.properties.")
+    if root == "journey":
+        return first in JOURNEY_FACTS and "." not in rest
+    return fact == "signals" or root == "journeys"
+
+
+def _unknown_facts(cond: JsonValue, path: str) -> list[str]:
+    """Every fact of a condition that no journey condition can read (the condition's grammar is
+    `validate_condition`'s to check)."""
+    if not isinstance(cond, Mapping):
+        return []
+    for part in ("all", "any"):
+        if isinstance(cond.get(part), list):
+            return [p for i, sub in enumerate(cond[part]) for p in _unknown_facts(sub, f"{path}.{part}[{i}]")]
+    fact = cond.get("fact")
+    if not isinstance(fact, str) or _known_fact(fact):
+        return []
+    return [f"{path}: unknown fact {fact[:80]!r} (facts: lead.<{'|'.join(LEAD_FACTS)}>..., event.type, "
+            f"event.properties.<name>, signals, journeys.<journey key>, journey.<{'|'.join(JOURNEY_FACTS)}>)"]
+
+
+def _unknown_events(events: JsonValue, where: str) -> list[str]:
+    """Event types no event can have (scoring takes lower-case words only): a rule or wait on one never
+    fires. `*` (any event) is one an entry rule may listen to."""
+    if not isinstance(events, list):
+        return []
+    return [f"{where}: {str(e)[:80]!r} is not an event type (a lower-case word such as page_viewed)"
+            for e in events if e != "*" and not (isinstance(e, str) and EVENT_NAME.fullmatch(e))]
+
+
+def _negative(raw: JsonValue, where: str) -> list[str]:
+    try:
+        return [f"{where} must not be negative"] if raw is not None and parse_duration(raw) < timedelta(0) else []
+    except (ValueError, TypeError):
+        return []   # a bad duration is `load`'s to name
+
+
+def _new_definition_problems(document: JsonMapping, journey: Journey | None) -> list[str]:
+    """What a new definition (PUT) must not have, though versions stored before these checks may (they
+    keep loading, `load`): a fact or event type that never occurs (a typo: the rule silently never
+    held), a negative cooldown (read as none: the trigger fired on every event) or reentry delay (read as
+    `always`), and a loop whose only waits take no time."""
+    problems: list[str] = []
+    reentry = document.get("reentry")
+    if isinstance(reentry, Mapping):
+        problems += _negative(reentry.get("after"), "reentry: after")
+    for part, label in (("entry", "entry"), ("exit", "exit"), ("triggers", "triggers")):
+        rules = document.get(part)
+        for i, rule in enumerate(rules if isinstance(rules, list) else []):
+            if not isinstance(rule, Mapping):
+                continue
+            where = f"{label}.{rule.get('name') if isinstance(rule.get('name'), str) else f'[{i}]'}"
+            problems += _unknown_events(rule.get("events"), f"{where}.events")
+            problems += _unknown_facts(rule.get("when"), f"{where}.when")
+            problems += _negative(rule.get("cooldown"), f"{where}: cooldown")
+            if isinstance(rule.get("reentry"), Mapping):
+                problems += _negative(rule["reentry"].get("after"), f"{where}.reentry: after")
+    steps = document.get("steps")
+    for step in steps if isinstance(steps, list) else []:
+        if not isinstance(step, Mapping):
+            continue
+        at = f"step {step.get('id')}"
+        event = step.get("event")
+        if step.get("type") == "wait" and isinstance(event, Mapping):
+            problems += _unknown_events(event.get("types"), f"{at}.event.types")
+            problems += _unknown_facts(event.get("when"), f"{at}.event.when")
+        rules = step.get("rules")
+        if step.get("type") == "branch" and isinstance(rules, list):
+            for rule in rules:
+                if isinstance(rule, Mapping) and isinstance(rule.get("name"), str):
+                    problems += _unknown_facts(rule.get("when"), f"{at}.{rule['name']}.when")
+    if journey is not None:
+        problems += _instant_loops(journey, idle_waits=True)
+        problems += _side_steps_in_the_flow(journey)
+    return problems
+
+
+def _side_steps_in_the_flow(j: Journey) -> list[str]:
+    """A trigger's `send` (or `task`, `update`) names a side step: one the flow never reaches. Naming a
+    step of the flow sent its template twice, by the trigger and again when the flow came to it (a
+    student who viewed the scholarships page got "Scholarships you can still apply for" on day 0 and day 10)."""
+    flow: set[str] = set()
+    todo = [j.first] if j.first else []
+    todo += [r.action.goto for r in j.triggers if r.action.goto]
+    while todo:
+        sid = todo.pop()
+        if sid in flow or sid not in j.steps:
+            continue
+        flow.add(sid)
+        todo.extend(str(t) for t, _ in _edges(j.steps[sid]) if t is not None)
+    return [f"triggers.{rule.name}: {verb} names {target}, a step of the flow: it would run twice (now, and "
+            f"again when the flow reaches it); name a side step the flow does not reach, or goto {target}"
+            for rule in j.triggers
+            for verb, target in (("send", rule.action.send), ("task", rule.action.task), ("update", rule.action.update))
+            if target and target in flow]
+
+
 def check(document: JsonMapping, *, journeys: Iterable[str] | None = None,
           templates: Iterable[str] | None = None, drafts: Mapping[str, int] | None = None,
           version: int = 0) -> tuple[Journey | None, list[str]]:
@@ -705,8 +844,10 @@ def check(document: JsonMapping, *, journeys: Iterable[str] | None = None,
         # Every problem at once: unknown templates and journeys too, not only the structural ones.
         partial = (validate(exc.journey, journeys=journeys, templates=templates, drafts=drafts)
                    if exc.journey else [])
+        partial += _new_definition_problems(document, exc.journey)
         return None, exc.problems + [p for p in partial if p not in exc.problems]
-    return journey, validate(journey, journeys=journeys, templates=templates, drafts=drafts)
+    problems = validate(journey, journeys=journeys, templates=templates, drafts=drafts)
+    return journey, problems + _new_definition_problems(document, journey)
 
 
 def read_playbook(directory: Path = PLAYBOOK_DIR) -> dict[str, JsonObject]:

@@ -173,7 +173,7 @@ class Channels:
         key = f"open:{msg.id}" if kind == "open" else f"click:{msg.id}:{token.link}"
         props = {"message_id": msg.id, "journey": msg.journey, "step": msg.step,
                  "template": msg.template, "url": token.url, "variant": msg.variant,
-                 "channel": msg.channel, **e.content_of(msg.template, msg.template_version)}
+                 "channel": msg.channel, **e.content_of(msg.template, msg.template_version, msg.step_stage)}
         etype = "email_opened" if kind == "open" else "email_clicked"
         new = await e.db.run(
             e.store.record_tracking, key=key, message_id=msg.id, lead_id=msg.lead_id, kind=kind,
@@ -208,7 +208,7 @@ class Channels:
             ehash = email_hash(lead["email"]) if lead and lead.get("email") else ""
         props = {"message_id": token.message_id, "journey": journey, "step": msg.step if msg else "",
                  "template": msg.template if msg else "", "scope": scope, "source": source,
-                 **(e.content_of(msg.template, msg.template_version) if msg else {})}
+                 **(e.content_of(msg.template, msg.template_version, msg.step_stage) if msg else {})}
         new = await e.db.run(
             e.store.record_tracking, key=f"unsub:{token.message_id}:{scope}", message_id=token.message_id,
             lead_id=token.lead_id, kind="unsubscribe", url="", now=now,

@@ -646,7 +646,8 @@ class Delivery:
         mid, lead_id, template = row.id, row.lead_id, row.template
         props = {"message_id": mid, "journey": row.journey, "step": row.step, "template": template,
                  "channel": row.channel, "variant": row.variant,
-                 **self.content_of(template, r.rendered.version if r.rendered else row.template_version)}
+                 **self.content_of(template, r.rendered.version if r.rendered else row.template_version,
+                                   row.step_stage)}
         guards = self.deliverability
         if guards is not None and row.channel == "email":
             # Where it went, as the guards count it (messaging_delivery_events): analytics' deliverability
@@ -678,17 +679,19 @@ class Delivery:
                                     f"{template} will retry at {due.isoformat()}: {result.reason}",
                                     {**props, "attempts": attempts})])
 
-    def content_of(self, template: str, version: int = 0) -> dict[str, str]:
+    def content_of(self, template: str, version: int = 0, stage: str = "") -> dict[str, str]:
         """What a message's events carry of its content: the template's journey stage, topic and format
         (analytics groups by them) and, when it has one, its interest as `category`, the name the
         website's page views give theirs (journeys' interest branches listen to it). The topic and
         format are those the version it was rendered from names (0: not rendered yet, the live one's),
-        else the template's default."""
+        else the template's default. The stage is the catalog's, else `stage`, the one the sending step
+        named (`Message.step_stage`): a template made through the API has no catalog entry, and without
+        it a journey added as data had no stage in analytics' progression and content gaps."""
         if not template:
             return {}
         spec = self.catalog.spec(template)   # one made through the API: its journey's topic, the default format
         topic, fmt = self.templates.named(template, version)
-        return {k: v for k, v in (("stage", spec.stage), ("topic", topic or spec.topic),
+        return {k: v for k, v in (("stage", spec.stage or stage), ("topic", topic or spec.topic),
                                   ("format", fmt or spec.format), ("category", spec.interest))
                 if v or k != "category"}
 

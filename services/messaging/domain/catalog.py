@@ -167,6 +167,15 @@ def _is_past(value: Any, now: datetime | None) -> bool:
     return when is not None and when <= now
 
 
+class Attributes(dict[str, Any]):
+    """A lead's attributes as templates read them: one the lead does not have reads as empty. A segment
+    added as data brings fields of its own (a student's study level): a template names them without a
+    variable added in code, and a lead without one gets an empty value, not a failed send."""
+
+    def __missing__(self, key: str) -> str:
+        return ""
+
+
 def profile_context(lead: Mapping[str, Any]) -> dict[str, Any]:
     """Every variable a template may use, each defined (empty when the profile lacks it)."""
     attrs: Mapping[str, Any] = lead.get("attributes") or {}
@@ -196,6 +205,7 @@ def profile_context(lead: Mapping[str, Any]) -> dict[str, Any]:
         "family_size": attrs.get("family_size") or "", "business_sector": str(
             attrs.get("business_sector") or attrs.get("industry") or attrs.get("business_type") or ""),
         "score": lead.get("score", 0), "grade": lead.get("grade") or "", "stage": lead.get("lifecycle_stage") or "",
+        "attributes": Attributes(attrs if isinstance(attrs, Mapping) else {}),
     }
 
 

@@ -217,3 +217,37 @@ async def test_simulating_a_draft_journey_by_its_key_says_it_has_no_published_ve
     assert r.status_code == 200 and r.json()["journey_keys"] == ["cart_v2"], r.text
     r = await client.post("/v1/simulations", headers=AUTH, json={**body, "journeys": ["nope"]})
     assert r.status_code == 422 and r.json()["error"]["message"] == "unknown journey 'nope'"
+
+
+async def test_a_journey_for_a_segment_added_as_data_is_simulated_with_leads_of_that_segment(
+        client: httpx.AsyncClient) -> None:
+    """A journey for the segment `student` (added to the scoring model as data) enrolled none of the
+    simulation's leads: they were spread over the seed's three segments only, and `segment_mix` refused
+    any other ("must be a non-empty list of skilled_professional, family, entrepreneur")."""
+    r = await client.get("/v1/journeys/cart_abandonment", headers=AUTH)
+    email = next(s for s in r.json()["definition"]["steps"] if s["type"] == "send")
+    journey = {"key": "student", "name": "International Student Nurturing", "kind": "segment",
+               "entry": [{"name": "segment_student", "events": ["lead_created", "lead_updated"],
+                          "when": {"all": [{"fact": "lead.segment", "eq": "student"},
+                                           {"fact": "lead.consent.email", "eq": True}]}}],
+               "steps": [{**{k: v for k, v in email.items() if k != "stage"}, "id": "email_01"},
+                         {"id": "done", "type": "end"}]}
+    # (the fake messaging lists no templates: journeys then leaves the template check to the send)
+    r = await client.put("/v1/journeys/student", headers=AUTH, json=journey)
+    assert r.status_code == 201, r.text
+    body: dict[str, object] = {"journeys": [{"key": "student", "version": 1}], "leads": 40, "days": 3, "seed": 2}
+    r = await client.post("/v1/simulations", headers=AUTH, json=body)
+    assert r.status_code == 200, r.text
+    # Spread over the seed's three segments and the journey's: a quarter of the leads are students.
+    assert r.json()["journeys"]["student"]["steps"][0]["entered"] == 10, r.json()
+    r = await client.post("/v1/simulations", headers=AUTH, json={**body, "behaviour": {
+        "segment_mix": ["student"], "segments": {"student": {"open": 1.0}}}})
+    assert r.status_code == 200, r.text
+    first = r.json()["journeys"]["student"]["steps"][0]
+    assert first["entered"] == first["sent"] == first["opened"] == 40, first
+    # Rates for a segment none of the run's leads is in are still a problem, not silently ignored.
+    r = await client.post("/v1/simulations", headers=AUTH, json={**body, "behaviour": {
+        "segment_mix": ["student"], "segments": {"family": {"open": 1.0}}}})
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["details"]["problems"] == [
+        "behaviour.segments.family: no lead of the run is in this segment (theirs: student)"]

@@ -301,3 +301,81 @@ async def test_a_topic_or_format_that_is_not_a_known_slug_is_refused_naming_the_
     r = await mesh.client.put(f"/v1/templates/{KEY}?validate_only=true", headers=mesh.headers("editor"),
                               json={**await content_of(mesh), "topic": "relocation_costs", "format": "case_study"})
     assert r.status_code == 200, r.text
+
+
+async def test_a_journey_added_as_data_has_its_steps_stages_in_sends_and_stage_analytics(
+        settings: Settings, tmp_path: Path) -> None:
+    """A marketer adds a journey with stages and its templates through the API only. Its sends carried no
+    stage (a template made through the API has no catalog entry, where the seed's stages are), so
+    analytics' stage conversion and velocity for it, and the console's stage table, stayed empty ("No stage
+    entered in this range") while the journey's own funnel showed each stage entered. The stage is the
+    sending step's, as the journey names it."""
+    async with templates_mesh(settings, tmp_path, extra=("analytics", "crm_sync")) as mesh:
+        for step in ("email_01", "email_02"):
+            await publish_a_copy(mesh, f"student.{step}")
+        journey = {
+            "key": "student", "name": "International Student Nurturing", "kind": "sequence",
+            "category": "transactional", "stages": [{"id": "welcome", "name": "Welcome"},
+                                                    {"id": "permits", "name": "Permits and funding"}],
+            "entry": [{"name": "plan_started", "events": ["study_plan_started"]}],
+            "steps": [{"id": "email_01", "type": "send", "stage": "welcome"},
+                      {"id": "wait_02", "type": "wait", "delay": "1d"},
+                      {"id": "email_02", "type": "send", "stage": "permits"},
+                      {"id": "done", "type": "end"}]}
+        r = await mesh.client.put("/v1/journeys/student", headers=mesh.headers("editor"), json=journey)
+        assert r.status_code == 201, r.text
+        r = await mesh.client.post("/v1/journeys/student/publish", headers=mesh.headers("editor"), json={"version": 1})
+        assert r.status_code == 200, r.text
+        await mesh.add_lead("priya")
+        r = await mesh.client.post("/v1/events", headers=mesh.headers("editor"),
+                                   json={"lead_id": "priya", "type": "study_plan_started", "properties": {}})
+        assert r.status_code == 202, r.text
+        r = await mesh.client.post("/v1/admin/clock/advance", headers=mesh.headers("admin"),
+                                   json={"seconds": 2 * 86400})
+        assert r.status_code == 200, r.text
+        r = await mesh.client.get("/v1/leads/priya/timeline", headers=mesh.headers("viewer"))
+        sent = {i["details"]["step"]: i["details"] for i in r.json()["items"] if i["type"] == "message_sent"}
+        assert (sent["email_01"]["stage"], sent["email_02"]["stage"]) == ("welcome", "permits"), sent
+        # The gateway credits a posted open by the message's content (ListMessages): the stage too.
+        r = await mesh.client.post("/v1/events", headers=mesh.headers("editor"), json={
+            "lead_id": "priya", "type": "email_opened", "properties": {"message_id": sent["email_02"]["message_id"]}})
+        assert r.status_code == 202, r.text
+        await _settle(mesh, "scoring", "messaging", "scoring", "analytics")
+        r = await mesh.client.get("/v1/leads/priya/timeline", headers=mesh.headers("viewer"))
+        opened = [i["details"] for i in r.json()["items"] if i["type"] == "email_opened"]
+        assert [o["properties"]["stage"] for o in opened] == ["permits"], opened
+        r = await mesh.client.get("/v1/analytics/progression", headers=mesh.headers("viewer"), params={
+            "journey": "student", "from": "2026-01-01T00:00:00Z", "to": "2026-12-31T00:00:00Z"})
+        assert r.status_code == 200, r.text
+        stages = {row["stage"]: (row["entered"], row["advanced"]) for row in r.json()["stages"]}
+        assert stages == {"welcome": (1, 1), "permits": (1, 0)}, r.json()["stages"]
+
+
+async def test_a_template_merges_any_of_the_leads_own_fields(mesh: TemplatesMesh) -> None:
+    """A segment added as data brings fields of its own (a student's study level). A template could merge
+    only the variables listed in code: `{{ study_level }}` was an unknown variable, and no other name
+    reached the lead's attributes. `attributes.<name>` does; a lead without the field reads it empty."""
+    await mesh.add_lead("priya", first_name="Priya", attributes={"study_level": "a master's"})
+    await mesh.add_lead("mateo", first_name="Mateo", attributes={})
+    body = await content_of(mesh)
+    body["variants"] = {}
+    body["subject"] = "Your {{ attributes.study_level or 'study' }} plan, {{ first_name }}"
+    body["text"] = body["text"].replace("Hi {{ first_name }},", "Hi {{ first_name }}, [{{ attributes.study_level }}]")
+    r = await mesh.client.put("/v1/templates/student.email_01", headers=mesh.headers("editor"), json=body)
+    assert r.status_code == 201, r.text
+    assert (await mesh.client.post("/v1/templates/student.email_01/publish", headers=mesh.headers("editor"),
+                                   json={"version": 1})).status_code == 200
+    shown = {}
+    for lead in ("priya", "mateo"):
+        r = await mesh.client.get(f"/v1/templates/student.email_01/preview?lead_id={lead}",
+                                  headers=mesh.headers("viewer"))
+        assert r.status_code == 200, r.text
+        shown[lead] = r.json()
+    assert shown["priya"]["subject"] == "Your a master's plan, Priya"
+    assert "Hi Priya, [a master's]" in shown["priya"]["text"]
+    assert shown["mateo"]["subject"] == "Your study plan, Mateo" and "Hi Mateo, []" in shown["mateo"]["text"]
+    # And a real send, not only a preview.
+    sent = await sent_details(mesh, "mateo", "student.email_01")
+    assert sent["subject"] == "Your study plan, Mateo", sent
+    r = await mesh.client.get("/v1/templates/student.email_01", headers=mesh.headers("viewer"))
+    assert "attributes" in {v["name"] for v in r.json()["variables"]}

@@ -123,6 +123,58 @@ def test_validation_lists_every_problem() -> None:
     assert "step email_02: missing template 'lead_magnet.email_02'" in problems
 
 
+def _looping(wait: dict[str, Any]) -> dict[str, Any]:
+    """A sequence whose only way round goes through `wait` (id `w`), sending a transactional email each time."""
+    return {"key": "loop_demo", "name": "Loop", "kind": "sequence", "category": "transactional",
+            "entry": [{"name": "start", "events": ["loop_demo_start"]}],
+            "steps": [{"id": "email_01", "type": "send"}, {"id": "w", "type": "wait", **wait},
+                      {"id": "again", "type": "jump", "to": "email_01"}]}
+
+
+@pytest.mark.parametrize("wait", [
+    {"delay": "0s"}, {"delay": "0d"}, {"delay": 0},
+    {"event": {"types": ["checklist_downloaded"]}, "timeout": {"delay": "0s"}, "on_event": "again",
+     "on_timeout": "again"},
+])
+def test_a_loop_whose_only_wait_takes_no_time_is_refused(wait: dict[str, Any]) -> None:
+    # A wait of no time ends at the instant it starts: the loop ran forever at one instant (a
+    # transactional send in it was queued ~30,000 times in two minutes and the clock never settled).
+    _, problems = check(_looping(wait), journeys={"loop_demo"}, templates=["loop_demo.email_01"])
+    assert problems == ["loop without a wait: email_01 -> w -> again -> email_01 (w waits no time)"]
+
+
+@pytest.mark.parametrize("wait", [
+    {"delay": "1h"}, {"event": {"types": ["checklist_downloaded"]}, "timeout": {"delay": "1d"},
+                      "on_event": "again", "on_timeout": "again"},
+])
+def test_a_loop_through_a_wait_that_takes_time_is_accepted(wait: dict[str, Any]) -> None:
+    assert check(_looping(wait), journeys={"loop_demo"}, templates=["loop_demo.email_01"])[1] == []
+
+
+def test_an_event_wait_of_no_timeout_still_waits_for_its_event() -> None:
+    # Only the timeout's edge is instant: the event's edge waits for the event.
+    doc = _looping({"event": {"types": ["checklist_downloaded"]}, "timeout": {"delay": "0s"},
+                    "on_event": "again", "on_timeout": "done"})
+    doc["steps"].append({"id": "done", "type": "end"})
+    assert check(doc, journeys={"loop_demo"}, templates=["loop_demo.email_01"])[1] == []
+
+
+def test_negative_cooldowns_and_reentry_delays_are_refused() -> None:
+    # Each read as none at all (a trigger firing on every event, re-entry at once), silently.
+    doc = _doc()
+    doc["reentry"] = {"after": "-30d"}
+    doc["entry"][0]["reentry"] = {"after": "-1d"}
+    doc["triggers"] = [{"name": "nudge", "events": ["page_viewed"], "do": {"goto": "email_02"}, "cooldown": "-1d"}]
+    _, problems = check(doc, journeys=CONTRACT_KEYS, templates=["lead_magnet.email_01", "lead_magnet.email_02"])
+    entry = doc["entry"][0]["name"]
+    assert "reentry: after must not be negative" in problems
+    assert f"entry.{entry}.reentry: after must not be negative" in problems
+    assert "triggers.nudge: cooldown must not be negative" in problems
+    doc["reentry"], doc["entry"][0]["reentry"], doc["triggers"][0]["cooldown"] = {"after": "30d"}, "always", "0s"
+    _, problems = check(doc, journeys=CONTRACT_KEYS, templates=["lead_magnet.email_01", "lead_magnet.email_02"])
+    assert not [p for p in problems if "negative" in p]
+
+
 def test_bad_conditions_and_unknown_journeys_are_reported() -> None:
     doc = _doc()
     doc["entry"][0]["when"] = {"fact": "lead.score", "gt": "high"}
@@ -208,3 +260,64 @@ def test_an_entry_rule_may_have_its_own_reentry_and_no_other_rule_may() -> None:
         load(doc)
     assert "entry.later.reentry: never, always or {after: <duration>}" in err.value.problems
     assert "exit.gone: reentry is an entry rule's (or the journey's)" in err.value.problems
+
+
+def test_a_fact_or_event_type_that_never_occurs_is_refused() -> None:
+    # A typo left the rule silently never holding: the branch always took its default, the entry never fired.
+    doc = _doc()
+    doc["entry"][0]["events"] = [*doc["entry"][0]["events"], "Resource Downloaded"]
+    doc["exit"] = [{"name": "bought", "events": ["subscribed"], "outcome": "goal",
+                    "when": {"fact": "event.propertys.plan", "exists": True}}]
+    doc["steps"].insert(1, {"id": "engaged", "type": "branch", "default": "email_02", "rules": [
+        {"name": "opened", "when": {"any": [{"fact": "journey.engagd", "gte": 1},
+                                            {"fact": "leed.segment", "eq": "family"}]}, "next": "email_02"}]})
+    doc["steps"].insert(2, {"id": "booked", "type": "wait", "event": {"types": ["Booked!"]},
+                            "timeout": {"delay": "1d"}, "on_event": "email_02", "on_timeout": "email_02"})
+    doc["steps"][1]["default"] = "booked"
+    _, problems = check(doc, journeys=CONTRACT_KEYS, templates=["lead_magnet.email_01", "lead_magnet.email_02"])
+    text = "\n".join(problems)
+    entry = doc["entry"][0]["name"]
+    assert f"entry.{entry}.events: 'Resource Downloaded' is not an event type" in text
+    assert "exit.bought.when: unknown fact 'event.propertys.plan'" in text
+    assert "step engaged.opened.when.any[0]: unknown fact 'journey.engagd'" in text
+    assert "step engaged.opened.when.any[1]: unknown fact 'leed.segment'" in text
+    assert "step booked.event.types: 'Booked!' is not an event type" in text
+    # Every fact the engine gives a condition is known, and a custom event type is one.
+    doc = _doc()
+    doc["steps"].insert(1, {"id": "engaged", "type": "branch", "default": "email_02", "rules": [
+        {"name": "r", "when": {"all": [{"fact": f, "exists": True} for f in (
+            "lead.attributes.study_level", "lead.segment", "event.type", "event.properties.form", "signals",
+            "journeys.webinar", "journey.engaged", "journey.days_in_journey")]}, "next": "email_02"}]})
+    doc["entry"][0]["events"] = [*doc["entry"][0]["events"], "biometrics_booked"]
+    _, problems = check(doc, journeys=CONTRACT_KEYS, templates=["lead_magnet.email_01", "lead_magnet.email_02"])
+    assert not [p for p in problems if "unknown fact" in p or "not an event type" in p], problems
+
+
+def test_a_stored_version_the_new_checks_refuse_still_loads() -> None:
+    # Versions stored before these checks keep loading (a version that does not load leaves its leads'
+    # enrolments without a definition): only a new definition (PUT, `check`) is refused.
+    doc = _looping({"delay": "0s"})
+    doc["triggers"] = [{"name": "nudge", "events": ["Page Viewed"], "when": {"fact": "leed.x", "eq": 1},
+                        "do": {"goto": "email_01"}, "cooldown": "-1d"}]
+    assert load(doc, version=3).version == 3
+    _, problems = check(doc, journeys={"loop_demo"}, templates=["loop_demo.email_01"])
+    assert len(problems) == 4, problems
+
+
+def test_a_trigger_that_sends_a_step_of_the_flow_is_refused() -> None:
+    # The step's template went twice: by the trigger, and again when the flow reached the step.
+    doc = _doc()
+    doc["triggers"] = [{"name": "scholarships", "events": ["page_viewed"], "do": {"send": "email_02"},
+                        "when": {"fact": "event.properties.category", "eq": "scholarships"}}]
+    _, problems = check(doc, journeys=CONTRACT_KEYS, templates=["lead_magnet.email_01", "lead_magnet.email_02"])
+    assert "triggers.scholarships: send names email_02, a step of the flow: it would run twice (now, and again " \
+           "when the flow reaches it); name a side step the flow does not reach, or goto email_02" in problems
+    # A side step (after the end, reached by nothing) is what a trigger sends; a goto may name the flow's.
+    doc["steps"].append({"id": "scholarships_now", "type": "send"})
+    doc["triggers"][0]["do"] = {"send": "scholarships_now"}
+    templates = ["lead_magnet.email_01", "lead_magnet.email_02", "lead_magnet.scholarships_now"]
+    _, problems = check(doc, journeys=CONTRACT_KEYS, templates=templates)
+    assert not [p for p in problems if "a step of the flow" in p], problems
+    doc["triggers"][0]["do"] = {"goto": "email_02"}
+    _, problems = check(doc, journeys=CONTRACT_KEYS, templates=templates)
+    assert not [p for p in problems if "a step of the flow" in p], problems
