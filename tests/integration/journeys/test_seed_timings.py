@@ -80,3 +80,20 @@ async def test_a_seven_day_trial_gets_its_ending_emails_before_it_ends_and_skips
         for step in ("email_04", "email_05", "email_06"):
             assert any(s.startswith(f"trial_onboarding: {step} skipped: at or after its skip_from ends_at -3d "
                                     f"({reminder})") for s in said), said
+
+
+async def test_a_demo_video_the_model_scores_sends_its_feature_follow_up(settings: Settings, tmp_path: Path) -> None:
+    # Seed, Engagement Acceleration Triggers: "Watches product demo video | +7 points | Send feature-specific
+    # follow-up content". A video named as a demo scored +7 and sent nothing: the trigger row read
+    # category `demo` alone, the scoring model the video's name and category product_demo too.
+    async with templates_mesh(settings, tmp_path, extra=("crm_sync", "analytics")) as mesh:
+        await mesh.add_lead("demo")
+        await _advance(mesh, 0)
+        r = await mesh.client.post("/v1/events", headers=mesh.headers("editor"), json={
+            "lead_id": "demo", "type": "video_watched", "properties": {"video": "product-demo-2026"}})
+        assert r.status_code == 202, r.text
+        await _advance(mesh, 60)
+        r = await mesh.client.get("/v1/leads/demo", headers=mesh.headers("viewer"))
+        assert r.status_code == 200 and r.json()["score"] == 7, r.text
+        follow_up = (await _messages(mesh, "demo")).get("triggers.demo_video")
+        assert follow_up is not None and follow_up["status"] == "sent", follow_up
