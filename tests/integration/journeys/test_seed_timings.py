@@ -82,6 +82,42 @@ async def test_a_seven_day_trial_gets_its_ending_emails_before_it_ends_and_skips
                                     f"({reminder})") for s in said), said
 
 
+async def test_a_dormant_lead_who_starts_a_trial_gets_no_more_re_engagement_check_ins(
+        settings: Settings, tmp_path: Path) -> None:
+    # Seed, Re-Engagement Nurturing Workflow: "Reactivate dormant leads". A family lead who opened none of
+    # its emails got the re-engagement check-in on day 14, started a free trial on day 15, and still got
+    # "Something new we built for you" on day 17, its story, and so on to "A time-limited offer to
+    # restart", beside the trial's own emails: the sequence's `reengaged` exit heard opens, clicks, views,
+    # downloads, forms and videos only, not a trial, a webinar registration, an assessment or a checkout.
+    async with templates_mesh(settings, tmp_path, extra=("crm_sync", "analytics")) as mesh:
+        await mesh.add_lead("fam", attributes={"children": 2})
+        start = await _advance(mesh, 0)
+        for _ in range(14):
+            await _advance(mesh, 86400)
+        assert _sent(await _messages(mesh, "fam"), "re_engagement.email_01_family")
+        await _advance(mesh, 86400)
+        r = await mesh.client.post("/v1/events", headers=mesh.headers("editor"), json={
+            "lead_id": "fam", "type": "trial_started",
+            "properties": {"ends_at": (start + timedelta(days=29)).isoformat(), "plan": "Family Plus"}})
+        assert r.status_code == 202, r.text
+        for _ in range(6):
+            await _advance(mesh, 86400)
+        messages = await _messages(mesh, "fam")
+        assert _sent(messages, "trial_onboarding.email_01"), sorted(messages)
+        assert [t for t in messages if t.startswith("re_engagement.")] == ["re_engagement.email_01_family"]
+        r = await mesh.client.get("/v1/leads/fam", headers=mesh.headers("viewer"))
+        assert r.status_code == 200, r.text
+        journeys = {j["journey"]: j for j in r.json()["journeys"]}
+        assert journeys["re_engagement"]["status"] == "completed", journeys
+        # The family journey is paused by the trial now (trial_nurture), no longer by re-engagement.
+        assert journeys["trial_nurture"]["status"] == "active", journeys
+        r = await mesh.client.get("/v1/leads/fam/timeline", headers=mesh.headers("viewer"))
+        assert r.status_code == 200, r.text
+        said = [str(item.get("summary")) for item in r.json()["items"]]
+        assert any(s.startswith("re_engagement: goal reached: trial_started") and "reengaged" in s
+                   for s in said), said
+
+
 async def test_a_demo_video_the_model_scores_sends_its_feature_follow_up(settings: Settings, tmp_path: Path) -> None:
     # Seed, Engagement Acceleration Triggers: "Watches product demo video | +7 points | Send feature-specific
     # follow-up content". A video named as a demo scored +7 and sent nothing: the trigger row read

@@ -3,6 +3,7 @@ the two services read the same event, and must agree on what it is."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -10,7 +11,7 @@ import pytest
 from nurture.busmessage import BusMessage, LeadSnapshot
 from services.journeys.domain.state import iso
 from services.scoring.domain.rules import load_model
-from tests.unit.journeys.test_engine import Harness
+from tests.unit.journeys.test_engine import SETTINGS, T0, Harness
 
 MODEL = load_model()
 
@@ -47,3 +48,63 @@ def test_a_video_that_is_no_demo_is_neither_scored_nor_followed_up() -> None:
     rules, sent = _scored_and_published(h, "video_watched", video="success-story-ana", category="stories")
     assert "demo_video" not in rules
     assert not [k for k in sent if ":demo_video:" in k]
+
+
+def test_journeys_and_scoring_count_the_same_events_as_engagement() -> None:
+    """A lead's "last engaged" (scoring, on its profile) and the quiet time re-engagement waits for
+    (journeys) are one notion: the same event types."""
+    assert set(SETTINGS.engagement_events) == set(MODEL.engagement_events)
+
+
+# The engagement the journeys' list lacked; each with what its own sequence needs.
+LATE_ENGAGEMENT = [
+    ("webinar_registered", {"webinar_id": "w-1", "starts_at": iso(T0 + timedelta(days=20))}),
+    ("assessment_started", {"assessment": "eligibility"}),
+    ("trial_started", {"ends_at": iso(T0 + timedelta(days=26))}),
+    ("checkout_started", {"cart_id": "c-1", "plan": "family_plus"}),
+]
+
+
+@pytest.mark.parametrize(("etype", "props"), LATE_ENGAGEMENT, ids=[e for e, _ in LATE_ENGAGEMENT])
+def test_a_lead_who_just_engaged_is_not_sent_the_check_in_for_14_quiet_days(etype: str,
+                                                                             props: dict[str, str]) -> None:
+    """Seed, Re-Engagement Nurturing Workflow: "No engagement for 14+ days after initial interaction". The
+    `inactivity` event (what the family and entrepreneur re-engagement rules, and the trigger table's
+    abandoned-assessment and initial-then-inactive rows, hear) came 14 days after a page view on day 0
+    although the lead registered for a webinar (started an assessment, a trial, a checkout) on day 12,
+    and its profile (scoring) said it engaged 2 days before."""
+    h = Harness("family")
+    h.lead["lifecycle_stage"] = "lead"
+    h.message("lead_created")
+    h.message("page_viewed", category="family")
+    h.advance(days=12)
+    h.message(etype, **props)
+    assert h.state.inactive_due == T0 + timedelta(days=26)
+    # The timer armed on day 0 no longer fires on day 14: nothing re-engages the lead then.
+    stale = h.engine.inactivity_due(h.state, h.state.inactive_token - 1, T0 + timedelta(days=14))
+    assert not stale.transitions and "re_engagement" not in h.state.enrollments
+    # 14 quiet days after it, it does.
+    h.now = T0 + timedelta(days=26)
+    out = h.engine.inactivity_due(h.state, h.state.inactive_token, h.now)
+    h.transitions += [t.summary for t in out.transitions]
+    h.drive()
+    assert "re_engagement" in h.state.enrollments
+
+
+@pytest.mark.parametrize(("etype", "props"), LATE_ENGAGEMENT, ids=[e for e, _ in LATE_ENGAGEMENT])
+def test_a_dormant_lead_who_engages_leaves_re_engagement(etype: str, props: dict[str, str]) -> None:
+    """A lead in the re-engagement sequence who registers for a webinar or starts a trial is back: its
+    check-ins stop (exit `reengaged`) instead of going on beside what it started."""
+    h = Harness("family")
+    h.lead["lifecycle_stage"] = "lead"
+    h.message("lead_created")
+    h.message("page_viewed", category="family")
+    h.now = T0 + timedelta(days=14)
+    out = h.engine.inactivity_due(h.state, h.state.inactive_token, h.now)
+    h.transitions += [t.summary for t in out.transitions]
+    h.drive()
+    assert h.state.enrollments["re_engagement"].status == "active"
+    h.advance(days=1)
+    h.message(etype, **props)
+    assert h.state.enrollments["re_engagement"].status == "completed", h.transitions[-5:]
+    assert any("re_engagement" in t and "reengaged" in t for t in h.transitions), h.transitions[-5:]
