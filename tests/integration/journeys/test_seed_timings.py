@@ -133,3 +133,33 @@ async def test_a_demo_video_the_model_scores_sends_its_feature_follow_up(setting
         assert r.status_code == 200 and r.json()["score"] == 7, r.text
         follow_up = (await _messages(mesh, "demo")).get("triggers.demo_video")
         assert follow_up is not None and follow_up["status"] == "sent", follow_up
+
+
+async def test_a_customer_who_reads_a_lot_is_not_sold_the_high_engagement_sequence(
+        settings: Settings, tmp_path: Path) -> None:
+    # Seed, High-Engagement Nurturing Workflow: "highly engaged prospects". A customer who viewed two
+    # high-intent pages (scoring: +12 and the high_engagement signal) entered it and got "Your subscription
+    # options (with a thank-you)" on day 15, and a "Personal outreach: highly engaged lead" task went to sales.
+    async with templates_mesh(settings, tmp_path, extra=("crm_sync", "analytics")) as mesh:
+        await mesh.add_lead("cust")
+        await _advance(mesh, 0)
+        for body in ({"type": "subscribed", "properties": {"plan": "pro"}},
+                     {"type": "page_viewed", "properties": {"category": "high_intent", "page": "/pathways/ca"}},
+                     {"type": "page_viewed", "properties": {"category": "high_intent", "page": "/pathways/au"}}):
+            r = await mesh.client.post("/v1/events", headers=mesh.headers("editor"), json={"lead_id": "cust", **body})
+            assert r.status_code == 202, r.text
+        for _ in range(16):
+            await _advance(mesh, 86400)
+        r = await mesh.client.get("/v1/leads/cust", headers=mesh.headers("viewer"))
+        assert r.status_code == 200, r.text
+        lead = r.json()
+        assert lead["lifecycle_stage"] == "customer", lead
+        journeys = {j["journey"] for j in lead["journeys"]}
+        assert "customer" in journeys and "high_engagement" not in journeys, journeys
+        messages = await _messages(mesh, "cust")
+        assert _sent(messages, "customer.email_01"), sorted(messages)
+        r = await mesh.client.get("/v1/leads/cust/timeline", headers=mesh.headers("viewer"))
+        assert r.status_code == 200, r.text
+        said = [str(item.get("summary")) for item in r.json()["items"]]
+        assert any("rule repeated_high_intent fired" in s for s in said), said   # the signal was given
+        assert not [t for t in messages if t.startswith("high_engagement.")], sorted(messages)

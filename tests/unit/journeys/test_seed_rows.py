@@ -108,3 +108,30 @@ def test_a_dormant_lead_who_engages_leaves_re_engagement(etype: str, props: dict
     h.message(etype, **props)
     assert h.state.enrollments["re_engagement"].status == "completed", h.transitions[-5:]
     assert any("re_engagement" in t and "reengaged" in t for t in h.transitions), h.transitions[-5:]
+
+
+@pytest.mark.parametrize("stage", ["customer", "sql", None])
+@pytest.mark.parametrize("how", ["score_70", "interaction_burst", "high_engagement_signal"])
+def test_the_high_engagement_sequence_is_for_prospects_not_customers(how: str, stage: str | None) -> None:
+    """Seed, High-Engagement Nurturing Workflow: "accelerate the journey for highly engaged prospects". A
+    customer reading a lot (two high-intent views: scoring's high_engagement signal) was entered and sent
+    "Your subscription options (with a thank-you)", and sales were asked for personal outreach."""
+    h = Harness()
+    if stage is not None:
+        h.lead["lifecycle_stage"] = stage
+    h.message("lead_created")
+    if how == "score_70":
+        h.lead["score"] = 72
+        h.message("score_changed", old=64, new=72)
+    elif how == "interaction_burst":
+        h.lead["counters"] = {"interactions_24h": 5}
+        h.message("page_viewed", category="blog")
+    else:
+        msg = BusMessage(id="hi", lead_id=h.state.lead_id, type="page_viewed", properties={"category": "high_intent"},
+                         lead=LeadSnapshot.from_dict(h.lead), occurred_at=iso(h.now), signals=("high_engagement",))
+        h.engine.on_message(h.state, msg, h.now)
+        h.drive()
+    assert ("high_engagement" in h.state.enrollments) is (stage != "customer")
+    h.advance(days=20)
+    sent = [k for k in h.sent if ":high_engagement:" in k]
+    assert bool(sent) is (stage != "customer"), sent
