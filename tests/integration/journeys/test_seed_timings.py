@@ -163,3 +163,32 @@ async def test_a_customer_who_reads_a_lot_is_not_sold_the_high_engagement_sequen
         said = [str(item.get("summary")) for item in r.json()["items"]]
         assert any("rule repeated_high_intent fired" in s for s in said), said   # the signal was given
         assert not [t for t in messages if t.startswith("high_engagement.")], sorted(messages)
+
+
+async def test_a_customer_who_starts_an_assessment_is_not_offered_trial_to_paid(
+        settings: Settings, tmp_path: Path) -> None:
+    # Seed, Trial Nurturing Workflow: "drive conversion to paid subscription". A paying customer who
+    # started an assessment got "How is your trial going?" on day 7 and "Keep going: your trial-to-paid
+    # offer" on day 11.
+    async with templates_mesh(settings, tmp_path, extra=("crm_sync", "analytics")) as mesh:
+        await mesh.add_lead("cust")
+        await _advance(mesh, 0)
+        for body in ({"type": "subscribed", "properties": {"plan": "pro"}},
+                     {"type": "assessment_started", "properties": {"assessment": "eligibility"}}):
+            r = await mesh.client.post("/v1/events", headers=mesh.headers("editor"), json={"lead_id": "cust", **body})
+            assert r.status_code == 202, r.text
+        for _ in range(12):
+            await _advance(mesh, 86400)
+        messages = await _messages(mesh, "cust")
+        assert _sent(messages, "customer.email_01"), sorted(messages)
+        assert not [t for t in messages if t.startswith("trial_nurture.")], sorted(messages)
+        # A prospect starting one still gets the sequence (its first five days here; its day-11 offer:
+        # unit/journeys/test_seed_rows.py).
+        await mesh.add_lead("pros")
+        r = await mesh.client.post("/v1/events", headers=mesh.headers("editor"), json={
+            "lead_id": "pros", "type": "assessment_started", "properties": {"assessment": "eligibility"}})
+        assert r.status_code == 202, r.text
+        for _ in range(6):
+            await _advance(mesh, 86400)
+        pros = await _messages(mesh, "pros")
+        assert all(_sent(pros, f"trial_nurture.email_0{n}") for n in (1, 2, 3, 4)), sorted(pros)

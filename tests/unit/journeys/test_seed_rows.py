@@ -135,3 +135,19 @@ def test_the_high_engagement_sequence_is_for_prospects_not_customers(how: str, s
     h.advance(days=20)
     sent = [k for k in h.sent if ":high_engagement:" in k]
     assert bool(sent) is (stage != "customer"), sent
+
+
+@pytest.mark.parametrize("stage", ["customer", "trial", None])
+def test_trial_nurturing_is_for_prospects_not_customers(stage: str | None) -> None:
+    """Seed, Trial Nurturing Workflow: "Trigger: free trial or assessment activation. Purpose: ... drive
+    conversion to paid subscription". A customer starting an assessment got "How is your trial going?" and
+    "Keep going: your trial-to-paid offer"."""
+    h = Harness()
+    if stage is not None:
+        h.lead["lifecycle_stage"] = stage
+    h.message("lead_created")
+    h.message("assessment_started", assessment="eligibility")
+    h.advance(days=14)
+    sent = [k for k in h.sent if ":trial_nurture:" in k]
+    assert ("trial_nurture" in h.state.enrollments) is (stage != "customer")
+    assert bool([k for k in sent if ":email_07:" in k]) is (stage != "customer"), sent
