@@ -115,3 +115,115 @@ async def test_a_trial_of_three_days_or_less_gets_no_ends_in_3_days_email_with_i
                            for s in said), said
             else:
                 assert days == {"email_01": 0, "email_07": 1, "email_08": 3, "email_09": 5}, (lead_id, days)
+
+
+async def test_a_dormant_lead_who_starts_a_trial_gets_no_more_re_engagement_check_ins(
+        settings: Settings, tmp_path: Path) -> None:
+    # Seed, Re-Engagement Nurturing Workflow: "Reactivate dormant leads". A family lead who opened none of
+    # its emails got the re-engagement check-in on day 14, started a free trial on day 15, and still got
+    # "Something new we built for you" on day 17, its story, and so on to "A time-limited offer to
+    # restart", beside the trial's own emails: the sequence's `reengaged` exit heard opens, clicks, views,
+    # downloads, forms and videos only, not a trial, a webinar registration, an assessment or a checkout.
+    async with templates_mesh(settings, tmp_path, extra=("crm_sync", "analytics")) as mesh:
+        await mesh.add_lead("fam", attributes={"children": 2})
+        start = await _advance(mesh, 0)
+        for _ in range(14):
+            await _advance(mesh, 86400)
+        assert _sent(await _messages(mesh, "fam"), "re_engagement.email_01_family")
+        await _advance(mesh, 86400)
+        r = await mesh.client.post("/v1/events", headers=mesh.headers("editor"), json={
+            "lead_id": "fam", "type": "trial_started",
+            "properties": {"ends_at": (start + timedelta(days=29)).isoformat(), "plan": "Family Plus"}})
+        assert r.status_code == 202, r.text
+        for _ in range(6):
+            await _advance(mesh, 86400)
+        messages = await _messages(mesh, "fam")
+        assert _sent(messages, "trial_onboarding.email_01"), sorted(messages)
+        assert [t for t in messages if t.startswith("re_engagement.")] == ["re_engagement.email_01_family"]
+        r = await mesh.client.get("/v1/leads/fam", headers=mesh.headers("viewer"))
+        assert r.status_code == 200, r.text
+        journeys = {j["journey"]: j for j in r.json()["journeys"]}
+        assert journeys["re_engagement"]["status"] == "completed", journeys
+        # The family journey is paused by the trial now (trial_nurture), no longer by re-engagement.
+        assert journeys["trial_nurture"]["status"] == "active", journeys
+        r = await mesh.client.get("/v1/leads/fam/timeline", headers=mesh.headers("viewer"))
+        assert r.status_code == 200, r.text
+        said = [str(item.get("summary")) for item in r.json()["items"]]
+        assert any(s.startswith("re_engagement: goal reached: trial_started") and "reengaged" in s
+                   for s in said), said
+
+
+async def test_a_demo_video_the_model_scores_sends_its_feature_follow_up(settings: Settings, tmp_path: Path) -> None:
+    # Seed, Engagement Acceleration Triggers: "Watches product demo video | +7 points | Send feature-specific
+    # follow-up content". A video named as a demo scored +7 and sent nothing: the trigger row read
+    # category `demo` alone, the scoring model the video's name and category product_demo too.
+    async with templates_mesh(settings, tmp_path, extra=("crm_sync", "analytics")) as mesh:
+        await mesh.add_lead("demo")
+        await _advance(mesh, 0)
+        r = await mesh.client.post("/v1/events", headers=mesh.headers("editor"), json={
+            "lead_id": "demo", "type": "video_watched", "properties": {"video": "product-demo-2026"}})
+        assert r.status_code == 202, r.text
+        await _advance(mesh, 60)
+        r = await mesh.client.get("/v1/leads/demo", headers=mesh.headers("viewer"))
+        assert r.status_code == 200 and r.json()["score"] == 7, r.text
+        follow_up = (await _messages(mesh, "demo")).get("triggers.demo_video")
+        assert follow_up is not None and follow_up["status"] == "sent", follow_up
+
+
+async def test_a_customer_who_reads_a_lot_is_not_sold_the_high_engagement_sequence(
+        settings: Settings, tmp_path: Path) -> None:
+    # Seed, High-Engagement Nurturing Workflow: "highly engaged prospects". A customer who viewed two
+    # high-intent pages (scoring: +12 and the high_engagement signal) entered it and got "Your subscription
+    # options (with a thank-you)" on day 15, and a "Personal outreach: highly engaged lead" task went to sales.
+    async with templates_mesh(settings, tmp_path, extra=("crm_sync", "analytics")) as mesh:
+        await mesh.add_lead("cust")
+        await _advance(mesh, 0)
+        for body in ({"type": "subscribed", "properties": {"plan": "pro"}},
+                     {"type": "page_viewed", "properties": {"category": "high_intent", "page": "/pathways/ca"}},
+                     {"type": "page_viewed", "properties": {"category": "high_intent", "page": "/pathways/au"}}):
+            r = await mesh.client.post("/v1/events", headers=mesh.headers("editor"), json={"lead_id": "cust", **body})
+            assert r.status_code == 202, r.text
+        for _ in range(16):
+            await _advance(mesh, 86400)
+        r = await mesh.client.get("/v1/leads/cust", headers=mesh.headers("viewer"))
+        assert r.status_code == 200, r.text
+        lead = r.json()
+        assert lead["lifecycle_stage"] == "customer", lead
+        journeys = {j["journey"] for j in lead["journeys"]}
+        assert "customer" in journeys and "high_engagement" not in journeys, journeys
+        messages = await _messages(mesh, "cust")
+        assert _sent(messages, "customer.email_01"), sorted(messages)
+        r = await mesh.client.get("/v1/leads/cust/timeline", headers=mesh.headers("viewer"))
+        assert r.status_code == 200, r.text
+        said = [str(item.get("summary")) for item in r.json()["items"]]
+        assert any("rule repeated_high_intent fired" in s for s in said), said   # the signal was given
+        assert not [t for t in messages if t.startswith("high_engagement.")], sorted(messages)
+
+
+async def test_a_customer_who_starts_an_assessment_is_not_offered_trial_to_paid(
+        settings: Settings, tmp_path: Path) -> None:
+    # Seed, Trial Nurturing Workflow: "drive conversion to paid subscription". A paying customer who
+    # started an assessment got "How is your trial going?" on day 7 and "Keep going: your trial-to-paid
+    # offer" on day 11.
+    async with templates_mesh(settings, tmp_path, extra=("crm_sync", "analytics")) as mesh:
+        await mesh.add_lead("cust")
+        await _advance(mesh, 0)
+        for body in ({"type": "subscribed", "properties": {"plan": "pro"}},
+                     {"type": "assessment_started", "properties": {"assessment": "eligibility"}}):
+            r = await mesh.client.post("/v1/events", headers=mesh.headers("editor"), json={"lead_id": "cust", **body})
+            assert r.status_code == 202, r.text
+        for _ in range(12):
+            await _advance(mesh, 86400)
+        messages = await _messages(mesh, "cust")
+        assert _sent(messages, "customer.email_01"), sorted(messages)
+        assert not [t for t in messages if t.startswith("trial_nurture.")], sorted(messages)
+        # A prospect starting one still gets the sequence (its first five days here; its day-11 offer:
+        # unit/journeys/test_seed_rows.py).
+        await mesh.add_lead("pros")
+        r = await mesh.client.post("/v1/events", headers=mesh.headers("editor"), json={
+            "lead_id": "pros", "type": "assessment_started", "properties": {"assessment": "eligibility"}})
+        assert r.status_code == 202, r.text
+        for _ in range(6):
+            await _advance(mesh, 86400)
+        pros = await _messages(mesh, "pros")
+        assert all(_sent(pros, f"trial_nurture.email_0{n}") for n in (1, 2, 3, 4)), sorted(pros)
