@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from datetime import date, timedelta
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 from fastapi import APIRouter, Request
 from starlette.responses import Response
@@ -136,6 +136,18 @@ async def publish(request: Request, key: str) -> Response:
         return page("published.html", session=current, title=f"Published {key}", key=key,
                     version=reply.version, published=reply.published,
                     report=json.dumps(json.loads(reply.report_json or "{}"), indent=2, sort_keys=True))
+    return await guarded(request, handler, needed="editor", form=True)
+
+
+@router.post("/journeys/{key}/archive")
+async def archive(request: Request, key: str) -> Response:
+    """Archive the journey, or bring it back (the form's `archived` says which): the API's archive and
+    unarchive, then back to the journey's page, which shows its status."""
+    async def handler(_request: Request, _current: session.Session) -> Response:
+        archived = request.state.form.get("archived", "true") != "false"
+        await journeys_api._stub(mesh_of(request)).Archive(
+            journeys_pb2.ArchiveRequest(key=key, archived=archived), timeout=LONG_DEADLINE_S)
+        return redirect(f"/console/journeys/{quote(key, safe='')}")
     return await guarded(request, handler, needed="editor", form=True)
 
 

@@ -28,7 +28,7 @@ class JourneySummary(TypedDict):
     priority: int
     published_version: int | None   # null: never published
     latest_version: int
-    status: str   # published | draft
+    status: str   # published | draft | archived
 
 
 class JourneyList(TypedDict):
@@ -39,6 +39,13 @@ class Journey(JourneySummary):
     version: int
     definition: JsonValue   # the definition document, as services/journeys/data/playbook/<key>.yaml holds it
     versions: list[VersionInfo]
+
+
+class Archived(TypedDict):
+    key: str
+    status: str    # archived | published
+    version: int   # the version archived (or brought back)
+    changed: bool  # false: it already was so (the call is idempotent)
 
 
 class CountedLead(TypedDict):
@@ -143,6 +150,21 @@ async def publish_journey(key: str, body: JsonValue = Depends(json_body), m: Mes
         key=key, version=version, migrate=bool(body.get("migrate", False)), step_mapping=mapping,
         dry_run=bool(body.get("dry_run", False))), timeout=LONG_DEADLINE_S)
     return {"key": key, "version": reply.version, "published": reply.published, **details(reply.report_json)}
+
+
+async def _archive(key: str, archived: bool, m: Mesh) -> Archived:
+    reply = await _stub(m).Archive(journeys_pb2.ArchiveRequest(key=key, archived=archived), timeout=LONG_DEADLINE_S)
+    return {"key": key, "status": reply.status, "version": reply.version, "changed": reply.changed}
+
+
+@router.post("/v1/journeys/{key}/archive", summary="Archive a journey: it enters no one, its live leads exit")
+async def archive_journey(key: str, m: Mesh = Depends(mesh)) -> Archived:
+    return await _archive(key, True, m)
+
+
+@router.post("/v1/journeys/{key}/unarchive", summary="Bring an archived journey back (its archived version)")
+async def unarchive_journey(key: str, m: Mesh = Depends(mesh)) -> Archived:
+    return await _archive(key, False, m)
 
 
 @router.get("/v1/journeys/{key}/analytics", summary="Funnel per step and stage from recorded history")

@@ -97,6 +97,17 @@ class JourneysServicer(journeys_pb2_grpc.JourneysServicer):
         return journeys_pb2.PublishReply(version=report["version"], published=not request.dry_run,
                                          report_json=json.dumps(report))
 
+    async def Archive(self, request: journeys_pb2.ArchiveRequest,
+                      context: grpc.aio.ServicerContext) -> journeys_pb2.ArchiveReply:
+        try:
+            status, version, changed = await self.rt.archive(request.key, request.archived)
+        except NotFound as exc:
+            raise errors.NotFound(str(exc), code="journey_not_found") from exc
+        except Invalid as exc:  # never published: nothing to archive or bring back
+            raise errors.Conflict(str(exc), code="journey_not_published",
+                                  details={"problems": exc.problems}) from exc
+        return journeys_pb2.ArchiveReply(status=status, version=version, changed=changed)
+
     async def LeadJourneys(self, request: journeys_pb2.LeadJourneysRequest,
                            context: grpc.aio.ServicerContext) -> journeys_pb2.LeadJourneysReply:
         if not request.lead_id:

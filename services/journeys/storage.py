@@ -13,6 +13,7 @@ Database.run."""
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, time, timedelta
@@ -51,7 +52,7 @@ class Definition(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     key: Mapped[str] = mapped_column(String(64))
     version: Mapped[int] = mapped_column(Integer)
-    status: Mapped[str] = mapped_column(String(16))  # draft | published | retired
+    status: Mapped[str] = mapped_column(String(16))  # draft | published | retired | archived
     source: Mapped[str] = mapped_column(String(16))  # playbook | api
     document: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
@@ -188,6 +189,8 @@ class MigrationRow(Base):
     journey: Mapped[str] = mapped_column(String(64))
     version: Mapped[int] = mapped_column(Integer)
     mapping: Mapped[str] = mapped_column(Text)  # JSON {old step: new step}
+    # migrate: move the live leads to `version`; archive: the journey was archived, its live leads exit.
+    kind: Mapped[str] = mapped_column(String(16), default="migrate", server_default="migrate")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
@@ -202,8 +205,10 @@ class MigrationDoneRow(Base):
 ALL_PARTITIONS = -1
 
 
-def add_migration(session: Session, *, journey: str, version: int, mapping: dict[str, str], now: datetime) -> int:
-    row = MigrationRow(journey=journey, version=version, mapping=json.dumps(mapping, sort_keys=True), created_at=now)
+def add_migration(session: Session, *, journey: str, version: int, mapping: dict[str, str], now: datetime,
+                  kind: str = "migrate") -> int:
+    row = MigrationRow(journey=journey, version=version, mapping=json.dumps(mapping, sort_keys=True), created_at=now,
+                       kind=kind)
     session.add(row)
     session.flush()
     return int(row.id)
@@ -254,11 +259,15 @@ def definitions(session: Session) -> list[Definition]:
 
 
 def definitions_signature(session: Session) -> tuple[int, int, str]:
-    """Changes whenever a version is stored or published (rows, newest id, newest publication): how a
-    replica learns cheaply that another one changed the definitions."""
+    """Changes whenever a version is stored, published, archived or brought back (rows, newest id, newest
+    publication and a digest of every version's status): how a replica learns cheaply that another one
+    changed the definitions. The table holds a few rows per journey, so reading the statuses is small."""
     count, newest, published = session.execute(select(func.count(Definition.id), func.max(Definition.id),
                                                       func.max(Definition.published_at))).one()
-    return int(count or 0), int(newest or 0), str(published or "")
+    statuses = ",".join(f"{i}:{st}" for i, st in session.execute(select(Definition.id, Definition.status)
+                                                                  .order_by(Definition.id)))
+    digest = hashlib.sha256(statuses.encode()).hexdigest()[:16]
+    return int(count or 0), int(newest or 0), f"{published or ''}|{digest}"
 
 
 def add_definition(session: Session, *, key: str, document: dict[str, Any], source: str, now: datetime,
@@ -274,11 +283,32 @@ def add_definition(session: Session, *, key: str, document: dict[str, Any], sour
 
 
 def mark_published(session: Session, *, key: str, version: int, now: datetime) -> None:
+    """Publishing a version brings an archived journey back: the archived version is retired like the live one."""
     for row in session.scalars(select(Definition).where(Definition.key == key)):
         if row.version == version:
             row.status, row.published_at = "published", now
-        elif row.status == "published":
+        elif row.status in ("published", "archived"):
             row.status = "retired"
+
+
+def mark_archived(session: Session, *, key: str, archived: bool, now: datetime) -> tuple[int, bool] | None:
+    """Archive the journey's published version (archived) or publish its archived one again (not archived);
+    (the version, whether anything changed), or None when the journey has neither a published nor an
+    archived version (never published: nothing to archive or bring back). An archive is recorded as a
+    migration of kind `archive`, with the status change, so every replica exits the live leads it owns."""
+    rows = list(session.scalars(select(Definition).where(Definition.key == key)))
+    live = next((r for r in rows if r.status == "published"), None)
+    shelved = next((r for r in rows if r.status == "archived"), None)
+    if archived:
+        if live is None:
+            return (shelved.version, False) if shelved is not None else None
+        live.status = "archived"
+        add_migration(session, journey=key, version=live.version, mapping={}, now=now, kind="archive")
+        return live.version, True
+    if shelved is None:
+        return (live.version, False) if live is not None else None
+    shelved.status, shelved.published_at = "published", now
+    return shelved.version, True
 
 
 # -- lead state -------------------------------------------------------------------------------------

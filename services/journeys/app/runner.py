@@ -108,7 +108,7 @@ class JourneySummary:
     priority: int
     published_version: int
     latest_version: int
-    status: str  # published | draft
+    status: str  # published | draft | archived
     templates: list[str] = field(default_factory=list)  # the template keys its published version sends
 
 
@@ -177,6 +177,11 @@ class JourneysRuntime:
                 self.registry.publish(row.key, row.version)
             self.meta.setdefault(row.key, {})[row.version] = VersionInfo(row.version, row.status, row.created_at,
                                                                          row.published_at)
+        # A journey archived (here or by another replica) has no published row: it is live no more.
+        live = {row.key for row in rows if row.status == "published"}
+        for journey in list(self.registry.published()):
+            if journey.key not in live:
+                self.registry.unpublish(journey.key)
 
     async def refresh_definitions(self) -> bool:
         """Learn the versions another replica stored or published since this one last looked (one small
@@ -876,12 +881,34 @@ class JourneysRuntime:
         for v, info in self.meta.get(key, {}).items():
             if v == version:
                 info.status, info.published_at = "published", now
-            elif info.status == "published":
+            elif info.status in ("published", "archived"):
                 info.status = "retired"
         if migrate_leads:
             self._migrations_due = True
             await self.run_migrations()  # this replica's leads now; the other owners' at their next look
         return report
+
+    async def archive(self, key: str, archived: bool) -> tuple[str, int, bool]:
+        """Archive the journey (or bring it back): (its status now, the version, whether it changed). The
+        status is in SQL, so every replica learns it at its next refresh; the live leads' exits are a
+        recorded migration of kind `archive`, carried out by each partition's owner (run_migrations)."""
+        if not self.registry.versions(key):
+            raise NotFound(f"unknown journey {key!r}")
+        now = self.clock.now()
+
+        def mark() -> tuple[int, bool] | None:
+            with self.db.session() as s:
+                return storage.mark_archived(s, key=key, archived=archived, now=now)
+        marked = await self.db.run(mark)
+        if marked is None:
+            raise Invalid(f"journey {key} has no published version to {'archive' if archived else 'bring back'}",
+                          [f"key: {key!r} was never published"])
+        version, changed = marked
+        await self.db.run(self._load_registry)
+        if changed and archived:
+            self._migrations_due = True
+            await self.run_migrations()  # this replica's leads now; the other owners' at their next look
+        return ("archived" if archived else "published"), version, changed
 
     async def run_migrations(self) -> int:
         """Carry out the recorded migrations (publishes with `migrate`) for the leads of the partitions this
@@ -901,6 +928,13 @@ class JourneysRuntime:
         for m in migrations:
             parts = [p for p in owned if (m.id, p) not in done and (m.id, storage.ALL_PARTITIONS) not in done]
             if not parts:
+                continue
+            if m.kind == "archive":
+                try:
+                    moved += await self._exit_archived(m, parts)
+                except Fenced as exc:
+                    log.info("journeys: archive %d of %s stopped: %s", m.id, m.journey, exc)
+                    return moved
                 continue
             new = self.registry.resolve(m.journey, m.version)
             if new is None:  # published by another replica a moment ago: known after the next refresh
@@ -936,6 +970,44 @@ class JourneysRuntime:
         self._migrations_due = False
         return moved
 
+    async def _exit_archived(self, m: storage.MigrationRow, parts: list[int]) -> int:
+        """An archive's exits for the given partitions: every lead live in the journey (any version) that
+        entered before the archive exits with reason "journey archived"; then the partitions are marked."""
+        archived_at = times.utc_or_none(m.created_at)
+        within = None if self.ownership is None else set(parts)
+
+        def leads() -> list[str]:
+            with self.db.session() as s:
+                return sorted({r.lead_id for r in storage.live_of(s, m.journey)
+                               if within is None or self._partition(r.lead_id) in within})
+        exited = 0
+        for lead_id in await self.db.run(leads):
+            async with self._locks.hold(lead_id):
+                state = await self.db.run(self._load, lead_id)
+                if state is None:
+                    continue
+                now = self.clock.now()
+                out = Outcome()
+                for e in list(state.enrollments.values()):
+                    if e.journey == m.journey and e.status in LIVE and (
+                            archived_at is None or e.entered_at <= archived_at):
+                        self.engine.archived(state, e, now, out)
+                if not out.touched:
+                    continue
+                if await self.db.run(self._save, state, out, now):
+                    await self._arm(state, out)
+                    exited += 1
+        now = self.clock.now()
+
+        def mark() -> None:
+            with self.db.session() as s:
+                storage.mark_migrated(s, m.id, parts, now)
+                if self.ownership is not None:
+                    self.ownership.check(s, parts)
+        await self.db.run(mark)
+        log.info("journeys: archive %d of %s: %d leads exited in partitions %s", m.id, m.journey, exited, parts)
+        return exited
+
     async def _migrate_lead(self, lead_id: str, key: str, new: Journey, mapping: Mapping[str, str],
                             published: datetime | None) -> int:
         async with self._locks.hold(lead_id):
@@ -964,10 +1036,11 @@ class JourneysRuntime:
             shown = live or (self.registry.resolve(key, versions[-1]) if versions else None)
             if shown is None:
                 continue
+            archived = live is None and any(i.status == "archived" for i in self.meta.get(key, {}).values())
             out.append(JourneySummary(key=key, name=shown.name, kind=shown.kind, mode=shown.mode,
                                       priority=shown.priority, published_version=live.version if live else 0,
                                       latest_version=versions[-1] if versions else 0,
-                                      status="published" if live else "draft",
+                                      status="published" if live else ("archived" if archived else "draft"),
                                       templates=sorted(set(live.templates())) if live else []))
         return out
 

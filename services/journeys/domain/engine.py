@@ -787,6 +787,12 @@ class Engine:
                      facts={**dict(facts or {}), "last_sent": e.last_sent})
         self._resume_paused(state, now, out)
 
+    def archived(self, state: LeadState, e: Enrollment, now: datetime, out: Outcome) -> None:
+        """The journey was archived: the live enrolment exits (reason ARCHIVED) and the journey's mail still
+        waiting in messaging is withdrawn, as for a lead that left by a rule: a marketer who stops a journey
+        expects nothing more of it to go out."""
+        self._finish(state, e, EXITED, ARCHIVED, now, out, summary=f"exited: {ARCHIVED}", withdraw=True)
+
     # -- running steps ----------------------------------------------------------------------------
 
     def next_effect(self, state: LeadState, ekey: str, now: datetime, out: Outcome, *,
@@ -1206,6 +1212,9 @@ def _instance_tag(e: Enrollment) -> str:
     if len(tag) > 64 or ":" in tag or "@" in tag:
         tag = "h" + hashlib.sha256(tag.encode()).hexdigest()[:24]
     return f"{tag}@"
+
+
+ARCHIVED = "journey archived"  # the exit reason of the leads inside a journey when it is archived
 
 
 def migrate(state: LeadState, e: Enrollment, new: Journey, mapping: Mapping[str, str], now: datetime,

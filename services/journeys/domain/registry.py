@@ -22,6 +22,11 @@ class Registry:
         self._live[key] = version
         self._sorted = None
 
+    def unpublish(self, key: str) -> None:
+        """No version of the journey is live any more (archived): it enters no one."""
+        if self._live.pop(key, None) is not None:
+            self._sorted = None
+
     def resolve(self, key: str, version: int) -> Journey | None:
         return self._by.get((key, version))
 

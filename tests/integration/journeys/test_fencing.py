@@ -297,3 +297,37 @@ async def test_a_bus_batch_arms_every_leads_timers_and_re_arms_them_all_when_unc
     assert await rt.rearm_unarmed() == 3
     assert await armed_leads() == first
     assert await rt.rearm_unarmed() == 0
+
+
+async def test_an_archive_on_one_replica_stops_the_journey_on_every_replica(
+        settings: Settings, parts: tuple[Database, AsyncRedis]) -> None:
+    """Archiving is state in SQL: the replica taking the call exits the leads of its partitions, the other
+    learns of the archive at its next look, exits its own and enters no one; brought back on one replica,
+    the journey is live again on the other."""
+    db, client = parts
+    a, b = _runtime(settings, db, client, "a"), _runtime(settings, db, client, "b")
+    await _split(a, b)
+    assert a.ownership is not None and b.ownership is not None
+    leads = await _family_leads(a, b, 24)
+    ours = {x for x in leads if a.ownership.partition_of(x) in a.ownership.owned()}
+    assert ours and ours != set(leads)
+    assert await a.archive("family", True) == ("archived", 1, True)
+    assert set(_versions(db, "family")) == set(leads) - ours   # b's leads: not written by a
+    assert b.registry.live("family") is not None               # b has not looked yet
+    assert await b.refresh_definitions()
+    assert b.registry.live("family") is None
+    assert {s.key: s.status for s in b.summaries()}["family"] == "archived"
+    for o in (a.ownership, b.ownership):   # the leases renewed, as the loop does (a's exits asked messaging,
+        await o.tick()                      # which is not running here, to withdraw their mail: slow)
+    assert await b.run_migrations() == len(leads) - len(ours)
+    assert _versions(db, "family") == {}
+    with db.session() as s:
+        reasons = set(s.scalars(select(storage.EnrollmentRow.outcome).where(storage.EnrollmentRow.journey == "family")))
+    assert reasons == {"journey archived"}
+    assert await a.run_migrations() == 0 and await b.run_migrations() == 0   # done, per partition
+    late = await _family_leads(a, b, 30)   # fm24..fm29 are new: no replica enters them
+    assert _versions(db, "family") == {} and len(late) == 30
+
+    assert await b.archive("family", False) == ("published", 1, True)
+    assert await a.refresh_definitions() and a.registry.live("family") is not None
+    assert await a.archive("family", False) == ("published", 1, False)   # idempotent

@@ -200,6 +200,24 @@ class PublishReply(_message.Message):
     report_json: str
     def __init__(self, version: _Optional[int] = ..., published: _Optional[bool] = ..., report_json: _Optional[str] = ...) -> None: ...
 
+class ArchiveRequest(_message.Message):
+    __slots__ = ("key", "archived")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    ARCHIVED_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    archived: bool
+    def __init__(self, key: _Optional[str] = ..., archived: _Optional[bool] = ...) -> None: ...
+
+class ArchiveReply(_message.Message):
+    __slots__ = ("status", "version", "changed")
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    CHANGED_FIELD_NUMBER: _ClassVar[int]
+    status: str
+    version: int
+    changed: bool
+    def __init__(self, status: _Optional[str] = ..., version: _Optional[int] = ..., changed: _Optional[bool] = ...) -> None: ...
+
 class AnalyticsRequest(_message.Message):
     __slots__ = ("key", "to", "without_stages")
     KEY_FIELD_NUMBER: _ClassVar[int]

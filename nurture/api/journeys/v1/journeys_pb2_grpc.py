@@ -54,6 +54,11 @@ class JourneysStub:
                 request_serializer=nurture_dot_api_dot_journeys_dot_v1_dot_journeys__pb2.PublishRequest.SerializeToString,
                 response_deserializer=nurture_dot_api_dot_journeys_dot_v1_dot_journeys__pb2.PublishReply.FromString,
                 _registered_method=True)
+        self.Archive = channel.unary_unary(
+                '/nurture.api.journeys.v1.Journeys/Archive',
+                request_serializer=nurture_dot_api_dot_journeys_dot_v1_dot_journeys__pb2.ArchiveRequest.SerializeToString,
+                response_deserializer=nurture_dot_api_dot_journeys_dot_v1_dot_journeys__pb2.ArchiveReply.FromString,
+                _registered_method=True)
         self.LeadJourneys = channel.unary_unary(
                 '/nurture.api.journeys.v1.Journeys/LeadJourneys',
                 request_serializer=nurture_dot_api_dot_journeys_dot_v1_dot_journeys__pb2.LeadJourneysRequest.SerializeToString,
@@ -118,6 +123,12 @@ class JourneysServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Publish(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Archive(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -193,6 +204,11 @@ def add_JourneysServicer_to_server(servicer, server):
                     servicer.Publish,
                     request_deserializer=nurture_dot_api_dot_journeys_dot_v1_dot_journeys__pb2.PublishRequest.FromString,
                     response_serializer=nurture_dot_api_dot_journeys_dot_v1_dot_journeys__pb2.PublishReply.SerializeToString,
+            ),
+            'Archive': grpc.unary_unary_rpc_method_handler(
+                    servicer.Archive,
+                    request_deserializer=nurture_dot_api_dot_journeys_dot_v1_dot_journeys__pb2.ArchiveRequest.FromString,
+                    response_serializer=nurture_dot_api_dot_journeys_dot_v1_dot_journeys__pb2.ArchiveReply.SerializeToString,
             ),
             'LeadJourneys': grpc.unary_unary_rpc_method_handler(
                     servicer.LeadJourneys,
@@ -343,6 +359,33 @@ class Journeys:
             '/nurture.api.journeys.v1.Journeys/Publish',
             nurture_dot_api_dot_journeys_dot_v1_dot_journeys__pb2.PublishRequest.SerializeToString,
             nurture_dot_api_dot_journeys_dot_v1_dot_journeys__pb2.PublishReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Archive(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nurture.api.journeys.v1.Journeys/Archive',
+            nurture_dot_api_dot_journeys_dot_v1_dot_journeys__pb2.ArchiveRequest.SerializeToString,
+            nurture_dot_api_dot_journeys_dot_v1_dot_journeys__pb2.ArchiveReply.FromString,
             options,
             channel_credentials,
             insecure,
