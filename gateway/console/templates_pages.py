@@ -33,7 +33,7 @@ router = APIRouter(prefix="/console", include_in_schema=False)
 
 PREVIEW_CSP = ("default-src 'none'; style-src 'unsafe-inline'; img-src https: data:; font-src https: data:; "
                "base-uri 'none'; form-action 'none'; frame-ancestors 'self'; sandbox")
-FIELDS = ("subject", "preheader", "body", "text", "topic", "format")
+FIELDS = ("subject", "preheader", "body", "text", "topic", "format", "cta_label", "cta_path")
 # Dynamic blocks the editor inserts: content shown only to some leads (segment, stage, country).
 BLOCKS = {
     "segment": "{% if segment == 'family' %}\n  ...\n{% endif %}",
@@ -179,7 +179,7 @@ def _form(t: templates_api.Template) -> dict[str, str]:
     """A version's text fields as the editor's form holds them (its topic and format too: a draft saved
     here keeps what the version it starts from is about)."""
     return {"subject": t["subject"], "preheader": t["preheader"], "body": t["body"], "text": t["text"],
-            "topic": t["topic"], "format": t["format"]}
+            "topic": t["topic"], "format": t["format"], "cta_label": t["cta_label"], "cta_path": t["cta_path"]}
 
 
 async def _editor(request: Request, current: Session, key: str, form: dict[str, str] | None,

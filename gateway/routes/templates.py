@@ -26,7 +26,7 @@ router = APIRouter(prefix="/v1", tags=["templates"], dependencies=[Depends(requi
                    route_class=DocumentedRoute)
 
 WIDTHS = {"desktop": 600, "phone": 375}   # the viewport a preview is shown in (CSS pixels)
-CONTENT_FIELDS = ("subject", "preheader", "body", "text", "topic", "format", "variants")
+CONTENT_FIELDS = ("subject", "preheader", "body", "text", "topic", "format", "cta_label", "cta_path", "variants")
 TEXT_FIELDS = CONTENT_FIELDS[:-1]
 
 
@@ -88,6 +88,8 @@ class Template(TemplateSummary):
     variants: JsonObject   # variant name → its overrides, as the draft gave them
     topic: str    # what the version's sends are about (its own, else the template's default)
     format: str   # what kind of piece it is (its own, else the template's default)
+    cta_label: str   # the button's label; "": the template's own (its catalog entry's, else "Learn more")
+    cta_path: str    # the button's page (a path, or an https address on the site); "": the template's own
     versions: list[TemplateVersion]
     variables: list[Variable]
 
@@ -136,6 +138,7 @@ async def get_template(m: Mesh, key: str, version: int = 0) -> Template:
             "subject": r.content.subject, "preheader": r.content.preheader, "body": r.content.body,
             "text": r.content.text, "variants": json.loads(r.content.variants_json or "{}"),
             "topic": r.content.topic, "format": r.content.format,
+            "cta_label": r.content.cta_label, "cta_path": r.content.cta_path,
             "versions": [{"version": v.version, "status": v.status, "source": v.source,
                           "created_at": iso(v.created_at, v.HasField("created_at")),
                           "published_at": iso(v.published_at, v.HasField("published_at"))} for v in r.versions],
@@ -162,7 +165,8 @@ def content_message(body: JsonObject) -> messaging_pb2.TemplateContent:
     return messaging_pb2.TemplateContent(
         subject=body.get("subject", ""), preheader=body.get("preheader", ""), body=body.get("body", ""),
         text=body.get("text", ""), variants_json=json.dumps(body.get("variants") or {}),
-        topic=body.get("topic", ""), format=body.get("format", ""))
+        topic=body.get("topic", ""), format=body.get("format", ""), cta_label=body.get("cta_label", ""),
+        cta_path=body.get("cta_path", ""))
 
 
 async def put_draft(m: Mesh, key: str, body: JsonObject, validate_only: bool = False) -> int:

@@ -78,7 +78,7 @@ def _content_input(c: messaging_pb2.TemplateContent) -> dict[str, Any]:
         raise errors.InvalidArgument("variants is not JSON", code="invalid_template",
                                      details={"problems": [f"variants: not JSON: {exc}"]}) from exc
     return {"subject": c.subject, "preheader": c.preheader, "body": c.body, "text": c.text, "variants": variants,
-            "topic": c.topic, "format": c.format}
+            "topic": c.topic, "format": c.format, "cta_label": c.cta_label, "cta_path": c.cta_path}
 
 
 def message_proto(row: Message) -> messaging_pb2.Message:
@@ -173,7 +173,8 @@ class MessagingServicer(messaging_pb2_grpc.MessagingServicer):
             summary=self._summary(detail.row, c.subject), version=detail.shown.version, status=detail.shown.status,
             content=messaging_pb2.TemplateContent(subject=c.subject, preheader=c.preheader, body=c.body, text=c.text,
                                                   variants_json=json.dumps(c.as_dict()["variants"]),
-                                                  topic=about["topic"], format=about["format"]),
+                                                  topic=about["topic"], format=about["format"],
+                                                  cta_label=c.cta_label, cta_path=c.cta_path),
             variables=[messaging_pb2.TemplateVariable(name=n, description=d) for n, d in VARIABLES.items()])
         for v in detail.versions:
             info = reply.versions.add(version=v.version, status=v.status, source=v.source)

@@ -168,6 +168,9 @@ template_versions = Table(
     # (its catalog entry's, else its journey's topic and the catalog's default format).
     Column("topic", String(64), nullable=False, default="", server_default=""),
     Column("format", String(64), nullable=False, default="", server_default=""),
+    # The call to action's label and page (a path or an https address on the site); "": the template's own.
+    Column("cta_label", String(64), nullable=False, default="", server_default=""),
+    Column("cta_path", String(400), nullable=False, default="", server_default=""),
     Column("source", String(16), nullable=False),       # seed | api
     Column("created_at", DateTime, nullable=False),
     Column("published_at", DateTime, nullable=True),

@@ -49,7 +49,8 @@ def _content(row: Mapping[str, Any]) -> TemplateContent:
         subject=str(row["subject"]), preheader=str(row["preheader"]), body=str(row["body"]), text=str(row["text"]),
         variants={n: Variant(str(v.get("subject", "")), str(v.get("preheader", "")), str(v.get("intro", "")),
                              float(v.get("weight", 1.0))) for n, v in raw.items()},
-        topic=str(row["topic"] or ""), format=str(row["format"] or ""))
+        topic=str(row["topic"] or ""), format=str(row["format"] or ""), cta_label=str(row["cta_label"] or ""),
+        cta_path=str(row["cta_path"] or ""))
 
 
 def _version(row: Any) -> TemplateVersion:
@@ -63,7 +64,8 @@ def _version(row: Any) -> TemplateVersion:
 def _values(content: TemplateContent) -> dict[str, object]:
     variants = content.as_dict()["variants"]
     return {"subject": content.subject, "preheader": content.preheader, "body": content.body, "text": content.text,
-            "variants_json": json.dumps(variants, sort_keys=True), "topic": content.topic, "format": content.format}
+            "variants_json": json.dumps(variants, sort_keys=True), "topic": content.topic, "format": content.format,
+            "cta_label": content.cta_label, "cta_path": content.cta_path}
 
 
 class TemplateStore:

@@ -154,6 +154,10 @@ class TemplateLibrary:
         known = self.catalog.formats
         if content.format and known and content.format not in known:
             problems.append(f"format: {content.format!r} is not one of {', '.join(known)}")
+        if content.cta_path and self.catalog.site_path(content.cta_path) is None:
+            # An address elsewhere would make the button a link no one tracks to a site no one checked.
+            problems.append(f"cta_path: {content.cta_path[:200]!r} is not a page of the site "
+                            f"({self.catalog.site_url}): give a path (/plans/family) or an address on it")
         return problems
 
     # --- editing ---------------------------------------------------------------------------------------

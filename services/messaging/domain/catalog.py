@@ -13,13 +13,14 @@ plain-text part; links are wrapped as tracked links by the `track` callable the 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Protocol
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 from zoneinfo import ZoneInfo
 
 from jinja2 import Environment, TemplateError
@@ -29,6 +30,7 @@ from pydantic import BeforeValidator, Field, model_validator
 from nurture import times
 from nurture.datafiles import Strict, load
 from services.messaging.domain.content import (
+    CTA_PATH,
     Compiled,
     ContentError,
     TemplateContent,
@@ -401,6 +403,30 @@ class Catalog:
                                                  else self._text_env.from_string(source))
         return compiled
 
+    def site_path(self, page: str) -> str | None:
+        """A version's CTA page as a path on the site: a path as it is, an https address on the site as its
+        path ("/" for the site itself); None for anything else (another host, http, a query)."""
+        if CTA_PATH.fullmatch(page):
+            return page
+        site = urlsplit(self.site_url)
+        found = urlsplit(page)
+        if (found.scheme != "https" or found.netloc.lower() != site.netloc.lower() or found.query
+                or found.fragment or found.username or found.password):
+            return None
+        path = found.path or "/"
+        return path if CTA_PATH.fullmatch(path) else None
+
+    def with_version_cta(self, spec: TemplateSpec, content: TemplateContent) -> TemplateSpec:
+        """The spec with the version's own CTA label and page, when it names them (made through the API or
+        the console: without, every such template's button said "Learn more" and led to the site root)."""
+        path = self.site_path(content.cta_path) if content.cta_path else None
+        if not content.cta_label and path is None:
+            return spec
+        # A send's own address (a webinar's join link, the owner's booking link) still comes first: it is
+        # the lead's, where the page is the template's.
+        return dataclasses.replace(spec, cta_label=content.cta_label or spec.cta_label,
+                                   cta_path=path if path is not None else spec.cta_path)
+
     def cta_destination(self, spec: TemplateSpec, values: Mapping[str, Any] | None = None) -> str:
         """The CTA's page on the site. A path may use the send's values (`/plans/{{ ctx.get('plan') |
         slug }}`) so the link is the plan's, resource's or webinar's own page; without values (a
@@ -426,7 +452,7 @@ class Catalog:
             compiled = content if content is not None else self.seeded(key)
         except (ContentError, TemplateError) as exc:
             raise RenderError(f"template {key!r} failed to compile: {exc}") from exc
-        spec = self.spec(key)
+        spec = self.with_version_cta(self.spec(key), compiled.content)
         ctx = dict(context or {})
         base = profile_context(lead)
         segment = self._segments.get(base["segment"]) or self._segments.get("") or {}

@@ -32,6 +32,13 @@ MAX_VARIANTS = 8
 # A topic or a format is a slug as the catalog's are (careers_and_skills, cart_v2, case_study):
 # analytics groups by them and its CSV names rows by them, so they are bounded and plain.
 SLUG = re.compile(r"[a-z0-9_]{1,60}")
+# The call to action: a button's label is a few words (the layouts' button holds one line), and its page is
+# a path on the site (`/plans/family`) or an https address on the site, checked against the catalog's
+# site_url by the library. A path is plain: no query or fragment (the send adds its UTM query), no `//`
+# start (another host), no spaces or quotes.
+MAX_CTA_LABEL = 60
+MAX_CTA_PATH = 400
+CTA_PATH = re.compile(r"/(?!/)[A-Za-z0-9._~!$&'()*+,;=:@%/-]*")
 
 # name → what it holds. Lead variables first (what "exists for a lead"), then the send's, then the
 # parts every email carries.
@@ -89,6 +96,23 @@ class ContentInput(Strict):
     variants: dict[str, VariantInput] = Field(default_factory=dict)
     topic: str = ""    # "": the template's default (TemplateContent.topic)
     format: str = ""   # "": the template's default; one of the catalog's formats (the library checks)
+    cta_label: str = Field("", max_length=MAX_CTA_LABEL)   # "": the template's default ("Learn more")
+    cta_path: str = Field("", max_length=MAX_CTA_PATH)     # "": the template's default (the site root)
+
+    @field_validator("cta_label")
+    @classmethod
+    def _label(cls, value: str) -> str:
+        if value != value.strip() or any(ord(c) < 32 or ord(c) == 127 for c in value):
+            raise ValueError("must be one line of text without leading or trailing spaces")
+        return value
+
+    @field_validator("cta_path")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        if value and not (CTA_PATH.fullmatch(value) or value.startswith("https://")):
+            raise ValueError("must be a path on the site (/plans/family: no query, no spaces) or an https address "
+                             "on the site")
+        return value
 
     @field_validator("topic", "format")
     @classmethod
@@ -127,6 +151,10 @@ class TemplateContent:
     # "": the template's own default (its catalog entry's, else its journey's topic and the default format).
     topic: str = ""
     format: str = ""
+    # The call to action's label and page (a path on the site, or an https address on it); "": the
+    # template's own (its catalog entry's, else "Learn more" and the site root).
+    cta_label: str = ""
+    cta_path: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         return {"subject": self.subject, "preheader": self.preheader, "body": self.body, "text": self.text,
@@ -143,7 +171,7 @@ def parse(raw: object) -> tuple[TemplateContent | None, list[str]]:
     return TemplateContent(
         subject=data.subject, preheader=data.preheader, body=data.body, text=data.text,
         variants={n: Variant(v.subject, v.preheader, v.intro, v.weight) for n, v in data.variants.items()},
-        topic=data.topic, format=data.format), []
+        topic=data.topic, format=data.format, cta_label=data.cta_label, cta_path=data.cta_path), []
 
 
 def text_env() -> ImmutableSandboxedEnvironment:

@@ -93,3 +93,28 @@ async def test_the_editor_shows_a_versions_topic_and_format_and_a_draft_saved_th
     assert (saved["topic"], saved["format"]) == ("webinar_followups", "reminder")
     r = await mesh.client.post(f"/console/templates/{KEY}/edit", data={**fields, "format": "podcast"})
     assert r.status_code == 422 and "format: &#39;podcast&#39; is not one of" in r.text
+
+
+async def test_the_editor_shows_and_edits_a_versions_button_label_and_page(mesh: TemplatesMesh) -> None:
+    # The call to action's label and page were catalog.yaml's only: the editor holds them (and the block
+    # editor's form carries them), so a draft saved in the console names them or keeps the API's.
+    body = (await mesh.client.get(f"/v1/templates/{KEY}", headers=mesh.headers("viewer"))).json()
+    body = {k: body[k] for k in ("subject", "preheader", "body", "text")}
+    r = await mesh.client.put(f"/v1/templates/{KEY}", headers=mesh.headers("editor"),
+                              json={**body, "cta_label": "Compare plans", "cta_path": "/plans"})
+    assert r.status_code == 201 and r.json()["version"] == 2, r.text
+    await sign_in(mesh.client, KEYS["editor"])
+    form_page = await mesh.client.get(f"/console/templates/{KEY}/edit")
+    label = re.search(r'name="cta_label" id="f-cta-label" value="([^"]*)"', form_page.text)
+    path = re.search(r'name="cta_path" id="f-cta-path" value="([^"]*)"', form_page.text)
+    assert label and path and (label[1], path[1]) == ("Compare plans", "/plans")
+    blocks = await mesh.client.get(f"/console/templates/{KEY}/blocks")
+    assert '<input type="hidden" name="cta_path" value="/plans">' in blocks.text
+    fields = {**body, "cta_label": "See family plans", "cta_path": "/plans/family", "variants": "{}",
+              "action": "save", "csrf": csrf_of(form_page.text)}
+    r = await mesh.client.post(f"/console/templates/{KEY}/edit", data=fields)
+    assert r.status_code == 200 and 'data-saved="3"' in r.text, r.text
+    saved = (await mesh.client.get(f"/v1/templates/{KEY}?version=3", headers=mesh.headers("viewer"))).json()
+    assert (saved["cta_label"], saved["cta_path"]) == ("See family plans", "/plans/family")
+    r = await mesh.client.post(f"/console/templates/{KEY}/edit", data={**fields, "cta_path": "https://evil.example/"})
+    assert r.status_code == 422 and "cta_path: " in r.text

@@ -379,3 +379,78 @@ async def test_a_template_merges_any_of_the_leads_own_fields(mesh: TemplatesMesh
     assert sent["subject"] == "Your study plan, Mateo", sent
     r = await mesh.client.get("/v1/templates/student.email_01", headers=mesh.headers("viewer"))
     assert "attributes" in {v["name"] for v in r.json()["variables"]}
+
+
+CTA_BODY = ('<mjml><mj-body><mj-section><mj-column><mj-text>Hi {{ first_name }},</mj-text>'
+            '<mj-button href="{{ cta_url }}">{{ cta_label }}</mj-button>'
+            '<mj-text><a href="{{ unsubscribe_url }}">Unsubscribe</a> {{ postal_address }}</mj-text>'
+            '</mj-column></mj-section></mj-body></mjml>')
+CTA_TEXT = ("Hi {{ first_name }},\n{{ cta_label }}: {{ cta_url }}\nUnsubscribe: {{ unsubscribe_url }}\n"
+            "{{ postal_address }}\n")
+
+
+async def test_a_template_made_through_the_api_names_its_buttons_label_and_page(mesh: TemplatesMesh) -> None:
+    """Found by a user: a template made through the API linked its button to the site root with the label
+    "Learn more", and only catalog.yaml could say otherwise. A version now names its call to action's label
+    and page (a path, or an https address on the site), shown on read, used by previews and sends."""
+    key = "family.email_98"
+    editor = mesh.headers("editor")
+    await mesh.add_lead("ana")
+    body = {"subject": "Plans for {{ first_name }}", "body": CTA_BODY, "text": CTA_TEXT,
+            "cta_label": "See the family plans", "cta_path": "/plans/family"}
+    r = await mesh.client.put(f"/v1/templates/{key}", headers=editor, json=body)
+    assert r.status_code == 201, r.text
+    r = await mesh.client.put(f"/v1/templates/{key}", headers=editor, json={
+        **body, "cta_label": "Book a call", "cta_path": "https://www.borderbridge.example/book"})
+    assert r.status_code == 201, r.text
+    r = await mesh.client.put(f"/v1/templates/{key}", headers=editor, json={**body, "cta_label": "", "cta_path": ""})
+    assert r.status_code == 201, r.text
+    r = await mesh.client.post(f"/v1/templates/{key}/publish", headers=editor, json={"version": 1})
+    assert r.status_code == 200, r.text
+
+    got = (await mesh.client.get(f"/v1/templates/{key}?version=1", headers=mesh.headers("viewer"))).json()
+    assert (got["cta_label"], got["cta_path"]) == ("See the family plans", "/plans/family")
+    shown = {}
+    for version in (1, 2, 3):
+        r = await mesh.client.get(f"/v1/templates/{key}/preview?lead_id=ana&version={version}",
+                                  headers=mesh.headers("viewer"))
+        assert r.status_code == 200, r.text
+        shown[version] = r.json()
+    utm = "?utm_source=nurture&utm_medium=email&utm_campaign=family&utm_content=email_98"
+    assert "See the family plans" in shown[1]["html"] and "Learn more" not in shown[1]["html"]
+    assert f"See the family plans: https://www.borderbridge.example/plans/family{utm}" in shown[1]["text"]
+    assert f"Book a call: https://www.borderbridge.example/book{utm}" in shown[2]["text"]
+    # Neither named: the template's own, as before.
+    assert f"Learn more: https://www.borderbridge.example/{utm}" in shown[3]["text"]
+
+    mid = await mesh.send("ana", key)
+    (mail,) = [m for m in mesh.mails() if m["X-Nurture-Message"] == mid]
+    html = mail.get_body(("html",)).get_content()  # type: ignore[union-attr]
+    assert "See the family plans" in html and "Learn more" not in html
+
+
+@pytest.mark.parametrize("fields, problem", [
+    ({"cta_path": "https://evil.example/plans"}, "cta_path: "),      # another site
+    ({"cta_path": "http://www.borderbridge.example/plans"}, "cta_path: "),   # not https
+    ({"cta_path": "//evil.example/plans"}, "cta_path: "),            # another host, protocol-relative
+    ({"cta_path": "plans/family"}, "cta_path: "),                   # not a path from the root
+    ({"cta_path": "/plans?x=1"}, "cta_path: "),                      # the send adds the query
+    ({"cta_path": "/plans/{{ ctx.plan }}"}, "cta_path: "),
+    ({"cta_path": "javascript:alert(1)"}, "cta_path: "),
+    ({"cta_label": "x" * 61}, "cta_label: "),
+    ({"cta_label": "Two\nlines"}, "cta_label: "),
+])
+async def test_a_call_to_action_off_the_site_or_too_long_is_refused_naming_the_field(
+        mesh: TemplatesMesh, fields: dict[str, str], problem: str) -> None:
+    body = {**await content_of(mesh), **fields}
+    for validate_only in ("false", "true"):
+        r = await mesh.client.put(f"/v1/templates/{KEY}?validate_only={validate_only}",
+                                  headers=mesh.headers("editor"), json=body)
+        assert r.status_code == 422, r.text
+        problems = r.json()["error"]["details"]["problems"]
+        assert any(p.startswith(problem) for p in problems), problems
+    r = await mesh.client.put(f"/v1/templates/{KEY}", headers=mesh.headers("editor"),
+                              json={**body, **{name: 3 for name in fields}})
+    assert r.status_code == 422 and set(r.json()["error"]["details"]["fields"]) == set(fields), r.text
+    assert [v["version"] for v in (await mesh.client.get(f"/v1/templates/{KEY}",
+                                                         headers=mesh.headers("viewer"))).json()["versions"]] == [1]

@@ -112,7 +112,7 @@ class TemplateSummary(_message.Message):
     def __init__(self, key: _Optional[str] = ..., published_version: _Optional[int] = ..., latest_version: _Optional[int] = ..., journey: _Optional[str] = ..., category: _Optional[str] = ..., subject: _Optional[str] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., variants: _Optional[int] = ...) -> None: ...
 
 class TemplateContent(_message.Message):
-    __slots__ = ("subject", "preheader", "body", "text", "variants_json", "topic", "format")
+    __slots__ = ("subject", "preheader", "body", "text", "variants_json", "topic", "format", "cta_label", "cta_path")
     SUBJECT_FIELD_NUMBER: _ClassVar[int]
     PREHEADER_FIELD_NUMBER: _ClassVar[int]
     BODY_FIELD_NUMBER: _ClassVar[int]
@@ -120,6 +120,8 @@ class TemplateContent(_message.Message):
     VARIANTS_JSON_FIELD_NUMBER: _ClassVar[int]
     TOPIC_FIELD_NUMBER: _ClassVar[int]
     FORMAT_FIELD_NUMBER: _ClassVar[int]
+    CTA_LABEL_FIELD_NUMBER: _ClassVar[int]
+    CTA_PATH_FIELD_NUMBER: _ClassVar[int]
     subject: str
     preheader: str
     body: str
@@ -127,7 +129,9 @@ class TemplateContent(_message.Message):
     variants_json: str
     topic: str
     format: str
-    def __init__(self, subject: _Optional[str] = ..., preheader: _Optional[str] = ..., body: _Optional[str] = ..., text: _Optional[str] = ..., variants_json: _Optional[str] = ..., topic: _Optional[str] = ..., format: _Optional[str] = ...) -> None: ...
+    cta_label: str
+    cta_path: str
+    def __init__(self, subject: _Optional[str] = ..., preheader: _Optional[str] = ..., body: _Optional[str] = ..., text: _Optional[str] = ..., variants_json: _Optional[str] = ..., topic: _Optional[str] = ..., format: _Optional[str] = ..., cta_label: _Optional[str] = ..., cta_path: _Optional[str] = ...) -> None: ...
 
 class TemplateVersionInfo(_message.Message):
     __slots__ = ("version", "status", "source", "created_at", "published_at")
