@@ -32,4 +32,5 @@ def main() -> None:
         provider.shutdown()
 
 
-main()
+if __name__ == "__main__":  # (not when a multiprocessing child imports the main module again)
+    main()

@@ -1,4 +1,7 @@
 from nurture.service import main
 from services.scoring.server import serve
 
-main("scoring", serve)
+# Guarded: a process that multiprocessing starts (the journeys simulation's workers, from a fork server)
+# imports the parent's main module again, and would start a second server of the service.
+if __name__ == "__main__":
+    main("scoring", serve)
