@@ -448,7 +448,7 @@ class Engine:
             self._move(e, target, now, out)
             e.timed_at = now
         for queued in act.queued():
-            e.side.append(queued)
+            e.queue_side(queued)  # with the anchors as this trigger left them (its own download's)
             e.side_token += 1
             out.side_due.add(e.ekey)
             self._record(out, state, e, now, "trigger", f"queued {queued}: {why}", step_to=queued,
@@ -778,7 +778,7 @@ class Engine:
         if withdraw:
             out.withdrawn.append(Withdrawal(e.journey, e.version, occurrence_prefix(e), reason))
         e.status, e.outcome, e.ended_at, e.due, e.waiting = status, reason, now, None, None
-        e.side.clear()
+        e.clear_side()
         e.token += 1
         state.history.setdefault(e.ekey, {"entries": e.entry})["ended_at"] = iso(now)
         out.touched.add(e.ekey)
@@ -808,12 +808,12 @@ class Engine:
             while i < len(e.side):
                 s = j.steps.get(e.side[i])
                 if not isinstance(s, EffectStep):
-                    e.side.pop(i)
+                    e.unqueue_side(i)
                     continue
                 if held and s.type in ("send", "webhook"):
                     i += 1
                     continue
-                effect = self._effect(state, j, e, s, now, out, side=True)
+                effect = self._effect(state, j, e, s, now, out, side=True, anchors=e.side_anchors_at(i))
                 if effect is not None:
                     return effect
                 # The send was just held by the budget (side_at set): a task or update queued behind it
@@ -907,7 +907,8 @@ class Engine:
         out.touched.add(e.ekey)
 
     def _effect(self, state: LeadState, j: Journey, e: Enrollment, s: EffectStep, now: datetime, out: Outcome, *,
-                side: bool) -> Effect | None:
+                side: bool, anchors: Mapping[str, str] | None = None) -> Effect | None:
+        """`anchors`: a queued side step's own (those of the event that queued it), else the enrolment's."""
         occ = self._occurrence(e, s.id)
         key = dedupe_key(state.lead_id, e, s.id, occ)
         if isinstance(s, SendStep):
@@ -929,7 +930,7 @@ class Engine:
                                  f"{s.id} held by the frequency budget until {iso(slot)}", step_to=s.id)
                     return None
             context = {"subject": s.subject, "cta": s.cta, "brief": s.brief,
-                       "stage": s.stage or e.stage, "url": s.url, **e.anchors}
+                       "stage": s.stage or e.stage, "url": s.url, **(e.anchors if anchors is None else anchors)}
             payload = SendPayload(template=template_of(j, s), channel=channel, category=category, journey=e.journey,
                                   version=e.version, step=s.id,
                                   context={k: v for k, v in context.items() if v is not None},
@@ -974,7 +975,8 @@ class Engine:
             e.last_sent = s.id
         if effect.side:
             if s.id in e.side:
-                e.side.remove(s.id)  # the first queued of its kind: a task may run ahead of a held send
+                # The first queued of its kind (the one next_effect ran): a task may run ahead of a held send.
+                e.unqueue_side(e.side.index(s.id))
             if effect.kind == "send" or e.side_held_by != "budget":
                 e.side_at, e.side_held_by = None, ""  # the held step went: what is queued behind it may go
             return

@@ -44,6 +44,11 @@ class Enrollment:
     visits: dict[str, int] = field(default_factory=dict)
     fired: dict[str, str] = field(default_factory=dict)
     side: list[str] = field(default_factory=list)
+    # Each queued side step's anchors as they were when it was queued (one entry per `side` entry, with
+    # its step id): a side step runs later, and several downloads handled in one batch each move the
+    # anchors, so rendering from the enrolment's anchors sent every queued delivery for the last
+    # resource. None for an entry queued by an older release (it renders with the current anchors).
+    side_anchors: list[dict[str, str] | None] = field(default_factory=list)
     side_token: int = 0
     side_at: datetime | None = None  # when queued side steps may run (the budget can hold them)
     side_held_by: str = ""  # what set side_at: "budget" holds sends only, "retry" holds every side step
@@ -80,6 +85,13 @@ class Enrollment:
         if not self.retries:
             del out["retries"]  # (stored only while a service is away)
         out["side"] = list(self.side)
+        # Stored as [step, anchors] pairs beside `side` (which stays a list of step ids, as an older
+        # release reads it); written only while something is queued.
+        if self.side:
+            out["side_anchors"] = [[step, dict(a) if a is not None else None]
+                                   for step, a in zip(self.side, self._side_anchors(), strict=True)]
+        else:
+            del out["side_anchors"]
         out["engaged_with"] = list(self.engaged_with)
         for k in ("due", "entered_at", "stage_at", "ended_at", "side_at", "timed_at"):
             out[k] = iso(getattr(self, k))
@@ -90,10 +102,46 @@ class Enrollment:
         data = dict(raw)
         for k in ("due", "entered_at", "stage_at", "ended_at", "side_at", "timed_at"):
             data[k] = parse_time(data.get(k))
+        data["side_anchors"] = _side_anchors_from_json(data.get("side") or [], data.get("side_anchors"))
         if not _ENROLLMENT_KEYS.issuperset(data):
             data = {k: v for k, v in data.items() if k in _ENROLLMENT_KEYS} | {
                 "newer": {k: v for k, v in data.items() if k not in _ENROLLMENT_KEYS}}
         return cls(**data)
+
+    def _side_anchors(self) -> list[dict[str, str] | None]:
+        """`side_anchors` aligned with `side` (None where unknown)."""
+        if len(self.side_anchors) != len(self.side):
+            self.side_anchors = [None] * len(self.side)
+        return self.side_anchors
+
+    def queue_side(self, step: str) -> None:
+        """Queue a side step with the anchors it is to render with: the enrolment's as they are now."""
+        self._side_anchors().append(dict(self.anchors))
+        self.side.append(step)
+
+    def unqueue_side(self, i: int) -> None:
+        self._side_anchors().pop(i)
+        self.side.pop(i)
+
+    def clear_side(self) -> None:
+        self.side.clear()
+        self.side_anchors = []
+
+    def side_anchors_at(self, i: int) -> dict[str, str]:
+        """The anchors the queued side step at `i` renders with."""
+        own = self._side_anchors()[i]
+        return self.anchors if own is None else own
+
+
+def _side_anchors_from_json(side: list[str], raw: JsonValue) -> list[dict[str, str] | None]:
+    """The stored [step, anchors] pairs, when they still match `side` step for step; else (a state stored
+    before they existed, or whose queue an older release changed) None for each: the current anchors."""
+    if isinstance(raw, list) and len(raw) == len(side) and all(
+            isinstance(pair, list) and len(pair) == 2 and pair[0] == step
+            for pair, step in zip(raw, side, strict=True)):
+        return [{str(k): str(v) for k, v in pair[1].items()} if isinstance(pair[1], dict) else None
+                for pair in raw]
+    return [None] * len(side)
 
 
 # What Enrollment.to_json writes (its fields but `newer`, whose keys it writes instead).
