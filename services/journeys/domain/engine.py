@@ -735,6 +735,9 @@ class Engine:
         return None
 
     def _apply_pauses(self, state: LeadState, j: Journey, by: Enrollment, now: datetime, out: Outcome) -> None:
+        """Pause the lead's enrolments that `by`'s journey pauses. One with a step due already (its
+        immediate welcome, entered a moment before) runs what is due first and pauses at its next wait
+        (next_effect): those steps were due before the pause."""
         if not j.pauses:
             return
         for e in state.enrollments.values():
@@ -742,10 +745,27 @@ class Engine:
                 continue
             ej = self._resolve(e.journey, e.version)
             if ej and _pauses(j, ej):
-                self._pause(state, e, now, out, by=by)
+                if e.due is not None and e.due <= now and e.waiting != "budget":
+                    e.pause_by = by.ekey
+                    out.touched.add(e.ekey)
+                    self._record(out, state, e, now, "pausing", f"pauses while {by.journey} runs, once the "
+                                 f"step due now ({e.step}) has run", step_from=e.step)
+                else:
+                    self._pause(state, e, now, out, by=by)
+
+    def _pause_after_due_steps(self, state: LeadState, e: Enrollment, now: datetime, out: Outcome) -> None:
+        """The steps that were due when a pausing journey entered have run: pause now if it (or another
+        pausing journey) still runs."""
+        wanted, e.pause_by = e.pause_by, None
+        out.touched.add(e.ekey)
+        pauser = self._pauser(state, e)
+        if pauser is None:
+            return  # the pausing journey ended meanwhile: nothing to pause for
+        by = state.enrollments.get(wanted or "")
+        self._pause(state, e, now, out, by=by if by is not None and by.status == ACTIVE else pauser)
 
     def _pause(self, state: LeadState, e: Enrollment, now: datetime, out: Outcome, by: Enrollment) -> None:
-        e.status = PAUSED
+        e.status, e.pause_by = PAUSED, None
         e.paused_remaining = max(0.0, (e.due - now).total_seconds()) if e.due else None
         e.token += 1
         out.touched.add(e.ekey)
@@ -778,6 +798,7 @@ class Engine:
         if withdraw:
             out.withdrawn.append(Withdrawal(e.journey, e.version, occurrence_prefix(e), reason))
         e.status, e.outcome, e.ended_at, e.due, e.waiting = status, reason, now, None, None
+        e.pause_by = None
         e.clear_side()
         e.token += 1
         state.history.setdefault(e.ekey, {"entries": e.entry})["ended_at"] = iso(now)
@@ -825,6 +846,8 @@ class Engine:
             if e.status != ACTIVE or e.due is None or e.due > now:
                 if e.entry_events and self._entry_triggers(state, j, e, now, out):
                     continue  # an on_entry goto: the run goes on from its target
+                if e.pause_by is not None and e.status == ACTIVE:
+                    self._pause_after_due_steps(state, e, now, out)
                 return None
             if e.step is None:
                 self._finish(state, e, COMPLETED, "end", now, out, summary=f"completed {j.name}")

@@ -55,6 +55,10 @@ class Enrollment:
     engaged: int = 0                # distinct emails of this journey opened or clicked
     engaged_with: list[str] = field(default_factory=list)  # their message ids (the last ENGAGED_KEPT)
     paused_remaining: float | None = None
+    # The enrolment that pauses this one once the steps it had due when that one entered have run (the
+    # engine's _apply_pauses): a lead's segment welcome, due at once, went 11 days late when a trial
+    # started in the same instant. None almost always (then not stored).
+    pause_by: str | None = None
     last_sent: str | None = None
     ended_at: datetime | None = None
     outcome: str | None = None
@@ -84,6 +88,8 @@ class Enrollment:
             del out["entry_events"]  # (almost always: stored only while pending)
         if not self.retries:
             del out["retries"]  # (stored only while a service is away)
+        if self.pause_by is None:
+            del out["pause_by"]  # (stored only until the steps due at a pause have run)
         out["side"] = list(self.side)
         # Stored as [step, anchors] pairs beside `side` (which stays a list of step ids, as an older
         # release reads it); written only while something is queued.
