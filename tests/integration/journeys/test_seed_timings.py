@@ -227,3 +227,25 @@ async def test_a_customer_who_starts_an_assessment_is_not_offered_trial_to_paid(
             await _advance(mesh, 86400)
         pros = await _messages(mesh, "pros")
         assert all(_sent(pros, f"trial_nurture.email_0{n}") for n in (1, 2, 3, 4)), sorted(pros)
+
+
+async def test_a_lead_whose_assessment_starts_as_it_is_created_gets_its_segment_welcome_at_once(
+        settings: Settings, tmp_path: Path) -> None:
+    # Seed, segment workflows: "Immediate: Welcome email". A new lead whose assessment started right after
+    # it was created (before journeys ran its steps) had the segment journey paused by Trial Nurturing
+    # before the welcome went, and got it 11 days later, when Trial Nurturing ended.
+    async with templates_mesh(settings, tmp_path, extra=("crm_sync", "analytics")) as mesh:
+        await mesh.add_lead("quick")
+        r = await mesh.client.post("/v1/events", headers=mesh.headers("editor"), json={
+            "lead_id": "quick", "type": "assessment_started", "properties": {"assessment": "eligibility"}})
+        assert r.status_code == 202, r.text
+        start = await _advance(mesh, 0)
+        await _advance(mesh, 6 * 3600)   # (messaging's minimum gap holds the second email of the moment)
+        messages = await _messages(mesh, "quick")
+        welcome = messages.get("skilled_professional.email_01")
+        assert welcome is not None and welcome["status"] == "sent", messages
+        assert datetime.fromisoformat(welcome["at"]) - start < timedelta(hours=6), (start, messages)
+        r = await mesh.client.get("/v1/leads/quick", headers=mesh.headers("viewer"))
+        assert r.status_code == 200, r.text
+        status = {e["journey"]: e["status"] for e in r.json()["journeys"]}
+        assert status["trial_nurture"] == "active" and status["skilled_professional"] == "paused", status
