@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 
@@ -71,10 +72,15 @@ from services.journeys.domain.steps import (
 OPT_OUT_EVENTS = ("unsubscribed", "spam_reported", HARD_BOUNCED)
 # Messaging's word that an address's unsubscribes were lifted (the person subscribed to email again).
 RESUBSCRIBED = "email_resubscribed"
-MAX_INSTANT_STEPS = 200
+# Steps of its flow one enrolment may run at one instant. A loop without a wait is refused when a
+# definition is stored, but a version stored before that check (a loop whose only wait takes no time)
+# still loads: past this many the enrolment is stopped, with the reason on the timeline, and sends no more.
+MAX_INSTANT_STEPS = 1000
 RETRY_MAX = timedelta(hours=1)  # the longest wait between two tries of a step whose service is away
 ENTRY_EVENTS_KEPT = 8  # events an enrolment keeps for its on_entry triggers until the entry's steps have run
 _TYPES_KEPT = 1024  # event types whose listening journeys one published list remembers
+
+log = logging.getLogger(__name__)
 
 
 class EngineError(Exception):
@@ -842,12 +848,20 @@ class Engine:
                 held = True
                 i += 1
             return None
-        for _ in range(MAX_INSTANT_STEPS):
+        while True:
             if e.status != ACTIVE or e.due is None or e.due > now:
                 if e.entry_events and self._entry_triggers(state, j, e, now, out):
                     continue  # an on_entry goto: the run goes on from its target
                 if e.pause_by is not None and e.status == ACTIVE:
                     self._pause_after_due_steps(state, e, now, out)
+                return None
+            # Counted across calls (an effect step returns, its completion moves on, the next call goes
+            # round again): a loop through a send and a wait of no time returned a send each call.
+            if e.instant_at != now:
+                e.instant_at, e.instant_steps = now, 0
+            e.instant_steps += 1
+            if e.instant_steps > MAX_INSTANT_STEPS:
+                self._stop_instant_loop(state, j, e, now, out)
                 return None
             if e.step is None:
                 self._finish(state, e, COMPLETED, "end", now, out, summary=f"completed {j.name}")
@@ -880,7 +894,16 @@ class Engine:
                     return effect
                 continue
             self._instant(state, j, e, s, now, out)
-        raise EngineError(f"{ekey}: more than {MAX_INSTANT_STEPS} steps at one instant")
+
+    def _stop_instant_loop(self, state: LeadState, j: Journey, e: Enrollment, now: datetime, out: Outcome) -> None:
+        """A loop without a wait (a version stored before such loops were refused): the enrolment is
+        exited with the reason on the lead's timeline, and nothing more of it is sent."""
+        steps = e.instant_steps - 1
+        log.warning("journeys: stopped %s of lead %s (%s v%d) at step %s: %d steps at one instant (a loop "
+                    "without a wait)", e.ekey, state.lead_id, j.key, j.version, e.step, steps)
+        self._finish(state, e, EXITED, "instant_loop", now, out, withdraw=True,
+                     summary=f"stopped: {steps} steps at one instant (a loop without a wait)",
+                     facts={"steps": steps, "step": e.step})
 
     def _too_late(self, state: LeadState, e: Enrollment, s: EffectStep, now: datetime) -> str:
         """Why a step whose moment has passed is skipped (empty when it still runs): `skip_if_late`

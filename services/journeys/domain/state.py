@@ -69,6 +69,11 @@ class Enrollment:
     # Tries in a row that met the receiving service unavailable (the engine's retry_later backs off by
     # it); 0 again once a step is performed.
     retries: int = 0
+    # Steps of the flow run at one instant (`instant_at`), across next_effect calls: the engine's guard
+    # against a loop without a wait that a stored version still holds (MAX_INSTANT_STEPS). Not stored: a
+    # loop runs within one drive of the enrolment, at one `now`.
+    instant_at: datetime | None = None
+    instant_steps: int = 0
     # Keys this release does not know, written by a newer one (during a rolling upgrade the replicas run
     # both): kept as read and written back, so an older replica neither refuses the state nor drops them.
     newer: JsonObject = field(default_factory=dict)
@@ -78,6 +83,7 @@ class Enrollment:
         # runs for each touched enrolment on every commit.
         out = dict(self.__dict__)
         newer = out.pop("newer")
+        del out["instant_at"], out["instant_steps"]
         if newer:
             out = {**newer, **out}
         for k in ("anchors", "visits", "fired"):
@@ -150,8 +156,9 @@ def _side_anchors_from_json(side: list[str], raw: JsonValue) -> list[dict[str, s
     return [None] * len(side)
 
 
-# What Enrollment.to_json writes (its fields but `newer`, whose keys it writes instead).
-_ENROLLMENT_KEYS = frozenset(f.name for f in fields(Enrollment)) - {"newer"}
+# What Enrollment.to_json writes (its fields but `newer`, whose keys it writes instead, and the
+# in-memory step count of the instant).
+_ENROLLMENT_KEYS = frozenset(f.name for f in fields(Enrollment)) - {"newer", "instant_at", "instant_steps"}
 
 
 class ConsentExit(TypedDict, total=False):
