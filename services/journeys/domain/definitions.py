@@ -5,7 +5,9 @@ A definition is a YAML/JSON document (see services/journeys/data/playbook/*.yaml
     key, name, kind (segment | engagement | sequence: the kinds API.md lists), mode (flow | always_on:
     always_on for rule tables every lead listens to, such as the behavioral triggers; the legacy
     `kind: triggers` loads as kind sequence, mode always_on), priority, category (nurture |
-    transactional), reentry (never | always | {after: <duration>}), pauses ([kinds, modes or keys]),
+    transactional), reentry (never | always | {after: <duration>}), pauses ([kinds, modes or keys]: the
+    lead's enrolments of those are paused while this one runs; one with a step due already, e.g. its
+    immediate welcome, runs the steps due then pauses at its next wait),
     entity (event property keying one enrolment per entity, e.g. webinar_id), anchors ({name: event
     property captured at entry, e.g. starts_at}), reanchor_events, stages [{id, name}],
     entry [{name, events, when, reentry?}] (a rule's own reentry, e.g. `always` for a download while the

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 
@@ -71,10 +72,15 @@ from services.journeys.domain.steps import (
 OPT_OUT_EVENTS = ("unsubscribed", "spam_reported", HARD_BOUNCED)
 # Messaging's word that an address's unsubscribes were lifted (the person subscribed to email again).
 RESUBSCRIBED = "email_resubscribed"
-MAX_INSTANT_STEPS = 200
+# Steps of its flow one enrolment may run at one instant. A loop without a wait is refused when a
+# definition is stored, but a version stored before that check (a loop whose only wait takes no time)
+# still loads: past this many the enrolment is stopped, with the reason on the timeline, and sends no more.
+MAX_INSTANT_STEPS = 1000
 RETRY_MAX = timedelta(hours=1)  # the longest wait between two tries of a step whose service is away
 ENTRY_EVENTS_KEPT = 8  # events an enrolment keeps for its on_entry triggers until the entry's steps have run
 _TYPES_KEPT = 1024  # event types whose listening journeys one published list remembers
+
+log = logging.getLogger(__name__)
 
 
 class EngineError(Exception):
@@ -448,7 +454,7 @@ class Engine:
             self._move(e, target, now, out)
             e.timed_at = now
         for queued in act.queued():
-            e.side.append(queued)
+            e.queue_side(queued)  # with the anchors as this trigger left them (its own download's)
             e.side_token += 1
             out.side_due.add(e.ekey)
             self._record(out, state, e, now, "trigger", f"queued {queued}: {why}", step_to=queued,
@@ -735,6 +741,9 @@ class Engine:
         return None
 
     def _apply_pauses(self, state: LeadState, j: Journey, by: Enrollment, now: datetime, out: Outcome) -> None:
+        """Pause the lead's enrolments that `by`'s journey pauses. One with a step due already (its
+        immediate welcome, entered a moment before) runs what is due first and pauses at its next wait
+        (next_effect): those steps were due before the pause."""
         if not j.pauses:
             return
         for e in state.enrollments.values():
@@ -742,10 +751,27 @@ class Engine:
                 continue
             ej = self._resolve(e.journey, e.version)
             if ej and _pauses(j, ej):
-                self._pause(state, e, now, out, by=by)
+                if e.due is not None and e.due <= now and e.waiting != "budget":
+                    e.pause_by = by.ekey
+                    out.touched.add(e.ekey)
+                    self._record(out, state, e, now, "pausing", f"pauses while {by.journey} runs, once the "
+                                 f"step due now ({e.step}) has run", step_from=e.step)
+                else:
+                    self._pause(state, e, now, out, by=by)
+
+    def _pause_after_due_steps(self, state: LeadState, e: Enrollment, now: datetime, out: Outcome) -> None:
+        """The steps that were due when a pausing journey entered have run: pause now if it (or another
+        pausing journey) still runs."""
+        wanted, e.pause_by = e.pause_by, None
+        out.touched.add(e.ekey)
+        pauser = self._pauser(state, e)
+        if pauser is None:
+            return  # the pausing journey ended meanwhile: nothing to pause for
+        by = state.enrollments.get(wanted or "")
+        self._pause(state, e, now, out, by=by if by is not None and by.status == ACTIVE else pauser)
 
     def _pause(self, state: LeadState, e: Enrollment, now: datetime, out: Outcome, by: Enrollment) -> None:
-        e.status = PAUSED
+        e.status, e.pause_by = PAUSED, None
         e.paused_remaining = max(0.0, (e.due - now).total_seconds()) if e.due else None
         e.token += 1
         out.touched.add(e.ekey)
@@ -778,7 +804,8 @@ class Engine:
         if withdraw:
             out.withdrawn.append(Withdrawal(e.journey, e.version, occurrence_prefix(e), reason))
         e.status, e.outcome, e.ended_at, e.due, e.waiting = status, reason, now, None, None
-        e.side.clear()
+        e.pause_by = None
+        e.clear_side()
         e.token += 1
         state.history.setdefault(e.ekey, {"entries": e.entry})["ended_at"] = iso(now)
         out.touched.add(e.ekey)
@@ -814,12 +841,12 @@ class Engine:
             while i < len(e.side):
                 s = j.steps.get(e.side[i])
                 if not isinstance(s, EffectStep):
-                    e.side.pop(i)
+                    e.unqueue_side(i)
                     continue
                 if held and s.type in ("send", "webhook"):
                     i += 1
                     continue
-                effect = self._effect(state, j, e, s, now, out, side=True)
+                effect = self._effect(state, j, e, s, now, out, side=True, anchors=e.side_anchors_at(i))
                 if effect is not None:
                     return effect
                 # The send was just held by the budget (side_at set): a task or update queued behind it
@@ -827,10 +854,20 @@ class Engine:
                 held = True
                 i += 1
             return None
-        for _ in range(MAX_INSTANT_STEPS):
+        while True:
             if e.status != ACTIVE or e.due is None or e.due > now:
                 if e.entry_events and self._entry_triggers(state, j, e, now, out):
                     continue  # an on_entry goto: the run goes on from its target
+                if e.pause_by is not None and e.status == ACTIVE:
+                    self._pause_after_due_steps(state, e, now, out)
+                return None
+            # Counted across calls (an effect step returns, its completion moves on, the next call goes
+            # round again): a loop through a send and a wait of no time returned a send each call.
+            if e.instant_at != now:
+                e.instant_at, e.instant_steps = now, 0
+            e.instant_steps += 1
+            if e.instant_steps > MAX_INSTANT_STEPS:
+                self._stop_instant_loop(state, j, e, now, out)
                 return None
             if e.step is None:
                 self._finish(state, e, COMPLETED, "end", now, out, summary=f"completed {j.name}")
@@ -863,7 +900,16 @@ class Engine:
                     return effect
                 continue
             self._instant(state, j, e, s, now, out)
-        raise EngineError(f"{ekey}: more than {MAX_INSTANT_STEPS} steps at one instant")
+
+    def _stop_instant_loop(self, state: LeadState, j: Journey, e: Enrollment, now: datetime, out: Outcome) -> None:
+        """A loop without a wait (a version stored before such loops were refused): the enrolment is
+        exited with the reason on the lead's timeline, and nothing more of it is sent."""
+        steps = e.instant_steps - 1
+        log.warning("journeys: stopped %s of lead %s (%s v%d) at step %s: %d steps at one instant (a loop "
+                    "without a wait)", e.ekey, state.lead_id, j.key, j.version, e.step, steps)
+        self._finish(state, e, EXITED, "instant_loop", now, out, withdraw=True,
+                     summary=f"stopped: {steps} steps at one instant (a loop without a wait)",
+                     facts={"steps": steps, "step": e.step})
 
     def _too_late(self, state: LeadState, e: Enrollment, s: EffectStep, now: datetime) -> str:
         """Why a step whose moment has passed is skipped (empty when it still runs): `skip_if_late`
@@ -913,7 +959,8 @@ class Engine:
         out.touched.add(e.ekey)
 
     def _effect(self, state: LeadState, j: Journey, e: Enrollment, s: EffectStep, now: datetime, out: Outcome, *,
-                side: bool) -> Effect | None:
+                side: bool, anchors: Mapping[str, str] | None = None) -> Effect | None:
+        """`anchors`: a queued side step's own (those of the event that queued it), else the enrolment's."""
         occ = self._occurrence(e, s.id)
         key = dedupe_key(state.lead_id, e, s.id, occ)
         if isinstance(s, SendStep):
@@ -935,7 +982,7 @@ class Engine:
                                  f"{s.id} held by the frequency budget until {iso(slot)}", step_to=s.id)
                     return None
             context = {"subject": s.subject, "cta": s.cta, "brief": s.brief,
-                       "stage": s.stage or e.stage, "url": s.url, **e.anchors}
+                       "stage": s.stage or e.stage, "url": s.url, **(e.anchors if anchors is None else anchors)}
             payload = SendPayload(template=template_of(j, s), channel=channel, category=category, journey=e.journey,
                                   version=e.version, step=s.id,
                                   context={k: v for k, v in context.items() if v is not None},
@@ -980,7 +1027,8 @@ class Engine:
             e.last_sent = s.id
         if effect.side:
             if s.id in e.side:
-                e.side.remove(s.id)  # the first queued of its kind: a task may run ahead of a held send
+                # The first queued of its kind (the one next_effect ran): a task may run ahead of a held send.
+                e.unqueue_side(e.side.index(s.id))
             if effect.kind == "send" or e.side_held_by != "budget":
                 e.side_at, e.side_held_by = None, ""  # the held step went: what is queued behind it may go
             return

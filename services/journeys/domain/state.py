@@ -44,12 +44,21 @@ class Enrollment:
     visits: dict[str, int] = field(default_factory=dict)
     fired: dict[str, str] = field(default_factory=dict)
     side: list[str] = field(default_factory=list)
+    # Each queued side step's anchors as they were when it was queued (one entry per `side` entry, with
+    # its step id): a side step runs later, and several downloads handled in one batch each move the
+    # anchors, so rendering from the enrolment's anchors sent every queued delivery for the last
+    # resource. None for an entry queued by an older release (it renders with the current anchors).
+    side_anchors: list[dict[str, str] | None] = field(default_factory=list)
     side_token: int = 0
     side_at: datetime | None = None  # when queued side steps may run (the budget can hold them)
     side_held_by: str = ""  # what set side_at: "budget" holds sends only, "retry" holds every side step
     engaged: int = 0                # distinct emails of this journey opened or clicked
     engaged_with: list[str] = field(default_factory=list)  # their message ids (the last ENGAGED_KEPT)
     paused_remaining: float | None = None
+    # The enrolment that pauses this one once the steps it had due when that one entered have run (the
+    # engine's _apply_pauses): a lead's segment welcome, due at once, went 11 days late when a trial
+    # started in the same instant. None almost always (then not stored).
+    pause_by: str | None = None
     last_sent: str | None = None
     ended_at: datetime | None = None
     outcome: str | None = None
@@ -60,6 +69,11 @@ class Enrollment:
     # Tries in a row that met the receiving service unavailable (the engine's retry_later backs off by
     # it); 0 again once a step is performed.
     retries: int = 0
+    # Steps of the flow run at one instant (`instant_at`), across next_effect calls: the engine's guard
+    # against a loop without a wait that a stored version still holds (MAX_INSTANT_STEPS). Not stored: a
+    # loop runs within one drive of the enrolment, at one `now`.
+    instant_at: datetime | None = None
+    instant_steps: int = 0
     # Keys this release does not know, written by a newer one (during a rolling upgrade the replicas run
     # both): kept as read and written back, so an older replica neither refuses the state nor drops them.
     newer: JsonObject = field(default_factory=dict)
@@ -69,6 +83,7 @@ class Enrollment:
         # runs for each touched enrolment on every commit.
         out = dict(self.__dict__)
         newer = out.pop("newer")
+        del out["instant_at"], out["instant_steps"]
         if newer:
             out = {**newer, **out}
         for k in ("anchors", "visits", "fired"):
@@ -79,7 +94,16 @@ class Enrollment:
             del out["entry_events"]  # (almost always: stored only while pending)
         if not self.retries:
             del out["retries"]  # (stored only while a service is away)
+        if self.pause_by is None:
+            del out["pause_by"]  # (stored only until the steps due at a pause have run)
         out["side"] = list(self.side)
+        # Stored as [step, anchors] pairs beside `side` (which stays a list of step ids, as an older
+        # release reads it); written only while something is queued.
+        if self.side:
+            out["side_anchors"] = [[step, dict(a) if a is not None else None]
+                                   for step, a in zip(self.side, self._side_anchors(), strict=True)]
+        else:
+            del out["side_anchors"]
         out["engaged_with"] = list(self.engaged_with)
         for k in ("due", "entered_at", "stage_at", "ended_at", "side_at", "timed_at"):
             out[k] = iso(getattr(self, k))
@@ -90,14 +114,51 @@ class Enrollment:
         data = dict(raw)
         for k in ("due", "entered_at", "stage_at", "ended_at", "side_at", "timed_at"):
             data[k] = parse_time(data.get(k))
+        data["side_anchors"] = _side_anchors_from_json(data.get("side") or [], data.get("side_anchors"))
         if not _ENROLLMENT_KEYS.issuperset(data):
             data = {k: v for k, v in data.items() if k in _ENROLLMENT_KEYS} | {
                 "newer": {k: v for k, v in data.items() if k not in _ENROLLMENT_KEYS}}
         return cls(**data)
 
+    def _side_anchors(self) -> list[dict[str, str] | None]:
+        """`side_anchors` aligned with `side` (None where unknown)."""
+        if len(self.side_anchors) != len(self.side):
+            self.side_anchors = [None] * len(self.side)
+        return self.side_anchors
 
-# What Enrollment.to_json writes (its fields but `newer`, whose keys it writes instead).
-_ENROLLMENT_KEYS = frozenset(f.name for f in fields(Enrollment)) - {"newer"}
+    def queue_side(self, step: str) -> None:
+        """Queue a side step with the anchors it is to render with: the enrolment's as they are now."""
+        self._side_anchors().append(dict(self.anchors))
+        self.side.append(step)
+
+    def unqueue_side(self, i: int) -> None:
+        self._side_anchors().pop(i)
+        self.side.pop(i)
+
+    def clear_side(self) -> None:
+        self.side.clear()
+        self.side_anchors = []
+
+    def side_anchors_at(self, i: int) -> dict[str, str]:
+        """The anchors the queued side step at `i` renders with."""
+        own = self._side_anchors()[i]
+        return self.anchors if own is None else own
+
+
+def _side_anchors_from_json(side: list[str], raw: JsonValue) -> list[dict[str, str] | None]:
+    """The stored [step, anchors] pairs, when they still match `side` step for step; else (a state stored
+    before they existed, or whose queue an older release changed) None for each: the current anchors."""
+    if isinstance(raw, list) and len(raw) == len(side) and all(
+            isinstance(pair, list) and len(pair) == 2 and pair[0] == step
+            for pair, step in zip(raw, side, strict=True)):
+        return [{str(k): str(v) for k, v in pair[1].items()} if isinstance(pair[1], dict) else None
+                for pair in raw]
+    return [None] * len(side)
+
+
+# What Enrollment.to_json writes (its fields but `newer`, whose keys it writes instead, and the
+# in-memory step count of the instant).
+_ENROLLMENT_KEYS = frozenset(f.name for f in fields(Enrollment)) - {"newer", "instant_at", "instant_steps"}
 
 
 class ConsentExit(TypedDict, total=False):

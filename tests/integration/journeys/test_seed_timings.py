@@ -227,3 +227,50 @@ async def test_a_customer_who_starts_an_assessment_is_not_offered_trial_to_paid(
             await _advance(mesh, 86400)
         pros = await _messages(mesh, "pros")
         assert all(_sent(pros, f"trial_nurture.email_0{n}") for n in (1, 2, 3, 4)), sorted(pros)
+
+
+async def test_a_lead_whose_assessment_starts_as_it_is_created_gets_its_segment_welcome_at_once(
+        settings: Settings, tmp_path: Path) -> None:
+    # Seed, segment workflows: "Immediate: Welcome email". A new lead whose assessment started right after
+    # it was created (before journeys ran its steps) had the segment journey paused by Trial Nurturing
+    # before the welcome went, and got it 11 days later, when Trial Nurturing ended.
+    async with templates_mesh(settings, tmp_path, extra=("crm_sync", "analytics")) as mesh:
+        await mesh.add_lead("quick")
+        r = await mesh.client.post("/v1/events", headers=mesh.headers("editor"), json={
+            "lead_id": "quick", "type": "assessment_started", "properties": {"assessment": "eligibility"}})
+        assert r.status_code == 202, r.text
+        start = await _advance(mesh, 0)
+        await _advance(mesh, 6 * 3600)   # (messaging's minimum gap holds the second email of the moment)
+        messages = await _messages(mesh, "quick")
+        welcome = messages.get("skilled_professional.email_01")
+        assert welcome is not None and welcome["status"] == "sent", messages
+        assert datetime.fromisoformat(welcome["at"]) - start < timedelta(hours=6), (start, messages)
+        r = await mesh.client.get("/v1/leads/quick", headers=mesh.headers("viewer"))
+        assert r.status_code == 200, r.text
+        status = {e["journey"]: e["status"] for e in r.json()["journeys"]}
+        assert status["trial_nurture"] == "active" and status["skilled_professional"] == "paused", status
+
+
+async def test_downloads_posted_together_each_get_their_own_resource_delivered(
+        settings: Settings, tmp_path: Path) -> None:
+    # Seed, Lead Magnet sequence: "Immediate: deliver lead magnet". Downloads handled in one batch (here
+    # posted before the clock moves) each queued the delivery again, and every one of them named the last
+    # resource: a lead who downloaded guides 1..5 got five emails for Guide 5.
+    async with templates_mesh(settings, tmp_path, extra=("crm_sync", "analytics")) as mesh:
+        await mesh.add_lead("reader")
+        r = await mesh.client.post("/v1/events", headers=mesh.headers("editor"), json={
+            "lead_id": "reader", "type": "resource_downloaded",
+            "properties": {"resource": "guide-0", "resource_title": "Guide Zero"}})
+        assert r.status_code == 202, r.text
+        await _advance(mesh, 0)
+        titles = ["Guide One", "Guide Two", "Guide Three", "Guide Four", "Guide Five"]
+        r = await mesh.client.post("/v1/events:batch", headers=mesh.headers("editor"), json={"events": [
+            {"lead_id": "reader", "type": "resource_downloaded",
+             "properties": {"resource": f"guide-{i + 1}", "resource_title": title}}
+            for i, title in enumerate(titles)]})
+        assert r.status_code == 202 and r.json()["accepted"] == 5, r.text
+        await _advance(mesh, 6 * 3600)
+        bodies = [" ".join(str(part.get_content()).split()) for m in mesh.mails()
+                  if (part := m.get_body(preferencelist=("plain",))) is not None]
+        thanked = [title for body in bodies for title in ["Guide Zero", *titles] if f"downloading {title}." in body]
+        assert sorted(thanked) == sorted(["Guide Zero", *titles]), thanked

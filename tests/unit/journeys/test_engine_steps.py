@@ -1286,3 +1286,52 @@ def test_retries_in_a_row_back_off_to_an_hour_and_start_again_after_a_step_is_pe
     assert effect is not None
     m.engine.complete(m.state, effect, at, out, status="sent", message_id="m-1")
     assert e.retries == 0 and "retries" not in e.to_json()   # stored only while a service is away
+
+
+def test_a_stored_loop_whose_wait_takes_no_time_is_stopped_after_the_cap_with_the_reason() -> None:
+    """A loop whose only wait takes no time is refused when a definition is stored now, but a version
+    stored before that check still loads: it sent its transactional email forever at one instant (each
+    next_effect call ran a few steps and returned the send). Stopped at MAX_INSTANT_STEPS steps."""
+    from services.journeys.domain.engine import MAX_INSTANT_STEPS
+
+    loop = journey("loop", [{"id": "email_01", "type": "send"}, {"id": "w", "type": "wait", "delay": "0s"},
+                            {"id": "again", "type": "jump", "to": "email_01"}])
+    m = Mini(loop)
+    m.n += 1
+    m.take(m.engine.on_message(m.state, bus_message("m1", "l-1", "ping", lead=dict(m.lead),
+                                                    occurred_at=iso(m.now)), m.now))
+    out = Outcome()
+    while (effect := m.engine.next_effect(m.state, "loop", m.now, out, side=False)) is not None:
+        m.effects.append(effect)
+        assert len(m.effects) <= MAX_INSTANT_STEPS, "the loop was never stopped"
+        m.engine.complete(m.state, effect, m.now, out, status="sent")
+    m.take(out)
+    e = m.e("loop")
+    assert (e.status, e.outcome, e.due) == (EXITED, "instant_loop", None)
+    # Three steps a round: a send every third step, none past the cap.
+    assert len(m.effects) == MAX_INSTANT_STEPS // 3 + (MAX_INSTANT_STEPS % 3 > 0)
+    said = f"loop: stopped: {MAX_INSTANT_STEPS} steps at one instant (a loop without a wait)"
+    assert said in m.log, m.log[-3:]
+    assert m.types[-1] == "exited"
+    # Nothing more, later either.
+    m.at(days=1)
+    assert m.engine.next_effect(m.state, "loop", m.now, Outcome()) is None
+
+
+def test_many_steps_at_one_instant_are_counted_again_at_the_next() -> None:
+    """The cap is per instant: a long flow that runs part of its steps now and the rest later is not stopped."""
+    from services.journeys.domain.engine import MAX_INSTANT_STEPS
+
+    steps: list[dict[str, Any]] = []
+    per = MAX_INSTANT_STEPS // 2 - 100   # a round's steps, under the cap; three rounds are over it
+    for i in range(3):
+        steps += [{"id": f"j{i}_{k}", "type": "jump", "to": f"j{i}_{k + 1}"} for k in range(per)]
+        steps += [{"id": f"j{i}_{per}", "type": "wait", "delay": "1h"}]
+    steps.append({"id": "hello", "type": "send"})
+    m = Mini(journey("long", steps))
+    m.message("ping")
+    m.at(hours=1)
+    m.at(hours=2)
+    m.at(hours=3)
+    assert 3 * per > MAX_INSTANT_STEPS
+    assert [f.step for f in m.effects] == ["hello"] and m.e("long").status == COMPLETED

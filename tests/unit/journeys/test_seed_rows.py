@@ -151,3 +151,49 @@ def test_trial_nurturing_is_for_prospects_not_customers(stage: str | None) -> No
     sent = [k for k in h.sent if ":trial_nurture:" in k]
     assert ("trial_nurture" in h.state.enrollments) is (stage != "customer")
     assert bool([k for k in sent if ":email_07:" in k]) is (stage != "customer"), sent
+
+
+def _handled_together(h: Harness, *events: tuple[str, dict[str, Any]]) -> None:
+    """Messages the service handles one after another before it runs the steps they made due (a lead
+    created and its trial started in the same second)."""
+    for i, (etype, props) in enumerate(events):
+        msg = BusMessage(id=f"t{i}", lead_id=h.state.lead_id, type=etype, properties=props,
+                         lead=LeadSnapshot.from_dict(h.lead), occurred_at=iso(h.now))
+        h.transitions += [t.summary for t in h.engine.on_message(h.state, msg, h.now).transitions]
+    h.drive()
+
+
+@pytest.mark.parametrize(("etype", "props"), [("assessment_started", {"assessment": "eligibility"}),
+                                              ("trial_started", {"ends_at": iso(T0 + timedelta(days=14))})],
+                         ids=["assessment", "trial"])
+def test_a_segment_welcome_due_at_once_goes_before_trial_nurturing_pauses_the_segment_journey(
+        etype: str, props: dict[str, str]) -> None:
+    """Seed, segment workflows: "Immediate: Welcome email". A new lead whose assessment or trial started
+    right after it was created had its segment journey paused by Trial Nurturing before the welcome ran,
+    and got it 11 days later, when Trial Nurturing ended."""
+    from services.journeys.domain.state import ACTIVE, PAUSED
+
+    h = Harness()
+    h.lead["lifecycle_stage"] = "lead"
+    _handled_together(h, ("lead_created", {}), (etype, props))
+    welcome = [at for k, at in h.sent_at if ":skilled_professional:1:email_01:" in k]
+    assert welcome == [timedelta(0)], (h.sent, h.transitions)
+    assert h.state.enrollments["trial_nurture"].status == ACTIVE
+    segment = h.state.enrollments["skilled_professional"]
+    assert segment.status == PAUSED and segment.pause_by is None
+    assert any("paused while trial_nurture runs" in t for t in h.transitions), h.transitions
+    h.advance(days=10)
+    assert not [k for k in h.sent if ":skilled_professional:1:email_02:" in k], "paused while the trial runs"
+
+
+def test_a_segment_journey_whose_welcome_went_is_paused_at_once() -> None:
+    """The usual case is unchanged: nothing due, the pause is immediate and keeps the time left."""
+    from services.journeys.domain.state import PAUSED
+
+    h = Harness()
+    h.lead["lifecycle_stage"] = "lead"
+    h.message("lead_created")
+    h.advance(hours=2)
+    h.message("assessment_started", assessment="eligibility")
+    segment = h.state.enrollments["skilled_professional"]
+    assert segment.status == PAUSED and segment.paused_remaining == timedelta(hours=22).total_seconds()

@@ -87,3 +87,77 @@ def test_a_third_download_of_bottom_funnel_content_emails_and_alerts_sales_at_on
     assert len([k for k in h.sent if ":resources_3plus:" in k]) == 1
     assert len(_sales_tasks(h)) == 1
     assert h.state.enrollments["triggers"].side == []
+
+
+def _batch(h: Harness, *props: dict[str, str]) -> None:
+    """Messages handled one after another before any effect is performed (a backlog after a restart,
+    quick downloads, a clock advance), then the effects performed."""
+    from nurture.busmessage import BusMessage, LeadSnapshot
+
+    for i, p in enumerate(props):
+        msg = BusMessage(id=f"batch{i}", lead_id=h.state.lead_id, type="resource_downloaded", properties=p,
+                         lead=LeadSnapshot.from_dict(h.lead), occurred_at=iso(h.now))
+        h.transitions += [t.summary for t in h.engine.on_message(h.state, msg, h.now).transitions]
+    h.drive()
+
+
+def _delivered(h: Harness) -> list[tuple[str, str]]:
+    from services.journeys.domain.state import SendPayload
+
+    return [(str(e.payload.context.get("resource")), str(e.payload.context.get("resource_title")))
+            for e in h.effects if isinstance(e.payload, SendPayload) and e.step == "deliver_again"]
+
+
+def test_downloads_handled_in_one_batch_each_deliver_their_own_resource() -> None:
+    """lead_magnet's `deliver_again` queued by several downloads before it ran rendered every one with
+    the last download's anchors: a lead who downloaded guides 1..19 got 19 emails for guide-19."""
+    h = Harness()
+    h.message("lead_created")
+    h.message("resource_downloaded", resource="guide-0", resource_title="Guide 0")
+    _batch(h, *({"resource": f"guide-{i}", "resource_title": f"Guide {i}"} for i in range(1, 20)))
+    assert _delivered(h) == [(f"guide-{i}", f"Guide {i}") for i in range(1, 20)]
+    # The sequence's follow-ups still speak of the latest.
+    assert h.state.enrollments["lead_magnet"].anchors["resource"] == "guide-19"
+    assert h.state.enrollments["lead_magnet"].side == []
+
+
+def test_queued_side_steps_keep_their_anchors_through_the_stored_state() -> None:
+    """The queue is stored between the trigger and the run (the service commits in between)."""
+    import json
+
+    from services.journeys.domain.state import Enrollment
+
+    h = Harness()
+    h.message("lead_created")
+    h.message("resource_downloaded", resource="guide-0", resource_title="Guide 0")
+    for i in (1, 2):
+        msg_props = {"resource": f"guide-{i}", "resource_title": f"Guide {i}"}
+        from nurture.busmessage import BusMessage, LeadSnapshot
+
+        h.engine.on_message(h.state, BusMessage(id=f"b{i}", lead_id="l-1", type="resource_downloaded",
+                                                properties=msg_props, lead=LeadSnapshot.from_dict(h.lead),
+                                                occurred_at=iso(h.now)), h.now)
+    e = h.state.enrollments["lead_magnet"]
+    raw = json.loads(json.dumps(e.to_json()))
+    assert raw["side"] == ["deliver_again", "deliver_again"]   # as an older release reads it
+    h.state.enrollments["lead_magnet"] = Enrollment.from_json(raw)
+    h.drive()
+    assert _delivered(h) == [("guide-1", "Guide 1"), ("guide-2", "Guide 2")]
+
+
+def test_a_side_queue_stored_by_an_older_release_still_loads_and_runs() -> None:
+    import json
+
+    from services.journeys.domain.state import Enrollment
+
+    h = Harness()
+    h.message("lead_created")
+    h.message("resource_downloaded", resource="guide-0", resource_title="Guide 0")
+    raw = json.loads(json.dumps(h.state.enrollments["lead_magnet"].to_json()))
+    raw["side"] = ["deliver_again"]   # an older release's queue: step ids only, no side_anchors
+    raw.pop("side_anchors", None)
+    h.state.enrollments["lead_magnet"] = Enrollment.from_json(raw)
+    assert h.state.enrollments["lead_magnet"].newer == {}
+    h.drive()
+    assert _delivered(h) == [("guide-0", "Guide 0")]   # its anchors: the enrolment's, as before
+    assert "side_anchors" not in h.state.enrollments["lead_magnet"].to_json()
