@@ -13,7 +13,7 @@ from fastapi import APIRouter, Depends, Header, Request
 from gateway.convert import parse_time, require_object
 from gateway.deps import ApiError, Mesh, json_body, json_body_items, mesh, require_key
 from gateway.shapes import DocumentedRoute, TypedDict
-from nurture import datafiles, jsoncodec, limits, times
+from nurture import datafiles, jsoncodec, limits, revenue, times
 from nurture.api.messaging.v1 import messaging_pb2, messaging_pb2_grpc
 from nurture.api.scoring.v1 import scoring_pb2, scoring_pb2_grpc
 from nurture.jsontypes import JsonObject, JsonValue
@@ -29,6 +29,7 @@ DATA = Path(__file__).parents[1] / "data" / "events.yaml"
 class EventRules(datafiles.Strict):
     required: list[str] = []
     choices: dict[str, list[str]] = {}
+    revenue: bool = False   # a won deal's: `amount` and `currency` checked and converted (nurture.revenue)
 
 
 class EventProperties(datafiles.Strict):
@@ -72,6 +73,38 @@ def property_problems(type_: JsonValue, props: JsonObject) -> dict[str, str]:
             if props.get(name) is not None and props[name] not in allowed:
                 problems.setdefault(f"properties.{name}", f"must be one of {', '.join(allowed)} for {type_}")
     return problems
+
+
+def with_revenue(type_: JsonValue, props: JsonObject, problems: dict[str, str]) -> JsonObject:
+    """A won deal's properties with its `revenue` in the one currency reports add up (`revenue_currency`)
+    and its `currency` as the code read, as crm_sync's ReportDeal gives them; problems added by field.
+    An amount in any currency was counted as it was, and a text amount silently as 0; a caller's own
+    `revenue` would have been counted in place of the amount, so it is replaced."""
+    own = event_properties().events.get(type_) if isinstance(type_, str) else None
+    if own is None or not own.revenue:
+        return props
+    amount = props.get("amount", 0)
+    if amount is None:
+        amount = 0
+    currency = props.get("currency", "")
+    if currency is None:
+        currency = ""
+    if (why := revenue.amount_problem(amount)) is not None:
+        problems["properties.amount"] = why
+        return props
+    if not isinstance(currency, str):
+        problems["properties.currency"] = "must be a string (an ISO 4217 code)"
+        return props
+    rates = revenue.load_rates()
+    assert isinstance(amount, int | float)
+    try:
+        converted, code = revenue.convert(rates, float(amount), currency, "properties.currency",
+                                          "properties.amount")
+    except ValueError as exc:
+        name = "properties.amount" if str(exc).startswith("properties.amount") else "properties.currency"
+        problems[name] = str(exc).removeprefix(f"{name} ")
+        return props
+    return {**props, "currency": code, "revenue": converted, "revenue_currency": rates.currency}
 
 
 class EventAccepted(TypedDict):
@@ -127,6 +160,7 @@ def to_event(raw: JsonValue, header_key: str | None = None, now: datetime | None
         problems["properties"] = "must be an object"
     else:
         problems.update(property_problems(type_, props))
+        props = with_revenue(type_, props, problems)
     key = body.get("idempotency_key", header_key)
     if key is not None and (not isinstance(key, str) or not key or len(key) > 200):
         problems["idempotency_key"] = "must be a non-empty string of at most 200 characters"

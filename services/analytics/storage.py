@@ -31,6 +31,7 @@ from sqlalchemy import (
     text,
     true,
     union_all,
+    update,
 )
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
@@ -155,6 +156,7 @@ class Fold:
         self.dwell: dict[tuple[Any, ...], int] = defaultdict(int)
         self.touches: list[dict[str, Any]] = []
         self.won: list[dict[str, Any]] = []
+        self.amended: dict[tuple[str, str], float] = {}  # a stored win's amount now, by (its id, its lead)
         self.entered: set[str] = set()  # leads that entered a journey stage in this batch
         self.dl: dict[tuple[Any, ...], list[int]] = defaultdict(lambda: [0] * len(DELIVERABILITY_MEASURES))
         self.snow: dict[tuple[date, str, str], list[int]] = defaultdict(lambda: [0, 0, 0])
@@ -205,6 +207,8 @@ class Fold:
                 changed_leads.add(f.lead_id)
             elif f.kind == "score":
                 continue
+            elif f.kind == "won_amount":
+                self._won_amount(f)
             elif f.kind == "won":
                 st = scores.setdefault(f.lead_id, [None, NO_TS, False])
                 st[2] = True
@@ -216,6 +220,7 @@ class Fold:
                 if f.message_id:
                     changed_msgs.add(f.message_id)
                 self._engagement(f, msgs.setdefault(f.message_id, _Msg()) if f.message_id else None, paths)
+        self._amend_wins()  # before `_sequence_rates` reads the stored wins' amounts
         self._sequence_rates(winners)  # before `_write` stores this batch's touches and wins
         self._write(msgs, changed_msgs, lead_state, changed_leads, paths)
         _upsert(self.s, deliveries, [dict(zip(("message_id", *_DELIVERY_FLAGS), (k, *dstate[k]), strict=True))
@@ -225,6 +230,23 @@ class Fold:
                      strict=True)) for k, v in sorted(self.dl.items())], add=DELIVERABILITY_MEASURES)
         self._won_entries(winners | self.entered, paths)
         self._score_now(before, scores, paths, changed_scores)
+
+    def _won_amount(self, f: Fact) -> None:
+        """A won deal's amount now: the win (heard in this batch, or stored) counts it from here on, in every
+        report that adds revenue; the deal is still one conversion at the time it was won."""
+        for w in self.won:
+            if w["id"] == f.deal and w["lead_id"] == f.lead_id:
+                w["amount"] = f.amount
+                return
+        self.amended[(f.deal, f.lead_id)] = f.amount
+
+    def _amend_wins(self) -> None:
+        # The stored win and the content sequences credited to it (which carry its amount for their report);
+        # only the lead's own win (an event naming another lead's win changes nothing).
+        for (deal, lead_id), amount in self.amended.items():
+            self.s.execute(update(won).where(won.c.id == deal, won.c.lead_id == lead_id).values(amount=amount))
+            self.s.execute(update(deal_sequences).where(deal_sequences.c.deal == deal,
+                                                        deal_sequences.c.lead_id == lead_id).values(amount=amount))
 
     def _scores(self, leads_: Sequence[str]) -> dict[str, list[Any]]:
         """These leads' [score now, its time in microseconds, won] as stored."""

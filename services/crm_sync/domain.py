@@ -22,7 +22,7 @@ from pydantic import Field
 from nurture import times
 from nurture.datafiles import DataFileError, Open, Seconds, Strict, read_yaml, validate
 from nurture.jsontypes import JsonMapping, JsonObject
-from nurture.limits import MAX_SAFE_INTEGER
+from nurture.revenue import Rates, convert
 from nurture.rules import CompiledRules, Match, RuleSpec, compile_rules
 
 POLICIES = ("prefer_crm_unless_blank", "always_crm", "most_recent", "do_not_sync", "always_platform")
@@ -200,21 +200,9 @@ def revenue(cfg: SyncConfig, amount: float, currency: str) -> tuple[float, str]:
     """A deal's amount in the currency revenue is counted in, and the deal's currency code as read (no
     code: that currency, as a CRM of one currency sends none). Reports add amounts up, so one in another
     currency is converted at sync.yaml's rate; a currency without a rate is an InputError's text, raised
-    by the caller (ValueError), since adding it as it is would count 100 JPY as 100 USD."""
-    code = currency.strip().upper() or cfg.revenue_currency
-    if not _CURRENCY.fullmatch(code):
-        raise ValueError("deal.currency must be an ISO 4217 code of three letters (e.g. USD), or empty")
-    if code == cfg.revenue_currency:
-        return amount, code
-    rate = cfg.rates.get(code)
-    if rate is None:
-        raise ValueError(f"deal.currency {code} has no exchange rate to {cfg.revenue_currency}, the currency revenue"
-                         f" is counted in: add it to sync.yaml revenue.rates (or send the amount in"
-                         f" {cfg.revenue_currency})")
-    converted = round(amount * rate, 2)
-    if not converted <= MAX_SAFE_INTEGER:
-        raise ValueError(f"deal.amount in {cfg.revenue_currency} is past {MAX_SAFE_INTEGER}")
-    return converted, code
+    by the caller (ValueError), since adding it as it is would count 100 JPY as 100 USD. The same
+    conversion as an `opportunity_won` posted through the API (nurture.revenue)."""
+    return convert(Rates(cfg.revenue_currency, cfg.rates), amount, currency, "deal.currency", "deal.amount")
 
 
 def _span(d: timedelta) -> str:

@@ -34,6 +34,9 @@ DELIVERABILITY_KINDS = {
     "spam_reported": "complaint",
 }
 WON_EVENT = "opportunity_won"      # crm_sync's event for a deal reported `closed_won` (sync.yaml deal_events)
+# crm_sync's event for a won deal reported again with its amount then (a correction in the CRM, or the deal
+# reopened and won again): the win stays one, counted at this amount. It names the win's event.
+AMOUNT_EVENT = "opportunity_amount_changed"
 STAGE_EVENT = "stage_changed"      # scoring's lifecycle change, published beside the event that caused it
 SCORE_EVENT = "score_changed"      # scoring's score change, likewise: a lead's score now (score progression)
 
@@ -44,7 +47,7 @@ class Fact:
 
     id: str
     kind: str            # sent | opened | clicked | bounced | unsubscribed | soft_bounced | complaint | stage | won
-    #                      | score
+    #                      | score | won_amount
     lead_id: str
     at: datetime         # when it happened (the event's occurred_at), UTC
     segment: str = ""    # the lead's segment when it happened
@@ -57,7 +60,8 @@ class Fact:
     format: str = ""
     previous: str = ""   # lifecycle stage before a `stage` fact
     since: datetime | None = None  # a `stage` fact: when the lead was created (dwell of its first stage)
-    amount: float = 0.0  # a `won` fact: the deal's amount
+    amount: float = 0.0  # a `won` fact: the deal's amount; a `won_amount` fact: the deal's amount now
+    deal: str = ""       # a `won_amount` fact: the id of the `won` fact whose amount it sets
     score: int | None = None  # the lead's score then (the bus snapshot's), when it carried one
     domain: str = ""     # an email's sending domain, as messaging's guards count it
     provider: str = ""   # the recipient's mailbox provider (messaging's deliverability.yaml)
@@ -124,18 +128,27 @@ def _fact(etype: JsonValue, message_id: JsonValue, lead: JsonValue, occurred_at:
             return None
         return Fact(id=mid, kind="score", lead_id=lead_id, at=at, segment=segment, score=score)
     if etype == WON_EVENT:
-        # crm_sync's deal carries `revenue`, its amount in the one currency revenue is counted in (sync.yaml),
-        # beside the `amount` and `currency` the CRM reported; a won event without it (posted through the
-        # API, or recorded before) counts its `amount`.
-        try:
-            amount = float((props["revenue"] if "revenue" in props else props.get("amount")) or 0)
-        except (TypeError, ValueError):
-            amount = 0.0
-        # An amount that is no finite number (a "nan" or "inf" string) is no revenue either: it would poison
-        # every sum it entered, and the facts record's JSON has no form for it. Nor is one past I-JSON's
-        # safe integers: two near a double's top (1.7e308) sum to infinity, and every report that adds
-        # revenue over their days answered 500 (PostgreSQL's sum refuses with an overflow).
-        return Fact(id=mid, kind="won", lead_id=lead_id, at=at, segment=segment,
-                    amount=max(amount, 0.0) if math.isfinite(amount) and amount <= MAX_SAFE_INTEGER else 0.0,
+        return Fact(id=mid, kind="won", lead_id=lead_id, at=at, segment=segment, amount=_revenue(props),
                     score=score)
+    if etype == AMOUNT_EVENT:
+        deal = _text(props.get("won_event_id"))
+        if not deal:
+            return None
+        return Fact(id=mid, kind="won_amount", lead_id=lead_id, at=at, segment=segment, amount=_revenue(props),
+                    deal=deal)
     return None
+
+
+def _revenue(props: JsonMapping) -> float:
+    """A won deal's revenue. crm_sync's deal carries `revenue`, its amount in the one currency revenue is
+    counted in (sync.yaml), beside the `amount` and `currency` the CRM reported; a won event without it
+    (posted through the API, or recorded before) counts its `amount`."""
+    try:
+        amount = float((props["revenue"] if "revenue" in props else props.get("amount")) or 0)
+    except (TypeError, ValueError):
+        amount = 0.0
+    # An amount that is no finite number (a "nan" or "inf" string) is no revenue either: it would poison
+    # every sum it entered, and the facts record's JSON has no form for it. Nor is one past I-JSON's
+    # safe integers: two near a double's top (1.7e308) sum to infinity, and every report that adds
+    # revenue over their days answered 500 (PostgreSQL's sum refuses with an overflow).
+    return max(amount, 0.0) if math.isfinite(amount) and amount <= MAX_SAFE_INTEGER else 0.0

@@ -77,6 +77,18 @@ def _micros(at: datetime) -> int:
 _ONCE_PER_DEAL = ("closed_won",)
 
 
+# A won deal's later amount (the CRM corrected it, or the deal was reopened and won again) is this event:
+# the win itself stays one per deal (scoring answers a second one a duplicate), so the event names the
+# win's event (`won_event_id`) and analytics sets that win's revenue to this amount.
+AMOUNT_EVENT = "opportunity_amount_changed"
+
+
+def _deal_state(stage: str, revenue: float) -> str:
+    """What our record keeps of a deal to tell a change the platform acts on: its stage, and a won deal's
+    revenue (a won deal whose amount changed is such a change: AMOUNT_EVENT)."""
+    return f"{stage} {revenue!r}" if stage in _ONCE_PER_DEAL else stage
+
+
 def _deal_key(crm: str, d: DealIn, lead_id: str, modified_at: datetime) -> str:
     """The idempotency key of a deal stage's event. A win is one per deal (and lead: a deal moved to
     another contact's lead is that lead's win): a deal won, reopened and won again fed a second
@@ -107,9 +119,12 @@ class InboundActivities(Proposals):
 
     async def _feed(self, crm: str, kind: str, object_id: str, lead_id: str, modified_at: datetime,
                     state: str, event: scoring_pb2.Event | None, summary: str, details: JsonObject,
-                    then: Callable[[Session, datetime], object] | None = None) -> InboundResult:
+                    then: Callable[[Session, datetime], object] | None = None,
+                    again: Callable[[str], scoring_pb2.Event] | None = None) -> InboundResult:
         """Common path of activities and deals: staleness by the CRM's modification time, the event to
-        scoring (idempotent by key), then our record and the timeline."""
+        scoring (idempotent by key), then our record and the timeline. `again`: when scoring answers the
+        event a duplicate (a deal's win heard before), the event that carries what changed since, made
+        from the first event's id."""
         # One version of the object at a time across replicas (the lease), so scoring hears its versions
         # in order; the record, judged again under its row lock as it is written, stops a late holder.
         async with self.object_locks.hold(f"{crm}:{kind}:{object_id}"):
@@ -126,17 +141,10 @@ class InboundActivities(Proposals):
                 event = None  # a later edit that changes nothing the platform acts on: timeline only
             event_id = ""
             if event is not None:
-                try:
-                    reply = await self.scoring.IngestEvents(scoring_pb2.IngestRequest(events=[event]),
-                                                            timeout=DEADLINE_S)
-                except grpc.aio.AioRpcError as exc:
-                    if exc.code() in TRANSIENT:
-                        raise ScoringUnavailable(exc.details() or exc.code().name) from exc
-                    raise InputError(exc.details() or exc.code().name) from exc
-                res = reply.results[0]
-                if res.error_code:
-                    raise InputError(f"{res.error_code}: {res.error_message}")
+                res = await self._ingest(event)
                 event_id = res.event_id
+                if res.duplicate and again is not None:
+                    await self._ingest(again(event_id))
             now = self.clock.now()
 
             def write(s: Session) -> str:
@@ -162,6 +170,18 @@ class InboundActivities(Proposals):
                 return "recorded" if not stored else "updated"
 
             return InboundResult(lead_id, await self.writer.submit(write), event_id)
+
+    async def _ingest(self, event: scoring_pb2.Event) -> scoring_pb2.EventResult:
+        try:
+            reply = await self.scoring.IngestEvents(scoring_pb2.IngestRequest(events=[event]), timeout=DEADLINE_S)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() in TRANSIENT:
+                raise ScoringUnavailable(exc.details() or exc.code().name) from exc
+            raise InputError(exc.details() or exc.code().name) from exc
+        res: scoring_pb2.EventResult = reply.results[0]
+        if res.error_code:
+            raise InputError(f"{res.error_code}: {res.error_message}")
+        return res
 
     async def record_activity(self, crm: str, a: ActivityIn) -> InboundResult:
         if not a.activity_id or len(a.activity_id) > MAX_OBJECT_ID:
@@ -234,8 +254,22 @@ class InboundActivities(Proposals):
             lead_id=lead_id, type=etype, properties_json=json.dumps(props), source="crm",
             idempotency_key=_deal_key(crm, d, lead_id, d.modified_at))
         event.occurred_at.FromDatetime(d.modified_at)
-        return await self._feed(crm, "deal", d.deal_id, lead_id, d.modified_at, d.stage, event,
+        again: Callable[[str], scoring_pb2.Event] | None = None
+        if d.stage in _ONCE_PER_DEAL:
+            modified = d.modified_at
+            # Won before (scoring's duplicate): the win keeps its time and is counted once, but its revenue
+            # is this report's amount (a correction in the CRM, 500 then 700, stayed 500 in every report).
+            def amount_changed(won_event_id: str) -> scoring_pb2.Event:
+                changed = scoring_pb2.Event(
+                    lead_id=lead_id, type=AMOUNT_EVENT, source="crm",
+                    properties_json=json.dumps({**props, "kind": "deal_amount", "won_event_id": won_event_id}),
+                    idempotency_key=f"crm:{crm}:deal:{d.deal_id}:amount:{_micros(modified)}")
+                changed.occurred_at.FromDatetime(modified)
+                return changed
+
+            again = amount_changed
+        return await self._feed(crm, "deal", d.deal_id, lead_id, d.modified_at, _deal_state(d.stage, revenue), event,
                                 f"Deal {d.deal_id} is {d.stage}"
                                 + (f" ({d.amount:g} {currency})" if d.amount else ""),
                                 {"deal_id": d.deal_id, "stage": d.stage, "amount": d.amount,
-                                 "reason": d.reason}, then=then)
+                                 "reason": d.reason}, then=then, again=again)

@@ -22,7 +22,7 @@ from nurture import times
 from nurture.jsontypes import JsonObject, JsonValue
 from nurture.rules import InvalidRule
 from services.scoring import storage as st
-from services.scoring.domain.rules import ScoringModel, validate_model
+from services.scoring.domain.rules import ScoringModel, order_problems, validate_model
 
 SAMPLE = 100      # changed leads listed in a publish reply
 CHUNK = 500       # leads per transaction when publishing
@@ -100,6 +100,8 @@ class ModelVersions:
             newest = int(st.newest_model_version(s) or 0)
             document = {**definition, "version": newest + 1}
             problems = validate_model(document)
+            # Only a new draft: a stored or published model in this order still loads (rules.order_problems).
+            problems += [p for p in order_problems(document) if p not in problems]
             if not problems:
                 try:  # what validation cannot see (a condition the engine refuses) shows up compiling
                     compiled = ScoringModel(document)

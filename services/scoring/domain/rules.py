@@ -459,6 +459,37 @@ def validate_model(definition: JsonValue) -> list[str]:
     return problems
 
 
+def _minimum(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def order_problems(definition: JsonMapping) -> list[str]:
+    """A draft's grades and stage thresholds out of order: grades are listed best first, each needing more
+    fit points than the next (A at 20 below B at 25 graded a lead of 22 fit points an A and one of 30 a B),
+    and the score thresholds rise along lifecycle.order (mql at 80 above sql at 70: a lead of 75 was an
+    sql, and no score ever made one an mql). Checked on a new draft only: a model stored or published before still
+    loads and scores as it did."""
+    problems: list[str] = []
+    grades = definition.get("grades")
+    if isinstance(grades, Mapping):
+        listed = [(str(g), m) for g, v in grades.items() if (m := _minimum(v)) is not None]
+        for (better, high), (worse, low) in zip(listed, listed[1:], strict=False):
+            if high <= low:
+                problems.append(f"grades.{better}: {high} must be above grades.{worse} ({low}): grades are listed"
+                                " best first, each needing more fit points than the next")
+    life = definition.get("lifecycle")
+    if isinstance(life, Mapping) and isinstance(life.get("order"), list) and isinstance(life.get("thresholds"),
+                                                                                       Mapping):
+        rank = {str(stage): i for i, stage in enumerate(life["order"])}
+        rising = sorted(((rank[str(st)], str(st), m) for st, v in life["thresholds"].items()
+                         if str(st) in rank and (m := _minimum(v)) is not None))
+        for (_, earlier, low), (_, later, high) in zip(rising, rising[1:], strict=False):
+            if low >= high:
+                problems.append(f"lifecycle.thresholds.{earlier}: {low} must be below lifecycle.thresholds.{later}"
+                                f" ({high}): {earlier} comes before {later} in lifecycle.order")
+    return problems
+
+
 def load_model(path: Path = MODEL_PATH) -> ScoringModel:
     """model.yaml, validated and compiled; an InvalidRule (a DataFileError) listing every problem."""
     return ScoringModel(read_yaml(path))

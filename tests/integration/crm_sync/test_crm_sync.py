@@ -602,3 +602,30 @@ async def test_a_deal_won_reopened_and_won_again_is_one_win(mesh: Mesh) -> None:
     assert types.count("opportunity_won") == 1 and types.count("opportunity_lost") == 1, types
     crm_lines = [i.type for i in await mesh.timeline(r.lead_id) if i.type.startswith("deal_")]
     assert crm_lines == ["deal_recorded", "deal_updated", "deal_updated", "deal_updated"]
+
+
+async def test_a_won_deals_amount_change_reaches_scoring_naming_the_win(mesh: Mesh) -> None:
+    """A deal still closed_won whose amount the CRM corrected (500, then 700 at a later modified_at) was a
+    `deal_updated` line and no event, so every revenue report kept 500. The win stays one event; the new
+    amount goes as `opportunity_amount_changed` naming the win's event (analytics counts the win at it),
+    as does the amount of a deal reopened and won again."""
+    t0 = mesh.clock.now()
+    crm_id = remote_contact(mesh, "fix@example.com")
+    [r] = await upsert(mesh, contact(crm_id, "fix@example.com", t0, first_name="Fix"))
+    results = []
+    for minutes, stage, amount, currency in ((0, "closed_won", 500, "USD"), (1, "closed_won", 700, "USD"),
+                                             (2, "closed_won", 700, "USD"), (3, "negotiation", 700, "USD"),
+                                             (4, "closed_won", 600, "EUR")):
+        d = crm_sync_pb2.Deal(deal_id="d-fix", crm_id=crm_id, stage=stage, amount=amount, currency=currency)
+        d.modified_at.FromDatetime(t0 + timedelta(minutes=minutes))
+        results.append(await mesh.crm.ReportDeal(crm_sync_pb2.ReportDealRequest(deal=d), metadata=AUTH, timeout=5))
+    assert [x.status for x in results] == ["recorded", "updated", "updated", "updated", "updated"]
+    won_id = results[0].event_id
+    assert won_id and results[1].event_id == won_id  # the win is one event
+    reply = await mesh.scoring_admin.Timeline(common_pb2.TimelineRequest(lead_id=r.lead_id), timeout=5)
+    events = [(i.type, json.loads(i.details_json).get("properties", {})) for i in reply.items if i.kind == "event"]
+    assert [t for t, _ in events].count("opportunity_won") == 1, events
+    # 700 once (the same amount again is no change), then the re-won deal's 600 EUR at sync.yaml's rate.
+    changed = sorted((p["won_event_id"], p["deal_id"], p["amount"], p["currency"], p["revenue"])
+                     for t, p in events if t == "opportunity_amount_changed")
+    assert changed == [(won_id, "d-fix", 600, "EUR", 648.0), (won_id, "d-fix", 700, "USD", 700)], events

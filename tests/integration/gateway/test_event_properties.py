@@ -34,6 +34,19 @@ AUTH = {"Authorization": "Bearer test-key"}
     ({"type": "assessment_completed", "properties": {"score": True}}, "properties.score", "must be a number"),
     ({"type": "page_viewed", "properties": {"category": {"x": 1}}}, "properties.category", "must be a string"),
     ({"type": "trial_started", "properties": {"ends_at": "next week"}}, "properties.ends_at", "RFC 3339"),
+    # A won deal's amount was counted as it came: a text one silently as 0 revenue, one in yen as dollars.
+    ({"type": "opportunity_won", "properties": {"amount": "5000"}}, "properties.amount", "must be a number"),
+    ({"type": "opportunity_won", "properties": {"amount": -5}}, "properties.amount", "from 0 to"),
+    ({"type": "opportunity_won", "properties": {"amount": 2.0 ** 60}}, "properties.amount", "from 0 to"),
+    ({"type": "opportunity_won", "properties": {"amount": True}}, "properties.amount", "must be a number"),
+    ({"type": "opportunity_won", "properties": {"amount": 10000, "currency": "JPY"}}, "properties.currency",
+     "JPY has no exchange rate to USD"),
+    ({"type": "opportunity_won", "properties": {"amount": 100, "currency": "dollars"}}, "properties.currency",
+     "must be an ISO 4217 code"),
+    ({"type": "opportunity_won", "properties": {"amount": 100, "currency": 840}}, "properties.currency",
+     "must be a string"),
+    ({"type": "opportunity_amount_changed", "properties": {"amount": 100}}, "properties.won_event_id",
+     "is required"),
 ])
 async def test_a_canonical_property_of_the_wrong_kind_is_a_422_naming_it(
         api: tuple[httpx.AsyncClient, FastAPI, Running], event: dict, field: str, why: str) -> None:
@@ -76,3 +89,22 @@ def test_the_event_properties_file_names_only_known_kinds() -> None:
     rules = event_properties()
     assert rules.events["webinar_registered"].required == ["starts_at", "webinar_id"]
     assert {"starts_at", "ends_at"} <= {k for k, v in rules.kinds.items() if v == "time"}
+
+
+async def test_a_won_deal_posted_counts_its_amount_converted_to_the_revenue_currency(
+        api: tuple[httpx.AsyncClient, FastAPI, Running]) -> None:
+    """As a CRM's deal (services/crm_sync/data/sync.yaml `revenue`): 100 EUR is 108 USD of revenue, an amount
+    without a currency is in USD, and a caller's own `revenue` is replaced by the checked one."""
+    client, _, _ = api
+    client.headers.update(AUTH)
+    assert (await client.post("/v1/leads", json={"id": "ev-won"})).status_code == 201
+    for key, props in (("w-eur", {"amount": 100, "currency": "eur", "deal_id": "d1"}),
+                       ("w-usd", {"amount": 250.5, "revenue": 1e9, "revenue_currency": "XXX"})):
+        r = await client.post("/v1/events", json={"lead_id": "ev-won", "type": "opportunity_won",
+                                                  "idempotency_key": key, "properties": props})
+        assert r.status_code == 202, r.text
+    timeline = (await client.get("/v1/leads/ev-won/timeline")).json()["items"]
+    won = sorted((i["details"]["properties"]["amount"], i["details"]["properties"]["currency"],
+                  i["details"]["properties"]["revenue"], i["details"]["properties"]["revenue_currency"])
+                 for i in timeline if i["kind"] == "event" and i["type"] == "opportunity_won")
+    assert won == [(100, "EUR", 108.0, "USD"), (250.5, "USD", 250.5, "USD")], timeline

@@ -240,3 +240,32 @@ async def test_a_negative_rule_at_the_floor_leaves_the_score_its_history_shows(
     assert [(s["rule"], s["delta"], s["score_after"]) for s in scores][-2:] == [
         ("careers_page", -10, 0), ("engagement_burst", 5, 5)]
     assert lead["score"] == scores[-1]["score_after"] == 5
+
+
+async def test_a_draft_with_grades_or_thresholds_out_of_order_is_a_422_listing_each(
+        api: tuple[httpx.AsyncClient, FastAPI, Running]) -> None:
+    """Grade A needing fewer fit points than B, or the mql threshold above the sql one, was stored and
+    published silently: leads graded B above A's, and no score ever made a lead an mql."""
+    client, _app, _ = api
+    live = (await client.get("/v1/scoring/model", headers=AUTH)).json()
+    bad = copy.deepcopy(live["definition"])
+    bad["grades"] = {"A": 20, "B": 25, "C": 25}
+    bad["lifecycle"]["thresholds"] = {"lead": 10, "mql": 80, "sql": 70}
+    expected = [
+        "grades.A: 20 must be above grades.B (25): grades are listed best first, each needing more fit points"
+        " than the next",
+        "grades.B: 25 must be above grades.C (25): grades are listed best first, each needing more fit points"
+        " than the next",
+        "lifecycle.thresholds.mql: 80 must be below lifecycle.thresholds.sql (70): mql comes before sql in"
+        " lifecycle.order",
+    ]
+    for query in ("", "?validate_only=true"):
+        r = await client.put(f"/v1/scoring/model{query}", headers=AUTH, json=bad)
+        assert r.status_code == 422 and r.json()["error"]["details"]["problems"] == expected, r.text
+    assert (await client.get("/v1/scoring/model", headers=AUTH)).json()["versions"] == live["versions"]
+    # In order, the same draft is stored.
+    good = copy.deepcopy(bad)
+    good["grades"] = {"A": 35, "B": 25, "C": 10}
+    good["lifecycle"]["thresholds"] = {"lead": 10, "mql": 50, "sql": 70}
+    r = await client.put("/v1/scoring/model", headers=AUTH, json=good)
+    assert r.status_code == 201, r.text

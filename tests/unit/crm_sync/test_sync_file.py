@@ -83,3 +83,12 @@ def test_a_qualification_rule_names_its_status(tmp_path: Path) -> None:
     with pytest.raises(DataFileError) as err:
         domain.load_config(write(tmp_path, doc))
     assert err.value.problems == ["qualification.rules no_status: needs a status (a non-empty string)"]
+
+
+def test_the_gateway_converts_a_posted_win_at_the_rates_crm_sync_loads() -> None:
+    # An opportunity_won posted through the API is converted by nurture.revenue from the same file's part.
+    from nurture import revenue
+    cfg = domain.load_config()
+    rates = revenue.load_rates()
+    assert (rates.currency, rates.rates) == (cfg.revenue_currency, cfg.rates) and rates.rates
+    assert revenue.convert(rates, 100, "eur") == domain.revenue(cfg, 100, "eur") == (108.0, "EUR")

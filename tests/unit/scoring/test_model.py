@@ -12,7 +12,7 @@ import pytest
 from nurture.datafiles import DataFileError
 from nurture.rules import InvalidRule
 from services.scoring.domain.profile import apply_outcome, decayed_score
-from services.scoring.domain.rules import ScoringModel, load_model, validate_model
+from services.scoring.domain.rules import ScoringModel, load_model, order_problems, validate_model
 
 NOW = datetime(2026, 3, 1, 9, tzinfo=UTC)
 
@@ -370,3 +370,15 @@ def test_a_lifecycle_without_thresholds_or_events_is_a_model() -> None:
 def test_decay_stops_at_its_floor_and_never_raises_a_score(score: int, after: int) -> None:
     # A lead under the floor (scored before a model with a higher floor) went up to it when it went quiet.
     assert decayed_score(score, {"points": -5, "floor": 10}) == after
+
+
+def test_a_stored_model_with_grades_or_thresholds_out_of_order_still_loads() -> None:
+    # Refused on a new draft only (order_problems, in put_draft): a version stored before still compiles
+    # and scores as it did, so scoring starts with it.
+    definition = _seed_with(lambda d: (d["grades"].update(A=20, B=25),
+                                       d["lifecycle"]["thresholds"].update(mql=80, sql=70)))
+    assert validate_model(definition) == []
+    model = ScoringModel(definition)
+    assert model.stage_for("lead", 75, None) == "sql"
+    assert [p.split(":")[0] for p in order_problems(definition)] == ["grades.A", "lifecycle.thresholds.mql"]
+    assert order_problems(load_model().definition) == []
