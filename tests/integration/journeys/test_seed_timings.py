@@ -227,3 +227,23 @@ async def test_a_customer_who_starts_an_assessment_is_not_offered_trial_to_paid(
             await _advance(mesh, 86400)
         pros = await _messages(mesh, "pros")
         assert all(_sent(pros, f"trial_nurture.email_0{n}") for n in (1, 2, 3, 4)), sorted(pros)
+
+
+async def test_a_bottom_funnel_video_the_model_scores_alerts_sales(settings: Settings, tmp_path: Path) -> None:
+    # Seed, Engagement Acceleration Triggers: "Engages with bottom-funnel content | +15 points | Alert sales
+    # team for outreach". A bottom-funnel video scored +15 and alerted no one: the trigger row heard pages
+    # and downloads only, the scoring model videos too.
+    async with templates_mesh(settings, tmp_path, extra=("crm_sync", "analytics")) as mesh:
+        await mesh.add_lead("bf")
+        await _advance(mesh, 0)
+        r = await mesh.client.post("/v1/events", headers=mesh.headers("editor"), json={
+            "lead_id": "bf", "type": "video_watched", "properties": {"category": "bottom_funnel"}})
+        assert r.status_code == 202, r.text
+        await _advance(mesh, 60)
+        r = await mesh.client.get("/v1/leads/bf", headers=mesh.headers("viewer"))
+        assert r.status_code == 200 and r.json()["score"] == 15, r.text
+        r = await mesh.client.get("/v1/leads/bf/timeline", headers=mesh.headers("viewer"))
+        assert r.status_code == 200, r.text
+        fired = [i for i in r.json()["items"] if i["kind"] == "journey" and i["type"] == "trigger"
+                 and i["details"]["rule"] == "bottom_funnel"]
+        assert fired and fired[0]["details"]["step_to"] == "bottom_funnel", r.json()["items"]
