@@ -36,7 +36,8 @@ async def test_the_spans_of_an_event_name_its_lead_and_event(settings: Settings,
         await consumer.drain()
     finished = spans.get_finished_spans()
     by_name = {s.name: _attrs(s) for s in finished if _attrs(s).get(telemetry.LEAD_ID) == "t"}
-    for name in ("/nurture.api.scoring.v1.Scoring/IngestEvents", "ingest", "bus handle trace-test"):
+    for name in ("POST /v1/events", "/nurture.api.scoring.v1.Scoring/IngestEvents", "ingest",
+                 "bus handle trace-test"):
         assert name in by_name, sorted(by_name)
         assert by_name[name][telemetry.EVENT_ID] == event_id, (name, by_name[name])
     # Only where the ids are known, and on no span of its own: the SQL and Redis spans carry none.
