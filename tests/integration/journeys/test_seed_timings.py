@@ -247,3 +247,7 @@ async def test_a_bottom_funnel_video_the_model_scores_alerts_sales(settings: Set
         fired = [i for i in r.json()["items"] if i["kind"] == "journey" and i["type"] == "trigger"
                  and i["details"]["rule"] == "bottom_funnel"]
         assert fired and fired[0]["details"]["step_to"] == "bottom_funnel", r.json()["items"]
+        # and crm_sync made the row's task ("Bottom-funnel engagement: reach out"), journeys' dedupe key
+        tasks = [i for i in r.json()["items"] if i["kind"] == "crm" and i["type"] == "task_created"
+                 and ":triggers:" in i["details"]["dedupe_key"]]
+        assert [t["details"]["kind"] for t in tasks] == ["sales_alert"], r.json()["items"]
