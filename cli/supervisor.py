@@ -105,13 +105,25 @@ def port_open(host: str, port: int) -> bool:
         return s.connect_ex((host, port)) == 0
 
 
+def _last_line(log: Path) -> str:
+    """The last line a child wrote (its reason to exit: a port in use names the port), or ""."""
+    try:
+        with open(log, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 4096))
+            lines = f.read().decode("utf-8", "replace").strip().splitlines()
+    except OSError:
+        return ""
+    return lines[-1][:500] if lines else ""
+
+
 def wait_port(host: str, port: int, what: str, child: Child, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if port_open(host, port):
             return
         if not child.alive():
-            raise SystemExit(f"{what} exited during start-up; see {child.log}")
+            last = _last_line(child.log)
+            raise SystemExit(f"{what} exited during start-up{f': {last}' if last else ''}; see {child.log}")
         time.sleep(0.1)
     raise SystemExit(f"{what} did not listen on {host}:{port} within {timeout:.0f} s; see {child.log} "
                      "(on a busy machine give it longer: NURTURE_START_TIMEOUT_S=<seconds>)")

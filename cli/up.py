@@ -213,8 +213,11 @@ def up(args: argparse.Namespace) -> int:
     if bounce_port and any(c.name == "messaging" for c in children) and port_open("127.0.0.1", bounce_port):
         busy.append(("messaging's bounce receiver (NURTURE_BOUNCE_SMTP_ADDR)", bounce_port))
     if busy:
+        # Only a port something listens on: one an outgoing connection holds for a moment as its source
+        # port (the defaults lie in the OS's ephemeral range) is waited for by the listener (nurture.listen).
         names = ", ".join(f"{n} needs port {p}" for n, p in busy)
-        print(f"cannot start: {names}, which is in use (another `nurture up`? use --port-offset N)",
+        print(f"cannot start: {names}, which {'is' if len(busy) == 1 else 'are'} in use (another `nurture up`?): "
+              "stop it, or move every port of this mesh with --port-offset N (e.g. --port-offset 100)",
               file=sys.stderr)
         return 1
     stopping = False

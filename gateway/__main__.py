@@ -8,6 +8,7 @@ import uvicorn
 
 from gateway.app import create_app
 from nurture import telemetry
+from nurture.listen import PortInUse, listening_socket
 from nurture.service import tune_for_latency
 from nurture.settings import SettingsError, load_settings
 
@@ -22,12 +23,16 @@ def main() -> None:
     app = create_app(settings)
     tune_for_latency()
     try:
-        uvicorn.run(app, host=settings.bind_host, port=settings.http_port, log_level="warning",
-                    loop="asyncio", http="httptools", access_log=False,
-                    # Longer than the idle timeout of the clients and load balancers in front (60 s is
-                    # common): a server closing first races a request sent on the idle connection,
-                    # which the client sees as a reset (uvicorn's default is 5 s).
-                    timeout_keep_alive=75)
+        # A port in use is tried again for a few seconds (nurture.listen), then named.
+        sock = listening_socket("gateway", settings.bind_host, settings.http_port)
+        config = uvicorn.Config(app, log_level="warning", loop="asyncio", http="httptools", access_log=False,
+                                # Longer than the idle timeout of the clients and load balancers in front
+                                # (60 s is common): a server closing first races a request sent on the idle
+                                # connection, which the client sees as a reset (uvicorn's default is 5 s).
+                                timeout_keep_alive=75)
+        uvicorn.Server(config).run(sockets=[sock])
+    except PortInUse as exc:
+        raise SystemExit(str(exc)) from None
     finally:
         provider.shutdown()
 

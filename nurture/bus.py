@@ -41,7 +41,7 @@ from opentelemetry import trace
 from redis.exceptions import ResponseError
 from redis.typing import EncodableT, FieldT, KeyT, StreamIdT
 
-from nurture import busmessage
+from nurture import busmessage, telemetry
 from nurture.admin import DeadLetter, Retried
 from nurture.busmessage import BusMessage
 from nurture.partitions import Fenced, Ownership
@@ -332,7 +332,12 @@ class Consumer:
 
     async def _call(self, messages: list[BusMessage], carriers: list[bytes]) -> None:
         if messages:
-            with _handling_span(self._span_name, carriers, len(messages)):
+            with _handling_span(self._span_name, carriers, len(messages)) as span:
+                # The leads and events handled (journeys' per-lead work, crm_sync's pushes, ...): what ops
+                # find a lead's traces by. A lead change scoring announces has an id of its own
+                # ("lead_updated:<lead>:<version>"), not an event's.
+                telemetry.tag_ids(span, lead_ids=(m.lead_id for m in messages),
+                                  event_ids=(m.id for m in messages if ":" not in m.id))
                 await self._handler(messages)
 
     async def _ack(self, stream: bytes, ids: list[bytes]) -> None:

@@ -41,6 +41,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from nurture import telemetry
 from nurture.addresses import grpc_target
 from nurture.errors import MAX_STATUS_MESSAGE, Internal, NurtureError, Unavailable
+from nurture.listen import BIND_RETRY_S, bind_retrying
 from nurture.meshauth import HEADER as MESH_HEADER
 from nurture.meshauth import TRACE_SEPARATOR, Signer, Verifier
 
@@ -597,11 +598,13 @@ async def start_server(
     mesh_tokens: Sequence[str],
     host: str | None = None,
     self_authenticated: Iterable[str] = (),
+    bind_retry_s: float = BIND_RETRY_S,
 ) -> ServiceServer:
     """Build, register and start a grpc.aio server. `register` adds servicers and returns the full
     names of the services it added (for health and reflection). Calls must be signed with one of
     `mesh_tokens` (settings.mesh_tokens) except to health, reflection and the `self_authenticated`
-    services (full names), whose servicers must authenticate every call themselves."""
+    services (full names), whose servicers must authenticate every call themselves. A port in use is
+    tried again for `bind_retry_s` (nurture.listen.PortInUse after)."""
     server = grpc.aio.server(
         options=[
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -611,9 +614,10 @@ async def start_server(
     )
     # NURTURE_BIND_HOST (0.0.0.0 in containers); loopback by default.
     host = host or os.environ.get("NURTURE_BIND_HOST", "127.0.0.1")
-    bound = server.add_insecure_port(f"{host}:{port}")
-    if bound == 0:
-        raise OSError(f"{name}: cannot bind gRPC port {host}:{port}")
+    # Tried again for a few seconds while the port is in use (an outgoing connection may hold it as its
+    # source port: nurture.listen), then PortInUse naming it.
+    bound = await bind_retrying(name, host, port, lambda: server.add_insecure_port(f"{host}:{port}"),
+                                retry_s=bind_retry_s)
     instance = f"{socket.gethostname() if host in ('0.0.0.0', '::', '[::]') else host}:{bound}"
     # What `register` adds gets the gate and tracing; health and reflection, added below, stay open.
     handlers = _MeshHandlers(name, _MeshGate(name, Verifier(mesh_tokens)),

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from nurture import telemetry
 from nurture.addresses import single_port
+from nurture.listen import PortInUse
 from nurture.rpc import ServiceServer, run_until_signalled
 from nurture.settings import Settings, SettingsError, load_settings
 
@@ -92,5 +93,7 @@ def main(name: str, serve: Callable[[Settings], Awaitable[Running]]) -> None:
 
     try:
         asyncio.run(run())
+    except PortInUse as exc:  # it names the port and what to do; a traceback would bury that
+        raise SystemExit(str(exc)) from None
     finally:
         provider.shutdown()

@@ -307,6 +307,37 @@ def current_span() -> trace.Span:
     return trace.INVALID_SPAN if span is None else span
 
 
+# The ids ops search a lead's traces by: set on the span that handles one lead, event or message (a batch
+# span gets the list of them, at most MAX_TAGGED_IDS). Only on a recording span: an unsampled one costs
+# the is_recording call, as the ids are read lazily (generators) and no span is made for them.
+LEAD_ID = "nurture.lead_id"
+EVENT_ID = "nurture.event_id"
+MESSAGE_ID = "nurture.message_id"
+MAX_TAGGED_IDS = 32
+
+
+def tag_ids(span: trace.Span | None = None, *, lead_ids: Iterable[str] = (), event_ids: Iterable[str] = (),
+            message_ids: Iterable[str] = ()) -> None:
+    """`nurture.lead_id` / `nurture.event_id` / `nurture.message_id` on `span` (the current one when None)
+    if it is recording: a string when the span handled one, a list of the distinct ones (the first
+    MAX_TAGGED_IDS) when it handled a batch; empty ids are left out."""
+    if span is None:
+        span = current_span()
+    if not span.is_recording():
+        return
+    for key, ids in ((LEAD_ID, lead_ids), (EVENT_ID, event_ids), (MESSAGE_ID, message_ids)):
+        distinct: dict[str, None] = {}
+        for one in ids:
+            if one:
+                distinct[one] = None
+                if len(distinct) >= MAX_TAGGED_IDS:
+                    break
+        if len(distinct) == 1:
+            span.set_attribute(key, next(iter(distinct)))
+        elif distinct:
+            span.set_attribute(key, list(distinct))
+
+
 class Current:
     """A span made current inside a `with`, marked failed by an Exception and ended after it:
     `start_as_current_span`'s context manager, and `as_current`'s for a span started by hand (the hot

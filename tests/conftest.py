@@ -222,10 +222,10 @@ def settings(tmp_path: Path, redis_url: str) -> Settings:
     )
 
 
-async def start_service(name: str, settings: Settings) -> Running:
-    """Start a service in this process on a free port, as `python -m services.<name>` would."""
+async def start_service(name: str, settings: Settings, port: int = 0) -> Running:
+    """Start a service in this process on `port` (0: a free one), as `python -m services.<name>` would."""
     module = importlib.import_module(f"services.{name}.server")
-    running: Running = await module.serve(settings.with_overrides(grpc_port=0))
+    running: Running = await module.serve(settings.with_overrides(grpc_port=port))
     return running
 
 

@@ -13,7 +13,7 @@ from fastapi import APIRouter, Depends, Header, Request
 from gateway.convert import parse_time, require_object
 from gateway.deps import ApiError, Mesh, json_body, json_body_items, mesh, require_key
 from gateway.shapes import DocumentedRoute, TypedDict
-from nurture import datafiles, jsoncodec, limits, revenue, times
+from nurture import datafiles, jsoncodec, limits, revenue, telemetry, times
 from nurture.api.messaging.v1 import messaging_pb2, messaging_pb2_grpc
 from nurture.api.scoring.v1 import scoring_pb2, scoring_pb2_grpc
 from nurture.jsontypes import JsonObject, JsonValue
@@ -269,6 +269,8 @@ async def record_event(request: Request, body: JsonValue, idempotency_key: str |
     result = await request.app.state.events.send(event)
     if result.error_code:
         raise _error(result)
+    # The request's span names the lead and event (recorded spans only): where ops start a lead's search.
+    telemetry.tag_ids(lead_ids=(event.lead_id,), event_ids=(result.event_id,))
     return {"event_id": result.event_id, "duplicate": result.duplicate}
 
 

@@ -383,14 +383,22 @@ def _now() -> str:
 def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
+    from nurture.listen import PortInUse, listening_socket
+
     parser = argparse.ArgumentParser(prog="crm-emulator", description=__doc__.splitlines()[0] if __doc__ else "")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8090)
     parser.add_argument("--data-dir", default=None)
     args = parser.parse_args(argv)
     app = Emulator(Path(args.data_dir) if args.data_dir else None)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False, lifespan="on",
-                http="httptools", loop="asyncio")
+    # A port in use is tried again for a few seconds (nurture.listen), then named.
+    try:
+        sock = listening_socket("crm emulator", args.host, args.port)
+    except PortInUse as exc:
+        raise SystemExit(str(exc)) from None
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", http="httptools",
+                            loop="asyncio")
+    uvicorn.Server(config).run(sockets=[sock])
     return 0
 
 

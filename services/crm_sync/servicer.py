@@ -11,7 +11,7 @@ from typing import Any, NoReturn
 
 import grpc
 
-from nurture import errors, limits
+from nurture import errors, limits, telemetry
 from nurture.api.crm_sync.v1 import crm_sync_pb2, crm_sync_pb2_grpc
 from nurture.api.scoring.v1 import scoring_pb2, scoring_pb2_grpc
 from nurture.locks import LockBusy
@@ -115,6 +115,7 @@ class CrmSyncServicer(crm_sync_pb2_grpc.CrmSyncServicer):
             except InputError as exc:
                 results[i] = ContactResult(c.crm_id, error_code="invalid", error_message=str(exc))
         done = await self._core.upsert_contacts(crm, [c for _, c in good])
+        telemetry.tag_ids(lead_ids=(r.lead_id for r in done))
         for (i, _), res in zip(good, done, strict=True):
             results[i] = res
         return crm_sync_pb2.UpsertContactsReply(results=[crm_sync_pb2.ContactResult(
@@ -126,6 +127,7 @@ class CrmSyncServicer(crm_sync_pb2_grpc.CrmSyncServicer):
     ) -> crm_sync_pb2.InboundReply:
         crm = await self._auth.crm_of(context)
         a = request.activity
+        telemetry.tag_ids(lead_ids=(a.lead_id,))
         try:
             reply = await self._core.record_activity(crm, ActivityIn(
                 activity_id=a.activity_id, crm_id=a.crm_id, lead_id=a.lead_id, kind=a.kind,
@@ -142,6 +144,7 @@ class CrmSyncServicer(crm_sync_pb2_grpc.CrmSyncServicer):
     ) -> crm_sync_pb2.InboundReply:
         crm = await self._auth.crm_of(context)
         d = request.deal
+        telemetry.tag_ids(lead_ids=(d.lead_id,))
         try:
             reply = await self._core.report_deal(crm, DealIn(
                 deal_id=d.deal_id, crm_id=d.crm_id, lead_id=d.lead_id, stage=d.stage, amount=d.amount,
@@ -182,6 +185,7 @@ class SalesOpsServicer(crm_sync_pb2_grpc.SalesOpsServicer):
     async def RequestTask(
         self, request: crm_sync_pb2.TaskRequest, context: grpc.aio.ServicerContext
     ) -> crm_sync_pb2.TaskReply:
+        telemetry.tag_ids(lead_ids=(request.lead_id,))
         try:
             details = _props(request.details_json, "task").copy() if request.details_json else {}
             task, duplicate = await self._core.request_task(TaskRequest(

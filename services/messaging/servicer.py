@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 import grpc
 from email_validator import EmailNotValidError, validate_email
 
-from nurture import errors
+from nurture import errors, telemetry
 from nurture.api.messaging.v1 import messaging_pb2, messaging_pb2_grpc
 from nurture.rpcguard import guard_requests, message_problems, problem_text
 from services.messaging.app.channels import Channels, NotFoundError
@@ -114,6 +114,7 @@ class MessagingServicer(messaging_pb2_grpc.MessagingServicer):
             journey_version=item.journey_version, step=item.step, channel=item.channel, template=item.template,
             category=item.category, context_json=item.context_json, not_before=item.not_before,
             budget_exempt=item.budget_exempt))
+        telemetry.tag_ids(lead_ids=(item.lead_id,), message_ids=(result.message_id,))
         return messaging_pb2.SendReply(message_id=result.message_id, status=result.status, reason=result.reason)
 
     async def SendBatch(self, request: messaging_pb2.SendBatchRequest, context: grpc.aio.ServicerContext
@@ -129,6 +130,7 @@ class MessagingServicer(messaging_pb2_grpc.MessagingServicer):
             else:
                 r = next(results)
                 replies.append(messaging_pb2.SendReply(message_id=r.message_id, status=r.status, reason=r.reason))
+        telemetry.tag_ids(lead_ids=(i.lead_id for i in items), message_ids=(r.message_id for r in replies))
         return messaging_pb2.SendBatchReply(results=replies)
 
     async def Withdraw(self, request: messaging_pb2.WithdrawRequest, context: grpc.aio.ServicerContext

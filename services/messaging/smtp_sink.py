@@ -22,6 +22,8 @@ from typing import Any
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
+from nurture.listen import PortInUse, listening_socket_async
+
 _MSGID = re.compile(rb"^Message-ID:\s*(<[^>\r\n]+>)", re.IGNORECASE | re.MULTILINE)
 
 
@@ -126,16 +128,21 @@ def main(argv: list[str] | None = None) -> int:
 
     async def serve() -> None:
         loop = asyncio.get_running_loop()
+        # A port in use is tried again for a few seconds (nurture.listen).
+        sock = await listening_socket_async("smtp sink", args.host, args.port)
         server = await loop.create_server(
             lambda: SMTP(handler, decode_data=False, data_size_limit=10 * 1024 * 1024, hostname=args.host,
                          enable_SMTPUTF8=True),
-            host=args.host, port=args.port)
+            sock=sock)
         print(f"smtp sink listening on {args.host}:{args.port}, storing in {args.dir}", flush=True)
         async with server:
             await server.serve_forever()
 
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve())
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(serve())
+    except PortInUse as exc:
+        raise SystemExit(str(exc)) from None
     return 0
 
 

@@ -11,7 +11,7 @@ from datetime import UTC
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from nurture import errors, jsoncodec, limits, times
+from nurture import errors, jsoncodec, limits, telemetry, times
 from nurture.api.scoring.v1 import scoring_pb2, scoring_pb2_grpc
 from nurture.busmessage import LeadSnapshot
 from nurture.clock import Clock
@@ -238,6 +238,7 @@ class ScoringServicer(VisitorMethods, scoring_pb2_grpc.ScoringServicer):
             r = next(taken)
             replies.append(scoring_pb2.EventResult(event_id=r.event_id, duplicate=r.duplicate, error_code=r.error_code,
                                                    error_message=r.error_message))
+        telemetry.tag_ids(lead_ids=(ev.lead_id for ev in request.events), event_ids=(r.event_id for r in replies))
         return scoring_pb2.IngestReply(results=replies)
 
     async def ScoreHistory(

@@ -455,7 +455,9 @@ class JourneysRuntime:
         Traced as `timers fire`: a root of its own in the timer loop (a Settle's child with a virtual
         clock), so the batch's SQL and Redis and the sends it asks of messaging are one trace. Without
         it nothing of journeys' was recorded, and each Send began a trace at messaging."""
-        with _tracer.start_as_current_span("timers fire", attributes={"timers": len(claimed), "leads": len(by_lead)}):
+        with _tracer.start_as_current_span("timers fire",
+                                           attributes={"timers": len(claimed), "leads": len(by_lead)}) as span:
+            telemetry.tag_ids(span, lead_ids=iter(by_lead))
             await self._run_batch_traced(by_lead, claimed, now)
 
     async def _run_batch_traced(self, by_lead: dict[str, list[Timer]], claimed: list[Timer], now: datetime) -> None:

@@ -28,6 +28,7 @@ from typing import NamedTuple
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from nurture.db import Database
+from nurture.listen import listening_socket_async
 from nurture.redisconn import AsyncRedis
 from services.messaging.deliverability_store import DeliverabilityStore, DeliveryEventRow, Pause
 from services.messaging.domain.bounces import (
@@ -355,9 +356,11 @@ class BounceReceiver:
 
 
 async def start_bounce_listener(app: Deliverability, host: str, port: int) -> asyncio.Server:
-    """The bounce receiver on the running loop (the service's own)."""
+    """The bounce receiver on the running loop (the service's own); a port in use is tried again for a
+    few seconds (nurture.listen)."""
     loop = asyncio.get_running_loop()
     handler = BounceReceiver(app)
+    sock = await listening_socket_async("messaging's bounce receiver", host, port)
     return await loop.create_server(
         lambda: SMTP(handler, decode_data=False, data_size_limit=5 * 1024 * 1024, hostname=app.bounce_domain),
-        host=host, port=port)
+        sock=sock)

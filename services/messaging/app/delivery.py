@@ -343,6 +343,7 @@ class Delivery:
                     # was recorded. The span lasts until the batch's task has recorded the outcomes
                     # (SQL and Redis spans are made only inside a span still recording).
                     span = _tracer.start_span("messages due", attributes={"messages": len(rows)})
+                    telemetry.tag_ids(span, lead_ids=(r.lead_id for r in rows), message_ids=(r.id for r in rows))
                     with telemetry.as_current(span, end=False):
                         try:
                             ready = await self._prepare(rows, now)

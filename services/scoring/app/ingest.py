@@ -17,7 +17,7 @@ from nurture import jsoncodec
 from nurture.busmessage import BusMessage
 from nurture.clock import Clock
 from nurture.errors import Unconfirmed
-from nurture.telemetry import batch_parent, traceparent_contexts, tracer
+from nurture.telemetry import batch_parent, tag_ids, traceparent_contexts, tracer
 from services.scoring import storage as st
 from services.scoring.app.base import CoreBase
 from services.scoring.app.outbox import HandOff, Outbox, placed
@@ -249,6 +249,8 @@ class IngestQueue:
                     if not future.done():
                         future.set_exception(exc)
                 return
+            tag_ids(span, lead_ids=(ev.lead_id for ev in combined),
+                    event_ids=(r.event_id for r in results))
         offset = 0
         for batch, _, future in taken:
             if not future.done():

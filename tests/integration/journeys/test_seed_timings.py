@@ -278,3 +278,27 @@ async def test_downloads_posted_together_each_get_their_own_resource_delivered(
                   if (part := m.get_body(preferencelist=("plain",))) is not None]
         thanked = [title for body in bodies for title in ["Guide Zero", *titles] if f"downloading {title}." in body]
         assert sorted(thanked) == sorted(["Guide Zero", *titles]), thanked
+
+
+async def test_a_bottom_funnel_video_the_model_scores_alerts_sales(settings: Settings, tmp_path: Path) -> None:
+    # Seed, Engagement Acceleration Triggers: "Engages with bottom-funnel content | +15 points | Alert sales
+    # team for outreach". A bottom-funnel video scored +15 and alerted no one: the trigger row heard pages
+    # and downloads only, the scoring model videos too.
+    async with templates_mesh(settings, tmp_path, extra=("crm_sync", "analytics")) as mesh:
+        await mesh.add_lead("bf")
+        await _advance(mesh, 0)
+        r = await mesh.client.post("/v1/events", headers=mesh.headers("editor"), json={
+            "lead_id": "bf", "type": "video_watched", "properties": {"category": "bottom_funnel"}})
+        assert r.status_code == 202, r.text
+        await _advance(mesh, 60)
+        r = await mesh.client.get("/v1/leads/bf", headers=mesh.headers("viewer"))
+        assert r.status_code == 200 and r.json()["score"] == 15, r.text
+        r = await mesh.client.get("/v1/leads/bf/timeline", headers=mesh.headers("viewer"))
+        assert r.status_code == 200, r.text
+        fired = [i for i in r.json()["items"] if i["kind"] == "journey" and i["type"] == "trigger"
+                 and i["details"]["rule"] == "bottom_funnel"]
+        assert fired and fired[0]["details"]["step_to"] == "bottom_funnel", r.json()["items"]
+        # and crm_sync made the row's task ("Bottom-funnel engagement: reach out"), journeys' dedupe key
+        tasks = [i for i in r.json()["items"] if i["kind"] == "crm" and i["type"] == "task_created"
+                 and ":triggers:" in i["details"]["dedupe_key"]]
+        assert [t["details"]["kind"] for t in tasks] == ["sales_alert"], r.json()["items"]

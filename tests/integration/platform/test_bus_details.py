@@ -63,7 +63,9 @@ async def test_the_handling_span_joins_the_first_request_and_links_the_others(
     assert [m.id for m in handler.calls[0]] == ["m1", "m2", "m3", "m4", "m5"]
     [span] = handling_spans(spans, "tg")
     assert span.kind == trace.SpanKind.CONSUMER
-    assert dict(span.attributes or {}) == {"messaging.system": "redis", "messages": 5}
+    # The batch's lead and events (distinct, in order): what ops find a lead's traces by.
+    assert dict(span.attributes or {}) == {"messaging.system": "redis", "messages": 5, "nurture.lead_id": "lead-t",
+                                           "nurture.event_id": ["m1", "m2", "m3", "m4", "m5"]}
     assert span.context.trace_id == first_ctx.trace_id
     assert span.parent is not None and span.parent.span_id == first_ctx.span_id
     assert [link.context.span_id for link in span.links] == [second_ctx.span_id]
@@ -107,7 +109,8 @@ async def test_a_batch_without_trace_context_starts_its_own_trace(redis_url: str
     assert await Consumer(client, group="ng", shards=SHARDS, handler=Recorder()).drain() == 1
     [span] = handling_spans(spans, "ng")
     assert span.parent is None and list(span.links) == []
-    assert dict(span.attributes or {}) == {"messaging.system": "redis", "messages": 1}
+    assert dict(span.attributes or {}) == {"messaging.system": "redis", "messages": 1, "nurture.lead_id": "lead-n",
+                                           "nurture.event_id": "m1"}
     await client.aclose()
 
 

@@ -71,7 +71,10 @@ async def templates_mesh(settings: Settings, tmp_path: Path,
     started: dict[str, Running] = {}
     try:
         for name in ("scoring", "messaging", "journeys", *extra):
-            running = await start_service(name, settings.with_overrides(**base, **addrs))
+            # On the address the services started before it were given: journeys asks crm_sync (started
+            # after it) for its sales tasks, and a free port of its own left journeys calling nothing.
+            running = await start_service(name, settings.with_overrides(**base, **addrs),
+                                          port=int(addrs[f"{name}_addr"].rpartition(":")[2]))
             started[name] = running
             addrs[f"{name}_addr"] = running.address
         app = app_for(console_settings(settings, **base, **addrs))

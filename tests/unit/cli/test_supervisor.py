@@ -90,6 +90,22 @@ def test_a_slow_start_says_how_to_wait_longer(tmp_path: Path, monkeypatch: pytes
         child.proc.wait()
 
 
+def test_a_child_that_exits_during_start_up_says_why(tmp_path: Path) -> None:
+    """A service whose port stays in use exits naming it (nurture.listen); `nurture up` said only "exited
+    during start-up; see <log>", so the user opened a log to learn which port and what to do."""
+    from cli.supervisor import Child, free_local_port, wait_port
+
+    why = "crm_sync: cannot listen on 127.0.0.1:50354: the port is in use; start with --port-offset N"
+    child = Child("crm_sync", [sys.executable, "-c", f"import sys; print('starting'); sys.exit({why!r})"],
+                  env=dict(os.environ), log=tmp_path / "crm_sync.log", cwd=ROOT)
+    child.start()
+    assert child.proc is not None
+    child.proc.wait()
+    with pytest.raises(SystemExit) as exited:
+        wait_port("127.0.0.1", free_local_port(0), "crm_sync", child, timeout=30)
+    assert str(exited.value) == f"crm_sync exited during start-up: {why}; see {tmp_path / 'crm_sync.log'}"
+
+
 def _nice_of(tid_path: Path) -> int:
     return int(tid_path.read_text().rsplit(")", 1)[1].split()[16])  # stat field 19: nice
 

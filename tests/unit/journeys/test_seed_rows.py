@@ -197,3 +197,23 @@ def test_a_segment_journey_whose_welcome_went_is_paused_at_once() -> None:
     h.message("assessment_started", assessment="eligibility")
     segment = h.state.enrollments["skilled_professional"]
     assert segment.status == PAUSED and segment.paused_remaining == timedelta(hours=22).total_seconds()
+
+
+@pytest.mark.parametrize("etype", ["page_viewed", "resource_downloaded", "video_watched"])
+def test_bottom_funnel_content_the_model_scores_alerts_sales(etype: str) -> None:
+    """Seed, Engagement Acceleration Triggers: "Engages with bottom-funnel content | +15 points | Alert sales
+    team for outreach". The model scores a bottom-funnel page, download or video; the trigger row heard
+    pages and downloads only, so a bottom-funnel video scored +15 and no sales task was made."""
+    h = Harness()
+    h.message("lead_created")
+    rules, sent = _scored_and_published(h, etype, category="bottom_funnel")
+    assert "bottom_funnel" in rules
+    assert [k for k in sent if ":triggers:" in k and ":bottom_funnel:" in k], (etype, sent)
+
+
+def test_a_video_of_another_category_alerts_no_one() -> None:
+    h = Harness()
+    h.message("lead_created")
+    rules, sent = _scored_and_published(h, "video_watched", category="stories")
+    assert "bottom_funnel" not in rules
+    assert not [k for k in sent if ":bottom_funnel:" in k]
