@@ -217,6 +217,8 @@ _BODIES: dict[tuple[str, str], tuple[str, bool]] = {
     ("post", "/v1/templates/{key}/publish"): ("TemplatePublish", True),
     ("post", "/v1/templates/{key}/test-send"): ("TemplateTestSend", True),
 }
+# Writes that take no body: an action named by its path alone.
+BODYLESS = frozenset({("post", "/v1/journeys/{key}/archive"), ("post", "/v1/journeys/{key}/unarchive")})
 _PUBLIC = ("/healthz", "/readyz", "/t/", "/u/", "/p/")
 
 

@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 from gateway.app import create_app
+from gateway.openapi import BODYLESS
 from nurture.settings import load_settings
 
 pytestmark = pytest.mark.anyio
@@ -30,6 +31,9 @@ async def test_every_json_write_declares_its_body_with_a_schema_and_an_example(d
                                               ("/v1/events", "post"), ("/v1/events:batch", "post")}
     for path, method, op in writes:
         body = op.get("requestBody")
+        if (method, path) in BODYLESS:   # an action named by its path alone: declared without a body
+            assert body is None, (method, path)
+            continue
         assert body and body["required"], (method, path)
         media = body["content"]["application/json"]
         assert media["schema"]["$ref"].startswith("#/components/schemas/") and "example" in media, (method, path)
