@@ -15,7 +15,7 @@ import asyncio
 import errno
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 # Long enough for an outgoing connection holding the port as its source to end; short enough that a port
 # another server really holds is reported within a start's patience (`nurture up` waits far longer).
@@ -62,34 +62,48 @@ def _bound_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _attempt(name: str, host: str, port: int, deadline: float, retry_s: float) -> socket.socket | None:
+    """One try at binding: the socket, None to try again (the port in use, time left), else the error."""
+    try:
+        return _bound_socket(host, port)
+    except OSError as exc:
+        if not _in_use(exc) or port == 0:
+            raise
+        if time.monotonic() >= deadline:
+            raise PortInUse(name, host, port, retry_s) from exc
+    return None
+
+
 def listening_socket(name: str, host: str, port: int, *, retry_s: float = BIND_RETRY_S) -> socket.socket:
     """A socket listening on host:port (for uvicorn's `sockets=`, asyncio's `sock=`), trying again while
     the port is in use for up to `retry_s`; then PortInUse, which names the port. Port 0: any free one."""
     deadline = time.monotonic() + retry_s
-    while True:
-        try:
-            return _bound_socket(host, port)
-        except OSError as exc:
-            if not _in_use(exc) or port == 0:
-                raise
-            if time.monotonic() >= deadline:
-                raise PortInUse(name, host, port, retry_s) from exc
+    while (sock := _attempt(name, host, port, deadline, retry_s)) is None:
         time.sleep(_PAUSE_S)
+    return sock
 
 
 async def listening_socket_async(name: str, host: str, port: int, *,
                                  retry_s: float = BIND_RETRY_S) -> socket.socket:
     """listening_socket without blocking the running loop while it waits."""
     deadline = time.monotonic() + retry_s
-    while True:
-        try:
-            return _bound_socket(host, port)
-        except OSError as exc:
-            if not _in_use(exc) or port == 0:
-                raise
-            if time.monotonic() >= deadline:
-                raise PortInUse(name, host, port, retry_s) from exc
+    while (sock := _attempt(name, host, port, deadline, retry_s)) is None:
         await asyncio.sleep(_PAUSE_S)
+    return sock
+
+
+def serve_asgi(name: str, app: Callable[..., Awaitable[None]], host: str, port: int) -> None:
+    """Serve an ASGI app (the CRM and ads emulators) on host:port until stopped, the port tried again
+    while it is in use (listening_socket); a port still held exits naming it."""
+    import uvicorn  # (the services that serve no HTTP do not load it)
+
+    try:
+        sock = listening_socket(name, host, port)
+    except PortInUse as exc:
+        raise SystemExit(str(exc)) from None
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", http="httptools",
+                            loop="asyncio")
+    uvicorn.Server(config).run(sockets=[sock])
 
 
 async def bind_retrying(name: str, host: str, port: int, bind: Callable[[], int], *,

@@ -381,9 +381,7 @@ def _now() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import uvicorn
-
-    from nurture.listen import PortInUse, listening_socket
+    from nurture.listen import serve_asgi
 
     parser = argparse.ArgumentParser(prog="crm-emulator", description=__doc__.splitlines()[0] if __doc__ else "")
     parser.add_argument("--host", default="127.0.0.1")
@@ -392,13 +390,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     app = Emulator(Path(args.data_dir) if args.data_dir else None)
     # A port in use is tried again for a few seconds (nurture.listen), then named.
-    try:
-        sock = listening_socket("crm emulator", args.host, args.port)
-    except PortInUse as exc:
-        raise SystemExit(str(exc)) from None
-    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", http="httptools",
-                            loop="asyncio")
-    uvicorn.Server(config).run(sockets=[sock])
+    serve_asgi("crm emulator", app, args.host, args.port)
     return 0
 
 

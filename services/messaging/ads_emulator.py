@@ -124,9 +124,7 @@ class AdsEmulator:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import uvicorn
-
-    from nurture.listen import PortInUse, listening_socket
+    from nurture.listen import serve_asgi
 
     parser = argparse.ArgumentParser(prog="ads-emulator", description=__doc__.splitlines()[0] if __doc__ else "")
     parser.add_argument("--host", default="127.0.0.1")
@@ -138,13 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("NURTURE_ADS_TOKEN must hold the access token callers present")
     app = AdsEmulator(token, Path(args.data_dir) if args.data_dir else None)
     # A port in use is tried again for a few seconds (nurture.listen), then named.
-    try:
-        sock = listening_socket("ads emulator", args.host, args.port)
-    except PortInUse as exc:
-        raise SystemExit(str(exc)) from None
-    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", http="httptools",
-                            loop="asyncio")
-    uvicorn.Server(config).run(sockets=[sock])
+    serve_asgi("ads emulator", app, args.host, args.port)
     return 0
 
 
