@@ -630,6 +630,14 @@ def _check_steps(j: Journey, raws: Mapping[str, JsonMapping]) -> list[str]:
                 problems.append(f"triggers.{rule.name}: update needs an update step, {target} is a "
                                 f"{j.steps[target].type}")
     # Reachability from the first step and every trigger target.
+    seen = _reached(j, roots)
+    problems += [f"step {sid}: unreachable" for sid in j.steps if sid not in seen | side]
+    problems += _instant_loops(j)
+    return problems
+
+
+def _reached(j: Journey, roots: Iterable[str]) -> set[str]:
+    """The steps reached from `roots` along the steps' edges."""
     seen: set[str] = set()
     todo = list(roots)
     while todo:
@@ -638,9 +646,7 @@ def _check_steps(j: Journey, raws: Mapping[str, JsonMapping]) -> list[str]:
             continue
         seen.add(sid)
         todo.extend(str(t) for t, _ in _edges(j.steps[sid]) if t is not None)
-    problems += [f"step {sid}: unreachable" for sid in j.steps if sid not in seen | side]
-    problems += _instant_loops(j)
-    return problems
+    return seen
 
 
 def _holds(step: Step, label: str) -> bool:
@@ -815,15 +821,7 @@ def _side_steps_in_the_flow(j: Journey) -> list[str]:
     """A trigger's `send` (or `task`, `update`) names a side step: one the flow never reaches. Naming a
     step of the flow sent its template twice, by the trigger and again when the flow came to it (a
     student who viewed the scholarships page got "Scholarships you can still apply for" on day 0 and day 10)."""
-    flow: set[str] = set()
-    todo = [j.first] if j.first else []
-    todo += [r.action.goto for r in j.triggers if r.action.goto]
-    while todo:
-        sid = todo.pop()
-        if sid in flow or sid not in j.steps:
-            continue
-        flow.add(sid)
-        todo.extend(str(t) for t, _ in _edges(j.steps[sid]) if t is not None)
+    flow = _reached(j, [*([j.first] if j.first else []), *(r.action.goto for r in j.triggers if r.action.goto)])
     return [f"triggers.{rule.name}: {verb} names {target}, a step of the flow: it would run twice (now, and "
             f"again when the flow reaches it); name a side step the flow does not reach, or goto {target}"
             for rule in j.triggers
