@@ -27,10 +27,10 @@ import gateway.routes
 from gateway.deps import ApiError, Mesh, TokenBucket, json_body, require_key
 from gateway.ingest import EventSender
 from gateway.openapi import install_openapi
-from gateway.routes.events import record_event
+from gateway.routes.events import event_properties, record_event
 from gateway.routes.tracking import collect_asgi
 from gateway.tracking.state import Tracking
-from nurture import jsoncodec, telemetry
+from nurture import jsoncodec, revenue, telemetry
 from nurture.clock import make_clock
 from nurture.errors import HttpError, NurtureError, http_error_from_rpc
 from nurture.jsontypes import JsonObject
@@ -99,6 +99,10 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.clock_lock = asyncio.Lock()
     app.state.limiter = TokenBucket(settings.rate_limit_per_s) if settings.rate_limit_per_s > 0 else None
     app.state.tracking = Tracking.create(settings, app.state.mesh)  # fails fast on a bad NURTURE_SITE_KEYS
+    # The data files posted events are checked and converted with: read (and refused) now, not at the
+    # first event that needs them.
+    event_properties()
+    revenue.load_rates()
 
     @app.exception_handler(ApiError)
     async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:

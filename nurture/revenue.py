@@ -1,7 +1,7 @@
 """A won deal's amount in the one currency every report adds revenue up in, for every way a win comes in:
 crm_sync's ReportDeal and an `opportunity_won` posted through the API read the same rates and refuse the
-same amounts. The currency and its rates are data: the `revenue` part of
-services/crm_sync/data/sync.yaml (the finance team's rates; the gateway reads that part only)."""
+same amounts. The currency and its rates are data, nurture/revenue.yaml (the finance team's rates), shared
+by the two as the package that holds them is."""
 
 from __future__ import annotations
 
@@ -11,10 +11,12 @@ from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
+from pydantic import Field
+
 from nurture import datafiles
 from nurture.limits import MAX_SAFE_INTEGER
 
-RATES_FILE = Path(__file__).parents[1] / "services" / "crm_sync" / "data" / "sync.yaml"
+RATES_FILE = Path(__file__).with_name("revenue.yaml")
 CURRENCY = re.compile(r"[A-Z]{3}")
 
 
@@ -47,7 +49,7 @@ def convert(rates: Rates, amount: float, currency: str, field_name: str = "curre
     rate = rates.rates.get(code)
     if rate is None:
         raise ValueError(f"{field_name} {code} has no exchange rate to {rates.currency}, the currency revenue"
-                         f" is counted in: add it to sync.yaml revenue.rates (or send the amount in"
+                         f" is counted in: add it to nurture/revenue.yaml rates (or send the amount in"
                          f" {rates.currency})")
     converted = round(amount * rate, 2)
     if not converted <= MAX_SAFE_INTEGER:
@@ -55,13 +57,20 @@ def convert(rates: Rates, amount: float, currency: str, field_name: str = "curre
     return converted, code
 
 
+class _RatesFile(datafiles.Strict):
+    currency: str
+    rates: dict[str, float] = Field(default_factory=dict)
+
+
 @cache
 def load_rates(path: Path = RATES_FILE) -> Rates:
-    """The `revenue` part of the file (its own service validates the whole file at start)."""
-    raw = datafiles.read_yaml(path, empty={})
-    part = raw.get("revenue") if isinstance(raw, dict) else None
-    if not isinstance(part, dict):
-        return Rates()
-    rates = part.get("rates") or {}
-    return Rates(currency=str(part.get("currency", "USD")),
-                 rates={str(k): float(v) for k, v in rates.items()} if isinstance(rates, dict) else {})
+    """The revenue currency and its rates (a DataFileError listing every problem: each process that
+    converts refuses to start on a file it could not convert with)."""
+    raw = datafiles.validate(_RatesFile, datafiles.read_yaml(path), path)
+    problems = [f"{code} is not a currency code (three capital letters, ISO 4217)"
+                for code in [raw.currency, *raw.rates] if not CURRENCY.fullmatch(code)]
+    problems += [f"rates.{code}: must be a number above 0" for code, rate in raw.rates.items()
+                 if not (math.isfinite(rate) and rate > 0)]
+    if problems:
+        raise datafiles.DataFileError(problems, path)
+    return Rates(currency=raw.currency, rates=dict(raw.rates))

@@ -8,8 +8,6 @@ from __future__ import annotations
 import hashlib
 import html
 import json
-import math
-import re
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,7 +20,7 @@ from pydantic import Field
 from nurture import times
 from nurture.datafiles import DataFileError, Open, Seconds, Strict, read_yaml, validate
 from nurture.jsontypes import JsonMapping, JsonObject
-from nurture.revenue import Rates, convert
+from nurture.revenue import Rates, convert, load_rates
 from nurture.rules import CompiledRules, Match, RuleSpec, compile_rules
 
 POLICIES = ("prefer_crm_unless_blank", "always_crm", "most_recent", "do_not_sync", "always_platform")
@@ -69,7 +67,7 @@ class SyncConfig:
     max_clock_skew: timedelta = timedelta(minutes=30)
     by_crm: dict[str, FieldRule] = field(default_factory=dict)
     qualification: Qualification | None = None   # the lead status the CRM is told (sync.yaml `qualification`)
-    revenue_currency: str = "USD"   # the one currency revenue is counted in (sync.yaml `revenue`)
+    revenue_currency: str = "USD"   # the one currency revenue is counted in (nurture/revenue.yaml)
     rates: dict[str, float] = field(default_factory=dict)  # units of revenue_currency per unit of each other
 
 
@@ -96,12 +94,6 @@ class AssignmentEntry(RuleEntry):
 
 
 # An ISO 4217 code: three capital letters.
-_CURRENCY = re.compile(r"[A-Z]{3}")
-
-
-class RevenueEntry(Strict):
-    currency: str
-    rates: dict[str, float] = Field(default_factory=dict)
 
 
 class QualificationEntry(Strict):
@@ -130,7 +122,6 @@ class SyncFile(Strict):
     deal_stages: list[str]
     activity_kinds: list[str]
     max_clock_skew_s: Seconds = 1800.0
-    revenue: RevenueEntry = RevenueEntry(currency="USD")
     qualification: QualificationEntry = QualificationEntry(
         by_stage={"mql": "MQL", "sql": "SQL", "customer": "CUSTOMER", "trial": "TRIAL"})
     teams: dict[str, list[MemberEntry]]
@@ -144,16 +135,13 @@ def load_config(path: Path = DEFAULT_CONFIG) -> SyncConfig:
     """Read and validate sync.yaml (a DataFileError listing every problem); compile its rule sets (one
     ruleset name per version)."""
     raw = validate(SyncFile, read_yaml(path, empty={}), path)
+    rates = load_rates()  # (shared with the gateway: nurture/revenue.yaml)
     version = raw.version
     fields = [FieldRule(f.lead, f.crm, f.policy) for f in raw.fields]
     problems = [f"field {f.lead}: unknown policy {f.policy}" for f in fields if f.policy not in POLICIES]
     teams = {name: [Member(m.owner, m.meeting_link) for m in members] for name, members in raw.teams.items()}
     problems += [f"assignment {rule.name}: unknown or empty team {rule.team}"
                  for rule in raw.assignment if not teams.get(rule.team)]
-    problems += [f"revenue: {code} is not a currency code (three capital letters, ISO 4217)"
-                 for code in [raw.revenue.currency, *raw.revenue.rates] if not _CURRENCY.fullmatch(code)]
-    problems += [f"revenue.rates.{code}: must be a number above 0" for code, rate in raw.revenue.rates.items()
-                 if not (math.isfinite(rate) and rate > 0)]
     statuses = [(rule.name, (rule.model_extra or {}).get("status")) for rule in raw.qualification.rules]
     problems += [f"qualification.rules {name}: needs a status (a non-empty string)"
                  for name, status in statuses if not isinstance(status, str) or not status]
@@ -173,7 +161,7 @@ def load_config(path: Path = DEFAULT_CONFIG) -> SyncConfig:
         notifications=compile_rules(f"crm_sync.notifications.v{version}", specs(raw.notifications)),
         task_holds=compile_rules(f"crm_sync.task_holds.v{version}", specs(raw.task_holds or [])),
         max_clock_skew=timedelta(seconds=raw.max_clock_skew_s),
-        revenue_currency=raw.revenue.currency, rates=dict(raw.revenue.rates),
+        revenue_currency=rates.currency, rates=dict(rates.rates),
         qualification=Qualification(
             dict(raw.qualification.by_stage), raw.qualification.default,
             compile_rules(f"crm_sync.qualification.v{version}", specs(raw.qualification.rules))),

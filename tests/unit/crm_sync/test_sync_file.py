@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from nurture import revenue
 from nurture.datafiles import DataFileError
 from services.crm_sync import domain
 
@@ -66,15 +67,20 @@ def test_the_shipped_file_keeps_its_rule_actions() -> None:
 
 
 def test_revenue_names_currencies_and_rates_it_can_convert_with(tmp_path: Path) -> None:
+    # The rates are the shared file's (nurture/revenue.yaml), which the gateway converts posted wins with.
     assert (domain.load_config().revenue_currency, domain.load_config().rates["EUR"]) == ("USD", 1.08)
-    doc = shipped()
-    doc["revenue"] = {"currency": "usd", "rates": {"EUR": 0, "GBP": -1.2, "Yen": 0.0067}}
+    path = tmp_path / "revenue.yaml"
+    path.write_text(yaml.safe_dump({"currency": "usd", "rates": {"EUR": 0, "GBP": -1.2, "Yen": 0.0067}}))
     with pytest.raises(DataFileError) as err:
-        domain.load_config(write(tmp_path, doc))
+        revenue.load_rates(path)
     assert err.value.problems == [
-        "revenue: usd is not a currency code (three capital letters, ISO 4217)",
-        "revenue: Yen is not a currency code (three capital letters, ISO 4217)",
-        "revenue.rates.EUR: must be a number above 0", "revenue.rates.GBP: must be a number above 0"]
+        "usd is not a currency code (three capital letters, ISO 4217)",
+        "Yen is not a currency code (three capital letters, ISO 4217)",
+        "rates.EUR: must be a number above 0", "rates.GBP: must be a number above 0"]
+    path.write_text(yaml.safe_dump({"rates": {"EUR": 1.1}, "spot": True}))
+    with pytest.raises(DataFileError) as err:
+        revenue.load_rates(path)
+    assert {p.split(":")[0] for p in err.value.problems} == {"currency", "spot"}, err.value.problems
 
 
 def test_a_qualification_rule_names_its_status(tmp_path: Path) -> None:
@@ -86,8 +92,7 @@ def test_a_qualification_rule_names_its_status(tmp_path: Path) -> None:
 
 
 def test_the_gateway_converts_a_posted_win_at_the_rates_crm_sync_loads() -> None:
-    # An opportunity_won posted through the API is converted by nurture.revenue from the same file's part.
-    from nurture import revenue
+    # An opportunity_won posted through the API is converted by nurture.revenue from the same file.
     cfg = domain.load_config()
     rates = revenue.load_rates()
     assert (rates.currency, rates.rates) == (cfg.revenue_currency, cfg.rates) and rates.rates
