@@ -25,7 +25,7 @@ import json
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -112,6 +112,20 @@ class JourneySummary:
     templates: list[str] = field(default_factory=list)  # the template keys its published version sends
 
 
+def playbook_changes(rows: Sequence[storage.Definition], docs: Mapping[str, dict[str, Any]]
+                     ) -> list[tuple[str, dict[str, Any], bool]]:
+    """The playbook files to store as new versions (new, or changed since the last version stored from
+    the playbook), each with whether it is published: not a journey an editor archived, which a changed
+    file must not bring back at the next start (it waits as a draft for unarchive or a publish)."""
+    latest_playbook: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        if row.source == "playbook":
+            latest_playbook[row.key] = json.loads(row.document)
+    archived = {r.key for r in rows if r.status == "archived"} - {r.key for r in rows if r.status == "published"}
+    return [(key, doc, key not in archived) for key, doc in docs.items()
+            if latest_playbook.get(key) != json.loads(json.dumps(doc, sort_keys=True))]
+
+
 class JourneysRuntime:
     def __init__(self, *, db: Database, timers: TimerStore, clock: Clock, clients: Clients,
                  settings: PlaybookSettings, calendar: Calendar | None = None,
@@ -146,14 +160,8 @@ class JourneysRuntime:
         """Store every playbook file as a published version when it is new or changed (source playbook)."""
         docs = read_playbook()
         with self.db.session() as s:
-            rows = storage.definitions(s)
-            latest_playbook: dict[str, dict[str, Any]] = {}
-            for row in rows:
-                if row.source == "playbook":
-                    latest_playbook[row.key] = json.loads(row.document)
-            for key, doc in docs.items():
-                if latest_playbook.get(key) != json.loads(json.dumps(doc, sort_keys=True)):
-                    storage.add_definition(s, key=key, document=doc, source="playbook", now=now, publish=True)
+            for key, doc, publish in playbook_changes(storage.definitions(s), docs):
+                storage.add_definition(s, key=key, document=doc, source="playbook", now=now, publish=publish)
 
     def _load_registry(self) -> None:
         with self.db.session() as s:
