@@ -810,10 +810,15 @@ class JourneysRuntime:
         return {"lead_id": lead_id, "seen": state is not None, **whynot.why_not(journey, state, facts)}
 
     def _latest(self, key: str) -> Journey:
+        """The version a journey not live now is read by: the one it ran last (an archived journey's, not
+        a draft stored since, e.g. its playbook file changed after the archive), else its newest."""
         versions = self.registry.versions(key)
         if not versions:
             raise NotFound(f"unknown journey {key!r}")
-        found = self.registry.resolve(key, versions[-1])
+        meta = self.meta.get(key, {})
+        ran = [(info.published_at, v) for v in versions
+               if (info := meta.get(v)) is not None and info.published_at is not None]
+        found = self.registry.resolve(key, max(ran)[1] if ran else versions[-1])
         assert found is not None
         return found
 

@@ -64,6 +64,17 @@ async def test_an_archived_journey_enters_no_one_and_its_leads_exit(settings: Se
         r = await mesh.client.get(f"/v1/journeys/{JOURNEY}/analytics", headers=mesh.headers("viewer"))
         assert r.status_code == 200 and r.json()["exit_reasons"] == {"journey archived": 1}, r.text
         assert r.json()["enrolled"] == 1, r.text
+        archived_steps = [s["step"] for s in r.json()["steps"]]
+        assert archived_steps, r.text
+        # A draft stored after the archive (an edit, or the playbook file changed) is not what the archived
+        # journey ran: its analytics still read the archived version's steps.
+        r = await mesh.client.put(f"/v1/journeys/{JOURNEY}", headers=mesh.headers("editor"), json={
+            "key": JOURNEY, "name": "Rewritten", "kind": "segment",
+            "entry": [{"name": "never", "events": ["lead_created"], "when": {"fact": "lead.segment", "eq": "x"}}],
+            "steps": [{"id": "only_step", "type": "end"}]})
+        assert r.status_code == 201, r.text
+        r = await mesh.client.get(f"/v1/journeys/{JOURNEY}/analytics", headers=mesh.headers("viewer"))
+        assert [s["step"] for s in r.json()["steps"]] == archived_steps, r.text
 
         # A new lead of the segment is not entered, even after time passes.
         await mesh.add_lead("after_archive")
