@@ -135,6 +135,7 @@ async def test_concurrent_posts_with_one_idempotency_key_are_one_event(
     app = gateway(settings.with_overrides(ingest_call_interval_ms=interval_ms), scoring.address)
     ahead = settings.ingest_in_flight if queued else 0
     await make_leads(scoring, ["idem"])
+    apart = 0   # rounds whose pair met in two transactions (alone)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as client:
         for round_ in range(3):
             # Past the call interval since the last round's call: the first post here goes at once.
@@ -148,12 +149,18 @@ async def test_concurrent_posts_with_one_idempotency_key_are_one_event(
             posts = (await asyncio.gather(*others, *same))[ahead:]
             finished = spans.get_finished_spans()
             merged = sorted((s.attributes or {}).get("events", 0) for s in finished if s.name == "ingest")
-            assert len(ingest_calls(finished)) == 2 and merged == ([1, ahead + 1] if ahead else [1, 1]), \
+            # Alone, scoring's group commit may still take the two calls into one transaction when the
+            # second arrives while the first waits for the writer (seen on PostgreSQL under load): the
+            # pair is then one transaction's; at least one round of three must race in two.
+            assert len(ingest_calls(finished)) == 2 and (
+                merged == [1, ahead + 1] if ahead else merged in ([1, 1], [2])), \
                 f"events per transaction {merged}: the pair did not leave as planned"
+            apart += merged == [1, 1]
             assert [r.status_code for r in posts] == [202, 202], [r.text for r in posts]
             bodies = [r.json() for r in posts]
             assert bodies[0]["event_id"] == bodies[1]["event_id"]
             assert sorted(b["duplicate"] for b in bodies) == [False, True]
+    assert queued or apart >= 1, "no round raced the pair in two transactions"
     for ch in app.state.mesh.channels.values():
         await ch.close()
 
