@@ -82,6 +82,12 @@ async def test_a_seven_day_trial_gets_its_ending_emails_before_it_ends_and_skips
                                     f"({reminder})") for s in said), said
 
 
+def _on_time(days: dict[str, float], expected: dict[str, int]) -> bool:
+    """The emails sent on their days: each may share its day with the lead's segment email, and whichever
+    messaging takes first, the other waits the 2-hour minimum gap (policy.yaml): at most 2 hours late."""
+    return days.keys() == expected.keys() and all(0 <= days[k] - v <= 2 / 24 for k, v in expected.items())
+
+
 async def test_a_trial_of_three_days_or_less_gets_no_ends_in_3_days_email_with_its_welcome(
         settings: Settings, tmp_path: Path) -> None:
     # A trial of 3 days or less has its "-3 days to end" moment at or before its start: the reminder ("Your
@@ -108,17 +114,13 @@ async def test_a_trial_of_three_days_or_less_gets_no_ends_in_3_days_email_with_i
             days = {step: (datetime.fromisoformat(m["at"]) - start) / timedelta(days=1)
                     for step, m in sorted(onboarding.items())}
             if length <= 3:
-                assert days == {"email_01": 0, "email_08": length - 1, "email_09": length + 1}, (lead_id, days)
+                assert _on_time(days, {"email_01": 0, "email_08": length - 1, "email_09": length + 1}), (lead_id, days)
                 r = await mesh.client.get(f"/v1/leads/{lead_id}/timeline", headers=mesh.headers("viewer"))
                 said = [str(item.get("summary")) for item in r.json()["items"]]
                 assert any(s.startswith("trial_onboarding: wait_02 already past") and s.endswith("going to wait_08")
                            for s in said), said
             else:
-                # The follow-up shares day 5 with the lead's segment email: whichever messaging takes first,
-                # the other waits the 2-hour minimum gap (policy.yaml), so it is sent by 5 days 2 hours.
-                follow_up = days.pop("email_09")
-                assert days == {"email_01": 0, "email_07": 1, "email_08": 3}, (lead_id, days)
-                assert 5 <= follow_up <= 5 + 2 / 24, (lead_id, follow_up)
+                assert _on_time(days, {"email_01": 0, "email_07": 1, "email_08": 3, "email_09": 5}), (lead_id, days)
 
 
 async def test_a_dormant_lead_who_starts_a_trial_gets_no_more_re_engagement_check_ins(
