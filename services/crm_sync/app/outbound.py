@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 import grpc
 from sqlalchemy.orm import Session
 
+from nurture import telemetry
 from nurture.aio import wait_event
 from nurture.api.scoring.v1 import scoring_pb2
 from nurture.db import ContentionError
@@ -26,6 +27,7 @@ from services.crm_sync.app.base import CoreBase
 from services.crm_sync.connector import BATCH_UPDATE, Permanent, Retryable
 
 log = logging.getLogger(__name__)
+_tracer = telemetry.tracer(__name__)
 
 
 # Lead updates per UpsertLeads call: one scoring transaction each, so small enough that events
@@ -144,8 +146,13 @@ class OutboundQueue(CoreBase):
             tried = 0
             while jobs:
                 tried += len(jobs)
-                results = await self._perform_pass(jobs)
-                jobs = await self._record_pass(results, claim_next=limit if len(jobs) >= limit else 0)
+                # A pass is a trace of its own (a Settle's child with a virtual clock): its CRM calls,
+                # scoring write-backs and the record of their outcomes. Only a pass with work: an idle
+                # poll, ten a second, records nothing.
+                with _tracer.start_as_current_span("crm push", attributes={"pushes": len(jobs)}) as span:
+                    telemetry.tag_ids(span, lead_ids=(j.lead_id for j in jobs))
+                    results = await self._perform_pass(jobs)
+                    jobs = await self._record_pass(results, claim_next=limit if len(jobs) >= limit else 0)
             return tried
 
     def _claim(self, s: Session, now: datetime, limit: int) -> list[st.PushJob]:

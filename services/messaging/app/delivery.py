@@ -50,6 +50,7 @@ from services.messaging.smtp import SmtpPool, SmtpResult
 from services.messaging.storage import (
     ConsentEntry,
     Feedback,
+    FeedbackRow,
     LogLine,
     Message,
     Outcome,
@@ -705,24 +706,32 @@ class Delivery:
                 rows = await self.db.run(self.store.pending_feedback, BATCH)
                 if not rows:
                     return done
-                events = []
-                for row in rows:
-                    ev = scoring_pb2.Event(lead_id=row.lead_id, type=row.type,
-                                           properties_json=row.properties_json, idempotency_key=row.key,
-                                           source="messaging")
-                    ev.occurred_at.FromDatetime(aware(row.occurred_at) or self.clock.now())
-                    events.append(ev)
-                try:
-                    reply = await self.leads.stub.IngestEvents(scoring_pb2.IngestRequest(events=events),
-                                                               timeout=DEADLINE_S)
-                except grpc.aio.AioRpcError as exc:
-                    log.warning("feedback to scoring deferred (%s): %d events", exc.code().name, len(rows))
-                    return done
-                for row, res in zip(rows, reply.results, strict=False):
-                    if res.error_code:
-                        log.warning("scoring refused %s %s: %s", row.type, row.key, res.error_message)
-                await self.db.run(self.store.mark_feedback_sent, [r.key for r in rows])
+                # A batch is a trace of its own, so its IngestEvents (and what scoring, journeys and the
+                # rest do with a sent, opened or bounced email) is one trace with the write-back.
+                with _tracer.start_as_current_span("feedback to scoring", attributes={"events": len(rows)}) as span:
+                    telemetry.tag_ids(span, lead_ids=(r.lead_id for r in rows))
+                    if not await self._flush_feedback(rows):
+                        return done
                 done += len(rows)
+
+    async def _flush_feedback(self, rows: list[FeedbackRow]) -> bool:
+        """One batch of recorded events to scoring; False when scoring could not take it (kept, to retry)."""
+        events = []
+        for row in rows:
+            ev = scoring_pb2.Event(lead_id=row.lead_id, type=row.type, properties_json=row.properties_json,
+                                   idempotency_key=row.key, source="messaging")
+            ev.occurred_at.FromDatetime(aware(row.occurred_at) or self.clock.now())
+            events.append(ev)
+        try:
+            reply = await self.leads.stub.IngestEvents(scoring_pb2.IngestRequest(events=events), timeout=DEADLINE_S)
+        except grpc.aio.AioRpcError as exc:
+            log.warning("feedback to scoring deferred (%s): %d events", exc.code().name, len(rows))
+            return False
+        for row, res in zip(rows, reply.results, strict=False):
+            if res.error_code:
+                log.warning("scoring refused %s %s: %s", row.type, row.key, res.error_message)
+        await self.db.run(self.store.mark_feedback_sent, [r.key for r in rows])
+        return True
 
     async def run(self) -> None:
         """Real time only: deliver due work as it comes (Send wakes it), poll every 100 ms."""

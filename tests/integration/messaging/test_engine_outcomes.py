@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from nurture import telemetry
 from services.messaging.app.delivery import MAX_BATCH, InvalidRequest, SendInput, message_id_for
 from services.messaging.clients import email_hash
 from services.messaging.domain.catalog import Catalog, choose_variant
@@ -633,3 +634,21 @@ async def test_a_due_batch_is_one_trace_from_its_checks_to_its_outcome(inproc: I
     # The outcome written back after SMTP (its log line and the feedback for scoring), not only the checks.
     assert "INSERT messaging_message_log" in statements and "INSERT messaging_feedback" in statements, statements
     assert all(s.end_time <= batches[0].end_time for s in same), "the batch's span ends after its outcome"
+
+
+async def test_a_feedback_batch_is_a_trace_of_its_own(inproc: InProc, spans: InMemorySpanExporter) -> None:
+    """The events messaging reports back to scoring (here `email_sent`) leave in a trace of their own
+    (`feedback to scoring`) with the write-back that marks them sent. Without it nothing of the flush was
+    recorded: SQL is traced only inside a recorded span."""
+    inproc.scoring.add(make_lead("l1", timezone="UTC"))
+    await send(inproc)
+    await inproc.engine.process_due()
+    spans.clear()
+    assert await inproc.engine.flush_feedback() == 1
+    finished = spans.get_finished_spans()
+    flushes = [s for s in finished if s.name == "feedback to scoring"]
+    assert len(flushes) == 1 and flushes[0].parent is None, [s.name for s in finished]
+    assert (flushes[0].attributes or {})[telemetry.LEAD_ID] == "l1"
+    same = [s for s in finished if s.context.trace_id == flushes[0].context.trace_id]
+    statements = [st for s in same if s.name == "sql transaction" for st in (s.attributes or {})["db.statements"]]
+    assert any(st.startswith("UPDATE messaging_feedback") for st in statements), statements

@@ -8,6 +8,7 @@ from datetime import timedelta
 import grpc
 import pytest
 import redis
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from nurture import busmessage
 from nurture.api.common.v1 import common_pb2, common_pb2_grpc
@@ -202,6 +203,30 @@ async def test_inactivity_decays_and_announces_lapse(scoring: Running, settings:
         assert lead.score == 0  # 5 for the form, -5 decay
         lapsed = [m for m in bus_messages(settings) if m.type == "engagement_lapsed"]
         assert len(lapsed) == 1 and lapsed[0].properties["days_inactive"] == 14
+
+
+async def test_a_lapse_sweep_with_work_is_a_trace_of_its_own(scoring: Running, settings: Settings,
+                                                             spans: InMemorySpanExporter) -> None:
+    """Leads that went quiet are decayed in a `lapses due` span (a Settle's child here, a root under the
+    real clock's sweep), so the decay's SQL and the `engagement_lapsed` it announces can be followed; a
+    sweep with nothing due records no such span."""
+    stub, admin, channel = stubs(scoring)
+    clock = VirtualClock(redis.Redis.from_url(settings.redis_url))
+    async with channel:
+        await stub.UpsertLead(scoring_pb2.UpsertLeadRequest(id="qt", fields_json="{}"), timeout=5)
+        await stub.IngestEvents(scoring_pb2.IngestRequest(events=[event("qt", "form_submitted")]), timeout=5)
+        await admin.Settle(common_pb2.SettleRequest(), timeout=5)
+        spans.clear()
+        await admin.Settle(common_pb2.SettleRequest(), timeout=5)
+        assert not [s for s in spans.get_finished_spans() if s.name == "lapses due"]
+        clock.advance(14 * 86400)
+        await admin.Settle(common_pb2.SettleRequest(), timeout=5)
+    finished = spans.get_finished_spans()
+    lapses = [s for s in finished if s.name == "lapses due"]
+    assert len(lapses) == 1, [s.name for s in finished]
+    inside = [s for s in finished if s.parent is not None and s.parent.span_id == lapses[0].context.span_id]
+    statements = [st for s in inside if s.name == "sql transaction" for st in (s.attributes or {})["db.statements"]]
+    assert any(st.startswith("INSERT scoring_outbox") for st in statements), statements
 
 
 async def test_events_that_are_not_engagement_do_not_decay_the_same_quiet_period_again(
