@@ -382,9 +382,10 @@ class Catalog:
     def seed_content(self, key: str) -> TemplateContent:
         """A catalog entry's first version: its subject and points laid into the seed layouts."""
         spec = self.specs[key]
-        body = self._seed_body.render(points=[escape_outside_jinja(p) for p in spec.points],
-                                      cta_label=escape_outside_jinja(spec.cta_label))
-        text = self._seed_text.render(points=list(spec.points), cta_label=spec.cta_label)
+        # The button says `{{ cta_label }}`: the version's own label when it names one, else the entry's
+        # `cta.label` (with_version_cta), so editing the field changes the button of a seeded email too.
+        body = self._seed_body.render(points=[escape_outside_jinja(p) for p in spec.points])
+        text = self._seed_text.render(points=list(spec.points))
         variants = {name: Variant(subject=str(v.get("subject", "")), preheader=str(v.get("preheader", "")),
                                   intro=str(v.get("intro", "")), weight=float(v.get("weight", 1.0)))
                     for name, v in spec.variants.items()}
