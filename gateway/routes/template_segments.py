@@ -101,15 +101,12 @@ def copy_message(body: JsonObject) -> messaging_pb2.SegmentCopy:
                                      recommended_content_json=json.dumps(body.get("recommended_content") or []))
 
 
-@router.get("", summary="Every segment's copy: its label in emails, its intro and its website recommendations")
-async def list_copy(m: Mesh = Depends(mesh)) -> SegmentCopyList:
+async def list_segments(m: Mesh) -> list[SegmentCopySummary]:
     reply = await _stub(m).ListSegmentCopy(messaging_pb2.ListSegmentCopyRequest(), timeout=m.timeout)
-    return {"items": [_summary(s) for s in reply.items]}
+    return [_summary(s) for s in reply.items]
 
 
-@router.get("/{segment}", summary="A segment's copy (the published version unless one is named) and versions")
-async def get_copy(segment: str, version: int = Query(0, ge=0, le=limits.INT32_MAX),
-                   m: Mesh = Depends(mesh)) -> SegmentCopy:
+async def get_segment(m: Mesh, segment: str, version: int = 0) -> SegmentCopy:
     r = await _stub(m).GetSegmentCopy(messaging_pb2.GetSegmentCopyRequest(segment=segment, version=version),
                                       timeout=m.timeout)
     return {**_summary(r.summary), "label": r.copy.label, "version": r.version, "status": r.status,
@@ -119,18 +116,39 @@ async def get_copy(segment: str, version: int = Query(0, ge=0, le=limits.INT32_M
                           "published_at": iso(v.published_at, v.HasField("published_at"))} for v in r.versions]}
 
 
+async def put_draft(m: Mesh, segment: str, body: JsonObject, validate_only: bool = False) -> int:
+    reply = await _stub(m).PutSegmentCopy(messaging_pb2.PutSegmentCopyRequest(
+        segment=segment, copy=copy_message(body), validate_only=validate_only), timeout=m.timeout)
+    return int(reply.version)
+
+
+async def publish(m: Mesh, segment: str, version: int) -> messaging_pb2.PublishSegmentCopyReply:
+    reply: messaging_pb2.PublishSegmentCopyReply = await _stub(m).PublishSegmentCopy(
+        messaging_pb2.PublishSegmentCopyRequest(segment=segment, version=version), timeout=m.timeout)
+    return reply
+
+
+@router.get("", summary="Every segment's copy: its label in emails, its intro and its website recommendations")
+async def list_copy(m: Mesh = Depends(mesh)) -> SegmentCopyList:
+    return {"items": await list_segments(m)}
+
+
+@router.get("/{segment}", summary="A segment's copy (the published version unless one is named) and versions")
+async def get_copy(segment: str, version: int = Query(0, ge=0, le=limits.INT32_MAX),
+                   m: Mesh = Depends(mesh)) -> SegmentCopy:
+    return await get_segment(m, segment, version)
+
+
 @router.put("/{segment}", summary="Store a new draft of a segment's copy (422 lists every problem)",
             responses={200: {"model": CopyValidated}, 201: {"model": CopyStored}})
 async def put_copy(segment: str, response: Response, validate_only: bool = Query(False),
                    body: JsonValue = Depends(json_body), m: Mesh = Depends(mesh)) -> CopyValidated | CopyStored:
-    copy = copy_message(require_object(body, "segment copy"))
-    reply = await _stub(m).PutSegmentCopy(messaging_pb2.PutSegmentCopyRequest(
-        segment=segment, copy=copy, validate_only=validate_only), timeout=m.timeout)
+    version = await put_draft(m, segment, require_object(body, "segment copy"), validate_only)
     if validate_only:
         return {"segment": segment, "valid": True, "problems": []}
     response.status_code = 201
-    response.headers["Location"] = f"/v1/templates/segments/{segment}?version={reply.version}"
-    return {"segment": segment, "version": reply.version, "status": "draft"}
+    response.headers["Location"] = f"/v1/templates/segments/{segment}?version={version}"
+    return {"segment": segment, "version": version, "status": "draft"}
 
 
 @router.post("/{segment}/publish", summary="Make a version of a segment's copy live for the next send")
@@ -139,6 +157,5 @@ async def publish_copy(segment: str, body: JsonValue = Depends(json_body), m: Me
     problem = limits.check_int(body.get("version"), "version", low=1)
     if problem:
         raise ApiError(422, "invalid", "version is required: an integer from 1", {"fields": problem})
-    r = await _stub(m).PublishSegmentCopy(messaging_pb2.PublishSegmentCopyRequest(
-        segment=segment, version=int(body["version"])), timeout=m.timeout)   # type: ignore[arg-type]
+    r = await publish(m, segment, int(body["version"]))   # type: ignore[arg-type]
     return {"segment": r.segment, "version": r.version, "previous_version": r.previous_version or None}

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from nurture.settings import Settings
+from tests.integration.console.conftest import KEYS, csrf_of, sign_in
 from tests.integration.templates.mesh import TemplatesMesh, templates_mesh
 
 pytestmark = pytest.mark.anyio
@@ -206,3 +207,35 @@ async def test_viewers_read_and_editors_write_segment_copy(mesh: TemplatesMesh) 
     assert (await mesh.client.get("/v1/templates/segments", headers=mesh.headers("viewer"))).status_code == 200
     assert (await mesh.client.get("/v1/templates/segments")).status_code == 401
     assert (await put_copy(mesh, "student", STUDENT)).status_code == 201
+
+
+async def test_the_console_lists_edits_and_publishes_a_segments_copy(mesh: TemplatesMesh) -> None:
+    await sign_in(mesh.client, KEYS["viewer"])
+    listing = await mesh.client.get("/console/templates")
+    assert listing.status_code == 200 and 'data-segment="_default"' in listing.text and ">Explorer<" in listing.text
+    shown = await mesh.client.get("/console/templates/segments/family")
+    assert shown.status_code == 200 and 'id="label">Family<' in shown.text and "segment-editor" not in shown.text
+    r = await mesh.client.post("/console/templates/segments/family/publish",
+                               data={"csrf": csrf_of(shown.text), "version": "1"})
+    assert r.status_code == 403
+    await sign_in(mesh.client, KEYS["editor"])
+    opened = await mesh.client.get("/console/templates/segments?segment=student", follow_redirects=True)
+    assert opened.status_code == 200 and 'id="no-copy"' in opened.text and "segment-editor" in opened.text
+    fields = {"label": "Student", "intro": "As {{ nope }}", "recommended_content": "[]"}
+    assert (await mesh.client.post("/console/templates/segments/student", data=fields)).status_code == 403  # no CSRF
+    fields["csrf"] = csrf_of(opened.text)
+    r = await mesh.client.post("/console/templates/segments/student", data=fields)
+    assert r.status_code == 422 and "unknown variable &#39;nope&#39;" in r.text
+    assert (await mesh.client.get("/v1/templates/segments/student", headers=mesh.headers("viewer"))).status_code == 404
+    r = await mesh.client.post("/console/templates/segments/student", data={**fields, "recommended_content": "{"})
+    assert r.status_code == 422 and "recommended_content: not JSON" in r.text
+    r = await mesh.client.post("/console/templates/segments/student", data={
+        **fields, "intro": STUDENT["intro"], "recommended_content": '[{"title": "Compare study visas", '
+                                                                    '"path": "/guides/study-visas"}]'})
+    assert r.status_code == 200 and 'id="notice"' in r.text and 'data-publish="1"' in r.text, r.text
+    r = await mesh.client.post("/console/templates/segments/student/publish",
+                               data={"csrf": fields["csrf"], "version": "1"})
+    assert r.status_code == 200 and "Version 1 is published" in r.text
+    live = (await mesh.client.get("/v1/templates/segments/student", headers=mesh.headers("viewer"))).json()
+    assert (live["label"], live["status"], live["recommended_content"]) == (
+        "Student", "published", [{"title": "Compare study visas", "path": "/guides/study-visas"}])
