@@ -74,12 +74,14 @@ class SegmentCopy:
 def parse(raw: object) -> tuple[SegmentCopy | None, list[str]]:
     """A SegmentCopy from a JSON-like object, or the shape problems (each field's); then the intro's
     Jinja2 (syntax, unknown variables)."""
+    problems: list[str] = []
+    intro = raw.get("intro") if isinstance(raw, dict) else None
+    if isinstance(intro, str):   # its Jinja2 is listed beside the other fields' problems
+        check_text_source("intro", intro, problems)
     try:
         data = CopyInput.model_validate(raw)
     except ValidationError as exc:
-        return None, [f"{'.'.join(str(p) for p in e['loc']) or 'copy'}: {e['msg']}" for e in exc.errors()]
-    problems: list[str] = []
-    check_text_source("intro", data.intro, problems)
+        return None, [f"{'.'.join(str(p) for p in e['loc']) or 'copy'}: {e['msg']}" for e in exc.errors()] + problems
     copy = SegmentCopy(label=data.label, intro=data.intro,
                        recommended=tuple(Recommendation(r.title, r.path) for r in data.recommended_content))
     return copy, problems

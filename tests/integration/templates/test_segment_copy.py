@@ -159,6 +159,7 @@ async def test_bad_copy_is_refused_with_every_problem_and_nothing_is_stored(mesh
     assert r.json()["error"]["code"] == "invalid_segment_copy"
     problems = r.json()["error"]["details"]["problems"]
     assert any(p.startswith("label:") for p in problems), problems
+    assert any(p.startswith("intro: template syntax error") for p in problems), problems
     r = await put_copy(mesh, "student", {**STUDENT, "intro": "As {{ favourite_colour }} {% if x %}"})
     assert r.status_code == 422 and any(p.startswith("intro: template syntax error")
                                         for p in r.json()["error"]["details"]["problems"]), r.text
