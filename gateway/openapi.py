@@ -183,6 +183,19 @@ SCHEMAS: dict[str, JsonObject] = {
                        "version": {"type": "integer", "minimum": 0, "maximum": limits.INT32_MAX}},
         "example": {"to": "qa@example.com", "lead_id": "ana", "version": 2},
     },
+    "SegmentCopyDraft": {
+        "type": "object", "required": ["label"],
+        "properties": {"label": {"type": "string", "minLength": 1, "maxLength": 60},
+                       "intro": {"type": "string", "maxLength": 50_000, "description": "Jinja2, the lead's variables"},
+                       "recommended_content": {"type": "array", "maxItems": 3, "items": {
+                           "type": "object", "required": ["title", "path"],
+                           "properties": {"title": {"type": "string", "minLength": 1, "maxLength": 60},
+                                          "path": {"type": "string", "minLength": 1, "maxLength": 400}}}}},
+        "example": {"label": "Student",
+                    "intro": "{% if attributes.study_level %}As a {{ attributes.study_level }} student{% else %}"
+                             "As a student{% endif %}, the right study route opens the door to staying after.",
+                    "recommended_content": [{"title": "Compare study visas", "path": "/guides/study-visas"}]},
+    },
     "Readiness": {"type": "object", "required": ["services"],
                   "properties": {"services": {"type": "object", "additionalProperties": {
                       "type": "object", "properties": {"address": {"type": "string"}, "status": {"type": "string"}}}}}},
@@ -216,6 +229,8 @@ _BODIES: dict[tuple[str, str], tuple[str, bool]] = {
     ("put", "/v1/templates/{key}"): ("TemplateDraft", True),
     ("post", "/v1/templates/{key}/publish"): ("TemplatePublish", True),
     ("post", "/v1/templates/{key}/test-send"): ("TemplateTestSend", True),
+    ("put", "/v1/templates/segments/{segment}"): ("SegmentCopyDraft", True),
+    ("post", "/v1/templates/segments/{segment}/publish"): ("TemplatePublish", True),
 }
 # Writes that take no body: an action named by its path alone.
 BODYLESS = frozenset({("post", "/v1/journeys/{key}/archive"), ("post", "/v1/journeys/{key}/unarchive")})
@@ -337,7 +352,7 @@ def _special_cases(doc: JsonObject) -> None:
     ready["200"]["content"] = readiness
     ready["503"] = {"description": "not every service is serving; the same body",
                     "headers": {"Retry-After": {"schema": {"type": "integer"}}}, "content": readiness}
-    for path in ("/v1/journeys/{key}", "/v1/templates/{key}", "/v1/scoring/model"):
+    for path in ("/v1/journeys/{key}", "/v1/templates/{key}", "/v1/scoring/model", "/v1/templates/segments/{segment}"):
         if path in paths:
             # The body's schema is the route's (gateway.shapes); an object where it names none.
             stored = paths[path]["put"]["responses"].get("201", {})

@@ -24,6 +24,7 @@ from gateway.console.render import page, protect
 from gateway.console.session import Session
 from gateway.deps import ApiError
 from gateway.routes import messaging as messaging_api
+from gateway.routes import template_segments as segments_api
 from gateway.routes import templates as templates_api
 from gateway.shapes import TypedDict
 from nurture.api.messaging.v1 import messaging_pb2, messaging_pb2_grpc
@@ -110,7 +111,8 @@ async def _ab_report(request: Request, key: str) -> AbSummary | None:
 async def templates(request: Request) -> Response:
     async def handler(_request: Request, current: Session) -> Response:
         items = await templates_api.list_templates(mesh_of(request))
-        return page("templates.html", session=current, title="Templates", templates=items)
+        segments = await segments_api.list_segments(mesh_of(request))
+        return page("templates.html", session=current, title="Templates", templates=items, segments=segments)
     return await guarded(request, handler)
 
 

@@ -16,12 +16,14 @@ from nurture.api.messaging.v1 import messaging_pb2, messaging_pb2_grpc
 from nurture.rpcguard import guard_requests, message_problems, problem_text
 from services.messaging.app.channels import Channels, NotFoundError
 from services.messaging.app.delivery import Delivery, InvalidRequest, SendInput
+from services.messaging.app.segments import InvalidSegmentCopy, SegmentDetail, UnknownSegment
 from services.messaging.app.templates import SAMPLE_LEAD, InvalidTemplate, UnknownTemplate
 from services.messaging.clients import Lead, anonymous_profile, email_hash
 from services.messaging.domain import abtest
 from services.messaging.domain.catalog import RenderError
 from services.messaging.domain.content import VARIABLES
 from services.messaging.domain.tokens import TokenError
+from services.messaging.segment_store import SegmentRow
 from services.messaging.storage import Message, aware
 from services.messaging.template_store import TemplateRow, VersionConflict
 
@@ -50,6 +52,11 @@ async def _guard(fn: Callable[[], Awaitable[T]]) -> T:
         raise errors.InvalidArgument(str(exc), code="invalid_template", details={"problems": exc.problems}) from exc
     except UnknownTemplate as exc:
         raise errors.NotFound(str(exc), code="template_not_found") from exc
+    except InvalidSegmentCopy as exc:
+        raise errors.InvalidArgument(str(exc), code="invalid_segment_copy",
+                                     details={"problems": exc.problems}) from exc
+    except UnknownSegment as exc:
+        raise errors.NotFound(str(exc), code="segment_not_found") from exc
     except VersionConflict as exc:
         raise errors.Conflict(str(exc)) from exc
     except grpc.aio.AioRpcError as exc:
@@ -199,6 +206,55 @@ class MessagingServicer(messaging_pb2_grpc.MessagingServicer):
         previous = await _guard(lambda: self.engine.templates.publish(request.key, request.version))
         return messaging_pb2.PublishTemplateReply(key=request.key, version=request.version, previous_version=previous)
 
+    # --- segments' copy ------------------------------------------------------------------------------
+    @staticmethod
+    def _segment_summary(row: SegmentRow, label: str) -> messaging_pb2.SegmentCopySummary:
+        out = messaging_pb2.SegmentCopySummary(segment=row.segment, published_version=row.published_version,
+                                               latest_version=row.latest_version, label=label)
+        out.updated_at.FromDatetime(row.updated_at)
+        return out
+
+    async def ListSegmentCopy(self, request: messaging_pb2.ListSegmentCopyRequest,
+                              context: grpc.aio.ServicerContext) -> messaging_pb2.ListSegmentCopyReply:
+        listed = await self.engine.templates.segments.list()
+        return messaging_pb2.ListSegmentCopyReply(items=[self._segment_summary(r, label) for r, label in listed])
+
+    async def GetSegmentCopy(self, request: messaging_pb2.GetSegmentCopyRequest,
+                             context: grpc.aio.ServicerContext) -> messaging_pb2.GetSegmentCopyReply:
+        detail: SegmentDetail = await _guard(lambda: self.engine.templates.segments.get(request.segment,
+                                                                                        request.version))
+        c = detail.shown.copy
+        reply = messaging_pb2.GetSegmentCopyReply(
+            summary=self._segment_summary(detail.row, c.label), version=detail.shown.version,
+            status=detail.shown.status, copy=messaging_pb2.SegmentCopy(
+                label=c.label, intro=c.intro, recommended_content_json=json.dumps(c.recommended_dicts())))
+        for v in detail.versions:
+            info = reply.versions.add(version=v.version, status=v.status, source=v.source)
+            info.created_at.FromDatetime(v.created_at)
+            if v.published_at is not None:
+                info.published_at.FromDatetime(v.published_at)
+        return reply
+
+    async def PutSegmentCopy(self, request: messaging_pb2.PutSegmentCopyRequest,
+                             context: grpc.aio.ServicerContext) -> messaging_pb2.PutSegmentCopyReply:
+        c = request.copy
+        raw: dict[str, Any] = {"label": c.label, "intro": c.intro}
+        try:
+            raw["recommended_content"] = json.loads(c.recommended_content_json or "[]")
+        except ValueError as exc:
+            raise errors.invalid_fields({"recommended_content": f"is not JSON: {exc}"}) from exc
+        version = await _guard(lambda: self.engine.templates.segments.put_draft(
+            request.segment, raw, validate_only=request.validate_only))
+        return messaging_pb2.PutSegmentCopyReply(segment=request.segment, version=version)
+
+    async def PublishSegmentCopy(self, request: messaging_pb2.PublishSegmentCopyRequest,
+                                 context: grpc.aio.ServicerContext) -> messaging_pb2.PublishSegmentCopyReply:
+        if request.version < 1:
+            raise errors.invalid_fields({"version": "is required (a version number)"})
+        previous = await _guard(lambda: self.engine.templates.segments.publish(request.segment, request.version))
+        return messaging_pb2.PublishSegmentCopyReply(segment=request.segment, version=request.version,
+                                                     previous_version=previous)
+
     async def _lead(self, lead_id: str) -> Lead:
         if not lead_id:
             return SAMPLE_LEAD.copy()
@@ -251,7 +307,7 @@ class MessagingServicer(messaging_pb2_grpc.MessagingServicer):
                 raise InvalidRequest(f"context_json is not JSON: {exc}") from exc
             compiled = await self.engine.templates.compiled(request.template)
             r = self.engine.catalog.render(request.template, lead or {}, context=ctx if isinstance(ctx, dict) else {},
-                                           content=compiled)
+                                           content=compiled, segments=self.engine.templates.segments.live())
             return messaging_pb2.RenderReply(subject=r.subject, html=r.html, text=r.text, variant=r.variant)
         return await _guard(run)
 

@@ -176,6 +176,30 @@ template_versions = Table(
     Column("published_at", DateTime, nullable=True),
 )
 
+# A segment's copy as versioned data, as templates are (seeded from templates/catalog.yaml's `segments:`):
+# one row per segment with its live version, and every version. The catalog's "" entry, for a lead
+# whose segment has none, is the segment `_default`.
+segments = Table(
+    "messaging_segments", metadata,
+    Column("segment", String(64), primary_key=True),
+    Column("published_version", Integer, nullable=False, default=0),   # 0: none yet
+    Column("latest_version", Integer, nullable=False, default=0),
+    Column("updated_at", DateTime, nullable=False),
+)
+
+segment_versions = Table(
+    "messaging_segment_versions", metadata,
+    Column("segment", String(64), primary_key=True),
+    Column("version", Integer, primary_key=True),
+    Column("status", String(16), nullable=False),      # draft | published | superseded
+    Column("label", String(64), nullable=False),
+    Column("intro", Text, nullable=False),              # Jinja2
+    Column("recommended_json", Text, nullable=False),   # [{"title", "path"}]
+    Column("source", String(16), nullable=False),       # seed | api
+    Column("created_at", DateTime, nullable=False),
+    Column("published_at", DateTime, nullable=True),
+)
+
 # Deliverability (app/deliverability.py): one row per delivered email, bounce and complaint, by sending
 # domain and mailbox provider, for the rolling rates, the guards and the figures.
 delivery_events = Table(

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Any
+from urllib.parse import urlencode
 
 import grpc
 from pydantic import Field, StrictInt, field_validator
@@ -329,6 +330,8 @@ class Channels:
         recommended = self._recommend(positions)
         if not recommended:
             recommended = self._after_journeys(lead, segment)
+            # A segment added as data has no catalog emails to point at: its copy's own pages fill the rest.
+            recommended += self._segment_pages(segment)[:3 - len(recommended)]
         if not recommended:
             fallback = catalog.specs.get("lead_magnet.email_01")
             if fallback:
@@ -355,6 +358,24 @@ class Channels:
                       f"lifecycle stage {stage}") for p in rules["by_lifecycle"].get(stage, [])]
         out += [r for r in self._recommend([p for p in positions if p[0]]) if all(r["key"] != o["key"] for o in out)]
         return out[:3]
+
+    def _segment_pages(self, segment: str) -> list[dict[str, str]]:
+        """The pages the segment's own copy recommends (PUT /v1/templates/segments/{segment}), as the
+        catalog's CTAs are given: tagged for analytics (the segment is the campaign)."""
+        copy = self.engine.templates.segments.live().get(segment) if segment else None
+        if copy is None:
+            return []
+        site = self.engine.catalog.site_url
+        out = []
+        for i, r in enumerate(copy.copy.recommended):
+            path = self.engine.catalog.site_path(r.path)
+            if path is None:
+                continue   # (checked when stored; a site_url changed since leaves it out)
+            query = urlencode({"utm_source": "nurture", "utm_medium": "web", "utm_campaign": segment,
+                               "utm_content": f"recommended_{i + 1}"})
+            out.append({"key": f"segments.{segment}.{i + 1}", "title": r.title, "url": f"{site}{path}?{query}",
+                        "reason": f"segment {segment}"})
+        return out
 
     def _recommend(self, positions: list[tuple[str, str, str]]) -> list[dict[str, str]]:
         """Up to three email CTAs of the journeys' current stages, in the order of `positions`."""

@@ -473,6 +473,7 @@ class Delivery:
         return self.catalog.render(
             row.template, lead, context=json.loads(row.context_json or "{}"), content=live,
             track=track if tracked else None, variant=row.variant, now=self.clock.now(),
+            segments=self.templates.segments.live(),
             pixel_url=f"{self.public_url}/t/o/{self.signer.sign(Token('open', mid, lead_id))}"
             if row.channel == "email" else "",
             unsubscribe_url=f"{self.public_url}/u/{unsub}")

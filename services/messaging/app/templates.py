@@ -19,6 +19,7 @@ from typing import Any
 
 from nurture.clock import Clock
 from nurture.db import Database
+from services.messaging.app.segments import SegmentLibrary
 from services.messaging.clients import Lead
 from services.messaging.domain.catalog import Catalog, Rendered, RenderError
 from services.messaging.domain.content import Compiled, ContentError, TemplateContent, parse, validate
@@ -34,6 +35,8 @@ SAMPLE_LEAD: Lead = {
     "id": "sample", "first_name": "Ana", "last_name": "Costa", "email": "ana@example.com",
     "segment": "skilled_professional", "timezone": "Europe/Lisbon", "lifecycle_stage": "mql", "score": 55,
     "attributes": {"profession": "nurse", "countries_of_interest": ["CA", "AU"]}}
+# A lead the website knows nothing about yet: copy must render for it too (every value empty).
+SPARSE_LEAD: Lead = {"id": "sample-sparse", "email": "lead@example.com"}
 
 
 class InvalidTemplate(Exception):
@@ -61,6 +64,8 @@ class TemplateLibrary:
         self.catalog = catalog
         self.clock = clock
         self.store = TemplateStore(db.session)
+        # Segments' copy (label, intro) is versioned beside the templates and loaded and refreshed with them.
+        self.segments = SegmentLibrary(db=db, catalog=catalog, clock=clock, samples=(SAMPLE_LEAD, SPARSE_LEAD))
         self._live: dict[str, Compiled] = {}
         self._loaded = False
         self._lock = asyncio.Lock()
@@ -77,6 +82,7 @@ class TemplateLibrary:
         """Seed (first start) and compile every live version, once."""
         if self._loaded:
             return
+        await self.segments.ensure()
         async with self._lock:
             if self._loaded:
                 return
@@ -105,6 +111,7 @@ class TemplateLibrary:
         if not self._loaded:
             await self.ensure()
             return 0
+        await self.segments.refresh()
         wanted = await self.db.run(self.store.live_versions)
         gone = [k for k in self._live if wanted.get(k, 0) == 0]
         changed = {k: v for k, v in wanted.items() if v and (k, v) not in self._broken
@@ -269,4 +276,5 @@ class TemplateLibrary:
             have = ", ".join(sorted(compiled.variants)) or "none"
             raise InvalidTemplate([f"variant: {variant!r} is not a variant of this version (it has: {have})"])
         return self.catalog.render(key, lead, context=context, content=compiled, variant=variant or None,
-                                   now=self.clock.now(), unsubscribe_url="#unsubscribe")
+                                   now=self.clock.now(), unsubscribe_url="#unsubscribe",
+                                   segments=self.segments.live())

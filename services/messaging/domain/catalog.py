@@ -39,6 +39,7 @@ from services.messaging.domain.content import (
     link_tracker,
     text_env,
 )
+from services.messaging.domain.segments import DEFAULT, CompiledCopy, Recommendation, SegmentCopy
 
 # Re-exported: the copy's wording rules are the catalog's as much as the filters'.
 from services.messaging.domain.wording import children_phrase as children_phrase
@@ -257,9 +258,15 @@ class SenderEntry(Strict):
     postal_address: str = ""   # the sender's postal address, in every email's footer (CAN-SPAM, PECR)
 
 
+class RecommendationEntry(Strict):
+    title: str
+    path: str
+
+
 class SegmentEntry(Strict):
     label: str = ""
     intro: str = ""
+    recommended_content: list[RecommendationEntry] = Field(default_factory=list)
 
 
 class JourneyEntry(Strict):
@@ -341,15 +348,22 @@ class Catalog:
                               autoescape=False, keep_trailing_newline=True)
         self._seed_body = seeding.from_string((TEMPLATES_DIR / "layout.mjml.j2").read_text(encoding="utf-8"))
         self._seed_text = seeding.from_string((TEMPLATES_DIR / "layout.text.j2").read_text(encoding="utf-8"))
-        self._segments: dict[str, dict[str, Any]] = {
-            k: {"label": v.label, "intro": self._text_env.from_string(v.intro)}
-            for k, v in data.segments.items()}
+        # Each segment's copy seeds the store's first version of it (app/segments.py); until that is
+        # loaded (and for a catalog used alone: tests, tools) it is what renders. "" is `_default`.
+        self._segment_seeds = {k or DEFAULT: SegmentCopy(v.label, v.intro, tuple(
+            Recommendation(r.title, r.path) for r in v.recommended_content)) for k, v in data.segments.items()}
+        self.segment_copy: dict[str, CompiledCopy] = {
+            k: CompiledCopy(k, 0, c) for k, c in self._segment_seeds.items()}
         self._journeys = {k: self._text_env.from_string(v.extra) for k, v in data.journeys.items()}
         self._compiled: dict[str, Any] = {}
         self._seeded: dict[str, Compiled] = {}
 
     def keys(self) -> list[str]:
         return list(self.specs)
+
+    def seed_segments(self) -> dict[str, SegmentCopy]:
+        """segment → the copy the catalog seeds it with (`_default`: the catalog's "" entry)."""
+        return dict(self._segment_seeds)
 
     def spec(self, key: str) -> TemplateSpec:
         """What a template is: the catalog's entry, or for a template made in the console or the API (no
@@ -368,9 +382,10 @@ class Catalog:
     def seed_content(self, key: str) -> TemplateContent:
         """A catalog entry's first version: its subject and points laid into the seed layouts."""
         spec = self.specs[key]
-        body = self._seed_body.render(points=[escape_outside_jinja(p) for p in spec.points],
-                                      cta_label=escape_outside_jinja(spec.cta_label))
-        text = self._seed_text.render(points=list(spec.points), cta_label=spec.cta_label)
+        # The button says `{{ cta_label }}`: the version's own label when it names one, else the entry's
+        # `cta.label` (with_version_cta), so editing the field changes the button of a seeded email too.
+        body = self._seed_body.render(points=[escape_outside_jinja(p) for p in spec.points])
+        text = self._seed_text.render(points=list(spec.points))
         variants = {name: Variant(subject=str(v.get("subject", "")), preheader=str(v.get("preheader", "")),
                                   intro=str(v.get("intro", "")), weight=float(v.get("weight", 1.0)))
                     for name, v in spec.variants.items()}
@@ -441,11 +456,12 @@ class Catalog:
 
     def render(self, key: str, lead: Mapping[str, Any], *, context: Mapping[str, Any] | None = None,
                track: Tracker | None = None, pixel_url: str = "", unsubscribe_url: str = "",
-               variant: str | None = None, now: datetime | None = None, content: Compiled | None = None
-               ) -> Rendered:
+               variant: str | None = None, now: datetime | None = None, content: Compiled | None = None,
+               segments: Mapping[str, CompiledCopy] | None = None) -> Rendered:
         """Subject, HTML and text of template `key` for `lead`; RenderError when unknown or broken.
         `content`: the version to render (None: the catalog's seed). `now` (the send time) tells the
-        templates whether a webinar start or a trial end is past."""
+        templates whether a webinar start or a trial end is past. `segments`: each segment's live copy
+        (None: the catalog's); a segment without copy of its own gets `_default`'s."""
         if content is None and key not in self.specs:
             raise RenderError(f"unknown template {key!r}")
         try:
@@ -455,10 +471,11 @@ class Catalog:
         spec = self.with_version_cta(self.spec(key), compiled.content)
         ctx = dict(context or {})
         base = profile_context(lead)
-        segment = self._segments.get(base["segment"]) or self._segments.get("") or {}
+        copies = segments if segments is not None else self.segment_copy
+        segment = copies.get(base["segment"]) or copies.get(DEFAULT)
         base.update(
-            segment_label=segment.get("label", ""), journey=spec.journey, step=spec.step, template=key,
-            category=spec.category, ctx=ctx, site_url=self.site_url,
+            segment_label=segment.label if segment is not None else "", journey=spec.journey, step=spec.step,
+            template=key, category=spec.category, ctx=ctx, site_url=self.site_url,
             starts_at_local=_local(ctx.get("starts_at"), base["timezone"]),
             ends_at_local=_local(ctx.get("ends_at"), base["timezone"]),
             starts_at_past=_is_past(ctx.get("starts_at"), now), ends_at_past=_is_past(ctx.get("ends_at"), now),
@@ -488,8 +505,8 @@ class Catalog:
             links.append(destination)
             subject = compiled.subject(chosen, base)
             intro_tpl = compiled.intro(chosen)
-            if intro_tpl is None:
-                intro_tpl = segment.get("intro")
+            if intro_tpl is None and segment is not None:
+                intro_tpl = segment.intro
             values = dict(base)
             values.update(subject=subject)
             values.update(

@@ -209,6 +209,11 @@ def _check_source(where: str, source: str, env: ImmutableSandboxedEnvironment, p
     return used
 
 
+def check_text_source(where: str, source: str, problems: list[str]) -> None:
+    """A plain-text Jinja2 source's problems (syntax, unknown variables), added to `problems`."""
+    _check_source(where, source, _TEXT, problems)
+
+
 def _untracked_hrefs(compiled_html: str) -> list[str]:
     out = []
     for m in _HREF.finditer(compiled_html):

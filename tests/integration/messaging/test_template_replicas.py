@@ -91,3 +91,26 @@ async def test_two_messaging_servers_one_publishes_the_other_renders_it_after_se
         await ch_b.close()
         await first.stop(grace=0.5)
         await second.stop(grace=0.5)
+
+
+async def test_a_segments_copy_published_at_one_replica_is_what_the_other_renders_after_its_refresh(
+        settings: Settings) -> None:
+    """Segments' copy travels with the templates: the other replica's refresh takes it."""
+    db = open_database(settings, service="messaging", migrations_dir=MIGRATIONS)
+    redis = connect_sync(settings)
+    try:
+        catalog = Catalog()
+        a = TemplateLibrary(db=db, catalog=catalog, clock=VirtualClock(redis))
+        b = TemplateLibrary(db=db, catalog=catalog, clock=VirtualClock(redis))
+        await a.ensure()
+        await b.ensure()
+        lead = {"id": "s-1", "first_name": "Priya", "segment": "student"}
+        assert "Wherever you are in your research" in (await b.preview(KEY, 0, lead, {})).text
+        v1 = await a.segments.put_draft("student", {"label": "Student", "intro": "Study first, {{ first_name }}."})
+        await a.segments.publish("student", v1)
+        assert "Study first, Priya." in (await a.preview(KEY, 0, lead, {})).text
+        await b.refresh()
+        assert "Study first, Priya." in (await b.preview(KEY, 0, lead, {})).text
+    finally:
+        redis.close()
+        db.close()

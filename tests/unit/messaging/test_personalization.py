@@ -23,7 +23,11 @@ class Leads:
 
 
 def personalization(enrollments: list[SimpleNamespace], lead: dict[str, Any] | None = None) -> Any:
-    channels = Channels(SimpleNamespace(leads=Leads(lead or LEAD), catalog=Catalog()), None)  # type: ignore[arg-type]
+    catalog = Catalog()
+    # Segments' copy as the store is seeded with it (the catalog's own).
+    segments = SimpleNamespace(live=lambda: catalog.segment_copy)
+    channels = Channels(SimpleNamespace(leads=Leads(lead or LEAD), catalog=catalog,  # type: ignore[arg-type]
+                                        templates=SimpleNamespace(segments=segments)), None)
 
     async def answer(_lead_id: str) -> list[Any]:
         return list(enrollments)

@@ -247,6 +247,98 @@ class PreviewTemplateReply(_message.Message):
     version: int
     def __init__(self, subject: _Optional[str] = ..., preheader: _Optional[str] = ..., html: _Optional[str] = ..., text: _Optional[str] = ..., variant: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
 
+class SegmentCopy(_message.Message):
+    __slots__ = ("label", "intro", "recommended_content_json")
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    INTRO_FIELD_NUMBER: _ClassVar[int]
+    RECOMMENDED_CONTENT_JSON_FIELD_NUMBER: _ClassVar[int]
+    label: str
+    intro: str
+    recommended_content_json: str
+    def __init__(self, label: _Optional[str] = ..., intro: _Optional[str] = ..., recommended_content_json: _Optional[str] = ...) -> None: ...
+
+class SegmentCopySummary(_message.Message):
+    __slots__ = ("segment", "published_version", "latest_version", "label", "updated_at")
+    SEGMENT_FIELD_NUMBER: _ClassVar[int]
+    PUBLISHED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    LATEST_VERSION_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    segment: str
+    published_version: int
+    latest_version: int
+    label: str
+    updated_at: _timestamp_pb2.Timestamp
+    def __init__(self, segment: _Optional[str] = ..., published_version: _Optional[int] = ..., latest_version: _Optional[int] = ..., label: _Optional[str] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ListSegmentCopyRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListSegmentCopyReply(_message.Message):
+    __slots__ = ("items",)
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[SegmentCopySummary]
+    def __init__(self, items: _Optional[_Iterable[_Union[SegmentCopySummary, _Mapping]]] = ...) -> None: ...
+
+class GetSegmentCopyRequest(_message.Message):
+    __slots__ = ("segment", "version")
+    SEGMENT_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    segment: str
+    version: int
+    def __init__(self, segment: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
+
+class GetSegmentCopyReply(_message.Message):
+    __slots__ = ("summary", "version", "status", "copy", "versions")
+    SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    COPY_FIELD_NUMBER: _ClassVar[int]
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    summary: SegmentCopySummary
+    version: int
+    status: str
+    copy: SegmentCopy
+    versions: _containers.RepeatedCompositeFieldContainer[TemplateVersionInfo]
+    def __init__(self, summary: _Optional[_Union[SegmentCopySummary, _Mapping]] = ..., version: _Optional[int] = ..., status: _Optional[str] = ..., copy: _Optional[_Union[SegmentCopy, _Mapping]] = ..., versions: _Optional[_Iterable[_Union[TemplateVersionInfo, _Mapping]]] = ...) -> None: ...
+
+class PutSegmentCopyRequest(_message.Message):
+    __slots__ = ("segment", "copy", "validate_only")
+    SEGMENT_FIELD_NUMBER: _ClassVar[int]
+    COPY_FIELD_NUMBER: _ClassVar[int]
+    VALIDATE_ONLY_FIELD_NUMBER: _ClassVar[int]
+    segment: str
+    copy: SegmentCopy
+    validate_only: bool
+    def __init__(self, segment: _Optional[str] = ..., copy: _Optional[_Union[SegmentCopy, _Mapping]] = ..., validate_only: _Optional[bool] = ...) -> None: ...
+
+class PutSegmentCopyReply(_message.Message):
+    __slots__ = ("segment", "version")
+    SEGMENT_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    segment: str
+    version: int
+    def __init__(self, segment: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
+
+class PublishSegmentCopyRequest(_message.Message):
+    __slots__ = ("segment", "version")
+    SEGMENT_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    segment: str
+    version: int
+    def __init__(self, segment: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
+
+class PublishSegmentCopyReply(_message.Message):
+    __slots__ = ("segment", "version", "previous_version")
+    SEGMENT_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_VERSION_FIELD_NUMBER: _ClassVar[int]
+    segment: str
+    version: int
+    previous_version: int
+    def __init__(self, segment: _Optional[str] = ..., version: _Optional[int] = ..., previous_version: _Optional[int] = ...) -> None: ...
+
 class TestSendRequest(_message.Message):
     __slots__ = ("key", "version", "lead_id", "to", "context_json")
     KEY_FIELD_NUMBER: _ClassVar[int]

@@ -119,6 +119,26 @@ class MessagingStub:
                 request_serializer=nurture_dot_api_dot_messaging_dot_v1_dot_messaging__pb2.TestSendRequest.SerializeToString,
                 response_deserializer=nurture_dot_api_dot_messaging_dot_v1_dot_messaging__pb2.TestSendReply.FromString,
                 _registered_method=True)
+        self.ListSegmentCopy = channel.unary_unary(
+                '/nurture.api.messaging.v1.Messaging/ListSegmentCopy',
+                request_serializer=nurture_dot_api_dot_messaging_dot_v1_dot_messaging__pb2.ListSegmentCopyRequest.SerializeToString,
+                response_deserializer=nurture_dot_api_dot_messaging_dot_v1_dot_messaging__pb2.ListSegmentCopyReply.FromString,
+                _registered_method=True)
+        self.GetSegmentCopy = channel.unary_unary(
+                '/nurture.api.messaging.v1.Messaging/GetSegmentCopy',
+                request_serializer=nurture_dot_api_dot_messaging_dot_v1_dot_messaging__pb2.GetSegmentCopyRequest.SerializeToString,
+                response_deserializer=nurture_dot_api_dot_messaging_dot_v1_dot_messaging__pb2.GetSegmentCopyReply.FromString,
+                _registered_method=True)
+        self.PutSegmentCopy = channel.unary_unary(
+                '/nurture.api.messaging.v1.Messaging/PutSegmentCopy',
+                request_serializer=nurture_dot_api_dot_messaging_dot_v1_dot_messaging__pb2.PutSegmentCopyRequest.SerializeToString,
+                response_deserializer=nurture_dot_api_dot_messaging_dot_v1_dot_messaging__pb2.PutSegmentCopyReply.FromString,
+                _registered_method=True)
+        self.PublishSegmentCopy = channel.unary_unary(
+                '/nurture.api.messaging.v1.Messaging/PublishSegmentCopy',
+                request_serializer=nurture_dot_api_dot_messaging_dot_v1_dot_messaging__pb2.PublishSegmentCopyRequest.SerializeToString,
+                response_deserializer=nurture_dot_api_dot_messaging_dot_v1_dot_messaging__pb2.PublishSegmentCopyReply.FromString,
+                _registered_method=True)
 
 
 class MessagingServicer:
@@ -230,6 +250,30 @@ class MessagingServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListSegmentCopy(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetSegmentCopy(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PutSegmentCopy(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PublishSegmentCopy(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MessagingServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -317,6 +361,26 @@ def add_MessagingServicer_to_server(servicer, server):
                     servicer.TestSendTemplate,
                     request_deserializer=nurture_dot_api_dot_messaging_dot_v1_dot_messaging__pb2.TestSendRequest.FromString,
                     response_serializer=nurture_dot_api_dot_messaging_dot_v1_dot_messaging__pb2.TestSendReply.SerializeToString,
+            ),
+            'ListSegmentCopy': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSegmentCopy,
+                    request_deserializer=nurture_dot_api_dot_messaging_dot_v1_dot_messaging__pb2.ListSegmentCopyRequest.FromString,
+                    response_serializer=nurture_dot_api_dot_messaging_dot_v1_dot_messaging__pb2.ListSegmentCopyReply.SerializeToString,
+            ),
+            'GetSegmentCopy': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSegmentCopy,
+                    request_deserializer=nurture_dot_api_dot_messaging_dot_v1_dot_messaging__pb2.GetSegmentCopyRequest.FromString,
+                    response_serializer=nurture_dot_api_dot_messaging_dot_v1_dot_messaging__pb2.GetSegmentCopyReply.SerializeToString,
+            ),
+            'PutSegmentCopy': grpc.unary_unary_rpc_method_handler(
+                    servicer.PutSegmentCopy,
+                    request_deserializer=nurture_dot_api_dot_messaging_dot_v1_dot_messaging__pb2.PutSegmentCopyRequest.FromString,
+                    response_serializer=nurture_dot_api_dot_messaging_dot_v1_dot_messaging__pb2.PutSegmentCopyReply.SerializeToString,
+            ),
+            'PublishSegmentCopy': grpc.unary_unary_rpc_method_handler(
+                    servicer.PublishSegmentCopy,
+                    request_deserializer=nurture_dot_api_dot_messaging_dot_v1_dot_messaging__pb2.PublishSegmentCopyRequest.FromString,
+                    response_serializer=nurture_dot_api_dot_messaging_dot_v1_dot_messaging__pb2.PublishSegmentCopyReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -778,6 +842,114 @@ class Messaging:
             '/nurture.api.messaging.v1.Messaging/TestSendTemplate',
             nurture_dot_api_dot_messaging_dot_v1_dot_messaging__pb2.TestSendRequest.SerializeToString,
             nurture_dot_api_dot_messaging_dot_v1_dot_messaging__pb2.TestSendReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSegmentCopy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nurture.api.messaging.v1.Messaging/ListSegmentCopy',
+            nurture_dot_api_dot_messaging_dot_v1_dot_messaging__pb2.ListSegmentCopyRequest.SerializeToString,
+            nurture_dot_api_dot_messaging_dot_v1_dot_messaging__pb2.ListSegmentCopyReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSegmentCopy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nurture.api.messaging.v1.Messaging/GetSegmentCopy',
+            nurture_dot_api_dot_messaging_dot_v1_dot_messaging__pb2.GetSegmentCopyRequest.SerializeToString,
+            nurture_dot_api_dot_messaging_dot_v1_dot_messaging__pb2.GetSegmentCopyReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PutSegmentCopy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nurture.api.messaging.v1.Messaging/PutSegmentCopy',
+            nurture_dot_api_dot_messaging_dot_v1_dot_messaging__pb2.PutSegmentCopyRequest.SerializeToString,
+            nurture_dot_api_dot_messaging_dot_v1_dot_messaging__pb2.PutSegmentCopyReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PublishSegmentCopy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nurture.api.messaging.v1.Messaging/PublishSegmentCopy',
+            nurture_dot_api_dot_messaging_dot_v1_dot_messaging__pb2.PublishSegmentCopyRequest.SerializeToString,
+            nurture_dot_api_dot_messaging_dot_v1_dot_messaging__pb2.PublishSegmentCopyReply.FromString,
             options,
             channel_credentials,
             insecure,
