@@ -119,6 +119,23 @@ async def test_sales_task_and_webinar_reschedule(mesh: Mesh) -> None:
     assert web.next_step_at.ToDatetime().replace(tzinfo=starts.tzinfo) == moved - timedelta(days=1)
 
 
+async def test_a_webinar_no_show_is_not_thanked_for_coming_three_days_later(mesh: Mesh) -> None:
+    # The seed's "+3 Days: personalized outreach based on webinar engagement": the attended lead's
+    # opens "You were with us at the webinar"; a no-show got that same email.
+    came, missed = lead("l-wa"), lead("l-wn")
+    starts = mesh.clock.now() + timedelta(days=2)
+    for who in (came, missed):
+        await publish(mesh.pub, mesh.clock, who, "webinar_registered", webinar_id="w-3", starts_at=starts.isoformat())
+    await settle(mesh.admin)
+    await advance(mesh.admin, mesh.clock, (starts - mesh.clock.now()).total_seconds() + 600)
+    await publish(mesh.pub, mesh.clock, came, "webinar_attended", webinar_id="w-3")
+    await advance(mesh.admin, mesh.clock, 3 * 86400 + 3600)
+    sent = {who["id"]: [(r.step, r.template) for r in mesh.rec.sends if r.journey == "webinar"
+                        and r.lead_id == who["id"]] for who in (came, missed)}
+    assert sent["l-wa"][-1] == ("email_07", "webinar.email_07")
+    assert sent["l-wn"][-2:] == [("email_05", "webinar.email_05"), ("email_07_no_show", "webinar.email_07_no_show")]
+
+
 async def test_definitions_versions_and_validation(mesh: Mesh) -> None:
     listed = await mesh.stub.ListJourneys(journeys_pb2.ListJourneysRequest(), timeout=5)
     assert len(listed.journeys) == 14 and all(j.published_version == 1 for j in listed.journeys)

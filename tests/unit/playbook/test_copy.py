@@ -227,8 +227,9 @@ def test_webinar_plan_and_assessment_emails_link_to_their_own_pages(catalog: Cat
 
 
 def test_no_two_emails_of_a_journey_share_a_page_unless_they_are_the_same_page(catalog: Catalog) -> None:
-    # The attended and no-show branches of the webinar both offer the same recording.
-    same_page = {("webinar.email_04", "webinar.email_05")}
+    # The attended and no-show branches of the webinar both offer the same recording, and the same
+    # adviser's follow-up page.
+    same_page = {("webinar.email_04", "webinar.email_05"), ("webinar.email_07", "webinar.email_07_no_show")}
     ctx = CONTEXTS["with_event"]
     by_journey: dict[str, dict[str, str]] = defaultdict(dict)
     clashes = []
