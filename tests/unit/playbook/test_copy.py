@@ -249,3 +249,22 @@ def test_the_specialists_note_speaks_in_their_voice(catalog: Catalog) -> None:
     assert "experience as an architect" in r.text
     anonymous = catalog.render("high_engagement.email_05", LEADS["sparse"])
     assert "I'm one of the immigration specialists" in anonymous.text
+
+
+def test_trial_nurture_speaks_of_a_trial_only_to_a_lead_on_one(catalog: Catalog) -> None:
+    # The seed's Trial Nurturing Workflow starts on "free trial or assessment activation": a lead who
+    # only started an assessment was welcomed to "your BorderBridge trial", asked "How is your trial
+    # going?" and told "Your trial is coming to an end". The lifecycle stage says which it is.
+    entry = yaml.safe_load((PLAYBOOK / "trial_nurture.yaml").read_text(encoding="utf-8"))["entry"]
+    assert {"trial_started", "assessment_started"} <= {e for rule in entry for e in rule["events"]}
+    keys = [f"trial_nurture.email_0{n}" for n in range(1, 8)]
+    assessed = {**LEADS["nurse_no_countries"], "lifecycle_stage": "lead"}
+    for key in keys:
+        r = catalog.render(key, assessed, context={"plan": "Pro"})
+        words = re.sub(r"\S+://\S+", "", f"{r.subject} {r.text}")   # links name the journey
+        assert "trial" not in words.lower(), (key, r.subject)
+    on_trial = {**LEADS["nurse_no_countries"], "lifecycle_stage": "trial"}
+    assert catalog.render("trial_nurture.email_05", on_trial).subject == "How is your trial going?"
+    offer = catalog.render("trial_nurture.email_07", on_trial, context={"plan": "Pro"})
+    assert offer.subject == "Keep going: your trial-to-paid offer"
+    assert "You have been trying the Pro plan. Subscribe before your trial ends" in offer.text
