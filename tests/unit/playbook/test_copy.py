@@ -268,3 +268,20 @@ def test_trial_nurture_speaks_of_a_trial_only_to_a_lead_on_one(catalog: Catalog)
     offer = catalog.render("trial_nurture.email_07", on_trial, context={"plan": "Pro"})
     assert offer.subject == "Keep going: your trial-to-paid offer"
     assert "You have been trying the Pro plan. Subscribe before your trial ends" in offer.text
+
+
+def test_lead_magnet_thanks_a_tool_user_for_the_tool_not_for_a_download(catalog: Catalog) -> None:
+    # The seed starts the sequence on "lead magnet download or tool usage"; a lead who used a tool (a
+    # page view of category tool, lead_magnet.yaml's tool_used) read "Thank you for downloading our
+    # guide" and then, for two weeks, about "the resource you downloaded".
+    lead = LEADS["nurse_no_countries"]
+    for n in range(1, 8):
+        r = catalog.render(f"lead_magnet.email_0{n}", lead, context={"via": "tool"})
+        assert "download" not in re.sub(r"\S+://\S+", "", r.text).lower(), n
+    anchors = yaml.safe_load((PLAYBOOK / "lead_magnet.yaml").read_text(encoding="utf-8"))["anchors"]
+    assert anchors["via"] == "category"   # the entering page view's category reaches the emails as ctx.via
+    assert "Thank you for using our online tool." in catalog.render("lead_magnet.email_01", lead,
+                                                                     context={"via": "tool"}).text
+    download = {"via": "tool", "resource": "g-7", "resource_title": "Global Skills Demand Report"}
+    assert "Thank you for downloading Global Skills Demand Report." in catalog.render(
+        "lead_magnet.email_01", lead, context=download).text
