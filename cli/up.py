@@ -304,6 +304,10 @@ def with_port_offset(settings: Settings, offset: int, *, smtp_given: bool = Fals
         changes["smtp_url"] = _shift(settings.smtp_url, offset, 2525)
     if "NURTURE_CRM_URL" not in os.environ or os.environ.get("NURTURE_EMBEDDED_CRM") == "1":
         changes["crm_url"] = _shift(settings.crm_url, offset, 8090)
+    # The ads emulator's port too: left to "8092, else any free one", two meshes started together (each
+    # with its own offset) both found 8092 free, and the one that lost the race stopped whole.
+    if "NURTURE_ADS_URL" not in os.environ or os.environ.get("NURTURE_EMBEDDED_ADS") == "1":
+        changes["ads_url"] = _shift(settings.ads_url or "http://127.0.0.1:8092", offset, 8092)
     return settings.with_overrides(**changes)
 
 

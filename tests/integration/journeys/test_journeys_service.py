@@ -119,6 +119,35 @@ async def test_sales_task_and_webinar_reschedule(mesh: Mesh) -> None:
     assert web.next_step_at.ToDatetime().replace(tzinfo=starts.tzinfo) == moved - timedelta(days=1)
 
 
+async def test_a_webinar_no_show_is_not_thanked_for_coming_three_days_later(mesh: Mesh) -> None:
+    # The seed's "+3 Days: personalized outreach based on webinar engagement": the attended lead's
+    # opens "You were with us at the webinar"; a no-show got that same email.
+    came, missed = lead("l-wa"), lead("l-wn")
+    starts = mesh.clock.now() + timedelta(days=2)
+    for who in (came, missed):
+        await publish(mesh.pub, mesh.clock, who, "webinar_registered", webinar_id="w-3", starts_at=starts.isoformat())
+    await settle(mesh.admin)
+    await advance(mesh.admin, mesh.clock, (starts - mesh.clock.now()).total_seconds() + 600)
+    await publish(mesh.pub, mesh.clock, came, "webinar_attended", webinar_id="w-3")
+    await advance(mesh.admin, mesh.clock, 3 * 86400 + 3600)
+    sent = {who["id"]: [(r.step, r.template) for r in mesh.rec.sends if r.journey == "webinar"
+                        and r.lead_id == who["id"]] for who in (came, missed)}
+    assert sent["l-wa"][-1] == ("email_07", "webinar.email_07")
+    assert sent["l-wn"][-2:] == [("email_05", "webinar.email_05"), ("email_07_no_show", "webinar.email_07_no_show")]
+
+
+async def test_a_tool_users_lead_magnet_emails_know_it_came_through_the_tool(mesh: Mesh) -> None:
+    # "Lead magnet download or tool usage": the emails thank a tool user for the tool (ctx.via), not
+    # for a download it never made; a download's own category is what it carries.
+    tool_user, reader = lead("l-tool"), lead("l-dl")
+    await publish(mesh.pub, mesh.clock, tool_user, "page_viewed", category="tool", page="/tools/points")
+    await publish(mesh.pub, mesh.clock, reader, "resource_downloaded", resource="g-7", category="country")
+    await settle(mesh.admin)
+    ctx = {r.lead_id: json.loads(r.context_json) for r in mesh.rec.sends if r.journey == "lead_magnet"}
+    assert ctx["l-tool"]["via"] == "tool" and "resource" not in ctx["l-tool"]
+    assert ctx["l-dl"]["via"] == "country" and ctx["l-dl"]["resource"] == "g-7"
+
+
 async def test_definitions_versions_and_validation(mesh: Mesh) -> None:
     listed = await mesh.stub.ListJourneys(journeys_pb2.ListJourneysRequest(), timeout=5)
     assert len(listed.journeys) == 14 and all(j.published_version == 1 for j in listed.journeys)

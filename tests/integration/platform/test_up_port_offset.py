@@ -13,7 +13,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[3]
-DEFAULTS = {"gateway": 8080, "redis": 6390, "smtp-sink": 2525, "crm-emulator": 8090, "scoring": 50051,
+DEFAULTS = {"gateway": 8080, "redis": 6390, "smtp-sink": 2525, "crm-emulator": 8090, "ads-emulator": 8092,
+            "scoring": 50051,
             "journeys": 50052, "messaging": 50053, "crm_sync": 50054, "analytics": 50055,
             "messaging's bounce receiver (NURTURE_BOUNCE_SMTP_ADDR)": 2526}
 

@@ -565,7 +565,8 @@ def test_pausing_by_kind_leaves_the_always_on_trigger_tables_alone() -> None:
 
 
 @pytest.mark.parametrize(("attended_at", "expected"), [
-    (None, ["email_01", "email_02", "email_03", "email_05", "email_07", "email_08"]),
+    # A no-show's +3d outreach is its own (email_07 thanks the lead for coming).
+    (None, ["email_01", "email_02", "email_03", "email_05", "email_07_no_show", "email_08"]),
     (timedelta(minutes=30), ["email_01", "email_02", "email_03", "email_04", "email_06", "email_07", "email_08"]),
     # Reported after the +1h no-show decision: attended after all, the attended path from here.
     (timedelta(hours=1, minutes=30),

@@ -227,8 +227,9 @@ def test_webinar_plan_and_assessment_emails_link_to_their_own_pages(catalog: Cat
 
 
 def test_no_two_emails_of_a_journey_share_a_page_unless_they_are_the_same_page(catalog: Catalog) -> None:
-    # The attended and no-show branches of the webinar both offer the same recording.
-    same_page = {("webinar.email_04", "webinar.email_05")}
+    # The attended and no-show branches of the webinar both offer the same recording, and the same
+    # adviser's follow-up page.
+    same_page = {("webinar.email_04", "webinar.email_05"), ("webinar.email_07", "webinar.email_07_no_show")}
     ctx = CONTEXTS["with_event"]
     by_journey: dict[str, dict[str, str]] = defaultdict(dict)
     clashes = []
@@ -248,3 +249,39 @@ def test_the_specialists_note_speaks_in_their_voice(catalog: Catalog) -> None:
     assert "experience as an architect" in r.text
     anonymous = catalog.render("high_engagement.email_05", LEADS["sparse"])
     assert "I'm one of the immigration specialists" in anonymous.text
+
+
+def test_trial_nurture_speaks_of_a_trial_only_to_a_lead_on_one(catalog: Catalog) -> None:
+    # The seed's Trial Nurturing Workflow starts on "free trial or assessment activation": a lead who
+    # only started an assessment was welcomed to "your BorderBridge trial", asked "How is your trial
+    # going?" and told "Your trial is coming to an end". The lifecycle stage says which it is.
+    entry = yaml.safe_load((PLAYBOOK / "trial_nurture.yaml").read_text(encoding="utf-8"))["entry"]
+    assert {"trial_started", "assessment_started"} <= {e for rule in entry for e in rule["events"]}
+    keys = [f"trial_nurture.email_0{n}" for n in range(1, 8)]
+    assessed = {**LEADS["nurse_no_countries"], "lifecycle_stage": "lead"}
+    for key in keys:
+        r = catalog.render(key, assessed, context={"plan": "Pro"})
+        words = re.sub(r"\S+://\S+", "", f"{r.subject} {r.text}")   # links name the journey
+        assert "trial" not in words.lower(), (key, r.subject)
+    on_trial = {**LEADS["nurse_no_countries"], "lifecycle_stage": "trial"}
+    assert catalog.render("trial_nurture.email_05", on_trial).subject == "How is your trial going?"
+    offer = catalog.render("trial_nurture.email_07", on_trial, context={"plan": "Pro"})
+    assert offer.subject == "Keep going: your trial-to-paid offer"
+    assert "You have been trying the Pro plan. Subscribe before your trial ends" in offer.text
+
+
+def test_lead_magnet_thanks_a_tool_user_for_the_tool_not_for_a_download(catalog: Catalog) -> None:
+    # The seed starts the sequence on "lead magnet download or tool usage"; a lead who used a tool (a
+    # page view of category tool, lead_magnet.yaml's tool_used) read "Thank you for downloading our
+    # guide" and then, for two weeks, about "the resource you downloaded".
+    lead = LEADS["nurse_no_countries"]
+    for n in range(1, 8):
+        r = catalog.render(f"lead_magnet.email_0{n}", lead, context={"via": "tool"})
+        assert "download" not in re.sub(r"\S+://\S+", "", r.text).lower(), n
+    anchors = yaml.safe_load((PLAYBOOK / "lead_magnet.yaml").read_text(encoding="utf-8"))["anchors"]
+    assert anchors["via"] == "category"   # the entering page view's category reaches the emails as ctx.via
+    assert "Thank you for using our online tool." in catalog.render("lead_magnet.email_01", lead,
+                                                                     context={"via": "tool"}).text
+    download = {"via": "tool", "resource": "g-7", "resource_title": "Global Skills Demand Report"}
+    assert "Thank you for downloading Global Skills Demand Report." in catalog.render(
+        "lead_magnet.email_01", lead, context=download).text
