@@ -68,7 +68,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "stages": ("journey", "stage", "entered", "advanced", "conversion_rate", "median_hours", "p90_hours",
                "bottleneck", "why"),
     "lifecycle": ("from", "to", "count", "median_hours", "p90_hours", "conversion_rate"),
-    "qualification": ("week", "mql", "sql", "trial", "customer"),
+    "qualification": ("week", "mql", "sql", "trial", "customer", "recycled"),
     "time_to_conversion": ("journey", "conversions", "median_hours", "p90_hours"),
     "content_gaps": ("journey", "stage", "segment", "sent", "delivered", "opened", "clicked", "open_rate",
                      "click_rate", "gap", "why"),

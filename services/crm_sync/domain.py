@@ -55,7 +55,7 @@ class Member:
 class SyncConfig:
     version: int
     fields: list[FieldRule]
-    lifecycle_map: dict[str, str]
+    lifecycle_map: dict[str, str | None]   # None: the stage is not pushed (the CRM keeps its own)
     deal_events: dict[str, str]
     deal_stages: list[str]
     activity_kinds: list[str]
@@ -117,7 +117,7 @@ class SyncFile(Strict):
 
     version: int
     fields: list[FieldEntry]
-    lifecycle_map: dict[str, str]
+    lifecycle_map: dict[str, str | None]
     deal_events: dict[str, str]
     deal_stages: list[str]
     activity_kinds: list[str]
@@ -368,7 +368,7 @@ def computed_values(
     counters = lead.get("counters") or {}
     qualification = _qualification(cfg, lead, journeys, stage)
     summary = ", ".join(f"{k}={counters[k]}" for k in ENGAGEMENT_KEYS[:-1] if counters.get(k))
-    return {
+    values = {
         "score": str(int(lead.get("score") or 0)),
         "grade": str(lead.get("grade") or ""),
         "segment": str(lead.get("segment") or ""),
@@ -380,12 +380,15 @@ def computed_values(
         "converted_at": converted_at.isoformat() if converted_at else "",
         "owner": owner or "",
     }
+    # A stage mapped to null is left to the CRM (not pushed): the lead status tells it apart.
+    return {k: v for k, v in values.items() if v is not None}
 
 
 def _qualification(cfg: SyncConfig, lead: Mapping[str, Any], journeys: Sequence[Mapping[str, Any]],
                    stage: str) -> str:
     """sync.yaml's `qualification`: a rule on the lead and its journeys' statuses (`journeys.<key>`, as the
-    task holds read them) first, so a lead sales turned down is not told to the CRM as an MQL again."""
+    task holds read them) first, then the lifecycle stage's (a lead sales turned down is scoring's
+    `recycled`, RECYCLED here, so it is not told to the CRM as an MQL again)."""
     q = cfg.qualification
     if q is None:
         return "NURTURING"

@@ -288,9 +288,12 @@ class Store:
 
     def due_messages(self, now: datetime, limit: int, replica: str = "0") -> list[Message]:
         """Messages whose time has come (and any left in `sending` by a crash), oldest first, claimed
-        for `replica`. A message another replica claimed is left to it until the claim is older than
-        CLAIM_LEASE (that replica died and did not come back); rows another replica is claiming right
-        now are skipped (PostgreSQL's SKIP LOCKED; on SQLite a service is one process, one writer).
+        for `replica`. Due at one instant, the one queued first goes first, then the lower id: the batch's
+        order is the order the caps see (the second of two waits the minimum gap), and by due time alone
+        it was each database's scan order (SQLite's and PostgreSQL's differed). Messages carry no priority
+        of their own to order by. A message another replica claimed is left to it until the claim is
+        older than CLAIM_LEASE (that replica died and did not come back); rows another replica is claiming
+        right now are skipped (PostgreSQL's SKIP LOCKED; on SQLite a service is one process, one writer).
         This replica's own claims are its to take again: after a restart, at once."""
         free = or_(messages.c.claimed_by.is_(None), messages.c.claimed_by == replica,
                    messages.c.claimed_at < naive(now - CLAIM_LEASE))
@@ -298,7 +301,8 @@ class Store:
             rows = s.execute(
                 select(messages).where(messages.c.status.in_(("scheduled", "sending")),
                                        messages.c.due_at <= naive(now), free)
-                .order_by(messages.c.due_at).limit(limit).with_for_update(skip_locked=True)).mappings().all()
+                .order_by(messages.c.due_at, messages.c.created_at, messages.c.id).limit(limit)
+                .with_for_update(skip_locked=True)).mappings().all()
             ids = sorted(r["id"] for r in rows)
             for start in range(0, len(ids), 500):
                 s.execute(update(messages).where(messages.c.id.in_(ids[start:start + 500]))

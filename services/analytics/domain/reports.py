@@ -21,7 +21,9 @@ from typing import Any
 
 ENGAGEMENT_GROUPS = ("journey", "segment", "template", "channel", "topic", "format")
 TIMESERIES_METRICS = ("sent", "opened", "clicked", "mql", "sql", "trials", "customers", "revenue")
-QUALIFICATION = ("mql", "sql", "trial", "customer")
+# Weekly arrivals at each stage of qualification, and at `recycled` (seed 004's closed loop: leads sales
+# turned down, an MQL rejected among them; one that re-qualifies arrives at mql again and counts again).
+QUALIFICATION = ("mql", "sql", "trial", "customer", "recycled")
 ATTRIBUTION_MODELS = ("first", "last", "linear")
 SEQUENCE_UNITS = ("template", "topic")
 SEQUENCE_LENGTHS = (2, 3)

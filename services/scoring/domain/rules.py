@@ -128,6 +128,10 @@ class ScoringModel:
         self.stage_thresholds: dict[str, int] = dict(life.get("thresholds", {}))
         self.stage_events: dict[str, str] = dict(life.get("events", {}))
         self.stage_signals: dict[str, str] = dict(life.get("signals", {}))
+        recycle = life.get("recycle") or {}
+        self.recycle_events: frozenset[str] = frozenset(recycle.get("events", ()))
+        self.recycle_stage: str | None = recycle.get("stage")
+        self.recycle_from: frozenset[str] = frozenset(recycle.get("from", ()))
         self.score_signals: dict[str, int] = dict(definition.get("score_signals", {}))
 
     # -- fit, segments, stages --------------------------------------------------------------------
@@ -145,11 +149,21 @@ class ScoringModel:
         matches = self._segments.evaluate(facts)
         return str(matches[0].meta["segment"]) if matches else None
 
-    def stage_for(self, current: str, score: int, event_type: str | None) -> str:
-        """Stages only move forward (sales may move them back through the CRM, not scoring)."""
+    def stage_for(self, current: str, score: int, event_type: str | None, *, previous_score: int | None = None
+                  ) -> str:
+        """Stages move forward, but for sales' rejection (`lifecycle.recycle`): its events move a lead in
+        one of its `from` stages to its `stage` (seed 004's closed loop: a rejected MQL is recycled back
+        to nurturing, not left an MQL). A recycled lead re-qualifies on fresh evidence only: a score
+        threshold moves it when the score rises through it (from `previous_score`, below, to `score`), not
+        the score it had when sales turned it down; events move it as they move any lead."""
         rank = {s: i for i, s in enumerate(self.stage_order)}
         best = current if current in rank else self.stage_order[0]
-        candidates = [s for s, threshold in self.stage_thresholds.items() if score >= int(threshold)]
+        if event_type in self.recycle_events and best in self.recycle_from and self.recycle_stage:
+            return self.recycle_stage
+        recycled = best == self.recycle_stage
+        before = score if previous_score is None else previous_score
+        candidates = [s for s, threshold in self.stage_thresholds.items()
+                      if score >= int(threshold) and not (recycled and before >= int(threshold))]
         if event_type and event_type in self.stage_events:
             candidates.append(self.stage_events[event_type])
         for stage in candidates:
@@ -221,7 +235,8 @@ class ScoringModel:
         old_stage = str(lead.get("lifecycle_stage") or self.stage_order[0])
         # Subscribing to a channel (the newsletter, email again after an unsubscribe) is consent,
         # not the purchase a plain `subscribed` is: it moves no stage.
-        new_stage = self.stage_for(old_stage, new_score, None if _channel_subscription(etype, props) else etype)
+        new_stage = self.stage_for(old_stage, new_score, None if _channel_subscription(etype, props) else etype,
+                                   previous_score=old_score)
         if new_stage != old_stage:
             out.stage = new_stage
             signal = self.stage_signals.get(new_stage)
@@ -298,11 +313,19 @@ def _explain(why: str, facts: JsonMapping) -> str:
     return f"{why} ({shown})" if shown else why
 
 
+class RecycleShape(Open):
+    events: list[str]
+    stage: str
+    # The stages sales' rejection moves (a customer's lost upsell deal leaves it a customer).
+    from_: list[str] = Field(alias="from")
+
+
 class LifecycleShape(Open):
     order: list[str]
     thresholds: dict[str, int] = Field(default_factory=dict)
     events: dict[str, str] = Field(default_factory=dict)
     signals: dict[str, str] = Field(default_factory=dict)
+    recycle: RecycleShape | None = None
 
 
 class ModelShape(Open):
@@ -410,9 +433,14 @@ def _lifecycle_problems(life: JsonMapping) -> list[str]:
         elif stage in seen:
             problems.append(f"lifecycle.order[{i}]: duplicate stage {stage}")
         seen.add(str(stage))
-    for stage in [*life.get("thresholds", {}), *life.get("events", {}).values()]:
+    recycle = life.get("recycle") or {}
+    for stage in [*life.get("thresholds", {}), *life.get("events", {}).values(), *recycle.get("from", []),
+                  *([recycle["stage"]] if "stage" in recycle else [])]:
         if stage not in order:
             problems.append(f"lifecycle: unknown stage {stage}")
+    if recycle.get("stage") in life.get("thresholds", {}):
+        problems.append(f"lifecycle.recycle: stage {recycle['stage']} is reached by sales' rejection only,"
+                        " not a score threshold")
     return problems
 
 

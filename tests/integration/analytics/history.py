@@ -355,7 +355,7 @@ def progression(stream: Sequence[dict[str, Any]], r: Range) -> dict[str, Any]:
             continue
         p = m["properties"]
         trans[(p["old"], p["new"])].append(minutes)
-        if p["new"] in ("mql", "sql", "trial", "customer"):
+        if p["new"] in ("mql", "sql", "trial", "customer", "recycled"):
             day = at_of(m).date()
             weekly[((day - timedelta(days=day.weekday())).isoformat(), p["new"])] += 1
     # Conversion: of the leads that arrived at a stage in range (a change into it; in its segment then),
@@ -375,7 +375,8 @@ def progression(stream: Sequence[dict[str, Any]], r: Range) -> dict[str, Any]:
                   "conversion_rate": round(moved[(f, t)] / arrived[f], 4) if arrived[f] else None}
                  for f, t in sorted(set(trans) | set(moved))]
     weeks = sorted({w for w, _ in weekly})
-    qualification = [{"week": w, **{q: weekly.get((w, q), 0) for q in ("mql", "sql", "trial", "customer")}}
+    qualification = [{"week": w, **{q: weekly.get((w, q), 0)
+                                    for q in ("mql", "sql", "trial", "customer", "recycled")}}
                      for w in weeks]
     return {"stages": stages, "lifecycle": lifecycle, "qualification": qualification,
             "time_to_conversion": time_to_conversion(stream, r), "content_gaps": content_gaps(stream, r),

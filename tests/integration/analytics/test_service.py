@@ -8,6 +8,7 @@ import csv
 import io
 import json
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from typing import Any
 
 import grpc
@@ -219,5 +220,40 @@ async def test_progression_refuses_a_table_it_does_not_have(settings: Settings) 
             got = json.loads((await stub.Progression(analytics_pb2.ProgressionRequest(tables=["qualification"]),
                                                      timeout=10)).report_json)
             assert set(got) == set(reports.PROGRESSION_TABLES) and got["stages"] == []
+    finally:
+        await service.stop(grace=0.2)
+
+
+async def test_a_rejected_mql_counts_as_recycled_and_again_as_an_mql_when_it_requalifies(settings: Settings) -> None:
+    """Seed 004's closed loop: scoring recycles an MQL sales turn down (mql -> recycled) and a recycled lead
+    that re-qualifies is an MQL again (recycled -> mql). The weekly qualification table counted neither
+    rejection: stages only moved forward, and it had no column for it."""
+    def change(n: int, old: str, new: str, hours: int) -> BusMessage:
+        at = h._iso(h.T0 + timedelta(hours=hours))
+        return BusMessage.from_dict({
+            "id": f"ev-rq-{n}:stage", "lead_id": "rq", "type": "stage_changed", "properties": {"old": old, "new": new},
+            "occurred_at": at, "lead": {"id": "rq", "lifecycle_stage": new, "score": 50, "created_at": h._iso(h.T0)},
+            "score_delta": 0, "rules": [], "signals": []})
+
+    created = BusMessage.from_dict({
+        "id": "ev-rq-0", "lead_id": "rq", "type": "lead_created", "properties": {}, "occurred_at": h._iso(h.T0),
+        "lead": {"id": "rq", "lifecycle_stage": "subscriber", "score": 0, "created_at": h._iso(h.T0)},
+        "score_delta": 0, "rules": [], "signals": []})
+    service = await start_service("analytics", settings)
+    try:
+        publisher = Publisher(aioredis.Redis.from_url(settings.redis_url), settings.bus_shards)
+        await publisher.publish([created, change(1, "subscriber", "mql", 1), change(2, "mql", "recycled", 2),
+                                 change(3, "recycled", "mql", 30)])
+        await settle(service)
+        query = analytics_pb2.ReportQuery()
+        getattr(query, "from").FromDatetime(h.T0 - timedelta(days=1))
+        query.to.FromDatetime(h.T0 + timedelta(days=7))
+        async with mesh_channel(service.address) as ch:
+            got = json.loads((await analytics_pb2_grpc.AnalyticsStub(ch).Progression(analytics_pb2.ProgressionRequest(
+                query=query, tables=["lifecycle", "qualification"]), timeout=10)).report_json)
+        assert {(r["from"], r["to"]): r["count"] for r in got["lifecycle"]} == {
+            ("subscriber", "mql"): 1, ("mql", "recycled"): 1, ("recycled", "mql"): 1}
+        assert got["qualification"] == [{"week": "2026-03-02", "mql": 2, "sql": 0, "trial": 0, "customer": 0,
+                                         "recycled": 1}]
     finally:
         await service.stop(grace=0.2)

@@ -133,12 +133,15 @@ async def test_a_recycled_lead_that_buys_is_alerted_to_sales_again(settings: Set
             await asyncio.wait_for(r.stop(grace=0.5), 10)
 
 
+@pytest.mark.parametrize("consent", [True, False], ids=["in_the_recycle_track", "without_email_consent"])
 async def test_an_mql_sales_disqualified_is_not_told_to_the_crm_as_an_mql_again(
-        settings: Settings, emulator: Emulator) -> None:
-    """Stages only move forward, so a lead sales disqualified stays an mql; crm_sync kept pushing its lead
-    status (hs_lead_status) as MQL, over what sales had set, and the lead came back into sales' MQL
-    queue. While its recycle track runs it is RECYCLED (sync.yaml `qualification`); a won deal ends the
-    track and the customer is CUSTOMER."""
+        settings: Settings, emulator: Emulator, consent: bool) -> None:
+    """Seed 004's closed loop: an MQL sales disqualify is recycled (scoring's lifecycle stage `recycled`),
+    and the CRM is told so (hs_lead_status RECYCLED) while keeping the lifecycle stage it has. Stages only
+    moved forward, so the lead stayed an mql, and crm_sync told the CRM RECYCLED only while the lead's
+    recycle track ran: a lead without email consent never enters that track, and was pushed as MQL again,
+    over what sales had set. Fresh evidence re-qualifies it (its score rises through 50 again: MQL); a
+    won deal makes it CUSTOMER."""
     scoring = await start_service("scoring", settings)
     journeys = await start_service("journeys", settings.with_overrides(
         scoring_addr=scoring.address, messaging_addr=f"127.0.0.1:{free_port()}",
@@ -156,8 +159,9 @@ async def test_an_mql_sales_disqualified_is_not_told_to_the_crm_as_an_mql_again(
             if not any([(await a.Settle(common_pb2.SettleRequest(), timeout=30)).work_done for a in admins]):
                 return
 
-    def lead_status(crm_id: str) -> str:
-        return str(emulator.get(f"/crm/v3/objects/contacts/{crm_id}")["properties"].get("hs_lead_status"))
+    def remote(crm_id: str) -> tuple[str, str]:
+        props = emulator.get(f"/crm/v3/objects/contacts/{crm_id}")["properties"]
+        return str(props.get("lifecyclestage")), str(props.get("hs_lead_status"))
 
     try:
         t0 = clock.now()
@@ -167,7 +171,7 @@ async def test_an_mql_sales_disqualified_is_not_told_to_the_crm_as_an_mql_again(
             metadata=AUTH, timeout=10)
         lead_id = reply.results[0].lead_id
         await score.UpsertLead(scoring_pb2.UpsertLeadRequest(
-            id=lead_id, merge=True, fields_json=json.dumps({"consent": {"email": True}})), timeout=5)
+            id=lead_id, merge=True, fields_json=json.dumps({"consent": {"email": consent}})), timeout=5)
         # Bottom-funnel content, pricing, a webinar, an assessment and a checkout: 15 + 8 + 10 + 10 + 10 = 53.
         events = [("page_viewed", {"category": "bottom_funnel"}), ("page_viewed", {"category": "pricing"}),
                   ("webinar_attended", {}), ("assessment_completed", {"assessment": "points", "score": 71}),
@@ -177,21 +181,36 @@ async def test_an_mql_sales_disqualified_is_not_told_to_the_crm_as_an_mql_again(
             for i, (t, p) in enumerate(events)]), timeout=5)
         await settle()
         lead = await score.GetLead(scoring_pb2.GetLeadRequest(id=lead_id), timeout=5)
-        assert lead.lifecycle_stage == "mql" and lead_status(crm_id) == "MQL"
+        assert (lead.lifecycle_stage, lead.score) == ("mql", 53)
+        assert remote(crm_id) == ("marketingqualifiedlead", "MQL")
 
         act = crm_sync_pb2.Activity(activity_id="dq-max", crm_id=crm_id, kind="disqualification", reason="budget")
         act.modified_at.FromDatetime(t0)
         await crm.RecordActivity(crm_sync_pb2.RecordActivityRequest(activity=act), metadata=AUTH, timeout=5)
         await settle()
         lead = await score.GetLead(scoring_pb2.GetLeadRequest(id=lead_id), timeout=5)
-        assert lead.lifecycle_stage == "mql"   # forward only: the stage is not what sales' feedback changes
-        assert lead_status(crm_id) == "RECYCLED"
+        assert lead.lifecycle_stage == "recycled"
+        assert remote(crm_id) == ("marketingqualifiedlead", "RECYCLED")
+
+        # Quiet for two weeks the score decays below 50 (53 - 5); a bottom-funnel visit then takes it
+        # through 50 again: an MQL again, in scoring and in the CRM.
+        clock.advance(15 * 86400)
+        await settle()
+        lead = await score.GetLead(scoring_pb2.GetLeadRequest(id=lead_id), timeout=5)
+        assert (lead.lifecycle_stage, lead.score) == ("recycled", 48)
+        await score.IngestEvents(scoring_pb2.IngestRequest(events=[scoring_pb2.Event(
+            lead_id=lead_id, type="page_viewed", idempotency_key="max-back",
+            properties_json=json.dumps({"category": "bottom_funnel"}))]), timeout=5)
+        await settle()
+        lead = await score.GetLead(scoring_pb2.GetLeadRequest(id=lead_id), timeout=5)
+        assert lead.lifecycle_stage == "mql"
+        assert remote(crm_id) == ("marketingqualifiedlead", "MQL")
 
         deal = crm_sync_pb2.Deal(deal_id="d-max", crm_id=crm_id, stage="closed_won", amount=3000, currency="USD")
-        deal.modified_at.FromDatetime(t0 + timedelta(minutes=1))
+        deal.modified_at.FromDatetime(clock.now())
         await crm.ReportDeal(crm_sync_pb2.ReportDealRequest(deal=deal), metadata=AUTH, timeout=5)
         await settle()
-        assert lead_status(crm_id) == "CUSTOMER"
+        assert remote(crm_id) == ("customer", "CUSTOMER")
     finally:
         for c in channels:
             await c.close()

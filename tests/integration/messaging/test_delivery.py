@@ -313,3 +313,30 @@ async def test_scoring_down_defers_and_list_templates(mesh: Mesh) -> None:
         await mesh.stub.Send(messaging_pb2.SendRequest(dedupe_key="x", lead_id="dn", channel="fax", template="t"),
                              timeout=5)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_two_nurture_emails_due_at_one_instant_go_in_one_order_on_every_database(mesh: Mesh) -> None:
+    # Two emails queued in the same instant for the same later instant: which one waits the 2 h minimum
+    # gap was the database's scan order (insertion order on SQLite, heap order on PostgreSQL, which an
+    # update of the row changes). Due mail is taken by due time, then creation time, then id: here the
+    # ids decide, and the one queued second (the lower id) goes first on both databases.
+    mesh.scoring.add(make_lead("tie", timezone="UTC"))
+    t0 = mesh.clock.now()
+    due = t0 + timedelta(hours=1)
+    queued = []
+    for step in ("email_04", "email_03"):
+        reply = await mesh.stub.Send(messaging_pb2.SendRequest(
+            dedupe_key=f"tie:skilled_professional:1:{step}:0", lead_id="tie", journey="skilled_professional",
+            journey_version=1, step=step, channel="email", template=f"skilled_professional.{step}",
+            not_before=due), timeout=5)
+        queued.append(reply.message_id)
+    assert queued[1] < queued[0], "the test needs the second queued to sort first by id"
+    await mesh.settle()
+    assert {m.status for m in await mesh.messages("tie")} == {"scheduled"}
+    mesh.clock.set(due)
+    await mesh.settle()
+    by_template = {m.template: m for m in await mesh.messages("tie")}
+    assert by_template["skilled_professional.email_03"].status == "sent"
+    held = by_template["skilled_professional.email_04"]
+    assert (held.status, held.reason) == ("scheduled", "deferred: minimum gap after the previous nurture email")
+    assert held.due_at.ToDatetime().replace(tzinfo=UTC) == due + timedelta(hours=2)

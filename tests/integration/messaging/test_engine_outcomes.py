@@ -518,6 +518,8 @@ async def test_the_consent_a_send_was_decided_with_is_logged_when_it_changes(inp
     await inproc.settle()
     inproc.scoring.update("l1", consent={"email": False})
     await send(inproc, dedupe_key="k4", template="family.email_04", category="transactional")
+    # Queued a second later, so taken after the email (at one instant, the lower id goes first).
+    inproc.clock.set(inproc.clock.now() + timedelta(seconds=1))
     await send(inproc, dedupe_key="k5", template="family.email_05", channel="sms", category="transactional")
     await inproc.settle()
     history = inproc.engine.store.consent_history("l1")

@@ -217,3 +217,21 @@ def test_a_video_of_another_category_alerts_no_one() -> None:
     rules, sent = _scored_and_published(h, "video_watched", category="stories")
     assert "bottom_funnel" not in rules
     assert not [k for k in sent if ":bottom_funnel:" in k]
+
+
+@pytest.mark.parametrize("stage", ["customer", "lead"])
+def test_a_customer_completing_an_assessment_gets_the_results_not_the_sales_offer(stage: str) -> None:
+    """Seed, Assessment Completion Sequence: results, explanation and insight, then "+10 Days: Invitation to
+    discuss results in consultation" and "+14 Days: Subscription recommendation". Those two sell to a
+    prospect; a customer (closed-won) who completes an assessment got the consultation invitation, sales
+    got a task to offer it, and then the subscription it already has was recommended."""
+    h = Harness()
+    h.lead["lifecycle_stage"] = stage
+    h.message("lead_created")
+    h.message("assessment_completed", assessment="points", score=71)
+    h.advance(days=20)
+    steps = [k.split(":")[3] for k in h.sent if ":assessment:" in k]
+    assert steps[:5] == ["email_01", "email_02", "email_03", "email_04", "email_05"], steps
+    offer = [s for s in steps if s in ("email_06", "task_06", "email_07")]
+    assert offer == ([] if stage == "customer" else ["email_06", "task_06", "email_07"]), steps
+    assert h.state.enrollments["assessment"].status == "completed"

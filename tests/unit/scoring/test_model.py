@@ -335,10 +335,10 @@ def _seed_with(change: Callable[[dict], object]) -> dict:
     (lambda d: d["decay"].update(inactive_days=5_000_000),
      "decay: inactive_days must be an integer from 1 to 36500"),
     (lambda d: d["decay"].update(every_days=2**31 - 1), "decay: every_days must be an integer from 1 to 36500"),
-    (lambda d: d["lifecycle"].update(order=[], thresholds={}, events={}, signals={}),
+    (lambda d: d["lifecycle"].update(order=[], thresholds={}, events={}, signals={}, recycle=None),
      "lifecycle: order needs at least one stage (a new lead's)"),
-    (lambda d: d["lifecycle"]["order"].append("lead"), "lifecycle.order[6]: duplicate stage lead"),
-    (lambda d: d["lifecycle"]["order"].append("x" * 33), "lifecycle.order[6]: names at most 32 characters"),
+    (lambda d: d["lifecycle"]["order"].append("lead"), "lifecycle.order[7]: duplicate stage lead"),
+    (lambda d: d["lifecycle"]["order"].append("x" * 33), "lifecycle.order[7]: names at most 32 characters"),
     (lambda d: d["grades"].update(AAA=50), "grades.AAA: a grade is 1-2 characters"),
     (lambda d: d["segments"][0].update(segment="s" * 65), "segments[0]: segment names at most 64 characters"),
     (lambda d: d["behaviour"][0].update(name=""), "behaviour[0]: needs a name"),
@@ -382,3 +382,46 @@ def test_a_stored_model_with_grades_or_thresholds_out_of_order_still_loads() -> 
     assert model.stage_for("lead", 75, None) == "sql"
     assert [p.split(":")[0] for p in order_problems(definition)] == ["grades.A", "lifecycle.thresholds.mql"]
     assert order_problems(load_model().definition) == []
+
+
+DISQUALIFIED = {"type": "disqualified", "properties": {"kind": "disqualification", "reason": "budget"},
+                "occurred_at": NOW}
+
+
+@pytest.mark.parametrize(("stage", "etype", "after"), [
+    ("mql", "disqualified", "recycled"), ("sql", "opportunity_lost", "recycled"),
+    ("trial", "disqualified", "recycled"), ("lead", "disqualified", "recycled"),
+    ("customer", "opportunity_lost", None),     # a customer's lost upsell deal leaves it a customer
+    ("recycled", "disqualified", None),
+])
+def test_sales_rejection_recycles_a_lead_that_is_not_a_customer(model: ScoringModel, stage: str, etype: str,
+                                                                   after: str | None) -> None:
+    """Seed 004's closed loop: stages only moved forward, so an MQL sales disqualified stayed an MQL on its
+    profile and in every report, and the CRM was told MQL again. Sales' rejection recycles it."""
+    out = model.score_event({"score": 55, "lifecycle_stage": stage}, {**DISQUALIFIED, "type": etype}, NOW)
+    assert out.stage == after
+
+
+@pytest.mark.parametrize(("old", "stage", "signals"), [
+    (55, None, []),                        # 63: the score it was turned down with does not re-qualify it
+    (30, None, []),                        # 38: below the lead threshold's stage it stays recycled
+    (45, "mql", ["mql_reached"]),          # 53: rising through 50 again, an MQL again
+    (65, "sql", ["sql_reached", "high_engagement"]),   # 73: rising through 70
+])
+def test_a_recycled_lead_requalifies_by_rising_through_a_threshold(model: ScoringModel, old: int,
+                                                                    stage: str | None, signals: list[str]) -> None:
+    out = model.score_event({"score": old, "lifecycle_stage": "recycled"}, PRICING, NOW)
+    assert out.stage == stage
+    assert [s for s in out.signals if s in ("mql_reached", "sql_reached", "high_engagement")] == signals
+    assert model.stage_for("recycled", 80, None) == "recycled", "a new model version re-qualifies no one"
+    assert model.stage_for("recycled", 0, "trial_started") == "trial"
+
+
+def test_a_recycle_to_an_unknown_stage_or_by_a_threshold_is_refused() -> None:
+    life = {"order": ["lead", "mql"], "thresholds": {"mql": 5},
+            "recycle": {"events": ["disqualified"], "stage": "mql", "from": ["lead", "sql"]}}
+    problems = validate_model({"name": "m", "version": 1, "behaviour": [], "fit": [], "grades": {},
+                               "decay": {"inactive_days": 1, "every_days": 1, "points": 0},
+                               "lifecycle": life, "segments": [], "engagement_events": []})
+    assert "lifecycle: unknown stage sql" in problems
+    assert any(p.startswith("lifecycle.recycle: stage mql is reached by sales' rejection only") for p in problems)
