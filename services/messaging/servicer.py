@@ -386,7 +386,10 @@ class MessagingServicer(messaging_pb2_grpc.MessagingServicer):
         if live is None:
             raise errors.NotFound(f"unknown template {request.template!r}")
         counts = await self.engine.db.run(self.engine.store.ab_counts, request.template)
-        names = sorted(set(live.variants) | set(counts))
+        # The report is of the live version's variants: a send of none (made before the test began) or of
+        # a variant the live version no longer declares is no competitor of the test's own (it was ranked
+        # as `default`, and could be named the winner). A template without variants reports what it sent.
+        names = sorted(live.variants) if live.variants else sorted(counts)
         stats = [abtest.VariantStats(n or "default", **counts.get(n, {"sent": 0, "opened": 0, "clicked": 0}))
                  for n in names]
         rep = abtest.report(stats)

@@ -115,6 +115,7 @@ def internal(row: Row[Any] | Mapping[str, Any]) -> LeadRecord:
         "interests": loads(m["interests"]),
         "last_engaged_at": _aware(m["last_engaged_at"]),
         "lapse_due_at": _aware(m["lapse_due_at"]),
+        "created_at": _aware(m["created_at"]),
     }
 
 # -- leads ---------------------------------------------------------------------------------------------

@@ -54,11 +54,21 @@
         });
     }
 
+    // One preview after the other: a form has one planned navigation at a time, so a second submission
+    // made before the first has started cancels it (HTML's "planned navigation"), and the desktop preview
+    // stayed blank while the phone one followed every edit. The phone's goes once the desktop's loaded.
     function refresh() {
-      ["preview-desktop-button", "preview-phone-button"].forEach(function (id) {
-        var button = document.getElementById(id);
-        if (button) { form.requestSubmit(button); }
-      });
+      var desktop = document.getElementById("preview-desktop-button");
+      var phone = document.getElementById("preview-phone-button");
+      var frame = document.getElementById("live-desktop");
+      if (!desktop || !frame) {
+        if (phone) { form.requestSubmit(phone); }
+        return;
+      }
+      if (phone) {
+        frame.addEventListener("load", function () { form.requestSubmit(phone); }, { once: true });
+      }
+      form.requestSubmit(desktop);
     }
 
     form.addEventListener("input", debounce(check, 600));

@@ -18,8 +18,11 @@ _HIDDEN_COUNTERS = ("totals", "fired_today")  # the model's own bookkeeping, not
 
 
 def snapshot(lead: LeadRecord) -> LeadSnapshot:
-    """The snapshot of a lead being scored (the record's JSON already decoded). It carries no
-    timestamps: ingest does not read them back."""
+    """The snapshot of a lead being scored (the record's JSON already decoded), with its creation and
+    last engagement times (not `updated_at`, which ingest does not read back): analytics times a lead's
+    first lifecycle change (`stage_changed`) from its creation, and crm_sync pushes the last engagement
+    to the CRM from the snapshot of the lead's latest message (without them: 0 hours, and an empty
+    `nurture_last_engaged_at` after every event)."""
     return LeadSnapshot(
         id=lead["id"], email=lead.get("email"), first_name=lead.get("first_name"), last_name=lead.get("last_name"),
         segment=lead.get("segment"), timezone=lead.get("timezone"), locale=lead.get("locale"),
@@ -27,6 +30,7 @@ def snapshot(lead: LeadRecord) -> LeadSnapshot:
         grade=lead.get("grade"), lifecycle_stage=lead.get("lifecycle_stage"),
         counters={k: v for k, v in lead["counters"].items() if k not in _HIDDEN_COUNTERS},
         interests=lead.get("interests") or {}, crm_id=lead.get("crm_id"), version=lead.get("version"),
+        created_at=iso(lead.get("created_at")), last_engaged_at=iso(lead.get("last_engaged_at")),
     )
 
 

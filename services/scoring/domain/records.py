@@ -73,6 +73,8 @@ class LeadRecord(ScoredProfile):
     locale: str | None
     crm_id: str | None
     lapse_due_at: datetime | None
+    # On every bus message's snapshot: analytics times a lead's first lifecycle change from it.
+    created_at: NotRequired[datetime | None]
 
 
 class VisitorProfile(ScoredProfile):

@@ -176,3 +176,30 @@ async def test_the_block_editor_edits_a_block_and_saves_a_draft(served: tuple[st
     stored = (await mesh.client.get(f"/v1/templates/{KEY}?version=2", headers=mesh.headers("viewer"))).json()
     assert "Edited in blocks. Warm regards," in stored["body"] and stored["status"] == "draft"
     assert errors == [], errors
+
+
+async def test_the_editors_live_preview_shows_the_unsaved_text_at_both_widths(
+        served: tuple[str, TemplatesMesh], browser: Browser) -> None:
+    """docs/API.md, Console: "a live preview of the unsaved text at both widths". The editor refreshed both
+    by submitting its form twice in a row, and a form's second submission cancels the first before it
+    starts: the desktop preview stayed blank on opening and after every edit."""
+    base, mesh = served
+    await mesh.add_lead("ana")
+    errors: list[str] = []
+    context = await browser.new_context(viewport={"width": 1500, "height": 1000})
+    context.set_default_timeout(15_000)
+    page = await context.new_page()
+    watch(page, errors)
+    await page.goto(f"{base}/console/sign-in?next=/console/templates/{KEY}/edit")
+    await page.fill("input[name=api_key]", KEYS["editor"])
+    await page.click("form.sign-in button[type=submit]")
+    await page.wait_for_url(f"{base}/console/templates/{KEY}/edit")
+    for name in ("live-desktop", "live-phone"):      # on opening: the version as it is
+        await frame_text(page, name, "Warm regards,")
+    body = await page.input_value("#f-body")
+    await page.fill("#f-body", body.replace("Warm regards,", "Edited, not saved,"))
+    for name in ("live-desktop", "live-phone"):      # after an edit: the unsaved text, at both widths
+        await frame_text(page, name, "Edited, not saved,")
+    box = await page.locator("#live-desktop").bounding_box()
+    assert box is not None and box["width"] > 380
+    assert errors == [], errors
