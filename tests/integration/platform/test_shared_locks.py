@@ -83,3 +83,19 @@ async def test_without_redis_it_is_the_process_lock() -> None:
     assert all(order[i] == order[i + 1] for i in range(0, len(order), 2))
 
 
+
+
+async def test_a_batch_takes_its_leases_together_and_gives_back_a_busy_items_at_once(
+        client: redisconn.AsyncRedis) -> None:
+    await client.set("t:lock:{b1}", "other-replica", px=10_000)
+    locks = SharedKeyLocks(client, "t:lock")
+    async with locks.hold_each([["a2", "a1"], ["b2", "b1"], ["c"]]) as held:
+        assert held == [True, False, True]
+        assert await client.exists("t:lock:{a1}", "t:lock:{a2}", "t:lock:{c}") == 3
+        # The busy item holds nothing while it waits (no hold-and-wait): its other key is free again.
+        assert await client.exists("t:lock:{b2}") == 0
+        # Another replica's item meeting this batch's keys waits for them.
+        async with SharedKeyLocks(client, "t:lock").hold_each([["c"], ["d"]]) as theirs:
+            assert theirs == [False, True]
+    assert await client.exists("t:lock:{a1}", "t:lock:{a2}", "t:lock:{c}", "t:lock:{d}") == 0
+    assert await client.get("t:lock:{b1}") == b"other-replica"  # not taken, not released
