@@ -5,11 +5,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import TypeVar
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from nurture.redisconn import AsyncRedis, run_script
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# A Redis that cannot answer now: a lease not taken is LockBusy (the caller answers "try again"), one not
+# given back runs out by itself (the work under it is done: it does not fail for that).
+_UNREACHABLE = (RedisConnectionError, RedisTimeoutError)
 
 
 class KeyLocks:
@@ -80,12 +92,15 @@ class SharedKeyLocks:
             # One key: plain commands (a pipeline of one costs more CPU than the command alone).
             name, token = f"{self._prefix}:{{{key}}}", secrets.token_hex(8)
             async with self.waiting(key) as wait:
-                while not await self._redis.set(name, token, nx=True, px=self._lease_ms):
+                while not await self._taken(self._redis.set(name, token, nx=True, px=self._lease_ms)):
                     await wait()
             try:
                 yield
             finally:
-                await self._release_one(keys=[name], args=[token])
+                try:
+                    await self._release_one(keys=[name], args=[token])
+                except _UNREACHABLE:
+                    log.warning("lease %s not given back (Redis unreachable): it runs out by itself", name)
 
     @contextlib.asynccontextmanager
     async def waiting(self, what: str) -> AsyncIterator[Callable[[], Awaitable[None]]]:
@@ -125,7 +140,7 @@ class SharedKeyLocks:
             for name in group:
                 # As SET's own arguments: redis-py's `set` spends more on its options than on sending it.
                 pipe.execute_command("SET", name, token, "NX", "PX", self._lease_ms)
-        answers = iter(await pipe.execute())
+        answers = iter(await self._taken(pipe.execute()))
         got = [[name for name in group if next(answers)] for group in names]
         held = [len(g) == len(group) for g, group in zip(got, names, strict=True)]
 
@@ -138,8 +153,19 @@ class SharedKeyLocks:
         finally:
             await self._release(leases(True))
 
+    @staticmethod
+    async def _taken(attempt: Awaitable[T]) -> T:
+        """The answer of an attempt to take leases; Redis unreachable is LockBusy (try again), not a failure."""
+        try:
+            return await attempt
+        except _UNREACHABLE as exc:
+            raise LockBusy(f"leases cannot be taken now ({type(exc).__name__}); try again") from exc
+
     async def _release(self, leases: list[tuple[str, str]]) -> None:
         """Give back (name, token) leases still ours (an expired one may be another holder's now), in one
         round trip."""
         if leases and self._redis is not None:
-            await run_script(self._redis, RELEASE_IF_HELD, [([name], [token]) for name, token in leases])
+            try:
+                await run_script(self._redis, RELEASE_IF_HELD, [([name], [token]) for name, token in leases])
+            except _UNREACHABLE:
+                log.warning("%d leases not given back (Redis unreachable): they run out by themselves", len(leases))
