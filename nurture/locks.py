@@ -80,7 +80,7 @@ class SharedKeyLocks:
         self._redis = redis
         self._prefix = prefix
         self._lease_ms = lease_ms
-        self.wait_s = wait_s
+        self._wait_s = wait_s
         self._release_one = redis.register_script(RELEASE_IF_HELD) if redis is not None else None
 
     @contextlib.asynccontextmanager
@@ -106,7 +106,7 @@ class SharedKeyLocks:
     async def waiting(self, what: str) -> AsyncIterator[Callable[[], Awaitable[None]]]:
         """The wait between tries of a busy key (`what`: the key or the work, for LockBusy's text): short
         pauses, growing, then LockBusy once `wait_s` has passed."""
-        deadline, pause = time.monotonic() + self.wait_s, 0.005
+        deadline, pause = time.monotonic() + self._wait_s, 0.005
 
         async def wait() -> None:
             nonlocal pause
