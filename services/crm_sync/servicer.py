@@ -114,7 +114,10 @@ class CrmSyncServicer(crm_sync_pb2_grpc.CrmSyncServicer):
                                           lead_id=c.lead_id)))
             except InputError as exc:
                 results[i] = ContactResult(c.crm_id, error_code="invalid", error_message=str(exc))
-        done = await self._core.upsert_contacts(crm, [c for _, c in good])
+        try:
+            done = await self._core.upsert_contacts(crm, [c for _, c in good])
+        except LockBusy as exc:  # another replica held a contact past the wait: the CRM retries the call
+            await _fail(context, exc)
         telemetry.tag_ids(lead_ids=(r.lead_id for r in done))
         for (i, _), res in zip(good, done, strict=True):
             results[i] = res

@@ -58,6 +58,9 @@ inbound = Table(
     Column("lead_id", String(128), nullable=False, index=True),
     Column("modified_at", DateTime(timezone=True), nullable=False),
     Column("state", String(64), nullable=False, default=""),
+    # A won deal's revenue (in the revenue currency): a change of it is a change the platform acts on, as a
+    # change of `state` is. Null for every other deal stage and for activities.
+    Column("amount", Float, nullable=True),
     Column("event_id", String(128), nullable=False, default=""),
 )
 

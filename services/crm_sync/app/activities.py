@@ -83,10 +83,10 @@ _ONCE_PER_DEAL = ("closed_won",)
 AMOUNT_EVENT = "opportunity_amount_changed"
 
 
-def _deal_state(stage: str, revenue: float) -> str:
-    """What our record keeps of a deal to tell a change the platform acts on: its stage, and a won deal's
-    revenue (a won deal whose amount changed is such a change: AMOUNT_EVENT)."""
-    return f"{stage} {revenue!r}" if stage in _ONCE_PER_DEAL else stage
+def _deal_amount(stage: str, revenue: float) -> float | None:
+    """What our record keeps of a deal's amount to tell a change the platform acts on, beside its stage: a
+    won deal's revenue (a won deal whose amount changed is such a change: AMOUNT_EVENT); None otherwise."""
+    return revenue if stage in _ONCE_PER_DEAL else None
 
 
 def _deal_key(crm: str, d: DealIn, lead_id: str, modified_at: datetime) -> str:
@@ -120,11 +120,13 @@ class InboundActivities(Proposals):
     async def _feed(self, crm: str, kind: str, object_id: str, lead_id: str, modified_at: datetime,
                     state: str, event: scoring_pb2.Event | None, summary: str, details: JsonObject,
                     then: Callable[[Session, datetime], object] | None = None,
-                    again: Callable[[str], scoring_pb2.Event] | None = None) -> InboundResult:
+                    again: Callable[[str], scoring_pb2.Event] | None = None,
+                    amount: float | None = None) -> InboundResult:
         """Common path of activities and deals: staleness by the CRM's modification time, the event to
-        scoring (idempotent by key), then our record and the timeline. `again`: when scoring answers the
-        event a duplicate (a deal's win heard before), the event that carries what changed since, made
-        from the first event's id."""
+        scoring (idempotent by key), then our record and the timeline. `state` and `amount` are what the
+        platform acts on (a version that changes neither is on the timeline only). `again`: when scoring
+        answers the event a duplicate (a deal's win heard before), the event that carries what changed
+        since, made from the first event's id."""
         # One version of the object at a time across replicas (the lease), so scoring hears its versions
         # in order; the record, judged again under its row lock as it is written, stops a late holder.
         async with self.object_locks.hold(f"{crm}:{kind}:{object_id}"):
@@ -137,7 +139,7 @@ class InboundActivities(Proposals):
                 return InboundResult(lead_id, "stale", "")
             if seen and modified_at == seen["modified_at"]:
                 return InboundResult(lead_id, "duplicate", seen["event_id"])
-            if seen and seen["state"] == state:
+            if seen and (seen["state"], seen["amount"]) == (state, amount):
                 event = None  # a later edit that changes nothing the platform acts on: timeline only
             event_id = ""
             if event is not None:
@@ -160,7 +162,7 @@ class InboundActivities(Proposals):
                                      "last_seen": stored["modified_at"], "event_id": event_id})
                     return "stale"
                 st.put_inbound(s, {"crm": crm, "kind": kind, "object_id": object_id, "lead_id": lead_id,
-                                   "modified_at": modified_at, "state": state,
+                                   "modified_at": modified_at, "state": state, "amount": amount,
                                    "event_id": event_id or (stored or {}).get("event_id", "")},
                                exists=stored is not None)
                 st.add_timeline(s, lead_id, now, f"{kind}_recorded" if not stored else f"{kind}_updated", summary,
@@ -268,8 +270,9 @@ class InboundActivities(Proposals):
                 return changed
 
             again = amount_changed
-        return await self._feed(crm, "deal", d.deal_id, lead_id, d.modified_at, _deal_state(d.stage, revenue), event,
+        return await self._feed(crm, "deal", d.deal_id, lead_id, d.modified_at, d.stage, event,
                                 f"Deal {d.deal_id} is {d.stage}"
                                 + (f" ({d.amount:g} {currency})" if d.amount else ""),
                                 {"deal_id": d.deal_id, "stage": d.stage, "amount": d.amount,
-                                 "reason": d.reason}, then=then, again=again)
+                                 "reason": d.reason}, then=then, again=again,
+                                amount=_deal_amount(d.stage, revenue))

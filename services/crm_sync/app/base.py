@@ -57,6 +57,7 @@ class CoreBase:
     writer: GroupWriter
     locks: KeyLocks
     object_locks: SharedKeyLocks
+    contact_leases: SharedKeyLocks
     changes_wake: asyncio.Event
     push_wake: asyncio.Event
     stats: SyncStats

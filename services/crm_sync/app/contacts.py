@@ -115,8 +115,16 @@ def crm_lead_id(crm: str, crm_id: str) -> str:
     return "crm_" + hashlib.sha256(f"{crm}:{crm_id}".encode()).hexdigest()[:32]
 
 
+def _contact_keys(crm: str, c: ContactIn) -> list[str]:
+    """What one inbound contact is locked by, in-process and across replicas: each way it may meet a lead
+    (its CRM id, email, lead id), sorted. The address as a digest: lease names in Redis hold no address."""
+    email = hashlib.sha256(c.email.lower().encode()).hexdigest()[:40] if c.email else ""
+    return sorted(f"{crm}:{kind}:{value}" for kind, value in (("id", c.crm_id), ("email", email),
+                                                               ("lead", c.lead_id)) if value)
+
+
 class InboundContacts(CoreBase):
-    contacts: Batcher[tuple[str, ContactIn], ContactResult]
+    contacts: Batcher[tuple[str, ContactIn], ContactResult | None]
 
     async def upsert_contacts(self, crm: str, contacts: list[ContactIn]) -> list[ContactResult]:
         if len(contacts) == 1:  # the CRM's usual call: no task to gather
@@ -126,15 +134,31 @@ class InboundContacts(CoreBase):
     async def upsert_contact(self, crm: str, c: ContactIn) -> ContactResult:
         # Deliveries that may meet the same lead (same CRM id, email or lead id) run one after the
         # other; everything else joins the next batch. Locks are taken in sorted order (no deadlock).
-        # They are this process's only: across replicas, scoring and the locked row write judge the order.
-        keys = sorted({f"{crm}:{kind}:{value}" for kind, value in
-                       (("id", c.crm_id), ("email", c.email.lower()), ("lead", c.lead_id)) if value})
+        # Across replicas the batch holds each contact's leases (`_upsert_batch`): a contact another
+        # replica is handling comes back None and tries again, alone, after a pause.
+        keys = _contact_keys(crm, c)
         async with contextlib.AsyncExitStack() as stack:
             for key in keys:
                 await stack.enter_async_context(self.locks.hold(key))
-            return await self.contacts.submit((crm, c))
+            async with self.contact_leases.waiting(f"CRM contact {c.crm_id or c.lead_id or 'by email'}") as wait:
+                while (result := await self.contacts.submit((crm, c))) is None:
+                    await wait()
+                return result
 
-    async def _upsert_batch(self, items: list[tuple[str, ContactIn]]) -> list[ContactResult | BaseException]:
+    async def _upsert_batch(self, items: list[tuple[str, ContactIn]]) -> list[ContactResult | None | BaseException]:
+        """A batch under its contacts' leases (one round trip for all of them, one to give them back), so
+        two versions of one contact at two replicas are judged one after the other: the second reads
+        the first's row (X -> Y -> X sent to two replicas at once ended at Y when both judged against
+        X). A contact whose lease another replica holds is answered None (its caller tries again)."""
+        async with self.contact_leases.hold_each([_contact_keys(crm, c) for crm, c in items]) as held:
+            ready = [i for i, ok in enumerate(held) if ok]
+            done = await self._apply_batch([items[i] for i in ready]) if ready else []
+        out: list[ContactResult | None | BaseException] = [None] * len(items)
+        for i, res in zip(ready, done, strict=True):
+            out[i] = res
+        return out
+
+    async def _apply_batch(self, items: list[tuple[str, ContactIn]]) -> list[ContactResult | BaseException]:
         """Contacts of concurrent calls together: one read of what we know, one scoring call, one
         group commit. Each contact keeps its own outcome (stale, duplicate, error, ...)."""
         rows = await self.read(lambda s: st.find_leads(

@@ -65,11 +65,13 @@ class CrmSyncCore(InboundContacts, InboundActivities, BusConsumer, OutboundQueue
         # An activity or deal is one CRM object any replica may be handed a version of: its versions are
         # judged one at a time across replicas (staleness, then scoring's event, then the record).
         self.object_locks = SharedKeyLocks(redis, "nurture:crm_sync:object")
+        # A contact likewise (by each way it meets a lead: CRM id, email, lead id), leased a batch at a time.
+        self.contact_leases = SharedKeyLocks(redis, "nurture:crm_sync:contact")
         # One batch of contacts in flight: whatever arrives meanwhile joins the next (one read, one
         # scoring call, one commit for all of it). With two in flight, 32 CRM callers sending one
         # contact each made batches of ~9 and a scoring call per batch; with one, ~14 and less CPU per
         # contact in crm_sync and scoring (bench/crm.py). An idle service still takes a lone contact at once.
-        self.contacts: Batcher[tuple[str, ContactIn], ContactResult] = Batcher(
+        self.contacts: Batcher[tuple[str, ContactIn], ContactResult | None] = Batcher(
             self._upsert_batch, max_batch=100, parallel=1)
         self.changes_wake = asyncio.Event()
         self.push_wake = asyncio.Event()

@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 
 import pytest
 import redis
+import redis.asyncio as aioredis
 import sqlalchemy as sa
 
 from nurture.api.common.v1 import common_pb2, common_pb2_grpc
@@ -143,6 +144,63 @@ async def test_a_value_set_back_while_the_change_races_at_another_replica_wins(r
         lead = await replicas.scoring.GetLead(scoring_pb2.GetLeadRequest(id=first.lead_id), timeout=5)
         attrs = json.loads(lead.attributes_json)
         assert (attrs["company"], attrs["phone"]) == ("x", "1"), n
+
+
+async def test_a_most_recent_field_set_back_while_the_change_races_at_another_replica_wins(
+        replicas: Replicas) -> None:
+    """X → Y → X of a `most_recent` field (first_name, jobtitle), Y and the second X at two replicas at
+    once. Such a field is sent only when it differs from crm_sync's copy or the CRM's previous value:
+    judged at the same time, the second X was judged against X (sent nothing) while Y was sent, and when
+    scoring applied Y first the lead kept Y. Now each contact's lease orders the two across replicas:
+    the second to be judged reads the first's row."""
+    t0 = replicas.clock.now() - timedelta(days=1)
+    first = await upsert(replicas.crm[0], contact("c-4", t0, "Xena", "acme", jobtitle="cto"))
+    assert first.status == "created", first
+    for n in range(1, ROUNDS + 1):
+        await replicas.settle()   # both replicas' copy of the lead shows X (the bus brought it)
+        y = contact("c-4", t0 + timedelta(minutes=2 * n), f"Y{n}", "acme", jobtitle=f"y-{n}")
+        x = contact("c-4", t0 + timedelta(minutes=2 * n + 1), "Xena", "acme", jobtitle="cto")
+        y_stub, x_stub = replicas.crm[n % 2], replicas.crm[1 - n % 2]
+        if n % 4 < 2:
+            y_r, x_r = await asyncio.gather(upsert(y_stub, y), upsert(x_stub, x))
+        else:
+            x_r, y_r = await asyncio.gather(upsert(x_stub, x), upsert(y_stub, y))
+        assert y_r.status in ("updated", "stale") and x_r.status in ("updated", "unchanged"), (n, y_r, x_r)
+        lead = await replicas.scoring.GetLead(scoring_pb2.GetLeadRequest(id=first.lead_id), timeout=5)
+        assert (lead.first_name, json.loads(lead.attributes_json).get("profession")) == ("Xena", "cto"), n
+
+
+async def test_a_contact_whose_lease_another_replica_holds_waits_then_goes_on(replicas: Replicas) -> None:
+    """A replica handed a contact that another replica is handling (its lease in Redis) waits for the
+    lease, trying again alone (the rest of its batches go on), then applies it."""
+    t0 = replicas.clock.now() - timedelta(days=1)
+    first = await upsert(replicas.crm[0], contact("c-5", t0, "Ana", "acme"))
+    client = aioredis.Redis.from_url(replicas.settings.redis_url)
+    lease = "nurture:crm_sync:contact:{test-crm:id:c-5}"
+    try:
+        assert await client.set(lease, "other-replica", nx=True, px=120_000)
+        async with client.monitor() as monitor:
+            call = asyncio.ensure_future(upsert(replicas.crm[1], contact("c-5", t0 + timedelta(minutes=1),
+                                                                          "Bea", "acme")))
+
+            async def tries(wanted: int) -> None:
+                seen = 0
+                while seen < wanted:
+                    command = (await monitor.next_command())["command"]
+                    seen += command.startswith(f"SET {lease} ") and " NX " in command
+
+            await asyncio.wait_for(tries(3), 30)   # the replica tried, found it held, tried again
+        assert not call.done()
+        lead = await replicas.scoring.GetLead(scoring_pb2.GetLeadRequest(id=first.lead_id), timeout=5)
+        assert lead.first_name == "Ana"
+        await client.delete(lease)   # the other replica is done
+        result = await call
+        assert result.status == "updated", result
+        lead = await replicas.scoring.GetLead(scoring_pb2.GetLeadRequest(id=first.lead_id), timeout=5)
+        assert lead.first_name == "Bea"
+        assert await client.exists(lease) == 0   # given back
+    finally:
+        await client.aclose()
 
 
 async def wait_until(check: Callable[[], bool], what: str) -> None:

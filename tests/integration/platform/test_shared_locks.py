@@ -8,9 +8,13 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from nurture import redisconn
 from nurture.locks import LockBusy, SharedKeyLocks
+from nurture.ports import free_port
 from nurture.settings import Settings
 
 pytestmark = pytest.mark.anyio
@@ -83,3 +87,35 @@ async def test_without_redis_it_is_the_process_lock() -> None:
     assert all(order[i] == order[i + 1] for i in range(0, len(order), 2))
 
 
+
+
+async def test_a_batch_takes_its_leases_together_and_gives_back_a_busy_items_at_once(
+        client: redisconn.AsyncRedis) -> None:
+    await client.set("t:lock:{b1}", "other-replica", px=10_000)
+    locks = SharedKeyLocks(client, "t:lock")
+    async with locks.hold_each([["a2", "a1"], ["b2", "b1"], ["c"]]) as held:
+        assert held == [True, False, True]
+        assert await client.exists("t:lock:{a1}", "t:lock:{a2}", "t:lock:{c}") == 3
+        # The busy item holds nothing while it waits (no hold-and-wait): its other key is free again.
+        assert await client.exists("t:lock:{b2}") == 0
+        # Another replica's item meeting this batch's keys waits for them.
+        async with SharedKeyLocks(client, "t:lock").hold_each([["c"], ["d"]]) as theirs:
+            assert theirs == [False, True]
+    assert await client.exists("t:lock:{a1}", "t:lock:{a2}", "t:lock:{c}", "t:lock:{d}") == 0
+    assert await client.get("t:lock:{b1}") == b"other-replica"  # not taken, not released
+
+
+async def test_a_redis_that_cannot_answer_is_busy_not_a_failure() -> None:
+    """Contacts took no lease before: a Redis down now answers "try again" (UNAVAILABLE at crm_sync),
+    not an unknown error."""
+    down = aioredis.Redis(port=free_port(), socket_connect_timeout=1, retry=Retry(NoBackoff(), 0))
+    locks = SharedKeyLocks(down, "t:lock")
+    try:
+        with pytest.raises(LockBusy, match="cannot be taken now"):
+            async with locks.hold_each([["a"], ["b"]]):
+                pass
+        with pytest.raises(LockBusy, match="cannot be taken now"):
+            async with locks.hold("k"):
+                pass
+    finally:
+        await down.aclose()
