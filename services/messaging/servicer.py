@@ -209,7 +209,7 @@ class MessagingServicer(messaging_pb2_grpc.MessagingServicer):
     # --- segments' copy ------------------------------------------------------------------------------
     @staticmethod
     def _segment_summary(row: SegmentRow, label: str) -> messaging_pb2.SegmentCopySummary:
-        out = messaging_pb2.SegmentCopySummary(segment=row.segment, published_version=row.published_version,
+        out = messaging_pb2.SegmentCopySummary(segment=row.key, published_version=row.published_version,
                                                latest_version=row.latest_version, label=label)
         out.updated_at.FromDatetime(row.updated_at)
         return out
@@ -223,7 +223,7 @@ class MessagingServicer(messaging_pb2_grpc.MessagingServicer):
                              context: grpc.aio.ServicerContext) -> messaging_pb2.GetSegmentCopyReply:
         detail: SegmentDetail = await _guard(lambda: self.engine.templates.segments.get(request.segment,
                                                                                         request.version))
-        c = detail.shown.copy
+        c = detail.shown.content
         reply = messaging_pb2.GetSegmentCopyReply(
             summary=self._segment_summary(detail.row, c.label), version=detail.shown.version,
             status=detail.shown.status, copy=messaging_pb2.SegmentCopy(

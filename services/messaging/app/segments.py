@@ -69,7 +69,7 @@ class SegmentLibrary:
             if self._loaded:
                 return
             await self.db.run(self.store.seed, list(self.catalog.seed_segments().items()), self.clock.now())
-            self._live = {v.segment: CompiledCopy(v.segment, v.version, v.copy)
+            self._live = {v.key: CompiledCopy(v.key, v.version, v.content)
                           for v in await self.db.run(self.store.published)}
             self._loaded = True
 
@@ -83,7 +83,7 @@ class SegmentLibrary:
         for segment, version in changed.items():
             found = await self.db.run(self.store.version, segment, version)
             if found is not None:
-                self._live[segment] = CompiledCopy(segment, version, found.copy)
+                self._live[segment] = CompiledCopy(segment, version, found.content)
         return len(changed)
 
     def _problems(self, segment: str, copy: SegmentCopy, *, render: bool) -> list[str]:
@@ -113,19 +113,19 @@ class SegmentLibrary:
         """Every segment with copy, and the label of its live version (the latest's when none is live)."""
         await self.ensure()
         out = []
-        for row in await self.db.run(self.store.segments):
-            live = self._live.get(row.segment)
+        for row in await self.db.run(self.store.heads):
+            live = self._live.get(row.key)
             label = live.label if live else ""
             if not label:
-                latest = await self.db.run(self.store.version, row.segment, row.latest_version)
-                label = latest.copy.label if latest else ""
+                latest = await self.db.run(self.store.version, row.key, row.latest_version)
+                label = latest.content.label if latest else ""
             out.append((row, label))
         return out
 
     async def get(self, segment: str, version: int = 0) -> SegmentDetail:
         await self.ensure()
         versions = await self.db.run(self.store.versions, segment)
-        row = next((r for r in await self.db.run(self.store.segments) if r.segment == segment), None)
+        row = next((r for r in await self.db.run(self.store.heads) if r.key == segment), None)
         if not versions or row is None:
             raise UnknownSegment(f"segment {segment!r} has no copy of its own (it gets {DEFAULT}'s)")
         wanted = version or row.published_version or row.latest_version
@@ -156,7 +156,7 @@ class SegmentLibrary:
         found = await self.db.run(self.store.version, segment, version)
         if found is None:
             raise UnknownSegment(f"segment {segment!r} has no version {version}")
-        compiled = CompiledCopy(segment, version, found.copy)
+        compiled = CompiledCopy(segment, version, found.content)
         async with self._lock:
             previous = int(await self.db.run(self.store.publish, segment, version, self.clock.now()))
             self._live[segment] = compiled

@@ -171,7 +171,7 @@ class TemplateLibrary:
     async def list(self) -> list[tuple[TemplateRow, str]]:
         """Every template with the subject source of its live version (the latest's when none is live)."""
         await self.ensure()
-        rows = await self.db.run(self.store.templates)
+        rows = await self.db.run(self.store.heads)
         out = []
         for row in rows:
             live = self._live.get(row.key)
@@ -187,7 +187,7 @@ class TemplateLibrary:
         versions = await self.db.run(self.store.versions, key)
         if not versions:
             raise UnknownTemplate(f"unknown template {key!r}")
-        row = next(r for r in await self.db.run(self.store.templates) if r.key == key)
+        row = next(r for r in await self.db.run(self.store.heads) if r.key == key)
         wanted = version or row.published_version or row.latest_version
         shown = next((v for v in versions if v.version == wanted), None)
         if shown is None:
