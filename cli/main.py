@@ -17,7 +17,7 @@ def main(argv: list[str] | None = None) -> int:
     p_up.add_argument("--http-port", type=int, help="gateway port (default 8080)")
     p_up.add_argument("--port-offset", type=int, default=0, metavar="N",
                       help="add N to every port the mesh listens on (gateway, services, Redis, mail sink, "
-                           "bounce receiver, CRM emulator): a second mesh beside a running one")
+                           "bounce receiver, CRM and ads emulators): a second mesh beside a running one")
     p_up.add_argument("--data-dir", help="where all state lives (default ./data)")
     p_up.add_argument("--clock", choices=["real", "virtual"], help="virtual: time moves only when told")
     p_up.add_argument("--smtp-url", help="deliver to this SMTP server instead of the local sink")
@@ -26,8 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     p_up.add_argument("--bind-host", help="where services and gateway listen (default 127.0.0.1); beyond "
                                          "loopback every secret must be set (docs/SECURITY.md)")
     p_up.add_argument("--redis-cluster", type=_masters, metavar="N",
-                      help="run an embedded Redis Cluster of N masters (ports 6390.. and their cluster bus ports "
-                           "+10000) instead of one Redis")
+                      help="run an embedded Redis Cluster of N masters (ports 6390.., moved by --port-offset, and "
+                           "their cluster bus ports +10000) instead of one Redis")
     p_up.add_argument("--redis-cluster-replicas", type=_cluster_replicas, metavar="R",
                       help="with --redis-cluster N: R replicas of each master (N*(1+R) nodes on consecutive ports), "
                            "so that a master's failure moves its slots to a replica")

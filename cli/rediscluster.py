@@ -7,7 +7,8 @@ crashes can take writes it acknowledged with it (docs/ARCHITECTURE.md, "Redis fa
 
 Redis 6 puts a node's cluster bus on its port + 10000, so both must be free. Each node keeps what it
 knows of the cluster in `nodes.conf` in its folder: started again, the nodes find each other and their
-slots by themselves, and `form` only waits for them.
+slots by themselves, and `form` only waits for them (started on other ports, `--port-offset`, they are
+introduced again at the new ones first).
 """
 
 from __future__ import annotations
@@ -55,8 +56,9 @@ def form(ports: Sequence[int], password: str = "", timeout: float = 30.0, replic
     len(ports) / (1 + replicas) get the slot ranges as masters, then all meet the first node, and the
     rest replicate the masters in turn (node m + k·masters replicates master m). Nodes that already
     form a cluster of exactly these N are only waited for (which of them is a master now is theirs to
-    know: a failover swaps the roles). Anything else (a data dir holding a cluster of another size) is
-    refused: moving slots between masters is an operator's job, not a start-up's."""
+    know: a failover swaps the roles), once every one has the others at these ports. Anything else (a
+    data dir holding a cluster of another size) is refused: moving slots between masters is an
+    operator's job, not a start-up's."""
     if replicas < 0 or len(ports) % (1 + replicas):
         raise ValueError(f"{len(ports)} nodes do not make masters with {replicas} replicas each")
     masters = len(ports) // (1 + replicas)
@@ -77,11 +79,14 @@ def form(ports: Sequence[int], password: str = "", timeout: float = 30.0, replic
             raise ClusterError(f"the nodes on ports {', '.join(map(str, ports))} do not form one cluster of "
                                f"{len(ports)} (they know {', '.join(known)} nodes): start with the number of "
                                "masters this data dir was made with, or remove its redis-cluster folder")
+        else:
+            _reintroduce(clients, ports)
         deadline = time.monotonic() + timeout
         while True:
             infos = [_info(c) for c in clients]
             if all(i.get("cluster_state") == "ok" and i.get("cluster_known_nodes") == str(len(ports))
-                   and i.get("cluster_slots_assigned") == str(SLOTS) for i in infos) and _replicas_linked(clients):
+                   and i.get("cluster_slots_assigned") == str(SLOTS) for i in infos) and _replicas_linked(clients) \
+                    and all(_peer_ports(c) == set(ports) for c in clients):
                 return
             if time.monotonic() > deadline:
                 states = ", ".join(f"{p}: {i.get('cluster_state')}" for p, i in zip(ports, infos, strict=True))
@@ -90,6 +95,28 @@ def form(ports: Sequence[int], password: str = "", timeout: float = 30.0, replic
     finally:
         for client in clients:
             client.close()
+
+
+def _peer_ports(client: redis.Redis) -> set[int]:
+    """The ports this node has for every node of its cluster, itself included (`CLUSTER NODES`)."""
+    raw = client.execute_command("CLUSTER", "NODES")
+    text = raw.decode() if isinstance(raw, bytes) else str(raw)
+    return {int(line.split()[1].split("@")[0].rpartition(":")[2] or 0) for line in text.splitlines() if line.strip()}
+
+
+def _reintroduce(clients: Sequence[redis.Redis], ports: Sequence[int]) -> None:
+    """Formed nodes started on other ports than they were made on (`nurture up --port-offset N` on an
+    existing data dir): each one's nodes.conf names its peers at their old ports, where nobody answers, or
+    another mesh's nodes do. And each still says `cluster_state:ok` until its node timeout has passed, so
+    waiting for that alone let the mesh start on a cluster that sent every client to the old ports. A
+    MEET of a node it already knows, at a new address, makes a node take that address (the handshake
+    names the known node), so every node meets every other one where it is now."""
+    if all(_peer_ports(c) == set(ports) for c in clients):
+        return
+    for client in clients:
+        for port in ports:
+            if port != client.connection_pool.connection_kwargs["port"]:
+                client.execute_command("CLUSTER", "MEET", "127.0.0.1", port)
 
 
 def _node_id(client: redis.Redis) -> str:

@@ -1,7 +1,8 @@
 """`nurture up --redis-cluster`'s forming (cli/rediscluster.py) on real redis-server processes with a
 password: fresh nodes become one cluster with every slot served; stopped and started again they are
-found formed (from their nodes.conf) without being joined again; a data dir of another size is refused,
-saying so; and nodes that cannot agree within the timeout are reported, not waited for forever."""
+found formed (from their nodes.conf) without being joined again, also on other ports (`--port-offset`);
+a data dir of another size is refused, saying so; and nodes that cannot agree within the timeout are
+reported, not waited for forever."""
 
 from __future__ import annotations
 
@@ -67,6 +68,29 @@ def test_fresh_nodes_form_a_cluster_and_are_found_formed_after_a_restart(nodes: 
     assert [int(client.get(f"nurture:lead:{{l{i}}}:x") or -1) for i in range(100)] == list(range(100))  # AOF
     info = client.cluster_info(target_nodes=client.get_primaries()[0])
     assert (info["cluster_state"], int(info["cluster_slots_assigned"])) == ("ok", SLOTS)
+    client.close()
+
+
+def test_nodes_started_again_on_other_ports_find_each_other(nodes: Nodes) -> None:
+    """A data dir's cluster started again on moved ports (`nurture up --port-offset N`, as the message
+    about a busy port suggests): each node's nodes.conf names its peers at their old ports, where nobody
+    answers (or another mesh's nodes do); form introduces them again at the new ones."""
+    ports = [cluster_port() for _ in range(3)]
+    for i, port in enumerate(ports):
+        nodes.start(port, f"node-{i}")
+    form(ports, PASSWORD)
+    client = redis.cluster.RedisCluster(host="127.0.0.1", port=ports[0], password=PASSWORD)
+    for i in range(100):
+        client.set(f"nurture:lead:{{l{i}}}:x", i)
+    client.close()
+    nodes.stop()
+    moved = [cluster_port() for _ in range(3)]
+    for i, port in enumerate(moved):
+        nodes.start(port, f"node-{i}")
+    form(moved, PASSWORD, timeout=30)
+    client = redis.cluster.RedisCluster(host="127.0.0.1", port=moved[2], password=PASSWORD)
+    assert [int(client.get(f"nurture:lead:{{l{i}}}:x") or -1) for i in range(100)] == list(range(100))
+    assert sorted(n.port for n in client.get_nodes()) == sorted(moved)
     client.close()
 
 
