@@ -4,6 +4,7 @@ settling every service at each instant, so a 60-day advance runs each step at it
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Required
 
@@ -24,6 +25,7 @@ from nurture.settings import SERVICES
 
 router = APIRouter(tags=["admin"], route_class=DocumentedRoute)
 MAX_ROUNDS = 100_000
+SETTLE_RETRY_S = 15.0
 
 
 class Health(TypedDict):
@@ -69,6 +71,22 @@ def _clock(request: Request) -> VirtualClock:
     return clock
 
 
+async def _settle(m: Mesh, service: str) -> common_pb2.SettleReply:
+    """One Settle; a replica that is not answering (restarting after a crash: `nurture up` starts it again
+    within seconds) is asked again for up to SETTLE_RETRY_S before the advance gives up."""
+    give_up, pause = time.monotonic() + SETTLE_RETRY_S, 0.1
+    while True:
+        try:
+            reply: common_pb2.SettleReply = await common_pb2_grpc.AdminStub(m.channel(service)).Settle(
+                common_pb2.SettleRequest(), timeout=LONG_DEADLINE_S)
+            return reply
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() + pause > give_up:
+                raise
+        await asyncio.sleep(pause)
+        pause = min(pause * 2, 2.0)
+
+
 async def settle_all(m: Mesh) -> datetime | None:
     """Settle every service until none has work left; the earliest next due time of any. A Settle call
     reaches one replica of a service (the channel balances round robin), so with a service's replicas
@@ -79,8 +97,7 @@ async def settle_all(m: Mesh) -> datetime | None:
     for _ in range(MAX_ROUNDS):
         work = 0
         for service in SERVICES:  # in order: scoring publishes what the others consume
-            reply = await common_pb2_grpc.AdminStub(m.channel(service)).Settle(
-                common_pb2.SettleRequest(), timeout=LONG_DEADLINE_S)
+            reply = await _settle(m, service)
             work += reply.work_done
             if reply.has_next_due:
                 due.append(reply.next_due_at.ToDatetime(tzinfo=UTC))
@@ -115,17 +132,25 @@ async def advance(request: Request, body: JsonValue = Depends(json_body), m: Mes
         raise ApiError(422, "invalid", "time only moves forward")
     async with request.app.state.clock_lock:
         steps = 0
-        next_due = await settle_all(m)
-        while next_due is not None and next_due <= target:
-            # Work reported due but not done (e.g. a failing retry) must not stall the walk.
-            next_due = max(next_due, clock.now() + timedelta(seconds=1))
-            if next_due > target:
-                break
-            clock.set(next_due)
-            steps += 1
+        try:
             next_due = await settle_all(m)
-        clock.set(target)
-        await settle_all(m)
+            while next_due is not None and next_due <= target:
+                # Work reported due but not done (e.g. a failing retry) must not stall the walk.
+                next_due = max(next_due, clock.now() + timedelta(seconds=1))
+                if next_due > target:
+                    break
+                clock.set(next_due)
+                steps += 1
+                next_due = await settle_all(m)
+            clock.set(target)
+            await settle_all(m)
+        except grpc.aio.AioRpcError as exc:
+            # The walk may have moved the clock part of the way: say where it is and where it was going,
+            # so the caller retries with `to` (a retry of `seconds` would go past the time it meant).
+            raise ApiError(503, "unavailable", f"a service did not settle ({exc.code().name}); the clock is at "
+                           f"{times.rfc3339(clock.now())}: retry with {{\"to\": \"{times.rfc3339(target)}\"}}",
+                           {"now": times.rfc3339(clock.now()), "target": times.rfc3339(target)},
+                           headers={"Retry-After": "1"}) from exc
     return {"now": times.rfc3339(clock.now()), "instants": steps}
 
 
