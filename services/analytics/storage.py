@@ -71,7 +71,7 @@ from services.analytics.tables import (
     won_entries,
 )
 
-FOLD_VERSION = "13"  # bump when the fold derives its tables differently: the service rebuilds them at start
+FOLD_VERSION = "14"  # bump when the fold derives its tables differently: the service rebuilds them at start
 NO_DAY = date(1, 1, 1)  # `analytics_reach.prev_day` of a lead's first send day in a scope
 ALL_JOURNEYS = "*"  # `analytics_sequence_rates.journey` of every journey's touches (no journey key is "*")
 NO_TS = -(2 ** 62)  # `analytics_lead_scores.ts` of a lead won before any fact carried its score
@@ -297,7 +297,9 @@ class Fold:
     def _won_entries(self, leads_: set[str], paths: dict[tuple[str, str], dict[str, dict[str, Any]]]) -> None:
         """Each won deal of these leads (a win or a stage entry in this batch) with its lead's earliest entry
         of each journey at or before the win, recomputed from the lead's whole path: entries are only
-        added, so the rows are the same however the facts arrived. `paths` holds every stage of these leads."""
+        added, so the rows are the same however the facts arrived. `paths` holds every stage of these leads.
+        An entry the win caused (entered by the win's event or the lifecycle change it made, `<id>:stage`)
+        is no part of its path: under a virtual clock the customer journey is entered at the win's instant."""
         if not leads_:
             return
         deals: dict[str, list[tuple[str, datetime]]] = defaultdict(list)
@@ -313,7 +315,7 @@ class Fold:
             for deal, at in sorted(deals[lead_id]):
                 for journey in sorted(journeys[lead_id]):
                     before = [(r["entered_at"], r["stage"], r["score"]) for r in paths[(lead_id, journey)].values()
-                              if r["entered_at"] <= at]
+                              if r["entered_at"] <= at and not _caused_by(r.get("entered_by") or "", deal)]
                     if before:
                         entered, stage, score = min(before, key=lambda e: (e[0], e[1]))
                         rows.append({"deal": deal, "journey": journey, "lead_id": lead_id,
@@ -471,7 +473,8 @@ class Fold:
                 self.dwell[(*key, reports.dwell_minutes(row["entered_at"], f.at))] += 1
         self.entered.add(f.lead_id)
         stages[f.stage] = {"lead_id": f.lead_id, "journey": f.journey, "stage": f.stage, "segment": f.segment,
-                           "entered_at": f.at, "left_at": None, "score": f.score, "_dirty": True}
+                           "entered_at": f.at, "left_at": None, "score": f.score, "entered_by": f.entered_by,
+                           "_dirty": True}
         self.counts[(reports.day_of(f.at), f.journey, f.stage, f.segment)][0] += 1
 
     def _stage(self, f: Fact, state: dict[str, tuple[str, datetime, str]]) -> None:
@@ -540,6 +543,12 @@ class Fold:
 
 _Touch = tuple[int, str, str, str, str, str]  # ts (microseconds), id, journey, template, topic, segment
 _UNIT_AT: dict[str, int] = {"template": 3, "topic": 4}
+
+
+def _caused_by(entered_by: str, event_id: str) -> bool:
+    """Whether a journey entry was made by this event or by the lifecycle change it caused (scoring's
+    `<event id>:stage`, facts.py)."""
+    return entered_by == event_id or entered_by.startswith(f"{event_id}:")
 
 
 def _sequence_part(lead_touches: list[_Touch], wins: list[int]) -> set[tuple[Any, ...]]:

@@ -190,6 +190,9 @@ lead_stages = Table(
     Column("entered_at", DateTime(timezone=True), nullable=False),
     Column("left_at", DateTime(timezone=True), nullable=True),
     Column("score", Integer, nullable=True),  # the lead's score when it entered the stage
+    # The bus message that entered the lead into the journey (its first send's `entered_by`): a win's
+    # path leaves out what the win itself caused (the customer journey), whatever the clock says.
+    Column("entered_by", String(200), nullable=False, server_default=""),
 )
 
 # Per journey stage, by the day leads entered it: how many entered and how many went on.

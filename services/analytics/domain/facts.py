@@ -66,6 +66,7 @@ class Fact:
     domain: str = ""     # an email's sending domain, as messaging's guards count it
     provider: str = ""   # the recipient's mailbox provider (messaging's deliverability.yaml)
     bounce: str = ""     # a `bounced` fact: hard | soft (a soft bounce at the suppression count)
+    entered_by: str = ""  # a send's: the bus message that entered the lead into its journey (its cause)
 
 
 def parse_time(value: JsonValue) -> datetime | None:
@@ -119,7 +120,8 @@ def _fact(etype: JsonValue, message_id: JsonValue, lead: JsonValue, occurred_at:
                     channel=_text(props.get("channel")) or "email", topic=_text(props.get("topic")),
                     format=_text(props.get("format")), score=score, domain=_text(props.get("sending_domain")),
                     provider=_text(props.get("provider")),
-                    bounce=_text(props.get("bounce")) if etype in ("email_hard_bounced", "email_bounced") else "")
+                    bounce=_text(props.get("bounce")) if etype in ("email_hard_bounced", "email_bounced") else "",
+                    entered_by=_text(props.get("entered_by")) if etype == "email_sent" else "")
     if etype == STAGE_EVENT:
         return Fact(id=mid, kind="stage", lead_id=lead_id, at=at, segment=segment, stage=_text(props.get("new")),
                     previous=_text(props.get("old")), since=parse_time(created_at))

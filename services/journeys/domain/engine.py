@@ -718,7 +718,7 @@ class Engine:
         e = Enrollment(ekey=ekey, journey=j.key, version=j.version, instance=instance, entry=past["entries"],
                        status=ACTIVE, step=j.first, stage=None, due=now, entered_at=now, stage_at=now,
                        anchors=anchors, token=(current.token + 1) if current else 1,
-                       side_token=current.side_token if current else 0, timed_at=now)
+                       side_token=current.side_token if current else 0, timed_at=now, entered_by=message.id)
         state.enrollments[ekey] = e
         out.touched.add(ekey)
         self._keep_for_entry_triggers(j, e, message, out)  # checked once the entry's steps have run
@@ -982,7 +982,8 @@ class Engine:
                                  f"{s.id} held by the frequency budget until {iso(slot)}", step_to=s.id)
                     return None
             context = {"subject": s.subject, "cta": s.cta, "brief": s.brief,
-                       "stage": s.stage or e.stage, "url": s.url, **(e.anchors if anchors is None else anchors)}
+                       "stage": s.stage or e.stage, "url": s.url, **(e.anchors if anchors is None else anchors),
+                       "entered_by": e.entered_by or None}
             payload = SendPayload(template=template_of(j, s), channel=channel, category=category, journey=e.journey,
                                   version=e.version, step=s.id,
                                   context={k: v for k, v in context.items() if v is not None},

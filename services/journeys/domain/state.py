@@ -63,6 +63,10 @@ class Enrollment:
     ended_at: datetime | None = None
     outcome: str | None = None
     timed_at: datetime | None = None  # when the step at the cursor was meant to run (set by its wait)
+    # The id of the bus message that entered the lead (scoring's event id, `<event id>:stage` for the
+    # lifecycle change it caused): its sends carry it, so analytics can tell an entry a win caused (the
+    # customer journey) from nurture before the win, whatever the clock says. "" for an older entry.
+    entered_by: str = ""
     # The event that enrolled the lead (and any that came before the entry's steps ran), each {type,
     # properties}, while its `on_entry` triggers wait for those steps (the engine's _entry_triggers).
     entry_events: list[JsonObject] = field(default_factory=list)
@@ -94,6 +98,8 @@ class Enrollment:
             del out["entry_events"]  # (almost always: stored only while pending)
         if not self.retries:
             del out["retries"]  # (stored only while a service is away)
+        if not self.entered_by:
+            del out["entered_by"]
         if self.pause_by is None:
             del out["pause_by"]  # (stored only until the steps due at a pause have run)
         out["side"] = list(self.side)

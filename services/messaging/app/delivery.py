@@ -651,6 +651,11 @@ class Delivery:
                  "channel": row.channel, "variant": row.variant,
                  **self.content_of(template, r.rendered.version if r.rendered else row.template_version,
                                    row.step_stage)}
+        # The bus message that entered the lead into the journey (journeys' context): analytics leaves
+        # an entry a win caused out of that win's path.
+        entered_by = json.loads(row.context_json or "{}").get("entered_by")
+        if isinstance(entered_by, str) and entered_by:
+            props["entered_by"] = entered_by
         guards = self.deliverability
         if guards is not None and row.channel == "email":
             # Where it went, as the guards count it (messaging_delivery_events): analytics' deliverability

@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 from sqlalchemy import Row
 from sqlalchemy.orm import Session
 
-from nurture import jsoncodec, limits
+from nurture import jsoncodec, limits, times
 from nurture.busmessage import BusMessage, LeadSnapshot
 from nurture.db import DriverWrites
 from nurture.jsontypes import JsonMapping, JsonObject
@@ -329,7 +329,11 @@ class Leads(CoreBase):
 
     def timeline(self, lead_id: str, limit: int) -> list[TimelineLine]:
         """Oldest first, each event followed by the score changes it caused (under a virtual clock many
-        share one instant, so the order within an instant has to carry the causality)."""
+        share one instant, so the order within an instant has to carry the causality). An event is shown
+        at the time it says it happened, but never after the platform recorded it (`received_at`), nor
+        are its score changes: a CRM's won deal is dated by the CRM's clock, which may run ahead of ours,
+        and what it caused elsewhere (the stage, a journey's goal) is stamped with our clock when it
+        happened. The time it claims is then a detail (`occurred_at`)."""
         with self._sessions() as s:
             evs, changes, notes = st.timeline_rows(s, lead_id, limit)
         items: list[TimelineLine] = []
@@ -354,12 +358,16 @@ class Leads(CoreBase):
         for e in evs:
             props = limits.readable(st.loads(e.properties, "event properties"), what="event properties")
             shown = ", ".join(f"{k}={v}" for k, v in props.items() if isinstance(v, str | int | float))
-            items.append(TimelineLine(aware(e.occurred_at) or e.occurred_at, "event", e.type, f"event:{e.id}",
-                                      f"{e.type}" + (f" ({shown})" if shown else ""),
-                                      {"event_id": e.id, "properties": props, "source": e.source,
-                                       "score_delta": e.score_delta,
-                                       "signals": limits.readable(st.loads(e.signals), what="signals")}))
-            items.extend(by_event.pop(e.id, []))
+            occurred, received = aware(e.occurred_at) or e.occurred_at, aware(e.received_at) or e.received_at
+            details: JsonObject = {"event_id": e.id, "properties": props, "source": e.source,
+                                   "score_delta": e.score_delta,
+                                   "signals": limits.readable(st.loads(e.signals), what="signals")}
+            if occurred > received:
+                details["occurred_at"] = times.rfc3339(occurred)
+            at = min(occurred, received)
+            items.append(TimelineLine(at, "event", e.type, f"event:{e.id}",
+                                      f"{e.type}" + (f" ({shown})" if shown else ""), details))
+            items.extend(i if i.at <= at else i._replace(at=at) for i in by_event.pop(e.id, []))
         items.extend(loose)
         items.extend(i for rest in by_event.values() for i in rest)   # events beyond the limit
         items.sort(key=lambda i: i.at)   # stable: the order above survives within an instant

@@ -4,6 +4,7 @@ the tree has; the contract for leads and events needs only scoring)."""
 from __future__ import annotations
 
 import json
+from datetime import datetime, timedelta
 
 import httpx
 import pytest
@@ -112,6 +113,29 @@ async def test_timeline_keeps_cause_before_effect_within_one_instant(
                     "resource_downloaded", "content_download", "resource_downloaded", "three_resource_downloads",
                     "content_download"]
     assert [i["details"]["properties"].get("n") for i in items if i["type"] == "resource_downloaded"] == [0, 1, 2]
+
+
+async def test_timeline_shows_an_event_dated_ahead_of_the_clock_before_what_it_caused(
+        api: tuple[httpx.AsyncClient, FastAPI, Running]) -> None:
+    # A CRM's won deal is dated by the CRM's modification time, which may run ahead of ours (sync.yaml's
+    # max_clock_skew_s; the gateway takes a day). Sorted by that time, the win came after the stage change
+    # and journey goal it caused, which are stamped when the platform made them; here an event ahead of
+    # the clock and the score change it caused, both scoring's. An item is placed at the time it claims,
+    # but never after the platform recorded it; the claimed time is a detail.
+    client, _app, _ = api
+    await client.post("/v1/leads", headers=AUTH, json={"id": "tl-won", "consent": {"email": True}})
+    [first] = (await client.get("/v1/leads/tl-won/timeline", headers=AUTH)).json()["items"]
+    ahead = (datetime.fromisoformat(first["at"].replace("Z", "+00:00")) + timedelta(minutes=20)).isoformat()
+    r = await client.post("/v1/events", headers=AUTH, json={
+        "lead_id": "tl-won", "type": "page_viewed", "occurred_at": ahead, "properties": {"category": "pricing"}})
+    assert r.status_code == 202, r.text
+    won_id = r.json()["event_id"]
+    items = (await client.get("/v1/leads/tl-won/timeline", headers=AUTH)).json()["items"]
+    [won] = [i for i in items if i["kind"] == "event" and i["type"] == "page_viewed"]
+    caused = [i for i in items if i["kind"] == "score" and i["details"].get("event_id") == won_id]
+    assert caused, [(i["kind"], i["type"], i["at"], i.get("details")) for i in items]
+    assert all(items.index(won) < items.index(c) for c in caused), [(i["type"], i["at"]) for i in items]
+    assert won["at"] <= caused[0]["at"] and won["details"]["occurred_at"] == ahead.replace("+00:00", "Z")
 
 
 async def test_batch_takes_good_events_and_rejects_bad(api: tuple[httpx.AsyncClient, FastAPI, Running]) -> None:

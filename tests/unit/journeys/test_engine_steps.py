@@ -131,7 +131,7 @@ def test_a_flow_runs_its_steps_at_their_moment_with_their_explanations() -> None
         "send", "flow", "hello", "l-1:flow:1:hello:1.1", "1.1", False)
     assert send.payload == SendPayload(template="flow.hello", channel="email", category="transactional",
                                        journey="flow", version=1, step="hello",
-                                       context={"subject": "Hi", "cta": "Go", "stage": "one"})
+                                       context={"subject": "Hi", "cta": "Go", "stage": "one", "entered_by": "m1"})
     e = m.e("flow")
     assert (e.status, e.step, e.due, e.waiting, e.stage, e.last_sent) == (
         ACTIVE, "check", T0 + timedelta(days=2), "delay", "one", "hello")
@@ -1057,7 +1057,7 @@ def test_a_jump_and_a_goal_without_a_name_say_where_and_which() -> None:
     assert [t.at for t in m.transitions if t.type == "jump"] == [T0 + timedelta(hours=1)]
     [send] = m.effects
     assert isinstance(send.payload, SendPayload)
-    assert send.payload.context == {"subject": "S", "url": "https://example.com/x", "brief": ["b"]}
+    assert send.payload.context == {"subject": "S", "url": "https://example.com/x", "brief": ["b"], "entered_by": "m1"}
     assert (m.e("j").status, m.e("j").outcome) == (COMPLETED, "won")
     assert "j: goal reached: won" in m.log
 
