@@ -10,7 +10,7 @@ import json
 
 from fastapi import APIRouter, Depends, Query, Response
 
-from gateway.convert import parse_time
+from gateway.convert import parse_bound
 from gateway.deps import ApiError, Mesh, mesh, require_key
 from gateway.shapes import DocumentedRoute
 from nurture.api.analytics.v1 import analytics_pb2, analytics_pb2_grpc
@@ -51,9 +51,9 @@ def _query(from_: str | None, to: str | None, segment: str | None, journey: str 
         raise _invalid("format", "format must be json or csv")
     q = analytics_pb2.ReportQuery()
     if from_:
-        getattr(q, "from").FromDatetime(parse_time(from_, "from"))
+        getattr(q, "from").FromDatetime(parse_bound(from_, "from"))
     if to:
-        q.to.FromDatetime(parse_time(to, "to"))
+        q.to.FromDatetime(parse_bound(to, "to", end=True))
     if segment is not None:
         q.segment = segment
     if journey is not None:
