@@ -258,9 +258,11 @@ class ScoringServicer(VisitorMethods, scoring_pb2_grpc.ScoringServicer):
     ) -> scoring_pb2.ScoringModelReply:
         model = self._store.model  # the live one (publishing swaps it)
         versions = await self._db.run(self._versions.versions) if self._versions else []
+        ever = await self._db.run(self._versions.segments_ever) if self._versions else []
         return scoring_pb2.ScoringModelReply(name=model.name, version=model.version,
                                              definition_json=json.dumps(model.definition, default=str),
-                                             versions_json=json.dumps(versions))
+                                             versions_json=json.dumps(versions),
+                                             segments_ever=sorted({*ever, *model.segment_names}))
 
     async def PutScoringModel(
         self, request: scoring_pb2.PutScoringModelRequest, context: grpc.aio.ServicerContext

@@ -384,6 +384,10 @@ def model_definition(s: Session, version: int) -> str | None:
     return s.execute(select(models.c.definition).where(models.c.version == version)).scalar()
 
 
+def model_definitions(s: Session) -> list[str]:
+    return list(s.execute(select(models.c.definition).order_by(models.c.version)).scalars())
+
+
 def model_version_rows(s: Session) -> list[ModelVersionRow]:
     return [ModelVersionRow(*r) for r in s.execute(
         select(models.c.version, models.c.status, models.c.created_at, models.c.published_at)

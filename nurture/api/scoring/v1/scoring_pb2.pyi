@@ -238,16 +238,18 @@ class ScoringModelRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ScoringModelReply(_message.Message):
-    __slots__ = ("name", "version", "definition_json", "versions_json")
+    __slots__ = ("name", "version", "definition_json", "versions_json", "segments_ever")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     DEFINITION_JSON_FIELD_NUMBER: _ClassVar[int]
     VERSIONS_JSON_FIELD_NUMBER: _ClassVar[int]
+    SEGMENTS_EVER_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: int
     definition_json: str
     versions_json: str
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., definition_json: _Optional[str] = ..., versions_json: _Optional[str] = ...) -> None: ...
+    segments_ever: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., definition_json: _Optional[str] = ..., versions_json: _Optional[str] = ..., segments_ever: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class PutScoringModelRequest(_message.Message):
     __slots__ = ("definition_json", "validate_only")
