@@ -13,4 +13,4 @@ DATA = Path(__file__).resolve().parents[3] / "services" / "messaging" / "data" /
 
 def test_the_providers_a_report_accepts_are_messagings() -> None:
     providers = yaml.safe_load(DATA.read_text())["providers"]
-    assert PROVIDERS == (*providers, "other")
+    assert (*providers, "other") == PROVIDERS
