@@ -197,7 +197,7 @@ class ScoringServicer(VisitorMethods, scoring_pb2_grpc.ScoringServicer):
         page, cursor = await self._db.run(
             self._store.list_leads, segment=request.segment,
             min_score=request.min_score if request.has_min_score else None, stage=request.stage,
-            email=request.email, cursor=request.cursor, limit=limit, now=self._clock.now())
+            email=request.email, q=request.q, cursor=request.cursor, limit=limit, now=self._clock.now())
         return scoring_pb2.ListLeadsReply(leads=[lead_proto(lead) for lead in page], next_cursor=cursor)
 
     async def EraseLead(
