@@ -147,6 +147,16 @@ def parse_time(value: JsonValue, field: str) -> datetime:
         raise ApiError(422, "invalid", str(exc), {"field": field, "fields": exc.problems}) from exc
 
 
+def parse_bound(value: str, field: str, *, end: bool = False) -> datetime:
+    """A report range's `from` (or, with `end`, `to`): RFC 3339 with a zone, or a plain date in UTC,
+    a `to` date including its whole day (nurture.limits.parse_bound); or 422. Every report's range
+    (analytics, a journey's analytics and its counted leads) is read by this one function."""
+    try:
+        return limits.parse_bound(value, field, end=end)
+    except limits.InputError as exc:
+        raise ApiError(422, "invalid", str(exc), {"field": field, "fields": exc.problems}) from exc
+
+
 def details(text: str) -> JsonValue:
     """A `*_json` field of a service's reply, readable whatever it holds (see lead_json)."""
     return limits.readable(limits.read_json(text, what="details"), what="details")

@@ -52,6 +52,9 @@ class Mesh:
     stubs: dict[tuple[Callable[[grpc.aio.Channel], object], str], tuple[grpc.aio.Channel, object]] = field(
         default_factory=dict)
 
+    # Names a report's filters are checked against (gateway.known): kind → (when read, monotonic; names).
+    known: dict[str, tuple[float, frozenset[str]]] = field(default_factory=dict)
+
     def channel(self, service: str) -> grpc.aio.Channel:
         return self.channels[service]
 

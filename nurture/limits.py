@@ -244,6 +244,25 @@ def parse_time(value: str, field: str) -> datetime:
     return parsed.astimezone(UTC)
 
 
+
+def parse_bound(value: str, field: str, *, end: bool) -> datetime:
+    """A report range's bound (`from`, `to`): an RFC 3339 time as parse_time reads it, or a plain date
+    (YYYY-MM-DD) taken in UTC, as that day's start, or with `end` its last instant, so that a date-only
+    `to` includes its day as a reader of "from 2026-01-01 to 2026-01-31" expects. InputError otherwise."""
+    if isinstance(value, str) and len(value) == 10 and value[4:5] == value[7:8] == "-":
+        try:
+            day = date.fromisoformat(value)
+        except ValueError as exc:
+            raise InputError({field: f"is not a date (YYYY-MM-DD) or an RFC 3339 time: {shown(value)}"}) from exc
+        bound = datetime(day.year, day.month, day.day, tzinfo=UTC)
+        if end:
+            bound = bound.replace(hour=23, minute=59, second=59, microsecond=999999)
+        problems = check_time(bound, field)
+        if problems:
+            raise InputError(problems)
+        return bound
+    return parse_time(value, field)
+
 # -- reading what is stored ------------------------------------------------------------------------
 
 def placeholder(what: str) -> dict[str, str]:

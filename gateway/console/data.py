@@ -128,7 +128,7 @@ class LeadFilters:
     min_score: int | None = None
     journey: str = ""
     step: str = ""
-    email: str = ""
+    q: str = ""   # a search: the start of an email, first or last name (GET /v1/leads?q=)
     cursor: str = ""
 
     @classmethod
@@ -142,7 +142,9 @@ class LeadFilters:
             raise ApiError(422, "invalid", "min_score is out of range")
         return cls(segment=query.get("segment", "").strip(), stage=query.get("stage", "").strip(),
                    min_score=min_score, journey=query.get("journey", "").strip(),
-                   step=query.get("step", "").strip(), email=query.get("email", "").strip(),
+                   step=query.get("step", "").strip(),
+                   # `email=`: the search's name in links made before it matched more than the address
+                   q=(query.get("q") or query.get("email") or "").strip(),
                    cursor=query.get("cursor", ""))
 
 
@@ -156,10 +158,10 @@ async def leads_page(m: Mesh, f: LeadFilters) -> tuple[list[Lead], str | None]:
             scoring_pb2.GetLeadsRequest(ids=list(members["items"])), timeout=m.timeout)
         leads = [lead_json(lead) for lead in got.leads
                  if (not f.segment or lead.segment == f.segment) and (not f.stage or lead.lifecycle_stage == f.stage)
-                 and (f.min_score is None or lead.score >= f.min_score) and (not f.email or lead.email == f.email)]
+                 and (f.min_score is None or lead.score >= f.min_score) and (not f.q or leads_api.matches(lead, f.q))]
         return leads, members["next_cursor"]
     body = await leads_api.list_leads(segment=f.segment, min_score=f.min_score, stage=f.stage, journey=f.journey,
-                                      email=f.email, cursor=f.cursor, limit=PAGE_SIZE, m=m)
+                                      email="", q=f.q, cursor=f.cursor, limit=PAGE_SIZE, m=m)
     return body["items"], body["next_cursor"]
 
 

@@ -10,8 +10,9 @@ import json
 
 from fastapi import APIRouter, Depends, Query, Response
 
-from gateway.convert import parse_time
+from gateway.convert import parse_bound
 from gateway.deps import ApiError, Mesh, mesh, require_key
+from gateway.known import check_report_filters
 from gateway.shapes import DocumentedRoute
 from nurture.api.analytics.v1 import analytics_pb2, analytics_pb2_grpc
 from nurture.jsontypes import JsonObject
@@ -45,15 +46,18 @@ def _stub(m: Mesh) -> analytics_pb2_grpc.AnalyticsStub:
     return analytics_pb2_grpc.AnalyticsStub(m.channel("analytics"))
 
 
-def _query(from_: str | None, to: str | None, segment: str | None, journey: str | None,
-           output: str) -> analytics_pb2.ReportQuery:
+async def _query(from_: str | None, to: str | None, segment: str | None, journey: str | None,
+                 output: str, m: Mesh, provider: str | None = None) -> analytics_pb2.ReportQuery:
+    """The common query, or the 422 naming what is wrong with it: a bad range or format, or a filter
+    that names no journey, segment or provider there is (gateway.known)."""
     if output not in FORMATS:
         raise _invalid("format", "format must be json or csv")
+    await check_report_filters(m, journey=journey, segment=segment, provider=provider)
     q = analytics_pb2.ReportQuery()
     if from_:
-        getattr(q, "from").FromDatetime(parse_time(from_, "from"))
+        getattr(q, "from").FromDatetime(parse_bound(from_, "from"))
     if to:
-        q.to.FromDatetime(parse_time(to, "to"))
+        q.to.FromDatetime(parse_bound(to, "to", end=True))
     if segment is not None:
         q.segment = segment
     if journey is not None:
@@ -133,7 +137,7 @@ def choice(value: str, allowed: tuple[str, ...], field: str) -> str:
 async def engagement(group_by: str = "journey", from_: str | None = Query(None, alias="from"), to: str | None = None,
                      segment: str | None = None, journey: str | None = None,
                      output: str = Query("json", alias="format"), m: Mesh = Depends(mesh)) -> Response | JsonObject:
-    q = _query(from_, to, segment, journey, output)
+    q = await _query(from_, to, segment, journey, output, m)
     reply = await _stub(m).Engagement(analytics_pb2.EngagementRequest(query=q, group_by=group_by),
                                       timeout=LONG_DEADLINE_S)
     return _answer(reply, output, "rows")
@@ -144,7 +148,7 @@ async def progression(from_: str | None = Query(None, alias="from"), to: str | N
                       segment: str | None = None, journey: str | None = None,
                       output: str = Query("json", alias="format"), table: str = "stages",
                       segments: bool = False, m: Mesh = Depends(mesh)) -> Response | JsonObject:
-    q = _query(from_, to, segment, journey, output)
+    q = await _query(from_, to, segment, journey, output, m)
     chosen = choice(table, PROGRESSION_TABLES, "table")
     # CSV is one table: only that one is computed. JSON: every table, the segment comparison when asked.
     tables = (chosen,) if output == "csv" else (PROGRESSION_TABLES if segments else ())
@@ -161,8 +165,8 @@ async def progression_tables(from_: str | None, to: str | None, segment: str | N
                              tables: tuple[str, ...], m: Mesh) -> JsonObject:
     """The progression report with only `tables` computed (the others empty): the console's dashboard
     shows two of its six, and the won deals' joins behind the others are most of its cost."""
-    body: JsonObject = json.loads((await _progression(_query(from_, to, segment, journey, "json"), tables,
-                                                          m)).report_json)
+    body: JsonObject = json.loads((await _progression(await _query(from_, to, segment, journey, "json", m),
+                                                          tables, m)).report_json)
     return body
 
 
@@ -171,7 +175,7 @@ async def attribution(model: str = "last", window_days: int = 30, from_: str | N
                       to: str | None = None, segment: str | None = None, journey: str | None = None,
                       output: str = Query("json", alias="format"), table: str = "by_template",
                       m: Mesh = Depends(mesh)) -> Response | JsonObject:
-    q = _query(from_, to, segment, journey, output)
+    q = await _query(from_, to, segment, journey, output, m)
     checked_window(window_days)
     reply = await _stub(m).Attribution(analytics_pb2.AttributionRequest(query=q, model=model,
                                                                         window_days=window_days),
@@ -186,7 +190,7 @@ async def sequences(length: int = 2, by: str = "template", window_days: int = 30
                     segment: str | None = None, journey: str | None = None,
                     output: str = Query("json", alias="format"), table: str = "rows",
                     m: Mesh = Depends(mesh)) -> Response | JsonObject:
-    q = _query(from_, to, segment, journey, output)
+    q = await _query(from_, to, segment, journey, output, m)
     chosen = choice(table, SEQUENCE_TABLES, "table")
     choice(str(length), ("2", "3"), "length")
     choice(by, ("template", "topic"), "by")
@@ -201,7 +205,7 @@ async def sequences(length: int = 2, by: str = "template", window_days: int = 30
 async def roi(from_: str | None = Query(None, alias="from"), to: str | None = None, segment: str | None = None,
               journey: str | None = None, output: str = Query("json", alias="format"), table: str = "by_journey",
               m: Mesh = Depends(mesh)) -> Response | JsonObject:
-    q = _query(from_, to, segment, journey, output)
+    q = await _query(from_, to, segment, journey, output, m)
     reply = await _stub(m).Roi(analytics_pb2.RoiRequest(query=q), timeout=LONG_DEADLINE_S)
     return _answer(reply, output, choice(table, ROI_TABLES, "table"))
 
@@ -210,7 +214,7 @@ async def roi(from_: str | None = Query(None, alias="from"), to: str | None = No
 async def timeseries(metric: str = "sent", interval: str = "day", from_: str | None = Query(None, alias="from"),
                      to: str | None = None, segment: str | None = None, journey: str | None = None,
                      output: str = Query("json", alias="format"), m: Mesh = Depends(mesh)) -> Response | JsonObject:
-    q = _query(from_, to, segment, journey, output)
+    q = await _query(from_, to, segment, journey, output, m)
     reply = await _stub(m).Timeseries(analytics_pb2.TimeseriesRequest(query=q, metric=metric, interval=interval),
                                       timeout=LONG_DEADLINE_S)
     return _answer(reply, output, "points")
@@ -223,7 +227,7 @@ async def deliverability(domain: str | None = None, provider: str | None = None,
                          segment: str | None = None, journey: str | None = None,
                          output: str = Query("json", alias="format"), table: str = "by_provider",
                          m: Mesh = Depends(mesh)) -> Response | JsonObject:
-    q = _query(from_, to, segment, journey, output)
+    q = await _query(from_, to, segment, journey, output, m, provider)
     request = analytics_pb2.DeliverabilityRequest(query=q, interval=choice(interval, ("day", "week"), "interval"))
     if domain is not None:
         request.domain = domain

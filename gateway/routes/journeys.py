@@ -8,7 +8,7 @@ import json
 import yaml
 from fastapi import APIRouter, Depends, Query, Request, Response
 
-from gateway.convert import DraftStored, Validated, VersionInfo, details, iso, parse_time, require_object
+from gateway.convert import DraftStored, Validated, VersionInfo, details, iso, parse_bound, require_object
 from gateway.deps import ApiError, Mesh, json_body, mesh, require_key
 from gateway.routes.leads import decode_cursor, encode_cursor
 from gateway.shapes import DocumentedRoute, TypedDict
@@ -172,9 +172,9 @@ async def journey_analytics(key: str, from_: str | None = Query(None, alias="fro
                             m: Mesh = Depends(mesh)) -> JsonObject:
     request = journeys_pb2.AnalyticsRequest(key=key)
     if from_:
-        getattr(request, "from").FromDatetime(parse_time(from_, "from"))
+        getattr(request, "from").FromDatetime(parse_bound(from_, "from"))
     if to:
-        request.to.FromDatetime(parse_time(to, "to"))
+        request.to.FromDatetime(parse_bound(to, "to", end=True))
     reply = await _stub(m).Analytics(request, timeout=LONG_DEADLINE_S)
     result: JsonObject = json.loads(reply.report_json)   # the journeys service's report
     return result
@@ -196,9 +196,9 @@ async def counted_leads(key: str, measure: str, step: str = "", reason: str = ""
     request = journeys_pb2.CountedLeadsRequest(journey=key, step=step, measure=measure, reason=reason,
                                                limit=limit)
     if from_:
-        getattr(request, "from").FromDatetime(parse_time(from_, "from"))
+        getattr(request, "from").FromDatetime(parse_bound(from_, "from"))
     if to:
-        request.to.FromDatetime(parse_time(to, "to"))
+        request.to.FromDatetime(parse_bound(to, "to", end=True))
     scope = f"counted:{key}:{step}:{measure}:{reason}"
     request.cursor = decode_cursor(scope, cursor)
     reply = await _stub(m).CountedLeads(request, timeout=LONG_DEADLINE_S)

@@ -226,10 +226,17 @@ async def _check_filters(m: Mesh, segment: str, stage: str) -> None:
         raise ApiError(422, "invalid", "; ".join(f"{k} {v}" for k, v in problems.items()), {"fields": problems})
 
 
+def matches(lead: scoring_pb2.Lead, q: str) -> bool:
+    """The search `q` of a listing, on a lead already read: its email, first or last name starts with
+    it, in any case (scoring's ListLeads `q` in SQL)."""
+    prefix = q.lower()
+    return any(value.lower().startswith(prefix) for value in (lead.email, lead.first_name, lead.last_name))
+
+
 @router.get("", summary="A page of leads")
 async def list_leads(
     segment: str = "", min_score: int | None = Query(None, ge=INT32_MIN, le=INT32_MAX), stage: str = "",
-    journey: str = "", email: str = "",
+    journey: str = "", email: str = "", q: str = Query("", max_length=320),
     cursor: str = "", limit: int = Query(100, ge=1, le=1000), m: Mesh = Depends(mesh),
 ) -> LeadPage:
     await _check_filters(m, segment, stage)
@@ -241,12 +248,13 @@ async def list_leads(
                                         limit=limit), timeout=m.timeout)
         got = await scoring(m).GetLeads(scoring_pb2.GetLeadsRequest(ids=list(members.lead_ids)), timeout=m.timeout)
         leads = [lead for lead in got.leads if (not segment or lead.segment == segment)
-                 and (min_score is None or lead.score >= min_score) and (not stage or lead.lifecycle_stage == stage)]
+                 and (min_score is None or lead.score >= min_score) and (not stage or lead.lifecycle_stage == stage)
+                 and (not email or lead.email == email) and (not q or matches(lead, q))]
         return {"items": await leads_json(m, leads),
                 "next_cursor": encode_cursor("journey:" + journey, members.next_cursor)}
     reply = await scoring(m).ListLeads(scoring_pb2.ListLeadsRequest(
         segment=segment, min_score=min_score or 0, has_min_score=min_score is not None, stage=stage, email=email,
-        cursor=decode_cursor("leads", cursor), limit=limit), timeout=m.timeout)
+        q=q, cursor=decode_cursor("leads", cursor), limit=limit), timeout=m.timeout)
     return {"items": await leads_json(m, reply.leads),
             "next_cursor": encode_cursor("leads", reply.next_cursor)}
 

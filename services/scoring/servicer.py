@@ -197,7 +197,7 @@ class ScoringServicer(VisitorMethods, scoring_pb2_grpc.ScoringServicer):
         page, cursor = await self._db.run(
             self._store.list_leads, segment=request.segment,
             min_score=request.min_score if request.has_min_score else None, stage=request.stage,
-            email=request.email, cursor=request.cursor, limit=limit, now=self._clock.now())
+            email=request.email, q=request.q, cursor=request.cursor, limit=limit, now=self._clock.now())
         return scoring_pb2.ListLeadsReply(leads=[lead_proto(lead) for lead in page], next_cursor=cursor)
 
     async def EraseLead(
@@ -258,9 +258,11 @@ class ScoringServicer(VisitorMethods, scoring_pb2_grpc.ScoringServicer):
     ) -> scoring_pb2.ScoringModelReply:
         model = self._store.model  # the live one (publishing swaps it)
         versions = await self._db.run(self._versions.versions) if self._versions else []
+        ever = await self._db.run(self._versions.segments_ever) if self._versions else []
         return scoring_pb2.ScoringModelReply(name=model.name, version=model.version,
                                              definition_json=json.dumps(model.definition, default=str),
-                                             versions_json=json.dumps(versions))
+                                             versions_json=json.dumps(versions),
+                                             segments_ever=sorted({*ever, *model.segment_names}))
 
     async def PutScoringModel(
         self, request: scoring_pb2.PutScoringModelRequest, context: grpc.aio.ServicerContext

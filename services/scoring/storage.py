@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Any, NamedTuple, TypeAlias
 
 from opentelemetry.propagate import inject
-from sqlalchemy import Connection, Row, and_, bindparam, delete, func, insert, select, text, update
+from sqlalchemy import ColumnElement, Connection, Row, and_, bindparam, delete, func, insert, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from nurture import busmessage, jsoncodec, limits, times
@@ -198,9 +198,23 @@ def lead_rows(s: Session, ids: Sequence[str]) -> list[Row[Any]]:
     return list(s.execute(select(leads).where(leads.c.id.in_(list(ids)))).all())
 
 
+def _starts_with(s: Session, column: ColumnElement[Any], prefix: str) -> ColumnElement[bool]:
+    """lower(column) starts with `prefix` (lowercase), as a range an index on lower(column) serves on
+    both databases (a LIKE on an expression uses no index on SQLite). The range is the prefix's only
+    in code point order: PostgreSQL compares in "C" for it, as its prefix indexes are built."""
+    key: ColumnElement[Any] = func.lower(column)
+    if s.get_bind().dialect.name == "postgresql":
+        key = key.collate("C")
+    last = ord(prefix[-1])
+    if last >= 0x10FFFF:
+        return key.startswith(prefix, autoescape=True)
+    return and_(key >= prefix, key < prefix[:-1] + chr(last + 1))
+
+
 def page_of_leads(s: Session, *, segment: str, min_score: int | None, stage: str, email: str, cursor: str,
-                  limit: int) -> list[Row[Any]]:
-    """Up to `limit + 1` leads after `cursor` in id order (one more says there is a next page)."""
+                  limit: int, q: str = "") -> list[Row[Any]]:
+    """Up to `limit + 1` leads after `cursor` in id order (one more says there is a next page); `q`:
+    those whose email, first or last name starts with it, in any case."""
     query = select(leads).order_by(leads.c.id).limit(limit + 1)
     if segment:
         query = query.where(leads.c.segment == segment)
@@ -210,6 +224,10 @@ def page_of_leads(s: Session, *, segment: str, min_score: int | None, stage: str
         query = query.where(leads.c.lifecycle_stage == stage)
     if email:
         query = query.where(leads.c.email == email)
+    if q:
+        prefix = q.lower()
+        query = query.where(or_(*(_starts_with(s, c, prefix) for c in (leads.c.email, leads.c.first_name,
+                                                                      leads.c.last_name))))
     if cursor:
         query = query.where(leads.c.id > cursor)
     return list(s.execute(query).all())
@@ -382,6 +400,10 @@ def published_model_version(s: Session) -> int | None:
 
 def model_definition(s: Session, version: int) -> str | None:
     return s.execute(select(models.c.definition).where(models.c.version == version)).scalar()
+
+
+def model_definitions(s: Session) -> list[str]:
+    return list(s.execute(select(models.c.definition).order_by(models.c.version)).scalars())
 
 
 def model_version_rows(s: Session) -> list[ModelVersionRow]:

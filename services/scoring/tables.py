@@ -50,6 +50,8 @@ leads = Table(
 )
 # One person is one lead: upserts match and check emails whatever their case.
 Index("ix_scoring_leads_email_lower", func.lower(leads.c.email))
+# The lead search's prefix indexes differ by database (PostgreSQL's compare in "C"): migration
+# scoring_0008 makes them, and only it.
 
 events = Table(
     "scoring_events",

@@ -22,8 +22,28 @@
       if (!el) return;
       g.setNode(n.id, { width: el.offsetWidth, height: el.offsetHeight });
     });
+    // Each edge's label is measured before the layout and given to dagre as a size, so that dagre makes
+    // room for it (in the graph's width and between ranks) and places it: a label drawn after the
+    // layout beside its edge's middle ran past the graph's right edge (clipped by the box that scrolls
+    // it) and over the step boxes.
+    var svg = container.querySelector("svg.edges");
+    svg.replaceChildren();  // a redraw (the draft's graph as it is edited) starts from no edges
     spec.edges.forEach(function (e, i) {
-      g.setEdge(e.source, e.target, { label: e.label, share: e.share }, "e" + i);
+      var text = ((e.label || "") + (e.share !== null && e.share !== undefined
+        ? " " + (Math.round(e.share * 1000) / 10) + "%" : "")).trim();
+      var edge = { label: text, labelpos: "c", width: 0, height: 0, text: null };
+      if (text) {
+        edge.text = document.createElementNS(SVG, "text");
+        edge.text.setAttribute("class", "edge-label");
+        edge.text.setAttribute("text-anchor", "middle");
+        edge.text.setAttribute("dominant-baseline", "central");
+        edge.text.textContent = text;
+        svg.appendChild(edge.text);
+        var box = edge.text.getBBox();
+        edge.width = Math.ceil(box.width) + 8;
+        edge.height = Math.ceil(box.height) + 4;
+      }
+      g.setEdge(e.source, e.target, edge, "e" + i);
     });
     dagre.layout(g);
     var size = g.graph();
@@ -32,11 +52,10 @@
     g.nodes().forEach(function (id) {
       var n = g.node(id);
       var el = elements[id];
+      if (!el) return;  // an edge's end without a box on the page
       el.style.left = Math.round(n.x - n.width / 2) + "px";
       el.style.top = Math.round(n.y - n.height / 2) + "px";
     });
-    var svg = container.querySelector("svg.edges");
-    svg.replaceChildren();  // a redraw (the draft's graph as it is edited) starts from no edges
     svg.setAttribute("width", Math.ceil(size.width));
     svg.setAttribute("height", Math.ceil(size.height));
     g.edges().forEach(function (ref) {
@@ -44,17 +63,10 @@
       var path = document.createElementNS(SVG, "polyline");
       path.setAttribute("points", e.points.map(function (p) { return p.x + "," + p.y; }).join(" "));
       path.setAttribute("class", "edge");
-      svg.appendChild(path);
-      var text = (e.label || "") + (e.share !== null && e.share !== undefined
-        ? " " + (Math.round(e.share * 1000) / 10) + "%" : "");
-      if (text.trim()) {
-        var mid = e.points[Math.floor(e.points.length / 2)];
-        var label = document.createElementNS(SVG, "text");
-        label.setAttribute("x", mid.x + 4);
-        label.setAttribute("y", mid.y);
-        label.setAttribute("class", "edge-label");
-        label.textContent = text.trim();
-        svg.appendChild(label);
+      svg.insertBefore(path, svg.firstChild);  // under every label
+      if (e.text) {
+        e.text.setAttribute("x", e.x);
+        e.text.setAttribute("y", e.y);
       }
     });
   }

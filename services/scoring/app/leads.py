@@ -290,10 +290,11 @@ class Leads(CoreBase):
         return [by_id[i] for i in ids if i in by_id]
 
     def list_leads(
-        self, *, segment: str, min_score: int | None, stage: str, email: str, cursor: str, limit: int, now: datetime
+        self, *, segment: str, min_score: int | None, stage: str, email: str, cursor: str, limit: int, now: datetime,
+        q: str = "",
     ) -> tuple[list[LeadSnapshot], str]:
         with self._sessions() as s:
-            rows = st.page_of_leads(s, segment=segment, min_score=min_score, stage=stage, email=email,
+            rows = st.page_of_leads(s, segment=segment, min_score=min_score, stage=stage, email=email, q=q,
                                     cursor=cursor, limit=limit)
         page = [st.lead_snapshot(r, now) for r in rows[:limit]]
         return page, (page[-1].id if len(rows) > limit else "")

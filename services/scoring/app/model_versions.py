@@ -91,6 +91,20 @@ class ModelVersions:
         return [{"version": r.version, "status": r.status, "created_at": _aware(r.created_at),
                  "published_at": _aware(r.published_at)} for r in rows]
 
+    def segments_ever(self) -> list[str]:
+        """Every segment some stored version defines, sorted: a segment a past version gave leads stays
+        in their recorded history after a later version drops it."""
+        with self._sessions() as s:
+            texts = st.model_definitions(s)
+        names: set[str] = set()
+        for text in texts:
+            definition = json.loads(text)
+            segments = definition.get("segments") if isinstance(definition, dict) else None
+            for segment in segments if isinstance(segments, list) else []:
+                if isinstance(segment, dict) and segment.get("segment"):
+                    names.add(str(segment["segment"]))
+        return sorted(names)
+
     def put_draft(self, definition: JsonValue, now: datetime, *, validate_only: bool = False) -> tuple[int, list[str]]:
         """Store a valid definition as the next version (a draft); (0, problems) when it is not.
         `validate_only`: the same checks, compiling included, and nothing stored ((0, []) when valid)."""

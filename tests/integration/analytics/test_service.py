@@ -112,6 +112,25 @@ async def test_every_http_report_equals_the_recount(heard: tuple[httpx.AsyncClie
     assert h.engagement(stream, h.Range(days[0], days[-1]), "journey")  # the history reached the reports
 
 
+async def test_a_plain_date_is_that_day_in_utc_and_a_to_date_includes_its_day(
+        heard: tuple[httpx.AsyncClient, list[dict[str, Any]]]) -> None:
+    """`from=2026-01-01` was a 422 (RFC 3339 with a zone only): a date reads as its day in UTC, from its
+    start, and `to` through its end, so the dates of a range give what its full times give."""
+    http, stream = heard
+    days = sorted({h.at_of(m).date() for m in stream})
+    dated = {"from": days[0].isoformat(), "to": days[-1].isoformat()}
+    timed = {"from": f"{days[0].isoformat()}T00:00:00Z", "to": f"{days[-1].isoformat()}T23:59:59.999999Z"}
+    for path, extra in (("/v1/analytics/engagement", {"group_by": "template"}), ("/v1/analytics/roi", {}),
+                        ("/v1/analytics/timeseries", {"metric": "sent"}), ("/v1/analytics/deliverability", {})):
+        by_date = await http.get(path, params={**dated, **extra})
+        assert by_date.status_code == 200, by_date.text
+        assert by_date.json() == (await http.get(path, params={**timed, **extra})).json(), path
+    # One day, given as a date both ends, is that whole day.
+    one = {"from": days[-1].isoformat(), "to": days[-1].isoformat(), "metric": "sent"}
+    points = (await http.get("/v1/analytics/timeseries", params=one)).json()["points"]
+    assert [p["t"] for p in points] == [days[-1].isoformat()], points
+
+
 async def test_csv_carries_the_json_rows(heard: tuple[httpx.AsyncClient, list[dict[str, Any]]]) -> None:
     http, _ = heard
     span = {"group_by": "template", "from": "2026-01-01T00:00:00Z", "to": "2026-06-01T00:00:00Z"}
@@ -190,6 +209,9 @@ async def test_a_csv_table_without_rows_is_its_header(heard: tuple[httpx.AsyncCl
     ("/v1/analytics/sequences", {"by": "colour"}, "by"),
     ("/v1/analytics/sequences", {"window_days": "4000"}, "window_days"),
     ("/v1/analytics/sequences", {"format": "csv", "table": "steps"}, "table"),
+    ("/v1/analytics/engagement", {"from": "2026-02-30"}, "from"),
+    ("/v1/analytics/roi", {"to": "2026-1-5"}, "to"),
+    ("/v1/analytics/roi", {"from": "2026-03-02", "to": "2026-03-01"}, "from"),
     ("/v1/analytics/deliverability", {"interval": "hour"}, "interval"),
     ("/v1/analytics/deliverability", {"format": "csv", "table": "by_colour"}, "table"),
     ("/v1/analytics/deliverability", {"format": "pdf"}, "format"),

@@ -135,3 +135,26 @@ async def test_leads_search(console: tuple[httpx.AsyncClient, FastAPI]) -> None:
     assert re.findall(r'data-lead="([^"]+)"', one.text) == ["s-1"]
     bad = await client.get("/console/leads", params={"min_score": "lots"})
     assert bad.status_code == 422 and "min_score" in bad.text
+
+
+async def test_leads_search_matches_the_start_of_an_email_or_a_name_in_any_case(
+        console: tuple[httpx.AsyncClient, FastAPI]) -> None:
+    """The search matched the exact email only: the start of an email, a first or a last name finds the
+    lead, in any case, in the console and through GET /v1/leads?q= alike."""
+    client, _ = console
+    people = {"p-ana": {"email": "ana.silva@example.com", "first_name": "Ana", "last_name": "Silva"},
+              "p-bob": {"email": "bob@example.org", "first_name": "Bob", "last_name": "Anderson"},
+              "p-cy": {"email": "CY@Example.net"}, "p-dee": {"email": "dee@banana.example"}}
+    for lead_id, fields in people.items():
+        r = await client.post("/v1/leads", headers=bearer("editor"), json={"id": lead_id, **fields})
+        assert r.status_code == 201, r.text
+    expected = {"an": ["p-ana", "p-bob"], "SIL": ["p-ana"], "cy@ex": ["p-cy"], "bob@EXAMPLE.org": ["p-bob"],
+                "example": [], "nobody": []}
+    for q, ids in expected.items():
+        api = await client.get("/v1/leads", headers=bearer("viewer"), params={"q": q})
+        assert api.status_code == 200, api.text
+        assert [lead["id"] for lead in api.json()["items"] if lead["id"].startswith("p-")] == ids, q
+    await sign_in(client, KEYS["viewer"])
+    for q, ids in expected.items():
+        page = await client.get("/console/leads", params={"q": q})
+        assert [i for i in re.findall(r'data-lead="([^"]+)"', page.text) if i.startswith("p-")] == ids, q

@@ -59,3 +59,20 @@ async def test_the_profile_reads_as_words_not_python(client: httpx.AsyncClient) 
     assert "email: yes" in words and "sms: no" in words, words
     assert "countries_of_interest: CA, AU" in words, words
     assert not re.search(r"\bTrue\b|\bFalse\b|\bNone\b|\['", words), words
+
+
+async def test_a_lead_without_a_name_is_headed_by_its_email_else_its_id(client: httpx.AsyncClient) -> None:
+    """The heading named the lead by first and last name only: a lead without them had an empty one."""
+    editor = {"Authorization": f"Bearer {KEYS['editor']}"}
+    for body in ({"id": "noname", "email": "bo@example.com"}, {"id": "bare"}):
+        created = await client.post("/v1/leads", headers=editor, json=body)
+        assert created.status_code == 201, created.text
+    await sign_in(client, KEYS["viewer"])
+
+    def heading(page: httpx.Response) -> str:
+        found = re.search(r"<h1>(.*?)<small>", page.text, re.S)
+        assert found is not None, page.text
+        return html.unescape(found.group(1)).strip()
+
+    assert heading(await client.get("/console/leads/noname")) == "bo@example.com"
+    assert heading(await client.get("/console/leads/bare")) == "bare"

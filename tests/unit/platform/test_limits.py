@@ -52,6 +52,17 @@ def test_times_outside_the_range_are_refused_with_any_offset() -> None:
     assert limits.parse_time("2026-01-01T09:00:00+05:30", "at").isoformat() == "2026-01-01T03:30:00+00:00"
 
 
+def test_a_range_bound_is_a_time_or_a_plain_date_in_utc() -> None:
+    """A date is its day in UTC: `from` its first instant, `to` (end) its last, so that it includes the day."""
+    assert limits.parse_bound("2026-01-05", "from", end=False).isoformat() == "2026-01-05T00:00:00+00:00"
+    assert limits.parse_bound("2026-01-05", "to", end=True).isoformat() == "2026-01-05T23:59:59.999999+00:00"
+    assert limits.parse_bound("2026-01-05T09:00:00+01:00", "to", end=True).isoformat() == "2026-01-05T08:00:00+00:00"
+    for value in ("2026-02-30", "2026-1-05", "1899-12-31", "20260105", "2026-01-05T09:00:00"):
+        with pytest.raises(limits.InputError) as err:
+            limits.parse_bound(value, "to", end=True)
+        assert list(err.value.problems) == ["to"]
+
+
 def test_stored_values_degrade_to_a_placeholder() -> None:
     assert limits.read_json('{"a": "\\ud800"}', what="x") == limits.placeholder("x")
     assert limits.read_json("{nope", what="x") == limits.placeholder("x")

@@ -122,7 +122,7 @@ class GetLeadsReply(_message.Message):
     def __init__(self, leads: _Optional[_Iterable[_Union[Lead, _Mapping]]] = ...) -> None: ...
 
 class ListLeadsRequest(_message.Message):
-    __slots__ = ("segment", "min_score", "has_min_score", "stage", "cursor", "limit", "email")
+    __slots__ = ("segment", "min_score", "has_min_score", "stage", "cursor", "limit", "email", "q")
     SEGMENT_FIELD_NUMBER: _ClassVar[int]
     MIN_SCORE_FIELD_NUMBER: _ClassVar[int]
     HAS_MIN_SCORE_FIELD_NUMBER: _ClassVar[int]
@@ -130,6 +130,7 @@ class ListLeadsRequest(_message.Message):
     CURSOR_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
     EMAIL_FIELD_NUMBER: _ClassVar[int]
+    Q_FIELD_NUMBER: _ClassVar[int]
     segment: str
     min_score: int
     has_min_score: bool
@@ -137,7 +138,8 @@ class ListLeadsRequest(_message.Message):
     cursor: str
     limit: int
     email: str
-    def __init__(self, segment: _Optional[str] = ..., min_score: _Optional[int] = ..., has_min_score: _Optional[bool] = ..., stage: _Optional[str] = ..., cursor: _Optional[str] = ..., limit: _Optional[int] = ..., email: _Optional[str] = ...) -> None: ...
+    q: str
+    def __init__(self, segment: _Optional[str] = ..., min_score: _Optional[int] = ..., has_min_score: _Optional[bool] = ..., stage: _Optional[str] = ..., cursor: _Optional[str] = ..., limit: _Optional[int] = ..., email: _Optional[str] = ..., q: _Optional[str] = ...) -> None: ...
 
 class ListLeadsReply(_message.Message):
     __slots__ = ("leads", "next_cursor")
@@ -238,16 +240,18 @@ class ScoringModelRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ScoringModelReply(_message.Message):
-    __slots__ = ("name", "version", "definition_json", "versions_json")
+    __slots__ = ("name", "version", "definition_json", "versions_json", "segments_ever")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     DEFINITION_JSON_FIELD_NUMBER: _ClassVar[int]
     VERSIONS_JSON_FIELD_NUMBER: _ClassVar[int]
+    SEGMENTS_EVER_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: int
     definition_json: str
     versions_json: str
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., definition_json: _Optional[str] = ..., versions_json: _Optional[str] = ...) -> None: ...
+    segments_ever: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., definition_json: _Optional[str] = ..., versions_json: _Optional[str] = ..., segments_ever: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class PutScoringModelRequest(_message.Message):
     __slots__ = ("definition_json", "validate_only")
