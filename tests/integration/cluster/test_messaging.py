@@ -49,16 +49,15 @@ async def test_one_batch_of_sends_holds_the_caps_of_leads_on_every_node(inproc: 
         inproc.scoring.add(make_lead(lead, timezone="UTC"))
     t0 = inproc.clock.now().replace(hour=9, minute=0, second=0, microsecond=0) + timedelta(days=1)
     inproc.clock.set(t0)
-    for lead in leads:  # two nurture emails each, due at once: the second waits for the 2 h gap
+    for lead in leads:  # two nurture emails each, due at once: one goes, the other waits for the 2 h gap
         await inproc.send(lead, "family.email_01")
         await inproc.send(lead, "family.email_02")
     await inproc.settle()
     for lead in leads:
-        rows = await inproc.messages(lead)
-        assert rows["family.email_01"].status == "sent"
-        held = rows["family.email_02"]
-        assert (held.status, held.reason) == (
-            "scheduled", "deferred: minimum gap after the previous nurture email")
+        rows = list((await inproc.messages(lead)).values())
+        assert sorted(r.status for r in rows) == ["scheduled", "sent"]
+        held = next(r for r in rows if r.status == "scheduled")
+        assert held.reason == "deferred: minimum gap after the previous nurture email"
         assert held.due_at.replace(tzinfo=t0.tzinfo) == t0 + timedelta(hours=2)
     inproc.clock.set(t0 + timedelta(hours=2))
     await inproc.settle()

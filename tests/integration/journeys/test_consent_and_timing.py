@@ -75,7 +75,8 @@ async def test_a_registration_after_the_webinar_started_skips_the_reminders_whos
     assert any("wait_day_before already past" in s for s in tl) and any("wait_2h already past" in s for s in tl)
 
     # The follow-ups keep their own days after the webinar.
-    for day, step in ((3, "email_07"), (7, "email_08")):
+    # A late registration that never attended is a no-show: its day-3 outreach is the no-show one.
+    for day, step in ((3, "email_07_no_show"), (7, "email_08")):
         await advance(mesh.admin, mesh.clock, (started + timedelta(days=day) - mesh.clock.now()).total_seconds() - 60)
         assert [r.step for r in mesh.rec.sends if r.journey == "webinar"][-1] != step
         await advance(mesh.admin, mesh.clock, 120)
