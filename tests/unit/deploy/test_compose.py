@@ -110,3 +110,13 @@ def test_the_redis_cluster_override_moves_every_process_onto_a_formed_cluster() 
     for n in nodes:
         assert "--cluster-enabled" in services[n]["command"] and services[n]["volumes"][0].startswith(f"{n}:")
         assert n in override["volumes"]
+
+
+def test_messaging_reads_its_dkim_keys_from_a_read_only_folder_not_the_environment() -> None:
+    """The comment said the keys were "PEM files mounted in" and nothing mounted them: a key given as a path
+    had no file behind it in the container."""
+    messaging = load()["services"]["messaging"]
+    mounts = [m for m in messaging.get("volumes", []) if m.endswith(":/run/nurture/dkim:ro")]
+    assert len(mounts) == 1, messaging.get("volumes")
+    assert mounts[0].startswith("${NURTURE_DKIM_DIR:-./deploy/dkim}")
+    assert (ROOT / "deploy" / "dkim" / ".gitignore").read_text().split() == ["*.pem"]
