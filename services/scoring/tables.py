@@ -50,8 +50,13 @@ leads = Table(
 )
 # One person is one lead: upserts match and check emails whatever their case.
 Index("ix_scoring_leads_email_lower", func.lower(leads.c.email))
-# The lead search's prefix indexes differ by database (PostgreSQL's compare in "C"): migration
-# scoring_0008 makes them, and only it.
+# The lead search's prefix indexes differ by database (SQLite: lower(column); PostgreSQL: lower(column)
+# COLLATE "C", as its collation's order is no prefix range): migration scoring_0008 makes them, and only it.
+# SQLAlchemy reflects neither form as it was made, so the schema check (test_migration_history) leaves
+# these names to the migration; that every upgrade path ends with them is checked there too.
+MIGRATION_ONLY_INDEXES = frozenset({"ix_scoring_leads_first_name_lower", "ix_scoring_leads_last_name_lower",
+                                    "ix_scoring_leads_email_prefix", "ix_scoring_leads_first_name_prefix",
+                                    "ix_scoring_leads_last_name_prefix"})
 
 events = Table(
     "scoring_events",
