@@ -122,6 +122,9 @@ async def test_edit_validate_preview_publish_and_the_next_send_uses_it(
     # Save a draft, publish it.
     await page.click("#save-draft")
     await page.locator("[data-saved='2']").wait_for()
+    # The stored page previews the draft at both widths, the phone's once the desktop's loaded: a frame
+    # navigating under a confirm dialog closes it, so the dialogs below wait for both previews.
+    await frame_text(page, "live-phone", "Kind regards from the browser,")
     # Publishing changes what the next send uses at once: the browser asks first, and "Cancel" publishes
     # nothing (Playwright dismisses a dialog it is not told to accept).
     asked: list[str] = []
