@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import timedelta
 
 import httpx
@@ -16,12 +19,53 @@ from nurture.api.common.v1 import common_pb2, common_pb2_grpc
 from nurture.api.crm_sync.v1 import crm_sync_pb2, crm_sync_pb2_grpc
 from nurture.api.scoring.v1 import scoring_pb2, scoring_pb2_grpc
 from nurture.clock import VirtualClock
+from nurture.service import Running
 from nurture.settings import SERVICES, Settings
 from tests.conftest import free_port, mesh_channel, start_service
 from tests.integration.crm_sync.conftest import AUTH, TOKEN, Emulator, Mesh
 from tests.integration.crm_sync.test_crm_sync import contact, remote_contact, upsert
 
 pytestmark = pytest.mark.anyio
+
+
+@dataclass
+class LoopMesh:
+    """Real scoring, journeys and crm_sync on one Redis and database, the CRM emulator behind crm_sync."""
+    scoring: Running
+    journeys: Running
+    crm_sync: Running
+    score: scoring_pb2_grpc.ScoringStub
+    crm: crm_sync_pb2_grpc.CrmSyncStub
+    sales: crm_sync_pb2_grpc.SalesOpsStub
+    admins: list[common_pb2_grpc.AdminStub]   # scoring's, crm_sync's, journeys'
+    clock: VirtualClock
+
+    async def settle(self) -> None:
+        for _ in range(30):
+            if not any([(await a.Settle(common_pb2.SettleRequest(), timeout=30)).work_done for a in self.admins]):
+                return
+
+
+@contextlib.asynccontextmanager
+async def _loop_mesh(settings: Settings, emulator: Emulator) -> AsyncIterator[LoopMesh]:
+    scoring = await start_service("scoring", settings)
+    journeys = await start_service("journeys", settings.with_overrides(
+        scoring_addr=scoring.address, messaging_addr=f"127.0.0.1:{free_port()}",
+        crm_sync_addr=f"127.0.0.1:{free_port()}"))
+    running = await start_service("crm_sync", settings.with_overrides(
+        crm_url=emulator.url, scoring_addr=scoring.address, journeys_addr=journeys.address,
+        crm_tokens={"test-crm": TOKEN}))
+    channels = [mesh_channel(a) for a in (scoring.address, running.address, journeys.address)]
+    try:
+        yield LoopMesh(scoring, journeys, running, scoring_pb2_grpc.ScoringStub(channels[0]),
+                       crm_sync_pb2_grpc.CrmSyncStub(channels[1]), crm_sync_pb2_grpc.SalesOpsStub(channels[1]),
+                       [common_pb2_grpc.AdminStub(c) for c in channels],
+                       VirtualClock(redis.Redis.from_url(settings.redis_url)))
+    finally:
+        for c in channels:
+            await c.close()
+        for r in (running, journeys, scoring):
+            await asyncio.wait_for(r.stop(grace=0.5), 10)
 
 
 async def _bottom_funnel(mesh: Mesh, lead_id: str, key: str) -> None:
@@ -54,35 +98,18 @@ async def test_a_recycled_lead_that_buys_is_alerted_to_sales_again(settings: Set
     before its last step clears attributes.sales_hold. The hold reads the stage, not the mark the track
     left: the customer's next bottom-funnel visit reaches sales. Before, the mark stayed and every later
     task was held."""
-    scoring = await start_service("scoring", settings)
-    journeys = await start_service("journeys", settings.with_overrides(
-        scoring_addr=scoring.address, messaging_addr=f"127.0.0.1:{free_port()}",
-        crm_sync_addr=f"127.0.0.1:{free_port()}"))
-    crm_settings = settings.with_overrides(crm_url=emulator.url, scoring_addr=scoring.address,
-                                           journeys_addr=journeys.address, crm_tokens={"test-crm": TOKEN})
-    running = await start_service("crm_sync", crm_settings)
-    channels = [mesh_channel(a) for a in (scoring.address, running.address, journeys.address)]
-    admins = [common_pb2_grpc.AdminStub(c) for c in channels]
-    score, crm = scoring_pb2_grpc.ScoringStub(channels[0]), crm_sync_pb2_grpc.CrmSyncStub(channels[1])
-    clock = VirtualClock(redis.Redis.from_url(settings.redis_url))
+    async with _loop_mesh(settings, emulator) as m:
+        score, crm, clock, admins, settle = m.score, m.crm, m.clock, m.admins, m.settle
+        async def timeline(lead_id: str) -> list[str]:
+            reply = await admins[1].Timeline(common_pb2.TimelineRequest(lead_id=lead_id), timeout=5)
+            return [f"{i.type}: {i.summary}" for i in reply.items]
 
-    async def settle() -> None:
-        for _ in range(30):
-            done = [(await a.Settle(common_pb2.SettleRequest(), timeout=30)).work_done for a in admins]
-            if not any(done):
-                return
+        async def bottom_funnel(key: str) -> None:
+            await score.IngestEvents(scoring_pb2.IngestRequest(events=[scoring_pb2.Event(
+                lead_id=lead_id, type="page_viewed", idempotency_key=key,
+                properties_json=json.dumps({"category": "bottom_funnel"}))]), timeout=5)
+            await settle()
 
-    async def timeline(lead_id: str) -> list[str]:
-        reply = await admins[1].Timeline(common_pb2.TimelineRequest(lead_id=lead_id), timeout=5)
-        return [f"{i.type}: {i.summary}" for i in reply.items]
-
-    async def bottom_funnel(key: str) -> None:
-        await score.IngestEvents(scoring_pb2.IngestRequest(events=[scoring_pb2.Event(
-            lead_id=lead_id, type="page_viewed", idempotency_key=key,
-            properties_json=json.dumps({"category": "bottom_funnel"}))]), timeout=5)
-        await settle()
-
-    try:
         t0 = clock.now()
         crm_id = str(emulator.post("/crm/v3/objects/contacts", {"properties": {"email": "rio@example.com"}})["id"])
         reply = await crm.UpsertContacts(crm_sync_pb2.UpsertContactsRequest(
@@ -98,7 +125,7 @@ async def test_a_recycled_lead_that_buys_is_alerted_to_sales_again(settings: Set
         await settle()
         await bottom_funnel("bf-1")
         # A journey asking too: held as well, and the same key again is a duplicate of the held task.
-        sales = crm_sync_pb2_grpc.SalesOpsStub(channels[1])
+        sales = m.sales
         req = crm_sync_pb2.TaskRequest(dedupe_key="l:alert:dq", lead_id=lead_id, kind="sales_alert",
                                        title="Bottom-funnel engagement: reach out", priority="high")
         first = await sales.RequestTask(req, timeout=5)
@@ -130,11 +157,6 @@ async def test_a_recycled_lead_that_buys_is_alerted_to_sales_again(settings: Set
         clock.advance(86400 + 60)
         await bottom_funnel("bf-2")
         assert len(_remote_tasks(emulator, crm_id)) == 2, "\n".join(await timeline(lead_id))
-    finally:
-        for c in channels:
-            await c.close()
-        for r in (running, journeys, scoring):
-            await asyncio.wait_for(r.stop(grace=0.5), 10)
 
 
 @pytest.mark.parametrize("consent", [True, False], ids=["in_the_recycle_track", "without_email_consent"])
@@ -146,28 +168,12 @@ async def test_an_mql_sales_disqualified_is_not_told_to_the_crm_as_an_mql_again(
     recycle track ran: a lead without email consent never enters that track, and was pushed as MQL again,
     over what sales had set. Fresh evidence re-qualifies it (its score rises through 50 again: MQL); a
     won deal makes it CUSTOMER."""
-    scoring = await start_service("scoring", settings)
-    journeys = await start_service("journeys", settings.with_overrides(
-        scoring_addr=scoring.address, messaging_addr=f"127.0.0.1:{free_port()}",
-        crm_sync_addr=f"127.0.0.1:{free_port()}"))
-    running = await start_service("crm_sync", settings.with_overrides(
-        crm_url=emulator.url, scoring_addr=scoring.address, journeys_addr=journeys.address,
-        crm_tokens={"test-crm": TOKEN}))
-    channels = [mesh_channel(a) for a in (scoring.address, running.address, journeys.address)]
-    admins = [common_pb2_grpc.AdminStub(c) for c in channels]
-    score, crm = scoring_pb2_grpc.ScoringStub(channels[0]), crm_sync_pb2_grpc.CrmSyncStub(channels[1])
-    clock = VirtualClock(redis.Redis.from_url(settings.redis_url))
+    async with _loop_mesh(settings, emulator) as m:
+        score, crm, clock, settle = m.score, m.crm, m.clock, m.settle
+        def remote(crm_id: str) -> tuple[str, str]:
+            props = emulator.get(f"/crm/v3/objects/contacts/{crm_id}")["properties"]
+            return str(props.get("lifecyclestage")), str(props.get("hs_lead_status"))
 
-    async def settle() -> None:
-        for _ in range(30):
-            if not any([(await a.Settle(common_pb2.SettleRequest(), timeout=30)).work_done for a in admins]):
-                return
-
-    def remote(crm_id: str) -> tuple[str, str]:
-        props = emulator.get(f"/crm/v3/objects/contacts/{crm_id}")["properties"]
-        return str(props.get("lifecyclestage")), str(props.get("hs_lead_status"))
-
-    try:
         t0 = clock.now()
         crm_id = str(emulator.post("/crm/v3/objects/contacts", {"properties": {"email": "max@example.com"}})["id"])
         reply = await crm.UpsertContacts(crm_sync_pb2.UpsertContactsRequest(
@@ -215,11 +221,6 @@ async def test_an_mql_sales_disqualified_is_not_told_to_the_crm_as_an_mql_again(
         await crm.ReportDeal(crm_sync_pb2.ReportDealRequest(deal=deal), metadata=AUTH, timeout=5)
         await settle()
         assert remote(crm_id) == ("customer", "CUSTOMER")
-    finally:
-        for c in channels:
-            await c.close()
-        for r in (running, journeys, scoring):
-            await asyncio.wait_for(r.stop(grace=0.5), 10)
 
 
 @pytest.mark.parametrize("consent", [False, True], ids=["without_email_consent", "in_the_recycle_track"])
@@ -229,37 +230,21 @@ async def test_sales_tasks_follow_the_recycled_stage_not_the_recycle_track(
     status does. They followed the recycle track: a lead without email consent never enters it, so after
     sales disqualified it its next bottom-funnel visit was a task for sales again; and a lead that
     re-qualifies while its track still runs had its new MQL's task held."""
-    scoring = await start_service("scoring", settings)
-    journeys = await start_service("journeys", settings.with_overrides(
-        scoring_addr=scoring.address, messaging_addr=f"127.0.0.1:{free_port()}",
-        crm_sync_addr=f"127.0.0.1:{free_port()}"))
-    running = await start_service("crm_sync", settings.with_overrides(
-        crm_url=emulator.url, scoring_addr=scoring.address, journeys_addr=journeys.address,
-        crm_tokens={"test-crm": TOKEN}))
-    channels = [mesh_channel(a) for a in (scoring.address, running.address, journeys.address)]
-    admins = [common_pb2_grpc.AdminStub(c) for c in channels]
-    score, crm = scoring_pb2_grpc.ScoringStub(channels[0]), crm_sync_pb2_grpc.CrmSyncStub(channels[1])
-    clock = VirtualClock(redis.Redis.from_url(settings.redis_url))
+    async with _loop_mesh(settings, emulator) as m:
+        score, crm, clock, admins, settle = m.score, m.crm, m.clock, m.admins, m.settle
+        async def ingest(*events: tuple[str, str, dict]) -> None:
+            await score.IngestEvents(scoring_pb2.IngestRequest(events=[scoring_pb2.Event(
+                lead_id=lead_id, type=t, idempotency_key=k, properties_json=json.dumps(p)) for k, t, p in events]),
+                timeout=5)
+            await settle()
 
-    async def settle() -> None:
-        for _ in range(30):
-            if not any([(await a.Settle(common_pb2.SettleRequest(), timeout=30)).work_done for a in admins]):
-                return
+        async def stage() -> str:
+            return (await score.GetLead(scoring_pb2.GetLeadRequest(id=lead_id), timeout=5)).lifecycle_stage
 
-    async def ingest(*events: tuple[str, str, dict]) -> None:
-        await score.IngestEvents(scoring_pb2.IngestRequest(events=[scoring_pb2.Event(
-            lead_id=lead_id, type=t, idempotency_key=k, properties_json=json.dumps(p)) for k, t, p in events]),
-            timeout=5)
-        await settle()
+        async def held() -> list[str]:
+            reply = await admins[1].Timeline(common_pb2.TimelineRequest(lead_id=lead_id), timeout=5)
+            return [i.summary for i in reply.items if i.type == "task_held"]
 
-    async def stage() -> str:
-        return (await score.GetLead(scoring_pb2.GetLeadRequest(id=lead_id), timeout=5)).lifecycle_stage
-
-    async def held() -> list[str]:
-        reply = await admins[1].Timeline(common_pb2.TimelineRequest(lead_id=lead_id), timeout=5)
-        return [i.summary for i in reply.items if i.type == "task_held"]
-
-    try:
         t0 = clock.now()
         crm_id = str(emulator.post("/crm/v3/objects/contacts", {"properties": {"email": "ivo@example.com"}})["id"])
         reply = await crm.UpsertContacts(crm_sync_pb2.UpsertContactsRequest(
@@ -299,11 +284,6 @@ async def test_sales_tasks_follow_the_recycled_stage_not_the_recycle_track(
             assert await stage() == "mql"
             assert len(_remote_tasks(emulator, crm_id)) >= before + 1
             assert await held() == []
-    finally:
-        for c in channels:
-            await c.close()
-        for r in (running, journeys, scoring):
-            await asyncio.wait_for(r.stop(grace=0.5), 10)
 
 
 async def test_the_timeline_shows_a_won_deal_dated_ahead_of_the_clock_before_what_it_caused(
@@ -312,29 +292,14 @@ async def test_the_timeline_shows_a_won_deal_dated_ahead_of_the_clock_before_wha
     max_clock_skew_s). The lead's timeline (the gateway's, merged from the real services) put the deal's
     `opportunity_won` after the stage change and the journey's goal it caused, which are stamped with our
     clock. An event is shown at the time it claims but never after the platform recorded it."""
-    scoring = await start_service("scoring", settings)
-    journeys = await start_service("journeys", settings.with_overrides(
-        scoring_addr=scoring.address, messaging_addr=f"127.0.0.1:{free_port()}",
-        crm_sync_addr=f"127.0.0.1:{free_port()}"))
-    running = await start_service("crm_sync", settings.with_overrides(
-        crm_url=emulator.url, scoring_addr=scoring.address, journeys_addr=journeys.address,
-        crm_tokens={"test-crm": TOKEN}))
-    addrs = {f"{s}_addr": f"127.0.0.1:{free_port()}" for s in SERVICES}
-    addrs.update(scoring_addr=scoring.address, journeys_addr=journeys.address, crm_sync_addr=running.address)
-    app = create_app(settings.with_overrides(api_key="test-key", **addrs))
-    for s in SERVICES:
-        app.state.mesh.channels[s] = mesh_channel(app.state.mesh.settings.address_of(s))
-    channels = [mesh_channel(a) for a in (scoring.address, running.address, journeys.address)]
-    admins = [common_pb2_grpc.AdminStub(c) for c in channels]
-    score, crm = scoring_pb2_grpc.ScoringStub(channels[0]), crm_sync_pb2_grpc.CrmSyncStub(channels[1])
-    clock = VirtualClock(redis.Redis.from_url(settings.redis_url))
-
-    async def settle() -> None:
-        for _ in range(30):
-            if not any([(await a.Settle(common_pb2.SettleRequest(), timeout=30)).work_done for a in admins]):
-                return
-
-    try:
+    async with _loop_mesh(settings, emulator) as m:
+        scoring, journeys, running, score, crm, clock, settle = (
+            m.scoring, m.journeys, m.crm_sync, m.score, m.crm, m.clock, m.settle)
+        addrs = {f"{s}_addr": f"127.0.0.1:{free_port()}" for s in SERVICES}
+        addrs.update(scoring_addr=scoring.address, journeys_addr=journeys.address, crm_sync_addr=running.address)
+        app = create_app(settings.with_overrides(api_key="test-key", **addrs))
+        for s in SERVICES:
+            app.state.mesh.channels[s] = mesh_channel(app.state.mesh.settings.address_of(s))
         t0 = clock.now()
         crm_id = str(emulator.post("/crm/v3/objects/contacts", {"properties": {"email": "ada@example.com"}})["id"])
         reply = await crm.UpsertContacts(crm_sync_pb2.UpsertContactsRequest(
@@ -362,8 +327,3 @@ async def test_the_timeline_shows_a_won_deal_dated_ahead_of_the_clock_before_wha
         order = [(i["kind"], i["type"], i["at"]) for i in items]
         assert all(items.index(won) < items.index(i) for i in later), order
         assert won["details"]["occurred_at"] == times.rfc3339(ahead) and won["at"] <= later[0]["at"], order
-    finally:
-        for c in channels:
-            await c.close()
-        for r in (running, journeys, scoring):
-            await asyncio.wait_for(r.stop(grace=0.5), 10)
